@@ -1,0 +1,37 @@
+# Two entry points (README): `make train` and `make test`; each sets up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# pytest-xdist workers; CI machines have 2 cores.
+JOBS   ?= 2
+
+.PHONY: train test venv test-venv torch bench gpu-check clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+test-venv: $(VENV)/.installed-test
+
+train: $(VENV)/.installed
+	$(VENV)/bin/cnn-gpu train $(ARGS)
+
+# The PyTorch oracle tests run when torch is importable; `make torch` installs the pinned CPU build.
+torch: $(VENV)/.installed-test
+	$(PY) -m pip install -q torch==2.13.0
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -n $(JOBS) $(ARGS)
+
+bench: $(VENV)/.installed-test
+	$(VENV)/bin/cnn-gpu bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .benchmarks

@@ -1,0 +1,204 @@
+"""Shapes and index geometry of convolution and pooling, checked once per call.
+
+Every backend receives one of these frozen objects instead of loose size arguments, so the output
+sizes (PyTorch's formulas) are computed in exactly one place.
+
+Convolution names follow CUTLASS: input x (N, C, H, W), filter (K, C/groups, R, S), output
+(N, K, P, Q). A transposed convolution is described by the geometry of the convolution whose
+input gradient it is: its input plays the role of dy (N, K, P, Q) and its output that of
+dx (N, C, H, W).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or an (h, w) pair of ints, each >= minimum, as a tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
+        items = tuple(value)
+    else:
+        items = (value, value)
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) and not hasattr(item, "__index__"):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        item = int(item.__index__()) if not isinstance(item, int) else item
+        if item < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        out.append(item)
+    return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    N: int
+    C: int          # input channels (all groups)
+    H: int
+    W: int
+    K: int          # output channels (all groups)
+    R: int          # filter height
+    S: int          # filter width
+    P: int          # output height
+    Q: int          # output width
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def w_shape(self):
+        return (self.K, self.C // self.groups, self.R, self.S)
+
+    @property
+    def is_depthwise(self) -> bool:
+        """One input channel per group (C == groups), the case a dedicated kernel serves."""
+        return self.groups == self.C and self.groups > 1
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the forward pass (dgrad and wgrad cost the same)."""
+        return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+
+
+def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
+    """Geometry of F.conv2d(x, weight, ...); ValueError on any inconsistent size."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"weight must be 4-D (out_channels, in_channels/groups, kH, kW), got shape {tuple(w_shape)}")
+    N, C, H, W = (int(d) for d in x_shape)
+    K, Cg, R, S = (int(d) for d in w_shape)
+    sh, sw = pair(stride, "stride")
+    ph, pw = pair(padding, "padding", minimum=0)
+    dh, dw = pair(dilation, "dilation")
+    groups = _groups(groups)
+    if min(N, C, H, W) <= 0:
+        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
+    if min(K, Cg, R, S) <= 0:
+        raise ValueError(f"weight has an empty dimension: shape {tuple(w_shape)}")
+    if C % groups or K % groups:
+        raise ValueError(f"in_channels ({C}) and out_channels ({K}) must both be divisible by groups ({groups})")
+    if Cg * groups != C:
+        raise ValueError(
+            f"weight shape {tuple(w_shape)} expects {Cg * groups} input channels (in_channels/groups={Cg}, "
+            f"groups={groups}) but x has {C} (x shape {tuple(x_shape)})")
+    P = conv_output_size(H, R, sh, ph, dh)
+    Q = conv_output_size(W, S, sw, pw, dw)
+    if P <= 0 or Q <= 0:
+        raise ValueError(
+            f"output would be empty ({P}x{Q}): input {H}x{W} with padding {(ph, pw)} is smaller than the "
+            f"dilated kernel {dh * (R - 1) + 1}x{dw * (S - 1) + 1}")
+    return ConvGeometry(N, C, H, W, K, R, S, P, Q, (sh, sw), (ph, pw), (dh, dw), groups)
+
+
+def conv_transpose_geometry(x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1,
+                            groups=1) -> ConvGeometry:
+    """Geometry of F.conv_transpose2d(x, weight, ...), x (N, Cin, Hin, Win), weight
+    (Cin, Cout/groups, kH, kW), as the convolution it is the input gradient of: that convolution
+    maps (N, Cout, Hout, Wout) to (N, Cin, Hin, Win) with filter (K=Cin, C/groups=Cout/groups, R, S)."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"weight must be 4-D (in_channels, out_channels/groups, kH, kW), got shape {tuple(w_shape)}")
+    N, Cin, Hin, Win = (int(d) for d in x_shape)
+    Kw, Coutg, R, S = (int(d) for d in w_shape)
+    sh, sw = pair(stride, "stride")
+    ph, pw = pair(padding, "padding", minimum=0)
+    oph, opw = pair(output_padding, "output_padding", minimum=0)
+    dh, dw = pair(dilation, "dilation")
+    groups = _groups(groups)
+    if min(N, Cin, Hin, Win) <= 0:
+        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
+    if min(Kw, Coutg, R, S) <= 0:
+        raise ValueError(f"weight has an empty dimension: shape {tuple(w_shape)}")
+    if Kw != Cin:
+        raise ValueError(f"weight shape {tuple(w_shape)} expects {Kw} input channels but x has {Cin} "
+                         f"(x shape {tuple(x_shape)})")
+    if Cin % groups:
+        raise ValueError(f"in_channels ({Cin}) must be divisible by groups ({groups})")
+    if oph >= max(sh, dh) or opw >= max(sw, dw):
+        raise ValueError(f"output_padding {(oph, opw)} must be smaller than stride {(sh, sw)} or dilation {(dh, dw)}")
+    Hout = (Hin - 1) * sh - 2 * ph + dh * (R - 1) + oph + 1
+    Wout = (Win - 1) * sw - 2 * pw + dw * (S - 1) + opw + 1
+    if Hout <= 0 or Wout <= 0:
+        raise ValueError(f"output would be empty ({Hout}x{Wout}): padding {(ph, pw)} is too large for input "
+                         f"{Hin}x{Win} and kernel {R}x{S}")
+    Cout = Coutg * groups
+    return ConvGeometry(N, Cout, Hout, Wout, Cin, R, S, Hin, Win, (sh, sw), (ph, pw), (dh, dw), groups)
+
+
+def _groups(groups) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    return groups
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    N: int
+    C: int
+    H: int
+    W: int
+    P: int          # output height
+    Q: int          # output width
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    count_include_pad: bool = True   # avg pool only
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.P, self.Q)
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, dil: int, ceil_mode: bool) -> int:
+    """PyTorch's rule: with ceil_mode the last window is kept only if it starts inside the input or
+    the left padding."""
+    span = size + 2 * pad - dil * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                  count_include_pad=True) -> PoolGeometry:
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    N, C, H, W = (int(d) for d in x_shape)
+    if min(N, C, H, W) <= 0:
+        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = pair(padding, "padding", minimum=0)
+    dh, dw = pair(dilation, "dilation")
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding {(ph, pw)} must be at most half of kernel_size {(kh, kw)}")
+    P = pool_output_size(H, kh, sh, ph, dh, bool(ceil_mode))
+    Q = pool_output_size(W, kw, sw, pw, dw, bool(ceil_mode))
+    if P <= 0 or Q <= 0:
+        raise ValueError(f"output would be empty ({P}x{Q}): input {H}x{W} with padding {(ph, pw)} is smaller "
+                         f"than the dilated window {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}")
+    return PoolGeometry(N, C, H, W, P, Q, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bool(ceil_mode),
+                        bool(count_include_pad))
