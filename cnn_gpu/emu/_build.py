@@ -1,0 +1,314 @@
+"""Compile CUDA C for the CPU with g++ against cuda_emu.h, and cache the shared objects.
+
+A module is built from the kernel source plus generated glue: one entry point per `__global__`
+function (called with an array of argument addresses) and one returning its parameter type codes,
+as the compiler resolved them. Cache entries are keyed by a hash of everything that goes into the
+build and written atomically (temp file + rename), so concurrent pytest-xdist workers never see a
+half-written file.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HEADER = HERE / "cuda_emu.h"
+ABI_HEADER = HERE / "emu_abi.h"
+RUNTIME_SOURCE = HERE / "emu_runtime.cpp"
+GLUE_VERSION = "1"  # bump when the generated glue changes meaning
+
+# Largest dynamic shared memory a launch can ask for (H100's opt-in limit is 227 KB).
+DYNAMIC_SHARED_CAPACITY = 57 * 4096
+PAGE = 4096
+
+FLAGS = ("-O2", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-gdwarf-4",
+         "-fvisibility=hidden", "-fno-optimize-sibling-calls", "-fno-threadsafe-statics",
+         "-fstack-clash-protection", "-w")
+
+
+class CompileError(RuntimeError):
+    """g++ rejected a kernel source (the message carries its diagnostics)."""
+
+
+def compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_identity(cxx: str) -> str:
+    path = shutil.which(cxx)
+    if path is None:
+        raise CompileError(f"no C++ compiler {cxx!r} found (install g++ or set $CXX)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    return f"{path}\n{version}"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> tuple[str, ...]:
+    """-mfma where the CPU has FMA: contraction then rounds once, like the GPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_fma = any(line.startswith("flags") and " fma " in f" {line.split(':', 1)[1]} " for line in f)
+    except OSError:
+        has_fma = False
+    return ("-mfma",) if has_fma else ()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CNN_GPU_CACHE")
+    path = Path(root) / "emu" if root else Path.home() / ".cache" / "cnn_gpu" / "emu"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run(cmd, what: str, stdin: str | None = None) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, input=stdin)
+    if done.returncode != 0:
+        raise CompileError(f"{what} failed:\n{' '.join(cmd)}\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def _build_atomically(target: Path, build) -> None:
+    """build(temp_path) writes the file; it then appears under `target` in one rename."""
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        build(temp)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+# --- options --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Options:
+    defines: tuple[str, ...]       # -D/-U/-I flags for g++
+    std: str
+    flush_denormals: bool
+    contract: bool
+
+
+def translate_options(options) -> Options:
+    """NVRTC/CuPy options to g++: macros and include paths pass through, the language standard,
+    -ftz and --fmad are honoured, other NVRTC-only options (-arch, -lineinfo, ...) are ignored."""
+    if isinstance(options, str):
+        options = (options,)
+    defines, std, ftz, contract = [], "c++14", True, True
+    for option in options:
+        if not isinstance(option, str):
+            raise TypeError(f"options must be strings, got {option!r}")
+        for prefix, flag in (("--define-macro=", "-D"), ("--undefine-macro=", "-U"), ("--include-path=", "-I")):
+            if option.startswith(prefix):
+                option = flag + option[len(prefix):]
+        key, _, value = option.lstrip("-").partition("=")
+        if option[:2] in ("-D", "-U", "-I") and len(option) > 2:
+            defines.append(option)
+        elif key == "std":
+            std = value or std
+        elif key == "ftz":
+            ftz = value.lower() in ("true", "1")
+        elif key == "fmad":
+            contract = value.lower() in ("true", "1")
+        elif key in ("use_fast_math", "use-fast-math"):
+            ftz = True
+        elif not option.startswith("-"):
+            raise ValueError(f"unknown compile option {option!r}")
+    if not re.fullmatch(r"c\+\+\d\d", std):
+        raise ValueError(f"unsupported language standard {std!r}")
+    return Options(tuple(defines), std, ftz, contract)
+
+
+def _compile_flags(opts: Options) -> list[str]:
+    flags = [*FLAGS, *cpu_flags(), f"-std={opts.std}"]
+    if not opts.contract:
+        flags.append("-ffp-contract=off")
+    return flags
+
+
+# --- the runtime library --------------------------------------------------------------------------
+
+_runtime = None
+
+
+def runtime_library() -> ctypes.CDLL:
+    """The fiber runtime, built once per cache and loaded RTLD_GLOBAL so kernel modules bind to it."""
+    global _runtime
+    if _runtime is not None:
+        return _runtime
+    cxx = compiler()
+    flags = [*FLAGS, *cpu_flags(), "-std=c++14", "-pthread"]
+    digest = hashlib.sha256()
+    for part in (GLUE_VERSION, compiler_identity(cxx), " ".join(flags),
+                 RUNTIME_SOURCE.read_text(), ABI_HEADER.read_text()):
+        digest.update(part.encode() + b"\0")
+    name = f"libcnn_gpu_emu_runtime-{digest.hexdigest()[:24]}.so"
+    path = cache_dir() / name
+    if not path.exists():
+        _build_atomically(path, lambda temp: _run(
+            [cxx, *flags, "-shared", "-fno-exceptions", f"-Wl,-soname,{name}", str(RUNTIME_SOURCE), "-o", str(temp), "-lrt"],
+            "building the emulator runtime"))
+    _runtime = ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+    return _runtime
+
+
+# --- kernel modules -------------------------------------------------------------------------------
+
+_EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\b")
+# nvcc's `#pragma unroll [N]` (GCC ignores it) in GCC's spelling, through a macro so that N may be a
+# macro too. Without a count nvcc unrolls constant trip counts fully; 32 does that for the short
+# loops of our kernels without bloating long ones.
+_PRAGMA_UNROLL = re.compile(r"^([ \t]*)#[ \t]*pragma[ \t]+unroll\b[ \t]*(.*?)[ \t]*$", re.M)
+_GLOBAL_MARK = "CNN_GPU_EMU_GLOBAL_MARK"
+_ATTRIBUTE = r"(?:(?:__launch_bounds__|__attribute__)\s*\((?:[^()]|\([^()]*\))*\)\s*)*"
+_KERNEL_HEAD = re.compile(rf"\s*{_ATTRIBUTE}void\s+{_ATTRIBUTE}([A-Za-z_]\w*)\s*\(")
+_DYNAMIC_SHARED = re.compile(r"\bextern\s+cnn_gpu_emu_dynamic_shared_decl\b[^;]*?([A-Za-z_]\w*)\s*\[\s*\]\s*;")
+_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+_TYPE_WORDS = {"const", "volatile", "unsigned", "signed", "int", "long", "short", "char", "float",
+               "double", "bool", "void", "__restrict__"}
+
+
+def _closing_paren(text: str, open_index: int) -> int:
+    depth = 0
+    for i in range(open_index, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise CompileError("unbalanced parentheses in a __global__ declaration")
+
+
+def _parameter_names(params: str) -> list[str]:
+    """Names in a parameter list (argN for an unnamed one), for error messages."""
+    params = params.strip()
+    if params in ("", "void"):
+        return []
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(params):
+        if ch in "(<[":
+            depth += 1
+        elif ch in ")>]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            pieces.append(params[start:i])
+            start = i + 1
+    pieces.append(params[start:])
+    names = []
+    for index, piece in enumerate(pieces):
+        words = re.findall(r"[A-Za-z_]\w*", piece)
+        named = len(words) > 1 and words[-1] not in _TYPE_WORDS
+        names.append(words[-1] if named else f"arg{index}")
+    return names
+
+
+def scan_kernels(preprocessed: str) -> dict[str, list[str]]:
+    """{kernel name: parameter names} of the non-template __global__ functions."""
+    kernels: dict[str, list[str]] = {}
+    for mark in re.finditer(rf"\b{_GLOBAL_MARK}\b", preprocessed):
+        before = preprocessed[max(0, mark.start() - 300):mark.start()]
+        if re.search(r"template\s*<[^;{}]*>\s*(extern\s+\"C\"\s*)?$", before):
+            continue
+        head = _KERNEL_HEAD.match(preprocessed, mark.end())
+        if head is None:
+            continue
+        close = _closing_paren(preprocessed, head.end() - 1)
+        kernels.setdefault(head.group(1), _parameter_names(preprocessed[head.end():close]))
+    return kernels
+
+
+def _included_files(source: str, include_dir: Path | None, seen: set | None = None) -> list[Path]:
+    """Files a source pulls in with #include "..." (recursively), for the cache key."""
+    seen = set() if seen is None else seen
+    found = []
+    if include_dir is None:
+        return found
+    for name in _QUOTED_INCLUDE.findall(source):
+        path = (include_dir / name).resolve()
+        if path.is_file() and path not in seen:
+            seen.add(path)
+            found.append(path)
+            found += _included_files(path.read_text(), path.parent, seen)
+    return found
+
+
+def _glue(kernels: dict[str, list[str]], dynamic_names: list[str], metadata: str) -> str:
+    lines = [
+        '#line 1 "cnn_gpu_emu_glue"',
+        'extern "C" {',
+        f'__attribute__((visibility("hidden"), aligned({PAGE}))) char '
+        f'cnn_gpu_emu_dynamic_shared_storage[{DYNAMIC_SHARED_CAPACITY + PAGE}];',
+        'extern char __start_cnn_gpu_emu_shared[] __attribute__((weak, visibility("hidden")));',
+        'extern char __stop_cnn_gpu_emu_shared[] __attribute__((weak, visibility("hidden")));',
+        '__attribute__((visibility("hidden"))) cnn_gpu_emu_module_state cnn_gpu_emu_module = {',
+        '    nullptr, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, __start_cnn_gpu_emu_shared, __stop_cnn_gpu_emu_shared,',
+        f'    cnn_gpu_emu_dynamic_shared_storage, {DYNAMIC_SHARED_CAPACITY}ULL}};',
+        '__attribute__((visibility("default"))) cnn_gpu_emu_module_state* cnn_gpu_emu_module_state_of() {',
+        '    return &cnn_gpu_emu_module; }',
+        f'__attribute__((visibility("default"))) const char* cnn_gpu_emu_metadata() {{ return {json.dumps(metadata)}; }}',
+        '}',
+    ]
+    for name in dynamic_names:  # every extern __shared__ array is the one dynamic buffer
+        lines.append(f'asm(".globl {name}\\n.hidden {name}\\n.set {name}, cnn_gpu_emu_dynamic_shared_storage\\n");')
+    for name in kernels:
+        lines.append(f'extern "C" __attribute__((visibility("default"))) void cnn_gpu_emu_entry_{name}('
+                     f'void** cnn_gpu_emu_args) {{ cnn_gpu_emu::invoke(&{name}, cnn_gpu_emu_args); }}')
+        lines.append(f'extern "C" __attribute__((visibility("default"))) const char* const* '
+                     f'cnn_gpu_emu_signature_{name}() {{ return cnn_gpu_emu::signature(&{name}); }}')
+    return "\n".join(lines) + "\n"
+
+
+# The race check build: every memory access calls a __tsan_* hook (defined in cuda_emu.h).
+RACE_CHECK_FLAGS = ("-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-DCNN_GPU_EMU_RACE_CHECK=1")
+
+
+def build_module(source: str, display_name: str, include_dir: Path | None, options,
+                 race_check: bool = False) -> tuple[Path, Options]:
+    """The cached shared object of a kernel source (built when missing) and its translated options."""
+    opts = translate_options(options)
+    cxx = compiler()
+    flags = _compile_flags(opts) + (list(RACE_CHECK_FLAGS) if race_check else [])
+    includes = [f"-I{include_dir}"] if include_dir else []
+    transformed = _EXTERN_SHARED.sub("extern cnn_gpu_emu_dynamic_shared_decl", source)
+    transformed = _PRAGMA_UNROLL.sub(lambda m: f"{m.group(1)}CNN_GPU_EMU_UNROLL({m.group(2) or 32})", transformed)
+    digest = hashlib.sha256()
+    parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
+             HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(), transformed]
+    parts += [p.read_text() for p in _included_files(source, include_dir)]
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    path = cache_dir() / f"module-{digest.hexdigest()[:32]}.so"
+    if path.exists():
+        return path, opts
+
+    preprocessed = _run([cxx, "-E", "-P", "-x", "c++", f"-std={opts.std}", *opts.defines, *includes,
+                         f"-D__global__={_GLOBAL_MARK}", "-"], f"preprocessing {display_name}", stdin=transformed)
+    kernels = scan_kernels(preprocessed)
+    dynamic_names = sorted(set(_DYNAMIC_SHARED.findall(preprocessed)))
+    metadata = json.dumps({"kernels": kernels, "source": display_name})
+    text = (f'#include "{HEADER}"\n#line 1 "{display_name}"\n{transformed}\n'
+            f'{_glue(kernels, dynamic_names, metadata)}')
+
+    def compile_to(temp: Path) -> None:
+        generated, obj = temp.with_suffix(".cpp"), temp.with_suffix(".o")
+        generated.write_text(text)
+        try:
+            # compile and link apart: linking with -fsanitize=thread would pull in libtsan
+            _run([cxx, *flags, *opts.defines, *includes, "-c", "-x", "c++", str(generated), "-o", str(obj)],
+                 f"compiling {display_name} for the emulator")
+            _run([cxx, "-shared", str(obj), "-o", str(temp)], f"linking {display_name} for the emulator")
+        finally:
+            generated.unlink(missing_ok=True)
+            obj.unlink(missing_ok=True)
+
+    _build_atomically(path, compile_to)
+    return path, opts

@@ -1,0 +1,69 @@
+"""Per-launch checking settings: defaults, the `checking` context manager, call overrides."""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+SCHEDULES = ("forward", "reverse", "random")
+
+
+def _default_timeout() -> float:
+    value = os.environ.get("CNN_GPU_EMU_TIMEOUT", "").strip()
+    try:
+        return float(value) if value else 60.0
+    except ValueError:
+        raise ValueError(f"$CNN_GPU_EMU_TIMEOUT must be a number of seconds, got {value!r}") from None
+
+
+# Outside any `checking` block: forward order and only the checks that cost nothing noticeable.
+DEFAULTS = {"schedule": "forward", "seed": None, "guard": False, "poison": True, "race": False, "timeout": None}
+
+_settings: contextvars.ContextVar[dict] = contextvars.ContextVar("cnn_gpu_emu_checking", default=DEFAULTS)
+
+
+def validate(name: str, value):
+    if name == "schedule" and value not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
+    if name == "seed" and value is not None and (not isinstance(value, int) or value < 0):
+        raise ValueError(f"seed must be a non-negative int or None; got {value!r}")
+    if name == "timeout" and value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None; got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def checking(schedule: str = "forward", seed: int | None = None, guard: bool = True, poison: bool = True,
+             race: bool = False, timeout: float | None = None):
+    """Defaults for every emulator launch inside the block; a launch's own keywords still win.
+
+    schedule: order the threads of a block run between barriers ("forward", "reverse", "random");
+    seed: for "random" (None: a fresh seed per launch, shown in fault messages);
+    guard: stage every array argument against an inaccessible page with canaries, and guard the
+    end of dynamic shared memory; poison: fill shared memory with NaN before each block;
+    race: report two threads touching one shared memory word with no barrier between them (one
+    of them writing), with both source lines; runs an instrumented build, several times slower;
+    timeout: watchdog seconds for one launch (None: inherit; default 60 or $CNN_GPU_EMU_TIMEOUT).
+    """
+    new = dict(_settings.get())
+    for name, value in (("schedule", schedule), ("seed", seed), ("guard", bool(guard)), ("poison", bool(poison)),
+                        ("race", bool(race))):
+        new[name] = validate(name, value)
+    if timeout is not None:
+        new["timeout"] = validate("timeout", timeout)
+    token = _settings.set(new)
+    try:
+        yield new
+    finally:
+        _settings.reset(token)
+
+
+def effective(**overrides) -> dict:
+    """The settings of one launch: the innermost `checking` block (or the defaults) + overrides."""
+    settings = dict(_settings.get())
+    for name, value in overrides.items():
+        if value is not None:
+            settings[name] = validate(name, value)
+    if settings["timeout"] is None:
+        settings["timeout"] = _default_timeout()
+    return settings

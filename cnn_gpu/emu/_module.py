@@ -1,0 +1,516 @@
+"""RawModule / kernel objects with CuPy's calling convention, argument checking and fault reports."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import random
+import signal
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import _build
+from ._checking import effective
+
+SCHEDULE_CODES = {"forward": 0, "reverse": 1, "random": 2}
+DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024  # CUDA's limit without the opt-in attribute
+
+C_NAMES = {"f4": "float", "f8": "double", "i1": "signed char", "u1": "unsigned char", "i2": "short",
+           "u2": "unsigned short", "i4": "int", "u4": "unsigned int", "i8": "long long",
+           "u8": "unsigned long long", "b1": "bool"}
+NUMPY_NAMES = {"f4": "np.float32", "f8": "np.float64", "i1": "np.int8", "u1": "np.uint8", "i2": "np.int16",
+               "u2": "np.uint16", "i4": "np.int32", "u4": "np.uint32", "i8": "np.int64", "u8": "np.uint64",
+               "b1": "np.bool_"}
+PACK_FORMATS = {"f4": "<f", "f8": "<d", "i1": "<b", "u1": "<B", "i2": "<h", "u2": "<H", "i4": "<i",
+                "u4": "<I", "i8": "<q", "u8": "<Q", "b1": "<?"}
+
+
+class KernelFault(RuntimeError):
+    """A fault inside an emulated kernel: names the kernel, block, thread and source line."""
+
+    def __init__(self, message: str, *, kernel: str, kind: str, block=None, thread=None, source=None):
+        super().__init__(message)
+        self.kernel = kernel
+        self.kind = kind
+        self.block = block
+        self.thread = thread
+        self.source = source
+
+
+class _Uint3(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint), ("z", ctypes.c_uint)]
+
+
+class _ModuleState(ctypes.Structure):
+    _fields_ = [("current", ctypes.c_void_p), ("block_idx", _Uint3), ("block_dim", _Uint3),
+                ("grid_dim", _Uint3), ("static_shared_begin", ctypes.c_void_p),
+                ("static_shared_end", ctypes.c_void_p), ("dynamic_shared", ctypes.c_void_p),
+                ("dynamic_shared_capacity", ctypes.c_ulonglong)]
+
+
+class _LaunchDesc(ctypes.Structure):
+    _fields_ = [("module", ctypes.c_void_p), ("entry", ctypes.c_void_p), ("args", ctypes.c_void_p),
+                ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                ("shared_mem", ctypes.c_ulonglong), ("seed", ctypes.c_ulonglong),
+                ("timeout_seconds", ctypes.c_double), ("schedule", ctypes.c_int), ("poison", ctypes.c_int),
+                ("guard_shared", ctypes.c_int), ("flush_denormals", ctypes.c_int), ("race_check", ctypes.c_int),
+                ("race_global_ranges", ctypes.c_void_p), ("race_global_count", ctypes.c_int),
+                ("race_region", ctypes.c_int),
+                ("fault_kind", ctypes.c_int), ("signal_number", ctypes.c_int), ("has_thread", ctypes.c_int),
+                ("fault_block", ctypes.c_uint * 3), ("fault_thread", ctypes.c_uint * 3),
+                ("other_thread", ctypes.c_uint * 3), ("has_other_thread", ctypes.c_int),
+                ("fault_address", ctypes.c_ulonglong), ("site_offset", ctypes.c_ulonglong),
+                ("other_site_offset", ctypes.c_ulonglong), ("site_object", ctypes.c_char * 512),
+                ("other_site_object", ctypes.c_char * 512), ("message", ctypes.c_char * 512)]
+
+
+FAULT_KINDS = {1: "signal", 2: "stack overflow", 3: "divergent barrier", 4: "barrier not reached by all threads",
+               5: "warp exchange deadlock", 6: "watchdog timeout", 7: "shared memory overrun", 8: "launch setup",
+               9: "shared memory race"}
+
+
+@functools.lru_cache(maxsize=None)
+def _runtime():
+    lib = _build.runtime_library()
+    lib.cnn_gpu_emu_launch.argtypes = [ctypes.POINTER(_LaunchDesc)]
+    lib.cnn_gpu_emu_launch.restype = ctypes.c_int
+    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p)]
+    lib.cnn_gpu_emu_guard_alloc.restype = ctypes.c_void_p
+    lib.cnn_gpu_emu_guard_check.argtypes = [ctypes.c_void_p]
+    lib.cnn_gpu_emu_guard_check.restype = ctypes.c_int
+    lib.cnn_gpu_emu_guard_free.argtypes = [ctypes.c_void_p]
+    lib.cnn_gpu_emu_guard_free.restype = None
+    lib.cnn_gpu_emu_switch_benchmark.argtypes = [ctypes.c_long]
+    lib.cnn_gpu_emu_switch_benchmark.restype = ctypes.c_double
+    lib.cnn_gpu_emu_launch_desc_size.restype = ctypes.c_ulonglong
+    if lib.cnn_gpu_emu_launch_desc_size() != ctypes.sizeof(_LaunchDesc):
+        raise RuntimeError("cnn_gpu.emu: the runtime's launch descriptor does not match _LaunchDesc")
+    return lib
+
+
+@functools.lru_cache(maxsize=4096)
+def source_line(obj: str, offset: int) -> str | None:
+    """`file:line` of an instruction, the innermost frame outside the emulator's own header."""
+    if not obj:
+        return None
+    try:
+        out = subprocess.run(["addr2line", "-f", "-i", "-C", "-e", obj, hex(offset)],
+                             capture_output=True, text=True, timeout=20).stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    frames = [(out[i], out[i + 1]) for i in range(0, len(out) - 1, 2)]
+    for function, location in frames:
+        if "cuda_emu.h" not in location and "cnn_gpu_emu_glue" not in location and not location.startswith("??"):
+            location = location.split(" (discriminator")[0]
+            if "<code>" in location:  # a source given as a string: no directory
+                location = location[location.index("<code>"):]
+            return f"{location} (in {function})"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _data_symbols(path: str) -> tuple[int, list[tuple[int, int, str]]]:
+    """(address of cnn_gpu_emu_module, [(address, size, demangled name)]) from the library's symbol
+    table: names the __shared__ array a race report's address falls in."""
+    try:
+        out = subprocess.run(["nm", "-S", "-C", "--defined-only", path], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0, []
+    module_address, symbols = 0, []
+    for line in out.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) == 4 and parts[2] in "bBdD":
+            address, size, name = int(parts[0], 16), int(parts[1], 16), parts[3]
+            symbols.append((address, size, name))
+            if name == "cnn_gpu_emu_module":
+                module_address = address
+    return module_address, symbols
+
+
+def shared_variable(library, address: int) -> str | None:
+    """`name (byte N)` of the static __shared__ array holding `address`, if the symbols say."""
+    module_address, symbols = _data_symbols(str(library.path))
+    if not module_address:
+        return None
+    relative = address - (library.state_address - module_address)
+    for start, size, name in symbols:
+        if start <= relative < start + size:
+            return f"{name.split('::')[-1]} (byte {relative - start}, in {name.rsplit('::', 1)[0]})"
+    return None
+
+
+def _dims(name: str, value) -> tuple[int, int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (value,)
+    try:
+        dims = tuple(int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a tuple of up to 3 ints, got {value!r}") from None
+    if not 1 <= len(dims) <= 3 or any(d < 1 for d in dims):
+        raise ValueError(f"{name} must have 1 to 3 positive dimensions, got {value!r}")
+    return dims + (1,) * (3 - len(dims))
+
+
+def _array_code(a: np.ndarray) -> str:
+    return f"{a.dtype.kind}{a.dtype.itemsize}" if a.dtype.kind in "fiub" else a.dtype.str
+
+
+def _describe(arg) -> str:
+    if isinstance(arg, np.ndarray):
+        return f"a {arg.dtype} array"
+    if isinstance(arg, bool):
+        return "Python bool (passed as bool)"
+    if isinstance(arg, int):
+        return "Python int (passed as long long)"
+    if isinstance(arg, float):
+        return "Python float (passed as double)"
+    if isinstance(arg, np.generic):
+        return f"np.{arg.dtype.name} scalar"
+    return f"{type(arg).__name__} {arg!r}"
+
+
+def _scalar_code(arg) -> str | None:
+    if isinstance(arg, bool):
+        return "b1"
+    if isinstance(arg, int):
+        return "i8"
+    if isinstance(arg, float):
+        return "f8"
+    if isinstance(arg, np.generic) and arg.dtype.kind in "fiub":
+        return f"{arg.dtype.kind}{arg.dtype.itemsize}"
+    return None
+
+
+_byte_bounds = np.lib.array_utils.byte_bounds if hasattr(np.lib, "array_utils") else np.byte_bounds
+
+
+def _memory_spans(arrays: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, int, list]]:
+    """The memory the array arguments span, overlapping arrays merged: [(low, high, members)]."""
+    spans: list[list] = []
+    for low, high, member in sorted(((*_byte_bounds(a), (i, name, a)) for i, name, a in arrays),
+                                    key=lambda span: span[0]):
+        if spans and low < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], high)
+            spans[-1][2].append(member)
+        else:
+            spans.append([low, high, [member]])
+    return [tuple(span) for span in spans]
+
+
+# The global-memory part of the race check keeps ~90 bytes of shadow per 4 bytes of arguments.
+RACE_CHECK_GLOBAL_LIMIT = 8 << 20
+
+
+class _Staging:
+    """Array arguments copied into guarded buffers (inaccessible page after the end, canary in front);
+    overlapping arrays share one buffer so aliasing stays as it was."""
+
+    def __init__(self, lib, arrays: list[tuple[int, str, np.ndarray]]):
+        self.lib = lib
+        # [low, high, [(index, name, array)], handle, data]
+        self.groups = [[low, high, members, None, 0] for low, high, members in _memory_spans(arrays)]
+        try:
+            for group in self.groups:
+                data = ctypes.c_void_p()
+                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], ctypes.byref(data))
+                if not group[3]:
+                    raise MemoryError("cnn_gpu.emu: cannot map a guarded buffer")
+                group[4] = data.value or 0
+                ctypes.memmove(group[4], group[0], group[1] - group[0])
+        except BaseException:
+            self.release()
+            raise
+
+    def pointers(self) -> dict[int, int]:
+        return {index: group[4] + (a.__array_interface__["data"][0] - group[0])
+                for group in self.groups for index, _, a in group[2]}
+
+    def overrun_argument(self, address: int) -> str | None:
+        """The argument whose guard page holds `address`, if any."""
+        for group in self.groups:
+            guard = (group[4] + (group[1] - group[0]) + _build.PAGE - 1) // _build.PAGE * _build.PAGE
+            if guard <= address < guard + _build.PAGE:
+                return group[2][0][1]
+        return None
+
+    def check_canaries(self) -> str | None:
+        for group in self.groups:
+            status = self.lib.cnn_gpu_emu_guard_check(group[3])
+            if status:
+                names = "/".join(repr(name) for _, name, _ in group[2])
+                where = "before the start" if status == 1 else "past the end"
+                return f"out-of-bounds write {where} of argument {names}"
+        return None
+
+    def copy_back(self) -> None:
+        """Each writeable array gets its own bytes back (read-only ones are never written to)."""
+        for low, _, members, _, data in self.groups:
+            for _, _, a in members:
+                if a.flags.writeable:
+                    start, end = _byte_bounds(a)
+                    ctypes.memmove(start, data + (start - low), end - start)
+
+    def release(self) -> None:
+        for group in self.groups:
+            if group[3]:
+                self.lib.cnn_gpu_emu_guard_free(group[3])
+                group[3] = None
+
+
+class Kernel:
+    """One __global__ function; call as `kernel(grid, block, args, shared_mem=0)` like CuPy."""
+
+    def __init__(self, module: "RawModule", name: str, parameter_names: list[str]):
+        signature = getattr(module._library(False).lib, f"cnn_gpu_emu_signature_{name}")
+        signature.restype = ctypes.POINTER(ctypes.c_char_p)
+        codes_ptr = signature()
+        codes = []
+        while codes_ptr[len(codes)] is not None:
+            codes.append(codes_ptr[len(codes)].decode())
+        self.module = module
+        self.name = name
+        self.parameter_codes = codes
+        self.parameter_names = (parameter_names if len(parameter_names) == len(codes)
+                                else [f"arg{i}" for i in range(len(codes))])
+        self.max_dynamic_shared_size_bytes = DEFAULT_MAX_DYNAMIC_SHARED
+
+    def _parameter(self, i: int) -> str:
+        code = self.parameter_codes[i]
+        ctype = ("void*" if code == "*" else f"{C_NAMES.get(code[1:], '?')}*") if code.startswith("*") \
+            else C_NAMES.get(code, "an unsupported type")
+        return f"kernel {self.name!r} parameter {i} {self.parameter_names[i]!r} ({ctype})"
+
+    def _marshal(self, args) -> tuple[ctypes.Array, list[tuple[int, str, np.ndarray]]]:
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(f"kernel {self.name!r}: args must be a tuple, got {type(args).__name__}")
+        if len(args) != len(self.parameter_codes):
+            listed = ", ".join(self.parameter_names)
+            raise TypeError(f"kernel {self.name!r} takes {len(self.parameter_codes)} arguments ({listed}), "
+                            f"got {len(args)}")
+        slots = (ctypes.c_uint64 * max(1, len(args)))()
+        arrays = []
+        for i, (arg, code) in enumerate(zip(args, self.parameter_codes)):
+            if code.startswith("*"):
+                if not isinstance(arg, np.ndarray):
+                    raise TypeError(f"{self._parameter(i)}: expected an array, got {_describe(arg)}")
+                want = code[1:]
+                if want and _array_code(arg) != want:
+                    raise TypeError(f"{self._parameter(i)}: expected a {NUMPY_NAMES[want][3:]} array, "
+                                    f"got {_describe(arg)}")
+                arrays.append((i, self.parameter_names[i], arg))
+                slots[i] = arg.__array_interface__["data"][0]
+            else:
+                if code not in PACK_FORMATS:
+                    raise TypeError(f"{self._parameter(i)}: the emulator cannot pass this parameter type")
+                got = _scalar_code(arg)
+                if got != code:
+                    raise TypeError(f"{self._parameter(i)}: expected {C_NAMES[code]} "
+                                    f"(pass {NUMPY_NAMES[code]}), got {_describe(arg)}")
+                struct.pack_into(PACK_FORMATS[code], slots, 8 * i, arg.item() if isinstance(arg, np.generic) else arg)
+        return slots, arrays
+
+    def __call__(self, grid, block, args, shared_mem=0, *, schedule=None, seed=None, guard=None, poison=None,
+                 race=None, timeout=None, stream=None):
+        """Launch like CuPy. Checking keywords (defaults from `emu.checking`): schedule, seed, guard,
+        poison, race (shared memory race check: an instrumented build, slower), timeout (seconds)."""
+        settings = effective(schedule=schedule, seed=seed, guard=guard, poison=poison, race=race, timeout=timeout)
+        grid3, block3 = _dims("grid", grid), _dims("block", block)
+        threads = block3[0] * block3[1] * block3[2]
+        if threads > 1024 or block3[2] > 64:
+            raise ValueError(f"kernel {self.name!r}: block {block3} exceeds 1024 threads (or 64 in z)")
+        if grid3[0] >= 2 ** 31 or grid3[1] > 65535 or grid3[2] > 65535:
+            raise ValueError(f"kernel {self.name!r}: grid {grid3} exceeds CUDA's limits")
+        shared_mem = int(shared_mem)
+        limit = min(self.max_dynamic_shared_size_bytes, _build.DYNAMIC_SHARED_CAPACITY)
+        if not 0 <= shared_mem <= limit:
+            raise ValueError(f"kernel {self.name!r}: shared_mem={shared_mem} bytes outside 0..{limit} "
+                             "(raise kernel.max_dynamic_shared_size_bytes as on a GPU)")
+        slots, arrays = self._marshal(args)
+        library = self.module._library(settings["race"])
+        lib = _runtime()
+        staging = _Staging(lib, arrays) if settings["guard"] and arrays else None
+        try:
+            if staging:
+                for index, pointer in staging.pointers().items():
+                    slots[index] = pointer
+            base = ctypes.addressof(slots)
+            arg_addresses = (ctypes.c_void_p * max(1, len(args)))(*[base + 8 * i for i in range(len(args))])
+            seed_value = settings["seed"]
+            if settings["schedule"] == "random" and seed_value is None:
+                seed_value = random.getrandbits(63)
+            desc = _LaunchDesc()
+            desc.module = library.state_address
+            desc.entry = library.entry(self.name)
+            desc.args = ctypes.addressof(arg_addresses)
+            desc.grid[:] = grid3
+            desc.block[:] = block3
+            desc.shared_mem = shared_mem
+            desc.seed = seed_value or 0
+            desc.timeout_seconds = float(settings["timeout"])
+            desc.schedule = SCHEDULE_CODES[settings["schedule"]]
+            desc.poison = int(settings["poison"])
+            desc.guard_shared = int(settings["guard"])
+            desc.flush_denormals = int(self.module._options.flush_denormals)
+            desc.race_check = int(settings["race"])
+            race_ranges = self._race_ranges(arrays, staging) if settings["race"] else []
+            if race_ranges:
+                flat = (ctypes.c_ulonglong * (2 * len(race_ranges)))(*[v for r in race_ranges for v in r[:2]])
+                desc.race_global_ranges = ctypes.addressof(flat)
+                desc.race_global_count = len(race_ranges)
+            with library.lock:
+                status = lib.cnn_gpu_emu_launch(ctypes.byref(desc))
+            if status:
+                raise self._fault(desc, settings, seed_value, shared_mem, staging, library, race_ranges)
+            if staging:
+                problem = staging.check_canaries()
+                if problem:
+                    raise KernelFault(f"kernel {self.name!r}: {problem} (found after the launch; "
+                                      "block and thread unknown)", kernel=self.name, kind="out-of-bounds write")
+                staging.copy_back()
+        finally:
+            if staging:
+                staging.release()
+
+    @staticmethod
+    def _race_ranges(arrays, staging) -> list[tuple[int, int, str, int]]:
+        """[(begin, end, argument name, itemsize)] of the memory the kernel sees as its arrays."""
+        if staging:
+            spans = [(group[4], group[4] + group[1] - group[0], group[2]) for group in staging.groups]
+        else:
+            spans = _memory_spans(arrays)
+        if sum(end - begin for begin, end, _ in spans) > RACE_CHECK_GLOBAL_LIMIT:
+            return []  # shared memory only: the shadow of large arguments would not fit
+        return [(begin, end, members[0][1], members[0][2].itemsize) for begin, end, members in spans]
+
+    def _fault(self, desc: _LaunchDesc, settings, seed, shared_mem: int, staging, library,
+               race_ranges) -> KernelFault:
+        kind = FAULT_KINDS.get(desc.fault_kind, "fault")
+        message = desc.message.decode(errors="replace")
+        if desc.fault_kind == 1:
+            name = signal.Signals(desc.signal_number).name if desc.signal_number else "signal"
+            address = desc.fault_address
+            message = f"{name} (address 0x{address:x})"
+            argument = staging.overrun_argument(address) if staging else None
+            dynamic = library.state.dynamic_shared or 0
+            shared_guard = dynamic + (shared_mem + _build.PAGE - 1) // _build.PAGE * _build.PAGE
+            if argument:
+                kind = "out-of-bounds access"
+                message = f"out-of-bounds access past the end of argument {argument!r} ({name})"
+            elif settings["guard"] and shared_guard <= address < shared_guard + _build.PAGE:
+                kind = "shared memory overrun"
+                message = f"access past the end of the {shared_mem} bytes of dynamic shared memory ({name})"
+        elif desc.fault_kind == 9:
+            if desc.race_region >= 2:
+                begin, _, name, itemsize = race_ranges[desc.race_region - 2]
+                variable = f"argument {name!r} (element {(desc.fault_address - begin) // itemsize})"
+                space = "global memory"
+            else:
+                variable = shared_variable(library, desc.fault_address)
+                space = "shared memory"
+            if variable:
+                message = f"{space} race on {variable}: this thread{message.split(': this thread', 1)[1]}"
+        elif desc.fault_kind == 2:
+            message = "fiber stack overflow (64 KB per CUDA thread)"
+        elif desc.fault_kind == 6:
+            message = f"watchdog: the launch ran longer than {settings['timeout']} s (an endless loop?)"
+        block = tuple(desc.fault_block)
+        thread = tuple(desc.fault_thread) if desc.has_thread else None
+        source = source_line(desc.site_object.decode(), desc.site_offset)
+        text = f"kernel {self.name!r}: {message}; block {block}"
+        if thread is not None:
+            text += f", thread {thread}"
+        if source:
+            text += f", at {source}"
+        if desc.has_other_thread:
+            other = source_line(desc.other_site_object.decode(), desc.other_site_offset)
+            text += f"; other thread {tuple(desc.other_thread)}" + (f" at {other}" if other else "")
+        text += f" [schedule={settings['schedule']}" + (f", seed={seed}]" if settings["schedule"] == "random" else "]")
+        return KernelFault(text, kernel=self.name, kind=kind, block=block, thread=thread, source=source)
+
+
+_library_locks: dict[str, threading.Lock] = {}
+_library_locks_guard = threading.Lock()
+
+
+def _library_lock(path: str) -> threading.Lock:
+    """One lock per loaded library: its shared memory and state serve one launch at a time, and
+    RawModules of the same source share the library (dlopen hands back the same handle)."""
+    with _library_locks_guard:
+        return _library_locks.setdefault(path, threading.Lock())
+
+
+class _Library:
+    """One compiled build of a module (plain, or instrumented for the race check)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lib = ctypes.CDLL(str(path))
+        state_of = self.lib.cnn_gpu_emu_module_state_of
+        state_of.restype = ctypes.c_void_p
+        self.state_address = state_of()
+        self.state = _ModuleState.from_address(self.state_address)
+        metadata = self.lib.cnn_gpu_emu_metadata
+        metadata.restype = ctypes.c_char_p
+        self.kernel_parameters = json.loads(metadata().decode())["kernels"]
+        self.lock = _library_lock(str(path))
+        self._entries: dict[str, int] = {}
+
+    def entry(self, name: str) -> int:
+        address = self._entries.get(name)
+        if address is None:
+            function = getattr(self.lib, f"cnn_gpu_emu_entry_{name}")
+            address = self._entries[name] = ctypes.cast(function, ctypes.c_void_p).value
+        return address
+
+
+class RawModule:
+    """CUDA C source compiled for the CPU; `get_function(name)` gives a CuPy-style kernel."""
+
+    def __init__(self, code: str | None = None, path: str | None = None, options=(), **_cupy_only):
+        if (code is None) == (path is None):
+            raise ValueError("RawModule takes exactly one of code= or path=")
+        if path is not None:
+            file = Path(path).resolve()
+            self._source, self._display, self._include_dir = file.read_text(), str(file), file.parent
+        else:
+            if not isinstance(code, str):
+                raise TypeError(f"code must be a str, got {type(code).__name__}")
+            self._source, self._display, self._include_dir = code, "<code>", None
+        self._raw_options = options
+        _runtime()  # load the runtime first: the module binds to its symbols
+        so_path, self._options = _build.build_module(self._source, self._display, self._include_dir, options)
+        self._libraries = {False: _Library(so_path)}
+        self._libraries_lock = threading.Lock()
+        self.path = so_path
+        self._kernel_parameters = self._libraries[False].kernel_parameters
+        self._kernels: dict[str, Kernel] = {}
+
+    def _library(self, race_check: bool) -> _Library:
+        """The plain build, or (built on first use) the one instrumented for the race check."""
+        library = self._libraries.get(race_check)
+        if library is None:
+            with self._libraries_lock:
+                library = self._libraries.get(race_check)
+                if library is None:
+                    so_path, _ = _build.build_module(self._source, self._display, self._include_dir,
+                                                     self._raw_options, race_check=race_check)
+                    library = self._libraries[race_check] = _Library(so_path)
+        return library
+
+    @property
+    def kernel_names(self) -> list[str]:
+        return list(self._kernel_parameters)
+
+    def get_function(self, name: str) -> Kernel:
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            if name not in self._kernel_parameters:
+                raise ValueError(f"no __global__ function {name!r} in this module; it has: "
+                                 f"{', '.join(self._kernel_parameters) or 'none'}")
+            kernel = self._kernels[name] = Kernel(self, name, self._kernel_parameters[name])
+        return kernel

@@ -1,0 +1,429 @@
+/* The CUDA C subset the project's kernels use, for g++ on x86-64 (cnn_gpu.emu).
+ *
+ * Force-included before a kernel source. No system headers are pulled in on purpose: a kernel
+ * that relies on something NVRTC does not provide (INFINITY, <cstdint>, std::max) should fail
+ * here as it fails there. The module build replaces `extern __shared__` by
+ * `extern cnn_gpu_emu_dynamic_shared_decl` and binds those names to the module's
+ * dynamic shared memory buffer, and `#pragma unroll` by CNN_GPU_EMU_UNROLL. */
+#ifndef CNN_GPU_CUDA_EMU_H
+#define CNN_GPU_CUDA_EMU_H
+
+#include "emu_abi.h"
+
+#define CNN_GPU_EMU 1
+/* As NVRTC defines them; the architecture is the oldest one the project targets. */
+#define __CUDACC__ 1
+#define __CUDACC_RTC__ 1
+#define __CUDA_ARCH__ 700
+
+/* --- qualifiers ---------------------------------------------------------------------------- */
+#define __global__
+#define __device__
+#define __host__
+#define __constant__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+/* Block-scope statics shared by the fibers of a block; in one section so they can be poisoned. */
+#define __shared__ static __attribute__((section("cnn_gpu_emu_shared")))
+#define cnn_gpu_emu_dynamic_shared_decl __attribute__((visibility("hidden")))
+/* The module build writes `#pragma unroll N` as CNN_GPU_EMU_UNROLL(N): GCC expands no macros in N. */
+#define CNN_GPU_EMU_PRAGMA(text) _Pragma(#text)
+#define CNN_GPU_EMU_UNROLL(n) CNN_GPU_EMU_PRAGMA(GCC unroll n)
+
+extern "C" __attribute__((visibility("hidden"))) cnn_gpu_emu_module_state cnn_gpu_emu_module;
+
+/* --- vector types and built-in variables -------------------------------------------------- */
+typedef __SIZE_TYPE__ size_t;
+typedef __PTRDIFF_TYPE__ ptrdiff_t;
+typedef cnn_gpu_emu_uint3 uint3;
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+};
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct float3 { float x, y, z; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(16))) double2 { double x, y; };
+struct double3 { double x, y, z; };
+struct __attribute__((aligned(16))) double4 { double x, y, z, w; };
+struct __attribute__((aligned(8))) int2 { int x, y; };
+struct int3 { int x, y, z; };
+struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
+struct __attribute__((aligned(8))) uint2 { unsigned int x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned int x, y, z, w; };
+
+static __forceinline__ float2 make_float2(float x, float y) { return {x, y}; }
+static __forceinline__ float3 make_float3(float x, float y, float z) { return {x, y, z}; }
+static __forceinline__ float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+static __forceinline__ double2 make_double2(double x, double y) { return {x, y}; }
+static __forceinline__ double3 make_double3(double x, double y, double z) { return {x, y, z}; }
+static __forceinline__ double4 make_double4(double x, double y, double z, double w) { return {x, y, z, w}; }
+static __forceinline__ int2 make_int2(int x, int y) { return {x, y}; }
+static __forceinline__ int3 make_int3(int x, int y, int z) { return {x, y, z}; }
+static __forceinline__ int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+static __forceinline__ uint2 make_uint2(unsigned int x, unsigned int y) { return {x, y}; }
+static __forceinline__ uint3 make_uint3(unsigned int x, unsigned int y, unsigned int z) { return {x, y, z}; }
+static __forceinline__ uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return {x, y, z, w}; }
+
+#define threadIdx (cnn_gpu_emu_module.current->thread_idx)
+#define blockIdx (cnn_gpu_emu_module.block_idx)
+#define blockDim (cnn_gpu_emu_module.block_dim)
+#define gridDim (cnn_gpu_emu_module.grid_dim)
+#define warpSize 32
+
+/* --- synchronisation (the runtime library) ------------------------------------------------- */
+/* A barrier is identified by its source line: the compiler may duplicate one call site. */
+extern "C" int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, int line);
+extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
+
+#define __syncthreads() ((void)cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, 0, __LINE__))
+#define __syncthreads_count(p) cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__)
+#define __syncthreads_and(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__) == \
+                              (int)(blockDim.x * blockDim.y * blockDim.z))
+#define __syncthreads_or(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__) != 0)
+
+/* Fibers never preempt each other, so memory is coherent at every point a kernel can observe. */
+static __forceinline__ void __threadfence() { __asm__ __volatile__("" ::: "memory"); }
+static __forceinline__ void __threadfence_block() { __asm__ __volatile__("" ::: "memory"); }
+static __forceinline__ void __threadfence_system() { __asm__ __volatile__("" ::: "memory"); }
+
+/* --- warp shuffles and votes (full-mask semantics: every lane of the warp must take part) -- */
+template <class T>
+static __forceinline__ unsigned long long cnn_gpu_emu_bits(T v) {
+    static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
+    unsigned long long bits = 0;
+    __builtin_memcpy(&bits, &v, sizeof(T));
+    return bits;
+}
+template <class T>
+static __forceinline__ T cnn_gpu_emu_from_bits(unsigned long long bits) {
+    T v;
+    __builtin_memcpy(&v, &bits, sizeof(T));
+    return v;
+}
+template <class T>
+static __forceinline__ T cnn_gpu_emu_shuffle_from(T v, int source, bool own) {
+    cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
+    const unsigned long long* slots = cnn_gpu_emu_warp_exchange(me, cnn_gpu_emu_bits(v));
+    if (own || source >= (int)me->warp_size) return v;
+    return cnn_gpu_emu_from_bits<T>(slots[source]);
+}
+template <class T>
+static __forceinline__ T __shfl_sync(unsigned int, T v, int src_lane, int width = warpSize) {
+    int lane = (int)cnn_gpu_emu_module.current->lane;
+    int source = (lane & ~(width - 1)) + (src_lane & (width - 1));
+    return cnn_gpu_emu_shuffle_from(v, source, false);
+}
+template <class T>
+static __forceinline__ T __shfl_up_sync(unsigned int, T v, unsigned int delta, int width = warpSize) {
+    int lane = (int)cnn_gpu_emu_module.current->lane;
+    return cnn_gpu_emu_shuffle_from(v, lane - (int)delta, (lane & (width - 1)) < (int)delta);
+}
+template <class T>
+static __forceinline__ T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = warpSize) {
+    int lane = (int)cnn_gpu_emu_module.current->lane;
+    return cnn_gpu_emu_shuffle_from(v, lane + (int)delta, (lane & (width - 1)) + (int)delta >= width);
+}
+template <class T>
+static __forceinline__ T __shfl_xor_sync(unsigned int, T v, int lane_mask, int width = warpSize) {
+    int lane = (int)cnn_gpu_emu_module.current->lane;
+    int source = lane ^ lane_mask;
+    return cnn_gpu_emu_shuffle_from(v, source, source >= ((lane / width) + 1) * width);
+}
+static __forceinline__ unsigned int __ballot_sync(unsigned int, int predicate) {
+    cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
+    const unsigned long long* slots = cnn_gpu_emu_warp_exchange(me, predicate != 0);
+    int size = (int)me->warp_size;
+    unsigned int ballot = 0;
+    for (int i = 0; i < size; ++i) ballot |= (unsigned int)slots[i] << i;
+    return ballot;
+}
+static __forceinline__ int __any_sync(unsigned int mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+static __forceinline__ int __all_sync(unsigned int mask, int predicate) {
+    unsigned int size = cnn_gpu_emu_module.current->warp_size;
+    unsigned int full = size == 32 ? 0xffffffffu : ((1u << size) - 1u);
+    return __ballot_sync(mask, predicate) == full;
+}
+static __forceinline__ void __syncwarp(unsigned int = 0xffffffffu) {
+    (void)cnn_gpu_emu_warp_exchange(cnn_gpu_emu_module.current, 0);
+}
+static __forceinline__ unsigned int __activemask() { return 0xffffffffu; }
+
+/* --- race check build (-DCNN_GPU_EMU_RACE_CHECK, -fsanitize=thread instrumentation) ------- */
+#ifdef CNN_GPU_EMU_RACE_CHECK
+extern "C" void cnn_gpu_emu_race_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write,
+                                        void* site);
+#define CNN_GPU_EMU_HOOK(name, size, write)                                                        \
+    extern "C" __attribute__((visibility("hidden"), no_sanitize_thread, noinline)) void name(void* a) { \
+        cnn_gpu_emu_race_access(cnn_gpu_emu_module.current, a, size, write, __builtin_return_address(0)); \
+    }
+#define CNN_GPU_EMU_HOOKS(n)                                                                        \
+    CNN_GPU_EMU_HOOK(__tsan_read##n, n, 0) CNN_GPU_EMU_HOOK(__tsan_write##n, n, 1)                 \
+    CNN_GPU_EMU_HOOK(__tsan_unaligned_read##n, n, 0) CNN_GPU_EMU_HOOK(__tsan_unaligned_write##n, n, 1) \
+    CNN_GPU_EMU_HOOK(__tsan_volatile_read##n, n, 0) CNN_GPU_EMU_HOOK(__tsan_volatile_write##n, n, 1)
+CNN_GPU_EMU_HOOKS(1) CNN_GPU_EMU_HOOKS(2) CNN_GPU_EMU_HOOKS(4) CNN_GPU_EMU_HOOKS(8) CNN_GPU_EMU_HOOKS(16)
+#undef CNN_GPU_EMU_HOOKS
+#undef CNN_GPU_EMU_HOOK
+extern "C" __attribute__((visibility("hidden"), no_sanitize_thread)) void __tsan_read_range(void* a, unsigned long n) {
+    cnn_gpu_emu_race_access(cnn_gpu_emu_module.current, a, n, 0, __builtin_return_address(0));
+}
+extern "C" __attribute__((visibility("hidden"), no_sanitize_thread)) void __tsan_write_range(void* a, unsigned long n) {
+    cnn_gpu_emu_race_access(cnn_gpu_emu_module.current, a, n, 1, __builtin_return_address(0));
+}
+extern "C" __attribute__((visibility("hidden"))) void __tsan_init() {}
+extern "C" __attribute__((visibility("hidden"))) void __tsan_func_entry(void*) {}
+extern "C" __attribute__((visibility("hidden"))) void __tsan_func_exit() {}
+/* The memory clobbers keep the optimiser (which runs before the instrumentation) from moving or
+ * dropping the flag's stores. */
+#define CNN_GPU_EMU_ATOMIC_BEGIN()                                    \
+    do {                                                              \
+        cnn_gpu_emu_module.current->race_check_paused = 1;            \
+        __asm__ __volatile__("" ::: "memory");                        \
+    } while (0)
+#define CNN_GPU_EMU_ATOMIC_END()                                      \
+    do {                                                              \
+        __asm__ __volatile__("" ::: "memory");                        \
+        cnn_gpu_emu_module.current->race_check_paused = 0;            \
+    } while (0)
+#else
+#define CNN_GPU_EMU_ATOMIC_BEGIN() ((void)0)
+#define CNN_GPU_EMU_ATOMIC_END() ((void)0)
+#endif
+
+/* --- atomics: a fiber is never interrupted inside one ------------------------------------- */
+template <class T>
+static __forceinline__ T cnn_gpu_emu_atomic_add(T* address, T value) {
+    __asm__("" : "+g"(value));  /* keep `a*b` in atomicAdd(p, a*b) rounded, as on the GPU */
+    CNN_GPU_EMU_ATOMIC_BEGIN();
+    T old = *address;
+    *address = old + value;
+    CNN_GPU_EMU_ATOMIC_END();
+    return old;
+}
+/* read-modify-write under the race check's pause */
+#define CNN_GPU_EMU_RMW(expression) \
+    CNN_GPU_EMU_ATOMIC_BEGIN();     \
+    T old = *a;                     \
+    expression;                     \
+    CNN_GPU_EMU_ATOMIC_END();       \
+    return old;
+static __forceinline__ float atomicAdd(float* a, float v) { return cnn_gpu_emu_atomic_add(a, v); }
+static __forceinline__ double atomicAdd(double* a, double v) { return cnn_gpu_emu_atomic_add(a, v); }
+static __forceinline__ int atomicAdd(int* a, int v) { return cnn_gpu_emu_atomic_add(a, v); }
+static __forceinline__ unsigned int atomicAdd(unsigned int* a, unsigned int v) { return cnn_gpu_emu_atomic_add(a, v); }
+static __forceinline__ unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+    return cnn_gpu_emu_atomic_add(a, v);
+}
+template <class T> static __forceinline__ T atomicSub(T* a, T v) { CNN_GPU_EMU_RMW(*a = old - v) }
+template <class T> static __forceinline__ T atomicExch(T* a, T v) { CNN_GPU_EMU_RMW(*a = v) }
+template <class T> static __forceinline__ T atomicMax(T* a, T v) { CNN_GPU_EMU_RMW(if (v > old) *a = v) }
+template <class T> static __forceinline__ T atomicMin(T* a, T v) { CNN_GPU_EMU_RMW(if (v < old) *a = v) }
+template <class T> static __forceinline__ T atomicCAS(T* a, T compare, T v) { CNN_GPU_EMU_RMW(if (old == compare) *a = v) }
+template <class T> static __forceinline__ T atomicInc(T* a, T limit) { CNN_GPU_EMU_RMW(*a = old >= limit ? 0 : old + 1) }
+template <class T> static __forceinline__ T atomicAnd(T* a, T v) { CNN_GPU_EMU_RMW(*a = old & v) }
+template <class T> static __forceinline__ T atomicOr(T* a, T v) { CNN_GPU_EMU_RMW(*a = old | v) }
+template <class T> static __forceinline__ T atomicXor(T* a, T v) { CNN_GPU_EMU_RMW(*a = old ^ v) }
+#undef CNN_GPU_EMU_RMW
+
+/* --- loads ----------------------------------------------------------------------------------- */
+template <class T> static __forceinline__ T __ldg(const T* p) { return *p; }
+template <class T> static __forceinline__ T __ldcg(const T* p) { return *p; }
+template <class T> static __forceinline__ T __ldca(const T* p) { return *p; }
+template <class T> static __forceinline__ T __ldcs(const T* p) { return *p; }
+
+/* --- math: the C library for float and double, with CUDA's float overloads ---------------- */
+#define CNN_GPU_EMU_UNARY(name)                                                 \
+    extern "C" double name(double) noexcept;                                    \
+    extern "C" float name##f(float) noexcept;                                   \
+    static __forceinline__ float name(float x) { return name##f(x); }
+#define CNN_GPU_EMU_BINARY(name)                                                \
+    extern "C" double name(double, double) noexcept;                            \
+    extern "C" float name##f(float, float) noexcept;                            \
+    static __forceinline__ float name(float x, float y) { return name##f(x, y); }
+CNN_GPU_EMU_UNARY(sqrt) CNN_GPU_EMU_UNARY(cbrt) CNN_GPU_EMU_UNARY(exp) CNN_GPU_EMU_UNARY(exp2)
+CNN_GPU_EMU_UNARY(exp10) CNN_GPU_EMU_UNARY(expm1) CNN_GPU_EMU_UNARY(log) CNN_GPU_EMU_UNARY(log2)
+CNN_GPU_EMU_UNARY(log10) CNN_GPU_EMU_UNARY(log1p) CNN_GPU_EMU_UNARY(sin) CNN_GPU_EMU_UNARY(cos)
+CNN_GPU_EMU_UNARY(tan) CNN_GPU_EMU_UNARY(asin) CNN_GPU_EMU_UNARY(acos) CNN_GPU_EMU_UNARY(atan)
+CNN_GPU_EMU_UNARY(sinh) CNN_GPU_EMU_UNARY(cosh) CNN_GPU_EMU_UNARY(tanh) CNN_GPU_EMU_UNARY(asinh)
+CNN_GPU_EMU_UNARY(acosh) CNN_GPU_EMU_UNARY(atanh) CNN_GPU_EMU_UNARY(fabs) CNN_GPU_EMU_UNARY(floor)
+CNN_GPU_EMU_UNARY(ceil) CNN_GPU_EMU_UNARY(trunc) CNN_GPU_EMU_UNARY(round) CNN_GPU_EMU_UNARY(rint)
+CNN_GPU_EMU_UNARY(nearbyint) CNN_GPU_EMU_UNARY(erf) CNN_GPU_EMU_UNARY(erfc) CNN_GPU_EMU_UNARY(lgamma)
+CNN_GPU_EMU_UNARY(tgamma)
+CNN_GPU_EMU_BINARY(pow) CNN_GPU_EMU_BINARY(fmax) CNN_GPU_EMU_BINARY(fmin) CNN_GPU_EMU_BINARY(fmod)
+CNN_GPU_EMU_BINARY(atan2) CNN_GPU_EMU_BINARY(hypot) CNN_GPU_EMU_BINARY(copysign) CNN_GPU_EMU_BINARY(fdim)
+CNN_GPU_EMU_BINARY(remainder)
+#undef CNN_GPU_EMU_UNARY
+#undef CNN_GPU_EMU_BINARY
+extern "C" double fma(double, double, double) noexcept;
+extern "C" float fmaf(float, float, float) noexcept;
+static __forceinline__ float fma(float x, float y, float z) { return fmaf(x, y, z); }
+extern "C" double ldexp(double, int) noexcept;
+extern "C" float ldexpf(float, int) noexcept;
+extern "C" double frexp(double, int*) noexcept;
+extern "C" float frexpf(float, int*) noexcept;
+extern "C" void sincos(double, double*, double*) noexcept;
+extern "C" void sincosf(float, float*, float*) noexcept;
+extern "C" int abs(int) noexcept;
+extern "C" long long llabs(long long) noexcept;
+extern "C" int printf(const char*, ...);
+
+static __forceinline__ float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static __forceinline__ double rsqrt(double x) { return 1.0 / sqrt(x); }
+static __forceinline__ float rcbrtf(float x) { return 1.0f / cbrtf(x); }
+static __forceinline__ float fdividef(float x, float y) { return x / y; }
+static __forceinline__ float __fdividef(float x, float y) { return x / y; }
+static __forceinline__ float __expf(float x) { return expf(x); }
+static __forceinline__ float __exp10f(float x) { return exp10f(x); }
+static __forceinline__ float __logf(float x) { return logf(x); }
+static __forceinline__ float __log2f(float x) { return log2f(x); }
+static __forceinline__ float __log10f(float x) { return log10f(x); }
+static __forceinline__ float __sinf(float x) { return sinf(x); }
+static __forceinline__ float __cosf(float x) { return cosf(x); }
+static __forceinline__ float __tanf(float x) { return tanf(x); }
+static __forceinline__ float __powf(float x, float y) { return powf(x, y); }
+static __forceinline__ void __sincosf(float x, float* s, float* c) { sincosf(x, s, c); }
+static __forceinline__ float __saturatef(float x) { return x != x ? 0.0f : (x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x)); }
+static __forceinline__ float __fmaf_rn(float x, float y, float z) { return fmaf(x, y, z); }
+static __forceinline__ double __fma_rn(double x, double y, double z) { return fma(x, y, z); }
+/* The _rn arithmetic intrinsics are never contracted into an FMA. */
+template <class T> static __forceinline__ T cnn_gpu_emu_opaque(T v) { __asm__("" : "+x"(v)); return v; }
+static __forceinline__ float __fadd_rn(float x, float y) { return cnn_gpu_emu_opaque(x + y); }
+static __forceinline__ float __fsub_rn(float x, float y) { return cnn_gpu_emu_opaque(x - y); }
+static __forceinline__ float __fmul_rn(float x, float y) { return cnn_gpu_emu_opaque(x * y); }
+static __forceinline__ float __fdiv_rn(float x, float y) { return x / y; }
+static __forceinline__ float __frcp_rn(float x) { return 1.0f / x; }
+static __forceinline__ float __fsqrt_rn(float x) { return sqrtf(x); }
+static __forceinline__ double __dadd_rn(double x, double y) { return cnn_gpu_emu_opaque(x + y); }
+static __forceinline__ double __dsub_rn(double x, double y) { return cnn_gpu_emu_opaque(x - y); }
+static __forceinline__ double __dmul_rn(double x, double y) { return cnn_gpu_emu_opaque(x * y); }
+static __forceinline__ double __ddiv_rn(double x, double y) { return x / y; }
+static __forceinline__ double __drcp_rn(double x) { return 1.0 / x; }
+static __forceinline__ double __dsqrt_rn(double x) { return sqrt(x); }
+
+static __forceinline__ float __int_as_float(int v) { return cnn_gpu_emu_from_bits<float>((unsigned int)v); }
+static __forceinline__ int __float_as_int(float v) { return (int)(unsigned int)cnn_gpu_emu_bits(v); }
+static __forceinline__ float __uint_as_float(unsigned int v) { return cnn_gpu_emu_from_bits<float>(v); }
+static __forceinline__ unsigned int __float_as_uint(float v) { return (unsigned int)cnn_gpu_emu_bits(v); }
+static __forceinline__ double __longlong_as_double(long long v) { return cnn_gpu_emu_from_bits<double>((unsigned long long)v); }
+static __forceinline__ long long __double_as_longlong(double v) { return (long long)cnn_gpu_emu_bits(v); }
+static __forceinline__ int __double2hiint(double v) { return (int)(cnn_gpu_emu_bits(v) >> 32); }
+static __forceinline__ int __double2loint(double v) { return (int)(unsigned int)cnn_gpu_emu_bits(v); }
+static __forceinline__ double __hiloint2double(int hi, int lo) {
+    return cnn_gpu_emu_from_bits<double>(((unsigned long long)(unsigned int)hi << 32) | (unsigned int)lo);
+}
+static __forceinline__ int __float2int_rn(float x) { return (int)rintf(x); }
+static __forceinline__ int __float2int_rz(float x) { return (int)x; }
+static __forceinline__ int __float2int_rd(float x) { return (int)floorf(x); }
+static __forceinline__ int __float2int_ru(float x) { return (int)ceilf(x); }
+static __forceinline__ unsigned int __float2uint_rn(float x) { return (unsigned int)rintf(x); }
+static __forceinline__ float __int2float_rn(int x) { return (float)x; }
+static __forceinline__ int __double2int_rn(double x) { return (int)rint(x); }
+static __forceinline__ int __double2int_rz(double x) { return (int)x; }
+static __forceinline__ float __double2float_rn(double x) { return (float)x; }
+
+#define CNN_GPU_EMU_CLASSIFY(name, builtin)                                         \
+    static __forceinline__ bool name(float x) { return builtin(x); }              \
+    static __forceinline__ bool name(double x) { return builtin(x); }
+CNN_GPU_EMU_CLASSIFY(isnan, __builtin_isnan)
+CNN_GPU_EMU_CLASSIFY(isinf, __builtin_isinf)
+CNN_GPU_EMU_CLASSIFY(isfinite, __builtin_isfinite)
+CNN_GPU_EMU_CLASSIFY(signbit, __builtin_signbit)
+#undef CNN_GPU_EMU_CLASSIFY
+
+#define CNN_GPU_EMU_MINMAX(T)                                                       \
+    static __forceinline__ T min(T a, T b) { return a < b ? a : b; }              \
+    static __forceinline__ T max(T a, T b) { return a > b ? a : b; }
+CNN_GPU_EMU_MINMAX(int) CNN_GPU_EMU_MINMAX(unsigned int) CNN_GPU_EMU_MINMAX(long long)
+CNN_GPU_EMU_MINMAX(unsigned long long)
+#undef CNN_GPU_EMU_MINMAX
+static __forceinline__ float min(float a, float b) { return fminf(a, b); }
+static __forceinline__ float max(float a, float b) { return fmaxf(a, b); }
+static __forceinline__ double min(double a, double b) { return fmin(a, b); }
+static __forceinline__ double max(double a, double b) { return fmax(a, b); }
+static __forceinline__ unsigned int umin(unsigned int a, unsigned int b) { return a < b ? a : b; }
+static __forceinline__ unsigned int umax(unsigned int a, unsigned int b) { return a > b ? a : b; }
+static __forceinline__ long long llmin(long long a, long long b) { return a < b ? a : b; }
+static __forceinline__ long long llmax(long long a, long long b) { return a > b ? a : b; }
+
+/* --- integer intrinsics --------------------------------------------------------------------- */
+static __forceinline__ int __popc(unsigned int x) { return __builtin_popcount(x); }
+static __forceinline__ int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+static __forceinline__ int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
+static __forceinline__ int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll((unsigned long long)x); }
+static __forceinline__ int __ffs(int x) { return __builtin_ffs(x); }
+static __forceinline__ int __ffsll(long long x) { return __builtin_ffsll(x); }
+static __forceinline__ unsigned int __brev(unsigned int x) {
+    x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+    x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+    x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+    return __builtin_bswap32(x);
+}
+static __forceinline__ int __mul24(int a, int b) { return a * b; }
+static __forceinline__ unsigned int __umul24(unsigned int a, unsigned int b) { return a * b; }
+static __forceinline__ int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+static __forceinline__ unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
+static __forceinline__ void __trap() { __builtin_trap(); }
+
+/* --- launch glue used by the generated entry points ------------------------------------------ */
+namespace cnn_gpu_emu {
+template <class T> struct type_code { static constexpr const char* value = "?"; };
+#define CNN_GPU_EMU_TYPE_CODE(T, code)                                                          \
+    template <> struct type_code<T> { static constexpr const char* value = code; };             \
+    template <> struct type_code<T*> { static constexpr const char* value = "*" code; };        \
+    template <> struct type_code<const T*> { static constexpr const char* value = "*" code; };
+CNN_GPU_EMU_TYPE_CODE(float, "f4")
+CNN_GPU_EMU_TYPE_CODE(double, "f8")
+CNN_GPU_EMU_TYPE_CODE(signed char, "i1")
+CNN_GPU_EMU_TYPE_CODE(char, "i1")
+CNN_GPU_EMU_TYPE_CODE(unsigned char, "u1")
+CNN_GPU_EMU_TYPE_CODE(short, "i2")
+CNN_GPU_EMU_TYPE_CODE(unsigned short, "u2")
+CNN_GPU_EMU_TYPE_CODE(int, "i4")
+CNN_GPU_EMU_TYPE_CODE(unsigned int, "u4")
+CNN_GPU_EMU_TYPE_CODE(long, "i8")
+CNN_GPU_EMU_TYPE_CODE(unsigned long, "u8")
+CNN_GPU_EMU_TYPE_CODE(long long, "i8")
+CNN_GPU_EMU_TYPE_CODE(unsigned long long, "u8")
+CNN_GPU_EMU_TYPE_CODE(bool, "b1")
+#undef CNN_GPU_EMU_TYPE_CODE
+/* A vector pointer takes an array of its element type (CuPy passes only the address). */
+#define CNN_GPU_EMU_VECTOR_POINTER_CODE(T, code)                                                \
+    template <> struct type_code<T*> { static constexpr const char* value = "*" code; };        \
+    template <> struct type_code<const T*> { static constexpr const char* value = "*" code; };
+CNN_GPU_EMU_VECTOR_POINTER_CODE(float2, "f4")
+CNN_GPU_EMU_VECTOR_POINTER_CODE(float4, "f4")
+CNN_GPU_EMU_VECTOR_POINTER_CODE(double2, "f8")
+CNN_GPU_EMU_VECTOR_POINTER_CODE(double4, "f8")
+CNN_GPU_EMU_VECTOR_POINTER_CODE(int2, "i4")
+CNN_GPU_EMU_VECTOR_POINTER_CODE(int4, "i4")
+#undef CNN_GPU_EMU_VECTOR_POINTER_CODE
+template <> struct type_code<void*> { static constexpr const char* value = "*"; };
+template <> struct type_code<const void*> { static constexpr const char* value = "*"; };
+
+template <class T> struct remove_reference { typedef T type; };
+template <unsigned long... I> struct indices {};
+template <unsigned long N, unsigned long... I> struct make_indices : make_indices<N - 1, N - 1, I...> {};
+template <unsigned long... I> struct make_indices<0, I...> { typedef indices<I...> type; };
+
+template <class... A, unsigned long... I>
+inline void invoke(void (*kernel)(A...), void** args, indices<I...>) {
+    kernel(*static_cast<typename remove_reference<A>::type*>(args[I])...);
+}
+template <class... A>
+inline void invoke(void (*kernel)(A...), void** args) {
+    __asm__("" : "+r"(kernel));  /* not inlined here: fault reports and debuggers see the kernel's frame */
+    invoke(kernel, args, typename make_indices<sizeof...(A)>::type());
+}
+template <class... A>
+inline const char* const* signature(void (*)(A...)) {
+    static const char* const codes[] = {type_code<A>::value..., nullptr};
+    return codes;
+}
+}  // namespace cnn_gpu_emu
+
+#endif

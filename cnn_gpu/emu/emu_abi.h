@@ -1,0 +1,79 @@
+/* The interface between a compiled kernel module and the emulator runtime (emu_runtime.cpp).
+ * Included by cuda_emu.h (kernel side) and by the runtime; plain C layout, mirrored in
+ * cnn_gpu/emu/_runtime.py with ctypes. */
+#ifndef CNN_GPU_EMU_ABI_H
+#define CNN_GPU_EMU_ABI_H
+
+struct cnn_gpu_emu_uint3 { unsigned int x, y, z; };
+
+/* What a kernel sees of the CUDA thread it runs as: first member of the runtime's fiber. */
+struct cnn_gpu_emu_thread {
+    cnn_gpu_emu_uint3 thread_idx;
+    unsigned int lane;
+    unsigned int warp_size;        /* lanes in this thread's warp (the last warp may be partial) */
+    int race_check_paused;         /* inside an atomic: its accesses are no race */
+};
+
+/* One per compiled module (hidden global in the .so): the runtime fills it while it runs a
+ * launch of that module; kernels read threadIdx/blockIdx/... from it. */
+struct cnn_gpu_emu_module_state {
+    cnn_gpu_emu_thread* current;
+    cnn_gpu_emu_uint3 block_idx;
+    cnn_gpu_emu_uint3 block_dim;
+    cnn_gpu_emu_uint3 grid_dim;
+    char* static_shared_begin;     /* the module's __shared__ arrays, for NaN poisoning */
+    char* static_shared_end;
+    char* dynamic_shared;          /* page-aligned buffer behind every extern __shared__ array */
+    unsigned long long dynamic_shared_capacity;
+};
+
+enum cnn_gpu_emu_schedule { CNN_GPU_EMU_FORWARD = 0, CNN_GPU_EMU_REVERSE = 1, CNN_GPU_EMU_RANDOM = 2 };
+
+enum cnn_gpu_emu_fault_kind {
+    CNN_GPU_EMU_OK = 0,
+    CNN_GPU_EMU_SIGNAL = 1,            /* SIGSEGV/SIGBUS/SIGFPE/SIGILL inside a kernel */
+    CNN_GPU_EMU_STACK_OVERFLOW = 2,
+    CNN_GPU_EMU_DIVERGENT_BARRIER = 3, /* threads wait at different __syncthreads() */
+    CNN_GPU_EMU_BARRIER_UNREACHED = 4, /* some threads exited while others wait at a barrier */
+    CNN_GPU_EMU_WARP_DEADLOCK = 5,     /* a warp exchange (shuffle/vote) some lanes never join */
+    CNN_GPU_EMU_WATCHDOG = 6,
+    CNN_GPU_EMU_SHARED_OVERRUN = 7,    /* write past the dynamic shared memory size */
+    CNN_GPU_EMU_SETUP = 8,             /* the runtime could not set up the launch */
+    CNN_GPU_EMU_RACE = 9               /* two threads touch a word with nothing ordering them */
+};
+
+struct cnn_gpu_emu_launch_desc {
+    /* in */
+    cnn_gpu_emu_module_state* module;
+    void (*entry)(void**);
+    void** args;
+    unsigned int grid[3];
+    unsigned int block[3];
+    unsigned long long shared_mem;
+    unsigned long long seed;
+    double timeout_seconds;            /* watchdog; <= 0 disables it */
+    int schedule;
+    int poison;                        /* fill shared memory with NaN (0xff bytes) before each block */
+    int guard_shared;                  /* PROT_NONE page + canary right after the dynamic shared memory */
+    int flush_denormals;               /* FTZ+DAZ in MXCSR, as nvcc/NVRTC -ftz=true */
+    int race_check;                    /* the module is instrumented: check shared memory accesses */
+    const unsigned long long* race_global_ranges;  /* [begin, end) pairs of the array arguments */
+    int race_global_count;
+    int race_region;                   /* out: 0 static shared, 1 dynamic shared, 2 + i global range i */
+    /* out: the fault, when cnn_gpu_emu_launch returns non-zero */
+    int fault_kind;
+    int signal_number;
+    int has_thread;
+    unsigned int fault_block[3];
+    unsigned int fault_thread[3];
+    unsigned int other_thread[3];      /* the second party of a divergence/deadlock */
+    int has_other_thread;
+    unsigned long long fault_address;
+    unsigned long long site_offset;    /* instruction of the fault, relative to site_object's base */
+    unsigned long long other_site_offset;
+    char site_object[512];
+    char other_site_object[512];
+    char message[512];
+};
+
+#endif

@@ -1,0 +1,861 @@
+// The emulator runtime: runs a CUDA launch on the calling OS thread, one user-space fiber per
+// CUDA thread, blocks one after another. Built once into its own shared library (loaded
+// RTLD_GLOBAL), used by every kernel module through the functions declared in cuda_emu.h.
+//
+// Scheduling: a fiber runs until it waits (at __syncthreads or a warp exchange) or exits, then
+// switches directly to the next runnable fiber of the block's current order (forward, reverse or
+// a random permutation, re-drawn at every barrier). A fault (signal, divergent barrier, deadlock,
+// watchdog) ends the launch and is described in the launch descriptor.
+#include "emu_abi.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <xmmintrin.h>
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+constexpr size_t kPage = 4096;
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kFiberSlot = kStackBytes + kPage;  // guard page below each stack
+constexpr int kMaxThreads = 1024;
+constexpr int kWarp = 32;
+constexpr unsigned char kCanary = 0xa5;
+constexpr size_t kAltStackBytes = 64 * 1024;
+
+}  // namespace
+
+// --- context switch ------------------------------------------------------------------------------
+// save_sp receives the suspended context's stack pointer; the callee-saved registers, MXCSR and
+// the x87 control word live on that stack.
+extern "C" void cnn_gpu_emu_switch(void** save_sp, void* load_sp);
+extern "C" void cnn_gpu_emu_fiber_start();
+asm(R"(
+.pushsection .text
+.globl cnn_gpu_emu_switch
+.hidden cnn_gpu_emu_switch
+.type cnn_gpu_emu_switch, @function
+cnn_gpu_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size cnn_gpu_emu_switch, .-cnn_gpu_emu_switch
+
+.globl cnn_gpu_emu_fiber_start
+.hidden cnn_gpu_emu_fiber_start
+.type cnn_gpu_emu_fiber_start, @function
+cnn_gpu_emu_fiber_start:
+    movq %r12, %rdi
+    call *%r13
+    ud2
+.size cnn_gpu_emu_fiber_start, .-cnn_gpu_emu_fiber_start
+.popsection
+)");
+
+namespace {
+
+enum FiberState { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
+
+struct Launch;
+
+struct Fiber {
+    cnn_gpu_emu_thread view;  // first member: kernels hold a pointer to it
+    void* sp;
+    Launch* launch;
+    int state;
+    int linear;
+    void* wait_site;
+};
+
+struct Warp {
+    int size;
+    int arrived;
+    int phase;  // slot buffer the next exchange writes; double-buffered
+    unsigned int epoch;  // completed exchanges in this block: they order the lanes' memory accesses
+    unsigned long long slots[2][kWarp];
+};
+
+// Race check: the last write and up to two reads of each 4-byte word of shared memory and of the
+// array arguments, in the current barrier epoch. Two accesses of different threads of a block
+// conflict unless a barrier separates them, or a warp exchange does and both are lanes of one
+// warp; in global memory, accesses of different blocks always conflict (nothing orders blocks).
+struct Access {
+    int thread;
+    int warp;
+    unsigned int warp_epoch;
+    unsigned int block;  // position in the launch's block order
+    void* site;
+};
+
+struct Region {
+    char* begin;
+    char* end;
+    size_t shadow_base;
+};
+struct ShadowWord {
+    unsigned int write_epoch;
+    unsigned int read_epoch;
+    int readers;
+    Access writer;
+    Access reader[2];
+};
+
+// Per OS thread: fiber stacks and block bookkeeping, reused across launches.
+struct ThreadResources {
+    char* stacks = nullptr;
+    int stack_capacity = 0;
+    Fiber fibers[kMaxThreads];
+    int order[kMaxThreads];
+    Warp warps[kMaxThreads / kWarp];
+    void* alt_stack = nullptr;
+    timer_t timer{};
+    bool has_timer = false;
+};
+
+struct Launch {
+    cnn_gpu_emu_launch_desc* desc;
+    cnn_gpu_emu_module_state* module;
+    ThreadResources* res;
+    Fiber* fibers;
+    int* order;
+    Warp* warps;
+    int n;
+    int pos;
+    int live;
+    int at_barrier;
+    void* barrier_site;
+    int barrier_line;
+    int barrier_parity;
+    int barrier_count[2];
+    unsigned long long rng;
+    void* main_sp;
+    sigjmp_buf jump;
+    void* raw_site;        // faulting pc (resolved to object+offset after the launch)
+    void* raw_other_site;
+    volatile sig_atomic_t watchdog_expired;
+    unsigned int block[3];
+    // race check
+    unsigned int epoch;          // barrier epochs, counted over the whole launch
+    unsigned int block_number;   // position of the running block in the launch's order
+    ShadowWord* shadow;          // the words of every region, one after another
+    Region* regions;             // static shared, dynamic shared, then the array arguments
+    int region_count;
+};
+
+// Owns a thread's resources; released when the thread ends (threads of a pool come and go).
+struct ResourcesOwner {
+    ThreadResources* resources = nullptr;
+    ~ResourcesOwner() {
+        ThreadResources* r = resources;
+        if (!r) return;
+        if (r->stacks) munmap(r->stacks, (size_t)r->stack_capacity * kFiberSlot);
+        if (r->has_timer) timer_delete(r->timer);
+        free(r->alt_stack);
+        free(r);
+    }
+};
+thread_local ResourcesOwner tl_owner;
+thread_local Launch* volatile tl_launch;
+
+unsigned long long next_random(Launch* L) {  // xorshift64*
+    L->rng ^= L->rng >> 12;
+    L->rng ^= L->rng << 25;
+    L->rng ^= L->rng >> 27;
+    return L->rng * 2685821657736338717ULL;
+}
+
+void shuffle(Launch* L, int* a, int n) {
+    for (int i = n - 1; i > 0; --i) {
+        int j = (int)(next_random(L) % (unsigned long long)(i + 1));
+        int t = a[i]; a[i] = a[j]; a[j] = t;
+    }
+}
+
+void set_order(Launch* L) {
+    int n = L->n;
+    switch (L->desc->schedule) {
+    case CNN_GPU_EMU_REVERSE:
+        for (int i = 0; i < n; ++i) L->order[i] = n - 1 - i;
+        break;
+    case CNN_GPU_EMU_RANDOM:
+        for (int i = 0; i < n; ++i) L->order[i] = i;
+        shuffle(L, L->order, n);
+        break;
+    default:
+        for (int i = 0; i < n; ++i) L->order[i] = i;
+    }
+}
+
+unsigned long long gcd(unsigned long long a, unsigned long long b) {
+    while (b) { unsigned long long t = a % b; a = b; b = t; }
+    return a;
+}
+
+void copy_idx(unsigned int* dst, const cnn_gpu_emu_uint3& v) { dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; }
+
+[[noreturn]] void leave_to_main(Launch* L, Fiber* self) {
+    L->module->current = nullptr;
+    cnn_gpu_emu_switch(&self->sp, L->main_sp);
+    __builtin_unreachable();
+}
+
+// A fault found by the runtime itself (not a signal): describe it and abandon the block.
+[[noreturn]] __attribute__((format(printf, 6, 7)))
+void runtime_fault(Launch* L, Fiber* self, int kind, Fiber* other, void* other_site, const char* fmt, ...) {
+    cnn_gpu_emu_launch_desc* d = L->desc;
+    d->fault_kind = kind;
+    d->has_thread = 1;
+    copy_idx(d->fault_thread, self->view.thread_idx);
+    if (other) {
+        d->has_other_thread = 1;
+        copy_idx(d->other_thread, other->view.thread_idx);
+    }
+    L->raw_site = self->wait_site;
+    L->raw_other_site = other_site;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->message, sizeof d->message, fmt, ap);
+    va_end(ap);
+    leave_to_main(L, self);
+}
+
+// No fiber can run: every live thread waits for something that will never happen.
+[[noreturn]] void stalled(Launch* L, Fiber* self) {
+    // A warp exchange first: its lanes name the culprit precisely.
+    for (int i = 0; i < L->n; ++i) {
+        Fiber* f = &L->fibers[i];
+        if (f->state != AT_WARP) continue;
+        int base = i - (i % kWarp);
+        Warp* w = &L->warps[i / kWarp];
+        for (int j = base; j < base + w->size; ++j) {
+            Fiber* g = &L->fibers[j];
+            if (g->state == EXITED)
+                runtime_fault(L, f, CNN_GPU_EMU_WARP_DEADLOCK, g, nullptr,
+                              "warp shuffle/vote with exited lanes: lane %d waits for lane %d, which has exited",
+                              f->linear % kWarp, g->linear % kWarp);
+            if (g->state == AT_BARRIER)
+                runtime_fault(L, f, CNN_GPU_EMU_WARP_DEADLOCK, g, g->wait_site,
+                              "deadlock: lane %d waits in a warp shuffle/vote while lane %d waits at __syncthreads()",
+                              f->linear % kWarp, g->linear % kWarp);
+        }
+    }
+    for (int i = 0; i < L->n; ++i) {
+        Fiber* f = &L->fibers[i];
+        if (f->state != AT_BARRIER) continue;
+        for (int j = 0; j < L->n; ++j)
+            if (L->fibers[j].state == EXITED)
+                runtime_fault(L, f, CNN_GPU_EMU_BARRIER_UNREACHED, &L->fibers[j], nullptr,
+                              "__syncthreads() reached by %d of %d threads; the others exited without reaching it",
+                              L->at_barrier, L->n);
+    }
+    runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "scheduler stalled");
+}
+
+inline void switch_fiber(Launch* L, Fiber* from, Fiber* to) {
+    if (from == to) return;
+    L->module->current = &to->view;
+    cnn_gpu_emu_switch(&from->sp, to->sp);
+}
+
+// Hand the OS thread to the next runnable fiber after the current position of the order.
+void run_next(Launch* L, Fiber* self) {
+    int n = L->n, p = L->pos;
+    for (int k = 0; k < n; ++k) {
+        if (++p == n) p = 0;
+        Fiber* f = &L->fibers[L->order[p]];
+        if (f->state == RUNNABLE) {
+            L->pos = p;
+            switch_fiber(L, self, f);
+            return;
+        }
+    }
+    stalled(L, self);
+}
+
+void fiber_main(Fiber* self) {
+    Launch* L = self->launch;
+    L->desc->entry(L->desc->args);
+    self->state = EXITED;
+    if (--L->live == 0) leave_to_main(L, self);
+    run_next(L, self);
+    __builtin_unreachable();
+}
+
+void prepare_fiber(Launch* L, Fiber* f, char* stack_top, unsigned int csr_and_cw[2]) {
+    void** sp = (void**)(stack_top - 80);  // 16-aligned; the trampoline starts with rsp % 16 == 0
+    memcpy(sp, csr_and_cw, 8);
+    sp[1] = nullptr;                        // r15
+    sp[2] = nullptr;                        // r14
+    sp[3] = (void*)&fiber_main;             // r13: entry called by the trampoline
+    sp[4] = f;                              // r12: its argument
+    sp[5] = nullptr;                        // rbx
+    sp[6] = nullptr;                        // rbp
+    sp[7] = (void*)&cnn_gpu_emu_fiber_start;
+    f->sp = sp;
+    f->launch = L;
+    f->state = RUNNABLE;
+    f->wait_site = nullptr;
+    f->view.race_check_paused = 0;
+}
+
+// Stack tops are staggered by a multiple of a cache line: equally aligned tops would all fall in
+// the same cache sets and evict each other at every switch.
+char* stack_top(ThreadResources* r, int i) {
+    return r->stacks + (size_t)(i + 1) * kFiberSlot - (size_t)(i % 64) * 64;
+}
+
+bool ensure_stacks(ThreadResources* r, int n) {
+    if (r->stack_capacity >= n) return true;
+    int capacity = 64;
+    while (capacity < n) capacity *= 2;
+    if (r->stacks) munmap(r->stacks, (size_t)r->stack_capacity * kFiberSlot);
+    r->stack_capacity = 0;
+    void* m = mmap(nullptr, (size_t)capacity * kFiberSlot, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) { r->stacks = nullptr; return false; }
+    r->stacks = (char*)m;
+    for (int i = 0; i < capacity; ++i)
+        mprotect(r->stacks + (size_t)i * kFiberSlot, kPage, PROT_NONE);
+    r->stack_capacity = capacity;
+    return true;
+}
+
+// --- signals: faults inside fibers and the watchdog ------------------------------------------------
+
+const int kFaultSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+constexpr int kNumFaultSignals = 4;
+struct sigaction g_previous[kNumFaultSignals];
+pthread_mutex_t g_signal_lock = PTHREAD_MUTEX_INITIALIZER;
+int g_signal_users = 0;
+int g_watchdog_signal = 0;
+
+int fault_signal_index(int sig) {
+    for (int i = 0; i < kNumFaultSignals; ++i)
+        if (kFaultSignals[i] == sig) return i;
+    return -1;
+}
+
+void on_fault_signal(int sig, siginfo_t* info, void* context) {
+    Launch* L = tl_launch;
+    if (L && L->module->current) {
+        ucontext_t* uc = (ucontext_t*)context;
+        cnn_gpu_emu_launch_desc* d = L->desc;
+        Fiber* f = (Fiber*)L->module->current;
+        d->signal_number = sig;
+        d->fault_address = (unsigned long long)(uintptr_t)info->si_addr;
+        d->has_thread = 1;
+        copy_idx(d->fault_thread, f->view.thread_idx);
+        L->raw_site = (void*)uc->uc_mcontext.gregs[REG_RIP];
+        char* addr = (char*)info->si_addr;
+        char* stacks = L->res->stacks;
+        bool in_guard = sig == SIGSEGV && addr >= stacks &&
+                        addr < stacks + (size_t)L->res->stack_capacity * kFiberSlot &&
+                        (size_t)(addr - stacks) % kFiberSlot < kPage;
+        d->fault_kind = in_guard ? CNN_GPU_EMU_STACK_OVERFLOW : CNN_GPU_EMU_SIGNAL;
+        siglongjmp(L->jump, 1);
+    }
+    // Not ours: hand it to whoever handled it before (Python's faulthandler, or the default).
+    int i = fault_signal_index(sig);
+    const struct sigaction& prev = g_previous[i];
+    if (prev.sa_flags & SA_SIGINFO) {
+        prev.sa_sigaction(sig, info, context);
+    } else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+        prev.sa_handler(sig);
+    } else {
+        signal(sig, SIG_DFL);  // returning re-executes the instruction and takes the default action
+    }
+}
+
+void on_watchdog_signal(int, siginfo_t*, void* context) {
+    Launch* L = tl_launch;
+    if (!L) return;
+    L->watchdog_expired = 1;
+    if (!L->module->current) return;  // between blocks: the block loop notices the flag
+    cnn_gpu_emu_launch_desc* d = L->desc;
+    Fiber* f = (Fiber*)L->module->current;
+    d->fault_kind = CNN_GPU_EMU_WATCHDOG;
+    d->has_thread = 1;
+    copy_idx(d->fault_thread, f->view.thread_idx);
+    L->raw_site = (void*)((ucontext_t*)context)->uc_mcontext.gregs[REG_RIP];
+    siglongjmp(L->jump, 1);
+}
+
+void install_fault_handlers() {
+    pthread_mutex_lock(&g_signal_lock);
+    if (g_signal_users++ == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_fault_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        for (int i = 0; i < kNumFaultSignals; ++i) sigaction(kFaultSignals[i], &sa, &g_previous[i]);
+    }
+    if (!g_watchdog_signal) {
+        g_watchdog_signal = SIGRTMIN + 5;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_watchdog_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(g_watchdog_signal, &sa, nullptr);  // ours for the life of the process
+    }
+    pthread_mutex_unlock(&g_signal_lock);
+}
+
+void remove_fault_handlers() {
+    pthread_mutex_lock(&g_signal_lock);
+    if (--g_signal_users == 0)
+        for (int i = 0; i < kNumFaultSignals; ++i) sigaction(kFaultSignals[i], &g_previous[i], nullptr);
+    pthread_mutex_unlock(&g_signal_lock);
+}
+
+bool arm_watchdog(ThreadResources* r, double seconds) {
+    if (!r->has_timer) {
+        struct sigevent ev;
+        memset(&ev, 0, sizeof ev);
+        ev.sigev_notify = SIGEV_THREAD_ID;
+        ev.sigev_signo = g_watchdog_signal;
+        ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+        if (timer_create(CLOCK_MONOTONIC, &ev, &r->timer) != 0) return false;
+        r->has_timer = true;
+    }
+    struct itimerspec t;
+    memset(&t, 0, sizeof t);
+    t.it_value.tv_sec = (time_t)seconds;
+    t.it_value.tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9);
+    if (t.it_value.tv_sec == 0 && t.it_value.tv_nsec == 0) t.it_value.tv_nsec = 1;
+    return timer_settime(r->timer, 0, &t, nullptr) == 0;
+}
+
+void disarm_watchdog(ThreadResources* r) {
+    struct itimerspec t;
+    memset(&t, 0, sizeof t);
+    timer_settime(r->timer, 0, &t, nullptr);
+}
+
+void resolve_site(void* pc, bool is_return_address, char* object, size_t object_size,
+                  unsigned long long* offset) {
+    if (!pc) return;
+    char* p = (char*)pc - (is_return_address ? 1 : 0);
+    Dl_info info;
+    if (dladdr(p, &info) && info.dli_fname) {
+        snprintf(object, object_size, "%s", info.dli_fname);
+        *offset = (unsigned long long)(p - (char*)info.dli_fbase);
+    }
+}
+
+// --- shared memory checks ----------------------------------------------------------------------
+
+char* dynamic_guard_page(cnn_gpu_emu_module_state* m, unsigned long long shared_mem) {
+    return m->dynamic_shared + ((shared_mem + kPage - 1) / kPage) * kPage;
+}
+
+bool canary_intact(const char* from, const char* to) {
+    for (const char* p = from; p < to; ++p)
+        if ((unsigned char)*p != kCanary) return false;
+    return true;
+}
+
+}  // namespace
+
+// --- entry points used by kernels (through cuda_emu.h) ------------------------------------------
+
+// __syncthreads and its _count/_and/_or forms: returns how many threads passed a non-zero value.
+EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, int line) {
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    self->wait_site = __builtin_return_address(0);
+    if (L->at_barrier > 0 && line != L->barrier_line) {
+        Fiber* other = nullptr;
+        for (int i = 0; i < L->n && !other; ++i)
+            if (L->fibers[i].state == AT_BARRIER) other = &L->fibers[i];
+        runtime_fault(L, self, CNN_GPU_EMU_DIVERGENT_BARRIER, other, L->barrier_site,
+                      "divergent __syncthreads(): threads wait at different barriers");
+    }
+    L->barrier_site = self->wait_site;
+    L->barrier_line = line;
+    int parity = L->barrier_parity;
+    L->barrier_count[parity] += value != 0;
+    self->state = AT_BARRIER;
+    if (++L->at_barrier == L->n) {  // everyone arrived (an exited thread never does)
+        for (int i = 0; i < L->n; ++i) L->fibers[i].state = RUNNABLE;
+        L->at_barrier = 0;
+        L->epoch++;
+        L->barrier_parity ^= 1;
+        L->barrier_count[L->barrier_parity] = 0;
+        if (L->desc->schedule == CNN_GPU_EMU_RANDOM) shuffle(L, L->order, L->n);
+        L->pos = -1;
+    }
+    run_next(L, self);
+    return L->barrier_count[parity];
+}
+
+// Warp exchange: every lane of the warp deposits 8 bytes; returns the slot array (32 entries)
+// once all lanes have, valid until this lane's next exchange.
+EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me,
+                                                                                   unsigned long long value) {
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    Warp* w = &L->warps[self->linear / kWarp];
+    int phase = w->phase;
+    w->slots[phase][self->view.lane] = value;
+    if (++w->arrived == w->size) {
+        w->arrived = 0;
+        w->phase ^= 1;
+        w->epoch++;
+        Fiber* first = &L->fibers[self->linear - (int)self->view.lane];
+        for (int i = 0; i < w->size; ++i)
+            if (first[i].state == AT_WARP) first[i].state = RUNNABLE;
+    } else {
+        self->wait_site = __builtin_return_address(0);
+        self->state = AT_WARP;
+        run_next(L, self);
+    }
+    return w->slots[phase];
+}
+
+namespace {
+
+bool ordered(const Access& earlier, int warp, unsigned int warp_epoch) {
+    return earlier.warp == warp && earlier.warp_epoch < warp_epoch;
+}
+
+[[noreturn]] void report_race(Launch* L, Fiber* self, void* site, const Access& other, int region,
+                              size_t offset, const char* what) {
+    self->wait_site = site;
+    L->desc->fault_address = (unsigned long long)(uintptr_t)(L->regions[region].begin + offset);
+    L->desc->race_region = region;
+    if (other.block != L->block_number)
+        runtime_fault(L, self, CNN_GPU_EMU_RACE, nullptr, other.site,
+                      "global memory race at byte %zu: this thread %s thread %d of another block "
+                      "(blocks run in no fixed order)", offset, what, other.thread);
+    runtime_fault(L, self, CNN_GPU_EMU_RACE, &L->fibers[other.thread], other.site,
+                  "%s memory race at byte %zu: this thread %s thread %d with no __syncthreads() in between "
+                  "(missing barrier?)", region == 0 ? "static shared" : region == 1 ? "dynamic shared" : "global",
+                  offset, what, other.thread);
+}
+
+void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, int region, size_t offset) {
+    const int me = self->linear, warp = me / kWarp;
+    const unsigned int warp_epoch = L->warps[warp].epoch, epoch = L->epoch, block = L->block_number;
+    // conflicts with an earlier access of another thread: same epoch and not warp-ordered, or
+    // (global memory) another block's
+    auto conflicts = [&](const Access& earlier, unsigned int earlier_epoch) {
+        if (earlier.block != block) return region >= 2;
+        return earlier_epoch == epoch && earlier.thread != me && !ordered(earlier, warp, warp_epoch);
+    };
+    if (w->write_epoch && conflicts(w->writer, w->write_epoch))
+        report_race(L, self, site, w->writer, region, offset, write ? "writes a word written by" : "reads a word written by");
+    Access access = {me, warp, warp_epoch, block, site};
+    if (write) {
+        if (w->read_epoch)
+            for (int i = 0; i < w->readers; ++i)
+                if (conflicts(w->reader[i], w->read_epoch))
+                    report_race(L, self, site, w->reader[i], region, offset, "writes a word read by");
+        w->write_epoch = epoch;
+        w->writer = access;
+        return;
+    }
+    if (w->read_epoch != epoch) {
+        w->read_epoch = epoch;
+        w->readers = 1;
+        w->reader[0] = access;
+    } else if (w->reader[0].thread == me) {
+        w->reader[0] = access;
+    } else {  // keep the first reader and the latest other one
+        w->reader[1] = access;
+        w->readers = 2;
+    }
+}
+
+}  // namespace
+
+// Called by the instrumented module (the __tsan_* hooks in cuda_emu.h) for every memory access.
+EXPORT void cnn_gpu_emu_race_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write,
+                                    void* site) {
+    if (!me || me->race_check_paused) return;
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    if (!L->shadow) return;
+    char* a = (char*)address;
+    for (int region = 0; region < L->region_count; ++region) {
+        const Region& g = L->regions[region];
+        if (a + size > g.begin && a < g.end) {
+            char* from = a < g.begin ? g.begin : a;
+            char* to = a + size > g.end ? g.end : a + size;
+            for (size_t word = (size_t)(from - g.begin) / 4; word <= (size_t)(to - 1 - g.begin) / 4; ++word)
+                check_word(L, self, &L->shadow[g.shadow_base + word], write != 0, site, region, word * 4);
+        }
+    }
+}
+
+EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
+    d->fault_kind = CNN_GPU_EMU_OK;
+    d->message[0] = 0;
+    if (!tl_owner.resources) tl_owner.resources = (ThreadResources*)calloc(1, sizeof(ThreadResources));
+    ThreadResources* r = tl_owner.resources;
+    cnn_gpu_emu_module_state* m = d->module;
+    long long n = (long long)d->block[0] * d->block[1] * d->block[2];
+    if (!r || n <= 0 || n > kMaxThreads || !ensure_stacks(r, (int)n)) {
+        d->fault_kind = CNN_GPU_EMU_SETUP;
+        snprintf(d->message, sizeof d->message, "cannot set up %lld fibers", n);
+        return d->fault_kind;
+    }
+    if (!r->alt_stack) r->alt_stack = malloc(kAltStackBytes);
+
+    Launch L_storage;
+    Launch* volatile Lp = &L_storage;
+    Launch* L = Lp;
+    memset(L, 0, sizeof *L);
+    L->desc = d;
+    L->module = m;
+    L->res = r;
+    L->fibers = r->fibers;
+    L->order = r->order;
+    L->warps = r->warps;
+    L->n = (int)n;
+    L->rng = d->seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
+    if (!L->rng) L->rng = 1;
+
+    for (int i = 0; i < L->n; ++i) {
+        Fiber* f = &L->fibers[i];
+        f->linear = i;
+        f->view.thread_idx.x = (unsigned)(i % d->block[0]);
+        f->view.thread_idx.y = (unsigned)((i / d->block[0]) % d->block[1]);
+        f->view.thread_idx.z = (unsigned)(i / (d->block[0] * d->block[1]));
+        f->view.lane = (unsigned)(i % kWarp);
+        f->view.warp_size = (unsigned)(L->n - (i - i % kWarp) < kWarp ? L->n - (i - i % kWarp) : kWarp);
+    }
+    for (int w = 0; w * kWarp < L->n; ++w) {
+        L->warps[w].size = L->n - w * kWarp < kWarp ? L->n - w * kWarp : kWarp;
+    }
+    if (d->race_check) {
+        L->region_count = 2 + d->race_global_count;
+        L->regions = (Region*)calloc((size_t)L->region_count, sizeof(Region));
+        size_t words = 0;
+        for (int i = 0; L->regions && i < L->region_count; ++i) {
+            Region& g = L->regions[i];
+            if (i == 0) { g.begin = m->static_shared_begin; g.end = m->static_shared_end; }
+            else if (i == 1) { g.begin = m->dynamic_shared; g.end = m->dynamic_shared + d->shared_mem; }
+            else { g.begin = (char*)d->race_global_ranges[2 * (i - 2)]; g.end = (char*)d->race_global_ranges[2 * (i - 2) + 1]; }
+            g.shadow_base = words;
+            words += (size_t)(g.end - g.begin + 3) / 4;
+        }
+        L->shadow = L->regions ? (ShadowWord*)calloc(words + 1, sizeof(ShadowWord)) : nullptr;
+        if (!L->shadow) {
+            d->fault_kind = CNN_GPU_EMU_SETUP;
+            snprintf(d->message, sizeof d->message, "cannot allocate the race check's shadow memory");
+            return d->fault_kind;
+        }
+    }
+    m->block_dim = {d->block[0], d->block[1], d->block[2]};
+    m->grid_dim = {d->grid[0], d->grid[1], d->grid[2]};
+
+    bool guard = d->guard_shared && d->shared_mem <= m->dynamic_shared_capacity;
+    char* guard_page = dynamic_guard_page(m, d->shared_mem);
+    if (guard && mprotect(guard_page, kPage, PROT_NONE) != 0) guard = false;
+
+    unsigned int saved_csr = _mm_getcsr();
+    unsigned int csr = d->flush_denormals ? (saved_csr | 0x8040u) : (saved_csr & ~0x8040u);
+    _mm_setcsr(csr);
+    unsigned short cw;
+    asm volatile("fnstcw %0" : "=m"(cw));
+    unsigned int csr_and_cw[2] = {csr, cw};
+
+    stack_t alt, previous_alt;
+    alt.ss_sp = r->alt_stack;
+    alt.ss_size = kAltStackBytes;
+    alt.ss_flags = 0;
+    sigaltstack(&alt, &previous_alt);
+    install_fault_handlers();
+    bool watchdog = d->timeout_seconds > 0 && arm_watchdog(r, d->timeout_seconds);
+
+    unsigned long long nblocks = (unsigned long long)d->grid[0] * d->grid[1] * d->grid[2];
+    // random schedule: blocks in the order of an affine bijection b -> (stride*b + offset) mod nblocks
+    unsigned long long block_stride = 1, block_offset = 0;
+    if (d->schedule == CNN_GPU_EMU_RANDOM && nblocks > 1) {
+        block_offset = next_random(L) % nblocks;
+        do block_stride = 1 + next_random(L) % (nblocks - 1);
+        while (gcd(block_stride, nblocks) != 1);
+    }
+    tl_launch = L;
+    if (sigsetjmp(L->jump, 1) == 0) {
+        for (unsigned long long b = 0; b < nblocks; ++b) {
+            if (L->watchdog_expired) {
+                L->desc->fault_kind = CNN_GPU_EMU_WATCHDOG;
+                break;
+            }
+            unsigned long long lb = b;
+            if (d->schedule == CNN_GPU_EMU_REVERSE) {
+                lb = nblocks - 1 - b;
+            } else if (d->schedule == CNN_GPU_EMU_RANDOM) {
+                lb = (unsigned long long)(((unsigned __int128)b * block_stride + block_offset) % nblocks);
+            }
+            L->block[0] = (unsigned)(lb % d->grid[0]);
+            L->block[1] = (unsigned)((lb / d->grid[0]) % d->grid[1]);
+            L->block[2] = (unsigned)(lb / ((unsigned long long)d->grid[0] * d->grid[1]));
+            m->block_idx = {L->block[0], L->block[1], L->block[2]};
+            L->block_number = (unsigned int)b;
+            if (d->poison) {
+                if (m->static_shared_end > m->static_shared_begin)
+                    memset(m->static_shared_begin, 0xff, (size_t)(m->static_shared_end - m->static_shared_begin));
+                memset(m->dynamic_shared, 0xff, d->shared_mem);
+            }
+            if (guard) memset(m->dynamic_shared + d->shared_mem, kCanary, (size_t)(guard_page - m->dynamic_shared) - d->shared_mem);
+            for (int i = 0; i < L->n; ++i)
+                prepare_fiber(L, &L->fibers[i], stack_top(r, i), csr_and_cw);
+            set_order(L);
+            L->pos = 0;
+            L->live = L->n;
+            L->at_barrier = 0;
+            L->barrier_parity = 0;
+            L->barrier_count[0] = L->barrier_count[1] = 0;
+            for (int w = 0; w * kWarp < L->n; ++w) {
+                L->warps[w].arrived = 0;
+                L->warps[w].phase = 0;
+                L->warps[w].epoch = 0;
+            }
+            L->epoch++;
+            Fiber* first = &L->fibers[L->order[0]];
+            m->current = &first->view;
+            cnn_gpu_emu_switch(&L->main_sp, first->sp);
+            if (L->desc->fault_kind != CNN_GPU_EMU_OK) break;
+            if (guard && !canary_intact(m->dynamic_shared + d->shared_mem, guard_page)) {
+                L->desc->fault_kind = CNN_GPU_EMU_SHARED_OVERRUN;
+                snprintf(d->message, sizeof d->message,
+                         "write past the end of the %llu bytes of dynamic shared memory", d->shared_mem);
+                break;
+            }
+        }
+    }
+    L = Lp;
+    free(L->shadow);
+    free(L->regions);
+    m->current = nullptr;
+    tl_launch = nullptr;
+    if (watchdog) disarm_watchdog(r);
+    remove_fault_handlers();
+    sigaltstack(&previous_alt, nullptr);
+    _mm_setcsr(saved_csr);
+    if (guard) mprotect(guard_page, kPage, PROT_READ | PROT_WRITE);
+
+    if (d->fault_kind != CNN_GPU_EMU_OK) {
+        memcpy(d->fault_block, L->block, sizeof L->block);
+        bool is_return = d->fault_kind != CNN_GPU_EMU_SIGNAL && d->fault_kind != CNN_GPU_EMU_STACK_OVERFLOW &&
+                         d->fault_kind != CNN_GPU_EMU_WATCHDOG;
+        resolve_site(L->raw_site, is_return, d->site_object, sizeof d->site_object, &d->site_offset);
+        resolve_site(L->raw_other_site, true, d->other_site_object, sizeof d->other_site_object,
+                     &d->other_site_offset);
+    }
+    return d->fault_kind;
+}
+
+// Arrays staged against an inaccessible page, with a canary in front and in the alignment gap.
+namespace {
+constexpr size_t kFrontCanary = 64;
+struct GuardedBuffer {
+    char* mapping;
+    size_t mapping_size;
+    char* data;
+    size_t size;
+};
+}  // namespace
+
+EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, void** data) {
+    size_t need = kFrontCanary + size + 16;
+    size_t pages = (need + kPage - 1) / kPage + 1;
+    char* m = (char*)mmap(nullptr, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    char* guard = m + (pages - 1) * kPage;
+    if (mprotect(guard, kPage, PROT_NONE) != 0) { munmap(m, pages * kPage); return nullptr; }
+    GuardedBuffer* g = (GuardedBuffer*)malloc(sizeof(GuardedBuffer));
+    g->mapping = m;
+    g->mapping_size = pages * kPage;
+    g->data = (char*)((uintptr_t)(guard - size) & ~(uintptr_t)15);
+    g->size = size;
+    memset(g->data - kFrontCanary, kCanary, kFrontCanary);
+    memset(g->data + size, kCanary, (size_t)(guard - (g->data + size)));
+    *data = g->data;
+    return g;
+}
+
+// 0: canaries intact; 1: the front canary was overwritten; 2: the tail gap was.
+EXPORT int cnn_gpu_emu_guard_check(void* handle) {
+    GuardedBuffer* g = (GuardedBuffer*)handle;
+    if (!canary_intact(g->data - kFrontCanary, g->data)) return 1;
+    char* guard = g->mapping + g->mapping_size - kPage;
+    if (!canary_intact(g->data + g->size, guard)) return 2;
+    return 0;
+}
+
+EXPORT void cnn_gpu_emu_guard_free(void* handle) {
+    GuardedBuffer* g = (GuardedBuffer*)handle;
+    munmap(g->mapping, g->mapping_size);
+    free(g);
+}
+
+EXPORT unsigned long long cnn_gpu_emu_launch_desc_size() { return sizeof(cnn_gpu_emu_launch_desc); }
+
+// For the benchmark: nanoseconds per fiber switch, measured with two fibers ping-ponging.
+namespace {
+void* g_bench_main_sp;
+void* g_bench_sp[2];
+long g_bench_rounds;
+void bench_fiber(Fiber* f) {
+    int me = f->linear;
+    for (long i = 0; i < g_bench_rounds; ++i) cnn_gpu_emu_switch(&g_bench_sp[me], g_bench_sp[1 - me]);
+    cnn_gpu_emu_switch(&g_bench_sp[me], g_bench_main_sp);
+}
+}  // namespace
+
+EXPORT double cnn_gpu_emu_switch_benchmark(long rounds) {
+    static char stacks[2][16384] __attribute__((aligned(16)));
+    Fiber fibers[2];
+    unsigned int csr_and_cw[2] = {_mm_getcsr(), 0x37f};
+    g_bench_rounds = rounds;
+    for (int i = 0; i < 2; ++i) {
+        fibers[i].linear = i;
+        void** sp = (void**)(stacks[i] + sizeof stacks[i] - 80);
+        memcpy(sp, csr_and_cw, 8);
+        sp[3] = (void*)&bench_fiber;
+        sp[4] = &fibers[i];
+        sp[7] = (void*)&cnn_gpu_emu_fiber_start;
+        g_bench_sp[i] = sp;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cnn_gpu_emu_switch(&g_bench_main_sp, g_bench_sp[0]);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+    return ns / (double)(2 * rounds);
+}

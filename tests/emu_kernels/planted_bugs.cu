@@ -1,0 +1,127 @@
+// Kernels with deliberate bugs: the emulator must report each one (tests/test_emu.py).
+// They also compile with NVRTC: the bugs are run-time bugs, not dialect problems.
+
+// y[i] = x[i + 1 within the block] -- correct version and one missing its barrier.
+extern "C" __global__ void rotate_with_barrier(const float* __restrict__ x, float* __restrict__ y, int n)
+{
+    __shared__ float tile[256];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    tile[threadIdx.x] = i < n ? x[i] : 0.0f;
+    __syncthreads();
+    if (i < n) y[i] = tile[(threadIdx.x + 1) % blockDim.x];
+}
+
+extern "C" __global__ void rotate_missing_barrier(const float* __restrict__ x, float* __restrict__ y, int n)
+{
+    __shared__ float tile[256];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    tile[threadIdx.x] = i < n ? x[i] : 0.0f;  // each thread stores its element
+    if (i < n) y[i] = tile[(threadIdx.x + 1) % blockDim.x];  // BUG: no __syncthreads() before the read
+}
+
+// BUG: `<=` writes one element past the end of y.
+extern "C" __global__ void write_one_past_end(float* __restrict__ y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) y[i] = 2.0f * i;
+}
+
+// BUG: the last thread writes one element past the dynamic shared memory (blockDim.x floats).
+extern "C" __global__ void shared_overrun(float* __restrict__ y)
+{
+    extern __shared__ float buffer[];
+    buffer[threadIdx.x + 1] = (float)threadIdx.x;
+    __syncthreads();
+    y[blockIdx.x * blockDim.x + threadIdx.x] = buffer[threadIdx.x];
+}
+
+// BUG: the two halves of the block wait at different barriers.
+extern "C" __global__ void divergent_barrier(float* __restrict__ y)
+{
+    if (threadIdx.x < blockDim.x / 2) {
+        y[threadIdx.x] = 1.0f;
+        __syncthreads();  // the first half waits here
+    } else {
+        __syncthreads();  // the second half waits here
+        y[threadIdx.x] = 2.0f;
+    }
+}
+
+// BUG: threads past n return early; the others then wait at a barrier those never reach.
+extern "C" __global__ void barrier_after_return(const float* __restrict__ x, float* __restrict__ y, int n)
+{
+    __shared__ float tile[256];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    tile[threadIdx.x] = x[i];
+    __syncthreads();
+    y[i] = tile[threadIdx.x];
+}
+
+// BUG: the last lane of each warp exits before its warp shuffles.
+extern "C" __global__ void shuffle_after_exit(float* __restrict__ y)
+{
+    if (threadIdx.x % 32 == 31) return;
+    const float v = __shfl_down_sync(0xffffffffu, y[threadIdx.x], 1);
+    y[threadIdx.x] = v;
+}
+
+// BUG: waits for a flag nobody sets.
+extern "C" __global__ void wait_forever(float* __restrict__ flag)
+{
+    volatile float* f = flag;
+    while (f[0] == 0.0f) {
+    }
+}
+
+// BUG: a null pointer dereference.
+extern "C" __global__ void null_dereference(float* __restrict__ y, int offset)
+{
+    const float* nowhere = (const float*)0;
+    y[threadIdx.x] = nowhere[offset + threadIdx.x];
+}
+
+// BUG (for the emulator): a 128 KB local array, more than a fiber's 64 KB stack.
+extern "C" __global__ void huge_stack_frame(float* __restrict__ y, int i)
+{
+    volatile float scratch[32768];
+    scratch[i] = y[0];
+    y[0] = scratch[i];
+}
+
+// Warp sums through shared memory, warp-synchronously: correct with __syncwarp() between the
+// steps, a race without (lanes of a warp are not in lockstep since Volta).
+extern "C" __global__ void warp_sums_synced(const float* __restrict__ x, float* __restrict__ sums)
+{
+    __shared__ float partial[256];
+    const int t = threadIdx.x, lane = t % 32;
+    partial[t] = x[blockIdx.x * blockDim.x + t];
+    __syncwarp();
+    for (int offset = 16; offset > 0; offset /= 2) {
+        if (lane < offset) partial[t] += partial[t + offset];
+        __syncwarp();
+    }
+    if (lane == 0) sums[(blockIdx.x * blockDim.x + t) / 32] = partial[t];
+}
+
+extern "C" __global__ void warp_sums_unsynced(const float* __restrict__ x, float* __restrict__ sums)
+{
+    __shared__ float partial[256];
+    const int t = threadIdx.x, lane = t % 32;
+    partial[t] = x[blockIdx.x * blockDim.x + t];
+    for (int offset = 16; offset > 0; offset /= 2)
+        if (lane < offset) partial[t] += partial[t + offset];  // BUG: no __syncwarp() between the steps
+    if (lane == 0) sums[(blockIdx.x * blockDim.x + t) / 32] = partial[t];
+}
+
+// BUG: every block writes out[0] (meant out[blockIdx.x]); blocks run in no fixed order.
+extern "C" __global__ void blocks_write_one_element(const float* __restrict__ x, float* __restrict__ out)
+{
+    if (threadIdx.x == 0) out[0] = x[blockIdx.x];
+}
+
+// BUG: two threads of a block write each element (meant out[threadIdx.x]).
+extern "C" __global__ void threads_write_one_element(const float* __restrict__ x, float* __restrict__ out)
+{
+    out[threadIdx.x / 2] = x[threadIdx.x];
+}

@@ -1,0 +1,491 @@
+"""The CUDA emulator (cnn_gpu.emu): kernels equal NumPy under every schedule, planted bugs are
+reported, arguments are checked by CuPy's rules, and the test kernels also compile with NVRTC."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend
+
+pytestmark = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=backend.why_unavailable("emu") or "")
+
+if not backend.why_unavailable("emu"):
+    from cnn_gpu import emu
+
+KERNELS = Path(__file__).resolve().parent / "emu_kernels"
+SCHEDULES = ("forward", "reverse", "random")
+F32 = ("-DREAL=float", "-DREAL_IS_DOUBLE=0")
+F64 = ("-DREAL=double", "-DREAL_IS_DOUBLE=1")
+
+
+def module(name: str, options=F32):
+    return _module(name, tuple(options))
+
+
+_modules: dict = {}
+
+
+def _module(name, options):
+    key = (name, options)
+    if key not in _modules:
+        _modules[key] = emu.RawModule(path=str(KERNELS / f"{name}.cu"), options=options)
+    return _modules[key]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261125)
+
+
+# --- correct kernels: equal to NumPy under all three schedules ---------------------------------
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_tiled_sgemm_matches_numpy(schedule, rng):
+    m, n, k = 37, 50, 45  # not multiples of the 16x16 tile
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = np.full((m, n), 7.0, np.float32)
+    sgemm = module("sgemm").get_function("sgemm")
+    sgemm(((n + 15) // 16, (m + 15) // 16), (16, 16), (a, b, c, np.int32(m), np.int32(n), np.int32(k)),
+          schedule=schedule, seed=3, guard=True)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_shuffle_block_reduction_matches_numpy(schedule, rng):
+    x = rng.standard_normal(20000)
+    partial = np.zeros(13)
+    block_sum = module("reduce", F64).get_function("block_sum")
+    block_sum((13,), (256,), (x, partial, np.int32(x.size)), schedule=schedule, guard=True)
+    np.testing.assert_allclose(partial.sum(), x.sum(), rtol=1e-12)
+    # each block's partial sum is its grid-stride slice
+    expected = [x[np.arange(x.size) % (13 * 256) // 256 == b].sum() for b in range(13)]
+    np.testing.assert_allclose(partial, expected, rtol=1e-12, atol=1e-12)
+    whole = np.zeros(1)
+    block_sum((1,), (1024,), (x, whole, np.int32(x.size)), schedule=schedule)  # the largest block
+    np.testing.assert_allclose(whole[0], x.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_dynamic_shared_memory_kernels(schedule, rng):
+    mod = module("dynamic_shared", F64)
+    n, threads, blocks = 1000, 128, 8
+    x = rng.standard_normal(n)
+    y = np.zeros(n)
+    positive = np.zeros(blocks, np.int32)
+    mod.get_function("reverse_chunks")((blocks,), (threads,), (x, y, positive, np.int32(n)),
+                                       shared_mem=threads * 8, schedule=schedule, guard=True)
+    padded = np.zeros(blocks * threads)
+    padded[:n] = x
+    chunks = padded.reshape(blocks, threads)
+    np.testing.assert_array_equal(y, chunks[:, ::-1].reshape(-1)[:n])
+    np.testing.assert_array_equal(positive, (chunks > 0).sum(axis=1))
+
+    x4 = rng.standard_normal(4096).astype(np.float32)
+    y4 = np.zeros_like(x4)
+    mod.get_function("copy_float4")((4,), (256,), (x4, y4, np.int32(1024)), shared_mem=256 * 16,
+                                    schedule=schedule, guard=True)
+    np.testing.assert_array_equal(y4, x4)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_atomics_kernel_matches_numpy(schedule, rng):
+    n, classes = 5000, 10
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    values = rng.standard_normal(n).astype(np.float32)
+    counts = np.zeros(classes, np.int32)
+    sums = np.zeros(classes, np.float32)
+    module("atomics").get_function("class_histogram")(
+        (7,), (128,), (labels, values, np.int32(n), counts, sums), schedule=schedule, guard=True)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=classes))
+    np.testing.assert_allclose(sums, np.bincount(labels, values.astype(np.float64) ** 2, minlength=classes),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_correct_kernels_pass_the_race_check(schedule, rng):
+    """No false alarms: barriers, warp shuffles, __syncwarp and shared-memory atomics order accesses."""
+    a = rng.standard_normal((40, 24)).astype(np.float32)
+    b = rng.standard_normal((24, 20)).astype(np.float32)
+    c = np.zeros((40, 20), np.float32)
+    module("sgemm").get_function("sgemm")((2, 3), (16, 16), (a, b, c, np.int32(40), np.int32(20), np.int32(24)),
+                                          schedule=schedule, race=True)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal(3000)
+    partial = np.zeros(3)
+    module("reduce", F64).get_function("block_sum")((3,), (256,), (x, partial, np.int32(x.size)),
+                                                    schedule=schedule, race=True)
+    np.testing.assert_allclose(partial.sum(), x.sum(), rtol=1e-12)
+    labels = rng.integers(0, 12, 2000).astype(np.int32)
+    counts = np.zeros(12, np.int32)
+    module("atomics").get_function("class_histogram_shared")(
+        (4,), (96,), (labels, np.int32(2000), np.int32(12), counts), shared_mem=12 * 4, schedule=schedule, race=True)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=12))
+    xs = rng.standard_normal(512).astype(np.float32)
+    sums = np.zeros(16, np.float32)
+    bugs().get_function("warp_sums_synced")((2,), (256,), (xs, sums), schedule=schedule, race=True)
+    np.testing.assert_allclose(sums, xs.reshape(16, 32).sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+# --- planted bugs -------------------------------------------------------------------------------
+
+def bugs():
+    return module("planted_bugs")
+
+
+def at_line(snippet: str) -> str:
+    """`planted_bugs.cu:N` of the line holding `snippet`, as fault reports name it."""
+    lines = (KERNELS / "planted_bugs.cu").read_text().splitlines()
+    (number,) = [i + 1 for i, line in enumerate(lines) if snippet in line]
+    return f"{KERNELS / 'planted_bugs.cu'}:{number} "
+
+
+def test_missing_barrier_is_caught_by_the_schedules(rng):
+    n = 1000
+    x = rng.standard_normal(n).astype(np.float32)
+    blocks = (n + 255) // 256
+    padded = np.zeros(blocks * 256, np.float32)
+    padded[:n] = x
+    expected = np.roll(padded.reshape(blocks, 256), -1, axis=1).reshape(-1)[:n]
+    results = {}
+    for name in ("rotate_with_barrier", "rotate_missing_barrier"):
+        for schedule in SCHEDULES:
+            y = np.zeros(n, np.float32)
+            bugs().get_function(name)((blocks,), (256,), (x, y, np.int32(n)), schedule=schedule, seed=1)
+            results[name, schedule] = np.array_equal(y, expected)
+    assert all(results["rotate_with_barrier", s] for s in SCHEDULES)
+    assert not all(results["rotate_missing_barrier", s] for s in SCHEDULES)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_race_check_names_both_sides_of_a_missing_barrier(schedule, rng):
+    x = rng.standard_normal(300).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=r"shared memory race on tile \(byte \d+, in rotate_missing_barrier\)"
+                       ) as info:
+        bugs().get_function("rotate_missing_barrier")((2,), (256,), (x, np.zeros_like(x), np.int32(300)),
+                                                       schedule=schedule, race=True)
+    store, load = at_line("each thread stores its element"), at_line("BUG: no __syncthreads()")
+    fault = str(info.value)
+    assert {info.value.source.split()[0], fault.split("other thread")[1].split(" at ")[1].split()[0]} == {
+        store.split()[0], load.split()[0]}
+
+
+def test_race_check_finds_warp_synchronous_code_without_syncwarp(rng):
+    xs = rng.standard_normal(256).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match="shared memory race on partial") as info:
+        bugs().get_function("warp_sums_unsynced")((1,), (256,), (xs, np.zeros(8, np.float32)), race=True)
+    assert f"at {at_line('BUG: no __syncwarp()')}" in str(info.value)
+
+
+def test_race_check_covers_global_memory_between_threads_and_blocks(rng):
+    x = rng.standard_normal(64).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'out' \(element 0\).*another block"):
+        bugs().get_function("blocks_write_one_element")((4,), (32,), (x, np.zeros(4, np.float32)), race=True)
+    with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'out' \(element \d+\).*thread") as info:
+        bugs().get_function("threads_write_one_element")((1,), (64,), (x, np.zeros(32, np.float32)), race=True,
+                                                          guard=True)
+    assert info.value.source.startswith(at_line("out[threadIdx.x / 2] = x[threadIdx.x];"))
+
+
+def test_out_of_bounds_global_write_faults_with_thread_and_line():
+    y = np.zeros(1024, np.float32)
+    with pytest.raises(emu.KernelFault) as info:
+        bugs().get_function("write_one_past_end")((5,), (256,), (y, np.int32(1024)), guard=True)
+    fault = info.value
+    assert fault.kernel == "write_one_past_end" and "past the end of argument 'y'" in str(fault)
+    assert fault.block == (4, 0, 0) and fault.thread == (0, 0, 0)
+    assert fault.source.startswith(at_line("if (i <= n) y[i]"))
+    assert not y.any(), "nothing is copied back from a faulting launch"
+
+
+def test_out_of_bounds_write_inside_the_alignment_gap_is_found_by_the_canary():
+    y = np.zeros(1022, np.float32)  # the end is not 16-byte aligned: the write lands in the gap
+    with pytest.raises(emu.KernelFault, match="past the end of argument 'y'"):
+        bugs().get_function("write_one_past_end")((4,), (256,), (y, np.int32(1022)), guard=True)
+
+
+def test_correct_launch_with_guard_copies_results_back():
+    y = np.zeros(1024, np.float32)
+    bugs().get_function("write_one_past_end")((4,), (256,), (y[:1023], np.int32(1022)), guard=True)
+    np.testing.assert_array_equal(y[:1023], 2.0 * np.arange(1023, dtype=np.float32))
+    assert y[1023] == 0
+
+
+@pytest.mark.parametrize("shared_floats", [256, 1024])  # ends mid-page (canary) / on a page (guard page)
+def test_dynamic_shared_memory_overrun_is_reported(shared_floats):
+    y = np.zeros(2 * shared_floats, np.float32)
+    with pytest.raises(emu.KernelFault, match="shared memory") as info:
+        bugs().get_function("shared_overrun")((2,), (shared_floats,), (y,), shared_mem=4 * shared_floats,
+                                              guard=True)
+    if shared_floats == 1024:
+        assert info.value.thread == (1023, 0, 0)
+        assert info.value.source.startswith(at_line("buffer[threadIdx.x + 1] ="))
+
+
+def test_divergent_barrier_is_a_fault():
+    with pytest.raises(emu.KernelFault, match="divergent __syncthreads") as info:
+        bugs().get_function("divergent_barrier")((1,), (64,), (np.zeros(64, np.float32),))
+    first, second = at_line("the first half waits here"), at_line("the second half waits here")
+    assert info.value.source.startswith(second) and f"other thread (0, 0, 0) at {first}" in str(info.value)
+
+
+def test_barrier_some_threads_never_reach_is_a_fault(rng):
+    x = rng.standard_normal(300).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match="reached by 44 of 256") as info:
+        bugs().get_function("barrier_after_return")((2,), (256,), (x, np.zeros_like(x), np.int32(300)))
+    assert info.value.block == (1, 0, 0)
+
+
+def test_shuffle_with_exited_lanes_is_a_fault():
+    with pytest.raises(emu.KernelFault, match="exited lanes"):
+        bugs().get_function("shuffle_after_exit")((1,), (64,), (np.ones(64, np.float32),))
+
+
+def test_watchdog_ends_an_endless_loop():
+    flag = np.zeros(1, np.float32)
+    with pytest.raises(emu.KernelFault, match="watchdog") as info:
+        bugs().get_function("wait_forever")((1,), (32,), (flag,), timeout=0.3)
+    assert info.value.source.startswith(at_line("while (f[0] == 0.0f)"))
+
+
+def test_segfault_and_stack_overflow_are_faults_not_crashes():
+    y = np.zeros(64, np.float32)
+    with pytest.raises(emu.KernelFault, match="SIGSEGV") as info:
+        bugs().get_function("null_dereference")((1,), (64,), (y, np.int32(0)))
+    assert info.value.thread == (0, 0, 0)
+    assert info.value.source.startswith(at_line("nowhere[offset + threadIdx.x]"))
+    with pytest.raises(emu.KernelFault, match="stack overflow"):
+        bugs().get_function("huge_stack_frame")((1,), (4,), (y, np.int32(5)))
+    # the process and the emulator are still fine afterwards
+    test_correct_launch_with_guard_copies_results_back()
+
+
+# --- argument checking (CuPy's marshalling rules) ------------------------------------------------
+
+def test_python_int_for_int_parameter_is_a_type_error():
+    with pytest.raises(TypeError, match=r"'write_one_past_end' parameter 1 'n' \(int\).*Python int"):
+        bugs().get_function("write_one_past_end")((1,), (32,), (np.zeros(32, np.float32), 31))
+
+
+def test_float64_array_for_float_pointer_is_a_type_error():
+    with pytest.raises(TypeError, match=r"parameter 0 'y' \(float\*\): expected a float32 array, got a float64"):
+        bugs().get_function("write_one_past_end")((1,), (32,), (np.zeros(32), np.int32(31)))
+
+
+def test_wrong_argument_count_is_a_type_error():
+    with pytest.raises(TypeError, match=r"takes 2 arguments \(y, n\), got 3"):
+        bugs().get_function("write_one_past_end")((1,), (32,), (np.zeros(32, np.float32), np.int32(1), np.int32(2)))
+
+
+def test_scalars_follow_cupy_rules():
+    mod = emu.RawModule(code=textwrap.dedent("""
+        extern "C" __global__ void scalars(double* out, long long a, double b, float c, unsigned int d) {
+            out[0] = (double)a; out[1] = b; out[2] = (double)c; out[3] = (double)d;
+        }"""))
+    out = np.zeros(4)
+    mod.get_function("scalars")((1,), (1,), (out, -(2 ** 40), 0.1, np.float32(1.5), np.uint32(7)))
+    np.testing.assert_array_equal(out, [-(2 ** 40), 0.1, 1.5, 7])
+    with pytest.raises(TypeError, match="expected float"):
+        mod.get_function("scalars")((1,), (1,), (out, 1, 0.1, 1.5, np.uint32(7)))
+
+
+# --- checking modes -----------------------------------------------------------------------------
+
+def test_checking_context_sets_defaults_and_call_keywords_override(rng):
+    x = rng.standard_normal(256).astype(np.float32)
+    rotate = bugs().get_function("rotate_missing_barrier")
+
+    def run(**kwargs):
+        y = np.zeros(256, np.float32)
+        rotate((1,), (256,), (x, y, np.int32(256)), **kwargs)
+        return y
+
+    forward, reverse = run(schedule="forward"), run(schedule="reverse")
+    assert not np.array_equal(forward, reverse, equal_nan=True)
+    with emu.checking(schedule="reverse"):
+        np.testing.assert_array_equal(run(), reverse)
+        np.testing.assert_array_equal(run(schedule="forward"), forward)
+    np.testing.assert_array_equal(run(), forward)
+    np.testing.assert_array_equal(run(schedule="random", seed=11), run(schedule="random", seed=11))
+    with pytest.raises(ValueError, match="schedule"):
+        run(schedule="backwards")
+
+
+def test_shared_memory_is_poisoned_with_nan():
+    mod = emu.RawModule(code=textwrap.dedent("""
+        extern "C" __global__ void read_uninitialised(float* y) {
+            __shared__ float s[32];
+            extern __shared__ float d[];
+            if (threadIdx.x == 0) { y[2 * blockIdx.x] = s[3]; y[2 * blockIdx.x + 1] = d[3]; }
+            __syncthreads();
+            s[threadIdx.x] = 1.0f; d[threadIdx.x] = 2.0f;
+        }"""))
+    y = np.zeros(4, np.float32)
+    mod.get_function("read_uninitialised")((2,), (32,), (y,), shared_mem=128)
+    assert np.isnan(y).all()
+    mod.get_function("read_uninitialised")((2,), (32,), (y,), shared_mem=128, poison=False)
+    assert np.isfinite(y[2:]).all()  # the second block sees what the first left behind
+
+
+def test_float32_denormals_flush_to_zero_unless_ftz_false():
+    source = 'extern "C" __global__ void halve(float* x) { x[threadIdx.x] = x[threadIdx.x] * 0.5f; }'
+    tiny = np.full(4, 2e-38, np.float32)  # the half is a float32 denormal
+    flushed = tiny.copy()
+    emu.RawModule(code=source).get_function("halve")((1,), (4,), (flushed,))
+    assert not flushed.any()
+    kept = tiny.copy()
+    emu.RawModule(code=source, options=("-ftz=false",)).get_function("halve")((1,), (4,), (kept,))
+    np.testing.assert_array_equal(kept, tiny * np.float32(0.5))
+
+
+# --- build cache ----------------------------------------------------------------------------------
+
+def test_concurrent_builds_share_one_cache_entry(tmp_path):
+    source = tmp_path / "tiny.cu"
+    source.write_text('extern "C" __global__ void tiny(int* y) { y[threadIdx.x] = threadIdx.x + 41; }\n')
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from cnn_gpu import emu
+        y = np.zeros(4, np.int32)
+        emu.RawModule(path={str(source)!r}).get_function("tiny")((1,), (4,), (y,))
+        assert list(y) == [41, 42, 43, 44], y
+    """)
+    env = dict(os.environ, CNN_GPU_CACHE=str(tmp_path / "cache"))
+    workers = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(2)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    built = sorted(p.name for p in (tmp_path / "cache" / "emu").iterdir())
+    assert len([name for name in built if name.startswith("module-")]) == 1
+    assert not [name for name in built if name.endswith(".tmp")]
+
+
+# --- the test kernels are CUDA, not a dialect of the emulator ----------------------------------
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in KERNELS.glob("*.cu")))
+def test_test_kernels_compile_with_nvrtc(name):
+    from cnn_gpu import nvrtc
+    reason = nvrtc.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    source = (KERNELS / f"{name}.cu").read_text()
+    for options in (F32, F64):
+        nvrtc.load().compile(source, f"{name}.cu", ("--std=c++14", "-arch=sm_70", *options))
+
+
+def test_guard_staging_keeps_aliasing_and_views(rng):
+    mod = emu.RawModule(code=textwrap.dedent("""
+        extern "C" __global__ void axpy(const float* x, float* y, int n) {
+            const int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i < n) y[i] += 2.0f * x[i];
+        }"""))
+    axpy = mod.get_function("axpy")
+    a = rng.standard_normal(300).astype(np.float32)
+    expected = a * 3
+    axpy((3,), (128,), (a, a, np.int32(300)), guard=True)  # the same array twice: in place
+    np.testing.assert_array_equal(a, expected)
+    base = rng.standard_normal(600).astype(np.float32)
+    for guard in (False, True):  # a strided view: the kernel sees its memory as CuPy would pass it
+        b = base.copy()
+        axpy((1,), (64,), (b[100:], b[::2], np.int32(50)), guard=guard)
+        if not guard:
+            unguarded = b
+    np.testing.assert_array_equal(b, unguarded)
+    readonly = rng.standard_normal(300).astype(np.float32)
+    readonly.flags.writeable = False
+    out = np.zeros(300, np.float32)
+    axpy((3,), (128,), (readonly, out, np.int32(300)), guard=True)
+    np.testing.assert_array_equal(out, 2 * readonly)
+
+
+def test_launches_from_several_threads(rng):
+    from concurrent.futures import ThreadPoolExecutor
+    a = rng.standard_normal((48, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 33)).astype(np.float32)
+    expected = a.astype(np.float64) @ b
+
+    def run(schedule):
+        sgemm = emu.RawModule(path=str(KERNELS / "sgemm.cu"), options=F32).get_function("sgemm")
+        c = np.zeros((48, 33), np.float32)
+        for _ in range(3):
+            sgemm((3, 3), (16, 16), (a, b, c, np.int32(48), np.int32(33), np.int32(40)), schedule=schedule)
+        return c
+
+    with ThreadPoolExecutor(3) as pool:
+        for c in pool.map(run, SCHEDULES):
+            np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pragma_unroll_forms_and_cuda_macros():
+    mod = emu.RawModule(code=textwrap.dedent("""
+        #define TILE 4
+        extern "C" __global__ void sums(float* y) {
+            float s = 0;
+        #pragma unroll
+            for (int i = 0; i < 8; ++i) s += y[i];
+            #pragma unroll TILE
+            for (int i = 0; i < 8; ++i) s += y[i];
+        #pragma unroll (TILE * 2)
+            for (int i = 0; i < 8; ++i) s += y[i];
+        #pragma unroll 1
+            for (int i = 0; i < 8; ++i) s += y[i];
+        #if defined(__CUDACC__) && __CUDA_ARCH__ >= 700
+            y[8] = s;
+        #endif
+        }"""))
+    y = np.arange(9, dtype=np.float32)
+    mod.get_function("sums")((1,), (1,), (y,))
+    assert y[8] == 4 * 28
+
+
+def test_kernel_discovery_and_parameter_types_come_from_the_compiled_source():
+    mod = emu.RawModule(code=textwrap.dedent("""
+        extern "C" {
+        __global__ void __launch_bounds__(128) a(REAL* y) { y[threadIdx.x] = 1; }
+        __global__ void b(REAL* y, const int n) { if (threadIdx.x < n) y[threadIdx.x] = 2; }
+        }
+        template <int N> __global__ void templated(float* y) { y[0] = N; }
+        extern "C" __global__ void c(double* y);
+        extern "C" __global__ void c(double* y) { y[0] = 3; }
+        """), options=F64)
+    assert mod.kernel_names == ["a", "b", "c"]
+    b = mod.get_function("b")
+    assert b.parameter_names == ["y", "n"] and b.parameter_codes == ["*f8", "i4"]  # REAL resolved
+    y = np.zeros(4)
+    b((1,), (4,), (y, np.int32(2)))
+    mod.get_function("a")((1,), (1,), [y])
+    np.testing.assert_array_equal(y, [1, 2, 0, 0])
+    with pytest.raises(ValueError, match="no __global__ function 'templated'"):
+        mod.get_function("templated")
+    with pytest.raises(emu.CompileError, match="INFINITY"):
+        emu.RawModule(code='extern "C" __global__ void k(float* y) { y[0] = INFINITY; }')
+
+
+@pytest.mark.parametrize("width", [32, 8])
+def test_warp_primitives_match_cuda_semantics(width, rng):
+    x = rng.standard_normal(64).astype(np.float32)
+    d = rng.standard_normal(64)
+    out = np.zeros(64 * 9, np.float32)
+    module("warp_ops").get_function("warp_ops")((1,), (64,), (x, d, out, np.int32(width)), schedule="reverse")
+    out = out.reshape(64, 9)
+    lane = np.arange(64) % 32
+    warp_base = np.arange(64) - lane
+    segment = warp_base + lane // width * width  # first thread of each thread's width-segment
+    within = lane % width
+    np.testing.assert_array_equal(out[:, 0], x[segment + 5 % width])
+    np.testing.assert_array_equal(out[:, 1], np.where(within >= 3, x[np.arange(64) - 3], x))
+    np.testing.assert_array_equal(out[:, 2], np.where(within + 3 < width, x[np.minimum(np.arange(64) + 3, 63)], x))
+    source = warp_base + (lane ^ 6)
+    np.testing.assert_array_equal(out[:, 3], np.where(lane ^ 6 < (lane // width + 1) * width, x[source], x))
+    np.testing.assert_array_equal(out[:, 4], np.where(within + 1 < width, d[np.minimum(np.arange(64) + 1, 63)], d)
+                                  .astype(np.float32))
+    ballots = [sum(1 << i for i in range(32) if x[w * 32 + i] > 0) for w in range(2)]
+    np.testing.assert_array_equal(out[:, 5], np.repeat([b & 0xFFFF for b in ballots], 32))
+    np.testing.assert_array_equal(out[:, 6], np.repeat([b >> 16 for b in ballots], 32))
+    votes = [int((x[w * 32:(w + 1) * 32] > 2).any()) + 2 * int((x[w * 32:(w + 1) * 32] > -3).all()) for w in range(2)]
+    np.testing.assert_array_equal(out[:, 7], np.repeat(votes, 32))
+    np.testing.assert_array_equal(out[:, 8], warp_base + (lane + 1) % 32)
