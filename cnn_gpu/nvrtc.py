@@ -1,0 +1,351 @@
+"""Compile CUDA C with NVRTC (no GPU, no driver needed) and read ptxas' resource report.
+
+A ctypes wrapper of libnvrtc, the compiler CuPy itself uses. Each compile targets one real
+architecture (`-arch=sm_XX`), so the result is a CUBIN whose ptxas report (`-Xptxas=-v`, in the
+program log) gives per kernel: registers, spill stores/loads, static shared memory and stack frame.
+The block size a kernel is built for is read from the CUBIN (`__launch_bounds__` ends up as the
+EIATTR_MAX_THREADS attribute of the kernel's `.nv.info.<name>` ELF section), so macros in the
+bounds need no preprocessing here. Theoretical occupancy follows the CUDA occupancy calculator's
+rules for each architecture.
+
+libnvrtc is looked for (1) where CuPy loaded it, (2) in the nvidia-cuda-nvrtc-cu12 wheel
+(site-packages/nvidia/cuda_nvrtc/lib), (3) under $CUDA_PATH / $CUDA_HOME, (4) on the loader path.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import glob
+import hashlib
+import os
+import re
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class NvrtcUnavailable(RuntimeError):
+    """No usable libnvrtc on this machine."""
+
+
+class CompileError(RuntimeError):
+    """NVRTC rejected a source; the message carries the compiler log."""
+
+
+@dataclass(frozen=True)
+class ArchLimits:
+    """Per-SM limits of one compute capability (CUDA C Programming Guide, table of technical
+    specifications), with the shared memory carveout at its maximum."""
+    max_threads_per_sm: int
+    max_blocks_per_sm: int
+    smem_per_sm: int               # bytes usable by blocks on one SM
+    smem_reserved_per_block: int   # bytes the runtime reserves per resident block (sm_80+)
+    regs_per_sm: int = 65536
+    max_regs_per_thread: int = 255
+    register_unit: int = 256       # registers are allocated per warp in units of this many
+    partitions: int = 4            # a warp's registers come from one of 4 SM sub-partitions
+
+
+KIB = 1024
+ARCH_LIMITS = {
+    "sm_70": ArchLimits(2048, 32, 96 * KIB, 0),
+    "sm_75": ArchLimits(1024, 16, 64 * KIB, 0),
+    "sm_80": ArchLimits(2048, 32, 164 * KIB, 1 * KIB),
+    "sm_86": ArchLimits(1536, 16, 100 * KIB, 1 * KIB),
+    "sm_89": ArchLimits(1536, 24, 100 * KIB, 1 * KIB),
+    "sm_90": ArchLimits(2048, 32, 228 * KIB, 1 * KIB),
+}
+ARCHS = tuple(ARCH_LIMITS)
+WARP = 32
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """ptxas' resources of one kernel for one arch, plus its launch bound and occupancy."""
+    name: str
+    registers: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+    shared_bytes: int              # static shared memory
+    stack_bytes: int
+    max_threads: int | None        # from __launch_bounds__; None when the kernel declares none
+    occupancy: float | None        # resident warps / max warps at max_threads per block
+    blocks_per_sm: int | None
+    occupancy_limiter: str | None  # "warps", "registers", "shared memory" or "blocks"
+
+    @property
+    def spill_bytes(self) -> int:
+        return self.spill_store_bytes + self.spill_load_bytes
+
+
+def occupancy(arch: str, registers: int, shared_bytes: int, threads: int):
+    """Theoretical occupancy of a kernel with `registers` per thread, `shared_bytes` of shared
+    memory per block and `threads` per block: (fraction, resident blocks per SM, limiting resource)."""
+    limits = ARCH_LIMITS[arch]
+    warps_per_block = -(-threads // WARP)
+    max_warps = limits.max_threads_per_sm // WARP
+    regs_per_warp = -(-max(registers, 1) * WARP // limits.register_unit) * limits.register_unit
+    warps_by_registers = limits.partitions * ((limits.regs_per_sm // limits.partitions) // regs_per_warp)
+    smem_per_block = shared_bytes + limits.smem_reserved_per_block
+    candidates = {
+        "warps": max_warps // warps_per_block,
+        "registers": warps_by_registers // warps_per_block,
+        "shared memory": limits.smem_per_sm // smem_per_block if smem_per_block else limits.max_blocks_per_sm,
+        "blocks": limits.max_blocks_per_sm,
+    }
+    limiter = min(candidates, key=candidates.get)
+    blocks = candidates[limiter]
+    return blocks * warps_per_block / max_warps, blocks, limiter
+
+
+# --- finding and loading libnvrtc ---------------------------------------------------------------
+
+def _candidates_from_cupy():
+    try:
+        from cupy.cuda import nvrtc as cupy_nvrtc
+        cupy_nvrtc.getVersion()  # makes CuPy load the library
+    except Exception:
+        return []
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps if "libnvrtc.so" in line
+                           and "builtins" not in line})
+    except OSError:
+        return []
+
+
+def _candidates_from_wheel():
+    found = []
+    for entry in sys.path:
+        found += sorted(glob.glob(os.path.join(entry, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")))
+    return [path for path in found if "builtins" not in path and ".alt." not in path]
+
+
+def _candidates_from_cuda_path():
+    found = []
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        root = os.environ.get(var)
+        if root:
+            for sub in ("lib64", "lib"):
+                found += sorted(glob.glob(os.path.join(root, sub, "libnvrtc.so*")))
+    return [path for path in found if "builtins" not in path and ".alt." not in path]
+
+
+def library_candidates() -> list[str]:
+    found = _candidates_from_cupy() + _candidates_from_wheel() + _candidates_from_cuda_path()
+    system = ctypes.util.find_library("nvrtc")
+    if system:
+        found.append(system)
+    return list(dict.fromkeys(found))
+
+
+class Nvrtc:
+    """The few libnvrtc entry points needed to compile to CUBIN and read the log."""
+
+    def __init__(self, path: str):
+        self.path = path
+        lib = ctypes.CDLL(path)
+        c_int_p = ctypes.POINTER(ctypes.c_int)
+        c_size_p = ctypes.POINTER(ctypes.c_size_t)
+        program_p = ctypes.POINTER(ctypes.c_void_p)
+        signatures = {
+            "nvrtcVersion": [c_int_p, c_int_p],
+            "nvrtcGetErrorString": [ctypes.c_int],
+            "nvrtcCreateProgram": [program_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                                   ctypes.c_void_p, ctypes.c_void_p],
+            "nvrtcCompileProgram": [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+            "nvrtcGetProgramLogSize": [ctypes.c_void_p, c_size_p],
+            "nvrtcGetProgramLog": [ctypes.c_void_p, ctypes.c_char_p],
+            "nvrtcGetCUBINSize": [ctypes.c_void_p, c_size_p],
+            "nvrtcGetCUBIN": [ctypes.c_void_p, ctypes.c_char_p],
+            "nvrtcDestroyProgram": [program_p],
+        }
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, name)
+            fn.argtypes = argtypes
+            fn.restype = ctypes.c_int
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        self._lib = lib
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        self._check(lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+        self.version = (major.value, minor.value)
+        self.supported_archs = self._supported_archs()
+
+    def _supported_archs(self) -> frozenset[str]:
+        lib = self._lib
+        try:
+            count_fn, list_fn = lib.nvrtcGetNumSupportedArchs, lib.nvrtcGetSupportedArchs
+        except AttributeError:  # NVRTC < 11.2 cannot say; assume the arch list is fine
+            return frozenset(ARCHS)
+        count = ctypes.c_int()
+        self._check(count_fn(ctypes.byref(count)), "nvrtcGetNumSupportedArchs")
+        archs = (ctypes.c_int * count.value)()
+        self._check(list_fn(archs), "nvrtcGetSupportedArchs")
+        return frozenset(f"sm_{value}" for value in archs)
+
+    def _check(self, status: int, what: str):
+        if status != 0:
+            message = self._lib.nvrtcGetErrorString(status).decode(errors="replace")
+            raise CompileError(f"{what} failed: {message}")
+
+    def compile(self, source: str, name: str, options) -> tuple[bytes, str]:
+        """(cubin, log) of `source`; CompileError with the log when compilation fails."""
+        lib = self._lib
+        program = ctypes.c_void_p()
+        self._check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None),
+                    "nvrtcCreateProgram")
+        try:
+            encoded = [option.encode() for option in options]
+            status = lib.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
+            size = ctypes.c_size_t()
+            self._check(lib.nvrtcGetProgramLogSize(program, ctypes.byref(size)), "nvrtcGetProgramLogSize")
+            log_buffer = ctypes.create_string_buffer(size.value)
+            self._check(lib.nvrtcGetProgramLog(program, log_buffer), "nvrtcGetProgramLog")
+            log = log_buffer.value.decode(errors="replace")
+            if status != 0:
+                reason = lib.nvrtcGetErrorString(status).decode(errors="replace")
+                raise CompileError(f"{name} ({' '.join(options)}): {reason}\n{log}")
+            self._check(lib.nvrtcGetCUBINSize(program, ctypes.byref(size)), "nvrtcGetCUBINSize")
+            cubin = ctypes.create_string_buffer(size.value)
+            self._check(lib.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+            return cubin.raw, log
+        finally:
+            lib.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> Nvrtc:
+    """The first libnvrtc that loads; NvrtcUnavailable (saying where it looked) when none does."""
+    errors = []
+    for path in library_candidates():
+        try:
+            return Nvrtc(path)
+        except (OSError, AttributeError, CompileError) as err:
+            errors.append(f"{path}: {err}")
+    tried = "; ".join(errors) if errors else "none found"
+    raise NvrtcUnavailable(
+        "libnvrtc not found (looked in CuPy, the nvidia-cuda-nvrtc-cu12 wheel, $CUDA_PATH/$CUDA_HOME and the "
+        f"loader path: {tried}); pip install nvidia-cuda-nvrtc-cu12")
+
+
+def why_unavailable() -> str:
+    """'' when NVRTC loads, else the reason."""
+    try:
+        load()
+        return ""
+    except NvrtcUnavailable as err:
+        return str(err)
+
+
+# --- the ptxas report and the CUBIN -------------------------------------------------------------
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas_log(log: str) -> dict[str, dict]:
+    """Per kernel name: registers, spill_store_bytes, spill_load_bytes, shared_bytes, stack_bytes."""
+    kernels: dict[str, dict] = {}
+    current = None
+    for line in log.splitlines():
+        entry = _ENTRY.search(line)
+        if entry:
+            current = kernels.setdefault(entry.group(1), dict(
+                registers=0, spill_store_bytes=0, spill_load_bytes=0, shared_bytes=0, stack_bytes=0))
+            continue
+        if current is None:
+            continue
+        frame = _FRAME.search(line)
+        if frame:
+            current["stack_bytes"], current["spill_store_bytes"], current["spill_load_bytes"] = (
+                int(value) for value in frame.groups())
+        used = _USED.search(line)
+        if used:
+            current["registers"] = int(used.group(1))
+            smem = _SMEM.search(line)
+            current["shared_bytes"] = int(smem.group(1)) if smem else 0
+    return kernels
+
+
+_EIATTR_MAX_THREADS = 0x05
+_EIFMT_SVAL = 0x04
+
+
+def launch_bounds_from_cubin(cubin: bytes) -> dict[str, int]:
+    """Kernel name -> threads per block from `__launch_bounds__` (kernels without one are absent).
+
+    Reads the ELF section headers, then the attribute records of each `.nv.info.<kernel>`
+    section: (format u8, attribute u8, then a u16 size and payload for format SVAL, else a u16)."""
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
+        raise ValueError("not a 64-bit ELF CUBIN")
+    section_offset, = struct.unpack_from("<Q", cubin, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", cubin, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, section_offset + i * entry_size) for i in range(count)]
+    names_at = sections[names_index][4]
+
+    def section_name(offset: int) -> str:
+        start = names_at + offset
+        return cubin[start:cubin.index(b"\0", start)].decode()
+
+    bounds = {}
+    prefix = ".nv.info."
+    for header in sections:
+        name = section_name(header[0])
+        if not name.startswith(prefix):
+            continue
+        body = cubin[header[4]:header[4] + header[5]]
+        at = 0
+        while at + 4 <= len(body):
+            fmt, attribute = body[at], body[at + 1]
+            if fmt == _EIFMT_SVAL:
+                size, = struct.unpack_from("<H", body, at + 2)
+                if attribute == _EIATTR_MAX_THREADS and size >= 12:
+                    x, y, z = struct.unpack_from("<III", body, at + 4)
+                    bounds[name[len(prefix):]] = x * y * z
+                at += 4 + size
+            else:
+                at += 4
+    return bounds
+
+
+# --- compiling the project's kernel files -------------------------------------------------------
+
+def kernel_report(source: str, name: str, arch: str, options=()) -> list[KernelReport]:
+    """Compile `source` for `arch` and report every kernel in it (sorted by name)."""
+    if arch not in ARCH_LIMITS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    compiler = load()
+    if arch not in compiler.supported_archs:
+        raise CompileError(f"NVRTC {compiler.version[0]}.{compiler.version[1]} ({compiler.path}) cannot target "
+                           f"{arch}; install nvidia-cuda-nvrtc-cu12")
+    cubin, log = compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+    bounds = launch_bounds_from_cubin(cubin)
+    reports = []
+    for kernel, res in sorted(parse_ptxas_log(log).items()):
+        threads = bounds.get(kernel)
+        occ = occupancy(arch, res["registers"], res["shared_bytes"], threads) if threads else (None, None, None)
+        reports.append(KernelReport(kernel, res["registers"], res["spill_store_bytes"], res["spill_load_bytes"],
+                                    res["shared_bytes"], res["stack_bytes"], threads, *occ))
+    return reports
+
+
+@functools.lru_cache(maxsize=None)
+def _file_report_cached(path: str, digest: str, dtype_name: str, arch: str) -> tuple[KernelReport, ...]:
+    from . import backend
+    source = Path(path).read_text()
+    options = (*backend.NVRTC_OPTIONS, *backend.dtype_options(dtype_name))
+    return tuple(kernel_report(source, Path(path).name, arch, options))
+
+
+def file_report(path, dtype, arch: str) -> tuple[KernelReport, ...]:
+    """Reports of a kernels/*.cu file compiled as the cuda backend does (backend.NVRTC_OPTIONS and
+    backend.dtype_options(dtype)) for `arch`; cached per (file content, dtype, arch)."""
+    path = Path(path)
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    return _file_report_cached(str(path), digest, np.dtype(dtype).name, arch)

@@ -1,0 +1,163 @@
+"""The NVRTC compile gate: every kernels/*.cu compiles for sm_70..sm_90 in float32 and float64
+exactly as the cuda backend compiles it, with no spilled byte, a declared __launch_bounds__ on
+every kernel, and the fp32 implicit-GEMM convolution kernels within 128 registers at 256 threads
+(two blocks per SM). Each (file, dtype, arch) is one test and one compile (nvrtc.file_report
+caches it), so pytest-xdist spreads the compiles over the workers.
+
+Skipped only when libnvrtc cannot be found (pip install nvidia-cuda-nvrtc-cu12)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from cnn_gpu import backend, nvrtc
+from cnn_gpu.cli import main as cli_main
+
+NVRTC_MISSING = nvrtc.why_unavailable()
+needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable: {NVRTC_MISSING}")
+
+DTYPES = ("float32", "float64")
+FILES = backend.kernel_files()
+# Implicit-GEMM kernels (conv fprop/dgrad/wgrad tiles); the depthwise direct kernels are not GEMMs.
+GEMM_FILE = re.compile(r"conv2d_(fprop|dgrad|wgrad)\.cu$")
+GEMM_MAX_REGISTERS = 128
+GEMM_THREADS = 256
+KERNEL_DECLARATION = re.compile(r'extern\s+"C"\s+__global__')
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", nvrtc.ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_kernel_file_compiles_without_spills(path, dtype, arch):
+    reports = nvrtc.file_report(path, dtype, arch)
+    declared = len(KERNEL_DECLARATION.findall(path.read_text()))
+    assert len(reports) == declared, f"ptxas reported {[r.name for r in reports]}, the source declares {declared}"
+    for r in reports:
+        where = f"{path.name}:{r.name} {dtype} {arch}"
+        assert r.spill_bytes == 0, f"{where} spills {r.spill_store_bytes} B stored / {r.spill_load_bytes} B loaded"
+        assert r.max_threads is not None, f"{where} declares no __launch_bounds__"
+        assert r.occupancy is not None and r.occupancy > 0, f"{where} cannot be resident: {r}"
+        if dtype == "float32" and GEMM_FILE.search(path.name):
+            assert r.max_threads == GEMM_THREADS, f"{where} is launched with {r.max_threads} threads, not 256"
+            assert r.registers <= GEMM_MAX_REGISTERS, f"{where} uses {r.registers} registers (> 128)"
+
+
+def test_every_family_is_gated():
+    names = {path.name for path in FILES}
+    for family in ("pool", "elementwise", "reduce", "loss", "optim", "conv2d_fprop", "conv2d_dgrad", "conv2d_wgrad"):
+        assert f"{family}.cu" in names
+
+
+SAMPLE_LOG = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'small' for 'sm_80'
+ptxas info    : Function properties for small
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 24 registers, used 0 barriers, 384 bytes cmem[0]
+ptxas info    : Compiling entry function 'big' for 'sm_80'
+ptxas info    : Function properties for big
+ptxas         .     40 bytes stack frame, 36 bytes spill stores, 52 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 16384 bytes smem, 392 bytes cmem[0]
+"""
+
+
+def test_parse_ptxas_log():
+    parsed = nvrtc.parse_ptxas_log(SAMPLE_LOG)
+    assert parsed["small"] == dict(registers=24, spill_store_bytes=0, spill_load_bytes=0, shared_bytes=0,
+                                   stack_bytes=0)
+    assert parsed["big"] == dict(registers=255, spill_store_bytes=36, spill_load_bytes=52, shared_bytes=16384,
+                                 stack_bytes=40)
+
+
+@pytest.mark.parametrize("arch, registers, smem, threads, expected", [
+    ("sm_80", 128, 0, 256, (0.25, 2, "registers")),        # 4096 regs/warp: 4 warps per partition
+    ("sm_80", 32, 0, 256, (1.0, 8, "warps")),
+    ("sm_80", 32, 48 * 1024, 256, (0.375, 3, "shared memory")),  # 164 KiB / (48 KiB + 1 KiB reserved)
+    ("sm_75", 32, 0, 256, (1.0, 4, "warps")),              # 1024 threads per SM
+    ("sm_86", 64, 0, 256, (2 / 3, 4, "registers")),        # 1536 threads per SM, 16 blocks
+    ("sm_80", 16, 0, 32, (0.5, 32, "blocks")),             # 32 blocks of one warp
+    ("sm_70", 40, 0, 256, (0.75, 6, "registers")),         # 40 regs round up to 1280 per warp
+])
+def test_occupancy(arch, registers, smem, threads, expected):
+    fraction, blocks, limiter = nvrtc.occupancy(arch, registers, smem, threads)
+    assert (blocks, limiter) == expected[1:]
+    assert fraction == pytest.approx(expected[0])
+
+
+PROBE = """
+extern "C" __global__ void __launch_bounds__(128) bounded(float* a) { a[threadIdx.x] = 1.0f; }
+extern "C" __global__ void unbounded(float* a) { a[threadIdx.x] = 2.0f; }
+extern "C" __global__ void __launch_bounds__(1024, 2) spills(float* a, const float* b, int n)
+{
+    float acc[48];
+#pragma unroll
+    for (int i = 0; i < 48; ++i) acc[i] = b[i * n + threadIdx.x];
+    for (int k = 0; k < n; ++k) {
+#pragma unroll
+        for (int i = 0; i < 48; ++i) acc[i] = acc[i] * acc[(i + 7) % 48] + b[k];
+    }
+#pragma unroll
+    for (int i = 0; i < 48; ++i) a[i * n + threadIdx.x] = acc[i];
+}
+"""
+
+
+@needs_nvrtc
+def test_report_reads_launch_bounds_and_spills():
+    reports = {r.name: r for r in nvrtc.kernel_report(PROBE, "probe.cu", "sm_80")}
+    assert reports["bounded"].max_threads == 128
+    assert reports["unbounded"].max_threads is None and reports["unbounded"].occupancy is None
+    assert reports["spills"].max_threads == 1024
+    assert reports["spills"].registers <= 32 and reports["spills"].spill_bytes > 0
+
+
+@needs_nvrtc
+def test_compile_error_names_the_problem():
+    with pytest.raises(nvrtc.CompileError, match="undefined_name"):
+        nvrtc.kernel_report('extern "C" __global__ void k(float* a) { a[0] = undefined_name; }', "bad.cu", "sm_80")
+
+
+def _cli(capsys, *argv):
+    status = cli_main(["kernels", *argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@needs_nvrtc
+def test_cli_json_and_table(capsys):
+    status, out, _ = _cli(capsys, "--arch", "sm_80", "--file", "reduce.cu", "--json")
+    assert status == 0
+    report = json.loads(out)
+    combos = {(r["dtype"], r["arch"]) for r in report["results"]}
+    assert combos == {("float32", "sm_80"), ("float64", "sm_80")}
+    names = {k["name"] for r in report["results"] for k in r["kernels"]}
+    assert names == {"channel_sum_block", "channel_sum_column"}
+    status, out, _ = _cli(capsys, "--arch", "sm_80", "--file", "reduce.cu", "--dtype", "float32")
+    assert status == 0
+    assert "channel_sum_block" in out and "occupancy" in out
+
+
+@needs_nvrtc
+def test_cli_fails_on_spills_and_compile_errors(capsys, tmp_path, monkeypatch):
+    (tmp_path / "spilly.cu").write_text(PROBE)
+    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k(float* a) { a[0] = nope; }')
+    monkeypatch.setattr(backend, "kernel_files", lambda: sorted(tmp_path.glob("*.cu")))
+    status, _, err = _cli(capsys, "--arch", "sm_80", "--dtype", "float32")
+    assert status == 1
+    assert "compile error: broken.cu" in err and "spill: spilly.cu spills" in err
+
+
+def test_cli_without_nvrtc_exits_2(capsys, monkeypatch):
+    monkeypatch.setattr(nvrtc, "why_unavailable", lambda: "libnvrtc not found (test)")
+    status, _, err = _cli(capsys)
+    assert status == 2 and "libnvrtc not found" in err
+
+
+def test_cli_rejects_unknown_arch(capsys):
+    if NVRTC_MISSING:
+        pytest.skip(f"NVRTC unavailable: {NVRTC_MISSING}")
+    status, _, err = _cli(capsys, "--arch", "sm_61")
+    assert status == 2 and "sm_61" in err
