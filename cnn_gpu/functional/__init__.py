@@ -1,0 +1,27 @@
+"""Functional ops (PyTorch names and semantics), each with an explicit backward pass.
+
+    from cnn_gpu import functional as F
+    y = F.conv2d(x, w, b, stride=1, padding=1)
+    dx, dw, db = F.conv2d_backward(dy, x, w, stride=1, padding=1)
+
+Every op takes `backend=None` ("numpy", "emu" or "cuda"; None: "cuda" for CuPy arrays, the current
+default for NumPy arrays), checks its arguments first (ValueError/TypeError naming the argument),
+returns arrays of the input's kind and dtype, and runs either the NumPy implementation here or the
+CUDA kernels of cnn_gpu.gpu.
+
+Extension beyond PyTorch's signatures: F.conv2d(..., activation="relu") applies ReLU to the
+output (one fused kernel on the GPU backends).
+"""
+from .activation import (leaky_relu, leaky_relu_backward, relu, relu_backward, sigmoid, sigmoid_backward, tanh,
+                         tanh_backward)
+from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
+from .linear import linear, linear_backward
+from .loss import cross_entropy, mse_loss
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+
+__all__ = [
+    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward", "linear", "linear_backward", "cross_entropy", "mse_loss",
+]

@@ -1,0 +1,94 @@
+"""Argument checks shared by the functional ops: every bad input is a ValueError or TypeError that
+names the argument, raised before anything is computed or launched."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import is_cupy_array
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_array(a) -> bool:
+    return isinstance(a, np.ndarray) or is_cupy_array(a)
+
+
+def array(a, name: str, ndim=None):
+    """`a` as given when it is a NumPy/CuPy float32 or float64 array (of rank `ndim`: an int or a
+    tuple of allowed ranks); TypeError/ValueError naming `name` otherwise."""
+    if not is_array(a):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if a.ndim not in allowed:
+            ranks = " or ".join(f"{r}-D" for r in allowed)
+            raise ValueError(f"{name} must be {ranks}, got shape {tuple(a.shape)}")
+    return a
+
+
+def same_dtype(first_name: str, first, **others) -> None:
+    """Every array in `others` (None allowed) has the dtype of `first`."""
+    for name, a in others.items():
+        if a is not None and a.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has dtype {first.dtype}; "
+                            f"convert one of them (ops never change dtype silently)")
+
+
+def shape_is(a, name: str, expected, why: str = "") -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}{why}, got {tuple(a.shape)}")
+
+
+def bias(b, channels: int, reference, reference_name: str = "weight"):
+    """An optional bias of shape (channels,) in the dtype of `reference`."""
+    if b is None:
+        return None
+    array(b, "bias", ndim=1)
+    shape_is(b, "bias", (channels,), " (one value per output channel)")
+    same_dtype(reference_name, reference, bias=b)
+    return b
+
+
+def flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def shape_tuple(shape, name: str, ndim: int) -> tuple[int, ...]:
+    """A shape given as a sequence of `ndim` positive ints."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}") from None
+    if len(dims) != ndim or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"{name} must be a tuple of {ndim} ints, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def labels(lab, batch: int, num_classes: int):
+    """Class labels: an integer array of shape (batch,) with values in [0, num_classes)."""
+    if not is_array(lab):
+        raise TypeError(f"labels must be a NumPy or CuPy integer array, got {type(lab).__name__}")
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must have an integer dtype, got {lab.dtype}")
+    shape_is(lab, "labels", (batch,), " (one label per row of logits)")
+    bad = (lab < 0) | (lab >= num_classes)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0][0])
+        raise ValueError(f"labels[{first}] = {int(lab[first])} is out of range for {num_classes} classes "
+                         f"(labels must lie in [0, {num_classes}))")
+    return lab
+
+
+def for_kernels(be: str, a, name: str):
+    """`a` laid out as the CUDA kernels need it: C-contiguous. Host arrays for "emu" are copied when
+    needed; a device array for "cuda" is never copied behind the caller's back."""
+    if a is None or a.flags.c_contiguous:
+        return a
+    if be == "cuda":
+        raise ValueError(f"{name} must be C-contiguous for the cuda backend (shape {tuple(a.shape)}, "
+                         f"strides {a.strides}); use cupy.ascontiguousarray")
+    return np.ascontiguousarray(a)

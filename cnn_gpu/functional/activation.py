@@ -1,0 +1,120 @@
+"""Element-wise activations relu, leaky_relu, sigmoid, tanh and their backward passes
+`<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0)."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import backend as _backend
+from . import _checks
+
+
+# Selections by a data-dependent mask are written as products: np.where and masked copies branch
+# per element and run ~10x slower than arithmetic on real (unpredictable) signs.
+
+def _sigmoid(x):
+    # PyTorch's formula; exp(-x) overflowing to inf for very negative x correctly gives 0
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+def _leaky_factor(x, slope):
+    """1 where x > 0, else slope (NaN: slope), exactly, without branching."""
+    return np.take(np.array([slope, 1], dtype=x.dtype), (x > 0).view(np.int8))
+
+
+_FORWARD = {
+    "relu": lambda x, _: np.maximum(x, 0),
+    "leaky_relu": lambda x, slope: x * _leaky_factor(x, slope),
+    "sigmoid": lambda x, _: _sigmoid(x),
+    "tanh": lambda x, _: np.tanh(x),
+}
+
+
+def _sigmoid_grad(dy, x):
+    # s(x)(1 - s(x)) = e / (1 + e)^2 with e = exp(-|x|): no cancellation where s saturates
+    e = np.exp(-np.abs(x))
+    return dy * (e / ((1 + e) * (1 + e)))
+
+
+def _tanh_grad(dy, x):
+    # 1 - tanh(x)^2 = 4e / (1 + e)^2 with e = exp(-2|x|): no cancellation where tanh saturates
+    e = np.exp(-2 * np.abs(x))
+    return dy * (4 * e / ((1 + e) * (1 + e)))
+
+
+_BACKWARD = {
+    # PyTorch's rule: 0 where x <= 0, dy elsewhere (also where x is NaN); a non-finite dy at
+    # x <= 0 gives NaN here instead of 0
+    "relu": lambda dy, x, _: dy * ~(x <= 0),
+    "leaky_relu": lambda dy, x, slope: dy * _leaky_factor(x, slope),
+    "sigmoid": lambda dy, x, _: _sigmoid_grad(dy, x),
+    "tanh": lambda dy, x, _: _tanh_grad(dy, x),
+}
+
+
+def _slope(negative_slope):
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def _forward(name, x, param, backend):
+    _checks.array(x, "x")
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        return _FORWARD[name](x, param)
+    from ..gpu import elementwise
+    return elementwise.forward(be, name, _checks.for_kernels(be, x, "x"), param)
+
+
+def _backward(name, dy, x, param, backend):
+    _checks.array(dy, "dy")
+    _checks.array(x, "x")
+    _checks.same_dtype("x", x, dy=dy)
+    _checks.shape_is(dy, "dy", x.shape, " (the shape of x)")
+    be = _backend.resolve(backend, dy, x)
+    if be == "numpy":
+        return _BACKWARD[name](dy, x, param)
+    from ..gpu import elementwise
+    return elementwise.backward(be, name, _checks.for_kernels(be, dy, "dy"), _checks.for_kernels(be, x, "x"), param)
+
+
+def relu(x, *, backend=None):
+    """max(x, 0)."""
+    return _forward("relu", x, 0.0, backend)
+
+
+def relu_backward(dy, x, *, backend=None):
+    """dy where x > 0, else 0."""
+    return _backward("relu", dy, x, 0.0, backend)
+
+
+def leaky_relu(x, negative_slope=0.01, *, backend=None):
+    """x where x > 0, else negative_slope * x."""
+    return _forward("leaky_relu", x, _slope(negative_slope), backend)
+
+
+def leaky_relu_backward(dy, x, negative_slope=0.01, *, backend=None):
+    """dy where x > 0, else negative_slope * dy."""
+    return _backward("leaky_relu", dy, x, _slope(negative_slope), backend)
+
+
+def sigmoid(x, *, backend=None):
+    """1 / (1 + exp(-x)), computed without overflow."""
+    return _forward("sigmoid", x, 0.0, backend)
+
+
+def sigmoid_backward(dy, x, *, backend=None):
+    """dy * s * (1 - s) with s = sigmoid(x), computed without cancellation for large |x|."""
+    return _backward("sigmoid", dy, x, 0.0, backend)
+
+
+def tanh(x, *, backend=None):
+    return _forward("tanh", x, 0.0, backend)
+
+
+def tanh_backward(dy, x, *, backend=None):
+    """dy * (1 - tanh(x)^2), computed without cancellation for large |x|."""
+    return _backward("tanh", dy, x, 0.0, backend)

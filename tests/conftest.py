@@ -1,0 +1,22 @@
+"""Shared pytest fixtures."""
+import pytest
+
+
+# --- NumPy convolution code paths (tests/test_functional_reference.py, tests/test_torch_oracle.py) ---
+
+# How cnn_gpu.functional.conv gathers windows depends on the shape; tiny test shapes would reach only
+# one way. Each setting forces one strategy onto every eligible shape.
+CONV_PATHS = {
+    "im2col": dict(NARROW_OUTPUT=0, ROW_GEMM_MIN_HEIGHT=10**9),
+    "batch_last": dict(NARROW_OUTPUT=10**9, ROW_GEMM_MIN_HEIGHT=10**9),
+    "rows": dict(NARROW_OUTPUT=0, ROW_GEMM_MIN_HEIGHT=1),
+}
+
+
+@pytest.fixture(params=sorted(CONV_PATHS))
+def conv_path(request, monkeypatch):
+    """Runs the test once per gathering strategy of the NumPy convolution."""
+    from cnn_gpu.functional import conv
+    for name, value in CONV_PATHS[request.param].items():
+        monkeypatch.setattr(conv, name, value)
+    return request.param

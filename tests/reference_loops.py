@@ -1,0 +1,353 @@
+"""Direct-loop reference implementations, written straight from the formulas in shared/seeds/.
+
+Deliberately naive: one Python loop per index of each formula, no strided views, no BLAS. Only for
+small float64 shapes in tests. Index conventions (PyTorch's): conv output (p, q) tap (r, s) reads
+input row p*stride - pad + r*dilation.
+"""
+import math
+
+import numpy as np
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _out(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+# --- convolution: a_ij = sum_st W_st x_(i+s)(j+t) + b (seed 004), per channel and group --------
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    Kg = K // groups
+    P, Q = _out(H, R, sh, ph, dh), _out(W, S, sw, pw, dw)
+    y = np.zeros((N, K, P, Q))
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for p in range(P):
+                for q in range(Q):
+                    total = 0.0 if b is None else b[k]
+                    for c in range(Cg):
+                        for r in range(R):
+                            for s in range(S):
+                                h, v = p * sh - ph + r * dh, q * sw - pw + s * dw
+                                if 0 <= h < H and 0 <= v < W:
+                                    total += w[k, c, r, s] * x[n, g * Cg + c, h, v]
+                    y[n, k, p, q] = total
+    return y
+
+
+def conv2d_input_grad(dy, w, x_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dE/dx_ij = sum_k sum_st dE/da_(i-s)(j-t) W_st (seed 004; the flipped filter of seed 001):
+    with stride, only the taps for which (i + pad - r*dil) is a multiple of the stride reach i."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    N, C, H, W = x_shape
+    K, Cg, R, S = w.shape
+    _, _, P, Q = dy.shape
+    Kg = K // groups
+    dx = np.zeros(x_shape)
+    for n in range(N):
+        for c in range(C):
+            g = c // Cg
+            for h in range(H):
+                for v in range(W):
+                    total = 0.0
+                    for k in range(g * Kg, (g + 1) * Kg):
+                        for r in range(R):
+                            for s in range(S):
+                                ph_num, pw_num = h + ph - r * dh, v + pw - s * dw
+                                if ph_num % sh or pw_num % sw:
+                                    continue
+                                p, q = ph_num // sh, pw_num // sw
+                                if 0 <= p < P and 0 <= q < Q:
+                                    total += dy[n, k, p, q] * w[k, c - g * Cg, r, s]
+                    dx[n, c, h, v] = total
+    return dx
+
+
+def conv2d_weight_grad(dy, x, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dE/dW_st = sum_ij dE/da_ij x_(i+s)(j+t) (seed 004)."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    N, C, H, W = x.shape
+    K, Cg, R, S = w_shape
+    _, _, P, Q = dy.shape
+    Kg = K // groups
+    dw_ = np.zeros(w_shape)
+    for k in range(K):
+        g = k // Kg
+        for c in range(Cg):
+            for r in range(R):
+                for s in range(S):
+                    total = 0.0
+                    for n in range(N):
+                        for p in range(P):
+                            for q in range(Q):
+                                h, v = p * sh - ph + r * dh, q * sw - pw + s * dw
+                                if 0 <= h < H and 0 <= v < W:
+                                    total += dy[n, k, p, q] * x[n, g * Cg + c, h, v]
+                    dw_[k, c, r, s] = total
+    return dw_
+
+
+def bias_grad(dy):
+    """dE/db = sum_ij dE/da_ij (seed 004)."""
+    N, K, P, Q = dy.shape
+    db = np.zeros(K)
+    for k in range(K):
+        for n in range(N):
+            for p in range(P):
+                for q in range(Q):
+                    db[k] += dy[n, k, p, q]
+    return db
+
+
+# --- transposed ("expanding") convolution: z(i, j) = sum_m sum_kl w(m, i - k b, j - l b) y(m, k, l)
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Seed 001's expanding convolution: every input pixel (k, l) spreads w times its value to the
+    output rows k*stride - pad + r*dil."""
+    (sh, sw), (ph, pw), (oh, ow), (dh, dw) = _pair(stride), _pair(padding), _pair(output_padding), _pair(dilation)
+    N, Cin, Hin, Win = x.shape
+    _, Coutg, R, S = w.shape
+    Cin_g = Cin // groups
+    Hout = (Hin - 1) * sh - 2 * ph + dh * (R - 1) + oh + 1
+    Wout = (Win - 1) * sw - 2 * pw + dw * (S - 1) + ow + 1
+    z = np.zeros((N, Coutg * groups, Hout, Wout))
+    for n in range(N):
+        for m in range(Cin):
+            g = m // Cin_g
+            for k in range(Hin):
+                for l in range(Win):
+                    for co in range(Coutg):
+                        for r in range(R):
+                            for s in range(S):
+                                i, j = k * sh - ph + r * dh, l * sw - pw + s * dw
+                                if 0 <= i < Hout and 0 <= j < Wout:
+                                    z[n, g * Coutg + co, i, j] += w[m, co, r, s] * x[n, m, k, l]
+    if b is not None:
+        for co in range(z.shape[1]):
+            z[:, co] += b[co]
+    return z
+
+
+def conv_transpose2d_input_grad(dy, w, x_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dE/dx(m, k, l) = sum over the outputs (i, j) pixel (k, l) reached of dE/dz(i, j) w(m, r, s): the
+    expanding convolution's adjoint, which is the ordinary convolution of dy with the same weights
+    (rows past the input, possible when output_padding >= stride, are cut off)."""
+    dx = conv2d(dy, w, None, stride, padding, dilation, groups)
+    return dx[:, :, :x_shape[2], :x_shape[3]]
+
+
+def conv_transpose2d_weight_grad(dy, x, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dE/dw(m, co, r, s) = sum over pixels (k, l) of x(m, k, l) dE/dz(k*stride - pad + r*dil, ...):
+    the convolution weight gradient with x in the role of dy and dy in the role of the input."""
+    return conv2d_weight_grad(x, dy, w_shape, stride, padding, dilation, groups)
+
+
+# --- pooling (seed 001: max routes the gradient to the argmax, mean shares it) ------------------
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Scan each window row by row; a strictly larger value or any NaN takes over (PyTorch's rule). All-(-inf)
+    windows report their first in-bounds tap; windows with no in-bounds tap report -1."""
+    (kh, kw) = _pair(kernel_size)
+    (sh, sw) = _pair(kernel_size if stride is None else stride)
+    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
+    N, C, H, W = x.shape
+    P, Q = _pool_out(H, kh, sh, ph, dh, ceil_mode), _pool_out(W, kw, sw, pw, dw, ceil_mode)
+    y = np.full((N, C, P, Q), -np.inf)
+    idx = np.full((N, C, P, Q), -1, dtype=np.int32)
+    for n in range(N):
+        for c in range(C):
+            for p in range(P):
+                for q in range(Q):
+                    best, where = -math.inf, -1
+                    for r in range(kh):
+                        for s in range(kw):
+                            h, v = p * sh - ph + r * dh, q * sw - pw + s * dw
+                            if not (0 <= h < H and 0 <= v < W):
+                                continue
+                            value = x[n, c, h, v]
+                            if where == -1 or value > best or math.isnan(value):
+                                best, where = value, h * W + v
+                    y[n, c, p, q], idx[n, c, p, q] = best, where
+    return y, idx
+
+
+def max_pool2d_backward(dy, idx, x_shape):
+    N, C, H, W = x_shape
+    dx = np.zeros(x_shape)
+    _, _, P, Q = dy.shape
+    for n in range(N):
+        for c in range(C):
+            for p in range(P):
+                for q in range(Q):
+                    if idx[n, c, p, q] >= 0:
+                        h, v = divmod(int(idx[n, c, p, q]), W)
+                        dx[n, c, h, v] += dy[n, c, p, q]
+    return dx
+
+
+def _avg_windows(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad):
+    """(p, q, [(h, v) in the window], divisor) per output, with PyTorch's divisor: the window clipped
+    to the padded input when padding counts, to the input otherwise."""
+    (kh, kw) = _pair(kernel_size)
+    (sh, sw) = _pair(kernel_size if stride is None else stride)
+    (ph, pw) = _pair(padding)
+    _, _, H, W = x_shape
+    P, Q = _pool_out(H, kh, sh, ph, 1, ceil_mode), _pool_out(W, kw, sw, pw, 1, ceil_mode)
+    for p in range(P):
+        for q in range(Q):
+            h0, v0 = p * sh - ph, q * sw - pw
+            h1, v1 = min(h0 + kh, H + ph), min(v0 + kw, W + pw)
+            taps = [(h, v) for h in range(h0, h1) for v in range(v0, v1) if 0 <= h < H and 0 <= v < W]
+            divisor = (h1 - h0) * (v1 - v0) if count_include_pad else len(taps)
+            yield p, q, taps, divisor
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    windows = list(_avg_windows(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad))
+    P, Q = windows[-1][0] + 1, windows[-1][1] + 1
+    N, C = x.shape[:2]
+    y = np.zeros((N, C, P, Q))
+    for n in range(N):
+        for c in range(C):
+            for p, q, taps, divisor in windows:
+                y[n, c, p, q] = sum(x[n, c, h, v] for h, v in taps) / divisor
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    dx = np.zeros(x_shape)
+    N, C = x_shape[:2]
+    for n in range(N):
+        for c in range(C):
+            for p, q, taps, divisor in _avg_windows(x_shape, kernel_size, stride, padding, ceil_mode,
+                                                    count_include_pad):
+                for h, v in taps:
+                    dx[n, c, h, v] += dy[n, c, p, q] / divisor
+    return dx
+
+
+# --- element-wise activations (seed 000: s'(x) = s(x)(1 - s(x))) ----------------------------------
+
+def _elementwise(f, *arrays):
+    out = np.empty(arrays[0].shape)
+    for i in np.ndindex(out.shape):
+        out[i] = f(*(a[i] for a in arrays))
+    return out
+
+
+def relu(x):
+    return _elementwise(lambda v: v if v > 0 else 0.0, x)
+
+
+def relu_backward(dy, x):
+    return _elementwise(lambda d, v: d if v > 0 else 0.0, dy, x)
+
+
+def leaky_relu(x, slope=0.01):
+    return _elementwise(lambda v: v if v > 0 else slope * v, x)
+
+
+def leaky_relu_backward(dy, x, slope=0.01):
+    return _elementwise(lambda d, v: d if v > 0 else slope * d, dy, x)
+
+
+def _s(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def sigmoid(x):
+    return _elementwise(_s, x)
+
+
+def sigmoid_backward(dy, x):
+    return _elementwise(lambda d, v: d * _s(v) * (1 - _s(v)), dy, x)
+
+
+def tanh(x):
+    return _elementwise(math.tanh, x)
+
+
+def tanh_backward(dy, x):
+    return _elementwise(lambda d, v: d * (1 - math.tanh(v) ** 2), dy, x)
+
+
+# --- linear: a = b + W h (seed 003) ---------------------------------------------------------------
+
+def linear(x, w, b=None):
+    N, I = x.shape
+    O = w.shape[0]
+    y = np.zeros((N, O))
+    for n in range(N):
+        for o in range(O):
+            y[n, o] = (0.0 if b is None else b[o]) + sum(w[o, i] * x[n, i] for i in range(I))
+    return y
+
+
+def linear_backward(dy, x, w):
+    N, I = x.shape
+    O = w.shape[0]
+    dx = np.array([[sum(dy[n, o] * w[o, i] for o in range(O)) for i in range(I)] for n in range(N)])
+    dw = np.array([[sum(dy[n, o] * x[n, i] for n in range(N)) for i in range(I)] for o in range(O)])
+    db = np.array([sum(dy[n, o] for n in range(N)) for o in range(O)])
+    return dx, dw, db
+
+
+# --- losses ----------------------------------------------------------------------------------------
+
+def cross_entropy(logits, labels):
+    """Mean over rows of -log softmax(a)_y; gradient -(e(y) - softmax(a)) / N (seed 003)."""
+    N, K = logits.shape
+    loss = 0.0
+    grad = np.zeros((N, K))
+    for n in range(N):
+        top = max(logits[n])
+        total = sum(math.exp(logits[n, k] - top) for k in range(K))
+        loss -= (logits[n, labels[n]] - top) - math.log(total)
+        for k in range(K):
+            softmax = math.exp(logits[n, k] - top) / total
+            grad[n, k] = -((1.0 if k == labels[n] else 0.0) - softmax) / N
+    return loss / N, grad
+
+
+def mse_loss(pred, target):
+    """The seeds' squared loss (y - y_hat)^2 averaged over all elements (PyTorch's mean, without the
+    seed's factor 1/2), and its gradient 2 (y_hat - y) / count."""
+    count = pred.size
+    loss = 0.0
+    grad = np.zeros(pred.shape)
+    for i in np.ndindex(pred.shape):
+        diff = pred[i] - target[i]
+        loss += diff * diff
+        grad[i] = 2 * diff / count
+    return loss / count, grad
+
+
+def rel_error(actual, expected):
+    """Largest absolute difference relative to the largest expected magnitude (NaN-aware: NaNs
+    must sit at the same places)."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    same_nan = np.isnan(actual) == np.isnan(expected)
+    assert same_nan.all(), "NaNs at different places"
+    finite = ~np.isnan(expected)
+    a, e = actual[finite], expected[finite]
+    assert (a[np.isinf(e)] == e[np.isinf(e)]).all(), "infinities differ"
+    a, e = a[np.isfinite(e)], e[np.isfinite(e)]
+    if e.size == 0:
+        return 0.0
+    return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-300))

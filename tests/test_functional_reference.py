@@ -1,0 +1,244 @@
+"""Every functional op, forward and backward, against the direct loops of reference_loops.py (the
+seeds' formulas), float64, relative error <= 1e-10."""
+import zlib
+
+import numpy as np
+import pytest
+
+import reference_loops as ref
+from cnn_gpu import functional as F
+
+TOL = 1e-10
+
+
+def rng_for(*key):
+    """A generator seeded by the test case itself (stable across runs, unlike hash())."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CONV_CASES = [
+    (2, 3, 5, 6, 4, 3, 3, 1, 1, 1, 1),
+    (1, 2, 7, 5, 3, 2, 3, (2, 1), (0, 2), 1, 1),
+    (2, 4, 6, 6, 4, 3, 2, 2, 1, 2, 2),
+    (1, 3, 5, 5, 6, 3, 3, 3, 2, (2, 1), 3),      # depthwise with channel multiplier 2
+    (2, 1, 4, 3, 2, 6, 5, 1, 1, 1, 1),           # kernel as large as the padded input
+    (1, 2, 6, 7, 2, 1, 1, 2, 0, 1, 1),           # 1x1, stride 2
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(case, conv_path):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    rng = rng_for("conv", case)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((K, C // groups, R, S))
+    b = rng.standard_normal(K)
+    geo = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = F.conv2d(x, w, b, **geo)
+    expected = ref.conv2d(x, w, b, **geo)
+    assert rel_ok(y, expected)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, x, w, **geo)
+    assert rel_ok(dx, ref.conv2d_input_grad(dy, w, x.shape, **geo))
+    assert rel_ok(dw, ref.conv2d_weight_grad(dy, x, w.shape, **geo))
+    assert rel_ok(db, ref.bias_grad(dy))
+
+
+# (N, Cin, Hin, Win, Cout, R, S, stride, padding, output_padding, dilation, groups)
+CONVT_CASES = [
+    (2, 3, 4, 5, 2, 3, 3, 1, 0, 0, 1, 1),
+    (1, 2, 3, 4, 3, 3, 2, 2, 1, 1, 1, 1),
+    (2, 4, 3, 3, 2, 2, 3, (3, 2), (1, 0), (2, 1), 1, 2),
+    (1, 3, 4, 3, 3, 3, 3, 2, 2, 1, 2, 3),        # depthwise, output_padding < dilation
+    (1, 1, 2, 2, 1, 4, 4, 3, 0, 0, 1, 1),        # kernel taller than the stride
+    (1, 2, 3, 3, 2, 2, 2, 1, 0, 1, 2, 1),        # output_padding >= stride (allowed by dilation)
+]
+
+
+@pytest.mark.parametrize("case", CONVT_CASES)
+def test_conv_transpose2d(case, conv_path):
+    N, Cin, Hin, Win, Cout, R, S, stride, padding, output_padding, dilation, groups = case
+    rng = rng_for("convT", case)
+    x = rng.standard_normal((N, Cin, Hin, Win))
+    w = rng.standard_normal((Cin, Cout // groups, R, S))
+    b = rng.standard_normal(w.shape[1] * groups)
+    geo = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = F.conv_transpose2d(x, w, b, output_padding=output_padding, **geo)
+    assert rel_ok(y, ref.conv_transpose2d(x, w, b, output_padding=output_padding, **geo))
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv_transpose2d_backward(dy, x, w, output_padding=output_padding, **geo)
+    assert rel_ok(dx, ref.conv_transpose2d_input_grad(dy, w, x.shape, **geo))
+    assert rel_ok(dw, ref.conv_transpose2d_weight_grad(dy, x, w.shape, **geo))
+    assert rel_ok(db, ref.bias_grad(dy))
+
+
+@pytest.mark.parametrize("case", CONVT_CASES)
+def test_reference_transposed_conv_is_the_adjoint(case):
+    """<conv_transpose2d(x), dy> == <x, its input gradient> and likewise for the weights: the
+    reference loops themselves agree with each other (the backward references use that identity)."""
+    N, Cin, Hin, Win, Cout, R, S, stride, padding, output_padding, dilation, groups = case
+    rng = rng_for("adjoint", case)
+    x = rng.standard_normal((N, Cin, Hin, Win))
+    w = rng.standard_normal((Cin, Cout // groups, R, S))
+    geo = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = ref.conv_transpose2d(x, w, None, output_padding=output_padding, **geo)
+    dy = rng.standard_normal(y.shape)
+    pairing = np.vdot(y, dy)
+    assert abs(np.vdot(x, ref.conv_transpose2d_input_grad(dy, w, x.shape, **geo)) - pairing) <= TOL * abs(pairing)
+    assert abs(np.vdot(w, ref.conv_transpose2d_weight_grad(dy, x, w.shape, **geo)) - pairing) <= TOL * abs(pairing)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_both_input_gradient_evaluations(case, conv_path):
+    """The gathered (flipped filters, stride phases) and scattered (col2im) evaluations of the input
+    gradient each match the reference, whichever of them conv2d_backward picks for the shape."""
+    from cnn_gpu.functional import conv
+    from cnn_gpu.functional.geometry import conv_geometry
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = case
+    rng = rng_for("dgrad", case)
+    x_shape = (N, C, H, W)
+    w = rng.standard_normal((K, C // groups, R, S))
+    g = conv_geometry(x_shape, w.shape, stride, padding, dilation, groups)
+    dy = rng.standard_normal(g.y_shape)
+    expected = ref.conv2d_input_grad(dy, w, x_shape, stride, padding, dilation, groups)
+    assert rel_ok(conv._input_grad_gather(dy, w, g), expected)
+    assert rel_ok(conv._input_grad_scatter(dy, w, g), expected)
+
+
+# (shape, kernel, stride, padding, dilation, ceil_mode)
+MAX_POOL_CASES = [
+    ((2, 3, 6, 6), 2, None, 0, 1, False),
+    ((1, 2, 7, 5), (3, 2), (2, 1), (1, 1), 1, True),
+    ((2, 1, 5, 6), 3, 2, 1, 2, True),
+    ((1, 2, 1, 4), 2, 1, 1, (2, 1), False),      # windows wholly in the padding: -inf, index -1
+    ((1, 1, 4, 4), 4, 1, 2, 1, True),
+]
+
+
+@pytest.mark.parametrize("case", MAX_POOL_CASES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool2d(case, ties):
+    shape, kernel, stride, padding, dilation, ceil_mode = case
+    rng = rng_for("max", case, ties)
+    x = rng.standard_normal(shape)
+    if ties:
+        x = np.round(x)  # many equal values: the first maximum in scan order must win
+    geo = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    y, idx = F.max_pool2d(x, kernel, **geo)
+    y_ref, idx_ref = ref.max_pool2d(x, kernel, **geo)
+    assert idx.dtype == np.int32
+    np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(y.shape)
+    dx = F.max_pool2d_backward(dy, idx, x.shape, kernel, **geo)
+    assert rel_ok(dx, ref.max_pool2d_backward(dy, idx_ref, x.shape))
+
+
+def test_max_pool2d_nan_and_inf_rules():
+    x = np.array([[[[1.0, np.nan, 5.0, np.nan],
+                    [-np.inf, -np.inf, 2.0, 3.0],
+                    [-np.inf, -np.inf, 0.0, 0.0]]]])
+    y, idx = F.max_pool2d(x, (1, 4), stride=1)
+    y_ref, idx_ref = ref.max_pool2d(x, (1, 4), stride=1)
+    np.testing.assert_array_equal(idx[..., 0], [[[3, 7, 10]]])   # last NaN; first max; first tie
+    np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    y, idx = F.max_pool2d(x[:, :, 1:, :2], 2)
+    assert y[0, 0, 0, 0] == -np.inf and idx[0, 0, 0, 0] == 0   # all -inf: the first in-bounds tap
+
+
+AVG_CASES = [
+    ((2, 3, 6, 6), 2, None, 0, False, True),
+    ((1, 2, 7, 5), (3, 2), (2, 1), (1, 1), True, True),
+    ((1, 2, 7, 5), (3, 2), (2, 1), (1, 1), True, False),
+    ((2, 1, 5, 6), 3, 2, 1, True, False),
+    ((1, 1, 5, 5), 4, 3, 2, True, True),        # last window runs past the padded edge
+]
+
+
+@pytest.mark.parametrize("case", AVG_CASES)
+def test_avg_pool2d(case):
+    shape, kernel, stride, padding, ceil_mode, count_include_pad = case
+    rng = rng_for("avg", case)
+    x = rng.standard_normal(shape)
+    geo = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    y = F.avg_pool2d(x, kernel, **geo)
+    assert rel_ok(y, ref.avg_pool2d(x, kernel, **geo))
+    dy = rng.standard_normal(y.shape)
+    assert rel_ok(F.avg_pool2d_backward(dy, x.shape, kernel, **geo),
+                  ref.avg_pool2d_backward(dy, x.shape, kernel, **geo))
+
+
+@pytest.mark.parametrize("name, args", [("relu", ()), ("leaky_relu", (0.2,)), ("sigmoid", ()), ("tanh", ())])
+def test_activation(name, args):
+    rng = rng_for("act", name)
+    x = rng.standard_normal((2, 3, 4, 5)) * 3
+    x[0, 0, 0, :2] = (40.0, -40.0)   # saturated ends
+    dy = rng.standard_normal(x.shape)
+    assert rel_ok(getattr(F, name)(x, *args), getattr(ref, name)(x, *args))
+    assert rel_ok(getattr(F, name + "_backward")(dy, x, *args), getattr(ref, name + "_backward")(dy, x, *args))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(bias):
+    rng = rng_for("linear", bias)
+    x, w, b = rng.standard_normal((4, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)
+    assert rel_ok(F.linear(x, w, b if bias else None), ref.linear(x, w, b if bias else None))
+    dy = rng.standard_normal((4, 3))
+    dx, dw, db = F.linear_backward(dy, x, w, bias=bias)
+    dx_ref, dw_ref, db_ref = ref.linear_backward(dy, x, w)
+    assert rel_ok(dx, dx_ref) and rel_ok(dw, dw_ref)
+    assert (db is None) if not bias else rel_ok(db, db_ref)
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_cross_entropy(scale):
+    rng = rng_for("ce", scale)
+    logits = rng.standard_normal((5, 4)) * scale   # large logits: the log-softmax must stay finite
+    labels = rng.integers(0, 4, size=5)
+    loss, grad = F.cross_entropy(logits, labels)
+    loss_ref, grad_ref = ref.cross_entropy(logits, labels)
+    assert isinstance(loss, float)
+    assert abs(loss - loss_ref) <= TOL * abs(loss_ref)
+    assert rel_ok(grad, grad_ref)
+
+
+def test_mse_loss():
+    rng = rng_for("mse")
+    pred, target = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
+    loss, grad = F.mse_loss(pred, target)
+    loss_ref, grad_ref = ref.mse_loss(pred, target)
+    assert isinstance(loss, float)
+    assert abs(loss - loss_ref) <= TOL * abs(loss_ref)
+    assert rel_ok(grad, grad_ref)
+
+
+def rel_ok(actual, expected):
+    assert actual.dtype == np.float64, actual.dtype
+    error = ref.rel_error(actual, expected)
+    assert error <= TOL, f"relative error {error:.3e}"
+    return True
+
+
+def test_any_memory_layout():
+    """Non-contiguous, reversed and Fortran-ordered inputs give the results of C-contiguous copies
+    (up to BLAS summation order): the strided views must use the arrays' own strides."""
+    rng = rng_for("layout")
+    base = rng.standard_normal((2, 4, 7, 6))
+    w = rng.standard_normal((4, 4, 3, 3))
+    views = [base[:, :, ::-1], base.transpose(0, 1, 3, 2)[:, :, :6, :6], np.asfortranarray(base),
+             base[:, ::2].repeat(2, axis=1)[:, :, 1:, ::-1]]
+    calls = [
+        lambda a: F.conv2d(a, w, stride=2, padding=1),
+        lambda a: F.conv2d(a, w[:, :1], groups=4, padding=(0, 1)),
+        lambda a: F.conv2d(a, w[:, :, :1, :1]),
+        lambda a: F.conv_transpose2d(a, w, stride=2, output_padding=1),
+        lambda a: F.conv2d_backward(a, a, w[:, :, :1, :1])[1],
+        lambda a: F.max_pool2d(a, 3, 2, 1)[0],
+        lambda a: F.avg_pool2d(a, 2, ceil_mode=True),
+        lambda a: F.tanh_backward(a, a),
+    ]
+    for view in views:
+        for call in calls:
+            assert rel_ok(call(view), call(np.ascontiguousarray(view)))

@@ -1,0 +1,157 @@
+"""Finite-difference gradient checks (cnn_gpu.gradcheck) of every functional op in float64, and
+checks that gradcheck itself catches wrong gradients."""
+import numpy as np
+import pytest
+
+from cnn_gpu import functional as F
+from cnn_gpu.gradcheck import check_model, check_op, gradcheck
+
+TOL = 1e-6  # central differences in float64 with eps = 1e-5
+rng = np.random.default_rng(2024)
+
+
+def randn(*shape):
+    return rng.standard_normal(shape)
+
+
+CONV = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+CONVT = dict(stride=2, padding=1, output_padding=(1, 0), dilation=(1, 2), groups=2)
+MAXP = dict(stride=(2, 1), padding=1, dilation=(1, 2), ceil_mode=True)
+AVGP = dict(stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+
+OPS = {
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b, **CONV),
+               lambda dy, x, w, b: F.conv2d_backward(dy, x, w, **CONV),
+               [randn(2, 4, 5, 6), randn(6, 2, 3, 2), randn(6)]),
+    "conv2d depthwise": (lambda x, w: F.conv2d(x, w, padding=1, groups=3),
+                         lambda dy, x, w: F.conv2d_backward(dy, x, w, padding=1, groups=3, bias=False)[:2],
+                         [randn(2, 3, 4, 4), randn(6, 1, 3, 3)]),
+    "conv_transpose2d": (lambda x, w, b: F.conv_transpose2d(x, w, b, **CONVT),
+                         lambda dy, x, w, b: F.conv_transpose2d_backward(dy, x, w, **CONVT),
+                         [randn(2, 4, 3, 4), randn(4, 3, 3, 2), randn(6)]),
+    # well-separated values keep every window's maximum unique under the perturbation
+    "max_pool2d": (lambda x: F.max_pool2d(x, (3, 2), **MAXP),
+                   lambda dy, x: F.max_pool2d_backward(dy, F.max_pool2d(x, (3, 2), **MAXP)[1], x.shape, (3, 2), **MAXP),
+                   [rng.permutation(60).reshape(1, 2, 5, 6) * 0.1]),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 3, **AVGP),
+                   lambda dy, x: F.avg_pool2d_backward(dy, x.shape, 3, **AVGP),
+                   [randn(2, 2, 6, 5)]),
+    # away from the kink at 0
+    "relu": (F.relu, F.relu_backward, [randn(3, 4) + np.sign(randn(3, 4)) * 0.5]),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.1), lambda dy, x: F.leaky_relu_backward(dy, x, 0.1),
+                   [randn(3, 4) + np.sign(randn(3, 4)) * 0.5]),
+    "sigmoid": (F.sigmoid, F.sigmoid_backward, [randn(3, 4) * 3]),
+    "tanh": (F.tanh, F.tanh_backward, [randn(3, 4) * 2]),
+    "linear": (F.linear, lambda dy, x, w, b: F.linear_backward(dy, x, w), [randn(4, 5), randn(3, 5), randn(3)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_gradients(name):
+    forward, backward, inputs = OPS[name]
+    report = check_op(forward, backward, inputs)
+    assert report.checks >= 3
+    assert report.max_rel_error < TOL, str(report)
+
+
+def test_cross_entropy_gradient():
+    logits, labels = randn(4, 5) * 3, rng.integers(0, 5, size=4)
+    report = gradcheck(lambda: F.cross_entropy(logits, labels)[0], [logits], [F.cross_entropy(logits, labels)[1]])
+    assert report.checks == 3 + logits.size
+    assert report.max_rel_error < TOL, str(report)
+
+
+def test_mse_gradient():
+    pred, target = randn(3, 4), randn(3, 4)
+    report = gradcheck(lambda: F.mse_loss(pred, target)[0], [pred], [F.mse_loss(pred, target)[1]])
+    assert report.max_rel_error < TOL, str(report)
+
+
+# --- gradcheck checks itself ------------------------------------------------------------------
+
+def test_catches_a_slightly_wrong_gradient():
+    forward, backward, inputs = OPS["conv2d"]
+
+    def off_by_a_bit(dy, x, w, b):
+        dx, dw, db = backward(dy, x, w, b)
+        return dx, dw * 1.001, db   # 0.1% off in one array only
+
+    report = check_op(forward, off_by_a_bit, inputs, names=["x", "weight", "bias"])
+    assert report.max_rel_error > 5e-4
+    assert "weight" in report.worst
+
+
+def test_catches_a_wrong_element():
+    x = randn(3, 3)
+
+    def wrong(dy, x):
+        dx = F.tanh_backward(dy, x)
+        dx[1, 2] = 0.0   # one element missing: random directions may blur it, the element check cannot
+        return dx
+
+    report = check_op(F.tanh, wrong, [x], names=["x"])
+    assert report.max_rel_error > 0.1
+    assert "x[1, 2]" in report.worst
+
+
+def test_restores_inputs_and_needs_float64():
+    x = randn(2, 3)
+    before = x.copy()
+    gradcheck(lambda: float((x ** 2).sum()), [x], [2 * x])
+    np.testing.assert_array_equal(x, before)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda: 0.0, [x.astype(np.float32)], [x])
+    with pytest.raises(ValueError, match="shape"):
+        gradcheck(lambda: 0.0, [x], [x[:1]])
+
+
+class TwoLayer:
+    """The smallest object with the Module interface check_model relies on: parameters() with
+    .data/.grad, zero_grad(), __call__ (forward) and backward(dy) -> dx accumulating .grad."""
+
+    class Param:
+        def __init__(self, data):
+            self.data, self.grad = data, np.zeros_like(data)
+
+    def __init__(self, wrong=False):
+        self.w1, self.b1 = self.Param(randn(4, 3)), self.Param(randn(4))
+        self.w2 = self.Param(randn(2, 4))
+        self.wrong = wrong
+
+    def parameters(self):
+        return [self.w1, self.b1, self.w2]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def __call__(self, x):
+        self.x, self.h = x, F.linear(x, self.w1.data, self.b1.data)
+        return F.linear(F.tanh(self.h), self.w2.data)
+
+    def backward(self, dy):
+        da, dw2, _ = F.linear_backward(dy, F.tanh(self.h), self.w2.data, bias=False)
+        dh = F.tanh_backward(da, self.h)
+        dx, dw1, db1 = F.linear_backward(dh, self.x, self.w1.data)
+        self.w1.grad += dw1
+        self.b1.grad += db1 * (2 if self.wrong else 1)
+        self.w2.grad += dw2
+        return dx
+
+
+class CrossEntropy:
+    def forward(self, logits, labels):
+        self.loss, self.grad = F.cross_entropy(logits, labels)
+        return self.loss
+
+    def backward(self):
+        return self.grad
+
+
+def test_check_model():
+    x, labels = randn(5, 3), rng.integers(0, 2, size=5)
+    report = check_model(TwoLayer(), CrossEntropy(), x, labels)
+    assert report.max_rel_error < TOL, str(report)
+    report = check_model(TwoLayer(wrong=True), CrossEntropy(), x, labels)
+    wrong = {name for name, error in report.per_array.items() if error > 0.1}
+    assert wrong == {"parameter 1", "joint"}, report.per_array
