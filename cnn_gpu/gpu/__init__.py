@@ -16,6 +16,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   pool.avg_backward(be, dy, g) -> dx
   elementwise.forward(be, name, x, param) -> y                    (name: relu, leaky_relu, sigmoid, tanh)
   elementwise.backward(be, name, dy, x, param) -> dx
+  elementwise.bias_add(be, y, bias) -> y                          (in place: y[:, c, ...] += bias[c], NCHW or (rows, F))
   linear.forward(be, x, w, bias) -> y
   linear.backward(be, dy, x, w, bias: bool) -> (dx, dw, db or None)
   loss.cross_entropy(be, logits, labels int64) -> (loss float, dlogits)

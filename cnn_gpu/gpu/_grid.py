@@ -1,0 +1,23 @@
+"""Launch-shape helpers shared by the grid-stride kernels (pool, elementwise, loss, optim)."""
+from __future__ import annotations
+
+import numpy as np
+
+THREADS = 256           # block size of these kernels (their __launch_bounds__)
+MAX_BLOCKS_X = 65536    # grid-stride loops cover the rest; plenty to fill any GPU
+MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y
+
+
+def blocks_for(count: int) -> int:
+    """Blocks of THREADS along x for a grid-stride loop over `count` items."""
+    return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))
+
+
+def i32(*values):
+    return tuple(np.int32(v) for v in values)
+
+
+def real(dtype, *values):
+    """Python numbers as kernel REAL scalars (CuPy's rule: the NumPy scalar of the declared type)."""
+    scalar = np.dtype(dtype).type
+    return tuple(scalar(v) for v in values)

@@ -1,0 +1,57 @@
+"""Launch code of kernels/elementwise.cu: activations forward/backward and in-place bias addition."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ._grid import MAX_GRID_Y, THREADS, blocks_for, i32, real
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
+# activations whose kernels take the parameter (the negative slope) as a trailing REAL argument
+_WITH_PARAM = ("leaky_relu",)
+
+
+def _kernel(name: str, direction: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return f"{name}_{direction}"
+
+
+def _param_args(name, dtype, param):
+    return real(dtype, param) if name in _WITH_PARAM else ()
+
+
+def forward(be, name, x, param):
+    kernel = _kernel(name, "forward")
+    y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    backend.launch(be, "elementwise", x.dtype, kernel, (blocks_for(x.size),), (THREADS,),
+                   (x, y, np.int64(x.size), *_param_args(name, x.dtype, param)))
+    return y
+
+
+def backward(be, name, dy, x, param):
+    kernel = _kernel(name, "backward")
+    dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    backend.launch(be, "elementwise", x.dtype, kernel, (blocks_for(x.size),), (THREADS,),
+                   (dy, x, dx, np.int64(x.size), *_param_args(name, x.dtype, param)))
+    return dx
+
+
+def bias_add(be, y, bias):
+    """In place: y[:, c, ...] += bias[c] for y of shape (N, C, ...) (NCHW, or (rows, features))."""
+    if y.ndim < 2 or bias.shape != (y.shape[1],):
+        raise ValueError(f"bias_add: bias of shape {tuple(bias.shape)} does not match axis 1 of y {tuple(y.shape)}")
+    channels = y.shape[1]
+    inner = math.prod(y.shape[2:])
+    if y.size == 0:
+        return y
+    if inner == 1:
+        backend.launch(be, "elementwise", y.dtype, "bias_add_rows", (blocks_for(y.size),), (THREADS,),
+                       (y, bias, np.int64(y.size), np.int32(channels)))
+    else:
+        planes = y.shape[0] * channels
+        backend.launch(be, "elementwise", y.dtype, "bias_add_nchw", (blocks_for(inner), min(planes, MAX_GRID_Y)),
+                       (THREADS,), (y, bias, np.int64(planes), *i32(channels), np.int64(inner)))
+    return y

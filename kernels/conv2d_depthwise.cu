@@ -1,0 +1,131 @@
+// Depthwise convolution (groups == C: one input channel per group, K = C * multiplier output
+// channels; output channel k reads input channel k / multiplier), forward and both gradients.
+//
+// Not a GEMM: as an implicit GEMM each group would have M = multiplier, Kgemm = R*S, which leaves
+// a 128x128 tile almost idle. Direct kernels instead, with the thread grid over the output of
+// each pass so that no two threads write one element:
+//  * conv2d_depthwise_fprop: one thread per y[n, k, p, q] (consecutive threads on consecutive q,
+//    so loads of x and stores of y coalesce), R*S taps in registers; fused bias and ReLU.
+//  * conv2d_depthwise_dgrad: one thread per dx[n, c, h, w], summing over the multiplier's output
+//    channels and only the taps r = r0 + j*period that hit an output pixel (r*dil = h + pad
+//    (mod stride)): the zero-inserted positions of a strided convolution are never visited.
+//  * conv2d_depthwise_wgrad: dw[k, 0, r, s] is a reduction over N*P*Q. grid (K*R*S, splits):
+//    thread t of split z sums the pixels t + z*256 + i*(256*splits) (stepping the (n, p, q)
+//    decode with carries, no division per element) and writes that partial to
+//    partial[k*R*S + r*S + s][z*256 + t]; the launcher folds the partials in a fixed order
+//    (reduce.channel_sum). No atomics: bit-identical run to run.
+//
+// Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
+
+#ifndef REAL
+#define REAL float
+#define REAL_IS_DOUBLE 0
+#endif
+
+#define THREADS 256
+
+// grid (ceil(N*K*P*Q / 256)), block 256; `bias` is never read when has_bias == 0
+extern "C" __global__ void __launch_bounds__(THREADS)
+conv2d_depthwise_fprop(const REAL* __restrict__ x, const REAL* __restrict__ w,
+                       const REAL* __restrict__ bias, REAL* __restrict__ y,
+                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                       int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                       int has_bias, int relu)
+{
+    const int index = blockIdx.x * THREADS + threadIdx.x;
+    if (index >= N * K * P * Q) return;
+    const int q = index % Q, p = (index / Q) % P, nk = index / (P * Q);
+    const int k = nk % K, n = nk / K;
+    const int c = k / (K / C);
+    const REAL* x_plane = x + (n * C + c) * H * W;
+    const REAL* w_filter = w + k * R * S;
+    const int h0 = p * stride_h - pad_h, w0 = q * stride_w - pad_w;
+    REAL sum = (REAL)0;
+    for (int r = 0; r < R; ++r) {
+        const int h = h0 + r * dil_h;
+        if ((unsigned)h >= (unsigned)H) continue;
+        for (int s = 0; s < S; ++s) {
+            const int wc = w0 + s * dil_w;
+            if ((unsigned)wc < (unsigned)W) sum += x_plane[h * W + wc] * w_filter[r * S + s];
+        }
+    }
+    if (has_bias) sum += bias[k];
+    if (relu && sum < (REAL)0) sum = (REAL)0;   // written so that NaN passes through
+    y[index] = sum;
+}
+
+// First tap r0 whose dilated offset has the pixel's phase, r0*dil = pos + pad (mod stride), and
+// the output row it reaches; -1 when no tap does. Later taps are r0 + j*period, rows out - j*step.
+__device__ __forceinline__ int first_tap(int pos, int pad, int stride, int dil, int taps, int period,
+                                         int* out)
+{
+    for (int r = 0; r < period && r < taps; ++r) {
+        const int offset = pos + pad - r * dil;
+        if (offset % stride == 0) {
+            *out = offset / stride;
+            return r;
+        }
+    }
+    return -1;
+}
+
+// grid (ceil(N*C*H*W / 256)), block 256; period = stride / gcd(stride, dilation) per dimension
+extern "C" __global__ void __launch_bounds__(THREADS)
+conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, REAL* __restrict__ dx,
+                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                       int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+                       int period_h, int period_w)
+{
+    const int index = blockIdx.x * THREADS + threadIdx.x;
+    if (index >= N * C * H * W) return;
+    const int wc = index % W, h = (index / W) % H, nc = index / (H * W);
+    const int c = nc % C, n = nc / C;
+    const int multiplier = K / C;
+    int p_first = 0, q_first = 0;
+    const int r_first = first_tap(h, pad_h, stride_h, dil_h, R, period_h, &p_first);
+    const int s_first = first_tap(wc, pad_w, stride_w, dil_w, S, period_w, &q_first);
+    REAL sum = (REAL)0;
+    if (r_first >= 0 && s_first >= 0) {
+        const int p_step = period_h * dil_h / stride_h, q_step = period_w * dil_w / stride_w;
+        for (int m = 0; m < multiplier; ++m) {
+            const int k = c * multiplier + m;
+            const REAL* dy_plane = dy + (n * K + k) * P * Q;
+            const REAL* w_filter = w + k * R * S;
+            // p falls as r rises: taps past p < 0 cannot contribute
+            for (int r = r_first, p = p_first; r < R && p >= 0; r += period_h, p -= p_step) {
+                if (p >= P) continue;
+                for (int s = s_first, q = q_first; s < S && q >= 0; s += period_w, q -= q_step)
+                    if (q < Q) sum += dy_plane[p * Q + q] * w_filter[r * S + s];
+            }
+        }
+    }
+    dx[index] = sum;
+}
+
+// grid (K*R*S, splits), block 256; partial has shape (K*R*S, splits*256)
+extern "C" __global__ void __launch_bounds__(THREADS)
+conv2d_depthwise_wgrad(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ partial,
+                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                       int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w)
+{
+    const int tap = blockIdx.x;
+    const int k = tap / (R * S), r = (tap / S) % R, s = tap % S;
+    const int c = k / (K / C);
+    const int PQ = P * Q;
+    const int threads = gridDim.y * THREADS;
+    const int first = blockIdx.y * THREADS + threadIdx.x;
+    // walk pixels first, first + threads, ... as (n, p, q), advancing with carries
+    int n = first / PQ, p = (first % PQ) / Q, q = first % Q;
+    const int step_n = threads / PQ, step_p = (threads % PQ) / Q, step_q = threads % Q;
+    const int h_off = r * dil_h - pad_h, w_off = s * dil_w - pad_w;
+    REAL sum = (REAL)0;
+    while (n < N) {
+        const int h = p * stride_h + h_off, wc = q * stride_w + w_off;
+        if ((unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)
+            sum += dy[((n * K + k) * P + p) * Q + q] * x[((n * C + c) * H + h) * W + wc];
+        q += step_q; p += step_p; n += step_n;
+        if (q >= Q) { q -= Q; ++p; }
+        if (p >= P) { p -= P; ++n; }
+    }
+    partial[tap * threads + first] = sum;
+}

@@ -1,0 +1,139 @@
+// Activations (forward and backward) and bias addition.
+//
+// Not a GEMM: memory-bound maps, one thread per element, 256-thread blocks and a grid-stride
+// loop over the 64-bit flat index (consecutive threads touch consecutive elements: coalesced).
+// Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh.
+// PyTorch's edge rules: relu(NaN) = NaN; relu'(x) = 0 where x <= 0 (so a NaN x passes dy);
+// leaky_relu'(x) = slope where x <= 0.
+// Bias addition (where not fused into a GEMM epilogue), in place:
+//  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
+//    so the channel is known per plane, not divided out per element.
+//  * bias_add_rows: y (rows, F) += bias[f]; f steps with the grid-stride loop (no division).
+
+#ifndef REAL
+#define REAL float
+#endif
+#ifndef REAL_IS_DOUBLE
+#define REAL_IS_DOUBLE 0
+#endif
+
+#if REAL_IS_DOUBLE
+#define REAL_EXP exp
+#define REAL_TANH tanh
+#else
+#define REAL_EXP expf
+#define REAL_TANH tanhf
+#endif
+
+#define ELEMENTWISE_THREADS 256
+// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
+// kernels at 32 and spills around the slow-path calls of division).
+#define ELEMENTWISE_MIN_BLOCKS 4
+
+#define GRID_STRIDE_LOOP(i, n)                                                        \
+    for (long long i = (long long)blockIdx.x * ELEMENTWISE_THREADS + threadIdx.x; i < (n); \
+         i += (long long)gridDim.x * ELEMENTWISE_THREADS)
+
+__device__ __forceinline__ REAL sigmoid_of(REAL v)
+{
+    return (REAL)1 / ((REAL)1 + REAL_EXP(-v));
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const REAL v = x[i];
+        y[i] = (v > (REAL)0 || v != v) ? v : (REAL)0;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        dx[i] = x[i] <= (REAL)0 ? (REAL)0 : dy[i];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+leaky_relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, REAL slope)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const REAL v = x[i];
+        y[i] = v > (REAL)0 ? v : v * slope;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+leaky_relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
+                    REAL slope)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        dx[i] = x[i] > (REAL)0 ? dy[i] : dy[i] * slope;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        y[i] = sigmoid_of(x[i]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const REAL s = sigmoid_of(x[i]);
+        dx[i] = dy[i] * s * ((REAL)1 - s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+tanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        y[i] = REAL_TANH(x[i]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const REAL t = REAL_TANH(x[i]);
+        dx[i] = dy[i] * ((REAL)1 - t * t);
+    }
+}
+
+// grid (blocks over one plane, planes): blockIdx.y strides over the N*C planes, so any count fits
+// gridDim.y's 65535 limit.
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+bias_add_nchw(REAL* __restrict__ y, const REAL* __restrict__ bias, long long planes, int channels,
+              long long plane_size)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL b = bias[plane % channels];
+        REAL* yp = y + plane * plane_size;
+        GRID_STRIDE_LOOP(i, plane_size) {
+            yp[i] += b;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+bias_add_rows(REAL* __restrict__ y, const REAL* __restrict__ bias, long long n, int features)
+{
+    const long long stride = (long long)gridDim.x * ELEMENTWISE_THREADS;
+    const int feature_step = (int)(stride % features);
+    long long i = (long long)blockIdx.x * ELEMENTWISE_THREADS + threadIdx.x;
+    int f = (int)(i % features);
+    for (; i < n; i += stride) {
+        y[i] += bias[f];
+        f += feature_step;
+        if (f >= features)
+            f -= features;
+    }
+}

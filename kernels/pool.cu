@@ -1,0 +1,204 @@
+// Max and average pooling over NCHW, forward and backward, PyTorch's rules.
+//
+// Not a GEMM: every output (or input) pixel is independent, so each kernel is one thread per
+// element (256-thread blocks, grid-stride loops, see below), with the window
+// loop inside the thread. Consecutive threads own consecutive w (q), so loads and stores of a
+// row are coalesced; the window loop reads a plane that stays in L1/L2.
+//
+// Geometry: x (N, C, H, W) -> y (N, C, P, Q); window of output (p, q) starts at
+// (p*sh - ph, q*sw - pw) with taps every (dh, dw). Sizes P, Q come from the host (ceil_mode
+// already applied there).
+//  * max_pool_forward: taps in the padding are skipped (-inf padding). The first in-bounds tap
+//    seeds the maximum, a later tap replaces it only if strictly greater (first max wins ties) or
+//    NaN (NaN propagates; like PyTorch the last NaN's index is kept). A window with every tap in
+//    the padding (possible with dilation) gives -inf and index -1. Index = h*W + w in the plane.
+//  * max_pool_backward: a GATHER, no atomics: input pixel (h, w) loops over the outputs whose
+//    window can contain it (p in [ceil((h+ph-(kh-1)dh)/sh), floor((h+ph)/sh)], same for q) in
+//    increasing (p, q) order and adds dy where indices == h*W + w. Deterministic; an index of -1
+//    matches no pixel, so that window's gradient goes nowhere.
+//  * avg_pool_forward/backward (no dilation): the window [p*sh-ph, min(p*sh-ph+kh, H+ph)) is
+//    clipped to the input; the divisor is the unclipped-but-padding-bounded size when
+//    count_include_pad, else the clipped size (PyTorch's formula). Backward gathers dy/divisor
+//    over the windows containing the pixel, in increasing (p, q) order.
+// Grid: blockIdx.x walks the pixels of one (n, c) plane, blockIdx.y strides over the planes, so
+// any plane count fits gridDim.y and pixel decodes are 32-bit divisions (a 64-bit division is a
+// called subroutine whose register saves spill). In-plane indices are int (the host refuses
+// planes of 2^31 pixels or more); plane offsets are 64-bit.
+
+#ifndef REAL
+#define REAL float
+#endif
+
+#define POOL_THREADS 256
+// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
+// kernels at 32 and spills around the slow-path calls of division).
+#define POOL_MIN_BLOCKS 4
+
+// Loop heads of every kernel: `plane` strides over the (n, c) planes along grid y, `pixel` over
+// one plane's pixels along grid x (64-bit loop counter so the increment cannot overflow).
+#define FOR_EACH_PLANE(plane, planes) \
+    for (long long plane = blockIdx.y; plane < (planes); plane += gridDim.y)
+#define FOR_EACH_PIXEL(flat, plane_pixels)                                           \
+    for (long long flat = (long long)blockIdx.x * POOL_THREADS + threadIdx.x; flat < (plane_pixels); \
+         flat += (long long)gridDim.x * POOL_THREADS)
+
+// Largest output o < outputs whose window starts at or before pos.
+__device__ __forceinline__ int last_window(int pos, int pad, int stride, int outputs)
+{
+    const int o = (pos + pad) / stride;
+    return o < outputs - 1 ? o : outputs - 1;
+}
+
+// Smallest output o >= 0 whose window [o*stride - pad, o*stride - pad + (kernel-1)*dilation] reaches pos.
+__device__ __forceinline__ int first_window(int pos, int pad, int kernel, int stride, int dilation)
+{
+    const int num = pos + pad - (kernel - 1) * dilation;
+    return num <= 0 ? 0 : (num + stride - 1) / stride;
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restrict__ indices,
+                 long long planes, int H, int W, int P, int Q,
+                 int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_outputs) {
+        const int out = (int)flat;
+        const int q = out % Q;
+        const int p = out / Q;
+        const REAL* xp = x + plane * plane_inputs;
+        const int h0 = p * sh - ph;
+        const int w0 = q * sw - pw;
+        REAL best = (REAL)__int_as_float(0xff800000);
+        int best_index = -1;
+        for (int r = 0; r < kh; ++r) {
+            const int h = h0 + r * dh;
+            if (h < 0 || h >= H)
+                continue;
+            for (int s = 0; s < kw; ++s) {
+                const int w = w0 + s * dw;
+                if (w < 0 || w >= W)
+                    continue;
+                const int index = h * W + w;
+                const REAL v = xp[index];
+                if (best_index < 0 || v > best || v != v) {
+                    best = v;
+                    best_index = index;
+                }
+            }
+        }
+        y[plane * plane_outputs + out] = best;
+        indices[plane * plane_outputs + out] = best_index;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, REAL* __restrict__ dx,
+                  long long planes, int H, int W, int P, int Q,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_inputs) {
+        const int in = (int)flat;
+        const int w = in % W;
+        const int h = in / W;
+        const int p_first = first_window(h, ph, kh, sh, dh);
+        const int q_first = first_window(w, pw, kw, sw, dw);
+        const int p_last = last_window(h, ph, sh, P);
+        const int q_last = last_window(w, pw, sw, Q);
+        const long long plane_offset = plane * plane_outputs;
+        const int* index_plane = indices + plane_offset;
+        const REAL* dy_plane = dy + plane_offset;
+        REAL sum = (REAL)0;
+        for (int p = p_first; p <= p_last; ++p) {
+            for (int q = q_first; q <= q_last; ++q) {
+                if (index_plane[p * Q + q] == in)
+                    sum += dy_plane[p * Q + q];
+            }
+        }
+        dx[plane * plane_inputs + in] = sum;
+    }
+}
+
+// Clipped window [start, end) of output o along one axis and its divisor factor (PyTorch's
+// avg_pool2d): `padded` spans up to size + pad, `clipped` is the part inside the input.
+struct AvgSpan {
+    int start, end, padded;
+};
+
+__device__ __forceinline__ AvgSpan avg_span(int o, int size, int kernel, int stride, int pad)
+{
+    AvgSpan span;
+    const int start = o * stride - pad;
+    const int end = start + kernel < size + pad ? start + kernel : size + pad;
+    span.padded = end - start;
+    span.start = start > 0 ? start : 0;
+    span.end = end < size ? end : size;
+    return span;
+}
+
+__device__ __forceinline__ REAL avg_divisor(const AvgSpan& hs, const AvgSpan& ws, int count_include_pad)
+{
+    return count_include_pad ? (REAL)(hs.padded * ws.padded)
+                             : (REAL)((hs.end - hs.start) * (ws.end - ws.start));
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
+                 long long planes, int H, int W, int P, int Q,
+                 int kh, int kw, int sh, int sw, int ph, int pw, int count_include_pad)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_outputs) {
+        const int out = (int)flat;
+        const int q = out % Q;
+        const int p = out / Q;
+        const AvgSpan hs = avg_span(p, H, kh, sh, ph);
+        const AvgSpan ws = avg_span(q, W, kw, sw, pw);
+        if (hs.start >= hs.end || ws.start >= ws.end) {
+            y[plane * plane_outputs + out] = (REAL)0;  // window wholly in the padding: PyTorch writes 0
+            continue;
+        }
+        const REAL* xp = x + plane * plane_inputs;
+        REAL sum = (REAL)0;
+        for (int h = hs.start; h < hs.end; ++h)
+            for (int w = ws.start; w < ws.end; ++w)
+                sum += xp[h * W + w];
+        y[plane * plane_outputs + out] = sum / avg_divisor(hs, ws, count_include_pad);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
+                  long long planes, int H, int W, int P, int Q,
+                  int kh, int kw, int sh, int sw, int ph, int pw, int count_include_pad)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_inputs) {
+        const int in = (int)flat;
+        const int w = in % W;
+        const int h = in / W;
+        const int p_first = first_window(h, ph, kh, sh, 1);
+        const int q_first = first_window(w, pw, kw, sw, 1);
+        const int p_last = last_window(h, ph, sh, P);
+        const int q_last = last_window(w, pw, sw, Q);
+        const REAL* dyp = dy + plane * plane_outputs;
+        REAL sum = (REAL)0;
+        for (int p = p_first; p <= p_last; ++p) {
+            const AvgSpan hs = avg_span(p, H, kh, sh, ph);
+            if (h < hs.start || h >= hs.end)
+                continue;
+            for (int q = q_first; q <= q_last; ++q) {
+                const AvgSpan ws = avg_span(q, W, kw, sw, pw);
+                if (w < ws.start || w >= ws.end)
+                    continue;
+                sum += dyp[p * Q + q] / avg_divisor(hs, ws, count_include_pad);
+            }
+        }
+        dx[plane * plane_inputs + in] = sum;
+    }
+}

@@ -1,0 +1,566 @@
+"""The non-convolution kernels (pool, elementwise, reduce, loss, optim, linear's bias) on the emulator
+against the NumPy backend: float64 to 1e-10 relative, float32 to 1e-5, max-pool indices exactly.
+
+Pooling runs a seeded sweep of 200+ configurations per op (kernel, stride, padding, dilation,
+ceil_mode, count_include_pad, non-square, batch 1, C = 1, ties, NaN, windows wholly in the padding);
+one configuration of each class also runs under the "reverse" and "random" thread schedules with
+guard zones on, and must give the same bits. Pool backward, reduce and cross entropy are checked
+bit-identical across runs. The same comparisons run on "cuda" when a GPU is present."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import cnn_gpu.functional as F
+from cnn_gpu import backend
+from cnn_gpu.functional.geometry import pool_geometry
+from cnn_gpu.gpu import elementwise, optim, pool, reduce
+
+pytestmark = pytest.mark.skipif("emu" not in backend.available_backends(),
+                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
+
+DTYPES = (np.float64, np.float32)
+SWEEP_SIZE = 200
+
+
+def tolerance(dtype) -> float:
+    return 1e-10 if np.dtype(dtype) == np.float64 else 1e-5
+
+
+def assert_close(actual, expected, dtype, what=""):
+    """Relative to the magnitude of the expected array (so values near 0 do not need exact zeros)."""
+    actual, expected = to_host(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    finite = expected[np.isfinite(expected)]
+    scale = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, equal_nan=True, err_msg=what)
+
+
+def to_host(a):
+    return a.get() if backend.is_cupy_array(a) else np.asarray(a)
+
+
+def to_backend(be, *arrays):
+    if be == "cuda":
+        import cupy
+        return tuple(cupy.asarray(a) for a in arrays)
+    return arrays
+
+
+def assert_same_bits(a, b, what=""):
+    a, b = to_host(a), to_host(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    assert a.tobytes() == b.tobytes(), f"{what}: results differ between runs"
+
+
+def emu_checking(schedule, seed=None):
+    from cnn_gpu import emu
+    return emu.checking(schedule=schedule, seed=seed, guard=True)
+
+
+# --- pooling ------------------------------------------------------------------------------------
+
+def random_pool_config(rng, kind: str) -> dict:
+    """A valid configuration of max ("max") or average ("avg") pooling."""
+    while True:
+        kh, kw = (int(k) for k in rng.integers(1, 5, size=2))
+        config = dict(
+            x_shape=(int(rng.choice([1, 1, 2, 3])), int(rng.choice([1, 2, 3])),
+                     int(rng.integers(1, 12)), int(rng.integers(1, 12))),
+            kernel_size=(kh, kw) if rng.random() < 0.7 else kh,
+            stride=None if rng.random() < 0.25 else (int(rng.integers(1, 4)), int(rng.integers(1, 4))),
+            padding=(int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))),
+            ceil_mode=bool(rng.random() < 0.5),
+        )
+        if not isinstance(config["kernel_size"], tuple):
+            config["padding"] = config["padding"][0]
+        if kind == "max":
+            config["dilation"] = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        else:
+            config["count_include_pad"] = bool(rng.random() < 0.5)
+        geometry_args = {k: v for k, v in config.items() if k != "x_shape"}
+        try:
+            pool_geometry(config["x_shape"], **geometry_args)
+        except ValueError:
+            continue
+        return config
+
+
+def pool_input(rng, shape, dtype, values: str):
+    """'normal' values, 'ties' (few distinct values) or 'nan' (normal with one NaN per plane, so a
+    window never holds two NaNs and the first/last-NaN rules agree)."""
+    if values == "ties":
+        return rng.integers(-1, 2, size=shape).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    if values == "nan":
+        n, c, h, w = shape
+        for plane in np.ndindex(n, c):
+            x[plane][rng.integers(h), rng.integers(w)] = np.nan
+    return x
+
+
+def run_max_pool(be, x, dy_seed, config):
+    args = {k: v for k, v in config.items() if k != "x_shape"}
+    (xb,) = to_backend(be, x)
+    y, indices = F.max_pool2d(xb, backend=be, **args)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype)
+    (dyb,) = to_backend(be, dy)
+    dx = F.max_pool2d_backward(dyb, indices, x.shape, backend=be, **args)
+    return y, indices, dx
+
+
+def run_avg_pool(be, x, dy_seed, config):
+    args = {k: v for k, v in config.items() if k != "x_shape"}
+    (xb,) = to_backend(be, x)
+    y = F.avg_pool2d(xb, backend=be, **args)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype)
+    (dyb,) = to_backend(be, dy)
+    dx = F.avg_pool2d_backward(dyb, x.shape, backend=be, **args)
+    return y, dx
+
+
+def check_max_pool(be, config, dtype, values, seed):
+    rng = np.random.default_rng(seed)
+    x = pool_input(rng, config["x_shape"], dtype, values)
+    y, indices, dx = run_max_pool(be, x, seed + 1, config)
+    y0, indices0, dx0 = run_max_pool("numpy", x, seed + 1, config)
+    what = f"max_pool {config} {np.dtype(dtype).name} {values}"
+    assert to_host(indices).dtype == np.int32
+    np.testing.assert_array_equal(to_host(indices), indices0, err_msg=what)
+    assert_close(y, y0, dtype, what + " y")
+    assert_close(dx, dx0, dtype, what + " dx")
+
+
+def check_avg_pool(be, config, dtype, seed):
+    x = pool_input(np.random.default_rng(seed), config["x_shape"], dtype, "normal")
+    y, dx = run_avg_pool(be, x, seed + 1, config)
+    y0, dx0 = run_avg_pool("numpy", x, seed + 1, config)
+    what = f"avg_pool {config} {np.dtype(dtype).name}"
+    assert_close(y, y0, dtype, what + " y")
+    assert_close(dx, dx0, dtype, what + " dx")
+
+
+SWEEP_CHUNKS = 4
+
+
+@pytest.mark.parametrize("chunk", range(SWEEP_CHUNKS))
+def test_max_pool_sweep(chunk):
+    rng = np.random.default_rng(1000)
+    configs = [random_pool_config(rng, "max") for _ in range(SWEEP_SIZE)]
+    with emu_checking("forward"):
+        for i, config in enumerate(configs[chunk::SWEEP_CHUNKS], start=chunk * SWEEP_SIZE):
+            values = ("normal", "ties", "nan")[i % 3]
+            for dtype in DTYPES:
+                check_max_pool("emu", config, dtype, values, seed=i)
+
+
+@pytest.mark.parametrize("chunk", range(SWEEP_CHUNKS))
+def test_avg_pool_sweep(chunk):
+    rng = np.random.default_rng(2000)
+    configs = [random_pool_config(rng, "avg") for _ in range(SWEEP_SIZE)]
+    with emu_checking("forward"):
+        for i, config in enumerate(configs[chunk::SWEEP_CHUNKS], start=chunk * SWEEP_SIZE):
+            for dtype in DTYPES:
+                check_avg_pool("emu", config, dtype, seed=i)
+
+
+# One configuration per class, for the schedule/guard runs and the cuda run.
+MAX_POOL_CLASSES = {
+    "plain": (dict(x_shape=(2, 3, 8, 6), kernel_size=2), "normal"),
+    "padding_ceil": (dict(x_shape=(2, 2, 7, 9), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1),
+                          ceil_mode=True), "normal"),
+    "dilation": (dict(x_shape=(1, 2, 9, 8), kernel_size=3, stride=1, padding=1, dilation=(2, 3)), "normal"),
+    "ties": (dict(x_shape=(2, 2, 6, 7), kernel_size=3, stride=1, padding=1), "ties"),
+    "nan": (dict(x_shape=(2, 3, 6, 5), kernel_size=2, stride=1), "nan"),
+    "window_in_padding": (dict(x_shape=(2, 2, 1, 5), kernel_size=(2, 3), stride=1, padding=(1, 1),
+                               dilation=(2, 1)), "normal"),
+    "batch1_c1_kernel_as_input": (dict(x_shape=(1, 1, 5, 3), kernel_size=(7, 5), padding=(1, 1),
+                                       ceil_mode=True), "normal"),
+    "stride_over_kernel": (dict(x_shape=(3, 1, 11, 10), kernel_size=2, stride=3), "normal"),
+}
+AVG_POOL_CLASSES = {
+    "plain": dict(x_shape=(2, 3, 8, 6), kernel_size=2),
+    "padding_ceil_include": dict(x_shape=(2, 2, 7, 9), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1),
+                                 ceil_mode=True, count_include_pad=True),
+    "padding_ceil_exclude": dict(x_shape=(2, 2, 7, 9), kernel_size=(3, 4), stride=(2, 3), padding=(1, 2),
+                                 ceil_mode=True, count_include_pad=False),
+    "batch1_c1_kernel_as_input": dict(x_shape=(1, 1, 3, 4), kernel_size=(5, 6), padding=(1, 1),
+                                      count_include_pad=False),
+    "overlapping": dict(x_shape=(2, 3, 9, 10), kernel_size=3, stride=1, padding=1),
+}
+
+
+def test_window_in_padding_gives_minus_inf_and_no_gradient():
+    config, _ = MAX_POOL_CLASSES["window_in_padding"]
+    x = np.random.default_rng(5).standard_normal(config["x_shape"])
+    y, indices, dx = run_max_pool("emu", x, 6, config)
+    assert (indices == -1).all() and np.isneginf(y).all()
+    assert not dx.any()
+
+
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_classes_under_schedules(schedule, dtype):
+    for seed, (name, (config, values)) in enumerate(MAX_POOL_CLASSES.items()):
+        x = pool_input(np.random.default_rng(seed), config["x_shape"], dtype, values)
+        with emu_checking("forward"):
+            expected = run_max_pool("emu", x, seed, config)
+        with emu_checking(schedule, seed=seed):
+            got = run_max_pool("emu", x, seed, config)
+        for a, b, part in zip(got, expected, ("y", "indices", "dx")):
+            assert_same_bits(a, b, f"max_pool {name} {part} under {schedule}")
+        check_max_pool("emu", config, dtype, values, seed)
+    for seed, (name, config) in enumerate(AVG_POOL_CLASSES.items()):
+        x = pool_input(np.random.default_rng(seed), config["x_shape"], dtype, "normal")
+        with emu_checking("forward"):
+            expected = run_avg_pool("emu", x, seed, config)
+        with emu_checking(schedule, seed=seed):
+            got = run_avg_pool("emu", x, seed, config)
+        for a, b, part in zip(got, expected, ("y", "dx")):
+            assert_same_bits(a, b, f"avg_pool {name} {part} under {schedule}")
+        with emu_checking(schedule, seed=seed):
+            check_avg_pool("emu", config, dtype, seed)
+
+
+def test_max_pool_nan_index_follows_pytorch():
+    """Several NaNs in one window: PyTorch keeps the last NaN's index (its CPU and CUDA kernels
+    take any NaN as a new maximum)."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[[[1.0, np.nan, 3.0, np.nan, 2.0], [np.nan, 0.0, 5.0, 1.0, np.nan]]]])
+    y, indices = F.max_pool2d(x, (2, 5), backend="emu")
+    ty, tindices = torch.nn.functional.max_pool2d(torch.from_numpy(x), (2, 5), return_indices=True)
+    assert np.isnan(y).all() and np.isnan(ty.numpy()).all()
+    np.testing.assert_array_equal(indices, tindices.numpy())
+
+
+def test_max_pool_all_minus_inf_window_reports_first_tap():
+    x = np.full((1, 1, 2, 3), -np.inf)
+    y, indices = F.max_pool2d(x, 2, stride=1, padding=1, backend="emu")
+    y0, indices0 = F.max_pool2d(x, 2, stride=1, padding=1, backend="numpy")
+    np.testing.assert_array_equal(indices, indices0)
+    assert np.isneginf(y).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_backward_bit_identical(dtype):
+    config = dict(x_shape=(2, 3, 9, 8), kernel_size=3, stride=1, padding=1)
+    x = np.random.default_rng(3).standard_normal(config["x_shape"]).astype(dtype)
+    with emu_checking("forward"):
+        first = run_max_pool("emu", x, 4, config)[2], run_avg_pool("emu", x, 4, config)[1]
+    with emu_checking("random", seed=11):
+        second = run_max_pool("emu", x, 4, config)[2], run_avg_pool("emu", x, 4, config)[1]
+    for a, b in zip(first, second):
+        assert_same_bits(a, b, "pool backward")
+
+
+def test_pool_refuses_planes_beyond_int32():
+    g = pool_geometry((1, 1, 2**16, 2**15), 2)
+    x = np.zeros((1, 1, 1, 1))
+    with pytest.raises(ValueError, match="32-bit"):
+        pool.max_forward("emu", x, g)
+
+
+# --- element-wise -------------------------------------------------------------------------------
+
+ACTIVATIONS = [("relu", (), ()), ("leaky_relu", (0.2,), (0.2,)), ("leaky_relu", (), ()),
+               ("sigmoid", (), ()), ("tanh", (), ())]
+ELEMENTWISE_SHAPES = [(7,), (3, 4, 5, 6), (1000,), (2, 3, 17, 13)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, forward_args, backward_args", ACTIVATIONS)
+def test_activations(name, forward_args, backward_args, dtype):
+    rng = np.random.default_rng(7)
+    forward, backward = getattr(F, name), getattr(F, f"{name}_backward")
+    for shape in ELEMENTWISE_SHAPES:
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
+        x.ravel()[::5] = 0  # the x == 0 conventions of the backward passes
+        x.ravel()[3] = np.nan
+        dy = rng.standard_normal(shape).astype(dtype)
+        what = f"{name} {shape} {np.dtype(dtype).name}"
+        assert_close(forward(x, *forward_args, backend="emu"), forward(x, *forward_args, backend="numpy"),
+                     dtype, what)
+        assert_close(backward(dy, x, *backward_args, backend="emu"),
+                     backward(dy, x, *backward_args, backend="numpy"), dtype, what + " backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_add(dtype):
+    rng = np.random.default_rng(8)
+    for shape in [(2, 3, 5, 7), (1, 1, 1, 1), (4, 6), (3, 300), (2, 5, 1, 1)]:
+        y = rng.standard_normal(shape).astype(dtype)
+        bias = rng.standard_normal(shape[1]).astype(dtype)
+        expected = y + bias.reshape((-1,) + (1,) * (len(shape) - 2))
+        out = elementwise.bias_add("emu", y, bias)
+        assert out is y
+        assert_close(y, expected, dtype, f"bias_add {shape}")
+    with pytest.raises(ValueError, match="bias"):
+        elementwise.bias_add("emu", np.zeros((2, 3, 4), dtype), np.zeros(4, dtype))
+
+
+def test_grid_stride_loops_cover_everything():
+    """Launch with fewer blocks than elements (as on a huge tensor) and compare with a full grid."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(3001)
+    y = np.empty_like(x)
+    backend.launch("emu", "elementwise", x.dtype, "relu_forward", (2,), (256,), (x, y, np.int64(x.size)))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+    xs = rng.standard_normal((2, 3, 19, 23))
+    g = pool_geometry(xs.shape, 2, 1)
+    yp, ip = np.empty(g.y_shape), np.empty(g.y_shape, dtype=np.int32)
+    args = (np.int64(6), *(np.int32(v) for v in (19, 23, g.P, g.Q, 2, 2, 1, 1, 0, 0, 1, 1)))
+    backend.launch("emu", "pool", xs.dtype, "max_pool_forward", (1, 4, 1), (256,), (xs, yp, ip, *args))
+    y0, i0 = F.max_pool2d(xs, 2, 1, backend="numpy")
+    np.testing.assert_array_equal(ip, i0)
+    np.testing.assert_array_equal(yp, y0)
+
+    planes = rng.standard_normal((3, 4, 700))
+    bias = rng.standard_normal(4)
+    expected = planes + bias[:, None]
+    backend.launch("emu", "elementwise", planes.dtype, "bias_add_nchw", (1, 5), (256,),
+                   (planes, bias, np.int64(12), np.int32(4), np.int64(700)))
+    np.testing.assert_array_equal(planes, expected)
+
+    logits = rng.standard_normal((7, 5))
+    labels = rng.integers(0, 5, 7)
+    dl, rl = np.empty_like(logits), np.empty(7)
+    backend.launch("emu", "loss", logits.dtype, "cross_entropy_rows", (2,), (32,),
+                   (logits, labels, dl, rl, np.int64(7), np.int32(5), np.float64(1 / 7)))
+    loss0, dl0 = F.cross_entropy(logits, labels, backend="numpy")
+    assert_close(dl, dl0, np.float64)
+    assert rl.sum() / 7 == pytest.approx(loss0, rel=1e-12)
+
+
+# --- linear -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear(dtype):
+    rng = np.random.default_rng(10)
+    for batch, n_in, n_out in [(1, 1, 1), (4, 7, 5), (33, 64, 10), (300, 3, 2)]:
+        x = rng.standard_normal((batch, n_in)).astype(dtype)
+        w = rng.standard_normal((n_out, n_in)).astype(dtype)
+        b = rng.standard_normal(n_out).astype(dtype)
+        dy = rng.standard_normal((batch, n_out)).astype(dtype)
+        what = f"linear {(batch, n_in, n_out)} {np.dtype(dtype).name}"
+        for bias in (b, None):
+            assert_close(F.linear(x, w, bias, backend="emu"), F.linear(x, w, bias, backend="numpy"), dtype, what)
+        for has_bias in (True, False):
+            got = F.linear_backward(dy, x, w, has_bias, backend="emu")
+            expected = F.linear_backward(dy, x, w, has_bias, backend="numpy")
+            for a, e, part in zip(got, expected, ("dx", "dw", "db")):
+                if e is None:
+                    assert a is None
+                else:
+                    assert_close(a, e, dtype, f"{what} {part}")
+
+
+# --- reduce -------------------------------------------------------------------------------------
+
+REDUCE_SHAPES = [(1, 1, 1), (3, 4, 5), (2, 3, 700), (257, 2, 3), (300, 7, 1), (5, 1000, 1), (64, 1, 1),
+                 (1, 1, 5000), (256, 3, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_sum(dtype):
+    rng = np.random.default_rng(12)
+    for outer, channels, inner in REDUCE_SHAPES:
+        a = rng.standard_normal((outer, channels, inner)).astype(dtype)
+        expected = a.astype(np.float64).sum(axis=(0, 2))
+        got = reduce.channel_sum("emu", a, outer, channels, inner)
+        assert got.dtype == dtype and got.shape == (channels,)
+        scale = np.abs(a).astype(np.float64).sum(axis=(0, 2)).max()
+        np.testing.assert_allclose(got, expected, rtol=tolerance(dtype), atol=tolerance(dtype) * scale,
+                                   err_msg=f"channel_sum {(outer, channels, inner)}")
+        with emu_checking("random", seed=outer):
+            again = reduce.channel_sum("emu", a, outer, channels, inner)
+        assert_same_bits(got, again, f"channel_sum {(outer, channels, inner)}")
+
+
+def test_channel_sum_rejects_a_wrong_view():
+    with pytest.raises(ValueError, match="channel_sum"):
+        reduce.channel_sum("emu", np.zeros((3, 4)), 2, 3, 3)
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+CE_SHAPES = [(1, 1), (7, 10), (5, 33), (3, 300), (64, 10), (4, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy(dtype):
+    rng = np.random.default_rng(13)
+    for rows, classes in CE_SHAPES:
+        for offset, scale in ((0.0, 1.0), (1000.0, 10.0)):  # large logits: the max subtraction
+            logits = (rng.standard_normal((rows, classes)) * scale + offset).astype(dtype)
+            labels = rng.integers(0, classes, rows)
+            loss, dlogits = F.cross_entropy(logits, labels, backend="emu")
+            loss0, dlogits0 = F.cross_entropy(logits, labels, backend="numpy")
+            what = f"cross_entropy {(rows, classes)} offset {offset} {np.dtype(dtype).name}"
+            assert isinstance(loss, float) and math.isfinite(loss), what
+            assert loss == pytest.approx(loss0, rel=tolerance(dtype), abs=tolerance(dtype)), what
+            assert_close(dlogits, dlogits0, dtype, what)
+            with emu_checking("random", seed=rows):
+                loss_again, dlogits_again = F.cross_entropy(logits, labels, backend="emu")
+            assert loss_again == loss, what
+            assert_same_bits(dlogits, dlogits_again, what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse(dtype):
+    rng = np.random.default_rng(14)
+    for shape in [(1,), (4, 3), (2, 3, 5, 7), (3001,)]:
+        pred = rng.standard_normal(shape).astype(dtype)
+        target = rng.standard_normal(shape).astype(dtype)
+        loss, dpred = F.mse_loss(pred, target, backend="emu")
+        loss0, dpred0 = F.mse_loss(pred, target, backend="numpy")
+        what = f"mse {shape} {np.dtype(dtype).name}"
+        assert loss == pytest.approx(loss0, rel=tolerance(dtype)), what
+        assert_close(dpred, dpred0, dtype, what)
+
+
+# --- optimizers: references written from torch.optim's documented update rules -------------------
+
+def reference_sgd(param, grads, lr, momentum, weight_decay, nesterov):
+    param, buf = param.copy(), None
+    for t, grad in enumerate(grads):
+        g = grad + weight_decay * param
+        if momentum:
+            buf = g.copy() if t == 0 else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        param = param - lr * g
+    return param, buf
+
+
+def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay):
+    param = param.copy()
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    for t, grad in enumerate(grads, start=1):
+        g = grad + weight_decay * param
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+        param = param - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return param, m, v
+
+
+SGD_SETTINGS = [dict(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),
+                dict(lr=0.05, momentum=0.0, weight_decay=0.01, nesterov=False),
+                dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=False),
+                dict(lr=0.02, momentum=0.8, weight_decay=0.001, nesterov=True)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_sgd_step(settings, dtype):
+    rng = np.random.default_rng(15)
+    shape = (3, 5, 7)
+    param0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(4)]
+    param = param0.copy()
+    buf = np.empty_like(param) if settings["momentum"] else None
+    for t, grad in enumerate(grads):
+        optim.sgd_step("emu", param, grad, buf, settings["lr"], settings["momentum"], settings["weight_decay"],
+                       settings["nesterov"], t == 0)
+    expected, expected_buf = reference_sgd(param0.astype(np.float64), [g.astype(np.float64) for g in grads],
+                                           **settings)
+    assert_close(param, expected.astype(dtype), dtype, f"sgd {settings}")
+    if buf is not None:
+        assert_close(buf, expected_buf.astype(dtype), dtype, f"sgd momentum buffer {settings}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_step(weight_decay, dtype):
+    rng = np.random.default_rng(16)
+    shape = (1001,)
+    param0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(5)]
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    param, m, v = param0.copy(), np.zeros_like(param0), np.zeros_like(param0)
+    for step, grad in enumerate(grads, start=1):
+        optim.adam_step("emu", param, grad, m, v, step, hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
+                        hyper["weight_decay"])
+    expected, expected_m, expected_v = reference_adam(param0.astype(np.float64),
+                                                      [g.astype(np.float64) for g in grads], **hyper)
+    assert_close(param, expected.astype(dtype), dtype, "adam param")
+    assert_close(m, expected_m.astype(dtype), dtype, "adam m")
+    assert_close(v, expected_v.astype(dtype), dtype, "adam v")
+
+
+def run_every_other_kernel(dtype):
+    """One launch of each non-pool kernel family on fixed inputs; the outputs, in order."""
+    rng = np.random.default_rng(17)
+    x, dy = (rng.standard_normal((2, 3, 5, 7)).astype(dtype) for _ in range(2))
+    outputs = []
+    for name, forward_args, backward_args in ACTIVATIONS:
+        outputs += [getattr(F, name)(x, *forward_args, backend="emu"),
+                    getattr(F, f"{name}_backward")(dy, x, *backward_args, backend="emu")]
+    outputs.append(elementwise.bias_add("emu", x.copy(), rng.standard_normal(3).astype(dtype)))
+    w, b = rng.standard_normal((4, 7)).astype(dtype), rng.standard_normal(4).astype(dtype)
+    rows = x.reshape(-1, 7)
+    outputs.append(F.linear(rows, w, b, backend="emu"))
+    outputs += [g for g in F.linear_backward(rng.standard_normal((30, 4)).astype(dtype), rows, w, backend="emu")]
+    loss, dpred = F.mse_loss(x, dy, backend="emu")
+    outputs += [np.array(loss), dpred]
+    param, grad, buf = x.copy(), dy.copy(), np.empty_like(x)
+    optim.sgd_step("emu", param, grad, buf, 0.1, 0.9, 0.01, True, True)
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    optim.adam_step("emu", param, grad, m, v, 1, 1e-3, 0.9, 0.999, 1e-8, 0.01)
+    return outputs + [param, buf, m, v]
+
+
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_other_kernels_under_schedules(schedule):
+    for dtype in DTYPES:
+        with emu_checking("forward"):
+            expected = run_every_other_kernel(dtype)
+        with emu_checking(schedule, seed=3):
+            got = run_every_other_kernel(dtype)
+        for i, (a, e) in enumerate(zip(got, expected)):
+            assert_same_bits(a, e, f"output {i} ({np.dtype(dtype).name}) under {schedule}")
+
+
+def test_optimizer_rejects_mismatched_state():
+    param = np.zeros(5)
+    with pytest.raises(ValueError, match="momentum_buf"):
+        optim.sgd_step("emu", param, np.zeros(5), np.zeros(4), 0.1, 0.9, 0.0, False, True)
+
+
+# --- the same on a GPU --------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_sweep(dtype):
+    rng = np.random.default_rng(1000)
+    for i in range(SWEEP_SIZE):
+        check_max_pool("cuda", random_pool_config(rng, "max"), dtype, ("normal", "ties", "nan")[i % 3], seed=i)
+    rng = np.random.default_rng(2000)
+    for i in range(SWEEP_SIZE):
+        check_avg_pool("cuda", random_pool_config(rng, "avg"), dtype, seed=i)
+    for name, forward_args, backward_args in ACTIVATIONS:
+        x, dy = (rng.standard_normal((3, 4, 5, 6)).astype(dtype) for _ in range(2))
+        xb, dyb = to_backend("cuda", x, dy)
+        forward, backward = getattr(F, name), getattr(F, f"{name}_backward")
+        assert_close(forward(xb, *forward_args), forward(x, *forward_args, backend="numpy"), dtype, name)
+        assert_close(backward(dyb, xb, *backward_args), backward(dy, x, *backward_args, backend="numpy"),
+                     dtype, name)
+    logits = rng.standard_normal((64, 10)).astype(dtype)
+    labels = rng.integers(0, 10, 64)
+    (logits_b, labels_b) = to_backend("cuda", logits, labels)
+    loss, dlogits = F.cross_entropy(logits_b, labels_b)
+    loss0, dlogits0 = F.cross_entropy(logits, labels, backend="numpy")
+    assert loss == pytest.approx(loss0, rel=tolerance(dtype))
+    assert_close(dlogits, dlogits0, dtype, "cross_entropy")
+    for outer, channels, inner in REDUCE_SHAPES:
+        a = rng.standard_normal((outer, channels, inner)).astype(dtype)
+        (ab,) = to_backend("cuda", a)
+        first, second = (reduce.channel_sum("cuda", ab, outer, channels, inner) for _ in range(2))
+        assert_same_bits(first, second, "channel_sum on cuda")
+        assert_close(first, a.sum(axis=(0, 2)), dtype, "channel_sum on cuda")
