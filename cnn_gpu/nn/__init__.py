@@ -1,0 +1,21 @@
+"""Layers, containers and losses with explicit forward/backward (see the API contract).
+
+    from cnn_gpu import nn
+    nn.init.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(model(x), labels)
+    model.zero_grad()
+    model.backward(loss_fn.backward())
+"""
+from . import init
+from .containers import Residual, Sequential
+from .layers import (AvgPool2d, Conv2d, ConvTranspose2d, Flatten, LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid,
+                     Tanh)
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter
+
+__all__ = ["init", "Module", "Parameter", "Sequential", "Residual", "Conv2d", "ConvTranspose2d", "Linear",
+           "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Flatten", "CrossEntropyLoss",
+           "MSELoss"]

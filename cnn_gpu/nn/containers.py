@@ -1,0 +1,69 @@
+"""Containers: `Sequential` (a chain) and `Residual` (a skip connection)."""
+from __future__ import annotations
+
+from .module import Module
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse. Indexable like a list; the
+    children are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for layer in layers:
+            self.append(layer)
+
+    def append(self, layer):
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential takes Modules, got {type(layer).__name__}")
+        setattr(self, str(len(self._modules)), layer)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        layers = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(*layers[index])
+        return layers[index]
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._modules.values()):
+            dy = layer.backward(dy)
+        return dy
+
+
+class Residual(Module):
+    """y = block(x) + shortcut(x), the shortcut the identity when None (ResNet's skip connection).
+    The gradient of x is the sum of the gradients through both paths."""
+
+    def __init__(self, block, shortcut=None):
+        super().__init__()
+        for name, module in (("block", block), ("shortcut", shortcut)):
+            if module is not None and not isinstance(module, Module):
+                raise TypeError(f"Residual {name} must be a Module, got {type(module).__name__}")
+        self.block = block
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        y = self.block(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if y.shape != skip.shape:
+            raise ValueError(f"Residual: block output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} "
+                             f"differ; give a shortcut (e.g. a 1x1 Conv2d) that matches the block")
+        self._saved = True
+        return y + skip
+
+    def backward(self, dy):
+        self._saved_for_backward()
+        dx = self.block.backward(dy)
+        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))

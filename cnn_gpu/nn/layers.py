@@ -1,0 +1,280 @@
+"""Layers with PyTorch's constructor arguments and default initialisation.
+
+Each layer calls `cnn_gpu.functional` with `backend=self.backend` (set by `Module.to`), so a
+model moved to "emu" runs the CUDA kernels although its arrays are NumPy arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..functional.geometry import pair
+from . import init
+from .module import Module, Parameter
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class _Weighted(Module):
+    """A layer with a weight and an optional bias, initialised as PyTorch does."""
+
+    def _init_parameters(self, weight_shape, bias_size: int, bias: bool, dtype, rng) -> None:
+        dtype = _float_dtype(dtype)
+        self.weight = Parameter(init.kaiming_uniform(weight_shape, dtype=dtype, rng=rng))
+        self.bias = Parameter(init.default_bias(bias_size, weight_shape, dtype, rng)) if bias else None
+
+    def _bias_data(self):
+        return None if self.bias is None else self.bias.data
+
+    def _accumulate(self, dweight, dbias) -> None:
+        self.weight.accumulate_grad(dweight)
+        if self.bias is not None:
+            self.bias.accumulate_grad(dbias)
+
+
+class _Conv(_Weighted):
+    def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.groups = _positive_int(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                             f"divisible by groups ({groups})")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode {padding_mode!r} is not supported; only 'zeros' is")
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}")
+
+
+class Conv2d(_Conv):
+    """2-D convolution; weight (out_channels, in_channels/groups, kH, kW)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
+        super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        self.padding = self._padding(padding)
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self._init_parameters(shape, self.out_channels, bias, dtype, rng)
+
+    def _padding(self, padding):
+        # PyTorch's strings: "valid" is no padding; "same" keeps the size (stride 1), which needs an
+        # even dilated kernel extent minus one on each axis because F pads symmetrically.
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError("padding='same' needs stride 1")
+            extents = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(e % 2 for e in extents):
+                raise ValueError(f"padding='same' with kernel_size {self.kernel_size} and dilation "
+                                 f"{self.dilation} needs asymmetric padding, which is not supported")
+            return (extents[0] // 2, extents[1] // 2)
+        return pair(padding, "padding", minimum=0)
+
+    def forward(self, x):
+        self._saved = x
+        return F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self.padding, self.dilation,
+                        self.groups, backend=self.backend)
+
+    def backward(self, dy):
+        x = self._saved_for_backward()
+        dx, dweight, dbias = F.conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, self.dilation,
+                                               self.groups, bias=self.bias is not None, backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
+
+
+class ConvTranspose2d(_Conv):
+    """2-D transposed convolution; weight (in_channels, out_channels/groups, kH, kW)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
+        super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        self.padding = pair(padding, "padding", minimum=0)
+        self.output_padding = pair(output_padding, "output_padding", minimum=0)
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"output_padding {self.output_padding} must be smaller than stride {self.stride} "
+                             f"or dilation {self.dilation}")
+        shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
+        self._init_parameters(shape, self.out_channels, bias, dtype, rng)
+
+    def _conv_args(self):
+        return self.stride, self.padding, self.output_padding, self.dilation, self.groups
+
+    def forward(self, x):
+        self._saved = x
+        return F.conv_transpose2d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
+
+    def backward(self, dy):
+        x = self._saved_for_backward()
+        dx, dweight, dbias = F.conv_transpose2d_backward(dy, x, self.weight.data, *self._conv_args(),
+                                                         bias=self.bias is not None, backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
+
+    def extra_repr(self):
+        return super().extra_repr() + f", output_padding={self.output_padding}"
+
+
+class Linear(_Weighted):
+    """y = x @ weight.T + bias; weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        self._init_parameters((self.out_features, self.in_features), self.out_features, bias, dtype, rng)
+
+    def forward(self, x):
+        self._saved = x
+        return F.linear(x, self.weight.data, self._bias_data(), backend=self.backend)
+
+    def backward(self, dy):
+        x = self._saved_for_backward()
+        dx, dweight, dbias = F.linear_backward(dy, x, self.weight.data, bias=self.bias is not None,
+                                               backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class MaxPool2d(Module):
+    """Max pooling; with return_indices=True forward returns (y, indices) as PyTorch does."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self.dilation = pair(dilation, "dilation")
+        self.return_indices = bool(return_indices)
+        self.ceil_mode = bool(ceil_mode)
+
+    def forward(self, x):
+        y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                  backend=self.backend)
+        self._saved = (indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, dy):
+        indices, x_shape = self._saved_for_backward()
+        return F.max_pool2d_backward(dy, indices, x_shape, self.kernel_size, self.stride, self.padding,
+                                     self.dilation, self.ceil_mode, backend=self.backend)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def _pool_args(self):
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.avg_pool2d(x, *self._pool_args(), backend=self.backend)
+
+    def backward(self, dy):
+        return F.avg_pool2d_backward(dy, self._saved_for_backward(), *self._pool_args(), backend=self.backend)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
+
+
+class _Activation(Module):
+    """An element-wise activation F.<name>(x, *params) with F.<name>_backward(dy, x, *params)."""
+
+    def _params(self):
+        return ()
+
+    def forward(self, x):
+        self._saved = x
+        return self._forward(x, *self._params(), backend=self.backend)
+
+    def backward(self, dy):
+        return self._backward(dy, self._saved_for_backward(), *self._params(), backend=self.backend)
+
+
+class ReLU(_Activation):
+    _forward = staticmethod(F.relu)
+    _backward = staticmethod(F.relu_backward)
+
+
+class Sigmoid(_Activation):
+    _forward = staticmethod(F.sigmoid)
+    _backward = staticmethod(F.sigmoid_backward)
+
+
+class Tanh(_Activation):
+    _forward = staticmethod(F.tanh)
+    _backward = staticmethod(F.tanh_backward)
+
+
+class LeakyReLU(_Activation):
+    _forward = staticmethod(F.leaky_relu)
+    _backward = staticmethod(F.leaky_relu_backward)
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def _params(self):
+        return (self.negative_slope,)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Flatten(Module):
+    """Merge dimensions start_dim..end_dim into one (PyTorch's defaults keep the batch dimension)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+
+    def forward(self, x):
+        ndim = x.ndim
+        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not 0 <= start <= end < ndim:
+            raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) does not fit an input "
+                             f"of shape {tuple(x.shape)}")
+        self._saved = x.shape
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+    def backward(self, dy):
+        return dy.reshape(self._saved_for_backward())
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,0 +1,208 @@
+"""`Module` and `Parameter`: explicit forward/backward layers with PyTorch-style bookkeeping.
+
+A module's `forward` keeps what its `backward` needs (its input, pooling indices); `backward(dy)`
+returns the gradient with respect to that input and adds the gradients of its parameters into
+their `.grad` (upstream gradient times the local Jacobian, layer by layer).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import backend as _backend
+
+
+class Parameter:
+    """A trainable array. `.grad` is None until a backward pass accumulates into it.
+    `.backend` is the backend set by `Module.to` (None: the one F chooses for the array)."""
+
+    __slots__ = ("data", "grad", "backend")
+
+    def __init__(self, data, backend=None):
+        self.data = data
+        self.grad = None
+        self.backend = backend
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def accumulate_grad(self, grad) -> None:
+        # Gradients from F are fresh arrays, so the first one is kept without a copy.
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad += grad
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+def to_backend_array(array, backend: str):
+    """`array` as the array kind of `backend`: CuPy for "cuda", NumPy for "numpy"/"emu"."""
+    if backend == "cuda":
+        return _backend.array_module("cuda").asarray(array)
+    return array.get() if _backend.is_cupy_array(array) else array
+
+
+def to_host(array) -> np.ndarray:
+    """A NumPy copy of a NumPy or CuPy array."""
+    return array.get() if _backend.is_cupy_array(array) else np.array(array, copy=True)
+
+
+class Module:
+    """Base class of layers, containers and losses.
+
+    Assigning a `Parameter` or a `Module` to an attribute registers it (in assignment order, which
+    fixes the order of `parameters()` and the names of `state_dict()`, e.g. "0.weight")."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "backend", None)
+        object.__setattr__(self, "_saved", None)
+
+    def __setattr__(self, name, value):
+        registries = self.__dict__.get("_parameters"), self.__dict__.get("_modules")
+        if registries[0] is None:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before "
+                                 f"assigning attributes")
+        parameters, modules = registries
+        parameters.pop(name, None)
+        modules.pop(name, None)
+        if isinstance(value, Parameter):
+            parameters[name] = value
+        elif isinstance(value, Module):
+            modules[name] = value
+        object.__setattr__(self, name, value)
+
+    # --- computation ----------------------------------------------------------------------------
+
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _saved_for_backward(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        return self._saved
+
+    # --- tree walking ---------------------------------------------------------------------------
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (module for _, module in self.named_modules())
+
+    def named_parameters(self, prefix: str = ""):
+        """(name, Parameter) pairs: a module's own parameters first, then its children's."""
+        for module_name, module in self.named_modules(prefix):
+            for name, parameter in module._parameters.items():
+                yield (f"{module_name}.{name}" if module_name else name), parameter
+
+    def parameters(self) -> list:
+        return [parameter for _, parameter in self.named_parameters()]
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters():
+            parameter.grad = None
+
+    def train(self, mode: bool = True):
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, backend: str):
+        """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays) and
+        run every later forward/backward there. Saved activations are dropped."""
+        if backend not in _backend.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
+        reason = _backend.why_unavailable(backend)
+        if reason:
+            raise RuntimeError(f"backend {backend!r} is not available: {reason}")
+        for module in self.modules():
+            object.__setattr__(module, "backend", backend)
+            object.__setattr__(module, "_saved", None)
+        for parameter in self.parameters():
+            parameter.data = to_backend_array(parameter.data, backend)
+            if parameter.grad is not None:
+                parameter.grad = to_backend_array(parameter.grad, backend)
+            parameter.backend = backend
+        return self
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of the parameters as NumPy arrays, named like PyTorch's ("0.weight")."""
+        return OrderedDict((name, to_host(parameter.data)) for name, parameter in self.named_parameters())
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Copy `state` into the parameters (strict: the same names and shapes). Every entry is
+        checked and converted before any parameter changes, so a failed load changes nothing."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict expects a mapping of names to arrays, got {type(state).__name__}")
+        own = OrderedDict(self.named_parameters())
+        missing = [name for name in own if name not in state]
+        unexpected = [name for name in state if name not in own]
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {', '.join(map(str, unexpected))}")
+        converted = []
+        for name, parameter in own.items():
+            if name not in state:
+                continue
+            value = state[name]
+            value = value.get() if _backend.is_cupy_array(value) else np.asarray(value)
+            if value.shape != tuple(parameter.data.shape):
+                problems.append(f"{name}: shape {value.shape} in the state dict, {tuple(parameter.data.shape)} "
+                                f"in the model")
+            elif value.dtype.kind not in "fiu":
+                problems.append(f"{name}: dtype {value.dtype} is not numeric")
+            else:
+                converted.append((parameter, value))
+        if problems:
+            raise ValueError(f"cannot load state dict into {type(self).__name__}: " + "; ".join(problems))
+        # Build every new array first (a device allocation may fail), then swap them all in.
+        new_arrays = [to_backend_array(np.array(value, dtype=parameter.data.dtype),
+                                       "cuda" if _backend.is_cupy_array(parameter.data) else "numpy")
+                      for parameter, value in converted]
+        for (parameter, _), array in zip(converted, new_arrays):
+            parameter.data = array
+
+    # --- printing -------------------------------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not self._modules:
+            return head + ")"
+        lines = [head]
+        for name, child in self._modules.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + "\n)"

@@ -1,0 +1,177 @@
+"""Data sets: IDX files (plain and gzipped), .npz, corrupt files, the split and the batch iterator."""
+import gzip
+
+import numpy as np
+import pytest
+
+from cnn_gpu import data
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def _write_mnist(folder, rng, gz, n_train=30, n_test=10, size=(28, 28)):
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train,) + size, dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test,) + size, dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for stem, array in arrays.items():
+        data.write_idx(folder / (stem + (".gz" if gz else "")), array)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_round_trip(tmp_path, rng, gz):
+    arrays = _write_mnist(tmp_path, rng, gz)
+    ds = data.load_mnist(tmp_path)
+    assert ds.x_train.shape == (30, 1, 28, 28) and ds.x_train.dtype == np.float32
+    assert ds.x_test.shape == (10, 1, 28, 28)
+    np.testing.assert_array_equal(ds.x_train[:, 0], arrays["train-images-idx3-ubyte"] / np.float32(255))
+    np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
+    assert ds.y_train.dtype == np.int64
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_idx_header_written_by_hand(tmp_path):
+    # A file built byte by byte (not by write_idx): magic 00 00 08 02, dims 2 x 3, big-endian.
+    payload = bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes([1, 2, 3, 4, 5, 250])
+    (tmp_path / "a.idx").write_bytes(payload)
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(payload))
+    for name in ("a.idx", "a.idx.gz"):
+        np.testing.assert_array_equal(data.read_idx(tmp_path / name), [[1, 2, 3], [4, 5, 250]])
+    # int32 big-endian elements come back in native order with their values
+    ints = bytes([0, 0, 0x0C, 1, 0, 0, 0, 2]) + (258).to_bytes(4, "big") + (-7).to_bytes(4, "big", signed=True)
+    (tmp_path / "b.idx").write_bytes(ints)
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "b.idx"), [258, -7])
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda good: b"\x08\x03" + good[2:], "bad magic"),
+    (lambda good: good[:2] + b"\x07" + good[3:], "bad magic"),
+    (lambda good: good[:-5], "size mismatch"),
+    (lambda good: good + b"\x00", "size mismatch"),
+    (lambda good: good[:6], "truncated IDX header"),
+    (lambda good: b"", "bad magic"),
+    (lambda good: gzip.compress(good)[:-8], "corrupt gzip"),
+])
+def test_corrupt_idx(tmp_path, rng, corrupt, message):
+    good_path = tmp_path / "good.idx"
+    data.write_idx(good_path, rng.integers(0, 256, (4, 5, 6), dtype=np.uint8))
+    bad_path = tmp_path / "bad.idx"
+    bad_path.write_bytes(corrupt(good_path.read_bytes()))
+    with pytest.raises(ValueError, match=message):
+        data.read_idx(bad_path)
+
+
+def test_missing_files(tmp_path, rng):
+    with pytest.raises(FileNotFoundError, match="IDX file not found"):
+        data.read_idx(tmp_path / "nope.idx")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        data.load_mnist(tmp_path / "nope")
+    _write_mnist(tmp_path, rng, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
+        data.load_mnist(tmp_path)
+
+
+def test_mnist_label_count_mismatch(tmp_path, rng):
+    _write_mnist(tmp_path, rng, gz=False)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 9, dtype=np.uint8))
+    with pytest.raises(ValueError, match="10 entries"):
+        data.load_mnist(tmp_path)
+
+
+def test_npz_split_and_presplit(tmp_path, rng):
+    x = rng.integers(0, 256, (100, 12, 10), dtype=np.uint8)
+    y = np.repeat(np.arange(5), 20)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    ds = data.load_npz(tmp_path / "a.npz")
+    assert ds.x_train.shape == (80, 1, 12, 10) and ds.x_test.shape == (20, 1, 12, 10)
+    assert ds.num_classes == 5
+    # stratified: every class keeps its 20% share in the test set
+    np.testing.assert_array_equal(np.bincount(ds.y_test), [4] * 5)
+    # the split is the same every time, and its images are the original ones
+    again = data.load_npz(tmp_path / "a.npz")
+    np.testing.assert_array_equal(ds.x_test, again.x_test)
+    all_images = {row.tobytes() for row in (x / np.float32(255)).astype(np.float32)}
+    assert all(img[0].tobytes() in all_images for img in ds.x_test)
+
+    xf = rng.standard_normal((6, 3, 4, 4)).astype(np.float64)
+    np.savez(tmp_path / "b.npz", x_train=xf, y_train=np.arange(6), x_test=xf[:2], y_test=np.array([0, 1]))
+    ds = data.load_npz(tmp_path / "b.npz")
+    np.testing.assert_array_equal(ds.x_train, xf.astype(np.float32))
+    assert ds.image_shape == (3, 4, 4) and ds.x_train.dtype == np.float32
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(images=np.zeros((4, 2, 2))), "expected arrays x and y"),
+    (dict(x=np.ones((4, 2)), y=np.arange(4)), "images must be"),
+    (dict(x=np.ones((4, 2, 2)), y=np.arange(3)), "4 entries"),
+    (dict(x=np.ones((4, 2, 2)), y=np.array([0.5, 1, 2, 3])), "non-negative integers"),
+    (dict(x=np.ones((4, 2, 2)), y=np.array([0, -1, 2, 3])), "non-negative integers"),
+])
+def test_npz_bad_contents(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        data.load_npz(tmp_path / "bad.npz")
+
+
+def test_npz_corrupt_and_missing(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        data.load_npz(tmp_path / "junk.npz")
+    with pytest.raises(FileNotFoundError):
+        data.load_npz(tmp_path / "absent.npz")
+
+
+def test_digits():
+    ds = data.load_digits()
+    assert ds.x_train.shape[1:] == (1, 8, 8) and ds.x_train.dtype == np.float32
+    assert len(ds.x_train) + len(ds.x_test) == 1797
+    assert ds.num_classes == 10 and ds.y_train.dtype == np.int64
+    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+    # stratified 20% split: every class is in the test set in proportion
+    counts = np.bincount(ds.y_test, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37
+    train_rows = {r.tobytes() for r in ds.x_train}
+    assert not any(r.tobytes() in train_rows for r in ds.x_test[:50]), "test images leaked into training"
+
+
+def test_load_dispatch(tmp_path):
+    with pytest.raises(ValueError, match="needs a path"):
+        data.load("mnist")
+    with pytest.raises(ValueError, match="unknown data set"):
+        data.load("cifar", tmp_path)
+
+
+def test_synthetic_is_seeded_and_learnable():
+    x, y = data.synthetic(n=200, channels=2, height=5, width=7, num_classes=4, seed=3)
+    x2, y2 = data.synthetic(n=200, channels=2, height=5, width=7, num_classes=4, seed=3)
+    assert x.shape == (200, 2, 5, 7) and x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    # nearest class mean separates the classes: the images carry their label
+    means = np.stack([x[y == c].mean(axis=0) for c in range(4)])
+    nearest = ((x[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4)).argmin(axis=1)
+    assert (nearest == y).mean() > 0.9
+
+
+def test_batches_cover_once_and_shuffle_by_seed(rng):
+    x = np.arange(23, dtype=np.float32)[:, None]
+    y = np.arange(23)
+    ordered = list(data.batches(x, y, 5))
+    assert [len(b[1]) for b in ordered] == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in ordered]), y)
+    first = np.concatenate([b[1] for b in data.batches(x, y, 5, np.random.default_rng(7))])
+    second = np.concatenate([b[1] for b in data.batches(x, y, 5, np.random.default_rng(7))])
+    np.testing.assert_array_equal(first, second)
+    assert sorted(first) == list(y) and not np.array_equal(first, y)
+    for xb, yb in data.batches(x, y, 4, np.random.default_rng(8)):
+        np.testing.assert_array_equal(xb[:, 0], yb)
+    assert data.num_batches(23, 5) == 5
+    with pytest.raises(ValueError, match="batch_size"):
+        list(data.batches(x, y, 0))

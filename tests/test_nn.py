@@ -1,0 +1,450 @@
+"""Layers, containers and losses: wiring to F, PyTorch's initialisation, layer-by-layer agreement
+with torch.nn (copied weights, forward and backward), whole-model finite differences, state dicts."""
+import math
+
+import numpy as np
+import pytest
+
+from cnn_gpu import functional as F
+from cnn_gpu import gradcheck, models, nn
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20260101)
+
+
+def _randn(rng, *shape, dtype=np.float64):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# --- initialisation -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, fan_in", [
+    (lambda: nn.Conv2d(16, 32, 3), 16 * 9),
+    (lambda: nn.Conv2d(12, 24, (3, 5), groups=4), 3 * 15),
+    (lambda: nn.ConvTranspose2d(20, 12, 3, groups=2), 6 * 9),   # PyTorch's fan-in: size(1) * kH * kW
+    (lambda: nn.Linear(300, 100), 300),
+])
+def test_default_init_statistics(make, fan_in):
+    nn.init.manual_seed(11)
+    layer = make()
+    bound = 1 / math.sqrt(fan_in)
+    for p in (layer.weight.data, layer.bias.data):
+        assert p.dtype == np.float32
+        assert np.abs(p).max() <= bound * (1 + 1e-6)
+    w = layer.weight.data.astype(np.float64)
+    # U(-b, b): mean 0, standard deviation b/sqrt(3), values reaching close to both ends
+    assert abs(w.mean()) < 0.1 * bound
+    assert w.std() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    assert w.max() > 0.9 * bound and w.min() < -0.9 * bound
+    assert np.unique(layer.bias.data).size == layer.bias.data.size
+
+
+def test_init_is_seeded_and_rng_overrides():
+    nn.init.manual_seed(5)
+    a = nn.Conv2d(3, 4, 3)
+    nn.init.manual_seed(5)
+    b = nn.Conv2d(3, 4, 3)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    c = nn.Conv2d(3, 4, 3)
+    assert not np.array_equal(a.weight.data, c.weight.data)
+    d, e = nn.Linear(5, 6, rng=9), nn.Linear(5, 6, rng=np.random.default_rng(9))
+    np.testing.assert_array_equal(d.weight.data, e.weight.data)
+    f64 = nn.Linear(5, 6, dtype=np.float64, rng=9)
+    assert f64.weight.dtype == np.float64
+    np.testing.assert_array_equal(f64.weight.data.astype(np.float32), d.weight.data)
+
+
+# --- wiring: a layer is its F call --------------------------------------------------------------
+
+def test_layers_call_F_with_their_arguments(rng):
+    x = _randn(rng, 2, 4, 9, 8)
+    conv = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2, dtype=np.float64)
+    y = conv(x)
+    np.testing.assert_array_equal(y, F.conv2d(x, conv.weight.data, conv.bias.data, (2, 1), (1, 2), (2, 1), 2))
+    dy = _randn(rng, *y.shape)
+    dx = conv.backward(dy)
+    ref = F.conv2d_backward(dy, x, conv.weight.data, (2, 1), (1, 2), (2, 1), 2)
+    for got, want in zip((dx, conv.weight.grad, conv.bias.grad), ref):
+        np.testing.assert_array_equal(got, want)
+
+    tconv = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=1,
+                               dtype=np.float64)
+    y = tconv(x)
+    np.testing.assert_array_equal(y, F.conv_transpose2d(x, tconv.weight.data, tconv.bias.data, 2, 1, 1, 1, 2))
+    dy = _randn(rng, *y.shape)
+    dx = tconv.backward(dy)
+    ref = F.conv_transpose2d_backward(dy, x, tconv.weight.data, 2, 1, 1, 1, 2)
+    for got, want in zip((dx, tconv.weight.grad, tconv.bias.grad), ref):
+        np.testing.assert_array_equal(got, want)
+
+    pool = nn.MaxPool2d(3, stride=2, padding=1, dilation=1, ceil_mode=True)
+    y = pool(x)
+    y_ref, indices = F.max_pool2d(x, 3, 2, 1, 1, True)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = _randn(rng, *y.shape)
+    np.testing.assert_array_equal(pool.backward(dy), F.max_pool2d_backward(dy, indices, x.shape, 3, 2, 1, 1, True))
+
+    avg = nn.AvgPool2d((2, 3), stride=(1, 2), padding=(1, 1), ceil_mode=True, count_include_pad=False)
+    y = avg(x)
+    np.testing.assert_array_equal(y, F.avg_pool2d(x, (2, 3), (1, 2), (1, 1), True, False))
+    dy = _randn(rng, *y.shape)
+    np.testing.assert_array_equal(avg.backward(dy), F.avg_pool2d_backward(dy, x.shape, (2, 3), (1, 2), (1, 1),
+                                                                          True, False))
+
+    leaky = nn.LeakyReLU(0.2)
+    np.testing.assert_array_equal(leaky(x), F.leaky_relu(x, 0.2))
+    np.testing.assert_array_equal(leaky.backward(x[::-1]), F.leaky_relu_backward(x[::-1], x, 0.2))
+
+
+def test_model_on_a_backend_passes_it_to_every_F_call(monkeypatch, rng):
+    seen = []
+
+    def spy(name):
+        real = getattr(F, name)
+
+        def call(*args, backend=None, **kwargs):
+            seen.append((name, backend))
+            return real(*args, backend="numpy", **kwargs)
+        return call
+
+    model = models.small_cnn((1, 8, 8), 10, filters=4, dtype=np.float64, rng=0)
+    loss_fn = nn.CrossEntropyLoss()
+    import cnn_gpu.nn.layers as layers
+    import cnn_gpu.nn.loss as loss_module
+    for name in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "linear", "linear_backward"):
+        monkeypatch.setattr(layers.F, name, spy(name))
+    monkeypatch.setattr(layers.ReLU, "_forward", staticmethod(spy("relu")))
+    monkeypatch.setattr(layers.ReLU, "_backward", staticmethod(spy("relu_backward")))
+    monkeypatch.setattr(loss_module.CrossEntropyLoss, "_loss", staticmethod(spy("cross_entropy")))
+    monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
+    model.to("emu")
+    loss_fn.to("emu")
+    assert all(p.backend == "emu" for p in model.parameters())
+    loss_fn(model(_randn(rng, 3, 1, 8, 8)), np.array([1, 2, 3]))
+    model.backward(loss_fn.backward())
+    assert {name for name, _ in seen} == {"conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+                                          "linear", "linear_backward", "relu", "relu_backward", "cross_entropy"}
+    assert {backend for _, backend in seen} == {"emu"}
+
+
+# --- against torch.nn, layer by layer -----------------------------------------------------------
+
+def _torch_pairs():
+    """(our layer, the torch.nn layer with the same arguments, input shape)."""
+    import torch
+    return [
+        (nn.Conv2d(3, 4, 3, dtype=np.float64), torch.nn.Conv2d(3, 4, 3), (2, 3, 7, 6)),
+        (nn.Conv2d(4, 6, (2, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, dtype=np.float64),
+         torch.nn.Conv2d(4, 6, (2, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2), (3, 4, 6, 7)),
+        (nn.Conv2d(4, 4, 3, padding="same", groups=4, bias=False, dtype=np.float64),
+         torch.nn.Conv2d(4, 4, 3, padding="same", groups=4, bias=False), (2, 4, 5, 5)),
+        (nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dtype=np.float64),
+         torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2), (2, 4, 5, 4)),
+        (nn.ConvTranspose2d(3, 2, (2, 3), dilation=2, bias=False, dtype=np.float64),
+         torch.nn.ConvTranspose2d(3, 2, (2, 3), dilation=2, bias=False), (1, 3, 4, 5)),
+        (nn.Linear(7, 5, dtype=np.float64), torch.nn.Linear(7, 5), (4, 7)),
+        (nn.Linear(7, 5, bias=False, dtype=np.float64), torch.nn.Linear(7, 5, bias=False), (3, 7)),
+        (nn.MaxPool2d(2), torch.nn.MaxPool2d(2), (2, 3, 6, 7)),
+        (nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+         (2, 2, 7, 8)),
+        (nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+         torch.nn.AvgPool2d(3, 2, 1, count_include_pad=False), (2, 2, 7, 8)),
+        (nn.ReLU(), torch.nn.ReLU(), (3, 4, 5)),
+        (nn.LeakyReLU(0.1), torch.nn.LeakyReLU(0.1), (3, 4, 5)),
+        (nn.Sigmoid(), torch.nn.Sigmoid(), (3, 4, 5)),
+        (nn.Tanh(), torch.nn.Tanh(), (3, 4, 5)),
+        (nn.Flatten(), torch.nn.Flatten(), (2, 3, 4, 5)),
+        (nn.Flatten(0, 2), torch.nn.Flatten(0, 2), (2, 3, 4, 5)),
+    ]
+
+
+def _copy_weights_to_torch(ours, theirs):
+    import torch
+    theirs.double()
+    with torch.no_grad():
+        for name, value in ours.state_dict().items():
+            theirs.get_parameter(name).copy_(torch.from_numpy(value))
+
+
+def _compare_with_torch(ours, theirs, x, rng, rtol=1e-11):
+    import torch
+    _copy_weights_to_torch(ours, theirs)
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    ty = theirs(tx)
+    y = ours(x)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=rtol, atol=rtol)
+    dy = _randn(rng, *y.shape)
+    ty.backward(torch.from_numpy(dy))
+    ours.zero_grad()
+    dx = ours.backward(dy)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=rtol, atol=rtol)
+    grads = dict(ours.named_parameters())
+    for name, tp in theirs.named_parameters():
+        np.testing.assert_allclose(grads[name].grad, tp.grad.numpy(), rtol=rtol, atol=rtol, err_msg=name)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("index", range(16))
+def test_layer_matches_torch(index, rng):
+    pytest.importorskip("torch", reason="torch is not installed")
+    ours, theirs, shape = _torch_pairs()[index]
+    _compare_with_torch(ours, theirs, _randn(rng, *shape), rng)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_models_match_torch(name, rng):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    ours = models.build(name, (1, 10, 9), 7, dtype=np.float64, rng=3)
+    theirs = _torch_model(torch, ours)
+    _compare_with_torch(ours, theirs, _randn(rng, 3, 1, 10, 9), rng)
+
+
+def _torch_model(torch, module):
+    """The torch.nn twin of one of our modules (same structure and names, untrained weights)."""
+    if isinstance(module, nn.Sequential):
+        return torch.nn.Sequential(*[_torch_model(torch, m) for m in module])
+    if isinstance(module, nn.Residual):
+        class TorchResidual(torch.nn.Module):
+            def __init__(self, block, shortcut):
+                super().__init__()
+                self.block, self.shortcut = block, shortcut
+
+            def forward(self, x):
+                return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+        return TorchResidual(_torch_model(torch, module.block),
+                             None if module.shortcut is None else _torch_model(torch, module.shortcut))
+    if isinstance(module, nn.Conv2d):
+        return torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                               module.padding, module.dilation, module.groups, module.bias is not None)
+    if isinstance(module, nn.Linear):
+        return torch.nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    if isinstance(module, nn.MaxPool2d):
+        return torch.nn.MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
+                                  ceil_mode=module.ceil_mode)
+    if isinstance(module, nn.AvgPool2d):
+        return torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                                  module.count_include_pad)
+    return {nn.ReLU: torch.nn.ReLU, nn.Flatten: torch.nn.Flatten}[type(module)]()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("loss_name", ["CrossEntropyLoss", "MSELoss"])
+def test_losses_match_torch(loss_name, rng):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pred = _randn(rng, 6, 5)
+    target = rng.integers(0, 5, 6) if loss_name == "CrossEntropyLoss" else _randn(rng, 6, 5)
+    ours = getattr(nn, loss_name)()
+    loss = ours(pred, target)
+    assert isinstance(loss, float)
+    tp = torch.from_numpy(pred.copy()).requires_grad_(True)
+    tl = getattr(torch.nn, loss_name)()(tp, torch.from_numpy(target))
+    tl.backward()
+    assert loss == pytest.approx(tl.item(), rel=1e-12)
+    np.testing.assert_allclose(ours.backward(), tp.grad.numpy(), rtol=1e-11, atol=1e-14)
+
+
+# --- finite differences of whole models ---------------------------------------------------------
+
+@pytest.mark.parametrize("name, shape", [("cnn", (2, 2, 8, 9)), ("resnet", (2, 2, 6, 5))])
+def test_whole_model_finite_differences(name, shape, rng):
+    """Central differences in float64 (cnn_gpu.gradcheck) for the input and every parameter."""
+    model = models.build(name, shape[1:], 4, dtype=np.float64, rng=1, filters=4)
+    x = _randn(rng, *shape)
+    labels = rng.integers(0, 4, shape[0])
+    before = model.state_dict()
+    report = gradcheck.check_model(model, nn.CrossEntropyLoss(), x, labels)
+    assert report.max_rel_error < 1e-6, report
+    assert report.checks > 3 * len(before)
+    for key, value in model.state_dict().items():   # the check restores the parameters exactly
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_whole_model_check_catches_a_wrong_gradient(rng, monkeypatch):
+    """The finite-difference check above can fail: a bias gradient off by 1% is caught."""
+    model = models.build("cnn", (1, 8, 8), 3, dtype=np.float64, rng=1)
+    real_backward = nn.Linear.backward
+
+    def skewed(self, dy):
+        dx = real_backward(self, dy)
+        self.bias.grad *= 1.01
+        return dx
+    monkeypatch.setattr(nn.Linear, "backward", skewed)
+    report = gradcheck.check_model(model, nn.CrossEntropyLoss(), _randn(rng, 2, 1, 8, 8), np.array([0, 2]))
+    assert report.max_rel_error > 1e-3
+
+
+# --- containers ---------------------------------------------------------------------------------
+
+def test_residual_backward_sums_both_paths(rng):
+    x = _randn(rng, 2, 3, 5, 5)
+    block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, dtype=np.float64, rng=1), nn.Tanh())
+    residual = nn.Residual(block)
+    y = residual(x)
+    np.testing.assert_allclose(y, block(x) + x, rtol=1e-15)
+    dy = _randn(rng, *y.shape)
+    dx = residual.backward(dy)
+    block.zero_grad()
+    block(x)
+    np.testing.assert_allclose(dx, block.backward(dy) + dy, rtol=1e-14)
+
+    shortcut = nn.Conv2d(3, 6, 1, stride=2, dtype=np.float64, rng=2)
+    block = nn.Conv2d(3, 6, 3, stride=2, padding=1, dtype=np.float64, rng=3)
+    residual = nn.Residual(block, shortcut)
+    assert list(residual.state_dict()) == ["block.weight", "block.bias", "shortcut.weight", "shortcut.bias"]
+    y = residual(x)
+    dy = _randn(rng, *y.shape)
+    residual.zero_grad()
+    dx = residual.backward(dy)
+    ref_block = F.conv2d_backward(dy, x, block.weight.data, 2, 1)
+    ref_short = F.conv2d_backward(dy, x, shortcut.weight.data, 2, 0)
+    np.testing.assert_allclose(dx, ref_block[0] + ref_short[0], rtol=1e-13)
+    np.testing.assert_array_equal(shortcut.weight.grad, ref_short[1])
+
+    with pytest.raises(ValueError, match="shortcut"):
+        nn.Residual(nn.Conv2d(3, 4, 1, dtype=np.float64))(x)
+    with pytest.raises(TypeError, match="Module"):
+        nn.Residual(np.tanh)
+
+
+def test_sequential_indexing_and_names():
+    seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert len(seq) == 3 and isinstance(seq[1], nn.ReLU) and seq[-1] is seq[2]
+    assert len(seq[:2]) == 2 and seq[:2][0] is seq[0]
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [p for p in seq.parameters()] == [seq[0].weight, seq[0].bias, seq[2].weight, seq[2].bias]
+    with pytest.raises(TypeError, match="Modules"):
+        nn.Sequential(nn.ReLU(), "relu")
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    layer = nn.Linear(3, 2, dtype=np.float64, rng=0)
+    x, dy = _randn(rng, 4, 3), _randn(rng, 4, 2)
+    layer(x)
+    layer.backward(dy)
+    once = layer.weight.grad.copy()
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-15)
+    layer.zero_grad()
+    assert layer.weight.grad is None and layer.bias.grad is None
+
+
+def test_train_eval_flags():
+    model = models.small_resnet(rng=0)
+    assert all(m.training for m in model.modules())
+    assert model.eval() is model
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+# --- state dicts --------------------------------------------------------------------------------
+
+def test_state_dict_round_trip_is_exact():
+    a = models.small_resnet((3, 8, 8), 5, rng=1)
+    b = models.small_resnet((3, 8, 8), 5, rng=2)
+    state = a.state_dict()
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in state.values())
+    b.load_state_dict(state)
+    for (name, va), (name_b, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert name == name_b
+        np.testing.assert_array_equal(va, vb)
+    # copies, both ways: changing the dict or the source model does not reach the loaded one
+    state["0.weight"][...] = 7
+    a.parameters()[0].data[...] = 8
+    assert not np.any(b.parameters()[0].data == 7) and not np.any(b.parameters()[0].data == 8)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("3.bias"), "missing keys: 3.bias"),
+    (lambda s: s.update(extra=np.zeros(2)), "unexpected keys: extra"),
+    (lambda s: s.update({"7.weight": np.zeros((10, 64), np.float32)}), r"7.weight: shape \(10, 64\)"),
+    (lambda s: s.update({"0.bias": np.full(s["0.bias"].shape, "a")}), "not numeric"),
+])
+def test_load_state_dict_errors_change_nothing(edit, message):
+    model = models.small_cnn(rng=4)
+    before = model.state_dict()
+    state = models.small_cnn(rng=5).state_dict()
+    edit(state)
+    with pytest.raises(ValueError, match=message):
+        model.load_state_dict(state)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_load_state_dict_needs_a_mapping():
+    with pytest.raises(TypeError, match="mapping"):
+        models.small_cnn().load_state_dict([1, 2])
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
+    (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, "divisible by groups"),
+    (lambda: nn.Conv2d(3, 4, 0), ValueError, "kernel_size"),
+    (lambda: nn.Conv2d(3, 4, 3, padding=-1), ValueError, "padding"),
+    (lambda: nn.Conv2d(3, 4, 3, padding="same", stride=2), ValueError, "stride 1"),
+    (lambda: nn.Conv2d(3, 4, 2, padding="same"), ValueError, "asymmetric"),
+    (lambda: nn.Conv2d(3, 4, 3, padding_mode="reflect"), ValueError, "padding_mode"),
+    (lambda: nn.Conv2d(3, 4, 3, dtype=np.float16), TypeError, "float32 or float64"),
+    (lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, output_padding=2), ValueError, "output_padding"),
+    (lambda: nn.Linear(3, 2.5), ValueError, "out_features"),
+    (lambda: nn.Linear(3, 2, rng="seed"), TypeError, "rng"),
+    (lambda: nn.MaxPool2d((2, 2, 2)), ValueError, "kernel_size"),
+])
+def test_constructor_errors(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_backward_before_forward():
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.Linear(2, 2).backward(np.ones((1, 2), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.CrossEntropyLoss().backward()
+
+
+def test_flatten_bad_dims():
+    with pytest.raises(ValueError, match="Flatten"):
+        nn.Flatten(2, 1)(np.ones((2, 3, 4)))
+
+
+def test_to_unknown_or_unavailable_backend(monkeypatch):
+    model = models.small_cnn()
+    with pytest.raises(ValueError, match="unknown backend"):
+        model.to("gpu")
+    monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "CuPy sees no GPU" if name == "cuda" else "")
+    with pytest.raises(RuntimeError, match="CuPy sees no GPU"):
+        model.to("cuda")
+    assert model.to("numpy") is model and model.backend == "numpy"
+
+
+def test_module_subclass_must_call_init():
+    class Broken(nn.Module):
+        def __init__(self):
+            self.layer = nn.ReLU()
+    with pytest.raises(AttributeError, match="super"):
+        Broken()
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_float32_models_stay_float32(name, rng):
+    model = models.build(name, (2, 8, 8), 5, rng=0, filters=4)
+    loss_fn = nn.CrossEntropyLoss()
+    x = _randn(rng, 3, 2, 8, 8, dtype=np.float32)
+    logits = model(x)
+    assert logits.dtype == np.float32 and logits.shape == (3, 5)
+    loss_fn(logits, np.array([0, 4, 2]))
+    dx = model.backward(loss_fn.backward())
+    assert dx.dtype == np.float32 and dx.shape == x.shape
+    assert all(p.grad.dtype == np.float32 and p.grad.shape == p.data.shape for p in model.parameters())
+
+
+def test_model_builders_reject_tiny_images():
+    with pytest.raises(ValueError, match="at least 4x4"):
+        models.small_cnn((1, 3, 8))
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build("vgg", (1, 8, 8), 10)

@@ -1,0 +1,227 @@
+"""Optimizers: step by step against torch.optim (when importable) and against updates computed
+by hand; state_dict round trip; argument checks."""
+
+import numpy as np
+import pytest
+
+from cnn_gpu import optim
+from cnn_gpu.nn import Parameter
+
+
+def _params(rng, dtype=np.float64, shapes=((3, 4), (5,))):
+    return [Parameter(rng.standard_normal(s).astype(dtype)) for s in shapes]
+
+
+def _grads(rng, params, steps):
+    return [[rng.standard_normal(p.shape).astype(p.dtype) for p in params] for _ in range(steps)]
+
+
+def _run(optimizer, params, grads):
+    history = []
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.copy()
+        optimizer.step()
+        history.append([p.data.copy() for p in params])
+    return history
+
+
+SGD_CONFIGS = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.8, weight_decay=0.01),
+               dict(lr=0.02, momentum=0.9, nesterov=True), dict(lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True)]
+ADAM_CONFIGS = [dict(), dict(lr=0.01), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6),
+                dict(lr=0.01, weight_decay=0.05)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, config", [("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_matches_torch_step_by_step(kind, config, dtype, rtol):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    rng = np.random.default_rng(42)
+    params = _params(rng, dtype)
+    grads = _grads(rng, params, 6)
+    torch_params = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    torch_opt = getattr(torch.optim, kind)(torch_params, **config)
+    ours = _run(getattr(optim, kind)(params, **config), params, grads)
+    for step, step_grads in enumerate(grads):
+        for tp, g in zip(torch_params, step_grads):
+            tp.grad = torch.from_numpy(g.copy())
+        torch_opt.step()
+        for ours_p, tp in zip(ours[step], torch_params):
+            assert ours_p.dtype == dtype
+            np.testing.assert_allclose(ours_p, tp.detach().numpy(), rtol=rtol, atol=rtol,
+                                       err_msg=f"{kind}{config} step {step + 1}")
+
+
+def test_sgd_by_hand():
+    rng = np.random.default_rng(0)
+    lr, mom, wd = 0.1, 0.9, 0.01
+    p0 = rng.standard_normal(4)
+    g1, g2 = rng.standard_normal(4), rng.standard_normal(4)
+    param = Parameter(p0.copy())
+    opt = optim.SGD([param], lr=lr, momentum=mom, weight_decay=wd)
+    history = _run(opt, [param], [[g1], [g2]])
+    d1 = g1 + wd * p0                      # first step: the buffer is the gradient itself
+    p1 = p0 - lr * d1
+    d2 = g2 + wd * p1
+    p2 = p1 - lr * (mom * d1 + d2)
+    np.testing.assert_allclose(history[0][0], p1, rtol=1e-14)
+    np.testing.assert_allclose(history[1][0], p2, rtol=1e-14)
+    # Nesterov: the step is g + momentum * buf
+    param = Parameter(p0.copy())
+    history = _run(optim.SGD([param], lr=lr, momentum=mom, nesterov=True), [param], [[g1], [g2]])
+    p1 = p0 - lr * (g1 + mom * g1)
+    buf = mom * g1 + g2
+    np.testing.assert_allclose(history[1][0], p1 - lr * (g2 + mom * buf), rtol=1e-14)
+
+
+def test_adam_by_hand():
+    rng = np.random.default_rng(1)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    p = p_initial = rng.standard_normal(5)
+    param = Parameter(p.copy())
+    grads = [[rng.standard_normal(5)] for _ in range(3)]
+    history = _run(optim.Adam([param], lr=lr), [param], grads)
+    m = v = np.zeros(5)
+    for t, (g,) in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(history[t - 1][0], p, rtol=1e-12)
+    # the first Adam step moves every coordinate by about lr (sign of the gradient)
+    np.testing.assert_allclose(np.abs(history[0][0] - p_initial), lr, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+                                          ("Adam", dict(lr=0.01, weight_decay=0.01))])
+def test_state_dict_resume_is_bit_identical(kind, config):
+    rng = np.random.default_rng(3)
+    params = _params(rng, np.float32)
+    grads = _grads(rng, params, 6)
+    start = [p.data.copy() for p in params]
+    straight = _run(getattr(optim, kind)(params, **config), params, grads)[-1]
+
+    for p, s in zip(params, start):
+        p.data = s.copy()
+    first = getattr(optim, kind)(params, **config)
+    _run(first, params, grads[:3])
+    saved = first.state_dict()
+    saved_copy = [{k: np.copy(v) for k, v in entry.items()} for entry in saved["state"]]
+    resumed = getattr(optim, kind)(params, **config)
+    resumed.load_state_dict(saved)
+    resumed_end = _run(resumed, params, grads[3:])[-1]
+    for a, b in zip(straight, resumed_end):
+        np.testing.assert_array_equal(a, b)
+    # the saved state is a copy: the resumed optimizer stepping on did not change it
+    for entry, copy in zip(saved["state"], saved_copy):
+        for key in copy:
+            np.testing.assert_array_equal(entry[key], copy[key])
+
+
+def test_zero_grad_and_skipping_params_without_grad():
+    rng = np.random.default_rng(5)
+    a, b = _params(rng)
+    before = b.data.copy()
+    opt = optim.SGD([a, b], lr=0.1, momentum=0.9)
+    a.grad = np.ones_like(a.data)
+    opt.step()
+    np.testing.assert_array_equal(b.data, before)   # no gradient: untouched, as in PyTorch
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+
+
+def test_lr_change_through_param_groups():
+    param = Parameter(np.zeros(3))
+    opt = optim.SGD([param], lr=1.0)
+    opt.param_groups[0]["lr"] = 0.25
+    param.grad = np.array([1.0, 2.0, 4.0])
+    opt.step()
+    np.testing.assert_array_equal(param.data, [-0.25, -0.5, -1.0])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: optim.SGD(p, lr=-1), "learning rate"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), "momentum"),
+    (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "nesterov"),
+    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1), "weight_decay"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "betas"),
+    (lambda p: optim.Adam(p, eps=-1), "eps"),
+    (lambda p: optim.Adam([], lr=0.1), "empty parameter list"),
+    (lambda p: optim.Adam(p, backend="gpu"), "unknown backend"),
+])
+def test_bad_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(_params(np.random.default_rng(0)))
+
+
+def test_params_must_be_parameters():
+    with pytest.raises(TypeError, match="Parameter"):
+        optim.SGD([np.zeros(3)], lr=0.1)
+
+
+def test_gradient_shape_mismatch():
+    param = Parameter(np.zeros((2, 3)))
+    param.grad = np.zeros(6)
+    with pytest.raises(ValueError, match="gradient shape"):
+        optim.Adam([param]).step()
+
+
+def test_load_state_dict_checks_shapes():
+    rng = np.random.default_rng(6)
+    params = _params(rng)
+    opt = optim.Adam(params)
+    for p in params:
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    saved = opt.state_dict()
+    other = optim.Adam(_params(rng, shapes=((4, 3), (5,))))
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state_dict(saved)
+    with pytest.raises(ValueError, match="parameter states"):
+        optim.Adam(_params(rng, shapes=((3, 4),))).load_state_dict(saved)
+    with pytest.raises(ValueError, match="another optimizer"):
+        optim.SGD(params, lr=0.1, momentum=0.9).load_state_dict(saved)
+
+
+def test_kernel_backends_use_the_fused_step(monkeypatch):
+    """Parameters moved to a kernel backend go through cnn_gpu.gpu.optim with the same arguments
+    the NumPy update gets (the dispatch is checked here; the kernels by their own tests)."""
+    import sys
+    import types
+    calls = []
+    fake = types.ModuleType("cnn_gpu.gpu.optim")
+    fake.sgd_step = lambda *args: calls.append(("sgd",) + args)
+    fake.adam_step = lambda *args: calls.append(("adam",) + args)
+    monkeypatch.setitem(sys.modules, "cnn_gpu.gpu.optim", fake)
+    monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
+    param = Parameter(np.ones(3), backend="emu")
+    param.grad = np.full(3, 2.0)
+    optim.SGD([param], lr=0.5, momentum=0.9).step()
+    optim.Adam([param], lr=0.1).step()
+    assert calls[0][:2] == ("sgd", "emu") and calls[0][2] is param.data and calls[0][5:] == (0.5, 0.9, 0.0, False, True)
+    assert calls[1][:2] == ("adam", "emu") and calls[1][6:] == (1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    # the optimizer's own backend argument overrides the parameter's
+    optim.SGD([param], lr=0.5, backend="numpy").step()
+    assert len(calls) == 2
+    np.testing.assert_array_equal(param.data, [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),
+                                          ("SGD", dict(lr=0.1)),
+                                          ("Adam", dict(lr=0.01, weight_decay=0.01))])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_emu_kernels_match_numpy(kind, config, dtype, rtol):
+    """The same steps on the "emu" backend (the fused CUDA kernels on the CPU) and on NumPy."""
+    from cnn_gpu.backend import why_unavailable
+    if why_unavailable("emu"):
+        pytest.skip(f"emu backend unavailable: {why_unavailable('emu')}")
+    rng = np.random.default_rng(8)
+    numpy_params = _params(rng, dtype, shapes=((7, 5), (300,)))
+    emu_params = [Parameter(p.data.copy(), backend="emu") for p in numpy_params]
+    grads = _grads(rng, numpy_params, 4)
+    expected = _run(getattr(optim, kind)(numpy_params, **config), numpy_params, grads)
+    got = _run(getattr(optim, kind)(emu_params, **config), emu_params, grads)
+    for step, (e_step, g_step) in enumerate(zip(expected, got)):
+        for e, g in zip(e_step, g_step):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol, err_msg=f"{kind} step {step + 1}")
