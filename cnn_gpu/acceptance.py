@@ -1,0 +1,249 @@
+"""GPU acceptance in one command (`make gpu-check` / scripts/gpu_check.sh / python -m cnn_gpu.acceptance).
+
+On a machine with an NVIDIA GPU and CuPy (CUDA 12 or 13 build; no network needed) it runs, each in
+its own process so one crash does not hide the rest:
+
+  1. the CUDA test sweep            pytest -m gpu tests benchmarks
+  2. the op cross-check             cnn-gpu check --device cuda --thorough   (float64, then float32)
+  3. the kernel resource report     cnn-gpu kernels
+  4. the benchmark                  cnn-gpu bench --shapes resnet            (with PyTorch when present)
+  5. a short training run           cnn-gpu train --device cuda --epochs 2
+
+and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
+whose path it prints. Exit status: 0 all steps passed, 1 a step failed, 2 no usable GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTEST_NO_TESTS = 5   # pytest's exit status when nothing was collected
+NO_GPU_HINT = ("gpu-check proves the CUDA kernels on an NVIDIA GPU. On a machine without one, "
+               "`make test` and `cnn-gpu check --device emu` check the same kernels on the CPU emulator.")
+
+
+def gpu_problem() -> str:
+    """Why this process cannot use a GPU through CuPy ("" when it can)."""
+    try:
+        import cupy
+    except Exception as err:  # not installed, or a build for another CUDA version
+        return (f"CuPy does not import in {sys.executable} ({type(err).__name__}: {err}); install the build "
+                f"for the machine's CUDA: pip install 'cnn_gpu[cuda12]' or 'cnn_gpu[cuda13]'")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # no driver, or the driver is older than CuPy's CUDA
+        return f"CuPy {cupy.__version__} finds no usable NVIDIA driver/GPU ({type(err).__name__}: {err})"
+    if count < 1:
+        return f"CuPy {cupy.__version__} sees no GPU"
+    return ""
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def environment() -> list[tuple[str, str]]:
+    """(name, value) facts about the GPU, driver, CUDA, CuPy, PyTorch and the checkout."""
+    import cupy
+    import numpy as np
+
+    from .bench import gpu_info
+    facts = []
+    info = gpu_info()
+    facts.append(("GPU", f"{info['name']} (compute capability {info['compute_capability']}, {info['sms']} SMs, "
+                         f"{info['memory_gib']} GiB, {info['clock_mhz']:.0f} MHz)"))
+    if "peak_gflops" in info:
+        peak = info["peak_gflops"]
+        facts.append(("fp32 / fp64 peak", f"{peak['float32'] / 1e3:.1f} / {peak['float64'] / 1e3:.1f} TFLOP/s "
+                                          f"(SMs x clock x lanes)"))
+    runtime = cupy.cuda.runtime
+    facts.append(("driver (CUDA API)", _cuda_version(runtime.driverGetVersion())))
+    facts.append(("CUDA runtime (CuPy)", _cuda_version(runtime.runtimeGetVersion())))
+    try:
+        major, minor = cupy.cuda.nvrtc.getVersion()
+        facts.append(("NVRTC", f"{major}.{minor}"))
+    except Exception as err:  # NVRTC missing: the kernels step will say more
+        facts.append(("NVRTC", f"unavailable ({err})"))
+    facts.append(("CuPy", cupy.__version__))
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        result = subprocess.run([smi, "--query-gpu=name,driver_version,power.limit,clocks.max.sm",
+                                 "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
+        if result.returncode == 0:
+            facts.append(("nvidia-smi", result.stdout.strip().replace("\n", "; ")))
+    try:
+        import torch
+        cuda = torch.version.cuda or "none"
+        cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+        facts.append(("PyTorch", f"{torch.__version__} (CUDA {cuda}, cuDNN {cudnn}, "
+                                 f"GPU {'visible' if torch.cuda.is_available() else 'not visible'})"))
+    except ImportError:
+        facts.append(("PyTorch", "not installed (no cuDNN comparison)"))
+    facts.append(("Python / NumPy", f"{platform.python_version()} / {np.__version__}"))
+    facts.append(("host", f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs"))
+    git = shutil.which("git")
+    if git and Path(".git").exists():
+        head = subprocess.run([git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run([git, "status", "--porcelain"], capture_output=True, text=True)
+        if head.returncode == 0:
+            facts.append(("commit", head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip()
+                                                           else "")))
+    return facts
+
+
+@dataclass
+class Step:
+    title: str
+    command: list
+    timeout_s: int
+    returncode: int | None = None
+    seconds: float = 0.0
+    stdout: str = ""
+    stderr: str = ""
+    skipped: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.skipped:
+            return "SKIPPED"
+        return "PASS" if self.returncode == 0 else "FAIL"
+
+
+def _pump(stream, sink, chunks):
+    for line in iter(stream.readline, ""):
+        chunks.append(line)
+        sink.write(line)
+        sink.flush()
+    stream.close()
+
+
+def run_step(step: Step) -> Step:
+    """Run the step's command, echoing its output live and keeping a copy for the report."""
+    print(f"\n=== {step.title}: {' '.join(step.command)}", flush=True)
+    start = time.perf_counter()
+    out, err = [], []
+    process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               errors="replace")
+    pumps = [threading.Thread(target=_pump, args=(process.stdout, sys.stdout, out), daemon=True),
+             threading.Thread(target=_pump, args=(process.stderr, sys.stderr, err), daemon=True)]
+    for pump in pumps:
+        pump.start()
+    try:
+        step.returncode = process.wait(timeout=step.timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        step.returncode = process.wait()
+        err.append(f"\ngpu-check: killed after {step.timeout_s} s\n")
+    for pump in pumps:
+        pump.join()
+    step.seconds = time.perf_counter() - start
+    step.stdout, step.stderr = "".join(out), "".join(err)
+    print(f"=== {step.title}: {step.status} ({step.seconds:.0f} s)", flush=True)
+    return step
+
+
+def _clean(text: str, last_lines: int | None = None) -> str:
+    """Output without progress-bar redraws (keep what follows the last carriage return of a line)."""
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if last_lines is not None:
+        lines = lines[-last_lines:]
+    return "\n".join(lines)
+
+
+def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
+    cli = [python, "-m", "cnn_gpu"]
+    mode = "--quick" if quick else "--thorough"
+    bench = cli + ["bench", "--shapes", "tiny" if quick else "resnet", "--markdown", "--no-progress",
+                   "--json", str(out_dir / "bench.json"), "--csv", str(out_dir / "bench.csv")]
+    try:
+        import matplotlib  # noqa: F401
+        bench += ["--plot", str(out_dir / "bench.png")]
+    except ImportError:
+        pass
+    tests = [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests", "benchmarks"]
+    result = [
+        Step("CUDA test sweep", tests, 3600),
+        Step("check float64", cli + ["check", "--device", "cuda", mode, "--markdown",
+                                     "--json", str(out_dir / "check-float64.json")], 1800),
+        Step("check float32", cli + ["check", "--device", "cuda", mode, "--dtype", "float32", "--markdown",
+                                     "--json", str(out_dir / "check-float32.json")], 1800),
+        Step("kernels", cli + ["kernels"], 900),
+        Step("bench", bench, 3600),
+        Step("train", cli + ["train", "--device", "cuda", "--epochs", "2"]
+             + (["--max-batches", "5"] if quick else []), 900),
+    ]
+    if not Path("tests").is_dir():
+        result[0].skipped = "no tests/ folder here (run gpu-check from a checkout to include the test sweep)"
+    return result
+
+
+def write_report(path: Path, facts, done: list[Step], started: str) -> None:
+    from .bench import write_text
+    passed = all(s.status != "FAIL" for s in done)
+    lines = ["# cnn_gpu GPU acceptance report", "",
+             f"{started} UTC. Overall: **{'PASS' if passed else 'FAIL'}**", "",
+             "| step | result | exit | seconds |", "|---|---|---:|---:|"]
+    lines += [f"| {s.title} | {s.status} | {'' if s.returncode is None else s.returncode} | {s.seconds:.0f} |"
+              for s in done]
+    lines += ["", "## Environment", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in facts]
+    for step in done:
+        lines += ["", f"## {step.title}: {step.status}", "", f"`{' '.join(step.command)}`", ""]
+        if step.skipped:
+            lines += [step.skipped]
+            continue
+        output = _clean(step.stdout)
+        # check and bench print markdown tables (--markdown); other output goes in a code block
+        lines += [output] if "--markdown" in step.command else ["```", output or "(no output)", "```"]
+        if step.returncode == PYTEST_NO_TESTS and step.command[1:3] == ["-m", "pytest"]:
+            lines += ["", "pytest collected no test marked `gpu`: the CUDA kernels were not exercised by the suite."]
+        if step.status == "FAIL":
+            lines += ["", "stderr (last 60 lines):", "", "```", _clean(step.stderr, 60) or "(empty)", "```"]
+    plot = path.parent / "bench.png"
+    if plot.exists():
+        lines += ["", f"![time per op and device]({plot.name})"]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", metavar="DIR", help="folder for the report and the bench/check files "
+                                                     "(default: gpu-check-<UTC time>/)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a fast rehearsal: check --quick, tiny bench shapes, a few training batches")
+    args = parser.parse_args(argv)
+
+    problem = gpu_problem()
+    if problem:
+        print(f"gpu-check: no usable NVIDIA GPU: {problem}.\n{NO_GPU_HINT}", file=sys.stderr)
+        return 2
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    out_dir = Path(args.out or f"gpu-check-{started.replace(' ', '-').replace(':', '')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "gpu-check-report.md"
+    facts = environment()
+    print("\n".join(f"{name}: {value}" for name, value in facts), flush=True)
+    done = []
+    for step in steps(sys.executable, out_dir, args.quick):
+        done.append(step if step.skipped else run_step(step))
+        write_report(report, facts, done, started)   # a report exists even if a later step hangs
+    failed = [s.title for s in done if s.status == "FAIL"]
+    print(f"\ngpu-check: {len(done) - len(failed)} of {len(done)} steps passed"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"gpu-check: report written to {report.resolve()}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""`cnn-gpu check`: every op's forward and backward on a device against NumPy float64 and finite differences."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .. import check
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "Each op runs on a seeded sweep of configurations (strides, paddings, dilations, groups, odd sizes,\n"
+        "ceil_mode, ...). Error = max|device - numpy float64| / max|numpy float64| over all outputs and\n"
+        f"configurations; tolerance {check.TOLERANCE['float64']:g} (float64) or {check.TOLERANCE['float32']:g} "
+        f"(float32, x{check.REDUCTION_SCALE} for ops that sum).\n"
+        f"The backward is also checked against float64 central differences of the device's forward "
+        f"(tolerance {check.FD_TOLERANCE:g}).\n"
+        f"Configurations per op: quick {check.RANDOM_CONFIGS['quick']}, normal edge cases + "
+        f"{check.RANDOM_CONFIGS['normal']}, thorough edge cases + {check.RANDOM_CONFIGS['thorough']}.\n"
+        "Exit status: 0 all passed, 1 a failure, 2 bad arguments or no kernel backend.")
+    parser.add_argument("--device", choices=("emu", "cuda", "numpy"), default=None,
+                        help="backend to check (default: cuda with a GPU, otherwise emu; numpy checks the "
+                             "oracle itself: float32 against float64 and finite differences)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                       help="two random configurations per op (seconds on the emulator)")
+    modes.add_argument("--thorough", dest="mode", action="store_const", const="thorough",
+                       help="edge cases plus 40 random configurations per op, element-wise differences")
+    parser.set_defaults(mode="normal")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="dtype run on the device (the reference is always float64; default: %(default)s)")
+    parser.add_argument("--ops", type=_names, default=None, metavar="OP[,OP...]",
+                        help=f"ops to check (default: all: {', '.join(check.OPS)})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the configurations and inputs")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+
+
+def run(args) -> int:
+    from .. import check
+    from ..backend import available_backends, why_unavailable
+    try:
+        device = args.device or check.default_device()
+        if device not in available_backends():
+            raise RuntimeError(f"backend {device!r} is not available: {why_unavailable(device)}")
+        ops = args.ops or list(check.OPS)
+        pending = check.check_ops(device, ops, args.mode, args.dtype, args.seed)
+    except (RuntimeError, ValueError) as err:
+        print(f"cnn-gpu check: {err}", file=sys.stderr)
+        return 2
+
+    print(f"cnn-gpu check: device={device} dtype={args.dtype} mode={args.mode} seed={args.seed}\n", flush=True)
+    results = []
+    try:
+        from tqdm import tqdm
+        with tqdm(total=len(ops), desc="check", unit="op", file=sys.stderr, leave=False) as bar:
+            for result in pending:
+                results.append(result)
+                bar.set_postfix_str(f"{result.op} {'PASS' if result.passed else 'FAIL'}")
+                bar.update()
+    except KeyboardInterrupt:
+        print(check.format_results(results, args.markdown))
+        print(f"interrupted after {len(results)} of {len(ops)} ops", file=sys.stderr)
+        return 130
+    print(check.format_results(results, args.markdown))
+    for result in results:
+        for trace in result.details:
+            print(f"--- {result.op}:\n{trace}", file=sys.stderr)
+    failed = [r.op for r in results if not r.passed]
+    if args.json:
+        from ..bench import write_text
+        write_text(args.json, json.dumps({"device": device, "dtype": args.dtype, "mode": args.mode, "seed": args.seed,
+                                          "results": [r.as_dict() for r in results]}, indent=2) + "\n")
+    print(f"\n{len(results) - len(failed)} of {len(results)} ops passed" + (f"; FAILED: {', '.join(failed)}"
+                                                                          if failed else ""))
+    return 1 if failed else 0

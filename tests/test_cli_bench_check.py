@@ -1,0 +1,319 @@
+"""`cnn-gpu bench`, `cnn-gpu check` and the GPU acceptance command, run on numpy/emu with tiny shapes.
+
+bench: every (op, shape) row present with finite positive times, JSON/CSV valid and equal to the
+table, GFLOP/s from the shape formula, emu refused on large shapes, Ctrl-C prints the finished rows.
+check: all ops pass on numpy/emu, a planted wrong op fails with a non-zero exit naming the op, and
+a backward that is wrong but self-consistent is caught by finite differences.
+gpu-check: without a GPU it stops with a clear message and exit status 2.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, bench, check
+from cnn_gpu.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+
+def _table_rows(text: str, first_column: str) -> list[list[str]]:
+    """The data rows of a text table printed by bench/check (split on runs of 2+ spaces)."""
+    import re
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_column))
+    width = len(re.split(r"\s{2,}", lines[start].strip()))
+    rows = []
+    for line in lines[start + 2:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) != width:
+            break
+        rows.append(cells)
+    return rows
+
+
+def _bench(capsys, *args):
+    code = main(["bench", "--shapes", "tiny", "--repeat", "2", "--no-progress", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- bench ------------------------------------------------------------------------------------------
+
+def test_bench_numpy_table_json_csv(tmp_path, capsys):
+    json_path, csv_path = tmp_path / "b.json", tmp_path / "b.csv"
+    code, out, err = _bench(capsys, "--device", "numpy", "--json", str(json_path), "--csv", str(csv_path))
+    assert code == 0, err
+    cases = bench.make_cases("tiny")
+    rows = _table_rows(out, "op ")
+    assert [(r[0], r[1], r[2]) for r in rows] == [(c.op, c.label, "numpy") for c in cases]
+    for row in rows:
+        assert math.isfinite(float(row[3])) and float(row[3]) > 0, row
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["shapes"] == "tiny" and data["meta"]["numpy"] == np.__version__
+    assert [(r["op"], r["shape"]) for r in data["rows"]] == [(c.op, c.label) for c in cases]
+    for record, case in zip(data["rows"], cases):
+        assert math.isfinite(record["median_ms"]) and record["median_ms"] > 0
+        assert record["repeats"] == 2
+        assert record["flops"] == case.flops
+        if case.flops:
+            assert record["gflops"] == pytest.approx(case.flops / record["median_ms"] / 1e6)
+    with open(csv_path, newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [(r["op"], r["shape"], float(r["median_ms"])) for r in csv_rows] == \
+        [(r["op"], r["shape"], r["median_ms"]) for r in data["rows"]]
+
+
+@needs_emu
+def test_bench_emu_tiny(capsys):
+    code, out, err = _bench(capsys, "--device", "numpy,emu", "--repeat", "1")
+    assert code == 0, err
+    rows = _table_rows(out, "op ")
+    cases = bench.make_cases("tiny")
+    assert [(r[0], r[1], r[2]) for r in rows] == [(c.op, c.label, d) for c in cases for d in ("numpy", "emu")]
+    for row in rows:
+        assert math.isfinite(float(row[3])) and float(row[3]) > 0, row
+    speedups = [r[-1] for r in rows if r[2] == "emu"]
+    assert all(s.endswith("x") and math.isfinite(float(s[:-1])) for s in speedups)
+    assert "emu: emulator on the CPU" in out
+
+
+def test_bench_refuses_emu_on_large_shapes_and_bad_arguments(capsys):
+    assert main(["bench", "--device", "emu", "--shapes", "default"]) == 2
+    assert "--shapes tiny" in capsys.readouterr().err
+    assert main(["bench", "--ops", "conv2d,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["bench", "--device", "numpy,tpu"]) == 2
+    assert "tpu" in capsys.readouterr().err
+    assert main(["bench", "--repeat", "0"]) == 2
+    assert "--repeat" in capsys.readouterr().err
+
+
+def test_bench_plot(tmp_path, capsys):
+    png = tmp_path / "b.png"
+    code, out, err = _bench(capsys, "--device", "numpy", "--ops", "conv2d,avg_pool2d", "--plot", str(png))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert code == 2 and "matplotlib" in err and not png.exists()
+        return
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_ctrl_c_prints_finished_rows(capsys, monkeypatch):
+    real_measure = bench.measure
+    calls = []
+
+    def interrupt_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", interrupt_third)
+    code, out, err = _bench(capsys, "--device", "numpy", "--ops", "conv2d,conv2d_dgrad")
+    assert code == 130
+    assert len(_table_rows(out, "op ")) == 2
+    assert "interrupted: 2 of 4 rows done" in err
+
+
+def test_flop_counts():
+    stem = bench.RESNET_LAYERS[0]            # 16,3,224,224,64,7,2,3 -> 112x112 outputs
+    assert stem.geometry().flops == 2 * 16 * 64 * 112 * 112 * 3 * 7 * 7
+    model = bench.build_model(bench.ModelShape("cnn", 5), np.float32)
+    per_image = 2 * (32 * 8 * 8 * 1 * 9 + 64 * 4 * 4 * 32 * 9 + 10 * 64 * 2 * 2)   # 32 and 64 filters
+    assert bench.model_flops(model, (5, 1, 8, 8)) == 5 * per_image
+    (case,) = bench.make_cases("tiny", ["train_step"])
+    assert case.flops == 3 * 4 * per_image
+
+
+def test_derived_columns():
+    def row(device, ms, gflops=None):
+        return bench.Row("conv2d", "s", device, "float32", ms, 3, gflops)
+    rows = bench.finish_rows([row("numpy", 10.0), row("cuda", 0.5, 2000.0), row("torch-cuda", 0.25, 4000.0)],
+                             {"float32": 40000.0, "float64": 20000.0})
+    assert rows[0].speedup_vs_numpy is None
+    assert rows[1].speedup_vs_numpy == pytest.approx(20.0) and rows[1].pct_peak == pytest.approx(5.0)
+    assert rows[1].pct_cudnn == pytest.approx(50.0) and rows[2].pct_cudnn is None
+    table = bench.format_table(rows)
+    assert "% peak" in table and "% cuDNN" in table and "50.0%" in table
+
+
+@pytest.mark.torch
+def test_torch_mirror_is_the_same_network():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    for name in ("cnn", "resnet"):
+        model = bench.build_model(bench.ModelShape(name, 3), np.float64)
+        x = rng.standard_normal((3, 1, 8, 8))
+        mirror = bench.torch_mirror(model, torch)
+        with torch.no_grad():
+            expected = mirror(torch.from_numpy(x)).numpy()
+        got = model(x)
+        assert np.max(np.abs(got - expected)) <= 1e-10 * np.max(np.abs(expected)), name
+
+
+# --- check ------------------------------------------------------------------------------------------
+
+def _check(capsys, *args):
+    code = main(["check", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_check_numpy_passes(tmp_path, capsys, dtype):
+    path = tmp_path / "c.json"
+    code, out, err = _check(capsys, "--device", "numpy", "--dtype", dtype, "--json", str(path))
+    assert code == 0, out + err
+    rows = _table_rows(out, "op ")
+    assert [r[0] for r in rows] == list(check.OPS)
+    for op, configs, error, tol, fd_error, fd_tol, verdict in rows:
+        assert int(configs) >= 6 and verdict == "PASS"
+        assert 0 <= float(error) <= float(tol) and 0 < float(fd_error) <= float(fd_tol)
+    assert float(rows[0][3]) == check.TOLERANCE[dtype] * (check.REDUCTION_SCALE if dtype == "float32" else 1)
+    results = json.loads(path.read_text())["results"]
+    assert all(r["passed"] for r in results) and len(results) == len(check.OPS)
+
+
+@needs_emu
+def test_check_emu_quick(capsys):
+    code, out, err = _check(capsys, "--device", "emu", "--quick")
+    assert code == 0, out + err
+    rows = _table_rows(out, "op ")
+    assert [r[0] for r in rows] == list(check.OPS) and all(r[-1] == "PASS" for r in rows)
+
+
+def test_check_fails_on_a_planted_wrong_op(capsys):
+    def wrong_conv(inputs, cfg, be):
+        out = check.OPS["conv2d"].run(inputs, cfg, be)
+        out["dweight"] = out["dweight"] * (1 + 1e-3)
+        return out
+
+    check.register_override("conv2d", wrong_conv)
+    try:
+        code, out, err = _check(capsys, "--device", "numpy", "--quick", "--ops", "conv2d,relu")
+    finally:
+        check.clear_overrides()
+    assert code == 1
+    rows = {r[0]: r for r in _table_rows(out, "op ")}
+    assert rows["conv2d"][-1] == "FAIL" and rows["relu"][-1] == "PASS"
+    assert float(rows["conv2d"][2]) == pytest.approx(1e-3, rel=0.01)
+    assert "FAIL conv2d: error" in out and "dweight" in out and "FAILED: conv2d" in out
+
+
+def test_finite_differences_catch_a_consistent_wrong_backward():
+    """A backward that NumPy and the device would share (so no cross-check sees it) still fails."""
+    spec = check.OPS["avg_pool2d"]
+    cfg = check.POOL_EDGES[1]
+    inputs = spec.inputs(cfg, np.random.default_rng(0))
+
+    def wrong(a, cfg, be):
+        out = spec.run(a, cfg, be)
+        out["dx"] = out["dx"] * 0.5
+        return out
+
+    assert check._finite_differences(spec, spec.run, dict(inputs), cfg, "numpy", {}, 0).max_rel_error < 1e-6
+    assert check._finite_differences(spec, wrong, dict(inputs), cfg, "numpy", {}, 0).max_rel_error > 0.3
+
+
+def test_check_bad_arguments(capsys):
+    assert _check(capsys, "--device", "numpy", "--ops", "conv3d")[0] == 2
+    with pytest.raises(ValueError, match="unknown op"):
+        check.register_override("conv3d", lambda *a: None)
+
+
+# --- help and the GPU acceptance command -------------------------------------------------------------
+
+@pytest.mark.parametrize("command, words", [("bench", ["--shapes", "resnet", "GFLOP/s", "torch-cuda"]),
+                                            ("check", ["--thorough", "--quick", "finite differences"])])
+def test_help(capsys, command, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for word in words:
+        assert word in out
+
+
+@pytest.mark.skipif(backend.cupy_or_none() is not None, reason="a GPU is present: gpu-check would run for real")
+def test_gpu_check_without_gpu_stops_with_a_message(tmp_path):
+    result = subprocess.run([str(ROOT / "scripts" / "gpu_check.sh"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no usable NVIDIA GPU" in result.stderr and "cnn-gpu check --device emu" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_acceptance_report(tmp_path):
+    from cnn_gpu import acceptance
+    good = acceptance.run_step(acceptance.Step("table", [sys.executable, "-c", "print('| a | b |')", "--markdown"],
+                                               60))
+    bad = acceptance.run_step(acceptance.Step("crash", [sys.executable, "-c",
+                                                        "import sys; print('x\\ry', file=sys.stderr); sys.exit(3)"],
+                                              60))
+    skipped = acceptance.Step("tests", ["pytest"], 60, skipped="no tests/ folder")
+    report = tmp_path / "r.md"
+    acceptance.write_report(report, [("GPU", "test GPU")], [good, bad, skipped], "2026-01-01 00:00")
+    text = report.read_text()
+    assert "Overall: **FAIL**" in text
+    assert "| table | PASS | 0 |" in text and "| crash | FAIL | 3 |" in text and "| tests | SKIPPED |" in text
+    assert "\n| a | b |\n" in text and "| GPU | test GPU |" in text
+    assert "\ny\n" in text and "x\ry" not in text   # progress redraws collapsed
+
+
+def test_acceptance_runs_every_required_command(tmp_path):
+    from cnn_gpu import acceptance
+    commands = [" ".join(step.command[1:]) for step in acceptance.steps("python", tmp_path, quick=False)]
+    required = ["-m pytest -m gpu", "-m cnn_gpu check --device cuda --thorough", "-m cnn_gpu kernels",
+                "-m cnn_gpu bench --shapes resnet", "-m cnn_gpu train --device cuda"]
+    for start in required:
+        assert any(c.startswith(start) for c in commands), (start, commands)
+    assert any("--dtype float32" in c for c in commands if " check " in c)
+
+
+def test_gpu_timing_uses_one_event_pair_per_call():
+    """The CUDA-event path of the timer, with events that read a fake clock the calls advance."""
+    clock = [0.0]
+    log = []
+
+    class Event:
+        def record(self):
+            self.t = clock[0]
+
+    def call(x):
+        log.append(x)
+        clock[0] += x
+
+    times = bench._event_times(call, [(1.0,), (2.0,), (3.0,)], 5, Event, lambda: None,
+                               lambda start, stop: (stop.t - start.t) / 1e3)
+    assert log == [1.0, 2.0, 3.0, 1.0, 2.0]          # input sets cycled
+    assert times == [1e-3, 2e-3, 3e-3, 1e-3, 2e-3]
+
+
+def test_acceptance_main_writes_the_report_and_fails_on_a_failed_step(tmp_path, monkeypatch, capsys):
+    """The orchestration of gpu-check with the GPU facts faked and two quick stand-in steps."""
+    from cnn_gpu import acceptance
+    monkeypatch.setattr(acceptance, "gpu_problem", lambda: "")
+    monkeypatch.setattr(acceptance, "environment", lambda: [("GPU", "pretend")])
+    monkeypatch.setattr(acceptance, "steps", lambda python, out, quick: [
+        acceptance.Step("check", [python, "-m", "cnn_gpu", "check", "--device", "numpy", "--quick", "--ops",
+                                  "relu", "--markdown"], 120),
+        acceptance.Step("broken", [python, "-c", "raise SystemExit(4)"], 120)])
+    assert acceptance.main(["--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    report = tmp_path / "gpu-check-report.md"
+    assert f"report written to {report.resolve()}" in out and "FAILED: broken" in out
+    text = report.read_text()
+    assert "| check | PASS | 0 |" in text and "| broken | FAIL | 4 |" in text
+    assert "| relu | 2 |" in text   # the check's markdown table, pasted as a table
