@@ -33,5 +33,10 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/cnn-gpu bench $(ARGS)
 
+# GPU acceptance run on an NVIDIA machine with CuPy (no network needed): CUDA test sweep, check --thorough,
+# kernels, bench --shapes resnet, a short train; one markdown report. ARGS=--quick for a rehearsal.
+gpu-check:
+	scripts/gpu_check.sh $(ARGS)
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .benchmarks
