@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import platform
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -162,7 +163,42 @@ def kernel_dir() -> Path:
 
 
 def kernel_files() -> list[Path]:
+    """The kernel families, kernels/*.cu (not the shared kernels/*.cuh headers they include)."""
     return sorted(kernel_dir().glob("*.cu"))
+
+
+_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"')
+
+
+def _line_directive(number: int, path: Path) -> str:
+    quoted = str(path).replace("\\", "\\\\").replace('"', '\\"')
+    return f'#line {number} "{quoted}"'
+
+
+def _inline_includes(path: Path, directory: Path, inlined: set) -> list[str]:
+    lines = [_line_directive(1, path)]
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = _QUOTED_INCLUDE.match(line)
+        if match is None:
+            lines.append(line)
+            continue
+        header = (directory / match.group(1)).resolve()
+        if not header.is_file():
+            raise FileNotFoundError(f'{path}:{number}: #include "{match.group(1)}": no such header in {directory}')
+        if header not in inlined:
+            inlined.add(header)
+            lines += _inline_includes(header, directory, inlined)
+        lines.append(_line_directive(number + 1, path))
+    return lines
+
+
+def kernel_source(family: str, directory=None) -> str:
+    """The text of kernels/<family>.cu as NVRTC and the emulator compile it: each quoted
+    `#include "x.cuh"` is replaced by that header from the same folder (recursively, each header
+    once), since NVRTC gets sources without includes. `#line` directives name the original file and
+    line of every inlined line, so compiler errors and emulator faults point into the right file."""
+    directory = (Path(directory) if directory is not None else kernel_dir()).resolve()
+    return "\n".join(_inline_includes(directory / f"{family}.cu", directory, set())) + "\n"
 
 
 def dtype_options(dtype) -> tuple[str, ...]:
@@ -192,15 +228,14 @@ def kernel_module(backend: str, family: str, dtype):
     with _modules_lock:
         module = _modules.get(key)
         if module is None:
-            path = kernel_dir() / f"{family}.cu"
-            source = path.read_text()
+            source = kernel_source(family)
             options = dtype_options(dtype)
             if backend == "cuda":
                 import cupy
                 module = cupy.RawModule(code=source, options=NVRTC_OPTIONS + options)
             elif backend == "emu":
                 from . import emu
-                module = emu.RawModule(path=str(path), options=options)
+                module = emu.RawModule(code=source, options=options)
             else:
                 raise ValueError(f"backend {backend!r} runs no kernels")
             _modules[key] = module

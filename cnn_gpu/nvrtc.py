@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import functools
 import glob
-import hashlib
 import os
 import re
 import struct
@@ -336,16 +335,17 @@ def kernel_report(source: str, name: str, arch: str, options=()) -> list[KernelR
 
 
 @functools.lru_cache(maxsize=None)
-def _file_report_cached(path: str, digest: str, dtype_name: str, arch: str) -> tuple[KernelReport, ...]:
+def _source_report_cached(source: str, name: str, dtype_name: str, arch: str) -> tuple[KernelReport, ...]:
     from . import backend
-    source = Path(path).read_text()
     options = (*backend.NVRTC_OPTIONS, *backend.dtype_options(dtype_name))
-    return tuple(kernel_report(source, Path(path).name, arch, options))
+    return tuple(kernel_report(source, name, arch, options))
 
 
 def file_report(path, dtype, arch: str) -> tuple[KernelReport, ...]:
-    """Reports of a kernels/*.cu file compiled as the cuda backend does (backend.NVRTC_OPTIONS and
-    backend.dtype_options(dtype)) for `arch`; cached per (file content, dtype, arch)."""
+    """Reports of a kernels/*.cu file compiled as the cuda backend does (backend.kernel_source with
+    its headers inlined, backend.NVRTC_OPTIONS and backend.dtype_options(dtype)) for `arch`; cached
+    per (source text, dtype, arch)."""
+    from . import backend
     path = Path(path)
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()
-    return _file_report_cached(str(path), digest, np.dtype(dtype).name, arch)
+    source = backend.kernel_source(path.stem, path.parent)
+    return _source_report_cached(source, path.name, np.dtype(dtype).name, arch)

@@ -17,22 +17,17 @@
 //
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
 
-#ifndef REAL
-#define REAL float
-#define REAL_IS_DOUBLE 0
-#endif
-
-#define THREADS 256
+#include "common.cuh"
 
 // grid (ceil(N*K*P*Q / 256)), block 256; `bias` is never read when has_bias == 0
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 conv2d_depthwise_fprop(const REAL* __restrict__ x, const REAL* __restrict__ w,
                        const REAL* __restrict__ bias, REAL* __restrict__ y,
                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                        int has_bias, int relu)
 {
-    const int index = blockIdx.x * THREADS + threadIdx.x;
+    const int index = blockIdx.x * BLOCK_THREADS + threadIdx.x;
     if (index >= N * K * P * Q) return;
     const int q = index % Q, p = (index / Q) % P, nk = index / (P * Q);
     const int k = nk % K, n = nk / K;
@@ -70,13 +65,13 @@ __device__ __forceinline__ int first_tap(int pos, int pad, int stride, int dil, 
 }
 
 // grid (ceil(N*C*H*W / 256)), block 256; period = stride / gcd(stride, dilation) per dimension
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, REAL* __restrict__ dx,
                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                        int period_h, int period_w)
 {
-    const int index = blockIdx.x * THREADS + threadIdx.x;
+    const int index = blockIdx.x * BLOCK_THREADS + threadIdx.x;
     if (index >= N * C * H * W) return;
     const int wc = index % W, h = (index / W) % H, nc = index / (H * W);
     const int c = nc % C, n = nc / C;
@@ -103,7 +98,7 @@ conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, 
 }
 
 // grid (K*R*S, splits), block 256; partial has shape (K*R*S, splits*256)
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 conv2d_depthwise_wgrad(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ partial,
                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w)
@@ -112,8 +107,8 @@ conv2d_depthwise_wgrad(const REAL* __restrict__ dy, const REAL* __restrict__ x, 
     const int k = tap / (R * S), r = (tap / S) % R, s = tap % S;
     const int c = k / (K / C);
     const int PQ = P * Q;
-    const int threads = gridDim.y * THREADS;
-    const int first = blockIdx.y * THREADS + threadIdx.x;
+    const int threads = gridDim.y * BLOCK_THREADS;
+    const int first = blockIdx.y * BLOCK_THREADS + threadIdx.x;
     // walk pixels first, first + threads, ... as (n, p, q), advancing with carries
     int n = first / PQ, p = (first % PQ) / Q, q = first % Q;
     const int step_n = threads / PQ, step_p = (threads % PQ) / Q, step_q = threads % Q;

@@ -22,27 +22,7 @@
 //
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
 
-#ifndef REAL
-#define REAL float
-#define REAL_IS_DOUBLE 0
-#endif
-
-#define THREADS 256
-#define BK 8
-
-// SMALL_BLOCKS: resident blocks per SM the small tile is built for (its register cap)
-#if REAL_IS_DOUBLE
-#define LARGE_T 4
-#define SMALL_T 2
-#define SMALL_BLOCKS 3
-#else
-#define LARGE_T 8
-#define SMALL_T 4
-#define SMALL_BLOCKS 4
-#endif
-
-// a column past the phase's last pixel gets this origin, so every tap fails the bounds test
-#define OUTSIDE (-(1 << 29))   // the launcher keeps every padded extent below 2^28
+#include "igemm.cuh"
 
 // The taps of one dimension that reach the input pixels of `phase`: r = r0 + j*period for
 // j < count, hitting output row p = i + base - j*step for the phase's i-th input row.
@@ -76,8 +56,8 @@ __device__ __forceinline__ void dgrad_tile(
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups)
 {
     const int BM = 16 * T, BN = 16 * T;
-    const int A_LOADS = BM * BK / THREADS;   // per thread, rows ab_m + 32*i
-    const int B_LOADS = BN * BK / THREADS;   // per thread, columns ab_m + 32*j
+    const int A_LOADS = BM * BK / IGEMM_THREADS;   // per thread, rows ab_m + 32*i
+    const int B_LOADS = BN * BK / IGEMM_THREADS;   // per thread, columns ab_m + 32*j
 
     const int phases = stride_h * stride_w;
     const int g = blockIdx.z / phases, phase = blockIdx.z - g * phases;
@@ -124,68 +104,31 @@ __device__ __forceinline__ void dgrad_tile(
     const int w_base = g * Kg * Cg * RS + th.r0 * S + tw.r0;
     const int w_step_r = th.period * S, w_step_s = tw.period;
 
-    REAL a_next[A_LOADS], b_next[B_LOADS];
+    // A from the filter taps (k, jr, js), B from dy at the output pixels those taps hit
+    const auto fetch = [&](int, REAL (&a_next)[A_LOADS], REAL (&b_next)[B_LOADS]) {
+        const bool row_ok = k < Kg;
+        const int w_row = w_base + k * Cg * RS + jr * w_step_r + js * w_step_s;
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int c = m0 + ab_m + 32 * i;
+            a_next[i] = (row_ok && c < Cg) ? w[w_row + c * RS] : (REAL)0;
+        }
+        const int dp = jr * th.step, dq = js * tw.step, k_off = k * PQ;
+#pragma unroll
+        for (int j = 0; j < B_LOADS; ++j) {
+            const int p = p_origin[j] - dp, q = q_origin[j] - dq;
+            b_next[j] = (row_ok && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)
+                            ? dy[dy_image[j] + k_off + p * Q + q] : (REAL)0;
+        }
+    };
+    const auto advance = [&] {
+        js += step_s; jr += step_r; k += step_k;
+        if (js >= tw.count) { js -= tw.count; ++jr; }
+        if (jr >= th.count) { jr -= th.count; ++k; }
+    };
     REAL acc[T][T];
-#pragma unroll
-    for (int i = 0; i < T; ++i)
-#pragma unroll
-        for (int j = 0; j < T; ++j) acc[i][j] = (REAL)0;
-
-#define FETCH                                                                                 \
-    {                                                                                         \
-        const bool row_ok = k < Kg;                                                           \
-        const int w_row = w_base + k * Cg * RS + jr * w_step_r + js * w_step_s;               \
-        _Pragma("unroll") for (int i = 0; i < A_LOADS; ++i) {                                 \
-            const int c = m0 + ab_m + 32 * i;                                                 \
-            a_next[i] = (row_ok && c < Cg) ? w[w_row + c * RS] : (REAL)0;                     \
-        }                                                                                     \
-        const int dp = jr * th.step, dq = js * tw.step, k_off = k * PQ;                       \
-        _Pragma("unroll") for (int j = 0; j < B_LOADS; ++j) {                                 \
-            const int p = p_origin[j] - dp, q = q_origin[j] - dq;                             \
-            b_next[j] = (row_ok && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)    \
-                            ? dy[dy_image[j] + k_off + p * Q + q] : (REAL)0;                   \
-        }                                                                                     \
-    }
-#define STORE(buf)                                                                            \
-    {                                                                                         \
-        _Pragma("unroll") for (int i = 0; i < A_LOADS; ++i)                                   \
-            smem_a[((buf) * BK + ab_k) * BM + ab_m + 32 * i] = a_next[i];                     \
-        _Pragma("unroll") for (int j = 0; j < B_LOADS; ++j)                                   \
-            smem_b[((buf) * BK + ab_k) * BN + ab_m + 32 * j] = b_next[j];                     \
-    }
-
-    if (Kgemm > 0) {
-        FETCH
-        STORE(0)
-        __syncthreads();
-    }
-    int buf = 0;
-    for (int k0 = 0; k0 < Kgemm; k0 += BK) {
-        const bool has_next = k0 + BK < Kgemm;
-        if (has_next) {
-            js += step_s; jr += step_r; k += step_k;
-            if (js >= tw.count) { js -= tw.count; ++jr; }
-            if (jr >= th.count) { jr -= th.count; ++k; }
-            FETCH
-        }
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            REAL a_frag[T], b_frag[T];
-#pragma unroll
-            for (int i = 0; i < T; ++i) a_frag[i] = smem_a[(buf * BK + kk) * BM + ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < T; ++j) b_frag[j] = smem_b[(buf * BK + kk) * BN + tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < T; ++i)
-#pragma unroll
-                for (int j = 0; j < T; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-        }
-        if (has_next) STORE(buf ^ 1)
-        __syncthreads();
-        buf ^= 1;
-    }
-#undef FETCH
-#undef STORE
+    igemm_main_loop<T, A_LOADS, B_LOADS>(acc, smem_a, smem_b, BM, BN, ab_k, ab_m, ab_k, ab_m, Kgemm, fetch,
+                                         advance);
 
 #pragma unroll
     for (int j = 0; j < T; ++j) {
@@ -211,14 +154,14 @@ __device__ __forceinline__ void dgrad_tile(
     dy, w, dx, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups
 
 // grid (ceil(N * ceil(H/stride_h) * ceil(W/stride_w) / BN), ceil((C/G) / BM), G * stride_h * stride_w)
-extern "C" __global__ void __launch_bounds__(THREADS, 2) conv2d_dgrad_large(DGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, 2) conv2d_dgrad_large(DGRAD_PARAMS)
 {
     __shared__ REAL smem_a[2 * BK * 16 * LARGE_T];
     __shared__ REAL smem_b[2 * BK * 16 * LARGE_T];
     dgrad_tile<LARGE_T>(smem_a, smem_b, DGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, SMALL_BLOCKS) conv2d_dgrad_small(DGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_dgrad_small(DGRAD_PARAMS)
 {
     __shared__ REAL smem_a[2 * BK * 16 * SMALL_T];
     __shared__ REAL smem_b[2 * BK * 16 * SMALL_T];

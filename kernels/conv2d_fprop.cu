@@ -24,27 +24,7 @@
 // Index range: 32-bit offsets (64-bit ones cost the large fp32 tile its last free registers);
 // the launcher refuses tensors of 2^31 or more elements with a clear error.
 
-#ifndef REAL
-#define REAL float
-#define REAL_IS_DOUBLE 0
-#endif
-
-#define THREADS 256
-#define BK 8
-
-// SMALL_BLOCKS: resident blocks per SM the small tile is built for (its register cap)
-#if REAL_IS_DOUBLE
-#define LARGE_T 4
-#define SMALL_T 2
-#define SMALL_BLOCKS 3
-#else
-#define LARGE_T 8
-#define SMALL_T 4
-#define SMALL_BLOCKS 4
-#endif
-
-// a column that lies past the last pixel gets this row origin, so every tap fails the bounds test
-#define OUTSIDE (-(1 << 29))   // the launcher keeps every padded extent below 2^28
+#include "igemm.cuh"
 
 template <int T>
 __device__ __forceinline__ void fprop_tile(
@@ -55,8 +35,8 @@ __device__ __forceinline__ void fprop_tile(
     int has_bias, int relu)
 {
     const int BM = 16 * T, BN = 16 * T;
-    const int A_LOADS = BM * BK / THREADS;   // per thread, rows a_m + 32*i
-    const int B_LOADS = BN * BK / THREADS;   // per thread, columns b_n + 32*j
+    const int A_LOADS = BM * BK / IGEMM_THREADS;   // per thread, rows a_m + 32*i
+    const int B_LOADS = BN * BK / IGEMM_THREADS;   // per thread, columns b_n + 32*j
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
@@ -97,67 +77,30 @@ __device__ __forceinline__ void fprop_tile(
     int c = b_k / RS, r = (b_k % RS) / S, s = b_k % S;
     const int step_c = BK / RS, step_r = (BK % RS) / S, step_s = BK % S;
 
-    REAL a_next[A_LOADS], b_next[B_LOADS];
+    // A from the filter rows, B gathered from x (zero outside the padded input)
+    const auto fetch = [&](int k_base, REAL (&a_next)[A_LOADS], REAL (&b_next)[B_LOADS]) {
+        const int kk = k_base + a_k;
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int m = m0 + a_m + 32 * i;
+            a_next[i] = (m < Kg && kk < Kgemm) ? w[w_group + m * Kgemm + kk] : (REAL)0;
+        }
+        const bool row_ok = c < Cg;
+        const int hr = r * dil_h, ws = s * dil_w, c_off = c * HW;
+#pragma unroll
+        for (int j = 0; j < B_LOADS; ++j) {
+            const int h = h_origin[j] + hr, wc = w_origin[j] + ws;
+            b_next[j] = (row_ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)
+                            ? x[x_image[j] + c_off + h * W + wc] : (REAL)0;
+        }
+    };
+    const auto advance = [&] {
+        s += step_s; r += step_r; c += step_c;
+        if (s >= S) { s -= S; ++r; }
+        if (r >= R) { r -= R; ++c; }
+    };
     REAL acc[T][T];
-#pragma unroll
-    for (int i = 0; i < T; ++i)
-#pragma unroll
-        for (int j = 0; j < T; ++j) acc[i][j] = (REAL)0;
-
-    // fetch the tile whose first reduction index is k_base into registers
-#define FETCH(k_base)                                                                        \
-    {                                                                                        \
-        const int kk = (k_base) + a_k;                                                       \
-        _Pragma("unroll") for (int i = 0; i < A_LOADS; ++i) {                                \
-            const int m = m0 + a_m + 32 * i;                                                 \
-            a_next[i] = (m < Kg && kk < Kgemm) ? w[w_group + m * Kgemm + kk] : (REAL)0;      \
-        }                                                                                    \
-        const bool row_ok = c < Cg;                                                          \
-        const int hr = r * dil_h, ws = s * dil_w, c_off = c * HW;                            \
-        _Pragma("unroll") for (int j = 0; j < B_LOADS; ++j) {                                \
-            const int h = h_origin[j] + hr, wc = w_origin[j] + ws;                           \
-            b_next[j] = (row_ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)  \
-                            ? x[x_image[j] + c_off + h * W + wc] : (REAL)0;                   \
-        }                                                                                    \
-    }
-#define STORE(buf)                                                                           \
-    {                                                                                        \
-        _Pragma("unroll") for (int i = 0; i < A_LOADS; ++i)                                  \
-            smem_a[((buf) * BK + a_k) * BM + a_m + 32 * i] = a_next[i];                      \
-        _Pragma("unroll") for (int j = 0; j < B_LOADS; ++j)                                  \
-            smem_b[((buf) * BK + b_k) * BN + b_n + 32 * j] = b_next[j];                      \
-    }
-
-    FETCH(0)
-    STORE(0)
-    __syncthreads();
-    int buf = 0;
-    for (int k0 = 0; k0 < Kgemm; k0 += BK) {
-        const bool has_next = k0 + BK < Kgemm;
-        if (has_next) {
-            s += step_s; r += step_r; c += step_c;
-            if (s >= S) { s -= S; ++r; }
-            if (r >= R) { r -= R; ++c; }
-            FETCH(k0 + BK)
-        }
-#pragma unroll
-        for (int k = 0; k < BK; ++k) {
-            REAL a_frag[T], b_frag[T];
-#pragma unroll
-            for (int i = 0; i < T; ++i) a_frag[i] = smem_a[(buf * BK + k) * BM + ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < T; ++j) b_frag[j] = smem_b[(buf * BK + k) * BN + tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < T; ++i)
-#pragma unroll
-                for (int j = 0; j < T; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-        }
-        if (has_next) STORE(buf ^ 1)
-        __syncthreads();
-        buf ^= 1;
-    }
-#undef FETCH
-#undef STORE
+    igemm_main_loop<T, A_LOADS, B_LOADS>(acc, smem_a, smem_b, BM, BN, a_k, a_m, b_k, b_n, Kgemm, fetch, advance);
 
 #pragma unroll
     for (int j = 0; j < T; ++j) {
@@ -187,14 +130,14 @@ __device__ __forceinline__ void fprop_tile(
     groups, has_bias, relu
 
 // grid (ceil(N*P*Q / BN), ceil((K/G) / BM), G), block 256; `bias` is never read when has_bias == 0
-extern "C" __global__ void __launch_bounds__(THREADS, 2) conv2d_fprop_large(FPROP_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, 2) conv2d_fprop_large(FPROP_PARAMS)
 {
     __shared__ REAL smem_a[2 * BK * 16 * LARGE_T];
     __shared__ REAL smem_b[2 * BK * 16 * LARGE_T];
     fprop_tile<LARGE_T>(smem_a, smem_b, FPROP_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, SMALL_BLOCKS) conv2d_fprop_small(FPROP_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_fprop_small(FPROP_PARAMS)
 {
     __shared__ REAL smem_a[2 * BK * 16 * SMALL_T];
     __shared__ REAL smem_b[2 * BK * 16 * SMALL_T];

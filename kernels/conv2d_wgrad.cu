@@ -20,28 +20,9 @@
 //
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
 
-#ifndef REAL
-#define REAL float
-#define REAL_IS_DOUBLE 0
-#endif
+#include "igemm.cuh"
 
-#define THREADS 256
-#define BK 8
-#define PAD 4
-
-// SMALL_BLOCKS: resident blocks per SM the small tile is built for (its register cap)
-#if REAL_IS_DOUBLE
-#define LARGE_T 4
-#define SMALL_T 2
-#define SMALL_BLOCKS 3
-#else
-#define LARGE_T 8
-#define SMALL_T 4
-#define SMALL_BLOCKS 4
-#endif
-
-// a filter column past the last tap gets this row offset, so it fails the bounds test
-#define OUTSIDE (-(1 << 29))   // the launcher keeps every padded extent below 2^28
+#define PAD 4   // words of padding per shared tile row
 
 template <int T>
 __device__ __forceinline__ void wgrad_tile(
@@ -53,8 +34,8 @@ __device__ __forceinline__ void wgrad_tile(
 {
     const int BM = 16 * T, BN = 16 * T;
     const int BMP = BM + PAD, BNP = BN + PAD;
-    const int A_LOADS = BM * BK / THREADS;   // per thread, rows ab_m + 32*i
-    const int B_LOADS = BN * BK / THREADS;   // per thread, columns ab_m + 32*j
+    const int A_LOADS = BM * BK / IGEMM_THREADS;   // per thread, rows ab_m + 32*i
+    const int B_LOADS = BN * BK / IGEMM_THREADS;   // per thread, columns ab_m + 32*j
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
@@ -93,67 +74,32 @@ __device__ __forceinline__ void wgrad_tile(
     const int step_n = BK / PQ, step_p = (BK % PQ) / Q, step_q = BK % Q;
     const int dy_group = g * Kg * PQ;
 
-    REAL a_next[A_LOADS], b_next[B_LOADS];
+    // A from dy at reduction pixel (n, p, q), B gathered from x (zero outside the padded input)
+    const auto fetch = [&](int, REAL (&a_next)[A_LOADS], REAL (&b_next)[B_LOADS]) {
+        const bool row_ok = kk < k_count;
+        const int dy_row = n * K * PQ + dy_group + p * Q + q;
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int m = m0 + ab_m + 32 * i;
+            a_next[i] = (row_ok && m < Kg) ? dy[dy_row + m * PQ] : (REAL)0;
+        }
+        const int x_image = n * C * HW, hp = p * stride_h, wq = q * stride_w;
+#pragma unroll
+        for (int j = 0; j < B_LOADS; ++j) {
+            const int h = hp + h_off[j], wc = wq + w_off[j];
+            b_next[j] = (row_ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)
+                            ? x[x_image + c_off[j] + h * W + wc] : (REAL)0;
+        }
+    };
+    const auto advance = [&] {
+        kk += BK;
+        q += step_q; p += step_p; n += step_n;
+        if (q >= Q) { q -= Q; ++p; }
+        if (p >= P) { p -= P; ++n; }
+    };
     REAL acc[T][T];
-#pragma unroll
-    for (int i = 0; i < T; ++i)
-#pragma unroll
-        for (int j = 0; j < T; ++j) acc[i][j] = (REAL)0;
-
-#define FETCH                                                                                 \
-    {                                                                                         \
-        const bool row_ok = kk < k_count;                                                     \
-        const int dy_row = n * K * PQ + dy_group + p * Q + q;                                 \
-        _Pragma("unroll") for (int i = 0; i < A_LOADS; ++i) {                                 \
-            const int m = m0 + ab_m + 32 * i;                                                 \
-            a_next[i] = (row_ok && m < Kg) ? dy[dy_row + m * PQ] : (REAL)0;                   \
-        }                                                                                     \
-        const int x_image = n * C * HW, hp = p * stride_h, wq = q * stride_w;                 \
-        _Pragma("unroll") for (int j = 0; j < B_LOADS; ++j) {                                 \
-            const int h = hp + h_off[j], wc = wq + w_off[j];                                  \
-            b_next[j] = (row_ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)   \
-                            ? x[x_image + c_off[j] + h * W + wc] : (REAL)0;                    \
-        }                                                                                     \
-    }
-#define STORE(buf)                                                                            \
-    {                                                                                         \
-        _Pragma("unroll") for (int i = 0; i < A_LOADS; ++i)                                   \
-            smem_a[((buf) * BK + ab_k) * BMP + ab_m + 32 * i] = a_next[i];                    \
-        _Pragma("unroll") for (int j = 0; j < B_LOADS; ++j)                                   \
-            smem_b[((buf) * BK + ab_k) * BNP + ab_m + 32 * j] = b_next[j];                    \
-    }
-
-    FETCH
-    STORE(0)
-    __syncthreads();
-    int buf = 0;
-    for (int k0 = 0; k0 < k_count; k0 += BK) {
-        const bool has_next = k0 + BK < k_count;
-        if (has_next) {
-            kk += BK;
-            q += step_q; p += step_p; n += step_n;
-            if (q >= Q) { q -= Q; ++p; }
-            if (p >= P) { p -= P; ++n; }
-            FETCH
-        }
-#pragma unroll
-        for (int k = 0; k < BK; ++k) {
-            REAL a_frag[T], b_frag[T];
-#pragma unroll
-            for (int i = 0; i < T; ++i) a_frag[i] = smem_a[(buf * BK + k) * BMP + ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < T; ++j) b_frag[j] = smem_b[(buf * BK + k) * BNP + tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < T; ++i)
-#pragma unroll
-                for (int j = 0; j < T; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-        }
-        if (has_next) STORE(buf ^ 1)
-        __syncthreads();
-        buf ^= 1;
-    }
-#undef FETCH
-#undef STORE
+    igemm_main_loop<T, A_LOADS, B_LOADS>(acc, smem_a, smem_b, BMP, BNP, ab_k, ab_m, ab_k, ab_m, k_count, fetch,
+                                         advance);
 
     REAL* out = workspace + (split * K + g * Kg) * Ngemm;
 #pragma unroll
@@ -179,14 +125,14 @@ __device__ __forceinline__ void wgrad_tile(
 
 // grid (ceil((C/G)*R*S / BN), ceil((K/G) / BM), G * splits), block 256; chunk a multiple of BK
 // with splits = ceil(N*P*Q / chunk), so that no split is empty
-extern "C" __global__ void __launch_bounds__(THREADS, 2) conv2d_wgrad_large(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, 2) conv2d_wgrad_large(WGRAD_PARAMS)
 {
     __shared__ REAL smem_a[2 * BK * (16 * LARGE_T + PAD)];
     __shared__ REAL smem_b[2 * BK * (16 * LARGE_T + PAD)];
     wgrad_tile<LARGE_T>(smem_a, smem_b, WGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, SMALL_BLOCKS) conv2d_wgrad_small(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_wgrad_small(WGRAD_PARAMS)
 {
     __shared__ REAL smem_a[2 * BK * (16 * SMALL_T + PAD)];
     __shared__ REAL smem_b[2 * BK * (16 * SMALL_T + PAD)];

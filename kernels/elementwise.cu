@@ -10,36 +10,14 @@
 //    so the channel is known per plane, not divided out per element.
 //  * bias_add_rows: y (rows, F) += bias[f]; f steps with the grid-stride loop (no division).
 
-#ifndef REAL
-#define REAL float
-#endif
-#ifndef REAL_IS_DOUBLE
-#define REAL_IS_DOUBLE 0
-#endif
-
-#if REAL_IS_DOUBLE
-#define REAL_EXP exp
-#define REAL_TANH tanh
-#else
-#define REAL_EXP expf
-#define REAL_TANH tanhf
-#endif
-
-#define ELEMENTWISE_THREADS 256
-// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
-// kernels at 32 and spills around the slow-path calls of division).
-#define ELEMENTWISE_MIN_BLOCKS 4
-
-#define GRID_STRIDE_LOOP(i, n)                                                        \
-    for (long long i = (long long)blockIdx.x * ELEMENTWISE_THREADS + threadIdx.x; i < (n); \
-         i += (long long)gridDim.x * ELEMENTWISE_THREADS)
+#include "common.cuh"
 
 __device__ __forceinline__ REAL sigmoid_of(REAL v)
 {
     return (REAL)1 / ((REAL)1 + REAL_EXP(-v));
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -48,7 +26,7 @@ relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -56,7 +34,7 @@ relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 leaky_relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, REAL slope)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -65,7 +43,7 @@ leaky_relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 leaky_relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
                     REAL slope)
 {
@@ -74,7 +52,7 @@ leaky_relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REA
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -82,7 +60,7 @@ sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -91,7 +69,7 @@ sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -99,7 +77,7 @@ tanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -110,7 +88,7 @@ tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
 
 // grid (blocks over one plane, planes): blockIdx.y strides over the N*C planes, so any count fits
 // gridDim.y's 65535 limit.
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 bias_add_nchw(REAL* __restrict__ y, const REAL* __restrict__ bias, long long planes, int channels,
               long long plane_size)
 {
@@ -123,12 +101,12 @@ bias_add_nchw(REAL* __restrict__ y, const REAL* __restrict__ bias, long long pla
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS, ELEMENTWISE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 bias_add_rows(REAL* __restrict__ y, const REAL* __restrict__ bias, long long n, int features)
 {
-    const long long stride = (long long)gridDim.x * ELEMENTWISE_THREADS;
+    const long long stride = (long long)gridDim.x * BLOCK_THREADS;
     const int feature_step = (int)(stride % features);
-    long long i = (long long)blockIdx.x * ELEMENTWISE_THREADS + threadIdx.x;
+    long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
     int f = (int)(i % features);
     for (; i < n; i += stride) {
         y[i] += bias[f];

@@ -12,25 +12,7 @@
 //  * mse_rows: one thread per element (grid-stride): dpred = (pred - target) * 2/n, and the
 //    squared error into a workspace that reduce.cu sums in fixed order.
 
-#ifndef REAL
-#define REAL float
-#endif
-#ifndef REAL_IS_DOUBLE
-#define REAL_IS_DOUBLE 0
-#endif
-
-#if REAL_IS_DOUBLE
-#define REAL_EXP exp
-#define REAL_LOG log
-#else
-#define REAL_EXP expf
-#define REAL_LOG logf
-#endif
-
-#define LOSS_THREADS 256
-// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
-// kernels at 32 and spills around the slow-path calls of division).
-#define LOSS_MIN_BLOCKS 4
+#include "common.cuh"
 
 // Sum (or max) of one value per thread over the block; every thread gets the result. blockDim.x
 // is a power of two; the trailing barrier lets the caller reuse `scratch` at once.
@@ -51,12 +33,12 @@ __device__ REAL block_reduce(REAL value, REAL* scratch, bool take_max)
     return result;
 }
 
-extern "C" __global__ void __launch_bounds__(LOSS_THREADS, LOSS_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 cross_entropy_rows(const REAL* __restrict__ logits, const long long* __restrict__ labels,
                    REAL* __restrict__ dlogits, REAL* __restrict__ row_loss,
                    long long rows, int classes, REAL grad_scale)
 {
-    __shared__ REAL scratch[LOSS_THREADS];
+    __shared__ REAL scratch[BLOCK_THREADS];
     const int t = threadIdx.x;
     const int threads = blockDim.x;
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -65,7 +47,7 @@ cross_entropy_rows(const REAL* __restrict__ logits, const long long* __restrict_
         const long long label = labels[row];
         const bool label_ok = label >= 0 && label < classes;
 
-        REAL row_max = (REAL)__int_as_float(0xff800000);
+        REAL row_max = REAL_NEG_INF;
         for (int j = t; j < classes; j += threads)
             row_max = x[j] > row_max ? x[j] : row_max;
         row_max = block_reduce(row_max, scratch, true);
@@ -81,16 +63,15 @@ cross_entropy_rows(const REAL* __restrict__ logits, const long long* __restrict_
             dx[j] = (softmax - (label_ok && j == label ? (REAL)1 : (REAL)0)) * grad_scale;
         }
         if (t == 0)
-            row_loss[row] = label_ok ? REAL_LOG(sum) - (x[label] - row_max) : (REAL)__int_as_float(0x7fc00000);
+            row_loss[row] = label_ok ? REAL_LOG(sum) - (x[label] - row_max) : REAL_NAN;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(LOSS_THREADS, LOSS_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 mse_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* __restrict__ dpred,
          REAL* __restrict__ squared, long long n, REAL grad_scale)
 {
-    for (long long i = (long long)blockIdx.x * LOSS_THREADS + threadIdx.x; i < n;
-         i += (long long)gridDim.x * LOSS_THREADS) {
+    GRID_STRIDE_LOOP(i, n) {
         const REAL d = pred[i] - target[i];
         squared[i] = d * d;
         dpred[i] = d * grad_scale;

@@ -11,29 +11,9 @@
 //    param -= step_size * m / (sqrt(v)/bias2_sqrt + eps), where the host computes
 //    step_size = lr/(1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) from the step count t.
 
-#ifndef REAL
-#define REAL float
-#endif
-#ifndef REAL_IS_DOUBLE
-#define REAL_IS_DOUBLE 0
-#endif
+#include "common.cuh"
 
-#if REAL_IS_DOUBLE
-#define REAL_SQRT sqrt
-#else
-#define REAL_SQRT sqrtf
-#endif
-
-#define OPTIM_THREADS 256
-// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
-// kernels at 32 and spills around the slow-path calls of division).
-#define OPTIM_MIN_BLOCKS 4
-
-#define GRID_STRIDE_LOOP(i, n)                                                   \
-    for (long long i = (long long)blockIdx.x * OPTIM_THREADS + threadIdx.x; i < (n); \
-         i += (long long)gridDim.x * OPTIM_THREADS)
-
-extern "C" __global__ void __launch_bounds__(OPTIM_THREADS, OPTIM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_step(REAL* __restrict__ param, const REAL* __restrict__ grad, long long n, REAL lr, REAL weight_decay)
 {
     GRID_STRIDE_LOOP(i, n) {
@@ -42,7 +22,7 @@ sgd_step(REAL* __restrict__ param, const REAL* __restrict__ grad, long long n, R
     }
 }
 
-extern "C" __global__ void __launch_bounds__(OPTIM_THREADS, OPTIM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_momentum_step(REAL* __restrict__ param, const REAL* __restrict__ grad, REAL* __restrict__ momentum_buf,
                   long long n, REAL lr, REAL momentum, REAL weight_decay, int nesterov, int first_step)
 {
@@ -55,7 +35,7 @@ sgd_momentum_step(REAL* __restrict__ param, const REAL* __restrict__ grad, REAL*
     }
 }
 
-extern "C" __global__ void __launch_bounds__(OPTIM_THREADS, OPTIM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adam_step(REAL* __restrict__ param, const REAL* __restrict__ grad, REAL* __restrict__ m, REAL* __restrict__ v,
           long long n, REAL step_size, REAL bias2_sqrt, REAL beta1, REAL beta2, REAL eps, REAL weight_decay)
 {

@@ -25,22 +25,17 @@
 // called subroutine whose register saves spill). In-plane indices are int (the host refuses
 // planes of 2^31 pixels or more); plane offsets are 64-bit.
 
-#ifndef REAL
-#define REAL float
-#endif
+#include "common.cuh"
 
-#define POOL_THREADS 256
-// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
-// kernels at 32 and spills around the slow-path calls of division).
-#define POOL_MIN_BLOCKS 4
-
-// Loop heads of every kernel: `plane` strides over the (n, c) planes along grid y, `pixel` over
-// one plane's pixels along grid x (64-bit loop counter so the increment cannot overflow).
+// Loop heads of every kernel: `plane` strides over the (n, c) planes along grid y, and
+// GRID_STRIDE_LOOP walks one plane's pixels along grid x.
 #define FOR_EACH_PLANE(plane, planes) \
     for (long long plane = blockIdx.y; plane < (planes); plane += gridDim.y)
-#define FOR_EACH_PIXEL(flat, plane_pixels)                                           \
-    for (long long flat = (long long)blockIdx.x * POOL_THREADS + threadIdx.x; flat < (plane_pixels); \
-         flat += (long long)gridDim.x * POOL_THREADS)
+
+// Kernel parameters of the pooling geometry: the planes, input H x W, output P x Q, window
+// kh x kw, strides sh, sw and paddings ph, pw.
+#define POOL_WINDOW_PARAMS \
+    long long planes, int H, int W, int P, int Q, int kh, int kw, int sh, int sw, int ph, int pw
 
 // Largest output o < outputs whose window starts at or before pos.
 __device__ __forceinline__ int last_window(int pos, int pad, int stride, int outputs)
@@ -56,21 +51,37 @@ __device__ __forceinline__ int first_window(int pos, int pad, int kernel, int st
     return num <= 0 ? 0 : (num + stride - 1) / stride;
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+// The outputs whose window can contain input pixel (h, w): p in [p_first, p_last], q in
+// [q_first, q_last] (empty where first > last).
+struct WindowsOver {
+    int p_first, p_last, q_first, q_last;
+};
+
+__device__ __forceinline__ WindowsOver windows_over(int h, int w, int P, int Q, int kh, int kw, int sh, int sw,
+                                                    int ph, int pw, int dh, int dw)
+{
+    WindowsOver o;
+    o.p_first = first_window(h, ph, kh, sh, dh);
+    o.q_first = first_window(w, pw, kw, sw, dw);
+    o.p_last = last_window(h, ph, sh, P);
+    o.q_last = last_window(w, pw, sw, Q);
+    return o;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restrict__ indices,
-                 long long planes, int H, int W, int P, int Q,
-                 int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+                 POOL_WINDOW_PARAMS, int dh, int dw)
 {
     const int plane_inputs = H * W;
     const int plane_outputs = P * Q;
-    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_outputs) {
+    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_outputs) {
         const int out = (int)flat;
         const int q = out % Q;
         const int p = out / Q;
         const REAL* xp = x + plane * plane_inputs;
         const int h0 = p * sh - ph;
         const int w0 = q * sw - pw;
-        REAL best = (REAL)__int_as_float(0xff800000);
+        REAL best = REAL_NEG_INF;
         int best_index = -1;
         for (int r = 0; r < kh; ++r) {
             const int h = h0 + r * dh;
@@ -93,27 +104,23 @@ max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restri
     }
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, REAL* __restrict__ dx,
-                  long long planes, int H, int W, int P, int Q,
-                  int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+                  POOL_WINDOW_PARAMS, int dh, int dw)
 {
     const int plane_inputs = H * W;
     const int plane_outputs = P * Q;
-    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_inputs) {
+    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_inputs) {
         const int in = (int)flat;
         const int w = in % W;
         const int h = in / W;
-        const int p_first = first_window(h, ph, kh, sh, dh);
-        const int q_first = first_window(w, pw, kw, sw, dw);
-        const int p_last = last_window(h, ph, sh, P);
-        const int q_last = last_window(w, pw, sw, Q);
+        const WindowsOver windows = windows_over(h, w, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
         const long long plane_offset = plane * plane_outputs;
         const int* index_plane = indices + plane_offset;
         const REAL* dy_plane = dy + plane_offset;
         REAL sum = (REAL)0;
-        for (int p = p_first; p <= p_last; ++p) {
-            for (int q = q_first; q <= q_last; ++q) {
+        for (int p = windows.p_first; p <= windows.p_last; ++p) {
+            for (int q = windows.q_first; q <= windows.q_last; ++q) {
                 if (index_plane[p * Q + q] == in)
                     sum += dy_plane[p * Q + q];
             }
@@ -145,14 +152,13 @@ __device__ __forceinline__ REAL avg_divisor(const AvgSpan& hs, const AvgSpan& ws
                              : (REAL)((hs.end - hs.start) * (ws.end - ws.start));
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
-                 long long planes, int H, int W, int P, int Q,
-                 int kh, int kw, int sh, int sw, int ph, int pw, int count_include_pad)
+                 POOL_WINDOW_PARAMS, int count_include_pad)
 {
     const int plane_inputs = H * W;
     const int plane_outputs = P * Q;
-    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_outputs) {
+    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_outputs) {
         const int out = (int)flat;
         const int q = out % Q;
         const int p = out / Q;
@@ -171,28 +177,24 @@ avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
     }
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS, POOL_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
-                  long long planes, int H, int W, int P, int Q,
-                  int kh, int kw, int sh, int sw, int ph, int pw, int count_include_pad)
+                  POOL_WINDOW_PARAMS, int count_include_pad)
 {
     const int plane_inputs = H * W;
     const int plane_outputs = P * Q;
-    FOR_EACH_PLANE(plane, planes) FOR_EACH_PIXEL(flat, plane_inputs) {
+    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_inputs) {
         const int in = (int)flat;
         const int w = in % W;
         const int h = in / W;
-        const int p_first = first_window(h, ph, kh, sh, 1);
-        const int q_first = first_window(w, pw, kw, sw, 1);
-        const int p_last = last_window(h, ph, sh, P);
-        const int q_last = last_window(w, pw, sw, Q);
+        const WindowsOver windows = windows_over(h, w, P, Q, kh, kw, sh, sw, ph, pw, 1, 1);
         const REAL* dyp = dy + plane * plane_outputs;
         REAL sum = (REAL)0;
-        for (int p = p_first; p <= p_last; ++p) {
+        for (int p = windows.p_first; p <= windows.p_last; ++p) {
             const AvgSpan hs = avg_span(p, H, kh, sh, ph);
             if (h < hs.start || h >= hs.end)
                 continue;
-            for (int q = q_first; q <= q_last; ++q) {
+            for (int q = windows.q_first; q <= windows.q_last; ++q) {
                 const AvgSpan ws = avg_span(q, W, kw, sw, pw);
                 if (w < ws.start || w >= ws.end)
                     continue;

@@ -15,26 +15,19 @@
 // Both orders are fixed by the shape: results are bit-identical run to run (no atomics).
 // Indices are 64-bit: outer*channels*inner may exceed 2^31.
 
-#ifndef REAL
-#define REAL float
-#endif
+#include "common.cuh"
 
-#define REDUCE_THREADS 256
-// At least 4 resident blocks: lets ptxas use up to 64 registers (with no minimum it caps some
-// kernels at 32 and spills around the slow-path calls of division).
-#define REDUCE_MIN_BLOCKS 4
-
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS, REDUCE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out,
                   long long outer, long long channels, long long inner)
 {
-    __shared__ REAL partial[REDUCE_THREADS];
+    __shared__ REAL partial[BLOCK_THREADS];
     const long long c = blockIdx.x;
     const int t = threadIdx.x;
     // Walk elements e = t + k*256 of the channel as (o, i) with e = o*inner + i, stepping the
     // decode instead of dividing each element.
-    const long long step_o = REDUCE_THREADS / inner;
-    const long long step_i = REDUCE_THREADS % inner;
+    const long long step_o = BLOCK_THREADS / inner;
+    const long long step_i = BLOCK_THREADS % inner;
     long long o = t / inner;
     long long i = t % inner;
     REAL sum = (REAL)0;
@@ -49,7 +42,7 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out,
     }
     partial[t] = sum;
     __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
+    for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
         if (t < half)
             partial[t] += partial[t + half];
         __syncthreads();
@@ -58,11 +51,11 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out,
         out[c] = partial[0];
 }
 
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS, REDUCE_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 channel_sum_column(const REAL* __restrict__ a, REAL* __restrict__ out,
                    long long outer, long long channels)
 {
-    const long long c = (long long)blockIdx.x * REDUCE_THREADS + threadIdx.x;
+    const long long c = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
     if (c >= channels)
         return;
     REAL sum = (REAL)0;

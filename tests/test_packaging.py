@@ -11,8 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import json, cnn_gpu, cnn_gpu.backend as b
+# Every source resolves its #include "x.cuh" headers from the installed package.
+sources = {p.stem: b.kernel_source(p.stem) for p in b.kernel_files()}
 print(json.dumps({"package": cnn_gpu.__file__, "kernel_dir": str(b.kernel_dir()),
-                  "kernels": sorted(p.name for p in b.kernel_files())}))
+                  "kernels": sorted(p.name for p in b.kernel_files()),
+                  "unresolved": [name for name, text in sources.items() if "#include" in text]}))
 """
 
 
@@ -40,6 +43,7 @@ def test_wheel_installs_and_finds_kernels(tmp_path):
     assert Path(found["package"]).is_relative_to(target), f"imported {found['package']}, not the installed wheel"
     assert Path(found["kernel_dir"]) == target / "cnn_gpu" / "kernels"
     assert found["kernels"] == repo_kernels
+    assert found["unresolved"] == []
 
     cli = subprocess.run([sys.executable, "-m", "cnn_gpu", "train", "--help"], cwd=elsewhere, env=env,
                          capture_output=True, text=True, timeout=120)

@@ -1,6 +1,7 @@
 """`cnn-gpu kernels`: compile every kernels/*.cu with NVRTC for each architecture and dtype, as the
-cuda backend does, and print ptxas' registers, spills, shared memory and the theoretical occupancy
-per kernel. Exit status 1 on a compile error or any spilled byte, 2 when NVRTC is missing."""
+cuda backend does (kernels/*.cuh headers inlined by backend.kernel_source), and print ptxas'
+registers, spills, shared memory and the theoretical occupancy per kernel. Exit status 1 on a
+compile error or any spilled byte, 2 when NVRTC is missing."""
 from __future__ import annotations
 
 import itertools
