@@ -7,8 +7,9 @@ import pytest
 # How cnn_gpu.functional.conv gathers windows depends on the shape; tiny test shapes would reach only
 # one way. Each setting forces one strategy onto every eligible shape.
 CONV_PATHS = {
-    "im2col": dict(NARROW_OUTPUT=0, ROW_GEMM_MIN_HEIGHT=10**9),
-    "batch_last": dict(NARROW_OUTPUT=10**9, ROW_GEMM_MIN_HEIGHT=10**9),
+    "im2col": dict(NARROW_OUTPUT=0, ROW_GEMM_MIN_HEIGHT=10**9, CHANNELS_LAST_RUN_RATIO=10**9),
+    "batch_last": dict(NARROW_OUTPUT=10**9, ROW_GEMM_MIN_HEIGHT=10**9, CHANNELS_LAST_RUN_RATIO=10**9),
+    "channels_last": dict(ROW_GEMM_MIN_HEIGHT=10**9, CHANNELS_LAST_RUN_RATIO=0, CHANNELS_LAST_MIN_CHANNELS=0),
     "rows": dict(NARROW_OUTPUT=0, ROW_GEMM_MIN_HEIGHT=1),
 }
 
