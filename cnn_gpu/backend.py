@@ -91,11 +91,7 @@ def why_unavailable(name: str) -> str:
     if name == "numpy":
         return ""
     if name == "emu":
-        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-            return "the emulator runs on x86-64 Linux only"
-        if shutil.which(os.environ.get("CXX", "g++")) is None:
-            return "no g++ found (install g++ or set $CXX)"
-        return ""
+        return _why_emu_unavailable()
     if name == "cuda":
         try:
             import cupy  # noqa: F401
@@ -105,6 +101,16 @@ def why_unavailable(name: str) -> str:
             return "CuPy sees no GPU"
         return ""
     return f"unknown backend {name!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _why_emu_unavailable() -> str:
+    # Probed once: resolve() asks on every emu op and optimizer step.
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return "the emulator runs on x86-64 Linux only"
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        return "no g++ found (install g++ or set $CXX)"
+    return ""
 
 
 def available_backends() -> list[str]:

@@ -455,6 +455,7 @@ def relative_error(got, want) -> float:
     same = (got == want) | (np.isnan(got) & np.isnan(want))
     with np.errstate(invalid="ignore"):
         diff = np.where(same, 0.0, np.abs(got - want))
+    diff[np.isnan(diff)] = np.inf   # a NaN where the reference has a number is the worst mismatch
     if diff.size == 0:
         return 0.0
     scale = np.max(np.abs(np.where(np.isfinite(want), want, 0.0)), initial=0.0)

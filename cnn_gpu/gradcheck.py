@@ -12,6 +12,7 @@ CuPy arrays on any backend.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,8 @@ def gradcheck(loss, arrays, grads, *, names=None, eps=1e-5, directions=3, elemen
         analytic = sum(float(_module_of(g).vdot(g, v)) for _, g, v in steps)
         floor = 1e-3 * sum(float(_module_of(g).linalg.norm(g)) for _, g, _ in steps) + 1e-300
         error = abs(analytic - numeric) / max(abs(analytic), abs(numeric), floor)
+        if math.isnan(error):   # a NaN must fail the check, not lose every comparison with the worst
+            error = math.inf
         count += 1
         per_array[key] = max(per_array.get(key, 0.0), error)
         if error >= worst[0]:
@@ -138,7 +141,8 @@ def check_model(model, loss_fn, x, target, *, check_input=True, seed=0, **option
     loss_fn.forward(model(x), target)
     dx = model.backward(loss_fn.backward())
     arrays = [p.data for p in params]
-    grads = [p.grad.copy() for p in params]
+    # a parameter the backward pass never reached has a zero gradient, which the differences then check
+    grads = [_module_of(p.data).zeros_like(p.data) if p.grad is None else p.grad.copy() for p in params]
     names = [f"parameter {i}" for i in range(len(params))]
     x = x.copy()
     if check_input:

@@ -84,13 +84,19 @@ class Optimizer:
 
     def step(self) -> None:
         group = self.param_groups[0]
-        for p, state in zip(self.params, self.state):
-            if p.grad is None:
-                continue  # no gradient reached this parameter: PyTorch leaves it alone too
+        # no gradient reached a parameter without .grad: PyTorch leaves it alone too
+        pending = [(p, state) for p, state in zip(self.params, self.state) if p.grad is not None]
+        # every parameter is checked before any is updated, so a bad one leaves no half-done step
+        backends = []
+        for p, _ in pending:
             if p.grad.shape != p.data.shape:
                 raise ValueError(f"gradient shape {tuple(p.grad.shape)} does not match parameter shape "
                                  f"{tuple(p.data.shape)}")
-            self._update(self._backend_of(p), p, state, group)
+            if p.grad.dtype != p.data.dtype:
+                raise TypeError(f"gradient dtype {p.grad.dtype} does not match parameter dtype {p.data.dtype}")
+            backends.append(self._backend_of(p))
+        for be, (p, state) in zip(backends, pending):
+            self._update(be, p, state, group)
 
     def state_dict(self) -> dict:
         """Hyper-parameters and per-parameter state (NumPy arrays), for checkpoints."""

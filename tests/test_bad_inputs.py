@@ -19,7 +19,8 @@ CASES = [
     ("conv channel mismatch", lambda: F.conv2d(X, W[:, :3]), ValueError, r"weight shape \(3, 3, 3, 3\).*x has 4"),
     ("conv groups divide", lambda: F.conv2d(X, W[:, :2], groups=2), ValueError,
      r"out_channels \(3\) must both be divisible by groups \(2\)"),
-    ("conv groups type", lambda: F.conv2d(X, W, groups=0), ValueError, r"groups must be a positive int"),
+    ("conv groups zero", lambda: F.conv2d(X, W, groups=0), ValueError, r"groups must be a positive int"),
+    ("conv groups type", lambda: F.conv2d(X, W, groups=1.0), TypeError, r"groups must be a positive int"),
     ("conv dtype mismatch", lambda: F.conv2d(X32, W), TypeError, r"weight has dtype float64 but x has dtype float32"),
     ("conv integer dtype", lambda: F.conv2d(X.astype(np.int64), W), TypeError, r"x must be float32 or float64"),
     ("conv float16", lambda: F.conv2d(X.astype(np.float16), W), TypeError, r"x must be float32 or float64"),
@@ -99,6 +100,13 @@ def test_bad_input_raises(call, error, pattern):
 
 def test_enough_distinct_cases():
     assert len({c[0] for c in CASES}) == len(CASES) >= 25
+
+
+def test_numpy_integer_sizes_are_accepted():
+    """groups, like the other size arguments, may be any integer type (np.int64 from a shape)."""
+    w = W[:, :1].repeat(2, axis=0)[:4]
+    np.testing.assert_array_equal(F.conv2d(X, w, groups=np.int64(4), stride=np.int32(2)),
+                                  F.conv2d(X, w, groups=4, stride=2))
 
 
 def test_cupy_numpy_mix_is_a_type_error():

@@ -212,6 +212,24 @@ def test_check_fails_on_a_planted_wrong_op(capsys):
     assert "FAIL conv2d: error" in out and "dweight" in out and "FAILED: conv2d" in out
 
 
+def test_check_fails_on_a_planted_nan():
+    """A NaN in an output after the first (here relu's dx) fails: NaN must not lose every comparison."""
+    def nan_relu(inputs, cfg, be):
+        out = check.OPS["relu"].run(inputs, cfg, be)
+        out["dx"].reshape(-1)[-1] = np.nan
+        return out
+
+    check.register_override("relu", nan_relu)
+    try:
+        result = next(check.check_ops("numpy", ["relu"], mode="quick"))
+    finally:
+        check.clear_overrides()
+    assert not result.passed
+    assert result.error == np.inf and "dx" in result.worst
+    assert check.relative_error(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == np.inf
+    assert check.relative_error(np.array([1.0, np.nan]), np.array([1.0, np.nan])) == 0.0
+
+
 def test_finite_differences_catch_a_consistent_wrong_backward():
     """A backward that NumPy and the device would share (so no cross-check sees it) still fails."""
     spec = check.OPS["avg_pool2d"]

@@ -16,11 +16,11 @@ from cnn_gpu import backend
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry, conv_transpose_geometry
 from cnn_gpu.gpu import conv
+from helpers import assert_close
 
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
 
-TOLERANCE = {np.float64: 1e-10, np.float32: 1e-5}
 SWEEP = 200          # configurations per op and dtype
 CHUNKS = 4           # sweep slices, so pytest-xdist can spread them
 
@@ -113,18 +113,6 @@ def transpose_kwargs(cfg):
 
 
 # --- comparison ---------------------------------------------------------------------------------
-
-def assert_close(got, want, dtype, what):
-    got = backend_to_numpy(got)
-    assert got.dtype == want.dtype and got.shape == want.shape, (what, got.dtype, got.shape, want.shape)
-    scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
-    err = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
-    assert err <= TOLERANCE[dtype] * scale, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
-
-
-def backend_to_numpy(a):
-    return a.get() if backend.is_cupy_array(a) else a
-
 
 def run_conv_ops(cfg, dtype, be, to_device=lambda a: a, activation=None):
     """conv2d forward and backward on `be` and on numpy: [(name, got, want), ...]."""

@@ -17,31 +17,13 @@ import cnn_gpu.functional as F
 from cnn_gpu import backend
 from cnn_gpu.functional.geometry import pool_geometry
 from cnn_gpu.gpu import elementwise, optim, pool, reduce
+from helpers import assert_close, to_host, tolerance
 
 pytestmark = pytest.mark.skipif("emu" not in backend.available_backends(),
                                 reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
 
 DTYPES = (np.float64, np.float32)
 SWEEP_SIZE = 200
-
-
-def tolerance(dtype) -> float:
-    return 1e-10 if np.dtype(dtype) == np.float64 else 1e-5
-
-
-def assert_close(actual, expected, dtype, what=""):
-    """Relative to the magnitude of the expected array (so values near 0 do not need exact zeros)."""
-    actual, expected = to_host(actual), np.asarray(expected)
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    finite = expected[np.isfinite(expected)]
-    scale = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
-    tol = tolerance(dtype)
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, equal_nan=True, err_msg=what)
-
-
-def to_host(a):
-    return a.get() if backend.is_cupy_array(a) else np.asarray(a)
 
 
 def to_backend(be, *arrays):
@@ -421,6 +403,47 @@ def test_mse(dtype):
         what = f"mse {shape} {np.dtype(dtype).name}"
         assert loss == pytest.approx(loss0, rel=tolerance(dtype)), what
         assert_close(dpred, dpred0, dtype, what)
+
+
+def test_non_contiguous_inputs():
+    """Views (reversed, transposed, strided) run on emu as their C-contiguous copies do on numpy; the
+    cuda backend refuses them with a clear error instead of copying behind the caller's back."""
+    from cnn_gpu.functional import _checks
+    rng = np.random.default_rng(16)
+    base = rng.standard_normal((2, 3, 9, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    linear_w = rng.standard_normal((5, 9))
+    views = [base[:, :, ::-1], base.transpose(0, 1, 3, 2), base[:, :, ::2, 1:]]
+    calls = [
+        lambda a, be: F.conv2d(a, w, stride=2, padding=1, backend=be),
+        lambda a, be: F.conv2d_backward(a, a, w[:3, :, :1, :1], backend=be)[1],
+        lambda a, be: F.max_pool2d(a, 3, 2, 1, backend=be)[0],
+        lambda a, be: F.avg_pool2d(a, 2, ceil_mode=True, backend=be),
+        lambda a, be: F.sigmoid_backward(a, a, backend=be),
+        lambda a, be: F.linear(a[1, 2], linear_w[:, :a.shape[-1]], backend=be),
+    ]
+    for view in views:
+        assert not view.flags.c_contiguous
+        for i, call in enumerate(calls):
+            assert_close(call(view, "emu"), call(np.ascontiguousarray(view), "numpy"), np.float64, f"call {i}")
+    with pytest.raises(ValueError, match="x must be C-contiguous for the cuda backend"):
+        _checks.for_kernels("cuda", views[0], "x")
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_empty_batches(be):
+    """A batch of 0 rows: the losses are NaN as PyTorch's mean over nothing, linear's gradients are
+    zeros of the right shapes (the kernel backends never see an empty reduction)."""
+    rng = np.random.default_rng(15)
+    empty = np.empty((0, 3))
+    loss, dlogits = F.cross_entropy(empty, np.empty(0, np.int64), backend=be)
+    assert math.isnan(loss) and dlogits.shape == (0, 3) and dlogits.dtype == np.float64
+    loss, dpred = F.mse_loss(empty.astype(np.float32), empty.astype(np.float32), backend=be)
+    assert math.isnan(loss) and dpred.shape == (0, 3) and dpred.dtype == np.float32
+    w = rng.standard_normal((3, 4))
+    dx, dw, db = F.linear_backward(empty, np.empty((0, 4)), w, backend=be)
+    assert dx.shape == (0, 4) and dw.shape == (3, 4) and db.shape == (3,)
+    assert not dw.any() and not db.any()
 
 
 # --- optimizers: references written from torch.optim's documented update rules -------------------

@@ -246,6 +246,18 @@ def test_losses_match_torch(loss_name, rng):
     np.testing.assert_allclose(ours.backward(), tp.grad.numpy(), rtol=1e-11, atol=1e-14)
 
 
+@pytest.mark.parametrize("loss_name", ["CrossEntropyLoss", "MSELoss"])
+def test_loss_backward_scaled_keeps_dtype(loss_name, rng):
+    """backward(dy) scales the gradient by dy in the prediction's dtype, even for a float64 dy."""
+    pred = _randn(rng, 4, 3, dtype=np.float32)
+    target = rng.integers(0, 3, 4) if loss_name == "CrossEntropyLoss" else _randn(rng, 4, 3, dtype=np.float32)
+    loss = getattr(nn, loss_name)()
+    loss(pred, target)
+    scaled = loss.backward(np.float64(2.5))
+    assert scaled.dtype == np.float32
+    np.testing.assert_array_equal(scaled, loss.backward() * np.float32(2.5))
+
+
 # --- finite differences of whole models ---------------------------------------------------------
 
 @pytest.mark.parametrize("name, shape", [("cnn", (2, 2, 8, 9)), ("resnet", (2, 2, 6, 5))])
@@ -391,7 +403,8 @@ def test_load_state_dict_needs_a_mapping():
     (lambda: nn.Conv2d(3, 4, 3, padding_mode="reflect"), ValueError, "padding_mode"),
     (lambda: nn.Conv2d(3, 4, 3, dtype=np.float16), TypeError, "float32 or float64"),
     (lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, output_padding=2), ValueError, "output_padding"),
-    (lambda: nn.Linear(3, 2.5), ValueError, "out_features"),
+    (lambda: nn.Linear(3, 2.5), TypeError, "out_features"),
+    (lambda: nn.Linear(3, 0), ValueError, "out_features"),
     (lambda: nn.Linear(3, 2, rng="seed"), TypeError, "rng"),
     (lambda: nn.MaxPool2d((2, 2, 2)), ValueError, "kernel_size"),
 ])

@@ -166,6 +166,18 @@ def test_gradient_shape_mismatch():
         optim.Adam([param]).step()
 
 
+@pytest.mark.parametrize("bad_grad, error", [(np.ones(6), ValueError), (np.ones((2, 3), np.float32), TypeError)])
+def test_a_bad_gradient_leaves_every_parameter_unchanged(bad_grad, error):
+    """The step is checked as a whole first: a good parameter before the bad one is not updated."""
+    good, bad = Parameter(np.ones(4)), Parameter(np.ones((2, 3)))
+    good.grad, bad.grad = np.full(4, 0.5), bad_grad
+    optimizer = optim.SGD([good, bad], lr=0.1, momentum=0.9)
+    with pytest.raises(error, match="gradient"):
+        optimizer.step()
+    np.testing.assert_array_equal(good.data, np.ones(4))
+    assert optimizer.state == [{}, {}]
+
+
 def test_load_state_dict_checks_shapes():
     rng = np.random.default_rng(6)
     params = _params(rng)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import functional as F
+from helpers import tolerance
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
 TF = torch.nn.functional
@@ -27,7 +28,6 @@ def single_torch_thread():
 
 SWEEP = 200          # accepted float64 configurations per op
 SWEEP_F32 = 60       # accepted float32 configurations per op
-TOL = {np.float64: 1e-10, np.float32: 1e-5}
 
 
 def rel_err(ours, theirs, scale=None):
@@ -62,7 +62,7 @@ def run_sweep(draw, check, count, dtype, seed):
             continue
         accepted.append(cfg)
         worst = max(errors)
-        if not worst <= TOL[dtype]:
+        if not worst <= tolerance(dtype):
             failures.append((worst, cfg))
     assert not disagreements, f"we reject configs PyTorch accepts: {disagreements[:3]}"
     assert not failures, f"{len(failures)} configs differ from PyTorch, worst: {sorted(failures)[-3:]}"
@@ -366,6 +366,16 @@ def test_activation_at_zero():
     dy = np.full(4, 2.0)
     np.testing.assert_array_equal(F.relu_backward(dy, x), [0, 0, 2, 0])
     np.testing.assert_array_equal(F.leaky_relu_backward(dy, x, 0.5), [1, 1, 2, 1])
+
+
+def test_relu_backward_of_non_finite_dy_matches_torch():
+    """An infinite or NaN dy where x <= 0 gives 0 (the gradient is masked, not multiplied by 0)."""
+    x = np.array([-1.0, 0.0, 2.0, -3.0, 1.0, np.nan])
+    dy = np.array([np.inf, np.nan, np.inf, -np.inf, 0.5, 2.0])
+    xt = t(x)
+    torch.relu(xt).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(F.relu_backward(dy, x), xt.grad.numpy())
+    np.testing.assert_array_equal(F.relu_backward(dy, x), [0, 0, np.inf, 0, 0.5, 2.0])
 
 
 def draw_linear(rng):

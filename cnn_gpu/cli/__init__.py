@@ -14,6 +14,11 @@ COMMANDS = {
 }
 
 
+def comma_list(text: str) -> list[str]:
+    """argparse type for "a,b,c" options."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnn-gpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

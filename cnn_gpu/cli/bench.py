@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+from . import comma_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
           "GPU calls are timed with CUDA events. Ctrl-C prints the rows finished so far.")
     parser.add_argument("--shapes", default="default", choices=list(bench.SHAPE_SETS),
                         help="shape set (default: %(default)s; emu needs 'tiny')")
-    parser.add_argument("--ops", type=_names, default=None, metavar="OP[,OP...]",
+    parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
                         help="ops to time (default: all but conv2d_fwd_bwd)")
-    parser.add_argument("--device", type=_names, default=None, metavar="DEV[,DEV...]",
+    parser.add_argument("--device", type=comma_list, default=None, metavar="DEV[,DEV...]",
                         help=f"devices among {', '.join(bench.DEVICES)} (default: numpy plus cuda, torch and "
                              "torch-cuda where available; torch-cuda adds a TF32 row for float32)")
     parser.add_argument("--dtype", default="float32", choices=bench.DTYPES, help="default: %(default)s")

@@ -5,9 +5,7 @@ import argparse
 import json
 import sys
 
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+from . import comma_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(mode="normal")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                         help="dtype run on the device (the reference is always float64; default: %(default)s)")
-    parser.add_argument("--ops", type=_names, default=None, metavar="OP[,OP...]",
+    parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
                         help=f"ops to check (default: all: {', '.join(check.OPS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the configurations and inputs")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

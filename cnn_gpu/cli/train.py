@@ -171,13 +171,6 @@ def _train(args) -> int:
     return 0
 
 
-def _to_device(array, device):
-    if device == "cuda":
-        import cupy
-        return cupy.asarray(array)
-    return array
-
-
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     """The learning rate of `epoch` (from 0): base_lr decayed along half a cosine over `epochs`."""
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
@@ -197,12 +190,13 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
     accuracy on the progress bar."""
     from ..data import batches
+    from ..nn.module import to_backend_array
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for index, (x, y) in enumerate(batches(dataset.x_train, dataset.y_train, batch_size, shuffle_rng)):
         if index == bar.total:
             break
-        x, y = _to_device(x, device), _to_device(y, device)
+        x, y = to_backend_array(x, device), to_backend_array(y, device)
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad()
@@ -218,13 +212,14 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
 def evaluate(model, dataset, batch_size, device, max_batches=None):
     """(correct, total) on the test set (its first max_batches batches when given)."""
     from ..data import batches
+    from ..nn.module import to_backend_array
     model.eval()
     correct = total = 0
     for index, (x, y) in enumerate(batches(dataset.x_test, dataset.y_test, batch_size)):
         if max_batches and index == max_batches:
             break
-        logits = model(_to_device(x, device))
-        correct += int((logits.argmax(axis=1) == _to_device(y, device)).sum())
+        logits = model(to_backend_array(x, device))
+        correct += int((logits.argmax(axis=1) == to_backend_array(y, device)).sum())
         total += len(y)
     return correct, total
 

@@ -85,10 +85,18 @@ def labels(lab, batch: int, num_classes: int):
 
 def for_kernels(be: str, a, name: str):
     """`a` laid out as the CUDA kernels need it: C-contiguous. Host arrays for "emu" are copied when
-    needed; a device array for "cuda" is never copied behind the caller's back."""
-    if a is None or a.flags.c_contiguous:
+    needed; a device array for "cuda" is never copied or moved behind the caller's back."""
+    if a is None:
         return a
-    if be == "cuda":
+    if be != "cuda":
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous for the cuda backend (shape {tuple(a.shape)}, "
                          f"strides {a.strides}); use cupy.ascontiguousarray")
-    return np.ascontiguousarray(a)
+    if is_cupy_array(a):
+        import cupy
+        current = cupy.cuda.Device().id
+        if a.device.id != current:
+            raise ValueError(f"{name} is on GPU {a.device.id} but the current device is GPU {current}; "
+                             f"use `with cupy.cuda.Device({a.device.id}):`")
+    return a

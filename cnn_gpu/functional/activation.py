@@ -44,10 +44,18 @@ def _tanh_grad(dy, x):
     return dy * (4 * e / ((1 + e) * (1 + e)))
 
 
+def _relu_grad(dy, x):
+    # PyTorch's rule: 0 where x <= 0, dy elsewhere (also where x is NaN)
+    keep = ~(x <= 0)
+    with np.errstate(invalid="ignore"):
+        dx = dy * keep
+    if not np.isfinite(dy).all():   # inf * 0 is NaN; the rare non-finite dy takes the masked path
+        dx[~keep] = 0
+    return dx
+
+
 _BACKWARD = {
-    # PyTorch's rule: 0 where x <= 0, dy elsewhere (also where x is NaN); a non-finite dy at
-    # x <= 0 gives NaN here instead of 0
-    "relu": lambda dy, x, _: dy * ~(x <= 0),
+    "relu": lambda dy, x, _: _relu_grad(dy, x),
     "leaky_relu": lambda dy, x, slope: dy * _leaky_factor(x, slope),
     "sigmoid": lambda dy, x, _: _sigmoid_grad(dy, x),
     "tanh": lambda dy, x, _: _tanh_grad(dy, x),

@@ -143,9 +143,12 @@ def conv_transpose_geometry(x_shape, w_shape, stride=1, padding=0, output_paddin
 
 
 def _groups(groups) -> int:
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    # any integer type (np.int64 too), as pair() takes for the other size arguments
+    if isinstance(groups, bool) or not hasattr(groups, "__index__"):
+        raise TypeError(f"groups must be a positive int, got {groups!r}")
+    if groups.__index__() < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
-    return groups
+    return groups.__index__()
 
 
 @dataclass(frozen=True)

@@ -18,5 +18,7 @@ def backward(be, dy, x, w, bias):
     xp = backend.array_module(be)
     dx = xp.matmul(dy, w)
     dw = xp.matmul(dy.T, x)
-    db = reduce.channel_sum(be, dy, dy.shape[0], dy.shape[1], 1) if bias else None
+    db = None
+    if bias:   # an empty batch contributes nothing (channel_sum takes no empty arrays)
+        db = reduce.channel_sum(be, dy, dy.shape[0], dy.shape[1], 1) if dy.size else xp.zeros(dy.shape[1], dy.dtype)
     return dx, dw, db

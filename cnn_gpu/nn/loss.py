@@ -2,6 +2,7 @@
 gradient of that mean with respect to `pred`."""
 from __future__ import annotations
 
+from .. import backend as _backend
 from .. import functional as F
 from .module import Module
 
@@ -14,7 +15,11 @@ class _Loss(Module):
     def backward(self, dy=None):
         """The gradient of the loss with respect to pred (scaled by `dy` when given)."""
         dpred = self._saved_for_backward()
-        return dpred if dy is None else dpred * dy
+        if dy is None:
+            return dpred
+        # in dpred's dtype: a NumPy float64 scalar dy must not turn a float32 gradient into float64
+        xp = _backend.array_module("cuda" if _backend.is_cupy_array(dpred) else "numpy")
+        return xp.multiply(dpred, dy, dtype=dpred.dtype)
 
 
 class CrossEntropyLoss(_Loss):
