@@ -242,3 +242,32 @@ def test_any_memory_layout():
     for view in views:
         for call in calls:
             assert rel_ok(call(view), call(np.ascontiguousarray(view)))
+
+
+def test_conv_batch_blocks_on_threads_are_bit_identical(conv_path, monkeypatch):
+    """Tiny batch blocks spread over 1, 2 and 3 threads: the same bits each time (disjoint output
+    slices, weight-gradient partials added in block order), and right against the direct loops."""
+    from cnn_gpu.functional import conv
+    rng = np.random.default_rng(42)
+    x = rng.standard_normal((7, 4, 6, 5))
+    w = rng.standard_normal((6, 2, 3, 2))
+    b = rng.standard_normal(6)
+    geo = dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)          # one image per block: 7+ blocks
+    conv._blas_threads()                                  # the real BLAS handle the pool limits
+    monkeypatch.setattr(conv, "_pool", None)              # so the assertion below sees this test's pool
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(conv, "_blas_threads", lambda threads=threads: threads)
+        y = F.conv2d(x, w, b, **geo)
+        dy = np.random.default_rng(7).standard_normal(y.shape)
+        results.append((y, *F.conv2d_backward(dy, x, w, **geo)))
+    assert conv._pool is not None and conv._pool[1] == 3, "the blocks never reached the thread pool"
+    for other in results[1:]:
+        for a, e in zip(other, results[0]):
+            np.testing.assert_array_equal(a, e)
+    y, dx, dw, db = results[0]
+    assert rel_ok(y, ref.conv2d(x, w, b, **geo))
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    assert rel_ok(dw, ref.conv2d_weight_grad(dy, x, w.shape, **geo))
+    assert rel_ok(dx, ref.conv2d_input_grad(dy, w, x.shape, **geo))
