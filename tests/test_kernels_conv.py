@@ -277,20 +277,20 @@ def test_emu_nan_propagates_through_conv_and_fused_relu(groups):
 def test_launcher_refuses_sizes_past_32_bit_indexing():
     g = conv_geometry((4, 1024, 1024, 1024), (8, 1024, 1, 1))
     with pytest.raises(ValueError, match="32-bit"):
-        conv.fprop("emu", None, None, None, g)
+        conv.plan_fprop(g, np.float32)   # refused from the geometry alone, before any allocation
 
 
 def test_launcher_refuses_spatial_sizes_past_2_to_the_28():
     g = conv_geometry((1, 1, 2**28, 1), (1, 1, 1, 1))
     with pytest.raises(ValueError, match="2\\^28"):
-        conv.dgrad("emu", None, None, g)
+        conv.plan_dgrad(g, np.float32)
 
 
 def test_launcher_rejects_unknown_activation_and_tile():
     g = conv_geometry((1, 1, 3, 3), (1, 1, 1, 1))
-    with pytest.raises(ValueError, match="activation"):
-        conv.fprop("emu", None, None, None, g, activation="gelu")
     x = np.ones((1, 1, 3, 3))
+    with pytest.raises(ValueError, match="activation"):
+        conv.fprop("emu", x, x[:, :, :1, :1], None, g, activation="gelu")
     with pytest.raises(ValueError, match="tile"):
         conv.fprop("emu", x, x[:, :, :1, :1], None, g, tile="huge")
 
@@ -304,3 +304,14 @@ def test_cuda_sweep_matches_numpy(kind, dtype):
     cupy = backend.cupy_or_none()
     for chunk in range(CHUNKS):
         check_sweep(kind, chunk, dtype, "cuda", to_device=cupy.asarray)
+
+
+def test_plans_name_the_launches_the_launchers_make():
+    g = conv_geometry((2, 3, 9, 9), (5, 3, 3, 3))
+    assert conv.plan_fprop(g, np.float64, tile="small").main.kernel == "conv2d_fprop_small"
+    single = conv.plan_wgrad(g, np.float64, tile="large", splits=1)
+    split = conv.plan_wgrad(g, np.float64, tile="large", splits=3)
+    assert [launch.family for launch in single.launches] == ["conv2d_wgrad"]
+    assert [launch.family for launch in split.launches] == ["conv2d_wgrad", "reduce"]
+    assert split.main.grid[2] == split.splits > 1 and split.chunk % conv.BK == 0
+    assert conv.plan_dgrad(conv_geometry((2, 4, 9, 9), (4, 1, 3, 3), groups=4), np.float32).tile is None

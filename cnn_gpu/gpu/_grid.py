@@ -1,6 +1,8 @@
 """Launch-shape helpers shared by the grid-stride kernels (pool, elementwise, loss, optim)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 THREADS = 256           # block size of these kernels (their __launch_bounds__)
@@ -21,3 +23,14 @@ def real(dtype, *values):
     """Python numbers as kernel REAL scalars (CuPy's rule: the NumPy scalar of the declared type)."""
     scalar = np.dtype(dtype).type
     return tuple(scalar(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, decided before it runs: kernels/<family>.cu:<kernel> on `grid` x `block`.
+    Plans made of these are what the launchers run and what cnn_gpu.roofline models."""
+    family: str
+    kernel: str
+    grid: tuple
+    block: tuple = (THREADS, 1, 1)
+    shared_mem: int = 0          # dynamic shared memory in bytes (the GEMM tiles are static)

@@ -10,12 +10,13 @@ kernel variant with small shapes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import i32
+from ._grid import Launch, i32
 
 THREADS = 256
 BK = 8   # reduction depth of a block tile (kernels' BK)
@@ -78,48 +79,50 @@ def _geometry_args(g):
                 g.padding[1], g.dilation[0], g.dilation[1])
 
 
-def fprop(be, x, w, bias, g, activation=None, *, tile=None):
-    """y = conv2d(x, w) + bias, then ReLU when activation == "relu"."""
-    if activation not in (None, "relu"):
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+@dataclass(frozen=True)
+class ConvPlan:
+    """What a convolution pass launches, decided before any allocation or launch. The launchers
+    below run it; the roofline model (cnn_gpu.roofline) reads it without running anything.
+
+    `splits` > 1 (wgrad) means a (splits, K, taps) workspace of partial tiles summed by a
+    reduce.channel_sum launch, which `launches` lists last; `chunk` is each split's share of the
+    N*P*Q reduction, a multiple of BK."""
+    pass_name: str               # "fprop", "dgrad" or "wgrad"
+    launches: tuple
+    tile: str | None = None      # "large" / "small" for the GEMM kernels, None for depthwise
+    splits: int = 1
+    chunk: int = 0
+
+    @property
+    def main(self) -> Launch:
+        return self.launches[0]
+
+
+def plan_fprop(g, dtype, *, tile=None) -> ConvPlan:
     _check_index_range(g)
-    y = backend.array_module(be).empty(g.y_shape, dtype=x.dtype)
-    flags = i32(bias is not None, activation == "relu")
-    bias_arg = y if bias is None else bias   # never read when has_bias == 0
     if g.is_depthwise:
         grid = (_ceil_div(math.prod(g.y_shape), THREADS), 1, 1)
-        args = (x, w, bias_arg, y) + _geometry_args(g) + flags
-        backend.launch(be, "conv2d_depthwise", x.dtype, "conv2d_depthwise_fprop", grid, (THREADS,), args)
-        return y
+        return ConvPlan("fprop", (Launch("conv2d_depthwise", "conv2d_depthwise_fprop", grid),))
     npq = g.N * g.P * g.Q
-    variant, edge = _pick_tile(x.dtype, g.K // g.groups, npq, g.groups, tile)
+    variant, edge = _pick_tile(dtype, g.K // g.groups, npq, g.groups, tile)
     grid = (_ceil_div(npq, edge), _ceil_div(g.K // g.groups, edge), g.groups)
     _check_grid("conv2d_fprop", grid)
-    args = (x, w, bias_arg, y) + _geometry_args(g) + i32(g.groups) + flags
-    backend.launch(be, "conv2d_fprop", x.dtype, f"conv2d_fprop_{variant}", grid, (THREADS,), args)
-    return y
+    return ConvPlan("fprop", (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid),), tile=variant)
 
 
-def dgrad(be, dy, w, g, *, tile=None):
-    """dx of conv2d (also the forward pass of conv_transpose2d, its input passed as dy)."""
+def plan_dgrad(g, dtype, *, tile=None) -> ConvPlan:
     _check_index_range(g)
-    dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
-    (sh, sw), (dh, dw) = g.stride, g.dilation
     if g.is_depthwise:
         grid = (_ceil_div(math.prod(g.x_shape), THREADS), 1, 1)
-        periods = i32(sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))
-        args = (dy, w, dx) + _geometry_args(g) + periods
-        backend.launch(be, "conv2d_depthwise", dy.dtype, "conv2d_depthwise_dgrad", grid, (THREADS,), args)
-        return dx
+        return ConvPlan("dgrad", (Launch("conv2d_depthwise", "conv2d_depthwise_dgrad", grid),))
     # the grid covers the largest stride phase of the input pixels; blocks past a smaller one exit
+    (sh, sw) = g.stride
     phase_pixels = g.N * _ceil_div(g.H, sh) * _ceil_div(g.W, sw)
     cg = g.C // g.groups
-    variant, edge = _pick_tile(dy.dtype, cg, phase_pixels, g.groups * sh * sw, tile)
+    variant, edge = _pick_tile(dtype, cg, phase_pixels, g.groups * sh * sw, tile)
     grid = (_ceil_div(phase_pixels, edge), _ceil_div(cg, edge), g.groups * sh * sw)
     _check_grid("conv2d_dgrad", grid)
-    args = (dy, w, dx) + _geometry_args(g) + i32(g.groups)
-    backend.launch(be, "conv2d_dgrad", dy.dtype, f"conv2d_dgrad_{variant}", grid, (THREADS,), args)
-    return dx
+    return ConvPlan("dgrad", (Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid),), tile=variant)
 
 
 def _wgrad_splits(npq: int, blocks: int, groups: int) -> int:
@@ -127,13 +130,11 @@ def _wgrad_splits(npq: int, blocks: int, groups: int) -> int:
     return max(1, min(wanted, _ceil_div(npq, MIN_SPLIT_CHUNK), MAX_SPLITS, MAX_GRID_YZ // groups))
 
 
-def wgrad(be, dy, x, g, *, tile=None, splits=None):
-    """dweight of conv2d: split-K partial tiles, then a fixed-order sum over the splits."""
+def plan_wgrad(g, dtype, *, tile=None, splits=None) -> ConvPlan:
     _check_index_range(g)
-    xp = backend.array_module(be)
-    npq = g.N * g.P * g.Q
     if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
         raise ValueError(f"splits must be a positive int or None, got {splits!r}")
+    npq = g.N * g.P * g.Q
     if g.is_depthwise:
         taps = g.K * g.R * g.S
         if taps * THREADS >= INDEX_LIMIT:
@@ -142,13 +143,11 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None):
         if splits is None:
             splits = max(1, min(_ceil_div(npq, THREADS * MIN_SPLIT_CHUNK), MAX_SPLITS))
         splits = max(1, min(splits, _ceil_div(npq, THREADS), MAX_PARTIALS // (taps * THREADS), MAX_GRID_YZ))
-        partial = xp.empty((taps, splits * THREADS), dtype=x.dtype)
-        args = (dy, x, partial) + _geometry_args(g)
-        backend.launch(be, "conv2d_depthwise", x.dtype, "conv2d_depthwise_wgrad", (taps, splits, 1),
-                       (THREADS,), args)
-        return reduce.channel_sum(be, partial, 1, taps, splits * THREADS).reshape(g.w_shape)
+        launches = (Launch("conv2d_depthwise", "conv2d_depthwise_wgrad", (taps, splits, 1)),
+                    reduce.plan_channel_sum(1, taps, splits * THREADS))
+        return ConvPlan("wgrad", launches, splits=splits)
     kg, taps = g.K // g.groups, (g.C // g.groups) * g.R * g.S
-    variant, edge = _pick_tile(x.dtype, kg, taps, g.groups, tile)
+    variant, edge = _pick_tile(dtype, kg, taps, g.groups, tile)
     grid_xy = (_ceil_div(taps, edge), _ceil_div(kg, edge))
     if splits is None:
         splits = _wgrad_splits(npq, grid_xy[0] * grid_xy[1] * g.groups, g.groups)
@@ -156,12 +155,58 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None):
     splits = _ceil_div(npq, chunk)   # rounding the chunk up may leave trailing splits empty: drop them
     grid = grid_xy + (g.groups * splits,)
     _check_grid("conv2d_wgrad", grid)
-    workspace = xp.empty((splits, g.K, taps), dtype=x.dtype)
-    args = (dy, x, workspace) + _geometry_args(g) + i32(g.groups, splits, chunk)
-    backend.launch(be, "conv2d_wgrad", x.dtype, f"conv2d_wgrad_{variant}", grid, (THREADS,), args)
-    if splits == 1:
+    launches = (Launch("conv2d_wgrad", f"conv2d_wgrad_{variant}", grid),)
+    if splits > 1:
+        launches += (reduce.plan_channel_sum(splits, g.K * taps, 1),)
+    return ConvPlan("wgrad", launches, tile=variant, splits=splits, chunk=chunk)
+
+
+def _run(be, launch: Launch, dtype, args) -> None:
+    backend.launch(be, launch.family, dtype, launch.kernel, launch.grid, launch.block, args,
+                   shared_mem=launch.shared_mem)
+
+
+def fprop(be, x, w, bias, g, activation=None, *, tile=None):
+    """y = conv2d(x, w) + bias, then ReLU when activation == "relu"."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    plan = plan_fprop(g, x.dtype, tile=tile)
+    y = backend.array_module(be).empty(g.y_shape, dtype=x.dtype)
+    flags = i32(bias is not None, activation == "relu")
+    bias_arg = y if bias is None else bias   # never read when has_bias == 0
+    groups = () if g.is_depthwise else i32(g.groups)
+    _run(be, plan.main, x.dtype, (x, w, bias_arg, y) + _geometry_args(g) + groups + flags)
+    return y
+
+
+def dgrad(be, dy, w, g, *, tile=None):
+    """dx of conv2d (also the forward pass of conv_transpose2d, its input passed as dy)."""
+    plan = plan_dgrad(g, dy.dtype, tile=tile)
+    dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
+    if g.is_depthwise:
+        (sh, sw), (dh, dw) = g.stride, g.dilation
+        extra = i32(sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))   # stride phase periods
+    else:
+        extra = i32(g.groups)
+    _run(be, plan.main, dy.dtype, (dy, w, dx) + _geometry_args(g) + extra)
+    return dx
+
+
+def wgrad(be, dy, x, g, *, tile=None, splits=None):
+    """dweight of conv2d: split-K partial tiles, then a fixed-order sum over the splits."""
+    plan = plan_wgrad(g, x.dtype, tile=tile, splits=splits)
+    xp = backend.array_module(be)
+    if g.is_depthwise:
+        taps = g.K * g.R * g.S
+        partial = xp.empty((taps, plan.splits * THREADS), dtype=x.dtype)
+        _run(be, plan.main, x.dtype, (dy, x, partial) + _geometry_args(g))
+        return reduce.channel_sum(be, partial, 1, taps, plan.splits * THREADS).reshape(g.w_shape)
+    taps = (g.C // g.groups) * g.R * g.S
+    workspace = xp.empty((plan.splits, g.K, taps), dtype=x.dtype)
+    _run(be, plan.main, x.dtype, (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk))
+    if plan.splits == 1:
         return workspace.reshape(g.w_shape)
-    return reduce.channel_sum(be, workspace, splits, g.K * taps, 1).reshape(g.w_shape)
+    return reduce.channel_sum(be, workspace, plan.splits, g.K * taps, 1).reshape(g.w_shape)
 
 
 def bgrad(be, dy):

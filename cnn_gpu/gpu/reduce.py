@@ -4,11 +4,21 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ._grid import Launch
 
 THREADS = 256
 # Above this many rows a one-thread-per-channel loop is too serial; a block per channel is used.
 COLUMN_MAX_OUTER = 256
 MAX_GRID_X = 2**31 - 1
+
+
+def plan_channel_sum(outer, channels, inner):
+    """The launch that channel_sum makes for `a` viewed as (outer, channels, inner)."""
+    if inner == 1 and outer <= COLUMN_MAX_OUTER:
+        return Launch("reduce", "channel_sum_column", (-(-channels // THREADS), 1, 1))
+    if channels > MAX_GRID_X:
+        raise ValueError(f"channel_sum: {channels} channels exceed the grid limit of {MAX_GRID_X} blocks")
+    return Launch("reduce", "channel_sum_block", (channels, 1, 1))
 
 
 def channel_sum(be, a, outer, channels, inner):
@@ -19,14 +29,11 @@ def channel_sum(be, a, outer, channels, inner):
     if min(outer, channels, inner) <= 0 or a.size != outer * channels * inner:
         raise ValueError(f"channel_sum: array of shape {tuple(a.shape)} (size {a.size}) cannot be viewed as "
                          f"(outer={outer}, channels={channels}, inner={inner})")
+    launch = plan_channel_sum(outer, channels, inner)
     out = backend.array_module(be).empty((channels,), dtype=a.dtype)
-    if inner == 1 and outer <= COLUMN_MAX_OUTER:
-        grid = (-(-channels // THREADS),)
+    if launch.kernel == "channel_sum_column":
         args = (a, out, np.int64(outer), np.int64(channels))
-        backend.launch(be, "reduce", a.dtype, "channel_sum_column", grid, (THREADS,), args)
-        return out
-    if channels > MAX_GRID_X:
-        raise ValueError(f"channel_sum: {channels} channels exceed the grid limit of {MAX_GRID_X} blocks")
-    args = (a, out, np.int64(outer), np.int64(channels), np.int64(inner))
-    backend.launch(be, "reduce", a.dtype, "channel_sum_block", (channels,), (THREADS,), args)
+    else:
+        args = (a, out, np.int64(outer), np.int64(channels), np.int64(inner))
+    backend.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
     return out
