@@ -1,0 +1,56 @@
+"""Run under `mpiexec -n P`: a few data-parallel SGD steps; rank 0 writes the weights (.npz).
+
+argv: OUT DTYPE BATCH_PER_RANK STEPS [fault]. With "fault", rank 1 raises in its second step,
+while rank 0 waits in the all-reduce; with "mismatch", rank 1 builds a wider model."""
+import sys
+
+import numpy as np
+
+from cnn_gpu import distributed as dist
+from cnn_gpu import nn, optim
+
+
+def build(dtype, width=4):
+    nn.init.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(width * 36, 3))
+    for p in model.parameters():
+        p.data = p.data.astype(dtype)
+    return model
+
+
+def main():
+    out, dtype, batch, steps = sys.argv[1], np.dtype(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    mode = sys.argv[5] if len(sys.argv) > 5 else ""
+    w = dist.init(timeout_s=20)
+    rng = np.random.default_rng(7)            # the same data on every rank
+    x = rng.standard_normal((53, 1, 6, 6)).astype(dtype)
+    y = rng.integers(0, 3, 53)
+    model = build(dtype, width=5 if mode == "mismatch" and w.rank == 1 else 4)
+    dist.check_replicas(model, {"lr": 0.1})
+    dist.broadcast_parameters(model)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    shuffle = np.random.default_rng(11)
+    done = 0
+    while done < steps:
+        for idx in dist.shard_batches(len(x), batch, shuffle, w.rank, w.size):
+            if mode == "fault" and w.rank == 1 and done == 1:
+                raise RuntimeError("planted failure on rank 1")
+            opt.zero_grad()
+            if len(idx):
+                loss_fn.forward(model(x[idx]), y[idx])
+                model.backward(loss_fn.backward())
+            dist.allreduce_gradients(model, count=len(idx))
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    weights = {name: value for name, value in model.state_dict().items()}
+    everyone = w.allgather_object({k: v.tobytes() for k, v in weights.items()})
+    assert all(other == everyone[0] for other in everyone), "ranks hold different weights"
+    if w.rank == 0:
+        np.savez(out, **weights)
+
+
+if __name__ == "__main__":
+    main()
