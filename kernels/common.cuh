@@ -37,3 +37,55 @@
 #define GRID_STRIDE_LOOP(i, n)                                                          \
     for (long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * BLOCK_THREADS)
+
+// --- tensor cores (sm_80 and newer) ---------------------------------------------------------
+// The only inline PTX of the tensor-core kernels. The emulator runs the same calls as warp
+// built-ins with the PTX ISA's fragment layouts (cnn_gpu/emu/cuda_emu.h). Below sm_80 these
+// trap: the launchers never pick a tensor-core kernel there.
+
+// cvt.rna.tf32.f32: x rounded to TF32 (10 mantissa bits, nearest, ties away from zero), the
+// operand format mma .tf32 reads.
+static __device__ __forceinline__ unsigned int tf32_from_float(float x) {
+#if defined(CNN_GPU_EMU)
+    return cnn_gpu_emu_cvt_rna_tf32(x);
+#elif __CUDA_ARCH__ >= 800
+    unsigned int r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#else
+    __trap();
+    return 0u;
+#endif
+}
+
+// acc += a * b: a 16x8 TF32 (row-major fragment), b 8x8 TF32 (column-major fragment), acc the
+// 16x8 FP32 accumulator fragment (mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32).
+static __device__ __forceinline__ void mma_tf32_m16n8k8(float (&acc)[4], const unsigned int (&a)[4],
+                                                        const unsigned int (&b)[2]) {
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_mma_m16n8k8_tf32(acc, a, b, acc);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                 "{%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+
+// acc += a * b: a 16x16 FP16, b 16x8 FP16 (registers hold two halves, the lower index in the low
+// 16 bits), acc FP32 (mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32).
+static __device__ __forceinline__ void mma_f16_m16n8k16(float (&acc)[4], const unsigned int (&a)[4],
+                                                        const unsigned int (&b)[2]) {
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_mma_m16n8k16_f16(acc, a, b, acc);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                 "{%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}

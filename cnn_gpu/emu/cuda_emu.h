@@ -152,6 +152,92 @@ static __forceinline__ void __syncwarp(unsigned int = 0xffffffffu) {
 }
 static __forceinline__ unsigned int __activemask() { return 0xffffffffu; }
 
+/* --- tensor cores: mma.sync and cvt.rna.tf32 (warp collectives, like the shuffles) ---------- *
+ * Each lane hands its fragment registers to the warp, then computes its own accumulator
+ * elements from the whole A and B tiles, with the fragment layouts of the PTX ISA ("Matrix
+ * Fragments for mma.m16n8k8 / mma.m16n8k16"): groupID = lane / 4, threadID_in_group = lane % 4.
+ * The products of TF32 or FP16 operands are exact in FP32; they are accumulated in FP32 onto C
+ * in k order. The hardware's internal order and rounding of that sum are unspecified, so kernels
+ * are compared with the oracle within the FP32 accumulation tolerance, not bit for bit.
+ * A TF32 operand keeps only its top 19 bits, as the tensor core reads it: a kernel that skips
+ * cvt.rna.tf32 gets truncated operands and fails its comparison with the oracle. */
+static __forceinline__ unsigned int cnn_gpu_emu_cvt_rna_tf32(float x) {
+    unsigned int bits = (unsigned int)cnn_gpu_emu_bits(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return bits;          /* inf and NaN pass through */
+    return (bits + 0x1000u) & 0xffffe000u;                          /* ties away from zero */
+}
+static __forceinline__ float cnn_gpu_emu_tf32_operand(unsigned int bits) {
+    return cnn_gpu_emu_from_bits<float>(bits & 0xffffe000u);
+}
+static __forceinline__ float cnn_gpu_emu_half_to_float(unsigned int h) {
+    unsigned int sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    if (exponent == 0x1fu) return cnn_gpu_emu_from_bits<float>(sign | 0x7f800000u | (mantissa << 13));
+    if (exponent == 0) {                                            /* zero or subnormal: m * 2^-24 */
+        float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+        return sign ? -magnitude : magnitude;
+    }
+    return cnn_gpu_emu_from_bits<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+/* Every lane's `count` 32-bit registers, gathered two per exchange: out[lane * count + i]. */
+static __forceinline__ void cnn_gpu_emu_warp_gather32(const unsigned int* mine, int count, unsigned int* out) {
+    cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
+    for (int i = 0; i < count; i += 2) {
+        unsigned long long pair = mine[i] | (i + 1 < count ? (unsigned long long)mine[i + 1] << 32 : 0ull);
+        const unsigned long long* slots = cnn_gpu_emu_warp_exchange(me, pair);
+        for (int lane = 0; lane < 32; ++lane) {
+            out[lane * count + i] = (unsigned int)slots[lane];
+            if (i + 1 < count) out[lane * count + i + 1] = (unsigned int)(slots[lane] >> 32);
+        }
+    }
+}
+/* d = a * b + c for a 16x8 tile: a[m][k] and b[k][n] as gathered above, c and d per lane. */
+static __forceinline__ void cnn_gpu_emu_mma_tile(float* d, const float* c, const float a[16][16],
+                                                 const float b[16][8], int depth) {
+    int lane = (int)cnn_gpu_emu_module.current->lane, group = lane >> 2, in_group = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        int row = group + (i >= 2 ? 8 : 0), col = in_group * 2 + (i & 1);
+        float sum = c[i];
+        for (int k = 0; k < depth; ++k) sum = __builtin_fmaf(a[row][k], b[k][col], sum);
+        d[i] = sum;
+    }
+}
+/* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 */
+static __forceinline__ void cnn_gpu_emu_mma_m16n8k8_tf32(float* d, const unsigned int* a, const unsigned int* b,
+                                                         const float* c) {
+    unsigned int all_a[32 * 4], all_b[32 * 2];
+    cnn_gpu_emu_warp_gather32(a, 4, all_a);
+    cnn_gpu_emu_warp_gather32(b, 2, all_b);
+    float tile_a[16][16], tile_b[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        int group = lane >> 2, in_group = lane & 3;
+        for (int i = 0; i < 4; ++i)   /* a0: (g, t)  a1: (g+8, t)  a2: (g, t+4)  a3: (g+8, t+4) */
+            tile_a[group + (i & 1) * 8][in_group + (i >> 1) * 4] = cnn_gpu_emu_tf32_operand(all_a[lane * 4 + i]);
+        for (int i = 0; i < 2; ++i)   /* b0: (t, g)  b1: (t+4, g) */
+            tile_b[in_group + i * 4][group] = cnn_gpu_emu_tf32_operand(all_b[lane * 2 + i]);
+    }
+    cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 8);
+}
+/* mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32: registers hold f16x2, low half first */
+static __forceinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigned int* a, const unsigned int* b,
+                                                         const float* c) {
+    unsigned int all_a[32 * 4], all_b[32 * 2];
+    cnn_gpu_emu_warp_gather32(a, 4, all_a);
+    cnn_gpu_emu_warp_gather32(b, 2, all_b);
+    float tile_a[16][16], tile_b[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        int group = lane >> 2, in_group = lane & 3;
+        for (int i = 0; i < 8; ++i) {  /* a_i: row g (+8 for i%4 >= 2), col 2t + i%2 (+8 for i >= 4) */
+            unsigned int h = all_a[lane * 4 + i / 2] >> (16 * (i & 1));
+            tile_a[group + ((i >> 1) & 1) * 8][in_group * 2 + (i & 1) + (i >> 2) * 8] = cnn_gpu_emu_half_to_float(h & 0xffffu);
+        }
+        for (int i = 0; i < 4; ++i) {  /* b_i: row 2t + i%2 (+8 for i >= 2), col g */
+            unsigned int h = all_b[lane * 2 + i / 2] >> (16 * (i & 1));
+            tile_b[in_group * 2 + (i & 1) + (i >> 1) * 8][group] = cnn_gpu_emu_half_to_float(h & 0xffffu);
+        }
+    }
+    cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 16);
+}
+
 /* --- race check build (-DCNN_GPU_EMU_RACE_CHECK, -fsanitize=thread instrumentation) ------- */
 #ifdef CNN_GPU_EMU_RACE_CHECK
 extern "C" void cnn_gpu_emu_race_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write,

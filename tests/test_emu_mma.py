@@ -1,0 +1,135 @@
+"""Tensor-core built-ins of the emulator (mma.sync m16n8k8 TF32, m16n8k16 FP16, cvt.rna.tf32)
+through the helpers of kernels/common.cuh, against NumPy; planted fragment bugs must fail."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, nvrtc
+from cnn_gpu.precision import round_to_tf32
+
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+# One warp computes D (16x8) = A (16xK) B (Kx8) + C from row-major global arrays, loading its
+# fragments by the PTX ISA's tables; PLANT_* macros insert the bugs the tests must catch.
+KERNELS = r"""
+#ifndef PLANT_LANE
+#define GROUP(lane) ((lane) >> 2)
+#define IN_GROUP(lane) ((lane) & 3)
+#else
+#define GROUP(lane) ((lane) & 7)
+#define IN_GROUP(lane) ((lane) >> 3)
+#endif
+
+__device__ void store_acc(const float (&acc)[4], float* d, int lane) {
+    for (int i = 0; i < 4; ++i) d[(GROUP(lane) + (i >> 1) * 8) * 8 + IN_GROUP(lane) * 2 + (i & 1)] = acc[i];
+}
+__device__ void load_acc(float (&acc)[4], const float* c, int lane) {
+    for (int i = 0; i < 4; ++i) acc[i] = c[(GROUP(lane) + (i >> 1) * 8) * 8 + IN_GROUP(lane) * 2 + (i & 1)];
+}
+
+extern "C" __global__ void mma_tf32(const float* a, const float* b, const float* c, float* d) {
+    int lane = threadIdx.x, g = GROUP(lane), t = IN_GROUP(lane);
+    unsigned int fa[4], fb[2];
+    for (int i = 0; i < 4; ++i) fa[i] = tf32_from_float(a[(g + (i & 1) * 8) * 8 + t + (i >> 1) * 4]);
+    for (int i = 0; i < 2; ++i) fb[i] = tf32_from_float(b[(t + i * 4) * 8 + g]);
+#ifdef PLANT_SWAP
+    unsigned int swap = fa[1]; fa[1] = fa[2]; fa[2] = swap;
+#endif
+#ifdef PLANT_NO_CVT
+    for (int i = 0; i < 4; ++i) fa[i] = __float_as_uint(a[(g + (i & 1) * 8) * 8 + t + (i >> 1) * 4]);
+#endif
+    float acc[4];
+    load_acc(acc, c, lane);
+    mma_tf32_m16n8k8(acc, fa, fb);
+    store_acc(acc, d, lane);
+}
+
+extern "C" __global__ void mma_f16(const unsigned short* a, const unsigned short* b, const float* c, float* d) {
+    int lane = threadIdx.x, g = GROUP(lane), t = IN_GROUP(lane);
+    unsigned int fa[4], fb[2];
+    for (int r = 0; r < 4; ++r) {      // register r holds a_{2r} (low) and a_{2r+1}
+        int row = g + (r & 1) * 8, col = t * 2 + (r >> 1) * 8;
+        fa[r] = a[row * 16 + col] | ((unsigned int)a[row * 16 + col + 1] << 16);
+    }
+    for (int r = 0; r < 2; ++r) {      // register r holds b_{2r} (low) and b_{2r+1}
+        int row = t * 2 + r * 8;
+        fb[r] = b[row * 8 + g] | ((unsigned int)b[(row + 1) * 8 + g] << 16);
+    }
+#ifdef PLANT_SWAP
+    unsigned int swap = fa[1]; fa[1] = fa[2]; fa[2] = swap;
+#endif
+    float acc[4];
+    load_acc(acc, c, lane);
+    mma_f16_m16n8k16(acc, fa, fb);
+    store_acc(acc, d, lane);
+}
+"""
+
+
+def _source() -> str:
+    return (backend.kernel_dir() / "common.cuh").read_text() + KERNELS
+
+
+def _operands(rng, depth):
+    a = rng.standard_normal((16, depth)).astype(np.float32)
+    b = rng.standard_normal((depth, 8)).astype(np.float32)
+    c = rng.standard_normal((16, 8)).astype(np.float32)
+    return a, b, c
+
+
+def _run(kind, a, b, c, plant=None):
+    from cnn_gpu import emu
+    options = (f"-D{plant}",) if plant else ()
+    kernel = emu.RawModule(code=_source(), options=options).get_function(f"mma_{kind}")
+    d = np.empty((16, 8), dtype=np.float32)
+    if kind == "f16":
+        a, b = a.astype(np.float16).view(np.uint16), b.astype(np.float16).view(np.uint16)
+    kernel((1,), (32,), (a, b, c, d), schedule="random", seed=3)
+    return d
+
+
+def _tf32_oracle(a, b, c):
+    return round_to_tf32(a).astype(np.float64) @ round_to_tf32(b).astype(np.float64) + c
+
+
+def _f16_oracle(a, b, c):
+    return a.astype(np.float16).astype(np.float64) @ b.astype(np.float16).astype(np.float64) + c
+
+
+@needs_emu
+@pytest.mark.parametrize("seed", range(3))
+def test_tf32_mma_matches_numpy_on_tf32_rounded_operands(seed):
+    a, b, c = _operands(np.random.default_rng(seed), 8)
+    want = _tf32_oracle(a, b, c)
+    got = _run("tf32", a, b, c)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    exact = a.astype(np.float64) @ b + c
+    assert np.abs(got - exact).max() > 1e-5      # the operands really were rounded to TF32
+
+
+@needs_emu
+@pytest.mark.parametrize("seed", range(3))
+def test_f16_mma_matches_numpy_on_half_operands(seed):
+    a, b, c = _operands(np.random.default_rng(10 + seed), 16)
+    want = _f16_oracle(a, b, c)
+    np.testing.assert_allclose(_run("f16", a, b, c), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_emu
+@pytest.mark.parametrize("kind, plant", [("tf32", "PLANT_SWAP"), ("tf32", "PLANT_LANE"), ("tf32", "PLANT_NO_CVT"),
+                                         ("f16", "PLANT_SWAP"), ("f16", "PLANT_LANE")])
+def test_planted_fragment_bugs_are_caught(kind, plant):
+    a, b, c = _operands(np.random.default_rng(21), 8 if kind == "tf32" else 16)
+    want = (_tf32_oracle if kind == "tf32" else _f16_oracle)(a, b, c)
+    got = _run(kind, a, b, c, plant)
+    assert np.abs(got - want).max() > 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.skipif(bool(nvrtc.why_unavailable()), reason=f"NVRTC unavailable: {nvrtc.why_unavailable()}")
+@pytest.mark.parametrize("arch", ["sm_70", "sm_80", "sm_90"])
+def test_the_helpers_compile_with_nvrtc_for_every_arch(arch):
+    reports = nvrtc.kernel_report(_source(), "mma_test.cu", arch)
+    assert {r.name for r in reports} >= {"mma_tf32", "mma_f16"}
+    assert all(r.spill_bytes == 0 for r in reports)
