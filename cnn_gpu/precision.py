@@ -50,19 +50,21 @@ def math_mode(name: str):
         _state.override = previous
 
 
-def round_to_tf32(a: np.ndarray) -> np.ndarray:
-    """float32 `a` rounded to TF32 (kept in float32 storage): the 13 low mantissa bits are rounded
-    to nearest with ties away from zero, as `cvt.rna.tf32.f32` does. Infinities and NaNs pass
-    through (a NaN stays a NaN; a finite value may round up to infinity)."""
-    a = np.asarray(a)
+def round_to_tf32(a):
+    """float32 `a` (NumPy or CuPy) rounded to TF32, kept in float32 storage: the 13 low mantissa
+    bits are rounded to nearest with ties away from zero, as `cvt.rna.tf32.f32` does. Infinities
+    and NaNs pass through (a NaN stays a NaN; a finite value may round up to infinity)."""
+    from .backend import array_module, is_cupy_array
+    xp = array_module("cuda" if is_cupy_array(a) else "numpy")
+    a = xp.asarray(a)
     if a.dtype != np.float32:
         raise TypeError(f"round_to_tf32 takes float32 arrays, not {a.dtype}")
     dropped = 23 - TF32_MANTISSA_BITS
-    bits = a.view(np.uint32)
+    bits = a.view(xp.uint32)
     # Sign and magnitude are separate in IEEE bits: adding half of the dropped ulp to the
     # magnitude and truncating rounds half-way cases away from zero; a carry moves into the exponent.
-    rounded = (bits + np.uint32(1 << (dropped - 1))) & np.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
-    return np.where(np.isfinite(a), rounded.view(np.float32), a)
+    rounded = (bits + xp.uint32(1 << (dropped - 1))) & xp.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
+    return xp.where(xp.isfinite(a), rounded.view(xp.float32), a)
 
 
 def conv_operands(dtype, mode: str | None = None):

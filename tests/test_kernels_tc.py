@@ -1,0 +1,98 @@
+"""Tensor-core convolutions (kernels/conv2d_tc.cu) on the emulator against the NumPy oracle with
+TF32-rounded operands."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend
+from cnn_gpu import functional as F
+from cnn_gpu.functional.geometry import conv_geometry
+from cnn_gpu.gpu import conv_tc
+from cnn_gpu.precision import round_to_tf32
+
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+
+def tc_config(rng):
+    groups = int(rng.choice([1, 1, 1, 2]))
+    r, s = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    stride, pad, dil = int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
+    h = int(rng.integers(dil * (r - 1) + 1, 12))
+    w = int(rng.integers(dil * (s - 1) + 1, 12))
+    return dict(n=int(rng.integers(1, 3)), c=groups * int(rng.integers(1, 21)), h=h, w=w,
+                k=groups * int(rng.integers(1, 40)), r=r, s=s, stride=stride, pad=pad, dil=dil, groups=groups)
+
+
+def _arrays(rng, cfg):
+    x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(np.float32)
+    w = rng.standard_normal((cfg["k"], cfg["c"] // cfg["groups"], cfg["r"], cfg["s"])).astype(np.float32)
+    b = rng.standard_normal(cfg["k"]).astype(np.float32)
+    return x, w, b
+
+
+def _oracle(x, w, b, cfg, relu):
+    """float64 conv of the TF32-rounded operands, and the same conv of their magnitudes (the
+    scale of the FP32 accumulation error)."""
+    kw = dict(stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"], groups=cfg["groups"], backend="numpy")
+    xr, wr = round_to_tf32(x).astype(np.float64), round_to_tf32(w).astype(np.float64)
+    want = F.conv2d(xr, wr, b.astype(np.float64), **kw)
+    if relu:
+        want = np.maximum(want, 0)
+    scale = F.conv2d(np.abs(xr), np.abs(wr), np.abs(b).astype(np.float64), **kw)
+    return want, scale
+
+
+def _run(x, w, b, cfg, relu):
+    g = conv_geometry(x.shape, w.shape, stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"],
+                      groups=cfg["groups"])
+    return conv_tc.fprop("emu", x, w, b, g, activation="relu" if relu else None)
+
+
+@needs_emu
+@pytest.mark.parametrize("chunk", range(4))
+def test_tf32_fprop_sweep_matches_the_tf32_oracle(chunk):
+    rng = np.random.default_rng(100 + chunk)
+    for index in range(10):
+        cfg = tc_config(rng)
+        x, w, b = _arrays(rng, cfg)
+        relu = index % 2 == 1
+        want, scale = _oracle(x, w, b, cfg, relu)
+        got = _run(x, w, b, cfg, relu)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.all(np.abs(got - want) <= 2e-6 * (scale + 1.0)), cfg
+
+
+@needs_emu
+def test_tf32_fprop_spans_several_block_tiles_and_differs_from_exact_fp32():
+    rng = np.random.default_rng(7)
+    cfg = dict(n=2, c=20, h=12, w=12, k=130, r=3, s=3, stride=1, pad=1, dil=1, groups=1)  # 288 pixels, 130 rows
+    x, w, b = _arrays(rng, cfg)
+    want, scale = _oracle(x, w, b, cfg, relu=False)
+    got = _run(x, w, b, cfg, relu=False)
+    assert np.all(np.abs(got - want) <= 2e-6 * (scale + 1.0))
+    exact = F.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), padding=1, backend="numpy")
+    assert np.abs(got - exact).max() > 1e-4 * np.abs(exact).max() / 10     # TF32 is not FP32
+
+
+@needs_emu
+def test_tf32_fprop_is_bit_identical_under_every_schedule():
+    rng = np.random.default_rng(8)
+    cfg = dict(n=1, c=5, h=7, w=6, k=9, r=3, s=2, stride=1, pad=1, dil=1, groups=1)
+    x, w, b = _arrays(rng, cfg)
+    g = conv_geometry(x.shape, w.shape, padding=1)
+    from cnn_gpu import emu
+    runs = []
+    for schedule in ("forward", "reverse", "random"):
+        with emu.checking(schedule=schedule, seed=5, guard=True):
+            runs.append(conv_tc.fprop("emu", x, w, b, g))
+    assert all(r.tobytes() == runs[0].tobytes() for r in runs)
+
+
+def test_tf32_kernels_refuse_other_dtypes():
+    x = np.ones((1, 1, 3, 3))
+    g = conv_geometry(x.shape, (1, 1, 1, 1))
+    with pytest.raises(TypeError, match="float32"):
+        conv_tc.fprop("emu", x, x[:, :, :1, :1], None, g)
+
