@@ -32,6 +32,54 @@ def _arrays(rng, cfg):
     return x, w, b
 
 
+def _backward_oracle(dy, x, w, cfg):
+    """float64 (dx, dw) of the TF32-rounded operands, and of their magnitudes (error scale)."""
+    kw = dict(stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"], groups=cfg["groups"], backend="numpy",
+              bias=False)
+    ops = [round_to_tf32(a).astype(np.float64) for a in (dy, x, w)]
+    want = F.conv2d_backward(*ops, **kw)[:2]
+    scale = F.conv2d_backward(*(np.abs(a) for a in ops), **kw)[:2]
+    return want, scale
+
+
+def _geometry(x, w, cfg):
+    return conv_geometry(x.shape, w.shape, stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"],
+                         groups=cfg["groups"])
+
+
+@needs_emu
+@pytest.mark.parametrize("chunk", range(4))
+def test_tf32_dgrad_and_wgrad_sweep_match_the_tf32_oracle(chunk):
+    rng = np.random.default_rng(200 + chunk)
+    for index in range(10):
+        cfg = tc_config(rng)
+        cfg["stride"] = 1 if index % 3 else cfg["stride"]     # dgrad runs on tensor cores at stride 1
+        x, w, _ = _arrays(rng, cfg)
+        g = _geometry(x, w, cfg)
+        dy = rng.standard_normal(g.y_shape).astype(np.float32)
+        (want_dx, want_dw), (scale_dx, scale_dw) = _backward_oracle(dy, x, w, cfg)
+        dw = conv_tc.wgrad("emu", dy, x, g, splits=int(rng.integers(1, 4)) if index % 2 else None)
+        assert np.all(np.abs(dw - want_dw) <= 2e-6 * (scale_dw + 1.0)), cfg
+        dx = conv_tc.dgrad("emu", dy, w, g)
+        if conv_tc.dgrad_as_fprop_geometry(g) is None:
+            assert dx is None
+        else:
+            assert np.all(np.abs(dx - want_dx) <= 2e-6 * (scale_dx + 1.0)), cfg
+
+
+@needs_emu
+def test_tf32_wgrad_partials_are_summed_in_a_fixed_order():
+    rng = np.random.default_rng(9)
+    cfg = dict(n=3, c=4, h=9, w=9, k=5, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
+    x, w, _ = _arrays(rng, cfg)
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    plan = conv_tc.plan_wgrad(g, splits=3)
+    assert plan.splits == 3 and [l.family for l in plan.launches] == ["conv2d_tc", "reduce"]
+    first, second = conv_tc.wgrad("emu", dy, x, g, splits=3), conv_tc.wgrad("emu", dy, x, g, splits=3)
+    assert first.tobytes() == second.tobytes()
+
+
 def _oracle(x, w, b, cfg, relu):
     """float64 conv of the TF32-rounded operands, and the same conv of their magnitudes (the
     scale of the FP32 accumulation error)."""
