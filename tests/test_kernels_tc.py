@@ -144,3 +144,20 @@ def test_tf32_kernels_refuse_other_dtypes():
     with pytest.raises(TypeError, match="float32"):
         conv_tc.fprop("emu", x, x[:, :, :1, :1], None, g)
 
+
+
+def test_gpus_before_sm80_fall_back_to_simt_and_say_so_once(monkeypatch):
+    import sys
+    import types
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(id=0)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(conv_tc, "_device_arch", lambda device_id: 75)
+    conv_tc._warn_no_tensor_cores.cache_clear()
+    with pytest.warns(RuntimeWarning, match="sm_75"):
+        assert conv_tc.supported("cuda") is False
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert conv_tc.supported("cuda") is False      # said once only
+    monkeypatch.setattr(conv_tc, "_device_arch", lambda device_id: 90)
+    assert conv_tc.supported("cuda") is True and conv_tc.supported("numpy") is False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 
@@ -36,13 +37,23 @@ def _device_arch(device_id: int) -> int:
 
 
 def supported(be: str) -> bool:
-    """Whether `be` runs the tensor-core kernels: the emulator always, a GPU from sm_80 on."""
+    """Whether `be` runs the tensor-core kernels: the emulator always, a GPU from sm_80 on (an
+    older one runs the SIMT kernels on TF32-rounded operands and says so once)."""
     if be == "emu":
         return True
-    if be == "cuda":
-        import cupy
-        return _device_arch(cupy.cuda.Device().id) >= MIN_ARCH
-    return False
+    if be != "cuda":
+        return False
+    import cupy
+    arch = _device_arch(cupy.cuda.Device().id)
+    if arch < MIN_ARCH:
+        _warn_no_tensor_cores(arch)
+    return arch >= MIN_ARCH
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_tensor_cores(arch: int) -> None:
+    warnings.warn(f"math mode 'tf32': this GPU (sm_{arch}) has no TF32 tensor cores; float32 convolutions "
+                  f"run on the SIMT kernels with TF32-rounded operands", RuntimeWarning, stacklevel=4)
 
 
 def _ceil_div(a: int, b: int) -> int:
