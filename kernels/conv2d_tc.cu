@@ -8,8 +8,9 @@
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels), Kgemm = R*S*(C/G) ordered (r, s, c):
 //   one step covers 16 channels of a single filter tap, so a pixel's tap offset and bounds test
 //   are worked out once per step and its channels follow at +H*W (no div/mod per element). The
-//   filter comes as (K, R, S, C/G) (transposed by the launcher), so the A loader reads it
-//   contiguously: 16 threads per filter row. The B loader: 128 threads along the pixels.
+//   filter comes as (K, R, S, C/G), transposed and rounded to TF32 by the launcher, so the A loader
+//   reads 8 consecutive channels of a filter row per thread (two 16-byte loads, two 16-byte
+//   shared stores). The B loader: 128 threads along the pixels, 8 channels each.
 //
 // wgrad, per group g:  dw_g[M x Ngemm] = dy_g[M x Kgemm] * im2col(x_g)^T[Kgemm x Ngemm]
 //   M = K/G, Ngemm = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Kgemm = N*P*Q, split
@@ -37,10 +38,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) conv2d_fprop_tf32(
     const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
     const int channel_steps = (Cg + TC_BK - 1) / TC_BK;
 
-    // A loader: channel a_c of the step, filter rows a_m + 16*i
-    const int a_c = tid % TC_BK, a_m = tid / TC_BK;
-    const int filter_row = R * S * Cg;
-    const int a_first = (g * Kg + m0 + a_m) * filter_row;
+    // A loader: filter row a_m, channels a_c .. a_c + 7 of the step (two 16-byte loads when the
+    // filter rows are 16-byte aligned and the step is full); rows past K/G read as zero
+    const int a_m = tid >> 1, a_c = (tid & 1) * 8;
+    const bool a_row_ok = m0 + a_m < Kg;
+    const bool a_vector = (Cg & 3) == 0;
+    const float* w_row = w_rsc + (unsigned)((g * Kg + (a_row_ok ? m0 + a_m : 0)) * R * S * Cg) + a_c;
 
     // B loader: pixel column b_n, channels b_c + 2*j; the pixel is decoded once
     const int b_n = tid % TC_BN, b_c = tid / TC_BN;
@@ -50,32 +53,43 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) conv2d_fprop_tf32(
     const int n = clamped / PQ, pq = clamped - n * PQ;
     const int p = pq / Q, q = pq - p * Q;
     const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
-    const int x_image = (n * C + g * Cg) * HW;
-
-    float a_next[TC_A_LOADS], b_next[TC_B_LOADS];
-    auto fetch = [&](int step) {
-        const int tap = step / channel_steps;
-        const int c0 = (step - tap * channel_steps) * TC_BK;
-        const int r = tap / S, s = tap - r * S;
-        const int c_a = c0 + a_c;
+    const int x_image = (n * C + g * Cg + b_c) * HW;
+    unsigned int b_channel[TC_B_LOADS];       // offsets of channels b_c + 2*j from channel b_c
 #pragma unroll
-        for (int i = 0; i < TC_A_LOADS; ++i) {
-            const bool ok = m0 + a_m + 16 * i < Kg && c_a < Cg;
-            a_next[i] = ok ? w_rsc[a_first + 16 * i * filter_row + tap * Cg + c_a] : 0.0f;
+    for (int j = 0; j < TC_B_LOADS; ++j) b_channel[j] = (unsigned)(2 * j * HW);
+
+    // the step's position in the (r, s, c) reduction, advanced with carries: no div/mod per step
+    int r = 0, s = 0, c0 = 0, tap_offset = 0;   // tap_offset = (r*S + s)*Cg
+    float a_next[8], b_next[TC_B_LOADS];
+    auto fetch = [&](int) {
+        const float* w_step = w_row + tap_offset + c0;
+        const int channels_a = Cg - c0 - a_c;   // channel a_c + i exists while i < channels_a
+        if (a_vector && a_row_ok && channels_a >= 8) {
+            const float4 lo = *(const float4*)w_step, hi = *(const float4*)(w_step + 4);
+            a_next[0] = lo.x; a_next[1] = lo.y; a_next[2] = lo.z; a_next[3] = lo.w;
+            a_next[4] = hi.x; a_next[5] = hi.y; a_next[6] = hi.z; a_next[7] = hi.w;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) a_next[i] = a_row_ok && i < channels_a ? w_step[i] : 0.0f;
         }
         const int h = h_origin + r * dil_h, w = w_origin + s * dil_w;
         const bool inside = pixel_ok && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        const int offset = x_image + h * W + w;
+        const unsigned int x_step = (unsigned)(x_image + c0 * HW + h * W + w);
+        const int channels_b = Cg - c0 - b_c;   // channel b_c + 2*j exists while 2*j < channels_b
 #pragma unroll
-        for (int j = 0; j < TC_B_LOADS; ++j) {
-            const int c = c0 + b_c + 2 * j;
-            b_next[j] = inside && c < Cg ? x[offset + c * HW] : 0.0f;
+        for (int j = 0; j < TC_B_LOADS; ++j) b_next[j] = inside && 2 * j < channels_b ? x[x_step + b_channel[j]] : 0.0f;
+        c0 += TC_BK;
+        if (c0 >= Cg) {
+            c0 = 0;
+            tap_offset += Cg;
+            if (++s == S) { s = 0; ++r; }
         }
     };
+    // the filter comes rounded to TF32 by the launcher; the input is rounded here
     auto store = [&](int stage) {
-#pragma unroll
-        for (int i = 0; i < TC_A_LOADS; ++i)
-            smem_a[stage * TC_A_STAGE + (a_m + 16 * i) * TC_A_PITCH + a_c] = tf32_rounded(a_next[i]);
+        float* a_row = smem_a + stage * TC_A_STAGE + a_m * TC_A_PITCH + a_c;
+        *(float4*)a_row = make_float4(a_next[0], a_next[1], a_next[2], a_next[3]);
+        *(float4*)(a_row + 4) = make_float4(a_next[4], a_next[5], a_next[6], a_next[7]);
 #pragma unroll
         for (int j = 0; j < TC_B_LOADS; ++j)
             smem_b[stage * TC_B_STAGE + (b_c + 2 * j) * TC_B_PITCH + b_n] = tf32_rounded(b_next[j]);

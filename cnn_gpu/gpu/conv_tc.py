@@ -1,8 +1,9 @@
 """Launch code of the tensor-core convolutions (kernels/conv2d_tc.cu): float32 convolutions in
 the "tf32" math mode on sm_80 and newer GPUs, and on the emulator.
 
-fprop hands the kernel its filter transposed to (K, R, S, C/G), one small copy per call, so the
-kernel's reduction order (r, s, c) reads it contiguously. dgrad of a stride-1 convolution is that
+fprop hands the kernel its filter transposed to (K, R, S, C/G) and rounded to TF32, one small
+copy per call, so the kernel's reduction order (r, s, c) reads it contiguously and rounds only
+the input. dgrad of a stride-1 convolution is that
 fprop over dy with the filter flipped and transposed ((C, R, S, K/G) directly); dgrad of a strided
 convolution returns None (the caller runs the SIMT kernel). wgrad splits its long N*P*Q
 reduction over blocks and sums the partials in a fixed order (bit-identical run to run)."""
@@ -16,6 +17,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
+from ..precision import round_to_tf32
 from ._grid import Launch, i32
 from .conv import INDEX_LIMIT, ConvPlan, _check_grid, _check_index_range, _geometry_args
 
@@ -119,7 +121,7 @@ def fprop(be, x, w, bias, g, activation=None):
     _float32(x)
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    filter_rsc = backend.array_module(be).ascontiguousarray(w.transpose(0, 2, 3, 1))
+    filter_rsc = round_to_tf32(backend.array_module(be).ascontiguousarray(w.transpose(0, 2, 3, 1)))
     return _launch_fprop(be, x, filter_rsc, bias, g, activation)
 
 
@@ -133,7 +135,7 @@ def dgrad(be, dy, w, g):
     kg, cg = g.K // g.groups, g.C // g.groups
     # w (G*Kg, Cg, R, S) -> (G*Cg, R, S, Kg), taps reversed: the filter of the flipped convolution
     per_group = w.reshape(g.groups, kg, cg, g.R, g.S)[:, :, :, ::-1, ::-1]
-    filter_rsc = xp.ascontiguousarray(per_group.transpose(0, 2, 3, 4, 1)).reshape(g.C, g.R, g.S, kg)
+    filter_rsc = round_to_tf32(xp.ascontiguousarray(per_group.transpose(0, 2, 3, 4, 1)).reshape(g.C, g.R, g.S, kg))
     return _launch_fprop(be, dy, filter_rsc, None, flipped, None)
 
 
