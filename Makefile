@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # pytest-xdist workers; CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: train test venv test-venv torch bench gpu-check clean
+.PHONY: train test venv test-venv torch bench gpu-check sass-table clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(VENV)/.installed-test
 # kernels, bench --shapes resnet, a short train; one markdown report. ARGS=--quick for a rehearsal.
 gpu-check:
 	scripts/gpu_check.sh $(ARGS)
+
+# The README's SASS table: hot-loop instruction mix of the conv GEMM kernels on sm_90 (no GPU needed).
+sass-table: $(VENV)/.installed-test
+	@$(VENV)/bin/cnn-gpu kernels --sass --arch sm_90 --family conv2d_fprop,conv2d_dgrad,conv2d_wgrad --markdown
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .benchmarks

@@ -3,6 +3,7 @@
 A ctypes wrapper of libnvrtc, the compiler CuPy itself uses. Each compile targets one real
 architecture (`-arch=sm_XX`), so the result is a CUBIN whose ptxas report (`-Xptxas=-v`, in the
 program log) gives per kernel: registers, spill stores/loads, static shared memory and stack frame.
+compile_as_backend hands the CUBIN itself to cnn_gpu.sass (the SASS report).
 The block size a kernel is built for is read from the CUBIN (`__launch_bounds__` ends up as the
 EIATTR_MAX_THREADS attribute of the kernel's `.nv.info.<name>` ELF section), so macros in the
 bounds need no preprocessing here. Theoretical occupancy follows the CUDA occupancy calculator's
@@ -315,15 +316,21 @@ def launch_bounds_from_cubin(cubin: bytes) -> dict[str, int]:
 
 # --- compiling the project's kernel files -------------------------------------------------------
 
-def kernel_report(source: str, name: str, arch: str, options=()) -> list[KernelReport]:
-    """Compile `source` for `arch` and report every kernel in it (sorted by name)."""
+def compile_cubin(source: str, name: str, arch: str, options=()) -> tuple[bytes, str]:
+    """(CUBIN, ptxas log) of `source` compiled for `arch` with `options`, `-arch=<arch>` and
+    `--ptxas-options=-v`. The CUBIN is the whole ELF image: nvrtcGetCUBINSize bytes (CuPy's
+    nvrtc.getCUBIN drops the last byte, which leaves nvdisasm seeing no device code)."""
     if arch not in ARCH_LIMITS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     compiler = load()
     if arch not in compiler.supported_archs:
         raise CompileError(f"NVRTC {compiler.version[0]}.{compiler.version[1]} ({compiler.path}) cannot target "
                            f"{arch}; install nvidia-cuda-nvrtc-cu12")
-    cubin, log = compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+    return compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+
+
+def reports_of(cubin: bytes, log: str, arch: str) -> list[KernelReport]:
+    """Every kernel's report (sorted by name) from a compile's CUBIN and ptxas log."""
     bounds = launch_bounds_from_cubin(cubin)
     reports = []
     for kernel, res in sorted(parse_ptxas_log(log).items()):
@@ -334,18 +341,29 @@ def kernel_report(source: str, name: str, arch: str, options=()) -> list[KernelR
     return reports
 
 
+def kernel_report(source: str, name: str, arch: str, options=()) -> list[KernelReport]:
+    """Compile `source` for `arch` and report every kernel in it (sorted by name)."""
+    return reports_of(*compile_cubin(source, name, arch, options), arch)
+
+
 @functools.lru_cache(maxsize=None)
-def _source_report_cached(source: str, name: str, dtype_name: str, arch: str) -> tuple[KernelReport, ...]:
+def _compile_as_backend(source: str, name: str, dtype_name: str, arch: str) -> tuple[bytes, str]:
     from . import backend
     options = (*backend.NVRTC_OPTIONS, *backend.dtype_options(dtype_name))
-    return tuple(kernel_report(source, name, arch, options))
+    return compile_cubin(source, name, arch, options)
+
+
+def compile_as_backend(source: str, name: str, dtype, arch: str) -> tuple[bytes, str]:
+    """(CUBIN, ptxas log) of a kernel source (backend.kernel_source's text) compiled as the cuda
+    backend compiles it: backend.NVRTC_OPTIONS and backend.dtype_options(dtype), for `arch`;
+    cached per (source text, name, dtype, arch)."""
+    return _compile_as_backend(source, name, np.dtype(dtype).name, arch)
 
 
 def file_report(path, dtype, arch: str) -> tuple[KernelReport, ...]:
-    """Reports of a kernels/*.cu file compiled as the cuda backend does (backend.kernel_source with
-    its headers inlined, backend.NVRTC_OPTIONS and backend.dtype_options(dtype)) for `arch`; cached
-    per (source text, dtype, arch)."""
+    """Reports of a kernels/*.cu file, its headers inlined by backend.kernel_source, compiled by
+    compile_as_backend."""
     from . import backend
     path = Path(path)
     source = backend.kernel_source(path.stem, path.parent)
-    return _source_report_cached(source, path.name, np.dtype(dtype).name, arch)
+    return tuple(reports_of(*compile_as_backend(source, path.name, dtype, arch), arch))

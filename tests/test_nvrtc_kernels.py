@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 
 import pytest
 
@@ -116,6 +117,22 @@ def test_report_reads_launch_bounds_and_spills():
 
 
 @needs_nvrtc
+def test_compile_cubin_returns_the_whole_elf():
+    cubin, log = nvrtc.compile_cubin(PROBE, "probe.cu", "sm_90")
+    assert cubin[:4] == b"\x7fELF" and "Compiling entry function 'bounded'" in log
+    # The image ends exactly where the last of its parts the ELF header locates ends (CuPy's
+    # getCUBIN is one byte short of this).
+    program_headers_at, section_headers_at = struct.unpack_from("<QQ", cubin, 0x20)
+    program_entry, program_count, section_entry, section_count = struct.unpack_from("<HHHH", cubin, 0x36)
+    sections = [struct.unpack_from("<IIQQQQ", cubin, section_headers_at + i * section_entry)
+                for i in range(section_count)]
+    no_bits = 8
+    ends = [offset + size for _, kind, _, _, offset, size in sections if kind != no_bits]
+    ends += [program_headers_at + program_entry * program_count, section_headers_at + section_entry * section_count]
+    assert len(cubin) == max(ends)
+
+
+@needs_nvrtc
 def test_compile_error_names_the_problem():
     with pytest.raises(nvrtc.CompileError, match="undefined_name"):
         nvrtc.kernel_report('extern "C" __global__ void k(float* a) { a[0] = undefined_name; }', "bad.cu", "sm_80")
@@ -135,10 +152,24 @@ def test_cli_json_and_table(capsys):
     combos = {(r["dtype"], r["arch"]) for r in report["results"]}
     assert combos == {("float32", "sm_80"), ("float64", "sm_80")}
     names = {k["name"] for r in report["results"] for k in r["kernels"]}
-    assert names == {"channel_sum_block", "channel_sum_column"}
+    declared = set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)',
+                              backend.kernel_source("reduce")))
+    assert names == declared and {"channel_sum_block", "channel_sum_column"} <= names
     status, out, _ = _cli(capsys, "--arch", "sm_80", "--file", "reduce.cu", "--dtype", "float32")
     assert status == 0
     assert "channel_sum_block" in out and "occupancy" in out
+
+
+@needs_nvrtc
+def test_cli_json_to_a_file_and_family_names(capsys, tmp_path):
+    target = tmp_path / "kernels.json"
+    status, out, _ = _cli(capsys, "--arch", "sm_80", "--family", "reduce,pool", "--dtype", "float64",
+                          "--json", str(target))
+    assert status == 0 and "channel_sum_block" in out and "max_pool_forward" in out
+    report = json.loads(target.read_text())
+    assert {r["file"] for r in report["results"]} == {"reduce.cu", "pool.cu"}
+    status, _, err = _cli(capsys, "--family", "nope")
+    assert status == 2 and "no kernel file nope" in err
 
 
 @needs_nvrtc

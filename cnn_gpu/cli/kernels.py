@@ -1,7 +1,11 @@
 """`cnn-gpu kernels`: compile every kernels/*.cu with NVRTC for each architecture and dtype, as the
 cuda backend does (kernels/*.cuh headers inlined by backend.kernel_source), and print ptxas'
 registers, spills, shared memory and the theoretical occupancy per kernel. Exit status 1 on a
-compile error or any spilled byte, 2 when NVRTC is missing."""
+compile error or any spilled byte, 2 when NVRTC is missing.
+
+`--sass` prints the SASS report instead (cnn_gpu.sass: each kernel's hot-loop instruction mix and
+FMA issue ceiling, from nvdisasm); exit status 1 on a compile or disassembly error, 2 when NVRTC
+or nvdisasm is missing or cannot handle an --arch asked for."""
 from __future__ import annotations
 
 import itertools
@@ -10,6 +14,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 
 DTYPES = ("float32", "float64")
 
@@ -28,9 +33,14 @@ def add_arguments(parser) -> None:
                         help="comma-separated architectures (default: sm_70,sm_75,sm_80,sm_86,sm_89,sm_90)")
     parser.add_argument("--dtype", choices=DTYPES, action="append",
                         help="only this dtype (repeatable; default: both)")
-    parser.add_argument("--file", action="append", metavar="NAME",
-                        help="only this kernel file, e.g. pool.cu (repeatable; default: every kernels/*.cu)")
-    parser.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
+    parser.add_argument("--file", "--family", action="append", metavar="NAME",
+                        help="only this kernel file or family, e.g. pool.cu or conv2d_fprop,conv2d_dgrad "
+                             "(repeatable; default: every kernels/*.cu)")
+    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                        help="write the reports as JSON to PATH (no PATH: print them instead of the table)")
+    parser.add_argument("--sass", action="store_true",
+                        help="report each kernel's hot-loop SASS instruction mix and FMA issue ceiling (needs nvdisasm)")
+    parser.add_argument("--markdown", action="store_true", help="with --sass: print the table as Markdown")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="compiles run in parallel (default: the number of CPUs)")
 
@@ -69,39 +79,64 @@ def _format_table(results) -> str:
     return "\n".join(lines)
 
 
+def _write_json(document, target: str) -> None:
+    """Print `document` (target "-") or write it to the file `target` atomically."""
+    from ..checkpoint import atomic_write
+    text = json.dumps(document, indent=1) + "\n"
+    if target == "-":
+        print(text, end="")
+    else:
+        atomic_write(Path(target), lambda f: f.write(text.encode()))
+
+
+def _selected_files(args):
+    """The kernels/*.cu files --file/--family names (all without it); ValueError for unknown names."""
+    from .. import backend
+    files = backend.kernel_files()
+    if not args.file:
+        return files
+    wanted = {name.strip().removesuffix(".cu") for value in args.file for name in value.split(",") if name.strip()}
+    missing = sorted(wanted - {path.stem for path in files})
+    if missing:
+        raise ValueError(f"no kernel file {', '.join(missing)} in {backend.kernel_dir()}")
+    return [path for path in files if path.stem in wanted]
+
+
 def run(args) -> int:
-    from .. import backend, nvrtc
+    from .. import nvrtc
     reason = nvrtc.why_unavailable()
     if reason:
         print(f"cnn-gpu kernels: {reason}", file=sys.stderr)
         return 2
     try:
+        if args.markdown and not args.sass:
+            raise ValueError("--markdown needs --sass")
         archs = _arch_list(args.arch) if args.arch else list(nvrtc.ARCHS)
+        files = _selected_files(args)
     except ValueError as err:
         print(f"cnn-gpu kernels: {err}", file=sys.stderr)
         return 2
-    files = backend.kernel_files()
-    if args.file:
-        missing = sorted(set(args.file) - {path.name for path in files})
-        if missing:
-            print(f"cnn-gpu kernels: no kernel file {', '.join(missing)} in {backend.kernel_dir()}", file=sys.stderr)
-            return 2
-        files = [path for path in files if path.name in args.file]
     dtypes = args.dtype or list(DTYPES)
-    results = collect(files, dtypes, archs, args.jobs)
+    if args.sass:
+        return _run_sass(args, [path.stem for path in files], dtypes, archs)
+    return _run_ptxas(args, files, dtypes, archs)
 
+
+def _run_ptxas(args, files, dtypes, archs) -> int:
+    from .. import backend, nvrtc
+    results = collect(files, dtypes, archs, args.jobs)
     errors = [(f, d, a, e) for f, d, a, _, e in results if e is not None]
     spills = [(f, d, a, r.name, r.spill_bytes) for f, d, a, reports, _ in results if reports
               for r in reports if r.spill_bytes]
     compiler = nvrtc.load()
     if args.json:
-        print(json.dumps({
+        _write_json({
             "nvrtc": {"path": compiler.path, "version": list(compiler.version)},
             "results": [{"file": f, "dtype": d, "arch": a, "error": e,
                          "kernels": [asdict(r) for r in reports] if reports else []}
                         for f, d, a, reports, e in results],
-        }, indent=1))
-    else:
+        }, args.json)
+    if args.json != "-":
         print(f"NVRTC {compiler.version[0]}.{compiler.version[1]} ({compiler.path}); options "
               f"{' '.join(backend.NVRTC_OPTIONS)} -DREAL=... -arch=<arch> --ptxas-options=-v")
         print(_format_table(results))
@@ -110,3 +145,39 @@ def run(args) -> int:
     for file, dtype, arch, kernel, nbytes in spills:
         print(f"spill: {file} {kernel} {dtype} {arch}: {nbytes} bytes", file=sys.stderr)
     return 1 if errors or spills else 0
+
+
+def _run_sass(args, families, dtypes, archs) -> int:
+    from .. import nvrtc, sass
+    unreadable = {arch: sass.why_unavailable(arch) for arch in archs if sass.why_unavailable(arch)}
+    if unreadable and (args.arch or len(unreadable) == len(archs)):
+        print(f"cnn-gpu kernels --sass: {next(iter(unreadable.values()))}", file=sys.stderr)
+        return 2
+    for arch, reason in unreadable.items():
+        print(f"cnn-gpu kernels --sass: skipping {arch}: {reason}", file=sys.stderr)
+    archs = [arch for arch in archs if arch not in unreadable]
+
+    def one(combo):
+        try:
+            return sass.kernel_rows(*combo), None
+        except (nvrtc.CompileError, sass.DisassemblyError) as err:
+            return [], f"{' '.join(combo)}: {err}"
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(one, itertools.product(families, dtypes, archs)))
+    rows = [row for found, _ in results for row in found]
+    errors = [error for _, error in results if error]
+    compiler, disassembler = nvrtc.load(), sass.disasm.find()
+    if args.json:
+        _write_json({"nvrtc": {"path": compiler.path, "version": list(compiler.version)},
+                     "nvdisasm": {"path": disassembler.path, "version": list(disassembler.version)},
+                     "rows": rows}, args.json)
+    if args.json != "-":
+        if not args.markdown:
+            print(f"NVRTC {compiler.version[0]}.{compiler.version[1]}, nvdisasm {disassembler.version[0]}."
+                  f"{disassembler.version[1]}; hot loop = steady-state iteration (cnn_gpu.sass.loops); "
+                  "LDS/LDG/STS/LDGSTS as count x bits; ceiling = FMA issue ceiling (cnn_gpu.sass.mix)")
+        print(sass.format_table(rows, markdown=args.markdown))
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,253 @@
+"""The SASS report (cnn_gpu.sass, `cnn-gpu kernels --sass`): the loop and counting rules on a
+hand-written nvdisasm listing, then on CUBINs NVRTC compiles and nvdisasm disassembles (a planted
+loop of 8 fmaf, a spilling kernel, the real conv kernels, the CLI's JSON rows and the disk cache).
+The compiled tests skip, with the reason, where NVRTC or nvdisasm (pip nvidia-cuda-nvdisasm) is
+missing or cannot read the arch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cnn_gpu import backend, nvrtc, sass
+from cnn_gpu.cli import main as cli_main
+from cnn_gpu.sass import disasm, loops, mix, report
+from test_nvrtc_kernels import PROBE as SPILLING_PROBE  # its kernel `spills` spills at 1024 threads
+
+
+def _needs_tools(arch: str):
+    reason = nvrtc.why_unavailable() or sass.why_unavailable(arch)
+    return pytest.mark.skipif(bool(reason), reason=f"SASS report unavailable for {arch}: {reason}")
+
+
+# Shaped like nvdisasm -c output. An outer loop (0x0020-0x0160) around an inner one (0x0050-0x0130)
+# that holds every FFMA; in the inner one a guarded block (counted: the guard passes), a predicated
+# load (counted), and an if/else whose else arm (FADD, FMUL) the then arm jumps over (left out).
+LISTING = """
+//--------------------- .text.nested              --------------------------
+        .section        .text.nested,"ax",@progbits
+nested:
+.text.nested:
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   HFMA2.MMA R3, -RZ, RZ, 0, 0 ;
+.L_x_0:
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0030*/                   STS.128 [R0], R4 ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_1:
+        /*0050*/                   LDS.128 R8, [R0] ;
+        /*0060*/                   LDS.64 R12, [R0+0x10] ;
+        /*0070*/                   LDS R14, [R0+0x20] ;
+        /*0080*/                   FFMA R20, R8, R9, R20 ;
+        /*0090*/               @P0 BRA `(.L_x_2) ;
+        /*00a0*/                   FFMA.FTZ R21, R10, R11, R21 ;
+        /*00b0*/              @!P1 LDG.E.CONSTANT R15, desc[UR4][R2.64] ;
+.L_x_2:
+        /*00c0*/               @P2 BRA `(.L_x_3) ;
+        /*00d0*/                   FFMA R22, R12, R13, R22 ;
+        /*00e0*/                   BRA `(.L_x_4) ;
+.L_x_3:
+        /*00f0*/                   FADD R22, R22, R14 ;
+        /*0100*/                   FMUL R22, R22, R14 ;
+.L_x_4:
+        /*0110*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0120*/                   ISETP.NE.AND P3, PT, R1, R5, PT ;
+        /*0130*/               @P3 BRA `(.L_x_1) ;
+        /*0140*/                   STL [R1], R20 ;
+        /*0150*/                   IADD3 R7, R7, 0x1, RZ ;
+        /*0160*/               @P4 BRA `(.L_x_0) ;
+        /*0170*/                   LDL R20, [R1] ;
+        /*0180*/                   STG.E desc[UR4][R2.64], R20 ;
+        /*0190*/                   EXIT ;
+.L_x_5:
+        /*01a0*/                   BRA `(.L_x_5);
+        /*01b0*/                   NOP;
+        /*01c0*/                   NOP;
+.L_x_6:
+
+
+//--------------------- .text.flat                --------------------------
+        .section        .text.flat,"ax",@progbits
+flat:
+.text.flat:
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   ISETP.GE.AND P0, PT, R0, 0x10, PT ;
+        /*0020*/               @P0 EXIT ;
+        /*0030*/                   LDG.E.64 R2, desc[UR4][R4.64] ;
+        /*0040*/                   DFMA R2, R2, R2, R2 ;
+        /*0050*/                   STG.E.64 desc[UR4][R4.64], R2 ;
+        /*0060*/                   EXIT ;
+.L_x_9:
+        /*0070*/                   BRA `(.L_x_9);
+"""
+
+
+def test_listing_is_parsed_with_branch_targets():
+    functions = disasm.parse(LISTING)
+    assert sorted(functions) == ["flat", "nested"]
+    nested = functions["nested"]
+    assert len(nested.instructions) == 27  # up to the trap BRA; the NOP padding is dropped
+    by_address = {ins.address: ins for ins in nested.instructions}
+    assert by_address[0x90].target == 0xC0 and by_address[0x90].conditional
+    assert by_address[0xE0].target == 0x110 and not by_address[0xE0].conditional
+    assert by_address[0xB0].guard == "@!P1" and by_address[0xB0].opcode == "LDG.E.CONSTANT"
+    assert loops.loop_regions(nested) == [loops.Region(0x20, 0x160), loops.Region(0x50, 0x130)]
+
+
+def test_hot_loop_is_the_inner_steady_state_path():
+    row = sass.hot_loop_mix(disasm.parse(LISTING)["nested"], "float32", "sm_90")
+    assert row["hot_loop"] == "0x0050-0x0130"
+    assert row["instructions"] == 13
+    assert (row["ffma"], row["fma"], row["fp_other"]) == (3, 3, 0)  # the else arm is left out
+    assert row["lds_bits"] == [128, 64, 32] and row["lds"] == 3
+    assert row["ldg_bits"] == [32] and row["sts"] == 0 and row["bar"] == 0
+    assert (row["branches"], row["integer"]) == (4, 2)
+    assert sum(row[name] for name in mix.COUNTS if name not in ("instructions", "fma")) == row["instructions"]
+    assert row["fma_share"] == pytest.approx(3 / 13)
+    assert (row["local_memory_loop"], row["local_memory"]) == (0, 2)
+    assert row["kernel_instructions"] == 27
+
+
+def test_function_without_loops_is_measured_on_its_entry_path():
+    row = sass.hot_loop_mix(disasm.parse(LISTING)["flat"], "float64", "sm_90")
+    assert row["hot_loop"] is None
+    assert (row["instructions"], row["dfma"], row["branches"]) == (7, 1, 2)
+    assert row["ldg_bits"] == [64] and row["stg_bits"] == [64]
+    assert row["issue_ceiling"] == pytest.approx((1 / 7) / 0.5)
+
+
+def test_hfma2_move_idiom_is_not_an_fma():
+    move, real = disasm.parse(
+        "//--------------------- .text.h  ---\n"
+        "        /*0000*/                   HFMA2.MMA R3, -RZ, RZ, 0, 0 ;\n"
+        "        /*0010*/                   HFMA2 R4, R5, R6, R4 ;\n")["h"].instructions
+    assert mix.classify(move) == "integer" and mix.classify(real) == "hfma2"
+
+
+@pytest.mark.parametrize("dtype, arch, share, ceiling", [
+    ("float32", "sm_90", 0.65, 0.65),   # 128 FP32 lanes per SM: every other instruction costs an FFMA slot
+    ("float32", "sm_86", 0.45, 0.45),
+    ("float32", "sm_80", 0.45, 0.90),   # 64 lanes: an FFMA every other clock
+    ("float32", "sm_80", 0.65, 1.0),
+    ("float64", "sm_90", 0.25, 0.50),   # 64 FP64 lanes per SM
+    ("float64", "sm_80", 0.20, 0.80),   # 32 FP64 lanes per SM
+    ("float64", "sm_86", 0.01, 0.64),   # 2 FP64 lanes per SM
+])
+def test_issue_ceiling_rule(dtype, arch, share, ceiling):
+    fma = "ffma" if dtype == "float32" else "dfma"
+    counts = {"instructions": 1000, "ffma": 0, "dfma": 0, fma: round(share * 1000)}
+    assert sass.issue_ceiling(counts, dtype, arch) == pytest.approx(ceiling)
+
+
+PLANTED = r"""
+extern "C" __global__ void __launch_bounds__(128) eight_fma(float* out, const float* in, int n)
+{
+    float acc[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j] = in[j * 128 + threadIdx.x];
+    const float* column = in + 1024 + threadIdx.x;
+#pragma unroll 1
+    for (int i = 0; i < n; ++i) {
+        const float a = column[i * 128];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] = fmaf(acc[j], a, 1.0f + j);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j * 128 + threadIdx.x] = acc[j];
+}
+"""
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_planted_loop_of_eight_fmaf(arch):
+    if reason := nvrtc.why_unavailable() or sass.why_unavailable(arch):
+        pytest.skip(f"SASS report unavailable for {arch}: {reason}")
+    cubin, _ = nvrtc.compile_cubin(PLANTED, "planted.cu", arch, ("-ftz=true",))
+    row = sass.hot_loop_mix(sass.disassemble(cubin, arch)["eight_fma"], "float32", arch)
+    assert row["hot_loop"] is not None
+    assert (row["ffma"], row["fma"], row["mma"]) == (8, 8, 0)
+    assert row["ldg_bits"] == [32] and row["stg"] == 0 and row["branches"] == 1
+    assert row["fma_share"] == pytest.approx(8 / row["instructions"])
+    assert 8 < row["instructions"] <= 16
+    assert row["local_memory"] == 0
+
+
+@_needs_tools("sm_90")
+def test_spilling_kernel_shows_local_memory():
+    cubin, _ = nvrtc.compile_cubin(SPILLING_PROBE, "probe.cu", "sm_90")
+    row = sass.hot_loop_mix(sass.disassemble(cubin, "sm_90")["spills"], "float32", "sm_90")
+    assert row["local_memory_loop"] > 0 and row["local_memory"] >= row["local_memory_loop"]
+
+
+@_needs_tools("sm_90")
+def test_conv_fprop_tiles_on_sm_90():
+    rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_fprop", "float32", "sm_90")}
+    assert {"conv2d_fprop_large", "conv2d_fprop_small"} <= set(rows)
+    for row in rows.values():
+        assert 0.3 < row["fma_share"] < 0.95, row
+        assert row["ffma"] >= 64 and row["lds"] > 0 and row["bar"] >= 1, row
+        assert row["local_memory"] == 0 and row["local_memory_loop"] == 0, row
+        assert row["issue_ceiling"] == pytest.approx(row["ffma"] / row["instructions"])
+        assert 0 < row["registers"] <= 255
+    assert rows["conv2d_fprop_large"]["fma_share"] > 0.5
+    assert rows["conv2d_fprop_large"]["fma_share"] > rows["conv2d_fprop_small"]["fma_share"]
+
+
+REQUIRED = {"family": str, "kernel": str, "arch": str, "dtype": str, "registers": int, "fma": int,
+            "instructions": int, "fma_share": float, "lds_bits": list, "local_memory": int, "issue_ceiling": float}
+
+
+@_needs_tools("sm_90")
+def test_cli_json_rows_and_markdown(tmp_path, capsys):
+    target = tmp_path / "sass.json"
+    status = cli_main(["kernels", "--sass", "--arch", "sm_90", "--family", "reduce", "--json", str(target)])
+    out, _ = capsys.readouterr()
+    assert status == 0 and "channel_sum_block" in out and "ceiling" in out
+    rows = json.loads(target.read_text())["rows"]
+    kernels = [r.name for r in nvrtc.file_report(backend.kernel_dir() / "reduce.cu", "float32", "sm_90")]
+    assert "channel_sum_block" in kernels
+    assert sorted((row["kernel"], row["dtype"]) for row in rows) == sorted(
+        (kernel, dtype) for kernel in kernels for dtype in ("float32", "float64"))
+    for row in rows:
+        for key, kind in REQUIRED.items():
+            assert isinstance(row[key], kind), (key, row)
+        assert row["family"] == "reduce" and row["arch"] == "sm_90"
+        assert 0 <= row["fma_share"] <= 1 and 0 <= row["issue_ceiling"] <= 1
+        assert len(row["lds_bits"]) == row["lds"]
+    status = cli_main(["kernels", "--sass", "--arch", "sm_90", "--family", "reduce.cu", "--dtype", "float32",
+                       "--markdown"])
+    out, _ = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert status == 0 and lines[0].startswith("| family | kernel |") and len(lines) == 2 + len(kernels)
+
+
+@_needs_tools("sm_90")
+def test_rows_come_back_from_the_disk_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_GPU_CACHE", str(tmp_path))
+    report._rows.cache_clear()
+    first = sass.kernel_rows("reduce", "float32", "sm_90")
+    assert len(list((tmp_path / "sass").glob("reduce-float32-sm_90-*.json"))) == 1
+    report._rows.cache_clear()
+
+    def no_compiling(*args):
+        raise AssertionError("compiled although the rows were cached")
+
+    monkeypatch.setattr(nvrtc, "compile_as_backend", no_compiling)
+    assert sass.kernel_rows("reduce", "float32", "sm_90") == first
+
+
+def test_cli_without_nvdisasm_exits_2(capsys, monkeypatch):
+    if nvrtc.why_unavailable():
+        pytest.skip(f"NVRTC unavailable: {nvrtc.why_unavailable()}")
+    monkeypatch.setattr(sass, "why_unavailable", lambda arch=None: "nvdisasm not found (test)")
+    assert cli_main(["kernels", "--sass", "--family", "reduce"]) == 2
+    assert "nvdisasm not found" in capsys.readouterr().err
+
+
+def test_bad_requests_raise_before_compiling():
+    with pytest.raises(ValueError, match="no kernel family"):
+        sass.kernel_rows("nope", "float32", "sm_90")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        sass.kernel_rows("reduce", "float32", "sm_61")
+    with pytest.raises(TypeError):
+        sass.kernel_rows("reduce", "int32", "sm_90")
