@@ -3,6 +3,7 @@ reported, arguments are checked by CuPy's rules, and the test kernels also compi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -204,10 +205,28 @@ def test_out_of_bounds_global_write_faults_with_thread_and_line():
     assert not y.any(), "nothing is copied back from a faulting launch"
 
 
-def test_out_of_bounds_write_inside_the_alignment_gap_is_found_by_the_canary():
-    y = np.zeros(1022, np.float32)  # the end is not 16-byte aligned: the write lands in the gap
-    with pytest.raises(emu.KernelFault, match="past the end of argument 'y'"):
-        bugs().get_function("write_one_past_end")((4,), (256,), (y, np.int32(1022)), guard=True)
+@pytest.mark.parametrize("n", [1021, 1022, 1023, 1024])  # every byte size modulo 16
+def test_guard_zones_are_on_by_default_and_fault_at_once_past_the_end(n, rng):
+    """An array ends right before its guard page whatever its size: a read or a write one element
+    past the end faults at once, with block, thread and line (no alignment gap to land in)."""
+    x = rng.standard_normal(n).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match="past the end of argument 'x'") as info:
+        bugs().get_function("read_one_past_end")((5,), (256,), (x, np.zeros(n, np.float32), np.int32(n)))
+    assert info.value.block == (n // 256, 0, 0) and info.value.thread == (n % 256, 0, 0)
+    assert info.value.source.startswith(at_line("y[i < n ? i : 0] += x[i]"))
+    y = np.zeros(n, np.float32)
+    with pytest.raises(emu.KernelFault, match="past the end of argument 'y'") as info:
+        bugs().get_function("write_one_past_end")((5,), (256,), (y, np.int32(n)))
+    assert info.value.thread == (n % 256, 0, 0) and not y.any()
+
+
+def test_guard_false_opts_out_of_guard_zones():
+    base = np.zeros(1024, np.float32)
+    bugs().get_function("write_one_past_end")((4,), (256,), (base[:1023], np.int32(1023)), guard=False)
+    assert base[1023] == 2046  # unguarded, the write lands in whatever follows the view
+    with emu.checking(guard=False):
+        bugs().get_function("write_one_past_end")((4,), (256,), (base[:1022], np.int32(1022)))
+    assert base[1022] == 2044
 
 
 def test_correct_launch_with_guard_copies_results_back():
@@ -319,18 +338,29 @@ def test_checking_context_sets_defaults_and_call_keywords_override(rng):
 
 def test_shared_memory_is_poisoned_with_nan():
     mod = emu.RawModule(code=textwrap.dedent("""
+        template <int N> __device__ float* tile() { __shared__ float t[N]; return t; }
         extern "C" __global__ void read_uninitialised(float* y) {
             __shared__ float s[32];
             extern __shared__ float d[];
-            if (threadIdx.x == 0) { y[2 * blockIdx.x] = s[3]; y[2 * blockIdx.x + 1] = d[3]; }
+            float* t = tile<32>();  // a template's (or inline function's) __shared__ array too
+            if (threadIdx.x == 0) { y[3 * blockIdx.x] = s[3]; y[3 * blockIdx.x + 1] = d[3]; y[3 * blockIdx.x + 2] = t[3]; }
             __syncthreads();
-            s[threadIdx.x] = 1.0f; d[threadIdx.x] = 2.0f;
+            s[threadIdx.x] = 1.0f; d[threadIdx.x] = 2.0f; t[threadIdx.x] = 3.0f;
         }"""))
-    y = np.zeros(4, np.float32)
+    y = np.zeros(6, np.float32)
     mod.get_function("read_uninitialised")((2,), (32,), (y,), shared_mem=128)
     assert np.isnan(y).all()
     mod.get_function("read_uninitialised")((2,), (32,), (y,), shared_mem=128, poison=False)
-    assert np.isfinite(y[2:]).all()  # the second block sees what the first left behind
+    np.testing.assert_array_equal(y[3:], [1, 2, 3])  # the second block sees what the first left behind
+    only_templates = emu.RawModule(code=textwrap.dedent("""
+        template <int N> __device__ float* tile() { __shared__ float t[N]; return t; }
+        extern "C" __global__ void read_uninitialised(float* y) {
+            if (threadIdx.x == 0) y[blockIdx.x] = tile<32>()[3];
+            __syncthreads();
+            tile<32>()[threadIdx.x] = 3.0f;
+        }"""))
+    only_templates.get_function("read_uninitialised")((2,), (32,), (y,))
+    assert np.isnan(y[:2]).all()
 
 
 def test_float32_denormals_flush_to_zero_unless_ftz_false():
@@ -344,10 +374,35 @@ def test_float32_denormals_flush_to_zero_unless_ftz_false():
     np.testing.assert_array_equal(kept, tiny * np.float32(0.5))
 
 
+def test_float64_denormals_are_kept_as_on_the_gpu():
+    """-ftz=true flushes float32 denormals (inputs and results); float64 keeps them on a GPU."""
+    mod = emu.RawModule(code=textwrap.dedent("""
+        extern "C" __global__ void scale64(double* x, double f) { x[threadIdx.x] *= f; }
+        extern "C" __global__ void scale32(float* x, float f) { x[threadIdx.x] *= f; }"""))
+    x64 = np.array([2e-308, 1e-310, 3e-320, -4e-315])  # a normal whose product is a denormal, denormals
+    kept = x64.copy()
+    mod.get_function("scale64")((1,), (4,), (kept, 0.75))
+    np.testing.assert_array_equal(kept, x64 * 0.75)
+    assert kept.all() and (np.abs(kept) < np.finfo(np.float64).tiny).all()
+    x32 = np.array([1.2e-38, 1e-39, 3e-44, -4e-40], np.float32)
+    flushed = x32.copy()
+    mod.get_function("scale32")((1,), (4,), (flushed, np.float32(0.75)))
+    assert not flushed.any()
+
+
 # --- build cache ----------------------------------------------------------------------------------
 
-def test_concurrent_builds_share_one_cache_entry(tmp_path):
-    source = tmp_path / "tiny.cu"
+def _cache_with_runtime(cache: Path) -> Path:
+    """A new cache folder holding this process's runtime library (saves building it again)."""
+    from cnn_gpu.emu import _module
+    runtime = Path(_module._runtime()._name)
+    (cache / "emu").mkdir(parents=True)
+    shutil.copyfile(runtime, cache / "emu" / runtime.name)
+    return cache / "emu" / runtime.name
+
+
+def _run_tiny_kernel(source: Path, cache: Path, count: int = 1) -> list[subprocess.Popen]:
+    """`count` fresh processes, each building and running a tiny kernel with its cache in `cache`."""
     source.write_text('extern "C" __global__ void tiny(int* y) { y[threadIdx.x] = threadIdx.x + 41; }\n')
     script = textwrap.dedent(f"""
         import numpy as np
@@ -356,12 +411,84 @@ def test_concurrent_builds_share_one_cache_entry(tmp_path):
         emu.RawModule(path={str(source)!r}).get_function("tiny")((1,), (4,), (y,))
         assert list(y) == [41, 42, 43, 44], y
     """)
-    env = dict(os.environ, CNN_GPU_CACHE=str(tmp_path / "cache"))
-    workers = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(2)]
+    env = dict(os.environ, CNN_GPU_CACHE=str(cache))
+    return [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(count)]
+
+
+def test_concurrent_builds_share_one_cache_entry(tmp_path):
+    _cache_with_runtime(tmp_path / "cache")
+    workers = _run_tiny_kernel(tmp_path / "tiny.cu", tmp_path / "cache", count=2)
     assert [w.wait(timeout=120) for w in workers] == [0, 0]
     built = sorted(p.name for p in (tmp_path / "cache" / "emu").iterdir())
     assert len([name for name in built if name.startswith("module-")]) == 1
     assert not [name for name in built if name.endswith(".tmp")]
+
+
+def test_damaged_cache_entries_are_rebuilt(tmp_path):
+    """A truncated runtime library (SIGBUS when loaded) and a module overwritten with garbage
+    ('invalid ELF header') are rebuilt by the next run instead of failing it."""
+    from cnn_gpu.emu import _build
+    runtime = _cache_with_runtime(tmp_path / "cache")
+    (first,) = _run_tiny_kernel(tmp_path / "tiny.cu", tmp_path / "cache")
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    (module_entry,) = runtime.parent.glob("module-*.so")
+    runtime.write_bytes(runtime.read_bytes()[:runtime.stat().st_size // 2])
+    module_entry.write_bytes(b"not an ELF file" * 100)
+    (second,) = _run_tiny_kernel(tmp_path / "tiny.cu", tmp_path / "cache")
+    assert second.wait(timeout=180) == 0, second.stderr.read()
+    assert _build.is_intact(runtime) and _build.is_intact(module_entry)
+
+
+@pytest.mark.parametrize("problem", ["not a folder", "read-only"])
+def test_unusable_cache_folder_falls_back_to_a_private_one(problem, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    if problem == "not a folder":
+        cache.write_text("")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (cache / "emu").mkdir(parents=True)
+        (cache / "emu").chmod(0o500)
+    monkeypatch.setenv("CNN_GPU_CACHE", str(cache))
+    with pytest.warns(RuntimeWarning, match=r"kernel cache .* (cannot be created|is not writable).*private"):
+        mod = emu.RawModule(code='extern "C" __global__ void k(int* y) { y[threadIdx.x] = 7 * threadIdx.x; }')
+    y = np.zeros(3, np.int32)
+    mod.get_function("k")((1,), (3,), (y,))
+    np.testing.assert_array_equal(y, [0, 7, 14])
+    assert Path(mod.path).parent.name.startswith("cnn_gpu_emu_cache-")
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------
+
+def test_ctrl_c_interrupts_a_hung_kernel_promptly():
+    """SIGINT ends a launch that would only end at its 120 s watchdog: KeyboardInterrupt in the
+    main thread, and a KernelFault in a thread that was running a launch too."""
+    script = textwrap.dedent(f"""
+        import os, signal, threading
+        import numpy as np
+        from cnn_gpu import emu
+        path = {str(KERNELS / "planted_bugs.cu")!r}
+        waits = [emu.RawModule(path=path, options=(f"-DREAL={{t}}",)).get_function("wait_forever")
+                 for t in ("float", "double")]
+        faults = []
+        def in_thread():
+            try:
+                waits[1]((1,), (32,), (np.zeros(1, np.float32),), timeout=120)
+            except emu.KernelFault as fault:
+                faults.append(fault.kind)
+        worker = threading.Thread(target=in_thread)
+        worker.start()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            waits[0]((1,), (32,), (np.zeros(1, np.float32),), timeout=120)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+        worker.join()
+        print(faults)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert done.stdout.split() == ["KeyboardInterrupt", "['interrupted']"], done.stderr
 
 
 # --- the test kernels are CUDA, not a dialect of the emulator ----------------------------------

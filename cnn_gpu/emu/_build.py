@@ -3,11 +3,14 @@
 A module is built from the kernel source plus generated glue: one entry point per `__global__`
 function (called with an array of argument addresses) and one returning its parameter type codes,
 as the compiler resolved them. Cache entries are keyed by a hash of everything that goes into the
-build and written atomically (temp file + rename), so concurrent pytest-xdist workers never see a
-half-written file.
+build and written atomically (temp file, fsync, rename), so concurrent pytest-xdist workers never
+see a half-written file. Each entry ends with a trailer holding its length and SHA-256: an entry
+that does not match (truncated, overwritten) is rebuilt instead of being handed to the dynamic
+loader, which would crash on it.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -15,8 +18,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
+import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +70,28 @@ def cpu_flags() -> tuple[str, ...]:
 
 
 def cache_dir() -> Path:
+    """$CNN_GPU_CACHE/emu (default ~/.cache/cnn_gpu/emu); a private temporary folder, with a
+    warning, when that cannot be created or written."""
     root = os.environ.get("CNN_GPU_CACHE")
     path = Path(root) / "emu" if root else Path.home() / ".cache" / "cnn_gpu" / "emu"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+        problem = "is not writable"
+    except OSError as error:
+        problem = f"cannot be created ({error.strerror or error})"
+    return _private_cache(str(path), problem)
+
+
+@functools.lru_cache(maxsize=None)
+def _private_cache(wanted: str, problem: str) -> Path:
+    private = Path(tempfile.mkdtemp(prefix="cnn_gpu_emu_cache-"))
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    warnings.warn(f"cnn_gpu.emu: the kernel cache {wanted} {problem}; compiling into the private "
+                  f"temporary folder {private} for this process instead (set $CNN_GPU_CACHE to a "
+                  "writable folder to keep compiled kernels)", RuntimeWarning, stacklevel=4)
+    return private
 
 
 def _run(cmd, what: str, stdin: str | None = None) -> str:
@@ -77,14 +101,53 @@ def _run(cmd, what: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def _build_atomically(target: Path, build) -> None:
-    """build(temp_path) writes the file; it then appears under `target` in one rename."""
+# length of the entry before the trailer, its SHA-256, a magic word
+_TRAILER = struct.Struct("<Q32s8s")
+_MAGIC = b"cnngpu\x00\x01"
+
+
+def _seal(path: Path) -> None:
+    """Append the trailer and flush the file to disk."""
+    data = path.read_bytes()
+    with open(path, "ab") as f:
+        f.write(_TRAILER.pack(len(data), hashlib.sha256(data).digest(), _MAGIC))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def is_intact(path: Path) -> bool:
+    """The entry is exactly as it was built (its trailer matches its bytes)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if len(data) < _TRAILER.size:
+        return False
+    size, digest, magic = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    return (magic == _MAGIC and size == len(data) - _TRAILER.size
+            and hashlib.sha256(memoryview(data)[:size]).digest() == digest)
+
+
+def _cached(target: Path, build) -> Path:
+    """`target`, built by build(temp_path) unless an intact entry is there; it appears in one rename."""
+    if is_intact(target):
+        return target
     temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         build(temp)
+        _seal(temp)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
+    try:  # the rename itself survives a crash too
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
+    return target
 
 
 # --- options --------------------------------------------------------------------------------------
@@ -151,11 +214,9 @@ def runtime_library() -> ctypes.CDLL:
                  RUNTIME_SOURCE.read_text(), ABI_HEADER.read_text()):
         digest.update(part.encode() + b"\0")
     name = f"libcnn_gpu_emu_runtime-{digest.hexdigest()[:24]}.so"
-    path = cache_dir() / name
-    if not path.exists():
-        _build_atomically(path, lambda temp: _run(
-            [cxx, *flags, "-shared", "-fno-exceptions", f"-Wl,-soname,{name}", str(RUNTIME_SOURCE), "-o", str(temp), "-lrt"],
-            "building the emulator runtime"))
+    path = _cached(cache_dir() / name, lambda temp: _run(
+        [cxx, *flags, "-shared", "-fno-exceptions", f"-Wl,-soname,{name}", str(RUNTIME_SOURCE), "-o", str(temp), "-lrt"],
+        "building the emulator runtime"))
     _runtime = ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     return _runtime
 
@@ -241,6 +302,22 @@ def _included_files(source: str, include_dir: Path | None, seen: set | None = No
     return found
 
 
+# Every __shared__ array in one section, so that the runtime can poison, race-check and profile it.
+# GCC ignores the section attribute of the statics of templates and inline functions (they go to
+# .bss._ZZ<function><name> sections): the linker gathers those too, and marks the bounds itself
+# (it defines __start_/__stop_ only for sections some input section is named after).
+SHARED_SECTION_SCRIPT = """SECTIONS
+{
+  cnn_gpu_emu_shared : {
+    PROVIDE_HIDDEN(__start_cnn_gpu_emu_shared = .);
+    *(cnn_gpu_emu_shared) *(.bss._ZZ*)
+    PROVIDE_HIDDEN(__stop_cnn_gpu_emu_shared = .);
+  }
+}
+INSERT AFTER .data;
+"""
+
+
 def _glue(kernels: dict[str, list[str]], dynamic_names: list[str], metadata: str) -> str:
     lines = [
         '#line 1 "cnn_gpu_emu_glue"',
@@ -267,27 +344,32 @@ def _glue(kernels: dict[str, list[str]], dynamic_names: list[str], metadata: str
     return "\n".join(lines) + "\n"
 
 
-# The race check build: every memory access calls a __tsan_* hook (defined in cuda_emu.h).
-RACE_CHECK_FLAGS = ("-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-DCNN_GPU_EMU_RACE_CHECK=1")
+# The instrumented build (race check, memory profile): every memory access calls a __tsan_* hook
+# (defined in cuda_emu.h). Accesses are seen as the code makes them: no vectorising or merging of
+# scalar accesses, and vector types (float4, ...) are not split into their members (SRA), so
+# that the accesses are those a GPU makes (LDS.32, LDG.128, ...).
+INSTRUMENTED_FLAGS = ("-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-fno-tree-vectorize",
+                      "-fno-store-merging", "-fno-tree-sra", "-DCNN_GPU_EMU_INSTRUMENTED=1")
 
 
 def build_module(source: str, display_name: str, include_dir: Path | None, options,
-                 race_check: bool = False) -> tuple[Path, Options]:
+                 instrumented: bool = False) -> tuple[Path, Options]:
     """The cached shared object of a kernel source (built when missing) and its translated options."""
     opts = translate_options(options)
     cxx = compiler()
-    flags = _compile_flags(opts) + (list(RACE_CHECK_FLAGS) if race_check else [])
+    flags = _compile_flags(opts) + (list(INSTRUMENTED_FLAGS) if instrumented else [])
     includes = [f"-I{include_dir}"] if include_dir else []
     transformed = _EXTERN_SHARED.sub("extern cnn_gpu_emu_dynamic_shared_decl", source)
     transformed = _PRAGMA_UNROLL.sub(lambda m: f"{m.group(1)}CNN_GPU_EMU_UNROLL({m.group(2) or 32})", transformed)
     digest = hashlib.sha256()
     parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
-             HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(), transformed]
+             HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(), SHARED_SECTION_SCRIPT,
+             transformed]
     parts += [p.read_text() for p in _included_files(source, include_dir)]
     for part in parts:
         digest.update(part.encode() + b"\0")
     path = cache_dir() / f"module-{digest.hexdigest()[:32]}.so"
-    if path.exists():
+    if is_intact(path):
         return path, opts
 
     preprocessed = _run([cxx, "-E", "-P", "-x", "c++", f"-std={opts.std}", *opts.defines, *includes,
@@ -299,16 +381,17 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
             f'{_glue(kernels, dynamic_names, metadata)}')
 
     def compile_to(temp: Path) -> None:
-        generated, obj = temp.with_suffix(".cpp"), temp.with_suffix(".o")
+        generated, obj, script = temp.with_suffix(".cpp"), temp.with_suffix(".o"), temp.with_suffix(".ld")
         generated.write_text(text)
+        script.write_text(SHARED_SECTION_SCRIPT)
         try:
             # compile and link apart: linking with -fsanitize=thread would pull in libtsan
             _run([cxx, *flags, *opts.defines, *includes, "-c", "-x", "c++", str(generated), "-o", str(obj)],
                  f"compiling {display_name} for the emulator")
-            _run([cxx, "-shared", str(obj), "-o", str(temp)], f"linking {display_name} for the emulator")
+            _run([cxx, "-shared", str(obj), f"-Wl,-T,{script}", "-o", str(temp)],
+                 f"linking {display_name} for the emulator")
         finally:
-            generated.unlink(missing_ok=True)
-            obj.unlink(missing_ok=True)
+            for path in (generated, obj, script):
+                path.unlink(missing_ok=True)
 
-    _build_atomically(path, compile_to)
-    return path, opts
+    return _cached(path, compile_to), opts

@@ -16,8 +16,8 @@ def _default_timeout() -> float:
         raise ValueError(f"$CNN_GPU_EMU_TIMEOUT must be a number of seconds, got {value!r}") from None
 
 
-# Outside any `checking` block: forward order and only the checks that cost nothing noticeable.
-DEFAULTS = {"schedule": "forward", "seed": None, "guard": False, "poison": True, "race": False, "timeout": None}
+# Outside any `checking` block: forward order and the checks that cost nothing noticeable.
+DEFAULTS = {"schedule": "forward", "seed": None, "guard": True, "poison": True, "race": False, "timeout": None}
 
 _settings: contextvars.ContextVar[dict] = contextvars.ContextVar("cnn_gpu_emu_checking", default=DEFAULTS)
 
@@ -39,8 +39,10 @@ def checking(schedule: str = "forward", seed: int | None = None, guard: bool = T
 
     schedule: order the threads of a block run between barriers ("forward", "reverse", "random");
     seed: for "random" (None: a fresh seed per launch, shown in fault messages);
-    guard: stage every array argument against an inaccessible page with canaries, and guard the
-    end of dynamic shared memory; poison: fill shared memory with NaN before each block;
+    guard: stage every array argument so that its last byte lies right before an inaccessible
+    page (any access past its end faults at once) with a canary in front, and guard the end of
+    dynamic shared memory (on by default; guard=False: the arrays as they are, no copies);
+    poison: fill shared memory with NaN before each block;
     race: report two threads touching one shared memory word with no barrier between them (one
     of them writing), with both source lines; runs an instrumented build, several times slower;
     timeout: watchdog seconds for one launch (None: inherit; default 60 or $CNN_GPU_EMU_TIMEOUT).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _build
+from . import _build, _profile
 from ._checking import effective
 
 SCHEDULE_CODES = {"forward": 0, "reverse": 1, "random": 2}
@@ -52,14 +52,21 @@ class _ModuleState(ctypes.Structure):
                 ("dynamic_shared_capacity", ctypes.c_ulonglong)]
 
 
+class _ProfileSite(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_ulonglong), ("space", ctypes.c_int), ("op", ctypes.c_int),
+                ("requests", ctypes.c_ulonglong), ("sectors", ctypes.c_ulonglong),
+                ("wavefronts", ctypes.c_ulonglong), ("bytes", ctypes.c_ulonglong)]
+
+
 class _LaunchDesc(ctypes.Structure):
     _fields_ = [("module", ctypes.c_void_p), ("entry", ctypes.c_void_p), ("args", ctypes.c_void_p),
                 ("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
                 ("shared_mem", ctypes.c_ulonglong), ("seed", ctypes.c_ulonglong),
                 ("timeout_seconds", ctypes.c_double), ("schedule", ctypes.c_int), ("poison", ctypes.c_int),
                 ("guard_shared", ctypes.c_int), ("flush_denormals", ctypes.c_int), ("race_check", ctypes.c_int),
-                ("race_global_ranges", ctypes.c_void_p), ("race_global_count", ctypes.c_int),
-                ("race_region", ctypes.c_int),
+                ("race_check_global", ctypes.c_int), ("global_ranges", ctypes.c_void_p),
+                ("global_count", ctypes.c_int), ("race_region", ctypes.c_int), ("profile", ctypes.c_void_p),
+                ("sample_blocks", ctypes.c_ulonglong),
                 ("fault_kind", ctypes.c_int), ("signal_number", ctypes.c_int), ("has_thread", ctypes.c_int),
                 ("fault_block", ctypes.c_uint * 3), ("fault_thread", ctypes.c_uint * 3),
                 ("other_thread", ctypes.c_uint * 3), ("has_other_thread", ctypes.c_int),
@@ -70,7 +77,8 @@ class _LaunchDesc(ctypes.Structure):
 
 FAULT_KINDS = {1: "signal", 2: "stack overflow", 3: "divergent barrier", 4: "barrier not reached by all threads",
                5: "warp exchange deadlock", 6: "watchdog timeout", 7: "shared memory overrun", 8: "launch setup",
-               9: "shared memory race"}
+               9: "shared memory race", 10: "interrupted"}
+INTERRUPTED = 10
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,7 +86,7 @@ def _runtime():
     lib = _build.runtime_library()
     lib.cnn_gpu_emu_launch.argtypes = [ctypes.POINTER(_LaunchDesc)]
     lib.cnn_gpu_emu_launch.restype = ctypes.c_int
-    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p)]
+    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p)]
     lib.cnn_gpu_emu_guard_alloc.restype = ctypes.c_void_p
     lib.cnn_gpu_emu_guard_check.argtypes = [ctypes.c_void_p]
     lib.cnn_gpu_emu_guard_check.restype = ctypes.c_int
@@ -87,29 +95,53 @@ def _runtime():
     lib.cnn_gpu_emu_switch_benchmark.argtypes = [ctypes.c_long]
     lib.cnn_gpu_emu_switch_benchmark.restype = ctypes.c_double
     lib.cnn_gpu_emu_launch_desc_size.restype = ctypes.c_ulonglong
+    lib.cnn_gpu_emu_profile_new.restype = ctypes.c_void_p
+    lib.cnn_gpu_emu_profile_site_count.argtypes = [ctypes.c_void_p]
+    lib.cnn_gpu_emu_profile_site_count.restype = ctypes.c_int
+    lib.cnn_gpu_emu_profile_sites.argtypes = [ctypes.c_void_p]
+    lib.cnn_gpu_emu_profile_sites.restype = ctypes.c_void_p
+    lib.cnn_gpu_emu_profile_totals.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulonglong)]
+    lib.cnn_gpu_emu_profile_totals.restype = None
+    lib.cnn_gpu_emu_profile_free.argtypes = [ctypes.c_void_p]
+    lib.cnn_gpu_emu_profile_free.restype = None
     if lib.cnn_gpu_emu_launch_desc_size() != ctypes.sizeof(_LaunchDesc):
         raise RuntimeError("cnn_gpu.emu: the runtime's launch descriptor does not match _LaunchDesc")
     return lib
 
 
-@functools.lru_cache(maxsize=4096)
-def source_line(obj: str, offset: int) -> str | None:
-    """`file:line` of an instruction, the innermost frame outside the emulator's own header."""
-    if not obj:
-        return None
+def source_lines(obj: str, offsets) -> dict[int, tuple[str, str] | None]:
+    """{offset: (`file:line`, function)} of instructions of a shared object: the innermost
+    (inlined) frame outside the emulator's own header; None where there is no line information."""
+    offsets = sorted(set(offsets))
+    found: dict[int, tuple[str, str] | None] = dict.fromkeys(offsets)
+    if not obj or not offsets:
+        return found
     try:
-        out = subprocess.run(["addr2line", "-f", "-i", "-C", "-e", obj, hex(offset)],
-                             capture_output=True, text=True, timeout=20).stdout.splitlines()
+        out = subprocess.run(["addr2line", "-a", "-f", "-i", "-C", "-e", obj, *map(hex, offsets)],
+                             capture_output=True, text=True, timeout=60).stdout.splitlines()
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    frames = [(out[i], out[i + 1]) for i in range(0, len(out) - 1, 2)]
-    for function, location in frames:
-        if "cuda_emu.h" not in location and "cnn_gpu_emu_glue" not in location and not location.startswith("??"):
+        return found
+    offset, i = None, 0
+    while i + 1 < len(out):
+        if out[i].startswith("0x"):  # -a: each address comes before its frames, innermost first
+            offset, i = int(out[i], 16), i + 1
+            continue
+        function, location = out[i], out[i + 1]
+        i += 2
+        ours = "cuda_emu.h" in location or "cnn_gpu_emu_glue" in location or location.startswith("??")
+        if offset in found and found[offset] is None and not ours:
             location = location.split(" (discriminator")[0]
             if "<code>" in location:  # a source given as a string: no directory
                 location = location[location.index("<code>"):]
-            return f"{location} (in {function})"
-    return None
+            found[offset] = (location, function)
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def source_line(obj: str, offset: int) -> str | None:
+    """`file:line (in function)` of one instruction, as fault reports name it."""
+    frame = source_lines(obj, [offset])[offset]
+    return f"{frame[0]} (in {frame[1]})" if frame else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -207,17 +239,19 @@ RACE_CHECK_GLOBAL_LIMIT = 8 << 20
 
 
 class _Staging:
-    """Array arguments copied into guarded buffers (inaccessible page after the end, canary in front);
-    overlapping arrays share one buffer so aliasing stays as it was."""
+    """Array arguments copied into guarded buffers (inaccessible page right after the last byte,
+    canary in front); overlapping arrays share one buffer so aliasing stays as it was. A buffer
+    starts `align` bytes aligned instead when align > 0 (profiling: like cudaMalloc's 256), and
+    its end is then followed by canary bytes up to the page."""
 
-    def __init__(self, lib, arrays: list[tuple[int, str, np.ndarray]]):
+    def __init__(self, lib, arrays: list[tuple[int, str, np.ndarray]], align: int = 0):
         self.lib = lib
         # [low, high, [(index, name, array)], handle, data]
         self.groups = [[low, high, members, None, 0] for low, high, members in _memory_spans(arrays)]
         try:
             for group in self.groups:
                 data = ctypes.c_void_p()
-                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], ctypes.byref(data))
+                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], align, ctypes.byref(data))
                 if not group[3]:
                     raise MemoryError("cnn_gpu.emu: cannot map a guarded buffer")
                 group[4] = data.value or 0
@@ -277,6 +311,9 @@ class Kernel:
         self.parameter_codes = codes
         self.parameter_names = (parameter_names if len(parameter_names) == len(codes)
                                 else [f"arg{i}" for i in range(len(codes))])
+        # The GPU flushes float32 denormals (-ftz=true) and keeps float64 ones, but x86 has one
+        # switch for both: a kernel with a double parameter runs with denormals kept.
+        self.flush_denormals = module._options.flush_denormals and not any(c.lstrip("*") == "f8" for c in codes)
         self.max_dynamic_shared_size_bytes = DEFAULT_MAX_DYNAMIC_SHARED
 
     def _parameter(self, i: int) -> str:
@@ -317,7 +354,8 @@ class Kernel:
     def __call__(self, grid, block, args, shared_mem=0, *, schedule=None, seed=None, guard=None, poison=None,
                  race=None, timeout=None, stream=None):
         """Launch like CuPy. Checking keywords (defaults from `emu.checking`): schedule, seed, guard,
-        poison, race (shared memory race check: an instrumented build, slower), timeout (seconds)."""
+        poison, race (shared memory race check: an instrumented build, slower), timeout (seconds).
+        Inside `emu.profiling()` the launch's memory accesses are recorded."""
         settings = effective(schedule=schedule, seed=seed, guard=guard, poison=poison, race=race, timeout=timeout)
         grid3, block3 = _dims("grid", grid), _dims("block", block)
         threads = block3[0] * block3[1] * block3[2]
@@ -331,9 +369,13 @@ class Kernel:
             raise ValueError(f"kernel {self.name!r}: shared_mem={shared_mem} bytes outside 0..{limit} "
                              "(raise kernel.max_dynamic_shared_size_bytes as on a GPU)")
         slots, arrays = self._marshal(args)
-        library = self.module._library(settings["race"])
+        profile = _profile.active()
+        library = self.module._library(instrumented=settings["race"] or profile is not None)
         lib = _runtime()
-        staging = _Staging(lib, arrays) if settings["guard"] and arrays else None
+        # a profile stages every array, aligned as cudaMalloc aligns it (sector counts depend on it)
+        staging = (_Staging(lib, arrays, _profile.ALLOCATION_ALIGNMENT if profile else 0)
+                   if (settings["guard"] or profile) and arrays else None)
+        profile_handle = lib.cnn_gpu_emu_profile_new() if profile else None
         try:
             if staging:
                 for index, pointer in staging.pointers().items():
@@ -355,40 +397,70 @@ class Kernel:
             desc.schedule = SCHEDULE_CODES[settings["schedule"]]
             desc.poison = int(settings["poison"])
             desc.guard_shared = int(settings["guard"])
-            desc.flush_denormals = int(self.module._options.flush_denormals)
+            desc.flush_denormals = int(self.flush_denormals)
             desc.race_check = int(settings["race"])
-            race_ranges = self._race_ranges(arrays, staging) if settings["race"] else []
-            if race_ranges:
-                flat = (ctypes.c_ulonglong * (2 * len(race_ranges)))(*[v for r in race_ranges for v in r[:2]])
-                desc.race_global_ranges = ctypes.addressof(flat)
-                desc.race_global_count = len(race_ranges)
+            global_ranges = self._global_ranges(arrays, staging) if settings["race"] or profile else []
+            desc.race_check_global = int(sum(end - begin for begin, end, *_ in global_ranges)
+                                         <= RACE_CHECK_GLOBAL_LIMIT)  # else shared memory only
+            if global_ranges:
+                flat = (ctypes.c_ulonglong * (2 * len(global_ranges)))(*[v for r in global_ranges for v in r[:2]])
+                desc.global_ranges = ctypes.addressof(flat)
+                desc.global_count = len(global_ranges)
+            if profile:
+                desc.profile = profile_handle
+                desc.sample_blocks = profile.blocks or 0
             with library.lock:
                 status = lib.cnn_gpu_emu_launch(ctypes.byref(desc))
+            if status == INTERRUPTED and threading.current_thread() is threading.main_thread():
+                ctypes.pythonapi.PyErr_CheckSignals()  # Python's SIGINT handler: KeyboardInterrupt
             if status:
-                raise self._fault(desc, settings, seed_value, shared_mem, staging, library, race_ranges)
+                raise self._fault(desc, settings, seed_value, shared_mem, staging, library, global_ranges)
             if staging:
                 problem = staging.check_canaries()
                 if problem:
                     raise KernelFault(f"kernel {self.name!r}: {problem} (found after the launch; "
                                       "block and thread unknown)", kernel=self.name, kind="out-of-bounds write")
+            if profile:
+                blocks_run = self._record_profile(profile, lib, profile_handle, library, grid3, block3, shared_mem)
+                if blocks_run < grid3[0] * grid3[1] * grid3[2]:
+                    raise _profile.SampledLaunch(
+                        f"kernel {self.name!r}: profiled {blocks_run} of its {grid3[0] * grid3[1] * grid3[2]} "
+                        "blocks (profiling(blocks=...)); its outputs are incomplete and were not returned")
+            if staging:
                 staging.copy_back()
         finally:
             if staging:
                 staging.release()
+            if profile_handle:
+                lib.cnn_gpu_emu_profile_free(profile_handle)
+
+    def _record_profile(self, profile, lib, handle, library, grid, block, shared_mem: int) -> int:
+        """Hands a launch's counts to `profile`; returns the number of blocks that ran."""
+        count = lib.cnn_gpu_emu_profile_site_count(handle)
+        raw = (_ProfileSite * count).from_address(lib.cnn_gpu_emu_profile_sites(handle)) if count else []
+        lines = library.source_lines([site.offset for site in raw])
+        sites = []
+        for site in raw:
+            location = lines.get(site.offset)
+            file, _, line = location[0].rpartition(":") if location else ("?", "", "0")
+            sites.append((file, int(line) if line.isdigit() else 0, _profile.SPACES[site.space],
+                          _profile.OPS[site.op], site.requests, site.sectors, site.wavefronts, site.bytes))
+        totals = (ctypes.c_ulonglong * 3)()
+        lib.cnn_gpu_emu_profile_totals(handle, totals)
+        profile.add_launch(self.name, grid, block, shared_mem, sites, tuple(totals))
+        return totals[2]
 
     @staticmethod
-    def _race_ranges(arrays, staging) -> list[tuple[int, int, str, int]]:
+    def _global_ranges(arrays, staging) -> list[tuple[int, int, str, int]]:
         """[(begin, end, argument name, itemsize)] of the memory the kernel sees as its arrays."""
         if staging:
             spans = [(group[4], group[4] + group[1] - group[0], group[2]) for group in staging.groups]
         else:
             spans = _memory_spans(arrays)
-        if sum(end - begin for begin, end, _ in spans) > RACE_CHECK_GLOBAL_LIMIT:
-            return []  # shared memory only: the shadow of large arguments would not fit
         return [(begin, end, members[0][1], members[0][2].itemsize) for begin, end, members in spans]
 
     def _fault(self, desc: _LaunchDesc, settings, seed, shared_mem: int, staging, library,
-               race_ranges) -> KernelFault:
+               global_ranges) -> KernelFault:
         kind = FAULT_KINDS.get(desc.fault_kind, "fault")
         message = desc.message.decode(errors="replace")
         if desc.fault_kind == 1:
@@ -406,7 +478,7 @@ class Kernel:
                 message = f"access past the end of the {shared_mem} bytes of dynamic shared memory ({name})"
         elif desc.fault_kind == 9:
             if desc.race_region >= 2:
-                begin, _, name, itemsize = race_ranges[desc.race_region - 2]
+                begin, _, name, itemsize = global_ranges[desc.race_region - 2]
                 variable = f"argument {name!r} (element {(desc.fault_address - begin) // itemsize})"
                 space = "global memory"
             else:
@@ -418,6 +490,8 @@ class Kernel:
             message = "fiber stack overflow (64 KB per CUDA thread)"
         elif desc.fault_kind == 6:
             message = f"watchdog: the launch ran longer than {settings['timeout']} s (an endless loop?)"
+        elif desc.fault_kind == INTERRUPTED:
+            message = "interrupted by SIGINT (Ctrl-C)"
         block = tuple(desc.fault_block)
         thread = tuple(desc.fault_thread) if desc.has_thread else None
         source = source_line(desc.site_object.decode(), desc.site_offset)
@@ -445,7 +519,7 @@ def _library_lock(path: str) -> threading.Lock:
 
 
 class _Library:
-    """One compiled build of a module (plain, or instrumented for the race check)."""
+    """One compiled build of a module (plain, or instrumented for the race check and profile)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -459,6 +533,14 @@ class _Library:
         self.kernel_parameters = json.loads(metadata().decode())["kernels"]
         self.lock = _library_lock(str(path))
         self._entries: dict[str, int] = {}
+        self._lines: dict[int, tuple[str, str] | None] = {}
+
+    def source_lines(self, offsets) -> dict[int, tuple[str, str] | None]:
+        """{offset: (`file:line`, function)} of instructions of this library, looked up once each."""
+        missing = [offset for offset in set(offsets) if offset not in self._lines]
+        if missing:
+            self._lines.update(source_lines(str(self.path), missing))
+        return {offset: self._lines[offset] for offset in offsets}
 
     def entry(self, name: str) -> int:
         address = self._entries.get(name)
@@ -490,16 +572,16 @@ class RawModule:
         self._kernel_parameters = self._libraries[False].kernel_parameters
         self._kernels: dict[str, Kernel] = {}
 
-    def _library(self, race_check: bool) -> _Library:
-        """The plain build, or (built on first use) the one instrumented for the race check."""
-        library = self._libraries.get(race_check)
+    def _library(self, instrumented: bool) -> _Library:
+        """The plain build, or (built on first use) the one instrumented for the race check and profile."""
+        library = self._libraries.get(instrumented)
         if library is None:
             with self._libraries_lock:
-                library = self._libraries.get(race_check)
+                library = self._libraries.get(instrumented)
                 if library is None:
                     so_path, _ = _build.build_module(self._source, self._display, self._include_dir,
-                                                     self._raw_options, race_check=race_check)
-                    library = self._libraries[race_check] = _Library(so_path)
+                                                     self._raw_options, instrumented=instrumented)
+                    library = self._libraries[instrumented] = _Library(so_path)
         return library
 
     @property

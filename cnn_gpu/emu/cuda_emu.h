@@ -237,14 +237,27 @@ static __forceinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigne
     }
     cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 16);
 }
+/* ldmatrix.sync.aligned.m8n8.x4.shared.b16 (PTX ISA "ldmatrix"): lane 8i + j holds the address of
+ * row j of matrix i (16 bytes, 16-byte aligned; whole warps only, else a fault); lane l receives
+ * word l % 4 of row l / 4 of matrix i in r[i]. Each lane reads its own words from shared memory,
+ * so the race check, the poison and the profile (one request per matrix) see the hardware's loads. */
+static __forceinline__ void cnn_gpu_emu_ldmatrix_x4(unsigned int* r, const void* row) {
+    cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
+    if (((unsigned long long)row & 15ull) || me->warp_size != 32) __builtin_trap();
+    const unsigned long long* rows = cnn_gpu_emu_warp_exchange(me, (unsigned long long)row);
+    unsigned int lane = me->lane;
+    const unsigned int* mine[4];
+    for (int i = 0; i < 4; ++i) mine[i] = (const unsigned int*)rows[8 * i + lane / 4] + lane % 4;
+    for (int i = 0; i < 4; ++i) r[i] = *mine[i];
+}
 
-/* --- race check build (-DCNN_GPU_EMU_RACE_CHECK, -fsanitize=thread instrumentation) ------- */
-#ifdef CNN_GPU_EMU_RACE_CHECK
-extern "C" void cnn_gpu_emu_race_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write,
-                                        void* site);
+/* --- instrumented build (-DCNN_GPU_EMU_INSTRUMENTED, -fsanitize=thread): every memory access
+ * calls a __tsan_* hook, which hands it to the runtime's race check and memory profile ------- */
+#ifdef CNN_GPU_EMU_INSTRUMENTED
+extern "C" void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write, void* site);
 #define CNN_GPU_EMU_HOOK(name, size, write)                                                        \
     extern "C" __attribute__((visibility("hidden"), no_sanitize_thread, noinline)) void name(void* a) { \
-        cnn_gpu_emu_race_access(cnn_gpu_emu_module.current, a, size, write, __builtin_return_address(0)); \
+        cnn_gpu_emu_access(cnn_gpu_emu_module.current, a, size, write, __builtin_return_address(0)); \
     }
 #define CNN_GPU_EMU_HOOKS(n)                                                                        \
     CNN_GPU_EMU_HOOK(__tsan_read##n, n, 0) CNN_GPU_EMU_HOOK(__tsan_write##n, n, 1)                 \
@@ -254,10 +267,10 @@ CNN_GPU_EMU_HOOKS(1) CNN_GPU_EMU_HOOKS(2) CNN_GPU_EMU_HOOKS(4) CNN_GPU_EMU_HOOKS
 #undef CNN_GPU_EMU_HOOKS
 #undef CNN_GPU_EMU_HOOK
 extern "C" __attribute__((visibility("hidden"), no_sanitize_thread)) void __tsan_read_range(void* a, unsigned long n) {
-    cnn_gpu_emu_race_access(cnn_gpu_emu_module.current, a, n, 0, __builtin_return_address(0));
+    cnn_gpu_emu_access(cnn_gpu_emu_module.current, a, n, 0, __builtin_return_address(0));
 }
 extern "C" __attribute__((visibility("hidden"), no_sanitize_thread)) void __tsan_write_range(void* a, unsigned long n) {
-    cnn_gpu_emu_race_access(cnn_gpu_emu_module.current, a, n, 1, __builtin_return_address(0));
+    cnn_gpu_emu_access(cnn_gpu_emu_module.current, a, n, 1, __builtin_return_address(0));
 }
 extern "C" __attribute__((visibility("hidden"))) void __tsan_init() {}
 extern "C" __attribute__((visibility("hidden"))) void __tsan_func_entry(void*) {}
@@ -266,13 +279,13 @@ extern "C" __attribute__((visibility("hidden"))) void __tsan_func_exit() {}
  * dropping the flag's stores. */
 #define CNN_GPU_EMU_ATOMIC_BEGIN()                                    \
     do {                                                              \
-        cnn_gpu_emu_module.current->race_check_paused = 1;            \
+        cnn_gpu_emu_module.current->in_atomic = 1;                    \
         __asm__ __volatile__("" ::: "memory");                        \
     } while (0)
 #define CNN_GPU_EMU_ATOMIC_END()                                      \
     do {                                                              \
         __asm__ __volatile__("" ::: "memory");                        \
-        cnn_gpu_emu_module.current->race_check_paused = 0;            \
+        cnn_gpu_emu_module.current->in_atomic = 0;                    \
     } while (0)
 #else
 #define CNN_GPU_EMU_ATOMIC_BEGIN() ((void)0)
@@ -289,7 +302,7 @@ static __forceinline__ T cnn_gpu_emu_atomic_add(T* address, T value) {
     CNN_GPU_EMU_ATOMIC_END();
     return old;
 }
-/* read-modify-write under the race check's pause */
+/* read-modify-write, one atomic access for the race check and the profile */
 #define CNN_GPU_EMU_RMW(expression) \
     CNN_GPU_EMU_ATOMIC_BEGIN();     \
     T old = *a;                     \

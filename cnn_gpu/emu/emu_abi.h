@@ -1,6 +1,6 @@
 /* The interface between a compiled kernel module and the emulator runtime (emu_runtime.cpp).
  * Included by cuda_emu.h (kernel side) and by the runtime; plain C layout, mirrored in
- * cnn_gpu/emu/_runtime.py with ctypes. */
+ * cnn_gpu/emu/_module.py with ctypes. */
 #ifndef CNN_GPU_EMU_ABI_H
 #define CNN_GPU_EMU_ABI_H
 
@@ -11,7 +11,7 @@ struct cnn_gpu_emu_thread {
     cnn_gpu_emu_uint3 thread_idx;
     unsigned int lane;
     unsigned int warp_size;        /* lanes in this thread's warp (the last warp may be partial) */
-    int race_check_paused;         /* inside an atomic: its accesses are no race */
+    int in_atomic;                 /* inside an atomic: no race; profiled as one atomic access */
 };
 
 /* One per compiled module (hidden global in the .so): the runtime fills it while it runs a
@@ -39,7 +39,22 @@ enum cnn_gpu_emu_fault_kind {
     CNN_GPU_EMU_WATCHDOG = 6,
     CNN_GPU_EMU_SHARED_OVERRUN = 7,    /* write past the dynamic shared memory size */
     CNN_GPU_EMU_SETUP = 8,             /* the runtime could not set up the launch */
-    CNN_GPU_EMU_RACE = 9               /* two threads touch a word with nothing ordering them */
+    CNN_GPU_EMU_RACE = 9,              /* two threads touch a word with nothing ordering them */
+    CNN_GPU_EMU_INTERRUPTED = 10       /* SIGINT (Ctrl-C) during the launch */
+};
+
+/* Memory-access profile of one launch (instrumented module, desc->profile): one row per
+ * (instruction, memory space, operation), counted as Nsight Compute counts them. */
+enum cnn_gpu_emu_space { CNN_GPU_EMU_GLOBAL = 1, CNN_GPU_EMU_SHARED = 2 };
+enum cnn_gpu_emu_op { CNN_GPU_EMU_LOAD = 0, CNN_GPU_EMU_STORE = 1, CNN_GPU_EMU_ATOMIC = 2 };
+struct cnn_gpu_emu_profile_site {
+    unsigned long long offset;         /* the access's instruction, relative to the module's base */
+    int space;
+    int op;
+    unsigned long long requests;       /* warp-level instances: the n-th execution by the lanes of a warp */
+    unsigned long long sectors;        /* global: distinct 32-byte sectors per request, summed */
+    unsigned long long wavefronts;     /* shared: per request the most distinct words in one bank, summed */
+    unsigned long long bytes;
 };
 
 struct cnn_gpu_emu_launch_desc {
@@ -57,9 +72,12 @@ struct cnn_gpu_emu_launch_desc {
     int guard_shared;                  /* PROT_NONE page + canary right after the dynamic shared memory */
     int flush_denormals;               /* FTZ+DAZ in MXCSR, as nvcc/NVRTC -ftz=true */
     int race_check;                    /* the module is instrumented: check shared memory accesses */
-    const unsigned long long* race_global_ranges;  /* [begin, end) pairs of the array arguments */
-    int race_global_count;
+    int race_check_global;             /* ... and the array arguments too */
+    const unsigned long long* global_ranges;  /* [begin, end) pairs of the array arguments */
+    int global_count;
     int race_region;                   /* out: 0 static shared, 1 dynamic shared, 2 + i global range i */
+    void* profile;                     /* cnn_gpu_emu_profile_new(): record every access (instrumented module) */
+    unsigned long long sample_blocks;  /* > 0: run only this many blocks, spread over the grid */
     /* out: the fault, when cnn_gpu_emu_launch returns non-zero */
     int fault_kind;
     int signal_number;

@@ -5,7 +5,7 @@
 // Scheduling: a fiber runs until it waits (at __syncthreads or a warp exchange) or exits, then
 // switches directly to the next runnable fiber of the block's current order (forward, reverse or
 // a random permutation, re-drawn at every barrier). A fault (signal, divergent barrier, deadlock,
-// watchdog) ends the launch and is described in the launch descriptor.
+// watchdog, Ctrl-C) ends the launch and is described in the launch descriptor.
 #include "emu_abi.h"
 
 #include <dlfcn.h>
@@ -87,6 +87,7 @@ namespace {
 enum FiberState { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
 
 struct Launch;
+struct Profiler;
 
 struct Fiber {
     cnn_gpu_emu_thread view;  // first member: kernels hold a pointer to it
@@ -162,7 +163,14 @@ struct Launch {
     sigjmp_buf jump;
     void* raw_site;        // faulting pc (resolved to object+offset after the launch)
     void* raw_other_site;
-    volatile sig_atomic_t watchdog_expired;
+    // the periodic tick: ends the launch at its deadline or on Ctrl-C
+    volatile sig_atomic_t stop_kind;   // WATCHDOG or INTERRUPTED once the tick has decided to stop
+    volatile sig_atomic_t busy;        // in the profiler's bookkeeping: it stops there, not the signal
+    volatile sig_atomic_t stop_waited; // instrumented: the tick gave the next access a tick to stop at
+    bool instrumented;                 // race check or profile: every access calls the runtime
+    bool has_deadline;
+    struct timespec deadline;
+    unsigned long interrupts_at_start;
     unsigned int block[3];
     // race check
     unsigned int epoch;          // barrier epochs, counted over the whole launch
@@ -170,6 +178,8 @@ struct Launch {
     ShadowWord* shadow;          // the words of every region, one after another
     Region* regions;             // static shared, dynamic shared, then the array arguments
     int region_count;
+    Profiler* profiler;          // memory-access profile of this launch, if asked for
+    unsigned int block_serial;   // 1 + blocks started so far (the profiler's per-block state)
 };
 
 // Owns a thread's resources; released when the thread ends (threads of a pool come and go).
@@ -325,7 +335,7 @@ void prepare_fiber(Launch* L, Fiber* f, char* stack_top, unsigned int csr_and_cw
     f->launch = L;
     f->state = RUNNABLE;
     f->wait_site = nullptr;
-    f->view.race_check_paused = 0;
+    f->view.in_atomic = 0;
 }
 
 // Stack tops are staggered by a multiple of a cache line: equally aligned tops would all fall in
@@ -350,14 +360,22 @@ bool ensure_stacks(ThreadResources* r, int n) {
     return true;
 }
 
-// --- signals: faults inside fibers and the watchdog ------------------------------------------------
+// --- signals: faults inside fibers, the watchdog and Ctrl-C ---------------------------------------
+// Every launch arms a per-thread timer that ticks every kTickSeconds; the tick ends the launch when
+// its deadline has passed or a SIGINT arrived since it started. SIGINT itself is only counted (and
+// passed on to Python's handler, which raises KeyboardInterrupt once the launch has returned): it
+// may hit any thread, while the tick always hits the launching one.
 
 const int kFaultSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
 constexpr int kNumFaultSignals = 4;
 struct sigaction g_previous[kNumFaultSignals];
 pthread_mutex_t g_signal_lock = PTHREAD_MUTEX_INITIALIZER;
 int g_signal_users = 0;
-int g_watchdog_signal = 0;
+int g_tick_signal = 0;
+constexpr double kTickSeconds = 0.05;
+unsigned long g_interrupts = 0;             // SIGINTs seen while launches ran
+struct sigaction g_previous_interrupt;      // the handler ours passes SIGINT on to
+bool g_interrupt_chained = false;
 
 int fault_signal_index(int sig) {
     for (int i = 0; i < kNumFaultSignals; ++i)
@@ -396,14 +414,35 @@ void on_fault_signal(int sig, siginfo_t* info, void* context) {
     }
 }
 
-void on_watchdog_signal(int, siginfo_t*, void* context) {
+void on_interrupt_signal(int sig, siginfo_t* info, void* context) {
+    __atomic_fetch_add(&g_interrupts, 1, __ATOMIC_SEQ_CST);
+    const struct sigaction& prev = g_previous_interrupt;
+    if (prev.sa_flags & SA_SIGINFO) prev.sa_sigaction(sig, info, context);
+    else prev.sa_handler(sig);
+}
+
+bool past(const struct timespec& t) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > t.tv_sec || (now.tv_sec == t.tv_sec && now.tv_nsec >= t.tv_nsec);
+}
+
+void on_tick_signal(int, siginfo_t*, void* context) {
     Launch* L = tl_launch;
     if (!L) return;
-    L->watchdog_expired = 1;
-    if (!L->module->current) return;  // between blocks: the block loop notices the flag
+    if (__atomic_load_n(&g_interrupts, __ATOMIC_SEQ_CST) != L->interrupts_at_start) L->stop_kind = CNN_GPU_EMU_INTERRUPTED;
+    else if (L->has_deadline && past(L->deadline)) L->stop_kind = CNN_GPU_EMU_WATCHDOG;
+    // between blocks the block loop notices, in the profiler the profiler does
+    if (!L->stop_kind || !L->module->current || L->busy) return;
+    // In an instrumented launch the next access stops at its own source line (here the fiber may
+    // be in a hook), unless a whole tick passes without one.
+    if (L->instrumented && !L->stop_waited) {
+        L->stop_waited = 1;
+        return;
+    }
     cnn_gpu_emu_launch_desc* d = L->desc;
     Fiber* f = (Fiber*)L->module->current;
-    d->fault_kind = CNN_GPU_EMU_WATCHDOG;
+    d->fault_kind = L->stop_kind;
     d->has_thread = 1;
     copy_idx(d->fault_thread, f->view.thread_idx);
     L->raw_site = (void*)((ucontext_t*)context)->uc_mcontext.gregs[REG_RIP];
@@ -419,32 +458,48 @@ void install_fault_handlers() {
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
         sigemptyset(&sa.sa_mask);
         for (int i = 0; i < kNumFaultSignals; ++i) sigaction(kFaultSignals[i], &sa, &g_previous[i]);
+        // Ctrl-C: only where a handler would run (the default kills the process anyway, promptly)
+        struct sigaction current;
+        sigaction(SIGINT, nullptr, &current);
+        bool handled = (current.sa_flags & SA_SIGINFO) ? current.sa_sigaction != nullptr
+                                                       : current.sa_handler != SIG_DFL && current.sa_handler != SIG_IGN;
+        g_interrupt_chained = handled && current.sa_sigaction != on_interrupt_signal;
+        if (g_interrupt_chained) {
+            g_previous_interrupt = current;
+            struct sigaction ours = current;
+            ours.sa_sigaction = on_interrupt_signal;
+            ours.sa_flags = (current.sa_flags | SA_SIGINFO | SA_ONSTACK) & ~SA_RESETHAND;
+            sigaction(SIGINT, &ours, nullptr);
+        }
     }
-    if (!g_watchdog_signal) {
-        g_watchdog_signal = SIGRTMIN + 5;
+    if (!g_tick_signal) {
+        g_tick_signal = SIGRTMIN + 5;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = on_watchdog_signal;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sa.sa_sigaction = on_tick_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;  // a kernel's printf is not cut short
         sigemptyset(&sa.sa_mask);
-        sigaction(g_watchdog_signal, &sa, nullptr);  // ours for the life of the process
+        sigaction(g_tick_signal, &sa, nullptr);  // ours for the life of the process
     }
     pthread_mutex_unlock(&g_signal_lock);
 }
 
 void remove_fault_handlers() {
     pthread_mutex_lock(&g_signal_lock);
-    if (--g_signal_users == 0)
+    if (--g_signal_users == 0) {
         for (int i = 0; i < kNumFaultSignals; ++i) sigaction(kFaultSignals[i], &g_previous[i], nullptr);
+        if (g_interrupt_chained) sigaction(SIGINT, &g_previous_interrupt, nullptr);
+        g_interrupt_chained = false;
+    }
     pthread_mutex_unlock(&g_signal_lock);
 }
 
-bool arm_watchdog(ThreadResources* r, double seconds) {
+bool arm_tick(ThreadResources* r, double seconds) {
     if (!r->has_timer) {
         struct sigevent ev;
         memset(&ev, 0, sizeof ev);
         ev.sigev_notify = SIGEV_THREAD_ID;
-        ev.sigev_signo = g_watchdog_signal;
+        ev.sigev_signo = g_tick_signal;
         ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
         if (timer_create(CLOCK_MONOTONIC, &ev, &r->timer) != 0) return false;
         r->has_timer = true;
@@ -454,10 +509,11 @@ bool arm_watchdog(ThreadResources* r, double seconds) {
     t.it_value.tv_sec = (time_t)seconds;
     t.it_value.tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9);
     if (t.it_value.tv_sec == 0 && t.it_value.tv_nsec == 0) t.it_value.tv_nsec = 1;
+    t.it_interval = t.it_value;
     return timer_settime(r->timer, 0, &t, nullptr) == 0;
 }
 
-void disarm_watchdog(ThreadResources* r) {
+void disarm_tick(ThreadResources* r) {
     struct itimerspec t;
     memset(&t, 0, sizeof t);
     timer_settime(r->timer, 0, &t, nullptr);
@@ -598,16 +654,7 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, i
     }
 }
 
-}  // namespace
-
-// Called by the instrumented module (the __tsan_* hooks in cuda_emu.h) for every memory access.
-EXPORT void cnn_gpu_emu_race_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write,
-                                    void* site) {
-    if (!me || me->race_check_paused) return;
-    Fiber* self = (Fiber*)me;
-    Launch* L = self->launch;
-    if (!L->shadow) return;
-    char* a = (char*)address;
+void race_check(Launch* L, Fiber* self, char* a, unsigned long size, int write, void* site) {
     for (int region = 0; region < L->region_count; ++region) {
         const Region& g = L->regions[region];
         if (a + size > g.begin && a < g.end) {
@@ -617,6 +664,348 @@ EXPORT void cnn_gpu_emu_race_access(cnn_gpu_emu_thread* me, void* address, unsig
                 check_word(L, self, &L->shadow[g.shadow_base + word], write != 0, site, region, word * 4);
         }
     }
+}
+
+// --- memory-access profile --------------------------------------------------------------------------
+// Every access of a profiled launch joins a warp-level request: the n-th execution of one instruction
+// by the lanes of one warp (lanes that do not execute it are inactive). A request is counted as Nsight
+// Compute counts it once all lanes of the warp have joined it, or at the end of the block.
+
+struct Request {
+    unsigned long long address[kWarp];
+    unsigned int size[kWarp];
+    unsigned int lanes;  // bit per lane that joined
+};
+
+// Requests a warp keeps open per instruction; lanes further apart than this are counted apart.
+constexpr unsigned int kMaxPending = 256;
+
+// One instruction in one warp of the running block.
+struct SiteState {
+    unsigned int block_serial;     // the block this state belongs to (older: stale, reset on use)
+    unsigned int executed[kWarp];  // executions per lane so far
+    unsigned int first;            // execution number of pending[0]
+    unsigned int count, capacity;
+    Request* pending;
+};
+
+struct GlobalRange {
+    char* begin;
+    char* end;
+    unsigned char* read;     // a bit per byte: read by the launch
+    unsigned char* written;
+};
+
+// The profile of one launch: created and read by Python (cnn_gpu_emu_profile_*), filled by the launch.
+struct Profiler {
+    cnn_gpu_emu_profile_site* sites;  // offset holds the raw pc until the launch ends
+    int site_count, site_capacity;
+    unsigned long long dram_read_bytes, dram_write_bytes, blocks_run;
+    // during the launch
+    int warps;                    // per block
+    unsigned int* table;          // open addressing: site index + 1, 0 = empty
+    unsigned int table_size;      // a power of two, at least twice site_capacity
+    SiteState* states;            // site_capacity x warps
+    GlobalRange* ranges;
+    int range_count;
+};
+
+template <class T>
+bool grow(T** array, int* capacity, int need) {
+    if (need <= *capacity) return true;
+    int c = *capacity ? *capacity : 64;
+    while (c < need) c *= 2;
+    T* p = (T*)realloc(*array, (size_t)c * sizeof(T));
+    if (!p) return false;
+    memset(p + *capacity, 0, (size_t)(c - *capacity) * sizeof(T));
+    *array = p;
+    *capacity = c;
+    return true;
+}
+
+void sort_small(unsigned long long* v, int n) {
+    for (int i = 1; i < n; ++i) {
+        unsigned long long x = v[i];
+        int j = i - 1;
+        while (j >= 0 && v[j] > x) { v[j + 1] = v[j]; --j; }
+        v[j + 1] = x;
+    }
+}
+
+int count_distinct(unsigned long long* v, int n) {
+    sort_small(v, n);
+    int distinct = 0;
+    for (int i = 0; i < n; ++i) distinct += i == 0 || v[i] != v[i - 1];
+    return distinct;
+}
+
+// Accesses wider than 16 bytes (struct copies) count as their first 16 bytes.
+constexpr unsigned int kMaxCounted = 16;
+
+void count_request(cnn_gpu_emu_profile_site& site, const Request& r) {
+    unsigned long long units[kWarp * (kMaxCounted / 4 + 1)];
+    site.requests++;
+    unsigned int width = 1;
+    for (int lane = 0; lane < kWarp; ++lane)
+        if (r.lanes >> lane & 1) {
+            site.bytes += r.size[lane];
+            if (r.size[lane] > width) width = r.size[lane];
+        }
+    if (width > kMaxCounted) width = kMaxCounted;
+    if (site.space == CNN_GPU_EMU_GLOBAL) {  // distinct 32-byte sectors
+        int n = 0;
+        for (int lane = 0; lane < kWarp; ++lane)
+            if (r.lanes >> lane & 1)
+                for (unsigned long long s = r.address[lane] >> 5; s <= (r.address[lane] + width - 1) >> 5; ++s) units[n++] = s;
+        site.sectors += count_distinct(units, n);
+        return;
+    }
+    // shared: 64- and 128-bit accesses run in half- and quarter-warp phases; per phase, the bank
+    // holding the most distinct 4-byte words sets the wavefronts (one word read by many = broadcast)
+    int phase_lanes = width <= 4 ? 32 : width <= 8 ? 16 : 8;
+    for (int first = 0; first < kWarp; first += phase_lanes) {
+        int n = 0;
+        for (int lane = first; lane < first + phase_lanes; ++lane)
+            if (r.lanes >> lane & 1)
+                for (unsigned long long w = r.address[lane] >> 2; w <= (r.address[lane] + width - 1) >> 2; ++w) units[n++] = w;
+        if (!n) continue;
+        sort_small(units, n);
+        int per_bank[kWarp] = {0}, most = 0;
+        for (int i = 0; i < n; ++i)
+            if (i == 0 || units[i] != units[i - 1]) {
+                int c = ++per_bank[units[i] & (kWarp - 1)];
+                if (c > most) most = c;
+            }
+        site.wavefronts += most;
+    }
+}
+
+// Counts the requests of a state left from an earlier block and makes it the running block's.
+void reset_state(Profiler* P, int site, SiteState* st, unsigned int block_serial) {
+    for (unsigned int i = 0; i < st->count; ++i) count_request(P->sites[site], st->pending[i]);
+    memset(st->executed, 0, sizeof st->executed);
+    st->first = 0;
+    st->count = 0;
+    st->block_serial = block_serial;
+}
+
+unsigned int site_hash(unsigned long long pc, int space, int op) {
+    return (unsigned int)((pc * 0x9E3779B97F4A7C15ULL) >> 40) ^ (unsigned int)(space * 7 + op);
+}
+
+// Room for `need` sites: the site array, the per-warp states and the hash table (rebuilt).
+bool reserve_sites(Profiler* P, int need) {
+    int old_capacity = P->site_capacity;
+    if (!grow(&P->sites, &P->site_capacity, need)) return false;
+    if (P->site_capacity == old_capacity && P->table) return true;
+    SiteState* states = (SiteState*)calloc((size_t)P->site_capacity * P->warps, sizeof(SiteState));
+    unsigned int size = 4u * (unsigned int)P->site_capacity;
+    unsigned int* table = (unsigned int*)calloc(size, sizeof(unsigned int));
+    if (!states || !table) {
+        free(states);
+        free(table);
+        return false;
+    }
+    if (P->states) memcpy(states, P->states, (size_t)old_capacity * P->warps * sizeof(SiteState));
+    free(P->states);
+    P->states = states;
+    for (int i = 0; i < P->site_count; ++i) {
+        const cnn_gpu_emu_profile_site& s = P->sites[i];
+        unsigned int h = site_hash(s.offset, s.space, s.op);
+        while (table[h & (size - 1)]) h++;
+        table[h & (size - 1)] = (unsigned int)i + 1;
+    }
+    free(P->table);
+    P->table = table;
+    P->table_size = size;
+    return true;
+}
+
+// The site of (pc, space, op), added when new; -1 when out of memory.
+int site_index(Profiler* P, void* pc, int space, int op) {
+    const unsigned long long key = (unsigned long long)(uintptr_t)pc;
+    for (unsigned int h = site_hash(key, space, op);; h++) {
+        unsigned int slot = P->table[h & (P->table_size - 1)];
+        if (!slot) break;
+        const cnn_gpu_emu_profile_site& s = P->sites[slot - 1];
+        if (s.offset == key && s.space == space && s.op == op) return (int)slot - 1;
+    }
+    const int index = P->site_count;
+    if (!reserve_sites(P, index + 1)) return -1;
+    unsigned int h = site_hash(key, space, op);
+    while (P->table[h & (P->table_size - 1)]) h++;
+    P->table[h & (P->table_size - 1)] = (unsigned int)index + 1;
+    cnn_gpu_emu_profile_site& s = P->sites[index];
+    memset(&s, 0, sizeof s);
+    s.offset = key;
+    s.space = space;
+    s.op = op;
+    P->site_count++;
+    return index;
+}
+
+void mark_bytes(unsigned char* bits, size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i) bits[i >> 3] |= (unsigned char)(1u << (i & 7));
+}
+
+// false: out of memory
+bool record(Launch* L, Fiber* self, char* a, unsigned long size, int write, void* pc) {
+    Profiler* P = L->profiler;
+    cnn_gpu_emu_module_state* m = L->module;
+    int space = 0;
+    if ((a >= m->static_shared_begin && a < m->static_shared_end) ||
+        (a >= m->dynamic_shared && a < m->dynamic_shared + L->desc->shared_mem)) {
+        space = CNN_GPU_EMU_SHARED;
+    } else {
+        for (int i = 0; i < P->range_count; ++i) {
+            GlobalRange& g = P->ranges[i];
+            if (a >= g.begin && a < g.end) {
+                space = CNN_GPU_EMU_GLOBAL;
+                char* end = a + size < g.end ? a + size : g.end;
+                mark_bytes(write ? g.written : g.read, (size_t)(a - g.begin), (size_t)(end - g.begin));
+                break;
+            }
+        }
+    }
+    if (!space) return true;  // the fiber's stack, the emulator's own state
+    int op = write ? CNN_GPU_EMU_STORE : CNN_GPU_EMU_LOAD;
+    if (self->view.in_atomic) {
+        if (write) return true;  // a read-modify-write: its read stands for it (a failed CAS writes nothing)
+        op = CNN_GPU_EMU_ATOMIC;
+    }
+    int site = site_index(P, pc, space, op);
+    if (site < 0) return false;
+    const int warp = self->linear / kWarp, lane = (int)self->view.lane;
+    SiteState* st = &P->states[(size_t)site * P->warps + warp];
+    if (st->block_serial != L->block_serial) reset_state(P, site, st, L->block_serial);
+    const unsigned int n = st->executed[lane]++;
+    if (n < st->first) {  // its request was counted already (see below): this access counts alone
+        Request alone;
+        alone.address[lane] = (unsigned long long)(uintptr_t)a;
+        alone.size[lane] = (unsigned int)size;
+        alone.lanes = 1u << lane;
+        count_request(P->sites[site], alone);
+        return true;
+    }
+    if (n - st->first >= kMaxPending) {  // a lane far ahead of the others (a spinning loop): count
+        const unsigned int drop = kMaxPending / 2;  // the older half as it is, to bound the memory
+        for (unsigned int i = 0; i < drop; ++i) count_request(P->sites[site], st->pending[i]);
+        memmove(st->pending, st->pending + drop, (st->count - drop) * sizeof(Request));
+        st->count -= drop;
+        st->first += drop;
+    }
+    const unsigned int k = n - st->first;
+    int capacity = (int)st->capacity;
+    if (!grow(&st->pending, &capacity, (int)k + 1)) return false;
+    st->capacity = (unsigned int)capacity;
+    while (st->count <= k) st->pending[st->count++].lanes = 0;
+    Request& r = st->pending[k];
+    r.address[lane] = (unsigned long long)(uintptr_t)a;
+    r.size[lane] = (unsigned int)size;
+    r.lanes |= 1u << lane;
+    // a lane's n-th execution follows its (n-1)-th: requests complete in order
+    const unsigned int full = self->view.warp_size == kWarp ? 0xffffffffu : (1u << self->view.warp_size) - 1;
+    unsigned int done = 0;
+    while (done < st->count && st->pending[done].lanes == full) count_request(P->sites[site], st->pending[done++]);
+    if (done) {
+        memmove(st->pending, st->pending + done, (st->count - done) * sizeof(Request));
+        st->count -= done;
+        st->first += done;
+    }
+    return true;
+}
+
+bool profile_begin(Launch* L, Profiler* P) {
+    const cnn_gpu_emu_launch_desc* d = L->desc;
+    P->warps = (L->n + kWarp - 1) / kWarp;
+    P->range_count = d->global_count;
+    P->ranges = (GlobalRange*)calloc((size_t)(d->global_count ? d->global_count : 1), sizeof(GlobalRange));
+    if (!P->ranges) return false;
+    for (int i = 0; i < d->global_count; ++i) {
+        GlobalRange& g = P->ranges[i];
+        g.begin = (char*)d->global_ranges[2 * i];
+        g.end = (char*)d->global_ranges[2 * i + 1];
+        size_t bytes = ((size_t)(g.end - g.begin) + 7) / 8;
+        g.read = (unsigned char*)calloc(bytes ? bytes : 1, 1);
+        g.written = (unsigned char*)calloc(bytes ? bytes : 1, 1);
+        if (!g.read || !g.written) return false;
+    }
+    return reserve_sites(P, 64);
+}
+
+size_t count_bits(const unsigned char* bits, size_t bytes) {
+    size_t n = 0;
+    for (size_t i = 0; i < bytes; ++i) n += (size_t)__builtin_popcount(bits[i]);
+    return n;
+}
+
+// Counts what is still pending, turns pcs into offsets and frees what only the launch needed.
+void profile_end(Profiler* P, bool complete) {
+    for (int site = 0; site < P->site_count && P->states; ++site)
+        for (int w = 0; w < P->warps; ++w) {
+            SiteState* st = &P->states[(size_t)site * P->warps + w];
+            if (complete) reset_state(P, site, st, 0);
+            free(st->pending);
+        }
+    for (int i = 0; i < P->range_count; ++i) {
+        GlobalRange& g = P->ranges[i];
+        size_t bytes = ((size_t)(g.end - g.begin) + 7) / 8;
+        if (g.read) P->dram_read_bytes += count_bits(g.read, bytes);
+        if (g.written) P->dram_write_bytes += count_bits(g.written, bytes);
+        free(g.read);
+        free(g.written);
+    }
+    for (int i = 0; i < P->site_count; ++i) {
+        char* pc = (char*)(uintptr_t)P->sites[i].offset - 1;  // a return address: the call is just before
+        Dl_info info;
+        P->sites[i].offset = dladdr(pc, &info) ? (unsigned long long)(pc - (char*)info.dli_fbase) : 0;
+    }
+    free(P->ranges);
+    free(P->table);
+    free(P->states);
+    P->ranges = nullptr;
+    P->table = nullptr;
+    P->states = nullptr;
+    P->range_count = 0;
+}
+
+[[noreturn]] void stop_at_access(Launch* L, Fiber* self, void* site, int kind, const char* why) {
+    self->wait_site = site;
+    runtime_fault(L, self, kind, nullptr, nullptr, "%s", why);
+}
+
+}  // namespace
+
+// Called by the instrumented module (the __tsan_* hooks in cuda_emu.h) for every memory access.
+EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write, void* site) {
+    if (!me) return;
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    if (L->stop_kind) stop_at_access(L, self, site, L->stop_kind, "stopped by the tick");
+    if (L->shadow && !me->in_atomic) race_check(L, self, (char*)address, size, write, site);
+    if (!L->profiler) return;
+    L->busy = 1;  // the tick must not jump out of malloc
+    __asm__ __volatile__("" ::: "memory");
+    bool recorded = record(L, self, (char*)address, size, write, site);
+    __asm__ __volatile__("" ::: "memory");
+    L->busy = 0;
+    if (!recorded) stop_at_access(L, self, site, CNN_GPU_EMU_SETUP, "out of memory for the memory-access profile");
+}
+
+EXPORT void* cnn_gpu_emu_profile_new() { return calloc(1, sizeof(Profiler)); }
+EXPORT int cnn_gpu_emu_profile_site_count(void* profile) { return ((Profiler*)profile)->site_count; }
+EXPORT const cnn_gpu_emu_profile_site* cnn_gpu_emu_profile_sites(void* profile) { return ((Profiler*)profile)->sites; }
+// [distinct global bytes read, distinct global bytes written, blocks run]
+EXPORT void cnn_gpu_emu_profile_totals(void* profile, unsigned long long* totals) {
+    Profiler* P = (Profiler*)profile;
+    totals[0] = P->dram_read_bytes;
+    totals[1] = P->dram_write_bytes;
+    totals[2] = P->blocks_run;
+}
+EXPORT void cnn_gpu_emu_profile_free(void* profile) {
+    if (!profile) return;
+    free(((Profiler*)profile)->sites);
+    free(profile);
 }
 
 EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
@@ -660,14 +1049,14 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
         L->warps[w].size = L->n - w * kWarp < kWarp ? L->n - w * kWarp : kWarp;
     }
     if (d->race_check) {
-        L->region_count = 2 + d->race_global_count;
+        L->region_count = 2 + (d->race_check_global ? d->global_count : 0);
         L->regions = (Region*)calloc((size_t)L->region_count, sizeof(Region));
         size_t words = 0;
         for (int i = 0; L->regions && i < L->region_count; ++i) {
             Region& g = L->regions[i];
             if (i == 0) { g.begin = m->static_shared_begin; g.end = m->static_shared_end; }
             else if (i == 1) { g.begin = m->dynamic_shared; g.end = m->dynamic_shared + d->shared_mem; }
-            else { g.begin = (char*)d->race_global_ranges[2 * (i - 2)]; g.end = (char*)d->race_global_ranges[2 * (i - 2) + 1]; }
+            else { g.begin = (char*)d->global_ranges[2 * (i - 2)]; g.end = (char*)d->global_ranges[2 * (i - 2) + 1]; }
             g.shadow_base = words;
             words += (size_t)(g.end - g.begin + 3) / 4;
         }
@@ -677,6 +1066,16 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
             snprintf(d->message, sizeof d->message, "cannot allocate the race check's shadow memory");
             return d->fault_kind;
         }
+    }
+    L->profiler = (Profiler*)d->profile;
+    L->instrumented = d->race_check || L->profiler;
+    if (L->profiler && !profile_begin(L, L->profiler)) {
+        profile_end(L->profiler, false);
+        free(L->shadow);
+        free(L->regions);
+        d->fault_kind = CNN_GPU_EMU_SETUP;
+        snprintf(d->message, sizeof d->message, "cannot allocate the memory-access profile");
+        return d->fault_kind;
     }
     m->block_dim = {d->block[0], d->block[1], d->block[2]};
     m->grid_dim = {d->grid[0], d->grid[1], d->grid[2]};
@@ -698,9 +1097,19 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     alt.ss_flags = 0;
     sigaltstack(&alt, &previous_alt);
     install_fault_handlers();
-    bool watchdog = d->timeout_seconds > 0 && arm_watchdog(r, d->timeout_seconds);
+    L->interrupts_at_start = __atomic_load_n(&g_interrupts, __ATOMIC_SEQ_CST);
+    if (d->timeout_seconds > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &L->deadline);
+        double end = (double)L->deadline.tv_nsec * 1e-9 + d->timeout_seconds;
+        L->deadline.tv_sec += (time_t)end;
+        L->deadline.tv_nsec = (long)((end - (double)(time_t)end) * 1e9);
+        L->has_deadline = true;
+    }
+    bool ticking = arm_tick(r, d->timeout_seconds > 0 && d->timeout_seconds < kTickSeconds ? d->timeout_seconds : kTickSeconds);
 
     unsigned long long nblocks = (unsigned long long)d->grid[0] * d->grid[1] * d->grid[2];
+    // a sample: `sample_blocks` blocks spread evenly over the grid, in order
+    unsigned long long runs = d->sample_blocks && d->sample_blocks < nblocks ? d->sample_blocks : nblocks;
     // random schedule: blocks in the order of an affine bijection b -> (stride*b + offset) mod nblocks
     unsigned long long block_stride = 1, block_offset = 0;
     if (d->schedule == CNN_GPU_EMU_RANDOM && nblocks > 1) {
@@ -710,13 +1119,15 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     }
     tl_launch = L;
     if (sigsetjmp(L->jump, 1) == 0) {
-        for (unsigned long long b = 0; b < nblocks; ++b) {
-            if (L->watchdog_expired) {
-                L->desc->fault_kind = CNN_GPU_EMU_WATCHDOG;
+        for (unsigned long long b = 0; b < runs; ++b) {
+            if (L->stop_kind) {
+                L->desc->fault_kind = L->stop_kind;
                 break;
             }
             unsigned long long lb = b;
-            if (d->schedule == CNN_GPU_EMU_REVERSE) {
+            if (runs < nblocks) {
+                lb = (unsigned long long)((unsigned __int128)b * nblocks / runs);
+            } else if (d->schedule == CNN_GPU_EMU_REVERSE) {
                 lb = nblocks - 1 - b;
             } else if (d->schedule == CNN_GPU_EMU_RANDOM) {
                 lb = (unsigned long long)(((unsigned __int128)b * block_stride + block_offset) % nblocks);
@@ -726,6 +1137,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
             L->block[2] = (unsigned)(lb / ((unsigned long long)d->grid[0] * d->grid[1]));
             m->block_idx = {L->block[0], L->block[1], L->block[2]};
             L->block_number = (unsigned int)b;
+            L->block_serial = (unsigned int)b + 1;
             if (d->poison) {
                 if (m->static_shared_end > m->static_shared_begin)
                     memset(m->static_shared_begin, 0xff, (size_t)(m->static_shared_end - m->static_shared_begin));
@@ -750,6 +1162,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
             m->current = &first->view;
             cnn_gpu_emu_switch(&L->main_sp, first->sp);
             if (L->desc->fault_kind != CNN_GPU_EMU_OK) break;
+            if (L->profiler) L->profiler->blocks_run++;
             if (guard && !canary_intact(m->dynamic_shared + d->shared_mem, guard_page)) {
                 L->desc->fault_kind = CNN_GPU_EMU_SHARED_OVERRUN;
                 snprintf(d->message, sizeof d->message,
@@ -761,9 +1174,10 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     L = Lp;
     free(L->shadow);
     free(L->regions);
+    if (L->profiler) profile_end(L->profiler, d->fault_kind == CNN_GPU_EMU_OK);
     m->current = nullptr;
     tl_launch = nullptr;
-    if (watchdog) disarm_watchdog(r);
+    if (ticking) disarm_tick(r);
     remove_fault_handlers();
     sigaltstack(&previous_alt, nullptr);
     _mm_setcsr(saved_csr);
@@ -772,7 +1186,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     if (d->fault_kind != CNN_GPU_EMU_OK) {
         memcpy(d->fault_block, L->block, sizeof L->block);
         bool is_return = d->fault_kind != CNN_GPU_EMU_SIGNAL && d->fault_kind != CNN_GPU_EMU_STACK_OVERFLOW &&
-                         d->fault_kind != CNN_GPU_EMU_WATCHDOG;
+                         d->fault_kind != CNN_GPU_EMU_WATCHDOG && d->fault_kind != CNN_GPU_EMU_INTERRUPTED;
         resolve_site(L->raw_site, is_return, d->site_object, sizeof d->site_object, &d->site_offset);
         resolve_site(L->raw_other_site, true, d->other_site_object, sizeof d->other_site_object,
                      &d->other_site_offset);
@@ -780,7 +1194,9 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     return d->fault_kind;
 }
 
-// Arrays staged against an inaccessible page, with a canary in front and in the alignment gap.
+// Arrays staged against an inaccessible page, with a canary in front. The last byte lies right
+// before the page, so that any access past the end faults; with align > 0 the start is aligned
+// instead and the gap up to the page holds canary bytes.
 namespace {
 constexpr size_t kFrontCanary = 64;
 struct GuardedBuffer {
@@ -789,19 +1205,67 @@ struct GuardedBuffer {
     char* data;
     size_t size;
 };
+
+// Freed mappings (guard page included) are kept for the next launches: mapping fresh pages and
+// faulting them in costs several times the copy into them.
+constexpr int kPoolSlots = 8;
+constexpr size_t kPoolBytes = 64 << 20;
+struct Mapping {
+    char* begin;
+    size_t size;
+};
+Mapping g_pool[kPoolSlots];
+int g_pool_count = 0;
+size_t g_pool_bytes = 0;
+pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+
+// The smallest pooled mapping of at least `size` bytes, or a new one; its last page inaccessible.
+Mapping take_mapping(size_t size) {
+    pthread_mutex_lock(&g_pool_lock);
+    int best = -1;
+    for (int i = 0; i < g_pool_count; ++i)
+        if (g_pool[i].size >= size && (best < 0 || g_pool[i].size < g_pool[best].size)) best = i;
+    Mapping m = {nullptr, 0};
+    if (best >= 0) {
+        m = g_pool[best];
+        g_pool[best] = g_pool[--g_pool_count];
+        g_pool_bytes -= m.size;
+    }
+    pthread_mutex_unlock(&g_pool_lock);
+    if (m.begin) return m;
+    char* begin = (char*)mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (begin == MAP_FAILED) return m;
+    if (mprotect(begin + size - kPage, kPage, PROT_NONE) != 0) {
+        munmap(begin, size);
+        return m;
+    }
+    return {begin, size};
+}
+
+void give_mapping(Mapping m) {
+    pthread_mutex_lock(&g_pool_lock);
+    bool kept = g_pool_count < kPoolSlots && g_pool_bytes + m.size <= kPoolBytes;
+    if (kept) {
+        g_pool[g_pool_count++] = m;
+        g_pool_bytes += m.size;
+    }
+    pthread_mutex_unlock(&g_pool_lock);
+    if (!kept) munmap(m.begin, m.size);
+}
 }  // namespace
 
-EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, void** data) {
-    size_t need = kFrontCanary + size + 16;
-    size_t pages = (need + kPage - 1) / kPage + 1;
-    char* m = (char*)mmap(nullptr, pages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return nullptr;
-    char* guard = m + (pages - 1) * kPage;
-    if (mprotect(guard, kPage, PROT_NONE) != 0) { munmap(m, pages * kPage); return nullptr; }
-    GuardedBuffer* g = (GuardedBuffer*)malloc(sizeof(GuardedBuffer));
-    g->mapping = m;
-    g->mapping_size = pages * kPage;
-    g->data = (char*)((uintptr_t)(guard - size) & ~(uintptr_t)15);
+EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, unsigned long long align, void** data) {
+    size_t need = kFrontCanary + size + align;
+    Mapping m = take_mapping(((need + kPage - 1) / kPage + 1) * kPage);
+    GuardedBuffer* g = m.begin ? (GuardedBuffer*)malloc(sizeof(GuardedBuffer)) : nullptr;
+    if (!g) {
+        if (m.begin) give_mapping(m);
+        return nullptr;
+    }
+    char* guard = m.begin + m.size - kPage;
+    g->mapping = m.begin;
+    g->mapping_size = m.size;
+    g->data = align ? (char*)((uintptr_t)(guard - size) & ~(uintptr_t)(align - 1)) : guard - size;
     g->size = size;
     memset(g->data - kFrontCanary, kCanary, kFrontCanary);
     memset(g->data + size, kCanary, (size_t)(guard - (g->data + size)));
@@ -820,7 +1284,7 @@ EXPORT int cnn_gpu_emu_guard_check(void* handle) {
 
 EXPORT void cnn_gpu_emu_guard_free(void* handle) {
     GuardedBuffer* g = (GuardedBuffer*)handle;
-    munmap(g->mapping, g->mapping_size);
+    give_mapping({g->mapping, g->mapping_size});
     free(g);
 }
 

@@ -26,6 +26,13 @@ extern "C" __global__ void write_one_past_end(float* __restrict__ y, int n)
     if (i <= n) y[i] = 2.0f * i;
 }
 
+// BUG: `<=` reads one element past the end of x (of any length: a guard zone catches it at once).
+extern "C" __global__ void read_one_past_end(const float* __restrict__ x, float* __restrict__ y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) y[i < n ? i : 0] += x[i];
+}
+
 // BUG: the last thread writes one element past the dynamic shared memory (blockDim.x floats).
 extern "C" __global__ void shared_overrun(float* __restrict__ y)
 {
