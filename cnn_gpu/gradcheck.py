@@ -135,7 +135,18 @@ def check_model(model, loss_fn, x, target, *, check_input=True, seed=0, **option
     the input gradient it returns) against differences of loss_fn.forward(model(x), target).
 
     model: a cnn_gpu.nn.Module in float64; loss_fn: a loss module (forward(pred, target) -> float,
-    backward() -> dpred). The model's parameters are restored after the check."""
+    backward() -> dpred). The model's parameters and buffers (batch norm's running statistics,
+    which every training-mode forward pass updates) are restored after the check."""
+    # a duck-typed model without state_dict has no buffers to restore
+    state = model.state_dict() if hasattr(model, "state_dict") else None
+    try:
+        return _check_model(model, loss_fn, x, target, check_input, seed, options)
+    finally:
+        if state is not None:
+            model.load_state_dict(state)
+
+
+def _check_model(model, loss_fn, x, target, check_input, seed, options):
     params = list(model.parameters())
     model.zero_grad()
     loss_fn.forward(model(x), target)

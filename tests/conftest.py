@@ -21,3 +21,18 @@ def conv_path(request, monkeypatch):
     for name, value in CONV_PATHS[request.param].items():
         monkeypatch.setattr(conv, name, value)
     return request.param
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """PyTorch on one thread for a module of small oracle ops: its thread pool only costs there, and
+    spinning threads hurt on a shared 2-core machine. A no-op without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

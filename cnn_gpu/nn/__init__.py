@@ -11,11 +11,11 @@
 """
 from . import init
 from .containers import Residual, Sequential
-from .layers import (AvgPool2d, Conv2d, ConvTranspose2d, Flatten, LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid,
-                     Tanh)
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, Flatten, LeakyReLU,
+                     Linear, MaxPool2d, ReLU, Sigmoid, Tanh)
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 
 __all__ = ["init", "Module", "Parameter", "Sequential", "Residual", "Conv2d", "ConvTranspose2d", "Linear",
            "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Flatten", "CrossEntropyLoss",
-           "MSELoss"]
+           "MSELoss", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d"]

@@ -45,10 +45,11 @@ class Parameter:
 
 
 def to_backend_array(array, backend: str):
-    """`array` as the array kind of `backend`: CuPy for "cuda", NumPy for "numpy"/"emu"."""
+    """`array` as the array kind of `backend` (CuPy for "cuda", NumPy for "numpy"/"emu"), laid out
+    as the kernels take it: C-contiguous (copied only when it is not)."""
     if backend == "cuda":
-        return _backend.array_module("cuda").asarray(array)
-    return array.get() if _backend.is_cupy_array(array) else array
+        return _backend.array_module("cuda").asarray(array, order="C")
+    return np.asarray(array.get() if _backend.is_cupy_array(array) else array, order="C")
 
 
 def to_host(array) -> np.ndarray:
@@ -60,10 +61,13 @@ class Module:
     """Base class of layers, containers and losses.
 
     Assigning a `Parameter` or a `Module` to an attribute registers it (in assignment order, which
-    fixes the order of `parameters()` and the names of `state_dict()`, e.g. "0.weight")."""
+    fixes the order of `parameters()` and the names of `state_dict()`, e.g. "0.weight").
+    `register_buffer(name, array)` registers state that is saved but not trained (batch norm's
+    running statistics); assigning to that attribute later replaces the buffer."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "backend", None)
@@ -75,6 +79,10 @@ class Module:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before "
                                  f"assigning attributes")
         parameters, modules = registries
+        if name in self._buffers:
+            self._buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         parameters.pop(name, None)
         modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -121,6 +129,33 @@ class Module:
     def parameters(self) -> list:
         return [parameter for _, parameter in self.named_parameters()]
 
+    def register_buffer(self, name: str, array) -> None:
+        """Register `array` (or None: absent) as the buffer `name`, saved in state_dict()."""
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self, prefix: str = ""):
+        """(name, array) pairs of the buffers that are not None, in the order of named_parameters."""
+        for module_name, module in self.named_modules(prefix):
+            for name, array in module._buffers.items():
+                if array is not None:
+                    yield (f"{module_name}.{name}" if module_name else name), array
+
+    def buffers(self) -> list:
+        return [array for _, array in self.named_buffers()]
+
+    def _named_state(self):
+        """(name, module, key, kind, array) of every parameter and buffer that is not None: each module's
+        parameters, then its buffers, module by module (PyTorch's state_dict order)."""
+        for module_name, module in self.named_modules():
+            for registry, kind in ((module._parameters, "parameter"), (module._buffers, "buffer")):
+                for key, value in registry.items():
+                    if value is not None:
+                        array = value.data if kind == "parameter" else value
+                        yield (f"{module_name}.{key}" if module_name else key), module, key, kind, array
+
     # --- state ----------------------------------------------------------------------------------
 
     def zero_grad(self) -> None:
@@ -136,8 +171,9 @@ class Module:
         return self.train(False)
 
     def to(self, backend: str):
-        """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays) and
-        run every later forward/backward there. Saved activations are dropped."""
+        """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays, all
+        C-contiguous) and run every later forward/backward there. Saved activations are dropped.
+        An optimizer's state made before the move follows at its next step."""
         if backend not in _backend.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
         reason = _backend.why_unavailable(backend)
@@ -151,18 +187,24 @@ class Module:
             if parameter.grad is not None:
                 parameter.grad = to_backend_array(parameter.grad, backend)
             parameter.backend = backend
+        for module in self.modules():
+            for name, array in module._buffers.items():
+                if array is not None:
+                    setattr(module, name, to_backend_array(array, backend))
         return self
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of the parameters as NumPy arrays, named like PyTorch's ("0.weight")."""
-        return OrderedDict((name, to_host(parameter.data)) for name, parameter in self.named_parameters())
+        """Copies of the parameters and buffers as NumPy arrays, named like PyTorch's ("0.weight",
+        "1.running_mean")."""
+        return OrderedDict((name, to_host(array)) for name, _, _, _, array in self._named_state())
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Copy `state` into the parameters (strict: the same names and shapes). Every entry is
+        """Copy `state` into the parameters (strict: the same names and shapes) as C-contiguous
+        copies in the parameters' dtype, whatever the layout of the given arrays. Every entry is
         checked and converted before any parameter changes, so a failed load changes nothing."""
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict expects a mapping of names to arrays, got {type(state).__name__}")
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict((name, entry) for name, *entry in self._named_state())
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
         problems = []
@@ -171,26 +213,29 @@ class Module:
         if unexpected:
             problems.append(f"unexpected keys: {', '.join(map(str, unexpected))}")
         converted = []
-        for name, parameter in own.items():
+        for name, (module, key, kind, current) in own.items():
             if name not in state:
                 continue
             value = state[name]
             value = value.get() if _backend.is_cupy_array(value) else np.asarray(value)
-            if value.shape != tuple(parameter.data.shape):
-                problems.append(f"{name}: shape {value.shape} in the state dict, {tuple(parameter.data.shape)} "
+            if value.shape != tuple(current.shape):
+                problems.append(f"{name}: shape {value.shape} in the state dict, {tuple(current.shape)} "
                                 f"in the model")
             elif value.dtype.kind not in "fiu":
                 problems.append(f"{name}: dtype {value.dtype} is not numeric")
             else:
-                converted.append((parameter, value))
+                converted.append((module, key, kind, current, value))
         if problems:
             raise ValueError(f"cannot load state dict into {type(self).__name__}: " + "; ".join(problems))
         # Build every new array first (a device allocation may fail), then swap them all in.
-        new_arrays = [to_backend_array(np.array(value, dtype=parameter.data.dtype),
-                                       "cuda" if _backend.is_cupy_array(parameter.data) else "numpy")
-                      for parameter, value in converted]
-        for (parameter, _), array in zip(converted, new_arrays):
-            parameter.data = array
+        new_arrays = [to_backend_array(np.array(value, dtype=current.dtype, order="C"),
+                                       "cuda" if _backend.is_cupy_array(current) else "numpy")
+                      for _, _, _, current, value in converted]
+        for (module, key, kind, _, _), array in zip(converted, new_arrays):
+            if kind == "parameter":
+                module._parameters[key].data = array
+            else:
+                setattr(module, key, array)
 
     # --- printing -------------------------------------------------------------------------------
 

@@ -1,0 +1,202 @@
+"""batch_norm and its backward pass (torch.nn.functional.batch_norm's semantics).
+
+x is (N, C, *): statistics per channel over N and every trailing axis. Training mode normalises
+with the batch mean and biased variance and, when running statistics are given, blends the mean
+and the unbiased variance into them in place: running = (1 - momentum) * running + momentum * batch.
+Eval mode normalises with the running statistics.
+
+NumPy path (the oracle): two passes per channel (the mean, then the mean squared deviation from
+it), y = (x - mean) * (invstd * weight) + bias, the same expression as the kernels.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .. import backend as _backend
+from . import _checks
+from ._float16 import takes_float16
+
+ACTIVATIONS = (None, "relu")
+
+
+def _channel_shape(x):
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _reduce_axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _numpy_stats(x):
+    """(mean, biased variance) per channel, two-pass, in x's dtype."""
+    axes = _reduce_axes(x)
+    mean = x.mean(axis=axes)
+    deviation = x - mean.reshape(_channel_shape(x))
+    return mean, (deviation * deviation).mean(axis=axes)
+
+
+def _invstd(variance, eps):
+    return 1 / np.sqrt(variance + variance.dtype.type(eps))
+
+
+def _numpy_forward(x, mean, invstd, weight, bias, relu):
+    shape = _channel_shape(x)
+    scale = invstd if weight is None else invstd * weight
+    y = (x - mean.reshape(shape)) * scale.reshape(shape)
+    if bias is not None:
+        y += bias.reshape(shape)
+    if relu:
+        np.maximum(y, 0, out=y)   # NaN propagates, as in F.relu
+    return y
+
+
+def _numpy_backward(dy, x, mean, invstd, weight, bias, training, relu):
+    shape = _channel_shape(x)
+    axes = _reduce_axes(x)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    scale = invstd if weight is None else invstd * weight
+    g = dy
+    if relu:
+        pre = (x - mean.reshape(shape)) * scale.reshape(shape)
+        if bias is not None:
+            pre += bias.reshape(shape)
+        g = np.where(pre <= 0, np.zeros((), dy.dtype), dy)
+    sum_g = g.sum(axis=axes)
+    sum_g_xhat = (g * xhat).sum(axis=axes)
+    if training:
+        count = x.size // x.shape[1]
+        g = g - (sum_g / count).reshape(shape) - xhat * (sum_g_xhat / count).reshape(shape)
+    dx = g * scale.reshape(shape)
+    return dx, (None if weight is None else sum_g_xhat), (None if bias is None else sum_g)
+
+
+# --- argument checks ----------------------------------------------------------------------------
+
+def _channel_array(a, name, x):
+    if a is None:
+        return None
+    _checks.array(a, name, ndim=1)
+    _checks.shape_is(a, name, (x.shape[1],), " (one value per channel of x)")
+    _checks.same_dtype("x", x, **{name: a})
+    return a
+
+
+def _number(value, name, low=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return float(value)
+
+
+def _check_common(x, running_mean, running_var, weight, bias, training, eps, activation, have_stats=False):
+    _checks.array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, C, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        _channel_array(a, name, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("give both running_mean and running_var, or neither")
+    training = _checks.flag(training, "training")
+    if not training and running_mean is None and not have_stats:
+        raise ValueError("running_mean and running_var must be given in eval mode (training=False)")
+    if training and x.size // max(x.shape[1], 1) <= 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    return training, _number(eps, "eps", 0.0)
+
+
+# --- public ops ---------------------------------------------------------------------------------
+
+@takes_float16(kernels=False, updates=("running_mean", "running_var"))
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
+               activation=None, return_stats=False, backend=None):
+    """Batch normalisation as torch.nn.functional.batch_norm; running_mean / running_var (both or
+    neither; required in eval mode) are updated in place when training.
+
+    Extensions: activation="relu" applies ReLU to the output (fused into the kernel on GPU);
+    return_stats=True returns (y, mean, invstd), the statistics y was normalised with (batch
+    statistics when training, running ones otherwise), which batch_norm_backward can reuse."""
+    training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation)
+    factor = _number(momentum, "momentum")
+    relu = activation == "relu"
+    be = _backend.resolve(backend, x, running_mean, running_var, weight, bias)
+    if be == "numpy":
+        if training:
+            mean, variance = _numpy_stats(x)
+            if running_mean is not None:
+                count = x.size // x.shape[1]
+                running_mean *= 1 - factor
+                running_mean += factor * mean
+                running_var *= 1 - factor
+                running_var += factor * (variance * (count / (count - 1)))
+        else:
+            mean, variance = running_mean, running_var
+        invstd = _invstd(variance, eps)
+        y = _numpy_forward(x, mean, invstd, weight, bias, relu)
+        return (y, mean if training else mean.copy(), invstd) if return_stats else y
+    from ..gpu import batch_norm as gpu_bn
+    if training and running_mean is not None and not (running_mean.flags.c_contiguous
+                                                      and running_var.flags.c_contiguous):
+        raise ValueError(f"running_mean and running_var must be C-contiguous on the {be} backend, which updates "
+                         f"them in place")
+    x, running_mean, running_var, weight, bias = (
+        _checks.for_kernels(be, a, name) for a, name in ((x, "x"), (running_mean, "running_mean"),
+                                                         (running_var, "running_var"), (weight, "weight"),
+                                                         (bias, "bias")))
+    if training:
+        mean, invstd = gpu_bn.stats(be, x, running_mean, running_var, factor, eps)
+        y = gpu_bn.forward(be, x, mean, invstd, weight, bias, eps, False, relu)
+        return (y, mean, invstd) if return_stats else y
+    y = gpu_bn.forward(be, x, running_mean, running_var, weight, bias, eps, True, relu)
+    if not return_stats:
+        return y
+    return y, running_mean.copy(), 1 / _backend.array_module(be).sqrt(running_var + x.dtype.type(eps))
+
+
+@takes_float16(kernels=False)
+def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None, training=False, eps=1e-5, *,
+                        activation=None, save_mean=None, save_invstd=None, backend=None):
+    """Gradients of batch_norm: (dx, dweight, dbias); dweight / dbias are None when weight / bias
+    are. The statistics are save_mean / save_invstd when given (from batch_norm(...,
+    return_stats=True)), otherwise the batch's, recomputed from x (training) or the running ones
+    (eval). In training mode the gradient also flows through the batch statistics."""
+    training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation,
+                                  have_stats=save_mean is not None)
+    _checks.array(dy, "dy")
+    _checks.shape_is(dy, "dy", x.shape, " (the shape of x)")
+    _checks.same_dtype("x", x, dy=dy)
+    if (save_mean is None) != (save_invstd is None):
+        raise ValueError("give both save_mean and save_invstd, or neither")
+    _channel_array(save_mean, "save_mean", x)
+    _channel_array(save_invstd, "save_invstd", x)
+    relu = activation == "relu"
+    be = _backend.resolve(backend, dy, x, running_mean, running_var, weight, bias, save_mean, save_invstd)
+    if be == "numpy":
+        if save_mean is not None:
+            mean, invstd = save_mean, save_invstd
+        elif not training:
+            mean, invstd = running_mean, _invstd(running_var, eps)
+        else:
+            mean, variance = _numpy_stats(x)
+            invstd = _invstd(variance, eps)
+        return _numpy_backward(dy, x, mean, invstd, weight, bias, training, relu)
+    from ..gpu import batch_norm as gpu_bn
+    dy, x, running_mean, running_var, weight, bias, save_mean, save_invstd = (
+        _checks.for_kernels(be, a, name) for a, name in (
+            (dy, "dy"), (x, "x"), (running_mean, "running_mean"), (running_var, "running_var"),
+            (weight, "weight"), (bias, "bias"), (save_mean, "save_mean"), (save_invstd, "save_invstd")))
+    if save_mean is not None:
+        mean, source, from_variance = save_mean, save_invstd, False
+    elif not training:
+        mean, source, from_variance = running_mean, running_var, True
+    else:
+        mean, source = gpu_bn.stats(be, x, None, None, 0.0, eps)
+        from_variance = False
+    dx, dweight, dbias = gpu_bn.backward(be, dy, x, mean, source, weight, bias, eps, from_variance, training, relu)
+    return dx, (None if weight is None else dweight), (None if bias is None else dbias)

@@ -1,0 +1,38 @@
+"""Launch code of kernels/adaptive_pool.cu: adaptive average pooling forward and backward (a
+deterministic gather). x (N, C, H, W) -> y (N, C, P, Q)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ._grid import MAX_GRID_Y, THREADS, blocks_for, i32
+
+PLANE_LIMIT = 2**31   # in-plane indices are 32-bit ints in the kernels
+
+
+def _args(x_shape, out_size):
+    n, c, h, w = x_shape
+    p, q = out_size
+    for name, pixels in (("input", h * w), ("output", p * q)):
+        if pixels >= PLANE_LIMIT:
+            raise ValueError(f"adaptive pooling kernels index a plane with 32-bit ints: the {name} plane has "
+                             f"{pixels} pixels (2^31 or more)")
+    return np.int64(n * c), *i32(h, w, p, q)
+
+
+def forward(be, x, out_size):
+    n, c = x.shape[:2]
+    y = backend.array_module(be).empty((n, c) + tuple(out_size), dtype=x.dtype)
+    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "adaptive_pool", x.dtype, "adaptive_avg_pool_forward", grid, (THREADS,),
+                   (x, y, *_args(x.shape, out_size)))
+    return y
+
+
+def backward(be, dy, x_shape):
+    n, c, h, w = x_shape
+    dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
+    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_avg_pool_backward", grid, (THREADS,),
+                   (dy, dx, *_args(x_shape, dy.shape[2:])))
+    return dx

@@ -1,0 +1,20 @@
+"""Launch code of kernels/augment.cu: random crop (zero padding) and horizontal flip of an image
+batch in one pass, the randomness drawn per image from Philox keyed by (seed, step)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ._grid import MAX_GRID_Y, THREADS, blocks_for, i32
+
+PLANE_LIMIT = 2**31   # in-plane indices are 32-bit ints in the kernel
+
+
+def random_crop_flip(be, x, seed, step, pad, flip):
+    n, c, h, w = x.shape
+    if h * w >= PLANE_LIMIT:
+        raise ValueError(f"the augmentation kernel indexes a plane with 32-bit ints: {h}x{w} has 2^31 pixels or more")
+    y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    backend.launch(be, "augment", x.dtype, "random_crop_flip", (blocks_for(h * w), min(n * c, MAX_GRID_Y)),
+                   (THREADS,), (x, y, np.int64(n * c), *i32(c, h, w, pad, flip), np.uint64(seed), np.uint64(step)))
+    return y

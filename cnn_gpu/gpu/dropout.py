@@ -1,0 +1,19 @@
+"""Launch code of kernels/dropout.cu: the dropout map y = x * (keep ? scale : 0), the mask drawn
+from Philox4x32-10 keyed by (seed, step) per element (forward and backward alike)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ._grid import THREADS, blocks_for, real
+
+
+def apply(be, x, seed, step, threshold, scale):
+    """x with dropout applied; `threshold` = round(p * 2^32) (an element is kept when its number is
+    >= threshold), `scale` = 1 / (1 - p) (0 for p = 1)."""
+    y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    groups = -(-x.size // 4)
+    backend.launch(be, "dropout", x.dtype, "dropout_apply", (blocks_for(groups),), (THREADS,),
+                   (x, y, np.int64(x.size), np.uint64(seed), np.uint64(step), np.int64(threshold),
+                    *real(x.dtype, scale)))
+    return y

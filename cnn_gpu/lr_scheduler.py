@@ -1,0 +1,39 @@
+"""Learning-rate schedules that set `optimizer.param_groups[0]["lr"]` before each training step.
+
+`WarmupCosine`: a linear warm-up over the first `warmup_epochs` epochs, step by step from
+base_lr / warmup_steps up to base_lr, then half a cosine from base_lr towards 0 over the remaining
+epochs, one value per epoch (with no warm-up: epoch e of E trains at base_lr * (1 + cos(pi e / E)) / 2).
+The rate depends only on (epoch, step), so a resumed run continues the schedule exactly.
+"""
+from __future__ import annotations
+
+import math
+
+
+class WarmupCosine:
+    def __init__(self, optimizer, base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0):
+        if not base_lr > 0:
+            raise ValueError(f"base_lr must be > 0, got {base_lr}")
+        if epochs < 1 or steps_per_epoch < 1:
+            raise ValueError(f"epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}")
+        if not 0 <= warmup_epochs < epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs) = [0, {epochs}), got {warmup_epochs}")
+        self.optimizer = optimizer
+        self.base_lr = float(base_lr)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.warmup_epochs = int(warmup_epochs)
+
+    def lr(self, epoch: int, step: int = 0) -> float:
+        """The rate of step `step` (from 0) of epoch `epoch` (from 0)."""
+        if epoch < self.warmup_epochs:
+            done = epoch * self.steps_per_epoch + step + 1
+            return self.base_lr * done / (self.warmup_epochs * self.steps_per_epoch)
+        decay_epochs = self.epochs - self.warmup_epochs
+        return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / decay_epochs))
+
+    def apply(self, epoch: int, step: int = 0) -> float:
+        """Set the optimizer's rate for (epoch, step); returns it."""
+        rate = self.lr(epoch, step)
+        self.optimizer.param_groups[0]["lr"] = rate
+        return rate

@@ -1,0 +1,77 @@
+// Adaptive average pooling over NCHW, PyTorch's windows: output p of P along an axis of size H
+// averages rows [floor(p*H/P), ceil((p+1)*H/P)); the divisor is the window's area.
+//
+// Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
+// blocks, blockIdx.x walks one (n, c) plane's pixels (consecutive threads on consecutive w:
+// coalesced) and blockIdx.y strides over the planes, as kernels/pool.cu.
+//  * adaptive_avg_pool_forward: the thread of output (p, q) sums its window row by row.
+//  * adaptive_avg_pool_backward: a GATHER, no atomics: input pixel (h, w) adds dy/area of the
+//    outputs whose windows contain it, p in [floor(h*P/H), ceil((h+1)*P/H) - 1] (same for q), in
+//    increasing (p, q) order: deterministic.
+// In-plane indices are int (the host refuses planes of 2^31 pixels or more); products such as
+// p*H are taken in 64 bits; plane offsets are 64-bit.
+
+#include "common.cuh"
+
+// [start, end) of output o's window along an axis of `size` inputs and `outputs` outputs.
+__device__ __forceinline__ int window_start(int o, int size, int outputs)
+{
+    return (int)(((long long)o * size) / outputs);
+}
+
+__device__ __forceinline__ int window_end(int o, int size, int outputs)
+{
+    return (int)(((long long)(o + 1) * size + outputs - 1) / outputs);
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adaptive_avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
+                          int Q)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL* xp = x + plane * plane_inputs;
+        GRID_STRIDE_LOOP(flat, plane_outputs) {
+            const int out = (int)flat;
+            const int q = out % Q;
+            const int p = out / Q;
+            const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
+            const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
+            REAL sum = (REAL)0;
+            for (int h = h0; h < h1; ++h)
+                for (int w = w0; w < w1; ++w)
+                    sum += xp[h * W + w];
+            y[plane * plane_outputs + out] = sum / (REAL)((long long)(h1 - h0) * (w1 - w0));
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W,
+                           int P, int Q)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL* dyp = dy + plane * plane_outputs;
+        GRID_STRIDE_LOOP(flat, plane_inputs) {
+            const int in = (int)flat;
+            const int w = in % W;
+            const int h = in / W;
+            const int p_first = (int)(((long long)h * P) / H);
+            const int p_last = (int)(((long long)(h + 1) * P + H - 1) / H) - 1;
+            const int q_first = (int)(((long long)w * Q) / W);
+            const int q_last = (int)(((long long)(w + 1) * Q + W - 1) / W) - 1;
+            REAL sum = (REAL)0;
+            for (int p = p_first; p <= p_last; ++p) {
+                const int rows = window_end(p, H, P) - window_start(p, H, P);
+                for (int q = q_first; q <= q_last; ++q) {
+                    const int cols = window_end(q, W, Q) - window_start(q, W, Q);
+                    sum += dyp[p * Q + q] / (REAL)((long long)rows * cols);
+                }
+            }
+            dx[plane * plane_inputs + in] = sum;
+        }
+    }
+}

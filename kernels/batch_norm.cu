@@ -1,0 +1,159 @@
+// Batch normalisation over NCHW (any x viewed as (N, C, HW)), PyTorch's semantics.
+//
+// Not a GEMM: per-channel reductions of length L = N*HW and element-wise maps.
+//  * batch_norm_stats: one 256-thread block per channel (grid-stride over channels). Two passes
+//    over the channel: the mean, then the sum of squared deviations from it (no E[x^2] - E[x]^2
+//    cancellation in float32). Thread t adds elements t, t+256, ... in that order, then a
+//    shared-memory halving tree adds the 256 partials: the order depends on the shape only, so
+//    results are bit-identical run to run (no atomics). Writes mean and invstd = 1/sqrt(var + eps)
+//    with the biased variance, and, when update_running, blends the mean and the unbiased variance
+//    into the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
+//  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
+//    y index walks the (n, c) planes, so the channel's scale is computed once per plane, not per
+//    element. With from_variance the `scale_source` array holds a variance (eval mode: the running
+//    variance) and invstd is computed from it here.
+//  * batch_norm_backward: one block per channel, fused: the channel sums of g and g * xhat (g: dy,
+//    masked by the recomputed ReLU when fused), which are dbias and dweight, then in the same block
+//    dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in training mode, or
+//    weight * invstd * g in eval mode (constant statistics).
+// Element offsets are 64-bit; a channel's elements are walked by stepping (n, i) rather than
+// dividing each flat index.
+
+#include "common.cuh"
+
+// Halving-tree sum over the block of one value per thread (fixed order); every thread gets it.
+__device__ __forceinline__ REAL block_sum(REAL value, REAL* partial)
+{
+    const int t = threadIdx.x;
+    partial[t] = value;
+    __syncthreads();
+    for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
+        if (t < half)
+            partial[t] += partial[t + half];
+        __syncthreads();
+    }
+    const REAL total = partial[0];
+    __syncthreads();  // partial is written again by the next sum
+    return total;
+}
+
+// Walks the elements t, t + BLOCK_THREADS, ... of one channel of an (N, C, HW) array as
+// (n, i) pairs: offset(c) is the element's flat position.
+struct ChannelCursor {
+    long long n, i;
+    __device__ explicit ChannelCursor(long long HW) : n(threadIdx.x / HW), i(threadIdx.x % HW) {}
+    __device__ void advance(long long HW)
+    {
+        n += BLOCK_THREADS / HW;
+        i += BLOCK_THREADS % HW;
+        if (i >= HW) {
+            i -= HW;
+            ++n;
+        }
+    }
+    __device__ long long offset(long long c, long long C, long long HW) const { return (n * C + c) * HW + i; }
+};
+
+__device__ __forceinline__ REAL invstd_of(REAL variance, REAL eps)
+{
+    return (REAL)1 / REAL_SQRT(variance + eps);
+}
+
+// The normalised, scaled and shifted value; forward and backward share it so the ReLU mask the
+// backward recomputes is the forward's exactly.
+__device__ __forceinline__ REAL affine_normalized(REAL x, REAL mean, REAL scale, REAL bias)
+{
+    return (x - mean) * scale + bias;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+batch_norm_stats(const REAL* __restrict__ x, REAL* __restrict__ mean, REAL* __restrict__ invstd,
+                 REAL* __restrict__ running_mean, REAL* __restrict__ running_var,
+                 long long N, long long C, long long HW, REAL eps, REAL factor, int update_running)
+{
+    __shared__ REAL partial[BLOCK_THREADS];
+    const long long count = N * HW;
+    for (long long c = blockIdx.x; c < C; c += gridDim.x) {
+        REAL sum = (REAL)0;
+        for (ChannelCursor e(HW); e.n < N; e.advance(HW))
+            sum += x[e.offset(c, C, HW)];
+        const REAL mu = block_sum(sum, partial) / (REAL)count;
+        REAL squares = (REAL)0;
+        for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
+            const REAL d = x[e.offset(c, C, HW)] - mu;
+            squares += d * d;
+        }
+        const REAL m2 = block_sum(squares, partial);
+        if (threadIdx.x == 0) {
+            mean[c] = mu;
+            invstd[c] = invstd_of(m2 / (REAL)count, eps);
+            if (update_running) {
+                running_mean[c] = ((REAL)1 - factor) * running_mean[c] + factor * mu;
+                running_var[c] = ((REAL)1 - factor) * running_var[c] + factor * (m2 / (REAL)(count - 1));
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const REAL* __restrict__ mean,
+                   const REAL* __restrict__ scale_source, const REAL* __restrict__ weight,
+                   const REAL* __restrict__ bias, long long planes, int C, long long HW, REAL eps,
+                   int from_variance, int relu)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int c = (int)(plane % C);
+        const REAL is = from_variance ? invstd_of(scale_source[c], eps) : scale_source[c];
+        const REAL mu = mean[c];
+        const REAL scale = is * weight[c];
+        const REAL shift = bias[c];
+        const REAL* xp = x + plane * HW;
+        REAL* yp = y + plane * HW;
+        GRID_STRIDE_LOOP(i, HW) {
+            const REAL v = affine_normalized(xp[i], mu, scale, shift);
+            yp[i] = (relu && !(v > (REAL)0 || v != v)) ? (REAL)0 : v;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+batch_norm_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, const REAL* __restrict__ mean,
+                    const REAL* __restrict__ scale_source, const REAL* __restrict__ weight,
+                    const REAL* __restrict__ bias, REAL* __restrict__ dx, REAL* __restrict__ dweight,
+                    REAL* __restrict__ dbias, long long N, long long C, long long HW, REAL eps,
+                    int from_variance, int training, int relu)
+{
+    __shared__ REAL partial[BLOCK_THREADS];
+    const long long count = N * HW;
+    for (long long c = blockIdx.x; c < C; c += gridDim.x) {
+        const REAL is = from_variance ? invstd_of(scale_source[c], eps) : scale_source[c];
+        const REAL mu = mean[c];
+        const REAL w = weight[c];
+        const REAL scale = is * w;
+        const REAL shift = bias[c];
+        REAL sum_g = (REAL)0;
+        REAL sum_g_xhat = (REAL)0;
+        for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
+            const long long at = e.offset(c, C, HW);
+            const REAL v = x[at];
+            // ReLU's rule: no gradient where the output was <= 0
+            const REAL g = (relu && affine_normalized(v, mu, scale, shift) <= (REAL)0) ? (REAL)0 : dy[at];
+            sum_g += g;
+            sum_g_xhat += g * ((v - mu) * is);
+        }
+        const REAL total_g = block_sum(sum_g, partial);
+        const REAL total_g_xhat = block_sum(sum_g_xhat, partial);
+        if (threadIdx.x == 0) {
+            dbias[c] = total_g;
+            dweight[c] = total_g_xhat;
+        }
+        const REAL mean_g = training ? total_g / (REAL)count : (REAL)0;
+        const REAL mean_g_xhat = training ? total_g_xhat / (REAL)count : (REAL)0;
+        for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
+            const long long at = e.offset(c, C, HW);
+            const REAL v = x[at];
+            const REAL g = (relu && affine_normalized(v, mu, scale, shift) <= (REAL)0) ? (REAL)0 : dy[at];
+            dx[at] = (g - mean_g - ((v - mu) * is) * mean_g_xhat) * scale;
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// Dropout (forward and backward: the same map): y[i] = x[i] * (keep[i] ? scale : 0), with
+// keep[i] = (Philox number of element i >= threshold), threshold = round(p * 2^32) and
+// scale = 1 / (1 - p) (0 when p = 1). Multiplying (rather than selecting) propagates NaN and inf
+// from dropped elements as PyTorch does.
+//
+// Not a GEMM: memory-bound map. Element i takes output lane i % 4 of the Philox call for group
+// i / 4 (kernels/philox.cuh) keyed by (seed, step), so the mask depends on nothing but
+// (seed, step, i): every backend, grid and schedule draws the same one, and the backward pass
+// regenerates it instead of storing it. One thread per group of 4 elements, a grid-stride loop
+// over groups; 64-bit indices.
+
+#include "common.cuh"
+#include "philox.cuh"
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, unsigned long long seed,
+              unsigned long long step, long long threshold, REAL scale)
+{
+    const long long groups = (n + 3) / 4;
+    GRID_STRIDE_LOOP(group, groups) {
+        const Philox4 r = philox_group(seed, step, (unsigned long long)group);
+        for (int lane = 0; lane < 4; ++lane) {
+            const long long i = group * 4 + lane;
+            if (i < n)
+                y[i] = x[i] * ((long long)r.v[lane] >= threshold ? scale : (REAL)0);
+        }
+    }
+}

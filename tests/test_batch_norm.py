@@ -1,0 +1,370 @@
+"""F.batch_norm / F.batch_norm_backward and nn.BatchNorm2d: direct formulas, PyTorch CPU, finite
+differences, the kernels on the emulator (a sweep, schedules with guard zones, races, bit-identical
+reductions, float32 robustness) and the layer's state against torch.nn.BatchNorm2d."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, nn
+from cnn_gpu import functional as F
+from cnn_gpu.gradcheck import check_op
+from helpers import assert_close, to_host
+
+DTYPES = (np.float64, np.float32)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
+                               reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
+
+
+
+def draw_case(rng, dtype):
+    """Random inputs of one configuration: shape, affine or not, running statistics or not, mode,
+    momentum, eps and the fused ReLU."""
+    shape = (int(rng.integers(1, 4)), int(rng.integers(1, 5))) + tuple(int(d) for d in rng.integers(1, 7, 2))
+    if rng.random() < 0.15:
+        shape = shape[:2] if rng.random() < 0.5 else shape[:3]     # (N, C) and (N, C, L) inputs
+    training = bool(rng.random() < 0.6)
+    if training and np.prod(shape) // shape[1] < 2:
+        shape = (shape[0] + 1,) + shape[1:]
+    channels = shape[1]
+    affine = rng.random() < 0.75
+    running = not training or rng.random() < 0.7
+    x = (rng.standard_normal(shape) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)).astype(dtype)
+    return dict(
+        x=x, dy=rng.standard_normal(shape).astype(dtype),
+        running_mean=rng.standard_normal(channels).astype(dtype) if running else None,
+        running_var=(rng.random(channels) + 0.5).astype(dtype) if running else None,
+        weight=rng.standard_normal(channels).astype(dtype) if affine else None,
+        bias=rng.standard_normal(channels).astype(dtype) if affine and rng.random() < 0.8 else None,
+        training=training, momentum=float(rng.choice([0.1, 0.3, 1.0, 0.0])), eps=float(rng.choice([1e-5, 1e-3])),
+        activation="relu" if rng.random() < 0.3 else None)
+
+
+def copy_case(case):
+    return {k: (v.copy() if hasattr(v, "shape") else v) for k, v in case.items()}   # NumPy or CuPy
+
+
+def run_case(case, be):
+    """(y, dx, dweight, dbias, running_mean, running_var) of one case on `be` (running stats copied)."""
+    c = copy_case(case)
+    y, mean, invstd = F.batch_norm(c["x"], c["running_mean"], c["running_var"], c["weight"], c["bias"],
+                                   c["training"], c["momentum"], c["eps"], activation=c["activation"],
+                                   return_stats=True, backend=be)
+    grads = F.batch_norm_backward(c["dy"], c["x"], c["running_mean"], c["running_var"], c["weight"], c["bias"],
+                                  c["training"], c["eps"], activation=c["activation"], save_mean=mean,
+                                  save_invstd=invstd, backend=be)
+    return (y, *grads, c["running_mean"], c["running_var"])
+
+
+def assert_results_close(got, expected, dtype, what):
+    names = ("y", "dx", "dweight", "dbias", "running_mean", "running_var")
+    for a, e, name in zip(got, expected, names):
+        if e is None:
+            assert a is None, f"{what} {name}"
+        else:
+            assert_close(a, e, dtype, f"{what} {name}")
+
+
+# --- direct formulas ----------------------------------------------------------------------------
+
+def test_training_forward_and_running_update_match_the_formulas():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 5, 2)) * 2 + 1
+    weight, bias = rng.standard_normal(3), rng.standard_normal(3)
+    running_mean, running_var = rng.standard_normal(3), rng.random(3) + 0.5
+    rm0, rv0 = running_mean.copy(), running_var.copy()
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=0.2, eps=1e-3)
+    for c in range(3):
+        values = x[:, c].ravel()
+        mean = sum(values) / len(values)
+        biased = sum((v - mean) ** 2 for v in values) / len(values)
+        expected = (x[:, c] - mean) / np.sqrt(biased + 1e-3) * weight[c] + bias[c]
+        np.testing.assert_allclose(y[:, c], expected, rtol=1e-12, atol=1e-12)
+        assert running_mean[c] == pytest.approx(0.8 * rm0[c] + 0.2 * mean, rel=1e-12)
+        unbiased = biased * len(values) / (len(values) - 1)
+        assert running_var[c] == pytest.approx(0.8 * rv0[c] + 0.2 * unbiased, rel=1e-12)
+
+
+def test_eval_forward_uses_running_statistics_and_leaves_them():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 3, 3))
+    running_mean, running_var = rng.standard_normal(4), rng.random(4) + 0.5
+    before = running_mean.copy(), running_var.copy()
+    y = F.batch_norm(x, running_mean, running_var, training=False, eps=1e-5)
+    expected = (x - running_mean[:, None, None]) / np.sqrt(running_var[:, None, None] + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(running_mean, before[0])
+    np.testing.assert_array_equal(running_var, before[1])
+
+
+def test_backward_matches_the_closed_form():
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((3, 2, 4, 5)), rng.standard_normal((3, 2, 4, 5))
+    weight = rng.standard_normal(2)
+    dx, dweight, dbias = F.batch_norm_backward(dy, x, None, None, weight, None, training=True, eps=1e-5)
+    assert dbias is None
+    for c in range(2):
+        xc, gc = x[:, c], dy[:, c]
+        mean, var = xc.mean(), xc.var()
+        xhat = (xc - mean) / np.sqrt(var + 1e-5)
+        expected = weight[c] / np.sqrt(var + 1e-5) * (gc - gc.mean() - xhat * (gc * xhat).mean())
+        np.testing.assert_allclose(dx[:, c], expected, rtol=1e-10, atol=1e-12)
+        assert dweight[c] == pytest.approx((gc * xhat).sum(), rel=1e-12)
+
+
+# --- PyTorch CPU --------------------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype, count", [(np.float64, 120), (np.float32, 40)])
+def test_against_pytorch(dtype, count):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    relu_seen = no_running_seen = eval_seen = 0
+    for i in range(count):
+        case = draw_case(rng, dtype)
+        ours = run_case(case, "numpy")
+        t = {k: (torch.tensor(v, requires_grad=k in ("x", "weight", "bias")) if isinstance(v, np.ndarray) else v)
+             for k, v in copy_case(case).items()}
+        y = torch.nn.functional.batch_norm(t["x"], t["running_mean"], t["running_var"], t["weight"], t["bias"],
+                                           t["training"], t["momentum"], t["eps"])
+        if case["activation"]:
+            y = torch.relu(y)
+        y.backward(torch.tensor(case["dy"]))
+        grad = lambda v: None if v is None else v.grad.numpy()  # noqa: E731
+        theirs = (y.detach().numpy(), grad(t["x"]), grad(t["weight"]), grad(t["bias"]),
+                  *(None if v is None else v.numpy() for v in (t["running_mean"], t["running_var"])))
+        assert_results_close(ours, theirs, dtype, f"case {i} {case['x'].shape} training={case['training']}")
+        relu_seen += case["activation"] == "relu"
+        no_running_seen += case["running_mean"] is None
+        eval_seen += not case["training"]
+    assert relu_seen and no_running_seen and eval_seen
+
+
+@pytest.mark.torch
+def test_layer_matches_torch_over_steps():
+    """Several training steps (momentum 0.1 and the cumulative average), then eval: outputs, gradients,
+    running statistics, num_batches_tracked and the state_dict keys as torch.nn.BatchNorm2d."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    for momentum in (0.1, None):
+        ours = nn.BatchNorm2d(3, momentum=momentum, dtype=np.float64)
+        theirs = torch.nn.BatchNorm2d(3, momentum=momentum, dtype=torch.float64)
+        ours.weight.data[:] = rng.standard_normal(3)
+        with torch.no_grad():
+            theirs.weight.copy_(torch.tensor(ours.weight.data))
+        for step in range(4):
+            x, dy = rng.standard_normal((4, 3, 5, 5)) + step, rng.standard_normal((4, 3, 5, 5))
+            if step == 3:
+                ours.eval()
+                theirs.eval()
+            ours.zero_grad()
+            theirs.zero_grad()
+            xt = torch.tensor(x, requires_grad=True)
+            y, yt = ours(x), theirs(xt)
+            yt.backward(torch.tensor(dy))
+            dx = ours.backward(dy)
+            assert_close(y, yt.detach().numpy(), np.float64, f"y step {step}")
+            assert_close(dx, xt.grad.numpy(), np.float64, f"dx step {step}")
+            assert_close(ours.weight.grad, theirs.weight.grad.numpy(), np.float64, "dweight")
+            assert_close(ours.bias.grad, theirs.bias.grad.numpy(), np.float64, "dbias")
+        state, torch_state = ours.state_dict(), theirs.state_dict()
+        assert list(state) == list(torch_state) == ["weight", "bias", "running_mean", "running_var",
+                                                    "num_batches_tracked"]
+        for key in state:
+            np.testing.assert_allclose(state[key], torch_state[key].numpy(), rtol=1e-12, err_msg=key)
+        assert state["num_batches_tracked"].dtype == np.int64 and int(state["num_batches_tracked"]) == 3
+
+
+def test_layer_options_and_state_dict_round_trip():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    plain = nn.BatchNorm2d(3, affine=False, track_running_stats=False)
+    assert plain.parameters() == [] and plain.state_dict() == {}
+    plain.eval()   # no running statistics: batch statistics even in eval mode, as PyTorch
+    y = plain(x)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-6)
+    assert plain.backward(rng.standard_normal(x.shape).astype(np.float32)).shape == x.shape
+
+    layer = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    layer(x)
+    state = layer.state_dict()
+    assert list(state)[2:] == ["1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert [name for name, _ in layer.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert len(layer.buffers()) == 3 and len(layer.parameters()) == 4   # buffers are not trained
+    fresh = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+    fresh.load_state_dict(state)
+    for key, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+        assert value.dtype == state[key].dtype, key
+    with pytest.raises(ValueError, match="running_var"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "1.running_var"})
+    with pytest.raises(ValueError, match="4-D"):
+        nn.BatchNorm2d(3)(x[0])
+
+
+# --- finite differences -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("training, activation", [(True, None), (False, None), (True, "relu")])
+def test_finite_differences(training, activation):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 2, 3, 4)) * 2
+    weight, bias = rng.standard_normal(2), rng.standard_normal(2) + 0.3
+    running_mean, running_var = rng.standard_normal(2), rng.random(2) + 0.5
+
+    def forward(x, weight, bias):   # copies: the running statistics must not drift between evaluations
+        return F.batch_norm(x, running_mean.copy(), running_var.copy(), weight, bias, training, 0.1, 1e-5,
+                            activation=activation)
+
+    def backward(dy, x, weight, bias):
+        return F.batch_norm_backward(dy, x, running_mean, running_var, weight, bias, training, 1e-5,
+                                     activation=activation)
+
+    report = check_op(forward, backward, [x, weight, bias], names=["x", "weight", "bias"])
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+# --- argument checks ----------------------------------------------------------------------------
+
+def test_bad_arguments_fail_before_any_update():
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 4))
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    bad_calls = [
+        (lambda: F.batch_norm(x, running_mean, running_var, np.ones(4), training=True), ValueError, "weight"),
+        (lambda: F.batch_norm(x, running_mean, None, training=True), ValueError, "both"),
+        (lambda: F.batch_norm(x, None, None, training=False), ValueError, "eval mode"),
+        (lambda: F.batch_norm(x[:1, :, :1, :1], running_mean, running_var, training=True), ValueError,
+         "more than 1 value"),
+        (lambda: F.batch_norm(x, running_mean.astype(np.float32), running_var, training=True), TypeError, "dtype"),
+        (lambda: F.batch_norm(x, running_mean, running_var, training=True, eps=-1.0), ValueError, "eps"),
+        (lambda: F.batch_norm(x, running_mean, running_var, training=True, activation="tanh"), ValueError,
+         "activation"),
+        (lambda: F.batch_norm(x[0, 0, 0], running_mean, running_var), ValueError, "2 dimensions"),
+        (lambda: F.batch_norm_backward(x[:1], x, running_mean, running_var), ValueError, "dy"),
+    ]
+    for call, error, match in bad_calls:
+        with pytest.raises(error, match=match):
+            call()
+    np.testing.assert_array_equal(running_mean, 0)
+    np.testing.assert_array_equal(running_var, 1)
+
+
+# --- kernels on the emulator --------------------------------------------------------------------
+
+@needs_emu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emu_sweep(dtype):
+    from cnn_gpu import emu
+    rng = np.random.default_rng(9)
+    with emu.checking(schedule="forward", guard=True):
+        for i in range(60):
+            case = draw_case(rng, dtype)
+            what = f"case {i} {case['x'].shape} training={case['training']} {case['activation']}"
+            assert_results_close(run_case(case, "emu"), run_case(case, "numpy"), dtype, what)
+            if case["training"]:   # the statistics recomputed from x give the same gradients
+                c = copy_case(case)
+                recomputed = F.batch_norm_backward(c["dy"], c["x"], None, None, c["weight"], c["bias"], True,
+                                                   c["eps"], activation=c["activation"], backend="emu")
+                assert_close(recomputed[0], run_case(case, "numpy")[1], dtype, what + " recomputed")
+
+
+# Shapes whose channel walks wrap in different ways: HW above, below and equal to the block size,
+# channels beyond one block each.
+SCHEDULE_SHAPES = [(2, 3, 17, 19), (7, 2, 1, 1), (3, 5, 16, 16), (1, 2, 300, 1)]
+
+
+def run_all_kernels(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) + 3).astype(dtype)
+    channels = shape[1]
+    running_mean, running_var = np.zeros(channels, dtype), np.ones(channels, dtype)
+    weight, bias = rng.standard_normal(channels).astype(dtype), rng.standard_normal(channels).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y, mean, invstd = F.batch_norm(x, running_mean, running_var, weight, bias, True, activation="relu",
+                                   return_stats=True, backend="emu")
+    grads = F.batch_norm_backward(dy, x, None, None, weight, bias, True, activation="relu", backend="emu")
+    eval_y = F.batch_norm(x, running_mean, running_var, weight, bias, False, backend="emu")
+    eval_grads = F.batch_norm_backward(dy, x, running_mean, running_var, weight, bias, False, backend="emu")
+    return [y, mean, invstd, *grads, running_mean, running_var, eval_y, *eval_grads]
+
+
+@needs_emu
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_kernels_bit_identical_under_schedules(schedule):
+    from cnn_gpu import emu
+    for i, shape in enumerate(SCHEDULE_SHAPES):
+        for dtype in DTYPES:
+            with emu.checking(schedule="forward", guard=True):
+                expected = run_all_kernels(shape, dtype, i)
+            with emu.checking(schedule=schedule, seed=i, guard=True):
+                got = run_all_kernels(shape, dtype, i)
+            for k, (a, e) in enumerate(zip(got, expected)):
+                assert to_host(a).tobytes() == to_host(e).tobytes(), f"output {k} {shape} {dtype} under {schedule}"
+
+
+@needs_emu
+def test_kernels_have_no_shared_memory_races():
+    from cnn_gpu import emu
+    with emu.checking(schedule="random", seed=3, race=True):
+        run_all_kernels((2, 3, 9, 7), np.float32, 0)
+
+
+@needs_emu
+def test_grid_stride_over_channels():
+    """Fewer blocks than channels (as with more channels than the grid allows): every channel done."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 5, 4, 6))
+    mean, invstd = np.empty(5), np.empty(5)
+    spare = np.empty(5), np.empty(5)
+    backend.launch("emu", "batch_norm", x.dtype, "batch_norm_stats", (2,), (256,),
+                   (x, mean, invstd, *spare, np.int64(3), np.int64(5), np.int64(24), np.float64(1e-5),
+                    np.float64(0.1), np.int32(0)))
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(x.var(axis=(0, 2, 3)) + 1e-5), rtol=1e-12)
+
+
+@needs_emu
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_float32_statistics_have_no_cancellation(be):
+    """A large offset and a small spread: E[x^2] - E[x]^2 in float32 would lose every digit of the
+    variance; the two-pass statistics keep it to float32 accuracy."""
+    rng = np.random.default_rng(11)
+    x64 = 1000 + 0.01 * rng.standard_normal((8, 2, 16, 16))
+    x = x64.astype(np.float32)
+    y, mean, invstd = F.batch_norm(x, None, None, training=True, eps=0.0, return_stats=True, backend=be)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(invstd, 1 / exact.std(axis=(0, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(0, 2, 3), dtype=np.float64), 1, rtol=1e-4)
+
+
+@needs_emu
+def test_layer_on_emu_matches_numpy():
+    rng = np.random.default_rng(12)
+    x, dy = rng.standard_normal((4, 3, 5, 5)), rng.standard_normal((4, 3, 5, 5))
+    layers = {be: nn.BatchNorm2d(3, dtype=np.float64).to(be) for be in ("numpy", "emu")}
+    for be, layer in layers.items():
+        layer.weight.data[:] = np.arange(1, 4)
+    for mode in ("train", "eval"):
+        outputs = {}
+        for be, layer in layers.items():
+            getattr(layer, mode)()
+            outputs[be] = (layer(x), layer.backward(dy), layer.running_mean.copy(), layer.weight.grad.copy())
+            layer.zero_grad()
+        for a, e in zip(outputs["emu"], outputs["numpy"]):
+            assert_close(a, e, np.float64, mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_numpy(dtype):
+    import cupy
+    rng = np.random.default_rng(13)
+    for i in range(30):
+        case = draw_case(rng, dtype)
+        on_gpu = {k: (cupy.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in case.items()}
+        first, second = run_case(on_gpu, "cuda"), run_case(on_gpu, "cuda")
+        assert_results_close(first, run_case(case, "numpy"), dtype, f"case {i} on cuda")
+        for a, b in zip(first, second):   # fixed-order reductions: the same bits every run
+            assert a is None or to_host(a).tobytes() == to_host(b).tobytes()
