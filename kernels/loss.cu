@@ -1,16 +1,39 @@
 // Losses: softmax cross entropy and mean squared error, value and gradient in one pass.
 //
 // Not a GEMM.
-//  * cross_entropy_rows: one block per row of logits (B, classes) (grid-stride over rows), with
-//    blockDim a power of two from 32 to 256 picked by the host to fit `classes`. The block finds
-//    the row maximum, then sum(exp(x - max)) by shared-memory halving trees (fixed order: no
-//    atomics), writes the row's loss log(sum) - (x[label] - max) (numerically stable) and the
-//    gradient (softmax - onehot) * grad_scale, grad_scale = 1/B for the batch mean. A label
-//    outside [0, classes) gives a NaN loss and no one-hot (never an out-of-bounds read).
-//    The mean over rows is a fixed-order reduction of the per-row losses (reduce.cu), so the
-//    loss is bit-identical run to run.
-//  * mse_rows: one thread per element (grid-stride): dpred = (pred - target) * 2/n, and the
-//    squared error into a workspace that reduce.cu sums in fixed order.
+//  * Cross entropy, PyTorch's F.cross_entropy with every option. Logits (N, C, d1..dk) hold one
+//    row of C classes per position (n, d1..dk), the classes `inner` = d1*...*dk elements apart.
+//    Each row has a target mass per class,
+//        m_c = w_c * (keep * t_c + spread),   keep = 1 - label_smoothing, spread = label_smoothing / C,
+//    with w the class weights (1 without), t the class probabilities (a one-hot row for a class
+//    index), and m = 0 for a row whose index equals ignore_index. With z = x - max(x),
+//    lse = log(sum exp z), A = sum_c m_c and B = sum_c m_c z_c (a zero mass adds 0, even where
+//    z = -inf) the row's loss is A*lse - B = sum_c m_c * (-log_softmax_c) and its gradient
+//    softmax_c * A - m_c. The gradient of a counted row is divided by `grad_divisor` (the summed
+//    target weights for the mean over class indices, rows for the mean over probabilities, 1 for
+//    "sum"/"none"; read from the device, so the mean's divisor needs no host round trip); an
+//    ignored row's is not (it is 0, or NaN for non-finite logits, as PyTorch
+//    gives), so a mean over no counted targets has a NaN loss and a zero gradient, as PyTorch's.
+//    A class index outside [0, classes) that is not ignored gives a NaN loss and no one-hot
+//    (never an out-of-bounds read; the host refuses such indices).
+//    - cross_entropy_rows (inner == 1): one block per row (grid-stride over rows), blockDim a
+//      power of two from 32 to 256 picked by the host to fit `classes`. The block finds the row
+//      maximum, then the sums of exp(z), m and m*z by shared-memory halving trees (fixed order:
+//      no atomics), and writes the loss and gradient.
+//    - cross_entropy_positions (inner > 1, K-dimensional inputs such as segmentation maps): one
+//      thread per position (grid-stride); consecutive threads own consecutive positions, so each
+//      read of a class plane is coalesced, and each thread walks its C classes in order (fixed
+//      order again).
+//    - cross_entropy_target_weights: the weight w[label] of every counted row (1 without class
+//      weights, 0 when ignored): the host sums them in fixed order (reduce.cu) into the mean's
+//      divisor, which stays on the device for grad_divisor.
+//    The per-row losses are summed in fixed order by reduce.cu, so the loss is bit-identical run
+//    to run.
+//  * mse_rows: one thread per element (grid-stride): dpred = (pred - target) * grad_scale, and the
+//    squared error into a workspace that reduce.cu sums in fixed order (or that is the loss itself
+//    for reduction="none").
+// Sizes: rows, inner and every element offset are 64-bit; `classes` is an int (the host refuses
+// 2^31 classes or more), and class offsets c * inner are taken in 64 bits.
 
 #include "common.cuh"
 
@@ -33,37 +56,152 @@ __device__ REAL block_reduce(REAL value, REAL* scratch, bool take_max)
     return result;
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-cross_entropy_rows(const REAL* __restrict__ logits, const long long* __restrict__ labels,
-                   REAL* __restrict__ dlogits, REAL* __restrict__ row_loss,
-                   long long rows, int classes, REAL grad_scale)
+// Kernel parameters of the cross entropy: logits and either class indices (`labels`, int64) or
+// class probabilities (`probabilities`, the logits' shape; target_is_probability), the optional
+// class weights (has_weight), the gradient divisor of counted rows (one element, on the device), the
+// outputs, and the sizes and options described above.
+// Three resident blocks (up to 80 registers) rather than MIN_BLOCKS' four: at 64 registers the fp64
+// build for sm_90 spills around the slow-path calls of its two double divisions per row (measured
+// with cnn-gpu kernels); the other builds use no more registers than before.
+#define CROSS_ENTROPY_MIN_BLOCKS 3
+#define CROSS_ENTROPY_PARAMS                                                                        \
+    const REAL* __restrict__ logits, const long long* __restrict__ labels,                         \
+    const REAL* __restrict__ probabilities, const REAL* __restrict__ class_weight,                 \
+    const REAL* __restrict__ grad_divisor, REAL* __restrict__ dlogits, REAL* __restrict__ row_loss, \
+    long long rows, int classes, long long inner, long long ignore_index, int target_is_probability, \
+    int has_weight, REAL keep, REAL spread
+
+// What one row's target contributes: its class index (or -1 for probabilities), whether it counts
+// (not ignored), whether its index is valid, and its gradient scale.
+struct RowTarget {
+    long long label;
+    bool counted;
+    bool valid;
+    REAL scale;
+};
+
+__device__ __forceinline__ RowTarget row_target(long long row, const long long* labels, const REAL* grad_divisor,
+                                                int classes, long long ignore_index, int target_is_probability)
+{
+    RowTarget t;
+    t.label = target_is_probability ? -1 : labels[row];
+    t.counted = target_is_probability || t.label != ignore_index;
+    t.valid = target_is_probability || !t.counted || (t.label >= 0 && t.label < classes);
+    t.scale = t.counted ? (REAL)1 / grad_divisor[0] : (REAL)1;
+    return t;
+}
+
+// m_c of the row (see the top); `probability` points at class c's probability, read only for
+// probability targets.
+__device__ __forceinline__ REAL target_mass(const RowTarget& t, int c, const REAL* probability,
+                                            const REAL* class_weight, int has_weight, REAL keep, REAL spread)
+{
+    if (!t.counted || !t.valid)
+        return (REAL)0;
+    const REAL target = t.label < 0 ? *probability : (c == t.label ? (REAL)1 : (REAL)0);
+    const REAL weight = has_weight ? class_weight[c] : (REAL)1;
+    return weight * (keep * target + spread);
+}
+
+// The sums over a row's classes: of exp(z), of m (A) and of m*z (B).
+struct RowSums {
+    REAL exp, mass, weighted;
+};
+
+__device__ __forceinline__ void add_class(RowSums& sums, REAL z, REAL m)
+{
+    sums.exp += REAL_EXP(z);
+    sums.mass += m;
+    sums.weighted += m != (REAL)0 ? m * z : (REAL)0;   // a zero mass adds nothing, even where z = -inf
+}
+
+// The row's loss A*lse - B (NaN for an invalid class index).
+__device__ __forceinline__ REAL row_loss_value(const RowTarget& t, REAL sum_exp, REAL mass, REAL weighted)
+{
+    return t.valid ? mass * REAL_LOG(sum_exp) - weighted : REAL_NAN;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, CROSS_ENTROPY_MIN_BLOCKS)
+cross_entropy_rows(CROSS_ENTROPY_PARAMS)
 {
     __shared__ REAL scratch[BLOCK_THREADS];
     const int t = threadIdx.x;
     const int threads = blockDim.x;
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const REAL* x = logits + row * classes;
+        const REAL* probability = probabilities + row * classes;
         REAL* dx = dlogits + row * classes;
-        const long long label = labels[row];
-        const bool label_ok = label >= 0 && label < classes;
+        const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
 
         REAL row_max = REAL_NEG_INF;
         for (int j = t; j < classes; j += threads)
             row_max = x[j] > row_max ? x[j] : row_max;
         row_max = block_reduce(row_max, scratch, true);
 
-        REAL partial = (REAL)0;
+        RowSums partial = {(REAL)0, (REAL)0, (REAL)0};
         for (int j = t; j < classes; j += threads)
-            partial += REAL_EXP(x[j] - row_max);
-        const REAL sum = block_reduce(partial, scratch, false);
+            add_class(partial, x[j] - row_max,
+                      target_mass(target, j, probability + j, class_weight, has_weight, keep, spread));
+        const REAL sum_exp = block_reduce(partial.exp, scratch, false);
+        const REAL mass = block_reduce(partial.mass, scratch, false);
+        const REAL weighted = block_reduce(partial.weighted, scratch, false);
 
-        const REAL inv_sum = (REAL)1 / sum;
+        const REAL inv_sum = (REAL)1 / sum_exp;
         for (int j = t; j < classes; j += threads) {
             const REAL softmax = REAL_EXP(x[j] - row_max) * inv_sum;
-            dx[j] = (softmax - (label_ok && j == label ? (REAL)1 : (REAL)0)) * grad_scale;
+            const REAL m = target_mass(target, j, probability + j, class_weight, has_weight, keep, spread);
+            dx[j] = (softmax * mass - m) * target.scale;
         }
         if (t == 0)
-            row_loss[row] = label_ok ? REAL_LOG(sum) - (x[label] - row_max) : REAL_NAN;
+            row_loss[row] = row_loss_value(target, sum_exp, mass, weighted);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, CROSS_ENTROPY_MIN_BLOCKS)
+cross_entropy_positions(CROSS_ENTROPY_PARAMS)
+{
+    GRID_STRIDE_LOOP(row, rows) {
+        const long long n = row / inner;
+        const long long first = n * classes * inner + (row - n * inner);   // class 0 of the row
+        const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
+        // e walks the row's classes, `inner` elements apart (stepped, not multiplied: fewer registers)
+        REAL row_max = REAL_NEG_INF;
+        long long e = first;
+        for (int c = 0; c < classes; ++c, e += inner)
+            row_max = logits[e] > row_max ? logits[e] : row_max;
+
+        RowSums sums = {(REAL)0, (REAL)0, (REAL)0};
+        e = first;
+        for (int c = 0; c < classes; ++c, e += inner)
+            add_class(sums, logits[e] - row_max,
+                      target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread));
+
+        const REAL inv_sum = (REAL)1 / sums.exp;
+        e = first;
+        for (int c = 0; c < classes; ++c, e += inner) {
+            const REAL softmax = REAL_EXP(logits[e] - row_max) * inv_sum;
+            const REAL m = target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread);
+            dlogits[e] = (softmax * sums.mass - m) * target.scale;
+        }
+        row_loss[row] = row_loss_value(target, sums.exp, sums.mass, sums.weighted);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+cross_entropy_target_weights(const long long* __restrict__ labels, const REAL* __restrict__ class_weight,
+                             REAL* __restrict__ target_weight, long long rows, int classes, long long ignore_index,
+                             int has_weight)
+{
+    GRID_STRIDE_LOOP(row, rows) {
+        const long long label = labels[row];
+        REAL weight = (REAL)1;
+        if (label == ignore_index)
+            weight = (REAL)0;
+        else if (label < 0 || label >= classes)
+            weight = REAL_NAN;
+        else if (has_weight)
+            weight = class_weight[label];
+        target_weight[row] = weight;
     }
 }
 

@@ -17,13 +17,19 @@
 //    increasing (p, q) order and adds dy where indices == h*W + w. Deterministic; an index of -1
 //    matches no pixel, so that window's gradient goes nowhere.
 //  * avg_pool_forward/backward (no dilation): the window [p*sh-ph, min(p*sh-ph+kh, H+ph)) is
-//    clipped to the input; the divisor is the unclipped-but-padding-bounded size when
-//    count_include_pad, else the clipped size (PyTorch's formula). Backward gathers dy/divisor
-//    over the windows containing the pixel, in increasing (p, q) order.
+//    clipped to the input; the divisor is divisor_override when it is non-zero, else the
+//    unclipped-but-padding-bounded size when count_include_pad, else the clipped size (PyTorch's
+//    formula; the product of the two window extents is taken in 64 bits: 46341^2 overflows an
+//    int). Backward gathers dy/divisor over the windows containing the pixel, in increasing (p, q)
+//    order.
 // Grid: blockIdx.x walks the pixels of one (n, c) plane, blockIdx.y strides over the planes, so
 // any plane count fits gridDim.y and pixel decodes are 32-bit divisions (a 64-bit division is a
 // called subroutine whose register saves spill). In-plane indices are int (the host refuses
-// planes of 2^31 pixels or more); plane offsets are 64-bit.
+// planes of 2^31 pixels or more); plane offsets are 64-bit. Window positions are int too: the
+// host refuses geometries where size + 2*pad + (kernel-1)*dilation + stride reaches 2^31, which
+// bounds every window start, tap and end computed here.
+// Values are compared and summed in acc_t (to_acc / to_real, common.cuh): a float16 sum runs in
+// FP32 and each output is rounded once.
 
 #include "common.cuh"
 
@@ -81,7 +87,7 @@ max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restri
         const REAL* xp = x + plane * plane_inputs;
         const int h0 = p * sh - ph;
         const int w0 = q * sw - pw;
-        REAL best = REAL_NEG_INF;
+        acc_t best = REAL_NEG_INF;
         int best_index = -1;
         for (int r = 0; r < kh; ++r) {
             const int h = h0 + r * dh;
@@ -92,14 +98,14 @@ max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restri
                 if (w < 0 || w >= W)
                     continue;
                 const int index = h * W + w;
-                const REAL v = xp[index];
+                const acc_t v = to_acc(xp[index]);
                 if (best_index < 0 || v > best || v != v) {
                     best = v;
                     best_index = index;
                 }
             }
         }
-        y[plane * plane_outputs + out] = best;
+        y[plane * plane_outputs + out] = to_real(best);
         indices[plane * plane_outputs + out] = best_index;
     }
 }
@@ -118,14 +124,14 @@ max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, 
         const long long plane_offset = plane * plane_outputs;
         const int* index_plane = indices + plane_offset;
         const REAL* dy_plane = dy + plane_offset;
-        REAL sum = (REAL)0;
+        acc_t sum = (acc_t)0;
         for (int p = windows.p_first; p <= windows.p_last; ++p) {
             for (int q = windows.q_first; q <= windows.q_last; ++q) {
                 if (index_plane[p * Q + q] == in)
-                    sum += dy_plane[p * Q + q];
+                    sum += to_acc(dy_plane[p * Q + q]);
             }
         }
-        dx[plane * plane_inputs + in] = sum;
+        dx[plane * plane_inputs + in] = to_real(sum);
     }
 }
 
@@ -146,15 +152,18 @@ __device__ __forceinline__ AvgSpan avg_span(int o, int size, int kernel, int str
     return span;
 }
 
-__device__ __forceinline__ REAL avg_divisor(const AvgSpan& hs, const AvgSpan& ws, int count_include_pad)
+__device__ __forceinline__ acc_t avg_divisor(const AvgSpan& hs, const AvgSpan& ws, int count_include_pad,
+                                            acc_t divisor_override)
 {
-    return count_include_pad ? (REAL)(hs.padded * ws.padded)
-                             : (REAL)((hs.end - hs.start) * (ws.end - ws.start));
+    if (divisor_override != (acc_t)0)
+        return divisor_override;
+    return count_include_pad ? (acc_t)((long long)hs.padded * ws.padded)
+                             : (acc_t)((long long)(hs.end - hs.start) * (ws.end - ws.start));
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
-                 POOL_WINDOW_PARAMS, int count_include_pad)
+                 POOL_WINDOW_PARAMS, int count_include_pad, acc_t divisor_override)
 {
     const int plane_inputs = H * W;
     const int plane_outputs = P * Q;
@@ -165,21 +174,21 @@ avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
         const AvgSpan hs = avg_span(p, H, kh, sh, ph);
         const AvgSpan ws = avg_span(q, W, kw, sw, pw);
         if (hs.start >= hs.end || ws.start >= ws.end) {
-            y[plane * plane_outputs + out] = (REAL)0;  // window wholly in the padding: PyTorch writes 0
+            y[plane * plane_outputs + out] = to_real((acc_t)0);   // window wholly in the padding: PyTorch writes 0
             continue;
         }
         const REAL* xp = x + plane * plane_inputs;
-        REAL sum = (REAL)0;
+        acc_t sum = (acc_t)0;
         for (int h = hs.start; h < hs.end; ++h)
             for (int w = ws.start; w < ws.end; ++w)
-                sum += xp[h * W + w];
-        y[plane * plane_outputs + out] = sum / avg_divisor(hs, ws, count_include_pad);
+                sum += to_acc(xp[h * W + w]);
+        y[plane * plane_outputs + out] = to_real(sum / avg_divisor(hs, ws, count_include_pad, divisor_override));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
-                  POOL_WINDOW_PARAMS, int count_include_pad)
+                  POOL_WINDOW_PARAMS, int count_include_pad, acc_t divisor_override)
 {
     const int plane_inputs = H * W;
     const int plane_outputs = P * Q;
@@ -189,7 +198,7 @@ avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
         const int h = in / W;
         const WindowsOver windows = windows_over(h, w, P, Q, kh, kw, sh, sw, ph, pw, 1, 1);
         const REAL* dyp = dy + plane * plane_outputs;
-        REAL sum = (REAL)0;
+        acc_t sum = (acc_t)0;
         for (int p = windows.p_first; p <= windows.p_last; ++p) {
             const AvgSpan hs = avg_span(p, H, kh, sh, ph);
             if (h < hs.start || h >= hs.end)
@@ -198,9 +207,9 @@ avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
                 const AvgSpan ws = avg_span(q, W, kw, sw, pw);
                 if (w < ws.start || w >= ws.end)
                     continue;
-                sum += dyp[p * Q + q] / avg_divisor(hs, ws, count_include_pad);
+                sum += to_acc(dyp[p * Q + q]) / avg_divisor(hs, ws, count_include_pad, divisor_override);
             }
         }
-        dx[plane * plane_inputs + in] = sum;
+        dx[plane * plane_inputs + in] = to_real(sum);
     }
 }

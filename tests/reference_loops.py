@@ -19,12 +19,25 @@ def _out(size, k, s, p, d):
 
 # --- convolution: a_ij = sum_st W_st x_(i+s)(j+t) + b (seed 004), per channel and group --------
 
+def _paddings(padding, kernel, dilation):
+    """((top, left), (bottom, right)) of conv2d's padding; PyTorch's "same" splits dil*(k-1) into
+    floor(half) on the top/left and the rest on the bottom/right, "valid" is none."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return tuple(t // 2 for t in totals), tuple(t - t // 2 for t in totals)
+    return _pair(padding), _pair(padding)
+
+
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
     Kg = K // groups
-    P, Q = _out(H, R, sh, ph, dh), _out(W, S, sw, pw, dw)
+    (ph, pw), (bottom, right) = _paddings(padding, (R, S), (dh, dw))
+    P = (H + ph + bottom - dh * (R - 1) - 1) // sh + 1
+    Q = (W + pw + right - dw * (S - 1) - 1) // sw + 1
     y = np.zeros((N, K, P, Q))
     for n in range(N):
         for k in range(K):
@@ -45,9 +58,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
 def conv2d_input_grad(dy, w, x_shape, stride=1, padding=0, dilation=1, groups=1):
     """dE/dx_ij = sum_k sum_st dE/da_(i-s)(j-t) W_st (seed 004; the flipped filter of seed 001):
     with stride, only the taps for which (i + pad - r*dil) is a multiple of the stride reach i."""
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
     N, C, H, W = x_shape
     K, Cg, R, S = w.shape
+    (ph, pw), _ = _paddings(padding, (R, S), (dh, dw))
     _, _, P, Q = dy.shape
     Kg = K // groups
     dx = np.zeros(x_shape)
@@ -72,9 +86,10 @@ def conv2d_input_grad(dy, w, x_shape, stride=1, padding=0, dilation=1, groups=1)
 
 def conv2d_weight_grad(dy, x, w_shape, stride=1, padding=0, dilation=1, groups=1):
     """dE/dW_st = sum_ij dE/da_ij x_(i+s)(j+t) (seed 004)."""
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
     N, C, H, W = x.shape
     K, Cg, R, S = w_shape
+    (ph, pw), _ = _paddings(padding, (R, S), (dh, dw))
     _, _, P, Q = dy.shape
     Kg = K // groups
     dw_ = np.zeros(w_shape)
@@ -200,9 +215,10 @@ def max_pool2d_backward(dy, idx, x_shape):
     return dx
 
 
-def _avg_windows(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad):
-    """(p, q, [(h, v) in the window], divisor) per output, with PyTorch's divisor: the window clipped
-    to the padded input when padding counts, to the input otherwise."""
+def _avg_windows(x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override=None):
+    """(p, q, [(h, v) in the window], divisor) per output, with PyTorch's divisor: divisor_override
+    when given, else the window clipped to the padded input when padding counts, to the input
+    otherwise."""
     (kh, kw) = _pair(kernel_size)
     (sh, sw) = _pair(kernel_size if stride is None else stride)
     (ph, pw) = _pair(padding)
@@ -214,11 +230,13 @@ def _avg_windows(x_shape, kernel_size, stride, padding, ceil_mode, count_include
             h1, v1 = min(h0 + kh, H + ph), min(v0 + kw, W + pw)
             taps = [(h, v) for h in range(h0, h1) for v in range(v0, v1) if 0 <= h < H and 0 <= v < W]
             divisor = (h1 - h0) * (v1 - v0) if count_include_pad else len(taps)
-            yield p, q, taps, divisor
+            yield p, q, taps, divisor if divisor_override is None else divisor_override
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
-    windows = list(_avg_windows(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad))
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    windows = list(_avg_windows(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                divisor_override))
     P, Q = windows[-1][0] + 1, windows[-1][1] + 1
     N, C = x.shape[:2]
     y = np.zeros((N, C, P, Q))
@@ -229,13 +247,14 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     return y
 
 
-def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                        divisor_override=None):
     dx = np.zeros(x_shape)
     N, C = x_shape[:2]
     for n in range(N):
         for c in range(C):
             for p, q, taps, divisor in _avg_windows(x_shape, kernel_size, stride, padding, ceil_mode,
-                                                    count_include_pad):
+                                                    count_include_pad, divisor_override):
                 for h, v in taps:
                     dx[n, c, h, v] += dy[n, c, p, q] / divisor
     return dx
@@ -322,6 +341,50 @@ def cross_entropy(logits, labels):
             softmax = math.exp(logits[n, k] - top) / total
             grad[n, k] = -((1.0 if k == labels[n] else 0.0) - softmax) / N
     return loss / N, grad
+
+
+def cross_entropy_options(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """PyTorch's F.cross_entropy term by term, logits (N, C, d...) -> (loss, gradient of the loss or,
+    for "none", of the sum of the per-position losses).
+
+    Class indices y: (1 - eps) * NLL + eps/C * SMOOTH, NLL_i = -w[y_i] log_softmax_i[y_i] and
+    SMOOTH_i = -sum_c w[c] log_softmax_i[c], both 0 where y_i == ignore_index; the mean divides both
+    sums by the summed w[y_i] of the counted positions. Class probabilities t: per position
+    -sum_c w[c] ((1 - eps) t_c + eps/C) log_softmax_c, the mean over positions.
+    d(-log_softmax_i[c])/dx_i[j] = softmax_i[j] - [j == c]."""
+    N, C = logits.shape[:2]
+    w = np.ones(C) if weight is None else weight
+    eps = label_smoothing
+    probabilities = target.shape == logits.shape
+    losses = np.zeros(logits.shape[:1] + logits.shape[2:])
+    grad = np.zeros(logits.shape)
+    divisor = 0.0
+    for position in np.ndindex(losses.shape):
+        n, rest = position[0], position[1:]
+        row = [logits[(n, c) + rest] for c in range(C)]
+        top = max(row)
+        total = sum(math.exp(v - top) for v in row)
+        log_softmax = [v - top - math.log(total) for v in row]
+        softmax = [math.exp(v) for v in log_softmax]
+        if probabilities:
+            coefficients = [w[c] * ((1 - eps) * target[(n, c) + rest] + eps / C) for c in range(C)]
+            divisor += 1
+        else:
+            y = int(target[position])
+            if y == ignore_index:
+                continue
+            coefficients = [(1 - eps) * w[c] * (c == y) + eps / C * w[c] for c in range(C)]
+            divisor += w[y]
+        losses[position] = -sum(k * lp for k, lp in zip(coefficients, log_softmax))
+        for j in range(C):
+            grad[(n, j) + rest] = sum(k * (softmax[j] - (j == c)) for c, k in enumerate(coefficients))
+    if reduction == "none":
+        return losses, grad
+    if reduction == "sum":
+        return losses.sum(), grad
+    if divisor == 0:   # nothing counted: a NaN mean, and no position has a gradient
+        return math.nan, grad
+    return losses.sum() / divisor, grad / divisor
 
 
 def mse_loss(pred, target):

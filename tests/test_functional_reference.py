@@ -1,5 +1,6 @@
 """Every functional op, forward and backward, against the direct loops of reference_loops.py (the
 seeds' formulas), float64, relative error <= 1e-10."""
+import math
 import zlib
 
 import numpy as np
@@ -43,6 +44,35 @@ def test_conv2d(case, conv_path):
     assert rel_ok(dx, ref.conv2d_input_grad(dy, w, x.shape, **geo))
     assert rel_ok(dw, ref.conv2d_weight_grad(dy, x, w.shape, **geo))
     assert rel_ok(db, ref.bias_grad(dy))
+
+
+# (N, C, H, W, K, R, S, padding, dilation, groups): PyTorch's padding strings
+SAME_CASES = [
+    (2, 3, 5, 6, 4, 2, 3, "same", 1, 1),             # even kernel height: the extra row at the bottom
+    (1, 2, 4, 5, 2, 4, 4, "same", (1, 3), 2),        # odd extra column from an even dilated extent
+    (1, 3, 6, 4, 3, 3, 2, "same", (2, 1), 3),        # depthwise
+    (2, 2, 5, 5, 3, 2, 2, "valid", 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", SAME_CASES)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_conv2d_padding_strings(case, unbatched, conv_path):
+    N, C, H, W, K, R, S, padding, dilation, groups = case
+    rng = rng_for("same", case)
+    x = rng.standard_normal((N, C, H, W))[:1 if unbatched else N]
+    w = rng.standard_normal((K, C // groups, R, S))
+    geo = dict(padding=padding, dilation=dilation, groups=groups)
+    expected = ref.conv2d(x, w, None, **geo)
+    if padding == "same":
+        assert expected.shape[2:] == x.shape[2:]
+    dy = rng.standard_normal(expected.shape)
+    arg = (lambda a: a[0]) if unbatched else (lambda a: a)
+    y = F.conv2d(arg(x), w, **geo)
+    dx, dw, _ = F.conv2d_backward(arg(dy), arg(x), w, **geo)
+    assert rel_ok(y, arg(expected))
+    assert rel_ok(dx, arg(ref.conv2d_input_grad(dy, w, x.shape, **geo)))
+    assert rel_ok(dw, ref.conv2d_weight_grad(dy, x, w.shape, **geo))
 
 
 # (N, Cin, Hin, Win, Cout, R, S, stride, padding, output_padding, dilation, groups)
@@ -157,12 +187,14 @@ AVG_CASES = [
 ]
 
 
+@pytest.mark.parametrize("divisor_override", [None, 5, -2])
 @pytest.mark.parametrize("case", AVG_CASES)
-def test_avg_pool2d(case):
+def test_avg_pool2d(case, divisor_override):
     shape, kernel, stride, padding, ceil_mode, count_include_pad = case
     rng = rng_for("avg", case)
     x = rng.standard_normal(shape)
-    geo = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    geo = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+               divisor_override=divisor_override)
     y = F.avg_pool2d(x, kernel, **geo)
     assert rel_ok(y, ref.avg_pool2d(x, kernel, **geo))
     dy = rng.standard_normal(y.shape)
@@ -181,14 +213,18 @@ def test_activation(name, args):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear(bias):
-    rng = rng_for("linear", bias)
-    x, w, b = rng.standard_normal((4, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)
-    assert rel_ok(F.linear(x, w, b if bias else None), ref.linear(x, w, b if bias else None))
-    dy = rng.standard_normal((4, 3))
+@pytest.mark.parametrize("lead", [(4,), (), (2, 3), (2, 1, 3)])
+def test_linear(bias, lead):
+    """x (..., in_features): the leading dimensions are rows of one product."""
+    rng = rng_for("linear", bias, lead)
+    x, w, b = rng.standard_normal(lead + (7,)), rng.standard_normal((3, 7)), rng.standard_normal(3)
+    rows = x.reshape(-1, 7)
+    y = F.linear(x, w, b if bias else None)
+    assert y.shape == lead + (3,) and rel_ok(y.reshape(-1, 3), ref.linear(rows, w, b if bias else None))
+    dy = rng.standard_normal(lead + (3,))
     dx, dw, db = F.linear_backward(dy, x, w, bias=bias)
-    dx_ref, dw_ref, db_ref = ref.linear_backward(dy, x, w)
-    assert rel_ok(dx, dx_ref) and rel_ok(dw, dw_ref)
+    dx_ref, dw_ref, db_ref = ref.linear_backward(dy.reshape(-1, 3), rows, w)
+    assert dx.shape == x.shape and rel_ok(dx.reshape(-1, 7), dx_ref) and rel_ok(dw, dw_ref)
     assert (db is None) if not bias else rel_ok(db, db_ref)
 
 
@@ -202,6 +238,47 @@ def test_cross_entropy(scale):
     assert isinstance(loss, float)
     assert abs(loss - loss_ref) <= TOL * abs(loss_ref)
     assert rel_ok(grad, grad_ref)
+
+
+CE_OPTION_CASES = [
+    # (logits shape, probabilities, weight, ignore_index, reduction, label_smoothing)
+    ((5, 4), False, True, 2, "mean", 0.0),
+    ((5, 4), False, True, -100, "mean", 0.3),
+    ((3, 4, 2, 3), False, True, 1, "mean", 0.2),       # K-dimensional, weighted, ignored, smoothed
+    ((3, 4, 5), False, False, 0, "sum", 0.1),
+    ((2, 3, 2, 2), False, True, -100, "none", 0.5),
+    ((4, 3), True, True, -100, "mean", 0.2),
+    ((2, 5, 3), True, False, -1, "sum", 0.0),
+    ((2, 3, 2, 2), True, True, -100, "none", 1.0),
+]
+
+
+@pytest.mark.parametrize("case", CE_OPTION_CASES)
+def test_cross_entropy_options(case):
+    shape, probabilities, weighted, ignore_index, reduction, label_smoothing = case
+    rng = rng_for("ce options", case)
+    logits = rng.standard_normal(shape) * 3
+    weight = rng.uniform(0.2, 2.0, shape[1]) if weighted else None
+    if probabilities:
+        target = rng.random(shape)
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        target = rng.integers(0, shape[1], shape[:1] + shape[2:])
+    options = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    loss, grad = F.cross_entropy(logits, target, weight, **options)
+    loss_ref, grad_ref = ref.cross_entropy_options(logits, target, weight, **options)
+    if reduction == "none":
+        assert rel_ok(loss, loss_ref)
+    else:
+        assert isinstance(loss, float) and abs(loss - loss_ref) <= TOL * abs(loss_ref)
+    assert rel_ok(grad, grad_ref)
+
+
+def test_cross_entropy_of_only_ignored_targets():
+    """The mean over no counted target is NaN and the gradient is zero (PyTorch's answer)."""
+    logits = rng_for("ignored").standard_normal((3, 4))
+    loss, grad = F.cross_entropy(logits, np.full(3, 2), ignore_index=2, label_smoothing=0.1)
+    assert math.isnan(loss) and (grad == 0).all()
 
 
 def test_mse_loss():

@@ -37,9 +37,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .. import backend as _backend
+from .. import backend as _backend, precision
 from . import _checks
-from .geometry import ConvGeometry, conv_geometry, conv_transpose_geometry
+from ._float16 import takes_float16
+from .geometry import ConvGeometry, as_batch, conv_geometry, conv_transpose_geometry
 
 ACTIVATIONS = (None, "relu")
 
@@ -316,7 +317,7 @@ def _correlate(x, pads, w, groups, stride, dilation, out, bias=None):
 
 def _is_pointwise(g: ConvGeometry) -> bool:
     """A 1x1 convolution without stride or padding: a plain (batched) matrix product."""
-    return g.R == g.S == 1 and g.stride == (1, 1) and g.padding == (0, 0)
+    return g.R == g.S == 1 and g.stride == (1, 1) and g.pads == (0, 0, 0, 0)
 
 
 def _pointwise_operands(a, groups):
@@ -335,8 +336,7 @@ def _forward(x, w, bias, g: ConvGeometry):
             y += bias[:, None, None]
         return y
     y = np.empty(g.y_shape, dtype=x.dtype)
-    (ph, pw) = g.padding
-    return _correlate(x, (ph, ph, pw, pw), w, G, g.stride, g.dilation, y, bias)
+    return _correlate(x, g.pads, w, G, g.stride, g.dilation, y, bias)
 
 
 def _input_grad(dy, w, g: ConvGeometry):
@@ -402,7 +402,8 @@ def _input_grad_scatter(dy, w, g: ConvGeometry):
     for all taps) is added to dx shifted by that tap's offset (col2im)."""
     K, Cg, R, S = w.shape
     G, N, C, H, W, P, Q = g.groups, g.N, g.C, g.H, g.W, g.P, g.Q
-    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    top, bottom, left, right = g.pads
     w_t = w.reshape(G, K // G, Cg * R * S).transpose(0, 2, 1)
     dx = np.empty(g.x_shape, dtype=dy.dtype)
 
@@ -411,12 +412,12 @@ def _input_grad_scatter(dy, w, g: ConvGeometry):
         products = _scratch_array("y", (G, Cg * R * S, B * P * Q), dy.dtype)
         np.matmul(w_t, _to_columns(dy[block], "im2col", G), out=products)
         products = products.reshape(C, R, S, B, P, Q)
-        dxp = _scratch_array("part", (C, B, H + 2 * ph, W + 2 * pw), dy.dtype)
+        dxp = _scratch_array("part", (C, B, H + top + bottom, W + left + right), dy.dtype)
         dxp[...] = 0
         for r in range(R):
             for s in range(S):
                 dxp[:, :, r * dh:r * dh + (P - 1) * sh + 1:sh, s * dw:s * dw + (Q - 1) * sw + 1:sw] += products[:, r, s]
-        dx[block] = dxp[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3)
+        dx[block] = dxp[:, :, top:top + H, left:left + W].transpose(1, 0, 2, 3)
 
     _map_blocks(block_work, _batch_blocks(N, C * R * S * P * Q * dy.itemsize))
     return dx
@@ -430,12 +431,11 @@ def _weight_grad(dy, x, g: ConvGeometry):
     if _is_pointwise(g):
         per_image = np.matmul(_pointwise_operands(dy, G), _pointwise_operands(x, G).transpose(0, 1, 3, 2))
         return per_image.sum(axis=0).reshape(g.w_shape)
-    (ph, pw) = g.padding
     strategy = _gather_strategy((R, S), g.stride, g.dilation, Cg, Q)
 
     def block_work(block):
         B = len(range(g.N)[block])
-        xp = _padded(x[block], (ph, ph, pw, pw), channels_last=strategy == "channels_last")
+        xp = _padded(x[block], g.pads, channels_last=strategy == "channels_last")
         cols = _gather(strategy, xp, G, (R, S), g.stride, g.dilation, (P, Q))
         if strategy == "channels_last":
             # dy (groups, B*P*Q, K/groups) with rows in the order of the rows of cols
@@ -449,7 +449,7 @@ def _weight_grad(dy, x, g: ConvGeometry):
             return np.stack([np.matmul(cols[:, :, _row_range(r, g.dilation[0], B, P, Q)], dy_cols) for r in range(R)])
         return np.matmul(cols, dy_cols)
 
-    blocks = _batch_blocks(g.N, _gather_bytes(strategy, g.C, (R, S), g.H + 2 * ph, (P, Q), x.itemsize))
+    blocks = _batch_blocks(g.N, _gather_bytes(strategy, g.C, (R, S), g.H + g.pads[0] + g.pads[1], (P, Q), x.itemsize))
     dw_t = _sum_in_order(_map_blocks(block_work, blocks))
     if strategy == "channels_last":   # (groups, R*S*Cg, Kg)
         dw = dw_t.reshape(G, R, S, Cg, Kg).transpose(0, 4, 3, 1, 2)
@@ -465,96 +465,164 @@ def _bias_grad(dy):
 
 
 # --- public ops ---------------------------------------------------------------------------------
+# Every op takes a batch (N, C, H, W) or one unbatched image (C, H, W), as PyTorch does: the image
+# runs as a batch of one (a view, no copy) and its results come back unbatched.
 
 def _check_activation(activation):
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None, backend=None):
-    """2-D cross-correlation as torch.nn.functional.conv2d: x (N, C, H, W), weight
-    (K, C/groups, R, S), optional bias (K,) -> y (N, K, P, Q).
-
-    Extension: activation="relu" applies ReLU to the output (fused into the kernel on GPU)."""
-    _checks.array(x, "x", ndim=4)
+def _check_x_weight(x, weight):
+    _checks.array(x, "x", ndim=(3, 4))
     _checks.array(weight, "weight", ndim=4)
+
+
+def _check_dy(dy, x, weight, expected_shape):
+    _checks.array(dy, "dy", ndim=x.ndim)
+    _checks.same_dtype("x", x, weight=weight, dy=dy)
+    _checks.shape_is(dy, "dy", expected_shape[4 - x.ndim:], " (the shape of the op's output)")
+
+
+def _unbatched(result, unbatched: bool):
+    """The first array of `result` (an array or a tuple led by one) without its batch axis when the
+    input was unbatched."""
+    if not unbatched:
+        return result
+    if isinstance(result, tuple):
+        return (result[0][0],) + result[1:]
+    return result[0]
+
+
+def _tf32_operands(*arrays):
+    """In the "tf32" math mode, float32 operands rounded to TF32 (the tensor cores' input format),
+    so that every backend and pass multiplies the same numbers; unchanged otherwise."""
+    round_operand = precision.conv_operands(arrays[0].dtype)
+    return arrays if round_operand is None else tuple(round_operand(a) for a in arrays)
+
+
+def _on_tensor_cores(be, a, g) -> bool:
+    """Whether a float32 convolution pass runs on the tensor-core kernels: in the "tf32" math
+    mode, on the emulator or an sm_80+ GPU; depthwise convolutions keep their direct kernels."""
+    from ..gpu import conv_tc
+    return (precision.conv_operands(a.dtype) is not None and not g.is_depthwise and conv_tc.supported(be))
+
+
+def _gpu_fprop(be, x, weight, bias, g, activation=None):
+    from ..gpu import conv as gpu_conv, conv_tc
+    if _on_tensor_cores(be, x, g):
+        return conv_tc.fprop(be, x, weight, bias, g, activation=activation)
+    x, weight = _tf32_operands(x, weight)
+    return gpu_conv.fprop(be, x, weight, bias, g, activation=activation)
+
+
+def _gpu_dgrad(be, dy, weight, g):
+    from ..gpu import conv as gpu_conv, conv_tc
+    if _on_tensor_cores(be, dy, g):
+        dx = conv_tc.dgrad(be, dy, weight, g)
+        if dx is not None:
+            return dx
+    return gpu_conv.dgrad(be, *_tf32_operands(dy, weight), g)
+
+
+def _gpu_wgrad(be, dy, x, g):
+    from ..gpu import conv as gpu_conv, conv_tc
+    if _on_tensor_cores(be, x, g):
+        dw = conv_tc.wgrad(be, dy, x, g)
+        if dw is not None:
+            return dw
+    return gpu_conv.wgrad(be, *_tf32_operands(dy, x), g)
+
+
+@takes_float16(kernels=False)
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None, backend=None):
+    """2-D cross-correlation as torch.nn.functional.conv2d: x (N, C, H, W) or (C, H, W), weight
+    (K, C/groups, R, S), optional bias (K,) -> y (N, K, P, Q) or (K, P, Q).
+
+    padding: an int, an (h, w) pair, "valid" (no padding) or "same" (stride 1 only; output as
+    large as the input; an even dilated kernel extent pads the odd pixel on the bottom/right).
+    Extension: activation="relu" applies ReLU to the output (fused into the kernel on GPU)."""
+    _check_x_weight(x, weight)
     _checks.same_dtype("x", x, weight=weight)
+    x, unbatched = as_batch(x)
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     _checks.bias(bias, g.K, weight)
     _check_activation(activation)
     be = _backend.resolve(backend, x, weight, bias)
     if be == "numpy":
-        y = _forward(x, weight, bias, g)
+        y = _forward(*_tf32_operands(x, weight), bias, g)
         if activation == "relu":
             np.maximum(y, 0, out=y)
-        return y
-    from ..gpu import conv as gpu_conv
+        return _unbatched(y, unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
-    return gpu_conv.fprop(be, x, weight, bias, g, activation=activation)
+    return _unbatched(_gpu_fprop(be, x, weight, bias, g, activation=activation), unbatched)
 
 
-def _check_dy(dy, x, weight, expected_shape):
-    _checks.array(dy, "dy", ndim=4)
-    _checks.same_dtype("x", x, weight=weight, dy=dy)
-    _checks.shape_is(dy, "dy", expected_shape, " (the shape of the op's output)")
-
-
+@takes_float16(kernels=False)
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True, *, backend=None):
-    """Gradients of conv2d: (dx, dweight, dbias); dbias is None when bias=False."""
-    _checks.array(x, "x", ndim=4)
-    _checks.array(weight, "weight", ndim=4)
-    g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    """Gradients of conv2d: (dx, dweight, dbias); dbias is None when bias=False. dy and dx have the
+    rank of x (unbatched (C, H, W) or a batch)."""
+    _check_x_weight(x, weight)
+    g = conv_geometry(as_batch(x)[0].shape, weight.shape, stride, padding, dilation, groups)
     _check_dy(dy, x, weight, g.y_shape)
+    (x, unbatched), (dy, _) = as_batch(x), as_batch(dy)
     bias = _checks.flag(bias, "bias")
     be = _backend.resolve(backend, dy, x, weight)
     if be == "numpy":
-        return _input_grad(dy, weight, g), _weight_grad(dy, x, g), (_bias_grad(dy) if bias else None)
+        dy_t, x_t, weight_t = _tf32_operands(dy, x, weight)
+        grads = _input_grad(dy_t, weight_t, g), _weight_grad(dy_t, x_t, g), (_bias_grad(dy) if bias else None)
+        return _unbatched(grads, unbatched)
     from ..gpu import conv as gpu_conv
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
-    dx = gpu_conv.dgrad(be, dy, weight, g)
-    dw = gpu_conv.wgrad(be, dy, x, g)
-    return dx, dw, (gpu_conv.bgrad(be, dy) if bias else None)
+    dx, dw = _gpu_dgrad(be, dy, weight, g), _gpu_wgrad(be, dy, x, g)
+    return _unbatched((dx, dw, (gpu_conv.bgrad(be, dy) if bias else None)), unbatched)
 
 
+@takes_float16(kernels=False)
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
                      backend=None):
-    """Transposed convolution as torch.nn.functional.conv_transpose2d: x (N, Cin, Hin, Win), weight
-    (Cin, Cout/groups, kH, kW), optional bias (Cout,) -> y (N, Cout, Hout, Wout). It is the input
-    gradient of the convolution described by its geometry (the seeds' "expanding" convolution)."""
-    _checks.array(x, "x", ndim=4)
-    _checks.array(weight, "weight", ndim=4)
+    """Transposed convolution as torch.nn.functional.conv_transpose2d: x (N, Cin, Hin, Win) or
+    (Cin, Hin, Win), weight (Cin, Cout/groups, kH, kW), optional bias (Cout,) -> y (N, Cout, Hout,
+    Wout) or (Cout, Hout, Wout). It is the input gradient of the convolution described by its
+    geometry (the seeds' "expanding" convolution)."""
+    _check_x_weight(x, weight)
     _checks.same_dtype("x", x, weight=weight)
+    x, unbatched = as_batch(x)
     g = conv_transpose_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
     _checks.bias(bias, g.C, weight)
     be = _backend.resolve(backend, x, weight, bias)
     if be == "numpy":
-        y = _input_grad(x, weight, g)
+        y = _input_grad(*_tf32_operands(x, weight), g)
         if bias is not None:
             y += bias[:, None, None]
-        return y
-    from ..gpu import conv as gpu_conv
+        return _unbatched(y, unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
-    y = gpu_conv.dgrad(be, x, weight, g)
+    y = _gpu_dgrad(be, x, weight, g)
     if bias is not None:
         from ..gpu import elementwise
         elementwise.bias_add(be, y, bias)
-    return y
+    return _unbatched(y, unbatched)
 
 
+@takes_float16(kernels=False)
 def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                               bias=True, *, backend=None):
-    """Gradients of conv_transpose2d: (dx, dweight, dbias); dbias is None when bias=False."""
-    _checks.array(x, "x", ndim=4)
-    _checks.array(weight, "weight", ndim=4)
-    g = conv_transpose_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    """Gradients of conv_transpose2d: (dx, dweight, dbias); dbias is None when bias=False. dy and dx
+    have the rank of x."""
+    _check_x_weight(x, weight)
+    g = conv_transpose_geometry(as_batch(x)[0].shape, weight.shape, stride, padding, output_padding, dilation,
+                                groups)
     _check_dy(dy, x, weight, g.x_shape)
+    (x, unbatched), (dy, _) = as_batch(x), as_batch(dy)
     bias = _checks.flag(bias, "bias")
     be = _backend.resolve(backend, dy, x, weight)
     # The roles of the underlying convolution swap: dy is its input, x its output gradient.
     if be == "numpy":
-        return _forward(dy, weight, None, g), _weight_grad(x, dy, g), (_bias_grad(dy) if bias else None)
+        dy_t, x_t, weight_t = _tf32_operands(dy, x, weight)
+        grads = _forward(dy_t, weight_t, None, g), _weight_grad(x_t, dy_t, g), (_bias_grad(dy) if bias else None)
+        return _unbatched(grads, unbatched)
     from ..gpu import conv as gpu_conv
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
-    dx = gpu_conv.fprop(be, dy, weight, None, g)
-    dw = gpu_conv.wgrad(be, x, dy, g)
-    return dx, dw, (gpu_conv.bgrad(be, dy) if bias else None)
+    dx = _gpu_fprop(be, dy, weight, None, g)
+    dw = _gpu_wgrad(be, x, dy, g)
+    return _unbatched((dx, dw, (gpu_conv.bgrad(be, dy) if bias else None)), unbatched)

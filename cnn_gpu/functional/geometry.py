@@ -7,6 +7,11 @@ Convolution names follow CUTLASS: input x (N, C, H, W), filter (K, C/groups, R, 
 (N, K, P, Q). A transposed convolution is described by the geometry of the convolution whose
 input gradient it is: its input plays the role of dy (N, K, P, Q) and its output that of
 dx (N, C, H, W).
+
+Padding is `padding` rows/columns on the top/left and `padding + padding_extra` on the
+bottom/right: padding="same" with an even dilated kernel extent pads one more on the bottom/right
+(PyTorch's rule). The kernels take the top/left padding and the output size P x Q, so they need
+no copy of the input for the extra row or column.
 """
 from __future__ import annotations
 
@@ -44,9 +49,16 @@ class ConvGeometry:
     P: int          # output height
     Q: int          # output width
     stride: tuple[int, int]
-    padding: tuple[int, int]
+    padding: tuple[int, int]        # top, left
     dilation: tuple[int, int]
     groups: int
+    padding_extra: tuple[int, int] = (0, 0)   # bottom/right padding beyond top/left (0 or 1)
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) padding."""
+        (ph, pw), (eh, ew) = self.padding, self.padding_extra
+        return ph, ph + eh, pw, pw + ew
 
     @property
     def x_shape(self):
@@ -71,12 +83,33 @@ class ConvGeometry:
         return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
 
 
-def conv_output_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
-    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dil: int, pad_extra: int = 0) -> int:
+    return (size + 2 * pad + pad_extra - dil * (kernel - 1) - 1) // stride + 1
+
+
+PADDING_STRINGS = ("same", "valid")
+
+
+def conv_padding(padding, stride, dilation, kernel) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(top/left padding, extra bottom/right padding) of conv2d's `padding`: an int, an (h, w)
+    pair, "valid" (none) or "same" (stride 1 only: output as large as the input, the odd pixel of
+    an even dilated kernel extent on the bottom/right, as PyTorch pads)."""
+    if not isinstance(padding, str):
+        return pair(padding, "padding", minimum=0), (0, 0)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+    if tuple(stride) != (1, 1):
+        raise ValueError(f"padding='same' is not supported for strided convolutions (stride {tuple(stride)}); "
+                         f"use stride=1 or numeric padding")
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    return (totals[0] // 2, totals[1] // 2), (totals[0] % 2, totals[1] % 2)
 
 
 def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
-    """Geometry of F.conv2d(x, weight, ...); ValueError on any inconsistent size."""
+    """Geometry of F.conv2d(x, weight, ...) on a batch x (N, C, H, W); ValueError on any
+    inconsistent size."""
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
@@ -84,8 +117,8 @@ def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -
     N, C, H, W = (int(d) for d in x_shape)
     K, Cg, R, S = (int(d) for d in w_shape)
     sh, sw = pair(stride, "stride")
-    ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation")
+    (ph, pw), (eh, ew) = conv_padding(padding, (sh, sw), (dh, dw), (R, S))
     groups = _groups(groups)
     if min(N, C, H, W) <= 0:
         raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
@@ -97,13 +130,13 @@ def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -
         raise ValueError(
             f"weight shape {tuple(w_shape)} expects {Cg * groups} input channels (in_channels/groups={Cg}, "
             f"groups={groups}) but x has {C} (x shape {tuple(x_shape)})")
-    P = conv_output_size(H, R, sh, ph, dh)
-    Q = conv_output_size(W, S, sw, pw, dw)
+    P = conv_output_size(H, R, sh, ph, dh, eh)
+    Q = conv_output_size(W, S, sw, pw, dw, ew)
     if P <= 0 or Q <= 0:
         raise ValueError(
             f"output would be empty ({P}x{Q}): input {H}x{W} with padding {(ph, pw)} is smaller than the "
             f"dilated kernel {dh * (R - 1) + 1}x{dw * (S - 1) + 1}")
-    return ConvGeometry(N, C, H, W, K, R, S, P, Q, (sh, sw), (ph, pw), (dh, dw), groups)
+    return ConvGeometry(N, C, H, W, K, R, S, P, Q, (sh, sw), (ph, pw), (dh, dw), groups, (eh, ew))
 
 
 def conv_transpose_geometry(x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1,
@@ -165,6 +198,7 @@ class PoolGeometry:
     dilation: tuple[int, int]
     ceil_mode: bool
     count_include_pad: bool = True   # avg pool only
+    divisor_override: int | None = None   # avg pool only: every window's divisor when given
 
     @property
     def x_shape(self):
@@ -186,7 +220,8 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dil: int, ce
 
 
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  count_include_pad=True) -> PoolGeometry:
+                  count_include_pad=True, divisor_override=None) -> PoolGeometry:
+    """Geometry of pooling a batch x (N, C, H, W); ValueError/TypeError on any bad argument."""
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     N, C, H, W = (int(d) for d in x_shape)
@@ -204,4 +239,35 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil
         raise ValueError(f"output would be empty ({P}x{Q}): input {H}x{W} with padding {(ph, pw)} is smaller "
                          f"than the dilated window {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}")
     return PoolGeometry(N, C, H, W, P, Q, (kh, kw), (sh, sw), (ph, pw), (dh, dw), bool(ceil_mode),
-                        bool(count_include_pad))
+                        bool(count_include_pad), check_divisor_override(divisor_override))
+
+
+def check_divisor_override(value):
+    # PyTorch takes any non-zero int (a negative one too) and refuses floats and bools
+    if value is None:
+        return None
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"divisor_override must be None or a non-zero int, got {value!r}")
+    if value.__index__() == 0:
+        raise ValueError("divisor_override must be None or a non-zero int, got 0")
+    return value.__index__()
+
+
+# --- unbatched images -----------------------------------------------------------------------------
+
+def as_batch(a):
+    """(a as (N, C, H, W), whether it was unbatched): an unbatched image (C, H, W) becomes a batch
+    of one, as a view (no copy, C-contiguous when `a` is)."""
+    return (a[None], True) if a.ndim == 3 else (a, False)
+
+
+def batch_shape(x_shape):
+    """A shape given as (C, H, W) or (N, C, H, W) ints: (the 4-D shape, whether it was unbatched)."""
+    try:
+        dims = tuple(x_shape)
+    except TypeError:
+        raise TypeError(f"x_shape must be a tuple of 3 or 4 ints, got {x_shape!r}") from None
+    if len(dims) not in (3, 4) or not all(hasattr(d, "__index__") and not isinstance(d, bool) for d in dims):
+        raise ValueError(f"x_shape must be a tuple of 3 or 4 ints ((C, H, W) or (N, C, H, W)), got {x_shape!r}")
+    dims = tuple(d.__index__() for d in dims)
+    return ((1,) + dims, True) if len(dims) == 3 else (dims, False)

@@ -1,44 +1,66 @@
-"""Fully connected layer y = x @ weight.T + bias and its backward pass (BLAS GEMMs)."""
+"""Fully connected layer y = x @ weight.T + bias and its backward pass (BLAS GEMMs).
+
+x has any number of leading dimensions, (..., in_features), including none (a 1-D x); they are
+flattened into the rows of one GEMM (a view for C-contiguous x) and restored on the results."""
 from __future__ import annotations
 
 from .. import backend as _backend
 from . import _checks
+from ._float16 import takes_float16
 
 
 def _check(x, weight):
-    _checks.array(x, "x", ndim=2)
+    _checks.array(x, "x")
     _checks.array(weight, "weight", ndim=2)
     _checks.same_dtype("x", x, weight=weight)
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} features (shape {tuple(x.shape)}) but weight expects "
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension (..., in_features), got a 0-D array")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} features (shape {tuple(x.shape)}) but weight expects "
                          f"{weight.shape[1]} (weight shape {tuple(weight.shape)}: (out_features, in_features))")
 
 
+def _rows(be, a, name):
+    """`a` (..., features) as a (rows, features) matrix: C-contiguous for the kernel backends
+    (refused rather than copied on cuda, as every op does)."""
+    if be != "numpy":
+        a = _checks.for_kernels(be, a, name)
+    return a.reshape(-1, a.shape[-1])
+
+
+@takes_float16(kernels=True)
 def linear(x, weight, bias=None, *, backend=None):
-    """x (N, in_features), weight (out_features, in_features), bias (out_features,) -> (N, out_features)."""
+    """x (..., in_features), weight (out_features, in_features), bias (out_features,) ->
+    y (..., out_features)."""
     _check(x, weight)
     _checks.bias(bias, weight.shape[0], weight)
     be = _backend.resolve(backend, x, weight, bias)
+    out_shape = x.shape[:-1] + (weight.shape[0],)
+    x = _rows(be, x, "x")
     if be == "numpy":
         y = x @ weight.T
         if bias is not None:
             y += bias
-        return y
+        return y.reshape(out_shape)
     from ..gpu import linear as gpu_linear
-    x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
-    return gpu_linear.forward(be, x, weight, bias)
+    weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((weight, "weight"), (bias, "bias")))
+    return gpu_linear.forward(be, x, weight, bias).reshape(out_shape)
 
 
+@takes_float16(kernels=True)
 def linear_backward(dy, x, weight, bias=True, *, backend=None):
-    """Gradients of linear: (dx, dweight, dbias); dbias is None when bias=False."""
+    """Gradients of linear: (dx, dweight, dbias); dbias is None when bias=False. dy is
+    (..., out_features) with the leading dimensions of x; dx has the shape of x."""
     _check(x, weight)
-    _checks.array(dy, "dy", ndim=2)
+    _checks.array(dy, "dy")
     _checks.same_dtype("x", x, dy=dy)
-    _checks.shape_is(dy, "dy", (x.shape[0], weight.shape[0]), " (batch, out_features)")
+    _checks.shape_is(dy, "dy", x.shape[:-1] + (weight.shape[0],), " (x's leading dimensions, out_features)")
     bias = _checks.flag(bias, "bias")
     be = _backend.resolve(backend, dy, x, weight)
+    x_shape = x.shape
+    dy, x = _rows(be, dy, "dy"), _rows(be, x, "x")
     if be == "numpy":
-        return dy @ weight, dy.T @ x, (dy.sum(axis=0) if bias else None)
+        return (dy @ weight).reshape(x_shape), dy.T @ x, (dy.sum(axis=0) if bias else None)
     from ..gpu import linear as gpu_linear
-    dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
-    return gpu_linear.backward(be, dy, x, weight, bias)
+    dx, dw, db = gpu_linear.backward(be, dy, x, _checks.for_kernels(be, weight, "weight"), bias)
+    return dx.reshape(x_shape), dw, db

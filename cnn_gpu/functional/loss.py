@@ -1,5 +1,18 @@
-"""Losses returning (loss as a Python float, gradient of that mean loss): softmax cross-entropy with
-integer labels and mean squared error. Both are computed in the input's dtype."""
+"""Losses with PyTorch's options, each returning (loss, gradient of that loss): softmax
+cross-entropy and mean squared error, computed in the input's dtype.
+
+reduction="mean" or "sum": the loss is a Python float. reduction="none": the loss is an array of
+per-position (cross_entropy) or per-element (mse_loss) losses, of the input's kind and dtype, and
+the gradient is that of their sum (multiply it by an upstream gradient yourself).
+
+Cross entropy, for every position (row of classes) with target mass
+    m_c = w_c * ((1 - label_smoothing) * t_c + label_smoothing / C)
+(w the class weights, t the class probabilities or the one-hot row of a class index; m = 0 where the
+index equals ignore_index) is sum_c m_c * (-log_softmax(x)_c), whose gradient is
+softmax(x) * sum_c m_c - m. This is exactly PyTorch's sum of its NLL and label-smoothing terms.
+The mean over class indices divides by the summed weights w[target] of the counted (not ignored)
+targets; the mean over class probabilities by the number of positions (PyTorch's rules).
+"""
 from __future__ import annotations
 
 import math
@@ -7,55 +20,206 @@ import math
 import numpy as np
 
 from .. import backend as _backend
+from ..gpu.loss import mean_of
 from . import _checks
+from ._float16 import takes_float16
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
-def _cross_entropy(logits, labels):
-    n = logits.shape[0]
-    shifted = logits - logits.max(axis=1, keepdims=True)   # log-softmax without overflow
-    exp = np.exp(shifted)
-    total = exp.sum(axis=1, keepdims=True)
-    log_prob = shifted - np.log(total)
-    rows = np.arange(n)
-    loss = -log_prob[rows, labels].sum() / logits.dtype.type(n)
-    grad = exp / total
-    grad[rows, labels] -= 1
-    grad /= logits.dtype.type(n)
-    return float(loss), grad
+def check_reduction(reduction) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
 
 
-def _mean_of_nothing(be, pred):
-    """PyTorch's mean loss over an empty input: NaN, with an (empty) gradient of pred's shape."""
-    return math.nan, _backend.array_module(be).empty_like(pred)
+def _nothing(be, reduction, pred, loss_shape):
+    """The loss of an empty input, as PyTorch gives it (NaN mean, zero sum, empty array), with an
+    (empty) gradient of pred's shape."""
+    xp = _backend.array_module(be)
+    if reduction == "none":
+        loss = xp.empty(loss_shape, dtype=pred.dtype)
+    else:
+        loss = math.nan if reduction == "mean" else 0.0
+    return loss, xp.empty_like(pred)
 
 
-def cross_entropy(logits, labels, *, backend=None):
-    """Mean negative log-likelihood of softmax(logits) at integer labels: logits (N, classes), labels
-    (N,) with values in [0, classes) -> (loss float, dlogits)."""
-    _checks.array(logits, "logits", ndim=2)
-    _checks.labels(labels, logits.shape[0], logits.shape[1])
-    be = _backend.resolve(backend, logits, labels)
-    if logits.shape[0] == 0:
-        return _mean_of_nothing(be, logits)
+# --- cross entropy ------------------------------------------------------------------------------
+
+def _classes(logits) -> int:
+    return logits.shape[0] if logits.ndim == 1 else logits.shape[1]
+
+
+def _positions_shape(logits) -> tuple:
+    """The shape of the per-position losses (and of class-index targets): (N, d1, ..., dk), () unbatched."""
+    return logits.shape[:1] + logits.shape[2:] if logits.ndim > 1 else ()
+
+
+def _class_rows(a, classes: int):
+    """(N, C, d1..dk) (or (C,)) as (N*d1*...*dk, C): one row of classes per position."""
+    if a.ndim == 1:
+        return a.reshape(1, classes)
+    return np.moveaxis(a.reshape(a.shape[0], classes, -1), 1, 2).reshape(-1, classes)
+
+
+def _from_class_rows(rows, shape):
+    """The inverse of _class_rows."""
+    if len(shape) == 1:
+        return rows.reshape(shape)
+    n, classes = shape[0], shape[1]
+    return np.ascontiguousarray(np.moveaxis(rows.reshape(n, -1, classes), 2, 1)).reshape(shape)
+
+
+def _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_smoothing, reduction):
+    """The NumPy path (and the kernels' oracle); see the module docstring for the formulas."""
+    classes = _classes(logits)
+    dtype = logits.dtype.type
+    x = _class_rows(logits, classes)
+    z = x - x.max(axis=1, keepdims=True)   # log-softmax without overflow
+    exp = np.exp(z)
+    sum_exp = exp.sum(axis=1, keepdims=True)
+    class_weight = np.ones(classes, dtype) if weight is None else weight
+    keep, spread = dtype(1 - label_smoothing), dtype(label_smoothing / classes)
+    if probabilities is not None:
+        counted = np.ones(len(x), dtype=bool)
+        mass = class_weight * (keep * _class_rows(probabilities, classes) + spread)
+    else:
+        indices = labels.reshape(-1)
+        counted = indices != ignore_index
+        one_hot = np.zeros_like(x)
+        one_hot[np.flatnonzero(counted), indices[counted]] = 1
+        mass = np.where(counted[:, None], class_weight * (keep * one_hot + spread), dtype(0))
+    total_mass = mass.sum(axis=1, keepdims=True)
+    weighted = np.where(mass != 0, mass * z, dtype(0)).sum(axis=1)   # 0 * (-inf) adds nothing
+    row_loss = total_mass[:, 0] * np.log(sum_exp[:, 0]) - weighted
+    if reduction == "mean":
+        divisor = len(x) if labels is None else class_weight[indices[counted]].sum()
+    else:
+        divisor = 1
+    grad = exp / sum_exp * total_mass - mass
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grad[counted] /= dtype(divisor)   # an ignored row's gradient stays 0 even when divisor is 0
+    grad = _from_class_rows(grad, logits.shape)
+    if reduction == "none":
+        return row_loss.reshape(_positions_shape(logits)), grad
+    return mean_of(row_loss.sum(), divisor), grad
+
+
+def _check_class_indices(target, classes: int, ignore_index: int):
+    """ValueError naming the first entry that is neither a class index nor ignore_index."""
+    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in np.unravel_index(int(bad.ravel().argmax()), target.shape))
+        raise ValueError(f"target{list(where)} = {int(target[where])} is out of range for {classes} classes "
+                         f"(class indices must lie in [0, {classes}) or equal ignore_index={ignore_index})")
+
+
+def _cross_entropy_target(logits, target, ignore_index):
+    """(class indices as int64 or None, class probabilities or None), checked against logits."""
+    if not _checks.is_array(target):
+        raise TypeError(f"target must be a NumPy or CuPy array, got {type(target).__name__}")
+    classes = _classes(logits)
+    if tuple(target.shape) == tuple(logits.shape):
+        # PyTorch's rule: a target of the logits' shape holds class probabilities
+        if target.dtype.kind != "f":
+            raise TypeError(f"target of the logits' shape {tuple(logits.shape)} holds class probabilities and must "
+                            f"be float16, float32 or float64, got dtype {target.dtype}")
+        _checks.same_dtype("logits", logits, target=target)
+        if ignore_index >= 0:
+            raise ValueError(f"ignore_index ({ignore_index}) is not supported with class-probability targets; "
+                             f"leave it negative (default -100)")
+        return None, target
+    if target.dtype.kind not in "iu" or target.dtype == np.uint64:
+        raise TypeError(f"target must hold integer class indices (or float class probabilities of the logits' "
+                        f"shape), got dtype {target.dtype}")
+    _checks.shape_is(target, "target", _positions_shape(logits),
+                     " (one class index per position: logits' shape without the class dimension)")
+    target = target.astype(np.int64, copy=False)
+    _check_class_indices(target, classes, ignore_index)
+    return target, None
+
+
+def check_ignore_index(value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"ignore_index must be an int, got {value!r}")
+    if not -2**63 <= value.__index__() < 2**63:
+        raise ValueError(f"ignore_index must fit in 64 bits (PyTorch's int64), got {value!r}")
+    return value.__index__()
+
+
+def check_label_smoothing(value) -> float:
+    value = _checks.real_number(value, "label_smoothing", minimum=0.0)
+    if value > 1:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {value}")
+    return value
+
+
+@takes_float16(kernels=True)
+def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                  backend=None):
+    """Softmax cross entropy as torch.nn.functional.cross_entropy -> (loss, dlogits).
+
+    logits (N, C), (N, C, d1, ..., dk) or unbatched (C,); target either class indices, an integer
+    array of shape (N, d1, ..., dk) (() for unbatched) with values in [0, C) or equal to
+    ignore_index (those positions count for nothing), or class probabilities, a float array of the
+    logits' shape. weight: optional per-class weights (C,). reduction "mean", "sum" or "none";
+    label_smoothing in [0, 1] mixes each target with the uniform distribution.
+
+    loss: a Python float for "mean"/"sum", the per-position losses (N, d1, ..., dk) for "none".
+    dlogits: the gradient of loss (of the sum of the per-position losses for "none").
+    Unlike PyTorch: any integer dtype but uint64 is taken for class indices (PyTorch: int64 and
+    uint8), and a negative label_smoothing is refused (PyTorch ignores it)."""
+    _checks.array(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must be (C,), (N, C) or (N, C, d1, ..., dk), got a 0-D array")
+    ignore_index = check_ignore_index(ignore_index)
+    reduction = check_reduction(reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    labels, probabilities = _cross_entropy_target(logits, target, ignore_index)
+    classes = _classes(logits)
+    if weight is not None:
+        _checks.array(weight, "weight", ndim=1)
+        _checks.shape_is(weight, "weight", (classes,), " (one weight per class)")
+        _checks.same_dtype("logits", logits, weight=weight)
+    be = _backend.resolve(backend, logits, target, weight)
+    loss_shape = _positions_shape(logits)
+    if logits.size == 0:
+        return _nothing(be, reduction, logits, loss_shape)
     if be == "numpy":
-        return _cross_entropy(logits, labels)
+        return _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_smoothing, reduction)
     from ..gpu import loss as gpu_loss
-    return gpu_loss.cross_entropy(be, _checks.for_kernels(be, logits, "logits"),
-                                  _checks.for_kernels(be, labels.astype("int64", copy=False), "labels"))
+    named = ((logits, "logits"), (labels, "target"), (probabilities, "target"), (weight, "weight"))
+    logits, labels, probabilities, weight = (_checks.for_kernels(be, a, n) for a, n in named)
+    inner = math.prod(logits.shape[2:])
+    loss, dlogits = gpu_loss.cross_entropy(
+        be, logits, None if labels is None else labels.reshape(-1), probabilities, weight, classes=classes,
+        inner=inner, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
+    return (loss.reshape(loss_shape) if reduction == "none" else loss), dlogits
 
 
-def mse_loss(pred, target, *, backend=None):
-    """Mean of (pred - target)^2 over all elements -> (loss float, dpred)."""
+# --- mean squared error -------------------------------------------------------------------------
+
+@takes_float16(kernels=True)
+def mse_loss(pred, target, reduction="mean", *, backend=None):
+    """Squared error (pred - target)^2 of two arrays of one shape and dtype -> (loss, dpred): the mean
+    ("mean") or sum ("sum") as a float, or the per-element array ("none"); dpred the gradient of the
+    loss (of the sum of the elements for "none")."""
     _checks.array(pred, "pred")
     _checks.array(target, "target")
     _checks.same_dtype("pred", pred, target=target)
     _checks.shape_is(target, "target", pred.shape, " (the shape of pred)")
+    reduction = check_reduction(reduction)
     be = _backend.resolve(backend, pred, target)
     if pred.size == 0:
-        return _mean_of_nothing(be, pred)
+        return _nothing(be, reduction, pred, pred.shape)
     if be == "numpy":
         diff = pred - target
-        scale = pred.dtype.type(pred.size)
-        return float(np.vdot(diff, diff) / scale), diff * (2 / scale)
+        count = pred.size if reduction == "mean" else 1
+        grad = diff * (2 / pred.dtype.type(count))
+        if reduction == "none":
+            return diff * diff, grad
+        return float(np.vdot(diff, diff) / pred.dtype.type(count)), grad
     from ..gpu import loss as gpu_loss
-    return gpu_loss.mse(be, _checks.for_kernels(be, pred, "pred"), _checks.for_kernels(be, target, "target"))
+    loss, dpred = gpu_loss.mse(be, _checks.for_kernels(be, pred, "pred"), _checks.for_kernels(be, target, "target"),
+                               reduction)
+    return (loss.reshape(pred.shape) if reduction == "none" else loss), dpred

@@ -2,8 +2,17 @@
 tie and NaN rules and avg divisors).
 
 NumPy path: one pass per kernel tap over a strided view of the padded input (a loop over taps, never
-over pixels). The max pool takes the running maximum (NaN propagating), then the first tap holding
+over pixels), skipping the taps that read only padding in every window (so huge windows over small
+inputs cost what their overlap with the input costs). The max pool takes the running maximum (NaN propagating), then the first tap holding
 it; its backward pass scatters dy to the saved indices with one bincount.
+
+Every op takes a batch (N, C, H, W) or one unbatched image (C, H, W) (run as a batch of one, a view)
+and returns results of the input's rank.
+
+max_pool2d_backward accepts only indices that name a tap of their own window (what max_pool2d
+returns), or -1 for a window wholly in the padding: PyTorch's backward scatters dy to whatever
+in-range index it is given, but the kernels gather (deterministic, no atomics) and could not see an
+index outside its window, so such an index is refused with a ValueError on every backend.
 """
 from __future__ import annotations
 
@@ -14,48 +23,66 @@ import numpy as np
 
 from .. import backend as _backend
 from . import _checks
-from .geometry import PoolGeometry, pool_geometry
+from ._float16 import takes_float16
+from .geometry import PoolGeometry, as_batch, batch_shape, pool_geometry
 
 
 # --- NumPy building blocks ----------------------------------------------------------------------
 
-def _tap_positions(out_size, kernel, stride, pad, dil):
-    """Input coordinate of every (output position, tap) along one axis: shape (out_size, kernel)."""
-    return np.arange(out_size)[:, None] * stride - pad + np.arange(kernel)[None, :] * dil
+@functools.lru_cache(maxsize=64)
+def _reaching_taps(out_size, size, kernel, stride, pad, dil):
+    """Along one axis: (first, stop, origin, end): the taps range(first, stop) that can reach the
+    input from some window (every other tap reads padding in every window and is skipped: a window
+    46342 wide over a 1-pixel input reads one tap), and the extent [origin, end), in input
+    coordinates, of a padded input holding the input and everything those taps read."""
+    first = max(0, -(((out_size - 1) * stride - pad) // dil))
+    stop = min(kernel, (pad + size - 1) // dil + 1)
+    if first >= stop:
+        return 0, 0, 0, size
+    return (first, stop, min(0, first * dil - pad),
+            max(size, (out_size - 1) * stride - pad + (stop - 1) * dil + 1))
 
 
-def _padded_shape(g: PoolGeometry):
-    """(Hp, Wp) of a padded input in which every window of g lies."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
-    return (max((g.P - 1) * sh + (kh - 1) * dh + 1, ph + g.H),
-            max((g.Q - 1) * sw + (kw - 1) * dw + 1, pw + g.W))
+def _reach(g: PoolGeometry):
+    """_reaching_taps of the rows and of the columns."""
+    return tuple(_reaching_taps(*axis) for axis in zip((g.P, g.Q), (g.H, g.W), g.kernel, g.stride, g.padding,
+                                                       g.dilation))
+
+
+def _taps(g: PoolGeometry):
+    """The reaching taps (r, s) in scan order."""
+    (r0, r1, _, _), (s0, s1, _, _) = _reach(g)
+    return [(r, s) for r in range(r0, r1) for s in range(s0, s1)]
 
 
 def _padded(x, g: PoolGeometry, value):
-    if g.padding == (0, 0) and _padded_shape(g) == (g.H, g.W):
-        return x  # every window already lies inside x
-    out = np.full((g.N, g.C) + _padded_shape(g), value, dtype=x.dtype)
-    ph, pw = g.padding
-    out[:, :, ph:ph + g.H, pw:pw + g.W] = x
+    """x inside a padded input filled with `value` that holds every reaching tap of every window."""
+    (_, _, top, bottom), (_, _, left, right) = _reach(g)
+    if (top, bottom, left, right) == (0, g.H, 0, g.W):
+        return x  # every reaching tap lies inside x
+    out = np.full((g.N, g.C, bottom - top, right - left), value, dtype=x.dtype)
+    out[:, :, -top:g.H - top, -left:g.W - left] = x
     return out
 
 
 def _tap_view(a, g: PoolGeometry, r, s):
-    """The (N, C, P, Q) view of padded `a` that tap (r, s) of every window reads."""
-    (sh, sw), (dh, dw) = g.stride, g.dilation
-    return a[:, :, r * dh:r * dh + (g.P - 1) * sh + 1:sh, s * dw:s * dw + (g.Q - 1) * sw + 1:sw]
+    """The (N, C, P, Q) view of padded `a` (from _padded) that tap (r, s) of every window reads."""
+    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+    (_, _, top, _), (_, _, left, _) = _reach(g)
+    h, w = r * dh - ph - top, s * dw - pw - left
+    return a[:, :, h:h + (g.P - 1) * sh + 1:sh, w:w + (g.Q - 1) * sw + 1:sw]
 
 
 @functools.lru_cache(maxsize=16)
 def _window_table(g: PoolGeometry):
-    """Per window and tap (scan order) the flat input index h*W + w, -1 for taps in the padding:
-    (P*Q, kh*kw) int32; and per window its first in-bounds index, -1 when it has none: (P, Q)."""
-    (kh, kw) = g.kernel
-    rows = _tap_positions(g.P, kh, g.stride[0], g.padding[0], g.dilation[0])
-    cols = _tap_positions(g.Q, kw, g.stride[1], g.padding[1], g.dilation[1])
+    """Per window and reaching tap (scan order) the flat input index h*W + w, -1 for taps in the
+    padding: (P*Q, taps) int32; and per window its first in-bounds index, -1 when it has none: (P, Q)."""
+    (r0, r1, _, _), (s0, s1, _, _) = _reach(g)
+    rows = np.arange(g.P)[:, None] * g.stride[0] - g.padding[0] + np.arange(r0, r1)[None, :] * g.dilation[0]
+    cols = np.arange(g.Q)[:, None] * g.stride[1] - g.padding[1] + np.arange(s0, s1)[None, :] * g.dilation[1]
     valid = ((rows >= 0) & (rows < g.H))[:, None, :, None] & ((cols >= 0) & (cols < g.W))[None, :, None, :]
     flat = np.where(valid, rows[:, None, :, None] * g.W + cols[None, :, None, :], -1)
-    flat = flat.reshape(g.P * g.Q, kh * kw).astype(np.int32)
+    flat = flat.reshape(g.P * g.Q, -1).astype(np.int32)
     in_bounds = flat >= 0
     first = np.take_along_axis(flat, np.argmax(in_bounds, axis=1)[:, None], axis=1)[:, 0]
     first = np.where(in_bounds.any(axis=1), first, -1).reshape(g.P, g.Q)
@@ -63,26 +90,26 @@ def _window_table(g: PoolGeometry):
 
 
 def _max_forward(x, g: PoolGeometry):
-    (kh, kw) = g.kernel
-    taps = kh * kw
+    taps = _taps(g)
+    if not taps:   # no tap of any window reaches the input: all padding
+        return np.full(g.y_shape, -np.inf, dtype=x.dtype), np.full(g.y_shape, -1, dtype=np.int32)
     xp = _padded(x, g, -np.inf)
-    windows = np.empty((taps,) + g.y_shape, dtype=x.dtype)   # contiguous: fast passes below
-    for r in range(kh):
-        for s in range(kw):
-            windows[r * kw + s] = _tap_view(xp, g, r, s)
+    windows = np.empty((len(taps),) + g.y_shape, dtype=x.dtype)   # contiguous: fast passes below
+    for t, (r, s) in enumerate(taps):
+        windows[t] = _tap_view(xp, g, r, s)
     best = windows.max(axis=0)   # NaN propagates
     # The index is the first tap holding the maximum: walk the taps backwards so the earliest match
     # is written last (as a product: a masked copy branches per element). PyTorch lets every NaN
     # take over, so a window with NaNs reports its last NaN: walk those forwards.
     best_tap = np.zeros(g.y_shape, dtype=np.int32)
-    for t in reversed(range(taps)):
+    for t in reversed(range(len(taps))):
         best_tap += (t - best_tap) * (windows[t] == best)
     nan_windows = np.isnan(best)
     if nan_windows.any():
-        for t in range(taps):
+        for t in range(len(taps)):
             best_tap += (t - best_tap) * (nan_windows & np.isnan(windows[t]))
     flat, first = _window_table(dataclasses.replace(g, N=1, C=1))
-    offsets = np.arange(g.P * g.Q, dtype=np.int32).reshape(g.P, g.Q) * taps
+    offsets = np.arange(g.P * g.Q, dtype=np.int32).reshape(g.P, g.Q) * len(taps)
     indices = flat.ravel()[offsets + best_tap]
     # A window whose values are all -inf reports its first in-bounds tap (PyTorch's rule); one lying
     # wholly in the padding has none and reports -1.
@@ -109,8 +136,11 @@ def _max_backward(dy, indices, g: PoolGeometry):
 
 
 def _avg_divisors(g: PoolGeometry, dtype):
-    """PyTorch's divisor of every window, (P, Q): the window clipped to the padded input when padding
-    counts, clipped to the input itself otherwise."""
+    """PyTorch's divisor of every window, (P, Q): divisor_override when given; otherwise the window
+    clipped to the padded input when padding counts, clipped to the input itself otherwise."""
+    if g.divisor_override is not None:
+        return np.full((g.P, g.Q), g.divisor_override, dtype=dtype)
+
     def one_axis(out_size, kernel, stride, pad, size):
         start = np.arange(out_size) * stride - pad
         end = np.minimum(start + kernel, size + pad)
@@ -119,99 +149,167 @@ def _avg_divisors(g: PoolGeometry, dtype):
         return np.minimum(end, size) - np.maximum(start, 0)
     rows = one_axis(g.P, g.kernel[0], g.stride[0], g.padding[0], g.H)
     cols = one_axis(g.Q, g.kernel[1], g.stride[1], g.padding[1], g.W)
-    return (rows[:, None] * cols[None, :]).astype(dtype)
+    return (rows[:, None] * cols[None, :]).astype(dtype)   # int64 product: no overflow
 
 
 def _avg_forward(x, g: PoolGeometry):
     xp = _padded(x, g, 0)
     total = np.zeros(g.y_shape, dtype=x.dtype)
-    for r in range(g.kernel[0]):
-        for s in range(g.kernel[1]):
-            total += _tap_view(xp, g, r, s)
+    for r, s in _taps(g):
+        total += _tap_view(xp, g, r, s)
     total /= _avg_divisors(g, x.dtype)
     return total
 
 
 def _avg_backward(dy, g: PoolGeometry):
     share = dy / _avg_divisors(g, dy.dtype)
-    dxp = np.zeros((g.N, g.C) + _padded_shape(g), dtype=dy.dtype)
-    for r in range(g.kernel[0]):
-        for s in range(g.kernel[1]):
-            _tap_view(dxp, g, r, s)[...] += share
-    ph, pw = g.padding
-    return np.ascontiguousarray(dxp[:, :, ph:ph + g.H, pw:pw + g.W])
+    (_, _, top, bottom), (_, _, left, right) = _reach(g)
+    dxp = np.zeros((g.N, g.C, bottom - top, right - left), dtype=dy.dtype)
+    for r, s in _taps(g):
+        _tap_view(dxp, g, r, s)[...] += share
+    return np.ascontiguousarray(dxp[:, :, -top:g.H - top, -left:g.W - left])
+
+
+def _check_indices(indices, g: PoolGeometry) -> None:
+    """Every index is -1 in a window wholly in the padding, and otherwise the flat position h*W + w of
+    one of its own window's taps (NumPy or CuPy arrays alike; on CuPy this reads one flag back)."""
+    xp = _backend.array_module("cuda" if _backend.is_cupy_array(indices) else "numpy")
+    plane = g.H * g.W
+    if indices.size == 0:
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < -1 or high >= plane:
+        raise ValueError(f"indices must lie in [-1, {plane}) (flat positions in a {g.H}x{g.W} plane), "
+                         f"got values in [{low}, {high}]")
+    inside = []   # per axis: (window origins, whether a tap of the window is inside the input), (P,) / (Q,)
+    for out_size, size, k, s, p, d in zip((g.P, g.Q), (g.H, g.W), g.kernel, g.stride, g.padding, g.dilation):
+        origin = np.arange(out_size) * s - p
+        # taps r in [0, k) with 0 <= origin + r*d < size
+        first_tap, last_tap = np.maximum(0, -(origin // d)), np.minimum(k - 1, (size - 1 - origin) // d)
+        inside.append((origin, first_tap <= last_tap))
+    (row_origin, rows_inside), (col_origin, cols_inside) = inside
+    # offset of each index from its window's origin, per axis: a tap is 0 <= offset <= (k-1)*d, a
+    # multiple of d (one unsigned comparison: a negative offset is huge unsigned); int32 where it fits
+    wide = max(g.P * g.stride[0], g.Q * g.stride[1]) + max(g.padding) >= 2**31
+    signed, unsigned = (np.int64, np.uint64) if wide else (np.int32, np.uint32)
+    row = indices.astype(signed, copy=False) // g.W
+    col = indices - row * g.W
+    on_tap = None
+    for position, origin, k, d in ((row, row_origin[:, None], g.kernel[0], g.dilation[0]),
+                                   (col, col_origin[None, :], g.kernel[1], g.dilation[1])):
+        offset = (position - xp.asarray(origin.astype(signed))).view(unsigned)
+        ok = offset <= (k - 1) * d
+        if d > 1:
+            ok &= offset % d == 0
+        on_tap = ok if on_tap is None else on_tap & ok
+    valid = on_tap
+    if low == -1:
+        valid = xp.where(indices == -1, xp.asarray(~(rows_inside[:, None] & cols_inside[None, :])), on_tap)
+    if bool(valid.all()):
+        return
+    where = tuple(int(i) for i in np.unravel_index(int((~valid).ravel().argmax()), indices.shape))
+    value = int(indices[where])
+    n, c, p, q = where
+    window = (f"rows {row_origin[p]}..{row_origin[p] + (g.kernel[0] - 1) * g.dilation[0]} step {g.dilation[0]}, "
+              f"cols {col_origin[q]}..{col_origin[q] + (g.kernel[1] - 1) * g.dilation[1]} step {g.dilation[1]}")
+    what = "-1 (no tap)" if value == -1 else f"{value} (row {value // g.W}, col {value % g.W})"
+    raise ValueError(f"indices{list(where)} = {what} is not a tap of its window ({window}); indices must be "
+                     f"those max_pool2d returned for this geometry")
 
 
 # --- public ops ---------------------------------------------------------------------------------
 
-def _x_shape(x_shape):
-    return _checks.shape_tuple(x_shape, "x_shape", 4)
+def _unbatched(a, unbatched: bool):
+    return a[0] if unbatched else a
 
 
-def _dy(dy, g: PoolGeometry):
-    _checks.array(dy, "dy", ndim=4)
-    _checks.shape_is(dy, "dy", g.y_shape, f" (the pooled shape of x_shape {g.x_shape})")
-    return dy
+def _backward_geometry(dy, x_shape, **geometry):
+    """(geometry, dy as a batch, whether x was unbatched) of a backward pass: dy must have the rank
+    of x_shape and the pooled shape."""
+    shape, unbatched = batch_shape(x_shape)
+    g = pool_geometry(shape, **geometry)
+    _checks.array(dy, "dy", ndim=len(shape) - unbatched)
+    _checks.shape_is(dy, "dy", g.y_shape[unbatched:], f" (the pooled shape of x_shape {tuple(x_shape)})")
+    return g, as_batch(dy)[0], unbatched
 
 
+def _kernel_inputs(be, g, *named):
+    """The arrays the kernels read (C-contiguous), once the geometry is known to fit their ints."""
+    from ..gpu import pool as gpu_pool
+    gpu_pool.check_geometry(g)   # before any copy
+    return gpu_pool, [_checks.for_kernels(be, a, name) for a, name in named]
+
+
+@takes_float16(kernels=True)
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
-    """Max pooling as torch.nn.functional.max_pool2d(..., return_indices=True) -> (y, indices int32).
+    """Max pooling as torch.nn.functional.max_pool2d(..., return_indices=True): x (N, C, H, W) or
+    (C, H, W) -> (y, indices int32) of the same rank.
 
     indices[n, c, p, q] is the flat index h*W + w of the maximum within the (n, c) input plane; ties
     take the first maximum in scan order; a NaN in the window wins (the last NaN's index, as
     PyTorch's kernels take over on every NaN); a window lying wholly in the padding gives -inf and index -1."""
-    _checks.array(x, "x", ndim=4)
+    _checks.array(x, "x", ndim=(3, 4))
+    x, unbatched = as_batch(x)
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, _checks.flag(ceil_mode, "ceil_mode"))
     be = _backend.resolve(backend, x)
     if be == "numpy":
-        return _max_forward(x, g)
-    from ..gpu import pool as gpu_pool
-    return gpu_pool.max_forward(be, _checks.for_kernels(be, x, "x"), g)
+        y, indices = _max_forward(x, g)
+    else:
+        gpu_pool, (x,) = _kernel_inputs(be, g, (x, "x"))
+        y, indices = gpu_pool.max_forward(be, x, g)
+    return _unbatched(y, unbatched), _unbatched(indices, unbatched)
 
 
+@takes_float16(kernels=True)
 def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                         *, backend=None):
-    """Gradient of max_pool2d: dy routed to the input positions its indices name."""
-    g = pool_geometry(_x_shape(x_shape), kernel_size, stride, padding, dilation,
-                      _checks.flag(ceil_mode, "ceil_mode"))
-    _dy(dy, g)
+    """Gradient of max_pool2d: dy routed to the input positions its indices name. x_shape is
+    (N, C, H, W) or (C, H, W); dy, indices and dx have that rank. Each index must name a tap of its
+    own window (or be -1 for a window wholly in the padding): ValueError otherwise."""
+    g, dy, unbatched = _backward_geometry(dy, x_shape, kernel_size=kernel_size, stride=stride, padding=padding,
+                                          dilation=dilation, ceil_mode=_checks.flag(ceil_mode, "ceil_mode"))
     if not _checks.is_array(indices):
         raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
     if indices.dtype != np.int32:
         raise TypeError(f"indices must be int32 (as max_pool2d returns them), got {indices.dtype}")
-    _checks.shape_is(indices, "indices", dy.shape, " (the shape of dy)")
+    _checks.shape_is(indices, "indices", dy.shape[unbatched:], " (the shape of dy)")
+    indices = as_batch(indices)[0]
     be = _backend.resolve(backend, dy, indices)
-    if isinstance(indices, np.ndarray) and indices.size:
-        low, high = int(indices.min()), int(indices.max())
-        if low < -1 or high >= g.H * g.W:
-            raise ValueError(f"indices must lie in [-1, {g.H * g.W}) (flat positions in a {g.H}x{g.W} plane), "
-                             f"got values in [{low}, {high}]")
+    _check_indices(indices, g)
     if be == "numpy":
-        return _max_backward(dy, indices, g)
-    from ..gpu import pool as gpu_pool
-    return gpu_pool.max_backward(be, _checks.for_kernels(be, dy, "dy"), _checks.for_kernels(be, indices, "indices"), g)
+        return _unbatched(_max_backward(dy, indices, g), unbatched)
+    gpu_pool, (dy, indices) = _kernel_inputs(be, g, (dy, "dy"), (indices, "indices"))
+    return _unbatched(gpu_pool.max_backward(be, dy, indices, g), unbatched)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, *, backend=None):
-    """Average pooling as torch.nn.functional.avg_pool2d (PyTorch's divisors, also with ceil_mode)."""
-    _checks.array(x, "x", ndim=4)
+@takes_float16(kernels=True)
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend=None):
+    """Average pooling as torch.nn.functional.avg_pool2d (PyTorch's divisors, also with ceil_mode;
+    divisor_override, a non-zero int, replaces every window's divisor): x (N, C, H, W) or (C, H, W)
+    -> y of the same rank."""
+    _checks.array(x, "x", ndim=(3, 4))
+    x, unbatched = as_batch(x)
     g = pool_geometry(x.shape, kernel_size, stride, padding, 1, _checks.flag(ceil_mode, "ceil_mode"),
-                      _checks.flag(count_include_pad, "count_include_pad"))
+                      _checks.flag(count_include_pad, "count_include_pad"), divisor_override)
     be = _backend.resolve(backend, x)
     if be == "numpy":
-        return _avg_forward(x, g)
-    from ..gpu import pool as gpu_pool
-    return gpu_pool.avg_forward(be, _checks.for_kernels(be, x, "x"), g)
+        return _unbatched(_avg_forward(x, g), unbatched)
+    gpu_pool, (x,) = _kernel_inputs(be, g, (x, "x"))
+    return _unbatched(gpu_pool.avg_forward(be, x, g), unbatched)
 
 
+@takes_float16(kernels=True)
 def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                        *, backend=None):
-    """Gradient of avg_pool2d: each window's dy shared among its taps by the forward divisor."""
-    g = pool_geometry(_x_shape(x_shape), kernel_size, stride, padding, 1, _checks.flag(ceil_mode, "ceil_mode"),
-                      _checks.flag(count_include_pad, "count_include_pad"))
-    _dy(dy, g)
+                        divisor_override=None, *, backend=None):
+    """Gradient of avg_pool2d: each window's dy shared among its taps by the forward divisor. x_shape
+    is (N, C, H, W) or (C, H, W); dy and dx have that rank."""
+    g, dy, unbatched = _backward_geometry(dy, x_shape, kernel_size=kernel_size, stride=stride, padding=padding,
+                                          dilation=1, ceil_mode=_checks.flag(ceil_mode, "ceil_mode"),
+                                          count_include_pad=_checks.flag(count_include_pad, "count_include_pad"),
+                                          divisor_override=divisor_override)
     be = _backend.resolve(backend, dy)
     if be == "numpy":
-        return _avg_backward(dy, g)
-    from ..gpu import pool as gpu_pool
-    return gpu_pool.avg_backward(be, _checks.for_kernels(be, dy, "dy"), g)
+        return _unbatched(_avg_backward(dy, g), unbatched)
+    gpu_pool, (dy,) = _kernel_inputs(be, g, (dy, "dy"))
+    return _unbatched(gpu_pool.avg_backward(be, dy, g), unbatched)

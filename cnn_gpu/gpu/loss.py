@@ -1,16 +1,18 @@
-"""Launch code of kernels/loss.cu: softmax cross entropy and mean squared error, each returning
-(loss as a Python float, gradient of the mean loss). The mean is a fixed-order reduction
-(reduce.channel_sum), so both are bit-identical run to run; reading the float back is the one host
-synchronisation, which the API's float loss requires."""
+"""Launch code of kernels/loss.cu: softmax cross entropy (PyTorch's options) and mean squared error,
+each returning (loss, gradient). Reductions over rows are fixed-order (reduce.channel_sum), so
+results are bit-identical run to run. For reduction "mean" or "sum" the loss is a Python float
+(reading it back is the one host synchronisation, which the API's float loss requires); for "none"
+it is the per-row (per-element) array, with no synchronisation."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, blocks_for, real
+from ._grid import THREADS, blocks_for, i32, real
 
 MAX_GRID_X = 2**31 - 1
+CLASS_LIMIT = 2**31   # classes are an int in the kernels
 
 
 def _row_threads(classes: int) -> int:
@@ -21,30 +23,70 @@ def _row_threads(classes: int) -> int:
     return threads
 
 
-def _mean(be, values, count: int) -> float:
-    total = reduce.channel_sum(be, values, 1, 1, count)
-    return float(total[0]) / count
+def mean_of(total, divisor) -> float:
+    """total / divisor as a float with IEEE rules: a mean over nothing counted (divisor 0) is NaN, as
+    PyTorch's is. (Shared with the NumPy path of cnn_gpu.functional.loss.)"""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(float(total)) / float(divisor))   # float(): CuPy scalars too
 
 
-def cross_entropy(be, logits, labels):
-    rows, classes = logits.shape
-    if labels.dtype != np.int64:
-        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+def _total(be, values):
+    """The fixed-order sum of a 1-D array on the device, as a (1,) array."""
+    return reduce.channel_sum(be, values, 1, 1, values.size)
+
+
+def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, ignore_index, label_smoothing,
+                  reduction):
+    """Cross entropy of logits (N, C, d1..dk) (C-contiguous; classes = C, inner = d1*...*dk, at
+    least one row) against class indices `labels` (int64, one per row, rows = N*inner) or class
+    probabilities `probabilities` (the logits' shape), the other one None; `weight` (C,) or None.
+    Returns (loss, dlogits): loss a float for "mean"/"sum", the (rows,) per-row losses for "none";
+    dlogits the gradient of the loss (of the sum of the per-row losses for "none")."""
+    if classes >= CLASS_LIMIT:
+        raise ValueError(f"cross_entropy kernels take fewer than 2^31 classes, got {classes}")
+    rows = logits.size // classes
     xp = backend.array_module(be)
+    dtype = logits.dtype
+    is_probability = probabilities is not None
+    if labels is None:
+        labels = xp.zeros(1, dtype=np.int64)   # never read
+    elif labels.dtype != np.int64:
+        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+    if reduction == "mean" and not is_probability:
+        # PyTorch's mean over class indices divides by the summed weights of the counted targets
+        target_weight = xp.empty((rows,), dtype=dtype)
+        backend.launch(be, "loss", dtype, "cross_entropy_target_weights", (blocks_for(rows),), (THREADS,),
+                       (labels, logits if weight is None else weight, target_weight, np.int64(rows),
+                        *i32(classes), np.int64(ignore_index), *i32(weight is not None)))
+        divisor = _total(be, target_weight)
+    else:
+        divisor = xp.full((1,), rows if reduction == "mean" else 1, dtype=dtype)
     dlogits = xp.empty_like(logits)
-    row_loss = xp.empty((rows,), dtype=logits.dtype)
-    backend.launch(be, "loss", logits.dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),),
-                   (_row_threads(classes),),
-                   (logits, labels, dlogits, row_loss, np.int64(rows), np.int32(classes),
-                    *real(logits.dtype, 1.0 / rows)))
-    return _mean(be, row_loss, rows), dlogits
+    row_loss = xp.empty((rows,), dtype=dtype)
+    args = (logits, labels, probabilities if is_probability else logits, logits if weight is None else weight,
+            divisor, dlogits, row_loss, np.int64(rows), *i32(classes), np.int64(inner), np.int64(ignore_index),
+            *i32(is_probability, weight is not None),
+            *real(dtype, 1 - label_smoothing, label_smoothing / classes))
+    if inner == 1:
+        backend.launch(be, "loss", dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),), (_row_threads(classes),),
+                       args)
+    else:
+        backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
+    if reduction == "none":
+        return row_loss, dlogits
+    return mean_of(_total(be, row_loss)[0], divisor[0]), dlogits
 
 
-def mse(be, pred, target):
+def mse(be, pred, target, reduction):
+    """Squared error of pred and target (same shape, C-contiguous, at least one element) -> (loss,
+    dpred): loss the mean or sum as a float, or the per-element array (pred.size,) for "none";
+    dpred the gradient of the loss (of the sum of the elements for "none")."""
     n = pred.size
     xp = backend.array_module(be)
     dpred = xp.empty_like(pred)
     squared = xp.empty((n,), dtype=pred.dtype)
     backend.launch(be, "loss", pred.dtype, "mse_rows", (blocks_for(n),), (THREADS,),
-                   (pred, target, dpred, squared, np.int64(n), *real(pred.dtype, 2.0 / n)))
-    return _mean(be, squared, n), dpred
+                   (pred, target, dpred, squared, np.int64(n), *real(pred.dtype, 2 / n if reduction == "mean" else 2)))
+    if reduction == "none":
+        return squared, dpred
+    return mean_of(_total(be, squared)[0], n if reduction == "mean" else 1), dpred

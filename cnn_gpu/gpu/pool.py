@@ -5,17 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, i32
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
 
-# indices are int32 flat positions within one plane; the kernels decode pixels with 32-bit ints
+# indices are int32 flat positions within one plane; the kernels decode pixels and window positions
+# with 32-bit ints
 PLANE_LIMIT = 2**31
+SPAN_LIMIT = 2**31
 
 
-def _check_planes(g) -> None:
+def check_geometry(g) -> None:
+    """ValueError for a geometry whose plane indices or window positions overflow the kernels' ints
+    (run before anything is copied or launched)."""
     for name, shape in (("input", (g.H, g.W)), ("output", (g.P, g.Q))):
         if shape[0] * shape[1] >= PLANE_LIMIT:
             raise ValueError(f"pooling kernels index a plane with 32-bit ints: {name} plane {shape[0]}x{shape[1]} "
                              f"has 2^31 pixels or more")
+    # bounds every window start p*stride - pad, tap start + r*dilation and end the kernels compute
+    for axis, size, k, s, p, d in zip(("height", "width"), (g.H, g.W), g.kernel, g.stride, g.padding, g.dilation):
+        if size + 2 * p + (k - 1) * d + s >= SPAN_LIMIT:
+            raise ValueError(f"pooling kernels compute window positions with 32-bit ints: along the {axis}, input "
+                             f"{size} + 2 x padding {p} + (kernel_size {k} - 1) x dilation {d} + stride {s} reaches "
+                             f"2^31")
 
 
 def _grid(plane_pixels: int, g):
@@ -28,8 +38,13 @@ def _window_args(g, with_dilation: bool):
     return (np.int64(g.N * g.C), *i32(g.H, g.W, g.P, g.Q, *args))
 
 
+def _avg_args(g, dtype):
+    """count_include_pad and the divisor override (0: none) after the window arguments."""
+    return (np.int32(g.count_include_pad), *acc(dtype, g.divisor_override or 0))
+
+
 def max_forward(be, x, g):
-    _check_planes(g)
+    check_geometry(g)
     xp = backend.array_module(be)
     y = xp.empty(g.y_shape, dtype=x.dtype)
     indices = xp.empty(g.y_shape, dtype=np.int32)
@@ -39,7 +54,7 @@ def max_forward(be, x, g):
 
 
 def max_backward(be, dy, indices, g):
-    _check_planes(g)
+    check_geometry(g)
     dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
     backend.launch(be, "pool", dy.dtype, "max_pool_backward", _grid(g.H * g.W, g), (THREADS,),
                    (dy, indices, dx, *_window_args(g, True)))
@@ -52,18 +67,18 @@ def _check_no_dilation(g) -> None:
 
 
 def avg_forward(be, x, g):
-    _check_planes(g)
+    check_geometry(g)
     _check_no_dilation(g)
     y = backend.array_module(be).empty(g.y_shape, dtype=x.dtype)
     backend.launch(be, "pool", x.dtype, "avg_pool_forward", _grid(g.P * g.Q, g), (THREADS,),
-                   (x, y, *_window_args(g, False), np.int32(g.count_include_pad)))
+                   (x, y, *_window_args(g, False), *_avg_args(g, x.dtype)))
     return y
 
 
 def avg_backward(be, dy, g):
-    _check_planes(g)
+    check_geometry(g)
     _check_no_dilation(g)
     dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
     backend.launch(be, "pool", dy.dtype, "avg_pool_backward", _grid(g.H * g.W, g), (THREADS,),
-                   (dy, dx, *_window_args(g, False), np.int32(g.count_include_pad)))
+                   (dy, dx, *_window_args(g, False), *_avg_args(g, dy.dtype)))
     return dx

@@ -1,0 +1,43 @@
+"""The "tf32" math mode on every backend and convolution pass: NumPy and the emulator agree, and
+the mode changes the result (the operands are rounded to TF32)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnn_gpu
+from cnn_gpu import backend
+from cnn_gpu import functional as F
+
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+
+@needs_emu
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"])
+@pytest.mark.parametrize("stride", [1, 2])     # stride-1 dgrad runs on the tensor cores, strided on SIMT
+def test_tf32_mode_agrees_between_numpy_and_emu_and_differs_from_fp32(op, stride):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 6, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    kw = dict(stride=stride, padding=1, groups=2)
+    if op == "conv2d":
+        args = (x, w)
+    elif op == "conv2d_backward":
+        dy = rng.standard_normal(F.conv2d(x, w, **kw).shape).astype(np.float32)
+        args = (dy, x, w)
+    elif op == "conv_transpose2d":
+        args = (x, w)
+    else:
+        dy = rng.standard_normal(F.conv_transpose2d(x, w, **kw).shape).astype(np.float32)
+        args = (dy, x, w)
+    fn = getattr(F, op)
+    with cnn_gpu.math_mode("tf32"):
+        on_numpy, on_emu = fn(*args, **kw, backend="numpy"), fn(*args, **kw, backend="emu")
+    exact = fn(*(a.astype(np.float64) for a in args), **kw, backend="numpy")
+    results = zip(*(r if isinstance(r, tuple) else (r,) for r in (on_numpy, on_emu, exact)))
+    for index, (a, b, e) in enumerate(results):
+        scale = np.abs(e).max()
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-5 * scale)
+        if index < 2:                                     # dx, dw (a bias gradient is a plain sum)
+            assert np.abs(a - e).max() > 2e-5 * scale    # the mode changed the operands
