@@ -13,16 +13,28 @@
 //   M = C/G (input channels), Ngemm = N * Hph * Wph (the phase's input pixels, consecutive
 //   threads on consecutive pixels), Kgemm = (K/G) * Rph * Sph (output channels x phase taps).
 //
-// Tiling: as conv2d_fprop (same register budget and the same reasons): BK = 8, 256 threads as
-// 16 x 16, each thread TM x TN outputs at strided rows/columns; fp32 128x128 (8x8) "large" and
-// 64x64 (4x4) "small", fp64 64x64 and 32x32; double-buffered global -> shared loads, one
-// barrier per K step. The reduction row (k, jr, js) of a thread is the same for its A and B
-// loads and advances by BK with carries; its pixel columns are decoded once: no div/mod in the
-// main loop.
+// Tiling: as conv2d_fprop (igemm.cuh: 256 threads, BK = 8, four tile variants, vectorized
+// register blocking). The filter operand is read from a transposed copy wt (K, R, S, C/G) that
+// conv2d_dgrad_filter_transpose makes once per call, so its A-tile loads run along the channels
+// (32 consecutive values per warp) instead of a stride of R*S; wt ends in BM values of padding, so
+// the A rows (channels) past C/G of a ragged tile read without a bounds test. The reduction row (k, jr, js) of a
+// thread is the same for its A and B loads and advances by BK with carries; its pixel columns are
+// decoded once (origin folded into one offset): no div/mod in the main loop. Operand rows and
+// columns past the problem are clamped onto the last valid one (computed, never stored).
+// Split-K (grid.z = splits * G * phases): split z sums its share of the phase's reduction (chunk =
+// ceil(Kgemm / splits) rounded up to BK, computed here per phase) and writes its partial dx to
+// out + z * N*C*H*W; the launcher folds the partials in a fixed order. An empty share writes zeros.
 //
-// Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
+// Index range: 32-bit offsets; the launcher refuses tensors (and split-K workspaces) of 2^31 or
+// more elements.
 
 #include "igemm.cuh"
+
+__device__ __forceinline__ int gcd(int a, int b)
+{
+    while (b) { const int rem = a % b; a = b; b = rem; }
+    return a;
+}
 
 // The taps of one dimension that reach the input pixels of `phase`: r = r0 + j*period for
 // j < count, hitting output row p = i + base - j*step for the phase's i-th input row.
@@ -34,9 +46,7 @@ __device__ __forceinline__ PhaseTaps phase_taps(int phase, int size, int taps, i
                                                 int dil)
 {
     PhaseTaps t;
-    int a = stride, b = dil;
-    while (b) { const int rem = a % b; a = b; b = rem; }
-    t.period = stride / a;
+    t.period = stride / gcd(stride, dil);
     t.first_pixel = ((phase - pad) % stride + stride) % stride;
     t.pixels = t.first_pixel < size ? (size - t.first_pixel + stride - 1) / stride : 0;
     t.r0 = -1;
@@ -48,122 +58,164 @@ __device__ __forceinline__ PhaseTaps phase_taps(int phase, int size, int taps, i
     return t;
 }
 
-template <int T>
-__device__ __forceinline__ void dgrad_tile(
-    REAL* smem_a, REAL* smem_b,
-    const REAL* __restrict__ dy, const REAL* __restrict__ w, REAL* __restrict__ dx,
-    int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-    int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups)
+// Taps t < taps of one dimension that reach phases below `phase`: those with (t*dil) mod stride
+// below it (tap t reaches phase (t*dil) mod stride, see phase_taps).
+__device__ __forceinline__ int taps_before(int phase, int taps, int stride, int dil)
 {
-    const int BM = 16 * T, BN = 16 * T;
-    const int A_LOADS = BM * BK / IGEMM_THREADS;   // per thread, rows ab_m + 32*i
-    const int B_LOADS = BN * BK / IGEMM_THREADS;   // per thread, columns ab_m + 32*j
+    int before = 0;
+    for (int t = 0; t < taps; ++t) before += (t * dil) % stride < phase;
+    return before;
+}
+
+// The filter in the order dgrad reduces it, stride phase by phase (phase_h*stride_w + phase_w):
+// the taps (jr, js) of a phase (count_h x count_w of them) make its reduction rows
+// row = k*taps + jr*count_w + js, and its rows lie at wt[(K*C/G*before + row*C/G + c] (before: the
+// taps of the earlier phases), so the A loader steps one offset by BK*C/G. Every tap belongs to
+// exactly one phase: wt is a permutation of w (groups included, k over all K filters).
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv2d_dgrad_filter_transpose(
+    const REAL* __restrict__ w, REAL* __restrict__ wt, int K, int Cg, int R, int S, int stride_h,
+    int stride_w, int dil_h, int dil_w)
+{
+    const int RS = R * S, per_filter = Cg * RS;
+    const int period_h = stride_h / gcd(stride_h, dil_h), period_w = stride_w / gcd(stride_w, dil_w);
+    GRID_STRIDE_LOOP(e, (long long)K * per_filter) {
+        const int k = (int)(e / per_filter), rest = (int)(e - (long long)k * per_filter);
+        const int c = rest / RS, rs = rest - c * RS, r = rs / S, s = rs - r * S;
+        const int phase_h = (r * dil_h) % stride_h, phase_w = (s * dil_w) % stride_w;
+        const int count_h = (R - r % period_h + period_h - 1) / period_h;
+        const int count_w = (S - s % period_w + period_w - 1) / period_w;
+        const int before = taps_before(phase_h, R, stride_h, dil_h) * S
+                           + count_h * taps_before(phase_w, S, stride_w, dil_w);
+        const int row = k * count_h * count_w + (r / period_h) * count_w + s / period_w;
+        wt[(K * before + row) * Cg + c] = w[e];
+    }
+}
+
+template <int RM, int RN, int BK>
+__device__ __forceinline__ void dgrad_tile(
+    const REAL* __restrict__ dy, const REAL* __restrict__ wt, REAL* __restrict__ out,
+    int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+    int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int splits)
+{
+    typedef IgemmTile<RM, RN, BK> Tile;
+    __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
+    __shared__ int dx_column[Tile::BN];   // dx offset of each output column (-1: past the phase)
 
     const int phases = stride_h * stride_w;
-    const int g = blockIdx.z / phases, phase = blockIdx.z - g * phases;
-    const PhaseTaps th = phase_taps(phase / stride_w, H, R, stride_h, pad_h, dil_h);
-    const PhaseTaps tw = phase_taps(phase % stride_w, W, S, stride_w, pad_w, dil_w);
+    const int split = blockIdx.z / (groups * phases), rest = blockIdx.z - split * (groups * phases);
+    const int g = rest / phases, phase = rest - g * phases;
+    const int th_phase = phase / stride_w, tw_phase = phase - th_phase * stride_w;
+    const PhaseTaps th = phase_taps(th_phase, H, R, stride_h, pad_h, dil_h);
+    const PhaseTaps tw = phase_taps(tw_phase, W, S, stride_w, pad_w, dil_w);
     const int pixels_per_image = th.pixels * tw.pixels;
     const int Npix = N * pixels_per_image;
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
+    const int m0 = blockIdx.y * Tile::BM;
+    const int n0 = blockIdx.x * Tile::BN;
     if (n0 >= Npix) return;   // the grid is sized for the largest phase; uniform per block
 
     const int tid = threadIdx.x;
-    const int tx = tid % 16, ty = tid / 16;
     const int Cg = C / groups, Kg = K / groups;
     const int taps = th.count * tw.count;
     const int Kgemm = Kg * taps;
-    const int PQ = P * Q, HW = H * W, RS = R * S;
+    const int PQ = P * Q, HW = H * W;
+    const int chunk = (Kgemm + splits * CHUNK_ROWS - 1) / (splits * CHUNK_ROWS) * CHUNK_ROWS;
+    const SplitRange range = split_range(split, chunk, Kgemm);
 
-    // loaders: reduction row ab_k for both tiles; A rows (channels) and B columns (pixels) ab_m + 32*i
-    const int ab_k = tid / 32, ab_m = tid % 32;
-    int dy_image[B_LOADS], p_origin[B_LOADS], q_origin[B_LOADS];
+    // loaders, k slowest: reduction row ab.k for both tiles; A rows (channels) and B columns
+    // (pixels) ab.m + i*PASS, pixels clamped onto the last one and decoded once into the dy offset
+    // of their origin (the output pixel of tap (0, 0)) and their tap mask (bits jr and 16 + js: tap
+    // (jr, js) lands in dy); the loaders of row 0 also note each column's dx offset for the
+    // epilogue (which so keeps no phase geometry alive through the main loop)
+    const LoaderPosition ab = igemm_k_slowest<Tile>();
+    int dy_pixel[Tile::B_LOADS];
+    unsigned taps_in[Tile::B_LOADS];
 #pragma unroll
-    for (int j = 0; j < B_LOADS; ++j) {
-        const int pixel = n0 + ab_m + 32 * j;
-        if (pixel < Npix) {
-            const int n = pixel / pixels_per_image, rest = pixel - n * pixels_per_image;
-            const int i = rest / tw.pixels, iw = rest - i * tw.pixels;
-            dy_image[j] = (n * K + g * Kg) * PQ;
-            p_origin[j] = i + th.base;
-            q_origin[j] = iw + tw.base;
-        } else {
-            dy_image[j] = 0;
-            p_origin[j] = OUTSIDE;
-            q_origin[j] = OUTSIDE;
-        }
+    for (int j = 0; j < Tile::B_LOADS; ++j) {
+        const int column = ab.m + Tile::PASS * j, pixel = min(n0 + column, Npix - 1);
+        const int n = pixel / pixels_per_image, rest_pixels = pixel - n * pixels_per_image;
+        const int i = rest_pixels / tw.pixels, iw = rest_pixels - i * tw.pixels;
+        const int p_origin = i + th.base, q_origin = iw + tw.base;
+        if (ab.k == 0)
+            dx_column[column] = n0 + column < Npix ? (n * C + g * Cg) * HW + (th.first_pixel + i * stride_h) * W
+                                                         + tw.first_pixel + iw * stride_w : -1;
+        dy_pixel[j] = (n * K + g * Kg) * PQ + p_origin * Q + q_origin;
+        taps_in[j] = igemm_tap_bits(p_origin, th.count, -th.step, P) | igemm_tap_bits(q_origin, tw.count, -tw.step, Q) << 16;
     }
-    // (k, jr, js) of reduction row ab_k, and the carry steps that advance it by BK
-    int k = 0, jr = 0, js = 0, step_k = 0, step_r = 0, step_s = 0;
-    if (taps > 0) {
-        k = ab_k / taps; jr = (ab_k % taps) / tw.count; js = ab_k % tw.count;
-        step_k = BK / taps; step_r = (BK % taps) / tw.count; step_s = BK % tw.count;
-    }
-    // filter offset of tap (k, jr, js): w_base + k*Cg*R*S + jr*w_step_r + js*w_step_s
-    const int w_base = g * Kg * Cg * RS + th.r0 * S + tw.r0;
-    const int w_step_r = th.period * S, w_step_s = tw.period;
+    // (k, jr, js) of reduction row ab_k (k = -1 for a row before 0: residue first, see igemm.cuh),
+    // carried with the dy offset of the tap, tap = k*P*Q - jr*step_h*Q - js*step_w, stepped by BK
+    // with carries (taps >= 1 here: a phase without taps has an empty reduction and never
+    // fetches); the A offset in wt is linear in the row: w_row steps by BK*C/G
+    const int taps_or_1 = max(taps, 1), count_w = max(tw.count, 1);
+    const int row = range.k_begin - igemm_skipped_rows<Tile>(range.k_count) + ab.k;
+    const int k0 = floor_div(row, taps_or_1), tap0 = row - k0 * taps_or_1;
+    int jr = tap0 / count_w, js = tap0 - jr * count_w;
+    const int before = taps_before(th_phase, R, stride_h, dil_h) * S + th.count * taps_before(tw_phase, S, stride_w, dil_w);
+    int w_row = (K * before + g * Kg * taps + row) * Cg + m0 + ab.m;
+    const int tap_r = -th.step * Q, tap_s = -tw.step;
+    int tap = k0 * PQ + jr * tap_r + js * tap_s;
+    const int walk_k = BK / taps_or_1, walk_r = (BK % taps_or_1) / count_w, walk_s = BK % count_w;
+    const int walk_tap = walk_k * PQ + walk_r * tap_r + walk_s * tap_s;
 
-    // A from the filter taps (k, jr, js), B from dy at the output pixels those taps hit
-    const auto fetch = [&](int, REAL (&a_next)[A_LOADS], REAL (&b_next)[B_LOADS]) {
-        const bool row_ok = k < Kg;
-        const int w_row = w_base + k * Cg * RS + jr * w_step_r + js * w_step_s;
+    // A from the transposed filter taps (channels past C/G read into wt's padded tail), B from dy
+    // at the output pixels those taps hit
+    const auto fetch_a = [&](bool ok, REAL (&a_next)[Tile::A_LOADS]) {
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int c = m0 + ab_m + 32 * i;
-            a_next[i] = (row_ok && c < Cg) ? w[w_row + c * RS] : (REAL)0;
-        }
-        const int dp = jr * th.step, dq = js * tw.step, k_off = k * PQ;
+        for (int i = 0; i < Tile::A_LOADS; ++i) a_next[i] = ok ? wt[w_row + Tile::PASS * i] : (REAL)0;
+    };
+    const auto fetch_b = [&](bool ok, REAL (&b_next)[Tile::B_LOADS]) {
+        const unsigned select = igemm_tap_select(jr, js);
 #pragma unroll
-        for (int j = 0; j < B_LOADS; ++j) {
-            const int p = p_origin[j] - dp, q = q_origin[j] - dq;
-            b_next[j] = (row_ok && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q)
-                            ? dy[dy_image[j] + k_off + p * Q + q] : (REAL)0;
-        }
+        for (int j = 0; j < Tile::B_LOADS; ++j)
+            b_next[j] = (ok && igemm_in_bounds(taps_in[j], select)) ? dy[dy_pixel[j] + tap] : (REAL)0;
     };
     const auto advance = [&] {
-        js += step_s; jr += step_r; k += step_k;
-        if (js >= tw.count) { js -= tw.count; ++jr; }
-        if (jr >= th.count) { jr -= th.count; ++k; }
+        js += walk_s; jr += walk_r; w_row += BK * Cg; tap += walk_tap;
+        if (js >= tw.count) { js -= tw.count; ++jr; tap += tap_r - tw.count * tap_s; }
+        if (jr >= th.count) { jr -= th.count; tap += PQ - th.count * tap_r; }
     };
-    REAL acc[T][T];
-    igemm_main_loop<T, A_LOADS, B_LOADS>(acc, smem_a, smem_b, BM, BN, ab_k, ab_m, ab_k, ab_m, Kgemm, fetch,
-                                         advance);
+    REAL acc[Tile::TM][Tile::TN];
+    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, fetch_a, fetch_b, advance);
 
+    const int tm = igemm_tm(), tn = igemm_tn();
+    REAL* out_split = out + split * N * C * HW;
 #pragma unroll
-    for (int j = 0; j < T; ++j) {
-        const int pixel = n0 + tx + 16 * j;
-        if (pixel >= Npix) continue;
-        const int n = pixel / pixels_per_image, rest = pixel - n * pixels_per_image;
-        const int i = rest / tw.pixels, iw = rest - i * tw.pixels;
-        REAL* dx_pixel = dx + (n * C + g * Cg) * HW + (th.first_pixel + i * stride_h) * W
-                         + tw.first_pixel + iw * stride_w;
+    for (int j = 0; j < Tile::TN; ++j) {
+        const int column = dx_column[igemm_offset(j, tn)];   // written before the main loop's barriers
+        if (column < 0) continue;
+        REAL* dx_pixel = out_split + column;
 #pragma unroll
-        for (int i = 0; i < T; ++i) {
-            const int c = m0 + ty + 16 * i;
+        for (int i = 0; i < Tile::TM; ++i) {
+            const int c = m0 + igemm_offset(i, tm);
             if (c < Cg) dx_pixel[c * HW] = acc[i][j];
         }
     }
 }
 
 #define DGRAD_PARAMS                                                                          \
-    const REAL* __restrict__ dy, const REAL* __restrict__ w, REAL* __restrict__ dx,           \
+    const REAL* __restrict__ dy, const REAL* __restrict__ wt, REAL* __restrict__ out,         \
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,                            \
-    int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups
+    int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int splits
 #define DGRAD_ARGS                                                                            \
-    dy, w, dx, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups
+    dy, wt, out, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits
 
-// grid (ceil(N * ceil(H/stride_h) * ceil(W/stride_w) / BN), ceil((C/G) / BM), G * stride_h * stride_w)
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, 2) conv2d_dgrad_large(DGRAD_PARAMS)
+// grid (ceil(N * ceil(H/stride_h) * ceil(W/stride_w) / BN), ceil((C/G) / BM),
+// splits * G * stride_h * stride_w), block 256; wt from conv2d_dgrad_filter_transpose
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_dgrad_large(DGRAD_PARAMS)
 {
-    __shared__ REAL smem_a[2 * BK * 16 * LARGE_T];
-    __shared__ REAL smem_b[2 * BK * 16 * LARGE_T];
-    dgrad_tile<LARGE_T>(smem_a, smem_b, DGRAD_ARGS);
+    dgrad_tile<2, 2, 8>(DGRAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_dgrad_tall(DGRAD_PARAMS)
+{
+    dgrad_tile<2, 1, 8>(DGRAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_dgrad_wide(DGRAD_PARAMS)
+{
+    dgrad_tile<1, 2, 8>(DGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_dgrad_small(DGRAD_PARAMS)
 {
-    __shared__ REAL smem_a[2 * BK * 16 * SMALL_T];
-    __shared__ REAL smem_b[2 * BK * 16 * SMALL_T];
-    dgrad_tile<SMALL_T>(smem_a, smem_b, DGRAD_ARGS);
+    dgrad_tile<1, 1, 8>(DGRAD_ARGS);
 }

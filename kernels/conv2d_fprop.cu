@@ -1,116 +1,114 @@
 // conv2d forward (fprop) as an implicit GEMM; NCHW input x (N, C, H, W), filter w (K, C/G, R, S),
 // output y (N, K, P, Q), G groups.
 //
-// GEMM view, per group g (grid.z):  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
+// GEMM view, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels; consecutive threads own consecutive
 //   pixels, so the stores y[n, k, p, q] coalesce), Kgemm = (C/G)*R*S (reduction over (c, r, s)).
 //   The im2col operand is never materialised: each thread gathers its elements of the B tile
 //   straight from x, zero outside the padded input.
 //
-// Tiling: block tile BM x BN x BK with BK = 8, 256 threads as a 16 x 16 grid, each thread owning
-//   TM x TN outputs at rows ty + 16*i and columns tx + 16*j (strided, so a warp's shared-memory
-//   reads of B are 16 consecutive words: no bank conflicts, A reads broadcast).
-//   fp32: "large" 128x128 (8x8 per thread: 64 FMAs per 16 shared loads, the usual sweet spot
-//   under 128 registers) and "small" 64x64 (4x4) that the launcher picks when the large tile
-//   would leave most SMs idle. fp64 halves both (64x64 and 32x32): each value takes two
-//   registers, and the double-precision FMA rate, not shared bandwidth, is the limit.
-//   __launch_bounds__: large 2 blocks/SM (<= 128 registers, 0 spills), small 4 blocks/SM in fp32
-//   (<= 64 registers: its 16 accumulators fit, and the extra resident warps hide latency).
-//   Global -> shared loads are double-buffered: the next tile is fetched into registers while
-//   the current one is multiplied, so each K step needs a single barrier.
-//   No div/mod in the main loop: a thread's B columns (n, p, q) are decoded once, and its B row
-//   (c, r, s) advances by BK with carries. Epilogue fuses bias and optionally ReLU.
+// Tiling (igemm.cuh): 256 threads, BK = 8, vectorized register blocking; four block tiles
+//   (fp32 / fp64): large 128x128 / 64x64, tall 128x64 / 64x32, wide 64x128 / 32x64, small
+//   64x64 / 32x32, chosen by cnn_gpu.gpu.conv.plan_fprop for the GPU's SM count.
+// Loaders: A (filter rows, contiguous along the reduction) by 8 threads per row, so a warp reads
+//   4 rows x 32 bytes; B (the gather from x) by 32 threads per reduction row, consecutive pixels.
+//   Address math: each B column keeps its image offset with the tap origin folded in, and the
+//   reduction row (c, r, s) is one scalar offset stepped by BK with carries: per loaded value one
+//   add and two unsigned bounds tests, no div/mod in the main loop. Operand rows and columns past
+//   the problem are clamped onto the last valid one: their outputs are computed, never stored.
+// Split-K (grid.z = splits * G): split z sums reduction rows [z*chunk, (z+1)*chunk) and writes its
+//   partial y to out + z * N*K*P*Q; the launcher folds the partials in a fixed order and applies
+//   bias and ReLU there (it passes has_bias = relu = 0 to the kernel). With one split, out is y
+//   and the epilogue fuses bias and optionally ReLU.
 //
 // Index range: 32-bit offsets (64-bit ones cost the large fp32 tile its last free registers);
-// the launcher refuses tensors of 2^31 or more elements with a clear error.
+// the launcher refuses tensors (and split-K workspaces) of 2^31 or more elements.
 
 #include "igemm.cuh"
 
-template <int T>
+template <int RM, int RN, int BK>
 __device__ __forceinline__ void fprop_tile(
-    REAL* smem_a, REAL* smem_b,
     const REAL* __restrict__ x, const REAL* __restrict__ w, const REAL* __restrict__ bias,
-    REAL* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+    REAL* __restrict__ out, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
-    int has_bias, int relu)
+    int has_bias, int relu, int chunk, int walk_s, int walk_r, int walk_tap, int walk_carry_s, int walk_carry_r)
 {
-    const int BM = 16 * T, BN = 16 * T;
-    const int A_LOADS = BM * BK / IGEMM_THREADS;   // per thread, rows a_m + 32*i
-    const int B_LOADS = BN * BK / IGEMM_THREADS;   // per thread, columns b_n + 32*j
+    typedef IgemmTile<RM, RN, BK> Tile;
+    __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
 
     const int tid = threadIdx.x;
-    const int tx = tid % 16, ty = tid / 16;
-    const int g = blockIdx.z;
+    const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
     const int Cg = C / groups, Kg = K / groups;
     const int RS = R * S;
     const int Kgemm = Cg * RS;
     const int PQ = P * Q;
     const int HW = H * W;
     const int NPQ = N * PQ;
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
+    const int m0 = blockIdx.y * Tile::BM;
+    const int n0 = blockIdx.x * Tile::BN;
+    const SplitRange range = split_range(split, chunk, Kgemm);
 
-    // A (filter) loader: row a_m + 32*i of the tile, reduction column a_k
-    const int a_k = tid % BK, a_m = tid / BK;
-    const int w_group = g * Kg * Kgemm;
+    // loader rows start igemm_skipped_rows before the range (residue first, see igemm.cuh)
+    const int first_row = range.k_begin - igemm_skipped_rows<Tile>(range.k_count);
 
-    // B (input) loader: reduction row b_k, pixel columns b_n + 32*j, decoded once
-    const int b_k = tid / 32, b_n = tid % 32;
-    int x_image[B_LOADS];
-    int h_origin[B_LOADS], w_origin[B_LOADS];
+    // A (filter) loader, k fastest: reduction column a.k, rows a.m + i*PASS, the first at
+    // w_row = (g*K/G + a.m)*Kgemm + (reduction offset); row i lies i*PASS*Kgemm further, and rows
+    // past K/G (never stored) read the last filter row instead
+    const LoaderPosition a = igemm_k_fastest<Tile>();
+    const int a_first = min(m0 + a.m, Kg - 1), a_span = (Kg - 1 - a_first) * Kgemm;
+    int w_row = (g * Kg + a_first) * Kgemm + first_row + a.k;
+
+    // B (input) loader, k slowest: reduction row b.k, pixel columns b.m + j*PASS, decoded once into
+    // the x offset of the column's tap origin and its tap mask
+    const LoaderPosition b = igemm_k_slowest<Tile>();
+    int x_pixel[Tile::B_LOADS];
+    unsigned taps_in[Tile::B_LOADS];
 #pragma unroll
-    for (int j = 0; j < B_LOADS; ++j) {
-        const int pixel = n0 + b_n + 32 * j;
-        if (pixel < NPQ) {
-            const int n = pixel / PQ, pq = pixel - n * PQ;
-            const int p = pq / Q, q = pq - p * Q;
-            x_image[j] = (n * C + g * Cg) * HW;
-            h_origin[j] = p * stride_h - pad_h;
-            w_origin[j] = q * stride_w - pad_w;
-        } else {
-            x_image[j] = 0;
-            h_origin[j] = OUTSIDE;
-            w_origin[j] = OUTSIDE;
-        }
+    for (int j = 0; j < Tile::B_LOADS; ++j) {
+        const int pixel = min(n0 + b.m + Tile::PASS * j, NPQ - 1);
+        const int n = pixel / PQ, pq = pixel - n * PQ;
+        const int p = pq / Q, q = pq - p * Q;
+        const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
+        x_pixel[j] = (n * C + g * Cg) * HW + h_origin * W + w_origin;
+        taps_in[j] = igemm_tap_bits(h_origin, R, dil_h, H) | igemm_tap_bits(w_origin, S, dil_w, W) << 16;
     }
-    // (c, r, s) of reduction row b_k, and the carry steps that advance it by BK
-    int c = b_k / RS, r = (b_k % RS) / S, s = b_k % S;
-    const int step_c = BK / RS, step_r = (BK % RS) / S, step_s = BK % S;
-
+    // reduction row b.k as (c, r, s) (c = -1 for a row before 0), carried with the x offset of the
+    // tap, tap = c*HW + r*dil_h*W + s*dil_w, each stepped by BK with carries (the launcher's
+    // walk_* constants: kernel parameters, read from the constant bank without a register)
+    const int row = first_row + b.k;
+    const int c0 = floor_div(row, RS), rs0 = row - c0 * RS;
+    int r = rs0 / S, s = rs0 - r * S, tap = c0 * HW + r * dil_h * W + s * dil_w;
     // A from the filter rows, B gathered from x (zero outside the padded input)
-    const auto fetch = [&](int k_base, REAL (&a_next)[A_LOADS], REAL (&b_next)[B_LOADS]) {
-        const int kk = k_base + a_k;
+    const auto fetch_a = [&](bool ok, REAL (&a_next)[Tile::A_LOADS]) {
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int m = m0 + a_m + 32 * i;
-            a_next[i] = (m < Kg && kk < Kgemm) ? w[w_group + m * Kgemm + kk] : (REAL)0;
-        }
-        const bool row_ok = c < Cg;
-        const int hr = r * dil_h, ws = s * dil_w, c_off = c * HW;
+        for (int i = 0; i < Tile::A_LOADS; ++i) a_next[i] = ok ? w[w_row + min(i * Tile::PASS * Kgemm, a_span)] : (REAL)0;
+    };
+    const auto fetch_b = [&](bool ok, REAL (&b_next)[Tile::B_LOADS]) {
+        const unsigned select = igemm_tap_select(r, s);
 #pragma unroll
-        for (int j = 0; j < B_LOADS; ++j) {
-            const int h = h_origin[j] + hr, wc = w_origin[j] + ws;
-            b_next[j] = (row_ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)
-                            ? x[x_image[j] + c_off + h * W + wc] : (REAL)0;
-        }
+        for (int j = 0; j < Tile::B_LOADS; ++j)
+            b_next[j] = (ok && igemm_in_bounds(taps_in[j], select)) ? x[x_pixel[j] + tap] : (REAL)0;
     };
     const auto advance = [&] {
-        s += step_s; r += step_r; c += step_c;
-        if (s >= S) { s -= S; ++r; }
-        if (r >= R) { r -= R; ++c; }
+        w_row += BK;
+        s += walk_s; r += walk_r; tap += walk_tap;
+        if (s >= S) { s -= S; ++r; tap += walk_carry_s; }
+        if (r >= R) { r -= R; tap += walk_carry_r; }
     };
-    REAL acc[T][T];
-    igemm_main_loop<T, A_LOADS, B_LOADS>(acc, smem_a, smem_b, BM, BN, a_k, a_m, b_k, b_n, Kgemm, fetch, advance);
+    REAL acc[Tile::TM][Tile::TN];
+    igemm_main_loop<Tile>(acc, smem, a.k, a.m, b.k, b.m, range.k_count, fetch_a, fetch_b, advance);
 
+    const int tm = igemm_tm(), tn = igemm_tn();
+    REAL* out_split = out + split * K * NPQ;
 #pragma unroll
-    for (int j = 0; j < T; ++j) {
-        const int pixel = n0 + tx + 16 * j;
+    for (int j = 0; j < Tile::TN; ++j) {
+        const int pixel = n0 + igemm_offset(j, tn);
         if (pixel >= NPQ) continue;
         const int n = pixel / PQ;
-        REAL* y_pixel = y + (n * K + g * Kg) * PQ + (pixel - n * PQ);
+        REAL* y_pixel = out_split + (n * K + g * Kg) * PQ + (pixel - n * PQ);
 #pragma unroll
-        for (int i = 0; i < T; ++i) {
-            const int m = m0 + ty + 16 * i;
+        for (int i = 0; i < Tile::TM; ++i) {
+            const int m = m0 + igemm_offset(i, tm);
             if (m >= Kg) continue;
             REAL v = acc[i][j];
             if (has_bias) v += bias[g * Kg + m];
@@ -122,24 +120,31 @@ __device__ __forceinline__ void fprop_tile(
 
 #define FPROP_PARAMS                                                                          \
     const REAL* __restrict__ x, const REAL* __restrict__ w, const REAL* __restrict__ bias,   \
-    REAL* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,     \
+    REAL* __restrict__ out, int N, int C, int H, int W, int K, int R, int S, int P, int Q,   \
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,      \
-    int has_bias, int relu
+    int has_bias, int relu, int chunk, int walk_s, int walk_r, int walk_tap, int walk_carry_s, int walk_carry_r
 #define FPROP_ARGS                                                                            \
-    x, w, bias, y, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, \
-    groups, has_bias, relu
+    x, w, bias, out, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, \
+    groups, has_bias, relu, chunk, walk_s, walk_r, walk_tap, walk_carry_s, walk_carry_r
 
-// grid (ceil(N*P*Q / BN), ceil((K/G) / BM), G), block 256; `bias` is never read when has_bias == 0
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, 2) conv2d_fprop_large(FPROP_PARAMS)
+// grid (ceil(N*P*Q / BN), ceil((K/G) / BM), splits * G), block 256; chunk a multiple of BK with
+// splits = ceil(C/G*R*S / chunk); `bias` is never read when has_bias == 0
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_fprop_large(FPROP_PARAMS)
 {
-    __shared__ REAL smem_a[2 * BK * 16 * LARGE_T];
-    __shared__ REAL smem_b[2 * BK * 16 * LARGE_T];
-    fprop_tile<LARGE_T>(smem_a, smem_b, FPROP_ARGS);
+    fprop_tile<2, 2, LARGE_BK>(FPROP_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_fprop_tall(FPROP_PARAMS)
+{
+    fprop_tile<2, 1, 8>(FPROP_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_fprop_wide(FPROP_PARAMS)
+{
+    fprop_tile<1, 2, 8>(FPROP_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_fprop_small(FPROP_PARAMS)
 {
-    __shared__ REAL smem_a[2 * BK * 16 * SMALL_T];
-    __shared__ REAL smem_b[2 * BK * 16 * SMALL_T];
-    fprop_tile<SMALL_T>(smem_a, smem_b, FPROP_ARGS);
+    fprop_tile<1, 1, 8>(FPROP_ARGS);
 }

@@ -10,105 +10,93 @@
 // (with one split, straight into dw). The launcher then sums the workspace over splits in a fixed
 // order (reduce.channel_sum): no atomics, bit-identical run to run.
 //
-// Tiling: as conv2d_fprop (BK = 8, 256 threads as 16 x 16, TM x TN outputs per thread at strided
-// rows/columns; fp32 128x128 "large" and 64x64 "small", fp64 64x64 and 32x32; double-buffered
-// global -> shared loads, one barrier per K step). Both operands are contiguous along the
-// reduction (p, q), so each thread loads reduction row tid % 8 of both tiles: groups of 8 threads
-// read 8 consecutive pixels. The shared tiles are padded by 4 words per row so that those
-// transposing stores hit 32 different banks. A thread's reduction row (n, p, q) advances by BK
-// with carries and its filter columns (c, r, s) are decoded once: no div/mod in the main loop.
+// Tiling: as conv2d_fprop (igemm.cuh: 256 threads, BK = 8, four tile variants, vectorized
+// register blocking). Both operands are contiguous along the reduction (p, q), so each thread
+// loads reduction row tid % 8 of both tiles: groups of 8 threads read 8 consecutive pixels (the
+// padded shared rows keep those transposing stores on 32 different banks). A thread's reduction
+// row (n, p, q) advances by BK with carries as two offsets (into dy and x) and its filter columns
+// (c, r, s) are decoded once: no div/mod in the main loop. Operand rows and columns past the
+// problem are clamped onto the last valid one (computed, never stored).
 //
-// Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
+// Index range: 32-bit offsets; the launcher refuses tensors (and workspaces) of 2^31 or more
+// elements.
 
 #include "igemm.cuh"
 
-#define PAD 4   // words of padding per shared tile row
-
-template <int T>
+template <int RM, int RN, int BK>
 __device__ __forceinline__ void wgrad_tile(
-    REAL* smem_a, REAL* smem_b,
     const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ workspace,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
-    int splits, int chunk)
+    int splits, int chunk, int walk_q, int walk_p, int walk_dy, int walk_x, int walk_q_end, int walk_p_end, int walk_carry_q_x, int walk_carry_p_x, int walk_carry_p_dy)
 {
-    const int BM = 16 * T, BN = 16 * T;
-    const int BMP = BM + PAD, BNP = BN + PAD;
-    const int A_LOADS = BM * BK / IGEMM_THREADS;   // per thread, rows ab_m + 32*i
-    const int B_LOADS = BN * BK / IGEMM_THREADS;   // per thread, columns ab_m + 32*j
+    typedef IgemmTile<RM, RN, BK> Tile;
+    __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
 
-    const int tid = threadIdx.x;
-    const int tx = tid % 16, ty = tid / 16;
     const int g = blockIdx.z / splits, split = blockIdx.z - g * splits;
     const int Cg = C / groups, Kg = K / groups;
     const int RS = R * S;
     const int Ngemm = Cg * RS;
     const int PQ = P * Q, HW = H * W;
     const int NPQ = N * PQ;
-    const int k_begin = split * chunk;
-    const int k_count = min(chunk, NPQ - k_begin);
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
+    const SplitRange range = split_range(split, chunk, NPQ);
+    const int m0 = blockIdx.y * Tile::BM;
+    const int n0 = blockIdx.x * Tile::BN;
 
-    // loaders: reduction row ab_k of both tiles; A rows (channels) and B columns (taps) ab_m + 32*i
-    const int ab_k = tid % BK, ab_m = tid / BK;
-    int c_off[B_LOADS], h_off[B_LOADS], w_off[B_LOADS];
+    // loaders, k fastest: reduction row ab.k of both tiles; A rows (channels) and B columns (taps)
+    // ab.m + i*PASS, clamped onto the last channel / tap. A row i lies i*PASS*PQ past row 0 (at
+    // dy_row below); rows past K/G (never stored) read the last channel instead.
+    const LoaderPosition ab = igemm_k_fastest<Tile>();
+    const int a_first = min(m0 + ab.m, Kg - 1), a_span = (Kg - 1 - a_first) * PQ;
+    int x_tap[Tile::B_LOADS], h_off[Tile::B_LOADS], w_off[Tile::B_LOADS];
 #pragma unroll
-    for (int j = 0; j < B_LOADS; ++j) {
-        const int col = n0 + ab_m + 32 * j;
-        if (col < Ngemm) {
-            const int c = col / RS, rs = col - c * RS;
-            const int r = rs / S, s = rs - r * S;
-            c_off[j] = (g * Cg + c) * HW;
-            h_off[j] = r * dil_h - pad_h;
-            w_off[j] = s * dil_w - pad_w;
-        } else {
-            c_off[j] = 0;
-            h_off[j] = OUTSIDE;
-            w_off[j] = OUTSIDE;
-        }
+    for (int j = 0; j < Tile::B_LOADS; ++j) {
+        const int col = min(n0 + ab.m + Tile::PASS * j, Ngemm - 1);
+        const int c = col / RS, rs = col - c * RS;
+        const int r = rs / S, s = rs - r * S;
+        h_off[j] = r * dil_h - pad_h;
+        w_off[j] = s * dil_w - pad_w;
+        x_tap[j] = (g * Cg + c) * HW + h_off[j] * W + w_off[j];
     }
-    // (n, p, q) of this thread's reduction row, and the carry steps that advance it by BK
-    int kk = ab_k;   // relative to k_begin
-    int n = (k_begin + ab_k) / PQ, p = ((k_begin + ab_k) % PQ) / Q, q = (k_begin + ab_k) % Q;
-    const int step_n = BK / PQ, step_p = (BK % PQ) / Q, step_q = BK % Q;
-    const int dy_group = g * Kg * PQ;
+    // (n, p, q) of this thread's reduction row (n = -1 for a row before 0: residue first, see
+    // igemm.cuh), carried as (hp, wq) = (p*stride_h, q*stride_w) and the offsets
+    // dy_row = (n*K + g*K/G + a_first)*PQ + p*Q + q, x_row = n*C*HW + hp*W + wq, stepped by BK
+    // with carries (the launcher's walk_* constants: kernel parameters, read from the constant bank
+    // without a register)
+    const int row = range.k_begin - igemm_skipped_rows<Tile>(range.k_count) + ab.k;
+    const int n = floor_div(row, PQ), pq = row - n * PQ, p = pq / Q, q = pq - p * Q;
+    int hp = p * stride_h, wq = q * stride_w;
+    int dy_row = n * K * PQ + (g * Kg + a_first) * PQ + p * Q + q, x_row = n * C * HW + hp * W + wq;
 
     // A from dy at reduction pixel (n, p, q), B gathered from x (zero outside the padded input)
-    const auto fetch = [&](int, REAL (&a_next)[A_LOADS], REAL (&b_next)[B_LOADS]) {
-        const bool row_ok = kk < k_count;
-        const int dy_row = n * K * PQ + dy_group + p * Q + q;
+    const auto fetch_a = [&](bool ok, REAL (&a_next)[Tile::A_LOADS]) {
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int m = m0 + ab_m + 32 * i;
-            a_next[i] = (row_ok && m < Kg) ? dy[dy_row + m * PQ] : (REAL)0;
-        }
-        const int x_image = n * C * HW, hp = p * stride_h, wq = q * stride_w;
+        for (int i = 0; i < Tile::A_LOADS; ++i) a_next[i] = ok ? dy[dy_row + min(i * Tile::PASS * PQ, a_span)] : (REAL)0;
+    };
+    const auto fetch_b = [&](bool ok, REAL (&b_next)[Tile::B_LOADS]) {
 #pragma unroll
-        for (int j = 0; j < B_LOADS; ++j) {
+        for (int j = 0; j < Tile::B_LOADS; ++j) {
             const int h = hp + h_off[j], wc = wq + w_off[j];
-            b_next[j] = (row_ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)
-                            ? x[x_image + c_off[j] + h * W + wc] : (REAL)0;
+            b_next[j] = (ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W) ? x[x_row + x_tap[j]] : (REAL)0;
         }
     };
     const auto advance = [&] {
-        kk += BK;
-        q += step_q; p += step_p; n += step_n;
-        if (q >= Q) { q -= Q; ++p; }
-        if (p >= P) { p -= P; ++n; }
+        wq += walk_q; hp += walk_p; dy_row += walk_dy; x_row += walk_x;
+        if (wq >= walk_q_end) { wq -= walk_q_end; hp += stride_h; x_row += walk_carry_q_x; }
+        if (hp >= walk_p_end) { hp -= walk_p_end; dy_row += walk_carry_p_dy; x_row += walk_carry_p_x; }
     };
-    REAL acc[T][T];
-    igemm_main_loop<T, A_LOADS, B_LOADS>(acc, smem_a, smem_b, BMP, BNP, ab_k, ab_m, ab_k, ab_m, k_count, fetch,
-                                         advance);
+    REAL acc[Tile::TM][Tile::TN];
+    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, fetch_a, fetch_b, advance);
 
+    const int tm = igemm_tm(), tn = igemm_tn();
     REAL* out = workspace + (split * K + g * Kg) * Ngemm;
 #pragma unroll
-    for (int i = 0; i < T; ++i) {
-        const int m = m0 + ty + 16 * i;
+    for (int i = 0; i < Tile::TM; ++i) {
+        const int m = m0 + igemm_offset(i, tm);
         if (m >= Kg) continue;
 #pragma unroll
-        for (int j = 0; j < T; ++j) {
-            const int col = n0 + tx + 16 * j;
+        for (int j = 0; j < Tile::TN; ++j) {
+            const int col = n0 + igemm_offset(j, tn);
             if (col < Ngemm) out[m * Ngemm + col] = acc[i][j];
         }
     }
@@ -118,23 +106,30 @@ __device__ __forceinline__ void wgrad_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ workspace,    \
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,                            \
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,       \
-    int splits, int chunk
+    int splits, int chunk, int walk_q, int walk_p, int walk_dy, int walk_x, int walk_q_end, int walk_p_end, int walk_carry_q_x, int walk_carry_p_x, int walk_carry_p_dy
 #define WGRAD_ARGS                                                                            \
     dy, x, workspace, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,     \
-    dil_w, groups, splits, chunk
+    dil_w, groups, splits, chunk, walk_q, walk_p, walk_dy, walk_x, walk_q_end, walk_p_end, walk_carry_q_x, \
+    walk_carry_p_x, walk_carry_p_dy
 
 // grid (ceil((C/G)*R*S / BN), ceil((K/G) / BM), G * splits), block 256; chunk a multiple of BK
 // with splits = ceil(N*P*Q / chunk), so that no split is empty
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, 2) conv2d_wgrad_large(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_wgrad_large(WGRAD_PARAMS)
 {
-    __shared__ REAL smem_a[2 * BK * (16 * LARGE_T + PAD)];
-    __shared__ REAL smem_b[2 * BK * (16 * LARGE_T + PAD)];
-    wgrad_tile<LARGE_T>(smem_a, smem_b, WGRAD_ARGS);
+    wgrad_tile<2, 2, 8>(WGRAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_wgrad_tall(WGRAD_PARAMS)
+{
+    wgrad_tile<2, 1, 8>(WGRAD_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_wgrad_wide(WGRAD_PARAMS)
+{
+    wgrad_tile<1, 2, 8>(WGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_wgrad_small(WGRAD_PARAMS)
 {
-    __shared__ REAL smem_a[2 * BK * (16 * SMALL_T + PAD)];
-    __shared__ REAL smem_b[2 * BK * (16 * SMALL_T + PAD)];
-    wgrad_tile<SMALL_T>(smem_a, smem_b, WGRAD_ARGS);
+    wgrad_tile<1, 1, 8>(WGRAD_ARGS);
 }

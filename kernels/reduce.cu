@@ -63,3 +63,21 @@ channel_sum_column(const REAL* __restrict__ a, REAL* __restrict__ out,
         sum += a[o * channels + c];
     out[c] = sum;
 }
+
+// Split-K partials of a convolution output viewed as (splits, outer, channels, inner):
+// out[e] = the partials of element e summed over splits in order, plus bias[channel] when
+// has_bias, then ReLU when relu (NaN passes through) - the epilogue the split GEMM kernel left out.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+split_sum_epilogue(const REAL* __restrict__ a, const REAL* __restrict__ bias, REAL* __restrict__ out,
+                   long long splits, long long elements, long long channels, long long inner,
+                   int has_bias, int relu)
+{
+    GRID_STRIDE_LOOP(e, elements) {
+        REAL sum = a[e];
+        for (long long s = 1; s < splits; ++s)
+            sum += a[s * elements + e];
+        if (has_bias) sum += bias[(e / inner) % channels];
+        if (relu && sum < (REAL)0) sum = (REAL)0;
+        out[e] = sum;
+    }
+}

@@ -9,6 +9,8 @@ reverse and random thread schedules with guard zones, and must give bit-identica
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -81,19 +83,43 @@ def sweep(kind: str, chunk: int):
     rng = np.random.default_rng({"conv": 11, "transpose": 12, "depthwise": 13, "depthwise_t": 14}[kind])
     make = transpose_config if kind in ("transpose", "depthwise_t") else conv_config
     configs = [make(rng, i, depthwise=kind.startswith("depthwise")) for i in range(SWEEP)]
-    return configs[chunk::CHUNKS]
+    chunked = configs[chunk::CHUNKS]
+    if kind in ("conv", "depthwise"):
+        for i, cfg in enumerate(chunked):   # i % 10 in (1, 6) also fuses ReLU (check_sweep: i % 5 == 1)
+            cfg["values"] = VALUE_CLASSES.get(i % 10, "normal")
+    return chunked
+
+
+# Non-finite value classes of the conv2d sweeps, by position in a chunk: NaN through the fused
+# bias+ReLU epilogue (1) and through a plain convolution (8), +-inf through the epilogue (6).
+# Not for the transposed ops: where a weight tap reaches no output pixel, numpy (as PyTorch)
+# multiplies a non-finite input by padding zeros (NaN) while the kernels add no term (0).
+VALUE_CLASSES = {1: "nan", 6: "inf", 8: "nan"}
 
 
 def _random(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def _plant_values(rng, x, bias, values: str) -> None:
+    """'nan': a NaN in x and in bias[0] (a whole output channel NaN); 'inf': +inf and -inf in x
+    (outputs inf, or NaN where both meet); 'normal': nothing."""
+    flat = x.reshape(-1)
+    if values == "nan":
+        flat[rng.integers(flat.size)] = np.nan
+        bias[0] = np.nan
+    elif values == "inf":
+        flat[rng.integers(flat.size)] = np.inf
+        flat[rng.integers(flat.size)] = -np.inf
+
+
 def conv_arrays(cfg, dtype, seed=0):
     rng = np.random.default_rng(seed)
     g = conv_geometry((cfg["N"], cfg["C"], cfg["H"], cfg["W"]), (cfg["K"], cfg["C"] // cfg["groups"], cfg["R"], cfg["S"]),
                       cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
-    return (g, _random(rng, g.x_shape, dtype), _random(rng, g.w_shape, dtype), _random(rng, (g.K,), dtype),
-            _random(rng, g.y_shape, dtype))
+    x, w, b, dy = (_random(rng, shape, dtype) for shape in (g.x_shape, g.w_shape, (g.K,), g.y_shape))
+    _plant_values(rng, x, b, cfg.get("values", "normal"))
+    return g, x, w, b, dy
 
 
 def transpose_arrays(cfg, dtype, seed=0):
@@ -101,7 +127,9 @@ def transpose_arrays(cfg, dtype, seed=0):
     g = transpose_geometry(cfg)
     x = _random(rng, g.y_shape, dtype)                       # the transposed op's input
     w = _random(rng, (cfg["Cin"], cfg["Coutg"], cfg["R"], cfg["S"]), dtype)
-    return g, x, w, _random(rng, (g.C,), dtype), _random(rng, g.x_shape, dtype)
+    b, dy = _random(rng, (g.C,), dtype), _random(rng, g.x_shape, dtype)
+    _plant_values(rng, x, b, cfg.get("values", "normal"))
+    return g, x, w, b, dy
 
 
 def conv_kwargs(cfg):
@@ -137,14 +165,25 @@ def run_transpose_ops(cfg, dtype, be, to_device=lambda a: a):
     return [("y", got_y, want_y), ("dx", got[0], want[0]), ("dw", got[1], want[1]), ("db", got[2], want[2])]
 
 
+# The sweep rotates the GEMM plans through every tile variant and split count (1-3; the plans
+# clamp it to what the reduction allows), and leaves every 13th configuration to the picker.
+FORCED = [dict(tile=tile, splits=splits) for splits in (1, 2, 3) for tile in conv.TILES[np.dtype(np.float32)]]
+FORCED.append({})
+
+
+def forced_plan(index: int) -> dict:
+    return FORCED[index % len(FORCED)]
+
+
 def check_sweep(kind, chunk, dtype, be, to_device=lambda a: a):
     for i, cfg in enumerate(sweep(kind, chunk)):
-        if kind in ("transpose", "depthwise_t"):
-            results = run_transpose_ops(cfg, dtype, be, to_device)
-        else:
-            results = run_conv_ops(cfg, dtype, be, to_device, activation="relu" if i % 5 == 1 else None)
+        with conv.forced(**forced_plan(chunk + CHUNKS * i)):
+            if kind in ("transpose", "depthwise_t"):
+                results = run_transpose_ops(cfg, dtype, be, to_device)
+            else:
+                results = run_conv_ops(cfg, dtype, be, to_device, activation="relu" if i % 5 == 1 else None)
         for name, got, want in results:
-            assert_close(got, want, dtype, f"{kind} {name} {cfg}")
+            assert_close(got, want, dtype, f"{kind} {name} {cfg} {forced_plan(chunk + CHUNKS * i)}")
 
 
 def test_sweeps_cover_the_required_cases():
@@ -165,12 +204,43 @@ def test_sweeps_cover_the_required_cases():
     assert any(max(c["output_padding"]) > 0 for c in transposed)
 
 
+def _sweep_plans(kind):
+    """(pass, tile, splits) of every GEMM launch the sweep of `kind` makes (fp32 and fp64 alike)."""
+    seen = set()
+    for index in range(SWEEP):
+        chunk, i = index % CHUNKS, index // CHUNKS
+        cfg = sweep(kind, chunk)[i]
+        g = transpose_geometry(cfg) if kind == "transpose" else conv_arrays(cfg, np.float32)[0]
+        with conv.forced(**forced_plan(index)):
+            for plan in (conv.plan_fprop(g, np.float32), conv.plan_dgrad(g, np.float32),
+                         conv.plan_wgrad(g, np.float32)):
+                seen.add((plan.pass_name, plan.tile, plan.splits > 1))
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+def test_sweep_reaches_every_tile_variant_and_split_k(kind):
+    seen = _sweep_plans(kind)
+    for pass_name in ("fprop", "dgrad", "wgrad"):
+        for tile in conv.TILES[np.dtype(np.float32)]:
+            assert (pass_name, tile, False) in seen, f"{kind} sweep never runs {pass_name} {tile} unsplit"
+            assert (pass_name, tile, True) in seen, f"{kind} sweep never runs {pass_name} {tile} with split-K"
+
+
+def test_conv_sweeps_hold_non_finite_values_through_the_fused_epilogue():
+    for kind in ("conv", "depthwise"):
+        for chunk in range(CHUNKS):
+            classes = {(cfg["values"], i % 5 == 1) for i, cfg in enumerate(sweep(kind, chunk))}
+            assert {("nan", True), ("inf", True), ("nan", False), ("normal", False)} <= classes, (kind, chunk)
+
+
 # --- emulator sweeps ----------------------------------------------------------------------------
 
 @needs_emu
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 @pytest.mark.parametrize("kind", ["conv", "transpose", "depthwise", "depthwise_t"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the oracle's inf - inf
 def test_emu_sweep_matches_numpy(kind, chunk, dtype):
     """Guard zones on every array; the chunks rotate through the three thread schedules."""
     from cnn_gpu import emu
@@ -180,12 +250,16 @@ def test_emu_sweep_matches_numpy(kind, chunk, dtype):
 
 # --- every kernel variant, and thread schedules -------------------------------------------------
 
-# (name, configuration, launcher overrides): "large"/"small" force a tile variant with several
-# ragged tiles per dimension and several wgrad splits; "phases" has stride phases of unequal size,
+# (name, configuration, launcher overrides): "large", "tall", "wide" and "small" force a tile
+# variant with several ragged tiles per dimension, and split-K (fprop, dgrad and wgrad); "phases" has stride phases of unequal size,
 # so whole dgrad blocks of the smaller phases exit early; "depthwise" splits its wgrad.
 VARIANTS = [
     ("large", dict(N=2, C=130, H=9, W=16, K=135, R=3, S=2, stride=(1, 2), padding=(1, 0), dilation=(1, 1),
                    groups=1), dict(tile="large", splits=3)),
+    ("tall", dict(N=2, C=70, H=9, W=8, K=140, R=3, S=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                  groups=1), dict(tile="tall", splits=1)),
+    ("wide", dict(N=3, C=66, H=8, W=9, K=70, R=2, S=2, stride=(2, 2), padding=(1, 0), dilation=(1, 1),
+                  groups=1), dict(tile="wide", splits=2)),
     ("small", dict(N=2, C=132, H=7, W=10, K=140, R=2, S=3, stride=(2, 1), padding=(0, 2), dilation=(2, 1),
                    groups=2), dict(tile="small", splits=2)),
     ("phases", dict(N=4, C=5, H=11, W=9, K=4, R=4, S=5, stride=(3, 2), padding=(2, 1), dilation=(2, 2), groups=1),
@@ -198,10 +272,10 @@ VARIANTS = [
 def run_variant(cfg, dtype, overrides):
     """fprop (bias + ReLU), dgrad, wgrad and bgrad of one configuration on emu with overrides."""
     g, x, w, b, dy = conv_arrays(cfg, dtype, seed=5)
-    tile = {} if g.is_depthwise else {"tile": overrides.get("tile")}
+    tile = {} if g.is_depthwise else {"tile": overrides.get("tile"), "splits": overrides.get("splits")}
     return {"y": conv.fprop("emu", x, w, b, g, activation="relu", **tile),
             "dx": conv.dgrad("emu", dy, w, g, **tile),
-            "dw": conv.wgrad("emu", dy, x, g, splits=overrides.get("splits"), **tile),
+            "dw": conv.wgrad("emu", dy, x, g, **dict(tile, splits=overrides.get("splits"))),
             "db": conv.bgrad("emu", dy)}
 
 
@@ -248,7 +322,7 @@ def test_emu_sweep_classes_under_reverse_and_random_schedules(dtype):
 
 
 @needs_emu
-@pytest.mark.parametrize("name,cfg,overrides", [VARIANTS[0], VARIANTS[3]], ids=["gemm", "depthwise"])
+@pytest.mark.parametrize("name,cfg,overrides", [VARIANTS[0], VARIANTS[-1]], ids=["gemm", "depthwise"])
 def test_emu_weight_and_bias_gradients_are_bit_identical_across_runs(name, cfg, overrides):
     from cnn_gpu import emu
     with emu.checking(guard=True):
@@ -300,6 +374,7 @@ def test_launcher_rejects_unknown_activation_and_tile():
 @pytest.mark.skipif(backend.cupy_or_none() is None, reason="no GPU: CuPy is missing or sees no device")
 @pytest.mark.parametrize("kind", ["conv", "transpose", "depthwise", "depthwise_t"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the oracle's inf - inf
 def test_cuda_sweep_matches_numpy(kind, dtype):
     cupy = backend.cupy_or_none()
     for chunk in range(CHUNKS):
@@ -308,10 +383,69 @@ def test_cuda_sweep_matches_numpy(kind, dtype):
 
 def test_plans_name_the_launches_the_launchers_make():
     g = conv_geometry((2, 3, 9, 9), (5, 3, 3, 3))
-    assert conv.plan_fprop(g, np.float64, tile="small").main.kernel == "conv2d_fprop_small"
+    assert conv.plan_fprop(g, np.float64, tile="small", splits=1).main.kernel == "conv2d_fprop_small"
     single = conv.plan_wgrad(g, np.float64, tile="large", splits=1)
     split = conv.plan_wgrad(g, np.float64, tile="large", splits=3)
     assert [launch.family for launch in single.launches] == ["conv2d_wgrad"]
     assert [launch.family for launch in split.launches] == ["conv2d_wgrad", "reduce"]
     assert split.main.grid[2] == split.splits > 1 and split.chunk % conv.BK == 0
+    fprop = conv.plan_fprop(g, np.float32, tile="wide", splits=2)
+    assert [launch.kernel for launch in fprop.launches] == ["conv2d_fprop_wide", "split_sum_epilogue"]
+    assert fprop.main.grid[2] == 2 and fprop.chunk == 16   # 27 reduction rows in chunks of 16
+    dgrad = conv.plan_dgrad(g, np.float32, tile="tall", splits=1)
+    assert [launch.kernel for launch in dgrad.launches] == ["conv2d_dgrad_filter_transpose", "conv2d_dgrad_tall"]
+    assert dgrad.main.kernel == "conv2d_dgrad_tall"
     assert conv.plan_dgrad(conv_geometry((2, 4, 9, 9), (4, 1, 3, 3), groups=4), np.float32).tile is None
+
+
+# ResNet-50 layers at batch 32 (N, C, H, W, K, R, S, stride, padding)
+RESNET_3X3 = (32, 256, 14, 14, 256, 3, 3, 1, 1)
+RESNET_DEEP = (32, 512, 7, 7, 512, 3, 3, 1, 1)
+RESNET_EXPAND = (32, 64, 56, 56, 256, 1, 1, 1, 0)
+RESNET_REDUCE = (32, 256, 56, 56, 64, 1, 1, 1, 0)
+
+
+def _layer(n, c, h, w, k, r, s, stride, pad):
+    return conv_geometry((n, c, h, w), (k, c, r, s), stride, pad)
+
+
+def test_picker_fills_the_sms_and_counts_the_partial_last_wave():
+    # 14x14x256 at batch 32: 49 x 2 large tiles = 98 blocks leave 34 of 132 SMs idle, 2 per SM fit:
+    # the picker splits or shrinks the tile rather than run one partial wave of large blocks
+    plan = conv.plan_fprop(_layer(*RESNET_3X3), np.float32)
+    blocks = math.prod(plan.main.grid)
+    assert blocks >= conv.DEFAULT_SMS
+    # the deep 7x7x512 layer: 13 x 4 large tiles = 52 blocks; split-K over its 4608-row reduction
+    deep = conv.plan_fprop(_layer(*RESNET_DEEP), np.float32)
+    assert deep.splits > 1 and deep.launches[-1].kernel == "split_sum_epilogue"
+    assert conv.plan_dgrad(_layer(*RESNET_DEEP), np.float32).splits > 1
+    # a layer with plenty of blocks runs the large tile unsplit; with 64 output channels, 64 x 128
+    expand = conv.plan_fprop(_layer(*RESNET_EXPAND), np.float32)
+    assert (expand.tile, expand.splits) == ("large", 1)
+    assert conv.plan_fprop(_layer(*RESNET_REDUCE), np.float32).tile == "wide"
+    # wgrad (a long N*P*Q reduction into a small output) always splits on the large tile here
+    wgrad = conv.plan_wgrad(_layer(*RESNET_3X3), np.float32)
+    assert wgrad.tile == "large" and wgrad.splits > 1
+
+
+def test_picker_uses_the_sm_count():
+    g = _layer(*RESNET_DEEP)
+    few, many = conv.plan_fprop(g, np.float32, sms=8), conv.plan_fprop(g, np.float32, sms=264)
+    assert math.prod(few.main.grid) < math.prod(many.main.grid)
+    assert conv.plan_fprop(g, np.float32).splits == conv.plan_fprop(g, np.float32, sms=conv.DEFAULT_SMS).splits
+
+
+def test_forced_plans_and_split_workspace_limit():
+    g = conv_geometry((2, 3, 9, 9), (5, 3, 3, 3))
+    with conv.forced(tile="tall", splits=40):
+        plan = conv.plan_fprop(g, np.float32)
+    assert plan.tile == "tall" and plan.splits == 4   # 27 reduction rows: at most 4 splits of 8
+    assert conv.plan_fprop(g, np.float32, tile="small", splits=1).splits == 1
+    with pytest.raises(ValueError, match="tile"):
+        with conv.forced(tile="huge"):
+            pass
+    with pytest.raises(ValueError, match="splits"):
+        conv.plan_dgrad(g, np.float32, splits=0)
+    # a (splits, y) workspace past 2^31 elements is never planned
+    big = conv_geometry((64, 256, 128, 128), (256, 256, 3, 3), padding=1)
+    assert conv.plan_fprop(big, np.float32, splits=64).splits * math.prod(big.y_shape) < conv.INDEX_LIMIT

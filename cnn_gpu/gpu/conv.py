@@ -3,12 +3,15 @@ conv2d_depthwise.cu) for the "cuda" and "emu" backends.
 
 `g` is the ConvGeometry of the convolution (for a transposed convolution, that of the convolution
 whose input gradient it is). Depthwise geometries (groups == C > 1) run the direct kernels of
-conv2d_depthwise.cu, everything else the implicit-GEMM kernels. The keyword-only `tile` ("large"
-or "small") and `splits` arguments override the launcher's choices; tests use them to reach every
+conv2d_depthwise.cu, everything else the implicit-GEMM kernels. The plan_* functions make every
+launch decision (tile variant, split-K) for a given SM count; the keyword-only `tile` (a TILES
+variant) and `splits` arguments, or a `forced(...)` block, override them so that tests reach every
 kernel variant with small shapes.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 
@@ -20,16 +23,33 @@ from ._grid import Launch, i32
 
 THREADS = 256
 BK = 8   # reduction depth of a block tile (kernels' BK)
-# Block tile edge (BM = BN) of the GEMM kernels per dtype and variant.
-TILE_EDGE = {np.dtype(np.float32): {"large": 128, "small": 64},
-             np.dtype(np.float64): {"large": 64, "small": 32}}
-# The large tile pays off once it alone gives this many blocks: enough to fill the SMs of a big
-# GPU (132 on an H100) about twice; below that the small tile's extra blocks win.
-LARGE_TILE_MIN_BLOCKS = 256
-# wgrad split-K: aim for this many blocks, each summing at least MIN_SPLIT_CHUNK pixels.
-WGRAD_TARGET_BLOCKS = 256
-MIN_SPLIT_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One block-tile variant of the GEMM kernels (kernels/igemm.cuh): its BM x BN edge, the blocks
+    per SM its __launch_bounds__ builds it for, and its issue efficiency (the sm_90 hot-loop FMA
+    share of the fp32 fprop kernel, rounded: the picker's weight for the loop's overhead)."""
+    bm: int
+    bn: int
+    blocks_per_sm: int
+    efficiency: float
+
+
+# The kernels' tiles per dtype (fp64 halves each edge: a value takes two registers).
+TILES = {np.dtype(np.float32): {"large": TileSpec(128, 128, 2, 0.79), "tall": TileSpec(128, 64, 2, 0.70),
+                                "wide": TileSpec(64, 128, 2, 0.69), "small": TileSpec(64, 64, 3, 0.58)},
+         np.dtype(np.float64): {"large": TileSpec(64, 64, 2, 0.55), "tall": TileSpec(64, 32, 2, 0.44),
+                                "wide": TileSpec(32, 64, 2, 0.41), "small": TileSpec(32, 32, 3, 0.30)}}
+# SM count the picker plans for when the device cannot be asked (emu, the model): H100 SXM5.
+DEFAULT_SMS = 132
+# Split-K: each split sums at least MIN_SPLIT_CHUNK reduction rows; at most MAX_SPLITS splits.
+MIN_SPLIT_CHUNK = 64
 MAX_SPLITS = 64
+# Cost of split-K's extra traffic and launch, in FMA issue slots of one SM (H100: 128 fp32 FMA per
+# clock per SM against ~15 bytes of DRAM per clock per SM; a launch ~4 us).
+SPLIT_SLOTS_PER_BYTE = 8
+LAUNCH_SLOTS = 1_000_000
 # depthwise wgrad keeps one partial per thread and tap: cap that workspace (elements)
 MAX_PARTIALS = 2**24
 MAX_GRID_YZ = 65535
@@ -37,9 +57,39 @@ MAX_GRID_YZ = 65535
 INDEX_LIMIT = 2**31
 SPATIAL_LIMIT = 2**28
 
+_forced = contextvars.ContextVar("conv_forced", default={})
+
+
+@contextlib.contextmanager
+def forced(*, tile=None, splits=None):
+    """Inside the block, the GEMM plans use this tile variant and/or split count (clamped to what
+    the problem allows) unless a call passes its own: the tests reach every variant through the
+    public ops with small shapes."""
+    if tile is not None and tile not in TILES[np.dtype(np.float32)]:
+        raise ValueError(f"tile must be one of {', '.join(TILES[np.dtype(np.float32)])} or None, got {tile!r}")
+    _check_splits(splits)
+    token = _forced.set({"tile": tile, "splits": splits})
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def device_sms(be) -> int:
+    """SMs of the GPU a launch on `be` runs on (cuda: the device's attribute; emu: DEFAULT_SMS)."""
+    if be == "cuda":
+        cupy = backend.cupy_or_none()
+        return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+    return DEFAULT_SMS
+
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _check_splits(splits) -> None:
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
+        raise ValueError(f"splits must be a positive int or None, got {splits!r}")
 
 
 def _check_index_range(g) -> None:
@@ -62,16 +112,50 @@ def _check_grid(kernel: str, grid) -> None:
                          f"(too many channels or groups)")
 
 
-def _pick_tile(dtype, M: int, Ngemm: int, batches: int, tile) -> tuple[str, int]:
-    """The tile variant and its edge for an M x Ngemm output repeated `batches` times."""
-    edges = TILE_EDGE[np.dtype(dtype)]
-    if tile is None:
-        large_blocks = _ceil_div(M, edges["large"]) * _ceil_div(Ngemm, edges["large"]) * batches
-        fills_rows = M > edges["small"]
-        tile = "large" if fills_rows and large_blocks >= LARGE_TILE_MIN_BLOCKS else "small"
-    elif tile not in edges:
-        raise ValueError(f"tile must be 'large', 'small' or None, got {tile!r}")
-    return tile, edges[tile]
+def _split(kgemm: int, splits: int) -> tuple[int, int]:
+    """(splits, chunk) for `splits` wanted over a kgemm-row reduction: chunk a multiple of BK, no
+    split empty."""
+    chunk = _ceil_div(_ceil_div(max(kgemm, 1), splits), BK) * BK
+    return _ceil_div(max(kgemm, 1), chunk), chunk
+
+
+def _choose(dtype, M: int, Ngemm: int, batches: int, kgemm: int, output_elements: int, sms, tile, splits,
+            max_splits: int):
+    """(tile variant, TileSpec, splits, chunk) of an M x Ngemm x kgemm GEMM repeated `batches` times.
+
+    Unforced choices minimise a wave model: a block of tile t takes bm*bn*chunk / efficiency FMA
+    issue slots of its SM's share; the busiest SM runs ceil(blocks / (SMs * blocks_per_sm)) waves
+    of blocks_per_sm blocks (the partial last wave counts whole); split-K adds the traffic of its
+    partials (written and read once, plus the output) and a launch."""
+    tiles = TILES[np.dtype(dtype)]
+    forced_now = _forced.get()
+    tile = tile if tile is not None else forced_now.get("tile")
+    splits = splits if splits is not None else forced_now.get("splits")
+    if tile is not None and tile not in tiles:
+        raise ValueError(f"tile must be one of {', '.join(tiles)} or None, got {tile!r}")
+    _check_splits(splits)
+    sms = DEFAULT_SMS if sms is None else sms
+    item = np.dtype(dtype).itemsize
+    most = max(1, min(max_splits, MAX_SPLITS, _ceil_div(kgemm, MIN_SPLIT_CHUNK)))
+    split_options = [min(splits, max(1, min(max_splits, _ceil_div(kgemm, BK))))] if splits else range(1, most + 1)
+    best = None
+    for name in ([tile] if tile else tiles):
+        spec = tiles[name]
+        base_blocks = _ceil_div(M, spec.bm) * _ceil_div(Ngemm, spec.bn) * batches
+        for wanted in split_options:
+            count, chunk = _split(kgemm, wanted)
+            waves = _ceil_div(base_blocks * count, sms * spec.blocks_per_sm)
+            cost = waves * spec.blocks_per_sm * spec.bm * spec.bn * chunk / spec.efficiency
+            if count > 1:
+                cost += (2 * count + 1) * output_elements * item * SPLIT_SLOTS_PER_BYTE / sms + LAUNCH_SLOTS
+            if best is None or cost < best[0]:
+                best = (cost, name, spec, count, chunk)
+    return best[1:]
+
+
+def _workspace_splits(splits: int, elements: int) -> int:
+    """Most splits whose (splits, elements) workspace stays within 32-bit indexing."""
+    return max(1, min(splits, (INDEX_LIMIT - 1) // max(elements, 1)))
 
 
 def _geometry_args(g):
@@ -79,38 +163,79 @@ def _geometry_args(g):
                 g.padding[1], g.dilation[0], g.dilation[1])
 
 
+def _walk_args(*values):
+    """The loader walks' constants as kernel ints. One that passes 32 bits steps a row past the end
+    of every reduction (a step of BK rows covers it whole), so no kernel ever adds it: it is passed
+    wrapped, as the kernel's own int arithmetic would hold it."""
+    return tuple(np.int32((int(v) + 2**31) % 2**32 - 2**31) for v in values)
+
+
+def _fprop_walk(g):
+    """(walk_s, walk_r, walk_tap, walk_carry_s, walk_carry_r) of conv2d_fprop.cu: BK reduction rows
+    (c, r, s) as steps of s, r and the x offset, and the offset carries when s and r wrap."""
+    rs, hw, (dh, dw) = g.R * g.S, g.H * g.W, g.dilation
+    walk_s, walk_r = BK % g.S, (BK % rs) // g.S
+    return _walk_args(walk_s, walk_r, (BK // rs) * hw + walk_r * dh * g.W + walk_s * dw,
+                      dh * g.W - g.S * dw, hw - g.R * dh * g.W)
+
+
+def _wgrad_walk(g):
+    """(walk_q, walk_p, walk_dy, walk_x, walk_q_end, walk_p_end, walk_carry_q_x, walk_carry_p_x,
+    walk_carry_p_dy) of conv2d_wgrad.cu: BK reduction rows (n, p, q) as steps of q*stride_w,
+    p*stride_h and the dy and x offsets, the ends of the first two, and the offset carries when they
+    wrap."""
+    pq, hw, (sh, sw) = g.P * g.Q, g.H * g.W, g.stride
+    step_n, step_p, step_q = BK // pq, (BK % pq) // g.Q, BK % g.Q
+    return _walk_args(step_q * sw, step_p * sh, step_n * g.K * pq + step_p * g.Q + step_q,
+                      step_n * g.C * hw + step_p * sh * g.W + step_q * sw, g.Q * sw, g.P * sh,
+                      sh * g.W - g.Q * sw, g.C * hw - g.P * sh * g.W, g.K * pq - pq)
+
+
 @dataclass(frozen=True)
 class ConvPlan:
     """What a convolution pass launches, decided before any allocation or launch. The launchers
     below run it; the roofline model (cnn_gpu.roofline) reads it without running anything.
 
-    `splits` > 1 (wgrad) means a (splits, K, taps) workspace of partial tiles summed by a
-    reduce.channel_sum launch, which `launches` lists last; `chunk` is each split's share of the
-    N*P*Q reduction, a multiple of BK."""
+    `launches` run in order; `main` is the convolution kernel among them (dgrad runs its filter
+    transpose first). `splits` > 1 means split-K: the main launch writes `splits` partial outputs to
+    a workspace that the last launch (reduce.cu) folds in a fixed order; `chunk` is each split's
+    share of the reduction, a multiple of BK (dgrad: computed per stride phase by the kernel)."""
     pass_name: str               # "fprop", "dgrad" or "wgrad"
     launches: tuple
-    tile: str | None = None      # "large" / "small" for the GEMM kernels, None for depthwise
+    tile: str | None = None      # a TILES variant for the GEMM kernels, None for depthwise
     splits: int = 1
     chunk: int = 0
+    main_index: int = 0
 
     @property
     def main(self) -> Launch:
-        return self.launches[0]
+        return self.launches[self.main_index]
 
 
-def plan_fprop(g, dtype, *, tile=None) -> ConvPlan:
+def plan_fprop(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     _check_index_range(g)
     if g.is_depthwise:
         grid = (_ceil_div(math.prod(g.y_shape), THREADS), 1, 1)
         return ConvPlan("fprop", (Launch("conv2d_depthwise", "conv2d_depthwise_fprop", grid),))
-    npq = g.N * g.P * g.Q
-    variant, edge = _pick_tile(dtype, g.K // g.groups, npq, g.groups, tile)
-    grid = (_ceil_div(npq, edge), _ceil_div(g.K // g.groups, edge), g.groups)
+    npq, kg = g.N * g.P * g.Q, g.K // g.groups
+    kgemm = (g.C // g.groups) * g.R * g.S
+    out = math.prod(g.y_shape)
+    variant, spec, splits, chunk = _choose(dtype, kg, npq, g.groups, kgemm, out, sms, tile, splits,
+                                           min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups))
+    grid = (_ceil_div(npq, spec.bn), _ceil_div(kg, spec.bm), g.groups * splits)
     _check_grid("conv2d_fprop", grid)
-    return ConvPlan("fprop", (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid),), tile=variant)
+    launches = (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid),)
+    if splits > 1:
+        launches += (reduce.plan_split_sum_epilogue(out),)
+    return ConvPlan("fprop", launches, tile=variant, splits=splits, chunk=chunk)
 
 
-def plan_dgrad(g, dtype, *, tile=None) -> ConvPlan:
+def _phase_taps(taps: int, stride: int, dilation: int) -> int:
+    """Most taps of one dimension that reach one stride phase of dgrad."""
+    return _ceil_div(taps, stride // math.gcd(stride, dilation))
+
+
+def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     _check_index_range(g)
     if g.is_depthwise:
         grid = (_ceil_div(math.prod(g.x_shape), THREADS), 1, 1)
@@ -119,21 +244,24 @@ def plan_dgrad(g, dtype, *, tile=None) -> ConvPlan:
     (sh, sw) = g.stride
     phase_pixels = g.N * _ceil_div(g.H, sh) * _ceil_div(g.W, sw)
     cg = g.C // g.groups
-    variant, edge = _pick_tile(dtype, cg, phase_pixels, g.groups * sh * sw, tile)
-    grid = (_ceil_div(phase_pixels, edge), _ceil_div(cg, edge), g.groups * sh * sw)
+    kgemm = (g.K // g.groups) * _phase_taps(g.R, sh, g.dilation[0]) * _phase_taps(g.S, sw, g.dilation[1])
+    out = math.prod(g.x_shape)
+    batches = g.groups * sh * sw
+    variant, spec, splits, chunk = _choose(dtype, cg, phase_pixels, batches, kgemm, out, sms, tile, splits,
+                                           min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // batches))
+    grid = (_ceil_div(phase_pixels, spec.bn), _ceil_div(cg, spec.bm), batches * splits)
     _check_grid("conv2d_dgrad", grid)
-    return ConvPlan("dgrad", (Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid),), tile=variant)
+    launches = (Launch("conv2d_dgrad", "conv2d_dgrad_filter_transpose",
+                       (_ceil_div(math.prod(g.w_shape), THREADS), 1, 1)),
+                Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid))
+    if splits > 1:
+        launches += (reduce.plan_channel_sum(splits, out, 1),)
+    return ConvPlan("dgrad", launches, tile=variant, splits=splits, chunk=chunk, main_index=1)
 
 
-def _wgrad_splits(npq: int, blocks: int, groups: int) -> int:
-    wanted = _ceil_div(WGRAD_TARGET_BLOCKS, blocks)
-    return max(1, min(wanted, _ceil_div(npq, MIN_SPLIT_CHUNK), MAX_SPLITS, MAX_GRID_YZ // groups))
-
-
-def plan_wgrad(g, dtype, *, tile=None, splits=None) -> ConvPlan:
+def plan_wgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     _check_index_range(g)
-    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
-        raise ValueError(f"splits must be a positive int or None, got {splits!r}")
+    _check_splits(splits)
     npq = g.N * g.P * g.Q
     if g.is_depthwise:
         taps = g.K * g.R * g.S
@@ -141,23 +269,20 @@ def plan_wgrad(g, dtype, *, tile=None, splits=None) -> ConvPlan:
             raise ValueError(f"depthwise wgrad: weight of shape {g.w_shape} has too many taps ({taps}) for "
                              f"32-bit indexing of its {THREADS} partial sums per tap")
         if splits is None:
-            splits = max(1, min(_ceil_div(npq, THREADS * MIN_SPLIT_CHUNK), MAX_SPLITS))
+            splits = _forced.get().get("splits") or max(1, min(_ceil_div(npq, THREADS * 256), MAX_SPLITS))
         splits = max(1, min(splits, _ceil_div(npq, THREADS), MAX_PARTIALS // (taps * THREADS), MAX_GRID_YZ))
         launches = (Launch("conv2d_depthwise", "conv2d_depthwise_wgrad", (taps, splits, 1)),
                     reduce.plan_channel_sum(1, taps, splits * THREADS))
         return ConvPlan("wgrad", launches, splits=splits)
     kg, taps = g.K // g.groups, (g.C // g.groups) * g.R * g.S
-    variant, edge = _pick_tile(dtype, kg, taps, g.groups, tile)
-    grid_xy = (_ceil_div(taps, edge), _ceil_div(kg, edge))
-    if splits is None:
-        splits = _wgrad_splits(npq, grid_xy[0] * grid_xy[1] * g.groups, g.groups)
-    chunk = _ceil_div(_ceil_div(npq, splits), BK) * BK
-    splits = _ceil_div(npq, chunk)   # rounding the chunk up may leave trailing splits empty: drop them
-    grid = grid_xy + (g.groups * splits,)
+    out = math.prod(g.w_shape)
+    variant, spec, splits, chunk = _choose(dtype, kg, taps, g.groups, npq, out, sms, tile, splits,
+                                           min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups))
+    grid = (_ceil_div(taps, spec.bn), _ceil_div(kg, spec.bm), g.groups * splits)
     _check_grid("conv2d_wgrad", grid)
     launches = (Launch("conv2d_wgrad", f"conv2d_wgrad_{variant}", grid),)
     if splits > 1:
-        launches += (reduce.plan_channel_sum(splits, g.K * taps, 1),)
+        launches += (reduce.plan_channel_sum(splits, out, 1),)
     return ConvPlan("wgrad", launches, tile=variant, splits=splits, chunk=chunk)
 
 
@@ -166,35 +291,52 @@ def _run(be, launch: Launch, dtype, args) -> None:
                    shared_mem=launch.shared_mem)
 
 
-def fprop(be, x, w, bias, g, activation=None, *, tile=None):
+def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None):
     """y = conv2d(x, w) + bias, then ReLU when activation == "relu"."""
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    plan = plan_fprop(g, x.dtype, tile=tile)
-    y = backend.array_module(be).empty(g.y_shape, dtype=x.dtype)
-    flags = i32(bias is not None, activation == "relu")
-    bias_arg = y if bias is None else bias   # never read when has_bias == 0
-    groups = () if g.is_depthwise else i32(g.groups)
-    _run(be, plan.main, x.dtype, (x, w, bias_arg, y) + _geometry_args(g) + groups + flags)
-    return y
+    plan = plan_fprop(g, x.dtype, tile=tile, splits=splits, sms=device_sms(be))
+    xp = backend.array_module(be)
+    y = xp.empty(g.y_shape, dtype=x.dtype)
+    relu = activation == "relu"
+    bias_arg = reduce.unread_bias(xp, x.dtype) if bias is None else bias
+    if g.is_depthwise:
+        _run(be, plan.main, x.dtype, (x, w, bias_arg, y) + _geometry_args(g) + i32(bias is not None, relu))
+        return y
+    if plan.splits == 1:
+        _run(be, plan.main, x.dtype, (x, w, bias_arg, y) + _geometry_args(g)
+             + i32(g.groups, bias is not None, relu, plan.chunk) + _fprop_walk(g))
+        return y
+    partials = xp.empty((plan.splits,) + tuple(g.y_shape), dtype=x.dtype)
+    _run(be, plan.main, x.dtype, (x, w, bias_arg, partials) + _geometry_args(g) + i32(g.groups, 0, 0, plan.chunk)
+         + _fprop_walk(g))
+    return reduce.split_sum_epilogue(be, partials, y, g.K, g.P * g.Q, bias, relu)
 
 
-def dgrad(be, dy, w, g, *, tile=None):
+def dgrad(be, dy, w, g, *, tile=None, splits=None):
     """dx of conv2d (also the forward pass of conv_transpose2d, its input passed as dy)."""
-    plan = plan_dgrad(g, dy.dtype, tile=tile)
-    dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
+    plan = plan_dgrad(g, dy.dtype, tile=tile, splits=splits, sms=device_sms(be))
+    xp = backend.array_module(be)
+    dx = xp.empty(g.x_shape, dtype=dy.dtype)
     if g.is_depthwise:
         (sh, sw), (dh, dw) = g.stride, g.dilation
-        extra = i32(sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))   # stride phase periods
-    else:
-        extra = i32(g.groups)
-    _run(be, plan.main, dy.dtype, (dy, w, dx) + _geometry_args(g) + extra)
-    return dx
+        periods = i32(sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))   # stride phase periods
+        _run(be, plan.main, dy.dtype, (dy, w, dx) + _geometry_args(g) + periods)
+        return dx
+    cg, rs = g.C // g.groups, g.R * g.S
+    # the kernel reads up to a tile edge of channels past the last filter row: zeroed padding
+    wt = xp.zeros(g.w_shape[0] * cg * rs + max(spec.bm for spec in TILES[np.dtype(w.dtype)].values()), dtype=w.dtype)
+    _run(be, plan.launches[0], dy.dtype, (w, wt) + i32(g.K, cg, g.R, g.S, *g.stride, *g.dilation))
+    out = dx if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.x_shape), dtype=dy.dtype)
+    _run(be, plan.main, dy.dtype, (dy, wt, out) + _geometry_args(g) + i32(g.groups, plan.splits))
+    if plan.splits == 1:
+        return dx
+    return reduce.channel_sum(be, out, plan.splits, dx.size, 1).reshape(g.x_shape)
 
 
 def wgrad(be, dy, x, g, *, tile=None, splits=None):
     """dweight of conv2d: split-K partial tiles, then a fixed-order sum over the splits."""
-    plan = plan_wgrad(g, x.dtype, tile=tile, splits=splits)
+    plan = plan_wgrad(g, x.dtype, tile=tile, splits=splits, sms=device_sms(be))
     xp = backend.array_module(be)
     if g.is_depthwise:
         taps = g.K * g.R * g.S
@@ -203,7 +345,8 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None):
         return reduce.channel_sum(be, partial, 1, taps, plan.splits * THREADS).reshape(g.w_shape)
     taps = (g.C // g.groups) * g.R * g.S
     workspace = xp.empty((plan.splits, g.K, taps), dtype=x.dtype)
-    _run(be, plan.main, x.dtype, (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk))
+    _run(be, plan.main, x.dtype, (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk)
+         + _wgrad_walk(g))
     if plan.splits == 1:
         return workspace.reshape(g.w_shape)
     return reduce.channel_sum(be, workspace, plan.splits, g.K * taps, 1).reshape(g.w_shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import Launch
+from ._grid import Launch, blocks_for, i32
 
 THREADS = 256
 # Above this many rows a one-thread-per-channel loop is too serial; a block per channel is used.
@@ -19,6 +19,29 @@ def plan_channel_sum(outer, channels, inner):
     if channels > MAX_GRID_X:
         raise ValueError(f"channel_sum: {channels} channels exceed the grid limit of {MAX_GRID_X} blocks")
     return Launch("reduce", "channel_sum_block", (channels, 1, 1))
+
+
+def unread_bias(xp, dtype):
+    """The bias argument of a kernel called with has_bias == 0: never read, but its own array (the
+    launch checks refuse an output aliased by any other argument)."""
+    return xp.zeros(1, dtype=dtype)
+
+
+def plan_split_sum_epilogue(elements):
+    """The launch that split_sum_epilogue makes for `elements` outputs."""
+    return Launch("reduce", "split_sum_epilogue", (blocks_for(elements), 1, 1))
+
+
+def split_sum_epilogue(be, partials, out, channels, inner, bias=None, relu=False):
+    """out = sum of `partials` (splits, *out.shape) over its first axis in order, plus bias per
+    channel of out viewed as (outer, channels, inner), then ReLU when `relu` (split-K fprop)."""
+    splits, elements = partials.shape[0], out.size
+    launch = plan_split_sum_epilogue(elements)
+    bias_arg = unread_bias(backend.array_module(be), out.dtype) if bias is None else bias
+    args = (partials, bias_arg, out, np.int64(splits), np.int64(elements), np.int64(channels), np.int64(inner),
+            *i32(bias is not None, relu))
+    backend.launch(be, "reduce", out.dtype, launch.kernel, launch.grid, launch.block, args)
+    return out
 
 
 def channel_sum(be, a, outer, channels, inner):
