@@ -75,16 +75,9 @@ def _require_available(name: str) -> None:
 
 # --- availability -------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
 def cupy_or_none():
-    """The cupy module when it imports and sees at least one GPU, else None."""
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy
-    except Exception:  # no CuPy, no driver, or no device: all mean "no cuda backend"
-        pass
-    return None
+    """The cupy module when the cuda backend can compile and run the kernels here, else None."""
+    return _cuda_probe()[0]
 
 
 def why_unavailable(name: str) -> str:
@@ -93,14 +86,67 @@ def why_unavailable(name: str) -> str:
     if name == "emu":
         return _why_emu_unavailable()
     if name == "cuda":
-        try:
-            import cupy  # noqa: F401
-        except Exception as err:
-            return f"CuPy does not import ({err}); pip install 'cnn_gpu[cuda12]' or '[cuda13]'"
-        if cupy_or_none() is None:
-            return "CuPy sees no GPU"
-        return ""
+        return _cuda_probe()[1]
     return f"unknown backend {name!r}"
+
+
+INSTALL_HINT = "pip install 'cnn_gpu[cuda12]' (CUDA 12 driver) or 'cnn_gpu[cuda13]' (CUDA 13 driver)"
+
+
+def _cuda_version(version: int) -> str:
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_probe() -> tuple:
+    """(cupy, "") when CuPy imports, the driver is new enough for CuPy's CUDA runtime, a GPU is
+    visible, NVRTC and cuBLAS load and NVRTC compiles for every GPU's architecture; else (None,
+    why not). Probed once: a missing library would otherwise surface as a crash at the first
+    kernel compile or matrix product."""
+    try:
+        import cupy
+    except Exception as err:
+        return None, f"CuPy does not import ({err}); {INSTALL_HINT}"
+    runtime = cupy.cuda.runtime
+    try:
+        driver = runtime.driverGetVersion()
+        cuda = runtime.runtimeGetVersion()
+    except Exception as err:
+        return None, f"no usable NVIDIA driver or CUDA runtime ({err})"
+    if driver == 0:
+        return None, "no NVIDIA driver is installed"
+    # CuPy compiles kernels to cubins, which a driver of the same major version runs (minor
+    # version compatibility); an older major version cannot run them at all.
+    if driver // 1000 < cuda // 1000:
+        extra = {12: " or install 'cnn_gpu[cuda12]' instead"}.get(driver // 1000, "")
+        return None, (f"insufficient NVIDIA driver: it supports CUDA up to {_cuda_version(driver)}, CuPy runs on "
+                      f"CUDA {_cuda_version(cuda)}; update the driver{extra}")
+    try:
+        count = runtime.getDeviceCount()
+    except Exception as err:
+        return None, f"CuPy sees no GPU ({err})"
+    if count <= 0:
+        return None, "CuPy sees no GPU"
+    nvrtc = cupy.cuda.nvrtc
+    try:
+        major, minor = nvrtc.getVersion()
+        supported = sorted(int(arch) for arch in nvrtc.getSupportedArchs())
+    except Exception as err:
+        return None, f"NVRTC, which compiles the kernels, does not load ({err}); {INSTALL_HINT}"
+    for index in range(count):
+        arch = int(cupy.cuda.Device(index).compute_capability)
+        if arch < supported[0]:
+            return None, (f"NVRTC {major}.{minor} cannot compile for GPU {index} (sm_{arch}; it supports sm_"
+                          f"{supported[0]} to sm_{supported[-1]}): CUDA 13 dropped sm_70 and older, so a V100 "
+                          f"needs pip install 'cnn_gpu[cuda12]'")
+        if arch // 10 > supported[-1] // 10:   # a cubin runs on later minor versions of its major arch only
+            return None, (f"NVRTC {major}.{minor} is too old for GPU {index} (sm_{arch}; it compiles for up to sm_"
+                          f"{supported[-1]}); upgrade it: pip install -U 'cnn_gpu[cuda12]' or 'cnn_gpu[cuda13]'")
+    try:
+        cupy.cuda.device.get_cublas_handle()
+    except Exception as err:
+        return None, f"cuBLAS, which runs the linear layers, does not load ({err}); {INSTALL_HINT}"
+    return cupy, ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,13 +255,24 @@ def kernel_source(family: str, directory=None) -> str:
 
 def dtype_options(dtype) -> tuple[str, ...]:
     """Preprocessor options that instantiate a kernel file for one dtype: REAL is the element
-    type, REAL_IS_DOUBLE selects the fp64 tiling where it differs."""
+    type, REAL_IS_DOUBLE selects the fp64 tiling where it differs, REAL_IS_HALF the float16
+    build (half_bits storage, FP32 math: kernels/common.cuh), which only the kernel files
+    converted to it compile."""
     dtype = np.dtype(dtype)
     if dtype == np.float32:
         return ("-DREAL=float", "-DREAL_IS_DOUBLE=0")
     if dtype == np.float64:
         return ("-DREAL=double", "-DREAL_IS_DOUBLE=1")
-    raise TypeError(f"kernels take float32 or float64 arrays, not {dtype}")
+    if dtype == np.float16:
+        return ("-DREAL=half_bits", "-DREAL_IS_DOUBLE=0", "-DREAL_IS_HALF=1")
+    raise TypeError(f"kernels take float16, float32 or float64 arrays, not {dtype}")
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The type a kernel built for `dtype` computes in (its acc_t): float32 for float16, else the
+    dtype itself."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 # Options CuPy-compiled kernels get (the emulator mirrors -ftz and FMA contraction itself).
@@ -248,14 +305,31 @@ def kernel_module(backend: str, family: str, dtype):
     return module
 
 
+_functions: dict = {}
+
+
+def kernel_function(backend: str, family: str, dtype, kernel: str):
+    """kernel_module(...).get_function(kernel), cached per (module, name): CuPy looks the function
+    up anew on every get_function call, a cost every launch would pay."""
+    key = (backend, family, np.dtype(dtype).str, kernel)
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _functions.setdefault(key, kernel_module(backend, family, dtype).get_function(kernel))
+    return fn
+
+
 def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, shared_mem: int = 0):
     """Launch kernels/<family>.cu:<kernel> with CuPy's calling convention on cuda or emu.
 
     `args` follow CuPy's rules: arrays, and NumPy scalars of exactly the declared C type
-    (np.int32 for `int`, np.int64 for `long long`, the array dtype for REAL)."""
-    fn = kernel_module(backend, family, dtype).get_function(kernel)
+    (np.int32 for `int`, np.int64 for `long long`, the array dtype for REAL). Every argument is
+    checked against the kernel's declaration first (cnn_gpu.launch_checks): a wrong dtype, layout,
+    read-only output or aliasing is refused before anything runs, on every backend."""
+    from .launch_checks import checked_args
+    args = checked_args(backend, family, kernel, dtype, args)
+    fn = kernel_function(backend, family, dtype, kernel)
     grid = tuple(int(g) for g in grid)
     block = tuple(int(b) for b in block)
     if min(grid) <= 0:
         return  # empty problem: nothing to launch
-    fn(grid, block, tuple(args), shared_mem=int(shared_mem))
+    fn(grid, block, args, shared_mem=int(shared_mem))

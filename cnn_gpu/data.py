@@ -5,6 +5,8 @@ seeded batch iterator.
 - `load_mnist(path)`: MNIST or Fashion-MNIST from the four IDX files (gzipped or not) in `path`.
 - `load_npz(path)`: arrays x, y (split here) or x_train, y_train, x_test, y_test.
 - `synthetic(...)`: learnable random images of any size, for benchmarks.
+- `validate_dataset(ds)`: refuses a data set unfit to train on (empty splits, NaN pixels, ...);
+  `cnn-gpu train` runs it on every data set before the first epoch.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import numpy as np
 # The split does not depend on the training seed, so every run is scored on the same test set.
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+# Labels are class indices and the classifier has one output per class up to the largest: a label
+# beyond this is a mistake (an id, not an index) that would make a classifier too big to allocate.
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -106,15 +111,27 @@ def _as_images(x, source: str) -> np.ndarray:
         return (x / np.float32(255)).astype(np.float32)
     if x.dtype.kind != "f":
         raise ValueError(f"{source}: images must be numeric, got dtype {x.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):   # values beyond float32 become inf, which validate_dataset refuses
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_labels(y: np.ndarray, n: int, source: str) -> None:
+    """`y` must be n class indices: integers in 0..MAX_CLASSES-1 (checked before any cast, which
+    could wrap a huge unsigned label round to a negative one)."""
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"{source}: labels must be a 1-D array of {n} entries (one per image), got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{source}: labels must be non-negative integers, got dtype {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{source}: labels must be non-negative integers, got {y.min()}")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise ValueError(f"{source}: label {y.max()} would make {int(y.max()) + 1} classes; labels are class "
+                         f"indices 0..N-1, at most {MAX_CLASSES} classes")
 
 
 def _as_labels(y, n: int, source: str) -> np.ndarray:
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"{source}: labels must be a 1-D array of {n} entries (one per image), got shape {y.shape}")
-    if y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
-        raise ValueError(f"{source}: labels must be non-negative integers, got dtype {y.dtype}")
+    _check_labels(y, n, source)
     return y.astype(np.int64)
 
 
@@ -214,8 +231,39 @@ def synthetic(n: int = 1024, channels: int = 3, height: int = 32, width: int = 3
     return x, y
 
 
+def validate_dataset(dataset: Dataset) -> Dataset:
+    """`dataset` itself when it is fit to train and test on, else a ValueError naming the problem:
+    an empty split, images that are not float32 (N, C, H, W) with C, H, W >= 1, training and test
+    images of different shapes, NaN or infinite pixels, labels that are not one int64 class index
+    per image below num_classes, or more than MAX_CLASSES classes."""
+    name = dataset.name
+    if not 1 <= dataset.num_classes <= MAX_CLASSES:
+        raise ValueError(f"{name}: {dataset.num_classes} classes; expected 1..{MAX_CLASSES}")
+    for split, x, y in (("training", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
+        if x.ndim != 4 or x.dtype != np.float32 or 0 in x.shape[1:]:
+            raise ValueError(f"{name}: {split} images must be float32 (N, C, H, W) with C, H, W >= 1, got "
+                             f"{x.dtype} {x.shape}")
+        if len(x) == 0:
+            raise ValueError(f"{name}: the {split} set is empty")
+        if y.dtype != np.int64:
+            raise ValueError(f"{name}: {split} labels must be int64, got {y.dtype}")
+        _check_labels(y, len(x), f"{name} {split} labels")
+        if y.max() >= dataset.num_classes:
+            raise ValueError(f"{name}: {split} label {y.max()} is out of range for {dataset.num_classes} classes")
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
+            raise ValueError(f"{name}: {len(bad)} {split} image(s) hold NaN or infinite pixels (after conversion to "
+                             f"float32), the first is image {bad[0]}")
+    if dataset.x_train.shape[1:] != dataset.x_test.shape[1:]:
+        raise ValueError(f"{name}: training images {dataset.x_train.shape[1:]} and test images "
+                         f"{dataset.x_test.shape[1:]} differ in shape")
+    return dataset
+
+
 def load(name: str, path=None) -> Dataset:
-    """The data set the CLI names: digits (no path), mnist / fashion-mnist (a folder), npz (a file)."""
+    """The data set the CLI names: digits (no path), mnist / fashion-mnist / cifar10 (a folder), npz
+    (a file)."""
     if name == "digits":
         return load_digits()
     if path is None:
@@ -224,7 +272,10 @@ def load(name: str, path=None) -> Dataset:
         return load_mnist(path, name)
     if name == "npz":
         return load_npz(path)
-    raise ValueError(f"unknown data set {name!r}; expected digits, mnist, fashion-mnist or npz")
+    if name == "cifar10":
+        from .cifar import load_cifar10
+        return load_cifar10(path)
+    raise ValueError(f"unknown data set {name!r}; expected digits, mnist, fashion-mnist, npz or cifar10")
 
 
 def batches(x, y, batch_size: int, rng=None):

@@ -4,20 +4,44 @@ decay) and `Adam` (bias-corrected, L2 weight decay added to the gradient).
 Parameters on the NumPy backend are updated by the NumPy functions below; on "emu" and "cuda" by
 the fused kernels of `cnn_gpu.gpu.optim`, which have the same signatures. The backend of a
 parameter is the one `Module.to` gave it, or the optimizer's `backend` argument.
+
+Mixed precision (PyTorch's master weights): a float16 parameter keeps an FP32 copy in its state
+(`state[i]["master"]`, saved by state_dict) and FP32 momentum / moment buffers. A step updates the
+master in FP32 from the (widened) float16 gradient and writes the parameter back rounded to
+float16 once, so updates smaller than half a float16 ulp accumulate instead of being lost. A
+parameter array replaced since the last step (Module.to, Module.load_state_dict) whose values no
+longer are its master's rounding gets a fresh master from its values; one changed in place behind
+the optimizer's back is not noticed.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
 import numpy as np
 
 from . import backend as _backend
+from .functional._checks import FLOAT_DTYPES, flag, real_number
+from .launch_checks import check_disjoint
 from .nn.module import Parameter, to_backend_array, to_host
 
 
 # --- the NumPy updates (same signatures as cnn_gpu.gpu.optim.sgd_step / adam_step) --------------
 
+def _on_master(update):
+    """`update` with a keyword-only `master`: given one (a float16 parameter's FP32 copy), the
+    update runs on it with the gradient widened to FP32, and the parameter gets it rounded."""
+    @functools.wraps(update)
+    def run(be, param, grad, *args, master=None):
+        if master is None:
+            return update(be, param, grad, *args)
+        update(be, master, grad.astype(master.dtype), *args)
+        param[...] = master
+    return run
+
+
+@_on_master
 def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step):
     """In place. PyTorch's SGD with dampening 0: g = grad + wd*p; buf = g on the first step, else
     momentum*buf + g; the step is g + momentum*buf (Nesterov) or buf."""
@@ -33,6 +57,7 @@ def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, ne
     param -= lr * grad
 
 
+@_on_master
 def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """In place. PyTorch's Adam (step counts from 1): m += (1-beta1)(g-m); v = beta2 v + (1-beta2) g^2;
     p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
@@ -51,11 +76,27 @@ def _kernel_steps():
     return importlib.import_module("cnn_gpu.gpu.optim")
 
 
+def state_dtype(dtype) -> np.dtype:
+    """The dtype of a parameter's optimizer state: FP32 for float16 parameters (master weights),
+    the parameter's own otherwise."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def _state_arrays(state: dict) -> list:
+    """(key, array) of the per-element state (momentum buffers, moments); not step counts."""
+    return [(key, value) for key, value in state.items() if getattr(value, "ndim", 0)]
+
+
 # --- optimizers ---------------------------------------------------------------------------------
 
 class Optimizer:
     """One parameter group, kept in `param_groups[0]` as in PyTorch (so `param_groups[0]["lr"]`
-    can be changed between steps); per-parameter state in `state[i]`."""
+    can be changed between steps); per-parameter state in `state[i]`.
+
+    A step is all or nothing on every backend: the hyper-parameters (finite, in range), every
+    gradient (shape, dtype, device) and every array the step writes (float, C-contiguous,
+    writeable, sharing memory with nothing else in the step) are checked before any parameter
+    changes. State made before `Module.to` moved a parameter moves with it at the next step."""
 
     def __init__(self, params, defaults: dict, backend=None):
         params = list(params)
@@ -68,35 +109,81 @@ class Optimizer:
         if backend is not None and backend not in _backend.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
         self.backend = backend
-        self.param_groups = [dict(defaults, params=params)]
+        self.param_groups = [dict(self._validated(defaults), params=params)]
         self.state = [dict() for _ in params]
+        self._master_of = [None] * len(params)   # the float16 array each master was last written to
+
+    @staticmethod
+    def _validated(hyper: dict) -> dict:
+        """The hyper-parameters checked and normalised (subclasses)."""
+        raise NotImplementedError
 
     @property
     def params(self):
         return self.param_groups[0]["params"]
 
-    def _backend_of(self, p) -> str:
-        return _backend.resolve(self.backend or p.backend, p.data)
-
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
+    def _prepare(self, index: int, p, state: dict):
+        """(backend, C-contiguous gradient) of one parameter's update, after checking everything
+        the update touches; moves state left behind by Module.to."""
+        what = f"parameter {index}"
+        if p.grad.shape != p.data.shape:
+            raise ValueError(f"{what}: gradient shape {tuple(p.grad.shape)} does not match parameter shape "
+                             f"{tuple(p.data.shape)}")
+        if p.data.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{what} has dtype {p.data.dtype}; optimizers update float16, float32 or float64 "
+                            f"parameters")
+        if p.grad.dtype != p.data.dtype:
+            raise TypeError(f"{what}: gradient dtype {p.grad.dtype} does not match parameter dtype {p.data.dtype}")
+        be = _backend.resolve(self.backend or p.backend, p.data, p.grad)
+        kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
+        for key, value in _state_arrays(state):
+            if _backend.is_cupy_array(value) != (kind == "cuda"):
+                state[key] = to_backend_array(value, kind)   # same values, the parameter's device
+        self._sync_master(index, p, state)
+        written = [("the parameter", p.data)] + [(f"its state {k!r}", v) for k, v in _state_arrays(state)]
+        for name, a in written:
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{what}: {name} must be C-contiguous to be updated in place (shape "
+                                 f"{tuple(a.shape)}, strides {a.strides}); Module.to and load_state_dict make "
+                                 f"C-contiguous copies")
+            if not _backend.is_cupy_array(a) and not a.flags.writeable:
+                raise ValueError(f"{what}: {name} is read-only")
+        return be, _backend.array_module(kind).asarray(p.grad, order="C")
+
+    def _sync_master(self, index: int, p, state: dict) -> None:
+        """A float16 parameter's FP32 master copy in state["master"]: made from the parameter at its
+        first step, and anew when the parameter array was replaced by one that is not the master
+        rounded (a loaded checkpoint); a move by Module.to keeps it."""
+        if p.data.dtype != np.float16:
+            if "master" in state:
+                raise ValueError(f"parameter {index} is {p.data.dtype}; master weights belong to float16 "
+                                 f"parameters only")
+            return
+        master = state.get("master")
+        if master is not None and self._master_of[index] is not p.data:
+            matches = master.astype(np.float16).view(np.uint16) == p.data.view(np.uint16)
+            if not bool(matches.all()):
+                master = None
+        if master is None:
+            state["master"] = p.data.astype(np.float32)
+        self._master_of[index] = p.data
+
     def step(self) -> None:
-        group = self.param_groups[0]
+        hyper = self._validated(self.param_groups[0])   # param_groups may have changed since the last step
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
-        pending = [(p, state) for p, state in zip(self.params, self.state) if p.grad is not None]
-        # every parameter is checked before any is updated, so a bad one leaves no half-done step
-        backends = []
-        for p, _ in pending:
-            if p.grad.shape != p.data.shape:
-                raise ValueError(f"gradient shape {tuple(p.grad.shape)} does not match parameter shape "
-                                 f"{tuple(p.data.shape)}")
-            if p.grad.dtype != p.data.dtype:
-                raise TypeError(f"gradient dtype {p.grad.dtype} does not match parameter dtype {p.data.dtype}")
-            backends.append(self._backend_of(p))
-        for be, (p, state) in zip(backends, pending):
-            self._update(be, p, state, group)
+        pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]
+        plans = [self._prepare(i, p, state) for i, p, state in pending]
+        arrays = []
+        for (i, p, state), (_, grad) in zip(pending, plans):
+            arrays += [(f"parameter {i}", p.data, True), (f"the gradient of parameter {i}", grad, False)]
+            arrays += [(f"state {key!r} of parameter {i}", v, True) for key, v in _state_arrays(state)]
+        check_disjoint(arrays, "optimizer step: ")
+        for (_, p, state), (be, grad) in zip(pending, plans):
+            self._update(be, p, grad, state, hyper)
 
     def state_dict(self) -> dict:
         """Hyper-parameters and per-parameter state (NumPy arrays), for checkpoints."""
@@ -113,6 +200,7 @@ class Optimizer:
         if set(groups[0]) != own_keys:
             raise ValueError(f"optimizer state has hyper-parameters {sorted(groups[0])}; {type(self).__name__} has "
                              f"{sorted(own_keys)} (a state dict of another optimizer?)")
+        hyper = self._validated(groups[0])
         restored = []
         for i, (p, saved) in enumerate(zip(self.params, states)):
             entry = {}
@@ -122,54 +210,67 @@ class Optimizer:
                         raise ValueError(f"optimizer state {i}.{key} has shape {tuple(value.shape)}, the parameter "
                                          f"{tuple(p.data.shape)}")
                     kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
-                    value = to_backend_array(np.array(value, dtype=p.data.dtype), kind)
+                    value = to_backend_array(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), kind)
                 entry[key] = value
             restored.append(entry)
-        self.param_groups[0].update(groups[0])
+        self.param_groups[0].update(hyper)
         self.state = restored
+        self._master_of = [None] * len(self.params)
+
+
+def _master_argument(state: dict) -> dict:
+    """The `master` keyword of an update: a float16 parameter's FP32 copy, none otherwise."""
+    return {"master": state["master"]} if "master" in state else {}
+
+
+def _nonnegative(hyper: dict, *names) -> dict:
+    return {name: real_number(hyper[name], "learning rate lr" if name == "lr" else name, minimum=0.0)
+            for name in names}
 
 
 class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0, weight_decay=0, nesterov=False, backend=None):
-        if lr < 0:
-            raise ValueError(f"invalid learning rate lr={lr}")
-        if momentum < 0:
-            raise ValueError(f"invalid momentum={momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"invalid weight_decay={weight_decay}")
-        if nesterov and momentum <= 0:
-            raise ValueError("nesterov momentum needs momentum > 0")
-        super().__init__(params, dict(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
-                                      nesterov=bool(nesterov)), backend)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
+                         backend)
 
-    def _update(self, be, p, state, group):
+    @staticmethod
+    def _validated(hyper: dict) -> dict:
+        checked = _nonnegative(hyper, "lr", "momentum", "weight_decay")
+        checked["nesterov"] = flag(hyper["nesterov"], "nesterov")
+        if checked["nesterov"] and checked["momentum"] <= 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        return checked
+
+    def _update(self, be, p, grad, state, hyper):
         first_step = "momentum_buffer" not in state
-        if group["momentum"] and first_step:
-            state["momentum_buffer"] = _backend.array_module(be).empty_like(p.data)
+        if hyper["momentum"] and first_step:
+            state["momentum_buffer"] = _backend.array_module(be).empty_like(p.data, dtype=state_dtype(p.data.dtype))
         step = numpy_sgd_step if be == "numpy" else _kernel_steps().sgd_step
-        step(be, p.data, p.grad, state.get("momentum_buffer"), group["lr"], group["momentum"],
-             group["weight_decay"], group["nesterov"], first_step)
+        step(be, p.data, grad, state.get("momentum_buffer"), hyper["lr"], hyper["momentum"],
+             hyper["weight_decay"], hyper["nesterov"], first_step, **_master_argument(state))
 
 
 class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None):
-        if lr < 0:
-            raise ValueError(f"invalid learning rate lr={lr}")
-        if eps < 0:
-            raise ValueError(f"invalid eps={eps}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if weight_decay < 0:
-            raise ValueError(f"invalid weight_decay={weight_decay}")
-        super().__init__(params, dict(lr=float(lr), betas=(float(betas[0]), float(betas[1])), eps=float(eps),
-                                      weight_decay=float(weight_decay)), backend)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), backend)
 
-    def _update(self, be, p, state, group):
-        if not state:
+    @staticmethod
+    def _validated(hyper: dict) -> dict:
+        checked = _nonnegative(hyper, "lr", "eps", "weight_decay")
+        betas = hyper["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        checked["betas"] = tuple(real_number(b, f"betas[{i}]", minimum=0.0, below=1.0) for i, b in enumerate(betas))
+        return checked
+
+    def _update(self, be, p, grad, state, hyper):
+        if "step" not in state:
             xp = _backend.array_module(be)
-            state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+            dtype = state_dtype(p.data.dtype)
+            state.update(step=0, exp_avg=xp.zeros_like(p.data, dtype=dtype),
+                         exp_avg_sq=xp.zeros_like(p.data, dtype=dtype))
         state["step"] += 1
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = hyper["betas"]
         step = numpy_adam_step if be == "numpy" else _kernel_steps().adam_step
-        step(be, p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"], beta1, beta2,
-             group["eps"], group["weight_decay"])
+        step(be, p.data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], hyper["lr"], beta1, beta2,
+             hyper["eps"], hyper["weight_decay"], **_master_argument(state))

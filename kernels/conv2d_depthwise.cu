@@ -15,7 +15,9 @@
 //    partial[k*R*S + r*S + s][z*256 + t]; the launcher folds the partials in a fixed order
 //    (reduce.channel_sum). No atomics: bit-identical run to run.
 //
-// Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
+// Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements and spatial
+// extents of 2^28 or more. The thread index is formed in 64 bits: the grid's last block may reach
+// past 2^31 - 1 although every element index fits in an int.
 
 #include "common.cuh"
 
@@ -27,8 +29,9 @@ conv2d_depthwise_fprop(const REAL* __restrict__ x, const REAL* __restrict__ w,
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                        int has_bias, int relu)
 {
-    const int index = blockIdx.x * BLOCK_THREADS + threadIdx.x;
-    if (index >= N * K * P * Q) return;
+    const long long thread = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
+    if (thread >= (long long)N * K * P * Q) return;
+    const int index = (int)thread;
     const int q = index % Q, p = (index / Q) % P, nk = index / (P * Q);
     const int k = nk % K, n = nk / K;
     const int c = k / (K / C);
@@ -71,8 +74,9 @@ conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, 
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
                        int period_h, int period_w)
 {
-    const int index = blockIdx.x * BLOCK_THREADS + threadIdx.x;
-    if (index >= N * C * H * W) return;
+    const long long thread = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
+    if (thread >= (long long)N * C * H * W) return;
+    const int index = (int)thread;
     const int wc = index % W, h = (index / W) % H, nc = index / (H * W);
     const int c = nc % C, n = nc / C;
     const int multiplier = K / C;
@@ -81,7 +85,9 @@ conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, 
     const int s_first = first_tap(wc, pad_w, stride_w, dil_w, S, period_w, &q_first);
     REAL sum = (REAL)0;
     if (r_first >= 0 && s_first >= 0) {
-        const int p_step = period_h * dil_h / stride_h, q_step = period_w * dil_w / stride_w;
+        // period * dil can pass 2^31 (stride and dilation each up to 2^28); the quotient, dil / gcd, fits
+        const int p_step = (int)((long long)period_h * dil_h / stride_h);
+        const int q_step = (int)((long long)period_w * dil_w / stride_w);
         for (int m = 0; m < multiplier; ++m) {
             const int k = c * multiplier + m;
             const REAL* dy_plane = dy + (n * K + k) * P * Q;

@@ -9,20 +9,22 @@
 //  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
 //    so the channel is known per plane, not divided out per element.
 //  * bias_add_rows: y (rows, F) += bias[f]; f steps with the grid-stride loop (no division).
+// Values are loaded with to_acc and stored with to_real (common.cuh): float16 computes in FP32 and
+// rounds each output once.
 
 #include "common.cuh"
 
-__device__ __forceinline__ REAL sigmoid_of(REAL v)
+__device__ __forceinline__ acc_t sigmoid_of(acc_t v)
 {
-    return (REAL)1 / ((REAL)1 + REAL_EXP(-v));
+    return (acc_t)1 / ((acc_t)1 + REAL_EXP(-v));
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
-        const REAL v = x[i];
-        y[i] = (v > (REAL)0 || v != v) ? v : (REAL)0;
+        const acc_t v = to_acc(x[i]);
+        y[i] = to_real((v > (acc_t)0 || v != v) ? v : (acc_t)0);
     }
 }
 
@@ -30,25 +32,25 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
-        dx[i] = x[i] <= (REAL)0 ? (REAL)0 : dy[i];
+        dx[i] = to_acc(x[i]) <= (acc_t)0 ? to_real((acc_t)0) : dy[i];
     }
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-leaky_relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, REAL slope)
+leaky_relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t slope)
 {
     GRID_STRIDE_LOOP(i, n) {
-        const REAL v = x[i];
-        y[i] = v > (REAL)0 ? v : v * slope;
+        const acc_t v = to_acc(x[i]);
+        y[i] = to_real(v > (acc_t)0 ? v : v * slope);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 leaky_relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
-                    REAL slope)
+                    acc_t slope)
 {
     GRID_STRIDE_LOOP(i, n) {
-        dx[i] = x[i] > (REAL)0 ? dy[i] : dy[i] * slope;
+        dx[i] = to_real(to_acc(x[i]) > (acc_t)0 ? to_acc(dy[i]) : to_acc(dy[i]) * slope);
     }
 }
 
@@ -56,7 +58,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
-        y[i] = sigmoid_of(x[i]);
+        y[i] = to_real(sigmoid_of(to_acc(x[i])));
     }
 }
 
@@ -64,8 +66,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
-        const REAL s = sigmoid_of(x[i]);
-        dx[i] = dy[i] * s * ((REAL)1 - s);
+        const acc_t s = sigmoid_of(to_acc(x[i]));
+        dx[i] = to_real(to_acc(dy[i]) * s * ((acc_t)1 - s));
     }
 }
 
@@ -73,7 +75,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
-        y[i] = REAL_TANH(x[i]);
+        y[i] = to_real(REAL_TANH(to_acc(x[i])));
     }
 }
 
@@ -81,8 +83,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
-        const REAL t = REAL_TANH(x[i]);
-        dx[i] = dy[i] * ((REAL)1 - t * t);
+        const acc_t t = REAL_TANH(to_acc(x[i]));
+        dx[i] = to_real(to_acc(dy[i]) * ((acc_t)1 - t * t));
     }
 }
 
@@ -93,10 +95,10 @@ bias_add_nchw(REAL* __restrict__ y, const REAL* __restrict__ bias, long long pla
               long long plane_size)
 {
     for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL b = bias[plane % channels];
+        const acc_t b = to_acc(bias[plane % channels]);
         REAL* yp = y + plane * plane_size;
         GRID_STRIDE_LOOP(i, plane_size) {
-            yp[i] += b;
+            yp[i] = to_real(to_acc(yp[i]) + b);
         }
     }
 }
@@ -105,11 +107,13 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 bias_add_rows(REAL* __restrict__ y, const REAL* __restrict__ bias, long long n, int features)
 {
     const long long stride = (long long)gridDim.x * BLOCK_THREADS;
-    const int feature_step = (int)(stride % features);
+    // 64-bit feature counters: f + feature_step reaches 2 * features, past 2^31 for 2^30 features
+    const long long feature_step = stride % features;
     long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
-    int f = (int)(i % features);
+    long long f = i % features;
     for (; i < n; i += stride) {
-        y[i] += bias[f];
+        const acc_t b = to_acc(bias[f]);
+        y[i] = to_real(to_acc(y[i]) + b);
         f += feature_step;
         if (f >= features)
             f -= features;

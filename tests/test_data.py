@@ -175,3 +175,49 @@ def test_batches_cover_once_and_shuffle_by_seed(rng):
     assert data.num_batches(23, 5) == 5
     with pytest.raises(ValueError, match="batch_size"):
         list(data.batches(x, y, 0))
+
+
+def _dataset(rng, **changes):
+    """A valid 3-class Dataset of 4x5 two-channel images, with `changes` to its fields."""
+    fields = dict(name="made", x_train=rng.standard_normal((12, 2, 4, 5)).astype(np.float32),
+                  y_train=np.arange(12, dtype=np.int64) % 3,
+                  x_test=rng.standard_normal((6, 2, 4, 5)).astype(np.float32),
+                  y_test=np.arange(6, dtype=np.int64) % 3, num_classes=3)
+    fields.update(changes)
+    return data.Dataset(**fields)
+
+
+def _spoiled(array, value):
+    array = array.copy()
+    array.flat[4] = value
+    return array
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ds: dict(x_test=ds.x_test[:0], y_test=ds.y_test[:0]), "the test set is empty"),
+    (lambda ds: dict(x_train=ds.x_train[:0], y_train=ds.y_train[:0]), "the training set is empty"),
+    (lambda ds: dict(x_test=ds.x_test[:, :, :3]), "differ in shape"),
+    (lambda ds: dict(x_train=ds.x_train[:, :0]), r"C, H, W >= 1"),
+    (lambda ds: dict(x_train=ds.x_train.astype(np.float64)), "must be float32"),
+    (lambda ds: dict(x_train=ds.x_train[0]), "must be float32"),
+    (lambda ds: dict(x_train=_spoiled(ds.x_train, np.nan)), "1 training image.* NaN or infinite"),
+    (lambda ds: dict(x_test=_spoiled(ds.x_test, np.inf)), "1 test image.* NaN or infinite"),
+    (lambda ds: dict(y_train=_spoiled(ds.y_train, -2)), "non-negative"),
+    (lambda ds: dict(y_test=_spoiled(ds.y_test, 3)), "out of range for 3 classes"),
+    (lambda ds: dict(y_train=_spoiled(ds.y_train, 2**40), num_classes=2**40 + 1),
+     "1099511627777 classes; expected 1..100000"),
+    (lambda ds: dict(y_test=ds.y_test.astype(np.int32)), "must be int64"),
+    (lambda ds: dict(y_test=ds.y_test[:-1]), "6 entries"),
+])
+def test_validate_dataset_refuses(rng, change, message):
+    good = _dataset(rng)
+    assert data.validate_dataset(good) is good
+    with pytest.raises(ValueError, match=message):
+        data.validate_dataset(_dataset(rng, **change(good)))
+
+
+def test_huge_unsigned_labels_do_not_wrap(tmp_path, rng):
+    """A uint64 label above int64's range would turn negative in the cast to int64: refused first."""
+    np.savez(tmp_path / "a.npz", x=rng.random((4, 3, 3)), y=np.array([0, 1, 2**63, 1], dtype=np.uint64))
+    with pytest.raises(ValueError, match="would make 9223372036854775809 classes"):
+        data.load_npz(tmp_path / "a.npz")

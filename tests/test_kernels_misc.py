@@ -8,6 +8,7 @@ guard zones on, and must give the same bits. Pool backward, reduce and cross ent
 bit-identical across runs. The same comparisons run on "cuda" when a GPU is present."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -44,6 +45,16 @@ def emu_checking(schedule, seed=None):
     return emu.checking(schedule=schedule, seed=seed, guard=True)
 
 
+def guarded(test):
+    """Runs a sweep with guard zones on every launch (an out-of-bounds access faults), however it
+    is called: tests/test_reliability.py plants out-of-bounds kernels and calls the sweeps directly."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        with emu_checking("forward"):
+            return test(*args, **kwargs)
+    return run
+
+
 # --- pooling ------------------------------------------------------------------------------------
 
 def random_pool_config(rng, kind: str) -> dict:
@@ -73,11 +84,13 @@ def random_pool_config(rng, kind: str) -> dict:
 
 
 def pool_input(rng, shape, dtype, values: str):
-    """'normal' values, 'ties' (few distinct values) or 'nan' (normal with one NaN per plane, so a
-    window never holds two NaNs and the first/last-NaN rules agree)."""
+    """'normal' values, 'ties' (few distinct values), 'nan' (normal with one NaN per plane) or
+    'nans' (a third of the values NaN: windows with several NaNs, where the last one wins)."""
     if values == "ties":
         return rng.integers(-1, 2, size=shape).astype(dtype)
     x = rng.standard_normal(shape).astype(dtype)
+    if values == "nans":
+        x[rng.random(shape) < 1 / 3] = np.nan
     if values == "nan":
         n, c, h, w = shape
         for plane in np.ndindex(n, c):
@@ -135,7 +148,7 @@ def test_max_pool_sweep(chunk):
     configs = [random_pool_config(rng, "max") for _ in range(SWEEP_SIZE)]
     with emu_checking("forward"):
         for i, config in enumerate(configs[chunk::SWEEP_CHUNKS], start=chunk * SWEEP_SIZE):
-            values = ("normal", "ties", "nan")[i % 3]
+            values = ("normal", "ties", "nan", "nans")[i % 4]
             for dtype in DTYPES:
                 check_max_pool("emu", config, dtype, values, seed=i)
 
@@ -158,6 +171,7 @@ MAX_POOL_CLASSES = {
     "dilation": (dict(x_shape=(1, 2, 9, 8), kernel_size=3, stride=1, padding=1, dilation=(2, 3)), "normal"),
     "ties": (dict(x_shape=(2, 2, 6, 7), kernel_size=3, stride=1, padding=1), "ties"),
     "nan": (dict(x_shape=(2, 3, 6, 5), kernel_size=2, stride=1), "nan"),
+    "several_nans": (dict(x_shape=(2, 2, 7, 6), kernel_size=3, stride=1, padding=1), "nans"),
     "window_in_padding": (dict(x_shape=(2, 2, 1, 5), kernel_size=(2, 3), stride=1, padding=(1, 1),
                                dilation=(2, 1)), "normal"),
     "batch1_c1_kernel_as_input": (dict(x_shape=(1, 1, 5, 3), kernel_size=(7, 5), padding=(1, 1),
@@ -255,6 +269,7 @@ ELEMENTWISE_SHAPES = [(7,), (3, 4, 5, 6), (1000,), (2, 3, 17, 13)]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name, forward_args, backward_args", ACTIVATIONS)
+@guarded
 def test_activations(name, forward_args, backward_args, dtype):
     rng = np.random.default_rng(7)
     forward, backward = getattr(F, name), getattr(F, f"{name}_backward")
@@ -271,6 +286,7 @@ def test_activations(name, forward_args, backward_args, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@guarded
 def test_bias_add(dtype):
     rng = np.random.default_rng(8)
     for shape in [(2, 3, 5, 7), (1, 1, 1, 1), (4, 6), (3, 300), (2, 5, 1, 1)]:
@@ -312,7 +328,8 @@ def test_grid_stride_loops_cover_everything():
     labels = rng.integers(0, 5, 7)
     dl, rl = np.empty_like(logits), np.empty(7)
     backend.launch("emu", "loss", logits.dtype, "cross_entropy_rows", (2,), (32,),
-                   (logits, labels, dl, rl, np.int64(7), np.int32(5), np.float64(1 / 7)))
+                   (logits, labels, logits, logits, np.full(1, 7.0), dl, rl, np.int64(7), np.int32(5), np.int64(1),
+                    np.int64(-100), np.int32(0), np.int32(0), np.float64(1), np.float64(0)))
     loss0, dl0 = F.cross_entropy(logits, labels, backend="numpy")
     assert_close(dl, dl0, np.float64)
     assert rl.sum() / 7 == pytest.approx(loss0, rel=1e-12)
@@ -321,6 +338,7 @@ def test_grid_stride_loops_cover_everything():
 # --- linear -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@guarded
 def test_linear(dtype):
     rng = np.random.default_rng(10)
     for batch, n_in, n_out in [(1, 1, 1), (4, 7, 5), (33, 64, 10), (300, 3, 2)]:
@@ -374,6 +392,7 @@ CE_SHAPES = [(1, 1), (7, 10), (5, 33), (3, 300), (64, 10), (4, 1000)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@guarded
 def test_cross_entropy(dtype):
     rng = np.random.default_rng(13)
     for rows, classes in CE_SHAPES:
@@ -393,6 +412,7 @@ def test_cross_entropy(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@guarded
 def test_mse(dtype):
     rng = np.random.default_rng(14)
     for shape in [(1,), (4, 3), (2, 3, 5, 7), (3001,)]:
@@ -431,6 +451,7 @@ def test_non_contiguous_inputs():
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
+@guarded
 def test_empty_batches(be):
     """A batch of 0 rows: the losses are NaN as PyTorch's mean over nothing, linear's gradients are
     zeros of the right shapes (the kernel backends never see an empty reduction)."""
@@ -479,6 +500,7 @@ SGD_SETTINGS = [dict(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+@guarded
 def test_sgd_step(settings, dtype):
     rng = np.random.default_rng(15)
     shape = (3, 5, 7)
@@ -498,6 +520,7 @@ def test_sgd_step(settings, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@guarded
 def test_adam_step(weight_decay, dtype):
     rng = np.random.default_rng(16)
     shape = (1001,)
@@ -563,7 +586,7 @@ def test_optimizer_rejects_mismatched_state():
 def test_cuda_sweep(dtype):
     rng = np.random.default_rng(1000)
     for i in range(SWEEP_SIZE):
-        check_max_pool("cuda", random_pool_config(rng, "max"), dtype, ("normal", "ties", "nan")[i % 3], seed=i)
+        check_max_pool("cuda", random_pool_config(rng, "max"), dtype, ("normal", "ties", "nan", "nans")[i % 4], seed=i)
     rng = np.random.default_rng(2000)
     for i in range(SWEEP_SIZE):
         check_avg_pool("cuda", random_pool_config(rng, "avg"), dtype, seed=i)

@@ -2,11 +2,15 @@
 names the argument, raised before anything is computed or launched."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from ..backend import is_cupy_array
+from ..launch_checks import check_device_array
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def is_array(a) -> bool:
@@ -14,12 +18,12 @@ def is_array(a) -> bool:
 
 
 def array(a, name: str, ndim=None):
-    """`a` as given when it is a NumPy/CuPy float32 or float64 array (of rank `ndim`: an int or a
+    """`a` as given when it is a NumPy/CuPy float16, float32 or float64 array (of rank `ndim`: an int or a
     tuple of allowed ranks); TypeError/ValueError naming `name` otherwise."""
     if not is_array(a):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
     if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+        raise TypeError(f"{name} must be float16, float32 or float64, got dtype {a.dtype}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if a.ndim not in allowed:
@@ -49,6 +53,22 @@ def bias(b, channels: int, reference, reference_name: str = "weight"):
     shape_is(b, "bias", (channels,), " (one value per output channel)")
     same_dtype(reference_name, reference, bias=b)
     return b
+
+
+def real_number(value, name: str, *, minimum=None, below=None) -> float:
+    """A finite real number (hyper-parameters, slopes), optionally >= minimum and < below, as a
+    float: TypeError for a non-number, ValueError for NaN, an infinity or a value out of range
+    (PyTorch refuses them too; checks like `lr < 0` alone let NaN through)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"invalid {name}={value}: must be >= {minimum}")
+    if below is not None and value >= below:
+        raise ValueError(f"invalid {name}={value}: must be < {below}")
+    return value
 
 
 def flag(value, name: str) -> bool:
@@ -84,19 +104,10 @@ def labels(lab, batch: int, num_classes: int):
 
 
 def for_kernels(be: str, a, name: str):
-    """`a` laid out as the CUDA kernels need it: C-contiguous. Host arrays for "emu" are copied when
-    needed; a device array for "cuda" is never copied or moved behind the caller's back."""
-    if a is None:
-        return a
-    if be != "cuda":
-        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous for the cuda backend (shape {tuple(a.shape)}, "
-                         f"strides {a.strides}); use cupy.ascontiguousarray")
-    if is_cupy_array(a):
-        import cupy
-        current = cupy.cuda.Device().id
-        if a.device.id != current:
-            raise ValueError(f"{name} is on GPU {a.device.id} but the current device is GPU {current}; "
-                             f"use `with cupy.cuda.Device({a.device.id}):`")
+    """`a` for the kernels of backend `be`, checked before the op launches anything: a CuPy array
+    must be C-contiguous and on the current GPU (it is never copied behind the caller's back).
+    Host arrays pass as they are: backend.launch copies a non-contiguous input to C order only
+    after the launcher's own checks, so a geometry the kernels refuse costs no copy."""
+    if a is not None and be == "cuda":
+        check_device_array(a, name)
     return a

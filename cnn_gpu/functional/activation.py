@@ -2,12 +2,11 @@
 `<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0)."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import backend as _backend
 from . import _checks
+from ._float16 import takes_float16
 
 
 # Selections by a data-dependent mask are written as products: np.where and masked copies branch
@@ -62,12 +61,6 @@ _BACKWARD = {
 }
 
 
-def _slope(negative_slope):
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
-        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
-    return float(negative_slope)
-
-
 def _forward(name, x, param, backend):
     _checks.array(x, "x")
     be = _backend.resolve(backend, x)
@@ -89,40 +82,48 @@ def _backward(name, dy, x, param, backend):
     return elementwise.backward(be, name, _checks.for_kernels(be, dy, "dy"), _checks.for_kernels(be, x, "x"), param)
 
 
+@takes_float16(kernels=True)
 def relu(x, *, backend=None):
     """max(x, 0)."""
     return _forward("relu", x, 0.0, backend)
 
 
+@takes_float16(kernels=True)
 def relu_backward(dy, x, *, backend=None):
     """dy where x > 0, else 0."""
     return _backward("relu", dy, x, 0.0, backend)
 
 
+@takes_float16(kernels=True)
 def leaky_relu(x, negative_slope=0.01, *, backend=None):
     """x where x > 0, else negative_slope * x."""
-    return _forward("leaky_relu", x, _slope(negative_slope), backend)
+    return _forward("leaky_relu", x, _checks.real_number(negative_slope, "negative_slope"), backend)
 
 
+@takes_float16(kernels=True)
 def leaky_relu_backward(dy, x, negative_slope=0.01, *, backend=None):
     """dy where x > 0, else negative_slope * dy."""
-    return _backward("leaky_relu", dy, x, _slope(negative_slope), backend)
+    return _backward("leaky_relu", dy, x, _checks.real_number(negative_slope, "negative_slope"), backend)
 
 
+@takes_float16(kernels=True)
 def sigmoid(x, *, backend=None):
     """1 / (1 + exp(-x)), computed without overflow."""
     return _forward("sigmoid", x, 0.0, backend)
 
 
+@takes_float16(kernels=True)
 def sigmoid_backward(dy, x, *, backend=None):
     """dy * s * (1 - s) with s = sigmoid(x), computed without cancellation for large |x|."""
     return _backward("sigmoid", dy, x, 0.0, backend)
 
 
+@takes_float16(kernels=True)
 def tanh(x, *, backend=None):
     return _forward("tanh", x, 0.0, backend)
 
 
+@takes_float16(kernels=True)
 def tanh_backward(dy, x, *, backend=None):
     """dy * (1 - tanh(x)^2), computed without cancellation for large |x|."""
     return _backward("tanh", dy, x, 0.0, backend)

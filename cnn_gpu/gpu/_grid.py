@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import compute_dtype
+
 THREADS = 256           # block size of these kernels (their __launch_bounds__)
 MAX_BLOCKS_X = 65536    # grid-stride loops cover the rest; plenty to fill any GPU
 MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y
@@ -15,7 +17,14 @@ def blocks_for(count: int) -> int:
     return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))
 
 
+INT32_RANGE = range(-2**31, 2**31)
+
+
 def i32(*values):
+    """Python ints as kernel `int` arguments; a value past 32 bits is refused, never wrapped."""
+    for v in values:
+        if int(v) not in INT32_RANGE:
+            raise ValueError(f"{v} does not fit the kernels' 32-bit int arguments; the size is too large for them")
     return tuple(np.int32(v) for v in values)
 
 
@@ -23,6 +32,11 @@ def real(dtype, *values):
     """Python numbers as kernel REAL scalars (CuPy's rule: the NumPy scalar of the declared type)."""
     scalar = np.dtype(dtype).type
     return tuple(scalar(v) for v in values)
+
+
+def acc(dtype, *values):
+    """Python numbers as kernel acc_t scalars of a kernel built for `dtype` (float32 for float16)."""
+    return real(compute_dtype(dtype), *values)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, i32, real
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
-# activations whose kernels take the parameter (the negative slope) as a trailing REAL argument
+# activations whose kernels take the parameter (the negative slope) as a trailing acc_t argument
 _WITH_PARAM = ("leaky_relu",)
 
 
@@ -20,7 +20,7 @@ def _kernel(name: str, direction: str) -> str:
 
 
 def _param_args(name, dtype, param):
-    return real(dtype, param) if name in _WITH_PARAM else ()
+    return acc(dtype, param) if name in _WITH_PARAM else ()
 
 
 def forward(be, name, x, param):
@@ -49,7 +49,7 @@ def bias_add(be, y, bias):
         return y
     if inner == 1:
         backend.launch(be, "elementwise", y.dtype, "bias_add_rows", (blocks_for(y.size),), (THREADS,),
-                       (y, bias, np.int64(y.size), np.int32(channels)))
+                       (y, bias, np.int64(y.size), *i32(channels)))
     else:
         planes = y.shape[0] * channels
         backend.launch(be, "elementwise", y.dtype, "bias_add_nchw", (blocks_for(inner), min(planes, MAX_GRID_Y)),

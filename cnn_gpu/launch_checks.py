@@ -1,0 +1,209 @@
+"""What `backend.launch` checks before any kernel runs: every argument against the kernel's
+parameter list as its CUDA source declares it.
+
+CuPy hands a kernel the raw pointer of an array whatever its dtype, strides or aliasing, and the
+emulator stages an array by its byte span, so a Fortran-ordered, strided, zero-stride, read-only
+or aliased array would give wrong numbers or writes outside the array instead of an error. Hence:
+- an array argument has exactly the declared element type (REAL: the dtype the kernel is built for;
+  acc_t: the type it computes in, float32 in a float16 build) and is C-contiguous;
+- an array the kernel writes (a pointer to non-const) is writeable and overlaps no other argument
+  (the kernels declare their pointers __restrict__);
+- an input the kernel only reads is copied to C order on the host ("emu"), after the launcher's own
+  checks, so a refused geometry never costs a copy; a device array ("cuda") is never copied behind
+  the caller's back and must be on the current GPU;
+- a scalar is a NumPy scalar of exactly the declared C type (CuPy's rule: a Python int would be
+  passed as a long long).
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backend as _backend
+
+
+@dataclass(frozen=True)
+class KernelParameter:
+    name: str
+    ctype: str      # the element type of a pointer, else the parameter's type: "REAL", "acc_t", "int", ...
+    pointer: bool
+    const: bool     # a pointer to const: the kernel only reads the array
+
+
+# C types of kernel parameters; "REAL" is the dtype the kernel file is instantiated for.
+C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
+           "long long": np.int64, "unsigned long long": np.uint64, "bool": np.bool_}
+
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_OBJECT_MACRO = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(?![\w(])[ \t]*(.*)$", re.M)
+_KERNEL_HEAD = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^()]*\)\s*)?(\w+)\s*\(')
+_QUALIFIERS = {"const", "volatile", "__restrict__", "__restrict"}
+
+
+def _split_parameters(text: str, macros: dict) -> list[str]:
+    """The parameters of a list; a piece that is just the name of an object-like macro (a shared
+    parameter list such as POOL_WINDOW_PARAMS) is replaced by the macro's parameters."""
+    pieces = []
+    for piece in text.split(","):
+        name = piece.strip()
+        pieces += _split_parameters(macros[name], macros) if name in macros else [piece]
+    return [p for p in pieces if p.strip() not in ("", "void")]
+
+
+def _parameter(piece: str, index: int) -> KernelParameter:
+    tokens = re.findall(r"[A-Za-z_]\w*|\*", piece)
+    pointer = "*" in tokens
+    split = tokens.index("*") if pointer else len(tokens) - 1
+    type_words, rest = tokens[:split], tokens[split:]
+    name = next((t for t in reversed(rest) if t not in _QUALIFIERS and t != "*"), f"arg{index}")
+    return KernelParameter(name=name, ctype=" ".join(t for t in type_words if t not in _QUALIFIERS),
+                           pointer=pointer, const=pointer and "const" in type_words)
+
+
+def parse_signatures(source: str) -> dict[str, tuple[KernelParameter, ...]]:
+    """{kernel name: parameters} of the `extern "C" __global__` functions of a kernel source."""
+    text = _COMMENT.sub(" ", source.replace("\\\n", " "))
+    macros = {name: body.strip() for name, body in _OBJECT_MACRO.findall(text)}
+    signatures = {}
+    for head in _KERNEL_HEAD.finditer(text):
+        close = text.index(")", head.end())
+        pieces = _split_parameters(text[head.end():close], macros)
+        signatures[head.group(1)] = tuple(_parameter(piece, i) for i, piece in enumerate(pieces))
+    return signatures
+
+
+@functools.lru_cache(maxsize=None)
+def _family_signatures(family: str) -> dict:
+    return parse_signatures(_backend.kernel_source(family))
+
+
+def signature(family: str, kernel: str) -> tuple[KernelParameter, ...]:
+    try:
+        return _family_signatures(family)[kernel]
+    except KeyError:
+        raise ValueError(f"no kernel {kernel!r} declared in kernels/{family}.cu") from None
+
+
+def memory_span(a) -> tuple[int, int]:
+    """[first byte, last byte + 1) of a C-contiguous NumPy or CuPy array."""
+    start = a.data.ptr if _backend.is_cupy_array(a) else a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+# Up to this many arrays (a launch) are compared pair by pair, by their bounds in C; more (an
+# optimizer step over a whole model) by one sweep over their sorted spans.
+PAIRWISE_LIMIT = 8
+
+
+def _first_overlap(arrays):
+    """(written name, other name) of an array that is written and shares memory with another."""
+    if len(arrays) <= PAIRWISE_LIMIT:
+        kinds = [_backend.is_cupy_array(a) for _, a, _ in arrays]
+        for i, (name, a, written) in enumerate(arrays):
+            for j in range(i + 1, len(arrays)):
+                other, b, other_written = arrays[j]
+                if (written or other_written) and kinds[i] == kinds[j] and \
+                        (_backend.array_module("cuda") if kinds[i] else np).may_share_memory(a, b):
+                    return (name, other) if written else (other, name)
+        return None
+    for on_device in (False, True):   # host and device addresses are compared separately
+        spans = sorted((*memory_span(a), name, written) for name, a, written in arrays
+                       if a.nbytes and _backend.is_cupy_array(a) == on_device)
+        # Against the span reaching furthest so far: a written span overlapping any earlier one
+        # overlaps that one too, or an earlier comparison has already found an overlap.
+        furthest = None
+        for start, end, name, written in spans:
+            if furthest is not None and start < furthest[1] and (written or furthest[3]):
+                return (name, furthest[2]) if written else (furthest[2], name)
+            if furthest is None or end > furthest[1]:
+                furthest = (start, end, name, written)
+    return None
+
+
+def check_disjoint(arrays, context: str = "") -> None:
+    """ValueError when an array that is written shares memory with any other: `arrays` holds
+    (name, C-contiguous array, written) triples; arrays only read may overlap each other."""
+    overlap = _first_overlap(arrays)
+    if overlap:
+        raise ValueError(f"{context}{overlap[0]} is written in place but shares memory with {overlap[1]}; "
+                         f"pass separate arrays")
+
+
+def check_device_array(a, name: str) -> None:
+    """A CuPy array the kernels can take as it is: C-contiguous and on the current GPU."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous for the cuda backend (shape {tuple(a.shape)}, "
+                         f"strides {a.strides}); use cupy.ascontiguousarray")
+    import cupy
+    current = cupy.cuda.runtime.getDevice()
+    if a.device.id != current:
+        raise ValueError(f"{name} is on GPU {a.device.id} but the current device is GPU {current}; "
+                         f"use `with cupy.cuda.Device({a.device.id}):`")
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.generic):
+        return f"np.{value.dtype.name} {value!r}"
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"a {value.dtype} array of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _declared(family: str, kernel: str, dtype: np.dtype) -> tuple:
+    """(parameter, its NumPy dtype, its name in messages) of each parameter of a kernel build."""
+    declared = []
+    for p in signature(family, kernel):
+        if p.ctype not in ("REAL", "acc_t") and p.ctype not in C_TYPES:
+            raise TypeError(f"kernel {kernel!r} parameter {p.name!r}: cannot check an argument of type {p.ctype}")
+        if p.ctype == "REAL":
+            want = dtype
+        elif p.ctype == "acc_t":
+            want = _backend.compute_dtype(dtype)
+        else:
+            want = np.dtype(C_TYPES[p.ctype])
+        declared.append((p, want, f"kernel {kernel!r} argument {p.name!r}"))
+    return tuple(declared)
+
+
+def _array_argument(be: str, p: KernelParameter, a, want: np.dtype, where: str):
+    on_device = be == "cuda"
+    if not (_backend.is_cupy_array(a) if on_device else isinstance(a, np.ndarray)):
+        kind = "a CuPy array" if on_device else "a NumPy array"
+        raise TypeError(f"{where} must be {kind} on backend {be!r}, got {_describe(a)}")
+    if a.dtype != want:
+        raise TypeError(f"{where} must be a {want.name} array, got {_describe(a)}")
+    if on_device:
+        check_device_array(a, where)
+        return a
+    if not a.flags.c_contiguous:
+        if p.const:
+            return np.ascontiguousarray(a)   # read only: its C-ordered copy serves as well
+        raise ValueError(f"{where} is written in place, so it must be C-contiguous (shape {tuple(a.shape)}, "
+                         f"strides {a.strides})")
+    if not p.const and not a.flags.writeable:
+        raise ValueError(f"{where} is written in place but the array is read-only")
+    return a
+
+
+def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
+    """`args` as kernels/<family>.cu:<kernel> built for `dtype` may take them (read-only inputs
+    copied to C order on the host); TypeError/ValueError naming the argument otherwise."""
+    declared = _declared(family, kernel, np.dtype(dtype))
+    args = tuple(args)
+    if len(args) != len(declared):
+        names = ", ".join(p.name for p, _, _ in declared)
+        raise TypeError(f"kernel {kernel!r} takes {len(declared)} arguments ({names}), got {len(args)}")
+    checked, arrays = [], []
+    for (p, want, where), a in zip(declared, args):
+        if p.pointer:
+            a = _array_argument(be, p, a, want, where)
+            arrays.append((f"argument {p.name!r}", a, not p.const))
+        elif not (isinstance(a, np.generic) and a.dtype == want):
+            raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
+        checked.append(a)
+    check_disjoint(arrays, f"kernel {kernel!r}: ")
+    return tuple(checked)

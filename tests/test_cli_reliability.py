@@ -1,0 +1,203 @@
+"""`cnn-gpu train` refuses every bad input before the first epoch: a one-line error, exit status 2,
+no traceback, nothing trained, and an existing checkpoint left as it was (issue 13). Also: a save
+interrupted anywhere leaves no temporary file and no open file behind."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cnn_gpu import checkpoint
+from cnn_gpu.cli import main
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    """The bytes of a real checkpoint (cnn, adam, digits, one batch)."""
+    path = tmp_path_factory.mktemp("good") / "good.npz"
+    assert main(["train", "--device", "numpy", "--epochs", "1", "--max-batches", "1", "--save", str(path)]) == 0
+    return path.read_bytes()
+
+
+def _refused_before_training(capsys, folder, argv, message, keep):
+    """Runs `cnn-gpu train argv`; checks the one-line error, that nothing was trained, that `keep`
+    (an existing checkpoint) is unchanged and that no file appeared in `folder`."""
+    before = keep.read_bytes()
+    files = sorted(os.listdir(folder))
+    assert main(["train", "--device", "numpy", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "training started"
+    assert captured.err.startswith("cnn-gpu train: error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err
+    assert keep.read_bytes() == before, "the existing checkpoint changed"
+    assert sorted(os.listdir(folder)) == files, "a file was left behind"
+
+
+def _images(rng, n, size=8):
+    return rng.random((n, size, size)).astype(np.float32)
+
+
+def _labels(n, classes=4):
+    return np.arange(n) % classes
+
+
+def _with(array, value, index=5):
+    """A copy of `array` with `value` at flat position `index`."""
+    array = array.copy()
+    array.flat[index] = value
+    return array
+
+
+# each: (arrays of the .npz, a piece of the error)
+BAD_DATA = {
+    "empty test split": (lambda rng: dict(x_train=_images(rng, 40), y_train=_labels(40),
+                                          x_test=_images(rng, 0), y_test=_labels(0)), "the test set is empty"),
+    "empty data set": (lambda rng: dict(x=_images(rng, 0), y=_labels(0)), "the training set is empty"),
+    "split too small for a test set": (lambda rng: dict(x=_images(rng, 8), y=_labels(8)), "the test set is empty"),
+    "train and test shapes differ": (lambda rng: dict(x_train=_images(rng, 40), y_train=_labels(40),
+                                                      x_test=_images(rng, 8, size=9), y_test=_labels(8)),
+                                     "differ in shape"),
+    "NaN pixel": (lambda rng: dict(x=_with(_images(rng, 40), np.nan, 1000), y=_labels(40)),
+                  "1 training image(s) hold NaN or infinite pixels"),
+    "infinite pixel": (lambda rng: dict(x_train=_images(rng, 40), y_train=_labels(40),
+                                        x_test=_with(_images(rng, 8), -np.inf), y_test=_labels(8)),
+                       "1 test image(s) hold NaN or infinite"),
+    "pixels beyond float32": (lambda rng: dict(x=_images(rng, 40).astype(np.float64) * 1e300, y=_labels(40)),
+                              "NaN or infinite"),
+    "huge label": (lambda rng: dict(x=_images(rng, 40), y=_with(_labels(40), 10**9)), "would make 1000000001 classes"),
+    "huge unsigned label": (lambda rng: dict(x=_images(rng, 40), y=_with(_labels(40).astype(np.uint64), 2**63)),
+                            "would make 9223372036854775809 classes"),
+    "negative label": (lambda rng: dict(x=_images(rng, 40), y=_with(_labels(40), -1)), "non-negative integers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_is_refused_before_training(tmp_path, capsys, good_checkpoint, case):
+    make_arrays, message = BAD_DATA[case]
+    np.savez(tmp_path / "data.npz", **make_arrays(np.random.default_rng(13)))
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(good_checkpoint)
+    _refused_before_training(capsys, tmp_path, ["--dataset", "npz", "--data", str(tmp_path / "data.npz"),
+                                                "--epochs", "1", "--save", str(keep)], message, keep)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "inf"], "argument --lr: must be a finite number > 0, got 'inf'"),
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0"),
+    (["--lr", "-0.1"], "argument --lr: must be a finite number > 0"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0"),
+    (["--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1"),
+    (["--epochs", "1.5"], "argument --epochs: must be an integer >= 1, got '1.5'"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    (["--max-batches", "-2"], "argument --max-batches: must be an integer >= 1"),
+])
+def test_bad_numeric_options_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--device", "numpy", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    last_line = err.splitlines()[-1]   # argparse prints the usage first
+    assert last_line.startswith("cnn-gpu train: error: ") and message in last_line, err
+    assert "Traceback" not in err
+
+
+def test_save_path_is_probed_up_front(tmp_path, capsys, good_checkpoint, monkeypatch):
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(good_checkpoint)
+    (tmp_path / "folder").mkdir()
+    for save, message in ((tmp_path / "folder", "is a folder"), ("/dev/null", "not a regular file"),
+                          (tmp_path / "nowhere" / "c.npz", "folder does not exist")):
+        _refused_before_training(capsys, tmp_path, ["--save", str(save)], message, keep)
+
+    def no_permission(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", no_permission)
+    _refused_before_training(capsys, tmp_path, ["--save", str(keep)], "cannot write in its folder", keep)
+
+
+def test_writable_probe_leaves_nothing_behind(tmp_path, good_checkpoint):
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(good_checkpoint)
+    checkpoint.check_writable(keep)
+    checkpoint.check_writable(tmp_path / "new.npz")
+    assert sorted(os.listdir(tmp_path)) == ["keep.npz"] and keep.read_bytes() == good_checkpoint
+
+
+def _tamper(header):
+    """Malformed variants of a checkpoint's (valid JSON) header: name -> (header, piece of the error)."""
+    meta, optimizer = header["meta"], header["optimizer"]
+    settings = meta["settings"]
+    step_states = [dict(s, step="x") for s in optimizer["scalar_state"]]
+    return {
+        "header is a list": ([], "not an object"),
+        "no optimizer": ({k: v for k, v in header.items() if k != "optimizer"}, "optimizer is not an object"),
+        "meta is a list": (dict(header, meta=[]), "meta is not an object"),
+        "no scalar state": (dict(header, optimizer=dict(optimizer, scalar_state=[])), "belongs to no parameter"),
+        "no epoch": (dict(header, meta={k: v for k, v in meta.items() if k != "epoch"}), "its epoch is None"),
+        "epoch a string": (dict(header, meta=dict(meta, epoch="1")), "its epoch is '1'"),
+        "negative epoch": (dict(header, meta=dict(meta, epoch=-1)), "its epoch is -1"),
+        "settings a list": (dict(header, meta=dict(meta, settings=[1])), "settings are not an object"),
+        "unknown model": (dict(header, meta=dict(meta, settings=dict(settings, model="vgg"))), "--model: invalid"),
+        "infinite lr": (dict(header, meta=dict(meta, settings=dict(settings, lr=float("inf")))), "--lr: must be"),
+        "negative seed": (dict(header, meta=dict(meta, settings=dict(settings, seed=-3))), "--seed: must be"),
+        "fractional epochs": (dict(header, meta=dict(meta, settings=dict(settings, epochs=2.5))), "--epochs: must"),
+        "boolean batch size": (dict(header, meta=dict(meta, settings=dict(settings, batch_size=True))),
+                               "setting batch_size is True"),
+        "shuffling state": (dict(header, meta=dict(meta, shuffle_rng={"bit_generator": "PCG64"})), "shuffling state"),
+        "foreign eps": (dict(header, optimizer=dict(optimizer, param_groups=[dict(optimizer["param_groups"][0],
+                                                                                  eps=0.5)])),
+                        "optimizer hyper-parameters"),
+        "step a string": (dict(header, optimizer=dict(optimizer, scalar_state=step_states)), "0.step is 'x'"),
+    }
+
+
+def test_malformed_checkpoint_headers_exit_2(tmp_path, capsys, good_checkpoint):
+    (tmp_path / "good.npz").write_bytes(good_checkpoint)
+    entries = dict(np.load(tmp_path / "good.npz"))
+    header = json.loads(str(entries["header"]))
+    for name, (bad_header, message) in _tamper(header).items():
+        bad = tmp_path / "bad.npz"
+        np.savez(bad, **dict(entries, header=np.array(json.dumps(bad_header))))
+        _refused_before_training(capsys, tmp_path, ["--epochs", "2", "--resume", str(bad), "--save", str(bad)],
+                                 message, bad)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("optimizer/x/exp_avg", "unexpected array"), ("weights", "unexpected array"),
+    ("optimizer/99/exp_avg", "belongs to no parameter"), ("optimizer/0/step", "also a value in the header"),
+])
+def test_malformed_array_names_are_refused_by_load(tmp_path, good_checkpoint, name, message):
+    (tmp_path / "good.npz").write_bytes(good_checkpoint)
+    entries = dict(np.load(tmp_path / "good.npz"), **{name: np.ones(3)})
+    np.savez(tmp_path / "bad.npz", **entries)
+    with pytest.raises(ValueError, match=f"malformed cnn_gpu checkpoint: .*{message}"):
+        checkpoint.load(tmp_path / "bad.npz")
+
+
+def _open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to count open files")
+@pytest.mark.parametrize("where", ["fchmod", "savez", "fsync", "replace"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_save_interrupted_anywhere_leaves_nothing_behind(tmp_path, monkeypatch, where, error):
+    path = tmp_path / "model.npz"
+    empty_optimizer = {"param_groups": [{}], "state": [{}]}
+    checkpoint.save(path, {"w": np.arange(6.0)}, empty_optimizer, {"epoch": 1})
+    before = path.read_bytes()
+    real = {"savez": checkpoint.np.savez, "fchmod": os.fchmod, "fsync": os.fsync, "replace": os.replace}[where]
+
+    def fail_midway(*args, **kwargs):
+        if where == "savez":
+            real(*args, **kwargs)   # the whole file is written, then the failure comes
+        raise error("injected")
+    monkeypatch.setattr(checkpoint.np if where == "savez" else checkpoint.os, where, fail_midway)
+    fds = _open_fds()
+    with pytest.raises(error):
+        checkpoint.save(path, {"w": np.ones(6)}, empty_optimizer, {"epoch": 2})
+    monkeypatch.undo()
+    assert _open_fds() == fds, "the temporary file was left open"
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"], "temporary file left behind"
+    assert path.read_bytes() == before

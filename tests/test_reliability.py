@@ -1,0 +1,447 @@
+"""Reliability classes of issue 13: kernel launches take only arrays laid out as the kernels assume
+(or refuse them before anything runs), optimizer steps are all or nothing, sizes past 32 bits are
+refused before any copy, hyper-parameters must be finite, the kernel sweeps and `cnn-gpu check`
+catch an out-of-bounds kernel through guard zones, and `why_unavailable("cuda")` names what a GPU
+machine lacks (checked with fakes of CuPy: there is no GPU here)."""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import tomllib
+import tracemalloc
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnn_gpu.functional as F
+from cnn_gpu import backend, launch_checks, nn, optim
+from cnn_gpu.gpu import _grid
+from cnn_gpu.gpu import optim as gpu_optim
+from cnn_gpu.nn import Parameter
+
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+KERNEL_BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- launches check every argument against the kernel's declaration -----------------------------
+
+def test_every_kernel_declaration_is_understood():
+    for path in backend.kernel_files():
+        signatures = launch_checks.parse_signatures(backend.kernel_source(path.stem))
+        assert signatures, f"no kernels found in {path.name}"
+        for kernel, parameters in signatures.items():
+            for p in parameters:
+                assert p.ctype == "REAL" or p.ctype in launch_checks.C_TYPES, f"{kernel}: {p}"
+
+
+@needs_emu
+def test_parsed_signatures_agree_with_the_compiler():
+    """Names, count, pointer-ness and types of every kernel's parameters, as g++ sees them (float32
+    builds: every kernel file has one)."""
+    from cnn_gpu import emu
+    for path in backend.kernel_files():
+        module = emu.RawModule(code=backend.kernel_source(path.stem), options=backend.dtype_options(np.float32))
+        for kernel, parameters in launch_checks.parse_signatures(backend.kernel_source(path.stem)).items():
+            compiled = module.get_function(kernel)
+            assert [p.name for p in parameters] == compiled.parameter_names, kernel
+            codes = []
+            for p in parameters:
+                dtype = np.dtype(np.float32 if p.ctype == "REAL" else launch_checks.C_TYPES[p.ctype])
+                codes.append(("*" if p.pointer else "") + f"{dtype.kind}{dtype.itemsize}")
+            assert codes == compiled.parameter_codes, kernel
+
+
+def _sgd(param, grad):
+    gpu_optim.sgd_step("emu", param, grad, None, 0.5, 0.0, 0.0, False, True)
+
+
+@needs_emu
+@pytest.mark.parametrize("make_param, message", [
+    (lambda base: np.asfortranarray(base), "C-contiguous"),
+    (lambda base: base[:, ::2], "C-contiguous"),
+    (lambda base: np.lib.stride_tricks.as_strided(base, shape=base.shape, strides=(0, 0)), "C-contiguous"),
+    (lambda base: base.copy(), None),   # a C-contiguous copy is updated as usual
+], ids=["fortran", "strided", "zero_stride", "c_copy"])
+def test_in_place_kernels_refuse_layouts_they_would_misread(make_param, message):
+    """A Fortran-ordered parameter was updated as if C-ordered (silently wrong), a strided view was
+    written past its elements, a zero-stride one killed the process."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((6, 8))
+    param = make_param(base)
+    before, base_before = param.copy(), base.copy()
+    grad = rng.standard_normal(param.shape)
+    if message is None:
+        _sgd(param, grad)
+        np.testing.assert_allclose(param, before - 0.5 * grad, rtol=1e-15)
+        return
+    with pytest.raises(ValueError, match=message):
+        _sgd(param, grad)
+    np.testing.assert_array_equal(base, base_before)
+    np.testing.assert_array_equal(param, before)
+
+
+@needs_emu
+def test_launches_refuse_read_only_outputs_aliasing_and_wrong_types():
+    rng = np.random.default_rng(2)
+    param = rng.standard_normal(10)
+    before = param.copy()
+    read_only = param.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _sgd(read_only, rng.standard_normal(10))
+    with pytest.raises(ValueError, match="'param' is written in place but shares memory with argument 'grad'"):
+        _sgd(param, param)
+    x, y = rng.standard_normal(10), np.zeros(10)
+    with pytest.raises(ValueError, match="shares memory"):
+        backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,), (x[:8], x[2:], np.int64(8)))
+    with pytest.raises(TypeError, match="'y' must be a float64 array"):
+        backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,),
+                       (x, np.zeros(10, np.float32), np.int64(10)))
+    with pytest.raises(TypeError, match=r"'n' \(long long\) takes np.int64, got int"):
+        backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,), (x, y, 10))
+    with pytest.raises(TypeError, match="takes 3 arguments"):
+        backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,), (x, y))
+    np.testing.assert_array_equal(param, before)
+    np.testing.assert_array_equal(read_only, before)
+
+
+@needs_emu
+def test_a_non_contiguous_input_is_read_through_a_copy():
+    x = np.random.default_rng(3).standard_normal((5, 12))[:, ::3]
+    y = np.empty(x.shape)
+    backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,), (x, y, np.int64(x.size)))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+# --- optimizer steps: all or nothing; state and checkpoints laid out for the kernels ---------------
+
+def _two_params(rng):
+    good, bad = Parameter(rng.standard_normal((3, 4))), Parameter(rng.standard_normal((4, 3)))
+    good.grad, bad.grad = rng.standard_normal((3, 4)), rng.standard_normal((4, 3))
+    return good, bad
+
+
+def _read_only(p, good):
+    p.data.flags.writeable = False
+
+
+def _fortran(p, good):
+    p.data = np.asfortranarray(p.data)
+
+
+def _shares_memory(p, good):
+    p.data = good.data.reshape(4, 3)
+
+
+def _integer(p, good):
+    p.data, p.grad = p.data.astype(np.int64), p.grad.astype(np.int64)
+
+
+@pytest.mark.parametrize("be", KERNEL_BACKENDS)
+@pytest.mark.parametrize("spoil, error", [(_read_only, ValueError), (_fortran, ValueError),
+                                          (_shares_memory, ValueError), (_integer, TypeError)],
+                         ids=["read_only", "fortran", "shared_memory", "integer"])
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_an_optimizer_step_changes_nothing_when_any_parameter_is_bad(kind, spoil, error, be):
+    """numpy used to update the good parameter and then fail on the read-only one."""
+    rng = np.random.default_rng(4)
+    good, bad = _two_params(rng)
+    spoil(bad, good)
+    good_before, bad_before = good.data.copy(), bad.data.copy()
+    optimizer = getattr(optim, kind)([good, bad], lr=0.1, backend=be)
+    with pytest.raises(error):
+        optimizer.step()
+    np.testing.assert_array_equal(good.data, good_before)
+    np.testing.assert_array_equal(bad.data, bad_before)
+    assert optimizer.state == [{}, {}]
+
+
+def test_shared_memory_is_found_among_many_parameters():
+    """Past a few arrays the step compares sorted address spans instead of pairs."""
+    rng = np.random.default_rng(9)
+    params = [Parameter(rng.standard_normal(6)) for _ in range(6)]
+    shared_grad = rng.standard_normal(6)
+    for p in params:
+        p.grad = shared_grad   # gradients are only read: one array may serve them all
+    optim.SGD(params, lr=0.1, momentum=0.9).step()
+    params[4].data = params[1].data[::-1][::-1]   # another view of the same memory
+    before = [p.data.copy() for p in params]
+    with pytest.raises(ValueError, match="parameter [14] is written in place but shares memory with parameter [14]"):
+        optim.SGD(params, lr=0.1, momentum=0.9).step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.data, b)
+
+
+@needs_emu
+def test_load_state_dict_of_fortran_arrays_trains_as_numpy_does():
+    """load_state_dict kept Fortran-ordered arrays; the emu step then diverged from numpy by 0.036."""
+    rng = np.random.default_rng(5)
+    state = {"weight": np.asfortranarray(rng.standard_normal((4, 6))), "bias": rng.standard_normal(4)}
+    x, dy = rng.standard_normal((7, 6)), rng.standard_normal((7, 4))
+    results = {}
+    for be in ("numpy", "emu"):
+        layer = nn.Linear(6, 4, dtype=np.float64)
+        layer.load_state_dict(state)
+        assert layer.weight.data.flags.c_contiguous
+        layer.to(be)
+        opt = optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            layer.zero_grad()
+            layer(x)
+            layer.backward(dy)
+            opt.step()
+        results[be] = layer.weight.data
+    np.testing.assert_allclose(results["emu"], results["numpy"], rtol=1e-12, atol=1e-12)
+
+
+def test_module_to_makes_parameters_c_contiguous():
+    layer = nn.Linear(3, 2, dtype=np.float64)
+    layer.weight.data = np.asfortranarray(np.random.default_rng(6).standard_normal((2, 3)))
+    expected = layer.weight.data.copy()
+    layer.to("numpy")
+    assert layer.weight.data.flags.c_contiguous
+    np.testing.assert_array_equal(layer.weight.data, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(backend.cupy_or_none() is None, reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+def test_optimizer_state_follows_module_to():
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    reference, moved = nn.Linear(3, 2, dtype=np.float64), nn.Linear(3, 2, dtype=np.float64)
+    moved.load_state_dict(reference.state_dict())
+    ref_opt, opt = optim.Adam(reference.parameters(), lr=0.1), optim.Adam(moved.parameters(), lr=0.1)
+    for step in range(2):
+        for layer, optimizer, be in ((reference, ref_opt, "numpy"), (moved, opt, "cuda" if step else "numpy")):
+            layer.to(be)
+            layer.zero_grad()
+            layer(backend.array_module(be).asarray(x))
+            layer.backward(backend.array_module(be).asarray(dy))
+            optimizer.step()
+    np.testing.assert_allclose(moved.weight.data.get(), reference.weight.data, rtol=1e-12)
+
+
+# --- sizes past 32 bits are refused before any work ---------------------------------------------
+
+def test_int_kernel_arguments_refuse_values_past_32_bits():
+    assert _grid.i32(2**31 - 1, -2**31) == (np.int32(2**31 - 1), np.int32(-2**31))
+    with pytest.raises(ValueError, match="32-bit"):
+        _grid.i32(5, 2**31)
+
+
+@needs_emu
+@pytest.mark.parametrize("call", [
+    lambda x: F.conv2d(x, np.ones((1, 1, 1, 1), np.float32), backend="emu"),
+    lambda x: F.max_pool2d(x, 2, backend="emu"),
+], ids=["conv2d", "max_pool2d"])
+def test_a_huge_broadcast_input_is_refused_before_it_is_copied(call):
+    """The launchers' index-range checks used to run after the input's C-contiguous copy (8 GiB here)."""
+    x = np.broadcast_to(np.float32(1), (1, 1, 2**16, 2**15))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="32-bit|2\\^31"):
+            call(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB allocated before the refusal"
+
+
+# --- non-finite hyper-parameters ----------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: optim.SGD(p, lr=NAN), lambda p: optim.SGD(p, lr=INF),
+    lambda p: optim.SGD(p, lr=0.1, momentum=NAN), lambda p: optim.SGD(p, lr=0.1, weight_decay=INF),
+    lambda p: optim.Adam(p, lr=NAN), lambda p: optim.Adam(p, eps=NAN), lambda p: optim.Adam(p, eps=INF),
+    lambda p: optim.Adam(p, betas=(NAN, 0.999)), lambda p: optim.Adam(p, betas=(0.9, -INF)),
+    lambda p: optim.Adam(p, weight_decay=NAN),
+    lambda p: nn.LeakyReLU(NAN), lambda p: nn.LeakyReLU(-INF),
+    lambda p: F.leaky_relu(np.ones(3), NAN), lambda p: F.leaky_relu_backward(np.ones(3), np.ones(3), INF),
+])
+def test_non_finite_hyper_parameters_are_refused(make):
+    with pytest.raises(ValueError, match="finite|must be"):
+        make([Parameter(np.ones(3))])
+
+
+def test_non_numbers_are_type_errors():
+    with pytest.raises(TypeError, match="negative_slope must be a real number"):
+        nn.LeakyReLU(negative_slope="x")
+    with pytest.raises(TypeError, match="lr"):
+        optim.SGD([Parameter(np.ones(3))], lr="0.1")
+
+
+@pytest.mark.parametrize("key, value", [("lr", INF), ("lr", NAN), ("weight_decay", NAN)])
+def test_a_non_finite_value_set_between_steps_or_loaded_is_refused(key, value):
+    param = Parameter(np.ones(3))
+    param.grad = np.full(3, 0.5)
+    optimizer = optim.Adam([param], lr=0.1)
+    saved = optimizer.state_dict()
+    optimizer.param_groups[0][key] = value
+    with pytest.raises(ValueError, match="finite"):
+        optimizer.step()
+    np.testing.assert_array_equal(param.data, np.ones(3))
+    saved["param_groups"][0][key] = value
+    with pytest.raises(ValueError, match="finite"):
+        optim.Adam([param], lr=0.1).load_state_dict(saved)
+
+
+# --- max pool: several NaNs in a window (PyTorch's rule, checked without PyTorch) -----------------
+
+def last_nan_max_pool(x, size):
+    """Reference of max_pool2d(x, size, stride=1) on one plane: each window's taps in row-major
+    order; a NaN is taken as a new maximum, so the last NaN wins, else the first largest value."""
+    h, w = x.shape
+    values, indices = np.empty((h - size + 1, w - size + 1)), np.empty((h - size + 1, w - size + 1), np.int32)
+    for p in range(h - size + 1):
+        for q in range(w - size + 1):
+            best, where = -math.inf, -1
+            for r in range(size):
+                for s in range(size):
+                    v = x[p + r, q + s]
+                    if math.isnan(v) or v > best:
+                        best, where = v, (p + r) * w + q + s
+            values[p, q], indices[p, q] = best, where
+    return values, indices
+
+
+@pytest.mark.parametrize("be", KERNEL_BACKENDS)
+def test_max_pool_windows_with_several_nans_report_the_last(be):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((7, 9))
+    x[rng.random(x.shape) < 0.4] = np.nan
+    want_values, want_indices = last_nan_max_pool(x, 3)
+    assert (np.isnan(x[:3, :3]).sum() >= 2) and np.isnan(want_values).sum() > 5
+    values, indices = F.max_pool2d(x[None, None], 3, stride=1, backend=be)
+    np.testing.assert_array_equal(indices[0, 0], want_indices)
+    np.testing.assert_array_equal(values[0, 0], want_values)
+
+
+# --- the kernel sweeps and `cnn-gpu check` catch an out-of-bounds kernel --------------------------
+
+@pytest.fixture
+def kernels_one_past_the_end(monkeypatch):
+    """The elementwise, loss and optim kernels (float64) rebuilt with every loop over n elements
+    running to i <= n: a realistic off-by-one that only guard zones reliably catch."""
+    from cnn_gpu import emu
+    planted = {}
+    for family in ("elementwise", "loss", "optim"):
+        source = backend.kernel_source(family)
+        mutated = source.replace("i < (n);", "i <= (n);").replace("for (; i < n;", "for (; i <= n;")
+        assert mutated != source
+        planted[family] = emu.RawModule(code=mutated, options=backend.dtype_options(np.float64))
+    real = backend.kernel_function
+
+    def kernel_function(be, family, dtype, kernel):
+        if be == "emu" and family in planted and np.dtype(dtype) == np.float64:
+            return planted[family].get_function(kernel)
+        return real(be, family, dtype, kernel)
+
+    monkeypatch.setattr(backend, "kernel_function", kernel_function)
+    return emu.KernelFault
+
+
+def _sweeps():
+    import test_kernels_misc as misc
+    f64 = np.float64
+    return {"activations": lambda: misc.test_activations("sigmoid", (), (), f64),
+            "bias_add": lambda: misc.test_bias_add(f64),
+            "linear": lambda: misc.test_linear(f64),
+            "mse": lambda: misc.test_mse(f64),
+            "sgd_step": lambda: misc.test_sgd_step(misc.SGD_SETTINGS[1], f64),
+            "sgd_momentum_step": lambda: misc.test_sgd_step(misc.SGD_SETTINGS[3], f64),
+            "adam_step": lambda: misc.test_adam_step(0.01, f64)}
+
+
+@needs_emu
+@pytest.mark.parametrize("sweep", ["activations", "bias_add", "linear", "mse", "sgd_step", "sgd_momentum_step",
+                                   "adam_step"])
+def test_kernel_sweeps_run_with_guard_zones(kernels_one_past_the_end, sweep):
+    with pytest.raises(kernels_one_past_the_end, match="out-of-bounds"):
+        _sweeps()[sweep]()
+
+
+@needs_emu
+@pytest.mark.parametrize("op", ["relu", "linear"])
+def test_cnn_gpu_check_runs_with_guard_zones(kernels_one_past_the_end, op):
+    from cnn_gpu import check, emu
+    with emu.checking(guard=False):   # the check turns them on whatever the caller's block says
+        result = check.check_op(check.OPS[op], "emu", "quick")
+    assert not result.passed and "out-of-bounds" in result.failure
+
+
+# --- installing for a GPU -----------------------------------------------------------------------
+
+def test_gpu_extras_bring_the_cuda_libraries():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["cuda12"] == ["cupy-cuda12x[ctk]>=14"]
+    assert extras["cuda13"] == ["cupy-cuda13x[ctk]>=14"]
+
+
+def _fail(message):
+    def raise_it(*_):
+        raise RuntimeError(message)
+    return raise_it
+
+
+def fake_cupy(driver=12080, cuda=12080, archs=("90",), nvrtc=(12, 8), supported=(50, 60, 70, 75, 80, 86, 89, 90, 100, 120),
+              nvrtc_error=None, cublas_error=None):
+    """The few CuPy calls why_unavailable("cuda") makes, answering as a machine would."""
+    runtime = types.SimpleNamespace(driverGetVersion=lambda: driver, runtimeGetVersion=lambda: cuda,
+                                    getDeviceCount=lambda: len(archs))
+    nvrtc_module = types.SimpleNamespace(getVersion=_fail(nvrtc_error) if nvrtc_error else lambda: nvrtc,
+                                         getSupportedArchs=lambda: tuple(supported))
+    device = types.SimpleNamespace(get_cublas_handle=_fail(cublas_error) if cublas_error else lambda: 1)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=runtime, nvrtc=nvrtc_module, device=device,
+                                      Device=lambda index=0: types.SimpleNamespace(compute_capability=archs[index]))
+    return cupy
+
+
+@pytest.fixture
+def install_cupy(monkeypatch):
+    def install(cupy):
+        monkeypatch.setitem(sys.modules, "cupy", cupy)
+        backend._cuda_probe.cache_clear()
+        return backend.why_unavailable("cuda")
+    yield install
+    backend._cuda_probe.cache_clear()
+
+
+CUDA13_ARCHS = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
+
+
+@pytest.mark.parametrize("settings, expected", [
+    (dict(), ""),
+    (dict(nvrtc_error="libnvrtc.so.12: cannot open shared object file"), "NVRTC.*libnvrtc.so.12.*cuda12"),
+    (dict(cublas_error="libcublas.so.12: cannot open shared object file"), "cuBLAS.*libcublas.so.12"),
+    (dict(archs=("70",), cuda=13000, driver=13000, nvrtc=(13, 0), supported=CUDA13_ARCHS),
+     r"NVRTC 13.0 cannot compile for GPU 0 \(sm_70.*V100 needs pip install 'cnn_gpu\[cuda12\]'"),
+    (dict(archs=("90", "120"), nvrtc=(12, 4), supported=(50, 60, 70, 75, 80, 86, 89, 90)),
+     r"NVRTC 12.4 is too old for GPU 1 \(sm_120"),
+    (dict(archs=("89",), nvrtc=(12, 4), supported=(50, 60, 70, 75, 80, 86)), ""),   # sm_86 cubins run on sm_89
+    (dict(driver=12020, cuda=13000), r"insufficient NVIDIA driver: it supports CUDA up to 12.2, CuPy runs on CUDA 13.0"
+                                     r".*cnn_gpu\[cuda12\]"),
+    (dict(driver=0), "no NVIDIA driver"),
+    (dict(archs=()), "CuPy sees no GPU"),
+], ids=["ok", "no_nvrtc", "no_cublas", "v100_on_cuda13", "nvrtc_too_old", "same_major_arch", "old_driver",
+        "no_driver", "no_gpu"])
+def test_why_cuda_is_unavailable(install_cupy, settings, expected):
+    reason = install_cupy(fake_cupy(**settings))
+    if expected:
+        assert reason and re.search(expected, reason), reason
+        assert backend.cupy_or_none() is None and "cuda" not in backend.available_backends()
+    else:
+        assert reason == "" and backend.cupy_or_none() is sys.modules["cupy"]
+
+
+def test_a_cupy_that_does_not_import_is_reported(install_cupy):
+    reason = install_cupy(None)   # sys.modules[name] = None makes `import name` fail
+    assert reason.startswith("CuPy does not import") and "cnn_gpu[cuda12]" in reason
