@@ -6,7 +6,9 @@ its own process so one crash does not hide the rest:
   1. the CUDA test sweep            pytest -m gpu tests benchmarks
   2. the op cross-check             cnn-gpu check --device cuda --thorough   (float64, then float32)
   3. the kernel resource report     cnn-gpu kernels
-  4. the benchmark                  cnn-gpu bench --shapes resnet            (with PyTorch when present)
+  4. the benchmark                  cnn-gpu bench --shapes resnet            (with PyTorch when present;
+                                    device model:gpu adds the roofline model's estimate of this GPU
+                                    beside each measured cuda row, to calibrate the model)
   5. a short training run           cnn-gpu train --device cuda --epochs 2
 
 and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
@@ -161,10 +163,12 @@ def _clean(text: str, last_lines: int | None = None) -> str:
 
 
 def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
+    from .bench import default_devices
     cli = [python, "-m", "cnn_gpu"]
     mode = "--quick" if quick else "--thorough"
-    bench = cli + ["bench", "--shapes", "tiny" if quick else "resnet", "--markdown", "--no-progress",
-                   "--json", str(out_dir / "bench.json"), "--csv", str(out_dir / "bench.csv")]
+    devices = ",".join(default_devices() + ["model:gpu"])
+    bench = cli + ["bench", "--shapes", "tiny" if quick else "resnet", "--device", devices, "--markdown",
+                   "--no-progress", "--json", str(out_dir / "bench.json"), "--csv", str(out_dir / "bench.csv")]
     try:
         import matplotlib  # noqa: F401
         bench += ["--plot", str(out_dir / "bench.png")]

@@ -120,7 +120,7 @@ def test_bench_ctrl_c_prints_finished_rows(capsys, monkeypatch):
             raise KeyboardInterrupt
         return real_measure(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "measure", interrupt_third)
+    monkeypatch.setattr(bench.timing, "measure", interrupt_third)
     code, out, err = _bench(capsys, "--device", "numpy", "--ops", "conv2d,conv2d_dgrad")
     assert code == 130
     assert len(_table_rows(out, "op ")) == 2
@@ -297,6 +297,8 @@ def test_acceptance_runs_every_required_command(tmp_path):
                 "-m cnn_gpu bench --shapes resnet", "-m cnn_gpu train --device cuda"]
     for start in required:
         assert any(c.startswith(start) for c in commands), (start, commands)
+    bench_devices = next(c for c in commands if " bench " in f" {c} ").split("--device ")[1].split()[0]
+    assert bench_devices.split(",")[-1] == "model:gpu"   # the model beside the measured rows
     assert any("--dtype float32" in c for c in commands if " check " in c)
 
 
@@ -313,7 +315,7 @@ def test_gpu_timing_uses_one_event_pair_per_call():
         log.append(x)
         clock[0] += x
 
-    times = bench._event_times(call, [(1.0,), (2.0,), (3.0,)], 5, Event, lambda: None,
+    times = bench.devices._event_times(call, [(1.0,), (2.0,), (3.0,)], 5, Event, lambda: None,
                                lambda start, stop: (stop.t - start.t) / 1e3)
     assert log == [1.0, 2.0, 3.0, 1.0, 2.0]          # input sets cycled
     assert times == [1e-3, 2e-3, 3e-3, 1e-3, 2e-3]

@@ -1,29 +1,45 @@
-"""`cnn-gpu bench`: time every op on NumPy (CPU), the CUDA kernels (GPU) and PyTorch where installed."""
+"""`cnn-gpu bench`: time every op on NumPy (CPU), the CUDA kernels (GPU) and PyTorch where installed,
+or estimate it on a GPU spec with the roofline model (--device model:h100; model:list lists the specs)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from ..precision import MATH_MODES
 from . import comma_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .. import bench
+    from .. import bench, roofline
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "shape sets:\n" + "".join(f"  {name:8s} {s.description}\n" for name, s in bench.SHAPE_SETS.items())
         + "ops:\n" + "".join(f"  {name:20s} {desc}\n" for name, (_, _, desc) in bench.OPS.items())
         + "\nGFLOP/s counts 2*N*K*P*Q*(C/groups)*R*S per convolution pass (fprop, dgrad, wgrad alike).\n"
           "Times are medians of repeated calls after a warm-up, inputs rotated among several random sets;\n"
-          "GPU calls are timed with CUDA events. Ctrl-C prints the rows finished so far.")
+          "GPU calls are timed with CUDA events. Ctrl-C prints the rows finished so far.\n\n"
+          f"model:SPEC devices ({', '.join(roofline.SPECS)}, or {roofline.CURRENT_GPU}: the GPU CuPy sees) time "
+          "nothing: they print\nthe roofline MODEL's estimate in a separate, labelled section (JSON/CSV: "
+          "\"modeled\": true);\n--device model:list prints the specs. With cuda rows too, a measured-vs-modeled "
+          "table follows.\n\n"
+          "--math fp32,tf32 times the float32 convolutions (and the training step) once per math mode, side by "
+          "side:\ncnn_gpu in that mode (cnn_gpu.set_math_mode; tf32 runs the tensor-core kernels on sm_80+), "
+          "PyTorch CUDA with\ntorch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 off "
+          "(fp32) or on (tf32), PyTorch CPU\nin fp32 only (it has no TF32), and the model on what the mode runs "
+          "(tf32 % peak: of the dense TF32 peak).")
     parser.add_argument("--shapes", default="default", choices=list(bench.SHAPE_SETS),
                         help="shape set (default: %(default)s; emu needs 'tiny')")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
                         help="ops to time (default: all but conv2d_fwd_bwd)")
     parser.add_argument("--device", type=comma_list, default=None, metavar="DEV[,DEV...]",
-                        help=f"devices among {', '.join(bench.DEVICES)} (default: numpy plus cuda, torch and "
-                             "torch-cuda where available; torch-cuda adds a TF32 row for float32)")
+                        help=f"devices among {', '.join(bench.DEVICES)} and model:SPEC (default: numpy plus cuda, "
+                             "torch and torch-cuda where available; torch-cuda adds a TF32 row for float32)")
     parser.add_argument("--dtype", default="float32", choices=bench.DTYPES, help="default: %(default)s")
+    parser.add_argument("--math", type=comma_list, default=["fp32"], metavar="MODE[,MODE...]",
+                        help=f"math modes of the float32 convolutions among {', '.join(MATH_MODES)}, each its own "
+                             "rows (default: fp32)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="batch size of every shape of the set (default: the set's own, e.g. 16 for resnet)")
     parser.add_argument("--repeat", type=int, default=None, metavar="N",
                         help="timed calls per row (default: as many as fit in ~0.3 s, at least 3)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -48,6 +64,10 @@ def _machine_line(meta: dict) -> str:
 
 def run(args) -> int:
     from .. import bench
+    if args.device and "model:list" in args.device:
+        from ..roofline import format_specs
+        print(format_specs())
+        return 0
     devices = args.device or bench.default_devices()
     ops = args.ops or list(bench.DEFAULT_OPS)
     # Every argument is checked before anything is timed.
@@ -56,14 +76,19 @@ def run(args) -> int:
             raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        if "emu" in devices and args.shapes != "tiny":
-            raise ValueError(f"the emulator runs only with --shapes tiny (it executes every GPU thread on the CPU, "
-                             f"far too slow for --shapes {args.shapes})")
+        unknown = [mode for mode in args.math if mode not in MATH_MODES]
+        if unknown:
+            raise ValueError(f"unknown math mode(s) {', '.join(unknown)}; expected some of {', '.join(MATH_MODES)}")
+        if "tf32" in args.math and args.dtype != "float32":
+            raise ValueError(f"--math tf32 changes float32 convolutions only, not {args.dtype}")
+        if "emu" in devices and (args.shapes != "tiny" or (args.batch or 0) > 4):
+            raise ValueError(f"the emulator runs only with --shapes tiny and --batch <= 4 (it executes every GPU "
+                             f"thread on the CPU, far too slow for --shapes {args.shapes})")
         if args.plot:
             bench.require_matplotlib()
         if args.threads:
             bench.set_threads(args.threads)
-        cases = bench.make_cases(args.shapes, ops)
+        cases = bench.make_cases(args.shapes, ops, args.batch)
         device_objects = bench.make_devices(devices, args.dtype)
     except (ValueError, ImportError) as err:
         print(f"cnn-gpu bench: {err}", file=sys.stderr)
@@ -72,18 +97,31 @@ def run(args) -> int:
     rows, interrupted = [], False
     try:
         for row in bench.run_cases(cases, device_objects, args.dtype, args.repeat, args.seed,
-                                   progress=not args.no_progress):
+                                   progress=not args.no_progress, math=args.math):
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
     meta = bench.environment()
-    meta.update(shapes=args.shapes, dtype=args.dtype, devices=devices, threads=args.threads,
-                interrupted=interrupted)
+    meta.update(shapes=args.shapes, batch=args.batch, dtype=args.dtype, math=args.math, devices=devices,
+                threads=args.threads, interrupted=interrupted)
+    models = [d for d in device_objects if d.modeled]
+    if models:
+        meta["models"] = {d.name: d.spec.as_dict() for d in models}
     bench.finish_rows(rows, meta.get("gpu", {}).get("peak_gflops"))
 
-    print(f"cnn-gpu bench: shapes={args.shapes} dtype={args.dtype} (convolutions: N,C,H,W,K,R,stride,pad)")
+    batch = "" if args.batch is None else f" batch={args.batch}"
+    print(f"cnn-gpu bench: shapes={args.shapes}{batch} dtype={args.dtype} math={','.join(args.math)} "
+          f"(convolutions: N,C,H,W,K,R,stride,pad)")
     print(_machine_line(meta) + "\n")
     print(bench.format_table(rows, markdown=args.markdown))
+    for model in models:
+        for op, why in model.skipped.items():
+            print(f"{model.name}: {op} {why}")
+    for device in device_objects:
+        for mode in args.math:
+            why = device.math_unsupported(mode)
+            if why and args.dtype == "float32":
+                print(f"{device.name}: no {mode} rows: {why}")
     for path, write in ((args.json, lambda p: bench.write_json(rows, p, meta)),
                         (args.csv, lambda p: bench.write_csv(rows, p)),
                         (args.plot, lambda p: bench.write_plot(rows, p, f"cnn-gpu bench --shapes {args.shapes} "

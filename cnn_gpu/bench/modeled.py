@@ -1,0 +1,110 @@
+"""`--device model:SPEC`: rows estimated by the roofline model (cnn_gpu.roofline) on a GPU spec instead
+of measured. The convolution passes are modeled launch by launch from their plans, in each math
+mode on what that mode runs (tf32: the tensor-core plans, their % of peak of the dense TF32
+peak); pooling, cross entropy and bias additions by their compulsory traffic alone (memory-bound);
+a training step is not modeled."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import roofline
+from .devices import Device
+from .rows import Row
+
+PREFIX = "model:"
+NOT_MODELED = {"train_step": "not modeled: a training step is many launches of every kind (see the conv rows)"}
+
+
+def is_model(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+class ModelDevice(Device):
+    """Estimates instead of timings; run_cases asks it for rows (model_row) and times nothing."""
+    modeled = True
+
+    def __init__(self, key: str):
+        self.spec = roofline.spec(key)
+        self.name = PREFIX + self.spec.key
+        self.note = (f"roofline MODEL of {self.spec.name} ({self.spec.arch}, {self.spec.source}), not a measurement; "
+                     "README, \"Performance model\"")
+        self.skipped = {}     # op -> why it has no modeled rows
+
+    def math_unsupported(self, math: str) -> str:
+        try:
+            roofline.has_tensor_cores(self.spec)
+        except ValueError as err:
+            return str(err) if math == "tf32" else ""
+        return ""
+
+    def peak_flops(self, dtype, math: str = "fp32") -> float:
+        """The peak a row's % refers to: the dense TF32 peak for a float32 row in "tf32" on a GPU with
+        TF32 tensor cores, else the dtype's FMA peak."""
+        if math == "tf32" and np.dtype(dtype) == np.float32 and roofline.has_tensor_cores(self.spec):
+            return self.spec.tf32_peak_flops
+        return self.spec.peak_flops(dtype)
+
+    def model_row(self, case, dtype, math: str = "fp32") -> Row | None:
+        if case.op in NOT_MODELED:
+            self.skipped[case.op] = NOT_MODELED[case.op]
+            return None
+        estimates = case_estimates(case, self.spec, dtype, math)
+        seconds = sum(e.seconds for e in estimates)
+        longest = max(estimates, key=lambda e: e.seconds)
+        gflops = case.flops / seconds / 1e9 if case.flops else None
+        return Row(case.op, case.label, self.name, np.dtype(dtype).name, None, 0, note=self.note, flops=case.flops,
+                   modeled=True, model_ms=seconds * 1e3, model_gflops=gflops,
+                   model_pct_peak=None if gflops is None else 100 * gflops * 1e9 / self.peak_flops(dtype, math),
+                   model_bound=longest.bound, model_launches=[e.as_dict() for e in estimates])
+
+
+# the passes each conv op runs: F.conv2d is fprop with bias; F.conv2d_backward is dgrad, wgrad and
+# the bias gradient; F.conv_transpose2d is the conv's dgrad plus a bias addition over its output
+CONV_PASSES = {"conv2d": ("fprop",), "conv2d_dgrad": ("dgrad",), "conv2d_wgrad": ("wgrad",),
+               "conv2d_fwd_bwd": ("fprop", "dgrad", "wgrad"), "conv_transpose2d": ("dgrad",)}
+
+
+def _conv(case, spec, dtype, math) -> list:
+    g = case.shape.geometry()
+    estimates = [estimate for pass_name in CONV_PASSES[case.op]
+                 for estimate in roofline.model_conv(pass_name, g, dtype, spec, bias=pass_name == "fprop",
+                                                     math=math)]
+    if case.op == "conv2d_fwd_bwd":
+        estimates.append(roofline.model_bias_grad(g, dtype, spec))
+    if case.op == "conv_transpose2d":
+        traffic = (2 * math.prod(g.x_shape) + g.C) * np.dtype(dtype).itemsize
+        estimates.append(roofline.memory_bound("bias_add", traffic, spec))
+    return estimates
+
+
+def _pool(case, spec, dtype) -> list:
+    g = case.shape.geometry()
+    item = np.dtype(dtype).itemsize
+    x, y = math.prod(g.x_shape), math.prod(g.y_shape)
+    index = np.dtype(np.int32).itemsize
+    traffic = {"max_pool2d": ("max_pool_forward", (x + y) * item + y * index),
+               "max_pool2d_backward": ("max_pool_backward", (y + x) * item + y * index),
+               "avg_pool2d": ("avg_pool_forward", (x + y) * item),
+               "avg_pool2d_backward": ("avg_pool_backward", (y + x) * item)}
+    return [roofline.memory_bound(*traffic[case.op], spec)]
+
+
+def _cross_entropy(case, spec, dtype) -> list:
+    """The per-row kernel (logits and int64 labels in, gradient and row losses out), then the mean."""
+    n, classes = case.shape.N, case.shape.classes
+    item = np.dtype(dtype).itemsize
+    return [roofline.memory_bound("cross_entropy_rows", (2 * n * classes + n) * item + n * 8, spec),
+            roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
+
+
+def case_estimates(case, spec, dtype, math: str = "fp32") -> list:
+    """The LaunchEstimates of one bench case on `spec` in math mode `math`."""
+    if case.op in CONV_PASSES:
+        return _conv(case, spec, dtype, math)
+    if "pool" in case.op:
+        return _pool(case, spec, dtype)
+    if case.op == "cross_entropy":
+        return _cross_entropy(case, spec, dtype)
+    raise ValueError(f"no model for op {case.op!r}")

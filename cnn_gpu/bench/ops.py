@@ -1,0 +1,44 @@
+"""The ops `cnn-gpu bench` times, and the cases of a shape set."""
+from __future__ import annotations
+
+from .cases import Case, conv_case, cross_entropy_case, pool_case
+from .shapes import SHAPE_SETS
+from .training import train_step_case
+
+DTYPES = ("float32", "float64")
+
+
+# op name -> (kind of shape it takes, case builder, one-line description)
+OPS = {
+    "conv2d": ("conv", lambda s: conv_case("conv2d", s), "convolution forward (fprop), with bias"),
+    "conv2d_dgrad": ("conv", lambda s: conv_case("conv2d_dgrad", s), "input gradient (dgrad)"),
+    "conv2d_wgrad": ("conv", lambda s: conv_case("conv2d_wgrad", s), "weight gradient (wgrad)"),
+    "conv2d_fwd_bwd": ("conv", lambda s: conv_case("conv2d_fwd_bwd", s),
+                       "forward + full backward (dx, dw, db); counted as 3 passes"),
+    "conv_transpose2d": ("conv", lambda s: conv_case("conv_transpose2d", s),
+                         "transposed convolution from the conv's output shape back to its input shape, with bias"),
+    "max_pool2d": ("pool", lambda s: pool_case("max_pool2d", s), "max pooling forward (values and indices)"),
+    "max_pool2d_backward": ("pool", lambda s: pool_case("max_pool2d_backward", s), "max pooling backward"),
+    "avg_pool2d": ("pool", lambda s: pool_case("avg_pool2d", s), "average pooling forward"),
+    "avg_pool2d_backward": ("pool", lambda s: pool_case("avg_pool2d_backward", s), "average pooling backward"),
+    "cross_entropy": ("loss", cross_entropy_case, "softmax cross entropy, loss and gradient"),
+    "train_step": ("model", train_step_case, "forward, loss, backward and SGD step of a model"),
+}
+# conv2d_fwd_bwd repeats fprop + dgrad + wgrad, so it runs only when asked for (numpy_vs_torch.py).
+DEFAULT_OPS = tuple(op for op in OPS if op != "conv2d_fwd_bwd")
+
+
+def make_cases(shape_set: str, ops=DEFAULT_OPS, batch: int | None = None) -> list[Case]:
+    """Every (op, shape) of the shape set (at batch size `batch` if given), op by op in the order
+    of `ops`."""
+    if shape_set not in SHAPE_SETS:
+        raise ValueError(f"unknown shape set {shape_set!r}; expected one of {', '.join(SHAPE_SETS)}")
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise ValueError(f"unknown op(s) {', '.join(unknown)}; expected some of {', '.join(OPS)}")
+    shapes = SHAPE_SETS[shape_set] if batch is None else SHAPE_SETS[shape_set].with_batch(batch)
+    cases = []
+    for op in ops:
+        kind, build, _ = OPS[op]
+        cases += [build(shape) for shape in getattr(shapes, kind)]
+    return cases

@@ -1,0 +1,155 @@
+"""The training-step case: forward, loss, backward and SGD step of one of cnn_gpu.models' networks,
+its FLOP count, and its PyTorch mirror."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
+from .cases import Case, _input_sets, _random
+from .shapes import ModelShape
+
+
+def build_model(shape: ModelShape, dtype, seed: int = 0):
+    from .. import models
+    return models.build(shape.model, shape.image_shape, shape.classes, dtype=dtype, rng=np.random.default_rng(seed))
+
+
+def model_flops(model, input_shape) -> int | None:
+    """2 x multiply-adds of the conv and linear layers of one forward pass of `model` on a batch of
+    shape `input_shape`, found by walking its layers (None for a layer type it does not know)."""
+    from .. import nn
+
+    def walk(module, shape):
+        if isinstance(module, nn.Sequential):
+            total = 0
+            for layer in module:
+                flops, shape = walk(layer, shape)
+                if flops is None:
+                    return None, shape
+                total += flops
+            return total, shape
+        if isinstance(module, nn.Residual):
+            flops, out = walk(module.block, shape)
+            if module.shortcut is not None and flops is not None:
+                extra, _ = walk(module.shortcut, shape)
+                flops = None if extra is None else flops + extra
+            return flops, out
+        if isinstance(module, nn.Conv2d):
+            g = conv_geometry(shape, module.weight.shape, module.stride, module.padding, module.dilation,
+                              module.groups)
+            return g.flops, g.y_shape
+        if isinstance(module, nn.ConvTranspose2d):
+            g = conv_transpose_geometry(shape, module.weight.shape, module.stride, module.padding,
+                                        module.output_padding, module.dilation, module.groups)
+            return g.flops, g.x_shape
+        if isinstance(module, nn.Linear):
+            return 2 * int(np.prod(shape[:-1])) * module.in_features * module.out_features, \
+                (*shape[:-1], module.out_features)
+        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            g = pool_geometry(shape, module.kernel_size, module.stride, module.padding,
+                              getattr(module, "dilation", 1), module.ceil_mode)
+            return 0, g.y_shape
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            size = module.output_size
+            size = (size, size) if isinstance(size, int) else size
+            return 0, (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
+        if isinstance(module, nn.Flatten):
+            start = module.start_dim % len(shape)
+            end = module.end_dim % len(shape)
+            return 0, (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
+        if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.BatchNorm2d)):
+            return 0, shape
+        return None, shape
+
+    return walk(model, tuple(input_shape))[0]
+
+
+def torch_mirror(model, torch):
+    """The same network as a torch.nn module with the same parameter values (state_dict names
+    follow PyTorch's, so they load directly)."""
+    from .. import nn
+    tnn = torch.nn
+
+    class TorchResidual(tnn.Module):
+        def __init__(self, block, shortcut):
+            super().__init__()
+            self.block = block
+            self.shortcut = shortcut
+
+        def forward(self, x):
+            return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    def convert(m):
+        if isinstance(m, nn.Sequential):
+            return tnn.Sequential(*(convert(layer) for layer in m))
+        if isinstance(m, nn.Residual):
+            return TorchResidual(convert(m.block), None if m.shortcut is None else convert(m.shortcut))
+        if isinstance(m, nn.Conv2d):
+            return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                              m.groups, bias=m.bias is not None)
+        if isinstance(m, nn.ConvTranspose2d):
+            return tnn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                       m.output_padding, m.groups, bias=m.bias is not None, dilation=m.dilation)
+        if isinstance(m, nn.Linear):
+            return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        if isinstance(m, nn.MaxPool2d):
+            return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
+        if isinstance(m, nn.AvgPool2d):
+            return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+        if isinstance(m, nn.Flatten):
+            return tnn.Flatten(m.start_dim, m.end_dim)
+        if isinstance(m, nn.LeakyReLU):
+            return tnn.LeakyReLU(m.negative_slope)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return tnn.AdaptiveAvgPool2d(m.output_size)
+        if isinstance(m, nn.BatchNorm2d):
+            return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh)):
+            if isinstance(m, ours):
+                return theirs()
+        raise TypeError(f"no PyTorch counterpart for layer {type(m).__name__}")
+
+    mirror = convert(model)
+    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+        np.dtype(model.parameters()[0].dtype)]
+    mirror = mirror.to(dtype)
+    mirror.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(value))
+                            for name, value in model.state_dict().items()})
+    return mirror
+
+
+def train_step_case(shape: ModelShape) -> Case:
+    """Forward, loss, backward and an SGD (momentum 0.9) step of a model on one batch."""
+    batch_shape = (shape.batch, *shape.image_shape)
+    forward_flops = model_flops(build_model(shape, np.float32), batch_shape)
+
+    def setup(device, dtype, rng):
+        from .. import nn, optim
+        model = build_model(shape, dtype)
+        sets = _input_sets(device, rng, lambda rng: (_random(rng, batch_shape, dtype),
+                                                     rng.integers(0, shape.classes, shape.batch).astype(np.int64)))
+        if device.framework == "torch":
+            torch = device.torch
+            net = torch_mirror(model, torch).to(device.device)
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            loss_fn = torch.nn.CrossEntropyLoss()
+
+            def run(x, labels):
+                optimizer.zero_grad(set_to_none=False)
+                loss = loss_fn(net(x), labels)
+                loss.backward()
+                optimizer.step()
+            return run, sets
+        model.to(device.backend)
+        optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+        loss_fn.to(device.backend)
+
+        def run(x, labels):
+            optimizer.zero_grad()
+            loss_fn(model(x), labels)
+            model.backward(loss_fn.backward())
+            optimizer.step()
+        return run, sets
+
+    return Case("train_step", shape, None if forward_flops is None else 3 * forward_flops, setup, math=True)

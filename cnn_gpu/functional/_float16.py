@@ -1,0 +1,74 @@
+"""float16 on every functional op: FP16 storage, FP32 math, each output rounded to FP16 once.
+
+`@takes_float16(...)` on a public op gives it this rule for float16 inputs:
+- backend "numpy" (the oracle): the float16 arrays are widened to float32, the float32 op runs,
+  and every float output is rounded to float16 once (gradients too); a loss returned as a Python
+  float keeps its FP32 value. Arrays the op updates in place (`updates`, e.g. running statistics)
+  are written back rounded.
+- "emu" and "cuda": the op runs its kernels' float16 build (FP16 loads and stores around FP32
+  math) when `kernels` says it has one; otherwise NotImplementedError naming the op, raised
+  before anything is launched (never a silent fallback to another backend or dtype).
+float16 inputs must not be mixed with float32/float64 ones (TypeError): ops never change dtype
+silently. Calls without float16 arrays go straight to the op.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import numpy as np
+
+from .. import backend as _backend
+from . import _checks
+
+FLOAT16 = np.dtype(np.float16)
+COMPUTE = np.dtype(np.float32)   # the math (and accumulation) type of float16 ops
+
+
+def _is_float16(a) -> bool:
+    return _checks.is_array(a) and a.dtype == FLOAT16
+
+
+def _rounded(result, originals: dict):
+    """`result` with every float32 array rounded to float16; a widened input handed back as it
+    is (dropout at p = 0 returns its input) becomes the caller's own array again."""
+    if isinstance(result, tuple):
+        return tuple(_rounded(r, originals) for r in result)
+    if isinstance(result, np.ndarray) and result.dtype == COMPUTE:
+        return originals.get(id(result)) if id(result) in originals else result.astype(FLOAT16)
+    return result
+
+
+def takes_float16(*, kernels: bool, updates: tuple = ()):
+    """Decorator of a public functional op (see the module docstring). `kernels`: whether the
+    op's emu/cuda kernels take float16; `updates`: names of array arguments it writes in place."""
+    def decorate(op):
+        signature = inspect.signature(op)
+
+        @functools.wraps(op)
+        def run(*args, **kwargs):
+            if not any(_is_float16(a) for a in (*args, *kwargs.values())):
+                return op(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            arrays = {name: a for name, a in bound.arguments.items() if _checks.is_array(a)}
+            floats = {name: a for name, a in arrays.items() if a.dtype.kind == "f"}
+            first = next(name for name, a in floats.items() if a.dtype == FLOAT16)
+            _checks.same_dtype(first, floats[first], **floats)
+            be = _backend.resolve(bound.arguments.get("backend"), *arrays.values())
+            if be != "numpy":
+                if not kernels:
+                    raise NotImplementedError(
+                        f"{op.__name__}: float16 has no {be} kernels yet; run it on backend 'numpy' (FP32 math, "
+                        f"FP16 storage) or pass float32 arrays")
+                return op(*args, **kwargs)
+            widened = {name: a.astype(COMPUTE) for name, a in floats.items()}
+            bound.arguments.update(widened, backend="numpy")
+            result = op(*bound.args, **bound.kwargs)
+            for name in updates:
+                if name in widened:
+                    floats[name][...] = widened[name]
+            return _rounded(result, {id(w): floats[name] for name, w in widened.items()})
+
+        run.float16_kernels = kernels
+        return run
+    return decorate

@@ -1,0 +1,78 @@
+"""A roofline model of the kernels' launches on a named GPU: an estimate, never a measurement.
+
+    from cnn_gpu import roofline
+    spec = roofline.spec("h100")                      # roofline.SPECS: v100, a100, h100, h200, l4, rtx4090
+    estimates = roofline.model_conv("fprop", g, "float32", spec, bias=True)
+    sum(e.seconds for e in estimates)
+    roofline.model_conv("wgrad", g, "float32", spec, math="tf32")   # the tensor-core kernels
+
+Each launch of a pass's plan (cnn_gpu.gpu.conv.plan_fprop / plan_dgrad / plan_wgrad, exactly what
+the launchers run) is estimated from its FLOPs, its compulsory DRAM traffic, the kernel's registers
+and shared memory (occupancy, waves), its SASS issue ceiling and its shared-memory wavefronts per
+FLOP from the emulator's profile (model.py states the formula; traits.py where each input comes
+from and the defaults used when a tool is missing). In the "tf32" math mode float32 passes are
+modeled on what runs there: the tensor-core plans of cnn_gpu.gpu.conv_tc against the dense TF32
+peak with the MMA issue ceiling (model.mma_issue_ceiling), the launcher's filter tiles as a
+memory-bound step; a pass that stays on the SIMT kernels (strided dgrad, depthwise, a GPU
+without TF32 tensor cores) adds the rounding of its operands. What the model ignores is listed
+in the README's "Performance model" section.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import conv
+from .model import (LAUNCH_OVERHEAD_S, KernelTraits, LaunchEstimate, LaunchWork, estimate, memory_bound,
+                    mma_issue_ceiling, mma_issue_clocks)
+from .specs import CURRENT_GPU, SPECS, GpuSpec, format_specs, lanes_per_sm, spec
+from .traits import kernel_traits
+
+__all__ = ["CURRENT_GPU", "LAUNCH_OVERHEAD_S", "SPECS", "GpuSpec", "KernelTraits", "LaunchEstimate", "LaunchWork",
+           "estimate", "estimate_launch", "format_specs", "has_tensor_cores", "kernel_traits", "lanes_per_sm",
+           "memory_bound", "mma_issue_ceiling", "mma_issue_clocks", "model_bias_grad", "model_conv", "spec"]
+
+
+def estimate_launch(launch, work: LaunchWork, dtype, gpu: GpuSpec, profile: tuple | None = None) -> LaunchEstimate:
+    """estimate() with the kernel's traits gathered for `gpu`'s arch (traits.kernel_traits)."""
+    traits = kernel_traits(launch.family, launch.kernel, np.dtype(dtype).name, gpu.arch, profile)
+    return estimate(launch, work, traits, gpu, dtype)
+
+
+def has_tensor_cores(gpu: GpuSpec) -> bool:
+    """Whether the "tf32" mode runs the tensor-core kernels on `gpu` (sm_80 and newer); ValueError
+    for such a GPU whose spec has no TF32 peak to model them against."""
+    from ..gpu.conv_tc import MIN_ARCH
+    if int(gpu.arch[3:]) < MIN_ARCH:
+        return False
+    if not gpu.tf32_tflops:
+        raise ValueError(f"{gpu.name} ({gpu.arch}) runs the tf32 mode on tensor cores, but its spec has no TF32 "
+                         f"peak to model them against")
+    return True
+
+
+def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, math: str = "fp32",
+               **overrides) -> list[LaunchEstimate]:
+    """One estimate per launch of the pass ("fprop", "dgrad" or "wgrad") on geometry `g`, planned for
+    `gpu`'s SM count (`overrides`: the SIMT planner's tile= and splits=); the GEMM launch's shared
+    wavefronts come from a profile of the same kernel variant. math="tf32" (float32): what that
+    mode runs (module docstring), the steps outside the plan first."""
+    from ..precision import MATH_MODES
+    if math not in MATH_MODES:
+        raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(MATH_MODES)}")
+    tf32 = math == "tf32" and np.dtype(dtype) == np.float32
+    if tf32 and has_tensor_cores(gpu):
+        on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, bias=bias)
+        if on_tensor_cores is not None:
+            plan, launches, glue = on_tensor_cores
+            profile = (conv.TF32_PROFILE_PASS[pass_name], plan.tile)
+            return [memory_bound(name, nbytes, gpu) for name, nbytes in glue] + [
+                estimate_launch(launch, work, dtype, gpu, profile if i == plan.main_index else None)
+                for i, (launch, work) in enumerate(launches)]
+    plan, launches = conv.pass_launches(pass_name, g, dtype, gpu.sms, bias=bias, **overrides)
+    rounding = [memory_bound("round_to_tf32", conv.tf32_rounding_bytes(pass_name, g, dtype), gpu)] if tf32 else []
+    return rounding + [estimate_launch(launch, work, dtype, gpu, (pass_name, plan.tile) if i == plan.main_index
+                                       else None) for i, (launch, work) in enumerate(launches)]
+
+
+def model_bias_grad(g, dtype, gpu: GpuSpec) -> LaunchEstimate:
+    return estimate_launch(*conv.bias_grad_launch(g, dtype), dtype, gpu)

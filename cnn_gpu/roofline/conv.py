@@ -1,0 +1,146 @@
+"""What each launch of a convolution pass does: the launches of the pass's ConvPlan (cnn_gpu.gpu.conv,
+or cnn_gpu.gpu.conv_tc for the tensor-core kernels of the "tf32" math mode; never re-derived here),
+each with its useful FLOPs and its compulsory DRAM traffic from the geometry; and a small run of
+each GEMM kernel variant on the emulator, for its shared-memory profile."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..gpu import conv as gpu_conv
+from ..gpu import conv_tc, reduce
+from .model import LaunchWork
+
+PASSES = ("fprop", "dgrad", "wgrad")
+
+
+def _plan(pass_name: str, g, dtype, sms: int, **overrides):
+    if pass_name not in PASSES:
+        raise ValueError(f"pass must be one of {', '.join(PASSES)}, got {pass_name!r}")
+    if g.is_depthwise:
+        raise ValueError("the roofline model covers the implicit-GEMM convolutions, not depthwise ones")
+    plan = {"fprop": gpu_conv.plan_fprop, "dgrad": gpu_conv.plan_dgrad, "wgrad": gpu_conv.plan_wgrad}[pass_name]
+    return plan(g, dtype, sms=sms, **overrides)
+
+
+def pass_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **overrides):
+    """(plan, [(Launch, LaunchWork)]) of one pass as planned for a GPU of `sms` SMs (`overrides`:
+    the planner's tile= and splits=, to model a choice it would not make). The main launch
+    reads the pass's operands (fprop x, w and the bias; dgrad dy and w; wgrad dy and x) and writes
+    its output (fprop y, dgrad dx, wgrad dw), or with split-K `splits` partial outputs that the one
+    launch after it reads back (with the bias) to write the output. A launch before the main one is
+    dgrad's filter transpose (w in, w out)."""
+    plan = _plan(pass_name, g, dtype, sms, **overrides)
+    return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias)))
+
+
+def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued_flops=None) -> list:
+    """The LaunchWork of each launch of `plan`, a `pass_name` pass on geometry `g` (pass_launches
+    states the traffic); the main launch's FLOPs run on `pipe`, `issued_flops` of them with padding."""
+    item = np.dtype(dtype).itemsize
+    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
+    operands, out = {"fprop": (x + w, y), "dgrad": (y + w, x), "wgrad": (y + x, w)}[pass_name]
+    bias_elements = g.K if bias and pass_name == "fprop" else 0
+    before, after = plan.main_index, len(plan.launches) - plan.main_index - 1
+    if before > (pass_name == "dgrad") or after > (plan.splits > 1):
+        raise ValueError(f"{pass_name} plan launches {[launch.kernel for launch in plan.launches]}: the model "
+                         f"knows no traffic for the extra launches")
+    works = [LaunchWork(0, 2 * w * item)] * before
+    if plan.splits > 1:
+        works += [LaunchWork(g.flops, (operands + plan.splits * out) * item, pipe, issued_flops),
+                  LaunchWork(0, (plan.splits * out + bias_elements + out) * item)]
+    else:
+        works += [LaunchWork(g.flops, (operands + bias_elements + out) * item, pipe, issued_flops)]
+    return works
+
+
+# --- the "tf32" math mode ----------------------------------------------------------------------------
+# The pass each tensor-core launch's shared-memory profile comes from: dgrad runs the fprop kernel.
+TF32_PROFILE_PASS = {"fprop": "fprop", "dgrad": "fprop", "wgrad": "wgrad"}
+
+
+def _padded_reduction(plan, length: int) -> int:
+    """The reduction length a split-K plan's blocks step through: each split's share of `length`
+    rounded up to whole TILE_K steps."""
+    chunk = plan.chunk or length
+    whole, rest = divmod(length, chunk)
+    return whole * -(-chunk // conv_tc.TILE_K) * conv_tc.TILE_K + -(-rest // conv_tc.TILE_K) * conv_tc.TILE_K
+
+
+def tensor_core_launches(pass_name: str, g, dtype, *, bias: bool = False):
+    """(plan, [(Launch, LaunchWork)], glue) of a pass on the tensor-core kernels, as
+    cnn_gpu.functional.conv routes it in the "tf32" mode: fprop by conv_tc.plan_fprop, dgrad as the
+    fprop of the flipped stride-1 convolution (conv_tc.dgrad_as_fprop_geometry), wgrad by
+    conv_tc.plan_wgrad; None where the pass stays on the SIMT kernels (a depthwise convolution, a
+    strided dgrad). The main launch's FLOPs run on the "tf32" pipe, issued over whole 128 x 128
+    block tiles and 16-deep steps (padding included); glue: (name, bytes) of the launcher's CuPy
+    work outside the plan, the filter tiles of fprop and dgrad (the filter read, the padded,
+    rounded tiles written)."""
+    if g.is_depthwise:
+        return None
+    item = np.dtype(dtype).itemsize
+    if pass_name == "wgrad":
+        plan = conv_tc.plan_wgrad(g)
+        reduction, glue = _padded_reduction(plan, g.N * g.P * g.Q), []
+    else:
+        gemm = g if pass_name == "fprop" else conv_tc.dgrad_as_fprop_geometry(g)
+        if gemm is None:
+            return None
+        plan = conv_tc.plan_fprop(gemm)
+        tiles = conv_tc._filter_tile_shape(gemm)          # (G, Mpad, R, S, Cpad)
+        reduction = math.prod(tiles[2:])
+        glue = [("tf32_filter_tiles", (math.prod(g.w_shape) + math.prod(tiles)) * item)]
+    grid = plan.main.grid
+    issued = 2 * grid[0] * conv_tc.TILE_N * grid[1] * conv_tc.TILE_M * g.groups * reduction
+    return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias, "tf32", issued))), glue
+
+
+def tf32_rounding_bytes(pass_name: str, g, dtype) -> int:
+    """DRAM bytes of rounding a SIMT pass's two operands to TF32 before it runs (read and written)."""
+    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
+    operands = {"fprop": x + w, "dgrad": y + w, "wgrad": y + x}[pass_name]
+    return 2 * operands * np.dtype(dtype).itemsize
+
+
+def bias_grad_launch(g, dtype):
+    """(Launch, LaunchWork) of dbias: dy summed over N, P, Q (what gpu.conv.bgrad launches)."""
+    launch = reduce.plan_channel_sum(g.N, g.K, g.P * g.Q)
+    return launch, LaunchWork(0, (math.prod(g.y_shape) + g.K) * np.dtype(dtype).itemsize)
+
+
+# A 128 x 128 x 144 (fprop, dgrad) or 128 x 128 x 128 (wgrad) GEMM: whole tiles for every tile edge
+# that divides 128, so the profiled blocks each do a full block's work. (x shape, w shape, padding).
+REPRESENTATIVE = {
+    "fprop": ((2, 16, 8, 8), (128, 16, 3, 3), 1),
+    "dgrad": ((2, 128, 8, 8), (16, 128, 3, 3), 1),
+    "wgrad": ((2, 128, 8, 8), (128, 128, 1, 1), 0),
+}
+
+
+def representative_run(pass_name: str, tile, dtype):
+    """A function that runs the pass's `tile` variant (tile "tf32": the tensor-core kernel) once on
+    the emulator without split-K and returns (its main Launch, its useful FLOPs); the kernel then
+    has whole tiles only."""
+    from ..functional.geometry import conv_geometry
+    x_shape, w_shape, padding = REPRESENTATIVE[pass_name]
+    g = conv_geometry(x_shape, w_shape, 1, padding)
+
+    def run():
+        rng = np.random.default_rng(0)
+        x, w, dy = (rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, g.y_shape))
+        if tile == "tf32":
+            if pass_name == "fprop":
+                conv_tc.fprop("emu", x, w, None, g)
+                return conv_tc.plan_fprop(g).main, g.flops
+            conv_tc.wgrad("emu", dy, x, g, splits=1)
+            return conv_tc.plan_wgrad(g, splits=1).main, g.flops
+        if pass_name == "fprop":
+            gpu_conv.fprop("emu", x, w, None, g, tile=tile, splits=1)
+        elif pass_name == "dgrad":
+            gpu_conv.dgrad("emu", dy, w, g, tile=tile, splits=1)
+        else:
+            gpu_conv.wgrad("emu", dy, x, g, tile=tile, splits=1)
+        plan = _plan(pass_name, g, dtype, gpu_conv.device_sms("emu"), tile=tile, splits=1)
+        return plan.main, g.flops
+    return run

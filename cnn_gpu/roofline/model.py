@@ -1,0 +1,159 @@
+"""The roofline estimate of one kernel launch (a model, not a measurement).
+
+    time = max(compute / wave efficiency, shared / wave efficiency, DRAM) + launch overhead
+
+compute  = FLOPs / (SMs x FMA lanes x 2 x boost clock x issue ceiling): the SASS hot loop's FMA
+           share caps the FMA pipe (cnn_gpu.sass.mix states the rule);
+           on tensor cores (pipe "tf32"): issued FLOPs (whole 128 x 128 x 16 block tiles, padding
+           included) / (dense TF32 peak x MMA issue ceiling), the ceiling from the hot loop's MMA
+           count (mma_issue_ceiling states the rule);
+shared   = shared-memory wavefronts / (SMs x 1 wavefront per clock x clock), the wavefronts per
+           issued FLOP from the emulator's profile of a run with whole tiles;
+DRAM     = compulsory bytes (each distinct byte read or written once) / DRAM bandwidth;
+waves    = blocks / (SMs x resident blocks per SM), the resident blocks from registers, shared
+           memory and threads (cnn_gpu.nvrtc.occupancy); the last wave, if partial, costs a whole
+           one, so the SM-bound terms are divided by waves / ceil(waves);
+overhead = LAUNCH_OVERHEAD_S per launch, an assumed figure for back-to-back kernels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .. import nvrtc
+from .specs import GpuSpec
+
+LAUNCH_OVERHEAD_S = 3e-6      # assumed per launch (kernel start and drain), not measured
+WAVEFRONT_BYTES = 128         # a shared-memory wavefront: 32 banks x 4 bytes, one per clock per SM
+# Stand-ins for inputs that cannot be measured on this machine; a row built on one says so.
+DEFAULT_ISSUE_CEILING = 0.5   # about the FMA share of a plain SIMT GEMM hot loop
+DEFAULT_REGISTERS = 255       # the most a thread may use: one 256-thread block per SM
+DEFAULT_MMA_ISSUE_CEILING = 1.0   # without SASS: the tensor pipe is taken as never short of MMAs
+
+# MMA issue rule. The tensor-core kernels issue mma.sync.m16n8k8 with TF32 operands, one SASS
+# HMMA.1688.F32.TF32 each: 16 x 8 x 8 = 1024 FMAs. An SM has 4 sub-partitions (SMSPs); each issues
+# one warp-instruction per clock and its tensor pipe takes a new HMMA every `mma_issue_clocks`
+# clocks, derived from the spec: FMAs per clock per SMSP = dense TF32 peak / (2 x SMs x 4 x clock).
+# A100 (156 TFLOP/s, 108 SMs, 1410 MHz): 128 FMA/clock -> 8 clocks; H100/H200 (494.7, 132, 1980):
+# 237 -> 4.3, i.e. 4 at the 1830 MHz their tensor peak is quoted at (hardware rates are powers of
+# two, so the clocks are rounded to one); L4: 16; RTX 4090: 32. A hot loop of N instructions with
+# M HMMAs needs at least max(N, M x clocks) clocks per warp iteration, so the tensor pipe runs at most
+#     mma issue ceiling = min(1, M x clocks / N)
+# of its peak.
+MMA_FMAS = 16 * 8 * 8
+SM_SUB_PARTITIONS = 4
+
+
+@dataclass(frozen=True)
+class KernelTraits:
+    """What the model knows about one kernel compiled for one dtype and arch."""
+    registers: int
+    shared_bytes: int                  # static shared memory per block
+    issue_ceiling: float               # fraction of the FMA peak the hot loop's issue allows (0..1]
+    wavefronts_per_flop: float | None  # shared wavefronts per issued FLOP; None: shared time not modeled
+    assumed: tuple = ()                # which inputs are defaults rather than measured (notes)
+    mma: int = 0                       # MMA instructions in the SASS hot loop (0: none or no SASS)
+    instructions: int = 0              # instructions in the hot loop (0: no SASS)
+
+
+@dataclass(frozen=True)
+class LaunchWork:
+    flops: float          # useful FLOPs (2 per multiply-add), 0 for a launch that only moves data
+    dram_bytes: float     # compulsory DRAM traffic: distinct bytes read plus bytes written
+    pipe: str = "fma"     # what does the FLOPs: "fma" (the dtype's SIMT lanes) or "tf32" (tensor cores)
+    issued_flops: float | None = None   # FLOPs the pipe executes, tile padding included (None: = flops)
+
+    @property
+    def executed_flops(self) -> float:
+        return self.flops if self.issued_flops is None else self.issued_flops
+
+
+def mma_issue_clocks(spec: GpuSpec) -> float:
+    """Clocks between two HMMA.1688.F32.TF32 on one SMSP's tensor pipe of `spec` (the rule above);
+    ValueError for a spec without a TF32 peak."""
+    fmas_per_clock = spec.tf32_peak_flops / (2 * spec.sms * SM_SUB_PARTITIONS * spec.clock_hz)
+    return 2.0 ** round(math.log2(MMA_FMAS / fmas_per_clock))
+
+
+def mma_issue_ceiling(traits: KernelTraits, spec: GpuSpec) -> float:
+    """min(1, MMAs x mma_issue_clocks / instructions) of the hot loop; DEFAULT_MMA_ISSUE_CEILING
+    when the traits have no SASS counts."""
+    if not traits.instructions:
+        return DEFAULT_MMA_ISSUE_CEILING
+    return min(1.0, traits.mma * mma_issue_clocks(spec) / traits.instructions)
+
+
+@dataclass(frozen=True)
+class LaunchEstimate:
+    kernel: str
+    grid: tuple
+    block: tuple
+    seconds: float
+    compute_s: float
+    shared_s: float
+    dram_s: float
+    overhead_s: float
+    bound: str               # "compute", "shared", "dram" or "launch": the largest term
+    blocks_per_sm: int
+    occupancy_limiter: str
+    waves: float
+    wave_efficiency: float
+    issue_ceiling: float
+    flops: float
+    dram_bytes: float
+    assumed: tuple = ()
+    pipe: str = "fma"
+
+    def as_dict(self) -> dict:
+        return {"kernel": self.kernel, "grid": list(self.grid), "block": list(self.block),
+                "ms": self.seconds * 1e3, "compute_ms": self.compute_s * 1e3, "shared_ms": self.shared_s * 1e3,
+                "dram_ms": self.dram_s * 1e3, "overhead_ms": self.overhead_s * 1e3, "bound": self.bound,
+                "blocks_per_sm": self.blocks_per_sm, "occupancy_limiter": self.occupancy_limiter,
+                "waves": self.waves, "wave_efficiency": self.wave_efficiency,
+                "issue_ceiling": self.issue_ceiling, "flops": self.flops, "dram_bytes": self.dram_bytes,
+                "assumed": list(self.assumed), "pipe": self.pipe}
+
+
+def estimate(launch, work: LaunchWork, traits: KernelTraits, spec: GpuSpec, dtype) -> LaunchEstimate:
+    """The modeled time of `launch` (a cnn_gpu.gpu._grid.Launch) doing `work` on `spec`."""
+    threads = math.prod(launch.block)
+    blocks = math.prod(launch.grid)
+    _, per_sm, limiter = nvrtc.occupancy(spec.arch, traits.registers, traits.shared_bytes + launch.shared_mem,
+                                         threads)
+    if per_sm < 1:
+        raise ValueError(f"{launch.kernel}: a block of {threads} threads, {traits.registers} registers each and "
+                         f"{traits.shared_bytes + launch.shared_mem} bytes of shared memory does not fit an SM "
+                         f"of {spec.name} ({limiter})")
+    waves = blocks / (spec.sms * per_sm)
+    efficiency = waves / math.ceil(waves) if blocks else 1.0
+    if work.pipe == "tf32":
+        peak, ceiling = spec.tf32_peak_flops, mma_issue_ceiling(traits, spec)
+    elif work.pipe == "fma":
+        peak, ceiling = spec.peak_flops(dtype), traits.issue_ceiling
+    else:
+        raise ValueError(f"pipe must be 'fma' or 'tf32', got {work.pipe!r}")
+    compute = 0.0
+    if work.flops:
+        compute = work.executed_flops / (peak * ceiling) / efficiency
+    shared = 0.0
+    if traits.wavefronts_per_flop is not None:
+        per_clock = spec.sms * spec.smem_bytes_per_clk / WAVEFRONT_BYTES
+        shared = traits.wavefronts_per_flop * work.executed_flops / (per_clock * spec.clock_hz) / efficiency
+    dram = work.dram_bytes / spec.dram_bytes_per_s
+    terms = {"compute": compute, "shared": shared, "dram": dram}
+    bound = max(terms, key=terms.get)
+    if terms[bound] < LAUNCH_OVERHEAD_S:
+        bound = "launch"
+    return LaunchEstimate(launch.kernel, tuple(launch.grid), tuple(launch.block),
+                          max(terms.values()) + LAUNCH_OVERHEAD_S, compute, shared, dram, LAUNCH_OVERHEAD_S, bound,
+                          per_sm, limiter, waves, efficiency, ceiling, work.flops, work.dram_bytes,
+                          traits.assumed, work.pipe)
+
+
+def memory_bound(kernel: str, dram_bytes: float, spec: GpuSpec) -> LaunchEstimate:
+    """A launch modeled only by its compulsory traffic and the launch overhead (for kernels without a
+    launch plan: pooling, losses, element-wise ops)."""
+    dram = dram_bytes / spec.dram_bytes_per_s
+    return LaunchEstimate(kernel, (), (), dram + LAUNCH_OVERHEAD_S, 0.0, 0.0, dram, LAUNCH_OVERHEAD_S,
+                          "dram" if dram >= LAUNCH_OVERHEAD_S else "launch", 0, "", 0.0, 1.0, 0.0, 0.0, dram_bytes,
+                          ("memory-bound model: no occupancy, waves or compute",))
