@@ -8,17 +8,23 @@ max|device - reference| / max|reference| (integer outputs such as max-pool indic
 exactly); an op passes when its worst error over all configurations and outputs is within the
 tolerance of the dtype.
 
+With math="tf32" (`cnn-gpu check --math tf32`, float32) the convolution ops run in the "tf32" math
+mode and are compared with the NumPy oracle in the same mode, element by element, within the FP32
+summation bound stated at TF32_SUM_K; the other ops are unaffected by the mode and keep the float32
+rule.
+
 Tests plant a wrong op with `register_override(op, run)` to prove that a mismatch fails.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backend as _backend
+from . import backend as _backend, precision
 from .functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
 from .gradcheck import gradcheck
 
@@ -36,6 +42,19 @@ FD_OPTIONS = {"quick": dict(directions=2, elementwise_limit=0),
 # ops that sum many terms get REDUCTION_SCALE times more room.
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 REDUCTION_SCALE = 4
+# math="tf32": convolutions multiply TF32-rounded operands and sum the products in FP32. A product of
+# two TF32 numbers (11-bit significands) is exact in FP32, so a device and the oracle -- NumPy in the
+# same mode, summed exactly: float64 sums of the same TF32 operands -- differ only by the device's FP32
+# additions and the final rounding of each output. Each output element must satisfy
+#     |device - oracle| <= TF32_SUM_K * 2^-24 * sum|products|
+# with sum|products| the op run on the operands' magnitudes (its bias included). The worst case of a
+# sum of n terms is (n - 1) * 2^-24 * sum|products|; rounding errors of random sign -- these checks'
+# inputs are zero-mean -- stay within a few units of 2^-24 * sum|products| whatever n. TF32_SUM_K = 32
+# leaves room for the tensor cores' own order and truncating adds, while an operand that misses its
+# TF32 rounding (errors of ~2^-12 * sqrt(n) per product scale) still fails. The bias gradient, a plain
+# FP32 sum of dy, is held to the same bound against dy unrounded.
+TF32_SUM_K = 32
+FP32_UNIT_ROUNDOFF = 2.0 ** -24
 # Central differences in float64 (always, whatever --dtype; cnn_gpu.gradcheck): truncation and
 # rounding leave ~1e-7 relative error, a wrong gradient gives errors of order 1.
 FD_TOLERANCE = 5e-5
@@ -50,7 +69,8 @@ class OpCheck:
     inputs(cfg, rng) -> float64 NumPy arrays by name (None for an absent bias);
     run(inputs, cfg, backend) -> outputs by name (forward and backward) on that backend;
     output / upstream: the forward output and the input holding its upstream gradient (upstream
-    None: the output is a scalar loss); grads: input name -> name of its gradient among the outputs."""
+    None: the output is a scalar loss); grads: input name -> name of its gradient among the outputs;
+    math_operands / math_outputs: what the "tf32" math mode changes (convolutions only)."""
     name: str
     configs: object
     edge_configs: tuple
@@ -61,6 +81,8 @@ class OpCheck:
     grads: dict
     reduces: bool = False
     large_configs: tuple = ()
+    math_operands: tuple = ()    # inputs the "tf32" math mode rounds to TF32 (none: the op ignores the mode)
+    math_outputs: tuple = ()     # outputs computed from those rounded operands
 
 
 # --- configurations and inputs -------------------------------------------------------------------
@@ -246,7 +268,7 @@ def _max_pool_run(a, cfg, be):
 def _avg_pool_run(a, cfg, be):
     from . import functional as F
     args = dict(stride=cfg["stride"], padding=cfg["padding"], ceil_mode=cfg["ceil_mode"],
-                count_include_pad=cfg["count_include_pad"])
+                count_include_pad=cfg["count_include_pad"], divisor_override=cfg.get("divisor_override"))
     y = F.avg_pool2d(a["x"], cfg["kernel"], backend=be, **args)
     dx = F.avg_pool2d_backward(a["dy"], a["x"].shape, cfg["kernel"], backend=be, **args)
     return dict(y=y, dx=dx)
@@ -330,11 +352,168 @@ def _mse_run(a, cfg, be):
     return dict(loss=loss, dpred=dpred)
 
 
+# --- PyTorch's fuller signatures: padding="same", unbatched inputs, divisor_override, (..., in)
+# linear inputs, every cross_entropy option ------------------------------------------------------
+
+def _unbatched(arrays: dict, cfg) -> dict:
+    """x and dy as their first image when the configuration runs an unbatched (C, H, W) input."""
+    return {k: v[0] if cfg["unbatched"] and k in ("x", "dy") else v for k, v in arrays.items()}
+
+
+def _conv_same_config(rng):
+    while True:
+        cfg = dict(_conv_config(rng), stride=(1, 1), padding=str(rng.choice(["same", "same", "valid"])),
+                   unbatched=bool(rng.random() < 0.4))
+        try:
+            conv_geometry(*_conv_shapes(cfg), cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+            return cfg
+        except ValueError:
+            continue
+
+
+CONV_SAME_EDGES = (
+    _conv(RS=(2, 4), padding="same", unbatched=False),                      # even kernel: extra bottom/right
+    _conv(RS=(3, 2), dilation=(2, 3), padding="same", unbatched=True),      # dilated, unbatched
+    _conv(C=4, K=4, groups=4, RS=(4, 4), padding="same", unbatched=False),  # depthwise
+    _conv(HW=(7, 5), RS=(3, 2), padding="valid", unbatched=True),
+)
+
+
+def _avg_pool_options_config(rng):
+    return dict(_pool_config(rng, False), unbatched=bool(rng.random() < 0.5),
+                divisor_override=None if rng.random() < 0.3 else int(rng.choice([-3, 1, 2, 7])))
+
+
+AVG_POOL_OPTIONS_EDGES = (
+    _pool(HW=(7, 9), kernel=(3, 3), stride=(2, 2), padding=(1, 1), ceil_mode=True, unbatched=True,
+          divisor_override=4),
+    _pool(HW=(5, 6), kernel=(3, 2), stride=(1, 2), padding=(1, 0), unbatched=False, divisor_override=-2),
+)
+
+
+def _linear_nd_config(rng):
+    return dict(_linear_config(rng), lead=_ints(rng, 1, 3, int(rng.integers(0, 3))))
+
+
+def _linear_nd_inputs(cfg, rng):
+    return dict(x=rng.standard_normal(cfg["lead"] + (cfg["IN"],)), weight=rng.standard_normal((cfg["OUT"], cfg["IN"])),
+                bias=rng.standard_normal(cfg["OUT"]) if cfg["bias"] else None,
+                dy=rng.standard_normal(cfg["lead"] + (cfg["OUT"],)))
+
+
+def _cross_entropy_options_config(rng):
+    classes = int(rng.integers(2, 9))
+    probabilities = bool(rng.random() < 0.3)
+    return dict(N=int(rng.integers(1, 5)), classes=classes, kdims=_ints(rng, 1, 3, int(rng.integers(0, 3))),
+                probabilities=probabilities, weight=bool(rng.random() < 0.6),
+                ignore_index=int(rng.integers(0, classes)) if not probabilities and rng.random() < 0.5 else -100,
+                reduction=str(rng.choice(["mean", "sum", "none"])), label_smoothing=float(rng.choice([0, 0.1, 0.4])))
+
+
+CROSS_ENTROPY_OPTIONS_LARGE = (dict(N=8, classes=21, kdims=(32, 32), probabilities=False, weight=True,
+                                    ignore_index=0, reduction="mean", label_smoothing=0.1),)   # segmentation
+
+
+def _cross_entropy_options_inputs(cfg, rng):
+    shape = (cfg["N"], cfg["classes"]) + cfg["kdims"]
+    if cfg["probabilities"]:
+        target = rng.random(shape)
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        target = rng.integers(0, cfg["classes"], shape[:1] + shape[2:]).astype(np.int64)
+        target.flat[0] = (cfg["ignore_index"] + 1) % cfg["classes"]   # one counted target: a finite mean
+    return dict(logits=3 * rng.standard_normal(shape), target=target,
+                weight=rng.uniform(0.2, 2.0, cfg["classes"]) if cfg["weight"] else None)
+
+
+def _cross_entropy_options_run(a, cfg, be):
+    from . import functional as F
+    loss, dlogits = F.cross_entropy(a["logits"], a["target"], a["weight"], cfg["ignore_index"], cfg["reduction"],
+                                    cfg["label_smoothing"], backend=be)
+    if cfg["reduction"] == "none":   # dlogits is the gradient of the per-position losses' sum
+        return dict(loss=float(loss.sum()), losses=loss, dlogits=dlogits)
+    return dict(loss=loss, dlogits=dlogits)
+
+
+
+def _batch_norm_config(rng):
+    cfg = dict(N=int(rng.integers(2, 5)), C=int(rng.integers(1, 5)), HW=_ints(rng, 1, 7),
+               training=bool(rng.random() < 0.6), affine=bool(rng.random() < 0.8),
+               activation="relu" if rng.random() < 0.3 else None)
+    # two values per channel normalise to +-1 whatever they are: dx vanishes into rounding noise
+    if cfg["N"] * cfg["HW"][0] * cfg["HW"][1] < 4:
+        cfg["N"] = 4
+    return cfg
+
+
+BATCH_NORM_EDGES = (
+    dict(N=4, C=3, HW=(1, 1), training=True, affine=True, activation=None),      # one pixel per channel
+    dict(N=1, C=2, HW=(17, 19), training=True, affine=False, activation=None),   # HW beyond one block
+    dict(N=3, C=4, HW=(5, 5), training=False, affine=True, activation="relu"),
+)
+BATCH_NORM_LARGE = (dict(N=16, C=64, HW=(16, 16), training=True, affine=True, activation=None),)
+
+
+def _batch_norm_inputs(cfg, rng):
+    shape = (cfg["N"], cfg["C"], *cfg["HW"])
+    affine = cfg["affine"]
+    return dict(x=2 * rng.standard_normal(shape) + 1, dy=rng.standard_normal(shape),
+                weight=rng.standard_normal(cfg["C"]) if affine else None,
+                bias=rng.standard_normal(cfg["C"]) if affine else None,
+                running_mean=rng.standard_normal(cfg["C"]), running_var=rng.random(cfg["C"]) + 0.5)
+
+
+def _batch_norm_run(a, cfg, be):
+    from . import functional as F
+    running_mean, running_var = a["running_mean"].copy(), a["running_var"].copy()
+    y = F.batch_norm(a["x"], running_mean, running_var, a["weight"], a["bias"], cfg["training"],
+                     activation=cfg["activation"], backend=be)
+    dx, dw, db = F.batch_norm_backward(a["dy"], a["x"], a["running_mean"], a["running_var"], a["weight"], a["bias"],
+                                       cfg["training"], activation=cfg["activation"], backend=be)
+    return dict(y=y, dx=dx, dweight=dw, dbias=db, running_mean=running_mean, running_var=running_var)
+
+
+def _dropout_config(rng):
+    return dict(_shape_config(rng), p=float(rng.choice([0.1, 0.5, 0.9])), seed=int(rng.integers(2**63)),
+                step=int(rng.integers(1000)))
+
+
+def _dropout_run(a, cfg, be):
+    from . import functional as F
+    y = F.dropout(a["x"], cfg["p"], seed=cfg["seed"], step=cfg["step"], backend=be)
+    return dict(y=y, dx=F.dropout_backward(a["dy"], cfg["p"], cfg["seed"], cfg["step"], backend=be))
+
+
+def _adaptive_pool_config(rng):
+    return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 10), out=_ints(rng, 1, 11))
+
+
+ADAPTIVE_POOL_EDGES = (dict(N=2, C=3, HW=(7, 7), out=(1, 1)),      # global average pooling
+                       dict(N=1, C=2, HW=(5, 9), out=(5, 9)),      # identity windows
+                       dict(N=2, C=1, HW=(4, 3), out=(7, 5)))      # overlapping windows (output > input)
+ADAPTIVE_POOL_LARGE = (dict(N=16, C=64, HW=(8, 8), out=(1, 1)),)
+
+
+def _adaptive_pool_inputs(cfg, rng):
+    return dict(x=rng.standard_normal((cfg["N"], cfg["C"], *cfg["HW"])),
+                dy=rng.standard_normal((cfg["N"], cfg["C"], *cfg["out"])))
+
+
+def _adaptive_pool_run(a, cfg, be):
+    from . import functional as F
+    y = F.adaptive_avg_pool2d(a["x"], cfg["out"], backend=be)
+    return dict(y=y, dx=F.adaptive_avg_pool2d_backward(a["dy"], a["x"].shape, backend=be))
+
+
+# every convolution pass multiplies these operands; the bias gradient is a plain sum of dy
+CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
+
 OPS = {op.name: op for op in (
     OpCheck("conv2d", _conv_config, CONV_EDGES, _conv_inputs, _conv_run, "y", "dy",
-            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=CONV_LARGE),
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=CONV_LARGE, **CONV_MATH),
     OpCheck("conv_transpose2d", _tconv_config, TCONV_EDGES, _tconv_inputs, _tconv_run, "y", "dy",
-            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=TCONV_LARGE),
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=TCONV_LARGE,
+            **CONV_MATH),
     OpCheck("max_pool2d", lambda rng: _pool_config(rng, True), MAX_POOL_EDGES, _pool_inputs, _max_pool_run, "y",
             "dy", {"x": "dx"}, large_configs=POOL_LARGE),
     OpCheck("avg_pool2d", lambda rng: _pool_config(rng, False), POOL_EDGES, _pool_inputs, _avg_pool_run, "y", "dy",
@@ -348,6 +527,21 @@ OPS = {op.name: op for op in (
             {"logits": "dlogits"}, reduces=True, large_configs=LOSS_LARGE),
     OpCheck("mse_loss", _loss_config, (), _mse_inputs, _mse_run, "loss", None, {"pred": "dpred"}, reduces=True,
             large_configs=LOSS_LARGE),
+    OpCheck("conv2d_same", _conv_same_config, CONV_SAME_EDGES, lambda cfg, rng: _unbatched(_conv_inputs(cfg, rng), cfg),
+            _conv_run, "y", "dy", {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, **CONV_MATH),
+    OpCheck("avg_pool2d_options", _avg_pool_options_config, AVG_POOL_OPTIONS_EDGES,
+            lambda cfg, rng: _unbatched(_pool_inputs(cfg, rng), cfg), _avg_pool_run, "y", "dy", {"x": "dx"}),
+    OpCheck("linear_nd", _linear_nd_config, (), _linear_nd_inputs, _linear_run, "y", "dy",
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True),
+    OpCheck("cross_entropy_options", _cross_entropy_options_config, (), _cross_entropy_options_inputs,
+            _cross_entropy_options_run, "loss", None, {"logits": "dlogits"}, reduces=True,
+            large_configs=CROSS_ENTROPY_OPTIONS_LARGE),
+    OpCheck("dropout", _dropout_config, (), _activation_inputs, _dropout_run, "y", "dy", {"x": "dx"},
+            large_configs=(dict(ACTIVATION_LARGE[0], p=0.5, seed=2**40, step=3),)),
+    OpCheck("adaptive_avg_pool2d", _adaptive_pool_config, ADAPTIVE_POOL_EDGES, _adaptive_pool_inputs,
+            _adaptive_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
+    OpCheck("batch_norm", _batch_norm_config, BATCH_NORM_EDGES, _batch_norm_inputs, _batch_norm_run, "y", "dy",
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=BATCH_NORM_LARGE),
 )}
 
 
@@ -387,6 +581,7 @@ class OpResult:
     failure: str = ""            # an exception raised by the device, if any
     seconds: float = 0.0
     details: list = field(default_factory=list)
+    math: str = ""               # "tf32": checked in that math mode; "unaffected": an op the mode leaves alone
 
     @property
     def passed(self) -> bool:
@@ -395,14 +590,14 @@ class OpResult:
     def as_dict(self) -> dict:
         return dict(op=self.op, configs=self.configs, error=self.error, tolerance=self.tolerance,
                     fd_error=self.fd_error, fd_tolerance=self.fd_tolerance, passed=self.passed, worst=self.worst,
-                    fd_worst=self.fd_worst, failure=self.failure, seconds=self.seconds)
+                    fd_worst=self.fd_worst, failure=self.failure, seconds=self.seconds, math=self.math)
 
     def why_failed(self) -> str:
         if self.failure:
             return self.failure
         reasons = []
         if self.error > self.tolerance:
-            reasons.append(f"error {self.error:.2e} > {self.tolerance:.0e} against NumPy in {self.worst}")
+            reasons.append(f"error {self.error:.2e} > {self.tolerance:.2g} against NumPy in {self.worst}")
         if self.fd_error > self.fd_tolerance:
             reasons.append(f"error {self.fd_error:.2e} > {self.fd_tolerance:.0e} against finite differences in "
                            f"{self.fd_worst}")
@@ -480,10 +675,60 @@ def _finite_differences(spec: OpCheck, run, inputs: dict, cfg, be, options, seed
                      seed=seed, **options)
 
 
-def check_op(spec: OpCheck, be: str, mode: str = "normal", dtype="float64", seed: int = 0) -> OpResult:
-    dtype = np.dtype(dtype)
+def _guard_zones(be: str):
+    """On the emulator every launch of a check runs against guard zones, so an out-of-bounds access
+    fails the op at once; the surrounding `emu.checking` block's other settings are kept."""
+    if be != "emu":
+        return contextlib.nullcontext()
+    from .emu import checking
+    from .emu._checking import effective
+    current = effective()
+    return checking(**{key: current[key] for key in ("schedule", "seed", "poison", "race", "timeout")}, guard=True)
+
+
+def check_op(spec: OpCheck, be: str, mode: str = "normal", dtype="float64", seed: int = 0,
+             math: str = "fp32") -> OpResult:
+    with _guard_zones(be), precision.math_mode(math):
+        return _check_op(spec, be, mode, np.dtype(dtype), seed, math)
+
+
+def _magnitudes(inputs: dict) -> dict:
+    return {k: np.abs(v) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for k, v in inputs.items()}
+
+
+def _tf32_references(spec: OpCheck, inputs: dict, cfg) -> tuple[dict, dict]:
+    """(reference, sum|products|) by output name in the "tf32" mode, from float32-valued `inputs`:
+    the outputs the mode changes from TF32-rounded operands, the others (the bias gradient) from
+    the inputs as they are, all summed exactly in float64; the op on the inputs' magnitudes gives
+    each element's sum|products|."""
+    as_tf32 = {k: precision.round_to_tf32(v.astype(np.float32)).astype(np.float64)
+               if k in spec.math_operands and v is not None else v for k, v in inputs.items()}
+    rounded, plain = spec.run(as_tf32, cfg, "numpy"), spec.run(inputs, cfg, "numpy")
+    want = {name: rounded[name] if name in spec.math_outputs else value for name, value in plain.items()}
+    return want, spec.run(_magnitudes(inputs), cfg, "numpy")
+
+
+def summation_error(got, want, magnitude) -> float:
+    """max over elements of |got - want| / sum|products| (the "tf32" rule; where the magnitude is 0
+    the two must be equal). A missing output, a wrong shape or a NaN is the worst error, as in
+    relative_error."""
+    if want is None or got is None or np.shape(got) != np.shape(want):
+        return relative_error(got, want)
+    diff = np.abs(np.asarray(got, dtype=np.float64) - want)
+    diff[np.isnan(diff)] = np.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / np.asarray(magnitude))
+    return float(np.max(ratio, initial=0.0))
+
+
+def _check_op(spec: OpCheck, be: str, mode: str, dtype: np.dtype, seed: int, math: str) -> OpResult:
     scale = REDUCTION_SCALE if spec.reduces and dtype == np.float32 else 1
     result = OpResult(spec.name, tolerance=TOLERANCE[dtype.name] * scale)
+    tf32 = math == "tf32" and bool(spec.math_outputs)
+    if math == "tf32":
+        result.math = "tf32" if tf32 else "unaffected"
+    if tf32:
+        result.tolerance = TF32_SUM_K * FP32_UNIT_ROUNDOFF
     run = _overrides.get(spec.name, spec.run)
     start = time.perf_counter()
     for index, cfg in enumerate(configs_for(spec, mode, seed)):
@@ -493,13 +738,14 @@ def check_op(spec: OpCheck, be: str, mode: str = "normal", dtype="float64", seed
         rounded = {k: (v.astype(dtype).astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
                        else v) for k, v in inputs.items()}
         try:
-            want = spec.run(rounded, cfg, "numpy")
+            want, magnitude = _tf32_references(spec, rounded, cfg) if tf32 else (spec.run(rounded, cfg, "numpy"), None)
             got = run({k: _to_device(v, be, dtype) for k, v in inputs.items()}, cfg, be)
             for name, reference in want.items():
                 value = _to_host(got.get(name))
                 if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype != dtype:
                     raise TypeError(f"{name} came back as {value.dtype} from {dtype} inputs")
-                error = relative_error(value, reference)
+                error = (summation_error(value, reference, magnitude[name]) if tf32
+                         else relative_error(value, reference))
                 if error > result.error or not result.worst:
                     result.error, result.worst = error, f"{name}, config {cfg}"
             report = _finite_differences(spec, run, {k: _to_device(v, be) for k, v in inputs.items()}, cfg, be,
@@ -516,32 +762,52 @@ def check_op(spec: OpCheck, be: str, mode: str = "normal", dtype="float64", seed
     return result
 
 
-def check_ops(be: str, ops=None, mode: str = "normal", dtype="float64", seed: int = 0):
-    """An iterator of OpResults, one per op (all ops by default), each computed when it is reached;
-    ValueError at once for an unknown op, mode or dtype."""
+def check_ops(be: str, ops=None, mode: str = "normal", dtype="float64", seed: int = 0, math: str = "fp32"):
+    """An iterator of OpResults, one per op (all ops by default), each computed when it is reached,
+    the device running in math mode `math` ("tf32": float32 only); ValueError at once for an
+    unknown op, mode, dtype or math mode."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if np.dtype(dtype) == np.float16:
+        raise ValueError("float16 is not supported yet: the ops take float32 and float64 arrays")
     if np.dtype(dtype).name not in TOLERANCE:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    if math not in precision.MATH_MODES:
+        raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(precision.MATH_MODES)}")
+    if math == "tf32" and np.dtype(dtype) != np.float32:
+        raise ValueError(f"math mode 'tf32' changes float32 convolutions only; it needs dtype float32, "
+                         f"not {np.dtype(dtype).name}")
     ops = list(OPS) if ops is None else list(ops)
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise ValueError(f"unknown op(s) {', '.join(unknown)}; expected some of {', '.join(OPS)}")
-    return (check_op(OPS[op], be, mode, dtype, seed) for op in ops)
+    return (check_op(OPS[op], be, mode, dtype, seed, math) for op in ops)
 
 
 def format_results(results, markdown=False) -> str:
+    """The results as a text (or markdown) table, then a line per failure. Results of a math-mode
+    check get a last column "math" (tf32 / unaffected) and a note on what their error measures."""
     header = ["op", "configs", "max rel err vs numpy", "tol", "max rel err vs finite diff", "tol", "result"]
-    table = [header] + [[r.op, str(r.configs), f"{r.error:.2e}", f"{r.tolerance:.0e}", f"{r.fd_error:.2e}",
+    table = [header] + [[r.op, str(r.configs), f"{r.error:.2e}", f"{r.tolerance:.2g}", f"{r.fd_error:.2e}",
                          f"{r.fd_tolerance:.0e}", "PASS" if r.passed else "FAIL"] for r in results]
+    notes = []
+    if any(r.math for r in results):
+        header.append("math")
+        for row, r in zip(table[1:], results):
+            row.append(r.math)
+        notes = ["", f"math tf32: max over elements of |device - oracle| / sum|products|, both from the same TF32 "
+                     f"operands (tolerance {TF32_SUM_K} x 2^-24); unaffected: the math mode does not change the op "
+                     f"(float32 rule)"]
+    left = (0, 6, 7)
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|---:|---|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i in left else "---:"
+                                                                 for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     else:
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                  .rstrip() for row in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
     failures = [f"FAIL {r.op}: {r.why_failed()}" for r in results if not r.passed]
     # a blank line ends a markdown table
-    return "\n".join(lines + ([""] + failures if failures else []))
+    return "\n".join(lines + notes + ([""] + failures if failures else []))

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from ..precision import MATH_MODES
 from . import comma_list
 
 
@@ -18,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(float32, x{check.REDUCTION_SCALE} for ops that sum).\n"
         f"The backward is also checked against float64 central differences of the device's forward "
         f"(tolerance {check.FD_TOLERANCE:g}).\n"
+        "--math tf32 (float32): the convolutions run in the tf32 math mode against the NumPy oracle in the\n"
+        "same mode (same TF32 operands, summed exactly), element by element: |device - oracle| <= "
+        f"{check.TF32_SUM_K} x 2^-24 x sum|products|\n(FP32 summation order); the other ops are unaffected "
+        "by the mode and keep the float32 tolerance.\n"
         f"Configurations per op: quick {check.RANDOM_CONFIGS['quick']}, normal edge cases + "
         f"{check.RANDOM_CONFIGS['normal']}, thorough edge cases + {check.RANDOM_CONFIGS['thorough']}.\n"
         "Exit status: 0 all passed, 1 a failure, 2 bad arguments or no kernel backend.")
@@ -30,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--thorough", dest="mode", action="store_const", const="thorough",
                        help="edge cases plus 40 random configurations per op, element-wise differences")
     parser.set_defaults(mode="normal")
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                        help="dtype run on the device (the reference is always float64; default: %(default)s)")
+    parser.add_argument("--dtype", choices=("float64", "float32", "float16"), default=None,
+                        help="dtype run on the device (the reference is always float64; default: float64, "
+                             "float32 with --math tf32; float16 is not supported yet)")
+    parser.add_argument("--math", choices=MATH_MODES, default="fp32",
+                        help="math mode of float32 convolutions (cnn_gpu.set_math_mode; default: %(default)s)")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
                         help=f"ops to check (default: all: {', '.join(check.OPS)})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the configurations and inputs")
@@ -47,12 +55,14 @@ def run(args) -> int:
         if device not in available_backends():
             raise RuntimeError(f"backend {device!r} is not available: {why_unavailable(device)}")
         ops = args.ops or list(check.OPS)
-        pending = check.check_ops(device, ops, args.mode, args.dtype, args.seed)
+        dtype = args.dtype or ("float32" if args.math == "tf32" else "float64")
+        pending = check.check_ops(device, ops, args.mode, dtype, args.seed, args.math)
     except (RuntimeError, ValueError) as err:
         print(f"cnn-gpu check: {err}", file=sys.stderr)
         return 2
 
-    print(f"cnn-gpu check: device={device} dtype={args.dtype} mode={args.mode} seed={args.seed}\n", flush=True)
+    print(f"cnn-gpu check: device={device} dtype={dtype} math={args.math} mode={args.mode} seed={args.seed}\n",
+          flush=True)
     results = []
     try:
         from tqdm import tqdm
@@ -72,8 +82,9 @@ def run(args) -> int:
     failed = [r.op for r in results if not r.passed]
     if args.json:
         from ..bench import write_text
-        write_text(args.json, json.dumps({"device": device, "dtype": args.dtype, "mode": args.mode, "seed": args.seed,
-                                          "results": [r.as_dict() for r in results]}, indent=2) + "\n")
+        write_text(args.json, json.dumps({"device": device, "dtype": dtype, "math": args.math, "mode": args.mode,
+                                          "seed": args.seed, "results": [r.as_dict() for r in results]},
+                                         indent=2) + "\n")
     print(f"\n{len(results) - len(failed)} of {len(results)} ops passed" + (f"; FAILED: {', '.join(failed)}"
                                                                           if failed else ""))
     return 1 if failed else 0

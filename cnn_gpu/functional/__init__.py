@@ -9,11 +9,21 @@ default for NumPy arrays), checks its arguments first (ValueError/TypeError nami
 returns arrays of the input's kind and dtype, and runs either the NumPy implementation here or the
 CUDA kernels of cnn_gpu.gpu.
 
+PyTorch's fuller signatures are taken too: conv and pool ops (and their backward functions) accept
+one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on
+(..., in_features); cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
+with class-index or class-probability targets and (N, C, d1, ..., dk) logits; mse_loss(reduction);
+avg_pool2d(divisor_override). A loss is a Python float for reduction "mean"/"sum" and an array for
+"none", and its gradient is that of the returned loss (of its sum for "none").
+
 Extension beyond PyTorch's signatures: F.conv2d(..., activation="relu") applies ReLU to the
 output (one fused kernel on the GPU backends).
 """
 from .activation import (leaky_relu, leaky_relu_backward, relu, relu_backward, sigmoid, sigmoid_backward, tanh,
                          tanh_backward)
+from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
+from .batch_norm import batch_norm, batch_norm_backward
+from .dropout import dropout, dropout_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
 from .loss import cross_entropy, mse_loss
@@ -24,4 +34,6 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "linear", "linear_backward", "cross_entropy", "mse_loss",
+    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

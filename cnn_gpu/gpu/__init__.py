@@ -10,6 +10,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   conv.dgrad(be, dy, w, g) -> dx
   conv.wgrad(be, dy, x, g) -> dw
   conv.bgrad(be, dy) -> db                                        (sum over N, P, Q)
+  pool.check_geometry(g)                                          (ValueError where the kernels' ints would overflow)
   pool.max_forward(be, x, g) -> (y, indices int32)
   pool.max_backward(be, dy, indices, g) -> dx
   pool.avg_forward(be, x, g) -> y
@@ -19,11 +20,22 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   elementwise.bias_add(be, y, bias) -> y                          (in place: y[:, c, ...] += bias[c], NCHW or (rows, F))
   linear.forward(be, x, w, bias) -> y
   linear.backward(be, dy, x, w, bias: bool) -> (dx, dw, db or None)
-  loss.cross_entropy(be, logits, labels int64) -> (loss float, dlogits)
-  loss.mse(be, pred, target) -> (loss float, dpred)
+  loss.cross_entropy(be, logits, labels int64 | None, probabilities | None, weight | None, *, classes, inner,
+                     ignore_index, label_smoothing, reduction) -> (loss float or per-row array, dlogits)
+  loss.mse(be, pred, target, reduction) -> (loss float or per-element array, dpred)
   reduce.channel_sum(be, a, outer, channels, inner) -> (channels,)   a viewed as (outer, channels, inner);
                                                    deterministic fixed-order tree sum (bias grads, split-K)
-  optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step)
+  optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None)
         (in place; momentum_buf None when momentum == 0; PyTorch's SGD without dampening)
-  optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)   (in place, PyTorch's Adam)
+  optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, *, master=None)
+        (in place, PyTorch's Adam; master: a float16 parameter's FP32 copy, state arrays in FP32 then)
+  batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
+        two-pass fixed-order per-channel statistics; blends running_mean/var in place unless they are None
+  batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu) -> y
+  batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu)
+        -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance)
+  dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
+  adaptive_pool.forward(be, x, out_size) -> y
+  adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
+  augment.random_crop_flip(be, x, seed, step, pad, flip) -> y     (per-image Philox crop offsets and flip)
 """

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..functional.geometry import pair
+from ..functional._checks import FLOAT_DTYPES, real_number
+from ..functional.dropout import check_probability
+from ..functional.geometry import check_divisor_override, conv_padding, pair
 from . import init
 from .module import Module, Parameter
 
@@ -23,8 +25,8 @@ def _positive_int(value, name: str) -> int:
 
 def _float_dtype(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
     return dtype
 
 
@@ -77,19 +79,9 @@ class Conv2d(_Conv):
         self._init_parameters(shape, self.out_channels, bias, dtype, rng)
 
     def _padding(self, padding):
-        # PyTorch's strings: "valid" is no padding; "same" keeps the size (stride 1), which needs an
-        # even dilated kernel extent minus one on each axis because F pads symmetrically.
-        if padding == "valid":
-            return (0, 0)
-        if padding == "same":
-            if self.stride != (1, 1):
-                raise ValueError("padding='same' needs stride 1")
-            extents = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            if any(e % 2 for e in extents):
-                raise ValueError(f"padding='same' with kernel_size {self.kernel_size} and dilation "
-                                 f"{self.dilation} needs asymmetric padding, which is not supported")
-            return (extents[0] // 2, extents[1] // 2)
-        return pair(padding, "padding", minimum=0)
+        # PyTorch's strings "same" and "valid" are kept as such (F.conv2d takes them); checked here
+        conv_padding(padding, self.stride, self.dilation, self.kernel_size)
+        return padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
 
     def forward(self, x):
         self._saved = x
@@ -190,16 +182,19 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = check_divisor_override(divisor_override)
 
     def _pool_args(self):
-        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                self.divisor_override)
 
     def forward(self, x):
         self._saved = x.shape
@@ -210,7 +205,8 @@ class AvgPool2d(Module):
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}, "
+                f"divisor_override={self.divisor_override}")
 
 
 class _Activation(Module):
@@ -248,7 +244,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = real_number(negative_slope, "negative_slope")
 
     def _params(self):
         return (self.negative_slope,)
@@ -280,3 +276,114 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, C, H, W) with PyTorch's arguments and state: weight (ones) and
+    bias (zeros) when affine; buffers running_mean (zeros), running_var (ones) and
+    num_batches_tracked when track_running_stats. momentum=None averages cumulatively."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32):
+        super().__init__()
+        self.num_features = _positive_int(num_features, "num_features")
+        dtype = _float_dtype(dtype)
+        if momentum is not None and not 0 <= float(momentum) <= 1:
+            raise ValueError(f"momentum must be None or in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.weight = Parameter(np.ones(self.num_features, dtype)) if self.affine else None
+        self.bias = Parameter(np.zeros(self.num_features, dtype)) if self.affine else None
+        tracked = self.track_running_stats
+        self.register_buffer("running_mean", np.zeros(self.num_features, dtype) if tracked else None)
+        self.register_buffer("running_var", np.ones(self.num_features, dtype) if tracked else None)
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64) if tracked else None)
+
+    def _batch_statistics(self) -> bool:
+        # PyTorch: batch statistics while training, and always when no running statistics are kept
+        return self.training or self.running_mean is None
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked = self.num_batches_tracked + 1
+            if self.momentum is None:   # cumulative moving average
+                factor = 1.0 / int(self.num_batches_tracked)
+        use_running = not self.training or self.track_running_stats
+        running = (self.running_mean, self.running_var) if use_running else (None, None)
+        weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
+        training = self._batch_statistics()
+        y, mean, invstd = F.batch_norm(x, *running, weight, bias, training, factor, self.eps, return_stats=True,
+                                       backend=self.backend)
+        self._saved = (x, mean, invstd, training)
+        return y
+
+    def backward(self, dy):
+        x, mean, invstd, training = self._saved_for_backward()
+        weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
+        dx, dweight, dbias = F.batch_norm_backward(dy, x, None, None, weight, bias, training, self.eps,
+                                                   save_mean=mean, save_invstd=invstd, backend=self.backend)
+        if self.affine:
+            self.weight.accumulate_grad(dweight)
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class Dropout(Module):
+    """Dropout with PyTorch's p; the mask of each training call comes from (seed, step) (see
+    F.dropout) and `step` advances on every training call. seed=None draws the seed from the
+    nn.init generator, so nn.init.manual_seed makes the masks reproducible too."""
+
+    def __init__(self, p=0.5, inplace=False, seed=None):
+        super().__init__()
+        if inplace:
+            raise ValueError("inplace dropout is not supported (the layer keeps its input arrays unchanged)")
+        self.p = check_probability(p)
+        self.seed = int(init.generator().integers(2**63)) if seed is None else int(seed)
+        self.step = 0
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._saved = ()
+            return x
+        step = self.step
+        y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend)
+        self.step += 1
+        self._saved = (step,)
+        return y
+
+    def backward(self, dy):
+        saved = self._saved_for_backward()
+        if not saved:
+            return dy
+        return F.dropout_backward(dy, self.p, self.seed, saved[0], backend=self.backend)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling to `output_size` (an int, or an (h, w) pair whose None entries keep
+    the input size); AdaptiveAvgPool2d(1) is global average pooling."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+
+    def backward(self, dy):
+        return F.adaptive_avg_pool2d_backward(dy, self._saved_for_backward(), backend=self.backend)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
