@@ -4,6 +4,7 @@ abort of the whole job when one rank fails."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnn_gpu import backend, data
 from cnn_gpu import distributed as dist
 
 SCRIPT = Path(__file__).parent / "mpi" / "train_steps.py"
@@ -38,12 +40,21 @@ def _environment():
 
 
 def run_script(tmp_path, ranks: int, *args, name="weights.npz", timeout=120):
+    """Run the script (under mpiexec for ranks > 1); on a timeout every process of the job is
+    killed, not only mpiexec, so a hung rank cannot outlive the test."""
     out = tmp_path / name
     command = [sys.executable, str(SCRIPT), str(out), *map(str, args)]
     if ranks > 1:
         command = [str(MPIEXEC), "-n", str(ranks)] + command
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_environment())
-    return done, out
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=_environment(), start_new_session=True) as job:
+        try:
+            stdout, stderr = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+            raise
+    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr), out
 
 
 def test_single_process_world_without_mpi():
@@ -62,6 +73,40 @@ def test_shards_are_disjoint_and_union_to_the_single_process_batches():
         np.testing.assert_array_equal(np.concatenate([per_rank[r][i] for r in range(ranks)]), whole)
     assert [len(per_rank[r][-1]) for r in range(ranks)] == [3, 3, 3, 2]
     assert sorted(np.concatenate([b for r in per_rank for b in r])) == list(range(n))
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_one_rank_shards_are_the_single_process_batches(seeded):
+    x, y = np.arange(23) * 10, np.arange(23)
+    rng = (lambda: np.random.default_rng(9)) if seeded else (lambda: None)
+    shards = list(dist.shard_batches(len(x), 5, rng(), 0, 1))
+    whole = list(data.batches(x, y, 5, rng()))
+    assert len(shards) == len(whole) == 5
+    for idx, (xb, yb) in zip(shards, whole):
+        np.testing.assert_array_equal(x[idx], xb)
+        np.testing.assert_array_equal(y[idx], yb)
+
+
+@pytest.mark.parametrize("n, batch, rank, size", [(-1, 2, 0, 1), (5, 0, 0, 1), (5, 2, 2, 2), (5, 2, -1, 2)])
+def test_bad_shard_arguments_are_refused_before_iterating(n, batch, rank, size):
+    with pytest.raises(ValueError, match="shard_batches"):
+        dist.shard_batches(n, batch, None, rank, size)
+
+
+def test_bad_timeouts_and_roots_are_refused(monkeypatch):
+    for bad in (0, -1, float("nan"), float("inf"), "soon"):
+        with pytest.raises(ValueError, match="timeout_s"):
+            dist.World(timeout_s=bad)
+    monkeypatch.setenv("CNN_GPU_COLLECTIVE_TIMEOUT", "never")
+    monkeypatch.setattr(dist._world, "_world", None)
+    with pytest.raises(ValueError, match="CNN_GPU_COLLECTIVE_TIMEOUT"):
+        dist.init()
+    monkeypatch.setenv("CNN_GPU_COLLECTIVE_TIMEOUT", "7.5")
+    assert dist.init().timeout_s == 7.5 and dist.init(timeout_s=3).timeout_s == 3
+    with pytest.raises(ValueError, match="root"):
+        dist.broadcast_parameters(None, root=1)
+    with pytest.raises(ValueError, match="count"):
+        dist.allreduce_gradients(None, count=-1)
 
 
 def test_buckets_split_evenly_over_ranks():
@@ -104,6 +149,38 @@ def test_an_exception_on_one_rank_aborts_the_job_with_its_message(tmp_path):
     assert done.returncode != 0
     assert "[rank 1]" in done.stderr and "planted failure on rank 1" in done.stderr
     assert not out.exists()
+
+
+@needs_mpi
+def test_a_rank_that_stops_participating_ends_the_job_at_the_collective_timeout(tmp_path):
+    # rank 1 sleeps 60 s; rank 0's 2 s timeout must abort both (else communicate times out)
+    done, out = run_script(tmp_path, 2, "float64", 8, 5, "hang", timeout=40)
+    assert done.returncode != 0
+    assert "[rank 0]" in done.stderr and "CollectiveTimeout" in done.stderr
+    assert not out.exists()
+
+
+@needs_mpi
+def test_broadcast_makes_every_buffer_rank_0s_integer_counters_included(tmp_path):
+    done, two = run_script(tmp_path, 2, "float32", 0, 0, "broadcast", name="two.npz", timeout=60)
+    assert done.returncode == 0, done.stderr
+    done, one = run_script(tmp_path, 1, "float32", 0, 0, "broadcast", name="one.npz", timeout=60)
+    assert done.returncode == 0, done.stderr
+    two, one = np.load(two), np.load(one)
+    assert two["1.num_batches_tracked"].shape == () and int(two["1.num_batches_tracked"]) == 1
+    for name in one.files:
+        assert two[name].dtype == one[name].dtype and two[name].tobytes() == one[name].tobytes(), name
+
+
+@pytest.mark.skipif("cuda" not in backend.available_backends(), reason="NCCL needs CuPy and a GPU")
+def test_nccl_sum_on_one_gpu_keeps_the_values(monkeypatch):
+    import cupy
+    from cnn_gpu.distributed import _nccl
+    monkeypatch.setattr(_nccl, "_communicator", None)
+    expected = np.random.default_rng(4).standard_normal(1001)
+    flat = cupy.asarray(expected)
+    _nccl.sum_in_place(flat, dist.World())          # a one-rank NCCL world: the sum is the input
+    np.testing.assert_array_equal(flat.get(), expected)
 
 
 @needs_mpi

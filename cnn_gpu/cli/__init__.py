@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv   # what a subcommand that relaunches itself (train --nproc) passes on
     module = importlib.import_module(f".{COMMANDS[args.command][0]}", __name__)
     try:
         return int(module.run(args) or 0)

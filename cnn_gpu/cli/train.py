@@ -4,12 +4,20 @@ Defaults: the small CNN on scikit-learn's bundled digits (standardised) with Ada
 learning-rate decay over the epochs, on the best available device. `--save` writes a checkpoint
 after every epoch (atomically); `--resume` continues from one with its settings (the model, data
 set, optimizer and seed must agree), bit for bit as if the run had not stopped.
+
+Data-parallel: under `mpiexec -n N` (or with `--nproc N`, which relaunches itself under the
+mpiexec of mpi4py's MPI) every rank trains on its shard of each global batch of N x --batch-size
+images, gradients are averaged across ranks (cnn_gpu.distributed), and rank 0 alone prints,
+saves checkpoints and reports the accuracy counted over all ranks' shards of the test set.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -89,17 +97,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="PATH", help="continue from this checkpoint")
     parser.add_argument("--max-batches", type=positive_int, metavar="N",
                         help="stop each epoch (and the evaluation) after N batches, for quick runs")
+    parser.add_argument("--nproc", type=positive_int, metavar="N",
+                        help="train data-parallel in N processes on this machine: relaunches itself under "
+                             "mpiexec (pip install 'cnn_gpu[mpi]'); --batch-size is per process")
 
 
 def run(args) -> int:
     try:
+        if args.nproc is not None and args.nproc > 1:
+            return _relaunch_under_mpiexec(args)
         return _train(args)
     except UsageError as err:
         print(f"cnn-gpu train: error: {err}", file=sys.stderr)
         return 2
 
 
+def _relaunch_under_mpiexec(args) -> int:
+    """`--nproc N`: run this same command in N processes under the mpiexec that comes with
+    mpi4py's MPI (the mpich wheel puts it next to the Python executable), for one machine."""
+    from .. import distributed
+    if distributed.world_size() > 1:
+        raise UsageError("--nproc relaunches under mpiexec; this process already runs under it with "
+                         f"{distributed.world_size()} ranks")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise UsageError("--nproc needs mpi4py and an MPI: pip install 'cnn_gpu[mpi]'") from None
+    beside_python = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    mpiexec = beside_python if os.access(beside_python, os.X_OK) else shutil.which("mpiexec")
+    if mpiexec is None:
+        raise UsageError("--nproc: no mpiexec found next to Python or on PATH (pip install 'cnn_gpu[mpi]')")
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    command = [mpiexec, "-n", str(args.nproc), sys.executable, "-m", "cnn_gpu", *_without_nproc(argv)]
+    return subprocess.call(command)
+
+
+def _without_nproc(argv):
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            kept.append(item)
+    return kept
+
+
 def choose_device(requested: str) -> str:
+    """The device to train on; with several ranks on a GPU machine, each rank's GPU is its local
+    rank (one process per GPU)."""
+    device = _choose_device(requested)
+    if device == "cuda":
+        from .. import distributed
+        if distributed.world_size() > 1:
+            import cupy
+            count = cupy.cuda.runtime.getDeviceCount()
+            if distributed.local_rank() >= count:
+                raise UsageError(f"{distributed.local_rank() + 1} ranks on this machine but only {count} GPUs: "
+                                 f"start one process per GPU")
+            cupy.cuda.Device(distributed.local_rank()).use()
+    return device
+
+
+def _choose_device(requested: str) -> str:
     from ..backend import cupy_or_none, why_unavailable
     if requested == "auto":
         if cupy_or_none() is not None:
@@ -227,9 +288,11 @@ def _restore(model, optimizer, optimizer_name: str, resumed, source: str) -> Non
 
 
 def _train(args) -> int:
-    from .. import checkpoint, models, nn, optim
+    from .. import checkpoint, distributed, models, nn, optim
     from ..lr_scheduler import WarmupCosine
 
+    world = distributed.init()
+    leader = world.rank == 0
     # Everything is checked before the first epoch: no run fails late for a reason known now.
     resumed = _load_checkpoint(args.resume) if args.resume else None
     settings = _settings(args, resumed[2]["settings"] if resumed else {})
@@ -246,40 +309,52 @@ def _train(args) -> int:
         optimizer = optim.Adam(model.parameters(), lr=settings["lr"])
     else:
         optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM)
+    # Every rank draws the same permutations: the checkpoint holds no per-rank state, so a run
+    # resumes with any number of ranks.
     shuffle_rng = np.random.default_rng(settings["seed"])
     start_epoch = 0
     if resumed:
         _restore(model, optimizer, settings["optimizer"], resumed, args.resume)
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
         start_epoch = resumed[2]["epoch"]
+    # the data path may differ between machines; everything else must agree before any reduction
+    distributed.check_replicas(model, {k: v for k, v in settings.items() if k != "data"})
+    distributed.broadcast_parameters(model)
 
     epochs = settings["epochs"]
-    print(f"training {settings['model']} on {dataset.name} ({len(dataset.x_train)} train / {len(dataset.x_test)} "
-          f"test images of {'x'.join(map(str, dataset.image_shape))}) on {device}: {settings['optimizer']} "
-          f"lr={settings['lr']:g}, batch {settings['batch_size']}, "
-          + (f"epochs {start_epoch + 1}..{epochs}" if start_epoch < epochs else f"all {epochs} epochs done"))
+    ranks = f" x {world.size} ranks" if world.size > 1 else ""
+    _say(leader, f"training {settings['model']} on {dataset.name} ({len(dataset.x_train)} train / "
+                 f"{len(dataset.x_test)} test images of {'x'.join(map(str, dataset.image_shape))}) on {device}: "
+                 f"{settings['optimizer']} lr={settings['lr']:g}, batch {settings['batch_size']}{ranks}, "
+         + (f"epochs {start_epoch + 1}..{epochs}" if start_epoch < epochs else f"all {epochs} epochs done"))
     started = time.perf_counter()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
     accuracy = None
     for epoch in range(start_epoch, epochs):
-        with progress_bar(dataset, settings["batch_size"], args.max_batches, f"epoch {epoch + 1}/{epochs}") as bar:
+        with progress_bar(dataset, settings["batch_size"] * world.size, args.max_batches,
+                          f"epoch {epoch + 1}/{epochs}", shown=leader) as bar:
             schedule = WarmupCosine(optimizer, settings["lr"], epochs, bar.total, settings["warmup_epochs"])
             augment = _augmentation(settings, epoch, bar.total, device)
             train_epoch(model, loss_fn, optimizer, dataset, settings["batch_size"], shuffle_rng, device, bar,
                         lambda index, epoch=epoch: schedule.apply(epoch, index), augment)
             accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
             bar.set_postfix_str(f"{bar.postfix}, test={accuracy[0] / accuracy[1]:.1%}")
-        if args.save:
+        if args.save and leader:
             meta = {"epoch": epoch + 1, "settings": settings, "shuffle_rng": shuffle_rng.bit_generator.state,
-                    "test_accuracy": accuracy[0] / accuracy[1]}
+                    "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size}
             checkpoint.save(args.save, model.state_dict(), optimizer.state_dict(), meta)
     if accuracy is None:  # resumed from a checkpoint that already has every epoch
         accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
     correct, total = accuracy
-    print(f"test accuracy: {100 * correct / total:.1f}% ({correct}/{total}"
-          f"{', first ' + str(args.max_batches) + ' batches' if args.max_batches else ''}) "
-          f"in {time.perf_counter() - started:.1f} s")
+    _say(leader, f"test accuracy: {100 * correct / total:.1f}% ({correct}/{total}"
+                 f"{', first ' + str(args.max_batches) + ' batches' if args.max_batches else ''}) "
+                 f"in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _say(leader: bool, text: str) -> None:
+    if leader:
+        print(text, flush=True)
 
 
 def _augmentation(settings, epoch: int, steps_per_epoch: int, device: str):
@@ -299,14 +374,16 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return WarmupCosine(None, base_lr, epochs, 1).lr(epoch)
 
 
-def progress_bar(dataset, batch_size, max_batches, description):
+def progress_bar(dataset, batch_size, max_batches, description, shown=True):
+    """The epoch's bar; `batch_size` is the global batch (per rank x ranks), so bar.total is the
+    number of steps every rank takes."""
     from tqdm import tqdm
 
     from ..data import num_batches
     total = num_batches(len(dataset.x_train), batch_size)
     if max_batches:
         total = min(total, max_batches)
-    return tqdm(total=total, desc=description, unit="batch", dynamic_ncols=True)
+    return tqdm(total=total, desc=description, unit="batch", dynamic_ncols=True, disable=not shown)
 
 
 def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, device, bar, before_step=None,
@@ -314,41 +391,54 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
     accuracy on the progress bar. before_step(index) runs before batch `index` (the learning-rate
     schedule); augment(x, index) transforms the batch on the device."""
-    from ..data import batches
+    from .. import distributed
     from ..nn.module import to_backend_array
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for index, (x, y) in enumerate(batches(dataset.x_train, dataset.y_train, batch_size, shuffle_rng)):
+    shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
+                                       distributed.world_size())
+    for index, chosen in enumerate(shards):
         if index == bar.total:
             break
-        x, y = to_backend_array(x, device), to_backend_array(y, device)
         if before_step is not None:
             before_step(index)
-        if augment is not None:
-            x = augment(x, index)
-        logits = model(x)
-        loss = loss_fn(logits, y)
         optimizer.zero_grad()
-        model.backward(loss_fn.backward())
+        if len(chosen):   # the uneven last global batch may leave a rank without images
+            x = to_backend_array(dataset.x_train[chosen], device)
+            y = to_backend_array(dataset.y_train[chosen], device)
+            if augment is not None:
+                x = augment(x, index)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            model.backward(loss_fn.backward())
+            loss_sum += loss * len(y)
+            correct += int((logits.argmax(axis=1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}", refresh=False)
+        # weighted by the shards' sizes: the same step as one process with the whole global batch
+        distributed.allreduce_gradients(model, count=len(chosen))
         optimizer.step()
-        loss_sum += loss * len(y)
-        correct += int((logits.argmax(axis=1) == y).sum())
-        seen += len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}", refresh=False)
         bar.update()
 
 
 def evaluate(model, dataset, batch_size, device, max_batches=None):
-    """(correct, total) on the test set (its first max_batches batches when given)."""
-    from ..data import batches
+    """(correct, total) on the test set (its first max_batches batches when given), counted over
+    every rank's shard; the ranks first take rank 0's buffers (batch-norm running statistics,
+    which each rank updated from its own shards), so all evaluate one model."""
+    from .. import distributed
     from ..nn.module import to_backend_array
+    distributed.broadcast_buffers(model)
     model.eval()
     correct = total = 0
-    for index, (x, y) in enumerate(batches(dataset.x_test, dataset.y_test, batch_size)):
+    shards = distributed.shard_batches(len(dataset.x_test), batch_size, None, distributed.rank(),
+                                       distributed.world_size())
+    for index, chosen in enumerate(shards):
         if max_batches and index == max_batches:
             break
-        logits = model(to_backend_array(x, device))
-        correct += int((logits.argmax(axis=1) == to_backend_array(y, device)).sum())
-        total += len(y)
-    return correct, total
+        if len(chosen):
+            logits = model(to_backend_array(dataset.x_test[chosen], device))
+            correct += int((logits.argmax(axis=1) == to_backend_array(dataset.y_test[chosen], device)).sum())
+            total += len(chosen)
+    counts = distributed.world().allgather_object((correct, total), "the test accuracy")
+    return sum(c for c, _ in counts), sum(t for _, t in counts)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._world import world
+from ._world import ReplicaMismatch, world
 
 # Gradients are reduced in buckets of this many bytes (per dtype, in parameter order): large
 # enough to keep the network busy, small enough that the scratch copies stay small.
@@ -38,12 +38,15 @@ def _sum_host(flat: np.ndarray, w) -> None:
 
 def allreduce_sum(arrays) -> list:
     """Each array of `arrays` (all NumPy, or all CuPy) summed over the ranks; returns the summed
-    arrays (new arrays, same shapes and dtypes). Arrays are grouped by dtype and packed in order."""
+    arrays (same shapes and dtypes; new arrays, except in a single-process world, which returns
+    the given arrays untouched). Arrays are grouped by dtype and packed in order."""
     w = world()
     arrays = list(arrays)
     if w.size == 1 or not arrays:
         return arrays
     on_gpu = backend.is_cupy_array(arrays[0])
+    if any(backend.is_cupy_array(a) != on_gpu for a in arrays):
+        raise TypeError("allreduce_sum: the arrays must be all NumPy or all CuPy, not a mix")
     xp = backend.array_module("cuda" if on_gpu else "numpy")
     out = [None] * len(arrays)
     for dtype in dict.fromkeys(np.dtype(a.dtype) for a in arrays):
@@ -66,6 +69,8 @@ def allreduce_gradients(model, count=None) -> None:
     counts as zeros). With `count` (this rank's number of samples in the batch), the mean is
     weighted by the counts, which keeps an uneven last batch equal to one big batch:
     sum_r count_r * grad_r / sum_r count_r."""
+    if count is not None and not (isinstance(count, (int, np.integer)) and count >= 0):
+        raise ValueError(f"allreduce_gradients: count must be a sample count >= 0, got {count!r}")
     w = world()
     if w.size == 1:
         return
@@ -85,13 +90,33 @@ def allreduce_gradients(model, count=None) -> None:
 
 
 def broadcast_parameters(model, root: int = 0) -> None:
-    """Every rank's parameters and buffers (the whole state_dict) become rank `root`'s."""
+    """Every rank's parameters and buffers (the whole state_dict, integer counters such as
+    BatchNorm's num_batches_tracked included) become rank `root`'s. Raises ReplicaMismatch, on
+    every rank and before any data moves, when the ranks' state names, shapes or dtypes differ."""
+    _broadcast_state(model, root, None, "broadcast_parameters")
+
+
+def broadcast_buffers(model, root: int = 0) -> None:
+    """Every rank's buffers (batch-norm running statistics, which each rank updates from its own
+    shards) become rank `root`'s, as PyTorch's DistributedDataParallel syncs them; parameters,
+    identical on every rank after each reduced step, are left alone."""
+    _broadcast_state(model, root, {name for name, _ in model.named_buffers()}, "broadcast_buffers")
+
+
+def _broadcast_state(model, root, only, caller: str) -> None:
     w = world()
+    if not (isinstance(root, (int, np.integer)) and 0 <= root < w.size):
+        raise ValueError(f"{caller}: root must be a rank in 0..{w.size - 1}, got {root!r}")
     if w.size == 1:
         return
-    state = model.state_dict()
-    for name, value in state.items():
-        value = np.ascontiguousarray(value)
-        w.wait(w.comm.Ibcast(value, root=root), f"the broadcast of {name}")
-        state[name] = value
+    # state_dict() holds host copies; np.array keeps 0-d buffers 0-d (ascontiguousarray would not)
+    state = {name: np.array(value, order="C") for name, value in model.state_dict().items()}
+    moved = [name for name in state if only is None or name in only]
+    layouts = w.allgather_object([(name, state[name].shape, state[name].dtype.str) for name in moved],
+                                 "the state layout check")
+    differing = [r for r, layout in enumerate(layouts) if layout != layouts[root]]
+    if differing:
+        raise ReplicaMismatch(f"{caller}: ranks {differing} have other state names, shapes or dtypes than rank {root}")
+    for name in moved:
+        w.wait(w.comm.Ibcast(state[name], root=root), f"the broadcast of {name}")
     model.load_state_dict(state)

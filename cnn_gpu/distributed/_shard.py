@@ -4,15 +4,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def shard_batches(n: int, batch_size: int, rng: np.random.Generator, rank: int, world_size: int):
+def shard_batches(n: int, batch_size: int, rng: np.random.Generator | None, rank: int, world_size: int):
     """Per-rank index batches of one epoch. The permutation comes from `rng`, which every rank
-    seeds alike, so all ranks draw the same one; global batch i holds batch_size * world_size
-    samples, and rank r takes the r-th run of batch_size of them. Every rank gets the same number
-    of batches (some may be empty at the uneven end), so the ranks meet in every collective, and
-    the union over ranks of batch i is batch i of a single process with batch_size * world_size."""
-    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"shard_batches: batch_size {batch_size}, rank {rank}, world_size {world_size}")
-    order = rng.permutation(n)
+    seeds alike, so all ranks draw the same one (rng None: in order, as for evaluation); global
+    batch i holds batch_size * world_size samples, and rank r takes the r-th run of batch_size of
+    them. Every rank gets the same number of batches (some may be empty at the uneven end), so the
+    ranks meet in every collective, and the union over ranks of batch i is batch i of
+    cnn_gpu.data.batches with batch_size * world_size and the same rng."""
+    if not (n >= 0 and batch_size >= 1 and world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"shard_batches: n {n}, batch_size {batch_size}, rank {rank}, world_size {world_size}")
+    return _shard(n, batch_size, rng, rank, world_size)
+
+
+def _shard(n, batch_size, rng, rank, world_size):
+    # The permutation is drawn on the first next(), as cnn_gpu.data.batches draws it.
+    order = rng.permutation(n) if rng is not None else np.arange(n)
     global_batch = batch_size * world_size
     for start in range(0, n, global_batch):
         chunk = order[start:start + global_batch]

@@ -1,6 +1,7 @@
 """The process world: MPI's COMM_WORLD when launched under mpiexec, else a single process."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -9,8 +10,9 @@ import traceback
 import numpy as np
 
 # How long one collective of the training loop may wait for the other ranks before the job is
-# aborted (a rank that died or hangs must not leave the others waiting forever).
-DEFAULT_TIMEOUT_S = float(os.environ.get("CNN_GPU_COLLECTIVE_TIMEOUT", "300"))
+# aborted (a rank that died or hangs must not leave the others waiting forever); the environment
+# variable CNN_GPU_COLLECTIVE_TIMEOUT overrides it.
+DEFAULT_TIMEOUT_S = 300.0
 # Environment variables that launchers set for each process: MPICH/Hydra, Open MPI, Slurm.
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
                        "HYDI_CONTROL_FD", "PMI_FD")
@@ -35,7 +37,7 @@ class World:
 
     def __init__(self, comm=None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.comm = comm
-        self.timeout_s = timeout_s
+        self.timeout_s = _checked_timeout(timeout_s, "timeout_s")
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self.local_rank = self._local_rank()
@@ -53,7 +55,8 @@ class World:
     # --- collectives with a deadline ------------------------------------------------------------
 
     def wait(self, request, what: str) -> None:
-        """Poll a non-blocking collective until it completes or the timeout passes."""
+        """Poll a non-blocking collective until it completes or the timeout passes. After a
+        CollectiveTimeout the world is unusable (the collective is still pending): end the job."""
         deadline = time.monotonic() + self.timeout_s
         pause = 1e-5
         while not request.Test():
@@ -92,13 +95,33 @@ class World:
 _world: World | None = None
 
 
+def _checked_timeout(value, source: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be a number of seconds, got {value!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{source} must be a positive finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _default_timeout() -> float:
+    value = os.environ.get("CNN_GPU_COLLECTIVE_TIMEOUT")
+    return DEFAULT_TIMEOUT_S if value is None else _checked_timeout(value, "CNN_GPU_COLLECTIVE_TIMEOUT")
+
+
 def init(timeout_s: float | None = None, abort_on_exception: bool = True) -> World:
-    """Join the MPI world (idempotent). A single-process world when mpi4py is absent or the
-    process was not started by an MPI launcher. With `abort_on_exception`, an uncaught exception
-    on any rank prints that rank's traceback and aborts the whole job instead of leaving the other
-    ranks waiting in a collective."""
+    """Join the MPI world (idempotent; a later call with `timeout_s` changes the timeout). A
+    single-process world when mpi4py is absent or the process was not started by an MPI launcher
+    (mpi4py is then not even imported). With `abort_on_exception`, an uncaught exception on any
+    rank, a CollectiveTimeout included, prints that rank's traceback and aborts the whole job
+    instead of leaving the other ranks waiting in a collective."""
     global _world
+    if timeout_s is not None:
+        timeout_s = _checked_timeout(timeout_s, "timeout_s")
     if _world is not None:
+        if timeout_s is not None:
+            _world.timeout_s = timeout_s
         return _world
     comm = None
     if launched_by_mpi():
@@ -108,7 +131,7 @@ def init(timeout_s: float | None = None, abort_on_exception: bool = True) -> Wor
             raise RuntimeError("started by an MPI launcher, but mpi4py does not import; "
                                "pip install 'cnn_gpu[mpi]'") from None
         comm = MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
-    _world = World(comm, DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    _world = World(comm, _default_timeout() if timeout_s is None else timeout_s)
     if comm is not None and abort_on_exception:
         _install_abort_hook(_world)
     return _world

@@ -1,8 +1,12 @@
 """Run under `mpiexec -n P`: a few data-parallel SGD steps; rank 0 writes the weights (.npz).
 
-argv: OUT DTYPE BATCH_PER_RANK STEPS [fault]. With "fault", rank 1 raises in its second step,
-while rank 0 waits in the all-reduce; with "mismatch", rank 1 builds a wider model."""
+argv: OUT DTYPE BATCH_PER_RANK STEPS [fault|hang|mismatch]. With "fault", rank 1 raises in its
+second step, while rank 0 waits in the all-reduce; with "hang", rank 1 stops there for a minute
+(rank 0's collective timeout must end the job); with "mismatch", rank 1 builds a wider model.
+With "broadcast", every rank builds its own BatchNorm model and broadcast_parameters makes them
+rank 0's (float and integer buffers alike); nothing trains."""
 import sys
+import time
 
 import numpy as np
 
@@ -18,10 +22,27 @@ def build(dtype, width=4):
     return model
 
 
+def broadcast_batch_norm(out, dtype, w):
+    nn.init.manual_seed(100 + w.rank)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3))
+    x = np.random.default_rng(w.rank).standard_normal((4, 1, 5, 5)).astype(dtype)
+    for _ in range(w.rank + 1):           # num_batches_tracked differs: 1 on rank 0, 2 on rank 1
+        model(x)
+    dist.broadcast_parameters(model)
+    weights = model.state_dict()
+    for other in w.allgather_object(weights)[1:]:
+        for name, value in weights.items():
+            assert other[name].dtype == value.dtype and other[name].tobytes() == value.tobytes(), name
+    if w.rank == 0:
+        np.savez(out, **weights)
+
+
 def main():
     out, dtype, batch, steps = sys.argv[1], np.dtype(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     mode = sys.argv[5] if len(sys.argv) > 5 else ""
-    w = dist.init(timeout_s=20)
+    w = dist.init(timeout_s=2 if mode == "hang" else 20)
+    if mode == "broadcast":
+        return broadcast_batch_norm(out, dtype, w)
     rng = np.random.default_rng(7)            # the same data on every rank
     x = rng.standard_normal((53, 1, 6, 6)).astype(dtype)
     y = rng.integers(0, 3, 53)
@@ -36,6 +57,8 @@ def main():
         for idx in dist.shard_batches(len(x), batch, shuffle, w.rank, w.size):
             if mode == "fault" and w.rank == 1 and done == 1:
                 raise RuntimeError("planted failure on rank 1")
+            if mode == "hang" and w.rank == 1 and done == 1:
+                time.sleep(60)
             opt.zero_grad()
             if len(idx):
                 loss_fn.forward(model(x[idx]), y[idx])

@@ -1,0 +1,93 @@
+"""`cnn-gpu train` data-parallel on the CPU: `mpiexec -n 2` and `--nproc 2` against one process
+with the doubled batch (numpy backend, digits)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_distributed import MPIEXEC, _mpi_reason
+
+needs_mpi = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi present")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "HYDI_", "MPI_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["CNN_GPU_COLLECTIVE_TIMEOUT"] = "60"
+    return env
+
+
+def train(*args, ranks=1, timeout=240):
+    command = [sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy", *map(str, args)]
+    if ranks > 1:
+        command = [str(MPIEXEC), "-n", str(ranks)] + command
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _weights(path):
+    from cnn_gpu import checkpoint
+    return checkpoint.load(path)[0]
+
+
+@needs_mpi
+def test_two_ranks_take_the_steps_of_one_process_with_the_doubled_batch(tmp_path):
+    quick = ("--epochs", 2, "--max-batches", 4, "--seed", 3)
+    two = train(*quick, "--batch-size", 16, "--save", tmp_path / "two.npz", ranks=2)
+    one = train(*quick, "--batch-size", 32, "--save", tmp_path / "one.npz")
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    assert two.stdout.count("training cnn") == 1 and "batch 16 x 2 ranks" in two.stdout   # rank 0 alone prints
+    a, b = _weights(tmp_path / "two.npz"), _weights(tmp_path / "one.npz")
+    for name in b:
+        scale = np.abs(b[name]).max()
+        assert scale > 0 and np.abs(a[name] - b[name]).max() <= 1e-4 * scale, name
+
+
+@needs_mpi
+def test_nproc_relaunches_under_mpiexec_and_reaches_the_single_process_accuracy(tmp_path):
+    two = train("--epochs", 3, "--batch-size", 16, "--nproc", 2)
+    one = train("--epochs", 3, "--batch-size", 32)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+
+    def accuracy(out):
+        line = [l for l in out.splitlines() if l.startswith("test accuracy:")]
+        assert len(line) == 1, out
+        return float(line[0].split()[2].rstrip("%"))
+    assert accuracy(two.stdout) > 90 and abs(accuracy(two.stdout) - accuracy(one.stdout)) <= 1.5
+
+
+@needs_mpi
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
+    path = tmp_path / "run.npz"
+    first = train("--epochs", 1, "--max-batches", 3, "--batch-size", 16, "--save", path, ranks=2)
+    assert first.returncode == 0, first.stderr
+    from cnn_gpu import checkpoint
+    assert checkpoint.load(path)[2]["world_size"] == 2
+    resumed = train("--epochs", 2, "--max-batches", 3, "--batch-size", 32, "--resume", path, "--save", path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epochs 2..2" in resumed.stdout and checkpoint.load(path)[2]["epoch"] == 2
+
+
+def test_nproc_is_refused_cleanly_without_mpi4py(monkeypatch, capsys):
+    import builtins
+
+    from cnn_gpu.cli import main
+    real_import = builtins.__import__
+
+    def no_mpi4py(name, *args, **kwargs):
+        if name == "mpi4py":
+            raise ImportError("no mpi4py")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_mpi4py)
+    assert main(["train", "--nproc", "2"]) == 2
+    assert "pip install 'cnn_gpu[mpi]'" in capsys.readouterr().err
+
+
+def test_without_nproc_drops_only_that_option():
+    from cnn_gpu.cli.train import _without_nproc
+    assert _without_nproc(["--epochs", "2", "--nproc", "4", "--seed=1", "--nproc=3"]) == ["--epochs", "2", "--seed=1"]
