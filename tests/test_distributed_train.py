@@ -91,3 +91,37 @@ def test_nproc_is_refused_cleanly_without_mpi4py(monkeypatch, capsys):
 def test_without_nproc_drops_only_that_option():
     from cnn_gpu.cli.train import _without_nproc
     assert _without_nproc(["--epochs", "2", "--nproc", "4", "--seed=1", "--nproc=3"]) == ["--epochs", "2", "--seed=1"]
+
+
+@needs_mpi
+def test_ranks_started_with_different_settings_are_named_before_training(tmp_path):
+    base = [sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy", "--epochs", "1", "--max-batches", "2"]
+    command = [str(MPIEXEC), "-n", "1", *base, "--lr", "0.01", ":", "-n", "1", *base, "--lr", "0.02"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_env())
+    assert done.returncode != 0
+    assert "rank 1 has other settings than rank 0" in done.stderr and "lr=0.02" in done.stderr
+    assert "test accuracy" not in done.stdout
+
+
+@needs_mpi
+def test_killing_the_job_mid_run_leaves_the_last_checkpoint_loadable(tmp_path):
+    import signal
+    import time
+
+    from cnn_gpu import checkpoint
+    path = tmp_path / "run.npz"
+    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy",
+               "--epochs", "15", "--batch-size", "16", "--save", str(path)]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not path.exists() and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.05)
+        assert path.exists(), "no checkpoint was written"
+        time.sleep(0.3)                      # somewhere in a later epoch, possibly mid-save
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    model_state, _, meta = checkpoint.load(path)
+    assert meta["epoch"] >= 1 and meta["world_size"] == 2 and model_state
