@@ -149,6 +149,88 @@ def test_derived_columns():
     assert "% peak" in table and "% cuDNN" in table and "50.0%" in table
 
 
+def test_bench_math_modes_side_by_side(tmp_path, capsys):
+    """--math fp32,tf32: each conv case once per mode, its modes side by side; a pooling case once
+    (no mode); PyTorch on the CPU has fp32 rows only, and the output says why."""
+    path = tmp_path / "m.json"
+    devices = ["numpy"] + (["torch"] if bench.torch_or_none() else [])
+    ops = ["conv2d", "conv2d_wgrad", "avg_pool2d"]
+    code, out, err = _bench(capsys, "--device", ",".join(devices), "--ops", ",".join(ops), "--math", "fp32,tf32",
+                            "--json", str(path))
+    assert code == 0, err
+    expected = [(c.op, c.label, device, mode) for c in bench.make_cases("tiny", ops)
+                for mode in (("fp32", "tf32") if c.op != "avg_pool2d" else ("",))
+                for device in devices if not (device == "torch" and mode == "tf32")]
+    data = json.loads(path.read_text())
+    assert [(r["op"], r["shape"], r["device"], r["math"]) for r in data["rows"]] == expected
+    assert data["meta"]["math"] == ["fp32", "tf32"]
+    table = _table_rows(out, "op ")
+    assert [(r[0], r[1], r[2], r[3]) for r in table] == [(op, shape, device, mode or "-")
+                                                         for op, shape, device, mode in expected]
+    if "torch" in devices:
+        assert "torch: no tf32 rows: PyTorch has no TF32 mode on the CPU" in out
+    assert main(["bench", "--math", "tf32", "--dtype", "float64"]) == 2
+    assert "float32" in capsys.readouterr().err
+    assert main(["bench", "--math", "fp16"]) == 2
+    assert "unknown math mode" in capsys.readouterr().err
+
+
+def test_bench_conv_passes_follow_the_math_mode():
+    """The dgrad and wgrad cases go through the op's routing, so the mode rounds their operands."""
+    from cnn_gpu import functional as F, precision
+    for op, output in (("conv2d_dgrad", 0), ("conv2d_wgrad", 1)):
+        case = bench.make_cases("tiny", [op])[0]
+        fn, sets = case.setup(bench.NumpyDevice(), np.dtype(np.float32), np.random.default_rng(0))
+        x, w, _, _, dy = sets[0]
+        g = case.shape.geometry()
+        args = dict(stride=g.stride, padding=g.padding, backend="numpy")
+        with precision.math_mode("tf32"):
+            got, want = fn(*sets[0]), F.conv2d_backward(dy, x, w, **args)[output]
+        exact = F.conv2d_backward(dy, x, w, **args)[output]
+        assert np.array_equal(got, want) and not np.allclose(got, exact, rtol=1e-6, atol=0), op
+
+
+def test_torch_cuda_tf32_flags_follow_the_math_mode():
+    torch = pytest.importorskip("torch")
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    device = bench.TorchDevice("torch-cuda")
+    try:
+        device.prepare("tf32")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        device.prepare("fp32")
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    assert device.math_unsupported("tf32") == "" and "no TF32" in bench.TorchDevice("torch").math_unsupported("tf32")
+
+
+def test_derived_columns_pair_rows_of_the_same_math_mode():
+    def row(device, math, ms, gflops=None):
+        return bench.Row("conv2d", "s", device, "float32", ms, 3, gflops, math=math)
+    rows = [row("numpy", "fp32", 10.0), row("numpy", "tf32", 12.0), row("cuda", "fp32", 0.5, 2000.0),
+            row("cuda", "tf32", 0.1, 10000.0), row("torch-cuda", "fp32", 0.25, 4000.0),
+            row("torch-cuda", "tf32", 0.05, 20000.0)]
+    bench.finish_rows(rows, {"float32": 40000.0, "float64": 20000.0, "tf32": 400000.0})
+    cuda_fp32, cuda_tf32 = rows[2], rows[3]
+    assert cuda_fp32.speedup_vs_numpy == pytest.approx(20.0) and cuda_tf32.speedup_vs_numpy == pytest.approx(120.0)
+    assert cuda_fp32.pct_peak == pytest.approx(5.0) and cuda_tf32.pct_peak == pytest.approx(2.5)
+    assert cuda_fp32.pct_cudnn == pytest.approx(50.0) and cuda_tf32.pct_cudnn == pytest.approx(50.0)
+    fresh = [row("cuda", "tf32", 0.1, 10000.0)]
+    assert bench.finish_rows(fresh, {"float32": 40000.0, "float64": 20000.0})[0].pct_peak is None   # no TF32 peak
+    assert "  tf32  " in bench.format_table(rows)
+
+
+def test_batch_option_rescales_a_shape_set(capsys):
+    layers = bench.make_cases("resnet", ["conv2d"])
+    at_128 = bench.make_cases("resnet", ["conv2d"], batch=128)
+    assert len(at_128) == len(layers) == 11
+    for small, large in zip(layers, at_128):
+        assert large.label == "128" + small.label[small.label.index(","):]
+        assert large.flops == 8 * small.flops
+    assert main(["bench", "--batch", "0"]) == 2
+    assert "--batch" in capsys.readouterr().err
+
+
 @pytest.mark.torch
 def test_torch_mirror_is_the_same_network():
     torch = pytest.importorskip("torch")

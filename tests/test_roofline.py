@@ -171,7 +171,8 @@ def test_measured_cuda_rows_print_beside_the_model():
     cases = bench.make_cases("tiny", ["conv2d"])
     model = bench.make_devices(["model:a100"], "float32")
     rows = list(bench.run_cases(cases, model, "float32", progress=False))
-    fake = [bench.Row(c.op, c.label, "cuda", "float32", 0.05 * (i + 1), 10, c.flops / 5e4) for i, c in enumerate(cases)]
+    fake = [bench.Row(c.op, c.label, "cuda", "float32", 0.05 * (i + 1), 10, c.flops / 5e4, math="fp32")
+            for i, c in enumerate(cases)]
     rows = bench.finish_rows(fake + rows, {"float32": 19.5e3, "float64": 9.7e3})
     measured, rest = bench.format_table(rows).split("MODELED: roofline estimates", 1)
     modeled, comparison = rest.split("MEASURED vs MODELED", 1)
@@ -228,6 +229,11 @@ def test_profile_scaling_and_cached_traits(tmp_path, monkeypatch):
         traits.kernel_traits.cache_clear()
         blind = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_large", "float32", "sm_90", ("fprop", "large"))
         assert blind.wavefronts_per_flop is None and "recorded no shared access" in blind.assumed[0]
+        # ... nor kept on disk: a later profile that sees the accesses is used
+        monkeypatch.setattr(traits, "_profiled", lambda run: (0.25, ""))
+        traits.kernel_traits.cache_clear()
+        seen = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_large", "float32", "sm_90", ("fprop", "large"))
+        assert seen.wavefronts_per_flop == 0.25
     finally:
         traits.kernel_traits.cache_clear()
 
@@ -247,3 +253,120 @@ def test_every_resnet_layer_and_pass_is_modeled(monkeypatch):
             assert sum(launch["flops"] for launch in launches) == case.flops
             assert row.model_ms * 1e-3 >= case.flops / peak + len(launches) * roofline.LAUNCH_OVERHEAD_S
             assert 0 < row.model_pct_peak < 75
+
+
+# --- the "tf32" math mode: tensor-core plans ----------------------------------------------------------
+
+def test_mma_issue_rule_from_each_spec():
+    """Clocks per HMMA.1688.F32.TF32 from each spec's TF32 peak, SMs and clock, and the ceiling they set."""
+    clocks = {key: roofline.mma_issue_clocks(s) for key, s in roofline.SPECS.items() if s.tf32_tflops}
+    assert clocks == {"a100": 8, "h100": 4, "h200": 4, "l4": 16, "rtx4090": 32}
+    with pytest.raises(ValueError, match="no TF32"):
+        roofline.mma_issue_clocks(roofline.spec("v100"))
+    fprop_like = KernelTraits(240, 40960, 0.0, None, mma=64, instructions=252)
+    wgrad_like = KernelTraits(240, 40960, 0.0, None, mma=64, instructions=437)
+    assert roofline.mma_issue_ceiling(fprop_like, H100) == 1.0
+    assert roofline.mma_issue_ceiling(wgrad_like, H100) == pytest.approx(256 / 437)
+    assert roofline.mma_issue_ceiling(wgrad_like, roofline.spec("a100")) == 1.0      # 8 clocks per MMA there
+    assert roofline.mma_issue_ceiling(_traits(), H100) == 1.0                        # no SASS counts: assumed
+
+
+def test_tensor_core_hot_loops_issue_m16n8k8_tf32():
+    """The rule's 1024 FMAs per MMA: every MMA the conv2d_tc kernels issue is HMMA.1688.F32.TF32."""
+    from cnn_gpu import sass
+    from cnn_gpu.backend import kernel_source
+    arch = next((a for a in ("sm_90", "sm_80") if a in sass.supported_archs()), None)
+    if arch is None:
+        pytest.skip("no nvdisasm that reads sm_80 or sm_90")
+    cubin, _ = nvrtc.compile_as_backend(kernel_source("conv2d_tc"), "conv2d_tc.cu", "float32", arch)
+    opcodes = {ins.opcode for function in sass.disassemble(cubin, arch).values() for ins in function.instructions
+               if ins.base == "HMMA"}
+    assert opcodes == {"HMMA.1688.F32.TF32"}
+
+
+def _tc_traits(monkeypatch):
+    traits = KernelTraits(240, 40960, 0.5, 0.0007, mma=64, instructions=300)
+    monkeypatch.setattr(roofline, "kernel_traits", lambda *args: traits)
+    return traits
+
+
+def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
+    from cnn_gpu.gpu import conv_tc
+    traits = _tc_traits(monkeypatch)
+    g = conv_geometry((8, 128, 16, 16), (256, 128, 1, 1), 1, 0)    # whole tiles in every pass
+    peak = H100.tf32_peak_flops
+    for pass_name, plan in (("fprop", conv_tc.plan_fprop(g, sms=132)), ("dgrad", conv_tc.plan_dgrad(g, sms=132)),
+                            ("wgrad", conv_tc.plan_wgrad(g, sms=132))):
+        glue, *launches = roofline.model_conv(pass_name, g, "float32", H100, bias=pass_name == "fprop", math="tf32")
+        assert glue.kernel.startswith("tf32_") and glue.bound == "launch"
+        assert [(e.kernel, e.grid) for e in launches] == [(l.kernel, tuple(l.grid)) for l in plan.launches]
+        main = launches[plan.main_index]
+        assert main.pipe == "tf32" and main.flops == g.flops
+        assert main.issue_ceiling == pytest.approx(min(1.0, 64 * 4 / 300))
+        # whole tiles: the tensor cores issue exactly the useful FLOPs
+        assert main.compute_s == pytest.approx(g.flops / (peak * main.issue_ceiling) / main.wave_efficiency)
+        assert main.shared_s == pytest.approx(traits.wavefronts_per_flop * g.flops / (132 * H100.clock_hz)
+                                              / main.wave_efficiency)
+    # three input channels still step through 16: the tensor cores issue 16/3 of the useful FLOPs
+    thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)
+    plan, launches, _ = roofline.conv.tensor_core_launches("fprop", thin, "float32", 132)
+    assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 16 / 3)
+    # dgrad of a stride-2 convolution: each of the 4 stride phases steps through only the 1, 2, 2
+    # and 4 taps that reach it, so with whole tiles nothing is wasted
+    strided = conv_geometry((8, 128, 16, 16), (128, 128, 3, 3), 2, 1)
+    plan, launches, _ = roofline.conv.tensor_core_launches("dgrad", strided, "float32", 132)
+    assert launches[plan.main_index][1].issued_flops == strided.flops
+    # fp32 keeps the SIMT plans, float64 ignores the mode
+    assert all(e.pipe == "fma" for e in roofline.model_conv("fprop", g, "float32", H100))
+    assert roofline.model_conv("fprop", g, "float64", H100, math="tf32") == \
+        roofline.model_conv("fprop", g, "float64", H100)
+
+
+def test_tf32_passes_on_the_simt_kernels_round_their_operands(monkeypatch):
+    """Depthwise convolutions, wgrad of a filter the tensor-core kernel refuses, and every pass on
+    a GPU without TF32 tensor cores (V100) run the SIMT plan after rounding both operands (read
+    and written once)."""
+    _tc_traits(monkeypatch)
+    g = conv_geometry((8, 32, 16, 16), (64, 32, 3, 3), 2, 1)
+    v100 = roofline.spec("v100")
+    assert not roofline.has_tensor_cores(v100) and roofline.has_tensor_cores(H100)
+    rounding, *simt = roofline.model_conv("dgrad", g, "float32", v100, math="tf32")
+    plan, _ = roofline.conv.pass_launches("dgrad", g, np.float32, v100.sms)
+    assert rounding.kernel == "round_to_tf32" and [e.kernel for e in simt] == [l.kernel for l in plan.launches]
+    y, w = math.prod(g.y_shape), math.prod(g.w_shape)
+    assert rounding.dram_bytes == 2 * (y + w) * 4 and all(e.pipe == "fma" for e in simt)
+    wide = conv_geometry((2, 8, 40, 40), (8, 8, 1, 33), 1, 0)     # R + S = 34 taps: no tensor-core wgrad
+    assert [e.kernel for e in roofline.model_conv("wgrad", wide, "float32", H100, math="tf32")][0] == "round_to_tf32"
+    with pytest.raises(ValueError, match="depthwise"):
+        roofline.model_conv("fprop", conv_geometry((1, 8, 8, 8), (8, 1, 3, 3), 1, 1, 1, 8), "float32", H100,
+                            math="tf32")
+
+
+def test_model_gpu_tf32_peak_and_unknown_tensor_peaks(monkeypatch):
+    props = {"name": "NVIDIA H200", "major": 9, "minor": 0, "sms": 132, "clock_khz": 1980000,
+             "memory_clock_khz": 2619000, "bus_width_bits": 6144, "l2_bytes": 50 * 2**20, "regs_per_sm": 65536,
+             "smem_per_sm": 233472, "max_threads_per_sm": 2048, "max_blocks_per_sm": 32, "memory_bytes": 141 << 30}
+    monkeypatch.setattr(specs, "gpu_properties", lambda: props)
+    h200 = roofline.spec("gpu")
+    assert h200.tf32_peak_flops == pytest.approx(2 * 1024 * 132 * 1.98e9) and roofline.mma_issue_clocks(h200) == 4
+    props.update(name="NVIDIA L40S", major=8, minor=9, sms=142)
+    device = bench.make_devices(["model:gpu"])[0]
+    assert "no TF32" in device.math_unsupported("tf32") and device.math_unsupported("fp32") == ""
+
+
+def test_resnet_layers_at_batch_128_in_tf32(monkeypatch, capsys):
+    """`bench --device model:h100 --shapes resnet --batch 128 --math tf32`: the 11 layers x fprop,
+    dgrad, wgrad, all on tensor cores, % of peak of the dense TF32 peak."""
+    _tc_traits(monkeypatch)
+    ops = ["conv2d", "conv2d_dgrad", "conv2d_wgrad"]
+    cases = bench.make_cases("resnet", ops, batch=128)
+    rows = list(bench.run_cases(cases, bench.make_devices(["model:h100"]), "float32", progress=False,
+                                math=("tf32",)))
+    assert [(r.op, r.shape, r.math) for r in rows] == [(c.op, c.label, "tf32") for c in cases]
+    for row, case in zip(rows, cases):
+        assert row.model_pct_peak == pytest.approx(100 * case.flops / (row.model_ms * 1e-3) / H100.tf32_peak_flops)
+        assert 0 < row.model_pct_peak <= 100
+        assert {launch["pipe"] for launch in row.model_launches if launch["flops"]} == {"tf32"}
+    table = bench.format_table(rows)
+    pipes = [line.split()[4] for line in table.splitlines() if line.startswith("conv2d")]
+    assert pipes == ["tensor"] * 33 and "dense TF32" in table

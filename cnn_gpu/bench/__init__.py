@@ -9,8 +9,12 @@ A *case* is one op on one shape; each case runs on every chosen *device*:
     emu              the CUDA kernels on the CPU emulator (tiny shapes only: it is a checker, not a runtime)
     cuda             the CUDA kernels on the GPU through CuPy
     torch            PyTorch's CPU ops
-    torch-cuda       PyTorch on the GPU (cuDNN) with TF32 off, a like-for-like fp32 comparison;
-                     float32 also gets a "torch-cuda-tf32" row with TF32 allowed, marked as such
+    torch-cuda       PyTorch on the GPU (cuDNN, cuBLAS) with TF32 off in math mode fp32, allowed in tf32
+
+Math modes (`--math fp32,tf32`): a float32 case whose work depends on the mode (the convolutions
+and the training step) runs once per mode, the modes side by side, each device in that mode:
+cnn_gpu under cnn_gpu.math_mode, PyTorch CUDA with allow_tf32 off or on, the model on what the
+mode runs. PyTorch on the CPU has no TF32 and has fp32 rows only. Other cases run once (math "").
 
 How a case is timed: random inputs (never zeros) in several input sets that are cycled, so no
 call finds its operands still in cache; one warm-up call per input set first, so kernel compilation,

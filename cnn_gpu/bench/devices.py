@@ -100,7 +100,7 @@ class TorchDevice(Device):
 
     def math_unsupported(self, math: str) -> str:
         if math == "tf32" and not self.is_gpu:
-            return "PyTorch has no TF32 mode on the CPU (its CPU convolutions are FP32), so it has no tf32 rows"
+            return "PyTorch has no TF32 mode on the CPU (its CPU convolutions are FP32)"
         return ""
 
     def time_calls(self, fn, input_sets, count):

@@ -16,14 +16,19 @@ def require_matplotlib():
     return plt
 
 
+def _series(row) -> str:
+    """A bar series: the device, and the math mode when it is tf32."""
+    return f"{row.device} tf32" if row.math == "tf32" else row.device
+
+
 def write_plot(rows, path, title="") -> None:
-    """Grouped horizontal bars: time per (op, shape) for each device, log axis. Modeled rows are
-    hatched and labelled "(MODELED)" in the legend."""
+    """Grouped horizontal bars: time per (op, shape) for each device (and math mode), log axis.
+    Modeled rows are hatched and labelled "(MODELED)" in the legend."""
     plt = require_matplotlib()
     cases = list(dict.fromkeys((r.op, r.shape) for r in rows))
-    devices = list(dict.fromkeys(r.device for r in rows))
-    modeled = {r.device for r in rows if r.modeled}
-    times = {(r.op, r.shape, r.device): r.model_ms if r.modeled else r.median_ms for r in rows}
+    devices = list(dict.fromkeys(_series(r) for r in rows))
+    modeled = {_series(r) for r in rows if r.modeled}
+    times = {(r.op, r.shape, _series(r)): r.model_ms if r.modeled else r.median_ms for r in rows}
     height = 0.8 / len(devices)
     fig, ax = plt.subplots(figsize=(9, 1.5 + 0.22 * len(cases) * len(devices)))
     for i, device in enumerate(devices):

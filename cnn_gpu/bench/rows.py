@@ -124,15 +124,25 @@ def _measured_table(rows, markdown: bool) -> list[str]:
     return lines + [""] + notes if notes else lines
 
 
-MODEL_COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("math", "math"), ("model_ms", "model ms"),
+MODEL_COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("math", "math"), ("pipe", "pipe"),
+                 ("model_ms", "model ms"),
                  ("model_gflops", "model GFLOP/s"), ("model_pct_peak", "model % peak"), ("model_bound", "bound"),
                  ("blocks_per_sm", "blocks/SM"), ("waves", "waves"), ("issue_ceiling", "issue ceiling"),
                  ("assumed", "assumed"))
 
 
+def _pipe(launches) -> str | None:
+    """Where the row's FLOPs run: "tensor" (TF32 tensor cores) or "SIMT" (FMA lanes); None without FLOPs."""
+    busiest = max(launches, key=lambda launch: launch["flops"])
+    if not busiest["flops"]:
+        return None
+    return "tensor" if busiest.get("pipe") == "tf32" else "SIMT"
+
+
 def _modeled_table(rows, markdown: bool) -> list[str]:
     """The modeled rows, with the longest launch's occupancy, waves and issue ceiling, and numbered
-    notes for inputs that are defaults rather than measured."""
+    notes for inputs that are defaults rather than measured; with tf32 rows, the math mode and the
+    pipe the FLOPs run on."""
     assumptions = list(dict.fromkeys(a for row in rows for launch in row.model_launches for a in launch["assumed"]))
     records = []
     for row in rows:
@@ -140,14 +150,16 @@ def _modeled_table(rows, markdown: bool) -> list[str]:
         used = sorted({assumptions.index(a) + 1 for launch in row.model_launches for a in launch["assumed"]})
         records.append({**row.as_dict(), "blocks_per_sm": longest["blocks_per_sm"] or None,
                         "waves": longest["waves"] or None, "issue_ceiling": longest["issue_ceiling"] or None,
-                        "assumed": ",".join(map(str, used)) or None})
+                        "assumed": ",".join(map(str, used)) or None, "pipe": _pipe(row.model_launches)})
     title = "MODELED: roofline estimates on a GPU spec, not measurements (README, \"Performance model\")"
-    columns = [(key, name) for key, name in MODEL_COLUMNS if key != "math" or _shown(key, rows)]
+    tf32 = _shown("math", rows)
+    columns = [(key, name) for key, name in MODEL_COLUMNS if key not in ("math", "pipe") or tf32]
     lines = [f"**{title}**" if markdown else title, ""] + _render(columns, records, markdown)
     notes = sorted({f"{row.device}: {row.note}" for row in rows})
-    if any(row.math == "tf32" for row in rows):
-        notes.append("math tf32: % peak of the dense TF32 tensor-core peak (of the FP32 FMA peak on a GPU "
-                     "without TF32); bound \"compute\" there is the tensor pipe at its MMA issue ceiling")
+    if tf32:
+        notes.append("math tf32: % peak of the dense TF32 tensor-core peak (of the FP32 FMA peak on a GPU without "
+                     "TF32); pipe: where the FLOPs run (tensor cores, or the SIMT kernels on TF32-rounded operands); "
+                     "the issue ceiling of a tensor launch is its MMA issue ceiling")
     notes += [f"assumed [{i}]: {a}" for i, a in enumerate(assumptions, 1)]
     return lines + [""] + notes
 

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ops to time (default: all but conv2d_fwd_bwd)")
     parser.add_argument("--device", type=comma_list, default=None, metavar="DEV[,DEV...]",
                         help=f"devices among {', '.join(bench.DEVICES)} and model:SPEC (default: numpy plus cuda, "
-                             "torch and torch-cuda where available; torch-cuda adds a TF32 row for float32)")
+                             "torch and torch-cuda where available)")
     parser.add_argument("--dtype", default="float32", choices=bench.DTYPES, help="default: %(default)s")
     parser.add_argument("--math", type=comma_list, default=["fp32"], metavar="MODE[,MODE...]",
                         help=f"math modes of the float32 convolutions among {', '.join(MATH_MODES)}, each its own "

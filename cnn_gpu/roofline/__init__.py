@@ -12,10 +12,10 @@ and shared memory (occupancy, waves), its SASS issue ceiling and its shared-memo
 FLOP from the emulator's profile (model.py states the formula; traits.py where each input comes
 from and the defaults used when a tool is missing). In the "tf32" math mode float32 passes are
 modeled on what runs there: the tensor-core plans of cnn_gpu.gpu.conv_tc against the dense TF32
-peak with the MMA issue ceiling (model.mma_issue_ceiling), the launcher's filter tiles as a
-memory-bound step; a pass that stays on the SIMT kernels (strided dgrad, depthwise, a GPU
-without TF32 tensor cores) adds the rounding of its operands. What the model ignores is listed
-in the README's "Performance model" section.
+peak with the MMA issue ceiling (model.mma_issue_ceiling), the launcher's CuPy glue as
+memory-bound steps; a pass that stays on the SIMT kernels (depthwise, wgrad of a filter the
+tensor-core kernel refuses, a GPU without TF32 tensor cores) adds the rounding of its operands.
+What the model ignores is listed in the README's "Performance model" section.
 """
 from __future__ import annotations
 
@@ -61,10 +61,10 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
         raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(MATH_MODES)}")
     tf32 = math == "tf32" and np.dtype(dtype) == np.float32
     if tf32 and has_tensor_cores(gpu):
-        on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, bias=bias)
+        on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, gpu.sms, bias=bias)
         if on_tensor_cores is not None:
             plan, launches, glue = on_tensor_cores
-            profile = (conv.TF32_PROFILE_PASS[pass_name], plan.tile)
+            profile = (pass_name, plan.tile)
             return [memory_bound(name, nbytes, gpu) for name, nbytes in glue] + [
                 estimate_launch(launch, work, dtype, gpu, profile if i == plan.main_index else None)
                 for i, (launch, work) in enumerate(launches)]

@@ -56,43 +56,41 @@ def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued
 
 
 # --- the "tf32" math mode ----------------------------------------------------------------------------
-# The pass each tensor-core launch's shared-memory profile comes from: dgrad runs the fprop kernel.
-TF32_PROFILE_PASS = {"fprop": "fprop", "dgrad": "fprop", "wgrad": "wgrad"}
+TC_PLANS = {"fprop": conv_tc.plan_fprop, "dgrad": conv_tc.plan_dgrad, "wgrad": conv_tc.plan_wgrad}
 
 
-def _padded_reduction(plan, length: int) -> int:
-    """The reduction length a split-K plan's blocks step through: each split's share of `length`
-    rounded up to whole TILE_K steps."""
-    chunk = plan.chunk or length
-    whole, rest = divmod(length, chunk)
-    return whole * -(-chunk // conv_tc.TILE_K) * conv_tc.TILE_K + -(-rest // conv_tc.TILE_K) * conv_tc.TILE_K
+def _tensor_core_steps(pass_name: str, g, plan) -> int:
+    """The 128 x 128 x 16 block steps the main launch of a tensor-core plan runs, all blocks
+    together: every block tile steps through its whole reduction 16 deep, padding included
+    (fprop: R*S taps of C/G channels padded to 16; dgrad: each stride phase's taps of K/G channels
+    over that phase's pixels; wgrad: the N*P*Q pixels); split-K cuts the steps, adding none."""
+    row_tiles = plan.main.grid[1] * g.groups
+    kg, cg = g.K // g.groups, g.C // g.groups
+    if pass_name == "fprop":
+        return plan.main.grid[0] * row_tiles * g.R * g.S * -(-cg // conv_tc.TILE_K)
+    if pass_name == "wgrad":
+        return plan.main.grid[0] * row_tiles * -(-(g.N * g.P * g.Q) // conv_tc.TILE_K)
+    phases = conv_tc.dgrad_phases(g)
+    return row_tiles * sum(-(-(g.N * h * w) // conv_tc.TILE_N) * phases.steps(k, kg)
+                           for k, (h, w) in enumerate(phases.out_shape))
 
 
-def tensor_core_launches(pass_name: str, g, dtype, *, bias: bool = False):
-    """(plan, [(Launch, LaunchWork)], glue) of a pass on the tensor-core kernels, as
-    cnn_gpu.functional.conv routes it in the "tf32" mode: fprop by conv_tc.plan_fprop, dgrad as the
-    fprop of the flipped stride-1 convolution (conv_tc.dgrad_as_fprop_geometry), wgrad by
-    conv_tc.plan_wgrad; None where the pass stays on the SIMT kernels (a depthwise convolution, a
-    strided dgrad). The main launch's FLOPs run on the "tf32" pipe, issued over whole 128 x 128
-    block tiles and 16-deep steps (padding included); glue: (name, bytes) of the launcher's CuPy
-    work outside the plan, the filter tiles of fprop and dgrad (the filter read, the padded,
-    rounded tiles written)."""
-    if g.is_depthwise:
+def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False):
+    """(plan, [(Launch, LaunchWork)], glue) of a pass on the tensor-core kernels as
+    cnn_gpu.functional.conv routes it in the "tf32" mode (conv_tc.plan_fprop / plan_dgrad /
+    plan_wgrad, planned for `sms` SMs), or None where the pass stays on the SIMT kernels (a
+    depthwise convolution; wgrad of a filter conv_tc.wgrad_supported refuses). The main launch's
+    FLOPs run on the "tf32" pipe, issued over whole block steps (_tensor_core_steps). glue: (name,
+    bytes) of the launcher's CuPy work outside the plan, modeled as one memory-bound launch each:
+    fprop's and dgrad's filter tiles (the filter read and written once; tile padding not
+    counted), wgrad's tap masks."""
+    if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item = np.dtype(dtype).itemsize
-    if pass_name == "wgrad":
-        plan = conv_tc.plan_wgrad(g)
-        reduction, glue = _padded_reduction(plan, g.N * g.P * g.Q), []
-    else:
-        gemm = g if pass_name == "fprop" else conv_tc.dgrad_as_fprop_geometry(g)
-        if gemm is None:
-            return None
-        plan = conv_tc.plan_fprop(gemm)
-        tiles = conv_tc._filter_tile_shape(gemm)          # (G, Mpad, R, S, Cpad)
-        reduction = math.prod(tiles[2:])
-        glue = [("tf32_filter_tiles", (math.prod(g.w_shape) + math.prod(tiles)) * item)]
-    grid = plan.main.grid
-    issued = 2 * grid[0] * conv_tc.TILE_N * grid[1] * conv_tc.TILE_M * g.groups * reduction
+    plan = TC_PLANS[pass_name](g, sms=sms)
+    issued = 2 * conv_tc.TILE_M * conv_tc.TILE_N * conv_tc.TILE_K * _tensor_core_steps(pass_name, g, plan)
+    glue = ([("tf32_tap_masks", (g.P + g.Q) * 4)] if pass_name == "wgrad"
+            else [("tf32_filter_tiles", 2 * math.prod(g.w_shape) * item)])
     return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias, "tf32", issued))), glue
 
 
@@ -131,10 +129,12 @@ def representative_run(pass_name: str, tile, dtype):
         x, w, dy = (rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, g.y_shape))
         if tile == "tf32":
             if pass_name == "fprop":
-                conv_tc.fprop("emu", x, w, None, g)
-                return conv_tc.plan_fprop(g).main, g.flops
-            conv_tc.wgrad("emu", dy, x, g, splits=1)
-            return conv_tc.plan_wgrad(g, splits=1).main, g.flops
+                conv_tc.fprop("emu", x, w, None, g, splits=1)
+            elif pass_name == "dgrad":
+                conv_tc.dgrad("emu", dy, w, g, splits=1)
+            else:
+                conv_tc.wgrad("emu", dy, x, g, splits=1)
+            return TC_PLANS[pass_name](g, splits=1).main, g.flops
         if pass_name == "fprop":
             gpu_conv.fprop("emu", x, w, None, g, tile=tile, splits=1)
         elif pass_name == "dgrad":

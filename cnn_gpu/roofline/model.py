@@ -33,11 +33,12 @@ DEFAULT_MMA_ISSUE_CEILING = 1.0   # without SASS: the tensor pipe is taken as ne
 # MMA issue rule. The tensor-core kernels issue mma.sync.m16n8k8 with TF32 operands, one SASS
 # HMMA.1688.F32.TF32 each: 16 x 8 x 8 = 1024 FMAs. An SM has 4 sub-partitions (SMSPs); each issues
 # one warp-instruction per clock and its tensor pipe takes a new HMMA every `mma_issue_clocks`
-# clocks, derived from the spec: FMAs per clock per SMSP = dense TF32 peak / (2 x SMs x 4 x clock).
-# A100 (156 TFLOP/s, 108 SMs, 1410 MHz): 128 FMA/clock -> 8 clocks; H100/H200 (494.7, 132, 1980):
-# 237 -> 4.3, i.e. 4 at the 1830 MHz their tensor peak is quoted at (hardware rates are powers of
-# two, so the clocks are rounded to one); L4: 16; RTX 4090: 32. A hot loop of N instructions with
-# M HMMAs needs at least max(N, M x clocks) clocks per warp iteration, so the tensor pipe runs at most
+# clocks, derived from the spec: FMAs per clock per SMSP = dense TF32 peak / (2 x SMs x 4 x clock),
+# clocks = 1024 / that, rounded to a power of two (hardware rates are). A100 (156 TFLOP/s, 108 SMs,
+# 1410 MHz): 128 FMAs per clock -> 8 clocks; H100/H200 (494.7 TFLOP/s, 132 SMs, 1980 MHz): 237 ->
+# 4.3 -> 4 (their tensor peak is quoted at 1830 MHz, where it is exactly 256 -> 4); L4: 16; RTX
+# 4090: 32. A hot loop of N instructions with M HMMAs needs at least max(N, M x clocks) clocks per
+# warp iteration, so the tensor pipe runs at most at
 #     mma issue ceiling = min(1, M x clocks / N)
 # of its peak.
 MMA_FMAS = 16 * 8 * 8

@@ -144,21 +144,21 @@ def kernel_traits(family: str, kernel: str, dtype_name: str, arch: str, profile:
     compiled = _cached(f"{kernel}-{dtype_name}-{arch}",
                        _digest(INPUTS_VERSION, source, dtype_name, arch, _toolchain()), compile_figures)
     assumed = list(compiled["assumed"])
+    shared_bytes = compiled.get("shared_bytes", 0)
     per_flop = None
     if profile is not None:
-        def profile_figures():
+        def profile_figures():   # a zero for a kernel with shared memory is not believed, so not kept
             value, why = _profiled(representative_run(*profile, dtype_name))
-            return {"wavefronts_per_flop": value, "why": why}, value is not None
+            return {"wavefronts_per_flop": value, "why": why}, bool(value) or (value == 0 and not shared_bytes)
         profiled = _cached(f"{kernel}-{dtype_name}-profile",
                            _digest(INPUTS_VERSION, source, dtype_name, profile, _emulator_identity()),
                            profile_figures)
         per_flop, why = profiled["wavefronts_per_flop"], profiled["why"]
-        shared_bytes = compiled.get("shared_bytes", 0)
         if per_flop == 0 and shared_bytes:   # a profile blind to the kernel's shared accesses
             per_flop = None
             why = f"the emulator's profile recorded no shared access of a kernel with {shared_bytes} B of shared memory"
         if per_flop is None:
             assumed.append(f"shared-memory time not modeled ({why})")
-    return KernelTraits(compiled.get("registers", DEFAULT_REGISTERS), compiled.get("shared_bytes", 0),
+    return KernelTraits(compiled.get("registers", DEFAULT_REGISTERS), shared_bytes,
                         compiled.get("issue_ceiling", DEFAULT_ISSUE_CEILING), per_flop, tuple(assumed),
                         compiled.get("mma", 0), compiled.get("instructions", 0))

@@ -1,0 +1,93 @@
+"""`cnn-gpu check --math tf32` and `--dtype float16`.
+
+The convolutions, run in the "tf32" math mode, are held to |device - oracle| <= 32 x 2^-24 x
+sum|products| per element against the NumPy oracle on the same TF32 operands: the NumPy backend
+(FP32 sums) and the emulator (the tensor-core kernels) pass; a device that skips the TF32 rounding
+or truncates instead of rounding fails by orders of magnitude, so the bound is tight enough to tell
+the formats apart. The other ops are reported as unaffected by the mode.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, check, precision
+from cnn_gpu.cli import main
+
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+CONV_OPS = ["conv2d", "conv_transpose2d", "conv2d_same"]
+
+
+def _check(capsys, *args):
+    code = main(["check", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_numpy_in_tf32_passes_and_other_ops_are_unaffected(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    code, out, err = _check(capsys, "--device", "numpy", "--math", "tf32", "--quick", "--ops",
+                            "conv2d,conv_transpose2d,relu,linear", "--json", str(path))
+    assert code == 0, out + err
+    assert "dtype=float32 math=tf32" in out and "sum|products|" in out
+    data = json.loads(path.read_text())
+    assert data["math"] == "tf32" and data["dtype"] == "float32"
+    by_op = {r["op"]: r for r in data["results"]}
+    for op in ("conv2d", "conv_transpose2d"):
+        assert by_op[op]["math"] == "tf32" and by_op[op]["passed"]
+        assert by_op[op]["tolerance"] == check.TF32_SUM_K * 2.0 ** -24
+        assert 0 < by_op[op]["error"] <= by_op[op]["tolerance"]
+    for op in ("relu", "linear"):
+        assert by_op[op]["math"] == "unaffected" and by_op[op]["tolerance"] >= check.TOLERANCE["float32"]
+
+
+def _planted(rounding):
+    """A conv2d "device" that computes on NumPy in fp32 from operands rounded by `rounding`."""
+    def run(inputs, cfg, be):
+        operands = {k: rounding(v) if k in ("x", "weight", "dy") else v for k, v in inputs.items()}
+        with precision.math_mode("fp32"):
+            return check.OPS["conv2d"].run(operands, cfg, be)
+    return run
+
+
+def _truncated(a):
+    return (a.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.mark.parametrize("rounding, name", [(lambda a: a, "no TF32 rounding"), (_truncated, "truncation")])
+def test_tf32_bound_fails_a_device_with_the_wrong_operands(rounding, name):
+    check.register_override("conv2d", _planted(rounding))
+    try:
+        result = next(check.check_ops("numpy", ["conv2d"], mode="quick", dtype="float32", math="tf32"))
+    finally:
+        check.clear_overrides()
+    assert not result.passed, name
+    assert result.error > 10 * result.tolerance, (name, result.error)
+
+
+def test_summation_error():
+    want = np.array([1.0, -2.0, 0.0])
+    magnitude = np.array([4.0, 8.0, 0.0])
+    assert check.summation_error(np.array([1.5, -2.0, 0.0]), want, magnitude) == 0.125
+    assert check.summation_error(np.array([1.0, -2.0, 1e-30]), want, magnitude) == np.inf   # nothing to sum
+    assert check.summation_error(np.array([np.nan, -2.0, 0.0]), want, magnitude) == np.inf
+    assert check.summation_error(np.zeros(2), want, magnitude) == np.inf                     # wrong shape
+
+
+def test_bad_math_arguments(capsys):
+    code, _, err = _check(capsys, "--device", "numpy", "--dtype", "float16", "--quick")
+    assert code == 2 and "float16 is not supported yet" in err
+    code, _, err = _check(capsys, "--device", "numpy", "--dtype", "float64", "--math", "tf32", "--quick")
+    assert code == 2 and "needs dtype float32" in err
+    with pytest.raises(ValueError, match="unknown math mode"):
+        check.check_ops("numpy", ["relu"], dtype="float32", math="bf16")
+
+
+@needs_emu
+def test_emulator_tensor_core_convolutions_pass_in_tf32(capsys):
+    code, out, err = _check(capsys, "--device", "emu", "--math", "tf32", "--quick", "--ops", ",".join(CONV_OPS))
+    assert code == 0, out + err
+    assert "3 of 3 ops passed" in out and out.count(" tf32") >= 3
