@@ -382,6 +382,8 @@ def test_acceptance_runs_every_required_command(tmp_path):
     bench_devices = next(c for c in commands if " bench " in f" {c} ").split("--device ")[1].split()[0]
     assert bench_devices.split(",")[-1] == "model:gpu"   # the model beside the measured rows
     assert any("--dtype float32" in c for c in commands if " check " in c)
+    assert any("--math tf32" in c for c in commands if " check " in c)          # the tensor-core kernels
+    assert any("--math fp32,tf32" in c for c in commands if " bench " in f" {c} ")
 
 
 def test_gpu_timing_uses_one_event_pair_per_call():
