@@ -125,3 +125,19 @@ def test_killing_the_job_mid_run_leaves_the_last_checkpoint_loadable(tmp_path):
         job.wait(timeout=30)
     model_state, _, meta = checkpoint.load(path)
     assert meta["epoch"] >= 1 and meta["world_size"] == 2 and model_state
+
+
+@needs_mpi
+def test_bench_nproc_reports_scaling_and_the_modeled_allreduce(tmp_path, capsys):
+    import json
+
+    from cnn_gpu.cli import main
+    path = tmp_path / "scaling.json"
+    assert main(["bench", "--nproc", "2", "--repeat", "2", "--batch", "8", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "MEASURED data-parallel scaling" in out and "scaling efficiency" in out
+    assert "MODELED gradient all-reduce" in out and "(model)" in out
+    rows = json.loads(path.read_text())["scaling"]
+    assert [r["ranks"] for r in rows] == [1, 2] and not any(r["modeled"] for r in rows)
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert main(["bench", "--nproc", "1"]) == 2

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="also plot time per op and device (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="instead of the op table: a training step's images/s in 1 and in N processes under "
+                             "mpiexec on the CPU, its scaling efficiency, and the modeled all-reduce time on GPUs")
 
 
 def _machine_line(meta: dict) -> str:
@@ -64,6 +67,8 @@ def _machine_line(meta: dict) -> str:
 
 def run(args) -> int:
     from .. import bench
+    if args.nproc is not None:
+        return _scaling(args)
     if args.device and "model:list" in args.device:
         from ..roofline import format_specs
         print(format_specs())
@@ -132,4 +137,24 @@ def run(args) -> int:
     if interrupted:
         print(f"interrupted: {len(rows)} of {len(cases) * len(device_objects)} rows done", file=sys.stderr)
         return 130
+    return 0
+
+
+def _scaling(args) -> int:
+    from ..bench import scaling
+    if args.nproc < 2:
+        print(f"cnn-gpu bench: --nproc must be >= 2, got {args.nproc}", file=sys.stderr)
+        return 2
+    batch = args.batch or 32
+    try:
+        rows = scaling.measure(args.nproc, "cnn", batch, steps=args.repeat or 20)
+    except RuntimeError as err:
+        print(f"cnn-gpu bench: {err}", file=sys.stderr)
+        return 2
+    print(scaling.format_scaling(rows, "cnn", batch))
+    print(scaling.format_allreduce_model(rows[0]["gradient_bytes"]))
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"scaling": rows}, f, indent=1)
     return 0
