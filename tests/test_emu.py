@@ -273,6 +273,37 @@ def test_watchdog_ends_an_endless_loop():
     assert info.value.source.startswith(at_line("while (f[0] == 0.0f)"))
 
 
+def test_watchdog_extremes_neither_hang_nor_fire_early():
+    """A timeout far below the tick (which once armed a 1 ns periodic timer that starved the
+    process) still ends a hung kernel; an infinite one (which once made a deadline in the past)
+    lets a kernel run past the first tick. In a subprocess: the first bug hangs for good."""
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from cnn_gpu import emu
+        bugs = emu.RawModule(path={str(KERNELS / "planted_bugs.cu")!r}, options=("-DREAL=float",))
+        try:
+            bugs.get_function("wait_forever")((1,), (32,), (np.zeros(1, np.float32),), timeout=1e-6)
+        except emu.KernelFault as fault:
+            print(fault.kind)
+        spin = emu.RawModule(code='extern "C" __global__ void spin(int* y, int n) '
+                                  '{{ volatile int s = 0; for (int i = 0; i < n; ++i) s = s + 1; y[0] = s; }}')
+        y = np.zeros(1, np.int32)
+        spin.get_function("spin")((1,), (1,), (y, np.int32(200_000_000)), timeout=float("inf"))
+        print(y[0])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["watchdog timeout", "200000000"], done.stderr
+    with pytest.raises(ValueError, match="timeout"):
+        bugs().get_function("wait_forever")((1,), (32,), (np.ones(1, np.float32),), timeout=float("nan"))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_a_bad_timeout_in_the_environment_is_refused_before_launching(value, monkeypatch):
+    monkeypatch.setenv("CNN_GPU_EMU_TIMEOUT", value)
+    with pytest.raises(ValueError, match="CNN_GPU_EMU_TIMEOUT must be a positive number"):
+        bugs().get_function("wait_forever")((1,), (32,), (np.ones(1, np.float32),))  # the flag is set
+
+
 def test_segfault_and_stack_overflow_are_faults_not_crashes():
     y = np.zeros(64, np.float32)
     with pytest.raises(emu.KernelFault, match="SIGSEGV") as info:
@@ -423,6 +454,16 @@ def test_concurrent_builds_share_one_cache_entry(tmp_path):
     built = sorted(p.name for p in (tmp_path / "cache" / "emu").iterdir())
     assert len([name for name in built if name.startswith("module-")]) == 1
     assert not [name for name in built if name.endswith(".tmp")]
+
+
+def test_a_changed_header_in_an_include_path_rebuilds_the_module(tmp_path):
+    (tmp_path / "value.cuh").write_text("#define VALUE 5\n")
+    code = '#include "value.cuh"\nextern "C" __global__ void k(int* y) { y[threadIdx.x] = VALUE; }'
+    y = np.zeros(2, np.int32)
+    for value in (5, 6):
+        (tmp_path / "value.cuh").write_text(f"#define VALUE {value}\n")
+        emu.RawModule(code=code, options=(f"-I{tmp_path}",)).get_function("k")((1,), (2,), (y,))
+        np.testing.assert_array_equal(y, [value, value])
 
 
 def test_damaged_cache_entries_are_rebuilt(tmp_path):

@@ -134,9 +134,17 @@ def test_hfma2_move_idiom_is_not_an_fma():
     ("float64", "sm_86", 0.01, 0.64),   # 2 FP64 lanes per SM
 ])
 def test_issue_ceiling_rule(dtype, arch, share, ceiling):
-    fma = "ffma" if dtype == "float32" else "dfma"
-    counts = {"instructions": 1000, "ffma": 0, "dfma": 0, fma: round(share * 1000)}
+    fma, other = ("ffma", "dfma") if dtype == "float32" else ("dfma", "ffma")
+    counts = {"instructions": 1000, fma: round(share * 1000), other: 500}   # the other FMA never counts
     assert sass.issue_ceiling(counts, dtype, arch) == pytest.approx(ceiling)
+
+
+def test_issue_ceiling_refuses_what_it_has_no_rate_for():
+    counts = {"instructions": 10, "ffma": 5, "dfma": 0}
+    with pytest.raises(TypeError, match="float16"):
+        sass.issue_ceiling(counts, "float16", "sm_90")
+    with pytest.raises(ValueError, match="sm_61"):
+        sass.issue_ceiling(counts, "float32", "sm_61")
 
 
 PLANTED = r"""
@@ -242,6 +250,15 @@ def test_cli_without_nvdisasm_exits_2(capsys, monkeypatch):
     monkeypatch.setattr(sass, "why_unavailable", lambda arch=None: "nvdisasm not found (test)")
     assert cli_main(["kernels", "--sass", "--family", "reduce"]) == 2
     assert "nvdisasm not found" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_unwritable_json_path_before_compiling(tmp_path, capsys, monkeypatch):
+    if nvrtc.why_unavailable():
+        pytest.skip(f"NVRTC unavailable: {nvrtc.why_unavailable()}")
+    monkeypatch.setattr(sass, "kernel_rows", lambda *args: pytest.fail("compiled before checking --json"))
+    for target in (tmp_path, tmp_path / "missing" / "rows.json"):
+        assert cli_main(["kernels", "--sass", "--family", "reduce", "--json", str(target)]) == 2
+        assert str(target) in capsys.readouterr().err
 
 
 def test_bad_requests_raise_before_compiling():

@@ -103,7 +103,7 @@ def _selected_files(args):
 
 
 def run(args) -> int:
-    from .. import nvrtc
+    from .. import checkpoint, nvrtc
     reason = nvrtc.why_unavailable()
     if reason:
         print(f"cnn-gpu kernels: {reason}", file=sys.stderr)
@@ -113,6 +113,8 @@ def run(args) -> int:
             raise ValueError("--markdown needs --sass")
         archs = _arch_list(args.arch) if args.arch else list(nvrtc.ARCHS)
         files = _selected_files(args)
+        if args.json not in (None, "-"):
+            checkpoint.check_writable(args.json)    # before minutes of compiling, not after
     except ValueError as err:
         print(f"cnn-gpu kernels: {err}", file=sys.stderr)
         return 2
@@ -149,7 +151,8 @@ def _run_ptxas(args, files, dtypes, archs) -> int:
 
 def _run_sass(args, families, dtypes, archs) -> int:
     from .. import nvrtc, sass
-    unreadable = {arch: sass.why_unavailable(arch) for arch in archs if sass.why_unavailable(arch)}
+    reasons = {arch: sass.why_unavailable(arch) for arch in archs}
+    unreadable = {arch: reason for arch, reason in reasons.items() if reason}
     if unreadable and (args.arch or len(unreadable) == len(archs)):
         print(f"cnn-gpu kernels --sass: {next(iter(unreadable.values()))}", file=sys.stderr)
         return 2

@@ -16,7 +16,6 @@ DEFAULT_TIMEOUT_S = 300.0
 # Environment variables that launchers set for each process: MPICH/Hydra, Open MPI, Slurm.
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
                        "HYDI_CONTROL_FD", "PMI_FD")
-_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK")
 
 
 class CollectiveTimeout(RuntimeError):

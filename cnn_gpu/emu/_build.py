@@ -287,18 +287,21 @@ def scan_kernels(preprocessed: str) -> dict[str, list[str]]:
     return kernels
 
 
-def _included_files(source: str, include_dir: Path | None, seen: set | None = None) -> list[Path]:
-    """Files a source pulls in with #include "..." (recursively), for the cache key."""
+def _included_files(source: str, include_dir: Path | None, search: list[Path], seen: set | None = None) -> list[Path]:
+    """Files a source pulls in with #include "..." (recursively), for the cache key: looked up as
+    g++ does, in the including file's folder (`include_dir`), then in the -I folders `search`."""
     seen = set() if seen is None else seen
     found = []
-    if include_dir is None:
-        return found
+    folders = ([include_dir] if include_dir is not None else []) + search
     for name in _QUOTED_INCLUDE.findall(source):
-        path = (include_dir / name).resolve()
-        if path.is_file() and path not in seen:
+        path = next((candidate for candidate in (folder / name for folder in folders) if candidate.is_file()), None)
+        if path is None:
+            continue
+        path = path.resolve()
+        if path not in seen:
             seen.add(path)
             found.append(path)
-            found += _included_files(path.read_text(), path.parent, seen)
+            found += _included_files(path.read_text(), path.parent, search, seen)
     return found
 
 
@@ -365,7 +368,8 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
              HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(), SHARED_SECTION_SCRIPT,
              transformed]
-    parts += [p.read_text() for p in _included_files(source, include_dir)]
+    search = [Path(flag[2:]) for flag in opts.defines if flag.startswith("-I")]
+    parts += [p.read_text() for p in _included_files(source, include_dir, search)]
     for part in parts:
         digest.update(part.encode() + b"\0")
     path = cache_dir() / f"module-{digest.hexdigest()[:32]}.so"

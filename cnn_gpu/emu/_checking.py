@@ -10,10 +10,15 @@ SCHEDULES = ("forward", "reverse", "random")
 
 def _default_timeout() -> float:
     value = os.environ.get("CNN_GPU_EMU_TIMEOUT", "").strip()
+    if not value:
+        return 60.0
     try:
-        return float(value) if value else 60.0
+        seconds = float(value)
     except ValueError:
-        raise ValueError(f"$CNN_GPU_EMU_TIMEOUT must be a number of seconds, got {value!r}") from None
+        seconds = float("nan")
+    if not seconds > 0:  # 0, negatives and NaN would make the watchdog fire at once or never
+        raise ValueError(f"$CNN_GPU_EMU_TIMEOUT must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 # Outside any `checking` block: forward order and the checks that cost nothing noticeable.
@@ -27,8 +32,9 @@ def validate(name: str, value):
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
     if name == "seed" and value is not None and (not isinstance(value, int) or value < 0):
         raise ValueError(f"seed must be a non-negative int or None; got {value!r}")
-    if name == "timeout" and value is not None and not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None; got {value!r}")
+    if name == "timeout" and value is not None and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"timeout must be a positive number of seconds (inf: no watchdog) or None; got {value!r}")
     return value
 
 
@@ -45,8 +51,8 @@ def checking(schedule: str = "forward", seed: int | None = None, guard: bool = T
     poison: fill shared memory with NaN before each block;
     race: report two threads touching one shared memory word with no barrier between them (one
     of them writing), with both source lines; runs an instrumented build, several times slower;
-    timeout: watchdog seconds for one launch (None: inherit; default 60 or $CNN_GPU_EMU_TIMEOUT).
-    """
+    timeout: watchdog seconds for one launch (None: inherit; inf: no watchdog; default 60 or
+    $CNN_GPU_EMU_TIMEOUT; the watchdog looks at the clock every 1 to 50 ms)."""
     new = dict(_settings.get())
     for name, value in (("schedule", schedule), ("seed", seed), ("guard", bool(guard)), ("poison", bool(poison)),
                         ("race", bool(race))):

@@ -66,7 +66,7 @@ struct cnn_gpu_emu_launch_desc {
     unsigned int block[3];
     unsigned long long shared_mem;
     unsigned long long seed;
-    double timeout_seconds;            /* watchdog; <= 0 disables it */
+    double timeout_seconds;            /* watchdog; <= 0, >= 1e9 or inf disables it */
     int schedule;
     int poison;                        /* fill shared memory with NaN (0xff bytes) before each block */
     int guard_shared;                  /* PROT_NONE page + canary right after the dynamic shared memory */

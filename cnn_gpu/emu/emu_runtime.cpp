@@ -373,6 +373,8 @@ pthread_mutex_t g_signal_lock = PTHREAD_MUTEX_INITIALIZER;
 int g_signal_users = 0;
 int g_tick_signal = 0;
 constexpr double kTickSeconds = 0.05;
+constexpr double kMinTickSeconds = 0.001;       // a faster periodic timer starves the launch itself
+constexpr double kNoDeadlineSeconds = 1e9;      // from here on (inf too) no deadline: (time_t)inf is undefined
 unsigned long g_interrupts = 0;             // SIGINTs seen while launches ran
 struct sigaction g_previous_interrupt;      // the handler ours passes SIGINT on to
 bool g_interrupt_chained = false;
@@ -1098,14 +1100,16 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     sigaltstack(&alt, &previous_alt);
     install_fault_handlers();
     L->interrupts_at_start = __atomic_load_n(&g_interrupts, __ATOMIC_SEQ_CST);
-    if (d->timeout_seconds > 0) {
+    double tick = kTickSeconds;
+    if (d->timeout_seconds > 0 && d->timeout_seconds < kNoDeadlineSeconds) {
         clock_gettime(CLOCK_MONOTONIC, &L->deadline);
         double end = (double)L->deadline.tv_nsec * 1e-9 + d->timeout_seconds;
         L->deadline.tv_sec += (time_t)end;
         L->deadline.tv_nsec = (long)((end - (double)(time_t)end) * 1e9);
         L->has_deadline = true;
+        if (d->timeout_seconds < tick) tick = d->timeout_seconds > kMinTickSeconds ? d->timeout_seconds : kMinTickSeconds;
     }
-    bool ticking = arm_tick(r, d->timeout_seconds > 0 && d->timeout_seconds < kTickSeconds ? d->timeout_seconds : kTickSeconds);
+    bool ticking = arm_tick(r, tick);
 
     unsigned long long nblocks = (unsigned long long)d->grid[0] * d->grid[1] * d->grid[2];
     // a sample: `sample_blocks` blocks spread evenly over the grid, in order

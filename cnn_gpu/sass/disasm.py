@@ -185,7 +185,10 @@ def disassemble(cubin: bytes, arch: str) -> dict[str, Function]:
     with tempfile.TemporaryDirectory(prefix="cnn_gpu_sass_") as folder:
         path = Path(folder) / "module.cubin"
         path.write_bytes(cubin)
-        done = subprocess.run([tool.path, "-c", str(path)], capture_output=True, text=True, timeout=600)
+        try:
+            done = subprocess.run([tool.path, "-c", str(path)], capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise DisassemblyError(f"nvdisasm {tool.path} did not run on a {arch} CUBIN: {err}") from None
     if done.returncode != 0:
         raise DisassemblyError(f"nvdisasm {tool.path} failed on a {arch} CUBIN ({len(cubin)} bytes): "
                                f"{done.stderr.strip() or done.stdout.strip()[:2000]}")

@@ -107,15 +107,26 @@ def count(path) -> dict:
     return counts
 
 
-def fma_rate(dtype, arch: str) -> float:
-    """FMA warp-instructions per clock per SM sub-partition of the dtype's FMA on `arch`."""
-    return (FFMA_RATE if np.dtype(dtype) == np.float32 else DFMA_RATE)[arch]
+_FMA_OF_DTYPE = {np.dtype(np.float32): ("ffma", FFMA_RATE), np.dtype(np.float64): ("dfma", DFMA_RATE)}
+
+
+def _fma_of(dtype, arch: str) -> tuple[str, float]:
+    """(count name, FMA warp-instructions per clock per SM sub-partition) of the dtype's FMA on
+    `arch`; the other dtypes have no rate here."""
+    try:
+        name, rates = _FMA_OF_DTYPE[np.dtype(dtype)]
+    except KeyError:
+        raise TypeError(f"the issue ceiling covers float32 and float64, not {np.dtype(dtype)}") from None
+    if arch not in rates:
+        raise ValueError(f"no FMA rate for arch {arch!r}; known: {', '.join(rates)}")
+    return name, rates[arch]
 
 
 def issue_ceiling(counts: dict, dtype, arch: str) -> float:
-    """min(1, share of the dtype's FMA among the path's instructions / fma_rate): the largest
-    fraction of the FMA pipe's peak the instruction issue rate allows."""
+    """min(1, share of the dtype's FMA among the path's instructions / its FFMA_RATE or
+    DFMA_RATE): the largest fraction of the FMA pipe's peak the instruction issue rate allows.
+    TypeError for dtypes other than float32/float64, ValueError for an arch without a rate."""
+    name, rate = _fma_of(dtype, arch)
     if not counts["instructions"]:
         return 0.0
-    fma = counts["ffma"] if np.dtype(dtype) == np.float32 else counts["dfma"]
-    return min(1.0, fma / counts["instructions"] / fma_rate(dtype, arch))
+    return min(1.0, counts[name] / counts["instructions"] / rate)
