@@ -1,6 +1,7 @@
 // Prelude of every kernel file: the element type, its math functions and constants, and the block
 // shape and grid-stride loop of the memory-bound (one thread per element) kernels.
-// Each .cu file is compiled once per dtype with -DREAL=float|double -DREAL_IS_DOUBLE=0|1
+// Each .cu file is compiled once per dtype with -DREAL=float|double -DREAL_IS_DOUBLE=0|1, and the
+// files converted to float16 also with -DREAL=half_bits -DREAL_IS_HALF=1
 // (cnn_gpu.backend.dtype_options); the defaults below make a file compile on its own.
 
 #ifndef REAL
@@ -8,6 +9,48 @@
 #endif
 #ifndef REAL_IS_DOUBLE
 #define REAL_IS_DOUBLE 0
+#endif
+#ifndef REAL_IS_HALF
+#define REAL_IS_HALF 0
+#endif
+
+// --- storage and compute types ----------------------------------------------------------------
+// REAL is the element type of the arrays (what kernel pointers point to), acc_t the type kernels
+// compute and accumulate in: the dtype itself for float32/float64 (to_acc and to_real are no-ops,
+// the code compiles to what it did without them), FP32 for float16. A float16 array holds IEEE
+// binary16 bits (half_bits: NVRTC has no cuda_fp16.h without include paths); to_acc widens a value
+// exactly, to_real rounds an FP32 result to nearest even once, on its way to memory.
+struct __align__(2) half_bits {
+    unsigned short bits;
+};
+
+#if REAL_IS_HALF
+typedef float acc_t;
+
+static __device__ __forceinline__ float to_acc(half_bits h) {
+#if defined(CNN_GPU_EMU)
+    return cnn_gpu_emu_half_to_float(h.bits);
+#else
+    float x;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(x) : "h"(h.bits));
+    return x;
+#endif
+}
+
+static __device__ __forceinline__ half_bits to_real(float x) {
+    half_bits h;
+#if defined(CNN_GPU_EMU)
+    h.bits = cnn_gpu_emu_float_to_half(x);
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
+#endif
+    return h;
+}
+#else
+typedef REAL acc_t;
+
+static __device__ __forceinline__ acc_t to_acc(REAL x) { return x; }
+static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #endif
 
 #if REAL_IS_DOUBLE
@@ -22,9 +65,10 @@
 #define REAL_SQRT sqrtf
 #endif
 
-// IEEE bit patterns (no <cmath> or <limits> under NVRTC); the float value converts exactly to double
-#define REAL_NEG_INF ((REAL)__int_as_float(0xff800000))
-#define REAL_NAN ((REAL)__int_as_float(0x7fc00000))
+// IEEE bit patterns (no <cmath> or <limits> under NVRTC), as acc_t; the float value converts
+// exactly to double
+#define REAL_NEG_INF ((acc_t)__int_as_float(0xff800000))
+#define REAL_NAN ((acc_t)__int_as_float(0x7fc00000))
 
 // Memory-bound kernels: 256-thread blocks, and at least 4 resident blocks, which lets ptxas use up
 // to 64 registers (with no minimum it caps some kernels at 32 and spills around the slow-path
@@ -37,6 +81,15 @@
 #define GRID_STRIDE_LOOP(i, n)                                                          \
     for (long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * BLOCK_THREADS)
+
+// v, which the compiler can no longer rebuild from threadIdx: it otherwise sinks such cheap
+// thread-layout arithmetic into hot loops and recomputes it on every iteration. (An empty asm
+// statement; it emits no instruction.)
+static __device__ __forceinline__ int keep_in_register(int v)
+{
+    asm("" : "+r"(v));
+    return v;
+}
 
 // --- tensor cores (sm_80 and newer) ---------------------------------------------------------
 // The only inline PTX of the tensor-core kernels. The emulator runs the same calls as warp
@@ -56,6 +109,15 @@ static __device__ __forceinline__ unsigned int tf32_from_float(float x) {
     __trap();
     return 0u;
 #endif
+}
+
+// x as an mma .tf32 operand, rounded like tf32_from_float: half a TF32 ulp added to the magnitude
+// of a finite x, the 13 low bits left in place because mma reads only the top 19 bits of a .tf32
+// operand (so they act as cut off). One instruction cheaper than the cvt.rna expansion; only for
+// values that go to mma, never to memory that is read as float.
+static __device__ __forceinline__ unsigned int tf32_operand(float x) {
+    const unsigned int bits = __float_as_uint(x);
+    return fabsf(x) < __int_as_float(0x7f800000) ? bits + 0x1000u : bits;
 }
 
 // acc += a * b: a 16x8 TF32 (row-major fragment), b 8x8 TF32 (column-major fragment), acc the
@@ -88,4 +150,31 @@ static __device__ __forceinline__ void mma_f16_m16n8k16(float (&acc)[4], const u
 #else
     __trap();
 #endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8x8 matrices of 16-bit elements, i.e. 8 rows of
+// four 32-bit words each (one TF32 value or two halves per word). Lane 8*i + j gives the shared
+// address of row j of matrix i (16 bytes, 16-byte aligned); lane l receives word l % 4 of row
+// l / 4 of matrix i in r[i], which is the mma fragment layout (groupID = l / 4, threadID_in_group
+// = l % 4) of that 8 x 4-word block.
+static __device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const float* row) {
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_ldmatrix_x4(r, row);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((unsigned int)__cvta_generic_to_shared(row)));
+#else
+    __trap();
+#endif
+}
+
+// p, opaque to the compiler's address arithmetic: a per-thread base pointer then stays in one
+// 64-bit register pair and each load from it costs one IMAD.WIDE, where NVRTC would otherwise
+// re-derive every address from the kernel argument (three instructions). Emits no instruction.
+static __device__ __forceinline__ const float* register_pointer(const float* p) {
+#if !defined(CNN_GPU_EMU)
+    asm("" : "+l"(p));
+#endif
+    return p;
 }

@@ -14,13 +14,16 @@
 //   threads on consecutive pixels), Kgemm = (K/G) * Rph * Sph (output channels x phase taps).
 //
 // Tiling: as conv2d_fprop (igemm.cuh: 256 threads, BK = 8, four tile variants, vectorized
-// register blocking). The filter operand is read from a transposed copy wt (K, R, S, C/G) that
-// conv2d_dgrad_filter_transpose makes once per call, so its A-tile loads run along the channels
-// (32 consecutive values per warp) instead of a stride of R*S; wt ends in BM values of padding, so
-// the A rows (channels) past C/G of a ragged tile read without a bounds test. The reduction row (k, jr, js) of a
-// thread is the same for its A and B loads and advances by BK with carries; its pixel columns are
-// decoded once (origin folded into one offset): no div/mod in the main loop. Operand rows and
-// columns past the problem are clamped onto the last valid one (computed, never stored).
+// register blocking). The filter operand is read from a copy wt that conv2d_dgrad_filter_transpose
+// makes once per call, in the order this kernel reduces it (phase by phase, row (k, jr, js), the
+// channels contiguous): its A-tile loads run along the channels (32 consecutive values per warp),
+// a thread's A offset steps by BK*C/G, and wt ends in BM values of padding, so the A rows
+// (channels) past C/G of a ragged tile read without a bounds test. Both loaders run k slowest; the
+// reduction row (k, jr, js) of a thread is the same for its A and B loads and advances by BK with
+// carries; its pixel columns are decoded once into the dy offset of their origin and a tap mask
+// (igemm.cuh): no div/mod in the main loop. Operand rows and columns past the problem are clamped
+// onto the last valid one (computed, never stored). Phases with more than 16 taps in a dimension
+// read a zero-padded copy of dy (conv2d_pad.cu) that every tap lands inside.
 // Split-K (grid.z = splits * G * phases): split z sums its share of the phase's reduction (chunk =
 // ceil(Kgemm / splits) rounded up to BK, computed here per phase) and writes its partial dx to
 // out + z * N*C*H*W; the launcher folds the partials in a fixed order. An empty share writes zeros.
@@ -91,13 +94,13 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv2d_dgrad_filter_
     }
 }
 
-template <int RM, int RN, int BK>
+template <int RM, int RN>
 __device__ __forceinline__ void dgrad_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ wt, REAL* __restrict__ out,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int splits)
 {
-    typedef IgemmTile<RM, RN, BK> Tile;
+    typedef IgemmTile<RM, RN> Tile;
     __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
     __shared__ int dx_column[Tile::BN];   // dx offset of each output column (-1: past the phase)
 
@@ -153,7 +156,7 @@ __device__ __forceinline__ void dgrad_tile(
     int w_row = (K * before + g * Kg * taps + row) * Cg + m0 + ab.m;
     const int tap_r = -th.step * Q, tap_s = -tw.step;
     int tap = k0 * PQ + jr * tap_r + js * tap_s;
-    const int walk_k = BK / taps_or_1, walk_r = (BK % taps_or_1) / count_w, walk_s = BK % count_w;
+    const int walk_k = Tile::BK / taps_or_1, walk_r = (Tile::BK % taps_or_1) / count_w, walk_s = Tile::BK % count_w;
     const int walk_tap = walk_k * PQ + walk_r * tap_r + walk_s * tap_s;
 
     // A from the transposed filter taps (channels past C/G read into wt's padded tail), B from dy
@@ -169,18 +172,19 @@ __device__ __forceinline__ void dgrad_tile(
             b_next[j] = (ok && igemm_in_bounds(taps_in[j], select)) ? dy[dy_pixel[j] + tap] : (REAL)0;
     };
     const auto advance = [&] {
-        js += walk_s; jr += walk_r; w_row += BK * Cg; tap += walk_tap;
+        js += walk_s; jr += walk_r; w_row += Tile::BK * Cg; tap += walk_tap;
         if (js >= tw.count) { js -= tw.count; ++jr; tap += tap_r - tw.count * tap_s; }
         if (jr >= th.count) { jr -= th.count; tap += PQ - th.count * tap_r; }
     };
     REAL acc[Tile::TM][Tile::TN];
     igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, fetch_a, fetch_b, advance);
 
+    __syncthreads();   // dx_column is complete (the main loop has no barrier when a phase has no taps)
     const int tm = igemm_tm(), tn = igemm_tn();
     REAL* out_split = out + split * N * C * HW;
 #pragma unroll
     for (int j = 0; j < Tile::TN; ++j) {
-        const int column = dx_column[igemm_offset(j, tn)];   // written before the main loop's barriers
+        const int column = dx_column[igemm_offset(j, tn)];
         if (column < 0) continue;
         REAL* dx_pixel = out_split + column;
 #pragma unroll
@@ -202,20 +206,20 @@ __device__ __forceinline__ void dgrad_tile(
 // splits * G * stride_h * stride_w), block 256; wt from conv2d_dgrad_filter_transpose
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_dgrad_large(DGRAD_PARAMS)
 {
-    dgrad_tile<2, 2, 8>(DGRAD_ARGS);
+    dgrad_tile<2, 2>(DGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_dgrad_tall(DGRAD_PARAMS)
 {
-    dgrad_tile<2, 1, 8>(DGRAD_ARGS);
+    dgrad_tile<2, 1>(DGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_dgrad_wide(DGRAD_PARAMS)
 {
-    dgrad_tile<1, 2, 8>(DGRAD_ARGS);
+    dgrad_tile<1, 2>(DGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_dgrad_small(DGRAD_PARAMS)
 {
-    dgrad_tile<1, 1, 8>(DGRAD_ARGS);
+    dgrad_tile<1, 1>(DGRAD_ARGS);
 }

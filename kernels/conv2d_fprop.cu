@@ -10,12 +10,16 @@
 // Tiling (igemm.cuh): 256 threads, BK = 8, vectorized register blocking; four block tiles
 //   (fp32 / fp64): large 128x128 / 64x64, tall 128x64 / 64x32, wide 64x128 / 32x64, small
 //   64x64 / 32x32, chosen by cnn_gpu.gpu.conv.plan_fprop for the GPU's SM count.
-// Loaders: A (filter rows, contiguous along the reduction) by 8 threads per row, so a warp reads
-//   4 rows x 32 bytes; B (the gather from x) by 32 threads per reduction row, consecutive pixels.
-//   Address math: each B column keeps its image offset with the tap origin folded in, and the
-//   reduction row (c, r, s) is one scalar offset stepped by BK with carries: per loaded value one
-//   add and two unsigned bounds tests, no div/mod in the main loop. Operand rows and columns past
-//   the problem are clamped onto the last valid one: their outputs are computed, never stored.
+// Loaders: A (filter rows, contiguous along the reduction) k fastest, so a warp reads 4 rows x 32
+//   bytes; one offset, stepped by BK, addresses row 0 and the others lie PASS*Kgemm apart. B (the
+//   gather from x) k slowest: a warp reads 32 consecutive pixels of one reduction row. Each B
+//   column is decoded once into the x offset of its tap origin and its tap mask (igemm.cuh); the
+//   reduction row (c, r, s) is carried with the x offset of its tap, stepped by BK with carries
+//   from the launcher's walk_* constants (kernel parameters: read from the constant bank, they
+//   take no register). Per gathered value: one LOP3 bounds test and one add, no div/mod in the
+//   main loop. Operand rows and columns past the problem are clamped onto the last valid one:
+//   their outputs are computed, never stored. Filters with more than 16 taps in a dimension get a
+//   zero-padded copy of x (conv2d_pad.cu) and no padding.
 // Split-K (grid.z = splits * G): split z sums reduction rows [z*chunk, (z+1)*chunk) and writes its
 //   partial y to out + z * N*K*P*Q; the launcher folds the partials in a fixed order and applies
 //   bias and ReLU there (it passes has_bias = relu = 0 to the kernel). With one split, out is y
@@ -26,14 +30,14 @@
 
 #include "igemm.cuh"
 
-template <int RM, int RN, int BK>
+template <int RM, int RN>
 __device__ __forceinline__ void fprop_tile(
     const REAL* __restrict__ x, const REAL* __restrict__ w, const REAL* __restrict__ bias,
     REAL* __restrict__ out, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
     int has_bias, int relu, int chunk, int walk_s, int walk_r, int walk_tap, int walk_carry_s, int walk_carry_r)
 {
-    typedef IgemmTile<RM, RN, BK> Tile;
+    typedef IgemmTile<RM, RN> Tile;
     __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
 
     const int tid = threadIdx.x;
@@ -90,7 +94,7 @@ __device__ __forceinline__ void fprop_tile(
             b_next[j] = (ok && igemm_in_bounds(taps_in[j], select)) ? x[x_pixel[j] + tap] : (REAL)0;
     };
     const auto advance = [&] {
-        w_row += BK;
+        w_row += Tile::BK;
         s += walk_s; r += walk_r; tap += walk_tap;
         if (s >= S) { s -= S; ++r; tap += walk_carry_s; }
         if (r >= R) { r -= R; tap += walk_carry_r; }
@@ -131,20 +135,20 @@ __device__ __forceinline__ void fprop_tile(
 // splits = ceil(C/G*R*S / chunk); `bias` is never read when has_bias == 0
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_fprop_large(FPROP_PARAMS)
 {
-    fprop_tile<2, 2, LARGE_BK>(FPROP_ARGS);
+    fprop_tile<2, 2>(FPROP_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_fprop_tall(FPROP_PARAMS)
 {
-    fprop_tile<2, 1, 8>(FPROP_ARGS);
+    fprop_tile<2, 1>(FPROP_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_fprop_wide(FPROP_PARAMS)
 {
-    fprop_tile<1, 2, 8>(FPROP_ARGS);
+    fprop_tile<1, 2>(FPROP_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_fprop_small(FPROP_PARAMS)
 {
-    fprop_tile<1, 1, 8>(FPROP_ARGS);
+    fprop_tile<1, 1>(FPROP_ARGS);
 }

@@ -11,11 +11,12 @@
 // order (reduce.channel_sum): no atomics, bit-identical run to run.
 //
 // Tiling: as conv2d_fprop (igemm.cuh: 256 threads, BK = 8, four tile variants, vectorized
-// register blocking). Both operands are contiguous along the reduction (p, q), so each thread
-// loads reduction row tid % 8 of both tiles: groups of 8 threads read 8 consecutive pixels (the
-// padded shared rows keep those transposing stores on 32 different banks). A thread's reduction
-// row (n, p, q) advances by BK with carries as two offsets (into dy and x) and its filter columns
-// (c, r, s) are decoded once: no div/mod in the main loop. Operand rows and columns past the
+// register blocking). Both operands are contiguous along the reduction (p, q), so both loaders run
+// k fastest: groups of 8 threads read 8 consecutive pixels (the padded shared rows keep those
+// transposing stores on 32 different banks). A thread's reduction row (n, p, q) advances by BK
+// with carries as two offsets (into dy and x), from the launcher's walk_* constants (kernel
+// parameters: no register); its filter columns (c, r, s) are decoded once and its A rows lie
+// PASS*P*Q apart from one offset: no div/mod in the main loop. Operand rows and columns past the
 // problem are clamped onto the last valid one (computed, never stored).
 //
 // Index range: 32-bit offsets; the launcher refuses tensors (and workspaces) of 2^31 or more
@@ -23,14 +24,14 @@
 
 #include "igemm.cuh"
 
-template <int RM, int RN, int BK>
+template <int RM, int RN>
 __device__ __forceinline__ void wgrad_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ workspace,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
     int splits, int chunk, int walk_q, int walk_p, int walk_dy, int walk_x, int walk_q_end, int walk_p_end, int walk_carry_q_x, int walk_carry_p_x, int walk_carry_p_dy)
 {
-    typedef IgemmTile<RM, RN, BK> Tile;
+    typedef IgemmTile<RM, RN> Tile;
     __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
 
     const int g = blockIdx.z / splits, split = blockIdx.z - g * splits;
@@ -116,20 +117,20 @@ __device__ __forceinline__ void wgrad_tile(
 // with splits = ceil(N*P*Q / chunk), so that no split is empty
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_wgrad_large(WGRAD_PARAMS)
 {
-    wgrad_tile<2, 2, 8>(WGRAD_ARGS);
+    wgrad_tile<2, 2>(WGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_wgrad_tall(WGRAD_PARAMS)
 {
-    wgrad_tile<2, 1, 8>(WGRAD_ARGS);
+    wgrad_tile<2, 1>(WGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_wgrad_wide(WGRAD_PARAMS)
 {
-    wgrad_tile<1, 2, 8>(WGRAD_ARGS);
+    wgrad_tile<1, 2>(WGRAD_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_wgrad_small(WGRAD_PARAMS)
 {
-    wgrad_tile<1, 1, 8>(WGRAD_ARGS);
+    wgrad_tile<1, 1>(WGRAD_ARGS);
 }

@@ -12,15 +12,20 @@
 // contiguous bytes per quarter warp: one wavefront).
 // The A (BM x BK) and B (BK x BN) tiles sit in shared memory k-major with 16 bytes of padding per
 // row (pitch BM + VEC): 16-byte aligned rows for the vector loads, and loaders that store along
-// k (8 rows x 4 columns per warp) hit 32 different banks. Two stages: the next step is fetched
-// into registers while the current one is multiplied, one barrier per step.
+// k (8 rows x 4 columns per warp) hit 32 different banks.
+// Main loop (igemm_main_loop): two stages, the loop unrolled by them so that every shared access
+// is one LDS/STS with an immediate offset from a register fixed for the whole loop. Residue first:
+// the first step takes the rows that do not fill a step, so no later load tests the reduction
+// range. While a step multiplies one stage, the next step is fetched into registers in two halves
+// (A during the first half of the multiply, B during the second), so that only one operand's
+// values are in flight: the large tiles keep within 128 registers with no spill on sm_70..sm_90.
 // Everything here is __forceinline__ and fully unrolled, so the accumulators and fetched values
 // stay in registers exactly as if written out in each kernel.
 
 #include "common.cuh"
 
 #define IGEMM_THREADS 256
-#define CHUNK_ROWS 8   // split-K chunks are multiples of every tile's BK
+#define CHUNK_ROWS 8   // split-K chunks are multiples of it (cnn_gpu.gpu.conv.BK)
 
 #if REAL_IS_DOUBLE
 typedef double2 real_vec;
@@ -31,26 +36,20 @@ typedef float4 real_vec;
 #endif
 #define TILE_RUN (16 * VEC)   // rows (columns) that one run of all 16 thread rows (columns) covers
 
-// Resident blocks per SM each tile variant is built for (its register cap at 256 threads):
-// large (RM = RN = 2) 2, tall/wide (one dimension 2) 3, small (1 x 1) 4.
+// Resident blocks per SM each tile variant is built for (its register cap at 256 threads: 128
+// registers for 2 blocks, 80 for 3).
 #define LARGE_BLOCKS 2
 #define MEDIUM_BLOCKS 2
 #define SMALL_BLOCKS 3
-#ifndef LARGE_BK
-#define LARGE_BK 8
-#endif
 
-// A BM x BN block tile reducing BK (4 or 8) rows per step. Loaders fetch PASS = 256 / BK columns
-// of every reduction row per pass (a thread's values of one operand lie PASS columns apart). Row
-// pitches are padded by PAD values, 32/BK words: 16-byte aligned, and the k-fastest loaders'
-// stores (BK rows x 32/BK columns per warp) hit every bank once.
-template <int RM, int RN, int BK_>
+// A BM x BN block tile. Loaders fetch PASS = 256 / BK columns of every reduction row per pass (a
+// thread's values of one operand lie PASS columns apart).
+template <int RM, int RN>
 struct IgemmTile {
-    static constexpr int BK = BK_, PASS = IGEMM_THREADS / BK;
+    static constexpr int BK = 8, PASS = IGEMM_THREADS / BK;
     static constexpr int BM = TILE_RUN * RM, BN = TILE_RUN * RN;
     static constexpr int TM = VEC * RM, TN = VEC * RN;
-    static constexpr int PAD = 128 / (BK * (int)sizeof(REAL));
-    static constexpr int LDA = BM + PAD, LDB = BN + PAD;
+    static constexpr int LDA = BM + VEC, LDB = BN + VEC;   // padded row pitches
     static constexpr int A_LOADS = BM / PASS, B_LOADS = BN / PASS;
     static constexpr int STAGE_A = BK * LDA, STAGE = BK * (LDA + LDB);   // A tile, then B tile
 };
@@ -67,9 +66,9 @@ struct LoaderPosition {
     int k, m;
 };
 template <class Tile>
-__device__ __forceinline__ LoaderPosition igemm_k_fastest() { return {(int)threadIdx.x % Tile::BK, (int)threadIdx.x / Tile::BK}; }
+__device__ __forceinline__ LoaderPosition igemm_k_fastest() { return {(int)(threadIdx.x % Tile::BK), (int)(threadIdx.x / Tile::BK)}; }
 template <class Tile>
-__device__ __forceinline__ LoaderPosition igemm_k_slowest() { return {(int)threadIdx.x / Tile::PASS, (int)threadIdx.x % Tile::PASS}; }
+__device__ __forceinline__ LoaderPosition igemm_k_slowest() { return {(int)(threadIdx.x / Tile::PASS), (int)(threadIdx.x % Tile::PASS)}; }
 
 // Shared memory is addressed by 32-bit offsets in values from the start of `smem`; a stage's offset
 // is a compile-time constant (the main loop is unrolled by the two stages), so every shared access
@@ -122,8 +121,8 @@ __device__ __forceinline__ void igemm_multiply(REAL (&acc)[Tile::TM][Tile::TN], 
 // one dimension lands inside the input (origin + t*dil in [0, size)); a column's mask holds the
 // row bits in its low half and the column bits in its high half, so tap (r, s) is in bounds when
 // igemm_in_bounds(mask, igemm_tap_select(r, s)): one LOP3 per load. Filters with more than 16 taps
-// in a dimension run on an input padded so that every tap is in bounds (all bits set; tap t >= 16
-// then tests bit 15).
+// in a dimension run on an operand whose every tap is in bounds, zero-padded by the launcher when
+// needed (cnn_gpu.gpu.conv.MASK_TAPS): all bits set, and tap t >= 16 tests bit 15.
 __device__ __forceinline__ unsigned igemm_tap_bits(int origin, int taps, int dil, int size)
 {
     unsigned bits = 0;
@@ -199,10 +198,10 @@ __device__ __forceinline__ void igemm_main_loop(REAL (&acc)[Tile::TM][Tile::TN],
         for (int j = 0; j < Tile::TN; ++j) acc[i][j] = (REAL)0;
     if (k_count <= 0)
         return;
-    const REAL* a_read = smem + VEC * igemm_tm();
-    const REAL* b_read = smem + Tile::STAGE_A + VEC * igemm_tn();
-    REAL* a_store = smem + a_k * Tile::LDA + a_m;
-    REAL* b_store = smem + Tile::STAGE_A + b_k * Tile::LDB + b_n;
+    const REAL* a_read = smem + keep_in_register(VEC * igemm_tm());
+    const REAL* b_read = smem + keep_in_register(Tile::STAGE_A + VEC * igemm_tn());
+    REAL* a_store = smem + keep_in_register(a_k * Tile::LDA + a_m);
+    REAL* b_store = smem + keep_in_register(Tile::STAGE_A + b_k * Tile::LDB + b_n);
     const int skipped = igemm_skipped_rows<Tile>(k_count);
     {
         REAL a_next[Tile::A_LOADS], b_next[Tile::B_LOADS];

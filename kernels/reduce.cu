@@ -1,54 +1,95 @@
 // Per-channel sums: `a` viewed as (outer, channels, inner) -> out[channels].
 //
 // Used for bias gradients (dy (N, K, P*Q): outer=N, channels=K, inner=P*Q; linear dy (B, F):
-// outer=B, channels=F, inner=1) and for folding a split-K workspace (splits, elements): outer=
-// splits, channels=elements, inner=1.
+// outer=B, channels=F, inner=1), for loss means (outer=channels=1) and for folding a split-K
+// workspace (splits, elements): outer=splits, channels=elements, inner=1.
 //
-// Not a GEMM; a reduction of length L = outer*inner per channel. Two kernels, chosen on the host
-// from the shape alone (so the choice, and every result, is reproducible):
-//  * channel_sum_block: one 256-thread block per channel. Thread t adds elements t, t+256, ...
-//    of its channel in that order, then a shared-memory halving tree adds the 256 partials.
-//    For long reductions (bias gradients over N*P*Q).
+// Not a GEMM; a reduction of length L = outer*inner per channel, bound by DRAM bandwidth. Two
+// kernels, chosen on the host from the shape alone (so the choice, and every result, is
+// reproducible):
+//  * channel_sum_block, two levels in one launch: a channel's L elements (in (o, i) order) are cut
+//    into chunks of CHUNK; block (channel, chunk) has its 256 threads add elements t, t + 256, ...
+//    of the chunk into 4 independent accumulators in turn (4 loads in flight per thread), adds
+//    those in a fixed order, then a shared-memory halving tree adds the 256 partials. The block
+//    that completes a channel's last chunk (an arrival counter) adds the channel's chunk partials
+//    the same way. So thousands of blocks stream a bias gradient or a loss mean at DRAM speed.
 //  * channel_sum_column: inner == 1 and short reductions (split-K workspaces): one thread per
-//    channel adds rows 0..outer-1 in order; neighbouring threads read neighbouring channels,
-//    so every row is read coalesced.
-// Both orders are fixed by the shape: results are bit-identical run to run (no atomics).
-// Indices are 64-bit: outer*channels*inner may exceed 2^31.
+//    channel adds rows 0..outer-1 into 4 accumulators in turn; neighbouring threads read
+//    neighbouring channels, so every row is read coalesced.
+// Every order is fixed by the shape: results are bit-identical run to run, whichever block
+// arrives last. Indices are 64-bit: outer*channels*inner may exceed 2^31.
 
 #include "common.cuh"
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out,
-                  long long outer, long long channels, long long inner)
+#define CHUNK (BLOCK_THREADS * 16)   // elements per block of channel_sum_block (cnn_gpu.gpu.reduce.CHUNK)
+#define ACCUMULATORS 4
+
+// The sum of the block's `values` (value t from thread t) in a fixed order, in thread 0.
+__device__ __forceinline__ REAL block_sum(REAL value, REAL* tree)
 {
-    __shared__ REAL partial[BLOCK_THREADS];
-    const long long c = blockIdx.x;
     const int t = threadIdx.x;
-    // Walk elements e = t + k*256 of the channel as (o, i) with e = o*inner + i, stepping the
-    // decode instead of dividing each element.
-    const long long step_o = BLOCK_THREADS / inner;
-    const long long step_i = BLOCK_THREADS % inner;
-    long long o = t / inner;
-    long long i = t % inner;
-    REAL sum = (REAL)0;
-    while (o < outer) {
-        sum += a[(o * channels + c) * inner + i];
-        o += step_o;
-        i += step_i;
-        if (i >= inner) {
-            i -= inner;
-            ++o;
-        }
-    }
-    partial[t] = sum;
+    tree[t] = value;
     __syncthreads();
     for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
-        if (t < half)
-            partial[t] += partial[t + half];
+        if (t < half) tree[t] += tree[t + half];
         __syncthreads();
     }
-    if (t == 0)
-        out[c] = partial[0];
+    return tree[0];
+}
+
+// (acc[0] + acc[1]) + (acc[2] + acc[3])
+__device__ __forceinline__ REAL fold(const REAL (&acc)[ACCUMULATORS]) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
+
+// grid: channels * chunks blocks (chunks = ceil(L / CHUNK)), block b summing chunk b % chunks of
+// channel b / chunks; partial (channels * chunks) and arrivals (channels, zeroed) are workspaces,
+// unused when chunks == 1
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, REAL* __restrict__ partial,
+                  unsigned int* __restrict__ arrivals, long long outer, long long channels, long long inner)
+{
+    __shared__ REAL tree[BLOCK_THREADS];
+    __shared__ int last;
+    const long long length = outer * inner, chunks = (length + CHUNK - 1) / CHUNK;
+    const long long c = blockIdx.x / chunks, chunk = blockIdx.x - c * chunks;
+    const int t = threadIdx.x;
+    // Walk elements e = chunk*CHUNK + t + 256*k of the channel as (o, i) with e = o*inner + i,
+    // stepping the decode instead of dividing each element.
+    const long long step_o = BLOCK_THREADS / inner, step_i = BLOCK_THREADS % inner;
+    const long long first = chunk * CHUNK + t, end = min(length, chunk * CHUNK + CHUNK);
+    long long o = first / inner, i = first - o * inner;
+    REAL acc[ACCUMULATORS] = {(REAL)0, (REAL)0, (REAL)0, (REAL)0};
+#pragma unroll 1
+    for (long long e = first; e < end; e += ACCUMULATORS * BLOCK_THREADS) {
+#pragma unroll
+        for (int k = 0; k < ACCUMULATORS; ++k) {
+            if (e + k * BLOCK_THREADS < end) acc[k] += a[(o * channels + c) * inner + i];
+            o += step_o;
+            i += step_i;
+            if (i >= inner) { i -= inner; ++o; }
+        }
+    }
+    const REAL sum = block_sum(fold(acc), tree);
+    if (chunks == 1) {
+        if (t == 0) out[c] = sum;
+        return;
+    }
+    if (t == 0) {
+        partial[c * chunks + chunk] = sum;
+        __threadfence();   // the partial is visible before the arrival that counts it
+        last = atomicAdd(&arrivals[c], 1u) == chunks - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    REAL more[ACCUMULATORS] = {(REAL)0, (REAL)0, (REAL)0, (REAL)0};
+#pragma unroll 1
+    for (long long k = t; k < chunks; k += ACCUMULATORS * BLOCK_THREADS) {
+#pragma unroll
+        for (int u = 0; u < ACCUMULATORS; ++u)
+            if (k + u * BLOCK_THREADS < chunks) more[u] += partial[c * chunks + k + u * BLOCK_THREADS];
+    }
+    const REAL total = block_sum(fold(more), tree);
+    if (t == 0) out[c] = total;
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -58,10 +99,15 @@ channel_sum_column(const REAL* __restrict__ a, REAL* __restrict__ out,
     const long long c = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
     if (c >= channels)
         return;
-    REAL sum = (REAL)0;
-    for (long long o = 0; o < outer; ++o)
-        sum += a[o * channels + c];
-    out[c] = sum;
+    REAL acc[ACCUMULATORS] = {(REAL)0, (REAL)0, (REAL)0, (REAL)0};
+    const REAL* row = a + c;
+#pragma unroll 1
+    for (long long o = 0; o < outer; o += ACCUMULATORS) {
+#pragma unroll
+        for (int k = 0; k < ACCUMULATORS; ++k)
+            if (o + k < outer) acc[k] += row[(o + k) * channels];
+    }
+    out[c] = fold(acc);
 }
 
 // Split-K partials of a convolution output viewed as (splits, outer, channels, inner):

@@ -332,6 +332,23 @@ def test_emu_weight_and_bias_gradients_are_bit_identical_across_runs(name, cfg, 
 
 
 @needs_emu
+def test_emu_bias_gradient_over_many_chunks_is_bit_identical_under_every_schedule():
+    """dbias of a 70 x 70 image: each channel's 9800 elements span three blocks of reduce.cu, whose
+    partials the channel's last block folds; the order never depends on which block ends last."""
+    from cnn_gpu import emu
+    from cnn_gpu.gpu import reduce
+    dy = np.random.default_rng(4).standard_normal((2, 3, 70, 70)).astype(np.float32)
+    assert reduce.plan_channel_sum(2, 3, 70 * 70).grid[0] == 3 * 3
+    runs = []
+    for schedule in emu.SCHEDULES:
+        with emu.checking(schedule=schedule, seed=5, guard=True):
+            runs.append(conv.bgrad("emu", dy))
+    assert_close(runs[0], dy.astype(np.float64).sum(axis=(0, 2, 3)).astype(np.float32), np.float32, "dbias")
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+
+
+@needs_emu
 @pytest.mark.parametrize("groups", [1, 4], ids=["gemm", "depthwise"])
 def test_emu_nan_propagates_through_conv_and_fused_relu(groups):
     rng = np.random.default_rng(2)
@@ -344,6 +361,28 @@ def test_emu_nan_propagates_through_conv_and_fused_relu(groups):
     assert np.isnan(got).any()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-10, atol=1e-10)
+
+
+@needs_emu
+@pytest.mark.parametrize("cfg", [
+    dict(N=1, C=2, H=20, W=9, K=3, R=18, S=3, stride=(1, 2), padding=(4, 1), dilation=(1, 1), groups=1),
+    dict(N=2, C=4, H=6, W=23, K=2, R=2, S=20, stride=(2, 1), padding=(1, 5), dilation=(2, 1), groups=2),
+], ids=["tall-filter", "wide-filter"])
+def test_emu_filters_wider_than_the_tap_masks(cfg):
+    """More than 16 taps in a dimension (the kernels' tap masks hold 16): the launchers pad the
+    gathered operand so that every tap lands inside it, for conv2d and its transpose."""
+    from cnn_gpu import emu
+    g = conv_arrays(cfg, np.float64)[0]
+    assert max(g.R, g.S) > conv.MASK_TAPS
+    assert conv.plan_fprop(g, np.float64).main_index == 1 and conv.plan_dgrad(g, np.float64).main_index == 2
+    with emu.checking(guard=True):
+        for name, got, want in run_conv_ops(cfg, np.float64, "emu", activation="relu"):
+            assert_close(got, want, np.float64, f"{name} {cfg}")
+        tcfg = dict(N=cfg["N"], Cin=cfg["K"], Hin=5, Win=4, Coutg=cfg["C"] // cfg["groups"], R=cfg["R"], S=cfg["S"],
+                    stride=cfg["stride"], padding=(0, 0), output_padding=(0, 0), dilation=cfg["dilation"],
+                    groups=cfg["groups"])
+        for name, got, want in run_transpose_ops(tcfg, np.float64, "emu"):
+            assert_close(got, want, np.float64, f"transpose {name} {tcfg}")
 
 
 # --- launcher checks ----------------------------------------------------------------------------

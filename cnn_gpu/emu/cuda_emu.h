@@ -525,4 +525,30 @@ inline const char* const* signature(void (*)(A...)) {
 }
 }  // namespace cnn_gpu_emu
 
+/* --- float16 storage (kernels/common.cuh: half_bits, to_acc, to_real) ------------------------ *
+ * What PTX's cvt.rn.f16.f32 does, in software: FP32 -> IEEE binary16 bits rounded to nearest
+ * even, subnormal results included, overflow to infinity, a NaN kept quiet with its sign and top
+ * payload bits. Integer operations only, so the emulator's FTZ/DAZ mode cannot touch it. The other
+ * direction (exact) is cnn_gpu_emu_half_to_float above. A float16 array (NumPy "f2") is passed to a
+ * half_bits pointer; common.cuh defines the struct, so it is only named here. */
+static __forceinline__ unsigned short cnn_gpu_emu_float_to_half(float x) {
+    unsigned int bits = (unsigned int)cnn_gpu_emu_bits(x);
+    unsigned int sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return (unsigned short)(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+    if (magnitude >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);   /* >= 65520 (and inf): inf */
+    if (magnitude >= 0x38800000u)                                            /* normal: rebias, round */
+        return (unsigned short)(sign | ((magnitude - 0x38000000u + 0xfffu + ((magnitude >> 13) & 1u)) >> 13));
+    if (magnitude <= 0x33000000u) return (unsigned short)sign;               /* at most 2^-25: zero */
+    unsigned int significand = (magnitude & 0x7fffffu) | 0x800000u;          /* subnormal: in 2^-24 units */
+    unsigned int shift = 126u - (magnitude >> 23), result = significand >> shift;
+    unsigned int rest = significand & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+    result += rest > halfway || (rest == halfway && (result & 1u));
+    return (unsigned short)(sign | result);
+}
+struct half_bits;
+namespace cnn_gpu_emu {
+template <> struct type_code<half_bits*> { static constexpr const char* value = "*f2"; };
+template <> struct type_code<const half_bits*> { static constexpr const char* value = "*f2"; };
+}  // namespace cnn_gpu_emu
+
 #endif

@@ -1,5 +1,5 @@
 """Launch code of the convolution kernels (kernels/conv2d_fprop.cu, conv2d_dgrad.cu, conv2d_wgrad.cu,
-conv2d_depthwise.cu) for the "cuda" and "emu" backends.
+conv2d_depthwise.cu, conv2d_pad.cu) for the "cuda" and "emu" backends.
 
 `g` is the ConvGeometry of the convolution (for a transposed convolution, that of the convolution
 whose input gradient it is). Depthwise geometries (groups == C > 1) run the direct kernels of
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import Launch, i32
+from ._grid import Launch, blocks_for, i32
 
 THREADS = 256
 BK = 8   # reduction depth of a block tile (kernels' BK)
@@ -37,10 +38,10 @@ class TileSpec:
 
 
 # The kernels' tiles per dtype (fp64 halves each edge: a value takes two registers).
-TILES = {np.dtype(np.float32): {"large": TileSpec(128, 128, 2, 0.79), "tall": TileSpec(128, 64, 2, 0.70),
-                                "wide": TileSpec(64, 128, 2, 0.69), "small": TileSpec(64, 64, 3, 0.58)},
-         np.dtype(np.float64): {"large": TileSpec(64, 64, 2, 0.55), "tall": TileSpec(64, 32, 2, 0.44),
-                                "wide": TileSpec(32, 64, 2, 0.41), "small": TileSpec(32, 32, 3, 0.30)}}
+TILES = {np.dtype(np.float32): {"large": TileSpec(128, 128, 2, 0.82), "tall": TileSpec(128, 64, 2, 0.75),
+                                "wide": TileSpec(64, 128, 2, 0.74), "small": TileSpec(64, 64, 3, 0.65)},
+         np.dtype(np.float64): {"large": TileSpec(64, 64, 2, 0.60), "tall": TileSpec(64, 32, 2, 0.48),
+                                "wide": TileSpec(32, 64, 2, 0.47), "small": TileSpec(32, 32, 3, 0.36)}}
 # SM count the picker plans for when the device cannot be asked (emu, the model): H100 SXM5.
 DEFAULT_SMS = 132
 # Split-K: each split sums at least MIN_SPLIT_CHUNK reduction rows; at most MAX_SPLITS splits.
@@ -50,6 +51,9 @@ MAX_SPLITS = 64
 # clock per SM against ~15 bytes of DRAM per clock per SM; a launch ~4 us).
 SPLIT_SLOTS_PER_BYTE = 8
 LAUNCH_SLOTS = 1_000_000
+# Filter taps per dimension the GEMM kernels' tap masks hold (kernels/igemm.cuh); with more, the
+# gathered operand is first copied with zero borders wide enough that every tap lands inside it.
+MASK_TAPS = 16
 # depthwise wgrad keeps one partial per thread and tap: cap that workspace (elements)
 MAX_PARTIALS = 2**24
 MAX_GRID_YZ = 65535
@@ -93,7 +97,7 @@ def _check_splits(splits) -> None:
 
 
 def _check_index_range(g) -> None:
-    # the kernels mark absent pixels with a row origin of -2^29 that no valid tap may lift above 0
+    # the kernels add tap offsets to pixel origins in 32-bit ints: every padded extent stays below 2^28
     padded = max(g.H + 2 * g.padding[0] + g.dilation[0] * g.R, g.W + 2 * g.padding[1] + g.dilation[1] * g.S,
                  g.P * g.stride[0], g.Q * g.stride[1])
     if padded >= SPATIAL_LIMIT:
@@ -192,20 +196,84 @@ def _wgrad_walk(g):
 
 
 @dataclass(frozen=True)
+class Padding:
+    """A zero-bordered copy of a gathered operand, (planes, height, width) with the operand at
+    (top, left): kernels/conv2d_pad.cu."""
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def _pad_launch(planes: int, pad: Padding) -> Launch:
+    return Launch("conv2d_pad", "conv2d_pad", (blocks_for(planes * pad.height * pad.width), 1, 1))
+
+
+def _fprop_padding(g) -> Padding | None:
+    """fprop's copy of x for a filter past MASK_TAPS in a dimension, unless no tap can leave x: the
+    rows and columns the output reads, x at (top, left)."""
+    if max(g.R, g.S) <= MASK_TAPS or not any(g.pads):
+        return None
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    return Padding(g.padding[0], g.padding[1], (g.P - 1) * sh + (g.R - 1) * dh + 1, (g.Q - 1) * sw + (g.S - 1) * dw + 1)
+
+
+def _padded_input(g, pad: Padding):
+    """The geometry of the same convolution over fprop's padded copy of x."""
+    return dataclasses.replace(g, H=pad.height, W=pad.width, padding=(0, 0), padding_extra=(0, 0))
+
+
+def _phase_extent(size: int, taps: int, stride: int, pad: int, dil: int, outputs: int) -> tuple[int, int]:
+    """(rows before 0, rows past outputs - 1) of dy that dgrad's taps reach over all stride phases of
+    one dimension (kernels/conv2d_dgrad.cu: phase_taps)."""
+    period, before, after = stride // math.gcd(stride, dil), 0, 0
+    for phase in range(stride):
+        first = (phase - pad) % stride
+        r0 = next((r for r in range(min(period, taps)) if r * dil % stride == phase), None)
+        if first >= size or r0 is None:
+            continue
+        pixels, count = _ceil_div(size - first, stride), _ceil_div(taps - r0, period)
+        base, step = (first + pad - r0 * dil) // stride, period * dil // stride
+        before, after = max(before, (count - 1) * step - base), max(after, pixels - 1 + base - (outputs - 1))
+    return before, after
+
+
+def _dgrad_padding(g) -> Padding | None:
+    """dgrad's copy of dy for more than MASK_TAPS taps in a dimension of a stride phase: dy with
+    borders that every tap of every phase lands inside."""
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    if max(_phase_taps(g.R, sh, dh), _phase_taps(g.S, sw, dw)) <= MASK_TAPS:
+        return None
+    top, bottom = _phase_extent(g.H, g.R, sh, g.padding[0], dh, g.P)
+    left, right = _phase_extent(g.W, g.S, sw, g.padding[1], dw, g.Q)
+    return Padding(top, left, top + g.P + bottom, left + g.Q + right)
+
+
+def _padded_output(g, pad: Padding):
+    """The geometry dgrad runs on over its padded copy of dy: dy row p sits at p + top, which the
+    kernel's phase origins see as stride*top more padding."""
+    (sh, sw) = g.stride
+    return dataclasses.replace(g, P=pad.height, Q=pad.width,
+                               padding=(g.padding[0] + pad.top * sh, g.padding[1] + pad.left * sw))
+
+
+@dataclass(frozen=True)
 class ConvPlan:
     """What a convolution pass launches, decided before any allocation or launch. The launchers
     below run it; the roofline model (cnn_gpu.roofline) reads it without running anything.
 
     `launches` run in order; `main` is the convolution kernel among them (dgrad runs its filter
-    transpose first). `splits` > 1 means split-K: the main launch writes `splits` partial outputs to
-    a workspace that the last launch (reduce.cu) folds in a fixed order; `chunk` is each split's
-    share of the reduction, a multiple of BK (dgrad: computed per stride phase by the kernel)."""
+    transpose first; with `padded`, a zero-bordered copy of the gathered operand comes first).
+    `splits` > 1 means split-K: the main launch writes `splits` partial outputs to a workspace that
+    the last launch (reduce.cu) folds in a fixed order; `chunk` is each split's share of the
+    reduction, a multiple of BK (dgrad: computed per stride phase by the kernel)."""
     pass_name: str               # "fprop", "dgrad" or "wgrad"
     launches: tuple
     tile: str | None = None      # a TILES variant for the GEMM kernels, None for depthwise
     splits: int = 1
     chunk: int = 0
     main_index: int = 0
+    padded: Padding | None = None   # fprop: of x; dgrad: of dy
 
     @property
     def main(self) -> Launch:
@@ -224,10 +292,15 @@ def plan_fprop(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
                                            min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups))
     grid = (_ceil_div(npq, spec.bn), _ceil_div(kg, spec.bm), g.groups * splits)
     _check_grid("conv2d_fprop", grid)
-    launches = (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid),)
+    padded = _fprop_padding(g)
+    if padded:
+        _check_index_range(_padded_input(g, padded))
+    launches = (() if padded is None else (_pad_launch(g.N * g.C, padded),))
+    launches += (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid),)
+    main_index = len(launches) - 1
     if splits > 1:
         launches += (reduce.plan_split_sum_epilogue(out),)
-    return ConvPlan("fprop", launches, tile=variant, splits=splits, chunk=chunk)
+    return ConvPlan("fprop", launches, tile=variant, splits=splits, chunk=chunk, main_index=main_index, padded=padded)
 
 
 def _phase_taps(taps: int, stride: int, dilation: int) -> int:
@@ -251,12 +324,16 @@ def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
                                            min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // batches))
     grid = (_ceil_div(phase_pixels, spec.bn), _ceil_div(cg, spec.bm), batches * splits)
     _check_grid("conv2d_dgrad", grid)
-    launches = (Launch("conv2d_dgrad", "conv2d_dgrad_filter_transpose",
-                       (_ceil_div(math.prod(g.w_shape), THREADS), 1, 1)),
-                Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid))
+    padded = _dgrad_padding(g)
+    if padded:
+        _check_index_range(_padded_output(g, padded))
+    launches = (() if padded is None else (_pad_launch(g.N * g.K, padded),))
+    launches += (Launch("conv2d_dgrad", "conv2d_dgrad_filter_transpose", (_ceil_div(math.prod(g.w_shape), THREADS), 1, 1)),
+                 Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid))
+    main_index = len(launches) - 1
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, out, 1),)
-    return ConvPlan("dgrad", launches, tile=variant, splits=splits, chunk=chunk, main_index=1)
+    return ConvPlan("dgrad", launches, tile=variant, splits=splits, chunk=chunk, main_index=main_index, padded=padded)
 
 
 def plan_wgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
@@ -291,6 +368,14 @@ def _run(be, launch: Launch, dtype, args) -> None:
                    shared_mem=launch.shared_mem)
 
 
+def _pad(be, launch: Launch, a, pad: Padding):
+    """`a` (N, C, H, W) in the zero-bordered array of `pad` (pad.height x pad.width planes)."""
+    n, c, h, w = a.shape
+    out = backend.array_module(be).empty((n, c, pad.height, pad.width), dtype=a.dtype)
+    _run(be, launch, a.dtype, (a, out, np.int64(n * c)) + i32(h, w, pad.height, pad.width, pad.top, pad.left))
+    return out
+
+
 def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None):
     """y = conv2d(x, w) + bias, then ReLU when activation == "relu"."""
     if activation not in (None, "relu"):
@@ -303,6 +388,9 @@ def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None):
     if g.is_depthwise:
         _run(be, plan.main, x.dtype, (x, w, bias_arg, y) + _geometry_args(g) + i32(bias is not None, relu))
         return y
+    if plan.padded:
+        x = _pad(be, plan.launches[0], x, plan.padded)
+        g = _padded_input(g, plan.padded)
     if plan.splits == 1:
         _run(be, plan.main, x.dtype, (x, w, bias_arg, y) + _geometry_args(g)
              + i32(g.groups, bias is not None, relu, plan.chunk) + _fprop_walk(g))
@@ -326,7 +414,10 @@ def dgrad(be, dy, w, g, *, tile=None, splits=None):
     cg, rs = g.C // g.groups, g.R * g.S
     # the kernel reads up to a tile edge of channels past the last filter row: zeroed padding
     wt = xp.zeros(g.w_shape[0] * cg * rs + max(spec.bm for spec in TILES[np.dtype(w.dtype)].values()), dtype=w.dtype)
-    _run(be, plan.launches[0], dy.dtype, (w, wt) + i32(g.K, cg, g.R, g.S, *g.stride, *g.dilation))
+    _run(be, plan.launches[plan.main_index - 1], dy.dtype, (w, wt) + i32(g.K, cg, g.R, g.S, *g.stride, *g.dilation))
+    if plan.padded:
+        dy = _pad(be, plan.launches[0], dy, plan.padded)
+        g = _padded_output(g, plan.padded)
     out = dx if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.x_shape), dtype=dy.dtype)
     _run(be, plan.main, dy.dtype, (dy, wt, out) + _geometry_args(g) + i32(g.groups, plan.splits))
     if plan.splits == 1:
@@ -340,9 +431,11 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None):
     xp = backend.array_module(be)
     if g.is_depthwise:
         taps = g.K * g.R * g.S
-        partial = xp.empty((taps, plan.splits * THREADS), dtype=x.dtype)
+        # partial sums in the kernel's compute type (FP32 for float16), the result rounded once
+        partial = xp.empty((taps, plan.splits * THREADS), dtype=backend.compute_dtype(x.dtype))
         _run(be, plan.main, x.dtype, (dy, x, partial) + _geometry_args(g))
-        return reduce.channel_sum(be, partial, 1, taps, plan.splits * THREADS).reshape(g.w_shape)
+        dw = reduce.channel_sum(be, partial, 1, taps, plan.splits * THREADS).reshape(g.w_shape)
+        return dw.astype(x.dtype, copy=False)
     taps = (g.C // g.groups) * g.R * g.S
     workspace = xp.empty((plan.splits, g.K, taps), dtype=x.dtype)
     _run(be, plan.main, x.dtype, (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk)

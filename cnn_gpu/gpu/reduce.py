@@ -1,4 +1,4 @@
-"""Deterministic per-channel sums (kernels/reduce.cu): bias gradients and split-K workspaces."""
+"""Deterministic per-channel sums (kernels/reduce.cu): bias gradients, loss means and split-K workspaces."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,18 +7,27 @@ from .. import backend
 from ._grid import Launch, blocks_for, i32
 
 THREADS = 256
-# Above this many rows a one-thread-per-channel loop is too serial; a block per channel is used.
+# Above this many rows a one-thread-per-channel loop is too serial; blocks of channel_sum_block are used.
 COLUMN_MAX_OUTER = 256
+# Elements per block of channel_sum_block (kernels/reduce.cu CHUNK): 16 per thread, 4 per accumulator.
+CHUNK = THREADS * 16
 MAX_GRID_X = 2**31 - 1
 
 
+def _chunks(outer: int, inner: int) -> int:
+    return -(-(outer * inner) // CHUNK)
+
+
 def plan_channel_sum(outer, channels, inner):
-    """The launch that channel_sum makes for `a` viewed as (outer, channels, inner)."""
+    """The launch that channel_sum makes for `a` viewed as (outer, channels, inner): channel_sum_column
+    for short columns (inner == 1), else channel_sum_block, one block per CHUNK elements of a channel."""
     if inner == 1 and outer <= COLUMN_MAX_OUTER:
         return Launch("reduce", "channel_sum_column", (-(-channels // THREADS), 1, 1))
-    if channels > MAX_GRID_X:
-        raise ValueError(f"channel_sum: {channels} channels exceed the grid limit of {MAX_GRID_X} blocks")
-    return Launch("reduce", "channel_sum_block", (channels, 1, 1))
+    blocks = channels * _chunks(outer, inner)
+    if blocks > MAX_GRID_X:
+        raise ValueError(f"channel_sum: {channels} channels of {outer * inner} elements need {blocks} blocks, past "
+                         f"the grid limit of {MAX_GRID_X}")
+    return Launch("reduce", "channel_sum_block", (blocks, 1, 1))
 
 
 def unread_bias(xp, dtype):
@@ -53,10 +62,14 @@ def channel_sum(be, a, outer, channels, inner):
         raise ValueError(f"channel_sum: array of shape {tuple(a.shape)} (size {a.size}) cannot be viewed as "
                          f"(outer={outer}, channels={channels}, inner={inner})")
     launch = plan_channel_sum(outer, channels, inner)
-    out = backend.array_module(be).empty((channels,), dtype=a.dtype)
+    xp = backend.array_module(be)
+    out = xp.empty((channels,), dtype=a.dtype)
     if launch.kernel == "channel_sum_column":
         args = (a, out, np.int64(outer), np.int64(channels))
     else:
-        args = (a, out, np.int64(outer), np.int64(channels), np.int64(inner))
+        # the chunk partials and the per-channel arrival counts of the channels' last blocks
+        partial = xp.empty(channels * _chunks(outer, inner), dtype=a.dtype)
+        arrivals = xp.zeros(channels, dtype=np.uint32)
+        args = (a, out, partial, arrivals, np.int64(outer), np.int64(channels), np.int64(inner))
     backend.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
     return out
