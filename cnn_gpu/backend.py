@@ -253,11 +253,15 @@ def kernel_source(family: str, directory=None) -> str:
     return "\n".join(_inline_includes(directory / f"{family}.cu", directory, set())) + "\n"
 
 
+# The kernel files with a float16 build (FP16 storage, FP32 math); the others take float32 and
+# float64 only, and cnn_gpu.functional refuses float16 for their ops before any launch.
+FLOAT16_FAMILIES = ("conv2d_depthwise", "elementwise", "loss", "optim", "pool")
+
+
 def dtype_options(dtype) -> tuple[str, ...]:
     """Preprocessor options that instantiate a kernel file for one dtype: REAL is the element
     type, REAL_IS_DOUBLE selects the fp64 tiling where it differs, REAL_IS_HALF the float16
-    build (half_bits storage, FP32 math: kernels/common.cuh), which only the kernel files
-    converted to it compile."""
+    build (half_bits storage, FP32 math: kernels/common.cuh) of the FLOAT16_FAMILIES."""
     dtype = np.dtype(dtype)
     if dtype == np.float32:
         return ("-DREAL=float", "-DREAL_IS_DOUBLE=0")
@@ -288,6 +292,8 @@ def kernel_module(backend: str, family: str, dtype):
     module = _modules.get(key)
     if module is not None:
         return module
+    if np.dtype(dtype) == np.float16 and family not in FLOAT16_FAMILIES:
+        raise NotImplementedError(f"kernels/{family}.cu has no float16 build yet")
     with _modules_lock:
         module = _modules.get(key)
         if module is None:

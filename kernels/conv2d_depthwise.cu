@@ -15,6 +15,9 @@
 //    partial[k*R*S + r*S + s][z*256 + t]; the launcher folds the partials in a fixed order
 //    (reduce.channel_sum). No atomics: bit-identical run to run.
 //
+// Sums are acc_t (common.cuh): float16 inputs are multiplied and summed in FP32, each output
+// rounded once; the wgrad partials stay FP32 for the fixed-order sum.
+//
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements and spatial
 // extents of 2^28 or more. The thread index is formed in 64 bits: the grid's last block may reach
 // past 2^31 - 1 although every element index fits in an int.
@@ -38,18 +41,18 @@ conv2d_depthwise_fprop(const REAL* __restrict__ x, const REAL* __restrict__ w,
     const REAL* x_plane = x + (n * C + c) * H * W;
     const REAL* w_filter = w + k * R * S;
     const int h0 = p * stride_h - pad_h, w0 = q * stride_w - pad_w;
-    REAL sum = (REAL)0;
+    acc_t sum = (acc_t)0;
     for (int r = 0; r < R; ++r) {
         const int h = h0 + r * dil_h;
         if ((unsigned)h >= (unsigned)H) continue;
         for (int s = 0; s < S; ++s) {
             const int wc = w0 + s * dil_w;
-            if ((unsigned)wc < (unsigned)W) sum += x_plane[h * W + wc] * w_filter[r * S + s];
+            if ((unsigned)wc < (unsigned)W) sum += to_acc(x_plane[h * W + wc]) * to_acc(w_filter[r * S + s]);
         }
     }
-    if (has_bias) sum += bias[k];
-    if (relu && sum < (REAL)0) sum = (REAL)0;   // written so that NaN passes through
-    y[index] = sum;
+    if (has_bias) sum += to_acc(bias[k]);
+    if (relu && sum < (acc_t)0) sum = (acc_t)0;   // written so that NaN passes through
+    y[index] = to_real(sum);
 }
 
 // First tap r0 whose dilated offset has the pixel's phase, r0*dil = pos + pad (mod stride), and
@@ -83,7 +86,7 @@ conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, 
     int p_first = 0, q_first = 0;
     const int r_first = first_tap(h, pad_h, stride_h, dil_h, R, period_h, &p_first);
     const int s_first = first_tap(wc, pad_w, stride_w, dil_w, S, period_w, &q_first);
-    REAL sum = (REAL)0;
+    acc_t sum = (acc_t)0;
     if (r_first >= 0 && s_first >= 0) {
         // period * dil can pass 2^31 (stride and dilation each up to 2^28); the quotient, dil / gcd, fits
         const int p_step = (int)((long long)period_h * dil_h / stride_h);
@@ -96,16 +99,16 @@ conv2d_depthwise_dgrad(const REAL* __restrict__ dy, const REAL* __restrict__ w, 
             for (int r = r_first, p = p_first; r < R && p >= 0; r += period_h, p -= p_step) {
                 if (p >= P) continue;
                 for (int s = s_first, q = q_first; s < S && q >= 0; s += period_w, q -= q_step)
-                    if (q < Q) sum += dy_plane[p * Q + q] * w_filter[r * S + s];
+                    if (q < Q) sum += to_acc(dy_plane[p * Q + q]) * to_acc(w_filter[r * S + s]);
             }
         }
     }
-    dx[index] = sum;
+    dx[index] = to_real(sum);
 }
 
 // grid (K*R*S, splits), block 256; partial has shape (K*R*S, splits*256)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
-conv2d_depthwise_wgrad(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ partial,
+conv2d_depthwise_wgrad(const REAL* __restrict__ dy, const REAL* __restrict__ x, acc_t* __restrict__ partial,
                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w)
 {
@@ -119,11 +122,11 @@ conv2d_depthwise_wgrad(const REAL* __restrict__ dy, const REAL* __restrict__ x, 
     int n = first / PQ, p = (first % PQ) / Q, q = first % Q;
     const int step_n = threads / PQ, step_p = (threads % PQ) / Q, step_q = threads % Q;
     const int h_off = r * dil_h - pad_h, w_off = s * dil_w - pad_w;
-    REAL sum = (REAL)0;
+    acc_t sum = (acc_t)0;
     while (n < N) {
         const int h = p * stride_h + h_off, wc = q * stride_w + w_off;
         if ((unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W)
-            sum += dy[((n * K + k) * P + p) * Q + q] * x[((n * C + c) * H + h) * W + wc];
+            sum += to_acc(dy[((n * K + k) * P + p) * Q + q]) * to_acc(x[((n * C + c) * H + h) * W + wc]);
         q += step_q; p += step_p; n += step_n;
         if (q >= Q) { q -= Q; ++p; }
         if (p >= P) { p -= P; ++n; }

@@ -34,24 +34,27 @@
 //    for reduction="none").
 // Sizes: rows, inner and every element offset are 64-bit; `classes` is an int (the host refuses
 // 2^31 classes or more), and class offsets c * inner are taken in 64 bits.
+// Math, sums and the per-row workspaces (row_loss, target_weight, squared, grad_divisor) are acc_t
+// (common.cuh): a float16 build reads FP16 inputs, computes in FP32, rounds each gradient element
+// once, and hands reduce.cu FP32 rows to sum.
 
 #include "common.cuh"
 
 // Sum (or max) of one value per thread over the block; every thread gets the result. blockDim.x
 // is a power of two; the trailing barrier lets the caller reuse `scratch` at once.
-__device__ REAL block_reduce(REAL value, REAL* scratch, bool take_max)
+__device__ acc_t block_reduce(acc_t value, acc_t* scratch, bool take_max)
 {
     const int t = threadIdx.x;
     scratch[t] = value;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half >>= 1) {
         if (t < half) {
-            const REAL other = scratch[t + half];
+            const acc_t other = scratch[t + half];
             scratch[t] = take_max ? (other > scratch[t] ? other : scratch[t]) : scratch[t] + other;
         }
         __syncthreads();
     }
-    const REAL result = scratch[0];
+    const acc_t result = scratch[0];
     __syncthreads();
     return result;
 }
@@ -67,9 +70,9 @@ __device__ REAL block_reduce(REAL value, REAL* scratch, bool take_max)
 #define CROSS_ENTROPY_PARAMS                                                                        \
     const REAL* __restrict__ logits, const long long* __restrict__ labels,                         \
     const REAL* __restrict__ probabilities, const REAL* __restrict__ class_weight,                 \
-    const REAL* __restrict__ grad_divisor, REAL* __restrict__ dlogits, REAL* __restrict__ row_loss, \
+    const acc_t* __restrict__ grad_divisor, REAL* __restrict__ dlogits, acc_t* __restrict__ row_loss, \
     long long rows, int classes, long long inner, long long ignore_index, int target_is_probability, \
-    int has_weight, REAL keep, REAL spread
+    int has_weight, acc_t keep, acc_t spread
 
 // What one row's target contributes: its class index (or -1 for probabilities), whether it counts
 // (not ignored), whether its index is valid, and its gradient scale.
@@ -77,46 +80,46 @@ struct RowTarget {
     long long label;
     bool counted;
     bool valid;
-    REAL scale;
+    acc_t scale;
 };
 
-__device__ __forceinline__ RowTarget row_target(long long row, const long long* labels, const REAL* grad_divisor,
+__device__ __forceinline__ RowTarget row_target(long long row, const long long* labels, const acc_t* grad_divisor,
                                                 int classes, long long ignore_index, int target_is_probability)
 {
     RowTarget t;
     t.label = target_is_probability ? -1 : labels[row];
     t.counted = target_is_probability || t.label != ignore_index;
     t.valid = target_is_probability || !t.counted || (t.label >= 0 && t.label < classes);
-    t.scale = t.counted ? (REAL)1 / grad_divisor[0] : (REAL)1;
+    t.scale = t.counted ? (acc_t)1 / grad_divisor[0] : (acc_t)1;
     return t;
 }
 
 // m_c of the row (see the top); `probability` points at class c's probability, read only for
 // probability targets.
-__device__ __forceinline__ REAL target_mass(const RowTarget& t, int c, const REAL* probability,
-                                            const REAL* class_weight, int has_weight, REAL keep, REAL spread)
+__device__ __forceinline__ acc_t target_mass(const RowTarget& t, int c, const REAL* probability,
+                                             const REAL* class_weight, int has_weight, acc_t keep, acc_t spread)
 {
     if (!t.counted || !t.valid)
-        return (REAL)0;
-    const REAL target = t.label < 0 ? *probability : (c == t.label ? (REAL)1 : (REAL)0);
-    const REAL weight = has_weight ? class_weight[c] : (REAL)1;
+        return (acc_t)0;
+    const acc_t target = t.label < 0 ? to_acc(*probability) : (c == t.label ? (acc_t)1 : (acc_t)0);
+    const acc_t weight = has_weight ? to_acc(class_weight[c]) : (acc_t)1;
     return weight * (keep * target + spread);
 }
 
 // The sums over a row's classes: of exp(z), of m (A) and of m*z (B).
 struct RowSums {
-    REAL exp, mass, weighted;
+    acc_t exp, mass, weighted;
 };
 
-__device__ __forceinline__ void add_class(RowSums& sums, REAL z, REAL m)
+__device__ __forceinline__ void add_class(RowSums& sums, acc_t z, acc_t m)
 {
     sums.exp += REAL_EXP(z);
     sums.mass += m;
-    sums.weighted += m != (REAL)0 ? m * z : (REAL)0;   // a zero mass adds nothing, even where z = -inf
+    sums.weighted += m != (acc_t)0 ? m * z : (acc_t)0;   // a zero mass adds nothing, even where z = -inf
 }
 
 // The row's loss A*lse - B (NaN for an invalid class index).
-__device__ __forceinline__ REAL row_loss_value(const RowTarget& t, REAL sum_exp, REAL mass, REAL weighted)
+__device__ __forceinline__ acc_t row_loss_value(const RowTarget& t, acc_t sum_exp, acc_t mass, acc_t weighted)
 {
     return t.valid ? mass * REAL_LOG(sum_exp) - weighted : REAL_NAN;
 }
@@ -124,7 +127,7 @@ __device__ __forceinline__ REAL row_loss_value(const RowTarget& t, REAL sum_exp,
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, CROSS_ENTROPY_MIN_BLOCKS)
 cross_entropy_rows(CROSS_ENTROPY_PARAMS)
 {
-    __shared__ REAL scratch[BLOCK_THREADS];
+    __shared__ acc_t scratch[BLOCK_THREADS];
     const int t = threadIdx.x;
     const int threads = blockDim.x;
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -133,24 +136,24 @@ cross_entropy_rows(CROSS_ENTROPY_PARAMS)
         REAL* dx = dlogits + row * classes;
         const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
 
-        REAL row_max = REAL_NEG_INF;
+        acc_t row_max = REAL_NEG_INF;
         for (int j = t; j < classes; j += threads)
-            row_max = x[j] > row_max ? x[j] : row_max;
+            row_max = to_acc(x[j]) > row_max ? to_acc(x[j]) : row_max;
         row_max = block_reduce(row_max, scratch, true);
 
-        RowSums partial = {(REAL)0, (REAL)0, (REAL)0};
+        RowSums partial = {(acc_t)0, (acc_t)0, (acc_t)0};
         for (int j = t; j < classes; j += threads)
-            add_class(partial, x[j] - row_max,
+            add_class(partial, to_acc(x[j]) - row_max,
                       target_mass(target, j, probability + j, class_weight, has_weight, keep, spread));
-        const REAL sum_exp = block_reduce(partial.exp, scratch, false);
-        const REAL mass = block_reduce(partial.mass, scratch, false);
-        const REAL weighted = block_reduce(partial.weighted, scratch, false);
+        const acc_t sum_exp = block_reduce(partial.exp, scratch, false);
+        const acc_t mass = block_reduce(partial.mass, scratch, false);
+        const acc_t weighted = block_reduce(partial.weighted, scratch, false);
 
-        const REAL inv_sum = (REAL)1 / sum_exp;
+        const acc_t inv_sum = (acc_t)1 / sum_exp;
         for (int j = t; j < classes; j += threads) {
-            const REAL softmax = REAL_EXP(x[j] - row_max) * inv_sum;
-            const REAL m = target_mass(target, j, probability + j, class_weight, has_weight, keep, spread);
-            dx[j] = (softmax * mass - m) * target.scale;
+            const acc_t softmax = REAL_EXP(to_acc(x[j]) - row_max) * inv_sum;
+            const acc_t m = target_mass(target, j, probability + j, class_weight, has_weight, keep, spread);
+            dx[j] = to_real((softmax * mass - m) * target.scale);
         }
         if (t == 0)
             row_loss[row] = row_loss_value(target, sum_exp, mass, weighted);
@@ -165,23 +168,23 @@ cross_entropy_positions(CROSS_ENTROPY_PARAMS)
         const long long first = n * classes * inner + (row - n * inner);   // class 0 of the row
         const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
         // e walks the row's classes, `inner` elements apart (stepped, not multiplied: fewer registers)
-        REAL row_max = REAL_NEG_INF;
+        acc_t row_max = REAL_NEG_INF;
         long long e = first;
         for (int c = 0; c < classes; ++c, e += inner)
-            row_max = logits[e] > row_max ? logits[e] : row_max;
+            row_max = to_acc(logits[e]) > row_max ? to_acc(logits[e]) : row_max;
 
-        RowSums sums = {(REAL)0, (REAL)0, (REAL)0};
+        RowSums sums = {(acc_t)0, (acc_t)0, (acc_t)0};
         e = first;
         for (int c = 0; c < classes; ++c, e += inner)
-            add_class(sums, logits[e] - row_max,
+            add_class(sums, to_acc(logits[e]) - row_max,
                       target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread));
 
-        const REAL inv_sum = (REAL)1 / sums.exp;
+        const acc_t inv_sum = (acc_t)1 / sums.exp;
         e = first;
         for (int c = 0; c < classes; ++c, e += inner) {
-            const REAL softmax = REAL_EXP(logits[e] - row_max) * inv_sum;
-            const REAL m = target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread);
-            dlogits[e] = (softmax * sums.mass - m) * target.scale;
+            const acc_t softmax = REAL_EXP(to_acc(logits[e]) - row_max) * inv_sum;
+            const acc_t m = target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread);
+            dlogits[e] = to_real((softmax * sums.mass - m) * target.scale);
         }
         row_loss[row] = row_loss_value(target, sums.exp, sums.mass, sums.weighted);
     }
@@ -189,29 +192,29 @@ cross_entropy_positions(CROSS_ENTROPY_PARAMS)
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 cross_entropy_target_weights(const long long* __restrict__ labels, const REAL* __restrict__ class_weight,
-                             REAL* __restrict__ target_weight, long long rows, int classes, long long ignore_index,
+                             acc_t* __restrict__ target_weight, long long rows, int classes, long long ignore_index,
                              int has_weight)
 {
     GRID_STRIDE_LOOP(row, rows) {
         const long long label = labels[row];
-        REAL weight = (REAL)1;
+        acc_t weight = (acc_t)1;
         if (label == ignore_index)
-            weight = (REAL)0;
+            weight = (acc_t)0;
         else if (label < 0 || label >= classes)
             weight = REAL_NAN;
         else if (has_weight)
-            weight = class_weight[label];
+            weight = to_acc(class_weight[label]);
         target_weight[row] = weight;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 mse_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* __restrict__ dpred,
-         REAL* __restrict__ squared, long long n, REAL grad_scale)
+         acc_t* __restrict__ squared, long long n, acc_t grad_scale)
 {
     GRID_STRIDE_LOOP(i, n) {
-        const REAL d = pred[i] - target[i];
+        const acc_t d = to_acc(pred[i]) - to_acc(target[i]);
         squared[i] = d * d;
-        dpred[i] = d * grad_scale;
+        dpred[i] = to_real(d * grad_scale);
     }
 }

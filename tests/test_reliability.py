@@ -36,24 +36,34 @@ def test_every_kernel_declaration_is_understood():
         assert signatures, f"no kernels found in {path.name}"
         for kernel, parameters in signatures.items():
             for p in parameters:
-                assert p.ctype == "REAL" or p.ctype in launch_checks.C_TYPES, f"{kernel}: {p}"
+                assert p.ctype in ("REAL", "acc_t") or p.ctype in launch_checks.C_TYPES, f"{kernel}: {p}"
 
 
 @needs_emu
 def test_parsed_signatures_agree_with_the_compiler():
-    """Names, count, pointer-ness and types of every kernel's parameters, as g++ sees them (float32
-    builds: every kernel file has one)."""
+    """Names, count, pointer-ness and types of every kernel's parameters, as g++ sees them: in the
+    float32 build (every kernel file has one) and the float16 build of backend.FLOAT16_FAMILIES
+    (REAL float16, acc_t float32); every parsed kernel is in one of them."""
     from cnn_gpu import emu
     for path in backend.kernel_files():
-        module = emu.RawModule(code=backend.kernel_source(path.stem), options=backend.dtype_options(np.float32))
-        for kernel, parameters in launch_checks.parse_signatures(backend.kernel_source(path.stem)).items():
-            compiled = module.get_function(kernel)
-            assert [p.name for p in parameters] == compiled.parameter_names, kernel
-            codes = []
-            for p in parameters:
-                dtype = np.dtype(np.float32 if p.ctype == "REAL" else launch_checks.C_TYPES[p.ctype])
-                codes.append(("*" if p.pointer else "") + f"{dtype.kind}{dtype.itemsize}")
-            assert codes == compiled.parameter_codes, kernel
+        source = backend.kernel_source(path.stem)
+        dtypes = (np.float32, np.float16) if path.stem in backend.FLOAT16_FAMILIES else (np.float32,)
+        built = set()
+        for dtype in dtypes:
+            module = emu.RawModule(code=source, options=backend.dtype_options(dtype))
+            types = {"REAL": np.dtype(dtype), "acc_t": backend.compute_dtype(dtype)}
+            for kernel, parameters in launch_checks.parse_signatures(source).items():
+                if kernel not in module.kernel_names:   # in the other build only (#if REAL_IS_HALF)
+                    continue
+                built.add(kernel)
+                compiled = module.get_function(kernel)
+                assert [p.name for p in parameters] == compiled.parameter_names, kernel
+                codes = []
+                for p in parameters:
+                    dtype_of = types[p.ctype] if p.ctype in types else np.dtype(launch_checks.C_TYPES[p.ctype])
+                    codes.append(("*" if p.pointer else "") + f"{dtype_of.kind}{dtype_of.itemsize}")
+                assert codes == compiled.parameter_codes, kernel
+        assert built == set(launch_checks.parse_signatures(source)), path.name
 
 
 def _sgd(param, grad):

@@ -7,7 +7,8 @@
 Every op takes `backend=None` ("numpy", "emu" or "cuda"; None: "cuda" for CuPy arrays, the current
 default for NumPy arrays), checks its arguments first (ValueError/TypeError naming the argument),
 returns arrays of the input's kind and dtype, and runs either the NumPy implementation here or the
-CUDA kernels of cnn_gpu.gpu.
+CUDA kernels of cnn_gpu.gpu. float16 arrays are stored in FP16 and computed in FP32, each output
+rounded once (cnn_gpu.functional._float16 states the rule and which ops have float16 kernels).
 
 PyTorch's fuller signatures are taken too: conv and pool ops (and their backward functions) accept
 one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on

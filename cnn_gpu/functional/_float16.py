@@ -1,13 +1,15 @@
 """float16 on every functional op: FP16 storage, FP32 math, each output rounded to FP16 once.
 
-`@takes_float16(...)` on a public op gives it this rule for float16 inputs:
+`@takes_float16(kernels=...)` on a public op gives it this rule for float16 inputs:
 - backend "numpy" (the oracle): the float16 arrays are widened to float32, the float32 op runs,
   and every float output is rounded to float16 once (gradients too); a loss returned as a Python
   float keeps its FP32 value. Arrays the op updates in place (`updates`, e.g. running statistics)
   are written back rounded.
-- "emu" and "cuda": the op runs its kernels' float16 build (FP16 loads and stores around FP32
-  math) when `kernels` says it has one; otherwise NotImplementedError naming the op, raised
-  before anything is launched (never a silent fallback to another backend or dtype).
+- "emu" and "cuda", by `kernels`: True, the op runs its kernels' float16 build (FP16 loads and
+  stores around FP32 math); "float32", it runs its float32 kernels on widened copies the same
+  way as the numpy path (linear: cuBLAS/NumPy GEMMs whose float16 accumulation we do not
+  control); False, NotImplementedError naming the op, raised before anything is launched
+  (never a silent fallback to another backend or dtype).
 float16 inputs must not be mixed with float32/float64 ones (TypeError): ops never change dtype
 silently. Calls without float16 arrays go straight to the op.
 """
@@ -34,14 +36,17 @@ def _rounded(result, originals: dict):
     is (dropout at p = 0 returns its input) becomes the caller's own array again."""
     if isinstance(result, tuple):
         return tuple(_rounded(r, originals) for r in result)
-    if isinstance(result, np.ndarray) and result.dtype == COMPUTE:
+    if _checks.is_array(result) and result.dtype == COMPUTE:
         return originals.get(id(result)) if id(result) in originals else result.astype(FLOAT16)
     return result
 
 
-def takes_float16(*, kernels: bool, updates: tuple = ()):
-    """Decorator of a public functional op (see the module docstring). `kernels`: whether the
-    op's emu/cuda kernels take float16; `updates`: names of array arguments it writes in place."""
+def takes_float16(*, kernels, updates: tuple = ()):
+    """Decorator of a public functional op (see the module docstring). `kernels`: True, "float32"
+    or False, how emu/cuda run it; `updates`: names of array arguments it writes in place."""
+    if kernels not in (True, False, "float32"):
+        raise ValueError(f"kernels must be True, False or 'float32', got {kernels!r}")
+
     def decorate(op):
         signature = inspect.signature(op)
 
@@ -55,14 +60,14 @@ def takes_float16(*, kernels: bool, updates: tuple = ()):
             first = next(name for name, a in floats.items() if a.dtype == FLOAT16)
             _checks.same_dtype(first, floats[first], **floats)
             be = _backend.resolve(bound.arguments.get("backend"), *arrays.values())
-            if be != "numpy":
+            if be != "numpy" and kernels != "float32":
                 if not kernels:
                     raise NotImplementedError(
                         f"{op.__name__}: float16 has no {be} kernels yet; run it on backend 'numpy' (FP32 math, "
                         f"FP16 storage) or pass float32 arrays")
                 return op(*args, **kwargs)
             widened = {name: a.astype(COMPUTE) for name, a in floats.items()}
-            bound.arguments.update(widened, backend="numpy")
+            bound.arguments.update(widened, backend=be)
             result = op(*bound.args, **bound.kwargs)
             for name in updates:
                 if name in widened:

@@ -28,7 +28,7 @@ def _rows(be, a, name):
     return a.reshape(-1, a.shape[-1])
 
 
-@takes_float16(kernels=True)
+@takes_float16(kernels="float32")
 def linear(x, weight, bias=None, *, backend=None):
     """x (..., in_features), weight (out_features, in_features), bias (out_features,) ->
     y (..., out_features)."""
@@ -47,7 +47,7 @@ def linear(x, weight, bias=None, *, backend=None):
     return gpu_linear.forward(be, x, weight, bias).reshape(out_shape)
 
 
-@takes_float16(kernels=True)
+@takes_float16(kernels="float32")
 def linear_backward(dy, x, weight, bias=True, *, backend=None):
     """Gradients of linear: (dx, dweight, dbias); dbias is None when bias=False. dy is
     (..., out_features) with the leading dimensions of x; dx has the shape of x."""

@@ -2,14 +2,17 @@
 each returning (loss, gradient). Reductions over rows are fixed-order (reduce.channel_sum), so
 results are bit-identical run to run. For reduction "mean" or "sum" the loss is a Python float
 (reading it back is the one host synchronisation, which the API's float loss requires); for "none"
-it is the per-row (per-element) array, with no synchronisation."""
+it is the per-row (per-element) array, with no synchronisation.
+
+The kernels compute in backend.compute_dtype (FP32 for float16) and keep the per-row values they
+hand to reduce.channel_sum in it; a float16 gradient (and "none" loss array) is rounded once."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, blocks_for, i32, real
+from ._grid import THREADS, acc, blocks_for, i32
 
 MAX_GRID_X = 2**31 - 1
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
@@ -47,6 +50,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     rows = logits.size // classes
     xp = backend.array_module(be)
     dtype = logits.dtype
+    compute = backend.compute_dtype(dtype)
     is_probability = probabilities is not None
     if labels is None:
         labels = xp.zeros(1, dtype=np.int64)   # never read
@@ -54,26 +58,26 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
         raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
     if reduction == "mean" and not is_probability:
         # PyTorch's mean over class indices divides by the summed weights of the counted targets
-        target_weight = xp.empty((rows,), dtype=dtype)
+        target_weight = xp.empty((rows,), dtype=compute)
         backend.launch(be, "loss", dtype, "cross_entropy_target_weights", (blocks_for(rows),), (THREADS,),
                        (labels, logits if weight is None else weight, target_weight, np.int64(rows),
                         *i32(classes), np.int64(ignore_index), *i32(weight is not None)))
         divisor = _total(be, target_weight)
     else:
-        divisor = xp.full((1,), rows if reduction == "mean" else 1, dtype=dtype)
+        divisor = xp.full((1,), rows if reduction == "mean" else 1, dtype=compute)
     dlogits = xp.empty_like(logits)
-    row_loss = xp.empty((rows,), dtype=dtype)
+    row_loss = xp.empty((rows,), dtype=compute)
     args = (logits, labels, probabilities if is_probability else logits, logits if weight is None else weight,
             divisor, dlogits, row_loss, np.int64(rows), *i32(classes), np.int64(inner), np.int64(ignore_index),
             *i32(is_probability, weight is not None),
-            *real(dtype, 1 - label_smoothing, label_smoothing / classes))
+            *acc(dtype, 1 - label_smoothing, label_smoothing / classes))
     if inner == 1:
         backend.launch(be, "loss", dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),), (_row_threads(classes),),
                        args)
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     if reduction == "none":
-        return row_loss, dlogits
+        return row_loss.astype(dtype, copy=False), dlogits
     return mean_of(_total(be, row_loss)[0], divisor[0]), dlogits
 
 
@@ -84,9 +88,9 @@ def mse(be, pred, target, reduction):
     n = pred.size
     xp = backend.array_module(be)
     dpred = xp.empty_like(pred)
-    squared = xp.empty((n,), dtype=pred.dtype)
+    squared = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
     backend.launch(be, "loss", pred.dtype, "mse_rows", (blocks_for(n),), (THREADS,),
-                   (pred, target, dpred, squared, np.int64(n), *real(pred.dtype, 2 / n if reduction == "mean" else 2)))
+                   (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
     if reduction == "none":
-        return squared, dpred
+        return squared.astype(pred.dtype, copy=False), dpred
     return mean_of(_total(be, squared)[0], n if reduction == "mean" else 1), dpred
