@@ -1,123 +1,221 @@
 // Convolutions on tensor cores: TF32 operands, FP32 accumulation (mma.sync m16n8k8, sm_80 and
-// newer), on the 128 x 128 x 16 block tile of mma_tile.cuh. NCHW float32 tensors: input x
-// (N, C, H, W), output y (N, K, P, Q), G groups. The input gradient (dgrad) of a stride-1
-// convolution is the fprop below run on dy with the flipped, transposed filter (the launcher
-// prepares it); strided dgrad stays on the SIMT kernels of conv2d_dgrad.cu.
+// newer), on the block tiles of mma_tile.cuh. NCHW float32 tensors: input x (N, C, H, W), output y
+// (N, K, P, Q), G groups. Every pass may split its reduction over grid.z (split-K): split z then
+// writes a partial output at z times the output's size, which the launcher sums in a fixed order.
 //
 // fprop, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels), Kgemm = R*S*(C/G) ordered (r, s, c):
-//   one step covers 16 channels of a single filter tap, so a pixel's tap offset and bounds test
-//   are worked out once per step and its channels follow at +H*W (no div/mod per element). The
-//   filter comes as (K, R, S, C/G), transposed and rounded to TF32 by the launcher, so the A loader
-//   reads 8 consecutive channels of a filter row per thread (two 16-byte loads, two 16-byte
-//   shared stores). The B loader: 128 threads along the pixels, 8 channels each.
+//   one step covers 16 channels of a single filter tap. A, the filter, never enters shared memory:
+//   the launcher rounds it to TF32, zero-pads it to whole block rows and 16-channel steps and lays
+//   it out in mma fragment order (conv_tc._filter_tiles), so each warp loads its 4 KiB of A
+//   fragments per step with eight 16-byte loads, one step ahead. The B loader gives each thread one
+//   output pixel (decoded once) and all 16 channels of the step: one tap offset and bounds test per
+//   step, channels at +H*W, four 16-byte shared stores; the warps read B with ldmatrix.
+//
+// dgrad: dx splits into stride phases (pixels (ph + i*stride_h, pw + j*stride_w)); each is the
+//   stride-1 convolution of dy with the taps of the flipped filter that reach it (the launcher's
+//   table), run by the fprop code above, its output scattered into dx. All phases in one launch.
 //
 // wgrad, per group g:  dw_g[M x Ngemm] = dy_g[M x Kgemm] * im2col(x_g)^T[Kgemm x Ngemm]
-//   M = K/G, Ngemm = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Kgemm = N*P*Q, split
-//   into `splits` chunks of `chunk` pixels (grid.z = splits * G); split z writes its partial dw to
-//   out + z * K*(C/G)*R*S and the launcher sums the partials in a fixed order. The A loader reads
-//   dy along the pixels (16 threads per channel row); the B loader keeps one (c, r, s) column per
-//   thread and walks its pixels with carries.
+//   M = K/G, Ngemm = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Kgemm = N*P*Q in
+//   splits of `chunk` pixels. Each step's 16 pixels are described once per block, by 16 threads
+//   that walk them with carries, in a small shared table: x offset of the window origin, tap mask
+//   (which filter rows and columns land inside the image, from the launcher's per-row and
+//   per-column masks), dy offset. The A loader reads dy along the pixels (16 lanes per channel row,
+//   coalesced, no bounds test in whole tiles); the B loader gives each thread 4 filter columns
+//   (decoded once, one mask bit test per element) and 4 pixels of the step.
 //
+// GEMM rows or columns past the output (a partial block tile) are computed from clamped or
+// zeroed operands and never stored; reduction entries past the end are zero in both operands.
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
 
 #include "mma_tile.cuh"
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) conv2d_fprop_tf32(
-    const float* __restrict__ x, const float* __restrict__ w_rsc, const float* __restrict__ bias,
-    float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-    int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
-    int has_bias, int relu)
+// The implicit-GEMM convolution of fprop (and of each dgrad stride phase) for block tile
+// (blockIdx.x, blockIdx.y) of group g, reduction steps [split * chunk, split * chunk + chunk);
+// output(m, pixel, value) then takes each result of output channel m (within the group) and
+// output pixel n*P*Q + p*Q + q, both inside the output. Returns at once for a tile past the pixels.
+// `smem`: the kernel's two stages (a kernel's own __shared__ array: the emulator checks those).
+// Block tiles of 64 * WARPS_M output channels (MmaTile); filter tiles in 64-row blocks.
+template <int WARPS_M, class Output>
+__device__ __forceinline__ void tf32_conv(
+    float* smem, const float* __restrict__ x, const float* __restrict__ w_tiles, int N, int C, int H, int W,
+    int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+    int groups, int g, int split, int chunk, Output output)
 {
-    __shared__ __align__(16) float smem_a[2 * TC_A_STAGE];
-    __shared__ __align__(16) float smem_b[2 * TC_B_STAGE];
-
-    const int tid = threadIdx.x, g = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31;
     const int Cg = C / groups, Kg = K / groups;
+    constexpr int BM = 64 * WARPS_M;
+    const int Cpad = (Cg + TC_BK - 1) / TC_BK * TC_BK, Mpad = (Kg + BM - 1) / BM * BM;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
-    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-    const int channel_steps = (Cg + TC_BK - 1) / TC_BK;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * TC_BN;
+    if (n0 >= NPQ) return;   // a dgrad phase smaller than the grid: the whole block leaves
+    const int channel_steps = Cpad / TC_BK, first_step = split * chunk;
+    const int steps = min(chunk, R * S * channel_steps - first_step);
 
-    // A loader: filter row a_m, channels a_c .. a_c + 7 of the step (two 16-byte loads when the
-    // filter rows are 16-byte aligned and the step is full); rows past K/G read as zero
-    const int a_m = tid >> 1, a_c = (tid & 1) * 8;
-    const bool a_row_ok = m0 + a_m < Kg;
-    const bool a_vector = (Cg & 3) == 0;
-    const float* w_row = w_rsc + (unsigned)((g * Kg + (a_row_ok ? m0 + a_m : 0)) * R * S * Cg) + a_c;
+    MmaTile<WARPS_M> tile;
+    tile.init(0);
+    // A: the warp's fragments of each step, 4 KiB in fragment order (m tile, k8, lane, register)
+    const int total_steps = R * S * channel_steps;
+    const float* a_next = w_tiles + (unsigned)(((g * (Mpad / 64) + (m0 + tile.warp_row) / 64) * total_steps
+                                                + first_step) * 1024) + lane * 4;
+    auto load_a = [&](int, unsigned int (&a)[2][4][4]) {
+#pragma unroll
+        for (int k8 = 0; k8 < 2; ++k8)
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+                const uint4 v = __ldg((const uint4*)(a_next + mt * 256 + k8 * 128));
+                a[k8][mt][0] = v.x;
+                a[k8][mt][1] = v.y;
+                a[k8][mt][2] = v.z;
+                a[k8][mt][3] = v.w;
+            }
+        a_next += 1024;
+    };
 
-    // B loader: pixel column b_n, channels b_c + 2*j; the pixel is decoded once
-    const int b_n = tid % TC_BN, b_c = tid / TC_BN;
-    const int pixel = n0 + b_n;
-    const bool pixel_ok = pixel < NPQ;
-    const int clamped = pixel_ok ? pixel : NPQ - 1;
-    const int n = clamped / PQ, pq = clamped - n * PQ;
+    // B loader: output pixel n0 + tid (the last one for columns past the end), decoded once
+    const int pixel = min(n0 + tid, NPQ - 1);
+    const int n = pixel / PQ, pq = pixel - n * PQ;
     const int p = pq / Q, q = pq - p * Q;
     const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
-    const int x_image = (n * C + g * Cg + b_c) * HW;
-    unsigned int b_channel[TC_B_LOADS];       // offsets of channels b_c + 2*j from channel b_c
-#pragma unroll
-    for (int j = 0; j < TC_B_LOADS; ++j) b_channel[j] = (unsigned)(2 * j * HW);
+    const float* x_pixel = x + (unsigned)((n * C + g * Cg) * HW);
+    const unsigned int plane = HW;                               // one channel further
 
-    // the step's position in the (r, s, c) reduction, advanced with carries: no div/mod per step
-    int r = 0, s = 0, c0 = 0, tap_offset = 0;   // tap_offset = (r*S + s)*Cg
-    float a_next[8], b_next[TC_B_LOADS];
+    // the step's tap and channels, advanced with carries: no div/mod per step
+    const int first_tap = first_step / channel_steps, taps_per_row = max(S, 1);   // S = 0: a dgrad phase without taps
+    int c0 = (first_step - first_tap * channel_steps) * TC_BK, s = first_tap % taps_per_row;
+    int h_tap = first_tap / taps_per_row * dil_h, w_tap = s * dil_w;
+    float b_next[TC_BK];
     auto fetch = [&](int) {
-        const float* w_step = w_row + tap_offset + c0;
-        const int channels_a = Cg - c0 - a_c;   // channel a_c + i exists while i < channels_a
-        if (a_vector && a_row_ok && channels_a >= 8) {
-            const float4 lo = *(const float4*)w_step, hi = *(const float4*)(w_step + 4);
-            a_next[0] = lo.x; a_next[1] = lo.y; a_next[2] = lo.z; a_next[3] = lo.w;
-            a_next[4] = hi.x; a_next[5] = hi.y; a_next[6] = hi.z; a_next[7] = hi.w;
+        const int h = h_origin + h_tap, w = w_origin + w_tap;
+        const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
+        const float* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + h * W + w));   // read only inside the image
+        const int channels = Cg - c0;
+        if (channels < TC_BK) {   // the last channel step of a tap when C/G is no multiple of 16
+#pragma unroll
+            for (int j = 0; j < TC_BK; ++j) b_next[j] = inside && j < channels ? __ldg(x_step + (size_t)plane * j) : 0.0f;
         } else {
 #pragma unroll
-            for (int i = 0; i < 8; ++i) a_next[i] = a_row_ok && i < channels_a ? w_step[i] : 0.0f;
+            for (int j = 0; j < TC_BK; ++j) b_next[j] = inside ? __ldg(x_step + (size_t)plane * j) : 0.0f;
         }
-        const int h = h_origin + r * dil_h, w = w_origin + s * dil_w;
-        const bool inside = pixel_ok && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        const unsigned int x_step = (unsigned)(x_image + c0 * HW + h * W + w);
-        const int channels_b = Cg - c0 - b_c;   // channel b_c + 2*j exists while 2*j < channels_b
-#pragma unroll
-        for (int j = 0; j < TC_B_LOADS; ++j) b_next[j] = inside && 2 * j < channels_b ? x[x_step + b_channel[j]] : 0.0f;
         c0 += TC_BK;
         if (c0 >= Cg) {
             c0 = 0;
-            tap_offset += Cg;
-            if (++s == S) { s = 0; ++r; }
+            w_tap += dil_w;
+            if (++s == S) {
+                s = 0;
+                w_tap = 0;
+                h_tap += dil_h;
+            }
         }
     };
-    // the filter comes rounded to TF32 by the launcher; the input is rounded here
-    auto store = [&](int stage) {
-        float* a_row = smem_a + stage * TC_A_STAGE + a_m * TC_A_PITCH + a_c;
-        *(float4*)a_row = make_float4(a_next[0], a_next[1], a_next[2], a_next[3]);
-        *(float4*)(a_row + 4) = make_float4(a_next[4], a_next[5], a_next[6], a_next[7]);
+    // the filter comes rounded to TF32; the input is rounded here
+    auto store = [&](int step) {
+        float* column = smem + (step & 1) * TC_TILE_B + tid * TC_PITCH;
 #pragma unroll
-        for (int j = 0; j < TC_B_LOADS; ++j)
-            smem_b[stage * TC_B_STAGE + (b_c + 2 * j) * TC_B_PITCH + b_n] = tf32_rounded(b_next[j]);
+        for (int v = 0; v < TC_BK; v += 4)
+            *(float4*)(column + v) = tf32_rounded4(b_next[v], b_next[v + 1], b_next[v + 2], b_next[v + 3]);
     };
 
-    MmaTile tile;
-    tile.init();
-    mma_main_loop(tile, smem_a, smem_b, R * S * channel_steps, fetch, store);
+    mma_main_loop_a_registers(tile, smem, steps, load_a, fetch, store);
 
-    tile.for_each([&](int row, int col, float v) {
-        const int m = m0 + row, pixel_out = n0 + col;
-        if (m >= Kg || pixel_out >= NPQ) return;
-        const int k = g * Kg + m;
-        const int image = pixel_out / PQ;
-        if (has_bias) v += bias[k];
-        if (relu && v < 0.0f) v = 0.0f;   // written so that NaN passes through
-        y[(image * K + k) * PQ + pixel_out - image * PQ] = v;
-    });
+    tile.for_each([&](int col) { return n0 + col < NPQ ? n0 + col : -1; },
+                  [&](int row, int pixel_out, float v) {
+                      if (pixel_out >= 0 && m0 + row < Kg) output(m0 + row, pixel_out, v);
+                  });
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) conv2d_wgrad_tf32(
-    const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out,
+// fprop: y = conv2d(x, w) + bias (ReLU when relu), or with split-K (grid.z = splits * G) the
+// partial output of split z at y + z * N*K*P*Q (no bias or ReLU: the summing launch adds them).
+template <int WARPS_M>
+__device__ __forceinline__ void fprop_tf32(
+    float* smem, const float* __restrict__ x, const float* __restrict__ w_tiles, const float* __restrict__ bias,
+    float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h,
+    int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int has_bias, int relu, int chunk)
+{
+    const int split = blockIdx.z / groups, g = blockIdx.z - split * groups, Kg = K / groups, PQ = P * Q;
+    float* out = y + (long long)split * N * K * PQ;
+    tf32_conv<WARPS_M>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                       groups, g, split, chunk, [&](int m, int pixel, float v) {
+                           const int k = g * Kg + m, image = pixel / PQ;
+                           if (has_bias) v += bias[k];
+                           if (relu && v < 0.0f) v = 0.0f;   // written so that NaN passes through
+                           out[(image * K + k) * PQ + pixel - image * PQ] = v;
+                       });
+}
+
+// dgrad: dx = the convolution of dy with the flipped filter, one stride phase (ph, pw) of dx
+// (its pixels (ph + i*stride_h, pw + j*stride_w)) per grid.z slice: phase z of `phases` (rows of
+// 9 ints: ph, pw, R', S', pad_h', pad_w', H', W', offset) is the stride-1 convolution of dy
+// (N, K, P, Q) with dilation (dil_h, dil_w) and padding (pad_h', pad_w') by the R' x S' filter
+// tiles at w_tiles + offset (from the launcher), into an H' x W' output scattered over dx
+// (N, C, H, W). grid.z = phases * splits * G; split z > 0 writes its partial dx at dx + z * N*C*H*W.
+template <int WARPS_M>
+__device__ __forceinline__ void dgrad_tf32(
+    float* smem, const float* __restrict__ dy, const float* __restrict__ w_tiles, const int* __restrict__ phases,
+    float* __restrict__ dx, int N, int C, int H, int W, int K, int P, int Q, int stride_h, int stride_w, int dil_h,
+    int dil_w, int groups, int splits, int chunk)
+{
+    const int phase = blockIdx.z / (splits * groups), rest = blockIdx.z - phase * splits * groups;
+    const int split = rest / groups, g = rest - split * groups, Cg = C / groups;
+    const int* row = phases + 9 * phase;
+    const int ph = row[0], pw = row[1], out_h = row[6], out_w = row[7], out_hw = out_h * out_w;
+    float* out = dx + (long long)split * N * C * H * W;
+    tf32_conv<WARPS_M>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1, row[4],
+                       row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
+                           const int image = pixel / out_hw, i = (pixel - image * out_hw) / out_w;
+                           const int j = pixel - image * out_hw - i * out_w;
+                           out[((image * C + g * Cg + m) * H + ph + i * stride_h) * W + pw + j * stride_w] = v;
+                       });
+}
+
+// The kernels: block tiles of 128 output channels (2 x 2 warps of 64 x 64, two blocks per SM), and
+// of 64 (_m64: 1 x 4 warps of 64 x 32) for layers of 64 or fewer channels.
+#define TC_FPROP_ARGS                                                                                     \
+    const float* __restrict__ x, const float* __restrict__ w_tiles, const float* __restrict__ bias,        \
+        float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, \
+        int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int has_bias, int relu, int chunk
+#define TC_DGRAD_ARGS                                                                                        \
+    const float* __restrict__ dy, const float* __restrict__ w_tiles, const int* __restrict__ phases,          \
+        float* __restrict__ dx, int N, int C, int H, int W, int K, int P, int Q, int stride_h, int stride_w, \
+        int dil_h, int dil_w, int groups, int splits, int chunk
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tf32(TC_FPROP_ARGS) {
+    __shared__ __align__(16) float smem[2 * TC_TILE_B];
+    fprop_tf32<2>(smem, x, w_tiles, bias, y, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,
+                  dil_w, groups, has_bias, relu, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tf32_m64(TC_FPROP_ARGS) {
+    __shared__ __align__(16) float smem[2 * TC_TILE_B];
+    fprop_tf32<1>(smem, x, w_tiles, bias, y, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,
+                  dil_w, groups, has_bias, relu, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tf32(TC_DGRAD_ARGS) {
+    __shared__ __align__(16) float smem[2 * TC_TILE_B];
+    dgrad_tf32<2>(smem, dy, w_tiles, phases, dx, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w, groups,
+                  splits, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tf32_m64(TC_DGRAD_ARGS) {
+    __shared__ __align__(16) float smem[2 * TC_TILE_B];
+    dgrad_tf32<1>(smem, dy, w_tiles, phases, dx, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w, groups,
+                  splits, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tf32(
+    const float* __restrict__ dy, const float* __restrict__ x, const unsigned int* __restrict__ row_taps,
+    const unsigned int* __restrict__ col_taps, float* __restrict__ out,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
     int splits, int chunk)
 {
-    __shared__ __align__(16) float smem_a[2 * TC_A_STAGE];
-    __shared__ __align__(16) float smem_b[2 * TC_B_STAGE];
+    __shared__ __align__(16) float smem[2 * TC_STAGE];
+    // per step (two slots) and pixel of the step: the x offset of its window origin (h0, w0) in
+    // channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the
+    // pixel in channel 0 (-1 past the chunk)
+    __shared__ __align__(16) int pixels[2][3][TC_BK];
 
     const int tid = threadIdx.x;
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
@@ -126,61 +224,104 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) conv2d_wgrad_tf32(
     const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
     const int first = split * chunk;
     const int last = min(first + chunk, NPQ);
+    const int steps = (last - first + TC_BK - 1) / TC_BK;
 
-    // A loader (dy): pixel a_k of the step, output-channel rows a_m + 16*i
-    const int a_k = tid % TC_BK, a_m = tid / TC_BK;
-    const int dy_channel = g * Kg + m0 + a_m;
+    // the pixel table: thread tid < 16 follows pixel first + 16 * step + tid, walking its output
+    // coordinates and offsets with carries (no div/mod per step)
+    int pixel = first + tid, p = 0, q = 0, dy_pixel = 0;
+    unsigned int x_origin = 0;
+    if (tid < TC_BK) {
+        const int image = pixel / PQ, pq = pixel - image * PQ;
+        p = pq / Q;
+        q = pq - p * Q;
+        x_origin = (unsigned)image * C * HW + (p * stride_h - pad_h) * W + q * stride_w - pad_w;
+        dy_pixel = (image * K + g * Kg) * PQ + pq;
+    }
+    auto describe = [&](int step) {
+        const bool valid = pixel < last;
+        int(*entry)[TC_BK] = pixels[step & 1];
+        entry[0][tid] = (int)x_origin;
+        entry[1][tid] = valid ? (int)(__ldg(row_taps + p) | __ldg(col_taps + q)) : 0;
+        entry[2][tid] = valid ? dy_pixel : -1;
+        pixel += TC_BK;
+        q += TC_BK;
+        x_origin += TC_BK * stride_w;
+        dy_pixel += TC_BK;
+        while (q >= Q) {   // next output row: same dy offset, x origin one stride down and Q strides left
+            q -= Q;
+            x_origin += stride_h * W - Q * stride_w;
+            if (++p == P) {   // next image
+                p = 0;
+                x_origin += C * HW - P * stride_h * W;
+                dy_pixel += (K - 1) * PQ;
+            }
+        }
+    };
 
-    // B loader (x): filter column b_n = (c, r, s), decoded once; pixels b_k + 2*j of the step
-    const int b_n = tid % TC_BN, b_k = tid / TC_BN;
-    const int column = n0 + b_n;
-    const bool column_ok = column < CRS;
-    const int crs = column_ok ? column : CRS - 1;
-    const int c = crs / RS, r = (crs - c * RS) / S, s = crs - c * RS - r * S;
-    const int tap_h = r * dil_h - pad_h, tap_w = s * dil_w - pad_w;
-    const int x_channel = (g * Cg + c) * HW;
+    // A loader (dy): pixel a_k of the step, channel rows a_row + 8*i; a warp's two half warps take
+    // rows r and r + 4 (distinct banks)
+    const int a_k = tid & 15, a_row = (tid >> 5) + ((tid >> 4) & 1) * 4;
+    const int a_rows = Kg - m0 - a_row;                         // row a_row + 8*i exists while 8*i < a_rows
+    const bool rows_full = Kg - m0 >= TC_BM;
+    const float* dy_row = dy + (unsigned)((m0 + a_row) * PQ);
+    const unsigned int dy_plane = PQ;
 
-    float a_next[TC_A_LOADS], b_next[TC_B_LOADS];
+    // B loader (x): filter columns n0 + b_col + 32*i (the last column for those past the end),
+    // decoded once, and pixels b_k .. b_k + 3 of the step (one quarter of the step per warp)
+    const int b_col = tid & 31, b_k = (tid >> 5) * 4;
+    const float* x_column[4];
+    unsigned int tap_bits[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int column = min(n0 + b_col + 32 * i, CRS - 1);
+        const int c = column / RS, r = (column - c * RS) / S, s = column - c * RS - r * S;
+        x_column[i] = register_pointer(x + ((g * Cg + c) * HW + r * dil_h * W + s * dil_w));
+        tap_bits[i] = (1u << r) | (1u << (R + s));
+    }
+
+    float a_next[TC_BK], b_next[4][4];
     auto fetch = [&](int step) {
-        const int k0 = first + step * TC_BK;
-        const int pixel_a = k0 + a_k;
-        const int image_a = pixel_a / PQ;
-        const int dy_pixel = image_a * K * PQ + pixel_a - image_a * PQ;
+        const int(*table)[TC_BK] = pixels[step & 1];
+        const int dy_pixel = table[2][a_k];
+        const float* dy_step = register_pointer(dy_row + (unsigned)dy_pixel);   // read only when dy_pixel >= 0
+        if (!rows_full || first + (step + 1) * TC_BK > last) {   // the last M tile or the chunk's last step
+            const int rows = dy_pixel >= 0 ? a_rows : 0;
 #pragma unroll
-        for (int i = 0; i < TC_A_LOADS; ++i) {
-            const bool ok = pixel_a < last && m0 + a_m + 16 * i < Kg;
-            a_next[i] = ok ? dy[dy_pixel + (dy_channel + 16 * i) * PQ] : 0.0f;
-        }
-        // pixels b_k, b_k + 2, ...: decode the first, then step with carries
-        int pixel_b = k0 + b_k;
-        int image = pixel_b / PQ, pq = pixel_b - image * PQ;
-        int p = pq / Q, q = pq - p * Q;
+            for (int i = 0; i < TC_BK; ++i) a_next[i] = 8 * i < rows ? __ldg(dy_step + (size_t)dy_plane * (8 * i)) : 0.0f;
+        } else {
 #pragma unroll
-        for (int j = 0; j < TC_B_LOADS; ++j) {
-            const int h = p * stride_h + tap_h, w = q * stride_w + tap_w;
-            const bool ok = column_ok && pixel_b < last && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-            b_next[j] = ok ? x[image * C * HW + x_channel + h * W + w] : 0.0f;
-            pixel_b += 2;
-            q += 2;
-            while (q >= Q) { q -= Q; if (++p == P) { p = 0; ++image; } }
+            for (int i = 0; i < TC_BK; ++i) a_next[i] = __ldg(dy_step + (size_t)dy_plane * (8 * i));
         }
+        const int4 origin = *(const int4*)&table[0][b_k], taps = *(const int4*)&table[1][b_k];
+        const int origins[4] = {origin.x, origin.y, origin.z, origin.w};
+        const unsigned int inside[4] = {(unsigned)taps.x, (unsigned)taps.y, (unsigned)taps.z, (unsigned)taps.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                b_next[i][j] = (~inside[j] & tap_bits[i]) == 0 ? __ldg(x_column[i] + origins[j]) : 0.0f;
     };
-    auto store = [&](int stage) {
+    auto store = [&](int step) {
+        float* stage = smem + (step & 1) * TC_STAGE;
 #pragma unroll
-        for (int i = 0; i < TC_A_LOADS; ++i)
-            smem_a[stage * TC_A_STAGE + (a_m + 16 * i) * TC_A_PITCH + a_k] = tf32_rounded(a_next[i]);
+        for (int i = 0; i < TC_BK; ++i) stage[(a_row + 8 * i) * TC_PITCH + a_k] = tf32_rounded(a_next[i]);
 #pragma unroll
-        for (int j = 0; j < TC_B_LOADS; ++j)
-            smem_b[stage * TC_B_STAGE + (b_k + 2 * j) * TC_B_PITCH + b_n] = tf32_rounded(b_next[j]);
+        for (int i = 0; i < 4; ++i)
+            *(float4*)(stage + TC_TILE_A + (b_col + 32 * i) * TC_PITCH + b_k) =
+                tf32_rounded4(b_next[i][0], b_next[i][1], b_next[i][2], b_next[i][3]);
+        if (tid < TC_BK && step + 1 < steps) describe(step + 1);   // read after the step's barrier
     };
 
-    MmaTile tile;
-    tile.init();
-    mma_main_loop(tile, smem_a, smem_b, (last - first + TC_BK - 1) / TC_BK, fetch, store);
+    MmaTile<2> tile;
+    tile.init(TC_TILE_A);
+    if (tid < TC_BK) describe(0);
+    __syncthreads();
+    mma_main_loop(tile, smem, steps, fetch, store);
 
     float* partial = out + (long long)split * K * CRS;
-    tile.for_each([&](int row, int col, float v) {
-        const int m = m0 + row, filter_column = n0 + col;
-        if (m < Kg && filter_column < CRS) partial[(g * Kg + m) * CRS + filter_column] = v;
-    });
+    tile.for_each([&](int col) { return n0 + col < CRS ? n0 + col : -1; },
+                  [&](int row, int filter_column, float v) {
+                      const int m = m0 + row;
+                      if (filter_column >= 0 && m < Kg) partial[(g * Kg + m) * CRS + filter_column] = v;
+                  });
 }

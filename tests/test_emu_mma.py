@@ -1,5 +1,6 @@
-"""Tensor-core built-ins of the emulator (mma.sync m16n8k8 TF32, m16n8k16 FP16, cvt.rna.tf32)
-through the helpers of kernels/common.cuh, against NumPy; planted fragment bugs must fail."""
+"""Tensor-core built-ins of the emulator (mma.sync m16n8k8 TF32, m16n8k16 FP16, cvt.rna.tf32,
+ldmatrix.x4) through the helpers of kernels/common.cuh, against NumPy; planted fragment bugs must
+fail."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +23,7 @@ KERNELS = r"""
 #define IN_GROUP(lane) ((lane) >> 3)
 #endif
 
+__device__ float tf32_rounded_value(float v) { return __uint_as_float(tf32_from_float(v)); }
 __device__ void store_acc(const float (&acc)[4], float* d, int lane) {
     for (int i = 0; i < 4; ++i) d[(GROUP(lane) + (i >> 1) * 8) * 8 + IN_GROUP(lane) * 2 + (i & 1)] = acc[i];
 }
@@ -43,6 +45,50 @@ extern "C" __global__ void mma_tf32(const float* a, const float* b, const float*
     float acc[4];
     load_acc(acc, c, lane);
     mma_tf32_m16n8k8(acc, fa, fb);
+    store_acc(acc, d, lane);
+}
+
+// ldmatrix: 4 matrices of 8 rows x 4 words in shared memory (row pitch 6 words, 8-byte aligned
+// rows: PLANT_MISALIGNED) or 8 (16-byte aligned); lane 8i + j names row j of matrix i.
+#ifdef PLANT_MISALIGNED
+#define PITCH 6
+#else
+#define PITCH 8
+#endif
+extern "C" __global__ void ldmatrix_words(const float* words, unsigned int* out) {
+    __shared__ __align__(16) float rows[32 * PITCH];
+    int lane = threadIdx.x;
+    for (int w = 0; w < 4; ++w) rows[lane * PITCH + w] = words[lane * 4 + w];
+    __syncthreads();
+#ifdef PLANT_ROW_LANE
+    int matrix = lane & 3, row = lane >> 2;
+#else
+    int matrix = lane >> 3, row = lane & 7;
+#endif
+    unsigned int r[4];
+    ldmatrix_x4(r, rows + (matrix * 8 + row) * PITCH);
+    for (int i = 0; i < 4; ++i) out[lane * 4 + i] = r[i];
+}
+
+// D = A B + C with the fragments loaded by ldmatrix from A as [m][k] and B as [n][k] (row pitch
+// 12 words): A's matrices are (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7),
+// (rows 8-15, k 4-7); B's (n 0-7, k 0-3), (n 0-7, k 4-7), named again by lanes 16-31.
+extern "C" __global__ void mma_tf32_ldmatrix(const float* a, const float* b, const float* c, float* d) {
+    __shared__ __align__(16) float a_rows[16 * 12], b_rows[8 * 12];
+    int lane = threadIdx.x;
+    for (int i = lane; i < 16 * 8; i += 32) a_rows[(i / 8) * 12 + i % 8] = tf32_rounded_value(a[i]);
+    for (int i = lane; i < 8 * 8; i += 32) b_rows[(i % 8) * 12 + i / 8] = tf32_rounded_value(b[i]);
+    __syncthreads();
+    int matrix = lane >> 3, row = lane & 7;
+#ifdef PLANT_SWAP_MATRICES
+    matrix = matrix == 1 ? 2 : matrix == 2 ? 1 : matrix;
+#endif
+    unsigned int fa[4], fb[4];
+    ldmatrix_x4(fa, a_rows + (row + (matrix & 1) * 8) * 12 + (matrix >> 1) * 4);
+    ldmatrix_x4(fb, b_rows + row * 12 + (matrix & 1) * 4);
+    float acc[4];
+    load_acc(acc, c, lane);
+    mma_tf32_m16n8k8(acc, fa, (const unsigned int(&)[2])fb);
     store_acc(acc, d, lane);
 }
 
@@ -127,9 +173,54 @@ def test_planted_fragment_bugs_are_caught(kind, plant):
     assert np.abs(got - want).max() > 1e-5 * np.abs(want).max()
 
 
+def _ldmatrix_words(plant=None):
+    """(what each lane received, what the PTX ISA says it receives) for 4 random 8 x 4-word matrices."""
+    from cnn_gpu import emu
+    options = (f"-D{plant}",) if plant else ()
+    words = np.random.default_rng(5).standard_normal((4, 8, 4)).astype(np.float32)
+    out = np.empty((32, 4), dtype=np.uint32)
+    emu.RawModule(code=_source(), options=options).get_function("ldmatrix_words")(
+        (1,), (32,), (words, out), schedule="random", seed=4)
+    lanes = np.arange(32)
+    want = np.stack([words[i, lanes // 4, lanes % 4] for i in range(4)], axis=1)   # r[i] of lane l
+    return out, want.view(np.uint32)
+
+
+@needs_emu
+def test_ldmatrix_gives_lane_l_word_l_mod_4_of_row_l_div_4_of_each_matrix():
+    got, want = _ldmatrix_words()
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_emu
+def test_ldmatrix_with_row_addresses_from_the_wrong_lanes_is_caught():
+    got, want = _ldmatrix_words("PLANT_ROW_LANE")
+    assert (got != want).any()
+
+
+@needs_emu
+def test_ldmatrix_refuses_rows_that_are_not_16_byte_aligned():
+    from cnn_gpu import emu
+    with pytest.raises(emu.KernelFault):
+        _ldmatrix_words("PLANT_MISALIGNED")
+
+
+@needs_emu
+@pytest.mark.parametrize("plant", [None, "PLANT_SWAP_MATRICES"])
+def test_tf32_mma_fed_by_ldmatrix(plant):
+    a, b, c = _operands(np.random.default_rng(31), 8)
+    want = _tf32_oracle(a, b, c)
+    got = _run("tf32_ldmatrix", a, b, c, plant)
+    error = np.abs(got - want).max()
+    if plant is None:
+        assert error <= 1e-5 * np.abs(want).max()
+    else:
+        assert error > 1e-5 * np.abs(want).max()
+
+
 @pytest.mark.skipif(bool(nvrtc.why_unavailable()), reason=f"NVRTC unavailable: {nvrtc.why_unavailable()}")
 @pytest.mark.parametrize("arch", ["sm_70", "sm_80", "sm_90"])
 def test_the_helpers_compile_with_nvrtc_for_every_arch(arch):
     reports = nvrtc.kernel_report(_source(), "mma_test.cu", arch)
-    assert {r.name for r in reports} >= {"mma_tf32", "mma_f16"}
+    assert {r.name for r in reports} >= {"mma_tf32", "mma_f16", "ldmatrix_words", "mma_tf32_ldmatrix"}
     assert all(r.spill_bytes == 0 for r in reports)

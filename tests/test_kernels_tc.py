@@ -12,6 +12,7 @@ from cnn_gpu.gpu import conv_tc
 from cnn_gpu.precision import round_to_tf32
 
 EMU_REASON = backend.why_unavailable("emu")
+TILES = (None, "tf32", "tf32_m64")   # the planner's choice, then each fprop/dgrad variant forced
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
 
 
@@ -53,18 +54,14 @@ def test_tf32_dgrad_and_wgrad_sweep_match_the_tf32_oracle(chunk):
     rng = np.random.default_rng(200 + chunk)
     for index in range(10):
         cfg = tc_config(rng)
-        cfg["stride"] = 1 if index % 3 else cfg["stride"]     # dgrad runs on tensor cores at stride 1
         x, w, _ = _arrays(rng, cfg)
         g = _geometry(x, w, cfg)
         dy = rng.standard_normal(g.y_shape).astype(np.float32)
         (want_dx, want_dw), (scale_dx, scale_dw) = _backward_oracle(dy, x, w, cfg)
         dw = conv_tc.wgrad("emu", dy, x, g, splits=int(rng.integers(1, 4)) if index % 2 else None)
         assert np.all(np.abs(dw - want_dw) <= 2e-6 * (scale_dw + 1.0)), cfg
-        dx = conv_tc.dgrad("emu", dy, w, g)
-        if conv_tc.dgrad_as_fprop_geometry(g) is None:
-            assert dx is None
-        else:
-            assert np.all(np.abs(dx - want_dx) <= 2e-6 * (scale_dx + 1.0)), cfg
+        dx = conv_tc.dgrad("emu", dy, w, g, tile=TILES[index % 3], splits=int(rng.integers(1, 4)) if index % 2 else None)
+        assert np.all(np.abs(dx - want_dx) <= 2e-6 * (scale_dx + 1.0)), cfg
 
 
 @needs_emu
@@ -92,10 +89,10 @@ def _oracle(x, w, b, cfg, relu):
     return want, scale
 
 
-def _run(x, w, b, cfg, relu):
+def _run(x, w, b, cfg, relu, splits=None, tile=None):
     g = conv_geometry(x.shape, w.shape, stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"],
                       groups=cfg["groups"])
-    return conv_tc.fprop("emu", x, w, b, g, activation="relu" if relu else None)
+    return conv_tc.fprop("emu", x, w, b, g, activation="relu" if relu else None, tile=tile, splits=splits)
 
 
 @needs_emu
@@ -107,7 +104,7 @@ def test_tf32_fprop_sweep_matches_the_tf32_oracle(chunk):
         x, w, b = _arrays(rng, cfg)
         relu = index % 2 == 1
         want, scale = _oracle(x, w, b, cfg, relu)
-        got = _run(x, w, b, cfg, relu)
+        got = _run(x, w, b, cfg, relu, splits=int(rng.integers(2, 4)) if index % 3 == 2 else None, tile=TILES[index % 3])
         assert got.dtype == np.float32 and got.shape == want.shape
         assert np.all(np.abs(got - want) <= 2e-6 * (scale + 1.0)), cfg
 
@@ -138,6 +135,21 @@ def test_tf32_fprop_is_bit_identical_under_every_schedule():
     assert all(r.tobytes() == runs[0].tobytes() for r in runs)
 
 
+@needs_emu
+def test_tf32_kernels_have_no_shared_memory_race():
+    """The race check sees every shared word of the two stages and of wgrad's pixel table."""
+    from cnn_gpu import emu
+    rng = np.random.default_rng(14)
+    cfg = dict(n=2, c=5, h=9, w=8, k=9, r=3, s=2, stride=2, pad=1, dil=1, groups=1)   # 4 wgrad steps
+    x, w, b = _arrays(rng, cfg)
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    with emu.checking(schedule="random", seed=3, race=True):
+        conv_tc.fprop("emu", x, w, b, g, splits=2)
+        conv_tc.dgrad("emu", dy, w, g)
+        conv_tc.wgrad("emu", dy, x, g, splits=1)
+
+
 def test_tf32_kernels_refuse_other_dtypes():
     x = np.ones((1, 1, 3, 3))
     g = conv_geometry(x.shape, (1, 1, 1, 1))
@@ -161,3 +173,66 @@ def test_gpus_before_sm80_fall_back_to_simt_and_say_so_once(monkeypatch):
         assert conv_tc.supported("cuda") is False      # said once only
     monkeypatch.setattr(conv_tc, "_device_arch", lambda device_id: 90)
     assert conv_tc.supported("cuda") is True and conv_tc.supported("numpy") is False
+
+
+@needs_emu
+@pytest.mark.parametrize("splits, tile", [(1, "tf32"), (3, "tf32_m64")])
+def test_tf32_whole_tiles_take_the_unpredicated_paths(splits, tile):
+    """Channels in whole steps of 16 (fprop, dgrad: no channel tests) and whole 128-row tiles with
+    whole pixel steps (wgrad: no row or pixel tests), next to a partial tile and a partial step."""
+    rng = np.random.default_rng(12)
+    cfg = dict(n=2, c=32, h=6, w=7, k=144, r=3, s=3, stride=1, pad=1, dil=1, groups=1)   # 84 pixels
+    x, w, b = _arrays(rng, cfg)
+    want, scale = _oracle(x, w, b, cfg, relu=True)
+    assert np.all(np.abs(_run(x, w, b, cfg, True, splits, tile) - want) <= 2e-6 * (scale + 1.0))
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    (want_dx, want_dw), (scale_dx, scale_dw) = _backward_oracle(dy, x, w, cfg)
+    assert np.all(np.abs(conv_tc.wgrad("emu", dy, x, g, splits=splits) - want_dw) <= 2e-6 * (scale_dw + 1.0))
+    assert np.all(np.abs(conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits) - want_dx) <= 2e-6 * (scale_dx + 1.0))
+
+
+def test_tf32_wgrad_leaves_filters_past_its_tap_masks_to_simt():
+    g = conv_geometry((1, 1, 40, 40), (1, 1, 17, 16))
+    assert not conv_tc.wgrad_supported(g) and conv_tc.wgrad("emu", None, np.ones(g.x_shape, np.float32), g) is None
+    with pytest.raises(ValueError, match="R \\+ S"):
+        conv_tc.plan_wgrad(g)
+    assert conv_tc.wgrad_supported(conv_geometry((1, 1, 40, 40), (1, 1, 16, 16)))
+
+
+def test_tf32_plans_split_small_grids_and_not_large_ones():
+    small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), padding=1)         # 16 block tiles
+    large = conv_geometry((128, 128, 28, 28), (128, 128, 3, 3), padding=1)     # 784 block tiles
+    assert conv_tc.plan_fprop(small).splits > 1 and conv_tc.plan_fprop(large).splits == 1
+    plan = conv_tc.plan_fprop(small, tile="tf32")
+    assert [launch.kernel for launch in plan.launches] == ["conv2d_fprop_tf32", "split_sum_epilogue"]
+    assert plan.main.grid[2] == plan.splits and plan.main.block == (conv_tc.THREADS, 1, 1)
+    wgrad = conv_tc.plan_wgrad(large)   # 9 block tiles over 100352 pixels
+    blocks = wgrad.main.grid[0] * wgrad.main.grid[1] * wgrad.main.grid[2]
+    assert wgrad.splits > 1 and blocks % (conv_tc.DEFAULT_SMS * conv_tc.BLOCKS_PER_SM) > 200
+    narrow = conv_geometry((128, 64, 56, 56), (64, 64, 3, 3), padding=1)      # 64 output channels
+    assert conv_tc.plan_fprop(narrow).tile == "tf32_m64" and conv_tc.plan_fprop(large).tile == "tf32"
+    assert conv_tc.plan_fprop(narrow).main.kernel == "conv2d_fprop_tf32_m64"
+    assert conv_tc.plan_dgrad(narrow, tile="tf32").main.kernel == "conv2d_dgrad_tf32"
+    with pytest.raises(ValueError, match="tile must be"):
+        conv_tc.plan_fprop(narrow, tile="large")
+
+
+@needs_emu
+@pytest.mark.parametrize("cfg", [
+    dict(n=2, c=3, h=11, w=10, k=5, r=2, s=3, stride=3, pad=1, dil=2, groups=1),   # phases with no tap
+    dict(n=1, c=4, h=9, w=8, k=6, r=1, s=1, stride=2, pad=0, dil=1, groups=2),     # 1x1 stride 2: one phase
+    dict(n=1, c=2, h=7, w=7, k=3, r=3, s=3, stride=1, pad=3, dil=1, groups=1),     # padding past the kernel
+])
+def test_tf32_dgrad_runs_every_stride_phase_on_tensor_cores(cfg):
+    rng = np.random.default_rng(13)
+    x, w, _ = _arrays(rng, cfg)
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    (want_dx, _), (scale_dx, _) = _backward_oracle(dy, x, w, cfg)
+    for splits in (None, 2):
+        dx = conv_tc.dgrad("emu", dy, w, g, splits=splits)
+        assert np.all(np.abs(dx - want_dx) <= 2e-6 * (scale_dx + 1.0)), (cfg, splits)
+    phases = conv_tc.dgrad_phases(g)
+    assert len(phases.phases) == g.stride[0] * g.stride[1]
+    assert sum(len(r) * len(c) for r, c in zip(phases.rows, phases.cols)) == g.R * g.S   # each tap once

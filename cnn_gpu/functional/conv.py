@@ -519,9 +519,7 @@ def _gpu_fprop(be, x, weight, bias, g, activation=None):
 def _gpu_dgrad(be, dy, weight, g):
     from ..gpu import conv as gpu_conv, conv_tc
     if _on_tensor_cores(be, dy, g):
-        dx = conv_tc.dgrad(be, dy, weight, g)
-        if dx is not None:
-            return dx
+        return conv_tc.dgrad(be, dy, weight, g)
     return gpu_conv.dgrad(be, *_tf32_operands(dy, weight), g)
 
 

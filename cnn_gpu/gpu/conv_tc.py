@@ -1,17 +1,25 @@
 """Launch code of the tensor-core convolutions (kernels/conv2d_tc.cu): float32 convolutions in
 the "tf32" math mode on sm_80 and newer GPUs, and on the emulator.
 
-fprop hands the kernel its filter transposed to (K, R, S, C/G) and rounded to TF32, one small
-copy per call, so the kernel's reduction order (r, s, c) reads it contiguously and rounds only
-the input. dgrad of a stride-1 convolution is that
-fprop over dy with the filter flipped and transposed ((C, R, S, K/G) directly); dgrad of a strided
-convolution returns None (the caller runs the SIMT kernel). wgrad splits its long N*P*Q
-reduction over blocks and sums the partials in a fixed order (bit-identical run to run)."""
+fprop hands the kernel its filter as tiles: transposed to the kernel's reduction order (r, s, c),
+rounded to TF32, zero-padded to whole block rows and 16-channel steps and laid out in mma fragment
+order (one small copy per call), so the kernel rounds only the input and loads the filter
+straight into registers. dgrad runs every stride phase of dx as the stride-1 convolution of dy
+with that phase's taps of the flipped filter (dgrad_phases; tiles made the same way), all in one
+launch. wgrad hands the kernel the tap masks of each output row and column; filters with
+R + S > 32 (no room in a mask word) stay on the SIMT kernel.
+
+fprop and dgrad choose between two block tiles (TILES: 128 or 64 output channels); every pass may
+split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
+partly idle: the splits write partial outputs that one more launch sums in a fixed order
+(bit-identical run to run), adding fprop's bias and ReLU. The plan_* functions decide for an SM
+count (the emulator and the model plan for an H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
 
 import functools
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,16 +27,39 @@ from .. import backend
 from . import reduce
 from ..precision import round_to_tf32
 from ._grid import Launch, i32
-from .conv import INDEX_LIMIT, ConvPlan, _check_grid, _check_index_range, _geometry_args
+from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _check_grid, _check_index_range,
+                   _check_splits, _geometry_args, device_sms)
 
-TILE_M = TILE_N = 128
-TILE_K = 16
+TILE_N = 128             # output pixels (fprop, dgrad) or filter columns (wgrad) of a block tile
+TILE_K = 16              # reduction depth of a step
+THREADS = 128            # 4 warps (kernels/mma_tile.cuh)
+BLOCKS_PER_SM = 2        # the kernels' __launch_bounds__
 MIN_ARCH = 80            # mma.sync with TF32 operands: Ampere and newer
-# wgrad split-K: aim for two waves of one block per SM on an H100 (132 SMs), each split summing
-# at least MIN_SPLIT_PIXELS pixels; the partials must fit 32-bit indexing.
-WGRAD_TARGET_BLOCKS = 264
-MIN_SPLIT_PIXELS = 512
+MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
+
+
+@dataclass(frozen=True)
+class TcTile:
+    """A block-tile variant of the fprop and dgrad kernels: `bm` output channels per block, the
+    kernel name suffix, and its mma issue efficiency (the sm_90 hot loop's MMA issue ceiling,
+    4 clocks per m16n8k8, rounded: the picker's weight)."""
+    bm: int
+    suffix: str
+    efficiency: float
+
+
+# 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels.
+TILES = {"tf32": TcTile(128, "", 1.0), "tf32_m64": TcTile(64, "_m64", 0.71)}
+WGRAD_TILE = "tf32"      # wgrad: 128 x 128 only (TILES["tf32"].bm rows)
+WGRAD_EFFICIENCY = 0.6   # its issue and shared-memory ceilings (about 0.66 and 0.61)
+# Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
+MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 64
+# The picker's costs in clocks of one SM: an m16n8k8 at full rate (an H100 SM finishes one per
+# clock), a byte of split-K partials (an H100 SM's share of DRAM: ~14 bytes per clock) and the
+# summing launch (~4 us).
+CLOCKS_PER_BYTE = 1 / 14
+LAUNCH_CLOCKS = 7000
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,42 +93,153 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def plan_fprop(g) -> ConvPlan:
+def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, sms, tiles, tile, splits):
+    """(tile name, splits, chunk) of an M x Ngemm GEMM repeated `batches` times over
+    `steps` reduction steps, each split taking `chunk` of them (one block per tile and split).
+    Unforced choices minimise the busiest SM's clocks: whole waves of BLOCKS_PER_SM blocks per SM
+    (a partial last wave counts whole) of bm x TILE_N x chunk steps at the tile's efficiency, plus
+    split-K's extra traffic (its partials written and read) and launch. `tiles`: {name: (bm,
+    efficiency)} to choose from."""
+    _check_splits(splits)
+    if tile is not None and tile not in tiles:
+        raise ValueError(f"tile must be one of {', '.join(tiles)} or None, got {tile!r}")
+    slots = (DEFAULT_SMS if sms is None else sms) * BLOCKS_PER_SM
+    most = max(1, min(MAX_SPLITS, _ceil_div(steps, MIN_SPLIT_STEPS),
+                      (INDEX_LIMIT - 1) // max(output_elements, 1), MAX_GRID_YZ // batches))
+    best = None
+    for name in [tile] if tile else tiles:
+        bm, efficiency = tiles[name]
+        blocks = _ceil_div(M, bm) * _ceil_div(Ngemm, TILE_N) * batches
+        for wanted in ([min(splits, steps)] if splits else range(1, most + 1)):
+            chunk = _ceil_div(steps, wanted)
+            count = _ceil_div(steps, chunk)          # no empty split
+            waves = _ceil_div(blocks * count, slots)
+            clocks = waves * BLOCKS_PER_SM * chunk * bm * TILE_N * TILE_K / 1024 / efficiency
+            if count > 1:
+                clocks += 2 * count * output_elements * 4 * CLOCKS_PER_BYTE / (slots / BLOCKS_PER_SM) + LAUNCH_CLOCKS
+            if best is None or clocks < best[0]:
+                best = (clocks, name, count, chunk)
+    return best[1], best[2], best[3]
+
+
+def _fprop_tiles() -> dict:
+    return {name: (spec.bm, spec.efficiency) for name, spec in TILES.items()}
+
+
+def _tile_shape(groups, rows, r, s, channels, bm) -> tuple:
+    """(G, Mpad, R, S, Cpad): filter tiles of a `bm`-row block tile, rows and channels padded to
+    whole block tiles and steps."""
+    return (groups, _ceil_div(rows, bm) * bm, r, s, _ceil_div(channels, TILE_K) * TILE_K)
+
+
+def _check_tiles(elements: int) -> None:
+    if elements >= INDEX_LIMIT:
+        raise ValueError(f"conv2d kernels use 32-bit indices: the padded filter tiles have {elements} elements")
+
+
+def plan_fprop(g, *, tile=None, splits=None, sms=None) -> ConvPlan:
+    """The launches of fprop on geometry `g`: the kernel of the TILES variant `tile` (chosen when
+    None), and with split-K the fixed-order sum that also adds the bias and applies ReLU."""
     _check_index_range(g)
-    grid = (_ceil_div(g.N * g.P * g.Q, TILE_N), _ceil_div(g.K // g.groups, TILE_M), g.groups)
+    kg, npq = g.K // g.groups, g.N * g.P * g.Q
+    steps = g.R * g.S * _ceil_div(g.C // g.groups, TILE_K)
+    out = math.prod(g.y_shape)
+    name, splits, chunk = _choose(kg, npq, g.groups, steps, out, sms, _fprop_tiles(), tile, splits)
+    spec = TILES[name]
+    _check_tiles(math.prod(_tile_shape(g.groups, kg, g.R, g.S, g.C // g.groups, spec.bm)))
+    grid = (_ceil_div(npq, TILE_N), _ceil_div(kg, spec.bm), g.groups * splits)
     _check_grid("conv2d_fprop_tf32", grid)
-    return ConvPlan("fprop", (Launch("conv2d_tc", "conv2d_fprop_tf32", grid),), tile="tf32")
+    launches = (Launch("conv2d_tc", "conv2d_fprop_tf32" + spec.suffix, grid, (THREADS, 1, 1)),)
+    if splits > 1:
+        launches += (reduce.plan_split_sum_epilogue(out),)
+    return ConvPlan("fprop", launches, tile=name, splits=splits, chunk=chunk)
 
 
-def dgrad_as_fprop_geometry(g):
-    """The geometry of the stride-1 convolution of dy whose output is dx, or None when dgrad is
-    no such convolution (a stride above 1, or padding beyond the dilated kernel's reach)."""
-    from ..functional.geometry import conv_geometry
-    if g.stride != (1, 1):
-        return None
-    pads = tuple(d * (k - 1) - p for d, k, p in zip(g.dilation, (g.R, g.S), g.padding))
-    if min(pads) < 0:
-        return None
-    return conv_geometry((g.N, g.K, g.P, g.Q), (g.C, g.K // g.groups, g.R, g.S), stride=1, padding=pads,
-                         dilation=g.dilation, groups=g.groups)
+@dataclass(frozen=True)
+class DgradPhases:
+    """dx of a convolution as one stride-1 convolution of dy per stride phase of dx.
+
+    Phase (ph, pw) holds the dx pixels (ph + i*stride_h, pw + j*stride_w), out_shape[k] of them per
+    image; it convolves dy with the filter taps rows[k] x cols[k] (original indices, flipped order),
+    dilation `dilation` and padding pads[k]. A phase no tap reaches has empty taps (its dx is 0)."""
+    phases: tuple        # (ph, pw) per phase
+    rows: tuple          # filter rows of each phase, in the order the phase's convolution reads them
+    cols: tuple
+    pads: tuple          # (pad_h, pad_w) per phase
+    out_shape: tuple     # (H', W') per phase
+    dilation: tuple
+
+    def steps(self, k: int, channels: int) -> int:
+        """Reduction steps of phase k over `channels` dy channels (per group)."""
+        return len(self.rows[k]) * len(self.cols[k]) * _ceil_div(channels, TILE_K)
 
 
-def plan_wgrad(g, splits=None) -> ConvPlan:
+def _phase_dimension(size, taps, stride, pad, dilation):
+    """Per phase of one dimension: (output size, filter taps in read order, padding), and the dilation."""
+    period, dilated = stride // math.gcd(stride, dilation), dilation // math.gcd(stride, dilation)
+    phases = []
+    for phase in range(stride):
+        first = next((t for t in range(min(period, taps)) if (phase + pad - t * dilation) % stride == 0), None)
+        reach = [] if first is None else list(range(first, taps, period))
+        origin = 0 if first is None else (phase + pad - first * dilation) // stride
+        phases.append((_ceil_div(size - phase, stride) if phase < size else 0, reach[::-1],
+                       (len(reach) - 1) * dilated - origin))
+    return phases, dilated
+
+
+def dgrad_phases(g) -> DgradPhases:
+    """The stride phases of dx of geometry `g` as convolutions of dy."""
+    rows, dil_h = _phase_dimension(g.H, g.R, g.stride[0], g.padding[0], g.dilation[0])
+    cols, dil_w = _phase_dimension(g.W, g.S, g.stride[1], g.padding[1], g.dilation[1])
+    pairs = [(a, b) for a in range(g.stride[0]) for b in range(g.stride[1])]
+    return DgradPhases(tuple(pairs), tuple(tuple(rows[a][1]) for a, _ in pairs), tuple(tuple(cols[b][1]) for _, b in pairs),
+                       tuple((rows[a][2], cols[b][2]) for a, b in pairs), tuple((rows[a][0], cols[b][0]) for a, b in pairs),
+                       (dil_h, dil_w))
+
+
+def plan_dgrad(g, *, tile=None, splits=None, sms=None) -> ConvPlan:
+    """The launches of dgrad: every stride phase of dx in one launch of the TILES variant `tile`
+    (grid.z = phases x splits x G), and with split-K the fixed-order sum of the partial dx."""
     _check_index_range(g)
+    phases = dgrad_phases(g)
+    kg, cg = g.K // g.groups, g.C // g.groups
+    pixels = max(g.N * h * w for h, w in phases.out_shape)
+    batches = g.groups * len(phases.phases)
+    steps = max(1, max(phases.steps(k, kg) for k in range(len(phases.phases))))
+    out = math.prod(g.x_shape)
+    name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, _fprop_tiles(), tile, splits)
+    spec = TILES[name]
+    _check_tiles(sum(math.prod(_tile_shape(g.groups, cg, len(r), len(c), kg, spec.bm))
+                     for r, c in zip(phases.rows, phases.cols)))
+    grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
+    _check_grid("conv2d_dgrad_tf32", grid)
+    launches = (Launch("conv2d_tc", "conv2d_dgrad_tf32" + spec.suffix, grid, (THREADS, 1, 1)),)
+    if splits > 1:
+        launches += (reduce.plan_channel_sum(splits, out, 1),)
+    return ConvPlan("dgrad", launches, tile=name, splits=splits, chunk=chunk)
+
+
+def wgrad_supported(g) -> bool:
+    """Whether wgrad of `g` runs on tensor cores: its tap masks hold R + S bits in one word."""
+    return g.R + g.S <= MAX_TAP_BITS
+
+
+def plan_wgrad(g, *, splits=None, sms=None) -> ConvPlan:
+    """The launches of wgrad: the kernel over `splits` chunks of the N*P*Q pixels, then (split-K)
+    the fixed-order sum of the partial filters."""
+    _check_index_range(g)
+    if not wgrad_supported(g):
+        raise ValueError(f"the TF32 wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
     kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
-    grid_xy = (_ceil_div(crs, TILE_N), _ceil_div(kg, TILE_M))
-    if splits is None:
-        splits = _ceil_div(WGRAD_TARGET_BLOCKS, grid_xy[0] * grid_xy[1] * g.groups)
-        splits = min(splits, _ceil_div(npq, MIN_SPLIT_PIXELS), MAX_SPLITS, (INDEX_LIMIT - 1) // (g.K * crs))
-    splits = max(1, min(int(splits), npq))
-    chunk = _ceil_div(_ceil_div(npq, splits), TILE_K) * TILE_K
-    splits = _ceil_div(npq, chunk)   # rounding the chunk up may leave trailing splits empty: drop them
-    grid = grid_xy + (g.groups * splits,)
+    bm = TILES[WGRAD_TILE].bm
+    _, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, TILE_K), g.K * crs, sms,
+                                     {WGRAD_TILE: (bm, WGRAD_EFFICIENCY)}, None, splits)
+    grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, bm), g.groups * splits)
     _check_grid("conv2d_wgrad_tf32", grid)
-    launches = (Launch("conv2d_tc", "conv2d_wgrad_tf32", grid),)
+    launches = (Launch("conv2d_tc", "conv2d_wgrad_tf32", grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, g.K * crs, 1),)
-    return ConvPlan("wgrad", launches, tile="tf32", splits=splits, chunk=chunk)
+    return ConvPlan("wgrad", launches, tile=WGRAD_TILE, splits=splits, chunk=chunk_steps * TILE_K)
 
 
 def _float32(a):
@@ -105,47 +247,98 @@ def _float32(a):
         raise TypeError(f"the TF32 kernels take float32 arrays, not {a.dtype}")
 
 
-def _launch_fprop(be, x, filter_rsc, bias, g, activation):
-    plan = plan_fprop(g)
-    y = backend.array_module(be).empty(g.y_shape, dtype=x.dtype)
-    bias_arg = filter_rsc if bias is None else bias   # never read when has_bias == 0 (an input: no aliasing of y)
-    args = ((x, filter_rsc, bias_arg, y) + _geometry_args(g)
-            + i32(g.groups, bias is not None, activation == "relu"))
-    launch = plan.main
-    backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
-    return y
+def _filter_tiles(xp, w_grsc, shape):
+    """The kernels' filter tiles of `shape` (_tile_shape) from a filter as (G, rows, R, S,
+    channels): rounded to TF32, zero-padded, flat in the order the warps load their mma A
+    fragments: per group, 64-row block and 16-deep step, 4 KiB of (m tile, k8 half, lane,
+    register) with lane = 4*g + t and registers (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4) of
+    the m16n8k8 tile (PTX ISA fragment layout), so a warp reads each step as 8 coalesced 512-byte
+    rows of 16-byte vectors."""
+    tiles = xp.zeros(shape, dtype=np.float32)
+    tiles[:, :w_grsc.shape[1], :, :, :w_grsc.shape[4]] = round_to_tf32(xp.ascontiguousarray(w_grsc))
+    groups, rows, r, s, channels = shape
+    # (G, row block, m tile, +8, g, step, k8, +4, t) -> (G, row block, step, m tile, k8, g, t, +4, +8)
+    split = tiles.reshape(groups, rows // 64, 4, 2, 8, r * s * channels // TILE_K, 2, 2, 4)
+    return xp.ascontiguousarray(split.transpose(0, 1, 5, 2, 6, 4, 8, 7, 3)).ravel()
 
 
-def fprop(be, x, w, bias, g, activation=None):
-    """y = conv2d(x, w) + bias (then ReLU when activation == "relu"), TF32 products, FP32 sums."""
+def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None):
+    """y = conv2d(x, w) + bias (then ReLU when activation == "relu"), TF32 products, FP32 sums.
+    `tile` (a TILES name) and `splits` force the plan's choices."""
     _float32(x)
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    filter_rsc = round_to_tf32(backend.array_module(be).ascontiguousarray(w.transpose(0, 2, 3, 1)))
-    return _launch_fprop(be, x, filter_rsc, bias, g, activation)
-
-
-def dgrad(be, dy, w, g):
-    """dx of a stride-1 conv2d on tensor cores, or None when the geometry needs the SIMT kernel."""
-    _float32(dy)
-    flipped = dgrad_as_fprop_geometry(g)
-    if flipped is None:
-        return None
+    plan = plan_fprop(g, tile=tile, splits=splits, sms=device_sms(be))
     xp = backend.array_module(be)
     kg, cg = g.K // g.groups, g.C // g.groups
-    # w (G*Kg, Cg, R, S) -> (G*Cg, R, S, Kg), taps reversed: the filter of the flipped convolution
-    per_group = w.reshape(g.groups, kg, cg, g.R, g.S)[:, :, :, ::-1, ::-1]
-    filter_rsc = round_to_tf32(xp.ascontiguousarray(per_group.transpose(0, 2, 3, 4, 1)).reshape(g.C, g.R, g.S, kg))
-    return _launch_fprop(be, dy, filter_rsc, None, flipped, None)
+    w_grsc = w.reshape(g.groups, kg, cg, g.R, g.S).transpose(0, 1, 3, 4, 2)
+    filter_tiles = _filter_tiles(xp, w_grsc, _tile_shape(g.groups, kg, g.R, g.S, cg, TILES[plan.tile].bm))
+    y = xp.empty(g.y_shape, dtype=x.dtype)
+    relu = activation == "relu"
+    bias_arg = reduce.unread_bias(xp, x.dtype) if bias is None else bias
+    launch = plan.main
+    out = y if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.y_shape), dtype=x.dtype)
+    epilogue = (bias is not None, relu) if plan.splits == 1 else (0, 0)   # split-K: the sum adds them
+    args = (x, filter_tiles, bias_arg, out) + _geometry_args(g) + i32(g.groups, *epilogue, plan.chunk)
+    backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
+    if plan.splits == 1:
+        return y
+    return reduce.split_sum_epilogue(be, out, y, g.K, g.P * g.Q, bias, relu)
+
+
+def dgrad(be, dy, w, g, *, tile=None, splits=None):
+    """dx of conv2d on tensor cores: per stride phase of dx, the convolution of dy with that
+    phase's taps of the filter, flipped and transposed (filter tiles made here, one small copy)."""
+    _float32(dy)
+    plan = plan_dgrad(g, tile=tile, splits=splits, sms=device_sms(be))
+    phases = dgrad_phases(g)
+    xp = backend.array_module(be)
+    kg, cg = g.K // g.groups, g.C // g.groups
+    per_group = w.reshape(g.groups, kg, cg, g.R, g.S)
+    tiles, table, offset = [], [], 0
+    for (ph, pw), rows, cols, (pad_h, pad_w), (out_h, out_w) in zip(phases.phases, phases.rows, phases.cols,
+                                                                    phases.pads, phases.out_shape):
+        # (G, Kg, Cg, R', S') -> (G, Cg, R', S', Kg): the filter of the phase's convolution of dy
+        taps = per_group[:, :, :, list(rows)][:, :, :, :, list(cols)].transpose(0, 2, 3, 4, 1)
+        phase_tiles = _filter_tiles(xp, taps, _tile_shape(g.groups, cg, len(rows), len(cols), kg, TILES[plan.tile].bm))
+        table.append((ph, pw, len(rows), len(cols), pad_h, pad_w, out_h, out_w, offset))
+        tiles.append(phase_tiles)
+        offset += phase_tiles.size
+    filter_tiles = xp.concatenate(tiles) if offset else xp.zeros(1, dtype=np.float32)
+    phase_table = xp.asarray(np.array(table, dtype=np.int32))
+    dx = xp.empty(g.x_shape, dtype=dy.dtype)
+    out = dx if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.x_shape), dtype=dy.dtype)
+    args = ((dy, filter_tiles, phase_table, out) + i32(g.N, g.C, g.H, g.W, g.K, g.P, g.Q, *g.stride, *phases.dilation)
+            + i32(g.groups, plan.splits, plan.chunk))
+    launch = plan.main
+    backend.launch(be, launch.family, dy.dtype, launch.kernel, launch.grid, launch.block, args)
+    if plan.splits == 1:
+        return dx
+    return reduce.channel_sum(be, out, plan.splits, dx.size, 1).reshape(g.x_shape)
+
+
+def _tap_masks(xp, g):
+    """(row_taps[P], col_taps[Q]) as uint32: bit r of row_taps[p] set when filter row r of output
+    row p falls inside the input, bit R + s of col_taps[q] likewise for filter column s."""
+    def masks(out, taps, stride, pad, dilation, size, shift):
+        at = xp.arange(out)[:, None] * stride - pad + xp.arange(taps)[None, :] * dilation
+        inside = ((at >= 0) & (at < size)).astype(np.uint64)
+        return (inside << (xp.arange(taps, dtype=np.uint64) + shift)[None, :]).sum(axis=1).astype(np.uint32)
+    return (masks(g.P, g.R, g.stride[0], g.padding[0], g.dilation[0], g.H, 0),
+            masks(g.Q, g.S, g.stride[1], g.padding[1], g.dilation[1], g.W, g.R))
 
 
 def wgrad(be, dy, x, g, *, splits=None):
-    """dweight of conv2d on tensor cores: split-K partials summed in a fixed order."""
+    """dweight of conv2d on tensor cores (split-K partials summed in a fixed order), or None for a
+    filter with R + S > 32 (the SIMT kernel runs it)."""
     _float32(x)
-    plan = plan_wgrad(g, splits)
+    if not wgrad_supported(g):
+        return None
+    plan = plan_wgrad(g, splits=splits, sms=device_sms(be))
+    xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S
-    workspace = backend.array_module(be).empty((plan.splits, g.K, crs), dtype=x.dtype)
-    args = (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk)
+    workspace = xp.empty((plan.splits, g.K, crs), dtype=x.dtype)
+    args = (dy, x, *_tap_masks(xp, g), workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk)
     launch = plan.main
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:

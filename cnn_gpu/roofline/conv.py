@@ -60,7 +60,7 @@ TC_PLANS = {"fprop": conv_tc.plan_fprop, "dgrad": conv_tc.plan_dgrad, "wgrad": c
 
 
 def _tensor_core_steps(pass_name: str, g, plan) -> int:
-    """The 128 x 128 x 16 block steps the main launch of a tensor-core plan runs, all blocks
+    """The bm x 128 x 16 block steps the main launch of a tensor-core plan runs, all blocks
     together: every block tile steps through its whole reduction 16 deep, padding included
     (fprop: R*S taps of C/G channels padded to 16; dgrad: each stride phase's taps of K/G channels
     over that phase's pixels; wgrad: the N*P*Q pixels); split-K cuts the steps, adding none."""
@@ -88,7 +88,8 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
         return None
     item = np.dtype(dtype).itemsize
     plan = TC_PLANS[pass_name](g, sms=sms)
-    issued = 2 * conv_tc.TILE_M * conv_tc.TILE_N * conv_tc.TILE_K * _tensor_core_steps(pass_name, g, plan)
+    rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow fprop/dgrad variant
+    issued = 2 * rows * conv_tc.TILE_N * conv_tc.TILE_K * _tensor_core_steps(pass_name, g, plan)
     glue = ([("tf32_tap_masks", (g.P + g.Q) * 4)] if pass_name == "wgrad"
             else [("tf32_filter_tiles", 2 * math.prod(g.w_shape) * item)])
     return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias, "tf32", issued))), glue
@@ -117,9 +118,9 @@ REPRESENTATIVE = {
 
 
 def representative_run(pass_name: str, tile, dtype):
-    """A function that runs the pass's `tile` variant (tile "tf32": the tensor-core kernel) once on
-    the emulator without split-K and returns (its main Launch, its useful FLOPs); the kernel then
-    has whole tiles only."""
+    """A function that runs the pass's `tile` variant (a name of conv_tc.TILES: the tensor-core
+    kernels) once on the emulator without split-K and returns (its main Launch, its useful FLOPs);
+    the kernel then has whole tiles only."""
     from ..functional.geometry import conv_geometry
     x_shape, w_shape, padding = REPRESENTATIVE[pass_name]
     g = conv_geometry(x_shape, w_shape, 1, padding)
@@ -127,14 +128,15 @@ def representative_run(pass_name: str, tile, dtype):
     def run():
         rng = np.random.default_rng(0)
         x, w, dy = (rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, g.y_shape))
-        if tile == "tf32":
+        if tile in conv_tc.TILES:
             if pass_name == "fprop":
-                conv_tc.fprop("emu", x, w, None, g, splits=1)
-            elif pass_name == "dgrad":
-                conv_tc.dgrad("emu", dy, w, g, splits=1)
-            else:
-                conv_tc.wgrad("emu", dy, x, g, splits=1)
-            return TC_PLANS[pass_name](g, splits=1).main, g.flops
+                conv_tc.fprop("emu", x, w, None, g, tile=tile, splits=1)
+                return conv_tc.plan_fprop(g, tile=tile, splits=1).main, g.flops
+            if pass_name == "dgrad":
+                conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1)
+                return conv_tc.plan_dgrad(g, tile=tile, splits=1).main, g.flops
+            conv_tc.wgrad("emu", dy, x, g, splits=1)
+            return conv_tc.plan_wgrad(g, splits=1).main, g.flops
         if pass_name == "fprop":
             gpu_conv.fprop("emu", x, w, None, g, tile=tile, splits=1)
         elif pass_name == "dgrad":
