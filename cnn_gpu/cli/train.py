@@ -9,6 +9,11 @@ Data-parallel: under `mpiexec -n N` (or with `--nproc N`, which relaunches itsel
 mpiexec of mpi4py's MPI) every rank trains on its shard of each global batch of N x --batch-size
 images, gradients are averaged across ranks (cnn_gpu.distributed), and rank 0 alone prints,
 saves checkpoints and reports the accuracy counted over all ranks' shards of the test set.
+
+Precision (`--precision`): fp32; tf32, training and evaluation inside math_mode("tf32"); fp16, a
+float16 model and batches (the optimizer keeps FP32 master weights) with the loss gradient scaled
+dynamically by cnn_gpu.amp.GradScaler, unscaled after the all-reduce so every rank skips the same
+overflowing steps; the checkpoint keeps the scaler's state.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import numpy as np
 
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
 DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "adam", "lr": None,
-            "batch_size": 32, "seed": 0, "epochs": 15, "warmup_epochs": 0, "label_smoothing": 0.0}
+            "batch_size": 32, "seed": 0, "epochs": 15, "warmup_epochs": 0, "label_smoothing": 0.0,
+            "precision": "fp32"}
 # Initial learning rates by (model, optimizer): cnn and resnet tuned on digits (the small ResNet
 # takes a larger Adam step); resnet18's are the usual CIFAR-10 ones (SGD 0.1 at batch 128).
 DEFAULT_LR = {("cnn", "adam"): 2e-3, ("cnn", "sgd"): 0.05, ("resnet", "adam"): 5e-3, ("resnet", "sgd"): 0.05,
@@ -33,10 +39,12 @@ DEFAULT_LR = {("cnn", "adam"): 2e-3, ("cnn", "sgd"): 0.05, ("resnet", "adam"): 5
 SGD_MOMENTUM = 0.9
 # Settings that must not change across a resume (the saved state would no longer fit, or the
 # seed would be silently ignored: the checkpoint's weights and shuffling state replace it).
-FIXED_ON_RESUME = ("model", "dataset", "optimizer", "seed")
+FIXED_ON_RESUME = ("model", "dataset", "optimizer", "seed", "precision")
 # The state each optimizer keeps for a parameter once it has stepped it (none before): a resumed
 # checkpoint's must match, or the first step would fail or compute garbage.
 OPTIMIZER_STATE_KEYS = {"adam": {"step", "exp_avg", "exp_avg_sq"}, "sgd": {"momentum_buffer"}}
+# The dtype of the model and its input batches by --precision (tf32 is float32 in another math mode).
+PRECISION_DTYPES = {"fp32": np.float32, "tf32": np.float32, "fp16": np.float16}
 
 
 class UsageError(Exception):
@@ -92,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "decay it along half a cosine over the rest (default: 0)")
     parser.add_argument("--label-smoothing", type=unit_float, metavar="S",
                         help="mix each one-hot target with the uniform distribution by this much (default: 0)")
+    parser.add_argument("--precision", choices=tuple(PRECISION_DTYPES),
+                        help="fp32; tf32: float32 convolutions with TF32 operands; fp16: float16 weights and "
+                             "activations (FP32 math, FP32 master weights in the optimizer) with dynamic loss "
+                             "scaling; for now fp16 runs on --device numpy only (default: fp32)")
     parser.add_argument("--save", metavar="PATH",
                         help="write a checkpoint here after every epoch (replacing the file atomically)")
     parser.add_argument("--resume", metavar="PATH", help="continue from this checkpoint")
@@ -210,6 +222,7 @@ def _load_checkpoint(path: str):
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise UsageError(f"{path}: malformed checkpoint: its epoch is {epoch!r}, not an integer >= 0")
     meta = dict(meta, settings=_checked_saved_settings(meta.get("settings"), path))
+    meta["settings"].setdefault("precision", "fp32")   # checkpoints from before --precision trained in fp32
     try:
         np.random.default_rng().bit_generator.state = meta.get("shuffle_rng")
     except (TypeError, ValueError, KeyError, OverflowError) as err:
@@ -277,9 +290,11 @@ def _restore(model, optimizer, optimizer_name: str, resumed, source: str) -> Non
     if saved != own:
         raise UsageError(f"{source}: malformed checkpoint: optimizer hyper-parameters {saved}, expected {own}")
     for i, (parameter, state) in enumerate(zip(optimizer.params, optimizer.state)):
-        if state and set(state) != OPTIMIZER_STATE_KEYS[optimizer_name]:
+        # float16 parameters also keep their FP32 master weights
+        expected = OPTIMIZER_STATE_KEYS[optimizer_name] | ({"master"} if parameter.data.dtype == np.float16 else set())
+        if state and set(state) != expected:
             raise UsageError(f"{source}: malformed checkpoint: optimizer state {i} has {sorted(state)}, expected "
-                             f"{sorted(OPTIMIZER_STATE_KEYS[optimizer_name])}")
+                             f"{sorted(expected)}")
         for key, value in state.items():
             fits = (isinstance(value, int) and not isinstance(value, bool) and value >= 1 if key == "step"
                     else getattr(value, "shape", None) == parameter.data.shape)
@@ -287,22 +302,59 @@ def _restore(model, optimizer, optimizer_name: str, resumed, source: str) -> Non
                 raise UsageError(f"{source}: malformed checkpoint: optimizer state {i}.{key} is {value!r:.60}")
 
 
-def _train(args) -> int:
-    from .. import checkpoint, distributed, models, nn, optim
-    from ..lr_scheduler import WarmupCosine
+def _restore_scaler(scaler, meta: dict, source: str) -> None:
+    """The resumed run's loss scale and growth counter (fp16 runs), or UsageError."""
+    if not scaler.is_enabled():
+        return
+    try:
+        scaler.load_state_dict(meta.get("scaler"))
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{source}: malformed checkpoint: {err}") from None
 
+
+def _check_float16_runs(model, loss_fn, dataset, device: str) -> None:
+    """fp16 off the numpy backend: one forward and backward of a copy of the model on two images,
+    so an op without float16 kernels fails now, in one line, rather than in the first epoch."""
+    import copy
+
+    from ..nn.module import to_backend_array
+    probe = copy.deepcopy(model)
+    try:
+        logits = probe(to_backend_array(dataset.x_train[:2].astype(np.float16), device))
+        loss_fn(logits, to_backend_array(dataset.y_train[:2], device))
+        probe.backward(loss_fn.backward())
+    except NotImplementedError as err:
+        raise UsageError(f"--precision fp16 is not yet supported on --device {device}: {err}") from None
+
+
+def _train(args) -> int:
+    import contextlib
+
+    from .. import distributed
+    from ..precision import math_mode
     world = distributed.init()
-    leader = world.rank == 0
     # Everything is checked before the first epoch: no run fails late for a reason known now.
     resumed = _load_checkpoint(args.resume) if args.resume else None
     settings = _settings(args, resumed[2]["settings"] if resumed else {})
     _check_args(args, settings)
+    # tf32: training and evaluation alike
+    with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
+        return _train_in_precision(args, world, resumed, settings)
+
+
+def _train_in_precision(args, world, resumed, settings: dict) -> int:
+    from .. import checkpoint, distributed, models, nn, optim
+    from ..amp import GradScaler
+    from ..lr_scheduler import WarmupCosine
+
+    leader = world.rank == 0
     device = choose_device(args.device)
     dataset = _load_dataset(settings)
 
     nn.init.manual_seed(settings["seed"])
     try:
-        model = models.build(settings["model"], dataset.image_shape, dataset.num_classes).to(device)
+        model = models.build(settings["model"], dataset.image_shape, dataset.num_classes,
+                             dtype=PRECISION_DTYPES[settings["precision"]]).to(device)
     except ValueError as err:   # images too small for the model
         raise UsageError(str(err)) from None
     if settings["optimizer"] == "adam":
@@ -312,9 +364,14 @@ def _train(args) -> int:
     # Every rank draws the same permutations: the checkpoint holds no per-rank state, so a run
     # resumes with any number of ranks.
     shuffle_rng = np.random.default_rng(settings["seed"])
+    scaler = GradScaler(enabled=settings["precision"] == "fp16")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
+    if scaler.is_enabled() and device != "numpy":
+        _check_float16_runs(model, loss_fn, dataset, device)
     start_epoch = 0
     if resumed:
         _restore(model, optimizer, settings["optimizer"], resumed, args.resume)
+        _restore_scaler(scaler, resumed[2], args.resume)
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
         start_epoch = resumed[2]["epoch"]
     # the data path may differ between machines; everything else must agree before any reduction
@@ -326,9 +383,9 @@ def _train(args) -> int:
     _say(leader, f"training {settings['model']} on {dataset.name} ({len(dataset.x_train)} train / "
                  f"{len(dataset.x_test)} test images of {'x'.join(map(str, dataset.image_shape))}) on {device}: "
                  f"{settings['optimizer']} lr={settings['lr']:g}, batch {settings['batch_size']}{ranks}, "
+                 f"{settings['precision']}, "
          + (f"epochs {start_epoch + 1}..{epochs}" if start_epoch < epochs else f"all {epochs} epochs done"))
     started = time.perf_counter()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
     accuracy = None
     for epoch in range(start_epoch, epochs):
         with progress_bar(dataset, settings["batch_size"] * world.size, args.max_batches,
@@ -336,12 +393,13 @@ def _train(args) -> int:
             schedule = WarmupCosine(optimizer, settings["lr"], epochs, bar.total, settings["warmup_epochs"])
             augment = _augmentation(settings, epoch, bar.total, device)
             train_epoch(model, loss_fn, optimizer, dataset, settings["batch_size"], shuffle_rng, device, bar,
-                        lambda index, epoch=epoch: schedule.apply(epoch, index), augment)
+                        lambda index, epoch=epoch: schedule.apply(epoch, index), augment, scaler)
             accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
             bar.set_postfix_str(f"{bar.postfix}, test={accuracy[0] / accuracy[1]:.1%}")
         if args.save and leader:
             meta = {"epoch": epoch + 1, "settings": settings, "shuffle_rng": shuffle_rng.bit_generator.state,
-                    "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size}
+                    "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size,
+                    "scaler": scaler.state_dict()}
             checkpoint.save(args.save, model.state_dict(), optimizer.state_dict(), meta)
     if accuracy is None:  # resumed from a checkpoint that already has every epoch
         accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
@@ -387,14 +445,17 @@ def progress_bar(dataset, batch_size, max_batches, description, shown=True):
 
 
 def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, device, bar, before_step=None,
-                augment=None):
+                augment=None, scaler=None):
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
     accuracy on the progress bar. before_step(index) runs before batch `index` (the learning-rate
-    schedule); augment(x, index) transforms the batch on the device."""
+    schedule); augment(x, index) transforms the batch on the device. Batches take the model's
+    dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
+    unscaled and stepped (or the step skipped on overflow) by it."""
     from .. import distributed
     from ..nn.module import to_backend_array
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
+    dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
                                        distributed.world_size())
     for index, chosen in enumerate(shards):
@@ -404,21 +465,34 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             before_step(index)
         optimizer.zero_grad()
         if len(chosen):   # the uneven last global batch may leave a rank without images
-            x = to_backend_array(dataset.x_train[chosen], device)
+            x = to_backend_array(dataset.x_train[chosen].astype(dtype, copy=False), device)
             y = to_backend_array(dataset.y_train[chosen], device)
             if augment is not None:
                 x = augment(x, index)
             logits = model(x)
             loss = loss_fn(logits, y)
-            model.backward(loss_fn.backward())
+            dlogits = loss_fn.backward()
+            model.backward(scaler.scale(dlogits) if scaler is not None else dlogits)
             loss_sum += loss * len(y)
             correct += int((logits.argmax(axis=1) == y).sum())
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.1%}", refresh=False)
+            shown = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.1%}"}
+            if scaler is not None and scaler.is_enabled():
+                shown["scale"] = f"{scaler.get_scale():g}"
+            bar.set_postfix(refresh=False, **shown)
         # weighted by the shards' sizes: the same step as one process with the whole global batch
         distributed.allreduce_gradients(model, count=len(chosen))
-        optimizer.step()
+        if scaler is not None:   # unscaled after the sums, so every rank sees the same inf/NaN
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         bar.update()
+
+
+def _model_dtype(model):
+    """The dtype of the model's parameters, which its input batches take."""
+    return next(iter(model.parameters())).data.dtype
 
 
 def evaluate(model, dataset, batch_size, device, max_batches=None):
@@ -429,6 +503,7 @@ def evaluate(model, dataset, batch_size, device, max_batches=None):
     from ..nn.module import to_backend_array
     distributed.broadcast_buffers(model)
     model.eval()
+    dtype = _model_dtype(model)
     correct = total = 0
     shards = distributed.shard_batches(len(dataset.x_test), batch_size, None, distributed.rank(),
                                        distributed.world_size())
@@ -436,7 +511,7 @@ def evaluate(model, dataset, batch_size, device, max_batches=None):
         if max_batches and index == max_batches:
             break
         if len(chosen):
-            logits = model(to_backend_array(dataset.x_test[chosen], device))
+            logits = model(to_backend_array(dataset.x_test[chosen].astype(dtype, copy=False), device))
             correct += int((logits.argmax(axis=1) == to_backend_array(dataset.y_test[chosen], device)).sum())
             total += len(chosen)
     counts = distributed.world().allgather_object((correct, total), "the test accuracy")

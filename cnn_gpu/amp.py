@@ -1,0 +1,155 @@
+"""Dynamic loss scaling for float16 training: PyTorch's GradScaler for the explicit-backward API.
+
+    scaler = GradScaler()
+    model.backward(scaler.scale(loss_fn.backward()))   # the loss gradient, scaled
+    distributed.allreduce_gradients(model)             # optional: on the scaled gradients
+    scaler.unscale_(optimizer)                         # .grad / scale in FP32; notes inf/NaN
+    scaler.step(optimizer)                             # skipped if any gradient was inf/NaN
+    scaler.update()                                    # halve on inf/NaN, double after clean runs
+
+Scaling the loss gradient by S keeps small float16 gradients out of the subnormal range during
+backward; unscaling divides by S in FP32 and rounds each gradient to its parameter's dtype once
+(the optimizer widens float16 gradients onto its FP32 master weights). With several ranks, the
+inf/NaN finding is reduced over the world (any rank's overflow skips every rank's step), so the
+replicas never diverge.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend as _backend
+
+
+def _positive_finite(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"GradScaler: {name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"GradScaler: {name} must be finite and > 0, got {value!r}")
+    return value
+
+
+class GradScaler:
+    """Loss scale S (init_scale), halved by backoff_factor on a step whose gradients hold inf/NaN
+    (that step is skipped) and multiplied by growth_factor after growth_interval clean steps in a
+    row. enabled=False makes every method a pass-through (scale 1, steps never skipped)."""
+
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000, enabled: bool = True):
+        self._scale = _positive_finite("init_scale", init_scale)
+        self._growth_factor = _positive_finite("growth_factor", growth_factor)
+        if self._growth_factor <= 1:
+            raise ValueError(f"GradScaler: growth_factor must be > 1, got {growth_factor!r}")
+        self._backoff_factor = _positive_finite("backoff_factor", backoff_factor)
+        if self._backoff_factor >= 1:
+            raise ValueError(f"GradScaler: backoff_factor must be in (0, 1), got {backoff_factor!r}")
+        if isinstance(growth_interval, bool) or not isinstance(growth_interval, (int, np.integer)) \
+                or growth_interval < 1:
+            raise ValueError(f"GradScaler: growth_interval must be an integer >= 1, got {growth_interval!r}")
+        if not isinstance(enabled, bool):
+            raise TypeError(f"GradScaler: enabled must be True or False, got {enabled!r}")
+        self._growth_interval = int(growth_interval)
+        self._enabled = enabled
+        self._growth_tracker = 0     # clean steps since the last change of scale
+        self._found_inf = None       # this step's finding: None before unscale_
+
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def get_scale(self) -> float:
+        return self._scale if self._enabled else 1.0
+
+    def scale(self, dloss):
+        """The loss gradient times the scale, computed in FP32 (2**16 itself overflows float16)
+        and rounded to the gradient's dtype once."""
+        if not self._enabled:
+            return dloss
+        if getattr(dloss, "dtype", None) != np.float16:
+            return dloss * self._scale
+        return (dloss.astype(np.float32) * np.float32(self._scale)).astype(np.float16)
+
+    def unscale_(self, optimizer) -> None:
+        """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
+        dtype) and note whether any is inf/NaN, agreed over all ranks. Once per step."""
+        if not self._enabled:
+            return
+        if self._found_inf is not None:
+            raise RuntimeError("GradScaler.unscale_ was already called since the last update()")
+        inverse = 1.0 / self._scale
+        found = False
+        for p in optimizer.params:
+            if p.grad is None:
+                continue
+            xp = _backend.array_module("cuda" if _backend.is_cupy_array(p.grad) else "numpy")
+            wide = p.grad.astype(xp.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
+            found = found or not bool(xp.isfinite(wide).all())
+            p.grad = (wide * inverse).astype(p.grad.dtype)
+        self._found_inf = _any_rank(found)
+
+    def step(self, optimizer) -> bool:
+        """optimizer.step() unless this step's gradients held inf/NaN (unscales them first if
+        unscale_ was not called). True when the step was taken."""
+        if not self._enabled:
+            optimizer.step()
+            return True
+        if self._found_inf is None:
+            self.unscale_(optimizer)
+        if self._found_inf:
+            return False
+        optimizer.step()
+        return True
+
+    def update(self) -> None:
+        """Adjust the scale after a step: backoff on inf/NaN, growth after growth_interval clean
+        steps; a step that was never unscaled leaves the scale as it is."""
+        if not self._enabled or self._found_inf is None:
+            self._found_inf = None
+            return
+        if self._found_inf:
+            self._scale *= self._backoff_factor
+            self._growth_tracker = 0
+        else:
+            self._growth_tracker += 1
+            if self._growth_tracker == self._growth_interval:
+                self._scale *= self._growth_factor
+                self._growth_tracker = 0
+        self._found_inf = None
+
+    def state_dict(self) -> dict:
+        """Plain numbers (JSON-friendly), as PyTorch's: scale, factors, interval, tracker."""
+        if not self._enabled:
+            return {}
+        return {"scale": self._scale, "growth_factor": self._growth_factor, "backoff_factor": self._backoff_factor,
+                "growth_interval": self._growth_interval, "_growth_tracker": self._growth_tracker}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict()'s values, each checked as the constructor checks it (nothing
+        changes on a ValueError/TypeError)."""
+        if not self._enabled:
+            raise RuntimeError("GradScaler.load_state_dict on a disabled scaler")
+        if not isinstance(state, dict) or not state:
+            raise ValueError("GradScaler.load_state_dict: the state is empty or not a dict (saved from a disabled "
+                             "scaler?)")
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ValueError(f"GradScaler.load_state_dict: keys {sorted(state)}, expected {sorted(expected)}")
+        tracker = state["_growth_tracker"]
+        if isinstance(tracker, bool) or not isinstance(tracker, (int, np.integer)) or tracker < 0:
+            raise ValueError(f"GradScaler.load_state_dict: _growth_tracker must be an integer >= 0, got {tracker!r}")
+        checked = GradScaler(state["scale"], state["growth_factor"], state["backoff_factor"],
+                             state["growth_interval"])
+        if tracker >= checked._growth_interval:
+            raise ValueError(f"GradScaler.load_state_dict: _growth_tracker {tracker} must be below growth_interval "
+                             f"{checked._growth_interval}")
+        checked._growth_tracker = int(tracker)
+        self.__dict__.update(checked.__dict__)
+
+
+def _any_rank(found: bool) -> bool:
+    """True on every rank when any rank found inf/NaN (one all-gather under several ranks)."""
+    from . import distributed
+    if distributed.world_size() > 1:
+        return any(distributed.world().allgather_object(bool(found), "the GradScaler inf/NaN check"))
+    return found
