@@ -180,3 +180,15 @@ def test_nccl_sum_on_one_gpu_keeps_the_values(monkeypatch):
     flat = cupy.asarray(expected)
     _nccl.sum_in_place(flat, dist.World())          # a one-rank NCCL world: the sum is the input
     np.testing.assert_array_equal(flat.get(), expected)
+
+
+@needs_mpi
+def test_count_weighted_reduction_of_loss_scaled_float16_gradients_does_not_overflow(tmp_path):
+    dtype = "float16"
+    done, out = run_script(tmp_path, 2, dtype, 8, 1, "large")
+    assert done.returncode == 0, done.stderr
+    grads = np.load(out)
+    big = np.finfo(dtype).max / 2
+    for name in grads.files:
+        assert grads[name].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(grads[name], np.full(grads[name].shape, big, dtype=dtype))

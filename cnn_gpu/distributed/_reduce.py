@@ -68,7 +68,8 @@ def allreduce_gradients(model, count=None) -> None:
     """Replace every parameter's `.grad` by its mean over the ranks (a parameter without a gradient
     counts as zeros). With `count` (this rank's number of samples in the batch), the mean is
     weighted by the counts, which keeps an uneven last batch equal to one big batch:
-    sum_r count_r * grad_r / sum_r count_r."""
+    sum_r count_r * grad_r / sum_r count_r. float16 gradients are reduced in FP32 (a loss-scaled
+    gradient times a sample count would overflow float16) and rounded back once."""
     if count is not None and not (isinstance(count, (int, np.integer)) and count >= 0):
         raise ValueError(f"allreduce_gradients: count must be a sample count >= 0, got {count!r}")
     w = world()
@@ -79,6 +80,8 @@ def allreduce_gradients(model, count=None) -> None:
     for p in params:
         g = p.grad if p.grad is not None else backend.array_module(
             "cuda" if backend.is_cupy_array(p.data) else "numpy").zeros_like(p.data)
+        if g.dtype == np.float16:
+            g = g.astype(np.float32)
         grads.append(g * count if count is not None else g)
     summed = allreduce_sum(grads)
     if count is None:
@@ -86,7 +89,7 @@ def allreduce_gradients(model, count=None) -> None:
     else:
         divisor = sum(w.allgather_object(int(count), "the batch-size all-gather"))
     for p, g in zip(params, summed):
-        p.grad = g / divisor if divisor else g
+        p.grad = (g / divisor if divisor else g).astype(p.data.dtype, copy=False)
 
 
 def broadcast_parameters(model, root: int = 0) -> None:

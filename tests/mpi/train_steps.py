@@ -2,7 +2,8 @@
 
 argv: OUT DTYPE BATCH_PER_RANK STEPS [fault|hang|mismatch]. With "fault", rank 1 raises in its
 second step, while rank 0 waits in the all-reduce; with "hang", rank 1 stops there for a minute
-(rank 0's collective timeout must end the job); with "mismatch", rank 1 builds a wider model.
+(rank 0's collective timeout must end the job); with "mismatch", rank 1 builds a wider model;
+with "large", huge gradients are reduced (no overflow allowed).
 With "broadcast", every rank builds its own BatchNorm model and broadcast_parameters makes them
 rank 0's (float and integer buffers alike); nothing trains."""
 import sys
@@ -20,6 +21,18 @@ def build(dtype, width=4):
     for p in model.parameters():
         p.data = p.data.astype(dtype)
     return model
+
+
+def reduce_large_gradients(out, dtype, w):
+    """Loss-scaled gradients near the dtype's largest value, weighted by a sample count of 8: the
+    weighting must not overflow (float16 reduces in FP32)."""
+    model = build(dtype)
+    big = np.finfo(dtype).max / 2
+    for p in model.parameters():
+        p.grad = np.full(p.data.shape, big, dtype=dtype)
+    dist.allreduce_gradients(model, count=8)
+    if w.rank == 0:
+        np.savez(out, **{f"g{i}": p.grad for i, p in enumerate(model.parameters())})
 
 
 def broadcast_batch_norm(out, dtype, w):
@@ -43,6 +56,8 @@ def main():
     w = dist.init(timeout_s=2 if mode == "hang" else 20)
     if mode == "broadcast":
         return broadcast_batch_norm(out, dtype, w)
+    if mode == "large":
+        return reduce_large_gradients(out, dtype, w)
     rng = np.random.default_rng(7)            # the same data on every rank
     x = rng.standard_normal((53, 1, 6, 6)).astype(dtype)
     y = rng.integers(0, 3, 53)
