@@ -40,7 +40,7 @@ gpu-check:
 
 # The README's SASS table: hot-loop instruction mix of the conv GEMM kernels on sm_90 (no GPU needed).
 sass-table: $(VENV)/.installed-test
-	@$(VENV)/bin/cnn-gpu kernels --sass --arch sm_90 --family conv2d_fprop,conv2d_dgrad,conv2d_wgrad --markdown
+	@$(VENV)/bin/cnn-gpu kernels --sass --arch sm_90 --family conv2d_fprop,conv2d_dgrad,conv2d_wgrad,conv2d_tc --markdown
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .benchmarks
