@@ -143,9 +143,9 @@ def test_bench_model_device_rows_are_labelled(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "MODELED: roofline estimates" in out and "not a measurement" in out
-    assert "median ms" not in out and "train_step not modeled" in out
+    assert "median ms" not in out
     data = json.loads(json_path.read_text())
-    cases = bench.make_cases("tiny", ["conv2d", "avg_pool2d"])
+    cases = bench.make_cases("tiny", ["conv2d", "avg_pool2d", "train_step"])
     assert [(r["op"], r["shape"], r["device"]) for r in data["rows"]] == [(c.op, c.label, "model:h100") for c in cases]
     for record, case in zip(data["rows"], cases):
         assert record["modeled"] is True and record["median_ms"] is None and record["gflops"] is None
@@ -370,3 +370,22 @@ def test_resnet_layers_at_batch_128_in_tf32(monkeypatch, capsys):
     table = bench.format_table(rows)
     pipes = [line.split()[4] for line in table.splitlines() if line.startswith("conv2d")]
     assert pipes == ["tensor"] * 33 and "dense TF32" in table
+
+
+def test_a_training_step_is_the_sum_of_its_layers_passes():
+    """resnet18 at batch 128: every conv contributes fprop, dgrad (not the stem's) and wgrad; the
+    step costs more than its convolutions' fprop alone and less than 4x their fp32 sum."""
+    from cnn_gpu.bench import modeled
+    from cnn_gpu.bench.training import build_model, leaf_layers
+    (case,) = bench.make_cases("resnet18", ["train_step"])
+    spec = roofline.spec("h100")
+    step = modeled.case_estimates(case, spec, "float32")
+    convs = [g for layer, _, _, g in leaf_layers(build_model(case.shape, "float32"), (128, 3, 32, 32))
+             if g is not None]
+    assert len(convs) == 20
+    launches = {e.kernel for e in step}
+    assert any("dgrad" in name for name in launches) and "sgd_momentum_step" in launches
+    fprop = sum(e.seconds for g in convs for e in roofline.model_conv("fprop", g, "float32", spec))
+    total = sum(e.seconds for e in step)
+    assert fprop < total < 4 * fprop
+    assert sum(e.seconds for e in modeled.case_estimates(case, spec, "float32", "tf32")) < total

@@ -2,7 +2,7 @@
 of measured. The convolution passes are modeled launch by launch from their plans, in each math
 mode on what that mode runs (tf32: the tensor-core plans, their % of peak of the dense TF32
 peak); pooling, cross entropy and bias additions by their compulsory traffic alone (memory-bound);
-a training step is not modeled."""
+a training step as the sum of its layers' passes (_train_step states what it counts)."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from .devices import Device
 from .rows import Row
 
 PREFIX = "model:"
-NOT_MODELED = {"train_step": "not modeled: a training step is many launches of every kind (see the conv rows)"}
+NOT_MODELED = {}
 
 
 def is_model(name: str) -> bool:
@@ -99,8 +99,44 @@ def _cross_entropy(case, spec, dtype) -> list:
             roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
 
 
+def _train_step(case, spec, dtype, mode) -> list:
+    """One training step of a cnn_gpu.models network: every convolution's fprop (with bias when it
+    has one), dgrad (except the first layer's, which no one needs) and wgrad (and bias gradient)
+    from the conv model; every other layer's forward and backward as memory-bound passes over its
+    activations (read input and write output forward; read output gradient and input, write input
+    gradient backward; linear layers too, by traffic, since they are cuBLAS's); the loss; and the
+    optimizer's update of every parameter (read parameter, gradient and momentum, write two)."""
+    from .. import nn
+    from .training import build_model, leaf_layers
+    model = build_model(case.shape, dtype)
+    shape = (case.shape.batch, *case.shape.image_shape)
+    item = np.dtype(dtype).itemsize
+    estimates = []
+    for index, (layer, x_shape, y_shape, g) in enumerate(leaf_layers(model, shape)):
+        if isinstance(layer, nn.Conv2d):
+            has_bias = layer.bias is not None
+            estimates += roofline.model_conv("fprop", g, dtype, spec, bias=has_bias, math=mode)
+            if index:
+                estimates += roofline.model_conv("dgrad", g, dtype, spec, math=mode)
+            estimates += roofline.model_conv("wgrad", g, dtype, spec, math=mode)
+            if has_bias:
+                estimates.append(roofline.model_bias_grad(g, dtype, spec))
+            continue
+        x, y = math.prod(x_shape), math.prod(y_shape)
+        name = type(layer).__name__
+        estimates.append(roofline.memory_bound(f"{name} forward", (x + y) * item, spec))
+        estimates.append(roofline.memory_bound(f"{name} backward", (2 * x + y) * item, spec))
+    logits = case.shape.batch * case.shape.classes
+    estimates.append(roofline.memory_bound("cross_entropy", (2 * logits + case.shape.batch) * item, spec))
+    parameters = sum(p.data.size for p in model.parameters())
+    estimates.append(roofline.memory_bound("sgd_momentum_step", 5 * parameters * item, spec))
+    return estimates
+
+
 def case_estimates(case, spec, dtype, math: str = "fp32") -> list:
     """The LaunchEstimates of one bench case on `spec` in math mode `math`."""
+    if case.op == "train_step":
+        return _train_step(case, spec, dtype, math)
     if case.op in CONV_PASSES:
         return _conv(case, spec, dtype, math)
     if "pool" in case.op:

@@ -14,54 +14,68 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
     return models.build(shape.model, shape.image_shape, shape.classes, dtype=dtype, rng=np.random.default_rng(seed))
 
 
-def model_flops(model, input_shape) -> int | None:
-    """2 x multiply-adds of the conv and linear layers of one forward pass of `model` on a batch of
-    shape `input_shape`, found by walking its layers (None for a layer type it does not know)."""
+def leaf_layers(model, input_shape):
+    """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
+    of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut);
+    raises ValueError for a layer type it does not know."""
     from .. import nn
+    leaves = []
 
     def walk(module, shape):
         if isinstance(module, nn.Sequential):
-            total = 0
             for layer in module:
-                flops, shape = walk(layer, shape)
-                if flops is None:
-                    return None, shape
-                total += flops
-            return total, shape
+                shape = walk(layer, shape)
+            return shape
         if isinstance(module, nn.Residual):
-            flops, out = walk(module.block, shape)
-            if module.shortcut is not None and flops is not None:
-                extra, _ = walk(module.shortcut, shape)
-                flops = None if extra is None else flops + extra
-            return flops, out
+            out = walk(module.block, shape)
+            if module.shortcut is not None:
+                walk(module.shortcut, shape)
+            return out
+        g, out = None, shape
         if isinstance(module, nn.Conv2d):
             g = conv_geometry(shape, module.weight.shape, module.stride, module.padding, module.dilation,
                               module.groups)
-            return g.flops, g.y_shape
-        if isinstance(module, nn.ConvTranspose2d):
+            out = g.y_shape
+        elif isinstance(module, nn.ConvTranspose2d):
             g = conv_transpose_geometry(shape, module.weight.shape, module.stride, module.padding,
                                         module.output_padding, module.dilation, module.groups)
-            return g.flops, g.x_shape
-        if isinstance(module, nn.Linear):
-            return 2 * int(np.prod(shape[:-1])) * module.in_features * module.out_features, \
-                (*shape[:-1], module.out_features)
-        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            g = pool_geometry(shape, module.kernel_size, module.stride, module.padding,
-                              getattr(module, "dilation", 1), module.ceil_mode)
-            return 0, g.y_shape
-        if isinstance(module, nn.AdaptiveAvgPool2d):
+            out = g.x_shape
+        elif isinstance(module, nn.Linear):
+            out = (*shape[:-1], module.out_features)
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            out = pool_geometry(shape, module.kernel_size, module.stride, module.padding,
+                                getattr(module, "dilation", 1), module.ceil_mode).y_shape
+        elif isinstance(module, nn.AdaptiveAvgPool2d):
             size = module.output_size
             size = (size, size) if isinstance(size, int) else size
-            return 0, (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
-        if isinstance(module, nn.Flatten):
-            start = module.start_dim % len(shape)
-            end = module.end_dim % len(shape)
-            return 0, (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
-        if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.BatchNorm2d)):
-            return 0, shape
-        return None, shape
+            out = (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
+        elif isinstance(module, nn.Flatten):
+            start, end = module.start_dim % len(shape), module.end_dim % len(shape)
+            out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
+        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.BatchNorm2d)):
+            raise ValueError(f"no shape rule for layer {type(module).__name__}")
+        leaves.append((module, shape, out, g))
+        return out
 
-    return walk(model, tuple(input_shape))[0]
+    walk(model, tuple(input_shape))
+    return leaves
+
+
+def model_flops(model, input_shape) -> int | None:
+    """2 x multiply-adds of the conv and linear layers of one forward pass of `model` on a batch of
+    shape `input_shape` (None for a model with a layer type leaf_layers does not know)."""
+    from .. import nn
+    try:
+        leaves = leaf_layers(model, input_shape)
+    except ValueError:
+        return None
+    total = 0
+    for layer, shape, out, g in leaves:
+        if g is not None:
+            total += g.flops
+        elif isinstance(layer, nn.Linear):
+            total += 2 * int(np.prod(shape[:-1])) * layer.in_features * layer.out_features
+    return total
 
 
 def torch_mirror(model, torch):
