@@ -21,19 +21,11 @@
 
 #include "common.cuh"
 
-// Halving-tree sum over the block of one value per thread (fixed order); every thread gets it.
-__device__ __forceinline__ REAL block_sum(REAL value, REAL* partial)
+// block_sum (common.cuh), then a barrier: `partial` is written again by the next sum.
+__device__ __forceinline__ REAL channel_total(REAL value, REAL* partial)
 {
-    const int t = threadIdx.x;
-    partial[t] = value;
+    const REAL total = block_sum(value, partial);
     __syncthreads();
-    for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
-        if (t < half)
-            partial[t] += partial[t + half];
-        __syncthreads();
-    }
-    const REAL total = partial[0];
-    __syncthreads();  // partial is written again by the next sum
     return total;
 }
 
@@ -77,13 +69,13 @@ batch_norm_stats(const REAL* __restrict__ x, REAL* __restrict__ mean, REAL* __re
         REAL sum = (REAL)0;
         for (ChannelCursor e(HW); e.n < N; e.advance(HW))
             sum += x[e.offset(c, C, HW)];
-        const REAL mu = block_sum(sum, partial) / (REAL)count;
+        const REAL mu = channel_total(sum, partial) / (REAL)count;
         REAL squares = (REAL)0;
         for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
             const REAL d = x[e.offset(c, C, HW)] - mu;
             squares += d * d;
         }
-        const REAL m2 = block_sum(squares, partial);
+        const REAL m2 = channel_total(squares, partial);
         if (threadIdx.x == 0) {
             mean[c] = mu;
             invstd[c] = invstd_of(m2 / (REAL)count, eps);
@@ -141,8 +133,8 @@ batch_norm_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, con
             sum_g += g;
             sum_g_xhat += g * ((v - mu) * is);
         }
-        const REAL total_g = block_sum(sum_g, partial);
-        const REAL total_g_xhat = block_sum(sum_g_xhat, partial);
+        const REAL total_g = channel_total(sum_g, partial);
+        const REAL total_g_xhat = channel_total(sum_g_xhat, partial);
         if (threadIdx.x == 0) {
             dbias[c] = total_g;
             dweight[c] = total_g_xhat;

@@ -91,6 +91,21 @@ static __device__ __forceinline__ int keep_in_register(int v)
     return v;
 }
 
+// The sum of one value per thread over a BLOCK_THREADS block by a shared-memory halving tree
+// (`tree` holds BLOCK_THREADS values): a fixed order, so results are bit-identical run to run.
+// Every thread gets it; a caller that writes `tree` again syncs the block first.
+static __device__ __forceinline__ acc_t block_sum(acc_t value, acc_t* tree)
+{
+    const int t = threadIdx.x;
+    tree[t] = value;
+    __syncthreads();
+    for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
+        if (t < half) tree[t] += tree[t + half];
+        __syncthreads();
+    }
+    return tree[0];
+}
+
 // --- tensor cores (sm_80 and newer) ---------------------------------------------------------
 // The only inline PTX of the tensor-core kernels. The emulator runs the same calls as warp
 // built-ins with the PTX ISA's fragment layouts (cnn_gpu/emu/cuda_emu.h). Below sm_80 these

@@ -24,19 +24,6 @@
 #define CHUNK (BLOCK_THREADS * 16)   // elements per block of channel_sum_block (cnn_gpu.gpu.reduce.CHUNK)
 #define ACCUMULATORS 4
 
-// The sum of the block's `values` (value t from thread t) in a fixed order, in thread 0.
-__device__ __forceinline__ REAL block_sum(REAL value, REAL* tree)
-{
-    const int t = threadIdx.x;
-    tree[t] = value;
-    __syncthreads();
-    for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
-        if (t < half) tree[t] += tree[t + half];
-        __syncthreads();
-    }
-    return tree[0];
-}
-
 // (acc[0] + acc[1]) + (acc[2] + acc[3])
 __device__ __forceinline__ REAL fold(const REAL (&acc)[ACCUMULATORS]) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
 

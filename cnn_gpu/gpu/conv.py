@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -82,9 +83,14 @@ def forced(*, tile=None, splits=None):
 def device_sms(be) -> int:
     """SMs of the GPU a launch on `be` runs on (cuda: the device's attribute; emu: DEFAULT_SMS)."""
     if be == "cuda":
-        cupy = backend.cupy_or_none()
-        return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+        return _cuda_device_sms(backend.cupy_or_none().cuda.Device().id)
     return DEFAULT_SMS
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device_sms(device_id: int) -> int:
+    """Asked once per device: CuPy's `attributes` queries the driver for every attribute it knows."""
+    return int(backend.cupy_or_none().cuda.Device(device_id).attributes["MultiProcessorCount"])
 
 
 def _ceil_div(a: int, b: int) -> int:
