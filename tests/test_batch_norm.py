@@ -201,6 +201,10 @@ def test_layer_options_and_state_dict_round_trip():
         fresh.load_state_dict({k: v for k, v in state.items() if k != "1.running_var"})
     with pytest.raises(ValueError, match="4-D"):
         nn.BatchNorm2d(3)(x[0])
+    for bad, error in ((dict(momentum=1.5), ValueError), (dict(momentum="0.1"), TypeError),
+                       (dict(eps=-1e-5), ValueError), (dict(eps=float("nan")), ValueError)):
+        with pytest.raises(error, match=next(iter(bad))):
+            nn.BatchNorm2d(3, **bad)
 
 
 # --- finite differences -------------------------------------------------------------------------
@@ -237,6 +241,8 @@ def test_bad_arguments_fail_before_any_update():
          "more than 1 value"),
         (lambda: F.batch_norm(x, running_mean.astype(np.float32), running_var, training=True), TypeError, "dtype"),
         (lambda: F.batch_norm(x, running_mean, running_var, training=True, eps=-1.0), ValueError, "eps"),
+        (lambda: F.batch_norm(x, running_mean, running_var, training=True, momentum=float("nan")), ValueError,
+         "momentum"),
         (lambda: F.batch_norm(x, running_mean, running_var, training=True, activation="tanh"), ValueError,
          "activation"),
         (lambda: F.batch_norm(x[0, 0, 0], running_mean, running_var), ValueError, "2 dimensions"),

@@ -180,6 +180,8 @@ def test_bad_arguments():
     for call, error, match in [
         (lambda: F.dropout(x, 1.5, seed=0), ValueError, "between 0 and 1"),
         (lambda: F.dropout(x, -0.1, seed=0), ValueError, "between 0 and 1"),
+        (lambda: F.dropout(x, float("nan"), seed=0), ValueError, "finite"),
+        (lambda: F.dropout(x, "0.5", seed=0), TypeError, "real number"),
         (lambda: F.dropout(x, 0.5, seed=-1), ValueError, "seed"),
         (lambda: F.dropout(x, 0.5, seed=2**64), ValueError, "seed"),
         (lambda: F.dropout(x, 0.5, seed=1.5), TypeError, "seed"),
@@ -212,6 +214,10 @@ def test_layer_steps_and_reproducibility():
     assert layer(x) is x and layer.backward(dy) is dy and layer.step == 2
     with pytest.raises(ValueError, match="between 0 and 1"):
         nn.Dropout(2)
+    with pytest.raises(TypeError, match="seed"):
+        nn.Dropout(0.5, seed=1.5)   # never truncated to another seed
+    with pytest.raises(ValueError, match="seed"):
+        nn.Dropout(0.5, seed=-1)
 
 
 @needs_emu

@@ -88,21 +88,6 @@ def shape_tuple(shape, name: str, ndim: int) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def labels(lab, batch: int, num_classes: int):
-    """Class labels: an integer array of shape (batch,) with values in [0, num_classes)."""
-    if not is_array(lab):
-        raise TypeError(f"labels must be a NumPy or CuPy integer array, got {type(lab).__name__}")
-    if lab.dtype.kind not in "iu":
-        raise TypeError(f"labels must have an integer dtype, got {lab.dtype}")
-    shape_is(lab, "labels", (batch,), " (one label per row of logits)")
-    bad = (lab < 0) | (lab >= num_classes)
-    if bool(bad.any()):
-        first = int(bad.nonzero()[0][0])
-        raise ValueError(f"labels[{first}] = {int(lab[first])} is out of range for {num_classes} classes "
-                         f"(labels must lie in [0, {num_classes}))")
-    return lab
-
-
 def for_kernels(be: str, a, name: str):
     """`a` for the kernels of backend `be`, checked before the op launches anything: a CuPy array
     must be C-contiguous and on the current GPU (it is never copied behind the caller's back).

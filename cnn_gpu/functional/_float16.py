@@ -74,6 +74,5 @@ def takes_float16(*, kernels, updates: tuple = ()):
                     floats[name][...] = widened[name]
             return _rounded(result, {id(w): floats[name] for name, w in widened.items()})
 
-        run.float16_kernels = kernels
         return run
     return decorate

@@ -13,6 +13,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
+from .geometry import as_batch
 
 
 def _window_bounds(outputs: int, size: int):
@@ -51,8 +52,7 @@ def _output_size(output_size, in_size):
 
 def _batched(a, name):
     """a as (N, C, H, W) (an unbatched (C, H, W) input gets N = 1) and whether it was unbatched."""
-    _checks.array(a, name, ndim=(3, 4))
-    return (a[None], True) if a.ndim == 3 else (a, False)
+    return as_batch(_checks.array(a, name, ndim=(3, 4)))
 
 
 @takes_float16(kernels=False)

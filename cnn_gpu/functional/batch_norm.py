@@ -10,9 +10,6 @@ it), y = (x - mean) * (invstd * weight) + bias, the same expression as the kerne
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
 from .. import backend as _backend
@@ -84,14 +81,6 @@ def _channel_array(a, name, x):
     return a
 
 
-def _number(value, name, low=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return float(value)
-
-
 def _check_common(x, running_mean, running_var, weight, bias, training, eps, activation, have_stats=False):
     _checks.array(x, "x")
     if x.ndim < 2:
@@ -108,7 +97,7 @@ def _check_common(x, running_mean, running_var, weight, bias, training, eps, act
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    return training, _number(eps, "eps", 0.0)
+    return training, _checks.real_number(eps, "eps", minimum=0.0)
 
 
 # --- public ops ---------------------------------------------------------------------------------
@@ -123,7 +112,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return_stats=True returns (y, mean, invstd), the statistics y was normalised with (batch
     statistics when training, running ones otherwise), which batch_norm_backward can reuse."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation)
-    factor = _number(momentum, "momentum")
+    factor = _checks.real_number(momentum, "momentum")
     relu = activation == "relu"
     be = _backend.resolve(backend, x, running_mean, running_var, weight, bias)
     if be == "numpy":

@@ -7,8 +7,6 @@ storing it. Dropped elements are multiplied by 0, so NaN and inf stay NaN (as Py
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import backend as _backend
@@ -19,9 +17,10 @@ from ._float16 import takes_float16
 
 def check_probability(p) -> float:
     """p as a float in [0, 1] (PyTorch's message otherwise)."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+    p = _checks.real_number(p, "dropout probability p")
+    if not 0 <= p <= 1:
         raise ValueError(f"dropout probability has to be between 0 and 1, got {p!r}")
-    return float(p)
+    return p
 
 
 def _mask_parameters(p: float, dtype):

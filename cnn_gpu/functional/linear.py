@@ -23,9 +23,7 @@ def _check(x, weight):
 def _rows(be, a, name):
     """`a` (..., features) as a (rows, features) matrix: C-contiguous for the kernel backends
     (refused rather than copied on cuda, as every op does)."""
-    if be != "numpy":
-        a = _checks.for_kernels(be, a, name)
-    return a.reshape(-1, a.shape[-1])
+    return _checks.for_kernels(be, a, name).reshape(-1, a.shape[-1])
 
 
 @takes_float16(kernels="float32")

@@ -10,6 +10,7 @@ from ..backend import compute_dtype
 THREADS = 256           # block size of these kernels (their __launch_bounds__)
 MAX_BLOCKS_X = 65536    # grid-stride loops cover the rest; plenty to fill any GPU
 MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y
+PLANE_LIMIT = 2**31     # in-plane positions are 32-bit ints in the kernels
 
 
 def blocks_for(count: int) -> int:

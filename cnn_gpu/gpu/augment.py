@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, i32
-
-PLANE_LIMIT = 2**31   # in-plane indices are 32-bit ints in the kernel
+from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, i32
 
 
 def random_crop_flip(be, x, seed, step, pad, flip):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
+from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, acc, blocks_for, i32
 
-# indices are int32 flat positions within one plane; the kernels decode pixels and window positions
-# with 32-bit ints
-PLANE_LIMIT = 2**31
+# indices are int32 flat positions within one plane (PLANE_LIMIT); the kernels decode pixels and
+# window positions with 32-bit ints
 SPAN_LIMIT = 2**31
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import philox
 from ..functional._checks import FLOAT_DTYPES, real_number
 from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair
@@ -288,10 +289,10 @@ class BatchNorm2d(Module):
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
         dtype = _float_dtype(dtype)
-        if momentum is not None and not 0 <= float(momentum) <= 1:
+        self.momentum = None if momentum is None else real_number(momentum, "momentum")
+        if self.momentum is not None and not 0 <= self.momentum <= 1:
             raise ValueError(f"momentum must be None or in [0, 1], got {momentum!r}")
-        self.eps = float(eps)
-        self.momentum = None if momentum is None else float(momentum)
+        self.eps = real_number(eps, "eps", minimum=0.0)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.weight = Parameter(np.ones(self.num_features, dtype)) if self.affine else None
@@ -347,7 +348,7 @@ class Dropout(Module):
         if inplace:
             raise ValueError("inplace dropout is not supported (the layer keeps its input arrays unchanged)")
         self.p = check_probability(p)
-        self.seed = int(init.generator().integers(2**63)) if seed is None else int(seed)
+        self.seed = int(init.generator().integers(2**63)) if seed is None else philox.check_seed(seed, "seed")
         self.step = 0
 
     def forward(self, x):

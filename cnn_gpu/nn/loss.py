@@ -68,7 +68,7 @@ class CrossEntropyLoss(_Loss):
 
     def _per_class(self, dy):
         # per-position losses (N, d1, ..., dk) against dlogits (N, C, d1, ..., dk)
-        return dy if dy.ndim == 0 else dy[:, None]
+        return dy[:, None]
 
     def extra_repr(self):
         weight = "" if self.weight is None else f"weight of {self.weight.shape[0]} classes, "
