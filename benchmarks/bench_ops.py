@@ -43,7 +43,7 @@ def _run(benchmark, device_name, case):
     reason = bench.device_unavailable(device_name)
     if reason:
         pytest.skip(reason)
-    device = bench.make_devices([device_name], DTYPE)[0]
+    device = bench.make_devices([device_name])[0]
     fn, input_sets = case.setup(device, DTYPE, np.random.default_rng(0))
     inputs = input_sets[0]
     fn(*inputs)   # warm-up: kernel compilation and module loading are not measured

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         return 2
     bench.set_threads(args.threads)
     cases = bench.make_cases("cpu", ops=tuple(TARGETS))
-    devices = bench.make_devices(["numpy", "torch"], "float32")
+    devices = bench.make_devices(["numpy", "torch"])
     rows = bench.finish_rows(list(bench.run_cases(cases, devices, "float32", args.repeat)))
     times = {(r.op, r.shape, r.device): r.median_ms for r in rows}
 

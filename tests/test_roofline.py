@@ -169,7 +169,7 @@ def test_measured_cuda_rows_print_beside_the_model():
     """What gpu-check prints on a GPU, with the cuda rows faked: the model's rows in their own section
     and a measured-vs-modeled table (measured / model) for the cases both have."""
     cases = bench.make_cases("tiny", ["conv2d"])
-    model = bench.make_devices(["model:a100"], "float32")
+    model = bench.make_devices(["model:a100"])
     rows = list(bench.run_cases(cases, model, "float32", progress=False))
     fake = [bench.Row(c.op, c.label, "cuda", "float32", 0.05 * (i + 1), 10, c.flops / 5e4, math="fp32")
             for i, c in enumerate(cases)]
@@ -189,7 +189,7 @@ def test_plot_marks_modeled_bars(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", lambda fig: (figures.append(fig), close(fig)))
     cases = bench.make_cases("tiny", ["conv2d"])
     rows = [bench.Row(c.op, c.label, "numpy", "float32", 1.0, 3) for c in cases]
-    rows += list(bench.run_cases(cases, bench.make_devices(["model:l4"], "float32"), progress=False))
+    rows += list(bench.run_cases(cases, bench.make_devices(["model:l4"]), progress=False))
     bench.write_plot(rows, tmp_path / "p.png")
     (fig,) = figures
     labels = fig.axes[0].get_legend_handles_labels()[1]
@@ -245,7 +245,7 @@ def test_every_resnet_layer_and_pass_is_modeled(monkeypatch):
     cases = bench.make_cases("resnet", ["conv2d", "conv2d_dgrad", "conv2d_wgrad"])
     assert len(cases) == 33
     for key in ("h100", "l4"):
-        rows = list(bench.run_cases(cases, bench.make_devices([f"model:{key}"], "float32"), progress=False))
+        rows = list(bench.run_cases(cases, bench.make_devices([f"model:{key}"]), progress=False))
         assert [(r.op, r.shape) for r in rows] == [(c.op, c.label) for c in cases]
         peak = roofline.SPECS[key].peak_flops("float32")
         for row, case in zip(rows, cases):

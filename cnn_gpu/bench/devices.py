@@ -160,8 +160,8 @@ def default_devices() -> list[str]:
     return [name for name in DEVICES if name != "emu" and not device_unavailable(name)]
 
 
-def make_devices(names, dtype=None) -> list[Device]:
-    """Device objects for `names` (`dtype` is not used; kept for callers that pass it)."""
+def make_devices(names) -> list[Device]:
+    """Device objects for `names`."""
     from .modeled import PREFIX, ModelDevice, is_model
     devices = []
     for name in names:

@@ -54,25 +54,14 @@ def _worker(model_name: str, batch: int, steps: int) -> None:
                           "images_per_s": batch * world.size / seconds, "gradient_bytes": gradient_bytes}))
 
 
-def _mpiexec() -> str:
-    import shutil
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
-    if found is None:
-        raise RuntimeError("no mpiexec next to Python or on PATH: pip install 'cnn_gpu[mpi]'")
-    return found
-
-
 def measure(nproc: int, model_name: str = "cnn", batch: int = 32, steps: int = 20) -> list[dict]:
     """[one process, nproc processes]: the worker's JSON rows, measured (modeled: False)."""
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        raise RuntimeError("--nproc needs mpi4py: pip install 'cnn_gpu[mpi]'") from None
+    from ..distributed import find_mpiexec
+    mpiexec = find_mpiexec()
     env = dict(os.environ, CNN_GPU_BACKEND="numpy", **SINGLE_THREAD)
     worker = [sys.executable, "-m", "cnn_gpu.bench.scaling", model_name, str(batch), str(steps)]
     rows = []
-    for command in (worker, [_mpiexec(), "-n", str(nproc)] + worker):
+    for command in (worker, [mpiexec, "-n", str(nproc)] + worker):
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command[:4])}...: {done.stderr.strip()[-500:]}")

@@ -94,7 +94,7 @@ def run(args) -> int:
         if args.threads:
             bench.set_threads(args.threads)
         cases = bench.make_cases(args.shapes, ops, args.batch)
-        device_objects = bench.make_devices(devices, args.dtype)
+        device_objects = bench.make_devices(devices)
     except (ValueError, ImportError) as err:
         print(f"cnn-gpu bench: {err}", file=sys.stderr)
         return 2

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -132,13 +130,9 @@ def _relaunch_under_mpiexec(args) -> int:
         raise UsageError("--nproc relaunches under mpiexec; this process already runs under it with "
                          f"{distributed.world_size()} ranks")
     try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        raise UsageError("--nproc needs mpi4py and an MPI: pip install 'cnn_gpu[mpi]'") from None
-    beside_python = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    mpiexec = beside_python if os.access(beside_python, os.X_OK) else shutil.which("mpiexec")
-    if mpiexec is None:
-        raise UsageError("--nproc: no mpiexec found next to Python or on PATH (pip install 'cnn_gpu[mpi]')")
+        mpiexec = distributed.find_mpiexec()
+    except RuntimeError as err:
+        raise UsageError(f"--nproc {err}") from None
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
     command = [mpiexec, "-n", str(args.nproc), sys.executable, "-m", "cnn_gpu", *_without_nproc(argv)]
     return subprocess.call(command)

@@ -19,12 +19,12 @@ the MPI library or NCCL would have chosen for its own all-reduce.
     dist.allreduce_gradients(model)           # mean over ranks
     optimizer.step()
 """
-from ._world import (CollectiveTimeout, ReplicaMismatch, World, barrier, check_replicas, init, local_rank,
-                     rank, world, world_size)
+from ._world import (CollectiveTimeout, ReplicaMismatch, World, barrier, check_replicas, find_mpiexec, init,
+                     local_rank, rank, world, world_size)
 from ._reduce import BUCKET_BYTES, allreduce_gradients, allreduce_sum, broadcast_buffers, broadcast_parameters
 from ._shard import shard_batches
 
 __all__ = ["init", "rank", "world_size", "local_rank", "barrier", "world", "World", "broadcast_parameters",
            "broadcast_buffers",
            "allreduce_gradients", "allreduce_sum", "check_replicas", "shard_batches", "BUCKET_BYTES",
-           "CollectiveTimeout", "ReplicaMismatch"]
+           "CollectiveTimeout", "ReplicaMismatch", "find_mpiexec"]

@@ -30,6 +30,21 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in _LAUNCHER_VARIABLES)
 
 
+def find_mpiexec() -> str:
+    """The mpiexec of mpi4py's MPI (the mpich wheel puts it next to the Python executable), else
+    the one on PATH; RuntimeError naming the install when mpi4py or mpiexec is missing."""
+    import shutil
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise RuntimeError("needs mpi4py and an MPI: pip install 'cnn_gpu[mpi]'") from None
+    beside_python = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = beside_python if os.access(beside_python, os.X_OK) else shutil.which("mpiexec")
+    if found is None:
+        raise RuntimeError("no mpiexec next to Python or on PATH: pip install 'cnn_gpu[mpi]'")
+    return found
+
+
 class World:
     """Rank, size and the collectives the library needs. `comm` is an mpi4py communicator, or
     None for a single process."""
