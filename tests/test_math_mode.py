@@ -15,7 +15,7 @@ needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: 
 
 @needs_emu
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"])
-@pytest.mark.parametrize("stride", [1, 2])     # stride-1 dgrad runs on the tensor cores, strided on SIMT
+@pytest.mark.parametrize("stride", [1, 2])     # stride 2: dgrad runs as stride phases on the tensor cores
 def test_tf32_mode_agrees_between_numpy_and_emu_and_differs_from_fp32(op, stride):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 6, 9, 8)).astype(np.float32)

@@ -27,7 +27,7 @@ from .. import backend
 from . import reduce
 from ..precision import round_to_tf32
 from ._grid import Launch, i32
-from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _check_grid, _check_index_range,
+from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
                    _check_splits, _geometry_args, device_sms)
 
 TILE_N = 128             # output pixels (fprop, dgrad) or filter columns (wgrad) of a block tile
@@ -87,10 +87,6 @@ def supported(be: str) -> bool:
 def _warn_no_tensor_cores(arch: int) -> None:
     warnings.warn(f"math mode 'tf32': this GPU (sm_{arch}) has no TF32 tensor cores; float32 convolutions "
                   f"run on the SIMT kernels with TF32-rounded operands", RuntimeWarning, stacklevel=4)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, sms, tiles, tile, splits):
