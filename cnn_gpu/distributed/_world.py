@@ -18,6 +18,9 @@ _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZ
                        "HYDI_CONTROL_FD", "PMI_FD")
 
 
+ABORT_GRACE_S = 0.5
+
+
 class CollectiveTimeout(RuntimeError):
     """A collective did not complete in time: some rank died, hangs or took another path."""
 
@@ -103,6 +106,9 @@ class World:
         if self.comm is not None:
             sys.stdout.flush()
             sys.stderr.flush()
+            # mpiexec forwards each rank's output through its proxies; MPI_Abort kills them at once,
+            # so give them a moment to deliver this rank's last words (seen lost under load)
+            time.sleep(ABORT_GRACE_S)
             self.comm.Abort(code)
 
 
