@@ -193,3 +193,73 @@ static __device__ __forceinline__ const float* register_pointer(const float* p) 
 #endif
     return p;
 }
+
+// --- asynchronous copies (cp.async, sm_80 and newer) ------------------------------------------
+// Global -> shared copies that bypass the registers: a thread issues copies, closes them into a
+// group (cp_async_commit), and before the data is read waits until at most PENDING of its newest
+// groups are still in flight (cp_async_wait<PENDING>), then syncs the block as usual. Other threads
+// see the data only after the issuing thread's wait and a __syncthreads(). Drain every copy
+// (cp_async_wait_all) before a thread exits or its shared memory is reused: the emulator faults on a
+// thread that exits with copies pending, and poisons (NaN) a destination until its copy is waited for.
+// Below sm_80 the copies are plain synchronous loads and stores, so code using them stays correct
+// there (but gains nothing: kernels stage through registers on those architectures).
+
+// The BYTES-wide unit a synchronous copy moves.
+template <int BYTES> struct cp_async_unit;
+template <> struct cp_async_unit<4> { typedef unsigned int type; };
+template <> struct cp_async_unit<8> { typedef uint2 type; };
+template <> struct cp_async_unit<16> { typedef uint4 type; };
+
+// dst: shared memory, src: global memory; BYTES in {4, 8, 16}, both aligned to BYTES. When `valid`
+// is false nothing is read (src may be any pointer, e.g. the array's base) and dst gets zeros
+// (PTX: src-size 0, "zero-fill"). 16-byte copies bypass L1 (.cg), smaller ones cannot (.ca).
+template <int BYTES>
+static __device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_cp_async<BYTES>(dst, src, valid);
+#elif __CUDA_ARCH__ >= 800
+    const unsigned int shared = (unsigned int)__cvta_generic_to_shared(dst);
+    const int src_bytes = valid ? BYTES : 0;
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], %2, %3;"
+                     :: "r"(shared), "l"(src), "n"(BYTES), "r"(src_bytes) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;"
+                     :: "r"(shared), "l"(src), "n"(BYTES), "r"(src_bytes) : "memory");
+#else
+    typedef typename cp_async_unit<BYTES>::type unit;
+    unit value = {};
+    if (valid) value = *(const unit*)src;
+    *(unit*)dst = value;
+#endif
+}
+
+// Closes the copies issued since the last commit into one group (cp.async.commit_group).
+static __device__ __forceinline__ void cp_async_commit() {
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_cp_async_commit();
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most the PENDING newest committed groups of this thread are in flight
+// (cp.async.wait_group PENDING); copies not yet committed are not waited for.
+template <int PENDING>
+static __device__ __forceinline__ void cp_async_wait() {
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_cp_async_wait(PENDING);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" :: "n"(PENDING) : "memory");
+#endif
+}
+
+// Waits for every copy of this thread, committed or not (cp.async.wait_all).
+static __device__ __forceinline__ void cp_async_wait_all() {
+#if defined(CNN_GPU_EMU)
+    cnn_gpu_emu_cp_async_wait_all();
+#elif __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}

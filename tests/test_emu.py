@@ -540,7 +540,7 @@ def test_test_kernels_compile_with_nvrtc(name):
     reason = nvrtc.why_unavailable()
     if reason:
         pytest.skip(reason)
-    source = (KERNELS / f"{name}.cu").read_text()
+    source = backend.kernel_source(name, KERNELS)  # with its #include "..." inlined, as NVRTC needs
     for options in (F32, F64):
         nvrtc.load().compile(source, f"{name}.cu", ("--std=c++14", "-arch=sm_70", *options))
 

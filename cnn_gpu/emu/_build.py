@@ -69,6 +69,16 @@ def cpu_flags() -> tuple[str, ...]:
     return ("-mfma",) if has_fma else ()
 
 
+def emulated_arch() -> int:
+    """__CUDA_ARCH__ of emulated kernels: $CNN_GPU_EMU_ARCH (700, 750, 800, 860, 890, 900, ...),
+    800 by default; read at every module build, so a change takes effect at the next RawModule."""
+    value = os.environ.get("CNN_GPU_EMU_ARCH", "").strip() or "800"
+    if not re.fullmatch(r"[1-9]\d0", value) or int(value) < 700:
+        raise ValueError(f"$CNN_GPU_EMU_ARCH must be a __CUDA_ARCH__ value of 700 or more, such as 750 or 800; "
+                         f"got {value!r}")
+    return int(value)
+
+
 def cache_dir() -> Path:
     """$CNN_GPU_CACHE/emu (default ~/.cache/cnn_gpu/emu); a private temporary folder, with a
     warning, when that cannot be created or written."""
@@ -158,14 +168,16 @@ class Options:
     std: str
     flush_denormals: bool
     contract: bool
+    arch: int | None = None        # -arch=sm_XX/compute_XX as __CUDA_ARCH__ (XX0); None: emulated_arch()
 
 
 def translate_options(options) -> Options:
     """NVRTC/CuPy options to g++: macros and include paths pass through, the language standard,
-    -ftz and --fmad are honoured, other NVRTC-only options (-arch, -lineinfo, ...) are ignored."""
+    -ftz, --fmad and -arch (sets __CUDA_ARCH__) are honoured, other NVRTC-only options
+    (-lineinfo, ...) are ignored."""
     if isinstance(options, str):
         options = (options,)
-    defines, std, ftz, contract = [], "c++14", True, True
+    defines, std, ftz, contract, arch = [], "c++14", True, True, None
     for option in options:
         if not isinstance(option, str):
             raise TypeError(f"options must be strings, got {option!r}")
@@ -183,11 +195,16 @@ def translate_options(options) -> Options:
             contract = value.lower() in ("true", "1")
         elif key in ("use_fast_math", "use-fast-math"):
             ftz = True
+        elif key in ("arch", "gpu-architecture"):
+            number = re.fullmatch(r"(?:sm|compute)_(\d+)a?", value)
+            if number is None:
+                raise ValueError(f"unknown architecture {value!r} (expected sm_XX or compute_XX)")
+            arch = int(number.group(1)) * 10
         elif not option.startswith("-"):
             raise ValueError(f"unknown compile option {option!r}")
     if not re.fullmatch(r"c\+\+\d\d", std):
         raise ValueError(f"unsupported language standard {std!r}")
-    return Options(tuple(defines), std, ftz, contract)
+    return Options(tuple(defines), std, ftz, contract, arch)
 
 
 def _compile_flags(opts: Options) -> list[str]:
@@ -361,6 +378,7 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     opts = translate_options(options)
     cxx = compiler()
     flags = _compile_flags(opts) + (list(INSTRUMENTED_FLAGS) if instrumented else [])
+    flags.append(f"-DCNN_GPU_EMU_ARCH={opts.arch or emulated_arch()}")
     includes = [f"-I{include_dir}"] if include_dir else []
     transformed = _EXTERN_SHARED.sub("extern cnn_gpu_emu_dynamic_shared_decl", source)
     transformed = _PRAGMA_UNROLL.sub(lambda m: f"{m.group(1)}CNN_GPU_EMU_UNROLL({m.group(2) or 32})", transformed)

@@ -49,7 +49,7 @@ def checking(schedule: str = "forward", seed: int | None = None, guard: bool = T
     page (any access past its end faults at once) with a canary in front, and guard the end of
     dynamic shared memory (on by default; guard=False: the arrays as they are, no copies);
     poison: fill shared memory with NaN before each block;
-    race: report two threads touching one shared memory word with no barrier between them (one
+    race: report two threads touching one byte of shared memory with no barrier between them (one
     of them writing), with both source lines; runs an instrumented build, several times slower;
     timeout: watchdog seconds for one launch (None: inherit; inf: no watchdog; default 60 or
     $CNN_GPU_EMU_TIMEOUT; the watchdog looks at the clock every 1 to 50 ms)."""

@@ -5,6 +5,7 @@ import ctypes
 import functools
 import json
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -77,7 +78,7 @@ class _LaunchDesc(ctypes.Structure):
 
 FAULT_KINDS = {1: "signal", 2: "stack overflow", 3: "divergent barrier", 4: "barrier not reached by all threads",
                5: "warp exchange deadlock", 6: "watchdog timeout", 7: "shared memory overrun", 8: "launch setup",
-               9: "shared memory race", 10: "interrupted"}
+               9: "shared memory race", 10: "interrupted", 11: "cp.async misuse"}
 INTERRUPTED = 10
 
 
@@ -109,9 +110,15 @@ def _runtime():
     return lib
 
 
+# The helpers of kernels/common.cuh that stand for one PTX instruction: their accesses are the
+# instruction's, made where a kernel calls them (each call its own profile row and fault site).
+_INSTRUCTION_HELPERS = re.compile(r"(cp_async\w*|ldmatrix_x4)\b")
+
+
 def source_lines(obj: str, offsets) -> dict[int, tuple[str, str] | None]:
     """{offset: (`file:line`, function)} of instructions of a shared object: the innermost
-    (inlined) frame outside the emulator's own header; None where there is no line information."""
+    (inlined) frame outside the emulator's own header and common.cuh's instruction helpers; None
+    where there is no line information."""
     offsets = sorted(set(offsets))
     found: dict[int, tuple[str, str] | None] = dict.fromkeys(offsets)
     if not obj or not offsets:
@@ -128,7 +135,8 @@ def source_lines(obj: str, offsets) -> dict[int, tuple[str, str] | None]:
             continue
         function, location = out[i], out[i + 1]
         i += 2
-        ours = "cuda_emu.h" in location or "cnn_gpu_emu_glue" in location or location.startswith("??")
+        ours = ("cuda_emu.h" in location or "cnn_gpu_emu_glue" in location or location.startswith("??")
+                or ("common.cuh" in location and _INSTRUCTION_HELPERS.match(function) is not None))
         if offset in found and found[offset] is None and not ours:
             location = location.split(" (discriminator")[0]
             if "<code>" in location:  # a source given as a string: no directory

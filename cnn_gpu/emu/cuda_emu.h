@@ -11,10 +11,14 @@
 #include "emu_abi.h"
 
 #define CNN_GPU_EMU 1
-/* As NVRTC defines them; the architecture is the oldest one the project targets. */
+/* As NVRTC defines them. The architecture is $CNN_GPU_EMU_ARCH (the module build passes it; 800
+ * by default), so that both sides of a kernel's `#if __CUDA_ARCH__ >= 800` can be run. */
 #define __CUDACC__ 1
 #define __CUDACC_RTC__ 1
-#define __CUDA_ARCH__ 700
+#ifndef CNN_GPU_EMU_ARCH
+#define CNN_GPU_EMU_ARCH 800
+#endif
+#define __CUDA_ARCH__ CNN_GPU_EMU_ARCH
 
 /* --- qualifiers ---------------------------------------------------------------------------- */
 #define __global__
@@ -332,6 +336,41 @@ template <class T> static __forceinline__ T __ldg(const T* p) { return *p; }
 template <class T> static __forceinline__ T __ldcg(const T* p) { return *p; }
 template <class T> static __forceinline__ T __ldca(const T* p) { return *p; }
 template <class T> static __forceinline__ T __ldcs(const T* p) { return *p; }
+
+/* --- cp.async (kernels/common.cuh: cp_async, cp_async_commit, cp_async_wait[_all]) ----------- *
+ * Poisoned until waited: a copy reads its source when issued (nothing when not `valid`: zeros),
+ * writes 0xff bytes (a NaN of every float type) into its shared destination at once and leaves the
+ * bytes with the runtime, which writes them into the destination when the issuing thread waits
+ * for the copy's group. A thread that reads a destination before its copy was waited for (and,
+ * for another thread, a barrier after the wait) reads NaN, under every schedule. The read and the
+ * poison store are the copy's global load and shared store for the race check and the profile; the
+ * race check also sees the retiring write at the wait. A thread that exits with copies pending
+ * faults: on a GPU they would land at an unknown time, perhaps in shared memory already reused. */
+/* src: null for a zero-fill; data: the bytes the copy will write */
+extern "C" void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thread* me, void* dst, const void* src, const void* data,
+                                           int bytes);
+extern "C" void cnn_gpu_emu_cp_async_commit_group(cnn_gpu_emu_thread* me);
+/* retires all but the `pending` newest committed groups; pending < 0: every copy, committed or not */
+extern "C" void cnn_gpu_emu_cp_async_wait_group(cnn_gpu_emu_thread* me, int pending);
+namespace cnn_gpu_emu {
+template <int BYTES> struct copy_word;
+template <> struct copy_word<4> { typedef unsigned int type; };
+template <> struct copy_word<8> { typedef unsigned long long type; };
+template <> struct copy_word<16> { typedef unsigned __int128 type; };
+}  // namespace cnn_gpu_emu
+template <int BYTES>
+static __forceinline__ void cnn_gpu_emu_cp_async(void* dst, const void* src, bool valid) {
+    typedef typename cnn_gpu_emu::copy_word<BYTES>::type word;
+    word value = 0;
+    if (valid) value = *(const word*)src;
+    cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_module.current, dst, valid ? src : nullptr, &value, BYTES);
+    *(word*)dst = ~(word)0;  /* after the runtime has checked that dst is shared memory */
+}
+static __forceinline__ void cnn_gpu_emu_cp_async_commit() { cnn_gpu_emu_cp_async_commit_group(cnn_gpu_emu_module.current); }
+static __forceinline__ void cnn_gpu_emu_cp_async_wait(int pending) {
+    cnn_gpu_emu_cp_async_wait_group(cnn_gpu_emu_module.current, pending);
+}
+static __forceinline__ void cnn_gpu_emu_cp_async_wait_all() { cnn_gpu_emu_cp_async_wait_group(cnn_gpu_emu_module.current, -1); }
 
 /* --- math: the C library for float and double, with CUDA's float overloads ---------------- */
 #define CNN_GPU_EMU_UNARY(name)                                                 \

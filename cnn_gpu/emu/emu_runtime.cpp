@@ -89,6 +89,15 @@ enum FiberState { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
 struct Launch;
 struct Profiler;
 
+// A cp.async copy issued and not yet waited for: its bytes land in `dst` when its group retires.
+struct PendingCopy {
+    char* dst;
+    unsigned int group;   // the issuing thread's commit count when it was issued
+    unsigned int bytes;
+    void* site;           // where it was issued
+    unsigned char data[16];
+};
+
 struct Fiber {
     cnn_gpu_emu_thread view;  // first member: kernels hold a pointer to it
     void* sp;
@@ -96,6 +105,11 @@ struct Fiber {
     int state;
     int linear;
     void* wait_site;
+    // cp.async: copies in issue order (their groups ascend), kept allocated across launches
+    PendingCopy* copies;
+    int copy_count;
+    int copy_capacity;
+    unsigned int groups_committed;
 };
 
 struct Warp {
@@ -107,9 +121,11 @@ struct Warp {
 };
 
 // Race check: the last write and up to two reads of each 4-byte word of shared memory and of the
-// array arguments, in the current barrier epoch. Two accesses of different threads of a block
-// conflict unless a barrier separates them, or a warp exchange does and both are lanes of one
-// warp; in global memory, accesses of different blocks always conflict (nothing orders blocks).
+// array arguments, in the current barrier epoch; of each byte of a word once the word has been
+// accessed in parts (float16 elements), so that threads touching different bytes never conflict.
+// Two accesses of different threads of a block conflict unless a barrier separates them, or a warp
+// exchange does and both are lanes of one warp; in global memory, accesses of different blocks
+// always conflict (nothing orders blocks).
 struct Access {
     int thread;
     int warp;
@@ -127,6 +143,7 @@ struct ShadowWord {
     unsigned int write_epoch;
     unsigned int read_epoch;
     int readers;
+    unsigned int split;  // 0: tracked as a whole; else 1 + its index among the split words' byte states
     Access writer;
     Access reader[2];
 };
@@ -176,6 +193,8 @@ struct Launch {
     unsigned int epoch;          // barrier epochs, counted over the whole launch
     unsigned int block_number;   // position of the running block in the launch's order
     ShadowWord* shadow;          // the words of every region, one after another
+    ShadowWord* byte_shadow;     // four per split word
+    unsigned int split_words, split_capacity;
     Region* regions;             // static shared, dynamic shared, then the array arguments
     int region_count;
     Profiler* profiler;          // memory-access profile of this launch, if asked for
@@ -190,6 +209,7 @@ struct ResourcesOwner {
         if (!r) return;
         if (r->stacks) munmap(r->stacks, (size_t)r->stack_capacity * kFiberSlot);
         if (r->has_timer) timer_delete(r->timer);
+        for (int i = 0; i < kMaxThreads; ++i) free(r->fibers[i].copies);
         free(r->alt_stack);
         free(r);
     }
@@ -315,6 +335,12 @@ void run_next(Launch* L, Fiber* self) {
 void fiber_main(Fiber* self) {
     Launch* L = self->launch;
     L->desc->entry(L->desc->args);
+    if (self->copy_count) {
+        self->wait_site = self->copies[0].site;
+        runtime_fault(L, self, CNN_GPU_EMU_CP_ASYNC, nullptr, nullptr,
+                      "thread exited with %d cp.async copies never waited for (the first issued here); "
+                      "call cp_async_wait_all() before returning", self->copy_count);
+    }
     self->state = EXITED;
     if (--L->live == 0) leave_to_main(L, self);
     run_next(L, self);
@@ -336,6 +362,8 @@ void prepare_fiber(Launch* L, Fiber* f, char* stack_top, unsigned int csr_and_cw
     f->state = RUNNABLE;
     f->wait_site = nullptr;
     f->view.in_atomic = 0;
+    f->copy_count = 0;
+    f->groups_committed = 0;
 }
 
 // Stack tops are staggered by a multiple of a cache line: equally aligned tops would all fall in
@@ -656,14 +684,47 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, i
     }
 }
 
+// The four byte states of a word, made on its first access in parts from its word state (each
+// byte has the word's history); the word is tracked byte by byte for the rest of the launch.
+ShadowWord* byte_states(Launch* L, Fiber* self, ShadowWord* w, void* site) {
+    if (!w->split) {
+        if (L->split_words == L->split_capacity) {
+            unsigned int capacity = L->split_capacity ? 2 * L->split_capacity : 256;
+            L->busy = 1;  // the tick must not jump out of realloc
+            __asm__ __volatile__("" ::: "memory");
+            ShadowWord* grown = (ShadowWord*)realloc(L->byte_shadow, (size_t)capacity * 4 * sizeof(ShadowWord));
+            __asm__ __volatile__("" ::: "memory");
+            L->busy = 0;
+            if (!grown) {
+                self->wait_site = site;
+                runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for the race check");
+            }
+            L->byte_shadow = grown;
+            L->split_capacity = capacity;
+        }
+        ShadowWord* bytes = &L->byte_shadow[4 * (size_t)L->split_words];
+        for (int i = 0; i < 4; ++i) bytes[i] = *w;
+        w->split = ++L->split_words;
+    }
+    return &L->byte_shadow[4 * (size_t)(w->split - 1)];
+}
+
 void race_check(Launch* L, Fiber* self, char* a, unsigned long size, int write, void* site) {
     for (int region = 0; region < L->region_count; ++region) {
         const Region& g = L->regions[region];
         if (a + size > g.begin && a < g.end) {
-            char* from = a < g.begin ? g.begin : a;
-            char* to = a + size > g.end ? g.end : a + size;
-            for (size_t word = (size_t)(from - g.begin) / 4; word <= (size_t)(to - 1 - g.begin) / 4; ++word)
-                check_word(L, self, &L->shadow[g.shadow_base + word], write != 0, site, region, word * 4);
+            const size_t from = (size_t)((a < g.begin ? g.begin : a) - g.begin);
+            const size_t to = (size_t)((a + size > g.end ? g.end : a + size) - g.begin);
+            for (size_t first = from / 4 * 4; first < to; first += 4) {
+                ShadowWord* w = &L->shadow[g.shadow_base + first / 4];
+                const size_t lo = from > first ? from : first, hi = to < first + 4 ? to : first + 4;
+                if (!w->split && lo == first && hi == first + 4) {
+                    check_word(L, self, w, write != 0, site, region, first);
+                    continue;
+                }
+                ShadowWord* bytes = byte_states(L, self, w, site);
+                for (size_t b = lo; b < hi; ++b) check_word(L, self, &bytes[b - first], write != 0, site, region, b);
+            }
         }
     }
 }
@@ -994,6 +1055,73 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
     if (!recorded) stop_at_access(L, self, site, CNN_GPU_EMU_SETUP, "out of memory for the memory-access profile");
 }
 
+// --- cp.async (cuda_emu.h): the pending copies of each thread ---------------------------------------
+
+namespace {
+bool in_shared(Launch* L, const char* a, unsigned long size) {
+    const cnn_gpu_emu_module_state* m = L->module;
+    return (a >= m->static_shared_begin && a + size <= m->static_shared_end) ||
+           (a >= m->dynamic_shared && a + size <= m->dynamic_shared + L->desc->shared_mem);
+}
+}  // namespace
+
+// The kernel has read the source (or not: zero-fill) and poisons the destination once this returns;
+// the bytes wait here.
+EXPORT __attribute__((noinline)) void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thread* me, void* dst, const void* src,
+                                                                 const void* data, int bytes) {
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    void* site = __builtin_return_address(0);
+    if (!in_shared(L, (char*)dst, (unsigned long)bytes)) {
+        self->wait_site = site;
+        runtime_fault(L, self, CNN_GPU_EMU_CP_ASYNC, nullptr, nullptr,
+                      "cp.async destination %p is not in shared memory", dst);
+    }
+    if ((uintptr_t)dst % (uintptr_t)bytes || (uintptr_t)src % (uintptr_t)bytes) {  // a GPU faults too
+        self->wait_site = site;
+        runtime_fault(L, self, CNN_GPU_EMU_CP_ASYNC, nullptr, nullptr,
+                      "misaligned cp.async of %d bytes: destination %p, source %p", bytes, dst, src);
+    }
+    if (self->copy_count == self->copy_capacity) {
+        int capacity = self->copy_capacity ? 2 * self->copy_capacity : 16;
+        PendingCopy* grown = (PendingCopy*)realloc(self->copies, (size_t)capacity * sizeof(PendingCopy));
+        if (!grown) {
+            self->wait_site = site;
+            runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for pending cp.async copies");
+        }
+        self->copies = grown;
+        self->copy_capacity = capacity;
+    }
+    PendingCopy& c = self->copies[self->copy_count++];
+    c.dst = (char*)dst;
+    c.group = self->groups_committed;
+    c.bytes = (unsigned int)bytes;
+    c.site = site;
+    memcpy(c.data, data, (size_t)bytes);
+}
+
+EXPORT void cnn_gpu_emu_cp_async_commit_group(cnn_gpu_emu_thread* me) { ((Fiber*)me)->groups_committed++; }
+
+EXPORT __attribute__((noinline)) void cnn_gpu_emu_cp_async_wait_group(cnn_gpu_emu_thread* me, int pending) {
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    if (pending < 0) {  // wait_all: commit_group, then wait_group 0
+        if (self->copy_count && self->copies[self->copy_count - 1].group == self->groups_committed)
+            self->groups_committed++;
+        pending = 0;
+    }
+    if (self->groups_committed <= (unsigned int)pending) return;
+    const unsigned int retire_below = self->groups_committed - (unsigned int)pending;
+    int retired = 0;
+    while (retired < self->copy_count && self->copies[retired].group < retire_below) {
+        const PendingCopy& c = self->copies[retired++];
+        memcpy(c.dst, c.data, c.bytes);
+        if (L->shadow) race_check(L, self, c.dst, c.bytes, 1, __builtin_return_address(0));
+    }
+    self->copy_count -= retired;
+    memmove(self->copies, self->copies + retired, (size_t)self->copy_count * sizeof(PendingCopy));
+}
+
 EXPORT void* cnn_gpu_emu_profile_new() { return calloc(1, sizeof(Profiler)); }
 EXPORT int cnn_gpu_emu_profile_site_count(void* profile) { return ((Profiler*)profile)->site_count; }
 EXPORT const cnn_gpu_emu_profile_site* cnn_gpu_emu_profile_sites(void* profile) { return ((Profiler*)profile)->sites; }
@@ -1177,6 +1305,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     }
     L = Lp;
     free(L->shadow);
+    free(L->byte_shadow);
     free(L->regions);
     if (L->profiler) profile_end(L->profiler, d->fault_kind == CNN_GPU_EMU_OK);
     m->current = nullptr;
