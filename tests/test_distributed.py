@@ -192,3 +192,88 @@ def test_count_weighted_reduction_of_loss_scaled_float16_gradients_does_not_over
     for name in grads.files:
         assert grads[name].dtype == np.dtype(dtype)
         np.testing.assert_array_equal(grads[name], np.full(grads[name].shape, big, dtype=dtype))
+
+
+# --- the NCCL path's deadline, on fakes of CuPy's event and communicator (no GPU needed) --------
+
+class _FakeEvent:
+    """A CUDA event whose `done` turns true at query `polls` + 1 (never, for None)."""
+
+    def __init__(self, polls):
+        self.polls, self.queries = polls, 0
+
+    @property
+    def done(self):
+        self.queries += 1
+        return self.polls is not None and self.queries > self.polls
+
+
+class _FakeRequest:
+    """An MPI request that never completes."""
+
+    def Test(self):
+        return False
+
+
+class _OldCommunicator:
+    """A communicator of NCCL before 2.4: no abort, no asynchronous error query."""
+
+    def __init__(self, async_error=None):
+        self.async_error, self.aborts = async_error, 0
+
+    def check_async_error(self):
+        if self.async_error is not None:
+            raise self.async_error
+
+
+class _FakeCommunicator(_OldCommunicator):
+    def abort(self):
+        self.aborts += 1
+
+
+@pytest.fixture
+def nccl_state(monkeypatch):
+    """_nccl with a fake communicator installed as the process's; returns (module, communicator)."""
+    from cnn_gpu.distributed import _nccl
+    comm = _FakeCommunicator()
+    monkeypatch.setattr(_nccl, "_communicator", (0, comm))
+    return _nccl, comm
+
+
+def test_nccl_wait_returns_once_the_event_completes(nccl_state):
+    _nccl, comm = nccl_state
+    event = _FakeEvent(polls=3)
+    _nccl.wait_for_collective(event, comm, dist.World(timeout_s=30), "the test all-reduce", True)
+    assert event.queries == 4 and comm.aborts == 0 and _nccl._communicator == (0, comm)
+
+
+def test_nccl_timeout_aborts_the_communicator_and_raises_the_mpi_paths_error(nccl_state):
+    _nccl, comm = nccl_state
+    w = dist.World(timeout_s=0.05)
+    with pytest.raises(dist.CollectiveTimeout) as nccl_error:
+        _nccl.wait_for_collective(_FakeEvent(polls=None), comm, w, "the test all-reduce", True)
+    assert comm.aborts == 1 and _nccl._communicator is None     # a later reduction makes a new one
+    with pytest.raises(dist.CollectiveTimeout) as mpi_error:
+        w.wait(_FakeRequest(), "the test all-reduce")
+    assert str(nccl_error.value) == str(mpi_error.value)
+    assert "rank 0: the test all-reduce did not complete within 0.05 s" in str(nccl_error.value)
+
+
+def test_nccl_async_error_aborts_at_once_and_is_raised(nccl_state):
+    _nccl, comm = nccl_state
+    comm.async_error = RuntimeError("NCCL error: remote process exited")
+    event = _FakeEvent(polls=None)
+    with pytest.raises(RuntimeError, match="remote process exited"):
+        _nccl.wait_for_collective(event, comm, dist.World(timeout_s=30), "the test all-reduce", True)
+    assert comm.aborts == 1 and _nccl._communicator is None and event.queries == 0
+
+
+def test_nccl_before_2_4_is_not_asked_for_errors_and_still_times_out(monkeypatch):
+    from cnn_gpu.distributed import _nccl
+    comm = _OldCommunicator(async_error=RuntimeError("ncclCommGetAsyncError is not available"))
+    monkeypatch.setattr(_nccl, "_communicator", (0, comm))
+    _nccl.wait_for_collective(_FakeEvent(polls=2), comm, dist.World(timeout_s=30), "the test all-reduce", False)
+    with pytest.raises(dist.CollectiveTimeout, match="the test all-reduce did not complete"):
+        _nccl.wait_for_collective(_FakeEvent(polls=None), comm, dist.World(timeout_s=0.05), "the test all-reduce",
+                                  False)
+    assert _nccl._communicator is None

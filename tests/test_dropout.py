@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_gpu import backend, nn, philox
+from cnn_gpu import backend, checkpoint, nn, optim, philox
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
 from helpers import assert_close
@@ -218,6 +218,78 @@ def test_layer_steps_and_reproducibility():
         nn.Dropout(0.5, seed=1.5)   # never truncated to another seed
     with pytest.raises(ValueError, match="seed"):
         nn.Dropout(0.5, seed=-1)
+
+
+def _dropout_net():
+    nn.init.manual_seed(21)     # the same weights and dropout seed for every run
+    model = nn.Sequential(nn.Linear(6, 16, dtype=np.float64), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(16, 3, dtype=np.float64))
+    return model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def _train(model, optimizer, batches):
+    loss_fn = nn.CrossEntropyLoss()
+    for x, y in batches:
+        model.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        optimizer.step()
+
+
+def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path):
+    rng = np.random.default_rng(22)
+    batches = [(rng.standard_normal((8, 6)), rng.integers(0, 3, 8)) for _ in range(5)]
+    whole, whole_optimizer = _dropout_net()
+    _train(whole, whole_optimizer, batches)
+
+    first, first_optimizer = _dropout_net()
+    _train(first, first_optimizer, batches[:2])
+    checkpoint.save(tmp_path / "run.npz", first.state_dict(), first_optimizer.state_dict(), {"epoch": 1})
+    model_state, optimizer_state, _ = checkpoint.load(tmp_path / "run.npz")
+    assert model_state["2.step"].dtype == np.int64 and int(model_state["2.step"]) == 2
+    resumed, resumed_optimizer = _dropout_net()
+    resumed.load_state_dict(model_state)
+    resumed_optimizer.load_state_dict(optimizer_state)
+    _train(resumed, resumed_optimizer, batches[2:])
+
+    assert int(resumed[2].step) == int(whole[2].step) == 5
+    for (name, ours), theirs in zip(resumed.state_dict().items(), whole.state_dict().values()):
+        assert ours.dtype == theirs.dtype and ours.tobytes() == theirs.tobytes(), name
+
+
+def test_a_state_dict_from_before_the_step_buffer_loads_as_step_0():
+    model, _ = _dropout_net()
+    _train(model, optim.SGD(model.parameters(), lr=0.1), [(np.ones((2, 6)) * 0.5, np.array([0, 2]))] * 3)
+    old = {name: value for name, value in model.state_dict().items() if name != "2.step"}
+    fresh, _ = _dropout_net()
+    fresh[2].step = np.array(7, np.int64)
+    fresh.load_state_dict(old)
+    assert int(fresh[2].step) == 0
+    for name, value in old.items():
+        assert fresh.state_dict()[name].tobytes() == value.tobytes(), name
+    del old["0.weight"]                 # only the newer buffer may be missing
+    with pytest.raises(ValueError, match="missing keys: 0.weight$"):
+        fresh.load_state_dict(old)
+
+
+def test_moving_a_model_leaves_the_step_on_the_host(monkeypatch):
+    """On cuda a CuPy step would make every training call wait for the GPU to read it."""
+    from cnn_gpu.nn import module
+    moved = []
+    monkeypatch.setattr(module, "to_backend_array", lambda array, backend: moved.append(array) or array)
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Dropout(0.5, seed=5)).to("numpy")
+    assert any(array is model[0].num_batches_tracked for array in moved)
+    assert not any(array is model[1].step for array in moved)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+def test_the_step_is_a_numpy_counter_on_cuda():
+    import cupy
+    layer = nn.Dropout(0.5, seed=5).to("cuda")
+    layer(cupy.asarray(np.random.default_rng(23).standard_normal((2, 8))))
+    assert isinstance(layer.step, np.ndarray) and int(layer.step) == 1
 
 
 @needs_emu

@@ -1,7 +1,16 @@
-"""NCCL reductions of CuPy arrays (one process per GPU), with the communicator set up over MPI."""
+"""NCCL reductions of CuPy arrays (one process per GPU), with the communicator set up over MPI.
+
+NCCL's collectives are queued on a CUDA stream and wait on the GPU for the other ranks, so a dead
+peer would hang the first synchronisation after them. The host instead polls an event recorded
+after them, with the world's timeout (CNN_GPU_COLLECTIVE_TIMEOUT), as the MPI collectives do."""
 from __future__ import annotations
 
 import numpy as np
+
+from ._world import poll_until
+
+# ncclCommGetAsyncError and ncclCommAbort came with NCCL 2.4.
+ASYNC_ERRORS_SINCE = 2400
 
 # (device id, communicator): NCCL binds a communicator to the device current at its creation.
 _communicator = None
@@ -35,7 +44,8 @@ def sum_in_place(flat, w) -> None:
     """flat (a CuPy array) summed over the ranks on its device's current stream: a reduce-scatter
     (each chunk summed once, in NCCL's fixed ring order) then an all-gather, so every rank holds
     the same bits. The scratch arrays go back to CuPy's pool for this stream, so no later
-    allocation can reuse them before the NCCL calls queued before it have finished."""
+    allocation can reuse them before the NCCL calls queued before it have finished. Returns once
+    the reduction has completed (see wait_for_collective for what a dead peer makes of it)."""
     import cupy
     from cupy.cuda import nccl
     code = _nccl_dtype(nccl, flat.dtype)
@@ -49,3 +59,38 @@ def sum_in_place(flat, w) -> None:
         comm.reduceScatter(padded.data.ptr, mine.data.ptr, chunk, code, nccl.NCCL_SUM, stream)
         comm.allGather(mine.data.ptr, padded.data.ptr, chunk, code, stream)
         flat[...] = padded[:flat.size]
+        finished = cupy.cuda.Event(disable_timing=True)
+        finished.record()
+        wait_for_collective(finished, comm, w, "the gradient all-reduce (NCCL)",
+                            nccl.get_version() >= ASYNC_ERRORS_SINCE)
+
+
+def wait_for_collective(event, comm, w, what: str, async_errors: bool) -> None:
+    """Poll `event` (recorded after the NCCL calls; `.done` never blocks) until it completes, for at
+    most w.timeout_s. On a timeout, or an asynchronous NCCL error (`async_errors`: the library can
+    report them), the communicator is aborted (ncclCommAbort, which also ends its kernels waiting
+    on the GPU) and forgotten, and the error raised: the timeout as the MPI collectives raise it,
+    a CollectiveTimeout, which the abort hook of distributed.init turns into the end of the job."""
+    def completed():
+        if async_errors:
+            comm.check_async_error()      # raises NcclError once a peer's connection has failed
+        return event.done
+
+    try:
+        in_time = poll_until(completed, w.timeout_s)
+    except Exception:
+        _abort(comm)
+        raise
+    if not in_time:
+        _abort(comm)
+        raise w.timeout_error(what)
+
+
+def _abort(comm) -> None:
+    """Abort `comm` where NCCL can (2.4 on) and drop it: a later reduction must not use it."""
+    global _communicator
+    if _communicator is not None and _communicator[1] is comm:
+        _communicator = None
+    abort = getattr(comm, "abort", None)
+    if abort is not None:
+        abort()

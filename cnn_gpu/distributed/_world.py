@@ -48,6 +48,19 @@ def find_mpiexec() -> str:
     return found
 
 
+def poll_until(done, timeout_s: float) -> bool:
+    """Call done() (a test that never blocks) with growing pauses until it returns true (then
+    True) or `timeout_s` seconds have passed (then False)."""
+    deadline = time.monotonic() + timeout_s
+    pause = 1e-5
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
+    return True
+
+
 class World:
     """Rank, size and the collectives the library needs. `comm` is an mpi4py communicator, or
     None for a single process."""
@@ -74,14 +87,13 @@ class World:
     def wait(self, request, what: str) -> None:
         """Poll a non-blocking collective until it completes or the timeout passes. After a
         CollectiveTimeout the world is unusable (the collective is still pending): end the job."""
-        deadline = time.monotonic() + self.timeout_s
-        pause = 1e-5
-        while not request.Test():
-            if time.monotonic() > deadline:
-                raise CollectiveTimeout(f"rank {self.rank}: {what} did not complete within {self.timeout_s:g} s "
-                                        f"(another rank died, hangs, or is running a different step)")
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
+        if not poll_until(request.Test, self.timeout_s):
+            raise self.timeout_error(what)
+
+    def timeout_error(self, what: str) -> CollectiveTimeout:
+        """The error of the collective `what` (MPI or NCCL) when it outlived the timeout."""
+        return CollectiveTimeout(f"rank {self.rank}: {what} did not complete within {self.timeout_s:g} s "
+                                 f"(another rank died, hangs, or is running a different step)")
 
     def allgather_object(self, obj, what: str = "allgather"):
         """Every rank's `obj` (picklable), in rank order."""

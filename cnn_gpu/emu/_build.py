@@ -207,8 +207,13 @@ def translate_options(options) -> Options:
     return Options(tuple(defines), std, ftz, contract, arch)
 
 
+# Flags of kernel modules only: one section per static, so that the shared-section linker script
+# (SHARED_SECTION_SCRIPT) can gather every function-local __shared__ array.
+MODULE_FLAGS = ("-fdata-sections",)
+
+
 def _compile_flags(opts: Options) -> list[str]:
-    flags = [*FLAGS, *cpu_flags(), f"-std={opts.std}"]
+    flags = [*FLAGS, *MODULE_FLAGS, *cpu_flags(), f"-std={opts.std}"]
     if not opts.contract:
         flags.append("-ffp-contract=off")
     return flags
@@ -323,9 +328,13 @@ def _included_files(source: str, include_dir: Path | None, search: list[Path], s
 
 
 # Every __shared__ array in one section, so that the runtime can poison, race-check and profile it.
-# GCC ignores the section attribute of the statics of templates and inline functions (they go to
-# .bss._ZZ<function><name> sections): the linker gathers those too, and marks the bounds itself
-# (it defines __start_/__stop_ only for sections some input section is named after).
+# GCC ignores the section attribute of the statics of templates and inline functions: they go to
+# .bss._ZZ<function><name> sections, or, for a template instantiated with a lambda's (local) type,
+# to plain .bss unless the module is compiled with -fdata-sections (MODULE_FLAGS), which gives every
+# static its own .bss._ZZ section. The linker gathers those too, and marks the bounds itself (it
+# defines __start_/__stop_ only for sections some input section is named after). Any zero-initialised
+# function-local static counts as shared memory this way; CUDA's other kind, a function-scope
+# `static __device__` variable, would be poisoned per block too (the kernels here have none).
 SHARED_SECTION_SCRIPT = """SECTIONS
 {
   cnn_gpu_emu_shared : {

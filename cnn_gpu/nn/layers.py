@@ -341,7 +341,13 @@ class BatchNorm2d(Module):
 class Dropout(Module):
     """Dropout with PyTorch's p; the mask of each training call comes from (seed, step) (see
     F.dropout) and `step` advances on every training call. seed=None draws the seed from the
-    nn.init generator, so nn.init.manual_seed makes the masks reproducible too."""
+    nn.init generator, so nn.init.manual_seed makes the masks reproducible too. `step` (a 0-d
+    int64 array) is a buffer, saved in state_dict(), so that a run resumed from a checkpoint
+    draws the masks the uninterrupted run would; a state dict without it (saved before it was
+    one) loads as step 0, a layer that has not trained yet."""
+
+    _host_buffers = frozenset({"step"})
+    _defaults_for_missing_buffers = {"step": 0}
 
     def __init__(self, p=0.5, inplace=False, seed=None):
         super().__init__()
@@ -349,15 +355,15 @@ class Dropout(Module):
             raise ValueError("inplace dropout is not supported (the layer keeps its input arrays unchanged)")
         self.p = check_probability(p)
         self.seed = int(init.generator().integers(2**63)) if seed is None else philox.check_seed(seed, "seed")
-        self.step = 0
+        self.register_buffer("step", np.zeros((), np.int64))
 
     def forward(self, x):
         if not self.training or self.p == 0:
             self._saved = ()
             return x
-        step = self.step
+        step = int(self.step)
         y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend)
-        self.step += 1
+        self.step = np.array(step + 1, np.int64)
         self._saved = (step,)
         return y
 

@@ -65,6 +65,13 @@ class Module:
     `register_buffer(name, array)` registers state that is saved but not trained (batch norm's
     running statistics); assigning to that attribute later replaces the buffer."""
 
+    # Buffers the host reads at every call (step counters): NumPy on every backend, since reading
+    # a CuPy array would wait for the GPU.
+    _host_buffers: frozenset = frozenset()
+    # Buffers that state dicts saved before they existed lack, and the value such a load gives
+    # them instead of failing (as PyTorch loads BatchNorm's num_batches_tracked of old files).
+    _defaults_for_missing_buffers: dict = {}
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -189,7 +196,7 @@ class Module:
             parameter.backend = backend
         for module in self.modules():
             for name, array in module._buffers.items():
-                if array is not None:
+                if array is not None and name not in module._host_buffers:
                     setattr(module, name, to_backend_array(array, backend))
         return self
 
@@ -201,10 +208,15 @@ class Module:
     def load_state_dict(self, state: Mapping) -> None:
         """Copy `state` into the parameters (strict: the same names and shapes) as C-contiguous
         copies in the parameters' dtype, whatever the layout of the given arrays. Every entry is
-        checked and converted before any parameter changes, so a failed load changes nothing."""
+        checked and converted before any parameter changes, so a failed load changes nothing.
+        A buffer newer than the state dict (one of its module's `_defaults_for_missing_buffers`,
+        such as Dropout's step) takes its default value."""
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict expects a mapping of names to arrays, got {type(state).__name__}")
         own = OrderedDict((name, entry) for name, *entry in self._named_state())
+        defaults = {name: module._defaults_for_missing_buffers[key] for name, (module, key, kind, _) in own.items()
+                    if kind == "buffer" and key in module._defaults_for_missing_buffers and name not in state}
+        state = {**state, **defaults}
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
         problems = []
