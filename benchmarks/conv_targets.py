@@ -10,6 +10,22 @@
 3. The reductions (kernels/reduce.cu): the bias gradient of a (32, 64, 112, 112) fp32 tensor and
    an MSE over 19M elements, modeled as % of DRAM bandwidth (target >= 50%).
 A figure is a model or a static count, not a measurement; tests/test_sass_targets.py asserts (1).
+
+Where a target is missed, and why:
+- SASS, fp64 large fprop (79.8%) and wgrad (78.0%): 64 DFMA per 8 LDS.128 per reduction row caps
+  the loop at 89%, and the 8 cp.async copies per step with their address math and bounds tests
+  (wgrad: two per gathered value) leave just under 80%; 3 ring stages of fp64, which would halve
+  the per-step loop overhead, exceed 48 KB of static shared memory. sm_90 runs DFMA at half rate,
+  so their issue ceiling is 100% regardless.
+- Model, the 1x1 stride-2 layer (256 -> 128 channels, 56x56 -> 28x28): DRAM-bound. Each pass
+  does 16 FLOPs per byte of x (read by fprop and wgrad, written by dgrad), below H100's balance
+  point of 20 FLOPs per byte; the model counts all of x as compulsory though a stride-2 1x1
+  filter reads every other row: 65%/60%/51% at batch 32, 70% (69.6%)/68%/65% at batch 128.
+- Model, batch 32 on the 14x14 and 7x7 layers (1024 -> 512 stride 2; 512 -> 2048 1x1; the 7x7
+  3x3 wgrad): 30-140 us of work that fills one wave of blocks or less. Split-K supplies the missing
+  blocks but adds the fold of its partials (written and read back) as a second launch, and each
+  launch costs the assumed 3 us: 56-69%.
+- Model, batch 32 1x1 expand wgrad (64 -> 256): 69%, its 7 us fold of 196 split partials.
 """
 from __future__ import annotations
 

@@ -13,10 +13,10 @@
 //   M = C/G (input channels), Ngemm = N * Hph * Wph (the phase's input pixels, consecutive
 //   threads on consecutive pixels), Kgemm = (K/G) * Rph * Sph (output channels x phase taps).
 //
-// Tiling: as conv2d_fprop (igemm.cuh: 256 threads, BK = 8, four tile variants, vectorized
+// Tiling: as conv2d_fprop (igemm.cuh: BK = 8, four tile variants of 64 to 256 threads, vectorized
 // register blocking). The filter operand is read from a copy wt that conv2d_dgrad_filter_transpose
 // makes once per call, in the order this kernel reduces it (phase by phase, row (k, jr, js), the
-// channels contiguous): its A-tile loads run along the channels (32 consecutive values per warp),
+// channels contiguous): its A-tile loads run along the channels (PASS consecutive values per row),
 // a thread's A offset steps by BK*C/G, and wt ends in BM values of padding, so the A rows
 // (channels) past C/G of a ragged tile read without a bounds test. Both loaders run k slowest; the
 // reduction row (k, jr, js) of a thread is the same for its A and B loads and advances by BK with
@@ -94,14 +94,14 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) conv2d_dgrad_filter_
     }
 }
 
-template <int RM, int RN>
+template <int THREADS_M, int THREADS_N, int TM, int TN>
 __device__ __forceinline__ void dgrad_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ wt, REAL* __restrict__ out,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int splits)
 {
-    typedef IgemmTile<RM, RN> Tile;
-    __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
+    typedef IgemmTile<THREADS_M, THREADS_N, TM, TN, K_SLOWEST, K_SLOWEST> Tile;
+    __shared__ __align__(16) REAL smem[IGEMM_STAGES * Tile::STAGE];
     __shared__ int dx_column[Tile::BN];   // dx offset of each output column (-1: past the phase)
 
     const int phases = stride_h * stride_w;
@@ -116,7 +116,6 @@ __device__ __forceinline__ void dgrad_tile(
     const int n0 = blockIdx.x * Tile::BN;
     if (n0 >= Npix) return;   // the grid is sized for the largest phase; uniform per block
 
-    const int tid = threadIdx.x;
     const int Cg = C / groups, Kg = K / groups;
     const int taps = th.count * tw.count;
     const int Kgemm = Kg * taps;
@@ -129,7 +128,7 @@ __device__ __forceinline__ void dgrad_tile(
     // of their origin (the output pixel of tap (0, 0)) and their tap mask (bits jr and 16 + js: tap
     // (jr, js) lands in dy); the loaders of row 0 also note each column's dx offset for the
     // epilogue (which so keeps no phase geometry alive through the main loop)
-    const LoaderPosition ab = igemm_k_slowest<Tile>();
+    const LoaderPosition ab = igemm_a_position<Tile>();   // = igemm_b_position
     int dy_pixel[Tile::B_LOADS];
     unsigned taps_in[Tile::B_LOADS];
 #pragma unroll
@@ -161,15 +160,9 @@ __device__ __forceinline__ void dgrad_tile(
 
     // A from the transposed filter taps (channels past C/G read into wt's padded tail), B from dy
     // at the output pixels those taps hit
-    const auto fetch_a = [&](bool ok, REAL (&a_next)[Tile::A_LOADS]) {
-#pragma unroll
-        for (int i = 0; i < Tile::A_LOADS; ++i) a_next[i] = ok ? wt[w_row + Tile::PASS * i] : (REAL)0;
-    };
-    const auto fetch_b = [&](bool ok, REAL (&b_next)[Tile::B_LOADS]) {
-        const unsigned select = igemm_tap_select(jr, js);
-#pragma unroll
-        for (int j = 0; j < Tile::B_LOADS; ++j)
-            b_next[j] = (ok && igemm_in_bounds(taps_in[j], select)) ? dy[dy_pixel[j] + tap] : (REAL)0;
+    const auto a_source = [&](int i) { return IgemmSource{w_row + Tile::PASS * i, true}; };
+    const auto b_source = [&](int j) {
+        return IgemmSource{dy_pixel[j] + tap, igemm_in_bounds(taps_in[j], igemm_tap_select(jr, js))};
     };
     const auto advance = [&] {
         js += walk_s; jr += walk_r; w_row += Tile::BK * Cg; tap += walk_tap;
@@ -177,19 +170,19 @@ __device__ __forceinline__ void dgrad_tile(
         if (jr >= th.count) { jr -= th.count; tap += PQ - th.count * tap_r; }
     };
     REAL acc[Tile::TM][Tile::TN];
-    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, fetch_a, fetch_b, advance);
+    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, wt, a_source, dy, b_source, advance);
 
     __syncthreads();   // dx_column is complete (the main loop has no barrier when a phase has no taps)
-    const int tm = igemm_tm(), tn = igemm_tn();
+    const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
     REAL* out_split = out + split * N * C * HW;
 #pragma unroll
     for (int j = 0; j < Tile::TN; ++j) {
-        const int column = dx_column[igemm_offset(j, tn)];
+        const int column = dx_column[igemm_offset<Tile::RUN_N>(j, tn)];
         if (column < 0) continue;
         REAL* dx_pixel = out_split + column;
 #pragma unroll
         for (int i = 0; i < Tile::TM; ++i) {
-            const int c = m0 + igemm_offset(i, tm);
+            const int c = m0 + igemm_offset<Tile::RUN_M>(i, tm);
             if (c < Cg) dx_pixel[c * HW] = acc[i][j];
         }
     }
@@ -203,23 +196,23 @@ __device__ __forceinline__ void dgrad_tile(
     dy, wt, out, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits
 
 // grid (ceil(N * ceil(H/stride_h) * ceil(W/stride_w) / BN), ceil((C/G) / BM),
-// splits * G * stride_h * stride_w), block 256; wt from conv2d_dgrad_filter_transpose
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_dgrad_large(DGRAD_PARAMS)
+// splits * G * stride_h * stride_w), block the tile's threads; wt from conv2d_dgrad_filter_transpose
+extern "C" __global__ void __launch_bounds__(IGEMM_LARGE_THREADS, IGEMM_LARGE_BLOCKS) conv2d_dgrad_large(DGRAD_PARAMS)
 {
-    dgrad_tile<2, 2>(DGRAD_ARGS);
+    dgrad_tile<IGEMM_LARGE>(DGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_dgrad_tall(DGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_TALL_THREADS, IGEMM_TALL_BLOCKS) conv2d_dgrad_tall(DGRAD_PARAMS)
 {
-    dgrad_tile<2, 1>(DGRAD_ARGS);
+    dgrad_tile<IGEMM_TALL>(DGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_dgrad_wide(DGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_WIDE_THREADS, IGEMM_WIDE_BLOCKS) conv2d_dgrad_wide(DGRAD_PARAMS)
 {
-    dgrad_tile<1, 2>(DGRAD_ARGS);
+    dgrad_tile<IGEMM_WIDE>(DGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_dgrad_small(DGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_SMALL_THREADS, IGEMM_SMALL_BLOCKS) conv2d_dgrad_small(DGRAD_PARAMS)
 {
-    dgrad_tile<1, 1>(DGRAD_ARGS);
+    dgrad_tile<IGEMM_SMALL>(DGRAD_ARGS);
 }

@@ -7,17 +7,18 @@
 //   The im2col operand is never materialised: each thread gathers its elements of the B tile
 //   straight from x, zero outside the padded input.
 //
-// Tiling (igemm.cuh): 256 threads, BK = 8, vectorized register blocking; four block tiles
-//   (fp32 / fp64): large 128x128 / 64x64, tall 128x64 / 64x32, wide 64x128 / 32x64, small
-//   64x64 / 32x32, chosen by cnn_gpu.gpu.conv.plan_fprop for the GPU's SM count.
+// Tiling (igemm.cuh): BK = 8, vectorized register blocking; four block tiles, large 128x128, tall
+//   128x64, wide 64x128, small 64x64 (fp32: 256, 128, 128, 64 threads of 8x8 outputs; fp64: 256
+//   threads), chosen by cnn_gpu.gpu.conv.plan_fprop for the GPU's SM count; a cp.async ring on
+//   sm_80+, register staging on sm_70/75.
 // Loaders: A (filter rows, contiguous along the reduction) k fastest, so a warp reads 4 rows x 32
 //   bytes; one offset, stepped by BK, addresses row 0 and the others lie PASS*Kgemm apart. B (the
-//   gather from x) k slowest: a warp reads 32 consecutive pixels of one reduction row. Each B
-//   column is decoded once into the x offset of its tap origin and its tap mask (igemm.cuh); the
-//   reduction row (c, r, s) is carried with the x offset of its tap, stepped by BK with carries
-//   from the launcher's walk_* constants (kernel parameters: read from the constant bank, they
-//   take no register). Per gathered value: one LOP3 bounds test and one add, no div/mod in the
-//   main loop. Operand rows and columns past the problem are clamped onto the last valid one:
+//   gather from x) k slowest: a warp reads PASS consecutive pixels of each of 32/PASS reduction
+//   rows. Each B column is decoded once into the x offset of its tap origin and its tap mask
+//   (igemm.cuh); the reduction row (c, r, s) is carried with the x offset of its tap, stepped by
+//   BK with carries from the launcher's walk_* constants (kernel parameters: read from the
+//   constant bank, they take no register). Per gathered value: one LOP3 bounds test and one add,
+//   no div/mod in the main loop. Operand rows and columns past the problem are clamped onto the last valid one:
 //   their outputs are computed, never stored. Filters with more than 16 taps in a dimension get a
 //   zero-padded copy of x (conv2d_pad.cu) and no padding.
 // Split-K (grid.z = splits * G): split z sums reduction rows [z*chunk, (z+1)*chunk) and writes its
@@ -30,17 +31,16 @@
 
 #include "igemm.cuh"
 
-template <int RM, int RN>
+template <int THREADS_M, int THREADS_N, int TM, int TN>
 __device__ __forceinline__ void fprop_tile(
     const REAL* __restrict__ x, const REAL* __restrict__ w, const REAL* __restrict__ bias,
     REAL* __restrict__ out, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
     int has_bias, int relu, int chunk, int walk_s, int walk_r, int walk_tap, int walk_carry_s, int walk_carry_r)
 {
-    typedef IgemmTile<RM, RN> Tile;
-    __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
+    typedef IgemmTile<THREADS_M, THREADS_N, TM, TN, K_FASTEST, K_SLOWEST> Tile;
+    __shared__ __align__(16) REAL smem[IGEMM_STAGES * Tile::STAGE];
 
-    const int tid = threadIdx.x;
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
     const int Cg = C / groups, Kg = K / groups;
     const int RS = R * S;
@@ -58,13 +58,13 @@ __device__ __forceinline__ void fprop_tile(
     // A (filter) loader, k fastest: reduction column a.k, rows a.m + i*PASS, the first at
     // w_row = (g*K/G + a.m)*Kgemm + (reduction offset); row i lies i*PASS*Kgemm further, and rows
     // past K/G (never stored) read the last filter row instead
-    const LoaderPosition a = igemm_k_fastest<Tile>();
+    const LoaderPosition a = igemm_a_position<Tile>();
     const int a_first = min(m0 + a.m, Kg - 1), a_span = (Kg - 1 - a_first) * Kgemm;
     int w_row = (g * Kg + a_first) * Kgemm + first_row + a.k;
 
     // B (input) loader, k slowest: reduction row b.k, pixel columns b.m + j*PASS, decoded once into
     // the x offset of the column's tap origin and its tap mask
-    const LoaderPosition b = igemm_k_slowest<Tile>();
+    const LoaderPosition b = igemm_b_position<Tile>();
     int x_pixel[Tile::B_LOADS];
     unsigned taps_in[Tile::B_LOADS];
 #pragma unroll
@@ -83,15 +83,9 @@ __device__ __forceinline__ void fprop_tile(
     const int c0 = floor_div(row, RS), rs0 = row - c0 * RS;
     int r = rs0 / S, s = rs0 - r * S, tap = c0 * HW + r * dil_h * W + s * dil_w;
     // A from the filter rows, B gathered from x (zero outside the padded input)
-    const auto fetch_a = [&](bool ok, REAL (&a_next)[Tile::A_LOADS]) {
-#pragma unroll
-        for (int i = 0; i < Tile::A_LOADS; ++i) a_next[i] = ok ? w[w_row + min(i * Tile::PASS * Kgemm, a_span)] : (REAL)0;
-    };
-    const auto fetch_b = [&](bool ok, REAL (&b_next)[Tile::B_LOADS]) {
-        const unsigned select = igemm_tap_select(r, s);
-#pragma unroll
-        for (int j = 0; j < Tile::B_LOADS; ++j)
-            b_next[j] = (ok && igemm_in_bounds(taps_in[j], select)) ? x[x_pixel[j] + tap] : (REAL)0;
+    const auto a_source = [&](int i) { return IgemmSource{w_row + min(i * Tile::PASS * Kgemm, a_span), true}; };
+    const auto b_source = [&](int j) {
+        return IgemmSource{x_pixel[j] + tap, igemm_in_bounds(taps_in[j], igemm_tap_select(r, s))};
     };
     const auto advance = [&] {
         w_row += Tile::BK;
@@ -100,19 +94,19 @@ __device__ __forceinline__ void fprop_tile(
         if (r >= R) { r -= R; tap += walk_carry_r; }
     };
     REAL acc[Tile::TM][Tile::TN];
-    igemm_main_loop<Tile>(acc, smem, a.k, a.m, b.k, b.m, range.k_count, fetch_a, fetch_b, advance);
+    igemm_main_loop<Tile>(acc, smem, a.k, a.m, b.k, b.m, range.k_count, w, a_source, x, b_source, advance);
 
-    const int tm = igemm_tm(), tn = igemm_tn();
+    const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
     REAL* out_split = out + split * K * NPQ;
 #pragma unroll
     for (int j = 0; j < Tile::TN; ++j) {
-        const int pixel = n0 + igemm_offset(j, tn);
+        const int pixel = n0 + igemm_offset<Tile::RUN_N>(j, tn);
         if (pixel >= NPQ) continue;
         const int n = pixel / PQ;
         REAL* y_pixel = out_split + (n * K + g * Kg) * PQ + (pixel - n * PQ);
 #pragma unroll
         for (int i = 0; i < Tile::TM; ++i) {
-            const int m = m0 + igemm_offset(i, tm);
+            const int m = m0 + igemm_offset<Tile::RUN_M>(i, tm);
             if (m >= Kg) continue;
             REAL v = acc[i][j];
             if (has_bias) v += bias[g * Kg + m];
@@ -131,24 +125,24 @@ __device__ __forceinline__ void fprop_tile(
     x, w, bias, out, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, \
     groups, has_bias, relu, chunk, walk_s, walk_r, walk_tap, walk_carry_s, walk_carry_r
 
-// grid (ceil(N*P*Q / BN), ceil((K/G) / BM), splits * G), block 256; chunk a multiple of BK with
+// grid (ceil(N*P*Q / BN), ceil((K/G) / BM), splits * G), block the tile's threads; chunk a multiple of BK with
 // splits = ceil(C/G*R*S / chunk); `bias` is never read when has_bias == 0
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_fprop_large(FPROP_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_LARGE_THREADS, IGEMM_LARGE_BLOCKS) conv2d_fprop_large(FPROP_PARAMS)
 {
-    fprop_tile<2, 2>(FPROP_ARGS);
+    fprop_tile<IGEMM_LARGE>(FPROP_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_fprop_tall(FPROP_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_TALL_THREADS, IGEMM_TALL_BLOCKS) conv2d_fprop_tall(FPROP_PARAMS)
 {
-    fprop_tile<2, 1>(FPROP_ARGS);
+    fprop_tile<IGEMM_TALL>(FPROP_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_fprop_wide(FPROP_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_WIDE_THREADS, IGEMM_WIDE_BLOCKS) conv2d_fprop_wide(FPROP_PARAMS)
 {
-    fprop_tile<1, 2>(FPROP_ARGS);
+    fprop_tile<IGEMM_WIDE>(FPROP_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_fprop_small(FPROP_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_SMALL_THREADS, IGEMM_SMALL_BLOCKS) conv2d_fprop_small(FPROP_PARAMS)
 {
-    fprop_tile<1, 1>(FPROP_ARGS);
+    fprop_tile<IGEMM_SMALL>(FPROP_ARGS);
 }

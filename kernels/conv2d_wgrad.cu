@@ -10,7 +10,7 @@
 // (with one split, straight into dw). The launcher then sums the workspace over splits in a fixed
 // order (reduce.channel_sum): no atomics, bit-identical run to run.
 //
-// Tiling: as conv2d_fprop (igemm.cuh: 256 threads, BK = 8, four tile variants, vectorized
+// Tiling: as conv2d_fprop (igemm.cuh: BK = 8, four tile variants of 64 to 256 threads, vectorized
 // register blocking). Both operands are contiguous along the reduction (p, q), so both loaders run
 // k fastest: groups of 8 threads read 8 consecutive pixels (the padded shared rows keep those
 // transposing stores on 32 different banks). A thread's reduction row (n, p, q) advances by BK
@@ -24,15 +24,15 @@
 
 #include "igemm.cuh"
 
-template <int RM, int RN>
+template <int THREADS_M, int THREADS_N, int TM, int TN>
 __device__ __forceinline__ void wgrad_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ workspace,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
     int splits, int chunk, int walk_q, int walk_p, int walk_dy, int walk_x, int walk_q_end, int walk_p_end, int walk_carry_q_x, int walk_carry_p_x, int walk_carry_p_dy)
 {
-    typedef IgemmTile<RM, RN> Tile;
-    __shared__ __align__(16) REAL smem[2 * Tile::STAGE];
+    typedef IgemmTile<THREADS_M, THREADS_N, TM, TN, K_FASTEST, K_FASTEST> Tile;
+    __shared__ __align__(16) REAL smem[IGEMM_STAGES * Tile::STAGE];
 
     const int g = blockIdx.z / splits, split = blockIdx.z - g * splits;
     const int Cg = C / groups, Kg = K / groups;
@@ -47,7 +47,7 @@ __device__ __forceinline__ void wgrad_tile(
     // loaders, k fastest: reduction row ab.k of both tiles; A rows (channels) and B columns (taps)
     // ab.m + i*PASS, clamped onto the last channel / tap. A row i lies i*PASS*PQ past row 0 (at
     // dy_row below); rows past K/G (never stored) read the last channel instead.
-    const LoaderPosition ab = igemm_k_fastest<Tile>();
+    const LoaderPosition ab = igemm_a_position<Tile>();   // = igemm_b_position
     const int a_first = min(m0 + ab.m, Kg - 1), a_span = (Kg - 1 - a_first) * PQ;
     int x_tap[Tile::B_LOADS], h_off[Tile::B_LOADS], w_off[Tile::B_LOADS];
 #pragma unroll
@@ -70,16 +70,10 @@ __device__ __forceinline__ void wgrad_tile(
     int dy_row = n * K * PQ + (g * Kg + a_first) * PQ + p * Q + q, x_row = n * C * HW + hp * W + wq;
 
     // A from dy at reduction pixel (n, p, q), B gathered from x (zero outside the padded input)
-    const auto fetch_a = [&](bool ok, REAL (&a_next)[Tile::A_LOADS]) {
-#pragma unroll
-        for (int i = 0; i < Tile::A_LOADS; ++i) a_next[i] = ok ? dy[dy_row + min(i * Tile::PASS * PQ, a_span)] : (REAL)0;
-    };
-    const auto fetch_b = [&](bool ok, REAL (&b_next)[Tile::B_LOADS]) {
-#pragma unroll
-        for (int j = 0; j < Tile::B_LOADS; ++j) {
-            const int h = hp + h_off[j], wc = wq + w_off[j];
-            b_next[j] = (ok && (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W) ? x[x_row + x_tap[j]] : (REAL)0;
-        }
+    const auto a_source = [&](int i) { return IgemmSource{dy_row + min(i * Tile::PASS * PQ, a_span), true}; };
+    const auto b_source = [&](int j) {
+        const int h = hp + h_off[j], wc = wq + w_off[j];
+        return IgemmSource{x_row + x_tap[j], (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W};
     };
     const auto advance = [&] {
         wq += walk_q; hp += walk_p; dy_row += walk_dy; x_row += walk_x;
@@ -87,17 +81,17 @@ __device__ __forceinline__ void wgrad_tile(
         if (hp >= walk_p_end) { hp -= walk_p_end; dy_row += walk_carry_p_dy; x_row += walk_carry_p_x; }
     };
     REAL acc[Tile::TM][Tile::TN];
-    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, fetch_a, fetch_b, advance);
+    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, dy, a_source, x, b_source, advance);
 
-    const int tm = igemm_tm(), tn = igemm_tn();
+    const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
     REAL* out = workspace + (split * K + g * Kg) * Ngemm;
 #pragma unroll
     for (int i = 0; i < Tile::TM; ++i) {
-        const int m = m0 + igemm_offset(i, tm);
+        const int m = m0 + igemm_offset<Tile::RUN_M>(i, tm);
         if (m >= Kg) continue;
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) {
-            const int col = n0 + igemm_offset(j, tn);
+            const int col = n0 + igemm_offset<Tile::RUN_N>(j, tn);
             if (col < Ngemm) out[m * Ngemm + col] = acc[i][j];
         }
     }
@@ -113,24 +107,24 @@ __device__ __forceinline__ void wgrad_tile(
     dil_w, groups, splits, chunk, walk_q, walk_p, walk_dy, walk_x, walk_q_end, walk_p_end, walk_carry_q_x, \
     walk_carry_p_x, walk_carry_p_dy
 
-// grid (ceil((C/G)*R*S / BN), ceil((K/G) / BM), G * splits), block 256; chunk a multiple of BK
+// grid (ceil((C/G)*R*S / BN), ceil((K/G) / BM), G * splits), block the tile's threads; chunk a multiple of BK
 // with splits = ceil(N*P*Q / chunk), so that no split is empty
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, LARGE_BLOCKS) conv2d_wgrad_large(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_LARGE_THREADS, IGEMM_LARGE_BLOCKS) conv2d_wgrad_large(WGRAD_PARAMS)
 {
-    wgrad_tile<2, 2>(WGRAD_ARGS);
+    wgrad_tile<IGEMM_LARGE>(WGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_wgrad_tall(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_TALL_THREADS, IGEMM_TALL_BLOCKS) conv2d_wgrad_tall(WGRAD_PARAMS)
 {
-    wgrad_tile<2, 1>(WGRAD_ARGS);
+    wgrad_tile<IGEMM_TALL>(WGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, MEDIUM_BLOCKS) conv2d_wgrad_wide(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_WIDE_THREADS, IGEMM_WIDE_BLOCKS) conv2d_wgrad_wide(WGRAD_PARAMS)
 {
-    wgrad_tile<1, 2>(WGRAD_ARGS);
+    wgrad_tile<IGEMM_WIDE>(WGRAD_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_THREADS, SMALL_BLOCKS) conv2d_wgrad_small(WGRAD_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_SMALL_THREADS, IGEMM_SMALL_BLOCKS) conv2d_wgrad_small(WGRAD_PARAMS)
 {
-    wgrad_tile<1, 1>(WGRAD_ARGS);
+    wgrad_tile<IGEMM_SMALL>(WGRAD_ARGS);
 }

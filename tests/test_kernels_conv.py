@@ -304,6 +304,34 @@ def test_emu_kernel_variants_under_every_schedule(name, cfg, overrides, dtype):
                                           err_msg=f"{name} {key} under {schedule}")
 
 
+def _emulate_arch(monkeypatch, arch: int) -> None:
+    """Kernels built from here on see __CUDA_ARCH__ == arch (fresh modules; the disk cache keeps both)."""
+    monkeypatch.setenv("CNN_GPU_EMU_ARCH", str(arch))
+    monkeypatch.setattr(backend, "_modules", {})
+    monkeypatch.setattr(backend, "_functions", {})
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_emu_register_staged_loop_matches_the_cp_async_ring_bit_for_bit(dtype, monkeypatch):
+    """The GEMM kernels' two main loops (kernels/igemm.cuh): sm_80 and newer copy with cp.async into a
+    ring, sm_70/75 stage through registers; both sum the same products in the same order, so the
+    register path (emulated as sm_70) under every schedule reproduces the ring's (sm_80) bits."""
+    from cnn_gpu import emu
+    gemm = [v for v in VARIANTS if v[2].get("tile")]
+    _emulate_arch(monkeypatch, 800)
+    with emu.checking(guard=True):
+        ring = {name: run_variant(cfg, dtype, overrides) for name, cfg, overrides in gemm}
+    _emulate_arch(monkeypatch, 700)
+    for schedule in ("forward", "reverse", "random"):
+        with emu.checking(schedule=schedule, seed=11, guard=True):
+            for name, cfg, overrides in gemm:
+                staged = run_variant(cfg, dtype, overrides)
+                for key in ("y", "dx", "dw"):
+                    np.testing.assert_array_equal(staged[key], ring[name][key],
+                                                  err_msg=f"{name} {key} register path under {schedule}")
+
+
 @needs_emu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_emu_sweep_classes_under_reverse_and_random_schedules(dtype):

@@ -23,31 +23,43 @@ from .. import backend
 from . import reduce
 from ._grid import Launch, blocks_for, i32
 
-THREADS = 256
+THREADS = 256   # block of the depthwise kernels
 BK = 8   # reduction depth of a block tile (kernels' BK)
+# What the picker counts resident blocks by: an SM's register file and thread slots (sm_70..sm_90).
+SM_REGISTERS = 65536
+SM_THREADS = 2048
 
 
 @dataclass(frozen=True)
 class TileSpec:
-    """One block-tile variant of the GEMM kernels (kernels/igemm.cuh): its BM x BN edge, the blocks
-    per SM its __launch_bounds__ builds it for, and its issue efficiency (the sm_90 hot-loop FMA
-    share of the fp32 fprop kernel, rounded: the picker's weight for the loop's overhead)."""
+    """One block-tile variant of the GEMM kernels (kernels/igemm.cuh, IGEMM_LARGE ...): its BM x BN
+    edge, its threads, the register cap its __launch_bounds__ sets, and its issue efficiency (the
+    sm_90 hot-loop FMA share of the fprop kernel, rounded: the picker's weight for the loop's
+    overhead)."""
     bm: int
     bn: int
-    blocks_per_sm: int
+    threads: int
+    registers: int
     efficiency: float
 
+    @property
+    def blocks_per_sm(self) -> int:
+        """Resident blocks per SM: as many as the registers (at the cap) and thread slots allow."""
+        return min(SM_REGISTERS // (self.threads * self.registers), SM_THREADS // self.threads)
 
-# The kernels' tiles per dtype (fp64 halves each edge: a value takes two registers).
-TILES = {np.dtype(np.float32): {"large": TileSpec(128, 128, 2, 0.82), "tall": TileSpec(128, 64, 2, 0.75),
-                                "wide": TileSpec(64, 128, 2, 0.74), "small": TileSpec(64, 64, 3, 0.65)},
-         np.dtype(np.float64): {"large": TileSpec(64, 64, 2, 0.60), "tall": TileSpec(64, 32, 2, 0.48),
-                                "wide": TileSpec(32, 64, 2, 0.47), "small": TileSpec(32, 32, 3, 0.36)}}
+
+# The kernels' tiles per dtype (IGEMM_LARGE ... in kernels/igemm.cuh), the same edges in both: fp32
+# tiles give every thread 8 x 8 outputs (64 to 256 threads), fp64 tiles have 256 threads of 8 x 8
+# (large) down to 4 x 4 (small) outputs.
+TILES = {np.dtype(np.float32): {"large": TileSpec(128, 128, 256, 128, 0.84), "tall": TileSpec(128, 64, 128, 168, 0.83),
+                                "wide": TileSpec(64, 128, 128, 168, 0.82), "small": TileSpec(64, 64, 64, 168, 0.81)},
+         np.dtype(np.float64): {"large": TileSpec(128, 128, 256, 255, 0.80), "tall": TileSpec(128, 64, 256, 255, 0.71),
+                                "wide": TileSpec(64, 128, 256, 255, 0.70), "small": TileSpec(64, 64, 256, 80, 0.59)}}
 # SM count the picker plans for when the device cannot be asked (emu, the model): H100 SXM5.
 DEFAULT_SMS = 132
 # Split-K: each split sums at least MIN_SPLIT_CHUNK reduction rows; at most MAX_SPLITS splits.
 MIN_SPLIT_CHUNK = 64
-MAX_SPLITS = 64
+MAX_SPLITS = 256
 # Cost of split-K's extra traffic and launch, in FMA issue slots of one SM (H100: 128 fp32 FMA per
 # clock per SM against ~15 bytes of DRAM per clock per SM; a launch ~4 us).
 SPLIT_SLOTS_PER_BYTE = 8
@@ -135,8 +147,9 @@ def _choose(dtype, M: int, Ngemm: int, batches: int, kgemm: int, output_elements
 
     Unforced choices minimise a wave model: a block of tile t takes bm*bn*chunk / efficiency FMA
     issue slots of its SM's share; the busiest SM runs ceil(blocks / (SMs * blocks_per_sm)) waves
-    of blocks_per_sm blocks (the partial last wave counts whole); split-K adds the traffic of its
-    partials (written and read once, plus the output) and a launch."""
+    of blocks_per_sm blocks (resident blocks from the tile's threads and register cap; the partial
+    last wave counts whole); split-K adds the traffic of its partials (written and read once, plus
+    the output) and a launch."""
     tiles = TILES[np.dtype(dtype)]
     forced_now = _forced.get()
     tile = tile if tile is not None else forced_now.get("tile")
@@ -302,7 +315,7 @@ def plan_fprop(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     if padded:
         _check_index_range(_padded_input(g, padded))
     launches = (() if padded is None else (_pad_launch(g.N * g.C, padded),))
-    launches += (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid),)
+    launches += (Launch("conv2d_fprop", f"conv2d_fprop_{variant}", grid, (spec.threads, 1, 1)),)
     main_index = len(launches) - 1
     if splits > 1:
         launches += (reduce.plan_split_sum_epilogue(out),)
@@ -335,7 +348,7 @@ def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
         _check_index_range(_padded_output(g, padded))
     launches = (() if padded is None else (_pad_launch(g.N * g.K, padded),))
     launches += (Launch("conv2d_dgrad", "conv2d_dgrad_filter_transpose", (_ceil_div(math.prod(g.w_shape), THREADS), 1, 1)),
-                 Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid))
+                 Launch("conv2d_dgrad", f"conv2d_dgrad_{variant}", grid, (spec.threads, 1, 1)))
     main_index = len(launches) - 1
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, out, 1),)
@@ -363,7 +376,7 @@ def plan_wgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
                                            min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups))
     grid = (_ceil_div(taps, spec.bn), _ceil_div(kg, spec.bm), g.groups * splits)
     _check_grid("conv2d_wgrad", grid)
-    launches = (Launch("conv2d_wgrad", f"conv2d_wgrad_{variant}", grid),)
+    launches = (Launch("conv2d_wgrad", f"conv2d_wgrad_{variant}", grid, (spec.threads, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, out, 1),)
     return ConvPlan("wgrad", launches, tile=variant, splits=splits, chunk=chunk)
