@@ -4,13 +4,14 @@ On a machine with an NVIDIA GPU and CuPy (CUDA 12 or 13 build; no network needed
 its own process so one crash does not hide the rest:
 
   1. the CUDA test sweep            pytest -m gpu tests benchmarks
-  2. the op cross-check             cnn-gpu check --device cuda --thorough   (float64, float32, and
-                                    float32 in the tf32 math mode: the tensor-core kernels)
+  2. the op cross-check             cnn-gpu check --device cuda --thorough   (float64, float32,
+                                    float32 in the tf32 math mode and float16: the tensor-core kernels)
   3. the kernel resource report     cnn-gpu kernels
-  4. the benchmark                  cnn-gpu bench --shapes resnet --math fp32,tf32 (PyTorch when present,
+  4. the benchmark                  cnn-gpu bench --shapes resnet --math fp32,tf32 --dtype float32,float16
+                                    (PyTorch in the same modes when present,
                                     device model:gpu adds the roofline model's estimate of this GPU
                                     beside each measured cuda row, to calibrate the model)
-  5. a short training run           cnn-gpu train --device cuda --epochs 2
+  5. short training runs            cnn-gpu train --device cuda --epochs 2, and --precision fp16
 
 and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
 whose path it prints. Exit status: 0 all steps passed, 1 a step failed, 2 no usable GPU.
@@ -168,7 +169,8 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
     cli = [python, "-m", "cnn_gpu"]
     mode = "--quick" if quick else "--thorough"
     devices = ",".join(default_devices() + ["model:gpu"])
-    bench = cli + ["bench", "--shapes", "tiny" if quick else "resnet", "--math", "fp32,tf32", "--device", devices,
+    bench = cli + ["bench", "--shapes", "tiny" if quick else "resnet", "--math", "fp32,tf32",
+                   "--dtype", "float32,float16", "--device", devices,
                    "--markdown",
                    "--no-progress", "--json", str(out_dir / "bench.json"), "--csv", str(out_dir / "bench.csv")]
     try:
@@ -185,9 +187,13 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
                                      "--json", str(out_dir / "check-float32.json")], 1800),
         Step("check tf32", cli + ["check", "--device", "cuda", mode, "--math", "tf32", "--markdown",
                                   "--json", str(out_dir / "check-tf32.json")], 1800),
+        Step("check float16", cli + ["check", "--device", "cuda", mode, "--dtype", "float16", "--markdown",
+                                     "--json", str(out_dir / "check-float16.json")], 1800),
         Step("kernels", cli + ["kernels"], 900),
         Step("bench", bench, 3600),
         Step("train", cli + ["train", "--device", "cuda", "--epochs", "2"]
+             + (["--max-batches", "5"] if quick else []), 900),
+        Step("train fp16", cli + ["train", "--device", "cuda", "--epochs", "2", "--precision", "fp16"]
              + (["--max-batches", "5"] if quick else []), 900),
     ]
     if not Path("tests").is_dir():

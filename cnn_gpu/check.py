@@ -13,6 +13,10 @@ mode and are compared with the NumPy oracle in the same mode, element by element
 summation bound stated at TF32_SUM_K; the other ops are unaffected by the mode and keep the float32
 rule.
 
+With dtype float16 (`cnn-gpu check --dtype float16`) the device runs every op on float16 arrays
+(FP16 storage, FP32 math, one rounding per output) and is compared with the NumPy oracle on the
+same float16 inputs, which computes in float32 and rounds once, within FLOAT16_TOLERANCE.
+
 Tests plant a wrong op with `register_override(op, run)` to prove that a mismatch fails.
 """
 from __future__ import annotations
@@ -37,10 +41,20 @@ FD_OPTIONS = {"quick": dict(directions=2, elementwise_limit=0),
               "normal": dict(directions=3, elementwise_limit=0),
               "thorough": dict(directions=3, elementwise_limit=32)}
 
-# Relative error allowed against NumPy float64: float64 devices differ only in summation order;
-# float32 devices are compared with float64 results computed from the same (rounded) inputs, and
-# ops that sum many terms get REDUCTION_SCALE times more room.
-TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+# dtype float16: the device and the oracle (the NumPy backend on the same float16 inputs) both
+# compute in FP32 and round each output to float16 once. Their FP32 results differ only by the
+# order of operations (relative errors of a few 2^-24, far below a float16 ulp), but the two
+# roundings can then land on neighbouring float16 values: one float16 ulp of the element, at most
+# 2^-10 x max|output| (float16 has 10 mantissa bits). FLOAT16_TOLERANCE = 2 x 2^-10 of max|output|
+# (the usual error measure) leaves a second ulp for order effects next to a tie; an output off by
+# three float16 ulps of the largest fails.
+FLOAT16_ULP = 2.0 ** -10
+FLOAT16_TOLERANCE = 2 * FLOAT16_ULP
+# Relative error allowed against NumPy float64 (float16: against the oracle, above): float64
+# devices differ only in summation order; float32 devices are compared with float64 results
+# computed from the same (rounded) inputs, and ops that sum many terms get REDUCTION_SCALE times
+# more room.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": FLOAT16_TOLERANCE}
 REDUCTION_SCALE = 4
 # math="tf32": convolutions multiply TF32-rounded operands and sum the products in FP32. A product of
 # two TF32 numbers (11-bit significands) is exact in FP32, so a device and the oracle -- NumPy in the
@@ -646,7 +660,7 @@ def relative_error(got, want) -> float:
         return float("inf")
     if want.dtype.kind in "iu":
         return 0.0 if np.array_equal(got, want) else 1.0
-    got = got.astype(np.float64)
+    got, want = got.astype(np.float64), want.astype(np.float64)   # float16 references too
     same = (got == want) | (np.isnan(got) & np.isnan(want))
     with np.errstate(invalid="ignore"):
         diff = np.where(same, 0.0, np.abs(got - want))
@@ -721,6 +735,17 @@ def summation_error(got, want, magnitude) -> float:
     return float(np.max(ratio, initial=0.0))
 
 
+def _oracle_inputs(inputs: dict, dtype: np.dtype) -> dict:
+    """The inputs as the reference gets them: the device's values (rounded to dtype) in float64,
+    or for float16 the float16 arrays themselves (the oracle is the NumPy backend in float16)."""
+    rounded = {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+               for k, v in inputs.items()}
+    if dtype == np.float16:
+        return rounded
+    return {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+            for k, v in rounded.items()}
+
+
 def _check_op(spec: OpCheck, be: str, mode: str, dtype: np.dtype, seed: int, math: str) -> OpResult:
     scale = REDUCTION_SCALE if spec.reduces and dtype == np.float32 else 1
     result = OpResult(spec.name, tolerance=TOLERANCE[dtype.name] * scale)
@@ -735,8 +760,7 @@ def _check_op(spec: OpCheck, be: str, mode: str, dtype: np.dtype, seed: int, mat
         rng = np.random.default_rng([seed, index])
         inputs = spec.inputs(cfg, rng)
         # the reference sees exactly the values the device sees (rounded to dtype first)
-        rounded = {k: (v.astype(dtype).astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
-                       else v) for k, v in inputs.items()}
+        rounded = _oracle_inputs(inputs, dtype)
         try:
             want, magnitude = _tf32_references(spec, rounded, cfg) if tf32 else (spec.run(rounded, cfg, "numpy"), None)
             got = run({k: _to_device(v, be, dtype) for k, v in inputs.items()}, cfg, be)
@@ -768,10 +792,8 @@ def check_ops(be: str, ops=None, mode: str = "normal", dtype="float64", seed: in
     unknown op, mode, dtype or math mode."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    if np.dtype(dtype) == np.float16:
-        raise ValueError("float16 is not supported yet: the ops take float32 and float64 arrays")
     if np.dtype(dtype).name not in TOLERANCE:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise ValueError(f"dtype must be float16, float32 or float64, got {dtype!r}")
     if math not in precision.MATH_MODES:
         raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(precision.MATH_MODES)}")
     if math == "tf32" and np.dtype(dtype) != np.float32:

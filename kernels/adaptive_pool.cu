@@ -9,7 +9,8 @@
 //    outputs whose windows contain it, p in [floor(h*P/H), ceil((h+1)*P/H) - 1] (same for q), in
 //    increasing (p, q) order: deterministic.
 // In-plane indices are int (the host refuses planes of 2^31 pixels or more); products such as
-// p*H are taken in 64 bits; plane offsets are 64-bit.
+// p*H are taken in 64 bits; plane offsets are 64-bit. Sums and divisions are acc_t: float16
+// adds in FP32 and rounds each output once.
 
 #include "common.cuh"
 
@@ -38,11 +39,11 @@ adaptive_avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long
             const int p = out / Q;
             const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
             const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
-            REAL sum = (REAL)0;
+            acc_t sum = (acc_t)0;
             for (int h = h0; h < h1; ++h)
                 for (int w = w0; w < w1; ++w)
-                    sum += xp[h * W + w];
-            y[plane * plane_outputs + out] = sum / (REAL)((long long)(h1 - h0) * (w1 - w0));
+                    sum += to_acc(xp[h * W + w]);
+            y[plane * plane_outputs + out] = to_real(sum / (acc_t)((long long)(h1 - h0) * (w1 - w0)));
         }
     }
 }
@@ -63,15 +64,15 @@ adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, l
             const int p_last = (int)(((long long)(h + 1) * P + H - 1) / H) - 1;
             const int q_first = (int)(((long long)w * Q) / W);
             const int q_last = (int)(((long long)(w + 1) * Q + W - 1) / W) - 1;
-            REAL sum = (REAL)0;
+            acc_t sum = (acc_t)0;
             for (int p = p_first; p <= p_last; ++p) {
                 const int rows = window_end(p, H, P) - window_start(p, H, P);
                 for (int q = q_first; q <= q_last; ++q) {
                     const int cols = window_end(q, W, Q) - window_start(q, W, Q);
-                    sum += dyp[p * Q + q] / (REAL)((long long)rows * cols);
+                    sum += to_acc(dyp[p * Q + q]) / (acc_t)((long long)rows * cols);
                 }
             }
-            dx[plane * plane_inputs + in] = sum;
+            dx[plane * plane_inputs + in] = to_real(sum);
         }
     }
 }

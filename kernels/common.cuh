@@ -172,7 +172,7 @@ static __device__ __forceinline__ void mma_f16_m16n8k16(float (&acc)[4], const u
 // address of row j of matrix i (16 bytes, 16-byte aligned); lane l receives word l % 4 of row
 // l / 4 of matrix i in r[i], which is the mma fragment layout (groupID = l / 4, threadID_in_group
 // = l % 4) of that 8 x 4-word block.
-static __device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const float* row) {
+static __device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const unsigned int* row) {
 #if defined(CNN_GPU_EMU)
     cnn_gpu_emu_ldmatrix_x4(r, row);
 #elif __CUDA_ARCH__ >= 800
@@ -187,7 +187,8 @@ static __device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const f
 // p, opaque to the compiler's address arithmetic: a per-thread base pointer then stays in one
 // 64-bit register pair and each load from it costs one IMAD.WIDE, where NVRTC would otherwise
 // re-derive every address from the kernel argument (three instructions). Emits no instruction.
-static __device__ __forceinline__ const float* register_pointer(const float* p) {
+template <class T>
+static __device__ __forceinline__ const T* register_pointer(const T* p) {
 #if !defined(CNN_GPU_EMU)
     asm("" : "+l"(p));
 #endif

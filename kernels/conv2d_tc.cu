@@ -1,16 +1,20 @@
-// Convolutions on tensor cores: TF32 operands, FP32 accumulation (mma.sync m16n8k8, sm_80 and
-// newer), on the block tiles of mma_tile.cuh. NCHW float32 tensors: input x (N, C, H, W), output y
-// (N, K, P, Q), G groups. Every pass may split its reduction over grid.z (split-K): split z then
-// writes a partial output at z times the output's size, which the launcher sums in a fixed order.
+// Convolutions on tensor cores (sm_80 and newer), on the block tiles of mma_tile.cuh: the float32
+// build multiplies TF32 operands (mma.sync m16n8k8), the float16 build FP16 ones (m16n8k16, two
+// values per operand word), both accumulating in FP32. NCHW tensors of the build's dtype: input x
+// (N, C, H, W), output y (N, K, P, Q), G groups. A pass's result goes to its output rounded once
+// (float16: the FP32 sum, bias and ReLU included, to FP16 on the store); every pass may split its
+// reduction over grid.z (split-K): split z then writes an FP32 partial output at `partials` + z
+// times the output's size, which the launcher sums in a fixed order (and rounds once).
 //
 // fprop, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels), Kgemm = R*S*(C/G) ordered (r, s, c):
-//   one step covers 16 channels of a single filter tap. A, the filter, never enters shared memory:
-//   the launcher rounds it to TF32, zero-pads it to whole block rows and 16-channel steps and lays
-//   it out in mma fragment order (conv_tc._filter_tiles), so each warp loads its 4 KiB of A
-//   fragments per step with eight 16-byte loads, one step ahead. The B loader gives each thread one
-//   output pixel (decoded once) and all 16 channels of the step: one tap offset and bounds test per
-//   step, channels at +H*W, four 16-byte shared stores; the warps read B with ldmatrix.
+//   one step covers TC_DEPTH channels of a single filter tap. A, the filter, never enters shared
+//   memory: the launcher makes its operand words (TF32-rounded, or FP16 pairs), zero-pads it to
+//   whole block rows and TC_DEPTH-channel steps and lays it out in mma fragment order
+//   (conv_tc._filter_tiles), so each warp loads its 4 KiB of A fragments per step with eight
+//   16-byte loads, one step ahead. The B loader gives each thread one output pixel (decoded once)
+//   and all channels of the step: one tap offset and bounds test per step, channels at +H*W, four
+//   16-byte shared stores; the warps read B with ldmatrix.
 //
 // dgrad: dx splits into stride phases (pixels (ph + i*stride_h, pw + j*stride_w)); each is the
 //   stride-1 convolution of dy with the taps of the flipped filter that reach it (the launcher's
@@ -18,47 +22,56 @@
 //
 // wgrad, per group g:  dw_g[M x Ngemm] = dy_g[M x Kgemm] * im2col(x_g)^T[Kgemm x Ngemm]
 //   M = K/G, Ngemm = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Kgemm = N*P*Q in
-//   splits of `chunk` pixels. Each step's 16 pixels are described once per block, by 16 threads
-//   that walk them with carries, in a small shared table: x offset of the window origin, tap mask
-//   (which filter rows and columns land inside the image, from the launcher's per-row and
+//   splits of `chunk` pixels. Each step's TC_DEPTH pixels are described once per block, by as many
+//   threads that walk them with carries, in a small shared table: x offset of the window origin,
+//   tap mask (which filter rows and columns land inside the image, from the launcher's per-row and
 //   per-column masks), dy offset. The A loader reads dy along the pixels (16 lanes per channel row,
 //   coalesced, no bounds test in whole tiles); the B loader gives each thread 4 filter columns
-//   (decoded once, one mask bit test per element) and 4 pixels of the step.
+//   (decoded once, one mask bit test per element) and 4 words of pixels of the step.
 //
 // GEMM rows or columns past the output (a partial block tile) are computed from clamped or
 // zeroed operands and never stored; reduction entries past the end are zero in both operands.
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
 
+// Tensor cores take float32 (as TF32) and float16: the float64 build of this file (the compile
+// gate builds every file per dtype; nothing launches it) is the float32 one.
+#if REAL_IS_DOUBLE
+#undef REAL
+#undef REAL_IS_DOUBLE
+#define REAL float
+#define REAL_IS_DOUBLE 0
+#endif
+
 #include "mma_tile.cuh"
 
 // The implicit-GEMM convolution of fprop (and of each dgrad stride phase) for block tile
 // (blockIdx.x, blockIdx.y) of group g, reduction steps [split * chunk, split * chunk + chunk);
-// output(m, pixel, value) then takes each result of output channel m (within the group) and
+// output(m, pixel, value) then takes each FP32 result of output channel m (within the group) and
 // output pixel n*P*Q + p*Q + q, both inside the output. Returns at once for a tile past the pixels.
 // `smem`: the kernel's two stages (a kernel's own __shared__ array: the emulator checks those).
 // Block tiles of 64 * WARPS_M output channels (MmaTile); filter tiles in 64-row blocks.
 template <int WARPS_M, class Output>
-__device__ __forceinline__ void tf32_conv(
-    float* smem, const float* __restrict__ x, const float* __restrict__ w_tiles, int N, int C, int H, int W,
-    int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+__device__ __forceinline__ void mma_conv(
+    unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, int N, int C, int H,
+    int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
     int groups, int g, int split, int chunk, Output output)
 {
     const int tid = threadIdx.x, lane = tid & 31;
     const int Cg = C / groups, Kg = K / groups;
     constexpr int BM = 64 * WARPS_M;
-    const int Cpad = (Cg + TC_BK - 1) / TC_BK * TC_BK, Mpad = (Kg + BM - 1) / BM * BM;
+    const int Cpad = (Cg + TC_DEPTH - 1) / TC_DEPTH * TC_DEPTH, Mpad = (Kg + BM - 1) / BM * BM;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * TC_BN;
     if (n0 >= NPQ) return;   // a dgrad phase smaller than the grid: the whole block leaves
-    const int channel_steps = Cpad / TC_BK, first_step = split * chunk;
+    const int channel_steps = Cpad / TC_DEPTH, first_step = split * chunk;
     const int steps = min(chunk, R * S * channel_steps - first_step);
 
     MmaTile<WARPS_M> tile;
     tile.init(0);
     // A: the warp's fragments of each step, 4 KiB in fragment order (m tile, k8, lane, register)
     const int total_steps = R * S * channel_steps;
-    const float* a_next = w_tiles + (unsigned)(((g * (Mpad / 64) + (m0 + tile.warp_row) / 64) * total_steps
-                                                + first_step) * 1024) + lane * 4;
+    const unsigned int* a_next = w_tiles + (unsigned)(((g * (Mpad / 64) + (m0 + tile.warp_row) / 64) * total_steps
+                                                       + first_step) * 1024) + lane * 4;
     auto load_a = [&](int, unsigned int (&a)[2][4][4]) {
 #pragma unroll
         for (int k8 = 0; k8 < 2; ++k8)
@@ -78,27 +91,41 @@ __device__ __forceinline__ void tf32_conv(
     const int n = pixel / PQ, pq = pixel - n * PQ;
     const int p = pq / Q, q = pq - p * Q;
     const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
-    const float* x_pixel = x + (unsigned)((n * C + g * Cg) * HW);
+    const REAL* x_pixel = x + (unsigned)((n * C + g * Cg) * HW);
     const unsigned int plane = HW;                               // one channel further
 
     // the step's tap and channels, advanced with carries: no div/mod per step
     const int first_tap = first_step / channel_steps, taps_per_row = max(S, 1);   // S = 0: a dgrad phase without taps
-    int c0 = (first_step - first_tap * channel_steps) * TC_BK, s = first_tap % taps_per_row;
+    int c0 = (first_step - first_tap * channel_steps) * TC_DEPTH, s = first_tap % taps_per_row;
     int h_tap = first_tap / taps_per_row * dil_h, w_tap = s * dil_w;
-    float b_next[TC_BK];
+    unsigned int b_next[TC_BK];   // operand words: channel pairs (c0 + 2j, c0 + 2j + 1) in FP16
     auto fetch = [&](int) {
         const int h = h_origin + h_tap, w = w_origin + w_tap;
         const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        const float* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + h * W + w));   // read only inside the image
+        const REAL* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + h * W + w));   // read only inside the image
         const int channels = Cg - c0;
-        if (channels < TC_BK) {   // the last channel step of a tap when C/G is no multiple of 16
+        if (channels < TC_DEPTH) {   // the last channel step of a tap when C/G is no multiple of TC_DEPTH
 #pragma unroll
-            for (int j = 0; j < TC_BK; ++j) b_next[j] = inside && j < channels ? __ldg(x_step + (size_t)plane * j) : 0.0f;
+            for (int j = 0; j < TC_BK; ++j) {
+                REAL v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e) {
+                    const int channel = j * TC_PER_WORD + e;
+                    v[e] = inside && channel < channels ? load_real(x_step + (size_t)plane * channel) : REAL();
+                }
+                b_next[j] = operand_word(v);
+            }
         } else {
 #pragma unroll
-            for (int j = 0; j < TC_BK; ++j) b_next[j] = inside ? __ldg(x_step + (size_t)plane * j) : 0.0f;
+            for (int j = 0; j < TC_BK; ++j) {
+                REAL v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e)
+                    v[e] = inside ? load_real(x_step + (size_t)plane * (j * TC_PER_WORD + e)) : REAL();
+                b_next[j] = operand_word(v);
+            }
         }
-        c0 += TC_BK;
+        c0 += TC_DEPTH;
         if (c0 >= Cg) {
             c0 = 0;
             w_tap += dil_w;
@@ -109,12 +136,11 @@ __device__ __forceinline__ void tf32_conv(
             }
         }
     };
-    // the filter comes rounded to TF32; the input is rounded here
     auto store = [&](int step) {
-        float* column = smem + (step & 1) * TC_TILE_B + tid * TC_PITCH;
+        unsigned int* column = smem + (step & 1) * TC_TILE_B + tid * TC_PITCH;
 #pragma unroll
         for (int v = 0; v < TC_BK; v += 4)
-            *(float4*)(column + v) = tf32_rounded4(b_next[v], b_next[v + 1], b_next[v + 2], b_next[v + 3]);
+            *(uint4*)(column + v) = make_uint4(b_next[v], b_next[v + 1], b_next[v + 2], b_next[v + 3]);
     };
 
     mma_main_loop_a_registers(tile, smem, steps, load_a, fetch, store);
@@ -126,96 +152,111 @@ __device__ __forceinline__ void tf32_conv(
 }
 
 // fprop: y = conv2d(x, w) + bias (ReLU when relu), or with split-K (grid.z = splits * G) the
-// partial output of split z at y + z * N*K*P*Q (no bias or ReLU: the summing launch adds them).
+// FP32 partial output of split z at partials + z * N*K*P*Q (no bias or ReLU: the summing launch
+// adds them).
 template <int WARPS_M>
-__device__ __forceinline__ void fprop_tf32(
-    float* smem, const float* __restrict__ x, const float* __restrict__ w_tiles, const float* __restrict__ bias,
-    float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h,
-    int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int has_bias, int relu, int chunk)
+__device__ __forceinline__ void fprop_mma(
+    unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles,
+    const REAL* __restrict__ bias, REAL* __restrict__ y, acc_t* __restrict__ partials, int N, int C, int H, int W,
+    int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
+    int groups, int has_bias, int relu, int chunk)
 {
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups, Kg = K / groups, PQ = P * Q;
-    float* out = y + (long long)split * N * K * PQ;
-    tf32_conv<WARPS_M>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                       groups, g, split, chunk, [&](int m, int pixel, float v) {
-                           const int k = g * Kg + m, image = pixel / PQ;
-                           if (has_bias) v += bias[k];
-                           if (relu && v < 0.0f) v = 0.0f;   // written so that NaN passes through
-                           out[(image * K + k) * PQ + pixel - image * PQ] = v;
-                       });
+    const bool split_k = gridDim.z > (unsigned)groups;
+    mma_conv<WARPS_M>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                      groups, g, split, chunk, [&](int m, int pixel, float v) {
+                          const int k = g * Kg + m, image = pixel / PQ;
+                          const int at = (image * K + k) * PQ + pixel - image * PQ;
+                          if (split_k) {
+                              partials[(long long)split * N * K * PQ + at] = v;
+                              return;
+                          }
+                          if (has_bias) v += to_acc(bias[k]);
+                          if (relu && v < 0.0f) v = 0.0f;   // written so that NaN passes through
+                          y[at] = to_real(v);
+                      });
 }
 
 // dgrad: dx = the convolution of dy with the flipped filter, one stride phase (ph, pw) of dx
 // (its pixels (ph + i*stride_h, pw + j*stride_w)) per grid.z slice: phase z of `phases` (rows of
-// 9 ints: ph, pw, R', S', pad_h', pad_w', H', W', offset) is the stride-1 convolution of dy
-// (N, K, P, Q) with dilation (dil_h, dil_w) and padding (pad_h', pad_w') by the R' x S' filter
+// 9 ints: ph, pw, R', S', pad_h', pad_w', H', W', offset in words) is the stride-1 convolution of
+// dy (N, K, P, Q) with dilation (dil_h, dil_w) and padding (pad_h', pad_w') by the R' x S' filter
 // tiles at w_tiles + offset (from the launcher), into an H' x W' output scattered over dx
-// (N, C, H, W). grid.z = phases * splits * G; split z > 0 writes its partial dx at dx + z * N*C*H*W.
+// (N, C, H, W). grid.z = phases * splits * G; with to_partials (split-K, or an FP32 dx that the
+// launcher adds a bias to before rounding), split z writes its FP32 partial dx at partials +
+// z * N*C*H*W.
 template <int WARPS_M>
-__device__ __forceinline__ void dgrad_tf32(
-    float* smem, const float* __restrict__ dy, const float* __restrict__ w_tiles, const int* __restrict__ phases,
-    float* __restrict__ dx, int N, int C, int H, int W, int K, int P, int Q, int stride_h, int stride_w, int dil_h,
-    int dil_w, int groups, int splits, int chunk)
+__device__ __forceinline__ void dgrad_mma(
+    unsigned int* smem, const REAL* __restrict__ dy, const unsigned int* __restrict__ w_tiles,
+    const int* __restrict__ phases, REAL* __restrict__ dx, acc_t* __restrict__ partials, int N, int C, int H, int W,
+    int K, int P, int Q, int stride_h, int stride_w, int dil_h, int dil_w, int groups, int splits, int chunk,
+    int to_partials)
 {
     const int phase = blockIdx.z / (splits * groups), rest = blockIdx.z - phase * splits * groups;
     const int split = rest / groups, g = rest - split * groups, Cg = C / groups;
     const int* row = phases + 9 * phase;
     const int ph = row[0], pw = row[1], out_h = row[6], out_w = row[7], out_hw = out_h * out_w;
-    float* out = dx + (long long)split * N * C * H * W;
-    tf32_conv<WARPS_M>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1, row[4],
-                       row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
-                           const int image = pixel / out_hw, i = (pixel - image * out_hw) / out_w;
-                           const int j = pixel - image * out_hw - i * out_w;
-                           out[((image * C + g * Cg + m) * H + ph + i * stride_h) * W + pw + j * stride_w] = v;
-                       });
+    mma_conv<WARPS_M>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1, row[4],
+                      row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
+                          const int image = pixel / out_hw, i = (pixel - image * out_hw) / out_w;
+                          const int j = pixel - image * out_hw - i * out_w;
+                          const int at = ((image * C + g * Cg + m) * H + ph + i * stride_h) * W + pw + j * stride_w;
+                          if (to_partials)
+                              partials[(long long)split * N * C * H * W + at] = v;
+                          else
+                              dx[at] = to_real(v);
+                      });
 }
 
 // The kernels: block tiles of 128 output channels (2 x 2 warps of 64 x 64, two blocks per SM), and
-// of 64 (_m64: 1 x 4 warps of 64 x 32) for layers of 64 or fewer channels.
-#define TC_FPROP_ARGS                                                                                     \
-    const float* __restrict__ x, const float* __restrict__ w_tiles, const float* __restrict__ bias,        \
-        float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, \
-        int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int has_bias, int relu, int chunk
-#define TC_DGRAD_ARGS                                                                                        \
-    const float* __restrict__ dy, const float* __restrict__ w_tiles, const int* __restrict__ phases,          \
-        float* __restrict__ dx, int N, int C, int H, int W, int K, int P, int Q, int stride_h, int stride_w, \
-        int dil_h, int dil_w, int groups, int splits, int chunk
+// of 64 (_m64: 1 x 4 warps of 64 x 32) for layers of 64 or fewer channels. `partials` is written
+// only with split-K or dgrad's to_partials (any one-element array otherwise).
+#define TC_FPROP_ARGS                                                                                          \
+    const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, const REAL* __restrict__ bias,        \
+        REAL* __restrict__ y, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,      \
+        int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,          \
+        int has_bias, int relu, int chunk
+#define TC_DGRAD_ARGS                                                                                          \
+    const REAL* __restrict__ dy, const unsigned int* __restrict__ w_tiles, const int* __restrict__ phases,      \
+        REAL* __restrict__ dx, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int P, int Q,     \
+        int stride_h, int stride_w, int dil_h, int dil_w, int groups, int splits, int chunk, int to_partials
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tf32(TC_FPROP_ARGS) {
-    __shared__ __align__(16) float smem[2 * TC_TILE_B];
-    fprop_tf32<2>(smem, x, w_tiles, bias, y, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,
-                  dil_w, groups, has_bias, relu, chunk);
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc(TC_FPROP_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    fprop_mma<2>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
+                 dil_h, dil_w, groups, has_bias, relu, chunk);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tf32_m64(TC_FPROP_ARGS) {
-    __shared__ __align__(16) float smem[2 * TC_TILE_B];
-    fprop_tf32<1>(smem, x, w_tiles, bias, y, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,
-                  dil_w, groups, has_bias, relu, chunk);
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_m64(TC_FPROP_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    fprop_mma<1>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
+                 dil_h, dil_w, groups, has_bias, relu, chunk);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tf32(TC_DGRAD_ARGS) {
-    __shared__ __align__(16) float smem[2 * TC_TILE_B];
-    dgrad_tf32<2>(smem, dy, w_tiles, phases, dx, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w, groups,
-                  splits, chunk);
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc(TC_DGRAD_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    dgrad_mma<2>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
+                 groups, splits, chunk, to_partials);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tf32_m64(TC_DGRAD_ARGS) {
-    __shared__ __align__(16) float smem[2 * TC_TILE_B];
-    dgrad_tf32<1>(smem, dy, w_tiles, phases, dx, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w, groups,
-                  splits, chunk);
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(TC_DGRAD_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    dgrad_mma<1>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
+                 groups, splits, chunk, to_partials);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tf32(
-    const float* __restrict__ dy, const float* __restrict__ x, const unsigned int* __restrict__ row_taps,
-    const unsigned int* __restrict__ col_taps, float* __restrict__ out,
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,
+    const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials,
     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
     int splits, int chunk)
 {
-    __shared__ __align__(16) float smem[2 * TC_STAGE];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE];
     // per step (two slots) and pixel of the step: the x offset of its window origin (h0, w0) in
     // channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the
     // pixel in channel 0 (-1 past the chunk)
-    __shared__ __align__(16) int pixels[2][3][TC_BK];
+    __shared__ __align__(16) int pixels[2][3][TC_DEPTH];
 
     const int tid = threadIdx.x;
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
@@ -224,13 +265,13 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tf32(
     const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
     const int first = split * chunk;
     const int last = min(first + chunk, NPQ);
-    const int steps = (last - first + TC_BK - 1) / TC_BK;
+    const int steps = (last - first + TC_DEPTH - 1) / TC_DEPTH;
 
-    // the pixel table: thread tid < 16 follows pixel first + 16 * step + tid, walking its output
-    // coordinates and offsets with carries (no div/mod per step)
+    // the pixel table: thread tid < TC_DEPTH follows pixel first + TC_DEPTH * step + tid, walking
+    // its output coordinates and offsets with carries (no div/mod per step)
     int pixel = first + tid, p = 0, q = 0, dy_pixel = 0;
     unsigned int x_origin = 0;
-    if (tid < TC_BK) {
+    if (tid < TC_DEPTH) {
         const int image = pixel / PQ, pq = pixel - image * PQ;
         p = pq / Q;
         q = pq - p * Q;
@@ -239,14 +280,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tf32(
     }
     auto describe = [&](int step) {
         const bool valid = pixel < last;
-        int(*entry)[TC_BK] = pixels[step & 1];
+        int(*entry)[TC_DEPTH] = pixels[step & 1];
         entry[0][tid] = (int)x_origin;
         entry[1][tid] = valid ? (int)(__ldg(row_taps + p) | __ldg(col_taps + q)) : 0;
         entry[2][tid] = valid ? dy_pixel : -1;
-        pixel += TC_BK;
-        q += TC_BK;
-        x_origin += TC_BK * stride_w;
-        dy_pixel += TC_BK;
+        pixel += TC_DEPTH;
+        q += TC_DEPTH;
+        x_origin += TC_DEPTH * stride_w;
+        dy_pixel += TC_DEPTH;
         while (q >= Q) {   // next output row: same dy offset, x origin one stride down and Q strides left
             q -= Q;
             x_origin += stride_h * W - Q * stride_w;
@@ -258,18 +299,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tf32(
         }
     };
 
-    // A loader (dy): pixel a_k of the step, channel rows a_row + 8*i; a warp's two half warps take
-    // rows r and r + 4 (distinct banks)
+    // A loader (dy): the pixels of word a_k of the step, channel rows a_row + 8*i; a warp's two
+    // half warps take rows r and r + 4 (distinct banks)
     const int a_k = tid & 15, a_row = (tid >> 5) + ((tid >> 4) & 1) * 4;
     const int a_rows = Kg - m0 - a_row;                         // row a_row + 8*i exists while 8*i < a_rows
     const bool rows_full = Kg - m0 >= TC_BM;
-    const float* dy_row = dy + (unsigned)((m0 + a_row) * PQ);
+    const REAL* dy_row = dy + (unsigned)((m0 + a_row) * PQ);
     const unsigned int dy_plane = PQ;
 
     // B loader (x): filter columns n0 + b_col + 32*i (the last column for those past the end),
-    // decoded once, and pixels b_k .. b_k + 3 of the step (one quarter of the step per warp)
+    // decoded once, and words b_k .. b_k + 3 of the step (one quarter of the step per warp)
     const int b_col = tid & 31, b_k = (tid >> 5) * 4;
-    const float* x_column[4];
+    const REAL* x_column[4];
     unsigned int tap_bits[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -279,49 +320,83 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tf32(
         tap_bits[i] = (1u << r) | (1u << (R + s));
     }
 
-    float a_next[TC_BK], b_next[4][4];
+    unsigned int a_next[TC_BK], b_next[4][4];   // operand words
     auto fetch = [&](int step) {
-        const int(*table)[TC_BK] = pixels[step & 1];
-        const int dy_pixel = table[2][a_k];
-        const float* dy_step = register_pointer(dy_row + (unsigned)dy_pixel);   // read only when dy_pixel >= 0
-        if (!rows_full || first + (step + 1) * TC_BK > last) {   // the last M tile or the chunk's last step
-            const int rows = dy_pixel >= 0 ? a_rows : 0;
+        const int(*table)[TC_DEPTH] = pixels[step & 1];
+        int dy_pixel[TC_PER_WORD];
+        const REAL* dy_step[TC_PER_WORD];   // read only where dy_pixel >= 0
 #pragma unroll
-            for (int i = 0; i < TC_BK; ++i) a_next[i] = 8 * i < rows ? __ldg(dy_step + (size_t)dy_plane * (8 * i)) : 0.0f;
+        for (int e = 0; e < TC_PER_WORD; ++e) {
+            dy_pixel[e] = table[2][a_k * TC_PER_WORD + e];
+            dy_step[e] = register_pointer(dy_row + (unsigned)dy_pixel[e]);
+        }
+        if (!rows_full || first + (step + 1) * TC_DEPTH > last) {   // the last M tile or the chunk's last step
+#pragma unroll
+            for (int i = 0; i < TC_BK; ++i) {
+                REAL v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e)
+                    v[e] = dy_pixel[e] >= 0 && 8 * i < a_rows ? load_real(dy_step[e] + (size_t)dy_plane * (8 * i))
+                                                              : REAL();
+                a_next[i] = operand_word(v);
+            }
         } else {
 #pragma unroll
-            for (int i = 0; i < TC_BK; ++i) a_next[i] = __ldg(dy_step + (size_t)dy_plane * (8 * i));
+            for (int i = 0; i < TC_BK; ++i) {
+                REAL v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e) v[e] = load_real(dy_step[e] + (size_t)dy_plane * (8 * i));
+                a_next[i] = operand_word(v);
+            }
         }
-        const int4 origin = *(const int4*)&table[0][b_k], taps = *(const int4*)&table[1][b_k];
-        const int origins[4] = {origin.x, origin.y, origin.z, origin.w};
-        const unsigned int inside[4] = {(unsigned)taps.x, (unsigned)taps.y, (unsigned)taps.z, (unsigned)taps.w};
+        int origins[4 * TC_PER_WORD];
+        unsigned int inside[4 * TC_PER_WORD];
+#pragma unroll
+        for (int u = 0; u < TC_PER_WORD; ++u) {
+            const int4 origin = *(const int4*)&table[0][b_k * TC_PER_WORD + 4 * u];
+            const int4 taps = *(const int4*)&table[1][b_k * TC_PER_WORD + 4 * u];
+            origins[4 * u] = origin.x, origins[4 * u + 1] = origin.y, origins[4 * u + 2] = origin.z;
+            origins[4 * u + 3] = origin.w;
+            inside[4 * u] = taps.x, inside[4 * u + 1] = taps.y, inside[4 * u + 2] = taps.z, inside[4 * u + 3] = taps.w;
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                b_next[i][j] = (~inside[j] & tap_bits[i]) == 0 ? __ldg(x_column[i] + origins[j]) : 0.0f;
+            for (int i = 0; i < 4; ++i) {
+                REAL v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e) {
+                    const int at = j * TC_PER_WORD + e;
+                    v[e] = (~inside[at] & tap_bits[i]) == 0 ? load_real(x_column[i] + origins[at]) : REAL();
+                }
+                b_next[i][j] = operand_word(v);
+            }
     };
     auto store = [&](int step) {
-        float* stage = smem + (step & 1) * TC_STAGE;
+        unsigned int* stage = smem + (step & 1) * TC_STAGE;
 #pragma unroll
-        for (int i = 0; i < TC_BK; ++i) stage[(a_row + 8 * i) * TC_PITCH + a_k] = tf32_rounded(a_next[i]);
+        for (int i = 0; i < TC_BK; ++i) stage[(a_row + 8 * i) * TC_PITCH + a_k] = a_next[i];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
-            *(float4*)(stage + TC_TILE_A + (b_col + 32 * i) * TC_PITCH + b_k) =
-                tf32_rounded4(b_next[i][0], b_next[i][1], b_next[i][2], b_next[i][3]);
-        if (tid < TC_BK && step + 1 < steps) describe(step + 1);   // read after the step's barrier
+            *(uint4*)(stage + TC_TILE_A + (b_col + 32 * i) * TC_PITCH + b_k) =
+                make_uint4(b_next[i][0], b_next[i][1], b_next[i][2], b_next[i][3]);
+        if (tid < TC_DEPTH && step + 1 < steps) describe(step + 1);   // read after the step's barrier
     };
 
     MmaTile<2> tile;
     tile.init(TC_TILE_A);
-    if (tid < TC_BK) describe(0);
+    if (tid < TC_DEPTH) describe(0);
     __syncthreads();
     mma_main_loop(tile, smem, steps, fetch, store);
 
-    float* partial = out + (long long)split * K * CRS;
     tile.for_each([&](int col) { return n0 + col < CRS ? n0 + col : -1; },
                   [&](int row, int filter_column, float v) {
                       const int m = m0 + row;
-                      if (filter_column >= 0 && m < Kg) partial[(g * Kg + m) * CRS + filter_column] = v;
+                      if (filter_column < 0 || m >= Kg) return;
+                      const int at = (g * Kg + m) * CRS + filter_column;
+                      if (splits > 1)
+                          partials[(long long)split * K * CRS + at] = v;
+                      else
+                          dw[at] = to_real(v);
                   });
 }

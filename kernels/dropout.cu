@@ -7,14 +7,14 @@
 // i / 4 (kernels/philox.cuh) keyed by (seed, step), so the mask depends on nothing but
 // (seed, step, i): every backend, grid and schedule draws the same one, and the backward pass
 // regenerates it instead of storing it. One thread per group of 4 elements, a grid-stride loop
-// over groups; 64-bit indices.
+// over groups; 64-bit indices. float16 multiplies in FP32 (scale is acc_t) and rounds once.
 
 #include "common.cuh"
 #include "philox.cuh"
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, unsigned long long seed,
-              unsigned long long step, long long threshold, REAL scale)
+              unsigned long long step, long long threshold, acc_t scale)
 {
     const long long groups = (n + 3) / 4;
     GRID_STRIDE_LOOP(group, groups) {
@@ -22,7 +22,7 @@ dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, uns
         for (int lane = 0; lane < 4; ++lane) {
             const long long i = group * 4 + lane;
             if (i < n)
-                y[i] = x[i] * ((long long)r.v[lane] >= threshold ? scale : (REAL)0);
+                y[i] = to_real(to_acc(x[i]) * ((long long)r.v[lane] >= threshold ? scale : (acc_t)0));
         }
     }
 }

@@ -1,38 +1,79 @@
 // The tensor-core block tiles shared by the kernels of conv2d_tc.cu (their header comments give
 // each GEMM view and loader).
 //
-// A block of 128 threads computes a (64 * WARPS_M) x 128 tile of a GEMM output with TF32 operands
-// and FP32 accumulation, in reduction steps of 16. WARPS_M = 2: 2 x 2 warps of 64 x 64 (4 x 8
-// m16n8k8 tiles, 128 accumulators per thread), the main tile; WARPS_M = 1: 1 x 4 warps of 64 x 32
-// for GEMMs of 64 rows or fewer. A warp's fragments come from shared memory by ldmatrix.x4 (B
-// always; A in wgrad), or A's from registers (fprop, dgrad: loaded from global memory in
-// fragment order). A 64 x 64 warp tile moves 128 bytes of shared fragments per mma with both
-// operands shared (what an SM's 32 banks deliver per clock, and an H100 SM finishes one TF32
-// m16n8k8 per clock), 64 with A in registers.
+// Operand words: the shared tiles and A fragments hold 32-bit words, in the float32 build one
+// TF32 value (mma.sync m16n8k8 .tf32), in the float16 build two FP16 values of consecutive
+// reduction indices, the lower index in the low half (m16n8k16 .f16). Counted in words, the PTX
+// ISA's m16n8k16 .f16 A and B fragments are the m16n8k8 .tf32 ones (A: a0 (g, t), a1 (g + 8, t),
+// a2 (g, t + 4), a3 (g + 8, t + 4); B: b0 (t, g), b1 (t + 4, g); g = lane / 4, t = lane % 4,
+// k in words), and the accumulators are the same, so one tile machinery serves both formats: a
+// step of 16 words covers TC_DEPTH = 16 (TF32) or 32 (FP16) reduction indices, and a "k8" half
+// step 8 words. Loaders make the words as they load (operand_word).
+//
+// A block of 128 threads computes a (64 * WARPS_M) x 128 tile of a GEMM output with FP32
+// accumulation. WARPS_M = 2: 2 x 2 warps of 64 x 64 (4 x 8 mma tiles, 128 accumulators per
+// thread), the main tile; WARPS_M = 1: 1 x 4 warps of 64 x 32 for GEMMs of 64 rows or fewer. A
+// warp's fragments come from shared memory by ldmatrix.x4 (B always; A in wgrad), or A's from
+// registers (fprop, dgrad: loaded from global memory in fragment order). A 64 x 64 warp tile moves
+// 128 bytes of shared fragments per mma with both operands shared (what an SM's 32 banks deliver
+// per clock, and an H100 SM finishes one TF32 m16n8k8 or FP16 m16n8k16 per clock), 64 with A in
+// registers.
 //
 // Shared tiles (one stage): A as [m][k] rows of the block's GEMM rows, then B as [n][k] rows of
-// its 128 columns, every row 16 values + 4 of padding (pitch 80 bytes = 5 x 16). Eight consecutive
+// its 128 columns, every row 16 words + 4 of padding (pitch 80 bytes = 5 x 16). Eight consecutive
 // rows start in eight different 16-byte bank groups, so an ldmatrix matrix (8 rows x 16 bytes) and
 // a quarter warp's 16-byte stores to 8 consecutive rows (or to rows r and r + 4 of two row groups)
-// each take one wavefront. Loaders store the values rounded to TF32 (tf32_operand).
+// each take one wavefront.
 
 #include "common.cuh"
 
 #define TC_THREADS 128
 #define TC_BM 128
 #define TC_BN 128
-#define TC_BK 16
+#define TC_BK 16                                        // words of a step
 #define TC_PITCH (TC_BK + 4)
-#define TC_TILE_A (TC_BM * TC_PITCH)                    // floats of the A tile of a stage
-#define TC_TILE_B (TC_BN * TC_PITCH)                    // floats of the B tile
+#define TC_TILE_A (TC_BM * TC_PITCH)                    // words of the A tile of a stage
+#define TC_TILE_B (TC_BN * TC_PITCH)                    // words of the B tile
 #define TC_STAGE (TC_TILE_A + TC_TILE_B)                // a stage of A then B; two stages: 40 KiB
 
-// loaded values as they go to the shared tiles (tf32_operand: rounded as the mma reads them)
-static __device__ __forceinline__ float tf32_rounded(float v) { return __uint_as_float(tf32_operand(v)); }
+#if REAL_IS_HALF
+#define TC_PER_WORD 2                                   // FP16 values per operand word
 
-static __device__ __forceinline__ float4 tf32_rounded4(float a, float b, float c, float d) {
-    return make_float4(tf32_rounded(a), tf32_rounded(b), tf32_rounded(c), tf32_rounded(d));
+// acc += a * b on one 16 x 8 tile, 8 words deep (mma.sync m16n8k16 .f16)
+static __device__ __forceinline__ void mma_words(float (&acc)[4], const unsigned int (&a)[4],
+                                                 const unsigned int (&b)[2]) {
+    mma_f16_m16n8k16(acc, a, b);
 }
+
+// the word of two FP16 values, v[0] (the lower reduction index) in the low half
+static __device__ __forceinline__ unsigned int operand_word(const REAL (&v)[TC_PER_WORD]) {
+    return (unsigned int)v[0].bits | (unsigned int)v[1].bits << 16;
+}
+
+// one element through the read-only data cache
+static __device__ __forceinline__ REAL load_real(const REAL* p) {
+    half_bits h;
+    h.bits = __ldg(&p->bits);
+    return h;
+}
+#else
+#define TC_PER_WORD 1
+
+// acc += a * b on one 16 x 8 tile, 8 words deep (mma.sync m16n8k8 .tf32)
+static __device__ __forceinline__ void mma_words(float (&acc)[4], const unsigned int (&a)[4],
+                                                 const unsigned int (&b)[2]) {
+    mma_tf32_m16n8k8(acc, a, b);
+}
+
+// the word of a value: rounded to TF32 as the mma reads it (tf32_operand)
+static __device__ __forceinline__ unsigned int operand_word(const REAL (&v)[TC_PER_WORD]) {
+    return tf32_operand(v[0]);
+}
+
+static __device__ __forceinline__ REAL load_real(const REAL* p) { return __ldg(p); }
+#endif
+
+#define TC_DEPTH (TC_BK * TC_PER_WORD)                  // reduction indices of a step
 
 // The 4 warps of a block tile of 64 * WARPS_M rows and 128 columns: WARPS_M x (4 / WARPS_M) warp
 // tiles of 64 rows and NT = 16 / (4 / WARPS_M) n tiles (64 x 64 for WARPS_M = 2, 64 x 32 for 1).
@@ -42,7 +83,7 @@ struct MmaTile {
     float acc[4][NT][4];     // [m tile][n tile][c0..c3]
     int warp_row, warp_col;  // the warp tile's origin in the block tile
     int group, in_group;     // lane / 4 and lane % 4: the fragment coordinates of the PTX ISA
-    int a_row, b_row;        // this lane's ldmatrix row addresses in a stage (offsets in floats)
+    int a_row, b_row;        // this lane's ldmatrix row addresses in a stage (offsets in words)
 
     // b_tile: where the B rows start in a stage (TC_TILE_A, or 0 with A in registers)
     __device__ __forceinline__ void init(int b_tile) {
@@ -51,9 +92,9 @@ struct MmaTile {
         warp_col = (warp % WARPS_N) * NT * 8;
         group = lane >> 2;
         in_group = lane & 3;
-        // A, per m tile: matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7, k 4-7),
-        // (rows 8-15, k 4-7) are a0..a3. B, per pair of n tiles: (n 0-7, k 0-3), (n 0-7, k 4-7),
-        // (n 8-15, k 0-3), (n 8-15, k 4-7) are b0, b1 of the first and b0, b1 of the second.
+        // (k in words) A, per m tile: matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7,
+        // k 4-7), (rows 8-15, k 4-7) are a0..a3. B, per pair of n tiles: (n 0-7, k 0-3), (n 0-7,
+        // k 4-7), (n 8-15, k 0-3), (n 8-15, k 4-7) are b0, b1 of the first and b0, b1 of the second.
         const int row = lane & 7, matrix = lane >> 3;
         a_row = (warp_row + row + (matrix & 1) * 8) * TC_PITCH + (matrix >> 1) * 4;
         b_row = b_tile + (warp_col + row + (matrix >> 1) * 8) * TC_PITCH + (matrix & 1) * 4;
@@ -65,8 +106,8 @@ struct MmaTile {
                 for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
     }
 
-    // acc += A[:, 0:16] * B[0:16, :] from one stage of the shared tiles
-    __device__ __forceinline__ void multiply(const float* stage) {
+    // acc += A[:, step] * B[step, :] from one stage of the shared tiles
+    __device__ __forceinline__ void multiply(const unsigned int* stage) {
 #pragma unroll
         for (int k8 = 0; k8 < 2; ++k8) {
             unsigned int fa[4][4];
@@ -77,13 +118,13 @@ struct MmaTile {
     }
 
     // the same with this warp's A fragments in registers: a[k8][m tile] (MmaFragments)
-    __device__ __forceinline__ void multiply(const unsigned int (&a)[2][4][4], const float* stage) {
+    __device__ __forceinline__ void multiply(const unsigned int (&a)[2][4][4], const unsigned int* stage) {
 #pragma unroll
         for (int k8 = 0; k8 < 2; ++k8) multiply_k8(a[k8], stage, k8);
     }
 
-    // acc += A[:, 8*k8 : 8*k8 + 8] * B[8*k8 : 8*k8 + 8, :], A's fragments given
-    __device__ __forceinline__ void multiply_k8(const unsigned int (&fa)[4][4], const float* stage, int k8) {
+    // acc += A * B over words [8*k8, 8*k8 + 8) of the step, A's fragments given
+    __device__ __forceinline__ void multiply_k8(const unsigned int (&fa)[4][4], const unsigned int* stage, int k8) {
         unsigned int fb[NT][2];
 #pragma unroll
         for (int pair = 0; pair < NT / 2; ++pair) {
@@ -97,7 +138,7 @@ struct MmaTile {
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma_tf32_m16n8k8(acc[mt][nt], fa[mt], fb[nt]);
+            for (int nt = 0; nt < NT; ++nt) mma_words(acc[mt][nt], fa[mt], fb[nt]);
     }
 
     // column(n) once per GEMM column this thread holds, then store(m, column's result, value) for
@@ -119,11 +160,11 @@ struct MmaTile {
     }
 };
 
-// The main loop over `steps` reduction steps: `fetch(step)` loads a step's operands into the
-// loader's registers, `store(step)` writes them (rounded to TF32) into stage step % 2 of `smem`.
+// The main loop over `steps` reduction steps: `fetch(step)` loads a step's operand words into the
+// loader's registers, `store(step)` writes them into stage step % 2 of `smem`.
 // Two stages: the next step is fetched while the current one is multiplied; one barrier per step.
 template <class Tile, class Fetch, class Store>
-__device__ __forceinline__ void mma_main_loop(Tile& tile, float* smem, int steps, Fetch fetch, Store store) {
+__device__ __forceinline__ void mma_main_loop(Tile& tile, unsigned int* smem, int steps, Fetch fetch, Store store) {
     if (steps <= 0) return;
     fetch(0);
     store(0);
@@ -141,7 +182,7 @@ __device__ __forceinline__ void mma_main_loop(Tile& tile, float* smem, int steps
 // fragments, one step ahead like the B loader's `fetch`/`store`. Unrolled by two so that the two
 // register sets alternate without copies.
 template <class Tile, class LoadA, class Fetch, class Store>
-__device__ __forceinline__ void mma_main_loop_a_registers(Tile& tile, float* smem, int steps, LoadA load_a,
+__device__ __forceinline__ void mma_main_loop_a_registers(Tile& tile, unsigned int* smem, int steps, LoadA load_a,
                                                           Fetch fetch, Store store) {
     if (steps <= 0) return;
     unsigned int a[2][2][4][4];

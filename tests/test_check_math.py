@@ -5,6 +5,10 @@ sum|products| per element against the NumPy oracle on the same TF32 operands: th
 (FP32 sums) and the emulator (the tensor-core kernels) pass; a device that skips the TF32 rounding
 or truncates instead of rounding fails by orders of magnitude, so the bound is tight enough to tell
 the formats apart. The other ops are reported as unaffected by the mode.
+
+With --dtype float16 every op runs on float16 arrays against the NumPy oracle on the same float16
+inputs within 2 float16 ulps of the largest output: the emulator's float16 kernels pass, an output
+three ulps off fails, an FP32 difference of under one ulp before the rounding passes.
 """
 from __future__ import annotations
 
@@ -78,8 +82,8 @@ def test_summation_error():
 
 
 def test_bad_math_arguments(capsys):
-    code, _, err = _check(capsys, "--device", "numpy", "--dtype", "float16", "--quick")
-    assert code == 2 and "float16 is not supported yet" in err
+    code, _, err = _check(capsys, "--device", "numpy", "--dtype", "float16", "--math", "tf32", "--quick")
+    assert code == 2 and "needs dtype float32" in err
     code, _, err = _check(capsys, "--device", "numpy", "--dtype", "float64", "--math", "tf32", "--quick")
     assert code == 2 and "needs dtype float32" in err
     with pytest.raises(ValueError, match="unknown math mode"):
@@ -91,3 +95,39 @@ def test_emulator_tensor_core_convolutions_pass_in_tf32(capsys):
     code, out, err = _check(capsys, "--device", "emu", "--math", "tf32", "--quick", "--ops", ",".join(CONV_OPS))
     assert code == 0, out + err
     assert "3 of 3 ops passed" in out and out.count(" tf32") >= 3
+
+
+def _scaled(factor):
+    """A relu "device" whose outputs are the op's times `factor`, float16 ones computed in FP32 and
+    rounded once (float64 ones, for the finite differences, stay float64)."""
+    def run(inputs, cfg, be):
+        outputs = check.OPS["relu"].run(inputs, cfg, be)
+        return {k: (v.astype(np.float32) * np.float32(factor)).astype(v.dtype) if v.dtype == np.float16
+                else v * factor for k, v in outputs.items()}
+    return run
+
+
+@pytest.mark.parametrize("factor, passes", [(1 + 3 * 2.0 ** -10, False), (1 + 0.9 * 2.0 ** -11, True)],
+                         ids=["three ulps off", "under an ulp before rounding"])
+def test_float16_tolerance_tells_rounding_from_error(factor, passes):
+    check.register_override("relu", _scaled(factor))
+    try:
+        result = next(check.check_ops("numpy", ["relu"], mode="quick", dtype="float16"))
+    finally:
+        check.clear_overrides()
+    assert result.tolerance == check.FLOAT16_TOLERANCE == 2 * 2.0 ** -10
+    assert result.passed == passes and result.error > 0, result.error
+
+
+@needs_emu
+def test_emulator_float16_check(tmp_path, capsys):
+    """The float16 kernels, the tensor-core convolutions among them, pass against the oracle."""
+    path = tmp_path / "c.json"
+    ops = ["conv2d", "conv_transpose2d", "batch_norm", "dropout", "adaptive_avg_pool2d", "cross_entropy"]
+    code, out, err = _check(capsys, "--device", "emu", "--dtype", "float16", "--quick", "--ops", ",".join(ops),
+                            "--json", str(path))
+    assert code == 0, out + err
+    assert "dtype=float16" in out and f"{len(ops)} of {len(ops)} ops passed" in out
+    for result in json.loads(path.read_text())["results"]:
+        assert result["passed"] and result["configs"] == 2, result
+        assert result["tolerance"] == check.FLOAT16_TOLERANCE

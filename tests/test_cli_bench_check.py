@@ -220,6 +220,67 @@ def test_derived_columns_pair_rows_of_the_same_math_mode():
     assert "  tf32  " in bench.format_table(rows)
 
 
+def test_bench_dtypes_side_by_side(tmp_path, capsys):
+    """--dtype float32,float16 with --math fp32,tf32: each case once per dtype (the float32
+    convolutions once per mode too), side by side, with a dtype column; the model's float16 rows
+    count 2-byte elements, their % of peak of the FP16 tensor-core peak where the FLOPs run on
+    tensor cores (a convolution on sm_90), of the FP32 FMA peak elsewhere (pooling)."""
+    path = tmp_path / "d.json"
+    ops = ["conv2d", "avg_pool2d"]
+    code, out, err = _bench(capsys, "--device", "numpy", "--ops", ",".join(ops), "--dtype", "float32,float16",
+                            "--math", "fp32,tf32", "--json", str(path))
+    assert code == 0, err
+    expected = [(c.op, c.label, "numpy", dtype, mode) for c in bench.make_cases("tiny", ops)
+                for dtype in ("float32", "float16")
+                for mode in (("fp32", "tf32") if c.op == "conv2d" and dtype == "float32" else ("",))]
+    data = json.loads(path.read_text())
+    assert [(r["op"], r["shape"], r["device"], r["dtype"], r["math"]) for r in data["rows"]] == expected
+    assert data["meta"]["dtype"] == ["float32", "float16"] and "dtype=float32,float16 math=fp32,tf32" in out
+    assert [tuple(r[:5]) for r in _table_rows(out, "op ")] == [(op, shape, device, dtype, mode or "-")
+                                                              for op, shape, device, dtype, mode in expected]
+    pool = bench.make_cases("tiny", ["avg_pool2d"])[:1]
+    rows = list(bench.run_cases(pool, bench.make_devices(["model:h100"]), ["float32", "float16"], progress=False))
+    g = pool[0].shape.geometry()
+    elements = math.prod(g.x_shape) + math.prod(g.y_shape)
+    assert [r.model_launches[0]["dram_bytes"] for r in rows] == [4 * elements, 2 * elements]
+    spec = bench.make_devices(["model:h100"])[0].spec
+    assert rows[1].model_pct_peak == pytest.approx(100 * rows[1].model_gflops * 1e9 / spec.peak_flops("float32"))
+    conv = bench.make_cases("tiny", ["conv2d"])[:1]
+    tensor = next(bench.run_cases(conv, bench.make_devices(["model:h100"]), "float16", progress=False))
+    assert tensor.model_pct_peak == pytest.approx(100 * tensor.model_gflops * 1e9 / spec.fp16_peak_flops)
+    assert "float16: % peak of the dense FP16 tensor-core peak" in bench.format_table(rows)
+    assert main(["bench", "--dtype", "float32,float8"]) == 2
+    assert "float8" in capsys.readouterr().err
+
+
+def test_derived_columns_pair_rows_of_the_same_dtype():
+    def row(device, dtype, ms, gflops=None):
+        return bench.Row("conv2d", "s", device, dtype, ms, 3, gflops)
+    rows = [row("numpy", "float32", 10.0), row("numpy", "float16", 20.0), row("cuda", "float32", 0.5, 2000.0),
+            row("cuda", "float16", 0.1, 10000.0), row("torch-cuda", "float16", 0.05, 20000.0)]
+    bench.finish_rows(rows, {"float32": 40000.0, "float64": 20000.0, "tf32": 400000.0, "float16": 800000.0})
+    cuda32, cuda16 = rows[2], rows[3]
+    assert cuda32.speedup_vs_numpy == pytest.approx(20.0) and cuda16.speedup_vs_numpy == pytest.approx(200.0)
+    assert cuda32.pct_peak == pytest.approx(5.0) and cuda16.pct_peak == pytest.approx(1.25)
+    assert cuda32.pct_cudnn is None and cuda16.pct_cudnn == pytest.approx(50.0)
+    assert "  float16  " in bench.format_table(rows)
+    assert "float16" not in bench.format_table(rows[:1] + rows[2:3])   # one dtype: no dtype column
+
+
+def test_model_prices_a_float16_optimizer_step_with_fp32_master_weights():
+    """float16 parameters write themselves and read their gradient in 2 bytes, and read and write
+    an FP32 master weight and momentum: 20 bytes per parameter, as a float32 step."""
+    from cnn_gpu import roofline
+    from cnn_gpu.bench import modeled
+    case = bench.make_cases("tiny", ["train_step"])[0]
+    spec = roofline.spec("h100")
+    parameters = sum(p.data.size for p in bench.build_model(case.shape, np.float32).parameters())
+    for dtype in ("float32", "float16"):
+        estimates = modeled.case_estimates(case, spec, dtype)
+        step = next(e for e in estimates if e.kernel == "sgd_momentum_step")
+        assert step.dram_bytes == 20 * parameters, dtype
+
+
 def test_batch_option_rescales_a_shape_set(capsys):
     layers = bench.make_cases("resnet", ["conv2d"])
     at_128 = bench.make_cases("resnet", ["conv2d"], batch=128)

@@ -66,7 +66,7 @@ extern "C" __global__ void ldmatrix_words(const float* words, unsigned int* out)
     int matrix = lane >> 3, row = lane & 7;
 #endif
     unsigned int r[4];
-    ldmatrix_x4(r, rows + (matrix * 8 + row) * PITCH);
+    ldmatrix_x4(r, (const unsigned int*)rows + (matrix * 8 + row) * PITCH);
     for (int i = 0; i < 4; ++i) out[lane * 4 + i] = r[i];
 }
 
@@ -84,8 +84,8 @@ extern "C" __global__ void mma_tf32_ldmatrix(const float* a, const float* b, con
     matrix = matrix == 1 ? 2 : matrix == 2 ? 1 : matrix;
 #endif
     unsigned int fa[4], fb[4];
-    ldmatrix_x4(fa, a_rows + (row + (matrix & 1) * 8) * 12 + (matrix >> 1) * 4);
-    ldmatrix_x4(fb, b_rows + row * 12 + (matrix & 1) * 4);
+    ldmatrix_x4(fa, (const unsigned int*)a_rows + (row + (matrix & 1) * 8) * 12 + (matrix >> 1) * 4);
+    ldmatrix_x4(fb, (const unsigned int*)b_rows + row * 12 + (matrix & 1) * 4);
     float acc[4];
     load_acc(acc, c, lane);
     mma_tf32_m16n8k8(acc, fa, (const unsigned int(&)[2])fb);

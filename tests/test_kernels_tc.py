@@ -5,25 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_gpu import backend
+from cnn_gpu import backend, nvrtc, sass
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu import conv_tc
 from cnn_gpu.precision import round_to_tf32
 
 EMU_REASON = backend.why_unavailable("emu")
-TILES = (None, "tf32", "tf32_m64")   # the planner's choice, then each fprop/dgrad variant forced
+TILES = (None, "tc", "tc_m64")   # the planner's choice, then each fprop/dgrad variant forced
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
 
 
-def tc_config(rng):
+def tc_config(rng, *, channels=20, outputs=39, stride=2, pad=1):
+    """A random geometry: up to `channels` input and `outputs` output channels per group, strides
+    up to `stride`, padding up to `pad`, dilation 1-2, filters up to 3x3, images up to 11x11."""
     groups = int(rng.choice([1, 1, 1, 2]))
     r, s = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-    stride, pad, dil = int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, 3))
+    stride, pad, dil = int(rng.integers(1, stride + 1)), int(rng.integers(0, pad + 1)), int(rng.integers(1, 3))
     h = int(rng.integers(dil * (r - 1) + 1, 12))
     w = int(rng.integers(dil * (s - 1) + 1, 12))
-    return dict(n=int(rng.integers(1, 3)), c=groups * int(rng.integers(1, 21)), h=h, w=w,
-                k=groups * int(rng.integers(1, 40)), r=r, s=s, stride=stride, pad=pad, dil=dil, groups=groups)
+    return dict(n=int(rng.integers(1, 3)), c=groups * int(rng.integers(1, channels + 1)), h=h, w=w,
+                k=groups * int(rng.integers(1, outputs + 1)), r=r, s=s, stride=stride, pad=pad, dil=dil, groups=groups)
 
 
 def _arrays(rng, cfg):
@@ -150,10 +152,10 @@ def test_tf32_kernels_have_no_shared_memory_race():
         conv_tc.wgrad("emu", dy, x, g, splits=1)
 
 
-def test_tf32_kernels_refuse_other_dtypes():
+def test_tensor_core_kernels_refuse_other_dtypes():
     x = np.ones((1, 1, 3, 3))
     g = conv_geometry(x.shape, (1, 1, 1, 1))
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match="float32 \\(TF32\\) or float16"):
         conv_tc.fprop("emu", x, x[:, :, :1, :1], None, g)
 
 
@@ -173,10 +175,13 @@ def test_gpus_before_sm80_fall_back_to_simt_and_say_so_once(monkeypatch):
         assert conv_tc.supported("cuda") is False      # said once only
     monkeypatch.setattr(conv_tc, "_device_arch", lambda device_id: 90)
     assert conv_tc.supported("cuda") is True and conv_tc.supported("numpy") is False
+    monkeypatch.setattr(conv_tc, "_device_arch", lambda device_id: 75)
+    with pytest.warns(RuntimeWarning, match="sm_75: float16 convolutions.*widened operands.*rounded to float16 once"):
+        assert conv_tc.supported("cuda", np.float16) is False
 
 
 @needs_emu
-@pytest.mark.parametrize("splits, tile", [(1, "tf32"), (3, "tf32_m64")])
+@pytest.mark.parametrize("splits, tile", [(1, "tc"), (3, "tc_m64")])
 def test_tf32_whole_tiles_take_the_unpredicated_paths(splits, tile):
     """Channels in whole steps of 16 (fprop, dgrad: no channel tests) and whole 128-row tiles with
     whole pixel steps (wgrad: no row or pixel tests), next to a partial tile and a partial step."""
@@ -204,16 +209,16 @@ def test_tf32_plans_split_small_grids_and_not_large_ones():
     small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), padding=1)         # 16 block tiles
     large = conv_geometry((128, 128, 28, 28), (128, 128, 3, 3), padding=1)     # 784 block tiles
     assert conv_tc.plan_fprop(small).splits > 1 and conv_tc.plan_fprop(large).splits == 1
-    plan = conv_tc.plan_fprop(small, tile="tf32")
-    assert [launch.kernel for launch in plan.launches] == ["conv2d_fprop_tf32", "split_sum_epilogue"]
+    plan = conv_tc.plan_fprop(small, tile="tc")
+    assert [launch.kernel for launch in plan.launches] == ["conv2d_fprop_tc", "split_sum_epilogue"]
     assert plan.main.grid[2] == plan.splits and plan.main.block == (conv_tc.THREADS, 1, 1)
     wgrad = conv_tc.plan_wgrad(large)   # 9 block tiles over 100352 pixels
     blocks = wgrad.main.grid[0] * wgrad.main.grid[1] * wgrad.main.grid[2]
     assert wgrad.splits > 1 and blocks % (conv_tc.DEFAULT_SMS * conv_tc.BLOCKS_PER_SM) > 200
     narrow = conv_geometry((128, 64, 56, 56), (64, 64, 3, 3), padding=1)      # 64 output channels
-    assert conv_tc.plan_fprop(narrow).tile == "tf32_m64" and conv_tc.plan_fprop(large).tile == "tf32"
-    assert conv_tc.plan_fprop(narrow).main.kernel == "conv2d_fprop_tf32_m64"
-    assert conv_tc.plan_dgrad(narrow, tile="tf32").main.kernel == "conv2d_dgrad_tf32"
+    assert conv_tc.plan_fprop(narrow).tile == "tc_m64" and conv_tc.plan_fprop(large).tile == "tc"
+    assert conv_tc.plan_fprop(narrow).main.kernel == "conv2d_fprop_tc_m64"
+    assert conv_tc.plan_dgrad(narrow, tile="tc").main.kernel == "conv2d_dgrad_tc"
     with pytest.raises(ValueError, match="tile must be"):
         conv_tc.plan_fprop(narrow, tile="large")
 
@@ -236,3 +241,45 @@ def test_tf32_dgrad_runs_every_stride_phase_on_tensor_cores(cfg):
     phases = conv_tc.dgrad_phases(g)
     assert len(phases.phases) == g.stride[0] * g.stride[1]
     assert sum(len(r) * len(c) for r, c in zip(phases.rows, phases.cols)) == g.R * g.S   # each tap once
+
+
+SASS_MISSING = nvrtc.why_unavailable() or sass.why_unavailable("sm_90")
+
+
+@pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch):
+    """The float16 build: HMMA.16816 (mma.sync m16n8k16) in every hot loop, 64 per 16-word step
+    of the 128-row tiles (4 x 8 warp tiles x 2 half steps), no local memory, no stack; the main
+    fprop and dgrad tiles issue an HMMA at least every 4 instructions (an H100 SMSP's tensor pipe
+    takes one every 4 clocks: an MMA issue ceiling of 100%)."""
+    rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", "float16", arch)}
+    assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
+                         "conv2d_wgrad_tc"}
+    for name, row in rows.items():
+        where = f"{name} float16 {arch}"
+        per_step = 32 if name.endswith("_m64") else 64
+        assert row["mma"] == per_step * (1 if name == "conv2d_wgrad_tc" else 2), f"{where}: {row['mma']} MMA"
+        assert row["local_memory"] == 0 and row["stack_bytes"] == 0, where
+        if name in ("conv2d_fprop_tc", "conv2d_dgrad_tc"):
+            assert row["mma"] * 4 >= row["instructions"], f"{where}: {row['instructions']} instructions per loop"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_dgrad_phase_table_and_wgrad_tap_masks_are_cached_per_geometry(dtype):
+    """Made once per geometry (and tile) instead of per call, read-only; the table's tile offsets
+    (in operand words) are where dgrad concatenates each phase's filter tiles."""
+    g = conv_geometry((2, 40, 9, 9), (6, 40, 3, 3), stride=2, padding=1)
+    bm, depth = conv_tc.TILES["tc"].bm, conv_tc.step_depth(dtype)
+    table = conv_tc._phase_table("emu", None, g, bm, depth)
+    assert conv_tc._phase_table("emu", None, g, bm, depth) is table and not table.flags.writeable
+    phases = conv_tc.dgrad_phases(g)
+    w = np.ones((6, 40, 3, 3), dtype=dtype).reshape(1, 6, 40, 3, 3)
+    sizes = [conv_tc._filter_tiles(np, w[:, :, :, list(rows)][:, :, :, :, list(cols)].transpose(0, 2, 3, 4, 1),
+                                   conv_tc._tile_shape(1, 40, len(rows), len(cols), 6, bm, depth)).size
+             for rows, cols in zip(phases.rows, phases.cols)]
+    np.testing.assert_array_equal(table[:, 8], np.cumsum([0] + sizes[:-1]))
+    masks = conv_tc._cached_tap_masks("emu", None, g)
+    assert conv_tc._cached_tap_masks("emu", None, g) is masks
+    for cached, fresh in zip(masks, conv_tc._tap_masks(np, g)):
+        np.testing.assert_array_equal(cached, fresh)

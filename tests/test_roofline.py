@@ -271,17 +271,19 @@ def test_mma_issue_rule_from_each_spec():
     assert roofline.mma_issue_ceiling(_traits(), H100) == 1.0                        # no SASS counts: assumed
 
 
-def test_tensor_core_hot_loops_issue_m16n8k8_tf32():
-    """The rule's 1024 FMAs per MMA: every MMA the conv2d_tc kernels issue is HMMA.1688.F32.TF32."""
+@pytest.mark.parametrize("dtype, opcode", [("float32", "HMMA.1688.F32.TF32"), ("float16", "HMMA.16816.F32")])
+def test_tensor_core_hot_loops_issue_the_rules_mma(dtype, opcode):
+    """The rule's FMAs per MMA: every MMA the conv2d_tc kernels issue is HMMA.1688.F32.TF32 (1024)
+    in the float32 build, HMMA.16816.F32 (2048, FP16 operands) in the float16 one."""
     from cnn_gpu import sass
     from cnn_gpu.backend import kernel_source
     arch = next((a for a in ("sm_90", "sm_80") if a in sass.supported_archs()), None)
     if arch is None:
         pytest.skip("no nvdisasm that reads sm_80 or sm_90")
-    cubin, _ = nvrtc.compile_as_backend(kernel_source("conv2d_tc"), "conv2d_tc.cu", "float32", arch)
+    cubin, _ = nvrtc.compile_as_backend(kernel_source("conv2d_tc"), "conv2d_tc.cu", dtype, arch)
     opcodes = {ins.opcode for function in sass.disassemble(cubin, arch).values() for ins in function.instructions
                if ins.base == "HMMA"}
-    assert opcodes == {"HMMA.1688.F32.TF32"}
+    assert opcodes == {opcode}
 
 
 def _tc_traits(monkeypatch):
@@ -320,6 +322,37 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
     assert all(e.pipe == "fma" for e in roofline.model_conv("fprop", g, "float32", H100))
     assert roofline.model_conv("fprop", g, "float64", H100, math="tf32") == \
         roofline.model_conv("fprop", g, "float64", H100)
+
+
+def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
+    """float16 runs on tensor cores in any math mode, against the dense FP16 peak (twice TF32's,
+    the same clocks per HMMA), 32-deep steps, FP32 split-K partials and their rounding; below
+    sm_80 the float32 SIMT plan between a widening and a rounding."""
+    _tc_traits(monkeypatch)
+    assert roofline.mma_issue_clocks(H100, "fp16") == roofline.mma_issue_clocks(H100) == 4
+    assert H100.peak_flops("float16") == H100.peak_flops("float32")        # SIMT float16 computes in FP32
+    g = conv_geometry((8, 128, 16, 16), (256, 128, 1, 1), 1, 0)
+    for pass_name in ("fprop", "dgrad", "wgrad"):
+        plan = roofline.conv.TC_PLANS[pass_name](g, dtype=np.float16, sms=132)
+        estimates = roofline.model_conv(pass_name, g, "float16", H100, bias=pass_name == "fprop")
+        assert estimates[0].kernel.startswith("fp16_")
+        main = next(e for e in estimates if e.kernel == plan.main.kernel)
+        assert main.pipe == "fp16" and main.flops == g.flops
+        assert main.compute_s == pytest.approx(g.flops / (H100.fp16_peak_flops * main.issue_ceiling)
+                                               / main.wave_efficiency)
+    thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)     # 3 channels step through 32
+    plan, launches, _ = roofline.conv.tensor_core_launches("fprop", thin, "float16", 132)
+    assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 32 / 3)
+    small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), 1, 1)    # split-K
+    plan, launches, glue = roofline.conv.tensor_core_launches("fprop", small, "float16", 132)
+    y = math.prod(small.y_shape)
+    assert plan.splits > 1 and glue[-1] == ("round_to_float16", y * 6)
+    assert launches[1][1].dram_bytes == (plan.splits * y + y) * 4      # FP32 partials read, their sum written
+    v100 = roofline.spec("v100")
+    widen, rounding, *simt = roofline.model_conv("dgrad", g, "float16", v100)
+    assert (widen.kernel, rounding.kernel) == ("widen_float16", "round_to_float16")
+    assert rounding.dram_bytes == math.prod(g.x_shape) * 6 and all(e.pipe == "fma" for e in simt)
+    assert [e.kernel for e in simt] == [e.kernel for e in roofline.model_conv("dgrad", g, "float32", v100)]
 
 
 def test_tf32_passes_on_the_simt_kernels_round_their_operands(monkeypatch):

@@ -141,8 +141,9 @@ def test_issue_ceiling_rule(dtype, arch, share, ceiling):
 
 def test_issue_ceiling_refuses_what_it_has_no_rate_for():
     counts = {"instructions": 10, "ffma": 5, "dfma": 0}
-    with pytest.raises(TypeError, match="float16"):
-        sass.issue_ceiling(counts, "float16", "sm_90")
+    with pytest.raises(TypeError, match="int32"):
+        sass.issue_ceiling(counts, "int32", "sm_90")
+    assert sass.issue_ceiling(counts, "float16", "sm_90") == 0.5   # computes in FP32: FFMA
     with pytest.raises(ValueError, match="sm_61"):
         sass.issue_ceiling(counts, "float32", "sm_61")
 

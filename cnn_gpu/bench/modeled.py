@@ -2,7 +2,9 @@
 of measured. The convolution passes are modeled launch by launch from their plans, in each math
 mode on what that mode runs (tf32: the tensor-core plans, their % of peak of the dense TF32
 peak); pooling, cross entropy and bias additions by their compulsory traffic alone (memory-bound);
-a training step as the sum of its layers' passes (_train_step states what it counts)."""
+a training step as the sum of its layers' passes (_train_step states what it counts). float16
+rows count 2 bytes per element; the % of peak of one whose FLOPs run on tensor cores is of the
+dense FP16 tensor-core peak, of any other of the FP32 FMA peak."""
 from __future__ import annotations
 
 import math
@@ -39,11 +41,14 @@ class ModelDevice(Device):
             return str(err) if math == "tf32" else ""
         return ""
 
-    def peak_flops(self, dtype, math: str = "fp32") -> float:
+    def peak_flops(self, dtype, math: str = "fp32", on_tensor_cores: bool = True) -> float:
         """The peak a row's % refers to: the dense TF32 peak for a float32 row in "tf32" on a GPU with
-        TF32 tensor cores, else the dtype's FMA peak."""
+        TF32 tensor cores, the dense FP16 tensor-core peak for a float16 row whose FLOPs run on
+        tensor cores, else the dtype's FMA peak (float16: the FP32 lanes its math runs on)."""
         if math == "tf32" and np.dtype(dtype) == np.float32 and roofline.has_tensor_cores(self.spec):
             return self.spec.tf32_peak_flops
+        if np.dtype(dtype) == np.float16 and on_tensor_cores:
+            return self.spec.fp16_peak_flops
         return self.spec.peak_flops(dtype)
 
     def model_row(self, case, dtype, math: str = "fp32") -> Row | None:
@@ -56,7 +61,8 @@ class ModelDevice(Device):
         gflops = case.flops / seconds / 1e9 if case.flops else None
         return Row(case.op, case.label, self.name, np.dtype(dtype).name, None, 0, note=self.note, flops=case.flops,
                    modeled=True, model_ms=seconds * 1e3, model_gflops=gflops,
-                   model_pct_peak=None if gflops is None else 100 * gflops * 1e9 / self.peak_flops(dtype, math),
+                   model_pct_peak=None if gflops is None else 100 * gflops * 1e9 / self.peak_flops(
+                       dtype, math, any(e.pipe != "fma" for e in estimates)),
                    model_bound=longest.bound, model_launches=[e.as_dict() for e in estimates])
 
 
@@ -105,7 +111,9 @@ def _train_step(case, spec, dtype, mode) -> list:
     from the conv model; every other layer's forward and backward as memory-bound passes over its
     activations (read input and write output forward; read output gradient and input, write input
     gradient backward; linear layers too, by traffic, since they are cuBLAS's); the loss; and the
-    optimizer's update of every parameter (read parameter, gradient and momentum, write two)."""
+    optimizer's update of every parameter (read parameter, gradient and momentum, write two; a
+    float16 parameter instead writes itself and reads its gradient in float16, and reads and writes
+    its FP32 master weight and momentum)."""
     from .. import nn
     from .training import build_model, leaf_layers
     model = build_model(case.shape, dtype)
@@ -129,7 +137,8 @@ def _train_step(case, spec, dtype, mode) -> list:
     logits = case.shape.batch * case.shape.classes
     estimates.append(roofline.memory_bound("cross_entropy", (2 * logits + case.shape.batch) * item, spec))
     parameters = sum(p.data.size for p in model.parameters())
-    estimates.append(roofline.memory_bound("sgd_momentum_step", 5 * parameters * item, spec))
+    per_parameter = 2 * item + 4 * 4 if np.dtype(dtype) == np.float16 else 5 * item
+    estimates.append(roofline.memory_bound("sgd_momentum_step", per_parameter * parameters, spec))
     return estimates
 
 

@@ -5,7 +5,7 @@ from .cases import Case, conv_case, cross_entropy_case, pool_case
 from .shapes import SHAPE_SETS
 from .training import train_step_case
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float16", "float32", "float64")
 
 
 # op name -> (kind of shape it takes, case builder, one-line description)

@@ -4,7 +4,9 @@ Measured rows (median_ms, gflops, ...) and modeled rows (modeled=True: model_ms,
 never share a number column: the tables print them as separate sections, and the JSON and CSV
 carry them in separate fields with a `modeled` flag on every row. A row's `math` is the math mode
 it ran in ("fp32" or "tf32"; "" for an op the mode does not change); derived columns compare rows
-of the same mode, and a tf32 row's % of peak is of the dense TF32 tensor peak."""
+of the same mode, and a tf32 row's % of peak is of the dense TF32 tensor peak. A float16 row
+(`--dtype float16`) is compared with rows of its own dtype, its % of peak of the dense FP16
+tensor-core peak."""
 from __future__ import annotations
 
 import os
@@ -44,15 +46,16 @@ class Row:
 
 def finish_rows(rows, peak_gflops=None):
     """Fill speed-up over numpy, % of the GPU's peak and % of cuDNN in place, each against the row
-    of the same case in the same math mode (cuDNN with TF32 off in fp32, allowed in tf32); % of
-    peak of a tf32 row is of peak_gflops["tf32"] (left empty where that is unknown)."""
+    of the same case in the same dtype and math mode (cuDNN with TF32 off in fp32, allowed in
+    tf32); % of peak of a tf32 row is of peak_gflops["tf32"], of a float16 row of
+    peak_gflops["float16"] (left empty where that is unknown)."""
     by_case = {}
     for row in rows:
-        by_case.setdefault((row.op, row.shape, row.math), {})[row.device] = row
+        by_case.setdefault((row.op, row.shape, row.dtype, row.math), {})[row.device] = row
     for row in rows:
         if row.modeled:
             continue
-        same_case = by_case[(row.op, row.shape, row.math)]
+        same_case = by_case[(row.op, row.shape, row.dtype, row.math)]
         numpy_row = same_case.get("numpy")
         if numpy_row is not None and row.device != "numpy":
             row.speedup_vs_numpy = numpy_row.median_ms / row.median_ms
@@ -67,7 +70,8 @@ def finish_rows(rows, peak_gflops=None):
 
 # --- output ---------------------------------------------------------------------------------------
 
-COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("math", "math"), ("median_ms", "median ms"),
+COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("dtype", "dtype"), ("math", "math"),
+           ("median_ms", "median ms"),
            ("gflops", "GFLOP/s"), ("speedup_vs_numpy", "vs numpy"), ("pct_peak", "% peak"),
            ("pct_cudnn", "% cuDNN"))
 
@@ -110,9 +114,12 @@ def _render(columns, records, markdown: bool) -> list[str]:
 
 
 def _shown(key, rows) -> bool:
-    """Whether a column is printed: the math column once a row ran in tf32, others when filled."""
+    """Whether a column is printed: the math column once a row ran in tf32, the dtype column once
+    rows of several dtypes are side by side, others when filled."""
     if key == "math":
         return any(r.math == "tf32" for r in rows)
+    if key == "dtype":
+        return len({r.dtype for r in rows}) > 1
     return any(getattr(r, key) is not None for r in rows)
 
 
@@ -124,7 +131,8 @@ def _measured_table(rows, markdown: bool) -> list[str]:
     return lines + [""] + notes if notes else lines
 
 
-MODEL_COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("math", "math"), ("pipe", "pipe"),
+MODEL_COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("dtype", "dtype"), ("math", "math"),
+                 ("pipe", "pipe"),
                  ("model_ms", "model ms"),
                  ("model_gflops", "model GFLOP/s"), ("model_pct_peak", "model % peak"), ("model_bound", "bound"),
                  ("blocks_per_sm", "blocks/SM"), ("waves", "waves"), ("issue_ceiling", "issue ceiling"),
@@ -132,11 +140,11 @@ MODEL_COLUMNS = (("op", "op"), ("shape", "shape"), ("device", "device"), ("math"
 
 
 def _pipe(launches) -> str | None:
-    """Where the row's FLOPs run: "tensor" (TF32 tensor cores) or "SIMT" (FMA lanes); None without FLOPs."""
+    """Where the row's FLOPs run: "tensor" (tensor cores) or "SIMT" (FMA lanes); None without FLOPs."""
     busiest = max(launches, key=lambda launch: launch["flops"])
     if not busiest["flops"]:
         return None
-    return "tensor" if busiest.get("pipe") == "tf32" else "SIMT"
+    return "SIMT" if busiest.get("pipe", "fma") == "fma" else "tensor"
 
 
 def _modeled_table(rows, markdown: bool) -> list[str]:
@@ -153,33 +161,40 @@ def _modeled_table(rows, markdown: bool) -> list[str]:
                         "assumed": ",".join(map(str, used)) or None, "pipe": _pipe(row.model_launches)})
     title = "MODELED: roofline estimates on a GPU spec, not measurements (README, \"Performance model\")"
     tf32 = _shown("math", rows)
-    columns = [(key, name) for key, name in MODEL_COLUMNS if key not in ("math", "pipe") or tf32]
+    half = any(r.dtype == "float16" for r in rows)
+    columns = [(key, name) for key, name in MODEL_COLUMNS
+               if (key not in ("math", "pipe") or tf32 or (key == "pipe" and half)) and (key != "dtype"
+                                                                                        or _shown(key, rows))]
     lines = [f"**{title}**" if markdown else title, ""] + _render(columns, records, markdown)
     notes = sorted({f"{row.device}: {row.note}" for row in rows})
     if tf32:
         notes.append("math tf32: % peak of the dense TF32 tensor-core peak (of the FP32 FMA peak on a GPU without "
                      "TF32); pipe: where the FLOPs run (tensor cores, or the SIMT kernels on TF32-rounded operands); "
                      "the issue ceiling of a tensor launch is its MMA issue ceiling")
+    if half:
+        notes.append("float16: % peak of the dense FP16 tensor-core peak (FP32 accumulation) where the FLOPs run on "
+                     "tensor cores (pipe tensor), else of the FP32 FMA peak; bytes of every array at 2 per element")
     notes += [f"assumed [{i}]: {a}" for i, a in enumerate(assumptions, 1)]
     return lines + [""] + notes
 
 
-COMPARISON_COLUMNS = (("op", "op"), ("shape", "shape"), ("math", "math"), ("measured_ms", "cuda median ms"),
+COMPARISON_COLUMNS = (("op", "op"), ("shape", "shape"), ("dtype", "dtype"), ("math", "math"),
+                      ("measured_ms", "cuda median ms"),
                       ("model", "model"),
                       ("model_ms", "model ms"), ("measured_over_model", "measured / model"))
 
 
 def _comparison_table(rows, markdown: bool) -> list[str]:
     """The cuda rows (this project's kernels, measured) beside the model's estimate of the same case."""
-    measured = {(r.op, r.shape, r.math): r for r in rows if r.device == "cuda" and not r.modeled}
-    records = [{"op": r.op, "shape": r.shape, "math": r.math, "model": r.device, "model_ms": r.model_ms,
-                "measured_ms": measured[(r.op, r.shape, r.math)].median_ms,
-                "measured_over_model": measured[(r.op, r.shape, r.math)].median_ms / r.model_ms}
-               for r in rows if r.modeled and (r.op, r.shape, r.math) in measured]
+    measured = {(r.op, r.shape, r.dtype, r.math): r for r in rows if r.device == "cuda" and not r.modeled}
+    records = [{"op": r.op, "shape": r.shape, "dtype": r.dtype, "math": r.math, "model": r.device,
+                "model_ms": r.model_ms, "measured_ms": measured[(r.op, r.shape, r.dtype, r.math)].median_ms,
+                "measured_over_model": measured[(r.op, r.shape, r.dtype, r.math)].median_ms / r.model_ms}
+               for r in rows if r.modeled and (r.op, r.shape, r.dtype, r.math) in measured]
     if not records:
         return []
     title = "MEASURED vs MODELED: the cuda kernels' median time over the model's estimate (1.00x = the model is exact)"
-    columns = [(key, name) for key, name in COMPARISON_COLUMNS if key != "math" or _shown(key, rows)]
+    columns = [(key, name) for key, name in COMPARISON_COLUMNS if key not in ("math", "dtype") or _shown(key, rows)]
     return [f"**{title}**" if markdown else title, ""] + _render(columns, records, markdown)
 
 

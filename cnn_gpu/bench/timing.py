@@ -35,21 +35,22 @@ def case_math_modes(case, dtype, math=("fp32",)) -> tuple:
 
 
 def run_cases(cases, devices, dtype="float32", repeat=None, seed=0, progress=True, math=("fp32",)):
-    """Yield a Row for every case on every device in every math mode of `math` that the case
-    depends on (cases outermost, then modes, so an interrupted run has whole cases and a case's
-    modes sit side by side); a device without a mode (Device.math_unsupported) is left out of it.
-    A model device estimates instead of timing, and yields nothing for an op it does not model.
-    Derived columns (speed-up, % of peak and of cuDNN) are filled by `finish_rows`."""
+    """Yield a Row for every case on every device in every dtype of `dtype` (one name or several)
+    and every math mode of `math` that the case depends on (cases outermost, then dtypes, then
+    modes, so an interrupted run has whole cases and a case's dtypes and modes sit side by side);
+    a device without a mode (Device.math_unsupported) is left out of it. A model device estimates
+    instead of timing, and yields nothing for an op it does not model. Derived columns (speed-up,
+    % of peak and of cuDNN) are filled by `finish_rows`."""
     from tqdm import tqdm
-    dtype = np.dtype(dtype)
-    runs = [(case, mode, device) for case in cases for mode in case_math_modes(case, dtype, math)
+    dtypes = [np.dtype(d) for d in ((dtype,) if isinstance(dtype, (str, np.dtype, type)) else dtype)]
+    runs = [(case, dt, mode, device) for case in cases for dt in dtypes for mode in case_math_modes(case, dt, math)
             for device in devices if not device.math_unsupported(mode or "fp32")]
     with tqdm(total=len(runs), desc="bench", unit="row", file=sys.stderr, disable=not progress,
               leave=False) as bar:
-        for case, mode, device in runs:
-            bar.set_postfix_str(f"{case.op} {case.label} {device.name} {mode}".rstrip())
+        for case, dt, mode, device in runs:
+            bar.set_postfix_str(f"{case.op} {case.label} {device.name} {dt.name} {mode}".rstrip())
             with precision.math_mode(mode or "fp32"):
-                row = _row(case, device, dtype, repeat, seed, mode or "fp32")
+                row = _row(case, device, dt, repeat, seed, mode or "fp32")
             if row is not None:
                 row.math = mode
                 yield row

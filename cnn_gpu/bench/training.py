@@ -124,7 +124,8 @@ def torch_mirror(model, torch):
         raise TypeError(f"no PyTorch counterpart for layer {type(m).__name__}")
 
     mirror = convert(model)
-    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+    dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+             np.dtype(np.float64): torch.float64}[
         np.dtype(model.parameters()[0].dtype)]
     mirror = mirror.to(dtype)
     mirror.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(value))

@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
           "side:\ncnn_gpu in that mode (cnn_gpu.set_math_mode; tf32 runs the tensor-core kernels on sm_80+), "
           "PyTorch CUDA with\ntorch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 off "
           "(fp32) or on (tf32), PyTorch CPU\nin fp32 only (it has no TF32), and the model on what the mode runs "
-          "(tf32 % peak: of the dense TF32 peak).")
+          "(tf32 % peak: of the dense TF32 peak).\n\n"
+          "--dtype float32,float16 times every case once per dtype, side by side: cnn_gpu on float16 arrays "
+          "(FP16 storage,\nFP32 math), PyTorch on float16 tensors, the model with 2-byte elements (float16 % "
+          "peak: of the dense FP16\ntensor-core peak). With --math fp32,tf32 the float32 convolutions also run "
+          "once per mode: fp32, tf32 and\nfloat16 rows side by side.")
     parser.add_argument("--shapes", default="default", choices=list(bench.SHAPE_SETS),
                         help="shape set (default: %(default)s; emu needs 'tiny')")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
@@ -34,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=comma_list, default=None, metavar="DEV[,DEV...]",
                         help=f"devices among {', '.join(bench.DEVICES)} and model:SPEC (default: numpy plus cuda, "
                              "torch and torch-cuda where available)")
-    parser.add_argument("--dtype", default="float32", choices=bench.DTYPES, help="default: %(default)s")
+    parser.add_argument("--dtype", type=comma_list, default=["float32"], metavar="DTYPE[,DTYPE...]",
+                        help=f"dtypes among {', '.join(bench.DTYPES)}, each its own rows (default: float32)")
     parser.add_argument("--math", type=comma_list, default=["fp32"], metavar="MODE[,MODE...]",
                         help=f"math modes of the float32 convolutions among {', '.join(MATH_MODES)}, each its own "
                              "rows (default: fp32)")
@@ -84,8 +89,11 @@ def run(args) -> int:
         unknown = [mode for mode in args.math if mode not in MATH_MODES]
         if unknown:
             raise ValueError(f"unknown math mode(s) {', '.join(unknown)}; expected some of {', '.join(MATH_MODES)}")
-        if "tf32" in args.math and args.dtype != "float32":
-            raise ValueError(f"--math tf32 changes float32 convolutions only, not {args.dtype}")
+        unknown = [dtype for dtype in args.dtype if dtype not in bench.DTYPES]
+        if unknown:
+            raise ValueError(f"unknown dtype(s) {', '.join(unknown)}; expected some of {', '.join(bench.DTYPES)}")
+        if "tf32" in args.math and "float32" not in args.dtype:
+            raise ValueError(f"--math tf32 changes float32 convolutions only, not {','.join(args.dtype)}")
         if "emu" in devices and (args.shapes != "tiny" or (args.batch or 0) > 4):
             raise ValueError(f"the emulator runs only with --shapes tiny and --batch <= 4 (it executes every GPU "
                              f"thread on the CPU, far too slow for --shapes {args.shapes})")
@@ -115,7 +123,7 @@ def run(args) -> int:
     bench.finish_rows(rows, meta.get("gpu", {}).get("peak_gflops"))
 
     batch = "" if args.batch is None else f" batch={args.batch}"
-    print(f"cnn-gpu bench: shapes={args.shapes}{batch} dtype={args.dtype} math={','.join(args.math)} "
+    print(f"cnn-gpu bench: shapes={args.shapes}{batch} dtype={','.join(args.dtype)} math={','.join(args.math)} "
           f"(convolutions: N,C,H,W,K,R,stride,pad)")
     print(_machine_line(meta) + "\n")
     print(bench.format_table(rows, markdown=args.markdown))
@@ -125,12 +133,12 @@ def run(args) -> int:
     for device in device_objects:
         for mode in args.math:
             why = device.math_unsupported(mode)
-            if why and args.dtype == "float32":
+            if why and "float32" in args.dtype:
                 print(f"{device.name}: no {mode} rows: {why}")
     for path, write in ((args.json, lambda p: bench.write_json(rows, p, meta)),
                         (args.csv, lambda p: bench.write_csv(rows, p)),
                         (args.plot, lambda p: bench.write_plot(rows, p, f"cnn-gpu bench --shapes {args.shapes} "
-                                                                     f"({args.dtype})"))):
+                                                                     f"({','.join(args.dtype)})"))):
         if path and rows:
             write(path)
             print(f"wrote {path}")

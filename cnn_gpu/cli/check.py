@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "same mode (same TF32 operands, summed exactly), element by element: |device - oracle| <= "
         f"{check.TF32_SUM_K} x 2^-24 x sum|products|\n(FP32 summation order); the other ops are unaffected "
         "by the mode and keep the float32 tolerance.\n"
+        "--dtype float16: every op runs on float16 arrays (FP16 storage, FP32 math, one rounding) against the\n"
+        "NumPy oracle on the same float16 inputs (FP32 math, one rounding); tolerance "
+        f"{check.FLOAT16_TOLERANCE:g} = 2 float16 ulps (2 x 2^-10)\nof max|output|.\n"
         f"Configurations per op: quick {check.RANDOM_CONFIGS['quick']}, normal edge cases + "
         f"{check.RANDOM_CONFIGS['normal']}, thorough edge cases + {check.RANDOM_CONFIGS['thorough']}.\n"
         "Exit status: 0 all passed, 1 a failure, 2 bad arguments or no kernel backend.")
@@ -36,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="edge cases plus 40 random configurations per op, element-wise differences")
     parser.set_defaults(mode="normal")
     parser.add_argument("--dtype", choices=("float64", "float32", "float16"), default=None,
-                        help="dtype run on the device (the reference is always float64; default: float64, "
-                             "float32 with --math tf32; float16 is not supported yet)")
+                        help="dtype run on the device (the reference is float64, or for float16 the NumPy "
+                             "oracle in float16; default: float64, float32 with --math tf32)")
     parser.add_argument("--math", choices=MATH_MODES, default="fp32",
                         help="math mode of float32 convolutions (cnn_gpu.set_math_mode; default: %(default)s)")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",

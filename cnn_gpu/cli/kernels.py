@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16")   # float16: the files with a float16 build (backend.FLOAT16_FAMILIES)
 
 
 def _arch_list(text: str) -> list[str]:
@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--arch", default=None, metavar="LIST",
                         help="comma-separated architectures (default: sm_70,sm_75,sm_80,sm_86,sm_89,sm_90)")
     parser.add_argument("--dtype", choices=DTYPES, action="append",
-                        help="only this dtype (repeatable; default: both)")
+                        help="only this dtype (repeatable; default: every build: float32, float64, and float16 "
+                             "for the files that have one)")
     parser.add_argument("--file", "--family", action="append", metavar="NAME",
                         help="only this kernel file or family, e.g. pool.cu or conv2d_fprop,conv2d_dgrad "
                              "(repeatable; default: every kernels/*.cu)")
@@ -56,9 +57,16 @@ def collect(files, dtypes, archs, jobs: int = 1):
         except nvrtc.CompileError as err:
             return path.name, dtype, arch, None, str(err)
 
-    combos = list(itertools.product(files, dtypes, archs))
+    combos = _combinations(files, dtypes, archs, lambda path: path.stem)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(one, combos))
+
+
+def _combinations(files, dtypes, archs, family_of) -> list:
+    """(file, dtype, arch) of every build to compile: float16 only for the files that have one."""
+    from .. import backend
+    return [(f, d, a) for f, d, a in itertools.product(files, dtypes, archs)
+            if d != "float16" or family_of(f) in backend.FLOAT16_FAMILIES]
 
 
 def _format_table(results) -> str:
@@ -167,7 +175,7 @@ def _run_sass(args, families, dtypes, archs) -> int:
             return [], f"{' '.join(combo)}: {err}"
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(one, itertools.product(families, dtypes, archs)))
+        results = list(pool.map(one, _combinations(families, dtypes, archs, lambda family: family)))
     rows = [row for found, _ in results for row in found]
     errors = [error for _, error in results if error]
     compiler, disassembler = nvrtc.load(), sass.disasm.find()

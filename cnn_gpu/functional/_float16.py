@@ -8,8 +8,7 @@
 - "emu" and "cuda", by `kernels`: True, the op runs its kernels' float16 build (FP16 loads and
   stores around FP32 math); "float32", it runs its float32 kernels on widened copies the same
   way as the numpy path (linear: cuBLAS/NumPy GEMMs whose float16 accumulation we do not
-  control); False, NotImplementedError naming the op, raised before anything is launched
-  (never a silent fallback to another backend or dtype).
+  control).
 float16 inputs must not be mixed with float32/float64 ones (TypeError): ops never change dtype
 silently. Calls without float16 arrays go straight to the op.
 """
@@ -42,10 +41,10 @@ def _rounded(result, originals: dict):
 
 
 def takes_float16(*, kernels, updates: tuple = ()):
-    """Decorator of a public functional op (see the module docstring). `kernels`: True, "float32"
-    or False, how emu/cuda run it; `updates`: names of array arguments it writes in place."""
-    if kernels not in (True, False, "float32"):
-        raise ValueError(f"kernels must be True, False or 'float32', got {kernels!r}")
+    """Decorator of a public functional op (see the module docstring). `kernels`: True or
+    "float32", how emu/cuda run it; `updates`: names of array arguments it writes in place."""
+    if kernels not in (True, "float32"):
+        raise ValueError(f"kernels must be True or 'float32', got {kernels!r}")
 
     def decorate(op):
         signature = inspect.signature(op)
@@ -60,11 +59,7 @@ def takes_float16(*, kernels, updates: tuple = ()):
             first = next(name for name, a in floats.items() if a.dtype == FLOAT16)
             _checks.same_dtype(first, floats[first], **floats)
             be = _backend.resolve(bound.arguments.get("backend"), *arrays.values())
-            if be != "numpy" and kernels != "float32":
-                if not kernels:
-                    raise NotImplementedError(
-                        f"{op.__name__}: float16 has no {be} kernels yet; run it on backend 'numpy' (FP32 math, "
-                        f"FP16 storage) or pass float32 arrays")
+            if be != "numpy" and kernels is True:
                 return op(*args, **kwargs)
             widened = {name: a.astype(COMPUTE) for name, a in floats.items()}
             bound.arguments.update(widened, backend=be)

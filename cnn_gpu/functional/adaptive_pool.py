@@ -55,7 +55,7 @@ def _batched(a, name):
     return as_batch(_checks.array(a, name, ndim=(3, 4)))
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def adaptive_avg_pool2d(x, output_size, *, backend=None):
     """Adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d ((N, C, H, W) or (C, H, W))."""
     x4, unbatched = _batched(x, "x")
@@ -73,7 +73,7 @@ def adaptive_avg_pool2d(x, output_size, *, backend=None):
     return y[0] if unbatched else y
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def adaptive_avg_pool2d_backward(dy, x_shape, *, backend=None):
     """Gradient of adaptive_avg_pool2d for an input of shape x_shape (the output size is dy's)."""
     dy4, unbatched = _batched(dy, "dy")

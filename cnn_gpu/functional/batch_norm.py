@@ -7,6 +7,11 @@ Eval mode normalises with the running statistics.
 
 NumPy path (the oracle): two passes per channel (the mean, then the mean squared deviation from
 it), y = (x - mean) * (invstd * weight) + bias, the same expression as the kernels.
+
+float16 (PyTorch's half batch norm): statistics, normalisation and the running-statistics blend
+in FP32; y, the gradients and the running statistics stored as float16, each rounded once. The
+statistics return_stats hands back are rounded to float16 too (as PyTorch's CPU kernels return
+them), and batch_norm_backward widens them again.
 """
 from __future__ import annotations
 
@@ -102,7 +107,7 @@ def _check_common(x, running_mean, running_var, weight, bias, training, eps, act
 
 # --- public ops ---------------------------------------------------------------------------------
 
-@takes_float16(kernels=False, updates=("running_mean", "running_var"))
+@takes_float16(kernels=True, updates=("running_mean", "running_var"))
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
                activation=None, return_stats=False, backend=None):
     """Batch normalisation as torch.nn.functional.batch_norm; running_mean / running_var (both or
@@ -141,14 +146,16 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if training:
         mean, invstd = gpu_bn.stats(be, x, running_mean, running_var, factor, eps)
         y = gpu_bn.forward(be, x, mean, invstd, weight, bias, eps, False, relu)
-        return (y, mean, invstd) if return_stats else y
+        return (y, mean.astype(x.dtype, copy=False), invstd.astype(x.dtype, copy=False)) if return_stats else y
     y = gpu_bn.forward(be, x, running_mean, running_var, weight, bias, eps, True, relu)
     if not return_stats:
         return y
-    return y, running_mean.copy(), 1 / _backend.array_module(be).sqrt(running_var + x.dtype.type(eps))
+    variance = running_var.astype(_backend.compute_dtype(x.dtype))
+    invstd = 1 / _backend.array_module(be).sqrt(variance + variance.dtype.type(eps))
+    return y, running_mean.copy(), invstd.astype(x.dtype)
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None, training=False, eps=1e-5, *,
                         activation=None, save_mean=None, save_invstd=None, backend=None):
     """Gradients of batch_norm: (dx, dweight, dbias); dweight / dbias are None when weight / bias

@@ -502,25 +502,53 @@ def _tf32_operands(*arrays):
 
 
 def _on_tensor_cores(be, a, g) -> bool:
-    """Whether a float32 convolution pass runs on the tensor-core kernels: in the "tf32" math
-    mode, on the emulator or an sm_80+ GPU; depthwise convolutions keep their direct kernels."""
+    """Whether a convolution pass runs on the tensor-core kernels, on the emulator or an sm_80+
+    GPU: float32 in the "tf32" math mode, and float16 always; depthwise convolutions keep their
+    direct kernels."""
     from ..gpu import conv_tc
-    return (precision.conv_operands(a.dtype) is not None and not g.is_depthwise and conv_tc.supported(be))
+    wanted = a.dtype == np.float16 or precision.conv_operands(a.dtype) is not None
+    return wanted and not g.is_depthwise and conv_tc.supported(be, a.dtype)
+
+
+def _simt(pass_fn, operands, bias=None):
+    """pass_fn(*operands, bias) on the SIMT kernels: float16 operands (where no FP16 tensor core
+    runs the pass: below sm_80, a wgrad filter with R + S > 32) and bias widened to float32 on
+    the device, the float32 kernels run, the result rounded to float16 once (FP16 products are
+    exact in FP32, so this is the tensor-core result up to the accumulation order); float32
+    operands TF32-rounded in the "tf32" math mode, as they are otherwise."""
+    from ..gpu import conv_tc
+    if operands[0].dtype != np.float16:
+        return pass_fn(*_tf32_operands(*operands), bias)
+    wide = [None if a is None else a.astype(np.float32) for a in (*operands, bias)]
+    return conv_tc.to_float16(pass_fn(*wide))
 
 
 def _gpu_fprop(be, x, weight, bias, g, activation=None):
     from ..gpu import conv as gpu_conv, conv_tc
     if _on_tensor_cores(be, x, g):
         return conv_tc.fprop(be, x, weight, bias, g, activation=activation)
-    x, weight = _tf32_operands(x, weight)
-    return gpu_conv.fprop(be, x, weight, bias, g, activation=activation)
+
+    def simt_fprop(x, w, b):
+        return gpu_conv.fprop(be, x, w, b, g, activation=activation)
+    if g.is_depthwise:   # direct kernels with their own float16 build
+        return simt_fprop(*_tf32_operands(x, weight), bias)
+    return _simt(simt_fprop, (x, weight), bias)
 
 
-def _gpu_dgrad(be, dy, weight, g):
-    from ..gpu import conv as gpu_conv, conv_tc
+def _gpu_dgrad(be, dy, weight, g, bias=None):
+    """dx, plus `bias` per channel (conv_transpose2d's) before a float16 result's one rounding."""
+    from ..gpu import conv as gpu_conv, conv_tc, elementwise
     if _on_tensor_cores(be, dy, g):
-        return conv_tc.dgrad(be, dy, weight, g)
-    return gpu_conv.dgrad(be, *_tf32_operands(dy, weight), g)
+        return conv_tc.dgrad(be, dy, weight, g, bias=bias)
+
+    def simt_dgrad(dy, w, b):
+        dx = gpu_conv.dgrad(be, dy, w, g)
+        if b is not None:
+            elementwise.bias_add(be, dx, b)
+        return dx
+    if g.is_depthwise and (bias is None or dy.dtype != np.float16):   # direct kernels with a float16 build
+        return simt_dgrad(*_tf32_operands(dy, weight), bias)
+    return _simt(simt_dgrad, (dy, weight), bias)
 
 
 def _gpu_wgrad(be, dy, x, g):
@@ -529,10 +557,21 @@ def _gpu_wgrad(be, dy, x, g):
         dw = conv_tc.wgrad(be, dy, x, g)
         if dw is not None:
             return dw
-    return gpu_conv.wgrad(be, *_tf32_operands(dy, x), g)
+    if g.is_depthwise:
+        return gpu_conv.wgrad(be, *_tf32_operands(dy, x), g)
+    return _simt(lambda dy, x, _: gpu_conv.wgrad(be, dy, x, g), (dy, x))
 
 
-@takes_float16(kernels=False)
+def _gpu_bgrad(be, dy):
+    """dbias in FP32 (the deterministic channel sums have no float16 build): a float16 dy is
+    widened on the device, its sum rounded once."""
+    from ..gpu import conv as gpu_conv, conv_tc
+    if dy.dtype != np.float16:
+        return gpu_conv.bgrad(be, dy)
+    return conv_tc.to_float16(gpu_conv.bgrad(be, dy.astype(np.float32)))
+
+
+@takes_float16(kernels=True)
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None, backend=None):
     """2-D cross-correlation as torch.nn.functional.conv2d: x (N, C, H, W) or (C, H, W), weight
     (K, C/groups, R, S), optional bias (K,) -> y (N, K, P, Q) or (K, P, Q).
@@ -556,7 +595,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     return _unbatched(_gpu_fprop(be, x, weight, bias, g, activation=activation), unbatched)
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True, *, backend=None):
     """Gradients of conv2d: (dx, dweight, dbias); dbias is None when bias=False. dy and dx have the
     rank of x (unbatched (C, H, W) or a batch)."""
@@ -570,13 +609,12 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bi
         dy_t, x_t, weight_t = _tf32_operands(dy, x, weight)
         grads = _input_grad(dy_t, weight_t, g), _weight_grad(dy_t, x_t, g), (_bias_grad(dy) if bias else None)
         return _unbatched(grads, unbatched)
-    from ..gpu import conv as gpu_conv
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
     dx, dw = _gpu_dgrad(be, dy, weight, g), _gpu_wgrad(be, dy, x, g)
-    return _unbatched((dx, dw, (gpu_conv.bgrad(be, dy) if bias else None)), unbatched)
+    return _unbatched((dx, dw, (_gpu_bgrad(be, dy) if bias else None)), unbatched)
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1, *,
                      backend=None):
     """Transposed convolution as torch.nn.functional.conv_transpose2d: x (N, Cin, Hin, Win) or
@@ -595,14 +633,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
             y += bias[:, None, None]
         return _unbatched(y, unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
-    y = _gpu_dgrad(be, x, weight, g)
-    if bias is not None:
-        from ..gpu import elementwise
-        elementwise.bias_add(be, y, bias)
-    return _unbatched(y, unbatched)
+    return _unbatched(_gpu_dgrad(be, x, weight, g, bias), unbatched)
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
                               bias=True, *, backend=None):
     """Gradients of conv_transpose2d: (dx, dweight, dbias); dbias is None when bias=False. dy and dx
@@ -619,8 +653,7 @@ def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding
         dy_t, x_t, weight_t = _tf32_operands(dy, x, weight)
         grads = _forward(dy_t, weight_t, None, g), _weight_grad(x_t, dy_t, g), (_bias_grad(dy) if bias else None)
         return _unbatched(grads, unbatched)
-    from ..gpu import conv as gpu_conv
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
     dx = _gpu_fprop(be, dy, weight, None, g)
     dw = _gpu_wgrad(be, x, dy, g)
-    return _unbatched((dx, dw, (gpu_conv.bgrad(be, dy) if bias else None)), unbatched)
+    return _unbatched((dx, dw, (_gpu_bgrad(be, dy) if bias else None)), unbatched)

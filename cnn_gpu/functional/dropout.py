@@ -4,6 +4,7 @@ Element i is kept when the Philox4x32-10 number of (seed, step, i) (cnn_gpu.phil
 round(p * 2^32), and scaled by 1 / (1 - p). The mask is a pure function of (seed, step, i): numpy,
 emu and cuda draw the same one bit for bit, and the backward pass regenerates it instead of
 storing it. Dropped elements are multiplied by 0, so NaN and inf stay NaN (as PyTorch).
+float16 multiplies by the FP32 scale and rounds once: the same mask as float32 for the same seed.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _apply(a, name, p, seed, step, backend):
     seed = philox.check_seed(seed, "seed")
     step = philox.check_seed(step, "step")
     be = _backend.resolve(backend, a)
-    threshold, scale = _mask_parameters(p, a.dtype)
+    threshold, scale = _mask_parameters(p, _backend.compute_dtype(a.dtype))
     if be == "numpy":
         keep = philox.element_numbers(seed, step, a.size).astype(np.int64) >= threshold
         with np.errstate(invalid="ignore"):   # a dropped inf gives NaN, as in PyTorch
@@ -45,7 +46,7 @@ def _apply(a, name, p, seed, step, backend):
     return gpu_dropout.apply(be, _checks.for_kernels(be, a, name), seed, step, threshold, scale)
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def dropout(x, p=0.5, training=True, *, seed, step=0, backend=None):
     """torch.nn.functional.dropout(x, p, training) with the mask of (seed, step): elements kept
     with probability 1 - p and scaled by 1 / (1 - p). x itself when not training or p == 0."""
@@ -58,7 +59,7 @@ def dropout(x, p=0.5, training=True, *, seed, step=0, backend=None):
     return _apply(x, "x", p, seed, step, backend)
 
 
-@takes_float16(kernels=False)
+@takes_float16(kernels=True)
 def dropout_backward(dy, p, seed, step=0, *, backend=None):
     """Gradient of dropout(x, p, training=True, seed=seed, step=step): dy through the same mask and
     scale (regenerated from seed and step)."""

@@ -3,7 +3,10 @@ the fused normalise + affine (+ ReLU) pass and the fused backward. x is viewed a
 
 `scale_source` is the per-channel invstd (training: from `stats`) or, with from_variance=True, a
 variance (eval mode: the running variance) from which the kernels compute invstd themselves.
-Without affine parameters the launchers pass weight 1 and bias 0."""
+Without affine parameters the launchers pass weight 1 and bias 0.
+
+float16 x: the statistics are FP32 (the kernels' acc_t): `stats` returns FP32 mean and invstd,
+and `forward` / `backward` widen float16 statistics (running or saved ones) to FP32 first."""
 from __future__ import annotations
 
 import math
@@ -11,7 +14,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_BLOCKS_X, MAX_GRID_Y, THREADS, blocks_for, i32, real
+from ._grid import MAX_BLOCKS_X, MAX_GRID_Y, THREADS, acc, blocks_for, i32
 
 
 def _view(x):
@@ -23,23 +26,30 @@ def _affine(xp, weight, bias, channels, dtype):
             xp.zeros(channels, dtype=dtype) if bias is None else bias)
 
 
+def _statistics(mean, scale_source, dtype):
+    """mean and scale_source in the kernels' compute type (a copy only for float16 ones)."""
+    wide = backend.compute_dtype(dtype)
+    return mean.astype(wide, copy=False), scale_source.astype(wide, copy=False)
+
+
 def _channel_grid(channels):
     return (min(channels, MAX_BLOCKS_X),)
 
 
 def stats(be, x, running_mean, running_var, factor, eps):
-    """(mean, invstd) of every channel with the biased variance; when running_mean is given, blends
-    the mean and the unbiased variance into running_mean / running_var in place with `factor`."""
+    """(mean, invstd) of every channel with the biased variance, in the compute type; when
+    running_mean is given, blends the mean and the unbiased variance into running_mean /
+    running_var in place with `factor`."""
     xp = backend.array_module(be)
     n, channels, inner = _view(x)
-    mean = xp.empty(channels, dtype=x.dtype)
-    invstd = xp.empty(channels, dtype=x.dtype)
+    mean = xp.empty(channels, dtype=backend.compute_dtype(x.dtype))
+    invstd = xp.empty(channels, dtype=mean.dtype)
     update = running_mean is not None
     if not update:   # the kernel's running arguments are unused: any arrays of the right size
         running_mean, running_var = xp.empty(channels, dtype=x.dtype), xp.empty(channels, dtype=x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_stats", _channel_grid(channels), (THREADS,),
                    (x, mean, invstd, running_mean, running_var, np.int64(n), np.int64(channels), np.int64(inner),
-                    *real(x.dtype, eps, factor), np.int32(update)))
+                    *acc(x.dtype, eps, factor), np.int32(update)))
     return mean, invstd
 
 
@@ -47,11 +57,12 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
     xp = backend.array_module(be)
     n, channels, inner = _view(x)
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
+    mean, scale_source = _statistics(mean, scale_source, x.dtype)
     y = xp.empty(x.shape, dtype=x.dtype)
     grid = (blocks_for(inner), min(n * channels, MAX_GRID_Y))
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", grid, (THREADS,),
                    (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
-                    *real(x.dtype, eps), *i32(from_variance, relu)))
+                    *acc(x.dtype, eps), *i32(from_variance, relu)))
     return y
 
 
@@ -60,10 +71,11 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
     xp = backend.array_module(be)
     n, channels, inner = _view(x)
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
+    mean, scale_source = _statistics(mean, scale_source, x.dtype)
     dx = xp.empty(x.shape, dtype=x.dtype)
     dweight = xp.empty(channels, dtype=x.dtype)
     dbias = xp.empty(channels, dtype=x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward", _channel_grid(channels), (THREADS,),
                    (dy, x, mean, scale_source, weight, bias, dx, dweight, dbias, np.int64(n), np.int64(channels),
-                    np.int64(inner), *real(x.dtype, eps), *i32(from_variance, training, relu)))
+                    np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, training, relu)))
     return dx, dweight, dbias

@@ -1,18 +1,21 @@
-"""Launch code of the tensor-core convolutions (kernels/conv2d_tc.cu): float32 convolutions in
-the "tf32" math mode on sm_80 and newer GPUs, and on the emulator.
+"""Launch code of the tensor-core convolutions (kernels/conv2d_tc.cu) on sm_80 and newer GPUs and
+on the emulator: float32 convolutions in the "tf32" math mode (TF32 operands), and float16 ones
+(FP16 operands, two per 32-bit operand word); FP32 accumulation, each output rounded once.
 
-fprop hands the kernel its filter as tiles: transposed to the kernel's reduction order (r, s, c),
-rounded to TF32, zero-padded to whole block rows and 16-channel steps and laid out in mma fragment
-order (one small copy per call), so the kernel rounds only the input and loads the filter
-straight into registers. dgrad runs every stride phase of dx as the stride-1 convolution of dy
+A reduction step is 16 operand words: 16 TF32 values, or 32 FP16 values (step_depth). fprop
+hands the kernel its filter as tiles of operand words: transposed to the kernel's reduction order
+(r, s, c), rounded to TF32 (or paired as FP16), zero-padded to whole block rows and steps and laid
+out in mma fragment order (one small copy per call), so the kernel converts only the input and
+loads the filter straight into registers. dgrad runs every stride phase of dx as the stride-1 convolution of dy
 with that phase's taps of the flipped filter (dgrad_phases; tiles made the same way), all in one
 launch. wgrad hands the kernel the tap masks of each output row and column; filters with
 R + S > 32 (no room in a mask word) stay on the SIMT kernel.
 
 fprop and dgrad choose between two block tiles (TILES: 128 or 64 output channels); every pass may
 split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
-partly idle: the splits write partial outputs that one more launch sums in a fixed order
-(bit-identical run to run), adding fprop's bias and ReLU. The plan_* functions decide for an SM
+partly idle: the splits write FP32 partial outputs that one more launch sums in a fixed order
+(bit-identical run to run), adding fprop's bias and ReLU; a float16 sum is then rounded to FP16
+once (on the device: astype). The plan_* functions decide for an SM
 count (the emulator and the model plan for an H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
 
@@ -24,17 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from . import reduce
+from . import elementwise, reduce
 from ..precision import round_to_tf32
 from ._grid import Launch, i32
 from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
                    _check_splits, _geometry_args, device_sms)
 
 TILE_N = 128             # output pixels (fprop, dgrad) or filter columns (wgrad) of a block tile
-TILE_K = 16              # reduction depth of a step
+TILE_K = 16              # operand words of a step (mma_tile.cuh TC_BK)
 THREADS = 128            # 4 warps (kernels/mma_tile.cuh)
 BLOCKS_PER_SM = 2        # the kernels' __launch_bounds__
-MIN_ARCH = 80            # mma.sync with TF32 operands: Ampere and newer
+MIN_ARCH = 80            # mma.sync with TF32 (and m16n8k16 FP16) operands: Ampere and newer
+DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+PARTIALS = np.dtype(np.float32)   # split-K partial outputs, and their sum before a float16 rounding
 MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
 
 
@@ -42,21 +47,21 @@ MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
 class TcTile:
     """A block-tile variant of the fprop and dgrad kernels: `bm` output channels per block, the
     kernel name suffix, and its mma issue efficiency (the sm_90 hot loop's MMA issue ceiling,
-    4 clocks per m16n8k8, rounded: the picker's weight)."""
+    4 clocks per m16n8k8 TF32 or m16n8k16 FP16, rounded: the picker's weight)."""
     bm: int
     suffix: str
     efficiency: float
 
 
 # 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels.
-TILES = {"tf32": TcTile(128, "", 1.0), "tf32_m64": TcTile(64, "_m64", 0.71)}
-WGRAD_TILE = "tf32"      # wgrad: 128 x 128 only (TILES["tf32"].bm rows)
+TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.71)}
+WGRAD_TILE = "tc"        # wgrad: 128 x 128 only (TILES["tc"].bm rows)
 WGRAD_EFFICIENCY = 0.6   # its issue and shared-memory ceilings (about 0.66 and 0.61)
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 64
-# The picker's costs in clocks of one SM: an m16n8k8 at full rate (an H100 SM finishes one per
-# clock), a byte of split-K partials (an H100 SM's share of DRAM: ~14 bytes per clock) and the
+# The picker's costs in clocks of one SM: an mma (m16n8k8 TF32 or m16n8k16 FP16) at full rate (an
+# H100 SM finishes one per clock), a byte of split-K partials (an H100 SM's share of DRAM: ~14 bytes per clock) and the
 # summing launch (~4 us).
 CLOCKS_PER_BYTE = 1 / 14
 LAUNCH_CLOCKS = 7000
@@ -69,9 +74,10 @@ def _device_arch(device_id: int) -> int:
     return int(major) * 10 + int(minor)
 
 
-def supported(be: str) -> bool:
-    """Whether `be` runs the tensor-core kernels: the emulator always, a GPU from sm_80 on (an
-    older one runs the SIMT kernels on TF32-rounded operands and says so once)."""
+def supported(be: str, dtype=np.float32) -> bool:
+    """Whether `be` runs the tensor-core kernels for `dtype`: the emulator always, a GPU from sm_80
+    on. An older one runs the SIMT kernels instead and says so once: on TF32-rounded operands
+    (float32), or on operands widened to FP32 with the result rounded to FP16 once (float16)."""
     if be == "emu":
         return True
     if be != "cuda":
@@ -79,14 +85,24 @@ def supported(be: str) -> bool:
     import cupy
     arch = _device_arch(cupy.cuda.Device().id)
     if arch < MIN_ARCH:
-        _warn_no_tensor_cores(arch)
+        _warn_no_tensor_cores(arch, np.dtype(dtype).name)
     return arch >= MIN_ARCH
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_no_tensor_cores(arch: int) -> None:
-    warnings.warn(f"math mode 'tf32': this GPU (sm_{arch}) has no TF32 tensor cores; float32 convolutions "
-                  f"run on the SIMT kernels with TF32-rounded operands", RuntimeWarning, stacklevel=4)
+def _warn_no_tensor_cores(arch: int, dtype: str) -> None:
+    if dtype == "float16":
+        what = ("float16 convolutions: this GPU has no FP16 mma.sync (m16n8k16); they run on the FP32 SIMT kernels "
+                "on widened operands, each output rounded to float16 once")
+    else:
+        what = ("math mode 'tf32': this GPU has no TF32 tensor cores; float32 convolutions run on the SIMT kernels "
+                "with TF32-rounded operands")
+    warnings.warn(f"sm_{arch}: {what}", RuntimeWarning, stacklevel=4)
+
+
+def step_depth(dtype) -> int:
+    """Reduction indices of one 16-word step: 16 TF32 values (float32) or 32 FP16 ones (float16)."""
+    return TILE_K * (2 if np.dtype(dtype) == np.float16 else 1)
 
 
 def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, sms, tiles, tile, splits):
@@ -122,10 +138,10 @@ def _fprop_tiles() -> dict:
     return {name: (spec.bm, spec.efficiency) for name, spec in TILES.items()}
 
 
-def _tile_shape(groups, rows, r, s, channels, bm) -> tuple:
+def _tile_shape(groups, rows, r, s, channels, bm, depth) -> tuple:
     """(G, Mpad, R, S, Cpad): filter tiles of a `bm`-row block tile, rows and channels padded to
-    whole block tiles and steps."""
-    return (groups, _ceil_div(rows, bm) * bm, r, s, _ceil_div(channels, TILE_K) * TILE_K)
+    whole block tiles and steps of `depth` channels."""
+    return (groups, _ceil_div(rows, bm) * bm, r, s, _ceil_div(channels, depth) * depth)
 
 
 def _check_tiles(elements: int) -> None:
@@ -133,19 +149,21 @@ def _check_tiles(elements: int) -> None:
         raise ValueError(f"conv2d kernels use 32-bit indices: the padded filter tiles have {elements} elements")
 
 
-def plan_fprop(g, *, tile=None, splits=None, sms=None) -> ConvPlan:
-    """The launches of fprop on geometry `g`: the kernel of the TILES variant `tile` (chosen when
-    None), and with split-K the fixed-order sum that also adds the bias and applies ReLU."""
+def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
+    """The launches of fprop on geometry `g` for `dtype`: the kernel of the TILES variant `tile`
+    (chosen when None), and with split-K the fixed-order sum that also adds the bias and applies
+    ReLU."""
     _check_index_range(g)
+    depth = step_depth(dtype)
     kg, npq = g.K // g.groups, g.N * g.P * g.Q
-    steps = g.R * g.S * _ceil_div(g.C // g.groups, TILE_K)
+    steps = g.R * g.S * _ceil_div(g.C // g.groups, depth)
     out = math.prod(g.y_shape)
     name, splits, chunk = _choose(kg, npq, g.groups, steps, out, sms, _fprop_tiles(), tile, splits)
     spec = TILES[name]
-    _check_tiles(math.prod(_tile_shape(g.groups, kg, g.R, g.S, g.C // g.groups, spec.bm)))
+    _check_tiles(math.prod(_tile_shape(g.groups, kg, g.R, g.S, g.C // g.groups, spec.bm, depth)))
     grid = (_ceil_div(npq, TILE_N), _ceil_div(kg, spec.bm), g.groups * splits)
-    _check_grid("conv2d_fprop_tf32", grid)
-    launches = (Launch("conv2d_tc", "conv2d_fprop_tf32" + spec.suffix, grid, (THREADS, 1, 1)),)
+    _check_grid("conv2d_fprop_tc", grid)
+    launches = (Launch("conv2d_tc", "conv2d_fprop_tc" + spec.suffix, grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_split_sum_epilogue(out),)
     return ConvPlan("fprop", launches, tile=name, splits=splits, chunk=chunk)
@@ -165,9 +183,9 @@ class DgradPhases:
     out_shape: tuple     # (H', W') per phase
     dilation: tuple
 
-    def steps(self, k: int, channels: int) -> int:
-        """Reduction steps of phase k over `channels` dy channels (per group)."""
-        return len(self.rows[k]) * len(self.cols[k]) * _ceil_div(channels, TILE_K)
+    def steps(self, k: int, channels: int, depth: int = TILE_K) -> int:
+        """Reduction steps of phase k over `channels` dy channels (per group), `depth` per step."""
+        return len(self.rows[k]) * len(self.cols[k]) * _ceil_div(channels, depth)
 
 
 def _phase_dimension(size, taps, stride, pad, dilation):
@@ -183,8 +201,9 @@ def _phase_dimension(size, taps, stride, pad, dilation):
     return phases, dilated
 
 
+@functools.lru_cache(maxsize=256)
 def dgrad_phases(g) -> DgradPhases:
-    """The stride phases of dx of geometry `g` as convolutions of dy."""
+    """The stride phases of dx of geometry `g` as convolutions of dy (cached per geometry)."""
     rows, dil_h = _phase_dimension(g.H, g.R, g.stride[0], g.padding[0], g.dilation[0])
     cols, dil_w = _phase_dimension(g.W, g.S, g.stride[1], g.padding[1], g.dilation[1])
     pairs = [(a, b) for a in range(g.stride[0]) for b in range(g.stride[1])]
@@ -193,23 +212,24 @@ def dgrad_phases(g) -> DgradPhases:
                        (dil_h, dil_w))
 
 
-def plan_dgrad(g, *, tile=None, splits=None, sms=None) -> ConvPlan:
+def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
     """The launches of dgrad: every stride phase of dx in one launch of the TILES variant `tile`
     (grid.z = phases x splits x G), and with split-K the fixed-order sum of the partial dx."""
     _check_index_range(g)
     phases = dgrad_phases(g)
+    depth = step_depth(dtype)
     kg, cg = g.K // g.groups, g.C // g.groups
     pixels = max(g.N * h * w for h, w in phases.out_shape)
     batches = g.groups * len(phases.phases)
-    steps = max(1, max(phases.steps(k, kg) for k in range(len(phases.phases))))
+    steps = max(1, max(phases.steps(k, kg, depth) for k in range(len(phases.phases))))
     out = math.prod(g.x_shape)
     name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, _fprop_tiles(), tile, splits)
     spec = TILES[name]
-    _check_tiles(sum(math.prod(_tile_shape(g.groups, cg, len(r), len(c), kg, spec.bm))
+    _check_tiles(sum(math.prod(_tile_shape(g.groups, cg, len(r), len(c), kg, spec.bm, depth))
                      for r, c in zip(phases.rows, phases.cols)))
     grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
-    _check_grid("conv2d_dgrad_tf32", grid)
-    launches = (Launch("conv2d_tc", "conv2d_dgrad_tf32" + spec.suffix, grid, (THREADS, 1, 1)),)
+    _check_grid("conv2d_dgrad_tc", grid)
+    launches = (Launch("conv2d_tc", "conv2d_dgrad_tc" + spec.suffix, grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, out, 1),)
     return ConvPlan("dgrad", launches, tile=name, splits=splits, chunk=chunk)
@@ -220,97 +240,173 @@ def wgrad_supported(g) -> bool:
     return g.R + g.S <= MAX_TAP_BITS
 
 
-def plan_wgrad(g, *, splits=None, sms=None) -> ConvPlan:
+def plan_wgrad(g, *, dtype=np.float32, splits=None, sms=None) -> ConvPlan:
     """The launches of wgrad: the kernel over `splits` chunks of the N*P*Q pixels, then (split-K)
     the fixed-order sum of the partial filters."""
     _check_index_range(g)
     if not wgrad_supported(g):
-        raise ValueError(f"the TF32 wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
+        raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
+    depth = step_depth(dtype)
     kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
     bm = TILES[WGRAD_TILE].bm
-    _, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, TILE_K), g.K * crs, sms,
+    _, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, depth), g.K * crs, sms,
                                      {WGRAD_TILE: (bm, WGRAD_EFFICIENCY)}, None, splits)
     grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, bm), g.groups * splits)
-    _check_grid("conv2d_wgrad_tf32", grid)
-    launches = (Launch("conv2d_tc", "conv2d_wgrad_tf32", grid, (THREADS, 1, 1)),)
+    _check_grid("conv2d_wgrad_tc", grid)
+    launches = (Launch("conv2d_tc", "conv2d_wgrad_tc", grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, g.K * crs, 1),)
-    return ConvPlan("wgrad", launches, tile=WGRAD_TILE, splits=splits, chunk=chunk_steps * TILE_K)
+    return ConvPlan("wgrad", launches, tile=WGRAD_TILE, splits=splits, chunk=chunk_steps * depth)
 
 
-def _float32(a):
-    if a.dtype != np.float32:
-        raise TypeError(f"the TF32 kernels take float32 arrays, not {a.dtype}")
+def _check_dtype(a):
+    if a.dtype not in DTYPES:
+        raise TypeError(f"the tensor-core kernels take float32 (TF32) or float16 arrays, not {a.dtype}")
+
+
+def _operand_words(xp, tiles):
+    """Filter tiles (..., channels) as 32-bit mma operand words (..., words): TF32-rounded float32
+    values, or pairs of float16 values of consecutive channels, the lower channel in the low half
+    (NumPy and CuPy views are little-endian)."""
+    if tiles.dtype == np.float16:
+        return xp.ascontiguousarray(tiles).view(np.uint32)
+    return round_to_tf32(tiles).view(np.uint32)
 
 
 def _filter_tiles(xp, w_grsc, shape):
     """The kernels' filter tiles of `shape` (_tile_shape) from a filter as (G, rows, R, S,
-    channels): rounded to TF32, zero-padded, flat in the order the warps load their mma A
-    fragments: per group, 64-row block and 16-deep step, 4 KiB of (m tile, k8 half, lane,
-    register) with lane = 4*g + t and registers (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4) of
-    the m16n8k8 tile (PTX ISA fragment layout), so a warp reads each step as 8 coalesced 512-byte
-    rows of 16-byte vectors."""
-    tiles = xp.zeros(shape, dtype=np.float32)
-    tiles[:, :w_grsc.shape[1], :, :, :w_grsc.shape[4]] = round_to_tf32(xp.ascontiguousarray(w_grsc))
-    groups, rows, r, s, channels = shape
+    channels): as operand words (_operand_words), zero-padded, flat in the order the warps load
+    their mma A fragments: per group, 64-row block and 16-word step, 4 KiB of (m tile, k8 half,
+    lane, register) with lane = 4*g + t and registers (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
+    in words of the m16n8k8 tile (PTX ISA fragment layout; the m16n8k16 FP16 one in words), so a
+    warp reads each step as 8 coalesced 512-byte rows of 16-byte vectors."""
+    tiles = xp.zeros(shape, dtype=w_grsc.dtype)
+    tiles[:, :w_grsc.shape[1], :, :, :w_grsc.shape[4]] = w_grsc
+    words = _operand_words(xp, tiles)
+    groups, rows, r, s, per_tap = words.shape
     # (G, row block, m tile, +8, g, step, k8, +4, t) -> (G, row block, step, m tile, k8, g, t, +4, +8)
-    split = tiles.reshape(groups, rows // 64, 4, 2, 8, r * s * channels // TILE_K, 2, 2, 4)
+    split = words.reshape(groups, rows // 64, 4, 2, 8, r * s * per_tap // TILE_K, 2, 2, 4)
     return xp.ascontiguousarray(split.transpose(0, 1, 5, 2, 6, 4, 8, 7, 3)).ravel()
 
 
+def _partials(xp, count, shape):
+    """The FP32 workspace of `count` partial outputs of `shape` (split-K), or with count 0 the
+    one-element array a kernel that writes none takes in its place."""
+    return xp.empty((count,) + tuple(shape) if count else (1,), dtype=PARTIALS)
+
+
+def to_float16(a):
+    """An FP32 array rounded to float16 once, on its device (nearest even; past 65504 inf, as
+    cvt.rn.f16.f32 does, without NumPy's overflow warning on the emulator)."""
+    with np.errstate(over="ignore"):
+        return a.astype(np.float16)
+
+
+def _rounded_into(out, total):
+    """The FP32 sum of a split-K pass as the pass's output: `total` itself for float32, rounded to
+    float16 once into `out` for float16."""
+    if out.dtype == PARTIALS:
+        return total.reshape(out.shape)
+    out[...] = to_float16(total.reshape(out.shape))
+    return out
+
+
 def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None):
-    """y = conv2d(x, w) + bias (then ReLU when activation == "relu"), TF32 products, FP32 sums.
-    `tile` (a TILES name) and `splits` force the plan's choices."""
-    _float32(x)
+    """y = conv2d(x, w) + bias (then ReLU when activation == "relu"): TF32 (float32) or FP16
+    (float16) products, FP32 sums and epilogue, y rounded once. `tile` (a TILES name) and `splits`
+    force the plan's choices."""
+    _check_dtype(x)
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    plan = plan_fprop(g, tile=tile, splits=splits, sms=device_sms(be))
+    plan = plan_fprop(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be))
     xp = backend.array_module(be)
     kg, cg = g.K // g.groups, g.C // g.groups
     w_grsc = w.reshape(g.groups, kg, cg, g.R, g.S).transpose(0, 1, 3, 4, 2)
-    filter_tiles = _filter_tiles(xp, w_grsc, _tile_shape(g.groups, kg, g.R, g.S, cg, TILES[plan.tile].bm))
+    filter_tiles = _filter_tiles(xp, w_grsc, _tile_shape(g.groups, kg, g.R, g.S, cg, TILES[plan.tile].bm,
+                                                         step_depth(x.dtype)))
     y = xp.empty(g.y_shape, dtype=x.dtype)
     relu = activation == "relu"
-    bias_arg = reduce.unread_bias(xp, x.dtype) if bias is None else bias
-    launch = plan.main
-    out = y if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.y_shape), dtype=x.dtype)
+    partials = _partials(xp, plan.splits if plan.splits > 1 else 0, g.y_shape)
     epilogue = (bias is not None, relu) if plan.splits == 1 else (0, 0)   # split-K: the sum adds them
-    args = (x, filter_tiles, bias_arg, out) + _geometry_args(g) + i32(g.groups, *epilogue, plan.chunk)
+    bias_arg = reduce.unread_bias(xp, x.dtype) if bias is None or plan.splits > 1 else bias
+    launch = plan.main
+    args = (x, filter_tiles, bias_arg, y, partials) + _geometry_args(g) + i32(g.groups, *epilogue, plan.chunk)
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:
         return y
-    return reduce.split_sum_epilogue(be, out, y, g.K, g.P * g.Q, bias, relu)
+    total = y if y.dtype == PARTIALS else xp.empty(g.y_shape, dtype=PARTIALS)
+    wide_bias = None if bias is None else bias.astype(PARTIALS, copy=False)
+    reduce.split_sum_epilogue(be, partials, total, g.K, g.P * g.Q, wide_bias, relu)
+    return _rounded_into(y, total)
 
 
-def dgrad(be, dy, w, g, *, tile=None, splits=None):
+def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     """dx of conv2d on tensor cores: per stride phase of dx, the convolution of dy with that
-    phase's taps of the filter, flipped and transposed (filter tiles made here, one small copy)."""
-    _float32(dy)
-    plan = plan_dgrad(g, tile=tile, splits=splits, sms=device_sms(be))
+    phase's taps of the filter, flipped and transposed (filter tiles made here, one small copy).
+    `bias` (per channel of dx: conv_transpose2d's) is added to the FP32 sum before its one
+    rounding: float16 then takes the FP32 partials path even with one split."""
+    _check_dtype(dy)
+    plan = plan_dgrad(g, dtype=dy.dtype, tile=tile, splits=splits, sms=device_sms(be))
     phases = dgrad_phases(g)
     xp = backend.array_module(be)
     kg, cg = g.K // g.groups, g.C // g.groups
     per_group = w.reshape(g.groups, kg, cg, g.R, g.S)
-    tiles, table, offset = [], [], 0
-    for (ph, pw), rows, cols, (pad_h, pad_w), (out_h, out_w) in zip(phases.phases, phases.rows, phases.cols,
-                                                                    phases.pads, phases.out_shape):
+    tiles = []
+    for rows, cols in zip(phases.rows, phases.cols):
         # (G, Kg, Cg, R', S') -> (G, Cg, R', S', Kg): the filter of the phase's convolution of dy
         taps = per_group[:, :, :, list(rows)][:, :, :, :, list(cols)].transpose(0, 2, 3, 4, 1)
-        phase_tiles = _filter_tiles(xp, taps, _tile_shape(g.groups, cg, len(rows), len(cols), kg, TILES[plan.tile].bm))
-        table.append((ph, pw, len(rows), len(cols), pad_h, pad_w, out_h, out_w, offset))
-        tiles.append(phase_tiles)
-        offset += phase_tiles.size
-    filter_tiles = xp.concatenate(tiles) if offset else xp.zeros(1, dtype=np.float32)
-    phase_table = xp.asarray(np.array(table, dtype=np.int32))
+        tiles.append(_filter_tiles(xp, taps, _tile_shape(g.groups, cg, len(rows), len(cols), kg,
+                                                         TILES[plan.tile].bm, step_depth(dy.dtype))))
+    filter_tiles = xp.concatenate(tiles) if sum(t.size for t in tiles) else xp.zeros(1, dtype=np.uint32)
+    phase_table = _phase_table(be, _device_id(be), g, TILES[plan.tile].bm, step_depth(dy.dtype))
     dx = xp.empty(g.x_shape, dtype=dy.dtype)
-    out = dx if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.x_shape), dtype=dy.dtype)
-    args = ((dy, filter_tiles, phase_table, out) + i32(g.N, g.C, g.H, g.W, g.K, g.P, g.Q, *g.stride, *phases.dilation)
-            + i32(g.groups, plan.splits, plan.chunk))
+    to_partials = plan.splits > 1 or (bias is not None and dy.dtype != PARTIALS)
+    partials = _partials(xp, plan.splits if to_partials else 0, g.x_shape)
+    args = ((dy, filter_tiles, phase_table, dx, partials)
+            + i32(g.N, g.C, g.H, g.W, g.K, g.P, g.Q, *g.stride, *phases.dilation)
+            + i32(g.groups, plan.splits, plan.chunk, to_partials))
     launch = plan.main
     backend.launch(be, launch.family, dy.dtype, launch.kernel, launch.grid, launch.block, args)
-    if plan.splits == 1:
+    if not to_partials:
+        if bias is not None:
+            elementwise.bias_add(be, dx, bias)
         return dx
-    return reduce.channel_sum(be, out, plan.splits, dx.size, 1).reshape(g.x_shape)
+    if bias is None:
+        return _rounded_into(dx, reduce.channel_sum(be, partials, plan.splits, dx.size, 1))
+    total = dx if dx.dtype == PARTIALS else xp.empty(g.x_shape, dtype=PARTIALS)
+    reduce.split_sum_epilogue(be, partials, total, g.C, g.H * g.W, bias.astype(PARTIALS, copy=False))
+    return _rounded_into(dx, total)
+
+
+def _device_id(be):
+    """The GPU an array of `be` lives on (None on the emulator): part of a device array's cache key."""
+    return backend.cupy_or_none().cuda.Device().id if be == "cuda" else None
+
+
+@functools.lru_cache(maxsize=256)
+def _phase_table(be, device_id, g, bm, depth):
+    """dgrad's phase table on the device, cached per geometry and tile (never written): per stride
+    phase ph, pw, R', S', pad_h', pad_w', H', W' and the offset of its filter tiles, in words."""
+    phases, table, offset = dgrad_phases(g), [], 0
+    kg, cg = g.K // g.groups, g.C // g.groups
+    for (ph, pw), rows, cols, (pad_h, pad_w), (out_h, out_w) in zip(phases.phases, phases.rows, phases.cols,
+                                                                    phases.pads, phases.out_shape):
+        table.append((ph, pw, len(rows), len(cols), pad_h, pad_w, out_h, out_w, offset))
+        offset += math.prod(_tile_shape(g.groups, cg, len(rows), len(cols), kg, bm, depth)) * TILE_K // depth
+    return _read_only(backend.array_module(be).asarray(np.array(table, dtype=np.int32)))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_tap_masks(be, device_id, g):
+    """_tap_masks on the device, cached per geometry (never written)."""
+    return tuple(_read_only(mask) for mask in _tap_masks(backend.array_module(be), g))
+
+
+def _read_only(a):
+    """A cached array, read-only where NumPy holds it (the emulator's)."""
+    if isinstance(a, np.ndarray):
+        a.setflags(write=False)
+    return a
 
 
 def _tap_masks(xp, g):
@@ -327,19 +423,21 @@ def _tap_masks(xp, g):
 def wgrad(be, dy, x, g, *, splits=None):
     """dweight of conv2d on tensor cores (split-K partials summed in a fixed order), or None for a
     filter with R + S > 32 (the SIMT kernel runs it)."""
-    _float32(x)
+    _check_dtype(x)
     if not wgrad_supported(g):
         return None
-    plan = plan_wgrad(g, splits=splits, sms=device_sms(be))
+    plan = plan_wgrad(g, dtype=x.dtype, splits=splits, sms=device_sms(be))
     xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S
-    workspace = xp.empty((plan.splits, g.K, crs), dtype=x.dtype)
-    args = (dy, x, *_tap_masks(xp, g), workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk)
+    dw = xp.empty(g.w_shape, dtype=x.dtype)
+    partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
+    args = ((dy, x, *_cached_tap_masks(be, _device_id(be), g), dw, partials) + _geometry_args(g)
+            + i32(g.groups, plan.splits, plan.chunk))
     launch = plan.main
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:
-        return workspace.reshape(g.w_shape)
-    return reduce.channel_sum(be, workspace, plan.splits, g.K * crs, 1).reshape(g.w_shape)
+        return dw
+    return _rounded_into(dw, reduce.channel_sum(be, partials, plan.splits, g.K * crs, 1))
 
 
 def flops(g) -> int:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, blocks_for, real
+from ._grid import THREADS, acc, blocks_for
 
 
 def apply(be, x, seed, step, threshold, scale):
     """x with dropout applied; `threshold` = round(p * 2^32) (an element is kept when its number is
-    >= threshold), `scale` = 1 / (1 - p) (0 for p = 1)."""
+    >= threshold), `scale` = 1 / (1 - p) (0 for p = 1), in the kernel's compute type."""
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     groups = -(-x.size // 4)
     backend.launch(be, "dropout", x.dtype, "dropout_apply", (blocks_for(groups),), (THREADS,),
                    (x, y, np.int64(x.size), np.uint64(seed), np.uint64(step), np.int64(threshold),
-                    *real(x.dtype, scale)))
+                    *acc(x.dtype, scale)))
     return y

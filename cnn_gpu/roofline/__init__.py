@@ -10,11 +10,13 @@ Each launch of a pass's plan (cnn_gpu.gpu.conv.plan_fprop / plan_dgrad / plan_wg
 the launchers run) is estimated from its FLOPs, its compulsory DRAM traffic, the kernel's registers
 and shared memory (occupancy, waves), its SASS issue ceiling and its shared-memory wavefronts per
 FLOP from the emulator's profile (model.py states the formula; traits.py where each input comes
-from and the defaults used when a tool is missing). In the "tf32" math mode float32 passes are
-modeled on what runs there: the tensor-core plans of cnn_gpu.gpu.conv_tc against the dense TF32
-peak with the MMA issue ceiling (model.mma_issue_ceiling), the launcher's CuPy glue as
-memory-bound steps; a pass that stays on the SIMT kernels (depthwise, wgrad of a filter the
-tensor-core kernel refuses, a GPU without TF32 tensor cores) adds the rounding of its operands.
+from and the defaults used when a tool is missing). In the "tf32" math mode float32 passes, and
+float16 passes always, are modeled on what runs there: the tensor-core plans of
+cnn_gpu.gpu.conv_tc against the dense TF32 (FP16) peak with the MMA issue ceiling
+(model.mma_issue_ceiling), the launcher's CuPy glue as memory-bound steps; a pass that stays on
+the SIMT kernels (depthwise, wgrad of a filter the tensor-core kernel refuses, a GPU without
+tensor cores) adds the rounding of its operands to TF32, or for float16 runs the float32 kernels
+between the widening of its operands and the rounding of its output.
 What the model ignores is listed in the README's "Performance model" section.
 """
 from __future__ import annotations
@@ -55,19 +57,26 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
     """One estimate per launch of the pass ("fprop", "dgrad" or "wgrad") on geometry `g`, planned for
     `gpu`'s SM count (`overrides`: the SIMT planner's tile= and splits=); the GEMM launch's shared
     wavefronts come from a profile of the same kernel variant. math="tf32" (float32): what that
-    mode runs (module docstring), the steps outside the plan first."""
+    mode runs, and float16 in any mode (module docstring), the steps outside the plan first."""
     from ..precision import MATH_MODES
     if math not in MATH_MODES:
         raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(MATH_MODES)}")
     tf32 = math == "tf32" and np.dtype(dtype) == np.float32
-    if tf32 and has_tensor_cores(gpu):
+    half = np.dtype(dtype) == np.float16
+    if (tf32 or half) and has_tensor_cores(gpu):
         on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, gpu.sms, bias=bias)
         if on_tensor_cores is not None:
             plan, launches, glue = on_tensor_cores
             profile = (pass_name, plan.tile)
+            # a float16 split-K sum runs the float32 build of its kernel on the FP32 partials
             return [memory_bound(name, nbytes, gpu) for name, nbytes in glue] + [
-                estimate_launch(launch, work, dtype, gpu, profile if i == plan.main_index else None)
+                estimate_launch(launch, work, dtype if i == plan.main_index else np.float32, gpu,
+                                profile if i == plan.main_index else None)
                 for i, (launch, work) in enumerate(launches)]
+    if half:   # the float32 SIMT kernels between a widening and a rounding (functional.conv._simt)
+        wide = np.float32
+        glue = [memory_bound(name, nbytes, gpu) for name, nbytes in conv.float16_simt_bytes(pass_name, g)]
+        return glue + model_conv(pass_name, g, wide, gpu, bias=bias, math="fp32", **overrides)
     plan, launches = conv.pass_launches(pass_name, g, dtype, gpu.sms, bias=bias, **overrides)
     rounding = [memory_bound("round_to_tf32", conv.tf32_rounding_bytes(pass_name, g, dtype), gpu)] if tf32 else []
     return rounding + [estimate_launch(launch, work, dtype, gpu, (pass_name, plan.tile) if i == plan.main_index

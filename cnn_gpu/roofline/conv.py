@@ -1,5 +1,6 @@
 """What each launch of a convolution pass does: the launches of the pass's ConvPlan (cnn_gpu.gpu.conv,
-or cnn_gpu.gpu.conv_tc for the tensor-core kernels of the "tf32" math mode; never re-derived here),
+or cnn_gpu.gpu.conv_tc for the tensor-core kernels of the "tf32" math mode and of float16; never
+re-derived here),
 each with its useful FLOPs and its compulsory DRAM traffic from the geometry; and a small run of
 each GEMM kernel variant on the emulator, for its shared-memory profile."""
 from __future__ import annotations
@@ -35,10 +36,13 @@ def pass_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **o
     return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias)))
 
 
-def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued_flops=None) -> list:
+def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued_flops=None,
+           partial_item=None) -> list:
     """The LaunchWork of each launch of `plan`, a `pass_name` pass on geometry `g` (pass_launches
-    states the traffic); the main launch's FLOPs run on `pipe`, `issued_flops` of them with padding."""
+    states the traffic); the main launch's FLOPs run on `pipe`, `issued_flops` of them with padding;
+    split-K partials (and their sum) of `partial_item` bytes (default: the dtype's)."""
     item = np.dtype(dtype).itemsize
+    partial = partial_item or item
     x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
     operands, out = {"fprop": (x + w, y), "dgrad": (y + w, x), "wgrad": (y + x, w)}[pass_name]
     bias_elements = g.K if bias and pass_name == "fprop" else 0
@@ -48,51 +52,64 @@ def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued
                          f"knows no traffic for the extra launches")
     works = [LaunchWork(0, 2 * w * item)] * before
     if plan.splits > 1:
-        works += [LaunchWork(g.flops, (operands + plan.splits * out) * item, pipe, issued_flops),
-                  LaunchWork(0, (plan.splits * out + bias_elements + out) * item)]
+        works += [LaunchWork(g.flops, operands * item + plan.splits * out * partial, pipe, issued_flops),
+                  LaunchWork(0, (plan.splits * out + bias_elements + out) * partial)]
     else:
         works += [LaunchWork(g.flops, (operands + bias_elements + out) * item, pipe, issued_flops)]
     return works
 
 
-# --- the "tf32" math mode ----------------------------------------------------------------------------
+# --- the tensor cores: float32 in the "tf32" math mode, float16 -------------------------------------
 TC_PLANS = {"fprop": conv_tc.plan_fprop, "dgrad": conv_tc.plan_dgrad, "wgrad": conv_tc.plan_wgrad}
 
 
-def _tensor_core_steps(pass_name: str, g, plan) -> int:
-    """The bm x 128 x 16 block steps the main launch of a tensor-core plan runs, all blocks
-    together: every block tile steps through its whole reduction 16 deep, padding included
-    (fprop: R*S taps of C/G channels padded to 16; dgrad: each stride phase's taps of K/G channels
-    over that phase's pixels; wgrad: the N*P*Q pixels); split-K cuts the steps, adding none."""
+def tensor_pipe(dtype) -> str:
+    """The tensor pipe a dtype's tensor-core kernels issue on: "fp16" for float16, else "tf32"."""
+    return "fp16" if np.dtype(dtype) == np.float16 else "tf32"
+
+
+def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
+    """The bm x 128 x `depth` block steps the main launch of a tensor-core plan runs, all blocks
+    together: every block tile steps through its whole reduction `depth` deep (16 TF32 or 32 FP16
+    values: conv_tc.step_depth), padding included (fprop: R*S taps of C/G channels padded to
+    `depth`; dgrad: each stride phase's taps of K/G channels over that phase's pixels; wgrad: the
+    N*P*Q pixels); split-K cuts the steps, adding none."""
     row_tiles = plan.main.grid[1] * g.groups
     kg, cg = g.K // g.groups, g.C // g.groups
     if pass_name == "fprop":
-        return plan.main.grid[0] * row_tiles * g.R * g.S * -(-cg // conv_tc.TILE_K)
+        return plan.main.grid[0] * row_tiles * g.R * g.S * -(-cg // depth)
     if pass_name == "wgrad":
-        return plan.main.grid[0] * row_tiles * -(-(g.N * g.P * g.Q) // conv_tc.TILE_K)
+        return plan.main.grid[0] * row_tiles * -(-(g.N * g.P * g.Q) // depth)
     phases = conv_tc.dgrad_phases(g)
-    return row_tiles * sum(-(-(g.N * h * w) // conv_tc.TILE_N) * phases.steps(k, kg)
+    return row_tiles * sum(-(-(g.N * h * w) // conv_tc.TILE_N) * phases.steps(k, kg, depth)
                            for k, (h, w) in enumerate(phases.out_shape))
 
 
 def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False):
     """(plan, [(Launch, LaunchWork)], glue) of a pass on the tensor-core kernels as
-    cnn_gpu.functional.conv routes it in the "tf32" mode (conv_tc.plan_fprop / plan_dgrad /
-    plan_wgrad, planned for `sms` SMs), or None where the pass stays on the SIMT kernels (a
-    depthwise convolution; wgrad of a filter conv_tc.wgrad_supported refuses). The main launch's
-    FLOPs run on the "tf32" pipe, issued over whole block steps (_tensor_core_steps). glue: (name,
-    bytes) of the launcher's CuPy work outside the plan, modeled as one memory-bound launch each:
-    fprop's and dgrad's filter tiles (the filter read and written once; tile padding not
-    counted), wgrad's tap masks."""
+    cnn_gpu.functional.conv routes it (float32 in the "tf32" mode, float16; conv_tc.plan_fprop /
+    plan_dgrad / plan_wgrad, planned for `sms` SMs), or None where the pass stays on the SIMT
+    kernels (a depthwise convolution; wgrad of a filter conv_tc.wgrad_supported refuses). The main
+    launch's FLOPs run on the dtype's tensor pipe (tensor_pipe), issued over whole block steps
+    (_tensor_core_steps); split-K partials are FP32. glue: (name, bytes) of the launcher's CuPy work
+    outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
+    (the filter read and written once; tile padding not counted), wgrad's tap masks, and for
+    float16 with split-K the rounding of the FP32 sum (read 4, write 2 bytes per output)."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
-    item = np.dtype(dtype).itemsize
-    plan = TC_PLANS[pass_name](g, sms=sms)
+    item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
+    plan = TC_PLANS[pass_name](g, dtype=dtype, sms=sms)
     rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow fprop/dgrad variant
-    issued = 2 * rows * conv_tc.TILE_N * conv_tc.TILE_K * _tensor_core_steps(pass_name, g, plan)
-    glue = ([("tf32_tap_masks", (g.P + g.Q) * 4)] if pass_name == "wgrad"
-            else [("tf32_filter_tiles", 2 * math.prod(g.w_shape) * item)])
-    return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias, "tf32", issued))), glue
+    depth = conv_tc.step_depth(dtype)
+    issued = 2 * rows * conv_tc.TILE_N * depth * _tensor_core_steps(pass_name, g, plan, depth)
+    glue = ([(f"{pipe}_tap_masks", (g.P + g.Q) * 4)] if pass_name == "wgrad"
+            else [(f"{pipe}_filter_tiles", 2 * math.prod(g.w_shape) * item)])
+    partial_item = conv_tc.PARTIALS.itemsize
+    if plan.splits > 1 and partial_item != item:
+        out = math.prod({"fprop": g.y_shape, "dgrad": g.x_shape, "wgrad": g.w_shape}[pass_name])
+        glue.append(("round_to_float16", out * (partial_item + item)))
+    works = _works(pass_name, plan, g, dtype, bias, pipe, issued, partial_item)
+    return plan, list(zip(plan.launches, works)), glue
 
 
 def tf32_rounding_bytes(pass_name: str, g, dtype) -> int:
@@ -100,6 +117,14 @@ def tf32_rounding_bytes(pass_name: str, g, dtype) -> int:
     x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
     operands = {"fprop": x + w, "dgrad": y + w, "wgrad": y + x}[pass_name]
     return 2 * operands * np.dtype(dtype).itemsize
+
+
+def float16_simt_bytes(pass_name: str, g) -> list:
+    """(name, DRAM bytes) of a float16 pass run on the float32 SIMT kernels: its two operands
+    widened (read 2, write 4 bytes each) and its output rounded (read 4, write 2)."""
+    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
+    operands, out = {"fprop": (x + w, y), "dgrad": (y + w, x), "wgrad": (y + x, w)}[pass_name]
+    return [("widen_float16", operands * 6), ("round_to_float16", out * 6)]
 
 
 def bias_grad_launch(g, dtype):
@@ -115,6 +140,10 @@ REPRESENTATIVE = {
     "dgrad": ((2, 128, 8, 8), (16, 128, 3, 3), 1),
     "wgrad": ((2, 128, 8, 8), (128, 128, 1, 1), 0),
 }
+# float16 steps are 32 channels deep: 32 channels per tap in fprop's and dgrad's reductions (128 x
+# 128 x 288), so that its blocks too run whole steps
+REPRESENTATIVE_FLOAT16 = {**REPRESENTATIVE, "fprop": ((2, 32, 8, 8), (128, 32, 3, 3), 1),
+                          "dgrad": ((2, 128, 8, 8), (32, 128, 3, 3), 1)}
 
 
 def representative_run(pass_name: str, tile, dtype):
@@ -122,7 +151,8 @@ def representative_run(pass_name: str, tile, dtype):
     kernels) once on the emulator without split-K and returns (its main Launch, its useful FLOPs);
     the kernel then has whole tiles only."""
     from ..functional.geometry import conv_geometry
-    x_shape, w_shape, padding = REPRESENTATIVE[pass_name]
+    shapes = REPRESENTATIVE_FLOAT16 if np.dtype(dtype) == np.float16 else REPRESENTATIVE
+    x_shape, w_shape, padding = shapes[pass_name]
     g = conv_geometry(x_shape, w_shape, 1, padding)
 
     def run():
@@ -131,12 +161,12 @@ def representative_run(pass_name: str, tile, dtype):
         if tile in conv_tc.TILES:
             if pass_name == "fprop":
                 conv_tc.fprop("emu", x, w, None, g, tile=tile, splits=1)
-                return conv_tc.plan_fprop(g, tile=tile, splits=1).main, g.flops
+                return conv_tc.plan_fprop(g, dtype=dtype, tile=tile, splits=1).main, g.flops
             if pass_name == "dgrad":
                 conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1)
-                return conv_tc.plan_dgrad(g, tile=tile, splits=1).main, g.flops
+                return conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops
             conv_tc.wgrad("emu", dy, x, g, splits=1)
-            return conv_tc.plan_wgrad(g, splits=1).main, g.flops
+            return conv_tc.plan_wgrad(g, dtype=dtype, splits=1).main, g.flops
         if pass_name == "fprop":
             gpu_conv.fprop("emu", x, w, None, g, tile=tile, splits=1)
         elif pass_name == "dgrad":

@@ -4,9 +4,9 @@
 
 compute  = FLOPs / (SMs x FMA lanes x 2 x boost clock x issue ceiling): the SASS hot loop's FMA
            share caps the FMA pipe (cnn_gpu.sass.mix states the rule);
-           on tensor cores (pipe "tf32"): issued FLOPs (whole 128 x 128 x 16 block tiles, padding
-           included) / (dense TF32 peak x MMA issue ceiling), the ceiling from the hot loop's MMA
-           count (mma_issue_ceiling states the rule);
+           on tensor cores (pipe "tf32" or "fp16"): issued FLOPs (whole 128 x 128 x 16-word block
+           tiles, padding included) / (dense TF32 or FP16 peak x MMA issue ceiling), the ceiling
+           from the hot loop's MMA count (mma_issue_ceiling states the rule);
 shared   = shared-memory wavefronts / (SMs x 1 wavefront per clock x clock), the wavefronts per
            issued FLOP from the emulator's profile of a run with whole tiles;
 DRAM     = compulsory bytes (each distinct byte read or written once) / DRAM bandwidth;
@@ -40,8 +40,9 @@ DEFAULT_MMA_ISSUE_CEILING = 1.0   # without SASS: the tensor pipe is taken as ne
 # 4090: 32. A hot loop of N instructions with M HMMAs needs at least max(N, M x clocks) clocks per
 # warp iteration, so the tensor pipe runs at most at
 #     mma issue ceiling = min(1, M x clocks / N)
-# of its peak.
-MMA_FMAS = 16 * 8 * 8
+# of its peak. float16 issues mma.sync.m16n8k16 (HMMA.16816.F32, 2048 FMAs) against the dense FP16
+# peak, twice TF32's on these GPUs: the same clocks per HMMA.
+MMA_FMAS = {"tf32": 16 * 8 * 8, "fp16": 16 * 8 * 16}
 SM_SUB_PARTITIONS = 4
 
 
@@ -61,7 +62,7 @@ class KernelTraits:
 class LaunchWork:
     flops: float          # useful FLOPs (2 per multiply-add), 0 for a launch that only moves data
     dram_bytes: float     # compulsory DRAM traffic: distinct bytes read plus bytes written
-    pipe: str = "fma"     # what does the FLOPs: "fma" (the dtype's SIMT lanes) or "tf32" (tensor cores)
+    pipe: str = "fma"     # what does the FLOPs: "fma" (the dtype's SIMT lanes), "tf32" or "fp16" (tensor cores)
     issued_flops: float | None = None   # FLOPs the pipe executes, tile padding included (None: = flops)
 
     @property
@@ -69,19 +70,26 @@ class LaunchWork:
         return self.flops if self.issued_flops is None else self.issued_flops
 
 
-def mma_issue_clocks(spec: GpuSpec) -> float:
-    """Clocks between two HMMA.1688.F32.TF32 on one SMSP's tensor pipe of `spec` (the rule above);
-    ValueError for a spec without a TF32 peak."""
-    fmas_per_clock = spec.tf32_peak_flops / (2 * spec.sms * SM_SUB_PARTITIONS * spec.clock_hz)
-    return 2.0 ** round(math.log2(MMA_FMAS / fmas_per_clock))
+def tensor_peak_flops(spec: GpuSpec, pipe: str) -> float:
+    """The dense tensor-core peak of `pipe` ("tf32" or "fp16") on `spec`."""
+    if pipe not in MMA_FMAS:
+        raise ValueError(f"tensor pipe must be one of {', '.join(MMA_FMAS)}, got {pipe!r}")
+    return spec.tf32_peak_flops if pipe == "tf32" else spec.fp16_peak_flops
 
 
-def mma_issue_ceiling(traits: KernelTraits, spec: GpuSpec) -> float:
+def mma_issue_clocks(spec: GpuSpec, pipe: str = "tf32") -> float:
+    """Clocks between two HMMAs (HMMA.1688.F32.TF32, or HMMA.16816.F32 for "fp16") on one SMSP's
+    tensor pipe of `spec` (the rule above); ValueError for a spec without that peak."""
+    fmas_per_clock = tensor_peak_flops(spec, pipe) / (2 * spec.sms * SM_SUB_PARTITIONS * spec.clock_hz)
+    return 2.0 ** round(math.log2(MMA_FMAS[pipe] / fmas_per_clock))
+
+
+def mma_issue_ceiling(traits: KernelTraits, spec: GpuSpec, pipe: str = "tf32") -> float:
     """min(1, MMAs x mma_issue_clocks / instructions) of the hot loop; DEFAULT_MMA_ISSUE_CEILING
     when the traits have no SASS counts."""
     if not traits.instructions:
         return DEFAULT_MMA_ISSUE_CEILING
-    return min(1.0, traits.mma * mma_issue_clocks(spec) / traits.instructions)
+    return min(1.0, traits.mma * mma_issue_clocks(spec, pipe) / traits.instructions)
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,12 @@ def estimate(launch, work: LaunchWork, traits: KernelTraits, spec: GpuSpec, dtyp
                          f"of {spec.name} ({limiter})")
     waves = blocks / (spec.sms * per_sm)
     efficiency = waves / math.ceil(waves) if blocks else 1.0
-    if work.pipe == "tf32":
-        peak, ceiling = spec.tf32_peak_flops, mma_issue_ceiling(traits, spec)
+    if work.pipe in MMA_FMAS:
+        peak, ceiling = tensor_peak_flops(spec, work.pipe), mma_issue_ceiling(traits, spec, work.pipe)
     elif work.pipe == "fma":
         peak, ceiling = spec.peak_flops(dtype), traits.issue_ceiling
     else:
-        raise ValueError(f"pipe must be 'fma' or 'tf32', got {work.pipe!r}")
+        raise ValueError(f"pipe must be 'fma', 'tf32' or 'fp16', got {work.pipe!r}")
     compute = 0.0
     if work.flops:
         compute = work.executed_flops / (peak * ceiling) / efficiency

@@ -42,7 +42,7 @@ class GpuSpec:
 
     def peak_flops(self, dtype) -> float:
         """FMA peak of the dtype's SIMT lanes (FLOP/s; an FMA is 2 FLOPs): what the kernels use."""
-        lanes = self.fp32_lanes if np.dtype(dtype) == np.float32 else self.fp64_lanes
+        lanes = self.fp64_lanes if np.dtype(dtype) == np.float64 else self.fp32_lanes   # float16 computes in FP32
         return 2.0 * lanes * self.sms * self.boost_mhz * 1e6
 
     @property
@@ -55,6 +55,11 @@ class GpuSpec:
         if not self.tf32_tflops:
             raise ValueError(f"{self.name} ({self.arch}): no TF32 tensor-core peak in its spec")
         return self.tf32_tflops * 1e12
+
+    @property
+    def fp16_peak_flops(self) -> float:
+        """The dense FP16 tensor-core peak (FLOP/s, FP32 accumulation)."""
+        return self.fp16_tflops * 1e12
 
     @property
     def dram_bytes_per_s(self) -> float:

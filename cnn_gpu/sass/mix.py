@@ -13,7 +13,7 @@ FMA pipe accepts `rate` FMA warp-instructions per clock (FP32 or FP64 lanes per 
 loop of N instructions of which F are FMAs needs at least max(N, F / rate) clocks per warp
 iteration, so the FMA pipe runs at most at
     issue_ceiling = min(1, (F / N) / rate)
-of its peak. F counts the dtype's FMA (FFMA for float32, DFMA for float64).
+of its peak. F counts the dtype's FMA (FFMA for float32 and float16, which computes in FP32; DFMA for float64).
 FFMA rate: 1 on sm_86/sm_89/sm_90 (128 FP32 lanes per SM: every non-FFMA instruction costs
 an FFMA slot, the ceiling is the FFMA share), 0.5 on sm_70/sm_75/sm_80 (64 lanes: an FFMA
 occupies the pipe for two clocks and another instruction can issue in between).
@@ -107,7 +107,9 @@ def count(path) -> dict:
     return counts
 
 
-_FMA_OF_DTYPE = {np.dtype(np.float32): ("ffma", FFMA_RATE), np.dtype(np.float64): ("dfma", DFMA_RATE)}
+# a float16 build computes in FP32 (its acc_t): its FMA is FFMA
+_FMA_OF_DTYPE = {np.dtype(np.float32): ("ffma", FFMA_RATE), np.dtype(np.float64): ("dfma", DFMA_RATE),
+                 np.dtype(np.float16): ("ffma", FFMA_RATE)}
 
 
 def _fma_of(dtype, arch: str) -> tuple[str, float]:
@@ -116,7 +118,7 @@ def _fma_of(dtype, arch: str) -> tuple[str, float]:
     try:
         name, rates = _FMA_OF_DTYPE[np.dtype(dtype)]
     except KeyError:
-        raise TypeError(f"the issue ceiling covers float32 and float64, not {np.dtype(dtype)}") from None
+        raise TypeError(f"the issue ceiling covers float16, float32 and float64, not {np.dtype(dtype)}") from None
     if arch not in rates:
         raise ValueError(f"no FMA rate for arch {arch!r}; known: {', '.join(rates)}")
     return name, rates[arch]

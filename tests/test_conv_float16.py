@@ -1,0 +1,244 @@
+"""float16 convolutions on the emulator: the tensor-core kernels' FP16 build (kernels/conv2d_tc.cu,
+mma.sync m16n8k16, two halves per operand word) and the SIMT fallback, against float64.
+
+Tolerance (from the formats): FP16 products are exact in FP32, so a result differs from the exact
+sum only by the FP32 accumulation of its Kgemm terms in some order, at most Kgemm * 2^-24 *
+sum|products| (`scale`: the same convolution of the magnitudes), then by its one rounding to
+FP16, at most one FP16 ulp of the result (half an ulp at round-to-nearest, doubled to cover a
+sum the accumulation moved across a tie). Split-K partials are FP32 and add one term per split
+(the planner's choice: up to MAX_SPLITS terms where a test does not force it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, emu
+from cnn_gpu import functional as F
+from cnn_gpu.functional.geometry import conv_geometry
+from cnn_gpu.gpu import conv_tc
+from test_kernels_tc import tc_config
+
+F16, F64 = np.float16, np.float64
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+TILES = (None, "tc", "tc_m64")   # the planner's choice, then each fprop/dgrad variant forced
+SPLITS = conv_tc.MAX_SPLITS      # accumulation terms split-K may add where the planner chooses
+
+
+def ulp16(values):
+    """The float16 ulp at each magnitude (2^-24 below the normal range)."""
+    return np.spacing(np.abs(values).astype(F16)).astype(F64)
+
+
+def assert_within_bound(got, want, scale, terms, what):
+    """got (float16) against the exact `want`: the module docstring's bound for `terms` FP32 terms."""
+    assert got.dtype == F16 and got.shape == want.shape, f"{what}: {got.dtype} {got.shape}"
+    accumulation = terms * 2.0**-24 * scale
+    allowed = accumulation + ulp16(np.abs(want) + accumulation)
+    error = np.abs(got.astype(F64) - want)
+    assert np.all(error <= allowed), f"{what}: off by {error.max():.3g} (> bound by {(error - allowed).max():.3g})"
+
+
+def options(cfg):
+    return dict(stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"], groups=cfg["groups"])
+
+
+def problem(rng, cfg):
+    """Random float16 x, weight and bias of `cfg`, its geometry, and a random float16 dy."""
+    x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(F16)
+    w = rng.standard_normal((cfg["k"], cfg["c"] // cfg["groups"], cfg["r"], cfg["s"])).astype(F16)
+    b = rng.standard_normal(cfg["k"]).astype(F16)
+    g = conv_geometry(x.shape, w.shape, **options(cfg))
+    return x, w, b, g, rng.standard_normal(g.y_shape).astype(F16)
+
+
+def exact(op, *arrays, **kwargs):
+    """(op of the float16 values in float64, op of their magnitudes: the error scale)."""
+    wide = [None if a is None else a.astype(F64) for a in arrays]
+    return (op(*wide, backend="numpy", **kwargs),
+            op(*[None if a is None else np.abs(a) for a in wide], backend="numpy", **kwargs))
+
+
+@needs_emu
+@pytest.mark.parametrize("chunk", range(3))
+def test_every_pass_matches_float64_within_the_format_bound(chunk):
+    """fprop (both tiles, bias, ReLU), dgrad (every stride phase) and wgrad, with and without
+    split-K, on random geometries: strides 1-3, padding 0-2, dilation, groups, channels in
+    partial and whole 32-channel steps."""
+    rng = np.random.default_rng(1600 + chunk)
+    for index in range(6):
+        cfg = tc_config(rng, channels=40, outputs=71, stride=3, pad=2)   # partial and whole 32-channel steps
+        x, w, b, g, dy = problem(rng, cfg)
+        relu, splits, tile = index % 2 == 1, (None, 2, 3)[index % 3], TILES[(index + chunk) % 3]
+        want, scale = exact(F.conv2d, x, w, b, **options(cfg))
+        if relu:
+            want = np.maximum(want, 0)
+        terms = g.C // g.groups * g.R * g.S + 1 + (splits or 1)
+        got = conv_tc.fprop("emu", x, w, b, g, activation="relu" if relu else None, tile=tile, splits=splits)
+        assert_within_bound(got, want, scale, terms, f"fprop {cfg} relu={relu} splits={splits} tile={tile}")
+        (want_dx, want_dw, _), (scale_dx, scale_dw, _) = exact(F.conv2d_backward, dy, x, w, bias=False,
+                                                              **options(cfg))
+        dx = conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits)
+        assert_within_bound(dx, want_dx, scale_dx, g.K // g.groups * g.R * g.S + (splits or 1), f"dgrad {cfg}")
+        dw = conv_tc.wgrad("emu", dy, x, g, splits=splits)
+        assert_within_bound(dw, want_dw, scale_dw, g.N * g.P * g.Q + (splits or 1), f"wgrad {cfg}")
+
+
+@needs_emu
+@pytest.mark.parametrize("splits, tile", [(1, "tc"), (3, "tc_m64")])
+def test_whole_tiles_and_steps(splits, tile):
+    """Channels in whole steps of 32 (no channel tests in fprop and dgrad) and whole 128-row tiles
+    with whole 32-pixel steps (wgrad's unpredicated loads), next to a partial tile."""
+    rng = np.random.default_rng(1610)
+    cfg = dict(n=2, c=64, h=8, w=8, k=144, r=3, s=3, stride=1, pad=1, dil=1, groups=1)   # 128 pixels
+    x, w, b, g, dy = problem(rng, cfg)
+    want, scale = exact(F.conv2d, x, w, b, **options(cfg))
+    got = conv_tc.fprop("emu", x, w, b, g, tile=tile, splits=splits)
+    assert_within_bound(got, want, scale, 64 * 9 + 1 + splits, "fprop")
+    (want_dx, want_dw, _), (scale_dx, scale_dw, _) = exact(F.conv2d_backward, dy, x, w, bias=False, **options(cfg))
+    assert_within_bound(conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits), want_dx, scale_dx,
+                        144 * 9 + splits, "dgrad")
+    assert_within_bound(conv_tc.wgrad("emu", dy, x, g, splits=splits), want_dw, scale_dw, 128 + splits, "wgrad")
+
+
+@needs_emu
+def test_functional_ops_run_float16_on_the_emulator():
+    """conv2d, conv2d_backward (bias gradient too), conv_transpose2d (bias added before the one
+    rounding) and its backward route float16 to the tensor-core kernels and match float64."""
+    rng = np.random.default_rng(1620)
+    x, w, b = rng.standard_normal((2, 6, 9, 8)).astype(F16), rng.standard_normal((10, 3, 3, 3)).astype(F16), \
+        rng.standard_normal(10).astype(F16)
+    conv = dict(stride=2, padding=1, groups=2)
+    launched = []
+    real_launch = backend.launch
+
+    def spy(be, family, dtype, *args, **kwargs):
+        launched.append((family, np.dtype(dtype).name))
+        return real_launch(be, family, dtype, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backend, "launch", spy)
+        y = F.conv2d(x, w, b, activation="relu", backend="emu", **conv)
+        dy = rng.standard_normal(y.shape).astype(F16)
+        dx, dw, db = F.conv2d_backward(dy, x, w, backend="emu", **conv)
+        xt = rng.standard_normal((2, 10, 5, 4)).astype(F16)
+        yt = F.conv_transpose2d(xt, w, b[:6], output_padding=1, backend="emu", **conv)
+        dyt = rng.standard_normal(yt.shape).astype(F16)
+        dxt, dwt, dbt = F.conv_transpose2d_backward(dyt, xt, w, output_padding=1, backend="emu", **conv)
+    assert ("conv2d_tc", "float16") in launched and not any(f.startswith("conv2d_") and f != "conv2d_tc"
+                                                            for f, _ in launched)
+    want, scale = exact(F.conv2d, x, w, b, **conv)
+    assert_within_bound(y, np.maximum(want, 0), scale, 3 * 9 + 1 + SPLITS, "conv2d")
+    (want_dx, want_dw, want_db), (scale_dx, scale_dw, scale_db) = exact(F.conv2d_backward, dy, x, w, **conv)
+    assert_within_bound(dx, want_dx, scale_dx, 5 * 9 + SPLITS, "conv2d dx")
+    assert_within_bound(dw, want_dw, scale_dw, dy[:, :1].size + SPLITS, "conv2d dw")
+    assert_within_bound(db, want_db, scale_db, dy[:, :1].size, "conv2d db")
+    want, scale = exact(F.conv_transpose2d, xt, w, b[:6], output_padding=1, **conv)
+    assert_within_bound(yt, want, scale, 5 * 9 + 1 + SPLITS, "conv_transpose2d")
+    wants, scales = exact(F.conv_transpose2d_backward, dyt, xt, w, output_padding=1, **conv)
+    for got, want, scale, terms, what in zip((dxt, dwt, dbt), wants, scales, (3 * 9 + SPLITS, xt[:, :1].size + SPLITS,
+                                                                              dyt[:, :1].size), ("dx", "dw", "db")):
+        assert_within_bound(got, want, scale, terms, f"conv_transpose2d_backward {what}")
+
+
+@needs_emu
+def test_bit_identical_under_every_schedule_and_run_to_run():
+    rng = np.random.default_rng(1630)
+    cfg = dict(n=2, c=35, h=7, w=6, k=20, r=3, s=2, stride=2, pad=1, dil=1, groups=1)
+    x, w, b, g, dy = problem(rng, cfg)
+    runs = []
+    for schedule in ("forward", "reverse", "random", "random"):
+        with emu.checking(schedule=schedule, seed=len(runs), guard=True):
+            runs.append(b"".join(a.tobytes() for a in (
+                conv_tc.fprop("emu", x, w, b, g, activation="relu", splits=2),
+                conv_tc.dgrad("emu", dy, w, g, splits=2), conv_tc.wgrad("emu", dy, x, g, splits=2),
+                conv_tc.wgrad("emu", dy, x, g, splits=1))))
+    assert all(run == runs[0] for run in runs)
+
+
+@needs_emu
+def test_nan_and_inf_propagate_and_fp16_overflow_gives_inf():
+    """A NaN input poisons exactly the outputs whose windows hold it (ReLU passes NaN), an inf
+    gives inf or NaN (inf * 0, inf - inf) where FP32 does, and a sum past 65504 (exact in FP32,
+    from FP16 products) rounds to inf, as the NumPy oracle's do."""
+    rng = np.random.default_rng(1640)
+    x = rng.standard_normal((1, 5, 8, 8)).astype(F16)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(F16)
+    x[0, 1, 2, 3], x[0, 3, 6, 6] = np.nan, np.inf
+    x[0, 0, 0, 7], w[2, 0, :, :] = 300, 300      # 300 * 300 = 90000 > 65504
+    g = conv_geometry(x.shape, w.shape, padding=1)
+    for splits in (1, 2):
+        got = conv_tc.fprop("emu", x, w, None, g, activation="relu", splits=splits)
+        with np.errstate(over="ignore"):   # the oracle's FP32 -> FP16 rounding overflows on purpose
+            want = F.conv2d(x, w, padding=1, activation="relu", backend="numpy")
+        assert np.isnan(want).any() and np.isinf(want).any()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+        dy = rng.standard_normal(g.y_shape).astype(F16)
+        dy[0, 4, 5, 5] = np.nan
+        dx, dw, _ = F.conv2d_backward(dy, x, w, padding=1, bias=False, backend="numpy")
+        np.testing.assert_array_equal(np.isnan(conv_tc.dgrad("emu", dy, w, g, splits=splits)), np.isnan(dx))
+        np.testing.assert_array_equal(np.isnan(conv_tc.wgrad("emu", dy, x, g, splits=splits)), np.isnan(dw))
+
+
+def test_filter_words_pair_consecutive_channels_low_half_first():
+    w = np.arange(1, 65, dtype=F16).reshape(1, 1, 1, 1, 64)    # (G, rows, R, S, channels)
+    words = conv_tc._operand_words(np, w)
+    bits = w.view(np.uint16).astype(np.uint32)
+    np.testing.assert_array_equal(words.ravel(), bits.ravel()[0::2] | bits.ravel()[1::2] << 16)
+    assert conv_tc.step_depth(F16) == 32 and conv_tc.step_depth(np.float32) == 16
+    g = conv_geometry((2, 40, 8, 8), (8, 40, 3, 3), padding=1)
+    fp16, fp32 = conv_tc.plan_fprop(g, dtype=F16, splits=1), conv_tc.plan_fprop(g, dtype=np.float32, splits=1)
+    assert (fp16.chunk, fp32.chunk) == (9 * 2, 9 * 3)   # 40 channels: 2 steps of 32, 3 of 16, per tap
+
+
+@needs_emu
+def test_swapped_half_pairs_are_caught(monkeypatch):
+    """Planted: filter words with their two halves swapped (channel c + 1 multiplies input channel
+    c) fail the bound the correct packing meets."""
+    rng = np.random.default_rng(1650)
+    cfg = dict(n=1, c=8, h=6, w=6, k=8, r=1, s=1, stride=1, pad=0, dil=1, groups=1)
+    x, w, b, g, _ = problem(rng, cfg)
+    want, scale = exact(F.conv2d, x, w, b)
+    assert_within_bound(conv_tc.fprop("emu", x, w, b, g), want, scale, 8 + 1, "correct packing")
+    packed = conv_tc._operand_words
+    monkeypatch.setattr(conv_tc, "_operand_words", lambda xp, tiles: (lambda u: u >> 16 | u << 16)(packed(xp, tiles)))
+    with pytest.raises(AssertionError, match="off by"):
+        assert_within_bound(conv_tc.fprop("emu", x, w, b, g), want, scale, 8 + 1, "swapped halves")
+
+
+@needs_emu
+def test_simt_fallback_widens_runs_fp32_and_rounds_once(monkeypatch):
+    """Where no FP16 tensor core runs a pass (a GPU below sm_80: conv_tc.supported is False; a
+    wgrad filter with R + S > 32), float16 runs the float32 SIMT kernels on widened operands and
+    rounds once: the same bound, no conv2d_tc launch."""
+    rng = np.random.default_rng(1660)
+    monkeypatch.setattr(conv_tc, "supported", lambda be, dtype=None: False)
+    launched = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda be, family, dtype, *a, **k: (
+        launched.append((family, np.dtype(dtype).name)), real_launch(be, family, dtype, *a, **k))[1])
+    x, w, b = rng.standard_normal((2, 4, 7, 7)).astype(F16), rng.standard_normal((6, 4, 3, 3)).astype(F16), \
+        rng.standard_normal(6).astype(F16)
+    y = F.conv2d(x, w, b, padding=1, activation="relu", backend="emu")
+    want, scale = exact(F.conv2d, x, w, b, padding=1)
+    assert_within_bound(y, np.maximum(want, 0), scale, 4 * 9 + 1 + SPLITS, "SIMT fprop")
+    dy = rng.standard_normal(y.shape).astype(F16)
+    grads = F.conv2d_backward(dy, x, w, padding=1, backend="emu")
+    wants, scales = exact(F.conv2d_backward, dy, x, w, padding=1)
+    terms = (6 * 9 + SPLITS, 2 * 49 + SPLITS, 2 * 49)
+    for got, want, scale, terms, what in zip(grads, wants, scales, terms, ("dx", "dw", "db")):
+        assert_within_bound(got, want, scale, terms, f"SIMT {what}")
+    yt = F.conv_transpose2d(dy, w, b[:4], padding=1, backend="emu")
+    want, scale = exact(F.conv_transpose2d, dy, w, b[:4], padding=1)
+    assert_within_bound(yt, want, scale, 6 * 9 + 1 + SPLITS, "SIMT conv_transpose2d")
+    assert launched and all(dtype == "float32" for family, dtype in launched if family.startswith("conv2d"))
+    assert not any(family == "conv2d_tc" for family, _ in launched)
+    monkeypatch.undo()
+    tall = conv_geometry((1, 2, 20, 20), (3, 2, 17, 16))          # R + S = 33: no room in a tap mask
+    xs, ws = rng.standard_normal(tall.x_shape).astype(F16), rng.standard_normal(tall.w_shape).astype(F16)
+    dys = rng.standard_normal(tall.y_shape).astype(F16)
+    _, dw, _ = F.conv2d_backward(dys, xs, ws, bias=False, backend="emu")
+    (_, want_dw, _), (_, scale_dw, _) = exact(F.conv2d_backward, dys, xs, ws, bias=False)
+    assert_within_bound(dw, want_dw, scale_dw, tall.P * tall.Q + SPLITS, "SIMT wgrad of a 17x16 filter")
