@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 
+from .functional._checks import real_number
+
 
 class WarmupCosine:
     def __init__(self, optimizer, base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0):
+        base_lr = real_number(base_lr, "base_lr")   # NaN and infinities refused too
         if not base_lr > 0:
             raise ValueError(f"base_lr must be > 0, got {base_lr}")
         if epochs < 1 or steps_per_epoch < 1:
@@ -19,7 +22,7 @@ class WarmupCosine:
         if not 0 <= warmup_epochs < epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs) = [0, {epochs}), got {warmup_epochs}")
         self.optimizer = optimizer
-        self.base_lr = float(base_lr)
+        self.base_lr = base_lr
         self.epochs = int(epochs)
         self.steps_per_epoch = int(steps_per_epoch)
         self.warmup_epochs = int(warmup_epochs)

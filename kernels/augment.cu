@@ -11,7 +11,8 @@
 // w' + ox - pad) with w' = W-1-w when flipped, 0 outside the image.
 // Grid as kernels/pool.cu: blockIdx.y strides over the (n, c) planes, blockIdx.x walks a plane's
 // pixels (consecutive threads on consecutive w: coalesced stores). In-plane indices are int (the
-// host refuses planes of 2^31 pixels or more); plane offsets are 64-bit.
+// host refuses planes of 2^31 pixels or more, and sides that reach 2^31 with the padding: a
+// source row or column is side - 1 + pad at most); plane offsets are 64-bit.
 
 #include "common.cuh"
 #include "philox.cuh"

@@ -177,10 +177,6 @@ def _check_indices(indices, g: PoolGeometry) -> None:
     plane = g.H * g.W
     if indices.size == 0:
         return
-    low, high = int(indices.min()), int(indices.max())
-    if low < -1 or high >= plane:
-        raise ValueError(f"indices must lie in [-1, {plane}) (flat positions in a {g.H}x{g.W} plane), "
-                         f"got values in [{low}, {high}]")
     inside = []   # per axis: (window origins, whether a tap of the window is inside the input), (P,) / (Q,)
     for out_size, size, k, s, p, d in zip((g.P, g.Q), (g.H, g.W), g.kernel, g.stride, g.padding, g.dilation):
         origin = np.arange(out_size) * s - p
@@ -202,11 +198,14 @@ def _check_indices(indices, g: PoolGeometry) -> None:
         if d > 1:
             ok &= offset % d == 0
         on_tap = ok if on_tap is None else on_tap & ok
-    valid = on_tap
-    if low == -1:
-        valid = xp.where(indices == -1, xp.asarray(~(rows_inside[:, None] & cols_inside[None, :])), on_tap)
-    if bool(valid.all()):
+    valid = (indices >= -1) & (indices < plane) & xp.where(
+        indices == -1, xp.asarray(~(rows_inside[:, None] & cols_inside[None, :])), on_tap)
+    if bool(valid.all()):   # the one read back; the messages below read more, on failure only
         return
+    low, high = int(indices.min()), int(indices.max())
+    if low < -1 or high >= plane:
+        raise ValueError(f"indices must lie in [-1, {plane}) (flat positions in a {g.H}x{g.W} plane), "
+                         f"got values in [{low}, {high}]")
     where = tuple(int(i) for i in np.unravel_index(int((~valid).ravel().argmax()), indices.shape))
     value = int(indices[where])
     n, c, p, q = where

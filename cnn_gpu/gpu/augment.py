@@ -12,6 +12,10 @@ def random_crop_flip(be, x, seed, step, pad, flip):
     n, c, h, w = x.shape
     if h * w >= PLANE_LIMIT:
         raise ValueError(f"the augmentation kernel indexes a plane with 32-bit ints: {h}x{w} has 2^31 pixels or more")
+    # a source row or column is at most side - 1 + pad, an int in the kernel
+    if max(h, w) - 1 + pad >= PLANE_LIMIT:
+        raise ValueError(f"the augmentation kernel indexes rows and columns with 32-bit ints: side {max(h, w)} "
+                         f"plus padding {pad} reaches 2^31")
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "augment", x.dtype, "random_crop_flip", (blocks_for(h * w), min(n * c, MAX_GRID_Y)),
                    (THREADS,), (x, y, np.int64(n * c), *i32(c, h, w, pad, flip), np.uint64(seed), np.uint64(step)))

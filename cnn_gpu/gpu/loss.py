@@ -63,8 +63,10 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
                        (labels, logits if weight is None else weight, target_weight, np.int64(rows),
                         *i32(classes), np.int64(ignore_index), *i32(weight is not None)))
         divisor = _total(be, target_weight)
+        host_divisor = None      # read back with the total, in one transfer
     else:
-        divisor = xp.full((1,), rows if reduction == "mean" else 1, dtype=compute)
+        host_divisor = rows if reduction == "mean" else 1
+        divisor = xp.full((1,), host_divisor, dtype=compute)
     dlogits = xp.empty_like(logits)
     row_loss = xp.empty((rows,), dtype=compute)
     args = (logits, labels, probabilities if is_probability else logits, logits if weight is None else weight,
@@ -78,7 +80,10 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     if reduction == "none":
         return row_loss.astype(dtype, copy=False), dlogits
-    return mean_of(_total(be, row_loss)[0], divisor[0]), dlogits
+    if host_divisor is not None:
+        return mean_of(_total(be, row_loss)[0], host_divisor), dlogits
+    total, summed_weights = xp.concatenate((_total(be, row_loss), divisor)).tolist()
+    return mean_of(total, summed_weights), dlogits
 
 
 def mse(be, pred, target, reduction):
