@@ -194,7 +194,14 @@ static __forceinline__ void cnn_gpu_emu_warp_gather32(const unsigned int* mine, 
         }
     }
 }
-/* d = a * b + c for a 16x8 tile: a[m][k] and b[k][n] as gathered above, c and d per lane. */
+/* Whether `lane`'s fragment registers hold operands that `me` multiplies: a lane computes the
+ * accumulator rows group and group + 8 (the A rows of its own group's lanes, in both fragment
+ * layouts) and columns 2t and 2t + 1 (the B columns held by the lanes of groups 2t and 2t + 1);
+ * the other tile entries are left unset and never read. */
+static __forceinline__ bool cnn_gpu_emu_mma_feeds_a(int lane, int me) { return (lane >> 2) == (me >> 2); }
+static __forceinline__ bool cnn_gpu_emu_mma_feeds_b(int lane, int me) { return (lane >> 3) == (me & 3); }
+/* d = a * b + c for a 16x8 tile: a[m][k] and b[k][n] as gathered above (the rows and columns this
+ * lane needs), c and d per lane. */
 static __forceinline__ void cnn_gpu_emu_mma_tile(float* d, const float* c, const float a[16][16],
                                                  const float b[16][8], int depth) {
     int lane = (int)cnn_gpu_emu_module.current->lane, group = lane >> 2, in_group = lane & 3;
@@ -212,12 +219,15 @@ static __forceinline__ void cnn_gpu_emu_mma_m16n8k8_tf32(float* d, const unsigne
     cnn_gpu_emu_warp_gather32(a, 4, all_a);
     cnn_gpu_emu_warp_gather32(b, 2, all_b);
     float tile_a[16][16], tile_b[16][8];
+    const int my_lane = (int)cnn_gpu_emu_module.current->lane;
     for (int lane = 0; lane < 32; ++lane) {
         int group = lane >> 2, in_group = lane & 3;
-        for (int i = 0; i < 4; ++i)   /* a0: (g, t)  a1: (g+8, t)  a2: (g, t+4)  a3: (g+8, t+4) */
-            tile_a[group + (i & 1) * 8][in_group + (i >> 1) * 4] = cnn_gpu_emu_tf32_operand(all_a[lane * 4 + i]);
-        for (int i = 0; i < 2; ++i)   /* b0: (t, g)  b1: (t+4, g) */
-            tile_b[in_group + i * 4][group] = cnn_gpu_emu_tf32_operand(all_b[lane * 2 + i]);
+        if (cnn_gpu_emu_mma_feeds_a(lane, my_lane))
+            for (int i = 0; i < 4; ++i)   /* a0: (g, t)  a1: (g+8, t)  a2: (g, t+4)  a3: (g+8, t+4) */
+                tile_a[group + (i & 1) * 8][in_group + (i >> 1) * 4] = cnn_gpu_emu_tf32_operand(all_a[lane * 4 + i]);
+        if (cnn_gpu_emu_mma_feeds_b(lane, my_lane))
+            for (int i = 0; i < 2; ++i)   /* b0: (t, g)  b1: (t+4, g) */
+                tile_b[in_group + i * 4][group] = cnn_gpu_emu_tf32_operand(all_b[lane * 2 + i]);
     }
     cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 8);
 }
@@ -228,16 +238,19 @@ static __forceinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigne
     cnn_gpu_emu_warp_gather32(a, 4, all_a);
     cnn_gpu_emu_warp_gather32(b, 2, all_b);
     float tile_a[16][16], tile_b[16][8];
+    const int my_lane = (int)cnn_gpu_emu_module.current->lane;
     for (int lane = 0; lane < 32; ++lane) {
         int group = lane >> 2, in_group = lane & 3;
-        for (int i = 0; i < 8; ++i) {  /* a_i: row g (+8 for i%4 >= 2), col 2t + i%2 (+8 for i >= 4) */
-            unsigned int h = all_a[lane * 4 + i / 2] >> (16 * (i & 1));
-            tile_a[group + ((i >> 1) & 1) * 8][in_group * 2 + (i & 1) + (i >> 2) * 8] = cnn_gpu_emu_half_to_float(h & 0xffffu);
-        }
-        for (int i = 0; i < 4; ++i) {  /* b_i: row 2t + i%2 (+8 for i >= 2), col g */
-            unsigned int h = all_b[lane * 2 + i / 2] >> (16 * (i & 1));
-            tile_b[in_group * 2 + (i & 1) + (i >> 1) * 8][group] = cnn_gpu_emu_half_to_float(h & 0xffffu);
-        }
+        if (cnn_gpu_emu_mma_feeds_a(lane, my_lane))
+            for (int i = 0; i < 8; ++i) {  /* a_i: row g (+8 for i%4 >= 2), col 2t + i%2 (+8 for i >= 4) */
+                unsigned int h = all_a[lane * 4 + i / 2] >> (16 * (i & 1));
+                tile_a[group + ((i >> 1) & 1) * 8][in_group * 2 + (i & 1) + (i >> 2) * 8] = cnn_gpu_emu_half_to_float(h & 0xffffu);
+            }
+        if (cnn_gpu_emu_mma_feeds_b(lane, my_lane))
+            for (int i = 0; i < 4; ++i) {  /* b_i: row 2t + i%2 (+8 for i >= 2), col g */
+                unsigned int h = all_b[lane * 2 + i / 2] >> (16 * (i & 1));
+                tile_b[in_group * 2 + (i & 1) + (i >> 1) * 8][group] = cnn_gpu_emu_half_to_float(h & 0xffffu);
+            }
     }
     cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 16);
 }
