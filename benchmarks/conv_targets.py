@@ -12,11 +12,6 @@
 A figure is a model or a static count, not a measurement; tests/test_sass_targets.py asserts (1).
 
 Where a target is missed, and why:
-- SASS, fp64 large fprop (79.8%) and wgrad (78.0%): 64 DFMA per 8 LDS.128 per reduction row caps
-  the loop at 89%, and the 8 cp.async copies per step with their address math and bounds tests
-  (wgrad: two per gathered value) leave just under 80%; 3 ring stages of fp64, which would halve
-  the per-step loop overhead, exceed 48 KB of static shared memory. sm_90 runs DFMA at half rate,
-  so their issue ceiling is 100% regardless.
 - Model, the 1x1 stride-2 layer (256 -> 128 channels, 56x56 -> 28x28): DRAM-bound. Each pass
   does 16 FLOPs per byte of x (read by fprop and wgrad, written by dgrad), below H100's balance
   point of 20 FLOPs per byte; the model counts all of x as compulsory though a stride-2 1x1

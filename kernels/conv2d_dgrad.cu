@@ -141,7 +141,7 @@ __device__ __forceinline__ void dgrad_tile(
             dx_column[column] = n0 + column < Npix ? (n * C + g * Cg) * HW + (th.first_pixel + i * stride_h) * W
                                                          + tw.first_pixel + iw * stride_w : -1;
         dy_pixel[j] = (n * K + g * Kg) * PQ + p_origin * Q + q_origin;
-        taps_in[j] = igemm_tap_bits(p_origin, th.count, -th.step, P) | igemm_tap_bits(q_origin, tw.count, -tw.step, Q) << 16;
+        taps_in[j] = igemm_tap_mask(p_origin, th.count, -th.step, P, q_origin, tw.count, -tw.step, Q);
     }
     // (k, jr, js) of reduction row ab_k (k = -1 for a row before 0: residue first, see igemm.cuh),
     // carried with the dy offset of the tap, tap = k*P*Q - jr*step_h*Q - js*step_w, stepped by BK
@@ -160,9 +160,9 @@ __device__ __forceinline__ void dgrad_tile(
 
     // A from the transposed filter taps (channels past C/G read into wt's padded tail), B from dy
     // at the output pixels those taps hit
-    const auto a_source = [&](int i) { return IgemmSource{w_row + Tile::PASS * i, true}; };
+    const auto a_source = [&](int i) { return IgemmSource{wt + (w_row + Tile::PASS * i), true}; };
     const auto b_source = [&](int j) {
-        return IgemmSource{dy_pixel[j] + tap, igemm_in_bounds(taps_in[j], igemm_tap_select(jr, js))};
+        return IgemmSource{dy + (dy_pixel[j] + tap), igemm_in_bounds(taps_in[j], igemm_tap_select(jr, js))};
     };
     const auto advance = [&] {
         js += walk_s; jr += walk_r; w_row += Tile::BK * Cg; tap += walk_tap;
@@ -170,7 +170,7 @@ __device__ __forceinline__ void dgrad_tile(
         if (jr >= th.count) { jr -= th.count; tap += PQ - th.count * tap_r; }
     };
     REAL acc[Tile::TM][Tile::TN];
-    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, wt, a_source, dy, b_source, advance);
+    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, a_source, b_source, advance);
 
     __syncthreads();   // dx_column is complete (the main loop has no barrier when a phase has no taps)
     const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();

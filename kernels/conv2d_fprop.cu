@@ -74,7 +74,7 @@ __device__ __forceinline__ void fprop_tile(
         const int p = pq / Q, q = pq - p * Q;
         const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
         x_pixel[j] = (n * C + g * Cg) * HW + h_origin * W + w_origin;
-        taps_in[j] = igemm_tap_bits(h_origin, R, dil_h, H) | igemm_tap_bits(w_origin, S, dil_w, W) << 16;
+        taps_in[j] = igemm_tap_mask(h_origin, R, dil_h, H, w_origin, S, dil_w, W);
     }
     // reduction row b.k as (c, r, s) (c = -1 for a row before 0), carried with the x offset of the
     // tap, tap = c*HW + r*dil_h*W + s*dil_w, each stepped by BK with carries (the launcher's
@@ -83,9 +83,9 @@ __device__ __forceinline__ void fprop_tile(
     const int c0 = floor_div(row, RS), rs0 = row - c0 * RS;
     int r = rs0 / S, s = rs0 - r * S, tap = c0 * HW + r * dil_h * W + s * dil_w;
     // A from the filter rows, B gathered from x (zero outside the padded input)
-    const auto a_source = [&](int i) { return IgemmSource{w_row + min(i * Tile::PASS * Kgemm, a_span), true}; };
+    const auto a_source = [&](int i) { return IgemmSource{w + (w_row + min(i * Tile::PASS * Kgemm, a_span)), true}; };
     const auto b_source = [&](int j) {
-        return IgemmSource{x_pixel[j] + tap, igemm_in_bounds(taps_in[j], igemm_tap_select(r, s))};
+        return IgemmSource{x + (x_pixel[j] + tap), igemm_in_bounds(taps_in[j], igemm_tap_select(r, s))};
     };
     const auto advance = [&] {
         w_row += Tile::BK;
@@ -94,7 +94,7 @@ __device__ __forceinline__ void fprop_tile(
         if (r >= R) { r -= R; tap += walk_carry_r; }
     };
     REAL acc[Tile::TM][Tile::TN];
-    igemm_main_loop<Tile>(acc, smem, a.k, a.m, b.k, b.m, range.k_count, w, a_source, x, b_source, advance);
+    igemm_main_loop<Tile>(acc, smem, a.k, a.m, b.k, b.m, range.k_count, a_source, b_source, advance);
 
     const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
     REAL* out_split = out + split * K * NPQ;

@@ -49,6 +49,10 @@ __device__ __forceinline__ void wgrad_tile(
     // dy_row below); rows past K/G (never stored) read the last channel instead.
     const LoaderPosition ab = igemm_a_position<Tile>();   // = igemm_b_position
     const int a_first = min(m0 + ab.m, Kg - 1), a_span = (Kg - 1 - a_first) * PQ;
+    int a_rows[Tile::A_LOADS];   // A row i's offset from row 0: opaque, so NVCC keeps it rather than
+                                 // recomputing it every step (10 instructions a step on the fp64 large tile)
+#pragma unroll
+    for (int i = 0; i < Tile::A_LOADS; ++i) a_rows[i] = keep_in_register(min(i * Tile::PASS * PQ, a_span));
     int x_tap[Tile::B_LOADS], h_off[Tile::B_LOADS], w_off[Tile::B_LOADS];
 #pragma unroll
     for (int j = 0; j < Tile::B_LOADS; ++j) {
@@ -70,10 +74,10 @@ __device__ __forceinline__ void wgrad_tile(
     int dy_row = n * K * PQ + (g * Kg + a_first) * PQ + p * Q + q, x_row = n * C * HW + hp * W + wq;
 
     // A from dy at reduction pixel (n, p, q), B gathered from x (zero outside the padded input)
-    const auto a_source = [&](int i) { return IgemmSource{dy_row + min(i * Tile::PASS * PQ, a_span), true}; };
+    const auto a_source = [&](int i) { return IgemmSource{dy + (dy_row + a_rows[i]), true}; };
     const auto b_source = [&](int j) {
         const int h = hp + h_off[j], wc = wq + w_off[j];
-        return IgemmSource{x_row + x_tap[j], (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W};
+        return IgemmSource{x + (x_row + x_tap[j]), (unsigned)h < (unsigned)H && (unsigned)wc < (unsigned)W};
     };
     const auto advance = [&] {
         wq += walk_q; hp += walk_p; dy_row += walk_dy; x_row += walk_x;
@@ -81,7 +85,7 @@ __device__ __forceinline__ void wgrad_tile(
         if (hp >= walk_p_end) { hp -= walk_p_end; dy_row += walk_carry_p_dy; x_row += walk_carry_p_x; }
     };
     REAL acc[Tile::TM][Tile::TN];
-    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, dy, a_source, x, b_source, advance);
+    igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, a_source, b_source, advance);
 
     const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
     REAL* out = workspace + (split * K + g * Kg) * Ngemm;

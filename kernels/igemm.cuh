@@ -108,6 +108,9 @@ struct IgemmTile {
     static constexpr int A_LOADS = BM / PASS, B_LOADS = BN / PASS;
     static constexpr int STAGE_A = BK * LDA, STAGE = BK * (LDA + LDB);   // A tile, then B tile
     static constexpr LoaderOrder A_WALK = A_ORDER, B_WALK = B_ORDER;
+    // the cp.async ring runs rounds of untested steps (igemm_reduce), except on the fp64 small tile,
+    // whose 80-register cap (3 blocks per SM) they cost a spill: it tests every step
+    static constexpr bool ROUNDS = TM * TN > 16;
     static_assert(THREADS_M % 4 == 0 && THREADS_N % 8 == 0, "a warp is 4 x 8 threads");
     static_assert(TM % VEC == 0 && TN % VEC == 0, "whole runs");
 };
@@ -184,11 +187,13 @@ __device__ __forceinline__ void igemm_multiply(REAL (&acc)[Tile::TM][Tile::TN], 
 }
 
 // Tap masks of a gathered operand column: bit t (t < 16) of igemm_tap_bits says that filter tap t of
-// one dimension lands inside the input (origin + t*dil in [0, size)); a column's mask holds the
-// row bits in its low half and the column bits in its high half, so tap (r, s) is in bounds when
-// igemm_in_bounds(mask, igemm_tap_select(r, s)): one LOP3 per load. Filters with more than 16 taps
-// in a dimension run on an operand whose every tap is in bounds, zero-padded by the launcher when
-// needed (cnn_gpu.gpu.conv.MASK_TAPS): all bits set, and tap t >= 16 tests bit 15.
+// one dimension lands inside the input (origin + t*dil in [0, size)); a column's mask
+// (igemm_tap_mask) holds the row bits in its low half and the column bits in its high half, so tap
+// (r, s) is in bounds when igemm_in_bounds(mask, igemm_tap_select(r, s)): one LOP3 per load.
+// Filters with more than 16 taps in a dimension run on an operand whose every tap is in bounds,
+// zero-padded by the launcher when needed (cnn_gpu.gpu.conv.MASK_TAPS): their mask has all 32 bits
+// set, which passes any select, so the select needs no clamp of r and s (its clamping funnel shifts
+// keep it defined: a tap past 15 selects another bit, or none).
 __device__ __forceinline__ unsigned igemm_tap_bits(int origin, int taps, int dil, int size)
 {
     unsigned bits = 0;
@@ -197,7 +202,16 @@ __device__ __forceinline__ unsigned igemm_tap_bits(int origin, int taps, int dil
         if (t < taps && (unsigned)(origin + t * dil) < (unsigned)size) bits |= 1u << t;
     return bits;
 }
-__device__ __forceinline__ unsigned igemm_tap_select(int r, int s) { return (1u << min(r, 15)) | (0x10000u << min(s, 15)); }
+__device__ __forceinline__ unsigned igemm_tap_mask(int row_origin, int row_taps, int row_dil, int rows, int col_origin,
+                                                   int col_taps, int col_dil, int cols)
+{
+    if (max(row_taps, col_taps) > 16) return ~0u;
+    return igemm_tap_bits(row_origin, row_taps, row_dil, rows) | igemm_tap_bits(col_origin, col_taps, col_dil, cols) << 16;
+}
+__device__ __forceinline__ unsigned igemm_tap_select(int r, int s)
+{
+    return __funnelshift_lc(0u, 1u, r) | __funnelshift_lc(0u, 0x10000u, s);
+}
 __device__ __forceinline__ bool igemm_in_bounds(unsigned mask, unsigned select) { return (~mask & select) == 0; }
 
 // Residue first: the first step of a k_count-row reduction takes its k_count % BK rows that do not
@@ -212,11 +226,11 @@ __device__ __forceinline__ int igemm_skipped_rows(int k_count) { return (Tile::B
 // floor(a / b) for b > 0 (a loader row before the range is negative)
 __device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 
-// Where a loader value comes from: `offset` into its operand's global array, read when `valid` (else
-// the value is 0). The kernels' a_source(i) / b_source(j) give it for their i-th A / j-th B value
-// of the step.
+// Where a loader value comes from: its address `at` in its operand's global array, read when `valid`
+// (else the value is 0). The kernels' a_source(i) / b_source(j) give it for their i-th A / j-th B
+// value of the step.
 struct IgemmSource {
-    int offset;
+    const REAL* at;
     bool valid;
 };
 
@@ -233,37 +247,36 @@ struct IgemmSource {
 // Copy this step's N values of one operand to the stage at `store` (value i to store[i*PASS]),
 // zeros where !ok (rows before the range in the residue step) or the source is invalid
 template <class Tile, int N, class Source>
-__device__ __forceinline__ void igemm_copy(REAL* store, bool ok, const REAL* base, Source& source)
+__device__ __forceinline__ void igemm_copy(REAL* store, bool ok, Source& source)
 {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
         const IgemmSource from = source(i);
-        cp_async<sizeof(REAL)>(store + Tile::PASS * i, base + from.offset, ok && from.valid);
+        cp_async<sizeof(REAL)>(store + Tile::PASS * i, from.at, ok && from.valid);
     }
 }
 
 // One step of the ring, multiplying stage STAGE_NO: wait for its group and sync (every thread's
 // copies visible, every thread done with the previous stage), multiply, then refill the previous
-// stage with the step STAGES-1 ahead if there is one. A group is committed per step, empty ones
-// included, so that "at most STAGES-2 pending" always means "this step has landed". Returns whether
-// a step was left to multiply.
-template <class Tile, int STAGE_NO, class SourceA, class SourceB, class Advance>
+// stage with the step STAGES-1 ahead if there is one (REFILLS: the caller knows there is). A group
+// is committed per step, empty ones included, so that "at most STAGES-2 pending" always means "this
+// step has landed". Returns whether a step was left to multiply.
+template <class Tile, int STAGE_NO, bool REFILLS, class SourceA, class SourceB, class Advance>
 __device__ __forceinline__ bool igemm_ring_step(REAL (&acc)[Tile::TM][Tile::TN], const REAL* a_read,
                                                 const REAL* b_read, REAL* a_store, REAL* b_store, int& remaining,
-                                                const REAL* a_base, SourceA& a_source, const REAL* b_base,
-                                                SourceB& b_source, Advance& advance)
+                                                SourceA& a_source, SourceB& b_source, Advance& advance)
 {
     constexpr int READ_AT = STAGE_NO * Tile::STAGE;
     constexpr int WRITE_AT = (STAGE_NO + IGEMM_STAGES - 1) % IGEMM_STAGES * Tile::STAGE;
-    if (remaining == 0)
+    if (!REFILLS && remaining == 0)
         return false;
     cp_async_wait<IGEMM_STAGES - 2>();
     __syncthreads();
     igemm_multiply<Tile, READ_AT, 0, Tile::BK>(acc, a_read, b_read);
-    if (remaining >= IGEMM_STAGES) {
+    if (REFILLS || remaining >= IGEMM_STAGES) {
         advance();
-        igemm_copy<Tile, Tile::A_LOADS>(a_store + WRITE_AT, true, a_base, a_source);
-        igemm_copy<Tile, Tile::B_LOADS>(b_store + WRITE_AT, true, b_base, b_source);
+        igemm_copy<Tile, Tile::A_LOADS>(a_store + WRITE_AT, true, a_source);
+        igemm_copy<Tile, Tile::B_LOADS>(b_store + WRITE_AT, true, b_source);
     }
     cp_async_commit();
     --remaining;
@@ -271,11 +284,13 @@ __device__ __forceinline__ bool igemm_ring_step(REAL (&acc)[Tile::TM][Tile::TN],
 }
 
 // The main loop (igemm_main_loop states the contract): steps 0..STAGES-2 copied ahead, then
-// igemm_ring_step unrolled by the stages, so that every shared access has an immediate offset.
+// igemm_ring_step unrolled by the stages, so that every shared access has an immediate offset:
+// rounds of STAGES steps that all refill, tested once per round, then the last steps (or, without
+// Tile::ROUNDS, every step tested).
 template <class Tile, class SourceA, class SourceB, class Advance>
 __device__ __forceinline__ void igemm_reduce(REAL (&acc)[Tile::TM][Tile::TN], REAL* smem, int a_k, int a_m, int b_k,
-                                             int b_n, int k_count, const REAL* a_base, SourceA& a_source,
-                                             const REAL* b_base, SourceB& b_source, Advance& advance)
+                                             int b_n, int k_count, SourceA& a_source, SourceB& b_source,
+                                             Advance& advance)
 {
     static_assert(IGEMM_STAGES == 2 || IGEMM_STAGES == 3, "the loop below is unrolled by 2 or 3 stages");
     const REAL* a_read = smem + keep_in_register(VEC * igemm_tm<Tile>());
@@ -288,20 +303,38 @@ __device__ __forceinline__ void igemm_reduce(REAL (&acc)[Tile::TM][Tile::TN], RE
     for (int ahead = 0; ahead < IGEMM_STAGES - 1; ++ahead) {
         if (ahead < remaining) {
             if (ahead > 0) advance();
-            igemm_copy<Tile, Tile::A_LOADS>(a_store + ahead * Tile::STAGE, ahead > 0 || a_k >= skipped, a_base,
+            igemm_copy<Tile, Tile::A_LOADS>(a_store + ahead * Tile::STAGE, ahead > 0 || a_k >= skipped,
                                             a_source);
-            igemm_copy<Tile, Tile::B_LOADS>(b_store + ahead * Tile::STAGE, ahead > 0 || b_k >= skipped, b_base,
+            igemm_copy<Tile, Tile::B_LOADS>(b_store + ahead * Tile::STAGE, ahead > 0 || b_k >= skipped,
                                             b_source);
         }
         cp_async_commit();
     }
-    while (igemm_ring_step<Tile, 0>(acc, a_read, b_read, a_store, b_store, remaining, a_base, a_source, b_base,
-                                    b_source, advance)
-           && igemm_ring_step<Tile, 1>(acc, a_read, b_read, a_store, b_store, remaining, a_base, a_source, b_base,
-                                       b_source, advance)
-           && (IGEMM_STAGES == 2
-               || igemm_ring_step<Tile, 2 % IGEMM_STAGES>(acc, a_read, b_read, a_store, b_store, remaining, a_base,
-                                                          a_source, b_base, b_source, advance))) {
+    if (Tile::ROUNDS) {
+        while (remaining >= 2 * IGEMM_STAGES - 1) {
+            igemm_ring_step<Tile, 0, true>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source, advance);
+            igemm_ring_step<Tile, 1, true>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source, advance);
+            if (IGEMM_STAGES == 3)
+                igemm_ring_step<Tile, 2 % IGEMM_STAGES, true>(acc, a_read, b_read, a_store, b_store, remaining, a_source,
+                                                              b_source, advance);
+        }
+        // the last steps, at most 2*STAGES-2: straight code (no second loop)
+        if (igemm_ring_step<Tile, 0, false>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source, advance)
+            && igemm_ring_step<Tile, 1, false>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source,
+                                               advance)
+            && IGEMM_STAGES == 3
+            && igemm_ring_step<Tile, 2 % IGEMM_STAGES, false>(acc, a_read, b_read, a_store, b_store, remaining, a_source,
+                                                              b_source, advance))
+            igemm_ring_step<Tile, 0, false>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source, advance);
+    } else {
+        while (igemm_ring_step<Tile, 0, false>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source,
+                                               advance)
+               && igemm_ring_step<Tile, 1, false>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source,
+                                                  advance)
+               && (IGEMM_STAGES == 2
+                   || igemm_ring_step<Tile, 2 % IGEMM_STAGES, false>(acc, a_read, b_read, a_store, b_store, remaining,
+                                                                     a_source, b_source, advance))) {
+        }
     }
     cp_async_wait_all();   // only empty groups remain; no copy outlives the loop
 }
@@ -311,12 +344,12 @@ __device__ __forceinline__ void igemm_reduce(REAL (&acc)[Tile::TM][Tile::TN], RE
 
 // This step's N values of one operand into registers, zeros where !ok or the source is invalid
 template <int N, class Source>
-__device__ __forceinline__ void igemm_fetch(REAL (&next)[N], bool ok, const REAL* base, Source& source)
+__device__ __forceinline__ void igemm_fetch(REAL (&next)[N], bool ok, Source& source)
 {
 #pragma unroll
-    // the offset only where the value is read: evaluated ahead of the test, it costs the sm_75
+    // the address only where the value is read: evaluated ahead of the test, it costs the sm_75
     // dgrad large tile a spill
-    for (int i = 0; i < N; ++i) next[i] = ok && source(i).valid ? base[source(i).offset] : (REAL)0;
+    for (int i = 0; i < N; ++i) next[i] = ok && source(i).valid ? *source(i).at : (REAL)0;
 }
 
 // One step of the main loop, multiplying stage READ_AT. While rows remain, the next step is fetched
@@ -326,22 +359,21 @@ __device__ __forceinline__ void igemm_fetch(REAL (&next)[N], bool ok, const REAL
 // cap. Returns whether rows remain after this step.
 template <class Tile, int READ_AT, class SourceA, class SourceB, class Advance>
 __device__ __forceinline__ bool igemm_step(REAL (&acc)[Tile::TM][Tile::TN], const REAL* a_read, const REAL* b_read,
-                                           REAL* a_store, REAL* b_store, int& remaining, const REAL* a_base,
-                                           SourceA& a_source, const REAL* b_base, SourceB& b_source,
-                                           Advance& advance)
+                                           REAL* a_store, REAL* b_store, int& remaining, SourceA& a_source,
+                                           SourceB& b_source, Advance& advance)
 {
     constexpr int WRITE_AT = Tile::STAGE - READ_AT;
     const bool more = remaining > 0;
     if (more) advance();
     {
         REAL a_next[Tile::A_LOADS];
-        if (more) igemm_fetch(a_next, true, a_base, a_source);
+        if (more) igemm_fetch(a_next, true, a_source);
         igemm_multiply<Tile, READ_AT, 0, Tile::BK / 2>(acc, a_read, b_read);
         if (more) igemm_store<Tile, WRITE_AT>(a_store, a_next);
     }
     {
         REAL b_next[Tile::B_LOADS];
-        if (more) igemm_fetch(b_next, true, b_base, b_source);
+        if (more) igemm_fetch(b_next, true, b_source);
         igemm_multiply<Tile, READ_AT, Tile::BK / 2, Tile::BK>(acc, a_read, b_read);
         if (more) {
             igemm_store<Tile, WRITE_AT>(b_store, b_next);
@@ -356,8 +388,8 @@ __device__ __forceinline__ bool igemm_step(REAL (&acc)[Tile::TM][Tile::TN], cons
 // unrolled by the two stages so that every shared access has an immediate offset.
 template <class Tile, class SourceA, class SourceB, class Advance>
 __device__ __forceinline__ void igemm_reduce(REAL (&acc)[Tile::TM][Tile::TN], REAL* smem, int a_k, int a_m, int b_k,
-                                             int b_n, int k_count, const REAL* a_base, SourceA& a_source,
-                                             const REAL* b_base, SourceB& b_source, Advance& advance)
+                                             int b_n, int k_count, SourceA& a_source, SourceB& b_source,
+                                             Advance& advance)
 {
     const REAL* a_read = smem + keep_in_register(VEC * igemm_tm<Tile>());
     const REAL* b_read = smem + keep_in_register(Tile::STAGE_A + VEC * igemm_tn<Tile>());
@@ -366,23 +398,23 @@ __device__ __forceinline__ void igemm_reduce(REAL (&acc)[Tile::TM][Tile::TN], RE
     const int skipped = igemm_skipped_rows<Tile>(k_count);
     {
         REAL a_next[Tile::A_LOADS], b_next[Tile::B_LOADS];
-        igemm_fetch(a_next, a_k >= skipped, a_base, a_source);
-        igemm_fetch(b_next, b_k >= skipped, b_base, b_source);
+        igemm_fetch(a_next, a_k >= skipped, a_source);
+        igemm_fetch(b_next, b_k >= skipped, b_source);
         igemm_store<Tile, 0>(a_store, a_next);
         igemm_store<Tile, 0>(b_store, b_next);
     }
     __syncthreads();
     int remaining = k_count + skipped - Tile::BK;   // rows after the first step: whole steps
-    while (igemm_step<Tile, 0>(acc, a_read, b_read, a_store, b_store, remaining, a_base, a_source, b_base, b_source, advance)
-           && igemm_step<Tile, Tile::STAGE>(acc, a_read, b_read, a_store, b_store, remaining, a_base, a_source, b_base,
-                                            b_source, advance)) {
+    while (igemm_step<Tile, 0>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source, advance)
+           && igemm_step<Tile, Tile::STAGE>(acc, a_read, b_read, a_store, b_store, remaining, a_source, b_source,
+                                            advance)) {
     }
 }
 #endif
 
 // The main loop over a reduction of k_count rows: acc = A * B. The kernel supplies
 //   a_source(i) / b_source(j): the IgemmSource of its i-th A / j-th B value of the current step,
-//     an offset into a_base / b_base (its A / B operand), and
+//     an address in its A / B operand, and
 //   advance(): move its loader state on by BK rows (index carries, no division).
 // Its loaders place A value i at (row a_k, column a_m + i*PASS) of the A tile, B value j at (b_k,
 // b_n + j*PASS) of the B tile (igemm_a_position / igemm_b_position give these positions), and start
@@ -392,15 +424,14 @@ __device__ __forceinline__ void igemm_reduce(REAL (&acc)[Tile::TM][Tile::TN], RE
 template <class Tile, class SourceA, class SourceB, class Advance>
 __device__ __forceinline__ void igemm_main_loop(REAL (&acc)[Tile::TM][Tile::TN], REAL* smem,
                                                 int a_k, int a_m, int b_k, int b_n, int k_count,
-                                                const REAL* a_base, SourceA a_source, const REAL* b_base,
-                                                SourceB b_source, Advance advance)
+                                                SourceA a_source, SourceB b_source, Advance advance)
 {
 #pragma unroll
     for (int i = 0; i < Tile::TM; ++i)
 #pragma unroll
         for (int j = 0; j < Tile::TN; ++j) acc[i][j] = (REAL)0;
     if (k_count > 0)
-        igemm_reduce<Tile>(acc, smem, a_k, a_m, b_k, b_n, k_count, a_base, a_source, b_base, b_source, advance);
+        igemm_reduce<Tile>(acc, smem, a_k, a_m, b_k, b_n, k_count, a_source, b_source, advance);
 }
 
 // The (split, reduction range) of split-K block z: split `split` sums rows [k_begin, k_begin +

@@ -512,6 +512,11 @@ static __forceinline__ unsigned int __brev(unsigned int x) {
     x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
     return __builtin_bswap32(x);
 }
+/* the high word of hi:lo shifted left by min(shift, 32) */
+static __forceinline__ unsigned int __funnelshift_lc(unsigned int lo, unsigned int hi, unsigned int shift) {
+    const unsigned long long joined = (unsigned long long)hi << 32 | lo;
+    return (unsigned int)((joined << (shift < 32u ? shift : 32u)) >> 32);
+}
 static __forceinline__ int __mul24(int a, int b) { return a * b; }
 static __forceinline__ unsigned int __umul24(unsigned int a, unsigned int b) { return a * b; }
 static __forceinline__ int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
