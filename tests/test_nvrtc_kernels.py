@@ -1,7 +1,8 @@
 """The NVRTC compile gate: every kernels/*.cu, its kernels/*.cuh headers inlined by
 backend.kernel_source, compiles for sm_70..sm_90 in float32 and float64 exactly as the cuda backend
-compiles it, with no spilled byte, a declared __launch_bounds__ on every kernel, and the fp32
-implicit-GEMM convolution kernels within 128 registers at 256 threads (two blocks per SM). Each
+compiles it, with no spilled byte, a declared __launch_bounds__ on every kernel, and each
+implicit-GEMM convolution tile launched with the threads and within the registers the launcher
+plans it for (cnn_gpu.gpu.conv.TILES: they set its resident blocks per SM). Each
 (file, dtype, arch) is one test and one compile (nvrtc.file_report caches it), so pytest-xdist
 spreads the compiles over the workers.
 
@@ -12,9 +13,11 @@ import json
 import re
 import struct
 
+import numpy as np
 import pytest
 
 from cnn_gpu import backend, nvrtc
+from cnn_gpu.gpu import conv
 from cnn_gpu.cli import main as cli_main
 
 NVRTC_MISSING = nvrtc.why_unavailable()
@@ -22,10 +25,9 @@ needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable
 
 DTYPES = ("float32", "float64")
 FILES = backend.kernel_files()
-# Implicit-GEMM kernels (conv fprop/dgrad/wgrad tiles); the depthwise direct kernels are not GEMMs.
+# Implicit-GEMM tile kernels, conv2d_<pass>_<tile>; the depthwise direct kernels are not GEMMs.
 GEMM_FILE = re.compile(r"conv2d_(fprop|dgrad|wgrad)\.cu$")
-GEMM_MAX_REGISTERS = 128
-GEMM_THREADS = 256
+GEMM_TILE_KERNEL = re.compile(r"conv2d_(?:fprop|dgrad|wgrad)_(\w+)$")
 KERNEL_DECLARATION = re.compile(r'extern\s+"C"\s+__global__')
 # kernels only the float16 build has (kernels/optim.cu's *_master): a block with no nested #if
 FLOAT16_ONLY = re.compile(r"^#if REAL_IS_HALF\n.*?^#endif", re.S | re.M)
@@ -46,14 +48,20 @@ def test_kernel_file_compiles_without_spills(path, dtype, arch):
     reports = nvrtc.file_report(path, dtype, arch)
     declared = declared_kernels(backend.kernel_source(path.stem), dtype)
     assert len(reports) == declared, f"ptxas reported {[r.name for r in reports]}, the source declares {declared}"
+    tiles_seen = 0
     for r in reports:
         where = f"{path.name}:{r.name} {dtype} {arch}"
         assert r.spill_bytes == 0, f"{where} spills {r.spill_store_bytes} B stored / {r.spill_load_bytes} B loaded"
         assert r.max_threads is not None, f"{where} declares no __launch_bounds__"
         assert r.occupancy is not None and r.occupancy > 0, f"{where} cannot be resident: {r}"
-        if dtype == "float32" and GEMM_FILE.search(path.name):
-            assert r.max_threads == GEMM_THREADS, f"{where} is launched with {r.max_threads} threads, not 256"
-            assert r.registers <= GEMM_MAX_REGISTERS, f"{where} uses {r.registers} registers (> 128)"
+        tile = GEMM_TILE_KERNEL.match(r.name) if GEMM_FILE.search(path.name) else None
+        if tile and tile.group(1) in conv.TILES[np.dtype(dtype)]:
+            spec = conv.TILES[np.dtype(dtype)][tile.group(1)]
+            assert r.max_threads == spec.threads, f"{where} is launched with {r.max_threads} threads, not {spec.threads}"
+            assert r.registers <= spec.registers, f"{where} uses {r.registers} registers (> {spec.registers})"
+            tiles_seen += 1
+    if GEMM_FILE.search(path.name):
+        assert tiles_seen == len(conv.TILES[np.dtype(dtype)]), f"{path.name}: {tiles_seen} tile kernels found"
 
 
 def test_every_family_is_gated():
