@@ -245,24 +245,23 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(
                  groups, splits, chunk, to_partials);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
-    const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,
-    const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials,
-    int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-    int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,
-    int splits, int chunk)
+// wgrad for block tile (blockIdx.x, blockIdx.y) of 64 * WARPS_M output channels (MmaTile) and
+// TC_BN filter columns; `smem`: the kernel's two stages (A rows past 64 * WARPS_M unused), `pixels`
+// its pixel table.
+template <int WARPS_M>
+__device__ __forceinline__ void wgrad_mma(
+    unsigned int* smem, int (&pixels)[2][3][TC_DEPTH], const REAL* __restrict__ dy, const REAL* __restrict__ x,
+    const unsigned int* __restrict__ row_taps, const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw,
+    acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h,
+    int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int splits, int chunk)
 {
-    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE];
-    // per step (two slots) and pixel of the step: the x offset of its window origin (h0, w0) in
-    // channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the
-    // pixel in channel 0 (-1 past the chunk)
-    __shared__ __align__(16) int pixels[2][3][TC_DEPTH];
+    constexpr int BM = 64 * WARPS_M, A_ROWS = BM / 8;   // A rows per loader thread
 
     const int tid = threadIdx.x;
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
     const int Cg = C / groups, Kg = K / groups, RS = R * S, CRS = Cg * RS;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
-    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * TC_BN;
     const int first = split * chunk;
     const int last = min(first + chunk, NPQ);
     const int steps = (last - first + TC_DEPTH - 1) / TC_DEPTH;
@@ -303,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
     // half warps take rows r and r + 4 (distinct banks)
     const int a_k = tid & 15, a_row = (tid >> 5) + ((tid >> 4) & 1) * 4;
     const int a_rows = Kg - m0 - a_row;                         // row a_row + 8*i exists while 8*i < a_rows
-    const bool rows_full = Kg - m0 >= TC_BM;
+    const bool rows_full = Kg - m0 >= BM;
     const REAL* dy_row = dy + (unsigned)((m0 + a_row) * PQ);
     const unsigned int dy_plane = PQ;
 
@@ -320,7 +319,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
         tap_bits[i] = (1u << r) | (1u << (R + s));
     }
 
-    unsigned int a_next[TC_BK], b_next[4][4];   // operand words
+    unsigned int a_next[A_ROWS], b_next[4][4];   // operand words
     auto fetch = [&](int step) {
         const int(*table)[TC_DEPTH] = pixels[step & 1];
         int dy_pixel[TC_PER_WORD];
@@ -332,7 +331,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
         }
         if (!rows_full || first + (step + 1) * TC_DEPTH > last) {   // the last M tile or the chunk's last step
 #pragma unroll
-            for (int i = 0; i < TC_BK; ++i) {
+            for (int i = 0; i < A_ROWS; ++i) {
                 REAL v[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e)
@@ -342,7 +341,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
             }
         } else {
 #pragma unroll
-            for (int i = 0; i < TC_BK; ++i) {
+            for (int i = 0; i < A_ROWS; ++i) {
                 REAL v[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e) v[e] = load_real(dy_step[e] + (size_t)dy_plane * (8 * i));
@@ -375,7 +374,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
     auto store = [&](int step) {
         unsigned int* stage = smem + (step & 1) * TC_STAGE;
 #pragma unroll
-        for (int i = 0; i < TC_BK; ++i) stage[(a_row + 8 * i) * TC_PITCH + a_k] = a_next[i];
+        for (int i = 0; i < A_ROWS; ++i) stage[(a_row + 8 * i) * TC_PITCH + a_k] = a_next[i];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
             *(uint4*)(stage + TC_TILE_A + (b_col + 32 * i) * TC_PITCH + b_k) =
@@ -383,7 +382,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
         if (tid < TC_DEPTH && step + 1 < steps) describe(step + 1);   // read after the step's barrier
     };
 
-    MmaTile<2> tile;
+    MmaTile<WARPS_M> tile;
     tile.init(TC_TILE_A);
     if (tid < TC_DEPTH) describe(0);
     __syncthreads();
@@ -399,4 +398,29 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(
                       else
                           dw[at] = to_real(v);
                   });
+}
+
+// The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer.
+#define TC_WGRAD_ARGS                                                                                          \
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,         \
+        const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N,   \
+        int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, \
+        int dil_h, int dil_w, int groups, int splits, int chunk
+// per step (two slots) and pixel of the step: the x offset of its window origin (h0, w0) in channel
+// 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the pixel in
+// channel 0 (-1 past the chunk)
+#define TC_WGRAD_SHARED                                        \
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE]; \
+    __shared__ __align__(16) int pixels[2][3][TC_DEPTH]
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
+    TC_WGRAD_SHARED;
+    wgrad_mma<2>(smem, pixels, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R, S, P, Q, stride_h,
+                 stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
+    TC_WGRAD_SHARED;
+    wgrad_mma<1>(smem, pixels, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R, S, P, Q, stride_h,
+                 stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
 }

@@ -22,7 +22,7 @@ from test_kernels_tc import tc_config
 F16, F64 = np.float16, np.float64
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
-TILES = (None, "tc", "tc_m64")   # the planner's choice, then each fprop/dgrad variant forced
+TILES = (None, "tc", "tc_m64")   # the planner's choice, then each variant forced
 SPLITS = conv_tc.MAX_SPLITS      # accumulation terms split-K may add where the planner chooses
 
 
@@ -81,7 +81,7 @@ def test_every_pass_matches_float64_within_the_format_bound(chunk):
                                                               **options(cfg))
         dx = conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits)
         assert_within_bound(dx, want_dx, scale_dx, g.K // g.groups * g.R * g.S + (splits or 1), f"dgrad {cfg}")
-        dw = conv_tc.wgrad("emu", dy, x, g, splits=splits)
+        dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=splits)
         assert_within_bound(dw, want_dw, scale_dw, g.N * g.P * g.Q + (splits or 1), f"wgrad {cfg}")
 
 
@@ -99,7 +99,7 @@ def test_whole_tiles_and_steps(splits, tile):
     (want_dx, want_dw, _), (scale_dx, scale_dw, _) = exact(F.conv2d_backward, dy, x, w, bias=False, **options(cfg))
     assert_within_bound(conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits), want_dx, scale_dx,
                         144 * 9 + splits, "dgrad")
-    assert_within_bound(conv_tc.wgrad("emu", dy, x, g, splits=splits), want_dw, scale_dw, 128 + splits, "wgrad")
+    assert_within_bound(conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=splits), want_dw, scale_dw, 128 + splits, "wgrad")
 
 
 @needs_emu

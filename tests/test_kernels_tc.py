@@ -12,7 +12,7 @@ from cnn_gpu.gpu import conv_tc
 from cnn_gpu.precision import round_to_tf32
 
 EMU_REASON = backend.why_unavailable("emu")
-TILES = (None, "tc", "tc_m64")   # the planner's choice, then each fprop/dgrad variant forced
+TILES = (None, "tc", "tc_m64")   # the planner's choice, then each variant forced
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
 
 
@@ -60,7 +60,7 @@ def test_tf32_dgrad_and_wgrad_sweep_match_the_tf32_oracle(chunk):
         g = _geometry(x, w, cfg)
         dy = rng.standard_normal(g.y_shape).astype(np.float32)
         (want_dx, want_dw), (scale_dx, scale_dw) = _backward_oracle(dy, x, w, cfg)
-        dw = conv_tc.wgrad("emu", dy, x, g, splits=int(rng.integers(1, 4)) if index % 2 else None)
+        dw = conv_tc.wgrad("emu", dy, x, g, tile=TILES[(index + 1) % 3], splits=int(rng.integers(1, 4)) if index % 2 else None)
         assert np.all(np.abs(dw - want_dw) <= 2e-6 * (scale_dw + 1.0)), cfg
         dx = conv_tc.dgrad("emu", dy, w, g, tile=TILES[index % 3], splits=int(rng.integers(1, 4)) if index % 2 else None)
         assert np.all(np.abs(dx - want_dx) <= 2e-6 * (scale_dx + 1.0)), cfg
@@ -193,7 +193,7 @@ def test_tf32_whole_tiles_take_the_unpredicated_paths(splits, tile):
     g = _geometry(x, w, cfg)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     (want_dx, want_dw), (scale_dx, scale_dw) = _backward_oracle(dy, x, w, cfg)
-    assert np.all(np.abs(conv_tc.wgrad("emu", dy, x, g, splits=splits) - want_dw) <= 2e-6 * (scale_dw + 1.0))
+    assert np.all(np.abs(conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=splits) - want_dw) <= 2e-6 * (scale_dw + 1.0))
     assert np.all(np.abs(conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits) - want_dx) <= 2e-6 * (scale_dx + 1.0))
 
 
@@ -219,6 +219,7 @@ def test_tf32_plans_split_small_grids_and_not_large_ones():
     assert conv_tc.plan_fprop(narrow).tile == "tc_m64" and conv_tc.plan_fprop(large).tile == "tc"
     assert conv_tc.plan_fprop(narrow).main.kernel == "conv2d_fprop_tc_m64"
     assert conv_tc.plan_dgrad(narrow, tile="tc").main.kernel == "conv2d_dgrad_tc"
+    assert conv_tc.plan_wgrad(narrow).main.kernel == "conv2d_wgrad_tc_m64" and wgrad.tile == "tc"
     with pytest.raises(ValueError, match="tile must be"):
         conv_tc.plan_fprop(narrow, tile="large")
 
@@ -255,11 +256,11 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
     takes one every 4 clocks: an MMA issue ceiling of 100%)."""
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", "float16", arch)}
     assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
-                         "conv2d_wgrad_tc"}
+                         "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64"}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
         per_step = 32 if name.endswith("_m64") else 64
-        assert row["mma"] == per_step * (1 if name == "conv2d_wgrad_tc" else 2), f"{where}: {row['mma']} MMA"
+        assert row["mma"] == per_step * (1 if name.startswith("conv2d_wgrad") else 2), f"{where}: {row['mma']} MMA"
         assert row["local_memory"] == 0 and row["stack_bytes"] == 0, where
         if name in ("conv2d_fprop_tc", "conv2d_dgrad_tc"):
             assert row["mma"] * 4 >= row["instructions"], f"{where}: {row['instructions']} instructions per loop"

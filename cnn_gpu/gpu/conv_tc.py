@@ -11,7 +11,7 @@ with that phase's taps of the flipped filter (dgrad_phases; tiles made the same 
 launch. wgrad hands the kernel the tap masks of each output row and column; filters with
 R + S > 32 (no room in a mask word) stay on the SIMT kernel.
 
-fprop and dgrad choose between two block tiles (TILES: 128 or 64 output channels); every pass may
+Every pass chooses between two block tiles (TILES: 128 or 64 output channels), and may
 split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
 partly idle: the splits write FP32 partial outputs that one more launch sums in a fixed order
 (bit-identical run to run), adding fprop's bias and ReLU; a float16 sum is then rounded to FP16
@@ -45,8 +45,8 @@ MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
 
 @dataclass(frozen=True)
 class TcTile:
-    """A block-tile variant of the fprop and dgrad kernels: `bm` output channels per block, the
-    kernel name suffix, and its mma issue efficiency (the sm_90 hot loop's MMA issue ceiling,
+    """A block-tile variant of the kernels: `bm` output channels per block, the kernel name
+    suffix, and its fprop and dgrad mma issue efficiency (the sm_90 hot loop's MMA issue ceiling,
     4 clocks per m16n8k8 TF32 or m16n8k16 FP16, rounded: the picker's weight)."""
     bm: int
     suffix: str
@@ -55,8 +55,10 @@ class TcTile:
 
 # 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels.
 TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.71)}
-WGRAD_TILE = "tc"        # wgrad: 128 x 128 only (TILES["tc"].bm rows)
-WGRAD_EFFICIENCY = 0.6   # its issue and shared-memory ceilings (about 0.66 and 0.61)
+# wgrad's variants of the same two tiles and their weights for the picker (A and B both from shared
+# memory: the shared-memory ceilings of the model's sm_90 traits, rounded)
+WGRAD_EFFICIENCY = {"tc": 0.6, "tc_m64": 0.4}
+WGRAD_TILE = "tc"        # the main one
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 64
@@ -240,23 +242,23 @@ def wgrad_supported(g) -> bool:
     return g.R + g.S <= MAX_TAP_BITS
 
 
-def plan_wgrad(g, *, dtype=np.float32, splits=None, sms=None) -> ConvPlan:
-    """The launches of wgrad: the kernel over `splits` chunks of the N*P*Q pixels, then (split-K)
-    the fixed-order sum of the partial filters."""
+def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
+    """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) over
+    `splits` chunks of the N*P*Q pixels, then (split-K) the fixed-order sum of the partial filters."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
     depth = step_depth(dtype)
     kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
-    bm = TILES[WGRAD_TILE].bm
-    _, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, depth), g.K * crs, sms,
-                                     {WGRAD_TILE: (bm, WGRAD_EFFICIENCY)}, None, splits)
-    grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, bm), g.groups * splits)
+    tiles = {name: (TILES[name].bm, efficiency) for name, efficiency in WGRAD_EFFICIENCY.items()}
+    name, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, depth), g.K * crs, sms, tiles, tile,
+                                        splits)
+    grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, TILES[name].bm), g.groups * splits)
     _check_grid("conv2d_wgrad_tc", grid)
-    launches = (Launch("conv2d_tc", "conv2d_wgrad_tc", grid, (THREADS, 1, 1)),)
+    launches = (Launch("conv2d_tc", "conv2d_wgrad_tc" + TILES[name].suffix, grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, g.K * crs, 1),)
-    return ConvPlan("wgrad", launches, tile=WGRAD_TILE, splits=splits, chunk=chunk_steps * depth)
+    return ConvPlan("wgrad", launches, tile=name, splits=splits, chunk=chunk_steps * depth)
 
 
 def _check_dtype(a):
@@ -420,13 +422,13 @@ def _tap_masks(xp, g):
             masks(g.Q, g.S, g.stride[1], g.padding[1], g.dilation[1], g.W, g.R))
 
 
-def wgrad(be, dy, x, g, *, splits=None):
+def wgrad(be, dy, x, g, *, tile=None, splits=None):
     """dweight of conv2d on tensor cores (split-K partials summed in a fixed order), or None for a
-    filter with R + S > 32 (the SIMT kernel runs it)."""
+    filter with R + S > 32 (the SIMT kernel runs it). `tile` and `splits` force the plan's choices."""
     _check_dtype(x)
     if not wgrad_supported(g):
         return None
-    plan = plan_wgrad(g, dtype=x.dtype, splits=splits, sms=device_sms(be))
+    plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be))
     xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)

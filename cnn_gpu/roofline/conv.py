@@ -99,7 +99,7 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
     plan = TC_PLANS[pass_name](g, dtype=dtype, sms=sms)
-    rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow fprop/dgrad variant
+    rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow variant
     depth = conv_tc.step_depth(dtype)
     issued = 2 * rows * conv_tc.TILE_N * depth * _tensor_core_steps(pass_name, g, plan, depth)
     glue = ([(f"{pipe}_tap_masks", (g.P + g.Q) * 4)] if pass_name == "wgrad"
@@ -165,8 +165,8 @@ def representative_run(pass_name: str, tile, dtype):
             if pass_name == "dgrad":
                 conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1)
                 return conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops
-            conv_tc.wgrad("emu", dy, x, g, splits=1)
-            return conv_tc.plan_wgrad(g, dtype=dtype, splits=1).main, g.flops
+            conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=1)
+            return conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops
         if pass_name == "fprop":
             gpu_conv.fprop("emu", x, w, None, g, tile=tile, splits=1)
         elif pass_name == "dgrad":
