@@ -183,7 +183,7 @@ static __forceinline__ float cnn_gpu_emu_half_to_float(unsigned int h) {
     return cnn_gpu_emu_from_bits<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
 }
 /* Every lane's `count` 32-bit registers, gathered two per exchange: out[lane * count + i]. */
-static __forceinline__ void cnn_gpu_emu_warp_gather32(const unsigned int* mine, int count, unsigned int* out) {
+static __noinline__ void cnn_gpu_emu_warp_gather32(const unsigned int* mine, int count, unsigned int* out) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
     for (int i = 0; i < count; i += 2) {
         unsigned long long pair = mine[i] | (i + 1 < count ? (unsigned long long)mine[i + 1] << 32 : 0ull);
@@ -202,7 +202,7 @@ static __forceinline__ bool cnn_gpu_emu_mma_feeds_a(int lane, int me) { return (
 static __forceinline__ bool cnn_gpu_emu_mma_feeds_b(int lane, int me) { return (lane >> 3) == (me & 3); }
 /* d = a * b + c for a 16x8 tile: a[m][k] and b[k][n] as gathered above (the rows and columns this
  * lane needs), c and d per lane. */
-static __forceinline__ void cnn_gpu_emu_mma_tile(float* d, const float* c, const float a[16][16],
+static __noinline__ void cnn_gpu_emu_mma_tile(float* d, const float* c, const float a[16][16],
                                                  const float b[16][8], int depth) {
     int lane = (int)cnn_gpu_emu_module.current->lane, group = lane >> 2, in_group = lane & 3;
     for (int i = 0; i < 4; ++i) {
@@ -213,7 +213,7 @@ static __forceinline__ void cnn_gpu_emu_mma_tile(float* d, const float* c, const
     }
 }
 /* mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 */
-static __forceinline__ void cnn_gpu_emu_mma_m16n8k8_tf32(float* d, const unsigned int* a, const unsigned int* b,
+static __noinline__ void cnn_gpu_emu_mma_m16n8k8_tf32(float* d, const unsigned int* a, const unsigned int* b,
                                                          const float* c) {
     unsigned int all_a[32 * 4], all_b[32 * 2];
     cnn_gpu_emu_warp_gather32(a, 4, all_a);
@@ -232,7 +232,7 @@ static __forceinline__ void cnn_gpu_emu_mma_m16n8k8_tf32(float* d, const unsigne
     cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 8);
 }
 /* mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32: registers hold f16x2, low half first */
-static __forceinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigned int* a, const unsigned int* b,
+static __noinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigned int* a, const unsigned int* b,
                                                          const float* c) {
     unsigned int all_a[32 * 4], all_b[32 * 2];
     cnn_gpu_emu_warp_gather32(a, 4, all_a);
@@ -258,7 +258,7 @@ static __forceinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigne
  * row j of matrix i (16 bytes, 16-byte aligned; whole warps only, else a fault); lane l receives
  * word l % 4 of row l / 4 of matrix i in r[i]. Each lane reads its own words from shared memory,
  * so the race check, the poison and the profile (one request per matrix) see the hardware's loads. */
-static __forceinline__ void cnn_gpu_emu_ldmatrix_x4(unsigned int* r, const void* row) {
+static __noinline__ void cnn_gpu_emu_ldmatrix_x4(unsigned int* r, const void* row) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
     if (((unsigned long long)row & 15ull) || me->warp_size != 32) __builtin_trap();
     const unsigned long long* rows = cnn_gpu_emu_warp_exchange(me, (unsigned long long)row);
