@@ -16,11 +16,10 @@ Where a target is missed, and why:
   does 16 FLOPs per byte of x (read by fprop and wgrad, written by dgrad), below H100's balance
   point of 20 FLOPs per byte; the model counts all of x as compulsory though a stride-2 1x1
   filter reads every other row: 65%/60%/51% at batch 32, 70% (69.6%)/68%/65% at batch 128.
-- Model, batch 32 on the 14x14 and 7x7 layers (1024 -> 512 stride 2; 512 -> 2048 1x1; the 7x7
-  3x3 wgrad): 30-140 us of work that fills one wave of blocks or less. Split-K supplies the missing
-  blocks but adds the fold of its partials (written and read back) as a second launch, and each
-  launch costs the assumed 3 us: 56-69%.
-- Model, batch 32 1x1 expand wgrad (64 -> 256): 69%, its 7 us fold of 196 split partials.
+- Model, batch 32 on the 14x14 and 7x7 1x1 layers (1024 -> 512 stride 2; 512 -> 2048): 30-140 us
+  of work that fills one wave of blocks or less. Split-K supplies the missing blocks but adds the
+  fold of its partials (written and read back) as a second launch, and each launch costs the
+  assumed 3 us: 56-68%.
 """
 from __future__ import annotations
 
