@@ -272,6 +272,22 @@ def test_a_state_dict_from_before_the_step_buffer_loads_as_step_0():
         fresh.load_state_dict(old)
 
 
+@pytest.mark.parametrize("bad", [2.9, -1, np.nan, 2.0**64])
+def test_a_state_dict_with_a_fractional_or_negative_step_is_refused_whole(bad):
+    """Counts stay whole and non-negative; a refused load changes nothing (here: the weights)."""
+    model, _ = _dropout_net()
+    state = model.state_dict()
+    weights = model.state_dict()["0.weight"].copy()
+    state["0.weight"] = state["0.weight"] + 1.0
+    state["2.step"] = np.array(bad)
+    with pytest.raises(ValueError, match=r"2\.step: a count"):
+        model.load_state_dict(state)
+    assert model.state_dict()["0.weight"].tobytes() == weights.tobytes()
+    state["2.step"] = np.array(5.0)     # a whole float count is fine
+    model.load_state_dict(state)
+    assert int(model[2].step) == 5
+
+
 def test_moving_a_model_leaves_the_step_on_the_host(monkeypatch):
     """On cuda a CuPy step would make every training call wait for the GPU to read it."""
     from cnn_gpu.nn import module

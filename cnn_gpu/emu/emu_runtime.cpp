@@ -1084,7 +1084,11 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thr
     }
     if (self->copy_count == self->copy_capacity) {
         int capacity = self->copy_capacity ? 2 * self->copy_capacity : 16;
+        L->busy = 1;  // the tick must not jump out of realloc (it would leave malloc's lock held)
+        __asm__ __volatile__("" ::: "memory");
         PendingCopy* grown = (PendingCopy*)realloc(self->copies, (size_t)capacity * sizeof(PendingCopy));
+        __asm__ __volatile__("" ::: "memory");
+        L->busy = 0;
         if (!grown) {
             self->wait_site = site;
             runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for pending cp.async copies");

@@ -52,6 +52,15 @@ def to_backend_array(array, backend: str):
     return np.asarray(array.get() if _backend.is_cupy_array(array) else array, order="C")
 
 
+def _counts_fit(value: np.ndarray, dtype) -> bool:
+    """Whether every value is a whole number in [0, dtype's max]: the integer buffers are counts
+    (BatchNorm's num_batches_tracked, Dropout's step), which a checkpoint must not make fractional
+    or negative."""
+    if value.dtype.kind == "f" and not bool(np.all(np.isfinite(value) & (value == np.floor(value)))):
+        return False
+    return bool(np.all(value >= 0) and np.all(value <= np.iinfo(dtype).max))
+
+
 def to_host(array) -> np.ndarray:
     """A NumPy copy of a NumPy or CuPy array."""
     return array.get() if _backend.is_cupy_array(array) else np.array(array, copy=True)
@@ -235,6 +244,9 @@ class Module:
                                 f"in the model")
             elif value.dtype.kind not in "fiu":
                 problems.append(f"{name}: dtype {value.dtype} is not numeric")
+            elif current.dtype.kind in "iu" and not _counts_fit(value, current.dtype):
+                problems.append(f"{name}: a count ({current.dtype}), but the state dict holds values that are "
+                                f"not whole numbers in [0, {np.iinfo(current.dtype).max}]")
             else:
                 converted.append((module, key, kind, current, value))
         if problems:
