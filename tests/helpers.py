@@ -1,6 +1,9 @@
-"""Comparison helpers shared by the test files (the tolerances of the house rules: float64 results
-against a float64 reference to 1e-10 relative, float32 to 1e-5)."""
+"""Helpers shared by the test files: comparisons (the tolerances of the house rules: float64 results
+against a float64 reference to 1e-10 relative, float32 to 1e-5) and the planted emulator kernels."""
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from cnn_gpu import backend
 
@@ -27,3 +30,14 @@ def assert_close(actual, expected, dtype, what=""):
     scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
     error = float(np.abs(actual[finite].astype(np.float64) - expected[finite]).max(initial=0.0))
     assert error <= tolerance(dtype) * scale, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
+
+
+# The planted test kernels of tests/emu_kernels/, run on the emulator.
+EMU_KERNELS = Path(__file__).resolve().parent / "emu_kernels"
+needs_emu = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=backend.why_unavailable("emu") or "")
+
+
+def planted_kernels(name: str):
+    """emu.RawModule of tests/emu_kernels/<name>.cu."""
+    from cnn_gpu import emu
+    return emu.RawModule(path=str(EMU_KERNELS / f"{name}.cu"))

@@ -3,23 +3,18 @@
 any other: poisoned at every block, race-checked and named in race reports."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from cnn_gpu import backend
+from helpers import needs_emu, planted_kernels
 
-pytestmark = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=backend.why_unavailable("emu") or "")
-
-SOURCE = Path(__file__).resolve().parent / "emu_kernels" / "lambda_template_shared.cu"
+pytestmark = needs_emu
 THREADS = 128
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    from cnn_gpu import emu
-    return emu.RawModule(path=str(SOURCE))
+    return planted_kernels("lambda_template_shared")
 
 
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])

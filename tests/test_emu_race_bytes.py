@@ -3,23 +3,18 @@ writing neighbouring 16-bit elements of one word do not race, threads touching t
 with no barrier between do, in shared and in global memory."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from cnn_gpu import backend
+from helpers import needs_emu, planted_kernels
 
-pytestmark = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=backend.why_unavailable("emu") or "")
-
-SOURCE = Path(__file__).resolve().parent / "emu_kernels" / "subword_race.cu"
+pytestmark = needs_emu
 THREADS = 64
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    from cnn_gpu import emu
-    return emu.RawModule(path=str(SOURCE))
+    return planted_kernels("subword_race")
 
 
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])

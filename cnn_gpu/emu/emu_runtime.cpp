@@ -684,22 +684,29 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, i
     }
 }
 
+// realloc from a fiber: the tick must not jump out of it (that would leave malloc's lock held, and
+// the next malloc would hang); out of memory faults at `site`, naming `what` the memory is for.
+void* fiber_realloc(Launch* L, Fiber* self, void* site, void* p, size_t bytes, const char* what) {
+    L->busy = 1;
+    __asm__ __volatile__("" ::: "memory");
+    void* grown = realloc(p, bytes);
+    __asm__ __volatile__("" ::: "memory");
+    L->busy = 0;
+    if (!grown) {
+        self->wait_site = site;
+        runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for %s", what);
+    }
+    return grown;
+}
+
 // The four byte states of a word, made on its first access in parts from its word state (each
 // byte has the word's history); the word is tracked byte by byte for the rest of the launch.
 ShadowWord* byte_states(Launch* L, Fiber* self, ShadowWord* w, void* site) {
     if (!w->split) {
         if (L->split_words == L->split_capacity) {
             unsigned int capacity = L->split_capacity ? 2 * L->split_capacity : 256;
-            L->busy = 1;  // the tick must not jump out of realloc
-            __asm__ __volatile__("" ::: "memory");
-            ShadowWord* grown = (ShadowWord*)realloc(L->byte_shadow, (size_t)capacity * 4 * sizeof(ShadowWord));
-            __asm__ __volatile__("" ::: "memory");
-            L->busy = 0;
-            if (!grown) {
-                self->wait_site = site;
-                runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for the race check");
-            }
-            L->byte_shadow = grown;
+            L->byte_shadow = (ShadowWord*)fiber_realloc(L, self, site, L->byte_shadow,
+                                                        (size_t)capacity * 4 * sizeof(ShadowWord), "the race check");
             L->split_capacity = capacity;
         }
         ShadowWord* bytes = &L->byte_shadow[4 * (size_t)L->split_words];
@@ -1084,16 +1091,8 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thr
     }
     if (self->copy_count == self->copy_capacity) {
         int capacity = self->copy_capacity ? 2 * self->copy_capacity : 16;
-        L->busy = 1;  // the tick must not jump out of realloc (it would leave malloc's lock held)
-        __asm__ __volatile__("" ::: "memory");
-        PendingCopy* grown = (PendingCopy*)realloc(self->copies, (size_t)capacity * sizeof(PendingCopy));
-        __asm__ __volatile__("" ::: "memory");
-        L->busy = 0;
-        if (!grown) {
-            self->wait_site = site;
-            runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for pending cp.async copies");
-        }
-        self->copies = grown;
+        self->copies = (PendingCopy*)fiber_realloc(L, self, site, self->copies, (size_t)capacity * sizeof(PendingCopy),
+                                                   "pending cp.async copies");
         self->copy_capacity = capacity;
     }
     PendingCopy& c = self->copies[self->copy_count++];
