@@ -310,32 +310,11 @@ def test_the_tolerance_catches_an_operand_that_misses_its_tf32_rounding():
 
 # --- float16 ------------------------------------------------------------------------------------
 
-def _float16_unavailable() -> str:
-    """Why float16 convolutions do not run on the emulator yet ("" once they do)."""
-    if EMU_REASON:
-        return f"emulator unavailable: {EMU_REASON}"
-    x, w = np.ones((1, 1, 3, 3), np.float16), np.ones((1, 1, 2, 2), np.float16)
-    dy = np.ones((1, 1, 2, 2), np.float16)
-    try:
-        F.conv2d(x, w, backend="emu")
-        F.conv2d_backward(dy, x, w, backend="emu")
-        F.conv_transpose2d(dy, w, backend="emu")
-        F.conv_transpose2d_backward(x, dy, w, backend="emu")
-    except NotImplementedError as err:
-        return f"float16 convolutions have no emulator kernels yet ({err})"
-    except Exception:   # a broken kernel is no reason to skip: the sweep itself reports it
-        pass
-    return ""
-
-
-FLOAT16_REASON = _float16_unavailable()
-
-
 def _float16(a):
     return a.astype(np.float16)
 
 
-@pytest.mark.skipif(bool(FLOAT16_REASON), reason=FLOAT16_REASON or "-")
+@needs_emu
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 @pytest.mark.parametrize("kind", ["conv", "transpose"])
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the oracle's inf - inf
