@@ -466,3 +466,84 @@ def test_model_builders_reject_tiny_images():
         models.small_cnn((1, 3, 8))
     with pytest.raises(ValueError, match="unknown model"):
         models.build("vgg", (1, 8, 8), 10)
+
+
+# --- input_grad=False: no input gradient where nothing needs it ---------------------------------
+
+def _grads(model):
+    return [p.grad.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_a_network_asked_for_no_input_gradient_runs_no_first_dgrad(backend, rng, monkeypatch):
+    """Sequential(...).backward(dy, input_grad=False): None, the same parameter gradients bit for
+    bit, and one dgrad pass fewer (the first convolution's; the layers before it run nothing)."""
+    from cnn_gpu.functional import conv as conv_module
+    nn.init.manual_seed(5)
+    model = nn.Sequential(nn.ReLU(), nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                          nn.Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 5)).to(backend)
+    x = _randn(rng, 3, 2, 6, 6, dtype=np.float32)
+    dy = _randn(rng, 3, 5, dtype=np.float32)
+    dgrad = "_gpu_dgrad" if backend == "emu" else "_input_grad"
+    calls = []
+    original = getattr(conv_module, dgrad)
+    monkeypatch.setattr(conv_module, dgrad, lambda *a, **k: calls.append(1) or original(*a, **k))
+    runs = {}
+    for input_grad in (True, False):
+        model.zero_grad()
+        model(x)
+        calls.clear()
+        dx = model.backward(dy, input_grad=input_grad)
+        runs[input_grad] = dx, len(calls), _grads(model)
+    (dx, dgrads, grads), (none, fewer, same) = runs[True], runs[False]
+    assert dx.shape == x.shape and none is None
+    assert (dgrads, fewer) == (2, 1)
+    assert all(np.array_equal(a, b) for a, b in zip(grads, same)) and all(np.abs(g).max() > 0 for g in same)
+
+
+def test_a_users_module_without_input_grad_is_still_asked_for_its_input_gradient(rng):
+    """A module whose backward takes dy alone gets a real dy (the layer after it computes its
+    input gradient) and its dx is returned; the built-in layers before it are told to skip."""
+    class Scale(nn.Module):
+        def forward(self, x):
+            self._saved = True
+            return 2 * x
+
+        def backward(self, dy):
+            self._saved_for_backward()
+            return 2 * dy
+
+    nn.init.manual_seed(6)
+    model = nn.Sequential(nn.ReLU(), Scale(), nn.Conv2d(2, 3, 3), nn.Flatten())
+    x = _randn(rng, 2, 2, 5, 5, dtype=np.float32)
+    model(x)
+    want = model.backward(np.ones((2, 27), np.float32))
+    assert nn.containers.takes_input_grad(model[0]) and not nn.containers.takes_input_grad(model[1])
+    got = model.backward(np.ones((2, 27), np.float32), input_grad=False)
+    assert got is None   # the ReLU before Scale was told: no gradient of x is needed
+    model[0].backward(None, input_grad=False)   # a parameter-free layer skips without looking at dy
+    assert want.shape == x.shape
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d", "linear"])
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_functional_backward_without_input_grad(op, backend, rng):
+    """F.<op>_backward(..., input_grad=False): dx None, dweight and dbias exactly those of the full
+    call (unbatched conv input too); a non-bool input_grad is refused."""
+    if op == "linear":
+        x, w, dy = _randn(rng, 4, 6), _randn(rng, 3, 6), _randn(rng, 4, 3)
+        backward = F.linear_backward
+    elif op == "conv2d":
+        x, w, dy = _randn(rng, 3, 7, 7), _randn(rng, 4, 3, 3, 3), _randn(rng, 4, 5, 5)
+        backward = F.conv2d_backward
+    else:
+        x, w, dy = _randn(rng, 2, 3, 4, 4), _randn(rng, 3, 2, 3, 3), _randn(rng, 2, 2, 6, 6)
+        backward = F.conv_transpose2d_backward
+    full = backward(dy, x, w, backend=backend)
+    dx, dw, db = backward(dy, x, w, input_grad=False, backend=backend)
+    assert full[0].shape == x.shape and dx is None
+    np.testing.assert_array_equal(dw, full[1])
+    np.testing.assert_array_equal(db, full[2])
+    with pytest.raises(TypeError, match="input_grad"):
+        backward(dy, x, w, input_grad=1, backend=backend)

@@ -107,7 +107,7 @@ def _cross_entropy(case, spec, dtype) -> list:
 
 def _train_step(case, spec, dtype, mode) -> list:
     """One training step of a cnn_gpu.models network: every convolution's fprop (with bias when it
-    has one), dgrad (except the first layer's, which no one needs) and wgrad (and bias gradient)
+    has one), dgrad (except the first layer's: training asks for no input gradient) and wgrad (and bias gradient)
     from the conv model; every other layer's forward and backward as memory-bound passes over its
     activations (read input and write output forward; read output gradient and input, write input
     gradient backward; linear layers too, by traffic, since they are cuBLAS's); the loss; and the

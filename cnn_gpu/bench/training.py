@@ -163,7 +163,7 @@ def train_step_case(shape: ModelShape) -> Case:
         def run(x, labels):
             optimizer.zero_grad()
             loss_fn(model(x), labels)
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)   # as torch: x needs no gradient
             optimizer.step()
         return run, sets
 

@@ -449,7 +449,8 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             logits = model(x)
             loss = loss_fn(logits, y)
             dlogits = loss_fn.backward()
-            model.backward(scaler.scale(dlogits) if scaler is not None else dlogits)
+            # the images need no gradient: the first convolution runs no dgrad pass
+            model.backward(scaler.scale(dlogits) if scaler is not None else dlogits, input_grad=False)
             loss_sum += loss * len(y)
             correct += int((logits.argmax(axis=1) == y).sum())
             seen += len(y)

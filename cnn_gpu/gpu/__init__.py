@@ -19,7 +19,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   elementwise.backward(be, name, dy, x, param) -> dx
   elementwise.bias_add(be, y, bias) -> y                          (in place: y[:, c, ...] += bias[c], NCHW or (rows, F))
   linear.forward(be, x, w, bias) -> y
-  linear.backward(be, dy, x, w, bias: bool) -> (dx, dw, db or None)
+  linear.backward(be, dy, x, w, bias: bool, input_grad=True) -> (dx or None, dw, db or None)
   loss.cross_entropy(be, logits, labels int64 | None, probabilities | None, weight | None, *, classes, inner,
                      ignore_index, label_smoothing, reduction) -> (loss float or per-row array, dlogits)
   loss.mse(be, pred, target, reduction) -> (loss float or per-element array, dpred)

@@ -14,9 +14,9 @@ def forward(be, x, w, bias):
     return y
 
 
-def backward(be, dy, x, w, bias):
+def backward(be, dy, x, w, bias, input_grad=True):
     xp = backend.array_module(be)
-    dx = xp.matmul(dy, w)
+    dx = xp.matmul(dy, w) if input_grad else None
     dw = xp.matmul(dy.T, x)
     db = None
     if bias:   # an empty batch contributes nothing (channel_sum takes no empty arrays)

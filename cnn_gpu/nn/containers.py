@@ -1,7 +1,19 @@
 """Containers: `Sequential` (a chain) and `Residual` (a skip connection)."""
 from __future__ import annotations
 
+import inspect
+
 from .module import Module
+
+
+def takes_input_grad(module) -> bool:
+    """Whether module.backward takes input_grad (every built-in module; maybe not a user's)."""
+    return "input_grad" in inspect.signature(module.backward).parameters
+
+
+def _backward(module, dy, input_grad: bool):
+    """module.backward(dy), saying input_grad=False where its backward takes it."""
+    return module.backward(dy) if input_grad or not takes_input_grad(module) else module.backward(dy, input_grad=False)
 
 
 class Sequential(Module):
@@ -36,9 +48,17 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self._modules.values()):
-            dy = layer.backward(dy)
+    def backward(self, dy, input_grad=True):
+        """With input_grad=False the layers up to the first one with parameters (or of a user's
+        module, whose needs are unknown) compute no input gradient: for the first convolution of
+        a network that is its whole dgrad pass."""
+        layers = list(self._modules.values())
+        wanted = [input_grad] * len(layers)
+        for i in range(1, len(layers)):
+            before = layers[i - 1]
+            wanted[i] = wanted[i - 1] or any(True for _ in before.parameters()) or not takes_input_grad(before)
+        for layer, needed in zip(reversed(layers), reversed(wanted)):
+            dy = _backward(layer, dy, needed)
         return dy
 
 
@@ -63,7 +83,8 @@ class Residual(Module):
         self._saved = True
         return y + skip
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         self._saved_for_backward()
-        dx = self.block.backward(dy)
-        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))
+        dx = _backward(self.block, dy, input_grad)
+        skip = dy if self.shortcut is None else _backward(self.shortcut, dy, input_grad)
+        return dx + skip if input_grad else None

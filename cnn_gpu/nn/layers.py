@@ -89,10 +89,11 @@ class Conv2d(_Conv):
         return F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self.padding, self.dilation,
                         self.groups, backend=self.backend)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         x = self._saved_for_backward()
         dx, dweight, dbias = F.conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, self.dilation,
-                                               self.groups, bias=self.bias is not None, backend=self.backend)
+                                               self.groups, bias=self.bias is not None, input_grad=input_grad,
+                                               backend=self.backend)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -119,10 +120,11 @@ class ConvTranspose2d(_Conv):
         self._saved = x
         return F.conv_transpose2d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         x = self._saved_for_backward()
         dx, dweight, dbias = F.conv_transpose2d_backward(dy, x, self.weight.data, *self._conv_args(),
-                                                         bias=self.bias is not None, backend=self.backend)
+                                                         bias=self.bias is not None, input_grad=input_grad,
+                                                         backend=self.backend)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -143,10 +145,10 @@ class Linear(_Weighted):
         self._saved = x
         return F.linear(x, self.weight.data, self._bias_data(), backend=self.backend)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         x = self._saved_for_backward()
         dx, dweight, dbias = F.linear_backward(dy, x, self.weight.data, bias=self.bias is not None,
-                                               backend=self.backend)
+                                               input_grad=input_grad, backend=self.backend)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -172,7 +174,9 @@ class MaxPool2d(Module):
         self._saved = (indices, x.shape)
         return (y, indices) if self.return_indices else y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         indices, x_shape = self._saved_for_backward()
         return F.max_pool2d_backward(dy, indices, x_shape, self.kernel_size, self.stride, self.padding,
                                      self.dilation, self.ceil_mode, backend=self.backend)
@@ -201,7 +205,9 @@ class AvgPool2d(Module):
         self._saved = x.shape
         return F.avg_pool2d(x, *self._pool_args(), backend=self.backend)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return F.avg_pool2d_backward(dy, self._saved_for_backward(), *self._pool_args(), backend=self.backend)
 
     def extra_repr(self):
@@ -220,7 +226,9 @@ class _Activation(Module):
         self._saved = x
         return self._forward(x, *self._params(), backend=self.backend)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return self._backward(dy, self._saved_for_backward(), *self._params(), backend=self.backend)
 
 
@@ -272,7 +280,9 @@ class Flatten(Module):
         self._saved = x.shape
         return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return dy.reshape(self._saved_for_backward())
 
     def extra_repr(self):
@@ -323,7 +333,9 @@ class BatchNorm2d(Module):
         self._saved = (x, mean, invstd, training)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """The parameters' gradients come out of the same reductions as dx: input_grad=False
+        returns None but saves no work."""
         x, mean, invstd, training = self._saved_for_backward()
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
         dx, dweight, dbias = F.batch_norm_backward(dy, x, None, None, weight, bias, training, self.eps,
@@ -331,7 +343,7 @@ class BatchNorm2d(Module):
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
-        return dx
+        return dx if input_grad else None
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -367,7 +379,9 @@ class Dropout(Module):
         self._saved = (step,)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         saved = self._saved_for_backward()
         if not saved:
             return dy
@@ -389,7 +403,9 @@ class AdaptiveAvgPool2d(Module):
         self._saved = x.shape
         return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if self._no_input_grad(input_grad):
+            return None
         return F.adaptive_avg_pool2d_backward(dy, self._saved_for_backward(), backend=self.backend)
 
     def extra_repr(self):

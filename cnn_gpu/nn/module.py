@@ -112,11 +112,21 @@ class Module:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """The gradient of the input, accumulating the parameters' gradients. input_grad=False: the
+        input needs no gradient (the network's first layers; a container tells them), so none is
+        computed and None is returned. A module of one's own may define backward(self, dy) alone:
+        containers then always ask it for its input gradient."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def _no_input_grad(self, input_grad) -> bool:
+        """For a layer without parameters: whether its backward has nothing to do (no input
+        gradient wanted), after checking that forward ran."""
+        self._saved_for_backward()
+        return not input_grad
 
     def _saved_for_backward(self):
         if self._saved is None:
