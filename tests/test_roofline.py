@@ -422,3 +422,27 @@ def test_a_training_step_is_the_sum_of_its_layers_passes():
     total = sum(e.seconds for e in step)
     assert fprop < total < 4 * fprop
     assert sum(e.seconds for e in modeled.case_estimates(case, spec, "float32", "tf32")) < total
+
+
+@pytest.mark.parametrize("dtype, math_mode", [("float32", "tf32"), ("float16", "fp32")])
+def test_roofline_bound_caps_every_modeled_pass(dtype, math_mode, monkeypatch):
+    """roofline_bound: a pass's FLOPs over its compulsory bytes at full bandwidth, as a share of the
+    peak (by hand for the 1x1 64 -> 256 layer at 56x56: 26 FLOPs per byte in float32, 17% of H100's
+    TF32 peak), 1 for a compute-bound 3x3 layer; and no modeled pass beats its bound."""
+    _tc_traits(monkeypatch)
+    item = np.dtype(dtype).itemsize
+    peak = H100.fp16_peak_flops if dtype == "float16" else H100.tf32_peak_flops
+    wide = conv_geometry((128, 64, 56, 56), (256, 64, 1, 1), 1, 0)
+    x, w, y = 128 * 64 * 56 * 56, 256 * 64, 128 * 256 * 56 * 56
+    flops = 2 * 128 * 56 * 56 * 256 * 64
+    for pass_name, moved in (("fprop", x + w + y), ("dgrad", y + w + x), ("wgrad", y + x + w)):
+        want = flops / (moved * item / (H100.dram_gbs * 1e9)) / peak
+        assert roofline.roofline_bound(pass_name, wide, dtype, H100, peak) == pytest.approx(want, rel=1e-12)
+    if dtype == "float32":
+        assert roofline.roofline_bound("fprop", wide, dtype, H100, peak) == pytest.approx(0.174, abs=0.001)
+    square = conv_geometry((128, 128, 28, 28), (128, 128, 3, 3), 1, 1)
+    assert roofline.roofline_bound("wgrad", square, dtype, H100, peak) == 1.0
+    for g in (wide, square):
+        for pass_name in ("fprop", "dgrad", "wgrad"):
+            seconds = sum(e.seconds for e in roofline.model_conv(pass_name, g, dtype, H100, math=math_mode))
+            assert g.flops / seconds / peak <= roofline.roofline_bound(pass_name, g, dtype, H100, peak)

@@ -31,7 +31,8 @@ from .traits import kernel_traits
 
 __all__ = ["CURRENT_GPU", "LAUNCH_OVERHEAD_S", "SPECS", "GpuSpec", "KernelTraits", "LaunchEstimate", "LaunchWork",
            "estimate", "estimate_launch", "format_specs", "has_tensor_cores", "kernel_traits", "lanes_per_sm",
-           "memory_bound", "mma_issue_ceiling", "mma_issue_clocks", "model_bias_grad", "model_conv", "spec"]
+           "memory_bound", "mma_issue_ceiling", "mma_issue_clocks", "model_bias_grad", "model_conv", "roofline_bound",
+           "spec"]
 
 
 def estimate_launch(launch, work: LaunchWork, dtype, gpu: GpuSpec, profile: tuple | None = None) -> LaunchEstimate:
@@ -81,6 +82,15 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
     rounding = [memory_bound("round_to_tf32", conv.tf32_rounding_bytes(pass_name, g, dtype), gpu)] if tf32 else []
     return rounding + [estimate_launch(launch, work, dtype, gpu, (pass_name, plan.tile) if i == plan.main_index
                                        else None) for i, (launch, work) in enumerate(launches)]
+
+
+def roofline_bound(pass_name: str, g, dtype, gpu: GpuSpec, peak_flops: float) -> float:
+    """The share of `peak_flops` that no kernel of the pass can exceed on `gpu`: the pass's FLOPs
+    over the time its compulsory DRAM traffic (conv.compulsory_bytes) takes at full bandwidth,
+    capped at 1. Below 1 the layer is DRAM-bound in any kernel: a 1x1 convolution does a few
+    dozen FLOPs per byte, where H100's TF32 peak needs about 150."""
+    dram_s = conv.compulsory_bytes(pass_name, g, dtype) / gpu.dram_bytes_per_s
+    return min(1.0, g.flops / dram_s / peak_flops)
 
 
 def model_bias_grad(g, dtype, gpu: GpuSpec) -> LaunchEstimate:

@@ -25,6 +25,13 @@ def _plan(pass_name: str, g, dtype, sms: int, **overrides):
     return plan(g, dtype, sms=sms, **overrides)
 
 
+def _elements(pass_name: str, g) -> tuple:
+    """(elements of the pass's two operands, of its output): fprop x, w -> y; dgrad dy, w -> dx;
+    wgrad dy, x -> dw."""
+    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
+    return {"fprop": (x + w, y), "dgrad": (y + w, x), "wgrad": (y + x, w)}[pass_name]
+
+
 def pass_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **overrides):
     """(plan, [(Launch, LaunchWork)]) of one pass as planned for a GPU of `sms` SMs (`overrides`:
     the planner's tile= and splits=, to model a choice it would not make). The main launch
@@ -43,14 +50,13 @@ def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued
     split-K partials (and their sum) of `partial_item` bytes (default: the dtype's)."""
     item = np.dtype(dtype).itemsize
     partial = partial_item or item
-    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
-    operands, out = {"fprop": (x + w, y), "dgrad": (y + w, x), "wgrad": (y + x, w)}[pass_name]
+    operands, out = _elements(pass_name, g)
     bias_elements = g.K if bias and pass_name == "fprop" else 0
     before, after = plan.main_index, len(plan.launches) - plan.main_index - 1
     if before > (pass_name == "dgrad") or after > (plan.splits > 1):
         raise ValueError(f"{pass_name} plan launches {[launch.kernel for launch in plan.launches]}: the model "
                          f"knows no traffic for the extra launches")
-    works = [LaunchWork(0, 2 * w * item)] * before
+    works = [LaunchWork(0, 2 * math.prod(g.w_shape) * item)] * before
     if plan.splits > 1:
         works += [LaunchWork(g.flops, operands * item + plan.splits * out * partial, pipe, issued_flops),
                   LaunchWork(0, (plan.splits * out + bias_elements + out) * partial)]
@@ -106,24 +112,28 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
             else [(f"{pipe}_filter_tiles", 2 * math.prod(g.w_shape) * item)])
     partial_item = conv_tc.PARTIALS.itemsize
     if plan.splits > 1 and partial_item != item:
-        out = math.prod({"fprop": g.y_shape, "dgrad": g.x_shape, "wgrad": g.w_shape}[pass_name])
+        out = _elements(pass_name, g)[1]
         glue.append(("round_to_float16", out * (partial_item + item)))
     works = _works(pass_name, plan, g, dtype, bias, pipe, issued, partial_item)
     return plan, list(zip(plan.launches, works)), glue
 
 
+def compulsory_bytes(pass_name: str, g, dtype) -> int:
+    """DRAM bytes any kernel of a pass must move: its two operands read and its output written
+    once each, in the dtype."""
+    operands, out = _elements(pass_name, g)
+    return (operands + out) * np.dtype(dtype).itemsize
+
+
 def tf32_rounding_bytes(pass_name: str, g, dtype) -> int:
     """DRAM bytes of rounding a SIMT pass's two operands to TF32 before it runs (read and written)."""
-    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
-    operands = {"fprop": x + w, "dgrad": y + w, "wgrad": y + x}[pass_name]
-    return 2 * operands * np.dtype(dtype).itemsize
+    return 2 * _elements(pass_name, g)[0] * np.dtype(dtype).itemsize
 
 
 def float16_simt_bytes(pass_name: str, g) -> list:
     """(name, DRAM bytes) of a float16 pass run on the float32 SIMT kernels: its two operands
     widened (read 2, write 4 bytes each) and its output rounded (read 4, write 2)."""
-    x, w, y = (math.prod(s) for s in (g.x_shape, g.w_shape, g.y_shape))
-    operands, out = {"fprop": (x + w, y), "dgrad": (y + w, x), "wgrad": (y + x, w)}[pass_name]
+    operands, out = _elements(pass_name, g)
     return [("widen_float16", operands * 6), ("round_to_float16", out * 6)]
 
 
