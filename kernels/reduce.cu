@@ -18,6 +18,8 @@
 //    neighbouring channels, so every row is read coalesced.
 // Every order is fixed by the shape: results are bit-identical run to run, whichever block
 // arrives last. Indices are 64-bit: outer*channels*inner may exceed 2^31.
+// The float16 build reads FP16, adds in FP32 (acc_t; chunk partials too) and rounds each output
+// once: the same sums, in the same order, as the float32 build on the widened array.
 
 #include "common.cuh"
 
@@ -25,16 +27,19 @@
 #define ACCUMULATORS 4
 
 // (acc[0] + acc[1]) + (acc[2] + acc[3])
-__device__ __forceinline__ REAL fold(const REAL (&acc)[ACCUMULATORS]) { return (acc[0] + acc[1]) + (acc[2] + acc[3]); }
+__device__ __forceinline__ acc_t fold(const acc_t (&acc)[ACCUMULATORS])
+{
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
 
 // grid: channels * chunks blocks (chunks = ceil(L / CHUNK)), block b summing chunk b % chunks of
 // channel b / chunks; partial (channels * chunks) and arrivals (channels, zeroed) are workspaces,
 // unused when chunks == 1
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, REAL* __restrict__ partial,
+channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __restrict__ partial,
                   unsigned int* __restrict__ arrivals, long long outer, long long channels, long long inner)
 {
-    __shared__ REAL tree[BLOCK_THREADS];
+    __shared__ acc_t tree[BLOCK_THREADS];
     __shared__ int last;
     const long long length = outer * inner, chunks = (length + CHUNK - 1) / CHUNK;
     const long long c = blockIdx.x / chunks, chunk = blockIdx.x - c * chunks;
@@ -44,20 +49,20 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, REAL* __re
     const long long step_o = BLOCK_THREADS / inner, step_i = BLOCK_THREADS % inner;
     const long long first = chunk * CHUNK + t, end = min(length, chunk * CHUNK + CHUNK);
     long long o = first / inner, i = first - o * inner;
-    REAL acc[ACCUMULATORS] = {(REAL)0, (REAL)0, (REAL)0, (REAL)0};
+    acc_t acc[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
 #pragma unroll 1
     for (long long e = first; e < end; e += ACCUMULATORS * BLOCK_THREADS) {
 #pragma unroll
         for (int k = 0; k < ACCUMULATORS; ++k) {
-            if (e + k * BLOCK_THREADS < end) acc[k] += a[(o * channels + c) * inner + i];
+            if (e + k * BLOCK_THREADS < end) acc[k] += to_acc(a[(o * channels + c) * inner + i]);
             o += step_o;
             i += step_i;
             if (i >= inner) { i -= inner; ++o; }
         }
     }
-    const REAL sum = block_sum(fold(acc), tree);
+    const acc_t sum = block_sum(fold(acc), tree);
     if (chunks == 1) {
-        if (t == 0) out[c] = sum;
+        if (t == 0) out[c] = to_real(sum);
         return;
     }
     if (t == 0) {
@@ -68,15 +73,15 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, REAL* __re
     __syncthreads();
     if (!last) return;
     __threadfence();
-    REAL more[ACCUMULATORS] = {(REAL)0, (REAL)0, (REAL)0, (REAL)0};
+    acc_t more[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
 #pragma unroll 1
     for (long long k = t; k < chunks; k += ACCUMULATORS * BLOCK_THREADS) {
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u)
             if (k + u * BLOCK_THREADS < chunks) more[u] += partial[c * chunks + k + u * BLOCK_THREADS];
     }
-    const REAL total = block_sum(fold(more), tree);
-    if (t == 0) out[c] = total;
+    const acc_t total = block_sum(fold(more), tree);
+    if (t == 0) out[c] = to_real(total);
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -86,15 +91,15 @@ channel_sum_column(const REAL* __restrict__ a, REAL* __restrict__ out,
     const long long c = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
     if (c >= channels)
         return;
-    REAL acc[ACCUMULATORS] = {(REAL)0, (REAL)0, (REAL)0, (REAL)0};
+    acc_t acc[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
     const REAL* row = a + c;
 #pragma unroll 1
     for (long long o = 0; o < outer; o += ACCUMULATORS) {
 #pragma unroll
         for (int k = 0; k < ACCUMULATORS; ++k)
-            if (o + k < outer) acc[k] += row[(o + k) * channels];
+            if (o + k < outer) acc[k] += to_acc(row[(o + k) * channels]);
     }
-    out[c] = fold(acc);
+    out[c] = to_real(fold(acc));
 }
 
 // Split-K partials of a convolution output viewed as (splits, outer, channels, inner):
@@ -106,11 +111,11 @@ split_sum_epilogue(const REAL* __restrict__ a, const REAL* __restrict__ bias, RE
                    int has_bias, int relu)
 {
     GRID_STRIDE_LOOP(e, elements) {
-        REAL sum = a[e];
+        acc_t sum = to_acc(a[e]);
         for (long long s = 1; s < splits; ++s)
-            sum += a[s * elements + e];
-        if (has_bias) sum += bias[(e / inner) % channels];
-        if (relu && sum < (REAL)0) sum = (REAL)0;
-        out[e] = sum;
+            sum += to_acc(a[s * elements + e]);
+        if (has_bias) sum += to_acc(bias[(e / inner) % channels]);
+        if (relu && sum < (acc_t)0) sum = (acc_t)0;
+        out[e] = to_real(sum);
     }
 }

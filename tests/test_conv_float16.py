@@ -143,6 +143,42 @@ def test_functional_ops_run_float16_on_the_emulator():
 
 
 @needs_emu
+def test_bias_gradient_sums_float16_dy_as_it_is():
+    """dbias reads a float16 dy with reduce.cu's float16 build (one launch, no widened copy), adds
+    in FP32 and rounds once: bit-identical to the sum of dy widened to float32, within one FP16 ulp
+    of the NumPy oracle and within the format bound of float64; (3, 4, 40, 40) and (2, 3, 70, 70)
+    span two and three blocks per channel, whose FP32 partials the last block adds."""
+    from cnn_gpu.gpu import conv as gpu_conv, reduce
+    rng = np.random.default_rng(1625)
+    launched = []
+    real_launch = backend.launch
+
+    def spy(be, family, dtype, kernel, grid, block, args, *rest, **kwargs):
+        launched.append((family, np.dtype(dtype).name, kernel, args[0].dtype.name, args[0].size))
+        return real_launch(be, family, dtype, kernel, grid, block, args, *rest, **kwargs)
+
+    for shape in ((2, 5, 3, 4), (3, 4, 40, 40), (2, 3, 70, 70)):
+        n, k, p, q = shape
+        x, w = rng.standard_normal((n, 2, p, q)).astype(F16), rng.standard_normal((k, 2, 1, 1)).astype(F16)
+        dy = (rng.standard_normal(shape) + 0.25).astype(F16)
+        launched.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(backend, "launch", spy)
+            db = (gpu_conv.bgrad("emu", dy) if p * q > 100 else F.conv2d_backward(dy, x, w, backend="emu")[2])
+        kernel = reduce.plan_channel_sum(n, k, p * q).kernel
+        sums = [launch for launch in launched if launch[0] == "reduce"]
+        assert sums == [("reduce", "float16", kernel, "float16", dy.size)], f"{shape}: {launched}"
+        assert db.dtype == F16 and db.shape == (k,)
+        widened = gpu_conv.bgrad("emu", dy.astype(np.float32))
+        np.testing.assert_array_equal(db.view(np.uint16), conv_tc.to_float16(widened).view(np.uint16))
+        oracle = F.conv2d_backward(dy, x, w, backend="numpy")[2]
+        assert np.all(np.abs(db.astype(F64) - oracle) <= ulp16(oracle)), f"{shape}: {db} vs {oracle}"
+        want, scale = exact(F.conv2d_backward, dy, x, w)
+        assert_within_bound(db, want[2], scale[2], n * p * q, f"dbias {shape}")
+    assert reduce.plan_channel_sum(2, 3, 70 * 70).grid[0] == 3 * 3
+
+
+@needs_emu
 def test_bit_identical_under_every_schedule_and_run_to_run():
     rng = np.random.default_rng(1630)
     cfg = dict(n=2, c=35, h=7, w=6, k=20, r=3, s=2, stride=2, pad=1, dil=1, groups=1)

@@ -381,6 +381,41 @@ def test_channel_sum(dtype):
         assert_same_bits(got, again, f"channel_sum {(outer, channels, inner)}")
 
 
+def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_once():
+    """The float16 build of reduce.cu reads FP16 and adds in FP32 in the float32 build's order (chunk
+    partials too: (3, 2, 4900) spans four blocks per channel), so each sum is bit-identical to the
+    float32 sum of the widened array rounded to float16, under any block schedule; likewise the
+    split-K epilogue (bias and ReLU added before the one rounding)."""
+    rng = np.random.default_rng(13)
+    launched = []
+    real_launch = backend.launch
+
+    def spy(be, family, dtype, kernel, *args, **kwargs):
+        launched.append((family, np.dtype(dtype).name, kernel))
+        return real_launch(be, family, dtype, kernel, *args, **kwargs)
+
+    for outer, channels, inner in REDUCE_SHAPES + [(3, 2, 4900)]:
+        a = (rng.standard_normal((outer, channels, inner)) * 8).astype(np.float16)
+        widened = reduce.channel_sum("emu", a.astype(np.float32), outer, channels, inner)
+        launched.clear()
+        with pytest.MonkeyPatch.context() as patch, emu_checking("random", seed=inner):
+            patch.setattr(backend, "launch", spy)
+            got = reduce.channel_sum("emu", a, outer, channels, inner)
+        assert launched == [("reduce", "float16", reduce.plan_channel_sum(outer, channels, inner).kernel)]
+        assert got.dtype == np.float16 and got.shape == (channels,)
+        assert_same_bits(got, widened.astype(np.float16), f"float16 channel_sum {(outer, channels, inner)}")
+    assert reduce.plan_channel_sum(3, 2, 4900).grid[0] == 2 * 4
+    partials = (rng.standard_normal((3, 2, 5, 7)) * 100).astype(np.float16)
+    bias = rng.standard_normal(5).astype(np.float16)
+    for has_bias in (True, False):
+        got, wide = np.empty((2, 5, 7), np.float16), np.empty((2, 5, 7), np.float32)
+        reduce.split_sum_epilogue("emu", partials, got, 5, 7, bias if has_bias else None, relu=True)
+        reduce.split_sum_epilogue("emu", partials.astype(np.float32), wide, 5, 7,
+                                  bias.astype(np.float32) if has_bias else None, relu=True)
+        assert (wide == 0).any() and (wide != 0).any()
+        assert_same_bits(got, wide.astype(np.float16), f"float16 split_sum_epilogue, bias {has_bias}")
+
+
 def test_channel_sum_rejects_a_wrong_view():
     with pytest.raises(ValueError, match="channel_sum"):
         reduce.channel_sum("emu", np.zeros((3, 4)), 2, 3, 3)
@@ -610,3 +645,17 @@ def test_cuda_sweep(dtype):
         first, second = (reduce.channel_sum("cuda", ab, outer, channels, inner) for _ in range(2))
         assert_same_bits(first, second, "channel_sum on cuda")
         assert_close(first, a.sum(axis=(0, 2)), dtype, "channel_sum on cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+def test_cuda_float16_channel_sums_are_the_emulators():
+    """reduce.cu's float16 build on a GPU: FP32 sums in the emulator's fixed order, rounded once by
+    cvt.rn.f16.f32, so bit for bit the emulator's results (two-level (3, 2, 4900) included)."""
+    rng = np.random.default_rng(14)
+    for outer, channels, inner in REDUCE_SHAPES + [(3, 2, 4900)]:
+        a = (rng.standard_normal((outer, channels, inner)) * 8).astype(np.float16)
+        (ab,) = to_backend("cuda", a)
+        assert_same_bits(reduce.channel_sum("cuda", ab, outer, channels, inner),
+                         reduce.channel_sum("emu", a, outer, channels, inner), f"float16 channel_sum {a.shape}")

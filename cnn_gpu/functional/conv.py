@@ -563,12 +563,9 @@ def _gpu_wgrad(be, dy, x, g):
 
 
 def _gpu_bgrad(be, dy):
-    """dbias in FP32 (the deterministic channel sums have no float16 build): a float16 dy is
-    widened on the device, its sum rounded once."""
-    from ..gpu import conv as gpu_conv, conv_tc
-    if dy.dtype != np.float16:
-        return gpu_conv.bgrad(be, dy)
-    return conv_tc.to_float16(gpu_conv.bgrad(be, dy.astype(np.float32)))
+    """dbias: dy summed per channel by reduce.cu, a float16 dy read as it is (FP32 sums rounded once)."""
+    from ..gpu import conv as gpu_conv
+    return gpu_conv.bgrad(be, dy)
 
 
 @takes_float16(kernels=True)

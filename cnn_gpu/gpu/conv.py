@@ -465,6 +465,6 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None):
 
 
 def bgrad(be, dy):
-    """dbias: dy (N, K, P, Q) summed over N, P and Q in a fixed order."""
+    """dbias: dy (N, K, P, Q) summed over N, P and Q in a fixed order (a float16 dy in FP32, rounded once)."""
     n, k, p, q = dy.shape
     return reduce.channel_sum(be, dy, n, k, p * q)

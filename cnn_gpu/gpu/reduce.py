@@ -1,4 +1,5 @@
-"""Deterministic per-channel sums (kernels/reduce.cu): bias gradients, loss means and split-K workspaces."""
+"""Deterministic per-channel sums (kernels/reduce.cu): bias gradients, loss means and split-K workspaces;
+float16 arrays are summed in FP32 and rounded once."""
 from __future__ import annotations
 
 import numpy as np
@@ -54,9 +55,11 @@ def split_sum_epilogue(be, partials, out, channels, inner, bias=None, relu=False
 
 
 def channel_sum(be, a, outer, channels, inner):
-    """Sum of `a` viewed as (outer, channels, inner) over axes 0 and 2 -> (channels,).
+    """Sum of `a` viewed as (outer, channels, inner) over axes 0 and 2 -> (channels,), in a's dtype.
 
-    The summation order depends only on the shape, so results are bit-identical run to run."""
+    The summation order depends only on the shape, so results are bit-identical run to run. A
+    float16 `a` is read as it is and summed in FP32 (chunk partials too), each sum rounded once:
+    bit-identical to the float32 sum of `a` widened, then rounded."""
     outer, channels, inner = int(outer), int(channels), int(inner)
     if min(outer, channels, inner) <= 0 or a.size != outer * channels * inner:
         raise ValueError(f"channel_sum: array of shape {tuple(a.shape)} (size {a.size}) cannot be viewed as "
@@ -67,8 +70,8 @@ def channel_sum(be, a, outer, channels, inner):
     if launch.kernel == "channel_sum_column":
         args = (a, out, np.int64(outer), np.int64(channels))
     else:
-        # the chunk partials and the per-channel arrival counts of the channels' last blocks
-        partial = xp.empty(channels * _chunks(outer, inner), dtype=a.dtype)
+        # the chunk partials (in the compute type) and the per-channel arrival counts of the channels' last blocks
+        partial = xp.empty(channels * _chunks(outer, inner), dtype=backend.compute_dtype(a.dtype))
         arrivals = xp.zeros(channels, dtype=np.uint32)
         args = (a, out, partial, arrivals, np.int64(outer), np.int64(channels), np.int64(inner))
     backend.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
