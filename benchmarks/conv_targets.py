@@ -43,7 +43,7 @@ MODEL_TARGET = 0.70
 DRAM_TARGET = 0.50
 
 
-def _table(header, rows, markdown: bool) -> str:
+def format_table(header, rows, markdown: bool) -> str:
     cells = [tuple(header)] + [tuple(str(c) for c in row) for row in rows]
     if markdown:
         return "\n".join(["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(header)]
@@ -108,13 +108,13 @@ def main(argv=None) -> int:
     rows, reason = sass_rows()
     print("SASS hot loops, sm_90" + (f": unavailable ({reason})" if reason else ""))
     if rows:
-        print(_table(("family", "tile", "dtype", "regs", "instr", "FMA", "FMA share", "issue ceiling", "local",
+        print(format_table(("family", "tile", "dtype", "regs", "instr", "FMA", "FMA share", "issue ceiling", "local",
                       "target"), rows, args.markdown))
     print(f"\nModel on {args.gpu}: % of FP32 peak (* below {MODEL_TARGET:.0%})")
-    print(_table(("batch", "layer (N,C,H,W,K,R,stride,pad)", "fprop", "dgrad", "wgrad"), model_rows(args.gpu),
+    print(format_table(("batch", "layer (N,C,H,W,K,R,stride,pad)", "fprop", "dgrad", "wgrad"), model_rows(args.gpu),
                  args.markdown))
     print(f"\nReductions on {args.gpu}: % of DRAM bandwidth (target {DRAM_TARGET:.0%})")
-    print(_table(("reduction", "blocks", "model us", "DRAM"), reduction_rows(args.gpu), args.markdown))
+    print(format_table(("reduction", "blocks", "model us", "DRAM"), reduction_rows(args.gpu), args.markdown))
     return 0
 
 
