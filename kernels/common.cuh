@@ -195,6 +195,16 @@ static __device__ __forceinline__ const T* register_pointer(const T* p) {
     return p;
 }
 
+// p, made to depend on `word`: loads from the result wait until `word` is computed, so the loads
+// that make `word` and those are never in flight together (fewer registers held). No instruction.
+template <class T>
+static __device__ __forceinline__ const T* pointer_after(const T* p, unsigned int word) {
+#if !defined(CNN_GPU_EMU)
+    asm("" : "+l"(p) : "r"(word));
+#endif
+    return p;
+}
+
 // --- asynchronous copies (cp.async, sm_80 and newer) ------------------------------------------
 // Global -> shared copies that bypass the registers: a thread issues copies, closes them into a
 // group (cp_async_commit), and before the data is read waits until at most PENDING of its newest

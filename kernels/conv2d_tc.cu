@@ -15,19 +15,31 @@
 //   16-byte loads, one step ahead. The B loader gives each thread one output pixel (decoded once)
 //   and all channels of the step: one tap offset and bounds test per step, channels at +H*W, four
 //   16-byte shared stores; the warps read B with ldmatrix.
+// fprop over the flattened reduction (_flat kernels: few channels per group, e.g. ResNet's stem,
+//   C = 3, 7x7): Kgemm = R*S*(C/G) padded once at its end, a step TC_DEPTH consecutive indices of
+//   the flattened (r, s, c) (147 -> 160 for the stem instead of 49 taps of 16). The filter tiles are
+//   those of a 1x1 filter of R*S*(C/G) channels; the B loader reads each index's x offset and tap
+//   bits from a per-block shared table and tests them against its pixel's mask of inside taps.
 //
 // dgrad: dx splits into stride phases (pixels (ph + i*stride_h, pw + j*stride_w)); each is the
 //   stride-1 convolution of dy with the taps of the flipped filter that reach it (the launcher's
 //   table), run by the fprop code above, its output scattered into dx. All phases in one launch.
 //
-// wgrad, per group g:  dw_g[M x Ngemm] = dy_g[M x Kgemm] * im2col(x_g)^T[Kgemm x Ngemm]
-//   M = K/G, Ngemm = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Kgemm = N*P*Q in
+// wgrad, per group g:  dw_g^T[M x Ngemm] = im2col(x_g)[M x Kgemm] * dy_g^T[Kgemm x Ngemm]
+//   M = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Ngemm = K/G, Kgemm = N*P*Q in
 //   splits of `chunk` pixels. Each step's TC_DEPTH pixels are described once per block, by as many
 //   threads that walk them with carries, in a small shared table: x offset of the window origin,
 //   tap mask (which filter rows and columns land inside the image, from the launcher's per-row and
-//   per-column masks), dy offset. The A loader reads dy along the pixels (16 lanes per channel row,
-//   coalesced, no bounds test in whole tiles); the B loader gives each thread 4 filter columns
-//   (decoded once, one mask bit test per element) and 4 words of pixels of the step.
+//   per-column masks), dy offset. dy, the B operand, never enters shared memory: each lane loads
+//   its fragments from its 8 (BN = 64: 4) channel rows, one step ahead. A step's pixels are summed
+//   in a permuted order (any order serves when both operands agree) that makes them 16 contiguous
+//   bytes: lane t = lane % 4 takes the step's 4 words [4t, 4t + 4) of a row as b0, b1 of the first
+//   half step and b0, b1 of the second, so shared column 8 * k8 + j holds step word
+//   4 * (j % 4) + 2 * k8 + j / 4. One 16-byte load per row where every lane's pixels lie in one image
+//   and dy's rows are 16-byte aligned (P*Q a multiple of 4 words), else one element at a time. The
+//   x loader gives each thread 4 filter columns (decoded once, one mask bit test per element) and 4
+//   words of the step, stored as [filter column][word] rows (the A tile; the table already holds x's
+//   pixels in the permuted order).
 //
 // GEMM rows or columns past the output (a partial block tile) are computed from clamped or
 // zeroed operands and never stored; reduction entries past the end are zero in both operands.
@@ -44,17 +56,22 @@
 
 #include "mma_tile.cuh"
 
+#define TC_FLAT_MAX 512   // indices of a flattened fprop reduction (conv_tc.FLAT_MAX): a 4 KiB table
+
 // The implicit-GEMM convolution of fprop (and of each dgrad stride phase) for block tile
 // (blockIdx.x, blockIdx.y) of group g, reduction steps [split * chunk, split * chunk + chunk);
 // output(m, pixel, value) then takes each FP32 result of output channel m (within the group) and
 // output pixel n*P*Q + p*Q + q, both inside the output. Returns at once for a tile past the pixels.
 // `smem`: the kernel's two stages (a kernel's own __shared__ array: the emulator checks those).
 // Block tiles of 64 * WARPS_M output channels (MmaTile); filter tiles in 64-row blocks.
-template <int WARPS_M, class Output>
+// FLAT (fprop with few channels per group): the reduction is the flattened (r, s, c) of R*S*C/G
+// indices (at most TC_FLAT_MAX, R + S < 32), padded once at its end, each step TC_DEPTH consecutive
+// indices; `flat_table`, the kernel's shared table of them, is filled here (see the B loader).
+template <int WARPS_M, bool FLAT = false, class Output>
 __device__ __forceinline__ void mma_conv(
     unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, int N, int C, int H,
     int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-    int groups, int g, int split, int chunk, Output output)
+    int groups, int g, int split, int chunk, Output output, int (*flat_table)[TC_FLAT_MAX] = nullptr)
 {
     const int tid = threadIdx.x, lane = tid & 31;
     const int Cg = C / groups, Kg = K / groups;
@@ -64,12 +81,13 @@ __device__ __forceinline__ void mma_conv(
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * TC_BN;
     if (n0 >= NPQ) return;   // a dgrad phase smaller than the grid: the whole block leaves
     const int channel_steps = Cpad / TC_DEPTH, first_step = split * chunk;
-    const int steps = min(chunk, R * S * channel_steps - first_step);
+    const int flat_length = R * S * Cg;   // FLAT: the reduction's indices, before padding
+    const int total_steps = FLAT ? (flat_length + TC_DEPTH - 1) / TC_DEPTH : R * S * channel_steps;
+    const int steps = min(chunk, total_steps - first_step);
 
     MmaTile<WARPS_M> tile;
-    tile.init(0);
+    tile.init();
     // A: the warp's fragments of each step, 4 KiB in fragment order (m tile, k8, lane, register)
-    const int total_steps = R * S * channel_steps;
     const unsigned int* a_next = w_tiles + (unsigned)(((g * (Mpad / 64) + (m0 + tile.warp_row) / 64) * total_steps
                                                        + first_step) * 1024) + lane * 4;
     auto load_a = [&](int, unsigned int (&a)[2][4][4]) {
@@ -94,12 +112,56 @@ __device__ __forceinline__ void mma_conv(
     const REAL* x_pixel = x + (unsigned)((n * C + g * Cg) * HW);
     const unsigned int plane = HW;                               // one channel further
 
+    // FLAT: per index k of the flattened reduction (r, s, c), the table's x offset c*H*W + r*dil_h*W
+    // + s*dil_w from the window origin and its tap bits (1 << r) | (1 << (R + s)); an index past
+    // the end has bit 31, which no thread's inside_taps has (R + S < 32). A thread's inside_taps:
+    // bit r when filter row r of its pixel lands inside the image, bit R + s for column s; so an
+    // index is read where (tap bits & ~inside_taps) == 0.
+    unsigned int inside_taps = 0;
+    const REAL* x_window = x_pixel;   // FLAT: the window origin (h_origin, w_origin) of channel 0
+    if (FLAT) {
+        for (int k = tid; k < total_steps * TC_DEPTH; k += TC_THREADS) {
+            const int tap = k / Cg, c = k - tap * Cg, r = tap / S, s = tap - r * S;
+            const bool real = k < flat_length;
+            flat_table[0][k] = real ? c * HW + r * dil_h * W + s * dil_w : 0;
+            flat_table[1][k] = real ? (int)(1u << r | 1u << (R + s)) : (int)(1u << 31);
+        }
+        for (int r = 0; r < R; ++r)
+            if ((unsigned)(h_origin + r * dil_h) < (unsigned)H) inside_taps |= 1u << r;
+        for (int s = 0; s < S; ++s)
+            if ((unsigned)(w_origin + s * dil_w) < (unsigned)W) inside_taps |= 1u << (R + s);
+        x_window = register_pointer(x_pixel + (h_origin * W + w_origin));   // read only inside the image
+        __syncthreads();
+    }
+
     // the step's tap and channels, advanced with carries: no div/mod per step
     const int first_tap = first_step / channel_steps, taps_per_row = max(S, 1);   // S = 0: a dgrad phase without taps
     int c0 = (first_step - first_tap * channel_steps) * TC_DEPTH, s = first_tap % taps_per_row;
     int h_tap = first_tap / taps_per_row * dil_h, w_tap = s * dil_w;
     unsigned int b_next[TC_BK];   // operand words: channel pairs (c0 + 2j, c0 + 2j + 1) in FP16
-    auto fetch = [&](int) {
+    auto fetch = [&](int step) {
+        if (FLAT) {   // indices k0 .. k0 + TC_DEPTH - 1 (FP16: word j holds k0 + 2j, k0 + 2j + 1)
+            const int k0 = (first_step + step) * TC_DEPTH;
+            REAL v[TC_DEPTH];
+#pragma unroll
+            for (int u = 0; u < TC_DEPTH; u += 4) {
+                const int4 offset = *(const int4*)&flat_table[0][k0 + u];
+                const int4 taps = *(const int4*)&flat_table[1][k0 + u];
+                const int offsets[4] = {offset.x, offset.y, offset.z, offset.w};
+                const unsigned int bits[4] = {(unsigned)taps.x, (unsigned)taps.y, (unsigned)taps.z, (unsigned)taps.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    v[u + e] = (bits[e] & ~inside_taps) == 0 ? load_real(x_window + offsets[e]) : REAL();
+            }
+#pragma unroll
+            for (int j = 0; j < TC_BK; ++j) {
+                REAL word[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e) word[e] = v[j * TC_PER_WORD + e];
+                b_next[j] = operand_word(word);
+            }
+            return;
+        }
         const int h = h_origin + h_tap, w = w_origin + w_tap;
         const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
         const REAL* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + h * W + w));   // read only inside the image
@@ -143,7 +205,7 @@ __device__ __forceinline__ void mma_conv(
             *(uint4*)(column + v) = make_uint4(b_next[v], b_next[v + 1], b_next[v + 2], b_next[v + 3]);
     };
 
-    mma_main_loop_a_registers(tile, smem, steps, load_a, fetch, store);
+    mma_main_loop_registers<typename MmaTile<WARPS_M>::AFragments>(tile, smem, steps, load_a, fetch, store);
 
     tile.for_each([&](int col) { return n0 + col < NPQ ? n0 + col : -1; },
                   [&](int row, int pixel_out, float v) {
@@ -153,18 +215,18 @@ __device__ __forceinline__ void mma_conv(
 
 // fprop: y = conv2d(x, w) + bias (ReLU when relu), or with split-K (grid.z = splits * G) the
 // FP32 partial output of split z at partials + z * N*K*P*Q (no bias or ReLU: the summing launch
-// adds them).
-template <int WARPS_M>
+// adds them). FLAT: over the flattened reduction (mma_conv), `flat_table` its shared table.
+template <int WARPS_M, bool FLAT = false>
 __device__ __forceinline__ void fprop_mma(
     unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles,
     const REAL* __restrict__ bias, REAL* __restrict__ y, acc_t* __restrict__ partials, int N, int C, int H, int W,
     int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
-    int groups, int has_bias, int relu, int chunk)
+    int groups, int has_bias, int relu, int chunk, int (*flat_table)[TC_FLAT_MAX] = nullptr)
 {
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups, Kg = K / groups, PQ = P * Q;
     const bool split_k = gridDim.z > (unsigned)groups;
-    mma_conv<WARPS_M>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                      groups, g, split, chunk, [&](int m, int pixel, float v) {
+    mma_conv<WARPS_M, FLAT>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,
+                            dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
                           const int k = g * Kg + m, image = pixel / PQ;
                           const int at = (image * K + k) * PQ + pixel - image * PQ;
                           if (split_k) {
@@ -174,7 +236,7 @@ __device__ __forceinline__ void fprop_mma(
                           if (has_bias) v += to_acc(bias[k]);
                           if (relu && v < 0.0f) v = 0.0f;   // written so that NaN passes through
                           y[at] = to_real(v);
-                      });
+                      }, flat_table);
 }
 
 // dgrad: dx = the convolution of dy with the flipped filter, one stride phase (ph, pw) of dx
@@ -233,6 +295,21 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_m64(
                  dil_h, dil_w, groups, has_bias, relu, chunk);
 }
 
+// The same over the flattened reduction (fprop with few channels per group: conv_tc.plan_fprop)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_flat(TC_FPROP_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) int flat_table[2][TC_FLAT_MAX];
+    fprop_mma<2, true>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h,
+                       pad_w, dil_h, dil_w, groups, has_bias, relu, chunk, flat_table);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_flat_m64(TC_FPROP_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) int flat_table[2][TC_FLAT_MAX];
+    fprop_mma<1, true>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h,
+                       pad_w, dil_h, dil_w, groups, has_bias, relu, chunk, flat_table);
+}
+
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc(TC_DGRAD_ARGS) {
     __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
     dgrad_mma<2>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
@@ -245,45 +322,53 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(
                  groups, splits, chunk, to_partials);
 }
 
-// wgrad for block tile (blockIdx.x, blockIdx.y) of 64 * WARPS_M output channels (MmaTile) and
-// TC_BN filter columns; `smem`: the kernel's two stages (A rows past 64 * WARPS_M unused), `pixels`
-// its pixel table.
-template <int WARPS_M>
+// wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN
+// output channels (its columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32); `smem`: the kernel's
+// two stages of x, `pixels` its pixel table, `walker` and `column_taps` per-thread state kept in
+// shared memory (TC_WGRAD_SHARED).
+template <int BN>
 __device__ __forceinline__ void wgrad_mma(
-    unsigned int* smem, int (&pixels)[2][3][TC_DEPTH], const REAL* __restrict__ dy, const REAL* __restrict__ x,
-    const unsigned int* __restrict__ row_taps, const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw,
-    acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h,
-    int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int splits, int chunk)
+    unsigned int* smem, int (&pixels)[2][3][TC_DEPTH], int (&walker)[4][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,
+    const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C,
+    int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h,
+    int dil_w, int groups, int splits, int chunk)
 {
-    constexpr int BM = 64 * WARPS_M, A_ROWS = BM / 8;   // A rows per loader thread
+    using Tile = MmaTile<2, BN>;
+    constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
 
     const int tid = threadIdx.x;
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
     const int Cg = C / groups, Kg = K / groups, RS = R * S, CRS = Cg * RS;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * TC_BN;
+    const int m0 = blockIdx.y * BN, n0 = blockIdx.x * TC_BN;   // first output channel, first filter column
     const int first = split * chunk;
     const int last = min(first + chunk, NPQ);
     const int steps = (last - first + TC_DEPTH - 1) / TC_DEPTH;
 
     // the pixel table: thread tid < TC_DEPTH follows pixel first + TC_DEPTH * step + tid, walking
-    // its output coordinates and offsets with carries (no div/mod per step)
-    int pixel = first + tid, p = 0, q = 0, dy_pixel = 0;
-    unsigned int x_origin = 0;
+    // its output coordinates and offsets with carries (no div/mod per step; between steps the walk
+    // waits in `walker`: registers are scarce). Its dy offset goes to slot tid, its x origin and tap
+    // mask to the slot of the shared column that holds its word: step word w in column
+    // 8 * (w / 2 % 2) + 4 * (w % 2) + w / 4, as the dy loader places it.
     if (tid < TC_DEPTH) {
-        const int image = pixel / PQ, pq = pixel - image * PQ;
-        p = pq / Q;
-        q = pq - p * Q;
-        x_origin = (unsigned)image * C * HW + (p * stride_h - pad_h) * W + q * stride_w - pad_w;
-        dy_pixel = (image * K + g * Kg) * PQ + pq;
+        const int image = (first + tid) / PQ, pq = first + tid - image * PQ, p = pq / Q, q = pq - p * Q;
+        walker[0][tid] = p;
+        walker[1][tid] = q;
+        walker[2][tid] = (int)((unsigned)image * C * HW + (p * stride_h - pad_h) * W + q * stride_w - pad_w);
+        walker[3][tid] = (image * K + g * Kg) * PQ + pq;
     }
     auto describe = [&](int step) {
-        const bool valid = pixel < last;
+        int p = walker[0][tid], q = walker[1][tid];
+        unsigned int x_origin = walker[2][tid];
+        int dy_pixel = walker[3][tid];
+        const bool valid = first + step * TC_DEPTH + tid < last;
+        const int word = tid / TC_PER_WORD;
+        const int slot = ((word & 2) * 4 + (word & 1) * 4 + word / 4) * TC_PER_WORD + tid % TC_PER_WORD;
         int(*entry)[TC_DEPTH] = pixels[step & 1];
-        entry[0][tid] = (int)x_origin;
-        entry[1][tid] = valid ? (int)(__ldg(row_taps + p) | __ldg(col_taps + q)) : 0;
+        entry[0][slot] = (int)x_origin;
+        entry[1][slot] = valid ? (int)(__ldg(row_taps + p) | __ldg(col_taps + q)) : 0;
         entry[2][tid] = valid ? dy_pixel : -1;
-        pixel += TC_DEPTH;
         q += TC_DEPTH;
         x_origin += TC_DEPTH * stride_w;
         dy_pixel += TC_DEPTH;
@@ -296,64 +381,88 @@ __device__ __forceinline__ void wgrad_mma(
                 dy_pixel += (K - 1) * PQ;
             }
         }
+        walker[0][tid] = p;
+        walker[1][tid] = q;
+        walker[2][tid] = (int)x_origin;
+        walker[3][tid] = dy_pixel;
     };
 
-    // A loader (dy): the pixels of word a_k of the step, channel rows a_row + 8*i; a warp's two
-    // half warps take rows r and r + 4 (distinct banks)
-    const int a_k = tid & 15, a_row = (tid >> 5) + ((tid >> 4) & 1) * 4;
-    const int a_rows = Kg - m0 - a_row;                         // row a_row + 8*i exists while 8*i < a_rows
-    const bool rows_full = Kg - m0 >= BM;
-    const REAL* dy_row = dy + (unsigned)((m0 + a_row) * PQ);
-    const unsigned int dy_plane = PQ;
+    Tile tile;
+    tile.init();
 
-    // B loader (x): filter columns n0 + b_col + 32*i (the last column for those past the end),
-    // decoded once, and words b_k .. b_k + 3 of the step (one quarter of the step per warp)
-    const int b_col = tid & 31, b_k = (tid >> 5) * 4;
+    // dy loader, straight into the warp's B fragments: channels m0 + warp_col + 8*nt + group (past
+    // the output: the last channel, never stored), pixels [LANE_PIXELS * t, LANE_PIXELS * (t + 1))
+    // of the step for lane t = in_group, its chunk word w as b(w % 2) of half step w / 2
+    const int lane_row = m0 + tile.warp_col + tile.group;
+    auto dy_row = [&](int nt) { return (unsigned)(min(lane_row + 8 * nt, Kg - 1) * PQ); };
+    // 16-byte loads where every lane's pixels lie in one image and dy's rows are whole vectors
+    const bool vector_dy = PQ % LANE_PIXELS == 0 && ((unsigned long long)dy & 15) == 0;
+    auto load_dy = [&](int step, typename Tile::BFragments& b) {
+        const int(*table)[TC_DEPTH] = pixels[step & 1];
+        const int lane_pixel = LANE_PIXELS * (tid & 3);   // of lane t = in_group
+        if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
+            const unsigned int offset = table[2][lane_pixel];
+#pragma unroll
+            for (int nt = 0; nt < Tile::NT; ++nt) {
+                const uint4 v = load_operand_words(dy + (dy_row(nt) + offset));
+                b[0][nt][0] = v.x;
+                b[0][nt][1] = v.y;
+                b[1][nt][0] = v.z;
+                b[1][nt][1] = v.w;
+            }
+            return;
+        }
+        int offsets[LANE_PIXELS];   // -1: past the chunk
+#pragma unroll
+        for (int i = 0; i < LANE_PIXELS; ++i) offsets[i] = table[2][lane_pixel + i];
+        const REAL* base = dy;   // the second half of the rows loads after the first (registers)
+#pragma unroll
+        for (int nt = 0; nt < Tile::NT; ++nt) {
+            if (nt == Tile::NT / 2)
+#pragma unroll
+                for (int done = 0; done < nt; ++done)
+#pragma unroll
+                    for (int w = 0; w < 4; ++w) base = pointer_after(base, b[w / 2][done][w % 2]);
+            const REAL* row = register_pointer(base + dy_row(nt));   // read only at offsets >= 0
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                REAL v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e) {
+                    const int offset = offsets[w * TC_PER_WORD + e];
+                    v[e] = offset >= 0 ? load_real(row + offset) : REAL();
+                }
+                b[w / 2][nt][w % 2] = operand_word(v);
+            }
+        }
+    };
+
+    // x loader (the A tile, [filter column][word] rows): filter columns n0 + x_col + 32*i (the last
+    // column for those past the end), decoded once, and shared columns x_k .. x_k + 3 of the step
+    // (one quarter of the step per warp)
+    const int x_col = tid & 31, x_k = (tid >> 5) * 4;
     const REAL* x_column[4];
-    unsigned int tap_bits[4];
+    unsigned int taps[4];   // the filter row and column bits of each, kept in column_taps (registers are scarce)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int column = min(n0 + b_col + 32 * i, CRS - 1);
+        const int column = min(n0 + x_col + 32 * i, CRS - 1);
         const int c = column / RS, r = (column - c * RS) / S, s = column - c * RS - r * S;
         x_column[i] = register_pointer(x + ((g * Cg + c) * HW + r * dil_h * W + s * dil_w));
-        tap_bits[i] = (1u << r) | (1u << (R + s));
+        taps[i] = (1u << r) | (1u << (R + s));
     }
+    column_taps[tid] = make_uint4(taps[0], taps[1], taps[2], taps[3]);
 
-    unsigned int a_next[A_ROWS], b_next[4][4];   // operand words
+    unsigned int x_next[4][4];   // operand words
     auto fetch = [&](int step) {
         const int(*table)[TC_DEPTH] = pixels[step & 1];
-        int dy_pixel[TC_PER_WORD];
-        const REAL* dy_step[TC_PER_WORD];   // read only where dy_pixel >= 0
-#pragma unroll
-        for (int e = 0; e < TC_PER_WORD; ++e) {
-            dy_pixel[e] = table[2][a_k * TC_PER_WORD + e];
-            dy_step[e] = register_pointer(dy_row + (unsigned)dy_pixel[e]);
-        }
-        if (!rows_full || first + (step + 1) * TC_DEPTH > last) {   // the last M tile or the chunk's last step
-#pragma unroll
-            for (int i = 0; i < A_ROWS; ++i) {
-                REAL v[TC_PER_WORD];
-#pragma unroll
-                for (int e = 0; e < TC_PER_WORD; ++e)
-                    v[e] = dy_pixel[e] >= 0 && 8 * i < a_rows ? load_real(dy_step[e] + (size_t)dy_plane * (8 * i))
-                                                              : REAL();
-                a_next[i] = operand_word(v);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < A_ROWS; ++i) {
-                REAL v[TC_PER_WORD];
-#pragma unroll
-                for (int e = 0; e < TC_PER_WORD; ++e) v[e] = load_real(dy_step[e] + (size_t)dy_plane * (8 * i));
-                a_next[i] = operand_word(v);
-            }
-        }
+        const uint4 bits = column_taps[tid];
+        const unsigned int tap_bits[4] = {bits.x, bits.y, bits.z, bits.w};
         int origins[4 * TC_PER_WORD];
         unsigned int inside[4 * TC_PER_WORD];
 #pragma unroll
         for (int u = 0; u < TC_PER_WORD; ++u) {
-            const int4 origin = *(const int4*)&table[0][b_k * TC_PER_WORD + 4 * u];
-            const int4 taps = *(const int4*)&table[1][b_k * TC_PER_WORD + 4 * u];
+            const int4 origin = *(const int4*)&table[0][x_k * TC_PER_WORD + 4 * u];
+            const int4 taps = *(const int4*)&table[1][x_k * TC_PER_WORD + 4 * u];
             origins[4 * u] = origin.x, origins[4 * u + 1] = origin.y, origins[4 * u + 2] = origin.z;
             origins[4 * u + 3] = origin.w;
             inside[4 * u] = taps.x, inside[4 * u + 1] = taps.y, inside[4 * u + 2] = taps.z, inside[4 * u + 3] = taps.w;
@@ -368,30 +477,26 @@ __device__ __forceinline__ void wgrad_mma(
                     const int at = j * TC_PER_WORD + e;
                     v[e] = (~inside[at] & tap_bits[i]) == 0 ? load_real(x_column[i] + origins[at]) : REAL();
                 }
-                b_next[i][j] = operand_word(v);
+                x_next[i][j] = operand_word(v);
             }
     };
     auto store = [&](int step) {
-        unsigned int* stage = smem + (step & 1) * TC_STAGE;
-#pragma unroll
-        for (int i = 0; i < A_ROWS; ++i) stage[(a_row + 8 * i) * TC_PITCH + a_k] = a_next[i];
+        unsigned int* stage = smem + (step & 1) * TC_TILE_B;
 #pragma unroll
         for (int i = 0; i < 4; ++i)
-            *(uint4*)(stage + TC_TILE_A + (b_col + 32 * i) * TC_PITCH + b_k) =
-                make_uint4(b_next[i][0], b_next[i][1], b_next[i][2], b_next[i][3]);
+            *(uint4*)(stage + (x_col + 32 * i) * TC_PITCH + x_k) =
+                make_uint4(x_next[i][0], x_next[i][1], x_next[i][2], x_next[i][3]);
         if (tid < TC_DEPTH && step + 1 < steps) describe(step + 1);   // read after the step's barrier
     };
 
-    MmaTile<WARPS_M> tile;
-    tile.init(TC_TILE_A);
     if (tid < TC_DEPTH) describe(0);
     __syncthreads();
-    mma_main_loop(tile, smem, steps, fetch, store);
+    mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
 
-    tile.for_each([&](int col) { return n0 + col < CRS ? n0 + col : -1; },
-                  [&](int row, int filter_column, float v) {
-                      const int m = m0 + row;
-                      if (filter_column < 0 || m >= Kg) return;
+    tile.for_each([&](int col) { return m0 + col < Kg ? m0 + col : -1; },
+                  [&](int row, int m, float v) {
+                      const int filter_column = n0 + row;
+                      if (m < 0 || filter_column >= CRS) return;
                       const int at = (g * Kg + m) * CRS + filter_column;
                       if (splits > 1)
                           partials[(long long)split * K * CRS + at] = v;
@@ -406,21 +511,24 @@ __device__ __forceinline__ void wgrad_mma(
         const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N,   \
         int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, \
         int dil_h, int dil_w, int groups, int splits, int chunk
-// per step (two slots) and pixel of the step: the x offset of its window origin (h0, w0) in channel
-// 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the pixel in
-// channel 0 (-1 past the chunk)
-#define TC_WGRAD_SHARED                                        \
-    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE]; \
-    __shared__ __align__(16) int pixels[2][3][TC_DEPTH]
+// pixels: per step (two slots) and pixel of the step, the x offset of its window origin (h0, w0) in
+// channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the pixel
+// in channel 0 (-1 past the chunk). walker: the table's walk (p, q, x origin, dy offset) per pixel
+// thread; column_taps: each thread's 4 filter columns' tap bits
+#define TC_WGRAD_SHARED                                          \
+    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B]; \
+    __shared__ __align__(16) int pixels[2][3][TC_DEPTH];       \
+    __shared__ int walker[4][TC_DEPTH];                        \
+    __shared__ uint4 column_taps[TC_THREADS]
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
     TC_WGRAD_SHARED;
-    wgrad_mma<2>(smem, pixels, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R, S, P, Q, stride_h,
-                 stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
+    wgrad_mma<128>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R,
+                   S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
     TC_WGRAD_SHARED;
-    wgrad_mma<1>(smem, pixels, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R, S, P, Q, stride_h,
-                 stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
+    wgrad_mma<64>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R,
+                  S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
 }

@@ -1,7 +1,7 @@
 // The tensor-core block tiles shared by the kernels of conv2d_tc.cu (their header comments give
 // each GEMM view and loader).
 //
-// Operand words: the shared tiles and A fragments hold 32-bit words, in the float32 build one
+// Operand words: the shared tiles and fragments hold 32-bit words, in the float32 build one
 // TF32 value (mma.sync m16n8k8 .tf32), in the float16 build two FP16 values of consecutive
 // reduction indices, the lower index in the low half (m16n8k16 .f16). Counted in words, the PTX
 // ISA's m16n8k16 .f16 A and B fragments are the m16n8k8 .tf32 ones (A: a0 (g, t), a1 (g + 8, t),
@@ -10,31 +10,27 @@
 // step of 16 words covers TC_DEPTH = 16 (TF32) or 32 (FP16) reduction indices, and a "k8" half
 // step 8 words. Loaders make the words as they load (operand_word).
 //
-// A block of 128 threads computes a (64 * WARPS_M) x 128 tile of a GEMM output with FP32
-// accumulation. WARPS_M = 2: 2 x 2 warps of 64 x 64 (4 x 8 mma tiles, 128 accumulators per
-// thread), the main tile; WARPS_M = 1: 1 x 4 warps of 64 x 32 for GEMMs of 64 rows or fewer. A
-// warp's fragments come from shared memory by ldmatrix.x4 (B always; A in wgrad), or A's from
-// registers (fprop, dgrad: loaded from global memory in fragment order). A 64 x 64 warp tile moves
-// 128 bytes of shared fragments per mma with both operands shared (what an SM's 32 banks deliver
-// per clock, and an H100 SM finishes one TF32 m16n8k8 or FP16 m16n8k16 per clock), 64 with A in
-// registers.
+// A block of 128 threads computes a (64 * WARPS_M) x BN tile of a GEMM output with FP32
+// accumulation. WARPS_M = 2, BN = 128: 2 x 2 warps of 64 x 64 (4 x 8 mma tiles, 128 accumulators
+// per thread), the main tile; WARPS_M = 1 (1 x 4 warps) or BN = 64 (2 x 2 warps): warp tiles of
+// 64 x 32 for GEMMs of 64 rows or columns or fewer. One operand's fragments come from registers,
+// loaded from global memory in fragment order one step ahead (fprop's and dgrad's A, the filter
+// tiles; wgrad's B, dy), the other's from shared memory by ldmatrix.x4: a 64 x 64 warp tile then
+// moves 64 bytes of shared fragments per mma (half of what an SM's 32 banks deliver per clock, and
+// an H100 SM finishes one TF32 m16n8k8 or FP16 m16n8k16 per clock).
 //
-// Shared tiles (one stage): A as [m][k] rows of the block's GEMM rows, then B as [n][k] rows of
-// its 128 columns, every row 16 words + 4 of padding (pitch 80 bytes = 5 x 16). Eight consecutive
-// rows start in eight different 16-byte bank groups, so an ldmatrix matrix (8 rows x 16 bytes) and
-// a quarter warp's 16-byte stores to 8 consecutive rows (or to rows r and r + 4 of two row groups)
-// each take one wavefront.
+// Shared tiles (one stage): 128 rows of the shared operand, [n][k] (B) or [m][k] (A), every row
+// 16 words + 4 of padding (pitch 80 bytes = 5 x 16). Eight consecutive rows start in eight
+// different 16-byte bank groups, so an ldmatrix matrix (8 rows x 16 bytes) and a quarter warp's
+// 16-byte stores to 8 consecutive rows each take one wavefront.
 
 #include "common.cuh"
 
 #define TC_THREADS 128
-#define TC_BM 128
-#define TC_BN 128
+#define TC_BN 128                                       // columns of a block tile (rows of a shared tile)
 #define TC_BK 16                                        // words of a step
 #define TC_PITCH (TC_BK + 4)
-#define TC_TILE_A (TC_BM * TC_PITCH)                    // words of the A tile of a stage
-#define TC_TILE_B (TC_BN * TC_PITCH)                    // words of the B tile
-#define TC_STAGE (TC_TILE_A + TC_TILE_B)                // a stage of A then B; two stages: 40 KiB
+#define TC_TILE_B (TC_BN * TC_PITCH)                    // words of a stage's shared tile; two stages: 20 KiB
 
 #if REAL_IS_HALF
 #define TC_PER_WORD 2                                   // FP16 values per operand word
@@ -56,6 +52,9 @@ static __device__ __forceinline__ REAL load_real(const REAL* p) {
     h.bits = __ldg(&p->bits);
     return h;
 }
+
+// the four operand words of 16 aligned bytes of values in reduction order (8 FP16 values)
+static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) { return __ldg((const uint4*)p); }
 #else
 #define TC_PER_WORD 1
 
@@ -71,22 +70,31 @@ static __device__ __forceinline__ unsigned int operand_word(const REAL (&v)[TC_P
 }
 
 static __device__ __forceinline__ REAL load_real(const REAL* p) { return __ldg(p); }
+
+// the four operand words of 16 aligned bytes of values in reduction order (4 values, TF32-rounded)
+static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) {
+    const float4 v = __ldg((const float4*)p);
+    return make_uint4(tf32_operand(v.x), tf32_operand(v.y), tf32_operand(v.z), tf32_operand(v.w));
+}
 #endif
 
 #define TC_DEPTH (TC_BK * TC_PER_WORD)                  // reduction indices of a step
 
-// The 4 warps of a block tile of 64 * WARPS_M rows and 128 columns: WARPS_M x (4 / WARPS_M) warp
-// tiles of 64 rows and NT = 16 / (4 / WARPS_M) n tiles (64 x 64 for WARPS_M = 2, 64 x 32 for 1).
-template <int WARPS_M>
+// The 4 warps of a block tile of 64 * WARPS_M rows and BN columns: WARPS_M x (4 / WARPS_M) warp
+// tiles of 64 rows and NT = BN / 8 / (4 / WARPS_M) n tiles (64 x 64 for WARPS_M = 2 and BN = 128,
+// 64 x 32 for WARPS_M = 1 or BN = 64). One operand's fragments come from registers (Fragments:
+// multiply), the other's from a stage of shared memory (rows of TC_PITCH words, by ldmatrix.x4).
+template <int WARPS_M, int BN = TC_BN>
 struct MmaTile {
-    static constexpr int WARPS_N = 4 / WARPS_M, NT = 16 / WARPS_N;
+    static constexpr int WARPS_N = 4 / WARPS_M, NT = BN / 8 / WARPS_N;
+    using AFragments = unsigned int[2][4][4];    // [k8][m tile][a0..a3]
+    using BFragments = unsigned int[2][NT][2];   // [k8][n tile][b0, b1]
     float acc[4][NT][4];     // [m tile][n tile][c0..c3]
     int warp_row, warp_col;  // the warp tile's origin in the block tile
     int group, in_group;     // lane / 4 and lane % 4: the fragment coordinates of the PTX ISA
-    int a_row, b_row;        // this lane's ldmatrix row addresses in a stage (offsets in words)
+    int a_row, b_row;        // this lane's ldmatrix row addresses in a stage of [m][k] or [n][k] rows (in words)
 
-    // b_tile: where the B rows start in a stage (TC_TILE_A, or 0 with A in registers)
-    __device__ __forceinline__ void init(int b_tile) {
+    __device__ __forceinline__ void init() {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         warp_row = (warp / WARPS_N) * 64;
         warp_col = (warp % WARPS_N) * NT * 8;
@@ -97,7 +105,7 @@ struct MmaTile {
         // k 4-7), (n 8-15, k 0-3), (n 8-15, k 4-7) are b0, b1 of the first and b0, b1 of the second.
         const int row = lane & 7, matrix = lane >> 3;
         a_row = (warp_row + row + (matrix & 1) * 8) * TC_PITCH + (matrix >> 1) * 4;
-        b_row = b_tile + (warp_col + row + (matrix >> 1) * 8) * TC_PITCH + (matrix & 1) * 4;
+        b_row = (warp_col + row + (matrix >> 1) * 8) * TC_PITCH + (matrix & 1) * 4;
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
@@ -106,35 +114,37 @@ struct MmaTile {
                 for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
     }
 
-    // acc += A[:, step] * B[step, :] from one stage of the shared tiles
-    __device__ __forceinline__ void multiply(const unsigned int* stage) {
+    // acc += A[:, step] * B[step, :]: this warp's A fragments in registers, B's [n][k] rows in `stage`
+    __device__ __forceinline__ void multiply(const AFragments& a, const unsigned int* stage) {
+#pragma unroll
+        for (int k8 = 0; k8 < 2; ++k8) {
+            unsigned int fb[NT][2];
+#pragma unroll
+            for (int pair = 0; pair < NT / 2; ++pair) {
+                unsigned int b[4];
+                ldmatrix_x4(b, stage + b_row + pair * 16 * TC_PITCH + k8 * 8);
+                fb[2 * pair][0] = b[0];
+                fb[2 * pair][1] = b[1];
+                fb[2 * pair + 1][0] = b[2];
+                fb[2 * pair + 1][1] = b[3];
+            }
+            mma_k8(a[k8], fb);
+        }
+    }
+
+    // the same with B's fragments in registers and A's [m][k] rows in `stage`
+    __device__ __forceinline__ void multiply(const BFragments& b, const unsigned int* stage) {
 #pragma unroll
         for (int k8 = 0; k8 < 2; ++k8) {
             unsigned int fa[4][4];
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt) ldmatrix_x4(fa[mt], stage + a_row + mt * 16 * TC_PITCH + k8 * 8);
-            multiply_k8(fa, stage, k8);
+            mma_k8(fa, b[k8]);
         }
     }
 
-    // the same with this warp's A fragments in registers: a[k8][m tile] (MmaFragments)
-    __device__ __forceinline__ void multiply(const unsigned int (&a)[2][4][4], const unsigned int* stage) {
-#pragma unroll
-        for (int k8 = 0; k8 < 2; ++k8) multiply_k8(a[k8], stage, k8);
-    }
-
-    // acc += A * B over words [8*k8, 8*k8 + 8) of the step, A's fragments given
-    __device__ __forceinline__ void multiply_k8(const unsigned int (&fa)[4][4], const unsigned int* stage, int k8) {
-        unsigned int fb[NT][2];
-#pragma unroll
-        for (int pair = 0; pair < NT / 2; ++pair) {
-            unsigned int b[4];
-            ldmatrix_x4(b, stage + b_row + pair * 16 * TC_PITCH + k8 * 8);
-            fb[2 * pair][0] = b[0];
-            fb[2 * pair][1] = b[1];
-            fb[2 * pair + 1][0] = b[2];
-            fb[2 * pair + 1][1] = b[3];
-        }
+    // acc += A * B over 8 words of the step
+    __device__ __forceinline__ void mma_k8(const unsigned int (&fa)[4][4], const unsigned int (&fb)[NT][2]) {
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
@@ -160,50 +170,35 @@ struct MmaTile {
     }
 };
 
-// The main loop over `steps` reduction steps: `fetch(step)` loads a step's operand words into the
-// loader's registers, `store(step)` writes them into stage step % 2 of `smem`.
-// Two stages: the next step is fetched while the current one is multiplied; one barrier per step.
-template <class Tile, class Fetch, class Store>
-__device__ __forceinline__ void mma_main_loop(Tile& tile, unsigned int* smem, int steps, Fetch fetch, Store store) {
+// The main loop over `steps` reduction steps, one operand's fragments in registers (Fragments:
+// the tile's AFragments or BFragments), the other's tiles in two stages of `smem` (TC_TILE_B words
+// each): `load(step, f)` loads a step's fragments from global memory, `fetch(step)` a step's
+// shared operand words into the loader's registers, `store(step)` writes them into stage step % 2.
+// Both one step ahead: the next step is loaded while the current one is multiplied; one barrier
+// per step. Unrolled by two so that the two register sets alternate without copies.
+template <class Fragments, class Tile, class Load, class Fetch, class Store>
+__device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int* smem, int steps, Load load,
+                                                        Fetch fetch, Store store) {
     if (steps <= 0) return;
-    fetch(0);
-    store(0);
-    __syncthreads();
-    for (int step = 0; step < steps; ++step) {
-        if (step + 1 < steps) fetch(step + 1);
-        tile.multiply(smem + (step & 1) * TC_STAGE);
-        if (step + 1 < steps) store(step + 1);
-        __syncthreads();
-    }
-}
-
-// The main loop with the A operand's fragments in registers (loaded from global memory in fragment
-// order, no shared tile; a stage of `smem` is a B tile): `load_a(step, a)` loads a step's
-// fragments, one step ahead like the B loader's `fetch`/`store`. Unrolled by two so that the two
-// register sets alternate without copies.
-template <class Tile, class LoadA, class Fetch, class Store>
-__device__ __forceinline__ void mma_main_loop_a_registers(Tile& tile, unsigned int* smem, int steps, LoadA load_a,
-                                                          Fetch fetch, Store store) {
-    if (steps <= 0) return;
-    unsigned int a[2][2][4][4];
-    load_a(0, a[0]);
+    Fragments f[2];
+    load(0, f[0]);
     fetch(0);
     store(0);
     __syncthreads();
     for (int step = 0; step < steps; step += 2) {
         if (step + 1 < steps) {
-            load_a(step + 1, a[1]);
+            load(step + 1, f[1]);
             fetch(step + 1);
         }
-        tile.multiply(a[0], smem);
+        tile.multiply(f[0], smem);
         if (step + 1 < steps) store(step + 1);
         __syncthreads();
         if (step + 1 == steps) break;
         if (step + 2 < steps) {
-            load_a(step + 2, a[0]);
+            load(step + 2, f[0]);
             fetch(step + 2);
         }
-        tile.multiply(a[1], smem + TC_TILE_B);
+        tile.multiply(f[1], smem + TC_TILE_B);
         if (step + 2 < steps) store(step + 2);
         __syncthreads();
     }

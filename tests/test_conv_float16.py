@@ -225,8 +225,10 @@ def test_filter_words_pair_consecutive_channels_low_half_first():
     np.testing.assert_array_equal(words.ravel(), bits.ravel()[0::2] | bits.ravel()[1::2] << 16)
     assert conv_tc.step_depth(F16) == 32 and conv_tc.step_depth(np.float32) == 16
     g = conv_geometry((2, 40, 8, 8), (8, 40, 3, 3), padding=1)
-    fp16, fp32 = conv_tc.plan_fprop(g, dtype=F16, splits=1), conv_tc.plan_fprop(g, dtype=np.float32, splits=1)
+    fp16, fp32 = (conv_tc.plan_fprop(g, dtype=dtype, splits=1, flat=False) for dtype in (F16, np.float32))
     assert (fp16.chunk, fp32.chunk) == (9 * 2, 9 * 3)   # 40 channels: 2 steps of 32, 3 of 16, per tap
+    flat16, flat32 = (conv_tc.plan_fprop(g, dtype=dtype, splits=1) for dtype in (F16, np.float32))
+    assert (flat16.chunk, flat32.chunk) == (12, 23)     # the flattened 360 indices: steps of 32, of 16
 
 
 @needs_emu

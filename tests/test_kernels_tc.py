@@ -197,6 +197,44 @@ def test_tf32_whole_tiles_take_the_unpredicated_paths(splits, tile):
     assert np.all(np.abs(conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=splits) - want_dx) <= 2e-6 * (scale_dx + 1.0))
 
 
+def _vector_dy_requests(prof):
+    """Warp requests of wgrad's 16-byte dy loads (load_operand_words in kernels/mma_tile.cuh)."""
+    header = backend.kernel_dir() / "mma_tile.cuh"
+    lines = {number for number, text in enumerate(header.read_text().splitlines(), 1)
+             if "__ldg((const float4*)" in text or "__ldg((const uint4*)" in text}
+    return sum(site["requests"] for site in prof.sites if site["kernel"].startswith("conv2d_wgrad_tc")
+               and site["file"].endswith("mma_tile.cuh") and site["line"] in lines)
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype):
+    """wgrad's dy loader: 16-byte loads where each lane's pixels lie in one image and dy's rows are
+    16-byte aligned (P*Q = 64), one element at a time where a lane's pixels straddle two images
+    (P*Q = 49) or dy starts off a 16-byte boundary (a view one element into a buffer it shares with
+    x); each against the oracle."""
+    from cnn_gpu import emu
+    from test_conv_float16 import assert_within_bound, exact
+    rng = np.random.default_rng(15)
+    for side, misaligned, tile in ((8, False, "tc"), (7, False, None), (8, True, None)):
+        cfg = dict(n=2, c=5, h=side, w=side, k=9, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
+        w = rng.standard_normal((9, 5, 3, 3)).astype(dtype)
+        g = conv_geometry((2, 5, side, side), w.shape, padding=1)
+        x, dy = (rng.standard_normal(shape).astype(dtype) for shape in (g.x_shape, g.y_shape))
+        if misaligned:
+            shared = rng.standard_normal(dy.size + 1).astype(dtype)
+            x, dy = shared[:x.size].reshape(g.x_shape), shared[1:].reshape(g.y_shape)
+        with emu.profiling() as prof:
+            dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=2)
+        assert (_vector_dy_requests(prof) > 0) == (side == 8 and not misaligned), (side, misaligned)
+        if dtype == np.float16:
+            (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, padding=1)
+            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad {side}x{side} misaligned={misaligned}")
+        else:
+            (_, want), (_, scale) = _backward_oracle(dy, x, w, cfg)
+            assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (side, misaligned)
+
+
 def test_tf32_wgrad_leaves_filters_past_its_tap_masks_to_simt():
     g = conv_geometry((1, 1, 40, 40), (1, 1, 17, 16))
     assert not conv_tc.wgrad_supported(g) and conv_tc.wgrad("emu", None, np.ones(g.x_shape, np.float32), g) is None
@@ -251,16 +289,18 @@ SASS_MISSING = nvrtc.why_unavailable() or sass.why_unavailable("sm_90")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch):
     """The float16 build: HMMA.16816 (mma.sync m16n8k16) in every hot loop, 64 per 16-word step
-    of the 128-row tiles (4 x 8 warp tiles x 2 half steps), no local memory, no stack; the main
+    of the 128-row tiles (4 x 8 warp tiles x 2 half steps) and two steps per loop (register
+    fragments alternate), no local memory, no stack; the main
     fprop and dgrad tiles issue an HMMA at least every 4 instructions (an H100 SMSP's tensor pipe
     takes one every 4 clocks: an MMA issue ceiling of 100%)."""
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", "float16", arch)}
-    assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
+    assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_fprop_tc_flat", "conv2d_fprop_tc_flat_m64",
+                         "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
                          "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64"}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
         per_step = 32 if name.endswith("_m64") else 64
-        assert row["mma"] == per_step * (1 if name.startswith("conv2d_wgrad") else 2), f"{where}: {row['mma']} MMA"
+        assert row["mma"] == per_step * 2, f"{where}: {row['mma']} MMA"
         assert row["local_memory"] == 0 and row["stack_bytes"] == 0, where
         if name in ("conv2d_fprop_tc", "conv2d_dgrad_tc"):
             assert row["mma"] * 4 >= row["instructions"], f"{where}: {row['instructions']} instructions per loop"

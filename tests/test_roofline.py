@@ -309,10 +309,11 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
         assert main.compute_s == pytest.approx(g.flops / (peak * main.issue_ceiling) / main.wave_efficiency)
         assert main.shared_s == pytest.approx(traits.wavefronts_per_flop * g.flops / (132 * H100.clock_hz)
                                               / main.wave_efficiency)
-    # three input channels still step through 16: the tensor cores issue 16/3 of the useful FLOPs
+    # three input channels of a 3x3 filter: the flattened reduction's 27 indices step through 32
+    # (not 9 taps of 16: conv_tc.plan_fprop), the tensor cores issue 32/27 of the useful FLOPs
     thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)
     plan, launches, _ = roofline.conv.tensor_core_launches("fprop", thin, "float32", 132)
-    assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 16 / 3)
+    assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 32 / 27)
     # dgrad of a stride-2 convolution: each of the 4 stride phases steps through only the 1, 2, 2
     # and 4 taps that reach it, so with whole tiles nothing is wasted
     strided = conv_geometry((8, 128, 16, 16), (128, 128, 3, 3), 2, 1)
@@ -340,9 +341,9 @@ def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
         assert main.pipe == "fp16" and main.flops == g.flops
         assert main.compute_s == pytest.approx(g.flops / (H100.fp16_peak_flops * main.issue_ceiling)
                                                / main.wave_efficiency)
-    thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)     # 3 channels step through 32
+    thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)     # 27 flattened indices in one 32-deep step
     plan, launches, _ = roofline.conv.tensor_core_launches("fprop", thin, "float16", 132)
-    assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 32 / 3)
+    assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 32 / 27)
     small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), 1, 1)    # split-K
     plan, launches, glue = roofline.conv.tensor_core_launches("fprop", small, "float16", 132)
     y = math.prod(small.y_shape)

@@ -268,6 +268,9 @@ def test_tc_sweep_reaches_every_plan(kind):
             for split in (False, True):
                 assert (pass_name, tile, split) in seen, (kind, pass_name, tile, split)
     assert ("wgrad", "simt", False) in seen                     # R + S > 32: the SIMT fallback
+    # fprop over the flattened reduction (few channels per group) and over taps, both tiles
+    kernels = {conv_tc.plan_fprop(geometry(kind, cfg), **(cfg["forced"] or {})).main.kernel for cfg in configs}
+    assert kernels >= {base + suffix for base in ("conv2d_fprop_tc", conv_tc.FLAT_KERNEL) for suffix in ("", "_m64")}
     assert sum(cfg["forced"] is None for cfg in configs) >= SWEEP // len(FORCED)
     geometries = [geometry(kind, cfg) for cfg in configs]
     # dgrad's stride phases: every stride in both dimensions, phases that no tap reaches

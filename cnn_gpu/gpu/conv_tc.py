@@ -6,10 +6,13 @@ A reduction step is 16 operand words: 16 TF32 values, or 32 FP16 values (step_de
 hands the kernel its filter as tiles of operand words: transposed to the kernel's reduction order
 (r, s, c), rounded to TF32 (or paired as FP16), zero-padded to whole block rows and steps and laid
 out in mma fragment order (one small copy per call), so the kernel converts only the input and
-loads the filter straight into registers. dgrad runs every stride phase of dx as the stride-1 convolution of dy
-with that phase's taps of the flipped filter (dgrad_phases; tiles made the same way), all in one
-launch. wgrad hands the kernel the tap masks of each output row and column; filters with
-R + S > 32 (no room in a mask word) stay on the SIMT kernel.
+loads the filter straight into registers. Where that reduction is mostly padding (few channels
+per group: ResNet's stem has 3, 3/16 of each TF32 step), fprop runs over the flattened (r, s, c)
+reduction instead, padded once at its end (the _flat kernels; plan_fprop decides). dgrad runs
+every stride phase of dx as the stride-1 convolution of dy with that phase's taps of the flipped
+filter (dgrad_phases; tiles made the same way), all in one launch. wgrad hands the kernel the
+tap masks of each output row and column; filters with R + S > 32 (no room in a mask word) stay on
+the SIMT kernel.
 
 Every pass chooses between two block tiles (TILES: 128 or 64 output channels), and may
 split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
@@ -41,6 +44,10 @@ MIN_ARCH = 80            # mma.sync with TF32 (and m16n8k16 FP16) operands: Ampe
 DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 PARTIALS = np.dtype(np.float32)   # split-K partial outputs, and their sum before a float16 rounding
 MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
+# fprop over the flattened (r, s, c) reduction (the _flat kernels): at most FLAT_MAX indices (the
+# kernel's shared table, TC_FLAT_MAX) and R + S < 32 (tap bits below the table's past-the-end bit)
+FLAT_MAX = 512
+FLAT_KERNEL = "conv2d_fprop_tc_flat"
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,9 @@ class TcTile:
 
 # 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels.
 TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.71)}
-# wgrad's variants of the same two tiles and their weights for the picker (A and B both from shared
-# memory: the shared-memory ceilings of the model's sm_90 traits, rounded)
-WGRAD_EFFICIENCY = {"tc": 0.6, "tc_m64": 0.4}
+# wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
+# picker: the sm_90 hot loops' MMA issue ceilings, rounded (dy in registers, x from shared memory)
+WGRAD_EFFICIENCY = {"tc": 0.7, "tc_m64": 0.45}
 WGRAD_TILE = "tc"        # the main one
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
@@ -151,21 +158,53 @@ def _check_tiles(elements: int) -> None:
         raise ValueError(f"conv2d kernels use 32-bit indices: the padded filter tiles have {elements} elements")
 
 
-def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
+def flat_supported(g) -> bool:
+    """Whether fprop of `g` can run over the flattened reduction (FLAT_MAX states the limits)."""
+    return g.R * g.S * (g.C // g.groups) <= FLAT_MAX and g.R + g.S < MAX_TAP_BITS
+
+
+def fprop_steps(g, depth: int, flat: bool) -> int:
+    """Reduction steps of fprop, `depth` indices each: R*S taps of C/G channels padded to `depth`,
+    or (flat) the R*S*C/G indices of the flattened reduction padded once."""
+    cg = g.C // g.groups
+    return _ceil_div(g.R * g.S * cg, depth) if flat else g.R * g.S * _ceil_div(cg, depth)
+
+
+def is_flat(plan) -> bool:
+    """Whether an fprop plan runs over the flattened reduction."""
+    return plan.main.kernel.startswith(FLAT_KERNEL)
+
+
+def _fprop_tile_shape(g, bm, depth, flat) -> tuple:
+    """fprop's filter tiles (_tile_shape); flat: those of a 1x1 filter of R*S*C/G channels."""
+    kg, cg = g.K // g.groups, g.C // g.groups
+    if flat:
+        return _tile_shape(g.groups, kg, 1, 1, g.R * g.S * cg, bm, depth)
+    return _tile_shape(g.groups, kg, g.R, g.S, cg, bm, depth)
+
+
+def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None, flat=None) -> ConvPlan:
     """The launches of fprop on geometry `g` for `dtype`: the kernel of the TILES variant `tile`
     (chosen when None), and with split-K the fixed-order sum that also adds the bias and applies
-    ReLU."""
+    ReLU. The kernel runs over the flattened reduction when that takes fewer steps and fits
+    (flat_supported; few channels per group, e.g. ResNet's stem); `flat` forces either way."""
     _check_index_range(g)
     depth = step_depth(dtype)
+    if flat is None:
+        flat = flat_supported(g) and fprop_steps(g, depth, True) < fprop_steps(g, depth, False)
+    elif flat and not flat_supported(g):
+        raise ValueError(f"the flattened fprop kernel takes R*S*C/G <= {FLAT_MAX} and R + S < {MAX_TAP_BITS}, not "
+                         f"{g.R}x{g.S} over {g.C // g.groups} channels per group")
     kg, npq = g.K // g.groups, g.N * g.P * g.Q
-    steps = g.R * g.S * _ceil_div(g.C // g.groups, depth)
     out = math.prod(g.y_shape)
-    name, splits, chunk = _choose(kg, npq, g.groups, steps, out, sms, _fprop_tiles(), tile, splits)
+    name, splits, chunk = _choose(kg, npq, g.groups, fprop_steps(g, depth, flat), out, sms, _fprop_tiles(), tile,
+                                  splits)
     spec = TILES[name]
-    _check_tiles(math.prod(_tile_shape(g.groups, kg, g.R, g.S, g.C // g.groups, spec.bm, depth)))
+    _check_tiles(math.prod(_fprop_tile_shape(g, spec.bm, depth, flat)))
     grid = (_ceil_div(npq, TILE_N), _ceil_div(kg, spec.bm), g.groups * splits)
-    _check_grid("conv2d_fprop_tc", grid)
-    launches = (Launch("conv2d_tc", "conv2d_fprop_tc" + spec.suffix, grid, (THREADS, 1, 1)),)
+    kernel = (FLAT_KERNEL if flat else "conv2d_fprop_tc") + spec.suffix
+    _check_grid(kernel, grid)
+    launches = (Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_split_sum_epilogue(out),)
     return ConvPlan("fprop", launches, tile=name, splits=splits, chunk=chunk)
@@ -313,19 +352,21 @@ def _rounded_into(out, total):
     return out
 
 
-def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None):
+def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None, flat=None):
     """y = conv2d(x, w) + bias (then ReLU when activation == "relu"): TF32 (float32) or FP16
-    (float16) products, FP32 sums and epilogue, y rounded once. `tile` (a TILES name) and `splits`
-    force the plan's choices."""
+    (float16) products, FP32 sums and epilogue, y rounded once. `tile` (a TILES name), `splits` and
+    `flat` force the plan's choices."""
     _check_dtype(x)
     if activation not in (None, "relu"):
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    plan = plan_fprop(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be))
+    plan = plan_fprop(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be), flat=flat)
     xp = backend.array_module(be)
     kg, cg = g.K // g.groups, g.C // g.groups
     w_grsc = w.reshape(g.groups, kg, cg, g.R, g.S).transpose(0, 1, 3, 4, 2)
-    filter_tiles = _filter_tiles(xp, w_grsc, _tile_shape(g.groups, kg, g.R, g.S, cg, TILES[plan.tile].bm,
-                                                         step_depth(x.dtype)))
+    if is_flat(plan):   # a 1x1 filter of the R*S*C/G flattened indices
+        w_grsc = w_grsc.reshape(g.groups, kg, 1, 1, -1)
+    filter_tiles = _filter_tiles(xp, w_grsc, _fprop_tile_shape(g, TILES[plan.tile].bm, step_depth(x.dtype),
+                                                               is_flat(plan)))
     y = xp.empty(g.y_shape, dtype=x.dtype)
     relu = activation == "relu"
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, g.y_shape)

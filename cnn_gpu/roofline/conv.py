@@ -78,12 +78,13 @@ def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
     """The bm x 128 x `depth` block steps the main launch of a tensor-core plan runs, all blocks
     together: every block tile steps through its whole reduction `depth` deep (16 TF32 or 32 FP16
     values: conv_tc.step_depth), padding included (fprop: R*S taps of C/G channels padded to
-    `depth`; dgrad: each stride phase's taps of K/G channels over that phase's pixels; wgrad: the
-    N*P*Q pixels); split-K cuts the steps, adding none."""
+    `depth`, or with a flat plan the R*S*C/G flattened indices padded once: conv_tc.fprop_steps;
+    dgrad: each stride phase's taps of K/G channels over that phase's pixels; wgrad: the N*P*Q
+    pixels); split-K cuts the steps, adding none."""
     row_tiles = plan.main.grid[1] * g.groups
-    kg, cg = g.K // g.groups, g.C // g.groups
+    kg = g.K // g.groups
     if pass_name == "fprop":
-        return plan.main.grid[0] * row_tiles * g.R * g.S * -(-cg // depth)
+        return plan.main.grid[0] * row_tiles * conv_tc.fprop_steps(g, depth, conv_tc.is_flat(plan))
     if pass_name == "wgrad":
         return plan.main.grid[0] * row_tiles * -(-(g.N * g.P * g.Q) // depth)
     phases = conv_tc.dgrad_phases(g)
