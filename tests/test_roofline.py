@@ -447,3 +447,18 @@ def test_roofline_bound_caps_every_modeled_pass(dtype, math_mode, monkeypatch):
         for pass_name in ("fprop", "dgrad", "wgrad"):
             seconds = sum(e.seconds for e in roofline.model_conv(pass_name, g, dtype, H100, math=math_mode))
             assert g.flops / seconds / peak <= roofline.roofline_bound(pass_name, g, dtype, H100, peak)
+
+
+@pytest.mark.skipif(bool(__import__("cnn_gpu").backend.why_unavailable("emu")), reason="no emulator")
+def test_flat_fprop_plans_are_profiled_on_the_flat_kernels():
+    """The stem's fprop runs a _flat kernel; the model profiles that kernel (its own table loads),
+    on whole flattened steps, not the unflattened one."""
+    from cnn_gpu.gpu import conv_tc
+    from cnn_gpu.roofline import conv as roofline_conv
+    stem = conv_geometry((128, 3, 224, 224), (64, 3, 7, 7), 2, 3)
+    assert roofline_conv.profile_variant(conv_tc.plan_fprop(stem)) == "tc_m64_flat"
+    square = conv_geometry((2, 16, 8, 8), (128, 16, 3, 3), 1, 1)
+    assert roofline_conv.profile_variant(conv_tc.plan_fprop(square, tile="tc")) == "tc"
+    for variant, kernel in (("tc_flat", "conv2d_fprop_tc_flat"), ("tc_m64_flat", "conv2d_fprop_tc_flat_m64")):
+        launch, flops = roofline_conv.representative_run("fprop", variant, np.float32)()
+        assert launch.kernel == kernel and flops == 2 * 128 * 128 * 8 * 16

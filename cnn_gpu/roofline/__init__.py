@@ -68,7 +68,7 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
         on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, gpu.sms, bias=bias)
         if on_tensor_cores is not None:
             plan, launches, glue = on_tensor_cores
-            profile = (pass_name, plan.tile)
+            profile = (pass_name, conv.profile_variant(plan))
             # a float16 split-K sum runs the float32 build of its kernel on the FP32 partials
             return [memory_bound(name, nbytes, gpu) for name, nbytes in glue] + [
                 estimate_launch(launch, work, dtype if i == plan.main_index else np.float32, gpu,

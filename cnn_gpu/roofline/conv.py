@@ -155,15 +155,27 @@ REPRESENTATIVE = {
 # 128 x 288), so that its blocks too run whole steps
 REPRESENTATIVE_FLOAT16 = {**REPRESENTATIVE, "fprop": ((2, 32, 8, 8), (128, 32, 3, 3), 1),
                           "dgrad": ((2, 128, 8, 8), (32, 128, 3, 3), 1)}
+# fprop over the flattened reduction (conv_tc's _flat kernels): 8 channels of a 4x4 filter are 128
+# flattened indices, 8 TF32 or 4 FP16 whole steps (16 or 32 steps unflattened)
+FLAT = "_flat"
+REPRESENTATIVE_FLAT = ((2, 8, 11, 11), (128, 8, 4, 4), 0)
+
+
+def profile_variant(plan) -> str:
+    """The representative_run variant of a tensor-core plan's main kernel: its tile, with FLAT for
+    fprop over the flattened reduction."""
+    return plan.tile + (FLAT if conv_tc.is_flat(plan) else "")
 
 
 def representative_run(pass_name: str, tile, dtype):
     """A function that runs the pass's `tile` variant (a name of conv_tc.TILES: the tensor-core
-    kernels) once on the emulator without split-K and returns (its main Launch, its useful FLOPs);
-    the kernel then has whole tiles only."""
+    kernels, for fprop maybe with FLAT: profile_variant) once on the emulator without split-K and
+    returns (its main Launch, its useful FLOPs); the kernel then has whole tiles only."""
     from ..functional.geometry import conv_geometry
+    flat = tile.endswith(FLAT)
+    tile = tile.removesuffix(FLAT)
     shapes = REPRESENTATIVE_FLOAT16 if np.dtype(dtype) == np.float16 else REPRESENTATIVE
-    x_shape, w_shape, padding = shapes[pass_name]
+    x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else shapes[pass_name]
     g = conv_geometry(x_shape, w_shape, 1, padding)
 
     def run():
@@ -171,8 +183,8 @@ def representative_run(pass_name: str, tile, dtype):
         x, w, dy = (rng.standard_normal(s).astype(dtype) for s in (g.x_shape, g.w_shape, g.y_shape))
         if tile in conv_tc.TILES:
             if pass_name == "fprop":
-                conv_tc.fprop("emu", x, w, None, g, tile=tile, splits=1)
-                return conv_tc.plan_fprop(g, dtype=dtype, tile=tile, splits=1).main, g.flops
+                conv_tc.fprop("emu", x, w, None, g, tile=tile, splits=1, flat=flat)
+                return conv_tc.plan_fprop(g, dtype=dtype, tile=tile, splits=1, flat=flat).main, g.flops
             if pass_name == "dgrad":
                 conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1)
                 return conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops

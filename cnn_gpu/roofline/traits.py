@@ -131,7 +131,7 @@ def _toolchain() -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def kernel_traits(family: str, kernel: str, dtype_name: str, arch: str, profile: tuple | None = None) -> KernelTraits:
-    """The traits of kernels/<family>.cu:<kernel> for `dtype_name` on `arch`. `profile` = (pass, tile)
+    """The traits of kernels/<family>.cu:<kernel> for `dtype_name` on `arch`. `profile` = (pass, variant)
     names the representative run (conv.representative_run) whose emulator profile gives the shared
     wavefronts; without one, shared-memory time is not modeled."""
     from .. import backend
