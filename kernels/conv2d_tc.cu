@@ -36,7 +36,10 @@
 //   bytes: lane t = lane % 4 takes the step's 4 words [4t, 4t + 4) of a row as b0, b1 of the first
 //   half step and b0, b1 of the second, so shared column 8 * k8 + j holds step word
 //   4 * (j % 4) + 2 * k8 + j / 4. One 16-byte load per row where every lane's pixels lie in one image
-//   and dy's rows are 16-byte aligned (P*Q a multiple of 4 words), else one element at a time. The
+//   and dy's rows are 16-byte aligned (P*Q a multiple of 4 words); otherwise the launcher either
+//   passes a channel-major copy of dy, whose pixels run on across images, so the loads stay 16
+//   bytes, or runs the _gather kernels, which load dy one element at a time (as the others do in a
+//   chunk's last, partial step, or from a misaligned dy). The
 //   x loader gives each thread 4 filter columns (decoded once, one mask bit test per element) and 4
 //   words of the step, stored as [filter column][word] rows (the A tile; the table already holds x's
 //   pixels in the permuted order).
@@ -325,14 +328,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(
 // wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN
 // output channels (its columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32); `smem`: the kernel's
 // two stages of x, `pixels` its pixel table, `walker` and `column_taps` per-thread state kept in
-// shared memory (TC_WGRAD_SHARED).
-template <int BN>
+// shared memory (TC_WGRAD_SHARED). GATHER: dy one element at a time throughout (the _gather kernels).
+template <int BN, bool GATHER>
 __device__ __forceinline__ void wgrad_mma(
     unsigned int* smem, int (&pixels)[2][3][TC_DEPTH], int (&walker)[4][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,
     const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C,
     int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h,
-    int dil_w, int groups, int splits, int chunk)
+    int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel)
 {
     using Tile = MmaTile<2, BN>;
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
@@ -356,7 +359,7 @@ __device__ __forceinline__ void wgrad_mma(
         walker[0][tid] = p;
         walker[1][tid] = q;
         walker[2][tid] = (int)((unsigned)image * C * HW + (p * stride_h - pad_h) * W + q * stride_w - pad_w);
-        walker[3][tid] = (image * K + g * Kg) * PQ + pq;
+        walker[3][tid] = image * dy_image + g * Kg * dy_channel + pq;
     }
     auto describe = [&](int step) {
         int p = walker[0][tid], q = walker[1][tid];
@@ -378,7 +381,7 @@ __device__ __forceinline__ void wgrad_mma(
             if (++p == P) {   // next image
                 p = 0;
                 x_origin += C * HW - P * stride_h * W;
-                dy_pixel += (K - 1) * PQ;
+                dy_pixel += dy_image - PQ;
             }
         }
         walker[0][tid] = p;
@@ -394,9 +397,11 @@ __device__ __forceinline__ void wgrad_mma(
     // the output: the last channel, never stored), pixels [LANE_PIXELS * t, LANE_PIXELS * (t + 1))
     // of the step for lane t = in_group, its chunk word w as b(w % 2) of half step w / 2
     const int lane_row = m0 + tile.warp_col + tile.group;
-    auto dy_row = [&](int nt) { return (unsigned)(min(lane_row + 8 * nt, Kg - 1) * PQ); };
-    // 16-byte loads where every lane's pixels lie in one image and dy's rows are whole vectors
-    const bool vector_dy = PQ % LANE_PIXELS == 0 && ((unsigned long long)dy & 15) == 0;
+    auto dy_row = [&](int nt) { return (unsigned)(min(lane_row + 8 * nt, Kg - 1) * dy_channel); };
+    // 16-byte loads where every lane's pixels are contiguous (inside one image, or dy channel-major)
+    // and start on a 16-byte boundary
+    const bool vector_dy = !GATHER && (PQ % LANE_PIXELS == 0 || dy_image == PQ) && dy_channel % LANE_PIXELS == 0 &&
+                           ((unsigned long long)dy & 15) == 0;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
         const int(*table)[TC_DEPTH] = pixels[step & 1];
         const int lane_pixel = LANE_PIXELS * (tid & 3);   // of lane t = in_group
@@ -505,12 +510,16 @@ __device__ __forceinline__ void wgrad_mma(
                   });
 }
 
-// The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer.
+// The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
+// the _gather ones read dy one element at a time throughout (conv_tc.wgrad_dy_path).
 #define TC_WGRAD_ARGS                                                                                          \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,         \
         const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N,   \
         int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, \
-        int dil_h, int dil_w, int groups, int splits, int chunk
+        int dil_h, int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel
+// dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
+// or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
+// would straddle images in NCHW.
 // pixels: per step (two slots) and pixel of the step, the x offset of its window origin (h0, w0) in
 // channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the pixel
 // in channel 0 (-1 past the chunk). walker: the table's walk (p, q, x origin, dy offset) per pixel
@@ -523,12 +532,32 @@ __device__ __forceinline__ void wgrad_mma(
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
     TC_WGRAD_SHARED;
-    wgrad_mma<128>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R,
-                   S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
+    wgrad_mma<128, false>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
+                          K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
+                          dy_image, dy_channel);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
     TC_WGRAD_SHARED;
-    wgrad_mma<64>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W, K, R,
-                  S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk);
+    wgrad_mma<64, false>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
+                         K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
+                         dy_image, dy_channel);
 }
+
+// dy one element at a time: where a channel-major copy of dy would cost more than it saves. float32
+// only: in float16 the copy always pays (this loop would issue an mma every 9 instructions, and spill).
+#if !REAL_IS_HALF
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
+    TC_WGRAD_SHARED;
+    wgrad_mma<128, true>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
+                         K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
+                         dy_image, dy_channel);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather_m64(TC_WGRAD_ARGS) {
+    TC_WGRAD_SHARED;
+    wgrad_mma<64, true>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
+                        K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
+                        dy_image, dy_channel);
+}
+#endif

@@ -210,13 +210,17 @@ def _vector_dy_requests(prof):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype):
     """wgrad's dy loader: 16-byte loads where each lane's pixels lie in one image and dy's rows are
-    16-byte aligned (P*Q = 64), one element at a time where a lane's pixels straddle two images
-    (P*Q = 49) or dy starts off a 16-byte boundary (a view one element into a buffer it shares with
-    x); each against the oracle."""
+    16-byte aligned (P*Q = 64), and where they would straddle two images (P*Q = 49) from the
+    launcher's channel-major copy of dy; one element at a time in the _gather kernel (P*Q = 49 with
+    a small filter: the copy would not pay) and where dy starts off a 16-byte boundary (a view one
+    element into a buffer it shares with x); each against the oracle."""
     from cnn_gpu import emu
     from test_conv_float16 import assert_within_bound, exact
     rng = np.random.default_rng(15)
-    for side, misaligned, tile in ((8, False, "tc"), (7, False, None), (8, True, None)):
+    small_filter = "gather" if dtype == np.float32 else "channel_major"   # float16 always copies
+    cases = ((8, False, "tc", None, "vector"), (7, False, None, None, small_filter),
+             (7, False, "tc_m64", "channel_major", "channel_major"), (8, True, None, None, "vector"))
+    for side, misaligned, tile, dy_path, path in cases:
         cfg = dict(n=2, c=5, h=side, w=side, k=9, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
         w = rng.standard_normal((9, 5, 3, 3)).astype(dtype)
         g = conv_geometry((2, 5, side, side), w.shape, padding=1)
@@ -225,8 +229,12 @@ def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype)
             shared = rng.standard_normal(dy.size + 1).astype(dtype)
             x, dy = shared[:x.size].reshape(g.x_shape), shared[1:].reshape(g.y_shape)
         with emu.profiling() as prof:
-            dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=2)
-        assert (_vector_dy_requests(prof) > 0) == (side == 8 and not misaligned), (side, misaligned)
+            dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=2, dy_path=dy_path)
+        assert (_vector_dy_requests(prof) > 0) == (path != "gather" and not misaligned), (side, misaligned, path)
+        assert (dy_path or conv_tc.wgrad_dy_path(g, dtype)) == path
+        kernels = {name for name in prof.kernels if name.startswith("conv2d_wgrad")}
+        assert kernels == {conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=2, dy_path=dy_path).main.kernel}
+        assert kernels.pop().startswith(conv_tc.GATHER_KERNEL) == (path == "gather")
         if dtype == np.float16:
             (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, padding=1)
             assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad {side}x{side} misaligned={misaligned}")

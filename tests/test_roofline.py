@@ -462,3 +462,22 @@ def test_flat_fprop_plans_are_profiled_on_the_flat_kernels():
     for variant, kernel in (("tc_flat", "conv2d_fprop_tc_flat"), ("tc_m64_flat", "conv2d_fprop_tc_flat_m64")):
         launch, flops = roofline_conv.representative_run("fprop", variant, np.float32)()
         assert launch.kernel == kernel and flops == 2 * 128 * 128 * 8 * 16
+
+
+def test_wgrad_of_images_straddling_a_lanes_pixels_models_its_dy_path(monkeypatch):
+    """7x7 outputs (P*Q = 49, no multiple of 4 words): with a large filter (C/G*R*S past
+    conv_tc.CHANNEL_MAJOR_MIN_CRS) the launcher copies dy channel-major first, one memory-bound step
+    reading and writing dy; with a small one the _gather kernel runs (its own traits); 8x8 outputs
+    need neither."""
+    from cnn_gpu.gpu import conv_tc
+    _tc_traits(monkeypatch)
+    for channels, side, dtype, path in ((512, 7, "float32", "channel_major"), (64, 7, "float32", "gather"),
+                                        (128, 7, "float16", "channel_major"), (512, 8, "float32", "vector")):
+        g = conv_geometry((32, channels, side, side), (64, channels, 3, 3), 1, 1)
+        assert conv_tc.wgrad_dy_path(g, dtype) == path
+        estimates = roofline.model_conv("wgrad", g, dtype, H100, math="tf32")
+        copies = [e for e in estimates if e.kernel.endswith("_dy_channel_major")]
+        dy_bytes = math.prod(g.y_shape) * np.dtype(dtype).itemsize
+        assert [e.dram_bytes for e in copies] == ([2 * dy_bytes] if path == "channel_major" else [])
+        gathers = [e for e in estimates if e.kernel.startswith(conv_tc.GATHER_KERNEL)]
+        assert len(gathers) == (path == "gather")

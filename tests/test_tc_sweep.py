@@ -271,8 +271,11 @@ def test_tc_sweep_reaches_every_plan(kind):
     # fprop over the flattened reduction (few channels per group) and over taps, both tiles
     kernels = {conv_tc.plan_fprop(geometry(kind, cfg), **(cfg["forced"] or {})).main.kernel for cfg in configs}
     assert kernels >= {base + suffix for base in ("conv2d_fprop_tc", conv_tc.FLAT_KERNEL) for suffix in ("", "_m64")}
-    assert sum(cfg["forced"] is None for cfg in configs) >= SWEEP // len(FORCED)
+    # wgrad's dy in vectors from NCHW and, where a lane's pixels straddle images, by the _gather kernels
+    # (float32 with small filters; tests/test_kernels_tc.py forces the channel-major copy)
     geometries = [geometry(kind, cfg) for cfg in configs]
+    assert {conv_tc.wgrad_dy_path(g, np.float32) for g in geometries if conv_tc.wgrad_supported(g)} >= {"vector", "gather"}
+    assert sum(cfg["forced"] is None for cfg in configs) >= SWEEP // len(FORCED)
     # dgrad's stride phases: every stride in both dimensions, phases that no tap reaches
     for axis in (0, 1):
         assert {g.stride[axis] for g in geometries} == {1, 2, 3}

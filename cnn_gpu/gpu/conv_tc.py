@@ -48,6 +48,17 @@ MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
 # kernel's shared table, TC_FLAT_MAX) and R + S < 32 (tap bits below the table's past-the-end bit)
 FLAT_MAX = 512
 FLAT_KERNEL = "conv2d_fprop_tc_flat"
+# wgrad's dy where a lane's 4 words of pixels would straddle two images in NCHW (P*Q no multiple of
+# 4 words): a channel-major copy of dy (2 x dy's bytes of DRAM traffic) keeps the 16-byte loads, or
+# the _gather kernels read dy element by element, at about 0.61 of the vector loop's 0.72 MMA issue
+# rate (float32, sm_90 hot loops). wgrad does 2*C/G*R*S FLOPs per dy element, so with H100's TF32
+# peak at 148 FLOPs per byte of DRAM bandwidth the copy pays from C/G*R*S = 4 * 148 / (1/0.61 -
+# 1/0.72) ~ 2400. float16 always copies: its gather loop would issue at 0.44 of 0.74 (the copy pays
+# from 2 * 295 / (1/0.44 - 1/0.74) ~ 640) and spill, so kernels/conv2d_tc.cu builds it for float32 only.
+CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400, np.dtype(np.float16): 0}
+DY_PATHS = ("vector", "channel_major", "gather")
+GATHER_KERNEL = "conv2d_wgrad_tc_gather"
+FLOAT32_ONLY_KERNELS = (GATHER_KERNEL, GATHER_KERNEL + "_m64")   # not in kernels/conv2d_tc.cu's float16 build
 
 
 @dataclass(frozen=True)
@@ -281,12 +292,17 @@ def wgrad_supported(g) -> bool:
     return g.R + g.S <= MAX_TAP_BITS
 
 
-def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
+def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path=None) -> ConvPlan:
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) over
-    `splits` chunks of the N*P*Q pixels, then (split-K) the fixed-order sum of the partial filters."""
+    `splits` chunks of the N*P*Q pixels, then (split-K) the fixed-order sum of the partial filters;
+    the _gather kernel where dy is read element by element (`dy_path`, wgrad_dy_path when None)."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
+    if dy_path not in (None, *DY_PATHS):
+        raise ValueError(f"dy_path must be one of {', '.join(DY_PATHS)} or None, got {dy_path!r}")
+    if dy_path == "gather" and np.dtype(dtype) == np.float16:
+        raise ValueError("float16 wgrad always reads a channel-major copy of dy: it has no _gather kernel")
     depth = step_depth(dtype)
     kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
     tiles = {name: (TILES[name].bm, efficiency) for name, efficiency in WGRAD_EFFICIENCY.items()}
@@ -294,10 +310,34 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
                                         splits)
     grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, TILES[name].bm), g.groups * splits)
     _check_grid("conv2d_wgrad_tc", grid)
-    launches = (Launch("conv2d_tc", "conv2d_wgrad_tc" + TILES[name].suffix, grid, (THREADS, 1, 1)),)
+    gather = (dy_path or wgrad_dy_path(g, dtype)) == "gather"
+    kernel = (GATHER_KERNEL if gather else "conv2d_wgrad_tc") + TILES[name].suffix
+    launches = (Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, g.K * crs, 1),)
     return ConvPlan("wgrad", launches, tile=name, splits=splits, chunk=chunk_steps * depth)
+
+
+def wgrad_dy_path(g, dtype) -> str:
+    """How wgrad reads dy (DY_PATHS): "vector", 16-byte loads from NCHW (P*Q a multiple of 4
+    words); else by CHANNEL_MAJOR_MIN_CRS "channel_major", 16-byte loads from a channel-major copy
+    (K, N*P*Q rounded up to 4 words), or "gather", element by element (the _gather kernels)."""
+    if (g.P * g.Q) % (step_depth(dtype) // 4) == 0:
+        return "vector"
+    crs = (g.C // g.groups) * g.R * g.S
+    return "channel_major" if crs >= CHANNEL_MAJOR_MIN_CRS[np.dtype(dtype)] else "gather"
+
+
+def _dy_operand(xp, dy, g, dy_path):
+    """(dy as the wgrad kernel reads it, its image and channel strides in elements)."""
+    pq, npq = g.P * g.Q, g.N * g.P * g.Q
+    if dy_path != "channel_major":
+        return dy, g.K * pq, pq
+    lane_pixels = step_depth(dy.dtype) // 4
+    rows = _ceil_div(npq, lane_pixels) * lane_pixels
+    packed = xp.zeros((g.K, rows), dtype=dy.dtype)
+    packed[:, :npq].reshape(g.K, g.N, pq)[...] = dy.reshape(g.N, g.K, pq).transpose(1, 0, 2)
+    return packed, pq, rows
 
 
 def _check_dtype(a):
@@ -463,19 +503,22 @@ def _tap_masks(xp, g):
             masks(g.Q, g.S, g.stride[1], g.padding[1], g.dilation[1], g.W, g.R))
 
 
-def wgrad(be, dy, x, g, *, tile=None, splits=None):
+def wgrad(be, dy, x, g, *, tile=None, splits=None, dy_path=None):
     """dweight of conv2d on tensor cores (split-K partials summed in a fixed order), or None for a
-    filter with R + S > 32 (the SIMT kernel runs it). `tile` and `splits` force the plan's choices."""
+    filter with R + S > 32 (the SIMT kernel runs it). `tile`, `splits` and `dy_path` (DY_PATHS)
+    force the plan's choices."""
     _check_dtype(x)
     if not wgrad_supported(g):
         return None
-    plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be))
+    dy_path = dy_path or wgrad_dy_path(g, x.dtype)
+    plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be), dy_path=dy_path)
     xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
+    dy, dy_image, dy_channel = _dy_operand(xp, dy, g, dy_path)
     args = ((dy, x, *_cached_tap_masks(be, _device_id(be), g), dw, partials) + _geometry_args(g)
-            + i32(g.groups, plan.splits, plan.chunk))
+            + i32(g.groups, plan.splits, plan.chunk, dy_image, dy_channel))
     launch = plan.main
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:

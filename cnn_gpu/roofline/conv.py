@@ -100,7 +100,8 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     launch's FLOPs run on the dtype's tensor pipe (tensor_pipe), issued over whole block steps
     (_tensor_core_steps); split-K partials are FP32. glue: (name, bytes) of the launcher's CuPy work
     outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
-    (the filter read and written once; tile padding not counted), wgrad's tap masks, and for
+    (the filter read and written once; tile padding not counted), wgrad's tap masks and its
+    channel-major copy of dy where it makes one (conv_tc.wgrad_dy_path; dy read and written), and for
     float16 with split-K the rounding of the FP32 sum (read 4, write 2 bytes per output)."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
@@ -111,6 +112,8 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     issued = 2 * rows * conv_tc.TILE_N * depth * _tensor_core_steps(pass_name, g, plan, depth)
     glue = ([(f"{pipe}_tap_masks", (g.P + g.Q) * 4)] if pass_name == "wgrad"
             else [(f"{pipe}_filter_tiles", 2 * math.prod(g.w_shape) * item)])
+    if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype) == "channel_major":
+        glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
     partial_item = conv_tc.PARTIALS.itemsize
     if plan.splits > 1 and partial_item != item:
         out = _elements(pass_name, g)[1]
@@ -159,12 +162,15 @@ REPRESENTATIVE_FLOAT16 = {**REPRESENTATIVE, "fprop": ((2, 32, 8, 8), (128, 32, 3
 # flattened indices, 8 TF32 or 4 FP16 whole steps (16 or 32 steps unflattened)
 FLAT = "_flat"
 REPRESENTATIVE_FLAT = ((2, 8, 11, 11), (128, 8, 4, 4), 0)
+GATHER = "_gather"   # wgrad reading dy element by element (conv_tc's _gather kernels), same shape
 
 
 def profile_variant(plan) -> str:
     """The representative_run variant of a tensor-core plan's main kernel: its tile, with FLAT for
-    fprop over the flattened reduction."""
-    return plan.tile + (FLAT if conv_tc.is_flat(plan) else "")
+    fprop over the flattened reduction, GATHER for wgrad's _gather kernels."""
+    if conv_tc.is_flat(plan):
+        return plan.tile + FLAT
+    return plan.tile + (GATHER if plan.main.kernel.startswith(conv_tc.GATHER_KERNEL) else "")
 
 
 def representative_run(pass_name: str, tile, dtype):
@@ -172,8 +178,8 @@ def representative_run(pass_name: str, tile, dtype):
     kernels, for fprop maybe with FLAT: profile_variant) once on the emulator without split-K and
     returns (its main Launch, its useful FLOPs); the kernel then has whole tiles only."""
     from ..functional.geometry import conv_geometry
-    flat = tile.endswith(FLAT)
-    tile = tile.removesuffix(FLAT)
+    flat, gather = tile.endswith(FLAT), tile.endswith(GATHER)
+    tile = tile.removesuffix(FLAT).removesuffix(GATHER)
     shapes = REPRESENTATIVE_FLOAT16 if np.dtype(dtype) == np.float16 else REPRESENTATIVE
     x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else shapes[pass_name]
     g = conv_geometry(x_shape, w_shape, 1, padding)
@@ -188,8 +194,9 @@ def representative_run(pass_name: str, tile, dtype):
             if pass_name == "dgrad":
                 conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1)
                 return conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops
-            conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=1)
-            return conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops
+            dy_path = "gather" if gather else None
+            conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=1, dy_path=dy_path)
+            return conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=1, dy_path=dy_path).main, g.flops
         if pass_name == "fprop":
             gpu_conv.fprop("emu", x, w, None, g, tile=tile, splits=1)
         elif pass_name == "dgrad":
