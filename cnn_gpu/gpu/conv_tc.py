@@ -79,7 +79,7 @@ WGRAD_EFFICIENCY = {"tc": 0.7, "tc_m64": 0.45}
 WGRAD_TILE = "tc"        # the main one
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
-MAX_SPLITS = 64
+MAX_SPLITS = 256   # as the SIMT kernels: the stem's wgrad (2 x 1 block tiles over 1.6M pixels) fills 2 waves
 # The picker's costs in clocks of one SM: an mma (m16n8k8 TF32 or m16n8k16 FP16) at full rate (an
 # H100 SM finishes one per clock), a byte of split-K partials (an H100 SM's share of DRAM: ~14 bytes per clock) and the
 # summing launch (~4 us).
