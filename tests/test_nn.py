@@ -524,6 +524,7 @@ def test_a_users_module_without_input_grad_is_still_asked_for_its_input_gradient
     assert got is None   # the ReLU before Scale was told: no gradient of x is needed
     model[0].backward(None, input_grad=False)   # a parameter-free layer skips without looking at dy
     assert want.shape == x.shape
+    assert nn.Sequential().backward(x, input_grad=False) is None and nn.Sequential().backward(x) is x
 
 
 @pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d", "linear"])

@@ -335,7 +335,7 @@ def _dy_operand(xp, dy, g, dy_path):
         return dy, g.K * pq, pq
     lane_pixels = step_depth(dy.dtype) // 4
     rows = _ceil_div(npq, lane_pixels) * lane_pixels
-    packed = xp.zeros((g.K, rows), dtype=dy.dtype)
+    packed = xp.empty((g.K, rows), dtype=dy.dtype)   # the padding is never read
     packed[:, :npq].reshape(g.K, g.N, pq)[...] = dy.reshape(g.N, g.K, pq).transpose(1, 0, 2)
     return packed, pq, rows
 

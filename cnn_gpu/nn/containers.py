@@ -53,6 +53,8 @@ class Sequential(Module):
         module, whose needs are unknown) compute no input gradient: for the first convolution of
         a network that is its whole dgrad pass."""
         layers = list(self._modules.values())
+        if not layers:
+            return dy if input_grad else None
         wanted = [input_grad] * len(layers)
         for i in range(1, len(layers)):
             before = layers[i - 1]
