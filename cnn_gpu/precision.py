@@ -50,6 +50,13 @@ def math_mode(name: str):
         _state.override = previous
 
 
+def round_to_float16(a):
+    """An FP32 array (NumPy or CuPy) rounded to float16 once, on its device (nearest even; past
+    65504 inf, as cvt.rn.f16.f32 does, without NumPy's overflow warning)."""
+    with np.errstate(over="ignore"):
+        return a.astype(np.float16)
+
+
 def round_to_tf32(a):
     """float32 `a` (NumPy or CuPy) rounded to TF32, kept in float32 storage: the 13 low mantissa
     bits are rounded to nearest with ties away from zero, as `cvt.rna.tf32.f32` does. Infinities

@@ -202,7 +202,7 @@ __device__ __forceinline__ void mma_conv(
         }
     };
     auto store = [&](int step) {
-        unsigned int* column = smem + (step & 1) * TC_TILE_B + tid * TC_PITCH;
+        unsigned int* column = smem + (step & 1) * TC_STAGE_WORDS + tid * TC_PITCH;
 #pragma unroll
         for (int v = 0; v < TC_BK; v += 4)
             *(uint4*)(column + v) = make_uint4(b_next[v], b_next[v + 1], b_next[v + 2], b_next[v + 3]);
@@ -287,40 +287,40 @@ __device__ __forceinline__ void dgrad_mma(
         int stride_h, int stride_w, int dil_h, int dil_w, int groups, int splits, int chunk, int to_partials
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc(TC_FPROP_ARGS) {
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     fprop_mma<2>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
                  dil_h, dil_w, groups, has_bias, relu, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_m64(TC_FPROP_ARGS) {
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     fprop_mma<1>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
                  dil_h, dil_w, groups, has_bias, relu, chunk);
 }
 
 // The same over the flattened reduction (fprop with few channels per group: conv_tc.plan_fprop)
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_flat(TC_FPROP_ARGS) {
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     __shared__ __align__(16) int flat_table[2][TC_FLAT_MAX];
     fprop_mma<2, true>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h,
                        pad_w, dil_h, dil_w, groups, has_bias, relu, chunk, flat_table);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_flat_m64(TC_FPROP_ARGS) {
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     __shared__ __align__(16) int flat_table[2][TC_FLAT_MAX];
     fprop_mma<1, true>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h,
                        pad_w, dil_h, dil_w, groups, has_bias, relu, chunk, flat_table);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc(TC_DGRAD_ARGS) {
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     dgrad_mma<2>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
                  groups, splits, chunk, to_partials);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(TC_DGRAD_ARGS) {
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B];
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     dgrad_mma<1>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
                  groups, splits, chunk, to_partials);
 }
@@ -486,7 +486,7 @@ __device__ __forceinline__ void wgrad_mma(
             }
     };
     auto store = [&](int step) {
-        unsigned int* stage = smem + (step & 1) * TC_TILE_B;
+        unsigned int* stage = smem + (step & 1) * TC_STAGE_WORDS;
 #pragma unroll
         for (int i = 0; i < 4; ++i)
             *(uint4*)(stage + (x_col + 32 * i) * TC_PITCH + x_k) =
@@ -525,7 +525,7 @@ __device__ __forceinline__ void wgrad_mma(
 // in channel 0 (-1 past the chunk). walker: the table's walk (p, q, x origin, dy offset) per pixel
 // thread; column_taps: each thread's 4 filter columns' tap bits
 #define TC_WGRAD_SHARED                                          \
-    __shared__ __align__(16) unsigned int smem[2 * TC_TILE_B]; \
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS]; \
     __shared__ __align__(16) int pixels[2][3][TC_DEPTH];       \
     __shared__ int walker[4][TC_DEPTH];                        \
     __shared__ uint4 column_taps[TC_THREADS]

@@ -30,7 +30,7 @@
 #define TC_BN 128                                       // columns of a block tile (rows of a shared tile)
 #define TC_BK 16                                        // words of a step
 #define TC_PITCH (TC_BK + 4)
-#define TC_TILE_B (TC_BN * TC_PITCH)                    // words of a stage's shared tile; two stages: 20 KiB
+#define TC_STAGE_WORDS (TC_BN * TC_PITCH)               // words of a stage's shared tile; two stages: 20 KiB
 
 #if REAL_IS_HALF
 #define TC_PER_WORD 2                                   // FP16 values per operand word
@@ -171,7 +171,7 @@ struct MmaTile {
 };
 
 // The main loop over `steps` reduction steps, one operand's fragments in registers (Fragments:
-// the tile's AFragments or BFragments), the other's tiles in two stages of `smem` (TC_TILE_B words
+// the tile's AFragments or BFragments), the other's tiles in two stages of `smem` (TC_STAGE_WORDS words
 // each): `load(step, f)` loads a step's fragments from global memory, `fetch(step)` a step's
 // shared operand words into the loader's registers, `store(step)` writes them into stage step % 2.
 // Both one step ahead: the next step is loaded while the current one is multiplied; one barrier
@@ -198,7 +198,7 @@ __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int
             load(step + 2, f[0]);
             fetch(step + 2);
         }
-        tile.multiply(f[1], smem + TC_TILE_B);
+        tile.multiply(f[1], smem + TC_STAGE_WORDS);
         if (step + 2 < steps) store(step + 2);
         __syncthreads();
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_gpu import backend, emu
+from cnn_gpu import backend, emu, precision
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu import conv_tc
@@ -170,7 +170,7 @@ def test_bias_gradient_sums_float16_dy_as_it_is():
         assert sums == [("reduce", "float16", kernel, "float16", dy.size)], f"{shape}: {launched}"
         assert db.dtype == F16 and db.shape == (k,)
         widened = gpu_conv.bgrad("emu", dy.astype(np.float32))
-        np.testing.assert_array_equal(db.view(np.uint16), conv_tc.to_float16(widened).view(np.uint16))
+        np.testing.assert_array_equal(db.view(np.uint16), precision.round_to_float16(widened).view(np.uint16))
         oracle = F.conv2d_backward(dy, x, w, backend="numpy")[2]
         assert np.all(np.abs(db.astype(F64) - oracle) <= ulp16(oracle)), f"{shape}: {db} vs {oracle}"
         want, scale = exact(F.conv2d_backward, dy, x, w)

@@ -516,11 +516,10 @@ def _simt(pass_fn, operands, bias=None):
     the device, the float32 kernels run, the result rounded to float16 once (FP16 products are
     exact in FP32, so this is the tensor-core result up to the accumulation order); float32
     operands TF32-rounded in the "tf32" math mode, as they are otherwise."""
-    from ..gpu import conv_tc
     if operands[0].dtype != np.float16:
         return pass_fn(*_tf32_operands(*operands), bias)
     wide = [None if a is None else a.astype(np.float32) for a in (*operands, bias)]
-    return conv_tc.to_float16(pass_fn(*wide))
+    return precision.round_to_float16(pass_fn(*wide))
 
 
 def _gpu_fprop(be, x, weight, bias, g, activation=None):

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import backend
 from . import elementwise, reduce
-from ..precision import round_to_tf32
+from ..precision import round_to_float16, round_to_tf32
 from ._grid import Launch, i32
 from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
                    _check_splits, _geometry_args, device_sms)
@@ -76,7 +76,6 @@ TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.71)}
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the sm_90 hot loops' MMA issue ceilings, rounded (dy in registers, x from shared memory)
 WGRAD_EFFICIENCY = {"tc": 0.7, "tc_m64": 0.45}
-WGRAD_TILE = "tc"        # the main one
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 256   # as the SIMT kernels: the stem's wgrad (2 x 1 block tiles over 1.6M pixels) fills 2 waves
@@ -184,6 +183,11 @@ def fprop_steps(g, depth: int, flat: bool) -> int:
 def is_flat(plan) -> bool:
     """Whether an fprop plan runs over the flattened reduction."""
     return plan.main.kernel.startswith(FLAT_KERNEL)
+
+
+def is_gather(plan) -> bool:
+    """Whether a wgrad plan reads dy element by element (the _gather kernels)."""
+    return plan.main.kernel.startswith(GATHER_KERNEL)
 
 
 def _fprop_tile_shape(g, bm, depth, flat) -> tuple:
@@ -309,9 +313,9 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path
     name, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, depth), g.K * crs, sms, tiles, tile,
                                         splits)
     grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, TILES[name].bm), g.groups * splits)
-    _check_grid("conv2d_wgrad_tc", grid)
     gather = (dy_path or wgrad_dy_path(g, dtype)) == "gather"
     kernel = (GATHER_KERNEL if gather else "conv2d_wgrad_tc") + TILES[name].suffix
+    _check_grid(kernel, grid)
     launches = (Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)),)
     if splits > 1:
         launches += (reduce.plan_channel_sum(splits, g.K * crs, 1),)
@@ -376,19 +380,12 @@ def _partials(xp, count, shape):
     return xp.empty((count,) + tuple(shape) if count else (1,), dtype=PARTIALS)
 
 
-def to_float16(a):
-    """An FP32 array rounded to float16 once, on its device (nearest even; past 65504 inf, as
-    cvt.rn.f16.f32 does, without NumPy's overflow warning on the emulator)."""
-    with np.errstate(over="ignore"):
-        return a.astype(np.float16)
-
-
 def _rounded_into(out, total):
     """The FP32 sum of a split-K pass as the pass's output: `total` itself for float32, rounded to
     float16 once into `out` for float16."""
     if out.dtype == PARTIALS:
         return total.reshape(out.shape)
-    out[...] = to_float16(total.reshape(out.shape))
+    out[...] = round_to_float16(total.reshape(out.shape))
     return out
 
 

@@ -170,7 +170,7 @@ def profile_variant(plan) -> str:
     fprop over the flattened reduction, GATHER for wgrad's _gather kernels."""
     if conv_tc.is_flat(plan):
         return plan.tile + FLAT
-    return plan.tile + (GATHER if plan.main.kernel.startswith(conv_tc.GATHER_KERNEL) else "")
+    return plan.tile + (GATHER if conv_tc.is_gather(plan) else "")
 
 
 def representative_run(pass_name: str, tile, dtype):
