@@ -23,7 +23,8 @@
 //
 // dgrad: dx splits into stride phases (pixels (ph + i*stride_h, pw + j*stride_w)); each is the
 //   stride-1 convolution of dy with the taps of the flipped filter that reach it (the launcher's
-//   table), run by the fprop code above, its output scattered into dx. All phases in one launch.
+//   table), run by the fprop code above, its output scattered into dx (plus conv_transpose2d's bias,
+//   as fprop's epilogue adds fprop's). All phases in one launch.
 //
 // wgrad, per group g:  dw_g^T[M x Ngemm] = im2col(x_g)[M x Kgemm] * dy_g^T[Kgemm x Ngemm]
 //   M = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Ngemm = K/G, Kgemm = N*P*Q in
@@ -247,15 +248,15 @@ __device__ __forceinline__ void fprop_mma(
 // 9 ints: ph, pw, R', S', pad_h', pad_w', H', W', offset in words) is the stride-1 convolution of
 // dy (N, K, P, Q) with dilation (dil_h, dil_w) and padding (pad_h', pad_w') by the R' x S' filter
 // tiles at w_tiles + offset (from the launcher), into an H' x W' output scattered over dx
-// (N, C, H, W). grid.z = phases * splits * G; with to_partials (split-K, or an FP32 dx that the
-// launcher adds a bias to before rounding), split z writes its FP32 partial dx at partials +
-// z * N*C*H*W.
+// (N, C, H, W). grid.z = phases * splits * G; dx = that FP32 sum plus bias[c] when has_bias
+// (conv_transpose2d's), rounded once, or with split-K (splits > 1) split z writes its FP32 partial
+// dx at partials + z * N*C*H*W (no bias: the summing launch adds it).
 template <int WARPS_M>
 __device__ __forceinline__ void dgrad_mma(
     unsigned int* smem, const REAL* __restrict__ dy, const unsigned int* __restrict__ w_tiles,
-    const int* __restrict__ phases, REAL* __restrict__ dx, acc_t* __restrict__ partials, int N, int C, int H, int W,
-    int K, int P, int Q, int stride_h, int stride_w, int dil_h, int dil_w, int groups, int splits, int chunk,
-    int to_partials)
+    const int* __restrict__ phases, const REAL* __restrict__ bias, REAL* __restrict__ dx,
+    acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int P, int Q, int stride_h, int stride_w,
+    int dil_h, int dil_w, int groups, int splits, int chunk, int has_bias)
 {
     const int phase = blockIdx.z / (splits * groups), rest = blockIdx.z - phase * splits * groups;
     const int split = rest / groups, g = rest - split * groups, Cg = C / groups;
@@ -264,18 +265,20 @@ __device__ __forceinline__ void dgrad_mma(
     mma_conv<WARPS_M>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1, row[4],
                       row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
                           const int image = pixel / out_hw, i = (pixel - image * out_hw) / out_w;
-                          const int j = pixel - image * out_hw - i * out_w;
-                          const int at = ((image * C + g * Cg + m) * H + ph + i * stride_h) * W + pw + j * stride_w;
-                          if (to_partials)
+                          const int j = pixel - image * out_hw - i * out_w, c = g * Cg + m;
+                          const int at = ((image * C + c) * H + ph + i * stride_h) * W + pw + j * stride_w;
+                          if (splits > 1) {
                               partials[(long long)split * N * C * H * W + at] = v;
-                          else
-                              dx[at] = to_real(v);
+                              return;
+                          }
+                          if (has_bias) v += to_acc(bias[c]);
+                          dx[at] = to_real(v);
                       });
 }
 
 // The kernels: block tiles of 128 output channels (2 x 2 warps of 64 x 64, two blocks per SM), and
 // of 64 (_m64: 1 x 4 warps of 64 x 32) for layers of 64 or fewer channels. `partials` is written
-// only with split-K or dgrad's to_partials (any one-element array otherwise).
+// only with split-K (any one-element array otherwise); `bias` is read only with has_bias.
 #define TC_FPROP_ARGS                                                                                          \
     const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, const REAL* __restrict__ bias,        \
         REAL* __restrict__ y, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,      \
@@ -283,8 +286,9 @@ __device__ __forceinline__ void dgrad_mma(
         int has_bias, int relu, int chunk
 #define TC_DGRAD_ARGS                                                                                          \
     const REAL* __restrict__ dy, const unsigned int* __restrict__ w_tiles, const int* __restrict__ phases,      \
-        REAL* __restrict__ dx, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int P, int Q,     \
-        int stride_h, int stride_w, int dil_h, int dil_w, int groups, int splits, int chunk, int to_partials
+        const REAL* __restrict__ bias, REAL* __restrict__ dx, acc_t* __restrict__ partials, int N, int C, int H,  \
+        int W, int K, int P, int Q, int stride_h, int stride_w, int dil_h, int dil_w, int groups, int splits,     \
+        int chunk, int has_bias
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc(TC_FPROP_ARGS) {
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
@@ -315,14 +319,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_flat
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc(TC_DGRAD_ARGS) {
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
-    dgrad_mma<2>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
-                 groups, splits, chunk, to_partials);
+    dgrad_mma<2>(smem, dy, w_tiles, phases, bias, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h,
+                 dil_w, groups, splits, chunk, has_bias);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(TC_DGRAD_ARGS) {
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
-    dgrad_mma<1>(smem, dy, w_tiles, phases, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h, dil_w,
-                 groups, splits, chunk, to_partials);
+    dgrad_mma<1>(smem, dy, w_tiles, phases, bias, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h,
+                 dil_w, groups, splits, chunk, has_bias);
 }
 
 // wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN

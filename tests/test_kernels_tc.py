@@ -290,6 +290,41 @@ def test_tf32_dgrad_runs_every_stride_phase_on_tensor_cores(cfg):
     assert sum(len(r) * len(c) for r, c in zip(phases.rows, phases.cols)) == g.R * g.S   # each tap once
 
 
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_dgrad_adds_the_bias_to_the_fp32_sum_before_its_one_rounding(dtype, monkeypatch):
+    """conv_transpose2d's bias: without split-K the dgrad kernel adds it and rounds once (its one
+    launch: no bias_add, no FP32 partials); with split-K the summing launch adds it. Operands on a
+    1/64 grid make every FP32 sum exact in any order, so dx has the bits of the exact sum plus the
+    bias rounded once (a float16 dx rounded before the bias is added differs)."""
+    rng = np.random.default_rng(29)
+    launched = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda be, family, dt, kernel, *rest: (
+        launched.append(kernel), real_launch(be, family, dt, kernel, *rest))[1])
+    for cfg in (dict(n=2, c=20, h=9, w=7, k=12, r=3, s=3, stride=2, pad=1, dil=1, groups=2),
+                dict(n=2, c=3, h=11, w=10, k=5, r=2, s=3, stride=3, pad=1, dil=2, groups=1)):   # phases with no tap
+        x, _, _ = _arrays(rng, cfg)
+        w = (rng.integers(-64, 65, (cfg["k"], cfg["c"] // cfg["groups"], cfg["r"], cfg["s"])) / 64).astype(dtype)
+        g = _geometry(x, w, cfg)
+        dy = (rng.integers(-64, 65, g.y_shape) / 64).astype(dtype)
+        bias = (rng.integers(-1024, 1025, g.C) / 256).astype(dtype)
+        exact = F.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), bias=False,
+                                  stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups,
+                                  backend="numpy")[0]
+        want = (exact + bias.astype(np.float64)[:, None, None]).astype(dtype)
+        if dtype == np.float16:
+            twice = (exact.astype(dtype).astype(np.float64) + bias.astype(np.float64)[:, None, None]).astype(dtype)
+            assert not np.array_equal(twice, want), "the operands must tell one rounding from two"
+        for tile, splits in (("tc", 1), ("tc_m64", 1), ("tc", 2)):
+            launched.clear()
+            dx = conv_tc.dgrad("emu", dy, w, g, bias=bias, tile=tile, splits=splits)
+            plan = conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=splits)   # 1 split where 1 step
+            assert launched == [plan.main.kernel] + (["split_sum_epilogue"] if plan.splits > 1 else []), launched
+            assert dx.dtype == dtype and np.array_equal(dx.view(f"u{dx.itemsize}"), want.view(f"u{dx.itemsize}")), \
+                (cfg, tile, splits)
+
+
 SASS_MISSING = nvrtc.why_unavailable() or sass.why_unavailable("sm_90")
 
 

@@ -376,6 +376,32 @@ def test_tf32_passes_on_the_simt_kernels_round_their_operands(monkeypatch):
                             math="tf32")
 
 
+def test_conv_transpose2d_bias_is_read_by_the_tensor_core_dgrad_and_added_after_the_simt_one(monkeypatch):
+    """conv_transpose2d's bias (per channel of dx): the tensor-core dgrad kernel, or its split-K
+    sum, reads it (no launch of its own); after a SIMT dgrad (V100) a bias_add reads and writes dx.
+    The bench's conv_transpose2d case models it so."""
+    from cnn_gpu.bench.modeled import case_estimates
+    from cnn_gpu.gpu import conv_tc
+    _tc_traits(monkeypatch)
+    v100 = roofline.spec("v100")
+    small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), 1, 1)    # split-K
+    for g in (conv_geometry((8, 32, 16, 16), (64, 32, 3, 3), 2, 1), small):
+        for dtype in ("float32", "float16"):
+            plain = roofline.model_conv("dgrad", g, dtype, H100, math="tf32")
+            with_bias = roofline.model_conv("dgrad", g, dtype, H100, bias=True, math="tf32")
+            assert [e.kernel for e in with_bias] == [e.kernel for e in plain]
+            splits = conv_tc.plan_dgrad(g, dtype=dtype, sms=H100.sms).splits
+            item = 4 if splits > 1 else np.dtype(dtype).itemsize      # the split-K sum reads it in FP32
+            assert sum(e.dram_bytes for e in with_bias) - sum(e.dram_bytes for e in plain) == g.C * item
+            *simt, bias_add = roofline.model_conv("dgrad", g, dtype, v100, bias=True)
+            assert simt == roofline.model_conv("dgrad", g, dtype, v100)
+            assert bias_add.kernel == "bias_add" and bias_add.dram_bytes == (2 * math.prod(g.x_shape) + g.C) * 4
+    assert splits > 1
+    case = bench.make_cases("tiny", ["conv_transpose2d"])[0]
+    assert "bias_add" not in [e.kernel for e in case_estimates(case, H100, "float32", "tf32")]
+    assert "bias_add" in [e.kernel for e in case_estimates(case, H100, "float32", "fp32")]
+
+
 def test_model_gpu_tf32_peak_and_unknown_tensor_peaks(monkeypatch):
     props = {"name": "NVIDIA H200", "major": 9, "minor": 0, "sms": 132, "clock_khz": 1980000,
              "memory_clock_khz": 2619000, "bus_width_bits": 6144, "l2_bytes": 50 * 2**20, "regs_per_sm": 65536,

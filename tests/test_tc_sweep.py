@@ -21,7 +21,7 @@ import cnn_gpu
 from cnn_gpu import backend, check
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry, conv_transpose_geometry
-from cnn_gpu.gpu import conv, conv_tc, elementwise
+from cnn_gpu.gpu import conv, conv_tc
 from cnn_gpu.precision import round_to_tf32
 
 EMU_REASON = backend.why_unavailable("emu")
@@ -188,8 +188,7 @@ def run_forced(kind, cfg, g, x, w, b, dy):
     wgrad with x and dy swapped)."""
     plan = cfg["forced"]
     if kind == "transpose":
-        y = conv_tc.dgrad("emu", x, w, g, **plan)
-        elementwise.bias_add("emu", y, b)
+        y = conv_tc.dgrad("emu", x, w, g, bias=b, **plan)
         return y, conv_tc.fprop("emu", dy, w, None, g, **plan), conv_tc.wgrad("emu", x, dy, g, **plan), \
             conv.bgrad("emu", dy)
     y = conv_tc.fprop("emu", x, w, b, g, activation="relu" if cfg["relu"] else None, **plan)

@@ -67,7 +67,7 @@ class ModelDevice(Device):
 
 
 # the passes each conv op runs: F.conv2d is fprop with bias; F.conv2d_backward is dgrad, wgrad and
-# the bias gradient; F.conv_transpose2d is the conv's dgrad plus a bias addition over its output
+# the bias gradient; F.conv_transpose2d is the conv's dgrad with a bias over its output
 CONV_PASSES = {"conv2d": ("fprop",), "conv2d_dgrad": ("dgrad",), "conv2d_wgrad": ("wgrad",),
                "conv2d_fwd_bwd": ("fprop", "dgrad", "wgrad"), "conv_transpose2d": ("dgrad",)}
 
@@ -75,13 +75,11 @@ CONV_PASSES = {"conv2d": ("fprop",), "conv2d_dgrad": ("dgrad",), "conv2d_wgrad":
 def _conv(case, spec, dtype, math) -> list:
     g = case.shape.geometry()
     estimates = [estimate for pass_name in CONV_PASSES[case.op]
-                 for estimate in roofline.model_conv(pass_name, g, dtype, spec, bias=pass_name == "fprop",
+                 for estimate in roofline.model_conv(pass_name, g, dtype, spec,
+                                                     bias=pass_name == "fprop" or case.op == "conv_transpose2d",
                                                      math=math)]
     if case.op == "conv2d_fwd_bwd":
         estimates.append(roofline.model_bias_grad(g, dtype, spec))
-    if case.op == "conv_transpose2d":
-        traffic = (2 * math.prod(g.x_shape) + g.C) * np.dtype(dtype).itemsize
-        estimates.append(roofline.memory_bound("bias_add", traffic, spec))
     return estimates
 
 

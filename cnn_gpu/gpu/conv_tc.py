@@ -17,7 +17,8 @@ the SIMT kernel.
 Every pass chooses between two block tiles (TILES: 128 or 64 output channels), and may
 split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
 partly idle: the splits write FP32 partial outputs that one more launch sums in a fixed order
-(bit-identical run to run), adding fprop's bias and ReLU; a float16 sum is then rounded to FP16
+(bit-identical run to run), adding the bias (fprop's, and its ReLU; dgrad's for conv_transpose2d,
+which the kernel adds itself without split-K); a float16 sum is then rounded to FP16
 once (on the device: astype). The plan_* functions decide for an SM
 count (the emulator and the model plan for an H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from . import elementwise, reduce
+from . import reduce
 from ..precision import round_to_float16, round_to_tf32
 from ._grid import Launch, i32
 from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
@@ -268,6 +269,15 @@ def dgrad_phases(g) -> DgradPhases:
                        (dil_h, dil_w))
 
 
+def _dgrad_tile_shapes(g, bm, depth) -> list:
+    """dgrad's filter tiles of each stride phase (_tile_shape): Cg rows of the phase's R' x S'
+    taps over Kg channels, in phase order (the order dgrad concatenates them and _phase_table
+    counts their offsets)."""
+    phases, kg, cg = dgrad_phases(g), g.K // g.groups, g.C // g.groups
+    return [_tile_shape(g.groups, cg, len(rows), len(cols), kg, bm, depth)
+            for rows, cols in zip(phases.rows, phases.cols)]
+
+
 def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
     """The launches of dgrad: every stride phase of dx in one launch of the TILES variant `tile`
     (grid.z = phases x splits x G), and with split-K the fixed-order sum of the partial dx."""
@@ -281,8 +291,7 @@ def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
     out = math.prod(g.x_shape)
     name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, _fprop_tiles(), tile, splits)
     spec = TILES[name]
-    _check_tiles(sum(math.prod(_tile_shape(g.groups, cg, len(r), len(c), kg, spec.bm, depth))
-                     for r, c in zip(phases.rows, phases.cols)))
+    _check_tiles(sum(math.prod(shape) for shape in _dgrad_tile_shapes(g, spec.bm, depth)))
     grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
     _check_grid("conv2d_dgrad_tc", grid)
     launches = (Launch("conv2d_tc", "conv2d_dgrad_tc" + spec.suffix, grid, (THREADS, 1, 1)),)
@@ -424,7 +433,7 @@ def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     """dx of conv2d on tensor cores: per stride phase of dx, the convolution of dy with that
     phase's taps of the filter, flipped and transposed (filter tiles made here, one small copy).
     `bias` (per channel of dx: conv_transpose2d's) is added to the FP32 sum before its one
-    rounding: float16 then takes the FP32 partials path even with one split."""
+    rounding: by the kernel, or with split-K by the summing launch."""
     _check_dtype(dy)
     plan = plan_dgrad(g, dtype=dy.dtype, tile=tile, splits=splits, sms=device_sms(be))
     phases = dgrad_phases(g)
@@ -432,24 +441,24 @@ def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     kg, cg = g.K // g.groups, g.C // g.groups
     per_group = w.reshape(g.groups, kg, cg, g.R, g.S)
     tiles = []
-    for rows, cols in zip(phases.rows, phases.cols):
+    for rows, cols, shape in zip(phases.rows, phases.cols,
+                                 _dgrad_tile_shapes(g, TILES[plan.tile].bm, step_depth(dy.dtype))):
         # (G, Kg, Cg, R', S') -> (G, Cg, R', S', Kg): the filter of the phase's convolution of dy
         taps = per_group[:, :, :, list(rows)][:, :, :, :, list(cols)].transpose(0, 2, 3, 4, 1)
-        tiles.append(_filter_tiles(xp, taps, _tile_shape(g.groups, cg, len(rows), len(cols), kg,
-                                                         TILES[plan.tile].bm, step_depth(dy.dtype))))
+        tiles.append(_filter_tiles(xp, taps, shape))
     filter_tiles = xp.concatenate(tiles) if sum(t.size for t in tiles) else xp.zeros(1, dtype=np.uint32)
     phase_table = _phase_table(be, _device_id(be), g, TILES[plan.tile].bm, step_depth(dy.dtype))
     dx = xp.empty(g.x_shape, dtype=dy.dtype)
-    to_partials = plan.splits > 1 or (bias is not None and dy.dtype != PARTIALS)
-    partials = _partials(xp, plan.splits if to_partials else 0, g.x_shape)
-    args = ((dy, filter_tiles, phase_table, dx, partials)
+    split_k = plan.splits > 1
+    partials = _partials(xp, plan.splits if split_k else 0, g.x_shape)
+    has_bias = bias is not None and not split_k   # split-K: the sum adds it
+    bias_arg = bias if has_bias else reduce.unread_bias(xp, dy.dtype)
+    args = ((dy, filter_tiles, phase_table, bias_arg, dx, partials)
             + i32(g.N, g.C, g.H, g.W, g.K, g.P, g.Q, *g.stride, *phases.dilation)
-            + i32(g.groups, plan.splits, plan.chunk, to_partials))
+            + i32(g.groups, plan.splits, plan.chunk, has_bias))
     launch = plan.main
     backend.launch(be, launch.family, dy.dtype, launch.kernel, launch.grid, launch.block, args)
-    if not to_partials:
-        if bias is not None:
-            elementwise.bias_add(be, dx, bias)
+    if not split_k:
         return dx
     if bias is None:
         return _rounded_into(dx, reduce.channel_sum(be, partials, plan.splits, dx.size, 1))
@@ -468,11 +477,10 @@ def _phase_table(be, device_id, g, bm, depth):
     """dgrad's phase table on the device, cached per geometry and tile (never written): per stride
     phase ph, pw, R', S', pad_h', pad_w', H', W' and the offset of its filter tiles, in words."""
     phases, table, offset = dgrad_phases(g), [], 0
-    kg, cg = g.K // g.groups, g.C // g.groups
-    for (ph, pw), rows, cols, (pad_h, pad_w), (out_h, out_w) in zip(phases.phases, phases.rows, phases.cols,
-                                                                    phases.pads, phases.out_shape):
+    for (ph, pw), rows, cols, (pad_h, pad_w), (out_h, out_w), shape in zip(
+            phases.phases, phases.rows, phases.cols, phases.pads, phases.out_shape, _dgrad_tile_shapes(g, bm, depth)):
         table.append((ph, pw, len(rows), len(cols), pad_h, pad_w, out_h, out_w, offset))
-        offset += math.prod(_tile_shape(g.groups, cg, len(rows), len(cols), kg, bm, depth)) * TILE_K // depth
+        offset += math.prod(shape) * TILE_K // depth   # operand words: FP16 pairs two values
     return _read_only(backend.array_module(be).asarray(np.array(table, dtype=np.int32)))
 
 

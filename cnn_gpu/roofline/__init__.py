@@ -58,7 +58,9 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
     """One estimate per launch of the pass ("fprop", "dgrad" or "wgrad") on geometry `g`, planned for
     `gpu`'s SM count (`overrides`: the SIMT planner's tile= and splits=); the GEMM launch's shared
     wavefronts come from a profile of the same kernel variant. math="tf32" (float32): what that
-    mode runs, and float16 in any mode (module docstring), the steps outside the plan first."""
+    mode runs, and float16 in any mode (module docstring), the steps outside the plan first.
+    `bias`: fprop's, or dgrad's (conv_transpose2d's: in the tensor-core kernel's epilogue, else a
+    bias_add pass after the SIMT plan)."""
     from ..precision import MATH_MODES
     if math not in MATH_MODES:
         raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(MATH_MODES)}")
@@ -80,8 +82,9 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
         return glue + model_conv(pass_name, g, wide, gpu, bias=bias, math="fp32", **overrides)
     plan, launches = conv.pass_launches(pass_name, g, dtype, gpu.sms, bias=bias, **overrides)
     rounding = [memory_bound("round_to_tf32", conv.tf32_rounding_bytes(pass_name, g, dtype), gpu)] if tf32 else []
+    bias_add = [memory_bound("bias_add", conv.bias_add_bytes(g, dtype), gpu)] if bias and pass_name == "dgrad" else []
     return rounding + [estimate_launch(launch, work, dtype, gpu, (pass_name, plan.tile) if i == plan.main_index
-                                       else None) for i, (launch, work) in enumerate(launches)]
+                                       else None) for i, (launch, work) in enumerate(launches)] + bias_add
 
 
 def roofline_bound(pass_name: str, g, dtype, gpu: GpuSpec, peak_flops: float) -> float:

@@ -38,20 +38,23 @@ def pass_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **o
     reads the pass's operands (fprop x, w and the bias; dgrad dy and w; wgrad dy and x) and writes
     its output (fprop y, dgrad dx, wgrad dw), or with split-K `splits` partial outputs that the one
     launch after it reads back (with the bias) to write the output. A launch before the main one is
-    dgrad's filter transpose (w in, w out)."""
+    dgrad's filter transpose (w in, w out). `bias` is fprop's: the SIMT dgrad adds a bias in a
+    pass of its own (bias_add_bytes)."""
     plan = _plan(pass_name, g, dtype, sms, **overrides)
-    return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias)))
+    return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias and pass_name == "fprop")))
 
 
 def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued_flops=None,
            partial_item=None) -> list:
     """The LaunchWork of each launch of `plan`, a `pass_name` pass on geometry `g` (pass_launches
     states the traffic); the main launch's FLOPs run on `pipe`, `issued_flops` of them with padding;
-    split-K partials (and their sum) of `partial_item` bytes (default: the dtype's)."""
+    split-K partials (and their sum) of `partial_item` bytes (default: the dtype's); `bias`: the
+    kernel (or with split-K the sum) reads a bias of the output's channels (fprop's, or on the
+    tensor cores dgrad's: conv_transpose2d's)."""
     item = np.dtype(dtype).itemsize
     partial = partial_item or item
     operands, out = _elements(pass_name, g)
-    bias_elements = g.K if bias and pass_name == "fprop" else 0
+    bias_elements = {"fprop": g.K, "dgrad": g.C}.get(pass_name, 0) if bias else 0
     before, after = plan.main_index, len(plan.launches) - plan.main_index - 1
     if before > (pass_name == "dgrad") or after > (plan.splits > 1):
         raise ValueError(f"{pass_name} plan launches {[launch.kernel for launch in plan.launches]}: the model "
@@ -102,7 +105,8 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
     (the filter read and written once; tile padding not counted), wgrad's tap masks and its
     channel-major copy of dy where it makes one (conv_tc.wgrad_dy_path; dy read and written), and for
-    float16 with split-K the rounding of the FP32 sum (read 4, write 2 bytes per output)."""
+    float16 with split-K the rounding of the FP32 sum (read 4, write 2 bytes per output). `bias`:
+    fprop's, or dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
@@ -120,6 +124,12 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
         glue.append(("round_to_float16", out * (partial_item + item)))
     works = _works(pass_name, plan, g, dtype, bias, pipe, issued, partial_item)
     return plan, list(zip(plan.launches, works)), glue
+
+
+def bias_add_bytes(g, dtype) -> int:
+    """DRAM bytes of the SIMT dgrad's bias pass (conv_transpose2d's bias, per channel of dx): dx
+    read and written, the bias read."""
+    return (2 * math.prod(g.x_shape) + g.C) * np.dtype(dtype).itemsize
 
 
 def compulsory_bytes(pass_name: str, g, dtype) -> int:
