@@ -14,7 +14,11 @@
 //   (conv_tc._filter_tiles), so each warp loads its 4 KiB of A fragments per step with eight
 //   16-byte loads, one step ahead. The B loader gives each thread one output pixel (decoded once)
 //   and all channels of the step: one tap offset and bounds test per step, channels at +H*W, four
-//   16-byte shared stores; the warps read B with ldmatrix.
+//   16-byte shared stores; the warps read B with ldmatrix. A tap outside the image adds zeros: the
+//   TF32 build predicates its loads; the FP16 build reads a whole step's tap there at pixel (0, 0)
+//   of its channels, unpredicated, and zeroes each word with the PRMT that packs it (a register
+//   selector), so no per-value zeroing. A partial channel step (and the FLAT loader) predicates its
+//   loads into values widened to words (load_widened: zeroed in pairs, packed with one PRMT).
 // fprop over the flattened reduction (_flat kernels: few channels per group, e.g. ResNet's stem,
 //   C = 3, 7x7): Kgemm = R*S*(C/G) padded once at its end, a step TC_DEPTH consecutive indices of
 //   the flattened (r, s, c) (147 -> 160 for the stem instead of 49 taps of 16). The filter tiles are
@@ -113,7 +117,7 @@ __device__ __forceinline__ void mma_conv(
     const int n = pixel / PQ, pq = pixel - n * PQ;
     const int p = pq / Q, q = pq - p * Q;
     const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
-    const REAL* x_pixel = x + (unsigned)((n * C + g * Cg) * HW);
+    const REAL* x_pixel = register_pointer(x + (unsigned)((n * C + g * Cg) * HW));
     const unsigned int plane = HW;                               // one channel further
 
     // FLAT: per index k of the flattened reduction (r, s, c), the table's x offset c*H*W + r*dil_h*W
@@ -146,7 +150,7 @@ __device__ __forceinline__ void mma_conv(
     auto fetch = [&](int step) {
         if (FLAT) {   // indices k0 .. k0 + TC_DEPTH - 1 (FP16: word j holds k0 + 2j, k0 + 2j + 1)
             const int k0 = (first_step + step) * TC_DEPTH;
-            REAL v[TC_DEPTH];
+            unsigned int v[TC_DEPTH];   // values widened to words (load_widened)
 #pragma unroll
             for (int u = 0; u < TC_DEPTH; u += 4) {
                 const int4 offset = *(const int4*)&flat_table[0][k0 + u];
@@ -155,41 +159,37 @@ __device__ __forceinline__ void mma_conv(
                 const unsigned int bits[4] = {(unsigned)taps.x, (unsigned)taps.y, (unsigned)taps.z, (unsigned)taps.w};
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    v[u + e] = (bits[e] & ~inside_taps) == 0 ? load_real(x_window + offsets[e]) : REAL();
+                    v[u + e] = (bits[e] & ~inside_taps) == 0 ? load_widened(x_window + offsets[e]) : 0u;
             }
 #pragma unroll
             for (int j = 0; j < TC_BK; ++j) {
-                REAL word[TC_PER_WORD];
+                unsigned int word[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e) word[e] = v[j * TC_PER_WORD + e];
-                b_next[j] = operand_word(word);
+                b_next[j] = operand_word_of_widened(word);
             }
             return;
         }
         const int h = h_origin + h_tap, w = w_origin + w_tap;
         const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        const REAL* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + h * W + w));   // read only inside the image
+        // where operand_word_or_zero reads a tap outside the image too, the tap's channels at (0, 0)
+        const int spatial = inside || !TC_READS_ZEROED ? h * W + w : 0;
+        const REAL* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + spatial));
         const int channels = Cg - c0;
         if (channels < TC_DEPTH) {   // the last channel step of a tap when C/G is no multiple of TC_DEPTH
 #pragma unroll
             for (int j = 0; j < TC_BK; ++j) {
-                REAL v[TC_PER_WORD];
+                unsigned int v[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e) {
                     const int channel = j * TC_PER_WORD + e;
-                    v[e] = inside && channel < channels ? load_real(x_step + (size_t)plane * channel) : REAL();
+                    v[e] = inside && channel < channels ? load_widened(x_step + (size_t)plane * channel) : 0u;
                 }
-                b_next[j] = operand_word(v);
+                b_next[j] = operand_word_of_widened(v);
             }
         } else {
 #pragma unroll
-            for (int j = 0; j < TC_BK; ++j) {
-                REAL v[TC_PER_WORD];
-#pragma unroll
-                for (int e = 0; e < TC_PER_WORD; ++e)
-                    v[e] = inside ? load_real(x_step + (size_t)plane * (j * TC_PER_WORD + e)) : REAL();
-                b_next[j] = operand_word(v);
-            }
+            for (int j = 0; j < TC_BK; ++j) b_next[j] = operand_word_or_zero(x_step, plane, j, inside);
         }
         c0 += TC_DEPTH;
         if (c0 >= Cg) {
@@ -363,7 +363,7 @@ __device__ __forceinline__ void wgrad_mma(
         walker[0][tid] = p;
         walker[1][tid] = q;
         walker[2][tid] = (int)((unsigned)image * C * HW + (p * stride_h - pad_h) * W + q * stride_w - pad_w);
-        walker[3][tid] = image * dy_image + g * Kg * dy_channel + pq;
+        walker[3][tid] = image * dy_image + pq;
     }
     auto describe = [&](int step) {
         int p = walker[0][tid], q = walker[1][tid];
@@ -397,11 +397,20 @@ __device__ __forceinline__ void wgrad_mma(
     Tile tile;
     tile.init();
 
-    // dy loader, straight into the warp's B fragments: channels m0 + warp_col + 8*nt + group (past
-    // the output: the last channel, never stored), pixels [LANE_PIXELS * t, LANE_PIXELS * (t + 1))
-    // of the step for lane t = in_group, its chunk word w as b(w % 2) of half step w / 2
-    const int lane_row = m0 + tile.warp_col + tile.group;
-    auto dy_row = [&](int nt) { return (unsigned)(min(lane_row + 8 * nt, Kg - 1) * dy_channel); };
+    // dy loader, straight into the warp's B fragments: lane group `group` takes `span` consecutive
+    // channels from m0 + warp_col + span * group (its natural ones), rows at one stride (no clamp in
+    // the loop), pixels [LANE_PIXELS * t, LANE_PIXELS * (t + 1)) of the step for lane t = in_group,
+    // its chunk word w as b(w % 2) of half step w / 2. A group whose natural channels run past the
+    // output starts at Kg - span instead (repeating channels of other lanes, or tiles: only its
+    // natural ones are stored). span = NT, or 1 where Kg < NT: each group then reads its natural
+    // channel (clamped) into all NT columns and column 0 is stored.
+    const int span = Kg < Tile::NT ? 1 : Tile::NT;
+    auto natural_channel = [&](int group) { return m0 + tile.warp_col + span * group; };
+    auto lane_channel = [&](int group, int nt) {   // the channel of column nt of the group's lanes
+        return min(natural_channel(group), Kg - span) + (span > 1 ? nt : 0);
+    };
+    const REAL* dy_lane = register_pointer(dy + (unsigned)((lane_channel(tile.group, 0) + g * Kg) * dy_channel));
+    const unsigned int lane_stride = span > 1 ? dy_channel : 0;   // from one row of the lane to the next
     // 16-byte loads where every lane's pixels are contiguous (inside one image, or dy channel-major)
     // and start on a 16-byte boundary
     const bool vector_dy = !GATHER && (PQ % LANE_PIXELS == 0 || dy_image == PQ) && dy_channel % LANE_PIXELS == 0 &&
@@ -410,10 +419,10 @@ __device__ __forceinline__ void wgrad_mma(
         const int(*table)[TC_DEPTH] = pixels[step & 1];
         const int lane_pixel = LANE_PIXELS * (tid & 3);   // of lane t = in_group
         if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
-            const unsigned int offset = table[2][lane_pixel];
+            const REAL* first_row = dy_lane + (unsigned)table[2][lane_pixel];
 #pragma unroll
             for (int nt = 0; nt < Tile::NT; ++nt) {
-                const uint4 v = load_operand_words(dy + (dy_row(nt) + offset));
+                const uint4 v = load_operand_words(first_row + (size_t)lane_stride * nt);
                 b[0][nt][0] = v.x;
                 b[0][nt][1] = v.y;
                 b[1][nt][0] = v.z;
@@ -424,7 +433,7 @@ __device__ __forceinline__ void wgrad_mma(
         int offsets[LANE_PIXELS];   // -1: past the chunk
 #pragma unroll
         for (int i = 0; i < LANE_PIXELS; ++i) offsets[i] = table[2][lane_pixel + i];
-        const REAL* base = dy;   // the second half of the rows loads after the first (registers)
+        const REAL* base = dy_lane;   // the second half of the rows loads after the first (registers)
 #pragma unroll
         for (int nt = 0; nt < Tile::NT; ++nt) {
             if (nt == Tile::NT / 2)
@@ -432,7 +441,7 @@ __device__ __forceinline__ void wgrad_mma(
                 for (int done = 0; done < nt; ++done)
 #pragma unroll
                     for (int w = 0; w < 4; ++w) base = pointer_after(base, b[w / 2][done][w % 2]);
-            const REAL* row = register_pointer(base + dy_row(nt));   // read only at offsets >= 0
+            const REAL* row = register_pointer(base + (size_t)lane_stride * nt);   // read only at offsets >= 0
 #pragma unroll
             for (int w = 0; w < 4; ++w) {
                 REAL v[TC_PER_WORD];
@@ -480,13 +489,13 @@ __device__ __forceinline__ void wgrad_mma(
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                REAL v[TC_PER_WORD];
+                unsigned int v[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e) {
                     const int at = j * TC_PER_WORD + e;
-                    v[e] = (~inside[at] & tap_bits[i]) == 0 ? load_real(x_column[i] + origins[at]) : REAL();
+                    v[e] = (~inside[at] & tap_bits[i]) == 0 ? load_widened(x_column[i] + origins[at]) : 0u;
                 }
-                x_next[i][j] = operand_word(v);
+                x_next[i][j] = operand_word_of_widened(v);
             }
     };
     auto store = [&](int step) {
@@ -502,7 +511,10 @@ __device__ __forceinline__ void wgrad_mma(
     __syncthreads();
     mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
 
-    tile.for_each([&](int col) { return m0 + col < Kg ? m0 + col : -1; },
+    tile.for_each([&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
+                      const int group = col & 7, nt = (col - tile.warp_col) >> 3, m = lane_channel(group, nt);
+                      return nt < span && m >= natural_channel(group) && m < Kg ? m : -1;
+                  },
                   [&](int row, int m, float v) {
                       const int filter_column = n0 + row;
                       if (m < 0 || filter_column >= CRS) return;

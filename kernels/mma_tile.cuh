@@ -32,8 +32,22 @@
 #define TC_PITCH (TC_BK + 4)
 #define TC_STAGE_WORDS (TC_BN * TC_PITCH)               // words of a stage's shared tile; two stages: 20 KiB
 
+// __byte_perm (PRMT): byte i of the result is byte (selector >> 4i) & 15 of the eight bytes of
+// {high, low}, low's lowest first (every nibble of `selector` below 8: no sign replication)
+static __device__ __forceinline__ unsigned int byte_permute(unsigned int low, unsigned int high, unsigned int selector) {
+#if defined(CNN_GPU_EMU)
+    const unsigned long long bytes = (unsigned long long)high << 32 | low;
+    unsigned int result = 0;
+    for (int i = 0; i < 4; ++i) result |= (unsigned int)(bytes >> 8 * (selector >> 4 * i & 15) & 0xff) << 8 * i;
+    return result;
+#else
+    return __byte_perm(low, high, selector);
+#endif
+}
+
 #if REAL_IS_HALF
 #define TC_PER_WORD 2                                   // FP16 values per operand word
+#define TC_READS_ZEROED 1                               // operand_word_or_zero reads values it zeroes
 
 // acc += a * b on one 16 x 8 tile, 8 words deep (mma.sync m16n8k16 .f16)
 static __device__ __forceinline__ void mma_words(float (&acc)[4], const unsigned int (&a)[4],
@@ -55,8 +69,19 @@ static __device__ __forceinline__ REAL load_real(const REAL* p) {
 
 // the four operand words of 16 aligned bytes of values in reduction order (8 FP16 values)
 static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) { return __ldg((const uint4*)p); }
+
+// Word `word` of the values at row, row + stride, row + 2 * stride, ... (consecutive reduction
+// indices), or 0 where !keep. Its two values are read either way (so both must lie inside the
+// array): the packing PRMT then zeroes the word too, from the zero upper halves of the loaded
+// values, instead of a zeroed register per value under a predicated load.
+static __device__ __forceinline__ unsigned int operand_word_or_zero(const REAL* row, unsigned int stride, int word,
+                                                                    bool keep) {
+    const REAL* low = row + (size_t)stride * (2 * word);
+    return byte_permute(__ldg(&low->bits), __ldg(&low[stride].bits), keep ? 0x5410u : 0x2222u);
+}
 #else
 #define TC_PER_WORD 1
+#define TC_READS_ZEROED 0
 
 // acc += a * b on one 16 x 8 tile, 8 words deep (mma.sync m16n8k8 .tf32)
 static __device__ __forceinline__ void mma_words(float (&acc)[4], const unsigned int (&a)[4],
@@ -75,6 +100,12 @@ static __device__ __forceinline__ REAL load_real(const REAL* p) { return __ldg(p
 static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) {
     const float4 v = __ldg((const float4*)p);
     return make_uint4(tf32_operand(v.x), tf32_operand(v.y), tf32_operand(v.z), tf32_operand(v.w));
+}
+
+// Word `word` of the values at row, row + stride, ... (one value), or of 0 where !keep (then not read)
+static __device__ __forceinline__ unsigned int operand_word_or_zero(const REAL* row, unsigned int stride, int word,
+                                                                    bool keep) {
+    return tf32_operand(keep ? __ldg(row + (size_t)stride * word) : 0.0f);
 }
 #endif
 
@@ -203,3 +234,18 @@ __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int
         __syncthreads();
     }
 }
+
+// A gathering loader's value widened to a word of its bits (FP16: zero-extended), and the operand
+// word of TC_PER_WORD such words: a zeroed FP16 value then costs half a CS2R instead of a 16-bit
+// move, and its pair still packs with one PRMT.
+#if REAL_IS_HALF
+static __device__ __forceinline__ unsigned int load_widened(const REAL* p) { return __ldg(&p->bits); }
+static __device__ __forceinline__ unsigned int operand_word_of_widened(const unsigned int (&v)[TC_PER_WORD]) {
+    return byte_permute(v[0], v[1], 0x5410u);
+}
+#else
+static __device__ __forceinline__ unsigned int load_widened(const REAL* p) { return __float_as_uint(__ldg(p)); }
+static __device__ __forceinline__ unsigned int operand_word_of_widened(const unsigned int (&v)[TC_PER_WORD]) {
+    return tf32_operand(__uint_as_float(v[0]));
+}
+#endif

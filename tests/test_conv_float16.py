@@ -218,6 +218,29 @@ def test_nan_and_inf_propagate_and_fp16_overflow_gives_inf():
         np.testing.assert_array_equal(np.isnan(conv_tc.wgrad("emu", dy, x, g, splits=splits)), np.isnan(dw))
 
 
+@needs_emu
+def test_taps_outside_small_images_add_exact_zeros():
+    """fprop and dgrad where most taps fall outside small images (padding past the filter,
+    dilation, stride 2), with whole and partial 32-channel steps: the B loader reads a whole
+    step's outside tap at pixel (0, 0) of its channels and zeroes the words, so a NaN there reaches
+    exactly the outputs whose windows hold that pixel, and the rest keep the format bound."""
+    rng = np.random.default_rng(1645)
+    for cfg, tile in ((dict(n=2, c=45, h=4, w=5, k=40, r=3, s=3, stride=1, pad=3, dil=2, groups=1), "tc"),
+                      (dict(n=1, c=64, h=3, w=3, k=64, r=3, s=3, stride=2, pad=2, dil=1, groups=2), "tc_m64")):
+        x, w, b, g, dy = problem(rng, cfg)
+        x[0, 0, 0, 0] = x[-1, -1, 0, 0] = dy[0, 0, 0, 0] = dy[-1, -1, 0, 0] = np.nan
+        for got, (want, scale), terms, what in (
+                (conv_tc.fprop("emu", x, w, b, g, tile=tile, splits=1), exact(F.conv2d, x, w, b, **options(cfg)),
+                 g.C // g.groups * 9 + 2, "fprop"),
+                (conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1),
+                 [grads[0] for grads in exact(F.conv2d_backward, dy, x, w, bias=False, **options(cfg))],
+                 g.K // g.groups * 9 + 1, "dgrad")):
+            nan = np.isnan(want)
+            assert nan.any() and not nan.all(), what
+            np.testing.assert_array_equal(np.isnan(got), nan, err_msg=f"{what} {cfg}")
+            assert_within_bound(got[~nan], want[~nan], scale[~nan], terms, f"{what} {cfg}")
+
+
 def test_filter_words_pair_consecutive_channels_low_half_first():
     w = np.arange(1, 65, dtype=F16).reshape(1, 1, 1, 1, 64)    # (G, rows, R, S, channels)
     words = conv_tc._operand_words(np, w)

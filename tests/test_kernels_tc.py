@@ -243,6 +243,33 @@ def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype)
             assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (side, misaligned)
 
 
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_dy_rows_of_partial_channel_tiles(dtype):
+    """wgrad's dy rows run at one stride from each lane's first: a lane whose channels pass the
+    group's last starts earlier (Kg - NT), and where Kg < NT each lane repeats one channel. Groups
+    of 136, 100, 70 (no multiples of 8: whole tiles next to partial ones) and 3 channels, two
+    groups, every tile and dy path, 2 splits of 50 pixels (the first ends mid-image)."""
+    from test_conv_float16 import assert_within_bound, exact
+    rng = np.random.default_rng(27)
+    paths = ("vector", "channel_major") + (("gather",) if dtype == np.float32 else ())
+    cases = [(136, "tc", paths[0]), (100, "tc", paths[1]), (70, "tc_m64", paths[-1]), (3, "tc", paths[-1]),
+             (3, "tc_m64", paths[0])]
+    for kg, tile, dy_path in cases:
+        cfg = dict(n=2, c=6, h=5, w=5, k=2 * kg, r=3, s=3, stride=1, pad=1, dil=1, groups=2)
+        x = rng.standard_normal((2, 6, 5, 5)).astype(dtype)
+        w = rng.standard_normal((2 * kg, 3, 3, 3)).astype(dtype)
+        g = _geometry(x, w, cfg)
+        dy = rng.standard_normal(g.y_shape).astype(dtype)
+        dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=2, dy_path=dy_path)
+        if dtype == np.float16:
+            (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, padding=1, groups=2)
+            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad Kg={kg} {tile} {dy_path}")
+        else:
+            (_, want), (_, scale) = _backward_oracle(dy, x, w, cfg)
+            assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (kg, tile, dy_path)
+
+
 def test_tf32_wgrad_leaves_filters_past_its_tap_masks_to_simt():
     g = conv_geometry((1, 1, 40, 40), (1, 1, 17, 16))
     assert not conv_tc.wgrad_supported(g) and conv_tc.wgrad("emu", None, np.ones(g.x_shape, np.float32), g) is None

@@ -76,7 +76,7 @@ class TcTile:
 TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.71)}
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the sm_90 hot loops' MMA issue ceilings, rounded (dy in registers, x from shared memory)
-WGRAD_EFFICIENCY = {"tc": 0.7, "tc_m64": 0.45}
+WGRAD_EFFICIENCY = {"tc": 0.75, "tc_m64": 0.48}
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 256   # as the SIMT kernels: the stem's wgrad (2 x 1 block tiles over 1.6M pixels) fills 2 waves
