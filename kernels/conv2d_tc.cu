@@ -65,6 +65,10 @@
 #include "mma_tile.cuh"
 
 #define TC_FLAT_MAX 512   // indices of a flattened fprop reduction (conv_tc.FLAT_MAX): a 4 KiB table
+// Resident blocks per SM of the 64-row dgrad kernel (conv_tc.DGRAD_BLOCKS_PER_SM): 3 caps it at 168
+// registers, which float32 fits without spilling on sm_80..sm_90 (float16 spills on sm_86/sm_89,
+// as does the 64-row fprop: they keep 2).
+#define TC_DGRAD_M64_BLOCKS (REAL_IS_HALF ? 2 : 3)
 
 // The implicit-GEMM convolution of fprop (and of each dgrad stride phase) for block tile
 // (blockIdx.x, blockIdx.y) of group g, reduction steps [split * chunk, split * chunk + chunk);
@@ -323,7 +327,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc(TC_D
                  dil_w, groups, splits, chunk, has_bias);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_m64(TC_DGRAD_ARGS) {
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) conv2d_dgrad_tc_m64(TC_DGRAD_ARGS) {
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     dgrad_mma<1>(smem, dy, w_tiles, phases, bias, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h,
                  dil_w, groups, splits, chunk, has_bias);

@@ -376,6 +376,29 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
             assert row["mma"] * 4 >= row["instructions"], f"{where}: {row['instructions']} instructions per loop"
 
 
+def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):
+    """132 block tiles of 64 rows over 128 steps: split 3 ways, one wave of 3 resident blocks per SM
+    (the float32 64-row dgrad kernel's launch bounds); at 2 blocks per SM, 2 ways."""
+    g = conv_geometry((132, 64, 8, 16), (2048, 64, 1, 1))
+    plan = conv_tc.plan_dgrad(g, dtype=np.float32)
+    assert (plan.tile, plan.splits, plan.main.grid) == ("tc_m64", 3, (132, 1, 3))
+    monkeypatch.setattr(conv_tc, "DGRAD_BLOCKS_PER_SM", {})
+    assert conv_tc.plan_dgrad(g, dtype=np.float32).splits == 2
+
+
+@pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_dgrad_kernels_fit_the_resident_blocks_the_planner_counts(dtype):
+    """sm_90: each dgrad kernel's registers fit DGRAD_BLOCKS_PER_SM (else BLOCKS_PER_SM) blocks of an
+    SM's 64K registers, without local memory or stack."""
+    rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", dtype, "sm_90")}
+    for name in ("tc", "tc_m64"):
+        row = rows["conv2d_dgrad_tc" + conv_tc.TILES[name].suffix]
+        blocks = conv_tc.DGRAD_BLOCKS_PER_SM.get((name, np.dtype(dtype)), conv_tc.BLOCKS_PER_SM)
+        assert row["registers"] * conv_tc.THREADS * blocks <= 65536, (name, row["registers"], blocks)
+        assert row["local_memory"] == 0 and row["stack_bytes"] == 0, name
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dgrad_phase_table_and_wgrad_tap_masks_are_cached_per_geometry(dtype):
     """Made once per geometry (and tile) instead of per call, read-only; the table's tile offsets

@@ -40,7 +40,7 @@ from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _
 TILE_N = 128             # output pixels (fprop, dgrad) or filter columns (wgrad) of a block tile
 TILE_K = 16              # operand words of a step (mma_tile.cuh TC_BK)
 THREADS = 128            # 4 warps (kernels/mma_tile.cuh)
-BLOCKS_PER_SM = 2        # the kernels' __launch_bounds__
+BLOCKS_PER_SM = 2        # the kernels' __launch_bounds__, but for DGRAD_BLOCKS_PER_SM
 MIN_ARCH = 80            # mma.sync with TF32 (and m16n8k16 FP16) operands: Ampere and newer
 DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 PARTIALS = np.dtype(np.float32)   # split-K partial outputs, and their sum before a float16 rounding
@@ -72,11 +72,15 @@ class TcTile:
     efficiency: float
 
 
-# 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels.
-TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.71)}
+# 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels (0.78:
+# the least of the 64-row fprop and dgrad ceilings, float32 and float16, 0.78-0.83).
+TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78)}
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the sm_90 hot loops' MMA issue ceilings, rounded (dy in registers, x from shared memory)
 WGRAD_EFFICIENCY = {"tc": 0.75, "tc_m64": 0.48}
+# The 64-row dgrad kernel's float32 build fits 3 resident blocks per SM (kernels/conv2d_tc.cu
+# TC_DGRAD_M64_BLOCKS: at most 168 registers): finer waves of blocks for the picker
+DGRAD_BLOCKS_PER_SM = {("tc_m64", np.dtype(np.float32)): 3}
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 256   # as the SIMT kernels: the stem's wgrad (2 x 1 block tiles over 1.6M pixels) fills 2 waves
@@ -128,34 +132,38 @@ def step_depth(dtype) -> int:
 def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, sms, tiles, tile, splits):
     """(tile name, splits, chunk) of an M x Ngemm GEMM repeated `batches` times over
     `steps` reduction steps, each split taking `chunk` of them (one block per tile and split).
-    Unforced choices minimise the busiest SM's clocks: whole waves of BLOCKS_PER_SM blocks per SM
-    (a partial last wave counts whole) of bm x TILE_N x chunk steps at the tile's efficiency, plus
-    split-K's extra traffic (its partials written and read) and launch. `tiles`: {name: (bm,
-    efficiency)} to choose from."""
+    Unforced choices minimise the busiest SM's clocks: whole waves of the tile's resident blocks
+    per SM (a partial last wave counts whole; the blocks share the SM's MMA rate, so a wave takes
+    blocks_per_sm times a block's bm x TILE_N x chunk steps at the tile's efficiency), plus split-K's
+    extra traffic (its partials written and read) and launch. `tiles`: {name: (bm, efficiency,
+    blocks_per_sm)} to choose from."""
     _check_splits(splits)
     if tile is not None and tile not in tiles:
         raise ValueError(f"tile must be one of {', '.join(tiles)} or None, got {tile!r}")
-    slots = (DEFAULT_SMS if sms is None else sms) * BLOCKS_PER_SM
+    sms = DEFAULT_SMS if sms is None else sms
     most = max(1, min(MAX_SPLITS, _ceil_div(steps, MIN_SPLIT_STEPS),
                       (INDEX_LIMIT - 1) // max(output_elements, 1), MAX_GRID_YZ // batches))
     best = None
     for name in [tile] if tile else tiles:
-        bm, efficiency = tiles[name]
+        bm, efficiency, blocks_per_sm = tiles[name]
+        slots = sms * blocks_per_sm
         blocks = _ceil_div(M, bm) * _ceil_div(Ngemm, TILE_N) * batches
         for wanted in ([min(splits, steps)] if splits else range(1, most + 1)):
             chunk = _ceil_div(steps, wanted)
             count = _ceil_div(steps, chunk)          # no empty split
             waves = _ceil_div(blocks * count, slots)
-            clocks = waves * BLOCKS_PER_SM * chunk * bm * TILE_N * TILE_K / 1024 / efficiency
+            clocks = waves * blocks_per_sm * chunk * bm * TILE_N * TILE_K / 1024 / efficiency
             if count > 1:
-                clocks += 2 * count * output_elements * 4 * CLOCKS_PER_BYTE / (slots / BLOCKS_PER_SM) + LAUNCH_CLOCKS
+                clocks += 2 * count * output_elements * 4 * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS
             if best is None or clocks < best[0]:
                 best = (clocks, name, count, chunk)
     return best[1], best[2], best[3]
 
 
-def _fprop_tiles() -> dict:
-    return {name: (spec.bm, spec.efficiency) for name, spec in TILES.items()}
+def _fprop_tiles(blocks_per_sm=None) -> dict:
+    """_choose's tiles of fprop, or of dgrad with its {name: blocks per SM} (BLOCKS_PER_SM otherwise)."""
+    return {name: (spec.bm, spec.efficiency, (blocks_per_sm or {}).get(name, BLOCKS_PER_SM))
+            for name, spec in TILES.items()}
 
 
 def _tile_shape(groups, rows, r, s, channels, bm, depth) -> tuple:
@@ -289,7 +297,8 @@ def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
     batches = g.groups * len(phases.phases)
     steps = max(1, max(phases.steps(k, kg, depth) for k in range(len(phases.phases))))
     out = math.prod(g.x_shape)
-    name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, _fprop_tiles(), tile, splits)
+    dgrad_blocks = {name: blocks for (name, kind), blocks in DGRAD_BLOCKS_PER_SM.items() if kind == np.dtype(dtype)}
+    name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, _fprop_tiles(dgrad_blocks), tile, splits)
     spec = TILES[name]
     _check_tiles(sum(math.prod(shape) for shape in _dgrad_tile_shapes(g, spec.bm, depth)))
     grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
@@ -318,7 +327,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path
         raise ValueError("float16 wgrad always reads a channel-major copy of dy: it has no _gather kernel")
     depth = step_depth(dtype)
     kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
-    tiles = {name: (TILES[name].bm, efficiency) for name, efficiency in WGRAD_EFFICIENCY.items()}
+    tiles = {name: (TILES[name].bm, efficiency, BLOCKS_PER_SM) for name, efficiency in WGRAD_EFFICIENCY.items()}
     name, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, depth), g.K * crs, sms, tiles, tile,
                                         splits)
     grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, TILES[name].bm), g.groups * splits)
