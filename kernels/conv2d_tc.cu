@@ -281,7 +281,8 @@ __device__ __forceinline__ void dgrad_mma(
 }
 
 // The kernels: block tiles of 128 output channels (2 x 2 warps of 64 x 64, two blocks per SM), and
-// of 64 (_m64: 1 x 4 warps of 64 x 32) for layers of 64 or fewer channels. `partials` is written
+// of 64 (_m64: 1 x 4 warps of 64 x 32; two blocks per SM, three for the float32 dgrad) for layers of
+// 64 or fewer channels. `partials` is written
 // only with split-K (any one-element array otherwise); `bias` is read only with has_bias.
 #define TC_FPROP_ARGS                                                                                          \
     const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, const REAL* __restrict__ bias,        \
@@ -448,13 +449,13 @@ __device__ __forceinline__ void wgrad_mma(
             const REAL* row = register_pointer(base + (size_t)lane_stride * nt);   // read only at offsets >= 0
 #pragma unroll
             for (int w = 0; w < 4; ++w) {
-                REAL v[TC_PER_WORD];
+                unsigned int v[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e) {
                     const int offset = offsets[w * TC_PER_WORD + e];
-                    v[e] = offset >= 0 ? load_real(row + offset) : REAL();
+                    v[e] = offset >= 0 ? load_widened(row + offset) : 0u;
                 }
-                b[w / 2][nt][w % 2] = operand_word(v);
+                b[w / 2][nt][w % 2] = operand_word_of_widened(v);
             }
         }
     };

@@ -8,7 +8,7 @@
 // a2 (g, t + 4), a3 (g + 8, t + 4); B: b0 (t, g), b1 (t + 4, g); g = lane / 4, t = lane % 4,
 // k in words), and the accumulators are the same, so one tile machinery serves both formats: a
 // step of 16 words covers TC_DEPTH = 16 (TF32) or 32 (FP16) reduction indices, and a "k8" half
-// step 8 words. Loaders make the words as they load (operand_word).
+// step 8 words. Loaders make the words as they load (operand_word_of_widened, operand_word_or_zero).
 //
 // A block of 128 threads computes a (64 * WARPS_M) x BN tile of a GEMM output with FP32
 // accumulation. WARPS_M = 2, BN = 128: 2 x 2 warps of 64 x 64 (4 x 8 mma tiles, 128 accumulators
@@ -32,13 +32,13 @@
 #define TC_PITCH (TC_BK + 4)
 #define TC_STAGE_WORDS (TC_BN * TC_PITCH)               // words of a stage's shared tile; two stages: 20 KiB
 
-// __byte_perm (PRMT): byte i of the result is byte (selector >> 4i) & 15 of the eight bytes of
-// {high, low}, low's lowest first (every nibble of `selector` below 8: no sign replication)
+// __byte_perm (PRMT): byte i of the result is byte (selector >> 4i) & 7 of the eight bytes of
+// {high, low}, low's lowest first (__byte_perm reads 3 bits a nibble: no sign replication)
 static __device__ __forceinline__ unsigned int byte_permute(unsigned int low, unsigned int high, unsigned int selector) {
 #if defined(CNN_GPU_EMU)
     const unsigned long long bytes = (unsigned long long)high << 32 | low;
     unsigned int result = 0;
-    for (int i = 0; i < 4; ++i) result |= (unsigned int)(bytes >> 8 * (selector >> 4 * i & 15) & 0xff) << 8 * i;
+    for (int i = 0; i < 4; ++i) result |= (unsigned int)(bytes >> 8 * (selector >> 4 * i & 7) & 0xff) << 8 * i;
     return result;
 #else
     return __byte_perm(low, high, selector);
@@ -55,16 +55,12 @@ static __device__ __forceinline__ void mma_words(float (&acc)[4], const unsigned
     mma_f16_m16n8k16(acc, a, b);
 }
 
-// the word of two FP16 values, v[0] (the lower reduction index) in the low half
-static __device__ __forceinline__ unsigned int operand_word(const REAL (&v)[TC_PER_WORD]) {
-    return (unsigned int)v[0].bits | (unsigned int)v[1].bits << 16;
-}
-
-// one element through the read-only data cache
-static __device__ __forceinline__ REAL load_real(const REAL* p) {
-    half_bits h;
-    h.bits = __ldg(&p->bits);
-    return h;
+// A gathering loader's value through the read-only data cache, widened to a word of its bits
+// (zero-extended: a zeroed value then costs half a CS2R instead of a 16-bit move), and the operand
+// word of two such values, v[0] (the lower reduction index) in the low half: one PRMT
+static __device__ __forceinline__ unsigned int load_widened(const REAL* p) { return __ldg(&p->bits); }
+static __device__ __forceinline__ unsigned int operand_word_of_widened(const unsigned int (&v)[TC_PER_WORD]) {
+    return byte_permute(v[0], v[1], 0x5410u);
 }
 
 // the four operand words of 16 aligned bytes of values in reduction order (8 FP16 values)
@@ -89,12 +85,12 @@ static __device__ __forceinline__ void mma_words(float (&acc)[4], const unsigned
     mma_tf32_m16n8k8(acc, a, b);
 }
 
-// the word of a value: rounded to TF32 as the mma reads it (tf32_operand)
-static __device__ __forceinline__ unsigned int operand_word(const REAL (&v)[TC_PER_WORD]) {
-    return tf32_operand(v[0]);
+// A gathering loader's value as a word of its bits, and the operand word of it: rounded to TF32
+// as the mma reads it (tf32_operand)
+static __device__ __forceinline__ unsigned int load_widened(const REAL* p) { return __float_as_uint(__ldg(p)); }
+static __device__ __forceinline__ unsigned int operand_word_of_widened(const unsigned int (&v)[TC_PER_WORD]) {
+    return tf32_operand(__uint_as_float(v[0]));
 }
-
-static __device__ __forceinline__ REAL load_real(const REAL* p) { return __ldg(p); }
 
 // the four operand words of 16 aligned bytes of values in reduction order (4 values, TF32-rounded)
 static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) {
@@ -234,18 +230,3 @@ __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int
         __syncthreads();
     }
 }
-
-// A gathering loader's value widened to a word of its bits (FP16: zero-extended), and the operand
-// word of TC_PER_WORD such words: a zeroed FP16 value then costs half a CS2R instead of a 16-bit
-// move, and its pair still packs with one PRMT.
-#if REAL_IS_HALF
-static __device__ __forceinline__ unsigned int load_widened(const REAL* p) { return __ldg(&p->bits); }
-static __device__ __forceinline__ unsigned int operand_word_of_widened(const unsigned int (&v)[TC_PER_WORD]) {
-    return byte_permute(v[0], v[1], 0x5410u);
-}
-#else
-static __device__ __forceinline__ unsigned int load_widened(const REAL* p) { return __float_as_uint(__ldg(p)); }
-static __device__ __forceinline__ unsigned int operand_word_of_widened(const unsigned int (&v)[TC_PER_WORD]) {
-    return tf32_operand(__uint_as_float(v[0]));
-}
-#endif

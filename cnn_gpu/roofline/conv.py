@@ -103,10 +103,10 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     launch's FLOPs run on the dtype's tensor pipe (tensor_pipe), issued over whole block steps
     (_tensor_core_steps); split-K partials are FP32. glue: (name, bytes) of the launcher's CuPy work
     outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
-    (the filter read and written once; tile padding not counted), and wgrad's channel-major copy of
-    dy where it makes one (its tap masks and dgrad's phase table are made once per geometry and
-    cached: no work per call) (conv_tc.wgrad_dy_path; dy read and written), and for
-    float16 with split-K the rounding of the FP32 sum (read 4, write 2 bytes per output). `bias`:
+    (the filter read and written once; tile padding not counted), wgrad's channel-major copy of dy
+    where it makes one (conv_tc.wgrad_dy_path; dy read and written), and for float16 with split-K
+    the rounding of the FP32 sum (read 4, write 2 bytes per output); wgrad's tap masks and dgrad's
+    phase table are made once per geometry and cached, no work per call. `bias`:
     fprop's, or dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
