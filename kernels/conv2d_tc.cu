@@ -337,7 +337,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) co
 // wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN
 // output channels (its columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32); `smem`: the kernel's
 // two stages of x, `pixels` its pixel table, `walker` and `column_taps` per-thread state kept in
-// shared memory (TC_WGRAD_SHARED). GATHER: dy one element at a time throughout (the _gather kernels).
+// shared memory (TC_WGRAD_BODY). GATHER: dy one element at a time throughout (the _gather kernels).
 template <int BN, bool GATHER>
 __device__ __forceinline__ void wgrad_mma(
     unsigned int* smem, int (&pixels)[2][3][TC_DEPTH], int (&walker)[4][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
@@ -541,44 +541,36 @@ __device__ __forceinline__ void wgrad_mma(
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
 // would straddle images in NCHW.
+// A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width and dy path.
 // pixels: per step (two slots) and pixel of the step, the x offset of its window origin (h0, w0) in
 // channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the pixel
 // in channel 0 (-1 past the chunk). walker: the table's walk (p, q, x origin, dy offset) per pixel
 // thread; column_taps: each thread's 4 filter columns' tap bits
-#define TC_WGRAD_SHARED                                          \
-    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS]; \
-    __shared__ __align__(16) int pixels[2][3][TC_DEPTH];       \
-    __shared__ int walker[4][TC_DEPTH];                        \
-    __shared__ uint4 column_taps[TC_THREADS]
+#define TC_WGRAD_BODY(BN, GATHER)                                                                                \
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                              \
+    __shared__ __align__(16) int pixels[2][3][TC_DEPTH];                                                         \
+    __shared__ int walker[4][TC_DEPTH];                                                                          \
+    __shared__ uint4 column_taps[TC_THREADS];                                                                    \
+    wgrad_mma<BN, GATHER>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,  \
+                          K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,   \
+                          dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
-    TC_WGRAD_SHARED;
-    wgrad_mma<128, false>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
-                          K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
-                          dy_image, dy_channel);
+    TC_WGRAD_BODY(128, false);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_SHARED;
-    wgrad_mma<64, false>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
-                         K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
-                         dy_image, dy_channel);
+    TC_WGRAD_BODY(64, false);
 }
 
 // dy one element at a time: where a channel-major copy of dy would cost more than it saves. float32
 // only: in float16 the copy always pays (this loop would issue an mma every 9 instructions, and spill).
 #if !REAL_IS_HALF
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
-    TC_WGRAD_SHARED;
-    wgrad_mma<128, true>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
-                         K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
-                         dy_image, dy_channel);
+    TC_WGRAD_BODY(128, true);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_SHARED;
-    wgrad_mma<64, true>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,
-                        K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,
-                        dy_image, dy_channel);
+    TC_WGRAD_BODY(64, true);
 }
 #endif

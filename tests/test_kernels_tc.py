@@ -396,7 +396,7 @@ def test_dgrad_kernels_fit_the_resident_blocks_the_planner_counts(dtype):
     for name in ("tc", "tc_m64"):
         kernel = "conv2d_dgrad_tc" + conv_tc.TILES[name].suffix
         traits = roofline.kernel_traits("conv2d_tc", kernel, np.dtype(dtype).name, "sm_90")
-        blocks = conv_tc.DGRAD_BLOCKS_PER_SM.get((name, np.dtype(dtype)), conv_tc.BLOCKS_PER_SM)
+        blocks = conv_tc.DGRAD_BLOCKS_PER_SM.get(np.dtype(dtype), {}).get(name, conv_tc.BLOCKS_PER_SM)
         resident = nvrtc.occupancy("sm_90", traits.registers, traits.shared_bytes, conv_tc.THREADS)[1]
         assert resident == blocks, (name, traits.registers, resident, blocks)
         assert rows[kernel]["local_memory"] == 0 and rows[kernel]["stack_bytes"] == 0, name

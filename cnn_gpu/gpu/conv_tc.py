@@ -78,9 +78,10 @@ TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78)}
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the sm_90 hot loops' MMA issue ceilings, rounded (dy in registers, x from shared memory)
 WGRAD_EFFICIENCY = {"tc": 0.75, "tc_m64": 0.48}
-# The 64-row dgrad kernel's float32 build fits 3 resident blocks per SM (kernels/conv2d_tc.cu
-# TC_DGRAD_M64_BLOCKS: at most 168 registers): finer waves of blocks for the picker
-DGRAD_BLOCKS_PER_SM = {("tc_m64", np.dtype(np.float32)): 3}
+# Per dtype, the dgrad tiles that fit more resident blocks per SM than BLOCKS_PER_SM: the 64-row
+# kernel's float32 build fits 3 (kernels/conv2d_tc.cu TC_DGRAD_M64_BLOCKS: at most 168 registers),
+# finer waves of blocks for the picker
+DGRAD_BLOCKS_PER_SM = {np.dtype(np.float32): {"tc_m64": 3}}
 # Split-K: each split keeps at least MIN_SPLIT_STEPS reduction steps, at most MAX_SPLITS splits.
 MIN_SPLIT_STEPS = 8
 MAX_SPLITS = 256   # as the SIMT kernels: the stem's wgrad (2 x 1 block tiles over 1.6M pixels) fills 2 waves
@@ -160,7 +161,7 @@ def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, 
     return best[1], best[2], best[3]
 
 
-def _fprop_tiles(blocks_per_sm=None) -> dict:
+def _mma_tiles(blocks_per_sm=None) -> dict:
     """_choose's tiles of fprop, or of dgrad with its {name: blocks per SM} (BLOCKS_PER_SM otherwise)."""
     return {name: (spec.bm, spec.efficiency, (blocks_per_sm or {}).get(name, BLOCKS_PER_SM))
             for name, spec in TILES.items()}
@@ -221,7 +222,7 @@ def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None, flat=No
                          f"{g.R}x{g.S} over {g.C // g.groups} channels per group")
     kg, npq = g.K // g.groups, g.N * g.P * g.Q
     out = math.prod(g.y_shape)
-    name, splits, chunk = _choose(kg, npq, g.groups, fprop_steps(g, depth, flat), out, sms, _fprop_tiles(), tile,
+    name, splits, chunk = _choose(kg, npq, g.groups, fprop_steps(g, depth, flat), out, sms, _mma_tiles(), tile,
                                   splits)
     spec = TILES[name]
     _check_tiles(math.prod(_fprop_tile_shape(g, spec.bm, depth, flat)))
@@ -297,8 +298,8 @@ def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
     batches = g.groups * len(phases.phases)
     steps = max(1, max(phases.steps(k, kg, depth) for k in range(len(phases.phases))))
     out = math.prod(g.x_shape)
-    dgrad_blocks = {name: blocks for (name, kind), blocks in DGRAD_BLOCKS_PER_SM.items() if kind == np.dtype(dtype)}
-    name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, _fprop_tiles(dgrad_blocks), tile, splits)
+    tiles = _mma_tiles(DGRAD_BLOCKS_PER_SM.get(np.dtype(dtype)))
+    name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, tiles, tile, splits)
     spec = TILES[name]
     _check_tiles(sum(math.prod(shape) for shape in _dgrad_tile_shapes(g, spec.bm, depth)))
     grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
