@@ -512,15 +512,17 @@ def test_ctrl_c_interrupts_a_hung_kernel_promptly():
         path = {str(KERNELS / "planted_bugs.cu")!r}
         waits = [emu.RawModule(path=path, options=(f"-DREAL={{t}}",)).get_function("wait_forever")
                  for t in ("float", "double")]
-        faults = []
+        faults, launching = [], threading.Event()
         def in_thread():
+            launching.set()
             try:
                 waits[1]((1,), (32,), (np.zeros(1, np.float32),), timeout=120)
             except emu.KernelFault as fault:
                 faults.append(fault.kind)
         worker = threading.Thread(target=in_thread)
         worker.start()
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        launching.wait()   # a launch that starts after the signal runs to its watchdog: time both from here
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         try:
             waits[0]((1,), (32,), (np.zeros(1, np.float32),), timeout=120)
         except KeyboardInterrupt:
