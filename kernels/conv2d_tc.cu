@@ -32,10 +32,10 @@
 //
 // wgrad, per group g:  dw_g^T[M x Ngemm] = im2col(x_g)[M x Kgemm] * dy_g^T[Kgemm x Ngemm]
 //   M = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Ngemm = K/G, Kgemm = N*P*Q in
-//   splits of `chunk` pixels. Each step's TC_DEPTH pixels are described once per block, by as many
-//   threads that walk them with carries, in a small shared table: x offset of the window origin,
-//   tap mask (which filter rows and columns land inside the image, from the launcher's per-row and
-//   per-column masks), dy offset. dy, the B operand, never enters shared memory: each lane loads
+//   splits of `chunk` pixels. Each step's TC_DEPTH pixels are described by the launcher's pixel
+//   table (made once per geometry), copied into shared memory with cp.async two steps ahead: x
+//   offset of the window origin, tap mask (which filter rows and columns land inside the image),
+//   dy offset. dy, the B operand, never enters shared memory: each lane loads
 //   its fragments from its 8 (BN = 64: 4) channel rows, one step ahead. A step's pixels are summed
 //   in a permuted order (any order serves when both operands agree) that makes them 16 contiguous
 //   bytes: lane t = lane % 4 takes the step's 4 words [4t, 4t + 4) of a row as b0, b1 of the first
@@ -334,17 +334,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) co
                  dil_w, groups, splits, chunk, has_bias);
 }
 
+#define TC_TABLE_SLOTS 4   // steps of wgrad's pixel table in shared memory: copies run two steps ahead
+
 // wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN
 // output channels (its columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32); `smem`: the kernel's
-// two stages of x, `pixels` its pixel table, `walker` and `column_taps` per-thread state kept in
-// shared memory (TC_WGRAD_BODY). GATHER: dy one element at a time throughout (the _gather kernels).
+// two stages of x, `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept
+// in shared memory (TC_WGRAD_BODY). GATHER: dy one element at a time throughout (the _gather kernels).
 template <int BN, bool GATHER>
 __device__ __forceinline__ void wgrad_mma(
-    unsigned int* smem, int (&pixels)[2][3][TC_DEPTH], int (&walker)[4][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
-    const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,
-    const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C,
-    int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h,
-    int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel)
+    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
+    REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P,
+    int Q, int dil_h, int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel)
 {
     using Tile = MmaTile<2, BN>;
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
@@ -358,45 +359,16 @@ __device__ __forceinline__ void wgrad_mma(
     const int last = min(first + chunk, NPQ);
     const int steps = (last - first + TC_DEPTH - 1) / TC_DEPTH;
 
-    // the pixel table: thread tid < TC_DEPTH follows pixel first + TC_DEPTH * step + tid, walking
-    // its output coordinates and offsets with carries (no div/mod per step; between steps the walk
-    // waits in `walker`: registers are scarce). Its dy offset goes to slot tid, its x origin and tap
-    // mask to the slot of the shared column that holds its word: step word w in column
-    // 8 * (w / 2 % 2) + 4 * (w % 2) + w / 4, as the dy loader places it.
-    if (tid < TC_DEPTH) {
-        const int image = (first + tid) / PQ, pq = first + tid - image * PQ, p = pq / Q, q = pq - p * Q;
-        walker[0][tid] = p;
-        walker[1][tid] = q;
-        walker[2][tid] = (int)((unsigned)image * C * HW + (p * stride_h - pad_h) * W + q * stride_w - pad_w);
-        walker[3][tid] = image * dy_image + pq;
-    }
-    auto describe = [&](int step) {
-        int p = walker[0][tid], q = walker[1][tid];
-        unsigned int x_origin = walker[2][tid];
-        int dy_pixel = walker[3][tid];
-        const bool valid = first + step * TC_DEPTH + tid < last;
-        const int word = tid / TC_PER_WORD;
-        const int slot = ((word & 2) * 4 + (word & 1) * 4 + word / 4) * TC_PER_WORD + tid % TC_PER_WORD;
-        int(*entry)[TC_DEPTH] = pixels[step & 1];
-        entry[0][slot] = (int)x_origin;
-        entry[1][slot] = valid ? (int)(__ldg(row_taps + p) | __ldg(col_taps + q)) : 0;
-        entry[2][tid] = valid ? dy_pixel : -1;
-        q += TC_DEPTH;
-        x_origin += TC_DEPTH * stride_w;
-        dy_pixel += TC_DEPTH;
-        while (q >= Q) {   // next output row: same dy offset, x origin one stride down and Q strides left
-            q -= Q;
-            x_origin += stride_h * W - Q * stride_w;
-            if (++p == P) {   // next image
-                p = 0;
-                x_origin += C * HW - P * stride_h * W;
-                dy_pixel += dy_image - PQ;
-            }
-        }
-        walker[0][tid] = p;
-        walker[1][tid] = q;
-        walker[2][tid] = (int)x_origin;
-        walker[3][tid] = dy_pixel;
+    // the pixel table (conv_tc._pixel_table: 3 x TC_DEPTH ints per step of the pixels, so pixel i's
+    // step at 3 * i when a split starts on a step), each step copied into slot step % TC_TABLE_SLOTS
+    // two steps ahead (cp.async: no registers, no work per pixel). A slot is rewritten two barriers
+    // after the last read of its previous step.
+    auto copy_table = [&](int step) {
+        constexpr int PIECES = 3 * TC_DEPTH / 4;   // 16-byte copies
+        if (tid < PIECES && step < steps)
+            cp_async<16>(&pixels[step % TC_TABLE_SLOTS][0][0] + 4 * tid,
+                         pixel_table + (3 * (first + step * TC_DEPTH) + 4 * tid), true);
+        cp_async_commit();
     };
 
     Tile tile;
@@ -421,7 +393,7 @@ __device__ __forceinline__ void wgrad_mma(
     const bool vector_dy = !GATHER && (PQ % LANE_PIXELS == 0 || dy_image == PQ) && dy_channel % LANE_PIXELS == 0 &&
                            ((unsigned long long)dy & 15) == 0;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
-        const int(*table)[TC_DEPTH] = pixels[step & 1];
+        const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
         const int lane_pixel = LANE_PIXELS * (tid & 3);   // of lane t = in_group
         if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
             const REAL* first_row = dy_lane + (unsigned)table[2][lane_pixel];
@@ -477,7 +449,7 @@ __device__ __forceinline__ void wgrad_mma(
 
     unsigned int x_next[4][4];   // operand words
     auto fetch = [&](int step) {
-        const int(*table)[TC_DEPTH] = pixels[step & 1];
+        const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
         const uint4 bits = column_taps[tid];
         const unsigned int tap_bits[4] = {bits.x, bits.y, bits.z, bits.w};
         int origins[4 * TC_PER_WORD];
@@ -509,12 +481,16 @@ __device__ __forceinline__ void wgrad_mma(
         for (int i = 0; i < 4; ++i)
             *(uint4*)(stage + (x_col + 32 * i) * TC_PITCH + x_k) =
                 make_uint4(x_next[i][0], x_next[i][1], x_next[i][2], x_next[i][3]);
-        if (tid < TC_DEPTH && step + 1 < steps) describe(step + 1);   // read after the step's barrier
+        copy_table(step + 2);
+        cp_async_wait<1>();   // step + 1's table, read after the step's barrier
     };
 
-    if (tid < TC_DEPTH) describe(0);
+    copy_table(0);
+    copy_table(1);
+    cp_async_wait<1>();
     __syncthreads();
     mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
+    cp_async_wait_all();
 
     tile.for_each([&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
                       const int group = col & 7, nt = (col - tile.warp_col) >> 3, m = lane_channel(group, nt);
@@ -534,26 +510,21 @@ __device__ __forceinline__ void wgrad_mma(
 // The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
 // the _gather ones read dy one element at a time throughout (conv_tc.wgrad_dy_path).
 #define TC_WGRAD_ARGS                                                                                          \
-    const REAL* __restrict__ dy, const REAL* __restrict__ x, const unsigned int* __restrict__ row_taps,         \
-        const unsigned int* __restrict__ col_taps, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N,   \
-        int C, int H, int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, \
-        int dil_h, int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
+        REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,    \
+        int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,         \
+        int splits, int chunk, int dy_image, int dy_channel
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
 // would straddle images in NCHW.
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width and dy path.
-// pixels: per step (two slots) and pixel of the step, the x offset of its window origin (h0, w0) in
-// channel 0; its tap mask row_taps[p] | col_taps[q] (0 past the chunk); the dy offset of the pixel
-// in channel 0 (-1 past the chunk). walker: the table's walk (p, q, x origin, dy offset) per pixel
-// thread; column_taps: each thread's 4 filter columns' tap bits
+// pixels: TC_TABLE_SLOTS steps of the pixel table; column_taps: each thread's 4 filter columns' tap bits
 #define TC_WGRAD_BODY(BN, GATHER)                                                                                \
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                              \
-    __shared__ __align__(16) int pixels[2][3][TC_DEPTH];                                                         \
-    __shared__ int walker[4][TC_DEPTH];                                                                          \
+    __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                            \
     __shared__ uint4 column_taps[TC_THREADS];                                                                    \
-    wgrad_mma<BN, GATHER>(smem, pixels, walker, column_taps, dy, x, row_taps, col_taps, dw, partials, N, C, H, W,  \
-                          K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, splits, chunk,   \
-                          dy_image, dy_channel)
+    wgrad_mma<BN, GATHER>(smem, pixels, column_taps, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S, P, Q, \
+                          dil_h, dil_w, groups, splits, chunk, dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, false);

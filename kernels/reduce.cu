@@ -18,8 +18,9 @@
 //    neighbouring channels, so every row is read coalesced.
 // Every order is fixed by the shape: results are bit-identical run to run, whichever block
 // arrives last. Indices are 64-bit: outer*channels*inner may exceed 2^31.
-// The float16 build reads FP16, adds in FP32 (acc_t; chunk partials too) and rounds each output
-// once: the same sums, in the same order, as the float32 build on the widened array.
+// The float16 build reads FP16 (split_sum_epilogue: FP32 partials), adds in FP32 (acc_t; chunk
+// partials too) and rounds each output once: the same sums, in the same order, as the float32
+// build on the widened array.
 
 #include "common.cuh"
 
@@ -102,18 +103,19 @@ channel_sum_column(const REAL* __restrict__ a, REAL* __restrict__ out,
     out[c] = to_real(fold(acc));
 }
 
-// Split-K partials of a convolution output viewed as (splits, outer, channels, inner):
-// out[e] = the partials of element e summed over splits in order, plus bias[channel] when
-// has_bias, then ReLU when relu (NaN passes through) - the epilogue the split GEMM kernel left out.
+// Split-K partials of a convolution output viewed as (splits, outer, channels, inner), in acc_t
+// (the FP32 workspace of a float16 pass): out[e] = the partials of element e summed over splits 0,
+// 1, 2, ... in that order, plus bias[channel] when has_bias, then ReLU when relu (NaN passes
+// through), rounded to REAL once - the epilogue the split GEMM kernel left out.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-split_sum_epilogue(const REAL* __restrict__ a, const REAL* __restrict__ bias, REAL* __restrict__ out,
+split_sum_epilogue(const acc_t* __restrict__ a, const REAL* __restrict__ bias, REAL* __restrict__ out,
                    long long splits, long long elements, long long channels, long long inner,
                    int has_bias, int relu)
 {
     GRID_STRIDE_LOOP(e, elements) {
-        acc_t sum = to_acc(a[e]);
+        acc_t sum = a[e];
         for (long long s = 1; s < splits; ++s)
-            sum += to_acc(a[s * elements + e]);
+            sum += a[s * elements + e];
         if (has_bias) sum += to_acc(bias[(e / inner) % channels]);
         if (relu && sum < (acc_t)0) sum = (acc_t)0;
         out[e] = to_real(sum);

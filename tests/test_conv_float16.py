@@ -16,7 +16,7 @@ import pytest
 from cnn_gpu import backend, emu, precision
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
-from cnn_gpu.gpu import conv_tc
+from cnn_gpu.gpu import conv_tc, reduce
 from test_kernels_tc import tc_config
 
 F16, F64 = np.float16, np.float64
@@ -148,7 +148,7 @@ def test_bias_gradient_sums_float16_dy_as_it_is():
     in FP32 and rounds once: bit-identical to the sum of dy widened to float32, within one FP16 ulp
     of the NumPy oracle and within the format bound of float64; (3, 4, 40, 40) and (2, 3, 70, 70)
     span two and three blocks per channel, whose FP32 partials the last block adds."""
-    from cnn_gpu.gpu import conv as gpu_conv, reduce
+    from cnn_gpu.gpu import conv as gpu_conv
     rng = np.random.default_rng(1625)
     launched = []
     real_launch = backend.launch
@@ -191,6 +191,54 @@ def test_bit_identical_under_every_schedule_and_run_to_run():
                 conv_tc.dgrad("emu", dy, w, g, splits=2), conv_tc.wgrad("emu", dy, x, g, splits=2),
                 conv_tc.wgrad("emu", dy, x, g, splits=1))))
     assert all(run == runs[0] for run in runs)
+
+
+@needs_emu
+def test_split_k_sums_fp32_partials_in_order_and_rounds_once_in_one_launch(monkeypatch):
+    """With 3 splits each float16 pass launches its kernel and split_sum_epilogue, nothing else (the
+    plan's two launches): the output is the FP32 sum of that kernel's partials in split order (fprop:
+    plus the bias, then ReLU) rounded to float16 once, bit for bit. Rounding the first two splits'
+    sum (fprop: the sum before the bias) to float16 first, or summing float16 partials, differs."""
+    rng = np.random.default_rng(1635)
+    cfg = dict(n=2, c=40, h=6, w=8, k=24, r=3, s=3, stride=1, pad=1, dil=1, groups=1)   # 3 steps of wgrad
+    x, w, b, g, dy = problem(rng, cfg)
+    launched, written = [], {}
+    real_launch = backend.launch
+
+    def spy(be, family, dtype, kernel, grid, block, args):
+        launched.append((kernel, args))
+        real_launch(be, family, dtype, kernel, grid, block, args)
+        if family == "conv2d_tc":   # the FP32 arrays as the pass's kernel left them
+            written.update({id(a): a.copy() for a in args if isinstance(a, np.ndarray) and a.dtype == np.float32})
+
+    monkeypatch.setattr(backend, "launch", spy)
+    f32 = np.float32
+    runs = (("fprop", lambda: conv_tc.fprop("emu", x, w, b, g, activation="relu", splits=3), b),
+            ("dgrad", lambda: conv_tc.dgrad("emu", dy, w, g, splits=3), None),
+            ("wgrad", lambda: conv_tc.wgrad("emu", dy, x, g, splits=3), None))
+    for pass_name, run, bias in runs:
+        launched.clear(), written.clear()
+        got = run()
+        plan = getattr(conv_tc, f"plan_{pass_name}")(g, dtype=F16, splits=3)
+        assert plan.splits == 3 and plan.launches == (plan.main, reduce.plan_split_sum_epilogue(got.size))
+        assert [kernel for kernel, _ in launched] == [launch.kernel for launch in plan.launches], pass_name
+        assert launched[1][1][2] is got   # the sum writes the float16 output itself: no rounding after it
+        partials = written[id(launched[1][1][0])]   # what the sum reads: the kernel's partials
+        assert partials.size == 3 * got.size
+        partials = partials.reshape((3,) + got.shape)
+        channel_bias = 0 if bias is None else bias.astype(f32)[:, None, None]
+        finish = (lambda t: np.maximum(t, f32(0))) if pass_name == "fprop" else (lambda t: t)
+        first_two = partials[0] + partials[1]
+        want = finish(first_two + partials[2] + channel_bias).astype(F16)
+        assert got.dtype == F16 and got.view(np.uint16).tobytes() == want.view(np.uint16).tobytes(), pass_name
+        if bias is None:
+            twice = first_two.astype(F16).astype(f32) + partials[2]
+        else:
+            twice = (first_two + partials[2]).astype(F16).astype(f32) + channel_bias
+        halves = partials.astype(F16)
+        through_fp16 = finish((halves[0] + halves[1] + halves[2]).astype(f32) + channel_bias).astype(F16)
+        for other in (finish(twice).astype(F16), through_fp16):
+            assert not np.array_equal(other.view(np.uint16), want.view(np.uint16)), "the test must tell them apart"
 
 
 @needs_emu

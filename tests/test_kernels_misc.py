@@ -385,7 +385,8 @@ def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_
     """The float16 build of reduce.cu reads FP16 and adds in FP32 in the float32 build's order (chunk
     partials too: (3, 2, 4900) spans four blocks per channel), so each sum is bit-identical to the
     float32 sum of the widened array rounded to float16, under any block schedule; likewise the
-    split-K epilogue (bias and ReLU added before the one rounding)."""
+    split-K epilogue, which takes FP32 partials (a float16 array is refused) and adds the float16
+    bias and ReLU before the one rounding."""
     rng = np.random.default_rng(13)
     launched = []
     real_launch = backend.launch
@@ -405,15 +406,17 @@ def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_
         assert got.dtype == np.float16 and got.shape == (channels,)
         assert_same_bits(got, widened.astype(np.float16), f"float16 channel_sum {(outer, channels, inner)}")
     assert reduce.plan_channel_sum(3, 2, 4900).grid[0] == 2 * 4
-    partials = (rng.standard_normal((3, 2, 5, 7)) * 100).astype(np.float16)
+    partials = (rng.standard_normal((3, 2, 5, 7)) * 100).astype(np.float32)
     bias = rng.standard_normal(5).astype(np.float16)
     for has_bias in (True, False):
         got, wide = np.empty((2, 5, 7), np.float16), np.empty((2, 5, 7), np.float32)
         reduce.split_sum_epilogue("emu", partials, got, 5, 7, bias if has_bias else None, relu=True)
-        reduce.split_sum_epilogue("emu", partials.astype(np.float32), wide, 5, 7,
-                                  bias.astype(np.float32) if has_bias else None, relu=True)
+        reduce.split_sum_epilogue("emu", partials, wide, 5, 7, bias.astype(np.float32) if has_bias else None,
+                                  relu=True)
         assert (wide == 0).any() and (wide != 0).any()
         assert_same_bits(got, wide.astype(np.float16), f"float16 split_sum_epilogue, bias {has_bias}")
+    with pytest.raises(TypeError, match="float32"):
+        reduce.split_sum_epilogue("emu", partials.astype(np.float16), got, 5, 7)
 
 
 def test_channel_sum_rejects_a_wrong_view():

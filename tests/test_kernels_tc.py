@@ -376,6 +376,20 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
             assert row["mma"] * 4 >= row["instructions"], f"{where}: {row['instructions']} instructions per loop"
 
 
+@pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
+def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
+    """WGRAD_EFFICIENCY, the picker's weight of each wgrad tile, is the least of its float32 and
+    float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), so a faster or slower loop
+    cannot leave the picker weighing stale figures."""
+    from cnn_gpu import roofline
+    spec = roofline.spec("h100")
+    for name, weight in conv_tc.WGRAD_EFFICIENCY.items():
+        kernel = "conv2d_wgrad_tc" + conv_tc.TILES[name].suffix
+        ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
+                    for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
+        assert weight == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
+
+
 def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):
     """132 block tiles of 64 rows over 128 steps: split 3 ways, one wave of 3 resident blocks per SM
     (the float32 64-row dgrad kernel's launch bounds); at 2 blocks per SM, 2 ways."""
@@ -403,7 +417,7 @@ def test_dgrad_kernels_fit_the_resident_blocks_the_planner_counts(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_dgrad_phase_table_and_wgrad_tap_masks_are_cached_per_geometry(dtype):
+def test_dgrad_phase_table_and_wgrad_pixel_table_are_cached_per_geometry(dtype):
     """Made once per geometry (and tile) instead of per call, read-only; the table's tile offsets
     (in operand words) are where dgrad concatenates each phase's filter tiles."""
     g = conv_geometry((2, 40, 9, 9), (6, 40, 3, 3), stride=2, padding=1)
@@ -416,7 +430,32 @@ def test_dgrad_phase_table_and_wgrad_tap_masks_are_cached_per_geometry(dtype):
                                    conv_tc._tile_shape(1, 40, len(rows), len(cols), 6, bm, depth)).size
              for rows, cols in zip(phases.rows, phases.cols)]
     np.testing.assert_array_equal(table[:, 8], np.cumsum([0] + sizes[:-1]))
-    masks = conv_tc._cached_tap_masks("emu", None, g)
-    assert conv_tc._cached_tap_masks("emu", None, g) is masks
-    for cached, fresh in zip(masks, conv_tc._tap_masks(np, g)):
-        np.testing.assert_array_equal(cached, fresh)
+    dy_image = g.K * g.P * g.Q
+    pixels = conv_tc._cached_pixel_table("emu", None, g, dy_image, depth)
+    assert conv_tc._cached_pixel_table("emu", None, g, dy_image, depth) is pixels and not pixels.flags.writeable
+    # every entry against a direct decode of its pixel (n, p, q); the padding of the last step
+    per_word, (sh, sw), (ph, pw) = depth // conv_tc.TILE_K, g.stride, g.padding
+    for index in range(pixels.shape[0] * depth):
+        step, t = divmod(index, depth)
+        word = t // per_word
+        column = 8 * (word // 2 % 2) + 4 * (word % 2) + word // 4
+        slot = column * per_word + t % per_word
+        origin, taps, dy_at = pixels[step, 0, slot], pixels[step, 1, slot], pixels[step, 2, t]
+        if index >= g.N * g.P * g.Q:
+            assert (taps, dy_at) == (0, -1)
+            continue
+        n, p, q = index // (g.P * g.Q), index // g.Q % g.P, index % g.Q
+        h0, w0 = p * sh - ph, q * sw - pw
+        assert origin == n * g.C * g.H * g.W + h0 * g.W + w0
+        dh, dw = g.dilation
+        expected = sum(1 << r for r in range(g.R) if 0 <= h0 + r * dh < g.H)
+        expected |= sum(1 << (g.R + s) for s in range(g.S) if 0 <= w0 + s * dw < g.W)
+        assert (taps, dy_at) == (expected, n * dy_image + p * g.Q + q)
+
+
+def test_wgrad_refuses_a_pixel_table_past_32_bit_indexing():
+    """x and dy within 32-bit indices, but not the table's 3 ints per output pixel: refused when
+    planned, before anything is allocated."""
+    conv_tc.plan_wgrad(conv_geometry((100, 1, 2000, 2000), (1, 1, 1, 1)))   # 1.2e9 entries: fits
+    with pytest.raises(ValueError, match="pixel table"):
+        conv_tc.plan_wgrad(conv_geometry((200, 1, 2000, 2000), (1, 1, 1, 1)))

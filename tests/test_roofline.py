@@ -331,8 +331,8 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
 
 def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
     """float16 runs on tensor cores in any math mode, against the dense FP16 peak (twice TF32's,
-    the same clocks per HMMA), 32-deep steps, FP32 split-K partials and their rounding; below
-    sm_80 the float32 SIMT plan between a widening and a rounding."""
+    the same clocks per HMMA), 32-deep steps, FP32 split-K partials summed and rounded to FP16 in
+    one launch; below sm_80 the float32 SIMT plan between a widening and a rounding."""
     _tc_traits(monkeypatch)
     assert roofline.mma_issue_clocks(H100, "fp16") == roofline.mma_issue_clocks(H100) == 4
     assert H100.peak_flops("float16") == H100.peak_flops("float32")        # SIMT float16 computes in FP32
@@ -352,8 +352,9 @@ def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
     small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), 1, 1)    # split-K
     plan, launches, glue = roofline.conv.tensor_core_launches("fprop", small, "float16", 132)
     y = math.prod(small.y_shape)
-    assert plan.splits > 1 and glue[-1] == ("round_to_float16", y * 6)
-    assert launches[1][1].dram_bytes == (plan.splits * y + y) * 4      # FP32 partials read, their sum written
+    assert plan.splits > 1 and [name for name, _ in glue] == ["fp16_filter_tiles"]    # no separate rounding
+    assert launches[1][0].kernel == "split_sum_epilogue"
+    assert launches[1][1].dram_bytes == plan.splits * y * 4 + y * 2   # FP32 partials in, FP16 y out
     v100 = roofline.spec("v100")
     widen, rounding, *simt = roofline.model_conv("dgrad", g, "float16", v100)
     assert (widen.kernel, rounding.kernel) == ("widen_float16", "round_to_float16")
@@ -396,8 +397,8 @@ def test_conv_transpose2d_bias_is_read_by_the_tensor_core_dgrad_and_added_after_
             with_bias = roofline.model_conv("dgrad", g, dtype, H100, bias=True, math="tf32")
             assert [e.kernel for e in with_bias] == [e.kernel for e in plain]
             splits = conv_tc.plan_dgrad(g, dtype=dtype, sms=H100.sms).splits
-            item = 4 if splits > 1 else np.dtype(dtype).itemsize      # the split-K sum reads it in FP32
-            assert sum(e.dram_bytes for e in with_bias) - sum(e.dram_bytes for e in plain) == g.C * item
+            extra = sum(e.dram_bytes for e in with_bias) - sum(e.dram_bytes for e in plain)
+            assert extra == g.C * np.dtype(dtype).itemsize      # in the dtype, by the kernel or the split-K sum
             *simt, bias_add = roofline.model_conv("dgrad", g, dtype, v100, bias=True)
             assert simt == roofline.model_conv("dgrad", g, dtype, v100)
             assert bias_add.kernel == "bias_add" and bias_add.dram_bytes == (2 * math.prod(g.x_shape) + g.C) * 4

@@ -10,17 +10,18 @@ loads the filter straight into registers. Where that reduction is mostly padding
 per group: ResNet's stem has 3, 3/16 of each TF32 step), fprop runs over the flattened (r, s, c)
 reduction instead, padded once at its end (the _flat kernels; plan_fprop decides). dgrad runs
 every stride phase of dx as the stride-1 convolution of dy with that phase's taps of the flipped
-filter (dgrad_phases; tiles made the same way), all in one launch. wgrad hands the kernel the
-tap masks of each output row and column; filters with R + S > 32 (no room in a mask word) stay on
-the SIMT kernel.
+filter (dgrad_phases; tiles made the same way), all in one launch. wgrad hands the kernel a
+table of its output pixels (x window origin, tap mask, dy offset: _pixel_table, made once per
+geometry), which it copies a step at a time into shared memory; filters with R + S > 32 (no room in
+a mask word) stay on the SIMT kernel.
 
 Every pass chooses between two block tiles (TILES: 128 or 64 output channels), and may
 split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
-partly idle: the splits write FP32 partial outputs that one more launch sums in a fixed order
-(bit-identical run to run), adding the bias (fprop's, and its ReLU; dgrad's for conv_transpose2d,
-which the kernel adds itself without split-K); a float16 sum is then rounded to FP16
-once (on the device: astype). The plan_* functions decide for an SM
-count (the emulator and the model plan for an H100); `tile=` and `splits=` force them."""
+partly idle: the splits write FP32 partial outputs that one more launch (reduce.split_sum_epilogue)
+sums in a fixed order (bit-identical run to run), adding the bias (fprop's, and its ReLU; dgrad's
+for conv_transpose2d, which the kernel adds itself without split-K), and rounds once to the pass's
+dtype. The plan_* functions decide for an SM count (the emulator and the model plan for an
+H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
 
 import functools
@@ -32,7 +33,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ..precision import round_to_float16, round_to_tf32
+from ..precision import round_to_tf32
 from ._grid import Launch, i32
 from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
                    _check_splits, _geometry_args, device_sms)
@@ -43,7 +44,7 @@ THREADS = 128            # 4 warps (kernels/mma_tile.cuh)
 BLOCKS_PER_SM = 2        # the kernels' __launch_bounds__, but for DGRAD_BLOCKS_PER_SM
 MIN_ARCH = 80            # mma.sync with TF32 (and m16n8k16 FP16) operands: Ampere and newer
 DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-PARTIALS = np.dtype(np.float32)   # split-K partial outputs, and their sum before a float16 rounding
+PARTIALS = np.dtype(np.float32)   # split-K partial outputs (float16 passes too: their sum rounds once)
 MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
 # fprop over the flattened (r, s, c) reduction (the _flat kernels): at most FLAT_MAX indices (the
 # kernel's shared table, TC_FLAT_MAX) and R + S < 32 (tap bits below the table's past-the-end bit)
@@ -76,8 +77,9 @@ class TcTile:
 # the least of the 64-row fprop and dgrad ceilings, float32 and float16, 0.78-0.83).
 TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78)}
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
-# picker: the sm_90 hot loops' MMA issue ceilings, rounded (dy in registers, x from shared memory)
-WGRAD_EFFICIENCY = {"tc": 0.75, "tc_m64": 0.48}
+# picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
+# registers, x from shared memory)
+WGRAD_EFFICIENCY = {"tc": 0.86, "tc_m64": 0.56}
 # Per dtype, the dgrad tiles that fit more resident blocks per SM than BLOCKS_PER_SM: the 64-row
 # kernel's float32 build fits 3 (kernels/conv2d_tc.cu TC_DGRAD_M64_BLOCKS: at most 168 registers),
 # finer waves of blocks for the picker
@@ -306,7 +308,7 @@ def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
     _check_grid("conv2d_dgrad_tc", grid)
     launches = (Launch("conv2d_tc", "conv2d_dgrad_tc" + spec.suffix, grid, (THREADS, 1, 1)),)
     if splits > 1:
-        launches += (reduce.plan_channel_sum(splits, out, 1),)
+        launches += (reduce.plan_split_sum_epilogue(out),)
     return ConvPlan("dgrad", launches, tile=name, splits=splits, chunk=chunk)
 
 
@@ -326,6 +328,9 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path
         raise ValueError(f"dy_path must be one of {', '.join(DY_PATHS)} or None, got {dy_path!r}")
     if dy_path == "gather" and np.dtype(dtype) == np.float16:
         raise ValueError("float16 wgrad always reads a channel-major copy of dy: it has no _gather kernel")
+    if pixel_table_bytes(g, dtype) // 4 >= INDEX_LIMIT:
+        raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
+                         f"(3 entries each) is too large; split the batch")
     depth = step_depth(dtype)
     kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
     tiles = {name: (TILES[name].bm, efficiency, BLOCKS_PER_SM) for name, efficiency in WGRAD_EFFICIENCY.items()}
@@ -337,7 +342,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path
     _check_grid(kernel, grid)
     launches = (Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)),)
     if splits > 1:
-        launches += (reduce.plan_channel_sum(splits, g.K * crs, 1),)
+        launches += (reduce.plan_split_sum_epilogue(g.K * crs),)
     return ConvPlan("wgrad", launches, tile=name, splits=splits, chunk=chunk_steps * depth)
 
 
@@ -399,15 +404,6 @@ def _partials(xp, count, shape):
     return xp.empty((count,) + tuple(shape) if count else (1,), dtype=PARTIALS)
 
 
-def _rounded_into(out, total):
-    """The FP32 sum of a split-K pass as the pass's output: `total` itself for float32, rounded to
-    float16 once into `out` for float16."""
-    if out.dtype == PARTIALS:
-        return total.reshape(out.shape)
-    out[...] = round_to_float16(total.reshape(out.shape))
-    return out
-
-
 def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None, flat=None):
     """y = conv2d(x, w) + bias (then ReLU when activation == "relu"): TF32 (float32) or FP16
     (float16) products, FP32 sums and epilogue, y rounded once. `tile` (a TILES name), `splits` and
@@ -433,10 +429,7 @@ def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None, flat=No
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:
         return y
-    total = y if y.dtype == PARTIALS else xp.empty(g.y_shape, dtype=PARTIALS)
-    wide_bias = None if bias is None else bias.astype(PARTIALS, copy=False)
-    reduce.split_sum_epilogue(be, partials, total, g.K, g.P * g.Q, wide_bias, relu)
-    return _rounded_into(y, total)
+    return reduce.split_sum_epilogue(be, partials, y, g.K, g.P * g.Q, bias, relu)
 
 
 def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
@@ -470,11 +463,7 @@ def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     backend.launch(be, launch.family, dy.dtype, launch.kernel, launch.grid, launch.block, args)
     if not split_k:
         return dx
-    if bias is None:
-        return _rounded_into(dx, reduce.channel_sum(be, partials, plan.splits, dx.size, 1))
-    total = dx if dx.dtype == PARTIALS else xp.empty(g.x_shape, dtype=PARTIALS)
-    reduce.split_sum_epilogue(be, partials, total, g.C, g.H * g.W, bias.astype(PARTIALS, copy=False))
-    return _rounded_into(dx, total)
+    return reduce.split_sum_epilogue(be, partials, dx, g.C, g.H * g.W, bias)
 
 
 def _device_id(be):
@@ -494,10 +483,12 @@ def _phase_table(be, device_id, g, bm, depth):
     return _read_only(backend.array_module(be).asarray(np.array(table, dtype=np.int32)))
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_tap_masks(be, device_id, g):
-    """_tap_masks on the device, cached per geometry (never written)."""
-    return tuple(_read_only(mask) for mask in _tap_masks(backend.array_module(be), g))
+@functools.lru_cache(maxsize=64)
+def _cached_pixel_table(be, device_id, g, dy_image, depth):
+    """_pixel_table on the device, cached per geometry and dy layout (never written): 12 bytes per
+    output pixel."""
+    xp = backend.array_module(be)
+    return _read_only(_pixel_table(xp, g, _tap_masks(xp, g), dy_image, depth))
 
 
 def _read_only(a):
@@ -505,6 +496,40 @@ def _read_only(a):
     if isinstance(a, np.ndarray):
         a.setflags(write=False)
     return a
+
+
+def pixel_table_bytes(g, dtype) -> int:
+    """Bytes of wgrad's pixel table (_pixel_table): 3 ints per output pixel, the last step padded."""
+    depth = step_depth(dtype)
+    return 3 * 4 * _ceil_div(g.N * g.P * g.Q, depth) * depth
+
+
+def _pixel_table(xp, g, tap_masks, dy_image, depth):
+    """wgrad's pixel table, (steps, 3, depth) int32 for the N*P*Q output pixels in steps of `depth`
+    (the last one padded): per pixel the x offset of its window origin (h0, w0) in channel 0 of its
+    image, its tap mask row_taps[p] | col_taps[q] (0 for padding), and the offset of its dy in
+    channel 0 (image * dy_image + p * Q + q; -1 for padding). The dy offsets stand in pixel order;
+    the x origins and tap masks at the shared column of the A tile that holds the pixel's operand
+    word: step word w in column 8 * (w / 2 % 2) + 4 * (w % 2) + w / 4, as the kernel's dy loader
+    places it (kernels/conv2d_tc.cu)."""
+    npq, pq = g.N * g.P * g.Q, g.P * g.Q
+    steps = _ceil_div(npq, depth)
+    pixel = xp.arange(steps * depth)
+    inside = pixel < npq
+    image, at = pixel // pq, pixel % pq
+    p, q = at // g.Q, at % g.Q
+    row_taps, col_taps = tap_masks
+    origin = image * (g.C * g.H * g.W) + (p * g.stride[0] - g.padding[0]) * g.W + q * g.stride[1] - g.padding[1]
+    taps = (row_taps[p] | col_taps[q]).view(np.int32)   # R + S <= 32 bits
+    table = xp.empty((steps, 3, depth), dtype=np.int32)
+    per_word = depth // TILE_K
+    t = xp.arange(depth)
+    word = t // per_word
+    slot = (8 * (word // 2 % 2) + 4 * (word % 2) + word // 4) * per_word + t % per_word
+    table[:, 0, slot] = xp.where(inside, origin, 0).reshape(steps, depth)
+    table[:, 1, slot] = xp.where(inside, taps, 0).reshape(steps, depth)
+    table[:, 2, :] = xp.where(inside, image * dy_image + at, -1).reshape(steps, depth)
+    return table
 
 
 def _tap_masks(xp, g):
@@ -532,13 +557,14 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, dy_path=None):
     dw = xp.empty(g.w_shape, dtype=x.dtype)
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
     dy, dy_image, dy_channel = _dy_operand(xp, dy, g, dy_path)
-    args = ((dy, x, *_cached_tap_masks(be, _device_id(be), g), dw, partials) + _geometry_args(g)
+    pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype))
+    args = ((dy, x, pixel_table, dw, partials) + _geometry_args(g)
             + i32(g.groups, plan.splits, plan.chunk, dy_image, dy_channel))
     launch = plan.main
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:
         return dw
-    return _rounded_into(dw, reduce.channel_sum(be, partials, plan.splits, g.K * crs, 1))
+    return reduce.split_sum_epilogue(be, partials, dw, g.K, crs)
 
 
 def flops(g) -> int:

@@ -43,8 +43,11 @@ def plan_split_sum_epilogue(elements):
 
 
 def split_sum_epilogue(be, partials, out, channels, inner, bias=None, relu=False):
-    """out = sum of `partials` (splits, *out.shape) over its first axis in order, plus bias per
-    channel of out viewed as (outer, channels, inner), then ReLU when `relu` (split-K fprop)."""
+    """out = sum of `partials` (splits, *out.shape) over its first axis in order (split 0, 1, 2, ...),
+    plus bias per channel of out viewed as (outer, channels, inner), then ReLU when `relu`: the
+    epilogue of a split-K convolution, in one launch. `partials` are in out's compute type
+    (backend.compute_dtype: FP32 for a float16 out), `bias` in out's dtype; each output is summed in
+    the compute type and rounded to out's dtype once."""
     splits, elements = partials.shape[0], out.size
     launch = plan_split_sum_epilogue(elements)
     bias_arg = unread_bias(backend.array_module(be), out.dtype) if bias is None else bias

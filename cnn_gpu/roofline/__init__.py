@@ -71,10 +71,9 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
         if on_tensor_cores is not None:
             plan, launches, glue = on_tensor_cores
             profile = (pass_name, conv.profile_variant(plan))
-            # a float16 split-K sum runs the float32 build of its kernel on the FP32 partials
+            # a float16 split-K sum runs the float16 build of its kernel (FP32 partials in, FP16 out)
             return [memory_bound(name, nbytes, gpu) for name, nbytes in glue] + [
-                estimate_launch(launch, work, dtype if i == plan.main_index else np.float32, gpu,
-                                profile if i == plan.main_index else None)
+                estimate_launch(launch, work, dtype, gpu, profile if i == plan.main_index else None)
                 for i, (launch, work) in enumerate(launches)]
     if half:   # the float32 SIMT kernels between a widening and a rounding (functional.conv._simt)
         wide = np.float32

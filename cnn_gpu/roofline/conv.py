@@ -5,6 +5,7 @@ each with its useful FLOPs and its compulsory DRAM traffic from the geometry; an
 each GEMM kernel variant on the emulator, for its shared-memory profile."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -48,9 +49,9 @@ def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued
            partial_item=None) -> list:
     """The LaunchWork of each launch of `plan`, a `pass_name` pass on geometry `g` (pass_launches
     states the traffic); the main launch's FLOPs run on `pipe`, `issued_flops` of them with padding;
-    split-K partials (and their sum) of `partial_item` bytes (default: the dtype's); `bias`: the
-    kernel (or with split-K the sum) reads a bias of the output's channels (fprop's, or on the
-    tensor cores dgrad's: conv_transpose2d's)."""
+    split-K partials of `partial_item` bytes (default: the dtype's), their sum written in the dtype;
+    `bias`: the kernel (or with split-K the sum) reads a bias of the output's channels (fprop's, or
+    on the tensor cores dgrad's: conv_transpose2d's)."""
     item = np.dtype(dtype).itemsize
     partial = partial_item or item
     operands, out = _elements(pass_name, g)
@@ -62,7 +63,7 @@ def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued
     works = [LaunchWork(0, 2 * math.prod(g.w_shape) * item)] * before
     if plan.splits > 1:
         works += [LaunchWork(g.flops, operands * item + plan.splits * out * partial, pipe, issued_flops),
-                  LaunchWork(0, (plan.splits * out + bias_elements + out) * partial)]
+                  LaunchWork(0, plan.splits * out * partial + (bias_elements + out) * item)]
     else:
         works += [LaunchWork(g.flops, (operands + bias_elements + out) * item, pipe, issued_flops)]
     return works
@@ -104,9 +105,10 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     (_tensor_core_steps); split-K partials are FP32. glue: (name, bytes) of the launcher's CuPy work
     outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
     (the filter read and written once; tile padding not counted), wgrad's channel-major copy of dy
-    where it makes one (conv_tc.wgrad_dy_path; dy read and written), and for float16 with split-K
-    the rounding of the FP32 sum (read 4, write 2 bytes per output); wgrad's tap masks and dgrad's
-    phase table are made once per geometry and cached, no work per call. `bias`:
+    where it makes one (conv_tc.wgrad_dy_path; dy read and written); wgrad's pixel table and dgrad's
+    phase table are made once per geometry and cached, no work per call (the main launch reads
+    wgrad's table: conv_tc.pixel_table_bytes). The split-K sum reads the
+    FP32 partials and writes the output in the dtype (rounded by that launch). `bias`:
     fprop's, or dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
@@ -118,11 +120,10 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     glue = [] if pass_name == "wgrad" else [(f"{pipe}_filter_tiles", 2 * math.prod(g.w_shape) * item)]
     if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype) == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
-    partial_item = conv_tc.PARTIALS.itemsize
-    if plan.splits > 1 and partial_item != item:
-        out = _elements(pass_name, g)[1]
-        glue.append(("round_to_float16", out * (partial_item + item)))
-    works = _works(pass_name, plan, g, dtype, bias, pipe, issued, partial_item)
+    works = _works(pass_name, plan, g, dtype, bias, pipe, issued, conv_tc.PARTIALS.itemsize)
+    if pass_name == "wgrad":
+        main = works[plan.main_index]
+        works[plan.main_index] = dataclasses.replace(main, dram_bytes=main.dram_bytes + conv_tc.pixel_table_bytes(g, dtype))
     return plan, list(zip(plan.launches, works)), glue
 
 
