@@ -334,7 +334,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) co
                  dil_w, groups, splits, chunk, has_bias);
 }
 
-#define TC_TABLE_SLOTS 4   // steps of wgrad's pixel table in shared memory: copies run two steps ahead
+// steps of wgrad's pixel table in shared memory: copies run two steps ahead, so 3 would do; 4 makes the
+// slot of a step a bit mask
+#define TC_TABLE_SLOTS 4
 
 // wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN
 // output channels (its columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32); `smem`: the kernel's
@@ -512,8 +514,7 @@ __device__ __forceinline__ void wgrad_mma(
 #define TC_WGRAD_ARGS                                                                                          \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
         REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,    \
-        int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups,         \
-        int splits, int chunk, int dy_image, int dy_channel
+        int P, int Q, int dil_h, int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
 // would straddle images in NCHW.

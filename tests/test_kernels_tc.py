@@ -417,8 +417,8 @@ def test_dgrad_kernels_fit_the_resident_blocks_the_planner_counts(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_dgrad_phase_table_and_wgrad_pixel_table_are_cached_per_geometry(dtype):
-    """Made once per geometry (and tile) instead of per call, read-only; the table's tile offsets
+def test_dgrad_phase_table_is_cached_per_geometry(dtype):
+    """Made once per geometry and tile instead of per call, read-only; the table's tile offsets
     (in operand words) are where dgrad concatenates each phase's filter tiles."""
     g = conv_geometry((2, 40, 9, 9), (6, 40, 3, 3), stride=2, padding=1)
     bm, depth = conv_tc.TILES["tc"].bm, conv_tc.step_depth(dtype)
@@ -430,27 +430,65 @@ def test_dgrad_phase_table_and_wgrad_pixel_table_are_cached_per_geometry(dtype):
                                    conv_tc._tile_shape(1, 40, len(rows), len(cols), 6, bm, depth)).size
              for rows, cols in zip(phases.rows, phases.cols)]
     np.testing.assert_array_equal(table[:, 8], np.cumsum([0] + sizes[:-1]))
-    dy_image = g.K * g.P * g.Q
-    pixels = conv_tc._cached_pixel_table("emu", None, g, dy_image, depth)
-    assert conv_tc._cached_pixel_table("emu", None, g, dy_image, depth) is pixels and not pixels.flags.writeable
-    # every entry against a direct decode of its pixel (n, p, q); the padding of the last step
-    per_word, (sh, sw), (ph, pw) = depth // conv_tc.TILE_K, g.stride, g.padding
-    for index in range(pixels.shape[0] * depth):
-        step, t = divmod(index, depth)
-        word = t // per_word
-        column = 8 * (word // 2 % 2) + 4 * (word % 2) + word // 4
-        slot = column * per_word + t % per_word
-        origin, taps, dy_at = pixels[step, 0, slot], pixels[step, 1, slot], pixels[step, 2, t]
-        if index >= g.N * g.P * g.Q:
-            assert (taps, dy_at) == (0, -1)
-            continue
-        n, p, q = index // (g.P * g.Q), index // g.Q % g.P, index % g.Q
-        h0, w0 = p * sh - ph, q * sw - pw
-        assert origin == n * g.C * g.H * g.W + h0 * g.W + w0
-        dh, dw = g.dilation
-        expected = sum(1 << r for r in range(g.R) if 0 <= h0 + r * dh < g.H)
-        expected |= sum(1 << (g.R + s) for s in range(g.S) if 0 <= w0 + s * dw < g.W)
-        assert (taps, dy_at) == (expected, n * dy_image + p * g.Q + q)
+
+
+# a 3x3 filter at stride 2, and a 1x31 one whose tap masks use all 32 bits (bit 31: negative ints)
+PIXEL_TABLE_LAYERS = [((2, 40, 9, 9), (6, 40, 3, 3), (2, 2), (1, 1), (1, 1)),
+                      ((3, 2, 5, 33), (4, 2, 1, 31), (1, 2), (0, 15), (1, 1)),
+                      ((2, 3, 11, 8), (5, 3, 2, 3), (1, 1), (1, 2), (3, 2))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("layer", PIXEL_TABLE_LAYERS)
+def test_wgrad_pixel_table_is_cached_and_describes_every_pixel(dtype, layer):
+    """wgrad's pixel table, made once per geometry and dy layout, read-only: every entry against a
+    direct decode of its pixel (n, p, q) and direct loops over its taps, in the slot order the
+    kernel's loaders read; the padding of the last step adds nothing (tap mask 0, dy offset -1)."""
+    x_shape, w_shape, stride, padding, dilation = layer
+    g = conv_geometry(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation)
+    depth = conv_tc.step_depth(dtype)
+    for dy_image in (g.K * g.P * g.Q, g.P * g.Q):   # NCHW dy, the channel-major copy
+        pixels = conv_tc._cached_pixel_table("emu", None, g, dy_image, depth)
+        assert conv_tc._cached_pixel_table("emu", None, g, dy_image, depth) is pixels and not pixels.flags.writeable
+        assert pixels.nbytes == conv_tc.pixel_table_bytes(g, dtype) and pixels.dtype == np.int32
+        per_word, (sh, sw), (ph, pw), (dh, dw) = depth // conv_tc.TILE_K, g.stride, g.padding, g.dilation
+        for index in range(pixels.shape[0] * depth):
+            step, t = divmod(index, depth)
+            word = t // per_word
+            column = 8 * (word // 2 % 2) + 4 * (word % 2) + word // 4
+            slot = column * per_word + t % per_word
+            origin, taps, dy_at = pixels[step, 0, slot], pixels[step, 1, slot], pixels[step, 2, t]
+            if index >= g.N * g.P * g.Q:
+                assert (taps, dy_at) == (0, -1)
+                continue
+            n, p, q = index // (g.P * g.Q), index // g.Q % g.P, index % g.Q
+            h0, w0 = p * sh - ph, q * sw - pw
+            assert origin == n * g.C * g.H * g.W + h0 * g.W + w0
+            expected = sum(1 << r for r in range(g.R) if 0 <= h0 + r * dh < g.H)
+            expected |= sum(1 << (g.R + s) for s in range(g.S) if 0 <= w0 + s * dw < g.W)
+            assert (int(taps) & 0xFFFFFFFF, dy_at) == (expected, n * dy_image + p * g.Q + q)
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_of_a_filter_whose_tap_masks_fill_32_bits(dtype):
+    """R + S = 32 (1x31, padding 15): tap bit 31 set, so negative table entries; both tiles, split
+    and not, against the oracle."""
+    from test_conv_float16 import assert_within_bound, exact
+    rng = np.random.default_rng(32)
+    w = rng.standard_normal((4, 2, 1, 31)).astype(dtype)
+    g = conv_geometry((3, 2, 5, 33), w.shape, stride=(1, 2), padding=(0, 15))
+    assert conv_tc.wgrad_supported(g) and g.R + g.S == 32
+    x, dy = (rng.standard_normal(shape).astype(dtype) for shape in (g.x_shape, g.y_shape))
+    cfg = dict(n=3, c=2, h=5, w=33, k=4, r=1, s=31, stride=(1, 2), pad=(0, 15), dil=1, groups=1)
+    for tile, splits in (("tc", 1), ("tc_m64", 2)):
+        dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=splits)
+        if dtype == np.float16:
+            (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, stride=(1, 2), padding=(0, 15))
+            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad 1x31 {tile}")
+        else:
+            (_, want), (_, scale) = _backward_oracle(dy, x, w, cfg)
+            assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), tile
 
 
 def test_wgrad_refuses_a_pixel_table_past_32_bit_indexing():
