@@ -300,7 +300,7 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
     for pass_name, plan in (("fprop", conv_tc.plan_fprop(g, sms=132)), ("dgrad", conv_tc.plan_dgrad(g, sms=132)),
                             ("wgrad", conv_tc.plan_wgrad(g, sms=132))):
         estimates = roofline.model_conv(pass_name, g, "float32", H100, bias=pass_name == "fprop", math="tf32")
-        if pass_name == "wgrad":   # its tap masks are cached per geometry: no glue per call
+        if pass_name == "wgrad":   # its pixel table is cached per geometry: no glue per call
             launches = estimates
         else:
             glue, *launches = estimates
@@ -313,6 +313,11 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
         assert main.compute_s == pytest.approx(g.flops / (peak * main.issue_ceiling) / main.wave_efficiency)
         assert main.shared_s == pytest.approx(traits.wavefronts_per_flop * g.flops / (132 * H100.clock_hz)
                                               / main.wave_efficiency)
+    # wgrad's main launch reads dy and x, writes dw (or FP32 partials), and reads its pixel table:
+    # 3 ints per output pixel (2048, whole steps of 16)
+    plan, launches, _ = roofline.conv.tensor_core_launches("wgrad", g, "float32", 132)
+    x, y, w = (math.prod(shape) for shape in (g.x_shape, g.y_shape, g.w_shape))
+    assert launches[plan.main_index][1].dram_bytes == (x + y + plan.splits * w) * 4 + 3 * 4 * g.N * g.P * g.Q
     # three input channels of a 3x3 filter: the flattened reduction's 27 indices step through 32
     # (not 9 taps of 16: conv_tc.plan_fprop), the tensor cores issue 32/27 of the useful FLOPs
     thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)
@@ -340,7 +345,7 @@ def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
     for pass_name in ("fprop", "dgrad", "wgrad"):
         plan = roofline.conv.TC_PLANS[pass_name](g, dtype=np.float16, sms=132)
         estimates = roofline.model_conv(pass_name, g, "float16", H100, bias=pass_name == "fprop")
-        if pass_name != "wgrad":   # wgrad's tap masks are cached per geometry: no glue per call
+        if pass_name != "wgrad":   # wgrad's pixel table is cached per geometry: no glue per call
             assert estimates[0].kernel == "fp16_filter_tiles"
         main = next(e for e in estimates if e.kernel == plan.main.kernel)
         assert main.pipe == "fp16" and main.flops == g.flops

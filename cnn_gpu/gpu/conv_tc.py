@@ -506,12 +506,12 @@ def pixel_table_bytes(g, dtype) -> int:
 
 def _pixel_table(xp, g, tap_masks, dy_image, depth):
     """wgrad's pixel table, (steps, 3, depth) int32 for the N*P*Q output pixels in steps of `depth`
-    (the last one padded; int32 throughout, as the kernel's offsets are): per pixel the x offset of its window origin (h0, w0) in channel 0 of its
-    image, its tap mask row_taps[p] | col_taps[q] (0 for padding), and the offset of its dy in
-    channel 0 (image * dy_image + p * Q + q; -1 for padding). The dy offsets stand in pixel order;
-    the x origins and tap masks at the shared column of the A tile that holds the pixel's operand
-    word: step word w in column 8 * (w / 2 % 2) + 4 * (w % 2) + w / 4, as the kernel's dy loader
-    places it (kernels/conv2d_tc.cu)."""
+    (the last one padded; int32 throughout, as the kernel's offsets are): per pixel the x offset of
+    its window origin (h0, w0) in channel 0 of its image, its tap mask row_taps[p] | col_taps[q]
+    (0 for padding), and the offset of its dy in channel 0 (image * dy_image + p * Q + q; -1 for
+    padding). The dy offsets stand in pixel order; the x origins and tap masks at the shared column
+    of the A tile that holds the pixel's operand word: step word w in column 8 * (w / 2 % 2) +
+    4 * (w % 2) + w / 4, as the kernel's dy loader places it (kernels/conv2d_tc.cu)."""
     npq, pq = g.N * g.P * g.Q, g.P * g.Q
     steps = _ceil_div(npq, depth)
     pixel = xp.arange(steps * depth, dtype=np.int32)   # plan_wgrad: 3 entries a pixel stay below 2^31

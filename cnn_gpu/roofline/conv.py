@@ -107,9 +107,9 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     (the filter read and written once; tile padding not counted), wgrad's channel-major copy of dy
     where it makes one (conv_tc.wgrad_dy_path; dy read and written); wgrad's pixel table and dgrad's
     phase table are made once per geometry and cached, no work per call (the main launch reads
-    wgrad's table: conv_tc.pixel_table_bytes). The split-K sum reads the
-    FP32 partials and writes the output in the dtype (rounded by that launch). `bias`:
-    fprop's, or dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
+    wgrad's table: conv_tc.pixel_table_bytes). The split-K sum reads the FP32 partials and writes
+    the output in the dtype (rounded by that launch). `bias`: fprop's, or dgrad's
+    (conv_transpose2d's), added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
@@ -123,7 +123,8 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     works = _works(pass_name, plan, g, dtype, bias, pipe, issued, conv_tc.PARTIALS.itemsize)
     if pass_name == "wgrad":
         main = works[plan.main_index]
-        works[plan.main_index] = dataclasses.replace(main, dram_bytes=main.dram_bytes + conv_tc.pixel_table_bytes(g, dtype))
+        table = conv_tc.pixel_table_bytes(g, dtype)
+        works[plan.main_index] = dataclasses.replace(main, dram_bytes=main.dram_bytes + table)
     return plan, list(zip(plan.launches, works)), glue
 
 
