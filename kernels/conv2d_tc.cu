@@ -3,8 +3,9 @@
 // values per operand word), both accumulating in FP32. NCHW tensors of the build's dtype: input x
 // (N, C, H, W), output y (N, K, P, Q), G groups. A pass's result goes to its output rounded once
 // (float16: the FP32 sum, bias and ReLU included, to FP16 on the store); every pass may split its
-// reduction over grid.z (split-K): split z then writes an FP32 partial output at `partials` + z
-// times the output's size, which the launcher sums in a fixed order (and rounds once).
+// reduction (split-K: fprop and dgrad over grid.z, wgrad into runs of its grid.x blocks, wgrad_mma):
+// split z then writes an FP32 partial output at `partials` + z times the output's size, which the
+// launcher sums in a fixed order (and rounds once).
 //
 // fprop, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels), Kgemm = R*S*(C/G) ordered (r, s, c):
@@ -338,28 +339,45 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) co
 // slot of a step a bit mask
 #define TC_TABLE_SLOTS 4
 
-// wgrad for block tile (blockIdx.x, blockIdx.y): dw^T of TC_BN filter columns (the tile's rows) by BN
-// output channels (its columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32); `smem`: the kernel's
-// two stages of x, `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept
-// in shared memory (TC_WGRAD_BODY). GATHER: dy one element at a time throughout (the _gather kernels).
+// The segment of a block's run of (tile, step) pairs that wgrad_segment computes, in shared memory
+// (wgrad_mma): each thread reads a field where it uses it, so that none stays in a register through
+// the main loop
+struct WgradRun {
+    int block_tile, first_step, end_step, rank, zero_from;
+};
+
+// wgrad of the segment of `run`: block tile run.block_tile (filter columns fastest, then output
+// channels, then groups: dw^T of TC_BN filter columns, the tile's rows, by BN output channels, its
+// columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32), reduction steps [first_step, end_step) of its
+// pixels; with ranks > 1 its FP32 result is partial output `rank` and the tile's ranks from
+// zero_from on are zeroed (none of its segments has them). `smem`: the kernel's two stages of x,
+// `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept in shared
+// memory (TC_WGRAD_BODY). GATHER: dy one element at a time throughout (the _gather kernels).
 template <int BN, bool GATHER>
-__device__ __forceinline__ void wgrad_mma(
+__device__ __forceinline__ void wgrad_segment(
     unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
-    const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
-    REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P,
-    int Q, int dil_h, int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel)
+    const WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
+    const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H,
+    int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image,
+    int dy_channel)
 {
     using Tile = MmaTile<2, BN>;
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
 
     const int tid = threadIdx.x;
-    const int split = blockIdx.z / groups, g = blockIdx.z - split * groups;
     const int Cg = C / groups, Kg = K / groups, RS = R * S, CRS = Cg * RS;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
-    const int m0 = blockIdx.y * BN, n0 = blockIdx.x * TC_BN;   // first output channel, first filter column
-    const int first = split * chunk;
-    const int last = min(first + chunk, NPQ);
-    const int steps = (last - first + TC_DEPTH - 1) / TC_DEPTH;
+    const int tiles_x = (CRS + TC_BN - 1) / TC_BN, tiles_y = (Kg + BN - 1) / BN;
+    struct Origin { int g, m0, n0; };   // the tile's group, first output channel and first filter column
+    auto origin = [&] {
+        const int block_tile = run.block_tile, g = block_tile / (tiles_x * tiles_y);
+        return Origin{g, (block_tile / tiles_x - g * tiles_y) * BN, (block_tile - block_tile / tiles_x * tiles_x) * TC_BN};
+    };
+    const Origin at = origin();
+    const int g = at.g, n0 = at.n0;
+    const int first = run.first_step * TC_DEPTH;
+    const int last = min(run.end_step * TC_DEPTH, NPQ);
+    const int steps = run.end_step - run.first_step;
 
     // the pixel table (conv_tc._pixel_table: 3 x TC_DEPTH ints per step of the pixels, so pixel i's
     // step at 3 * i when a split starts on a step), each step copied into slot step % TC_TABLE_SLOTS
@@ -384,11 +402,12 @@ __device__ __forceinline__ void wgrad_mma(
     // natural ones are stored). span = NT, or 1 where Kg < NT: each group then reads its natural
     // channel (clamped) into all NT columns and column 0 is stored.
     const int span = Kg < Tile::NT ? 1 : Tile::NT;
-    auto natural_channel = [&](int group) { return m0 + tile.warp_col + span * group; };
-    auto lane_channel = [&](int group, int nt) {   // the channel of column nt of the group's lanes
-        return min(natural_channel(group), Kg - span) + (span > 1 ? nt : 0);
+    auto natural_channel = [&](int m0, int group) { return m0 + tile.warp_col + span * group; };
+    auto lane_channel = [&](int m0, int group, int nt) {   // the channel of column nt of the group's lanes
+        return min(natural_channel(m0, group), Kg - span) + (span > 1 ? nt : 0);
     };
-    const REAL* dy_lane = register_pointer(dy + (unsigned)((lane_channel(tile.group, 0) + g * Kg) * dy_channel));
+    const REAL* dy_lane =
+        register_pointer(dy + (unsigned)((lane_channel(at.m0, tile.group, 0) + g * Kg) * dy_channel));
     const unsigned int lane_stride = span > 1 ? dy_channel : 0;   // from one row of the lane to the next
     // 16-byte loads where every lane's pixels are contiguous (inside one image, or dy channel-major)
     // and start on a 16-byte boundary
@@ -494,19 +513,68 @@ __device__ __forceinline__ void wgrad_mma(
     mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
     cp_async_wait_all();
 
+    const Origin end_at = origin();   // read again: not held through the loop
+    const int rank = run.rank, zero_from = run.zero_from;
     tile.for_each([&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
-                      const int group = col & 7, nt = (col - tile.warp_col) >> 3, m = lane_channel(group, nt);
-                      return nt < span && m >= natural_channel(group) && m < Kg ? m : -1;
+                      const int group = col & 7, nt = (col - tile.warp_col) >> 3;
+                      const int m = lane_channel(end_at.m0, group, nt);
+                      return nt < span && m >= natural_channel(end_at.m0, group) && m < Kg ? m : -1;
                   },
                   [&](int row, int m, float v) {
-                      const int filter_column = n0 + row;
+                      const int filter_column = end_at.n0 + row;
                       if (m < 0 || filter_column >= CRS) return;
-                      const int at = (g * Kg + m) * CRS + filter_column;
-                      if (splits > 1)
-                          partials[(long long)split * K * CRS + at] = v;
-                      else
+                      const int at = (end_at.g * Kg + m) * CRS + filter_column;
+                      if (ranks == 1) {
                           dw[at] = to_real(v);
+                          return;
+                      }
+                      partials[(long long)rank * K * CRS + at] = v;
+                      for (int r = zero_from; r < ranks; ++r) partials[(long long)r * K * CRS + at] = 0.0f;
                   });
+}
+
+// wgrad: block b of the grid's B takes the (tile, step) pairs [b * work / B, (b + 1) * work / B) of
+// the work = tiles x steps of a tile's pixels, tile-major (wgrad_segment's tile order), a segment per
+// tile it reaches. B = tiles x splits gives each tile `splits` segments (split-K); a B of whole waves
+// of resident blocks balances the SMs where the tiles alone would leave a last wave partly idle
+// (stream-K). A tile's segments are partial outputs 0, 1, ... in step order, summed by the launcher
+// in that order; `ranks`, their most over the tiles (1: no partials). The launcher keeps B >= tiles
+// (a run meets two tiles at most) and work x B below 2^63.
+template <int BN, bool GATHER, bool BALANCED>
+__device__ __forceinline__ void wgrad_mma(
+    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
+    WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
+    REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P,
+    int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image, int dy_channel)
+{
+    // segment k of the block's run (k = 0, 1: B >= tiles, so a run meets two tiles at most), or
+    // block_tile -1, described by thread 0 between barriers
+    auto describe = [&](int k) {
+        if (threadIdx.x == 0) {
+            const int CRS = C / groups * R * S, Kg = K / groups;
+            const long long tile_steps = (N * P * Q + TC_DEPTH - 1) / TC_DEPTH, blocks = gridDim.x;
+            const long long work = (long long)((CRS + TC_BN - 1) / TC_BN) * ((Kg + BN - 1) / BN) * groups * tile_steps;
+            const long long start = blockIdx.x * work / blocks, end = (blockIdx.x + 1) * work / blocks;
+            const long long tile_start = (start / tile_steps + k) * tile_steps, tile_end = tile_start + tile_steps;
+            run.block_tile = tile_start < end ? (int)(tile_start / tile_steps) : -1;
+            run.first_step = (int)(max(start, tile_start) - tile_start);
+            run.end_step = (int)(min(end, tile_end) - tile_start);
+            run.rank = (int)blockIdx.x - (int)(((tile_start + 1) * blocks - 1) / work);   // minus the block of its first step
+            run.zero_from = end >= tile_end ? run.rank + 1 : ranks;
+        }
+        __syncthreads();
+    };
+    auto segment = [&] {
+        wgrad_segment<BN, GATHER>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R,
+                                  S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
+        __syncthreads();   // every thread has read the segment
+    };
+#pragma unroll 1
+    for (int k = 0; k < (BALANCED ? 2 : 1); ++k) {   // one segment for B = tiles x splits
+        describe(k);
+        if (run.block_tile < 0) return;
+        segment();
+    }
 }
 
 // The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
@@ -514,35 +582,42 @@ __device__ __forceinline__ void wgrad_mma(
 #define TC_WGRAD_ARGS                                                                                          \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
         REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,    \
-        int P, int Q, int dil_h, int dil_w, int groups, int splits, int chunk, int dy_image, int dy_channel
+        int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image, int dy_channel
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
 // would straddle images in NCHW.
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width and dy path.
 // pixels: TC_TABLE_SLOTS steps of the pixel table; column_taps: each thread's 4 filter columns' tap bits
-#define TC_WGRAD_BODY(BN, GATHER)                                                                                \
+#define TC_WGRAD_BODY(BN, GATHER, BALANCED)                                                                                \
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                              \
     __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                            \
     __shared__ uint4 column_taps[TC_THREADS];                                                                    \
-    wgrad_mma<BN, GATHER>(smem, pixels, column_taps, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S, P, Q, \
-                          dil_h, dil_w, groups, splits, chunk, dy_image, dy_channel)
+    __shared__ WgradRun run;                                                                                     \
+    wgrad_mma<BN, GATHER, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S, P, Q, \
+                          dil_h, dil_w, groups, ranks, dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, false);
+    TC_WGRAD_BODY(128, false, false);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, false);
+    TC_WGRAD_BODY(64, false, false);
+}
+
+#if !REAL_IS_HALF
+// Blocks that may meet two tiles (B no multiple of the tiles: stream-K), on the 128-channel tile with
+// dy in vectors. float32 only: the float16 loop spills with the outer loop's registers.
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_balanced(TC_WGRAD_ARGS) {
+    TC_WGRAD_BODY(128, false, true);
 }
 
 // dy one element at a time: where a channel-major copy of dy would cost more than it saves. float32
 // only: in float16 the copy always pays (this loop would issue an mma every 9 instructions, and spill).
-#if !REAL_IS_HALF
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, true);
+    TC_WGRAD_BODY(128, true, false);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, true);
+    TC_WGRAD_BODY(64, true, false);
 }
 #endif

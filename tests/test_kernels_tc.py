@@ -270,6 +270,71 @@ def test_wgrad_dy_rows_of_partial_channel_tiles(dtype):
             assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (kg, tile, dy_path)
 
 
+def test_wgrad_ranks_bound_the_segments_of_every_tile():
+    """wgrad_ranks against a walk of the runs kernels/conv2d_tc.cu's wgrad_mma gives the blocks:
+    each tile's segments are partial outputs 0, 1, ... in step order, at most wgrad_ranks of them
+    (exactly, with tiles x splits blocks), and a run meets two tiles at most (blocks >= tiles)."""
+    rng = np.random.default_rng(41)
+    for _ in range(2000):
+        tiles, steps = int(rng.integers(1, 30)), int(rng.integers(1, 50))
+        work = tiles * steps
+        blocks = int(rng.integers(tiles, work + 1))
+        segments = {}
+        for block in range(blocks):
+            start, end = block * work // blocks, (block + 1) * work // blocks
+            met = range(start // steps, (end - 1) // steps + 1)
+            assert end > start and len(met) <= 2
+            for tile in met:   # the kernel's rank: the block minus the one of the tile's first step
+                segments.setdefault(tile, []).append(block - ((tile * steps + 1) * blocks - 1) // work)
+        ranks = conv_tc.wgrad_ranks(tiles, steps, blocks)
+        assert all(got == list(range(len(got))) and len(got) <= ranks for got in segments.values())
+        assert blocks % tiles or max(map(len, segments.values())) == ranks
+
+
+@needs_emu
+def test_tf32_wgrad_on_balanced_grids_matches_the_oracle(monkeypatch):
+    """Grids whose blocks meet two tiles (stream-K: conv_tc.BALANCED_KERNEL): 3 filter-column tiles
+    x 2 groups over 11 steps (the last partial), block counts that give tiles 1 to 6 segments, the
+    missing ranks zeroed (the workspace starts NaN), every dy path that has 16-byte loads; each
+    against the oracle, and the same bits twice."""
+    monkeypatch.setattr(conv_tc, "_partials", lambda xp, count, shape: xp.full((count,) + shape, np.nan, np.float32))
+    rng = np.random.default_rng(43)
+    for side, dy_path in ((9, "channel_major"), (8, "vector")):
+        cfg = dict(n=2, c=60, h=side, w=side, k=40, r=3, s=3, stride=1, pad=1, dil=1, groups=2)
+        x, w, _ = _arrays(rng, cfg)
+        g = _geometry(x, w, cfg)
+        dy = rng.standard_normal(g.y_shape).astype(np.float32)
+        (_, want), (_, scale) = _backward_oracle(dy, x, w, cfg)
+        tiles, steps = conv_tc.wgrad_tiles(g, "tc"), -(-g.N * g.P * g.Q // 16)
+        assert tiles == 6 and steps in (11, 8)
+        for blocks in (7, 10, 13, 25, tiles * steps - 1):
+            plan = conv_tc.plan_wgrad(g, tile="tc", blocks=blocks, dy_path=dy_path)
+            assert plan.main.kernel == conv_tc.BALANCED_KERNEL and plan.main.grid == (blocks, 1, 1)
+            assert plan.splits == conv_tc.wgrad_ranks(tiles, steps, blocks) > 1
+            dw = conv_tc.wgrad("emu", dy, x, g, tile="tc", blocks=blocks, dy_path=dy_path)
+            assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (side, blocks)
+            again = conv_tc.wgrad("emu", dy, x, g, tile="tc", blocks=blocks, dy_path=dy_path)
+            assert dw.tobytes() == again.tobytes()
+
+
+def test_wgrad_balances_the_512_channel_7x7_layer_in_float32():
+    """ResNet's 512@7x7 3x3 wgrad at batch 128: 144 block tiles over 392 steps fill 1.64 waves of
+    264 resident blocks as 3 splits, so float32 runs 264 balanced blocks (3 partial outputs: every
+    tile meets 2 or 3 runs); float16 has no balanced kernel and splits. Forced grids outside the
+    kernels are refused before any launch."""
+    g = conv_geometry((128, 512, 7, 7), (512, 512, 3, 3), padding=1)
+    plan = conv_tc.plan_wgrad(g, dtype=np.float32, sms=132)
+    assert (plan.main.kernel, plan.main.grid, plan.splits) == (conv_tc.BALANCED_KERNEL, (264, 1, 1), 3)
+    half = conv_tc.plan_wgrad(g, dtype=np.float16, sms=132)
+    assert half.main.kernel == "conv2d_wgrad_tc" and half.main.grid[0] % conv_tc.wgrad_tiles(g, half.tile) == 0
+    for dtype, tile, blocks, match in ((np.float16, "tc", 145, "multiple"), (np.float32, "tc_m64", 289, "multiple"),
+                                       (np.float32, "tc", 143, "must be 144"), (np.float32, "tc", 10 ** 6, "must be")):
+        with pytest.raises(ValueError, match=match):
+            conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, blocks=blocks)
+    with pytest.raises(ValueError, match="not both"):
+        conv_tc.plan_wgrad(g, splits=2, blocks=288)
+
+
 def test_tf32_wgrad_leaves_filters_past_its_tap_masks_to_simt():
     g = conv_geometry((1, 1, 40, 40), (1, 1, 17, 16))
     assert not conv_tc.wgrad_supported(g) and conv_tc.wgrad("emu", None, np.ones(g.x_shape, np.float32), g) is None
@@ -379,8 +444,9 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
 @pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
 def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
     """WGRAD_EFFICIENCY, the picker's weight of each wgrad tile, is the least of its float32 and
-    float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), so a faster or slower loop
-    cannot leave the picker weighing stale figures."""
+    float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), and BALANCED_EFFICIENCY the
+    float32 balanced kernel's, so a faster or slower loop cannot leave the picker weighing stale
+    figures."""
     from cnn_gpu import roofline
     spec = roofline.spec("h100")
     for name, weight in conv_tc.WGRAD_EFFICIENCY.items():
@@ -388,6 +454,8 @@ def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
         ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
                     for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
         assert weight == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
+    balanced = roofline.kernel_traits("conv2d_tc", conv_tc.BALANCED_KERNEL, "float32", "sm_90")
+    assert conv_tc.BALANCED_EFFICIENCY == pytest.approx(roofline.mma_issue_ceiling(balanced, spec, "tf32"), abs=0.005)
 
 
 def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):

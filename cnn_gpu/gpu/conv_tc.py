@@ -20,7 +20,9 @@ split its reduction (split-K) when its block tiles alone would leave the GPU's l
 partly idle: the splits write FP32 partial outputs that one more launch (reduce.split_sum_epilogue)
 sums in a fixed order (bit-identical run to run), adding the bias (fprop's, and its ReLU; dgrad's
 for conv_transpose2d, which the kernel adds itself without split-K), and rounds once to the pass's
-dtype. The plan_* functions decide for an SM count (the emulator and the model plan for an
+dtype. wgrad's blocks take equal runs of its tiles' steps, so a grid of whole waves of resident
+blocks may also cut tiles unevenly (stream-K, float32: BALANCED_KERNEL), leaving no last wave partly
+idle. The plan_* functions decide for an SM count (the emulator and the model plan for an
 H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
 
@@ -60,7 +62,10 @@ FLAT_KERNEL = "conv2d_fprop_tc_flat"
 CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400, np.dtype(np.float16): 0}
 DY_PATHS = ("vector", "channel_major", "gather")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
-FLOAT32_ONLY_KERNELS = (GATHER_KERNEL, GATHER_KERNEL + "_m64")   # not in kernels/conv2d_tc.cu's float16 build
+# wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
+# in vectors; float32 only (its float16 build would spill)
+BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
+FLOAT32_ONLY_KERNELS = (GATHER_KERNEL, GATHER_KERNEL + "_m64", BALANCED_KERNEL)   # not in the float16 build
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,11 @@ TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78)}
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
 # registers, x from shared memory)
-WGRAD_EFFICIENCY = {"tc": 0.86, "tc_m64": 0.56}
+WGRAD_EFFICIENCY = {"tc": 0.88, "tc_m64": 0.56}
+# wgrad's balanced grids (_choose_wgrad): up to this many whole waves of resident blocks, and the
+# balanced kernel's weight (its sm_90 hot loop's MMA issue ceiling: the outer loop's registers)
+BALANCED_WAVES = 4
+BALANCED_EFFICIENCY = 0.84
 # Per dtype, the dgrad tiles that fit more resident blocks per SM than BLOCKS_PER_SM: the 64-row
 # kernel's float32 build fits 3 (kernels/conv2d_tc.cu TC_DGRAD_M64_BLOCKS: at most 168 registers),
 # finer waves of blocks for the picker
@@ -149,18 +158,24 @@ def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, 
     best = None
     for name in [tile] if tile else tiles:
         bm, efficiency, blocks_per_sm = tiles[name]
-        slots = sms * blocks_per_sm
         blocks = _ceil_div(M, bm) * _ceil_div(Ngemm, TILE_N) * batches
         for wanted in ([min(splits, steps)] if splits else range(1, most + 1)):
             chunk = _ceil_div(steps, wanted)
             count = _ceil_div(steps, chunk)          # no empty split
-            waves = _ceil_div(blocks * count, slots)
-            clocks = waves * blocks_per_sm * chunk * bm * TILE_N * TILE_K / 1024 / efficiency
-            if count > 1:
-                clocks += 2 * count * output_elements * 4 * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS
+            clocks = _clocks(blocks * count, chunk, count, output_elements, sms, bm, efficiency, blocks_per_sm)
             if best is None or clocks < best[0]:
                 best = (clocks, name, count, chunk)
     return best[1], best[2], best[3]
+
+
+def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency, blocks_per_sm) -> float:
+    """_choose's cost of `blocks` blocks of a bm-row tile, the busiest running `steps` steps, and
+    `partial_outputs` FP32 partial outputs of output_elements each (1: none)."""
+    waves = _ceil_div(blocks, sms * blocks_per_sm)
+    clocks = waves * blocks_per_sm * steps * bm * TILE_N * TILE_K / 1024 / efficiency
+    if partial_outputs > 1:
+        clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS
+    return clocks
 
 
 def _mma_tiles(blocks_per_sm=None) -> dict:
@@ -317,10 +332,71 @@ def wgrad_supported(g) -> bool:
     return g.R + g.S <= MAX_TAP_BITS
 
 
-def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path=None) -> ConvPlan:
-    """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) over
-    `splits` chunks of the N*P*Q pixels, then (split-K) the fixed-order sum of the partial filters;
-    the _gather kernel where dy is read element by element (`dy_path`, wgrad_dy_path when None)."""
+def wgrad_tiles(g, tile: str) -> int:
+    """wgrad's block tiles with TILES variant `tile`: 128 filter columns by bm output channels, per group."""
+    crs = (g.C // g.groups) * g.R * g.S
+    return _ceil_div(crs, TILE_N) * _ceil_div(g.K // g.groups, TILES[tile].bm) * g.groups
+
+
+def wgrad_ranks(tiles: int, tile_steps: int, blocks: int) -> int:
+    """The most segments (partial outputs) of one tile when `blocks` blocks take equal runs of the
+    tiles x tile_steps (tile, step) pairs in order (kernels/conv2d_tc.cu wgrad_mma): `splits` each
+    for tiles x splits blocks; otherwise a run's tail, then runs of at least the shortest length."""
+    if blocks % tiles == 0:
+        return blocks // tiles
+    return min(blocks, 1 + _ceil_div(tile_steps - 1, tiles * tile_steps // blocks))
+
+
+def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool):
+    """(tile name, blocks, ranks) of wgrad: _choose's costs over grids of tiles x splits blocks
+    (split-K) and, where `balanced` (BALANCED_KERNEL runs), of BALANCED_WAVES whole waves or fewer
+    of resident blocks of the 128-channel tile that share the tiles' steps evenly (stream-K: no
+    partly idle last wave, at the price of partial outputs). `splits` or `blocks` force the grid."""
+    _check_splits(splits)
+    if splits and blocks:
+        raise ValueError("wgrad takes splits= or blocks=, not both")
+    if tile is not None and tile not in WGRAD_EFFICIENCY:
+        raise ValueError(f"tile must be one of {', '.join(WGRAD_EFFICIENCY)} or None, got {tile!r}")
+    sms = DEFAULT_SMS if sms is None else sms
+    output_elements = g.K * (g.C // g.groups) * g.R * g.S
+    most = max(1, min(MAX_SPLITS, _ceil_div(tile_steps, MIN_SPLIT_STEPS), (INDEX_LIMIT - 1) // output_elements))
+    slots = sms * BLOCKS_PER_SM
+    best = None
+    for name in [tile] if tile else WGRAD_EFFICIENCY:
+        tiles = wgrad_tiles(g, name)
+        work = tiles * tile_steps
+        if blocks is not None and not tiles <= blocks <= work:
+            raise ValueError(f"wgrad's blocks must be {tiles} to {work} (its block tiles to their steps), got {blocks}")
+        if blocks and blocks % tiles and not (balanced and name == "tc"):
+            raise ValueError(f"wgrad's blocks must be a multiple of its {tiles} tiles: only float32 on the 128-channel "
+                             f"tile with dy in vectors has the kernel for blocks that meet two tiles")
+        if work * max(blocks or 0, tiles * most, slots * BALANCED_WAVES) >= 2 ** 63:
+            raise ValueError("conv2d kernels split wgrad's work in 64-bit arithmetic: too many tiles and pixels")
+        if blocks or splits:
+            options = [blocks or tiles * min(splits, tile_steps)]
+        else:
+            options = [tiles * count for count in range(1, most + 1)]
+            options += [slots * waves for waves in range(1, BALANCED_WAVES + 1) if balanced and name == "tc"
+                        and tiles < slots * waves <= work // MIN_SPLIT_STEPS and (slots * waves) % tiles]
+        for count in options:
+            ranks = wgrad_ranks(tiles, tile_steps, count)
+            if ranks > most and not (blocks or splits):
+                continue
+            efficiency = WGRAD_EFFICIENCY[name] if count % tiles == 0 else BALANCED_EFFICIENCY
+            clocks = _clocks(count, _ceil_div(work, count), ranks, output_elements, sms, TILES[name].bm, efficiency,
+                             BLOCKS_PER_SM)
+            if best is None or clocks < best[0]:
+                best = (clocks, name, count, ranks)
+    return best[1:]
+
+
+def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=None, dy_path=None) -> ConvPlan:
+    """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
+    of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
+    `splits` per tile, or balanced over the SMs), then, where a tile has more than one segment, the
+    fixed-order sum of the partial filters; the _gather kernel where dy is read element by element
+    (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs, `chunk` a
+    block's most pixels."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
@@ -332,18 +408,19 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None, dy_path
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
                          f"(3 entries each) is too large; split the batch")
     depth = step_depth(dtype)
-    kg, crs, npq = g.K // g.groups, (g.C // g.groups) * g.R * g.S, g.N * g.P * g.Q
-    tiles = {name: (TILES[name].bm, efficiency, BLOCKS_PER_SM) for name, efficiency in WGRAD_EFFICIENCY.items()}
-    name, splits, chunk_steps = _choose(kg, crs, g.groups, _ceil_div(npq, depth), g.K * crs, sms, tiles, tile,
-                                        splits)
-    grid = (_ceil_div(crs, TILE_N), _ceil_div(kg, TILES[name].bm), g.groups * splits)
+    tile_steps = _ceil_div(g.N * g.P * g.Q, depth)
     gather = (dy_path or wgrad_dy_path(g, dtype)) == "gather"
-    kernel = (GATHER_KERNEL if gather else "conv2d_wgrad_tc") + TILES[name].suffix
-    _check_grid(kernel, grid)
-    launches = (Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)),)
-    if splits > 1:
-        launches += (reduce.plan_split_sum_epilogue(g.K * crs),)
-    return ConvPlan("wgrad", launches, tile=name, splits=splits, chunk=chunk_steps * depth)
+    balanced = np.dtype(dtype) == np.float32 and not gather
+    name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced)
+    if blocks % wgrad_tiles(g, name):
+        kernel = BALANCED_KERNEL
+    else:
+        kernel = (GATHER_KERNEL if gather else "conv2d_wgrad_tc") + TILES[name].suffix
+    launches = (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),)
+    if ranks > 1:
+        launches += (reduce.plan_split_sum_epilogue(g.K * (g.C // g.groups) * g.R * g.S),)
+    return ConvPlan("wgrad", launches, tile=name, splits=ranks,
+                    chunk=_ceil_div(wgrad_tiles(g, name) * tile_steps, blocks) * depth)
 
 
 def wgrad_dy_path(g, dtype) -> str:
@@ -543,15 +620,15 @@ def _tap_masks(xp, g):
             masks(g.Q, g.S, g.stride[1], g.padding[1], g.dilation[1], g.W, g.R))
 
 
-def wgrad(be, dy, x, g, *, tile=None, splits=None, dy_path=None):
+def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     """dweight of conv2d on tensor cores (split-K partials summed in a fixed order), or None for a
-    filter with R + S > 32 (the SIMT kernel runs it). `tile`, `splits` and `dy_path` (DY_PATHS)
-    force the plan's choices."""
+    filter with R + S > 32 (the SIMT kernel runs it). `tile`, `splits` or `blocks`, and `dy_path`
+    (DY_PATHS) force the plan's choices."""
     _check_dtype(x)
     if not wgrad_supported(g):
         return None
     dy_path = dy_path or wgrad_dy_path(g, x.dtype)
-    plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be), dy_path=dy_path)
+    plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, blocks=blocks, sms=device_sms(be), dy_path=dy_path)
     xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)
@@ -560,7 +637,7 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, dy_path=None):
     pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype))
     args = ((dy, x, pixel_table, dw, partials)   # stride and padding: in the table
             + i32(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, *g.dilation)
-            + i32(g.groups, plan.splits, plan.chunk, dy_image, dy_channel))
+            + i32(g.groups, plan.splits, dy_image, dy_channel))
     launch = plan.main
     backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     if plan.splits == 1:

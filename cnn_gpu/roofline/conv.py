@@ -85,12 +85,12 @@ def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
     `depth`, or with a flat plan the R*S*C/G flattened indices padded once: conv_tc.fprop_steps;
     dgrad: each stride phase's taps of K/G channels over that phase's pixels; wgrad: the N*P*Q
     pixels); split-K cuts the steps, adding none."""
+    if pass_name == "wgrad":
+        return conv_tc.wgrad_tiles(g, plan.tile) * -(-(g.N * g.P * g.Q) // depth)
     row_tiles = plan.main.grid[1] * g.groups
     kg = g.K // g.groups
     if pass_name == "fprop":
         return plan.main.grid[0] * row_tiles * conv_tc.fprop_steps(g, depth, conv_tc.is_flat(plan))
-    if pass_name == "wgrad":
-        return plan.main.grid[0] * row_tiles * -(-(g.N * g.P * g.Q) // depth)
     phases = conv_tc.dgrad_phases(g)
     return row_tiles * sum(-(-(g.N * h * w) // conv_tc.TILE_N) * phases.steps(k, kg, depth)
                            for k, (h, w) in enumerate(phases.out_shape))
