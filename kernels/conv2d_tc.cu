@@ -547,10 +547,9 @@ __device__ __forceinline__ void wgrad_mma(
     REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P,
     int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image, int dy_channel)
 {
-    // segment k of the block's run (k = 0, 1: B >= tiles, so a run meets two tiles at most), or
-    // block_tile -1, described by thread 0 between barriers
-    auto describe = [&](int k) {
-        if (threadIdx.x == 0) {
+#pragma unroll 1
+    for (int k = 0; k < (BALANCED ? 2 : 1); ++k) {   // segment k of the run: B >= tiles, so two at most
+        if (threadIdx.x == 0) {   // describes it, or block_tile -1 for none
             const int CRS = C / groups * R * S, Kg = K / groups;
             const long long tile_steps = (N * P * Q + TC_DEPTH - 1) / TC_DEPTH, blocks = gridDim.x;
             const long long work = (long long)((CRS + TC_BN - 1) / TC_BN) * ((Kg + BN - 1) / BN) * groups * tile_steps;
@@ -563,17 +562,10 @@ __device__ __forceinline__ void wgrad_mma(
             run.zero_from = end >= tile_end ? run.rank + 1 : ranks;
         }
         __syncthreads();
-    };
-    auto segment = [&] {
+        if (run.block_tile < 0) return;
         wgrad_segment<BN, GATHER>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R,
                                   S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
         __syncthreads();   // every thread has read the segment
-    };
-#pragma unroll 1
-    for (int k = 0; k < (BALANCED ? 2 : 1); ++k) {   // one segment for B = tiles x splits
-        describe(k);
-        if (run.block_tile < 0) return;
-        segment();
     }
 }
 

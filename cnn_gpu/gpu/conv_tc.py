@@ -395,8 +395,8 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
     `splits` per tile, or balanced over the SMs), then, where a tile has more than one segment, the
     fixed-order sum of the partial filters; the _gather kernel where dy is read element by element
-    (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs, `chunk` a
-    block's most pixels."""
+    (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs (its `chunk`
+    is unused: the kernel derives each block's run from the grid)."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
@@ -407,8 +407,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     if pixel_table_bytes(g, dtype) // 4 >= INDEX_LIMIT:
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
                          f"(3 entries each) is too large; split the batch")
-    depth = step_depth(dtype)
-    tile_steps = _ceil_div(g.N * g.P * g.Q, depth)
+    tile_steps = _ceil_div(g.N * g.P * g.Q, step_depth(dtype))
     gather = (dy_path or wgrad_dy_path(g, dtype)) == "gather"
     balanced = np.dtype(dtype) == np.float32 and not gather
     name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced)
@@ -419,8 +418,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     launches = (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),)
     if ranks > 1:
         launches += (reduce.plan_split_sum_epilogue(g.K * (g.C // g.groups) * g.R * g.S),)
-    return ConvPlan("wgrad", launches, tile=name, splits=ranks,
-                    chunk=_ceil_div(wgrad_tiles(g, name) * tile_steps, blocks) * depth)
+    return ConvPlan("wgrad", launches, tile=name, splits=ranks)
 
 
 def wgrad_dy_path(g, dtype) -> str:
