@@ -339,11 +339,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) co
 // slot of a step a bit mask
 #define TC_TABLE_SLOTS 4
 
+// How wgrad's steady loop loads a lane's 4 words of dy a step (conv_tc.wgrad_dy_path): in one 16-byte
+// vector, in two 8-byte ones (the _pairs kernels: P*Q a multiple of 2 words but not 4), or element by
+// element (the _gather kernels). Steps with pixels past the segment load element by element always.
+enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS };
+
 // The segment of a block's run of (tile, step) pairs that wgrad_segment computes, in shared memory
 // (wgrad_mma): each thread reads a field where it uses it, so that none stays in a register through
 // the main loop
 struct WgradRun {
     int block_tile, first_step, end_step, rank, zero_from;
+    int segment;   // the next one's index
 };
 
 // wgrad of the segment of `run`: block tile run.block_tile (filter columns fastest, then output
@@ -352,8 +358,8 @@ struct WgradRun {
 // pixels; with ranks > 1 its FP32 result is partial output `rank` and the tile's ranks from
 // zero_from on are zeroed (none of its segments has them). `smem`: the kernel's two stages of x,
 // `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept in shared
-// memory (TC_WGRAD_BODY). GATHER: dy one element at a time throughout (the _gather kernels).
-template <int BN, bool GATHER>
+// memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy).
+template <int BN, WgradDy DY>
 __device__ __forceinline__ void wgrad_segment(
     unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
     const WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
@@ -409,18 +415,27 @@ __device__ __forceinline__ void wgrad_segment(
     const REAL* dy_lane =
         register_pointer(dy + (unsigned)((lane_channel(at.m0, tile.group, 0) + g * Kg) * dy_channel));
     const unsigned int lane_stride = span > 1 ? dy_channel : 0;   // from one row of the lane to the next
-    // 16-byte loads where every lane's pixels are contiguous (inside one image, or dy channel-major)
-    // and start on a 16-byte boundary
-    const bool vector_dy = !GATHER && (PQ % LANE_PIXELS == 0 || dy_image == PQ) && dy_channel % LANE_PIXELS == 0 &&
-                           ((unsigned long long)dy & 15) == 0;
+    // vector loads (16 or 8 bytes: RUN pixels) where each is contiguous (inside one image, or dy
+    // channel-major) and aligned
+    constexpr int RUN = DY == DY_PAIRS ? LANE_PIXELS / 2 : LANE_PIXELS;
+    const bool vector_dy = DY != DY_ELEMENTS && (PQ % RUN == 0 || dy_image == PQ) && dy_channel % RUN == 0 &&
+                           ((unsigned long long)dy & (RUN * sizeof(REAL) - 1)) == 0;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
         const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
         const int lane_pixel = LANE_PIXELS * (tid & 3);   // of lane t = in_group
         if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
             const REAL* first_row = dy_lane + (unsigned)table[2][lane_pixel];
+            const int gap = table[2][lane_pixel + RUN] - table[2][lane_pixel];   // DY_PAIRS: words 2, 3 from 0, 1
 #pragma unroll
             for (int nt = 0; nt < Tile::NT; ++nt) {
-                const uint4 v = load_operand_words(first_row + (size_t)lane_stride * nt);
+                const REAL* row = first_row + (size_t)lane_stride * nt;
+                uint4 v;
+                if (DY == DY_VECTORS) {
+                    v = load_operand_words(row);
+                } else {
+                    const uint2 low = load_operand_pair(row), high = load_operand_pair(row + gap);
+                    v = make_uint4(low.x, low.y, high.x, high.y);
+                }
                 b[0][nt][0] = v.x;
                 b[0][nt][1] = v.y;
                 b[1][nt][0] = v.z;
@@ -540,16 +555,18 @@ __device__ __forceinline__ void wgrad_segment(
 // (stream-K). A tile's segments are partial outputs 0, 1, ... in step order, summed by the launcher
 // in that order; `ranks`, their most over the tiles (1: no partials). The launcher keeps B >= tiles
 // (a run meets two tiles at most) and work x B below 2^63.
-template <int BN, bool GATHER, bool BALANCED>
+template <int BN, WgradDy DY, bool BALANCED>
 __device__ __forceinline__ void wgrad_mma(
     unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
     WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
     REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P,
     int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image, int dy_channel)
 {
-#pragma unroll 1
-    for (int k = 0; k < (BALANCED ? 2 : 1); ++k) {   // segment k of the run: B >= tiles, so two at most
+    // segment k of the run: B >= tiles, so two at most. The next k comes back from shared memory
+    // (thread 0 keeps it there) so that no register holds it through the segment
+    for (int k = 0; k < (BALANCED ? 2 : 1);) {
         if (threadIdx.x == 0) {   // describes it, or block_tile -1 for none
+            run.segment = k + 1;
             const int CRS = C / groups * R * S, Kg = K / groups;
             const long long tile_steps = (N * P * Q + TC_DEPTH - 1) / TC_DEPTH, blocks = gridDim.x;
             const long long work = (long long)((CRS + TC_BN - 1) / TC_BN) * ((Kg + BN - 1) / BN) * groups * tile_steps;
@@ -563,14 +580,16 @@ __device__ __forceinline__ void wgrad_mma(
         }
         __syncthreads();
         if (run.block_tile < 0) return;
-        wgrad_segment<BN, GATHER>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R,
+        wgrad_segment<BN, DY>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R,
                                   S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
+        if (!BALANCED) return;
+        k = run.segment;   // before the barrier: thread 0 rewrites it after
         __syncthreads();   // every thread has read the segment
     }
 }
 
 // The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
-// the _gather ones read dy one element at a time throughout (conv_tc.wgrad_dy_path).
+// the _pairs ones read dy in 8-byte vectors, the _gather ones one element at a time (WgradDy).
 #define TC_WGRAD_ARGS                                                                                          \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
         REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,    \
@@ -580,36 +599,45 @@ __device__ __forceinline__ void wgrad_mma(
 // would straddle images in NCHW.
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width and dy path.
 // pixels: TC_TABLE_SLOTS steps of the pixel table; column_taps: each thread's 4 filter columns' tap bits
-#define TC_WGRAD_BODY(BN, GATHER, BALANCED)                                                                                \
+#define TC_WGRAD_BODY(BN, DY, BALANCED)                                                                                    \
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                              \
     __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                            \
     __shared__ uint4 column_taps[TC_THREADS];                                                                    \
     __shared__ WgradRun run;                                                                                     \
-    wgrad_mma<BN, GATHER, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S, P, Q, \
+    wgrad_mma<BN, DY, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S, P, Q, \
                           dil_h, dil_w, groups, ranks, dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, false, false);
+    TC_WGRAD_BODY(128, DY_VECTORS, false);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, false, false);
+    TC_WGRAD_BODY(64, DY_VECTORS, false);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pairs(TC_WGRAD_ARGS) {
+    TC_WGRAD_BODY(128, DY_PAIRS, false);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pairs_m64(TC_WGRAD_ARGS) {
+    TC_WGRAD_BODY(64, DY_PAIRS, false);
+}
+
+// Blocks that may meet two tiles (B no multiple of the tiles: stream-K), on the 128-channel tile with
+// dy in vectors
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_balanced(TC_WGRAD_ARGS) {
+    TC_WGRAD_BODY(128, DY_VECTORS, true);
 }
 
 #if !REAL_IS_HALF
-// Blocks that may meet two tiles (B no multiple of the tiles: stream-K), on the 128-channel tile with
-// dy in vectors. float32 only: the float16 loop spills with the outer loop's registers.
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_balanced(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, false, true);
-}
 
 // dy one element at a time: where a channel-major copy of dy would cost more than it saves. float32
 // only: in float16 the copy always pays (this loop would issue an mma every 9 instructions, and spill).
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, true, false);
+    TC_WGRAD_BODY(128, DY_ELEMENTS, false);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, true, false);
+    TC_WGRAD_BODY(64, DY_ELEMENTS, false);
 }
 #endif

@@ -65,6 +65,8 @@ static __device__ __forceinline__ unsigned int operand_word_of_widened(const uns
 
 // the four operand words of 16 aligned bytes of values in reduction order (8 FP16 values)
 static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) { return __ldg((const uint4*)p); }
+// the two operand words of 8 aligned bytes (4 FP16 values)
+static __device__ __forceinline__ uint2 load_operand_pair(const REAL* p) { return __ldg((const uint2*)p); }
 
 // Word `word` of the values at row, row + stride, row + 2 * stride, ... (consecutive reduction
 // indices), or 0 where !keep. Its two values are read either way (so both must lie inside the
@@ -96,6 +98,12 @@ static __device__ __forceinline__ unsigned int operand_word_of_widened(const uns
 static __device__ __forceinline__ uint4 load_operand_words(const REAL* p) {
     const float4 v = __ldg((const float4*)p);
     return make_uint4(tf32_operand(v.x), tf32_operand(v.y), tf32_operand(v.z), tf32_operand(v.w));
+}
+
+// the two operand words of 8 aligned bytes (2 values, TF32-rounded)
+static __device__ __forceinline__ uint2 load_operand_pair(const REAL* p) {
+    const float2 v = __ldg((const float2*)p);
+    return make_uint2(tf32_operand(v.x), tf32_operand(v.y));
 }
 
 // Word `word` of the values at row, row + stride, ... (one value), or of 0 where !keep (then not read)

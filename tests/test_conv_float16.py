@@ -179,6 +179,30 @@ def test_bias_gradient_sums_float16_dy_as_it_is():
 
 
 @needs_emu
+def test_wgrad_on_balanced_grids(monkeypatch):
+    """Grids whose blocks meet two tiles (stream-K: conv_tc.BALANCED_KERNEL's float16 build): 3
+    filter-column tiles x 2 groups over 8 or 11 steps of 32 pixels, block counts that give tiles
+    1 to 6 segments, the missing ranks zeroed (the workspace starts NaN), dy in vectors and from
+    the channel-major copy; each within the bound, and the same bits twice."""
+    monkeypatch.setattr(conv_tc, "_partials", lambda xp, count, shape: xp.full((count,) + shape, np.nan, np.float32))
+    rng = np.random.default_rng(1625)
+    for side, dy_path in ((9, "channel_major"), (8, "vector")):
+        cfg = dict(n=4, c=60, h=side, w=side, k=40, r=3, s=3, stride=1, pad=1, dil=1, groups=2)
+        x, w, _, g, dy = problem(rng, cfg)
+        (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, **options(cfg))
+        tiles, steps = conv_tc.wgrad_tiles(g, "tc"), -(-g.N * g.P * g.Q // 32)
+        assert tiles == 6 and steps in (11, 8)
+        for blocks in (7, 10, 13, 25, tiles * steps - 1):
+            plan = conv_tc.plan_wgrad(g, dtype=F16, tile="tc", blocks=blocks, dy_path=dy_path)
+            assert plan.main.kernel == conv_tc.BALANCED_KERNEL and plan.main.grid == (blocks, 1, 1)
+            assert plan.splits == conv_tc.wgrad_ranks(tiles, steps, blocks) > 1
+            dw = conv_tc.wgrad("emu", dy, x, g, tile="tc", blocks=blocks, dy_path=dy_path)
+            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + plan.splits, f"wgrad {side} {blocks}")
+            again = conv_tc.wgrad("emu", dy, x, g, tile="tc", blocks=blocks, dy_path=dy_path)
+            assert dw.view(np.uint16).tobytes() == again.view(np.uint16).tobytes()
+
+
+@needs_emu
 def test_bit_identical_under_every_schedule_and_run_to_run():
     rng = np.random.default_rng(1630)
     cfg = dict(n=2, c=35, h=7, w=6, k=20, r=3, s=2, stride=2, pad=1, dil=1, groups=1)

@@ -198,10 +198,12 @@ def test_tf32_whole_tiles_take_the_unpredicated_paths(splits, tile):
 
 
 def _vector_dy_requests(prof):
-    """Warp requests of wgrad's 16-byte dy loads (load_operand_words in kernels/mma_tile.cuh)."""
+    """Warp requests of wgrad's 16- and 8-byte dy loads (load_operand_words and load_operand_pair in
+    kernels/mma_tile.cuh)."""
     header = backend.kernel_dir() / "mma_tile.cuh"
+    vectors = [f"__ldg((const {kind}*)" for kind in ("float4", "uint4", "float2", "uint2")]
     lines = {number for number, text in enumerate(header.read_text().splitlines(), 1)
-             if "__ldg((const float4*)" in text or "__ldg((const uint4*)" in text}
+             if any(vector in text for vector in vectors)}
     return sum(site["requests"] for site in prof.sites if site["kernel"].startswith("conv2d_wgrad_tc")
                and site["file"].endswith("mma_tile.cuh") and site["line"] in lines)
 
@@ -211,19 +213,23 @@ def _vector_dy_requests(prof):
 def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype):
     """wgrad's dy loader: 16-byte loads where each lane's pixels lie in one image and dy's rows are
     16-byte aligned (P*Q = 64), and where they would straddle two images (P*Q = 49) from the
-    launcher's channel-major copy of dy; one element at a time in the _gather kernel (P*Q = 49 with
-    a small filter: the copy would not pay) and where dy starts off a 16-byte boundary (a view one
-    element into a buffer it shares with x); each against the oracle."""
+    launcher's channel-major copy of dy; pairs of 8-byte loads (the _pairs kernels) where P*Q is a
+    multiple of 2 words but not 4 (30 float32 or 36 float16 pixels); one element at a time in the
+    _gather kernel (P*Q = 49 with a small filter: the copy would not pay) and where dy starts off a
+    16- or 8-byte boundary (a view one element into a buffer it shares with x); each against the oracle."""
     from cnn_gpu import emu
     from test_conv_float16 import assert_within_bound, exact
     rng = np.random.default_rng(15)
     small_filter = "gather" if dtype == np.float32 else "channel_major"   # float16 always copies
-    cases = ((8, False, "tc", None, "vector"), (7, False, None, None, small_filter),
-             (7, False, "tc_m64", "channel_major", "channel_major"), (8, True, None, None, "vector"))
-    for side, misaligned, tile, dy_path, path in cases:
-        cfg = dict(n=2, c=5, h=side, w=side, k=9, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
+    pairs = (6, 5) if dtype == np.float32 else (6, 6)
+    cases = (((8, 8), False, "tc", None, "vector"), ((7, 7), False, None, None, small_filter),
+             ((7, 7), False, "tc_m64", "channel_major", "channel_major"), ((8, 8), True, None, None, "vector"),
+             (pairs, False, None, None, "pairs"), (pairs, False, "tc_m64", None, "pairs"), (pairs, True, "tc", None, "pairs"))
+    for (height, width), misaligned, tile, dy_path, path in cases:
+        side = f"{height}x{width}"
+        cfg = dict(n=2, c=5, h=height, w=width, k=9, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
         w = rng.standard_normal((9, 5, 3, 3)).astype(dtype)
-        g = conv_geometry((2, 5, side, side), w.shape, padding=1)
+        g = conv_geometry((2, 5, height, width), w.shape, padding=1)
         x, dy = (rng.standard_normal(shape).astype(dtype) for shape in (g.x_shape, g.y_shape))
         if misaligned:
             shared = rng.standard_normal(dy.size + 1).astype(dtype)
@@ -234,10 +240,12 @@ def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype)
         assert (dy_path or conv_tc.wgrad_dy_path(g, dtype)) == path
         kernels = {name for name in prof.kernels if name.startswith("conv2d_wgrad")}
         assert kernels == {conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=2, dy_path=dy_path).main.kernel}
-        assert kernels.pop().startswith(conv_tc.GATHER_KERNEL) == (path == "gather")
+        kernel = kernels.pop()
+        assert kernel.startswith(conv_tc.GATHER_KERNEL) == (path == "gather")
+        assert kernel.startswith(conv_tc.PAIRS_KERNEL) == (path == "pairs")
         if dtype == np.float16:
             (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, padding=1)
-            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad {side}x{side} misaligned={misaligned}")
+            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad {side} misaligned={misaligned}")
         else:
             (_, want), (_, scale) = _backward_oracle(dy, x, w, cfg)
             assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (side, misaligned)
@@ -317,20 +325,25 @@ def test_tf32_wgrad_on_balanced_grids_matches_the_oracle(monkeypatch):
             assert dw.tobytes() == again.tobytes()
 
 
-def test_wgrad_balances_the_512_channel_7x7_layer_in_float32():
+def test_wgrad_balances_the_512_channel_7x7_layer():
     """ResNet's 512@7x7 3x3 wgrad at batch 128: 144 block tiles over 392 steps fill 1.64 waves of
-    264 resident blocks as 3 splits, so float32 runs 264 balanced blocks (3 partial outputs: every
-    tile meets 2 or 3 runs); float16 has no balanced kernel and splits. Forced grids outside the
-    kernels are refused before any launch."""
+    264 resident blocks as 3 splits, so both dtypes run 264 balanced blocks (3 partial outputs:
+    every tile meets 2 or 3 runs). Forced grids outside the kernels (blocks that meet two tiles
+    on the 64-row tile or with dy read in pairs or element by element) are refused before any
+    launch, as is float16 with dy element by element (it has no _gather kernel)."""
     g = conv_geometry((128, 512, 7, 7), (512, 512, 3, 3), padding=1)
-    plan = conv_tc.plan_wgrad(g, dtype=np.float32, sms=132)
-    assert (plan.main.kernel, plan.main.grid, plan.splits) == (conv_tc.BALANCED_KERNEL, (264, 1, 1), 3)
-    half = conv_tc.plan_wgrad(g, dtype=np.float16, sms=132)
-    assert half.main.kernel == "conv2d_wgrad_tc" and half.main.grid[0] % conv_tc.wgrad_tiles(g, half.tile) == 0
-    for dtype, tile, blocks, match in ((np.float16, "tc", 145, "multiple"), (np.float32, "tc_m64", 289, "multiple"),
-                                       (np.float32, "tc", 143, "must be 144"), (np.float32, "tc", 10 ** 6, "must be")):
+    for dtype in (np.float32, np.float16):
+        plan = conv_tc.plan_wgrad(g, dtype=dtype, sms=132)
+        assert (plan.main.kernel, plan.main.grid, plan.splits) == (conv_tc.BALANCED_KERNEL, (264, 1, 1), 3)
+    for dtype, tile, blocks, dy_path, match in ((np.float16, "tc", 145, "pairs", "multiple"),
+                                                (np.float32, "tc", 145, "gather", "multiple"),
+                                                (np.float32, "tc_m64", 289, None, "multiple"),
+                                                (np.float32, "tc", 143, None, "must be 144"),
+                                                (np.float32, "tc", 10 ** 6, None, "must be")):
         with pytest.raises(ValueError, match=match):
-            conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, blocks=blocks)
+            conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, blocks=blocks, dy_path=dy_path)
+    with pytest.raises(ValueError, match="float16 wgrad has no _gather kernel"):
+        conv_tc.plan_wgrad(g, dtype=np.float16, dy_path="gather")
     with pytest.raises(ValueError, match="not both"):
         conv_tc.plan_wgrad(g, splits=2, blocks=288)
 
@@ -431,7 +444,8 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", "float16", arch)}
     assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_fprop_tc_flat", "conv2d_fprop_tc_flat_m64",
                          "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
-                         "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64"}
+                         "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64", "conv2d_wgrad_tc_pairs", "conv2d_wgrad_tc_pairs_m64",
+                         conv_tc.BALANCED_KERNEL}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
         per_step = 32 if name.endswith("_m64") else 64
@@ -445,7 +459,7 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
 def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
     """WGRAD_EFFICIENCY, the picker's weight of each wgrad tile, is the least of its float32 and
     float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), and BALANCED_EFFICIENCY the
-    float32 balanced kernel's, so a faster or slower loop cannot leave the picker weighing stale
+    balanced kernel's likewise, so a faster or slower loop cannot leave the picker weighing stale
     figures."""
     from cnn_gpu import roofline
     spec = roofline.spec("h100")
@@ -454,8 +468,9 @@ def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
         ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
                     for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
         assert weight == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
-    balanced = roofline.kernel_traits("conv2d_tc", conv_tc.BALANCED_KERNEL, "float32", "sm_90")
-    assert conv_tc.BALANCED_EFFICIENCY == pytest.approx(roofline.mma_issue_ceiling(balanced, spec, "tf32"), abs=0.005)
+    balanced = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", conv_tc.BALANCED_KERNEL, dtype, "sm_90"),
+                                           spec, pipe) for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
+    assert conv_tc.BALANCED_EFFICIENCY == pytest.approx(min(balanced), abs=0.005), balanced
 
 
 def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):

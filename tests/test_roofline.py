@@ -505,16 +505,18 @@ def test_wgrad_of_images_straddling_a_lanes_pixels_models_its_dy_path(monkeypatc
     """7x7 outputs (P*Q = 49, no multiple of 4 words): with a large filter (C/G*R*S past
     conv_tc.CHANNEL_MAJOR_MIN_CRS) the launcher copies dy channel-major first, one memory-bound step
     reading and writing dy; with a small one the _gather kernel runs (its own traits); 8x8 outputs
-    need neither."""
+    need neither, nor do 14x14 float16 outputs (P*Q = 196, a multiple of 2 words: the _pairs kernel,
+    its own traits)."""
     from cnn_gpu.gpu import conv_tc
     _tc_traits(monkeypatch)
     for channels, side, dtype, path in ((512, 7, "float32", "channel_major"), (64, 7, "float32", "gather"),
-                                        (128, 7, "float16", "channel_major"), (512, 8, "float32", "vector")):
+                                        (128, 7, "float16", "channel_major"), (512, 8, "float32", "vector"),
+                                        (256, 14, "float16", "pairs")):
         g = conv_geometry((32, channels, side, side), (64, channels, 3, 3), 1, 1)
         assert conv_tc.wgrad_dy_path(g, dtype) == path
         estimates = roofline.model_conv("wgrad", g, dtype, H100, math="tf32")
         copies = [e for e in estimates if e.kernel.endswith("_dy_channel_major")]
         dy_bytes = math.prod(g.y_shape) * np.dtype(dtype).itemsize
         assert [e.dram_bytes for e in copies] == ([2 * dy_bytes] if path == "channel_major" else [])
-        gathers = [e for e in estimates if e.kernel.startswith(conv_tc.GATHER_KERNEL)]
-        assert len(gathers) == (path == "gather")
+        for kernel, kernel_path in ((conv_tc.GATHER_KERNEL, "gather"), (conv_tc.PAIRS_KERNEL, "pairs")):
+            assert len([e for e in estimates if e.kernel.startswith(kernel)]) == (path == kernel_path)

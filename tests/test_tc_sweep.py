@@ -270,10 +270,13 @@ def test_tc_sweep_reaches_every_plan(kind):
     # fprop over the flattened reduction (few channels per group) and over taps, both tiles
     kernels = {conv_tc.plan_fprop(geometry(kind, cfg), **(cfg["forced"] or {})).main.kernel for cfg in configs}
     assert kernels >= {base + suffix for base in ("conv2d_fprop_tc", conv_tc.FLAT_KERNEL) for suffix in ("", "_m64")}
-    # wgrad's dy in vectors from NCHW and, where a lane's pixels straddle images, by the _gather kernels
-    # (float32 with small filters; tests/test_kernels_tc.py forces the channel-major copy)
+    # wgrad's dy in vectors from NCHW, in pairs of 8-byte vectors (the _pairs kernels) and, where a
+    # lane's pixels straddle images, by the _gather kernels (float32 with small filters) or from the
+    # channel-major copy (float16)
     geometries = [geometry(kind, cfg) for cfg in configs]
-    assert {conv_tc.wgrad_dy_path(g, np.float32) for g in geometries if conv_tc.wgrad_supported(g)} >= {"vector", "gather"}
+    for dtype, straddling in ((np.float32, "gather"), (np.float16, "channel_major")):
+        paths = {conv_tc.wgrad_dy_path(g, dtype) for g in geometries if conv_tc.wgrad_supported(g)}
+        assert paths >= {"vector", "pairs", straddling}, (dtype, paths)
     assert sum(cfg["forced"] is None for cfg in configs) >= SWEEP // len(FORCED)
     # dgrad's stride phases: every stride in both dimensions, phases that no tap reaches
     for axis in (0, 1):

@@ -21,7 +21,7 @@ partly idle: the splits write FP32 partial outputs that one more launch (reduce.
 sums in a fixed order (bit-identical run to run), adding the bias (fprop's, and its ReLU; dgrad's
 for conv_transpose2d, which the kernel adds itself without split-K), and rounds once to the pass's
 dtype. wgrad's blocks take equal runs of its tiles' steps, so a grid of whole waves of resident
-blocks may also cut tiles unevenly (stream-K, float32: BALANCED_KERNEL), leaving no last wave partly
+blocks may also cut tiles unevenly (stream-K: BALANCED_KERNEL), leaving no last wave partly
 idle. The plan_* functions decide for an SM count (the emulator and the model plan for an
 H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
@@ -60,12 +60,19 @@ FLAT_KERNEL = "conv2d_fprop_tc_flat"
 # 1/0.72) ~ 2400. float16 always copies: its gather loop would issue at 0.44 of 0.74 (the copy pays
 # from 2 * 295 / (1/0.44 - 1/0.74) ~ 640) and spill, so kernels/conv2d_tc.cu builds it for float32 only.
 CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400, np.dtype(np.float16): 0}
-DY_PATHS = ("vector", "channel_major", "gather")
+DY_PATHS = ("vector", "pairs", "channel_major", "gather")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
+# wgrad's dy where P*Q is a multiple of 2 words but not of 4 (float16's 14x14 layers): the _pairs kernels
+# load a lane's words of a step in two 8-byte vectors, at 0.82-0.84 of the vector loop's 0.88-0.90 MMA
+# issue rate (sm_90 hot loops, float32 and float16), 6-7% of the pass's time. The channel-major copy
+# costs 2 x 4 bytes (float32) or 2 x 2 bytes (float16) a dy element against 2*C/G*R*S FLOPs: at H100's
+# 148 TF32 or 295 FP16 FLOPs per byte, 590 / (C/G*R*S) of the time; it pays from C/G*R*S ~ 9000 on.
+PAIRS_KERNEL = "conv2d_wgrad_tc_pairs"
+PAIRS_MAX_CRS = 9000
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
-# in vectors; float32 only (its float16 build would spill)
+# in 16-byte vectors
 BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
-FLOAT32_ONLY_KERNELS = (GATHER_KERNEL, GATHER_KERNEL + "_m64", BALANCED_KERNEL)   # not in the float16 build
+FLOAT32_ONLY_KERNELS = (GATHER_KERNEL, GATHER_KERNEL + "_m64")   # not in the float16 build
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78)}
 # registers, x from shared memory)
 WGRAD_EFFICIENCY = {"tc": 0.88, "tc_m64": 0.56}
 # wgrad's balanced grids (_choose_wgrad): up to this many whole waves of resident blocks, and the
-# balanced kernel's weight (its sm_90 hot loop's MMA issue ceiling: the outer loop's registers)
+# balanced kernel's weight (the least of its sm_90 hot loops' MMA issue ceilings, float32 and float16:
+# the outer loop's registers)
 BALANCED_WAVES = 4
 BALANCED_EFFICIENCY = 0.84
 # Per dtype, the dgrad tiles that fit more resident blocks per SM than BLOCKS_PER_SM: the 64-row
@@ -368,8 +376,8 @@ def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool)
         if blocks is not None and not tiles <= blocks <= work:
             raise ValueError(f"wgrad's blocks must be {tiles} to {work} (its block tiles to their steps), got {blocks}")
         if blocks and blocks % tiles and not (balanced and name == "tc"):
-            raise ValueError(f"wgrad's blocks must be a multiple of its {tiles} tiles: only float32 on the 128-channel "
-                             f"tile with dy in vectors has the kernel for blocks that meet two tiles")
+            raise ValueError(f"wgrad's blocks must be a multiple of its {tiles} tiles: only the 128-channel "
+                             f"tile with dy in 16-byte vectors has the kernel for blocks that meet two tiles")
         if work * max(blocks or 0, tiles * most, slots * BALANCED_WAVES) >= 2 ** 63:
             raise ValueError("conv2d kernels split wgrad's work in 64-bit arithmetic: too many tiles and pixels")
         if blocks or splits:
@@ -394,27 +402,28 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
     `splits` per tile, or balanced over the SMs), then, where a tile has more than one segment, the
-    fixed-order sum of the partial filters; the _gather kernel where dy is read element by element
-    (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs (its `chunk`
-    is unused: the kernel derives each block's run from the grid)."""
+    fixed-order sum of the partial filters; the _pairs or _gather kernel where dy is read in 8-byte
+    vectors or element by element (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the
+    partial outputs (its `chunk` is unused: the kernel derives each block's run from the grid)."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
     if dy_path not in (None, *DY_PATHS):
         raise ValueError(f"dy_path must be one of {', '.join(DY_PATHS)} or None, got {dy_path!r}")
     if dy_path == "gather" and np.dtype(dtype) == np.float16:
-        raise ValueError("float16 wgrad always reads a channel-major copy of dy: it has no _gather kernel")
+        raise ValueError("float16 wgrad has no _gather kernel: it reads dy in vectors, in pairs or from a "
+                         "channel-major copy")
     if pixel_table_bytes(g, dtype) // 4 >= INDEX_LIMIT:
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
                          f"(3 entries each) is too large; split the batch")
     tile_steps = _ceil_div(g.N * g.P * g.Q, step_depth(dtype))
-    gather = (dy_path or wgrad_dy_path(g, dtype)) == "gather"
-    balanced = np.dtype(dtype) == np.float32 and not gather
+    dy_path = dy_path or wgrad_dy_path(g, dtype)
+    balanced = dy_path in ("vector", "channel_major")
     name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced)
     if blocks % wgrad_tiles(g, name):
         kernel = BALANCED_KERNEL
     else:
-        kernel = (GATHER_KERNEL if gather else "conv2d_wgrad_tc") + TILES[name].suffix
+        kernel = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL}.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
     launches = (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),)
     if ranks > 1:
         launches += (reduce.plan_split_sum_epilogue(g.K * (g.C // g.groups) * g.R * g.S),)
@@ -423,11 +432,15 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
 
 def wgrad_dy_path(g, dtype) -> str:
     """How wgrad reads dy (DY_PATHS): "vector", 16-byte loads from NCHW (P*Q a multiple of 4
-    words); else by CHANNEL_MAJOR_MIN_CRS "channel_major", 16-byte loads from a channel-major copy
-    (K, N*P*Q rounded up to 4 words), or "gather", element by element (the _gather kernels)."""
-    if (g.P * g.Q) % (step_depth(dtype) // 4) == 0:
+    words), "pairs", 8-byte loads from NCHW (P*Q a multiple of 2 words, by PAIRS_MAX_CRS); else by
+    CHANNEL_MAJOR_MIN_CRS "channel_major", 16-byte loads from a channel-major copy (K, N*P*Q
+    rounded up to 4 words), or "gather", element by element (the _gather kernels)."""
+    lane_pixels = step_depth(dtype) // 4
+    if (g.P * g.Q) % lane_pixels == 0:
         return "vector"
     crs = (g.C // g.groups) * g.R * g.S
+    if (g.P * g.Q) % (lane_pixels // 2) == 0 and crs < PAIRS_MAX_CRS:
+        return "pairs"
     return "channel_major" if crs >= CHANNEL_MAJOR_MIN_CRS[np.dtype(dtype)] else "gather"
 
 

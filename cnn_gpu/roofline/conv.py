@@ -179,7 +179,8 @@ GATHER = "_gather"   # wgrad reading dy element by element (conv_tc's _gather ke
 
 def profile_variant(plan) -> str:
     """The representative_run variant of a tensor-core plan's main kernel: its tile, with FLAT for
-    fprop over the flattened reduction, GATHER for wgrad's _gather kernels."""
+    fprop over the flattened reduction, GATHER for wgrad's _gather kernels (wgrad's _pairs and
+    balanced kernels share the regular kernel's shared-memory traffic and take its run)."""
     if conv_tc.is_flat(plan):
         return plan.tile + FLAT
     return plan.tile + (GATHER if conv_tc.is_gather(plan) else "")
