@@ -349,7 +349,7 @@ enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS };
 // the main loop
 struct WgradRun {
     int block_tile, first_step, end_step, rank, zero_from;
-    int segment;   // the next one's index
+    int segment;   // the next segment's index (wgrad_mma)
 };
 
 // wgrad of the segment of `run`: block tile run.block_tile (filter columns fastest, then output
@@ -580,8 +580,8 @@ __device__ __forceinline__ void wgrad_mma(
         }
         __syncthreads();
         if (run.block_tile < 0) return;
-        wgrad_segment<BN, DY>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R,
-                                  S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
+        wgrad_segment<BN, DY>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S,
+                              P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
         if (!BALANCED) return;
         k = run.segment;   // before the barrier: thread 0 rewrites it after
         __syncthreads();   // every thread has read the segment
@@ -599,13 +599,13 @@ __device__ __forceinline__ void wgrad_mma(
 // would straddle images in NCHW.
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width and dy path.
 // pixels: TC_TABLE_SLOTS steps of the pixel table; column_taps: each thread's 4 filter columns' tap bits
-#define TC_WGRAD_BODY(BN, DY, BALANCED)                                                                                    \
-    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                              \
-    __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                            \
-    __shared__ uint4 column_taps[TC_THREADS];                                                                    \
-    __shared__ WgradRun run;                                                                                     \
-    wgrad_mma<BN, DY, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S, P, Q, \
-                          dil_h, dil_w, groups, ranks, dy_image, dy_channel)
+#define TC_WGRAD_BODY(BN, DY, BALANCED)                                                                       \
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                           \
+    __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                         \
+    __shared__ uint4 column_taps[TC_THREADS];                                                                 \
+    __shared__ WgradRun run;                                                                                  \
+    wgrad_mma<BN, DY, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, \
+                                K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_VECTORS, false);
@@ -630,7 +630,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_bala
 }
 
 #if !REAL_IS_HALF
-
 // dy one element at a time: where a channel-major copy of dy would cost more than it saves. float32
 // only: in float16 the copy always pays (this loop would issue an mma every 9 instructions, and spill).
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
