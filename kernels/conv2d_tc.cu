@@ -348,24 +348,57 @@ enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS };
 // (wgrad_mma): each thread reads a field where it uses it, so that none stays in a register through
 // the main loop
 struct WgradRun {
-    int block_tile, first_step, end_step, rank, zero_from;
+    int block_tile, first_step, end_step, rank, segments;   // segments: the tile's, over all blocks
     int segment;   // the next segment's index (wgrad_mma)
+    int last;      // whether this block finished the tile's last segment to finish (wgrad_segment)
 };
+
+// After a segment with ranks > 1 has written its partial output: counts the segment in
+// arrivals[tile]; the block that finishes the tile's last segment to finish resets the count (the
+// launcher reuses the counts, zero between launches) and sums the tile's partials in rank order into
+// dw (a filter row at a time: coalesced). Not inlined, so that none of its values is held in a
+// register through wgrad_segment's main loop.
+template <int BN>
+__device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw, const acc_t* __restrict__ partials,
+                                            unsigned int* __restrict__ arrivals, int K, int Kg, int CRS, int tiles_x,
+                                            int tiles_y)
+{
+    __threadfence();   // the block's partials are visible before its arrival counts
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        run.last = atomicAdd(&arrivals[run.block_tile], 1u) == (unsigned int)(run.segments - 1);
+        if (run.last) arrivals[run.block_tile] = 0;   // every segment of the tile has counted
+    }
+    __syncthreads();
+    if (!run.last) return;
+    __threadfence();
+    const int block_tile = run.block_tile, segments = run.segments, g = block_tile / (tiles_x * tiles_y);
+    const int m0 = (block_tile / tiles_x - g * tiles_y) * BN, n0 = (block_tile - block_tile / tiles_x * tiles_x) * TC_BN;
+    for (int i = threadIdx.x; i < BN * TC_BN; i += TC_THREADS) {
+        const int m = m0 + i / TC_BN, filter_column = n0 + i % TC_BN;
+        if (m >= Kg || filter_column >= CRS) continue;
+        const int at = (g * Kg + m) * CRS + filter_column;
+        acc_t sum = partials[at];
+        for (int r = 1; r < segments; ++r) sum += partials[(long long)r * K * CRS + at];
+        dw[at] = to_real(sum);
+    }
+}
 
 // wgrad of the segment of `run`: block tile run.block_tile (filter columns fastest, then output
 // channels, then groups: dw^T of TC_BN filter columns, the tile's rows, by BN output channels, its
 // columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32), reduction steps [first_step, end_step) of its
-// pixels; with ranks > 1 its FP32 result is partial output `rank` and the tile's ranks from
-// zero_from on are zeroed (none of its segments has them). `smem`: the kernel's two stages of x,
-// `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept in shared
-// memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy).
+// pixels. With ranks > 1 its FP32 result is partial output `rank`, and the block that finishes the
+// tile's last segment to finish (arrivals[tile] counts them) sums the tile's partials in rank order
+// into dw: the same sum whichever block it is (wgrad_sum_tile). `smem`: the kernel's two
+// stages of x, `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept in
+// shared memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy).
 template <int BN, WgradDy DY>
 __device__ __forceinline__ void wgrad_segment(
     unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
-    const WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
-    const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H,
-    int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image,
-    int dy_channel)
+    WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
+    const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials,
+    unsigned int* __restrict__ arrivals, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int dil_h,
+    int dil_w, int groups, int ranks, int dy_image, int dy_channel)
 {
     using Tile = MmaTile<2, BN>;
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
@@ -529,7 +562,7 @@ __device__ __forceinline__ void wgrad_segment(
     cp_async_wait_all();
 
     const Origin end_at = origin();   // read again: not held through the loop
-    const int rank = run.rank, zero_from = run.zero_from;
+    const int rank = run.rank;
     tile.for_each([&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
                       const int group = col & 7, nt = (col - tile.warp_col) >> 3;
                       const int m = lane_channel(end_at.m0, group, nt);
@@ -539,28 +572,28 @@ __device__ __forceinline__ void wgrad_segment(
                       const int filter_column = end_at.n0 + row;
                       if (m < 0 || filter_column >= CRS) return;
                       const int at = (end_at.g * Kg + m) * CRS + filter_column;
-                      if (ranks == 1) {
+                      if (ranks == 1)
                           dw[at] = to_real(v);
-                          return;
-                      }
-                      partials[(long long)rank * K * CRS + at] = v;
-                      for (int r = zero_from; r < ranks; ++r) partials[(long long)r * K * CRS + at] = 0.0f;
+                      else
+                          partials[(long long)rank * K * CRS + at] = v;
                   });
+    if (ranks > 1) wgrad_sum_tile<BN>(run, dw, partials, arrivals, K, Kg, CRS, tiles_x, tiles_y);
 }
 
 // wgrad: block b of the grid's B takes the (tile, step) pairs [b * work / B, (b + 1) * work / B) of
 // the work = tiles x steps of a tile's pixels, tile-major (wgrad_segment's tile order), a segment per
 // tile it reaches. B = tiles x splits gives each tile `splits` segments (split-K); a B of whole waves
 // of resident blocks balances the SMs where the tiles alone would leave a last wave partly idle
-// (stream-K). A tile's segments are partial outputs 0, 1, ... in step order, summed by the launcher
-// in that order; `ranks`, their most over the tiles (1: no partials). The launcher keeps B >= tiles
-// (a run meets two tiles at most) and work x B below 2^63.
+// (stream-K). A tile's segments are partial outputs 0, 1, ... in step order, summed in that order by
+// the block that finishes the last of them (wgrad_segment); `ranks`, their most over the tiles (1: no
+// partials). The launcher keeps B >= tiles (a run meets two tiles at most) and work x B below 2^63.
 template <int BN, WgradDy DY, bool BALANCED>
 __device__ __forceinline__ void wgrad_mma(
     unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
     WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
-    REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S, int P,
-    int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image, int dy_channel)
+    REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, int H,
+    int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image,
+    int dy_channel)
 {
     // segment k of the run: B >= tiles, so two at most. The next k comes back from shared memory
     // (thread 0 keeps it there) so that no register holds it through the segment
@@ -575,13 +608,15 @@ __device__ __forceinline__ void wgrad_mma(
             run.block_tile = tile_start < end ? (int)(tile_start / tile_steps) : -1;
             run.first_step = (int)(max(start, tile_start) - tile_start);
             run.end_step = (int)(min(end, tile_end) - tile_start);
-            run.rank = (int)blockIdx.x - (int)(((tile_start + 1) * blocks - 1) / work);   // minus the block of its first step
-            run.zero_from = end >= tile_end ? run.rank + 1 : ranks;
+            // the blocks of the tile's first and last steps
+            const int first_block = (int)(((tile_start + 1) * blocks - 1) / work);
+            run.rank = (int)blockIdx.x - first_block;
+            run.segments = (int)((tile_end * blocks - 1) / work) - first_block + 1;
         }
         __syncthreads();
         if (run.block_tile < 0) return;
-        wgrad_segment<BN, DY>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, K, R, S,
-                              P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
+        wgrad_segment<BN, DY>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, arrivals, N, C, H, W,
+                              K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
         if (!BALANCED) return;
         k = run.segment;   // before the barrier: thread 0 rewrites it after
         __syncthreads();   // every thread has read the segment
@@ -590,10 +625,11 @@ __device__ __forceinline__ void wgrad_mma(
 
 // The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
 // the _pairs ones read dy in 8-byte vectors, the _gather ones one element at a time (WgradDy).
-#define TC_WGRAD_ARGS                                                                                          \
+#define TC_WGRAD_ARGS                                                                                           \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
-        REAL* __restrict__ dw, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,    \
-        int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image, int dy_channel
+        REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, \
+        int H, int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks,           \
+        int dy_image, int dy_channel
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
 // would straddle images in NCHW.
@@ -604,8 +640,8 @@ __device__ __forceinline__ void wgrad_mma(
     __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                         \
     __shared__ uint4 column_taps[TC_THREADS];                                                                 \
     __shared__ WgradRun run;                                                                                  \
-    wgrad_mma<BN, DY, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, N, C, H, W, \
-                                K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel)
+    wgrad_mma<BN, DY, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, arrivals, N, C, \
+                                H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_VECTORS, false);

@@ -219,10 +219,11 @@ def test_bit_identical_under_every_schedule_and_run_to_run():
 
 @needs_emu
 def test_split_k_sums_fp32_partials_in_order_and_rounds_once_in_one_launch(monkeypatch):
-    """With 3 splits each float16 pass launches its kernel and split_sum_epilogue, nothing else (the
-    plan's two launches): the output is the FP32 sum of that kernel's partials in split order (fprop:
-    plus the bias, then ReLU) rounded to float16 once, bit for bit. Rounding the first two splits'
-    sum (fprop: the sum before the bias) to float16 first, or summing float16 partials, differs."""
+    """With 3 splits fprop and dgrad launch their kernel and split_sum_epilogue, nothing else (the
+    plan's two launches), and wgrad its kernel alone (the block that finishes a tile's last segment
+    sums it): the output is the FP32 sum of the kernel's partials in split order (fprop: plus the
+    bias, then ReLU) rounded to float16 once, bit for bit. Rounding the first two splits' sum
+    (fprop: the sum before the bias) to float16 first, or summing float16 partials, differs."""
     rng = np.random.default_rng(1635)
     cfg = dict(n=2, c=40, h=6, w=8, k=24, r=3, s=3, stride=1, pad=1, dil=1, groups=1)   # 3 steps of wgrad
     x, w, b, g, dy = problem(rng, cfg)
@@ -244,10 +245,15 @@ def test_split_k_sums_fp32_partials_in_order_and_rounds_once_in_one_launch(monke
         launched.clear(), written.clear()
         got = run()
         plan = getattr(conv_tc, f"plan_{pass_name}")(g, dtype=F16, splits=3)
-        assert plan.splits == 3 and plan.launches == (plan.main, reduce.plan_split_sum_epilogue(got.size))
+        sum_launches = () if pass_name == "wgrad" else (reduce.plan_split_sum_epilogue(got.size),)
+        assert plan.splits == 3 and plan.launches == (plan.main, *sum_launches)
         assert [kernel for kernel, _ in launched] == [launch.kernel for launch in plan.launches], pass_name
-        assert launched[1][1][2] is got   # the sum writes the float16 output itself: no rounding after it
-        partials = written[id(launched[1][1][0])]   # what the sum reads: the kernel's partials
+        if pass_name == "wgrad":   # the kernel writes the float16 output itself from its partials
+            assert launched[0][1][3] is got
+            partials = written[id(launched[0][1][4])]
+        else:   # the sum writes the float16 output itself: no rounding after it
+            assert launched[1][1][2] is got
+            partials = written[id(launched[1][1][0])]   # what the sum reads: the kernel's partials
         assert partials.size == 3 * got.size
         partials = partials.reshape((3,) + got.shape)
         channel_bias = 0 if bias is None else bias.astype(f32)[:, None, None]

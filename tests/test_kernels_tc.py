@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_gpu import backend, nvrtc, sass
+from cnn_gpu import backend, emu, nvrtc, sass
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu import conv_tc
@@ -67,16 +67,57 @@ def test_tf32_dgrad_and_wgrad_sweep_match_the_tf32_oracle(chunk):
 
 
 @needs_emu
-def test_tf32_wgrad_partials_are_summed_in_a_fixed_order():
+def test_tf32_wgrad_partials_are_summed_in_a_fixed_order(monkeypatch):
+    """wgrad with 3 splits is one launch: the block that finishes a tile's last segment sums its
+    FP32 partials in rank order ((p0 + p1) + p2, bit for bit, which another order misses),
+    whichever block that is under the emulator's schedules."""
     rng = np.random.default_rng(9)
     cfg = dict(n=3, c=4, h=9, w=9, k=5, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
     x, w, _ = _arrays(rng, cfg)
     g = _geometry(x, w, cfg)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     plan = conv_tc.plan_wgrad(g, splits=3)
-    assert plan.splits == 3 and [l.family for l in plan.launches] == ["conv2d_tc", "reduce"]
-    first, second = conv_tc.wgrad("emu", dy, x, g, splits=3), conv_tc.wgrad("emu", dy, x, g, splits=3)
-    assert first.tobytes() == second.tobytes()
+    assert plan.splits == 3 and [launch.kernel for launch in plan.launches] == [plan.main.kernel]
+    launched = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda be, family, dt, kernel, grid, block, args: (
+        real_launch(be, family, dt, kernel, grid, block, args), launched.append((kernel, args[4].copy())))[0])
+    runs = []
+    for seed, schedule in enumerate(("forward", "reverse", "random", "random")):
+        with emu.checking(schedule=schedule, seed=seed):
+            runs.append(conv_tc.wgrad("emu", dy, x, g, splits=3))
+    assert [kernel for kernel, _ in launched] == [plan.main.kernel] * 4
+    partials = launched[0][1].reshape((3,) + runs[0].shape)
+    want = (partials[0] + partials[1]) + partials[2]
+    assert not np.array_equal(want, (partials[2] + partials[1]) + partials[0]), "the test must tell orders apart"
+    assert all(run.tobytes() == want.tobytes() for run in runs)
+
+
+@needs_emu
+def test_wgrad_leaves_its_arrival_counts_zero_and_a_failed_launch_drops_them(monkeypatch):
+    """The kernel resets each tile's count of finished segments, so the cached counts are zero
+    after every launch; a launch that fails part-way drops them, and the next call starts from
+    fresh zeros and gives the same bits."""
+    rng = np.random.default_rng(12)
+    cfg = dict(n=3, c=20, h=9, w=9, k=40, r=3, s=3, stride=1, pad=1, dil=1, groups=2)
+    x, w, _ = _arrays(rng, cfg)
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    first = conv_tc.wgrad("emu", dy, x, g, splits=3)
+    counts = conv_tc._ARRIVALS[("emu", None)]
+    assert counts.size >= conv_tc.wgrad_tiles(g, conv_tc.plan_wgrad(g, splits=3).tile) and not counts.any()
+
+    def failing(be, family, dtype, kernel, grid, block, args):
+        args[5][:2] = 1   # counts left part-way
+        raise RuntimeError("launch failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "launch", failing)
+        with pytest.raises(RuntimeError, match="launch failed"):
+            conv_tc.wgrad("emu", dy, x, g, splits=3)
+    assert ("emu", None) not in conv_tc._ARRIVALS
+    assert conv_tc.wgrad("emu", dy, x, g, splits=3).tobytes() == first.tobytes()
+    assert not conv_tc._ARRIVALS[("emu", None)].any()
 
 
 def _oracle(x, w, b, cfg, relu):
@@ -281,7 +322,9 @@ def test_wgrad_dy_rows_of_partial_channel_tiles(dtype):
 def test_wgrad_ranks_bound_the_segments_of_every_tile():
     """wgrad_ranks against a walk of the runs kernels/conv2d_tc.cu's wgrad_mma gives the blocks:
     each tile's segments are partial outputs 0, 1, ... in step order, at most wgrad_ranks of them
-    (exactly, with tiles x splits blocks), and a run meets two tiles at most (blocks >= tiles)."""
+    (exactly, with tiles x splits blocks), as many as the kernel counts from the blocks of the
+    tile's first and last steps, wgrad_segments of them in all, and a run meets two tiles at most
+    (blocks >= tiles)."""
     rng = np.random.default_rng(41)
     for _ in range(2000):
         tiles, steps = int(rng.integers(1, 30)), int(rng.integers(1, 50))
@@ -297,6 +340,10 @@ def test_wgrad_ranks_bound_the_segments_of_every_tile():
         ranks = conv_tc.wgrad_ranks(tiles, steps, blocks)
         assert all(got == list(range(len(got))) and len(got) <= ranks for got in segments.values())
         assert blocks % tiles or max(map(len, segments.values())) == ranks
+        for tile, got in segments.items():
+            first_block = ((tile * steps + 1) * blocks - 1) // work
+            assert len(got) == ((tile + 1) * steps * blocks - 1) // work - first_block + 1
+        assert sum(map(len, segments.values())) == conv_tc.wgrad_segments(tiles, steps, blocks)
 
 
 @needs_emu

@@ -313,11 +313,13 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
         assert main.compute_s == pytest.approx(g.flops / (peak * main.issue_ceiling) / main.wave_efficiency)
         assert main.shared_s == pytest.approx(traits.wavefronts_per_flop * g.flops / (132 * H100.clock_hz)
                                               / main.wave_efficiency)
-    # wgrad's main launch reads dy and x, writes dw (or FP32 partials), and reads its pixel table:
-    # 3 ints per output pixel (2048, whole steps of 16)
+    # wgrad's one launch reads dy and x, writes dw, reads its pixel table (3 ints per output pixel:
+    # 2048, whole steps of 16) and with split-K writes each split's FP32 partials and reads them
+    # back to sum them
     plan, launches, _ = roofline.conv.tensor_core_launches("wgrad", g, "float32", 132)
     x, y, w = (math.prod(shape) for shape in (g.x_shape, g.y_shape, g.w_shape))
-    assert launches[plan.main_index][1].dram_bytes == (x + y + plan.splits * w) * 4 + 3 * 4 * g.N * g.P * g.Q
+    assert plan.splits > 1 and len(launches) == 1
+    assert launches[0][1].dram_bytes == (x + y + w) * 4 + 2 * plan.splits * w * 4 + 3 * 4 * g.N * g.P * g.Q
     # three input channels of a 3x3 filter: the flattened reduction's 27 indices step through 32
     # (not 9 taps of 16: conv_tc.plan_fprop), the tensor cores issue 32/27 of the useful FLOPs
     thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)

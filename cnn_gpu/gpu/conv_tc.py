@@ -22,7 +22,8 @@ sums in a fixed order (bit-identical run to run), adding the bias (fprop's, and 
 for conv_transpose2d, which the kernel adds itself without split-K), and rounds once to the pass's
 dtype. wgrad's blocks take equal runs of its tiles' steps, so a grid of whole waves of resident
 blocks may also cut tiles unevenly (stream-K: BALANCED_KERNEL), leaving no last wave partly
-idle. The plan_* functions decide for an SM count (the emulator and the model plan for an
+idle; its kernels sum a tile's partials themselves, in the block that finishes the tile's last
+segment, in the same fixed order. The plan_* functions decide for an SM count (the emulator and the model plan for an
 H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
 
@@ -355,6 +356,14 @@ def wgrad_ranks(tiles: int, tile_steps: int, blocks: int) -> int:
     return min(blocks, 1 + _ceil_div(tile_steps - 1, tiles * tile_steps // blocks))
 
 
+def wgrad_segments(tiles: int, tile_steps: int, blocks: int) -> int:
+    """The segments of all tiles together: each block's run of the tiles x tile_steps (tile, step)
+    pairs has one per tile it meets (kernels/conv2d_tc.cu wgrad_mma)."""
+    work = tiles * tile_steps
+    return sum(((b + 1) * work // blocks - 1) // tile_steps - b * work // blocks // tile_steps + 1
+               for b in range(blocks))
+
+
 def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool):
     """(tile name, blocks, ranks) of wgrad: _choose's costs over grids of tiles x splits blocks
     (split-K) and, where `balanced` (BALANCED_KERNEL runs), of BALANCED_WAVES whole waves or fewer
@@ -401,10 +410,11 @@ def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool)
 def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=None, dy_path=None) -> ConvPlan:
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
-    `splits` per tile, or balanced over the SMs), then, where a tile has more than one segment, the
-    fixed-order sum of the partial filters; the _pairs or _gather kernel where dy is read in 8-byte
-    vectors or element by element (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the
-    partial outputs (its `chunk` is unused: the kernel derives each block's run from the grid)."""
+    `splits` per tile, or balanced over the SMs); where a tile has more than one segment, the block
+    that finishes its last one sums its partial filters in a fixed order. The _pairs or _gather
+    kernel where dy is read in 8-byte vectors or element by element (`dy_path`, wgrad_dy_path when
+    None). The plan's `splits` are the partial outputs (its `chunk` is unused: the kernel derives
+    each block's run from the grid)."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
@@ -424,10 +434,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
         kernel = BALANCED_KERNEL
     else:
         kernel = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL}.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
-    launches = (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),)
-    if ranks > 1:
-        launches += (reduce.plan_split_sum_epilogue(g.K * (g.C // g.groups) * g.R * g.S),)
-    return ConvPlan("wgrad", launches, tile=name, splits=ranks)
+    return ConvPlan("wgrad", (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),), tile=name, splits=ranks)
 
 
 def wgrad_dy_path(g, dtype) -> str:
@@ -579,6 +586,21 @@ def _cached_pixel_table(be, device_id, g, dy_image, depth):
     return _read_only(_pixel_table(xp, g, _tap_masks(xp, g), dy_image, depth))
 
 
+# wgrad's per-tile counts of finished segments (kernels/conv2d_tc.cu wgrad_sum_tile), per backend and
+# device. The kernel leaves them zero (a tile's summing block resets its count), so launches on one
+# stream reuse them without a zeroing launch; a launch that fails drops them.
+_ARRIVALS = {}
+
+
+def _arrivals(be, count: int):
+    """At least `count` zero arrival counts on `be`'s current device (_ARRIVALS)."""
+    key = (be, _device_id(be))
+    counts = _ARRIVALS.get(key)
+    if counts is None or counts.size < count:
+        counts = _ARRIVALS[key] = backend.array_module(be).zeros(max(count, 1024), dtype=np.uint32)
+    return counts
+
+
 def _read_only(a):
     """A cached array, read-only where NumPy holds it (the emulator's)."""
     if isinstance(a, np.ndarray):
@@ -632,9 +654,9 @@ def _tap_masks(xp, g):
 
 
 def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
-    """dweight of conv2d on tensor cores (split-K partials summed in a fixed order), or None for a
-    filter with R + S > 32 (the SIMT kernel runs it). `tile`, `splits` or `blocks`, and `dy_path`
-    (DY_PATHS) force the plan's choices."""
+    """dweight of conv2d on tensor cores (split-K partials summed in a fixed order by the kernel), or
+    None for a filter with R + S > 32 (the SIMT kernel runs it). `tile`, `splits` or `blocks`, and
+    `dy_path` (DY_PATHS) force the plan's choices."""
     _check_dtype(x)
     if not wgrad_supported(g):
         return None
@@ -644,16 +666,19 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
+    arrivals = _arrivals(be, wgrad_tiles(g, plan.tile) if plan.splits > 1 else 1)
     dy, dy_image, dy_channel = _dy_operand(xp, dy, g, dy_path)
     pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype))
-    args = ((dy, x, pixel_table, dw, partials)   # stride and padding: in the table
+    args = ((dy, x, pixel_table, dw, partials, arrivals)   # stride and padding: in the table
             + i32(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, *g.dilation)
             + i32(g.groups, plan.splits, dy_image, dy_channel))
     launch = plan.main
-    backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
-    if plan.splits == 1:
-        return dw
-    return reduce.split_sum_epilogue(be, partials, dw, g.K, crs)
+    try:
+        backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
+    except BaseException:
+        _ARRIVALS.pop((be, _device_id(be)), None)   # its counts may be left part-way
+        raise
+    return dw
 
 
 def flops(g) -> int:

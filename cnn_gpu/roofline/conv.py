@@ -5,7 +5,6 @@ each with its useful FLOPs and its compulsory DRAM traffic from the geometry; an
 each GEMM kernel variant on the emulator, for its shared-memory profile."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -105,11 +104,12 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     (_tensor_core_steps); split-K partials are FP32. glue: (name, bytes) of the launcher's CuPy work
     outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
     (the filter read and written once; tile padding not counted), wgrad's channel-major copy of dy
-    where it makes one (conv_tc.wgrad_dy_path; dy read and written); wgrad's pixel table and dgrad's
-    phase table are made once per geometry and cached, no work per call (the main launch reads
-    wgrad's table: conv_tc.pixel_table_bytes). The split-K sum reads the FP32 partials and writes
-    the output in the dtype (rounded by that launch). `bias`: fprop's, or dgrad's
-    (conv_transpose2d's), added by the kernel or with split-K by the sum."""
+    where it makes one (conv_tc.wgrad_dy_path; dy read and written); wgrad's pixel table and
+    dgrad's phase table are made once per geometry and cached, no work per call (the main launch
+    reads wgrad's table: conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused. fprop's and dgrad's split-K sum reads the FP32 partials and writes
+    the output in the dtype (rounded by that launch); wgrad's kernel sums its own (_wgrad_work).
+    `bias`: fprop's, or dgrad's (conv_transpose2d's), added by the kernel or with split-K by the
+    sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
@@ -120,12 +120,27 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     glue = [] if pass_name == "wgrad" else [(f"{pipe}_filter_tiles", 2 * math.prod(g.w_shape) * item)]
     if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype) == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
-    works = _works(pass_name, plan, g, dtype, bias, pipe, issued, conv_tc.PARTIALS.itemsize)
     if pass_name == "wgrad":
-        main = works[plan.main_index]
-        table = conv_tc.pixel_table_bytes(g, dtype)
-        works[plan.main_index] = dataclasses.replace(main, dram_bytes=main.dram_bytes + table)
+        works = [_wgrad_work(g, dtype, plan, pipe, issued)]
+    else:
+        works = _works(pass_name, plan, g, dtype, bias, pipe, issued, conv_tc.PARTIALS.itemsize)
     return plan, list(zip(plan.launches, works)), glue
+
+
+def _wgrad_work(g, dtype, plan, pipe: str, issued_flops) -> LaunchWork:
+    """The tensor-core wgrad launch's work: dy and x read, dw written once, the pixel table read;
+    with partial outputs, each segment's FP32 partial of its tile written and read back by the
+    block that sums the tile (a tile's share of dw per segment: conv_tc.wgrad_segments)."""
+    item = np.dtype(dtype).itemsize
+    operands, out = _elements("wgrad", g)
+    partial_bytes = 0
+    if plan.splits > 1:
+        tiles = conv_tc.wgrad_tiles(g, plan.tile)
+        segments = conv_tc.wgrad_segments(tiles, -(-g.N * g.P * g.Q // conv_tc.step_depth(dtype)),
+                                          plan.main.grid[0])
+        partial_bytes = 2 * segments * -(-out // tiles) * conv_tc.PARTIALS.itemsize
+    dram = (operands + out) * item + partial_bytes + conv_tc.pixel_table_bytes(g, dtype)
+    return LaunchWork(g.flops, dram, pipe, issued_flops)
 
 
 def bias_add_bytes(g, dtype) -> int:
