@@ -177,13 +177,15 @@ def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, 
     return best[1], best[2], best[3]
 
 
-def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency, blocks_per_sm) -> float:
+def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency, blocks_per_sm,
+            summing_launch: bool = True) -> float:
     """_choose's cost of `blocks` blocks of a bm-row tile, the busiest running `steps` steps, and
-    `partial_outputs` FP32 partial outputs of output_elements each (1: none)."""
+    `partial_outputs` FP32 partial outputs of output_elements each (1: none), written and read
+    back, by a summing launch unless the kernel sums them itself (wgrad)."""
     waves = _ceil_div(blocks, sms * blocks_per_sm)
     clocks = waves * blocks_per_sm * steps * bm * TILE_N * TILE_K / 1024 / efficiency
     if partial_outputs > 1:
-        clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS
+        clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS * summing_launch
     return clocks
 
 
@@ -401,7 +403,7 @@ def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool)
                 continue
             efficiency = WGRAD_EFFICIENCY[name] if count % tiles == 0 else BALANCED_EFFICIENCY
             clocks = _clocks(count, _ceil_div(work, count), ranks, output_elements, sms, TILES[name].bm, efficiency,
-                             BLOCKS_PER_SM)
+                             BLOCKS_PER_SM, summing_launch=False)
             if best is None or clocks < best[0]:
                 best = (clocks, name, count, ranks)
     return best[1:]
