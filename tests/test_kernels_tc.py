@@ -104,7 +104,7 @@ def test_wgrad_leaves_its_arrival_counts_zero_and_a_failed_launch_drops_them(mon
     g = _geometry(x, w, cfg)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     first = conv_tc.wgrad("emu", dy, x, g, splits=3)
-    counts = conv_tc._ARRIVALS[("emu", None)]
+    counts = conv_tc._ARRIVALS[("emu", None, None)]
     assert counts.size >= conv_tc.wgrad_tiles(g, conv_tc.plan_wgrad(g, splits=3).tile) and not counts.any()
 
     def failing(be, family, dtype, kernel, grid, block, args):
@@ -115,9 +115,9 @@ def test_wgrad_leaves_its_arrival_counts_zero_and_a_failed_launch_drops_them(mon
         patch.setattr(backend, "launch", failing)
         with pytest.raises(RuntimeError, match="launch failed"):
             conv_tc.wgrad("emu", dy, x, g, splits=3)
-    assert ("emu", None) not in conv_tc._ARRIVALS
+    assert ("emu", None, None) not in conv_tc._ARRIVALS
     assert conv_tc.wgrad("emu", dy, x, g, splits=3).tobytes() == first.tobytes()
-    assert not conv_tc._ARRIVALS[("emu", None)].any()
+    assert not conv_tc._ARRIVALS[("emu", None, None)].any()
 
 
 def _oracle(x, w, b, cfg, relu):

@@ -588,15 +588,21 @@ def _cached_pixel_table(be, device_id, g, dy_image, depth):
     return _read_only(_pixel_table(xp, g, _tap_masks(xp, g), dy_image, depth))
 
 
-# wgrad's per-tile counts of finished segments (kernels/conv2d_tc.cu wgrad_sum_tile), per backend and
-# device. The kernel leaves them zero (a tile's summing block resets its count), so launches on one
-# stream reuse them without a zeroing launch; a launch that fails drops them.
+# wgrad's per-tile counts of finished segments (kernels/conv2d_tc.cu wgrad_sum_tile), per backend,
+# device and stream. The kernel leaves them zero (a tile's summing block resets its count), so the
+# launches of one stream, which run in order, reuse them without a zeroing launch; a launch that
+# fails drops them.
 _ARRIVALS = {}
 
 
+def _arrivals_key(be) -> tuple:
+    cupy = backend.cupy_or_none() if be == "cuda" else None
+    return be, _device_id(be), cupy.cuda.get_current_stream().ptr if cupy else None
+
+
 def _arrivals(be, count: int):
-    """At least `count` zero arrival counts on `be`'s current device (_ARRIVALS)."""
-    key = (be, _device_id(be))
+    """At least `count` zero arrival counts for `be`'s current device and stream (_ARRIVALS)."""
+    key = _arrivals_key(be)
     counts = _ARRIVALS.get(key)
     if counts is None or counts.size < count:
         counts = _ARRIVALS[key] = backend.array_module(be).zeros(max(count, 1024), dtype=np.uint32)
@@ -678,7 +684,7 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     try:
         backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     except BaseException:
-        _ARRIVALS.pop((be, _device_id(be)), None)   # its counts may be left part-way
+        _ARRIVALS.pop(_arrivals_key(be), None)   # its counts may be left part-way
         raise
     return dw
 
