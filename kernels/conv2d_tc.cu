@@ -372,14 +372,16 @@ __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw
     __syncthreads();
     if (!run.last) return;
     __threadfence();
+    // other blocks' partials through L2 (__ldcg): this SM's L1 may hold a stale line of them, from a
+    // neighbouring tile one of its blocks summed before
     const int block_tile = run.block_tile, segments = run.segments, g = block_tile / (tiles_x * tiles_y);
     const int m0 = (block_tile / tiles_x - g * tiles_y) * BN, n0 = (block_tile - block_tile / tiles_x * tiles_x) * TC_BN;
     for (int i = threadIdx.x; i < BN * TC_BN; i += TC_THREADS) {
         const int m = m0 + i / TC_BN, filter_column = n0 + i % TC_BN;
         if (m >= Kg || filter_column >= CRS) continue;
         const int at = (g * Kg + m) * CRS + filter_column;
-        acc_t sum = partials[at];
-        for (int r = 1; r < segments; ++r) sum += partials[(long long)r * K * CRS + at];
+        acc_t sum = __ldcg(&partials[at]);
+        for (int r = 1; r < segments; ++r) sum += __ldcg(&partials[(long long)r * K * CRS + at]);
         dw[at] = to_real(sum);
     }
 }

@@ -74,12 +74,14 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __r
     __syncthreads();
     if (!last) return;
     __threadfence();
+    // other blocks' partials through L2 (__ldcg): this SM's L1 may hold a stale line of them, from a
+    // neighbouring channel this SM summed before
     acc_t more[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
 #pragma unroll 1
     for (long long k = t; k < chunks; k += ACCUMULATORS * BLOCK_THREADS) {
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u)
-            if (k + u * BLOCK_THREADS < chunks) more[u] += partial[c * chunks + k + u * BLOCK_THREADS];
+            if (k + u * BLOCK_THREADS < chunks) more[u] += __ldcg(&partial[c * chunks + k + u * BLOCK_THREADS]);
     }
     const acc_t total = block_sum(fold(more), tree);
     if (t == 0) out[c] = to_real(total);
