@@ -23,8 +23,8 @@ for conv_transpose2d, which the kernel adds itself without split-K), and rounds 
 dtype. wgrad's blocks take equal runs of its tiles' steps, so a grid of whole waves of resident
 blocks may also cut tiles unevenly (stream-K: BALANCED_KERNEL), leaving no last wave partly
 idle; its kernels sum a tile's partials themselves, in the block that finishes the tile's last
-segment, in the same fixed order. The plan_* functions decide for an SM count (the emulator and the model plan for an
-H100); `tile=` and `splits=` force them."""
+segment, in the same fixed order. The plan_* functions decide for an SM count (the emulator and
+the model plan for an H100); `tile=` and `splits=` force them."""
 from __future__ import annotations
 
 import functools
@@ -185,7 +185,8 @@ def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency
     waves = _ceil_div(blocks, sms * blocks_per_sm)
     clocks = waves * blocks_per_sm * steps * bm * TILE_N * TILE_K / 1024 / efficiency
     if partial_outputs > 1:
-        clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS * summing_launch
+        clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms
+        clocks += LAUNCH_CLOCKS if summing_launch else 0
     return clocks
 
 
@@ -596,6 +597,7 @@ _ARRIVALS = {}
 
 
 def _arrivals_key(be) -> tuple:
+    """_ARRIVALS' key: the backend, its current device and CuPy stream (None, None on the emulator)."""
     cupy = backend.cupy_or_none() if be == "cuda" else None
     return be, _device_id(be), cupy.cuda.get_current_stream().ptr if cupy else None
 
