@@ -4,8 +4,8 @@
 // (N, C, H, W), output y (N, K, P, Q), G groups. A pass's result goes to its output rounded once
 // (float16: the FP32 sum, bias and ReLU included, to FP16 on the store); every pass may split its
 // reduction (split-K: fprop and dgrad over grid.z, wgrad into runs of its grid.x blocks, wgrad_mma):
-// split z then writes an FP32 partial output at `partials` + z times the output's size, which the
-// launcher sums in a fixed order (and rounds once).
+// split z then writes an FP32 partial output at `partials` + z times the output's size, summed in a
+// fixed order (and rounded once) by the launcher's next launch, or for wgrad by the kernel itself.
 //
 // fprop, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels), Kgemm = R*S*(C/G) ordered (r, s, c):
@@ -353,6 +353,15 @@ struct WgradRun {
     int last;      // whether this block finished the tile's last segment to finish (wgrad_segment)
 };
 
+// A wgrad block tile's group, first output channel and first filter column: tiles_x x tiles_y tiles
+// per group, filter columns fastest, then output channels, then groups
+struct WgradOrigin { int g, m0, n0; };
+template <int BN>
+__device__ __forceinline__ WgradOrigin wgrad_origin(int block_tile, int tiles_x, int tiles_y) {
+    const int g = block_tile / (tiles_x * tiles_y);
+    return WgradOrigin{g, (block_tile / tiles_x - g * tiles_y) * BN, (block_tile - block_tile / tiles_x * tiles_x) * TC_BN};
+}
+
 // After a segment with ranks > 1 has written its partial output: counts the segment in
 // arrivals[tile]; the block that finishes the tile's last segment to finish resets the count (the
 // launcher reuses the counts, zero between launches) and sums the tile's partials in rank order into
@@ -374,12 +383,12 @@ __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw
     __threadfence();
     // other blocks' partials through L2 (__ldcg): this SM's L1 may hold a stale line of them, from a
     // neighbouring tile one of its blocks summed before
-    const int block_tile = run.block_tile, segments = run.segments, g = block_tile / (tiles_x * tiles_y);
-    const int m0 = (block_tile / tiles_x - g * tiles_y) * BN, n0 = (block_tile - block_tile / tiles_x * tiles_x) * TC_BN;
+    const int segments = run.segments;
+    const WgradOrigin tile = wgrad_origin<BN>(run.block_tile, tiles_x, tiles_y);
     for (int i = threadIdx.x; i < BN * TC_BN; i += TC_THREADS) {
-        const int m = m0 + i / TC_BN, filter_column = n0 + i % TC_BN;
+        const int m = tile.m0 + i / TC_BN, filter_column = tile.n0 + i % TC_BN;
         if (m >= Kg || filter_column >= CRS) continue;
-        const int at = (g * Kg + m) * CRS + filter_column;
+        const int at = (tile.g * Kg + m) * CRS + filter_column;
         acc_t sum = __ldcg(&partials[at]);
         for (int r = 1; r < segments; ++r) sum += __ldcg(&partials[(long long)r * K * CRS + at]);
         dw[at] = to_real(sum);
@@ -409,12 +418,8 @@ __device__ __forceinline__ void wgrad_segment(
     const int Cg = C / groups, Kg = K / groups, RS = R * S, CRS = Cg * RS;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
     const int tiles_x = (CRS + TC_BN - 1) / TC_BN, tiles_y = (Kg + BN - 1) / BN;
-    struct Origin { int g, m0, n0; };   // the tile's group, first output channel and first filter column
-    auto origin = [&] {
-        const int block_tile = run.block_tile, g = block_tile / (tiles_x * tiles_y);
-        return Origin{g, (block_tile / tiles_x - g * tiles_y) * BN, (block_tile - block_tile / tiles_x * tiles_x) * TC_BN};
-    };
-    const Origin at = origin();
+    auto origin = [&] { return wgrad_origin<BN>(run.block_tile, tiles_x, tiles_y); };
+    const WgradOrigin at = origin();
     const int g = at.g, n0 = at.n0;
     const int first = run.first_step * TC_DEPTH;
     const int last = min(run.end_step * TC_DEPTH, NPQ);
@@ -563,7 +568,7 @@ __device__ __forceinline__ void wgrad_segment(
     mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
     cp_async_wait_all();
 
-    const Origin end_at = origin();   // read again: not held through the loop
+    const WgradOrigin end_at = origin();   // read again: not held through the loop
     const int rank = run.rank;
     tile.for_each([&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
                       const int group = col & 7, nt = (col - tile.warp_col) >> 3;

@@ -173,9 +173,8 @@ def _needs_emu():
 def test_fp16_on_emu_matches_numpy_fp16(tmp_path):
     """Two loss-scaled Adam steps of the default model in float16 on the emulator (every op on its
     float16 kernels) against the NumPy oracle: FP32 master weights within 1e-5 (an Adam step is
-    2e-3), the float16 weights the masters rounded once, so within one float16 ulp of the
-    oracle's plus that tolerance (near zero an ulp is far below it), both steps taken at the
-    initial scale."""
+    2e-3), the float16 weights those masters rounded once, bit for bit (near zero the masters'
+    tolerance is many float16 ulps), both steps taken at the initial scale."""
     _needs_emu()
     short = ["--precision", "fp16", "--epochs", "1", "--max-batches", "2", "--batch-size", "16"]
     runs = {}
@@ -186,13 +185,12 @@ def test_fp16_on_emu_matches_numpy_fp16(tmp_path):
     (emu_weights, emu_optimizer, emu_meta), (weights, optimizer, meta) = runs["emu"], runs["numpy"]
     assert emu_meta["scaler"] == meta["scaler"] and meta["scaler"]["_growth_tracker"] == 2
     assert len(weights) == len(emu_optimizer["state"]) == len(optimizer["state"])
-    for (name, oracle), ours, theirs in zip(weights.items(), emu_optimizer["state"], optimizer["state"]):
+    for name, ours, theirs in zip(weights, emu_optimizer["state"], optimizer["state"]):
         assert ours["master"].dtype == np.float32 and np.abs(theirs["exp_avg"]).max() > 0
         np.testing.assert_allclose(ours["master"], theirs["master"], rtol=0, atol=1e-5)
         assert emu_weights[name].dtype == np.float16
         assert emu_weights[name].tobytes() == ours["master"].astype(np.float16).tobytes(), name
-        np.testing.assert_array_less(np.abs(emu_weights[name].astype(np.float64) - oracle),
-                                     np.spacing(np.abs(oracle)).astype(np.float64) * 1.01 + 1e-5, err_msg=name)
+        assert weights[name].tobytes() == theirs["master"].astype(np.float16).tobytes(), name
 
 
 def test_tf32_on_emu_matches_numpy_tf32(tmp_path):

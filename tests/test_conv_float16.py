@@ -182,8 +182,8 @@ def test_bias_gradient_sums_float16_dy_as_it_is():
 def test_wgrad_on_balanced_grids(monkeypatch):
     """Grids whose blocks meet two tiles (stream-K: conv_tc.BALANCED_KERNEL's float16 build): 3
     filter-column tiles x 2 groups over 8 or 11 steps of 32 pixels, block counts that give tiles
-    1 to 6 segments, the missing ranks zeroed (the workspace starts NaN), dy in vectors and from
-    the channel-major copy; each within the bound, and the same bits twice."""
+    1 to 6 segments, the ranks a tile lacks never read (the workspace starts NaN), dy in vectors and
+    from the channel-major copy; each within the bound, and the same bits twice."""
     monkeypatch.setattr(conv_tc, "_partials", lambda xp, count, shape: xp.full((count,) + shape, np.nan, np.float32))
     rng = np.random.default_rng(1625)
     for side, dy_path in ((9, "channel_major"), (8, "vector")):

@@ -350,8 +350,8 @@ def test_wgrad_ranks_bound_the_segments_of_every_tile():
 def test_tf32_wgrad_on_balanced_grids_matches_the_oracle(monkeypatch):
     """Grids whose blocks meet two tiles (stream-K: conv_tc.BALANCED_KERNEL): 3 filter-column tiles
     x 2 groups over 11 steps (the last partial), block counts that give tiles 1 to 6 segments, the
-    missing ranks zeroed (the workspace starts NaN), every dy path that has 16-byte loads; each
-    against the oracle, and the same bits twice."""
+    ranks a tile lacks never read (the workspace starts NaN), every dy path that has 16-byte loads;
+    each against the oracle, and the same bits twice."""
     monkeypatch.setattr(conv_tc, "_partials", lambda xp, count, shape: xp.full((count,) + shape, np.nan, np.float32))
     rng = np.random.default_rng(43)
     for side, dy_path in ((9, "channel_major"), (8, "vector")):

@@ -284,9 +284,10 @@ class ConvPlan:
     `launches` run in order; `main` is the convolution kernel among them (dgrad runs its filter
     transpose first; with `padded`, a zero-bordered copy of the gathered operand comes first).
     `splits` > 1 means split-K: the main launch writes `splits` partial outputs to a workspace that
-    the last launch (reduce.cu) folds in a fixed order; `chunk` is each split's share of the
-    reduction, a multiple of BK (dgrad: computed per stride phase by the kernel; the tensor-core
-    wgrad derives its blocks' runs from the grid and has none)."""
+    the last launch (reduce.cu) folds in a fixed order (the tensor-core wgrad's kernel folds its
+    own: it is the plan's one launch); `chunk` is each split's share of the reduction, a multiple
+    of BK (dgrad: computed per stride phase by the kernel; the tensor-core wgrad derives its
+    blocks' runs from the grid and has none)."""
     pass_name: str               # "fprop", "dgrad" or "wgrad"
     launches: tuple
     tile: str | None = None      # a TILES variant for the GEMM kernels, None for depthwise

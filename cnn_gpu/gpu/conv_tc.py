@@ -350,6 +350,11 @@ def wgrad_tiles(g, tile: str) -> int:
     return _ceil_div(crs, TILE_N) * _ceil_div(g.K // g.groups, TILES[tile].bm) * g.groups
 
 
+def wgrad_tile_steps(g, dtype) -> int:
+    """The reduction steps of each wgrad tile: the N*P*Q pixels in steps of step_depth(dtype)."""
+    return _ceil_div(g.N * g.P * g.Q, step_depth(dtype))
+
+
 def wgrad_ranks(tiles: int, tile_steps: int, blocks: int) -> int:
     """The most segments (partial outputs) of one tile when `blocks` blocks take equal runs of the
     tiles x tile_steps (tile, step) pairs in order (kernels/conv2d_tc.cu wgrad_mma): `splits` each
@@ -429,7 +434,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     if pixel_table_bytes(g, dtype) // 4 >= INDEX_LIMIT:
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
                          f"(3 entries each) is too large; split the batch")
-    tile_steps = _ceil_div(g.N * g.P * g.Q, step_depth(dtype))
+    tile_steps = wgrad_tile_steps(g, dtype)
     dy_path = dy_path or wgrad_dy_path(g, dtype)
     balanced = dy_path in ("vector", "channel_major")
     name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced)

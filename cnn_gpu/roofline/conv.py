@@ -106,10 +106,10 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     (the filter read and written once; tile padding not counted), wgrad's channel-major copy of dy
     where it makes one (conv_tc.wgrad_dy_path; dy read and written); wgrad's pixel table and
     dgrad's phase table are made once per geometry and cached, no work per call (the main launch
-    reads wgrad's table: conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused. fprop's and dgrad's split-K sum reads the FP32 partials and writes
-    the output in the dtype (rounded by that launch); wgrad's kernel sums its own (_wgrad_work).
-    `bias`: fprop's, or dgrad's (conv_transpose2d's), added by the kernel or with split-K by the
-    sum."""
+    reads wgrad's table: conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused.
+    fprop's and dgrad's split-K sum reads the FP32 partials and writes the output in the dtype
+    (rounded by that launch); wgrad's kernel sums its own (_wgrad_work). `bias`: fprop's, or
+    dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
@@ -136,8 +136,7 @@ def _wgrad_work(g, dtype, plan, pipe: str, issued_flops) -> LaunchWork:
     partial_bytes = 0
     if plan.splits > 1:
         tiles = conv_tc.wgrad_tiles(g, plan.tile)
-        segments = conv_tc.wgrad_segments(tiles, -(-g.N * g.P * g.Q // conv_tc.step_depth(dtype)),
-                                          plan.main.grid[0])
+        segments = conv_tc.wgrad_segments(tiles, conv_tc.wgrad_tile_steps(g, dtype), plan.main.grid[0])
         partial_bytes = 2 * segments * -(-out // tiles) * conv_tc.PARTIALS.itemsize
     dram = (operands + out) * item + partial_bytes + conv_tc.pixel_table_bytes(g, dtype)
     return LaunchWork(g.flops, dram, pipe, issued_flops)
