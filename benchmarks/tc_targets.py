@@ -49,7 +49,8 @@ def sass_rows(gpu: str):
             for row in sass.kernel_rows("conv2d_tc", dtype, arch):
                 traits = roofline.KernelTraits(row["registers"], 0, 1.0, None, mma=row["mma"],
                                                instructions=row["instructions"])
-                ceiling = roofline.mma_issue_ceiling(traits, spec, pipe) if arch == spec.arch else None
+                # the filter tiles' kernel issues no MMA: memory-bound, no ceiling
+                ceiling = roofline.mma_issue_ceiling(traits, spec, pipe) if arch == spec.arch and row["mma"] else None
                 rows.append((row["kernel"], dtype, arch, row["registers"], row["mma"], row["instructions"],
                              row["local_memory"], "-" if ceiling is None else f"{ceiling:.0%}"))
     return rows, None

@@ -10,9 +10,9 @@
 // fprop, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * im2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*P*Q (output pixels), Kgemm = R*S*(C/G) ordered (r, s, c):
 //   one step covers TC_DEPTH channels of a single filter tap. A, the filter, never enters shared
-//   memory: the launcher makes its operand words (TF32-rounded, or FP16 pairs), zero-pads it to
-//   whole block rows and TC_DEPTH-channel steps and lays it out in mma fragment order
-//   (conv_tc._filter_tiles), so each warp loads its 4 KiB of A fragments per step with eight
+//   memory: a launch before makes its operand words (TF32-rounded, or FP16 pairs), zero-padded to
+//   whole block rows and TC_DEPTH-channel steps and laid out in mma fragment order
+//   (conv2d_tc_filter_tiles), so each warp loads its 4 KiB of A fragments per step with eight
 //   16-byte loads, one step ahead. The B loader gives each thread one output pixel (decoded once)
 //   and all channels of the step: one tap offset and bounds test per step, channels at +H*W, four
 //   16-byte shared stores; the warps read B with ldmatrix. A tap outside the image adds zeros: the
@@ -70,6 +70,60 @@
 // registers, which float32 fits without spilling on sm_80..sm_90 (float16 spills on sm_86/sm_89,
 // as does the 64-row fprop: they keep 2).
 #define TC_DGRAD_M64_BLOCKS (REAL_IS_HALF ? 2 : 3)
+
+// Filter tiles, the A operand of fprop and dgrad (mma_conv), made from the filter w (K, C/G, R, S)
+// in one launch: one thread per operand word, words in the order the warps load them. The tiles
+// come in parts (fprop one; dgrad one per stride phase), each the tiles of a filter view
+// (G, rows, R', S', channels): part p is row p of `table` (conv_tc._filter_tile_table: TC_TILE_TABLE
+// ints: its first word, rows, 64-row blocks, R', S', channels, words of a tap's channels (padded to
+// whole steps), and the filter row and column of tap (r', s') as first + r' * step), laid out as
+// (G, 64-row block, step, m tile, k8, g, t, +4, +8) of the m16n8k8 A fragment (lane 4g + t holds
+// rows g, g + 8 and words t, t + 4 of its 16 x 8 tile). Its rows are fprop's output channels and
+// its channels the input's (flat: the R*S*C/G flattened (r, s, c), one 1 x 1 tap), or dgrad's dx
+// channels and dy channels (`dgrad`). Padding rows and channels hold zero; a word holds one value
+// rounded to TF32 (to nearest, ties away from zero, the low 13 bits cleared: round_to_tf32) or two
+// FP16 values, the lower channel in the low half.
+#define TC_TILE_TABLE 11
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) conv2d_tc_filter_tiles(
+    const REAL* __restrict__ w, unsigned int* __restrict__ tiles, const int* __restrict__ table, int parts,
+    int words, int Kg, int Cg, int R, int S, int dgrad, int flat)
+{
+    const int RS = R * S;
+    GRID_STRIDE_LOOP(i, words) {
+        int part = 0;   // the last part starting at or before word i (a part without taps has no words)
+        while (part + 1 < parts && table[TC_TILE_TABLE * (part + 1)] <= i) ++part;
+        const int* row = table + TC_TILE_TABLE * part;
+        const int rows = row[1], row_blocks = row[2], taps_w = row[4], channels = row[5], channel_words = row[6];
+        const int steps = row[3] * taps_w * channel_words / TC_BK;
+        int at = (int)i - row[0];
+        const int plus8 = at & 1, plus4 = at >> 1 & 1, t = at >> 2 & 3, g = at >> 4 & 7, k8 = at >> 7 & 1;
+        const int mt = at >> 8 & 3;
+        at >>= 10;
+        const int step = at % steps, block = at / steps % row_blocks, group = at / steps / row_blocks;
+        const int m = block * 64 + mt * 16 + plus8 * 8 + g, word = step * TC_BK + k8 * 8 + plus4 * 4 + t;
+        const int tap = word / channel_words, tap_r = tap / taps_w, tap_s = tap - tap_r * taps_w;
+        const int r = row[7] + tap_r * row[8], s = row[9] + tap_s * row[10];
+        unsigned int v[TC_PER_WORD];
+#pragma unroll
+        for (int e = 0; e < TC_PER_WORD; ++e) {
+            const int c = (word - tap * channel_words) * TC_PER_WORD + e;
+            int offset;   // of (row m, channel c) in the group's filter
+            if (dgrad)
+                offset = (c * Cg + m) * RS + r * S + s;
+            else if (flat)
+                offset = (m * Cg + c % Cg) * RS + c / Cg;   // c = (r * S + s) * C/G + channel
+            else
+                offset = (m * Cg + c) * RS + r * S + s;
+            v[e] = m < rows && c < channels ? load_widened(w + (group * Kg * Cg * RS + offset)) : 0u;
+        }
+#if REAL_IS_HALF
+        tiles[i] = operand_word_of_widened(v);
+#else
+        const float value = __uint_as_float(v[0]);   // stored as round_to_tf32 leaves it
+        tiles[i] = fabsf(value) < __int_as_float(0x7f800000) ? tf32_operand(value) & 0xffffe000u : v[0];
+#endif
+    }
+}
 
 // The implicit-GEMM convolution of fprop (and of each dgrad stride phase) for block tile
 // (blockIdx.x, blockIdx.y) of group g, reduction steps [split * chunk, split * chunk + chunk);

@@ -246,14 +246,15 @@ def test_split_k_sums_fp32_partials_in_order_and_rounds_once_in_one_launch(monke
         got = run()
         plan = getattr(conv_tc, f"plan_{pass_name}")(g, dtype=F16, splits=3)
         sum_launches = () if pass_name == "wgrad" else (reduce.plan_split_sum_epilogue(got.size),)
-        assert plan.splits == 3 and plan.launches == (plan.main, *sum_launches)
+        assert plan.splits == 3 and plan.launches[plan.main_index:] == (plan.main, *sum_launches)
         assert [kernel for kernel, _ in launched] == [launch.kernel for launch in plan.launches], pass_name
+        main = plan.main_index   # after fprop's and dgrad's filter tiles
         if pass_name == "wgrad":   # the kernel writes the float16 output itself from its partials
-            assert launched[0][1][3] is got
-            partials = written[id(launched[0][1][4])]
+            assert launched[main][1][3] is got
+            partials = written[id(launched[main][1][4])]
         else:   # the sum writes the float16 output itself: no rounding after it
-            assert launched[1][1][2] is got
-            partials = written[id(launched[1][1][0])]   # what the sum reads: the kernel's partials
+            assert launched[main + 1][1][2] is got
+            partials = written[id(launched[main + 1][1][0])]   # what the sum reads: the kernel's partials
         assert partials.size == 3 * got.size
         partials = partials.reshape((3,) + got.shape)
         channel_bias = 0 if bias is None else bias.astype(f32)[:, None, None]
@@ -319,11 +320,16 @@ def test_taps_outside_small_images_add_exact_zeros():
             assert_within_bound(got[~nan], want[~nan], scale[~nan], terms, f"{what} {cfg}")
 
 
+@needs_emu
 def test_filter_words_pair_consecutive_channels_low_half_first():
-    w = np.arange(1, 65, dtype=F16).reshape(1, 1, 1, 1, 64)    # (G, rows, R, S, channels)
-    words = conv_tc._operand_words(np, w)
-    bits = w.view(np.uint16).astype(np.uint32)
-    np.testing.assert_array_equal(words.ravel(), bits.ravel()[0::2] | bits.ravel()[1::2] << 16)
+    """One output channel of 64 input channels: its filter tiles' 32 nonzero words pair channels
+    2j and 2j + 1, 2j in the low half (tests/test_filter_tiles.py checks the whole layout)."""
+    w = np.arange(1, 65, dtype=F16).reshape(1, 64, 1, 1)
+    g = conv_geometry((1, 64, 2, 2), w.shape)
+    plan = conv_tc.plan_fprop(g, dtype=F16, tile="tc", flat=False)
+    words = conv_tc._filter_tiles("emu", w, g, plan)
+    bits = w.view(np.uint16).astype(np.uint32).ravel()
+    np.testing.assert_array_equal(np.sort(words[words != 0]), np.sort(bits[0::2] | bits[1::2] << 16))
     assert conv_tc.step_depth(F16) == 32 and conv_tc.step_depth(np.float32) == 16
     g = conv_geometry((2, 40, 8, 8), (8, 40, 3, 3), padding=1)
     fp16, fp32 = (conv_tc.plan_fprop(g, dtype=dtype, splits=1, flat=False) for dtype in (F16, np.float32))
@@ -341,8 +347,8 @@ def test_swapped_half_pairs_are_caught(monkeypatch):
     x, w, b, g, _ = problem(rng, cfg)
     want, scale = exact(F.conv2d, x, w, b)
     assert_within_bound(conv_tc.fprop("emu", x, w, b, g), want, scale, 8 + 1, "correct packing")
-    packed = conv_tc._operand_words
-    monkeypatch.setattr(conv_tc, "_operand_words", lambda xp, tiles: (lambda u: u >> 16 | u << 16)(packed(xp, tiles)))
+    packed = conv_tc._filter_tiles
+    monkeypatch.setattr(conv_tc, "_filter_tiles", lambda *args: (lambda u: u >> 16 | u << 16)(packed(*args)))
     with pytest.raises(AssertionError, match="off by"):
         assert_within_bound(conv_tc.fprop("emu", x, w, b, g), want, scale, 8 + 1, "swapped halves")
 

@@ -408,7 +408,8 @@ def test_tf32_plans_split_small_grids_and_not_large_ones():
     large = conv_geometry((128, 128, 28, 28), (128, 128, 3, 3), padding=1)     # 784 block tiles
     assert conv_tc.plan_fprop(small).splits > 1 and conv_tc.plan_fprop(large).splits == 1
     plan = conv_tc.plan_fprop(small, tile="tc")
-    assert [launch.kernel for launch in plan.launches] == ["conv2d_fprop_tc", "split_sum_epilogue"]
+    assert [launch.kernel for launch in plan.launches] == [conv_tc.FILTER_TILES_KERNEL, "conv2d_fprop_tc",
+                                                           "split_sum_epilogue"]
     assert plan.main.grid[2] == plan.splits and plan.main.block == (conv_tc.THREADS, 1, 1)
     wgrad = conv_tc.plan_wgrad(large)   # 9 block tiles over 100352 pixels
     blocks = wgrad.main.grid[0] * wgrad.main.grid[1] * wgrad.main.grid[2]
@@ -446,7 +447,7 @@ def test_tf32_dgrad_runs_every_stride_phase_on_tensor_cores(cfg):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dgrad_adds_the_bias_to_the_fp32_sum_before_its_one_rounding(dtype, monkeypatch):
     """conv_transpose2d's bias: without split-K the dgrad kernel adds it and rounds once (its one
-    launch: no bias_add, no FP32 partials); with split-K the summing launch adds it. Operands on a
+    launch after the filter tiles': no bias_add, no FP32 partials); with split-K the summing launch adds it. Operands on a
     1/64 grid make every FP32 sum exact in any order, so dx has the bits of the exact sum plus the
     bias rounded once (a float16 dx rounded before the bias is added differs)."""
     rng = np.random.default_rng(29)
@@ -472,7 +473,8 @@ def test_dgrad_adds_the_bias_to_the_fp32_sum_before_its_one_rounding(dtype, monk
             launched.clear()
             dx = conv_tc.dgrad("emu", dy, w, g, bias=bias, tile=tile, splits=splits)
             plan = conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=splits)   # 1 split where 1 step
-            assert launched == [plan.main.kernel] + (["split_sum_epilogue"] if plan.splits > 1 else []), launched
+            assert launched == [launch.kernel for launch in plan.launches], launched
+            assert launched[1:] == [plan.main.kernel] + (["split_sum_epilogue"] if plan.splits > 1 else [])
             assert dx.dtype == dtype and np.array_equal(dx.view(f"u{dx.itemsize}"), want.view(f"u{dx.itemsize}")), \
                 (cfg, tile, splits)
 
@@ -489,6 +491,8 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
     fprop and dgrad tiles issue an HMMA at least every 4 instructions (an H100 SMSP's tensor pipe
     takes one every 4 clocks: an MMA issue ceiling of 100%)."""
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", "float16", arch)}
+    tiles = rows.pop(conv_tc.FILTER_TILES_KERNEL)   # memory-bound: no mma
+    assert tiles["mma"] == 0 and tiles["local_memory"] == 0 and tiles["stack_bytes"] == 0
     assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_fprop_tc_flat", "conv2d_fprop_tc_flat_m64",
                          "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
                          "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64", "conv2d_wgrad_tc_pairs", "conv2d_wgrad_tc_pairs_m64",
@@ -555,10 +559,8 @@ def test_dgrad_phase_table_is_cached_per_geometry(dtype):
     table = conv_tc._phase_table("emu", None, g, bm, depth)
     assert conv_tc._phase_table("emu", None, g, bm, depth) is table and not table.flags.writeable
     phases = conv_tc.dgrad_phases(g)
-    w = np.ones((6, 40, 3, 3), dtype=dtype).reshape(1, 6, 40, 3, 3)
-    sizes = [conv_tc._filter_tiles(np, w[:, :, :, list(rows)][:, :, :, :, list(cols)].transpose(0, 2, 3, 4, 1),
-                                   conv_tc._tile_shape(1, 40, len(rows), len(cols), 6, bm, depth)).size
-             for rows, cols in zip(phases.rows, phases.cols)]
+    # 40 dx channels: one 128-row block; 6 dy channels: one step (16 words) per tap
+    sizes = [128 * len(rows) * len(cols) * 16 for rows, cols in zip(phases.rows, phases.cols)]
     np.testing.assert_array_equal(table[:, 8], np.cumsum([0] + sizes[:-1]))
 
 

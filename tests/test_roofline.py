@@ -300,12 +300,14 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
     for pass_name, plan in (("fprop", conv_tc.plan_fprop(g, sms=132)), ("dgrad", conv_tc.plan_dgrad(g, sms=132)),
                             ("wgrad", conv_tc.plan_wgrad(g, sms=132))):
         estimates = roofline.model_conv(pass_name, g, "float32", H100, bias=pass_name == "fprop", math="tf32")
-        if pass_name == "wgrad":   # its pixel table is cached per geometry: no glue per call
-            launches = estimates
-        else:
-            glue, *launches = estimates
-            assert glue.kernel == "tf32_filter_tiles" and glue.bound == "launch"
+        # no glue: wgrad's pixel table is cached per geometry, fprop's and dgrad's first launch
+        # makes their filter tiles (w read, 128 x 128 words of tiles written)
+        launches = estimates
         assert [(e.kernel, e.grid) for e in launches] == [(l.kernel, tuple(l.grid)) for l in plan.launches]
+        if pass_name != "wgrad":
+            tiles = launches[0]
+            assert plan.main_index == 1 and tiles.kernel == "conv2d_tc_filter_tiles" and tiles.bound == "launch"
+            assert tiles.flops == 0 and tiles.dram_bytes == (math.prod(g.w_shape) + 128 * 256) * 4
         main = launches[plan.main_index]
         assert main.pipe == "tf32" and main.flops == g.flops
         assert main.issue_ceiling == pytest.approx(min(1.0, 64 * 4 / 300))
@@ -347,8 +349,8 @@ def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
     for pass_name in ("fprop", "dgrad", "wgrad"):
         plan = roofline.conv.TC_PLANS[pass_name](g, dtype=np.float16, sms=132)
         estimates = roofline.model_conv(pass_name, g, "float16", H100, bias=pass_name == "fprop")
-        if pass_name != "wgrad":   # wgrad's pixel table is cached per geometry: no glue per call
-            assert estimates[0].kernel == "fp16_filter_tiles"
+        if pass_name != "wgrad":   # no glue: the filter tiles are the plan's first launch
+            assert estimates[0].kernel == "conv2d_tc_filter_tiles" and len(estimates) == len(plan.launches)
         main = next(e for e in estimates if e.kernel == plan.main.kernel)
         assert main.pipe == "fp16" and main.flops == g.flops
         assert main.compute_s == pytest.approx(g.flops / (H100.fp16_peak_flops * main.issue_ceiling)
@@ -359,9 +361,9 @@ def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
     small = conv_geometry((8, 512, 7, 7), (512, 512, 3, 3), 1, 1)    # split-K
     plan, launches, glue = roofline.conv.tensor_core_launches("fprop", small, "float16", 132)
     y = math.prod(small.y_shape)
-    assert plan.splits > 1 and [name for name, _ in glue] == ["fp16_filter_tiles"]    # no separate rounding
-    assert launches[1][0].kernel == "split_sum_epilogue"
-    assert launches[1][1].dram_bytes == plan.splits * y * 4 + y * 2   # FP32 partials in, FP16 y out
+    assert plan.splits > 1 and glue == []    # no separate rounding
+    assert launches[2][0].kernel == "split_sum_epilogue"
+    assert launches[2][1].dram_bytes == plan.splits * y * 4 + y * 2   # FP32 partials in, FP16 y out
     v100 = roofline.spec("v100")
     widen, rounding, *simt = roofline.model_conv("dgrad", g, "float16", v100)
     assert (widen.kernel, rounding.kernel) == ("widen_float16", "round_to_float16")

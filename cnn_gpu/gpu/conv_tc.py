@@ -5,12 +5,13 @@ on the emulator: float32 convolutions in the "tf32" math mode (TF32 operands), a
 A reduction step is 16 operand words: 16 TF32 values, or 32 FP16 values (step_depth). fprop
 hands the kernel its filter as tiles of operand words: transposed to the kernel's reduction order
 (r, s, c), rounded to TF32 (or paired as FP16), zero-padded to whole block rows and steps and laid
-out in mma fragment order (one small copy per call), so the kernel converts only the input and
-loads the filter straight into registers. Where that reduction is mostly padding (few channels
-per group: ResNet's stem has 3, 3/16 of each TF32 step), fprop runs over the flattened (r, s, c)
-reduction instead, padded once at its end (the _flat kernels; plan_fprop decides). dgrad runs
-every stride phase of dx as the stride-1 convolution of dy with that phase's taps of the flipped
-filter (dgrad_phases; tiles made the same way), all in one launch. wgrad hands the kernel a
+out in mma fragment order by the plan's first launch (conv2d_tc_filter_tiles, from the parts
+filter_tile_parts describes), so the kernel converts only the input and loads the filter straight
+into registers. Where that reduction is mostly padding (few channels per group: ResNet's stem has
+3, 3/16 of each TF32 step), fprop runs over the flattened (r, s, c) reduction instead, padded once
+at its end (the _flat kernels; plan_fprop decides). dgrad runs every stride phase of dx as the
+stride-1 convolution of dy with that phase's taps of the flipped filter (dgrad_phases; the tiles
+of every phase made by one launch the same way), all phases in one launch. wgrad hands the kernel a
 table of its output pixels (x window origin, tap mask, dy offset: _pixel_table, made once per
 geometry), which it copies a step at a time into shared memory; filters with R + S > 32 (no room in
 a mask word) stay on the SIMT kernel.
@@ -36,8 +37,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ..precision import round_to_tf32
-from ._grid import Launch, i32
+from ._grid import Launch, blocks_for, i32
 from .conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
                    _check_splits, _geometry_args, device_sms)
 
@@ -53,6 +53,7 @@ MAX_TAP_BITS = 32        # wgrad's tap masks: R + S bits in one word
 # kernel's shared table, TC_FLAT_MAX) and R + S < 32 (tap bits below the table's past-the-end bit)
 FLAT_MAX = 512
 FLAT_KERNEL = "conv2d_fprop_tc_flat"
+FILTER_TILES_KERNEL = "conv2d_tc_filter_tiles"   # fprop's and dgrad's first launch: their filter tiles
 # wgrad's dy where a lane's 4 words of pixels would straddle two images in NCHW (P*Q no multiple of
 # 4 words): a channel-major copy of dy (2 x dy's bytes of DRAM traffic) keeps the 16-byte loads, or
 # the _gather kernels read dy element by element, at about 0.61 of the vector loop's 0.72 MMA issue
@@ -196,15 +197,9 @@ def _mma_tiles(blocks_per_sm=None) -> dict:
             for name, spec in TILES.items()}
 
 
-def _tile_shape(groups, rows, r, s, channels, bm, depth) -> tuple:
-    """(G, Mpad, R, S, Cpad): filter tiles of a `bm`-row block tile, rows and channels padded to
-    whole block tiles and steps of `depth` channels."""
-    return (groups, _ceil_div(rows, bm) * bm, r, s, _ceil_div(channels, depth) * depth)
-
-
-def _check_tiles(elements: int) -> None:
-    if elements >= INDEX_LIMIT:
-        raise ValueError(f"conv2d kernels use 32-bit indices: the padded filter tiles have {elements} elements")
+def _check_tiles(words: int) -> None:
+    if words >= INDEX_LIMIT:
+        raise ValueError(f"conv2d kernels use 32-bit indices: the padded filter tiles have {words} operand words")
 
 
 def flat_supported(g) -> bool:
@@ -229,12 +224,72 @@ def is_gather(plan) -> bool:
     return plan.main.kernel.startswith(GATHER_KERNEL)
 
 
-def _fprop_tile_shape(g, bm, depth, flat) -> tuple:
-    """fprop's filter tiles (_tile_shape); flat: those of a 1x1 filter of R*S*C/G channels."""
-    kg, cg = g.K // g.groups, g.C // g.groups
-    if flat:
-        return _tile_shape(g.groups, kg, 1, 1, g.R * g.S * cg, bm, depth)
-    return _tile_shape(g.groups, kg, g.R, g.S, cg, bm, depth)
+@dataclass(frozen=True)
+class FilterTilePart:
+    """One part of the filter tiles (the A operand of fprop and dgrad: kernels/conv2d_tc.cu
+    conv2d_tc_filter_tiles), the tiles of a filter view (G, rows, R', S', channels): fprop's
+    (output channels, R, S, input channels), or flat (output channels, 1, 1, the R*S*C/G flattened
+    (r, s, c)); a dgrad stride phase's (dx channels, its taps, dy channels). Filter row and column
+    of tap (r', s'): first_r + r' * step_r, first_s + s' * step_s. Rows are padded to whole bm-row
+    block tiles, a tap's channels to whole steps."""
+    offset: int          # first operand word
+    rows: int
+    padded_rows: int
+    taps_h: int
+    taps_w: int
+    channels: int
+    channel_words: int   # operand words of a tap's padded channels
+    first_r: int
+    step_r: int
+    first_s: int
+    step_s: int
+
+    def words(self, groups: int) -> int:
+        return groups * self.padded_rows * self.taps_h * self.taps_w * self.channel_words
+
+    def table_row(self) -> tuple:
+        """The kernel's table row (TC_TILE_TABLE ints): padded rows counted in 64-row blocks."""
+        return (self.offset, self.rows, self.padded_rows // 64, self.taps_h, self.taps_w, self.channels,
+                self.channel_words, self.first_r, self.step_r, self.first_s, self.step_s)
+
+
+def _progression(taps) -> tuple:
+    """(first, step) of filter indices in arithmetic progression (a dgrad phase's, flipped)."""
+    taps = list(taps) or [0]
+    return taps[0], (taps[1] - taps[0] if len(taps) > 1 else 0)
+
+
+@functools.lru_cache(maxsize=256)
+def filter_tile_parts(g, pass_name: str, bm: int, depth: int, flat: bool = False) -> tuple:
+    """The FilterTileParts of fprop's (one; `flat`: over the flattened reduction) or dgrad's (one
+    per stride phase, in phase order) filter tiles for a bm-row tile and steps of `depth` values."""
+    kg, cg, words_per_step = g.K // g.groups, g.C // g.groups, TILE_K
+    if pass_name == "fprop":
+        channels = g.R * g.S * cg if flat else cg
+        taps = ((0,),) * 2 if flat else (tuple(range(g.R)), tuple(range(g.S)))
+        views = [(kg, taps[0], taps[1], channels)]
+    else:
+        phases = dgrad_phases(g)
+        views = [(cg, rows, cols, kg) for rows, cols in zip(phases.rows, phases.cols)]
+    parts, offset = [], 0
+    for rows, taps_h, taps_w, channels in views:
+        part = FilterTilePart(offset, rows, _ceil_div(rows, bm) * bm, len(taps_h), len(taps_w), channels,
+                              _ceil_div(channels, depth) * words_per_step, *_progression(taps_h),
+                              *_progression(taps_w))
+        parts.append(part)
+        offset += part.words(g.groups)
+    _check_tiles(offset)
+    return tuple(parts)
+
+
+def filter_tile_words(parts, groups: int) -> int:
+    """Operand words of all the filter tiles of `parts`."""
+    return parts[-1].offset + parts[-1].words(groups)
+
+
+def _filter_tiles_launch(g, parts) -> Launch:
+    """The launch that makes the filter tiles of `parts` (one thread per word)."""
+    return Launch("conv2d_tc", FILTER_TILES_KERNEL, (blocks_for(filter_tile_words(parts, g.groups)), 1, 1))
 
 
 def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None, flat=None) -> ConvPlan:
@@ -254,14 +309,14 @@ def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None, flat=No
     name, splits, chunk = _choose(kg, npq, g.groups, fprop_steps(g, depth, flat), out, sms, _mma_tiles(), tile,
                                   splits)
     spec = TILES[name]
-    _check_tiles(math.prod(_fprop_tile_shape(g, spec.bm, depth, flat)))
+    parts = filter_tile_parts(g, "fprop", spec.bm, depth, flat)
     grid = (_ceil_div(npq, TILE_N), _ceil_div(kg, spec.bm), g.groups * splits)
     kernel = (FLAT_KERNEL if flat else "conv2d_fprop_tc") + spec.suffix
     _check_grid(kernel, grid)
-    launches = (Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)),)
+    launches = (_filter_tiles_launch(g, parts), Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)))
     if splits > 1:
         launches += (reduce.plan_split_sum_epilogue(out),)
-    return ConvPlan("fprop", launches, tile=name, splits=splits, chunk=chunk)
+    return ConvPlan("fprop", launches, tile=name, splits=splits, chunk=chunk, main_index=1)
 
 
 @dataclass(frozen=True)
@@ -307,15 +362,6 @@ def dgrad_phases(g) -> DgradPhases:
                        (dil_h, dil_w))
 
 
-def _dgrad_tile_shapes(g, bm, depth) -> list:
-    """dgrad's filter tiles of each stride phase (_tile_shape): Cg rows of the phase's R' x S'
-    taps over Kg channels, in phase order (the order dgrad concatenates them and _phase_table
-    counts their offsets)."""
-    phases, kg, cg = dgrad_phases(g), g.K // g.groups, g.C // g.groups
-    return [_tile_shape(g.groups, cg, len(rows), len(cols), kg, bm, depth)
-            for rows, cols in zip(phases.rows, phases.cols)]
-
-
 def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
     """The launches of dgrad: every stride phase of dx in one launch of the TILES variant `tile`
     (grid.z = phases x splits x G), and with split-K the fixed-order sum of the partial dx."""
@@ -330,13 +376,14 @@ def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
     tiles = _mma_tiles(DGRAD_BLOCKS_PER_SM.get(np.dtype(dtype)))
     name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, tiles, tile, splits)
     spec = TILES[name]
-    _check_tiles(sum(math.prod(shape) for shape in _dgrad_tile_shapes(g, spec.bm, depth)))
+    parts = filter_tile_parts(g, "dgrad", spec.bm, depth)
     grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
     _check_grid("conv2d_dgrad_tc", grid)
-    launches = (Launch("conv2d_tc", "conv2d_dgrad_tc" + spec.suffix, grid, (THREADS, 1, 1)),)
+    launches = (_filter_tiles_launch(g, parts), Launch("conv2d_tc", "conv2d_dgrad_tc" + spec.suffix, grid,
+                                                       (THREADS, 1, 1)))
     if splits > 1:
         launches += (reduce.plan_split_sum_epilogue(out),)
-    return ConvPlan("dgrad", launches, tile=name, splits=splits, chunk=chunk)
+    return ConvPlan("dgrad", launches, tile=name, splits=splits, chunk=chunk, main_index=1)
 
 
 def wgrad_supported(g) -> bool:
@@ -476,29 +523,23 @@ def _check_dtype(a):
         raise TypeError(f"the tensor-core kernels take float32 (TF32) or float16 arrays, not {a.dtype}")
 
 
-def _operand_words(xp, tiles):
-    """Filter tiles (..., channels) as 32-bit mma operand words (..., words): TF32-rounded float32
-    values, or pairs of float16 values of consecutive channels, the lower channel in the low half
-    (NumPy and CuPy views are little-endian)."""
-    if tiles.dtype == np.float16:
-        return xp.ascontiguousarray(tiles).view(np.uint32)
-    return round_to_tf32(tiles).view(np.uint32)
-
-
-def _filter_tiles(xp, w_grsc, shape):
-    """The kernels' filter tiles of `shape` (_tile_shape) from a filter as (G, rows, R, S,
-    channels): as operand words (_operand_words), zero-padded, flat in the order the warps load
-    their mma A fragments: per group, 64-row block and 16-word step, 4 KiB of (m tile, k8 half,
-    lane, register) with lane = 4*g + t and registers (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)
-    in words of the m16n8k8 tile (PTX ISA fragment layout; the m16n8k16 FP16 one in words), so a
-    warp reads each step as 8 coalesced 512-byte rows of 16-byte vectors."""
-    tiles = xp.zeros(shape, dtype=w_grsc.dtype)
-    tiles[:, :w_grsc.shape[1], :, :, :w_grsc.shape[4]] = w_grsc
-    words = _operand_words(xp, tiles)
-    groups, rows, r, s, per_tap = words.shape
-    # (G, row block, m tile, +8, g, step, k8, +4, t) -> (G, row block, step, m tile, k8, g, t, +4, +8)
-    split = words.reshape(groups, rows // 64, 4, 2, 8, r * s * per_tap // TILE_K, 2, 2, 4)
-    return xp.ascontiguousarray(split.transpose(0, 1, 5, 2, 6, 4, 8, 7, 3)).ravel()
+def _filter_tiles(be, w, g, plan):
+    """The filter tiles of fprop's or dgrad's `plan` (filter_tile_parts) made from w by its first launch
+    (conv2d_tc_filter_tiles): operand words zero-padded to whole block rows and steps, in the
+    order the warps load their mma A fragments: per group, 64-row block and 16-word step, 4 KiB of
+    (m tile, k8 half, lane, register) with lane = 4*g + t and registers (g, t), (g + 8, t),
+    (g, t + 4), (g + 8, t + 4) in words of the m16n8k8 tile (PTX ISA fragment layout; the m16n8k16
+    FP16 one in words), so a warp reads each step as 8 coalesced 512-byte rows of 16-byte vectors."""
+    xp = backend.array_module(be)
+    parts = filter_tile_parts(g, plan.pass_name, TILES[plan.tile].bm, step_depth(w.dtype), is_flat(plan))
+    words = filter_tile_words(parts, g.groups)
+    tiles = xp.empty(max(words, 1), dtype=np.uint32)   # a dgrad whose phases have no taps reads none
+    table = _filter_tile_table(be, _device_id(be), parts)
+    launch = plan.launches[0]
+    args = (xp.ascontiguousarray(w), tiles, table) + i32(len(parts), words, g.K // g.groups, g.C // g.groups, g.R,
+                                                         g.S, plan.pass_name == "dgrad", is_flat(plan))
+    backend.launch(be, launch.family, w.dtype, launch.kernel, launch.grid, launch.block, args)
+    return tiles
 
 
 def _partials(xp, count, shape):
@@ -516,12 +557,7 @@ def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None, flat=No
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
     plan = plan_fprop(g, dtype=x.dtype, tile=tile, splits=splits, sms=device_sms(be), flat=flat)
     xp = backend.array_module(be)
-    kg, cg = g.K // g.groups, g.C // g.groups
-    w_grsc = w.reshape(g.groups, kg, cg, g.R, g.S).transpose(0, 1, 3, 4, 2)
-    if is_flat(plan):   # a 1x1 filter of the R*S*C/G flattened indices
-        w_grsc = w_grsc.reshape(g.groups, kg, 1, 1, -1)
-    filter_tiles = _filter_tiles(xp, w_grsc, _fprop_tile_shape(g, TILES[plan.tile].bm, step_depth(x.dtype),
-                                                               is_flat(plan)))
+    filter_tiles = _filter_tiles(be, w, g, plan)
     y = xp.empty(g.y_shape, dtype=x.dtype)
     relu = activation == "relu"
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, g.y_shape)
@@ -537,22 +573,14 @@ def fprop(be, x, w, bias, g, activation=None, *, tile=None, splits=None, flat=No
 
 def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     """dx of conv2d on tensor cores: per stride phase of dx, the convolution of dy with that
-    phase's taps of the filter, flipped and transposed (filter tiles made here, one small copy).
+    phase's taps of the filter, flipped and transposed (filter tiles made by a launch first).
     `bias` (per channel of dx: conv_transpose2d's) is added to the FP32 sum before its one
     rounding: by the kernel, or with split-K by the summing launch."""
     _check_dtype(dy)
     plan = plan_dgrad(g, dtype=dy.dtype, tile=tile, splits=splits, sms=device_sms(be))
     phases = dgrad_phases(g)
     xp = backend.array_module(be)
-    kg, cg = g.K // g.groups, g.C // g.groups
-    per_group = w.reshape(g.groups, kg, cg, g.R, g.S)
-    tiles = []
-    for rows, cols, shape in zip(phases.rows, phases.cols,
-                                 _dgrad_tile_shapes(g, TILES[plan.tile].bm, step_depth(dy.dtype))):
-        # (G, Kg, Cg, R', S') -> (G, Cg, R', S', Kg): the filter of the phase's convolution of dy
-        taps = per_group[:, :, :, list(rows)][:, :, :, :, list(cols)].transpose(0, 2, 3, 4, 1)
-        tiles.append(_filter_tiles(xp, taps, shape))
-    filter_tiles = xp.concatenate(tiles) if sum(t.size for t in tiles) else xp.zeros(1, dtype=np.uint32)
+    filter_tiles = _filter_tiles(be, w, g, plan)
     phase_table = _phase_table(be, _device_id(be), g, TILES[plan.tile].bm, step_depth(dy.dtype))
     dx = xp.empty(g.x_shape, dtype=dy.dtype)
     split_k = plan.splits > 1
@@ -578,12 +606,19 @@ def _device_id(be):
 def _phase_table(be, device_id, g, bm, depth):
     """dgrad's phase table on the device, cached per geometry and tile (never written): per stride
     phase ph, pw, R', S', pad_h', pad_w', H', W' and the offset of its filter tiles, in words."""
-    phases, table, offset = dgrad_phases(g), [], 0
-    for (ph, pw), rows, cols, (pad_h, pad_w), (out_h, out_w), shape in zip(
-            phases.phases, phases.rows, phases.cols, phases.pads, phases.out_shape, _dgrad_tile_shapes(g, bm, depth)):
-        table.append((ph, pw, len(rows), len(cols), pad_h, pad_w, out_h, out_w, offset))
-        offset += math.prod(shape) * TILE_K // depth   # operand words: FP16 pairs two values
+    phases = dgrad_phases(g)
+    table = [(ph, pw, part.taps_h, part.taps_w, pad_h, pad_w, out_h, out_w, part.offset)
+             for (ph, pw), (pad_h, pad_w), (out_h, out_w), part in zip(
+                 phases.phases, phases.pads, phases.out_shape, filter_tile_parts(g, "dgrad", bm, depth))]
     return _read_only(backend.array_module(be).asarray(np.array(table, dtype=np.int32)))
+
+
+@functools.lru_cache(maxsize=256)
+def _filter_tile_table(be, device_id, parts):
+    """conv2d_tc_filter_tiles' table of `parts` on the device, cached (never written): a row of
+    FilterTilePart.table_row per part."""
+    rows = np.array([part.table_row() for part in parts], dtype=np.int32)
+    return _read_only(backend.array_module(be).asarray(rows))
 
 
 @functools.lru_cache(maxsize=64)

@@ -45,21 +45,24 @@ def pass_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **o
 
 
 def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued_flops=None,
-           partial_item=None) -> list:
+           partial_item=None, prelude_bytes=None) -> list:
     """The LaunchWork of each launch of `plan`, a `pass_name` pass on geometry `g` (pass_launches
     states the traffic); the main launch's FLOPs run on `pipe`, `issued_flops` of them with padding;
     split-K partials of `partial_item` bytes (default: the dtype's), their sum written in the dtype;
     `bias`: the kernel (or with split-K the sum) reads a bias of the output's channels (fprop's, or
-    on the tensor cores dgrad's: conv_transpose2d's)."""
+    on the tensor cores dgrad's: conv_transpose2d's). A launch before the main one moves
+    `prelude_bytes` (default: the SIMT dgrad's filter transpose, w read and written)."""
     item = np.dtype(dtype).itemsize
     partial = partial_item or item
     operands, out = _elements(pass_name, g)
     bias_elements = {"fprop": g.K, "dgrad": g.C}.get(pass_name, 0) if bias else 0
     before, after = plan.main_index, len(plan.launches) - plan.main_index - 1
-    if before > (pass_name == "dgrad") or after > (plan.splits > 1):
+    if before > (pass_name == "dgrad" or prelude_bytes is not None) or after > (plan.splits > 1):
         raise ValueError(f"{pass_name} plan launches {[launch.kernel for launch in plan.launches]}: the model "
                          f"knows no traffic for the extra launches")
-    works = [LaunchWork(0, 2 * math.prod(g.w_shape) * item)] * before
+    if prelude_bytes is None:
+        prelude_bytes = 2 * math.prod(g.w_shape) * item
+    works = [LaunchWork(0, prelude_bytes)] * before
     if plan.splits > 1:
         works += [LaunchWork(g.flops, operands * item + plan.splits * out * partial, pipe, issued_flops),
                   LaunchWork(0, plan.splits * out * partial + (bias_elements + out) * item)]
@@ -101,13 +104,14 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     plan_dgrad / plan_wgrad, planned for `sms` SMs), or None where the pass stays on the SIMT
     kernels (a depthwise convolution; wgrad of a filter conv_tc.wgrad_supported refuses). The main
     launch's FLOPs run on the dtype's tensor pipe (tensor_pipe), issued over whole block steps
-    (_tensor_core_steps); split-K partials are FP32. glue: (name, bytes) of the launcher's CuPy work
-    outside the plan, modeled as one memory-bound launch each: fprop's and dgrad's filter tiles
-    (the filter read and written once; tile padding not counted), wgrad's channel-major copy of dy
-    where it makes one (conv_tc.wgrad_dy_path; dy read and written); wgrad's pixel table and
-    dgrad's phase table are made once per geometry and cached, no work per call (the main launch
-    reads wgrad's table: conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused.
-    fprop's and dgrad's split-K sum reads the FP32 partials and writes the output in the dtype
+    (_tensor_core_steps); split-K partials are FP32. fprop's and dgrad's first launch makes their
+    filter tiles (conv2d_tc_filter_tiles: the filter read, the padded tiles written). glue: (name,
+    bytes) of the launcher's CuPy work outside the plan, modeled as one memory-bound launch each:
+    wgrad's channel-major copy of dy where it makes one (conv_tc.wgrad_dy_path; dy read and
+    written); wgrad's pixel table, dgrad's phase table and the filter tiles' tables are made once
+    per geometry and cached, no work per call (the main launch reads wgrad's table:
+    conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused. fprop's and dgrad's split-K
+    sum reads the FP32 partials and writes the output in the dtype
     (rounded by that launch); wgrad's kernel sums its own (_wgrad_work). `bias`: fprop's, or
     dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
@@ -117,13 +121,15 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow variant
     depth = conv_tc.step_depth(dtype)
     issued = 2 * rows * conv_tc.TILE_N * depth * _tensor_core_steps(pass_name, g, plan, depth)
-    glue = [] if pass_name == "wgrad" else [(f"{pipe}_filter_tiles", 2 * math.prod(g.w_shape) * item)]
+    glue = []
     if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype) == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
     if pass_name == "wgrad":
         works = [_wgrad_work(g, dtype, plan, pipe, issued)]
     else:
-        works = _works(pass_name, plan, g, dtype, bias, pipe, issued, conv_tc.PARTIALS.itemsize)
+        parts = conv_tc.filter_tile_parts(g, pass_name, rows, depth, conv_tc.is_flat(plan))
+        tiles_bytes = math.prod(g.w_shape) * item + 4 * conv_tc.filter_tile_words(parts, g.groups)
+        works = _works(pass_name, plan, g, dtype, bias, pipe, issued, conv_tc.PARTIALS.itemsize, tiles_bytes)
     return plan, list(zip(plan.launches, works)), glue
 
 
