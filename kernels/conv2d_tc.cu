@@ -726,14 +726,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_bala
     TC_WGRAD_BODY(128, DY_VECTORS, true);
 }
 
+// dy one element at a time: where a channel-major copy of dy would cost more than it saves
+// (conv_tc.wgrad_dy_path). The 128-channel tile in float32 only: its float16 build spills (and
+// would issue an mma every 9 instructions); float16 reads dy this way on the 64-channel tile, an
+// mma every 10 instructions, where the copy costs more: passes bound by DRAM or by their split-K
+// partials anyway, or too small to pay for the copy's launch.
 #if !REAL_IS_HALF
-// dy one element at a time: where a channel-major copy of dy would cost more than it saves. float32
-// only: in float16 the copy always pays (this loop would issue an mma every 9 instructions, and spill).
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_ELEMENTS, false);
 }
+#endif
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather_m64(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(64, DY_ELEMENTS, false);
 }
-#endif

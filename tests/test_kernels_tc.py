@@ -256,14 +256,16 @@ def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype)
     16-byte aligned (P*Q = 64), and where they would straddle two images (P*Q = 49) from the
     launcher's channel-major copy of dy; pairs of 8-byte loads (the _pairs kernels) where P*Q is a
     multiple of 2 words but not 4 (30 float32 or 36 float16 pixels); one element at a time in the
-    _gather kernel (P*Q = 49 with a small filter: the copy would not pay) and where dy starts off a
-    16- or 8-byte boundary (a view one element into a buffer it shares with x); each against the oracle."""
+    _gather kernel (P*Q = 49 with a small filter: the copy would not pay; float16 has the 64-row one
+    only, so a forced 128-row tile copies) and where dy starts off a 16- or 8-byte boundary (a view
+    one element into a buffer it shares with x); each against the oracle."""
     from cnn_gpu import emu
     from test_conv_float16 import assert_within_bound, exact
     rng = np.random.default_rng(15)
-    small_filter = "gather" if dtype == np.float32 else "channel_major"   # float16 always copies
+    wide_gather = "gather" if dtype == np.float32 else "channel_major"
     pairs = (6, 5) if dtype == np.float32 else (6, 6)
-    cases = (((8, 8), False, "tc", None, "vector"), ((7, 7), False, None, None, small_filter),
+    cases = (((8, 8), False, "tc", None, "vector"), ((7, 7), False, None, None, "gather"),
+             ((7, 7), False, "tc", None, wide_gather), ((7, 7), True, None, None, "gather"),
              ((7, 7), False, "tc_m64", "channel_major", "channel_major"), ((8, 8), True, None, None, "vector"),
              (pairs, False, None, None, "pairs"), (pairs, False, "tc_m64", None, "pairs"), (pairs, True, "tc", None, "pairs"))
     for (height, width), misaligned, tile, dy_path, path in cases:
@@ -278,7 +280,7 @@ def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype)
         with emu.profiling() as prof:
             dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=2, dy_path=dy_path)
         assert (_vector_dy_requests(prof) > 0) == (path != "gather" and not misaligned), (side, misaligned, path)
-        assert (dy_path or conv_tc.wgrad_dy_path(g, dtype)) == path
+        assert (dy_path or conv_tc.wgrad_dy_path(g, dtype, tile=tile)) == path
         kernels = {name for name in prof.kernels if name.startswith("conv2d_wgrad")}
         assert kernels == {conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=2, dy_path=dy_path).main.kernel}
         kernel = kernels.pop()
@@ -377,7 +379,8 @@ def test_wgrad_balances_the_512_channel_7x7_layer():
     264 resident blocks as 3 splits, so both dtypes run 264 balanced blocks (3 partial outputs:
     every tile meets 2 or 3 runs). Forced grids outside the kernels (blocks that meet two tiles
     on the 64-row tile or with dy read in pairs or element by element) are refused before any
-    launch, as is float16 with dy element by element (it has no _gather kernel)."""
+    launch, as is float16 with dy element by element on the 128-row tile (its _gather kernel has
+    the 64-row one only)."""
     g = conv_geometry((128, 512, 7, 7), (512, 512, 3, 3), padding=1)
     for dtype in (np.float32, np.float16):
         plan = conv_tc.plan_wgrad(g, dtype=dtype, sms=132)
@@ -389,8 +392,9 @@ def test_wgrad_balances_the_512_channel_7x7_layer():
                                                 (np.float32, "tc", 10 ** 6, None, "must be")):
         with pytest.raises(ValueError, match=match):
             conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, blocks=blocks, dy_path=dy_path)
-    with pytest.raises(ValueError, match="float16 wgrad has no _gather kernel"):
-        conv_tc.plan_wgrad(g, dtype=np.float16, dy_path="gather")
+    with pytest.raises(ValueError, match="float16 _gather kernel has the tiles tc_m64, not 'tc'"):
+        conv_tc.plan_wgrad(g, dtype=np.float16, dy_path="gather", tile="tc")
+    assert conv_tc.plan_wgrad(g, dtype=np.float16, dy_path="gather").main.kernel == conv_tc.GATHER_KERNEL + "_m64"
     with pytest.raises(ValueError, match="not both"):
         conv_tc.plan_wgrad(g, splits=2, blocks=288)
 
@@ -496,7 +500,7 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
     assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_fprop_tc_flat", "conv2d_fprop_tc_flat_m64",
                          "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
                          "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64", "conv2d_wgrad_tc_pairs", "conv2d_wgrad_tc_pairs_m64",
-                         conv_tc.BALANCED_KERNEL}
+                         conv_tc.BALANCED_KERNEL, conv_tc.GATHER_KERNEL + "_m64"}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
         per_step = 32 if name.endswith("_m64") else 64

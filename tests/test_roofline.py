@@ -506,18 +506,23 @@ def test_flat_fprop_plans_are_profiled_on_the_flat_kernels():
 
 
 def test_wgrad_of_images_straddling_a_lanes_pixels_models_its_dy_path(monkeypatch):
-    """7x7 outputs (P*Q = 49, no multiple of 4 words): with a large filter (C/G*R*S past
-    conv_tc.CHANNEL_MAJOR_MIN_CRS) the launcher copies dy channel-major first, one memory-bound step
-    reading and writing dy; with a small one the _gather kernel runs (its own traits); 8x8 outputs
-    need neither, nor do 14x14 float16 outputs (P*Q = 196, a multiple of 2 words: the _pairs kernel,
-    its own traits)."""
+    """7x7 outputs (P*Q = 49, no multiple of 4 words): with a large filter (float32: C/G*R*S past
+    conv_tc.CHANNEL_MAJOR_MIN_CRS; float16: where the copy costs less than the slower gather loop)
+    the launcher copies dy channel-major first, one memory-bound step reading and writing dy; with
+    a small one the _gather kernel runs (its own traits); 8x8 outputs need neither, nor do 14x14
+    float16 outputs (P*Q = 196, a multiple of 2 words: the _pairs kernel, its own traits)."""
     from cnn_gpu.gpu import conv_tc
     _tc_traits(monkeypatch)
-    for channels, side, dtype, path in ((512, 7, "float32", "channel_major"), (64, 7, "float32", "gather"),
-                                        (128, 7, "float16", "channel_major"), (512, 8, "float32", "vector"),
-                                        (256, 14, "float16", "pairs")):
-        g = conv_geometry((32, channels, side, side), (64, channels, 3, 3), 1, 1)
-        assert conv_tc.wgrad_dy_path(g, dtype) == path
+    # (channels, side, output channels, filter side): float16's 1x1 filter does 2*C/G FLOPs per dy
+    # element, too few to pay for the copy; its 3x3 one nine times as many
+    for (channels, side, outputs, taps), dtype, path in (((512, 7, 64, 3), "float32", "channel_major"),
+                                                         ((64, 7, 64, 3), "float32", "gather"),
+                                                         ((512, 7, 512, 3), "float16", "channel_major"),
+                                                         ((512, 7, 512, 1), "float16", "gather"),
+                                                         ((512, 8, 64, 3), "float32", "vector"),
+                                                         ((256, 14, 64, 3), "float16", "pairs")):
+        g = conv_geometry((32, channels, side, side), (outputs, channels, taps, taps), 1, taps // 2)
+        assert conv_tc.wgrad_dy_path(g, dtype, H100.sms) == path, (channels, side, outputs, taps, dtype)
         estimates = roofline.model_conv("wgrad", g, dtype, H100, math="tf32")
         copies = [e for e in estimates if e.kernel.endswith("_dy_channel_major")]
         dy_bytes = math.prod(g.y_shape) * np.dtype(dtype).itemsize

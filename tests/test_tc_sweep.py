@@ -271,12 +271,13 @@ def test_tc_sweep_reaches_every_plan(kind):
     kernels = {conv_tc.plan_fprop(geometry(kind, cfg), **(cfg["forced"] or {})).main.kernel for cfg in configs}
     assert kernels >= {base + suffix for base in ("conv2d_fprop_tc", conv_tc.FLAT_KERNEL) for suffix in ("", "_m64")}
     # wgrad's dy in vectors from NCHW, in pairs of 8-byte vectors (the _pairs kernels) and, where a
-    # lane's pixels straddle images, by the _gather kernels (float32 with small filters) or from the
-    # channel-major copy (float16)
+    # lane's pixels straddle images, by the _gather kernels (float32 with small filters; float16 on
+    # the 64-row tile) or from the channel-major copy (float16 on a forced 128-row tile)
     geometries = [geometry(kind, cfg) for cfg in configs]
-    for dtype, straddling in ((np.float32, "gather"), (np.float16, "channel_major")):
-        paths = {conv_tc.wgrad_dy_path(g, dtype) for g in geometries if conv_tc.wgrad_supported(g)}
-        assert paths >= {"vector", "pairs", straddling}, (dtype, paths)
+    for dtype, straddling in ((np.float32, {"gather"}), (np.float16, {"gather", "channel_major"})):
+        paths = {conv_tc.wgrad_dy_path(g, dtype, tile=(cfg["forced"] or {}).get("tile"))
+                 for g, cfg in zip(geometries, configs) if conv_tc.wgrad_supported(g)}
+        assert paths >= {"vector", "pairs"} | straddling, (dtype, paths)
     assert sum(cfg["forced"] is None for cfg in configs) >= SWEEP // len(FORCED)
     # dgrad's stride phases: every stride in both dimensions, phases that no tap reaches
     for axis in (0, 1):

@@ -59,11 +59,16 @@ FILTER_TILES_KERNEL = "conv2d_tc_filter_tiles"   # fprop's and dgrad's first lau
 # the _gather kernels read dy element by element, at about 0.61 of the vector loop's 0.72 MMA issue
 # rate (float32, sm_90 hot loops). wgrad does 2*C/G*R*S FLOPs per dy element, so with H100's TF32
 # peak at 148 FLOPs per byte of DRAM bandwidth the copy pays from C/G*R*S = 4 * 148 / (1/0.61 -
-# 1/0.72) ~ 2400. float16 always copies: its gather loop would issue at 0.44 of 0.74 (the copy pays
-# from 2 * 295 / (1/0.44 - 1/0.74) ~ 640) and spill, so kernels/conv2d_tc.cu builds it for float32 only.
-CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400, np.dtype(np.float16): 0}
+# 1/0.72) ~ 2400. float16's gather runs on the 64-channel tile only (the 128-channel one spills) at
+# an MMA issue ceiling of 0.40 against the vector loop's 0.91: no such threshold, as the passes where
+# the copy costs more are those the gather loop's slowness does not limit (bound by DRAM, or by
+# split-K partials), so wgrad_dy_path compares the two (_wgrad_path_clocks).
+CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400}
 DY_PATHS = ("vector", "pairs", "channel_major", "gather")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
+# the _gather kernels' tiles per dtype and their weights for the picker (sm_90 hot loops' MMA issue
+# ceilings: float32 742 and 513 instructions for 128 and 64 HMMAs, float16 644 for 64)
+GATHER_EFFICIENCY = {np.dtype(np.float32): {"tc": 0.69, "tc_m64": 0.50}, np.dtype(np.float16): {"tc_m64": 0.40}}
 # wgrad's dy where P*Q is a multiple of 2 words but not of 4 (float16's 14x14 layers): the _pairs kernels
 # load a lane's words of a step in two 8-byte vectors, at 0.82-0.84 of the vector loop's 0.88-0.90 MMA
 # issue rate (sm_90 hot loops, float32 and float16), 6-7% of the pass's time. The channel-major copy
@@ -74,7 +79,7 @@ PAIRS_MAX_CRS = 9000
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
 # in 16-byte vectors
 BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
-FLOAT32_ONLY_KERNELS = (GATHER_KERNEL, GATHER_KERNEL + "_m64")   # not in the float16 build
+FLOAT32_ONLY_KERNELS = (GATHER_KERNEL,)   # not in the float16 build
 
 
 @dataclass(frozen=True)
@@ -419,22 +424,24 @@ def wgrad_segments(tiles: int, tile_steps: int, blocks: int) -> int:
                for b in range(blocks))
 
 
-def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool):
-    """(tile name, blocks, ranks) of wgrad: _choose's costs over grids of tiles x splits blocks
-    (split-K) and, where `balanced` (BALANCED_KERNEL runs), of BALANCED_WAVES whole waves or fewer
-    of resident blocks of the 128-channel tile that share the tiles' steps evenly (stream-K: no
-    partly idle last wave, at the price of partial outputs). `splits` or `blocks` force the grid."""
+def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool, weights=None):
+    """(clocks, tile name, blocks, ranks) of wgrad: _choose's costs over grids of tiles x splits
+    blocks (split-K) and, where `balanced` (BALANCED_KERNEL runs), of BALANCED_WAVES whole waves or
+    fewer of resident blocks of the 128-channel tile that share the tiles' steps evenly (stream-K: no
+    partly idle last wave, at the price of partial outputs). `splits` or `blocks` force the grid.
+    `weights`: {tile name: efficiency} of the kernels that run (default WGRAD_EFFICIENCY)."""
+    weights = weights or WGRAD_EFFICIENCY
     _check_splits(splits)
     if splits and blocks:
         raise ValueError("wgrad takes splits= or blocks=, not both")
-    if tile is not None and tile not in WGRAD_EFFICIENCY:
-        raise ValueError(f"tile must be one of {', '.join(WGRAD_EFFICIENCY)} or None, got {tile!r}")
+    if tile is not None and tile not in weights:
+        raise ValueError(f"tile must be one of {', '.join(weights)} or None, got {tile!r}")
     sms = DEFAULT_SMS if sms is None else sms
     output_elements = g.K * (g.C // g.groups) * g.R * g.S
     most = max(1, min(MAX_SPLITS, _ceil_div(tile_steps, MIN_SPLIT_STEPS), (INDEX_LIMIT - 1) // output_elements))
     slots = sms * BLOCKS_PER_SM
     best = None
-    for name in [tile] if tile else WGRAD_EFFICIENCY:
+    for name in [tile] if tile else weights:
         tiles = wgrad_tiles(g, name)
         work = tiles * tile_steps
         if blocks is not None and not tiles <= blocks <= work:
@@ -454,12 +461,12 @@ def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool)
             ranks = wgrad_ranks(tiles, tile_steps, count)
             if ranks > most and not (blocks or splits):
                 continue
-            efficiency = WGRAD_EFFICIENCY[name] if count % tiles == 0 else BALANCED_EFFICIENCY
+            efficiency = weights[name] if count % tiles == 0 else BALANCED_EFFICIENCY
             clocks = _clocks(count, _ceil_div(work, count), ranks, output_elements, sms, TILES[name].bm, efficiency,
                              BLOCKS_PER_SM, summing_launch=False)
             if best is None or clocks < best[0]:
                 best = (clocks, name, count, ranks)
-    return best[1:]
+    return best
 
 
 def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=None, dy_path=None) -> ConvPlan:
@@ -475,16 +482,17 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
     if dy_path not in (None, *DY_PATHS):
         raise ValueError(f"dy_path must be one of {', '.join(DY_PATHS)} or None, got {dy_path!r}")
-    if dy_path == "gather" and np.dtype(dtype) == np.float16:
-        raise ValueError("float16 wgrad has no _gather kernel: it reads dy in vectors, in pairs or from a "
-                         "channel-major copy")
+    if dy_path == "gather" and tile is not None and tile not in GATHER_EFFICIENCY[np.dtype(dtype)]:
+        raise ValueError(f"the {np.dtype(dtype)} _gather kernel has the tiles "
+                         f"{', '.join(GATHER_EFFICIENCY[np.dtype(dtype)])}, not {tile!r}")
     if pixel_table_bytes(g, dtype) // 4 >= INDEX_LIMIT:
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
                          f"(3 entries each) is too large; split the batch")
     tile_steps = wgrad_tile_steps(g, dtype)
-    dy_path = dy_path or wgrad_dy_path(g, dtype)
+    dy_path = dy_path or wgrad_dy_path(g, dtype, sms, tile, blocks)
     balanced = dy_path in ("vector", "channel_major")
-    name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced)
+    weights = GATHER_EFFICIENCY[np.dtype(dtype)] if dy_path == "gather" else None
+    _, name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced, weights)
     if blocks % wgrad_tiles(g, name):
         kernel = BALANCED_KERNEL
     else:
@@ -492,18 +500,42 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     return ConvPlan("wgrad", (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),), tile=name, splits=ranks)
 
 
-def wgrad_dy_path(g, dtype) -> str:
+def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
     """How wgrad reads dy (DY_PATHS): "vector", 16-byte loads from NCHW (P*Q a multiple of 4
-    words), "pairs", 8-byte loads from NCHW (P*Q a multiple of 2 words, by PAIRS_MAX_CRS); else by
-    CHANNEL_MAJOR_MIN_CRS "channel_major", 16-byte loads from a channel-major copy (K, N*P*Q
-    rounded up to 4 words), or "gather", element by element (the _gather kernels)."""
+    words), "pairs", 8-byte loads from NCHW (P*Q a multiple of 2 words, by PAIRS_MAX_CRS); else
+    "channel_major", 16-byte loads from a channel-major copy (K, N*P*Q rounded up to 4 words), or
+    "gather", element by element (the _gather kernels): float32 by CHANNEL_MAJOR_MIN_CRS, float16
+    by the two paths' costs on a GPU of `sms` SMs (_wgrad_path_clocks), and by the copy where a
+    forced `tile` or grid of `blocks` has no float16 _gather kernel."""
     lane_pixels = step_depth(dtype) // 4
     if (g.P * g.Q) % lane_pixels == 0:
         return "vector"
     crs = (g.C // g.groups) * g.R * g.S
     if (g.P * g.Q) % (lane_pixels // 2) == 0 and crs < PAIRS_MAX_CRS:
         return "pairs"
-    return "channel_major" if crs >= CHANNEL_MAJOR_MIN_CRS[np.dtype(dtype)] else "gather"
+    if np.dtype(dtype) in CHANNEL_MAJOR_MIN_CRS:
+        return "channel_major" if crs >= CHANNEL_MAJOR_MIN_CRS[np.dtype(dtype)] else "gather"
+    gather_tiles = GATHER_EFFICIENCY[np.dtype(dtype)]
+    if (tile is not None and tile not in gather_tiles) or (
+            blocks is not None and any(blocks % wgrad_tiles(g, name) for name in gather_tiles)):
+        return "channel_major"
+    return min(("channel_major", "gather"), key=lambda path: _wgrad_path_clocks(g, dtype, path, sms))
+
+
+def _wgrad_path_clocks(g, dtype, dy_path, sms) -> float:
+    """The busiest SM's clocks of wgrad reading dy by `dy_path` ("channel_major" or "gather"): the
+    picker's clocks of its best grid (_choose_wgrad: MMAs at the kernels' weights, partials) or the
+    pass's compulsory DRAM traffic (dy and x read, dw written), whichever is longer, plus for the
+    channel-major copy its traffic (dy read and written) and launch."""
+    sms = DEFAULT_SMS if sms is None else sms
+    gather = dy_path == "gather"
+    weights = GATHER_EFFICIENCY[np.dtype(dtype)] if gather else None
+    clocks = _choose_wgrad(g, wgrad_tile_steps(g, dtype), sms, None, None, None, not gather, weights)[0]
+    item = np.dtype(dtype).itemsize
+    dy_bytes = math.prod(g.y_shape) * item
+    dram = (dy_bytes + (math.prod(g.x_shape) + math.prod(g.w_shape)) * item) * CLOCKS_PER_BYTE / sms
+    copy = 0 if gather else 2 * dy_bytes * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS
+    return max(clocks, dram) + copy
 
 
 def _dy_operand(xp, dy, g, dy_path):
@@ -710,7 +742,7 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     _check_dtype(x)
     if not wgrad_supported(g):
         return None
-    dy_path = dy_path or wgrad_dy_path(g, x.dtype)
+    dy_path = dy_path or wgrad_dy_path(g, x.dtype, device_sms(be), tile, blocks)
     plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, blocks=blocks, sms=device_sms(be), dy_path=dy_path)
     xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S

@@ -122,7 +122,7 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     depth = conv_tc.step_depth(dtype)
     issued = 2 * rows * conv_tc.TILE_N * depth * _tensor_core_steps(pass_name, g, plan, depth)
     glue = []
-    if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype) == "channel_major":
+    if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype, sms) == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
     if pass_name == "wgrad":
         works = [_wgrad_work(g, dtype, plan, pipe, issued)]
