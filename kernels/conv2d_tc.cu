@@ -130,11 +130,13 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) conv2d_t
 // output(m, pixel, value) then takes each FP32 result of output channel m (within the group) and
 // output pixel n*P*Q + p*Q + q, both inside the output. Returns at once for a tile past the pixels.
 // `smem`: the kernel's two stages (a kernel's own __shared__ array: the emulator checks those).
-// Block tiles of 64 * WARPS_M output channels (MmaTile); filter tiles in 64-row blocks.
+// Block tiles of 64 * WARPS_M output channels by BN output pixels (MmaTile: 128, or 96 for grids
+// that fill whole waves where 128 would leave a last one partly idle; then the B loader's last warp
+// idles); filter tiles in 64-row blocks.
 // FLAT (fprop with few channels per group): the reduction is the flattened (r, s, c) of R*S*C/G
 // indices (at most TC_FLAT_MAX, R + S < 32), padded once at its end, each step TC_DEPTH consecutive
 // indices; `flat_table`, the kernel's shared table of them, is filled here (see the B loader).
-template <int WARPS_M, bool FLAT = false, class Output>
+template <int WARPS_M, bool FLAT = false, int BN = TC_BN, class Output>
 __device__ __forceinline__ void mma_conv(
     unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, int N, int C, int H,
     int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
@@ -145,14 +147,14 @@ __device__ __forceinline__ void mma_conv(
     constexpr int BM = 64 * WARPS_M;
     const int Cpad = (Cg + TC_DEPTH - 1) / TC_DEPTH * TC_DEPTH, Mpad = (Kg + BM - 1) / BM * BM;
     const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * TC_BN;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     if (n0 >= NPQ) return;   // a dgrad phase smaller than the grid: the whole block leaves
     const int channel_steps = Cpad / TC_DEPTH, first_step = split * chunk;
     const int flat_length = R * S * Cg;   // FLAT: the reduction's indices, before padding
     const int total_steps = FLAT ? (flat_length + TC_DEPTH - 1) / TC_DEPTH : R * S * channel_steps;
     const int steps = min(chunk, total_steps - first_step);
 
-    MmaTile<WARPS_M> tile;
+    MmaTile<WARPS_M, BN> tile;
     tile.init();
     // A: the warp's fragments of each step, 4 KiB in fragment order (m tile, k8, lane, register)
     const unsigned int* a_next = w_tiles + (unsigned)(((g * (Mpad / 64) + (m0 + tile.warp_row) / 64) * total_steps
@@ -171,7 +173,9 @@ __device__ __forceinline__ void mma_conv(
         a_next += 1024;
     };
 
-    // B loader: output pixel n0 + tid (the last one for columns past the end), decoded once
+    // B loader: output pixel n0 + tid (the last one for columns past the end), decoded once; the
+    // threads past BN (whole warps) load nothing
+    const bool loads = BN == TC_THREADS || tid < BN;
     const int pixel = min(n0 + tid, NPQ - 1);
     const int n = pixel / PQ, pq = pixel - n * PQ;
     const int p = pq / Q, q = pq - p * Q;
@@ -207,6 +211,7 @@ __device__ __forceinline__ void mma_conv(
     int h_tap = first_tap / taps_per_row * dil_h, w_tap = s * dil_w;
     unsigned int b_next[TC_BK];   // operand words: channel pairs (c0 + 2j, c0 + 2j + 1) in FP16
     auto fetch = [&](int step) {
+        if (!loads) return;
         if (FLAT) {   // indices k0 .. k0 + TC_DEPTH - 1 (FP16: word j holds k0 + 2j, k0 + 2j + 1)
             const int k0 = (first_step + step) * TC_DEPTH;
             unsigned int v[TC_DEPTH];   // values widened to words (load_widened)
@@ -262,13 +267,14 @@ __device__ __forceinline__ void mma_conv(
         }
     };
     auto store = [&](int step) {
+        if (!loads) return;
         unsigned int* column = smem + (step & 1) * TC_STAGE_WORDS + tid * TC_PITCH;
 #pragma unroll
         for (int v = 0; v < TC_BK; v += 4)
             *(uint4*)(column + v) = make_uint4(b_next[v], b_next[v + 1], b_next[v + 2], b_next[v + 3]);
     };
 
-    mma_main_loop_registers<typename MmaTile<WARPS_M>::AFragments>(tile, smem, steps, load_a, fetch, store);
+    mma_main_loop_registers<typename MmaTile<WARPS_M, BN>::AFragments>(tile, smem, steps, load_a, fetch, store);
 
     tile.for_each([&](int col) { return n0 + col < NPQ ? n0 + col : -1; },
                   [&](int row, int pixel_out, float v) {
@@ -278,8 +284,9 @@ __device__ __forceinline__ void mma_conv(
 
 // fprop: y = conv2d(x, w) + bias (ReLU when relu), or with split-K (grid.z = splits * G) the
 // FP32 partial output of split z at partials + z * N*K*P*Q (no bias or ReLU: the summing launch
-// adds them). FLAT: over the flattened reduction (mma_conv), `flat_table` its shared table.
-template <int WARPS_M, bool FLAT = false>
+// adds them). FLAT: over the flattened reduction (mma_conv), `flat_table` its shared table; BN
+// output pixels per block tile.
+template <int WARPS_M, bool FLAT = false, int BN = TC_BN>
 __device__ __forceinline__ void fprop_mma(
     unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles,
     const REAL* __restrict__ bias, REAL* __restrict__ y, acc_t* __restrict__ partials, int N, int C, int H, int W,
@@ -288,8 +295,8 @@ __device__ __forceinline__ void fprop_mma(
 {
     const int split = blockIdx.z / groups, g = blockIdx.z - split * groups, Kg = K / groups, PQ = P * Q;
     const bool split_k = gridDim.z > (unsigned)groups;
-    mma_conv<WARPS_M, FLAT>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w, dil_h,
-                            dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
+    mma_conv<WARPS_M, FLAT, BN>(smem, x, w_tiles, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
+                                dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
                           const int k = g * Kg + m, image = pixel / PQ;
                           const int at = (image * K + k) * PQ + pixel - image * PQ;
                           if (split_k) {
@@ -309,8 +316,8 @@ __device__ __forceinline__ void fprop_mma(
 // tiles at w_tiles + offset (from the launcher), into an H' x W' output scattered over dx
 // (N, C, H, W). grid.z = phases * splits * G; dx = that FP32 sum plus bias[c] when has_bias
 // (conv_transpose2d's), rounded once, or with split-K (splits > 1) split z writes its FP32 partial
-// dx at partials + z * N*C*H*W (no bias: the summing launch adds it).
-template <int WARPS_M>
+// dx at partials + z * N*C*H*W (no bias: the summing launch adds it). BN dx pixels per block tile.
+template <int WARPS_M, int BN = TC_BN>
 __device__ __forceinline__ void dgrad_mma(
     unsigned int* smem, const REAL* __restrict__ dy, const unsigned int* __restrict__ w_tiles,
     const int* __restrict__ phases, const REAL* __restrict__ bias, REAL* __restrict__ dx,
@@ -321,8 +328,8 @@ __device__ __forceinline__ void dgrad_mma(
     const int split = rest / groups, g = rest - split * groups, Cg = C / groups;
     const int* row = phases + 9 * phase;
     const int ph = row[0], pw = row[1], out_h = row[6], out_w = row[7], out_hw = out_h * out_w;
-    mma_conv<WARPS_M>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1, row[4],
-                      row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
+    mma_conv<WARPS_M, false, BN>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1,
+                                 row[4], row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
                           const int image = pixel / out_hw, i = (pixel - image * out_hw) / out_w;
                           const int j = pixel - image * out_hw - i * out_w, c = g * Cg + m;
                           const int at = ((image * C + c) * H + ph + i * stride_h) * W + pw + j * stride_w;
@@ -335,10 +342,11 @@ __device__ __forceinline__ void dgrad_mma(
                       });
 }
 
-// The kernels: block tiles of 128 output channels (2 x 2 warps of 64 x 64, two blocks per SM), and
-// of 64 (_m64: 1 x 4 warps of 64 x 32; two blocks per SM, three for the float32 dgrad) for layers of
-// 64 or fewer channels. `partials` is written
-// only with split-K (any one-element array otherwise); `bias` is read only with has_bias.
+// The kernels: block tiles of 128 output channels by 128 pixels (2 x 2 warps of 64 x 64, two blocks
+// per SM), of 64 channels (_m64: 1 x 4 warps of 64 x 32; two blocks per SM, three for the float32
+// dgrad) for layers of 64 or fewer channels, and of 128 channels by 96 pixels (_n96: 2 x 2 warps of
+// 64 x 48) where their grid fills whole waves better. `partials` is written only with split-K (any
+// one-element array otherwise); `bias` is read only with has_bias.
 #define TC_FPROP_ARGS                                                                                          \
     const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, const REAL* __restrict__ bias,        \
         REAL* __restrict__ y, acc_t* __restrict__ partials, int N, int C, int H, int W, int K, int R, int S,      \
@@ -360,6 +368,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_m64(
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     fprop_mma<1>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w,
                  dil_h, dil_w, groups, has_bias, relu, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_fprop_tc_n96(TC_FPROP_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
+    fprop_mma<2, false, 96>(smem, x, w_tiles, bias, y, partials, N, C, H, W, K, R, S, P, Q, stride_h, stride_w, pad_h,
+                            pad_w, dil_h, dil_w, groups, has_bias, relu, chunk);
 }
 
 // The same over the flattened reduction (fprop with few channels per group: conv_tc.plan_fprop)
@@ -387,6 +401,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_DGRAD_M64_BLOCKS) co
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
     dgrad_mma<1>(smem, dy, w_tiles, phases, bias, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h,
                  dil_w, groups, splits, chunk, has_bias);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_n96(TC_DGRAD_ARGS) {
+    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];
+    dgrad_mma<2, 96>(smem, dy, w_tiles, phases, bias, dx, partials, N, C, H, W, K, P, Q, stride_h, stride_w, dil_h,
+                     dil_w, groups, splits, chunk, has_bias);
 }
 
 // steps of wgrad's pixel table in shared memory: copies run two steps ahead, so 3 would do; 4 makes the

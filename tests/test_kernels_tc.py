@@ -153,6 +153,61 @@ def test_tf32_fprop_sweep_matches_the_tf32_oracle(chunk):
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_96_pixel_tiles_match_the_oracle(dtype):
+    """The 96-pixel fprop and dgrad kernels (tc_n96: 2 x 2 warps of 64 x 48, the last warp loading
+    no pixels) on random geometries with several pixel tiles, stride phases, groups and split-K,
+    against the TF32 or float16 bound. The emulator poisons shared memory (NaN) before each block,
+    so a warp reading the stage rows past 96, which nothing writes, would show."""
+    from test_conv_float16 import assert_within_bound, exact
+    rng = np.random.default_rng(2200 + (dtype == np.float16))
+    for index in range(8):
+        cfg = tc_config(rng, channels=40, outputs=70)
+        x, w, b = (a.astype(dtype) for a in _arrays(rng, cfg))
+        g = _geometry(x, w, cfg)
+        dy = rng.standard_normal(g.y_shape).astype(dtype)
+        splits = (1, 2, 3)[index % 3]
+        y = conv_tc.fprop("emu", x, w, b, g, tile="tc_n96", splits=splits)
+        dx = conv_tc.dgrad("emu", dy, w, g, tile="tc_n96", splits=splits)
+        plans = (conv_tc.plan_fprop(g, dtype=dtype, tile="tc_n96", splits=splits),
+                 conv_tc.plan_dgrad(g, dtype=dtype, tile="tc_n96", splits=splits))
+        assert [plan.main.kernel for plan in plans] == ["conv2d_fprop_tc_n96", "conv2d_dgrad_tc_n96"]
+        if dtype == np.float16:
+            want, scale = exact(F.conv2d, x, w, b, **_options(cfg))
+            assert_within_bound(y, want, scale, g.C // g.groups * g.R * g.S + 1 + splits, f"fprop {cfg}")
+            (want, _, _), (scale, _, _) = exact(F.conv2d_backward, dy, x, w, bias=False, **_options(cfg))
+            assert_within_bound(dx, want, scale, g.K // g.groups * g.R * g.S + splits, f"dgrad {cfg}")
+        else:
+            want, scale = _oracle(x, w, b, cfg, relu=False)
+            assert np.all(np.abs(y - want) <= 2e-6 * (scale + 1.0)), cfg
+            (want, _), (scale, _) = _backward_oracle(dy, x, w, cfg)
+            assert np.all(np.abs(dx - want) <= 2e-6 * (scale + 1.0)), cfg
+
+
+def _options(cfg):
+    return dict(stride=cfg["stride"], padding=cfg["pad"], dilation=cfg["dil"], groups=cfg["groups"])
+
+
+def test_96_pixel_tiles_fill_the_waves_of_resnets_7x7_and_14x14_layers():
+    """At batch 128 on H100 (132 SMs, 2 blocks each), ResNet's 7x7 layers have 6272 pixels: 49
+    tiles of 128 (4 x 49 = 196 blocks for 512 channels, 0.74 of a wave) or 66 of 96 (264 blocks,
+    one wave); its 14x14 ones 25088: 392 or 524 blocks for 256 channels (1.48 or 1.98 waves). The
+    picker takes the 96-pixel tile for their fprop and dgrad, and keeps 128 where it fills as well
+    (the 28x28 layer: 784 blocks, 2.97 waves)."""
+    for (x_shape, w_shape, padding), tile in ((((128, 512, 7, 7), (512, 512, 3, 3), 1), "tc_n96"),
+                                              (((128, 256, 14, 14), (256, 256, 3, 3), 1), "tc_n96"),
+                                              (((128, 128, 28, 28), (128, 128, 3, 3), 1), "tc")):
+        g = conv_geometry(x_shape, w_shape, padding=padding)
+        for dtype in (np.float32, np.float16):
+            for plan in (conv_tc.plan_fprop(g, dtype=dtype, sms=132), conv_tc.plan_dgrad(g, dtype=dtype, sms=132)):
+                assert (plan.tile, plan.splits) == (tile, 1), (x_shape, dtype, plan.pass_name, plan.tile)
+    with pytest.raises(ValueError, match="tile must be one of tc, tc_m64"):   # wgrad has no 96-pixel tile
+        conv_tc.plan_wgrad(g, tile="tc_n96")
+    with pytest.raises(ValueError, match="flattened fprop kernel has the tiles tc, tc_m64"):
+        conv_tc.plan_fprop(conv_geometry((2, 3, 16, 16), (64, 3, 7, 7), 2, 3), tile="tc_n96", flat=True)
+
+
+@needs_emu
 def test_tf32_fprop_spans_several_block_tiles_and_differs_from_exact_fp32():
     rng = np.random.default_rng(7)
     cfg = dict(n=2, c=20, h=12, w=12, k=130, r=3, s=3, stride=1, pad=1, dil=1, groups=1)  # 288 pixels, 130 rows
@@ -500,10 +555,11 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
     assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_fprop_tc_flat", "conv2d_fprop_tc_flat_m64",
                          "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
                          "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64", "conv2d_wgrad_tc_pairs", "conv2d_wgrad_tc_pairs_m64",
-                         conv_tc.BALANCED_KERNEL, conv_tc.GATHER_KERNEL + "_m64"}
+                         conv_tc.BALANCED_KERNEL, conv_tc.GATHER_KERNEL + "_m64", "conv2d_fprop_tc_n96",
+                         "conv2d_dgrad_tc_n96"}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
-        per_step = 32 if name.endswith("_m64") else 64
+        per_step = 32 if name.endswith("_m64") else 48 if name.endswith("_n96") else 64
         assert row["mma"] == per_step * 2, f"{where}: {row['mma']} MMA"
         assert row["local_memory"] == 0 and row["stack_bytes"] == 0, where
         if name in ("conv2d_fprop_tc", "conv2d_dgrad_tc"):
@@ -528,6 +584,19 @@ def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
     assert conv_tc.BALANCED_EFFICIENCY == pytest.approx(min(balanced), abs=0.005), balanced
 
 
+def test_tile_picker_weights_are_the_sm_90_issue_ceilings():
+    """TILES' efficiency, the picker's weight of the 64-row and 96-pixel fprop and dgrad tiles, is
+    the least of their float32 and float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01;
+    the 128 x 128 tile's loops issue an HMMA every 4 instructions or sooner: 1.0)."""
+    from cnn_gpu import roofline
+    spec = roofline.spec("h100")
+    for name, tile in conv_tc.TILES.items():
+        ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", f"conv2d_{pass_name}_tc{tile.suffix}",
+                                                                      dtype, "sm_90"), spec, pipe)
+                    for pass_name in ("fprop", "dgrad") for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
+        assert tile.efficiency == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
+
+
 def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):
     """132 block tiles of 64 rows over 128 steps: split 3 ways, one wave of 3 resident blocks per SM
     (the float32 64-row dgrad kernel's launch bounds); at 2 blocks per SM, 2 ways."""
@@ -545,7 +614,7 @@ def test_dgrad_kernels_fit_the_resident_blocks_the_planner_counts(dtype):
     resident blocks per SM (nvrtc.occupancy, the figure the model uses), without local memory or stack."""
     from cnn_gpu import roofline
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", dtype, "sm_90")}
-    for name in ("tc", "tc_m64"):
+    for name in conv_tc.TILES:
         kernel = "conv2d_dgrad_tc" + conv_tc.TILES[name].suffix
         traits = roofline.kernel_traits("conv2d_tc", kernel, np.dtype(dtype).name, "sm_90")
         blocks = conv_tc.DGRAD_BLOCKS_PER_SM.get(np.dtype(dtype), {}).get(name, conv_tc.BLOCKS_PER_SM)

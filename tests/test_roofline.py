@@ -295,7 +295,7 @@ def _tc_traits(monkeypatch):
 def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
     from cnn_gpu.gpu import conv_tc
     traits = _tc_traits(monkeypatch)
-    g = conv_geometry((8, 128, 16, 16), (256, 128, 1, 1), 1, 0)    # whole tiles in every pass
+    g = conv_geometry((6, 128, 16, 16), (256, 128, 1, 1), 1, 0)    # whole tiles in every pass (1536 pixels)
     peak = H100.tf32_peak_flops
     for pass_name, plan in (("fprop", conv_tc.plan_fprop(g, sms=132)), ("dgrad", conv_tc.plan_dgrad(g, sms=132)),
                             ("wgrad", conv_tc.plan_wgrad(g, sms=132))):
@@ -329,7 +329,7 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
     assert launches[plan.main_index][1].issued_flops == pytest.approx(thin.flops * 32 / 27)
     # dgrad of a stride-2 convolution: each of the 4 stride phases steps through only the 1, 2, 2
     # and 4 taps that reach it, so with whole tiles nothing is wasted
-    strided = conv_geometry((8, 128, 16, 16), (128, 128, 3, 3), 2, 1)
+    strided = conv_geometry((6, 128, 16, 16), (128, 128, 3, 3), 2, 1)
     plan, launches, _ = roofline.conv.tensor_core_launches("dgrad", strided, "float32", 132)
     assert launches[plan.main_index][1].issued_flops == strided.flops
     # fp32 keeps the SIMT plans, float64 ignores the mode
@@ -345,7 +345,7 @@ def test_float16_passes_model_the_fp16_tensor_pipe(monkeypatch):
     _tc_traits(monkeypatch)
     assert roofline.mma_issue_clocks(H100, "fp16") == roofline.mma_issue_clocks(H100) == 4
     assert H100.peak_flops("float16") == H100.peak_flops("float32")        # SIMT float16 computes in FP32
-    g = conv_geometry((8, 128, 16, 16), (256, 128, 1, 1), 1, 0)
+    g = conv_geometry((6, 128, 16, 16), (256, 128, 1, 1), 1, 0)   # whole tiles of 128 and 96 pixels
     for pass_name in ("fprop", "dgrad", "wgrad"):
         plan = roofline.conv.TC_PLANS[pass_name](g, dtype=np.float16, sms=132)
         estimates = roofline.model_conv(pass_name, g, "float16", H100, bias=pass_name == "fprop")

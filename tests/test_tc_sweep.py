@@ -54,6 +54,12 @@ FLOAT16_ULPS = 1.0
 FORCED = [dict(tile=tile, splits=splits) for splits in (1, 2, 3) for tile in conv_tc.TILES] + [None]
 
 
+def wgrad_forced(plan: dict) -> dict:
+    """A forced plan as wgrad takes it: its tiles are the 128- and 64-channel ones (WGRAD_EFFICIENCY),
+    so the 96-pixel fprop and dgrad tile runs the 128-channel wgrad one."""
+    return {**plan, "tile": plan["tile"] if plan["tile"] in conv_tc.WGRAD_EFFICIENCY else "tc"}
+
+
 # --- configurations -----------------------------------------------------------------------------
 
 def _dimension(rng, taps, wide: bool, spread: int):
@@ -189,10 +195,11 @@ def run_forced(kind, cfg, g, x, w, b, dy):
     plan = cfg["forced"]
     if kind == "transpose":
         y = conv_tc.dgrad("emu", x, w, g, bias=b, **plan)
-        return y, conv_tc.fprop("emu", dy, w, None, g, **plan), conv_tc.wgrad("emu", x, dy, g, **plan), \
+        return y, conv_tc.fprop("emu", dy, w, None, g, **plan), conv_tc.wgrad("emu", x, dy, g, **wgrad_forced(plan)), \
             conv.bgrad("emu", dy)
     y = conv_tc.fprop("emu", x, w, b, g, activation="relu" if cfg["relu"] else None, **plan)
-    return y, conv_tc.dgrad("emu", dy, w, g, **plan), conv_tc.wgrad("emu", dy, x, g, **plan), conv.bgrad("emu", dy)
+    return y, conv_tc.dgrad("emu", dy, w, g, **plan), conv_tc.wgrad("emu", dy, x, g, **wgrad_forced(plan)), \
+        conv.bgrad("emu", dy)
 
 
 def oracle(kind, cfg, x, w, b, dy, operands):
@@ -252,7 +259,7 @@ def _plans(kind, cfg):
     forced = cfg["forced"] or {}
     plans = [conv_tc.plan_fprop(g, **forced), conv_tc.plan_dgrad(g, **forced)]
     if conv_tc.wgrad_supported(g):
-        plans.append(conv_tc.plan_wgrad(g, **forced))
+        plans.append(conv_tc.plan_wgrad(g, **(wgrad_forced(forced) if forced else {})))
     return {(plan.pass_name, plan.tile, plan.splits > 1) for plan in plans} | \
         (set() if conv_tc.wgrad_supported(g) else {("wgrad", "simt", False)})
 
@@ -263,7 +270,7 @@ def test_tc_sweep_reaches_every_plan(kind):
     assert len(configs) == SWEEP
     seen = set().union(*(_plans(kind, cfg) for cfg in configs))
     for pass_name in ("fprop", "dgrad", "wgrad"):
-        for tile in conv_tc.TILES:
+        for tile in conv_tc.WGRAD_EFFICIENCY if pass_name == "wgrad" else conv_tc.TILES:
             for split in (False, True):
                 assert (pass_name, tile, split) in seen, (kind, pass_name, tile, split)
     assert ("wgrad", "simt", False) in seen                     # R + S > 32: the SIMT fallback

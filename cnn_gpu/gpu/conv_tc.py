@@ -16,7 +16,8 @@ table of its output pixels (x window origin, tap mask, dy offset: _pixel_table, 
 geometry), which it copies a step at a time into shared memory; filters with R + S > 32 (no room in
 a mask word) stay on the SIMT kernel.
 
-Every pass chooses between two block tiles (TILES: 128 or 64 output channels), and may
+Every pass chooses among block tiles (TILES: 128 or 64 output channels, and for fprop and dgrad
+128 channels by 96 instead of 128 pixels, which fills whole waves where 128 would not), and may
 split its reduction (split-K) when its block tiles alone would leave the GPU's last wave of blocks
 partly idle: the splits write FP32 partial outputs that one more launch (reduce.split_sum_epilogue)
 sums in a fixed order (bit-identical run to run), adding the bias (fprop's, and its ReLU; dgrad's
@@ -84,17 +85,23 @@ FLOAT32_ONLY_KERNELS = (GATHER_KERNEL,)   # not in the float16 build
 
 @dataclass(frozen=True)
 class TcTile:
-    """A block-tile variant of the kernels: `bm` output channels per block, the kernel name
+    """A block-tile variant of the kernels: `bm` output channels by `bn` output pixels (fprop,
+    dgrad; wgrad's tiles are bm channels by TILE_N filter columns) per block, the kernel name
     suffix, and its fprop and dgrad mma issue efficiency (the sm_90 hot loop's MMA issue ceiling,
     4 clocks per m16n8k8 TF32 or m16n8k16 FP16, rounded: the picker's weight)."""
     bm: int
     suffix: str
     efficiency: float
+    bn: int = TILE_N
 
 
-# 2 x 2 warps of 64 x 64, and 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels (0.78:
-# the least of the 64-row fprop and dgrad ceilings, float32 and float16, 0.78-0.83).
-TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78)}
+# 2 x 2 warps of 64 x 64, 1 x 4 warps of 64 x 32 for layers of 64 or fewer channels (0.78: the
+# least of the 64-row fprop and dgrad ceilings, float32 and float16, 0.78-0.83), and for fprop and
+# dgrad 2 x 2 warps of 64 x 48 (0.98: 96 HMMAs in 372 and 392 instructions, float32 and float16),
+# whose 3/4 as many pixels per block make finer waves: ResNet's 7x7 and 14x14 layers at batch 128
+# have 49 x 128 and 196 x 128 pixels, 0.74 of a wave of 128-pixel tiles, 0.99 of 96-pixel ones.
+TILES = {"tc": TcTile(128, "", 1.0), "tc_m64": TcTile(64, "_m64", 0.78), "tc_n96": TcTile(128, "_n96", 0.98, 96)}
+FLAT_TILES = ("tc", "tc_m64")   # the _flat kernels' tiles
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
 # registers, x from shared memory)
@@ -161,8 +168,8 @@ def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, 
     `steps` reduction steps, each split taking `chunk` of them (one block per tile and split).
     Unforced choices minimise the busiest SM's clocks: whole waves of the tile's resident blocks
     per SM (a partial last wave counts whole; the blocks share the SM's MMA rate, so a wave takes
-    blocks_per_sm times a block's bm x TILE_N x chunk steps at the tile's efficiency), plus split-K's
-    extra traffic (its partials written and read) and launch. `tiles`: {name: (bm, efficiency,
+    blocks_per_sm times a block's bm x bn x chunk steps at the tile's efficiency), plus split-K's
+    extra traffic (its partials written and read) and launch. `tiles`: {name: (bm, bn, efficiency,
     blocks_per_sm)} to choose from."""
     _check_splits(splits)
     if tile is not None and tile not in tiles:
@@ -172,34 +179,35 @@ def _choose(M: int, Ngemm: int, batches: int, steps: int, output_elements: int, 
                       (INDEX_LIMIT - 1) // max(output_elements, 1), MAX_GRID_YZ // batches))
     best = None
     for name in [tile] if tile else tiles:
-        bm, efficiency, blocks_per_sm = tiles[name]
-        blocks = _ceil_div(M, bm) * _ceil_div(Ngemm, TILE_N) * batches
+        bm, bn, efficiency, blocks_per_sm = tiles[name]
+        blocks = _ceil_div(M, bm) * _ceil_div(Ngemm, bn) * batches
         for wanted in ([min(splits, steps)] if splits else range(1, most + 1)):
             chunk = _ceil_div(steps, wanted)
             count = _ceil_div(steps, chunk)          # no empty split
-            clocks = _clocks(blocks * count, chunk, count, output_elements, sms, bm, efficiency, blocks_per_sm)
+            clocks = _clocks(blocks * count, chunk, count, output_elements, sms, bm, efficiency, blocks_per_sm, bn)
             if best is None or clocks < best[0]:
                 best = (clocks, name, count, chunk)
     return best[1], best[2], best[3]
 
 
-def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency, blocks_per_sm,
+def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency, blocks_per_sm, bn=TILE_N,
             summing_launch: bool = True) -> float:
-    """_choose's cost of `blocks` blocks of a bm-row tile, the busiest running `steps` steps, and
+    """_choose's cost of `blocks` blocks of a bm x bn tile, the busiest running `steps` steps, and
     `partial_outputs` FP32 partial outputs of output_elements each (1: none), written and read
     back, by a summing launch unless the kernel sums them itself (wgrad)."""
     waves = _ceil_div(blocks, sms * blocks_per_sm)
-    clocks = waves * blocks_per_sm * steps * bm * TILE_N * TILE_K / 1024 / efficiency
+    clocks = waves * blocks_per_sm * steps * bm * bn * TILE_K / 1024 / efficiency
     if partial_outputs > 1:
         clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms
         clocks += LAUNCH_CLOCKS if summing_launch else 0
     return clocks
 
 
-def _mma_tiles(blocks_per_sm=None) -> dict:
-    """_choose's tiles of fprop, or of dgrad with its {name: blocks per SM} (BLOCKS_PER_SM otherwise)."""
-    return {name: (spec.bm, spec.efficiency, (blocks_per_sm or {}).get(name, BLOCKS_PER_SM))
-            for name, spec in TILES.items()}
+def _mma_tiles(blocks_per_sm=None, names=tuple(TILES)) -> dict:
+    """_choose's tiles `names` of fprop, or of dgrad with its {name: blocks per SM} (BLOCKS_PER_SM
+    otherwise)."""
+    return {name: (TILES[name].bm, TILES[name].bn, TILES[name].efficiency,
+                   (blocks_per_sm or {}).get(name, BLOCKS_PER_SM)) for name in names}
 
 
 def _check_tiles(words: int) -> None:
@@ -305,17 +313,20 @@ def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None, flat=No
     _check_index_range(g)
     depth = step_depth(dtype)
     if flat is None:
-        flat = flat_supported(g) and fprop_steps(g, depth, True) < fprop_steps(g, depth, False)
+        flat = (flat_supported(g) and fprop_steps(g, depth, True) < fprop_steps(g, depth, False)
+                and tile in (None, *FLAT_TILES))
     elif flat and not flat_supported(g):
         raise ValueError(f"the flattened fprop kernel takes R*S*C/G <= {FLAT_MAX} and R + S < {MAX_TAP_BITS}, not "
                          f"{g.R}x{g.S} over {g.C // g.groups} channels per group")
+    elif flat and tile not in (None, *FLAT_TILES):
+        raise ValueError(f"the flattened fprop kernel has the tiles {', '.join(FLAT_TILES)}, not {tile!r}")
     kg, npq = g.K // g.groups, g.N * g.P * g.Q
     out = math.prod(g.y_shape)
-    name, splits, chunk = _choose(kg, npq, g.groups, fprop_steps(g, depth, flat), out, sms, _mma_tiles(), tile,
-                                  splits)
+    tiles = _mma_tiles(names=FLAT_TILES if flat else tuple(TILES))
+    name, splits, chunk = _choose(kg, npq, g.groups, fprop_steps(g, depth, flat), out, sms, tiles, tile, splits)
     spec = TILES[name]
     parts = filter_tile_parts(g, "fprop", spec.bm, depth, flat)
-    grid = (_ceil_div(npq, TILE_N), _ceil_div(kg, spec.bm), g.groups * splits)
+    grid = (_ceil_div(npq, spec.bn), _ceil_div(kg, spec.bm), g.groups * splits)
     kernel = (FLAT_KERNEL if flat else "conv2d_fprop_tc") + spec.suffix
     _check_grid(kernel, grid)
     launches = (_filter_tiles_launch(g, parts), Launch("conv2d_tc", kernel, grid, (THREADS, 1, 1)))
@@ -382,7 +393,7 @@ def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> Conv
     name, splits, chunk = _choose(cg, pixels, batches, steps, out, sms, tiles, tile, splits)
     spec = TILES[name]
     parts = filter_tile_parts(g, "dgrad", spec.bm, depth)
-    grid = (max(1, _ceil_div(pixels, TILE_N)), _ceil_div(cg, spec.bm), batches * splits)
+    grid = (max(1, _ceil_div(pixels, spec.bn)), _ceil_div(cg, spec.bm), batches * splits)
     _check_grid("conv2d_dgrad_tc", grid)
     launches = (_filter_tiles_launch(g, parts), Launch("conv2d_tc", "conv2d_dgrad_tc" + spec.suffix, grid,
                                                        (THREADS, 1, 1)))

@@ -81,7 +81,7 @@ def tensor_pipe(dtype) -> str:
 
 
 def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
-    """The bm x 128 x `depth` block steps the main launch of a tensor-core plan runs, all blocks
+    """The bm x bn x `depth` block steps (wgrad: bm x 128) the main launch of a tensor-core plan runs, all blocks
     together: every block tile steps through its whole reduction `depth` deep (16 TF32 or 32 FP16
     values: conv_tc.step_depth), padding included (fprop: R*S taps of C/G channels padded to
     `depth`, or with a flat plan the R*S*C/G flattened indices padded once: conv_tc.fprop_steps;
@@ -94,7 +94,8 @@ def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
     if pass_name == "fprop":
         return plan.main.grid[0] * row_tiles * conv_tc.fprop_steps(g, depth, conv_tc.is_flat(plan))
     phases = conv_tc.dgrad_phases(g)
-    return row_tiles * sum(-(-(g.N * h * w) // conv_tc.TILE_N) * phases.steps(k, kg, depth)
+    pixels = conv_tc.TILES[plan.tile].bn
+    return row_tiles * sum(-(-(g.N * h * w) // pixels) * phases.steps(k, kg, depth)
                            for k, (h, w) in enumerate(phases.out_shape))
 
 
@@ -119,8 +120,9 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
     plan = TC_PLANS[pass_name](g, dtype=dtype, sms=sms)
     rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow variant
+    columns = conv_tc.TILE_N if pass_name == "wgrad" else conv_tc.TILES[plan.tile].bn   # filter columns or pixels
     depth = conv_tc.step_depth(dtype)
-    issued = 2 * rows * conv_tc.TILE_N * depth * _tensor_core_steps(pass_name, g, plan, depth)
+    issued = 2 * rows * columns * depth * _tensor_core_steps(pass_name, g, plan, depth)
     glue = []
     if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype, sms) == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
@@ -180,7 +182,8 @@ def bias_grad_launch(g, dtype):
 
 
 # A 128 x 128 x 144 (fprop, dgrad) or 128 x 128 x 128 (wgrad) GEMM: whole tiles for every tile edge
-# that divides 128, so the profiled blocks each do a full block's work. (x shape, w shape, padding).
+# that divides 128, so the profiled blocks each do a full block's work (the 96-pixel tiles run 3
+# images: 192 pixels). (x shape, w shape, padding).
 REPRESENTATIVE = {
     "fprop": ((2, 16, 8, 8), (128, 16, 3, 3), 1),
     "dgrad": ((2, 128, 8, 8), (16, 128, 3, 3), 1),
@@ -215,6 +218,8 @@ def representative_run(pass_name: str, tile, dtype):
     tile = tile.removesuffix(FLAT).removesuffix(GATHER)
     shapes = REPRESENTATIVE_FLOAT16 if np.dtype(dtype) == np.float16 else REPRESENTATIVE
     x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else shapes[pass_name]
+    if tile in conv_tc.TILES and conv_tc.TILES[tile].bn != conv_tc.TILE_N:   # fprop, dgrad: 3 x 8 x 8 pixels
+        x_shape = (3,) + x_shape[1:]   # whole tiles of 96
     g = conv_geometry(x_shape, w_shape, 1, padding)
 
     def run():
