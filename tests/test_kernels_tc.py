@@ -512,9 +512,9 @@ def test_tf32_dgrad_runs_every_stride_phase_on_tensor_cores(cfg):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dgrad_adds_the_bias_to_the_fp32_sum_before_its_one_rounding(dtype, monkeypatch):
     """conv_transpose2d's bias: without split-K the dgrad kernel adds it and rounds once (its one
-    launch after the filter tiles': no bias_add, no FP32 partials); with split-K the summing launch adds it. Operands on a
-    1/64 grid make every FP32 sum exact in any order, so dx has the bits of the exact sum plus the
-    bias rounded once (a float16 dx rounded before the bias is added differs)."""
+    launch after the filter tiles': no bias_add, no FP32 partials); with split-K the summing launch
+    adds it. Operands on a 1/64 grid make every FP32 sum exact in any order, so dx has the bits of
+    the exact sum plus the bias rounded once (a float16 dx rounded before the bias is added differs)."""
     rng = np.random.default_rng(29)
     launched = []
     real_launch = backend.launch
@@ -597,9 +597,9 @@ def test_tile_picker_weights_are_the_sm_90_issue_ceilings():
     from cnn_gpu import roofline
     spec = roofline.spec("h100")
     for name, tile in conv_tc.TILES.items():
-        ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", f"conv2d_{pass_name}_tc{tile.suffix}",
-                                                                      dtype, "sm_90"), spec, pipe)
-                    for pass_name in ("fprop", "dgrad") for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
+        kernels = [f"conv2d_{pass_name}_tc{tile.suffix}" for pass_name in ("fprop", "dgrad")]
+        ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
+                    for kernel in kernels for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
         assert tile.efficiency == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
 
 

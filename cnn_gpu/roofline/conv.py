@@ -81,12 +81,12 @@ def tensor_pipe(dtype) -> str:
 
 
 def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
-    """The bm x bn x `depth` block steps (wgrad: bm x 128) the main launch of a tensor-core plan runs, all blocks
-    together: every block tile steps through its whole reduction `depth` deep (16 TF32 or 32 FP16
-    values: conv_tc.step_depth), padding included (fprop: R*S taps of C/G channels padded to
-    `depth`, or with a flat plan the R*S*C/G flattened indices padded once: conv_tc.fprop_steps;
-    dgrad: each stride phase's taps of K/G channels over that phase's pixels; wgrad: the N*P*Q
-    pixels); split-K cuts the steps, adding none."""
+    """The bm x bn x `depth` block steps (wgrad: bm x 128) the main launch of a tensor-core plan
+    runs, all blocks together: every block tile steps through its whole reduction `depth` deep (16
+    TF32 or 32 FP16 values: conv_tc.step_depth), padding included (fprop: R*S taps of C/G channels
+    padded to `depth`, or with a flat plan the R*S*C/G flattened indices padded once:
+    conv_tc.fprop_steps; dgrad: each stride phase's taps of K/G channels over that phase's pixels;
+    wgrad: the N*P*Q pixels); split-K cuts the steps, adding none."""
     if pass_name == "wgrad":
         return conv_tc.wgrad_tiles(g, plan.tile) * -(-(g.N * g.P * g.Q) // depth)
     row_tiles = plan.main.grid[1] * g.groups
@@ -112,9 +112,9 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     written); wgrad's pixel table, dgrad's phase table and the filter tiles' tables are made once
     per geometry and cached, no work per call (the main launch reads wgrad's table:
     conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused. fprop's and dgrad's split-K
-    sum reads the FP32 partials and writes the output in the dtype
-    (rounded by that launch); wgrad's kernel sums its own (_wgrad_work). `bias`: fprop's, or
-    dgrad's (conv_transpose2d's), added by the kernel or with split-K by the sum."""
+    sum reads the FP32 partials and writes the output in the dtype (rounded by that launch);
+    wgrad's kernel sums its own (_wgrad_work). `bias`: fprop's, or dgrad's (conv_transpose2d's),
+    added by the kernel or with split-K by the sum."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
