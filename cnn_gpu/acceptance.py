@@ -12,6 +12,8 @@ its own process so one crash does not hide the rest:
                                     device model:gpu adds the roofline model's estimate of this GPU
                                     beside each measured cuda row, to calibrate the model)
   5. short training runs            cnn-gpu train --device cuda --epochs 2, and --precision fp16
+  6. the tensor-core plans          benchmarks/tc_plans.py: each pass's planned tile and dy path
+                                    beside its alternatives, measured next to the model
 
 and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
 whose path it prints. Exit status: 0 all steps passed, 1 a step failed, 2 no usable GPU.
@@ -195,9 +197,13 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
              + (["--max-batches", "5"] if quick else []), 900),
         Step("train fp16", cli + ["train", "--device", "cuda", "--epochs", "2", "--precision", "fp16"]
              + (["--max-batches", "5"] if quick else []), 900),
+        Step("tensor-core plans", [python, "benchmarks/tc_plans.py", "--markdown"]
+             + (["--batch", "32", "--repeat", "5"] if quick else []), 1800),
     ]
     if not Path("tests").is_dir():
         result[0].skipped = "no tests/ folder here (run gpu-check from a checkout to include the test sweep)"
+    if not Path("benchmarks").is_dir():
+        result[-1].skipped = "no benchmarks/ folder here (run gpu-check from a checkout to include the plans)"
     return result
 
 

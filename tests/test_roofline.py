@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 
-from cnn_gpu import bench, nvrtc, roofline
+from cnn_gpu import backend, bench, nvrtc, roofline
 from cnn_gpu.cli import main
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu._grid import Launch
@@ -529,3 +529,41 @@ def test_wgrad_of_images_straddling_a_lanes_pixels_models_its_dy_path(monkeypatc
         assert [e.dram_bytes for e in copies] == ([2 * dy_bytes] if path == "channel_major" else [])
         for kernel, kernel_path in ((conv_tc.GATHER_KERNEL, "gather"), (conv_tc.PAIRS_KERNEL, "pairs")):
             assert len([e for e in estimates if e.kernel.startswith(kernel)]) == (path == kernel_path)
+
+
+def test_tc_plans_put_each_choice_beside_its_alternatives(monkeypatch):
+    """benchmarks/tc_plans.py (a gpu-check step): per pass, the planner's choice marked once and
+    each alternative forced, modeled (measured only with a GPU). On the 1x1 expansion at 7x7 in
+    float16: dgrad picks the 96-pixel tile, which the model puts ahead of the 128-pixel one;
+    wgrad picks the gather kernel over the channel-major copy of dy, each shown."""
+    from pathlib import Path
+    from cnn_gpu.bench import RESNET_LAYERS
+    from cnn_gpu.gpu import conv_tc
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tc_plans
+    rows = tc_plans.rows([RESNET_LAYERS[8]], "h100", 128, repeat=1, dtypes=("float16",))
+    by_pass = {name: [row for row in rows if row[1] == name] for name in tc_plans.PASSES}
+    for name, passes in by_pass.items():
+        assert [row[6] for row in passes].count("*") == 1, name
+        assert len({row[3] for row in passes}) == len(passes) and all(row[5] == "-" for row in passes)
+    plans = {row[3].split()[0]: (float(row[4]), row[6]) for row in by_pass["dgrad"]}
+    assert set(plans) == {"conv2d_dgrad_tc" + tile.suffix for tile in conv_tc.TILES.values()}
+    assert plans["conv2d_dgrad_tc_n96"][1] == "*" and plans["conv2d_dgrad_tc_n96"][0] < plans["conv2d_dgrad_tc"][0]
+    wgrad = {row[3]: row[6] for row in by_pass["wgrad"]}
+    assert any(plan.endswith("+ dy copy") for plan in wgrad)
+    assert [plan.split()[0] for plan, picked in wgrad.items() if picked] == ["conv2d_wgrad_tc_gather_m64"]
+
+
+@pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason="emulator unavailable")
+def test_tc_plans_run_every_forced_plan(monkeypatch):
+    """The measured column's calls (conv_tc's launchers with each plan forced), on the emulator for
+    a small 7x7 layer in both dtypes: every alternative runs and gets a time (a GPU run of
+    benchmarks/tc_plans.py then finds no broken plan)."""
+    from pathlib import Path
+    from cnn_gpu.bench.shapes import ConvShape
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tc_plans
+    rows = tc_plans.rows([ConvShape(2, 40, 7, 7, 72, 1, 1, 0)], "h100", 2, repeat=1, be="emu")
+    assert {(row[1], row[2]) for row in rows} == {(p, d) for p in tc_plans.PASSES for d in tc_plans.DTYPES}
+    assert all(float(row[5]) > 0 for row in rows)
+    assert any(row[3].endswith("+ dy copy") for row in rows) and any("gather" in row[3] for row in rows)

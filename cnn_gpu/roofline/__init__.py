@@ -56,7 +56,8 @@ def has_tensor_cores(gpu: GpuSpec) -> bool:
 def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, math: str = "fp32",
                **overrides) -> list[LaunchEstimate]:
     """One estimate per launch of the pass ("fprop", "dgrad" or "wgrad") on geometry `g`, planned for
-    `gpu`'s SM count (`overrides`: the SIMT planner's tile= and splits=); the GEMM launch's shared
+    `gpu`'s SM count (`overrides`: the planner's choices to force, as its plan_* functions take them:
+    tile= and splits=, and for the tensor-core plans also wgrad's dy_path=); the GEMM launch's shared
     wavefronts come from a profile of the same kernel variant. math="tf32" (float32): what that
     mode runs, and float16 in any mode (module docstring), the steps outside the plan first.
     `bias`: fprop's, or dgrad's (conv_transpose2d's: in the tensor-core kernel's epilogue, else a
@@ -67,7 +68,7 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
     tf32 = math == "tf32" and np.dtype(dtype) == np.float32
     half = np.dtype(dtype) == np.float16
     if (tf32 or half) and has_tensor_cores(gpu):
-        on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, gpu.sms, bias=bias)
+        on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, gpu.sms, bias=bias, **overrides)
         if on_tensor_cores is not None:
             plan, launches, glue = on_tensor_cores
             profile = (pass_name, conv.profile_variant(plan))

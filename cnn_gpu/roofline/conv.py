@@ -99,7 +99,7 @@ def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
                            for k, (h, w) in enumerate(phases.out_shape))
 
 
-def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False):
+def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **overrides):
     """(plan, [(Launch, LaunchWork)], glue) of a pass on the tensor-core kernels as
     cnn_gpu.functional.conv routes it (float32 in the "tf32" mode, float16; conv_tc.plan_fprop /
     plan_dgrad / plan_wgrad, planned for `sms` SMs), or None where the pass stays on the SIMT
@@ -114,17 +114,20 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused. fprop's and dgrad's split-K
     sum reads the FP32 partials and writes the output in the dtype (rounded by that launch);
     wgrad's kernel sums its own (_wgrad_work). `bias`: fprop's, or dgrad's (conv_transpose2d's),
-    added by the kernel or with split-K by the sum."""
+    added by the kernel or with split-K by the sum. `overrides`: the plan_* function's forced
+    choices (tile=, splits=, wgrad's dy_path=)."""
     if g.is_depthwise or (pass_name == "wgrad" and not conv_tc.wgrad_supported(g)):
         return None
     item, pipe = np.dtype(dtype).itemsize, tensor_pipe(dtype)
-    plan = TC_PLANS[pass_name](g, dtype=dtype, sms=sms)
+    plan = TC_PLANS[pass_name](g, dtype=dtype, sms=sms, **overrides)
     rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow variant
     columns = conv_tc.TILE_N if pass_name == "wgrad" else conv_tc.TILES[plan.tile].bn   # filter columns or pixels
     depth = conv_tc.step_depth(dtype)
     issued = 2 * rows * columns * depth * _tensor_core_steps(pass_name, g, plan, depth)
     glue = []
-    if pass_name == "wgrad" and conv_tc.wgrad_dy_path(g, dtype, sms) == "channel_major":
+    dy_path = pass_name == "wgrad" and (overrides.get("dy_path") or conv_tc.wgrad_dy_path(
+        g, dtype, sms, overrides.get("tile"), overrides.get("blocks")))
+    if dy_path == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
     if pass_name == "wgrad":
         works = [_wgrad_work(g, dtype, plan, pipe, issued)]
