@@ -381,6 +381,18 @@ def test_channel_sum(dtype):
         assert_same_bits(got, again, f"channel_sum {(outer, channels, inner)}")
 
 
+def test_channel_sum_blocks_have_no_shared_memory_race():
+    """channel_sum_block over several chunks per channel (3 x 2 x 4900: 4 blocks each) under the race
+    check of shared memory (race="shared": the check does not model the fence and arrival count
+    that order a channel's last block after the others whose partials it reads)."""
+    from cnn_gpu import emu
+    a = np.random.default_rng(13).standard_normal((3, 2, 4900)).astype(np.float32)
+    assert reduce.plan_channel_sum(3, 2, 4900).kernel == "channel_sum_block"
+    with emu.checking(schedule="random", seed=5, race="shared"):
+        got = reduce.channel_sum("emu", a, 3, 2, 4900)
+    np.testing.assert_allclose(got, a.astype(np.float64).sum(axis=(0, 2)), rtol=1e-5, atol=1e-3)
+
+
 def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_once():
     """The float16 build of reduce.cu reads FP16 and adds in FP32 in the float32 build's order (chunk
     partials too: (3, 2, 4900) spans four blocks per channel), so each sum is bit-identical to the

@@ -236,9 +236,10 @@ def test_tf32_fprop_is_bit_identical_under_every_schedule():
 @needs_emu
 def test_tf32_kernels_have_no_shared_memory_race():
     """The race check sees every shared word of the two stages and of wgrad's pixel table, in every
-    tile (the 96-pixel one's idle loader warp included) and float16's gather kernel. wgrad runs
-    without partials: the check does not model the fence and arrival count that order a tile's
-    summing block after the blocks whose partials it reads (it reports that read as a race)."""
+    tile (the 96-pixel one's idle loader warp included) and float16's gather kernel. wgrad with
+    partials (split-K, stream-K) runs under race="shared": the check does not model the fence and
+    arrival count that order a tile's summing block after the blocks whose partials it reads (it
+    would report that read as a race)."""
     from cnn_gpu import emu
     rng = np.random.default_rng(14)
     cfg = dict(n=2, c=5, h=9, w=8, k=9, r=3, s=2, stride=2, pad=1, dil=1, groups=1)   # 4 wgrad steps
@@ -252,6 +253,17 @@ def test_tf32_kernels_have_no_shared_memory_race():
         for tile in conv_tc.WGRAD_EFFICIENCY:
             conv_tc.wgrad("emu", dy, x, g, splits=1, tile=tile)
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=1, dy_path="gather")
+    cfg = dict(n=2, c=20, h=9, w=8, k=9, r=3, s=3, stride=1, pad=1, dil=1, groups=1)   # 2 tiles of 9 steps
+    x, w, b = _arrays(rng, cfg)
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    stream_k = dict(tile="tc", blocks=5)   # blocks that meet two tiles
+    assert conv_tc.plan_wgrad(g, **stream_k).main.kernel == conv_tc.BALANCED_KERNEL
+    with emu.checking(schedule="random", seed=4, race="shared"):
+        for tile in conv_tc.WGRAD_EFFICIENCY:
+            conv_tc.wgrad("emu", dy, x, g, splits=3, tile=tile)
+        conv_tc.wgrad("emu", dy, x, g, **stream_k)
+        conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, dy_path="gather")
 
 
 def test_tensor_core_kernels_refuse_other_dtypes():

@@ -32,6 +32,10 @@ def validate(name: str, value):
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
     if name == "seed" and value is not None and (not isinstance(value, int) or value < 0):
         raise ValueError(f"seed must be a non-negative int or None; got {value!r}")
+    if name == "race":
+        if value not in (False, True, "shared"):
+            raise ValueError(f"race must be True, False or 'shared'; got {value!r}")
+        return value if value == "shared" else bool(value)
     if name == "timeout" and value is not None and not (
             isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"timeout must be a positive number of seconds (inf: no watchdog) or None; got {value!r}")
@@ -40,7 +44,7 @@ def validate(name: str, value):
 
 @contextlib.contextmanager
 def checking(schedule: str = "forward", seed: int | None = None, guard: bool = True, poison: bool = True,
-             race: bool = False, timeout: float | None = None):
+             race: bool | str = False, timeout: float | None = None):
     """Defaults for every emulator launch inside the block; a launch's own keywords still win.
 
     schedule: order the threads of a block run between barriers ("forward", "reverse", "random");
@@ -50,12 +54,15 @@ def checking(schedule: str = "forward", seed: int | None = None, guard: bool = T
     dynamic shared memory (on by default; guard=False: the arrays as they are, no copies);
     poison: fill shared memory with NaN before each block;
     race: report two threads touching one byte of shared memory with no barrier between them (one
-    of them writing), with both source lines; runs an instrumented build, several times slower;
+    of them writing), with both source lines, and of an array argument (threads of one block, or of
+    two: blocks run in no fixed order); runs an instrumented build, several times slower. "shared":
+    shared memory only, for kernels whose blocks order their global accesses themselves (a
+    __threadfence and an atomic counter, which the check does not model);
     timeout: watchdog seconds for one launch (None: inherit; inf: no watchdog; default 60 or
     $CNN_GPU_EMU_TIMEOUT; the watchdog looks at the clock every 1 to 50 ms)."""
     new = dict(_settings.get())
     for name, value in (("schedule", schedule), ("seed", seed), ("guard", bool(guard)), ("poison", bool(poison)),
-                        ("race", bool(race))):
+                        ("race", race)):
         new[name] = validate(name, value)
     if timeout is not None:
         new["timeout"] = validate("timeout", timeout)

@@ -362,7 +362,8 @@ class Kernel:
     def __call__(self, grid, block, args, shared_mem=0, *, schedule=None, seed=None, guard=None, poison=None,
                  race=None, timeout=None, stream=None):
         """Launch like CuPy. Checking keywords (defaults from `emu.checking`): schedule, seed, guard,
-        poison, race (shared memory race check: an instrumented build, slower), timeout (seconds).
+        poison, race (race check of shared memory and array arguments, or "shared": shared memory
+        only; an instrumented build, slower), timeout (seconds).
         Inside `emu.profiling()` the launch's memory accesses are recorded."""
         settings = effective(schedule=schedule, seed=seed, guard=guard, poison=poison, race=race, timeout=timeout)
         grid3, block3 = _dims("grid", grid), _dims("block", block)
@@ -406,10 +407,11 @@ class Kernel:
             desc.poison = int(settings["poison"])
             desc.guard_shared = int(settings["guard"])
             desc.flush_denormals = int(self.flush_denormals)
-            desc.race_check = int(settings["race"])
+            desc.race_check = int(bool(settings["race"]))
             global_ranges = self._global_ranges(arrays, staging) if settings["race"] or profile else []
-            desc.race_check_global = int(sum(end - begin for begin, end, *_ in global_ranges)
-                                         <= RACE_CHECK_GLOBAL_LIMIT)  # else shared memory only
+            # array arguments too, unless asked for shared memory only or past the shadow's limit
+            desc.race_check_global = int(settings["race"] is True and sum(
+                end - begin for begin, end, *_ in global_ranges) <= RACE_CHECK_GLOBAL_LIMIT)
             if global_ranges:
                 flat = (ctypes.c_ulonglong * (2 * len(global_ranges)))(*[v for r in global_ranges for v in r[:2]])
                 desc.global_ranges = ctypes.addressof(flat)
