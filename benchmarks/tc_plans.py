@@ -98,9 +98,7 @@ def rows(layers, gpu: str, batch: int, repeat: int, dtypes=DTYPES, be="cuda"):
                 seen = set()
                 for forced in choices:
                     plan = _plan(pass_name, g, dtype, spec.sms, forced)
-                    dy_copy = pass_name == "wgrad" and (forced.get("dy_path") or conv_tc.wgrad_dy_path(
-                        g, dtype, spec.sms, forced.get("tile"))) == "channel_major"
-                    words = describe(plan, dy_copy)
+                    words = describe(plan, plan.dy_path == "channel_major")
                     if words in seen:   # an alternative the planner's choice already is
                         continue
                     seen.add(words)

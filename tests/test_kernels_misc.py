@@ -390,7 +390,9 @@ def test_channel_sum_blocks_have_no_shared_memory_race():
     assert reduce.plan_channel_sum(3, 2, 4900).kernel == "channel_sum_block"
     with emu.checking(schedule="random", seed=5, race="shared"):
         got = reduce.channel_sum("emu", a, 3, 2, 4900)
-    np.testing.assert_allclose(got, a.astype(np.float64).sum(axis=(0, 2)), rtol=1e-5, atol=1e-3)
+    assert_same_bits(got, reduce.channel_sum("emu", a, 3, 2, 4900), "channel_sum under the race check")
+    scale = np.abs(a).astype(np.float64).sum(axis=(0, 2))
+    assert np.all(np.abs(got - a.astype(np.float64).sum(axis=(0, 2))) <= 1e-6 * scale)
 
 
 def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_once():

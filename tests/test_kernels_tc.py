@@ -355,7 +355,8 @@ def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype)
         assert (_vector_dy_requests(prof) > 0) == (path != "gather" and not misaligned), (side, misaligned, path)
         assert (dy_path or conv_tc.wgrad_dy_path(g, dtype, tile=tile)) == path
         kernels = {name for name in prof.kernels if name.startswith("conv2d_wgrad")}
-        assert kernels == {conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=2, dy_path=dy_path).main.kernel}
+        plan = conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=2, dy_path=dy_path)
+        assert kernels == {plan.main.kernel} and plan.dy_path == path
         kernel = kernels.pop()
         assert kernel.startswith(conv_tc.GATHER_KERNEL) == (path == "gather")
         assert kernel.startswith(conv_tc.PAIRS_KERNEL) == (path == "pairs")

@@ -295,6 +295,7 @@ class ConvPlan:
     chunk: int = 0
     main_index: int = 0
     padded: Padding | None = None   # fprop: of x; dgrad: of dy
+    dy_path: str | None = None      # tensor-core wgrad: how its kernel reads dy (conv_tc.DY_PATHS)
 
     @property
     def main(self) -> Launch:

@@ -508,7 +508,8 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
         kernel = BALANCED_KERNEL
     else:
         kernel = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL}.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
-    return ConvPlan("wgrad", (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),), tile=name, splits=ranks)
+    return ConvPlan("wgrad", (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),), tile=name, splits=ranks,
+                    dy_path=dy_path)
 
 
 def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
@@ -753,14 +754,13 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     _check_dtype(x)
     if not wgrad_supported(g):
         return None
-    dy_path = dy_path or wgrad_dy_path(g, x.dtype, device_sms(be), tile, blocks)
     plan = plan_wgrad(g, dtype=x.dtype, tile=tile, splits=splits, blocks=blocks, sms=device_sms(be), dy_path=dy_path)
     xp = backend.array_module(be)
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
     arrivals = _arrivals(be, wgrad_tiles(g, plan.tile) if plan.splits > 1 else 1)
-    dy, dy_image, dy_channel = _dy_operand(xp, dy, g, dy_path)
+    dy, dy_image, dy_channel = _dy_operand(xp, dy, g, plan.dy_path)
     pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype))
     args = ((dy, x, pixel_table, dw, partials, arrivals)   # stride and padding: in the table
             + i32(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, *g.dilation)

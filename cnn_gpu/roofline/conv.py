@@ -108,7 +108,7 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     (_tensor_core_steps); split-K partials are FP32. fprop's and dgrad's first launch makes their
     filter tiles (conv2d_tc_filter_tiles: the filter read, the padded tiles written). glue: (name,
     bytes) of the launcher's CuPy work outside the plan, modeled as one memory-bound launch each:
-    wgrad's channel-major copy of dy where it makes one (conv_tc.wgrad_dy_path; dy read and
+    wgrad's channel-major copy of dy where its plan makes one (plan.dy_path; dy read and
     written); wgrad's pixel table, dgrad's phase table and the filter tiles' tables are made once
     per geometry and cached, no work per call (the main launch reads wgrad's table:
     conv_tc.pixel_table_bytes), and wgrad's arrival counts are reused. fprop's and dgrad's split-K
@@ -125,9 +125,7 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     depth = conv_tc.step_depth(dtype)
     issued = 2 * rows * columns * depth * _tensor_core_steps(pass_name, g, plan, depth)
     glue = []
-    dy_path = pass_name == "wgrad" and (overrides.get("dy_path") or conv_tc.wgrad_dy_path(
-        g, dtype, sms, overrides.get("tile"), overrides.get("blocks")))
-    if dy_path == "channel_major":
+    if plan.dy_path == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
     if pass_name == "wgrad":
         works = [_wgrad_work(g, dtype, plan, pipe, issued)]
