@@ -196,8 +196,7 @@ def test_race_check_covers_global_memory_between_threads_and_blocks(rng):
 
 def test_race_check_of_shared_memory_only_leaves_global_memory_out(rng):
     """race="shared": the missing barrier and warp sync in shared memory are still found, two blocks
-    writing one element of an argument no longer (kernels whose blocks order their global accesses
-    with a fence and an atomic counter, which the check does not model); other values refused."""
+    writing one element of an argument no longer; other values refused."""
     x = rng.standard_normal(300).astype(np.float32)
     with pytest.raises(emu.KernelFault, match=r"shared memory race on tile"):
         bugs().get_function("rotate_missing_barrier")((2,), (256,), (x, np.zeros_like(x), np.int32(300)),

@@ -381,14 +381,14 @@ def test_channel_sum(dtype):
         assert_same_bits(got, again, f"channel_sum {(outer, channels, inner)}")
 
 
-def test_channel_sum_blocks_have_no_shared_memory_race():
+def test_channel_sum_blocks_have_no_race():
     """channel_sum_block over several chunks per channel (3 x 2 x 4900: 4 blocks each) under the race
-    check of shared memory (race="shared": the check does not model the fence and arrival count
-    that order a channel's last block after the others whose partials it reads)."""
+    check, global memory included: a channel's last block reads the others' partials after the
+    fences and the arrival count that order it after them."""
     from cnn_gpu import emu
     a = np.random.default_rng(13).standard_normal((3, 2, 4900)).astype(np.float32)
     assert reduce.plan_channel_sum(3, 2, 4900).kernel == "channel_sum_block"
-    with emu.checking(schedule="random", seed=5, race="shared"):
+    with emu.checking(schedule="random", seed=5, race=True):
         got = reduce.channel_sum("emu", a, 3, 2, 4900)
     assert_same_bits(got, reduce.channel_sum("emu", a, 3, 2, 4900), "channel_sum under the race check")
     scale = np.abs(a).astype(np.float64).sum(axis=(0, 2))

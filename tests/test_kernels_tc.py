@@ -234,12 +234,11 @@ def test_tf32_fprop_is_bit_identical_under_every_schedule():
 
 
 @needs_emu
-def test_tf32_kernels_have_no_shared_memory_race():
+def test_tensor_core_kernels_have_no_race():
     """The race check sees every shared word of the two stages and of wgrad's pixel table, in every
-    tile (the 96-pixel one's idle loader warp included) and float16's gather kernel. wgrad with
-    partials (split-K, stream-K) runs under race="shared": the check does not model the fence and
-    arrival count that order a tile's summing block after the blocks whose partials it reads (it
-    would report that read as a race)."""
+    tile (the 96-pixel one's idle loader warp included) and float16's gather kernel, and every
+    global word: wgrad's partials too (split-K, stream-K), which the block summing a tile reads
+    after the fences and the arrival count that order it after the blocks that wrote them."""
     from cnn_gpu import emu
     rng = np.random.default_rng(14)
     cfg = dict(n=2, c=5, h=9, w=8, k=9, r=3, s=2, stride=2, pad=1, dil=1, groups=1)   # 4 wgrad steps
@@ -259,7 +258,7 @@ def test_tf32_kernels_have_no_shared_memory_race():
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     stream_k = dict(tile="tc", blocks=5)   # blocks that meet two tiles
     assert conv_tc.plan_wgrad(g, **stream_k).main.kernel == conv_tc.BALANCED_KERNEL
-    with emu.checking(schedule="random", seed=4, race="shared"):
+    with emu.checking(schedule="random", seed=4, race=True):
         for tile in conv_tc.WGRAD_EFFICIENCY:
             conv_tc.wgrad("emu", dy, x, g, splits=3, tile=tile)
         conv_tc.wgrad("emu", dy, x, g, **stream_k)

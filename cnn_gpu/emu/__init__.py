@@ -10,7 +10,8 @@ Checking options: schedule ("forward" | "reverse" | "random", + seed), poison (N
 memory before each block; on by default), guard (on by default: array arguments end right before
 an inaccessible page, so reads and writes past their end fault; guarded dynamic shared memory;
 guard=False turns it off), race (instrumented build: unordered accesses of two threads to one byte
-of shared memory or of an argument; race="shared": of shared memory only), timeout (watchdog
+of shared memory or of an argument, blocks ordered only by a __threadfence and an atomic;
+race="shared": of shared memory only), timeout (watchdog
 seconds; 60 or $CNN_GPU_EMU_TIMEOUT).
 Faults inside a kernel raise `KernelFault` (kernel, block, thread, source line); Ctrl-C ends a
 launch within about 0.1 s (KeyboardInterrupt); arguments that do not match the kernel's parameters

@@ -55,9 +55,9 @@ def checking(schedule: str = "forward", seed: int | None = None, guard: bool = T
     poison: fill shared memory with NaN before each block;
     race: report two threads touching one byte of shared memory with no barrier between them (one
     of them writing), with both source lines, and of an array argument (threads of one block, or of
-    two: blocks run in no fixed order); runs an instrumented build, several times slower. "shared":
-    shared memory only, for kernels whose blocks order their global accesses themselves (a
-    __threadfence and an atomic counter, which the check does not model);
+    two: blocks run in no fixed order, unless a __threadfence and an atomic order them: release in
+    the writing block, acquire in the reading one); runs an instrumented build, several times
+    slower. "shared": shared memory only;
     timeout: watchdog seconds for one launch (None: inherit; inf: no watchdog; default 60 or
     $CNN_GPU_EMU_TIMEOUT; the watchdog looks at the clock every 1 to 50 ms)."""
     new = dict(_settings.get())

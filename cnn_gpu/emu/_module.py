@@ -242,7 +242,7 @@ def _memory_spans(arrays: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, 
     return [tuple(span) for span in spans]
 
 
-# The global-memory part of the race check keeps ~90 bytes of shadow per 4 bytes of arguments.
+# The global-memory part of the race check keeps ~110 bytes of shadow per 4 bytes of arguments.
 RACE_CHECK_GLOBAL_LIMIT = 8 << 20
 
 
@@ -490,7 +490,7 @@ class Kernel:
             if desc.race_region >= 2:
                 begin, _, name, itemsize = global_ranges[desc.race_region - 2]
                 variable = f"argument {name!r} (element {(desc.fault_address - begin) // itemsize})"
-                space = "global memory"
+                space, kind = "global memory", "global memory race"
             else:
                 variable = shared_variable(library, desc.fault_address)
                 space = "shared memory"

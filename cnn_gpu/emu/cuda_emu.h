@@ -89,10 +89,24 @@ extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_threa
                               (int)(blockDim.x * blockDim.y * blockDim.z))
 #define __syncthreads_or(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__) != 0)
 
-/* Fibers never preempt each other, so memory is coherent at every point a kernel can observe. */
-static __forceinline__ void __threadfence() { __asm__ __volatile__("" ::: "memory"); }
+/* Fibers never preempt each other, so memory is coherent at every point a kernel can observe. The
+ * instrumented build tells the runtime of each device-scope fence: with an atomic, it orders global
+ * memory between blocks for the race check (emu_runtime.cpp, "fences and atomics between blocks"). */
+#ifdef CNN_GPU_EMU_INSTRUMENTED
+extern "C" void cnn_gpu_emu_fence(cnn_gpu_emu_thread* me);
+#define CNN_GPU_EMU_DEVICE_FENCE() cnn_gpu_emu_fence(cnn_gpu_emu_module.current)
+#else
+#define CNN_GPU_EMU_DEVICE_FENCE() ((void)0)
+#endif
+static __forceinline__ void __threadfence() {
+    __asm__ __volatile__("" ::: "memory");
+    CNN_GPU_EMU_DEVICE_FENCE();
+}
 static __forceinline__ void __threadfence_block() { __asm__ __volatile__("" ::: "memory"); }
-static __forceinline__ void __threadfence_system() { __asm__ __volatile__("" ::: "memory"); }
+static __forceinline__ void __threadfence_system() {
+    __asm__ __volatile__("" ::: "memory");
+    CNN_GPU_EMU_DEVICE_FENCE();
+}
 
 /* --- warp shuffles and votes (full-mask semantics: every lane of the warp must take part) -- */
 template <class T>

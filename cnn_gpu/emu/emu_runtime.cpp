@@ -125,13 +125,15 @@ struct Warp {
 // accessed in parts (float16 elements), so that threads touching different bytes never conflict.
 // Two accesses of different threads of a block conflict unless a barrier separates them, or a warp
 // exchange does and both are lanes of one warp; in global memory, accesses of different blocks
-// always conflict (nothing orders blocks).
+// conflict unless a __threadfence and an atomic order them (Sync, below).
 struct Access {
     int thread;
     int warp;
     unsigned int warp_epoch;
-    unsigned int block;  // position in the launch's block order
+    unsigned int block;   // position in the launch's block order
     void* site;
+    unsigned int epoch;   // the launch's barrier epoch at the access
+    unsigned int fences;  // __threadfence() calls of the thread before it
 };
 
 struct Region {
@@ -197,6 +199,7 @@ struct Launch {
     unsigned int split_words, split_capacity;
     Region* regions;             // static shared, dynamic shared, then the array arguments
     int region_count;
+    struct Sync* sync;           // fences and atomics between blocks (race check of global memory)
     Profiler* profiler;          // memory-access profile of this launch, if asked for
     unsigned int block_serial;   // 1 + blocks started so far (the profiler's per-block state)
 };
@@ -576,6 +579,13 @@ bool canary_intact(const char* from, const char* to) {
 
 // --- entry points used by kernels (through cuda_emu.h) ------------------------------------------
 
+namespace {
+void sync_barrier(Launch* L, Fiber* self);
+void sync_fence(Launch* L, Fiber* self, void* site);
+void sync_atomic(Launch* L, Fiber* self, char* address, void* site);
+bool in_array_argument(Launch* L, const char* a);
+}  // namespace
+
 // __syncthreads and its _count/_and/_or forms: returns how many threads passed a non-zero value.
 EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, int line) {
     Fiber* self = (Fiber*)me;
@@ -594,6 +604,7 @@ EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me,
     L->barrier_count[parity] += value != 0;
     self->state = AT_BARRIER;
     if (++L->at_barrier == L->n) {  // everyone arrived (an exited thread never does)
+        if (L->sync) sync_barrier(L, self);
         for (int i = 0; i < L->n; ++i) L->fibers[i].state = RUNNABLE;
         L->at_barrier = 0;
         L->epoch++;
@@ -644,25 +655,29 @@ bool ordered(const Access& earlier, int warp, unsigned int warp_epoch) {
     if (other.block != L->block_number)
         runtime_fault(L, self, CNN_GPU_EMU_RACE, nullptr, other.site,
                       "global memory race at byte %zu: this thread %s thread %d of another block "
-                      "(blocks run in no fixed order)", offset, what, other.thread);
+                      "(blocks run in no fixed order; no __threadfence() and atomic order the two)", offset, what,
+                      other.thread);
     runtime_fault(L, self, CNN_GPU_EMU_RACE, &L->fibers[other.thread], other.site,
                   "%s memory race at byte %zu: this thread %s thread %d with no __syncthreads() in between "
                   "(missing barrier?)", region == 0 ? "static shared" : region == 1 ? "dynamic shared" : "global",
                   offset, what, other.thread);
 }
 
+bool released_to(Launch* L, int me, const Access& earlier);
+unsigned int fences_of(Launch* L, int me);
+
 void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, int region, size_t offset) {
     const int me = self->linear, warp = me / kWarp;
     const unsigned int warp_epoch = L->warps[warp].epoch, epoch = L->epoch, block = L->block_number;
     // conflicts with an earlier access of another thread: same epoch and not warp-ordered, or
-    // (global memory) another block's
+    // (global memory) another block's that no fence and atomic ordered before this one
     auto conflicts = [&](const Access& earlier, unsigned int earlier_epoch) {
-        if (earlier.block != block) return region >= 2;
+        if (earlier.block != block) return region >= 2 && !released_to(L, me, earlier);
         return earlier_epoch == epoch && earlier.thread != me && !ordered(earlier, warp, warp_epoch);
     };
     if (w->write_epoch && conflicts(w->writer, w->write_epoch))
         report_race(L, self, site, w->writer, region, offset, write ? "writes a word written by" : "reads a word written by");
-    Access access = {me, warp, warp_epoch, block, site};
+    Access access = {me, warp, warp_epoch, block, site, epoch, fences_of(L, me)};
     if (write) {
         if (w->read_epoch)
             for (int i = 0; i < w->readers; ++i)
@@ -697,6 +712,241 @@ void* fiber_realloc(Launch* L, Fiber* self, void* site, void* p, size_t bytes, c
         runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for %s", what);
     }
     return grown;
+}
+
+// --- fences and atomics between blocks (race check of global memory) ----------------------------
+// Blocks run in no fixed order, but a block may read what another wrote when a device-scope fence
+// and an atomic order them: the release and acquire patterns of the PTX memory model (a fence,
+// then an atomic, in the writing block; an atomic, then a fence, in the reading one), as the
+// last-block sums of reduce.cu (channel_sum_block) and conv2d_tc.cu (wgrad's partials) use them.
+// Modelled, fences being cumulative (a fence orders what its thread has seen: its own accesses,
+// and the block's before a barrier it has passed):
+// - release: an atomic of thread X covers an access of its block made before a fence that
+//   happens before the atomic: a fence of the access's own thread after it (X's, or another
+//   thread's before the last barrier), or any fence in a later barrier epoch (X's own, or another
+//   thread's before the last barrier). A release record keeps those fence counts per thread and
+//   that epoch. The atomic's word keeps a clock: per block, the latest release made through it
+//   (atomics on one word join theirs: a chain of read-modify-writes carries each release on),
+//   with what X had acquired itself.
+// - acquire: an atomic of thread Y takes its word's clock. It holds from Y's next fence for Y,
+//   from a thread's first fence after the next barrier for the others, and for every thread after
+//   a barrier that follows a fence of a thread that held it.
+// An access of another block is ordered before this thread's when this thread holds a release of
+// that block that covers it. Block-scope fences and warp exchanges order nothing here.
+
+struct ClockEntry {
+    unsigned int block;    // position in the launch's block order
+    unsigned int release;  // the latest release of that block known (1 + its index)
+};
+struct Clock {
+    ClockEntry* entries;   // sorted by block
+    unsigned int count, capacity;
+};
+struct SyncWord {
+    uintptr_t address;     // of an atomic on an array argument
+    Clock clock;
+};
+struct Sync {
+    int n;                         // threads per block
+    // the running block, per thread
+    unsigned int* fences;          // __threadfence() calls so far
+    unsigned int* fences_at_barrier;
+    unsigned int* fence_epoch;     // epoch of its last fence (0: none)
+    Clock* pending;                // taken by its atomics, not yet held
+    Clock* held;
+    // the running block
+    Clock committed;               // the pending clocks at the last barrier: held from a fence after it
+    Clock block_held;              // held by every thread: what threads held at the last barrier
+    unsigned int fenced_epoch;     // the latest epoch with a fence before the last barrier (0: none)
+    unsigned int block_release;    // the block's latest release (0: none)
+    // the launch
+    unsigned int* release_fences;  // release r: n fence counts at (r - 1) * (n + 1), then its epoch
+    unsigned int releases, release_capacity;
+    SyncWord* words;               // sorted by address
+    unsigned int word_count, word_capacity;
+    Clock scratch;
+};
+
+unsigned int clock_find(const Clock& c, unsigned int block) {
+    unsigned int lo = 0, hi = c.count;
+    while (lo < hi) {
+        unsigned int mid = (lo + hi) / 2;
+        if (c.entries[mid].block < block) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < c.count && c.entries[lo].block == block ? c.entries[lo].release : 0;
+}
+
+void clock_reserve(Launch* L, Fiber* self, void* site, Clock& c, unsigned int count) {
+    if (count <= c.capacity) return;
+    unsigned int capacity = c.capacity ? 2 * c.capacity : 16;
+    while (capacity < count) capacity *= 2;
+    c.entries = (ClockEntry*)fiber_realloc(L, self, site, c.entries, capacity * sizeof(ClockEntry), "the race check");
+    c.capacity = capacity;
+}
+
+// into = the later release of each block in into or from
+void clock_join(Launch* L, Fiber* self, void* site, Clock& into, const Clock& from) {
+    if (!from.count) return;
+    Clock& merged = L->sync->scratch;
+    clock_reserve(L, self, site, merged, into.count + from.count);
+    unsigned int i = 0, j = 0, k = 0;
+    while (i < into.count || j < from.count) {
+        if (j == from.count || (i < into.count && into.entries[i].block < from.entries[j].block)) {
+            merged.entries[k++] = into.entries[i++];
+        } else if (i == into.count || from.entries[j].block < into.entries[i].block) {
+            merged.entries[k++] = from.entries[j++];
+        } else {
+            ClockEntry e = into.entries[i++];
+            if (from.entries[j].release > e.release) e.release = from.entries[j].release;
+            ++j;
+            merged.entries[k++] = e;
+        }
+    }
+    clock_reserve(L, self, site, into, k);
+    memcpy(into.entries, merged.entries, k * sizeof(ClockEntry));
+    into.count = k;
+}
+
+void clock_free(Clock& c) {
+    free(c.entries);
+    c = Clock{};
+}
+
+bool sync_begin(Launch* L) {
+    Sync* s = (Sync*)calloc(1, sizeof(Sync));
+    L->sync = s;
+    if (!s) return false;
+    s->n = L->n;
+    s->fences = (unsigned int*)calloc((size_t)L->n, sizeof(unsigned int));
+    s->fences_at_barrier = (unsigned int*)calloc((size_t)L->n, sizeof(unsigned int));
+    s->fence_epoch = (unsigned int*)calloc((size_t)L->n, sizeof(unsigned int));
+    s->pending = (Clock*)calloc((size_t)L->n, sizeof(Clock));
+    s->held = (Clock*)calloc((size_t)L->n, sizeof(Clock));
+    return s->fences && s->fences_at_barrier && s->fence_epoch && s->pending && s->held;
+}
+
+void sync_end(Launch* L) {
+    Sync* s = L->sync;
+    if (!s) return;
+    for (int i = 0; s->pending && s->held && i < s->n; ++i) {
+        clock_free(s->pending[i]);
+        clock_free(s->held[i]);
+    }
+    for (unsigned int i = 0; i < s->word_count; ++i) clock_free(s->words[i].clock);
+    clock_free(s->committed);
+    clock_free(s->block_held);
+    clock_free(s->scratch);
+    free(s->fences);
+    free(s->fences_at_barrier);
+    free(s->fence_epoch);
+    free(s->pending);
+    free(s->held);
+    free(s->release_fences);
+    free(s->words);
+    free(s);
+    L->sync = nullptr;
+}
+
+// before each block: its threads have neither fenced nor acquired anything
+void sync_begin_block(Sync* s) {
+    memset(s->fences, 0, (size_t)s->n * sizeof(unsigned int));
+    memset(s->fences_at_barrier, 0, (size_t)s->n * sizeof(unsigned int));
+    memset(s->fence_epoch, 0, (size_t)s->n * sizeof(unsigned int));
+    for (int i = 0; i < s->n; ++i) s->pending[i].count = s->held[i].count = 0;
+    s->committed.count = s->block_held.count = 0;
+    s->fenced_epoch = 0;
+    s->block_release = 0;
+}
+
+// the last thread to arrive at a barrier, before the barrier's epoch ends
+void sync_barrier(Launch* L, Fiber* self) {
+    Sync* s = L->sync;
+    void* site = self->wait_site;
+    for (int t = 0; t < s->n; ++t) {
+        s->fences_at_barrier[t] = s->fences[t];
+        if (s->fence_epoch[t] > s->fenced_epoch) s->fenced_epoch = s->fence_epoch[t];
+        clock_join(L, self, site, s->committed, s->pending[t]);
+        s->pending[t].count = 0;
+        clock_join(L, self, site, s->block_held, s->held[t]);
+    }
+}
+
+void sync_fence(Launch* L, Fiber* self, void* site) {
+    Sync* s = L->sync;
+    const int me = self->linear;
+    s->fences[me]++;
+    s->fence_epoch[me] = L->epoch;
+    clock_join(L, self, site, s->held[me], s->pending[me]);
+    s->pending[me].count = 0;
+    clock_join(L, self, site, s->held[me], s->committed);
+}
+
+// an atomic of this thread on an array argument: acquires the word's clock, then releases
+void sync_atomic(Launch* L, Fiber* self, char* address, void* site) {
+    Sync* s = L->sync;
+    const int me = self->linear, n = s->n;
+    const uintptr_t key = (uintptr_t)address & ~(uintptr_t)3;
+    unsigned int lo = 0, hi = s->word_count;
+    while (lo < hi) {
+        unsigned int mid = (lo + hi) / 2;
+        if (s->words[mid].address < key) lo = mid + 1;
+        else hi = mid;
+    }
+    const bool found = lo < s->word_count && s->words[lo].address == key;
+    if (found) clock_join(L, self, site, s->pending[me], s->words[lo].clock);
+    const unsigned int epoch = s->fence_epoch[me] > s->fenced_epoch ? s->fence_epoch[me] : s->fenced_epoch;
+    if (!epoch && !s->held[me].count && !s->block_held.count) return;   // no fence yet: releases nothing
+    // the release record, written after the last one; kept only if it differs from the block's latest
+    const size_t stride = (size_t)n + 1;
+    if (s->releases == s->release_capacity) {
+        unsigned int capacity = s->release_capacity ? 2 * s->release_capacity : 16;
+        s->release_fences = (unsigned int*)fiber_realloc(L, self, site, s->release_fences,
+                                                         capacity * stride * sizeof(unsigned int), "the race check");
+        s->release_capacity = capacity;
+    }
+    unsigned int* record = &s->release_fences[s->releases * stride];
+    for (int t = 0; t < n; ++t) record[t] = t == me ? s->fences[t] : s->fences_at_barrier[t];
+    record[n] = epoch;
+    const unsigned int* latest = s->block_release ? &s->release_fences[(s->block_release - 1) * stride] : nullptr;
+    if (!latest || memcmp(latest, record, stride * sizeof(unsigned int)) != 0) s->block_release = ++s->releases;
+    if (!found) {
+        if (s->word_count == s->word_capacity) {
+            unsigned int capacity = s->word_capacity ? 2 * s->word_capacity : 16;
+            s->words = (SyncWord*)fiber_realloc(L, self, site, s->words, capacity * sizeof(SyncWord), "the race check");
+            s->word_capacity = capacity;
+        }
+        memmove(&s->words[lo + 1], &s->words[lo], (s->word_count - lo) * sizeof(SyncWord));
+        s->words[lo] = SyncWord{key, Clock{}};
+        s->word_count++;
+    }
+    Clock& clock = s->words[lo].clock;
+    ClockEntry entry = {L->block_number, s->block_release};
+    const Clock released = {&entry, 1, 1};
+    clock_join(L, self, site, clock, released);
+    clock_join(L, self, site, clock, s->held[me]);
+    clock_join(L, self, site, clock, s->block_held);
+}
+
+unsigned int fences_of(Launch* L, int me) {
+    return L->sync ? L->sync->fences[me] : 0;
+}
+
+// whether `earlier`, an access of another block, is ordered before this thread's access
+bool released_to(Launch* L, int me, const Access& earlier) {
+    Sync* s = L->sync;
+    if (!s) return false;
+    unsigned int release = clock_find(s->held[me], earlier.block), shared = clock_find(s->block_held, earlier.block);
+    if (shared > release) release = shared;
+    if (!release) return false;
+    const unsigned int* record = &s->release_fences[(size_t)(release - 1) * ((size_t)s->n + 1)];
+    return record[earlier.thread] > earlier.fences || earlier.epoch < record[s->n];
+}
+
+bool in_array_argument(Launch* L, const char* a) {
+    for (int region = 2; region < L->region_count; ++region)
+        if (a >= L->regions[region].begin && a < L->regions[region].end) return true;
+    return false;
 }
 
 // The four byte states of a word, made on its first access in parts from its word state (each
@@ -1053,6 +1303,9 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
     Launch* L = self->launch;
     if (L->stop_kind) stop_at_access(L, self, site, L->stop_kind, "stopped by the tick");
     if (L->shadow && !me->in_atomic) race_check(L, self, (char*)address, size, write, site);
+    // an atomic's read stands for it (a read-modify-write)
+    if (L->sync && me->in_atomic && !write && in_array_argument(L, (char*)address))
+        sync_atomic(L, self, (char*)address, site);
     if (!L->profiler) return;
     L->busy = 1;  // the tick must not jump out of malloc
     __asm__ __volatile__("" ::: "memory");
@@ -1060,6 +1313,14 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
     __asm__ __volatile__("" ::: "memory");
     L->busy = 0;
     if (!recorded) stop_at_access(L, self, site, CNN_GPU_EMU_SETUP, "out of memory for the memory-access profile");
+}
+
+// __threadfence() in the instrumented build: orders global memory between blocks for the race check
+EXPORT void cnn_gpu_emu_fence(cnn_gpu_emu_thread* me) {
+    if (!me) return;
+    Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    if (L->sync) sync_fence(L, self, __builtin_return_address(0));
 }
 
 // --- cp.async (cuda_emu.h): the pending copies of each thread ---------------------------------------
@@ -1194,7 +1455,10 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
             words += (size_t)(g.end - g.begin + 3) / 4;
         }
         L->shadow = L->regions ? (ShadowWord*)calloc(words + 1, sizeof(ShadowWord)) : nullptr;
-        if (!L->shadow) {
+        if (!L->shadow || (d->race_check_global && !sync_begin(L))) {
+            sync_end(L);
+            free(L->shadow);
+            free(L->regions);
             d->fault_kind = CNN_GPU_EMU_SETUP;
             snprintf(d->message, sizeof d->message, "cannot allocate the race check's shadow memory");
             return d->fault_kind;
@@ -1204,6 +1468,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     L->instrumented = d->race_check || L->profiler;
     if (L->profiler && !profile_begin(L, L->profiler)) {
         profile_end(L->profiler, false);
+        sync_end(L);
         free(L->shadow);
         free(L->regions);
         d->fault_kind = CNN_GPU_EMU_SETUP;
@@ -1293,6 +1558,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 L->warps[w].epoch = 0;
             }
             L->epoch++;
+            if (L->sync) sync_begin_block(L->sync);
             Fiber* first = &L->fibers[L->order[0]];
             m->current = &first->view;
             cnn_gpu_emu_switch(&L->main_sp, first->sp);
@@ -1307,6 +1573,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
         }
     }
     L = Lp;
+    sync_end(L);
     free(L->shadow);
     free(L->byte_shadow);
     free(L->regions);

@@ -1,0 +1,50 @@
+"""The race check of global memory orders blocks by a __threadfence and an atomic, as the PTX
+memory model's release and acquire patterns do (tests/emu_kernels/fence_handoff.cu): the last-block
+hand-off passes with every thread fencing before the barrier, or thread 0 fencing after it; without
+the release fence, without the acquire fence, with block-scope fences only, or with a write after
+the release, the last block's read is reported, naming the partial and both threads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import EMU_KERNELS, needs_emu, planted_kernels
+
+pytestmark = needs_emu
+BLOCKS, THREADS = 5, 64
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return planted_kernels("fence_handoff")
+
+
+def _run(kernels, name, schedule="forward", seed=None):
+    x = np.random.default_rng(8).standard_normal(BLOCKS * THREADS).astype(np.float32)
+    out = np.zeros(THREADS, np.float32)
+    kernels.get_function(name)((BLOCKS,), (THREADS,),
+                               (x, np.zeros(BLOCKS * THREADS, np.float32), np.zeros(1, np.uint32), out),
+                               race=True, schedule=schedule, seed=seed)
+    return x, out
+
+
+@pytest.mark.parametrize("name", ["every_thread_fences", "thread0_fences"])
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
+def test_a_fenced_last_block_handoff_is_no_race(kernels, name, schedule):
+    x, out = _run(kernels, name, schedule, seed=3)
+    expected = (2.0 * x.reshape(BLOCKS, THREADS).astype(np.float64)).sum(axis=0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["plant_no_release", "plant_no_acquire", "plant_block_scope",
+                                  "plant_write_after_release"])
+@pytest.mark.parametrize("schedule", ["forward", "random"])
+def test_a_handoff_missing_its_ordering_is_a_race(kernels, name, schedule):
+    from cnn_gpu import emu
+    with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'partials' \(element \d+\): this "
+                                              r"thread reads a word written by thread \d+ of another block") as caught:
+        _run(kernels, name, schedule, seed=5)
+    assert caught.value.kind == "global memory race"
+    source = EMU_KERNELS / "fence_handoff.cu"
+    (line,) = [i + 1 for i, text in enumerate(source.read_text().splitlines()) if "sum += partials" in text]
+    assert caught.value.source.startswith(f"{source}:{line} ")
