@@ -7,12 +7,14 @@ its own process so one crash does not hide the rest:
   2. the op cross-check             cnn-gpu check --device cuda --thorough   (float64, float32,
                                     float32 in the tf32 math mode and float16: the tensor-core kernels)
   3. the kernel resource report     cnn-gpu kernels
-  4. the benchmark                  cnn-gpu bench --shapes resnet --math fp32,tf32 --dtype float32,float16
+  4. the mma.sync issue rate        benchmarks/mma_rate.py: the tensor pipe's clocks per HMMA and
+                                    TFLOP/s, measured next to the rate the model assumes
+  5. the benchmark                  cnn-gpu bench --shapes resnet --math fp32,tf32 --dtype float32,float16
                                     (PyTorch in the same modes when present,
                                     device model:gpu adds the roofline model's estimate of this GPU
                                     beside each measured cuda row, to calibrate the model)
-  5. short training runs            cnn-gpu train --device cuda --epochs 2, and --precision fp16
-  6. the tensor-core plans          benchmarks/tc_plans.py: each pass's planned tile and dy path
+  6. short training runs            cnn-gpu train --device cuda --epochs 2, and --precision fp16
+  7. the tensor-core plans          benchmarks/tc_plans.py: each pass's planned tile and dy path
                                     beside its alternatives, measured next to the model
 
 and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
@@ -192,6 +194,7 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
         Step("check float16", cli + ["check", "--device", "cuda", mode, "--dtype", "float16", "--markdown",
                                      "--json", str(out_dir / "check-float16.json")], 1800),
         Step("kernels", cli + ["kernels"], 900),
+        Step("mma.sync issue rate", [python, "benchmarks/mma_rate.py", "--markdown"], 300),
         Step("bench", bench, 3600),
         Step("train", cli + ["train", "--device", "cuda", "--epochs", "2"]
              + (["--max-batches", "5"] if quick else []), 900),
@@ -203,7 +206,9 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
     if not Path("tests").is_dir():
         result[0].skipped = "no tests/ folder here (run gpu-check from a checkout to include the test sweep)"
     if not Path("benchmarks").is_dir():
-        result[-1].skipped = "no benchmarks/ folder here (run gpu-check from a checkout to include the plans)"
+        for step in result:
+            if step.command[1].startswith("benchmarks/"):
+                step.skipped = "no benchmarks/ folder here (run gpu-check from a checkout to include this step)"
     return result
 
 

@@ -54,15 +54,6 @@
 // zeroed operands and never stored; reduction entries past the end are zero in both operands.
 // Index range: 32-bit offsets; the launcher refuses tensors of 2^31 or more elements.
 
-// Tensor cores take float32 (as TF32) and float16: the float64 build of this file (the compile
-// gate builds every file per dtype; nothing launches it) is the float32 one.
-#if REAL_IS_DOUBLE
-#undef REAL
-#undef REAL_IS_DOUBLE
-#define REAL float
-#define REAL_IS_DOUBLE 0
-#endif
-
 #include "mma_tile.cuh"
 
 #define TC_FLAT_MAX 512   // indices of a flattened fprop reduction (conv_tc.FLAT_MAX): a 4 KiB table

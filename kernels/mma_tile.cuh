@@ -24,6 +24,15 @@
 // different 16-byte bank groups, so an ldmatrix matrix (8 rows x 16 bytes) and a quarter warp's
 // 16-byte stores to 8 consecutive rows each take one wavefront.
 
+// Tensor cores take float32 (as TF32) and float16: the float64 build of a file that includes this
+// one (the compile gate builds every file per dtype; nothing launches it) is the float32 one.
+#if REAL_IS_DOUBLE
+#undef REAL
+#undef REAL_IS_DOUBLE
+#define REAL float
+#define REAL_IS_DOUBLE 0
+#endif
+
 #include "common.cuh"
 
 #define TC_THREADS 128

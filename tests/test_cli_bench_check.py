@@ -446,6 +446,7 @@ def test_acceptance_runs_every_required_command(tmp_path):
     assert any("--math tf32" in c for c in commands if " check " in c)          # the tensor-core kernels
     assert any("--math fp32,tf32" in c for c in commands if " bench " in f" {c} ")
     assert any(c.startswith("benchmarks/tc_plans.py") for c in commands)   # the planner's choices, measured
+    assert any(c.startswith("benchmarks/mma_rate.py") for c in commands)   # the rate the model assumes, measured
 
 
 def test_gpu_timing_uses_one_event_pair_per_call():

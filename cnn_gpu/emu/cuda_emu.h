@@ -108,6 +108,10 @@ static __forceinline__ void __threadfence_system() {
     CNN_GPU_EMU_DEVICE_FENCE();
 }
 
+/* clock64(): the host's time-stamp counter, so that differences are positive and grow with the work
+ * done (not SM clocks: no GPU timing means anything on the emulator) */
+static __forceinline__ long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
+
 /* --- warp shuffles and votes (full-mask semantics: every lane of the warp must take part) -- */
 template <class T>
 static __forceinline__ unsigned long long cnn_gpu_emu_bits(T v) {

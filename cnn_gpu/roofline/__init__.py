@@ -24,15 +24,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import conv
-from .model import (LAUNCH_OVERHEAD_S, KernelTraits, LaunchEstimate, LaunchWork, estimate, memory_bound,
-                    mma_issue_ceiling, mma_issue_clocks)
+from .model import (LAUNCH_OVERHEAD_S, MMA_FMAS, KernelTraits, LaunchEstimate, LaunchWork, estimate, memory_bound,
+                    mma_issue_ceiling, mma_issue_clocks, tensor_peak_flops)
 from .specs import CURRENT_GPU, SPECS, GpuSpec, format_specs, lanes_per_sm, spec
 from .traits import kernel_traits
 
-__all__ = ["CURRENT_GPU", "LAUNCH_OVERHEAD_S", "SPECS", "GpuSpec", "KernelTraits", "LaunchEstimate", "LaunchWork",
+__all__ = ["CURRENT_GPU", "LAUNCH_OVERHEAD_S", "MMA_FMAS", "SPECS", "GpuSpec", "KernelTraits", "LaunchEstimate", "LaunchWork",
            "estimate", "estimate_launch", "format_specs", "has_tensor_cores", "kernel_traits", "lanes_per_sm",
            "memory_bound", "mma_issue_ceiling", "mma_issue_clocks", "model_bias_grad", "model_conv", "roofline_bound",
-           "spec"]
+           "spec", "tensor_peak_flops"]
 
 
 def estimate_launch(launch, work: LaunchWork, dtype, gpu: GpuSpec, profile: tuple | None = None) -> LaunchEstimate:
