@@ -19,6 +19,12 @@ its own process so one crash does not hide the rest:
 
 and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
 whose path it prints. Exit status: 0 all steps passed, 1 a step failed, 2 no usable GPU.
+
+--budget SECONDS is for a GPU lent for minutes (a device lease): the steps that tell most come
+first (the mma.sync rate the model assumes, the tensor-core kernels checked with --quick in tf32 and
+float16, the tensor-core plans timed, then the benchmark and the CUDA test sweep), each stopped
+where the budget ends (CUT: not a failure) and the rest not started (SKIPPED). The report is
+rewritten after every step, so a call that ends early still returns what was done.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PYTEST_NO_TESTS = 5   # pytest's exit status when nothing was collected
+# --budget: the steps in the order they run, and which run as with --quick (the others as in full)
+LEASE_STEPS = (("mma.sync issue rate", False), ("check tf32", True), ("check float16", True),
+               ("tensor-core plans", False), ("bench", False), ("CUDA test sweep", False))
+MIN_STEP_S = 30   # --budget: a step starts only with this much of the budget left
 NO_GPU_HINT = ("gpu-check proves the CUDA kernels on an NVIDIA GPU. On a machine without one, "
                "`make test` and `cnn-gpu check --device emu` check the same kernels on the CPU emulator.")
 
@@ -118,11 +129,14 @@ class Step:
     stdout: str = ""
     stderr: str = ""
     skipped: str = ""
+    cut: bool = False   # stopped where --budget ended
 
     @property
     def status(self) -> str:
         if self.skipped:
             return "SKIPPED"
+        if self.cut:
+            return "CUT"
         return "PASS" if self.returncode == 0 else "FAIL"
 
 
@@ -134,23 +148,34 @@ def _pump(stream, sink, chunks):
     stream.close()
 
 
-def run_step(step: Step) -> Step:
-    """Run the step's command, echoing its output live and keeping a copy for the report."""
+def run_step(step: Step, seconds_left: float | None = None) -> Step:
+    """Run the step's command, echoing its output live and keeping a copy for the report; with
+    `seconds_left` (--budget), stop it there if its own timeout comes later (the step is CUT)."""
+    limit = step.timeout_s if seconds_left is None else min(step.timeout_s, seconds_left)
     print(f"\n=== {step.title}: {' '.join(step.command)}", flush=True)
     start = time.perf_counter()
     out, err = [], []
+    # its own process group: a stopped step takes its child processes with it (they hold its pipes)
     process = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               errors="replace")
+                               errors="replace", start_new_session=True)
     pumps = [threading.Thread(target=_pump, args=(process.stdout, sys.stdout, out), daemon=True),
              threading.Thread(target=_pump, args=(process.stderr, sys.stderr, err), daemon=True)]
     for pump in pumps:
         pump.start()
     try:
-        step.returncode = process.wait(timeout=step.timeout_s)
+        step.returncode = process.wait(timeout=limit)
+    except KeyboardInterrupt:   # the group does not see the terminal's Ctrl-C: stop it here
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         step.returncode = process.wait()
-        err.append(f"\ngpu-check: killed after {step.timeout_s} s\n")
+        step.cut = limit < step.timeout_s
+        err.append(f"\ngpu-check: {'cut at the end of the --budget' if step.cut else 'killed'} after {limit:.0f} s\n")
+    try:   # what the step left running would hold its pipes open
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     for pump in pumps:
         pump.join()
     step.seconds = time.perf_counter() - start
@@ -212,6 +237,13 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
     return result
 
 
+def lease_steps(python: str, out_dir: Path) -> list[Step]:
+    """The steps of --budget (LEASE_STEPS), in the order that tells most in the fewest minutes."""
+    quick = {step.title: step for step in steps(python, out_dir, quick=True)}
+    full = {step.title: step for step in steps(python, out_dir, quick=False)}
+    return [(quick if as_quick else full)[title] for title, as_quick in LEASE_STEPS]
+
+
 def write_report(path: Path, facts, done: list[Step], started: str) -> None:
     from .bench import write_text
     passed = all(s.status != "FAIL" for s in done)
@@ -232,7 +264,7 @@ def write_report(path: Path, facts, done: list[Step], started: str) -> None:
         lines += [output] if "--markdown" in step.command else ["```", output or "(no output)", "```"]
         if step.returncode == PYTEST_NO_TESTS and step.command[1:3] == ["-m", "pytest"]:
             lines += ["", "pytest collected no test marked `gpu`: the CUDA kernels were not exercised by the suite."]
-        if step.status == "FAIL":
+        if step.status in ("FAIL", "CUT"):
             lines += ["", "stderr (last 60 lines):", "", "```", _clean(step.stderr, 60) or "(empty)", "```"]
     plot = path.parent / "bench.png"
     if plot.exists():
@@ -245,10 +277,16 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", metavar="DIR", help="folder for the report and the bench/check files "
                                                      "(default: gpu-check-<UTC time>/)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a fast rehearsal: check --quick, tiny bench shapes, a few training batches")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="a fast rehearsal: check --quick, tiny bench shapes, a few training batches")
+    mode.add_argument("--budget", type=float, metavar="SECONDS",
+                      help="a GPU lent for minutes: the most telling steps first, stopped where SECONDS end")
     args = parser.parse_args(argv)
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget:g}")
 
+    deadline = None if args.budget is None else time.monotonic() + args.budget
     problem = gpu_problem()
     if problem:
         print(f"gpu-check: no usable NVIDIA GPU: {problem}.\n{NO_GPU_HINT}", file=sys.stderr)
@@ -260,12 +298,19 @@ def main(argv=None) -> int:
     facts = environment()
     print("\n".join(f"{name}: {value}" for name, value in facts), flush=True)
     done = []
-    for step in steps(sys.executable, out_dir, args.quick):
-        done.append(step if step.skipped else run_step(step))
+    planned = steps(sys.executable, out_dir, args.quick) if deadline is None else lease_steps(sys.executable, out_dir)
+    for step in planned:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left < MIN_STEP_S and not step.skipped:
+            step.skipped = f"not started: {max(left, 0):.0f} s of the --budget of {args.budget:g} s were left"
+        done.append(step if step.skipped else run_step(step, left))
         write_report(report, facts, done, started)   # a report exists even if a later step hangs
     failed = [s.title for s in done if s.status == "FAIL"]
-    print(f"\ngpu-check: {len(done) - len(failed)} of {len(done)} steps passed"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    passed = [s.title for s in done if s.status == "PASS"]
+    print(f"\ngpu-check: {len(passed)} of {len(done)} steps passed"
+          + (f"; FAILED: {', '.join(failed)}" if failed else "")
+          + "".join(f"; {status}: {', '.join(s.title for s in done if s.status == status)}"
+                    for status in ("CUT", "SKIPPED") if any(s.status == status for s in done)))
     print(f"gpu-check: report written to {report.resolve()}")
     return 1 if failed else 0
 

@@ -484,3 +484,39 @@ def test_acceptance_main_writes_the_report_and_fails_on_a_failed_step(tmp_path, 
     text = report.read_text()
     assert "| check | PASS | 0 |" in text and "| broken | FAIL | 4 |" in text
     assert "| relu | 2 |" in text   # the check's markdown table, pasted as a table
+
+
+def test_a_budget_runs_the_lease_steps_and_cuts_the_step_it_ends_in(tmp_path, monkeypatch, capsys):
+    """--budget (a GPU lent for minutes): steps run in order while the budget lasts; the one it ends
+    in is stopped with its child processes (CUT, not a failure), the rest are not started, and the
+    report says so."""
+    from cnn_gpu import acceptance
+    monkeypatch.setattr(acceptance, "gpu_problem", lambda: "")
+    monkeypatch.setattr(acceptance, "environment", lambda: [("GPU", "pretend")])
+    monkeypatch.setattr(acceptance, "MIN_STEP_S", 1)
+    sleeper = "import subprocess; print('started', flush=True); subprocess.run(['sleep', '60'])"
+    monkeypatch.setattr(acceptance, "lease_steps", lambda python, out: [
+        acceptance.Step("first", [python, "-c", "print('done')"], 60),
+        acceptance.Step("long", [python, "-c", sleeper], 600),
+        acceptance.Step("never", [python, "-c", "print('ran')"], 60)])
+    assert acceptance.main(["--out", str(tmp_path), "--budget", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 3 steps passed; CUT: long; SKIPPED: never" in out and "=== never" not in out
+    text = (tmp_path / "gpu-check-report.md").read_text()
+    assert "Overall: **PASS**" in text and "| first | PASS | 0 |" in text and "| long | CUT |" in text
+    assert "cut at the end of the --budget after" in text and "| never | SKIPPED |" in text
+    assert "not started:" in text and "of the --budget of 4 s were left" in text
+
+
+def test_the_lease_steps_calibrate_the_model_and_check_the_tensor_cores_first(tmp_path):
+    from cnn_gpu import acceptance
+    lease = acceptance.lease_steps("python", tmp_path)
+    assert [step.title for step in lease] == [title for title, _ in acceptance.LEASE_STEPS]
+    commands = [" ".join(step.command[1:]) for step in lease]
+    assert commands[0].startswith("benchmarks/mma_rate.py")
+    assert "--quick --math tf32" in commands[1] and "--quick --dtype float16" in commands[2]
+    assert commands[3] == "benchmarks/tc_plans.py --markdown"   # batch 128, as in full
+    assert "--shapes resnet" in commands[4] and commands[5].startswith("-m pytest -m gpu")
+    for bad in (["--budget", "0"], ["--budget", "60", "--quick"]):
+        with pytest.raises(SystemExit):
+            acceptance.main(bad)
