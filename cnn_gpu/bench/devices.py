@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..backend import available_backends, why_unavailable
-from ..roofline.specs import TF32_FMAS_PER_SM_CLOCK, gpu_properties, lanes_per_sm
+from ..roofline.specs import FP16_PER_TF32, TF32_FMAS_PER_SM_CLOCK, gpu_properties, lanes_per_sm
 
 DEVICES = ("numpy", "emu", "cuda", "torch", "torch-cuda")
 
@@ -218,7 +218,5 @@ def gpu_info() -> dict:
         tf32 = TF32_FMAS_PER_SM_CLOCK.get((major, minor))
         if tf32:
             info["peak_gflops"]["tf32"] = 2 * tf32 * sms * clock_khz / 1e6
-            # dense FP16 with FP32 accumulation runs at twice the TF32 rate on sm_80 and sm_90
-            # (A100 312 vs 156 TFLOP/s, H100 SXM 990 vs 495)
-            info["peak_gflops"]["float16"] = 2 * info["peak_gflops"]["tf32"]
+            info["peak_gflops"]["float16"] = FP16_PER_TF32 * info["peak_gflops"]["tf32"]
     return info

@@ -41,15 +41,17 @@ def estimate_launch(launch, work: LaunchWork, dtype, gpu: GpuSpec, profile: tupl
     return estimate(launch, work, traits, gpu, dtype)
 
 
-def has_tensor_cores(gpu: GpuSpec) -> bool:
-    """Whether the "tf32" mode runs the tensor-core kernels on `gpu` (sm_80 and newer); ValueError
-    for such a GPU whose spec has no TF32 peak to model them against."""
+def has_tensor_cores(gpu: GpuSpec, dtype="float32") -> bool:
+    """Whether convolutions of `dtype` run the tensor-core kernels on `gpu` (sm_80 and newer; float32
+    in the "tf32" mode); ValueError for such a GPU whose spec has no peak of that format (TF32, or
+    FP16 for float16) to model them against."""
     from ..gpu.conv_tc import MIN_ARCH
     if int(gpu.arch[3:]) < MIN_ARCH:
         return False
-    if not gpu.tf32_tflops:
-        raise ValueError(f"{gpu.name} ({gpu.arch}) runs the tf32 mode on tensor cores, but its spec has no TF32 "
-                         f"peak to model them against")
+    half = np.dtype(dtype) == np.float16
+    if not (gpu.fp16_tflops if half else gpu.tf32_tflops):
+        raise ValueError(f"{gpu.name} ({gpu.arch}) runs {'float16 convolutions' if half else 'the tf32 mode'} on "
+                         f"tensor cores, but its spec has no {'FP16' if half else 'TF32'} peak to model them against")
     return True
 
 
@@ -67,7 +69,7 @@ def model_conv(pass_name: str, g, dtype, gpu: GpuSpec, *, bias: bool = False, ma
         raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(MATH_MODES)}")
     tf32 = math == "tf32" and np.dtype(dtype) == np.float32
     half = np.dtype(dtype) == np.float16
-    if (tf32 or half) and has_tensor_cores(gpu):
+    if (tf32 or half) and has_tensor_cores(gpu, dtype):
         on_tensor_cores = conv.tensor_core_launches(pass_name, g, dtype, gpu.sms, bias=bias, **overrides)
         if on_tensor_cores is not None:
             plan, launches, glue = on_tensor_cores

@@ -58,7 +58,10 @@ class GpuSpec:
 
     @property
     def fp16_peak_flops(self) -> float:
-        """The dense FP16 tensor-core peak (FLOP/s, FP32 accumulation)."""
+        """The dense FP16 tensor-core peak (FLOP/s, FP32 accumulation); ValueError for a spec without
+        one (model:gpu on a board whose rate is not known here)."""
+        if not self.fp16_tflops:
+            raise ValueError(f"{self.name} ({self.arch}): no FP16 tensor-core peak in its spec")
         return self.fp16_tflops * 1e12
 
     @property
@@ -91,6 +94,9 @@ CURRENT_GPU = "gpu"
 # rate (A100/A30: 512; H100/H200: 1024); sm_86/sm_89 boards differ (L4 256, RTX 4090 128), so
 # model:gpu gets a TF32 peak on sm_80 and sm_90 only.
 TF32_FMAS_PER_SM_CLOCK = {(8, 0): 512, (9, 0): 1024}
+# Dense FP16 (FP32 accumulation) over dense TF32 on those capabilities (A100 312 vs 156 TFLOP/s,
+# H100 SXM 989 vs 495)
+FP16_PER_TF32 = 2
 
 # FP32 / FP64 FMA lanes per SM by compute capability (CUDA C Programming Guide, "arithmetic
 # instructions"); capabilities not listed have 128 FP32 lanes and fp32 / 64 FP64 lanes.
@@ -172,8 +178,9 @@ def gpu_properties() -> dict:
 def current_gpu_spec() -> GpuSpec:
     """A spec for CuPy's current GPU from its properties, so the model sees this board's SM count,
     boost clock and memory (DRAM bandwidth = memory clock x bus width x 2, DDR), whichever variant
-    of a listed GPU it is; a TF32 peak (TF32_FMAS_PER_SM_CLOCK x 2 x SMs x clock) on sm_80 and
-    sm_90, no FP16 figure. ValueError without a usable GPU."""
+    of a listed GPU it is; a TF32 peak (TF32_FMAS_PER_SM_CLOCK x 2 x SMs x clock) and an FP16 one
+    (FP16_PER_TF32 times that) on sm_80 and sm_90, no tensor peak elsewhere. ValueError without a
+    usable GPU."""
     from .. import nvrtc
     props = gpu_properties()
     if not props:
@@ -186,8 +193,10 @@ def current_gpu_spec() -> GpuSpec:
     model_arch = arch if arch in nvrtc.ARCH_LIMITS else (older[-1] if older else nvrtc.ARCHS[0])
     tf32_fmas = TF32_FMAS_PER_SM_CLOCK.get((major, minor))
     tf32_tflops = 2 * tf32_fmas * sms * props["clock_khz"] * 1e3 / 1e12 if tf32_fmas else None
+    fp16_tflops = FP16_PER_TF32 * tf32_tflops if tf32_tflops else 0.0
     return GpuSpec(
-        CURRENT_GPU, name, model_arch, sms, props["clock_khz"] / 1e3, fp32, fp64, tf32_tflops, 0.0, props["l2_bytes"],
+        CURRENT_GPU, name, model_arch, sms, props["clock_khz"] / 1e3, fp32, fp64, tf32_tflops, fp16_tflops,
+        props["l2_bytes"],
         2 * props["memory_clock_khz"] * 1e3 * props["bus_width_bits"] / 8 / 1e9,
         regs_per_sm=props["regs_per_sm"], smem_per_sm=props["smem_per_sm"],
         max_threads_per_sm=props["max_threads_per_sm"], max_blocks_per_sm=props["max_blocks_per_sm"] or 32,
