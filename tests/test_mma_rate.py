@@ -66,3 +66,14 @@ def test_the_timed_loop_issues_its_mma_and_little_else(mma_rate, dtype):
         assert row["local_memory"] == 0
     traits = roofline.KernelTraits(row["registers"], 0, 1.0, None, mma=row["mma"], instructions=row["instructions"])
     assert roofline.mma_issue_ceiling(traits, spec, mma_rate.PIPES[dtype]) == 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_gpu_adds_what_the_emulator_adds(mma_rate, dtype):
+    """On the GPU the same exact sums (measure checks every accumulator), four blocks of 100
+    iterations, and every warp's cycles and the launch's time measured."""
+    result = mma_rate.measure("cuda", dtype, 100, 4)
+    assert result["cycles"] > 0 and result["seconds"] > 0
