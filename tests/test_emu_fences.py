@@ -1,8 +1,10 @@
 """The race check of global memory orders blocks by a __threadfence and an atomic, as the PTX
 memory model's release and acquire patterns do (tests/emu_kernels/fence_handoff.cu): the last-block
-hand-off passes with every thread fencing before the barrier, or thread 0 fencing after it; without
-the release fence, without the acquire fence, with block-scope fences only, or with a write after
-the release, the last block's read is reported, naming the partial and both threads."""
+hand-off passes with every thread fencing before the barrier, thread 0 fencing after it, or every
+thread fencing and counting itself; without the release fence, without the acquire fence, with
+block-scope fences only, with a write after the release, with no barrier before thread 0's fence, or
+with the other threads' fences after the barrier, the last block's read is reported, naming the
+partial and both threads. What one block acquired does not carry over to the next block."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,17 +30,19 @@ def _run(kernels, name, schedule="forward", seed=None):
     return x, out
 
 
-@pytest.mark.parametrize("name", ["every_thread_fences", "thread0_fences"])
+@pytest.mark.parametrize("name", ["every_thread_fences", "thread0_fences", "every_thread_counts"])
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_a_fenced_last_block_handoff_is_no_race(kernels, name, schedule):
+    """every_thread_counts: each thread releases its own partial through the one counter, with no
+    barrier between the releases: the block's releases through a word add up."""
     x, out = _run(kernels, name, schedule, seed=3)
     expected = (2.0 * x.reshape(BLOCKS, THREADS).astype(np.float64)).sum(axis=0)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["plant_no_release", "plant_no_acquire", "plant_block_scope",
-                                  "plant_write_after_release"])
-@pytest.mark.parametrize("schedule", ["forward", "random"])
+                                  "plant_write_after_release", "plant_no_barrier", "plant_fences_after_barrier"])
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_a_handoff_missing_its_ordering_is_a_race(kernels, name, schedule):
     from cnn_gpu import emu
     with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'partials' \(element \d+\): this "
@@ -48,3 +52,15 @@ def test_a_handoff_missing_its_ordering_is_a_race(kernels, name, schedule):
     source = EMU_KERNELS / "fence_handoff.cu"
     (line,) = [i + 1 for i, text in enumerate(source.read_text().splitlines()) if "sum += partials" in text]
     assert caught.value.source.startswith(f"{source}:{line} ")
+
+
+def test_what_one_block_acquired_is_not_the_next_ones(kernels):
+    """Block 0 releases, block 1 acquires, block 2 reads without acquiring: a race (each block
+    starts holding nothing)."""
+    from cnn_gpu import emu
+    x = np.random.default_rng(9).standard_normal(THREADS).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'partials' \(element \d+\)") as caught:
+        kernels.get_function("plant_read_without_acquire")((3,), (THREADS,), (x, np.zeros(THREADS, np.float32),
+                                                            np.zeros(1, np.uint32), np.zeros(THREADS, np.float32)),
+                                                           race=True, schedule="forward")
+    assert caught.value.block == (2, 0, 0)

@@ -261,8 +261,13 @@ def test_tensor_core_kernels_have_no_race():
     with emu.checking(schedule="random", seed=4, race=True):
         for tile in conv_tc.WGRAD_EFFICIENCY:
             conv_tc.wgrad("emu", dy, x, g, splits=3, tile=tile)
-        conv_tc.wgrad("emu", dy, x, g, **stream_k)
+        streamed = conv_tc.wgrad("emu", dy, x, g, **stream_k)
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, dy_path="gather")
+    # in forward order the block that meets both tiles is not the one that sums its second tile:
+    # another block reads what it released in its second segment
+    for schedule in ("forward", "reverse"):
+        with emu.checking(schedule=schedule, race=True):
+            assert conv_tc.wgrad("emu", dy, x, g, **stream_k).tobytes() == streamed.tobytes()
 
 
 def test_tensor_core_kernels_refuse_other_dtypes():

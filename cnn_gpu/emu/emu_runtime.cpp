@@ -699,19 +699,21 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, i
     }
 }
 
-// realloc from a fiber: the tick must not jump out of it (that would leave malloc's lock held, and
-// the next malloc would hang); out of memory faults at `site`, naming `what` the memory is for.
-void* fiber_realloc(Launch* L, Fiber* self, void* site, void* p, size_t bytes, const char* what) {
+// slot = realloc(slot, bytes) from a fiber: the tick must not jump out of the realloc (that would
+// leave malloc's lock held, and the next malloc would hang), nor before slot holds its result (the
+// old block would be freed again); out of memory faults at `site`, naming `what` the memory is for.
+template <class T>
+void fiber_grow(Launch* L, Fiber* self, void* site, T*& slot, size_t bytes, const char* what) {
     L->busy = 1;
     __asm__ __volatile__("" ::: "memory");
-    void* grown = realloc(p, bytes);
+    T* grown = (T*)realloc(slot, bytes);
+    if (grown) slot = grown;
     __asm__ __volatile__("" ::: "memory");
     L->busy = 0;
     if (!grown) {
         self->wait_site = site;
         runtime_fault(L, self, CNN_GPU_EMU_SETUP, nullptr, nullptr, "out of memory for %s", what);
     }
-    return grown;
 }
 
 // --- fences and atomics between blocks (race check of global memory) ----------------------------
@@ -725,9 +727,11 @@ void* fiber_realloc(Launch* L, Fiber* self, void* site, void* p, size_t bytes, c
 //   happens before the atomic: a fence of the access's own thread after it (X's, or another
 //   thread's before the last barrier), or any fence in a later barrier epoch (X's own, or another
 //   thread's before the last barrier). A release record keeps those fence counts per thread and
-//   that epoch. The atomic's word keeps a clock: per block, the latest release made through it
-//   (atomics on one word join theirs: a chain of read-modify-writes carries each release on),
-//   with what X had acquired itself.
+//   that epoch, at least those of the block's earlier releases through the same word. The atomic's
+//   word keeps a clock: per block, the latest release made through it (atomics on one word join
+//   theirs: a chain of read-modify-writes carries each release on), with what X had acquired.
+//   Not modelled: a plain store to the word ending its release sequence, a failed atomicCAS
+//   releasing nothing; atomics are keyed by their 4-byte word.
 // - acquire: an atomic of thread Y takes its word's clock. It holds from Y's next fence for Y,
 //   from a thread's first fence after the next barrier for the others, and for every thread after
 //   a barrier that follows a fence of a thread that held it.
@@ -781,7 +785,7 @@ void clock_reserve(Launch* L, Fiber* self, void* site, Clock& c, unsigned int co
     if (count <= c.capacity) return;
     unsigned int capacity = c.capacity ? 2 * c.capacity : 16;
     while (capacity < count) capacity *= 2;
-    c.entries = (ClockEntry*)fiber_realloc(L, self, site, c.entries, capacity * sizeof(ClockEntry), "the race check");
+    fiber_grow(L, self, site, c.entries, capacity * sizeof(ClockEntry), "the race check");
     c.capacity = capacity;
 }
 
@@ -897,28 +901,37 @@ void sync_atomic(Launch* L, Fiber* self, char* address, void* site) {
     if (found) clock_join(L, self, site, s->pending[me], s->words[lo].clock);
     const unsigned int epoch = s->fence_epoch[me] > s->fenced_epoch ? s->fence_epoch[me] : s->fenced_epoch;
     if (!epoch && !s->held[me].count && !s->block_held.count) return;   // no fence yet: releases nothing
-    // the release record, written after the last one; kept only if it differs from the block's latest
+    // the release record, written after the last one: what this atomic releases, and what the block
+    // released through this word before (the read-modify-write continues the word's release
+    // sequence); kept only if it differs from the block's latest record
     const size_t stride = (size_t)n + 1;
     if (s->releases == s->release_capacity) {
         unsigned int capacity = s->release_capacity ? 2 * s->release_capacity : 16;
-        s->release_fences = (unsigned int*)fiber_realloc(L, self, site, s->release_fences,
-                                                         capacity * stride * sizeof(unsigned int), "the race check");
+        fiber_grow(L, self, site, s->release_fences, capacity * stride * sizeof(unsigned int), "the race check");
         s->release_capacity = capacity;
     }
     unsigned int* record = &s->release_fences[s->releases * stride];
     for (int t = 0; t < n; ++t) record[t] = t == me ? s->fences[t] : s->fences_at_barrier[t];
     record[n] = epoch;
+    if (const unsigned int before = found ? clock_find(s->words[lo].clock, L->block_number) : 0) {
+        const unsigned int* prior = &s->release_fences[(before - 1) * stride];
+        for (size_t i = 0; i < stride; ++i) record[i] = record[i] > prior[i] ? record[i] : prior[i];
+    }
     const unsigned int* latest = s->block_release ? &s->release_fences[(s->block_release - 1) * stride] : nullptr;
     if (!latest || memcmp(latest, record, stride * sizeof(unsigned int)) != 0) s->block_release = ++s->releases;
     if (!found) {
         if (s->word_count == s->word_capacity) {
             unsigned int capacity = s->word_capacity ? 2 * s->word_capacity : 16;
-            s->words = (SyncWord*)fiber_realloc(L, self, site, s->words, capacity * sizeof(SyncWord), "the race check");
+            fiber_grow(L, self, site, s->words, capacity * sizeof(SyncWord), "the race check");
             s->word_capacity = capacity;
         }
+        L->busy = 1;   // no jump while two words share one clock (sync_end would free it twice)
+        __asm__ __volatile__("" ::: "memory");
         memmove(&s->words[lo + 1], &s->words[lo], (s->word_count - lo) * sizeof(SyncWord));
         s->words[lo] = SyncWord{key, Clock{}};
         s->word_count++;
+        __asm__ __volatile__("" ::: "memory");
+        L->busy = 0;
     }
     Clock& clock = s->words[lo].clock;
     ClockEntry entry = {L->block_number, s->block_release};
@@ -955,8 +968,7 @@ ShadowWord* byte_states(Launch* L, Fiber* self, ShadowWord* w, void* site) {
     if (!w->split) {
         if (L->split_words == L->split_capacity) {
             unsigned int capacity = L->split_capacity ? 2 * L->split_capacity : 256;
-            L->byte_shadow = (ShadowWord*)fiber_realloc(L, self, site, L->byte_shadow,
-                                                        (size_t)capacity * 4 * sizeof(ShadowWord), "the race check");
+            fiber_grow(L, self, site, L->byte_shadow, (size_t)capacity * 4 * sizeof(ShadowWord), "the race check");
             L->split_capacity = capacity;
         }
         ShadowWord* bytes = &L->byte_shadow[4 * (size_t)L->split_words];
@@ -1352,8 +1364,7 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thr
     }
     if (self->copy_count == self->copy_capacity) {
         int capacity = self->copy_capacity ? 2 * self->copy_capacity : 16;
-        self->copies = (PendingCopy*)fiber_realloc(L, self, site, self->copies, (size_t)capacity * sizeof(PendingCopy),
-                                                   "pending cp.async copies");
+        fiber_grow(L, self, site, self->copies, (size_t)capacity * sizeof(PendingCopy), "pending cp.async copies");
         self->copy_capacity = capacity;
     }
     PendingCopy& c = self->copies[self->copy_count++];

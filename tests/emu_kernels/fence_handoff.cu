@@ -8,10 +8,14 @@
 enum Handoff {
     EVERY_THREAD_FENCES,       // each thread: partial, __threadfence(); then a barrier; thread 0's atomic
     THREAD0_FENCES,            // the partials, a barrier, then thread 0: __threadfence(), atomic (cumulative)
+    EVERY_THREAD_COUNTS,       // each thread: partial, __threadfence(), its own atomic (no barrier)
     PLANT_NO_RELEASE,          // BUG: no fence between the partials and the atomic
     PLANT_NO_ACQUIRE,          // BUG: the last block reads with no fence after the atomic
     PLANT_BLOCK_SCOPE,         // BUG: __threadfence_block() orders nothing between blocks
-    PLANT_WRITE_AFTER_RELEASE  // BUG: a block writes its partial again after it has counted itself
+    PLANT_WRITE_AFTER_RELEASE, // BUG: a block writes its partial again after it has counted itself
+    PLANT_NO_BARRIER,          // BUG: thread 0 fences and counts with no barrier after the others' partials
+    PLANT_FENCES_AFTER_BARRIER // BUG: thread 0 fences before the barrier, the others after it: nothing
+                               // orders their fences before thread 0's atomic
 };
 
 template <Handoff H>
@@ -20,13 +24,25 @@ __device__ void last_block_sum(const float* __restrict__ x, float* __restrict__ 
 {
     __shared__ int last;
     const int t = threadIdx.x, at = blockIdx.x * blockDim.x + t;
+    if (H == EVERY_THREAD_COUNTS) {   // any thread may find itself last
+        if (t == 0) last = 0;
+        __syncthreads();
+    }
     partials[at] = 2.0f * x[at];
-    if (H == EVERY_THREAD_FENCES || H == PLANT_NO_ACQUIRE || H == PLANT_WRITE_AFTER_RELEASE) __threadfence();
+    if (H == EVERY_THREAD_FENCES || H == PLANT_NO_ACQUIRE || H == PLANT_WRITE_AFTER_RELEASE ||
+        (H == PLANT_FENCES_AFTER_BARRIER && t == 0))
+        __threadfence();
     if (H == PLANT_BLOCK_SCOPE) __threadfence_block();
-    __syncthreads();
-    if (t == 0) {
-        if (H == THREAD0_FENCES) __threadfence();
-        last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+    if (H == EVERY_THREAD_COUNTS) {
+        __threadfence();
+        if (atomicAdd(arrivals, 1u) == gridDim.x * blockDim.x - 1) last = 1;
+    } else {
+        if (H != PLANT_NO_BARRIER) __syncthreads();
+        if (H == PLANT_FENCES_AFTER_BARRIER && t != 0) __threadfence();
+        if (t == 0) {
+            if (H == THREAD0_FENCES || H == PLANT_NO_BARRIER) __threadfence();
+            last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+        }
     }
     __syncthreads();
     if (H == PLANT_WRITE_AFTER_RELEASE) partials[at] = 3.0f * x[at];
@@ -45,7 +61,30 @@ __device__ void last_block_sum(const float* __restrict__ x, float* __restrict__ 
     }
 HANDOFF_KERNEL(every_thread_fences, EVERY_THREAD_FENCES)
 HANDOFF_KERNEL(thread0_fences, THREAD0_FENCES)
+HANDOFF_KERNEL(every_thread_counts, EVERY_THREAD_COUNTS)
 HANDOFF_KERNEL(plant_no_release, PLANT_NO_RELEASE)
 HANDOFF_KERNEL(plant_no_acquire, PLANT_NO_ACQUIRE)
 HANDOFF_KERNEL(plant_block_scope, PLANT_BLOCK_SCOPE)
 HANDOFF_KERNEL(plant_write_after_release, PLANT_WRITE_AFTER_RELEASE)
+HANDOFF_KERNEL(plant_no_barrier, PLANT_NO_BARRIER)
+HANDOFF_KERNEL(plant_fences_after_barrier, PLANT_FENCES_AFTER_BARRIER)
+
+// BUG: block 0 releases its partials, block 1 acquires them, block 2 reads them having acquired
+// nothing (what block 1 holds is not block 2's). For the forward schedule, three blocks.
+extern "C" __global__ void plant_read_without_acquire(const float* __restrict__ x, float* __restrict__ partials,
+                                                      unsigned int* __restrict__ arrivals, float* __restrict__ out)
+{
+    const int t = threadIdx.x;
+    if (blockIdx.x == 0) {
+        partials[t] = 2.0f * x[t];
+        __threadfence();
+        __syncthreads();
+        if (t == 0) atomicAdd(arrivals, 1u);
+    } else if (blockIdx.x == 1) {
+        if (t == 0) atomicAdd(arrivals, 1u);
+        __syncthreads();
+        __threadfence();
+    } else {
+        out[t] = partials[t];
+    }
+}
