@@ -140,8 +140,8 @@ def load_cifar10(path) -> Dataset:
 def _augment_args(x, seed, step, padding):
     if not isinstance(x, np.ndarray) and not _backend.is_cupy_array(x):
         raise TypeError(f"x must be a NumPy or CuPy array, got {type(x).__name__}")
-    if x.ndim != 4 or x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"x must be a float32 or float64 (N, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+    if x.ndim != 4 or x.dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"x must be a float16, float32 or float64 (N, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
     if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or not 0 <= padding < 2**15:
         raise ValueError(f"padding must be an int in [0, 32768), got {padding!r}")
     return philox.check_seed(seed, "seed"), philox.check_seed(step, "step"), int(padding)

@@ -12,7 +12,8 @@
 // Grid as kernels/pool.cu: blockIdx.y strides over the (n, c) planes, blockIdx.x walks a plane's
 // pixels (consecutive threads on consecutive w: coalesced stores). In-plane indices are int (the
 // host refuses planes of 2^31 pixels or more, and sides that reach 2^31 with the padding: a
-// source row or column is side - 1 + pad at most); plane offsets are 64-bit.
+// source row or column is side - 1 + pad at most); plane offsets are 64-bit. The values are copied
+// (float16 too: fp16 training augments its float16 batches), so every dtype is exact.
 
 #include "common.cuh"
 #include "philox.cuh"
@@ -36,7 +37,7 @@ random_crop_flip(const REAL* __restrict__ x, REAL* __restrict__ y, long long pla
             const int source_h = h + oy;
             const int source_w = (flipped ? W - 1 - w : w) + ox;
             const bool inside = source_h >= 0 && source_h < H && source_w >= 0 && source_w < W;
-            y[plane * plane_pixels + out] = inside ? xp[source_h * W + source_w] : (REAL)0;
+            y[plane * plane_pixels + out] = inside ? xp[source_h * W + source_w] : to_real((acc_t)0);
         }
     }
 }

@@ -169,7 +169,7 @@ def test_kernel_is_the_numpy_twin_bit_for_bit(schedule):
     from cnn_gpu import emu
     rng = np.random.default_rng(4)
     with emu.checking(schedule=schedule, seed=2, guard=True):
-        for dtype in (np.float32, np.float64):
+        for dtype in (np.float16, np.float32, np.float64):   # float16: --precision fp16's batches
             for shape, padding, flip in [((5, 3, 32, 32), 4, True), ((3, 2, 7, 5), 2, True),
                                          ((2, 1, 17, 19), 0, True), ((4, 3, 6, 6), 3, False)]:
                 x = rng.standard_normal(shape).astype(dtype)
@@ -239,14 +239,15 @@ def _accuracy(output: str) -> float:
     return float(match.group(1))
 
 
-def test_train_resnet18_on_cifar_files_numpy(tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])   # fp16: float16 batches through the augmentation
+def test_train_resnet18_on_cifar_files_numpy(tmp_path, capsys, precision):
     write_binary(tmp_path / "cifar-10-batches-bin", make_batches(np.random.default_rng(8), per_batch=16))
     argv = ["train", "--device", "numpy", "--model", "resnet18", "--dataset", "cifar10", "--data", str(tmp_path),
             "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--max-batches", "2",
-            "--label-smoothing", "0.1"]
+            "--label-smoothing", "0.1", "--precision", precision]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "resnet18" in out and "cifar10" in out
+    assert "resnet18" in out and "cifar10" in out and precision in out
     assert 0.0 <= _accuracy(out) <= 100.0
 
 
