@@ -1,5 +1,23 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the `gpu` mark of every test that needs a GPU."""
+import re
+
 import pytest
+
+# a skip condition's reason that names what only a GPU machine has
+_GPU_REASON = re.compile(r"\bcuda\b|\bGPU\b|CuPy|NCCL", re.IGNORECASE)
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu-check's CUDA sweep runs `pytest -m gpu`: every test that can run only with a GPU carries
+    the mark, whether or not it was written with it. Those parametrized with the cuda backend, and
+    those skipped for the lack of CuPy or a GPU (a test skipped where a GPU is present gets the mark
+    too: it is skipped there either way)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_cuda = callspec is not None and any(isinstance(v, str) and v == "cuda" for v in callspec.params.values())
+        gpu_reason = any(_GPU_REASON.search(str(mark.kwargs.get("reason", ""))) for mark in item.iter_markers("skipif"))
+        if on_cuda or gpu_reason:
+            item.add_marker(pytest.mark.gpu)
 
 
 # --- NumPy convolution code paths (tests/test_functional_reference.py, tests/test_torch_oracle.py) ---

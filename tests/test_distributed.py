@@ -171,7 +171,15 @@ def test_broadcast_makes_every_buffer_rank_0s_integer_counters_included(tmp_path
         assert two[name].dtype == one[name].dtype and two[name].tobytes() == one[name].tobytes(), name
 
 
-@pytest.mark.skipif("cuda" not in backend.available_backends(), reason="NCCL needs CuPy and a GPU")
+def _why_no_nccl() -> str:
+    if "cuda" not in backend.available_backends():
+        return f"NCCL needs CuPy and a GPU: {backend.why_unavailable('cuda')}"
+    from cnn_gpu.distributed import _nccl
+    return _nccl.why_unavailable() and f"NCCL unavailable: {_nccl.why_unavailable()}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(_why_no_nccl()), reason=_why_no_nccl() or "")
 def test_nccl_sum_on_one_gpu_keeps_the_values(monkeypatch):
     import cupy
     from cnn_gpu.distributed import _nccl
@@ -277,3 +285,25 @@ def test_nccl_before_2_4_is_not_asked_for_errors_and_still_times_out(monkeypatch
         _nccl.wait_for_collective(_FakeEvent(polls=None), comm, dist.World(timeout_s=0.05), "the test all-reduce",
                                   False)
     assert _nccl._communicator is None
+
+
+def test_a_cupy_without_nccl_is_named_before_any_reduction(monkeypatch):
+    """CuPy's NCCL binding imports without the library (available False) and would fail at its
+    first constant; the reduction says what is missing instead."""
+    import sys
+    import types
+    from cnn_gpu.distributed import _nccl
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.available = False
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.nccl = nccl
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    assert "CuPy finds no NCCL library" in _nccl.why_unavailable()
+    with pytest.raises(RuntimeError, match="rank 0: the gradient all-reduce of CuPy arrays needs NCCL: CuPy finds no"):
+        _nccl.sum_in_place(np.zeros(3), dist.World())
+    nccl.available = True
+    assert _nccl.why_unavailable() == ""

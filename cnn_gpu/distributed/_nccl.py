@@ -16,6 +16,19 @@ ASYNC_ERRORS_SINCE = 2400
 _communicator = None
 
 
+def why_unavailable() -> str:
+    """Why CuPy cannot run NCCL collectives here ("" when it can): CuPy's NCCL binding imports
+    without the library (cupy.cuda.nccl.available is then False), and only fails at the first call."""
+    try:
+        from cupy.cuda import nccl
+    except Exception as err:   # no CuPy, or a broken one
+        return f"cupy.cuda.nccl does not import ({type(err).__name__}: {err})"
+    if not getattr(nccl, "available", False):
+        return ("CuPy finds no NCCL library: install NCCL where CuPy looks for it (CuPy's installation guide, "
+                "\"Additional CUDA Libraries\")")
+    return ""
+
+
 def _nccl_dtype(nccl, dtype):
     codes = {np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.float32): nccl.NCCL_FLOAT32,
              np.dtype(np.float64): nccl.NCCL_FLOAT64}
@@ -47,6 +60,9 @@ def sum_in_place(flat, w) -> None:
     allocation can reuse them before the NCCL calls queued before it have finished. Returns once
     the reduction has completed (see wait_for_collective for what a dead peer makes of it)."""
     import cupy
+    reason = why_unavailable()
+    if reason:
+        raise RuntimeError(f"rank {w.rank}: the gradient all-reduce of CuPy arrays needs NCCL: {reason}")
     from cupy.cuda import nccl
     code = _nccl_dtype(nccl, flat.dtype)
     with flat.device:
