@@ -1,6 +1,6 @@
 """How fast this GPU issues mma.sync, beside the rate the model assumes (a gpu-check step).
 
-    .venv/bin/python benchmarks/mma_rate.py [--gpu h100] [--iterations 20000] [--blocks-per-sm 4] [--markdown]
+    .venv/bin/python benchmarks/mma_rate.py [--gpu SPEC] [--iterations 20000] [--blocks-per-sm 4] [--markdown]
 
 The model takes every tensor-core kernel's issue ceiling from its SASS, but the rate of the
 tensor pipe itself from a datasheet: roofline.mma_issue_clocks, the clocks between two HMMAs on an
@@ -97,12 +97,15 @@ def rows(gpu: str, iterations: int, blocks_per_sm: int, be: str = "cuda") -> lis
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", default="h100", help="the spec of the model's figures (default h100)")
+    parser.add_argument("--gpu", help="the spec of the model's figures (default: the GPU CuPy sees, its peak at the "
+                                      "clock it reports; else h100)")
     parser.add_argument("--iterations", type=int, default=20000, help="loop iterations of each warp")
     parser.add_argument("--blocks-per-sm", type=int, default=4, help="resident blocks of 4 warps per SM")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     be = "emu" if backend.why_unavailable("cuda") else "cuda"
+    if args.gpu is None:
+        args.gpu = "h100" if be == "emu" else roofline.CURRENT_GPU
     iterations, blocks_per_sm = (args.iterations, args.blocks_per_sm) if be == "cuda" else (3, 1)
     headers = ("dtype", "mma.sync", "cuda clocks/HMMA", "model clocks/HMMA", "cuda TFLOP/s", "model peak TFLOP/s",
                "cuda / peak")

@@ -1,6 +1,6 @@
 """The tensor-core planner's choices beside the alternatives it weighed, for a GPU run to check.
 
-    .venv/bin/python benchmarks/tc_plans.py [--gpu h100] [--batch 128] [--repeat 20] [--markdown]
+    .venv/bin/python benchmarks/tc_plans.py [--gpu SPEC] [--batch 128] [--repeat 20] [--markdown]
 
 For each of the 11 ResNet/DeepBench layers, each pass and each of float32 (TF32 operands) and
 float16: the plan cnn_gpu.gpu.conv_tc picks and its alternatives (fprop and dgrad: each tile of
@@ -113,11 +113,15 @@ def rows(layers, gpu: str, batch: int, repeat: int, dtypes=DTYPES, be="cuda"):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", default="h100", help="the spec the model and the planner use (default h100)")
+    parser.add_argument("--gpu", help="the spec the model and the planner use (default: the GPU CuPy sees, so "
+                                      "that the plans marked and described are the ones timed; else h100)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per plan on a GPU (median)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
+    if args.gpu is None:
+        from cnn_gpu import backend
+        args.gpu = "h100" if backend.why_unavailable("cuda") else roofline.CURRENT_GPU
     headers = ("layer (C,H,W,K,R,stride,pad)", "pass", "dtype", "plan", "model us", "cuda us", "picked")
     print(f"Tensor-core plans at batch {args.batch}: the planner's choice (*) and its alternatives; "
           f"model us = MODELED on {args.gpu}, cuda us = measured (median of {args.repeat}) where a GPU is present")

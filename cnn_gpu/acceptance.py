@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import backend
+
 PYTEST_NO_TESTS = 5   # pytest's exit status when nothing was collected
 # --budget: the steps in the order they run, and which run as with --quick (the others as in full)
 LEASE_STEPS = (("mma.sync issue rate", False), ("check tf32", True), ("check float16", True),
@@ -63,7 +65,7 @@ def gpu_problem() -> str:
         return f"CuPy {cupy.__version__} finds no usable NVIDIA driver/GPU ({type(err).__name__}: {err})"
     if count < 1:
         return f"CuPy {cupy.__version__} sees no GPU"
-    return ""
+    return backend.why_unavailable("cuda")   # CuPy sees a GPU, but NVRTC or cuBLAS may still be missing
 
 
 def _cuda_version(v: int) -> str:
@@ -78,8 +80,11 @@ def environment() -> list[tuple[str, str]]:
     from .bench import gpu_info
     facts = []
     info = gpu_info()
-    facts.append(("GPU", f"{info['name']} (compute capability {info['compute_capability']}, {info['sms']} SMs, "
-                         f"{info['memory_gib']} GiB, {info['clock_mhz']:.0f} MHz)"))
+    if not info:   # gpu_problem() let it through, yet the properties cannot be read
+        facts.append(("GPU", f"properties unreadable: {backend.why_unavailable('cuda') or 'unknown reason'}"))
+    else:
+        facts.append(("GPU", f"{info['name']} (compute capability {info['compute_capability']}, {info['sms']} SMs, "
+                             f"{info['memory_gib']} GiB, {info['clock_mhz']:.0f} MHz)"))
     if "peak_gflops" in info:
         peak = info["peak_gflops"]
         facts.append(("fp32 / fp64 peak", f"{peak['float32'] / 1e3:.1f} / {peak['float64'] / 1e3:.1f} TFLOP/s "

@@ -219,13 +219,19 @@ class Nvrtc:
 
 @functools.lru_cache(maxsize=1)
 def load() -> Nvrtc:
-    """The first libnvrtc that loads; NvrtcUnavailable (saying where it looked) when none does."""
-    errors = []
+    """The libnvrtc that targets the most of ARCHS, the first found among equals (CuPy's, then the
+    wheel's...): CUDA 13's cannot target sm_70, which the test extra's CUDA 12 wheel still can.
+    NvrtcUnavailable (saying where it looked) when none loads."""
+    errors, loaded = [], []
     for path in library_candidates():
         try:
-            return Nvrtc(path)
+            loaded.append(Nvrtc(path))
         except (OSError, AttributeError, CompileError) as err:
             errors.append(f"{path}: {err}")
+        if loaded and loaded[-1].supported_archs >= set(ARCHS):
+            break
+    if loaded:
+        return max(loaded, key=lambda compiler: len(compiler.supported_archs & set(ARCHS)))
     tried = "; ".join(errors) if errors else "none found"
     raise NvrtcUnavailable(
         "libnvrtc not found (looked in CuPy, the nvidia-cuda-nvrtc-cu12 wheel, $CUDA_PATH/$CUDA_HOME and the "
@@ -239,6 +245,18 @@ def why_unavailable() -> str:
         return ""
     except NvrtcUnavailable as err:
         return str(err)
+
+
+def why_arch_unsupported(arch: str) -> str:
+    """'' when the loaded NVRTC compiles for `arch`, else the reason (no NVRTC included)."""
+    reason = why_unavailable()
+    if reason:
+        return reason
+    compiler = load()
+    if arch in compiler.supported_archs:
+        return ""
+    return (f"NVRTC {compiler.version[0]}.{compiler.version[1]} ({compiler.path}) cannot target {arch}; "
+            f"install nvidia-cuda-nvrtc-cu12")
 
 
 # --- the ptxas report and the CUBIN -------------------------------------------------------------
@@ -322,11 +340,10 @@ def compile_cubin(source: str, name: str, arch: str, options=()) -> tuple[bytes,
     nvrtc.getCUBIN drops the last byte, which leaves nvdisasm seeing no device code)."""
     if arch not in ARCH_LIMITS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    compiler = load()
-    if arch not in compiler.supported_archs:
-        raise CompileError(f"NVRTC {compiler.version[0]}.{compiler.version[1]} ({compiler.path}) cannot target "
-                           f"{arch}; install nvidia-cuda-nvrtc-cu12")
-    return compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+    reason = why_arch_unsupported(arch)
+    if reason:
+        raise CompileError(reason)
+    return load().compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
 
 
 def reports_of(cubin: bytes, log: str, arch: str) -> list[KernelReport]:

@@ -520,3 +520,45 @@ def test_the_lease_steps_calibrate_the_model_and_check_the_tensor_cores_first(tm
     for bad in (["--budget", "0"], ["--budget", "60", "--quick"]):
         with pytest.raises(SystemExit):
             acceptance.main(bad)
+
+
+def _fake_cupy(monkeypatch, compute_capability="90"):
+    """A CuPy that imports and sees one GPU, and nothing more (no NVRTC)."""
+    import types
+
+    def no_nvrtc():
+        raise RuntimeError("libnvrtc.so not found")
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, driverGetVersion=lambda: 13000,
+                                    runtimeGetVersion=lambda: 13000)
+    cuda = types.SimpleNamespace(runtime=runtime, nvrtc=types.SimpleNamespace(getVersion=no_nvrtc),
+                                 Device=lambda index=0: types.SimpleNamespace(compute_capability=compute_capability))
+    cupy = types.ModuleType("cupy")
+    cupy.cuda, cupy.__version__ = cuda, "14.0.0"
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    return cupy
+
+
+def test_gpu_check_names_a_missing_nvrtc_instead_of_a_traceback(monkeypatch):
+    """CuPy imports and sees a GPU, but the cuda backend cannot run (here: no NVRTC): gpu-check
+    stops with the backend's reason (exit 2), and the report's facts do not crash on the missing
+    properties."""
+    from cnn_gpu import acceptance, backend as backend_module
+    from cnn_gpu.bench import devices
+    _fake_cupy(monkeypatch)
+    monkeypatch.setattr(backend_module, "why_unavailable", lambda be: "NVRTC, which compiles the kernels, does not load")
+    assert acceptance.gpu_problem() == "NVRTC, which compiles the kernels, does not load"
+    monkeypatch.setattr(devices, "gpu_properties", lambda: {})
+    facts = dict(acceptance.environment())
+    assert facts["GPU"] == "properties unreadable: NVRTC, which compiles the kernels, does not load"
+    assert facts["NVRTC"].startswith("unavailable")
+
+
+@pytest.mark.parametrize("capability, arch", [("80", 80), ("90", 90), ("100", 100), ("120", 120)])
+def test_compute_capabilities_of_three_digits_are_read_whole(monkeypatch, capability, arch):
+    from cnn_gpu.gpu import conv_tc
+    _fake_cupy(monkeypatch, capability)
+    conv_tc._device_arch.cache_clear()   # cached per device id
+    try:
+        assert conv_tc._device_arch(0) == arch
+    finally:
+        conv_tc._device_arch.cache_clear()

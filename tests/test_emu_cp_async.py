@@ -183,7 +183,7 @@ def test_below_sm_80_a_kernel_runs_its_other_code_path(monkeypatch):
 
 @pytest.mark.parametrize("arch", ["sm_70", "sm_75", "sm_80", "sm_90"])
 def test_helpers_compile_to_ldgsts_from_sm_80(arch):
-    reason = nvrtc.why_unavailable()
+    reason = nvrtc.why_arch_unsupported(arch)
     if reason:
         pytest.skip(reason)
     source = backend.kernel_source("cp_async", KERNELS)

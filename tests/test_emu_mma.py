@@ -221,6 +221,8 @@ def test_tf32_mma_fed_by_ldmatrix(plant):
 @pytest.mark.skipif(bool(nvrtc.why_unavailable()), reason=f"NVRTC unavailable: {nvrtc.why_unavailable()}")
 @pytest.mark.parametrize("arch", ["sm_70", "sm_80", "sm_90"])
 def test_the_helpers_compile_with_nvrtc_for_every_arch(arch):
+    if reason := nvrtc.why_arch_unsupported(arch):   # CUDA 13's NVRTC has no sm_70
+        pytest.skip(reason)
     reports = nvrtc.kernel_report(_source(), "mma_test.cu", arch)
     assert {r.name for r in reports} >= {"mma_tf32", "mma_f16", "ldmatrix_words", "mma_tf32_ldmatrix"}
     assert all(r.spill_bytes == 0 for r in reports)

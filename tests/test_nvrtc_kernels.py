@@ -45,6 +45,8 @@ def declared_kernels(source: str, dtype: str) -> int:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_kernel_file_compiles_without_spills(path, dtype, arch):
+    if reason := nvrtc.why_arch_unsupported(arch):   # CUDA 13's NVRTC has no sm_70
+        pytest.skip(reason)
     reports = nvrtc.file_report(path, dtype, arch)
     declared = declared_kernels(backend.kernel_source(path.stem), dtype)
     assert len(reports) == declared, f"ptxas reported {[r.name for r in reports]}, the source declares {declared}"
@@ -210,3 +212,35 @@ def test_cli_rejects_unknown_arch(capsys):
         pytest.skip(f"NVRTC unavailable: {NVRTC_MISSING}")
     status, _, err = _cli(capsys, "--arch", "sm_61")
     assert status == 2 and "sm_61" in err
+
+
+def test_the_nvrtc_that_targets_every_arch_is_preferred(monkeypatch):
+    """CuPy's NVRTC comes first, but CUDA 13's cannot target sm_70: one that targets every arch
+    wins (the test extra's CUDA 12 wheel), the first found among equals; an arch the chosen one
+    cannot target is named by why_arch_unsupported and compile_cubin, and left out of `cnn-gpu
+    kernels`' default list."""
+    import types
+    made = {"cupy13": frozenset(nvrtc.ARCHS) - {"sm_70"}, "wheel12": frozenset(nvrtc.ARCHS),
+            "other12": frozenset(nvrtc.ARCHS)}
+
+    def fake(path):
+        return types.SimpleNamespace(path=path, version=(13 if "13" in path else 12, 0), supported_archs=made[path])
+    monkeypatch.setattr(nvrtc, "Nvrtc", fake)
+    monkeypatch.setattr(nvrtc, "library_candidates", lambda: ["cupy13", "wheel12", "other12"])
+    nvrtc.load.cache_clear()
+    try:
+        assert nvrtc.load().path == "wheel12"
+        made["wheel12"] = made["cupy13"]
+        nvrtc.load.cache_clear()
+        assert nvrtc.load().path == "other12"
+        made["other12"] = made["cupy13"]
+        nvrtc.load.cache_clear()
+        assert nvrtc.load().path == "cupy13"
+        assert "NVRTC 13.0 (cupy13) cannot target sm_70" in nvrtc.why_arch_unsupported("sm_70")
+        assert nvrtc.why_arch_unsupported("sm_90") == ""
+        with pytest.raises(nvrtc.CompileError, match="cannot target sm_70"):
+            nvrtc.compile_cubin("", "x.cu", "sm_70")
+        from cnn_gpu.cli import kernels
+        assert kernels._default_archs() == [arch for arch in nvrtc.ARCHS if arch != "sm_70"]
+    finally:
+        nvrtc.load.cache_clear()

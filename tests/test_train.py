@@ -214,3 +214,28 @@ def test_images_too_small_for_the_model_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "tiny.npz", x=np.random.default_rng(0).random((20, 3, 3)), y=np.arange(20) % 2)
     assert main(["train", "--device", "numpy", "--dataset", "npz", "--data", str(tmp_path / "tiny.npz")]) == 2
     assert "at least 4x4" in capsys.readouterr().err
+
+
+def test_each_rank_makes_its_gpu_current_before_the_backend_probes_one(monkeypatch):
+    """With several ranks, rank r's GPU (its local rank) is current before the cuda backend's probe
+    opens a context and a cuBLAS handle (on the current GPU); too few GPUs is a usage error."""
+    import sys
+    import types
+    from cnn_gpu import backend, distributed
+    from cnn_gpu.cli import train
+    events = []
+    device = lambda index: types.SimpleNamespace(use=lambda: events.append(f"use {index}"))   # noqa: E731
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 4), Device=device)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(backend, "cupy_or_none", lambda: events.append("probe") or cupy)
+    monkeypatch.setattr(backend, "why_unavailable", lambda be: events.append("probe") or "")
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    monkeypatch.setattr(distributed, "local_rank", lambda: 2)
+    assert train.choose_device("cuda") == "cuda"
+    assert events[0] == "use 2" and "probe" in events[1:]
+    events.clear()
+    assert train.choose_device("auto") == "cuda" and events[0] == "use 2"
+    monkeypatch.setattr(distributed, "local_rank", lambda: 5)
+    with pytest.raises(train.UsageError, match="6 ranks on this machine but only 4 GPUs"):
+        train.choose_device("cuda")

@@ -28,9 +28,21 @@ def _arch_list(text: str) -> list[str]:
     return archs
 
 
+def _default_archs() -> list[str]:
+    """Every arch of nvrtc.ARCHS the loaded NVRTC targets; the others are named on stderr (CUDA 13's
+    NVRTC dropped sm_70: a GPU machine with only CuPy's may lack it)."""
+    from .. import nvrtc
+    archs = [arch for arch in nvrtc.ARCHS if not nvrtc.why_arch_unsupported(arch)]
+    for arch in nvrtc.ARCHS:
+        if arch not in archs:
+            print(f"cnn-gpu kernels: {arch} left out: {nvrtc.why_arch_unsupported(arch)}", file=sys.stderr)
+    return archs
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--arch", default=None, metavar="LIST",
-                        help="comma-separated architectures (default: sm_70,sm_75,sm_80,sm_86,sm_89,sm_90)")
+                        help="comma-separated architectures (default: sm_70,sm_75,sm_80,sm_86,sm_89,sm_90, "
+                             "those the NVRTC found can target)")
     parser.add_argument("--dtype", choices=DTYPES, action="append",
                         help="only this dtype (repeatable; default: every build: float32, float64, and float16 "
                              "for the files that have one)")
@@ -119,7 +131,7 @@ def run(args) -> int:
     try:
         if args.markdown and not args.sass:
             raise ValueError("--markdown needs --sass")
-        archs = _arch_list(args.arch) if args.arch else list(nvrtc.ARCHS)
+        archs = _arch_list(args.arch) if args.arch else _default_archs()
         files = _selected_files(args)
         if args.json not in (None, "-"):
             checkpoint.check_writable(args.json)    # before minutes of compiling, not after

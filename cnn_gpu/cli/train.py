@@ -152,18 +152,26 @@ def _without_nproc(argv):
 
 def choose_device(requested: str) -> str:
     """The device to train on; with several ranks on a GPU machine, each rank's GPU is its local
-    rank (one process per GPU)."""
-    device = _choose_device(requested)
-    if device == "cuda":
-        from .. import distributed
-        if distributed.world_size() > 1:
-            import cupy
-            count = cupy.cuda.runtime.getDeviceCount()
-            if distributed.local_rank() >= count:
-                raise UsageError(f"{distributed.local_rank() + 1} ranks on this machine but only {count} GPUs: "
-                                 f"start one process per GPU")
-            cupy.cuda.Device(distributed.local_rank()).use()
-    return device
+    rank (one process per GPU), made current before the backend's probe touches a GPU: else every
+    rank would also hold a CUDA context and a cuBLAS handle on GPU 0."""
+    from .. import distributed
+    if requested in ("auto", "cuda") and distributed.world_size() > 1:
+        _use_local_gpu()
+    return _choose_device(requested)
+
+
+def _use_local_gpu() -> None:
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()   # makes no CUDA context
+    except Exception:   # no usable CuPy: _choose_device says why, or trains on the CPU
+        return
+    from .. import distributed
+    if count and distributed.local_rank() >= count:
+        raise UsageError(f"{distributed.local_rank() + 1} ranks on this machine but only {count} GPUs: "
+                         f"start one process per GPU")
+    if count:
+        cupy.cuda.Device(distributed.local_rank()).use()
 
 
 def _choose_device(requested: str) -> str:

@@ -127,9 +127,10 @@ LAUNCH_CLOCKS = 7000
 
 @functools.lru_cache(maxsize=None)
 def _device_arch(device_id: int) -> int:
+    """The GPU's compute capability as one number (90 for sm_90, 100 for sm_100): CuPy gives the
+    digits as a string, whose minor version is the last digit."""
     import cupy
-    major, minor = cupy.cuda.Device(device_id).compute_capability
-    return int(major) * 10 + int(minor)
+    return int(cupy.cuda.Device(device_id).compute_capability)
 
 
 def supported(be: str, dtype=np.float32) -> bool:
