@@ -8,6 +8,7 @@ gpu-check: without a GPU it stops with a clear message and exit status 2.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -562,3 +563,26 @@ def test_compute_capabilities_of_three_digits_are_read_whole(monkeypatch, capabi
         assert conv_tc._device_arch(0) == arch
     finally:
         conv_tc._device_arch.cache_clear()
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["check", "--device", "numpy", "--quick", "--ops", "relu", "--seed", "-1"], "must be an integer in [0, 2^64)"),
+    (["bench", "--device", "numpy", "--shapes", "tiny", "--seed", "-1"], "must be an integer in [0, 2^64)"),
+    (["train", "--seed", str(2**64)], "must be an integer in [0, 2^64)"),   # the Philox streams' 64 bits
+    (["check", "--device", "numpy", "--quick", "--ops", "relu", "--json", "{dir}"], "is a folder, not a file"),
+    (["check", "--device", "numpy", "--quick", "--ops", "relu", "--json", "{dir}/no/x.json"], "folder does not exist"),
+    (["bench", "--device", "numpy", "--shapes", "tiny", "--ops", "relu", "--csv", "{dir}"], "is a folder"),
+    (["bench", "--device", "numpy", "--shapes", "tiny", "--ops", "relu", "--json", "{dir}/no/x.json"],
+     "folder does not exist"),
+    (["bench", "--nproc", "2", "--repeat", "-1"], "--repeat must be >= 1"),
+    (["bench", "--nproc", "2", "--batch", "0"], "--batch must be >= 1"),
+    (["bench", "--nproc", "2", "--device", "numpy"], "it takes no --device"),
+    (["bench", "--nproc", "2", "--json", "{dir}"], "is a folder")])
+def test_bad_seeds_and_output_paths_are_refused_before_any_work(tmp_path, capsys, argv, error):
+    """Found by running option combinations no test ran: these ended in a traceback (a negative
+    seed, a seed past Philox's 64 bits, an output path written only after the work), or ran with
+    absurd values (bench --nproc took --repeat -1 and dropped --device silently)."""
+    argv = [a.replace("{dir}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) if "--seed" in argv else contextlib.nullcontext():
+        assert main(argv) == 2
+    assert error in capsys.readouterr().err

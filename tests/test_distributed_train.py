@@ -141,3 +141,26 @@ def test_bench_nproc_reports_scaling_and_the_modeled_allreduce(tmp_path, capsys)
     assert [r["ranks"] for r in rows] == [1, 2] and not any(r["modeled"] for r in rows)
     assert all(r["images_per_s"] > 0 for r in rows)
     assert main(["bench", "--nproc", "1"]) == 2
+
+
+@needs_mpi
+def test_a_rank_whose_shards_are_empty_finishes_the_epoch():
+    """Three ranks of 720 images on the 1438 training images: the one global batch leaves rank 2
+    nothing, which must still evaluate and report (it once died reading a progress postfix it
+    never set)."""
+    run = train("--epochs", 1, "--batch-size", 720, ranks=3)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("test accuracy:") == 1
+
+
+@needs_mpi
+def test_a_lone_image_on_one_rank_is_skipped_by_batch_norm_models(tmp_path):
+    """9 images, 2 ranks of 4: the last global batch is one image on rank 0 and none on rank 1;
+    resnet18's batch norm cannot train on it, so both ranks skip that step together."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "nine.npz"
+    np.savez(path, x_train=rng.random((9, 8, 8)), y_train=np.arange(9) % 3, x_test=rng.random((4, 8, 8)),
+             y_test=np.arange(4) % 3)
+    run = train("--model", "resnet18", "--dataset", "npz", "--data", path, "--batch-size", 4, "--epochs", 1, ranks=2)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("test accuracy:") == 1

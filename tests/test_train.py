@@ -239,3 +239,19 @@ def test_each_rank_makes_its_gpu_current_before_the_backend_probes_one(monkeypat
     monkeypatch.setattr(distributed, "local_rank", lambda: 5)
     with pytest.raises(train.UsageError, match="6 ranks on this machine but only 4 GPUs"):
         train.choose_device("cuda")
+
+
+def test_batch_norm_models_skip_a_lone_last_image_and_refuse_batches_of_one(tmp_path, capsys):
+    """9 training images in batches of 8 leave a last batch of one image, which batch norm cannot
+    train on (resnet18's maps end 1 x 1 on 8 x 8 images): that step is skipped, not a crash; a
+    --batch-size of 1 would skip every step, so it is refused."""
+    from cnn_gpu.cli import main
+    rng = np.random.default_rng(3)
+    path = tmp_path / "nine.npz"
+    np.savez(path, x_train=rng.random((9, 8, 8)), y_train=np.arange(9) % 3, x_test=rng.random((4, 8, 8)),
+             y_test=np.arange(4) % 3)
+    assert main(["train", "--device", "numpy", "--model", "resnet18", "--dataset", "npz", "--data", str(path),
+                 "--batch-size", "8", "--epochs", "1"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["train", "--device", "numpy", "--model", "resnet18", "--batch-size", "1", "--epochs", "1"]) == 2
+    assert "has batch norm, which cannot train on one image at a time" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 # subcommand -> (module in cnn_gpu.cli, one-line help)
@@ -12,6 +13,27 @@ COMMANDS = {
     "bench": ("bench", "time the ops on CPU (NumPy), GPU (CUDA kernels) and PyTorch where installed"),
     "kernels": ("kernels", "compile every kernel with NVRTC for sm_70..sm_90 and report registers, spills, shared memory"),
 }
+
+
+def _number_type(parse, accept, requirement: str):
+    """An argparse type: the text parsed by `parse` and refused (exit status 2) unless accept(value)."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+    return convert
+
+
+positive_int = _number_type(int, lambda value: value >= 1, "an integer >= 1")
+non_negative_int = _number_type(int, lambda value: value >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
+unit_float = _number_type(float, lambda value: 0 <= value <= 1, "a number in [0, 1]")
+# every --seed: NumPy's generators take any integer >= 0, the Philox streams (dropout, augmentation) 64 bits
+seed = _number_type(int, lambda value: 0 <= value < 2**64, "an integer in [0, 2^64)")
 
 
 def comma_list(text: str) -> list[str]:

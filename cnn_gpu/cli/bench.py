@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..precision import MATH_MODES
-from . import comma_list
+from . import comma_list, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed calls per row (default: as many as fit in ~0.3 s, at least 3)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for NumPy's BLAS (via threadpoolctl) and PyTorch")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the random inputs")
     parser.add_argument("--json", metavar="PATH", help="also write the rows and machine facts as JSON")
     parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     parser.add_argument("--plot", metavar="PNG", help="also plot time per op and device (needs matplotlib)")
@@ -99,6 +99,7 @@ def run(args) -> int:
                              f"thread on the CPU, far too slow for --shapes {args.shapes})")
         if args.plot:
             bench.require_matplotlib()
+        _check_outputs(args)
         if args.threads:
             bench.set_threads(args.threads)
         cases = bench.make_cases(args.shapes, ops, args.batch)
@@ -148,10 +149,34 @@ def run(args) -> int:
     return 0
 
 
+def _check_outputs(args) -> None:
+    """ValueError for a --json/--csv/--plot path that cannot be written, before anything is timed."""
+    from ..checkpoint import check_writable
+    for option in ("json", "csv", "plot"):
+        path = getattr(args, option, None)
+        if path not in (None, "-"):
+            check_writable(path)
+
+
+# the options of the op table, with their defaults: --nproc measures one model's step, no table
+SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None}
+
+
 def _scaling(args) -> int:
     from ..bench import scaling
-    if args.nproc < 2:
-        print(f"cnn-gpu bench: --nproc must be >= 2, got {args.nproc}", file=sys.stderr)
+    try:
+        if args.nproc < 2:
+            raise ValueError(f"--nproc must be >= 2, got {args.nproc}")
+        for name, value in (("--batch", args.batch), ("--repeat", args.repeat)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        given = [f"--{name}" for name, default in SCALING_IGNORES.items() if getattr(args, name, default) != default]
+        if given:
+            raise ValueError(f"--nproc measures the training step of the small CNN alone; it takes no "
+                             f"{', '.join(given)}")
+        _check_outputs(args)
+    except ValueError as err:
+        print(f"cnn-gpu bench: {err}", file=sys.stderr)
         return 2
     batch = args.batch or 32
     try:
@@ -163,6 +188,7 @@ def _scaling(args) -> int:
     print(scaling.format_allreduce_model(rows[0]["gradient_bytes"]))
     if args.json:
         import json
-        with open(args.json, "w") as f:
-            json.dump({"scaling": rows}, f, indent=1)
+
+        from ..bench import write_text
+        write_text(args.json, json.dumps({"scaling": rows}, indent=1))
     return 0

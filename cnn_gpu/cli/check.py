@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..precision import MATH_MODES
-from . import comma_list
+from . import comma_list, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="math mode of float32 convolutions (cnn_gpu.set_math_mode; default: %(default)s)")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
                         help=f"ops to check (default: all: {', '.join(check.OPS)})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the configurations and inputs")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the configurations and inputs")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
 
@@ -59,6 +59,9 @@ def run(args) -> int:
             raise RuntimeError(f"backend {device!r} is not available: {why_unavailable(device)}")
         ops = args.ops or list(check.OPS)
         dtype = args.dtype or ("float32" if args.math == "tf32" else "float64")
+        if args.json not in (None, "-"):
+            from ..checkpoint import check_writable
+            check_writable(args.json)   # before the checks run, not after
         pending = check.check_ops(device, ops, args.mode, dtype, args.seed, args.math)
     except (RuntimeError, ValueError) as err:
         print(f"cnn-gpu check: {err}", file=sys.stderr)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from . import non_negative_int, positive_float, positive_int, seed, unit_float
 
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
 DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "adam", "lr": None,
@@ -49,23 +50,6 @@ class UsageError(Exception):
     """A bad argument: reported in one line, exit status 2."""
 
 
-def _number_type(parse, accept, requirement: str):
-    """An argparse type: the text parsed by `parse` and refused (exit status 2) unless accept(value)."""
-    def convert(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
-        return value
-    return convert
-
-
-positive_int = _number_type(int, lambda value: value >= 1, "an integer >= 1")
-non_negative_int = _number_type(int, lambda value: value >= 0, "an integer >= 0")
-positive_float = _number_type(float, lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
-unit_float = _number_type(float, lambda value: 0 <= value <= 1, "a number in [0, 1]")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + ")")
     parser.add_argument("--optimizer", choices=("sgd", "adam"),
                         help=f"adam, or sgd with momentum {SGD_MOMENTUM} (default: {DEFAULTS['optimizer']})")
-    parser.add_argument("--seed", type=non_negative_int,
+    parser.add_argument("--seed", type=seed,
                         help="seed of the initial weights and the shuffling (default: 0)")
     parser.add_argument("--model", choices=("cnn", "resnet", "resnet18"),
                         help="cnn: (conv-ReLU-pool) x2 + linear; resnet: a small ResNet with batch norm; "
@@ -344,6 +328,9 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
                              dtype=PRECISION_DTYPES[settings["precision"]]).to(device)
     except ValueError as err:   # images too small for the model
         raise UsageError(str(err)) from None
+    if settings["batch_size"] == 1 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        raise UsageError(f"--batch-size 1: --model {settings['model']} has batch norm, which cannot train on one "
+                         f"image at a time (per process); use 2 or more")
     if settings["optimizer"] == "adam":
         optimizer = optim.Adam(model.parameters(), lr=settings["lr"])
     else:
@@ -380,7 +367,9 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
             train_epoch(model, loss_fn, optimizer, dataset, settings["batch_size"], shuffle_rng, device, bar,
                         lambda index, epoch=epoch: schedule.apply(epoch, index), augment, scaler)
             accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
-            bar.set_postfix_str(f"{bar.postfix}, test={accuracy[0] / accuracy[1]:.1%}")
+            # a rank whose shards held no image this epoch has set no postfix
+            shown = getattr(bar, "postfix", None)
+            bar.set_postfix_str((f"{shown}, " if shown else "") + f"test={accuracy[0] / accuracy[1]:.1%}")
         if args.save and leader:
             meta = {"epoch": epoch + 1, "settings": settings, "shuffle_rng": shuffle_rng.bit_generator.state,
                     "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size,
@@ -435,10 +424,14 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     accuracy on the progress bar. before_step(index) runs before batch `index` (the learning-rate
     schedule); augment(x, index) transforms the batch on the device. Batches take the model's
     dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
-    unscaled and stepped (or the step skipped on overflow) by it."""
+    unscaled and stepped (or the step skipped on overflow) by it. In a model with batch norm, a
+    rank's shard of one image trains as an empty one (batch norm takes no lone image in training,
+    as in PyTorch; the last batch may leave one), and a step that has no image left is skipped."""
     from .. import distributed
+    from ..nn import BatchNorm2d
     from ..nn.module import to_backend_array
     model.train()
+    drops_lone_images = any(isinstance(module, BatchNorm2d) for module in model.modules())
     loss_sum, correct, seen = 0.0, 0, 0
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
@@ -449,6 +442,8 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
         if before_step is not None:
             before_step(index)
         optimizer.zero_grad()
+        if drops_lone_images and len(chosen) == 1:
+            chosen = chosen[:0]
         if len(chosen):   # the uneven last global batch may leave a rank without images
             x = to_backend_array(dataset.x_train[chosen].astype(dtype, copy=False), device)
             y = to_backend_array(dataset.y_train[chosen], device)
@@ -467,7 +462,9 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
                 shown["scale"] = f"{scaler.get_scale():g}"
             bar.set_postfix(refresh=False, **shown)
         # weighted by the shards' sizes: the same step as one process with the whole global batch
-        distributed.allreduce_gradients(model, count=len(chosen))
+        if not distributed.allreduce_gradients(model, count=len(chosen)):
+            bar.update()   # no image in the whole step
+            continue
         if scaler is not None:   # unscaled after the sums, so every rank sees the same inf/NaN
             scaler.step(optimizer)
             scaler.update()

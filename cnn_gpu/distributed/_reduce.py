@@ -64,17 +64,18 @@ def allreduce_sum(arrays) -> list:
     return out
 
 
-def allreduce_gradients(model, count=None) -> None:
+def allreduce_gradients(model, count=None):
     """Replace every parameter's `.grad` by its mean over the ranks (a parameter without a gradient
     counts as zeros). With `count` (this rank's number of samples in the batch), the mean is
     weighted by the counts, which keeps an uneven last batch equal to one big batch:
-    sum_r count_r * grad_r / sum_r count_r. float16 gradients are reduced in FP32 (a loss-scaled
-    gradient times a sample count would overflow float16) and rounded back once."""
+    sum_r count_r * grad_r / sum_r count_r, and the sum of the counts is returned (None without
+    `count`). float16 gradients are reduced in FP32 (a loss-scaled gradient times a sample count
+    would overflow float16) and rounded back once."""
     if count is not None and not (isinstance(count, (int, np.integer)) and count >= 0):
         raise ValueError(f"allreduce_gradients: count must be a sample count >= 0, got {count!r}")
     w = world()
     if w.size == 1:
-        return
+        return count
     params = list(model.parameters())
     grads = []
     for p in params:
@@ -90,6 +91,7 @@ def allreduce_gradients(model, count=None) -> None:
         divisor = sum(w.allgather_object(int(count), "the batch-size all-gather"))
     for p, g in zip(params, summed):
         p.grad = (g / divisor if divisor else g).astype(p.data.dtype, copy=False)
+    return None if count is None else divisor
 
 
 def broadcast_parameters(model, root: int = 0) -> None:
