@@ -586,3 +586,21 @@ def test_bad_seeds_and_output_paths_are_refused_before_any_work(tmp_path, capsys
     with pytest.raises(SystemExit) if "--seed" in argv else contextlib.nullcontext():
         assert main(argv) == 2
     assert error in capsys.readouterr().err
+
+
+def test_name_lists_are_deduplicated_and_never_empty(capsys):
+    from cnn_gpu.cli import comma_list
+    from cnn_gpu.cli.kernels import _arch_list
+    assert comma_list("relu, relu,conv2d,") == ["relu", "conv2d"] and _arch_list("sm_80,sm_80") == ["sm_80"]
+    for argv in (["check", "--ops", ","], ["bench", "--dtype", ","]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "expected one name or more" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(bool(__import__("cnn_gpu.nvrtc").nvrtc.why_unavailable()), reason="NVRTC unavailable")
+def test_kernels_names_files_without_a_float16_build(capsys):
+    """`kernels --dtype float16` on files that have no float16 build: said, and nothing to do is a
+    usage error (it printed an empty table with exit status 0)."""
+    assert main(["kernels", "--family", "conv2d_fprop", "--dtype", "float16"]) == 2
+    assert "no float16 build of conv2d_fprop.cu" in capsys.readouterr().err

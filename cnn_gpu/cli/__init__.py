@@ -37,8 +37,11 @@ seed = _number_type(int, lambda value: 0 <= value < 2**64, "an integer in [0, 2^
 
 
 def comma_list(text: str) -> list[str]:
-    """argparse type for "a,b,c" options."""
-    return [name.strip() for name in text.split(",") if name.strip()]
+    """argparse type for "a,b,c" options: the names in order, each once; refused when empty."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected one name or more, separated by commas, got {text!r}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ DTYPES = ("float32", "float64", "float16")   # float16: the files with a float16
 
 def _arch_list(text: str) -> list[str]:
     from .. import nvrtc
-    archs = [a.strip() for a in text.split(",") if a.strip()]
+    archs = list(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
     unknown = [a for a in archs if a not in nvrtc.ARCH_LIMITS]
     if unknown or not archs:
         raise ValueError(f"--arch: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(nvrtc.ARCHS)}")
@@ -139,6 +139,13 @@ def run(args) -> int:
         print(f"cnn-gpu kernels: {err}", file=sys.stderr)
         return 2
     dtypes = args.dtype or list(DTYPES)
+    if args.dtype and "float16" in dtypes:   # asked for: say which files have no float16 build
+        from .. import backend
+        without = [path.name for path in files if path.stem not in backend.FLOAT16_FAMILIES]
+        if without:
+            print(f"cnn-gpu kernels: no float16 build of {', '.join(without)}", file=sys.stderr)
+        if dtypes == ["float16"] and len(without) == len(files):
+            return 2
     if args.sass:
         return _run_sass(args, [path.stem for path in files], dtypes, archs)
     return _run_ptxas(args, files, dtypes, archs)
