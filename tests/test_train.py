@@ -255,3 +255,16 @@ def test_batch_norm_models_skip_a_lone_last_image_and_refuse_batches_of_one(tmp_
     assert "test accuracy" in capsys.readouterr().out
     assert main(["train", "--device", "numpy", "--model", "resnet18", "--batch-size", "1", "--epochs", "1"]) == 2
     assert "has batch norm, which cannot train on one image at a time" in capsys.readouterr().err
+
+
+def test_fp16_training_overflow_is_the_scalers_business_not_a_warning(capsys):
+    """The first fp16 steps overflow FP16 at the loss scale 2^16, by design: the scaler halves it
+    and skips them. The NumPy oracle's rounding to float16 gives inf there as the kernels do,
+    without a RuntimeWarning per op."""
+    import warnings
+    from cnn_gpu.cli import main
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert main(["train", "--device", "numpy", "--model", "resnet18", "--precision", "fp16", "--epochs", "1",
+                     "--max-batches", "2"]) == 0
+    assert "scale=32768" in capsys.readouterr().err   # one overflowing step seen and halved
