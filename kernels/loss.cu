@@ -8,10 +8,10 @@
 //    with w the class weights (1 without), t the class probabilities (a one-hot row for a class
 //    index), and m = 0 for a row whose index equals ignore_index. With z = x - max(x),
 //    lse = log(sum exp z), A = sum_c m_c and B = sum_c m_c z_c (a zero mass adds 0, even where
-//    z = -inf) the row's loss is A*lse - B = sum_c m_c * (-log_softmax_c) and its gradient
-//    softmax_c * A - m_c. The gradient of a counted row is divided by `grad_divisor` (the summed
-//    target weights for the mean over class indices, rows for the mean over probabilities, 1 for
-//    "sum"/"none"; read from the device, so the mean's divisor needs no host round trip); an
+//    z = -inf) the row's loss is A*lse - B = sum_c m_c * (-log_softmax_c) (an ignored row's: 0)
+//    and its gradient softmax_c * A - m_c. The gradient of a counted row is divided by
+//    `grad_divisor` (the summed target weights for the mean over class indices, rows for the mean
+//    over probabilities, 1 for "sum"/"none"; read from the device, so the mean's divisor needs no host round trip); an
 //    ignored row's is not (it is 0, or NaN for non-finite logits, as PyTorch
 //    gives), so a mean over no counted targets has a NaN loss and a zero gradient, as PyTorch's.
 //    A class index outside [0, classes) that is not ignored gives a NaN loss and no one-hot
@@ -118,9 +118,11 @@ __device__ __forceinline__ void add_class(RowSums& sums, acc_t z, acc_t m)
     sums.weighted += m != (acc_t)0 ? m * z : (acc_t)0;   // a zero mass adds nothing, even where z = -inf
 }
 
-// The row's loss A*lse - B (NaN for an invalid class index).
+// The row's loss A*lse - B (NaN for an invalid class index); 0 for an ignored row, even one of
+// -inf logits (whose lse is NaN), as PyTorch gives
 __device__ __forceinline__ acc_t row_loss_value(const RowTarget& t, acc_t sum_exp, acc_t mass, acc_t weighted)
 {
+    if (!t.counted) return (acc_t)0;
     return t.valid ? mass * REAL_LOG(sum_exp) - weighted : REAL_NAN;
 }
 

@@ -333,11 +333,11 @@ def test_grid_stride_over_channels():
 @pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_float32_statistics_have_no_cancellation(be):
     """A large offset and a small spread: E[x^2] - E[x]^2 in float32 would lose every digit of the
-    variance; the two-pass statistics keep it to float32 accuracy."""
+    variance; the two-pass statistics keep it to float32 accuracy (eps 1e-12: 1e-8 of the variance)."""
     rng = np.random.default_rng(11)
     x64 = 1000 + 0.01 * rng.standard_normal((8, 2, 16, 16))
     x = x64.astype(np.float32)
-    y, mean, invstd = F.batch_norm(x, None, None, training=True, eps=0.0, return_stats=True, backend=be)
+    y, mean, invstd = F.batch_norm(x, None, None, training=True, eps=1e-12, return_stats=True, backend=be)
     exact = x.astype(np.float64)
     np.testing.assert_allclose(invstd, 1 / exact.std(axis=(0, 2, 3)), rtol=1e-4)
     np.testing.assert_allclose(y.std(axis=(0, 2, 3), dtype=np.float64), 1, rtol=1e-4)
@@ -374,3 +374,13 @@ def test_cuda_matches_numpy(dtype):
         assert_results_close(first, run_case(case, "numpy"), dtype, f"case {i} on cuda")
         for a, b in zip(first, second):   # fixed-order reductions: the same bits every run
             assert a is None or to_host(a).tobytes() == to_host(b).tobytes()
+
+
+def test_zero_eps_is_refused_in_training_only():
+    """As PyTorch: eps = 0 would divide a constant channel's zero variance by zero in training;
+    running statistics in eval mode are the caller's, so eps = 0 is taken there."""
+    x = np.random.default_rng(5).standard_normal((4, 3, 2, 2))
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        F.batch_norm(x, None, None, training=True, eps=0.0)
+    mean, var = np.zeros(3), np.ones(3)
+    np.testing.assert_allclose(F.batch_norm(x, mean, var, training=False, eps=0.0), x, rtol=1e-15)

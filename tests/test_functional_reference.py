@@ -281,6 +281,24 @@ def test_cross_entropy_of_only_ignored_targets():
     assert math.isnan(loss) and (grad == 0).all()
 
 
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_an_ignored_row_of_infinite_logits_adds_nothing(be):
+    """As PyTorch: an ignored position whose logits are all -inf (its log-softmax is NaN) adds 0
+    to the loss, in every reduction, on the NumPy path and the kernels (it was NaN)."""
+    from cnn_gpu import backend
+    if backend.why_unavailable(be):
+        pytest.skip(backend.why_unavailable(be))
+    logits = np.array([[1.0, 2.0, 0.5], [-np.inf, -np.inf, -np.inf]])
+    target = np.array([0, 1])
+    expected = math.log(math.exp(1.0) + math.exp(2.0) + math.exp(0.5)) - 1.0
+    with np.errstate(invalid="ignore"):
+        for reduction in ("mean", "sum"):
+            loss, _ = F.cross_entropy(logits, target, ignore_index=1, reduction=reduction, backend=be)
+            assert abs(loss - expected) <= 1e-14
+        losses, _ = F.cross_entropy(logits, target, ignore_index=1, reduction="none", backend=be)
+    np.testing.assert_allclose(losses, [expected, 0.0], rtol=1e-14)
+
+
 def test_mse_loss():
     rng = rng_for("mse")
     pred, target = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))

@@ -438,3 +438,23 @@ def check_mse(cfg, rng, dtype):
 @pytest.mark.parametrize("dtype, count, seed", [(np.float64, SWEEP, 15), (np.float32, SWEEP_F32, 16)])
 def test_loss_sweep(check, dtype, count, seed):
     run_sweep(draw_loss, check, count, dtype, seed)
+
+
+@pytest.mark.parametrize("groups, dilation, output_padding", [(1, 2, 1), (2, 3, (2, 1)), (1, (2, 3), (1, 2))])
+def test_pointwise_transposed_conv_with_output_padding(groups, dilation, output_padding):
+    """A 1x1 transposed conv of stride 1 takes output_padding below its dilation: its output is
+    larger than its input, so it is no plain matrix product (it once took that path and failed to
+    reshape). Forward and both gradients against PyTorch, float64."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 4, 3, 5))
+    w = rng.standard_normal((4, 6 // groups, 1, 1))
+    b = rng.standard_normal(6)
+    geo = dict(stride=1, dilation=dilation, output_padding=output_padding, groups=groups)
+    y = F.conv_transpose2d(x, w, b, **geo)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = TF.conv_transpose2d(xt, wt, torch.tensor(b), **geo)
+    assert y.shape == tuple(yt.shape) and rel_err(y, yt.detach().numpy()) <= 1e-12
+    dy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(dy))
+    dx, dw = F.conv_transpose2d_backward(dy, x, w, bias=False, **geo)[:2]
+    assert rel_err(dx, xt.grad.numpy()) <= 1e-12 and rel_err(dw, wt.grad.numpy()) <= 1e-12

@@ -102,7 +102,10 @@ def _check_common(x, running_mean, running_var, weight, bias, training, eps, act
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'relu', got {activation!r}")
-    return training, _checks.real_number(eps, "eps", minimum=0.0)
+    eps = _checks.real_number(eps, "eps", minimum=0.0)
+    if training and eps == 0.0:   # a constant channel would divide by zero (PyTorch refuses it too)
+        raise ValueError("eps must be positive during training, got 0.0")
+    return training, eps
 
 
 # --- public ops ---------------------------------------------------------------------------------

@@ -316,8 +316,10 @@ def _correlate(x, pads, w, groups, stride, dilation, out, bias=None):
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:
-    """A 1x1 convolution without stride or padding: a plain (batched) matrix product."""
-    return g.R == g.S == 1 and g.stride == (1, 1) and g.pads == (0, 0, 0, 0)
+    """A 1x1 convolution without stride or padding whose input and output sizes agree: a plain
+    (batched) matrix product. A transposed one's output_padding (legal with dilation > 1) makes
+    its input (this geometry's x) larger than its output (y) by rows the product does not make."""
+    return g.R == g.S == 1 and g.stride == (1, 1) and g.pads == (0, 0, 0, 0) and (g.H, g.W) == (g.P, g.Q)
 
 
 def _pointwise_operands(a, groups):

@@ -91,7 +91,8 @@ def _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_sm
         mass = np.where(counted[:, None], class_weight * (keep * one_hot + spread), dtype(0))
     total_mass = mass.sum(axis=1, keepdims=True)
     weighted = np.where(mass != 0, mass * z, dtype(0)).sum(axis=1)   # 0 * (-inf) adds nothing
-    row_loss = total_mass[:, 0] * np.log(sum_exp[:, 0]) - weighted
+    # an ignored row adds nothing, even one of -inf logits (whose log-softmax is NaN), as in PyTorch
+    row_loss = np.where(counted, total_mass[:, 0] * np.log(sum_exp[:, 0]) - weighted, dtype(0))
     if reduction == "mean":
         divisor = len(x) if labels is None else class_weight[indices[counted]].sum()
     else:
