@@ -27,7 +27,7 @@ from conv_targets import format_table   # beside this script
 
 CHAINS = 8                # kernels/mma_rate.cu MMA_RATE_CHAINS: mma per warp and iteration
 WARPS_PER_BLOCK = 4       # one per SM sub-partition
-PIPES = {"float32": "tf32", "float16": "fp16"}
+DTYPES = ("float32", "float16")   # TF32 m16n8k8 and FP16 m16n8k16 (roofline.conv.tensor_pipe)
 # Operand words: every A value 1 and every B value 1/2 (TF32 words; FP16 pairs), so one mma adds
 # (reduction depth) / 2 to each accumulator: 4 for m16n8k8, 8 for m16n8k16, exact in FP32.
 WORDS = {"float32": (0x3F800000, 0x3F000000), "float16": (0x3C003C00, 0x38003800)}
@@ -43,21 +43,15 @@ def measure(be: str, dtype: str, iterations: int, blocks: int) -> dict:
     threads = blocks * WARPS_PER_BLOCK * 32
     out = np.zeros(threads * CHAINS * 4, np.float32)
     clocks = np.zeros(blocks * WARPS_PER_BLOCK, np.int64)
-    args = [lane_words, out, clocks, np.int32(iterations)]
-    seconds = None
-    if be == "cuda":
-        import cupy
-        args = [cupy.asarray(lane_words), cupy.asarray(out), cupy.asarray(clocks), np.int32(iterations)]
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        backend.launch(be, "mma_rate", dtype, "mma_rate", (blocks,), (WARPS_PER_BLOCK * 32,), args)   # compile, warm
-        start.record()
+    from cnn_gpu.bench.devices import CudaDevice, EmuDevice
+    device = CudaDevice() if be == "cuda" else EmuDevice()
+    args = [device.asarray(a) for a in (lane_words, out, clocks)] + [np.int32(iterations)]
+
+    def launch():
         backend.launch(be, "mma_rate", dtype, "mma_rate", (blocks,), (WARPS_PER_BLOCK * 32,), args)
-        stop.record()
-        stop.synchronize()
-        seconds = cupy.cuda.get_elapsed_time(start, stop) / 1e3
-        out, clocks = args[1].get(), args[2].get()
-    else:
-        backend.launch(be, "mma_rate", dtype, "mma_rate", (blocks,), (WARPS_PER_BLOCK * 32,), args)
+    launch()   # compiles (and on a GPU warms up); the emulator's one launch is all it runs
+    seconds = device.time_calls(launch, [()], 1)[0] if be == "cuda" else None
+    out, clocks = (a.get() if be == "cuda" else a for a in args[1:3])
     expected = np.float32(iterations * DEPTH[dtype] / 2)
     if not np.all(out == expected):
         wrong = np.flatnonzero(out != expected)
@@ -78,7 +72,8 @@ def rows(gpu: str, iterations: int, blocks_per_sm: int, be: str = "cuda") -> lis
         from cnn_gpu.bench import gpu_info
         sms = gpu_info()["sms"]
     table = []
-    for dtype, pipe in PIPES.items():
+    for dtype in DTYPES:
+        pipe = roofline.conv.tensor_pipe(dtype)
         result = measure(be, dtype, iterations, sms * blocks_per_sm)
         model_clocks = roofline.mma_issue_clocks(spec, pipe)
         peak = roofline.tensor_peak_flops(spec, pipe)

@@ -65,7 +65,7 @@ def test_the_timed_loop_issues_its_mma_and_little_else(mma_rate, dtype):
         assert row["mma"] == mma_rate.CHAINS and row["instructions"] <= mma_rate.CHAINS + 4, (arch, row)
         assert row["local_memory"] == 0
     traits = roofline.KernelTraits(row["registers"], 0, 1.0, None, mma=row["mma"], instructions=row["instructions"])
-    assert roofline.mma_issue_ceiling(traits, spec, mma_rate.PIPES[dtype]) == 1.0
+    assert roofline.mma_issue_ceiling(traits, spec, roofline.conv.tensor_pipe(dtype)) == 1.0
 
 
 @pytest.mark.gpu

@@ -36,6 +36,16 @@ unit_float = _number_type(float, lambda value: 0 <= value <= 1, "a number in [0,
 seed = _number_type(int, lambda value: 0 <= value < 2**64, "an integer in [0, 2^64)")
 
 
+def check_outputs(args, *options) -> None:
+    """ValueError for a path given to one of `options` (--json, --csv...) that cannot be written:
+    checked before the work, not after it ("-" is standard output)."""
+    from ..checkpoint import check_writable
+    for option in options:
+        path = getattr(args, option, None)
+        if path not in (None, "-"):
+            check_writable(path)
+
+
 def comma_list(text: str) -> list[str]:
     """argparse type for "a,b,c" options: the names in order, each once; refused when empty."""
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))

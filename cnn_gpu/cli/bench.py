@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..precision import MATH_MODES
-from . import comma_list, seed
+from . import check_outputs, comma_list, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def run(args) -> int:
                              f"thread on the CPU, far too slow for --shapes {args.shapes})")
         if args.plot:
             bench.require_matplotlib()
-        _check_outputs(args)
+        check_outputs(args, "json", "csv", "plot")
         if args.threads:
             bench.set_threads(args.threads)
         cases = bench.make_cases(args.shapes, ops, args.batch)
@@ -149,15 +149,6 @@ def run(args) -> int:
     return 0
 
 
-def _check_outputs(args) -> None:
-    """ValueError for a --json/--csv/--plot path that cannot be written, before anything is timed."""
-    from ..checkpoint import check_writable
-    for option in ("json", "csv", "plot"):
-        path = getattr(args, option, None)
-        if path not in (None, "-"):
-            check_writable(path)
-
-
 # the options of the op table, with their defaults: --nproc measures one model's step, no table
 SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None}
 
@@ -174,7 +165,7 @@ def _scaling(args) -> int:
         if given:
             raise ValueError(f"--nproc measures the training step of the small CNN alone; it takes no "
                              f"{', '.join(given)}")
-        _check_outputs(args)
+        check_outputs(args, "json", "csv", "plot")
     except ValueError as err:
         print(f"cnn-gpu bench: {err}", file=sys.stderr)
         return 2

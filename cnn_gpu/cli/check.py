@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..precision import MATH_MODES
-from . import comma_list, seed
+from . import check_outputs, comma_list, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +59,7 @@ def run(args) -> int:
             raise RuntimeError(f"backend {device!r} is not available: {why_unavailable(device)}")
         ops = args.ops or list(check.OPS)
         dtype = args.dtype or ("float32" if args.math == "tf32" else "float64")
-        if args.json not in (None, "-"):
-            from ..checkpoint import check_writable
-            check_writable(args.json)   # before the checks run, not after
+        check_outputs(args, "json")
         pending = check.check_ops(device, ops, args.mode, dtype, args.seed, args.math)
     except (RuntimeError, ValueError) as err:
         print(f"cnn-gpu check: {err}", file=sys.stderr)

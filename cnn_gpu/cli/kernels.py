@@ -123,7 +123,8 @@ def _selected_files(args):
 
 
 def run(args) -> int:
-    from .. import checkpoint, nvrtc
+    from .. import nvrtc
+    from . import check_outputs
     reason = nvrtc.why_unavailable()
     if reason:
         print(f"cnn-gpu kernels: {reason}", file=sys.stderr)
@@ -133,8 +134,7 @@ def run(args) -> int:
             raise ValueError("--markdown needs --sass")
         archs = _arch_list(args.arch) if args.arch else _default_archs()
         files = _selected_files(args)
-        if args.json not in (None, "-"):
-            checkpoint.check_writable(args.json)    # before minutes of compiling, not after
+        check_outputs(args, "json")    # before minutes of compiling, not after
     except ValueError as err:
         print(f"cnn-gpu kernels: {err}", file=sys.stderr)
         return 2
