@@ -323,6 +323,18 @@ def test_max_pool2d_all_padding_windows():
     np.testing.assert_array_equal(y, yt.numpy())
 
 
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_max_pool2d_signed_zero_ties(backend):
+    """A window whose maximum is a tie of -0.0 and 0.0 returns the value at its index (the first in
+    scan order), sign included, as PyTorch does: a max over the window may return either zero."""
+    x = np.random.default_rng(31).choice([0.0, -0.0, -1.0], size=(2, 3, 7, 6))
+    y, idx = F.max_pool2d(x, 3, stride=1, padding=1, backend=backend)
+    yt, it = TF.max_pool2d(torch.tensor(x), 3, stride=1, padding=1, return_indices=True)
+    np.testing.assert_array_equal(idx, it.numpy())
+    np.testing.assert_array_equal(np.signbit(y), torch.signbit(yt).numpy())
+    assert np.signbit(y).any() and (~np.signbit(y) & (y == 0)).any()   # both signs reached
+
 # --- element-wise, linear, losses ---------------------------------------------------------------
 
 ACTIVATIONS = {

@@ -108,6 +108,8 @@ def _max_forward(x, g: PoolGeometry):
     if nan_windows.any():
         for t in range(len(taps)):
             best_tap += (t - best_tap) * (nan_windows & np.isnan(windows[t]))
+    # the value at that tap: max() may return either of a tied -0.0 and 0.0, PyTorch the first
+    best = np.take_along_axis(windows, best_tap[None], axis=0)[0]
     flat, first = _window_table(dataclasses.replace(g, N=1, C=1))
     offsets = np.arange(g.P * g.Q, dtype=np.int32).reshape(g.P, g.Q) * len(taps)
     indices = flat.ravel()[offsets + best_tap]
