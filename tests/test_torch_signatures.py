@@ -369,6 +369,26 @@ def test_loss_of_nothing(be):
     assert loss == 0.0 and grad.shape == logits.shape
 
 
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("kdims", [(), (2, 3)], ids=["rows", "positions"])
+def test_cross_entropy_mean_over_zero_target_weight(be, kdims, torch):
+    """Counted targets whose weights sum to 0: PyTorch's NLL term is 0/0, so its mean is NaN with NaN
+    gradients on the counted rows also with label smoothing (whose own term alone would be inf)."""
+    rng = np.random.default_rng(28)
+    logits = rng.standard_normal((4, 3) + kdims)
+    weight = np.array([0.0, 0.0, 1.5])   # class 2 weighs something, but no target is class 2
+    target = rng.integers(0, 2, size=(4,) + kdims)
+    target.flat[0] = -100   # one ignored: its gradient stays 0
+    for smoothing in (0.0, 0.3, 1.0):
+        logits_t = tensor(torch, logits, True)
+        loss_t = torch.nn.functional.cross_entropy(logits_t, torch.tensor(target), tensor(torch, weight),
+                                                   label_smoothing=smoothing)
+        loss_t.backward()
+        loss, dlogits = F.cross_entropy(*on(be, logits, target, weight), label_smoothing=smoothing)
+        assert math.isnan(loss) and math.isnan(loss_t.item()), (smoothing, loss)
+        close(to_host(dlogits), logits_t.grad, np.float64, f"{be} {kdims} smoothing {smoothing}")
+
 # --- arguments PyTorch refuses --------------------------------------------------------------------
 
 X = np.random.default_rng(26).standard_normal((2, 3, 5, 5))
@@ -602,6 +622,7 @@ def test_tampered_max_pool_indices_are_refused(be):
     bad[0, 0, 0, 0] = 1   # row 0, col 1: between taps 0 and 2
     with pytest.raises(ValueError, match="not a tap"):
         F.max_pool2d_backward(np.ones(y.shape), bad, x.shape, 2, stride=1, dilation=2, backend=be)
+
 
 
 # --- layers ----------------------------------------------------------------------------------------

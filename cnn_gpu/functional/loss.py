@@ -11,7 +11,10 @@ Cross entropy, for every position (row of classes) with target mass
 index equals ignore_index) is sum_c m_c * (-log_softmax(x)_c), whose gradient is
 softmax(x) * sum_c m_c - m. This is exactly PyTorch's sum of its NLL and label-smoothing terms.
 The mean over class indices divides by the summed weights w[target] of the counted (not ignored)
-targets; the mean over class probabilities by the number of positions (PyTorch's rules).
+targets; the mean over class probabilities by the number of positions (PyTorch's rules). Where the
+counted targets' weights sum to 0 with label_smoothing > 0, the loss and the counted rows' gradients
+are NaN: PyTorch divides its NLL and smoothing terms separately, and the NLL term is then 0/0 (for
+non-negative weights), where dividing their sum once would give inf.
 """
 from __future__ import annotations
 
@@ -95,6 +98,8 @@ def _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_sm
     row_loss = np.where(counted, total_mass[:, 0] * np.log(sum_exp[:, 0]) - weighted, dtype(0))
     if reduction == "mean":
         divisor = len(x) if labels is None else class_weight[indices[counted]].sum()
+        if divisor == 0 and label_smoothing > 0:
+            divisor = dtype(np.nan)   # PyTorch's NaN, not inf (module docstring)
     else:
         divisor = 1
     grad = exp / sum_exp * total_mass - mass

@@ -63,6 +63,8 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
                        (labels, logits if weight is None else weight, target_weight, np.int64(rows),
                         *i32(classes), np.int64(ignore_index), *i32(weight is not None)))
         divisor = _total(be, target_weight)
+        if label_smoothing > 0:
+            divisor = xp.where(divisor == 0, divisor.dtype.type(np.nan), divisor)   # NaN, not inf, as PyTorch
         host_divisor = None      # read back with the total, in one transfer
     else:
         host_divisor = rows if reduction == "mean" else 1
