@@ -625,6 +625,23 @@ def test_tampered_max_pool_indices_are_refused(be):
 
 
 
+@pytest.mark.parametrize("empty", [(), []], ids=["tuple", "list"])
+def test_empty_pool_stride_means_the_kernel_size(empty, torch):
+    """PyTorch takes stride=() (or []) as its default, the kernel size: the functions, their
+    backward and the layers do too."""
+    rng = np.random.default_rng(34)
+    x = rng.standard_normal((2, 3, 7, 6))
+    dy = rng.standard_normal((2, 3, 3, 2))
+    y, indices = F.max_pool2d(x, (2, 3), stride=empty)
+    close(y, torch.nn.functional.max_pool2d(torch.tensor(x), (2, 3), stride=empty), np.float64, "max")
+    np.testing.assert_array_equal(F.max_pool2d_backward(dy, indices, x.shape, (2, 3), stride=empty),
+                                  F.max_pool2d_backward(dy, indices, x.shape, (2, 3)))
+    close(F.avg_pool2d(x, (2, 3), stride=empty), torch.nn.functional.avg_pool2d(torch.tensor(x), (2, 3), stride=empty),
+          np.float64, "avg")
+    np.testing.assert_array_equal(F.avg_pool2d_backward(dy, x.shape, (2, 3), stride=empty),
+                                  F.avg_pool2d_backward(dy, x.shape, (2, 3)))
+    assert nn.MaxPool2d((2, 3), stride=empty).stride == nn.AvgPool2d((2, 3), stride=empty).stride == (2, 3)
+
 # --- layers ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("be", FD_BACKENDS)

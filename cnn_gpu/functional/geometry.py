@@ -219,6 +219,14 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dil: int, ce
     return out
 
 
+def pool_stride(stride, kernel_size) -> tuple[int, int]:
+    """A pool's stride as a pair: None, or an empty tuple or list as PyTorch also takes it, means
+    kernel_size."""
+    if stride is None or isinstance(stride, (tuple, list)) and len(stride) == 0:
+        return pair(kernel_size, "kernel_size")
+    return pair(stride, "stride")
+
+
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                   count_include_pad=True, divisor_override=None) -> PoolGeometry:
     """Geometry of pooling a batch x (N, C, H, W); ValueError/TypeError on any bad argument."""
@@ -228,7 +236,7 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil
     if min(N, C, H, W) <= 0:
         raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
     kh, kw = pair(kernel_size, "kernel_size")
-    sh, sw = pair(kernel_size if stride is None else stride, "stride")
+    sh, sw = pool_stride(stride, kernel_size)
     ph, pw = pair(padding, "padding", minimum=0)
     dh, dw = pair(dilation, "dilation")
     if 2 * ph > kh or 2 * pw > kw:

@@ -11,7 +11,7 @@ from .. import functional as F
 from .. import philox
 from ..functional._checks import FLOAT_DTYPES, real_number
 from ..functional.dropout import check_probability
-from ..functional.geometry import check_divisor_override, conv_padding, pair
+from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
 from . import init
 from .module import Module, Parameter
 
@@ -162,7 +162,7 @@ class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.stride = pool_stride(stride, self.kernel_size)
         self.padding = pair(padding, "padding", minimum=0)
         self.dilation = pair(dilation, "dilation")
         self.return_indices = bool(return_indices)
@@ -191,7 +191,7 @@ class AvgPool2d(Module):
                  divisor_override=None):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.stride = pool_stride(stride, self.kernel_size)
         self.padding = pair(padding, "padding", minimum=0)
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
