@@ -31,6 +31,12 @@ def _positive_finite(name: str, value) -> float:
     return value
 
 
+def _as_fp32_scale(value: float) -> float:
+    """A scale as PyTorch holds it: a float32 value (each update computed in double, then rounded)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
 class GradScaler:
     """Loss scale S (init_scale), halved by backoff_factor on a step whose gradients hold inf/NaN
     (that step is skipped) and multiplied by growth_factor after growth_interval clean steps in a
@@ -52,8 +58,13 @@ class GradScaler:
             raise TypeError(f"GradScaler: enabled must be True or False, got {enabled!r}")
         self._growth_interval = int(growth_interval)
         self._enabled = enabled
+        self._scale = _as_fp32_scale(self._scale)
+        if not math.isfinite(self._scale):
+            raise ValueError(f"GradScaler: init_scale must fit in float32 (PyTorch keeps it there), got {init_scale!r}")
         self._growth_tracker = 0     # clean steps since the last change of scale
-        self._found_inf = None       # this step's finding: None before unscale_
+        # per optimizer of this step, by id() as PyTorch's: {"found_inf": bool, "stepped": bool},
+        # an entry from its unscale_ on
+        self._optimizers = {}
 
     def is_enabled(self) -> bool:
         return self._enabled
@@ -72,12 +83,15 @@ class GradScaler:
 
     def unscale_(self, optimizer) -> None:
         """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
-        dtype) and note whether any is inf/NaN, agreed over all ranks. Once per step."""
+        dtype) and note whether any is inf/NaN, agreed over all ranks. Once per optimizer and step,
+        before its step()."""
         if not self._enabled:
             return
-        if self._found_inf is not None:
-            raise RuntimeError("GradScaler.unscale_ was already called since the last update()")
-        inverse = 1.0 / self._scale
+        state = self._optimizers.get(id(optimizer))
+        if state is not None:
+            raise RuntimeError("GradScaler.unscale_ was already called on this optimizer since the last update()"
+                               if not state["stepped"] else "GradScaler.unscale_ is being called after step()")
+        inverse = float(np.float32(1.0 / self._scale))   # PyTorch's FP32 reciprocal
         found = False
         for p in optimizer.params:
             if p.grad is None:
@@ -86,36 +100,45 @@ class GradScaler:
             wide = p.grad.astype(xp.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
             found = found or not bool(xp.isfinite(wide).all())
             p.grad = (wide * inverse).astype(p.grad.dtype)
-        self._found_inf = _any_rank(found)
+        self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False}
 
     def step(self, optimizer) -> bool:
-        """optimizer.step() unless this step's gradients held inf/NaN (unscales them first if
-        unscale_ was not called). True when the step was taken."""
+        """optimizer.step() unless its gradients held inf/NaN this step (unscales them first if
+        unscale_ was not called). Once per optimizer between updates; with several optimizers each
+        is checked (and skipped) on its own gradients, and update() backs off if any held inf/NaN.
+        True when the step was taken."""
         if not self._enabled:
             optimizer.step()
             return True
-        if self._found_inf is None:
+        state = self._optimizers.get(id(optimizer))
+        if state is not None and state["stepped"]:
+            raise RuntimeError("GradScaler.step was already called on this optimizer since the last update()")
+        if state is None:
             self.unscale_(optimizer)
-        if self._found_inf:
+            state = self._optimizers[id(optimizer)]
+        state["stepped"] = True
+        if state["found_inf"]:
             return False
         optimizer.step()
         return True
 
     def update(self) -> None:
-        """Adjust the scale after a step: backoff on inf/NaN, growth after growth_interval clean
-        steps; a step that was never unscaled leaves the scale as it is."""
-        if not self._enabled or self._found_inf is None:
-            self._found_inf = None
+        """Adjust the scale after a step: backoff if any optimizer's gradients held inf/NaN, growth
+        after growth_interval clean steps; a step with no optimizer unscaled leaves the scale as it
+        is. The scale is kept in FP32 as PyTorch's (a growth that would overflow it is not taken)."""
+        optimizers, self._optimizers = self._optimizers, {}
+        if not self._enabled or not optimizers:
             return
-        if self._found_inf:
-            self._scale *= self._backoff_factor
+        if any(state["found_inf"] for state in optimizers.values()):
+            self._scale = _as_fp32_scale(self._scale * self._backoff_factor)
             self._growth_tracker = 0
         else:
             self._growth_tracker += 1
             if self._growth_tracker == self._growth_interval:
-                self._scale *= self._growth_factor
+                grown = _as_fp32_scale(self._scale * self._growth_factor)
+                if math.isfinite(grown):
+                    self._scale = grown
                 self._growth_tracker = 0
-        self._found_inf = None
 
     def state_dict(self) -> dict:
         """Plain numbers (JSON-friendly), as PyTorch's: scale, factors, interval, tracker."""

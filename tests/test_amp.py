@@ -52,12 +52,13 @@ def test_unscale_divides_in_fp32_and_keeps_the_dtype():
     scaler = GradScaler(init_scale=2.0 ** 16)
     grads = _scaled_grads(params, scaler, rng)
     assert np.isfinite(params[0].grad).all()      # 2**16 itself would overflow float16
-    scaler.unscale_(optim.Adam(params))
+    optimizer = optim.Adam(params)
+    scaler.unscale_(optimizer)
     for p, g in zip(params, grads):
         assert p.grad.dtype == np.float16
         np.testing.assert_allclose(p.grad.astype(np.float32), g, rtol=2e-3, atol=1e-7)
     with pytest.raises(RuntimeError, match="already"):
-        scaler.unscale_(optim.Adam(params))
+        scaler.unscale_(optimizer)
 
 
 def test_scale_doubles_after_growth_interval_clean_steps():
@@ -95,6 +96,65 @@ def test_state_dict_round_trip_and_refusals():
             restored.load_state_dict(broken)
         assert restored.state_dict() == state     # nothing changed
     assert GradScaler(enabled=False).state_dict() == {}
+
+
+def test_each_optimizer_is_unscaled_checked_and_skipped_on_its_own_gradients():
+    """PyTorch's pattern for several optimizers: step(o1); step(o2); update(). Each is unscaled and
+    checked; one whose gradients hold inf is skipped alone, and the scale backs off."""
+    rng = np.random.default_rng(6)
+    first, second = _float16_params(rng, ((3,),)), _float16_params(rng, ((4,),))
+    optimizers = optim.SGD(first, lr=0.5), optim.SGD(second, lr=0.5)
+    scaler = GradScaler(init_scale=1024.0)
+    before = [p.data.copy() for p in first + second]
+    grads = _scaled_grads(first, scaler, rng) + _scaled_grads(second, scaler, rng)
+    assert scaler.step(optimizers[0]) and scaler.step(optimizers[1])
+    scaler.update()
+    for p, b, g in zip(first + second, before, grads):   # both stepped by lr * the unscaled gradient
+        np.testing.assert_allclose(p.data.astype(np.float32), b.astype(np.float32) - 0.5 * g, rtol=0, atol=2e-3)
+    _scaled_grads(first, scaler, rng)
+    _scaled_grads(second, scaler, rng)
+    second[0].grad[1] = np.inf
+    kept = [p.data.copy() for p in first + second]
+    assert scaler.step(optimizers[0]) is True and scaler.step(optimizers[1]) is False
+    scaler.update()
+    assert not np.array_equal(first[0].data, kept[0]) and np.array_equal(second[0].data, kept[1])
+    assert scaler.get_scale() == 512.0
+    # once per optimizer between updates, and unscale_ only before its step
+    _scaled_grads(first, scaler, rng)
+    scaler.step(optimizers[0])
+    with pytest.raises(RuntimeError, match="step was already called"):
+        scaler.step(optimizers[0])
+    with pytest.raises(RuntimeError, match="after step"):
+        scaler.unscale_(optimizers[0])
+    scaler.unscale_(optimizers[1])   # another optimizer: allowed
+    scaler.update()
+
+
+def test_scale_follows_pytorchs_float32_updates():
+    """Non-power-of-two factors and growth up to float32's limit: the scale PyTorch's CPU scaler
+    keeps, a float32 updated in double and rounded (growth past float32 is not taken)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
+    options = dict(init_scale=2.0e37, growth_factor=3.7, backoff_factor=0.3, growth_interval=2)
+    ours = GradScaler(**options)
+    theirs = torch.amp.GradScaler("cpu", **options)
+    rng = np.random.default_rng(7)
+    param = Parameter(np.ones(3, np.float32))
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer, torch_optimizer = optim.SGD([param], lr=0.0), torch.optim.SGD([weight], lr=0.0)
+    scales = []
+    for step in range(24):
+        bad = step % 7 == 6
+        grad = np.full(3, np.inf if bad else 1.0, np.float32)
+        param.grad = grad
+        weight.grad = torch.tensor(grad)
+        ours.step(optimizer)
+        ours.update()
+        theirs.scale(torch.ones(1))   # PyTorch's scaler starts on its first scale()
+        theirs.step(torch_optimizer)
+        theirs.update()
+        assert ours.get_scale() == theirs.get_scale(), step
+        scales.append(ours.get_scale())
+    assert max(scales) * 3.7 > float(np.finfo(np.float32).max)   # a growth past float32 was refused
 
 
 @pytest.mark.parametrize("kwargs", [dict(init_scale=0.0), dict(init_scale=np.inf), dict(init_scale=np.nan),
