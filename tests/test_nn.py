@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import functional as F
-from cnn_gpu import gradcheck, models, nn
+from cnn_gpu import gradcheck, models, nn, optim
 
 
 @pytest.fixture
@@ -334,6 +334,44 @@ def test_sequential_indexing_and_names():
     with pytest.raises(TypeError, match="Modules"):
         nn.Sequential(nn.ReLU(), "relu")
 
+
+
+def test_a_module_used_twice_in_one_model_is_refused():
+    """A module keeps its latest forward's input only, so a second place in the same model would
+    give the first place's backward the wrong input: refused where the model is built."""
+    lin = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="Linear is already part of this Sequential"):
+        nn.Sequential(lin, nn.Tanh(), lin)
+    with pytest.raises(ValueError, match="already part of this Residual"):
+        nn.Residual(lin, lin)
+    with pytest.raises(ValueError, match="already part"):
+        nn.Sequential(nn.Sequential(nn.ReLU(), lin), lin)   # inside a child too
+    seq = nn.Sequential(lin)
+    with pytest.raises(ValueError, match="already part"):
+        seq.append(seq)
+    seq.block = nn.ReLU()
+    seq.block = nn.ReLU()   # replacing a child under its own name is fine
+    assert len(seq.parameters()) == 2
+
+
+def test_tied_weights_get_both_places_gradients(rng):
+    """One Parameter assigned to two modules: listed once (as PyTorch lists it), its gradient the sum
+    over both places, as autograd gives."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
+    first, second = nn.Linear(3, 3, dtype=np.float64, rng=1), nn.Linear(3, 3, dtype=np.float64, rng=2)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), second)
+    assert model.parameters() == [first.weight, first.bias, second.bias]
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    x, dy = _randn(rng, 4, 3), _randn(rng, 4, 3)
+    model(x)
+    model.backward(dy)
+    w = torch.tensor(first.weight.data, requires_grad=True)
+    b1, b2 = torch.tensor(first.bias.data), torch.tensor(second.bias.data)
+    y = torch.tanh(torch.tensor(x) @ w.T + b1) @ w.T + b2
+    y.backward(torch.tensor(dy))
+    np.testing.assert_allclose(first.weight.grad, w.grad.numpy(), rtol=1e-12)
+    optim.SGD(model.parameters(), lr=0.1).step()   # one Parameter once: no aliasing refusal
 
 def test_gradients_accumulate_until_zero_grad(rng):
     layer = nn.Linear(3, 2, dtype=np.float64, rng=0)

@@ -99,13 +99,34 @@ class Module:
             self._buffers[name] = value
             object.__setattr__(self, name, value)
             return
-        parameters.pop(name, None)
-        modules.pop(name, None)
+        if isinstance(value, Module):
+            self._check_not_in_tree(name, value)
+        # a name registered before keeps its place (the order of parameters() and state_dict()), as in PyTorch
         if isinstance(value, Parameter):
+            modules.pop(name, None)
             parameters[name] = value
         elif isinstance(value, Module):
+            parameters.pop(name, None)
             modules[name] = value
+        else:
+            parameters.pop(name, None)
+            modules.pop(name, None)
         object.__setattr__(self, name, value)
+
+    def _check_not_in_tree(self, name: str, child: "Module") -> None:
+        """ValueError when `child` (or a module inside it) is this module or already sits in its tree
+        under another name: a module keeps only its latest forward's input for backward, so one
+        used twice in a model would get wrong gradients."""
+        tree = {id(self)}
+        for other_name, other in self._modules.items():
+            if other_name != name:
+                tree.update(id(module) for module in other.modules())
+        reused = next((module for module in child.modules() if id(module) in tree), None)
+        if reused is not None:
+            raise ValueError(f"{type(reused).__name__} is already part of this {type(self).__name__}: a module "
+                             f"keeps only its latest forward's input for backward, so one used twice would get "
+                             f"wrong gradients; use a new module for each place (to tie weights, assign one "
+                             f"Parameter to both)")
 
     # --- computation ----------------------------------------------------------------------------
 
@@ -153,7 +174,10 @@ class Module:
                 yield (f"{module_name}.{name}" if module_name else name), parameter
 
     def parameters(self) -> list:
-        return [parameter for _, parameter in self.named_parameters()]
+        """Each Parameter once (tied weights: one Parameter assigned to two modules), in the order
+        of named_parameters, as PyTorch's."""
+        seen = set()
+        return [p for _, p in self.named_parameters() if id(p) not in seen and not seen.add(id(p))]
 
     def register_buffer(self, name: str, array) -> None:
         """Register `array` (or None: absent) as the buffer `name`, saved in state_dict()."""
