@@ -9,7 +9,8 @@
 //  * adam_step (L2 weight decay as torch.optim.Adam, not AdamW): g = grad + weight_decay*param;
 //    m += (1-beta1)(g - m); v = beta2*v + (1-beta2)*g*g;
 //    param -= step_size * m / (sqrt(v)/bias2_sqrt + eps), where the host computes
-//    step_size = lr/(1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) from the step count t.
+//    step_size = lr/(1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) from the step count t, and
+//    1-beta1, 1-beta2 in double (as PyTorch: in FP32, 1 - 0.999 would be off by 1e-5 relative).
 // The math is in acc_t and the state (momentum buffer, moments) is acc_t: FP32 for float16. The
 // float16 build adds *_master kernels (mixed precision, cnn_gpu.optim): they update the
 // parameter's FP32 master copy from the float16 gradient and store the parameter rounded once.
@@ -33,12 +34,12 @@ __device__ __forceinline__ acc_t sgd_momentum_update(acc_t p, acc_t grad, acc_t*
 }
 
 __device__ __forceinline__ acc_t adam_update(acc_t p, acc_t grad, acc_t* __restrict__ m, acc_t* __restrict__ v,
-                                             long long i, acc_t step_size, acc_t bias2_sqrt, acc_t beta1,
-                                             acc_t beta2, acc_t eps, acc_t weight_decay)
+                                             long long i, acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1,
+                                             acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
 {
     const acc_t g = grad + weight_decay * p;
-    const acc_t m_new = m[i] + ((acc_t)1 - beta1) * (g - m[i]);
-    const acc_t v_new = beta2 * v[i] + ((acc_t)1 - beta2) * g * g;
+    const acc_t m_new = m[i] + one_minus_beta1 * (g - m[i]);
+    const acc_t v_new = beta2 * v[i] + one_minus_beta2 * g * g;
     m[i] = m_new;
     v[i] = v_new;
     return p - step_size * m_new / (REAL_SQRT(v_new) / bias2_sqrt + eps);
@@ -64,11 +65,12 @@ sgd_momentum_step(REAL* __restrict__ param, const REAL* __restrict__ grad, acc_t
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adam_step(REAL* __restrict__ param, const REAL* __restrict__ grad, acc_t* __restrict__ m, acc_t* __restrict__ v,
-          long long n, acc_t step_size, acc_t bias2_sqrt, acc_t beta1, acc_t beta2, acc_t eps, acc_t weight_decay)
+          long long n, acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2,
+          acc_t eps, acc_t weight_decay)
 {
     GRID_STRIDE_LOOP(i, n) {
-        param[i] = to_real(adam_update(to_acc(param[i]), to_acc(grad[i]), m, v, i, step_size, bias2_sqrt, beta1,
-                                       beta2, eps, weight_decay));
+        param[i] = to_real(adam_update(to_acc(param[i]), to_acc(grad[i]), m, v, i, step_size, bias2_sqrt,
+                                       one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay));
     }
 }
 
@@ -100,11 +102,11 @@ sgd_momentum_step_master(REAL* __restrict__ param, acc_t* __restrict__ master, c
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adam_step_master(REAL* __restrict__ param, acc_t* __restrict__ master, const REAL* __restrict__ grad,
                  acc_t* __restrict__ m, acc_t* __restrict__ v, long long n, acc_t step_size, acc_t bias2_sqrt,
-                 acc_t beta1, acc_t beta2, acc_t eps, acc_t weight_decay)
+                 acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
 {
     GRID_STRIDE_LOOP(i, n) {
-        const acc_t p = adam_update(master[i], to_acc(grad[i]), m, v, i, step_size, bias2_sqrt, beta1, beta2, eps,
-                                    weight_decay);
+        const acc_t p = adam_update(master[i], to_acc(grad[i]), m, v, i, step_size, bias2_sqrt, one_minus_beta1,
+                                    beta2, one_minus_beta2, eps, weight_decay);
         master[i] = p;
         param[i] = to_real(p);
     }

@@ -56,4 +56,4 @@ def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, 
     step_size = lr / (1 - beta1 ** step)
     bias2_sqrt = math.sqrt(1 - beta2 ** step)
     _launch(be, "adam_step", param, master, (grad, m, v),
-            acc(param.dtype, step_size, bias2_sqrt, beta1, beta2, eps, weight_decay))
+            acc(param.dtype, step_size, bias2_sqrt, 1 - beta1, beta2, 1 - beta2, eps, weight_decay))
