@@ -122,9 +122,10 @@ class Optimizer:
     def params(self):
         return self.param_groups[0]["params"]
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
         for p in self.params:
-            p.grad = None
+            p.clear_grad(set_to_none)
 
     def _prepare(self, index: int, p, state: dict):
         """(backend, C-contiguous gradient) of one parameter's update, after checking everything

@@ -383,6 +383,16 @@ def test_gradients_accumulate_until_zero_grad(rng):
     np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-15)
     layer.zero_grad()
     assert layer.weight.grad is None and layer.bias.grad is None
+    layer.backward(dy)
+    kept = layer.weight.grad
+    optim.SGD(layer.parameters(), lr=0.1).zero_grad(set_to_none=False)   # PyTorch's in-place zeroing
+    assert layer.weight.grad is kept and not kept.any() and not layer.bias.grad.any()
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.weight.grad, once, rtol=1e-15)
+    layer.zero_grad(set_to_none=False)
+    assert layer.weight.grad is kept and not kept.any()
+    with pytest.raises(TypeError, match="set_to_none"):
+        layer.zero_grad(set_to_none=0)
 
 
 def test_train_eval_flags():
@@ -391,6 +401,9 @@ def test_train_eval_flags():
     assert model.eval() is model
     assert not any(m.training for m in model.modules())
     model.train()
+    assert all(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="bool"):
+        model.train("no")   # PyTorch refuses it too; bool("no") would have meant training
     assert all(m.training for m in model.modules())
 
 
@@ -433,6 +446,41 @@ def test_load_state_dict_needs_a_mapping():
     with pytest.raises(TypeError, match="mapping"):
         models.small_cnn().load_state_dict([1, 2])
 
+
+
+def test_load_state_dict_not_strict_skips_and_reports_names():
+    """strict=False loads what matches and returns (missing_keys, unexpected_keys), as PyTorch;
+    a shape mismatch is still refused."""
+    model, source = models.small_cnn(rng=6), models.small_cnn(rng=7)
+    state = source.state_dict()
+    kept_bias = model.state_dict()["3.bias"]
+    del state["3.bias"]
+    state["extra"] = np.zeros(2)
+    with pytest.raises(ValueError, match="missing keys: 3.bias; unexpected keys: extra"):
+        model.load_state_dict(state)
+    result = model.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["3.bias"] and result.unexpected_keys == ["extra"]
+    np.testing.assert_array_equal(model.state_dict()["0.weight"], state["0.weight"])
+    np.testing.assert_array_equal(model.state_dict()["3.bias"], kept_bias)
+    assert model.load_state_dict(source.state_dict()) == ([], [])
+    state["0.weight"] = np.zeros((1, 1))
+    with pytest.raises(ValueError, match="0.weight: shape"):
+        model.load_state_dict(state, strict=False)
+    with pytest.raises(TypeError, match="strict"):
+        model.load_state_dict(source.state_dict(), strict="no")
+
+
+def test_batch_norm_state_without_num_batches_tracked_loads_keeping_the_count(rng):
+    """PyTorch's state dicts from before num_batches_tracked load; the layer keeps its count."""
+    layer = nn.BatchNorm2d(3, dtype=np.float64)
+    for _ in range(2):
+        layer(_randn(rng, 2, 3, 4, 4))
+    state = nn.BatchNorm2d(3, dtype=np.float64).state_dict()
+    state["running_mean"] = _randn(rng, 3)
+    del state["num_batches_tracked"]
+    assert layer.load_state_dict(state) == ([], [])
+    np.testing.assert_array_equal(layer.running_mean, state["running_mean"])
+    assert int(layer.num_batches_tracked) == 2
 
 # --- errors -------------------------------------------------------------------------------------
 

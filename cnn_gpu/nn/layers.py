@@ -292,7 +292,10 @@ class Flatten(Module):
 class BatchNorm2d(Module):
     """Batch normalisation over (N, C, H, W) with PyTorch's arguments and state: weight (ones) and
     bias (zeros) when affine; buffers running_mean (zeros), running_var (ones) and
-    num_batches_tracked when track_running_stats. momentum=None averages cumulatively."""
+    num_batches_tracked when track_running_stats. momentum=None averages cumulatively. A state
+    dict without num_batches_tracked (as PyTorch's before 0.4.1) loads, keeping the count."""
+
+    _defaults_for_missing_buffers = {"num_batches_tracked": None}
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32):

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import backend as _backend
+
+
+class IncompatibleKeys(NamedTuple):
+    """What Module.load_state_dict(strict=False) skipped: the model's names the state lacked, and
+    the state's names the model lacks."""
+    missing_keys: list
+    unexpected_keys: list
 
 
 class Parameter:
@@ -32,6 +40,15 @@ class Parameter:
     @property
     def dtype(self):
         return self.data.dtype
+
+    def clear_grad(self, set_to_none: bool = True) -> None:
+        """zero_grad for this parameter: .grad None, or (set_to_none=False) zeroed in place."""
+        if not isinstance(set_to_none, bool):
+            raise TypeError(f"set_to_none must be True or False, got {set_to_none!r}")
+        if set_to_none:
+            self.grad = None
+        elif self.grad is not None:
+            self.grad[...] = 0
 
     def accumulate_grad(self, grad) -> None:
         # Gradients from F are fresh arrays, so the first one is kept without a copy.
@@ -78,7 +95,8 @@ class Module:
     # a CuPy array would wait for the GPU.
     _host_buffers: frozenset = frozenset()
     # Buffers that state dicts saved before they existed lack, and the value such a load gives
-    # them instead of failing (as PyTorch loads BatchNorm's num_batches_tracked of old files).
+    # them instead of failing (as PyTorch loads BatchNorm's num_batches_tracked of old files);
+    # None: the buffer keeps its value.
     _defaults_for_missing_buffers: dict = {}
 
     def __init__(self):
@@ -208,11 +226,14 @@ class Module:
 
     # --- state ----------------------------------------------------------------------------------
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
         for parameter in self.parameters():
-            parameter.grad = None
+            parameter.clear_grad(set_to_none)
 
     def train(self, mode: bool = True):
+        if not isinstance(mode, (bool, np.bool_)):
+            raise ValueError(f"training mode is expected to be a bool (as PyTorch), got {mode!r}")
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
@@ -248,24 +269,30 @@ class Module:
         "1.running_mean")."""
         return OrderedDict((name, to_host(array)) for name, _, _, _, array in self._named_state())
 
-    def load_state_dict(self, state: Mapping) -> None:
-        """Copy `state` into the parameters (strict: the same names and shapes) as C-contiguous
-        copies in the parameters' dtype, whatever the layout of the given arrays. Every entry is
-        checked and converted before any parameter changes, so a failed load changes nothing.
-        A buffer newer than the state dict (one of its module's `_defaults_for_missing_buffers`,
-        such as Dropout's step) takes its default value."""
+    def load_state_dict(self, state: Mapping, strict: bool = True) -> IncompatibleKeys:
+        """Copy `state` into the parameters and buffers as C-contiguous copies in their dtype,
+        whatever the layout of the given arrays. strict: the same names (otherwise missing and
+        unexpected names are skipped); shapes must match either way. Every entry is checked and
+        converted before any parameter changes, so a failed load changes nothing. A buffer newer
+        than the state dict (one of its module's `_defaults_for_missing_buffers`, such as Dropout's
+        step) takes its default value. Returns (missing_keys, unexpected_keys), as PyTorch."""
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict expects a mapping of names to arrays, got {type(state).__name__}")
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
         own = OrderedDict((name, entry) for name, *entry in self._named_state())
-        defaults = {name: module._defaults_for_missing_buffers[key] for name, (module, key, kind, _) in own.items()
-                    if kind == "buffer" and key in module._defaults_for_missing_buffers and name not in state}
+        defaults = {}
+        for name, (module, key, kind, current) in own.items():
+            if kind == "buffer" and key in module._defaults_for_missing_buffers and name not in state:
+                default = module._defaults_for_missing_buffers[key]
+                defaults[name] = to_host(current) if default is None else default
         state = {**state, **defaults}
         missing = [name for name in own if name not in state]
         unexpected = [name for name in state if name not in own]
         problems = []
-        if missing:
+        if missing and strict:
             problems.append(f"missing keys: {', '.join(missing)}")
-        if unexpected:
+        if unexpected and strict:
             problems.append(f"unexpected keys: {', '.join(map(str, unexpected))}")
         converted = []
         for name, (module, key, kind, current) in own.items():
@@ -294,6 +321,7 @@ class Module:
                 module._parameters[key].data = array
             else:
                 setattr(module, key, array)
+        return IncompatibleKeys(missing, unexpected)
 
     # --- printing -------------------------------------------------------------------------------
 
