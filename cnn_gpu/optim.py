@@ -113,6 +113,9 @@ class Optimizer:
         self.state = [dict() for _ in params]
         self._master_of = [None] * len(params)   # the float16 array each master was last written to
 
+    # the per-parameter state a subclass keeps after a step ("master" aside)
+    _state_keys: frozenset = frozenset()
+
     @staticmethod
     def _validated(hyper: dict) -> dict:
         """The hyper-parameters checked and normalised (subclasses)."""
@@ -204,15 +207,25 @@ class Optimizer:
         hyper = self._validated(groups[0])
         restored = []
         for i, (p, saved) in enumerate(zip(self.params, states)):
+            if not isinstance(saved, dict):
+                raise ValueError(f"optimizer state {i} must be a dict, got {type(saved).__name__}")
+            kept = set(saved) - {"master"}
+            if kept and kept != self._state_keys:
+                raise ValueError(f"optimizer state {i} holds {sorted(saved)}; {type(self).__name__} keeps "
+                                 f"{sorted(self._state_keys)} (and 'master' for float16), or nothing before its "
+                                 f"first step")
             entry = {}
             for key, value in saved.items():
-                if hasattr(value, "shape") and np.ndim(value):
-                    if tuple(value.shape) != tuple(p.data.shape):
-                        raise ValueError(f"optimizer state {i}.{key} has shape {tuple(value.shape)}, the parameter "
-                                         f"{tuple(p.data.shape)}")
-                    kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
-                    value = to_backend_array(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), kind)
-                entry[key] = value
+                if key == "step":
+                    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+                        raise ValueError(f"optimizer state {i}.step must be a whole number >= 1, got {value!r}")
+                    entry[key] = int(value)
+                    continue
+                if not hasattr(value, "shape") or tuple(value.shape) != tuple(p.data.shape):
+                    raise ValueError(f"optimizer state {i}.{key} has shape {tuple(getattr(value, 'shape', ()))}, "
+                                     f"the parameter {tuple(p.data.shape)}")
+                kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
+                entry[key] = to_backend_array(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), kind)
             restored.append(entry)
         self.param_groups[0].update(hyper)
         self.state = restored
@@ -230,6 +243,8 @@ def _nonnegative(hyper: dict, *names) -> dict:
 
 
 class SGD(Optimizer):
+    _state_keys = frozenset({"momentum_buffer"})
+
     def __init__(self, params, lr, momentum=0, weight_decay=0, nesterov=False, backend=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
                          backend)
@@ -252,6 +267,8 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    _state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), backend)
 

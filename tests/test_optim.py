@@ -195,6 +195,31 @@ def test_load_state_dict_checks_shapes():
         optim.SGD(params, lr=0.1, momentum=0.9).load_state_dict(saved)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(step=-1), "step must be a whole number >= 1"),
+    (lambda s: s.update(step=1.5), "step must be a whole number >= 1"),
+    (lambda s: s.update(step=True), "step must be a whole number >= 1"),
+    (lambda s: s.pop("exp_avg_sq"), r"holds \['exp_avg', 'step'\]; Adam keeps"),
+    (lambda s: s.update(momentum_buffer=np.zeros(5)), "Adam keeps"),
+    (lambda s: s.update(exp_avg=0.5), "exp_avg has shape"),
+])
+def test_load_state_dict_refuses_a_state_a_step_could_not_use(edit, message):
+    """A state whose step would fail (or divide by zero after counting itself) is refused at the
+    load, and the optimizer keeps its own."""
+    rng = np.random.default_rng(7)
+    params = _params(rng, shapes=((5,),))
+    opt = optim.Adam(params)
+    params[0].grad = np.ones(5)
+    opt.step()
+    saved = opt.state_dict()
+    edit(saved["state"][0])
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(saved)
+    assert opt.state[0]["step"] == 1
+    opt.step()   # its own state still works
+    optim.Adam(params).load_state_dict({**saved, "state": [{}]})   # nothing before a first step: fine
+
+
 def test_kernel_backends_use_the_fused_step(monkeypatch):
     """Parameters moved to a kernel backend go through cnn_gpu.gpu.optim with the same arguments
     the NumPy update gets (the dispatch is checked here; the kernels by their own tests)."""
