@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .functional._checks import real_number
+from .functional._checks import real_number, whole_number
 
 
 class WarmupCosine:
@@ -17,18 +17,23 @@ class WarmupCosine:
         base_lr = real_number(base_lr, "base_lr")   # NaN and infinities refused too
         if not base_lr > 0:
             raise ValueError(f"base_lr must be > 0, got {base_lr}")
-        if epochs < 1 or steps_per_epoch < 1:
-            raise ValueError(f"epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}")
-        if not 0 <= warmup_epochs < epochs:
+        epochs = whole_number(epochs, "epochs")
+        steps_per_epoch = whole_number(steps_per_epoch, "steps_per_epoch")
+        if whole_number(warmup_epochs, "warmup_epochs", minimum=0) >= epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs) = [0, {epochs}), got {warmup_epochs}")
         self.optimizer = optimizer
         self.base_lr = base_lr
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
         self.warmup_epochs = int(warmup_epochs)
 
     def lr(self, epoch: int, step: int = 0) -> float:
-        """The rate of step `step` (from 0) of epoch `epoch` (from 0)."""
+        """The rate of step `step` (from 0) of epoch `epoch` (from 0); ValueError outside the schedule
+        (epoch in [0, epochs), step in [0, steps_per_epoch))."""
+        if not 0 <= whole_number(epoch, "epoch", minimum=0) < self.epochs:
+            raise ValueError(f"epoch must be in [0, {self.epochs}), got {epoch}")
+        if not 0 <= whole_number(step, "step", minimum=0) < self.steps_per_epoch:
+            raise ValueError(f"step must be in [0, {self.steps_per_epoch}), got {step}")
         if epoch < self.warmup_epochs:
             done = epoch * self.steps_per_epoch + step + 1
             return self.base_lr * done / (self.warmup_epochs * self.steps_per_epoch)

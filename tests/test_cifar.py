@@ -276,6 +276,14 @@ def test_warmup_cosine_schedule():
                                0.05 * (1 + np.cos(np.pi * np.arange(4) / 4)), rtol=1e-15)
     with pytest.raises(ValueError, match="warmup_epochs"):
         WarmupCosine(None, 0.1, epochs=2, steps_per_epoch=3, warmup_epochs=2)
+    with pytest.raises(TypeError, match="warmup_epochs must be an int"):
+        WarmupCosine(None, 0.1, epochs=2, steps_per_epoch=3, warmup_epochs=0.5)   # not truncated to 0
+    with pytest.raises(TypeError, match="epochs must be a positive int"):
+        WarmupCosine(None, 0.1, epochs=2.5, steps_per_epoch=3)
+    # outside the schedule: no negative or above-base rates
+    for epoch, step in ((-1, 0), (4, 0), (0, 5), (0, -1)):
+        with pytest.raises(ValueError, match="(epoch|step) must be"):
+            schedule.lr(epoch, step)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -71,6 +71,17 @@ def real_number(value, name: str, *, minimum=None, below=None) -> float:
     return value
 
 
+def whole_number(value, name: str, minimum: int = 1) -> int:
+    """An int (NumPy integers too, not bool) >= minimum: TypeError for another type (a float is
+    not truncated), ValueError below minimum."""
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def flag(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")

@@ -9,19 +9,11 @@ import numpy as np
 
 from .. import functional as F
 from .. import philox
-from ..functional._checks import FLOAT_DTYPES, real_number
+from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
 from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
 from . import init
 from .module import Module, Parameter
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -50,9 +42,9 @@ class _Weighted(Module):
 
 class _Conv(_Weighted):
     def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.groups = _positive_int(groups, "groups")
+        self.in_channels = whole_number(in_channels, "in_channels")
+        self.out_channels = whole_number(out_channels, "out_channels")
+        self.groups = whole_number(groups, "groups")
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
                              f"divisible by groups ({groups})")
@@ -137,8 +129,8 @@ class Linear(_Weighted):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
+        self.in_features = whole_number(in_features, "in_features")
+        self.out_features = whole_number(out_features, "out_features")
         self._init_parameters((self.out_features, self.in_features), self.out_features, bias, dtype, rng)
 
     def forward(self, x):
@@ -300,7 +292,7 @@ class BatchNorm2d(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  dtype=np.float32):
         super().__init__()
-        self.num_features = _positive_int(num_features, "num_features")
+        self.num_features = whole_number(num_features, "num_features")
         dtype = _float_dtype(dtype)
         self.momentum = None if momentum is None else real_number(momentum, "momentum")
         if self.momentum is not None and not 0 <= self.momentum <= 1:
