@@ -97,6 +97,19 @@ def _cuda_version(version: int) -> str:
     return f"{version // 1000}.{version % 1000 // 10}"
 
 
+# cudaDeviceAttr's compute capability (CUDA runtime API)
+_COMPUTE_CAPABILITY_MAJOR, _COMPUTE_CAPABILITY_MINOR = 75, 76
+
+
+def device_arch(cupy, index: int) -> int:
+    """GPU `index`'s compute capability as one number (90 for sm_90, 100 for sm_100), read as an
+    attribute: CuPy's Device.compute_capability makes the device current, which creates a CUDA
+    context on it (half a GB on every GPU for each probing rank; an error in exclusive-process mode)."""
+    runtime = cupy.cuda.runtime
+    major = runtime.deviceGetAttribute(_COMPUTE_CAPABILITY_MAJOR, index)
+    return 10 * major + runtime.deviceGetAttribute(_COMPUTE_CAPABILITY_MINOR, index)
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_probe() -> tuple:
     """(cupy, "") when CuPy imports, the driver is new enough for CuPy's CUDA runtime, a GPU is
@@ -134,7 +147,10 @@ def _cuda_probe() -> tuple:
     except Exception as err:
         return None, f"NVRTC, which compiles the kernels, does not load ({err}); {INSTALL_HINT}"
     for index in range(count):
-        arch = int(cupy.cuda.Device(index).compute_capability)
+        try:
+            arch = device_arch(cupy, index)
+        except Exception as err:
+            return None, f"CuPy cannot read GPU {index}'s compute capability ({err})"
         if arch < supported[0]:
             return None, (f"NVRTC {major}.{minor} cannot compile for GPU {index} (sm_{arch}; it supports sm_"
                           f"{supported[0]} to sm_{supported[-1]}): CUDA 13 dropped sm_70 and older, so a V100 "

@@ -523,16 +523,22 @@ def test_the_lease_steps_calibrate_the_model_and_check_the_tensor_cores_first(tm
             acceptance.main(bad)
 
 
-def _fake_cupy(monkeypatch, compute_capability="90"):
-    """A CuPy that imports and sees one GPU, and nothing more (no NVRTC)."""
+def _fake_cupy(monkeypatch, compute_capability="90", nvrtc=False):
+    """A CuPy that imports and sees one GPU, and nothing more (no NVRTC, unless nvrtc: then NVRTC 13.0
+    for sm_75..sm_120 and cuBLAS too). Its Device has no compute_capability: reading that property
+    makes the device current, creating a context on it, which the probes must not do."""
     import types
 
     def no_nvrtc():
         raise RuntimeError("libnvrtc.so not found")
+    attributes = {75: int(compute_capability[:-1]), 76: int(compute_capability[-1])}
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, driverGetVersion=lambda: 13000,
-                                    runtimeGetVersion=lambda: 13000)
-    cuda = types.SimpleNamespace(runtime=runtime, nvrtc=types.SimpleNamespace(getVersion=no_nvrtc),
-                                 Device=lambda index=0: types.SimpleNamespace(compute_capability=compute_capability))
+                                    runtimeGetVersion=lambda: 13000,
+                                    deviceGetAttribute=lambda attribute, index: attributes[attribute])
+    nvrtc_module = types.SimpleNamespace(getVersion=(lambda: (13, 0)) if nvrtc else no_nvrtc,
+                                         getSupportedArchs=lambda: (75, 80, 86, 89, 90, 100, 120))
+    cuda = types.SimpleNamespace(runtime=runtime, nvrtc=nvrtc_module, Device=lambda index=0: types.SimpleNamespace(),
+                                 device=types.SimpleNamespace(get_cublas_handle=lambda: 1))
     cupy = types.ModuleType("cupy")
     cupy.cuda, cupy.__version__ = cuda, "14.0.0"
     monkeypatch.setitem(sys.modules, "cupy", cupy)
@@ -552,6 +558,16 @@ def test_gpu_check_names_a_missing_nvrtc_instead_of_a_traceback(monkeypatch):
     facts = dict(acceptance.environment())
     assert facts["GPU"] == "properties unreadable: NVRTC, which compiles the kernels, does not load"
     assert facts["NVRTC"].startswith("unavailable")
+
+
+def test_the_cuda_probe_reads_compute_capabilities_without_making_a_device_current(monkeypatch):
+    from cnn_gpu import backend as backend_module
+    cupy = _fake_cupy(monkeypatch, "90", nvrtc=True)
+    backend_module._cuda_probe.cache_clear()
+    try:
+        assert backend_module._cuda_probe() == (cupy, "")
+    finally:
+        backend_module._cuda_probe.cache_clear()
 
 
 @pytest.mark.parametrize("capability, arch", [("80", 80), ("90", 90), ("100", 100), ("120", 120)])

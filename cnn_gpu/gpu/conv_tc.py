@@ -127,10 +127,9 @@ LAUNCH_CLOCKS = 7000
 
 @functools.lru_cache(maxsize=None)
 def _device_arch(device_id: int) -> int:
-    """The GPU's compute capability as one number (90 for sm_90, 100 for sm_100): CuPy gives the
-    digits as a string, whose minor version is the last digit."""
+    """The GPU's compute capability as one number (90 for sm_90, 100 for sm_100)."""
     import cupy
-    return int(cupy.cuda.Device(device_id).compute_capability)
+    return backend.device_arch(cupy, device_id)
 
 
 def supported(be: str, dtype=np.float32) -> bool:
