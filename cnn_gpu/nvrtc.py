@@ -119,9 +119,11 @@ def _candidates_from_cupy():
 
 
 def _candidates_from_wheel():
+    # nvidia-cuda-nvrtc-cu12 installs nvidia/cuda_nvrtc/lib, CUDA 13's nvidia-cuda-nvrtc nvidia/cu13/lib
     found = []
     for entry in sys.path:
-        found += sorted(glob.glob(os.path.join(entry, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")))
+        for layout in (("cuda_nvrtc", "lib"), ("cu[0-9]*", "lib")):
+            found += sorted(glob.glob(os.path.join(entry, "nvidia", *layout, "libnvrtc.so*")))
     return [path for path in found if "builtins" not in path and ".alt." not in path]
 
 
@@ -234,7 +236,7 @@ def load() -> Nvrtc:
         return max(loaded, key=lambda compiler: len(compiler.supported_archs & set(ARCHS)))
     tried = "; ".join(errors) if errors else "none found"
     raise NvrtcUnavailable(
-        "libnvrtc not found (looked in CuPy, the nvidia-cuda-nvrtc-cu12 wheel, $CUDA_PATH/$CUDA_HOME and the "
+        "libnvrtc not found (looked in CuPy, the nvidia-cuda-nvrtc(-cu12) wheels, $CUDA_PATH/$CUDA_HOME and the "
         f"loader path: {tried}); pip install nvidia-cuda-nvrtc-cu12")
 
 

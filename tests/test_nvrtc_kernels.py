@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -83,6 +84,17 @@ ptxas info    : Function properties for big
 ptxas         .     40 bytes stack frame, 36 bytes spill stores, 52 bytes spill loads
 ptxas info    : Used 255 registers, used 1 barriers, 16384 bytes smem, 392 bytes cmem[0]
 """
+
+
+def test_nvrtc_wheels_of_cuda_12_and_13_are_both_found(tmp_path, monkeypatch):
+    """CUDA 12's nvidia-cuda-nvrtc-cu12 and CUDA 13's nvidia-cuda-nvrtc lay the library out differently."""
+    paths = [tmp_path / "nvidia" / "cuda_nvrtc" / "lib" / "libnvrtc.so.12", tmp_path / "nvidia" / "cu13" / "lib" /
+             "libnvrtc.so.13", tmp_path / "nvidia" / "cu13" / "lib" / "libnvrtc-builtins.so.13.5"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert nvrtc._candidates_from_wheel() == [str(paths[0]), str(paths[1])]
 
 
 def test_parse_ptxas_log():
