@@ -113,7 +113,8 @@ def device_arch(cupy, index: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _cuda_probe() -> tuple:
     """(cupy, "") when CuPy imports, the driver is new enough for CuPy's CUDA runtime, a GPU is
-    visible, NVRTC and cuBLAS load and NVRTC compiles for every GPU's architecture; else (None,
+    visible, NVRTC and cuBLAS load, NVRTC compiles for every GPU's architecture and CuPy compiles a
+    kernel; else (None,
     why not). Probed once: a missing library would otherwise surface as a crash at the first
     kernel compile or matrix product."""
     try:
@@ -162,6 +163,10 @@ def _cuda_probe() -> tuple:
         cupy.cuda.device.get_cublas_handle()
     except Exception as err:
         return None, f"cuBLAS, which runs the linear layers, does not load ({err}); {INSTALL_HINT}"
+    try:   # CuPy 14 compiles only with the CUDA headers at hand (its [ctk] extra installs them)
+        cupy.RawModule(code='extern "C" __global__ void cnn_gpu_probe() {}').get_function("cnn_gpu_probe")
+    except Exception as err:
+        return None, f"CuPy cannot compile a kernel ({err}); {INSTALL_HINT}"
     return cupy, ""
 
 

@@ -541,6 +541,7 @@ def _fake_cupy(monkeypatch, compute_capability="90", nvrtc=False):
                                  device=types.SimpleNamespace(get_cublas_handle=lambda: 1))
     cupy = types.ModuleType("cupy")
     cupy.cuda, cupy.__version__ = cuda, "14.0.0"
+    cupy.RawModule = lambda code: types.SimpleNamespace(get_function=lambda name: name)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     return cupy
 
@@ -560,12 +561,20 @@ def test_gpu_check_names_a_missing_nvrtc_instead_of_a_traceback(monkeypatch):
     assert facts["NVRTC"].startswith("unavailable")
 
 
-def test_the_cuda_probe_reads_compute_capabilities_without_making_a_device_current(monkeypatch):
+def test_the_cuda_probe_reads_attributes_and_compiles_a_kernel(monkeypatch):
+    import types
     from cnn_gpu import backend as backend_module
     cupy = _fake_cupy(monkeypatch, "90", nvrtc=True)
     backend_module._cuda_probe.cache_clear()
     try:
         assert backend_module._cuda_probe() == (cupy, "")
+        backend_module._cuda_probe.cache_clear()
+
+        def no_headers(name):   # CuPy 14 without the CUDA toolkit's headers
+            raise RuntimeError("Failed to find CUDA headers")
+        cupy.RawModule = lambda code: types.SimpleNamespace(get_function=no_headers)
+        module, reason = backend_module._cuda_probe()
+        assert module is None and reason.startswith("CuPy cannot compile a kernel (Failed to find CUDA headers)")
     finally:
         backend_module._cuda_probe.cache_clear()
 
