@@ -23,8 +23,9 @@ def _temporary_file_beside(path: Path):
 def atomic_write(path, write) -> None:
     """Call write(file) on a temporary file next to `path`, fsync it and rename it over `path`:
     readers see the old file or the complete new one, never a partial one. On any exception
-    (KeyboardInterrupt included) the temporary file is closed and removed."""
-    path = Path(path)
+    (KeyboardInterrupt included) the temporary file is closed and removed. A symbolic link is
+    written through: its target is replaced, the link stays."""
+    path = Path(os.path.realpath(path))
     fd, temporary = _temporary_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -51,8 +52,9 @@ def atomic_write(path, write) -> None:
 
 def check_writable(path) -> None:
     """A ValueError unless `atomic_write(path, ...)` can succeed: `path` is a file or absent, and its
-    folder exists and takes new files (probed with a temporary file, removed at once)."""
-    path = Path(path)
+    folder exists and takes new files (probed with a temporary file, removed at once); a symbolic
+    link is judged by its target, which atomic_write replaces."""
+    path = Path(os.path.realpath(path))
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a file")
     if path.exists() and not path.is_file():

@@ -116,6 +116,86 @@ def test_save_path_is_probed_up_front(tmp_path, capsys, good_checkpoint, monkeyp
     _refused_before_training(capsys, tmp_path, ["--save", str(keep)], "cannot write in its folder", keep)
 
 
+def test_save_may_not_overwrite_the_data(tmp_path, capsys, good_checkpoint):
+    """--save naming the --data file, or a file inside the --data folder, is refused up front."""
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(good_checkpoint)
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=_images(rng, 40), y=_labels(40))
+    link = tmp_path / "alias.npz"
+    link.symlink_to(data)
+    for save in (data, link):
+        _refused_before_training(capsys, tmp_path, ["--dataset", "npz", "--data", str(data), "--save", str(save)],
+                                 "would overwrite the training data", keep)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"images")
+    _refused_before_training(capsys, tmp_path, ["--dataset", "cifar10", "--data", str(folder), "--save",
+                                                str(folder / "data_batch_1")], "would overwrite the training data", keep)
+
+
+@pytest.mark.parametrize("option", ["--save", "--resume", "--data"])
+def test_an_empty_path_is_refused(capsys, option):
+    """An empty path (an unset shell variable) was taken as no --resume, so a fresh run overwrote
+    the checkpoint it should have resumed."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--device", "numpy", option, ""])
+    assert exit_info.value.code == 2
+    assert "must be a non-empty path" in capsys.readouterr().err
+
+
+def test_save_writes_through_a_symbolic_link(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    link = tmp_path / "latest.npz"
+    link.symlink_to(store / "real.npz")
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--save", str(link)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert link.is_symlink() and checkpoint.load(store / "real.npz")[2]["epoch"] == 1
+    assert main([*argv, "--epochs", "2", "--resume", str(link)]) == 0
+    assert link.is_symlink() and checkpoint.load(store / "real.npz")[2]["epoch"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "store"]
+
+
+def test_a_failed_save_stops_the_run_and_leaves_the_file(tmp_path, capsys, good_checkpoint, monkeypatch):
+    """A full disk at a save: a one-line error, exit status 1, the previous checkpoint unchanged."""
+    path = tmp_path / "ck.npz"
+    path.write_bytes(good_checkpoint)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.np, "savez", disk_full)
+    assert main(["train", "--device", "numpy", "--epochs", "2", "--max-batches", "1", "--save", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write the checkpoint of epoch 1" in err and "No space left on device" in err
+    assert "Traceback" not in err
+    assert path.read_bytes() == good_checkpoint and sorted(os.listdir(tmp_path)) == ["ck.npz"]
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys, good_checkpoint):
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(good_checkpoint)
+    trained = tmp_path / "two.npz"
+    assert main(["train", "--device", "numpy", "--epochs", "2", "--max-batches", "1", "--save", str(trained)]) == 0
+    capsys.readouterr()
+    _refused_before_training(capsys, tmp_path, ["--epochs", "1", "--resume", str(trained)],
+                             "--epochs 1 is below the 2 epochs", keep)
+
+
+def test_a_resume_with_another_blas_thread_count_says_so(tmp_path, capsys, monkeypatch):
+    from cnn_gpu.functional import conv
+    path = tmp_path / "ck.npz"
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--save", str(path)]
+    monkeypatch.setattr(conv, "blas_threads", lambda: 2)
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert main([*argv, "--epochs", "2", "--resume", str(path)]) == 0
+    assert "BLAS threads" not in capsys.readouterr().out
+    monkeypatch.setattr(conv, "blas_threads", lambda: 1)
+    assert main([*argv, "--epochs", "3", "--resume", str(path)]) == 0
+    assert "was trained with 2 BLAS threads, this run has 1" in capsys.readouterr().out
+
+
 def test_writable_probe_leaves_nothing_behind(tmp_path, good_checkpoint):
     keep = tmp_path / "keep.npz"
     keep.write_bytes(good_checkpoint)
@@ -148,7 +228,8 @@ def _tamper(header):
         "foreign eps": (dict(header, optimizer=dict(optimizer, param_groups=[dict(optimizer["param_groups"][0],
                                                                                   eps=0.5)])),
                         "optimizer hyper-parameters"),
-        "step a string": (dict(header, optimizer=dict(optimizer, scalar_state=step_states)), "0.step is 'x'"),
+        "step a string": (dict(header, optimizer=dict(optimizer, scalar_state=step_states)),
+                          "0.step must be a whole number >= 1, got 'x'"),
     }
 
 

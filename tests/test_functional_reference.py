@@ -349,11 +349,11 @@ def test_conv_batch_blocks_on_threads_are_bit_identical(conv_path, monkeypatch):
     b = rng.standard_normal(6)
     geo = dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
     monkeypatch.setattr(conv, "BLOCK_BYTES", 1)          # one image per block: 7+ blocks
-    conv._blas_threads()                                  # the real BLAS handle the pool limits
+    conv.blas_threads()                                  # the real BLAS handle the pool limits
     monkeypatch.setattr(conv, "_pool", None)              # so the assertion below sees this test's pool
     results = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(conv, "_blas_threads", lambda threads=threads: threads)
+        monkeypatch.setattr(conv, "blas_threads", lambda threads=threads: threads)
         y = F.conv2d(x, w, b, **geo)
         dy = np.random.default_rng(7).standard_normal(y.shape)
         results.append((y, *F.conv2d_backward(dy, x, w, **geo)))

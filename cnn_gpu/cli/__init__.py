@@ -34,6 +34,8 @@ positive_float = _number_type(float, lambda value: math.isfinite(value) and valu
 unit_float = _number_type(float, lambda value: 0 <= value <= 1, "a number in [0, 1]")
 # every --seed: NumPy's generators take any integer >= 0, the Philox streams (dropout, augmentation) 64 bits
 seed = _number_type(int, lambda value: 0 <= value < 2**64, "an integer in [0, 2^64)")
+# every PATH option: an empty one (an unset shell variable) must not mean "no file"
+path_argument = _number_type(str, lambda value: value != "", "a non-empty path")
 
 
 def check_outputs(args, *options) -> None:

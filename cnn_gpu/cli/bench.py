@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..precision import MATH_MODES
-from . import check_outputs, comma_list, seed
+from . import check_outputs, comma_list, path_argument, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for NumPy's BLAS (via threadpoolctl) and PyTorch")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the random inputs")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows and machine facts as JSON")
-    parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
+    parser.add_argument("--json", type=path_argument, metavar="PATH", help="also write the rows and machine facts as JSON")
+    parser.add_argument("--csv", type=path_argument, metavar="PATH", help="also write the rows as CSV")
     parser.add_argument("--plot", metavar="PNG", help="also plot time per op and device (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..precision import MATH_MODES
-from . import check_outputs, comma_list, seed
+from . import check_outputs, comma_list, path_argument, seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
                         help=f"ops to check (default: all: {', '.join(check.OPS)})")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the configurations and inputs")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--json", type=path_argument, metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
 
 

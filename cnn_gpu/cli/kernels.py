@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from . import path_argument
+
 DTYPES = ("float32", "float64", "float16")   # float16: the files with a float16 build (backend.FLOAT16_FAMILIES)
 
 
@@ -49,7 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--file", "--family", action="append", metavar="NAME",
                         help="only this kernel file or family, e.g. pool.cu or conv2d_fprop,conv2d_dgrad "
                              "(repeatable; default: every kernels/*.cu)")
-    parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+    parser.add_argument("--json", nargs="?", const="-", default=None, type=path_argument, metavar="PATH",
                         help="write the reports as JSON to PATH (no PATH: print them instead of the table)")
     parser.add_argument("--sass", action="store_true",
                         help="report each kernel's hot-loop SASS instruction mix and FMA issue ceiling (needs nvdisasm)")

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
 
-from . import non_negative_int, positive_float, positive_int, seed, unit_float
+from . import non_negative_int, path_argument, positive_float, positive_int, seed, unit_float
 
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
 DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "adam", "lr": None,
@@ -74,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="digits: scikit-learn's bundled 8x8 digits; mnist/fashion-mnist: a folder of IDX "
                              "files; npz: a file with x, y arrays; cifar10: the official python or binary "
                              "batches, trained with random crops and flips (default: digits)")
-    parser.add_argument("--data", metavar="PATH",
+    parser.add_argument("--data", type=path_argument, metavar="PATH",
                         help="the folder (mnist, fashion-mnist, cifar10: it or its cifar-10-batches-py/-bin "
                              "subfolder) or file (npz)")
     parser.add_argument("--warmup-epochs", type=non_negative_int, metavar="N",
@@ -86,9 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32; tf32: float32 convolutions with TF32 operands; fp16: float16 weights and "
                              "activations (FP32 math, FP32 master weights in the optimizer) with dynamic loss "
                              "scaling, on every device (default: fp32)")
-    parser.add_argument("--save", metavar="PATH",
+    parser.add_argument("--save", type=path_argument, metavar="PATH",
                         help="write a checkpoint here after every epoch (replacing the file atomically)")
-    parser.add_argument("--resume", metavar="PATH", help="continue from this checkpoint")
+    parser.add_argument("--resume", type=path_argument, metavar="PATH", help="continue from this checkpoint")
     parser.add_argument("--max-batches", type=positive_int, metavar="N",
                         help="stop each epoch (and the evaluation) after N batches, for quick runs")
     parser.add_argument("--nproc", type=positive_int, metavar="N",
@@ -248,6 +251,15 @@ def _check_args(args, settings: dict) -> None:
             checkpoint.check_writable(args.save)
         except ValueError as err:
             raise UsageError(f"--save {err}") from None
+        if settings["data"] is not None and _overwrites(args.save, settings["data"]):
+            raise UsageError(f"--save {args.save} would overwrite the training data (--data {settings['data']})")
+
+
+def _overwrites(save: str, data: str) -> bool:
+    """Whether writing `save` would replace the data file `data` or an existing file inside the data
+    folder `data` (links followed)."""
+    target, source = Path(os.path.realpath(save)), Path(os.path.realpath(data))
+    return target == source or (source.is_dir() and target.is_relative_to(source) and target.exists())
 
 
 def _load_dataset(settings: dict):
@@ -278,14 +290,9 @@ def _restore(model, optimizer, optimizer_name: str, resumed, source: str) -> Non
     for i, (parameter, state) in enumerate(zip(optimizer.params, optimizer.state)):
         # float16 parameters also keep their FP32 master weights
         expected = OPTIMIZER_STATE_KEYS[optimizer_name] | ({"master"} if parameter.data.dtype == np.float16 else set())
-        if state and set(state) != expected:
+        if state and set(state) != expected:   # the values were checked by load_state_dict
             raise UsageError(f"{source}: malformed checkpoint: optimizer state {i} has {sorted(state)}, expected "
                              f"{sorted(expected)}")
-        for key, value in state.items():
-            fits = (isinstance(value, int) and not isinstance(value, bool) and value >= 1 if key == "step"
-                    else getattr(value, "shape", None) == parameter.data.shape)
-            if not fits:
-                raise UsageError(f"{source}: malformed checkpoint: optimizer state {i}.{key} is {value!r:.60}")
 
 
 def _restore_scaler(scaler, meta: dict, source: str) -> None:
@@ -308,6 +315,9 @@ def _train(args) -> int:
     resumed = _load_checkpoint(args.resume) if args.resume else None
     settings = _settings(args, resumed[2]["settings"] if resumed else {})
     _check_args(args, settings)
+    if resumed and resumed[2]["epoch"] > settings["epochs"]:
+        raise UsageError(f"--epochs {settings['epochs']} is below the {resumed[2]['epoch']} epochs {args.resume} "
+                         f"has trained already")
     # tf32: training and evaluation alike
     with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
         return _train_in_precision(args, world, resumed, settings)
@@ -315,6 +325,7 @@ def _train(args) -> int:
 
 def _train_in_precision(args, world, resumed, settings: dict) -> int:
     from .. import checkpoint, distributed, models, nn, optim
+    from ..functional.conv import blas_threads
     from ..amp import GradScaler
     from ..lr_scheduler import WarmupCosine
 
@@ -346,6 +357,12 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         _restore_scaler(scaler, resumed[2], args.resume)
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
         start_epoch = resumed[2]["epoch"]
+        saved_threads = resumed[2].get("blas_threads")
+        if device == "numpy" and saved_threads not in (None, blas_threads()):
+            _say(leader, f"note: {args.resume} was trained with {saved_threads} BLAS threads, this run has "
+                         f"{blas_threads()}: NumPy's BLAS rounds some products differently with another count, "
+                         f"so the run will not match an uninterrupted one bit for bit (OPENBLAS_NUM_THREADS="
+                         f"{saved_threads} would)")
     # the data path may differ between machines; everything else must agree before any reduction
     distributed.check_replicas(model, {k: v for k, v in settings.items() if k != "data"})
     distributed.broadcast_parameters(model)
@@ -373,8 +390,14 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         if args.save and leader:
             meta = {"epoch": epoch + 1, "settings": settings, "shuffle_rng": shuffle_rng.bit_generator.state,
                     "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size,
-                    "scaler": scaler.state_dict()}
-            checkpoint.save(args.save, model.state_dict(), optimizer.state_dict(), meta)
+                    "scaler": scaler.state_dict(), "blas_threads": blas_threads()}
+            try:
+                checkpoint.save(args.save, model.state_dict(), optimizer.state_dict(), meta)
+            except OSError as err:   # a full disk, a folder gone: the file still holds the last checkpoint
+                print(f"cnn-gpu train: error: cannot write the checkpoint of epoch {epoch + 1} to {args.save} "
+                      f"({err.strerror or err}); the file is unchanged", file=sys.stderr, flush=True)
+                world.abort(1)   # other ranks would wait for this one in the next collective
+                return 1
     if accuracy is None:  # resumed from a checkpoint that already has every epoch
         accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
     correct, total = accuracy

@@ -67,7 +67,7 @@ _pool = None        # (process id, threads, ThreadPoolExecutor) running the batc
 _pool_lock = threading.Lock()
 
 
-def _blas_threads():
+def blas_threads():
     """The number of threads NumPy's BLAS may use now (what the user or threadpoolctl set)."""
     global _blas
     if _blas is None:
@@ -85,7 +85,7 @@ def _map_blocks(work, blocks):
     for bit. While the pool runs, BLAS is limited to one thread process-wide, so concurrent callers
     take turns."""
     global _pool
-    threads = min(len(blocks), _blas_threads())
+    threads = min(len(blocks), blas_threads())
     if threads < 2:
         return [work(block) for block in blocks]
     results = [None] * len(blocks)
