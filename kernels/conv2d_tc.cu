@@ -59,7 +59,8 @@
 #define TC_FLAT_MAX 512   // indices of a flattened fprop reduction (conv_tc.FLAT_MAX): a 4 KiB table
 // Resident blocks per SM of the 64-row dgrad kernel (conv_tc.DGRAD_BLOCKS_PER_SM): 3 caps it at 168
 // registers, which float32 fits without spilling on sm_80..sm_90 (float16 spills on sm_86/sm_89,
-// as does the 64-row fprop: they keep 2).
+// as does the 64-row fprop: they keep 2), with its B loader's base held as an offset (X_OFFSET:
+// NVRTC 13.5 spilled six words into the main loop for sm_90 otherwise).
 #define TC_DGRAD_M64_BLOCKS (REAL_IS_HALF ? 2 : 3)
 
 // Filter tiles, the A operand of fprop and dgrad (mma_conv), made from the filter w (K, C/G, R, S)
@@ -127,7 +128,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) conv2d_t
 // FLAT (fprop with few channels per group): the reduction is the flattened (r, s, c) of R*S*C/G
 // indices (at most TC_FLAT_MAX, R + S < 32), padded once at its end, each step TC_DEPTH consecutive
 // indices; `flat_table`, the kernel's shared table of them, is filled here (see the B loader).
-template <int WARPS_M, bool FLAT = false, int BN = TC_BN, class Output>
+// X_OFFSET: keep the B loader's pixel base as an offset from x instead of a pointer (one register
+// fewer through the main loop, two instructions more a step), for the kernel capped at 168 registers.
+template <int WARPS_M, bool FLAT = false, int BN = TC_BN, bool X_OFFSET = false, class Output>
 __device__ __forceinline__ void mma_conv(
     unsigned int* smem, const REAL* __restrict__ x, const unsigned int* __restrict__ w_tiles, int N, int C, int H,
     int W, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w,
@@ -171,7 +174,8 @@ __device__ __forceinline__ void mma_conv(
     const int n = pixel / PQ, pq = pixel - n * PQ;
     const int p = pq / Q, q = pq - p * Q;
     const int h_origin = p * stride_h - pad_h, w_origin = q * stride_w - pad_w;
-    const REAL* x_pixel = register_pointer(x + (unsigned)((n * C + g * Cg) * HW));
+    const unsigned int x_offset = (unsigned)((n * C + g * Cg) * HW);
+    const REAL* x_pixel = register_pointer(x + x_offset);   // not held where X_OFFSET
     const unsigned int plane = HW;                               // one channel further
 
     // FLAT: per index k of the flattened reduction (r, s, c), the table's x offset c*H*W + r*dil_h*W
@@ -229,7 +233,8 @@ __device__ __forceinline__ void mma_conv(
         const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
         // where operand_word_or_zero reads a tap outside the image too, the tap's channels at (0, 0)
         const int spatial = inside || !TC_READS_ZEROED ? h * W + w : 0;
-        const REAL* x_step = register_pointer(x_pixel + (unsigned)(c0 * HW + spatial));
+        const REAL* x_step = register_pointer(X_OFFSET ? x + (x_offset + (unsigned)(c0 * HW + spatial))
+                                                       : x_pixel + (unsigned)(c0 * HW + spatial));
         const int channels = Cg - c0;
         if (channels < TC_DEPTH) {   // the last channel step of a tap when C/G is no multiple of TC_DEPTH
 #pragma unroll
@@ -319,8 +324,10 @@ __device__ __forceinline__ void dgrad_mma(
     const int split = rest / groups, g = rest - split * groups, Cg = C / groups;
     const int* row = phases + 9 * phase;
     const int ph = row[0], pw = row[1], out_h = row[6], out_w = row[7], out_hw = out_h * out_w;
-    mma_conv<WARPS_M, false, BN>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1, 1,
-                                 row[4], row[5], dil_h, dil_w, groups, g, split, chunk, [&](int m, int pixel, float v) {
+    constexpr bool capped = WARPS_M == 1 && TC_DGRAD_M64_BLOCKS > 2;   // the 168-register kernel
+    mma_conv<WARPS_M, false, BN, capped>(smem, dy, w_tiles + row[8], N, K, P, Q, C, row[2], row[3], out_h, out_w, 1,
+                                         1, row[4], row[5], dil_h, dil_w, groups, g, split, chunk,
+                                         [&](int m, int pixel, float v) {
                           const int image = pixel / out_hw, i = (pixel - image * out_hw) / out_w;
                           const int j = pixel - image * out_hw - i * out_w, c = g * Cg + m;
                           const int at = ((image * C + c) * H + ph + i * stride_h) * W + pw + j * stride_w;
