@@ -240,6 +240,18 @@ def load() -> Nvrtc:
         f"loader path: {tried}); pip install nvidia-cuda-nvrtc-cu12")
 
 
+def newest() -> Nvrtc | None:
+    """The newest libnvrtc found (CuPy for CUDA 13 compiles with CUDA 13's, which load() passes over
+    for CUDA 12's where that one also targets sm_70), or None: spills depend on the compiler."""
+    compilers = []
+    for path in library_candidates():
+        try:
+            compilers.append(Nvrtc(path))
+        except (OSError, AttributeError, CompileError):
+            continue
+    return max(compilers, key=lambda compiler: compiler.version, default=None)
+
+
 def why_unavailable() -> str:
     """'' when NVRTC loads, else the reason."""
     try:
@@ -336,16 +348,21 @@ def launch_bounds_from_cubin(cubin: bytes) -> dict[str, int]:
 
 # --- compiling the project's kernel files -------------------------------------------------------
 
-def compile_cubin(source: str, name: str, arch: str, options=()) -> tuple[bytes, str]:
+def compile_cubin(source: str, name: str, arch: str, options=(),
+                  compiler: Nvrtc | None = None) -> tuple[bytes, str]:
     """(CUBIN, ptxas log) of `source` compiled for `arch` with `options`, `-arch=<arch>` and
-    `--ptxas-options=-v`. The CUBIN is the whole ELF image: nvrtcGetCUBINSize bytes (CuPy's
+    `--ptxas-options=-v`, by `compiler` (default: load()'s). The CUBIN is the whole ELF image: nvrtcGetCUBINSize bytes (CuPy's
     nvrtc.getCUBIN drops the last byte, which leaves nvdisasm seeing no device code)."""
     if arch not in ARCH_LIMITS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    reason = why_arch_unsupported(arch)
-    if reason:
-        raise CompileError(reason)
-    return load().compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+    if compiler is None:
+        reason = why_arch_unsupported(arch)
+        if reason:
+            raise CompileError(reason)
+        compiler = load()
+    elif arch not in compiler.supported_archs:
+        raise CompileError(f"NVRTC {compiler.version[0]}.{compiler.version[1]} cannot target {arch}")
+    return compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
 
 
 def reports_of(cubin: bytes, log: str, arch: str) -> list[KernelReport]:
