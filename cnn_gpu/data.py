@@ -192,6 +192,8 @@ def load_mnist(path, name: str = "mnist") -> Dataset:
 def read_npz(path, what: str) -> dict:
     """Every array of an .npz file (no pickles), read fully; `what` names the file in errors."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:

@@ -173,6 +173,14 @@ def test_a_failed_save_stops_the_run_and_leaves_the_file(tmp_path, capsys, good_
     assert path.read_bytes() == good_checkpoint and sorted(os.listdir(tmp_path)) == ["ck.npz"]
 
 
+def test_resume_from_a_folder_or_nothing_says_which(tmp_path, capsys, good_checkpoint):
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(good_checkpoint)
+    (tmp_path / "folder").mkdir()
+    _refused_before_training(capsys, tmp_path, ["--resume", str(tmp_path / "folder")], "is a folder, not a file", keep)
+    _refused_before_training(capsys, tmp_path, ["--resume", str(tmp_path / "none.npz")], "checkpoint not found", keep)
+
+
 def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys, good_checkpoint):
     keep = tmp_path / "keep.npz"
     keep.write_bytes(good_checkpoint)
