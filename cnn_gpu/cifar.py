@@ -147,28 +147,33 @@ def _augment_args(x, seed, step, padding):
     return philox.check_seed(seed, "seed"), philox.check_seed(step, "step"), int(padding)
 
 
-def crop_offsets(seed: int, step: int, images: int, padding: int):
+def crop_offsets(seed: int, step: int, images: int, padding: int, first: int = 0):
     """Per image (row offset, column offset, flipped): the draws of kernels/augment.cu."""
-    numbers = philox.group_numbers(seed, step, images)
+    numbers = philox.group_numbers(seed, step, images, first)
     positions = 2 * padding + 1
     return (numbers[:, 0] % positions).astype(np.int64), (numbers[:, 1] % positions).astype(np.int64), \
         (numbers[:, 2] & 1).astype(bool)
 
 
-def random_crop_flip(x, seed, step, padding=CROP_PADDING, flip=True, *, backend=None):
+def random_crop_flip(x, seed, step, padding=CROP_PADDING, flip=True, *, first=0, backend=None):
     """Each image of the batch x (N, C, H, W) cropped at a random offset from the image zero-padded
     by `padding`, and flipped horizontally with probability 1/2 when `flip`; the draws of image n
-    come from Philox group n keyed by (seed, step), so a run is reproducible from its seed."""
+    come from Philox group first + n keyed by (seed, step), so a run is reproducible from its seed
+    (`first`: where the batch starts in the global batch, for a data-parallel rank's shard: the
+    shards then draw what one process draws for the whole batch)."""
     seed, step, padding = _augment_args(x, seed, step, padding)
+    first = philox.check_seed(first, "first")
+    if first + len(x) > 2**64:
+        raise ValueError(f"first ({first}) plus the batch's {len(x)} images pass 2^64 Philox groups")
     flip = bool(flip)
     be = _backend.resolve(backend, x)
     if be != "numpy":
         from .gpu import augment
         return augment.random_crop_flip(be, x if x.flags.c_contiguous or be == "cuda" else np.ascontiguousarray(x),
-                                        seed, step, padding, flip)
+                                        seed, step, padding, flip, first)
     n, _, h, w = x.shape
     padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    rows, cols, flips = crop_offsets(seed, step, n, padding)
+    rows, cols, flips = crop_offsets(seed, step, n, padding, first)
     out = np.empty_like(x)
     for i in range(n):
         window = padded[i, :, rows[i]:rows[i] + h, cols[i]:cols[i] + w]

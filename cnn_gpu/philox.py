@@ -42,10 +42,10 @@ def check_seed(value, name: str) -> int:
     return int(value)
 
 
-def group_numbers(seed: int, step: int, groups: int) -> np.ndarray:
-    """(groups, 4) uint32: the numbers of element groups 0..groups-1 for (seed, step), as
-    philox_group in kernels/philox.cuh (counter (group, step), key seed, low halves first)."""
-    group = np.arange(groups, dtype=np.uint64)
+def group_numbers(seed: int, step: int, groups: int, first: int = 0) -> np.ndarray:
+    """(groups, 4) uint32: the numbers of element groups first..first+groups-1 for (seed, step),
+    as philox_group in kernels/philox.cuh (counter (group, step), key seed, low halves first)."""
+    group = np.arange(first, first + groups, dtype=np.uint64)
     counter = (group & np.uint64(MASK32), group >> np.uint64(32), step & MASK32, step >> 32)
     return np.stack(philox4x32_10(counter, (seed & MASK32, seed >> 32)), axis=1)
 

@@ -4,7 +4,8 @@
 // RandomHorizontalFlip).
 //
 // Not a GEMM: a gather, one thread per output pixel. The crop offsets and the flip of image n are
-// Philox4x32-10 numbers of group n keyed by (seed, step) (kernels/philox.cuh): offsets r0 % (2pad+1),
+// Philox4x32-10 numbers of group first + n keyed by (seed, step) (kernels/philox.cuh; `first`: the
+// batch's first image in the global batch, which a data-parallel rank's shard starts into): offsets r0 % (2pad+1),
 // r1 % (2pad+1), flip r2 & 1. Every thread of an image draws them itself (no second kernel, no
 // stored state), and cnn_gpu.cifar.random_crop_flip draws the same on the host: numpy, emu and
 // cuda give identical batches. The output pixel (h, w) reads input (h + oy - pad,
@@ -20,12 +21,12 @@
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 random_crop_flip(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int C, int H, int W, int pad,
-                 int flip, unsigned long long seed, unsigned long long step)
+                 int flip, unsigned long long seed, unsigned long long step, unsigned long long first)
 {
     const int plane_pixels = H * W;
     const unsigned int positions = 2u * (unsigned int)pad + 1u;
     for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const Philox4 r = philox_group(seed, step, (unsigned long long)(plane / C));
+        const Philox4 r = philox_group(seed, step, first + (unsigned long long)(plane / C));
         const int oy = (int)(r.v[0] % positions) - pad;
         const int ox = (int)(r.v[1] % positions) - pad;
         const bool flipped = flip && (r.v[2] & 1u);

@@ -163,6 +163,19 @@ def test_crop_flip_draws():
         cifar.random_crop_flip(x[0], 1, 2)
 
 
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_shards_draw_what_the_whole_batch_draws(be):
+    """A data-parallel rank augments its shard of the global batch with `first`, its offset there:
+    the shards together are the batch one process augments (they drew the same crops before)."""
+    x = np.random.default_rng(5).standard_normal((8, 3, 9, 9)).astype(np.float32)
+    whole = cifar.random_crop_flip(x, 7, 12, 2)
+    shards = [cifar.random_crop_flip(x[start:start + 3], 7, 12, 2, first=start, backend=be) for start in (0, 3, 6)]
+    np.testing.assert_array_equal(np.concatenate(shards), whole)
+    assert not np.array_equal(shards[1], cifar.random_crop_flip(x[3:6], 7, 12, 2, backend=be))
+    with pytest.raises(ValueError, match="first"):
+        cifar.random_crop_flip(x, 7, 12, first=-1)
+
+
 @needs_emu
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_kernel_is_the_numpy_twin_bit_for_bit(schedule):

@@ -49,6 +49,22 @@ def test_two_ranks_take_the_steps_of_one_process_with_the_doubled_batch(tmp_path
 
 
 @needs_mpi
+def test_two_ranks_augment_cifar_as_one_process_does(tmp_path):
+    """Each rank crops and flips its shard as the whole global batch's images at those places (they
+    drew the first shard's crops on every rank)."""
+    from test_cifar import make_batches, write_binary
+    write_binary(tmp_path / "cifar", make_batches(np.random.default_rng(9), per_batch=16))
+    quick = ("--dataset", "cifar10", "--data", tmp_path / "cifar", "--model", "cnn", "--epochs", 1, "--max-batches", 3)
+    two = train(*quick, "--batch-size", 8, "--save", tmp_path / "two.npz", ranks=2)
+    one = train(*quick, "--batch-size", 16, "--save", tmp_path / "one.npz")
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    a, b = _weights(tmp_path / "two.npz"), _weights(tmp_path / "one.npz")
+    for name in b:
+        scale = np.abs(b[name]).max()
+        assert scale > 0 and np.abs(a[name] - b[name]).max() <= 1e-4 * scale, name
+
+
+@needs_mpi
 def test_nproc_relaunches_under_mpiexec_and_reaches_the_single_process_accuracy(tmp_path):
     two = train("--epochs", 3, "--batch-size", 16, "--nproc", 2)
     one = train("--epochs", 3, "--batch-size", 32)

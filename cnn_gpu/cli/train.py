@@ -418,8 +418,11 @@ def _augmentation(settings, epoch: int, steps_per_epoch: int, device: str):
     one would have."""
     if settings["dataset"] != "cifar10":
         return None
+    from .. import distributed
     from ..cifar import random_crop_flip
-    return lambda x, index: random_crop_flip(x, settings["seed"], epoch * steps_per_epoch + index, backend=device)
+    first = distributed.rank() * settings["batch_size"]   # the rank's shard within the global batch
+    return lambda x, index: random_crop_flip(x, settings["seed"], epoch * steps_per_epoch + index, first=first,
+                                             backend=device)
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:

@@ -8,7 +8,7 @@ from .. import backend
 from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, i32
 
 
-def random_crop_flip(be, x, seed, step, pad, flip):
+def random_crop_flip(be, x, seed, step, pad, flip, first=0):
     n, c, h, w = x.shape
     if h * w >= PLANE_LIMIT:
         raise ValueError(f"the augmentation kernel indexes a plane with 32-bit ints: {h}x{w} has 2^31 pixels or more")
@@ -18,5 +18,6 @@ def random_crop_flip(be, x, seed, step, pad, flip):
                          f"plus padding {pad} reaches 2^31")
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "augment", x.dtype, "random_crop_flip", (blocks_for(h * w), min(n * c, MAX_GRID_Y)),
-                   (THREADS,), (x, y, np.int64(n * c), *i32(c, h, w, pad, flip), np.uint64(seed), np.uint64(step)))
+                   (THREADS,), (x, y, np.int64(n * c), *i32(c, h, w, pad, flip), np.uint64(seed), np.uint64(step),
+                    np.uint64(first)))
     return y
