@@ -44,7 +44,9 @@ class _ArrayUnpickler(pickle.Unpickler):
     an array's bytes with _codecs.encode."""
     ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               # protocol 5 (pickle.HIGHEST_PROTOCOL) rebuilds arrays from buffers
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -56,7 +58,7 @@ def _check_batch(data, labels, path: Path):
     if data.ndim != 2 or data.shape[1] != RECORD_PIXELS or data.dtype != np.uint8:
         raise ValueError(f"{path}: data must be uint8 of shape (n, {RECORD_PIXELS}), got {data.dtype} {data.shape}")
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: {len(labels)} labels for {len(data)} images")
+        raise ValueError(f"{path}: labels of shape {labels.shape} for {len(data)} images")
     if labels.dtype.kind not in "iu" or (len(labels) and not 0 <= labels.min() <= labels.max() < NUM_CLASSES):
         raise ValueError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}")
     return data.reshape((-1,) + IMAGE_SHAPE), labels.astype(np.int64)
@@ -67,16 +69,17 @@ def read_python_batch(path):
     path = Path(path)
     try:
         batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            LookupError, MemoryError) as err:   # LookupError: a corrupt codec name; MemoryError: a forged size
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {keys}")
     try:
-        labels = np.asarray(batch[b"labels"])
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: unreadable labels ({err})") from None
-    return _check_batch(np.asarray(batch[b"data"]), labels, path)
+        labels, data = np.asarray(batch[b"labels"]), np.asarray(batch[b"data"])
+    except (ValueError, TypeError) as err:   # ragged lists
+        raise ValueError(f"{path}: unreadable labels or data ({err})") from None
+    return _check_batch(data, labels, path)
 
 
 def read_binary_batch(path):
@@ -108,9 +111,14 @@ def find_batches(path):
 
 
 def channel_statistics(images: np.ndarray):
-    """Per-channel mean and standard deviation (float64) of uint8 images scaled to [0, 1]."""
-    scaled = images.reshape(len(images), images.shape[1], -1) / 255.0
-    return scaled.mean(axis=(0, 2)), scaled.std(axis=(0, 2))
+    """Per-channel mean and standard deviation (float64) of uint8 images scaled to [0, 1], a channel
+    at a time (a float64 copy of all of CIFAR-10's training images would take 1.2 GB)."""
+    planes = images.reshape(len(images), images.shape[1], -1)
+    mean, std = np.empty(planes.shape[1]), np.empty(planes.shape[1])
+    for c in range(planes.shape[1]):
+        scaled = planes[:, c] / 255.0
+        mean[c], std[c] = scaled.mean(), scaled.std()
+    return mean, std
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:

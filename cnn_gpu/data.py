@@ -11,6 +11,7 @@ seeded batch iterator.
 from __future__ import annotations
 
 import gzip
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def read_idx(path) -> np.ndarray:
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize   # Python ints: a huge header cannot wrap
     if len(data) != expected:
         raise ValueError(f"{path}: size mismatch: header says shape {shape} of {dtype.name} "
                          f"({expected} bytes with the header), the file holds {len(data)} bytes")
@@ -107,6 +108,9 @@ def _as_images(x, source: str) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise ValueError(f"{source}: images must be (N, H, W) or (N, C, H, W), got shape {x.shape}")
+    if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{source}: images of shape {x.shape} look channels-last (N, H, W, C); this library "
+                         f"takes (N, C, H, W): np.transpose(x, (0, 3, 1, 2))")
     if x.dtype.kind in "iu":
         return (x / np.float32(255)).astype(np.float32)
     if x.dtype.kind != "f":
@@ -164,6 +168,20 @@ def load_digits(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) ->
 
 _MNIST_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
                 "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+# where the files may sit: the folder, or torchvision's raw/ layout under it
+_MNIST_FOLDERS = ("", "raw", "MNIST/raw", "FashionMNIST/raw")
+MNIST_CLASSES = 10
+
+
+def _mnist_file(folder: Path, stem: str):
+    """The IDX file `stem` in `folder` or one of its _MNIST_FOLDERS, plain or .gz, also with a dot before
+    'idx' (train-images.idx3-ubyte, as some mirrors name them); None if absent."""
+    dotted = stem.replace("-idx", ".idx")
+    for sub in _MNIST_FOLDERS:
+        for name in (stem, f"{stem}.gz", dotted, f"{dotted}.gz"):
+            if (folder / sub / name).is_file():
+                return folder / sub / name
+    return None
 
 
 def load_mnist(path, name: str = "mnist") -> Dataset:
@@ -175,15 +193,18 @@ def load_mnist(path, name: str = "mnist") -> Dataset:
                                 f"{', '.join(_MNIST_FILES.values())}, optionally .gz, inside it)")
     arrays = {}
     for key, stem in _MNIST_FILES.items():
-        candidates = [folder / stem, folder / f"{stem}.gz"]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = _mnist_file(folder, stem)
         if found is None:
-            raise FileNotFoundError(f"{name}: {stem} (or {stem}.gz) not found in {folder}")
+            raise FileNotFoundError(f"{name}: {stem} (or {stem}.gz, or with '.idx') not found in {folder} or its "
+                                    f"{', '.join(sub for sub in _MNIST_FOLDERS if sub)} subfolders")
         arrays[key] = read_idx(found)
     x_train = _as_images(arrays["x_train"], f"{name} training images")
     x_test = _as_images(arrays["x_test"], f"{name} test images")
     y_train = _as_labels(arrays["y_train"], len(x_train), f"{name} training labels")
     y_test = _as_labels(arrays["y_test"], len(x_test), f"{name} test labels")
+    for split, y in (("training", y_train), ("test", y_test)):
+        if len(y) and y.max() >= MNIST_CLASSES:
+            raise ValueError(f"{name}: {split} label {y.max()} is not one of its {MNIST_CLASSES} classes 0..9")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"{name}: training images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ")
     return _make(name, x_train, y_train, x_test, y_test)
@@ -197,10 +218,15 @@ def read_npz(path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):   # an .npy file: one bare array
+            raise ValueError("an .npy array, not an .npz archive of named arrays")
+        with archive:
             return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"{path}: not a readable {what} ({err})") from None
+    except MemoryError:   # an array header claiming more than memory holds
+        raise ValueError(f"{path}: not a readable {what} (an array larger than memory)") from None
 
 
 def load_npz(path, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> Dataset:

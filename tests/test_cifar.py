@@ -51,6 +51,18 @@ def batches():
 
 # --- loading ------------------------------------------------------------------------------------
 
+def test_a_protocol_5_pickle_loads(tmp_path, batches):
+    """pickle.HIGHEST_PROTOCOL rebuilds arrays from buffers (numpy's _frombuffer): refused before."""
+    write_python(tmp_path / "p2", batches)
+    folder = tmp_path / "p5"
+    folder.mkdir()
+    for name, (data, labels) in zip(cifar.PYTHON_FILES, batches):
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"labels": list(map(int, labels))}, protocol=5))
+    new, old = cifar.load_cifar10(folder), cifar.load_cifar10(tmp_path / "p2")
+    np.testing.assert_array_equal(new.x_train, old.x_train)
+    np.testing.assert_array_equal(new.y_test, old.y_test)
+
+
 def test_both_formats_in_every_place_give_the_same_data(tmp_path, batches):
     write_python(tmp_path / "py", batches)
     write_python(tmp_path / "py_parent" / "cifar-10-batches-py", batches)
@@ -95,6 +107,9 @@ def test_missing_files_say_what_was_looked_for(tmp_path, batches):
     ("code_in_pickle", "refusing to load"),
     ("wrong_keys", "b'data' and b'labels'"),
     ("wrong_data_shape", "uint8 of shape"),
+    ("scalar_labels", r"labels of shape \(\) for 2 images"),
+    ("mixed_key_types", "b'data' and b'labels'"),
+    ("ragged_data", "unreadable labels or data"),
 ])
 def test_malformed_files_are_refused(tmp_path, batches, damage, match):
     binary = damage in ("truncated_binary", "label_out_of_range")
@@ -113,6 +128,12 @@ def test_malformed_files_are_refused(tmp_path, batches, damage, match):
         target.write_bytes(pickle.dumps({b"data": print, b"labels": []}))
     elif damage == "wrong_keys":
         target.write_bytes(pickle.dumps({b"pixels": 1}))
+    elif damage == "scalar_labels":
+        target.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": 3}))
+    elif damage == "mixed_key_types":
+        target.write_bytes(pickle.dumps({b"pixels": 1, "labels": 2, 3: 4}))
+    elif damage == "ragged_data":
+        target.write_bytes(pickle.dumps({b"data": [[1, 2], [3]], b"labels": [0, 1]}))
     else:
         target.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(ValueError, match=match):

@@ -221,3 +221,67 @@ def test_huge_unsigned_labels_do_not_wrap(tmp_path, rng):
     np.savez(tmp_path / "a.npz", x=rng.random((4, 3, 3)), y=np.array([0, 1, 2**63, 1], dtype=np.uint64))
     with pytest.raises(ValueError, match="would make 9223372036854775809 classes"):
         data.load_npz(tmp_path / "a.npz")
+
+
+# --- layouts and damaged files that used to pass or crash (a data-loading audit) -----------------
+
+@pytest.mark.parametrize("layout", ["dotted", "raw", "MNIST/raw"])
+def test_mnist_mirrors_and_torchvisions_raw_folder_are_found(tmp_path, rng, layout):
+    folder = tmp_path / ("" if layout == "dotted" else layout)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = _write_mnist(folder, rng, gz=False)
+    if layout == "dotted":   # train-images.idx3-ubyte, as some mirrors name them
+        for stem in arrays:
+            (folder / stem).rename(folder / stem.replace("-idx", ".idx"))
+    ds = data.load_mnist(tmp_path)
+    np.testing.assert_array_equal(ds.y_train, arrays["train-labels-idx1-ubyte"])
+
+
+def test_mnist_labels_must_be_digit_classes(tmp_path, rng):
+    arrays = _write_mnist(tmp_path, rng, gz=False)
+    labels = arrays["train-labels-idx1-ubyte"].copy()
+    labels[3] = 200   # silently made 201 classes
+    data.write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    with pytest.raises(ValueError, match="training label 200 is not one of its 10 classes"):
+        data.load_mnist(tmp_path)
+
+
+def test_idx_size_check_does_not_wrap(tmp_path):
+    """Four dimensions of 65536 in a header-only file: the byte count needs more than 64 bits."""
+    path = tmp_path / "huge-idx"
+    path.write_bytes(bytes([0, 0, 8, 4]) + np.full(4, 65536, dtype=">u4").tobytes())
+    with pytest.raises(ValueError, match=r"\(18446744073709551636 bytes with the header\), the file holds 20"):
+        data.read_idx(path)
+
+
+def test_channels_last_images_are_refused_with_the_transpose(tmp_path, rng):
+    path = tmp_path / "nhwc.npz"
+    np.savez(path, x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=np.arange(40) % 4)
+    with pytest.raises(ValueError, match=r"look channels-last .* np.transpose\(x, \(0, 3, 1, 2\)\)"):
+        data.load_npz(path)
+
+
+def test_npz_files_that_are_not_readable_archives_say_so(tmp_path, rng):
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros(3))
+    with pytest.raises(ValueError, match="an .npy array, not an .npz archive"):
+        data.read_npz(npy, ".npz file")
+    packed = tmp_path / "packed.npz"
+    np.savez_compressed(packed, x=rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    raw = bytearray(packed.read_bytes())
+    start = raw.index(b"x.npy") + len("x.npy") + 40   # inside the deflate stream of x.npy
+    raw[start:start + 32] = bytes(32)
+    packed.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="not a readable .npz file"):
+        data.read_npz(packed, ".npz file")
+    huge = tmp_path / "huge.npz"   # a member whose header claims 58 TiB
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4, 4), np.float32))
+    header["shape"] = (10**12, 4, 4)
+    import io
+    import zipfile
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    with zipfile.ZipFile(huge, "w") as archive:
+        archive.writestr("x.npy", member.getvalue() + bytes(64))
+    with pytest.raises(ValueError, match="not a readable .npz file"):
+        data.read_npz(huge, ".npz file")
