@@ -403,15 +403,20 @@ def _fail(message):
 
 def fake_cupy(driver=12080, cuda=12080, archs=("90",), nvrtc=(12, 8), supported=(50, 60, 70, 75, 80, 86, 89, 90, 100, 120),
               nvrtc_error=None, cublas_error=None):
-    """The few CuPy calls why_unavailable("cuda") makes, answering as a machine would."""
+    """The few CuPy calls why_unavailable("cuda") makes, answering as a machine would (compute
+    capabilities as device attributes 75 and 76: no Device(i).compute_capability, which makes the
+    device current)."""
+    def attribute(number, index):
+        return {75: int(archs[index][:-1]), 76: int(archs[index][-1])}[number]
     runtime = types.SimpleNamespace(driverGetVersion=lambda: driver, runtimeGetVersion=lambda: cuda,
-                                    getDeviceCount=lambda: len(archs))
+                                    getDeviceCount=lambda: len(archs), deviceGetAttribute=attribute)
     nvrtc_module = types.SimpleNamespace(getVersion=_fail(nvrtc_error) if nvrtc_error else lambda: nvrtc,
                                          getSupportedArchs=lambda: tuple(supported))
     device = types.SimpleNamespace(get_cublas_handle=_fail(cublas_error) if cublas_error else lambda: 1)
     cupy = types.ModuleType("cupy")
     cupy.cuda = types.SimpleNamespace(runtime=runtime, nvrtc=nvrtc_module, device=device,
-                                      Device=lambda index=0: types.SimpleNamespace(compute_capability=archs[index]))
+                                      Device=lambda index=0: types.SimpleNamespace())
+    cupy.RawModule = lambda code: types.SimpleNamespace(get_function=lambda name: name)
     return cupy
 
 
