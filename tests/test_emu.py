@@ -236,6 +236,50 @@ def test_guard_zones_are_on_by_default_and_fault_at_once_past_the_end(n, rng):
     assert info.value.thread == (n % 256, 0, 0) and not y.any()
 
 
+def test_reading_before_the_start_faults_in_the_other_layout(rng):
+    """The forward schedule puts arrays against the page after them, reverse against the page before
+    them: a sweep over the schedules faults on reads past either end (a read before the start used
+    to return the front canary's bytes, about -3e-16 as a float: what zero padding gives)."""
+    x = rng.standard_normal(300).astype(np.float32)
+    y = np.zeros(300, np.float32)
+    kernel = bugs().get_function("read_one_before_start")
+    kernel((2,), (256,), (x, y, np.int32(300)), schedule="forward")   # lands in canary bytes, unseen
+    with pytest.raises(emu.KernelFault, match="before the start of argument 'x'") as info:
+        kernel((2,), (256,), (x, y, np.int32(300)), schedule="reverse")
+    assert info.value.block == (0, 0, 0) and info.value.thread == (0, 0, 0)
+    assert info.value.source.startswith(at_line("y[i] = x[i - 1] + x[i]"))
+    faults = []
+    for seed in range(4):   # random: the layout follows the seed's parity
+        try:
+            kernel((2,), (256,), (x, y, np.int32(300)), schedule="random", seed=seed)
+        except emu.KernelFault:
+            faults.append(seed)
+    assert faults == [1, 3]
+
+
+def test_a_misaligned_vector_access_faults():
+    with pytest.raises(emu.KernelFault, match="not aligned to its type .*misaligned address") as info:
+        bugs().get_function("misaligned_vector_load")((1,), (32,), (np.ones(160, np.float32), np.zeros(32, np.float32)))
+    assert info.value.source.endswith("(in misaligned_vector_load)")   # the load's line, or its use's
+
+
+def test_shared_poison_differs_by_schedule(rng):
+    """fmaxf ignores the NaN poison, so an uninitialised maximum looks right under forward; the
+    reverse schedule's poison (3.4e38) gives it away."""
+    x = rng.random(64).astype(np.float32)
+    y = np.zeros(1, np.float32)
+    kernel = bugs().get_function("uninitialised_shared_max")
+    kernel((1,), (64,), (x, y), schedule="forward")
+    assert y[0] == x.max()
+    kernel((1,), (64,), (x, y), schedule="reverse")
+    assert y[0] == np.float32(np.frombuffer(b"\x7f" * 4, np.float32)[0]) > x.max()
+    seen = set()
+    for seed in range(3):
+        kernel((1,), (64,), (x, y), schedule="random", seed=seed)
+        seen.add(float(y[0]))
+    assert len(seen) == 2 and float(x.max()) in seen   # 0xff, 0x7f and 0xc3 (-391.5: hidden too)
+
+
 def test_guard_false_opts_out_of_guard_zones():
     base = np.zeros(1024, np.float32)
     bugs().get_function("write_one_past_end")((4,), (256,), (base[:1023], np.int32(1023)), guard=False)

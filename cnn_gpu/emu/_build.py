@@ -208,8 +208,10 @@ def translate_options(options) -> Options:
 
 
 # Flags of kernel modules only: one section per static, so that the shared-section linker script
-# (SHARED_SECTION_SCRIPT) can gather every function-local __shared__ array.
-MODULE_FLAGS = ("-fdata-sections",)
+# (SHARED_SECTION_SCRIPT) can gather every function-local __shared__ array; and a load or store not
+# aligned to its type (a float4 at an odd float) traps (SIGILL), as a GPU faults with "misaligned
+# address" where x86 would just do it.
+MODULE_FLAGS = ("-fdata-sections", "-fsanitize=alignment", "-fsanitize-undefined-trap-on-error")
 
 
 def _compile_flags(opts: Options) -> list[str]:

@@ -87,8 +87,12 @@ def _runtime():
     lib = _build.runtime_library()
     lib.cnn_gpu_emu_launch.argtypes = [ctypes.POINTER(_LaunchDesc)]
     lib.cnn_gpu_emu_launch.restype = ctypes.c_int
-    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p)]
+    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int,
+                                            ctypes.POINTER(ctypes.c_void_p)]
     lib.cnn_gpu_emu_guard_alloc.restype = ctypes.c_void_p
+    lib.cnn_gpu_emu_guard_pages.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulonglong),
+                                            ctypes.POINTER(ctypes.c_ulonglong)]
+    lib.cnn_gpu_emu_guard_pages.restype = None
     lib.cnn_gpu_emu_guard_check.argtypes = [ctypes.c_void_p]
     lib.cnn_gpu_emu_guard_check.restype = ctypes.c_int
     lib.cnn_gpu_emu_guard_free.argtypes = [ctypes.c_void_p]
@@ -246,23 +250,38 @@ def _memory_spans(arrays: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, 
 RACE_CHECK_GLOBAL_LIMIT = 8 << 20
 
 
-class _Staging:
-    """Array arguments copied into guarded buffers (inaccessible page right after the last byte,
-    canary in front); overlapping arrays share one buffer so aliasing stays as it was. A buffer
-    starts `align` bytes aligned instead when align > 0 (profiling: like cudaMalloc's 256), and
-    its end is then followed by canary bytes up to the page."""
+def _arrays_at_end(schedule: str, seed) -> bool:
+    """The guarded layout of a launch's arrays (_Staging): against the back page under the forward
+    schedule, against the front page under reverse, and by the seed's parity under random; so a
+    kernel swept over the schedules faults on reading past either end of an array."""
+    if schedule == "random":
+        return (seed or 0) % 2 == 0
+    return schedule != "reverse"
 
-    def __init__(self, lib, arrays: list[tuple[int, str, np.ndarray]], align: int = 0):
+
+class _Staging:
+    """Array arguments copied into guarded buffers between two inaccessible pages, canary bytes
+    in the gaps; overlapping arrays share one buffer so aliasing stays as it was. at_end: the last
+    byte right before the back page (an access past the end faults at once; one before the start
+    lands in canary bytes, reported after the launch if written), else the first byte right after
+    the front page (the other way round). A buffer starts `align` bytes aligned instead when
+    align > 0 (profiling: like cudaMalloc's 256), its end then followed by canary bytes."""
+
+    def __init__(self, lib, arrays: list[tuple[int, str, np.ndarray]], align: int = 0, at_end: bool = True):
         self.lib = lib
-        # [low, high, [(index, name, array)], handle, data]
-        self.groups = [[low, high, members, None, 0] for low, high, members in _memory_spans(arrays)]
+        # [low, high, [(index, name, array)], handle, data, (front page, back page)]
+        self.groups = [[low, high, members, None, 0, (0, 0)] for low, high, members in _memory_spans(arrays)]
         try:
             for group in self.groups:
                 data = ctypes.c_void_p()
-                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], align, ctypes.byref(data))
+                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], align, int(not at_end),
+                                                       ctypes.byref(data))
                 if not group[3]:
                     raise MemoryError("cnn_gpu.emu: cannot map a guarded buffer")
                 group[4] = data.value or 0
+                front, back = ctypes.c_ulonglong(), ctypes.c_ulonglong()
+                lib.cnn_gpu_emu_guard_pages(group[3], ctypes.byref(front), ctypes.byref(back))
+                group[5] = (front.value, back.value)
                 ctypes.memmove(group[4], group[0], group[1] - group[0])
         except BaseException:
             self.release()
@@ -272,12 +291,13 @@ class _Staging:
         return {index: group[4] + (a.__array_interface__["data"][0] - group[0])
                 for group in self.groups for index, _, a in group[2]}
 
-    def overrun_argument(self, address: int) -> str | None:
-        """The argument whose guard page holds `address`, if any."""
+    def overrun_argument(self, address: int) -> tuple[str, str] | None:
+        """(argument, "before the start" or "past the end") when one of an argument's guard pages
+        holds `address`, else None."""
         for group in self.groups:
-            guard = (group[4] + (group[1] - group[0]) + _build.PAGE - 1) // _build.PAGE * _build.PAGE
-            if guard <= address < guard + _build.PAGE:
-                return group[2][0][1]
+            for page, side in zip(group[5], ("before the start", "past the end")):
+                if page <= address < page + _build.PAGE:
+                    return group[2][0][1], side
         return None
 
     def check_canaries(self) -> str | None:
@@ -291,7 +311,7 @@ class _Staging:
 
     def copy_back(self) -> None:
         """Each writeable array gets its own bytes back (read-only ones are never written to)."""
-        for low, _, members, _, data in self.groups:
+        for low, _, members, _, data, _ in self.groups:
             for _, _, a in members:
                 if a.flags.writeable:
                     start, end = _byte_bounds(a)
@@ -381,8 +401,12 @@ class Kernel:
         profile = _profile.active()
         library = self.module._library(instrumented=settings["race"] or profile is not None)
         lib = _runtime()
+        seed_value = settings["seed"]
+        if settings["schedule"] == "random" and seed_value is None:
+            seed_value = random.getrandbits(63)
         # a profile stages every array, aligned as cudaMalloc aligns it (sector counts depend on it)
-        staging = (_Staging(lib, arrays, _profile.ALLOCATION_ALIGNMENT if profile else 0)
+        at_end = _arrays_at_end(settings["schedule"], seed_value)
+        staging = (_Staging(lib, arrays, _profile.ALLOCATION_ALIGNMENT if profile else 0, at_end)
                    if (settings["guard"] or profile) and arrays else None)
         profile_handle = lib.cnn_gpu_emu_profile_new() if profile else None
         try:
@@ -391,9 +415,6 @@ class Kernel:
                     slots[index] = pointer
             base = ctypes.addressof(slots)
             arg_addresses = (ctypes.c_void_p * max(1, len(args)))(*[base + 8 * i for i in range(len(args))])
-            seed_value = settings["seed"]
-            if settings["schedule"] == "random" and seed_value is None:
-                seed_value = random.getrandbits(63)
             desc = _LaunchDesc()
             desc.module = library.state_address
             desc.entry = library.entry(self.name)
@@ -477,12 +498,15 @@ class Kernel:
             name = signal.Signals(desc.signal_number).name if desc.signal_number else "signal"
             address = desc.fault_address
             message = f"{name} (address 0x{address:x})"
-            argument = staging.overrun_argument(address) if staging else None
+            if desc.signal_number == signal.SIGILL:
+                message = (f"{name}: a load or store not aligned to its type (a GPU faults on it: misaligned "
+                           f"address), or __trap()")
+            overrun = staging.overrun_argument(address) if staging else None
             dynamic = library.state.dynamic_shared or 0
             shared_guard = dynamic + (shared_mem + _build.PAGE - 1) // _build.PAGE * _build.PAGE
-            if argument:
+            if overrun:
                 kind = "out-of-bounds access"
-                message = f"out-of-bounds access past the end of argument {argument!r} ({name})"
+                message = f"out-of-bounds access {overrun[1]} of argument {overrun[0]!r} ({name})"
             elif settings["guard"] and shared_guard <= address < shared_guard + _build.PAGE:
                 kind = "shared memory overrun"
                 message = f"access past the end of the {shared_mem} bytes of dynamic shared memory ({name})"

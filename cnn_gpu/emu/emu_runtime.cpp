@@ -33,6 +33,18 @@ constexpr size_t kFiberSlot = kStackBytes + kPage;  // guard page below each sta
 constexpr int kMaxThreads = 1024;
 constexpr int kWarp = 32;
 constexpr unsigned char kCanary = 0xa5;
+
+// The byte that fills shared memory before each block (poison): 0xff (NaN in every float type) under
+// the forward schedule; 0x7f (3.4e38 as a float, a large positive int) under reverse; one of those or
+// 0xc3 (-391.5 as a float, a negative int) by the seed under random. fmaxf/fminf ignore NaN, and all
+// ones is the identity of an unsigned min or an atomicAnd: an uninitialised accumulator hidden by
+// one poison shows under another.
+unsigned char poison_byte(const cnn_gpu_emu_launch_desc* d) {
+    static const unsigned char kPoisons[] = {0xff, 0x7f, 0xc3};
+    if (d->schedule == CNN_GPU_EMU_REVERSE) return kPoisons[1];
+    if (d->schedule == CNN_GPU_EMU_RANDOM) return kPoisons[d->seed % 3];
+    return kPoisons[0];
+}
 constexpr size_t kAltStackBytes = 64 * 1024;
 
 }  // namespace
@@ -1550,9 +1562,10 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
             L->block_number = (unsigned int)b;
             L->block_serial = (unsigned int)b + 1;
             if (d->poison) {
+                const unsigned char poison = poison_byte(d);
                 if (m->static_shared_end > m->static_shared_begin)
-                    memset(m->static_shared_begin, 0xff, (size_t)(m->static_shared_end - m->static_shared_begin));
-                memset(m->dynamic_shared, 0xff, d->shared_mem);
+                    memset(m->static_shared_begin, poison, (size_t)(m->static_shared_end - m->static_shared_begin));
+                memset(m->dynamic_shared, poison, d->shared_mem);
             }
             if (guard) memset(m->dynamic_shared + d->shared_mem, kCanary, (size_t)(guard_page - m->dynamic_shared) - d->shared_mem);
             for (int i = 0; i < L->n; ++i)
@@ -1608,9 +1621,12 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     return d->fault_kind;
 }
 
-// Arrays staged against an inaccessible page, with a canary in front. The last byte lies right
-// before the page, so that any access past the end faults; with align > 0 the start is aligned
-// instead and the gap up to the page holds canary bytes.
+// Arrays staged between two inaccessible pages, in one of two layouts. At the end: the last byte
+// lies right before the back page, so any access past the end faults, and canary bytes fill the gap
+// from the front page (with align > 0 the start is aligned instead and the gap up to the back page
+// holds canary bytes too). At the start: the first byte follows the front page, so any access before
+// the start faults, and canary bytes fill the gap up to the back page. A launch uses one layout for
+// all its arrays; schedules alternate them (cnn_gpu.emu._module), so a sweep faults on both sides.
 namespace {
 constexpr size_t kFrontCanary = 64;
 struct GuardedBuffer {
@@ -1633,7 +1649,8 @@ int g_pool_count = 0;
 size_t g_pool_bytes = 0;
 pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
-// The smallest pooled mapping of at least `size` bytes, or a new one; its last page inaccessible.
+// The smallest pooled mapping of at least `size` bytes, or a new one; its first and last pages
+// inaccessible.
 Mapping take_mapping(size_t size) {
     pthread_mutex_lock(&g_pool_lock);
     int best = -1;
@@ -1649,7 +1666,7 @@ Mapping take_mapping(size_t size) {
     if (m.begin) return m;
     char* begin = (char*)mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (begin == MAP_FAILED) return m;
-    if (mprotect(begin + size - kPage, kPage, PROT_NONE) != 0) {
+    if (mprotect(begin, kPage, PROT_NONE) != 0 || mprotect(begin + size - kPage, kPage, PROT_NONE) != 0) {
         munmap(begin, size);
         return m;
     }
@@ -1668,32 +1685,42 @@ void give_mapping(Mapping m) {
 }
 }  // namespace
 
-EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, unsigned long long align, void** data) {
+EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, unsigned long long align, int at_start, void** data) {
     size_t need = kFrontCanary + size + align;
-    Mapping m = take_mapping(((need + kPage - 1) / kPage + 1) * kPage);
+    Mapping m = take_mapping(((need + kPage - 1) / kPage + 2) * kPage);
     GuardedBuffer* g = m.begin ? (GuardedBuffer*)malloc(sizeof(GuardedBuffer)) : nullptr;
     if (!g) {
         if (m.begin) give_mapping(m);
         return nullptr;
     }
-    char* guard = m.begin + m.size - kPage;
+    char* front = m.begin + kPage;   // the first accessible byte
+    char* back = m.begin + m.size - kPage;
     g->mapping = m.begin;
     g->mapping_size = m.size;
-    g->data = align ? (char*)((uintptr_t)(guard - size) & ~(uintptr_t)(align - 1)) : guard - size;
+    if (at_start)
+        g->data = front;
+    else
+        g->data = align ? (char*)((uintptr_t)(back - size) & ~(uintptr_t)(align - 1)) : back - size;
     g->size = size;
-    memset(g->data - kFrontCanary, kCanary, kFrontCanary);
-    memset(g->data + size, kCanary, (size_t)(guard - (g->data + size)));
+    memset(front, kCanary, (size_t)(g->data - front));
+    memset(g->data + size, kCanary, (size_t)(back - (g->data + size)));
     *data = g->data;
     return g;
 }
 
-// 0: canaries intact; 1: the front canary was overwritten; 2: the tail gap was.
+// 0: canaries intact; 1: a byte before the start was overwritten; 2: one past the end was.
 EXPORT int cnn_gpu_emu_guard_check(void* handle) {
     GuardedBuffer* g = (GuardedBuffer*)handle;
-    if (!canary_intact(g->data - kFrontCanary, g->data)) return 1;
-    char* guard = g->mapping + g->mapping_size - kPage;
-    if (!canary_intact(g->data + g->size, guard)) return 2;
+    if (!canary_intact(g->mapping + kPage, g->data)) return 1;
+    if (!canary_intact(g->data + g->size, g->mapping + g->mapping_size - kPage)) return 2;
     return 0;
+}
+
+// The addresses of the buffer's inaccessible front and back pages.
+EXPORT void cnn_gpu_emu_guard_pages(void* handle, unsigned long long* front, unsigned long long* back) {
+    GuardedBuffer* g = (GuardedBuffer*)handle;
+    *front = (unsigned long long)(uintptr_t)g->mapping;
+    *back = (unsigned long long)(uintptr_t)(g->mapping + g->mapping_size - kPage);
 }
 
 EXPORT void cnn_gpu_emu_guard_free(void* handle) {

@@ -132,3 +132,28 @@ extern "C" __global__ void threads_write_one_element(const float* __restrict__ x
 {
     out[threadIdx.x / 2] = x[threadIdx.x];
 }
+
+// x[i - 1]: thread 0 of block 0 reads the element before the start (a padding test left out)
+extern "C" __global__ void read_one_before_start(const float* __restrict__ x, float* __restrict__ y, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i - 1] + x[i];
+}
+
+// a 16-byte vector load at a 4-byte offset: a GPU faults with "misaligned address"
+extern "C" __global__ void misaligned_vector_load(const float* __restrict__ x, float* __restrict__ y)
+{
+    const float4 v = *(const float4*)(x + 4 * threadIdx.x + 1);
+    y[threadIdx.x] = v.x + v.y + v.z + v.w;
+}
+
+// the block's maximum into an accumulator nobody initialised: NaN poison hides it from fmaxf
+extern "C" __global__ void uninitialised_shared_max(const float* __restrict__ x, float* __restrict__ y)
+{
+    __shared__ float best[1];
+    for (int t = 0; t < (int)blockDim.x; ++t) {
+        if ((int)threadIdx.x == t) best[0] = fmaxf(best[0], x[t]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) y[0] = best[0];
+}
