@@ -217,11 +217,40 @@ def resolve(backend, *arrays) -> str:
 
 
 def array_module(backend: str):
-    """numpy for "numpy"/"emu", cupy for "cuda"."""
+    """numpy for "numpy", cupy for "cuda"; for "emu" numpy whose empty arrays come poisoned."""
     if backend == "cuda":
         import cupy
         return cupy
-    return np
+    return _EMU_NUMPY if backend == "emu" else np
+
+
+def _poisoned(a: np.ndarray) -> np.ndarray:
+    if a.dtype.kind == "f":
+        a.fill(np.nan)
+    elif a.dtype.kind in "iu":
+        a.fill(np.iinfo(a.dtype).max)
+    return a
+
+
+class _PoisonedNumpy:
+    """numpy for the emu backend, except that empty() and empty_like() fill their arrays with NaN
+    (integers: their largest value) rather than leave what the allocator had, often zeros: a kernel
+    that leaves part of its output unwritten then cannot pass where the expected value is 0, as it
+    would not on a GPU, whose fresh memory holds old data."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float, order="C"):
+        return _poisoned(np.empty(shape, dtype, order))
+
+    @staticmethod
+    def empty_like(prototype, dtype=None, order="K", subok=True, shape=None):
+        return _poisoned(np.empty_like(prototype, dtype, order, subok, shape))
+
+
+_EMU_NUMPY = _PoisonedNumpy()
 
 
 # --- kernel sources and modules -----------------------------------------------------------------

@@ -460,3 +460,14 @@ def test_why_cuda_is_unavailable(install_cupy, settings, expected):
 def test_a_cupy_that_does_not_import_is_reported(install_cupy):
     reason = install_cupy(None)   # sys.modules[name] = None makes `import name` fail
     assert reason.startswith("CuPy does not import") and "cnn_gpu[cuda12]" in reason
+
+
+def test_emu_outputs_start_poisoned():
+    """The emu backend's empty arrays (every launcher's outputs and workspaces) hold NaN or the
+    integer maximum, not the allocator's zeros, so a kernel that leaves part of its output unwritten
+    fails where the expected value is 0 (a GPU's fresh memory holds old data)."""
+    xp = backend.array_module("emu")
+    assert np.isnan(xp.empty((3, 4), np.float32)).all() and np.isnan(xp.empty_like(np.zeros(5, np.float16))).all()
+    assert (xp.empty(6, np.int32) == np.iinfo(np.int32).max).all()
+    assert (xp.empty_like(np.zeros(2, np.uint64), shape=(7,)) == np.iinfo(np.uint64).max).all()
+    assert xp.float32 is np.float32 and xp.zeros(2).dtype == np.float64 and backend.array_module("numpy") is np
