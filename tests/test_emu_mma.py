@@ -66,7 +66,11 @@ extern "C" __global__ void ldmatrix_words(const float* words, unsigned int* out)
     int matrix = lane >> 3, row = lane & 7;
 #endif
     unsigned int r[4];
+#ifdef PLANT_GLOBAL
+    ldmatrix_x4(r, (const unsigned int*)words + (matrix * 8 + row) * 4);   // a global address
+#else
     ldmatrix_x4(r, (const unsigned int*)rows + (matrix * 8 + row) * PITCH);
+#endif
     for (int i = 0; i < 4; ++i) out[lane * 4 + i] = r[i];
 }
 
@@ -199,10 +203,11 @@ def test_ldmatrix_with_row_addresses_from_the_wrong_lanes_is_caught():
 
 
 @needs_emu
-def test_ldmatrix_refuses_rows_that_are_not_16_byte_aligned():
+@pytest.mark.parametrize("plant", ["PLANT_MISALIGNED", "PLANT_GLOBAL"])
+def test_ldmatrix_refuses_rows_misaligned_or_outside_shared_memory(plant):
     from cnn_gpu import emu
-    with pytest.raises(emu.KernelFault):
-        _ldmatrix_words("PLANT_MISALIGNED")
+    with pytest.raises(emu.KernelFault, match="ldmatrix row"):
+        _ldmatrix_words(plant)
 
 
 @needs_emu

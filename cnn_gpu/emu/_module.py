@@ -500,7 +500,7 @@ class Kernel:
             message = f"{name} (address 0x{address:x})"
             if desc.signal_number == signal.SIGILL:
                 message = (f"{name}: a load or store not aligned to its type (a GPU faults on it: misaligned "
-                           f"address), or __trap()")
+                           f"address), an ldmatrix row that is misaligned or not in shared memory, or __trap()")
             overrun = staging.overrun_argument(address) if staging else None
             dynamic = library.state.dynamic_shared or 0
             shared_guard = dynamic + (shared_mem + _build.PAGE - 1) // _build.PAGE * _build.PAGE

@@ -273,12 +273,17 @@ static __noinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigned i
     cnn_gpu_emu_mma_tile(d, c, tile_a, tile_b, 16);
 }
 /* ldmatrix.sync.aligned.m8n8.x4.shared.b16 (PTX ISA "ldmatrix"): lane 8i + j holds the address of
- * row j of matrix i (16 bytes, 16-byte aligned; whole warps only, else a fault); lane l receives
+ * row j of matrix i (16 bytes of shared memory, 16-byte aligned; whole warps only, else a fault: a
+ * global address would be a garbage .shared address on a GPU); lane l receives
  * word l % 4 of row l / 4 of matrix i in r[i]. Each lane reads its own words from shared memory,
  * so the race check, the poison and the profile (one request per matrix) see the hardware's loads. */
 static __noinline__ void cnn_gpu_emu_ldmatrix_x4(unsigned int* r, const void* row) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
-    if (((unsigned long long)row & 15ull) || me->warp_size != 32) __builtin_trap();
+    const char* at = (const char*)row;
+    const bool shared = (at >= cnn_gpu_emu_module.static_shared_begin && at + 16 <= cnn_gpu_emu_module.static_shared_end) ||
+                        (at >= cnn_gpu_emu_module.dynamic_shared &&
+                         at + 16 <= cnn_gpu_emu_module.dynamic_shared + cnn_gpu_emu_module.dynamic_shared_capacity);
+    if (((unsigned long long)row & 15ull) || !shared || me->warp_size != 32) __builtin_trap();
     const unsigned long long* rows = cnn_gpu_emu_warp_exchange(me, (unsigned long long)row);
     unsigned int lane = me->lane;
     const unsigned int* mine[4];
