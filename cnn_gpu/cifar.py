@@ -100,14 +100,18 @@ def find_batches(path):
     if not root.is_dir():
         raise FileNotFoundError(f"cifar10: {root} is not a folder (expected the CIFAR-10 python or binary batches "
                                 f"in it or in its {' or '.join(SUBFOLDERS)} subfolder)")
+    partial = []   # folders holding some of a version's files: which ones they lack
     for folder in (root, *(root / sub for sub in SUBFOLDERS)):
         for reader, names in ((read_python_batch, PYTHON_FILES), (read_binary_batch, BINARY_FILES)):
             files = [folder / name for name in names]
             if all(f.is_file() for f in files):
                 return reader, files
+            if any(f.is_file() for f in files):
+                partial.append(f"{folder} lacks {', '.join(f.name for f in files if not f.is_file())}")
     raise FileNotFoundError(
         f"cifar10: no complete CIFAR-10 batches in {root} or its {' / '.join(SUBFOLDERS)} subfolders; looked for "
-        f"{', '.join(PYTHON_FILES)} (python version) or {', '.join(BINARY_FILES)} (binary version)")
+        f"{', '.join(PYTHON_FILES)} (python version) or {', '.join(BINARY_FILES)} (binary version)"
+        + "".join(f"; {line}" for line in partial))
 
 
 def channel_statistics(images: np.ndarray):

@@ -98,6 +98,7 @@ def test_missing_files_say_what_was_looked_for(tmp_path, batches):
     message = str(err.value)
     for expected in ("data_batch_1", "test_batch", "data_batch_1.bin", "cifar-10-batches-py", "cifar-10-batches-bin"):
         assert expected in message
+    assert message.endswith(f"; {tmp_path / 'partial'} lacks data_batch_3")   # the one file missing
 
 
 @pytest.mark.parametrize("damage, match", [

@@ -181,6 +181,18 @@ def test_resume_from_a_folder_or_nothing_says_which(tmp_path, capsys, good_check
     _refused_before_training(capsys, tmp_path, ["--resume", str(tmp_path / "none.npz")], "checkpoint not found", keep)
 
 
+def test_a_resume_with_changed_settings_says_which(tmp_path, capsys):
+    path = tmp_path / "ck.npz"
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--save", str(path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert main([*argv, "--epochs", "2", "--resume", str(path)]) == 0
+    assert "note: resuming" not in capsys.readouterr().out   # a longer run alone is the usual case
+    assert main([*argv, "--epochs", "3", "--resume", str(path), "--lr", "0.01", "--label-smoothing", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: resuming {path} with --lr 0.01 (it trained with 0.002), --label-smoothing 0.1 (it trained " \
+           f"with 0.0)" in out
+
+
 def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys, good_checkpoint):
     keep = tmp_path / "keep.npz"
     keep.write_bytes(good_checkpoint)

@@ -318,6 +318,13 @@ def _train(args) -> int:
     if resumed and resumed[2]["epoch"] > settings["epochs"]:
         raise UsageError(f"--epochs {settings['epochs']} is below the {resumed[2]['epoch']} epochs {args.resume} "
                          f"has trained already")
+    if resumed:
+        saved = resumed[2]["settings"]
+        # extending --epochs is the usual reason to resume; any other change is said, not refused
+        changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
+                   if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
+        if changed:
+            _say(world.rank == 0, f"note: resuming {args.resume} with {', '.join(changed)}")
     # tf32: training and evaluation alike
     with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
         return _train_in_precision(args, world, resumed, settings)
