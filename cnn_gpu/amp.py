@@ -59,8 +59,9 @@ class GradScaler:
         self._growth_interval = int(growth_interval)
         self._enabled = enabled
         self._scale = _as_fp32_scale(self._scale)
-        if not math.isfinite(self._scale):
-            raise ValueError(f"GradScaler: init_scale must fit in float32 (PyTorch keeps it there), got {init_scale!r}")
+        if not math.isfinite(self._scale) or self._scale == 0:
+            raise ValueError(f"GradScaler: init_scale must be a positive float32 (PyTorch keeps it there), got "
+                             f"{init_scale!r}")
         self._growth_tracker = 0     # clean steps since the last change of scale
         # per optimizer of this step, by id() as PyTorch's: {"found_inf": bool, "stepped": bool},
         # an entry from its unscale_ on
@@ -91,7 +92,8 @@ class GradScaler:
         if state is not None:
             raise RuntimeError("GradScaler.unscale_ was already called on this optimizer since the last update()"
                                if not state["stepped"] else "GradScaler.unscale_ is being called after step()")
-        inverse = float(np.float32(1.0 / self._scale))   # PyTorch's FP32 reciprocal
+        with np.errstate(over="ignore", divide="ignore"):   # a scale backed off to 0 unscales to inf: skipped
+            inverse = float(np.float32(1.0) / np.float32(self._scale))   # PyTorch's FP32 reciprocal
         found = False
         for p in optimizer.params:
             if p.grad is None:

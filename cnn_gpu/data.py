@@ -108,7 +108,7 @@ def _as_images(x, source: str) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise ValueError(f"{source}: images must be (N, H, W) or (N, C, H, W), got shape {x.shape}")
-    if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+    if x.shape[3] in (1, 3, 4) and x.shape[1] == x.shape[2] > 4:   # square images, 1-4 channels last
         raise ValueError(f"{source}: images of shape {x.shape} look channels-last (N, H, W, C); this library "
                          f"takes (N, C, H, W): np.transpose(x, (0, 3, 1, 2))")
     if x.dtype.kind in "iu":

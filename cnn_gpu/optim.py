@@ -214,6 +214,9 @@ class Optimizer:
                 raise ValueError(f"optimizer state {i} holds {sorted(saved)}; {type(self).__name__} keeps "
                                  f"{sorted(self._state_keys)} (and 'master' for float16), or nothing before its "
                                  f"first step")
+            if "master" in saved and p.data.dtype != np.float16:
+                raise ValueError(f"optimizer state {i} holds master weights, which belong to float16 parameters "
+                                 f"only; parameter {i} is {p.data.dtype}")
             entry = {}
             for key, value in saved.items():
                 if key == "step":

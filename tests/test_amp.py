@@ -1,6 +1,7 @@
 """Mixed precision: cnn_gpu.amp.GradScaler (skip and halve on inf/NaN, growth, state) and
 `cnn-gpu train --precision fp32|tf32|fp16` (accuracy on digits, resume, emu against numpy)."""
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -128,6 +129,25 @@ def test_each_optimizer_is_unscaled_checked_and_skipped_on_its_own_gradients():
         scaler.unscale_(optimizers[0])
     scaler.unscale_(optimizers[1])   # another optimizer: allowed
     scaler.update()
+
+
+def test_a_scale_backed_off_to_zero_skips_every_step_without_a_crash():
+    """Inf gradients step after step halve a float32 scale to 0 (166 steps from 2^16), as in PyTorch:
+    then every unscale gives inf and every step is skipped; no division by zero, no warning."""
+    param = Parameter(np.ones(2, np.float32))
+    optimizer = optim.SGD([param], lr=0.1)
+    scaler = GradScaler(init_scale=2.0 ** 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(200):
+            param.grad = np.array([np.inf, 1.0], np.float32)
+            assert scaler.step(optimizer) is False
+            scaler.update()
+        param.grad = np.ones(2, np.float32)
+        assert scaler.step(optimizer) is False
+    assert scaler.get_scale() == 0.0 and (param.data == 1).all()
+    with pytest.raises(ValueError, match="positive float32"):
+        GradScaler(init_scale=1e-50)   # rounds to 0 in float32
 
 
 def test_scale_follows_pytorchs_float32_updates():

@@ -259,6 +259,8 @@ def test_channels_last_images_are_refused_with_the_transpose(tmp_path, rng):
     np.savez(path, x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=np.arange(40) % 4)
     with pytest.raises(ValueError, match=r"look channels-last .* np.transpose\(x, \(0, 3, 1, 2\)\)"):
         data.load_npz(path)
+    np.savez(path, x=rng.random((40, 2, 8, 4)).astype(np.float32), y=np.arange(40) % 4)
+    assert data.load_npz(path).image_shape == (2, 8, 4)   # NCHW with a narrow width: taken as it is
 
 
 def test_npz_files_that_are_not_readable_archives_say_so(tmp_path, rng):

@@ -352,6 +352,18 @@ def test_a_module_used_twice_in_one_model_is_refused():
     seq.block = nn.ReLU()
     seq.block = nn.ReLU()   # replacing a child under its own name is fine
     assert len(seq.parameters()) == 2
+    # added to a container after that one was nested: the building check cannot see it, the forward can
+    inner = nn.Sequential()
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), inner)
+    inner.append(model[0])
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="Linear ran twice in one forward pass"):
+        model(x)
+    model.eval()
+    assert model(x).shape == (2, 3)   # inference needs no backward: reuse is harmless there
+    model.train()
+    layer = nn.Linear(3, 3)
+    layer(x), layer(x)   # two calls of one layer from outside any module are two forward passes
 
 
 def test_tied_weights_get_both_places_gradients(rng):

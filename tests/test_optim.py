@@ -202,6 +202,7 @@ def test_load_state_dict_checks_shapes():
     (lambda s: s.pop("exp_avg_sq"), r"holds \['exp_avg', 'step'\]; Adam keeps"),
     (lambda s: s.update(momentum_buffer=np.zeros(5)), "Adam keeps"),
     (lambda s: s.update(exp_avg=0.5), "exp_avg has shape"),
+    (lambda s: s.update(master=np.zeros(5, np.float32)), "master weights, which belong to float16"),
 ])
 def test_load_state_dict_refuses_a_state_a_step_could_not_use(edit, message):
     """A state whose step would fail (or divide by zero after counting itself) is refused at the

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed, default=0, help="seed of the random inputs")
     parser.add_argument("--json", type=path_argument, metavar="PATH", help="also write the rows and machine facts as JSON")
     parser.add_argument("--csv", type=path_argument, metavar="PATH", help="also write the rows as CSV")
-    parser.add_argument("--plot", metavar="PNG", help="also plot time per op and device (needs matplotlib)")
+    parser.add_argument("--plot", type=path_argument, metavar="PNG", help="also plot time per op and device (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--nproc", type=int, default=None, metavar="N",

@@ -6,6 +6,7 @@ their `.grad` (upstream gradient times the local Jacobian, layer by layer).
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -81,6 +82,11 @@ def _counts_fit(value: np.ndarray, dtype) -> bool:
 def to_host(array) -> np.ndarray:
     """A NumPy copy of a NumPy or CuPy array."""
     return array.get() if _backend.is_cupy_array(array) else np.array(array, copy=True)
+
+
+# The forward pass a module runs in (Module.__call__): a call made outside any module's forward starts
+# a new one; per thread.
+_FORWARD = threading.local()
 
 
 class Module:
@@ -159,7 +165,22 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        """forward(...); in training, ValueError if this module already ran in the same outer call
+        (a module added to a container after that container was nested escapes the check where the
+        model is built): its backward would read the second use's input."""
+        depth = getattr(_FORWARD, "depth", 0)
+        if depth == 0:
+            _FORWARD.generation = getattr(_FORWARD, "generation", 0) + 1
+        if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
+            raise ValueError(f"{type(self).__name__} ran twice in one forward pass: a module keeps only its latest "
+                             f"forward's input for backward, so one used twice would get wrong gradients; use a "
+                             f"new module for each place (to tie weights, assign one Parameter to both)")
+        object.__setattr__(self, "_forward_generation", _FORWARD.generation)
+        _FORWARD.depth = depth + 1
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _FORWARD.depth = depth
 
     def _no_input_grad(self, input_grad) -> bool:
         """For a layer without parameters: whether its backward has nothing to do (no input
