@@ -84,8 +84,9 @@ class GradScaler:
 
     def unscale_(self, optimizer) -> None:
         """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
-        dtype) and note whether any is inf/NaN, agreed over all ranks. Once per optimizer and step,
-        before its step()."""
+        dtype) and note whether any is inf/NaN, agreed over all ranks: before unscaling, as PyTorch,
+        and after it where a scale below 1 could overflow them (PyTorch would step on those). Once
+        per optimizer and step, before its step()."""
         if not self._enabled:
             return
         state = self._optimizers.get(id(optimizer))
@@ -101,7 +102,10 @@ class GradScaler:
             xp = _backend.array_module("cuda" if _backend.is_cupy_array(p.grad) else "numpy")
             wide = p.grad.astype(xp.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
             found = found or not bool(xp.isfinite(wide).all())
-            p.grad = (wide * inverse).astype(p.grad.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                p.grad = (wide * inverse).astype(p.grad.dtype)
+            if inverse > 1:   # a scale below 1 (backed off that far, or to 0) can overflow the unscaled
+                found = found or not bool(xp.isfinite(p.grad).all())   # values; PyTorch would step on them
         self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False}
 
     def step(self, optimizer) -> bool:
