@@ -302,3 +302,28 @@ def test_save_interrupted_anywhere_leaves_nothing_behind(tmp_path, monkeypatch, 
     assert _open_fds() == fds, "the temporary file was left open"
     assert sorted(os.listdir(tmp_path)) == ["model.npz"], "temporary file left behind"
     assert path.read_bytes() == before
+
+
+def test_sigterm_ends_training_like_ctrl_c_and_leaves_a_loadable_checkpoint(tmp_path):
+    """A scheduler's SIGTERM raises inside the run, so a checkpoint being written removes its
+    temporary file (the default action killed the process mid-write, leaving one behind)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    path = tmp_path / "ck.npz"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    job = subprocess.Popen([sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy", "--epochs", "500",
+                            "--save", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not path.exists() and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.05)
+        assert path.exists(), job.communicate()[1]
+        job.terminate()
+        _, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 143 and err.rstrip().endswith("terminated"), err[-500:]
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz"] and checkpoint.load(path)[2]["epoch"] >= 1

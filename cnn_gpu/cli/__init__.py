@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import signal
 import sys
+import threading
 
 # subcommand -> (module in cnn_gpu.cli, one-line help)
 COMMANDS = {
@@ -65,13 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that cleanups run (a checkpoint being written removes
+    its temporary file) as for Ctrl-C; a BaseException, so that no `except Exception` swallows it."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv   # what a subcommand that relaunches itself (train --nproc) passes on
     module = importlib.import_module(f".{COMMANDS[args.command][0]}", __name__)
+    # SIGTERM (a job scheduler's stop) ends the command like Ctrl-C, unless someone else handles it
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
