@@ -280,6 +280,19 @@ def test_shared_poison_differs_by_schedule(rng):
     assert len(seen) == 2 and float(x.max()) in seen   # 0xff, 0x7f and 0xc3 (-391.5: hidden too)
 
 
+@pytest.mark.parametrize("name", ["half_mask_shuffle", "half_mask_syncwarp"])
+def test_a_lane_outside_its_warp_mask_faults(name):
+    """Every lane takes part in the emulator's exchanges, so a mask must name each lane that runs it;
+    one that leaves lanes out (undefined on a GPU) used to be ignored."""
+    x, y = np.ones(32, np.float32), np.zeros(32, np.float32)
+    args = (x, y) if name == "half_mask_shuffle" else (y,)
+    with pytest.raises(emu.KernelFault, match=r"lane 16 runs a warp shuffle, vote or __syncwarp whose "
+                                              r"mask 0x0000ffff leaves it out") as info:
+        bugs().get_function(name)((1,), (32,), args)
+    assert info.value.kind == "warp mask" and info.value.thread == (16, 0, 0) and f"(in {name})" in info.value.source
+    bugs().get_function("half_mask_shuffle")((1,), (16,), (x, y))   # a 16-lane warp: the mask holds it all
+
+
 def test_guard_false_opts_out_of_guard_zones():
     base = np.zeros(1024, np.float32)
     bugs().get_function("write_one_past_end")((4,), (256,), (base[:1023], np.int32(1023)), guard=False)

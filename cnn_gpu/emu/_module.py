@@ -78,7 +78,8 @@ class _LaunchDesc(ctypes.Structure):
 
 FAULT_KINDS = {1: "signal", 2: "stack overflow", 3: "divergent barrier", 4: "barrier not reached by all threads",
                5: "warp exchange deadlock", 6: "watchdog timeout", 7: "shared memory overrun", 8: "launch setup",
-               9: "shared memory race", 10: "interrupted", 11: "cp.async misuse"}
+               9: "shared memory race", 10: "interrupted", 11: "cp.async misuse",
+               12: "warp mask"}
 INTERRUPTED = 10
 
 

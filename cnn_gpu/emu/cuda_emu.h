@@ -82,6 +82,7 @@ static __forceinline__ uint4 make_uint4(unsigned int x, unsigned int y, unsigned
 /* A barrier is identified by its source line: the compiler may duplicate one call site. */
 extern "C" int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, int line);
 extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
+extern "C" void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask);
 
 #define __syncthreads() ((void)cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, 0, __LINE__))
 #define __syncthreads_count(p) cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__)
@@ -126,6 +127,11 @@ static __forceinline__ T cnn_gpu_emu_from_bits(unsigned long long bits) {
     __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
 }
+/* every lane takes part, so each must be in the mask it passes (a GPU leaves a lane outside it undefined) */
+static __forceinline__ void cnn_gpu_emu_check_mask(unsigned int mask) {
+    cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
+    if (!((mask >> me->lane) & 1u)) cnn_gpu_emu_warp_mask_fault(me, mask);
+}
 template <class T>
 static __forceinline__ T cnn_gpu_emu_shuffle_from(T v, int source, bool own) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
@@ -134,28 +140,33 @@ static __forceinline__ T cnn_gpu_emu_shuffle_from(T v, int source, bool own) {
     return cnn_gpu_emu_from_bits<T>(slots[source]);
 }
 template <class T>
-static __forceinline__ T __shfl_sync(unsigned int, T v, int src_lane, int width = warpSize) {
+static __forceinline__ T __shfl_sync(unsigned int mask, T v, int src_lane, int width = warpSize) {
+    cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
     int source = (lane & ~(width - 1)) + (src_lane & (width - 1));
     return cnn_gpu_emu_shuffle_from(v, source, false);
 }
 template <class T>
-static __forceinline__ T __shfl_up_sync(unsigned int, T v, unsigned int delta, int width = warpSize) {
+static __forceinline__ T __shfl_up_sync(unsigned int mask, T v, unsigned int delta, int width = warpSize) {
+    cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
     return cnn_gpu_emu_shuffle_from(v, lane - (int)delta, (lane & (width - 1)) < (int)delta);
 }
 template <class T>
-static __forceinline__ T __shfl_down_sync(unsigned int, T v, unsigned int delta, int width = warpSize) {
+static __forceinline__ T __shfl_down_sync(unsigned int mask, T v, unsigned int delta, int width = warpSize) {
+    cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
     return cnn_gpu_emu_shuffle_from(v, lane + (int)delta, (lane & (width - 1)) + (int)delta >= width);
 }
 template <class T>
-static __forceinline__ T __shfl_xor_sync(unsigned int, T v, int lane_mask, int width = warpSize) {
+static __forceinline__ T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = warpSize) {
+    cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
     int source = lane ^ lane_mask;
     return cnn_gpu_emu_shuffle_from(v, source, source >= ((lane / width) + 1) * width);
 }
-static __forceinline__ unsigned int __ballot_sync(unsigned int, int predicate) {
+static __forceinline__ unsigned int __ballot_sync(unsigned int mask, int predicate) {
+    cnn_gpu_emu_check_mask(mask);
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
     const unsigned long long* slots = cnn_gpu_emu_warp_exchange(me, predicate != 0);
     int size = (int)me->warp_size;
@@ -169,7 +180,8 @@ static __forceinline__ int __all_sync(unsigned int mask, int predicate) {
     unsigned int full = size == 32 ? 0xffffffffu : ((1u << size) - 1u);
     return __ballot_sync(mask, predicate) == full;
 }
-static __forceinline__ void __syncwarp(unsigned int = 0xffffffffu) {
+static __forceinline__ void __syncwarp(unsigned int mask = 0xffffffffu) {
+    cnn_gpu_emu_check_mask(mask);
     (void)cnn_gpu_emu_warp_exchange(cnn_gpu_emu_module.current, 0);
 }
 static __forceinline__ unsigned int __activemask() { return 0xffffffffu; }
@@ -280,9 +292,9 @@ static __noinline__ void cnn_gpu_emu_mma_m16n8k16_f16(float* d, const unsigned i
 static __noinline__ void cnn_gpu_emu_ldmatrix_x4(unsigned int* r, const void* row) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
     const char* at = (const char*)row;
-    const bool shared = (at >= cnn_gpu_emu_module.static_shared_begin && at + 16 <= cnn_gpu_emu_module.static_shared_end) ||
-                        (at >= cnn_gpu_emu_module.dynamic_shared &&
-                         at + 16 <= cnn_gpu_emu_module.dynamic_shared + cnn_gpu_emu_module.dynamic_shared_capacity);
+    const cnn_gpu_emu_module_state& m = cnn_gpu_emu_module;
+    const bool shared = (at >= m.static_shared_begin && at + 16 <= m.static_shared_end) ||
+                        (at >= m.dynamic_shared && at + 16 <= m.dynamic_shared + m.dynamic_shared_capacity);
     if (((unsigned long long)row & 15ull) || !shared || me->warp_size != 32) __builtin_trap();
     const unsigned long long* rows = cnn_gpu_emu_warp_exchange(me, (unsigned long long)row);
     unsigned int lane = me->lane;

@@ -41,7 +41,8 @@ enum cnn_gpu_emu_fault_kind {
     CNN_GPU_EMU_SETUP = 8,             /* the runtime could not set up the launch */
     CNN_GPU_EMU_RACE = 9,              /* two threads touch a byte with nothing ordering them */
     CNN_GPU_EMU_INTERRUPTED = 10,      /* SIGINT (Ctrl-C) during the launch */
-    CNN_GPU_EMU_CP_ASYNC = 11          /* cp.async misused: not into shared memory, never waited for */
+    CNN_GPU_EMU_CP_ASYNC = 11,         /* cp.async misused: not into shared memory, never waited for */
+    CNN_GPU_EMU_WARP_MASK = 12         /* a lane runs a shuffle, vote or __syncwarp whose mask leaves it out */
 };
 
 /* Memory-access profile of one launch (instrumented module, desc->profile): one row per

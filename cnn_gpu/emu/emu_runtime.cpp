@@ -631,6 +631,16 @@ EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me,
 
 // Warp exchange: every lane of the warp deposits 8 bytes; returns the slot array (32 entries)
 // once all lanes have, valid until this lane's next exchange.
+// A lane that runs a shuffle, vote or __syncwarp whose mask leaves it out: undefined on a GPU (the
+// emulator has every lane of the warp take part, so a mask must hold them all).
+EXPORT __attribute__((noinline)) void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask) {
+    Fiber* self = (Fiber*)me;
+    self->wait_site = __builtin_return_address(0);
+    runtime_fault(self->launch, self, CNN_GPU_EMU_WARP_MASK, nullptr, nullptr,
+                  "lane %u runs a warp shuffle, vote or __syncwarp whose mask 0x%08x leaves it out (undefined "
+                  "on a GPU)", self->view.lane, mask);
+}
+
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me,
                                                                                    unsigned long long value) {
     Fiber* self = (Fiber*)me;

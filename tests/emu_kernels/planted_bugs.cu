@@ -157,3 +157,16 @@ extern "C" __global__ void uninitialised_shared_max(const float* __restrict__ x,
     }
     if (threadIdx.x == 0) y[0] = best[0];
 }
+
+// every lane runs the exchange, but the mask names lanes 0..15 only: undefined on a GPU
+extern "C" __global__ void half_mask_shuffle(const float* __restrict__ x, float* __restrict__ y)
+{
+    y[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, x[threadIdx.x], 1);
+}
+
+extern "C" __global__ void half_mask_syncwarp(float* __restrict__ y)
+{
+    y[threadIdx.x] = 1.0f;
+    __syncwarp(0x0000ffffu);
+    y[threadIdx.x] += y[threadIdx.x ^ 1];
+}
