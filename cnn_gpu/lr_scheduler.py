@@ -30,9 +30,9 @@ class WarmupCosine:
     def lr(self, epoch: int, step: int = 0) -> float:
         """The rate of step `step` (from 0) of epoch `epoch` (from 0); ValueError outside the schedule
         (epoch in [0, epochs), step in [0, steps_per_epoch))."""
-        if not 0 <= whole_number(epoch, "epoch", minimum=0) < self.epochs:
+        if whole_number(epoch, "epoch", minimum=0) >= self.epochs:
             raise ValueError(f"epoch must be in [0, {self.epochs}), got {epoch}")
-        if not 0 <= whole_number(step, "step", minimum=0) < self.steps_per_epoch:
+        if whole_number(step, "step", minimum=0) >= self.steps_per_epoch:
             raise ValueError(f"step must be in [0, {self.steps_per_epoch}), got {step}")
         if epoch < self.warmup_epochs:
             done = epoch * self.steps_per_epoch + step + 1

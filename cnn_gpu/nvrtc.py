@@ -219,18 +219,26 @@ class Nvrtc:
             lib.nvrtcDestroyProgram(ctypes.byref(program))
 
 
+def _loadable(errors: list | None = None):
+    """Each libnvrtc of library_candidates() that loads, in that order; the others' reasons go to
+    `errors`."""
+    for path in library_candidates():
+        try:
+            yield Nvrtc(path)
+        except (OSError, AttributeError, CompileError) as err:
+            if errors is not None:
+                errors.append(f"{path}: {err}")
+
+
 @functools.lru_cache(maxsize=1)
 def load() -> Nvrtc:
     """The libnvrtc that targets the most of ARCHS, the first found among equals (CuPy's, then the
     wheel's...): CUDA 13's cannot target sm_70, which the test extra's CUDA 12 wheel still can.
     NvrtcUnavailable (saying where it looked) when none loads."""
     errors, loaded = [], []
-    for path in library_candidates():
-        try:
-            loaded.append(Nvrtc(path))
-        except (OSError, AttributeError, CompileError) as err:
-            errors.append(f"{path}: {err}")
-        if loaded and loaded[-1].supported_archs >= set(ARCHS):
+    for compiler in _loadable(errors):
+        loaded.append(compiler)
+        if compiler.supported_archs >= set(ARCHS):
             break
     if loaded:
         return max(loaded, key=lambda compiler: len(compiler.supported_archs & set(ARCHS)))
@@ -243,13 +251,7 @@ def load() -> Nvrtc:
 def newest() -> Nvrtc | None:
     """The newest libnvrtc found (CuPy for CUDA 13 compiles with CUDA 13's, which load() passes over
     for CUDA 12's where that one also targets sm_70), or None: spills depend on the compiler."""
-    compilers = []
-    for path in library_candidates():
-        try:
-            compilers.append(Nvrtc(path))
-        except (OSError, AttributeError, CompileError):
-            continue
-    return max(compilers, key=lambda compiler: compiler.version, default=None)
+    return max(_loadable(), key=lambda compiler: compiler.version, default=None)
 
 
 def why_unavailable() -> str:

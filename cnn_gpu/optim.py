@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from . import backend as _backend
-from .functional._checks import FLOAT_DTYPES, flag, real_number
+from .functional._checks import FLOAT_DTYPES, flag, real_number, whole_number
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, to_backend_array, to_host
 
@@ -114,7 +114,7 @@ class Optimizer:
         self._master_of = [None] * len(params)   # the float16 array each master was last written to
 
     # the per-parameter state a subclass keeps after a step ("master" aside)
-    _state_keys: frozenset = frozenset()
+    state_keys: frozenset = frozenset()
 
     @staticmethod
     def _validated(hyper: dict) -> dict:
@@ -210,9 +210,9 @@ class Optimizer:
             if not isinstance(saved, dict):
                 raise ValueError(f"optimizer state {i} must be a dict, got {type(saved).__name__}")
             kept = set(saved) - {"master"}
-            if kept and kept != self._state_keys:
+            if kept and kept != self.state_keys:
                 raise ValueError(f"optimizer state {i} holds {sorted(saved)}; {type(self).__name__} keeps "
-                                 f"{sorted(self._state_keys)} (and 'master' for float16), or nothing before its "
+                                 f"{sorted(self.state_keys)} (and 'master' for float16), or nothing before its "
                                  f"first step")
             if "master" in saved and p.data.dtype != np.float16:
                 raise ValueError(f"optimizer state {i} holds master weights, which belong to float16 parameters "
@@ -220,9 +220,10 @@ class Optimizer:
             entry = {}
             for key, value in saved.items():
                 if key == "step":
-                    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-                        raise ValueError(f"optimizer state {i}.step must be a whole number >= 1, got {value!r}")
-                    entry[key] = int(value)
+                    try:
+                        entry[key] = whole_number(value, f"optimizer state {i}.step")
+                    except TypeError as err:   # a malformed state: one kind of error for all of them
+                        raise ValueError(str(err)) from None
                     continue
                 if not hasattr(value, "shape") or tuple(value.shape) != tuple(p.data.shape):
                     raise ValueError(f"optimizer state {i}.{key} has shape {tuple(getattr(value, 'shape', ()))}, "
@@ -246,7 +247,7 @@ def _nonnegative(hyper: dict, *names) -> dict:
 
 
 class SGD(Optimizer):
-    _state_keys = frozenset({"momentum_buffer"})
+    state_keys = frozenset({"momentum_buffer"})
 
     def __init__(self, params, lr, momentum=0, weight_decay=0, nesterov=False, backend=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
@@ -270,7 +271,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    _state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+    state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), backend)

@@ -1,5 +1,6 @@
 """Helpers shared by the test files: comparisons (the tolerances of the house rules: float64 results
 against a float64 reference to 1e-10 relative, float32 to 1e-5) and the planted emulator kernels."""
+import types
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,33 @@ def planted_kernels(name: str):
     """emu.RawModule of tests/emu_kernels/<name>.cu."""
     from cnn_gpu import emu
     return emu.RawModule(path=str(EMU_KERNELS / f"{name}.cu"))
+
+
+# A CuPy for the cuda backend's probes on a machine without one.
+
+def _fail(message):
+    """A callable that raises RuntimeError(message)."""
+    def raise_it(*_):
+        raise RuntimeError(message)
+    return raise_it
+
+
+def fake_cupy(driver=12080, cuda=12080, archs=("90",), nvrtc=(12, 8), supported=(50, 60, 70, 75, 80, 86, 89, 90, 100, 120),
+              nvrtc_error=None, cublas_error=None, compile_error=None):
+    """The few CuPy calls why_unavailable("cuda") makes, answering as a machine would (compute
+    capabilities as device attributes 75 and 76: no Device(i).compute_capability, which makes the
+    device current)."""
+    def attribute(number, index):
+        return {75: int(archs[index][:-1]), 76: int(archs[index][-1])}[number]
+    runtime = types.SimpleNamespace(driverGetVersion=lambda: driver, runtimeGetVersion=lambda: cuda,
+                                    getDeviceCount=lambda: len(archs), deviceGetAttribute=attribute)
+    nvrtc_module = types.SimpleNamespace(getVersion=_fail(nvrtc_error) if nvrtc_error else lambda: nvrtc,
+                                         getSupportedArchs=lambda: tuple(supported))
+    device = types.SimpleNamespace(get_cublas_handle=_fail(cublas_error) if cublas_error else lambda: 1)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=runtime, nvrtc=nvrtc_module, device=device,
+                                      Device=lambda index=0: types.SimpleNamespace())
+    cupy.__version__ = "14.0.0"
+    cupy.RawModule = lambda code: types.SimpleNamespace(get_function=_fail(compile_error) if compile_error
+                                                        else lambda name: name)
+    return cupy

@@ -21,6 +21,7 @@ import pytest
 
 from cnn_gpu import backend, bench, check
 from cnn_gpu.cli import main
+from helpers import fake_cupy
 
 ROOT = Path(__file__).resolve().parent.parent
 EMU_REASON = backend.why_unavailable("emu")
@@ -523,36 +524,13 @@ def test_the_lease_steps_calibrate_the_model_and_check_the_tensor_cores_first(tm
             acceptance.main(bad)
 
 
-def _fake_cupy(monkeypatch, compute_capability="90", nvrtc=False):
-    """A CuPy that imports and sees one GPU, and nothing more (no NVRTC, unless nvrtc: then NVRTC 13.0
-    for sm_75..sm_120 and cuBLAS too). Its Device has no compute_capability: reading that property
-    makes the device current, creating a context on it, which the probes must not do."""
-    import types
-
-    def no_nvrtc():
-        raise RuntimeError("libnvrtc.so not found")
-    attributes = {75: int(compute_capability[:-1]), 76: int(compute_capability[-1])}
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, driverGetVersion=lambda: 13000,
-                                    runtimeGetVersion=lambda: 13000,
-                                    deviceGetAttribute=lambda attribute, index: attributes[attribute])
-    nvrtc_module = types.SimpleNamespace(getVersion=(lambda: (13, 0)) if nvrtc else no_nvrtc,
-                                         getSupportedArchs=lambda: (75, 80, 86, 89, 90, 100, 120))
-    cuda = types.SimpleNamespace(runtime=runtime, nvrtc=nvrtc_module, Device=lambda index=0: types.SimpleNamespace(),
-                                 device=types.SimpleNamespace(get_cublas_handle=lambda: 1))
-    cupy = types.ModuleType("cupy")
-    cupy.cuda, cupy.__version__ = cuda, "14.0.0"
-    cupy.RawModule = lambda code: types.SimpleNamespace(get_function=lambda name: name)
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    return cupy
-
-
 def test_gpu_check_names_a_missing_nvrtc_instead_of_a_traceback(monkeypatch):
     """CuPy imports and sees a GPU, but the cuda backend cannot run (here: no NVRTC): gpu-check
     stops with the backend's reason (exit 2), and the report's facts do not crash on the missing
     properties."""
     from cnn_gpu import acceptance, backend as backend_module
     from cnn_gpu.bench import devices
-    _fake_cupy(monkeypatch)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(nvrtc_error="libnvrtc.so not found"))
     monkeypatch.setattr(backend_module, "why_unavailable", lambda be: "NVRTC, which compiles the kernels, does not load")
     assert acceptance.gpu_problem() == "NVRTC, which compiles the kernels, does not load"
     monkeypatch.setattr(devices, "gpu_properties", lambda: {})
@@ -561,28 +539,10 @@ def test_gpu_check_names_a_missing_nvrtc_instead_of_a_traceback(monkeypatch):
     assert facts["NVRTC"].startswith("unavailable")
 
 
-def test_the_cuda_probe_reads_attributes_and_compiles_a_kernel(monkeypatch):
-    import types
-    from cnn_gpu import backend as backend_module
-    cupy = _fake_cupy(monkeypatch, "90", nvrtc=True)
-    backend_module._cuda_probe.cache_clear()
-    try:
-        assert backend_module._cuda_probe() == (cupy, "")
-        backend_module._cuda_probe.cache_clear()
-
-        def no_headers(name):   # CuPy 14 without the CUDA toolkit's headers
-            raise RuntimeError("Failed to find CUDA headers")
-        cupy.RawModule = lambda code: types.SimpleNamespace(get_function=no_headers)
-        module, reason = backend_module._cuda_probe()
-        assert module is None and reason.startswith("CuPy cannot compile a kernel (Failed to find CUDA headers)")
-    finally:
-        backend_module._cuda_probe.cache_clear()
-
-
 @pytest.mark.parametrize("capability, arch", [("80", 80), ("90", 90), ("100", 100), ("120", 120)])
 def test_compute_capabilities_of_three_digits_are_read_whole(monkeypatch, capability, arch):
     from cnn_gpu.gpu import conv_tc
-    _fake_cupy(monkeypatch, capability)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(archs=(capability,)))
     conv_tc._device_arch.cache_clear()   # cached per device id
     try:
         assert conv_tc._device_arch(0) == arch

@@ -249,7 +249,7 @@ def _tamper(header):
                                                                                   eps=0.5)])),
                         "optimizer hyper-parameters"),
         "step a string": (dict(header, optimizer=dict(optimizer, scalar_state=step_states)),
-                          "0.step must be a whole number >= 1, got 'x'"),
+                          "0.step must be a positive int, got 'x'"),
     }
 
 

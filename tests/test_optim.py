@@ -196,9 +196,9 @@ def test_load_state_dict_checks_shapes():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda s: s.update(step=-1), "step must be a whole number >= 1"),
-    (lambda s: s.update(step=1.5), "step must be a whole number >= 1"),
-    (lambda s: s.update(step=True), "step must be a whole number >= 1"),
+    (lambda s: s.update(step=-1), "step must be a positive int"),
+    (lambda s: s.update(step=1.5), "step must be a positive int"),
+    (lambda s: s.update(step=True), "step must be a positive int"),
     (lambda s: s.pop("exp_avg_sq"), r"holds \['exp_avg', 'step'\]; Adam keeps"),
     (lambda s: s.update(momentum_buffer=np.zeros(5)), "Adam keeps"),
     (lambda s: s.update(exp_avg=0.5), "exp_avg has shape"),

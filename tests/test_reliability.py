@@ -10,7 +10,6 @@ import re
 import sys
 import tomllib
 import tracemalloc
-import types
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from cnn_gpu import backend, launch_checks, nn, optim
 from cnn_gpu.gpu import _grid
 from cnn_gpu.gpu import optim as gpu_optim
 from cnn_gpu.nn import Parameter
+from helpers import fake_cupy
 
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
@@ -395,31 +395,6 @@ def test_gpu_extras_bring_the_cuda_libraries():
     assert extras["cuda13"] == ["cupy-cuda13x[ctk]>=14"]
 
 
-def _fail(message):
-    def raise_it(*_):
-        raise RuntimeError(message)
-    return raise_it
-
-
-def fake_cupy(driver=12080, cuda=12080, archs=("90",), nvrtc=(12, 8), supported=(50, 60, 70, 75, 80, 86, 89, 90, 100, 120),
-              nvrtc_error=None, cublas_error=None):
-    """The few CuPy calls why_unavailable("cuda") makes, answering as a machine would (compute
-    capabilities as device attributes 75 and 76: no Device(i).compute_capability, which makes the
-    device current)."""
-    def attribute(number, index):
-        return {75: int(archs[index][:-1]), 76: int(archs[index][-1])}[number]
-    runtime = types.SimpleNamespace(driverGetVersion=lambda: driver, runtimeGetVersion=lambda: cuda,
-                                    getDeviceCount=lambda: len(archs), deviceGetAttribute=attribute)
-    nvrtc_module = types.SimpleNamespace(getVersion=_fail(nvrtc_error) if nvrtc_error else lambda: nvrtc,
-                                         getSupportedArchs=lambda: tuple(supported))
-    device = types.SimpleNamespace(get_cublas_handle=_fail(cublas_error) if cublas_error else lambda: 1)
-    cupy = types.ModuleType("cupy")
-    cupy.cuda = types.SimpleNamespace(runtime=runtime, nvrtc=nvrtc_module, device=device,
-                                      Device=lambda index=0: types.SimpleNamespace())
-    cupy.RawModule = lambda code: types.SimpleNamespace(get_function=lambda name: name)
-    return cupy
-
-
 @pytest.fixture
 def install_cupy(monkeypatch):
     def install(cupy):
@@ -437,6 +412,8 @@ CUDA13_ARCHS = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
     (dict(), ""),
     (dict(nvrtc_error="libnvrtc.so.12: cannot open shared object file"), "NVRTC.*libnvrtc.so.12.*cuda12"),
     (dict(cublas_error="libcublas.so.12: cannot open shared object file"), "cuBLAS.*libcublas.so.12"),
+    (dict(compile_error="Failed to find CUDA headers"),   # CuPy 14 without its [ctk] extra
+     r"CuPy cannot compile a kernel \(Failed to find CUDA headers\)"),
     (dict(archs=("70",), cuda=13000, driver=13000, nvrtc=(13, 0), supported=CUDA13_ARCHS),
      r"NVRTC 13.0 cannot compile for GPU 0 \(sm_70.*V100 needs pip install 'cnn_gpu\[cuda12\]'"),
     (dict(archs=("90", "120"), nvrtc=(12, 4), supported=(50, 60, 70, 75, 80, 86, 89, 90)),
@@ -446,7 +423,7 @@ CUDA13_ARCHS = (75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
                                      r".*cnn_gpu\[cuda12\]"),
     (dict(driver=0), "no NVIDIA driver"),
     (dict(archs=()), "CuPy sees no GPU"),
-], ids=["ok", "no_nvrtc", "no_cublas", "v100_on_cuda13", "nvrtc_too_old", "same_major_arch", "old_driver",
+], ids=["ok", "no_nvrtc", "no_cublas", "no_headers", "v100_on_cuda13", "nvrtc_too_old", "same_major_arch", "old_driver",
         "no_driver", "no_gpu"])
 def test_why_cuda_is_unavailable(install_cupy, settings, expected):
     reason = install_cupy(fake_cupy(**settings))

@@ -42,9 +42,6 @@ SGD_MOMENTUM = 0.9
 # Settings that must not change across a resume (the saved state would no longer fit, or the
 # seed would be silently ignored: the checkpoint's weights and shuffling state replace it).
 FIXED_ON_RESUME = ("model", "dataset", "optimizer", "seed", "precision")
-# The state each optimizer keeps for a parameter once it has stepped it (none before): a resumed
-# checkpoint's must match, or the first step would fail or compute garbage.
-OPTIMIZER_STATE_KEYS = {"adam": {"step", "exp_avg", "exp_avg_sq"}, "sgd": {"momentum_buffer"}}
 # The dtype of the model and its input batches by --precision (tf32 is float32 in another math mode).
 PRECISION_DTYPES = {"fp32": np.float32, "tf32": np.float32, "fp16": np.float16}
 
@@ -273,7 +270,7 @@ def _load_dataset(settings: dict):
         raise UsageError(str(err)) from None
 
 
-def _restore(model, optimizer, optimizer_name: str, resumed, source: str) -> None:
+def _restore(model, optimizer, resumed, source: str) -> None:
     """Load a checkpoint's weights and optimizer state, refusing (UsageError) state that does not
     fit: shapes, the hyper-parameters this trainer uses (all but the scheduled lr), the state keys."""
     model_state, optimizer_state, _ = resumed
@@ -288,9 +285,10 @@ def _restore(model, optimizer, optimizer_name: str, resumed, source: str) -> Non
     if saved != own:
         raise UsageError(f"{source}: malformed checkpoint: optimizer hyper-parameters {saved}, expected {own}")
     for i, (parameter, state) in enumerate(zip(optimizer.params, optimizer.state)):
-        # float16 parameters also keep their FP32 master weights
-        expected = OPTIMIZER_STATE_KEYS[optimizer_name] | ({"master"} if parameter.data.dtype == np.float16 else set())
-        if state and set(state) != expected:   # the values were checked by load_state_dict
+        # all of a stepped parameter's state, float16 ones' FP32 master weights too (load_state_dict
+        # takes a part of it, which a resume would not continue bit for bit)
+        expected = optimizer.state_keys | ({"master"} if parameter.data.dtype == np.float16 else set())
+        if state and set(state) != expected:
             raise UsageError(f"{source}: malformed checkpoint: optimizer state {i} has {sorted(state)}, expected "
                              f"{sorted(expected)}")
 
@@ -360,7 +358,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
     start_epoch = 0
     if resumed:
-        _restore(model, optimizer, settings["optimizer"], resumed, args.resume)
+        _restore(model, optimizer, resumed, args.resume)
         _restore_scaler(scaler, resumed[2], args.resume)
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
         start_epoch = resumed[2]["epoch"]

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from .. import backend as _backend
-from ..gpu.loss import mean_of
+from ..gpu.loss import index_mean_divisor, mean_of
 from . import _checks
 from ._float16 import takes_float16
 
@@ -97,9 +97,8 @@ def _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_sm
     # an ignored row adds nothing, even one of -inf logits (whose log-softmax is NaN), as in PyTorch
     row_loss = np.where(counted, total_mass[:, 0] * np.log(sum_exp[:, 0]) - weighted, dtype(0))
     if reduction == "mean":
-        divisor = len(x) if labels is None else class_weight[indices[counted]].sum()
-        if divisor == 0 and label_smoothing > 0:
-            divisor = dtype(np.nan)   # PyTorch's NaN, not inf (module docstring)
+        divisor = len(x) if labels is None else index_mean_divisor(np, class_weight[indices[counted]].sum(),
+                                                                   label_smoothing)
     else:
         divisor = 1
     grad = exp / sum_exp * total_mass - mass

@@ -33,6 +33,16 @@ def mean_of(total, divisor) -> float:
         return float(np.float64(float(total)) / float(divisor))   # float(): CuPy scalars too
 
 
+def index_mean_divisor(xp, divisor, label_smoothing: float):
+    """The divisor of the mean over class indices (the counted targets' summed weights, a NumPy
+    scalar or a device array), NaN where it is 0 with label smoothing: PyTorch divides its NLL and
+    smoothing terms apart, and the NLL term is then 0/0, where one division of their sum gives inf.
+    (Shared with the NumPy path of cnn_gpu.functional.loss.)"""
+    if label_smoothing > 0:
+        return xp.where(divisor == 0, divisor.dtype.type(np.nan), divisor)
+    return divisor
+
+
 def _total(be, values):
     """The fixed-order sum of a 1-D array on the device, as a (1,) array."""
     return reduce.channel_sum(be, values, 1, 1, values.size)
@@ -62,9 +72,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
         backend.launch(be, "loss", dtype, "cross_entropy_target_weights", (blocks_for(rows),), (THREADS,),
                        (labels, logits if weight is None else weight, target_weight, np.int64(rows),
                         *i32(classes), np.int64(ignore_index), *i32(weight is not None)))
-        divisor = _total(be, target_weight)
-        if label_smoothing > 0:
-            divisor = xp.where(divisor == 0, divisor.dtype.type(np.nan), divisor)   # NaN, not inf, as PyTorch
+        divisor = index_mean_divisor(xp, _total(be, target_weight), label_smoothing)
         host_divisor = None      # read back with the total, in one transfer
     else:
         host_divisor = rows if reduction == "mean" else 1

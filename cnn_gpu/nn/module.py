@@ -87,6 +87,10 @@ def to_host(array) -> np.ndarray:
 # The forward pass a module runs in (Module.__call__): a call made outside any module's forward starts
 # a new one; per thread.
 _FORWARD = threading.local()
+# Why a module may not take two places in one model (Module refuses it where the model is built and
+# at a training forward)
+_ONE_PLACE = ("a module keeps only its latest forward's input for backward, so one used twice would get wrong "
+              "gradients; use a new module for each place (to tie weights, assign one Parameter to both)")
 
 
 class Module:
@@ -147,10 +151,7 @@ class Module:
                 tree.update(id(module) for module in other.modules())
         reused = next((module for module in child.modules() if id(module) in tree), None)
         if reused is not None:
-            raise ValueError(f"{type(reused).__name__} is already part of this {type(self).__name__}: a module "
-                             f"keeps only its latest forward's input for backward, so one used twice would get "
-                             f"wrong gradients; use a new module for each place (to tie weights, assign one "
-                             f"Parameter to both)")
+            raise ValueError(f"{type(reused).__name__} is already part of this {type(self).__name__}: {_ONE_PLACE}")
 
     # --- computation ----------------------------------------------------------------------------
 
@@ -172,9 +173,7 @@ class Module:
         if depth == 0:
             _FORWARD.generation = getattr(_FORWARD, "generation", 0) + 1
         if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
-            raise ValueError(f"{type(self).__name__} ran twice in one forward pass: a module keeps only its latest "
-                             f"forward's input for backward, so one used twice would get wrong gradients; use a "
-                             f"new module for each place (to tie weights, assign one Parameter to both)")
+            raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
         _FORWARD.depth = depth + 1
         try:
