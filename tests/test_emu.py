@@ -280,6 +280,22 @@ def test_shared_poison_differs_by_schedule(rng):
     assert len(seen) == 2 and float(x.max()) in seen   # 0xff, 0x7f and 0xc3 (-391.5: hidden too)
 
 
+def _pattern_initialises_locals() -> bool:
+    build = emu._build
+    return build.compiler_accepts(build.compiler(), build.UNINITIALISED_LOCALS_FLAG)
+
+
+def test_an_uninitialised_local_does_not_read_zero(rng):
+    """On a fiber's fresh stack the sum would start at 0 and come out right; the pattern the
+    compiler fills locals with (g++: 0xfe bytes, -1.7e38) gives it away."""
+    if not _pattern_initialises_locals():
+        pytest.skip("the C++ compiler has no -ftrivial-auto-var-init=pattern (g++ 12, clang 8)")
+    x = rng.random((32, 8)).astype(np.float32)
+    y = np.zeros(32, np.float32)
+    bugs().get_function("uninitialised_local_sum")((1,), (32,), (x, y, np.int32(8)))
+    assert np.all(~np.isfinite(y) | (np.abs(y) > 1e30))
+
+
 @pytest.mark.parametrize("name", ["half_mask_shuffle", "half_mask_syncwarp"])
 def test_a_lane_outside_its_warp_mask_faults(name):
     """Every lane takes part in the emulator's exchanges, so a mask must name each lane that runs it;

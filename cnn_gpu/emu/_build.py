@@ -213,9 +213,24 @@ def translate_options(options) -> Options:
 # address" where x86 would just do it.
 MODULE_FLAGS = ("-fdata-sections", "-fsanitize=alignment", "-fsanitize-undefined-trap-on-error")
 
+# A local variable read before it is written holds whatever its register held on a GPU; on a fiber's
+# fresh stack it would read 0, and an accumulator nobody initialised would look right. It holds a
+# pattern instead where the compiler can (g++ 12: 0xfe bytes, -1.7e38 as a float; clang 8 too).
+UNINITIALISED_LOCALS_FLAG = "-ftrivial-auto-var-init=pattern"
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_accepts(cxx: str, flag: str) -> bool:
+    """Whether `cxx` compiles an empty translation unit with `flag`."""
+    result = subprocess.run([cxx, flag, "-x", "c++", "-fsyntax-only", "-"], input="", capture_output=True,
+                            text=True)
+    return result.returncode == 0
+
 
 def _compile_flags(opts: Options) -> list[str]:
     flags = [*FLAGS, *MODULE_FLAGS, *cpu_flags(), f"-std={opts.std}"]
+    if compiler_accepts(compiler(), UNINITIALISED_LOCALS_FLAG):
+        flags.append(UNINITIALISED_LOCALS_FLAG)
     if not opts.contract:
         flags.append("-ffp-contract=off")
     return flags

@@ -170,3 +170,12 @@ extern "C" __global__ void half_mask_syncwarp(float* __restrict__ y)
     __syncwarp(0x0000ffffu);
     y[threadIdx.x] += y[threadIdx.x ^ 1];
 }
+
+// a sum into a local nobody initialised: a fiber's fresh stack would start it at 0, a GPU at whatever
+// its register held
+extern "C" __global__ void uninitialised_local_sum(const float* __restrict__ x, float* __restrict__ y, int n)
+{
+    float sum;
+    for (int i = 0; i < n; ++i) sum += x[threadIdx.x * n + i];
+    y[threadIdx.x] = sum;
+}
