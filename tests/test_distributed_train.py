@@ -107,6 +107,17 @@ def test_nproc_is_refused_cleanly_without_mpi4py(monkeypatch, capsys):
 def test_without_nproc_drops_only_that_option():
     from cnn_gpu.cli.train import _without_nproc
     assert _without_nproc(["--epochs", "2", "--nproc", "4", "--seed=1", "--nproc=3"]) == ["--epochs", "2", "--seed=1"]
+    # abbreviated as argparse accepts it
+    assert _without_nproc(["--npro", "2", "--epochs=2", "--np=3", "--model", "cnn"]) == ["--epochs=2", "--model", "cnn"]
+
+
+def test_no_other_train_option_starts_like_nproc():
+    """_without_nproc takes any --n... prefix of --nproc for it."""
+    from cnn_gpu.cli import train as train_cli
+    parser = train_cli.argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    options = [o for action in parser._actions for o in action.option_strings]
+    assert [o for o in options if o.startswith("--n")] == ["--nproc"]
 
 
 @needs_mpi
@@ -117,6 +128,45 @@ def test_ranks_started_with_different_settings_are_named_before_training(tmp_pat
     assert done.returncode != 0
     assert "rank 1 has other settings than rank 0" in done.stderr and "lr=0.02" in done.stderr
     assert "test accuracy" not in done.stdout
+
+
+def _two_rank_job(first: list, second: list, timeout=120):
+    base = [sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy", "--epochs", "1"]
+    command = [str(MPIEXEC), "-n", "1", *base, *first, ":", "-n", "1", *base, *second]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@needs_mpi
+@pytest.mark.parametrize("second_images", [110, 140])
+def test_ranks_with_different_data_are_named_before_training(tmp_path, second_images):
+    """110 images: the same 4 steps, silently other data before; 140: 5 steps against 4, the
+    collectives misaligned (an MPI crash)."""
+    rng = np.random.default_rng(7)
+    paths = []
+    for n in (100, second_images):
+        paths.append(tmp_path / f"data{n}.npz")
+        np.savez(paths[-1], x=rng.random((n, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, n))
+    options = ["--dataset", "npz", "--batch-size", "16"]
+    done = _two_rank_job([*options, "--data", paths[0]], [*options, "--data", paths[1]])
+    assert done.returncode != 0
+    assert "rank 1 has other settings than rank 0: data set=" in done.stderr
+    assert "test accuracy" not in done.stdout
+
+
+@needs_mpi
+def test_ranks_with_different_max_batches_are_named_before_training():
+    done = _two_rank_job(["--max-batches", "2"], ["--max-batches", "3"])
+    assert done.returncode != 0
+    assert "max_batches=3 (rank 0: 2)" in done.stderr
+
+
+@needs_mpi
+def test_a_usage_error_on_one_rank_ends_the_job_at_once():
+    """Rank 1 alone refuses its options: the job ends with exit 2 instead of rank 0 waiting out the
+    replica check's collective (the test's timeout is below CNN_GPU_COLLECTIVE_TIMEOUT=60)."""
+    done = _two_rank_job(["--max-batches", "2"], ["--max-batches", "2", "--warmup-epochs", "5"], timeout=45)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "[rank 1] cnn-gpu train: error: --warmup-epochs 5 must be below --epochs 1" in done.stderr
 
 
 @needs_mpi

@@ -102,7 +102,13 @@ def run(args) -> int:
             return _relaunch_under_mpiexec(args)
         return _train(args)
     except UsageError as err:
-        print(f"cnn-gpu train: error: {err}", file=sys.stderr)
+        from .. import distributed
+        world = distributed.world()
+        prefix = f"[rank {world.rank}] " if world.size > 1 else ""
+        print(f"{prefix}cnn-gpu train: error: {err}", file=sys.stderr)
+        # an error only some ranks see (a GPU, a file on one machine) would leave the others
+        # waiting in the replica check's collective until it times out
+        world.abort(2)
         return 2
 
 
@@ -123,13 +129,17 @@ def _relaunch_under_mpiexec(args) -> int:
 
 
 def _without_nproc(argv):
+    """argv without --nproc and its value, as argparse took it: also abbreviated (--npro 2)."""
+    def is_nproc(option):   # argparse accepts a unique prefix; no other option's name starts like nproc
+        return len(option) > 3 and "--nproc".startswith(option)
+
     kept, skip = [], False
     for item in argv:
         if skip:
             skip = False
-        elif item == "--nproc":
+        elif is_nproc(item):
             skip = True
-        elif not item.startswith("--nproc="):
+        elif not is_nproc(item.split("=", 1)[0]) or "=" not in item:
             kept.append(item)
     return kept
 
@@ -163,7 +173,9 @@ def _choose_device(requested: str) -> str:
     if requested == "auto":
         if cupy_or_none() is not None:
             return "cuda"
-        print("no CUDA GPU found (CuPy sees none): training on the CPU with the numpy backend", file=sys.stderr)
+        from .. import distributed
+        if distributed.rank() == 0:
+            print("no CUDA GPU found (CuPy sees none): training on the CPU with the numpy backend", file=sys.stderr)
         return "numpy"
     reason = why_unavailable(requested)
     if reason:
@@ -235,7 +247,7 @@ def _check_args(args, settings: dict) -> None:
     """Checks of the run that need no data (UsageError), after each option's own value passed its
     argparse type: the options fit together and the --save path can be written (probed, so a bad
     one fails now rather than after the first epoch)."""
-    from .. import checkpoint
+    from .. import checkpoint, distributed
     if settings["dataset"] != "digits" and settings["data"] is None:
         raise UsageError(f"--dataset {settings['dataset']} needs --data PATH")
     if settings["dataset"] == "digits" and settings["data"] is not None:
@@ -243,7 +255,7 @@ def _check_args(args, settings: dict) -> None:
     if settings["warmup_epochs"] >= settings["epochs"]:
         raise UsageError(f"--warmup-epochs {settings['warmup_epochs']} must be below --epochs {settings['epochs']} "
                          f"(the cosine decay needs an epoch)")
-    if args.save:
+    if args.save and distributed.rank() == 0:   # the one rank that writes it
         try:
             checkpoint.check_writable(args.save)
         except ValueError as err:
@@ -268,6 +280,18 @@ def _load_dataset(settings: dict):
         return dataset if settings["dataset"] == "cifar10" else dataset.standardized()
     except (OSError, ValueError) as err:
         raise UsageError(str(err)) from None
+
+
+def _fingerprint(dataset) -> str:
+    """Sizes, labels and a sample of the images (64 spread over each split) of the data set, hashed:
+    the replica check's test that every rank loaded the same data."""
+    import hashlib
+    digest = hashlib.sha256()
+    for x, y in ((dataset.x_train, dataset.y_train), (dataset.x_test, dataset.y_test)):
+        digest.update(repr((x.shape, str(x.dtype), y.shape, str(y.dtype))).encode())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        digest.update(np.ascontiguousarray(x[::max(1, len(x) // 64)]).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _restore(model, optimizer, resumed, source: str) -> None:
@@ -368,8 +392,12 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
                          f"{blas_threads()}: NumPy's BLAS rounds some products differently with another count, "
                          f"so the run will not match an uninterrupted one bit for bit (OPENBLAS_NUM_THREADS="
                          f"{saved_threads} would)")
-    # the data path may differ between machines; everything else must agree before any reduction
-    distributed.check_replicas(model, {k: v for k, v in settings.items() if k != "data"})
+    # the data path may differ between machines; the data, the run's place and everything else must
+    # agree before any reduction (a different step count would misalign the collectives)
+    distributed.check_replicas(model, {**{k: v for k, v in settings.items() if k != "data"},
+                                       "data set": _fingerprint(dataset), "max_batches": args.max_batches,
+                                       "start_epoch": start_epoch, "shuffle_rng": shuffle_rng.bit_generator.state,
+                                       "device": device})
     distributed.broadcast_parameters(model)
 
     epochs = settings["epochs"]

@@ -5,11 +5,12 @@ arrays (the numpy and emu backends); NCCL reduces CuPy arrays between GPUs, one 
 (the device is the local rank). Without MPI (mpi4py missing, or not launched by mpiexec) the
 world is a single process and every call is a cheap no-op, so the same script runs either way.
 
-Reductions are deterministic: gradients are packed into fixed-size buckets in parameter order,
-each bucket is split into one chunk per rank, rank r sums chunk r over the ranks in rank order
-(0, 1, ..., P-1), and the summed chunks are gathered back. Every rank therefore holds bit-identical
-results, and a rerun with the same world size reproduces them bit for bit, whatever algorithm
-the MPI library or NCCL would have chosen for its own all-reduce.
+Reductions are deterministic. Over MPI, gradients are packed into fixed-size buckets in parameter
+order, each bucket is split into one chunk per rank, rank r sums chunk r over the ranks in rank
+order (0, 1, ..., P-1), and the summed chunks are gathered back, whatever algorithm the MPI library
+would have chosen for its own all-reduce. Over NCCL, each dtype's gradients are one reduce-scatter
+(each chunk summed in the order of NCCL's algorithm) and one all-gather. Either way every rank holds
+bit-identical results, and a rerun with the same world size (and NCCL setup) reproduces them.
 
     from cnn_gpu import distributed as dist
     dist.init()
