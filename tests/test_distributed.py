@@ -94,6 +94,26 @@ def test_bad_shard_arguments_are_refused_before_iterating(n, batch, rank, size):
         dist.shard_batches(n, batch, None, rank, size)
 
 
+@pytest.mark.parametrize("n, batch, rank, size", [(5.5, 2, 0, 1), (5, 2.5, 0, 1), (5, 2, 0.5, 2), (5, 2, 0, 1.5),
+                                                  (5, True, 0, 1)])
+def test_shard_arguments_that_are_no_ints_are_refused_before_iterating(n, batch, rank, size):
+    """They used to pass the range check and fail at the first next() inside range() or a slice."""
+    with pytest.raises(TypeError, match="shard_batches"):
+        dist.shard_batches(n, batch, None, rank, size)
+
+
+def test_a_bool_is_no_sample_count_or_root():
+    rng = np.random.default_rng(11)
+    from cnn_gpu import nn
+    model = nn.Linear(2, 2, dtype=np.float64)
+    for p in model.parameters():
+        p.grad = rng.standard_normal(p.shape)
+    with pytest.raises(ValueError, match="count must be a sample count"):
+        dist.allreduce_gradients(model, count=True)
+    with pytest.raises(ValueError, match="root must be a rank"):
+        dist.broadcast_parameters(model, root=False)
+
+
 def test_bad_timeouts_and_roots_are_refused(monkeypatch):
     for bad in (0, -1, float("nan"), float("inf"), "soon"):
         with pytest.raises(ValueError, match="timeout_s"):

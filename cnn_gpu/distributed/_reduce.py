@@ -71,7 +71,8 @@ def allreduce_gradients(model, count=None):
     sum_r count_r * grad_r / sum_r count_r, and the sum of the counts is returned (None without
     `count`). float16 gradients are reduced in FP32 (a loss-scaled gradient times a sample count
     would overflow float16) and rounded back once."""
-    if count is not None and not (isinstance(count, (int, np.integer)) and count >= 0):
+    if count is not None and (isinstance(count, (bool, np.bool_)) or not (isinstance(count, (int, np.integer))
+                                                                         and count >= 0)):
         raise ValueError(f"allreduce_gradients: count must be a sample count >= 0, got {count!r}")
     w = world()
     if w.size == 1:
@@ -110,7 +111,7 @@ def broadcast_buffers(model, root: int = 0) -> None:
 
 def _broadcast_state(model, root, only, caller: str) -> None:
     w = world()
-    if not (isinstance(root, (int, np.integer)) and 0 <= root < w.size):
+    if isinstance(root, (bool, np.bool_)) or not (isinstance(root, (int, np.integer)) and 0 <= root < w.size):
         raise ValueError(f"{caller}: root must be a rank in 0..{w.size - 1}, got {root!r}")
     if w.size == 1:
         return

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..functional._checks import whole_number
+
 
 def shard_batches(n: int, batch_size: int, rng: np.random.Generator | None, rank: int, world_size: int):
     """Per-rank index batches of one epoch. The permutation comes from `rng`, which every rank
@@ -11,8 +13,10 @@ def shard_batches(n: int, batch_size: int, rng: np.random.Generator | None, rank
     them. Every rank gets the same number of batches (some may be empty at the uneven end), so the
     ranks meet in every collective, and the union over ranks of batch i is batch i of
     cnn_gpu.data.batches with batch_size * world_size and the same rng."""
-    if not (n >= 0 and batch_size >= 1 and world_size >= 1 and 0 <= rank < world_size):
-        raise ValueError(f"shard_batches: n {n}, batch_size {batch_size}, rank {rank}, world_size {world_size}")
+    n, batch_size = whole_number(n, "shard_batches: n", 0), whole_number(batch_size, "shard_batches: batch_size")
+    rank, world_size = whole_number(rank, "shard_batches: rank", 0), whole_number(world_size, "shard_batches: world_size")
+    if rank >= world_size:
+        raise ValueError(f"shard_batches: rank {rank} of world_size {world_size}")
     return _shard(n, batch_size, rng, rank, world_size)
 
 
