@@ -128,6 +128,21 @@ def test_a_non_contiguous_input_is_read_through_a_copy():
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
+@needs_emu
+def test_losses_of_transposed_inputs_match_numpy():
+    """The gradient arrays used to copy the input's Fortran layout, which the kernels refuse to
+    write (they must be C-contiguous)."""
+    from cnn_gpu import functional as F
+    rng = np.random.default_rng(8)
+    logits, target = rng.standard_normal((5, 7)).T, rng.integers(0, 5, 7)
+    pred, wanted = rng.standard_normal((4, 6)).T, rng.standard_normal((6, 4))
+    for name, args in (("cross_entropy", (logits, target)), ("mse_loss", (pred, wanted))):
+        loss, grad = getattr(F, name)(*args, backend="emu")
+        expected_loss, expected_grad = getattr(F, name)(*args, backend="numpy")
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-12)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-15)
+
+
 # --- optimizer steps: all or nothing; state and checkpoints laid out for the kernels ---------------
 
 def _two_params(rng):

@@ -77,7 +77,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     else:
         host_divisor = rows if reduction == "mean" else 1
         divisor = xp.full((1,), host_divisor, dtype=compute)
-    dlogits = xp.empty_like(logits)
+    dlogits = xp.empty(logits.shape, dtype=logits.dtype)   # C order whatever the input's layout
     row_loss = xp.empty((rows,), dtype=compute)
     args = (logits, labels, probabilities if is_probability else logits, logits if weight is None else weight,
             divisor, dlogits, row_loss, np.int64(rows), *i32(classes), np.int64(inner), np.int64(ignore_index),
@@ -102,7 +102,7 @@ def mse(be, pred, target, reduction):
     dpred the gradient of the loss (of the sum of the elements for "none")."""
     n = pred.size
     xp = backend.array_module(be)
-    dpred = xp.empty_like(pred)
+    dpred = xp.empty(pred.shape, dtype=pred.dtype)
     squared = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
     backend.launch(be, "loss", pred.dtype, "mse_rows", (blocks_for(n),), (THREADS,),
                    (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
