@@ -255,6 +255,21 @@ def test_bad_arguments_fail_before_any_update():
     np.testing.assert_array_equal(running_var, 1)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_a_read_only_running_statistic_is_refused_before_either_is_updated(dtype):
+    """numpy updated running_mean, then failed on a read-only running_var."""
+    x = np.random.default_rng(9).standard_normal((4, 3, 2, 2)).astype(dtype)
+    running_mean, running_var = np.zeros(3, dtype), np.ones(3, dtype)
+    running_var.flags.writeable = False
+    with pytest.raises(ValueError, match="running_var is updated in place, but the array is read-only"):
+        F.batch_norm(x, running_mean, running_var, training=True)
+    np.testing.assert_array_equal(running_mean, 0)
+    # eval mode writes neither: read-only statistics serve (float16 used to write them back)
+    running_mean.flags.writeable = False
+    y = F.batch_norm(x, running_mean, running_var, training=False)
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-3 if dtype == np.float16 else 1e-12)
+
+
 # --- kernels on the emulator --------------------------------------------------------------------
 
 @needs_emu

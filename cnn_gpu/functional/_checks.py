@@ -82,6 +82,12 @@ def whole_number(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def updatable(a, name: str) -> None:
+    """ValueError unless array `a` (None: no array) can be written in place."""
+    if a is not None and not is_cupy_array(a) and not a.flags.writeable:
+        raise ValueError(f"{name} is updated in place, but the array is read-only")
+
+
 def flag(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")

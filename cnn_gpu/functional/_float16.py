@@ -65,11 +65,16 @@ def takes_float16(*, kernels, updates: tuple = ()):
             if be != "numpy" and kernels is True:
                 return op(*args, **kwargs)
             widened = {name: a.astype(COMPUTE) for name, a in floats.items()}
+            for name in updates:   # read-only like the original: the op refuses before any work
+                if name in widened and not floats[name].flags.writeable:
+                    widened[name].flags.writeable = False
             bound.arguments.update(widened, backend=be)
             result = op(*bound.args, **bound.kwargs)
-            for name in updates:
+            for name in updates:   # written back where the op changed them (eval: none)
                 if name in widened:
-                    floats[name][...] = widened[name]
+                    rounded = widened[name].astype(FLOAT16)
+                    if not np.array_equal(rounded, floats[name], equal_nan=True):
+                        floats[name][...] = rounded
             return _rounded(result, {id(w): floats[name] for name, w in widened.items()})
 
         return run

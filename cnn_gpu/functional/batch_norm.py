@@ -121,6 +121,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     statistics when training, running ones otherwise), which batch_norm_backward can reuse."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation)
     factor = _checks.real_number(momentum, "momentum")
+    if training:
+        _checks.updatable(running_mean, "running_mean")
+        _checks.updatable(running_var, "running_var")
     relu = activation == "relu"
     be = _backend.resolve(backend, x, running_mean, running_var, weight, bias)
     if be == "numpy":
