@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import reference_loops as ref
+from helpers import needs_emu
 from cnn_gpu import functional as F
 
 TOL = 1e-10
@@ -226,6 +227,16 @@ def test_linear(bias, lead):
     dx_ref, dw_ref, db_ref = ref.linear_backward(dy.reshape(-1, 3), rows, w)
     assert dx.shape == x.shape and rel_ok(dx.reshape(-1, 7), dx_ref) and rel_ok(dw, dw_ref)
     assert (db is None) if not bias else rel_ok(db, db_ref)
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_linear_of_no_features_is_the_bias(be):
+    """As in PyTorch: an empty product is 0 (the rows' count could not be inferred from 0 features)."""
+    rng = rng_for("linear0", be)
+    x, w, b, dy = np.empty((2, 3, 0)), np.empty((4, 0)), rng.standard_normal(4), rng.standard_normal((2, 3, 4))
+    np.testing.assert_array_equal(F.linear(x, w, b, backend=be), np.broadcast_to(b, (2, 3, 4)))
+    dx, dw, db = F.linear_backward(dy, x, w, backend=be)
+    assert dx.shape == x.shape and dw.shape == w.shape and rel_ok(db, dy.sum(axis=(0, 1)))
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])

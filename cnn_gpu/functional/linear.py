@@ -4,6 +4,8 @@ x has any number of leading dimensions, (..., in_features), including none (a 1-
 flattened into the rows of one GEMM (a view for C-contiguous x) and restored on the results."""
 from __future__ import annotations
 
+import math
+
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
@@ -23,7 +25,8 @@ def _check(x, weight):
 def _rows(be, a, name):
     """`a` (..., features) as a (rows, features) matrix: C-contiguous for the kernel backends
     (refused rather than copied on cuda, as every op does)."""
-    return _checks.for_kernels(be, a, name).reshape(-1, a.shape[-1])
+    rows = math.prod(a.shape[:-1])   # not -1: a reshape cannot infer it with 0 features
+    return _checks.for_kernels(be, a, name).reshape(rows, a.shape[-1])
 
 
 @takes_float16(kernels="float32")
