@@ -109,7 +109,7 @@ batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t
         REAL* yp = y + plane * HW;
         GRID_STRIDE_LOOP(i, HW) {
             const acc_t v = affine_normalized(to_acc(xp[i]), mu, scale, shift);
-            yp[i] = to_real((relu && !(v > (acc_t)0 || v != v)) ? (acc_t)0 : v);
+            yp[i] = to_real((relu && v < (acc_t)0) ? (acc_t)0 : v);
         }
     }
 }

@@ -3,8 +3,8 @@
 // Not a GEMM: memory-bound maps, one thread per element, 256-thread blocks and a grid-stride
 // loop over the 64-bit flat index (consecutive threads touch consecutive elements: coalesced).
 // Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh.
-// PyTorch's edge rules: relu(NaN) = NaN; relu'(x) = 0 where x <= 0 (so a NaN x passes dy);
-// leaky_relu'(x) = slope where x <= 0.
+// PyTorch's edge rules: relu(x) = 0 where x < 0, else x (NaN and -0 pass); relu'(x) = 0 where
+// x <= 0 (so a NaN x passes dy); leaky_relu'(x) = slope where x <= 0.
 // Bias addition (where not fused into a GEMM epilogue), in place:
 //  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
 //    so the channel is known per plane, not divided out per element.
@@ -24,7 +24,7 @@ relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
         const acc_t v = to_acc(x[i]);
-        y[i] = to_real((v > (acc_t)0 || v != v) ? v : (acc_t)0);
+        y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
     }
 }
 

@@ -380,6 +380,18 @@ def test_activation_at_zero():
     np.testing.assert_array_equal(F.leaky_relu_backward(dy, x, 0.5), [1, 1, 2, 1])
 
 
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_relu_keeps_a_negative_zero_as_torch_does(backend, dtype):
+    """torch.relu returns x where x is not below 0: -0.0 stays -0.0 and NaN stays NaN (a max with
+    0 returned +0.0)."""
+    x = np.array([-0.0, 0.0, np.nan, -1.5, 2.0, -np.inf], dtype)
+    expected = torch.relu(torch.tensor(x)).numpy()
+    y = F.relu(x, backend=backend)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
+
+
 def test_relu_backward_of_non_finite_dy_matches_torch():
     """An infinite or NaN dy where x <= 0 gives 0 (the gradient is masked, not multiplied by 0)."""
     x = np.array([-1.0, 0.0, 2.0, -3.0, 1.0, np.nan])

@@ -24,7 +24,7 @@ def _leaky_factor(x, slope):
 
 
 _FORWARD = {
-    "relu": lambda x, _: np.maximum(x, 0),
+    "relu": lambda x, _: np.where(x < 0, np.zeros((), x.dtype), x),
     "leaky_relu": lambda x, slope: x * _leaky_factor(x, slope),
     "sigmoid": lambda x, _: _sigmoid(x),
     "tanh": lambda x, _: np.tanh(x),

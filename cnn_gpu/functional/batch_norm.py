@@ -51,7 +51,7 @@ def _numpy_forward(x, mean, invstd, weight, bias, relu):
     if bias is not None:
         y += bias.reshape(shape)
     if relu:
-        np.maximum(y, 0, out=y)   # NaN propagates, as in F.relu
+        np.copyto(y, 0, where=y < 0)   # as F.relu
     return y
 
 

@@ -587,7 +587,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     if be == "numpy":
         y = _forward(*_tf32_operands(x, weight), bias, g)
         if activation == "relu":
-            np.maximum(y, 0, out=y)
+            np.copyto(y, 0, where=y < 0)
         return _unbatched(y, unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
     return _unbatched(_gpu_fprop(be, x, weight, bias, g, activation=activation), unbatched)
