@@ -263,6 +263,27 @@ def test_a_misaligned_vector_access_faults():
     assert info.value.source.endswith("(in misaligned_vector_load)")   # the load's line, or its use's
 
 
+def test_a_shift_by_the_width_faults():
+    counts, y = np.arange(32, dtype=np.int32), np.zeros(32, np.uint32)
+    bugs().get_function("shift_by_count")((1,), (32,), (counts, y))
+    np.testing.assert_array_equal(y, 1 << counts.astype(np.uint64))
+    counts[5] = 32
+    with pytest.raises(emu.KernelFault, match="a shift by the operand's width or more") as info:
+        bugs().get_function("shift_by_count")((1,), (32,), (counts, y))
+    assert info.value.thread == (5, 0, 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e9, -2.2e9])
+def test_a_float_no_int_holds_faults(bad):
+    x, y = np.linspace(-2e9, 2e9, 32).astype(np.float32), np.zeros(32, np.int32)
+    bugs().get_function("float_to_int")((1,), (32,), (x, y))
+    np.testing.assert_array_equal(y, np.trunc(x).astype(np.int32))
+    x[7] = bad
+    with pytest.raises(emu.KernelFault, match="converted to an integer type that cannot hold it") as info:
+        bugs().get_function("float_to_int")((1,), (32,), (x, y))
+    assert info.value.thread == (7, 0, 0)
+
+
 def test_shared_poison_differs_by_schedule(rng):
     """fmaxf ignores the NaN poison, so an uninitialised maximum looks right under forward; the
     reverse schedule's poison (3.4e38) gives it away."""

@@ -210,8 +210,11 @@ def translate_options(options) -> Options:
 # Flags of kernel modules only: one section per static, so that the shared-section linker script
 # (SHARED_SECTION_SCRIPT) can gather every function-local __shared__ array; and a load or store not
 # aligned to its type (a float4 at an odd float) traps (SIGILL), as a GPU faults with "misaligned
-# address" where x86 would just do it.
-MODULE_FLAGS = ("-fdata-sections", "-fsanitize=alignment", "-fsanitize-undefined-trap-on-error")
+# address" where x86 would just do it. So do a shift by the operand's width or more (x86 takes the
+# count mod 32 or 64, a GPU's shift clamps it) and a float converted to an integer type that cannot
+# hold it (x86 gives the lowest integer, a GPU saturates, NaN gives 0): undefined in C++, so a kernel
+# whose result would differ between the two never passes here unseen.
+MODULE_FLAGS = ("-fdata-sections", "-fsanitize=alignment,shift-exponent,float-cast-overflow", "-fsanitize-undefined-trap-on-error")
 
 # A local variable read before it is written holds whatever its register held on a GPU; on a fiber's
 # fresh stack it would read 0, and an accumulator nobody initialised would look right. It holds a

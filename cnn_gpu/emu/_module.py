@@ -501,7 +501,10 @@ class Kernel:
             message = f"{name} (address 0x{address:x})"
             if desc.signal_number == signal.SIGILL:
                 message = (f"{name}: a load or store not aligned to its type (a GPU faults on it: misaligned "
-                           f"address), an ldmatrix row that is misaligned or not in shared memory, or __trap()")
+                           f"address), an ldmatrix row that is misaligned or not in shared memory, a shift by "
+                           f"the operand's width or more or by a negative count, a floating-point value converted "
+                           f"to an integer type that cannot hold it (NaN, inf, out of range: x86 and a GPU give "
+                           f"different integers, C++ none), or __trap()")
             overrun = staging.overrun_argument(address) if staging else None
             dynamic = library.state.dynamic_shared or 0
             shared_guard = dynamic + (shared_mem + _build.PAGE - 1) // _build.PAGE * _build.PAGE

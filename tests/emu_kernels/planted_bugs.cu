@@ -179,3 +179,15 @@ extern "C" __global__ void uninitialised_local_sum(const float* __restrict__ x, 
     for (int i = 0; i < n; ++i) sum += x[threadIdx.x * n + i];
     y[threadIdx.x] = sum;
 }
+
+// 1 << 32: undefined in C++; x86 shifts by the count mod 32 (1), a GPU's shift clamps it (0)
+extern "C" __global__ void shift_by_count(const int* __restrict__ counts, unsigned int* __restrict__ y)
+{
+    y[threadIdx.x] = 1u << counts[threadIdx.x];
+}
+
+// a float that no int holds: undefined in C++; x86 gives INT_MIN, a GPU saturates (NaN: 0)
+extern "C" __global__ void float_to_int(const float* __restrict__ x, int* __restrict__ y)
+{
+    y[threadIdx.x] = (int)x[threadIdx.x];
+}
