@@ -746,6 +746,17 @@ def _oracle_inputs(inputs: dict, dtype: np.dtype) -> dict:
             for k, v in rounded.items()}
 
 
+def _run_leaving_inputs(run, inputs: dict, cfg, be):
+    """run(inputs, cfg, be), failing (AssertionError) where it wrote into an input array: the
+    comparisons and finite differences after it would read the damaged values and could agree."""
+    before = {k: _to_host(v).copy() for k, v in inputs.items() if _backend.is_cupy_array(v) or isinstance(v, np.ndarray)}
+    got = run(inputs, cfg, be)
+    changed = [k for k, v in before.items() if not np.array_equal(_to_host(inputs[k]), v, equal_nan=True)]
+    if changed:
+        raise AssertionError(f"the op wrote into its input {', '.join(changed)}")
+    return got
+
+
 def _check_op(spec: OpCheck, be: str, mode: str, dtype: np.dtype, seed: int, math: str) -> OpResult:
     scale = REDUCTION_SCALE if spec.reduces and dtype == np.float32 else 1
     result = OpResult(spec.name, tolerance=TOLERANCE[dtype.name] * scale)
@@ -763,7 +774,8 @@ def _check_op(spec: OpCheck, be: str, mode: str, dtype: np.dtype, seed: int, mat
         rounded = _oracle_inputs(inputs, dtype)
         try:
             want, magnitude = _tf32_references(spec, rounded, cfg) if tf32 else (spec.run(rounded, cfg, "numpy"), None)
-            got = run({k: _to_device(v, be, dtype) for k, v in inputs.items()}, cfg, be)
+            device_inputs = {k: _to_device(v, be, dtype) for k, v in inputs.items()}
+            got = _run_leaving_inputs(run, device_inputs, cfg, be)
             for name, reference in want.items():
                 value = _to_host(got.get(name))
                 if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype != dtype:

@@ -56,6 +56,8 @@ def gradcheck(loss, arrays, grads, *, names=None, eps=1e-5, directions=3, elemen
     if not len(arrays) == len(grads) == len(names):
         raise ValueError(f"got {len(arrays)} arrays, {len(grads)} grads and {len(names)} names")
     checked = [(a, g, n) for a, g, n in zip(arrays, grads, names) if g is not None]
+    if not any(a.size for a, _, _ in checked):   # a report of 0 checks would pass any threshold
+        raise ValueError("gradcheck: no gradient to check (every one is None or empty)")
     _require_float64([a for a, _, _ in checked], [n for _, _, n in checked])
     for a, g, n in checked:
         if tuple(g.shape) != tuple(a.shape):

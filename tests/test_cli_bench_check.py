@@ -339,6 +339,13 @@ def test_check_emu_quick(capsys):
     assert [r[0] for r in rows] == list(check.OPS) and all(r[-1] == "PASS" for r in rows)
 
 
+def test_check_of_numpy_runs_float32_against_float64_by_default(capsys):
+    """Its default dtype used to be float64: the oracle compared with itself (errors all 0)."""
+    code, out, err = _check(capsys, "--device", "numpy", "--quick", "--ops", "sigmoid")
+    assert code == 0 and "dtype=float32" in out
+    assert 0 < float(_table_rows(out, "op ")[0][2]) < 1e-5
+
+
 def test_check_fails_on_a_planted_wrong_op(capsys):
     def wrong_conv(inputs, cfg, be):
         out = check.OPS["conv2d"].run(inputs, cfg, be)
@@ -373,6 +380,22 @@ def test_check_fails_on_a_planted_nan():
     assert result.error == np.inf and "dx" in result.worst
     assert check.relative_error(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == np.inf
     assert check.relative_error(np.array([1.0, np.nan]), np.array([1.0, np.nan])) == 0.0
+
+
+def test_check_fails_an_op_that_writes_into_its_input():
+    """relu's backward writing dx into dy: numpy float64 hands the op the very input arrays, and the
+    finite differences after it read the damaged dy, so forward and backward still agreed."""
+    def clobbering_relu(inputs, cfg, be):
+        out = check.OPS["relu"].run(inputs, cfg, be)
+        inputs["dy"][...] = out["dx"]
+        return out
+
+    check.register_override("relu", clobbering_relu)
+    try:
+        result = next(check.check_ops("numpy", ["relu"], mode="quick"))
+    finally:
+        check.clear_overrides()
+    assert not result.passed and "the op wrote into its input dy" in result.failure
 
 
 def test_finite_differences_catch_a_consistent_wrong_backward():

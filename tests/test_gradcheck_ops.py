@@ -69,6 +69,15 @@ def test_mse_gradient():
 
 # --- gradcheck checks itself ------------------------------------------------------------------
 
+def test_nothing_to_check_is_an_error_not_a_pass():
+    """A report of 0 checks had error 0, so any threshold passed it."""
+    x = np.random.default_rng(4).standard_normal(3)
+    with pytest.raises(ValueError, match="no gradient to check"):
+        gradcheck(lambda: float(np.sum(x ** 2)), [x], [None])
+    with pytest.raises(ValueError, match="no gradient to check"):
+        gradcheck(lambda: 0.0, [np.empty(0)], [np.empty(0)])
+
+
 def test_catches_a_slightly_wrong_gradient():
     forward, backward, inputs = OPS["conv2d"]
 

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(mode="normal")
     parser.add_argument("--dtype", choices=("float64", "float32", "float16"), default=None,
                         help="dtype run on the device (the reference is float64, or for float16 the NumPy "
-                             "oracle in float16; default: float64, float32 with --math tf32)")
+                             "oracle in float16; default: float64, float32 with --math tf32 or --device numpy)")
     parser.add_argument("--math", choices=MATH_MODES, default="fp32",
                         help="math mode of float32 convolutions (cnn_gpu.set_math_mode; default: %(default)s)")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
@@ -58,7 +58,8 @@ def run(args) -> int:
         if device not in available_backends():
             raise RuntimeError(f"backend {device!r} is not available: {why_unavailable(device)}")
         ops = args.ops or list(check.OPS)
-        dtype = args.dtype or ("float32" if args.math == "tf32" else "float64")
+        # numpy in float64 would be compared with itself
+        dtype = args.dtype or ("float32" if args.math == "tf32" or device == "numpy" else "float64")
         check_outputs(args, "json")
         pending = check.check_ops(device, ops, args.mode, dtype, args.seed, args.math)
     except (RuntimeError, ValueError) as err:
