@@ -100,6 +100,24 @@ def test_bench_refuses_emu_on_large_shapes_and_bad_arguments(capsys):
     assert "--repeat" in capsys.readouterr().err
 
 
+def test_bench_records_which_blas_kernels_ran(monkeypatch):
+    """threadpoolctl's library version and CPU kernels (OpenBLAS: "architecture") are recorded and
+    shown, and only BLAS pools count as NumPy's (torch's OpenMP pool is no BLAS)."""
+    pytest.importorskip("threadpoolctl")
+    from cnn_gpu.bench.rows import environment
+    from cnn_gpu.cli.bench import _machine_line
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    meta = environment()
+    blas = [p for p in meta["blas"] if p["user_api"] == "blas"]
+    assert blas and all("version" in p and "filepath" in p for p in blas)
+    assert meta["openblas_env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    meta["blas"] = [{"api": "openblas", "user_api": "blas", "threads": 2, "version": "0.3.31", "architecture": "Zen"},
+                    {"api": "openmp", "user_api": "openmp", "threads": 4}]
+    line = _machine_line(meta)
+    assert "NumPy" in line and "(openblas 0.3.31, Zen kernels, 2 threads)" in line and "openmp" not in line
+    assert "OPENBLAS_CORETYPE=Haswell" in line
+
+
 def test_bench_plot(tmp_path, capsys):
     png = tmp_path / "b.png"
     code, out, err = _bench(capsys, "--device", "numpy", "--ops", "conv2d,avg_pool2d", "--plot", str(png))
@@ -585,6 +603,7 @@ def test_compute_capabilities_of_three_digits_are_read_whole(monkeypatch, capabi
     (["bench", "--nproc", "2", "--repeat", "-1"], "--repeat must be >= 1"),
     (["bench", "--nproc", "2", "--batch", "0"], "--batch must be >= 1"),
     (["bench", "--nproc", "2", "--device", "numpy"], "it takes no --device"),
+    (["bench", "--nproc", "2", "--dtype", "float16", "--math", "tf32"], "it takes no --dtype, --math"),
     (["bench", "--nproc", "2", "--json", "{dir}"], "is a folder")])
 def test_bad_seeds_and_output_paths_are_refused_before_any_work(tmp_path, capsys, argv, error):
     """Found by running option combinations no test ran: these ended in a traceback (a negative

@@ -196,6 +196,15 @@ def test_plot_marks_modeled_bars(tmp_path, monkeypatch):
     assert labels == ["numpy", "model:l4 (MODELED)"] and "model estimates" in fig.axes[0].get_xlabel()
 
 
+def test_plot_series_keep_dtypes_apart():
+    """With two dtypes, float16's time overwrote float32's under the device's bare name."""
+    from cnn_gpu.bench.plot import series_namer
+    rows = [bench.Row("conv2d", "s", "numpy", dtype, ms, 3) for dtype, ms in (("float32", 2.0), ("float16", 9.0))]
+    rows.append(bench.Row("conv2d", "s", "emu", "float32", 5.0, 3, math="tf32"))
+    assert [series_namer(rows)(r) for r in rows] == ["numpy float32", "numpy float16", "emu float32 tf32"]
+    assert series_namer(rows[:1])(rows[0]) == "numpy"
+
+
 def test_profile_scaling_and_cached_traits(tmp_path, monkeypatch):
     """Shared wavefronts per FLOP from a (faked) profile of some of a launch's blocks, and traits
     cached on disk: a second process-level lookup neither compiles nor profiles again."""

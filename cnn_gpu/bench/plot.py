@@ -16,15 +16,21 @@ def require_matplotlib():
     return plt
 
 
-def _series(row) -> str:
-    """A bar series: the device, and the math mode when it is tf32."""
-    return f"{row.device} tf32" if row.math == "tf32" else row.device
+def series_namer(rows):
+    """The bar series of a row: its device, its dtype where the rows hold several (else one dtype's
+    time would overwrite another's under the device's name), and the math mode when it is tf32."""
+    several_dtypes = len({r.dtype for r in rows}) > 1
+
+    def name(row) -> str:
+        return " ".join([row.device, *([row.dtype] if several_dtypes else []), *(["tf32"] if row.math == "tf32" else [])])
+    return name
 
 
 def write_plot(rows, path, title="") -> None:
-    """Grouped horizontal bars: time per (op, shape) for each device (and math mode), log axis.
+    """Grouped horizontal bars: time per (op, shape) for each device (and dtype, math mode), log axis.
     Modeled rows are hatched and labelled "(MODELED)" in the legend."""
     plt = require_matplotlib()
+    _series = series_namer(rows)
     cases = list(dict.fromkeys((r.op, r.shape) for r in rows))
     devices = list(dict.fromkeys(_series(r) for r in rows))
     modeled = {_series(r) for r in rows if r.modeled}

@@ -237,6 +237,9 @@ def write_text(path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+BLAS_FACTS = ("version", "architecture", "threading_layer", "prefix", "filepath")   # threadpoolctl's keys
+
+
 def environment() -> dict:
     """Versions and machine facts stored with the results."""
     import platform
@@ -246,11 +249,14 @@ def environment() -> dict:
     if torch is not None:
         meta["torch"] = torch.__version__
         meta["torch_threads"] = torch.get_num_threads()
-    try:
+    try:   # each thread pool: which library, which of its CPU kernels (OpenBLAS: "architecture"), threads
         from threadpoolctl import threadpool_info
-        meta["blas"] = [{"api": p.get("internal_api"), "threads": p.get("num_threads")} for p in threadpool_info()]
+        meta["blas"] = [{"api": p.get("internal_api"), "user_api": p.get("user_api"), "threads": p.get("num_threads"),
+                         **{k: p[k] for k in BLAS_FACTS if p.get(k) is not None}} for p in threadpool_info()]
     except ImportError:
         pass
+    # set on these machines for old OpenBLAS builds; they hold a current one to its Haswell kernels
+    meta["openblas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     gpu = gpu_info()
     if gpu:
         meta["gpu"] = gpu

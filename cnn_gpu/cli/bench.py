@@ -61,8 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _machine_line(meta: dict) -> str:
-    blas = ", ".join(f"{p['api']} {p['threads']} threads" for p in meta.get("blas", []))
-    parts = [f"NumPy {meta['numpy']} ({blas or 'BLAS threads unknown'})", f"{meta['cpu_count']} CPUs"]
+    blas = "; ".join(", ".join(filter(None, (f"{p['api']} {p.get('version', '')}".strip(),
+                                             p.get("architecture") and f"{p['architecture']} kernels",
+                                             f"{p['threads']} threads")))
+                     for p in meta.get("blas", []) if p.get("user_api") == "blas")
+    parts = [f"NumPy {meta['numpy']} ({blas or 'BLAS unknown'})", f"{meta['cpu_count']} CPUs"]
+    if meta.get("openblas_env"):
+        parts.append(" ".join(f"{k}={v}" for k, v in meta["openblas_env"].items()))
     if "torch" in meta:
         parts.append(f"PyTorch {meta['torch']} ({meta['torch_threads']} threads)")
     if "gpu" in meta:
@@ -150,7 +155,8 @@ def run(args) -> int:
 
 
 # the options of the op table, with their defaults: --nproc measures one model's step, no table
-SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None}
+SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None,
+                   "dtype": ["float32"], "math": ["fp32"]}
 
 
 def _scaling(args) -> int:
