@@ -191,6 +191,10 @@ def test_a_resume_with_changed_settings_says_which(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"note: resuming {path} with --lr 0.01 (it trained with 0.002), --label-smoothing 0.1 (it trained " \
            f"with 0.0)" in out
+    # --max-batches is no setting, but it sets an epoch's steps (the schedule's and the augmentation's)
+    assert main(["train", "--device", "numpy", "--max-batches", "2", "--save", str(path), "--epochs", "4",
+                 "--resume", str(path)]) == 0
+    assert "with --max-batches 2 (it trained with 1)" in capsys.readouterr().out
 
 
 def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys, good_checkpoint):

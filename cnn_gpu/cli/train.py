@@ -345,6 +345,10 @@ def _train(args) -> int:
         # extending --epochs is the usual reason to resume; any other change is said, not refused
         changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
                    if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
+        # not a setting, but it sets the steps of an epoch (the schedule's and the augmentation's)
+        trained_batches = resumed[2].get("max_batches")
+        if "max_batches" in resumed[2] and args.max_batches != trained_batches:
+            changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {trained_batches or 'unset'})")
         if changed:
             _say(world.rank == 0, f"note: resuming {args.resume} with {', '.join(changed)}")
     # tf32: training and evaluation alike
@@ -423,7 +427,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         if args.save and leader:
             meta = {"epoch": epoch + 1, "settings": settings, "shuffle_rng": shuffle_rng.bit_generator.state,
                     "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size,
-                    "scaler": scaler.state_dict(), "blas_threads": blas_threads()}
+                    "scaler": scaler.state_dict(), "blas_threads": blas_threads(), "max_batches": args.max_batches}
             try:
                 checkpoint.save(args.save, model.state_dict(), optimizer.state_dict(), meta)
             except OSError as err:   # a full disk, a folder gone: the file still holds the last checkpoint
