@@ -510,10 +510,20 @@ def test_batch_norm_state_without_num_batches_tracked_loads_keeping_the_count(rn
     (lambda: nn.Linear(3, 0), ValueError, "out_features"),
     (lambda: nn.Linear(3, 2, rng="seed"), TypeError, "rng"),
     (lambda: nn.MaxPool2d((2, 2, 2)), ValueError, "kernel_size"),
+    (lambda: nn.ReLU(inplace=True), ValueError, "inplace ReLU is not supported"),
+    (lambda: nn.LeakyReLU(0.1, True), ValueError, "inplace LeakyReLU is not supported"),
+    (lambda: nn.Dropout(0.5, True), ValueError, "inplace dropout is not supported"),
 ])
 def test_constructor_errors(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_activation_layers_take_pytorchs_inplace_false():
+    """PyTorch code writes nn.ReLU(inplace=False) and nn.LeakyReLU(0.2, inplace=False): a TypeError before."""
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    np.testing.assert_array_equal(nn.ReLU(inplace=False)(x), F.relu(x))
+    np.testing.assert_array_equal(nn.LeakyReLU(0.2, False)(x), F.leaky_relu(x, 0.2))
 
 
 def test_backward_before_forward():

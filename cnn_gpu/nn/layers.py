@@ -224,9 +224,19 @@ class _Activation(Module):
         return self._backward(dy, self._saved_for_backward(), *self._params(), backend=self.backend)
 
 
+def _refuse_inplace(inplace, layer: str) -> None:
+    """PyTorch's inplace=True overwrites the input; these layers keep their input arrays unchanged."""
+    if inplace:
+        raise ValueError(f"inplace {layer} is not supported (the layer keeps its input arrays unchanged)")
+
+
 class ReLU(_Activation):
     _forward = staticmethod(F.relu)
     _backward = staticmethod(F.relu_backward)
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        _refuse_inplace(inplace, "ReLU")
 
 
 class Sigmoid(_Activation):
@@ -243,9 +253,10 @@ class LeakyReLU(_Activation):
     _forward = staticmethod(F.leaky_relu)
     _backward = staticmethod(F.leaky_relu_backward)
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = real_number(negative_slope, "negative_slope")
+        _refuse_inplace(inplace, "LeakyReLU")
 
     def _params(self):
         return (self.negative_slope,)
@@ -358,8 +369,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, inplace=False, seed=None):
         super().__init__()
-        if inplace:
-            raise ValueError("inplace dropout is not supported (the layer keeps its input arrays unchanged)")
+        _refuse_inplace(inplace, "dropout")
         self.p = check_probability(p)
         self.seed = int(init.generator().integers(2**63)) if seed is None else philox.check_seed(seed, "seed")
         self.register_buffer("step", np.zeros((), np.int64))
