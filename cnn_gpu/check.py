@@ -749,7 +749,8 @@ def _oracle_inputs(inputs: dict, dtype: np.dtype) -> dict:
 def _run_leaving_inputs(run, inputs: dict, cfg, be):
     """run(inputs, cfg, be), failing (AssertionError) where it wrote into an input array: the
     comparisons and finite differences after it would read the damaged values and could agree."""
-    before = {k: _to_host(v).copy() for k, v in inputs.items() if _backend.is_cupy_array(v) or isinstance(v, np.ndarray)}
+    before = {k: _to_host(v).copy() for k, v in inputs.items()
+              if _backend.is_cupy_array(v) or isinstance(v, np.ndarray)}
     got = run(inputs, cfg, be)
     changed = [k for k, v in before.items() if not np.array_equal(_to_host(inputs[k]), v, equal_nan=True)]
     if changed:

@@ -82,10 +82,11 @@ class KernelReport:
         return self.spill_store_bytes + self.spill_load_bytes
 
 
-def occupancy(arch: str, registers: int, shared_bytes: int, threads: int):
+def occupancy(arch: str, registers: int, shared_bytes: int, threads: int, limits: ArchLimits | None = None):
     """Theoretical occupancy of a kernel with `registers` per thread, `shared_bytes` of shared
-    memory per block and `threads` per block: (fraction, resident blocks per SM, limiting resource)."""
-    limits = ARCH_LIMITS[arch]
+    memory per block and `threads` per block: (fraction, resident blocks per SM, limiting resource).
+    `limits`: a board's own (a GPU's properties), else the arch's ARCH_LIMITS."""
+    limits = limits or ARCH_LIMITS[arch]
     warps_per_block = -(-threads // WARP)
     max_warps = limits.max_threads_per_sm // WARP
     regs_per_warp = -(-max(registers, 1) * WARP // limits.register_unit) * limits.register_unit

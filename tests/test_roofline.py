@@ -64,6 +64,15 @@ def test_model_gpu_spec_from_device_properties(monkeypatch):
     assert made.peak_flops("float32") == pytest.approx(2 * 128 * 114 * 1755e6)
     props.update(name="NVIDIA B200", major=10, minor=0)
     assert roofline.spec("gpu").arch == "sm_90" and "modeled as sm_90" in roofline.spec("gpu").source
+    # a board newer than its model arch keeps its own occupancy limits (they were sm_90's)
+    props.update(name="NVIDIA GeForce RTX 5090", major=12, minor=0, max_threads_per_sm=1536, smem_per_sm=102400,
+                 max_blocks_per_sm=24)
+    consumer = roofline.spec("gpu")
+    assert consumer.arch == "sm_90"
+    est = estimate(Launch("k", "k", (1000, 1, 1)), LaunchWork(1e9, 0), _traits(32, shared=40 * 1024), consumer,
+                   "float32")
+    assert est.blocks_per_sm == 2 and est.occupancy_limiter == "shared memory"   # sm_90's 228 KiB gave 5
+    assert nvrtc.occupancy("sm_90", 32, 40 * 1024, 256)[1] == 5
     monkeypatch.setattr(specs, "gpu_properties", lambda: {})
     with pytest.raises(ValueError, match="needs a GPU"):
         roofline.spec("gpu")
@@ -103,6 +112,36 @@ def test_wave_quantization_133_blocks_on_132_sms():
     assert math.ceil(more.waves) == 2 and more.wave_efficiency == pytest.approx(133 / 264)
     # the same work over 2 waves of which the second has 1 block: almost twice the time
     assert more.compute_s == pytest.approx(one.compute_s * 264 / 133)
+
+
+def test_fp_lanes_per_sm_follow_the_programming_guide():
+    """FP64 FMA lanes: Turing 2 (fp32 / 64 gave 1), GP102/GP104 4, GP100 32 beside 64 FP32 lanes."""
+    assert [specs.lanes_per_sm(*cc) for cc in ((7, 5), (6, 1), (6, 0), (8, 6), (8, 9), (9, 0), (7, 0))] == \
+        [(64, 2), (128, 4), (64, 32), (128, 2), (128, 2), (128, 64), (64, 32)]
+
+
+def test_tensor_rows_take_the_clock_of_their_peak():
+    """H100's tensor peaks hold at 1830 MHz, below the 1980 MHz of its FP32 peak: a tensor-core
+    launch's shared-memory term runs at that clock (it ran at 1980, 8% optimistic)."""
+    assert [round(roofline.model.tensor_clock_hz(roofline.spec(k)) / 1e6) for k in ("h100", "a100", "rtx4090")] == \
+        [1830, 1411, 2521]
+    flops = 1e10
+    est = estimate(Launch("k", "k", (264, 1, 1)), LaunchWork(flops, 0, pipe="tf32"),
+                   _traits(128, shared=16384, per_flop=0.25), H100, "float32")
+    assert est.shared_s == pytest.approx(0.25 * flops / (132 * 1.83e9), rel=1e-3)
+
+
+def test_v100_takes_turings_hot_loop_at_its_own_fma_rate():
+    """nvdisasm 13 reads no sm_70, which fell back to a stand-in ceiling of 0.5 on every V100 SIMT row."""
+    from cnn_gpu import sass
+    from cnn_gpu.roofline import traits
+    if sass.why_unavailable("sm_75") or not sass.why_unavailable("sm_70"):
+        pytest.skip("needs an nvdisasm that reads sm_75 but not sm_70")
+    volta = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_large", "float32", "sm_70")
+    turing = next(r for r in sass.kernel_rows("conv2d_fprop", "float32", "sm_75")
+                  if r["kernel"] == "conv2d_fprop_large")
+    assert volta.instructions == turing["instructions"] and volta.issue_ceiling == turing["issue_ceiling"] > 0.5
+    assert any("sm_75's SASS" in note for note in volta.assumed)
 
 
 def test_shared_wavefronts_cost_a_clock_each_per_sm():
@@ -322,7 +361,8 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
         assert main.issue_ceiling == pytest.approx(min(1.0, 64 * 4 / 300))
         # whole tiles: the tensor cores issue exactly the useful FLOPs
         assert main.compute_s == pytest.approx(g.flops / (peak * main.issue_ceiling) / main.wave_efficiency)
-        assert main.shared_s == pytest.approx(traits.wavefronts_per_flop * g.flops / (132 * H100.clock_hz)
+        tensor_clock = roofline.model.tensor_clock_hz(H100)   # 1830 MHz, the clock of the tensor peak
+        assert main.shared_s == pytest.approx(traits.wavefronts_per_flop * g.flops / (132 * tensor_clock)
                                               / main.wave_efficiency)
     # wgrad's one launch reads dy and x, writes dw, reads its pixel table (3 ints per output pixel:
     # 2048, whole steps of 16) and with split-K writes each split's FP32 partials and reads them

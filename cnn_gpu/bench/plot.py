@@ -22,7 +22,8 @@ def series_namer(rows):
     several_dtypes = len({r.dtype for r in rows}) > 1
 
     def name(row) -> str:
-        return " ".join([row.device, *([row.dtype] if several_dtypes else []), *(["tf32"] if row.math == "tf32" else [])])
+        tf32 = ["tf32"] if row.math == "tf32" else []
+        return " ".join([row.device, *([row.dtype] if several_dtypes else []), *tf32])
     return name
 
 

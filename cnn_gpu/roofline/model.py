@@ -26,7 +26,7 @@ from .specs import GpuSpec
 LAUNCH_OVERHEAD_S = 3e-6      # assumed per launch (kernel start and drain), not measured
 WAVEFRONT_BYTES = 128         # a shared-memory wavefront: 32 banks x 4 bytes, one per clock per SM
 # Stand-ins for inputs that cannot be measured on this machine; a row built on one says so.
-DEFAULT_ISSUE_CEILING = 0.5   # about the FMA share of a plain SIMT GEMM hot loop
+DEFAULT_ISSUE_CEILING = 0.5   # half the FMA pipe's peak: a stand-in ceiling where no SASS of the arch is read
 DEFAULT_REGISTERS = 255       # the most a thread may use: one 256-thread block per SM
 DEFAULT_MMA_ISSUE_CEILING = 1.0   # without SASS: the tensor pipe is taken as never short of MMAs
 
@@ -84,6 +84,14 @@ def mma_issue_clocks(spec: GpuSpec, pipe: str = "tf32") -> float:
     return 2.0 ** round(math.log2(MMA_FMAS[pipe] / fmas_per_clock))
 
 
+def tensor_clock_hz(spec: GpuSpec, pipe: str = "tf32") -> float:
+    """The clock at which `spec`'s tensor peak holds at mma_issue_clocks per HMMA: the clock of a
+    tensor-core launch's other terms. H100/H200: 1830 MHz (their tensor peaks are quoted there, below
+    the 1980 MHz boost of the FP32 one), elsewhere about the boost clock."""
+    fmas_per_clock = MMA_FMAS[pipe] / mma_issue_clocks(spec, pipe)
+    return tensor_peak_flops(spec, pipe) / (2 * spec.sms * SM_SUB_PARTITIONS * fmas_per_clock)
+
+
 def mma_issue_ceiling(traits: KernelTraits, spec: GpuSpec, pipe: str = "tf32") -> float:
     """min(1, MMAs x mma_issue_clocks / instructions) of the hot loop; DEFAULT_MMA_ISSUE_CEILING
     when the traits have no SASS counts."""
@@ -128,7 +136,7 @@ def estimate(launch, work: LaunchWork, traits: KernelTraits, spec: GpuSpec, dtyp
     threads = math.prod(launch.block)
     blocks = math.prod(launch.grid)
     _, per_sm, limiter = nvrtc.occupancy(spec.arch, traits.registers, traits.shared_bytes + launch.shared_mem,
-                                         threads)
+                                         threads, spec.occupancy_limits())
     if per_sm < 1:
         raise ValueError(f"{launch.kernel}: a block of {threads} threads, {traits.registers} registers each and "
                          f"{traits.shared_bytes + launch.shared_mem} bytes of shared memory does not fit an SM "
@@ -137,8 +145,9 @@ def estimate(launch, work: LaunchWork, traits: KernelTraits, spec: GpuSpec, dtyp
     efficiency = waves / math.ceil(waves) if blocks else 1.0
     if work.pipe in MMA_FMAS:
         peak, ceiling = tensor_peak_flops(spec, work.pipe), mma_issue_ceiling(traits, spec, work.pipe)
+        clock_hz = tensor_clock_hz(spec, work.pipe)
     elif work.pipe == "fma":
-        peak, ceiling = spec.peak_flops(dtype), traits.issue_ceiling
+        peak, ceiling, clock_hz = spec.peak_flops(dtype), traits.issue_ceiling, spec.clock_hz
     else:
         raise ValueError(f"pipe must be 'fma', 'tf32' or 'fp16', got {work.pipe!r}")
     compute = 0.0
@@ -147,7 +156,7 @@ def estimate(launch, work: LaunchWork, traits: KernelTraits, spec: GpuSpec, dtyp
     shared = 0.0
     if traits.wavefronts_per_flop is not None:
         per_clock = spec.sms * spec.smem_bytes_per_clk / WAVEFRONT_BYTES
-        shared = traits.wavefronts_per_flop * work.executed_flops / (per_clock * spec.clock_hz) / efficiency
+        shared = traits.wavefronts_per_flop * work.executed_flops / (per_clock * clock_hz) / efficiency
     dram = work.dram_bytes / spec.dram_bytes_per_s
     terms = {"compute": compute, "shared": shared, "dram": dram}
     bound = max(terms, key=terms.get)

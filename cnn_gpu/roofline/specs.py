@@ -39,6 +39,20 @@ class GpuSpec:
     smem_bytes_per_clk: int = 128   # per SM
     datasheet_fp32_tflops: float | None = None   # the datasheet's figure, to check the derived peak
     source: str = "datasheet"    # or how a spec made from a live GPU was found
+    own_limits: bool = False     # the per-SM limits above are the board's (a live GPU's properties)
+
+    def occupancy_limits(self):
+        """The per-SM limits of occupancy: the board's own where it reported them (a GPU newer than
+        the arch its kernels are modeled as keeps its threads and shared memory), else the arch's."""
+        from dataclasses import replace
+
+        from ..nvrtc import ARCH_LIMITS
+        limits = ARCH_LIMITS[self.arch]
+        if not self.own_limits:
+            return limits
+        reported = {"regs_per_sm": self.regs_per_sm, "smem_per_sm": self.smem_per_sm,
+                    "max_threads_per_sm": self.max_threads_per_sm, "max_blocks_per_sm": self.max_blocks_per_sm}
+        return replace(limits, **{k: v for k, v in reported.items() if v})
 
     def peak_flops(self, dtype) -> float:
         """FMA peak of the dtype's SIMT lanes (FLOP/s; an FMA is 2 FLOPs): what the kernels use."""
@@ -100,8 +114,9 @@ FP16_PER_TF32 = 2
 
 # FP32 / FP64 FMA lanes per SM by compute capability (CUDA C Programming Guide, "arithmetic
 # instructions"); capabilities not listed have 128 FP32 lanes and fp32 / 64 FP64 lanes.
-FP32_LANES = {(7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64}
-FP64_LANES = {(6, 0): 32, (7, 0): 32, (8, 0): 32, (9, 0): 64, (10, 0): 64}
+FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64}
+FP64_LANES = {(5, 0): 4, (5, 2): 4, (5, 3): 4, (6, 0): 32, (6, 1): 4, (6, 2): 4, (7, 0): 32, (7, 2): 32, (7, 5): 2,
+              (8, 0): 32, (9, 0): 64, (10, 0): 64}
 
 
 def lanes_per_sm(major: int, minor: int) -> tuple[int, int]:
@@ -200,5 +215,6 @@ def current_gpu_spec() -> GpuSpec:
         2 * props["memory_clock_khz"] * 1e3 * props["bus_width_bits"] / 8 / 1e9,
         regs_per_sm=props["regs_per_sm"], smem_per_sm=props["smem_per_sm"],
         max_threads_per_sm=props["max_threads_per_sm"], max_blocks_per_sm=props["max_blocks_per_sm"] or 32,
+        own_limits=True,
         source=f"properties of {name} (compute capability {major}.{minor}"
                + ("" if model_arch == arch else f"; kernels modeled as {model_arch}") + ")")

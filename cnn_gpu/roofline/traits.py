@@ -19,7 +19,10 @@ from pathlib import Path
 
 from .model import DEFAULT_ISSUE_CEILING, DEFAULT_MMA_ISSUE_CEILING, DEFAULT_REGISTERS, KernelTraits
 
-INPUTS_VERSION = 2       # bump when the way the figures are derived changes
+INPUTS_VERSION = 3       # bump when the way the figures are derived changes
+# An arch whose SASS this machine's nvdisasm cannot read (CUDA 13 dropped sm_70) takes the hot loop
+# of the nearest one it can: Turing's compile of the same source, the same ISA family as Volta.
+SASS_STAND_INS = {"sm_70": "sm_75"}
 
 
 def cache_dir() -> Path:
@@ -70,8 +73,19 @@ def _compiled(family: str, kernel: str, dtype_name: str, arch: str) -> dict:
     from .. import backend, nvrtc, sass
     figures, assumed = {}, []
     try:
-        row = next(r for r in sass.kernel_rows(family, dtype_name, arch) if r["kernel"] == kernel)
-        figures.update(issue_ceiling=row["issue_ceiling"], mma=row["mma"], instructions=row["instructions"])
+        try:
+            row = next(r for r in sass.kernel_rows(family, dtype_name, arch) if r["kernel"] == kernel)
+            figures.update(issue_ceiling=row["issue_ceiling"], mma=row["mma"], instructions=row["instructions"])
+        except sass.SassUnavailable as unreadable:
+            if arch not in SASS_STAND_INS:
+                raise
+            # the stand-in's hot loop, its FMA share judged at this arch's issue rate
+            stand_in = SASS_STAND_INS[arch]
+            row = next(r for r in sass.kernel_rows(family, dtype_name, stand_in) if r["kernel"] == kernel)
+            figures.update(issue_ceiling=sass.issue_ceiling(row, dtype_name, arch), mma=row["mma"],
+                           instructions=row["instructions"])
+            assumed.append(f"hot loop of {stand_in}'s SASS, at {arch}'s FMA rate (no SASS of {arch}: "
+                           f"{_short(unreadable)})")
     except (sass.SassUnavailable, sass.DisassemblyError, nvrtc.NvrtcUnavailable, nvrtc.CompileError,
             StopIteration) as err:
         assumed.append(f"issue ceiling {DEFAULT_ISSUE_CEILING} (FMA pipe) or {DEFAULT_MMA_ISSUE_CEILING} (tensor "
