@@ -244,6 +244,25 @@ def test_plot_series_keep_dtypes_apart():
     assert series_namer(rows[:1])(rows[0]) == "numpy"
 
 
+def test_wgrad_profile_counts_the_steps_a_longer_run_adds(monkeypatch):
+    """A tile's fixed prologue and epilogue traffic (here 1000 wavefronts) is not charged to every
+    FLOP of a short run: the rate is that of the 8 steps (100 wavefronts, 50 FLOPs each) the longer
+    run adds."""
+    from cnn_gpu import backend, emu
+    from cnn_gpu.roofline import traits
+
+    class FakeProfile:
+        def __init__(self, wavefronts):
+            self.sites = [{"kernel": "k", "space": "shared", "wavefronts": wavefronts}]
+            self.kernels = {"k": {"blocks": 1, "blocks_profiled": 1}}
+
+    totals = iter([1000 + 8 * 100, 1000 + 16 * 100])
+    monkeypatch.setattr(emu, "profiling", lambda: contextlib.nullcontext(FakeProfile(next(totals))))
+    monkeypatch.setattr(backend, "why_unavailable", lambda name: "")
+    launch = Launch("conv2d_tc", "k", (1, 1, 1))
+    assert traits._profiled(lambda: (launch, 8 * 50), lambda: (launch, 16 * 50)) == (100 / 50, "")
+
+
 def test_profile_scaling_and_cached_traits(tmp_path, monkeypatch):
     """Shared wavefronts per FLOP from a (faked) profile of some of a launch's blocks, and traits
     cached on disk: a second process-level lookup neither compiles nor profiles again."""
@@ -265,7 +284,7 @@ def test_profile_scaling_and_cached_traits(tmp_path, monkeypatch):
     monkeypatch.setenv("CNN_GPU_CACHE", str(tmp_path))
     monkeypatch.setattr(traits, "_compiled", lambda *a: calls.append("compile") or {
         "registers": 96, "shared_bytes": 4096, "issue_ceiling": 0.75, "assumed": []})
-    monkeypatch.setattr(traits, "_profiled", lambda run: calls.append("profile") or (0.125, ""))
+    monkeypatch.setattr(traits, "_profiled", lambda run, longer=None: calls.append("profile") or (0.125, ""))
     traits.kernel_traits.cache_clear()
     try:
         first = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_small", "float32", "sm_90", ("fprop", "small"))
@@ -273,12 +292,12 @@ def test_profile_scaling_and_cached_traits(tmp_path, monkeypatch):
         again = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_small", "float32", "sm_90", ("fprop", "small"))
         assert first == again == KernelTraits(96, 4096, 0.75, 0.125) and calls == ["compile", "profile"]
         # a profile that saw no shared access of a kernel with shared memory is not believed
-        monkeypatch.setattr(traits, "_profiled", lambda run: (0.0, ""))
+        monkeypatch.setattr(traits, "_profiled", lambda run, longer=None: (0.0, ""))
         traits.kernel_traits.cache_clear()
         blind = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_large", "float32", "sm_90", ("fprop", "large"))
         assert blind.wavefronts_per_flop is None and "recorded no shared access" in blind.assumed[0]
         # ... nor kept on disk: a later profile that sees the accesses is used
-        monkeypatch.setattr(traits, "_profiled", lambda run: (0.25, ""))
+        monkeypatch.setattr(traits, "_profiled", lambda run, longer=None: (0.25, ""))
         traits.kernel_traits.cache_clear()
         seen = traits.kernel_traits("conv2d_fprop", "conv2d_fprop_large", "float32", "sm_90", ("fprop", "large"))
         assert seen.wavefronts_per_flop == 0.25

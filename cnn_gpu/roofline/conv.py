@@ -210,10 +210,11 @@ def profile_variant(plan) -> str:
     return plan.tile + (GATHER if conv_tc.is_gather(plan) else "")
 
 
-def representative_run(pass_name: str, tile, dtype):
+def representative_run(pass_name: str, tile, dtype, images: int = 1):
     """A function that runs the pass's `tile` variant (a name of conv_tc.TILES: the tensor-core
     kernels, for fprop maybe with FLAT: profile_variant) once on the emulator without split-K and
-    returns (its main Launch, its useful FLOPs); the kernel then has whole tiles only."""
+    returns (its main Launch, its useful FLOPs); the kernel then has whole tiles only. `images`
+    times the batch: wgrad's reduction that many times longer over the same tiles."""
     from ..functional.geometry import conv_geometry
     flat, gather = tile.endswith(FLAT), tile.endswith(GATHER)
     tile = tile.removesuffix(FLAT).removesuffix(GATHER)
@@ -221,6 +222,7 @@ def representative_run(pass_name: str, tile, dtype):
     x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else shapes[pass_name]
     if tile in conv_tc.TILES and conv_tc.TILES[tile].bn != conv_tc.TILE_N:   # fprop, dgrad: 3 x 8 x 8 pixels
         x_shape = (3,) + x_shape[1:]   # whole tiles of 96
+    x_shape = (x_shape[0] * images,) + x_shape[1:]
     g = conv_geometry(x_shape, w_shape, 1, padding)
 
     def run():

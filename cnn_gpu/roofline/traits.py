@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .model import DEFAULT_ISSUE_CEILING, DEFAULT_MMA_ISSUE_CEILING, DEFAULT_REGISTERS, KernelTraits
 
-INPUTS_VERSION = 3       # bump when the way the figures are derived changes
+INPUTS_VERSION = 4       # bump when the way the figures are derived changes
 # An arch whose SASS this machine's nvdisasm cannot read (CUDA 13 dropped sm_70) takes the hot loop
 # of the nearest one it can: Turing's compile of the same source, the same ISA family as Volta.
 SASS_STAND_INS = {"sm_70": "sm_75"}
@@ -107,26 +107,34 @@ def _short(err) -> str:
     return text if len(text) <= 90 else text[:87] + "..."
 
 
-def _profiled(run) -> tuple[float | None, str]:
+def _profiled(run, longer=None) -> tuple[float | None, str]:
     """(shared wavefronts per useful FLOP, "") from profiling `run` (representative_run's function:
-    a shape small enough to profile every block) on the emulator, or (None, why not)."""
+    a shape small enough to profile every block) on the emulator, or (None, why not). With `longer`
+    (the same tiles over a longer reduction: wgrad's), the rate of the steps the longer run adds:
+    the main loop's alone, without a tile's fixed prologue and epilogue traffic, which a layer's
+    reduction of hundreds of steps makes negligible but a run of 8 would charge to every FLOP."""
     from .. import backend, emu
     reason = backend.why_unavailable("emu")
     if reason:
         return None, f"no emulator: {reason}"
-    try:
-        with emu.profiling() as prof:
-            launch, flops = run()
-    except (emu.KernelFault, emu.CompileError) as err:   # reported by the emulator's own checks too
-        return None, f"the emulator failed: {_short(err)}"
-    counts = prof.kernels.get(launch.kernel)
-    if not counts or not counts["blocks_profiled"]:
-        return None, f"the emulator's profile has no launch of {launch.kernel}"
-    wavefronts = sum(site["wavefronts"] for site in prof.sites
-                     if site["kernel"] == launch.kernel and site["space"] == "shared")
-    # whole tiles: every block does flops / blocks of the useful work
-    flops_profiled = flops * counts["blocks_profiled"] / counts["blocks"]
-    return wavefronts / flops_profiled, ""
+    measured = []
+    for one in (run, longer) if longer else (run,):
+        try:
+            with emu.profiling() as prof:
+                launch, flops = one()
+        except (emu.KernelFault, emu.CompileError) as err:   # reported by the emulator's own checks too
+            return None, f"the emulator failed: {_short(err)}"
+        counts = prof.kernels.get(launch.kernel)
+        if not counts or not counts["blocks_profiled"]:
+            return None, f"the emulator's profile has no launch of {launch.kernel}"
+        wavefronts = sum(site["wavefronts"] for site in prof.sites
+                         if site["kernel"] == launch.kernel and site["space"] == "shared")
+        # whole tiles: every block does flops / blocks of the useful work
+        measured.append((wavefronts, flops * counts["blocks_profiled"] / counts["blocks"]))
+    if len(measured) == 1:
+        return measured[0][0] / measured[0][1], ""
+    (short_wavefronts, short_flops), (long_wavefronts, long_flops) = measured
+    return (long_wavefronts - short_wavefronts) / (long_flops - short_flops), ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,7 +170,8 @@ def kernel_traits(family: str, kernel: str, dtype_name: str, arch: str, profile:
     per_flop = None
     if profile is not None:
         def profile_figures():   # a zero for a kernel with shared memory is not believed, so not kept
-            value, why = _profiled(representative_run(*profile, dtype_name))
+            longer = representative_run(*profile, dtype_name, images=2) if profile[0] == "wgrad" else None
+            value, why = _profiled(representative_run(*profile, dtype_name), longer)
             return {"wavefronts_per_flop": value, "why": why}, bool(value) or (value == 0 and not shared_bytes)
         profiled = _cached(f"{kernel}-{dtype_name}-profile",
                            _digest(INPUTS_VERSION, source, dtype_name, profile, _emulator_identity()),
