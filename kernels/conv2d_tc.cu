@@ -412,8 +412,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_n96(
 #define TC_TABLE_SLOTS 4
 
 // How wgrad's steady loop loads a lane's 4 words of dy a step (conv_tc.wgrad_dy_path): in one 16-byte
-// vector, in two 8-byte ones (the _pairs kernels: P*Q a multiple of 2 words but not 4), or element by
-// element (the _gather kernels). Steps with pixels past the segment load element by element always.
+// vector, in two 8-byte ones (the _pairs kernel: P*Q a multiple of 2 words but not 4), or element by
+// element (the _gather kernels). The 64-channel tile's warps take 2 of the words (half steps): one
+// 8-byte vector, so its DY_VECTORS kernel serves both vector paths. Steps with pixels past the
+// segment load element by element always.
 enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS };
 
 // The segment of a block's run of (tile, step) pairs that wgrad_segment computes, in shared memory
@@ -469,7 +471,8 @@ __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw
 
 // wgrad of the segment of `run`: block tile run.block_tile (filter columns fastest, then output
 // channels, then groups: dw^T of TC_BN filter columns, the tile's rows, by BN output channels, its
-// columns: 128, or 64 in 2 x 2 warp tiles of 64 x 32), reduction steps [first_step, end_step) of its
+// columns: 128, or 64 in 2 warp tiles of 64 x 64, each step's halves on two warps: MmaTile's
+// K_WARPS = 2), reduction steps [first_step, end_step) of its
 // pixels. With ranks > 1 its FP32 result is partial output `rank`, and the block that finishes the
 // tile's last segment to finish (arrivals[tile] counts them) sums the tile's partials in rank order
 // into dw: the same sum whichever block it is (wgrad_sum_tile). `smem`: the kernel's two
@@ -483,8 +486,9 @@ __device__ __forceinline__ void wgrad_segment(
     unsigned int* __restrict__ arrivals, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int dil_h,
     int dil_w, int groups, int ranks, int dy_image, int dy_channel)
 {
-    using Tile = MmaTile<2, BN>;
+    using Tile = MmaTile<2, BN, BN == 64 ? 2 : 1>;
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
+    constexpr int WARP_WORDS = 2 * Tile::K8S;       // of which the warp's half steps take 4, or 2 (K_WARPS = 2)
 
     const int tid = threadIdx.x;
     const int Cg = C / groups, Kg = K / groups, RS = R * S, CRS = Cg * RS;
@@ -515,7 +519,8 @@ __device__ __forceinline__ void wgrad_segment(
     // dy loader, straight into the warp's B fragments: lane group `group` takes `span` consecutive
     // channels from m0 + warp_col + span * group (its natural ones), rows at one stride (no clamp in
     // the loop), pixels [LANE_PIXELS * t, LANE_PIXELS * (t + 1)) of the step for lane t = in_group,
-    // its chunk word w as b(w % 2) of half step w / 2. A group whose natural channels run past the
+    // its chunk word w as b(w % 2) of half step w / 2 (K_WARPS = 2: the warp's half step k_half, words
+    // 2 k_half and 2 k_half + 1, 8 bytes). A group whose natural channels run past the
     // output starts at Kg - span instead (repeating channels of other lanes, or tiles: only its
     // natural ones are stored). span = NT, or 1 where Kg < NT: each group then reads its natural
     // channel (clamped) into all NT columns and column 0 is stored.
@@ -529,18 +534,26 @@ __device__ __forceinline__ void wgrad_segment(
     const unsigned int lane_stride = span > 1 ? dy_channel : 0;   // from one row of the lane to the next
     // vector loads (16 or 8 bytes: RUN pixels) where each is contiguous (inside one image, or dy
     // channel-major) and aligned
-    constexpr int RUN = DY == DY_PAIRS ? LANE_PIXELS / 2 : LANE_PIXELS;
+    constexpr int RUN = DY == DY_PAIRS || WARP_WORDS == 2 ? LANE_PIXELS / 2 : LANE_PIXELS;
     const bool vector_dy = DY != DY_ELEMENTS && (PQ % RUN == 0 || dy_image == PQ) && dy_channel % RUN == 0 &&
                            ((unsigned long long)dy & (RUN * sizeof(REAL) - 1)) == 0;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
         const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
-        const int lane_pixel = LANE_PIXELS * (tid & 3);   // of lane t = in_group
+        // of lane t = in_group, from the warp's first word
+        const int lane_pixel = LANE_PIXELS * (tid & 3) + (WARP_WORDS == 2 ? 2 * TC_PER_WORD * tile.k_half : 0);
         if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
             const REAL* first_row = dy_lane + (unsigned)table[2][lane_pixel];
-            const int gap = table[2][lane_pixel + RUN] - table[2][lane_pixel];   // DY_PAIRS: words 2, 3 from 0, 1
+            // DY_PAIRS of 4 words: words 2, 3 from 0, 1
+            const int gap = DY == DY_PAIRS && WARP_WORDS == 4 ? table[2][lane_pixel + RUN] - table[2][lane_pixel] : 0;
 #pragma unroll
             for (int nt = 0; nt < Tile::NT; ++nt) {
                 const REAL* row = first_row + (size_t)lane_stride * nt;
+                if (WARP_WORDS == 2) {   // the warp's half step: 8 bytes
+                    const uint2 v = load_operand_pair(row);
+                    b[0][nt][0] = v.x;
+                    b[0][nt][1] = v.y;
+                    continue;
+                }
                 uint4 v;
                 if (DY == DY_VECTORS) {
                     v = load_operand_words(row);
@@ -550,14 +563,14 @@ __device__ __forceinline__ void wgrad_segment(
                 }
                 b[0][nt][0] = v.x;
                 b[0][nt][1] = v.y;
-                b[1][nt][0] = v.z;
-                b[1][nt][1] = v.w;
+                b[Tile::K8S - 1][nt][0] = v.z;   // K8S is 2 here
+                b[Tile::K8S - 1][nt][1] = v.w;
             }
             return;
         }
-        int offsets[LANE_PIXELS];   // -1: past the chunk
+        int offsets[WARP_WORDS * TC_PER_WORD];   // -1: past the chunk
 #pragma unroll
-        for (int i = 0; i < LANE_PIXELS; ++i) offsets[i] = table[2][lane_pixel + i];
+        for (int i = 0; i < WARP_WORDS * TC_PER_WORD; ++i) offsets[i] = table[2][lane_pixel + i];
         const REAL* base = dy_lane;   // the second half of the rows loads after the first (registers)
 #pragma unroll
         for (int nt = 0; nt < Tile::NT; ++nt) {
@@ -565,10 +578,10 @@ __device__ __forceinline__ void wgrad_segment(
 #pragma unroll
                 for (int done = 0; done < nt; ++done)
 #pragma unroll
-                    for (int w = 0; w < 4; ++w) base = pointer_after(base, b[w / 2][done][w % 2]);
+                    for (int w = 0; w < WARP_WORDS; ++w) base = pointer_after(base, b[w / 2][done][w % 2]);
             const REAL* row = register_pointer(base + (size_t)lane_stride * nt);   // read only at offsets >= 0
 #pragma unroll
-            for (int w = 0; w < 4; ++w) {
+            for (int w = 0; w < WARP_WORDS; ++w) {
                 unsigned int v[TC_PER_WORD];
 #pragma unroll
                 for (int e = 0; e < TC_PER_WORD; ++e) {
@@ -639,6 +652,7 @@ __device__ __forceinline__ void wgrad_segment(
     __syncthreads();
     mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
     cp_async_wait_all();
+    tile.reduce_k_halves(reinterpret_cast<float*>(smem));
 
     const WgradOrigin end_at = origin();   // read again: not held through the loop
     const int rank = run.rank;
@@ -703,7 +717,7 @@ __device__ __forceinline__ void wgrad_mma(
 }
 
 // The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
-// the _pairs ones read dy in 8-byte vectors, the _gather ones one element at a time (WgradDy).
+// the _pairs one reads dy in 8-byte vectors, the _gather ones one element at a time (WgradDy).
 #define TC_WGRAD_ARGS                                                                                           \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
         REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, \
@@ -732,10 +746,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pairs(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_PAIRS, false);
-}
-
-extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pairs_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, DY_PAIRS, false);
 }
 
 // Blocks that may meet two tiles (B no multiple of the tiles: stream-K), on the 128-channel tile with

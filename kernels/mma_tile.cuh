@@ -13,7 +13,10 @@
 // A block of 128 threads computes a (64 * WARPS_M) x BN tile of a GEMM output with FP32
 // accumulation. WARPS_M = 2, BN = 128: 2 x 2 warps of 64 x 64 (4 x 8 mma tiles, 128 accumulators
 // per thread), the main tile; WARPS_M = 1 (1 x 4 warps) or BN = 64 (2 x 2 warps): warp tiles of
-// 64 x 32 for GEMMs of 64 rows or columns or fewer. One operand's fragments come from registers,
+// 64 x 32 for GEMMs of 64 rows or columns or fewer. K_WARPS = 2 (WARPS_M = 2, BN = 64: wgrad's
+// 64-channel tile) splits each step between two warps instead: 2 x 1 warp tiles of 64 x 64, warp w
+// taking half step w % 2, the halves summed (reduce_k_halves) before the epilogue. Each fragment
+// read from shared memory then feeds 8 MMAs, as in the main tile, not 4. One operand's fragments come from registers,
 // loaded from global memory in fragment order one step ahead (fprop's and dgrad's A, the filter
 // tiles; wgrad's B, dy), the other's from shared memory by ldmatrix.x4: a 64 x 64 warp tile then
 // moves 64 bytes of shared fragments per mma (half of what an SM's 32 banks deliver per clock, and
@@ -128,28 +131,31 @@ static __device__ __forceinline__ unsigned int operand_word_or_zero(const REAL* 
 // tiles of 64 rows and NT = BN / 8 / (4 / WARPS_M) n tiles (64 x 64 for WARPS_M = 2 and BN = 128,
 // 64 x 32 for WARPS_M = 1 or BN = 64). One operand's fragments come from registers (Fragments:
 // multiply), the other's from a stage of shared memory (rows of TC_PITCH words, by ldmatrix.x4).
-template <int WARPS_M, int BN = TC_BN>
+template <int WARPS_M, int BN = TC_BN, int K_WARPS = 1>
 struct MmaTile {
-    static constexpr int WARPS_N = 4 / WARPS_M, NT = BN / 8 / WARPS_N;
-    using AFragments = unsigned int[2][4][4];    // [k8][m tile][a0..a3]
-    using BFragments = unsigned int[2][NT][2];   // [k8][n tile][b0, b1]
+    static constexpr int WARPS_N = 4 / WARPS_M / K_WARPS, NT = BN / 8 / WARPS_N;
+    static constexpr int K8S = 2 / K_WARPS;        // half steps a warp multiplies
+    using AFragments = unsigned int[K8S][4][4];    // [k8][m tile][a0..a3]
+    using BFragments = unsigned int[K8S][NT][2];   // [k8][n tile][b0, b1]
     float acc[4][NT][4];     // [m tile][n tile][c0..c3]
     int warp_row, warp_col;  // the warp tile's origin in the block tile
+    int k_half;              // K_WARPS = 2: the half step this warp multiplies (else 0)
     int group, in_group;     // lane / 4 and lane % 4: the fragment coordinates of the PTX ISA
     int a_row, b_row;        // this lane's ldmatrix row addresses in a stage of [m][k] or [n][k] rows (in words)
 
     __device__ __forceinline__ void init() {
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        warp_row = (warp / WARPS_N) * 64;
-        warp_col = (warp % WARPS_N) * NT * 8;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tile_warp = warp / K_WARPS;
+        k_half = warp % K_WARPS;
+        warp_row = (tile_warp / WARPS_N) * 64;
+        warp_col = (tile_warp % WARPS_N) * NT * 8;
         group = lane >> 2;
         in_group = lane & 3;
         // (k in words) A, per m tile: matrices (rows 0-7, k 0-3), (rows 8-15, k 0-3), (rows 0-7,
         // k 4-7), (rows 8-15, k 4-7) are a0..a3. B, per pair of n tiles: (n 0-7, k 0-3), (n 0-7,
         // k 4-7), (n 8-15, k 0-3), (n 8-15, k 4-7) are b0, b1 of the first and b0, b1 of the second.
         const int row = lane & 7, matrix = lane >> 3;
-        a_row = (warp_row + row + (matrix & 1) * 8) * TC_PITCH + (matrix >> 1) * 4;
-        b_row = (warp_col + row + (matrix >> 1) * 8) * TC_PITCH + (matrix & 1) * 4;
+        a_row = (warp_row + row + (matrix & 1) * 8) * TC_PITCH + (matrix >> 1) * 4 + k_half * 8;
+        b_row = (warp_col + row + (matrix >> 1) * 8) * TC_PITCH + (matrix & 1) * 4 + k_half * 8;
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
@@ -159,9 +165,10 @@ struct MmaTile {
     }
 
     // acc += A[:, step] * B[step, :]: this warp's A fragments in registers, B's [n][k] rows in `stage`
+    // (its half steps: k8 counts them from the warp's first, k_half)
     __device__ __forceinline__ void multiply(const AFragments& a, const unsigned int* stage) {
 #pragma unroll
-        for (int k8 = 0; k8 < 2; ++k8) {
+        for (int k8 = 0; k8 < K8S; ++k8) {
             unsigned int fb[NT][2];
 #pragma unroll
             for (int pair = 0; pair < NT / 2; ++pair) {
@@ -179,7 +186,7 @@ struct MmaTile {
     // the same with B's fragments in registers and A's [m][k] rows in `stage`
     __device__ __forceinline__ void multiply(const BFragments& b, const unsigned int* stage) {
 #pragma unroll
-        for (int k8 = 0; k8 < 2; ++k8) {
+        for (int k8 = 0; k8 < K8S; ++k8) {
             unsigned int fa[4][4];
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt) ldmatrix_x4(fa[mt], stage + a_row + mt * 16 * TC_PITCH + k8 * 8);
@@ -195,11 +202,40 @@ struct MmaTile {
             for (int nt = 0; nt < NT; ++nt) mma_words(acc[mt][nt], fa[mt], fb[nt]);
     }
 
+    // K_WARPS = 2: the odd warps' sums added into the even warps' (their partners on the same warp
+    // tile), through `scratch` (16 KiB: 64 floats a lane of the odd warps; the stages' memory, after
+    // the main loop's last barrier) in two rounds. Every thread of the block calls it.
+    __device__ __forceinline__ void reduce_k_halves(float* scratch) {
+        if (K_WARPS == 1) return;
+        constexpr int ROUND = 4 * NT * 4 / 2;   // accumulators a round
+        static_assert(K_WARPS == 1 || 4 / K_WARPS * 32 * ROUND <= 2 * TC_STAGE_WORDS, "scratch");
+        float* mine = scratch + (threadIdx.x >> 5) / K_WARPS * ROUND * 32 + (threadIdx.x & 31);
+#pragma unroll
+        for (int round = 0; round < 2; ++round) {
+            if (k_half)
+#pragma unroll
+                for (int i = 0; i < ROUND; ++i) {
+                    const int at = round * ROUND + i;
+                    mine[i * 32] = acc[at / (NT * 4)][at / 4 % NT][at % 4];
+                }
+            __syncthreads();
+            if (!k_half)
+#pragma unroll
+                for (int i = 0; i < ROUND; ++i) {
+                    const int at = round * ROUND + i;
+                    acc[at / (NT * 4)][at / 4 % NT][at % 4] += mine[i * 32];
+                }
+            __syncthreads();
+        }
+    }
+
     // column(n) once per GEMM column this thread holds, then store(m, column's result, value) for
     // each of its accumulators in that column; (m, n) relative to the block tile. c0, c1 sit at
-    // (g, 2t + 0/1) of an mma tile, c2, c3 at (g + 8, 2t + 0/1).
+    // (g, 2t + 0/1) of an mma tile, c2, c3 at (g + 8, 2t + 0/1). K_WARPS = 2: the even warps alone
+    // (after reduce_k_halves).
     template <class Column, class Store>
     __device__ __forceinline__ void for_each(Column column, Store store) const {
+        if (k_half) return;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

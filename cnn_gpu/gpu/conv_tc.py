@@ -68,7 +68,7 @@ CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400}
 DY_PATHS = ("vector", "pairs", "channel_major", "gather")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
 # the _gather kernels' tiles per dtype and their weights for the picker (sm_90 hot loops' MMA issue
-# ceilings: float32 742 and 513 instructions for 128 and 64 HMMAs, float16 644 for 64)
+# ceilings: float32 742 and 511 instructions for 128 and 64 HMMAs, float16 648 for 64)
 GATHER_EFFICIENCY = {np.dtype(np.float32): {"tc": 0.69, "tc_m64": 0.50}, np.dtype(np.float16): {"tc_m64": 0.40}}
 # wgrad's dy where P*Q is a multiple of 2 words but not of 4 (float16's 14x14 layers): the _pairs kernels
 # load a lane's words of a step in two 8-byte vectors, at 0.82-0.84 of the vector loop's 0.88-0.90 MMA
@@ -105,7 +105,7 @@ FLAT_TILES = ("tc", "tc_m64")   # the _flat kernels' tiles
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
 # registers, x from shared memory)
-WGRAD_EFFICIENCY = {"tc": 0.88, "tc_m64": 0.56}
+WGRAD_EFFICIENCY = {"tc": 0.88, "tc_m64": 0.54}
 # wgrad's balanced grids (_choose_wgrad): up to this many whole waves of resident blocks, and the
 # balanced kernel's weight (the least of its sm_90 hot loops' MMA issue ceilings, float32 and float16:
 # the outer loop's registers)
@@ -507,7 +507,9 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     if blocks % wgrad_tiles(g, name):
         kernel = BALANCED_KERNEL
     else:
-        kernel = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL}.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
+        # the 64-channel tile's warps take half steps, 8 bytes of dy a lane: its vector kernel takes pairs too
+        kernels = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL if TILES[name].bm == TILE_N else "conv2d_wgrad_tc"}
+        kernel = kernels.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
     return ConvPlan("wgrad", (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),), tile=name, splits=ranks,
                     dy_path=dy_path)
 
