@@ -105,6 +105,9 @@ def gradcheck(loss, arrays, grads, *, names=None, eps=1e-5, directions=3, elemen
                         [(a, g, _module_of(a).asarray(unit.reshape(a.shape)))])
     if len(checked) > 1:
         compare("joint", "all arrays jointly", [(a, g, random_direction(a)) for a, g, _ in checked])
+    if not count:   # directions=0 on arrays beyond elementwise_limit
+        raise ValueError("gradcheck: nothing was checked (directions=0 and every array has more than "
+                         f"elementwise_limit={elementwise_limit} elements)")
     return GradcheckReport(worst[0], worst[1], count, per_array)
 
 

@@ -133,6 +133,7 @@ static __device__ __forceinline__ unsigned int operand_word_or_zero(const REAL* 
 // multiply), the other's from a stage of shared memory (rows of TC_PITCH words, by ldmatrix.x4).
 template <int WARPS_M, int BN = TC_BN, int K_WARPS = 1>
 struct MmaTile {
+    static_assert(K_WARPS == 1 || (K_WARPS == 2 && WARPS_M == 2), "reduce_k_halves sums pairs of warps");
     static constexpr int WARPS_N = 4 / WARPS_M / K_WARPS, NT = BN / 8 / WARPS_N;
     static constexpr int K8S = 2 / K_WARPS;        // half steps a warp multiplies
     using AFragments = unsigned int[K8S][4][4];    // [k8][m tile][a0..a3]

@@ -109,6 +109,7 @@ def test_without_nproc_drops_only_that_option():
     assert _without_nproc(["--epochs", "2", "--nproc", "4", "--seed=1", "--nproc=3"]) == ["--epochs", "2", "--seed=1"]
     # abbreviated as argparse accepts it
     assert _without_nproc(["--npro", "2", "--epochs=2", "--np=3", "--model", "cnn"]) == ["--epochs=2", "--model", "cnn"]
+    assert _without_nproc(["--n", "2", "--epochs", "1", "--"]) == ["--epochs", "1", "--"]
 
 
 def test_no_other_train_option_starts_like_nproc():

@@ -301,6 +301,24 @@ def test_shared_poison_differs_by_schedule(rng):
     assert len(seen) == 2 and float(x.max()) in seen   # 0xff, 0x7f and 0xc3 (-391.5: hidden too)
 
 
+def test_float_to_int_intrinsics_saturate_as_on_a_gpu():
+    """CUDA defines them for every input (NaN 0, out of range the nearest end): the emulator's used to
+    be plain casts, which fault here since they are undefined in C++."""
+    x = np.array([2.5, -2.5, 3.7, -3.7, np.nan, np.inf, -np.inf, 3e9, -3e9, 5e9, 1e30, -0.0], np.float32)
+    rounded, unsigned_rounded = np.zeros(5 * x.size, np.int32), np.zeros(x.size, np.uint32)
+    module("conversions").get_function("float_to_int_intrinsics")((1,), (32,), (x, rounded, unsigned_rounded,
+                                                                               np.int32(x.size)))
+    wide = x.astype(np.float64)
+
+    def saturated(whole, low, high):
+        return np.where(np.isnan(whole), 0, np.clip(np.nan_to_num(whole, posinf=high, neginf=low), low, high))
+
+    int_range = (-2**31, 2**31 - 1)
+    expected = np.stack([saturated(f(wide), *int_range) for f in (np.rint, np.trunc, np.floor, np.ceil, np.trunc)], 1)
+    np.testing.assert_array_equal(rounded.reshape(-1, 5), expected)
+    np.testing.assert_array_equal(unsigned_rounded, saturated(np.rint(wide), 0, 2**32 - 1))
+
+
 def _pattern_initialises_locals() -> bool:
     build = emu._build
     return build.compiler_accepts(build.compiler(), build.UNINITIALISED_LOCALS_FLAG)

@@ -76,6 +76,9 @@ def test_nothing_to_check_is_an_error_not_a_pass():
         gradcheck(lambda: float(np.sum(x ** 2)), [x], [None])
     with pytest.raises(ValueError, match="no gradient to check"):
         gradcheck(lambda: 0.0, [np.empty(0)], [np.empty(0)])
+    big = np.random.default_rng(5).standard_normal(100)   # beyond elementwise_limit: directions alone
+    with pytest.raises(ValueError, match="nothing was checked"):
+        gradcheck(lambda: float(np.sum(big ** 2)), [big], [np.zeros(100)], directions=0)
 
 
 def test_catches_a_slightly_wrong_gradient():

@@ -331,7 +331,7 @@ def _vector_dy_requests(prof):
 def test_wgrad_loads_dy_in_vectors_where_aligned_and_by_element_elsewhere(dtype):
     """wgrad's dy loader: 16-byte loads where each lane's pixels lie in one image and dy's rows are
     16-byte aligned (P*Q = 64), and where they would straddle two images (P*Q = 49) from the
-    launcher's channel-major copy of dy; pairs of 8-byte loads (the _pairs kernels) where P*Q is a
+    launcher's channel-major copy of dy; pairs of 8-byte loads (the _pairs kernel) where P*Q is a
     multiple of 2 words but not 4 (30 float32 or 36 float16 pixels); one element at a time in the
     _gather kernel (P*Q = 49 with a small filter: the copy would not pay; float16 has the 64-row one
     only, so a forced 128-row tile copies) and where dy starts off a 16- or 8-byte boundary (a view

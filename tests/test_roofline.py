@@ -73,6 +73,9 @@ def test_model_gpu_spec_from_device_properties(monkeypatch):
                    "float32")
     assert est.blocks_per_sm == 2 and est.occupancy_limiter == "shared memory"   # sm_90's 228 KiB gave 5
     assert nvrtc.occupancy("sm_90", 32, 40 * 1024, 256)[1] == 5
+    # a limit the driver does not report (0) stays the arch's (a stand-in of 32 raised L4's 24)
+    props.update(name="NVIDIA L4", major=8, minor=9, max_threads_per_sm=1536, smem_per_sm=102400, max_blocks_per_sm=0)
+    assert roofline.spec("gpu").occupancy_limits().max_blocks_per_sm == nvrtc.ARCH_LIMITS["sm_89"].max_blocks_per_sm
     monkeypatch.setattr(specs, "gpu_properties", lambda: {})
     with pytest.raises(ValueError, match="needs a GPU"):
         roofline.spec("gpu")
@@ -598,7 +601,11 @@ def test_wgrad_of_images_straddling_a_lanes_pixels_models_its_dy_path(monkeypatc
                                                          ((512, 7, 512, 3), "float16", "channel_major"),
                                                          ((512, 7, 512, 1), "float16", "gather"),
                                                          ((512, 8, 64, 3), "float32", "vector"),
-                                                         ((256, 14, 64, 3), "float16", "pairs")):
+                                                         ((256, 14, 64, 3), "float16", "pairs"),
+                                                         # C/G*R*S past PAIRS_MAX_CRS: the 128-channel
+                                                         # tile copies, the 64-channel one loads pairs
+                                                         ((1024, 14, 128, 3), "float16", "channel_major"),
+                                                         ((1024, 14, 64, 3), "float16", "pairs")):
         g = conv_geometry((32, channels, side, side), (outputs, channels, taps, taps), 1, taps // 2)
         assert conv_tc.wgrad_dy_path(g, dtype, H100.sms) == path, (channels, side, outputs, taps, dtype)
         estimates = roofline.model_conv("wgrad", g, dtype, H100, math="tf32")

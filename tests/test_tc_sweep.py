@@ -277,7 +277,7 @@ def test_tc_sweep_reaches_every_plan(kind):
     # fprop over the flattened reduction (few channels per group) and over taps, both tiles
     kernels = {conv_tc.plan_fprop(geometry(kind, cfg), **(cfg["forced"] or {})).main.kernel for cfg in configs}
     assert kernels >= {base + suffix for base in ("conv2d_fprop_tc", conv_tc.FLAT_KERNEL) for suffix in ("", "_m64")}
-    # wgrad's dy in vectors from NCHW, in pairs of 8-byte vectors (the _pairs kernels) and, where a
+    # wgrad's dy in vectors from NCHW, in pairs of 8-byte vectors (the _pairs kernel) and, where a
     # lane's pixels straddle images, by the _gather kernels (float32 with small filters; float16 on
     # the 64-row tile) or from the channel-major copy (float16 on a forced 128-row tile)
     geometries = [geometry(kind, cfg) for cfg in configs]

@@ -131,7 +131,7 @@ def _relaunch_under_mpiexec(args) -> int:
 def _without_nproc(argv):
     """argv without --nproc and its value, as argparse took it: also abbreviated (--npro 2)."""
     def is_nproc(option):   # argparse accepts a unique prefix; no other option's name starts like nproc
-        return len(option) > 3 and "--nproc".startswith(option)
+        return len(option) > 2 and "--nproc".startswith(option)
 
     kept, skip = [], False
     for item in argv:

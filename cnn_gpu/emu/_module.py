@@ -503,8 +503,9 @@ class Kernel:
                 message = (f"{name}: a load or store not aligned to its type (a GPU faults on it: misaligned "
                            f"address), an ldmatrix row that is misaligned or not in shared memory, a shift by "
                            f"the operand's width or more or by a negative count, a floating-point value converted "
-                           f"to an integer type that cannot hold it (NaN, inf, out of range: x86 and a GPU give "
-                           f"different integers, C++ none), or __trap()")
+                           f"to an integer type that cannot hold it (NaN, inf, out of range, or a local never "
+                           f"written, which holds -1.7e38 here: x86 and a GPU give different integers, C++ none; "
+                           f"CUDA's __float2int_* intrinsics saturate), or __trap()")
             overrun = staging.overrun_argument(address) if staging else None
             dynamic = library.state.dynamic_shared or 0
             shared_guard = dynamic + (shared_mem + _build.PAGE - 1) // _build.PAGE * _build.PAGE

@@ -500,14 +500,23 @@ static __forceinline__ int __double2loint(double v) { return (int)(unsigned int)
 static __forceinline__ double __hiloint2double(int hi, int lo) {
     return cnn_gpu_emu_from_bits<double>(((unsigned long long)(unsigned int)hi << 32) | (unsigned int)lo);
 }
-static __forceinline__ int __float2int_rn(float x) { return (int)rintf(x); }
-static __forceinline__ int __float2int_rz(float x) { return (int)x; }
-static __forceinline__ int __float2int_rd(float x) { return (int)floorf(x); }
-static __forceinline__ int __float2int_ru(float x) { return (int)ceilf(x); }
-static __forceinline__ unsigned int __float2uint_rn(float x) { return (unsigned int)rintf(x); }
+/* The PTX ISA's float-to-integer conversions (cvt.rni/rzi/rmi/rpi): NaN gives 0, a value past the
+ * type's range its nearest end. A C++ cast of those is undefined (and faults here), so the
+ * intrinsics saturate first. `whole`: the value already rounded to an integer. */
+static __forceinline__ int cnn_gpu_emu_saturated_int(double whole) {
+    return whole != whole ? 0 : whole <= -2147483648.0 ? -2147483647 - 1 : whole >= 2147483647.0 ? 2147483647 : (int)whole;
+}
+static __forceinline__ unsigned int cnn_gpu_emu_saturated_uint(double whole) {
+    return whole != whole || whole <= 0.0 ? 0u : whole >= 4294967295.0 ? 4294967295u : (unsigned int)whole;
+}
+static __forceinline__ int __float2int_rn(float x) { return cnn_gpu_emu_saturated_int(rintf(x)); }
+static __forceinline__ int __float2int_rz(float x) { return cnn_gpu_emu_saturated_int(truncf(x)); }
+static __forceinline__ int __float2int_rd(float x) { return cnn_gpu_emu_saturated_int(floorf(x)); }
+static __forceinline__ int __float2int_ru(float x) { return cnn_gpu_emu_saturated_int(ceilf(x)); }
+static __forceinline__ unsigned int __float2uint_rn(float x) { return cnn_gpu_emu_saturated_uint(rintf(x)); }
 static __forceinline__ float __int2float_rn(int x) { return (float)x; }
-static __forceinline__ int __double2int_rn(double x) { return (int)rint(x); }
-static __forceinline__ int __double2int_rz(double x) { return (int)x; }
+static __forceinline__ int __double2int_rn(double x) { return cnn_gpu_emu_saturated_int(rint(x)); }
+static __forceinline__ int __double2int_rz(double x) { return cnn_gpu_emu_saturated_int(trunc(x)); }
 static __forceinline__ float __double2float_rn(double x) { return (float)x; }
 
 #define CNN_GPU_EMU_CLASSIFY(name, builtin)                                         \

@@ -70,11 +70,13 @@ GATHER_KERNEL = "conv2d_wgrad_tc_gather"
 # the _gather kernels' tiles per dtype and their weights for the picker (sm_90 hot loops' MMA issue
 # ceilings: float32 742 and 511 instructions for 128 and 64 HMMAs, float16 648 for 64)
 GATHER_EFFICIENCY = {np.dtype(np.float32): {"tc": 0.69, "tc_m64": 0.50}, np.dtype(np.float16): {"tc_m64": 0.40}}
-# wgrad's dy where P*Q is a multiple of 2 words but not of 4 (float16's 14x14 layers): the _pairs kernels
-# load a lane's words of a step in two 8-byte vectors, at 0.82-0.84 of the vector loop's 0.88-0.90 MMA
+# wgrad's dy where P*Q is a multiple of 2 words but not of 4 (float16's 14x14 layers): the _pairs kernel
+# loads a lane's words of a step in two 8-byte vectors, at 0.82-0.84 of the vector loop's 0.88-0.90 MMA
 # issue rate (sm_90 hot loops, float32 and float16), 6-7% of the pass's time. The channel-major copy
 # costs 2 x 4 bytes (float32) or 2 x 2 bytes (float16) a dy element against 2*C/G*R*S FLOPs: at H100's
 # 148 TF32 or 295 FP16 FLOPs per byte, 590 / (C/G*R*S) of the time; it pays from C/G*R*S ~ 9000 on.
+# The 64-channel tile's lanes load 8 bytes in any case (its warps take half steps): pairs cost it
+# nothing, so it never copies for them.
 PAIRS_KERNEL = "conv2d_wgrad_tc_pairs"
 PAIRS_MAX_CRS = 9000
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
@@ -516,7 +518,8 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
 
 def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
     """How wgrad reads dy (DY_PATHS): "vector", 16-byte loads from NCHW (P*Q a multiple of 4
-    words), "pairs", 8-byte loads from NCHW (P*Q a multiple of 2 words, by PAIRS_MAX_CRS); else
+    words), "pairs", 8-byte loads from NCHW (P*Q a multiple of 2 words, by PAIRS_MAX_CRS on the
+    128-channel tile); else
     "channel_major", 16-byte loads from a channel-major copy (K, N*P*Q rounded up to 4 words), or
     "gather", element by element (the _gather kernels): float32 by CHANNEL_MAJOR_MIN_CRS, float16
     by the two paths' costs on a GPU of `sms` SMs (_wgrad_path_clocks), and by the copy where a
@@ -525,7 +528,8 @@ def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
     if (g.P * g.Q) % lane_pixels == 0:
         return "vector"
     crs = (g.C // g.groups) * g.R * g.S
-    if (g.P * g.Q) % (lane_pixels // 2) == 0 and crs < PAIRS_MAX_CRS:
+    narrow = tile == "tc_m64" or (tile is None and g.K // g.groups <= TILES["tc_m64"].bm)
+    if (g.P * g.Q) % (lane_pixels // 2) == 0 and (crs < PAIRS_MAX_CRS or narrow):
         return "pairs"
     if np.dtype(dtype) in CHANNEL_MAJOR_MIN_CRS:
         return "channel_major" if crs >= CHANNEL_MAJOR_MIN_CRS[np.dtype(dtype)] else "gather"

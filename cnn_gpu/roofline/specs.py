@@ -214,7 +214,7 @@ def current_gpu_spec() -> GpuSpec:
         props["l2_bytes"],
         2 * props["memory_clock_khz"] * 1e3 * props["bus_width_bits"] / 8 / 1e9,
         regs_per_sm=props["regs_per_sm"], smem_per_sm=props["smem_per_sm"],
-        max_threads_per_sm=props["max_threads_per_sm"], max_blocks_per_sm=props["max_blocks_per_sm"] or 32,
+        max_threads_per_sm=props["max_threads_per_sm"], max_blocks_per_sm=props["max_blocks_per_sm"],
         own_limits=True,
         source=f"properties of {name} (compute capability {major}.{minor}"
                + ("" if model_arch == arch else f"; kernels modeled as {model_arch}") + ")")

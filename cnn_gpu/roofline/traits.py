@@ -111,8 +111,9 @@ def _profiled(run, longer=None) -> tuple[float | None, str]:
     """(shared wavefronts per useful FLOP, "") from profiling `run` (representative_run's function:
     a shape small enough to profile every block) on the emulator, or (None, why not). With `longer`
     (the same tiles over a longer reduction: wgrad's), the rate of the steps the longer run adds:
-    the main loop's alone, without a tile's fixed prologue and epilogue traffic, which a layer's
-    reduction of hundreds of steps makes negligible but a run of 8 would charge to every FLOP."""
+    the main loop's alone, without a tile's fixed prologue and epilogue traffic (the 64-channel
+    tile's sum of its warps' halves: about 4 steps' worth), small beside a layer's segments of
+    about 100 steps (more than a run of 8 would charge to every FLOP), not modeled."""
     from .. import backend, emu
     reason = backend.why_unavailable("emu")
     if reason:

@@ -1,0 +1,15 @@
+// CUDA's float-to-integer intrinsics, defined for every input: NaN gives 0, out-of-range values
+// saturate (the emulator must not fault on them, as it does on a plain cast of such a value)
+extern "C" __global__ void float_to_int_intrinsics(const float* __restrict__ x, int* __restrict__ rounded,
+                                                   unsigned int* __restrict__ unsigned_rounded, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = x[i];
+    rounded[5 * i] = __float2int_rn(v);
+    rounded[5 * i + 1] = __float2int_rz(v);
+    rounded[5 * i + 2] = __float2int_rd(v);
+    rounded[5 * i + 3] = __float2int_ru(v);
+    rounded[5 * i + 4] = __double2int_rz((double)v);
+    unsigned_rounded[i] = __float2uint_rn(v);
+}
