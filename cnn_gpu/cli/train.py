@@ -340,20 +340,21 @@ def _train(args) -> int:
     if resumed and resumed[2]["epoch"] > settings["epochs"]:
         raise UsageError(f"--epochs {settings['epochs']} is below the {resumed[2]['epoch']} epochs {args.resume} "
                          f"has trained already")
-    if resumed:
-        saved = resumed[2]["settings"]
-        # extending --epochs is the usual reason to resume; any other change is said, not refused
-        changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
-                   if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
-        # not a setting, but it sets the steps of an epoch (the schedule's and the augmentation's)
-        trained_batches = resumed[2].get("max_batches")
-        if "max_batches" in resumed[2] and args.max_batches != trained_batches:
-            changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {trained_batches or 'unset'})")
-        if changed:
-            _say(world.rank == 0, f"note: resuming {args.resume} with {', '.join(changed)}")
     # tf32: training and evaluation alike
     with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
         return _train_in_precision(args, world, resumed, settings)
+
+
+def _changed_on_resume(args, settings: dict, meta: dict) -> list:
+    """The options that differ from the resumed checkpoint's, as "--lr 0.01 (it trained with 0.002)":
+    extending --epochs is the usual reason to resume; any other change is said, not refused."""
+    saved = meta["settings"]
+    changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
+               if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
+    # not a setting, but it sets the steps of an epoch (the schedule's and the augmentation's)
+    if "max_batches" in meta and args.max_batches != meta["max_batches"]:
+        changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {meta['max_batches'] or 'unset'})")
+    return changed
 
 
 def _train_in_precision(args, world, resumed, settings: dict) -> int:
@@ -388,6 +389,9 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     if resumed:
         _restore(model, optimizer, resumed, args.resume)
         _restore_scaler(scaler, resumed[2], args.resume)
+        changed = _changed_on_resume(args, settings, resumed[2])
+        if changed:   # said once the checkpoint has proven loadable, not before a refusal
+            _say(leader, f"note: resuming {args.resume} with {', '.join(changed)}")
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
         start_epoch = resumed[2]["epoch"]
         saved_threads = resumed[2].get("blas_threads")
