@@ -563,7 +563,8 @@ __device__ __forceinline__ void wgrad_segment(
                 }
                 b[0][nt][0] = v.x;
                 b[0][nt][1] = v.y;
-                b[Tile::K8S - 1][nt][0] = v.z;   // K8S is 2 here
+                // K8S is 2 on this path; K8S - 1 keeps the K8S = 1 build's dead copy in bounds (C++14: no if constexpr)
+                b[Tile::K8S - 1][nt][0] = v.z;
                 b[Tile::K8S - 1][nt][1] = v.w;
             }
             return;

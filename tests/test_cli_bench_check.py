@@ -364,17 +364,24 @@ def test_check_of_numpy_runs_float32_against_float64_by_default(capsys):
     assert 0 < float(_table_rows(out, "op ")[0][2]) < 1e-5
 
 
+@contextlib.contextmanager
+def _overridden(name, run):
+    """check runs `run` in place of op `name` inside the block."""
+    check.register_override(name, run)
+    try:
+        yield
+    finally:
+        check.clear_overrides()
+
+
 def test_check_fails_on_a_planted_wrong_op(capsys):
     def wrong_conv(inputs, cfg, be):
         out = check.OPS["conv2d"].run(inputs, cfg, be)
         out["dweight"] = out["dweight"] * (1 + 1e-3)
         return out
 
-    check.register_override("conv2d", wrong_conv)
-    try:
+    with _overridden("conv2d", wrong_conv):
         code, out, err = _check(capsys, "--device", "numpy", "--quick", "--ops", "conv2d,relu")
-    finally:
-        check.clear_overrides()
     assert code == 1
     rows = {r[0]: r for r in _table_rows(out, "op ")}
     assert rows["conv2d"][-1] == "FAIL" and rows["relu"][-1] == "PASS"
@@ -389,11 +396,8 @@ def test_check_fails_on_a_planted_nan():
         out["dx"].reshape(-1)[-1] = np.nan
         return out
 
-    check.register_override("relu", nan_relu)
-    try:
+    with _overridden("relu", nan_relu):
         result = next(check.check_ops("numpy", ["relu"], mode="quick"))
-    finally:
-        check.clear_overrides()
     assert not result.passed
     assert result.error == np.inf and "dx" in result.worst
     assert check.relative_error(np.array([1.0, np.nan]), np.array([1.0, 2.0])) == np.inf
@@ -408,11 +412,8 @@ def test_check_fails_an_op_that_writes_into_its_input():
         inputs["dy"][...] = out["dx"]
         return out
 
-    check.register_override("relu", clobbering_relu)
-    try:
+    with _overridden("relu", clobbering_relu):
         result = next(check.check_ops("numpy", ["relu"], mode="quick"))
-    finally:
-        check.clear_overrides()
     assert not result.passed and "the op wrote into its input dy" in result.failure
 
 

@@ -353,7 +353,8 @@ def _changed_on_resume(args, settings: dict, meta: dict) -> list:
                if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
     # not a setting, but it sets the steps of an epoch (the schedule's and the augmentation's)
     if "max_batches" in meta and args.max_batches != meta["max_batches"]:
-        changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {meta['max_batches'] or 'unset'})")
+        trained = meta["max_batches"] or "unset"
+        changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {trained})")
     return changed
 
 

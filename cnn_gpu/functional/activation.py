@@ -23,8 +23,15 @@ def _leaky_factor(x, slope):
     return np.take(np.array([slope, 1], dtype=x.dtype), (x > 0).view(np.int8))
 
 
+def relu_in_place(y):
+    """torch.relu's rule on a NumPy array, in place: 0 where y < 0, y elsewhere (NaN and -0.0 pass;
+    a max with 0 would turn -0.0 into 0.0). Also the fused ReLU of conv2d and batch_norm."""
+    np.copyto(y, 0, where=y < 0)
+    return y
+
+
 _FORWARD = {
-    "relu": lambda x, _: np.where(x < 0, np.zeros((), x.dtype), x),
+    "relu": lambda x, _: relu_in_place(x.copy()),
     "leaky_relu": lambda x, slope: x * _leaky_factor(x, slope),
     "sigmoid": lambda x, _: _sigmoid(x),
     "tanh": lambda x, _: np.tanh(x),

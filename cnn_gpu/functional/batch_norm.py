@@ -20,6 +20,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
+from .activation import relu_in_place
 
 ACTIVATIONS = (None, "relu")
 
@@ -51,7 +52,7 @@ def _numpy_forward(x, mean, invstd, weight, bias, relu):
     if bias is not None:
         y += bias.reshape(shape)
     if relu:
-        np.copyto(y, 0, where=y < 0)   # as F.relu
+        relu_in_place(y)
     return y
 
 

@@ -40,6 +40,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import backend as _backend, precision
 from . import _checks
 from ._float16 import takes_float16
+from .activation import relu_in_place
 from .geometry import ConvGeometry, as_batch, conv_geometry, conv_transpose_geometry
 
 ACTIVATIONS = (None, "relu")
@@ -587,7 +588,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     if be == "numpy":
         y = _forward(*_tf32_operands(x, weight), bias, g)
         if activation == "relu":
-            np.copyto(y, 0, where=y < 0)
+            relu_in_place(y)
         return _unbatched(y, unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
     return _unbatched(_gpu_fprop(be, x, weight, bias, g, activation=activation), unbatched)
