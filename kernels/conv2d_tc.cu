@@ -48,7 +48,10 @@
 //   chunk's last, partial step, or from a misaligned dy). The
 //   x loader gives each thread 4 filter columns (decoded once, one mask bit test per element) and 4
 //   words of the step, stored as [filter column][word] rows (the A tile; the table already holds x's
-//   pixels in the permuted order).
+//   pixels in the permuted order). The _rows kernel's loader (3-tap filter rows at column stride and
+//   dilation 1) gives each lane a filter row (c, r) over 4 words of consecutive pixels of one output
+//   row instead: a pixel's tap s + 1 is the next pixel's tap s, so 6 (TF32) or 10 (FP16) loads make
+//   its 12 words (WgradTapRowLoader).
 //
 // GEMM rows or columns past the output (a partial block tile) are computed from clamped or
 // zeroed operands and never stored; reduction entries past the end are zero in both operands.
@@ -469,6 +472,153 @@ __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw
     }
 }
 
+// wgrad's x loaders fill the A tile's stage for a step: init(tile, state) once per segment, then
+// fetch(table, state, R) a step's values of x into registers (table: the step's slot of the pixel
+// table) and store(stage) them, one step ahead (mma_main_loop_registers). `state`: the thread's
+// 16 bytes of shared memory for what a loader keeps out of registers; R: the filter's rows.
+// What they know of a block tile: x at its group's first channel, the tile's first filter column
+// n0, and the filter's shape (a column is (c, r, s), RS = R * S of them a channel).
+struct WgradXTile {
+    const REAL* x;
+    int n0, CRS, RS, R, S, HW, W, dil_h, dil_w;
+};
+
+// wgrad's x loader, a filter column at a time: each thread takes filter columns n0 + lane + 32 i
+// (i < 4; the last column for those past the end), decoded once, and shared columns x_k .. x_k + 3
+// of the step (x_k = 4 warp: a quarter of the step per warp), one value per element and one mask
+// bit test, the table's pixels already in the step's permuted order. Four 16-byte stores a step.
+struct WgradColumnLoader {
+    const REAL* x_column[4];
+    unsigned int words[4][4];   // [filter column i][shared column x_k + j]
+    int x_col, x_k;             // the lane, and the warp's first shared column
+
+    // `state`: the columns' filter row and column bits (in shared memory: registers are scarce)
+    __device__ __forceinline__ void init(const WgradXTile& t, uint4& state) {
+        x_col = keep_in_register(threadIdx.x & 31);
+        x_k = keep_in_register((threadIdx.x >> 5) * 4);
+        unsigned int taps[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int column = min(t.n0 + x_col + 32 * i, t.CRS - 1);
+            const int c = column / t.RS, r = (column - c * t.RS) / t.S, s = column - c * t.RS - r * t.S;
+            x_column[i] = register_pointer(t.x + (c * t.HW + r * t.dil_h * t.W + s * t.dil_w));
+            taps[i] = (1u << r) | (1u << (t.R + s));
+        }
+        state = make_uint4(taps[0], taps[1], taps[2], taps[3]);
+    }
+
+    __device__ __forceinline__ void fetch(const int (*table)[TC_DEPTH], uint4 state, int) {
+        const unsigned int tap_bits[4] = {state.x, state.y, state.z, state.w};
+        int origins[4 * TC_PER_WORD];
+        unsigned int inside[4 * TC_PER_WORD];
+#pragma unroll
+        for (int u = 0; u < TC_PER_WORD; ++u) {
+            const int4 origin = *(const int4*)&table[0][x_k * TC_PER_WORD + 4 * u];
+            const int4 taps = *(const int4*)&table[1][x_k * TC_PER_WORD + 4 * u];
+            origins[4 * u] = origin.x, origins[4 * u + 1] = origin.y, origins[4 * u + 2] = origin.z;
+            origins[4 * u + 3] = origin.w;
+            inside[4 * u] = taps.x, inside[4 * u + 1] = taps.y, inside[4 * u + 2] = taps.z, inside[4 * u + 3] = taps.w;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                unsigned int v[TC_PER_WORD];
+#pragma unroll
+                for (int e = 0; e < TC_PER_WORD; ++e) {
+                    const int at = j * TC_PER_WORD + e;
+                    v[e] = (~inside[at] & tap_bits[i]) == 0 ? load_widened(x_column[i] + origins[at]) : 0u;
+                }
+                words[i][j] = operand_word_of_widened(v);
+            }
+    }
+
+    __device__ __forceinline__ void store(unsigned int* stage) const {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            *(uint4*)(stage + (x_col + 32 * i) * TC_PITCH + x_k) =
+                make_uint4(words[i][0], words[i][1], words[i][2], words[i][3]);
+    }
+};
+
+// wgrad's x loader for filters of S = 3 at column stride and dilation 1 where each run of GROUP =
+// 4 words of a step's pixels lies in one output row (Q a multiple of GROUP: the launcher's
+// conv_tc.tap_rows_supported): there one pixel's tap s + 1 is the next pixel's tap s, so a filter
+// row (c, r) over a group reads SPAN = GROUP + 2 values of x for its 3 x GROUP elements. Lane l of
+// warp w takes group a = l % 4 (step words 4a .. 4a + 3) of
+//   - the filter row of tile rows first + 3 (8 w + l / 4) + (0, 1, 2): the tile's 96 filter
+//     columns from its first at s = 0 (first < 3) are 32 whole rows;
+//   - and the one of the other 32 columns at tile row (first + 96 + 8 w + l / 4) % 128,
+// (past the end: the last row, the last column), 16 words a step as the column loader. A group's
+// words lie in shared columns a, a + 4, a + 8, a + 12 (the step's permutation): a 4-byte store
+// each, and a warp's stores, lanes 4 j + a at rows 3 j apart (or 1: the other columns) and pitch 20
+// words, meet 32 different banks. The group's tap mask (table[1] of its first pixel) holds, past
+// the filter rows' R bits, one bit per x column of its SPAN values (conv_tc._tap_masks).
+struct WgradTapRowLoader {
+    static constexpr int GROUP = 4 * TC_PER_WORD;   // pixels of a lane's group
+    static constexpr int SPAN = GROUP + 2;          // x values of a filter row over them
+    const REAL* x_row;      // x of the filter row's (c, r) at tap 0
+    int column_delta;       // and of the other column at its tap, from x_row (one 64-bit pointer)
+    int row_at, column_at;  // their first words in a stage (tile row x TC_PITCH + a)
+    // the bits 1 << r of the two's filter rows r in a tap mask, and the place of the other column's
+    // tap bit R + s, less 1 (registers: in shared memory they would cost a tenth of the loop's
+    // shared wavefronts)
+    unsigned int row_bit, column_row_bit, column_shift;
+    unsigned int row_words[3][4], column_words[4];   // [tap][word of the group], [word of the group]
+
+    __device__ __forceinline__ void init(const WgradXTile& t, uint4&) {
+        const int lane = threadIdx.x & 31, a = lane & 3, j = 8 * (threadIdx.x >> 5) + (lane >> 2);
+        const int first = (3 - t.n0 % 3) % 3, row = first + 3 * j, column = (first + 96 + j) % TC_BN;
+        const int row_column = min(t.n0 + row, t.CRS - 3), other = min(t.n0 + column, t.CRS - 1);
+        const int c = row_column / t.RS, r = (row_column - c * t.RS) / 3;
+        const int c1 = other / t.RS, r1 = (other - c1 * t.RS) / 3, s1 = other - c1 * t.RS - r1 * 3;
+        x_row = register_pointer(t.x + (c * t.HW + r * t.dil_h * t.W));
+        column_delta = (c1 - c) * t.HW + (r1 - r) * t.dil_h * t.W + s1;
+        row_at = row * TC_PITCH + a;
+        column_at = column * TC_PITCH + a;
+        row_bit = 1u << r;
+        column_row_bit = 1u << r1;
+        column_shift = t.R + s1 - 1;
+    }
+
+    __device__ __forceinline__ void fetch(const int (*table)[TC_DEPTH], uint4, int R) {
+        const int first_pixel = (threadIdx.x & 3) * TC_PER_WORD;   // of group a: step word 4a, in shared column a
+        const int origin = table[0][first_pixel];
+        const unsigned int mask = table[1][first_pixel];
+        // bit o + 1: the group's value o (x column o past its window origin) inside, in the row's
+        // row (from bit 1: R2P then turns bits into predicates without P0, which the loop holds)
+        unsigned int inside = mask & row_bit ? mask >> (R - 1) : 0u;
+        // the group's addresses from one (a pointer per load otherwise, made under each load's predicate)
+        const REAL* row = register_pointer(x_row + origin);
+        unsigned int v[SPAN];
+#pragma unroll
+        for (int o = 0; o < SPAN; ++o) v[o] = inside >> (o + 1) & 1 ? load_widened(row + o) : 0u;
+        // tap s of word w: values s + TC_PER_WORD w .. (tap s + 1 of w is tap s of w + 1: one word)
+#pragma unroll
+        for (int s = 0; s < 3; ++s)
+#pragma unroll
+            for (int w = 0; w < 4; ++w) row_words[s][w] = operand_word_at(v, s + TC_PER_WORD * w);
+        inside = mask & column_row_bit ? mask >> column_shift : 0u;
+        const REAL* column = register_pointer(row + column_delta);
+        unsigned int u[GROUP];
+#pragma unroll
+        for (int o = 0; o < GROUP; ++o) u[o] = inside >> (o + 1) & 1 ? load_widened(column + o) : 0u;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) column_words[w] = operand_word_at(u, TC_PER_WORD * w);
+    }
+
+    __device__ __forceinline__ void store(unsigned int* stage) const {
+        // word w of the group in shared column a + 4 (w % 2) + 8 (w / 2)
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const int at = 4 * (w % 2) + 8 * (w / 2);
+#pragma unroll
+            for (int s = 0; s < 3; ++s) stage[row_at + s * TC_PITCH + at] = row_words[s][w];
+            stage[column_at + at] = column_words[w];
+        }
+    }
+};
+
 // wgrad of the segment of `run`: block tile run.block_tile (filter columns fastest, then output
 // channels, then groups: dw^T of TC_BN filter columns, the tile's rows, by BN output channels, its
 // columns: 128, or 64 in 2 warp tiles of 64 x 64, each step's halves on two warps: MmaTile's
@@ -476,11 +626,12 @@ __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw
 // pixels. With ranks > 1 its FP32 result is partial output `rank`, and the block that finishes the
 // tile's last segment to finish (arrivals[tile] counts them) sums the tile's partials in rank order
 // into dw: the same sum whichever block it is (wgrad_sum_tile). `smem`: the kernel's two
-// stages of x, `pixels` the slots of the pixel table's steps, `column_taps` per-thread state kept in
-// shared memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy).
-template <int BN, WgradDy DY>
+// stages of x, `pixels` the slots of the pixel table's steps, `loader_state` the x loader's per-thread
+// state kept in shared memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy); XLoader: how x does
+// (WgradColumnLoader, WgradTapRowLoader).
+template <int BN, WgradDy DY, class XLoader>
 __device__ __forceinline__ void wgrad_segment(
-    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
+    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&loader_state)[TC_THREADS],
     WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
     const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials,
     unsigned int* __restrict__ arrivals, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int dil_h,
@@ -537,10 +688,13 @@ __device__ __forceinline__ void wgrad_segment(
     constexpr int RUN = DY == DY_PAIRS || WARP_WORDS == 2 ? LANE_PIXELS / 2 : LANE_PIXELS;
     const bool vector_dy = DY != DY_ELEMENTS && (PQ % RUN == 0 || dy_image == PQ) && dy_channel % RUN == 0 &&
                            ((unsigned long long)dy & (RUN * sizeof(REAL) - 1)) == 0;
+    // of lane t = in_group, from the warp's first word; kept in a register by the 64-channel tile's
+    // vector kernels (NVRTC would rebuild it every step: 6 instructions a loop; in the others it
+    // makes the loop longer)
+    const int lane_first = LANE_PIXELS * (tid & 3) + (WARP_WORDS == 2 ? 2 * TC_PER_WORD * tile.k_half : 0);
+    const int lane_pixel = WARP_WORDS == 2 && DY != DY_ELEMENTS ? keep_in_register(lane_first) : lane_first;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
         const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
-        // of lane t = in_group, from the warp's first word
-        const int lane_pixel = LANE_PIXELS * (tid & 3) + (WARP_WORDS == 2 ? 2 * TC_PER_WORD * tile.k_half : 0);
         if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
             const REAL* first_row = dy_lane + (unsigned)table[2][lane_pixel];
             // DY_PAIRS of 4 words: words 2, 3 from 0, 1
@@ -594,55 +748,12 @@ __device__ __forceinline__ void wgrad_segment(
         }
     };
 
-    // x loader (the A tile, [filter column][word] rows): filter columns n0 + x_col + 32*i (the last
-    // column for those past the end), decoded once, and shared columns x_k .. x_k + 3 of the step
-    // (one quarter of the step per warp)
-    const int x_col = tid & 31, x_k = (tid >> 5) * 4;
-    const REAL* x_column[4];
-    unsigned int taps[4];   // the filter row and column bits of each, kept in column_taps (registers are scarce)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int column = min(n0 + x_col + 32 * i, CRS - 1);
-        const int c = column / RS, r = (column - c * RS) / S, s = column - c * RS - r * S;
-        x_column[i] = register_pointer(x + ((g * Cg + c) * HW + r * dil_h * W + s * dil_w));
-        taps[i] = (1u << r) | (1u << (R + s));
-    }
-    column_taps[tid] = make_uint4(taps[0], taps[1], taps[2], taps[3]);
-
-    unsigned int x_next[4][4];   // operand words
-    auto fetch = [&](int step) {
-        const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
-        const uint4 bits = column_taps[tid];
-        const unsigned int tap_bits[4] = {bits.x, bits.y, bits.z, bits.w};
-        int origins[4 * TC_PER_WORD];
-        unsigned int inside[4 * TC_PER_WORD];
-#pragma unroll
-        for (int u = 0; u < TC_PER_WORD; ++u) {
-            const int4 origin = *(const int4*)&table[0][x_k * TC_PER_WORD + 4 * u];
-            const int4 taps = *(const int4*)&table[1][x_k * TC_PER_WORD + 4 * u];
-            origins[4 * u] = origin.x, origins[4 * u + 1] = origin.y, origins[4 * u + 2] = origin.z;
-            origins[4 * u + 3] = origin.w;
-            inside[4 * u] = taps.x, inside[4 * u + 1] = taps.y, inside[4 * u + 2] = taps.z, inside[4 * u + 3] = taps.w;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                unsigned int v[TC_PER_WORD];
-#pragma unroll
-                for (int e = 0; e < TC_PER_WORD; ++e) {
-                    const int at = j * TC_PER_WORD + e;
-                    v[e] = (~inside[at] & tap_bits[i]) == 0 ? load_widened(x_column[i] + origins[at]) : 0u;
-                }
-                x_next[i][j] = operand_word_of_widened(v);
-            }
-    };
+    // x loader: the A tile, [filter column][word] rows (XLoader)
+    XLoader x_loader;
+    x_loader.init(WgradXTile{x + g * Cg * HW, n0, CRS, RS, R, S, HW, W, dil_h, dil_w}, loader_state[tid]);
+    auto fetch = [&](int step) { x_loader.fetch(pixels[step % TC_TABLE_SLOTS], loader_state[tid], R); };
     auto store = [&](int step) {
-        unsigned int* stage = smem + (step & 1) * TC_STAGE_WORDS;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-            *(uint4*)(stage + (x_col + 32 * i) * TC_PITCH + x_k) =
-                make_uint4(x_next[i][0], x_next[i][1], x_next[i][2], x_next[i][3]);
+        x_loader.store(smem + (step & 1) * TC_STAGE_WORDS);
         copy_table(step + 2);
         cp_async_wait<1>();   // step + 1's table, read after the step's barrier
     };
@@ -681,9 +792,9 @@ __device__ __forceinline__ void wgrad_segment(
 // (stream-K). A tile's segments are partial outputs 0, 1, ... in step order, summed in that order by
 // the block that finishes the last of them (wgrad_segment); `ranks`, their most over the tiles (1: no
 // partials). The launcher keeps B >= tiles (a run meets two tiles at most) and work x B below 2^63.
-template <int BN, WgradDy DY, bool BALANCED>
+template <int BN, WgradDy DY, bool BALANCED, class XLoader>
 __device__ __forceinline__ void wgrad_mma(
-    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&column_taps)[TC_THREADS],
+    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&loader_state)[TC_THREADS],
     WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
     REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, int H,
     int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image,
@@ -709,8 +820,8 @@ __device__ __forceinline__ void wgrad_mma(
         }
         __syncthreads();
         if (run.block_tile < 0) return;
-        wgrad_segment<BN, DY>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, arrivals, N, C, H, W,
-                              K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
+        wgrad_segment<BN, DY, XLoader>(smem, pixels, loader_state, run, dy, x, pixel_table, dw, partials, arrivals, N,
+                                       C, H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
         if (!BALANCED) return;
         k = run.segment;   // before the barrier: thread 0 rewrites it after
         __syncthreads();   // every thread has read the segment
@@ -718,7 +829,8 @@ __device__ __forceinline__ void wgrad_mma(
 }
 
 // The wgrad kernels: block tiles of 128 output channels, and of 64 (_m64) for layers of 64 or fewer;
-// the _pairs one reads dy in 8-byte vectors, the _gather ones one element at a time (WgradDy).
+// the _pairs one reads dy in 8-byte vectors, the _gather ones one element at a time (WgradDy); the
+// _rows one x by filter rows (WgradTapRowLoader), the others by filter columns.
 #define TC_WGRAD_ARGS                                                                                           \
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
         REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, \
@@ -727,32 +839,40 @@ __device__ __forceinline__ void wgrad_mma(
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
 // would straddle images in NCHW.
-// A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width and dy path.
-// pixels: TC_TABLE_SLOTS steps of the pixel table; column_taps: each thread's 4 filter columns' tap bits
-#define TC_WGRAD_BODY(BN, DY, BALANCED)                                                                       \
+// A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width, dy path and x loader.
+// pixels: TC_TABLE_SLOTS steps of the pixel table; loader_state: the x loader's per-thread state
+#define TC_WGRAD_BODY(BN, DY, BALANCED, XLOADER)                                                              \
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                           \
     __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                         \
-    __shared__ uint4 column_taps[TC_THREADS];                                                                 \
+    __shared__ uint4 loader_state[TC_THREADS];                                                                \
     __shared__ WgradRun run;                                                                                  \
-    wgrad_mma<BN, DY, BALANCED>(smem, pixels, column_taps, run, dy, x, pixel_table, dw, partials, arrivals, N, C, \
-                                H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel)
+    wgrad_mma<BN, DY, BALANCED, XLOADER>(smem, pixels, loader_state, run, dy, x, pixel_table, dw, partials,    \
+                                         arrivals, N, C, H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks,    \
+                                         dy_image, dy_channel)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, DY_VECTORS, false);
+    TC_WGRAD_BODY(128, DY_VECTORS, false, WgradColumnLoader);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, DY_VECTORS, false);
+    TC_WGRAD_BODY(64, DY_VECTORS, false, WgradColumnLoader);
+}
+
+// The 64-channel tile with x by filter rows: 3-tap filters at column stride and dilation 1, Q a
+// multiple of 4 words (conv_tc.tap_rows_supported). ResNet's 64-channel 3x3 layers, whose 64-column
+// tiles make the x loader the loop's bottleneck (about half the SASS loop by filter columns).
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_rows_m64(TC_WGRAD_ARGS) {
+    TC_WGRAD_BODY(64, DY_VECTORS, false, WgradTapRowLoader);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pairs(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, DY_PAIRS, false);
+    TC_WGRAD_BODY(128, DY_PAIRS, false, WgradColumnLoader);
 }
 
 // Blocks that may meet two tiles (B no multiple of the tiles: stream-K), on the 128-channel tile with
 // dy in vectors
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_balanced(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, DY_VECTORS, true);
+    TC_WGRAD_BODY(128, DY_VECTORS, true, WgradColumnLoader);
 }
 
 // dy one element at a time: where a channel-major copy of dy would cost more than it saves
@@ -762,10 +882,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_bala
 // partials anyway, or too small to pay for the copy's launch.
 #if !REAL_IS_HALF
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(128, DY_ELEMENTS, false);
+    TC_WGRAD_BODY(128, DY_ELEMENTS, false, WgradColumnLoader);
 }
 #endif
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_gather_m64(TC_WGRAD_ARGS) {
-    TC_WGRAD_BODY(64, DY_ELEMENTS, false);
+    TC_WGRAD_BODY(64, DY_ELEMENTS, false, WgradColumnLoader);
 }

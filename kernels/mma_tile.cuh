@@ -127,6 +127,15 @@ static __device__ __forceinline__ unsigned int operand_word_or_zero(const REAL* 
 
 #define TC_DEPTH (TC_BK * TC_PER_WORD)                  // reduction indices of a step
 
+// The operand word of widened values v[first], v[first + 1], ... (TC_PER_WORD of them)
+template <int N>
+static __device__ __forceinline__ unsigned int operand_word_at(const unsigned int (&v)[N], int first) {
+    unsigned int word[TC_PER_WORD];
+#pragma unroll
+    for (int e = 0; e < TC_PER_WORD; ++e) word[e] = v[first + e];
+    return operand_word_of_widened(word);
+}
+
 // The 4 warps of a block tile of 64 * WARPS_M rows and BN columns: WARPS_M x (4 / WARPS_M) warp
 // tiles of 64 rows and NT = BN / 8 / (4 / WARPS_M) n tiles (64 x 64 for WARPS_M = 2 and BN = 128,
 // 64 x 32 for WARPS_M = 1 or BN = 64). One operand's fragments come from registers (Fragments:
@@ -156,6 +165,9 @@ struct MmaTile {
         // k 4-7), (n 8-15, k 0-3), (n 8-15, k 4-7) are b0, b1 of the first and b0, b1 of the second.
         const int row = lane & 7, matrix = lane >> 3;
         a_row = (warp_row + row + (matrix & 1) * 8) * TC_PITCH + (matrix >> 1) * 4 + k_half * 8;
+        // kept in a register by the K_WARPS = 2 tile, whose loop NVRTC would otherwise make rebuild it
+        // every step (7 instructions a loop); the 128 x 128 wgrad tile would spill (float16, sm_80)
+        if (K_WARPS == 2) a_row = keep_in_register(a_row);
         b_row = (warp_col + row + (matrix >> 1) * 8) * TC_PITCH + (matrix & 1) * 4 + k_half * 8;
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt)

@@ -258,11 +258,15 @@ def test_tensor_core_kernels_have_no_race():
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     stream_k = dict(tile="tc", blocks=5)   # blocks that meet two tiles
     assert conv_tc.plan_wgrad(g, **stream_k).main.kernel == conv_tc.BALANCED_KERNEL
+    # 3x3 at Q = 8: the 64-channel tile reads x by filter rows (the _rows kernel), in both dtypes
+    assert all(conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64").main.kernel == conv_tc.TAP_ROWS_KERNEL
+               for dtype in (np.float32, np.float16))
     with emu.checking(schedule="random", seed=4, race=True):
         for tile in conv_tc.WGRAD_EFFICIENCY:
             conv_tc.wgrad("emu", dy, x, g, splits=3, tile=tile)
         streamed = conv_tc.wgrad("emu", dy, x, g, **stream_k)
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, dy_path="gather")
+        conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, tile="tc_m64")
     # in forward order the block that meets both tiles is not the one that sums its second tile:
     # another block reads what it released in its second segment
     for schedule in ("forward", "reverse"):
@@ -400,6 +404,71 @@ def test_wgrad_dy_rows_of_partial_channel_tiles(dtype):
             assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), (kg, tile, dy_path)
 
 
+# (x shape, filter shape, row stride, padding, row dilation, groups, splits) of the _rows kernel's
+# test: every tile phase (tiles of 128 filter columns start at s = 0, 2, 1: 261 columns), R of 1, 2,
+# 3 and 5, x columns left and right of the image (padding 0-2 each way), partial channel tiles
+# (Kg 5, 40 and 70 on the 64-channel tile), 1-3 splits, a run of pixels that ends an image mid-step
+ROWS_LAYERS = [((2, 29, 5, 12), (70, 29, 3, 3), 1, (1, 1), 1, 1, 2),
+               ((1, 12, 9, 6), (40, 6, 2, 3), 2, (0, 0), 2, 2, 3),
+               ((2, 3, 7, 10), (5, 3, 5, 3), 1, (2, 2), 1, 1, 1),
+               ((3, 10, 4, 4), (64, 10, 1, 3), 1, (0, 1), 1, 1, 2)]
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_by_filter_rows_matches_the_column_loader_bit_for_bit(dtype, monkeypatch):
+    """The _rows kernel reads x by filter rows (a row's 3 taps over a lane's 4 words of pixels from
+    6 or 10 loads, ROWS_LAYERS' geometries) into the same A tile as the 64-channel column loader,
+    so its dw is bit-identical to that kernel's, and within the oracle's bound."""
+    from test_conv_float16 import assert_within_bound, exact
+    rng = np.random.default_rng(44)
+    lane_pixels = conv_tc.step_depth(dtype) // 4
+    for x_shape, w_shape, stride, padding, dilation, groups, splits in ROWS_LAYERS:
+        x_shape = x_shape[:3] + (x_shape[3] + lane_pixels - 4,)   # Q, 4 or 12 (+ pw twice - 2): 8 or 16 for float16
+        g = conv_geometry(x_shape, w_shape, stride=(stride, 1), padding=padding, dilation=(dilation, 1),
+                          groups=groups)
+        assert conv_tc.tap_rows_supported(g, dtype), g
+        x, w, dy = (rng.standard_normal(shape).astype(dtype) for shape in (g.x_shape, g.w_shape, g.y_shape))
+        plan = conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64", splits=splits)
+        assert plan.main.kernel == conv_tc.TAP_ROWS_KERNEL
+        dw = conv_tc.wgrad("emu", dy, x, g, tile="tc_m64", splits=splits)
+        with monkeypatch.context() as patch:
+            patch.setattr(conv_tc, "tap_rows_supported", lambda *args: False)
+            assert conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64", splits=splits).main.kernel == "conv2d_wgrad_tc_m64"
+            by_columns = conv_tc.wgrad("emu", dy, x, g, tile="tc_m64", splits=splits)
+        assert dw.tobytes() == by_columns.tobytes(), g
+        kw = dict(bias=False, stride=(stride, 1), padding=padding, dilation=(dilation, 1), groups=groups)
+        if dtype == np.float16:
+            (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, **kw)
+            assert_within_bound(dw, want, scale, g.N * g.P * g.Q + 2, f"wgrad by rows {g}")
+        else:
+            ops = [round_to_tf32(a).astype(np.float64) for a in (dy, x, w)]
+            want = F.conv2d_backward(*ops, backend="numpy", **kw)[1]
+            scale = F.conv2d_backward(*(np.abs(a) for a in ops), backend="numpy", **kw)[1]
+            assert np.all(np.abs(dw - want) <= 2e-6 * (scale + 1.0)), g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_reads_x_by_filter_rows_where_a_lanes_pixels_share_an_output_row(dtype):
+    """The planner runs the _rows kernel for 3-tap filter rows at column stride and dilation 1 where Q
+    is a multiple of a lane's pixels (4 words): ResNet's 64-channel 3x3 layer at 56x56; the
+    64-channel column loader where any of these fails, or the tap masks lack the bits of a run's x
+    columns (R + 2 + a lane's pixels > 32)."""
+    lane_pixels = conv_tc.step_depth(dtype) // 4
+    layer = conv_geometry((128, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert conv_tc.plan_wgrad(layer, dtype=dtype).main.kernel == conv_tc.TAP_ROWS_KERNEL
+    others = [conv_geometry((2, 64, 56, 56), (64, 64, 3, 3), stride=(1, 2), padding=1),
+              conv_geometry((2, 64, 56, 56), (64, 64, 3, 3), padding=2, dilation=(1, 2)),
+              conv_geometry((2, 64, 56, 56), (64, 64, 3, 5), padding=(1, 2)),
+              conv_geometry((2, 64, 14, lane_pixels + 2), (64, 64, 3, 3), padding=1),
+              conv_geometry((2, 4, 40, 8), (64, 4, 33 - 2 - lane_pixels, 3), padding=(0, 1))]
+    for g in others:
+        assert not conv_tc.tap_rows_supported(g, dtype), g
+        assert conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64").main.kernel != conv_tc.TAP_ROWS_KERNEL
+    edge = conv_geometry((2, 4, 40, 8), (64, 4, 32 - 2 - lane_pixels, 3), padding=(0, 1))
+    assert conv_tc.tap_rows_supported(edge, dtype)
+
+
 def test_wgrad_ranks_bound_the_segments_of_every_tile():
     """wgrad_ranks against a walk of the runs kernels/conv2d_tc.cu's wgrad_mma gives the blocks:
     each tile's segments are partial outputs 0, 1, ... in step order, at most wgrad_ranks of them
@@ -501,7 +570,9 @@ def test_tf32_plans_split_small_grids_and_not_large_ones():
     assert conv_tc.plan_fprop(narrow).tile == "tc_m64" and conv_tc.plan_fprop(large).tile == "tc"
     assert conv_tc.plan_fprop(narrow).main.kernel == "conv2d_fprop_tc_m64"
     assert conv_tc.plan_dgrad(narrow, tile="tc").main.kernel == "conv2d_dgrad_tc"
-    assert conv_tc.plan_wgrad(narrow).main.kernel == "conv2d_wgrad_tc_m64" and wgrad.tile == "tc"
+    assert conv_tc.plan_wgrad(narrow).main.kernel == conv_tc.TAP_ROWS_KERNEL and wgrad.tile == "tc"
+    narrow_1x1 = conv_geometry((128, 64, 56, 56), (64, 64, 1, 1))
+    assert conv_tc.plan_wgrad(narrow_1x1).main.kernel == "conv2d_wgrad_tc_m64"
     with pytest.raises(ValueError, match="tile must be"):
         conv_tc.plan_fprop(narrow, tile="large")
 
@@ -579,8 +650,8 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
     assert set(rows) == {"conv2d_fprop_tc", "conv2d_fprop_tc_m64", "conv2d_fprop_tc_flat", "conv2d_fprop_tc_flat_m64",
                          "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
                          "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64", "conv2d_wgrad_tc_pairs",
-                         conv_tc.BALANCED_KERNEL, conv_tc.GATHER_KERNEL + "_m64", "conv2d_fprop_tc_n96",
-                         "conv2d_dgrad_tc_n96"}
+                         conv_tc.BALANCED_KERNEL, conv_tc.GATHER_KERNEL + "_m64", conv_tc.TAP_ROWS_KERNEL,
+                         "conv2d_fprop_tc_n96", "conv2d_dgrad_tc_n96"}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
         per_step = 32 if name.endswith("_m64") else 48 if name.endswith("_n96") else 64
@@ -593,8 +664,8 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
 @pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
 def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
     """WGRAD_EFFICIENCY, the picker's weight of each wgrad tile, is the least of its float32 and
-    float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), and BALANCED_EFFICIENCY the
-    balanced kernel's likewise, so a faster or slower loop cannot leave the picker weighing stale
+    float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), and BALANCED_EFFICIENCY and
+    TAP_ROWS_EFFICIENCY the balanced and _rows kernels' likewise, so a faster or slower loop cannot leave the picker weighing stale
     figures."""
     from cnn_gpu import roofline
     spec = roofline.spec("h100")
@@ -603,9 +674,11 @@ def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
         ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
                     for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
         assert weight == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
-    balanced = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", conv_tc.BALANCED_KERNEL, dtype, "sm_90"),
-                                           spec, pipe) for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
-    assert conv_tc.BALANCED_EFFICIENCY == pytest.approx(min(balanced), abs=0.005), balanced
+    for kernel, weight in ((conv_tc.BALANCED_KERNEL, conv_tc.BALANCED_EFFICIENCY),
+                           (conv_tc.TAP_ROWS_KERNEL, conv_tc.TAP_ROWS_EFFICIENCY)):
+        ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
+                    for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
+        assert weight == pytest.approx(min(ceilings), abs=0.005), (kernel, ceilings)
 
 
 def test_tile_picker_weights_are_the_sm_90_issue_ceilings():
@@ -694,7 +767,9 @@ def test_wgrad_pixel_table_is_cached_and_describes_every_pixel(dtype, layer):
             h0, w0 = p * sh - ph, q * sw - pw
             assert origin == n * g.C * g.H * g.W + h0 * g.W + w0
             expected = sum(1 << r for r in range(g.R) if 0 <= h0 + r * dh < g.H)
-            expected |= sum(1 << (g.R + s) for s in range(g.S) if 0 <= w0 + s * dw < g.W)
+            # past the S taps, the x columns of the _rows kernel's runs of pixels, as far as 32 bits go
+            columns = max(g.S, min(conv_tc.COLUMN_RUN_BITS, 32 - g.R))
+            expected |= sum(1 << (g.R + s) for s in range(columns) if 0 <= w0 + s * dw < g.W)
             assert (int(taps) & 0xFFFFFFFF, dy_at) == (expected, n * dy_image + p * g.Q + q)
 
 

@@ -586,6 +586,19 @@ def test_flat_fprop_plans_are_profiled_on_the_flat_kernels():
         assert launch.kernel == kernel and flops == 2 * 128 * 128 * 8 * 16
 
 
+@pytest.mark.skipif(bool(__import__("cnn_gpu").backend.why_unavailable("emu")), reason="no emulator")
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_by_filter_rows_is_profiled_on_the_rows_kernel(dtype):
+    """ResNet's 64-channel 3x3 wgrad runs the _rows kernel; the model profiles that kernel (its own
+    shared stores and table reads) on whole tiles: a 1x3 filter's 384 filter columns, 8x8 pixels."""
+    from cnn_gpu.gpu import conv_tc
+    from cnn_gpu.roofline import conv as roofline_conv
+    layer = conv_geometry((128, 64, 56, 56), (64, 64, 3, 3), 1, 1)
+    assert roofline_conv.profile_variant(conv_tc.plan_wgrad(layer, dtype=dtype)) == "tc_m64_rows"
+    launch, flops = roofline_conv.representative_run("wgrad", "tc_m64_rows", dtype)()
+    assert launch.kernel == conv_tc.TAP_ROWS_KERNEL and flops == 2 * 128 * 384 * 2 * 8 * 8
+
+
 def test_wgrad_of_images_straddling_a_lanes_pixels_models_its_dy_path(monkeypatch):
     """7x7 outputs (P*Q = 49, no multiple of 4 words): with a large filter (float32: C/G*R*S past
     conv_tc.CHANNEL_MAJOR_MIN_CRS; float16: where the copy costs less than the slower gather loop)

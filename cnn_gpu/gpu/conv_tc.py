@@ -82,6 +82,14 @@ PAIRS_MAX_CRS = 9000
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
 # in 16-byte vectors
 BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
+# wgrad's x by filter rows (the _rows kernel, on the 64-channel tile with dy in vectors): filters of
+# 3 taps a row at column stride and dilation 1, where a lane's 4 words of pixels lie in one output
+# row (tap_rows_supported). A filter row (c, r) then reads 6 (TF32) or 10 (FP16) values of x for
+# its 12 operand words of a step, not 12 or 24; its weight for the picker is its sm_90 hot loops'
+# least MMA issue ceiling, float32 and float16.
+TAP_ROWS_KERNEL = "conv2d_wgrad_tc_rows_m64"
+TAP_ROWS_EFFICIENCY = 0.65
+COLUMN_RUN_BITS = 10   # the tap masks' column bits: 2 + 4 FP16 words of pixels (_tap_masks)
 FLOAT32_ONLY_KERNELS = (GATHER_KERNEL,)   # not in the float16 build
 
 
@@ -232,6 +240,15 @@ def fprop_steps(g, depth: int, flat: bool) -> int:
 def is_flat(plan) -> bool:
     """Whether an fprop plan runs over the flattened reduction."""
     return plan.main.kernel.startswith(FLAT_KERNEL)
+
+
+def tap_rows_supported(g, dtype) -> bool:
+    """Whether wgrad of `g` may read x by filter rows (TAP_ROWS_KERNEL): S = 3 at column stride and
+    dilation 1, Q a multiple of a lane's pixels (4 words: each run of them in one output row), and
+    the tap masks' bits for the run's 2 + 4 words of x columns past the R filter rows."""
+    lane_pixels = step_depth(dtype) // 4
+    return (g.S == 3 and g.stride[1] == 1 and g.dilation[1] == 1 and g.Q % lane_pixels == 0
+            and g.R + lane_pixels + 2 <= MAX_TAP_BITS)
 
 
 def is_gather(plan) -> bool:
@@ -504,7 +521,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     tile_steps = wgrad_tile_steps(g, dtype)
     dy_path = dy_path or wgrad_dy_path(g, dtype, sms, tile, blocks)
     balanced = dy_path in ("vector", "channel_major")
-    weights = GATHER_EFFICIENCY[np.dtype(dtype)] if dy_path == "gather" else None
+    weights = GATHER_EFFICIENCY[np.dtype(dtype)] if dy_path == "gather" else _wgrad_weights(g, dtype)
     _, name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced, weights)
     if blocks % wgrad_tiles(g, name):
         kernel = BALANCED_KERNEL
@@ -512,8 +529,16 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
         # the 64-channel tile's warps take half steps, 8 bytes of dy a lane: its vector kernel takes pairs too
         kernels = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL if TILES[name].bm == TILE_N else "conv2d_wgrad_tc"}
         kernel = kernels.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
+        if kernel == "conv2d_wgrad_tc_m64" and tap_rows_supported(g, dtype):
+            kernel = TAP_ROWS_KERNEL
     return ConvPlan("wgrad", (Launch("conv2d_tc", kernel, (blocks, 1, 1), (THREADS, 1, 1)),), tile=name, splits=ranks,
                     dy_path=dy_path)
+
+
+def _wgrad_weights(g, dtype) -> dict:
+    """The picker's weights of wgrad's tiles with dy in vectors or pairs (the _rows kernel's on the
+    64-channel tile where it runs)."""
+    return {**WGRAD_EFFICIENCY, "tc_m64": TAP_ROWS_EFFICIENCY} if tap_rows_supported(g, dtype) else WGRAD_EFFICIENCY
 
 
 def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
@@ -744,13 +769,16 @@ def _pixel_table(xp, g, tap_masks, dy_image, depth):
 
 def _tap_masks(xp, g):
     """(row_taps[P], col_taps[Q]) as uint32: bit r of row_taps[p] set when filter row r of output
-    row p falls inside the input, bit R + s of col_taps[q] likewise for filter column s."""
+    row p falls inside the input, bit R + s of col_taps[q] likewise for filter column s, and on
+    past the filter's S columns to COLUMN_RUN_BITS columns (as far as 32 bits go): the _rows
+    kernel's test of the x columns a lane's run of pixels reads (tap_rows_supported)."""
     def masks(out, taps, stride, pad, dilation, size, shift):
         at = xp.arange(out)[:, None] * stride - pad + xp.arange(taps)[None, :] * dilation
         inside = ((at >= 0) & (at < size)).astype(np.uint64)
         return (inside << (xp.arange(taps, dtype=np.uint64) + shift)[None, :]).sum(axis=1).astype(np.uint32)
+    columns = max(g.S, min(COLUMN_RUN_BITS, MAX_TAP_BITS - g.R))
     return (masks(g.P, g.R, g.stride[0], g.padding[0], g.dilation[0], g.H, 0),
-            masks(g.Q, g.S, g.stride[1], g.padding[1], g.dilation[1], g.W, g.R))
+            masks(g.Q, columns, g.stride[1], g.padding[1], g.dilation[1], g.W, g.R))
 
 
 def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):

@@ -199,14 +199,21 @@ REPRESENTATIVE_FLOAT16 = {**REPRESENTATIVE, "fprop": ((2, 32, 8, 8), (128, 32, 3
 FLAT = "_flat"
 REPRESENTATIVE_FLAT = ((2, 8, 11, 11), (128, 8, 4, 4), 0)
 GATHER = "_gather"   # wgrad reading dy element by element (conv_tc's _gather kernels), same shape
+# wgrad reading x by filter rows (conv_tc.TAP_ROWS_KERNEL): a 1 x 3 filter, whose 384 filter columns
+# are 3 whole tiles, over 8 x 8 pixels (rows of a lane's 4 or 8 pixels)
+ROWS = "_rows"
+REPRESENTATIVE_ROWS = ((2, 128, 8, 8), (128, 128, 1, 3), (0, 1))
 
 
 def profile_variant(plan) -> str:
     """The representative_run variant of a tensor-core plan's main kernel: its tile, with FLAT for
     fprop over the flattened reduction, GATHER for wgrad's _gather kernels (wgrad's _pairs and
-    balanced kernels share the regular kernel's shared-memory traffic and take its run)."""
+    balanced kernels share the regular kernel's shared-memory traffic and take its run), ROWS for
+    wgrad's x by filter rows."""
     if conv_tc.is_flat(plan):
         return plan.tile + FLAT
+    if plan.main.kernel == conv_tc.TAP_ROWS_KERNEL:
+        return plan.tile + ROWS
     return plan.tile + (GATHER if conv_tc.is_gather(plan) else "")
 
 
@@ -216,10 +223,10 @@ def representative_run(pass_name: str, tile, dtype, images: int = 1):
     returns (its main Launch, its useful FLOPs); the kernel then has whole tiles only. `images`
     times the batch: wgrad's reduction that many times longer over the same tiles."""
     from ..functional.geometry import conv_geometry
-    flat, gather = tile.endswith(FLAT), tile.endswith(GATHER)
-    tile = tile.removesuffix(FLAT).removesuffix(GATHER)
+    flat, gather, rows = tile.endswith(FLAT), tile.endswith(GATHER), tile.endswith(ROWS)
+    tile = tile.removesuffix(FLAT).removesuffix(GATHER).removesuffix(ROWS)
     shapes = REPRESENTATIVE_FLOAT16 if np.dtype(dtype) == np.float16 else REPRESENTATIVE
-    x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else shapes[pass_name]
+    x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else REPRESENTATIVE_ROWS if rows else shapes[pass_name]
     if tile in conv_tc.TILES and conv_tc.TILES[tile].bn != conv_tc.TILE_N:   # fprop, dgrad: 3 x 8 x 8 pixels
         x_shape = (3,) + x_shape[1:]   # whole tiles of 96
     x_shape = (x_shape[0] * images,) + x_shape[1:]
