@@ -755,7 +755,7 @@ def _pixel_table(xp, g, tap_masks, dy_image, depth):
     p, q = at // g.Q, at % g.Q
     row_taps, col_taps = tap_masks
     origin = image * (g.C * g.H * g.W) + (p * g.stride[0] - g.padding[0]) * g.W + q * g.stride[1] - g.padding[1]
-    taps = (row_taps[p] | col_taps[q]).view(np.int32)   # R + S <= 32 bits
+    taps = (row_taps[p] | col_taps[q]).view(np.int32)   # the masks fill 32 bits at most (_tap_masks)
     table = xp.empty((steps, 3, depth), dtype=np.int32)
     per_word = depth // TILE_K
     t = xp.arange(depth)
