@@ -285,6 +285,10 @@ def test_tc_sweep_reaches_every_plan(kind):
         paths = {conv_tc.wgrad_dy_path(g, dtype, tile=(cfg["forced"] or {}).get("tile"))
                  for g, cfg in zip(geometries, configs) if conv_tc.wgrad_supported(g)}
         assert paths >= {"vector", "pairs"} | straddling, (dtype, paths)
+    # wgrad reading x by filter rows (the _rows kernel: 3-tap rows at column stride 1, Q a multiple
+    # of 4 TF32 pixels); float16's needs Q a multiple of 8, which its own tests cover
+    assert any(conv_tc.plan_wgrad(g).main.kernel == conv_tc.TAP_ROWS_KERNEL for g in geometries
+               if conv_tc.wgrad_supported(g))
     assert sum(cfg["forced"] is None for cfg in configs) >= SWEEP // len(FORCED)
     # dgrad's stride phases: every stride in both dimensions, phases that no tap reaches
     for axis in (0, 1):
