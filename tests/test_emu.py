@@ -2,7 +2,9 @@
 reported, arguments are checked by CuPy's rules, and the test kernels also compile with NVRTC."""
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -373,6 +375,82 @@ def test_dynamic_shared_memory_overrun_is_reported(shared_floats):
     if shared_floats == 1024:
         assert info.value.thread == (1023, 0, 0)
         assert info.value.source.startswith(at_line("buffer[threadIdx.x + 1] ="))
+
+
+STATIC_SHARED_KERNELS = ("static_shared_offset", "template_shared_offset")
+
+
+def _static_shared_args(name, x, y, offset, store=True):
+    return (x, y, np.int32(offset)) + ((np.int32(store),) if name == "static_shared_offset" else ())
+
+
+@pytest.mark.parametrize("race", [False, True])
+@pytest.mark.parametrize("name", STATIC_SHARED_KERNELS)
+def test_static_shared_arrays_in_bounds_run_clean(name, race, rng):
+    x = rng.standard_normal(256).astype(np.float32)
+    y = np.zeros_like(x)
+    bugs().get_function(name)((2,), (128,), _static_shared_args(name, x, y, 0), race=race, schedule="random", seed=5)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("race", [False, True])   # after the block (canaries) / at the store (instrumented)
+@pytest.mark.parametrize("name, offset, place", [
+    ("static_shared_offset", 1, "byte 0 past the end of __shared__ array first (in static_shared_offset)"),
+    ("static_shared_offset", -1, "4 bytes before the start of __shared__ array first"),
+    ("template_shared_offset", 1,
+     "byte 0 past the end of __shared__ array values (in through_template_array<128>(float, int))"),
+])
+def test_a_store_out_of_a_static_shared_array_is_reported(name, offset, place, race, rng):
+    """Each static __shared__ array has a guard zone on either side: the store does not land
+    silently in the next array."""
+    x = rng.standard_normal(256).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=r"write at " + re.escape(place)) as info:
+        bugs().get_function(name)((2,), (128,), _static_shared_args(name, x, np.zeros_like(x), offset), race=race)
+    assert info.value.kind == "shared memory overrun"
+    if race:
+        assert info.value.thread == ((127 if offset > 0 else 0), 0, 0)
+        snippet = "first[store ? t + offset" if name == "static_shared_offset" else "values[(int)threadIdx.x + offset]"
+        assert info.value.source.startswith(at_line(snippet))
+
+
+@pytest.mark.parametrize("offset, place", [(1, "byte 0 past the end of"), (-2, "8 bytes before the start of")])
+def test_a_load_out_of_a_static_shared_array_is_reported_by_the_instrumented_build(offset, place, rng):
+    """The plain build checks the zones' canaries after each block, so it sees stores only; the
+    instrumented one (race=True, profiles) checks every access."""
+    x = rng.standard_normal(256).astype(np.float32)
+    args = _static_shared_args("static_shared_offset", x, np.zeros_like(x), offset, store=False)
+    with pytest.raises(emu.KernelFault, match=r"read at " + re.escape(place) + " __shared__ array first") as info:
+        bugs().get_function("static_shared_offset")((2,), (128,), args, race=True)
+    assert info.value.thread == ((127 if offset > 0 else 0), 0, 0)
+    assert info.value.source.startswith(at_line("first[store ? t : t + offset]"))
+
+
+def test_guard_false_leaves_the_static_shared_guard_zones_unchecked(rng):
+    x = rng.standard_normal(256).astype(np.float32)
+    y = np.zeros_like(x)
+    bugs().get_function("static_shared_offset")((2,), (128,), _static_shared_args("static_shared_offset", x, y, 1),
+                                                guard=False)
+    np.testing.assert_array_equal(y[129:256], x[128:255])   # each thread read its neighbour's element
+
+
+@pytest.mark.parametrize("name", ["planted_bugs", "lambda_template_shared"])
+def test_every_static_shared_array_lies_between_guard_zones(name):
+    from cnn_gpu.emu import _build, _module
+    library = module(name)._library(False)
+    state = library.state
+    count = (state.static_shared_guards_end - state.static_shared_guards) // 16
+    table = np.ctypeslib.as_array((ctypes.c_ulonglong * (2 * count)).from_address(state.static_shared_guards))
+    zones = [(state.static_shared_begin + offset, size) for offset, size in table.reshape(count, 2).tolist()]
+    module_address, symbols = _module._data_symbols(str(library.path))
+    shift = library.state_address - module_address
+    arrays = sorted((start + shift, size) for start, size, _ in symbols
+                    if state.static_shared_begin <= start + shift < state.static_shared_end and size)
+    assert len(arrays) >= 3 and len(zones) == len(arrays) + 1
+    assert zones[0][0] == state.static_shared_begin
+    for (start, size), (zone_before, before_size), (zone_after, after_size) in zip(arrays, zones, zones[1:]):
+        assert zone_before + before_size <= start and zone_after == start + size
+        assert before_size >= _build.SHARED_GUARD_BYTES and after_size >= _build.SHARED_GUARD_BYTES
+    assert zones[-1][0] + zones[-1][1] == state.static_shared_end
 
 
 def test_divergent_barrier_is_a_fault():

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
 ABI_HEADER = HERE / "emu_abi.h"
 RUNTIME_SOURCE = HERE / "emu_runtime.cpp"
-GLUE_VERSION = "1"  # bump when the generated glue changes meaning
+GLUE_VERSION = "2"  # bump when the generated glue changes meaning
 
 # Largest dynamic shared memory a launch can ask for (H100's opt-in limit is 227 KB).
 DYNAMIC_SHARED_CAPACITY = 57 * 4096
@@ -208,7 +208,7 @@ def translate_options(options) -> Options:
 
 
 # Flags of kernel modules only: one section per static, so that the shared-section linker script
-# (SHARED_SECTION_SCRIPT) can gather every function-local __shared__ array; and a load or store not
+# (shared_section_script) can gather every function-local __shared__ array; and a load or store not
 # aligned to its type (a float4 at an odd float) traps (SIGILL), as a GPU faults with "misaligned
 # address" where x86 would just do it. So do a shift by the operand's width or more (x86 takes the
 # count mod 32 or 64, a GPU's shift clamps it) and a float converted to an integer type that cannot
@@ -347,24 +347,66 @@ def _included_files(source: str, include_dir: Path | None, search: list[Path], s
     return found
 
 
-# Every __shared__ array in one section, so that the runtime can poison, race-check and profile it.
-# GCC ignores the section attribute of the statics of templates and inline functions: they go to
-# .bss._ZZ<function><name> sections, or, for a template instantiated with a lambda's (local) type,
-# to plain .bss unless the module is compiled with -fdata-sections (MODULE_FLAGS), which gives every
-# static its own .bss._ZZ section. The linker gathers those too, and marks the bounds itself (it
-# defines __start_/__stop_ only for sections some input section is named after). Any zero-initialised
-# function-local static counts as shared memory this way; CUDA's other kind, a function-scope
-# `static __device__` variable, would be poisoned per block too (the kernels here have none).
-SHARED_SECTION_SCRIPT = """SECTIONS
-{
-  cnn_gpu_emu_shared : {
-    PROVIDE_HIDDEN(__start_cnn_gpu_emu_shared = .);
-    *(cnn_gpu_emu_shared) *(.bss._ZZ*)
-    PROVIDE_HIDDEN(__stop_cnn_gpu_emu_shared = .);
-  }
-}
-INSERT AFTER .data;
-"""
+# Every __shared__ array in one output section, so that the runtime can poison, race-check and profile
+# it, with a guard zone before each array and after the last: the runtime fills the zones with canary
+# bytes at every block and faults on one it finds changed, or at once on an access into one in the
+# instrumented build, so that an index past an array's end does not silently read or write the next
+# array. cuda_emu.h gives each array a section of its own (cnn_gpu_emu_shared.<n>); GCC ignores the
+# section attribute of the statics of templates and inline functions: they go to .bss._ZZ<function>
+# <name> sections, or, for a template instantiated with a lambda's (local) type, to plain .bss unless
+# the module is compiled with -fdata-sections (MODULE_FLAGS), which gives every static its own
+# .bss._ZZ section. The script names each section the object holds (_object_sections), as a wildcard
+# would place them back to back. Any zero-initialised function-local static counts as shared memory
+# this way; CUDA's other kind, a function-scope `static __device__` variable, would be poisoned per
+# block too (the kernels here have none). The zones' (offset, bytes) pairs go to a table the module
+# state points at.
+SHARED_GUARD_BYTES = 1024   # past an array's end: a row of 256 floats
+SHARED_GUARD_ALIGN = 64     # a zone runs on to here, the next array's start (most align to 16)
+
+
+def _is_shared_section(name: str) -> bool:
+    return name.startswith("cnn_gpu_emu_shared.") or name.startswith(".bss._ZZ")
+
+
+def _object_sections(path: Path) -> list[str]:
+    """The section names of an ELF64 little-endian object file, in order."""
+    data = path.read_bytes()
+    offset, = struct.unpack_from("<Q", data, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+    header = lambda i: struct.unpack_from("<IIQQQQIIQQ", data, offset + i * entry_size)   # noqa: E731
+    if count == 0:          # 0xff00 sections or more: the count is section 0's size, the index its link
+        count = header(0)[5]
+    if names_index == 0xFFFF:
+        names_index = header(0)[6]
+    names_at = header(names_index)[4]
+
+    def name(i):
+        start = names_at + header(i)[0]
+        return data[start:data.index(b"\0", start)].decode()
+
+    return [name(i) for i in range(count)]
+
+
+def shared_section_script(sections: list[str]) -> str:
+    """The link's script: the shared arrays' sections `sections` in one output section with guard
+    zones around them, and the zones' table."""
+    names = list(dict.fromkeys(name for name in sections if _is_shared_section(name)))
+    lines = ["SECTIONS", "{", "  cnn_gpu_emu_shared : {", "    HIDDEN(__start_cnn_gpu_emu_shared = .);"]
+
+    def guard(i):
+        lines.append(f"    HIDDEN(cnn_gpu_emu_guard_{i} = .); . += {SHARED_GUARD_BYTES}; "
+                     f". = ALIGN({SHARED_GUARD_ALIGN}); HIDDEN(cnn_gpu_emu_guard_end_{i} = .);")
+
+    guard(0)
+    for i, name in enumerate(names, 1):
+        lines.append(f"    *({name})")
+        guard(i)
+    lines += ["    *(cnn_gpu_emu_shared.*) *(.bss._ZZ*)", "    HIDDEN(__stop_cnn_gpu_emu_shared = .);", "  }",
+              "  cnn_gpu_emu_shared_guards : ALIGN(8) {", "    HIDDEN(__start_cnn_gpu_emu_shared_guards = .);"]
+    lines += [f"    QUAD(cnn_gpu_emu_guard_{i} - __start_cnn_gpu_emu_shared); "
+              f"QUAD(cnn_gpu_emu_guard_end_{i} - cnn_gpu_emu_guard_{i});" for i in range(len(names) + 1)]
+    lines += ["    HIDDEN(__stop_cnn_gpu_emu_shared_guards = .);", "  }", "}", "INSERT AFTER .data;", ""]
+    return "\n".join(lines)
 
 
 def _glue(kernels: dict[str, list[str]], dynamic_names: list[str], metadata: str) -> str:
@@ -375,9 +417,14 @@ def _glue(kernels: dict[str, list[str]], dynamic_names: list[str], metadata: str
         f'cnn_gpu_emu_dynamic_shared_storage[{DYNAMIC_SHARED_CAPACITY + PAGE}];',
         'extern char __start_cnn_gpu_emu_shared[] __attribute__((weak, visibility("hidden")));',
         'extern char __stop_cnn_gpu_emu_shared[] __attribute__((weak, visibility("hidden")));',
+        'extern const unsigned long long __start_cnn_gpu_emu_shared_guards[] __attribute__((weak, '
+        'visibility("hidden")));',
+        'extern const unsigned long long __stop_cnn_gpu_emu_shared_guards[] __attribute__((weak, '
+        'visibility("hidden")));',
         '__attribute__((visibility("hidden"))) cnn_gpu_emu_module_state cnn_gpu_emu_module = {',
         '    nullptr, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, __start_cnn_gpu_emu_shared, __stop_cnn_gpu_emu_shared,',
-        f'    cnn_gpu_emu_dynamic_shared_storage, {DYNAMIC_SHARED_CAPACITY}ULL}};',
+        f'    cnn_gpu_emu_dynamic_shared_storage, {DYNAMIC_SHARED_CAPACITY}ULL,',
+        '    __start_cnn_gpu_emu_shared_guards, __stop_cnn_gpu_emu_shared_guards};',
         '__attribute__((visibility("default"))) cnn_gpu_emu_module_state* cnn_gpu_emu_module_state_of() {',
         '    return &cnn_gpu_emu_module; }',
         f'__attribute__((visibility("default"))) const char* cnn_gpu_emu_metadata() {{ return {json.dumps(metadata)}; }}',
@@ -413,8 +460,8 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     transformed = _PRAGMA_UNROLL.sub(lambda m: f"{m.group(1)}CNN_GPU_EMU_UNROLL({m.group(2) or 32})", transformed)
     digest = hashlib.sha256()
     parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
-             HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(), SHARED_SECTION_SCRIPT,
-             transformed]
+             HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(),
+             shared_section_script(["cnn_gpu_emu_shared.0"]), transformed]
     search = [Path(flag[2:]) for flag in opts.defines if flag.startswith("-I")]
     parts += [p.read_text() for p in _included_files(source, include_dir, search)]
     for part in parts:
@@ -434,11 +481,11 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     def compile_to(temp: Path) -> None:
         generated, obj, script = temp.with_suffix(".cpp"), temp.with_suffix(".o"), temp.with_suffix(".ld")
         generated.write_text(text)
-        script.write_text(SHARED_SECTION_SCRIPT)
         try:
             # compile and link apart: linking with -fsanitize=thread would pull in libtsan
             _run([cxx, *flags, *opts.defines, *includes, "-c", "-x", "c++", str(generated), "-o", str(obj)],
                  f"compiling {display_name} for the emulator")
+            script.write_text(shared_section_script(_object_sections(obj)))
             _run([cxx, "-shared", str(obj), f"-Wl,-T,{script}", "-o", str(temp)],
                  f"linking {display_name} for the emulator")
         finally:

@@ -50,7 +50,8 @@ class _ModuleState(ctypes.Structure):
     _fields_ = [("current", ctypes.c_void_p), ("block_idx", _Uint3), ("block_dim", _Uint3),
                 ("grid_dim", _Uint3), ("static_shared_begin", ctypes.c_void_p),
                 ("static_shared_end", ctypes.c_void_p), ("dynamic_shared", ctypes.c_void_p),
-                ("dynamic_shared_capacity", ctypes.c_ulonglong)]
+                ("dynamic_shared_capacity", ctypes.c_ulonglong), ("static_shared_guards", ctypes.c_void_p),
+                ("static_shared_guards_end", ctypes.c_void_p)]
 
 
 class _ProfileSite(ctypes.Structure):
@@ -169,7 +170,7 @@ def _data_symbols(path: str) -> tuple[int, list[tuple[int, int, str]]]:
     module_address, symbols = 0, []
     for line in out.splitlines():
         parts = line.split(None, 3)
-        if len(parts) == 4 and parts[2] in "bBdD":
+        if len(parts) == 4 and parts[2] in "bBdDuVv":   # u, V, v: the statics of inline functions
             address, size, name = int(parts[0], 16), int(parts[1], 16), parts[3]
             symbols.append((address, size, name))
             if name == "cnn_gpu_emu_module":
@@ -187,6 +188,29 @@ def shared_variable(library, address: int) -> str | None:
         if start <= relative < start + size:
             return f"{name.split('::')[-1]} (byte {relative - start}, in {name.rsplit('::', 1)[0]})"
     return None
+
+
+def shared_guard_place(library, address: int) -> str | None:
+    """Where byte `address` of a guard zone between the static __shared__ arrays lies, if the symbols
+    say: `byte N past the end of` the array before it, or `N bytes before the start of` the one after,
+    whichever is nearer."""
+    module_address, symbols = _data_symbols(str(library.path))
+    if not module_address:
+        return None
+    shift = library.state_address - module_address
+    begin, end = library.state.static_shared_begin - shift, library.state.static_shared_end - shift
+    relative = address - shift
+    arrays = [(start, size, name) for start, size, name in symbols if begin <= start < end and size]
+    before = max((a for a in arrays if a[0] + a[1] <= relative), key=lambda a: a[0], default=None)
+    after = min((a for a in arrays if a[0] > relative), key=lambda a: a[0], default=None)
+    if before is None and after is None:
+        return None
+    past = relative - before[0] - before[1] if before else None
+    if after is None or (before is not None and past <= after[0] - relative):
+        where, name = f"byte {past} past the end of", before[2]
+    else:
+        where, name = f"{after[0] - relative} bytes before the start of", after[2]
+    return f"{where} __shared__ array {name.split('::')[-1]} (in {name.rsplit('::', 1)[0]})"
 
 
 def _dims(name: str, value) -> tuple[int, int, int]:
@@ -525,6 +549,10 @@ class Kernel:
                 space = "shared memory"
             if variable:
                 message = f"{space} race on {variable}: this thread{message.split(': this thread', 1)[1]}"
+        elif desc.fault_kind == 7 and "guard zone" in message:
+            place = shared_guard_place(library, desc.fault_address)
+            if place:
+                message = f"{message.split()[0]} at {place}"
         elif desc.fault_kind == 2:
             message = "fiber stack overflow (64 KB per CUDA thread)"
         elif desc.fault_kind == 6:

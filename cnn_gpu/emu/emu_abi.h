@@ -25,6 +25,10 @@ struct cnn_gpu_emu_module_state {
     char* static_shared_end;
     char* dynamic_shared;          /* page-aligned buffer behind every extern __shared__ array */
     unsigned long long dynamic_shared_capacity;
+    /* the guard zones around the __shared__ arrays: (offset from static_shared_begin, bytes) pairs
+     * in address order, from the module's link (_build.shared_section_script) */
+    const unsigned long long* static_shared_guards;
+    const unsigned long long* static_shared_guards_end;
 };
 
 enum cnn_gpu_emu_schedule { CNN_GPU_EMU_FORWARD = 0, CNN_GPU_EMU_REVERSE = 1, CNN_GPU_EMU_RANDOM = 2 };
@@ -37,7 +41,7 @@ enum cnn_gpu_emu_fault_kind {
     CNN_GPU_EMU_BARRIER_UNREACHED = 4, /* some threads exited while others wait at a barrier */
     CNN_GPU_EMU_WARP_DEADLOCK = 5,     /* a warp exchange (shuffle/vote) some lanes never join */
     CNN_GPU_EMU_WATCHDOG = 6,
-    CNN_GPU_EMU_SHARED_OVERRUN = 7,    /* write past the dynamic shared memory size */
+    CNN_GPU_EMU_SHARED_OVERRUN = 7,    /* write past the dynamic shared memory, or into a __shared__ array's guard zone */
     CNN_GPU_EMU_SETUP = 8,             /* the runtime could not set up the launch */
     CNN_GPU_EMU_RACE = 9,              /* two threads touch a byte with nothing ordering them */
     CNN_GPU_EMU_INTERRUPTED = 10,      /* SIGINT (Ctrl-C) during the launch */
@@ -71,7 +75,8 @@ struct cnn_gpu_emu_launch_desc {
     double timeout_seconds;            /* watchdog; <= 0, >= 1e9 or inf disables it */
     int schedule;
     int poison;                        /* fill shared memory with NaN (0xff bytes) before each block */
-    int guard_shared;                  /* PROT_NONE page + canary right after the dynamic shared memory */
+    int guard_shared;                  /* PROT_NONE page + canary after the dynamic shared memory; the
+                                          __shared__ arrays' guard zones */
     int flush_denormals;               /* FTZ+DAZ in MXCSR, as nvcc/NVRTC -ftz=true */
     int race_check;                    /* the module is instrumented: check shared memory accesses */
     int race_check_global;             /* ... and the array arguments too */

@@ -587,6 +587,42 @@ bool canary_intact(const char* from, const char* to) {
     return true;
 }
 
+// The guard zones around the static __shared__ arrays (_build.shared_section_script): (offset, bytes)
+// pairs in address order
+void fill_shared_guards(const cnn_gpu_emu_module_state* m) {
+    for (const unsigned long long* g = m->static_shared_guards; g < m->static_shared_guards_end; g += 2)
+        memset(m->static_shared_begin + g[0], kCanary, (size_t)g[1]);
+}
+
+// The first byte of a guard zone that no longer holds its canary, or nullptr
+const char* changed_shared_guard(const cnn_gpu_emu_module_state* m) {
+    for (const unsigned long long* g = m->static_shared_guards; g < m->static_shared_guards_end; g += 2)
+        for (const char* p = m->static_shared_begin + g[0]; p < m->static_shared_begin + g[0] + g[1]; ++p)
+            if ((unsigned char)*p != kCanary) return p;
+    return nullptr;
+}
+
+// The first byte of [a, a + size) in a guard zone, or nullptr
+const char* in_shared_guard(const cnn_gpu_emu_module_state* m, const char* a, unsigned long size) {
+    if (a + size <= m->static_shared_begin || a >= m->static_shared_end) return nullptr;
+    const unsigned long long offset = (unsigned long long)(a - m->static_shared_begin);
+    const unsigned long long* low = m->static_shared_guards;
+    size_t count = (size_t)(m->static_shared_guards_end - low) / 2;
+    while (count > 0) {   // the last zone that starts at or before the access's end
+        const size_t half = count / 2;
+        if (low[2 * half] < offset + size) {
+            low += 2 * (half + 1);
+            count -= half + 1;
+        } else {
+            count = half;
+        }
+    }
+    if (low == m->static_shared_guards) return nullptr;
+    low -= 2;
+    if (low[0] + low[1] <= offset) return nullptr;
+    return m->static_shared_begin + (low[0] > offset ? low[0] : offset);
+}
+
 }  // namespace
 
 // --- entry points used by kernels (through cuda_emu.h) ------------------------------------------
@@ -1336,6 +1372,15 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
     Fiber* self = (Fiber*)me;
     Launch* L = self->launch;
     if (L->stop_kind) stop_at_access(L, self, site, L->stop_kind, "stopped by the tick");
+    if (L->desc->guard_shared) {
+        const char* guard = in_shared_guard(L->module, (const char*)address, size);
+        if (guard) {
+            L->desc->fault_address = (unsigned long long)guard;
+            stop_at_access(L, self, site, CNN_GPU_EMU_SHARED_OVERRUN,
+                           write ? "write into a guard zone between __shared__ arrays"
+                                 : "read from a guard zone between __shared__ arrays");
+        }
+    }
     if (L->shadow && !me->in_atomic) race_check(L, self, (char*)address, size, write, site);
     // an atomic's read stands for it (a read-modify-write)
     if (L->sync && me->in_atomic && !write && in_array_argument(L, (char*)address))
@@ -1578,6 +1623,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 memset(m->dynamic_shared, poison, d->shared_mem);
             }
             if (guard) memset(m->dynamic_shared + d->shared_mem, kCanary, (size_t)(guard_page - m->dynamic_shared) - d->shared_mem);
+            if (d->guard_shared) fill_shared_guards(m);
             for (int i = 0; i < L->n; ++i)
                 prepare_fiber(L, &L->fibers[i], stack_top(r, i), csr_and_cw);
             set_order(L);
@@ -1602,6 +1648,13 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 L->desc->fault_kind = CNN_GPU_EMU_SHARED_OVERRUN;
                 snprintf(d->message, sizeof d->message,
                          "write past the end of the %llu bytes of dynamic shared memory", d->shared_mem);
+                break;
+            }
+            const char* changed = d->guard_shared ? changed_shared_guard(m) : nullptr;
+            if (changed) {
+                L->desc->fault_kind = CNN_GPU_EMU_SHARED_OVERRUN;
+                d->fault_address = (unsigned long long)changed;
+                snprintf(d->message, sizeof d->message, "write into a guard zone between __shared__ arrays");
                 break;
             }
         }

@@ -42,6 +42,37 @@ extern "C" __global__ void shared_overrun(float* __restrict__ y)
     y[blockIdx.x * blockDim.x + threadIdx.x] = buffer[threadIdx.x];
 }
 
+// y = x through one of two static __shared__ arrays; BUG where offset != 0: each thread stores its
+// element at threadIdx.x + offset (`store`) or loads it from there (otherwise), so that the last
+// threads (offset > 0) or the first (offset < 0) meet the space between the arrays (a guard zone).
+extern "C" __global__ void static_shared_offset(const float* __restrict__ x, float* __restrict__ y, int offset,
+                                                int store)
+{
+    __shared__ float first[128];
+    __shared__ float second[128];
+    const int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    second[t] = -1.0f;
+    first[store ? t + offset : t] = x[i];
+    __syncthreads();
+    y[i] = first[store ? t : t + offset] * (second[t] + 2.0f);
+}
+
+// The same through a function template's __shared__ array (GCC places it apart from the others)
+template <int SIZE>
+__device__ float through_template_array(float value, int offset)
+{
+    __shared__ float values[SIZE];
+    values[(int)threadIdx.x + offset] = value;
+    __syncthreads();
+    return values[threadIdx.x];
+}
+
+extern "C" __global__ void template_shared_offset(const float* __restrict__ x, float* __restrict__ y, int offset)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    y[i] = through_template_array<128>(x[i], offset);
+}
+
 // BUG: the two halves of the block wait at different barriers.
 extern "C" __global__ void divergent_barrier(float* __restrict__ y)
 {
