@@ -779,6 +779,50 @@ def test_guard_staging_keeps_aliasing_and_views(rng):
     np.testing.assert_array_equal(out, 2 * readonly)
 
 
+RESTRICT_KERNELS = textwrap.dedent("""
+    extern "C" __global__ void scale(const float* __restrict__ x, float* __restrict__ y, int n) {
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i < n) y[i] = 2.0f * x[i];
+    }
+    extern "C" __global__ void scale_into(const float* __restrict__ x, float* y, int n) {
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i < n) y[i] = 2.0f * x[i];
+    }
+    extern "C" __global__ void add(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
+                                   int n) {
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i < n) y[i] = a[i] + b[i];
+    }""")
+
+
+@pytest.mark.parametrize("name, views", [
+    ("scale", lambda a: (a, a)),                         # in place through two __restrict__ pointers
+    ("scale", lambda a: (a[:200], a[100:])),             # overlapping slices
+    ("scale_into", lambda a: (a, a)),                    # a __restrict__ input and a plain output
+    ("add", lambda a: (a, a[50:250], a[100:300])),       # the output overlaps an input
+    ("scale", lambda a: (a[::2], a[1::2])),              # interleaved: the kernel indexes y = x + 1
+])
+def test_arguments_that_alias_a_restrict_pointer_are_refused(name, views, rng):
+    """__restrict__ promises the compiler no other pointer touches that memory while the kernel
+    runs; g++ would run the aliased launch as the source reads, a GPU need not."""
+    kernel = emu.RawModule(code=RESTRICT_KERNELS).get_function(name)
+    a = rng.standard_normal(300).astype(np.float32)
+    before = a.copy()
+    with pytest.raises(ValueError, match=r"overlap in memory, but '(x|y|a|b)' is a __restrict__ pointer"):
+        kernel((3,), (128,), (*views(a), np.int32(100)))
+    np.testing.assert_array_equal(a, before)   # refused before the launch
+
+
+def test_restrict_pointers_that_only_read_or_do_not_overlap_run(rng):
+    mod = emu.RawModule(code=RESTRICT_KERNELS)
+    a = rng.standard_normal(300).astype(np.float32)
+    y = np.zeros(300, np.float32)
+    mod.get_function("add")((3,), (128,), (a, a, y, np.int32(300)))   # one array read twice
+    np.testing.assert_array_equal(y, 2 * a)
+    mod.get_function("scale")((1,), (128,), (a[:100], a[100:200], np.int32(100)))   # neighbours
+    np.testing.assert_array_equal(a[100:200], 2 * a[:100])
+
+
 def test_launches_from_several_threads(rng):
     from concurrent.futures import ThreadPoolExecutor
     a = rng.standard_normal((48, 40)).astype(np.float32)

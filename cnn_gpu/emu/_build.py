@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
 ABI_HEADER = HERE / "emu_abi.h"
 RUNTIME_SOURCE = HERE / "emu_runtime.cpp"
-GLUE_VERSION = "2"  # bump when the generated glue changes meaning
+GLUE_VERSION = "3"  # bump when the generated glue changes meaning
 
 # Largest dynamic shared memory a launch can ask for (H100's opt-in limit is 227 KB).
 DYNAMIC_SHARED_CAPACITY = 57 * 4096
@@ -291,8 +291,11 @@ def _closing_paren(text: str, open_index: int) -> int:
     raise CompileError("unbalanced parentheses in a __global__ declaration")
 
 
-def _parameter_names(params: str) -> list[str]:
-    """Names in a parameter list (argN for an unnamed one), for error messages."""
+def _parameters(params: str) -> list[tuple[str, str]]:
+    """(name, access) of each parameter in a parameter list: its name (argN for an unnamed one), for
+    error messages, and how the kernel may touch memory through it, for the launch's aliasing check:
+    "r" a __restrict__ pointer to const, "w" a __restrict__ pointer to non-const, "c" another pointer
+    to const, "-" anything else."""
     params = params.strip()
     if params in ("", "void"):
         return []
@@ -306,17 +309,22 @@ def _parameter_names(params: str) -> list[str]:
             pieces.append(params[start:i])
             start = i + 1
     pieces.append(params[start:])
-    names = []
+    found = []
     for index, piece in enumerate(pieces):
         words = re.findall(r"[A-Za-z_]\w*", piece)
         named = len(words) > 1 and words[-1] not in _TYPE_WORDS
-        names.append(words[-1] if named else f"arg{index}")
-    return names
+        access = "-"
+        if "*" in piece:
+            const = re.search(r"\bconst\b", piece[:piece.rindex("*")]) is not None   # of the pointee
+            restrict = re.search(r"\b__restrict(__)?\b", piece) is not None
+            access = ("r" if const else "w") if restrict else ("c" if const else "-")
+        found.append((words[-1] if named else f"arg{index}", access))
+    return found
 
 
-def scan_kernels(preprocessed: str) -> dict[str, list[str]]:
-    """{kernel name: parameter names} of the non-template __global__ functions."""
-    kernels: dict[str, list[str]] = {}
+def scan_kernels(preprocessed: str) -> dict[str, list[tuple[str, str]]]:
+    """{kernel name: its parameters' (name, access) (_parameters)} of the non-template __global__ functions."""
+    kernels: dict[str, list[tuple[str, str]]] = {}
     for mark in re.finditer(rf"\b{_GLOBAL_MARK}\b", preprocessed):
         before = preprocessed[max(0, mark.start() - 300):mark.start()]
         if re.search(r"template\s*<[^;{}]*>\s*(extern\s+\"C\"\s*)?$", before):
@@ -325,7 +333,7 @@ def scan_kernels(preprocessed: str) -> dict[str, list[str]]:
         if head is None:
             continue
         close = _closing_paren(preprocessed, head.end() - 1)
-        kernels.setdefault(head.group(1), _parameter_names(preprocessed[head.end():close]))
+        kernels.setdefault(head.group(1), _parameters(preprocessed[head.end():close]))
     return kernels
 
 
@@ -409,7 +417,7 @@ def shared_section_script(sections: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _glue(kernels: dict[str, list[str]], dynamic_names: list[str], metadata: str) -> str:
+def _glue(kernels: dict[str, list[tuple[str, str]]], dynamic_names: list[str], metadata: str) -> str:
     lines = [
         '#line 1 "cnn_gpu_emu_glue"',
         'extern "C" {',
@@ -474,7 +482,9 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
                          f"-D__global__={_GLOBAL_MARK}", "-"], f"preprocessing {display_name}", stdin=transformed)
     kernels = scan_kernels(preprocessed)
     dynamic_names = sorted(set(_DYNAMIC_SHARED.findall(preprocessed)))
-    metadata = json.dumps({"kernels": kernels, "source": display_name})
+    metadata = json.dumps({"kernels": {name: [p[0] for p in params] for name, params in kernels.items()},
+                           "access": {name: "".join(p[1] for p in params) for name, params in kernels.items()},
+                           "source": display_name})
     text = (f'#include "{HEADER}"\n#line 1 "{display_name}"\n{transformed}\n'
             f'{_glue(kernels, dynamic_names, metadata)}')
 

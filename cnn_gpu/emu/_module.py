@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import json
 import random
 import re
@@ -352,7 +353,7 @@ class _Staging:
 class Kernel:
     """One __global__ function; call as `kernel(grid, block, args, shared_mem=0)` like CuPy."""
 
-    def __init__(self, module: "RawModule", name: str, parameter_names: list[str]):
+    def __init__(self, module: "RawModule", name: str, parameter_names: list[str], parameter_access: str = ""):
         signature = getattr(module._library(False).lib, f"cnn_gpu_emu_signature_{name}")
         signature.restype = ctypes.POINTER(ctypes.c_char_p)
         codes_ptr = signature()
@@ -364,6 +365,8 @@ class Kernel:
         self.parameter_codes = codes
         self.parameter_names = (parameter_names if len(parameter_names) == len(codes)
                                 else [f"arg{i}" for i in range(len(codes))])
+        # how the kernel may touch each pointer's memory (_build._parameters), for _check_aliasing
+        self.parameter_access = parameter_access if len(parameter_access) == len(codes) else "-" * len(codes)
         # The GPU flushes float32 denormals (-ftz=true) and keeps float64 ones, but x86 has one
         # switch for both: a kernel with a double parameter runs with denormals kept.
         self.flush_denormals = module._options.flush_denormals and not any(c.lstrip("*") == "f8" for c in codes)
@@ -374,6 +377,24 @@ class Kernel:
         ctype = ("void*" if code == "*" else f"{C_NAMES.get(code[1:], '?')}*") if code.startswith("*") \
             else C_NAMES.get(code, "an unsupported type")
         return f"kernel {self.name!r} parameter {i} {self.parameter_names[i]!r} ({ctype})"
+
+    def _check_aliasing(self, arrays: list[tuple[int, str, np.ndarray]]) -> None:
+        """Refuses two array arguments whose spans overlap where one is a __restrict__ pointer and either
+        may be written through: undefined behaviour in CUDA C++, where the compiler may keep what it read
+        through a __restrict__ pointer in registers or read it through the non-coherent cache, and which
+        the emulator's g++ build would run as the source reads."""
+        access = self.parameter_access
+        for (i, name_i, a), (j, name_j, b) in itertools.combinations(arrays, 2):
+            pair = access[i] + access[j]
+            if not ("r" in pair or "w" in pair) or (access[i] in "rc" and access[j] in "rc"):
+                continue
+            if not np.may_share_memory(a, b):   # their spans: a kernel indexes a raw pointer, not the view
+                continue
+            restricted = name_i if access[i] in "rw" else name_j
+            raise ValueError(f"kernel {self.name!r}: arguments {name_i!r} and {name_j!r} overlap in memory, but "
+                             f"{restricted!r} is a __restrict__ pointer and the kernel may write through one of "
+                             f"them: undefined behaviour on a GPU (its loads may be cached or reordered); pass "
+                             f"separate arrays")
 
     def _marshal(self, args) -> tuple[ctypes.Array, list[tuple[int, str, np.ndarray]]]:
         if not isinstance(args, (tuple, list)):
@@ -423,6 +444,7 @@ class Kernel:
             raise ValueError(f"kernel {self.name!r}: shared_mem={shared_mem} bytes outside 0..{limit} "
                              "(raise kernel.max_dynamic_shared_size_bytes as on a GPU)")
         slots, arrays = self._marshal(args)
+        self._check_aliasing(arrays)
         profile = _profile.active()
         library = self.module._library(instrumented=settings["race"] or profile is not None)
         lib = _runtime()
@@ -597,7 +619,9 @@ class _Library:
         self.state = _ModuleState.from_address(self.state_address)
         metadata = self.lib.cnn_gpu_emu_metadata
         metadata.restype = ctypes.c_char_p
-        self.kernel_parameters = json.loads(metadata().decode())["kernels"]
+        described = json.loads(metadata().decode())
+        self.kernel_parameters = described["kernels"]
+        self.kernel_access = described["access"]
         self.lock = _library_lock(str(path))
         self._entries: dict[str, int] = {}
         self._lines: dict[int, tuple[str, str] | None] = {}
@@ -661,5 +685,6 @@ class RawModule:
             if name not in self._kernel_parameters:
                 raise ValueError(f"no __global__ function {name!r} in this module; it has: "
                                  f"{', '.join(self._kernel_parameters) or 'none'}")
-            kernel = self._kernels[name] = Kernel(self, name, self._kernel_parameters[name])
+            kernel = self._kernels[name] = Kernel(self, name, self._kernel_parameters[name],
+                                                  self._libraries[False].kernel_access[name])
         return kernel
