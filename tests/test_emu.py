@@ -460,6 +460,35 @@ def test_divergent_barrier_is_a_fault():
     assert info.value.source.startswith(second) and f"other thread (0, 0, 0) at {first}" in str(info.value)
 
 
+BARRIERS_ON_ONE_LINE = textwrap.dedent("""
+    __device__ void helper_barrier(float* y) {
+    #line 500 "helper.cuh"
+        __syncthreads();
+        y[threadIdx.x] = 1.0f;
+    }
+    extern "C" __global__ void split(float* y, int divergent) {
+        if (divergent && threadIdx.x < 32) {
+            helper_barrier(y);
+        } else {
+    #line 500 "split.cu"
+            __syncthreads();
+            y[threadIdx.x] = 2.0f;
+        }
+    }""")
+
+
+def test_barriers_on_the_same_line_of_different_files_are_different_barriers():
+    """A barrier is its file and line: a helper's barrier and a kernel's on the same line number
+    are two barriers."""
+    split = emu.RawModule(code=BARRIERS_ON_ONE_LINE).get_function("split")
+    y = np.zeros(64, np.float32)
+    split((1,), (64,), (y, np.int32(0)))
+    np.testing.assert_array_equal(y, 2.0)
+    with pytest.raises(emu.KernelFault, match="divergent __syncthreads") as info:
+        split((1,), (64,), (y, np.int32(1)))
+    assert "split.cu:500 (in split)" in info.value.source and "helper.cuh:500 (in helper_barrier" in str(info.value)
+
+
 def test_barrier_some_threads_never_reach_is_a_fault(rng):
     x = rng.standard_normal(300).astype(np.float32)
     with pytest.raises(emu.KernelFault, match="reached by 44 of 256") as info:

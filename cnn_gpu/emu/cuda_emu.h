@@ -84,16 +84,17 @@ static __forceinline__ uint4 make_uint4(unsigned int x, unsigned int y, unsigned
 #define warpSize 32
 
 /* --- synchronisation (the runtime library) ------------------------------------------------- */
-/* A barrier is identified by its source line: the compiler may duplicate one call site. */
-extern "C" int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, int line);
+/* A barrier is identified by its source file and line, not its address: the compiler may duplicate
+ * one call site. */
+extern "C" int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, const char* file, int line);
 extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
 extern "C" void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask);
 
-#define __syncthreads() ((void)cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, 0, __LINE__))
-#define __syncthreads_count(p) cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__)
-#define __syncthreads_and(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__) == \
+#define __syncthreads() ((void)cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, 0, __FILE__, __LINE__))
+#define __syncthreads_count(p) cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __FILE__, __LINE__)
+#define __syncthreads_and(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __FILE__, __LINE__) == \
                               (int)(blockDim.x * blockDim.y * blockDim.z))
-#define __syncthreads_or(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __LINE__) != 0)
+#define __syncthreads_or(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __FILE__, __LINE__) != 0)
 
 /* Fibers never preempt each other, so memory is coherent at every point a kernel can observe. The
  * instrumented build tells the runtime of each device-scope fence: with an atomic, it orders global

@@ -186,6 +186,7 @@ struct Launch {
     int live;
     int at_barrier;
     void* barrier_site;
+    const char* barrier_file;
     int barrier_line;
     int barrier_parity;
     int barrier_count[2];
@@ -635,11 +636,13 @@ bool in_array_argument(Launch* L, const char* a);
 }  // namespace
 
 // __syncthreads and its _count/_and/_or forms: returns how many threads passed a non-zero value.
-EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, int line) {
+EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, const char* file,
+                                                        int line) {
     Fiber* self = (Fiber*)me;
     Launch* L = self->launch;
     self->wait_site = __builtin_return_address(0);
-    if (L->at_barrier > 0 && line != L->barrier_line) {
+    if (L->at_barrier > 0 &&
+        (line != L->barrier_line || (file != L->barrier_file && strcmp(file, L->barrier_file) != 0))) {
         Fiber* other = nullptr;
         for (int i = 0; i < L->n && !other; ++i)
             if (L->fibers[i].state == AT_BARRIER) other = &L->fibers[i];
@@ -647,6 +650,7 @@ EXPORT __attribute__((noinline)) int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me,
                       "divergent __syncthreads(): threads wait at different barriers");
     }
     L->barrier_site = self->wait_site;
+    L->barrier_file = file;
     L->barrier_line = line;
     int parity = L->barrier_parity;
     L->barrier_count[parity] += value != 0;
