@@ -915,6 +915,44 @@ def test_kernel_discovery_and_parameter_types_come_from_the_compiled_source():
         emu.RawModule(code='extern "C" __global__ void k(float* y) { y[0] = INFINITY; }')
 
 
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
+@pytest.mark.parametrize("low_lanes", [16, 20, 1, 32])
+def test_warp_exchanges_with_partial_masks_run_each_group_apart(low_lanes, schedule, rng):
+    """Each half of a warp exchanges among the lanes of its own mask in its own branch (shuffles,
+    ballot, votes, __syncwarp), as CUDA allows; a lane outside the group reads as all ones."""
+    x = rng.standard_normal(64).astype(np.float32)
+    out = np.zeros(64 * 4, np.float32)
+    module("warp_ops").get_function("masked_groups")((1,), (64,), (x, out, np.int32(low_lanes)), schedule=schedule,
+                                                      seed=7)
+    out = out.reshape(64, 4)
+    for t in range(64):
+        base, lane = t - t % 32, t % 32
+        group = range(base, base + low_lanes) if lane < low_lanes else range(base + low_lanes, base + 32)
+        values = x[list(group)]
+        np.testing.assert_allclose(out[t, 0], values.astype(np.float64).sum(), rtol=1e-5, atol=1e-5)
+        assert out[t, 1] == (values > 0).sum()
+        assert out[t, 2] == int((values > 1).any()) + 2 * int((values > -2.5).all())
+        position = group.index(t)
+        assert out[t, 3] == out[group[(position + 1) % len(group)], 0]
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ("reverse", r"overlapping masks 0x0000ffff and 0xffff0001"),   # the upper half waits first
+    ("forward", r"lane 16 waits for lane 0, which has exited"),     # the lower half has finished
+])
+def test_overlapping_warp_masks_are_a_fault(schedule, message, rng):
+    x = rng.standard_normal(32).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=message) as info:
+        module("warp_ops").get_function("overlapping_masks")((1,), (32,), (x, np.zeros_like(x)), schedule=schedule)
+    assert info.value.kind == "warp exchange deadlock"
+
+
+def test_a_masked_exchange_waiting_for_an_exited_lane_is_a_fault(rng):
+    x = rng.standard_normal(32).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=r"waits for lane 5, which has exited"):
+        module("warp_ops").get_function("masked_exchange_with_exited_lane")((1,), (32,), (x, np.zeros_like(x)))
+
+
 @pytest.mark.parametrize("width", [32, 8])
 def test_warp_primitives_match_cuda_semantics(width, rng):
     x = rng.standard_normal(64).astype(np.float32)

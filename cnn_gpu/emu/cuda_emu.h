@@ -88,6 +88,8 @@ static __forceinline__ uint4 make_uint4(unsigned int x, unsigned int y, unsigned
  * one call site. */
 extern "C" int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, const char* file, int line);
 extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
+extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_thread* me, unsigned long long value,
+                                                                      unsigned int mask);
 extern "C" void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask);
 
 #define __syncthreads() ((void)cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, 0, __FILE__, __LINE__))
@@ -119,7 +121,8 @@ static __forceinline__ void __threadfence_system() {
  * done (not SM clocks: no GPU timing means anything on the emulator) */
 static __forceinline__ long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 
-/* --- warp shuffles and votes (full-mask semantics: every lane of the warp must take part) -- */
+/* --- warp shuffles and votes: the lanes of the mask exchange (emu_runtime.cpp,
+ * cnn_gpu_emu_warp_exchange_masked); a value from a lane outside it has all bits set ------------ */
 template <class T>
 static __forceinline__ unsigned long long cnn_gpu_emu_bits(T v) {
     static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
@@ -133,15 +136,15 @@ static __forceinline__ T cnn_gpu_emu_from_bits(unsigned long long bits) {
     __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
 }
-/* every lane takes part, so each must be in the mask it passes (a GPU leaves a lane outside it undefined) */
+/* a lane must be in the mask it passes (a GPU leaves a lane outside it undefined) */
 static __forceinline__ void cnn_gpu_emu_check_mask(unsigned int mask) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
     if (!((mask >> me->lane) & 1u)) cnn_gpu_emu_warp_mask_fault(me, mask);
 }
 template <class T>
-static __forceinline__ T cnn_gpu_emu_shuffle_from(T v, int source, bool own) {
+static __forceinline__ T cnn_gpu_emu_shuffle_from(unsigned int mask, T v, int source, bool own) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
-    const unsigned long long* slots = cnn_gpu_emu_warp_exchange(me, cnn_gpu_emu_bits(v));
+    const unsigned long long* slots = cnn_gpu_emu_warp_exchange_masked(me, cnn_gpu_emu_bits(v), mask);
     if (own || source >= (int)me->warp_size) return v;
     return cnn_gpu_emu_from_bits<T>(slots[source]);
 }
@@ -150,45 +153,46 @@ static __forceinline__ T __shfl_sync(unsigned int mask, T v, int src_lane, int w
     cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
     int source = (lane & ~(width - 1)) + (src_lane & (width - 1));
-    return cnn_gpu_emu_shuffle_from(v, source, false);
+    return cnn_gpu_emu_shuffle_from(mask, v, source, false);
 }
 template <class T>
 static __forceinline__ T __shfl_up_sync(unsigned int mask, T v, unsigned int delta, int width = warpSize) {
     cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
-    return cnn_gpu_emu_shuffle_from(v, lane - (int)delta, (lane & (width - 1)) < (int)delta);
+    return cnn_gpu_emu_shuffle_from(mask, v, lane - (int)delta, (lane & (width - 1)) < (int)delta);
 }
 template <class T>
 static __forceinline__ T __shfl_down_sync(unsigned int mask, T v, unsigned int delta, int width = warpSize) {
     cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
-    return cnn_gpu_emu_shuffle_from(v, lane + (int)delta, (lane & (width - 1)) + (int)delta >= width);
+    return cnn_gpu_emu_shuffle_from(mask, v, lane + (int)delta, (lane & (width - 1)) + (int)delta >= width);
 }
 template <class T>
 static __forceinline__ T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = warpSize) {
     cnn_gpu_emu_check_mask(mask);
     int lane = (int)cnn_gpu_emu_module.current->lane;
     int source = lane ^ lane_mask;
-    return cnn_gpu_emu_shuffle_from(v, source, source >= ((lane / width) + 1) * width);
+    return cnn_gpu_emu_shuffle_from(mask, v, source, source >= ((lane / width) + 1) * width);
 }
 static __forceinline__ unsigned int __ballot_sync(unsigned int mask, int predicate) {
     cnn_gpu_emu_check_mask(mask);
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
-    const unsigned long long* slots = cnn_gpu_emu_warp_exchange(me, predicate != 0);
+    const unsigned long long* slots = cnn_gpu_emu_warp_exchange_masked(me, predicate != 0, mask);
     int size = (int)me->warp_size;
     unsigned int ballot = 0;
-    for (int i = 0; i < size; ++i) ballot |= (unsigned int)slots[i] << i;
+    for (int i = 0; i < size; ++i)
+        if ((mask >> i) & 1u) ballot |= (unsigned int)slots[i] << i;
     return ballot;
 }
 static __forceinline__ int __any_sync(unsigned int mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
 static __forceinline__ int __all_sync(unsigned int mask, int predicate) {
     unsigned int size = cnn_gpu_emu_module.current->warp_size;
-    unsigned int full = size == 32 ? 0xffffffffu : ((1u << size) - 1u);
-    return __ballot_sync(mask, predicate) == full;
+    unsigned int lanes = mask & (size == 32 ? 0xffffffffu : ((1u << size) - 1u));
+    return __ballot_sync(mask, predicate) == lanes;
 }
 static __forceinline__ void __syncwarp(unsigned int mask = 0xffffffffu) {
     cnn_gpu_emu_check_mask(mask);
-    (void)cnn_gpu_emu_warp_exchange(cnn_gpu_emu_module.current, 0);
+    (void)cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_module.current, 0, mask);
 }
 static __forceinline__ unsigned int __activemask() { return 0xffffffffu; }
 

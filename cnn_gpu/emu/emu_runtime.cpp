@@ -130,6 +130,12 @@ struct Warp {
     int phase;  // slot buffer the next exchange writes; double-buffered
     unsigned int epoch;  // completed exchanges in this block: they order the lanes' memory accesses
     unsigned long long slots[2][kWarp];
+    // exchanges whose mask leaves lanes of the warp out (cnn_gpu_emu_warp_exchange_masked): the
+    // lanes waiting in one, each one's mask and value, and what each lane received
+    unsigned int partial_waiting;
+    unsigned int partial_mask[kWarp];
+    unsigned long long partial_value[kWarp];
+    unsigned long long received[kWarp][kWarp];
 };
 
 // Race check: the last write and up to two reads of each 4-byte word of shared memory and of the
@@ -303,7 +309,10 @@ void runtime_fault(Launch* L, Fiber* self, int kind, Fiber* other, void* other_s
         if (f->state != AT_WARP) continue;
         int base = i - (i % kWarp);
         Warp* w = &L->warps[i / kWarp];
+        const unsigned int lane_bit = 1u << (i % kWarp);
+        const unsigned int group = w->partial_waiting & lane_bit ? w->partial_mask[i % kWarp] : ~0u;
         for (int j = base; j < base + w->size; ++j) {
+            if (!((group >> (j - base)) & 1u)) continue;
             Fiber* g = &L->fibers[j];
             if (g->state == EXITED)
                 runtime_fault(L, f, CNN_GPU_EMU_WARP_DEADLOCK, g, nullptr,
@@ -681,9 +690,62 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_th
                   "on a GPU)", self->view.lane, mask);
 }
 
+namespace {
+const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site);
+}
+
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me,
                                                                                    unsigned long long value) {
+    return whole_warp_exchange((Fiber*)me, value, __builtin_return_address(0));
+}
+
+// An exchange among the lanes of `mask` (shuffles, votes, __syncwarp): the whole warp's where the mask
+// names every lane of it; else the lanes of the mask wait for each other only, and each receives
+// their values (all ones from lanes outside it: a GPU leaves those undefined). Lanes that wait with
+// another mask overlapping this one fault, as undefined on a GPU. Such an exchange orders no memory
+// accesses for the race check (the warp's epoch counts whole-warp exchanges only).
+EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange_masked(
+    cnn_gpu_emu_thread* me, unsigned long long value, unsigned int mask) {
     Fiber* self = (Fiber*)me;
+    Launch* L = self->launch;
+    Warp* w = &L->warps[self->linear / kWarp];
+    const unsigned int lanes = w->size == kWarp ? ~0u : (1u << w->size) - 1u;
+    mask &= lanes;
+    self->wait_site = __builtin_return_address(0);
+    Fiber* first = &L->fibers[self->linear - (int)self->view.lane];
+    auto conflict = [&](int lane, unsigned int other) {
+        runtime_fault(L, self, CNN_GPU_EMU_WARP_DEADLOCK, &first[lane], first[lane].wait_site,
+                      "lanes of one warp run warp exchanges with overlapping masks 0x%08x and 0x%08x (undefined "
+                      "on a GPU)", mask, other);
+    };
+    for (int lane = 0; w->partial_waiting && lane < w->size; ++lane)
+        if ((w->partial_waiting >> lane & 1u) && (w->partial_mask[lane] & mask) && w->partial_mask[lane] != mask)
+            conflict(lane, w->partial_mask[lane]);
+    if (mask == lanes) return whole_warp_exchange(self, value, self->wait_site);
+    if (w->arrived > 0)
+        for (int lane = 0; lane < w->size; ++lane)
+            if (first[lane].state == AT_WARP && !(w->partial_waiting >> lane & 1u)) conflict(lane, lanes);
+    const int me_lane = (int)self->view.lane;
+    w->partial_value[me_lane] = value;
+    w->partial_mask[me_lane] = mask;
+    w->partial_waiting |= 1u << me_lane;
+    if ((w->partial_waiting & mask) == mask) {
+        w->partial_waiting &= ~mask;
+        for (int lane = 0; lane < w->size; ++lane) {
+            if (!(mask >> lane & 1u)) continue;
+            for (int source = 0; source < kWarp; ++source)
+                w->received[lane][source] = mask >> source & 1u ? w->partial_value[source] : ~0ull;
+            if (first[lane].state == AT_WARP) first[lane].state = RUNNABLE;
+        }
+    } else {
+        self->state = AT_WARP;
+        run_next(L, self);
+    }
+    return w->received[me_lane];
+}
+
+namespace {
+const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site) {
     Launch* L = self->launch;
     Warp* w = &L->warps[self->linear / kWarp];
     int phase = w->phase;
@@ -696,14 +758,12 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
         for (int i = 0; i < w->size; ++i)
             if (first[i].state == AT_WARP) first[i].state = RUNNABLE;
     } else {
-        self->wait_site = __builtin_return_address(0);
+        self->wait_site = site;
         self->state = AT_WARP;
         run_next(L, self);
     }
     return w->slots[phase];
 }
-
-namespace {
 
 bool ordered(const Access& earlier, int warp, unsigned int warp_epoch) {
     return earlier.warp == warp && earlier.warp_epoch < warp_epoch;
@@ -1640,6 +1700,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 L->warps[w].arrived = 0;
                 L->warps[w].phase = 0;
                 L->warps[w].epoch = 0;
+                L->warps[w].partial_waiting = 0;
             }
             L->epoch++;
             if (L->sync) sync_begin_block(L->sync);

@@ -17,3 +17,57 @@ extern "C" __global__ void warp_ops(const float* __restrict__ x, const double* _
     o[7] = (float)(__any_sync(0xffffffffu, v > 2.0f) + 2 * __all_sync(0xffffffffu, v > -3.0f));
     o[8] = (float)__shfl_sync(0xffffffffu, t, (t + 1) % 32);
 }
+
+// Warp exchanges whose mask leaves lanes out, each half of a warp in its own branch with its own mask:
+// the lower `low_lanes` lanes and the others each sum their x with a shuffle butterfly (a lane adds its
+// partner's value only where the partner is in its group), count their positive x (ballot), vote, and
+// pass the result on after __syncwarp(mask). out[t * 4 + k]: sum, count, votes, neighbour's sum.
+extern "C" __global__ void masked_groups(const float* __restrict__ x, float* __restrict__ out, int low_lanes)
+{
+    const int t = threadIdx.x, lane = t % 32;
+    const unsigned int low = low_lanes >= 32 ? 0xffffffffu : (1u << low_lanes) - 1u;
+    float v = x[t], sum = v;
+    float* o = out + 4 * t;
+    if (lane < low_lanes) {
+        for (int offset = 16; offset > 0; offset /= 2) {
+            const float other = __shfl_xor_sync(low, sum, offset);
+            if ((lane ^ offset) < low_lanes && (lane & offset) == 0) sum += other;
+        }
+        sum = __shfl_sync(low, sum, 0);
+        o[1] = (float)__popc(__ballot_sync(low, v > 0.0f));
+        o[2] = (float)(__any_sync(low, v > 1.0f) + 2 * __all_sync(low, v > -2.5f));
+        o[0] = sum;
+        __syncwarp(low);
+        o[3] = out[4 * (t - lane + (lane + 1) % low_lanes)];
+    } else {
+        const unsigned int high = ~low;
+        for (int offset = 1; offset < 32; offset *= 2) {   // the sum down to the group's first lane
+            const float other = __shfl_down_sync(high, sum, offset);
+            if (lane + offset < 32) sum += other;
+        }
+        sum = __shfl_sync(high, sum, low_lanes);
+        o[1] = (float)__popc(__ballot_sync(high, v > 0.0f));
+        o[2] = (float)(__any_sync(high, v > 1.0f) + 2 * __all_sync(high, v > -2.5f));
+        o[0] = sum;
+        __syncwarp(high);
+        o[3] = out[4 * (t - lane + low_lanes + (lane - low_lanes + 1) % (32 - low_lanes))];
+    }
+}
+
+// BUG: the upper half's mask also names lane 0, which waits in the lower half's exchange
+extern "C" __global__ void overlapping_masks(const float* __restrict__ x, float* __restrict__ out)
+{
+    const int t = threadIdx.x;
+    if (t < 16)
+        out[t] = __shfl_xor_sync(0x0000ffffu, x[t], 1);
+    else
+        out[t] = __shfl_xor_sync(0xffff0001u, x[t], 1);
+}
+
+// BUG: lane 5 returns before the exchange its group's mask names it in
+extern "C" __global__ void masked_exchange_with_exited_lane(const float* __restrict__ x, float* __restrict__ out)
+{
+    const int t = threadIdx.x;
+    if (t >= 16 || t == 5) return;
+    out[t] = __shfl_xor_sync(0x0000ffffu, x[t], 1);
+}
