@@ -314,8 +314,9 @@ def _parameters(params: str) -> list[tuple[str, str]]:
         words = re.findall(r"[A-Za-z_]\w*", piece)
         named = len(words) > 1 and words[-1] not in _TYPE_WORDS
         access = "-"
-        if "*" in piece:
-            const = re.search(r"\bconst\b", piece[:piece.rindex("*")]) is not None   # of the pointee
+        if "*" in piece or "[" in piece:   # a pointer, or an array parameter (one too)
+            pointee = piece[:piece.rindex("*")] if "*" in piece else piece
+            const = re.search(r"\bconst\b", pointee) is not None
             restrict = re.search(r"\b__restrict(__)?\b", piece) is not None
             access = ("r" if const else "w") if restrict else ("c" if const else "-")
         found.append((words[-1] if named else f"arg{index}", access))

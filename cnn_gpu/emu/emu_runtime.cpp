@@ -309,11 +309,18 @@ void runtime_fault(Launch* L, Fiber* self, int kind, Fiber* other, void* other_s
         if (f->state != AT_WARP) continue;
         int base = i - (i % kWarp);
         Warp* w = &L->warps[i / kWarp];
-        const unsigned int lane_bit = 1u << (i % kWarp);
-        const unsigned int group = w->partial_waiting & lane_bit ? w->partial_mask[i % kWarp] : ~0u;
+        // the lanes its exchange waits for (cnn_gpu_emu_warp_exchange_masked), and where each waits
+        const unsigned int lanes = w->size == kWarp ? ~0u : (1u << w->size) - 1u;
+        auto mask_of = [&](int lane) { return w->partial_waiting >> lane & 1u ? w->partial_mask[lane] : lanes; };
+        const unsigned int group = mask_of(i % kWarp);
         for (int j = base; j < base + w->size; ++j) {
             if (!((group >> (j - base)) & 1u)) continue;
             Fiber* g = &L->fibers[j];
+            if (g->state == AT_WARP && mask_of(j - base) != group)
+                runtime_fault(L, f, CNN_GPU_EMU_WARP_DEADLOCK, g, g->wait_site,
+                              "deadlock: lane %d waits in a warp exchange over mask 0x%08x for lane %d, which waits "
+                              "in one over mask 0x%08x", f->linear % kWarp, group, g->linear % kWarp,
+                              mask_of(j - base));
             if (g->state == EXITED)
                 runtime_fault(L, f, CNN_GPU_EMU_WARP_DEADLOCK, g, nullptr,
                               "warp shuffle/vote with exited lanes: lane %d waits for lane %d, which has exited",
@@ -700,10 +707,12 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
 }
 
 // An exchange among the lanes of `mask` (shuffles, votes, __syncwarp): the whole warp's where the mask
-// names every lane of it; else the lanes of the mask wait for each other only, and each receives
-// their values (all ones from lanes outside it: a GPU leaves those undefined). Lanes that wait with
-// another mask overlapping this one fault, as undefined on a GPU. Such an exchange orders no memory
-// accesses for the race check (the warp's epoch counts whole-warp exchanges only).
+// names every lane of it; else the lanes of the mask wait for each other only (other lanes of the warp
+// may meanwhile wait in other exchanges: a nested branch's, a later __syncwarp()), and each receives
+// their values (all ones from lanes outside it: a GPU leaves those undefined). The exchange completes
+// when every lane of the mask waits in one with this mask; lanes that never do (an exited lane, one
+// waiting with another mask for this group's lanes) are a deadlock, which stalled() reports. Such an
+// exchange orders no memory accesses for the race check (the warp's epoch counts whole-warp ones only).
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange_masked(
     cnn_gpu_emu_thread* me, unsigned long long value, unsigned int mask) {
     Fiber* self = (Fiber*)me;
@@ -711,33 +720,25 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
     Warp* w = &L->warps[self->linear / kWarp];
     const unsigned int lanes = w->size == kWarp ? ~0u : (1u << w->size) - 1u;
     mask &= lanes;
-    self->wait_site = __builtin_return_address(0);
-    Fiber* first = &L->fibers[self->linear - (int)self->view.lane];
-    auto conflict = [&](int lane, unsigned int other) {
-        runtime_fault(L, self, CNN_GPU_EMU_WARP_DEADLOCK, &first[lane], first[lane].wait_site,
-                      "lanes of one warp run warp exchanges with overlapping masks 0x%08x and 0x%08x (undefined "
-                      "on a GPU)", mask, other);
-    };
-    for (int lane = 0; w->partial_waiting && lane < w->size; ++lane)
-        if ((w->partial_waiting >> lane & 1u) && (w->partial_mask[lane] & mask) && w->partial_mask[lane] != mask)
-            conflict(lane, w->partial_mask[lane]);
-    if (mask == lanes) return whole_warp_exchange(self, value, self->wait_site);
-    if (w->arrived > 0)
-        for (int lane = 0; lane < w->size; ++lane)
-            if (first[lane].state == AT_WARP && !(w->partial_waiting >> lane & 1u)) conflict(lane, lanes);
+    if (mask == lanes) return whole_warp_exchange(self, value, __builtin_return_address(0));
     const int me_lane = (int)self->view.lane;
     w->partial_value[me_lane] = value;
     w->partial_mask[me_lane] = mask;
     w->partial_waiting |= 1u << me_lane;
-    if ((w->partial_waiting & mask) == mask) {
+    unsigned int arrived = 0;
+    for (int lane = 0; lane < w->size; ++lane)
+        if ((w->partial_waiting >> lane & 1u) && w->partial_mask[lane] == mask) arrived |= 1u << lane;
+    if (arrived == mask) {
+        Fiber* first = &L->fibers[self->linear - me_lane];
         w->partial_waiting &= ~mask;
         for (int lane = 0; lane < w->size; ++lane) {
             if (!(mask >> lane & 1u)) continue;
             for (int source = 0; source < kWarp; ++source)
                 w->received[lane][source] = mask >> source & 1u ? w->partial_value[source] : ~0ull;
-            if (first[lane].state == AT_WARP) first[lane].state = RUNNABLE;
+            first[lane].state = RUNNABLE;
         }
     } else {
+        self->wait_site = __builtin_return_address(0);
         self->state = AT_WARP;
         run_next(L, self);
     }

@@ -54,14 +54,34 @@ extern "C" __global__ void masked_groups(const float* __restrict__ x, float* __r
     }
 }
 
-// BUG: the upper half's mask also names lane 0, which waits in the lower half's exchange
-extern "C" __global__ void overlapping_masks(const float* __restrict__ x, float* __restrict__ out)
+// BUG: each half's mask also names a lane of the other half, which waits in the other half's exchange:
+// neither completes
+extern "C" __global__ void crossed_masks(const float* __restrict__ x, float* __restrict__ out)
 {
     const int t = threadIdx.x;
     if (t < 16)
-        out[t] = __shfl_xor_sync(0x0000ffffu, x[t], 1);
+        out[t] = __shfl_xor_sync(0x0001ffffu, x[t], 1);
     else
         out[t] = __shfl_xor_sync(0xffff0001u, x[t], 1);
+}
+
+// Masks that overlap without a deadlock (valid CUDA): the first `n` lanes sum their x with shuffles
+// under the ballot of their condition while the others wait at the __syncwarp() after the branch;
+// inside, the first 8 lanes also exchange under a nested mask (out[32 + t]: lane t's neighbour's x).
+extern "C" __global__ void nested_masks(const float* __restrict__ x, float* __restrict__ out, int n)
+{
+    const int t = threadIdx.x;
+    float v = t < n ? x[t] : 0.0f;
+    const unsigned int active = __ballot_sync(0xffffffffu, t < n);
+    if (t < n) {
+        for (int offset = 16; offset > 0; offset /= 2) {
+            const float other = __shfl_down_sync(active, v, offset);
+            if (t + offset < n) v += other;
+        }
+        if (t < 8) out[32 + t] = __shfl_xor_sync(active & 0xffu, x[t], 1);
+    }
+    __syncwarp();
+    out[t] = v;
 }
 
 // BUG: lane 5 returns before the exchange its group's mask names it in
