@@ -453,6 +453,28 @@ def test_every_static_shared_array_lies_between_guard_zones(name):
     assert zones[-1][0] + zones[-1][1] == state.static_shared_end
 
 
+@pytest.mark.parametrize("max_dynamic, shared_mem, refused", [
+    (None, 16 * 1024, False),             # 32 KB of arrays + 16 KB: CUDA's 48 KB exactly
+    (None, 16 * 1024 + 256, True),
+    (100 * 1024, 64 * 1024, False),       # opted in: 32 KB + 100 KB within 227 KB
+    (200 * 1024, 1024, True),             # 32 KB + 200 KB past it
+])
+def test_static_and_dynamic_shared_memory_past_the_limit_are_refused(max_dynamic, shared_mem, refused):
+    kernel = bugs().get_function("static_and_dynamic_shared")
+    kernel = type(kernel)(kernel.module, kernel.name, kernel.parameter_names, kernel.parameter_access)
+    if max_dynamic:
+        kernel.max_dynamic_shared_size_bytes = max_dynamic
+    y = np.zeros(64, np.float32)
+    if not refused:
+        kernel((2,), (64,), (y,), shared_mem=shared_mem)
+        np.testing.assert_array_equal(y, 3.0)
+        return
+    with pytest.raises(emu.KernelFault, match=r"too much shared memory: the __shared__ arrays block 0 wrote hold "
+                                              r"32768 bytes, over the \d+ this launch leaves them") as info:
+        kernel((2,), (64,), (y,), shared_mem=shared_mem)
+    assert info.value.kind == "launch setup"
+
+
 def test_divergent_barrier_is_a_fault():
     with pytest.raises(emu.KernelFault, match="divergent __syncthreads") as info:
         bugs().get_function("divergent_barrier")((1,), (64,), (np.zeros(64, np.float32),))

@@ -20,6 +20,7 @@ from ._checking import effective
 
 SCHEDULE_CODES = {"forward": 0, "reverse": 1, "random": 2}
 DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024  # CUDA's limit without the opt-in attribute
+OPT_IN_SHARED = 227 * 1024   # H100's shared memory per block with it (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
 C_NAMES = {"f4": "float", "f8": "double", "i1": "signed char", "u1": "unsigned char", "i2": "short",
            "u2": "unsigned short", "i4": "int", "u4": "unsigned int", "i8": "long long",
@@ -69,7 +70,7 @@ class _LaunchDesc(ctypes.Structure):
                 ("guard_shared", ctypes.c_int), ("flush_denormals", ctypes.c_int), ("race_check", ctypes.c_int),
                 ("race_check_global", ctypes.c_int), ("global_ranges", ctypes.c_void_p),
                 ("global_count", ctypes.c_int), ("race_region", ctypes.c_int), ("profile", ctypes.c_void_p),
-                ("sample_blocks", ctypes.c_ulonglong),
+                ("sample_blocks", ctypes.c_ulonglong), ("static_shared_limit", ctypes.c_ulonglong),
                 ("fault_kind", ctypes.c_int), ("signal_number", ctypes.c_int), ("has_thread", ctypes.c_int),
                 ("fault_block", ctypes.c_uint * 3), ("fault_thread", ctypes.c_uint * 3),
                 ("other_thread", ctypes.c_uint * 3), ("has_other_thread", ctypes.c_int),
@@ -378,6 +379,14 @@ class Kernel:
             else C_NAMES.get(code, "an unsupported type")
         return f"kernel {self.name!r} parameter {i} {self.parameter_names[i]!r} ({ctype})"
 
+    def _static_shared_limit(self, shared_mem: int) -> int:
+        """The most bytes of static __shared__ arrays a launch with `shared_mem` bytes of dynamic shared
+        memory may use, as CUDA counts them: 48 KB for both together, or with the opt-in attribute
+        (max_dynamic_shared_size_bytes raised) the opt-in maximum for the arrays and that attribute."""
+        if self.max_dynamic_shared_size_bytes == DEFAULT_MAX_DYNAMIC_SHARED:
+            return DEFAULT_MAX_DYNAMIC_SHARED - shared_mem
+        return max(0, OPT_IN_SHARED - self.max_dynamic_shared_size_bytes)
+
     def _check_aliasing(self, arrays: list[tuple[int, str, np.ndarray]]) -> None:
         """Refuses two array arguments whose spans overlap where one is a __restrict__ pointer and either
         may be written through: undefined behaviour in CUDA C++, where the compiler may keep what it read
@@ -469,6 +478,7 @@ class Kernel:
             desc.grid[:] = grid3
             desc.block[:] = block3
             desc.shared_mem = shared_mem
+            desc.static_shared_limit = self._static_shared_limit(shared_mem)
             desc.seed = seed_value or 0
             desc.timeout_seconds = float(settings["timeout"])
             desc.schedule = SCHEDULE_CODES[settings["schedule"]]

@@ -633,6 +633,26 @@ const char* changed_shared_guard(const cnn_gpu_emu_module_state* m) {
     return nullptr;
 }
 
+// The bytes of the static __shared__ arrays (between the guard zones) that hold a byte other than
+// `poison`: those a block wrote, the arrays its kernel uses
+unsigned long long written_shared_bytes(const cnn_gpu_emu_module_state* m, unsigned char poison) {
+    unsigned char run[4096];
+    memset(run, poison, sizeof run);
+    unsigned long long bytes = 0;
+    for (const unsigned long long* g = m->static_shared_guards; g + 2 < m->static_shared_guards_end; g += 2) {
+        const char* begin = m->static_shared_begin + g[0] + g[1];
+        const char* end = m->static_shared_begin + g[2];
+        for (const char* p = begin; p < end; p += sizeof run) {
+            const size_t n = (size_t)(end - p) < sizeof run ? (size_t)(end - p) : sizeof run;
+            if (memcmp(p, run, n) != 0) {
+                bytes += (unsigned long long)(end - begin);
+                break;
+            }
+        }
+    }
+    return bytes;
+}
+
 // The first byte of [a, a + size) in a guard zone, or nullptr
 const char* in_shared_guard(const cnn_gpu_emu_module_state* m, const char* a, unsigned long size) {
     if (a + size <= m->static_shared_begin || a >= m->static_shared_end) return nullptr;
@@ -1736,6 +1756,22 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 d->fault_address = (unsigned long long)changed;
                 snprintf(d->message, sizeof d->message, "write into a guard zone between __shared__ arrays");
                 break;
+            }
+            // what a GPU refuses before the launch, known here once a block has run: the static arrays'
+            // bytes come from those it wrote over the poison
+            if (b == 0 && d->poison && (unsigned long long)(m->static_shared_end - m->static_shared_begin) >
+                                           d->static_shared_limit) {
+                const unsigned long long bytes = written_shared_bytes(m, poison_byte(d));
+                if (bytes > d->static_shared_limit) {
+                    L->desc->fault_kind = CNN_GPU_EMU_SETUP;
+                    snprintf(d->message, sizeof d->message,
+                             "too much shared memory: the __shared__ arrays block 0 wrote hold %llu bytes, over "
+                             "the %llu this launch leaves them (CUDA allows 48 KB for them and the %llu bytes of "
+                             "dynamic shared memory together, or 227 KB for them and max_dynamic_shared_size_bytes "
+                             "where that is raised): a GPU refuses the launch", bytes, d->static_shared_limit,
+                             d->shared_mem);
+                    break;
+                }
             }
         }
     }

@@ -73,6 +73,18 @@ extern "C" __global__ void template_shared_offset(const float* __restrict__ x, f
     y[i] = through_template_array<128>(x[i], offset);
 }
 
+// 32 KB of static shared memory and `blockDim.x` floats of dynamic: BUG where the launch's dynamic
+// shared memory passes the 16 KB that CUDA's 48 KB leaves it (without the opt-in attribute)
+extern "C" __global__ void static_and_dynamic_shared(float* __restrict__ y)
+{
+    __shared__ float fixed[8192];
+    extern __shared__ float extra[];
+    fixed[threadIdx.x] = 1.0f;
+    extra[threadIdx.x] = 2.0f;
+    __syncthreads();
+    y[threadIdx.x] = fixed[(threadIdx.x + 1) % blockDim.x] + extra[threadIdx.x];
+}
+
 // BUG: the two halves of the block wait at different barriers.
 extern "C" __global__ void divergent_barrier(float* __restrict__ y)
 {
