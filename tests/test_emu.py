@@ -453,26 +453,49 @@ def test_every_static_shared_array_lies_between_guard_zones(name):
     assert zones[-1][0] + zones[-1][1] == state.static_shared_end
 
 
+@pytest.mark.parametrize("schedule", ["forward", "reverse"])
 @pytest.mark.parametrize("max_dynamic, shared_mem, refused", [
     (None, 16 * 1024, False),             # 32 KB of arrays + 16 KB: CUDA's 48 KB exactly
     (None, 16 * 1024 + 256, True),
+    (48 * 1024, 48 * 1024, False),        # set to its default value: still the opt-in, 32 + 48 KB
     (100 * 1024, 64 * 1024, False),       # opted in: 32 KB + 100 KB within 227 KB
     (200 * 1024, 1024, True),             # 32 KB + 200 KB past it
 ])
-def test_static_and_dynamic_shared_memory_past_the_limit_are_refused(max_dynamic, shared_mem, refused):
+def test_static_and_dynamic_shared_memory_past_the_limit_are_refused(max_dynamic, shared_mem, refused, schedule):
     kernel = bugs().get_function("static_and_dynamic_shared")
     kernel = type(kernel)(kernel.module, kernel.name, kernel.parameter_names, kernel.parameter_access)
     if max_dynamic:
         kernel.max_dynamic_shared_size_bytes = max_dynamic
     y = np.zeros(64, np.float32)
     if not refused:
-        kernel((2,), (64,), (y,), shared_mem=shared_mem)
+        kernel((2,), (64,), (y,), shared_mem=shared_mem, schedule=schedule)
         np.testing.assert_array_equal(y, 3.0)
         return
-    with pytest.raises(emu.KernelFault, match=r"too much shared memory: the __shared__ arrays block 0 wrote hold "
-                                              r"32768 bytes, over the \d+ this launch leaves them") as info:
-        kernel((2,), (64,), (y,), shared_mem=shared_mem)
+    with pytest.raises(emu.KernelFault, match=r"too much shared memory: the first block wrote 32768 bytes of "
+                                              r"__shared__ arrays, over the \d+ this launch leaves them") as info:
+        kernel((2,), (64,), (y,), shared_mem=shared_mem, schedule=schedule)
     assert info.value.kind == "launch setup"
+
+
+def test_only_the_arrays_a_kernel_writes_count_against_the_shared_memory_limit():
+    """One declaration of two 24 KB arrays, the kernel using one: 24 KB + 24 KB dynamic is CUDA's 48 KB."""
+    kernel = bugs().get_function("second_of_two_arrays")
+    state = bugs()._library(False).state
+    arrays = state.static_shared_arrays
+    for table in (arrays, None):   # the library's symbols, or without them the spans between the guard zones
+        state.static_shared_arrays = table
+        y = np.zeros(64, np.float32)
+        try:
+            kernel((2,), (64,), (y,), shared_mem=24 * 1024)
+        finally:
+            state.static_shared_arrays = arrays
+        np.testing.assert_array_equal(y, 6143.0 - np.arange(64) + 1.0)
+        with pytest.raises(emu.KernelFault, match="the first block wrote 24576 bytes"):
+            state.static_shared_arrays = table
+            try:
+                kernel((2,), (64,), (y,), shared_mem=24 * 1024 + 256)
+            finally:
+                state.static_shared_arrays = arrays
 
 
 def test_divergent_barrier_is_a_fault():

@@ -433,7 +433,7 @@ def _glue(kernels: dict[str, list[tuple[str, str]]], dynamic_names: list[str], m
         '__attribute__((visibility("hidden"))) cnn_gpu_emu_module_state cnn_gpu_emu_module = {',
         '    nullptr, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, __start_cnn_gpu_emu_shared, __stop_cnn_gpu_emu_shared,',
         f'    cnn_gpu_emu_dynamic_shared_storage, {DYNAMIC_SHARED_CAPACITY}ULL,',
-        '    __start_cnn_gpu_emu_shared_guards, __stop_cnn_gpu_emu_shared_guards};',
+        '    __start_cnn_gpu_emu_shared_guards, __stop_cnn_gpu_emu_shared_guards, nullptr, nullptr};',
         '__attribute__((visibility("default"))) cnn_gpu_emu_module_state* cnn_gpu_emu_module_state_of() {',
         '    return &cnn_gpu_emu_module; }',
         f'__attribute__((visibility("default"))) const char* cnn_gpu_emu_metadata() {{ return {json.dumps(metadata)}; }}',

@@ -53,7 +53,8 @@ class _ModuleState(ctypes.Structure):
                 ("grid_dim", _Uint3), ("static_shared_begin", ctypes.c_void_p),
                 ("static_shared_end", ctypes.c_void_p), ("dynamic_shared", ctypes.c_void_p),
                 ("dynamic_shared_capacity", ctypes.c_ulonglong), ("static_shared_guards", ctypes.c_void_p),
-                ("static_shared_guards_end", ctypes.c_void_p)]
+                ("static_shared_guards_end", ctypes.c_void_p), ("static_shared_arrays", ctypes.c_void_p),
+                ("static_shared_arrays_end", ctypes.c_void_p)]
 
 
 class _ProfileSite(ctypes.Structure):
@@ -371,7 +372,18 @@ class Kernel:
         # The GPU flushes float32 denormals (-ftz=true) and keeps float64 ones, but x86 has one
         # switch for both: a kernel with a double parameter runs with denormals kept.
         self.flush_denormals = module._options.flush_denormals and not any(c.lstrip("*") == "f8" for c in codes)
-        self.max_dynamic_shared_size_bytes = DEFAULT_MAX_DYNAMIC_SHARED
+        self._max_dynamic_shared = DEFAULT_MAX_DYNAMIC_SHARED
+        self._opted_in = False   # whether max_dynamic_shared_size_bytes was set (CUDA's opt-in)
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        """The most dynamic shared memory a launch may ask for (CuPy's attribute): 48 KB until set."""
+        return self._max_dynamic_shared
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value: int) -> None:
+        self._max_dynamic_shared = int(value)
+        self._opted_in = True
 
     def _parameter(self, i: int) -> str:
         code = self.parameter_codes[i]
@@ -381,11 +393,12 @@ class Kernel:
 
     def _static_shared_limit(self, shared_mem: int) -> int:
         """The most bytes of static __shared__ arrays a launch with `shared_mem` bytes of dynamic shared
-        memory may use, as CUDA counts them: 48 KB for both together, or with the opt-in attribute
-        (max_dynamic_shared_size_bytes raised) the opt-in maximum for the arrays and that attribute."""
-        if self.max_dynamic_shared_size_bytes == DEFAULT_MAX_DYNAMIC_SHARED:
-            return DEFAULT_MAX_DYNAMIC_SHARED - shared_mem
-        return max(0, OPT_IN_SHARED - self.max_dynamic_shared_size_bytes)
+        memory may use, as CUDA counts them: 48 KB for both together; once max_dynamic_shared_size_bytes
+        is set (the opt-in), 48 KB of arrays (ptxas's limit) and the opt-in maximum for them and the
+        attribute together."""
+        if not self._opted_in:
+            return max(0, DEFAULT_MAX_DYNAMIC_SHARED - shared_mem)
+        return max(0, min(DEFAULT_MAX_DYNAMIC_SHARED, OPT_IN_SHARED - self._max_dynamic_shared))
 
     def _check_aliasing(self, arrays: list[tuple[int, str, np.ndarray]]) -> None:
         """Refuses two array arguments whose spans overlap where one is a __restrict__ pointer and either
@@ -633,8 +646,24 @@ class _Library:
         self.kernel_parameters = described["kernels"]
         self.kernel_access = described["access"]
         self.lock = _library_lock(str(path))
+        self._arrays = self._shared_arrays()
         self._entries: dict[str, int] = {}
         self._lines: dict[int, tuple[str, str] | None] = {}
+
+    def _shared_arrays(self):
+        """The static __shared__ arrays' (offset, bytes) pairs for the runtime's shared memory limit
+        (module state static_shared_arrays), from the library's symbols; None where nm cannot read them."""
+        module_address, symbols = _data_symbols(str(self.path))
+        if not module_address:
+            return None
+        shift = self.state_address - module_address
+        begin, end = self.state.static_shared_begin, self.state.static_shared_end
+        pairs = sorted((start + shift - begin, size) for start, size, _ in symbols
+                       if begin <= start + shift < end and size)
+        table = (ctypes.c_ulonglong * (2 * len(pairs) or 1))(*[v for pair in pairs for v in pair])
+        self.state.static_shared_arrays = ctypes.addressof(table)
+        self.state.static_shared_arrays_end = ctypes.addressof(table) + 16 * len(pairs)
+        return table
 
     def source_lines(self, offsets) -> dict[int, tuple[str, str] | None]:
         """{offset: (`file:line`, function)} of instructions of this library, looked up once each."""

@@ -29,6 +29,10 @@ struct cnn_gpu_emu_module_state {
      * in address order, from the module's link (_build.shared_section_script) */
     const unsigned long long* static_shared_guards;
     const unsigned long long* static_shared_guards_end;
+    /* the arrays: (offset, bytes) pairs from the library's symbols, set by _module._Library (null
+     * where they cannot be read: the spans between the guard zones then stand for them) */
+    const unsigned long long* static_shared_arrays;
+    const unsigned long long* static_shared_arrays_end;
 };
 
 enum cnn_gpu_emu_schedule { CNN_GPU_EMU_FORWARD = 0, CNN_GPU_EMU_REVERSE = 1, CNN_GPU_EMU_RANDOM = 2 };

@@ -633,22 +633,35 @@ const char* changed_shared_guard(const cnn_gpu_emu_module_state* m) {
     return nullptr;
 }
 
-// The bytes of the static __shared__ arrays (between the guard zones) that hold a byte other than
-// `poison`: those a block wrote, the arrays its kernel uses
+// The bytes of the static __shared__ arrays a block wrote over `poison` (the arrays its kernel uses, as
+// a GPU counts them: whole): the arrays' table from the library's symbols, or else the spans between
+// the guard zones (a span holds one declaration, which may declare several arrays: counted from the
+// first to the last byte written, so never long)
 unsigned long long written_shared_bytes(const cnn_gpu_emu_module_state* m, unsigned char poison) {
     unsigned char run[4096];
     memset(run, poison, sizeof run);
-    unsigned long long bytes = 0;
-    for (const unsigned long long* g = m->static_shared_guards; g + 2 < m->static_shared_guards_end; g += 2) {
-        const char* begin = m->static_shared_begin + g[0] + g[1];
-        const char* end = m->static_shared_begin + g[2];
-        for (const char* p = begin; p < end; p += sizeof run) {
+    auto written = [&](const char* p, const char* end) {
+        for (; p < end; p += sizeof run) {
             const size_t n = (size_t)(end - p) < sizeof run ? (size_t)(end - p) : sizeof run;
-            if (memcmp(p, run, n) != 0) {
-                bytes += (unsigned long long)(end - begin);
-                break;
-            }
+            if (memcmp(p, run, n) != 0)
+                for (const char* q = p;; ++q)
+                    if ((unsigned char)*q != poison) return q;
         }
+        return (const char*)nullptr;
+    };
+    unsigned long long bytes = 0;
+    if (m->static_shared_arrays) {
+        for (const unsigned long long* a = m->static_shared_arrays; a < m->static_shared_arrays_end; a += 2)
+            if (written(m->static_shared_begin + a[0], m->static_shared_begin + a[0] + a[1])) bytes += a[1];
+        return bytes;
+    }
+    for (const unsigned long long* g = m->static_shared_guards; g + 2 < m->static_shared_guards_end; g += 2) {
+        const char* end = m->static_shared_begin + g[2];
+        const char* first = written(m->static_shared_begin + g[0] + g[1], end);
+        if (!first) continue;
+        const char* last = end;
+        while ((unsigned char)*(last - 1) == poison) --last;   // stops at `first` at the latest
+        bytes += (unsigned long long)(last - first);
     }
     return bytes;
 }
@@ -1765,11 +1778,11 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 if (bytes > d->static_shared_limit) {
                     L->desc->fault_kind = CNN_GPU_EMU_SETUP;
                     snprintf(d->message, sizeof d->message,
-                             "too much shared memory: the __shared__ arrays block 0 wrote hold %llu bytes, over "
+                             "too much shared memory: the first block wrote %llu bytes of __shared__ arrays, over "
                              "the %llu this launch leaves them (CUDA allows 48 KB for them and the %llu bytes of "
-                             "dynamic shared memory together, or 227 KB for them and max_dynamic_shared_size_bytes "
-                             "where that is raised): a GPU refuses the launch", bytes, d->static_shared_limit,
-                             d->shared_mem);
+                             "dynamic shared memory together, or with max_dynamic_shared_size_bytes raised 48 KB "
+                             "of them and 227 KB with that attribute): a GPU refuses the launch", bytes,
+                             d->static_shared_limit, d->shared_mem);
                     break;
                 }
             }

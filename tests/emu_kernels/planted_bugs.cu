@@ -85,6 +85,18 @@ extern "C" __global__ void static_and_dynamic_shared(float* __restrict__ y)
     y[threadIdx.x] = fixed[(threadIdx.x + 1) % blockDim.x] + extra[threadIdx.x];
 }
 
+// Two arrays of one declaration, of which the kernel uses the second (24 KB): with up to 24 KB of
+// dynamic shared memory it stays within CUDA's 48 KB
+__shared__ float one_of_two_first[6144], one_of_two_second[6144];
+extern "C" __global__ void second_of_two_arrays(float* __restrict__ y)
+{
+    extern __shared__ float extra[];
+    for (int i = threadIdx.x; i < 6144; i += blockDim.x) one_of_two_second[i] = (float)i;
+    extra[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = one_of_two_second[6143 - threadIdx.x] + extra[threadIdx.x];
+}
+
 // BUG: the two halves of the block wait at different barriers.
 extern "C" __global__ void divergent_barrier(float* __restrict__ y)
 {
