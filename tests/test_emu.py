@@ -498,6 +498,30 @@ def test_only_the_arrays_a_kernel_writes_count_against_the_shared_memory_limit()
                 state.static_shared_arrays = arrays
 
 
+def test_the_shared_array_table_outlives_a_second_module_of_the_same_library():
+    """Two RawModules of one source share the loaded library and its module state: dropping one
+    must not leave the state pointing at a freed table of the arrays (it crashed a CI run)."""
+    script = textwrap.dedent(f"""
+        import gc
+        import numpy as np
+        from cnn_gpu import emu
+        path = {str(KERNELS / "planted_bugs.cu")!r}
+        kernel = emu.RawModule(path=path, options=("-DREAL=float",)).get_function("second_of_two_arrays")
+        for _ in range(20):
+            other = emu.RawModule(path=path, options=("-DREAL=float",))
+            other.get_function("second_of_two_arrays")
+            del other
+            gc.collect()
+            reuse = [np.full(14000, 0xAB, np.uint64).copy() for _ in range(100)]   # over the freed memory
+            y = np.zeros(64, np.float32)
+            kernel((2,), (64,), (y,), shared_mem=24 * 1024)
+            assert (y == 6143.0 - np.arange(64) + 1.0).all()
+        print("ok")
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
 def test_divergent_barrier_is_a_fault():
     with pytest.raises(emu.KernelFault, match="divergent __syncthreads") as info:
         bugs().get_function("divergent_barrier")((1,), (64,), (np.zeros(64, np.float32),))

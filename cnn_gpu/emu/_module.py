@@ -630,6 +630,10 @@ def _library_lock(path: str) -> threading.Lock:
         return _library_locks.setdefault(path, threading.Lock())
 
 
+# The static __shared__ arrays' tables by module state address (_Library._shared_arrays)
+_SHARED_ARRAY_TABLES: dict[int, tuple[ctypes.Array, int]] = {}
+
+
 class _Library:
     """One compiled build of a module (plain, or instrumented for the race check and profile)."""
 
@@ -652,17 +656,23 @@ class _Library:
 
     def _shared_arrays(self):
         """The static __shared__ arrays' (offset, bytes) pairs for the runtime's shared memory limit
-        (module state static_shared_arrays), from the library's symbols; None where nm cannot read them."""
-        module_address, symbols = _data_symbols(str(self.path))
-        if not module_address:
-            return None
-        shift = self.state_address - module_address
-        begin, end = self.state.static_shared_begin, self.state.static_shared_end
-        pairs = sorted((start + shift - begin, size) for start, size, _ in symbols
-                       if begin <= start + shift < end and size)
-        table = (ctypes.c_ulonglong * (2 * len(pairs) or 1))(*[v for pair in pairs for v in pair])
-        self.state.static_shared_arrays = ctypes.addressof(table)
-        self.state.static_shared_arrays_end = ctypes.addressof(table) + 16 * len(pairs)
+        (module state static_shared_arrays), from the library's symbols; None where nm cannot read them.
+        One table per loaded library, kept for the process: every _Library of one path shares its
+        module state (the dynamic loader loads a path once), so a table freed with one of them would
+        leave the state pointing at freed memory."""
+        table = _SHARED_ARRAY_TABLES.get(self.state_address)
+        if table is None:
+            module_address, symbols = _data_symbols(str(self.path))
+            if not module_address:
+                return None
+            shift = self.state_address - module_address
+            begin, end = self.state.static_shared_begin, self.state.static_shared_end
+            pairs = sorted((start + shift - begin, size) for start, size, _ in symbols
+                           if begin <= start + shift < end and size)
+            table = (ctypes.c_ulonglong * (2 * len(pairs) or 1))(*[v for pair in pairs for v in pair])
+            table = _SHARED_ARRAY_TABLES.setdefault(self.state_address, (table, len(pairs)))
+        self.state.static_shared_arrays = ctypes.addressof(table[0])
+        self.state.static_shared_arrays_end = ctypes.addressof(table[0]) + 16 * table[1]
         return table
 
     def source_lines(self, offsets) -> dict[int, tuple[str, str] | None]:
