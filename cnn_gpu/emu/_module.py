@@ -355,7 +355,7 @@ class _Staging:
 class Kernel:
     """One __global__ function; call as `kernel(grid, block, args, shared_mem=0)` like CuPy."""
 
-    def __init__(self, module: "RawModule", name: str, parameter_names: list[str], parameter_access: str = ""):
+    def __init__(self, module: "RawModule", name: str, parameter_names: list[str], parameter_access: str):
         signature = getattr(module._library(False).lib, f"cnn_gpu_emu_signature_{name}")
         signature.restype = ctypes.POINTER(ctypes.c_char_p)
         codes_ptr = signature()
@@ -407,10 +407,9 @@ class Kernel:
         the emulator's g++ build would run as the source reads."""
         access = self.parameter_access
         for (i, name_i, a), (j, name_j, b) in itertools.combinations(arrays, 2):
-            pair = access[i] + access[j]
-            if not ("r" in pair or "w" in pair) or (access[i] in "rc" and access[j] in "rc"):
-                continue
-            if not np.may_share_memory(a, b):   # their spans: a kernel indexes a raw pointer, not the view
+            restrict = access[i] in "rw" or access[j] in "rw"
+            written = access[i] in "w-" or access[j] in "w-"   # a pointer to non-const
+            if not (restrict and written) or not np.may_share_memory(a, b):   # spans: kernels index raw pointers
                 continue
             restricted = name_i if access[i] in "rw" else name_j
             raise ValueError(f"kernel {self.name!r}: arguments {name_i!r} and {name_j!r} overlap in memory, but "

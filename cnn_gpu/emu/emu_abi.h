@@ -89,8 +89,8 @@ struct cnn_gpu_emu_launch_desc {
     int race_region;                   /* out: 0 static shared, 1 dynamic shared, 2 + i global range i */
     void* profile;                     /* cnn_gpu_emu_profile_new(): record every access (instrumented module) */
     unsigned long long sample_blocks;  /* > 0: run only this many blocks, spread over the grid */
-    unsigned long long static_shared_limit;  /* the most bytes of __shared__ arrays block 0 may write
-                                                (with poison: a GPU refuses a launch over its limit) */
+    unsigned long long static_shared_limit;  /* the most bytes of __shared__ arrays the first block may
+                                                write (with poison: a GPU refuses a launch over its limit) */
     /* out: the fault, when cnn_gpu_emu_launch returns non-zero */
     int fault_kind;
     int signal_number;

@@ -598,11 +598,26 @@ char* dynamic_guard_page(cnn_gpu_emu_module_state* m, unsigned long long shared_
     return m->dynamic_shared + ((shared_mem + kPage - 1) / kPage) * kPage;
 }
 
-bool canary_intact(const char* from, const char* to) {
-    for (const char* p = from; p < to; ++p)
-        if ((unsigned char)*p != kCanary) return false;
-    return true;
+// The first byte of [from, to) other than run[0], or nullptr (`run`: kRun copies of one byte; memcmp,
+// not a byte loop: the guard zones are checked after every block)
+constexpr size_t kRun = 4096;
+const char* first_other_byte(const char* from, const char* to, const unsigned char* run) {
+    for (const char* p = from; p < to; p += kRun) {
+        const size_t n = (size_t)(to - p) < kRun ? (size_t)(to - p) : kRun;
+        if (memcmp(p, run, n) != 0)
+            for (const char* q = p;; ++q)
+                if ((unsigned char)*q != run[0]) return q;
+    }
+    return nullptr;
 }
+
+// kRun canary bytes, made when the library loads (the runtime has no thread-safe local statics)
+const struct Canaries {
+    unsigned char bytes[kRun];
+    Canaries() { memset(bytes, kCanary, sizeof bytes); }
+} canaries;
+
+bool canary_intact(const char* from, const char* to) { return !first_other_byte(from, to, canaries.bytes); }
 
 // The guard zones around the static __shared__ arrays (_build.shared_section_script): (offset, bytes)
 // pairs in address order
@@ -611,24 +626,11 @@ void fill_shared_guards(const cnn_gpu_emu_module_state* m) {
         memset(m->static_shared_begin + g[0], kCanary, (size_t)g[1]);
 }
 
-// A run of canary bytes for memcmp, made when the library loads (the runtime has no thread-safe local
-// statics): the zones are checked after every block, and a byte loop cost small blocks a tenth of
-// their time
-const struct Canaries {
-    unsigned char bytes[4096];
-    Canaries() { memset(bytes, kCanary, sizeof bytes); }
-} canaries;
-
 // The first byte of a guard zone that no longer holds its canary, or nullptr
 const char* changed_shared_guard(const cnn_gpu_emu_module_state* m) {
     for (const unsigned long long* g = m->static_shared_guards; g < m->static_shared_guards_end; g += 2) {
         const char* zone = m->static_shared_begin + g[0];
-        for (unsigned long long at = 0; at < g[1]; at += sizeof canaries.bytes) {
-            const size_t n = g[1] - at < sizeof canaries.bytes ? (size_t)(g[1] - at) : sizeof canaries.bytes;
-            if (memcmp(zone + at, canaries.bytes, n) == 0) continue;
-            for (const char* p = zone + at;; ++p)
-                if ((unsigned char)*p != kCanary) return p;
-        }
+        if (const char* changed = first_other_byte(zone, zone + g[1], canaries.bytes)) return changed;
     }
     return nullptr;
 }
@@ -638,26 +640,18 @@ const char* changed_shared_guard(const cnn_gpu_emu_module_state* m) {
 // the guard zones (a span holds one declaration, which may declare several arrays: counted from the
 // first to the last byte written, so never long)
 unsigned long long written_shared_bytes(const cnn_gpu_emu_module_state* m, unsigned char poison) {
-    unsigned char run[4096];
+    unsigned char run[kRun];
     memset(run, poison, sizeof run);
-    auto written = [&](const char* p, const char* end) {
-        for (; p < end; p += sizeof run) {
-            const size_t n = (size_t)(end - p) < sizeof run ? (size_t)(end - p) : sizeof run;
-            if (memcmp(p, run, n) != 0)
-                for (const char* q = p;; ++q)
-                    if ((unsigned char)*q != poison) return q;
-        }
-        return (const char*)nullptr;
-    };
     unsigned long long bytes = 0;
     if (m->static_shared_arrays) {
         for (const unsigned long long* a = m->static_shared_arrays; a < m->static_shared_arrays_end; a += 2)
-            if (written(m->static_shared_begin + a[0], m->static_shared_begin + a[0] + a[1])) bytes += a[1];
+            if (first_other_byte(m->static_shared_begin + a[0], m->static_shared_begin + a[0] + a[1], run))
+                bytes += a[1];
         return bytes;
     }
     for (const unsigned long long* g = m->static_shared_guards; g + 2 < m->static_shared_guards_end; g += 2) {
         const char* end = m->static_shared_begin + g[2];
-        const char* first = written(m->static_shared_begin + g[0] + g[1], end);
+        const char* first = first_other_byte(m->static_shared_begin + g[0] + g[1], end, run);
         if (!first) continue;
         const char* last = end;
         while ((unsigned char)*(last - 1) == poison) --last;   // stops at `first` at the latest
