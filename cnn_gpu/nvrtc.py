@@ -1,6 +1,9 @@
 """Compile CUDA C with NVRTC (no GPU, no driver needed) and read ptxas' resource report.
 
-A ctypes wrapper of libnvrtc, the compiler CuPy itself uses. Each compile targets one real
+A ctypes wrapper of libnvrtc (cnn_gpu._nvrtc_lib), the compiler CuPy itself uses. Every compile
+runs in a fresh child process set up the same way each time (no address randomization, an empty
+environment, fixed paths): NVRTC's register allocation follows its process's address layout and
+heap, and in this process the reports would differ from run to run. Each compile targets one real
 architecture (`-arch=sm_XX`), so the result is a CUBIN whose ptxas report (`-Xptxas=-v`, in the
 program log) gives per kernel: registers, spill stores/loads, static shared memory and stack frame.
 compile_as_backend hands the CUBIN itself to cnn_gpu.sass (the SASS report).
@@ -14,18 +17,25 @@ libnvrtc is looked for (1) where CuPy loaded it, (2) in the nvidia-cuda-nvrtc-cu
 """
 from __future__ import annotations
 
-import ctypes
+import base64
 import ctypes.util
 import functools
 import glob
+import hashlib
+import json
 import os
 import re
+import stat
 import struct
+import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import _nvrtc_lib
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -146,78 +156,80 @@ def library_candidates() -> list[str]:
     return list(dict.fromkeys(found))
 
 
+@functools.lru_cache(maxsize=1)
+def _child_command() -> tuple[str, ...]:
+    """The command a compile runs as: the base interpreter (not the virtual environment's link, whose
+    path differs from tree to tree) running _nvrtc_lib's text. It starts with the same arguments, an
+    empty environment and "/" as its folder wherever the tree lies: Python's own start-up
+    allocations follow them, and NVRTC's output follows the heap they leave."""
+    return (os.path.realpath(sys.executable), "-I", "-S", "-c", Path(_nvrtc_lib.__file__).read_text())
+
+
+LINK_FOLDER = "/tmp/cnn-gpu-nvrtc-{uid}"   # where _stable_library_path makes its links
+
+
+@functools.lru_cache(maxsize=None)
+def _stable_library_path(path: str) -> str:
+    """`path` reached through a link whose path has the same length wherever the library lies:
+    LINK_FOLDER/<digest of the library>/<its name>, the middle part a link to its
+    folder (where libnvrtc also finds its builtins library). The loader keeps the path a library
+    was opened by, and NVRTC's output follows its length. `path` itself where no such link can be
+    made, or where the folder above it is not this user's alone."""
+    real = os.path.realpath(path)
+    try:
+        with open(real, "rb") as library:
+            digest = hashlib.file_digest(library, "sha256").hexdigest()[:16]
+        base = LINK_FOLDER.format(uid=os.getuid())
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        info = os.lstat(base)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return path
+        link, target = os.path.join(base, digest), os.path.dirname(real)
+        if os.path.realpath(link) != target:   # absent, dangling, or another tree's copy of the library
+            temporary = f"{link}.{os.getpid()}"
+            os.symlink(target, temporary)
+            os.replace(temporary, link)
+        return os.path.join(link, os.path.basename(real))
+    except OSError:
+        return path
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_randomized_layout() -> None:
+    warnings.warn("this system does not let the NVRTC child process turn address randomization off "
+                  "(personality(ADDR_NO_RANDOMIZE)): register counts, spills and SASS may differ a little "
+                  "from compile to compile", RuntimeWarning, stacklevel=3)
+
+
 class Nvrtc:
-    """The few libnvrtc entry points needed to compile to CUBIN and read the log."""
+    """One libnvrtc: its version and archs, read in this process, and compile(), which runs in a
+    fresh child process (_nvrtc_lib says why)."""
 
     def __init__(self, path: str):
         self.path = path
-        lib = ctypes.CDLL(path)
-        c_int_p = ctypes.POINTER(ctypes.c_int)
-        c_size_p = ctypes.POINTER(ctypes.c_size_t)
-        program_p = ctypes.POINTER(ctypes.c_void_p)
-        signatures = {
-            "nvrtcVersion": [c_int_p, c_int_p],
-            "nvrtcGetErrorString": [ctypes.c_int],
-            "nvrtcCreateProgram": [program_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
-                                   ctypes.c_void_p, ctypes.c_void_p],
-            "nvrtcCompileProgram": [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
-            "nvrtcGetProgramLogSize": [ctypes.c_void_p, c_size_p],
-            "nvrtcGetProgramLog": [ctypes.c_void_p, ctypes.c_char_p],
-            "nvrtcGetCUBINSize": [ctypes.c_void_p, c_size_p],
-            "nvrtcGetCUBIN": [ctypes.c_void_p, ctypes.c_char_p],
-            "nvrtcDestroyProgram": [program_p],
-        }
-        for name, argtypes in signatures.items():
-            fn = getattr(lib, name)
-            fn.argtypes = argtypes
-            fn.restype = ctypes.c_int
-        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-        self._lib = lib
-        major, minor = ctypes.c_int(), ctypes.c_int()
-        self._check(lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
-        self.version = (major.value, minor.value)
-        self.supported_archs = self._supported_archs()
-
-    def _supported_archs(self) -> frozenset[str]:
-        lib = self._lib
         try:
-            count_fn, list_fn = lib.nvrtcGetNumSupportedArchs, lib.nvrtcGetSupportedArchs
-        except AttributeError:  # NVRTC < 11.2 cannot say; assume the arch list is fine
-            return frozenset(ARCHS)
-        count = ctypes.c_int()
-        self._check(count_fn(ctypes.byref(count)), "nvrtcGetNumSupportedArchs")
-        archs = (ctypes.c_int * count.value)()
-        self._check(list_fn(archs), "nvrtcGetSupportedArchs")
-        return frozenset(f"sm_{value}" for value in archs)
-
-    def _check(self, status: int, what: str):
-        if status != 0:
-            message = self._lib.nvrtcGetErrorString(status).decode(errors="replace")
-            raise CompileError(f"{what} failed: {message}")
+            library = _nvrtc_lib.Library(path)
+            archs = library.supported_archs()
+        except RuntimeError as err:
+            raise CompileError(str(err)) from None
+        self.version = library.version
+        # NVRTC < 11.2 cannot say; assume the arch list is fine
+        self.supported_archs = frozenset(ARCHS) if archs is None else frozenset(archs)
 
     def compile(self, source: str, name: str, options) -> tuple[bytes, str]:
         """(cubin, log) of `source`; CompileError with the log when compilation fails."""
-        lib = self._lib
-        program = ctypes.c_void_p()
-        self._check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None),
-                    "nvrtcCreateProgram")
+        request = json.dumps({"library": _stable_library_path(self.path), "source": source, "name": name, "options": list(options)})
+        child = subprocess.run(_child_command(), input=request, capture_output=True, text=True, env={}, cwd="/")
         try:
-            encoded = [option.encode() for option in options]
-            status = lib.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
-            size = ctypes.c_size_t()
-            self._check(lib.nvrtcGetProgramLogSize(program, ctypes.byref(size)), "nvrtcGetProgramLogSize")
-            log_buffer = ctypes.create_string_buffer(size.value)
-            self._check(lib.nvrtcGetProgramLog(program, log_buffer), "nvrtcGetProgramLog")
-            log = log_buffer.value.decode(errors="replace")
-            if status != 0:
-                reason = lib.nvrtcGetErrorString(status).decode(errors="replace")
-                raise CompileError(f"{name} ({' '.join(options)}): {reason}\n{log}")
-            self._check(lib.nvrtcGetCUBINSize(program, ctypes.byref(size)), "nvrtcGetCUBINSize")
-            cubin = ctypes.create_string_buffer(size.value)
-            self._check(lib.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
-            return cubin.raw, log
-        finally:
-            lib.nvrtcDestroyProgram(ctypes.byref(program))
+            reply = json.loads(child.stdout)
+        except ValueError:
+            raise CompileError(f"{name}: the NVRTC child process ended with status {child.returncode} "
+                               f"and no reply: {child.stderr.strip()[-2000:]}") from None
+        if reply["status"] != 0:
+            raise CompileError(f"{name} ({' '.join(options)}): {reply['reason']}\n{reply['log']}")
+        if not reply["fixed_layout"]:
+            _warn_randomized_layout()
+        return base64.b64decode(reply["cubin"]), reply["log"]
 
 
 def _loadable(errors: list | None = None):
@@ -351,11 +363,29 @@ def launch_bounds_from_cubin(cubin: bytes) -> dict[str, int]:
 
 # --- compiling the project's kernel files -------------------------------------------------------
 
+_LINE_DIRECTIVE = re.compile(r'^(#line \d+ ")([^"\n]*/)?([^"/\n]*)"', re.MULTILINE)
+
+
+def _line_directives_by_name(source: str) -> tuple[str, dict[str, str]]:
+    """`source` with each `#line` directive's file named without its folder (backend.kernel_source
+    writes absolute paths, and NVRTC's output follows every byte of its input, so it would follow
+    where the tree lies), and {name: the path it stood for} for the names that stood for one path."""
+    paths: dict[str, set] = {}
+
+    def by_name(match):
+        paths.setdefault(match.group(3), set()).add((match.group(2) or "") + match.group(3))
+        return f'{match.group(1)}{match.group(3)}"'
+    named = _LINE_DIRECTIVE.sub(by_name, source)
+    return named, {file_name: min(found) for file_name, found in paths.items() if len(found) == 1}
+
+
 def compile_cubin(source: str, name: str, arch: str, options=(),
                   compiler: Nvrtc | None = None) -> tuple[bytes, str]:
     """(CUBIN, ptxas log) of `source` compiled for `arch` with `options`, `-arch=<arch>` and
     `--ptxas-options=-v`, by `compiler` (default: load()'s). The CUBIN is the whole ELF image: nvrtcGetCUBINSize bytes (CuPy's
-    nvrtc.getCUBIN drops the last byte, which leaves nvdisasm seeing no device code)."""
+    nvrtc.getCUBIN drops the last byte, which leaves nvdisasm seeing no device code).
+    NVRTC sees `#line` directives' file names without their folders; a compile error names the
+    files by their paths again."""
     if arch not in ARCH_LIMITS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if compiler is None:
@@ -365,7 +395,14 @@ def compile_cubin(source: str, name: str, arch: str, options=(),
         compiler = load()
     elif arch not in compiler.supported_archs:
         raise CompileError(f"NVRTC {compiler.version[0]}.{compiler.version[1]} cannot target {arch}")
-    return compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+    source, paths = _line_directives_by_name(source)
+    try:
+        return compiler.compile(source, name, (*options, f"-arch={arch}", "--ptxas-options=-v"))
+    except CompileError as err:
+        message = str(err)
+        for file_name, path in paths.items():   # NVRTC's diagnostics start "name(line): "
+            message = re.sub(rf"^{re.escape(file_name)}(?=\(\d+\))", lambda _: path, message, flags=re.MULTILINE)
+        raise CompileError(message) from None
 
 
 def reports_of(cubin: bytes, log: str, arch: str) -> list[KernelReport]:

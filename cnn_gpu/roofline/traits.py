@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .model import DEFAULT_ISSUE_CEILING, DEFAULT_MMA_ISSUE_CEILING, DEFAULT_REGISTERS, KernelTraits
 
-INPUTS_VERSION = 4       # bump when the way the figures are derived changes
+INPUTS_VERSION = 5       # bump when the way the figures are derived changes (5: fixed NVRTC child process)
 # An arch whose SASS this machine's nvdisasm cannot read (CUDA 13 dropped sm_70) takes the hot loop
 # of the nearest one it can: Turing's compile of the same source, the same ISA family as Volta.
 SASS_STAND_INS = {"sm_70": "sm_75"}
