@@ -193,26 +193,33 @@ def shared_variable(library, address: int) -> str | None:
     return None
 
 
-def shared_guard_place(library, address: int) -> str | None:
-    """Where byte `address` of a guard zone between the static __shared__ arrays lies, if the symbols
-    say: `byte N past the end of` the array before it, or `N bytes before the start of` the one after,
-    whichever is nearer."""
+def _static_shared_arrays(library) -> list[tuple[int, int, str]] | None:
+    """(address in this process, bytes, name) of each static __shared__ array of a loaded library, by
+    its symbols; None where nm cannot read them."""
     module_address, symbols = _data_symbols(str(library.path))
     if not module_address:
         return None
     shift = library.state_address - module_address
-    begin, end = library.state.static_shared_begin - shift, library.state.static_shared_end - shift
-    relative = address - shift
-    arrays = [(start, size, name) for start, size, name in symbols if begin <= start < end and size]
-    before = max((a for a in arrays if a[0] + a[1] <= relative), key=lambda a: a[0], default=None)
-    after = min((a for a in arrays if a[0] > relative), key=lambda a: a[0], default=None)
+    begin, end = library.state.static_shared_begin, library.state.static_shared_end
+    return [(start + shift, size, name) for start, size, name in symbols if begin <= start + shift < end and size]
+
+
+def shared_guard_place(library, address: int) -> str | None:
+    """Where byte `address` of a guard zone between the static __shared__ arrays lies, if the symbols
+    say: `byte N past the end of` the array before it, or `N bytes before the start of` the one after,
+    whichever is nearer."""
+    arrays = _static_shared_arrays(library)
+    if not arrays:
+        return None
+    before = max((a for a in arrays if a[0] + a[1] <= address), key=lambda a: a[0], default=None)
+    after = min((a for a in arrays if a[0] > address), key=lambda a: a[0], default=None)
     if before is None and after is None:
         return None
-    past = relative - before[0] - before[1] if before else None
-    if after is None or (before is not None and past <= after[0] - relative):
+    past = address - before[0] - before[1] if before else None
+    if after is None or (before is not None and past <= after[0] - address):
         where, name = f"byte {past} past the end of", before[2]
     else:
-        where, name = f"{after[0] - relative} bytes before the start of", after[2]
+        where, name = f"{after[0] - address} bytes before the start of", after[2]
     return f"{where} __shared__ array {name.split('::')[-1]} (in {name.rsplit('::', 1)[0]})"
 
 
@@ -661,13 +668,10 @@ class _Library:
         leave the state pointing at freed memory."""
         table = _SHARED_ARRAY_TABLES.get(self.state_address)
         if table is None:
-            module_address, symbols = _data_symbols(str(self.path))
-            if not module_address:
+            arrays = _static_shared_arrays(self)
+            if arrays is None:
                 return None
-            shift = self.state_address - module_address
-            begin, end = self.state.static_shared_begin, self.state.static_shared_end
-            pairs = sorted((start + shift - begin, size) for start, size, _ in symbols
-                           if begin <= start + shift < end and size)
+            pairs = sorted((start - self.state.static_shared_begin, size) for start, size, _ in arrays)
             table = (ctypes.c_ulonglong * (2 * len(pairs) or 1))(*[v for pair in pairs for v in pair])
             table = _SHARED_ARRAY_TABLES.setdefault(self.state_address, (table, len(pairs)))
         self.state.static_shared_arrays = ctypes.addressof(table[0])
