@@ -115,8 +115,10 @@ def _serve() -> None:
 
 
 def _persona() -> int:
-    """This process's personality(2) flags (-1 where the call fails); reading them changes nothing."""
-    return ctypes.CDLL(None).personality(0xFFFFFFFF)
+    """This process's personality(2) flags (-1 where the call fails or the C library has none);
+    reading them changes nothing."""
+    personality = getattr(ctypes.CDLL(None), "personality", None)
+    return -1 if personality is None else personality(0xFFFFFFFF)
 
 
 def _without_address_randomization() -> None:

@@ -177,14 +177,16 @@ def _stable_library_path(path: str) -> str:
     made, or where the folder above it is not this user's alone."""
     real = os.path.realpath(path)
     try:
+        content = hashlib.sha256()
         with open(real, "rb") as library:
-            digest = hashlib.file_digest(library, "sha256").hexdigest()[:16]
+            for block in iter(lambda: library.read(1 << 20), b""):
+                content.update(block)
         base = LINK_FOLDER.format(uid=os.getuid())
         os.makedirs(base, mode=0o700, exist_ok=True)
         info = os.lstat(base)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
             return path
-        link, target = os.path.join(base, digest), os.path.dirname(real)
+        link, target = os.path.join(base, content.hexdigest()[:16]), os.path.dirname(real)
         if os.path.realpath(link) != target:   # absent, dangling, or another tree's copy of the library
             temporary = f"{link}.{os.getpid()}"
             os.symlink(target, temporary)
