@@ -220,7 +220,8 @@ class Nvrtc:
 
     def compile(self, source: str, name: str, options) -> tuple[bytes, str]:
         """(cubin, log) of `source`; CompileError with the log when compilation fails."""
-        request = json.dumps({"library": _stable_library_path(self.path), "source": source, "name": name, "options": list(options)})
+        request = json.dumps({"library": _stable_library_path(self.path), "source": source, "name": name,
+                              "options": list(options)})
         child = subprocess.run(_child_command(), input=request, capture_output=True, text=True, env={}, cwd="/")
         try:
             reply = json.loads(child.stdout)
