@@ -27,10 +27,9 @@ ADDR_NO_RANDOMIZE = 0x0040000   # personality(2) flag: this process and what it 
 
 
 class Library:
-    """libnvrtc loaded from `path`: its version, the archs it targets and compile()."""
+    """libnvrtc loaded from a path: its version, the archs it targets and compile()."""
 
     def __init__(self, path: str):
-        self.path = path
         lib = ctypes.CDLL(path)
         c_int_p = ctypes.POINTER(ctypes.c_int)
         c_size_p = ctypes.POINTER(ctypes.c_size_t)
