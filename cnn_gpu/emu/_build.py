@@ -26,6 +26,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import _cache
+
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
 ABI_HEADER = HERE / "emu_abi.h"
@@ -82,8 +84,7 @@ def emulated_arch() -> int:
 def cache_dir() -> Path:
     """$CNN_GPU_CACHE/emu (default ~/.cache/cnn_gpu/emu); a private temporary folder, with a
     warning, when that cannot be created or written."""
-    root = os.environ.get("CNN_GPU_CACHE")
-    path = Path(root) / "emu" if root else Path.home() / ".cache" / "cnn_gpu" / "emu"
+    path = _cache.folder("emu")
     try:
         path.mkdir(parents=True, exist_ok=True)
         if os.access(path, os.W_OK | os.X_OK):

@@ -14,20 +14,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from .. import _cache
 from .model import DEFAULT_ISSUE_CEILING, DEFAULT_MMA_ISSUE_CEILING, DEFAULT_REGISTERS, KernelTraits
 
 INPUTS_VERSION = 5       # bump when the way the figures are derived changes (5: fixed NVRTC child process)
 # An arch whose SASS this machine's nvdisasm cannot read (CUDA 13 dropped sm_70) takes the hot loop
 # of the nearest one it can: Turing's compile of the same source, the same ISA family as Volta.
 SASS_STAND_INS = {"sm_70": "sm_75"}
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("CNN_GPU_CACHE")
-    return Path(root) / "roofline" if root else Path.home() / ".cache" / "cnn_gpu" / "roofline"
 
 
 def _digest(*parts) -> str:
@@ -48,22 +43,15 @@ def _emulator_identity() -> str:
 def _cached(name: str, key: str, compute):
     """compute() -> (dict, complete); a complete result is stored under `name`-`key`, older keys of
     the same name removed. Best effort: an unwritable cache only costs recomputation."""
-    from ..checkpoint import atomic_write
-    path = cache_dir() / f"{name}-{key}.json"
+    data = _cache.read("roofline", name, key)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        if data is not None:
+            return json.loads(data)
+    except ValueError:
         pass
     value, complete = compute()
     if complete:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
-            for stale in path.parent.glob(f"{name}-*.json"):
-                if stale != path:
-                    stale.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _cache.write("roofline", name, key, json.dumps(value).encode())
     return value
 
 

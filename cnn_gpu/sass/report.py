@@ -5,12 +5,11 @@ import copy
 import functools
 import hashlib
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
+from .. import _cache
 from . import loops, mix
 from .disasm import Function, SassUnavailable, disassemble, find, why_unavailable
 
@@ -83,31 +82,16 @@ def _rows(family: str, source: str, dtype_name: str, arch: str, key: str) -> lis
     return rows
 
 
-def cache_dir() -> Path:
-    """$CNN_GPU_CACHE/sass, else ~/.cache/cnn_gpu/sass."""
-    root = os.environ.get("CNN_GPU_CACHE")
-    return Path(root) / "sass" if root else Path.home() / ".cache" / "cnn_gpu" / "sass"
-
-
 def _load(stem: str, key: str) -> list[dict] | None:
+    data = _cache.read("sass", stem, key)
     try:
-        return json.loads((cache_dir() / f"{stem}-{key}.json").read_text())
-    except (OSError, ValueError):
+        return None if data is None else json.loads(data)
+    except ValueError:
         return None
 
 
 def _store(stem: str, key: str, rows: list[dict]) -> None:
-    """Best effort: an unwritable cache only costs the next run a compile."""
-    from ..checkpoint import atomic_write
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / f"{stem}-{key}.json", lambda f: f.write(json.dumps(rows).encode()))
-        for stale in folder.glob(f"{stem}-*.json"):
-            if stale.name != f"{stem}-{key}.json":
-                stale.unlink(missing_ok=True)
-    except OSError:
-        pass
+    _cache.write("sass", stem, key, json.dumps(rows).encode())
 
 
 # --- tables ---------------------------------------------------------------------------------------
