@@ -6,6 +6,8 @@ options...) rather than one per edit. Reads and writes are best effort: a missin
 cache only costs recomputation."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -37,3 +39,21 @@ def write(kind: str, group: str, key: str, data: bytes, suffix: str = "json") ->
     except OSError:
         pass
 
+
+@contextlib.contextmanager
+def group_lock(kind: str, group: str):
+    """Held while one process computes a group's entry, so that a second process asking for it
+    (another pytest-xdist worker) waits and reads it rather than computing it again. A no-op where
+    the folder cannot be written."""
+    where = folder(kind)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(where / f"{group}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)

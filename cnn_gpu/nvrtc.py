@@ -7,6 +7,8 @@ heap, and in this process the reports would differ from run to run. Each compile
 architecture (`-arch=sm_XX`), so the result is a CUBIN whose ptxas report (`-Xptxas=-v`, in the
 program log) gives per kernel: registers, spill stores/loads, static shared memory and stack frame.
 compile_as_backend hands the CUBIN itself to cnn_gpu.sass (the SASS report).
+Since a compile is then deterministic, its CUBIN and log are cached on disk ($CNN_GPU_CACHE/nvrtc,
+else ~/.cache/cnn_gpu/nvrtc) per library, interpreter, options and source text.
 The block size a kernel is built for is read from the CUBIN (`__launch_bounds__` ends up as the
 EIATTR_MAX_THREADS attribute of the kernel's `.nv.info.<name>` ELF section), so macros in the
 bounds need no preprocessing here. Theoretical occupancy follows the CUDA occupancy calculator's
@@ -30,12 +32,13 @@ import struct
 import subprocess
 import sys
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import _nvrtc_lib
+from . import _cache, _nvrtc_lib
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -168,6 +171,25 @@ def _child_command() -> tuple[str, ...]:
 LINK_FOLDER = "/tmp/cnn-gpu-nvrtc-{uid}"   # where _stable_library_path makes its links
 
 
+_UNSAFE_IN_FILE_NAME = re.compile(r"[^\w.]")
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (hex), read again when its size or time changes; OSError where it
+    cannot be read."""
+    info = os.stat(path)
+    return _content_digest(path, info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    content = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            content.update(block)
+    return content.hexdigest()
+
+
 @functools.lru_cache(maxsize=None)
 def _stable_library_path(path: str) -> str:
     """`path` reached through a link whose path has the same length wherever the library lies:
@@ -177,16 +199,13 @@ def _stable_library_path(path: str) -> str:
     made, or where the folder above it is not this user's alone."""
     real = os.path.realpath(path)
     try:
-        content = hashlib.sha256()
-        with open(real, "rb") as library:
-            for block in iter(lambda: library.read(1 << 20), b""):
-                content.update(block)
+        content = _file_digest(real)
         base = LINK_FOLDER.format(uid=os.getuid())
         os.makedirs(base, mode=0o700, exist_ok=True)
         info = os.lstat(base)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
             return path
-        link, target = os.path.join(base, content.hexdigest()[:16]), os.path.dirname(real)
+        link, target = os.path.join(base, content[:16]), os.path.dirname(real)
         if os.path.realpath(link) != target:   # absent, dangling, or another tree's copy of the library
             temporary = f"{link}.{os.getpid()}"
             os.symlink(target, temporary)
@@ -219,7 +238,29 @@ class Nvrtc:
         self.supported_archs = frozenset(ARCHS) if archs is None else frozenset(archs)
 
     def compile(self, source: str, name: str, options) -> tuple[bytes, str]:
-        """(cubin, log) of `source`; CompileError with the log when compilation fails."""
+        """(cubin, log) of `source`; CompileError with the log when compilation fails. From the disk
+        cache where the same child compiled the same request with this library before."""
+        try:   # what the child's output follows besides the request
+            compiler = (_file_digest(os.path.realpath(self.path)), sys.version, *_child_command())
+        except OSError:   # no readable library: the child will say why
+            return self._compile(source, name, options)[:2]
+        settings = hashlib.sha256(json.dumps([compiler, list(options)]).encode()).hexdigest()[:16]
+        group = f"{_UNSAFE_IN_FILE_NAME.sub('_', name)}-{settings}"
+        key = hashlib.sha256(source.encode()).hexdigest()[:32]
+        cached = _cached_compile(group, key)
+        if cached is None:
+            with _cache.group_lock("nvrtc", group):
+                cached = _cached_compile(group, key)   # another process may have compiled it meanwhile
+                if cached is None:
+                    cubin, log, fixed_layout = self._compile(source, name, options)
+                    if fixed_layout:   # else the output varies from compile to compile
+                        entry = {"log": log, "cubin": base64.b64encode(zlib.compress(cubin)).decode()}
+                        _cache.write("nvrtc", group, key, json.dumps(entry).encode())
+                    cached = cubin, log
+        return cached
+
+    def _compile(self, source: str, name: str, options) -> tuple[bytes, str, bool]:
+        """(cubin, log, whether the child ran with address randomization off) from a fresh child."""
         request = json.dumps({"library": _stable_library_path(self.path), "source": source, "name": name,
                               "options": list(options)})
         child = subprocess.run(_child_command(), input=request, capture_output=True, text=True, env={}, cwd="/")
@@ -232,7 +273,19 @@ class Nvrtc:
             raise CompileError(f"{name} ({' '.join(options)}): {reply['reason']}\n{reply['log']}")
         if not reply["fixed_layout"]:
             _warn_randomized_layout()
-        return base64.b64decode(reply["cubin"]), reply["log"]
+        return base64.b64decode(reply["cubin"]), reply["log"], reply["fixed_layout"]
+
+
+def _cached_compile(group: str, key: str) -> tuple[bytes, str] | None:
+    """(cubin, log) of a cached compile, or None (absent or unreadable)."""
+    data = _cache.read("nvrtc", group, key)
+    if data is None:
+        return None
+    try:
+        entry = json.loads(data)
+        return zlib.decompress(base64.b64decode(entry["cubin"])), entry["log"]
+    except (ValueError, KeyError, TypeError, zlib.error):
+        return None
 
 
 def _loadable(errors: list | None = None):

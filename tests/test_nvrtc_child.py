@@ -7,16 +7,24 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import types
 
 import pytest
 
-from cnn_gpu import _nvrtc_lib, nvrtc
+from cnn_gpu import _cache, _nvrtc_lib, nvrtc
 
 NVRTC_MISSING = nvrtc.why_unavailable()
 needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable: {NVRTC_MISSING}")
 
 SCALE = 'extern "C" __global__ void __launch_bounds__(64) scale(float* x, float a) { x[threadIdx.x] *= a; }\n'
+
+
+@pytest.fixture(autouse=True)
+def empty_compile_cache(tmp_path, monkeypatch):
+    """Each test starts from an empty disk cache, so that its compiles run a child."""
+    monkeypatch.setenv("CNN_GPU_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "nvrtc"
 
 
 @needs_nvrtc
@@ -124,3 +132,55 @@ def test_a_child_with_address_randomization_warns(monkeypatch):
     with pytest.warns(RuntimeWarning, match="address randomization"):
         assert compiler.compile(SCALE, "scale.cu", ["-arch=sm_80"]) == (b"", "")
     nvrtc._warn_randomized_layout.cache_clear()
+
+
+def _recording_runs(monkeypatch) -> list:
+    runs, real_run = [], subprocess.run
+    monkeypatch.setattr(nvrtc.subprocess, "run", lambda command, **kwargs: runs.append(command) or real_run(
+        command, **kwargs))
+    return runs
+
+
+@needs_nvrtc
+def test_a_compile_comes_back_from_the_disk_cache_until_its_source_or_options_change(monkeypatch, empty_compile_cache):
+    if not _can_turn_off_address_randomization():
+        pytest.skip("this system refuses personality(ADDR_NO_RANDOMIZE): its compiles are not cached")
+    runs = _recording_runs(monkeypatch)
+    first = nvrtc.compile_cubin(SCALE, "scale.cu", "sm_80")
+    assert len(runs) == 1 and nvrtc.compile_cubin(SCALE, "scale.cu", "sm_80") == first and len(runs) == 1
+    [entry] = empty_compile_cache.glob("scale.cu-*.json")
+    other = nvrtc.compile_cubin(SCALE, "scale.cu", "sm_90")
+    assert len(runs) == 2 and other != first
+    edited = SCALE.replace("*= a", "+= a")
+    assert nvrtc.compile_cubin(edited, "scale.cu", "sm_80") != first and len(runs) == 3
+    assert not entry.exists(), "the entry of the older source stays beside the newer"
+    assert len(list(empty_compile_cache.glob("scale.cu-*.json"))) == 2   # one per arch
+    # a damaged entry is compiled again
+    for damaged in empty_compile_cache.glob("scale.cu-*.json"):
+        damaged.write_text("{")
+    assert nvrtc.compile_cubin(edited, "scale.cu", "sm_80") != first and len(runs) == 4
+
+
+@needs_nvrtc
+def test_a_process_waits_for_the_compile_another_has_under_way(monkeypatch, empty_compile_cache):
+    """Two pytest-xdist workers asking for one compile: the second waits for the first's entry."""
+    if not _can_turn_off_address_randomization():
+        pytest.skip("this system refuses personality(ADDR_NO_RANDOMIZE): its compiles are not cached")
+    compiled = nvrtc.compile_cubin(SCALE, "scale.cu", "sm_80")
+    [entry] = empty_compile_cache.glob("scale.cu-*.json")
+    group = entry.name[:-len("-" + entry.name.rsplit("-", 1)[1])]
+    stored = entry.read_bytes()
+    entry.unlink()
+    runs = _recording_runs(monkeypatch)
+    missed, real_read = threading.Event(), _cache.read
+    monkeypatch.setattr(_cache, "read", lambda *args: missed.set() or real_read(*args))
+    results = []
+    with _cache.group_lock("nvrtc", group):   # "another process" is compiling it
+        waiting = threading.Thread(target=lambda: results.append(nvrtc.compile_cubin(SCALE, "scale.cu", "sm_80")))
+        waiting.start()
+        assert missed.wait(60)
+        waiting.join(0.5)
+        assert waiting.is_alive(), "did not wait for the compile under way"
+        entry.write_bytes(stored)   # ...and has stored it
+    waiting.join(60)
+    assert results == [compiled] and runs == []
