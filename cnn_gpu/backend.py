@@ -309,6 +309,24 @@ FLOAT16_FAMILIES = ("adaptive_pool", "augment", "batch_norm", "conv2d_depthwise"
                     "loss", "mma_rate", "optim", "pool", "reduce")
 
 
+# The kernel files of tensor-core kernels (mma.sync on TF32 or FP16 operands): built for float32
+# and float16 only (float64 convolutions run the SIMT kernels) and for sm_80 and newer only (their
+# launchers check the GPU first: cnn_gpu.gpu.conv_tc.supported; below sm_80 the mma helpers trap).
+TENSOR_CORE_FAMILIES = ("conv2d_tc", "mma_rate")
+TENSOR_CORE_MIN_ARCH = 80
+
+
+def has_build(family: str, dtype, arch: str | None = None) -> bool:
+    """Whether the launchers build kernels/<family>.cu for `dtype` (and for `arch`, "sm_XX", given
+    one): the builds the compile gate and `cnn-gpu kernels` check."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16 and family not in FLOAT16_FAMILIES:
+        return False
+    if family in TENSOR_CORE_FAMILIES:
+        return dtype != np.float64 and (arch is None or int(arch.removeprefix("sm_")) >= TENSOR_CORE_MIN_ARCH)
+    return True
+
+
 def dtype_options(dtype) -> tuple[str, ...]:
     """Preprocessor options that instantiate a kernel file for one dtype: REAL is the element
     type, REAL_IS_DOUBLE selects the fp64 tiling where it differs, REAL_IS_HALF the float16
@@ -345,6 +363,8 @@ def kernel_module(backend: str, family: str, dtype):
         return module
     if np.dtype(dtype) == np.float16 and family not in FLOAT16_FAMILIES:
         raise NotImplementedError(f"kernels/{family}.cu has no float16 build yet")
+    if not has_build(family, dtype):
+        raise NotImplementedError(f"kernels/{family}.cu has no {np.dtype(dtype).name} build")
     with _modules_lock:
         module = _modules.get(key)
         if module is None:

@@ -1,7 +1,8 @@
 """The NVRTC compile gate: every kernels/*.cu, its kernels/*.cuh headers inlined by
 backend.kernel_source, compiles for sm_70..sm_90 in float32 and float64 exactly as the cuda backend
-compiles it, with no spilled byte, a declared __launch_bounds__ on every kernel, and each
-implicit-GEMM convolution tile launched with the threads and within the registers the launcher
+compiles it (the builds its launchers make, backend.has_build: the tensor-core files have no
+float64 build and none below sm_80), with no spilled byte, a declared __launch_bounds__ on every
+kernel, and each implicit-GEMM convolution tile launched with the threads and within the registers the launcher
 plans it for (cnn_gpu.gpu.conv.TILES: they set its resident blocks per SM). Each
 (file, dtype, arch) is one test and one compile (nvrtc.file_report caches it), so pytest-xdist
 spreads the compiles over the workers.
@@ -41,10 +42,14 @@ def declared_kernels(source: str, dtype: str) -> int:
     return len(KERNEL_DECLARATION.findall(source))
 
 
+def builds(dtypes, archs) -> list:
+    """pytest params (file, dtype, arch) of the builds the launchers make (backend.has_build)."""
+    return [pytest.param(path, dtype, arch, id=f"{path.name}-{dtype}-{arch}")
+            for path in FILES for dtype in dtypes for arch in archs if backend.has_build(path.stem, dtype, arch)]
+
+
 @needs_nvrtc
-@pytest.mark.parametrize("arch", nvrtc.ARCHS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path, dtype, arch", builds(DTYPES, nvrtc.ARCHS))
 def test_kernel_file_compiles_without_spills(path, dtype, arch):
     if reason := nvrtc.why_arch_unsupported(arch):   # CUDA 13's NVRTC has no sm_70
         pytest.skip(reason)
@@ -72,15 +77,9 @@ NEWEST = nvrtc.newest()
 NEWEST_ARCHS = ("sm_80", "sm_90")
 
 
-# one test per (file, dtype): the largest file takes a minute per dtype, which xdist can then spread
-NEWEST_BUILDS = [(path, dtype) for path in FILES
-                 for dtype in DTYPES + (("float16",) if path.stem in backend.FLOAT16_FAMILIES else ())]
-
-
 @pytest.mark.skipif(NEWEST is None or bool(NVRTC_MISSING) or NEWEST.version == nvrtc.load().version,
                     reason="a second, newer NVRTC is not installed (the test extra's nvidia-cuda-nvrtc)")
-@pytest.mark.parametrize("arch", NEWEST_ARCHS)
-@pytest.mark.parametrize("path, dtype", NEWEST_BUILDS, ids=lambda value: getattr(value, "name", value))
+@pytest.mark.parametrize("path, dtype, arch", builds(DTYPES + ("float16",), NEWEST_ARCHS))
 def test_kernel_file_compiles_without_spills_on_the_newest_nvrtc(path, dtype, arch):
     """No spill either with the compiler CuPy for CUDA 13 uses: NVRTC 13.5 spilled six words into the
     main loop of a kernel NVRTC 12.9 compiled without (conv2d_dgrad_tc_m64 for sm_90)."""
@@ -90,6 +89,20 @@ def test_kernel_file_compiles_without_spills_on_the_newest_nvrtc(path, dtype, ar
     spilled = [(r.name, r.spill_bytes, r.stack_bytes) for r in reports if r.spill_bytes or r.stack_bytes]
     version = ".".join(map(str, NEWEST.version))
     assert reports and not spilled, f"{path.name} {dtype} {arch} with NVRTC {version}: {spilled}"
+
+
+def test_the_gate_leaves_out_only_the_builds_no_launcher_makes():
+    """The tensor-core files' float64 builds and their builds below sm_80, which no launcher makes
+    (a float64 convolution runs the SIMT kernels; below sm_80 the mma helpers trap), and nothing else."""
+    every = {(path.stem, dtype, arch) for path in FILES for dtype in ("float32", "float64", "float16")
+             for arch in nvrtc.ARCHS if dtype != "float16" or path.stem in backend.FLOAT16_FAMILIES}
+    gated = {(path.stem, dtype, arch) for path, dtype, arch in
+             (param.values for param in builds(("float32", "float64", "float16"), nvrtc.ARCHS))}
+    left_out = {(family, dtype, arch) for family in ("conv2d_tc", "mma_rate") for dtype in ("float32", "float64", "float16")
+                for arch in nvrtc.ARCHS if dtype == "float64" or arch in ("sm_70", "sm_75")}
+    assert every - gated == left_out and gated < every
+    with pytest.raises(NotImplementedError, match="conv2d_tc.cu has no float64 build"):
+        backend.kernel_module("emu", "conv2d_tc", np.float64)
 
 
 def test_every_family_is_gated():

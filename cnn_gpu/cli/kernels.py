@@ -77,10 +77,10 @@ def collect(files, dtypes, archs, jobs: int = 1):
 
 
 def _combinations(files, dtypes, archs, family_of) -> list:
-    """(file, dtype, arch) of every build to compile: float16 only for the files that have one."""
+    """(file, dtype, arch) of every build to compile: those the launchers make (backend.has_build:
+    float16 only for the files that have one, the tensor-core files from sm_80 in float32 and float16)."""
     from .. import backend
-    return [(f, d, a) for f, d, a in itertools.product(files, dtypes, archs)
-            if d != "float16" or family_of(f) in backend.FLOAT16_FAMILIES]
+    return [(f, d, a) for f, d, a in itertools.product(files, dtypes, archs) if backend.has_build(family_of(f), d, a)]
 
 
 def _format_table(results) -> str:
