@@ -41,14 +41,12 @@ def write(kind: str, group: str, key: str, data: bytes, suffix: str = "json") ->
 
 
 @contextlib.contextmanager
-def group_lock(kind: str, group: str):
-    """Held while one process computes a group's entry, so that a second process asking for it
-    (another pytest-xdist worker) waits and reads it rather than computing it again. A no-op where
-    the folder cannot be written."""
-    where = folder(kind)
+def locked(path: Path):
+    """An exclusive lock on the file `path` (created if need be) while the block runs, so that a
+    second process asking for an entry another is computing (another pytest-xdist worker) waits and
+    reads it rather than computing it again. A no-op where the file cannot be opened."""
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(where / f"{group}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
         yield
         return
@@ -57,3 +55,13 @@ def group_lock(kind: str, group: str):
         yield
     finally:
         os.close(descriptor)
+
+
+def group_lock(kind: str, group: str):
+    """locked() on the group's lock file in the kind's folder."""
+    where = folder(kind)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return contextlib.nullcontext()
+    return locked(where / f"{group}.lock")

@@ -760,6 +760,29 @@ def test_concurrent_builds_share_one_cache_entry(tmp_path):
     assert not [name for name in built if name.endswith(".tmp")]
 
 
+def test_a_build_under_way_in_another_process_is_waited_for(tmp_path, monkeypatch):
+    """Two pytest-xdist workers asking for one module: the second waits for the first's build."""
+    import threading
+    from cnn_gpu import _cache
+    from cnn_gpu.emu import _build
+    target, built = tmp_path / "module-x.so", tmp_path / "built.so"
+    _build._cached(built, lambda temp: temp.write_bytes(b"an intact entry"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["built.so"]   # no lock file left
+    looked, real_is_intact = threading.Event(), _build.is_intact
+    monkeypatch.setattr(_build, "is_intact", lambda path: looked.set() or real_is_intact(path))
+    builds, results = [], []
+    with _cache.locked(tmp_path / ".module-x.so.lock"):   # "another process" is building it
+        waiting = threading.Thread(target=lambda: results.append(_build._cached(
+            target, lambda temp: builds.append(temp) or temp.write_bytes(b"built twice"))))
+        waiting.start()
+        assert looked.wait(60)
+        waiting.join(0.5)
+        assert waiting.is_alive(), "did not wait for the build under way"
+        shutil.copyfile(built, target)   # ...and has stored it
+    waiting.join(60)
+    assert results == [target] and builds == [] and real_is_intact(target)
+
+
 def test_a_changed_header_in_an_include_path_rebuilds_the_module(tmp_path):
     (tmp_path / "value.cuh").write_text("#define VALUE 5\n")
     code = '#include "value.cuh"\nextern "C" __global__ void k(int* y) { y[threadIdx.x] = VALUE; }'

@@ -140,16 +140,22 @@ def is_intact(path: Path) -> bool:
 
 
 def _cached(target: Path, build) -> Path:
-    """`target`, built by build(temp_path) unless an intact entry is there; it appears in one rename."""
+    """`target`, built by build(temp_path) unless an intact entry is there; it appears in one rename.
+    A process that finds another building it waits for that build."""
     if is_intact(target):
         return target
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        build(temp)
-        _seal(temp)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
+    with _cache.locked(lock):
+        if is_intact(target):
+            return target
+        temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            build(temp)
+            _seal(temp)
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)   # a process still waiting on it finds the entry
     try:  # the rename itself survives a crash too
         directory = os.open(target.parent, os.O_RDONLY)
         try:
