@@ -287,11 +287,14 @@ def test_derived_columns_pair_rows_of_the_same_dtype():
     assert "float16" not in bench.format_table(rows[:1] + rows[2:3])   # one dtype: no dtype column
 
 
-def test_model_prices_a_float16_optimizer_step_with_fp32_master_weights():
+def test_model_prices_a_float16_optimizer_step_with_fp32_master_weights(monkeypatch):
     """float16 parameters write themselves and read their gradient in 2 bytes, and read and write
-    an FP32 master weight and momentum: 20 bytes per parameter, as a float32 step."""
+    an FP32 master weight and momentum: 20 bytes per parameter, as a float32 step. The convolutions'
+    kernels take stated traits: gathering the real ones (compiles and emulator profiles of every
+    tile, about 2 minutes) is test_bench_dtypes_side_by_side's and tests/test_roofline.py's part."""
     from cnn_gpu import roofline
     from cnn_gpu.bench import modeled
+    monkeypatch.setattr(roofline, "kernel_traits", lambda *args: roofline.KernelTraits(128, 32768, 0.8, 0.001))
     case = bench.make_cases("tiny", ["train_step"])[0]
     spec = roofline.spec("h100")
     parameters = sum(p.data.size for p in bench.build_model(case.shape, np.float32).parameters())
