@@ -168,7 +168,7 @@ def test_a_process_waits_for_the_compile_another_has_under_way(monkeypatch, empt
         pytest.skip("this system refuses personality(ADDR_NO_RANDOMIZE): its compiles are not cached")
     compiled = nvrtc.compile_cubin(SCALE, "scale.cu", "sm_80")
     [entry] = empty_compile_cache.glob("scale.cu-*.json")
-    group = entry.name[:-len("-" + entry.name.rsplit("-", 1)[1])]
+    group = entry.name.rsplit("-", 1)[0]   # <file>-<settings>-<source digest>.json
     stored = entry.read_bytes()
     entry.unlink()
     runs = _recording_runs(monkeypatch)
