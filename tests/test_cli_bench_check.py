@@ -630,8 +630,20 @@ def test_name_lists_are_deduplicated_and_never_empty(capsys):
 
 
 @pytest.mark.skipif(bool(__import__("cnn_gpu.nvrtc").nvrtc.why_unavailable()), reason="NVRTC unavailable")
-def test_kernels_names_files_without_a_float16_build(capsys):
-    """`kernels --dtype float16` on files that have no float16 build: said, and nothing to do is a
-    usage error (it printed an empty table with exit status 0)."""
+def test_kernels_names_the_builds_no_launcher_makes(capsys):
+    """`kernels --dtype float16` on files that have no float16 build, float64 or an arch below
+    sm_80 on the tensor-core files: said, and nothing to do is a usage error (it printed an empty
+    table with exit status 0)."""
     assert main(["kernels", "--family", "conv2d_fprop", "--dtype", "float16"]) == 2
     assert "no float16 build of conv2d_fprop.cu" in capsys.readouterr().err
+    assert main(["kernels", "--family", "conv2d_tc,mma_rate", "--dtype", "float64"]) == 2
+    assert "no float64 build of conv2d_tc.cu, mma_rate.cu" in capsys.readouterr().err
+    assert main(["kernels", "--family", "conv2d_tc", "--arch", "sm_75"]) == 2
+    assert "no sm_75 build of conv2d_tc.cu (tensor-core files: sm_80 and newer)" in capsys.readouterr().err
+    # what is left is compiled; only what was asked for is named
+    assert main(["kernels", "--family", "mma_rate,reduce", "--arch", "sm_75,sm_80", "--dtype", "float32"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "cnn-gpu kernels: no sm_75 build of mma_rate.cu (tensor-core files: sm_80 and newer)\n"
+    assert "mma_rate.cu" in out and "sm_75" in out
+    assert [line.split()[:4] for line in out.splitlines() if line.startswith("mma_rate.cu")] == \
+        [["mma_rate.cu", "mma_rate", "float32", "sm_80"]]

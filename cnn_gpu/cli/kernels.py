@@ -83,6 +83,21 @@ def _combinations(files, dtypes, archs, family_of) -> list:
     return [(f, d, a) for f, d, a in itertools.product(files, dtypes, archs) if backend.has_build(family_of(f), d, a)]
 
 
+def _left_out(files, dtypes, archs, dtypes_asked: bool, archs_asked: bool) -> list[str]:
+    """What an explicit --dtype or --arch asked for that no launcher builds (backend.has_build)."""
+    from .. import backend
+    lines = []
+    for dtype in dtypes if dtypes_asked else ():
+        if without := [path.name for path in files if not backend.has_build(path.stem, dtype)]:
+            lines.append(f"no {dtype} build of {', '.join(without)}")
+    for arch in archs if archs_asked else ():
+        if newer_only := [path.name for path in files if any(
+                backend.has_build(path.stem, d) and not backend.has_build(path.stem, d, arch) for d in dtypes)]:
+            lines.append(f"no {arch} build of {', '.join(newer_only)} (tensor-core files: "
+                         f"sm_{backend.TENSOR_CORE_MIN_ARCH} and newer)")
+    return lines
+
+
 def _format_table(results) -> str:
     header = ("file", "kernel", "dtype", "arch", "regs", "spill st/ld B", "smem B", "stack B", "threads",
               "occupancy")
@@ -141,13 +156,10 @@ def run(args) -> int:
         print(f"cnn-gpu kernels: {err}", file=sys.stderr)
         return 2
     dtypes = args.dtype or list(DTYPES)
-    if args.dtype and "float16" in dtypes:   # asked for: say which files have no float16 build
-        from .. import backend
-        without = [path.name for path in files if path.stem not in backend.FLOAT16_FAMILIES]
-        if without:
-            print(f"cnn-gpu kernels: no float16 build of {', '.join(without)}", file=sys.stderr)
-        if dtypes == ["float16"] and len(without) == len(files):
-            return 2
+    for line in _left_out(files, dtypes, archs, bool(args.dtype), bool(args.arch)):
+        print(f"cnn-gpu kernels: {line}", file=sys.stderr)
+    if not _combinations(files, dtypes, archs, lambda path: path.stem):
+        return 2   # nothing to compile is a usage error, not an empty table
     if args.sass:
         return _run_sass(args, [path.stem for path in files], dtypes, archs)
     return _run_ptxas(args, files, dtypes, archs)
