@@ -278,6 +278,11 @@ _EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\b")
 # loops of our kernels without bloating long ones.
 _PRAGMA_UNROLL = re.compile(r"^([ \t]*)#[ \t]*pragma[ \t]+unroll\b[ \t]*(.*?)[ \t]*$", re.M)
 _GLOBAL_MARK = "CNN_GPU_EMU_GLOBAL_MARK"
+# A static __shared__ declaration of several arrays (`__shared__ float a[32], b[32];`): one
+# declaration, one section (cuda_emu.h's __shared__), so no guard zone between its arrays. Only
+# plain ones on one line are split: no parenthesis, brace, initializer or template argument list.
+_SHARED_DECLARATION = re.compile(r"\b(?:(?:static|volatile|const)[ \t]+)*__shared__\b[^;{}()=<>#\n]*;")
+_LAST_DECLARATOR = re.compile(r"[*&\s]*[A-Za-z_]\w*\s*(?:\[[^\[\]]*\]\s*)*$")
 _ATTRIBUTE = r"(?:(?:__launch_bounds__|__attribute__)\s*\((?:[^()]|\([^()]*\))*\)\s*)*"
 _KERNEL_HEAD = re.compile(rf"\s*{_ATTRIBUTE}void\s+{_ATTRIBUTE}([A-Za-z_]\w*)\s*\(")
 _DYNAMIC_SHARED = re.compile(r"\bextern\s+cnn_gpu_emu_dynamic_shared_decl\b[^;]*?([A-Za-z_]\w*)\s*\[\s*\]\s*;")
@@ -384,6 +389,30 @@ def _is_shared_section(name: str) -> bool:
     return name.startswith("cnn_gpu_emu_shared.") or name.startswith(".bss._ZZ")
 
 
+def one_array_per_shared_declaration(source: str) -> str:
+    """`source` with each plain static __shared__ declaration of several declarators split into one
+    declaration per declarator, so that each array gets its own section and guard zones. The
+    declarations stay on their line."""
+    def split(match):
+        text = match.group(0)
+        parts, depth, start = [], 0, 0
+        for i, char in enumerate(text[:-1]):
+            depth += (char == "[") - (char == "]")
+            if char == "," and depth == 0:
+                parts.append(text[start:i])
+                start = i + 1
+        if not parts:
+            return text
+        parts.append(text[start:-1])
+        first = _LAST_DECLARATOR.search(parts[0])
+        if first is None:
+            return text
+        specifiers = parts[0][:first.start()].strip()
+        declarators = [parts[0][first.start():], *parts[1:]]
+        return " ".join(f"{specifiers} {declarator.strip()};" for declarator in declarators)
+    return _SHARED_DECLARATION.sub(split, source)
+
+
 def _object_sections(path: Path) -> list[str]:
     """The section names of an ELF64 little-endian object file, in order."""
     data = path.read_bytes()
@@ -472,7 +501,7 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     flags = _compile_flags(opts) + (list(INSTRUMENTED_FLAGS) if instrumented else [])
     flags.append(f"-DCNN_GPU_EMU_ARCH={opts.arch or emulated_arch()}")
     includes = [f"-I{include_dir}"] if include_dir else []
-    transformed = _EXTERN_SHARED.sub("extern cnn_gpu_emu_dynamic_shared_decl", source)
+    transformed = one_array_per_shared_declaration(_EXTERN_SHARED.sub("extern cnn_gpu_emu_dynamic_shared_decl", source))
     transformed = _PRAGMA_UNROLL.sub(lambda m: f"{m.group(1)}CNN_GPU_EMU_UNROLL({m.group(2) or 32})", transformed)
     digest = hashlib.sha256()
     parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
