@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def write(kind: str, group: str, key: str, data: bytes, suffix: str = "json") ->
                 stale.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def read_json(kind: str, group: str, key: str):
+    """The entry's JSON value; None where it is absent or not JSON (a damaged entry)."""
+    data = read(kind, group, key)
+    try:
+        return None if data is None else json.loads(data)
+    except ValueError:
+        return None
+
+
+def write_json(kind: str, group: str, key: str, value) -> None:
+    write(kind, group, key, json.dumps(value).encode())
 
 
 @contextlib.contextmanager

@@ -255,7 +255,7 @@ class Nvrtc:
                     cubin, log, fixed_layout = self._compile(source, name, options)
                     if fixed_layout:   # else the output varies from compile to compile
                         entry = {"log": log, "cubin": base64.b64encode(zlib.compress(cubin)).decode()}
-                        _cache.write("nvrtc", group, key, json.dumps(entry).encode())
+                        _cache.write_json("nvrtc", group, key, entry)
                     cached = cubin, log
         return cached
 
@@ -278,12 +278,9 @@ class Nvrtc:
 
 def _cached_compile(group: str, key: str) -> tuple[bytes, str] | None:
     """(cubin, log) of a cached compile, or None (absent or unreadable)."""
-    data = _cache.read("nvrtc", group, key)
-    if data is None:
-        return None
+    entry = _cache.read_json("nvrtc", group, key)
     try:
-        entry = json.loads(data)
-        return zlib.decompress(base64.b64decode(entry["cubin"])), entry["log"]
+        return None if entry is None else (zlib.decompress(base64.b64decode(entry["cubin"])), entry["log"])
     except (ValueError, KeyError, TypeError, zlib.error):
         return None
 

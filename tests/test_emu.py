@@ -433,8 +433,8 @@ def test_arrays_declared_together_get_a_guard_zone_each(offset, place, race, rng
     np.testing.assert_array_equal(y, x - np.float32(1))
     with pytest.raises(emu.KernelFault, match=rf"write at {place} __shared__ array first") as info:
         kernel((1,), (128,), (x, y, np.int32(offset)), race=race)
-    if race:   # at the store, on its line
-        assert info.value.thread == ((127 if offset > 0 else 0), 0, 0) and info.value.source.startswith("<code>:5 ")   # first[t + offset] = ...
+    if race:   # at the store, on its line (5: first[t + offset] = x[t])
+        assert info.value.thread == ((127 if offset > 0 else 0), 0, 0) and info.value.source.startswith("<code>:5 ")
 
 
 def test_only_plain_one_line_shared_declarations_are_split():

@@ -2,8 +2,8 @@
 backend.kernel_source, compiles for sm_70..sm_90 in float32 and float64 exactly as the cuda backend
 compiles it (the builds its launchers make, backend.has_build: the tensor-core files have no
 float64 build and none below sm_80), with no spilled byte, a declared __launch_bounds__ on every
-kernel, and each implicit-GEMM convolution tile launched with the threads and within the registers the launcher
-plans it for (cnn_gpu.gpu.conv.TILES: they set its resident blocks per SM). Each
+kernel, and each implicit-GEMM convolution tile launched with the threads and within the
+registers the launcher plans it for (cnn_gpu.gpu.conv.TILES: they set its resident blocks per SM). Each
 (file, dtype, arch) is one test and one compile (nvrtc.file_report caches it), so pytest-xdist
 spreads the compiles over the workers.
 
@@ -98,11 +98,14 @@ def test_the_gate_leaves_out_only_the_builds_no_launcher_makes():
              for arch in nvrtc.ARCHS if dtype != "float16" or path.stem in backend.FLOAT16_FAMILIES}
     gated = {(path.stem, dtype, arch) for path, dtype, arch in
              (param.values for param in builds(("float32", "float64", "float16"), nvrtc.ARCHS))}
-    left_out = {(family, dtype, arch) for family in ("conv2d_tc", "mma_rate") for dtype in ("float32", "float64", "float16")
+    left_out = {(family, dtype, arch) for family in ("conv2d_tc", "mma_rate")
+                for dtype in ("float32", "float64", "float16")
                 for arch in nvrtc.ARCHS if dtype == "float64" or arch in ("sm_70", "sm_75")}
     assert every - gated == left_out and gated < every
     with pytest.raises(NotImplementedError, match="conv2d_tc.cu has no float64 build"):
         backend.kernel_module("emu", "conv2d_tc", np.float64)
+    with pytest.raises(NotImplementedError, match="conv2d_fprop.cu has no float16 build"):
+        backend.kernel_module("emu", "conv2d_fprop", np.float16)
 
 
 def test_every_family_is_gated():

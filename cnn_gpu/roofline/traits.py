@@ -43,15 +43,12 @@ def _emulator_identity() -> str:
 def _cached(name: str, key: str, compute):
     """compute() -> (dict, complete); a complete result is stored under `name`-`key`, older keys of
     the same name removed. Best effort: an unwritable cache only costs recomputation."""
-    data = _cache.read("roofline", name, key)
-    try:
-        if data is not None:
-            return json.loads(data)
-    except ValueError:
-        pass
+    cached = _cache.read_json("roofline", name, key)
+    if cached is not None:
+        return cached
     value, complete = compute()
     if complete:
-        _cache.write("roofline", name, key, json.dumps(value).encode())
+        _cache.write_json("roofline", name, key, value)
     return value
 
 

@@ -67,7 +67,7 @@ def kernel_rows(family: str, dtype, arch: str) -> list[dict]:
 @functools.lru_cache(maxsize=None)
 def _rows(family: str, source: str, dtype_name: str, arch: str, key: str) -> list[dict]:
     stem = f"{family}-{dtype_name}-{arch}"
-    cached = _load(stem, key)
+    cached = _cache.read_json("sass", stem, key)
     if cached is not None:
         return cached
     from .. import nvrtc
@@ -78,20 +78,8 @@ def _rows(family: str, source: str, dtype_name: str, arch: str, key: str) -> lis
         rows.append({"family": family, "kernel": report.name, "arch": arch, "dtype": dtype_name,
                      "registers": report.registers, "stack_bytes": report.stack_bytes,
                      **hot_loop_mix(functions[report.name], dtype_name, arch)})
-    _store(stem, key, rows)
+    _cache.write_json("sass", stem, key, rows)
     return rows
-
-
-def _load(stem: str, key: str) -> list[dict] | None:
-    data = _cache.read("sass", stem, key)
-    try:
-        return None if data is None else json.loads(data)
-    except ValueError:
-        return None
-
-
-def _store(stem: str, key: str, rows: list[dict]) -> None:
-    _cache.write("sass", stem, key, json.dumps(rows).encode())
 
 
 # --- tables ---------------------------------------------------------------------------------------
