@@ -196,6 +196,46 @@ def test_race_check_covers_global_memory_between_threads_and_blocks(rng):
     assert info.value.source.startswith(at_line("out[threadIdx.x / 2] = x[threadIdx.x];"))
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_race_check_orders_atomics_against_plain_accesses(schedule, rng):
+    """An atomic is a write to the race check: atomics of one word never conflict, a barrier orders
+    them before a plain read, and without it the read is reported, from whichever side comes second."""
+    x = rng.standard_normal(3 * 64).astype(np.float32)
+    out = np.zeros(3, np.float32)
+    bugs().get_function("shared_total")((3,), (64,), (x, out, np.int32(1)), schedule=schedule, seed=4, race=True)
+    expected = x.reshape(3, 64)[:, 1:].astype(np.float64).sum(axis=1)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(emu.KernelFault, match=r"shared memory race on total \(byte 0, in shared_total\): this "
+                                              r"thread (reads a word updated atomically by thread [1-9]\d*|"
+                                              r"updates atomically a word read by thread 0) ") as info:
+        bugs().get_function("shared_total")((3,), (64,), (x, out, np.int32(0)), schedule=schedule, seed=4,
+                                            race=True)
+    assert info.value.kind == "shared memory race"
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_race_check_keeps_an_unordered_atomic_behind_an_ordered_one(schedule):
+    """Thread 1 reads a total after __syncwarp(): its warp's atomic is ordered before the read, the
+    other warps' are not, also where they came before it (reverse: the word's last atomic is
+    thread 0's, and thread 32's is the one kept beside it)."""
+    with pytest.raises(emu.KernelFault, match=r"shared memory race on total .*(updated atomically by|"
+                                              r"updates atomically a word read by) thread \d+"):
+        bugs().get_function("shared_total_warp_synced")((1,), (128,), (np.zeros(1, np.float32),),
+                                                        schedule=schedule, seed=6, race=True)
+
+
+def test_race_check_reports_an_atomic_over_another_blocks_store(rng):
+    x = rng.standard_normal(4).astype(np.float32)
+    with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'out' \(element 0\): this thread "
+                                              r"updates atomically a word written by thread 0 of another block"):
+        bugs().get_function("blocks_add_over_a_store")((4,), (32,), (x, np.zeros(1, np.float32)), race=True,
+                                                         schedule="forward")
+    with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'out' \(element 0\): this thread "
+                                              r"writes a word updated atomically by thread 0 of another block"):
+        bugs().get_function("blocks_add_over_a_store")((4,), (32,), (x, np.zeros(1, np.float32)), race=True,
+                                                         schedule="reverse")
+
+
 def test_race_check_of_shared_memory_only_leaves_global_memory_out(rng):
     """race="shared": the missing barrier and warp sync in shared memory are still found, two blocks
     writing one element of an argument no longer; other values refused."""

@@ -56,8 +56,9 @@ def checking(schedule: str = "forward", seed: int | None = None, guard: bool = T
     race: report two threads touching one byte of shared memory with no barrier between them (one
     of them writing), with both source lines, and of an array argument (threads of one block, or of
     two: blocks run in no fixed order, unless a __threadfence and an atomic order them: release in
-    the writing block, acquire in the reading one); runs an instrumented build, several times
-    slower. "shared": shared memory only;
+    the writing block, acquire in the reading one; an atomic conflicts with plain accesses, not
+    with other atomics); runs an instrumented build, several times slower. "shared": shared memory
+    only;
     timeout: watchdog seconds for one launch (None: inherit; inf: no watchdog; default 60 or
     $CNN_GPU_EMU_TIMEOUT; the watchdog looks at the clock every 1 to 50 ms)."""
     new = dict(_settings.get())

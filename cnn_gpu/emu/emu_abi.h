@@ -11,7 +11,7 @@ struct cnn_gpu_emu_thread {
     cnn_gpu_emu_uint3 thread_idx;
     unsigned int lane;
     unsigned int warp_size;        /* lanes in this thread's warp (the last warp may be partial) */
-    int in_atomic;                 /* inside an atomic: no race; profiled as one atomic access */
+    int in_atomic;                 /* inside an atomic: one atomic access for the race check and the profile */
 };
 
 /* One per compiled module (hidden global in the .so): the runtime fills it while it runs a

@@ -143,10 +143,13 @@ struct Warp {
 // accessed in parts (float16 elements), so that threads touching different bytes never conflict.
 // Two accesses of different threads of a block conflict unless a barrier separates them, or a warp
 // exchange does and both are lanes of one warp; in global memory, accesses of different blocks
-// conflict unless a __threadfence and an atomic order them (Sync, below).
+// conflict unless a __threadfence and an atomic order them (Sync, below). An atomic counts as a
+// write that conflicts with plain accesses only: atomics of one word are ordered among themselves,
+// and a thread's plain accesses after its own atomic on a word come after the word's earlier
+// atomics (coherence: the last block's reset of an arrival count).
 struct Access {
     int thread;
-    int warp;
+    unsigned int atomic;  // an atomic read-modify-write
     unsigned int warp_epoch;
     unsigned int block;   // position in the launch's block order
     void* site;
@@ -166,6 +169,9 @@ struct ShadowWord {
     unsigned int split;  // 0: tracked as a whole; else 1 + its index among the split words' byte states
     Access writer;
     Access reader[2];
+    // with an atomic writer: an earlier atomic of another thread since the last plain write, so that
+    // a plain access of the writer's thread still meets an atomic of another one (epoch 0: none)
+    Access other_atomic;
 };
 
 // Per OS thread: fiber stacks and block bookkeeping, reused across launches.
@@ -808,7 +814,7 @@ const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long va
 }
 
 bool ordered(const Access& earlier, int warp, unsigned int warp_epoch) {
-    return earlier.warp == warp && earlier.warp_epoch < warp_epoch;
+    return earlier.thread / kWarp == warp && earlier.warp_epoch < warp_epoch;
 }
 
 [[noreturn]] void report_race(Launch* L, Fiber* self, void* site, const Access& other, int region,
@@ -830,23 +836,39 @@ bool ordered(const Access& earlier, int warp, unsigned int warp_epoch) {
 bool released_to(Launch* L, int me, const Access& earlier);
 unsigned int fences_of(Launch* L, int me);
 
-void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, void* site, int region, size_t offset) {
+// `atomic`: an atomic read-modify-write (checked as a write)
+void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, bool atomic, void* site, int region,
+                size_t offset) {
     const int me = self->linear, warp = me / kWarp;
     const unsigned int warp_epoch = L->warps[warp].epoch, epoch = L->epoch, block = L->block_number;
     // conflicts with an earlier access of another thread: same epoch and not warp-ordered, or
-    // (global memory) another block's that no fence and atomic ordered before this one
+    // (global memory) another block's that no fence and atomic ordered before this one; never two atomics
     auto conflicts = [&](const Access& earlier, unsigned int earlier_epoch) {
+        if (atomic && earlier.atomic) return false;
         if (earlier.block != block) return region >= 2 && !released_to(L, me, earlier);
         return earlier_epoch == epoch && earlier.thread != me && !ordered(earlier, warp, warp_epoch);
     };
+    const char* verb = atomic ? "updates atomically" : write ? "writes" : "reads";
+    char what[64];
+    auto report = [&](const Access& earlier, const char* done) {
+        snprintf(what, sizeof what, "%s a word %s by", verb, done);
+        report_race(L, self, site, earlier, region, offset, what);
+    };
     if (w->write_epoch && conflicts(w->writer, w->write_epoch))
-        report_race(L, self, site, w->writer, region, offset, write ? "writes a word written by" : "reads a word written by");
-    Access access = {me, warp, warp_epoch, block, site, epoch, fences_of(L, me)};
+        report(w->writer, w->writer.atomic ? "updated atomically" : "written");
+    // the atomics before the writer's own come before its thread's later accesses (coherence)
+    const bool after_own_atomic = w->writer.atomic && w->writer.thread == me && w->writer.block == block;
+    if (w->other_atomic.epoch && !after_own_atomic && conflicts(w->other_atomic, w->other_atomic.epoch))
+        report(w->other_atomic, "updated atomically");
+    Access access = {me, atomic, warp_epoch, block, site, epoch, fences_of(L, me)};
     if (write) {
         if (w->read_epoch)
             for (int i = 0; i < w->readers; ++i)
-                if (conflicts(w->reader[i], w->read_epoch))
-                    report_race(L, self, site, w->reader[i], region, offset, "writes a word read by");
+                if (conflicts(w->reader[i], w->read_epoch)) report(w->reader[i], "read");
+        if (!atomic)
+            w->other_atomic.epoch = 0;
+        else if (w->write_epoch && w->writer.atomic && (w->writer.thread != me || w->writer.block != block))
+            w->other_atomic = w->writer;
         w->write_epoch = epoch;
         w->writer = access;
         return;
@@ -1142,7 +1164,8 @@ ShadowWord* byte_states(Launch* L, Fiber* self, ShadowWord* w, void* site) {
     return &L->byte_shadow[4 * (size_t)(w->split - 1)];
 }
 
-void race_check(Launch* L, Fiber* self, char* a, unsigned long size, int write, void* site) {
+// `atomic`: the read of an atomic read-modify-write, which stands for it (checked as a write)
+void race_check(Launch* L, Fiber* self, char* a, unsigned long size, int write, bool atomic, void* site) {
     for (int region = 0; region < L->region_count; ++region) {
         const Region& g = L->regions[region];
         if (a + size > g.begin && a < g.end) {
@@ -1152,11 +1175,12 @@ void race_check(Launch* L, Fiber* self, char* a, unsigned long size, int write, 
                 ShadowWord* w = &L->shadow[g.shadow_base + first / 4];
                 const size_t lo = from > first ? from : first, hi = to < first + 4 ? to : first + 4;
                 if (!w->split && lo == first && hi == first + 4) {
-                    check_word(L, self, w, write != 0, site, region, first);
+                    check_word(L, self, w, write != 0 || atomic, atomic, site, region, first);
                     continue;
                 }
                 ShadowWord* bytes = byte_states(L, self, w, site);
-                for (size_t b = lo; b < hi; ++b) check_word(L, self, &bytes[b - first], write != 0, site, region, b);
+                for (size_t b = lo; b < hi; ++b)
+                    check_word(L, self, &bytes[b - first], write != 0 || atomic, atomic, site, region, b);
             }
         }
     }
@@ -1487,8 +1511,8 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
                                  : "read from a guard zone between __shared__ arrays");
         }
     }
-    if (L->shadow && !me->in_atomic) race_check(L, self, (char*)address, size, write, site);
     // an atomic's read stands for it (a read-modify-write)
+    if (L->shadow && !(me->in_atomic && write)) race_check(L, self, (char*)address, size, write, me->in_atomic, site);
     if (L->sync && me->in_atomic && !write && in_array_argument(L, (char*)address))
         sync_atomic(L, self, (char*)address, site);
     if (!L->profiler) return;
@@ -1564,7 +1588,7 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_cp_async_wait_group(cnn_gpu_em
     while (retired < self->copy_count && self->copies[retired].group < retire_below) {
         const PendingCopy& c = self->copies[retired++];
         memcpy(c.dst, c.data, c.bytes);
-        if (L->shadow) race_check(L, self, c.dst, c.bytes, 1, __builtin_return_address(0));
+        if (L->shadow) race_check(L, self, c.dst, c.bytes, 1, false, __builtin_return_address(0));
     }
     self->copy_count -= retired;
     memmove(self->copies, self->copies + retired, (size_t)self->copy_count * sizeof(PendingCopy));

@@ -9,13 +9,17 @@ enum Handoff {
     EVERY_THREAD_FENCES,       // each thread: partial, __threadfence(); then a barrier; thread 0's atomic
     THREAD0_FENCES,            // the partials, a barrier, then thread 0: __threadfence(), atomic (cumulative)
     EVERY_THREAD_COUNTS,       // each thread: partial, __threadfence(), its own atomic (no barrier)
+    THREAD0_RESETS,            // THREAD0_FENCES, and the last block's thread 0 sets the count back to 0
+                               // after its atomic, for the next launch (conv2d_tc.cu's wgrad)
     PLANT_NO_RELEASE,          // BUG: no fence between the partials and the atomic
     PLANT_NO_ACQUIRE,          // BUG: the last block reads with no fence after the atomic
     PLANT_BLOCK_SCOPE,         // BUG: __threadfence_block() orders nothing between blocks
     PLANT_WRITE_AFTER_RELEASE, // BUG: a block writes its partial again after it has counted itself
     PLANT_NO_BARRIER,          // BUG: thread 0 fences and counts with no barrier after the others' partials
-    PLANT_FENCES_AFTER_BARRIER // BUG: thread 0 fences before the barrier, the others after it: nothing
+    PLANT_FENCES_AFTER_BARRIER,// BUG: thread 0 fences before the barrier, the others after it: nothing
                                // orders their fences before thread 0's atomic
+    PLANT_RESET_FIRST          // BUG: THREAD0_RESETS with the first block to arrive resetting the count,
+                               // under the other blocks' atomics
 };
 
 template <Handoff H>
@@ -40,8 +44,11 @@ __device__ void last_block_sum(const float* __restrict__ x, float* __restrict__ 
         if (H != PLANT_NO_BARRIER) __syncthreads();
         if (H == PLANT_FENCES_AFTER_BARRIER && t != 0) __threadfence();
         if (t == 0) {
-            if (H == THREAD0_FENCES || H == PLANT_NO_BARRIER) __threadfence();
-            last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+            const bool resets = H == THREAD0_RESETS || H == PLANT_RESET_FIRST;
+            if (H == THREAD0_FENCES || H == PLANT_NO_BARRIER || resets) __threadfence();
+            const unsigned int arrived = atomicAdd(arrivals, 1u);
+            last = arrived == gridDim.x - 1;
+            if (resets && arrived == (H == THREAD0_RESETS ? gridDim.x - 1 : 0u)) *arrivals = 0;
         }
     }
     __syncthreads();
@@ -62,12 +69,14 @@ __device__ void last_block_sum(const float* __restrict__ x, float* __restrict__ 
 HANDOFF_KERNEL(every_thread_fences, EVERY_THREAD_FENCES)
 HANDOFF_KERNEL(thread0_fences, THREAD0_FENCES)
 HANDOFF_KERNEL(every_thread_counts, EVERY_THREAD_COUNTS)
+HANDOFF_KERNEL(thread0_resets, THREAD0_RESETS)
 HANDOFF_KERNEL(plant_no_release, PLANT_NO_RELEASE)
 HANDOFF_KERNEL(plant_no_acquire, PLANT_NO_ACQUIRE)
 HANDOFF_KERNEL(plant_block_scope, PLANT_BLOCK_SCOPE)
 HANDOFF_KERNEL(plant_write_after_release, PLANT_WRITE_AFTER_RELEASE)
 HANDOFF_KERNEL(plant_no_barrier, PLANT_NO_BARRIER)
 HANDOFF_KERNEL(plant_fences_after_barrier, PLANT_FENCES_AFTER_BARRIER)
+HANDOFF_KERNEL(plant_reset_first, PLANT_RESET_FIRST)
 
 // BUG: block 0 releases its partials, block 1 acquires them, block 2 reads them having acquired
 // nothing (what block 1 holds is not block 2's). For the forward schedule, three blocks.

@@ -188,6 +188,40 @@ extern "C" __global__ void threads_write_one_element(const float* __restrict__ x
     out[threadIdx.x / 2] = x[threadIdx.x];
 }
 
+// Threads 1.. of a block add their x into a shared total with atomics, and thread 0 writes the total
+// out. BUG unless `synced`: no barrier between the atomics and thread 0's read.
+extern "C" __global__ void shared_total(const float* __restrict__ x, float* __restrict__ out, int synced)
+{
+    __shared__ float total;
+    if (threadIdx.x == 0) total = 0.0f;
+    __syncthreads();
+    if (threadIdx.x > 0) atomicAdd(&total, x[blockIdx.x * blockDim.x + threadIdx.x]);
+    if (synced) __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = total;
+}
+
+// Lane 0 of each warp adds its warp's number into a shared total, and thread 1 reads the total after
+// a __syncwarp(), which orders its warp's atomic before the read and not the other warps': BUG.
+extern "C" __global__ void shared_total_warp_synced(float* __restrict__ out)
+{
+    __shared__ float total;
+    if (threadIdx.x == 0) total = 0.0f;
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) atomicAdd(&total, (float)(threadIdx.x / 32));
+    __syncwarp();
+    if (threadIdx.x == 1) out[0] = total;
+}
+
+// BUG: block 0 sets out[0] with a plain store while the other blocks add into it with atomics.
+extern "C" __global__ void blocks_add_over_a_store(const float* __restrict__ x, float* __restrict__ out)
+{
+    if (threadIdx.x != 0) return;
+    if (blockIdx.x == 0)
+        out[0] = x[0];
+    else
+        atomicAdd(&out[0], x[blockIdx.x]);
+}
+
 // x[i - 1]: thread 0 of block 0 reads the element before the start (a padding test left out)
 extern "C" __global__ void read_one_before_start(const float* __restrict__ x, float* __restrict__ y, int n)
 {
