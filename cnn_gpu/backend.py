@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import platform
 import re
 import shutil
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -370,7 +372,7 @@ def kernel_module(backend: str, family: str, dtype):
             options = dtype_options(dtype)
             if backend == "cuda":
                 import cupy
-                module = cupy.RawModule(code=source, options=NVRTC_OPTIONS + options)
+                module = _cuda_module(cupy, family, dtype, source, options)
             elif backend == "emu":
                 from . import emu
                 module = emu.RawModule(code=source, options=options)
@@ -378,6 +380,58 @@ def kernel_module(backend: str, family: str, dtype):
                 raise ValueError(f"backend {backend!r} runs no kernels")
             _modules[key] = module
     return module
+
+
+class _UncheckedBuild(Exception):
+    """Why the cuda backend cannot load the checked build of a kernel file."""
+
+
+_unchecked_reasons: set = set()
+
+
+def _cuda_module(cupy, family: str, dtype, source: str, options: tuple):
+    """CuPy's module of kernels/<family>.cu for this machine's GPUs, loaded from the CUBIN that
+    cnn_gpu.nvrtc compiles in its fixed child process with CuPy's libnvrtc and the same options:
+    the build whose registers, spills and SASS `cnn-gpu kernels` and the tests check. NVRTC's
+    register allocation follows the heap of the process it runs in, so CuPy's compile in this
+    process could spill where that build does not. Where that build cannot be made (GPUs of
+    several architectures, one the checks do not cover, no child compile), CuPy compiles the
+    source itself, and a warning says why, once per reason."""
+    try:
+        path = _checked_cubin(cupy, family, dtype, source, options)
+    except _UncheckedBuild as err:
+        if str(err) not in _unchecked_reasons:
+            _unchecked_reasons.add(str(err))
+            warnings.warn(f"CuPy compiles the kernels in this process ({err}): their registers and spills may "
+                          f"differ from those `cnn-gpu kernels` reports", RuntimeWarning, stacklevel=4)
+        return cupy.RawModule(code=source, options=NVRTC_OPTIONS + options)
+    return cupy.RawModule(path=str(path))
+
+
+def _checked_cubin(cupy, family: str, dtype, source: str, options: tuple) -> Path:
+    """The path of the checked build's CUBIN for the GPUs' architecture, written under
+    $CNN_GPU_CACHE/cubin (CuPy loads a module per device from its file, when first used there)."""
+    from . import _cache, nvrtc
+    archs = sorted({device_arch(cupy, index) for index in range(cupy.cuda.runtime.getDeviceCount())})
+    if len(archs) != 1:
+        raise _UncheckedBuild(f"GPUs of {len(archs)} architectures: sm_{', sm_'.join(map(str, archs))}")
+    arch = f"sm_{archs[0]}"
+    if arch not in nvrtc.ARCH_LIMITS:
+        raise _UncheckedBuild(f"the checks cover {', '.join(nvrtc.ARCHS)}, not {arch}")
+    compiler = nvrtc.cupy_compiler()
+    if compiler is None or arch not in compiler.supported_archs:
+        raise _UncheckedBuild(f"CuPy's libnvrtc does not load in cnn_gpu.nvrtc or cannot target {arch}")
+    try:
+        cubin, _ = nvrtc.compile_cubin(source, f"{family}.cu", arch, NVRTC_OPTIONS + options, compiler=compiler)
+    except nvrtc.CompileError as err:   # CuPy's compile then raises its own error, if the source has one
+        raise _UncheckedBuild(f"the child compile failed: {str(err).splitlines()[0]}") from None
+    group, key = f"{family}-{np.dtype(dtype).name}-{arch}", hashlib.sha256(cubin).hexdigest()[:24]
+    path = _cache.folder("cubin") / f"{group}-{key}.cubin"
+    if not path.is_file():
+        _cache.write("cubin", group, key, cubin, suffix="cubin")
+    if not path.is_file():
+        raise _UncheckedBuild(f"{path.parent} is not writable")
+    return path
 
 
 _functions: dict = {}

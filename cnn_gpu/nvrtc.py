@@ -120,8 +120,8 @@ def occupancy(arch: str, registers: int, shared_bytes: int, threads: int, limits
 
 def _candidates_from_cupy():
     try:
-        from cupy.cuda import nvrtc as cupy_nvrtc
-        cupy_nvrtc.getVersion()  # makes CuPy load the library
+        import cupy
+        cupy.cuda.nvrtc.getVersion()  # makes CuPy load the library
     except Exception:
         return []
     try:
@@ -294,6 +294,26 @@ def _loadable(errors: list | None = None):
         except (OSError, AttributeError, CompileError) as err:
             if errors is not None:
                 errors.append(f"{path}: {err}")
+
+
+@functools.lru_cache(maxsize=1)
+def cupy_compiler() -> Nvrtc | None:
+    """CuPy's own libnvrtc, whose CUBINs CuPy's CUDA runtime and the driver it was checked against
+    run, as an Nvrtc: of the libraries this process has loaded, the one of CuPy's NVRTC version (load()
+    may have loaded another); None where CuPy has none or it does not load."""
+    try:
+        import cupy
+        version = tuple(cupy.cuda.nvrtc.getVersion())[:2]
+    except Exception:
+        return None
+    for path in _candidates_from_cupy():
+        try:
+            compiler = Nvrtc(path)
+        except (OSError, AttributeError, CompileError):
+            continue
+        if tuple(compiler.version)[:2] == version:
+            return compiler
+    return None
 
 
 @functools.lru_cache(maxsize=1)

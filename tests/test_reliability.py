@@ -454,6 +454,92 @@ def test_a_cupy_that_does_not_import_is_reported(install_cupy):
     assert reason.startswith("CuPy does not import") and "cnn_gpu[cuda12]" in reason
 
 
+# --- the cuda backend runs the build the checks read ---------------------------------------------
+
+class _RawModuleRecord:
+    """A fake cupy.RawModule that keeps what it was made from."""
+    def __init__(self, code=None, options=(), path=None):
+        self.code, self.options, self.path = code, tuple(options), path
+
+
+@pytest.fixture
+def cuda_module(monkeypatch, tmp_path, install_cupy):
+    """backend.kernel_module("cuda", family, dtype) against a fake CuPy whose GPUs have `archs`,
+    CuPy's libnvrtc being `compiler` (default: the one the checks compile with), CUBIN files under
+    tmp_path (the other caches stay where they are)."""
+    from cnn_gpu import _cache, nvrtc
+    if nvrtc.why_unavailable():
+        pytest.skip(nvrtc.why_unavailable())
+    folder = _cache.folder
+    monkeypatch.setattr(_cache, "folder", lambda kind: tmp_path / kind if kind == "cubin" else folder(kind))
+    monkeypatch.setattr(backend, "_modules", {})
+    monkeypatch.setattr(backend, "_unchecked_reasons", set())
+
+    def make(family, dtype, archs=("90",), compiler="checks"):
+        cupy = fake_cupy(archs=archs)
+        cupy.RawModule = _RawModuleRecord
+        install_cupy(cupy)
+        monkeypatch.setattr(nvrtc, "cupy_compiler", lambda: nvrtc.load() if compiler == "checks" else compiler)
+        return backend.kernel_module("cuda", family, dtype)
+    return make
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_cuda_backend_loads_the_checked_build(cuda_module, dtype, recwarn):
+    """CuPy loads the CUBIN that cnn_gpu.nvrtc compiles in its fixed child process (the one
+    `cnn-gpu kernels`, the spill gate and the SASS report read), not a compile of its own in this
+    process, whose registers follow this process's heap."""
+    from cnn_gpu import nvrtc
+    module = cuda_module("reduce", dtype)
+    assert module.code is None and module.path.endswith(".cubin")
+    checked, _ = nvrtc.compile_as_backend(backend.kernel_source("reduce"), "reduce.cu", dtype, "sm_90")
+    assert Path(module.path).read_bytes() == checked
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("archs, compiler, reason", [
+    (("80", "90"), "checks", r"GPUs of 2 architectures: sm_80, sm_90"),
+    (("120",), "checks", r"the checks cover sm_70, .*, not sm_120"),
+    (("90",), None, r"CuPy's libnvrtc does not load in cnn_gpu.nvrtc or cannot target sm_90"),
+], ids=["two_archs", "newer_arch", "no_compiler"])
+def test_the_cuda_backend_compiles_in_process_where_no_checked_build_exists(cuda_module, archs, compiler, reason):
+    """Then CuPy compiles the source with the backend's options, and one warning says why."""
+    with pytest.warns(RuntimeWarning, match=r"CuPy compiles the kernels in this process \(" + reason) as caught:
+        module = cuda_module("reduce", np.float32, archs, compiler)
+        cuda_module("pool", np.float32, archs, compiler)   # the same reason: no second warning
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert module.path is None and module.code == backend.kernel_source("reduce")
+    assert module.options == backend.NVRTC_OPTIONS + backend.dtype_options(np.float32)
+
+
+def test_the_cuda_backend_compiles_in_process_where_the_cubin_cannot_be_written(cuda_module, tmp_path):
+    (tmp_path / "cubin").write_text("a file where the folder would be")
+    with pytest.warns(RuntimeWarning, match=r"\(.*cubin is not writable\)"):
+        module = cuda_module("reduce", np.float32)
+    assert module.path is None and module.code == backend.kernel_source("reduce")
+
+
+def test_cupys_compiler_is_the_loaded_libnvrtc_of_cupys_version(install_cupy):
+    """Of the libnvrtc copies this process has loaded (nvrtc.load() may pick another than CuPy's),
+    the one whose version CuPy's NVRTC reports; None where none has it."""
+    import os
+    from cnn_gpu import nvrtc
+    if nvrtc.why_unavailable():
+        pytest.skip(nvrtc.why_unavailable())
+    loaded = nvrtc.load()
+    try:
+        install_cupy(fake_cupy(nvrtc=loaded.version))
+        nvrtc.cupy_compiler.cache_clear()
+        found = nvrtc.cupy_compiler()
+        assert found is not None and found.version == loaded.version
+        assert os.path.realpath(found.path) in {os.path.realpath(path) for path in nvrtc._candidates_from_cupy()}
+        install_cupy(fake_cupy(nvrtc=(loaded.version[0] + 1, 0)))
+        nvrtc.cupy_compiler.cache_clear()
+        assert nvrtc.cupy_compiler() is None
+    finally:
+        nvrtc.cupy_compiler.cache_clear()
+
+
 def test_emu_outputs_start_poisoned():
     """The emu backend's empty arrays (every launcher's outputs and workspaces) hold NaN or the
     integer maximum, not the allocator's zeros, so a kernel that leaves part of its output unwritten
