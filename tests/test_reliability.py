@@ -519,6 +519,36 @@ def test_the_cuda_backend_compiles_in_process_where_the_cubin_cannot_be_written(
     assert module.path is None and module.code == backend.kernel_source("reduce")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+def test_the_gpu_runs_the_checked_builds():
+    """On a GPU: every kernel of every build the launchers make has, as CuPy loaded it, the registers
+    of the checked build's ptxas report for this GPU (the one `cnn-gpu kernels` prints), and no local
+    memory where that build has no stack frame (no spill)."""
+    import warnings
+    from cnn_gpu import nvrtc
+    cupy = backend.cupy_or_none()
+    arch = f"sm_{backend.device_arch(cupy, cupy.cuda.runtime.getDevice())}"
+    if arch not in nvrtc.ARCH_LIMITS:
+        pytest.skip(f"no checked build for {arch}")
+    options = backend.NVRTC_OPTIONS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # CuPy's own compile would warn
+        for path in backend.kernel_files():
+            for dtype in (np.float32, np.float64, np.float16):
+                if not backend.has_build(path.stem, dtype, arch):
+                    continue
+                module = backend.kernel_module("cuda", path.stem, dtype)
+                checked = nvrtc.compile_cubin(backend.kernel_source(path.stem), path.name, arch,
+                                              options + backend.dtype_options(dtype), compiler=nvrtc.cupy_compiler())
+                for report in nvrtc.reports_of(*checked, arch):
+                    loaded = module.get_function(report.name).attributes
+                    where = f"{path.name} {np.dtype(dtype).name} {report.name}"
+                    assert loaded["num_regs"] == report.registers, where
+                    assert report.stack_bytes or loaded["local_size_bytes"] == 0, where
+
+
 def test_cupys_compiler_is_the_loaded_libnvrtc_of_cupys_version(install_cupy):
     """Of the libnvrtc copies this process has loaded (nvrtc.load() may pick another than CuPy's),
     the one whose version CuPy's NVRTC reports; None where none has it."""
