@@ -280,12 +280,14 @@ def test_guard_zones_are_on_by_default_and_fault_at_once_past_the_end(n, rng):
 
 def test_reading_before_the_start_faults_in_the_other_layout(rng):
     """The forward schedule puts arrays against the page after them, reverse against the page before
-    them: a sweep over the schedules faults on reads past either end (a read before the start used
-    to return the front canary's bytes, about -3e-16 as a float: what zero padding gives)."""
+    them: a sweep over the schedules faults on reads past either end. Where the read lands in the
+    canary bytes in front instead, it reads 3.4e38 as a float (0xa5 bytes were -3e-16: what zero
+    padding gives)."""
     x = rng.standard_normal(300).astype(np.float32)
     y = np.zeros(300, np.float32)
     kernel = bugs().get_function("read_one_before_start")
-    kernel((2,), (256,), (x, y, np.int32(300)), schedule="forward")   # lands in canary bytes, unseen
+    kernel((2,), (256,), (x, y, np.int32(300)), schedule="forward")   # lands in canary bytes
+    assert y[0] > 3e38 and np.array_equal(y[1:], x[:-1] + x[1:])
     with pytest.raises(emu.KernelFault, match="before the start of argument 'x'") as info:
         kernel((2,), (256,), (x, y, np.int32(300)), schedule="reverse")
     assert info.value.block == (0, 0, 0) and info.value.thread == (0, 0, 0)
@@ -498,6 +500,20 @@ def test_a_load_out_of_a_static_shared_array_is_reported_by_the_instrumented_bui
         bugs().get_function("static_shared_offset")((2,), (128,), args, race=True)
     assert info.value.thread == ((127 if offset > 0 else 0), 0, 0)
     assert info.value.source.startswith(at_line("first[store ? t : t + offset]"))
+
+
+@pytest.mark.parametrize("offset, threads", [(1, [127]), (-2, [0, 1])])
+def test_a_load_out_of_a_static_shared_array_in_the_plain_build_reads_a_loud_value(offset, threads, rng):
+    """The plain build sees no load from a guard zone, but the load reads 3.4e38 (canary bytes),
+    not a value near 0 that a sum would hide."""
+    x = rng.standard_normal(256).astype(np.float32)
+    y = np.zeros_like(x)
+    bugs().get_function("static_shared_offset")((2,), (128,), _static_shared_args("static_shared_offset", x, y,
+                                                                                  offset, store=False))
+    outside = [block * 128 + t for block in range(2) for t in threads]
+    assert (y[outside] > 3e38).all()
+    inside = np.setdiff1d(np.arange(256), outside)
+    np.testing.assert_array_equal(y[inside], x[inside + offset])
 
 
 def test_guard_false_leaves_the_static_shared_guard_zones_unchecked(rng):

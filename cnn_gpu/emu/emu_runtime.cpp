@@ -32,7 +32,10 @@ constexpr size_t kStackBytes = 64 * 1024;
 constexpr size_t kFiberSlot = kStackBytes + kPage;  // guard page below each stack
 constexpr int kMaxThreads = 1024;
 constexpr int kWarp = 32;
-constexpr unsigned char kCanary = 0xa5;
+// The guard zones' bytes: a load from one that nothing reports (the plain build checks the zones
+// for stores only) reads a loud value: 3.4e38 as a float, NaN as a half, 1.4e306 as a double, a large
+// positive int, where 0xa5 bytes were -2.9e-16, as good as the zero a padding read expects
+constexpr unsigned char kCanary = 0x7f;
 
 // The byte that fills shared memory before each block (poison): 0xff (NaN in every float type) under
 // the forward schedule; 0x7f (3.4e38 as a float, a large positive int) under reverse; one of those or
