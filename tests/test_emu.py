@@ -884,6 +884,37 @@ def test_a_changed_header_in_an_include_path_rebuilds_the_module(tmp_path):
         np.testing.assert_array_equal(y, [value, value])
 
 
+TINY_KERNEL = 'extern "C" __global__ void k(float* y) { y[threadIdx.x] = 2.0f * threadIdx.x; }\n'
+
+
+def test_a_module_binds_to_a_changed_runtime_without_a_rebuild(tmp_path, monkeypatch):
+    """A module's cache key covers emu_abi.h, through which it binds to the runtime, and not the
+    runtime's source: an edit of the runtime alone rebuilds the runtime, not every module."""
+    from cnn_gpu.emu import _build
+    path, _ = _build.build_module(TINY_KERNEL, "tiny.cu", None, ())
+    changed = tmp_path / "emu_runtime.cpp"
+    changed.write_text(_build.RUNTIME_SOURCE.read_text() + "\n// an edit\n")
+    monkeypatch.setattr(_build, "RUNTIME_SOURCE", changed)
+    assert _build.build_module(TINY_KERNEL, "tiny.cu", None, ())[0] == path
+    abi = tmp_path / "emu_abi.h"
+    abi.write_text(_build.ABI_HEADER.read_text() + "\n/* an edit */\n")
+    monkeypatch.setattr(_build, "ABI_HEADER", abi)
+    assert _build.build_module(TINY_KERNEL, "tiny.cu", None, ())[0] != path
+
+
+def test_the_runtime_sees_the_declarations_of_what_modules_call():
+    """Every runtime function that cuda_emu.h calls is declared in emu_abi.h, which the runtime
+    includes, so a change of its parameters on one side alone fails the runtime's build (a module
+    built before it would otherwise call it with the old ones)."""
+    import re as regex
+    from cnn_gpu.emu import _build
+    exported = set(regex.findall(r"^EXPORT\b.*?\b(cnn_gpu_emu_\w+)\(", _build.RUNTIME_SOURCE.read_text(), regex.M))
+    called = set(regex.findall(r"\b(cnn_gpu_emu_\w+)\s*\(", _build.HEADER.read_text())) & exported
+    declared = set(regex.findall(r"\b(cnn_gpu_emu_\w+)\(", _build.ABI_HEADER.read_text()))
+    assert len(called) >= 9 and called <= declared, called - declared
+    assert not regex.search(r'extern "C"[^;{]*\bcnn_gpu_emu_\w+\s*\(', _build.HEADER.read_text())
+
+
 def test_damaged_cache_entries_are_rebuilt(tmp_path):
     """A truncated runtime library (SIGBUS when loaded) and a module overwritten with garbage
     ('invalid ELF header') are rebuilt by the next run instead of failing it."""

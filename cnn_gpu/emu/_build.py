@@ -504,9 +504,10 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     transformed = one_array_per_shared_declaration(_EXTERN_SHARED.sub("extern cnn_gpu_emu_dynamic_shared_decl", source))
     transformed = _PRAGMA_UNROLL.sub(lambda m: f"{m.group(1)}CNN_GPU_EMU_UNROLL({m.group(2) or 32})", transformed)
     digest = hashlib.sha256()
+    # not the runtime's source: a module binds to the runtime through emu_abi.h's declarations
     parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
-             HEADER.read_text(), ABI_HEADER.read_text(), RUNTIME_SOURCE.read_text(),
-             shared_section_script(["cnn_gpu_emu_shared.0"]), transformed]
+             HEADER.read_text(), ABI_HEADER.read_text(), shared_section_script(["cnn_gpu_emu_shared.0"]),
+             transformed]
     search = [Path(flag[2:]) for flag in opts.defines if flag.startswith("-I")]
     parts += [p.read_text() for p in _included_files(source, include_dir, search)]
     for part in parts:

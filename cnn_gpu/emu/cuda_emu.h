@@ -83,15 +83,7 @@ static __forceinline__ uint4 make_uint4(unsigned int x, unsigned int y, unsigned
 #define gridDim (cnn_gpu_emu_module.grid_dim)
 #define warpSize 32
 
-/* --- synchronisation (the runtime library) ------------------------------------------------- */
-/* A barrier is identified by its source file and line, not its address: the compiler may duplicate
- * one call site. */
-extern "C" int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, const char* file, int line);
-extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
-extern "C" const unsigned long long* cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_thread* me, unsigned long long value,
-                                                                      unsigned int mask);
-extern "C" void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask);
-
+/* --- synchronisation (the runtime library: cnn_gpu_emu_barrier and the warp exchanges, emu_abi.h) */
 #define __syncthreads() ((void)cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, 0, __FILE__, __LINE__))
 #define __syncthreads_count(p) cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __FILE__, __LINE__)
 #define __syncthreads_and(p) (cnn_gpu_emu_barrier(cnn_gpu_emu_module.current, (p) != 0, __FILE__, __LINE__) == \
@@ -102,7 +94,6 @@ extern "C" void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int
  * instrumented build tells the runtime of each device-scope fence: with an atomic, it orders global
  * memory between blocks for the race check (emu_runtime.cpp, "fences and atomics between blocks"). */
 #ifdef CNN_GPU_EMU_INSTRUMENTED
-extern "C" void cnn_gpu_emu_fence(cnn_gpu_emu_thread* me);
 #define CNN_GPU_EMU_DEVICE_FENCE() cnn_gpu_emu_fence(cnn_gpu_emu_module.current)
 #else
 #define CNN_GPU_EMU_DEVICE_FENCE() ((void)0)
@@ -316,7 +307,6 @@ static __noinline__ void cnn_gpu_emu_ldmatrix_x4(unsigned int* r, const void* ro
 /* --- instrumented build (-DCNN_GPU_EMU_INSTRUMENTED, -fsanitize=thread): every memory access
  * calls a __tsan_* hook, which hands it to the runtime's race check and memory profile ------- */
 #ifdef CNN_GPU_EMU_INSTRUMENTED
-extern "C" void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write, void* site);
 #define CNN_GPU_EMU_HOOK(name, size, write)                                                        \
     extern "C" __attribute__((visibility("hidden"), no_sanitize_thread, noinline)) void name(void* a) { \
         cnn_gpu_emu_access(cnn_gpu_emu_module.current, a, size, write, __builtin_return_address(0)); \
@@ -404,12 +394,7 @@ template <class T> static __forceinline__ T __ldcs(const T* p) { return *p; }
  * poison store are the copy's global load and shared store for the race check and the profile; the
  * race check also sees the retiring write at the wait. A thread that exits with copies pending
  * faults: on a GPU they would land at an unknown time, perhaps in shared memory already reused. */
-/* src: null for a zero-fill; data: the bytes the copy will write */
-extern "C" void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thread* me, void* dst, const void* src, const void* data,
-                                           int bytes);
-extern "C" void cnn_gpu_emu_cp_async_commit_group(cnn_gpu_emu_thread* me);
-/* retires all but the `pending` newest committed groups; pending < 0: every copy, committed or not */
-extern "C" void cnn_gpu_emu_cp_async_wait_group(cnn_gpu_emu_thread* me, int pending);
+/* (cnn_gpu_emu_cp_async_issue, _commit_group and _wait_group: emu_abi.h) */
 namespace cnn_gpu_emu {
 template <int BYTES> struct copy_word;
 template <> struct copy_word<4> { typedef unsigned int type; };

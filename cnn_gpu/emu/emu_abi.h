@@ -107,4 +107,30 @@ struct cnn_gpu_emu_launch_desc {
     char message[512];
 };
 
+/* The runtime's functions that kernel modules call (cuda_emu.h). Declared here, where the runtime
+ * sees them too, so that a change of one's parameters fails the runtime's build: the modules' cache
+ * key covers this file and cuda_emu.h, not the runtime's source, so a module built before a change
+ * of the runtime alone binds to the new one. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* A barrier is identified by its source file and line, not its address: the compiler may duplicate
+ * one call site. */
+int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, const char* file, int line);
+const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
+const unsigned long long* cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_thread* me, unsigned long long value,
+                                                           unsigned int mask);
+void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask);
+/* the instrumented build's device-scope fences and memory accesses */
+void cnn_gpu_emu_fence(cnn_gpu_emu_thread* me);
+void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned long size, int write, void* site);
+/* cp.async. src: null for a zero-fill; data: the bytes the copy will write */
+void cnn_gpu_emu_cp_async_issue(cnn_gpu_emu_thread* me, void* dst, const void* src, const void* data, int bytes);
+void cnn_gpu_emu_cp_async_commit_group(cnn_gpu_emu_thread* me);
+/* retires all but the `pending` newest committed groups; pending < 0: every copy, committed or not */
+void cnn_gpu_emu_cp_async_wait_group(cnn_gpu_emu_thread* me, int pending);
+#ifdef __cplusplus
+}
+#endif
+
 #endif
