@@ -662,6 +662,23 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
 
 
 @pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_wgrad_hot_loops_priced_are_the_vector_dy_paths(dtype):
+    """The SASS report prices the path through a loop that falls through every guard
+    (cnn_gpu.sass.loops). In the wgrad kernels that load dy in vectors that must be the vector
+    path, not the element path of a last partial step: NVRTC laid the latter out as the fall-through
+    once load_dy's condition was hoisted out of the loop, and the report then priced 485
+    instructions a loop instead of 394 (conv2d_wgrad_tc_rows_m64, float32). Per step: 8 vector
+    loads of dy (16 bytes; 8 in the 64-channel tiles' half steps; two of 8 bytes in _pairs), 2 steps
+    a loop."""
+    rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", dtype, "sm_90")}
+    vectors = {"conv2d_wgrad_tc": (128, 16), conv_tc.BALANCED_KERNEL: (128, 16), "conv2d_wgrad_tc_m64": (64, 16),
+               conv_tc.TAP_ROWS_KERNEL: (64, 16), "conv2d_wgrad_tc_pairs": (64, 32)}
+    for kernel, (bits, loads) in vectors.items():
+        assert rows[kernel]["ldg_bits"].count(bits) == loads, (kernel, rows[kernel]["ldg_bits"])
+
+
+@pytest.mark.skipif(bool(SASS_MISSING), reason=f"SASS report unavailable: {SASS_MISSING}")
 def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
     """WGRAD_EFFICIENCY, the picker's weight of each wgrad tile, is the least of its float32 and
     float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), and BALANCED_EFFICIENCY and
