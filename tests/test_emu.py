@@ -457,11 +457,14 @@ def test_a_store_out_of_a_static_shared_array_is_reported(name, offset, place, r
 
 @pytest.mark.parametrize("race", [False, True])
 @pytest.mark.parametrize("offset, place", [(1, "byte 0 past the end of"), (-1, "4 bytes before the start of")])
-def test_arrays_declared_together_get_a_guard_zone_each(offset, place, race, rng):
+@pytest.mark.parametrize("declaration", ["first[128], second[128];", "first[128],  // two lines\n        second[128];"],
+                         ids=["one_line", "two_lines"])
+def test_arrays_declared_together_get_a_guard_zone_each(declaration, offset, place, race, rng):
     """`__shared__ float first[128], second[128];` is one declaration: the emulator splits it, so a
-    store out of `first` on either side lands in a zone rather than silently in `second`."""
+    store out of `first` on either side lands in a zone rather than silently in `second`; on one
+    line or several, the lines after it keeping their numbers."""
     code = ('extern "C" __global__ void __launch_bounds__(128) together(const float* x, float* y, int offset) {\n'
-            '    __shared__ float first[128], second[128];\n'
+            f'    __shared__ float {declaration}\n'
             '    const int t = threadIdx.x;\n'
             '    second[t] = -1.0f;\n'
             '    first[t + offset] = x[t];\n'
@@ -475,18 +478,24 @@ def test_arrays_declared_together_get_a_guard_zone_each(offset, place, race, rng
     np.testing.assert_array_equal(y, x - np.float32(1))
     with pytest.raises(emu.KernelFault, match=rf"write at {place} __shared__ array first") as info:
         kernel((1,), (128,), (x, y, np.int32(offset)), race=race)
-    if race:   # at the store, on its line (5: first[t + offset] = x[t])
-        assert info.value.thread == ((127 if offset > 0 else 0), 0, 0) and info.value.source.startswith("<code>:5 ")
+    if race:   # at the store, on its line (first[t + offset] = x[t]: 5, or 6 below a two-line declaration)
+        line = 5 + declaration.count("\n")
+        assert info.value.thread == ((127 if offset > 0 else 0), 0, 0)
+        assert info.value.source.startswith(f"<code>:{line} ")
 
 
-def test_only_plain_one_line_shared_declarations_are_split():
+def test_only_plain_shared_declarations_are_split():
     from cnn_gpu.emu._build import one_array_per_shared_declaration as split
     assert split("  volatile __shared__ unsigned int tile[2][64], table[N + 1], *p; int n;") == \
         "  volatile __shared__ unsigned int tile[2][64]; volatile __shared__ unsigned int table[N + 1]; " \
         "volatile __shared__ unsigned int *p; int n;"
+    # over several lines (their comments dropped), the line breaks kept after the declarations
+    assert split("static\n__shared__ float a[8],  // the first\n    b[8];\nint n;") == \
+        "static __shared__ float a[8]; static __shared__ float b[8];\n\n\nint n;"
     for whole in ("__shared__ float a[32];", "__shared__ __align__(16) float a[8], b[8];",
-                  "__shared__ Pair<int, float> p[4], q[4];", "__shared__ float a[8],\n    b[8];",
-                  "// __shared__ arrays, then\nfloat x, y;", "extern cnn_gpu_emu_dynamic_shared_decl float s[];"):
+                  "__shared__ Pair<int, float> p[4], q[4];", "__shared__ float a[8],\n#if WIDE\n b[8];\n#endif",
+                  "// __shared__ arrays, then\nfloat x, y;", "/* __shared__ float a, b; */ int q;",
+                  'puts("__shared__ float a, b;");', "extern cnn_gpu_emu_dynamic_shared_decl float s[];"):
         assert split(whole) == whole
 
 

@@ -280,8 +280,10 @@ _PRAGMA_UNROLL = re.compile(r"^([ \t]*)#[ \t]*pragma[ \t]+unroll\b[ \t]*(.*?)[ \
 _GLOBAL_MARK = "CNN_GPU_EMU_GLOBAL_MARK"
 # A static __shared__ declaration of several arrays (`__shared__ float a[32], b[32];`): one
 # declaration, one section (cuda_emu.h's __shared__), so no guard zone between its arrays. Only
-# plain ones on one line are split: no parenthesis, brace, initializer or template argument list.
-_SHARED_DECLARATION = re.compile(r"\b(?:(?:static|volatile|const)[ \t]+)*__shared__\b[^;{}()=<>#\n]*;")
+# plain ones are split, on one line or several: no parenthesis, brace, initializer, template
+# argument list or preprocessor line. Found in the code with its comments and strings blanked.
+_SHARED_DECLARATION = re.compile(r"\b(?:(?:static|volatile|const)\s+)*__shared__\b[^;{}()=<>#]*;")
+_COMMENT_OR_STRING = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"', re.S)
 _LAST_DECLARATOR = re.compile(r"[*&\s]*[A-Za-z_]\w*\s*(?:\[[^\[\]]*\]\s*)*$")
 _ATTRIBUTE = r"(?:(?:__launch_bounds__|__attribute__)\s*\((?:[^()]|\([^()]*\))*\)\s*)*"
 _KERNEL_HEAD = re.compile(rf"\s*{_ATTRIBUTE}void\s+{_ATTRIBUTE}([A-Za-z_]\w*)\s*\(")
@@ -391,10 +393,10 @@ def _is_shared_section(name: str) -> bool:
 
 def one_array_per_shared_declaration(source: str) -> str:
     """`source` with each plain static __shared__ declaration of several declarators split into one
-    declaration per declarator, so that each array gets its own section and guard zones. The
-    declarations stay on their line."""
-    def split(match):
-        text = match.group(0)
+    declaration per declarator, so that each array gets its own section and guard zones. The split
+    declarations take the first line of theirs, followed by as many line breaks as it spanned, so
+    the lines after it keep their numbers (fault reports name them)."""
+    def split(text):
         parts, depth, start = [], 0, 0
         for i, char in enumerate(text[:-1]):
             depth += (char == "[") - (char == "]")
@@ -402,15 +404,23 @@ def one_array_per_shared_declaration(source: str) -> str:
                 parts.append(text[start:i])
                 start = i + 1
         if not parts:
-            return text
+            return None
         parts.append(text[start:-1])
         first = _LAST_DECLARATOR.search(parts[0])
         if first is None:
-            return text
-        specifiers = parts[0][:first.start()].strip()
+            return None
+        specifiers = " ".join(parts[0][:first.start()].split())
         declarators = [parts[0][first.start():], *parts[1:]]
-        return " ".join(f"{specifiers} {declarator.strip()};" for declarator in declarators)
-    return _SHARED_DECLARATION.sub(split, source)
+        return " ".join(f"{specifiers} {' '.join(d.split())};" for d in declarators) + "\n" * text.count("\n")
+
+    code = _COMMENT_OR_STRING.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), source)
+    pieces, end = [], 0
+    for match in _SHARED_DECLARATION.finditer(code):
+        replaced = split(match.group(0))
+        if replaced is not None:
+            pieces += [source[end:match.start()], replaced]
+            end = match.end()
+    return "".join(pieces) + source[end:]
 
 
 def _object_sections(path: Path) -> list[str]:
