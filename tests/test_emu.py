@@ -186,6 +186,21 @@ def test_race_check_finds_warp_synchronous_code_without_syncwarp(rng):
     assert f"at {at_line('BUG: no __syncwarp()')}" in str(info.value)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_race_check_orders_the_lanes_of_a_partial_syncwarp(schedule, rng):
+    """__syncwarp(mask) orders the memory accesses of the mask's lanes: each half of a warp sums its
+    values in shared memory with no race; without the __syncwarp() the steps race, and the upper half
+    reading the lower half's value races with the lower half's last step."""
+    x = rng.standard_normal(128).astype(np.float32)
+    sums = np.zeros(8, np.float32)
+    bugs().get_function("half_warp_sums")((2,), (64,), (x, sums, np.int32(1)), schedule=schedule, seed=3, race=True)
+    np.testing.assert_allclose(sums, x.reshape(8, 16).sum(axis=1), rtol=1e-5, atol=1e-5)
+    for mode in (0, 2):
+        with pytest.raises(emu.KernelFault, match="shared memory race on partial"):
+            bugs().get_function("half_warp_sums")((2,), (64,), (x, sums, np.int32(mode)), schedule=schedule, seed=3,
+                                                  race=True)
+
+
 def test_race_check_covers_global_memory_between_threads_and_blocks(rng):
     x = rng.standard_normal(64).astype(np.float32)
     with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'out' \(element 0\).*another block"):

@@ -131,7 +131,13 @@ struct Warp {
     int size;
     int arrived;
     int phase;  // slot buffer the next exchange writes; double-buffered
-    unsigned int epoch;  // completed exchanges in this block: they order the lanes' memory accesses
+    unsigned int epoch;  // completed whole-warp exchanges in this block: they order the lanes' memory accesses
+    // exchanges among part of the warp (race check): per lane, those it has taken part in, and the
+    // most of each lane's that its own follow, directly or through other lanes (a vector clock), so
+    // that __syncwarp(mask) orders the accesses of the mask's lanes
+    bool partial_clocks;  // set since the block began
+    unsigned int partial_count[kWarp];
+    unsigned int partial_seen[kWarp][kWarp];
     unsigned long long slots[2][kWarp];
     // exchanges whose mask leaves lanes of the warp out (cnn_gpu_emu_warp_exchange_masked): the
     // lanes waiting in one, each one's mask and value, and what each lane received
@@ -152,7 +158,8 @@ struct Warp {
 // atomics (coherence: the last block's reset of an arrival count).
 struct Access {
     int thread;
-    unsigned int atomic;  // an atomic read-modify-write
+    unsigned int atomic : 1;          // an atomic read-modify-write
+    unsigned int partial_clock : 31;  // its lane's partial_count (Warp) at the access
     unsigned int warp_epoch;
     unsigned int block;   // position in the launch's block order
     void* site;
@@ -749,6 +756,7 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_th
 
 namespace {
 const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site);
+void join_partial_clocks(Warp* w, unsigned int mask);
 }
 
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me,
@@ -762,7 +770,7 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
 // their values (all ones from lanes outside it: a GPU leaves those undefined). The exchange completes
 // when every lane of the mask waits in one with this mask; lanes that never do (an exited lane, one
 // waiting with another mask for this group's lanes) are a deadlock, which stalled() reports. Such an
-// exchange orders no memory accesses for the race check (the warp's epoch counts whole-warp ones only).
+// exchange orders the memory accesses of the mask's lanes for the race check (Warp's partial clocks).
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange_masked(
     cnn_gpu_emu_thread* me, unsigned long long value, unsigned int mask) {
     Fiber* self = (Fiber*)me;
@@ -781,6 +789,7 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
     if (arrived == mask) {
         Fiber* first = &L->fibers[self->linear - me_lane];
         w->partial_waiting &= ~mask;
+        if (L->shadow) join_partial_clocks(w, mask);
         for (int lane = 0; lane < w->size; ++lane) {
             if (!(mask >> lane & 1u)) continue;
             for (int source = 0; source < kWarp; ++source)
@@ -796,6 +805,23 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
 }
 
 namespace {
+// An exchange among the lanes of `mask` completes: each counts it, and each then follows what any
+// of them followed (the join of their vector clocks)
+void join_partial_clocks(Warp* w, unsigned int mask) {
+    w->partial_clocks = true;
+    unsigned int joined[kWarp] = {};
+    for (int lane = 0; lane < kWarp; ++lane) {
+        if (!(mask >> lane & 1u)) continue;
+        w->partial_count[lane]++;
+        for (int other = 0; other < kWarp; ++other)
+            if (w->partial_seen[lane][other] > joined[other]) joined[other] = w->partial_seen[lane][other];
+    }
+    for (int lane = 0; lane < kWarp; ++lane)
+        if (mask >> lane & 1u) joined[lane] = w->partial_count[lane];
+    for (int lane = 0; lane < kWarp; ++lane)
+        if (mask >> lane & 1u) memcpy(w->partial_seen[lane], joined, sizeof joined);
+}
+
 const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site) {
     Launch* L = self->launch;
     Warp* w = &L->warps[self->linear / kWarp];
@@ -816,8 +842,11 @@ const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long va
     return w->slots[phase];
 }
 
-bool ordered(const Access& earlier, int warp, unsigned int warp_epoch) {
-    return earlier.thread / kWarp == warp && earlier.warp_epoch < warp_epoch;
+// whether a whole-warp exchange, or a chain of exchanges among parts of the warp, orders `earlier`
+// (an access of another lane of this thread's warp, in this barrier epoch) before this thread's access
+bool ordered(const Access& earlier, const Warp& w, int warp, int lane) {
+    if (earlier.thread / kWarp != warp) return false;
+    return earlier.warp_epoch < w.epoch || w.partial_seen[lane][earlier.thread % kWarp] > earlier.partial_clock;
 }
 
 [[noreturn]] void report_race(Launch* L, Fiber* self, void* site, const Access& other, int region,
@@ -843,13 +872,14 @@ unsigned int fences_of(Launch* L, int me);
 void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, bool atomic, void* site, int region,
                 size_t offset) {
     const int me = self->linear, warp = me / kWarp;
-    const unsigned int warp_epoch = L->warps[warp].epoch, epoch = L->epoch, block = L->block_number;
+    const Warp& lanes = L->warps[warp];
+    const unsigned int warp_epoch = lanes.epoch, epoch = L->epoch, block = L->block_number;
     // conflicts with an earlier access of another thread: same epoch and not warp-ordered, or
     // (global memory) another block's that no fence and atomic ordered before this one; never two atomics
     auto conflicts = [&](const Access& earlier, unsigned int earlier_epoch) {
         if (atomic && earlier.atomic) return false;
         if (earlier.block != block) return region >= 2 && !released_to(L, me, earlier);
-        return earlier_epoch == epoch && earlier.thread != me && !ordered(earlier, warp, warp_epoch);
+        return earlier_epoch == epoch && earlier.thread != me && !ordered(earlier, lanes, warp, me % kWarp);
     };
     const char* verb = atomic ? "updates atomically" : write ? "writes" : "reads";
     char what[64];
@@ -863,7 +893,7 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, bool atomic, 
     const bool after_own_atomic = w->writer.atomic && w->writer.thread == me && w->writer.block == block;
     if (w->other_atomic.epoch && !after_own_atomic && conflicts(w->other_atomic, w->other_atomic.epoch))
         report(w->other_atomic, "updated atomically");
-    Access access = {me, atomic, warp_epoch, block, site, epoch, fences_of(L, me)};
+    Access access = {me, atomic, lanes.partial_count[me % kWarp], warp_epoch, block, site, epoch, fences_of(L, me)};
     if (write) {
         if (w->read_epoch)
             for (int i = 0; i < w->readers; ++i)
@@ -1770,6 +1800,11 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
                 L->warps[w].phase = 0;
                 L->warps[w].epoch = 0;
                 L->warps[w].partial_waiting = 0;
+                if (L->warps[w].partial_clocks) {
+                    L->warps[w].partial_clocks = false;
+                    memset(L->warps[w].partial_count, 0, sizeof L->warps[w].partial_count);
+                    memset(L->warps[w].partial_seen, 0, sizeof L->warps[w].partial_seen);
+                }
             }
             L->epoch++;
             if (L->sync) sync_begin_block(L->sync);

@@ -176,6 +176,23 @@ extern "C" __global__ void warp_sums_unsynced(const float* __restrict__ x, float
     if (lane == 0) sums[(blockIdx.x * blockDim.x + t) / 32] = partial[t];
 }
 
+// Each half of a warp sums its 16 values through shared memory, its steps ordered by
+// __syncwarp(mask) over the half's lanes (mode 1). BUG in mode 0: no __syncwarp(); in mode 2: the
+// upper half also reads the lower half's first value, which its own half's __syncwarp() does not order.
+extern "C" __global__ void half_warp_sums(const float* __restrict__ x, float* __restrict__ sums, int mode)
+{
+    __shared__ float partial[64];
+    const int t = threadIdx.x, lane = t % 32;
+    const unsigned int half = lane < 16 ? 0x0000ffffu : 0xffff0000u;
+    partial[t] = x[blockIdx.x * blockDim.x + t];
+    if (mode != 0) __syncwarp(half);
+    for (int offset = 8; offset > 0; offset /= 2) {
+        if (lane % 16 < offset) partial[t] += partial[t + offset];
+        if (mode != 0) __syncwarp(half);
+    }
+    if (lane % 16 == 0) sums[(blockIdx.x * blockDim.x + t) / 16] = partial[t] + (mode == 2 && lane == 16 ? partial[t - 16] : 0.0f);
+}
+
 // BUG: every block writes out[0] (meant out[blockIdx.x]); blocks run in no fixed order.
 extern "C" __global__ void blocks_write_one_element(const float* __restrict__ x, float* __restrict__ out)
 {
