@@ -13,6 +13,7 @@ import platform
 import re
 import shutil
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -391,27 +392,34 @@ _unchecked_reasons: set = set()
 
 def _cuda_module(cupy, family: str, dtype, source: str, options: tuple):
     """CuPy's module of kernels/<family>.cu for this machine's GPUs, loaded from the CUBIN that
-    cnn_gpu.nvrtc compiles in its fixed child process with CuPy's libnvrtc and the same options:
-    the build whose registers, spills and SASS `cnn-gpu kernels` and the tests check. NVRTC's
-    register allocation follows the heap of the process it runs in, so CuPy's compile in this
-    process could spill where that build does not. Where that build cannot be made (GPUs of
-    several architectures, one the checks do not cover, no child compile), CuPy compiles the
-    source itself, and a warning says why, once per reason."""
+    cnn_gpu.nvrtc compiles in its fixed child process with CuPy's libnvrtc and the backend's
+    options: made as the builds whose registers, spills and SASS `cnn-gpu kernels` and the tests
+    check are (the same build where that libnvrtc is the one they use). NVRTC's register
+    allocation follows the heap of the process it runs in, so CuPy's compile in this process
+    could spill where that build does not. Where that build cannot be made (GPUs of several
+    architectures, one the checks do not cover, no child compile), CuPy compiles the source
+    itself, and a warning says why, once per reason."""
     try:
         path = _checked_cubin(cupy, family, dtype, source, options)
     except _UncheckedBuild as err:
         if str(err) not in _unchecked_reasons:
             _unchecked_reasons.add(str(err))
             warnings.warn(f"CuPy compiles the kernels in this process ({err}): their registers and spills may "
-                          f"differ from those `cnn-gpu kernels` reports", RuntimeWarning, stacklevel=4)
+                          f"differ from those `cnn-gpu kernels` reports", RuntimeWarning, stacklevel=2)
         return cupy.RawModule(code=source, options=NVRTC_OPTIONS + options)
     return cupy.RawModule(path=str(path))
 
 
+CUBIN_KEPT_S = 30 * 86400   # an unused CUBIN file is removed after this long
+
+
 def _checked_cubin(cupy, family: str, dtype, source: str, options: tuple) -> Path:
     """The path of the checked build's CUBIN for the GPUs' architecture, written under
-    $CNN_GPU_CACHE/cubin (CuPy loads a module per device from its file, when first used there)."""
+    $CNN_GPU_CACHE/cubin, one file per content. CuPy loads a module from the file on each device when
+    first used there, maybe much later, so another process's build (an edited kernel, another NVRTC)
+    never replaces it; files unused for CUBIN_KEPT_S are removed."""
     from . import _cache, nvrtc
+    from .checkpoint import atomic_write
     archs = sorted({device_arch(cupy, index) for index in range(cupy.cuda.runtime.getDeviceCount())})
     if len(archs) != 1:
         raise _UncheckedBuild(f"GPUs of {len(archs)} architectures: sm_{', sm_'.join(map(str, archs))}")
@@ -425,12 +433,22 @@ def _checked_cubin(cupy, family: str, dtype, source: str, options: tuple) -> Pat
         cubin, _ = nvrtc.compile_cubin(source, f"{family}.cu", arch, NVRTC_OPTIONS + options, compiler=compiler)
     except nvrtc.CompileError as err:   # CuPy's compile then raises its own error, if the source has one
         raise _UncheckedBuild(f"the child compile failed: {str(err).splitlines()[0]}") from None
-    group, key = f"{family}-{np.dtype(dtype).name}-{arch}", hashlib.sha256(cubin).hexdigest()[:24]
-    path = _cache.folder("cubin") / f"{group}-{key}.cubin"
-    if not path.is_file():
-        _cache.write("cubin", group, key, cubin, suffix="cubin")
-    if not path.is_file():
-        raise _UncheckedBuild(f"{path.parent} is not writable")
+    where = _cache.folder("cubin")
+    path = where / f"{family}-{np.dtype(dtype).name}-{arch}-{hashlib.sha256(cubin).hexdigest()[:24]}.cubin"
+    try:
+        if path.is_file():
+            os.utime(path)   # in use
+        else:
+            where.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: f.write(cubin))
+    except OSError as err:
+        raise _UncheckedBuild(f"{where} is not writable: {err}") from None
+    for other in where.glob("*.cubin"):
+        try:
+            if other != path and time.time() - other.stat().st_mtime > CUBIN_KEPT_S:
+                other.unlink()
+        except OSError:
+            pass
     return path
 
 

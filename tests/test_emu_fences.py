@@ -31,17 +31,19 @@ def _run(kernels, name, schedule="forward", seed=None, arrivals=None):
     return x, out
 
 
-@pytest.mark.parametrize("name", ["every_thread_fences", "thread0_fences", "every_thread_counts", "thread0_resets"])
+@pytest.mark.parametrize("name", ["every_thread_fences", "thread0_fences", "every_thread_counts", "thread0_resets",
+                                  "thread1_resets"])
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_a_fenced_last_block_handoff_is_no_race(kernels, name, schedule):
     """every_thread_counts: each thread releases its own partial through the one counter, with no
     barrier between the releases: the block's releases through a word add up. thread0_resets: the
-    last block's plain store of 0 after its own atomic comes after the other blocks' atomics."""
+    last block's plain store of 0 after its own atomic comes after the other blocks' atomics;
+    thread1_resets: so does another thread's, after the barrier that follows that atomic."""
     arrivals = np.zeros(1, np.uint32)
     x, out = _run(kernels, name, schedule, seed=3, arrivals=arrivals)
     expected = (2.0 * x.reshape(BLOCKS, THREADS).astype(np.float64)).sum(axis=0)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-    counted = {"every_thread_counts": BLOCKS * THREADS, "thread0_resets": 0}.get(name, BLOCKS)
+    counted = {"every_thread_counts": BLOCKS * THREADS, "thread0_resets": 0, "thread1_resets": 0}.get(name, BLOCKS)
     assert arrivals[0] == counted
 
 

@@ -512,9 +512,26 @@ def test_the_cuda_backend_compiles_in_process_where_no_checked_build_exists(cuda
     assert module.options == backend.NVRTC_OPTIONS + backend.dtype_options(np.float32)
 
 
+def test_cubin_files_of_other_builds_stay_until_unused_for_a_month(cuda_module, tmp_path):
+    """Another process's build (an edited kernel, another NVRTC) never replaces a file CuPy may still
+    load on a device; a file unused for backend.CUBIN_KEPT_S goes."""
+    import os
+    import time
+    folder = tmp_path / "cubin"
+    folder.mkdir()
+    recent, unused = folder / "reduce-float32-sm_90-0123.cubin", folder / "pool-float32-sm_90-4567.cubin"
+    recent.write_bytes(b"another build")
+    unused.write_bytes(b"an old build")
+    old = time.time() - backend.CUBIN_KEPT_S - 60
+    os.utime(recent, (old + 120, old + 120))
+    os.utime(unused, (old, old))
+    module = cuda_module("reduce", np.float32)
+    assert recent.is_file() and not unused.exists() and Path(module.path).is_file()
+
+
 def test_the_cuda_backend_compiles_in_process_where_the_cubin_cannot_be_written(cuda_module, tmp_path):
     (tmp_path / "cubin").write_text("a file where the folder would be")
-    with pytest.warns(RuntimeWarning, match=r"\(.*cubin is not writable\)"):
+    with pytest.warns(RuntimeWarning, match=r"\(.*cubin is not writable: "):
         module = cuda_module("reduce", np.float32)
     assert module.path is None and module.code == backend.kernel_source("reduce")
 
@@ -522,24 +539,28 @@ def test_the_cuda_backend_compiles_in_process_where_the_cubin_cannot_be_written(
 @pytest.mark.gpu
 @pytest.mark.skipif("cuda" not in backend.available_backends(),
                     reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
-def test_the_gpu_runs_the_checked_builds():
-    """On a GPU: every kernel of every build the launchers make has, as CuPy loaded it, the registers
-    of the checked build's ptxas report for this GPU (the one `cnn-gpu kernels` prints), and no local
-    memory where that build has no stack frame (no spill)."""
+def test_the_gpu_runs_the_checked_builds(monkeypatch):
+    """On a GPU: every kernel of every build the launchers make is loaded from the child compile's
+    CUBIN and has, as CuPy loaded it, the registers of that compile's ptxas report for this GPU, and
+    no local memory where that build has no stack frame (no spill)."""
     import warnings
     from cnn_gpu import nvrtc
+    for cache in ("_modules", "_functions"):   # loaded by this test, not by an earlier one
+        monkeypatch.setattr(backend, cache, {})
+    monkeypatch.setattr(backend, "_unchecked_reasons", set())
     cupy = backend.cupy_or_none()
     arch = f"sm_{backend.device_arch(cupy, cupy.cuda.runtime.getDevice())}"
     if arch not in nvrtc.ARCH_LIMITS:
         pytest.skip(f"no checked build for {arch}")
     options = backend.NVRTC_OPTIONS
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)   # CuPy's own compile would warn
+        warnings.filterwarnings("error", "CuPy compiles the kernels", RuntimeWarning)   # the fallback
         for path in backend.kernel_files():
             for dtype in (np.float32, np.float64, np.float16):
                 if not backend.has_build(path.stem, dtype, arch):
                     continue
                 module = backend.kernel_module("cuda", path.stem, dtype)
+                assert module.code is None, f"{path.name}: compiled by CuPy, not loaded from the CUBIN"
                 checked = nvrtc.compile_cubin(backend.kernel_source(path.stem), path.name, arch,
                                               options + backend.dtype_options(dtype), compiler=nvrtc.cupy_compiler())
                 for report in nvrtc.reports_of(*checked, arch):

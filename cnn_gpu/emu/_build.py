@@ -281,9 +281,10 @@ _GLOBAL_MARK = "CNN_GPU_EMU_GLOBAL_MARK"
 # A static __shared__ declaration of several arrays (`__shared__ float a[32], b[32];`): one
 # declaration, one section (cuda_emu.h's __shared__), so no guard zone between its arrays. Only
 # plain ones are split, on one line or several: no parenthesis, brace, initializer, template
-# argument list or preprocessor line. Found in the code with its comments and strings blanked.
-_SHARED_DECLARATION = re.compile(r"\b(?:(?:static|volatile|const)\s+)*__shared__\b[^;{}()=<>#]*;")
-_COMMENT_OR_STRING = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"', re.S)
+# argument list, preprocessor line or macro line continuation. Found in the code with its comments,
+# strings and character literals blanked.
+_SHARED_DECLARATION = re.compile(r"\b(?:(?:static|volatile|const)\s+)*__shared__\b[^;{}()=<>#\\]*;")
+_COMMENT_OR_STRING = re.compile(r"""//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'""", re.S)
 _LAST_DECLARATOR = re.compile(r"[*&\s]*[A-Za-z_]\w*\s*(?:\[[^\[\]]*\]\s*)*$")
 _ATTRIBUTE = r"(?:(?:__launch_bounds__|__attribute__)\s*\((?:[^()]|\([^()]*\))*\)\s*)*"
 _KERNEL_HEAD = re.compile(rf"\s*{_ATTRIBUTE}void\s+{_ATTRIBUTE}([A-Za-z_]\w*)\s*\(")

@@ -354,12 +354,13 @@ static __forceinline__ T cnn_gpu_emu_atomic_add(T* address, T value) {
     CNN_GPU_EMU_ATOMIC_END();
     return old;
 }
-/* read-modify-write, one atomic access for the race check and the profile */
-#define CNN_GPU_EMU_RMW(expression) \
-    CNN_GPU_EMU_ATOMIC_BEGIN();     \
-    T old = *a;                     \
-    expression;                     \
-    CNN_GPU_EMU_ATOMIC_END();       \
+/* read-modify-write, one atomic access for the race check and the profile: its read (volatile, so
+ * that the optimiser keeps it where the old value goes unused, as atomicExch's often does) */
+#define CNN_GPU_EMU_RMW(expression)  \
+    CNN_GPU_EMU_ATOMIC_BEGIN();      \
+    T old = *(volatile T*)a;         \
+    expression;                      \
+    CNN_GPU_EMU_ATOMIC_END();        \
     return old;
 static __forceinline__ float atomicAdd(float* a, float v) { return cnn_gpu_emu_atomic_add(a, v); }
 static __forceinline__ double atomicAdd(double* a, double v) { return cnn_gpu_emu_atomic_add(a, v); }

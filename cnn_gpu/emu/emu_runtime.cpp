@@ -33,9 +33,10 @@ constexpr size_t kFiberSlot = kStackBytes + kPage;  // guard page below each sta
 constexpr int kMaxThreads = 1024;
 constexpr int kWarp = 32;
 // The guard zones' bytes: a load from one that nothing reports (the plain build checks the zones
-// for stores only) reads a loud value: 3.4e38 as a float, NaN as a half, 1.4e306 as a double, a large
-// positive int, where 0xa5 bytes were -2.9e-16, as good as the zero a padding read expects
-constexpr unsigned char kCanary = 0x7f;
+// for stores only) reads a loud value: 8.5e37 as a float, NaN as a half, 2e301 as a double, a large
+// positive int, where 0xa5 bytes were -2.9e-16, as good as the zero a padding read expects. Not a
+// poison byte: a store of an uninitialised shared value into a zone still changes it.
+constexpr unsigned char kCanary = 0x7e;
 
 // The byte that fills shared memory before each block (poison): 0xff (NaN in every float type) under
 // the forward schedule; 0x7f (3.4e38 as a float, a large positive int) under reverse; one of those or
@@ -154,12 +155,13 @@ struct Warp {
 // exchange does and both are lanes of one warp; in global memory, accesses of different blocks
 // conflict unless a __threadfence and an atomic order them (Sync, below). An atomic counts as a
 // write that conflicts with plain accesses only: atomics of one word are ordered among themselves,
-// and a thread's plain accesses after its own atomic on a word come after the word's earlier
-// atomics (coherence: the last block's reset of an arrival count).
+// and an access that its block's atomic on the word precedes (in the same thread, or across a
+// barrier) comes after the word's earlier atomics, which that atomic followed (coherence: the last
+// block's reset of an arrival count).
 struct Access {
     int thread;
     unsigned int atomic : 1;          // an atomic read-modify-write
-    unsigned int partial_clock : 31;  // its lane's partial_count (Warp) at the access
+    unsigned int partial_clock : 31;  // its lane's partial_count (Warp) at the access (< 2^31 exchanges a block)
     unsigned int warp_epoch;
     unsigned int block;   // position in the launch's block order
     void* site;
@@ -179,8 +181,8 @@ struct ShadowWord {
     unsigned int split;  // 0: tracked as a whole; else 1 + its index among the split words' byte states
     Access writer;
     Access reader[2];
-    // with an atomic writer: an earlier atomic of another thread since the last plain write, so that
-    // a plain access of the writer's thread still meets an atomic of another one (epoch 0: none)
+    // with an atomic writer: an earlier atomic of another thread since the last plain write, for an
+    // access that is ordered after the writer but not after this one (epoch 0: none)
     Access other_atomic;
 };
 
@@ -889,9 +891,12 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, bool atomic, 
     };
     if (w->write_epoch && conflicts(w->writer, w->write_epoch))
         report(w->writer, w->writer.atomic ? "updated atomically" : "written");
-    // the atomics before the writer's own come before its thread's later accesses (coherence)
-    const bool after_own_atomic = w->writer.atomic && w->writer.thread == me && w->writer.block == block;
-    if (w->other_atomic.epoch && !after_own_atomic && conflicts(w->other_atomic, w->other_atomic.epoch))
+    // the atomics before the writer's come before an access that this block's atomic writer precedes
+    // in its thread or across a barrier (coherence; a warp exchange is not counted: a lane reading
+    // after its warp's atomic does not see another warp's in every order they may run in)
+    const bool after_block_atomic =
+        w->writer.atomic && w->writer.block == block && (w->writer.thread == me || w->write_epoch != epoch);
+    if (w->other_atomic.epoch && !after_block_atomic && conflicts(w->other_atomic, w->other_atomic.epoch))
         report(w->other_atomic, "updated atomically");
     Access access = {me, atomic, lanes.partial_count[me % kWarp], warp_epoch, block, site, epoch, fences_of(L, me)};
     if (write) {

@@ -11,6 +11,8 @@ enum Handoff {
     EVERY_THREAD_COUNTS,       // each thread: partial, __threadfence(), its own atomic (no barrier)
     THREAD0_RESETS,            // THREAD0_FENCES, and the last block's thread 0 sets the count back to 0
                                // after its atomic, for the next launch (conv2d_tc.cu's wgrad)
+    THREAD1_RESETS,            // THREAD0_FENCES, and the last block's thread 1 sets the count back to 0
+                               // after the barrier that follows thread 0's atomic
     PLANT_NO_RELEASE,          // BUG: no fence between the partials and the atomic
     PLANT_NO_ACQUIRE,          // BUG: the last block reads with no fence after the atomic
     PLANT_BLOCK_SCOPE,         // BUG: __threadfence_block() orders nothing between blocks
@@ -45,7 +47,7 @@ __device__ void last_block_sum(const float* __restrict__ x, float* __restrict__ 
         if (H == PLANT_FENCES_AFTER_BARRIER && t != 0) __threadfence();
         if (t == 0) {
             const bool resets = H == THREAD0_RESETS || H == PLANT_RESET_FIRST;
-            if (H == THREAD0_FENCES || H == PLANT_NO_BARRIER || resets) __threadfence();
+            if (H == THREAD0_FENCES || H == PLANT_NO_BARRIER || H == THREAD1_RESETS || resets) __threadfence();
             const unsigned int arrived = atomicAdd(arrivals, 1u);
             last = arrived == gridDim.x - 1;
             if (resets && arrived == (H == THREAD0_RESETS ? gridDim.x - 1 : 0u)) *arrivals = 0;
@@ -56,6 +58,7 @@ __device__ void last_block_sum(const float* __restrict__ x, float* __restrict__ 
     if (!last) return;
     if (H == PLANT_BLOCK_SCOPE) __threadfence_block();
     else if (H != PLANT_NO_ACQUIRE) __threadfence();
+    if (H == THREAD1_RESETS && t == 1) *arrivals = 0;
     float sum = 0.0f;
     for (unsigned int b = 0; b < gridDim.x; ++b) sum += partials[b * blockDim.x + t];
     out[t] = sum;
@@ -70,6 +73,7 @@ HANDOFF_KERNEL(every_thread_fences, EVERY_THREAD_FENCES)
 HANDOFF_KERNEL(thread0_fences, THREAD0_FENCES)
 HANDOFF_KERNEL(every_thread_counts, EVERY_THREAD_COUNTS)
 HANDOFF_KERNEL(thread0_resets, THREAD0_RESETS)
+HANDOFF_KERNEL(thread1_resets, THREAD1_RESETS)
 HANDOFF_KERNEL(plant_no_release, PLANT_NO_RELEASE)
 HANDOFF_KERNEL(plant_no_acquire, PLANT_NO_ACQUIRE)
 HANDOFF_KERNEL(plant_block_scope, PLANT_BLOCK_SCOPE)

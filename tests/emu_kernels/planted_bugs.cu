@@ -193,6 +193,18 @@ extern "C" __global__ void half_warp_sums(const float* __restrict__ x, float* __
     if (lane % 16 == 0) sums[(blockIdx.x * blockDim.x + t) / 16] = partial[t] + (mode == 2 && lane == 16 ? partial[t - 16] : 0.0f);
 }
 
+// Lane 0 writes a shared value, lanes 0-1 sync, lanes 1-2 sync (`chained`), lane 2 reads the value:
+// the two exchanges order the write before the read. BUG without the second: nothing orders them.
+extern "C" __global__ void syncwarp_chain(const float* __restrict__ x, float* __restrict__ y, int chained)
+{
+    __shared__ float value;
+    const int lane = threadIdx.x;
+    if (lane == 0) value = x[0];
+    if (lane < 2) __syncwarp(0x3u);
+    if (chained && lane >= 1 && lane < 3) __syncwarp(0x6u);
+    if (lane == 2) y[0] = value;
+}
+
 // BUG: every block writes out[0] (meant out[blockIdx.x]); blocks run in no fixed order.
 extern "C" __global__ void blocks_write_one_element(const float* __restrict__ x, float* __restrict__ out)
 {
@@ -227,6 +239,19 @@ extern "C" __global__ void shared_total_warp_synced(float* __restrict__ out)
     if (threadIdx.x % 32 == 0) atomicAdd(&total, (float)(threadIdx.x / 32));
     __syncwarp();
     if (threadIdx.x == 1) out[0] = total;
+}
+
+// BUG: thread 0 sets a shared flag with atomicExch (its old value unused) while the other threads
+// read the flag, no barrier between.
+extern "C" __global__ void shared_flag_exchanged(int* __restrict__ out)
+{
+    __shared__ int flag;
+    if (threadIdx.x == 0) flag = 0;
+    __syncthreads();
+    if (threadIdx.x == 0)
+        atomicExch(&flag, 1);
+    else
+        out[threadIdx.x] = flag;
 }
 
 // BUG: block 0 sets out[0] with a plain store while the other blocks add into it with atomics.
