@@ -435,14 +435,15 @@ def _checked_cubin(cupy, family: str, dtype, source: str, options: tuple) -> Pat
         raise _UncheckedBuild(f"the child compile failed: {str(err).splitlines()[0]}") from None
     where = _cache.folder("cubin")
     path = where / f"{family}-{np.dtype(dtype).name}-{arch}-{hashlib.sha256(cubin).hexdigest()[:24]}.cubin"
-    try:
-        if path.is_file():
-            os.utime(path)   # in use
-        else:
+    if path.is_file():
+        with contextlib.suppress(OSError):   # in use (a read-only cache keeps its files)
+            os.utime(path)
+    else:
+        try:
             where.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: f.write(cubin))
-    except OSError as err:
-        raise _UncheckedBuild(f"{where} is not writable: {err}") from None
+        except OSError as err:
+            raise _UncheckedBuild(f"{where} is not writable: {err}") from None
     for other in where.glob("*.cubin"):
         try:
             if other != path and time.time() - other.stat().st_mtime > CUBIN_KEPT_S:

@@ -529,6 +529,18 @@ def test_cubin_files_of_other_builds_stay_until_unused_for_a_month(cuda_module, 
     assert recent.is_file() and not unused.exists() and Path(module.path).is_file()
 
 
+def test_a_cubin_already_cached_loads_where_the_cache_is_read_only(cuda_module, monkeypatch, recwarn):
+    first = cuda_module("reduce", np.float32)
+    monkeypatch.setattr(backend, "_modules", {})
+
+    def read_only(*_):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr(backend.os, "utime", read_only)
+    again = cuda_module("reduce", np.float32)
+    assert again.path == first.path and again.code is None
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_the_cuda_backend_compiles_in_process_where_the_cubin_cannot_be_written(cuda_module, tmp_path):
     (tmp_path / "cubin").write_text("a file where the folder would be")
     with pytest.warns(RuntimeWarning, match=r"\(.*cubin is not writable: "):
