@@ -647,3 +647,21 @@ def test_kernels_names_the_builds_no_launcher_makes(capsys):
     assert "mma_rate.cu" in out and "sm_75" in out
     assert [line.split()[:4] for line in out.splitlines() if line.startswith("mma_rate.cu")] == \
         [["mma_rate.cu", "mma_rate", "float32", "sm_80"]]
+
+
+@pytest.mark.skipif(bool(__import__("cnn_gpu.nvrtc").nvrtc.why_unavailable()), reason="NVRTC unavailable")
+def test_kernels_says_when_the_cuda_backend_builds_with_another_nvrtc(monkeypatch, capsys):
+    """The cuda backend builds with CuPy's libnvrtc; where the report's NVRTC is another, it says so
+    (a GPU machine with CuPy for CUDA 13 and the CUDA 12 wheel that also targets sm_70)."""
+    import types
+    from cnn_gpu import nvrtc
+    argv = ["kernels", "--family", "reduce", "--arch", "sm_90", "--dtype", "float32"]
+    monkeypatch.setattr(nvrtc, "cupy_compiler", lambda: None)   # no CuPy
+    assert main(argv) == 0 and "CuPy's NVRTC" not in capsys.readouterr().err
+    monkeypatch.setattr(nvrtc, "cupy_compiler", lambda: nvrtc.load())
+    assert main(argv) == 0 and "CuPy's NVRTC" not in capsys.readouterr().err
+    other = types.SimpleNamespace(path="/elsewhere/libnvrtc.so.13", version=(13, 0))
+    monkeypatch.setattr(nvrtc, "cupy_compiler", lambda: other)
+    assert main(argv) == 0
+    assert ("cnn-gpu kernels: the cuda backend builds with CuPy's NVRTC 13.0 (/elsewhere/libnvrtc.so.13), not "
+            "with the one this report uses") in capsys.readouterr().err

@@ -158,6 +158,10 @@ def run(args) -> int:
     dtypes = args.dtype or list(DTYPES)
     for line in _left_out(files, dtypes, archs, bool(args.dtype), bool(args.arch)):
         print(f"cnn-gpu kernels: {line}", file=sys.stderr)
+    cupys = nvrtc.cupy_compiler()   # the one the cuda backend builds with (backend._cuda_module)
+    if cupys is not None and os.path.realpath(cupys.path) != os.path.realpath(nvrtc.load().path):
+        print(f"cnn-gpu kernels: the cuda backend builds with CuPy's NVRTC {cupys.version[0]}.{cupys.version[1]} "
+              f"({cupys.path}), not with the one this report uses", file=sys.stderr)
     if not _combinations(files, dtypes, archs, lambda path: path.stem):
         return 2   # nothing to compile is a usage error, not an empty table
     if args.sass:
