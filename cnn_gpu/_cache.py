@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 
@@ -19,26 +20,43 @@ def folder(kind: str) -> Path:
     return Path(root) / kind if root else Path.home() / ".cache" / "cnn_gpu" / kind
 
 
+def entry(kind: str, group: str, key: str, suffix: str = "json") -> Path:
+    """The path of the group's entry for `key`."""
+    return folder(kind) / f"{group}-{key}.{suffix}"
+
+
 def read(kind: str, group: str, key: str, suffix: str = "json") -> bytes | None:
     try:
-        return (folder(kind) / f"{group}-{key}.{suffix}").read_bytes()
+        return entry(kind, group, key, suffix).read_bytes()
     except OSError:
         return None
 
 
-def write(kind: str, group: str, key: str, data: bytes, suffix: str = "json") -> None:
-    """Store `data` atomically as the group's entry; the group's other keys are removed."""
+def write(kind: str, group: str, key: str, data: bytes, suffix: str = "json", replace_group: bool = True) -> None:
+    """Store `data` atomically as the group's entry for `key`; the group's other keys are removed,
+    unless not `replace_group` (entries a running process may still read: remove_unused)."""
     from .checkpoint import atomic_write
-    where = folder(kind)
-    name = f"{group}-{key}.{suffix}"
+    path = entry(kind, group, key, suffix)
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        atomic_write(where / name, lambda f: f.write(data))
-        for stale in where.glob(f"{group}-*.{suffix}"):
-            if stale.name != name:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+        for stale in path.parent.glob(f"{group}-*.{suffix}") if replace_group else ():
+            if stale != path:
                 stale.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def remove_unused(kind: str, suffix: str, seconds: float, keep: Path) -> None:
+    """Remove the kind's .<suffix> entries that have not been written or marked used (os.utime)
+    for `seconds`, but `keep`."""
+    now = time.time()
+    for path in folder(kind).glob(f"*.{suffix}"):
+        try:
+            if path != keep and now - path.stat().st_mtime > seconds:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def read_json(kind: str, group: str, key: str):

@@ -13,7 +13,6 @@ import platform
 import re
 import shutil
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -419,7 +418,6 @@ def _checked_cubin(cupy, family: str, dtype, source: str, options: tuple) -> Pat
     first used there, maybe much later, so another process's build (an edited kernel, another NVRTC)
     never replaces it; files unused for CUBIN_KEPT_S are removed."""
     from . import _cache, nvrtc
-    from .checkpoint import atomic_write
     archs = sorted({device_arch(cupy, index) for index in range(cupy.cuda.runtime.getDeviceCount())})
     if len(archs) != 1:
         raise _UncheckedBuild(f"GPUs of {len(archs)} architectures: sm_{', sm_'.join(map(str, archs))}")
@@ -433,23 +431,16 @@ def _checked_cubin(cupy, family: str, dtype, source: str, options: tuple) -> Pat
         cubin, _ = nvrtc.compile_cubin(source, f"{family}.cu", arch, NVRTC_OPTIONS + options, compiler=compiler)
     except nvrtc.CompileError as err:   # CuPy's compile then raises its own error, if the source has one
         raise _UncheckedBuild(f"the child compile failed: {str(err).splitlines()[0]}") from None
-    where = _cache.folder("cubin")
-    path = where / f"{family}-{np.dtype(dtype).name}-{arch}-{hashlib.sha256(cubin).hexdigest()[:24]}.cubin"
+    group, key = f"{family}-{np.dtype(dtype).name}-{arch}", hashlib.sha256(cubin).hexdigest()[:24]
+    path = _cache.entry("cubin", group, key, "cubin")
     if path.is_file():
         with contextlib.suppress(OSError):   # in use (a read-only cache keeps its files)
             os.utime(path)
     else:
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: f.write(cubin))
-        except OSError as err:
-            raise _UncheckedBuild(f"{where} is not writable: {err}") from None
-    for other in where.glob("*.cubin"):
-        try:
-            if other != path and time.time() - other.stat().st_mtime > CUBIN_KEPT_S:
-                other.unlink()
-        except OSError:
-            pass
+        _cache.write("cubin", group, key, cubin, suffix="cubin", replace_group=False)
+        if not path.is_file():
+            raise _UncheckedBuild(f"{path.parent} is not writable")
+    _cache.remove_unused("cubin", "cubin", CUBIN_KEPT_S, keep=path)
     return path
 
 
