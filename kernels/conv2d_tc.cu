@@ -410,8 +410,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_n96(
                      dil_w, groups, splits, chunk, has_bias);
 }
 
-// steps of wgrad's pixel table in shared memory: copies run two steps ahead, so 3 would do; 4 makes the
-// slot of a step a bit mask
+// steps of wgrad's pixel table in shared memory: copies of two steps run two steps ahead, so a pair is
+// in flight while the one before it is read
 #define TC_TABLE_SLOTS 4
 
 // How wgrad's steady loop loads a lane's 4 words of dy a step (conv_tc.wgrad_dy_path): in one 16-byte
@@ -560,6 +560,8 @@ struct WgradTapRowLoader {
     const REAL* x_row;      // x of the filter row's (c, r) at tap 0
     int column_delta;       // and of the other column at its tap, from x_row (one 64-bit pointer)
     int row_at, column_at;  // their first words in a stage (tile row x TC_PITCH + a)
+    int first_pixel;        // of group a in a step's table: step word 4a (in a register: NVRTC would
+                            // rebuild it from threadIdx every step)
     // the bits 1 << r of the two's filter rows r in a tap mask, and the place of the other column's
     // tap bit R + s, less 1 (registers: in shared memory they would cost a tenth of the loop's
     // shared wavefronts)
@@ -576,13 +578,13 @@ struct WgradTapRowLoader {
         column_delta = (c1 - c) * t.HW + (r1 - r) * t.dil_h * t.W + s1;
         row_at = row * TC_PITCH + a;
         column_at = column * TC_PITCH + a;
+        first_pixel = keep_in_register(a * TC_PER_WORD);
         row_bit = 1u << r;
         column_row_bit = 1u << r1;
         column_shift = t.R + s1 - 1;
     }
 
     __device__ __forceinline__ void fetch(const int (*table)[TC_DEPTH], uint4, int R) {
-        const int first_pixel = (threadIdx.x & 3) * TC_PER_WORD;   // of group a: step word 4a, in shared column a
         const int origin = table[0][first_pixel];
         const unsigned int mask = table[1][first_pixel];
         // bit o + 1: the group's value o (x column o past its window origin) inside, in the row's
@@ -654,11 +656,12 @@ __device__ __forceinline__ void wgrad_segment(
 
     // the pixel table (conv_tc._pixel_table: 3 x TC_DEPTH ints per step of the pixels, so pixel i's
     // step at 3 * i when a split starts on a step), each step copied into slot step % TC_TABLE_SLOTS
-    // two steps ahead (cp.async: no registers, no work per pixel). A slot is rewritten two barriers
-    // after the last read of its previous step.
-    auto copy_table = [&](int step) {
-        constexpr int PIECES = 3 * TC_DEPTH / 4;   // 16-byte copies
-        if (tid < PIECES && step < steps)
+    // (cp.async: no registers, no work per pixel), two steps in one copy at every other step (an even
+    // one: its pair of slots is contiguous): its loop then runs the copy's instructions half as
+    // often. A pair's slots are rewritten a barrier after the last read of the steps before them.
+    auto copy_table_pair = [&](int step) {
+        constexpr int PIECES = 3 * TC_DEPTH / 4;   // 16-byte copies a step
+        if (tid < 2 * PIECES && step + (tid >= PIECES) < steps)
             cp_async<16>(&pixels[step % TC_TABLE_SLOTS][0][0] + 4 * tid,
                          pixel_table + (3 * (first + step * TC_DEPTH) + 4 * tid), true);
         cp_async_commit();
@@ -693,10 +696,18 @@ __device__ __forceinline__ void wgrad_segment(
     // makes the loop longer)
     const int lane_first = LANE_PIXELS * (tid & 3) + (WARP_WORDS == 2 ? 2 * TC_PER_WORD * tile.k_half : 0);
     const int lane_pixel = WARP_WORDS == 2 && DY != DY_ELEMENTS ? keep_in_register(lane_first) : lane_first;
+    // A step loads dy in vectors where every pixel of it lies inside the segment: steps
+    // [0, vector_end / TC_DEPTH), vector_end -1 for none. The 64-channel tile's loop tests that bound,
+    // the 128-channel one's vector_dy and `last`: the forms that give each the shorter sm_90 loop
+    // (NVRTC rebuilds vector_dy from its terms every step, 5 ISETPs, where the 64-channel loop tests it).
+    const int vector_end = vector_dy ? last - first : -1;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
         const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
-        if (vector_dy && first + (step + 1) * TC_DEPTH <= last) {   // every pixel of the step inside
-            const REAL* first_row = dy_lane + (unsigned)table[2][lane_pixel];
+        if (WARP_WORDS == 2 ? DY != DY_ELEMENTS && (step + 1) * TC_DEPTH <= vector_end
+                            : vector_dy && first + (step + 1) * TC_DEPTH <= last) {
+            // the offset kept apart from the element path's (NVRTC would load both with one LDS.64 and
+            // widen the offset by shifts and carries: 4 more instructions a step)
+            const REAL* first_row = dy_lane + (unsigned)keep_in_register(table[2][lane_pixel]);
             // DY_PAIRS of 4 words: words 2, 3 from 0, 1
             const int gap = DY == DY_PAIRS && WARP_WORDS == 4 ? table[2][lane_pixel + RUN] - table[2][lane_pixel] : 0;
 #pragma unroll
@@ -754,13 +765,15 @@ __device__ __forceinline__ void wgrad_segment(
     auto fetch = [&](int step) { x_loader.fetch(pixels[step % TC_TABLE_SLOTS], loader_state[tid], R); };
     auto store = [&](int step) {
         x_loader.store(smem + (step & 1) * TC_STAGE_WORDS);
-        copy_table(step + 2);
+        if (step & 1)
+            cp_async_commit();   // an empty group: the wait below then covers the pair an even step copied
+        else
+            copy_table_pair(step + 2);
         cp_async_wait<1>();   // step + 1's table, read after the step's barrier
     };
 
-    copy_table(0);
-    copy_table(1);
-    cp_async_wait<1>();
+    copy_table_pair(0);
+    cp_async_wait<0>();
     __syncthreads();
     mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
     cp_async_wait_all();

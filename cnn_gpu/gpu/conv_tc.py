@@ -68,10 +68,10 @@ CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400}
 DY_PATHS = ("vector", "pairs", "channel_major", "gather")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
 # the _gather kernels' tiles per dtype and their weights for the picker (sm_90 hot loops' MMA issue
-# ceilings: float32 742 and 511 instructions for 128 and 64 HMMAs, float16 648 for 64)
-GATHER_EFFICIENCY = {np.dtype(np.float32): {"tc": 0.69, "tc_m64": 0.50}, np.dtype(np.float16): {"tc_m64": 0.40}}
+# ceilings: float32 730 and 493 instructions for 128 and 64 HMMAs, float16 621 for 64)
+GATHER_EFFICIENCY = {np.dtype(np.float32): {"tc": 0.70, "tc_m64": 0.52}, np.dtype(np.float16): {"tc_m64": 0.41}}
 # wgrad's dy where P*Q is a multiple of 2 words but not of 4 (float16's 14x14 layers): the _pairs kernel
-# loads a lane's words of a step in two 8-byte vectors, at 0.82-0.84 of the vector loop's 0.88-0.90 MMA
+# loads a lane's words of a step in two 8-byte vectors, at 0.84-0.87 of the vector loop's 0.89-0.93 MMA
 # issue rate (sm_90 hot loops, float32 and float16), 6-7% of the pass's time. The channel-major copy
 # costs 2 x 4 bytes (float32) or 2 x 2 bytes (float16) a dy element against 2*C/G*R*S FLOPs: at H100's
 # 148 TF32 or 295 FP16 FLOPs per byte, 590 / (C/G*R*S) of the time; it pays from C/G*R*S ~ 9000 on.
@@ -88,7 +88,7 @@ BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
 # its 12 operand words of a step, not 12 or 24; its weight for the picker is its sm_90 hot loops'
 # least MMA issue ceiling, float32 and float16.
 TAP_ROWS_KERNEL = "conv2d_wgrad_tc_rows_m64"
-TAP_ROWS_EFFICIENCY = 0.65
+TAP_ROWS_EFFICIENCY = 0.69
 COLUMN_RUN_BITS = 10   # the tap masks' column bits: 2 + 4 FP16 words of pixels (_tap_masks)
 FLOAT32_ONLY_KERNELS = (GATHER_KERNEL,)   # not in the float16 build
 
@@ -115,12 +115,12 @@ FLAT_TILES = ("tc", "tc_m64")   # the _flat kernels' tiles
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
 # registers, x from shared memory)
-WGRAD_EFFICIENCY = {"tc": 0.88, "tc_m64": 0.54}
+WGRAD_EFFICIENCY = {"tc": 0.89, "tc_m64": 0.56}
 # wgrad's balanced grids (_choose_wgrad): up to this many whole waves of resident blocks, and the
 # balanced kernel's weight (the least of its sm_90 hot loops' MMA issue ceilings, float32 and float16:
 # the outer loop's registers)
 BALANCED_WAVES = 4
-BALANCED_EFFICIENCY = 0.84
+BALANCED_EFFICIENCY = 0.86
 # Per dtype, the dgrad tiles that fit more resident blocks per SM than BLOCKS_PER_SM: the 64-row
 # kernel's float32 build fits 3 (kernels/conv2d_tc.cu TC_DGRAD_M64_BLOCKS: at most 168 registers),
 # finer waves of blocks for the picker
