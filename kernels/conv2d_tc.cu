@@ -34,7 +34,7 @@
 // wgrad, per group g:  dw_g^T[M x Ngemm] = im2col(x_g)[M x Kgemm] * dy_g^T[Kgemm x Ngemm]
 //   M = (C/G)*R*S (the filter's (c, r, s), as dw is laid out), Ngemm = K/G, Kgemm = N*P*Q in
 //   splits of `chunk` pixels. Each step's TC_DEPTH pixels are described by the launcher's pixel
-//   table (made once per geometry), copied into shared memory with cp.async two steps ahead: x
+//   table (made once per geometry), copied into shared memory with cp.async two steps at a time: x
 //   offset of the window origin, tap mask (which filter rows and columns land inside the image),
 //   dy offset. dy, the B operand, never enters shared memory: each lane loads
 //   its fragments from its 8 (BN = 64: 4) channel rows, one step ahead. A step's pixels are summed

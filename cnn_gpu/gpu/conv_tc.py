@@ -57,14 +57,14 @@ FLAT_KERNEL = "conv2d_fprop_tc_flat"
 FILTER_TILES_KERNEL = "conv2d_tc_filter_tiles"   # fprop's and dgrad's first launch: their filter tiles
 # wgrad's dy where a lane's 4 words of pixels would straddle two images in NCHW (P*Q no multiple of
 # 4 words): a channel-major copy of dy (2 x dy's bytes of DRAM traffic) keeps the 16-byte loads, or
-# the _gather kernels read dy element by element, at about 0.61 of the vector loop's 0.72 MMA issue
+# the _gather kernels read dy element by element, at about 0.70 of the vector loop's 0.89 MMA issue
 # rate (float32, sm_90 hot loops). wgrad does 2*C/G*R*S FLOPs per dy element, so with H100's TF32
-# peak at 148 FLOPs per byte of DRAM bandwidth the copy pays from C/G*R*S = 4 * 148 / (1/0.61 -
-# 1/0.72) ~ 2400. float16's gather runs on the 64-channel tile only (the 128-channel one spills) at
-# an MMA issue ceiling of 0.40 against the vector loop's 0.91: no such threshold, as the passes where
+# peak at 148 FLOPs per byte of DRAM bandwidth the copy pays from C/G*R*S = 4 * 148 / (1/0.70 -
+# 1/0.89) ~ 1900. float16's gather runs on the 64-channel tile only (the 128-channel one spills) at
+# an MMA issue ceiling of 0.41 against the vector loop's 0.93: no such threshold, as the passes where
 # the copy costs more are those the gather loop's slowness does not limit (bound by DRAM, or by
 # split-K partials), so wgrad_dy_path compares the two (_wgrad_path_clocks).
-CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 2400}
+CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 1900}
 DY_PATHS = ("vector", "pairs", "channel_major", "gather")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
 # the _gather kernels' tiles per dtype and their weights for the picker (sm_90 hot loops' MMA issue
