@@ -410,8 +410,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_n96(
                      dil_w, groups, splits, chunk, has_bias);
 }
 
-// steps of wgrad's pixel table in shared memory: copies of two steps run two steps ahead, so a pair is
-// in flight while the one before it is read
+// steps of wgrad's pixel table in shared memory: a pair of steps in flight (copied two steps ahead)
+// beside the pair being read, so at least 4, and even, so that a pair's two slots are contiguous
 #define TC_TABLE_SLOTS 4
 
 // How wgrad's steady loop loads a lane's 4 words of dy a step (conv_tc.wgrad_dy_path): in one 16-byte
@@ -560,8 +560,8 @@ struct WgradTapRowLoader {
     const REAL* x_row;      // x of the filter row's (c, r) at tap 0
     int column_delta;       // and of the other column at its tap, from x_row (one 64-bit pointer)
     int row_at, column_at;  // their first words in a stage (tile row x TC_PITCH + a)
-    int first_pixel;        // of group a in a step's table: step word 4a (in a register: NVRTC would
-                            // rebuild it from threadIdx every step)
+    int first_pixel;        // of group a in a step's table: step word 4a, in shared column a (in a
+                            // register: NVRTC would rebuild it from threadIdx every step)
     // the bits 1 << r of the two's filter rows r in a tap mask, and the place of the other column's
     // tap bit R + s, less 1 (registers: in shared memory they would cost a tenth of the loop's
     // shared wavefronts)
@@ -659,6 +659,7 @@ __device__ __forceinline__ void wgrad_segment(
     // (cp.async: no registers, no work per pixel), two steps in one copy at every other step (an even
     // one: its pair of slots is contiguous): its loop then runs the copy's instructions half as
     // often. A pair's slots are rewritten a barrier after the last read of the steps before them.
+    static_assert(TC_TABLE_SLOTS >= 4 && TC_TABLE_SLOTS % 2 == 0, "a pair in flight, a pair read");
     auto copy_table_pair = [&](int step) {
         constexpr int PIECES = 3 * TC_DEPTH / 4;   // 16-byte copies a step
         if (tid < 2 * PIECES && step + (tid >= PIECES) < steps)

@@ -274,6 +274,34 @@ def test_tensor_core_kernels_have_no_race():
             assert conv_tc.wgrad("emu", dy, x, g, **stream_k).tobytes() == streamed.tobytes()
 
 
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_wgrad_segments_of_every_length_see_their_whole_pixel_table(dtype):
+    """wgrad copies its pixel table two steps at a time, at every other step, into 4 slots
+    (kernels/conv2d_tc.cu, wgrad_segment): one tile of 9 steps split 1, 2, 3, 5 and 9 ways gives
+    segments of 1, 2, 3, 4, 5 and 9 steps (a last store at an even and at an odd step), each the
+    column loader's and the filter-row loader's (3x3 at Q = 8), under the race check, which reads an
+    unwaited copy as poison."""
+    rng = np.random.default_rng(31)
+    n = 1 if dtype == np.float32 else 2   # 144 or 288 pixels: 9 steps of 16 TF32 or 32 FP16 pixels
+    cfg = dict(n=n, c=5, h=18, w=8, k=9, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
+    x, w, _ = _arrays(rng, cfg)
+    g = _geometry(x, w, cfg)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    # float16 values are TF32 numbers already: the oracle's rounding leaves them as they are
+    (_, want), (_, scale) = _backward_oracle(dy.astype(np.float32), x.astype(np.float32), w, cfg)
+    assert conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64").main.kernel == conv_tc.TAP_ROWS_KERNEL
+    with emu.checking(schedule="random", seed=6, race=True):
+        for tile in ("tc", "tc_m64"):
+            for splits in (1, 2, 3, 5, 9):
+                plan = conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=splits)
+                assert plan.splits == splits and plan.main.grid == (splits, 1, 1), (tile, splits)
+                dw = conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=splits).astype(np.float64)
+                # FP32 sums, then (float16) one rounding to FP16
+                bound = 2e-6 * (scale + 1.0) + (np.abs(want) * 2.0 ** -11 if dtype == np.float16 else 0.0)
+                assert np.all(np.abs(dw - want) <= bound), (tile, splits)
+
 def test_tensor_core_kernels_refuse_other_dtypes():
     x = np.ones((1, 1, 3, 3))
     g = conv_geometry(x.shape, (1, 1, 1, 1))

@@ -13,7 +13,7 @@ at its end (the _flat kernels; plan_fprop decides). dgrad runs every stride phas
 stride-1 convolution of dy with that phase's taps of the flipped filter (dgrad_phases; the tiles
 of every phase made by one launch the same way), all phases in one launch. wgrad hands the kernel a
 table of its output pixels (x window origin, tap mask, dy offset: _pixel_table, made once per
-geometry), which it copies a step at a time into shared memory; filters with R + S > 32 (no room in
+geometry), which it copies into shared memory two steps at a time; filters with R + S > 32 (no room in
 a mask word) stay on the SIMT kernel.
 
 Every pass chooses among block tiles (TILES: 128 or 64 output channels, and for fprop and dgrad
