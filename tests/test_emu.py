@@ -113,7 +113,8 @@ def test_atomics_kernel_matches_numpy(schedule, rng):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_correct_kernels_pass_the_race_check(schedule, rng):
-    """No false alarms: barriers, warp shuffles, __syncwarp and shared-memory atomics order accesses."""
+    """No false alarms: barriers, __syncwarp and shared-memory atomics order accesses (the block sum's
+    warp shuffles move register values only)."""
     a = rng.standard_normal((40, 24)).astype(np.float32)
     b = rng.standard_normal((24, 20)).astype(np.float32)
     c = np.zeros((40, 20), np.float32)
@@ -185,6 +186,23 @@ def test_race_check_finds_warp_synchronous_code_without_syncwarp(rng):
         bugs().get_function("warp_sums_unsynced")((1,), (256,), (xs, np.zeros(8, np.float32)), race=True)
     assert f"at {at_line('BUG: no __syncwarp()')}" in str(info.value)
 
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_race_check_is_not_ordered_by_shuffles_or_votes(schedule, rng):
+    """CUDA orders the lanes' memory accesses at a __syncwarp() only: warp sums through shared
+    memory whose steps exchange a shuffle or a vote instead race, also a half warp's shuffle over
+    its lanes; with __syncwarp() they do not."""
+    xs = rng.standard_normal(256).astype(np.float32)
+    sums = np.zeros(8, np.float32)
+    kernel = bugs().get_function("warp_sums_exchanged")
+    kernel((1,), (256,), (xs, sums, np.int32(2)), schedule=schedule, race=True)
+    np.testing.assert_allclose(sums, xs.reshape(8, 32).sum(axis=1), rtol=1e-5, atol=1e-5)
+    for mode in (0, 1):
+        with pytest.raises(emu.KernelFault, match="shared memory race on partial"):
+            kernel((1,), (256,), (xs, sums, np.int32(mode)), schedule=schedule, race=True)
+    with pytest.raises(emu.KernelFault, match="shared memory race on partial"):
+        bugs().get_function("half_warp_sums")((2,), (64,), (xs[:128], sums, np.int32(3)), schedule=schedule,
+                                              race=True)
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_race_check_orders_the_lanes_of_a_partial_syncwarp(schedule, rng):

@@ -115,6 +115,21 @@ extern "C" __global__ void mma_f16(const unsigned short* a, const unsigned short
     mma_f16_m16n8k16(acc, fa, fb);
     store_acc(acc, d, lane);
 }
+
+// Each lane reads the shared word its neighbour wrote before an mma.sync, which orders no memory
+// access (BUG), unless a __syncwarp() follows it (PLANT_SYNCWARP: correct).
+extern "C" __global__ void mma_between_shared_accesses(const float* x, float* y) {
+    __shared__ float words[32];
+    int lane = threadIdx.x;
+    words[lane] = x[lane];
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const unsigned int fa[4] = {0u, 0u, 0u, 0u}, fb[2] = {0u, 0u};
+    mma_tf32_m16n8k8(acc, fa, fb);
+#ifdef PLANT_SYNCWARP
+    __syncwarp();
+#endif
+    y[lane] = words[(lane + 1) % 32] + acc[0];
+}
 """
 
 
@@ -231,3 +246,18 @@ def test_the_helpers_compile_with_nvrtc_for_every_arch(arch):
     reports = nvrtc.kernel_report(_source(), "mma_test.cu", arch)
     assert {r.name for r in reports} >= {"mma_tf32", "mma_f16", "ldmatrix_words", "mma_tf32_ldmatrix"}
     assert all(r.spill_bytes == 0 for r in reports)
+
+
+@needs_emu
+def test_an_mma_orders_no_memory_access_for_the_race_check():
+    """mma.sync exchanges the warp's operands but orders none of its lanes' memory accesses: a lane
+    reading its neighbour's shared word after an mma races, and after a __syncwarp() does not."""
+    from cnn_gpu import emu
+    x = np.random.default_rng(7).standard_normal(32).astype(np.float32)
+    y = np.zeros(32, np.float32)
+    emu.RawModule(code=_source(), options=("-DPLANT_SYNCWARP",)).get_function("mma_between_shared_accesses")(
+        (1,), (32,), (x, y), schedule="random", seed=2, race=True)
+    np.testing.assert_array_equal(y, np.roll(x, -1))
+    with pytest.raises(emu.KernelFault, match="shared memory race on words"):
+        emu.RawModule(code=_source()).get_function("mma_between_shared_accesses")(
+            (1,), (32,), (x, y), schedule="random", seed=2, race=True)

@@ -113,7 +113,8 @@ static __forceinline__ void __threadfence_system() {
 static __forceinline__ long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 
 /* --- warp shuffles and votes: the lanes of the mask exchange (emu_runtime.cpp,
- * cnn_gpu_emu_warp_exchange_masked); a value from a lane outside it has all bits set ------------ */
+ * cnn_gpu_emu_warp_exchange_masked); a value from a lane outside it has all bits set. They order no
+ * memory accesses: CUDA guarantees that of __syncwarp only ---------------------------------------- */
 template <class T>
 static __forceinline__ unsigned long long cnn_gpu_emu_bits(T v) {
     static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
@@ -135,7 +136,7 @@ static __forceinline__ void cnn_gpu_emu_check_mask(unsigned int mask) {
 template <class T>
 static __forceinline__ T cnn_gpu_emu_shuffle_from(unsigned int mask, T v, int source, bool own) {
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
-    const unsigned long long* slots = cnn_gpu_emu_warp_exchange_masked(me, cnn_gpu_emu_bits(v), mask);
+    const unsigned long long* slots = cnn_gpu_emu_warp_exchange_masked(me, cnn_gpu_emu_bits(v), mask, 0);
     if (own || source >= (int)me->warp_size) return v;
     return cnn_gpu_emu_from_bits<T>(slots[source]);
 }
@@ -168,7 +169,7 @@ static __forceinline__ T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, 
 static __forceinline__ unsigned int __ballot_sync(unsigned int mask, int predicate) {
     cnn_gpu_emu_check_mask(mask);
     cnn_gpu_emu_thread* me = cnn_gpu_emu_module.current;
-    const unsigned long long* slots = cnn_gpu_emu_warp_exchange_masked(me, predicate != 0, mask);
+    const unsigned long long* slots = cnn_gpu_emu_warp_exchange_masked(me, predicate != 0, mask, 0);
     int size = (int)me->warp_size;
     unsigned int ballot = 0;
     for (int i = 0; i < size; ++i)
@@ -183,7 +184,7 @@ static __forceinline__ int __all_sync(unsigned int mask, int predicate) {
 }
 static __forceinline__ void __syncwarp(unsigned int mask = 0xffffffffu) {
     cnn_gpu_emu_check_mask(mask);
-    (void)cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_module.current, 0, mask);
+    (void)cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_module.current, 0, mask, 1);
 }
 static __forceinline__ unsigned int __activemask() { return 0xffffffffu; }
 

@@ -117,9 +117,11 @@ extern "C" {
 /* A barrier is identified by its source file and line, not its address: the compiler may duplicate
  * one call site. */
 int cnn_gpu_emu_barrier(cnn_gpu_emu_thread* me, int value, const char* file, int line);
+/* Warp exchanges: the whole warp's (mma.sync, ldmatrix), or the lanes of a mask's (shuffles, votes,
+ * __syncwarp: orders_memory 1, the one of them that orders the lanes' memory accesses, as in CUDA). */
 const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me, unsigned long long value);
 const unsigned long long* cnn_gpu_emu_warp_exchange_masked(cnn_gpu_emu_thread* me, unsigned long long value,
-                                                           unsigned int mask);
+                                                           unsigned int mask, int orders_memory);
 void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_thread* me, unsigned int mask);
 /* the instrumented build's device-scope fences and memory accesses */
 void cnn_gpu_emu_fence(cnn_gpu_emu_thread* me);

@@ -132,10 +132,10 @@ struct Warp {
     int size;
     int arrived;
     int phase;  // slot buffer the next exchange writes; double-buffered
-    unsigned int epoch;  // completed whole-warp exchanges in this block: they order the lanes' memory accesses
-    // exchanges among part of the warp (race check): per lane, those it has taken part in, and the
-    // most of each lane's that its own follow, directly or through other lanes (a vector clock), so
-    // that __syncwarp(mask) orders the accesses of the mask's lanes
+    unsigned int epoch;  // completed whole-warp __syncwarp()s in this block: they order the lanes' memory accesses
+    // __syncwarp(mask)s among part of the warp (race check): per lane, those it has taken part in,
+    // and the most of each lane's that its own follow, directly or through other lanes (a vector
+    // clock), so that __syncwarp(mask) orders the accesses of the mask's lanes
     bool partial_clocks;  // set since the block began
     unsigned int partial_count[kWarp];
     unsigned int partial_seen[kWarp][kWarp];
@@ -757,13 +757,15 @@ EXPORT __attribute__((noinline)) void cnn_gpu_emu_warp_mask_fault(cnn_gpu_emu_th
 }
 
 namespace {
-const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site);
+const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site, bool orders_memory);
 void join_partial_clocks(Warp* w, unsigned int mask);
 }
 
+// mma.sync and ldmatrix: the whole warp exchanges operands or row addresses, which orders no memory
+// access for the race check
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange(cnn_gpu_emu_thread* me,
                                                                                    unsigned long long value) {
-    return whole_warp_exchange((Fiber*)me, value, __builtin_return_address(0));
+    return whole_warp_exchange((Fiber*)me, value, __builtin_return_address(0), false);
 }
 
 // An exchange among the lanes of `mask` (shuffles, votes, __syncwarp): the whole warp's where the mask
@@ -772,15 +774,16 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
 // their values (all ones from lanes outside it: a GPU leaves those undefined). The exchange completes
 // when every lane of the mask waits in one with this mask; lanes that never do (an exited lane, one
 // waiting with another mask for this group's lanes) are a deadlock, which stalled() reports. Such an
-// exchange orders the memory accesses of the mask's lanes for the race check (Warp's partial clocks).
+// exchange, where it is a __syncwarp (orders_memory), orders the memory accesses of the mask's lanes
+// for the race check (Warp's partial clocks); shuffles and votes order none, as CUDA promises none.
 EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exchange_masked(
-    cnn_gpu_emu_thread* me, unsigned long long value, unsigned int mask) {
+    cnn_gpu_emu_thread* me, unsigned long long value, unsigned int mask, int orders_memory) {
     Fiber* self = (Fiber*)me;
     Launch* L = self->launch;
     Warp* w = &L->warps[self->linear / kWarp];
     const unsigned int lanes = w->size == kWarp ? ~0u : (1u << w->size) - 1u;
     mask &= lanes;
-    if (mask == lanes) return whole_warp_exchange(self, value, __builtin_return_address(0));
+    if (mask == lanes) return whole_warp_exchange(self, value, __builtin_return_address(0), orders_memory != 0);
     const int me_lane = (int)self->view.lane;
     w->partial_value[me_lane] = value;
     w->partial_mask[me_lane] = mask;
@@ -791,7 +794,7 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
     if (arrived == mask) {
         Fiber* first = &L->fibers[self->linear - me_lane];
         w->partial_waiting &= ~mask;
-        if (L->shadow) join_partial_clocks(w, mask);
+        if (L->shadow && orders_memory) join_partial_clocks(w, mask);
         for (int lane = 0; lane < w->size; ++lane) {
             if (!(mask >> lane & 1u)) continue;
             for (int source = 0; source < kWarp; ++source)
@@ -807,8 +810,8 @@ EXPORT __attribute__((noinline)) const unsigned long long* cnn_gpu_emu_warp_exch
 }
 
 namespace {
-// An exchange among the lanes of `mask` completes: each counts it, and each then follows what any
-// of them followed (the join of their vector clocks)
+// A __syncwarp(mask) among part of the warp completes: each lane of the mask counts it, and each
+// then follows what any of them followed (the join of their vector clocks)
 void join_partial_clocks(Warp* w, unsigned int mask) {
     w->partial_clocks = true;
     unsigned int joined[kWarp] = {};
@@ -824,7 +827,7 @@ void join_partial_clocks(Warp* w, unsigned int mask) {
         if (mask >> lane & 1u) memcpy(w->partial_seen[lane], joined, sizeof joined);
 }
 
-const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site) {
+const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long value, void* site, bool orders_memory) {
     Launch* L = self->launch;
     Warp* w = &L->warps[self->linear / kWarp];
     int phase = w->phase;
@@ -832,7 +835,7 @@ const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long va
     if (++w->arrived == w->size) {
         w->arrived = 0;
         w->phase ^= 1;
-        w->epoch++;
+        if (orders_memory) w->epoch++;   // the race check's ordering of the warp's accesses
         Fiber* first = &L->fibers[self->linear - (int)self->view.lane];
         for (int i = 0; i < w->size; ++i)
             if (first[i].state == AT_WARP) first[i].state = RUNNABLE;
@@ -844,7 +847,7 @@ const unsigned long long* whole_warp_exchange(Fiber* self, unsigned long long va
     return w->slots[phase];
 }
 
-// whether a whole-warp exchange, or a chain of exchanges among parts of the warp, orders `earlier`
+// whether a whole-warp __syncwarp(), or a chain of them among parts of the warp, orders `earlier`
 // (an access of another lane of this thread's warp, in this barrier epoch) before this thread's access
 bool ordered(const Access& earlier, const Warp& w, int warp, int lane) {
     if (earlier.thread / kWarp != warp) return false;

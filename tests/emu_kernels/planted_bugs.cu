@@ -176,19 +176,46 @@ extern "C" __global__ void warp_sums_unsynced(const float* __restrict__ x, float
     if (lane == 0) sums[(blockIdx.x * blockDim.x + t) / 32] = partial[t];
 }
 
+// BUG: the steps exchange a value by a shuffle (mode 0) or a vote (1) instead of a __syncwarp()
+// (mode 2, correct): only __syncwarp orders the lanes' shared-memory accesses in CUDA.
+extern "C" __global__ void warp_sums_exchanged(const float* __restrict__ x, float* __restrict__ sums, int mode)
+{
+    __shared__ float partial[256];
+    const int t = threadIdx.x, lane = t % 32;
+    partial[t] = x[blockIdx.x * blockDim.x + t];
+    for (int offset = 16; offset > 0; offset /= 2) {
+        if (mode == 0)
+            (void)__shfl_sync(0xffffffffu, offset, 0);   // BUG: a shuffle orders no memory access
+        else if (mode == 1)
+            (void)__ballot_sync(0xffffffffu, 1);
+        else
+            __syncwarp();
+        if (lane < offset) partial[t] += partial[t + offset];
+    }
+    if (lane == 0) sums[(blockIdx.x * blockDim.x + t) / 32] = partial[t];
+}
+
 // Each half of a warp sums its 16 values through shared memory, its steps ordered by
 // __syncwarp(mask) over the half's lanes (mode 1). BUG in mode 0: no __syncwarp(); in mode 2: the
-// upper half also reads the lower half's first value, which its own half's __syncwarp() does not order.
+// upper half also reads the lower half's first value, which its own half's __syncwarp() does not
+// order; in mode 3: a shuffle over the half instead of the __syncwarp(), which orders nothing.
+__device__ void half_warp_step(unsigned int half, int mode)
+{
+    if (mode == 3)
+        (void)__shfl_sync(half, mode, 0);
+    else if (mode != 0)
+        __syncwarp(half);
+}
 extern "C" __global__ void half_warp_sums(const float* __restrict__ x, float* __restrict__ sums, int mode)
 {
     __shared__ float partial[64];
     const int t = threadIdx.x, lane = t % 32;
     const unsigned int half = lane < 16 ? 0x0000ffffu : 0xffff0000u;
     partial[t] = x[blockIdx.x * blockDim.x + t];
-    if (mode != 0) __syncwarp(half);
+    half_warp_step(half, mode);
     for (int offset = 8; offset > 0; offset /= 2) {
         if (lane % 16 < offset) partial[t] += partial[t + offset];
-        if (mode != 0) __syncwarp(half);
+        half_warp_step(half, mode);
     }
     if (lane % 16 == 0) sums[(blockIdx.x * blockDim.x + t) / 16] = partial[t] + (mode == 2 && lane == 16 ? partial[t - 16] : 0.0f);
 }
