@@ -151,13 +151,13 @@ struct Warp {
 // Race check: the last write and up to two reads of each 4-byte word of shared memory and of the
 // array arguments, in the current barrier epoch; of each byte of a word once the word has been
 // accessed in parts (float16 elements), so that threads touching different bytes never conflict.
-// Two accesses of different threads of a block conflict unless a barrier separates them, or a warp
-// exchange does and both are lanes of one warp; in global memory, accesses of different blocks
-// conflict unless a __threadfence and an atomic order them (Sync, below). An atomic counts as a
-// write that conflicts with plain accesses only: atomics of one word are ordered among themselves,
-// and an access that its block's atomic on the word precedes (in the same thread, or across a
-// barrier) comes after the word's earlier atomics, which that atomic followed (coherence: the last
-// block's reset of an arrival count).
+// Two accesses of different threads of a block conflict unless a barrier separates them, or a
+// __syncwarp() (of both lanes, or a chain of them) does and both are lanes of one warp; in global
+// memory, accesses of different blocks conflict unless a __threadfence and an atomic order them
+// (Sync, below). An atomic counts as a write that conflicts with plain accesses only: atomics of one
+// word are ordered among themselves, and an access that its block's atomic on the word precedes
+// (in the same thread, or across a barrier) comes after the word's earlier atomics, which that
+// atomic followed (coherence: the last block's reset of an arrival count).
 struct Access {
     int thread;
     unsigned int atomic : 1;          // an atomic read-modify-write
@@ -895,7 +895,7 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, bool atomic, 
     if (w->write_epoch && conflicts(w->writer, w->write_epoch))
         report(w->writer, w->writer.atomic ? "updated atomically" : "written");
     // the atomics before the writer's come before an access that this block's atomic writer precedes
-    // in its thread or across a barrier (coherence; a warp exchange is not counted: a lane reading
+    // in its thread or across a barrier (coherence; a __syncwarp() is not counted: a lane reading
     // after its warp's atomic does not see another warp's in every order they may run in)
     const bool after_block_atomic =
         w->writer.atomic && w->writer.block == block && (w->writer.thread == me || w->write_epoch != epoch);
