@@ -66,18 +66,18 @@
 // NVRTC 13.5 spilled six words into the main loop for sm_90 otherwise).
 #define TC_DGRAD_M64_BLOCKS (REAL_IS_HALF ? 2 : 3)
 
-// Filter tiles, the A operand of fprop and dgrad (mma_conv), made from the filter w (K, C/G, R, S)
-// in one launch: one thread per operand word, words in the order the warps load them. The tiles
-// come in parts (fprop one; dgrad one per stride phase), each the tiles of a filter view
-// (G, rows, R', S', channels): part p is row p of `table` (conv_tc._filter_tile_table: TC_TILE_TABLE
-// ints: its first word, rows, 64-row blocks, R', S', channels, words of a tap's channels (padded to
-// whole steps), and the filter row and column of tap (r', s') as first + r' * step), laid out as
-// (G, 64-row block, step, m tile, k8, g, t, +4, +8) of the m16n8k8 A fragment (lane 4g + t holds
-// rows g, g + 8 and words t, t + 4 of its 16 x 8 tile). Its rows are fprop's output channels and
-// its channels the input's (flat: the R*S*C/G flattened (r, s, c), one 1 x 1 tap), or dgrad's dx
-// channels and dy channels (`dgrad`). Padding rows and channels hold zero; a word holds one value
-// rounded to TF32 (to nearest, ties away from zero, the low 13 bits cleared: round_to_tf32) or two
-// FP16 values, the lower channel in the low half.
+// Filter tiles, the A operand of fprop and dgrad (mma_conv), made from the filter w (K, C/G, R, S) in
+// one launch: one thread per operand word, words in the order the warps load them. The tiles come in
+// parts (fprop one; dgrad one per stride phase), each the tiles of a filter view (G, rows, R', S',
+// channels): part p is row p of `table` (conv_tc.tables._filter_tile_table: TC_TILE_TABLE ints: its
+// first word, rows, 64-row blocks, R', S', channels, words of a tap's channels (padded to whole steps),
+// and the filter row and column of tap (r', s') as first + r' * step), laid out as (G, 64-row block,
+// step, m tile, k8, g, t, +4, +8) of the m16n8k8 A fragment (lane 4g + t holds rows g, g + 8 and words
+// t, t + 4 of its 16 x 8 tile). Its rows are fprop's output channels and its channels the input's
+// (flat: the R*S*C/G flattened (r, s, c), one 1 x 1 tap), or dgrad's dx channels and dy channels
+// (`dgrad`). Padding rows and channels hold zero; a word holds one value rounded to TF32 (to nearest,
+// ties away from zero, the low 13 bits cleared: round_to_tf32) or two FP16 values, the lower channel in
+// the low half.
 #define TC_TILE_TABLE 11
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) conv2d_tc_filter_tiles(
     const REAL* __restrict__ w, unsigned int* __restrict__ tiles, const int* __restrict__ table, int parts,
@@ -654,11 +654,12 @@ __device__ __forceinline__ void wgrad_segment(
     const int last = min(run.end_step * TC_DEPTH, NPQ);
     const int steps = run.end_step - run.first_step;
 
-    // the pixel table (conv_tc._pixel_table: 3 x TC_DEPTH ints per step of the pixels, so pixel i's
-    // step at 3 * i when a split starts on a step), each step copied into slot step % TC_TABLE_SLOTS
-    // (cp.async: no registers, no work per pixel), two steps in one copy at every other step (an even
-    // one: its pair of slots is contiguous): its loop then runs the copy's instructions half as
-    // often. A pair's slots are rewritten a barrier after the last read of the steps before them.
+    // the pixel table (conv_tc.tables._pixel_table: 3 x TC_DEPTH ints per step of the pixels, so pixel
+    // i's step at 3 * i when a split starts on a step), each step copied into slot step %
+    // TC_TABLE_SLOTS (cp.async: no registers, no work per pixel), two steps in one copy at every other
+    // step (an even one: its pair of slots is contiguous): its loop then runs the copy's instructions
+    // half as often. A pair's slots are rewritten a barrier after the last read of the steps before
+    // them.
     static_assert(TC_TABLE_SLOTS >= 4 && TC_TABLE_SLOTS % 2 == 0, "a pair in flight, a pair read");
     auto copy_table_pair = [&](int step) {
         constexpr int PIECES = 3 * TC_DEPTH / 4;   // 16-byte copies a step

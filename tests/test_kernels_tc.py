@@ -8,6 +8,7 @@ import pytest
 from cnn_gpu import backend, emu, nvrtc, sass
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
+from cnn_gpu.gpu import conv as gpu_conv
 from cnn_gpu.gpu import conv_tc
 from cnn_gpu.precision import round_to_tf32
 
@@ -461,7 +462,7 @@ def test_wgrad_by_filter_rows_matches_the_column_loader_bit_for_bit(dtype, monke
         assert plan.main.kernel == conv_tc.TAP_ROWS_KERNEL
         dw = conv_tc.wgrad("emu", dy, x, g, tile="tc_m64", splits=splits)
         with monkeypatch.context() as patch:
-            patch.setattr(conv_tc, "tap_rows_supported", lambda *args: False)
+            patch.setattr(conv_tc.wgrad_plans, "tap_rows_supported", lambda *args: False)
             assert conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64", splits=splits).main.kernel == "conv2d_wgrad_tc_m64"
             by_columns = conv_tc.wgrad("emu", dy, x, g, tile="tc_m64", splits=splits)
         assert dw.tobytes() == by_columns.tobytes(), g
@@ -593,7 +594,7 @@ def test_tf32_plans_split_small_grids_and_not_large_ones():
     assert plan.main.grid[2] == plan.splits and plan.main.block == (conv_tc.THREADS, 1, 1)
     wgrad = conv_tc.plan_wgrad(large)   # 9 block tiles over 100352 pixels
     blocks = wgrad.main.grid[0] * wgrad.main.grid[1] * wgrad.main.grid[2]
-    assert wgrad.splits > 1 and blocks % (conv_tc.DEFAULT_SMS * conv_tc.BLOCKS_PER_SM) > 200
+    assert wgrad.splits > 1 and blocks % (gpu_conv.DEFAULT_SMS * conv_tc.BLOCKS_PER_SM) > 200
     narrow = conv_geometry((128, 64, 56, 56), (64, 64, 3, 3), padding=1)      # 64 output channels
     assert conv_tc.plan_fprop(narrow).tile == "tc_m64" and conv_tc.plan_fprop(large).tile == "tc"
     assert conv_tc.plan_fprop(narrow).main.kernel == "conv2d_fprop_tc_m64"
@@ -745,7 +746,7 @@ def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):
     g = conv_geometry((132, 64, 8, 16), (2048, 64, 1, 1))
     plan = conv_tc.plan_dgrad(g, dtype=np.float32)
     assert (plan.tile, plan.splits, plan.main.grid) == ("tc_m64", 3, (132, 1, 3))
-    monkeypatch.setattr(conv_tc, "DGRAD_BLOCKS_PER_SM", {})
+    monkeypatch.setattr(conv_tc.plan, "DGRAD_BLOCKS_PER_SM", {})
     assert conv_tc.plan_dgrad(g, dtype=np.float32).splits == 2
 
 

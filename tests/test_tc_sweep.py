@@ -300,7 +300,7 @@ def test_tc_sweep_reaches_every_plan(kind):
     assert any(len(conv_tc.dgrad_phases(g).phases) == 9 for g in geometries)
     # wgrad's tap masks: some taps of some output rows and columns fall into the padding
     full = [(1 << g.R) - 1 for g in geometries]
-    assert any(int(min(conv_tc._tap_masks(np, g)[0])) != f for g, f in zip(geometries, full) if conv_tc.wgrad_supported(g))
+    assert any(int(min(conv_tc.tables._tap_masks(np, g)[0])) != f for g, f in zip(geometries, full) if conv_tc.wgrad_supported(g))
     # tile edges: ragged rows (fprop's K, dgrad's C) past one 64-row tile, channels past one step,
     # pixels past one 128-wide tile (and not a multiple of it), groups, batch 1 and 2
     assert any(g.K // g.groups > 64 for g in geometries) and any(g.C // g.groups > 64 for g in geometries)
