@@ -423,7 +423,7 @@ def test_check_fails_an_op_that_writes_into_its_input():
 def test_finite_differences_catch_a_consistent_wrong_backward():
     """A backward that NumPy and the device would share (so no cross-check sees it) still fails."""
     spec = check.OPS["avg_pool2d"]
-    cfg = check.POOL_EDGES[1]
+    cfg = check.ops.POOL_EDGES[1]
     inputs = spec.inputs(cfg, np.random.default_rng(0))
 
     def wrong(a, cfg, be):
@@ -431,8 +431,8 @@ def test_finite_differences_catch_a_consistent_wrong_backward():
         out["dx"] = out["dx"] * 0.5
         return out
 
-    assert check._finite_differences(spec, spec.run, dict(inputs), cfg, "numpy", {}, 0).max_rel_error < 1e-6
-    assert check._finite_differences(spec, wrong, dict(inputs), cfg, "numpy", {}, 0).max_rel_error > 0.3
+    assert check.compare._finite_differences(spec, spec.run, dict(inputs), cfg, "numpy", {}, 0).max_rel_error < 1e-6
+    assert check.compare._finite_differences(spec, wrong, dict(inputs), cfg, "numpy", {}, 0).max_rel_error > 0.3
 
 
 def test_check_bad_arguments(capsys):

@@ -1,78 +1,12 @@
-"""Cross-check of every op on a kernel backend (the library behind `cnn-gpu check`).
-
-For each op, a seeded sweep of configurations (strides, paddings, dilations, groups, odd sizes,
-ceil_mode, ...) runs forward and backward on the device and is compared with the NumPy backend in
-float64 on the same inputs, and the device's backward is compared with float64 central differences
-of the device's own forward (cnn_gpu.gradcheck). The error of an output is
-max|device - reference| / max|reference| (integer outputs such as max-pool indices must match
-exactly); an op passes when its worst error over all configurations and outputs is within the
-tolerance of the dtype.
-
-With math="tf32" (`cnn-gpu check --math tf32`, float32) the convolution ops run in the "tf32" math
-mode and are compared with the NumPy oracle in the same mode, element by element, within the FP32
-summation bound stated at TF32_SUM_K; the other ops are unaffected by the mode and keep the float32
-rule.
-
-With dtype float16 (`cnn-gpu check --dtype float16`) the device runs every op on float16 arrays
-(FP16 storage, FP32 math, one rounding per output) and is compared with the NumPy oracle on the
-same float16 inputs, which computes in float32 and rounds once, within FLOAT16_TOLERANCE.
-
-Tests plant a wrong op with `register_override(op, run)` to prove that a mismatch fails.
-"""
+"""The ops `cnn-gpu check` covers (OPS): per op its random configurations, fixed edge cases and
+layer-sized cases, its float64 inputs and how it runs forward and backward on a backend."""
 from __future__ import annotations
 
-import contextlib
-import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend as _backend, precision
-from .functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
-from .gradcheck import gradcheck
-
-MODES = ("quick", "normal", "thorough")
-# random configurations per op in each mode; normal and thorough also run the op's edge cases,
-# thorough also layer-sized ones (big enough for the kernels' large tiles and split-K paths)
-RANDOM_CONFIGS = {"quick": 2, "normal": 6, "thorough": 40}
-# finite-difference options per mode: random directions per array, element-wise checks up to this size
-FD_OPTIONS = {"quick": dict(directions=2, elementwise_limit=0),
-              "normal": dict(directions=3, elementwise_limit=0),
-              "thorough": dict(directions=3, elementwise_limit=32)}
-
-# dtype float16: the device and the oracle (the NumPy backend on the same float16 inputs) both
-# compute in FP32 and round each output to float16 once. Their FP32 results differ only by the
-# order of operations (relative errors of a few 2^-24, far below a float16 ulp), but the two
-# roundings can then land on neighbouring float16 values: one float16 ulp of the element, at most
-# 2^-10 x max|output| (float16 has 10 mantissa bits). FLOAT16_TOLERANCE = 2 x 2^-10 of max|output|
-# (the usual error measure) leaves a second ulp for order effects next to a tie; an output off by
-# three float16 ulps of the largest fails.
-FLOAT16_ULP = 2.0 ** -10
-FLOAT16_TOLERANCE = 2 * FLOAT16_ULP
-# Relative error allowed against NumPy float64 (float16: against the oracle, above): float64
-# devices differ only in summation order; float32 devices are compared with float64 results
-# computed from the same (rounded) inputs, and ops that sum many terms get REDUCTION_SCALE times
-# more room.
-TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": FLOAT16_TOLERANCE}
-REDUCTION_SCALE = 4
-# math="tf32": convolutions multiply TF32-rounded operands and sum the products in FP32. A product of
-# two TF32 numbers (11-bit significands) is exact in FP32, so a device and the oracle -- NumPy in the
-# same mode, summed exactly: float64 sums of the same TF32 operands -- differ only by the device's FP32
-# additions and the final rounding of each output. Each output element must satisfy
-#     |device - oracle| <= TF32_SUM_K * 2^-24 * sum|products|
-# with sum|products| the op run on the operands' magnitudes (its bias included). The worst case of a
-# sum of n terms is (n - 1) * 2^-24 * sum|products|; rounding errors of random sign -- these checks'
-# inputs are zero-mean -- stay within a few units of 2^-24 * sum|products| whatever n. TF32_SUM_K = 32
-# leaves room for the tensor cores' own order and truncating adds, while an operand that misses its
-# TF32 rounding (errors of ~2^-12 * sqrt(n) per product scale) still fails. The bias gradient, a plain
-# FP32 sum of dy, is held to the same bound against dy unrounded.
-TF32_SUM_K = 32
-FP32_UNIT_ROUNDOFF = 2.0 ** -24
-# Central differences in float64 (always, whatever --dtype; cnn_gpu.gradcheck): truncation and
-# rounding leave ~1e-7 relative error, a wrong gradient gives errors of order 1.
-FD_TOLERANCE = 5e-5
-
+from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
 
 @dataclass(frozen=True)
 class OpCheck:
@@ -164,7 +98,7 @@ def _conv_args(cfg):
 
 
 def _conv_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     y = F.conv2d(a["x"], a["weight"], a["bias"], backend=be, **_conv_args(cfg))
     dx, dw, db = F.conv2d_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be, **_conv_args(cfg))
     return dict(y=y, dx=dx, dweight=dw, dbias=db)
@@ -215,7 +149,7 @@ def _tconv_inputs(cfg, rng):
 
 
 def _tconv_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     args = dict(_conv_args(cfg), output_padding=cfg["output_padding"])
     y = F.conv_transpose2d(a["x"], a["weight"], a["bias"], backend=be, **args)
     dx, dw, db = F.conv_transpose2d_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be, **args)
@@ -272,7 +206,7 @@ def _pool_inputs(cfg, rng):
 
 
 def _max_pool_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     args = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], ceil_mode=cfg["ceil_mode"])
     y, indices = F.max_pool2d(a["x"], cfg["kernel"], backend=be, **args)
     dx = F.max_pool2d_backward(a["dy"], indices, a["x"].shape, cfg["kernel"], backend=be, **args)
@@ -280,7 +214,7 @@ def _max_pool_run(a, cfg, be):
 
 
 def _avg_pool_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     args = dict(stride=cfg["stride"], padding=cfg["padding"], ceil_mode=cfg["ceil_mode"],
                 count_include_pad=cfg["count_include_pad"], divisor_override=cfg.get("divisor_override"))
     y = F.avg_pool2d(a["x"], cfg["kernel"], backend=be, **args)
@@ -308,7 +242,7 @@ def _activation_inputs(cfg, rng):
 
 def _activation_run(name):
     def run(a, cfg, be):
-        from . import functional as F
+        from .. import functional as F
         extra = (cfg["negative_slope"],) if name == "leaky_relu" else ()
         y = getattr(F, name)(a["x"], *extra, backend=be)
         dx = getattr(F, f"{name}_backward")(a["dy"], a["x"], *extra, backend=be)
@@ -331,7 +265,7 @@ def _linear_inputs(cfg, rng):
 
 
 def _linear_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     y = F.linear(a["x"], a["weight"], a["bias"], backend=be)
     dx, dw, db = F.linear_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be)
     return dict(y=y, dx=dx, dweight=dw, dbias=db)
@@ -350,7 +284,7 @@ def _cross_entropy_inputs(cfg, rng):
 
 
 def _cross_entropy_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     loss, dlogits = F.cross_entropy(a["logits"], a["labels"], backend=be)
     return dict(loss=loss, dlogits=dlogits)
 
@@ -361,7 +295,7 @@ def _mse_inputs(cfg, rng):
 
 
 def _mse_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     loss, dpred = F.mse_loss(a["pred"], a["target"], backend=be)
     return dict(loss=loss, dpred=dpred)
 
@@ -441,7 +375,7 @@ def _cross_entropy_options_inputs(cfg, rng):
 
 
 def _cross_entropy_options_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     loss, dlogits = F.cross_entropy(a["logits"], a["target"], a["weight"], cfg["ignore_index"], cfg["reduction"],
                                     cfg["label_smoothing"], backend=be)
     if cfg["reduction"] == "none":   # dlogits is the gradient of the per-position losses' sum
@@ -478,7 +412,7 @@ def _batch_norm_inputs(cfg, rng):
 
 
 def _batch_norm_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     running_mean, running_var = a["running_mean"].copy(), a["running_var"].copy()
     y = F.batch_norm(a["x"], running_mean, running_var, a["weight"], a["bias"], cfg["training"],
                      activation=cfg["activation"], backend=be)
@@ -493,7 +427,7 @@ def _dropout_config(rng):
 
 
 def _dropout_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     y = F.dropout(a["x"], cfg["p"], seed=cfg["seed"], step=cfg["step"], backend=be)
     return dict(y=y, dx=F.dropout_backward(a["dy"], cfg["p"], cfg["seed"], cfg["step"], backend=be))
 
@@ -514,7 +448,7 @@ def _adaptive_pool_inputs(cfg, rng):
 
 
 def _adaptive_pool_run(a, cfg, be):
-    from . import functional as F
+    from .. import functional as F
     y = F.adaptive_avg_pool2d(a["x"], cfg["out"], backend=be)
     return dict(y=y, dx=F.adaptive_avg_pool2d_backward(a["dy"], a["x"].shape, backend=be))
 
@@ -557,292 +491,3 @@ OPS = {op.name: op for op in (
     OpCheck("batch_norm", _batch_norm_config, BATCH_NORM_EDGES, _batch_norm_inputs, _batch_norm_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=BATCH_NORM_LARGE),
 )}
-
-
-# --- the test hook -------------------------------------------------------------------------------
-
-_overrides: dict = {}
-
-
-def register_override(op: str, run) -> None:
-    """Replace the device-side run of `op` (signature of OpCheck.run: (inputs, cfg, backend) ->
-    outputs by name) for later checks, so a test can plant a wrong op and see it fail.
-    `run=None` removes the override. For tests only."""
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-    if run is None:
-        _overrides.pop(op, None)
-    else:
-        _overrides[op] = run
-
-
-def clear_overrides() -> None:
-    _overrides.clear()
-
-
-# --- checking ------------------------------------------------------------------------------------
-
-@dataclass
-class OpResult:
-    op: str
-    configs: int = 0
-    error: float = 0.0           # worst relative error against NumPy float64
-    tolerance: float = 0.0
-    fd_error: float = 0.0        # worst relative error against central differences (float64)
-    fd_tolerance: float = FD_TOLERANCE
-    worst: str = ""              # output and configuration of the worst error against NumPy
-    fd_worst: str = ""           # the same for finite differences
-    failure: str = ""            # an exception raised by the device, if any
-    seconds: float = 0.0
-    details: list = field(default_factory=list)
-    math: str = ""               # "tf32": checked in that math mode; "unaffected": an op the mode leaves alone
-
-    @property
-    def passed(self) -> bool:
-        return not self.failure and self.error <= self.tolerance and self.fd_error <= self.fd_tolerance
-
-    def as_dict(self) -> dict:
-        return dict(op=self.op, configs=self.configs, error=self.error, tolerance=self.tolerance,
-                    fd_error=self.fd_error, fd_tolerance=self.fd_tolerance, passed=self.passed, worst=self.worst,
-                    fd_worst=self.fd_worst, failure=self.failure, seconds=self.seconds, math=self.math)
-
-    def why_failed(self) -> str:
-        if self.failure:
-            return self.failure
-        reasons = []
-        if self.error > self.tolerance:
-            reasons.append(f"error {self.error:.2e} > {self.tolerance:.2g} against NumPy in {self.worst}")
-        if self.fd_error > self.fd_tolerance:
-            reasons.append(f"error {self.fd_error:.2e} > {self.fd_tolerance:.0e} against finite differences in "
-                           f"{self.fd_worst}")
-        return "; ".join(reasons)
-
-
-def default_device() -> str:
-    """The best kernel backend here: cuda with a GPU, otherwise the emulator."""
-    available = _backend.available_backends()
-    for name in ("cuda", "emu"):
-        if name in available:
-            return name
-    raise RuntimeError(f"no kernel backend is available: cuda: {_backend.why_unavailable('cuda')}; "
-                       f"emu: {_backend.why_unavailable('emu')}")
-
-
-def configs_for(spec: OpCheck, mode: str, seed: int) -> list:
-    rng = np.random.default_rng([seed, sum(map(ord, spec.name))])
-    fixed = list(spec.edge_configs) if mode != "quick" else []
-    if mode == "thorough":
-        fixed += list(spec.large_configs)
-    return fixed + [spec.configs(rng) for _ in range(RANDOM_CONFIGS[mode])]
-
-
-def _to_device(value, be, dtype=None):
-    if not isinstance(value, np.ndarray):
-        return value
-    if dtype is not None and value.dtype.kind == "f":
-        value = value.astype(dtype)
-    return _backend.array_module("cuda").asarray(value) if be == "cuda" else value
-
-
-def _to_host(value):
-    if value is None or isinstance(value, (float, int)):
-        return value
-    return value.get() if _backend.is_cupy_array(value) else np.asarray(value)
-
-
-def relative_error(got, want) -> float:
-    """max|got - want| / max|want| (exact match for integer arrays: 0 or 1; equal infinities agree)."""
-    if want is None or got is None:
-        return 0.0 if got is None and want is None else float("inf")
-    got = np.asarray(got)
-    want = np.asarray(want)
-    if got.shape != want.shape:
-        return float("inf")
-    if want.dtype.kind in "iu":
-        return 0.0 if np.array_equal(got, want) else 1.0
-    got, want = got.astype(np.float64), want.astype(np.float64)   # float16 references too
-    same = (got == want) | (np.isnan(got) & np.isnan(want))
-    with np.errstate(invalid="ignore"):
-        diff = np.where(same, 0.0, np.abs(got - want))
-    diff[np.isnan(diff)] = np.inf   # a NaN where the reference has a number is the worst mismatch
-    if diff.size == 0:
-        return 0.0
-    scale = np.max(np.abs(np.where(np.isfinite(want), want, 0.0)), initial=0.0)
-    worst = float(np.max(diff))
-    return worst / scale if scale > 0 else worst
-
-
-def _finite_differences(spec: OpCheck, run, inputs: dict, cfg, be, options, seed):
-    """float64 central differences of the device's forward against the device's backward."""
-    xp = _backend.array_module(be)
-    outputs = run(inputs, cfg, be)
-    names = [name for name in spec.grads if inputs.get(name) is not None]
-
-    def scalar():
-        out = run(inputs, cfg, be)[spec.output]
-        if spec.upstream is None:
-            return float(out)
-        # windows lying wholly in the padding give -inf (max pool); they carry no gradient
-        return float(xp.vdot(inputs[spec.upstream], xp.where(xp.isfinite(out), out, 0)))
-
-    return gradcheck(scalar, [inputs[n] for n in names], [outputs[spec.grads[n]] for n in names], names=names,
-                     seed=seed, **options)
-
-
-def _guard_zones(be: str):
-    """On the emulator every launch of a check runs against guard zones, so an out-of-bounds access
-    fails the op at once; the surrounding `emu.checking` block's other settings are kept."""
-    if be != "emu":
-        return contextlib.nullcontext()
-    from .emu import checking
-    from .emu._checking import effective
-    current = effective()
-    return checking(**{key: current[key] for key in ("schedule", "seed", "poison", "race", "timeout")}, guard=True)
-
-
-def check_op(spec: OpCheck, be: str, mode: str = "normal", dtype="float64", seed: int = 0,
-             math: str = "fp32") -> OpResult:
-    with _guard_zones(be), precision.math_mode(math):
-        return _check_op(spec, be, mode, np.dtype(dtype), seed, math)
-
-
-def _magnitudes(inputs: dict) -> dict:
-    return {k: np.abs(v) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for k, v in inputs.items()}
-
-
-def _tf32_references(spec: OpCheck, inputs: dict, cfg) -> tuple[dict, dict]:
-    """(reference, sum|products|) by output name in the "tf32" mode, from float32-valued `inputs`:
-    the outputs the mode changes from TF32-rounded operands, the others (the bias gradient) from
-    the inputs as they are, all summed exactly in float64; the op on the inputs' magnitudes gives
-    each element's sum|products|."""
-    as_tf32 = {k: precision.round_to_tf32(v.astype(np.float32)).astype(np.float64)
-               if k in spec.math_operands and v is not None else v for k, v in inputs.items()}
-    rounded, plain = spec.run(as_tf32, cfg, "numpy"), spec.run(inputs, cfg, "numpy")
-    want = {name: rounded[name] if name in spec.math_outputs else value for name, value in plain.items()}
-    return want, spec.run(_magnitudes(inputs), cfg, "numpy")
-
-
-def summation_error(got, want, magnitude) -> float:
-    """max over elements of |got - want| / sum|products| (the "tf32" rule; where the magnitude is 0
-    the two must be equal). A missing output, a wrong shape or a NaN is the worst error, as in
-    relative_error."""
-    if want is None or got is None or np.shape(got) != np.shape(want):
-        return relative_error(got, want)
-    diff = np.abs(np.asarray(got, dtype=np.float64) - want)
-    diff[np.isnan(diff)] = np.inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(diff == 0, 0.0, diff / np.asarray(magnitude))
-    return float(np.max(ratio, initial=0.0))
-
-
-def _oracle_inputs(inputs: dict, dtype: np.dtype) -> dict:
-    """The inputs as the reference gets them: the device's values (rounded to dtype) in float64,
-    or for float16 the float16 arrays themselves (the oracle is the NumPy backend in float16)."""
-    rounded = {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
-               for k, v in inputs.items()}
-    if dtype == np.float16:
-        return rounded
-    return {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
-            for k, v in rounded.items()}
-
-
-def _run_leaving_inputs(run, inputs: dict, cfg, be):
-    """run(inputs, cfg, be), failing (AssertionError) where it wrote into an input array: the
-    comparisons and finite differences after it would read the damaged values and could agree."""
-    before = {k: _to_host(v).copy() for k, v in inputs.items()
-              if _backend.is_cupy_array(v) or isinstance(v, np.ndarray)}
-    got = run(inputs, cfg, be)
-    changed = [k for k, v in before.items() if not np.array_equal(_to_host(inputs[k]), v, equal_nan=True)]
-    if changed:
-        raise AssertionError(f"the op wrote into its input {', '.join(changed)}")
-    return got
-
-
-def _check_op(spec: OpCheck, be: str, mode: str, dtype: np.dtype, seed: int, math: str) -> OpResult:
-    scale = REDUCTION_SCALE if spec.reduces and dtype == np.float32 else 1
-    result = OpResult(spec.name, tolerance=TOLERANCE[dtype.name] * scale)
-    tf32 = math == "tf32" and bool(spec.math_outputs)
-    if math == "tf32":
-        result.math = "tf32" if tf32 else "unaffected"
-    if tf32:
-        result.tolerance = TF32_SUM_K * FP32_UNIT_ROUNDOFF
-    run = _overrides.get(spec.name, spec.run)
-    start = time.perf_counter()
-    for index, cfg in enumerate(configs_for(spec, mode, seed)):
-        rng = np.random.default_rng([seed, index])
-        inputs = spec.inputs(cfg, rng)
-        # the reference sees exactly the values the device sees (rounded to dtype first)
-        rounded = _oracle_inputs(inputs, dtype)
-        try:
-            want, magnitude = _tf32_references(spec, rounded, cfg) if tf32 else (spec.run(rounded, cfg, "numpy"), None)
-            device_inputs = {k: _to_device(v, be, dtype) for k, v in inputs.items()}
-            got = _run_leaving_inputs(run, device_inputs, cfg, be)
-            for name, reference in want.items():
-                value = _to_host(got.get(name))
-                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype != dtype:
-                    raise TypeError(f"{name} came back as {value.dtype} from {dtype} inputs")
-                error = (summation_error(value, reference, magnitude[name]) if tf32
-                         else relative_error(value, reference))
-                if error > result.error or not result.worst:
-                    result.error, result.worst = error, f"{name}, config {cfg}"
-            report = _finite_differences(spec, run, {k: _to_device(v, be) for k, v in inputs.items()}, cfg, be,
-                                         FD_OPTIONS[mode], seed + index)
-            if report.max_rel_error > result.fd_error or not result.fd_worst:
-                result.fd_error, result.fd_worst = report.max_rel_error, f"{report.worst}, config {cfg}"
-        except Exception as err:  # a kernel fault or a crash fails the op; the other ops still run
-            result.failure = f"{type(err).__name__}: {err} (config {cfg})"
-            result.details.append(traceback.format_exc())
-        result.configs += 1
-        if result.failure:
-            break
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def check_ops(be: str, ops=None, mode: str = "normal", dtype="float64", seed: int = 0, math: str = "fp32"):
-    """An iterator of OpResults, one per op (all ops by default), each computed when it is reached,
-    the device running in math mode `math` ("tf32": float32 only); ValueError at once for an
-    unknown op, mode, dtype or math mode."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    if np.dtype(dtype).name not in TOLERANCE:
-        raise ValueError(f"dtype must be float16, float32 or float64, got {dtype!r}")
-    if math not in precision.MATH_MODES:
-        raise ValueError(f"unknown math mode {math!r}; expected one of {', '.join(precision.MATH_MODES)}")
-    if math == "tf32" and np.dtype(dtype) != np.float32:
-        raise ValueError(f"math mode 'tf32' changes float32 convolutions only; it needs dtype float32, "
-                         f"not {np.dtype(dtype).name}")
-    ops = list(OPS) if ops is None else list(ops)
-    unknown = [op for op in ops if op not in OPS]
-    if unknown:
-        raise ValueError(f"unknown op(s) {', '.join(unknown)}; expected some of {', '.join(OPS)}")
-    return (check_op(OPS[op], be, mode, dtype, seed, math) for op in ops)
-
-
-def format_results(results, markdown=False) -> str:
-    """The results as a text (or markdown) table, then a line per failure. Results of a math-mode
-    check get a last column "math" (tf32 / unaffected) and a note on what their error measures."""
-    header = ["op", "configs", "max rel err vs numpy", "tol", "max rel err vs finite diff", "tol", "result"]
-    table = [header] + [[r.op, str(r.configs), f"{r.error:.2e}", f"{r.tolerance:.2g}", f"{r.fd_error:.2e}",
-                         f"{r.fd_tolerance:.0e}", "PASS" if r.passed else "FAIL"] for r in results]
-    notes = []
-    if any(r.math for r in results):
-        header.append("math")
-        for row, r in zip(table[1:], results):
-            row.append(r.math)
-        notes = ["", f"math tf32: max over elements of |device - oracle| / sum|products|, both from the same TF32 "
-                     f"operands (tolerance {TF32_SUM_K} x 2^-24); unaffected: the math mode does not change the op "
-                     f"(float32 rule)"]
-    left = (0, 6, 7)
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i in left else "---:"
-                                                                 for i in range(len(header))) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
-    else:
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                 .rstrip() for row in table]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-    failures = [f"FAIL {r.op}: {r.why_failed()}" for r in results if not r.passed]
-    # a blank line ends a markdown table
-    return "\n".join(lines + notes + ([""] + failures if failures else []))
