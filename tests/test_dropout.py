@@ -220,6 +220,22 @@ def test_layer_steps_and_reproducibility():
         nn.Dropout(0.5, seed=-1)
 
 
+
+def test_p_zero_still_advances_the_step():
+    """API.md: the layer advances its step on every training call, p = 0 included, so that a p
+    raised later (a schedule that turns dropout on) draws the masks of a layer built with it."""
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((2, 30)), rng.standard_normal((2, 30))
+    off, on = nn.Dropout(0.0, seed=4), nn.Dropout(0.5, seed=4)
+    for _ in range(3):
+        assert off(x) is x and off.backward(dy) is dy
+        on(x)
+    assert int(off.step) == int(on.step) == 3
+    off.p = 0.5
+    np.testing.assert_array_equal(off(x), on(x))
+    off.eval()
+    assert off(x) is x and int(off.step) == 4
+
 def _dropout_net():
     nn.init.manual_seed(21)     # the same weights and dropout seed for every run
     model = nn.Sequential(nn.Linear(6, 16, dtype=np.float64), nn.ReLU(), nn.Dropout(0.5),

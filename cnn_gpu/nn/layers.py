@@ -375,13 +375,15 @@ class Dropout(Module):
         self.register_buffer("step", np.zeros((), np.int64))
 
     def forward(self, x):
-        if not self.training or self.p == 0:
+        if not self.training:
             self._saved = ()
             return x
         step = int(self.step)
-        y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend)
+        # p == 0 keeps every element but still counts the call: a p raised later draws the masks
+        # of the same steps as a layer built with it
+        y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend) if self.p else x
         self.step = np.array(step + 1, np.int64)
-        self._saved = (step,)
+        self._saved = (step,) if self.p else ()
         return y
 
     def backward(self, dy, input_grad=True):
