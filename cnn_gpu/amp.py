@@ -95,10 +95,11 @@ class GradScaler:
                                if not state["stepped"] else "GradScaler.unscale_ is being called after step()")
         with np.errstate(over="ignore", divide="ignore"):   # a scale backed off to 0 unscales to inf: skipped
             inverse = float(np.float32(1.0) / np.float32(self._scale))   # PyTorch's FP32 reciprocal
-        found = False
+        found = checked = False
         for p in optimizer.params:
             if p.grad is None:
                 continue
+            checked = True
             xp = _backend.array_module("cuda" if _backend.is_cupy_array(p.grad) else "numpy")
             wide = p.grad.astype(xp.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
             found = found or not bool(xp.isfinite(wide).all())
@@ -106,13 +107,14 @@ class GradScaler:
                 p.grad = (wide * inverse).astype(p.grad.dtype)
             if inverse > 1:   # a scale below 1 (backed off that far, or to 0) can overflow the unscaled
                 found = found or not bool(xp.isfinite(p.grad).all())   # values; PyTorch would step on them
-        self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False}
+        self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False, "checked": checked}
 
     def step(self, optimizer) -> bool:
         """optimizer.step() unless its gradients held inf/NaN this step (unscales them first if
         unscale_ was not called). Once per optimizer between updates; with several optimizers each
         is checked (and skipped) on its own gradients, and update() backs off if any held inf/NaN.
-        True when the step was taken."""
+        True when the step was taken. RuntimeError, as PyTorch's, where no parameter of the
+        optimizer has a gradient: nothing was checked for inf/NaN (backward not run?)."""
         if not self._enabled:
             optimizer.step()
             return True
@@ -122,6 +124,10 @@ class GradScaler:
         if state is None:
             self.unscale_(optimizer)
             state = self._optimizers[id(optimizer)]
+        if not state["checked"]:   # forgotten, so that a step after the backward is taken
+            del self._optimizers[id(optimizer)]
+            raise RuntimeError("GradScaler.step: no parameter of this optimizer has a gradient, so none was checked "
+                               "for inf/NaN (run backward first)")
         state["stepped"] = True
         if state["found_inf"]:
             return False
@@ -130,12 +136,17 @@ class GradScaler:
 
     def update(self) -> None:
         """Adjust the scale after a step: backoff if any optimizer's gradients held inf/NaN, growth
-        after growth_interval clean steps; a step with no optimizer unscaled leaves the scale as it
-        is. The scale is kept in FP32 as PyTorch's (a growth that would overflow it is not taken)."""
-        optimizers, self._optimizers = self._optimizers, {}
-        if not self._enabled or not optimizers:
+        after growth_interval clean steps. The scale is kept in FP32 as PyTorch's (a growth that
+        would overflow it is not taken). RuntimeError, as PyTorch's, where no optimizer with gradients
+        was unscaled or stepped since the last update: there is nothing to update from."""
+        optimizers = [state for state in self._optimizers.values() if state["checked"]]
+        self._optimizers = {}
+        if not self._enabled:
             return
-        if any(state["found_inf"] for state in optimizers.values()):
+        if not optimizers:
+            raise RuntimeError("GradScaler.update: no optimizer with gradients was unscaled or stepped since the last "
+                               "update(), so no inf/NaN check was recorded")
+        if any(state["found_inf"] for state in optimizers):
             self._scale = _as_fp32_scale(self._scale * self._backoff_factor)
             self._growth_tracker = 0
         else:

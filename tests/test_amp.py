@@ -47,6 +47,32 @@ def test_inf_or_nan_gradient_skips_the_step_and_halves_the_scale(bad):
         assert not np.array_equal(p.data, b)
 
 
+
+def test_a_step_with_no_gradient_or_an_update_with_no_step_raises_as_pytorchs():
+    """PyTorch's GradScaler asserts "No inf checks were recorded" at step() when no parameter of
+    the optimizer has a gradient, and at update() when no optimizer was unscaled or stepped: a
+    scale that grew on steps that checked nothing would hide a missing backward."""
+    rng = np.random.default_rng(5)
+    params = _float16_params(rng)
+    optimizer = optim.SGD(params, lr=0.1)
+    scaler = GradScaler(init_scale=8.0, growth_interval=1)
+    before = [p.data.copy() for p in params]
+    with pytest.raises(RuntimeError, match="no parameter of this optimizer has a gradient"):
+        scaler.step(optimizer)
+    assert all(np.array_equal(p.data, b) for p, b in zip(params, before))
+    with pytest.raises(RuntimeError, match="no inf/NaN check was recorded"):
+        GradScaler().update()
+    idle = GradScaler()
+    idle.unscale_(optimizer)   # no gradient to check: as if not unscaled
+    with pytest.raises(RuntimeError, match="no inf/NaN check was recorded"):
+        idle.update()
+    _scaled_grads(params, scaler, rng)   # a gradient on some parameters is enough
+    params[0].grad = None
+    assert scaler.step(optimizer) is True
+    scaler.update()
+    assert scaler.get_scale() == 16.0
+    assert GradScaler(enabled=False).update() is None   # a disabled scaler checks nothing
+
 def test_unscale_divides_in_fp32_and_keeps_the_dtype():
     rng = np.random.default_rng(2)
     params = _float16_params(rng)
