@@ -553,7 +553,7 @@ struct WgradColumnLoader {
 // words lie in shared columns a, a + 4, a + 8, a + 12 (the step's permutation): a 4-byte store
 // each, and a warp's stores, lanes 4 j + a at rows 3 j apart (or 1: the other columns) and pitch 20
 // words, meet 32 different banks. The group's tap mask (table[1] of its first pixel) holds, past
-// the filter rows' R bits, one bit per x column of its SPAN values (conv_tc._tap_masks).
+// the filter rows' R bits, one bit per x column of its SPAN values (conv_tc.tables._tap_masks).
 struct WgradTapRowLoader {
     static constexpr int GROUP = 4 * TC_PER_WORD;   // pixels of a lane's group
     static constexpr int SPAN = GROUP + 2;          // x values of a filter row over them

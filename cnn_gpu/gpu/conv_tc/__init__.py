@@ -12,7 +12,7 @@ into registers. Where that reduction is mostly padding (few channels per group: 
 at its end (the _flat kernels; plan_fprop decides). dgrad runs every stride phase of dx as the
 stride-1 convolution of dy with that phase's taps of the flipped filter (dgrad_phases; the tiles
 of every phase made by one launch the same way), all phases in one launch. wgrad hands the kernel a
-table of its output pixels (x window origin, tap mask, dy offset: _pixel_table, made once per
+table of its output pixels (x window origin, tap mask, dy offset: tables._pixel_table, made once per
 geometry), which it copies into shared memory two steps at a time; filters with R + S > 32 (no room in
 a mask word) stay on the SIMT kernel.
 

@@ -47,7 +47,7 @@ BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
 # least MMA issue ceiling, float32 and float16.
 TAP_ROWS_KERNEL = "conv2d_wgrad_tc_rows_m64"
 TAP_ROWS_EFFICIENCY = 0.69
-COLUMN_RUN_BITS = 10   # the tap masks' column bits: 2 + 4 FP16 words of pixels (_tap_masks)
+COLUMN_RUN_BITS = 10   # the tap masks' column bits: 2 + 4 FP16 words of pixels (tables._tap_masks)
 FLOAT32_ONLY_KERNELS = (GATHER_KERNEL,)   # not in the float16 build
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
@@ -235,6 +235,6 @@ def _wgrad_path_clocks(g, dtype, dy_path, sms) -> float:
 
 
 def pixel_table_bytes(g, dtype) -> int:
-    """Bytes of wgrad's pixel table (_pixel_table): 3 ints per output pixel, the last step padded."""
+    """Bytes of wgrad's pixel table (tables._pixel_table): 3 ints per output pixel, the last step padded."""
     depth = step_depth(dtype)
     return 3 * 4 * _ceil_div(g.N * g.P * g.Q, depth) * depth
