@@ -92,6 +92,8 @@ def test_bench_emu_tiny(capsys):
 def test_bench_refuses_emu_on_large_shapes_and_bad_arguments(capsys):
     assert main(["bench", "--device", "emu", "--shapes", "default"]) == 2
     assert "--shapes tiny" in capsys.readouterr().err
+    assert main(["bench", "--device", "emu", "--shapes", "tiny", "--batch", "5"]) == 2
+    assert "far too slow for --shapes tiny --batch 5" in capsys.readouterr().err   # not the shape set's fault
     assert main(["bench", "--ops", "conv2d,nope"]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["bench", "--device", "numpy,tpu"]) == 2
@@ -608,7 +610,11 @@ def test_compute_capabilities_of_three_digits_are_read_whole(monkeypatch, capabi
     (["bench", "--nproc", "2", "--batch", "0"], "--batch must be >= 1"),
     (["bench", "--nproc", "2", "--device", "numpy"], "it takes no --device"),
     (["bench", "--nproc", "2", "--dtype", "float16", "--math", "tf32"], "it takes no --dtype, --math"),
-    (["bench", "--nproc", "2", "--json", "{dir}"], "is a folder")])
+    (["bench", "--nproc", "2", "--json", "{dir}"], "is a folder"),
+    # "-" is standard output for `kernels --json` alone: these wrote a file named "-" after the work
+    (["check", "--device", "numpy", "--quick", "--ops", "relu", "--json", "-"], "--json output to a file only"),
+    (["bench", "--device", "numpy", "--shapes", "tiny", "--ops", "relu", "--csv", "-"], "--csv output to a file only"),
+    (["bench", "--nproc", "2", "--json", "-"], "--json output to a file only")])
 def test_bad_seeds_and_output_paths_are_refused_before_any_work(tmp_path, capsys, argv, error):
     """Found by running option combinations no test ran: these ended in a traceback (a negative
     seed, a seed past Philox's 64 bits, an output path written only after the work), or ran with
@@ -627,6 +633,19 @@ def test_name_lists_are_deduplicated_and_never_empty(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert "expected one name or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--file", ""], "expected one name or more"),   # exited with status 2 and no word
+    (["--family", " , "], "expected one name or more"),
+    (["--jobs", "-5"], "must be an integer >= 1"),   # ran with one job
+    (["--arch", ""], "--arch: unknown empty list")])   # compiled every default arch
+def test_kernels_refuses_empty_selections_and_job_counts(capsys, argv, error):
+    """An unset shell variable in `--file "$F"` or `--arch "$A"` must not mean "everything"."""
+    with pytest.raises(SystemExit) if argv[0] != "--arch" else contextlib.nullcontext():
+        assert main(["kernels", *argv]) == 2
+    err = capsys.readouterr().err
+    assert error in err or (argv[0] == "--arch" and "cnn-gpu kernels:" in err), err
 
 
 @pytest.mark.skipif(bool(__import__("cnn_gpu.nvrtc").nvrtc.why_unavailable()), reason="NVRTC unavailable")

@@ -205,6 +205,11 @@ def test_bench_model_list_and_unknown_spec(capsys):
     assert all(key in out for key in roofline.SPECS) and "H100-SXM5" in out
     assert main(["bench", "--device", "model:tpu", "--shapes", "tiny"]) == 2
     assert "h100" in capsys.readouterr().err
+    # model:list runs nothing: another device or an output file beside it was dropped without a word
+    assert main(["bench", "--device", "model:list,numpy"]) == 2
+    assert "it takes no other device" in capsys.readouterr().err
+    assert main(["bench", "--device", "model:list", "--json", "specs.json"]) == 2
+    assert "it takes no --json, --csv or --plot" in capsys.readouterr().err
 
 
 def test_measured_cuda_rows_print_beside_the_model():

@@ -40,12 +40,15 @@ seed = _number_type(int, lambda value: 0 <= value < 2**64, "an integer in [0, 2^
 path_argument = _number_type(str, lambda value: value != "", "a non-empty path")
 
 
-def check_outputs(args, *options) -> None:
+def check_outputs(args, *options, stdout=()) -> None:
     """ValueError for a path given to one of `options` (--json, --csv...) that cannot be written:
-    checked before the work, not after it ("-" is standard output)."""
+    checked before the work, not after it. "-" is standard output for the options in `stdout`,
+    refused for the others (it would name a file "-")."""
     from ..checkpoint import check_writable
     for option in options:
         path = getattr(args, option, None)
+        if path == "-" and option not in stdout:
+            raise ValueError(f"--{option} -: this command writes its --{option} output to a file only; name one")
         if path not in (None, "-"):
             check_writable(path)
 

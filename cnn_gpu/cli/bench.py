@@ -80,6 +80,11 @@ def run(args) -> int:
     if args.nproc is not None:
         return _scaling(args)
     if args.device and "model:list" in args.device:
+        others = [device for device in args.device if device != "model:list"]
+        if others or args.json or args.csv or args.plot:
+            print(f"cnn-gpu bench: --device model:list prints the GPU specs and runs nothing; it takes no "
+                  f"{'other device' if others else '--json, --csv or --plot'}", file=sys.stderr)
+            return 2
         from ..roofline import format_specs
         print(format_specs())
         return 0
@@ -100,8 +105,9 @@ def run(args) -> int:
         if "tf32" in args.math and "float32" not in args.dtype:
             raise ValueError(f"--math tf32 changes float32 convolutions only, not {','.join(args.dtype)}")
         if "emu" in devices and (args.shapes != "tiny" or (args.batch or 0) > 4):
+            asked = f"--shapes {args.shapes}" + (f" --batch {args.batch}" if args.batch else "")
             raise ValueError(f"the emulator runs only with --shapes tiny and --batch <= 4 (it executes every GPU "
-                             f"thread on the CPU, far too slow for --shapes {args.shapes})")
+                             f"thread on the CPU, far too slow for {asked})")
         if args.plot:
             bench.require_matplotlib()
         check_outputs(args, "json", "csv", "plot")

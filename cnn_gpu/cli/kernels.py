@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from . import path_argument
+from . import comma_list, path_argument, positive_int
 
 DTYPES = ("float32", "float64", "float16")   # float16: the files with a float16 build (backend.FLOAT16_FAMILIES)
 
@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, action="append",
                         help="only this dtype (repeatable; default: every build: float32, float64, and float16 "
                              "for the files that have one)")
-    parser.add_argument("--file", "--family", action="append", metavar="NAME",
+    parser.add_argument("--file", "--family", action="append", type=comma_list, metavar="NAME",
                         help="only this kernel file or family, e.g. pool.cu or conv2d_fprop,conv2d_dgrad "
                              "(repeatable; default: every kernels/*.cu)")
     parser.add_argument("--json", nargs="?", const="-", default=None, type=path_argument, metavar="PATH",
@@ -56,7 +56,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sass", action="store_true",
                         help="report each kernel's hot-loop SASS instruction mix and FMA issue ceiling (needs nvdisasm)")
     parser.add_argument("--markdown", action="store_true", help="with --sass: print the table as Markdown")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
                         help="compiles run in parallel (default: the number of CPUs)")
 
 
@@ -132,7 +132,7 @@ def _selected_files(args):
     files = backend.kernel_files()
     if not args.file:
         return files
-    wanted = {name.strip().removesuffix(".cu") for value in args.file for name in value.split(",") if name.strip()}
+    wanted = {name.removesuffix(".cu") for names in args.file for name in names}
     missing = sorted(wanted - {path.stem for path in files})
     if missing:
         raise ValueError(f"no kernel file {', '.join(missing)} in {backend.kernel_dir()}")
@@ -149,9 +149,9 @@ def run(args) -> int:
     try:
         if args.markdown and not args.sass:
             raise ValueError("--markdown needs --sass")
-        archs = _arch_list(args.arch) if args.arch else _default_archs()
+        archs = _arch_list(args.arch) if args.arch is not None else _default_archs()   # "": refused
         files = _selected_files(args)
-        check_outputs(args, "json")    # before minutes of compiling, not after
+        check_outputs(args, "json", stdout=("json",))    # before minutes of compiling, not after
     except ValueError as err:
         print(f"cnn-gpu kernels: {err}", file=sys.stderr)
         return 2
