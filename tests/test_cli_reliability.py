@@ -197,6 +197,21 @@ def test_a_resume_with_changed_settings_says_which(tmp_path, capsys):
     assert "with --max-batches 2 (it trained with 1)" in capsys.readouterr().out
 
 
+
+def test_a_resume_with_another_number_of_processes_says_so(tmp_path, capsys):
+    """--batch-size is each process's share, so a checkpoint of a 2-process run resumed by one
+    process trains on half the global batch: said, as any other changed option is."""
+    path = tmp_path / "ck.npz"
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--save", str(path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    model, optimizer, meta = checkpoint.load(path)
+    assert meta["world_size"] == 1
+    checkpoint.save(path, model, optimizer, {**meta, "world_size": 2})   # as `--nproc 2` saves it
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume", str(path)]) == 0
+    assert (f"note: resuming {path} with --nproc 1 (it trained with 2: a global batch of 32 images, not 64)"
+            in capsys.readouterr().out)
+
 def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys, good_checkpoint):
     keep = tmp_path / "keep.npz"
     keep.write_bytes(good_checkpoint)

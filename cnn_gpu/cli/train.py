@@ -345,9 +345,10 @@ def _train(args) -> int:
         return _train_in_precision(args, world, resumed, settings)
 
 
-def _changed_on_resume(args, settings: dict, meta: dict) -> list:
+def _changed_on_resume(args, settings: dict, meta: dict, processes: int) -> list:
     """The options that differ from the resumed checkpoint's, as "--lr 0.01 (it trained with 0.002)":
-    extending --epochs is the usual reason to resume; any other change is said, not refused."""
+    extending --epochs is the usual reason to resume; any other change is said, not refused, the
+    number of processes (`processes` now) too: it sets the global batch."""
     saved = meta["settings"]
     changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
                if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
@@ -355,6 +356,10 @@ def _changed_on_resume(args, settings: dict, meta: dict) -> list:
     if "max_batches" in meta and args.max_batches != meta["max_batches"]:
         trained = meta["max_batches"] or "unset"
         changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {trained})")
+    if meta.get("world_size", processes) != processes:
+        batch = settings["batch_size"]
+        changed.append(f"--nproc {processes} (it trained with {meta['world_size']}: a global batch of "
+                       f"{batch * processes} images, not {batch * meta['world_size']})")
     return changed
 
 
@@ -390,7 +395,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     if resumed:
         _restore(model, optimizer, resumed, args.resume)
         _restore_scaler(scaler, resumed[2], args.resume)
-        changed = _changed_on_resume(args, settings, resumed[2])
+        changed = _changed_on_resume(args, settings, resumed[2], world.size)
         if changed:   # said once the checkpoint has proven loadable, not before a refusal
             _say(leader, f"note: resuming {args.resume} with {', '.join(changed)}")
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
