@@ -218,6 +218,9 @@ def read_npz(path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
+        with open(path, "rb") as f:   # np.load takes any other file for a pickle, and says so
+            if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUM"):
+                raise ValueError("not an .npz archive: it starts with neither a zip nor an .npy header")
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):   # an .npy file: one bare array
             raise ValueError("an .npy array, not an .npz archive of named arrays")

@@ -126,6 +126,13 @@ def test_npz_corrupt_and_missing(tmp_path):
         data.load_npz(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError):
         data.load_npz(tmp_path / "absent.npz")
+    # any other file, a text file included, is no pickle to NumPy's messages: named for what it is
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match="text.npz: not a readable .npz file .not an .npz archive: it starts with "
+                                         "neither a zip nor an .npy header"):
+        data.load_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "nothing.npz")   # an empty zip starts with its end record, not a member
+    assert data.read_npz(tmp_path / "nothing.npz", ".npz file") == {}
 
 
 def test_digits():
