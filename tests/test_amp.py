@@ -73,6 +73,7 @@ def test_a_step_with_no_gradient_or_an_update_with_no_step_raises_as_pytorchs():
     assert scaler.get_scale() == 16.0
     assert GradScaler(enabled=False).update() is None   # a disabled scaler checks nothing
 
+
 def test_unscale_divides_in_fp32_and_keeps_the_dtype():
     rng = np.random.default_rng(2)
     params = _float16_params(rng)

@@ -208,9 +208,15 @@ def test_a_resume_with_another_number_of_processes_says_so(tmp_path, capsys):
     assert meta["world_size"] == 1
     checkpoint.save(path, model, optimizer, {**meta, "world_size": 2})   # as `--nproc 2` saves it
     capsys.readouterr()
-    assert main([*argv, "--epochs", "2", "--resume", str(path)]) == 0
+    resume = ["train", "--device", "numpy", "--max-batches", "1", "--epochs", "2", "--resume", str(path)]
+    assert main(resume) == 0
     assert (f"note: resuming {path} with --nproc 1 (it trained with 2: a global batch of 32 images, not 64)"
             in capsys.readouterr().out)
+    # twice the share in half the processes: the global batch is the checkpoint's
+    assert main([*resume, "--batch-size", "64"]) == 0
+    assert ("with --batch-size 64 (it trained with 32), --nproc 1 (it trained with 2: the same global batch of 64)"
+            in capsys.readouterr().out)
+
 
 def test_resuming_with_fewer_epochs_than_trained_is_refused(tmp_path, capsys, good_checkpoint):
     keep = tmp_path / "keep.npz"

@@ -236,6 +236,7 @@ def test_p_zero_still_advances_the_step():
     off.eval()
     assert off(x) is x and int(off.step) == 4
 
+
 def _dropout_net():
     nn.init.manual_seed(21)     # the same weights and dropout seed for every run
     model = nn.Sequential(nn.Linear(6, 16, dtype=np.float64), nn.ReLU(), nn.Dropout(0.5),

@@ -357,9 +357,9 @@ def _changed_on_resume(args, settings: dict, meta: dict, processes: int) -> list
         trained = meta["max_batches"] or "unset"
         changed.append(f"--max-batches {args.max_batches or 'unset'} (it trained with {trained})")
     if meta.get("world_size", processes) != processes:
-        batch = settings["batch_size"]
-        changed.append(f"--nproc {processes} (it trained with {meta['world_size']}: a global batch of "
-                       f"{batch * processes} images, not {batch * meta['world_size']})")
+        now, before = settings["batch_size"] * processes, saved["batch_size"] * meta["world_size"]
+        batch = f"a global batch of {now} images, not {before}" if now != before else f"the same global batch of {now}"
+        changed.append(f"--nproc {processes} (it trained with {meta['world_size']}: {batch})")
     return changed
 
 
