@@ -184,7 +184,6 @@ def test_scale_follows_pytorchs_float32_updates():
     options = dict(init_scale=2.0e37, growth_factor=3.7, backoff_factor=0.3, growth_interval=2)
     ours = GradScaler(**options)
     theirs = torch.amp.GradScaler("cpu", **options)
-    rng = np.random.default_rng(7)
     param = Parameter(np.ones(3, np.float32))
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer, torch_optimizer = optim.SGD([param], lr=0.0), torch.optim.SGD([weight], lr=0.0)
