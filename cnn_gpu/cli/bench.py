@@ -80,10 +80,11 @@ def run(args) -> int:
     if args.nproc is not None:
         return _scaling(args)
     if args.device and "model:list" in args.device:
-        others = [device for device in args.device if device != "model:list"]
-        if others or args.json or args.csv or args.plot:
+        given = ["other devices"] * any(device != "model:list" for device in args.device) + [
+            f"--{name}" for name, default in LIST_IGNORES.items() if getattr(args, name, default) != default]
+        if given:
             print(f"cnn-gpu bench: --device model:list prints the GPU specs and runs nothing; it takes no "
-                  f"{'other device' if others else '--json, --csv or --plot'}", file=sys.stderr)
+                  f"{', '.join(given)}", file=sys.stderr)
             return 2
         from ..roofline import format_specs
         print(format_specs())
@@ -163,6 +164,9 @@ def run(args) -> int:
 # the options of the op table, with their defaults: --nproc measures one model's step, no table
 SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None,
                    "dtype": ["float32"], "math": ["fp32"]}
+# what --device model:list, which runs nothing, refuses beside it
+LIST_IGNORES = {**{name: default for name, default in SCALING_IGNORES.items() if name != "device"}, "json": None,
+                "batch": None, "repeat": None, "markdown": False}
 
 
 def _scaling(args) -> int:
