@@ -208,7 +208,8 @@ def test_bench_model_list_and_unknown_spec(capsys):
     # model:list runs nothing: another device or an output file beside it was dropped without a word
     assert main(["bench", "--device", "model:list,numpy"]) == 2
     assert "it takes no other devices" in capsys.readouterr().err
-    assert main(["bench", "--device", "model:list", "--json", "specs.json", "--shapes", "tiny", "--dtype", "float16"]) == 2
+    assert main(["bench", "--device", "model:list", "--json", "specs.json", "--shapes", "tiny",
+                 "--dtype", "float16"]) == 2
     assert "it takes no --shapes, --dtype, --json" in capsys.readouterr().err
 
 
