@@ -790,6 +790,35 @@ def test_float64_array_for_float_pointer_is_a_type_error():
         bugs().get_function("write_one_past_end")((1,), (32,), (np.zeros(32), np.int32(31)))
 
 
+
+def test_a_float16_pointer_names_its_dtype_when_given_another():
+    """A half_bits* parameter (the float16 builds' REAL) given a float32 array: a TypeError naming
+    float16, as for the other dtypes (the message's dtype table lacked it: KeyError 'f2')."""
+    mod = emu.RawModule(code=textwrap.dedent("""
+        struct half_bits { unsigned short x; };
+        extern "C" __global__ void widen(const half_bits* h, float* out) { out[0] = h[0].x; }"""))
+    with pytest.raises(TypeError, match=r"parameter 0 'h' \(half_bits\*\): expected a float16 array, got a "
+                                        r"float32"):
+        mod.get_function("widen")((1,), (1,), (np.ones(1, np.float32), np.zeros(1, np.float32)))
+
+
+def test_race_check_says_when_array_arguments_are_too_large_for_it():
+    """race=True checks the array arguments up to RACE_CHECK_GLOBAL_LIMIT bytes of them: past it a
+    launch checks shared memory only, and says so, so that a large unrelated argument cannot hide a
+    race on a small one without a word."""
+    from cnn_gpu.emu import _module
+    kernel = emu.RawModule(code=textwrap.dedent("""
+        extern "C" __global__ void handoff(float* buf, float* big) {
+            if (blockIdx.x == 0) buf[0] = big[0]; else buf[1] = buf[0];
+        }""")).get_function("handoff")
+    buf = np.zeros(2, np.float32)
+    with pytest.raises(emu.KernelFault, match="global memory race"):
+        kernel((2,), (1,), (buf, np.ones(16, np.float32)), race=True)
+    big = np.ones(_module.RACE_CHECK_GLOBAL_LIMIT // 4 + 1, np.float32)
+    with pytest.warns(RuntimeWarning, match=r"race check of 'handoff': its array arguments hold \d+ bytes, over the "
+                                            r"8 MiB the global-memory check covers"):
+        kernel((2,), (1,), (buf, big), race=True)
+
 def test_wrong_argument_count_is_a_type_error():
     with pytest.raises(TypeError, match=r"takes 2 arguments \(y, n\), got 3"):
         bugs().get_function("write_one_past_end")((1,), (32,), (np.zeros(32, np.float32), np.int32(1), np.int32(2)))

@@ -45,7 +45,8 @@ def validate(name: str, value):
 @contextlib.contextmanager
 def checking(schedule: str = "forward", seed: int | None = None, guard: bool = True, poison: bool = True,
              race: bool | str = False, timeout: float | None = None):
-    """Defaults for every emulator launch inside the block; a launch's own keywords still win.
+    """Defaults for every emulator launch inside the block; a launch's own keywords still win. A
+    nested block sets every option it takes, defaults included (timeout alone inherits when None).
 
     schedule: order the threads of a block run between barriers ("forward", "reverse", "random");
     seed: for "random" (None: a fresh seed per launch, shown in fault messages);

@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,12 @@ SCHEDULE_CODES = {"forward": 0, "reverse": 1, "random": 2}
 DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024  # CUDA's limit without the opt-in attribute
 OPT_IN_SHARED = 227 * 1024   # H100's shared memory per block with it (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 
-C_NAMES = {"f4": "float", "f8": "double", "i1": "signed char", "u1": "unsigned char", "i2": "short",
-           "u2": "unsigned short", "i4": "int", "u4": "unsigned int", "i8": "long long",
+C_NAMES = {"f2": "half_bits", "f4": "float", "f8": "double", "i1": "signed char", "u1": "unsigned char",
+           "i2": "short", "u2": "unsigned short", "i4": "int", "u4": "unsigned int", "i8": "long long",
            "u8": "unsigned long long", "b1": "bool"}
-NUMPY_NAMES = {"f4": "np.float32", "f8": "np.float64", "i1": "np.int8", "u1": "np.uint8", "i2": "np.int16",
-               "u2": "np.uint16", "i4": "np.int32", "u4": "np.uint32", "i8": "np.int64", "u8": "np.uint64",
-               "b1": "np.bool_"}
+NUMPY_NAMES = {"f2": "np.float16", "f4": "np.float32", "f8": "np.float64", "i1": "np.int8",
+               "u1": "np.uint8", "i2": "np.int16", "u2": "np.uint16", "i4": "np.int32", "u4": "np.uint32",
+               "i8": "np.int64", "u8": "np.uint64", "b1": "np.bool_"}
 PACK_FORMATS = {"f4": "<f", "f8": "<d", "i1": "<b", "u1": "<B", "i2": "<h", "u2": "<H", "i4": "<i",
                 "u4": "<I", "i8": "<q", "u8": "<Q", "b1": "<?"}
 
@@ -281,8 +282,16 @@ def _memory_spans(arrays: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, 
     return [tuple(span) for span in spans]
 
 
-# The global-memory part of the race check keeps ~110 bytes of shadow per 4 bytes of arguments.
+# The global-memory part of the race check keeps 144 bytes of shadow (ShadowWord) per 4 bytes of arguments.
 RACE_CHECK_GLOBAL_LIMIT = 8 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unchecked_arguments(kernel: str, argument_bytes: int) -> None:
+    """Said once per kernel and size: race=True left the array arguments unchecked."""
+    warnings.warn(f"race check of {kernel!r}: its array arguments hold {argument_bytes} bytes, over the "
+                  f"{RACE_CHECK_GLOBAL_LIMIT >> 20} MiB the global-memory check covers; only shared memory is "
+                  f"checked in this launch", RuntimeWarning, stacklevel=4)
 
 
 def _arrays_at_end(schedule: str, seed) -> bool:
@@ -507,8 +516,10 @@ class Kernel:
             desc.race_check = int(bool(settings["race"]))
             global_ranges = self._global_ranges(arrays, staging) if settings["race"] or profile else []
             # array arguments too, unless asked for shared memory only or past the shadow's limit
-            desc.race_check_global = int(settings["race"] is True and sum(
-                end - begin for begin, end, *_ in global_ranges) <= RACE_CHECK_GLOBAL_LIMIT)
+            argument_bytes = sum(end - begin for begin, end, *_ in global_ranges)
+            desc.race_check_global = int(settings["race"] is True and argument_bytes <= RACE_CHECK_GLOBAL_LIMIT)
+            if settings["race"] is True and not desc.race_check_global:
+                _warn_unchecked_arguments(self.name, argument_bytes)
             if global_ranges:
                 flat = (ctypes.c_ulonglong * (2 * len(global_ranges)))(*[v for r in global_ranges for v in r[:2]])
                 desc.global_ranges = ctypes.addressof(flat)
