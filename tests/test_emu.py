@@ -474,6 +474,33 @@ def test_dynamic_shared_memory_overrun_is_reported(shared_floats):
         assert info.value.source.startswith(at_line("buffer[threadIdx.x + 1] ="))
 
 
+
+DYNAMIC_SHARED_PAST_END = """
+extern "C" __global__ void shifted(float* out, int offset, int store) {
+    extern __shared__ float d[];
+    d[threadIdx.x] = 1.0f;
+    __syncthreads();
+    if (store) d[threadIdx.x + offset] = 2.0f;
+    else out[threadIdx.x] = d[threadIdx.x + offset];
+}"""
+
+
+@pytest.mark.parametrize("store", [0, 1])
+def test_the_instrumented_build_faults_at_once_past_dynamic_shared_memory(store):
+    """In a dynamic shared buffer that ends mid-page, what lies past its end is a canary, not a
+    page: the plain build reads it unseen (0x7e bytes) and reports a write only after the block.
+    The instrumented build (race=True, profiles) faults at the access, with its thread and line."""
+    kernel = emu.RawModule(code=DYNAMIC_SHARED_PAST_END).get_function("shifted")
+    out = np.zeros(32, np.float32)
+    kernel((1,), (32,), (out, np.int32(0), np.int32(store)), shared_mem=128, race=True)   # in bounds: fine
+    verb = "write" if store else "read"
+    with pytest.raises(emu.KernelFault, match=f"{verb} past the end of the 128 bytes of dynamic shared memory") \
+            as info:
+        kernel((1,), (32,), (out, np.int32(1), np.int32(store)), shared_mem=128, race=True)
+    line = 1 + DYNAMIC_SHARED_PAST_END.splitlines().index(
+        "    if (store) d[threadIdx.x + offset] = 2.0f;" if store else "    else out[threadIdx.x] = d[threadIdx.x + offset];")
+    assert info.value.thread == (31, 0, 0) and info.value.source.startswith(f"<code>:{line} ")
+
 STATIC_SHARED_KERNELS = ("static_shared_offset", "template_shared_offset")
 
 

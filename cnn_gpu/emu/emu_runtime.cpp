@@ -1551,6 +1551,18 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
                            write ? "write into a guard zone between __shared__ arrays"
                                  : "read from a guard zone between __shared__ arrays");
         }
+        // the canary between dynamic shared memory's end and its guard page: the plain build sees
+        // writes there after the block only, and reads not at all
+        const char* a = (const char*)address;
+        const char* end = L->module->dynamic_shared + L->desc->shared_mem;
+        if (a >= L->module->dynamic_shared && a + size > end &&
+            a < dynamic_guard_page(L->module, L->desc->shared_mem)) {
+            L->desc->fault_address = (unsigned long long)(a > end ? a : end);
+            char why[128];
+            snprintf(why, sizeof why, "%s past the end of the %llu bytes of dynamic shared memory",
+                     write ? "write" : "read", L->desc->shared_mem);
+            stop_at_access(L, self, site, CNN_GPU_EMU_SHARED_OVERRUN, why);
+        }
     }
     // an atomic's read stands for it (a read-modify-write)
     if (L->shadow && !(me->in_atomic && write)) race_check(L, self, (char*)address, size, write, me->in_atomic, site);
