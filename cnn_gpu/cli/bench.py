@@ -166,7 +166,7 @@ SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None
                    "dtype": ["float32"], "math": ["fp32"]}
 # what --device model:list, which runs nothing, refuses beside it
 LIST_IGNORES = {**{name: default for name, default in SCALING_IGNORES.items() if name != "device"}, "json": None,
-                "batch": None, "repeat": None, "markdown": False}
+                "batch": None, "repeat": None, "markdown": False, "seed": 0}
 
 
 def _scaling(args) -> int:

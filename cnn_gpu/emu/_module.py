@@ -286,14 +286,6 @@ def _memory_spans(arrays: list[tuple[int, str, np.ndarray]]) -> list[tuple[int, 
 RACE_CHECK_GLOBAL_LIMIT = 8 << 20
 
 
-@functools.lru_cache(maxsize=None)
-def _warn_unchecked_arguments(kernel: str, argument_bytes: int) -> None:
-    """Said once per kernel and size: race=True left the array arguments unchecked."""
-    warnings.warn(f"race check of {kernel!r}: its array arguments hold {argument_bytes} bytes, over the "
-                  f"{RACE_CHECK_GLOBAL_LIMIT >> 20} MiB the global-memory check covers; only shared memory is "
-                  f"checked in this launch", RuntimeWarning, stacklevel=4)
-
-
 def _arrays_at_end(schedule: str, seed) -> bool:
     """The guarded layout of a launch's arrays (_Staging): against the back page under the forward
     schedule, against the front page under reverse, and by the seed's parity under random; so a
@@ -518,8 +510,10 @@ class Kernel:
             # array arguments too, unless asked for shared memory only or past the shadow's limit
             argument_bytes = sum(end - begin for begin, end, *_ in global_ranges)
             desc.race_check_global = int(settings["race"] is True and argument_bytes <= RACE_CHECK_GLOBAL_LIMIT)
-            if settings["race"] is True and not desc.race_check_global:
-                _warn_unchecked_arguments(self.name, argument_bytes)
+            if settings["race"] is True and not desc.race_check_global:   # shown once per calling line
+                warnings.warn(f"race check of {self.name!r}: its array arguments hold {argument_bytes} bytes, over "
+                              f"the {RACE_CHECK_GLOBAL_LIMIT >> 20} MiB the global-memory check covers; only shared "
+                              f"memory is checked in this launch", RuntimeWarning, stacklevel=2)
             if global_ranges:
                 flat = (ctypes.c_ulonglong * (2 * len(global_ranges)))(*[v for r in global_ranges for v in r[:2]])
                 desc.global_ranges = ctypes.addressof(flat)
