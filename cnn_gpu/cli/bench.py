@@ -80,8 +80,7 @@ def run(args) -> int:
     if args.nproc is not None:
         return _scaling(args)
     if args.device and "model:list" in args.device:
-        given = ["other devices"] * any(device != "model:list" for device in args.device) + [
-            f"--{name}" for name, default in LIST_IGNORES.items() if getattr(args, name, default) != default]
+        given = ["other devices"] * any(device != "model:list" for device in args.device) + _given(args, LIST_IGNORES)
         if given:
             print(f"cnn-gpu bench: --device model:list prints the GPU specs and runs nothing; it takes no "
                   f"{', '.join(given)}", file=sys.stderr)
@@ -164,6 +163,11 @@ def run(args) -> int:
 # the options of the op table, with their defaults: --nproc measures one model's step, no table
 SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None,
                    "dtype": ["float32"], "math": ["fp32"]}
+def _given(args, defaults: dict) -> list[str]:
+    """The options of `defaults` ({name: default}) given another value, as "--name"."""
+    return [f"--{name}" for name, default in defaults.items() if getattr(args, name, default) != default]
+
+
 # what --device model:list, which runs nothing, refuses beside it
 LIST_IGNORES = {**{name: default for name, default in SCALING_IGNORES.items() if name != "device"}, "json": None,
                 "batch": None, "repeat": None, "markdown": False, "seed": 0}
@@ -177,7 +181,7 @@ def _scaling(args) -> int:
         for name, value in (("--batch", args.batch), ("--repeat", args.repeat)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        given = [f"--{name}" for name, default in SCALING_IGNORES.items() if getattr(args, name, default) != default]
+        given = _given(args, SCALING_IGNORES)
         if given:
             raise ValueError(f"--nproc measures the training step of the small CNN alone; it takes no "
                              f"{', '.join(given)}")

@@ -21,12 +21,12 @@ from . import comma_list, path_argument, positive_int
 DTYPES = ("float32", "float64", "float16")   # float16: the files with a float16 build (backend.FLOAT16_FAMILIES)
 
 
-def _arch_list(text: str) -> list[str]:
+def _arch_list(archs: list[str]) -> list[str]:
+    """--arch's names (comma_list: deduplicated, never empty), each one NVRTC's report knows."""
     from .. import nvrtc
-    archs = list(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
     unknown = [a for a in archs if a not in nvrtc.ARCH_LIMITS]
-    if unknown or not archs:
-        raise ValueError(f"--arch: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(nvrtc.ARCHS)}")
+    if unknown:
+        raise ValueError(f"--arch: unknown {', '.join(unknown)}; choose from {', '.join(nvrtc.ARCHS)}")
     return archs
 
 
@@ -42,7 +42,7 @@ def _default_archs() -> list[str]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--arch", default=None, metavar="LIST",
+    parser.add_argument("--arch", type=comma_list, default=None, metavar="LIST",
                         help="comma-separated architectures (default: sm_70,sm_75,sm_80,sm_86,sm_89,sm_90, "
                              "those the NVRTC found can target)")
     parser.add_argument("--dtype", choices=DTYPES, action="append",
@@ -149,7 +149,7 @@ def run(args) -> int:
     try:
         if args.markdown and not args.sass:
             raise ValueError("--markdown needs --sass")
-        archs = _arch_list(args.arch) if args.arch is not None else _default_archs()   # "": refused
+        archs = _arch_list(args.arch) if args.arch else _default_archs()
         files = _selected_files(args)
         check_outputs(args, "json", stdout=("json",))    # before minutes of compiling, not after
     except ValueError as err:

@@ -678,6 +678,15 @@ unsigned long long written_shared_bytes(const cnn_gpu_emu_module_state* m, unsig
     return bytes;
 }
 
+// The first byte of [a, a + size) in the canary between dynamic shared memory's end and its guard
+// page, or nullptr: the plain build sees writes there after the block only, and reads not at all
+const char* past_dynamic_shared(cnn_gpu_emu_module_state* m, unsigned long long shared_mem, const char* a,
+                                unsigned long size) {
+    const char* end = m->dynamic_shared + shared_mem;
+    if (a < m->dynamic_shared || a + size <= end || a >= dynamic_guard_page(m, shared_mem)) return nullptr;
+    return a > end ? a : end;
+}
+
 // The first byte of [a, a + size) in a guard zone, or nullptr
 const char* in_shared_guard(const cnn_gpu_emu_module_state* m, const char* a, unsigned long size) {
     if (a + size <= m->static_shared_begin || a >= m->static_shared_end) return nullptr;
@@ -1551,13 +1560,9 @@ EXPORT void cnn_gpu_emu_access(cnn_gpu_emu_thread* me, void* address, unsigned l
                            write ? "write into a guard zone between __shared__ arrays"
                                  : "read from a guard zone between __shared__ arrays");
         }
-        // the canary between dynamic shared memory's end and its guard page: the plain build sees
-        // writes there after the block only, and reads not at all
-        const char* a = (const char*)address;
-        const char* end = L->module->dynamic_shared + L->desc->shared_mem;
-        if (a >= L->module->dynamic_shared && a + size > end &&
-            a < dynamic_guard_page(L->module, L->desc->shared_mem)) {
-            L->desc->fault_address = (unsigned long long)(a > end ? a : end);
+        const char* past = past_dynamic_shared(L->module, L->desc->shared_mem, (const char*)address, size);
+        if (past) {
+            L->desc->fault_address = (unsigned long long)past;
             char why[128];
             snprintf(why, sizeof why, "%s past the end of the %llu bytes of dynamic shared memory",
                      write ? "write" : "read", L->desc->shared_mem);
