@@ -5,13 +5,14 @@
 For each of the 11 ResNet/DeepBench layers, each pass and each of float32 (TF32 operands) and
 float16: the plan cnn_gpu.gpu.conv_tc picks and its alternatives (fprop and dgrad: each tile of
 conv_tc.TILES; wgrad: each of its tiles and, where a lane's pixels straddle images, the
-channel-major copy of dy and the _gather kernels), each forced through the plan_* functions with
-the rest left to the planner. Beside each: the roofline model's time on --gpu (MODELED) and, where
-CuPy sees a GPU, the median of --repeat timed calls of conv_tc's launcher with the plan forced
-(measured: the filter tiles, a dy copy and split-K sums included, as a training step runs them).
+channel-major copy of dy, the _gather kernels and where it runs the _residues one), each forced
+through the plan_* functions with the rest left to the planner. Beside each: the roofline model's
+time on --gpu (MODELED) and, where CuPy sees a GPU, the median of --repeat timed calls of
+conv_tc's launcher with the plan forced (measured: the filter tiles, a dy copy and split-K sums
+included, as a training step runs them).
 The planner's choice is marked *. `make gpu-check` runs this: a measured alternative faster than
 the choice shows where the planner's weights (conv_tc: TILES, WGRAD_EFFICIENCY, GATHER_EFFICIENCY,
-the wave and traffic costs) or the model need revisiting.
+RESIDUES_EFFICIENCY, the wave and traffic costs) or the model need revisiting.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from conv_targets import format_table   # beside this script
 
 DTYPES = ("float32", "float16")
 PASSES = ("fprop", "dgrad", "wgrad")
-STRADDLING = ("channel_major", "gather")   # wgrad's dy paths where P*Q is no multiple of 4 words
+STRADDLING = ("channel_major", "gather", "residues")   # wgrad's dy paths where P*Q is no multiple of 4 words
 
 
 def alternatives(pass_name: str, g, dtype) -> list[dict]:
@@ -39,7 +40,8 @@ def alternatives(pass_name: str, g, dtype) -> list[dict]:
             return []
         forced = [{"tile": tile} for tile in conv_tc.WGRAD_EFFICIENCY]
         if conv_tc.wgrad_dy_path(g, dtype) in STRADDLING:
-            forced += [{"dy_path": path} for path in STRADDLING]
+            forced += [{"dy_path": path} for path in STRADDLING
+                       if path != "residues" or conv_tc.residues_supported(g, dtype)]
         return [{}] + forced
     return [{}] + [{"tile": tile} for tile in conv_tc.TILES]
 

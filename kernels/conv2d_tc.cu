@@ -410,16 +410,37 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_dgrad_tc_n96(
                      dil_w, groups, splits, chunk, has_bias);
 }
 
-// steps of wgrad's pixel table in shared memory: a pair of steps in flight (copied two steps ahead)
-// beside the pair being read, so at least 4, and even, so that a pair's two slots are contiguous
-#define TC_TABLE_SLOTS 4
-
 // How wgrad's steady loop loads a lane's 4 words of dy a step (conv_tc.wgrad_dy_path): in one 16-byte
 // vector, in two 8-byte ones (the _pairs kernel: P*Q a multiple of 2 words but not 4), or element by
 // element (the _gather kernels). The 64-channel tile's warps take 2 of the words (half steps): one
 // 8-byte vector, so its DY_VECTORS kernel serves both vector paths. Steps with pixels past the
-// segment load element by element always.
-enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS };
+// segment load element by element always (but DY_RESIDUES', whose table is whole steps).
+// DY_RESIDUES (the _residues kernel, K a multiple of TC_DY_RESIDUES, one group): NCHW rows of
+// dy start at k*P*Q elements, so a row's misalignment (k*P*Q mod TC_DY_RESIDUES elements) depends
+// on its channel's residue mod TC_DY_RESIDUES alone. The output channels split into that many bands
+// (band b: channels b, b + TC_DY_RESIDUES, ...), each a tile band of its own with its own pixel
+// table, whose steps run over each image's row in aligned 16-byte chunks from the row's first
+// element rounded down: every load a vector. A chunk's elements outside the row (the neighbouring
+// rows') are zeroed by the table's word masks (its fourth row; never multiplied, so a non-finite
+// neighbour changes nothing), and their x values are zero (tap mask 0).
+enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS, DY_RESIDUES };
+#define TC_DY_RESIDUES (4 * TC_PER_WORD)   // a lane's 16 bytes of a dy row, in elements
+
+// Rows of wgrad's pixel table a step: x origins, tap masks, dy offsets (and DY_RESIDUES' word masks)
+__host__ __device__ constexpr int wgrad_table_rows(WgradDy dy) { return dy == DY_RESIDUES ? 4 : 3; }
+// Steps of wgrad's pixel table in shared memory: a pair of steps in flight (copied two steps ahead)
+// beside the pair being read, so at least 4, and even, so that a pair's two slots are contiguous;
+// DY_RESIDUES more, as it reads a step's word masks again as the step is multiplied, after the
+// barrier that lets the pair after it be copied: 8, whose modulo is a mask (6 cost the sm_90 loop
+// 5 more instructions)
+__host__ __device__ constexpr int wgrad_table_slots(WgradDy dy) { return dy == DY_RESIDUES ? 8 : 4; }
+
+// Output channel m of band (group) `band`'s Kb channels: a group's are contiguous, a residue band's
+// TC_DY_RESIDUES apart
+template <WgradDy DY>
+__device__ __forceinline__ int wgrad_channel(int band, int m, int Kb) {
+    return DY == DY_RESIDUES ? band + TC_DY_RESIDUES * m : band * Kb + m;
+}
 
 // The segment of a block's run of (tile, step) pairs that wgrad_segment computes, in shared memory
 // (wgrad_mma): each thread reads a field where it uses it, so that none stays in a register through
@@ -430,8 +451,9 @@ struct WgradRun {
     int last;      // whether this block finished the tile's last segment to finish (wgrad_segment)
 };
 
-// A wgrad block tile's group, first output channel and first filter column: tiles_x x tiles_y tiles
-// per group, filter columns fastest, then output channels, then groups
+// A wgrad block tile's group (DY_RESIDUES: band), first output channel and first filter column
+// (within it): tiles_x x tiles_y tiles per group, filter columns fastest, then output channels, then
+// groups
 struct WgradOrigin { int g, m0, n0; };
 template <int BN>
 __device__ __forceinline__ WgradOrigin wgrad_origin(int block_tile, int tiles_x, int tiles_y) {
@@ -444,7 +466,7 @@ __device__ __forceinline__ WgradOrigin wgrad_origin(int block_tile, int tiles_x,
 // launcher reuses the counts, zero between launches) and sums the tile's partials in rank order into
 // dw (a filter row at a time: coalesced). Not inlined, so that none of its values is held in a
 // register through wgrad_segment's main loop.
-template <int BN>
+template <int BN, WgradDy DY>
 __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw, const acc_t* __restrict__ partials,
                                             unsigned int* __restrict__ arrivals, int K, int Kg, int CRS, int tiles_x,
                                             int tiles_y)
@@ -465,7 +487,7 @@ __device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw
     for (int i = threadIdx.x; i < BN * TC_BN; i += TC_THREADS) {
         const int m = tile.m0 + i / TC_BN, filter_column = tile.n0 + i % TC_BN;
         if (m >= Kg || filter_column >= CRS) continue;
-        const int at = (tile.g * Kg + m) * CRS + filter_column;
+        const int at = wgrad_channel<DY>(tile.g, m, Kg) * CRS + filter_column;
         acc_t sum = __ldcg(&partials[at]);
         for (int r = 1; r < segments; ++r) sum += __ldcg(&partials[(long long)r * K * CRS + at]);
         dw[at] = to_real(sum);
@@ -630,42 +652,51 @@ struct WgradTapRowLoader {
 // into dw: the same sum whichever block it is (wgrad_sum_tile). `smem`: the kernel's two
 // stages of x, `pixels` the slots of the pixel table's steps, `loader_state` the x loader's per-thread
 // state kept in shared memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy); XLoader: how x does
-// (WgradColumnLoader, WgradTapRowLoader).
+// (WgradColumnLoader, WgradTapRowLoader). `reduction`: the pixel table's entries a tile reduces
+// over (N*P*Q; DY_RESIDUES: a band's table, whole steps of whole chunks).
 template <int BN, WgradDy DY, class XLoader>
 __device__ __forceinline__ void wgrad_segment(
-    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&loader_state)[TC_THREADS],
+    unsigned int* smem, int (&pixels)[wgrad_table_slots(DY)][wgrad_table_rows(DY)][TC_DEPTH],
+    uint4 (&loader_state)[TC_THREADS],
     WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
     const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials,
     unsigned int* __restrict__ arrivals, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int dil_h,
-    int dil_w, int groups, int ranks, int dy_image, int dy_channel)
+    int dil_w, int groups, int ranks, int dy_image, int dy_channel, int reduction)
 {
     using Tile = MmaTile<2, BN, BN == 64 ? 2 : 1>;
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
     constexpr int WARP_WORDS = 2 * Tile::K8S;       // of which the warp's half steps take 4, or 2 (K_WARPS = 2)
 
+    constexpr int ROWS = wgrad_table_rows(DY), SLOTS = wgrad_table_slots(DY);
+    constexpr bool RESIDUES = DY == DY_RESIDUES;   // (the launcher's groups are then 1)
+
     const int tid = threadIdx.x;
-    const int Cg = C / groups, Kg = K / groups, RS = R * S, CRS = Cg * RS;
-    const int HW = H * W, PQ = P * Q, NPQ = N * PQ;
+    const int Cg = C / groups, Kg = RESIDUES ? K / TC_DY_RESIDUES : K / groups, RS = R * S, CRS = Cg * RS;
+    const int HW = H * W, PQ = P * Q;
     const int tiles_x = (CRS + TC_BN - 1) / TC_BN, tiles_y = (Kg + BN - 1) / BN;
     auto origin = [&] { return wgrad_origin<BN>(run.block_tile, tiles_x, tiles_y); };
     const WgradOrigin at = origin();
     const int g = at.g, n0 = at.n0;
     const int first = run.first_step * TC_DEPTH;
-    const int last = min(run.end_step * TC_DEPTH, NPQ);
+    // (the other kernels' N*P*Q from its factors: the balanced kernel, at its 255-register cap,
+    // spilled 4 bytes where it read `reduction`)
+    const int last = min(run.end_step * TC_DEPTH, RESIDUES ? reduction : N * PQ);
     const int steps = run.end_step - run.first_step;
+    if (RESIDUES)   // the band's table
+        pixel_table += (size_t)g * ROWS * ((reduction + TC_DEPTH - 1) / TC_DEPTH) * TC_DEPTH;
 
-    // the pixel table (conv_tc.tables._pixel_table: 3 x TC_DEPTH ints per step of the pixels, so pixel
-    // i's step at 3 * i when a split starts on a step), each step copied into slot step %
-    // TC_TABLE_SLOTS (cp.async: no registers, no work per pixel), two steps in one copy at every other
-    // step (an even one: its pair of slots is contiguous): its loop then runs the copy's instructions
-    // half as often. A pair's slots are rewritten a barrier after the last read of the steps before
-    // them.
-    static_assert(TC_TABLE_SLOTS >= 4 && TC_TABLE_SLOTS % 2 == 0, "a pair in flight, a pair read");
+    // the pixel table (conv_tc.tables._pixel_table: ROWS x TC_DEPTH ints per step of the pixels, so
+    // pixel i's step at ROWS * i when a split starts on a step), each step copied into slot step %
+    // SLOTS (cp.async: no registers, no work per pixel), two steps in one copy at every other step (an
+    // even one: its pair of slots is contiguous): its loop then runs the copy's instructions half as
+    // often. A pair's slots are rewritten a barrier after the last read of the steps before them.
+    static_assert(SLOTS >= 4 && SLOTS % 2 == 0, "a pair in flight, a pair read");
     auto copy_table_pair = [&](int step) {
-        constexpr int PIECES = 3 * TC_DEPTH / 4;   // 16-byte copies a step
+        constexpr int PIECES = ROWS * TC_DEPTH / 4;   // 16-byte copies a step
+        static_assert(2 * PIECES <= TC_THREADS, "a thread a copy");
         if (tid < 2 * PIECES && step + (tid >= PIECES) < steps)
-            cp_async<16>(&pixels[step % TC_TABLE_SLOTS][0][0] + 4 * tid,
-                         pixel_table + (3 * (first + step * TC_DEPTH) + 4 * tid), true);
+            cp_async<16>(&pixels[step % SLOTS][0][0] + 4 * tid,
+                         pixel_table + (ROWS * (first + step * TC_DEPTH) + 4 * tid), true);
         cp_async_commit();
     };
 
@@ -685,14 +716,19 @@ __device__ __forceinline__ void wgrad_segment(
     auto lane_channel = [&](int m0, int group, int nt) {   // the channel of column nt of the group's lanes
         return min(natural_channel(m0, group), Kg - span) + (span > 1 ? nt : 0);
     };
+    // a residue band's rows from the band's first (its channel's row start rounded down to a chunk),
+    // TC_DY_RESIDUES channels apart
+    const unsigned int channel_stride = RESIDUES ? TC_DY_RESIDUES * dy_channel : dy_channel;
+    const unsigned int band_start = RESIDUES ? g * dy_channel & ~(TC_DY_RESIDUES - 1) : g * Kg * dy_channel;
     const REAL* dy_lane =
-        register_pointer(dy + (unsigned)((lane_channel(at.m0, tile.group, 0) + g * Kg) * dy_channel));
-    const unsigned int lane_stride = span > 1 ? dy_channel : 0;   // from one row of the lane to the next
+        register_pointer(dy + (band_start + (unsigned)lane_channel(at.m0, tile.group, 0) * channel_stride));
+    const unsigned int lane_stride = span > 1 ? channel_stride : 0;   // from one row of the lane to the next
     // vector loads (16 or 8 bytes: RUN pixels) where each is contiguous (inside one image, or dy
-    // channel-major) and aligned
+    // channel-major, or a residue band's chunk) and aligned (the _residues launcher's dy is)
     constexpr int RUN = DY == DY_PAIRS || WARP_WORDS == 2 ? LANE_PIXELS / 2 : LANE_PIXELS;
-    const bool vector_dy = DY != DY_ELEMENTS && (PQ % RUN == 0 || dy_image == PQ) && dy_channel % RUN == 0 &&
-                           ((unsigned long long)dy & (RUN * sizeof(REAL) - 1)) == 0;
+    const bool vector_dy = RESIDUES || (DY != DY_ELEMENTS && (PQ % RUN == 0 || dy_image == PQ) &&
+                                        dy_channel % RUN == 0 &&
+                                        ((unsigned long long)dy & (RUN * sizeof(REAL) - 1)) == 0);
     // of lane t = in_group, from the warp's first word; kept in a register by the 64-channel tile's
     // vector kernels (NVRTC would rebuild it every step: 6 instructions a loop; in the others it
     // makes the loop longer)
@@ -704,9 +740,9 @@ __device__ __forceinline__ void wgrad_segment(
     // (NVRTC rebuilds vector_dy from its terms every step, 5 ISETPs, where the 64-channel loop tests it).
     const int vector_end = vector_dy ? last - first : -1;
     auto load_dy = [&](int step, typename Tile::BFragments& b) {
-        const int(*table)[TC_DEPTH] = pixels[step % TC_TABLE_SLOTS];
-        if (WARP_WORDS == 2 ? DY != DY_ELEMENTS && (step + 1) * TC_DEPTH <= vector_end
-                            : vector_dy && first + (step + 1) * TC_DEPTH <= last) {
+        const int(*table)[TC_DEPTH] = pixels[step % SLOTS];
+        if (RESIDUES || (WARP_WORDS == 2 ? DY != DY_ELEMENTS && (step + 1) * TC_DEPTH <= vector_end
+                                         : vector_dy && first + (step + 1) * TC_DEPTH <= last)) {
             // the offset kept apart from the element path's (NVRTC would load both with one LDS.64 and
             // widen the offset by shifts and carries: 4 more instructions a step)
             const REAL* first_row = dy_lane + (unsigned)keep_in_register(table[2][lane_pixel]);
@@ -722,7 +758,7 @@ __device__ __forceinline__ void wgrad_segment(
                     continue;
                 }
                 uint4 v;
-                if (DY == DY_VECTORS) {
+                if (DY == DY_VECTORS || RESIDUES) {
                     v = load_operand_words(row);
                 } else {
                     const uint2 low = load_operand_pair(row), high = load_operand_pair(row + gap);
@@ -763,8 +799,9 @@ __device__ __forceinline__ void wgrad_segment(
 
     // x loader: the A tile, [filter column][word] rows (XLoader)
     XLoader x_loader;
-    x_loader.init(WgradXTile{x + g * Cg * HW, n0, CRS, RS, R, S, HW, W, dil_h, dil_w}, loader_state[tid]);
-    auto fetch = [&](int step) { x_loader.fetch(pixels[step % TC_TABLE_SLOTS], loader_state[tid], R); };
+    x_loader.init(WgradXTile{x + (RESIDUES ? 0 : g * Cg * HW), n0, CRS, RS, R, S, HW, W, dil_h, dil_w},
+                  loader_state[tid]);
+    auto fetch = [&](int step) { x_loader.fetch(pixels[step % SLOTS], loader_state[tid], R); };
     auto store = [&](int step) {
         x_loader.store(smem + (step & 1) * TC_STAGE_WORDS);
         if (step & 1)
@@ -774,10 +811,23 @@ __device__ __forceinline__ void wgrad_segment(
         cp_async_wait<1>();   // step + 1's table, read after the step's barrier
     };
 
+    // DY_RESIDUES: a step's dy zeroed outside its rows by the step's word masks as it is multiplied,
+    // not as it is loaded (the loads are then in flight; 4 more registers through the loop spill),
+    // a word at a time (ROWS - 1: the fourth row where it exists)
+    auto ready = [&](int step, typename Tile::BFragments& b) {
+        if (!RESIDUES) return;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const unsigned int keep = pixels[step % SLOTS][ROWS - 1][lane_pixel + w];
+#pragma unroll
+            for (int nt = 0; nt < Tile::NT; ++nt) b[(w / 2) % Tile::K8S][nt][w % 2] &= keep;
+        }
+    };
+
     copy_table_pair(0);
     cp_async_wait<0>();
     __syncthreads();
-    mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store);
+    mma_main_loop_registers<typename Tile::BFragments>(tile, smem, steps, load_dy, fetch, store, ready);
     cp_async_wait_all();
     tile.reduce_k_halves(reinterpret_cast<float*>(smem));
 
@@ -791,13 +841,13 @@ __device__ __forceinline__ void wgrad_segment(
                   [&](int row, int m, float v) {
                       const int filter_column = end_at.n0 + row;
                       if (m < 0 || filter_column >= CRS) return;
-                      const int at = (end_at.g * Kg + m) * CRS + filter_column;
+                      const int at = wgrad_channel<DY>(end_at.g, m, Kg) * CRS + filter_column;
                       if (ranks == 1)
                           dw[at] = to_real(v);
                       else
                           partials[(long long)rank * K * CRS + at] = v;
                   });
-    if (ranks > 1) wgrad_sum_tile<BN>(run, dw, partials, arrivals, K, Kg, CRS, tiles_x, tiles_y);
+    if (ranks > 1) wgrad_sum_tile<BN, DY>(run, dw, partials, arrivals, K, Kg, CRS, tiles_x, tiles_y);
 }
 
 // wgrad: block b of the grid's B takes the (tile, step) pairs [b * work / B, (b + 1) * work / B) of
@@ -809,20 +859,21 @@ __device__ __forceinline__ void wgrad_segment(
 // partials). The launcher keeps B >= tiles (a run meets two tiles at most) and work x B below 2^63.
 template <int BN, WgradDy DY, bool BALANCED, class XLoader>
 __device__ __forceinline__ void wgrad_mma(
-    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][3][TC_DEPTH], uint4 (&loader_state)[TC_THREADS],
-    WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,
-    REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, int H,
-    int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks, int dy_image,
-    int dy_channel)
+    unsigned int* smem, int (&pixels)[wgrad_table_slots(DY)][wgrad_table_rows(DY)][TC_DEPTH],
+    uint4 (&loader_state)[TC_THREADS], WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
+    const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials,
+    unsigned int* __restrict__ arrivals, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int dil_h,
+    int dil_w, int groups, int ranks, int dy_image, int dy_channel, int reduction)
 {
     // segment k of the run: B >= tiles, so two at most. The next k comes back from shared memory
     // (thread 0 keeps it there) so that no register holds it through the segment
     for (int k = 0; k < (BALANCED ? 2 : 1);) {
         if (threadIdx.x == 0) {   // describes it, or block_tile -1 for none
             run.segment = k + 1;
-            const int CRS = C / groups * R * S, Kg = K / groups;
-            const long long tile_steps = (N * P * Q + TC_DEPTH - 1) / TC_DEPTH, blocks = gridDim.x;
-            const long long work = (long long)((CRS + TC_BN - 1) / TC_BN) * ((Kg + BN - 1) / BN) * groups * tile_steps;
+            const int bands = DY == DY_RESIDUES ? TC_DY_RESIDUES : groups, CRS = C / groups * R * S, Kb = K / bands;
+            const int entries = DY == DY_RESIDUES ? reduction : N * P * Q;
+            const long long tile_steps = (entries + TC_DEPTH - 1) / TC_DEPTH, blocks = gridDim.x;
+            const long long work = (long long)((CRS + TC_BN - 1) / TC_BN) * ((Kb + BN - 1) / BN) * bands * tile_steps;
             const long long start = blockIdx.x * work / blocks, end = (blockIdx.x + 1) * work / blocks;
             const long long tile_start = (start / tile_steps + k) * tile_steps, tile_end = tile_start + tile_steps;
             run.block_tile = tile_start < end ? (int)(tile_start / tile_steps) : -1;
@@ -836,7 +887,8 @@ __device__ __forceinline__ void wgrad_mma(
         __syncthreads();
         if (run.block_tile < 0) return;
         wgrad_segment<BN, DY, XLoader>(smem, pixels, loader_state, run, dy, x, pixel_table, dw, partials, arrivals, N,
-                                       C, H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel);
+                                       C, H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks, dy_image, dy_channel,
+                                       reduction);
         if (!BALANCED) return;
         k = run.segment;   // before the barrier: thread 0 rewrites it after
         __syncthreads();   // every thread has read the segment
@@ -850,20 +902,21 @@ __device__ __forceinline__ void wgrad_mma(
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const int* __restrict__ pixel_table,               \
         REAL* __restrict__ dw, acc_t* __restrict__ partials, unsigned int* __restrict__ arrivals, int N, int C, \
         int H, int W, int K, int R, int S, int P, int Q, int dil_h, int dil_w, int groups, int ranks,           \
-        int dy_image, int dy_channel
+        int dy_image, int dy_channel, int reduction
 // dy (pixel, channel k of image n) sits at n * dy_image + k * dy_channel + pixel: NCHW (K*P*Q, P*Q),
 // or the launcher's channel-major copy (P*Q, a multiple of 4 words >= N*P*Q) where a lane's pixels
-// would straddle images in NCHW.
+// would straddle images in NCHW. `reduction`: the entries of a tile's pixel table, read by the
+// _residues kernel (wgrad_segment; N*P*Q for the others).
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width, dy path and x loader.
-// pixels: TC_TABLE_SLOTS steps of the pixel table; loader_state: the x loader's per-thread state
+// pixels: wgrad_table_slots steps of the pixel table; loader_state: the x loader's per-thread state
 #define TC_WGRAD_BODY(BN, DY, BALANCED, XLOADER)                                                              \
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                           \
-    __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][3][TC_DEPTH];                                         \
+    __shared__ __align__(16) int pixels[wgrad_table_slots(DY)][wgrad_table_rows(DY)][TC_DEPTH];               \
     __shared__ uint4 loader_state[TC_THREADS];                                                                \
     __shared__ WgradRun run;                                                                                  \
     wgrad_mma<BN, DY, BALANCED, XLOADER>(smem, pixels, loader_state, run, dy, x, pixel_table, dw, partials,    \
                                          arrivals, N, C, H, W, K, R, S, P, Q, dil_h, dil_w, groups, ranks,    \
-                                         dy_image, dy_channel)
+                                         dy_image, dy_channel, reduction)
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_VECTORS, false, WgradColumnLoader);
@@ -883,6 +936,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_rows
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pairs(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_PAIRS, false, WgradColumnLoader);
 }
+
+// dy's rows in residue bands (DY_RESIDUES: P*Q no multiple of 4 words, K a multiple of 8; one
+// group): every load a 16-byte vector from NCHW, no copy, at the price of each image's row padded
+// to whole chunks (49 pixels: 56) and the word masks (an mma every 5.2 instructions on sm_90, against
+// the vector kernel's 4.3 and the _gather_m64 kernel's 9.7). In float16 only: float32's _gather
+// kernel on the 128-channel tile already issues as fast as this loop would (0.70 of the MMA rate
+// against 0.73 x 49/52).
+#if REAL_IS_HALF
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_residues(TC_WGRAD_ARGS) {
+    TC_WGRAD_BODY(128, DY_RESIDUES, false, WgradColumnLoader);
+}
+#endif
 
 // Blocks that may meet two tiles (B no multiple of the tiles: stream-K), on the 128-channel tile with
 // dy in vectors

@@ -268,10 +268,11 @@ struct MmaTile {
 // each): `load(step, f)` loads a step's fragments from global memory, `fetch(step)` a step's
 // shared operand words into the loader's registers, `store(step)` writes them into stage step % 2.
 // Both one step ahead: the next step is loaded while the current one is multiplied; one barrier
-// per step. Unrolled by two so that the two register sets alternate without copies.
-template <class Fragments, class Tile, class Load, class Fetch, class Store>
+// per step. Unrolled by two so that the two register sets alternate without copies. `ready(step, f)`
+// (where given) touches a step's fragments up just before they are multiplied.
+template <class Fragments, class Tile, class Load, class Fetch, class Store, class Ready>
 __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int* smem, int steps, Load load,
-                                                        Fetch fetch, Store store) {
+                                                        Fetch fetch, Store store, Ready ready) {
     if (steps <= 0) return;
     Fragments f[2];
     load(0, f[0]);
@@ -283,6 +284,7 @@ __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int
             load(step + 1, f[1]);
             fetch(step + 1);
         }
+        ready(step, f[0]);
         tile.multiply(f[0], smem);
         if (step + 1 < steps) store(step + 1);
         __syncthreads();
@@ -291,8 +293,15 @@ __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int
             load(step + 2, f[0]);
             fetch(step + 2);
         }
+        ready(step + 1, f[1]);
         tile.multiply(f[1], smem + TC_STAGE_WORDS);
         if (step + 2 < steps) store(step + 2);
         __syncthreads();
     }
+}
+
+template <class Fragments, class Tile, class Load, class Fetch, class Store>
+__device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int* smem, int steps, Load load,
+                                                        Fetch fetch, Store store) {
+    mma_main_loop_registers<Fragments>(tile, smem, steps, load, fetch, store, [](int, Fragments&) {});
 }

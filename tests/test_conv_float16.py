@@ -17,6 +17,7 @@ from cnn_gpu import backend, emu, precision
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu import conv_tc, reduce
+from cnn_gpu.launch_checks import memory_span
 from test_kernels_tc import tc_config
 
 F16, F64 = np.float16, np.float64
@@ -295,6 +296,113 @@ def test_nan_and_inf_propagate_and_fp16_overflow_gives_inf():
         dx, dw, _ = F.conv2d_backward(dy, x, w, padding=1, bias=False, backend="numpy")
         np.testing.assert_array_equal(np.isnan(conv_tc.dgrad("emu", dy, w, g, splits=splits)), np.isnan(dx))
         np.testing.assert_array_equal(np.isnan(conv_tc.wgrad("emu", dy, x, g, splits=splits)), np.isnan(dw))
+
+
+# (x shape, filter shape, stride, padding, splits) of the _residues kernel's test: P*Q of 49, 25, 35,
+# 9 and 1 (every misalignment of a band's rows), K of 8 (one channel a band), 40, 136 and 1032 (a
+# band's 17 and 129 channels: partial and two tiles), 1x1 and 3x3 filters with padding and stride,
+# 1-3 splits, batches whose last step is partial
+RESIDUE_LAYERS = [((3, 20, 7, 7), (40, 20, 1, 1), 1, 0, 1), ((2, 9, 5, 5), (8, 9, 3, 3), 1, 1, 2),
+                  ((1, 130, 7, 5), (136, 130, 1, 1), 1, 0, 3), ((2, 7, 6, 6), (1032, 7, 3, 3), 2, 1, 2),
+                  ((5, 12, 3, 3), (16, 12, 3, 3), 3, 1, 1)]
+
+
+@needs_emu
+@pytest.mark.parametrize("layer", RESIDUE_LAYERS, ids=lambda layer: "x".join(map(str, layer[1])))
+def test_wgrad_reads_dy_in_residue_bands_within_the_format_bound(layer):
+    """The _residues kernel (conv_tc.RESIDUES_KERNEL): the output channels in 8 bands by their
+    residue mod 8, whose NCHW rows of dy share one misalignment (k*P*Q mod 8 elements), each image's
+    row read in aligned 16-byte chunks from its start rounded down. Against float64 within the
+    format bound, and bit for bit under every schedule."""
+    x_shape, w_shape, stride, padding, splits = layer
+    rng = np.random.default_rng(sum(w_shape))
+    x, w = rng.standard_normal(x_shape).astype(F16), rng.standard_normal(w_shape).astype(F16)
+    g = conv_geometry(x.shape, w.shape, stride=stride, padding=padding)
+    dy = rng.standard_normal(g.y_shape).astype(F16)
+    assert (g.P * g.Q) % 2 == 1 or g.P * g.Q == 1 or layer[0][2:] == (7, 5)
+    plan = conv_tc.plan_wgrad(g, dtype=F16, splits=splits, dy_path="residues")
+    assert plan.main.kernel == conv_tc.RESIDUES_KERNEL   # splits: at most one a step
+    dw = conv_tc.wgrad("emu", dy, x, g, splits=splits, dy_path="residues")
+    (_, want, _), (_, scale, _) = exact(F.conv2d_backward, dy, x, w, bias=False, stride=stride, padding=padding)
+    assert_within_bound(dw, want, scale, g.N * g.P * g.Q + plan.splits, f"residues {layer}")
+    for seed, schedule in enumerate(("forward", "reverse", "random")):
+        with emu.checking(schedule=schedule, seed=seed, guard=True):
+            again = conv_tc.wgrad("emu", dy, x, g, splits=splits, dy_path="residues")
+        assert again.tobytes() == dw.tobytes(), schedule
+
+
+@needs_emu
+def test_wgrad_in_residue_bands_never_multiplies_a_neighbouring_rows_values():
+    """A 16-byte chunk of a band's row holds elements of the rows beside it (other channels, the
+    same image): the kernel zeroes them by the table's word masks before they are multiplied, so an
+    inf or NaN there leaves this row's filter gradients finite (x at those places is zero: inf * 0
+    would be NaN). Only the channels holding the non-finite values get non-finite gradients, as in
+    the oracle; a dy that does not start on 16 bytes (a view) is copied first."""
+    rng = np.random.default_rng(4811)
+    x = rng.standard_normal((2, 16, 7, 7)).astype(F16)
+    w = rng.standard_normal((48, 16, 1, 1)).astype(F16)
+    g = conv_geometry(x.shape, w.shape)
+    dy = rng.standard_normal(g.y_shape).astype(F16)
+    dy[0, 9, 0, 0], dy[1, 30, 6, 6], dy[1, 17, 3, 2] = np.inf, -np.inf, np.nan   # rows' first, last, middle
+    (_, want, _), _ = exact(F.conv2d_backward, dy, x, w, bias=False)
+    poisoned = ~np.isfinite(want).all(axis=(1, 2, 3))
+    assert poisoned.nonzero()[0].tolist() == [9, 17, 30]
+    storage = np.empty(dy.size + 1, dtype=F16)
+    view = storage[1:].reshape(dy.shape)   # 2 bytes past an aligned start
+    view[...] = dy
+    # the emulator's plain build reads a misaligned vector as x86 does: the launcher's copy is checked here
+    copied = conv_tc._dy_operand(np, view, g, "residues")[0]
+    assert memory_span(view)[0] % 16 and not memory_span(copied)[0] % 16 and copied.tobytes() == view.tobytes()
+    assert conv_tc._dy_operand(np, copied, g, "residues")[0] is copied
+    for operand in (dy, view):
+        dw = conv_tc.wgrad("emu", operand, x, g, splits=2, dy_path="residues")
+        assert (~np.isfinite(dw).all(axis=(1, 2, 3)) == poisoned).all()
+        np.testing.assert_array_equal(np.isnan(dw), np.isnan(want))
+        fine = ~poisoned
+        _, scale = exact(F.conv2d_backward, np.where(np.isfinite(dy), dy, 0).astype(F16), x, w, bias=False)
+        assert_within_bound(dw[fine], want[fine], scale[1][fine], g.N * g.P * g.Q + 2, "finite rows")
+
+
+def test_residue_tables_hold_each_pixel_once_per_band():
+    """The _residues kernel's tables (conv_tc.tables._residue_pixel_tables), cached per geometry:
+    per band, every output pixel has one x entry (a tap mask) and one unmasked FP16 half in the word
+    masks, each chunk's dy offset lies on 16 bytes, and their bytes are what the model counts
+    (pixel_table_bytes)."""
+    g = conv_geometry((3, 4, 7, 7), (16, 4, 3, 3), padding=1)
+    dy_image = g.K * g.P * g.Q
+    tables = conv_tc._cached_pixel_table("emu", None, g, dy_image, 32, True)
+    assert conv_tc._cached_pixel_table("emu", None, g, dy_image, 32, True) is tables and not tables.flags.writeable
+    steps = conv_tc.wgrad_tile_steps(g, F16, "residues")
+    assert tables.shape == (8, steps, 4, 32) and tables.nbytes == conv_tc.pixel_table_bytes(g, F16, "residues")
+    for band in range(8):
+        words = tables[band, :, 3].reshape(-1, 8)[:, :4].view(np.uint32)
+        assert {int(word) for word in np.unique(words)} <= {0, 0xFFFF, 0xFFFF0000, 0xFFFFFFFF}
+        halves = (words & 0xFFFF != 0).sum() + (words >> 16 != 0).sum()
+        assert halves == (tables[band, :, 1] != 0).sum() == g.N * g.P * g.Q
+        assert (tables[band, :, 2] % 8 == 0).all()
+
+
+def test_wgrad_picks_residue_bands_for_the_1x1_expansion_at_7x7():
+    """float16's 1x1 expansion at 7x7 (512 -> 2048 channels, batch 128): P*Q = 49 leaves dy's rows
+    misaligned, and the planner (its modeled clocks on H100) reads them in residue bands rather than
+    element by element (the _gather_m64 kernel, an mma every 10 instructions) or from a
+    channel-major copy. The kernel is float16's alone and takes one group and K a multiple of 8 on
+    the 128-channel tile; the planner refuses it otherwise."""
+    from cnn_gpu import roofline
+    g = conv_geometry((128, 512, 7, 7), (2048, 512, 1, 1))
+    spec = roofline.spec("h100")
+    assert conv_tc.wgrad_dy_path(g, F16, spec.sms) == "residues"
+    assert conv_tc.plan_wgrad(g, dtype=F16, sms=spec.sms).main.kernel == conv_tc.RESIDUES_KERNEL
+    seconds = {path: sum(e.seconds for e in roofline.model_conv("wgrad", g, "float16", spec, dy_path=path))
+               for path in ("residues", "gather", "channel_major")}
+    assert seconds["residues"] < min(seconds["gather"], seconds["channel_major"]), seconds
+    grouped = conv_geometry((2, 16, 7, 7), (16, 8, 1, 1), groups=2)
+    for geometry, dtype, tile, match in ((g, np.float32, None, "float16"), (grouped, F16, None, "one group"),
+                                         (conv_geometry((2, 16, 7, 7), (12, 16, 1, 1)), F16, None, "multiple of 8"),
+                                         (g, F16, "tc_m64", "the tile tc")):
+        with pytest.raises(ValueError, match=match):
+            conv_tc.plan_wgrad(geometry, dtype=dtype, tile=tile, dy_path="residues")
+        assert conv_tc.wgrad_dy_path(geometry, dtype, spec.sms, tile=tile) != "residues"
 
 
 @needs_emu

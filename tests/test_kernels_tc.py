@@ -237,9 +237,9 @@ def test_tf32_fprop_is_bit_identical_under_every_schedule():
 @needs_emu
 def test_tensor_core_kernels_have_no_race():
     """The race check sees every shared word of the two stages and of wgrad's pixel table, in every
-    tile (the 96-pixel one's idle loader warp included) and float16's gather kernel, and every
-    global word: wgrad's partials too (split-K, stream-K), which the block summing a tile reads
-    after the fences and the arrival count that order it after the blocks that wrote them."""
+    tile (the 96-pixel one's idle loader warp included) and float16's gather and residues kernels,
+    and every global word: wgrad's partials too (split-K, stream-K), which the block summing a tile
+    reads after the fences and the arrival count that order it after the blocks that wrote them."""
     from cnn_gpu import emu
     rng = np.random.default_rng(14)
     cfg = dict(n=2, c=5, h=9, w=8, k=9, r=3, s=2, stride=2, pad=1, dil=1, groups=1)   # 4 wgrad steps
@@ -268,6 +268,15 @@ def test_tensor_core_kernels_have_no_race():
         streamed = conv_tc.wgrad("emu", dy, x, g, **stream_k)
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, dy_path="gather")
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, tile="tc_m64")
+    # float16's dy in residue bands (P*Q = 49, K a multiple of 8): 11 steps through its 8 table
+    # slots, each step's word masks read again as it is multiplied
+    cfg = dict(n=6, c=6, h=7, w=7, k=24, r=1, s=1, stride=1, pad=0, dil=1, groups=1)
+    x16, w16, _ = (a.astype(np.float16) for a in _arrays(rng, cfg))
+    g16 = _geometry(x16, w16, cfg)
+    assert conv_tc.wgrad_tile_steps(g16, np.float16, "residues") == 11
+    with emu.checking(schedule="random", seed=5, race=True):
+        conv_tc.wgrad("emu", rng.standard_normal(g16.y_shape).astype(np.float16), x16, g16, splits=1,
+                      dy_path="residues")
     # in forward order the block that meets both tiles is not the one that sums its second tile:
     # another block reads what it released in its second segment
     for schedule in ("forward", "reverse"):
@@ -680,7 +689,7 @@ def test_float16_kernels_issue_hmma_in_their_hot_loops_without_local_memory(arch
                          "conv2d_dgrad_tc", "conv2d_dgrad_tc_m64",
                          "conv2d_wgrad_tc", "conv2d_wgrad_tc_m64", "conv2d_wgrad_tc_pairs",
                          conv_tc.BALANCED_KERNEL, conv_tc.GATHER_KERNEL + "_m64", conv_tc.TAP_ROWS_KERNEL,
-                         "conv2d_fprop_tc_n96", "conv2d_dgrad_tc_n96"}
+                         conv_tc.RESIDUES_KERNEL, "conv2d_fprop_tc_n96", "conv2d_dgrad_tc_n96"}
     for name, row in rows.items():
         where = f"{name} float16 {arch}"
         per_step = 32 if name.endswith("_m64") else 48 if name.endswith("_n96") else 64
@@ -703,6 +712,8 @@ def test_the_wgrad_hot_loops_priced_are_the_vector_dy_paths(dtype):
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv2d_tc", dtype, "sm_90")}
     vectors = {"conv2d_wgrad_tc": (128, 16), conv_tc.BALANCED_KERNEL: (128, 16), "conv2d_wgrad_tc_m64": (64, 16),
                conv_tc.TAP_ROWS_KERNEL: (64, 16), "conv2d_wgrad_tc_pairs": (64, 32)}
+    if dtype == "float16":   # no element path at all: its table is whole steps of whole chunks
+        vectors[conv_tc.RESIDUES_KERNEL] = (128, 16)
     for kernel, (bits, loads) in vectors.items():
         assert rows[kernel]["ldg_bits"].count(bits) == loads, (kernel, rows[kernel]["ldg_bits"])
 
@@ -711,8 +722,8 @@ def test_the_wgrad_hot_loops_priced_are_the_vector_dy_paths(dtype):
 def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
     """WGRAD_EFFICIENCY, the picker's weight of each wgrad tile, is the least of its float32 and
     float16 hot loops' MMA issue ceilings on H100 (rounded to 0.01), and BALANCED_EFFICIENCY and
-    TAP_ROWS_EFFICIENCY the balanced and _rows kernels' likewise, so a faster or slower loop cannot leave the picker weighing stale
-    figures."""
+    TAP_ROWS_EFFICIENCY the balanced and _rows kernels' likewise (RESIDUES_EFFICIENCY the float16
+    _residues kernel's), so a faster or slower loop cannot leave the picker weighing stale figures."""
     from cnn_gpu import roofline
     spec = roofline.spec("h100")
     for name, weight in conv_tc.WGRAD_EFFICIENCY.items():
@@ -725,6 +736,9 @@ def test_wgrad_picker_weights_are_the_sm_90_issue_ceilings():
         ceilings = [roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", kernel, dtype, "sm_90"), spec, pipe)
                     for dtype, pipe in (("float32", "tf32"), ("float16", "fp16"))]
         assert weight == pytest.approx(min(ceilings), abs=0.005), (kernel, ceilings)
+    ceiling = roofline.mma_issue_ceiling(roofline.kernel_traits("conv2d_tc", conv_tc.RESIDUES_KERNEL, "float16",
+                                                                "sm_90"), spec, "fp16")   # float16 only
+    assert conv_tc.RESIDUES_EFFICIENCY == pytest.approx(ceiling, abs=0.005)
 
 
 def test_tile_picker_weights_are_the_sm_90_issue_ceilings():

@@ -279,9 +279,10 @@ def test_tc_sweep_reaches_every_plan(kind):
     assert kernels >= {base + suffix for base in ("conv2d_fprop_tc", conv_tc.FLAT_KERNEL) for suffix in ("", "_m64")}
     # wgrad's dy in vectors from NCHW, in pairs of 8-byte vectors (the _pairs kernel) and, where a
     # lane's pixels straddle images, by the _gather kernels (float32 with small filters; float16 on
-    # the 64-row tile) or from the channel-major copy (float16 on a forced 128-row tile)
+    # the 64-row tile), from the channel-major copy (float16 on a forced 128-row tile) or in residue
+    # bands (float16, K a multiple of 8)
     geometries = [geometry(kind, cfg) for cfg in configs]
-    for dtype, straddling in ((np.float32, {"gather"}), (np.float16, {"gather", "channel_major"})):
+    for dtype, straddling in ((np.float32, {"gather"}), (np.float16, {"gather", "channel_major", "residues"})):
         paths = {conv_tc.wgrad_dy_path(g, dtype, tile=(cfg["forced"] or {}).get("tile"))
                  for g, cfg in zip(geometries, configs) if conv_tc.wgrad_supported(g)}
         assert paths >= {"vector", "pairs"} | straddling, (dtype, paths)

@@ -80,15 +80,17 @@ def tensor_pipe(dtype) -> str:
     return "fp16" if np.dtype(dtype) == np.float16 else "tf32"
 
 
-def _tensor_core_steps(pass_name: str, g, plan, depth: int) -> int:
-    """The bm x bn x `depth` block steps (wgrad: bm x 128) the main launch of a tensor-core plan
-    runs, all blocks together: every block tile steps through its whole reduction `depth` deep (16
+def _tensor_core_steps(pass_name: str, g, plan, dtype) -> int:
+    """The bm x bn x depth block steps (wgrad: bm x 128) the main launch of a tensor-core plan
+    runs, all blocks together: every block tile steps through its whole reduction depth deep (16
     TF32 or 32 FP16 values: conv_tc.step_depth), padding included (fprop: R*S taps of C/G channels
     padded to `depth`, or with a flat plan the R*S*C/G flattened indices padded once:
     conv_tc.fprop_steps; dgrad: each stride phase's taps of K/G channels over that phase's pixels;
-    wgrad: the N*P*Q pixels); split-K cuts the steps, adding none."""
+    wgrad: the N*P*Q pixels, or the _residues kernel's chunks of them: conv_tc.wgrad_tile_steps);
+    split-K cuts the steps, adding none."""
+    depth = conv_tc.step_depth(dtype)
     if pass_name == "wgrad":
-        return conv_tc.wgrad_tiles(g, plan.tile) * -(-(g.N * g.P * g.Q) // depth)
+        return conv_tc.wgrad_tiles(g, plan.tile, dtype, plan.dy_path) * conv_tc.wgrad_tile_steps(g, dtype, plan.dy_path)
     row_tiles = plan.main.grid[1] * g.groups
     kg = g.K // g.groups
     if pass_name == "fprop":
@@ -123,7 +125,7 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
     rows = conv_tc.TILES[plan.tile].bm     # 128, or 64 for the narrow variant
     columns = conv_tc.TILE_N if pass_name == "wgrad" else conv_tc.TILES[plan.tile].bn   # filter columns or pixels
     depth = conv_tc.step_depth(dtype)
-    issued = 2 * rows * columns * depth * _tensor_core_steps(pass_name, g, plan, depth)
+    issued = 2 * rows * columns * depth * _tensor_core_steps(pass_name, g, plan, dtype)
     glue = []
     if plan.dy_path == "channel_major":
         glue.append((f"{pipe}_dy_channel_major", 2 * math.prod(g.y_shape) * item))
@@ -144,10 +146,10 @@ def _wgrad_work(g, dtype, plan, pipe: str, issued_flops) -> LaunchWork:
     operands, out = _elements("wgrad", g)
     partial_bytes = 0
     if plan.splits > 1:
-        tiles = conv_tc.wgrad_tiles(g, plan.tile)
-        segments = conv_tc.wgrad_segments(tiles, conv_tc.wgrad_tile_steps(g, dtype), plan.main.grid[0])
+        tiles = conv_tc.wgrad_tiles(g, plan.tile, dtype, plan.dy_path)
+        segments = conv_tc.wgrad_segments(tiles, conv_tc.wgrad_tile_steps(g, dtype, plan.dy_path), plan.main.grid[0])
         partial_bytes = 2 * segments * -(-out // tiles) * conv_tc.PARTIALS.itemsize
-    dram = (operands + out) * item + partial_bytes + conv_tc.pixel_table_bytes(g, dtype)
+    dram = (operands + out) * item + partial_bytes + conv_tc.pixel_table_bytes(g, dtype, plan.dy_path)
     return LaunchWork(g.flops, dram, pipe, issued_flops)
 
 
@@ -199,6 +201,10 @@ REPRESENTATIVE_FLOAT16 = {**REPRESENTATIVE, "fprop": ((2, 32, 8, 8), (128, 32, 3
 FLAT = "_flat"
 REPRESENTATIVE_FLAT = ((2, 8, 11, 11), (128, 8, 4, 4), 0)
 GATHER = "_gather"   # wgrad reading dy element by element (conv_tc's _gather kernels), same shape
+# wgrad reading dy in residue bands (conv_tc.RESIDUES_KERNEL): 8 bands of 128 output channels over
+# 7 x 7 pixels (P*Q odd)
+RESIDUES = "_residues"
+REPRESENTATIVE_RESIDUES = ((2, 128, 7, 7), (1024, 128, 1, 1), 0)
 # wgrad reading x by filter rows (conv_tc.TAP_ROWS_KERNEL): a 1 x 3 filter, whose 384 filter columns
 # are 3 whole tiles, over 8 x 8 pixels (rows of a lane's 4 or 8 pixels)
 ROWS = "_rows"
@@ -209,11 +215,13 @@ def profile_variant(plan) -> str:
     """The representative_run variant of a tensor-core plan's main kernel: its tile, with FLAT for
     fprop over the flattened reduction, GATHER for wgrad's _gather kernels (wgrad's _pairs and
     balanced kernels share the regular kernel's shared-memory traffic and take its run), ROWS for
-    wgrad's x by filter rows."""
+    wgrad's x by filter rows, RESIDUES for wgrad's dy in residue bands."""
     if conv_tc.is_flat(plan):
         return plan.tile + FLAT
     if plan.main.kernel == conv_tc.TAP_ROWS_KERNEL:
         return plan.tile + ROWS
+    if plan.main.kernel == conv_tc.RESIDUES_KERNEL:
+        return plan.tile + RESIDUES
     return plan.tile + (GATHER if conv_tc.is_gather(plan) else "")
 
 
@@ -224,9 +232,11 @@ def representative_run(pass_name: str, tile, dtype, images: int = 1):
     times the batch: wgrad's reduction that many times longer over the same tiles."""
     from ..functional.geometry import conv_geometry
     flat, gather, rows = tile.endswith(FLAT), tile.endswith(GATHER), tile.endswith(ROWS)
-    tile = tile.removesuffix(FLAT).removesuffix(GATHER).removesuffix(ROWS)
+    residues = tile.endswith(RESIDUES)
+    tile = tile.removesuffix(FLAT).removesuffix(GATHER).removesuffix(ROWS).removesuffix(RESIDUES)
     shapes = REPRESENTATIVE_FLOAT16 if np.dtype(dtype) == np.float16 else REPRESENTATIVE
-    x_shape, w_shape, padding = REPRESENTATIVE_FLAT if flat else REPRESENTATIVE_ROWS if rows else shapes[pass_name]
+    x_shape, w_shape, padding = (REPRESENTATIVE_FLAT if flat else REPRESENTATIVE_ROWS if rows
+                                 else REPRESENTATIVE_RESIDUES if residues else shapes[pass_name])
     if tile in conv_tc.TILES and conv_tc.TILES[tile].bn != conv_tc.TILE_N:   # fprop, dgrad: 3 x 8 x 8 pixels
         x_shape = (3,) + x_shape[1:]   # whole tiles of 96
     x_shape = (x_shape[0] * images,) + x_shape[1:]
@@ -242,7 +252,7 @@ def representative_run(pass_name: str, tile, dtype, images: int = 1):
             if pass_name == "dgrad":
                 conv_tc.dgrad("emu", dy, w, g, tile=tile, splits=1)
                 return conv_tc.plan_dgrad(g, dtype=dtype, tile=tile, splits=1).main, g.flops
-            dy_path = "gather" if gather else None
+            dy_path = "gather" if gather else "residues" if residues else None
             conv_tc.wgrad("emu", dy, x, g, tile=tile, splits=1, dy_path=dy_path)
             return conv_tc.plan_wgrad(g, dtype=dtype, tile=tile, splits=1, dy_path=dy_path).main, g.flops
         if pass_name == "fprop":

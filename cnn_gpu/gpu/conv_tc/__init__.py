@@ -39,6 +39,7 @@ import warnings
 import numpy as np
 
 from ... import backend
+from ...launch_checks import memory_span
 from .. import reduce
 from .._grid import i32
 from ..conv import _ceil_div, _geometry_args, device_sms
@@ -50,8 +51,9 @@ from .plan import (BLOCKS_PER_SM, CLOCKS_PER_BYTE, DGRAD_BLOCKS_PER_SM, FILTER_T
 from .tables import _cached_pixel_table, _device_id, _filter_tiles, _phase_table
 from .wgrad_plans import (BALANCED_EFFICIENCY, BALANCED_KERNEL, BALANCED_WAVES, CHANNEL_MAJOR_MIN_CRS,  # noqa: F401
                           COLUMN_RUN_BITS, DY_PATHS, FLOAT32_ONLY_KERNELS, GATHER_EFFICIENCY, GATHER_KERNEL,
-                          PAIRS_KERNEL, PAIRS_MAX_CRS, TAP_ROWS_EFFICIENCY, TAP_ROWS_KERNEL, WGRAD_EFFICIENCY,
-                          is_gather, pixel_table_bytes, plan_wgrad, tap_rows_supported, wgrad_dy_path, wgrad_ranks,
+                          PAIRS_KERNEL, PAIRS_MAX_CRS, RESIDUES_EFFICIENCY, RESIDUES_KERNEL, TAP_ROWS_EFFICIENCY,
+                          TAP_ROWS_KERNEL, WGRAD_EFFICIENCY, is_gather, pixel_table_bytes, plan_wgrad, residue_bands,
+                          residue_chunks, residues_supported, tap_rows_supported, wgrad_dy_path, wgrad_ranks,
                           wgrad_segments, wgrad_supported, wgrad_tile_steps, wgrad_tiles)
 
 MIN_ARCH = backend.TENSOR_CORE_MIN_ARCH   # mma.sync with TF32 (and m16n8k16 FP16) operands: Ampere on
@@ -93,8 +95,11 @@ def _warn_no_tensor_cores(arch: int, dtype: str) -> None:
 
 
 def _dy_operand(xp, dy, g, dy_path):
-    """(dy as the wgrad kernel reads it, its image and channel strides in elements)."""
+    """(dy as the wgrad kernel reads it, its image and channel strides in elements). The _residues
+    kernel's dy starts on 16 bytes (a copy where a view of another array's does not)."""
     pq, npq = g.P * g.Q, g.N * g.P * g.Q
+    if dy_path == "residues" and memory_span(dy)[0] % 16:
+        dy = xp.array(dy, copy=True)
     if dy_path != "channel_major":
         return dy, g.K * pq, pq
     lane_pixels = step_depth(dy.dtype) // 4
@@ -198,12 +203,14 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
-    arrivals = _arrivals(be, wgrad_tiles(g, plan.tile) if plan.splits > 1 else 1)
+    arrivals = _arrivals(be, wgrad_tiles(g, plan.tile, x.dtype, plan.dy_path) if plan.splits > 1 else 1)
     dy, dy_image, dy_channel = _dy_operand(xp, dy, g, plan.dy_path)
-    pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype))
+    residues = plan.dy_path == "residues"
+    pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype), residues)
+    reduction = wgrad_tile_steps(g, x.dtype, plan.dy_path) * step_depth(x.dtype) if residues else g.N * g.P * g.Q
     args = ((dy, x, pixel_table, dw, partials, arrivals)   # stride and padding: in the table
             + i32(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, *g.dilation)
-            + i32(g.groups, plan.splits, dy_image, dy_channel))
+            + i32(g.groups, plan.splits, dy_image, dy_channel, reduction))
     launch = plan.main
     try:
         backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)

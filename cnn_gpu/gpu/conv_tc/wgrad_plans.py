@@ -23,7 +23,7 @@ from .plan import (BLOCKS_PER_SM, CLOCKS_PER_BYTE, LAUNCH_CLOCKS, MAX_SPLITS, MA
 # the copy costs more are those the gather loop's slowness does not limit (bound by DRAM, or by
 # split-K partials), so wgrad_dy_path compares the two (_wgrad_path_clocks).
 CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 1900}
-DY_PATHS = ("vector", "pairs", "channel_major", "gather")
+DY_PATHS = ("vector", "pairs", "channel_major", "gather", "residues")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
 # the _gather kernels' tiles per dtype and their weights for the picker (sm_90 hot loops' MMA issue
 # ceilings: float32 730 and 493 instructions for 128 and 64 HMMAs, float16 621 for 64)
@@ -37,6 +37,16 @@ GATHER_EFFICIENCY = {np.dtype(np.float32): {"tc": 0.70, "tc_m64": 0.52}, np.dtyp
 # nothing, so it never copies for them.
 PAIRS_KERNEL = "conv2d_wgrad_tc_pairs"
 PAIRS_MAX_CRS = 9000
+# float16 wgrad's dy where P*Q is no multiple of 4 words (one group, K a multiple of 8): the
+# _residues kernel splits the output channels into bands by their residue mod 8 (a lane's 16 bytes
+# of dy), whose NCHW rows share one misalignment, and reads each image's row in whole aligned
+# 16-byte chunks from the row's start rounded down, masking the neighbouring rows' elements
+# (tables._residue_pixel_tables): vector loads with no copy of dy, at the price of the rows padded
+# to whole chunks (49 pixels: 56 entries) and of the masks. 128-channel tiles; float32's _gather
+# kernel issues as fast as its build would (0.70 against 0.73 x 49/52). Its weight for the picker:
+# its sm_90 hot loop's MMA issue ceiling.
+RESIDUES_KERNEL = "conv2d_wgrad_tc_residues"
+RESIDUES_EFFICIENCY = 0.77
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
 # in 16-byte vectors
 BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
@@ -79,15 +89,39 @@ def wgrad_supported(g) -> bool:
     return g.R + g.S <= MAX_TAP_BITS
 
 
-def wgrad_tiles(g, tile: str) -> int:
-    """wgrad's block tiles with TILES variant `tile`: 128 filter columns by bm output channels, per group."""
+def wgrad_tiles(g, tile: str, dtype=np.float32, dy_path=None) -> int:
+    """wgrad's block tiles with TILES variant `tile`: 128 filter columns by bm output channels, per
+    group (dy_path "residues": per residue band of the output channels)."""
     crs = (g.C // g.groups) * g.R * g.S
-    return _ceil_div(crs, TILE_N) * _ceil_div(g.K // g.groups, TILES[tile].bm) * g.groups
+    bands = residue_bands(dtype) if dy_path == "residues" else g.groups
+    return _ceil_div(crs, TILE_N) * _ceil_div(g.K // bands, TILES[tile].bm) * bands
 
 
-def wgrad_tile_steps(g, dtype) -> int:
-    """The reduction steps of each wgrad tile: the N*P*Q pixels in steps of step_depth(dtype)."""
+def wgrad_tile_steps(g, dtype, dy_path=None) -> int:
+    """The reduction steps of each wgrad tile: the N*P*Q pixels in steps of step_depth(dtype), or
+    for dy_path "residues" each image's residue_chunks."""
+    if dy_path == "residues":
+        return _ceil_div(g.N * residue_chunks(g, step_depth(dtype)) * residue_bands(dtype), step_depth(dtype))
     return _ceil_div(g.N * g.P * g.Q, step_depth(dtype))
+
+
+def residue_bands(dtype) -> int:
+    """The _residues kernel's bands of output channels: a lane's 16 bytes of dy, in elements."""
+    return step_depth(dtype) // 4
+
+
+def residue_chunks(g, depth: int) -> int:
+    """The 16-byte chunks of dy an image's row spans in the _residues kernel, at most (over its
+    bands' misalignments): P*Q elements from up to a chunk less one before the first."""
+    bands = depth // 4
+    return _ceil_div(g.P * g.Q + bands - 1, bands)
+
+
+def residues_supported(g, dtype) -> bool:
+    """Whether the _residues kernel may read dy (RESIDUES_KERNEL): float16, one group, K a multiple
+    of its bands (so that an image's dy, K*P*Q elements, is whole chunks and a band's rows share one
+    misalignment)."""
+    return np.dtype(dtype) == np.float16 and g.groups == 1 and g.K % residue_bands(dtype) == 0
 
 
 def wgrad_ranks(tiles: int, tile_steps: int, blocks: int) -> int:
@@ -107,13 +141,15 @@ def wgrad_segments(tiles: int, tile_steps: int, blocks: int) -> int:
                for b in range(blocks))
 
 
-def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool, weights=None):
+def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool, weights=None, tiles_of=None):
     """(clocks, tile name, blocks, ranks) of wgrad: _choose's costs over grids of tiles x splits
     blocks (split-K) and, where `balanced` (BALANCED_KERNEL runs), of BALANCED_WAVES whole waves or
     fewer of resident blocks of the 128-channel tile that share the tiles' steps evenly (stream-K: no
     partly idle last wave, at the price of partial outputs). `splits` or `blocks` force the grid.
-    `weights`: {tile name: efficiency} of the kernels that run (default WGRAD_EFFICIENCY)."""
+    `weights`: {tile name: efficiency} of the kernels that run (default WGRAD_EFFICIENCY);
+    `tiles_of`: the tiles of a tile name (default wgrad_tiles of `g`)."""
     weights = weights or WGRAD_EFFICIENCY
+    tiles_of = tiles_of or (lambda name: wgrad_tiles(g, name))
     _check_splits(splits)
     if splits and blocks:
         raise ValueError("wgrad takes splits= or blocks=, not both")
@@ -125,7 +161,7 @@ def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool,
     slots = sms * BLOCKS_PER_SM
     best = None
     for name in [tile] if tile else weights:
-        tiles = wgrad_tiles(g, name)
+        tiles = tiles_of(name)
         work = tiles * tile_steps
         if blocks is not None and not tiles <= blocks <= work:
             raise ValueError(f"wgrad's blocks must be {tiles} to {work} (its block tiles to their steps), got {blocks}")
@@ -156,10 +192,10 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
     `splits` per tile, or balanced over the SMs); where a tile has more than one segment, the block
-    that finishes its last one sums its partial filters in a fixed order. The _pairs or _gather
-    kernel where dy is read in 8-byte vectors or element by element (`dy_path`, wgrad_dy_path when
-    None). The plan's `splits` are the partial outputs (its `chunk` is unused: the kernel derives
-    each block's run from the grid)."""
+    that finishes its last one sums its partial filters in a fixed order. The _pairs, _gather or
+    _residues kernel where dy is read in 8-byte vectors, element by element or in residue bands
+    (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs (its `chunk`
+    is unused: the kernel derives each block's run from the grid)."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
@@ -168,19 +204,25 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     if dy_path == "gather" and tile is not None and tile not in GATHER_EFFICIENCY[np.dtype(dtype)]:
         raise ValueError(f"the {np.dtype(dtype)} _gather kernel has the tiles "
                          f"{', '.join(GATHER_EFFICIENCY[np.dtype(dtype)])}, not {tile!r}")
-    if pixel_table_bytes(g, dtype) // 4 >= INDEX_LIMIT:
+    if dy_path == "residues" and not residues_supported(g, dtype):
+        raise ValueError(f"the _residues kernel takes float16, one group and K a multiple of {residue_bands(dtype)}, "
+                         f"not {np.dtype(dtype)}, groups={g.groups}, K={g.K}")
+    if dy_path == "residues" and tile not in (None, "tc"):
+        raise ValueError(f"the _residues kernel has the tile tc, not {tile!r}")
+    if pixel_table_bytes(g, dtype, dy_path) // 4 >= INDEX_LIMIT:
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
                          f"(3 entries each) is too large; split the batch")
-    tile_steps = wgrad_tile_steps(g, dtype)
     dy_path = dy_path or wgrad_dy_path(g, dtype, sms, tile, blocks)
     balanced = dy_path in ("vector", "channel_major")
-    weights = GATHER_EFFICIENCY[np.dtype(dtype)] if dy_path == "gather" else _wgrad_weights(g, dtype)
-    _, name, blocks, ranks = _choose_wgrad(g, tile_steps, sms, tile, splits, blocks, balanced, weights)
-    if blocks % wgrad_tiles(g, name):
+    _, name, blocks, ranks = _choose_wgrad(g, wgrad_tile_steps(g, dtype, dy_path), sms, tile, splits, blocks, balanced,
+                                           _dy_path_weights(g, dtype, dy_path),
+                                           lambda name: wgrad_tiles(g, name, dtype, dy_path))
+    if blocks % wgrad_tiles(g, name, dtype, dy_path):
         kernel = BALANCED_KERNEL
     else:
         # the 64-channel tile's warps take half steps, 8 bytes of dy a lane: its vector kernel takes pairs too
-        kernels = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL if TILES[name].bm == TILE_N else "conv2d_wgrad_tc"}
+        kernels = {"gather": GATHER_KERNEL, "pairs": PAIRS_KERNEL if TILES[name].bm == TILE_N else "conv2d_wgrad_tc",
+                   "residues": RESIDUES_KERNEL}   # (the 128-channel tile's suffix is "")
         kernel = kernels.get(dy_path, "conv2d_wgrad_tc") + TILES[name].suffix
         if kernel == "conv2d_wgrad_tc_m64" and tap_rows_supported(g, dtype):
             kernel = TAP_ROWS_KERNEL
@@ -188,9 +230,14 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
                     dy_path=dy_path)
 
 
-def _wgrad_weights(g, dtype) -> dict:
-    """The picker's weights of wgrad's tiles with dy in vectors or pairs (the _rows kernel's on the
+def _dy_path_weights(g, dtype, dy_path) -> dict:
+    """The picker's weights of wgrad's tiles with dy read by `dy_path`: the _gather kernels', the
+    _residues kernel's, or with dy in vectors or pairs the regular ones (the _rows kernel's on the
     64-channel tile where it runs)."""
+    if dy_path == "gather":
+        return GATHER_EFFICIENCY[np.dtype(dtype)]
+    if dy_path == "residues":
+        return {"tc": RESIDUES_EFFICIENCY}
     return {**WGRAD_EFFICIENCY, "tc_m64": TAP_ROWS_EFFICIENCY} if tap_rows_supported(g, dtype) else WGRAD_EFFICIENCY
 
 
@@ -198,10 +245,11 @@ def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
     """How wgrad reads dy (DY_PATHS): "vector", 16-byte loads from NCHW (P*Q a multiple of 4
     words), "pairs", 8-byte loads from NCHW (P*Q a multiple of 2 words, by PAIRS_MAX_CRS on the
     128-channel tile); else
-    "channel_major", 16-byte loads from a channel-major copy (K, N*P*Q rounded up to 4 words), or
-    "gather", element by element (the _gather kernels): float32 by CHANNEL_MAJOR_MIN_CRS, float16
-    by the two paths' costs on a GPU of `sms` SMs (_wgrad_path_clocks), and by the copy where a
-    forced `tile` or grid of `blocks` has no float16 _gather kernel."""
+    "channel_major", 16-byte loads from a channel-major copy (K, N*P*Q rounded up to 4 words),
+    "gather", element by element (the _gather kernels), or "residues", 16-byte loads from NCHW in
+    residue bands (the float16 _residues kernel, where residues_supported): float32 by
+    CHANNEL_MAJOR_MIN_CRS, float16 by the paths' costs on a GPU of `sms` SMs (_wgrad_path_clocks)
+    among those whose kernels have a forced `tile` and divide a forced grid of `blocks`."""
     lane_pixels = step_depth(dtype) // 4
     if (g.P * g.Q) % lane_pixels == 0:
         return "vector"
@@ -211,30 +259,33 @@ def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
         return "pairs"
     if np.dtype(dtype) in CHANNEL_MAJOR_MIN_CRS:
         return "channel_major" if crs >= CHANNEL_MAJOR_MIN_CRS[np.dtype(dtype)] else "gather"
-    gather_tiles = GATHER_EFFICIENCY[np.dtype(dtype)]
-    if (tile is not None and tile not in gather_tiles) or (
-            blocks is not None and any(blocks % wgrad_tiles(g, name) for name in gather_tiles)):
-        return "channel_major"
-    return min(("channel_major", "gather"), key=lambda path: _wgrad_path_clocks(g, dtype, path, sms))
+    def fits(path):   # the forced tile and grid
+        tiles = _dy_path_weights(g, dtype, path)
+        return (tile is None or tile in tiles) and (
+            blocks is None or not any(blocks % wgrad_tiles(g, name, dtype, path) for name in tiles))
+    paths = [path for path in ("gather", "residues") if fits(path)
+             and (path != "residues" or residues_supported(g, dtype))]
+    return min(["channel_major", *paths], key=lambda path: _wgrad_path_clocks(g, dtype, path, sms))
 
 
 def _wgrad_path_clocks(g, dtype, dy_path, sms) -> float:
-    """The busiest SM's clocks of wgrad reading dy by `dy_path` ("channel_major" or "gather"): the
-    picker's clocks of its best grid (_choose_wgrad: MMAs at the kernels' weights, partials) or the
-    pass's compulsory DRAM traffic (dy and x read, dw written), whichever is longer, plus for the
-    channel-major copy its traffic (dy read and written) and launch."""
+    """The busiest SM's clocks of wgrad reading dy by `dy_path` ("channel_major", "gather" or
+    "residues"): the picker's clocks of its best grid (_choose_wgrad: MMAs at the kernels' weights,
+    partials) or the pass's compulsory DRAM traffic (dy and x read, dw written), whichever is
+    longer, plus for the channel-major copy its traffic (dy read and written) and launch."""
     sms = DEFAULT_SMS if sms is None else sms
-    gather = dy_path == "gather"
-    weights = GATHER_EFFICIENCY[np.dtype(dtype)] if gather else None
-    clocks = _choose_wgrad(g, wgrad_tile_steps(g, dtype), sms, None, None, None, not gather, weights)[0]
+    copying = dy_path == "channel_major"
+    clocks = _choose_wgrad(g, wgrad_tile_steps(g, dtype, dy_path), sms, None, None, None, copying,
+                           _dy_path_weights(g, dtype, dy_path), lambda name: wgrad_tiles(g, name, dtype, dy_path))[0]
     item = np.dtype(dtype).itemsize
     dy_bytes = math.prod(g.y_shape) * item
     dram = (dy_bytes + (math.prod(g.x_shape) + math.prod(g.w_shape)) * item) * CLOCKS_PER_BYTE / sms
-    copy = 0 if gather else 2 * dy_bytes * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS
+    copy = 2 * dy_bytes * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS if copying else 0
     return max(clocks, dram) + copy
 
 
-def pixel_table_bytes(g, dtype) -> int:
-    """Bytes of wgrad's pixel table (tables._pixel_table): 3 ints per output pixel, the last step padded."""
-    depth = step_depth(dtype)
-    return 3 * 4 * _ceil_div(g.N * g.P * g.Q, depth) * depth
+def pixel_table_bytes(g, dtype, dy_path=None) -> int:
+    """Bytes of wgrad's pixel table (tables._pixel_table): 3 ints per output pixel, the last step
+    padded; dy_path "residues": 4 ints per entry of each band's table (tables._residue_pixel_tables)."""
+    steps = wgrad_tile_steps(g, dtype, dy_path) * step_depth(dtype)
+    return 4 * (4 * residue_bands(dtype) if dy_path == "residues" else 3) * steps
