@@ -151,4 +151,4 @@ def test_the_model_counts_the_flattened_steps():
         plan = conv_tc.plan_fprop(stem, dtype=dtype, sms=132)
         assert conv_tc.is_flat(plan)
         blocks = plan.main.grid[0] * plan.main.grid[1]
-        assert roofline_conv._tensor_core_steps("fprop", stem, plan, conv_tc.step_depth(dtype)) == blocks * steps
+        assert roofline_conv._tensor_core_steps("fprop", stem, plan, dtype) == blocks * steps

@@ -21,7 +21,8 @@ from .plan import (BLOCKS_PER_SM, CLOCKS_PER_BYTE, LAUNCH_CLOCKS, MAX_SPLITS, MA
 # 1/0.89) ~ 1900. float16's gather runs on the 64-channel tile only (the 128-channel one spills) at
 # an MMA issue ceiling of 0.41 against the vector loop's 0.93: no such threshold, as the passes where
 # the copy costs more are those the gather loop's slowness does not limit (bound by DRAM, or by
-# split-K partials), so wgrad_dy_path compares the two (_wgrad_path_clocks).
+# split-K partials), so wgrad_dy_path compares their costs (_wgrad_path_clocks), and the _residues
+# kernel's where it runs.
 CHANNEL_MAJOR_MIN_CRS = {np.dtype(np.float32): 1900}
 DY_PATHS = ("vector", "pairs", "channel_major", "gather", "residues")
 GATHER_KERNEL = "conv2d_wgrad_tc_gather"
@@ -111,10 +112,11 @@ def residue_bands(dtype) -> int:
 
 
 def residue_chunks(g, depth: int) -> int:
-    """The 16-byte chunks of dy an image's row spans in the _residues kernel, at most (over its
-    bands' misalignments): P*Q elements from up to a chunk less one before the first."""
-    bands = depth // 4
-    return _ceil_div(g.P * g.Q + bands - 1, bands)
+    """The 16-byte chunks of dy an image's row spans in the _residues kernel, at most over its bands:
+    P*Q elements from the row's start rounded down, band b's rows b * P*Q mod `bands` elements past
+    a chunk's start."""
+    bands, pq = depth // 4, g.P * g.Q
+    return max(_ceil_div(pq + band * pq % bands, bands) for band in range(bands))
 
 
 def residues_supported(g, dtype) -> bool:
@@ -209,10 +211,10 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
                          f"not {np.dtype(dtype)}, groups={g.groups}, K={g.K}")
     if dy_path == "residues" and tile not in (None, "tc"):
         raise ValueError(f"the _residues kernel has the tile tc, not {tile!r}")
+    dy_path = dy_path or wgrad_dy_path(g, dtype, sms, tile, blocks)
     if pixel_table_bytes(g, dtype, dy_path) // 4 >= INDEX_LIMIT:
         raise ValueError(f"conv2d kernels use 32-bit indices: wgrad's pixel table of {g.N * g.P * g.Q} output pixels "
-                         f"(3 entries each) is too large; split the batch")
-    dy_path = dy_path or wgrad_dy_path(g, dtype, sms, tile, blocks)
+                         f"({pixel_table_bytes(g, dtype, dy_path) // 4} entries) is too large; split the batch")
     balanced = dy_path in ("vector", "channel_major")
     _, name, blocks, ranks = _choose_wgrad(g, wgrad_tile_steps(g, dtype, dy_path), sms, tile, splits, blocks, balanced,
                                            _dy_path_weights(g, dtype, dy_path),
@@ -271,15 +273,16 @@ def wgrad_dy_path(g, dtype, sms=None, tile=None, blocks=None) -> str:
 def _wgrad_path_clocks(g, dtype, dy_path, sms) -> float:
     """The busiest SM's clocks of wgrad reading dy by `dy_path` ("channel_major", "gather" or
     "residues"): the picker's clocks of its best grid (_choose_wgrad: MMAs at the kernels' weights,
-    partials) or the pass's compulsory DRAM traffic (dy and x read, dw written), whichever is
-    longer, plus for the channel-major copy its traffic (dy read and written) and launch."""
+    partials) or the pass's DRAM traffic (dy and x read, dw written, the pixel table read), whichever
+    is longer, plus for the channel-major copy its traffic (dy read and written) and launch."""
     sms = DEFAULT_SMS if sms is None else sms
     copying = dy_path == "channel_major"
     clocks = _choose_wgrad(g, wgrad_tile_steps(g, dtype, dy_path), sms, None, None, None, copying,
                            _dy_path_weights(g, dtype, dy_path), lambda name: wgrad_tiles(g, name, dtype, dy_path))[0]
     item = np.dtype(dtype).itemsize
     dy_bytes = math.prod(g.y_shape) * item
-    dram = (dy_bytes + (math.prod(g.x_shape) + math.prod(g.w_shape)) * item) * CLOCKS_PER_BYTE / sms
+    table = pixel_table_bytes(g, dtype, dy_path)
+    dram = (dy_bytes + (math.prod(g.x_shape) + math.prod(g.w_shape)) * item + table) * CLOCKS_PER_BYTE / sms
     copy = 2 * dy_bytes * CLOCKS_PER_BYTE / sms + LAUNCH_CLOCKS if copying else 0
     return max(clocks, dram) + copy
 
