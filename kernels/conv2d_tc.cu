@@ -428,12 +428,9 @@ enum WgradDy { DY_VECTORS, DY_PAIRS, DY_ELEMENTS, DY_RESIDUES };
 
 // Rows of wgrad's pixel table a step: x origins, tap masks, dy offsets (and DY_RESIDUES' word masks)
 __host__ __device__ constexpr int wgrad_table_rows(WgradDy dy) { return dy == DY_RESIDUES ? 4 : 3; }
-// Steps of wgrad's pixel table in shared memory: a pair of steps in flight (copied two steps ahead)
-// beside the pair being read, so at least 4, and even, so that a pair's two slots are contiguous;
-// DY_RESIDUES more, as it reads a step's word masks again as the step is multiplied, after the
-// barrier that lets the pair after it be copied: 8, whose modulo is a mask (6 cost the sm_90 loop
-// 5 more instructions)
-__host__ __device__ constexpr int wgrad_table_slots(WgradDy dy) { return dy == DY_RESIDUES ? 8 : 4; }
+// steps of wgrad's pixel table in shared memory: a pair of steps in flight (copied two steps ahead)
+// beside the pair being read, so at least 4, and even, so that a pair's two slots are contiguous
+#define TC_TABLE_SLOTS 4
 
 // Output channel m of band (group) `band`'s Kb channels: a group's are contiguous, a residue band's
 // TC_DY_RESIDUES apart
@@ -656,7 +653,7 @@ struct WgradTapRowLoader {
 // over (N*P*Q; DY_RESIDUES: a band's table, whole steps of whole chunks).
 template <int BN, WgradDy DY, class XLoader>
 __device__ __forceinline__ void wgrad_segment(
-    unsigned int* smem, int (&pixels)[wgrad_table_slots(DY)][wgrad_table_rows(DY)][TC_DEPTH],
+    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][wgrad_table_rows(DY)][TC_DEPTH],
     uint4 (&loader_state)[TC_THREADS],
     WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
     const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials,
@@ -667,7 +664,7 @@ __device__ __forceinline__ void wgrad_segment(
     constexpr int LANE_PIXELS = 4 * TC_PER_WORD;   // a lane's pixels of a step: 4 words, 16 bytes of a dy row
     constexpr int WARP_WORDS = 2 * Tile::K8S;       // of which the warp's half steps take 4, or 2 (K_WARPS = 2)
 
-    constexpr int ROWS = wgrad_table_rows(DY), SLOTS = wgrad_table_slots(DY);
+    constexpr int ROWS = wgrad_table_rows(DY), SLOTS = TC_TABLE_SLOTS;
     constexpr bool RESIDUES = DY == DY_RESIDUES;   // (the launcher's groups are then 1)
 
     const int tid = threadIdx.x;
@@ -811,9 +808,12 @@ __device__ __forceinline__ void wgrad_segment(
         cp_async_wait<1>();   // step + 1's table, read after the step's barrier
     };
 
-    // DY_RESIDUES: a step's dy zeroed outside its rows by the step's word masks as it is multiplied,
-    // not as it is loaded (the loads are then in flight; 4 more registers through the loop spill),
-    // a word at a time (ROWS - 1: the fourth row where it exists)
+    // DY_RESIDUES: a step's dy zeroed outside its rows by the step's word masks once the step before
+    // has been multiplied (mma_main_loop_registers), from the slot its loads read, before the barrier
+    // after which that slot may be copied over (ROWS - 1: the fourth row where it exists). As the
+    // loads were issued the masks would hold 4 registers through the loop (it spilled); just before
+    // the step's own multiply the sm_90 loop was 67 instructions longer (another slot's addresses)
+    // and needed 8 table slots.
     auto ready = [&](int step, typename Tile::BFragments& b) {
         if (!RESIDUES) return;
 #pragma unroll
@@ -859,7 +859,7 @@ __device__ __forceinline__ void wgrad_segment(
 // partials). The launcher keeps B >= tiles (a run meets two tiles at most) and work x B below 2^63.
 template <int BN, WgradDy DY, bool BALANCED, class XLoader>
 __device__ __forceinline__ void wgrad_mma(
-    unsigned int* smem, int (&pixels)[wgrad_table_slots(DY)][wgrad_table_rows(DY)][TC_DEPTH],
+    unsigned int* smem, int (&pixels)[TC_TABLE_SLOTS][wgrad_table_rows(DY)][TC_DEPTH],
     uint4 (&loader_state)[TC_THREADS], WgradRun& run, const REAL* __restrict__ dy, const REAL* __restrict__ x,
     const int* __restrict__ pixel_table, REAL* __restrict__ dw, acc_t* __restrict__ partials,
     unsigned int* __restrict__ arrivals, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int dil_h,
@@ -908,10 +908,10 @@ __device__ __forceinline__ void wgrad_mma(
 // would straddle images in NCHW. `reduction`: the entries of a tile's pixel table, read by the
 // _residues kernel (wgrad_segment; N*P*Q for the others).
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width, dy path and x loader.
-// pixels: wgrad_table_slots steps of the pixel table; loader_state: the x loader's per-thread state
+// pixels: TC_TABLE_SLOTS steps of the pixel table; loader_state: the x loader's per-thread state
 #define TC_WGRAD_BODY(BN, DY, BALANCED, XLOADER)                                                              \
     __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                           \
-    __shared__ __align__(16) int pixels[wgrad_table_slots(DY)][wgrad_table_rows(DY)][TC_DEPTH];               \
+    __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][wgrad_table_rows(DY)][TC_DEPTH];               \
     __shared__ uint4 loader_state[TC_THREADS];                                                                \
     __shared__ WgradRun run;                                                                                  \
     wgrad_mma<BN, DY, BALANCED, XLOADER>(smem, pixels, loader_state, run, dy, x, pixel_table, dw, partials,    \
@@ -939,10 +939,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_pair
 
 // dy's rows in residue bands (DY_RESIDUES: P*Q no multiple of 4 words, K a multiple of 8; one
 // group): every load a 16-byte vector from NCHW, no copy, at the price of each image's row padded
-// to whole chunks (49 pixels: 56) and the word masks (an mma every 5.2 instructions on sm_90, against
+// to whole chunks (49 pixels: 56) and the word masks (an mma every 4.7 instructions on sm_90, against
 // the vector kernel's 4.3 and the _gather_m64 kernel's 9.7). In float16 only: float32's _gather
-// kernel on the 128-channel tile already issues as fast as this loop would (0.70 of the MMA rate
-// against 0.73 x 49/52).
+// kernel on the 128-channel tile issues at 0.70 of the MMA rate, this loop's float32 build at
+// 0.81 x 49/52 = 0.76, and its 7x7 layers meet their target already.
 #if REAL_IS_HALF
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv2d_wgrad_tc_residues(TC_WGRAD_ARGS) {
     TC_WGRAD_BODY(128, DY_RESIDUES, false, WgradColumnLoader);

@@ -269,7 +269,9 @@ struct MmaTile {
 // shared operand words into the loader's registers, `store(step)` writes them into stage step % 2.
 // Both one step ahead: the next step is loaded while the current one is multiplied; one barrier
 // per step. Unrolled by two so that the two register sets alternate without copies. `ready(step, f)`
-// (where given) touches a step's fragments up just before they are multiplied.
+// (where given) touches a step's fragments up once the step before has been multiplied (its loads
+// have had that long to arrive, and the step before's fragments are free registers), before the
+// barrier that ends the step before.
 template <class Fragments, class Tile, class Load, class Fetch, class Store, class Ready>
 __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int* smem, int steps, Load load,
                                                         Fetch fetch, Store store, Ready ready) {
@@ -279,23 +281,28 @@ __device__ __forceinline__ void mma_main_loop_registers(Tile& tile, unsigned int
     fetch(0);
     store(0);
     __syncthreads();
+    ready(0, f[0]);
     for (int step = 0; step < steps; step += 2) {
         if (step + 1 < steps) {
             load(step + 1, f[1]);
             fetch(step + 1);
         }
-        ready(step, f[0]);
         tile.multiply(f[0], smem);
-        if (step + 1 < steps) store(step + 1);
+        if (step + 1 < steps) {
+            ready(step + 1, f[1]);
+            store(step + 1);
+        }
         __syncthreads();
         if (step + 1 == steps) break;
         if (step + 2 < steps) {
             load(step + 2, f[0]);
             fetch(step + 2);
         }
-        ready(step + 1, f[1]);
         tile.multiply(f[1], smem + TC_STAGE_WORDS);
-        if (step + 2 < steps) store(step + 2);
+        if (step + 2 < steps) {
+            ready(step + 2, f[0]);
+            store(step + 2);
+        }
         __syncthreads();
     }
 }

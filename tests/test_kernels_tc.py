@@ -268,8 +268,8 @@ def test_tensor_core_kernels_have_no_race():
         streamed = conv_tc.wgrad("emu", dy, x, g, **stream_k)
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, dy_path="gather")
         conv_tc.wgrad("emu", dy.astype(np.float16), x.astype(np.float16), g, splits=2, tile="tc_m64")
-    # float16's dy in residue bands (P*Q = 49, K a multiple of 8): 11 steps through its 8 table
-    # slots, each step's word masks read again as it is multiplied
+    # float16's dy in residue bands (P*Q = 49, K a multiple of 8): 11 steps round its table slots,
+    # each step's word masks read again once the step before has been multiplied
     cfg = dict(n=6, c=6, h=7, w=7, k=24, r=1, s=1, stride=1, pad=0, dil=1, groups=1)
     x16, w16, _ = (a.astype(np.float16) for a in _arrays(rng, cfg))
     g16 = _geometry(x16, w16, cfg)

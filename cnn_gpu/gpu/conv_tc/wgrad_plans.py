@@ -44,10 +44,11 @@ PAIRS_MAX_CRS = 9000
 # 16-byte chunks from the row's start rounded down, masking the neighbouring rows' elements
 # (tables._residue_pixel_tables): vector loads with no copy of dy, at the price of the rows padded
 # to whole chunks (49 pixels: 56 entries) and of the masks. 128-channel tiles; float32's _gather
-# kernel issues as fast as its build would (0.70 against 0.73 x 49/52). Its weight for the picker:
-# its sm_90 hot loop's MMA issue ceiling.
+# kernel issues at 0.70 of the MMA rate, a float32 build of this one at 0.81 x 49/52 = 0.76 (not
+# built: float32's 7x7 layers meet their target). Its weight for the picker: its sm_90 hot loop's
+# MMA issue ceiling.
 RESIDUES_KERNEL = "conv2d_wgrad_tc_residues"
-RESIDUES_EFFICIENCY = 0.77
+RESIDUES_EFFICIENCY = 0.86
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
 # in 16-byte vectors
 BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
