@@ -163,6 +163,8 @@ def run(args) -> int:
 # the options of the op table, with their defaults: --nproc measures one model's step, no table
 SCALING_IGNORES = {"ops": None, "device": None, "shapes": "default", "csv": None, "plot": None, "threads": None,
                    "dtype": ["float32"], "math": ["fp32"]}
+
+
 def _given(args, defaults: dict) -> list[str]:
     """The options of `defaults` ({name: default}) given another value, as "--name"."""
     return [f"--{name}" for name, default in defaults.items() if getattr(args, name, default) != default]
