@@ -20,6 +20,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Every test plans its convolutions afresh: a plan remembered by an earlier test may have been
+    made under that test's patches of the planners' tables (cnn_gpu.gpu._plan_cache)."""
+    from cnn_gpu.gpu import _plan_cache
+    _plan_cache.clear()
+
+
 # --- NumPy convolution code paths (tests/test_functional_reference.py, tests/test_torch_oracle.py) ---
 
 # How cnn_gpu.functional.conv gathers windows depends on the shape; tiny test shapes would reach only

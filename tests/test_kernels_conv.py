@@ -17,7 +17,7 @@ import pytest
 from cnn_gpu import backend
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry, conv_transpose_geometry
-from cnn_gpu.gpu import conv
+from cnn_gpu.gpu import _plan_cache, conv
 from helpers import assert_close
 
 EMU_REASON = backend.why_unavailable("emu")
@@ -500,6 +500,27 @@ def test_picker_uses_the_sm_count():
     few, many = conv.plan_fprop(g, np.float32, sms=8), conv.plan_fprop(g, np.float32, sms=264)
     assert math.prod(few.main.grid) < math.prod(many.main.grid)
     assert conv.plan_fprop(g, np.float32).splits == conv.plan_fprop(g, np.float32, sms=conv.DEFAULT_SMS).splits
+
+
+def test_plans_are_remembered_per_arguments_and_forced_choices(monkeypatch):
+    """A planner searches once per question (the launchers ask the same ones every step): the
+    geometry, dtype, options and what forced() sets are all part of the question, an unhashable
+    option still gets the planner's own error, and clear() forgets."""
+    searches = []
+    search = conv._choose
+    monkeypatch.setattr(conv, "_choose", lambda *args: searches.append(args) or search(*args))
+    g = conv_geometry((2, 3, 9, 9), (5, 3, 3, 3))
+    first = conv.plan_fprop(g, np.float32)
+    assert conv.plan_fprop(g, np.float32) is first and len(searches) == 1 and first.tile != "small"
+    with conv.forced(tile="small"):
+        assert conv.plan_fprop(g, np.float32).tile == "small"
+    assert conv.plan_fprop(g, np.float32, splits=2).splits == 2 and first.splits != 2
+    assert conv.plan_fprop(g, np.float64) is not first
+    assert conv.plan_fprop(g, np.float32) is first and len(searches) == 4
+    with pytest.raises(ValueError, match="splits"):
+        conv.plan_fprop(g, np.float32, splits=[2])
+    _plan_cache.clear()
+    assert conv.plan_fprop(g, np.float32) == first and len(searches) == 6
 
 
 def test_forced_plans_and_split_workspace_limit():

@@ -9,7 +9,7 @@ from cnn_gpu import backend, emu, nvrtc, sass
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu import conv as gpu_conv
-from cnn_gpu.gpu import conv_tc
+from cnn_gpu.gpu import _plan_cache, conv_tc
 from cnn_gpu.precision import round_to_tf32
 
 EMU_REASON = backend.why_unavailable("emu")
@@ -472,8 +472,10 @@ def test_wgrad_by_filter_rows_matches_the_column_loader_bit_for_bit(dtype, monke
         dw = conv_tc.wgrad("emu", dy, x, g, tile="tc_m64", splits=splits)
         with monkeypatch.context() as patch:
             patch.setattr(conv_tc.wgrad_plans, "tap_rows_supported", lambda *args: False)
+            _plan_cache.clear()
             assert conv_tc.plan_wgrad(g, dtype=dtype, tile="tc_m64", splits=splits).main.kernel == "conv2d_wgrad_tc_m64"
             by_columns = conv_tc.wgrad("emu", dy, x, g, tile="tc_m64", splits=splits)
+        _plan_cache.clear()   # the plans made under the patch
         assert dw.tobytes() == by_columns.tobytes(), g
         kw = dict(bias=False, stride=(stride, 1), padding=padding, dilation=(dilation, 1), groups=groups)
         if dtype == np.float16:
@@ -754,6 +756,24 @@ def test_tile_picker_weights_are_the_sm_90_issue_ceilings():
         assert tile.efficiency == pytest.approx(min(ceilings), abs=0.005), (name, ceilings)
 
 
+@needs_emu
+def test_launchers_plan_a_geometry_once(monkeypatch):
+    """Each pass's launcher searches its plan on the first call only (the same geometry every
+    step): wgrad's grid and dy path searches, fprop's and dgrad's tile searches."""
+    searches = []
+    for module, name in ((conv_tc.wgrad_plans, "_choose_wgrad"), (conv_tc.plan, "_choose")):
+        search = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, search=search, **kw: searches.append(1) or search(*args, **kw))
+    rng = np.random.default_rng(45)
+    g = conv_geometry((2, 24, 7, 7), (16, 24, 3, 3), padding=1)
+    x, w, dy = (rng.standard_normal(shape).astype(np.float16) for shape in (g.x_shape, g.w_shape, g.y_shape))
+    for step in range(2):
+        conv_tc.fprop("emu", x, w, None, g), conv_tc.dgrad("emu", dy, w, g), conv_tc.wgrad("emu", dy, x, g)
+        if step == 0:
+            first = len(searches)
+    assert first >= 5 and len(searches) == first   # wgrad: its three dy paths' searches, then the plan's
+
+
 def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):
     """132 block tiles of 64 rows over 128 steps: split 3 ways, one wave of 3 resident blocks per SM
     (the float32 64-row dgrad kernel's launch bounds); at 2 blocks per SM, 2 ways."""
@@ -761,6 +781,7 @@ def test_float32_dgrad_plans_waves_of_3_resident_64_row_blocks(monkeypatch):
     plan = conv_tc.plan_dgrad(g, dtype=np.float32)
     assert (plan.tile, plan.splits, plan.main.grid) == ("tc_m64", 3, (132, 1, 3))
     monkeypatch.setattr(conv_tc.plan, "DGRAD_BLOCKS_PER_SM", {})
+    _plan_cache.clear()
     assert conv_tc.plan_dgrad(g, dtype=np.float32).splits == 2
 
 

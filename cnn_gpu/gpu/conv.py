@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from . import reduce
+from . import _plan_cache, reduce
 from ._grid import Launch, blocks_for, i32
 
 THREADS = 256   # block of the depthwise kernels
@@ -90,6 +90,11 @@ def forced(*, tile=None, splits=None):
         yield
     finally:
         _forced.reset(token)
+
+
+def _forced_choices() -> tuple:
+    """What `forced` sets now, as the plan memo's context."""
+    return tuple(sorted(_forced.get().items()))
 
 
 def device_sms(be) -> int:
@@ -302,6 +307,7 @@ class ConvPlan:
         return self.launches[self.main_index]
 
 
+@_plan_cache.memoized(_forced_choices)
 def plan_fprop(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     _check_index_range(g)
     if g.is_depthwise:
@@ -330,6 +336,7 @@ def _phase_taps(taps: int, stride: int, dilation: int) -> int:
     return _ceil_div(taps, stride // math.gcd(stride, dilation))
 
 
+@_plan_cache.memoized(_forced_choices)
 def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     _check_index_range(g)
     if g.is_depthwise:
@@ -358,6 +365,7 @@ def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     return ConvPlan("dgrad", launches, tile=variant, splits=splits, chunk=chunk, main_index=main_index, padded=padded)
 
 
+@_plan_cache.memoized(_forced_choices)
 def plan_wgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     _check_index_range(g)
     _check_splits(splits)

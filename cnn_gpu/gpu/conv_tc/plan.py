@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import reduce
+from .. import _plan_cache, reduce
 from .._grid import Launch, blocks_for
 from ..conv import (DEFAULT_SMS, INDEX_LIMIT, MAX_GRID_YZ, ConvPlan, _ceil_div, _check_grid, _check_index_range,
                     _check_splits)
@@ -201,6 +201,7 @@ def _filter_tiles_launch(g, parts) -> Launch:
     return Launch("conv2d_tc", FILTER_TILES_KERNEL, (blocks_for(filter_tile_words(parts, g.groups)), 1, 1))
 
 
+@_plan_cache.memoized()
 def plan_fprop(g, *, dtype=np.float32, tile=None, splits=None, sms=None, flat=None) -> ConvPlan:
     """The launches of fprop on geometry `g` for `dtype`: the kernel of the TILES variant `tile`
     (chosen when None), and with split-K the fixed-order sum that also adds the bias and applies
@@ -274,6 +275,7 @@ def dgrad_phases(g) -> DgradPhases:
                        (dil_h, dil_w))
 
 
+@_plan_cache.memoized()
 def plan_dgrad(g, *, dtype=np.float32, tile=None, splits=None, sms=None) -> ConvPlan:
     """The launches of dgrad: every stride phase of dx in one launch of the TILES variant `tile`
     (grid.z = phases x splits x G), and with split-K the fixed-order sum of the partial dx."""

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from .. import _plan_cache
 from .._grid import Launch
 from ..conv import DEFAULT_SMS, INDEX_LIMIT, ConvPlan, _ceil_div, _check_index_range, _check_splits
 from .plan import (BLOCKS_PER_SM, CLOCKS_PER_BYTE, LAUNCH_CLOCKS, MAX_SPLITS, MAX_TAP_BITS, MIN_SPLIT_STEPS, THREADS,
@@ -191,6 +192,7 @@ def _choose_wgrad(g, tile_steps: int, sms, tile, splits, blocks, balanced: bool,
     return best
 
 
+@_plan_cache.memoized()
 def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=None, dy_path=None) -> ConvPlan:
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
