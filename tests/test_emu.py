@@ -333,6 +333,26 @@ def test_guard_zones_are_on_by_default_and_fault_at_once_past_the_end(n, rng):
     assert info.value.thread == (n % 256, 0, 0) and not y.any()
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_view_keeps_its_misalignment_in_either_layout(schedule, rng):
+    """Staged for a launch, a view starts off 16 bytes as far as it does in its allocation (as on a
+    GPU, where allocations are aligned): one float into its allocation, 4096 floats fault on
+    16-byte loads, though a copy ending right before the back page or starting right after the front
+    one would be aligned; 4 floats in they take them. A view ending on 16 bytes of its allocation
+    still ends right before the back page: a read one element past it faults at once."""
+    copy = module("memory_patterns", F32).get_function("copy_float4")
+    allocation = rng.standard_normal(4100).astype(np.float32)
+    x, y = allocation[4:4100], np.zeros(4096, np.float32)
+    copy((4,), (256,), (x, y, np.int32(1024)), schedule=schedule, seed=1)
+    np.testing.assert_array_equal(y, x)
+    with pytest.raises(emu.KernelFault, match="misaligned address"):
+        copy((4,), (256,), (allocation[1:4097], y, np.int32(1024)), schedule=schedule, seed=1)
+    if schedule == "forward":
+        with pytest.raises(emu.KernelFault, match="past the end of argument 'x'"):
+            bugs().get_function("read_one_past_end")((4,), (256,), (allocation[1:1024], np.zeros(1023, np.float32),
+                                                                    np.int32(1023)))
+
+
 def test_reading_before_the_start_faults_in_the_other_layout(rng):
     """The forward schedule puts arrays against the page after them, reverse against the page before
     them: a sweep over the schedules faults on reads past either end. Where the read lands in the

@@ -129,6 +129,27 @@ def test_a_non_contiguous_input_is_read_through_a_copy():
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype, mode", [(np.float16, "fp32"), (np.float32, "tf32")])
+def test_convolutions_of_misaligned_views_match_aligned_copies(dtype, mode):
+    """Arrays that start off 16 bytes into their allocation (a view into a flat buffer, a batch
+    slice) reach the tensor-core kernels as they are, and the emulator stages them as misaligned as
+    a GPU holds them: a 16-byte load from one faults here as it would there. Every pass gives what
+    aligned copies give (8x8 images: aligned, dy's rows take 16-byte loads)."""
+    import cnn_gpu
+    rng = np.random.default_rng(46)
+
+    def misaligned(shape):
+        return rng.standard_normal(math.prod(shape) + 1).astype(dtype)[1:].reshape(shape)
+
+    x, w, dy = misaligned((2, 16, 8, 8)), misaligned((32, 16, 3, 3)), misaligned((2, 32, 8, 8))
+    with cnn_gpu.math_mode(mode):
+        passes = [(F.conv2d(*a, padding=1, backend="emu"), *F.conv2d_backward(dy_, *a, padding=1, backend="emu")[:2])
+                  for dy_, a in ((dy, (x, w)), (dy.copy(), (x.copy(), w.copy())))]
+    for got, want in zip(*passes):
+        np.testing.assert_array_equal(got, want)
+
+
+@needs_emu
 def test_losses_of_transposed_inputs_match_numpy():
     """The gradient arrays used to copy the input's Fortran layout, which the kernels refuse to
     write (they must be C-contiguous)."""

@@ -93,7 +93,7 @@ def _runtime():
     lib = _build.runtime_library()
     lib.cnn_gpu_emu_launch.argtypes = [ctypes.POINTER(_LaunchDesc)]
     lib.cnn_gpu_emu_launch.restype = ctypes.c_int
-    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int,
+    lib.cnn_gpu_emu_guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int,
                                             ctypes.POINTER(ctypes.c_void_p)]
     lib.cnn_gpu_emu_guard_alloc.restype = ctypes.c_void_p
     lib.cnn_gpu_emu_guard_pages.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulonglong),
@@ -295,13 +295,30 @@ def _arrays_at_end(schedule: str, seed) -> bool:
     return schedule != "reverse"
 
 
+# A view whose offset in its allocation is not a multiple of this many bytes is staged at that
+# offset modulo it: the widest access a kernel makes (a 16-byte vector or cp.async) faults there on a
+# GPU, so it must not work on a copy that happens to be aligned.
+GUARD_ALIGNMENT = 16
+
+
+def _allocation_offset(a: np.ndarray) -> int:
+    """Bytes from the start of the allocation `a` views (its base's base ..., else its own) to its
+    first byte: on a GPU, allocations start 256-byte aligned and a view keeps its offset."""
+    owner = a
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    return _byte_bounds(a)[0] - _byte_bounds(owner)[0]
+
+
 class _Staging:
     """Array arguments copied into guarded buffers between two inaccessible pages, canary bytes
     in the gaps; overlapping arrays share one buffer so aliasing stays as it was. at_end: the last
-    byte right before the back page (an access past the end faults at once; one before the start
-    lands in canary bytes, reported after the launch if written), else the first byte right after
-    the front page (the other way round). A buffer starts `align` bytes aligned instead when
-    align > 0 (profiling: like cudaMalloc's 256), its end then followed by canary bytes."""
+    byte right before the back page (an access past the end faults at once, even one that writes
+    back the canary bytes it read; one before the start lands in canary bytes, reported after the
+    launch if written), else the first byte right after the front page (the other way round).
+    A buffer whose first array starts off GUARD_ALIGNMENT in its allocation starts that far off
+    instead, as close to that page as it allows (canary bytes in the few bytes between), and with
+    `align` (profiling: cudaMalloc's 256) every buffer starts at its offset modulo `align`."""
 
     def __init__(self, lib, arrays: list[tuple[int, str, np.ndarray]], align: int = 0, at_end: bool = True):
         self.lib = lib
@@ -310,7 +327,10 @@ class _Staging:
         try:
             for group in self.groups:
                 data = ctypes.c_void_p()
-                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], align, int(not at_end),
+                offset = _allocation_offset(group[2][0][2])
+                modulus = align or (GUARD_ALIGNMENT if offset % GUARD_ALIGNMENT else 0)
+                phase = offset % modulus if modulus else 0
+                group[3] = lib.cnn_gpu_emu_guard_alloc(group[1] - group[0], modulus, phase, int(not at_end),
                                                        ctypes.byref(data))
                 if not group[3]:
                     raise MemoryError("cnn_gpu.emu: cannot map a guarded buffer")

@@ -1896,10 +1896,12 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
 
 // Arrays staged between two inaccessible pages, in one of two layouts. At the end: the last byte
 // lies right before the back page, so any access past the end faults, and canary bytes fill the gap
-// from the front page (with align > 0 the start is aligned instead and the gap up to the back page
-// holds canary bytes too). At the start: the first byte follows the front page, so any access before
-// the start faults, and canary bytes fill the gap up to the back page. A launch uses one layout for
-// all its arrays; schedules alternate them (cnn_gpu.emu._module), so a sweep faults on both sides.
+// from the front page. At the start: the first byte follows the front page, so any access before the
+// start faults, and canary bytes fill the gap up to the back page. With align > 0 the start lies at
+// `phase` modulo `align` instead (a misaligned view as misaligned as on a GPU; profiling: cudaMalloc's
+// 256-byte alignment), as close to that page as it allows, canary bytes filling both gaps. A launch
+// uses one layout for all its arrays; schedules alternate them (cnn_gpu.emu._module), so a sweep
+// faults on both sides.
 namespace {
 constexpr size_t kFrontCanary = 64;
 struct GuardedBuffer {
@@ -1958,7 +1960,8 @@ void give_mapping(Mapping m) {
 }
 }  // namespace
 
-EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, unsigned long long align, int at_start, void** data) {
+EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, unsigned long long align, unsigned long long phase,
+                                     int at_start, void** data) {
     size_t need = kFrontCanary + size + align;
     Mapping m = take_mapping(((need + kPage - 1) / kPage + 2) * kPage);
     GuardedBuffer* g = m.begin ? (GuardedBuffer*)malloc(sizeof(GuardedBuffer)) : nullptr;
@@ -1970,10 +1973,12 @@ EXPORT void* cnn_gpu_emu_guard_alloc(unsigned long long size, unsigned long long
     char* back = m.begin + m.size - kPage;
     g->mapping = m.begin;
     g->mapping_size = m.size;
-    if (at_start)
-        g->data = front;
+    if (!align)
+        g->data = at_start ? front : back - size;
+    else if (at_start)
+        g->data = front + phase;   // pages are aligned to `align`
     else
-        g->data = align ? (char*)((uintptr_t)(back - size) & ~(uintptr_t)(align - 1)) : back - size;
+        g->data = (char*)((((uintptr_t)(back - size) - phase) & ~(uintptr_t)(align - 1)) + phase);
     g->size = size;
     memset(front, kCanary, (size_t)(g->data - front));
     memset(g->data + size, kCanary, (size_t)(back - (g->data + size)));
