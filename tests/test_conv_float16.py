@@ -358,7 +358,8 @@ def test_wgrad_in_residue_bands_never_multiplies_a_neighbouring_rows_values():
     storage = np.empty(dy.size + 1, dtype=F16)
     view = storage[1:].reshape(dy.shape)   # 2 bytes past an aligned start
     view[...] = dy
-    # the emulator's plain build reads a misaligned vector as x86 does: the launcher's copy is checked here
+    # the emulator stages the view 2 bytes off 16 as a GPU holds it: without the launcher's copy the
+    # kernel's 16-byte loads below would fault (checked); the copy itself:
     copied = conv_tc._dy_operand(np, view, g, "residues")[0]
     assert memory_span(view)[0] % 16 and not memory_span(copied)[0] % 16 and copied.tobytes() == view.tobytes()
     assert conv_tc._dy_operand(np, copied, g, "residues")[0] is copied
