@@ -101,8 +101,8 @@ def test_layers_call_F_with_their_arguments(rng):
 def test_model_on_a_backend_passes_it_to_every_F_call(monkeypatch, rng):
     seen = []
 
-    def spy(name):
-        real = getattr(F, name)
+    def spy(name, real=None):
+        real = real or getattr(F, name)
 
         def call(*args, backend=None, **kwargs):
             seen.append((name, backend))
@@ -115,6 +115,8 @@ def test_model_on_a_backend_passes_it_to_every_F_call(monkeypatch, rng):
     import cnn_gpu.nn.loss as loss_module
     for name in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "linear", "linear_backward"):
         monkeypatch.setattr(layers.F, name, spy(name))
+    monkeypatch.setattr(layers, "max_pool2d_backward_of_own_indices",   # the layer's own indices: unchecked
+                        spy("max_pool2d_backward", layers.max_pool2d_backward_of_own_indices))
     monkeypatch.setattr(layers.ReLU, "_forward", staticmethod(spy("relu")))
     monkeypatch.setattr(layers.ReLU, "_backward", staticmethod(spy("relu_backward")))
     monkeypatch.setattr(loss_module.CrossEntropyLoss, "_loss", staticmethod(spy("cross_entropy")))
@@ -127,6 +129,34 @@ def test_model_on_a_backend_passes_it_to_every_F_call(monkeypatch, rng):
     assert {name for name, _ in seen} == {"conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
                                           "linear", "linear_backward", "relu", "relu_backward", "cross_entropy"}
     assert {backend for _, backend in seen} == {"emu"}
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_max_pool_layer_checks_only_indices_its_caller_holds(be, rng, monkeypatch):
+    """nn.MaxPool2d's backward takes the indices of its own forward as they are (checking them is a
+    dozen launches and a read back that waits for a GPU, every step), unless return_indices=True
+    handed them to the caller too; both give F.max_pool2d_backward's dx."""
+    from cnn_gpu import backend as backends
+    from cnn_gpu.functional import pool as pool_module
+    if be == "emu" and backends.why_unavailable("emu"):
+        pytest.skip(f"emulator unavailable: {backends.why_unavailable('emu')}")
+    checked = []
+    check = pool_module._check_indices
+    monkeypatch.setattr(pool_module, "_check_indices", lambda *args: checked.append(1) or check(*args))
+    x = _randn(rng, 2, 3, 7, 6)
+    for return_indices in (False, True):
+        layer = nn.MaxPool2d(3, stride=2, padding=1, return_indices=return_indices)
+        layer.to(be)
+        out = layer(x)
+        indices = F.max_pool2d(x, 3, 2, 1, backend=be)[1]
+        dy = _randn(rng, *indices.shape)
+        checked.clear()
+        dx = layer.backward(dy)
+        assert len(checked) == return_indices, return_indices
+        np.testing.assert_array_equal(dx, F.max_pool2d_backward(dy, indices, x.shape, 3, 2, 1, backend=be))
+        assert len(checked) == return_indices + 1   # the functional op checks them
+        if return_indices:
+            np.testing.assert_array_equal(out[1], indices)
 
 
 # --- against torch.nn, layer by layer -----------------------------------------------------------

@@ -267,6 +267,22 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
     """Gradient of max_pool2d: dy routed to the input positions its indices name. x_shape is
     (N, C, H, W) or (C, H, W); dy, indices and dx have that rank. Each index must name a tap of its
     own window (or be -1 for a window wholly in the padding): ValueError otherwise."""
+    return _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dilation, ceil_mode, backend,
+                                check_indices=True)
+
+
+@takes_float16(kernels=True)
+def max_pool2d_backward_of_own_indices(dy, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1,
+                                       ceil_mode=False, *, backend=None):
+    """max_pool2d_backward for indices that max_pool2d returned for this geometry (nn.MaxPool2d's,
+    from its own forward), not checked again: on CuPy the check is a dozen elementwise launches and
+    a read back that waits for the GPU, every step."""
+    return _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dilation, ceil_mode, backend,
+                                check_indices=False)
+
+
+def _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dilation, ceil_mode, backend,
+                         check_indices: bool):
     g, dy, unbatched = _backward_geometry(dy, x_shape, kernel_size=kernel_size, stride=stride, padding=padding,
                                           dilation=dilation, ceil_mode=_checks.flag(ceil_mode, "ceil_mode"))
     if not _checks.is_array(indices):
@@ -276,7 +292,8 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
     _checks.shape_is(indices, "indices", dy.shape[unbatched:], " (the shape of dy)")
     indices = as_batch(indices)[0]
     be = _backend.resolve(backend, dy, indices)
-    _check_indices(indices, g)
+    if check_indices:
+        _check_indices(indices, g)
     if be == "numpy":
         return _unbatched(_max_backward(dy, indices, g), unbatched)
     gpu_pool, (dy, indices) = _kernel_inputs(be, g, (dy, "dy"), (indices, "indices"))

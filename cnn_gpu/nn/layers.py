@@ -12,6 +12,7 @@ from .. import philox
 from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
 from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
+from ..functional.pool import max_pool2d_backward_of_own_indices
 from . import init
 from .module import Module, Parameter
 
@@ -170,8 +171,10 @@ class MaxPool2d(Module):
         if self._no_input_grad(input_grad):
             return None
         indices, x_shape = self._saved_for_backward()
-        return F.max_pool2d_backward(dy, indices, x_shape, self.kernel_size, self.stride, self.padding,
-                                     self.dilation, self.ceil_mode, backend=self.backend)
+        # indices from its own forward are checked again only where the caller holds them too
+        backward = F.max_pool2d_backward if self.return_indices else max_pool2d_backward_of_own_indices
+        return backward(dy, indices, x_shape, self.kernel_size, self.stride, self.padding, self.dilation,
+                        self.ceil_mode, backend=self.backend)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
