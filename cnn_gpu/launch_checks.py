@@ -154,7 +154,8 @@ def _describe(value) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _declared(family: str, kernel: str, dtype: np.dtype) -> tuple:
-    """(parameter, its NumPy dtype, its name in messages) of each parameter of a kernel build."""
+    """(parameter, its NumPy dtype, its name in messages, its name among the arrays) of each
+    parameter of a kernel build."""
     declared = []
     for p in signature(family, kernel):
         if p.ctype not in ("REAL", "acc_t") and p.ctype not in C_TYPES:
@@ -165,7 +166,7 @@ def _declared(family: str, kernel: str, dtype: np.dtype) -> tuple:
             want = _backend.compute_dtype(dtype)
         else:
             want = np.dtype(C_TYPES[p.ctype])
-        declared.append((p, want, f"kernel {kernel!r} argument {p.name!r}"))
+        declared.append((p, want, f"kernel {kernel!r} argument {p.name!r}", f"argument {p.name!r}"))
     return tuple(declared)
 
 
@@ -195,15 +196,16 @@ def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
     declared = _declared(family, kernel, np.dtype(dtype))
     args = tuple(args)
     if len(args) != len(declared):
-        names = ", ".join(p.name for p, _, _ in declared)
+        names = ", ".join(p.name for p, *_ in declared)
         raise TypeError(f"kernel {kernel!r} takes {len(declared)} arguments ({names}), got {len(args)}")
     checked, arrays = [], []
-    for (p, want, where), a in zip(declared, args):
+    for (p, want, where, label), a in zip(declared, args):
         if p.pointer:
             a = _array_argument(be, p, a, want, where)
-            arrays.append((f"argument {p.name!r}", a, not p.const))
-        elif not (isinstance(a, np.generic) and a.dtype == want):
-            raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
+            arrays.append((label, a, not p.const))
+        elif type(a) is not want.type:   # exactly the NumPy scalar type (a subclass passes its dtype too)
+            if not (isinstance(a, np.generic) and a.dtype == want):
+                raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
         checked.append(a)
     check_disjoint(arrays, f"kernel {kernel!r}: ")
     return tuple(checked)
