@@ -1,0 +1,108 @@
+"""Host time of a training step: the Python a step costs before any kernel runs.
+
+    .venv/bin/python benchmarks/host_overhead.py [--models cnn,resnet18] [--batch 2] [--steps 10] [--markdown]
+
+Runs each model's training step (forward, cross-entropy, backward without dx of the images, SGD
+with momentum) on the emu backend with every kernel launch checked as usual but not run, and the
+emulator's NaN-filled allocations left as allocated (backend._poisoned): what remains is the library's own host
+work per step (layers, functional ops, plans, device tables, argument checks). MEASURED on this
+machine's CPU, per float32 ("fp32" and "tf32" math) and float16. On a GPU the host issues launches
+ahead of the kernels, so this time bounds a step from below: a step whose kernels take less is
+host-bound. CuPy's own cost per launch (argument packing, the driver call) comes on top. The
+models are built narrow (NARROW: 8 channels where they have 16 to 512) and the batch small, so
+NumPy's share stays small (host work here that a GPU would do on the device: allocations, layout
+copies, the float16 master weights' conversions); the layers, passes and the Python that runs them
+are the full-width model's (its split-K choices, and so a few launches, may differ; the arrays are
+garbage, so their arithmetic warnings are silenced).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+import numpy as np
+
+import cnn_gpu
+from cnn_gpu import backend, models, nn, optim
+from conv_targets import format_table   # beside this script
+
+SETTINGS = (("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32"))
+NARROW = {"cnn": {"filters": 8}, "resnet": {"filters": 8}, "resnet18": {"width": 8}}
+
+
+@contextlib.contextmanager
+def launches_counted_not_run():
+    """Inside: emu launches pass backend.launch's checks and are counted (the yielded list gets
+    each kernel's name) but run nothing, and emu allocations are not filled with NaN."""
+    counted = []
+    real_function, real_poisoned = backend.kernel_function, backend._poisoned
+    backend.kernel_function = lambda be, family, dtype, kernel: (
+        lambda grid, block, args, shared_mem=0: counted.append(kernel))
+    backend._poisoned = lambda a: a
+    try:
+        with np.errstate(all="ignore"):
+            yield counted
+    finally:
+        backend.kernel_function, backend._poisoned = real_function, real_poisoned
+
+
+def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> tuple[float, int]:
+    """(seconds a training step of model `name` takes on the host, launches a step): the fastest
+    of `steps` steps after two warm-up steps (plans and device tables made): on a shared machine
+    other work only ever adds to a step."""
+    rng = np.random.default_rng(0)
+    image_shape = (3, 32, 32)
+    model = models.build(name, image_shape, 10, dtype=np.dtype(dtype), rng=rng, **NARROW.get(name, {}))
+    model.to("emu")
+    optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn.to("emu")
+    x = rng.standard_normal((batch, *image_shape)).astype(dtype)
+    labels = rng.integers(0, 10, batch)
+
+    def step():
+        optimizer.zero_grad()
+        loss_fn(model(x), labels)
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+
+    with cnn_gpu.math_mode(math), launches_counted_not_run() as counted:
+        step()
+        step()
+        times = []
+        for _ in range(steps):
+            counted.clear()
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return min(times), len(counted)
+
+
+def rows(names, batch: int, steps: int) -> list[tuple]:
+    out = []
+    for name in names:
+        for dtype, math in SETTINGS:
+            seconds, launches = step_host_time(name, dtype, math, batch, steps)
+            out.append((name, dtype, math, launches, f"{seconds * 1e3:.1f}", f"{seconds / launches * 1e6:.0f}"))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cnn,resnet18", help="comma-separated cnn_gpu.models names")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    table = rows(args.models.split(","), args.batch, args.steps)
+    print(f"Host time of a training step, batch {args.batch}, kernels not run (MEASURED on this CPU; "
+          f"fastest of {args.steps} steps)")
+    print(format_table(("model", "dtype", "math", "launches", "host ms/step", "host us/launch"), table,
+                       args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

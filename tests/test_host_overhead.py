@@ -1,0 +1,32 @@
+"""benchmarks/host_overhead.py: a training step's host time, its kernel launches checked and
+counted but not run."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend
+
+
+@pytest.fixture
+def host_overhead(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import host_overhead
+    return host_overhead
+
+
+def test_launches_are_checked_and_counted_not_run(host_overhead):
+    real = backend.kernel_function
+    x, y = np.ones(8, np.float32), np.full(8, 7.0, np.float32)
+    with host_overhead.launches_counted_not_run() as counted:
+        backend.launch("emu", "elementwise", np.float32, "relu_forward", (1,), (256,), (x, y, np.int64(8)))
+        with pytest.raises(TypeError, match="long long"):   # still checked
+            backend.launch("emu", "elementwise", np.float32, "relu_forward", (1,), (256,), (x, y, np.int32(8)))
+    assert counted == ["relu_forward"] and (y == 7).all()
+    assert backend.kernel_function is real and np.isnan(backend.array_module("emu").empty(3)).all()
+
+
+def test_each_setting_of_a_model_gets_its_launches_and_time(host_overhead):
+    rows = host_overhead.rows(["cnn"], batch=2, steps=1)
+    assert [row[1:3] for row in rows] == list(host_overhead.SETTINGS)
+    assert all(row[3] > 20 and float(row[4]) > 0 and int(row[5]) > 0 for row in rows), rows
