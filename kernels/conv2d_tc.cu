@@ -445,7 +445,8 @@ __device__ __forceinline__ int wgrad_channel(int band, int m, int Kb) {
 struct WgradRun {
     int block_tile, first_step, end_step, rank, segments;   // segments: the tile's, over all blocks
     int segment;   // the next segment's index (wgrad_mma)
-    int last;      // whether this block finished the tile's last segment to finish (wgrad_segment)
+    int last;      // whether this block's segment of the tile arrived last (wgrad_arrive)
+    int g, m0, n0;   // the tile's origin (wgrad_origin), for wgrad_store_round
 };
 
 // A wgrad block tile's group (DY_RESIDUES: band), first output channel and first filter column
@@ -458,35 +459,79 @@ __device__ __forceinline__ WgradOrigin wgrad_origin(int block_tile, int tiles_x,
     return WgradOrigin{g, (block_tile / tiles_x - g * tiles_y) * BN, (block_tile - block_tile / tiles_x * tiles_x) * TC_BN};
 }
 
-// After a segment with ranks > 1 has written its partial output: counts the segment in
-// arrivals[tile]; the block that finishes the tile's last segment to finish resets the count (the
-// launcher reuses the counts, zero between launches) and sums the tile's partials in rank order into
-// dw (a filter row at a time: coalesced). Not inlined, so that none of its values is held in a
-// register through wgrad_segment's main loop.
-template <int BN, WgradDy DY>
-__device__ __noinline__ void wgrad_sum_tile(WgradRun& run, REAL* __restrict__ dw, const acc_t* __restrict__ partials,
-                                            unsigned int* __restrict__ arrivals, int K, int Kg, int CRS, int tiles_x,
-                                            int tiles_y)
-{
-    __threadfence();   // the block's partials are visible before its arrival counts
+// Split-K over a tile's segments: arrivals[tile] counts in its low 16 bits the segments that have
+// finished their loop and in its high 16 bits those whose partial output is written. The last to
+// arrive writes none: it waits for the others' partials and sums them in rank order with its own
+// accumulators (wgrad_segment), then resets the count (the launcher reuses the counts, zero between
+// launches). The others arrive before they write, so the last one waits only on blocks that are
+// running their epilogue. Whether this block arrived last (every thread calls it):
+__device__ __forceinline__ bool wgrad_arrive(WgradRun& run, unsigned int* __restrict__ arrivals) {
+    __syncthreads();   // run is read below and was read by the loop
+    if (threadIdx.x == 0)
+        run.last = (atomicAdd(&arrivals[run.block_tile], 1u) & 0xffffu) == (unsigned int)(run.segments - 1);
     __syncthreads();
+    return run.last;
+}
+
+// After a block that did not arrive last has written its partial output: counts it
+__device__ __noinline__ void wgrad_written(const WgradRun& run, unsigned int* __restrict__ arrivals) {
+    __threadfence();   // the block's partials are visible before the count that says so
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(&arrivals[run.block_tile], 1u << 16);
+}
+
+// The last to arrive: once every other segment's partial is written, resets the count
+__device__ __forceinline__ void wgrad_await_partials(const WgradRun& run, unsigned int* __restrict__ arrivals) {
     if (threadIdx.x == 0) {
-        run.last = atomicAdd(&arrivals[run.block_tile], 1u) == (unsigned int)(run.segments - 1);
-        if (run.last) arrivals[run.block_tile] = 0;   // every segment of the tile has counted
+        const unsigned int written = (unsigned int)(run.segments - 1) << 16;
+        while ((atomicAdd(&arrivals[run.block_tile], 0u) & 0xffff0000u) != written) {
+        }
+        arrivals[run.block_tile] = 0;
     }
     __syncthreads();
-    if (!run.last) return;
     __threadfence();
-    // other blocks' partials through L2 (__ldcg): this SM's L1 may hold a stale line of them, from a
-    // neighbouring tile one of its blocks summed before
-    const int segments = run.segments;
-    const WgradOrigin tile = wgrad_origin<BN>(run.block_tile, tiles_x, tiles_y);
-    for (int i = threadIdx.x; i < BN * TC_BN; i += TC_THREADS) {
-        const int m = tile.m0 + i / TC_BN, filter_column = tile.n0 + i % TC_BN;
+}
+
+// wgrad's output rounds (wgrad_segment): each warp tile's accumulators go through shared memory
+// TC_WGRAD_ROUND_MTS m tiles (16 filter columns each) a round, as [warp tile][channel][filter column
+// of the round] at pitch TC_WGRAD_ROUND_COLUMNS + 1 (2-way bank conflicts at most), in the kernel's
+// smem (TC_WGRAD_SMEM_WORDS: the x stages, or this where larger). 128-channel tiles (4 warp tiles):
+// 2 m tiles a round, 2 rounds; 64-channel ones (2): all 4 in one.
+#define TC_WGRAD_ROUND_MTS(BN) ((BN) == 64 ? 4 : 2)
+#define TC_WGRAD_ROUND_COLUMNS(BN) (16 * TC_WGRAD_ROUND_MTS(BN))
+#define TC_WGRAD_SMEM_WORDS (4 * 64 * (TC_WGRAD_ROUND_COLUMNS(128) + 1))
+static_assert(TC_WGRAD_SMEM_WORDS >= 2 * TC_STAGE_WORDS, "the x stages in smem");
+
+// Round `round` of a segment's output (above), a run of the round's filter columns at a time
+// (coalesced), into partial output run.rank, or where ranks == 1 or run.last (the tile's last
+// segment to arrive, or its only one) summed with the tile's other partials in rank order into dw
+// (the same sum whichever block arrives last). Other blocks' partials through L2 (__ldcg): this SM's
+// L1 may hold a stale line of them, from a neighbouring tile one of its blocks summed before. Not
+// inlined: its registers are not held beside the accumulators still waiting for their round.
+template <int BN, WgradDy DY>
+__device__ __noinline__ void wgrad_store_round(const float* __restrict__ staged, const WgradRun& run, int round,
+                                               int ranks, REAL* __restrict__ dw, acc_t* __restrict__ partials,
+                                               int C, int K, int R, int S, int groups)
+{
+    const bool summing = ranks == 1 || run.last;
+    // (the tile's shape from the kernel's arguments: values derived before the loop would be held through it)
+    constexpr int WARP_TILE = 64, WARPS_N = BN / WARP_TILE, COLUMNS = TC_WGRAD_ROUND_COLUMNS(BN), PITCH = COLUMNS + 1;
+    const int Kg = DY == DY_RESIDUES ? K / TC_DY_RESIDUES : K / groups, CRS = C / groups * R * S;
+    const WgradOrigin tile = {run.g, run.m0, run.n0};
+    const int rank = run.rank, segments = run.segments;
+    for (int i = threadIdx.x; i < 2 * WARPS_N * WARP_TILE * COLUMNS; i += TC_THREADS) {
+        const int warp_tile = i / (WARP_TILE * COLUMNS), c = i / COLUMNS % WARP_TILE, r = i % COLUMNS;
+        const int m = tile.m0 + warp_tile % WARPS_N * WARP_TILE + c;
+        const int filter_column = tile.n0 + warp_tile / WARPS_N * WARP_TILE + COLUMNS * round + r;
         if (m >= Kg || filter_column >= CRS) continue;
         const int at = wgrad_channel<DY>(tile.g, m, Kg) * CRS + filter_column;
-        acc_t sum = __ldcg(&partials[at]);
-        for (int r = 1; r < segments; ++r) sum += __ldcg(&partials[(long long)r * K * CRS + at]);
+        const float own = staged[(warp_tile * WARP_TILE + c) * PITCH + r];
+        if (!summing) {
+            partials[(long long)rank * K * CRS + at] = own;
+            continue;
+        }
+        acc_t sum = rank == 0 ? own : __ldcg(&partials[at]);
+        for (int k = 1; k < segments; ++k) sum += k == rank ? own : __ldcg(&partials[(long long)k * K * CRS + at]);
         dw[at] = to_real(sum);
     }
 }
@@ -644,9 +689,9 @@ struct WgradTapRowLoader {
 // channels, then groups: dw^T of TC_BN filter columns, the tile's rows, by BN output channels, its
 // columns: 128, or 64 in 2 warp tiles of 64 x 64, each step's halves on two warps: MmaTile's
 // K_WARPS = 2), reduction steps [first_step, end_step) of its
-// pixels. With ranks > 1 its FP32 result is partial output `rank`, and the block that finishes the
-// tile's last segment to finish (arrivals[tile] counts them) sums the tile's partials in rank order
-// into dw: the same sum whichever block it is (wgrad_sum_tile). `smem`: the kernel's two
+// pixels. With ranks > 1 its FP32 result is partial output `rank`, but for the block whose segment
+// of the tile arrives last (arrivals[tile] counts them), which sums the others' and its own in rank
+// order into dw: the same sum whichever block it is (wgrad_arrive). `smem`: the kernel's two
 // stages of x, `pixels` the slots of the pixel table's steps, `loader_state` the x loader's per-thread
 // state kept in shared memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy); XLoader: how x does
 // (WgradColumnLoader, WgradTapRowLoader). `reduction`: the pixel table's entries a tile reduces
@@ -831,23 +876,37 @@ __device__ __forceinline__ void wgrad_segment(
     cp_async_wait_all();
     tile.reduce_k_halves(reinterpret_cast<float*>(smem));
 
-    const WgradOrigin end_at = origin();   // read again: not held through the loop
-    const int rank = run.rank;
-    tile.for_each([&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
-                      const int group = col & 7, nt = (col - tile.warp_col) >> 3;
-                      const int m = lane_channel(end_at.m0, group, nt);
-                      return nt < span && m >= natural_channel(end_at.m0, group) && m < Kg ? m : -1;
-                  },
-                  [&](int row, int m, float v) {
-                      const int filter_column = end_at.n0 + row;
-                      if (m < 0 || filter_column >= CRS) return;
-                      const int at = wgrad_channel<DY>(end_at.g, m, Kg) * CRS + filter_column;
-                      if (ranks == 1)
-                          dw[at] = to_real(v);
-                      else
-                          partials[(long long)rank * K * CRS + at] = v;
-                  });
-    if (ranks > 1) wgrad_sum_tile<BN, DY>(run, dw, partials, arrivals, K, Kg, CRS, tiles_x, tiles_y);
+    // the segment's output, through shared memory in rounds (wgrad_store_round), into dw or a
+    // partial output; a round's accumulators are no longer held once staged
+    if (ranks > 1 && wgrad_arrive(run, arrivals)) wgrad_await_partials(run, arrivals);
+    constexpr int WARP_TILE = Tile::NT * 8, ROUND_MTS = TC_WGRAD_ROUND_MTS(BN), PITCH = TC_WGRAD_ROUND_COLUMNS(BN) + 1;
+    static_assert(WARP_TILE == 64 && Tile::WARPS_N == BN / WARP_TILE &&
+                      4 / (BN == 64 ? 2 : 1) * WARP_TILE * PITCH <= TC_WGRAD_SMEM_WORDS,
+                  "a round in smem, as wgrad_store_round reads it");
+    float* const staged = reinterpret_cast<float*>(smem);
+    float* const warp_staged = staged + (tile.warp_row / 64 * Tile::WARPS_N + tile.warp_col / WARP_TILE) * WARP_TILE * PITCH;
+#pragma unroll
+    for (int round = 0; round < 4 / ROUND_MTS; ++round) {
+        __syncthreads();   // smem: every warp past the loop, the round before stored
+        // the tile's first channel read again each round (so are the columns' channels: not held through
+        // the calls); the _residues kernel's from run.block_tile, the others' from run: the forms whose
+        // register allocations need no local memory on sm_80 to sm_90
+        const WgradOrigin end_at = RESIDUES ? origin() : WgradOrigin{run.g, run.m0, run.n0};
+        tile.for_each(
+            [&](int col) {   // col = warp_col + 8 * nt + the group that loaded it: its channel, or -1
+                const int group = col & 7, nt = (col - tile.warp_col) >> 3;
+                const int m = lane_channel(end_at.m0, group, nt);
+                return nt < span && m >= natural_channel(end_at.m0, group) && m < Kg ? m : -1;
+            },
+            [&](int row, int m, float v) {
+                if (m >= 0)
+                    warp_staged[(m - end_at.m0 - tile.warp_col) * PITCH + row - tile.warp_row - 16 * ROUND_MTS * round] = v;
+            },
+            ROUND_MTS * round, ROUND_MTS * (round + 1));
+        __syncthreads();
+        wgrad_store_round<BN, DY>(staged, run, round, ranks, dw, partials, C, K, R, S, groups);
+    }
+    if (ranks > 1 && !run.last) wgrad_written(run, arrivals);
 }
 
 // wgrad: block b of the grid's B takes the (tile, step) pairs [b * work / B, (b + 1) * work / B) of
@@ -877,6 +936,10 @@ __device__ __forceinline__ void wgrad_mma(
             const long long start = blockIdx.x * work / blocks, end = (blockIdx.x + 1) * work / blocks;
             const long long tile_start = (start / tile_steps + k) * tile_steps, tile_end = tile_start + tile_steps;
             run.block_tile = tile_start < end ? (int)(tile_start / tile_steps) : -1;
+            const WgradOrigin origin = wgrad_origin<BN>(max(run.block_tile, 0), (CRS + TC_BN - 1) / TC_BN, (Kb + BN - 1) / BN);
+            run.g = origin.g;
+            run.m0 = origin.m0;
+            run.n0 = origin.n0;
             run.first_step = (int)(max(start, tile_start) - tile_start);
             run.end_step = (int)(min(end, tile_end) - tile_start);
             // the blocks of the tile's first and last steps
@@ -910,7 +973,7 @@ __device__ __forceinline__ void wgrad_mma(
 // A wgrad kernel's body: its shared memory, then wgrad_mma on its tile width, dy path and x loader.
 // pixels: TC_TABLE_SLOTS steps of the pixel table; loader_state: the x loader's per-thread state
 #define TC_WGRAD_BODY(BN, DY, BALANCED, XLOADER)                                                              \
-    __shared__ __align__(16) unsigned int smem[2 * TC_STAGE_WORDS];                                           \
+    __shared__ __align__(16) unsigned int smem[TC_WGRAD_SMEM_WORDS];                                          \
     __shared__ __align__(16) int pixels[TC_TABLE_SLOTS][wgrad_table_rows(DY)][TC_DEPTH];               \
     __shared__ uint4 loader_state[TC_THREADS];                                                                \
     __shared__ WgradRun run;                                                                                  \

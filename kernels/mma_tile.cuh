@@ -243,11 +243,11 @@ struct MmaTile {
     }
 
     // column(n) once per GEMM column this thread holds, then store(m, column's result, value) for
-    // each of its accumulators in that column; (m, n) relative to the block tile. c0, c1 sit at
-    // (g, 2t + 0/1) of an mma tile, c2, c3 at (g + 8, 2t + 0/1). K_WARPS = 2: the even warps alone
-    // (after reduce_k_halves).
+    // each of its accumulators in that column (of m tiles [mt_first, mt_end): constants once
+    // inlined); (m, n) relative to the block tile. c0, c1 sit at (g, 2t + 0/1) of an mma tile, c2,
+    // c3 at (g + 8, 2t + 0/1). K_WARPS = 2: the even warps alone (after reduce_k_halves).
     template <class Column, class Store>
-    __device__ __forceinline__ void for_each(Column column, Store store) const {
+    __device__ __forceinline__ void for_each(Column column, Store store, int mt_first = 0, int mt_end = 4) const {
         if (k_half) return;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -255,7 +255,7 @@ struct MmaTile {
             for (int j = 0; j < 2; ++j) {
                 const auto where = column(warp_col + nt * 8 + in_group * 2 + j);
 #pragma unroll
-                for (int mt = 0; mt < 4; ++mt)
+                for (int mt = mt_first; mt < mt_end; ++mt)
 #pragma unroll
                     for (int half = 0; half < 2; ++half)
                         store(warp_row + mt * 16 + group + half * 8, where, acc[mt][nt][half * 2 + j]);

@@ -221,8 +221,8 @@ def test_bit_identical_under_every_schedule_and_run_to_run():
 @needs_emu
 def test_split_k_sums_fp32_partials_in_order_and_rounds_once_in_one_launch(monkeypatch):
     """With 3 splits fprop and dgrad launch their kernel and split_sum_epilogue, nothing else (the
-    plan's two launches), and wgrad its kernel alone (the block that finishes a tile's last segment
-    sums it): the output is the FP32 sum of the kernel's partials in split order (fprop: plus the
+    plan's two launches), and wgrad its kernel alone (the block whose segment of a tile arrives last
+    sums the others' partials with its own): the output is the FP32 sum of the kernel's partials in split order (fprop: plus the
     bias, then ReLU) rounded to float16 once, bit for bit. Rounding the first two splits' sum
     (fprop: the sum before the bias) to float16 first, or summing float16 partials, differs."""
     rng = np.random.default_rng(1635)
@@ -252,7 +252,13 @@ def test_split_k_sums_fp32_partials_in_order_and_rounds_once_in_one_launch(monke
         main = plan.main_index   # after fprop's and dgrad's filter tiles
         if pass_name == "wgrad":   # the kernel writes the float16 output itself from its partials
             assert launched[main][1][3] is got
-            partials = written[id(launched[main][1][4])]
+            partials = written[id(launched[main][1][4])].reshape((3,) + got.shape)
+            # the block whose segment arrives last writes no partial (rank 2 in the forward block
+            # order; the workspace starts NaN): its partial from a run in the reverse order
+            assert np.isnan(partials[2]).all() and not np.isnan(partials[:2]).any()
+            with emu.checking(schedule="reverse"):
+                assert run().tobytes() == got.tobytes()
+            partials[2] = written[id(launched[-1][1][4])].reshape((3,) + got.shape)[2]
         else:   # the sum writes the float16 output itself: no rounding after it
             assert launched[main + 1][1][2] is got
             partials = written[id(launched[main + 1][1][0])]   # what the sum reads: the kernel's partials

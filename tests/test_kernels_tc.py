@@ -69,9 +69,10 @@ def test_tf32_dgrad_and_wgrad_sweep_match_the_tf32_oracle(chunk):
 
 @needs_emu
 def test_tf32_wgrad_partials_are_summed_in_a_fixed_order(monkeypatch):
-    """wgrad with 3 splits is one launch: the block that finishes a tile's last segment sums its
-    FP32 partials in rank order ((p0 + p1) + p2, bit for bit, which another order misses),
-    whichever block that is under the emulator's schedules."""
+    """wgrad with 3 splits is one launch: the block whose segment of a tile arrives last writes no
+    partial and sums the others' with its own in rank order ((p0 + p1) + p2, bit for bit, which
+    another order misses), whichever block that is under the emulator's block orders (forward:
+    rank 2 arrives last, reverse: rank 0)."""
     rng = np.random.default_rng(9)
     cfg = dict(n=3, c=4, h=9, w=9, k=5, r=3, s=3, stride=1, pad=1, dil=1, groups=1)
     x, w, _ = _arrays(rng, cfg)
@@ -88,7 +89,10 @@ def test_tf32_wgrad_partials_are_summed_in_a_fixed_order(monkeypatch):
         with emu.checking(schedule=schedule, seed=seed):
             runs.append(conv_tc.wgrad("emu", dy, x, g, splits=3))
     assert [kernel for kernel, _ in launched] == [plan.main.kernel] * 4
-    partials = launched[0][1].reshape((3,) + runs[0].shape)
+    forward, reverse = (args.reshape((3,) + runs[0].shape) for _, args in launched[:2])
+    assert np.isnan(forward[2]).all() and np.isnan(reverse[0]).all()   # the workspace starts NaN
+    assert np.array_equal(forward[1], reverse[1])
+    partials = (forward[0], forward[1], reverse[2])
     want = (partials[0] + partials[1]) + partials[2]
     assert not np.array_equal(want, (partials[2] + partials[1]) + partials[0]), "the test must tell orders apart"
     assert all(run.tobytes() == want.tobytes() for run in runs)
@@ -96,7 +100,7 @@ def test_tf32_wgrad_partials_are_summed_in_a_fixed_order(monkeypatch):
 
 @needs_emu
 def test_wgrad_leaves_its_arrival_counts_zero_and_a_failed_launch_drops_them(monkeypatch):
-    """The kernel resets each tile's count of finished segments, so the cached counts are zero
+    """The kernel resets each tile's count of arrived and written segments, so the cached counts are zero
     after every launch; a launch that fails part-way drops them, and the next call starts from
     fresh zeros and gives the same bits."""
     rng = np.random.default_rng(12)

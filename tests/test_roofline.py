@@ -394,11 +394,11 @@ def test_tf32_passes_model_the_tensor_core_plans(monkeypatch):
                                               / main.wave_efficiency)
     # wgrad's one launch reads dy and x, writes dw, reads its pixel table (3 ints per output pixel:
     # 2048, whole steps of 16) and with split-K writes each split's FP32 partials and reads them
-    # back to sum them
+    # back to sum them, but for the summing block's own
     plan, launches, _ = roofline.conv.tensor_core_launches("wgrad", g, "float32", 132)
     x, y, w = (math.prod(shape) for shape in (g.x_shape, g.y_shape, g.w_shape))
     assert plan.splits > 1 and len(launches) == 1
-    assert launches[0][1].dram_bytes == (x + y + w) * 4 + 2 * plan.splits * w * 4 + 3 * 4 * g.N * g.P * g.Q
+    assert launches[0][1].dram_bytes == (x + y + w) * 4 + 2 * (plan.splits - 1) * w * 4 + 3 * 4 * g.N * g.P * g.Q
     # three input channels of a 3x3 filter: the flattened reduction's 27 indices step through 32
     # (not 9 taps of 16: conv_tc.plan_fprop), the tensor cores issue 32/27 of the useful FLOPs
     thin = conv_geometry((8, 3, 16, 16), (256, 3, 3, 3), 1, 1)

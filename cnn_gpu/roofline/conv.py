@@ -141,14 +141,15 @@ def tensor_core_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = Fal
 def _wgrad_work(g, dtype, plan, pipe: str, issued_flops) -> LaunchWork:
     """The tensor-core wgrad launch's work: dy and x read, dw written once, the pixel table read;
     with partial outputs, each segment's FP32 partial of its tile written and read back by the
-    block that sums the tile (a tile's share of dw per segment: conv_tc.wgrad_segments)."""
+    block that sums the tile, but for that block's own (a tile's share of dw per segment but one:
+    conv_tc.wgrad_segments less one a tile)."""
     item = np.dtype(dtype).itemsize
     operands, out = _elements("wgrad", g)
     partial_bytes = 0
     if plan.splits > 1:
         tiles = conv_tc.wgrad_tiles(g, plan.tile, dtype, plan.dy_path)
         segments = conv_tc.wgrad_segments(tiles, conv_tc.wgrad_tile_steps(g, dtype, plan.dy_path), plan.main.grid[0])
-        partial_bytes = 2 * segments * -(-out // tiles) * conv_tc.PARTIALS.itemsize
+        partial_bytes = 2 * (segments - tiles) * -(-out // tiles) * conv_tc.PARTIALS.itemsize
     dram = (operands + out) * item + partial_bytes + conv_tc.pixel_table_bytes(g, dtype, plan.dy_path)
     return LaunchWork(g.flops, dram, pipe, issued_flops)
 

@@ -24,8 +24,8 @@ sums in a fixed order (bit-identical run to run), adding the bias (fprop's, and 
 for conv_transpose2d, which the kernel adds itself without split-K), and rounds once to the pass's
 dtype. wgrad's blocks take equal runs of its tiles' steps, so a grid of whole waves of resident
 blocks may also cut tiles unevenly (stream-K: BALANCED_KERNEL), leaving no last wave partly
-idle; its kernels sum a tile's partials themselves, in the block that finishes the tile's last
-segment, in the same fixed order. The plan_* functions decide for an SM count (the emulator and
+idle; its kernels sum a tile's partials themselves, in the block whose segment of the tile arrives
+last, in the same fixed order (that block writes no partial: it adds its own accumulators). The plan_* functions decide for an SM count (the emulator and
 the model plan for an H100); `tile=` and `splits=` force them.
 
 The package: plan (the tile picker, fprop's and dgrad's plans), wgrad_plans (wgrad's), tables (the
@@ -169,8 +169,8 @@ def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     return reduce.split_sum_epilogue(be, partials, dx, g.C, g.H * g.W, bias)
 
 
-# wgrad's per-tile counts of finished segments (kernels/conv2d_tc.cu wgrad_sum_tile), per backend,
-# device and stream. The kernel leaves them zero (a tile's summing block resets its count), so the
+# wgrad's per-tile counts of arrived and of written segments (kernels/conv2d_tc.cu wgrad_arrive), per
+# backend, device and stream. The kernel leaves them zero (a tile's summing block resets its count), so the
 # launches of one stream, which run in order, reuse them without a zeroing launch; a launch that
 # fails drops them.
 _ARRIVALS = {}

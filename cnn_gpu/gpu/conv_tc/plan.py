@@ -95,11 +95,13 @@ def _clocks(blocks, steps, partial_outputs, output_elements, sms, bm, efficiency
             summing_launch: bool = True) -> float:
     """_choose's cost of `blocks` blocks of a bm x bn tile, the busiest running `steps` steps, and
     `partial_outputs` FP32 partial outputs of output_elements each (1: none), written and read
-    back, by a summing launch unless the kernel sums them itself (wgrad)."""
+    back by a summing launch; or where the kernel sums them itself (wgrad) all but one, the last
+    segment's, which its block sums from its accumulators."""
     waves = _ceil_div(blocks, sms * blocks_per_sm)
     clocks = waves * blocks_per_sm * steps * bm * bn * TILE_K / 1024 / efficiency
     if partial_outputs > 1:
-        clocks += 2 * partial_outputs * output_elements * 4 * CLOCKS_PER_BYTE / sms
+        written = partial_outputs if summing_launch else partial_outputs - 1
+        clocks += 2 * written * output_elements * 4 * CLOCKS_PER_BYTE / sms
         clocks += LAUNCH_CLOCKS if summing_launch else 0
     return clocks
 

@@ -49,7 +49,7 @@ PAIRS_MAX_CRS = 9000
 # built: float32's 7x7 layers meet their target). Its weight for the picker: its sm_90 hot loop's
 # MMA issue ceiling.
 RESIDUES_KERNEL = "conv2d_wgrad_tc_residues"
-RESIDUES_EFFICIENCY = 0.86
+RESIDUES_EFFICIENCY = 0.85
 # wgrad on a grid whose blocks may meet two tiles (stream-K: _choose_wgrad), 128-channel tiles with dy
 # in 16-byte vectors
 BALANCED_KERNEL = "conv2d_wgrad_tc_balanced"
@@ -65,12 +65,12 @@ FLOAT32_ONLY_KERNELS = (GATHER_KERNEL,)   # not in the float16 build
 # wgrad's variants of the same two tiles (128 or 64 output channels) and their weights for the
 # picker: the least of the sm_90 hot loops' MMA issue ceilings, float32 and float16 (dy in
 # registers, x from shared memory)
-WGRAD_EFFICIENCY = {"tc": 0.89, "tc_m64": 0.56}
+WGRAD_EFFICIENCY = {"tc": 0.89, "tc_m64": 0.57}
 # wgrad's balanced grids (_choose_wgrad): up to this many whole waves of resident blocks, and the
 # balanced kernel's weight (the least of its sm_90 hot loops' MMA issue ceilings, float32 and float16:
 # the outer loop's registers)
 BALANCED_WAVES = 4
-BALANCED_EFFICIENCY = 0.86
+BALANCED_EFFICIENCY = 0.87
 
 
 def tap_rows_supported(g, dtype) -> bool:
@@ -197,7 +197,7 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
     `splits` per tile, or balanced over the SMs); where a tile has more than one segment, the block
-    that finishes its last one sums its partial filters in a fixed order. The _pairs, _gather or
+    whose segment arrives last sums the others' partial filters with its own in a fixed order. The _pairs, _gather or
     _residues kernel where dy is read in 8-byte vectors, element by element or in residue bands
     (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs (its `chunk`
     is unused: the kernel derives each block's run from the grid)."""
