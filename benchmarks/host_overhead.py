@@ -1,11 +1,11 @@
 """Host time of a training step: the Python a step costs before any kernel runs.
 
-    .venv/bin/python benchmarks/host_overhead.py [--models cnn,resnet18] [--batch 2] [--steps 10] [--markdown]
+    .venv/bin/python benchmarks/host_overhead.py [--models cnn,resnet18] [--batch 2] [--steps 20] [--markdown]
 
 Runs each model's training step (forward, cross-entropy, backward without dx of the images, SGD
 with momentum) on the emu backend with every kernel launch checked as usual but not run, and the
-emulator's NaN-filled allocations left as allocated (backend._poisoned): what remains is the library's own host
-work per step (layers, functional ops, plans, device tables, argument checks). MEASURED on this
+emulator's NaN-filled allocations left as allocated (backend._poisoned): what remains is the
+library's own host work per step (layers, functional ops, plans, device tables, argument checks). MEASURED on this
 machine's CPU, per float32 ("fp32" and "tf32" math) and float16. On a GPU the host issues launches
 ahead of the kernels, so this time bounds a step from below: a step whose kernels take less is
 host-bound. CuPy's own cost per launch (argument packing, the driver call) comes on top. The

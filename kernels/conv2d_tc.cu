@@ -884,7 +884,8 @@ __device__ __forceinline__ void wgrad_segment(
                       4 / (BN == 64 ? 2 : 1) * WARP_TILE * PITCH <= TC_WGRAD_SMEM_WORDS,
                   "a round in smem, as wgrad_store_round reads it");
     float* const staged = reinterpret_cast<float*>(smem);
-    float* const warp_staged = staged + (tile.warp_row / 64 * Tile::WARPS_N + tile.warp_col / WARP_TILE) * WARP_TILE * PITCH;
+    float* const warp_staged =
+        staged + (tile.warp_row / 64 * Tile::WARPS_N + tile.warp_col / WARP_TILE) * WARP_TILE * PITCH;
 #pragma unroll
     for (int round = 0; round < 4 / ROUND_MTS; ++round) {
         __syncthreads();   // smem: every warp past the loop, the round before stored
@@ -936,7 +937,8 @@ __device__ __forceinline__ void wgrad_mma(
             const long long start = blockIdx.x * work / blocks, end = (blockIdx.x + 1) * work / blocks;
             const long long tile_start = (start / tile_steps + k) * tile_steps, tile_end = tile_start + tile_steps;
             run.block_tile = tile_start < end ? (int)(tile_start / tile_steps) : -1;
-            const WgradOrigin origin = wgrad_origin<BN>(max(run.block_tile, 0), (CRS + TC_BN - 1) / TC_BN, (Kb + BN - 1) / BN);
+            const WgradOrigin origin =
+                wgrad_origin<BN>(max(run.block_tile, 0), (CRS + TC_BN - 1) / TC_BN, (Kb + BN - 1) / BN);
             run.g = origin.g;
             run.m0 = origin.m0;
             run.n0 = origin.n0;

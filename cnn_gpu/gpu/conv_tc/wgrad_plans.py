@@ -197,10 +197,10 @@ def plan_wgrad(g, *, dtype=np.float32, tile=None, splits=None, blocks=None, sms=
     """The launches of wgrad: the kernel of the TILES variant `tile` (chosen when None) on a grid
     of `blocks` blocks that share the tiles' steps of N*P*Q pixels in equal runs (_choose_wgrad:
     `splits` per tile, or balanced over the SMs); where a tile has more than one segment, the block
-    whose segment arrives last sums the others' partial filters with its own in a fixed order. The _pairs, _gather or
-    _residues kernel where dy is read in 8-byte vectors, element by element or in residue bands
-    (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial outputs (its `chunk`
-    is unused: the kernel derives each block's run from the grid)."""
+    whose segment arrives last sums the others' partial filters with its own in a fixed order. The
+    _pairs, _gather or _residues kernel where dy is read in 8-byte vectors, element by element or
+    in residue bands (`dy_path`, wgrad_dy_path when None). The plan's `splits` are the partial
+    outputs (its `chunk` is unused: the kernel derives each block's run from the grid)."""
     _check_index_range(g)
     if not wgrad_supported(g):
         raise ValueError(f"the tensor-core wgrad kernel takes filters with R + S <= {MAX_TAP_BITS}, not {g.R}x{g.S}")
