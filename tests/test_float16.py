@@ -534,10 +534,11 @@ def test_float16_layers_train_on_numpy():
 
 # --- errors -------------------------------------------------------------------------------------
 
-def test_float16_mixed_with_other_dtypes_is_refused():
+@pytest.mark.parametrize("be", ["numpy", "emu"])   # emu named: the layers' calls, without a bound signature
+def test_float16_mixed_with_other_dtypes_is_refused(be):
     rng = np.random.default_rng(43)
     x = normal(rng, (2, 3, 5, 5))
     with pytest.raises(TypeError, match="weight has dtype float32 but x has dtype float16"):
-        F.conv2d(x, normal(rng, (4, 3, 3, 3)).astype(F32))
+        F.conv2d(x, normal(rng, (4, 3, 3, 3)).astype(F32), backend=be)
     with pytest.raises(TypeError, match="dy has dtype float64 but x has dtype float16"):
-        F.relu_backward(x.astype(F64), x)
+        F.relu_backward(x.astype(F64), x, backend=be)

@@ -54,8 +54,12 @@ def takes_float16(*, kernels, updates: tuple = ()):
 
         @functools.wraps(op)
         def run(*args, **kwargs):
-            if not any(_is_float16(a) for a in (*args, *kwargs.values())):
+            values = (*args, *kwargs.values())
+            if not any(_is_float16(a) for a in values):
                 return op(*args, **kwargs)
+            if kernels is True and kwargs.get("backend") in ("emu", "cuda") and all(
+                    a.dtype == FLOAT16 for a in values if _checks.is_array(a) and a.dtype.kind == "f"):
+                return op(*args, **kwargs)   # the layers' calls: no signature to bind (every step)
             bound = signature.bind(*args, **kwargs)
             arrays = {name: a for name, a in bound.arguments.items() if _checks.is_array(a)}
             floats = {name: a for name, a in arrays.items() if a.dtype.kind == "f"}
