@@ -692,9 +692,10 @@ struct WgradTapRowLoader {
 // pixels. With ranks > 1 its FP32 result is partial output `rank`, but for the block whose segment
 // of the tile arrives last (arrivals[tile] counts them), which sums the others' and its own in rank
 // order into dw: the same sum whichever block it is (wgrad_arrive). `smem`: the kernel's two
-// stages of x, then its output's rounds (TC_WGRAD_SMEM_WORDS), `pixels` the slots of the pixel table's steps, `loader_state` the x loader's per-thread
-// state kept in shared memory (TC_WGRAD_BODY). DY: how dy loads (WgradDy); XLoader: how x does
-// (WgradColumnLoader, WgradTapRowLoader). `reduction`: the pixel table's entries a tile reduces
+// stages of x, then its output's rounds (TC_WGRAD_SMEM_WORDS), `pixels` the slots of the pixel
+// table's steps, `loader_state` the x loader's per-thread state kept in shared memory
+// (TC_WGRAD_BODY). DY: how dy loads (WgradDy); XLoader: how x does (WgradColumnLoader,
+// WgradTapRowLoader). `reduction`: the pixel table's entries a tile reduces
 // over (N*P*Q; DY_RESIDUES: a band's table, whole steps of whole chunks).
 template <int BN, WgradDy DY, class XLoader>
 __device__ __forceinline__ void wgrad_segment(
