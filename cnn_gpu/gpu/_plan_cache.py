@@ -33,7 +33,6 @@ def memoized(context=None):
                 return planner(*args, **options)
             return remembered(*key)
 
-        plan.cache_info = remembered.cache_info
         _CACHES.append(remembered)
         return plan
     return wrap
