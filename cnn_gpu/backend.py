@@ -190,7 +190,8 @@ def available_backends() -> list[str]:
 # --- choosing the backend of a call -------------------------------------------------------------
 
 def is_cupy_array(a) -> bool:
-    return type(a).__module__.startswith("cupy")
+    kind = type(a)
+    return kind is not np.ndarray and kind.__module__.startswith("cupy")
 
 
 def resolve(backend, *arrays) -> str:

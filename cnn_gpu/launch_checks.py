@@ -17,6 +17,7 @@ or aliased array would give wrong numbers or writes outside the array instead of
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from dataclasses import dataclass
 
@@ -93,22 +94,31 @@ def memory_span(a) -> tuple[int, int]:
     return start, start + a.nbytes
 
 
-# Up to this many arrays (a launch) are compared pair by pair, by their bounds in C; more (an
-# optimizer step over a whole model) by one sweep over their sorted spans.
-PAIRWISE_LIMIT = 8
+# Up to this many pairs with a written array (a launch) are compared one by one, by their bounds
+# in C; more (an optimizer step over a whole model) by one sweep over the sorted address spans.
+PAIRWISE_LIMIT = 24
 
 
 def _first_overlap(arrays):
     """(written name, other name) of an array that is written and shares memory with another."""
-    if len(arrays) <= PAIRWISE_LIMIT:
-        kinds = [_backend.is_cupy_array(a) for _, a, _ in arrays]
-        for i, (name, a, written) in enumerate(arrays):
-            for j in range(i + 1, len(arrays)):
-                other, b, other_written = arrays[j]
-                if (written or other_written) and kinds[i] == kinds[j] and \
-                        (_backend.array_module("cuda") if kinds[i] else np).may_share_memory(a, b):
-                    return (name, other) if written else (other, name)
-        return None
+    written = [i for i, (_, _, w) in enumerate(arrays) if w]
+    pairs = len(written) * len(arrays) - len(written) * (len(written) + 1) // 2
+    return _overlap_by_pairs(arrays, written) if pairs <= PAIRWISE_LIMIT else _overlap_by_sweep(arrays)
+
+
+def _overlap_by_pairs(arrays, written):
+    for i in written:
+        name, a, _ = arrays[i]
+        on_device = _backend.is_cupy_array(a)
+        for j, (other, b, other_written) in enumerate(arrays):
+            if j == i or (other_written and j < i) or _backend.is_cupy_array(b) != on_device:
+                continue   # itself, a written pair already compared, or another address space
+            if (_backend.array_module("cuda") if on_device else np).may_share_memory(a, b):
+                return name, other
+    return None
+
+
+def _overlap_by_sweep(arrays):
     for on_device in (False, True):   # host and device addresses are compared separately
         spans = sorted((*memory_span(a), name, written) for name, a, written in arrays
                        if a.nbytes and _backend.is_cupy_array(a) == on_device)
@@ -152,11 +162,20 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+@dataclass(frozen=True)
+class _Declared:
+    """A kernel build's parameters as checked_args reads them: per parameter (parameter, its NumPy
+    dtype, its name in messages, its name among the arrays); where the pointers and the scalars are,
+    and each scalar's exact NumPy type, so that the common case is one pass in C."""
+    parameters: tuple
+    pointers: tuple       # positions of the pointer parameters
+    scalars: tuple        # positions of the others
+    scalar_types: tuple
+
+
 @functools.lru_cache(maxsize=None)
-def _declared(family: str, kernel: str, dtype: np.dtype) -> tuple:
-    """(parameter, its NumPy dtype, its name in messages, its name among the arrays) of each
-    parameter of a kernel build."""
-    declared = []
+def _declared(family: str, kernel: str, dtype: np.dtype) -> _Declared:
+    parameters = []
     for p in signature(family, kernel):
         if p.ctype not in ("REAL", "acc_t") and p.ctype not in C_TYPES:
             raise TypeError(f"kernel {kernel!r} parameter {p.name!r}: cannot check an argument of type {p.ctype}")
@@ -166,8 +185,11 @@ def _declared(family: str, kernel: str, dtype: np.dtype) -> tuple:
             want = _backend.compute_dtype(dtype)
         else:
             want = np.dtype(C_TYPES[p.ctype])
-        declared.append((p, want, f"kernel {kernel!r} argument {p.name!r}", f"argument {p.name!r}"))
-    return tuple(declared)
+        parameters.append((p, want, f"kernel {kernel!r} argument {p.name!r}", f"argument {p.name!r}"))
+    scalars = tuple(i for i, (p, *_) in enumerate(parameters) if not p.pointer)
+    return _Declared(parameters=tuple(parameters),
+                     pointers=tuple(i for i, (p, *_) in enumerate(parameters) if p.pointer),
+                     scalars=scalars, scalar_types=tuple(parameters[i][1].type for i in scalars))
 
 
 def _array_argument(be: str, p: KernelParameter, a, want: np.dtype, where: str):
@@ -195,17 +217,20 @@ def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
     copied to C order on the host); TypeError/ValueError naming the argument otherwise."""
     declared = _declared(family, kernel, np.dtype(dtype))
     args = tuple(args)
-    if len(args) != len(declared):
-        names = ", ".join(p.name for p, *_ in declared)
-        raise TypeError(f"kernel {kernel!r} takes {len(declared)} arguments ({names}), got {len(args)}")
-    checked, arrays = [], []
-    for (p, want, where, label), a in zip(declared, args):
-        if p.pointer:
-            a = _array_argument(be, p, a, want, where)
-            arrays.append((label, a, not p.const))
-        elif type(a) is not want.type:   # exactly the NumPy scalar type (a subclass passes its dtype too)
-            if not (isinstance(a, np.generic) and a.dtype == want):
+    if len(args) != len(declared.parameters):
+        names = ", ".join(p.name for p, *_ in declared.parameters)
+        raise TypeError(f"kernel {kernel!r} takes {len(declared.parameters)} arguments ({names}), got {len(args)}")
+    scalar_types = map(type, (args[i] for i in declared.scalars))
+    if not all(map(operator.is_, scalar_types, declared.scalar_types)):
+        for i in declared.scalars:   # exactly the NumPy scalar type (a subclass passes its dtype too)
+            p, want, where, _ = declared.parameters[i]
+            a = args[i]
+            if type(a) is not want.type and not (isinstance(a, np.generic) and a.dtype == want):
                 raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
-        checked.append(a)
+    checked, arrays = list(args), []
+    for i in declared.pointers:
+        p, want, where, label = declared.parameters[i]
+        checked[i] = _array_argument(be, p, args[i], want, where)
+        arrays.append((label, checked[i], not p.const))
     check_disjoint(arrays, f"kernel {kernel!r}: ")
     return tuple(checked)

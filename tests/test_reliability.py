@@ -223,6 +223,31 @@ def test_shared_memory_is_found_among_many_parameters():
         np.testing.assert_array_equal(p.data, b)
 
 
+def test_both_overlap_searches_find_exactly_the_written_arrays_sharing_memory():
+    """Launches compare their arrays pair by pair, optimizer steps sweep sorted spans: on random
+    slices of one buffer (and separate arrays) both find a conflict exactly when one exists."""
+    rng = np.random.default_rng(11)
+    buffer = rng.standard_normal(64)
+    conflicts = 0
+    for _ in range(400):
+        arrays = []
+        for k in range(rng.integers(2, 8)):
+            start = int(rng.integers(0, 63))
+            part = buffer[start:int(rng.integers(start + 1, 65))] if rng.random() < 0.7 else rng.standard_normal(4)
+            arrays.append((f"a{k}", part, bool(rng.random() < 0.4)))
+        truth = {(m, n) for i, (m, a, w) in enumerate(arrays) for n, b, v in arrays[i + 1:]
+                 if (w or v) and np.shares_memory(a, b)}
+        written = [i for i, (_, _, w) in enumerate(arrays) if w]
+        arrays_by_name = {name: (a, w) for name, a, w in arrays}
+        for found in (launch_checks._overlap_by_pairs(arrays, written), launch_checks._overlap_by_sweep(arrays)):
+            assert (found is not None) == bool(truth)
+            if found:
+                (a, a_written), (b, _) = arrays_by_name[found[0]], arrays_by_name[found[1]]
+                assert a_written and np.shares_memory(a, b)
+        conflicts += bool(truth)
+    assert 100 < conflicts < 300   # both kinds of case were drawn often
+
+
 @needs_emu
 def test_load_state_dict_of_fortran_arrays_trains_as_numpy_does():
     """load_state_dict kept Fortran-ordered arrays; the emu step then diverged from numpy by 0.036."""
@@ -275,9 +300,11 @@ def test_optimizer_state_follows_module_to():
 # --- sizes past 32 bits are refused before any work ---------------------------------------------
 
 def test_int_kernel_arguments_refuse_values_past_32_bits():
-    assert _grid.i32(2**31 - 1, -2**31) == (np.int32(2**31 - 1), np.int32(-2**31))
-    with pytest.raises(ValueError, match="32-bit"):
-        _grid.i32(5, 2**31)
+    fitting = _grid.i32(2**31 - 1, -2**31, True, np.int64(7))
+    assert fitting == (2**31 - 1, -2**31, 1, 7) and all(type(v) is np.int32 for v in fitting)
+    for past in (2**31, -2**31 - 1, np.int64(2**40)):
+        with pytest.raises(ValueError, match=f"^{past} does not fit the kernels' 32-bit"):
+            _grid.i32(5, past, 6)
 
 
 @needs_emu

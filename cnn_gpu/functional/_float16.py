@@ -55,7 +55,7 @@ def takes_float16(*, kernels, updates: tuple = ()):
         @functools.wraps(op)
         def run(*args, **kwargs):
             values = (*args, *kwargs.values())
-            if not any(_is_float16(a) for a in values):
+            if not any(map(_is_float16, values)):
                 return op(*args, **kwargs)
             if kernels is True and kwargs.get("backend") in ("emu", "cuda") and all(
                     a.dtype == FLOAT16 for a in values if _checks.is_array(a) and a.dtype.kind == "f"):

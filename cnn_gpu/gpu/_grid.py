@@ -18,15 +18,16 @@ def blocks_for(count: int) -> int:
     return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))
 
 
-INT32_RANGE = range(-2**31, 2**31)
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 
 
 def i32(*values):
     """Python ints as kernel `int` arguments; a value past 32 bits is refused, never wrapped."""
-    for v in values:
-        if int(v) not in INT32_RANGE:
-            raise ValueError(f"{v} does not fit the kernels' 32-bit int arguments; the size is too large for them")
-    return tuple(np.int32(v) for v in values)
+    ints = tuple(map(int, values))
+    if ints and (min(ints) < INT32_MIN or max(ints) > INT32_MAX):
+        v = next(v for v, i in zip(values, ints) if not INT32_MIN <= i <= INT32_MAX)
+        raise ValueError(f"{v} does not fit the kernels' 32-bit int arguments; the size is too large for them")
+    return tuple(map(np.int32, ints))
 
 
 def real(dtype, *values):
