@@ -1,7 +1,9 @@
 """The NVRTC compile gate: every kernels/*.cu, its kernels/*.cuh headers inlined by
 backend.kernel_source, compiles for sm_70..sm_90 in float32 and float64 exactly as the cuda backend
 compiles it (the builds its launchers make, backend.has_build: the tensor-core files have no
-float64 build and none below sm_80), with no spilled byte, a declared __launch_bounds__ on every
+float64 build and none below sm_80; float16 where a family has its build), with no spilled byte
+and no stack frame (no local memory at all: the tensor-core kernels run at the 255-register cap,
+where a small edit can leave a spill on one arch only), a declared __launch_bounds__ on every
 kernel, and each implicit-GEMM convolution tile launched with the threads and within the
 registers the launcher plans it for (cnn_gpu.gpu.conv.TILES: they set its resident blocks per SM). Each
 (file, dtype, arch) is one test and one compile (nvrtc.file_report caches it), so pytest-xdist
@@ -25,20 +27,21 @@ from cnn_gpu.cli import main as cli_main
 NVRTC_MISSING = nvrtc.why_unavailable()
 needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable: {NVRTC_MISSING}")
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16")
 FILES = backend.kernel_files()
 # Implicit-GEMM tile kernels, conv2d_<pass>_<tile>; the depthwise direct kernels are not GEMMs.
 GEMM_FILE = re.compile(r"conv2d_(fprop|dgrad|wgrad)\.cu$")
 GEMM_TILE_KERNEL = re.compile(r"conv2d_(?:fprop|dgrad|wgrad)_(\w+)$")
 KERNEL_DECLARATION = re.compile(r'extern\s+"C"\s+__global__')
-# kernels only the float16 build has (kernels/optim.cu's *_master): a block with no nested #if
+# kernels only the float16 build has (kernels/optim.cu's *_master), or all but it has
+# (conv2d_tc.cu's gather wgrad): a block with no nested #if
 FLOAT16_ONLY = re.compile(r"^#if REAL_IS_HALF\n.*?^#endif", re.S | re.M)
+NOT_FLOAT16 = re.compile(r"^#if !REAL_IS_HALF\n.*?^#endif", re.S | re.M)
 
 
 def declared_kernels(source: str, dtype: str) -> int:
     """How many kernels the source declares for a build of `dtype`."""
-    if dtype != "float16":
-        source = FLOAT16_ONLY.sub("", source)
+    source = (NOT_FLOAT16 if dtype == "float16" else FLOAT16_ONLY).sub("", source)
     return len(KERNEL_DECLARATION.findall(source))
 
 
@@ -60,6 +63,7 @@ def test_kernel_file_compiles_without_spills(path, dtype, arch):
     for r in reports:
         where = f"{path.name}:{r.name} {dtype} {arch}"
         assert r.spill_bytes == 0, f"{where} spills {r.spill_store_bytes} B stored / {r.spill_load_bytes} B loaded"
+        assert r.stack_bytes == 0, f"{where} has a {r.stack_bytes} B stack frame (local memory)"
         assert r.max_threads is not None, f"{where} declares no __launch_bounds__"
         assert r.occupancy is not None and r.occupancy > 0, f"{where} cannot be resident: {r}"
         tile = GEMM_TILE_KERNEL.match(r.name) if GEMM_FILE.search(path.name) else None
@@ -79,7 +83,7 @@ NEWEST_ARCHS = ("sm_80", "sm_90")
 
 @pytest.mark.skipif(NEWEST is None or bool(NVRTC_MISSING) or NEWEST.version == nvrtc.load().version,
                     reason="a second, newer NVRTC is not installed (the test extra's nvidia-cuda-nvrtc)")
-@pytest.mark.parametrize("path, dtype, arch", builds(DTYPES + ("float16",), NEWEST_ARCHS))
+@pytest.mark.parametrize("path, dtype, arch", builds(DTYPES, NEWEST_ARCHS))
 def test_kernel_file_compiles_without_spills_on_the_newest_nvrtc(path, dtype, arch):
     """No spill either with the compiler CuPy for CUDA 13 uses: NVRTC 13.5 spilled six words into the
     main loop of a kernel NVRTC 12.9 compiled without (conv2d_dgrad_tc_m64 for sm_90)."""
