@@ -231,6 +231,22 @@ def test_race_check_orders_lanes_through_a_chain_of_partial_syncwarps(schedule):
                                               race=True)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_race_check_keeps_a_reader_of_another_warp(schedule):
+    """64 threads read a word, warp 0 reads it again, and after its __syncwarp() lane 0 overwrites
+    it: a race with warp 1's reads, found in every schedule, also where warp 0 both read first and
+    read last (forward: the check kept the first and the latest reader, both ordered before the
+    write, and missed it). With a __syncthreads() before the write: no race."""
+    y = np.zeros(64, np.float32)
+    bugs().get_function("reread_then_overwrite")((1,), (64,), (y, np.int32(1)), schedule=schedule, seed=6,
+                                                 race=True)
+    np.testing.assert_array_equal(y, [2.0] * 32 + [1.0] * 32)
+    with pytest.raises(emu.KernelFault, match="shared memory race on value") as info:
+        bugs().get_function("reread_then_overwrite")((1,), (64,), (y, np.int32(0)), schedule=schedule, seed=6,
+                                                     race=True)
+    assert "writes a word read by thread" in str(info.value) and f"at {at_line('warp 1 read value')}" in str(info.value)
+
+
 def test_race_check_covers_global_memory_between_threads_and_blocks(rng):
     x = rng.standard_normal(64).astype(np.float32)
     with pytest.raises(emu.KernelFault, match=r"global memory race on argument 'out' \(element 0\).*another block"):

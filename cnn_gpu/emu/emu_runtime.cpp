@@ -927,11 +927,23 @@ void check_word(Launch* L, Fiber* self, ShadowWord* w, bool write, bool atomic, 
         w->read_epoch = epoch;
         w->readers = 1;
         w->reader[0] = access;
-    } else if (w->reader[0].thread == me) {
-        w->reader[0] = access;
-    } else {  // keep the first reader and the latest other one
+        return;
+    }
+    // Two readers stand for all of the epoch's (reader[1] the latest): a write conflicting with any
+    // conflicts with one of them. Readers of two warps are kept while there were two (every writer
+    // is outside one of them), else the latest two threads (a writer is ordered after the latest
+    // other thread's read only if after all of them: a __syncwarp() of the whole warp).
+    Access& latest = w->reader[w->readers - 1];
+    if (latest.thread == me && latest.block == block) {
+        latest = access;
+    } else if (w->readers == 1) {
         w->reader[1] = access;
         w->readers = 2;
+    } else {
+        const Access& older = w->reader[0];
+        const bool two_warps = older.block != latest.block || older.thread / kWarp != latest.thread / kWarp;
+        if (!two_warps || latest.block != block || latest.thread / kWarp != warp) w->reader[0] = latest;
+        w->reader[1] = access;
     }
 }
 

@@ -232,6 +232,27 @@ extern "C" __global__ void syncwarp_chain(const float* __restrict__ x, float* __
     if (lane == 2) y[0] = value;
 }
 
+// Every thread reads a shared value; warp 0 reads it again after a __syncwarp() and, after
+// another, its lane 0 overwrites it. BUG unless `synced` (a __syncthreads() before the write):
+// nothing orders warp 1's reads before the write. The forward schedule runs warp 1's reads between
+// warp 0's, so warp 0 both reads first and reads last.
+extern "C" __global__ void reread_then_overwrite(float* __restrict__ y, int synced)
+{
+    __shared__ float value;
+    const int t = threadIdx.x;
+    if (t == 0) value = 1.0f;
+    __syncthreads();
+    float v = value;
+    __syncwarp();
+    if (t < 32) {
+        v += value;
+        __syncwarp();
+    }
+    if (synced) __syncthreads();
+    if (t == 0) value = v;   // BUG without the __syncthreads(): warp 1 read value
+    y[t] = v;
+}
+
 // BUG: every block writes out[0] (meant out[blockIdx.x]); blocks run in no fixed order.
 extern "C" __global__ void blocks_write_one_element(const float* __restrict__ x, float* __restrict__ out)
 {
