@@ -465,11 +465,13 @@ def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, sha
     (np.int32 for `int`, np.int64 for `long long`, the array dtype for REAL). Every argument is
     checked against the kernel's declaration first (cnn_gpu.launch_checks): a wrong dtype, layout,
     read-only output or aliasing is refused before anything runs, on every backend."""
-    from .launch_checks import checked_args
-    args = checked_args(backend, family, kernel, dtype, args)
+    args = _launch_checks.checked_args(backend, family, kernel, dtype, args)
     fn = kernel_function(backend, family, dtype, kernel)
-    grid = tuple(int(g) for g in grid)
-    block = tuple(int(b) for b in block)
+    grid = tuple(map(int, grid))
+    block = tuple(map(int, block))
     if min(grid) <= 0:
         return  # empty problem: nothing to launch
     fn(grid, block, args, shared_mem=int(shared_mem))
+
+
+from . import launch_checks as _launch_checks  # noqa: E402  (it reads this module's functions at call time)

@@ -110,10 +110,11 @@ def _overlap_by_pairs(arrays, written):
     for i in written:
         name, a, _ = arrays[i]
         on_device = _backend.is_cupy_array(a)
+        may_share_memory = _backend.array_module("cuda").may_share_memory if on_device else np.may_share_memory
         for j, (other, b, other_written) in enumerate(arrays):
             if j == i or (other_written and j < i) or _backend.is_cupy_array(b) != on_device:
                 continue   # itself, a written pair already compared, or another address space
-            if (_backend.array_module("cuda") if on_device else np).may_share_memory(a, b):
+            if may_share_memory(a, b):
                 return name, other
     return None
 
