@@ -324,11 +324,12 @@ def test_max_pool2d_all_padding_windows():
 
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("backend", ["numpy", "emu"])
-def test_max_pool2d_signed_zero_ties(backend):
+def test_max_pool2d_signed_zero_ties(backend, dtype):
     """A window whose maximum is a tie of -0.0 and 0.0 returns the value at its index (the first in
     scan order), sign included, as PyTorch does: a max over the window may return either zero."""
-    x = np.random.default_rng(31).choice([0.0, -0.0, -1.0], size=(2, 3, 7, 6))
+    x = np.random.default_rng(31).choice([0.0, -0.0, -1.0], size=(2, 3, 7, 6)).astype(dtype)
     y, idx = F.max_pool2d(x, 3, stride=1, padding=1, backend=backend)
     yt, it = TF.max_pool2d(torch.tensor(x), 3, stride=1, padding=1, return_indices=True)
     np.testing.assert_array_equal(idx, it.numpy())
@@ -381,7 +382,7 @@ def test_activation_at_zero():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "emu"])
-@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_relu_keeps_a_negative_zero_as_torch_does(backend, dtype):
     """torch.relu returns x where x is not below 0: -0.0 stays -0.0 and NaN stays NaN (a max with
     0 returned +0.0)."""

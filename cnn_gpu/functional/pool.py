@@ -89,6 +89,12 @@ def _window_table(g: PoolGeometry):
     return flat, first
 
 
+def _holds_negative_zero(x) -> bool:
+    """Whether any element of x is -0.0 (its bits compared: -0.0 == 0.0 as numbers)."""
+    unsigned = np.dtype(f"u{x.itemsize}")
+    return bool((x.view(unsigned) == np.array(-0.0, x.dtype).view(unsigned)).any())
+
+
 def _max_forward(x, g: PoolGeometry):
     taps = _taps(g)
     if not taps:   # no tap of any window reaches the input: all padding
@@ -109,7 +115,9 @@ def _max_forward(x, g: PoolGeometry):
         for t in range(len(taps)):
             best_tap += (t - best_tap) * (nan_windows & np.isnan(windows[t]))
     # the value at that tap: max() may return either of a tied -0.0 and 0.0, PyTorch the first
-    best = np.take_along_axis(windows, best_tap[None], axis=0)[0]
+    # (only a -0.0 in x makes them differ; the gather costs as much as the rest of the pass)
+    if _holds_negative_zero(x):
+        best = np.take_along_axis(windows, best_tap[None], axis=0)[0]
     flat, first = _window_table(dataclasses.replace(g, N=1, C=1))
     offsets = np.arange(g.P * g.Q, dtype=np.int32).reshape(g.P, g.Q) * len(taps)
     indices = flat.ravel()[offsets + best_tap]
