@@ -23,15 +23,20 @@ def _leaky_factor(x, slope):
     return np.take(np.array([slope, 1], dtype=x.dtype), (x > 0).view(np.int8))
 
 
+def zero_where(a, drop, out=None):
+    """a with +0.0 where the boolean array `drop` is set and a's exact bits elsewhere (inf and NaN
+    too: no 0 * inf), by a bit mask: a masked copy or np.where branches per element and took 6-13x
+    longer on real signs. `out` may be a itself."""
+    unsigned = np.dtype(f"u{a.itemsize}")
+    kept = np.subtract(drop.view(np.uint8), 1, dtype=unsigned)   # all bits set where kept, none where dropped
+    bits = np.bitwise_and(a.view(unsigned), kept, out=None if out is None else out.view(unsigned))
+    return bits.view(a.dtype)
+
+
 def relu_in_place(y):
     """torch.relu's rule on a NumPy array, in place: 0 where y < 0, y elsewhere (NaN and -0.0 pass;
-    a max with 0 would turn -0.0 into 0.0). Also the fused ReLU of conv2d and batch_norm. The bits
-    of the negative elements are cleared (+0.0) with a mask, not a masked copy (13x slower)."""
-    bits = y.view(f"u{y.itemsize}")
-    kept = np.less(y, 0).view(np.uint8).astype(bits.dtype)
-    kept -= 1   # all bits set where y is kept, none where it is negative
-    np.bitwise_and(bits, kept, out=bits)
-    return y
+    a max with 0 would turn -0.0 into 0.0). Also the fused ReLU of conv2d and batch_norm."""
+    return zero_where(y, np.less(y, 0), out=y)
 
 
 _FORWARD = {
@@ -55,13 +60,8 @@ def _tanh_grad(dy, x):
 
 
 def _relu_grad(dy, x):
-    # PyTorch's rule: 0 where x <= 0, dy elsewhere (also where x is NaN)
-    keep = ~(x <= 0)
-    with np.errstate(invalid="ignore"):
-        dx = dy * keep
-    if not np.isfinite(dy).all():   # inf * 0 is NaN; the rare non-finite dy takes the masked path
-        dx[~keep] = 0
-    return dx
+    # PyTorch's rule: 0 where x <= 0 (also for an infinite or NaN dy), dy elsewhere (also where x is NaN)
+    return zero_where(dy, np.less_equal(x, 0))
 
 
 _BACKWARD = {

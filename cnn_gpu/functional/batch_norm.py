@@ -20,7 +20,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
-from .activation import relu_in_place
+from .activation import relu_in_place, zero_where
 
 ACTIVATIONS = (None, "relu")
 
@@ -66,7 +66,7 @@ def _numpy_backward(dy, x, mean, invstd, weight, bias, training, relu):
         pre = (x - mean.reshape(shape)) * scale.reshape(shape)
         if bias is not None:
             pre += bias.reshape(shape)
-        g = np.where(pre <= 0, np.zeros((), dy.dtype), dy)
+        g = zero_where(dy, np.less_equal(pre, 0))
     sum_g = g.sum(axis=axes)
     sum_g_xhat = (g * xhat).sum(axis=axes)
     if training:
