@@ -324,6 +324,17 @@ def test_max_pool2d_all_padding_windows():
 
 
 
+@pytest.mark.parametrize("kernel", [16, 17], ids=["256 taps", "289 taps"])
+def test_max_pool2d_of_many_taps_matches_torch(kernel):
+    """Tap numbers are kept in uint8 up to 256 taps, in int32 beyond: both give PyTorch's values and
+    indices, ties (few distinct values) included."""
+    x = np.random.default_rng(32).integers(-3, 4, size=(2, 3, 20, 19)).astype(np.float32)
+    y, idx = F.max_pool2d(x, kernel, stride=2, padding=kernel // 2)
+    yt, it = TF.max_pool2d(torch.tensor(x), kernel, stride=2, padding=kernel // 2, return_indices=True)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("backend", ["numpy", "emu"])
 def test_max_pool2d_signed_zero_ties(backend, dtype):
