@@ -18,34 +18,18 @@ garbage, so their arithmetic warnings are silenced).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 
 import numpy as np
 
 import cnn_gpu
-from cnn_gpu import backend, models, nn, optim
+from cnn_gpu import models
+from cnn_gpu.bench.dry_run import launches_counted_not_run, training_step
 from conv_targets import format_table   # beside this script
 
 SETTINGS = (("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32"))
 NARROW = {"cnn": {"filters": 8}, "resnet": {"filters": 8}, "resnet18": {"width": 8}}
-
-
-@contextlib.contextmanager
-def launches_counted_not_run():
-    """Inside: emu launches pass backend.launch's checks and are counted (the yielded list gets
-    each kernel's name) but run nothing, and emu allocations are not filled with NaN."""
-    counted = []
-    real_function, real_poisoned = backend.kernel_function, backend._poisoned
-    backend.kernel_function = lambda be, family, dtype, kernel: (
-        lambda grid, block, args, shared_mem=0: counted.append(kernel))
-    backend._poisoned = lambda a: a
-    try:
-        with np.errstate(all="ignore"):
-            yield counted
-    finally:
-        backend.kernel_function, backend._poisoned = real_function, real_poisoned
 
 
 def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> tuple[float, int]:
@@ -56,17 +40,7 @@ def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> 
     image_shape = (3, 32, 32)
     model = models.build(name, image_shape, 10, dtype=np.dtype(dtype), rng=rng, **NARROW.get(name, {}))
     model.to("emu")
-    optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    loss_fn.to("emu")
-    x = rng.standard_normal((batch, *image_shape)).astype(dtype)
-    labels = rng.integers(0, 10, batch)
-
-    def step():
-        optimizer.zero_grad()
-        loss_fn(model(x), labels)
-        model.backward(loss_fn.backward(), input_grad=False)
-        optimizer.step()
+    step = training_step(model, (batch, *image_shape), 10, rng)
 
     with cnn_gpu.math_mode(math), launches_counted_not_run() as counted:
         step()

@@ -291,19 +291,19 @@ def test_derived_columns_pair_rows_of_the_same_dtype():
 
 def test_model_prices_a_float16_optimizer_step_with_fp32_master_weights(monkeypatch):
     """float16 parameters write themselves and read their gradient in 2 bytes, and read and write
-    an FP32 master weight and momentum: 20 bytes per parameter, as a float32 step. The convolutions'
-    kernels take stated traits: gathering the real ones (compiles and emulator profiles of every
-    tile, about 2 minutes) is test_bench_dtypes_side_by_side's and tests/test_roofline.py's part."""
+    an FP32 master weight and momentum: 20 bytes per parameter, as a float32 step, in one update
+    launch per parameter. The convolutions' kernels take stated traits: gathering the real ones
+    (compiles and emulator profiles of every tile, about 2 minutes) is
+    test_bench_dtypes_side_by_side's and tests/test_roofline.py's part."""
     from cnn_gpu import roofline
     from cnn_gpu.bench import modeled
     monkeypatch.setattr(roofline, "kernel_traits", lambda *args: roofline.KernelTraits(128, 32768, 0.8, 0.001))
     case = bench.make_cases("tiny", ["train_step"])[0]
     spec = roofline.spec("h100")
-    parameters = sum(p.data.size for p in bench.build_model(case.shape, np.float32).parameters())
-    for dtype in ("float32", "float16"):
-        estimates = modeled.case_estimates(case, spec, dtype)
-        step = next(e for e in estimates if e.kernel == "sgd_momentum_step")
-        assert step.dram_bytes == 20 * parameters, dtype
+    sizes = [p.data.size for p in bench.build_model(case.shape, np.float32).parameters()]
+    for dtype, kernel in (("float32", "sgd_momentum_step"), ("float16", "sgd_momentum_step_master")):
+        updates = [e.dram_bytes for e in modeled.case_estimates(case, spec, dtype) if e.kernel == kernel]
+        assert updates == [20 * size for size in sizes], dtype
 
 
 def test_batch_option_rescales_a_shape_set(capsys):

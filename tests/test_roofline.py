@@ -13,6 +13,7 @@ import contextlib
 import csv
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -551,6 +552,32 @@ def test_a_training_step_is_the_sum_of_its_layers_passes():
     total = sum(e.seconds for e in step)
     assert fprop < total < 4 * fprop
     assert sum(e.seconds for e in modeled.case_estimates(case, spec, "float32", "tf32")) < total
+
+
+@pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=f"no emu backend: {backend.why_unavailable('emu')}")
+@pytest.mark.parametrize("shape_set, index", [("default", 0), ("default", 1), ("resnet18", 0)],
+                         ids=["cnn", "resnet", "resnet18"])
+@pytest.mark.parametrize("dtype, math_mode", [("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32")])
+def test_the_step_model_prices_the_launches_a_training_step_makes(shape_set, index, dtype, math_mode):
+    """The model's launches of a training step (the default digits CNN and small ResNet at batch
+    32, ResNet-18 at batch 128) are, kernel by kernel and count by count, those an emulated step
+    makes with its launches checked and counted but not run; the work cuBLAS and CuPy do besides
+    is priced too."""
+    import cnn_gpu
+    from cnn_gpu.bench import dry_run, modeled
+    from cnn_gpu.bench.training import build_model
+    case = bench.make_cases(shape_set, ["train_step"])[index]
+    estimates = modeled.case_estimates(case, roofline.spec("h100"), dtype, math_mode)
+    outside = (modeled.CUBLAS_GEMM, modeled.CUPY_ELEMENTWISE)
+    model = build_model(case.shape, dtype)
+    model.to("emu")
+    step = dry_run.training_step(model, (case.shape.batch, *case.shape.image_shape), case.shape.classes,
+                                 np.random.default_rng(1))
+    with cnn_gpu.math_mode(math_mode), dry_run.launches_counted_not_run() as launched:
+        step()
+    modeled_launches = Counter(e.kernel for e in estimates if e.kernel not in outside)
+    assert modeled_launches == Counter(launched) and len(launched) >= 30
+    assert set(outside) <= {e.kernel for e in estimates}   # the linear layer's GEMMs, the loss's read-back
 
 
 @pytest.mark.parametrize("dtype, math_mode", [("float32", "tf32"), ("float16", "fp32")])

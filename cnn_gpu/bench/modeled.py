@@ -2,7 +2,7 @@
 of measured. The convolution passes are modeled launch by launch from their plans, in each math
 mode on what that mode runs (tf32: the tensor-core plans, their % of peak of the dense TF32
 peak); pooling, cross entropy and bias additions by their compulsory traffic alone (memory-bound);
-a training step as the sum of its layers' passes (_train_step states what it counts). float16
+a training step as the sum of the launches it makes (_train_step states what it counts). float16
 rows count 2 bytes per element; the % of peak of one whose FLOPs run on tensor cores is of the
 dense FP16 tensor-core peak, of any other of the FP32 FMA peak."""
 from __future__ import annotations
@@ -107,15 +107,69 @@ def _cross_entropy(case, spec, dtype) -> list:
             roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
 
 
+# the launch names of work that runs outside backend.launch on a GPU: linear layers' GEMMs and the
+# residual additions and loss bookkeeping CuPy does; the step model prices them by their traffic too
+CUBLAS_GEMM = "cuBLAS GEMM"
+CUPY_ELEMENTWISE = "CuPy elementwise"
+
+
+def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
+    """(launch, DRAM bytes) of a non-convolution layer's forward and backward in training, as its
+    launchers run them (x, y: its input and output elements; item: bytes an element): activations
+    and pools read their input and write their output, their backward reads dy and x and writes
+    dx; batch norm reads x for its statistics, then again to normalise it."""
+    from .. import nn
+    from ..gpu.reduce import plan_channel_sum
+    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
+        name = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(layer)]
+        return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
+    if isinstance(layer, nn.BatchNorm2d):
+        return [("batch_norm_stats", x * item), ("batch_norm_forward", (x + y) * item),
+                ("batch_norm_backward", (2 * x + y) * item)]
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        kind = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool"}[
+            type(layer)]
+        indices = y * np.dtype(np.int32).itemsize if isinstance(layer, nn.MaxPool2d) else 0
+        return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
+    if isinstance(layer, nn.Linear):
+        weights = layer.in_features * layer.out_features
+        rows = y // layer.out_features
+        passes = [(CUBLAS_GEMM, (x + weights + y) * item),           # y = x w^T
+                  (CUBLAS_GEMM, (y + weights + x) * item),           # dx = dy w
+                  (CUBLAS_GEMM, (y + x + weights) * item)]           # dw = dy^T x
+        if layer.bias is not None:
+            passes += [("bias_add_rows", 2 * y * item),
+                       (plan_channel_sum(rows, layer.out_features, 1).kernel, y * item)]
+        return passes
+    if isinstance(layer, nn.Residual):   # y = block(x) + shortcut(x); dx = the two branches' dx added
+        return [(CUPY_ELEMENTWISE, 3 * y * item), (CUPY_ELEMENTWISE, 3 * x * item)]
+    if isinstance(layer, nn.Flatten):
+        return []   # a view
+    raise ValueError(f"no step model for layer {type(layer).__name__}")
+
+
+def _cross_entropy_step(rows: int, classes: int, item: int) -> list[tuple[str, float]]:
+    """The mean cross entropy over class indices (nn.CrossEntropyLoss's default) as gpu.loss runs
+    it: the targets' weights and their sum, the per-row kernel, the sum of the row losses, and the
+    two sums gathered for the one read back."""
+    from ..gpu.reduce import plan_channel_sum
+    compute, label = 4, np.dtype(np.int64).itemsize
+    total = plan_channel_sum(1, 1, rows).kernel
+    return [("cross_entropy_target_weights", rows * (label + compute)), (total, rows * compute),
+            ("cross_entropy_rows", 2 * rows * classes * item + rows * (label + compute)), (total, rows * compute),
+            (CUPY_ELEMENTWISE, 4 * compute)]
+
+
 def _train_step(case, spec, dtype, mode) -> list:
-    """One training step of a cnn_gpu.models network: every convolution's fprop (with bias when it
-    has one), dgrad (except the first layer's: training asks for no input gradient) and wgrad (and bias gradient)
-    from the conv model; every other layer's forward and backward as memory-bound passes over its
-    activations (read input and write output forward; read output gradient and input, write input
-    gradient backward; linear layers too, by traffic, since they are cuBLAS's); the loss; and the
-    optimizer's update of every parameter (read parameter, gradient and momentum, write two; a
-    float16 parameter instead writes itself and reads its gradient in float16, and reads and writes
-    its FP32 master weight and momentum)."""
+    """One training step of a cnn_gpu.models network (forward, mean cross entropy, backward without
+    the images' gradient, SGD with momentum), launch by launch as the library runs it (a test holds
+    the list to the launches an emulated step makes): every convolution's fprop (with bias when it
+    has one), dgrad (except the first layer's) and wgrad (and bias gradient) from the conv model;
+    every other launch by its compulsory traffic (_layer_passes, _cross_entropy_step; linear GEMMs
+    and residual additions, which cuBLAS and CuPy run, likewise); and one update launch per
+    parameter (read parameter, gradient and momentum, write two; a float16 parameter instead writes
+    itself and reads its gradient in float16, and reads and writes its FP32 master weight and
+    momentum)."""
     from .. import nn
     from .training import build_model, leaf_layers
     model = build_model(case.shape, dtype)
@@ -132,15 +186,14 @@ def _train_step(case, spec, dtype, mode) -> list:
             if has_bias:
                 estimates.append(roofline.model_bias_grad(g, dtype, spec))
             continue
-        x, y = math.prod(x_shape), math.prod(y_shape)
-        name = type(layer).__name__
-        estimates.append(roofline.memory_bound(f"{name} forward", (x + y) * item, spec))
-        estimates.append(roofline.memory_bound(f"{name} backward", (2 * x + y) * item, spec))
-    logits = case.shape.batch * case.shape.classes
-    estimates.append(roofline.memory_bound("cross_entropy", (2 * logits + case.shape.batch) * item, spec))
-    parameters = sum(p.data.size for p in model.parameters())
-    per_parameter = 2 * item + 4 * 4 if np.dtype(dtype) == np.float16 else 5 * item
-    estimates.append(roofline.memory_bound("sgd_momentum_step", per_parameter * parameters, spec))
+        passes = _layer_passes(layer, math.prod(x_shape), math.prod(y_shape), item)
+        estimates += [roofline.memory_bound(name, traffic, spec) for name, traffic in passes]
+    estimates += [roofline.memory_bound(name, traffic, spec)
+                  for name, traffic in _cross_entropy_step(case.shape.batch, case.shape.classes, item)]
+    float16 = np.dtype(dtype) == np.float16
+    update = "sgd_momentum_step_master" if float16 else "sgd_momentum_step"
+    per_element = 2 * item + 4 * 4 if float16 else 5 * item
+    estimates += [roofline.memory_bound(update, per_element * p.data.size, spec) for p in model.parameters()]
     return estimates
 
 

@@ -16,8 +16,8 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
 
 def leaf_layers(model, input_shape):
     """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
-    of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut);
-    raises ValueError for a layer type it does not know."""
+    of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut,
+    then the Residual itself for its addition); raises ValueError for a layer type it does not know."""
     from .. import nn
     leaves = []
 
@@ -30,6 +30,7 @@ def leaf_layers(model, input_shape):
             out = walk(module.block, shape)
             if module.shortcut is not None:
                 walk(module.shortcut, shape)
+            leaves.append((module, shape, out, None))
             return out
         g, out = None, shape
         if isinstance(module, nn.Conv2d):
