@@ -132,6 +132,43 @@ def test_model_on_a_backend_passes_it_to_every_F_call(monkeypatch, rng):
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_sequential_runs_a_relu_after_a_batch_norm_inside_it(be, training, rng, monkeypatch):
+    """Sequential(BatchNorm2d, ReLU) gives the values and gradients of the two layers run apart
+    (float64: bitwise on numpy, the same formulas; to 1e-12 on emu, whose fused kernels differ
+    in evaluation order), but the ReLU's own forward and backward never run: its two passes are
+    the batch norm's. A ReLU subclass is run as itself."""
+    from cnn_gpu import backend as backends
+    if reason := backends.why_unavailable(be):
+        pytest.skip(reason)
+    x, dy = _randn(rng, 4, 3, 5, 6), _randn(rng, 4, 3, 5, 6)
+    weight, bias, running_var = _randn(rng, 3), _randn(rng, 3), rng.uniform(0.5, 2, 3)
+
+    def pair(relu_class):
+        bn = nn.BatchNorm2d(3, dtype=np.float64)
+        bn.weight.data[...], bn.bias.data[...], bn.running_var[...] = weight, bias, running_var
+        model = nn.Sequential(bn, relu_class()).train(training)
+        model.to(be)
+        return model
+
+    class OwnReLU(nn.ReLU):
+        pass
+
+    apart, fused = pair(OwnReLU), pair(nn.ReLU)
+    relu_calls = []
+    real_forward = nn.ReLU.forward
+    monkeypatch.setattr(nn.ReLU, "forward", lambda self, x: relu_calls.append(type(self)) or real_forward(self, x))
+    y_apart, y_fused = apart(x), fused(x)
+    dx_apart, dx_fused = apart.backward(dy), fused.backward(dy)
+    assert relu_calls == [OwnReLU] and (y_fused == 0).any() and (y_fused > 0).any()
+    tolerance = dict(rtol=0, atol=0) if be == "numpy" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y_fused, y_apart, **tolerance)
+    np.testing.assert_allclose(dx_fused, dx_apart, **tolerance)
+    for a, b in zip(fused.parameters(), apart.parameters()):
+        np.testing.assert_allclose(a.grad, b.grad, **tolerance)
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_max_pool_layer_checks_only_indices_its_caller_holds(be, rng, monkeypatch):
     """nn.MaxPool2d's backward takes the indices of its own forward as they are (checking them is a
     dozen launches and a read back that waits for a GPU, every step), unless return_indices=True

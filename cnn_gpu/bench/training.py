@@ -17,14 +17,19 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
 def leaf_layers(model, input_shape):
     """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
     of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut,
-    then the Residual itself for its addition); raises ValueError for a layer type it does not know."""
+    then the Residual itself for its addition), but for the ReLUs nn.Sequential runs inside the
+    batch norm before them (nn.containers.fuses_relu); raises ValueError for a layer type it does
+    not know."""
     from .. import nn
+    from ..nn.containers import fuses_relu
     leaves = []
 
     def walk(module, shape):
         if isinstance(module, nn.Sequential):
-            for layer in module:
-                shape = walk(layer, shape)
+            layers = list(module)
+            for i, layer in enumerate(layers):
+                if not (i and fuses_relu(layers[i - 1], layer)):
+                    shape = walk(layer, shape)
             return shape
         if isinstance(module, nn.Residual):
             out = walk(module.block, shape)

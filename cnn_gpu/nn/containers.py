@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import inspect
 
+from .layers import BatchNorm2d, ReLU
 from .module import Module
 
 
 def takes_input_grad(module) -> bool:
     """Whether module.backward takes input_grad (every built-in module; maybe not a user's)."""
     return "input_grad" in inspect.signature(module.backward).parameters
+
+
+def fuses_relu(layer, following) -> bool:
+    """Whether nn.Sequential runs `following` inside `layer`: a ReLU right after a batch norm (their
+    own classes, not subclasses, whose forward may differ) is applied by the batch norm's kernels,
+    saving the ReLU's two passes over the activations and its two launches."""
+    return type(layer) is BatchNorm2d and type(following) is ReLU
 
 
 def _backward(module, dy, input_grad: bool):
@@ -18,10 +26,12 @@ def _backward(module, dy, input_grad: bool):
 
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Indexable like a list; the
-    children are named "0", "1", ... as in PyTorch."""
+    children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm2d runs inside
+    it (fuses_relu): the same values, one pass fewer each way."""
 
     def __init__(self, *layers):
         super().__init__()
+        object.__setattr__(self, "_fused", frozenset())   # positions of the ReLUs the last forward fused
         for layer in layers:
             self.append(layer)
 
@@ -44,8 +54,12 @@ class Sequential(Module):
         return layers[index]
 
     def forward(self, x):
-        for layer in self._modules.values():
-            x = layer(x)
+        layers = list(self._modules.values())
+        fused = frozenset(i + 1 for i in range(len(layers) - 1) if fuses_relu(layers[i], layers[i + 1]))
+        object.__setattr__(self, "_fused", fused)
+        for i, layer in enumerate(layers):
+            if i not in fused:
+                x = layer(x, activation="relu") if i + 1 in fused else layer(x)
         return x
 
     def backward(self, dy, input_grad=True):
@@ -59,8 +73,9 @@ class Sequential(Module):
         for i in range(1, len(layers)):
             before = layers[i - 1]
             wanted[i] = wanted[i - 1] or any(True for _ in before.parameters()) or not takes_input_grad(before)
-        for layer, needed in zip(reversed(layers), reversed(wanted)):
-            dy = _backward(layer, dy, needed)
+        for i in reversed(range(len(layers))):
+            if i not in self._fused:   # a fused ReLU's gradient is its batch norm's
+                dy = _backward(layers[i], dy, wanted[i])
         return dy
 
 

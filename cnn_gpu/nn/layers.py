@@ -325,7 +325,9 @@ class BatchNorm2d(Module):
         # PyTorch: batch statistics while training, and always when no running statistics are kept
         return self.training or self.running_mean is None
 
-    def forward(self, x):
+    def forward(self, x, *, activation=None):
+        """activation="relu": the ReLU that follows, in the same pass (and its gradient in
+        backward's); nn.Sequential asks for it where a ReLU follows this layer."""
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
@@ -337,18 +339,19 @@ class BatchNorm2d(Module):
         running = (self.running_mean, self.running_var) if use_running else (None, None)
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
         training = self._batch_statistics()
-        y, mean, invstd = F.batch_norm(x, *running, weight, bias, training, factor, self.eps, return_stats=True,
-                                       backend=self.backend)
-        self._saved = (x, mean, invstd, training)
+        y, mean, invstd = F.batch_norm(x, *running, weight, bias, training, factor, self.eps, activation=activation,
+                                       return_stats=True, backend=self.backend)
+        self._saved = (x, mean, invstd, training, activation)
         return y
 
     def backward(self, dy, input_grad=True):
         """The parameters' gradients come out of the same reductions as dx: input_grad=False
         returns None but saves no work."""
-        x, mean, invstd, training = self._saved_for_backward()
+        x, mean, invstd, training, activation = self._saved_for_backward()
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
         dx, dweight, dbias = F.batch_norm_backward(dy, x, None, None, weight, bias, training, self.eps,
-                                                   save_mean=mean, save_invstd=invstd, backend=self.backend)
+                                                   activation=activation, save_mean=mean, save_invstd=invstd,
+                                                   backend=self.backend)
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
