@@ -40,17 +40,27 @@ C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned
 
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _OBJECT_MACRO = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(?![\w(])[ \t]*(.*)$", re.M)
+_ONE_ARGUMENT_MACRO = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)\([ \t]*(\w+)[ \t]*\)[ \t]*(.*)$", re.M)
+_MACRO_CALL = re.compile(r"^\s*(\w+)\s*\(\s*(\w+)\s*\)\s*$")
 _KERNEL_HEAD = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^()]*\)\s*)?(\w+)\s*\(')
 _QUALIFIERS = {"const", "volatile", "__restrict__", "__restrict"}
 
 
-def _split_parameters(text: str, macros: dict) -> list[str]:
+def _split_parameters(text: str, macros: dict, functions: dict) -> list[str]:
     """The parameters of a list; a piece that is just the name of an object-like macro (a shared
-    parameter list such as POOL_WINDOW_PARAMS) is replaced by the macro's parameters."""
+    parameter list such as POOL_WINDOW_PARAMS), or a call of a one-argument macro (a slot of
+    optim.cu's multi-tensor kernels, its names pasted with `##`), is replaced by its parameters."""
     pieces = []
     for piece in text.split(","):
-        name = piece.strip()
-        pieces += _split_parameters(macros[name], macros) if name in macros else [piece]
+        name, call = piece.strip(), _MACRO_CALL.match(piece)
+        if name in macros:
+            pieces += _split_parameters(macros[name], macros, functions)
+        elif call and call.group(1) in functions:
+            argument, body = functions[call.group(1)]
+            expanded = re.sub(rf"\s*##\s*{argument}\b|\b{argument}\b", call.group(2), body)
+            pieces += _split_parameters(expanded, macros, functions)
+        else:
+            pieces.append(piece)
     return [p for p in pieces if p.strip() not in ("", "void")]
 
 
@@ -68,10 +78,14 @@ def parse_signatures(source: str) -> dict[str, tuple[KernelParameter, ...]]:
     """{kernel name: parameters} of the `extern "C" __global__` functions of a kernel source."""
     text = _COMMENT.sub(" ", source.replace("\\\n", " "))
     macros = {name: body.strip() for name, body in _OBJECT_MACRO.findall(text)}
+    functions = {name: (argument, body.strip()) for name, argument, body in _ONE_ARGUMENT_MACRO.findall(text)}
     signatures = {}
     for head in _KERNEL_HEAD.finditer(text):
-        close = text.index(")", head.end())
-        pieces = _split_parameters(text[head.end():close], macros)
+        close, depth = head.end(), 1   # the list's closing parenthesis, past any macro call's
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[close], 0)
+            close += 1
+        pieces = _split_parameters(text[head.end():close - 1], macros, functions)
         signatures[head.group(1)] = tuple(_parameter(piece, i) for i, piece in enumerate(pieces))
     return signatures
 

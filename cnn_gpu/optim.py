@@ -186,7 +186,11 @@ class Optimizer:
             arrays += [(f"parameter {i}", p.data, True), (f"the gradient of parameter {i}", grad, False)]
             arrays += [(f"state {key!r} of parameter {i}", v, True) for key, v in _state_arrays(state)]
         check_disjoint(arrays, "optimizer step: ")
-        for (_, p, state), (be, grad) in zip(pending, plans):
+        self._update_all([(be, p, grad, state) for (_, p, state), (be, grad) in zip(pending, plans)], hyper)
+
+    def _update_all(self, updates, hyper) -> None:
+        """The update of every (backend, parameter, gradient, state) checked above, in order."""
+        for be, p, grad, state in updates:
             self._update(be, p, grad, state, hyper)
 
     def state_dict(self) -> dict:
@@ -261,10 +265,34 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0")
         return checked
 
-    def _update(self, be, p, grad, state, hyper):
+    def _update_all(self, updates, hyper) -> None:
+        """With momentum, the parameters on a kernel backend are updated 8 a launch
+        (gpu.optim.sgd_momentum_steps: one launch per parameter would cost more than the update of
+        most of them), grouped by backend, dtype and whether they keep an FP32 master copy."""
+        if not hyper["momentum"]:
+            return super()._update_all(updates, hyper)
+        groups = {}
+        for be, p, grad, state in updates:
+            if be == "numpy":
+                self._update(be, p, grad, state, hyper)
+                continue
+            first_step = self._momentum_buffer(be, p, state)
+            groups.setdefault((be, p.data.dtype, "master" in state), []).append(
+                (p.data, grad, state["momentum_buffer"], first_step, state.get("master")))
+        for (be, *_), group in groups.items():
+            _kernel_steps().sgd_momentum_steps(be, group, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
+                                               hyper["nesterov"])
+
+    @staticmethod
+    def _momentum_buffer(be, p, state) -> bool:
+        """Whether this is the parameter's first step with momentum (its buffer made now)."""
         first_step = "momentum_buffer" not in state
-        if hyper["momentum"] and first_step:
+        if first_step:
             state["momentum_buffer"] = _backend.array_module(be).empty_like(p.data, dtype=state_dtype(p.data.dtype))
+        return first_step
+
+    def _update(self, be, p, grad, state, hyper):
+        first_step = self._momentum_buffer(be, p, state) if hyper["momentum"] else "momentum_buffer" not in state
         step = numpy_sgd_step if be == "numpy" else _kernel_steps().sgd_step
         step(be, p.data, grad, state.get("momentum_buffer"), hyper["lr"], hyper["momentum"],
              hyper["weight_decay"], hyper["nesterov"], first_step, **_master_argument(state))

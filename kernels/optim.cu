@@ -1,8 +1,12 @@
-// Optimizer updates, each one fused kernel over a parameter tensor, in place (PyTorch's rules).
+// Optimizer updates, each one fused kernel, in place (PyTorch's rules).
 //
 // Not a GEMM: one thread per element, 256-thread blocks, grid-stride loop over the 64-bit flat
-// index; every element reads its parameter, gradient and state once and writes them once, so an
-// optimizer step costs one launch per parameter and no host synchronisation.
+// index; every element reads its parameter, gradient and state once and writes them once, with no
+// host synchronisation. SGD with momentum (the training loop's optimizer) updates up to 8
+// parameters in one launch (MOMENTUM_SLOTS; ResNet-18's 62 parameter arrays: 8 launches, not 62):
+// slot k holds one parameter's arrays, its size n_k and whether it takes its first step, and
+// every thread walks the used slots in order, grid-striding over each (the grid is the largest
+// slot's); an unused slot is n = 0. The other updates take one launch per parameter.
 //  * sgd_step: g = grad + weight_decay*param; param -= lr*g (no momentum state).
 //  * sgd_momentum_step (no dampening): g = grad + weight_decay*param; buf = g on the first step,
 //    else momentum*buf + g; param -= lr*(nesterov ? g + momentum*buf : buf).
@@ -53,13 +57,39 @@ sgd_step(REAL* __restrict__ param, const REAL* __restrict__ grad, long long n, a
     }
 }
 
+#define MOMENTUM_SLOT(k)                                                                                         \
+    REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, acc_t* __restrict__ momentum_buf##k,          \
+        long long n##k, int first_step##k
+#define MOMENTUM_SLOTS                                                                                           \
+    MOMENTUM_SLOT(0), MOMENTUM_SLOT(1), MOMENTUM_SLOT(2), MOMENTUM_SLOT(3), MOMENTUM_SLOT(4), MOMENTUM_SLOT(5),  \
+        MOMENTUM_SLOT(6), MOMENTUM_SLOT(7)
+// slot k's pointers and size into the loop's variables (a switch: an array of pointers indexed by
+// the slot would live in local memory)
+#define MOMENTUM_SLOT_CASE(k)                                                                                    \
+    case k:                                                                                                      \
+        param = param##k, grad = grad##k, momentum_buf = momentum_buf##k, n = n##k, first_step = first_step##k;  \
+        break;
+#define MOMENTUM_SLOT_SWITCH(slot)                                                                               \
+    switch (slot) {                                                                                              \
+        MOMENTUM_SLOT_CASE(0) MOMENTUM_SLOT_CASE(1) MOMENTUM_SLOT_CASE(2) MOMENTUM_SLOT_CASE(3)                  \
+        MOMENTUM_SLOT_CASE(4) MOMENTUM_SLOT_CASE(5) MOMENTUM_SLOT_CASE(6) MOMENTUM_SLOT_CASE(7)                  \
+        default: return;                                                                                         \
+    }
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-sgd_momentum_step(REAL* __restrict__ param, const REAL* __restrict__ grad, acc_t* __restrict__ momentum_buf,
-                  long long n, acc_t lr, acc_t momentum, acc_t weight_decay, int nesterov, int first_step)
+sgd_momentum_step(MOMENTUM_SLOTS, int slots, acc_t lr, acc_t momentum, acc_t weight_decay, int nesterov)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        param[i] = to_real(sgd_momentum_update(to_acc(param[i]), to_acc(grad[i]), momentum_buf, i, lr, momentum,
-                                               weight_decay, nesterov, first_step));
+    for (int slot = 0; slot < slots; ++slot) {
+        REAL* param;
+        const REAL* grad;
+        acc_t* momentum_buf;
+        long long n;
+        int first_step;
+        MOMENTUM_SLOT_SWITCH(slot)
+        GRID_STRIDE_LOOP(i, n) {
+            param[i] = to_real(sgd_momentum_update(to_acc(param[i]), to_acc(grad[i]), momentum_buf, i, lr, momentum,
+                                                   weight_decay, nesterov, first_step));
+        }
     }
 }
 
@@ -86,16 +116,39 @@ sgd_step_master(REAL* __restrict__ param, acc_t* __restrict__ master, const REAL
     }
 }
 
+#define MOMENTUM_MASTER_SLOT(k) acc_t* __restrict__ master##k
+#define MOMENTUM_MASTER_SLOTS                                                                                    \
+    MOMENTUM_MASTER_SLOT(0), MOMENTUM_MASTER_SLOT(1), MOMENTUM_MASTER_SLOT(2), MOMENTUM_MASTER_SLOT(3),          \
+        MOMENTUM_MASTER_SLOT(4), MOMENTUM_MASTER_SLOT(5), MOMENTUM_MASTER_SLOT(6), MOMENTUM_MASTER_SLOT(7)
+#define MASTER_SLOT_CASE(k)                                                                                      \
+    case k:                                                                                                      \
+        master = master##k;                                                                                      \
+        break;
+
+// the slots as sgd_momentum_step's, each parameter's FP32 master copy in master_k
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-sgd_momentum_step_master(REAL* __restrict__ param, acc_t* __restrict__ master, const REAL* __restrict__ grad,
-                         acc_t* __restrict__ momentum_buf, long long n, acc_t lr, acc_t momentum, acc_t weight_decay,
-                         int nesterov, int first_step)
+sgd_momentum_step_master(MOMENTUM_SLOTS, MOMENTUM_MASTER_SLOTS, int slots, acc_t lr, acc_t momentum,
+                         acc_t weight_decay, int nesterov)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t p = sgd_momentum_update(master[i], to_acc(grad[i]), momentum_buf, i, lr, momentum, weight_decay,
-                                            nesterov, first_step);
-        master[i] = p;
-        param[i] = to_real(p);
+    for (int slot = 0; slot < slots; ++slot) {
+        REAL* param;
+        const REAL* grad;
+        acc_t* momentum_buf;
+        acc_t* master;
+        long long n;
+        int first_step;
+        MOMENTUM_SLOT_SWITCH(slot)
+        switch (slot) {
+            MASTER_SLOT_CASE(0) MASTER_SLOT_CASE(1) MASTER_SLOT_CASE(2) MASTER_SLOT_CASE(3)
+            MASTER_SLOT_CASE(4) MASTER_SLOT_CASE(5) MASTER_SLOT_CASE(6) MASTER_SLOT_CASE(7)
+            default: return;
+        }
+        GRID_STRIDE_LOOP(i, n) {
+            const acc_t p = sgd_momentum_update(master[i], to_acc(grad[i]), momentum_buf, i, lr, momentum,
+                                                weight_decay, nesterov, first_step);
+            master[i] = p;
+            param[i] = to_real(p);
+        }
     }
 }
 

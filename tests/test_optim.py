@@ -20,7 +20,7 @@ def _run(optimizer, params, grads):
     history = []
     for step_grads in grads:
         for p, g in zip(params, step_grads):
-            p.grad = g.copy()
+            p.grad = None if g is None else g.copy()   # None: no gradient reached it this step
         optimizer.step()
         history.append([p.data.copy() for p in params])
     return history
@@ -229,19 +229,57 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     calls = []
     fake = types.ModuleType("cnn_gpu.gpu.optim")
     fake.sgd_step = lambda *args: calls.append(("sgd",) + args)
+    fake.sgd_momentum_steps = lambda *args: calls.append(("sgd momentum",) + args)
     fake.adam_step = lambda *args: calls.append(("adam",) + args)
     monkeypatch.setitem(sys.modules, "cnn_gpu.gpu.optim", fake)
     monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
     param = Parameter(np.ones(3), backend="emu")
     param.grad = np.full(3, 2.0)
+    optim.SGD([param], lr=0.5).step()
     optim.SGD([param], lr=0.5, momentum=0.9).step()
     optim.Adam([param], lr=0.1).step()
-    assert calls[0][:2] == ("sgd", "emu") and calls[0][2] is param.data and calls[0][5:] == (0.5, 0.9, 0.0, False, True)
-    assert calls[1][:2] == ("adam", "emu") and calls[1][6:] == (1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    assert calls[0][:2] == ("sgd", "emu") and calls[0][2] is param.data and calls[0][5:] == (0.5, 0.0, 0.0, False, True)
+    (update,) = calls[1][2]   # (param, grad, buffer, first step, master) per parameter
+    assert calls[1][:2] == ("sgd momentum", "emu") and calls[1][3:] == (0.5, 0.9, 0.0, False)
+    assert update[0] is param.data and update[3:] == (True, None)
+    assert calls[2][:2] == ("adam", "emu") and calls[2][6:] == (1, 0.1, 0.9, 0.999, 1e-8, 0.0)
     # the optimizer's own backend argument overrides the parameter's
-    optim.SGD([param], lr=0.5, backend="numpy").step()
-    assert len(calls) == 2
+    optim.SGD([param], lr=0.5, momentum=0.9, backend="numpy").step()
+    assert len(calls) == 3
     np.testing.assert_array_equal(param.data, [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
+def test_sgd_with_momentum_updates_eight_parameters_a_launch(dtype, rtol):
+    """19 parameters of mixed sizes on emu: 3 launches (8 + 8 + 3 slots) that give NumPy's steps,
+    also for parameters whose first step comes later (no gradient before: their buffers start then)
+    and for float16 (FP32 master weights; within one float16 ulp of NumPy's float32 math)."""
+    from cnn_gpu.backend import why_unavailable
+    from cnn_gpu.bench.dry_run import launches_counted_not_run
+    if why_unavailable("emu"):
+        pytest.skip(f"emu backend unavailable: {why_unavailable('emu')}")
+    rng = np.random.default_rng(19)
+    shapes = [(int(n),) for n in rng.integers(1, 700, 19)]
+    numpy_params = _params(rng, dtype, shapes)
+    emu_params = [Parameter(p.data.copy(), backend="emu") for p in numpy_params]
+    grads = _grads(rng, numpy_params, 3)
+    for late in (2, 11, 17):   # no gradient at the first step
+        grads[0][late] = None
+    config = dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)
+    expected = _run(optim.SGD(numpy_params, **config), numpy_params, grads)
+    got = _run(optim.SGD(emu_params, **config), emu_params, grads)
+    for e_step, g_step in zip(expected, got):
+        for e, g in zip(e_step, g_step):
+            assert g.dtype == dtype
+            if dtype == np.float16:
+                assert np.abs(g.view(np.int16).astype(int) - e.view(np.int16).astype(int)).max() <= 1
+            else:
+                np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol)
+    for p, g in zip(emu_params, grads[0]):
+        p.grad = g if g is not None else rng.standard_normal(p.shape).astype(dtype)
+    with launches_counted_not_run() as launched:
+        optim.SGD(emu_params, **config).step()
+    assert launched == ["sgd_momentum_step_master" if dtype == np.float16 else "sgd_momentum_step"] * 3
 
 
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),

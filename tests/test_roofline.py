@@ -576,7 +576,7 @@ def test_the_step_model_prices_the_launches_a_training_step_makes(shape_set, ind
     with cnn_gpu.math_mode(math_mode), dry_run.launches_counted_not_run() as launched:
         step()
     modeled_launches = Counter(e.kernel for e in estimates if e.kernel not in outside)
-    assert modeled_launches == Counter(launched) and len(launched) >= 30
+    assert modeled_launches == Counter(launched) and len(launched) >= 20
     assert set(outside) <= {e.kernel for e in estimates}   # the linear layer's GEMMs, the loss's read-back
 
 

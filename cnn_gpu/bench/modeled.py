@@ -166,10 +166,11 @@ def _train_step(case, spec, dtype, mode) -> list:
     the list to the launches an emulated step makes): every convolution's fprop (with bias when it
     has one), dgrad (except the first layer's) and wgrad (and bias gradient) from the conv model;
     every other launch by its compulsory traffic (_layer_passes, _cross_entropy_step; linear GEMMs
-    and residual additions, which cuBLAS and CuPy run, likewise); and one update launch per
-    parameter (read parameter, gradient and momentum, write two; a float16 parameter instead writes
+    and residual additions, which cuBLAS and CuPy run, likewise); and the SGD update, 8 parameters
+    a launch (read parameter, gradient and momentum, write two; a float16 parameter instead writes
     itself and reads its gradient in float16, and reads and writes its FP32 master weight and
     momentum)."""
+    from ..gpu.optim import MOMENTUM_SLOTS
     from .. import nn
     from .training import build_model, leaf_layers
     model = build_model(case.shape, dtype)
@@ -193,7 +194,9 @@ def _train_step(case, spec, dtype, mode) -> list:
     float16 = np.dtype(dtype) == np.float16
     update = "sgd_momentum_step_master" if float16 else "sgd_momentum_step"
     per_element = 2 * item + 4 * 4 if float16 else 5 * item
-    estimates += [roofline.memory_bound(update, per_element * p.data.size, spec) for p in model.parameters()]
+    sizes = [p.data.size for p in model.parameters()]
+    estimates += [roofline.memory_bound(update, per_element * sum(sizes[first:first + MOMENTUM_SLOTS]), spec)
+                  for first in range(0, len(sizes), MOMENTUM_SLOTS)]
     return estimates
 
 
