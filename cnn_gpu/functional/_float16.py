@@ -27,7 +27,7 @@ COMPUTE = np.dtype(np.float32)   # the math (and accumulation) type of float16 o
 
 
 def _is_float16(a) -> bool:
-    return (isinstance(a, np.ndarray) or _backend.is_cupy_array(a)) and a.dtype == FLOAT16
+    return _checks.is_array(a) and a.dtype == FLOAT16
 
 
 def _rounded(result, originals: dict):

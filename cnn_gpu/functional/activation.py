@@ -36,7 +36,8 @@ def zero_where(a, drop, out=None):
 def relu_in_place(y):
     """torch.relu's rule on a NumPy array, in place: 0 where y < 0, y elsewhere (NaN and -0.0 pass;
     a max with 0 would turn -0.0 into 0.0). Also the fused ReLU of conv2d and batch_norm."""
-    return zero_where(y, np.less(y, 0), out=y)
+    zero_where(y, np.less(y, 0), out=y)
+    return y
 
 
 _FORWARD = {
