@@ -189,9 +189,27 @@ class Optimizer:
         self._update_all([(be, p, grad, state) for (_, p, state), (be, grad) in zip(pending, plans)], hyper)
 
     def _update_all(self, updates, hyper) -> None:
-        """The update of every (backend, parameter, gradient, state) checked above, in order."""
+        """The update of every (backend, parameter, gradient, state) checked above: on NumPy one by
+        one, on a kernel backend 8 parameters a launch (cnn_gpu.gpu.optim's *_steps: one launch per
+        parameter would cost more than the update of most of them), grouped by backend, dtype and
+        whether they keep an FP32 master copy."""
+        groups = {}
         for be, p, grad, state in updates:
-            self._update(be, p, grad, state, hyper)
+            if be == "numpy":
+                self._numpy_update(p, grad, state, hyper)
+            else:
+                groups.setdefault((be, p.data.dtype, "master" in state), []).append((p, grad, state))
+        for (be, *_), group in groups.items():
+            self._kernel_updates(be, group, hyper)
+
+    def _numpy_update(self, p, grad, state, hyper) -> None:
+        """One parameter's update on NumPy (subclasses)."""
+        raise NotImplementedError
+
+    def _kernel_updates(self, be, group, hyper) -> None:
+        """The updates of (parameter, gradient, state) triples of one dtype on kernel backend `be`
+        (subclasses)."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict:
         """Hyper-parameters and per-parameter state (NumPy arrays), for checkpoints."""
@@ -265,37 +283,30 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0")
         return checked
 
-    def _update_all(self, updates, hyper) -> None:
-        """With momentum, the parameters on a kernel backend are updated 8 a launch
-        (gpu.optim.sgd_momentum_steps: one launch per parameter would cost more than the update of
-        most of them), grouped by backend, dtype and whether they keep an FP32 master copy."""
+    def _kernel_updates(self, be, group, hyper) -> None:
         if not hyper["momentum"]:
-            return super()._update_all(updates, hyper)
-        groups = {}
-        for be, p, grad, state in updates:
-            if be == "numpy":
-                self._update(be, p, grad, state, hyper)
-                continue
-            first_step = self._momentum_buffer(be, p, state)
-            groups.setdefault((be, p.data.dtype, "master" in state), []).append(
-                (p.data, grad, state["momentum_buffer"], first_step, state.get("master")))
-        for (be, *_), group in groups.items():
-            _kernel_steps().sgd_momentum_steps(be, group, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
-                                               hyper["nesterov"])
+            _kernel_steps().sgd_steps(be, [(p.data, grad, state.get("master")) for p, grad, state in group],
+                                      hyper["lr"], hyper["weight_decay"])
+            return
+        updates = [(p.data, grad, *self._momentum_buffer(be, p, state), state.get("master"))
+                   for p, grad, state in group]
+        _kernel_steps().sgd_momentum_steps(be, updates, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
+                                           hyper["nesterov"])
 
     @staticmethod
-    def _momentum_buffer(be, p, state) -> bool:
-        """Whether this is the parameter's first step with momentum (its buffer made now)."""
+    def _momentum_buffer(be, p, state) -> tuple:
+        """(the parameter's momentum buffer, whether this is its first step with momentum: the
+        buffer made now)."""
         first_step = "momentum_buffer" not in state
         if first_step:
             state["momentum_buffer"] = _backend.array_module(be).empty_like(p.data, dtype=state_dtype(p.data.dtype))
-        return first_step
+        return state["momentum_buffer"], first_step
 
-    def _update(self, be, p, grad, state, hyper):
-        first_step = self._momentum_buffer(be, p, state) if hyper["momentum"] else "momentum_buffer" not in state
-        step = numpy_sgd_step if be == "numpy" else _kernel_steps().sgd_step
-        step(be, p.data, grad, state.get("momentum_buffer"), hyper["lr"], hyper["momentum"],
-             hyper["weight_decay"], hyper["nesterov"], first_step, **_master_argument(state))
+    def _numpy_update(self, p, grad, state, hyper) -> None:
+        buffer, first_step = (self._momentum_buffer("numpy", p, state) if hyper["momentum"]
+                              else (None, "momentum_buffer" not in state))
+        numpy_sgd_step("numpy", p.data, grad, buffer, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
+                       hyper["nesterov"], first_step, **_master_argument(state))
 
 
 class Adam(Optimizer):
@@ -313,14 +324,26 @@ class Adam(Optimizer):
         checked["betas"] = tuple(real_number(b, f"betas[{i}]", minimum=0.0, below=1.0) for i, b in enumerate(betas))
         return checked
 
-    def _update(self, be, p, grad, state, hyper):
+    @staticmethod
+    def _next_step(be, p, state) -> int:
+        """The parameter's step count, this step included (its moments made at its first)."""
         if "step" not in state:
             xp = _backend.array_module(be)
             dtype = state_dtype(p.data.dtype)
             state.update(step=0, exp_avg=xp.zeros_like(p.data, dtype=dtype),
                          exp_avg_sq=xp.zeros_like(p.data, dtype=dtype))
         state["step"] += 1
+        return state["step"]
+
+    def _numpy_update(self, p, grad, state, hyper) -> None:
         beta1, beta2 = hyper["betas"]
-        step = numpy_adam_step if be == "numpy" else _kernel_steps().adam_step
-        step(be, p.data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], hyper["lr"], beta1, beta2,
-             hyper["eps"], hyper["weight_decay"], **_master_argument(state))
+        step = self._next_step("numpy", p, state)
+        numpy_adam_step("numpy", p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, hyper["lr"], beta1, beta2,
+                        hyper["eps"], hyper["weight_decay"], **_master_argument(state))
+
+    def _kernel_updates(self, be, group, hyper) -> None:
+        beta1, beta2 = hyper["betas"]
+        steps = [self._next_step(be, p, state) for p, _, state in group]   # the moments made at a first step
+        updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, state.get("master"))
+                   for (p, grad, state), step in zip(group, steps)]
+        _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], hyper["weight_decay"])

@@ -222,15 +222,16 @@ def test_load_state_dict_refuses_a_state_a_step_could_not_use(edit, message):
 
 
 def test_kernel_backends_use_the_fused_step(monkeypatch):
-    """Parameters moved to a kernel backend go through cnn_gpu.gpu.optim with the same arguments
-    the NumPy update gets (the dispatch is checked here; the kernels by their own tests)."""
+    """Parameters moved to a kernel backend go through cnn_gpu.gpu.optim's multi-parameter updates
+    with the arguments the NumPy update gets (the dispatch is checked here; the kernels by their
+    own tests)."""
     import sys
     import types
     calls = []
     fake = types.ModuleType("cnn_gpu.gpu.optim")
-    fake.sgd_step = lambda *args: calls.append(("sgd",) + args)
+    fake.sgd_steps = lambda *args: calls.append(("sgd",) + args)
     fake.sgd_momentum_steps = lambda *args: calls.append(("sgd momentum",) + args)
-    fake.adam_step = lambda *args: calls.append(("adam",) + args)
+    fake.adam_steps = lambda *args: calls.append(("adam",) + args)
     monkeypatch.setitem(sys.modules, "cnn_gpu.gpu.optim", fake)
     monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
     param = Parameter(np.ones(3), backend="emu")
@@ -238,22 +239,32 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     optim.SGD([param], lr=0.5).step()
     optim.SGD([param], lr=0.5, momentum=0.9).step()
     optim.Adam([param], lr=0.1).step()
-    assert calls[0][:2] == ("sgd", "emu") and calls[0][2] is param.data and calls[0][5:] == (0.5, 0.0, 0.0, False, True)
-    (update,) = calls[1][2]   # (param, grad, buffer, first step, master) per parameter
+    # per call: (kind, backend, [update per parameter], hyper-parameters...)
+    (update,) = calls[0][2]   # (param, grad, master)
+    assert calls[0][:2] == ("sgd", "emu") and calls[0][3:] == (0.5, 0.0)
+    assert update[0] is param.data and update[2] is None
+    (update,) = calls[1][2]   # (param, grad, buffer, first step, master)
     assert calls[1][:2] == ("sgd momentum", "emu") and calls[1][3:] == (0.5, 0.9, 0.0, False)
     assert update[0] is param.data and update[3:] == (True, None)
-    assert calls[2][:2] == ("adam", "emu") and calls[2][6:] == (1, 0.1, 0.9, 0.999, 1e-8, 0.0)
+    (update,) = calls[2][2]   # (param, grad, m, v, step, master)
+    assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0)
+    assert update[0] is param.data and update[4:] == (1, None)
     # the optimizer's own backend argument overrides the parameter's
     optim.SGD([param], lr=0.5, momentum=0.9, backend="numpy").step()
     assert len(calls) == 3
     np.testing.assert_array_equal(param.data, [0.0, 0.0, 0.0])
 
 
+@pytest.mark.parametrize("kind, config, kernel", [
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True), "sgd_momentum_step"),
+    ("SGD", dict(lr=0.05, weight_decay=0.01), "sgd_step"),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01), "adam_step")])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
-def test_sgd_with_momentum_updates_eight_parameters_a_launch(dtype, rtol):
+def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dtype, rtol):
     """19 parameters of mixed sizes on emu: 3 launches (8 + 8 + 3 slots) that give NumPy's steps,
-    also for parameters whose first step comes later (no gradient before: their buffers start then)
-    and for float16 (FP32 master weights; within one float16 ulp of NumPy's float32 math)."""
+    also where some parameters take their first step later (no gradient before: their momentum
+    buffers start then, and Adam's step counts differ between the slots of one launch), and for
+    float16 (FP32 master weights; within one float16 ulp of NumPy's float32 math)."""
     from cnn_gpu.backend import why_unavailable
     from cnn_gpu.bench.dry_run import launches_counted_not_run
     if why_unavailable("emu"):
@@ -265,9 +276,8 @@ def test_sgd_with_momentum_updates_eight_parameters_a_launch(dtype, rtol):
     grads = _grads(rng, numpy_params, 3)
     for late in (2, 11, 17):   # no gradient at the first step
         grads[0][late] = None
-    config = dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)
-    expected = _run(optim.SGD(numpy_params, **config), numpy_params, grads)
-    got = _run(optim.SGD(emu_params, **config), emu_params, grads)
+    expected = _run(getattr(optim, kind)(numpy_params, **config), numpy_params, grads)
+    got = _run(getattr(optim, kind)(emu_params, **config), emu_params, grads)
     for e_step, g_step in zip(expected, got):
         for e, g in zip(e_step, g_step):
             assert g.dtype == dtype
@@ -278,8 +288,8 @@ def test_sgd_with_momentum_updates_eight_parameters_a_launch(dtype, rtol):
     for p, g in zip(emu_params, grads[0]):
         p.grad = g if g is not None else rng.standard_normal(p.shape).astype(dtype)
     with launches_counted_not_run() as launched:
-        optim.SGD(emu_params, **config).step()
-    assert launched == ["sgd_momentum_step_master" if dtype == np.float16 else "sgd_momentum_step"] * 3
+        getattr(optim, kind)(emu_params, **config).step()
+    assert launched == [f"{kernel}_master" if dtype == np.float16 else kernel] * 3
 
 
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),

@@ -104,7 +104,7 @@ def test_launches_refuse_read_only_outputs_aliasing_and_wrong_types():
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         _sgd(read_only, rng.standard_normal(10))
-    with pytest.raises(ValueError, match="'param' is written in place but shares memory with argument 'grad'"):
+    with pytest.raises(ValueError, match="'param0' is written in place but shares memory with argument 'grad0'"):
         _sgd(param, param)
     x, y = rng.standard_normal(10), np.zeros(10)
     with pytest.raises(ValueError, match="shares memory"):

@@ -170,7 +170,7 @@ def _train_step(case, spec, dtype, mode) -> list:
     a launch (read parameter, gradient and momentum, write two; a float16 parameter instead writes
     itself and reads its gradient in float16, and reads and writes its FP32 master weight and
     momentum)."""
-    from ..gpu.optim import MOMENTUM_SLOTS
+    from ..gpu.optim import UPDATE_SLOTS
     from .. import nn
     from .training import build_model, leaf_layers
     model = build_model(case.shape, dtype)
@@ -195,8 +195,8 @@ def _train_step(case, spec, dtype, mode) -> list:
     update = "sgd_momentum_step_master" if float16 else "sgd_momentum_step"
     per_element = 2 * item + 4 * 4 if float16 else 5 * item
     sizes = [p.data.size for p in model.parameters()]
-    estimates += [roofline.memory_bound(update, per_element * sum(sizes[first:first + MOMENTUM_SLOTS]), spec)
-                  for first in range(0, len(sizes), MOMENTUM_SLOTS)]
+    estimates += [roofline.memory_bound(update, per_element * sum(sizes[first:first + UPDATE_SLOTS]), spec)
+                  for first in range(0, len(sizes), UPDATE_SLOTS)]
     return estimates
 
 

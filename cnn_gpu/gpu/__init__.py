@@ -27,10 +27,13 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
                                                    deterministic fixed-order tree sum (bias grads, split-K)
   optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None)
         (in place; momentum_buf None when momentum == 0; PyTorch's SGD without dampening)
-  optim.sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master or None), ...], lr, momentum,
-                           weight_decay, nesterov)   (in place; 8 parameters of one dtype a launch)
   optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, *, master=None)
         (in place, PyTorch's Adam; master: a float16 parameter's FP32 copy, state arrays in FP32 then)
+  optim.sgd_steps(be, [(param, grad, master or None), ...], lr, weight_decay)
+  optim.sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master or None), ...], lr, momentum,
+                           weight_decay, nesterov)
+  optim.adam_steps(be, [(param, grad, m, v, step, master or None), ...], lr, beta1, beta2, eps, weight_decay)
+        (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
         two-pass fixed-order per-channel statistics; blends running_mean/var in place unless they are None
   batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu) -> y

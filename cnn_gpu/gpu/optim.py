@@ -1,7 +1,8 @@
 """Launch code of kernels/optim.cu: fused in-place SGD and Adam updates of one parameter array
-(same signatures as cnn_gpu.optim's NumPy updates), and SGD with momentum of up to MOMENTUM_SLOTS
-parameters in one launch (sgd_momentum_steps, which cnn_gpu.optim.SGD uses). Scalars derived
-from the step count are computed here on the host, so a step needs no device-to-host transfer.
+(sgd_step, adam_step: the signatures of cnn_gpu.optim's NumPy updates) or of several, UPDATE_SLOTS
+parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps: what cnn_gpu.optim's optimizers
+use). Scalars derived from the step count are computed here on the host, so a step needs no
+device-to-host transfer.
 
 State arrays (momentum buffer, moments) are in the kernels' compute type: FP32 for a float16
 parameter, which passes its FP32 master copy as `master` (cnn_gpu.optim always does): the
@@ -32,11 +33,29 @@ def _check_state(param, grad, master, **state):
                              f"{tuple(param.shape)} (state in {compute})")
 
 
-def _launch(be, kernel, param, master, arrays, scalars):
-    """The plain kernel on (param, *arrays), or its master variant on (param, master, *arrays)."""
-    weights = (param,) if master is None else (param, master)
-    backend.launch(be, "optim", param.dtype, kernel if master is None else f"{kernel}_master",
-                   (blocks_for(param.size),), (THREADS,), (*weights, *arrays, np.int64(param.size), *scalars))
+UPDATE_SLOTS = 8   # parameters a launch of a kernels/optim.cu update takes
+
+
+def _launch_slots(be, kernel, updates, scalars):
+    """`kernel` (or its *_master variant) over `updates`, UPDATE_SLOTS a launch: per parameter
+    (its slot's arguments, the parameter first; its master copy or None), all of
+    one dtype and with master copies for all or none; `scalars` follow the used slots' count."""
+    dtypes = {slot[0].dtype for slot, _ in updates}
+    if len(dtypes) > 1 or len({master is None for _, master in updates}) > 1:
+        raise ValueError("one launch updates parameters of one dtype, with master copies for all or none")
+    xp = backend.array_module(be)
+    with_master = updates[0][1] is not None
+    for first in range(0, len(updates), UPDATE_SLOTS):
+        chunk = updates[first:first + UPDATE_SLOTS]
+        # unused slots: size 0, arrays of no element (the checks take arrays; none shared)
+        unused = [[type(a)(0) if isinstance(a, np.generic) else xp.empty(0, a.dtype) for a in chunk[0][0]]
+                  for _ in range(UPDATE_SLOTS - len(chunk))]
+        slots = [a for slot, _ in chunk for a in slot] + [a for slot in unused for a in slot]
+        masters = ([master for _, master in chunk] + [xp.empty(0, chunk[0][1].dtype) for _ in unused]
+                   if with_master else [])
+        largest = max(slot[0].size for slot, _ in chunk)
+        backend.launch(be, "optim", chunk[0][0][0].dtype, f"{kernel}_master" if with_master else kernel,
+                       (blocks_for(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
 
 
 def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None):
@@ -44,40 +63,43 @@ def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov
     if momentum:
         sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master)], lr, momentum, weight_decay, nesterov)
     else:
+        sgd_steps(be, [(param, grad, master)], lr, weight_decay)
+
+
+def sgd_steps(be, updates, lr, weight_decay):
+    """In place: SGD without momentum of several parameters, UPDATE_SLOTS a launch. `updates`
+    holds (param, grad, master) per parameter (see _launch_slots)."""
+    for param, grad, master in updates:
         _check_state(param, grad, master)
-        _launch(be, "sgd_step", param, master, (grad,), acc(param.dtype, lr, weight_decay))
-
-
-MOMENTUM_SLOTS = 8   # parameters a launch of kernels/optim.cu's sgd_momentum_step updates
+    dtype = updates[0][0].dtype
+    _launch_slots(be, "sgd_step", [((param, grad, np.int64(param.size)), master) for param, grad, master in updates],
+                  acc(dtype, lr, weight_decay))
 
 
 def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov):
-    """In place: SGD with momentum (no dampening) of several parameters, MOMENTUM_SLOTS a launch.
-    `updates` holds (param, grad, momentum_buf, first_step, master) per parameter, all of one dtype,
-    master an FP32 copy for every one of them or None for every one."""
+    """In place: SGD with momentum (no dampening) of several parameters, UPDATE_SLOTS a launch.
+    `updates` holds (param, grad, momentum_buf, first_step, master) per parameter (see _launch_slots)."""
     for param, grad, buf, _, master in updates:
         _check_state(param, grad, master, momentum_buf=buf)
-    if len({param.dtype for param, *_ in updates}) > 1 or len({master is None for *_, master in updates}) > 1:
-        raise ValueError("one launch updates parameters of one dtype, with master copies for all or none")
-    xp = backend.array_module(be)
-    for first in range(0, len(updates), MOMENTUM_SLOTS):
-        chunk = updates[first:first + MOMENTUM_SLOTS]
-        param, _, buf, _, master = chunk[0]
-        unused = MOMENTUM_SLOTS - len(chunk)   # arrays of no element (the checks take arrays), none shared
-        slots = [a for p, g, b, first_step, _ in chunk for a in (p, g, b, np.int64(p.size), *i32(bool(first_step)))]
-        slots += [a for _ in range(unused) for a in (xp.empty(0, param.dtype), xp.empty(0, param.dtype),
-                                                     xp.empty(0, buf.dtype), np.int64(0), np.int32(0))]
-        masters = () if master is None else (*(m for *_, m in chunk), *(xp.empty(0, buf.dtype) for _ in range(unused)))
-        kernel = "sgd_momentum_step" if master is None else "sgd_momentum_step_master"
-        backend.launch(be, "optim", param.dtype, kernel, (blocks_for(max(p.size for p, *_ in chunk)),), (THREADS,),
-                       (*slots, *masters, *i32(len(chunk)), *acc(param.dtype, lr, momentum, weight_decay),
-                        *i32(bool(nesterov))))
+    dtype = updates[0][0].dtype
+    _launch_slots(be, "sgd_momentum_step",
+                  [((param, grad, buf, np.int64(param.size), *i32(bool(first_step))), master)
+                   for param, grad, buf, first_step, master in updates],
+                  (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov))))
 
 
 def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, *, master=None):
     """In place; PyTorch's Adam (L2 weight decay, bias correction), `step` counting from 1."""
-    _check_state(param, grad, master, m=m, v=v)
-    step_size = lr / (1 - beta1 ** step)
-    bias2_sqrt = math.sqrt(1 - beta2 ** step)
-    _launch(be, "adam_step", param, master, (grad, m, v),
-            acc(param.dtype, step_size, bias2_sqrt, 1 - beta1, beta2, 1 - beta2, eps, weight_decay))
+    adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay)
+
+
+def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay):
+    """In place: Adam of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
+    m, v, step, master) per parameter, `step` its own count from 1 (see _launch_slots)."""
+    for param, grad, m, v, _, master in updates:
+        _check_state(param, grad, master, m=m, v=v)
+    dtype = updates[0][0].dtype
+    slots = [((param, grad, m, v, np.int64(param.size),
+               *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
+             for param, grad, m, v, step, master in updates]
+    _launch_slots(be, "adam_step", slots, acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay))
