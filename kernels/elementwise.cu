@@ -5,6 +5,9 @@
 // Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh.
 // PyTorch's edge rules: relu(x) = 0 where x < 0, else x (NaN and -0 pass); relu'(x) = 0 where
 // x <= 0 (so a NaN x passes dy); leaky_relu'(x) = slope where x <= 0.
+// add_relu_forward: relu(a + b) in one pass, a residual block's output plus its shortcut and the
+// ReLU after them (nn.Residual, where nn.Sequential fuses the ReLU); its gradient is relu_backward
+// given the output, which is > 0 exactly where a + b is (NaN where it is NaN).
 // Bias addition (where not fused into a GEMM epilogue), in place:
 //  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
 //    so the channel is known per plane, not divided out per element.
@@ -24,6 +27,15 @@ relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     GRID_STRIDE_LOOP(i, n) {
         const acc_t v = to_acc(x[i]);
+        y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+add_relu_forward(const REAL* __restrict__ a, const REAL* __restrict__ b, REAL* __restrict__ y, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const acc_t v = to_acc(a[i]) + to_acc(b[i]);   // float16: rounded once, as a + b would be
         y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
     }
 }

@@ -285,6 +285,37 @@ def test_activations(name, forward_args, backward_args, dtype):
                      backward(dy, x, *backward_args, backend="numpy"), dtype, what + " backward")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@guarded
+def test_add_relu_is_relu_of_the_sum_bit_for_bit(dtype):
+    """F.add_relu on emu (one kernel) and numpy gives relu(a + b) as the two ops apart give it, to
+    the bit: the sum rounded once (float16: as NumPy's float16 addition rounds it), -0.0 kept
+    where both addends are -0.0, NaN and inf passed, overflow to inf; and relu_backward given the
+    output is relu_backward given the sum."""
+    rng = np.random.default_rng(12)
+    big = np.finfo(dtype).max
+    edges_a = np.array([-0.0, 0.0, -0.0, np.nan, np.inf, -np.inf, 1.5, big, -big, 2.0], dtype)
+    edges_b = np.array([-0.0, -0.0, 1.0, 1.0, 1.0, 3.0, np.nan, big, 1.0, -2.0], dtype)
+    for shape in [(7,), (3, 4, 5, 6), (2, 3, 17, 13)]:
+        a, b = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+        a.ravel()[:len(edges_a)], b.ravel()[:len(edges_b)] = edges_a[:a.size], edges_b[:b.size]
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = F.relu(a + b, backend="numpy")
+        for be in ("numpy", "emu"):
+            with np.errstate(over="ignore", invalid="ignore"):
+                y = F.add_relu(a, b, backend=be)
+            assert y.dtype == dtype
+            np.testing.assert_array_equal(y.view(f"u{y.itemsize}"), expected.view(f"u{y.itemsize}"),
+                                          err_msg=f"{be} {shape}")
+            dy = rng.standard_normal(shape).astype(dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.testing.assert_array_equal(F.relu_backward(dy, y, backend=be), F.relu_backward(dy, a + b, backend=be))
+    with pytest.raises(ValueError, match="shape"):
+        F.add_relu(np.ones((2, 3), dtype), np.ones((3, 2), dtype), backend="emu")
+    with pytest.raises(TypeError, match="dtype"):
+        F.add_relu(np.ones(3, dtype), np.ones(3, np.float64 if dtype != np.float64 else np.float32), backend="emu")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @guarded
 def test_bias_add(dtype):

@@ -169,6 +169,48 @@ def test_sequential_runs_a_relu_after_a_batch_norm_inside_it(be, training, rng, 
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("with_shortcut", [False, True])
+def test_sequential_runs_a_relu_after_a_residual_with_its_addition(be, dtype, with_shortcut, rng, monkeypatch):
+    """Sequential(Residual, ReLU) gives the values and gradients (input and parameters) of the
+    ReLU run apart, to the bit (the same sum, rounded once, and the same mask), but the ReLU's own
+    forward and backward never run: F.add_relu adds and rectifies in one pass, the Residual's
+    backward applies the ReLU's gradient. A ReLU subclass is run as itself."""
+    from cnn_gpu import backend as backends
+    if reason := backends.why_unavailable(be):
+        pytest.skip(reason)
+    x, dy = _randn(rng, 2, 3, 5, 6).astype(dtype), _randn(rng, 2, 4 if with_shortcut else 3, 5, 6).astype(dtype)
+    seed = int(rng.integers(1 << 30))
+
+    class OwnReLU(nn.ReLU):
+        pass
+
+    def pair(relu_class):
+        weights = np.random.default_rng(seed)
+        out = 4 if with_shortcut else 3
+        shortcut = nn.Conv2d(3, out, 1, dtype=dtype, rng=weights) if with_shortcut else None
+        model = nn.Sequential(nn.Residual(nn.Conv2d(3, out, 3, padding=1, dtype=dtype, rng=weights), shortcut),
+                              relu_class())
+        model.to(be)
+        return model
+
+    apart, fused = pair(OwnReLU), pair(nn.ReLU)
+    relu_calls = []
+    for method in ("forward", "backward"):
+        real = getattr(nn.ReLU, method)
+        monkeypatch.setattr(nn.ReLU, method, lambda self, *args, real=real, method=method, **kwargs:
+                            relu_calls.append((type(self), method)) or real(self, *args, **kwargs))
+    y_apart, y_fused = apart(x), fused(x)
+    dx_apart, dx_fused = apart.backward(dy), fused.backward(dy)
+    assert relu_calls == [(OwnReLU, "forward"), (OwnReLU, "backward")]
+    assert (y_fused == 0).any() and (y_fused > 0).any()
+    for got, want in [(y_fused, y_apart), (dx_fused, dx_apart),
+                      *((a.grad, b.grad) for a, b in zip(fused.parameters(), apart.parameters()))]:
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_max_pool_layer_checks_only_indices_its_caller_holds(be, rng, monkeypatch):
     """nn.MaxPool2d's backward takes the indices of its own forward as they are (checking them is a
     dozen launches and a read back that waits for a GPU, every step), unless return_indices=True

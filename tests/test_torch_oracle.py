@@ -404,6 +404,21 @@ def test_relu_keeps_a_negative_zero_as_torch_does(backend, dtype):
     np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_add_relu_is_torchs_relu_of_the_sum(backend, dtype):
+    """F.add_relu(a, b) (nn.Residual with its ReLU) is torch.relu(a + b) to the bit, signed zeros,
+    NaN and overflow included."""
+    rng = np.random.default_rng(31)
+    big = np.finfo(dtype).max
+    a = np.concatenate([[-0.0, 0.0, np.nan, big, -np.inf], rng.standard_normal(300)]).astype(dtype)
+    b = np.concatenate([[-0.0, -0.0, 1.0, big, 2.0], rng.standard_normal(300)]).astype(dtype)
+    expected = torch.relu(torch.tensor(a) + torch.tensor(b)).numpy()
+    with np.errstate(over="ignore"):
+        y = F.add_relu(a, b, backend=backend)
+    np.testing.assert_array_equal(y.view(f"u{y.itemsize}"), expected.view(f"u{y.itemsize}"))
+
+
 def test_relu_backward_of_non_finite_dy_matches_torch():
     """An infinite or NaN dy where x <= 0 gives 0 (the gradient is masked, not multiplied by 0)."""
     x = np.array([-1.0, 0.0, 2.0, -3.0, 1.0, np.nan])

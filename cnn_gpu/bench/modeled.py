@@ -120,6 +120,12 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     dx; batch norm reads x for its statistics, then again to normalise it."""
     from .. import nn
     from ..gpu.reduce import plan_channel_sum
+    from .training import WithReLU
+    if isinstance(layer, WithReLU) and isinstance(layer.layer, nn.Residual):
+        # relu(block(x) + shortcut(x)) in one pass; its gradient from the output, then the branches' dx added
+        return [("add_relu_forward", 3 * y * item), ("relu_backward", 3 * y * item), (CUPY_ELEMENTWISE, 3 * x * item)]
+    if isinstance(layer, WithReLU):
+        return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the ReLU
     if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
         name = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(layer)]
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]

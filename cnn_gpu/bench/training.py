@@ -2,6 +2,8 @@
 its FLOP count, and its PyTorch mirror."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
@@ -14,12 +16,18 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
     return models.build(shape.model, shape.image_shape, shape.classes, dtype=dtype, rng=np.random.default_rng(seed))
 
 
+@dataclass(frozen=True)
+class WithReLU:
+    """A leaf layer (a BatchNorm2d or a Residual) that runs the ReLU after it (nn.containers.fuses_relu)."""
+    layer: object
+
+
 def leaf_layers(model, input_shape):
     """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
     of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut,
-    then the Residual itself for its addition), but for the ReLUs nn.Sequential runs inside the
-    batch norm before them (nn.containers.fuses_relu); raises ValueError for a layer type it does
-    not know."""
+    then the Residual itself for its addition); a ReLU that nn.Sequential runs inside the batch norm
+    or Residual before it (nn.containers.fuses_relu) is no leaf, that layer is listed as
+    WithReLU(layer). Raises ValueError for a layer type it does not know."""
     from .. import nn
     from ..nn.containers import fuses_relu
     leaves = []
@@ -28,7 +36,9 @@ def leaf_layers(model, input_shape):
         if isinstance(module, nn.Sequential):
             layers = list(module)
             for i, layer in enumerate(layers):
-                if not (i and fuses_relu(layers[i - 1], layer)):
+                if i and fuses_relu(layers[i - 1], layer):
+                    leaves[-1] = (WithReLU(leaves[-1][0]), *leaves[-1][1:])   # the layer before: the last leaf
+                else:
                     shape = walk(layer, shape)
             return shape
         if isinstance(module, nn.Residual):

@@ -1,5 +1,6 @@
 """Element-wise activations relu, leaky_relu, sigmoid, tanh and their backward passes
-`<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0)."""
+`<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0);
+and add_relu, relu(a + b) in one pass."""
 from __future__ import annotations
 
 import numpy as np
@@ -82,12 +83,17 @@ def _forward(name, x, param, backend):
     return elementwise.forward(be, name, _checks.for_kernels(be, x, "x"), param)
 
 
+def _matching_pair(first, first_name, second, second_name, backend):
+    """The backend of an op on two arrays, after checking that the second has the first's dtype and shape."""
+    _checks.array(first, first_name)
+    _checks.array(second, second_name)
+    _checks.same_dtype(first_name, first, **{second_name: second})
+    _checks.shape_is(second, second_name, first.shape, f" (the shape of {first_name})")
+    return _backend.resolve(backend, first, second)
+
+
 def _backward(name, dy, x, param, backend):
-    _checks.array(dy, "dy")
-    _checks.array(x, "x")
-    _checks.same_dtype("x", x, dy=dy)
-    _checks.shape_is(dy, "dy", x.shape, " (the shape of x)")
-    be = _backend.resolve(backend, dy, x)
+    be = _matching_pair(x, "x", dy, "dy", backend)
     if be == "numpy":
         return _BACKWARD[name](dy, x, param)
     from ..gpu import elementwise
@@ -104,6 +110,17 @@ def relu(x, *, backend=None):
 def relu_backward(dy, x, *, backend=None):
     """dy where x > 0, else 0."""
     return _backward("relu", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def add_relu(a, b, *, backend=None):
+    """relu(a + b) in one pass (an extension: nn.Residual with the ReLU after it). Its gradient is
+    relu_backward(dy, y) with y the output, which is > 0 exactly where a + b is."""
+    be = _matching_pair(a, "a", b, "b", backend)
+    if be == "numpy":
+        return relu_in_place(np.add(a, b))
+    from ..gpu import elementwise
+    return elementwise.add_relu(be, _checks.for_kernels(be, a, "a"), _checks.for_kernels(be, b, "b"))
 
 
 @takes_float16(kernels=True)

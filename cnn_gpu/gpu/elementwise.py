@@ -1,4 +1,4 @@
-"""Launch code of kernels/elementwise.cu: activations forward/backward and in-place bias addition."""
+"""Launch code of kernels/elementwise.cu: activations forward/backward, relu(a + b), in-place bias addition."""
 from __future__ import annotations
 
 import math
@@ -37,6 +37,14 @@ def backward(be, name, dy, x, param):
     backend.launch(be, "elementwise", x.dtype, kernel, (blocks_for(x.size),), (THREADS,),
                    (dy, x, dx, np.int64(x.size), *_param_args(name, x.dtype, param)))
     return dx
+
+
+def add_relu(be, a, b):
+    """relu(a + b) in one pass (arrays of one shape and dtype)."""
+    y = backend.array_module(be).empty(a.shape, dtype=a.dtype)
+    backend.launch(be, "elementwise", a.dtype, "add_relu_forward", (blocks_for(a.size),), (THREADS,),
+                   (a, b, y, np.int64(a.size)))
+    return y
 
 
 def bias_add(be, y, bias):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 
+from .. import functional as F
 from .layers import BatchNorm2d, ReLU
 from .module import Module
 
@@ -13,10 +14,11 @@ def takes_input_grad(module) -> bool:
 
 
 def fuses_relu(layer, following) -> bool:
-    """Whether nn.Sequential runs `following` inside `layer`: a ReLU right after a batch norm (their
-    own classes, not subclasses, whose forward may differ) is applied by the batch norm's kernels,
-    saving the ReLU's two passes over the activations and its two launches."""
-    return type(layer) is BatchNorm2d and type(following) is ReLU
+    """Whether nn.Sequential runs `following` inside `layer`: a ReLU right after a batch norm or a
+    residual connection (their own classes, not subclasses, whose forward may differ) is applied
+    by the batch norm's kernels or with the residual addition (F.add_relu), saving the ReLU's pass
+    over the activations and its launch forward, and on the batch norm its backward's too."""
+    return type(layer) in (BatchNorm2d, Residual) and type(following) is ReLU
 
 
 def _backward(module, dy, input_grad: bool):
@@ -26,8 +28,8 @@ def _backward(module, dy, input_grad: bool):
 
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Indexable like a list; the
-    children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm2d runs inside
-    it (fuses_relu): the same values, one pass fewer each way."""
+    children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm2d or a Residual
+    runs inside it (fuses_relu): the same values, fewer passes."""
 
     def __init__(self, *layers):
         super().__init__()
@@ -74,7 +76,7 @@ class Sequential(Module):
             before = layers[i - 1]
             wanted[i] = wanted[i - 1] or any(True for _ in before.parameters()) or not takes_input_grad(before)
         for i in reversed(range(len(layers))):
-            if i not in self._fused:   # a fused ReLU's gradient is its batch norm's
+            if i not in self._fused:   # a fused ReLU's gradient is the layer's before it
                 dy = _backward(layers[i], dy, wanted[i])
         return dy
 
@@ -91,17 +93,24 @@ class Residual(Module):
         self.block = block
         self.shortcut = shortcut
 
-    def forward(self, x):
+    def forward(self, x, *, activation=None):
+        """activation="relu": the ReLU that follows, applied with the addition in one pass
+        (F.add_relu; its gradient in backward's); nn.Sequential asks for it where a ReLU follows."""
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation must be None or 'relu', got {activation!r}")
         y = self.block(x)
         skip = x if self.shortcut is None else self.shortcut(x)
         if y.shape != skip.shape:
             raise ValueError(f"Residual: block output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} "
                              f"differ; give a shortcut (e.g. a 1x1 Conv2d) that matches the block")
-        self._saved = True
-        return y + skip
+        out = y + skip if activation is None else F.add_relu(y, skip, backend=self.backend)
+        self._saved = (out if activation else None,)   # the ReLU's output: > 0 where its input is
+        return out
 
     def backward(self, dy, input_grad=True):
-        self._saved_for_backward()
+        (relu_output,) = self._saved_for_backward()
+        if relu_output is not None:
+            dy = F.relu_backward(dy, relu_output, backend=self.backend)
         dx = _backward(self.block, dy, input_grad)
         skip = dy if self.shortcut is None else _backward(self.shortcut, dy, input_grad)
         return dx + skip if input_grad else None
