@@ -40,7 +40,7 @@ import numpy as np
 
 from ... import backend
 from ...launch_checks import memory_span
-from .. import reduce
+from .. import _arrivals, reduce
 from .._grid import i32
 from ..conv import _ceil_div, _geometry_args, device_sms
 # the planners' names, as this package's
@@ -169,28 +169,6 @@ def dgrad(be, dy, w, g, *, bias=None, tile=None, splits=None):
     return reduce.split_sum_epilogue(be, partials, dx, g.C, g.H * g.W, bias)
 
 
-# wgrad's per-tile counts of arrived and of written segments (kernels/conv2d_tc.cu wgrad_arrive), per
-# backend, device and stream. The kernel leaves them zero (a tile's summing block resets its count), so the
-# launches of one stream, which run in order, reuse them without a zeroing launch; a launch that
-# fails drops them.
-_ARRIVALS = {}
-
-
-def _arrivals_key(be) -> tuple:
-    """_ARRIVALS' key: the backend, its current device and CuPy stream (None, None on the emulator)."""
-    cupy = backend.cupy_or_none() if be == "cuda" else None
-    return be, _device_id(be), cupy.cuda.get_current_stream().ptr if cupy else None
-
-
-def _arrivals(be, count: int):
-    """At least `count` zero arrival counts for `be`'s current device and stream (_ARRIVALS)."""
-    key = _arrivals_key(be)
-    counts = _ARRIVALS.get(key)
-    if counts is None or counts.size < count:
-        counts = _ARRIVALS[key] = backend.array_module(be).zeros(max(count, 1024), dtype=np.uint32)
-    return counts
-
-
 def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     """dweight of conv2d on tensor cores (split-K partials summed in a fixed order by the kernel), or
     None for a filter with R + S > 32 (the SIMT kernel runs it). `tile`, `splits` or `blocks`, and
@@ -203,7 +181,8 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
     crs = (g.C // g.groups) * g.R * g.S
     dw = xp.empty(g.w_shape, dtype=x.dtype)
     partials = _partials(xp, plan.splits if plan.splits > 1 else 0, (g.K, crs))
-    arrivals = _arrivals(be, wgrad_tiles(g, plan.tile, x.dtype, plan.dy_path) if plan.splits > 1 else 1)
+    # per-tile counts of arrived and of written segments (kernels/conv2d_tc.cu wgrad_arrive)
+    arrivals = _arrivals.zeroed(be, wgrad_tiles(g, plan.tile, x.dtype, plan.dy_path) if plan.splits > 1 else 1)
     dy, dy_image, dy_channel = _dy_operand(xp, dy, g, plan.dy_path)
     residues = plan.dy_path == "residues"
     pixel_table = _cached_pixel_table(be, _device_id(be), g, dy_image, step_depth(x.dtype), residues)
@@ -212,11 +191,7 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None, blocks=None, dy_path=None):
             + i32(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, *g.dilation)
             + i32(g.groups, plan.splits, dy_image, dy_channel, reduction))
     launch = plan.main
-    try:
-        backend.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
-    except BaseException:
-        _ARRIVALS.pop(_arrivals_key(be), None)   # its counts may be left part-way
-        raise
+    _arrivals.launch(be, launch.family, x.dtype, launch.kernel, launch.grid, launch.block, args)
     return dw
 
 
