@@ -1,55 +1,123 @@
 // Batch normalisation over NCHW (any x viewed as (N, C, HW)), PyTorch's semantics.
 //
-// Not a GEMM: per-channel reductions of length L = N*HW and element-wise maps.
-//  * batch_norm_stats: one 256-thread block per channel (grid-stride over channels). Two passes
-//    over the channel: the mean, then the sum of squared deviations from it (no E[x^2] - E[x]^2
-//    cancellation in float32). Thread t adds elements t, t+256, ... in that order, then a
-//    shared-memory halving tree adds the 256 partials: the order depends on the shape only, so
-//    results are bit-identical run to run (no atomics). Writes mean and invstd = 1/sqrt(var + eps)
-//    with the biased variance, and, when update_running, blends the mean and the unbiased variance
-//    into the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
+// Not a GEMM: per-channel reductions of length L = N*HW and element-wise maps, bound by DRAM
+// bandwidth. The reductions run thousands of blocks, each with 4 loads in flight per thread:
+// a channel's L elements (in (n, i) order) are cut into chunks of CHUNK, block (channel, chunk)
+// reduces one chunk, and the block that completes a channel's last chunk (an arrival count,
+// reset by that block) combines the channel's chunk partials. One block per channel, as before,
+// left most of a GPU idle on ResNet's 64-channel layers and kept one load per thread in flight.
+// Every order is fixed by the shape: results are bit-identical run to run, whichever block
+// arrives last.
+//  * batch_norm_stats: one pass over x. Thread t takes elements t, t + 256, ... of its block's
+//    chunk into 4 accumulators in turn, each a running (count, mean, M2) updated per element
+//    (Welford: no E[x^2] - E[x]^2 cancellation in float32, and no second pass), merged with
+//    Chan et al.'s formula in a fixed order: the 4, then a shared-memory halving tree of the 256
+//    threads, then the channel's chunks. Writes mean and invstd = 1/sqrt(var + eps) with the
+//    biased variance, and, when update_running, blends the mean and the unbiased variance into
+//    the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
 //  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
 //    y index walks the (n, c) planes, so the channel's scale is computed once per plane, not per
 //    element. With from_variance the `scale_source` array holds a variance (eval mode: the running
 //    variance) and invstd is computed from it here.
-//  * batch_norm_backward: one block per channel, fused: the channel sums of g and g * xhat (g: dy,
-//    masked by the recomputed ReLU when fused), which are dbias and dweight, then in the same block
-//    dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in training mode, or
-//    weight * invstd * g in eval mode (constant statistics).
+//  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy, masked by the
+//    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
+//  * batch_norm_backward_dx: dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in
+//    training mode, or weight * invstd * g in eval mode (constant statistics); the forward's grid.
 // Element offsets are 64-bit; a channel's elements are walked by stepping (n, i) rather than
 // dividing each flat index.
 // float16 (REAL_IS_HALF): x, y, dy, dx, weight, bias, dweight, dbias and the running statistics
 // are FP16 in memory, and all math is acc_t (FP32), each stored value rounded once, as PyTorch
 // computes half batch norm. The per-channel statistics the kernels hand each other (mean, invstd,
-// or a variance with from_variance) are acc_t arrays: the forward normalises with the FP32
-// statistics, not their float16 roundings (the launcher widens float16 ones it is given).
+// or a variance with from_variance, and the backward's sums) are acc_t arrays: the forward
+// normalises with the FP32 statistics, not their float16 roundings (the launcher widens float16
+// ones it is given).
 
 #include "common.cuh"
 
-// block_sum (common.cuh), then a barrier: `partial` is written again by the next sum.
-__device__ __forceinline__ acc_t channel_total(acc_t value, acc_t* partial)
-{
-    const acc_t total = block_sum(value, partial);
-    __syncthreads();
-    return total;
-}
+#define CHUNK (BLOCK_THREADS * 16)   // elements per reduction block (cnn_gpu.gpu.batch_norm.CHUNK)
+#define ACCUMULATORS 4
 
-// Walks the elements t, t + BLOCK_THREADS, ... of one channel of an (N, C, HW) array as
-// (n, i) pairs: offset(c) is the element's flat position.
+// Walks elements e = first, first + 256, ... of one channel of an (N, C, HW) array as (n, i)
+// pairs with e = n*HW + i: offset(c) is the element's flat position.
 struct ChannelCursor {
     long long n, i;
-    __device__ explicit ChannelCursor(long long HW) : n(threadIdx.x / HW), i(threadIdx.x % HW) {}
-    __device__ void advance(long long HW)
+    const long long HW;
+    const int step_n, step_i;
+    __device__ ChannelCursor(long long first, long long HW_)
+        : n(first / HW_), i(first % HW_), HW(HW_), step_n((int)(BLOCK_THREADS / HW_)),
+          step_i((int)(BLOCK_THREADS % HW_)) {}
+    __device__ void advance()
     {
-        n += BLOCK_THREADS / HW;
-        i += BLOCK_THREADS % HW;
+        n += step_n;
+        i += step_i;
         if (i >= HW) {
             i -= HW;
             ++n;
         }
     }
-    __device__ long long offset(long long c, long long C, long long HW) const { return (n * C + c) * HW + i; }
+    __device__ long long offset(long long c, long long C) const { return (n * C + c) * HW + i; }
 };
+
+// A reduction block's place: channel c, chunk `chunk` of `chunks`, elements [first, end) of it for
+// thread t (first = the chunk's start + t).
+struct ChunkOfChannel {
+    long long c, chunk, chunks, first, end;
+    __device__ ChunkOfChannel(long long length)
+    {
+        chunks = (length + CHUNK - 1) / CHUNK;
+        c = blockIdx.x / chunks;
+        chunk = blockIdx.x - c * chunks;
+        first = chunk * CHUNK + threadIdx.x;
+        end = min(length, chunk * CHUNK + CHUNK);
+    }
+};
+
+// Count, mean and sum of squared deviations of a set of values (Welford; Chan et al.'s merge).
+struct Moments {
+    acc_t n, mean, m2;   // n: exact in float32 up to 2^24 elements a channel, a relative 6e-8 off beyond
+};
+
+// a then b, in that order (the result depends on it only by rounding)
+__device__ __forceinline__ Moments merged(const Moments& a, const Moments& b)
+{
+    if (b.n == (acc_t)0) return a;
+    if (a.n == (acc_t)0) return b;
+    const acc_t n = a.n + b.n, d = b.mean - a.mean, share = b.n / n;
+    return Moments{n, a.mean + d * share, a.m2 + b.m2 + d * d * (a.n * share)};
+}
+
+// The moments of one value per thread over the block by a shared-memory halving tree (a fixed
+// order). Only thread 0's result is the block's.
+__device__ Moments block_moments(Moments s, acc_t* tree)
+{
+    const int t = threadIdx.x;
+    for (int half = BLOCK_THREADS / 2; half > 0; half >>= 1) {
+        if (t >= half && t < 2 * half) {
+            tree[3 * (t - half)] = s.n;
+            tree[3 * (t - half) + 1] = s.mean;
+            tree[3 * (t - half) + 2] = s.m2;
+        }
+        __syncthreads();
+        if (t < half) s = merged(s, Moments{tree[3 * t], tree[3 * t + 1], tree[3 * t + 2]});
+        __syncthreads();
+    }
+    return s;
+}
+
+// Whether this block is the last of its channel's `chunks` to arrive (thread 0 counts it, after
+// its partials are visible); the answer is in every thread. The last block resets the count.
+__device__ __forceinline__ bool last_to_arrive(unsigned int* arrivals, long long c, long long chunks, int* flag)
+{
+    if (threadIdx.x == 0) {
+        __threadfence();   // the partials are visible before the arrival that counts them
+        const bool last = atomicAdd(&arrivals[c], 1u) == (unsigned int)(chunks - 1);
+        if (last) arrivals[c] = 0u;   // no block of this launch counts here again
+        *flag = last;
+    }
+    __syncthreads();
+    if (*flag) __threadfence();
+    return *flag;
+}
 
 __device__ __forceinline__ acc_t invstd_of(acc_t variance, acc_t eps)
 {
@@ -63,32 +131,73 @@ __device__ __forceinline__ acc_t affine_normalized(acc_t x, acc_t mean, acc_t sc
     return (x - mean) * scale + bias;
 }
 
+// grid: C * chunks blocks (chunks = ceil(N*HW / CHUNK)); partial (C * chunks * 2: mean, M2) and
+// arrivals (C, zero) are workspaces, unused when chunks == 1
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 batch_norm_stats(const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,
-                 REAL* __restrict__ running_mean, REAL* __restrict__ running_var,
-                 long long N, long long C, long long HW, acc_t eps, acc_t factor, int update_running)
+                 REAL* __restrict__ running_mean, REAL* __restrict__ running_var, acc_t* __restrict__ partial,
+                 unsigned int* __restrict__ arrivals, long long N, long long C, long long HW, acc_t eps,
+                 acc_t factor, int update_running)
 {
-    __shared__ acc_t partial[BLOCK_THREADS];
-    const long long count = N * HW;
-    for (long long c = blockIdx.x; c < C; c += gridDim.x) {
-        acc_t sum = (acc_t)0;
-        for (ChannelCursor e(HW); e.n < N; e.advance(HW))
-            sum += to_acc(x[e.offset(c, C, HW)]);
-        const acc_t mu = channel_total(sum, partial) / (acc_t)count;
-        acc_t squares = (acc_t)0;
-        for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
-            const acc_t d = to_acc(x[e.offset(c, C, HW)]) - mu;
-            squares += d * d;
+    __shared__ acc_t tree[3 * BLOCK_THREADS / 2];
+    __shared__ int last;
+    const long long length = N * HW;
+    const ChunkOfChannel at(length);
+    // Accumulator u takes elements first + 256*(4j + u): all 4 take one in each full round (one
+    // count and one reciprocal for the 4), those of a last partial round a prefix of them.
+    acc_t means[ACCUMULATORS] = {}, m2s[ACCUMULATORS] = {};
+    int rounds = 0;
+    ChannelCursor e(at.first, HW);
+#pragma unroll 1
+    for (long long k = at.first; k < at.end; k += ACCUMULATORS * BLOCK_THREADS) {
+        acc_t v[ACCUMULATORS];
+#pragma unroll
+        for (int u = 0; u < ACCUMULATORS; ++u) {   // the loads first: 4 in flight
+            if (k + u * BLOCK_THREADS < at.end) v[u] = to_acc(x[e.offset(at.c, C)]);
+            e.advance();
         }
-        const acc_t m2 = channel_total(squares, partial);
-        if (threadIdx.x == 0) {
-            mean[c] = mu;
-            invstd[c] = invstd_of(m2 / (acc_t)count, eps);
-            if (update_running) {
-                running_mean[c] = to_real(((acc_t)1 - factor) * to_acc(running_mean[c]) + factor * mu);
-                running_var[c] = to_real(((acc_t)1 - factor) * to_acc(running_var[c])
-                                         + factor * (m2 / (acc_t)(count - 1)));
+        const acc_t share = (acc_t)1 / (acc_t)(++rounds);   // Welford: mean += (v - mean) / n
+#pragma unroll
+        for (int u = 0; u < ACCUMULATORS; ++u) {
+            if (k + u * BLOCK_THREADS < at.end) {
+                const acc_t d = v[u] - means[u];
+                means[u] += d * share;
+                m2s[u] += d * (v[u] - means[u]);
             }
+        }
+    }
+    // rounds counts the partial round too: accumulator u missed it where its element lay past the end
+    const long long last_round = at.first + (long long)(rounds - 1) * ACCUMULATORS * BLOCK_THREADS;
+    Moments acc[ACCUMULATORS];
+#pragma unroll
+    for (int u = 0; u < ACCUMULATORS; ++u)
+        acc[u] = Moments{(acc_t)(rounds - (rounds > 0 && last_round + u * BLOCK_THREADS >= at.end)), means[u], m2s[u]};
+    Moments s = block_moments(merged(merged(acc[0], acc[1]), merged(acc[2], acc[3])), tree);
+    if (at.chunks > 1) {
+        if (threadIdx.x == 0) {
+            partial[2 * blockIdx.x] = s.mean;
+            partial[2 * blockIdx.x + 1] = s.m2;
+        }
+        if (!last_to_arrive(arrivals, at.c, at.chunks, &last)) return;
+        // thread t merges chunks t, t + 256, ... in order (each of CHUNK elements but the last), then
+        // the tree merges the threads; other blocks' partials through L2 (__ldcg): this SM's L1 may
+        // hold a stale line of them
+        s = Moments{};
+        for (long long k = threadIdx.x; k < at.chunks; k += BLOCK_THREADS) {
+            const long long base = 2 * (at.c * at.chunks + k);
+            const acc_t n = (acc_t)min((long long)CHUNK, length - k * CHUNK);
+            s = merged(s, Moments{n, __ldcg(&partial[base]), __ldcg(&partial[base + 1])});
+        }
+        s = block_moments(s, tree);
+    }
+    if (threadIdx.x == 0) {
+        const long long c = at.c;
+        mean[c] = s.mean;
+        invstd[c] = invstd_of(s.m2 / (acc_t)length, eps);
+        if (update_running) {
+            running_mean[c] = to_real(((acc_t)1 - factor) * to_acc(running_mean[c]) + factor * s.mean);
+            running_var[c] = to_real(((acc_t)1 - factor) * to_acc(running_var[c])
+                                     + factor * (s.m2 / (acc_t)(length - 1)));
         }
     }
 }
@@ -114,43 +223,107 @@ batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-batch_norm_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
-                    const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
-                    const REAL* __restrict__ bias, REAL* __restrict__ dx, REAL* __restrict__ dweight,
-                    REAL* __restrict__ dbias, long long N, long long C, long long HW, acc_t eps,
-                    int from_variance, int training, int relu)
+// g: dy where the fused ReLU passed the output (its rule: no gradient where the output was <= 0)
+__device__ __forceinline__ acc_t relu_masked(acc_t dy, acc_t v, acc_t mu, acc_t scale, acc_t shift, int relu)
 {
-    __shared__ acc_t partial[BLOCK_THREADS];
-    const long long count = N * HW;
-    for (long long c = blockIdx.x; c < C; c += gridDim.x) {
-        const acc_t is = from_variance ? invstd_of(scale_source[c], eps) : scale_source[c];
-        const acc_t mu = mean[c];
-        const acc_t scale = is * to_acc(weight[c]);
-        const acc_t shift = to_acc(bias[c]);
-        acc_t sum_g = (acc_t)0;
-        acc_t sum_g_xhat = (acc_t)0;
-        for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
-            const long long at = e.offset(c, C, HW);
-            const acc_t v = to_acc(x[at]);
-            // ReLU's rule: no gradient where the output was <= 0
-            const acc_t g = (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : to_acc(dy[at]);
-            sum_g += g;
-            sum_g_xhat += g * ((v - mu) * is);
+    return (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : dy;
+}
+
+// The per-channel constants of the backward passes: invstd, mean, weight*invstd and the bias.
+struct ChannelAffine {
+    acc_t is, mu, scale, shift;
+    __device__ ChannelAffine(const acc_t* mean, const acc_t* scale_source, const REAL* weight, const REAL* bias,
+                             long long c, acc_t eps, int from_variance)
+        : is(from_variance ? invstd_of(scale_source[c], eps) : scale_source[c]), mu(mean[c]),
+          scale(is * to_acc(weight[c])), shift(to_acc(bias[c])) {}
+};
+
+// grid: C * chunks blocks, as batch_norm_stats; sums (2C): the totals of g and g*xhat in acc_t for
+// batch_norm_backward_dx; partial (C * chunks * 2) and arrivals (C, zero) workspaces, unused when
+// chunks == 1
+// 3 blocks an SM, not MIN_BLOCKS' 4: 85 registers for the 8 loads in flight of a float64 thread
+// (24 KB in flight an SM in float32, 48 KB in float64: plenty to stream at DRAM speed)
+#define SUMS_MIN_BLOCKS 3
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, SUMS_MIN_BLOCKS)
+batch_norm_backward_sums(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
+                         const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
+                         const REAL* __restrict__ bias, REAL* __restrict__ dweight, REAL* __restrict__ dbias,
+                         acc_t* __restrict__ sums, acc_t* __restrict__ partial, unsigned int* __restrict__ arrivals,
+                         long long N, long long C, long long HW, acc_t eps, int from_variance, int relu)
+{
+    __shared__ acc_t tree[BLOCK_THREADS];
+    __shared__ int last;
+    const ChunkOfChannel at(N * HW);
+    const ChannelAffine a(mean, scale_source, weight, bias, at.c, eps, from_variance);
+    acc_t sum_g[ACCUMULATORS] = {}, sum_g_xhat[ACCUMULATORS] = {};
+    ChannelCursor e(at.first, HW);
+#pragma unroll 1
+    for (long long k = at.first; k < at.end; k += ACCUMULATORS * BLOCK_THREADS) {
+        acc_t v[ACCUMULATORS], d[ACCUMULATORS];
+#pragma unroll
+        for (int u = 0; u < ACCUMULATORS; ++u) {   // the loads first: 8 in flight
+            if (k + u * BLOCK_THREADS < at.end) {
+                const long long offset = e.offset(at.c, C);
+                v[u] = to_acc(x[offset]);
+                d[u] = to_acc(dy[offset]);
+            }
+            e.advance();
         }
-        const acc_t total_g = channel_total(sum_g, partial);
-        const acc_t total_g_xhat = channel_total(sum_g_xhat, partial);
+#pragma unroll
+        for (int u = 0; u < ACCUMULATORS; ++u) {
+            if (k + u * BLOCK_THREADS < at.end) {
+                const acc_t g = relu_masked(d[u], v[u], a.mu, a.scale, a.shift, relu);
+                sum_g[u] += g;
+                sum_g_xhat[u] += g * ((v[u] - a.mu) * a.is);
+            }
+        }
+    }
+    acc_t total_g = block_sum((sum_g[0] + sum_g[1]) + (sum_g[2] + sum_g[3]), tree);
+    __syncthreads();
+    acc_t total_g_xhat = block_sum((sum_g_xhat[0] + sum_g_xhat[1]) + (sum_g_xhat[2] + sum_g_xhat[3]), tree);
+    if (at.chunks > 1) {
         if (threadIdx.x == 0) {
-            dbias[c] = to_real(total_g);
-            dweight[c] = to_real(total_g_xhat);
+            partial[2 * blockIdx.x] = total_g;
+            partial[2 * blockIdx.x + 1] = total_g_xhat;
         }
-        const acc_t mean_g = training ? total_g / (acc_t)count : (acc_t)0;
-        const acc_t mean_g_xhat = training ? total_g_xhat / (acc_t)count : (acc_t)0;
-        for (ChannelCursor e(HW); e.n < N; e.advance(HW)) {
-            const long long at = e.offset(c, C, HW);
-            const acc_t v = to_acc(x[at]);
-            const acc_t g = (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : to_acc(dy[at]);
-            dx[at] = to_real((g - mean_g - ((v - mu) * is) * mean_g_xhat) * scale);
+        if (!last_to_arrive(arrivals, at.c, at.chunks, &last)) return;
+        acc_t chunks_g = (acc_t)0, chunks_g_xhat = (acc_t)0;   // thread t: chunks t, t + 256, ..., in order
+        for (long long k = threadIdx.x; k < at.chunks; k += BLOCK_THREADS) {   // through L2, as in batch_norm_stats
+            chunks_g += __ldcg(&partial[2 * (at.c * at.chunks + k)]);
+            chunks_g_xhat += __ldcg(&partial[2 * (at.c * at.chunks + k) + 1]);
+        }
+        __syncthreads();   // the tree is written again
+        total_g = block_sum(chunks_g, tree);
+        __syncthreads();
+        total_g_xhat = block_sum(chunks_g_xhat, tree);
+    }
+    if (threadIdx.x == 0) {
+        dbias[at.c] = to_real(total_g);
+        dweight[at.c] = to_real(total_g_xhat);
+        sums[at.c] = total_g;
+        sums[C + at.c] = total_g_xhat;
+    }
+}
+
+// grid: batch_norm_forward's over the (n, c) planes
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+batch_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
+                       const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
+                       const REAL* __restrict__ bias, const acc_t* __restrict__ sums, REAL* __restrict__ dx,
+                       long long planes, int C, long long HW, long long count, acc_t eps, int from_variance,
+                       int training, int relu)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int c = (int)(plane % C);
+        const ChannelAffine a(mean, scale_source, weight, bias, c, eps, from_variance);
+        const acc_t mean_g = training ? sums[c] / (acc_t)count : (acc_t)0;
+        const acc_t mean_g_xhat = training ? sums[C + c] / (acc_t)count : (acc_t)0;
+        const long long base = plane * HW;
+        GRID_STRIDE_LOOP(i, HW) {
+            const acc_t v = to_acc(x[base + i]);
+            const acc_t g = relu_masked(to_acc(dy[base + i]), v, a.mu, a.scale, a.shift, relu);
+            dx[base + i] = to_real((g - mean_g - ((v - a.mu) * a.is) * mean_g_xhat) * a.scale);
         }
     }
 }

@@ -290,8 +290,9 @@ def test_emu_sweep(dtype):
 
 
 # Shapes whose channel walks wrap in different ways: HW above, below and equal to the block size,
-# channels beyond one block each.
-SCHEDULE_SHAPES = [(2, 3, 17, 19), (7, 2, 1, 1), (3, 5, 16, 16), (1, 2, 300, 1)]
+# and channels of several reduction blocks (3 and 2 chunks, the last partial) that a schedule may
+# finish in any order.
+SCHEDULE_SHAPES = [(2, 3, 17, 19), (7, 2, 1, 1), (3, 5, 16, 16), (1, 2, 300, 1), (3, 2, 50, 61)]
 
 
 def run_all_kernels(shape, dtype, seed):
@@ -328,29 +329,56 @@ def test_kernels_have_no_shared_memory_races():
     from cnn_gpu import emu
     with emu.checking(schedule="random", seed=3, race=True):
         run_all_kernels((2, 3, 9, 7), np.float32, 0)
+        run_all_kernels((5, 2, 33, 30), np.float32, 1)   # 2 reduction blocks a channel
 
 
 @needs_emu
-def test_grid_stride_over_channels():
-    """Fewer blocks than channels (as with more channels than the grid allows): every channel done."""
+def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_them(monkeypatch):
+    """Channels of 20,000 elements: 5 reduction blocks each (the last partial), combined by the last
+    to arrive: the statistics and the backward sums to float64 accuracy, the arrival counts zero
+    after every launch; a launch that fails part-way drops them, and the next gives the same bits."""
+    from cnn_gpu.gpu import _arrivals
+    from cnn_gpu.gpu import batch_norm as gpu_batch_norm
     rng = np.random.default_rng(10)
-    x = rng.standard_normal((3, 5, 4, 6))
-    mean, invstd = np.empty(5), np.empty(5)
-    spare = np.empty(5), np.empty(5)
-    backend.launch("emu", "batch_norm", x.dtype, "batch_norm_stats", (2,), (256,),
-                   (x, mean, invstd, *spare, np.int64(3), np.int64(5), np.int64(24), np.float64(1e-5),
-                    np.float64(0.1), np.int32(0)))
-    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(invstd, 1 / np.sqrt(x.var(axis=(0, 2, 3)) + 1e-5), rtol=1e-12)
+    x = rng.standard_normal((2, 3, 100, 100)) * 2 + 5
+    dy = rng.standard_normal(x.shape)
+    weight, bias = rng.standard_normal(3), rng.standard_normal(3)
+    assert gpu_batch_norm.chunks(2, 100 * 100) == 5
+
+    def run():
+        y, mean, invstd = F.batch_norm(x, None, None, weight, bias, True, return_stats=True, backend="emu")
+        return (y, mean, invstd, *F.batch_norm_backward(dy, x, None, None, weight, bias, True, backend="emu"))
+
+    first = run()
+    expected = (F.batch_norm(x, None, None, weight, bias, True, return_stats=True, backend="numpy")
+                + F.batch_norm_backward(dy, x, None, None, weight, bias, True, backend="numpy"))
+    for name, got, want in zip(("y", "mean", "invstd", "dx", "dweight", "dbias"), first, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert not _arrivals._COUNTS[("emu", None, None)].any()
+    real_launch = backend.launch
+
+    def failing(be, family, dtype, kernel, grid, block, args):
+        if kernel == "batch_norm_backward_sums":
+            args[10][:2] = 1   # counts left part-way
+            raise RuntimeError("launch failed")
+        return real_launch(be, family, dtype, kernel, grid, block, args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "launch", failing)
+        with pytest.raises(RuntimeError, match="launch failed"):
+            run()
+    assert ("emu", None, None) not in _arrivals._COUNTS
+    assert [a.tobytes() for a in run()] == [a.tobytes() for a in first]
 
 
 @needs_emu
 @pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_float32_statistics_have_no_cancellation(be):
     """A large offset and a small spread: E[x^2] - E[x]^2 in float32 would lose every digit of the
-    variance; the two-pass statistics keep it to float32 accuracy (eps 1e-12: 1e-8 of the variance)."""
+    variance; the statistics (NumPy: two passes; the kernels: Welford) keep it to float32 accuracy
+    (eps 1e-12: 1e-8 of the variance)."""
     rng = np.random.default_rng(11)
-    x64 = 1000 + 0.01 * rng.standard_normal((8, 2, 16, 16))
+    x64 = 1000 + 0.01 * rng.standard_normal((8, 2, 32, 32))   # 2 reduction blocks a channel on emu
     x = x64.astype(np.float32)
     y, mean, invstd = F.batch_norm(x, None, None, training=True, eps=1e-12, return_stats=True, backend=be)
     exact = x.astype(np.float64)

@@ -117,7 +117,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     """(launch, DRAM bytes) of a non-convolution layer's forward and backward in training, as its
     launchers run them (x, y: its input and output elements; item: bytes an element): activations
     and pools read their input and write their output, their backward reads dy and x and writes
-    dx; batch norm reads x for its statistics, then again to normalise it."""
+    dx; batch norm reads x for its statistics (one pass), then again to normalise it."""
     from .. import nn
     from ..gpu.reduce import plan_channel_sum
     from .training import WithReLU
@@ -129,9 +129,9 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
         name = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(layer)]
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
-    if isinstance(layer, nn.BatchNorm2d):
+    if isinstance(layer, nn.BatchNorm2d):   # backward: the channel sums read dy and x, then dx reads them again
         return [("batch_norm_stats", x * item), ("batch_norm_forward", (x + y) * item),
-                ("batch_norm_backward", (2 * x + y) * item)]
+                ("batch_norm_backward_sums", 2 * x * item), ("batch_norm_backward_dx", (2 * x + y) * item)]
     if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         kind = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool"}[
             type(layer)]

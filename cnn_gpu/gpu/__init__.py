@@ -35,7 +35,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   optim.adam_steps(be, [(param, grad, m, v, step, master or None), ...], lr, beta1, beta2, eps, weight_decay)
         (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
-        two-pass fixed-order per-channel statistics; blends running_mean/var in place unless they are None
+        one-pass (Welford/Chan) fixed-order per-channel statistics; blends running_mean/var in place unless None
   batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu) -> y
   batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu)
         -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance)

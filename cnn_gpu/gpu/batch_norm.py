@@ -1,5 +1,6 @@
 """Launch code of kernels/batch_norm.cu: per-channel statistics (with the running-statistics update),
-the fused normalise + affine (+ ReLU) pass and the fused backward. x is viewed as (N, C, HW).
+the fused normalise + affine (+ ReLU) pass and the backward (channel sums, then dx). x is viewed as
+(N, C, HW). The reductions run a block per chunk of reduce.CHUNK elements of a channel (see the kernels).
 
 `scale_source` is the per-channel invstd (training: from `stats`) or, with from_variance=True, a
 variance (eval mode: the running variance) from which the kernels compute invstd themselves.
@@ -14,7 +15,9 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_BLOCKS_X, MAX_GRID_Y, THREADS, acc, blocks_for, i32
+from . import _arrivals
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
+from .reduce import MAX_GRID_X, chunks
 
 
 def _view(x):
@@ -32,8 +35,19 @@ def _statistics(mean, scale_source, dtype):
     return mean.astype(wide, copy=False), scale_source.astype(wide, copy=False)
 
 
-def _channel_grid(channels):
-    return (min(channels, MAX_BLOCKS_X),)
+def _reduction(be, n, channels, inner, compute):
+    """(grid, partial workspace in the `compute` dtype, arrival counts) of a per-channel reduction."""
+    blocks = channels * chunks(n, inner)
+    if blocks > MAX_GRID_X:
+        raise ValueError(f"batch norm of {channels} channels of {n * inner} elements needs {blocks} blocks, past "
+                         f"the grid limit of {MAX_GRID_X}")
+    xp = backend.array_module(be)
+    partial = xp.empty(2 * blocks if blocks > channels else 0, dtype=compute)
+    return (blocks,), partial, _arrivals.zeroed(be, channels)
+
+
+def _plane_grid(n, channels, inner):
+    return blocks_for(inner), min(n * channels, MAX_GRID_Y)
 
 
 def stats(be, x, running_mean, running_var, factor, eps):
@@ -47,9 +61,10 @@ def stats(be, x, running_mean, running_var, factor, eps):
     update = running_mean is not None
     if not update:   # the kernel's running arguments are unused: any arrays of the right size
         running_mean, running_var = xp.empty(channels, dtype=x.dtype), xp.empty(channels, dtype=x.dtype)
-    backend.launch(be, "batch_norm", x.dtype, "batch_norm_stats", _channel_grid(channels), (THREADS,),
-                   (x, mean, invstd, running_mean, running_var, np.int64(n), np.int64(channels), np.int64(inner),
-                    *acc(x.dtype, eps, factor), np.int32(update)))
+    grid, partial, arrivals = _reduction(be, n, channels, inner, mean.dtype)
+    _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_stats", grid, (THREADS,),
+                     (x, mean, invstd, running_mean, running_var, partial, arrivals,
+                      np.int64(n), np.int64(channels), np.int64(inner), *acc(x.dtype, eps, factor), np.int32(update)))
     return mean, invstd
 
 
@@ -59,8 +74,7 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
     mean, scale_source = _statistics(mean, scale_source, x.dtype)
     y = xp.empty(x.shape, dtype=x.dtype)
-    grid = (blocks_for(inner), min(n * channels, MAX_GRID_Y))
-    backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", grid, (THREADS,),
+    backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", _plane_grid(n, channels, inner), (THREADS,),
                    (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
                     *acc(x.dtype, eps), *i32(from_variance, relu)))
     return y
@@ -75,7 +89,13 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
     dx = xp.empty(x.shape, dtype=x.dtype)
     dweight = xp.empty(channels, dtype=x.dtype)
     dbias = xp.empty(channels, dtype=x.dtype)
-    backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward", _channel_grid(channels), (THREADS,),
-                   (dy, x, mean, scale_source, weight, bias, dx, dweight, dbias, np.int64(n), np.int64(channels),
-                    np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, training, relu)))
+    sums = xp.empty(2 * channels, dtype=mean.dtype)   # of g and g * xhat, in the compute type
+    grid, partial, arrivals = _reduction(be, n, channels, inner, mean.dtype)
+    _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_backward_sums", grid, (THREADS,),
+                     (dy, x, mean, scale_source, weight, bias, dweight, dbias, sums,
+                      partial, arrivals, np.int64(n), np.int64(channels),
+                      np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, relu)))
+    backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", _plane_grid(n, channels, inner), (THREADS,),
+                   (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
+                    np.int64(inner), np.int64(n * inner), *acc(x.dtype, eps), *i32(from_variance, training, relu)))
     return dx, dweight, dbias

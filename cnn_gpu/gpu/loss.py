@@ -13,8 +13,8 @@ import numpy as np
 from .. import backend
 from . import reduce
 from ._grid import THREADS, acc, blocks_for, i32
+from .reduce import MAX_GRID_X
 
-MAX_GRID_X = 2**31 - 1
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
 
 

@@ -10,12 +10,14 @@ from ._grid import Launch, blocks_for, i32
 THREADS = 256
 # Above this many rows a one-thread-per-channel loop is too serial; blocks of channel_sum_block are used.
 COLUMN_MAX_OUTER = 256
-# Elements per block of channel_sum_block (kernels/reduce.cu CHUNK): 16 per thread, 4 per accumulator.
+# Elements per block of channel_sum_block and of batch_norm's reductions (CHUNK in kernels/reduce.cu and
+# kernels/batch_norm.cu): 16 per thread, 4 per accumulator.
 CHUNK = THREADS * 16
 MAX_GRID_X = 2**31 - 1
 
 
-def _chunks(outer: int, inner: int) -> int:
+def chunks(outer: int, inner: int) -> int:
+    """Blocks of CHUNK elements a channel of outer * inner elements takes."""
     return -(-(outer * inner) // CHUNK)
 
 
@@ -24,7 +26,7 @@ def plan_channel_sum(outer, channels, inner):
     for short columns (inner == 1), else channel_sum_block, one block per CHUNK elements of a channel."""
     if inner == 1 and outer <= COLUMN_MAX_OUTER:
         return Launch("reduce", "channel_sum_column", (-(-channels // THREADS), 1, 1))
-    blocks = channels * _chunks(outer, inner)
+    blocks = channels * chunks(outer, inner)
     if blocks > MAX_GRID_X:
         raise ValueError(f"channel_sum: {channels} channels of {outer * inner} elements need {blocks} blocks, past "
                          f"the grid limit of {MAX_GRID_X}")
@@ -74,7 +76,7 @@ def channel_sum(be, a, outer, channels, inner):
         args = (a, out, np.int64(outer), np.int64(channels))
     else:
         # the chunk partials (in the compute type) and the per-channel arrival counts of the channels' last blocks
-        partial = xp.empty(channels * _chunks(outer, inner), dtype=backend.compute_dtype(a.dtype))
+        partial = xp.empty(channels * chunks(outer, inner), dtype=backend.compute_dtype(a.dtype))
         arrivals = xp.zeros(channels, dtype=np.uint32)
         args = (a, out, partial, arrivals, np.int64(outer), np.int64(channels), np.int64(inner))
     backend.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
