@@ -113,8 +113,39 @@ def memory_span(a) -> tuple[int, int]:
 PAIRWISE_LIMIT = 24
 
 
+def _owner(a):
+    """The object whose memory `a` is part of, where that memory is known to be its alone (a NumPy
+    array that owns its data, a CuPy allocation of CuPy's own), else None (memory lent by another
+    object: a memoryview, a pointer wrapped from outside, which may alias anything)."""
+    if isinstance(a, np.ndarray):
+        owner = a
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        return owner if owner.base is None and owner.flags.owndata else None
+    memory = a.data.mem   # a CuPy array's allocation
+    kind = type(memory)
+    return memory if kind.__module__ == "cupy.cuda.memory" and kind.__name__ in ("PooledMemory", "Memory") else None
+
+
 def _first_overlap(arrays):
-    """(written name, other name) of an array that is written and shares memory with another."""
+    """(written name, other name) of an array that is written and shares memory with another.
+    Arrays of different owners (_owner) share none, so only arrays of one owner are compared (with
+    one array of unknown memory, all are)."""
+    groups = {}
+    for entry in arrays:
+        owner = _owner(entry[1])
+        if owner is None:
+            return _overlap_among(arrays)
+        groups.setdefault(id(owner), []).append(entry)
+    for group in groups.values():
+        if len(group) > 1 and any(w for _, _, w in group):
+            found = _overlap_among(group)
+            if found:
+                return found
+    return None
+
+
+def _overlap_among(arrays):
     written = [i for i, (_, _, w) in enumerate(arrays) if w]
     pairs = len(written) * len(arrays) - len(written) * (len(written) + 1) // 2
     return _overlap_by_pairs(arrays, written) if pairs <= PAIRWISE_LIMIT else _overlap_by_sweep(arrays)

@@ -223,29 +223,36 @@ def test_shared_memory_is_found_among_many_parameters():
         np.testing.assert_array_equal(p.data, b)
 
 
-def test_both_overlap_searches_find_exactly_the_written_arrays_sharing_memory():
-    """Launches compare their arrays pair by pair, optimizer steps sweep sorted spans: on random
-    slices of one buffer (and separate arrays) both find a conflict exactly when one exists."""
+def test_the_overlap_searches_find_exactly_the_written_arrays_sharing_memory():
+    """Launches compare their arrays pair by pair, optimizer steps sweep sorted spans, and both first
+    set aside arrays of different owners (_first_overlap): on random slices of one buffer, of a
+    copy of it seen through a memoryview (memory of unknown owner, which may alias anything) and
+    separate arrays, all three find a conflict exactly when one exists."""
     rng = np.random.default_rng(11)
     buffer = rng.standard_normal(64)
-    conflicts = 0
-    for _ in range(400):
+    lent = np.frombuffer(memoryview(buffer))   # the same memory, its owner unknown
+    conflicts = unknown = 0
+    for _ in range(600):
         arrays = []
         for k in range(rng.integers(2, 8)):
             start = int(rng.integers(0, 63))
-            part = buffer[start:int(rng.integers(start + 1, 65))] if rng.random() < 0.7 else rng.standard_normal(4)
+            end = int(rng.integers(start + 1, 65))
+            source = rng.random()
+            part = buffer[start:end] if source < 0.6 else lent[start:end] if source < 0.7 else rng.standard_normal(4)
             arrays.append((f"a{k}", part, bool(rng.random() < 0.4)))
         truth = {(m, n) for i, (m, a, w) in enumerate(arrays) for n, b, v in arrays[i + 1:]
                  if (w or v) and np.shares_memory(a, b)}
         written = [i for i, (_, _, w) in enumerate(arrays) if w]
         arrays_by_name = {name: (a, w) for name, a, w in arrays}
-        for found in (launch_checks._overlap_by_pairs(arrays, written), launch_checks._overlap_by_sweep(arrays)):
+        for found in (launch_checks._overlap_by_pairs(arrays, written), launch_checks._overlap_by_sweep(arrays),
+                      launch_checks._first_overlap(arrays)):
             assert (found is not None) == bool(truth)
             if found:
                 (a, a_written), (b, _) = arrays_by_name[found[0]], arrays_by_name[found[1]]
                 assert a_written and np.shares_memory(a, b)
         conflicts += bool(truth)
-    assert 100 < conflicts < 300   # both kinds of case were drawn often
+        unknown += any(launch_checks._owner(a) is None for _, a, _ in arrays)
+    assert 150 < conflicts < 450 and unknown > 100   # every kind of case was drawn often
 
 
 @needs_emu
