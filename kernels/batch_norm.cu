@@ -16,8 +16,8 @@
 //    biased variance, and, when update_running, blends the mean and the unbiased variance into
 //    the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
 //  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
-//    y index walks the (n, c) planes, so the channel's scale is computed once per plane, not per
-//    element. With from_variance the `scale_source` array holds a variance (eval mode: the running
+//    y index walks the (n, c) planes (PlaneWalk: several small planes a block), so the channel's
+//    scale is computed once per plane, not per element. With from_variance the `scale_source` array holds a variance (eval mode: the running
 //    variance) and invstd is computed from it here.
 //  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy, masked by the
 //    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
@@ -202,34 +202,7 @@ batch_norm_stats(const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t* __restrict__ mean,
-                   const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
-                   const REAL* __restrict__ bias, long long planes, int C, long long HW, acc_t eps,
-                   int from_variance, int relu)
-{
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int c = (int)(plane % C);
-        const acc_t is = from_variance ? invstd_of(scale_source[c], eps) : scale_source[c];
-        const acc_t mu = mean[c];
-        const acc_t scale = is * to_acc(weight[c]);
-        const acc_t shift = to_acc(bias[c]);
-        const REAL* xp = x + plane * HW;
-        REAL* yp = y + plane * HW;
-        GRID_STRIDE_LOOP(i, HW) {
-            const acc_t v = affine_normalized(to_acc(xp[i]), mu, scale, shift);
-            yp[i] = to_real((relu && v < (acc_t)0) ? (acc_t)0 : v);
-        }
-    }
-}
-
-// g: dy where the fused ReLU passed the output (its rule: no gradient where the output was <= 0)
-__device__ __forceinline__ acc_t relu_masked(acc_t dy, acc_t v, acc_t mu, acc_t scale, acc_t shift, int relu)
-{
-    return (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : dy;
-}
-
-// The per-channel constants of the backward passes: invstd, mean, weight*invstd and the bias.
+// A channel's constants: invstd, mean, weight*invstd and the bias.
 struct ChannelAffine {
     acc_t is, mu, scale, shift;
     __device__ ChannelAffine(const acc_t* mean, const acc_t* scale_source, const REAL* weight, const REAL* bias,
@@ -241,6 +214,53 @@ struct ChannelAffine {
 // grid: C * chunks blocks, as batch_norm_stats; sums (2C): the totals of g and g*xhat in acc_t for
 // batch_norm_backward_dx; partial (C * chunks * 2) and arrivals (C, zero) workspaces, unused when
 // chunks == 1
+// The (n, c) planes of an (N, C, HW) array as the element-wise passes walk them: grid y steps over
+// groups of per_block planes. A plane of HW >= 256 elements is one group, its elements strided over
+// the grid's x blocks; smaller planes go BLOCK_THREADS / HW to a block, one element a thread
+// (gridDim.x 1), so a warp's lanes all work, on consecutive elements, however small the plane.
+struct PlaneWalk {
+    long long per_block, sub, first, stride;   // thread's plane within a group, its first element, step
+    __device__ explicit PlaneWalk(long long HW)
+    {
+        per_block = HW < BLOCK_THREADS ? BLOCK_THREADS / HW : 1;
+        sub = per_block > 1 ? threadIdx.x / HW : 0;
+        first = per_block > 1 ? threadIdx.x - sub * HW : (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
+        stride = per_block > 1 ? HW : (long long)gridDim.x * BLOCK_THREADS;
+    }
+    __device__ bool more(long long group, long long planes) const { return group * per_block < planes; }
+    // this thread's plane of a group, or -1 (threads past a block's last whole plane take none)
+    __device__ long long plane(long long group, long long planes) const
+    {
+        const long long p = group * per_block + sub;
+        return sub < per_block && p < planes ? p : -1;
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t* __restrict__ mean,
+                   const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
+                   const REAL* __restrict__ bias, long long planes, int C, long long HW, acc_t eps,
+                   int from_variance, int relu)
+{
+    const PlaneWalk walk(HW);
+    for (long long group = blockIdx.y; walk.more(group, planes); group += gridDim.y) {
+        const long long plane = walk.plane(group, planes);
+        if (plane < 0) continue;
+        const ChannelAffine a(mean, scale_source, weight, bias, plane % C, eps, from_variance);
+        const long long base = plane * HW;
+        for (long long i = walk.first; i < HW; i += walk.stride) {
+            const acc_t v = affine_normalized(to_acc(x[base + i]), a.mu, a.scale, a.shift);
+            y[base + i] = to_real((relu && v < (acc_t)0) ? (acc_t)0 : v);
+        }
+    }
+}
+
+// g: dy where the fused ReLU passed the output (its rule: no gradient where the output was <= 0)
+__device__ __forceinline__ acc_t relu_masked(acc_t dy, acc_t v, acc_t mu, acc_t scale, acc_t shift, int relu)
+{
+    return (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : dy;
+}
+
 // 3 blocks an SM, not MIN_BLOCKS' 4: 85 registers for the 8 loads in flight of a float64 thread
 // (24 KB in flight an SM in float32, 48 KB in float64: plenty to stream at DRAM speed)
 #define SUMS_MIN_BLOCKS 3
@@ -314,13 +334,16 @@ batch_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, 
                        long long planes, int C, long long HW, long long count, acc_t eps, int from_variance,
                        int training, int relu)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int c = (int)(plane % C);
+    const PlaneWalk walk(HW);
+    for (long long group = blockIdx.y; walk.more(group, planes); group += gridDim.y) {
+        const long long plane = walk.plane(group, planes);
+        if (plane < 0) continue;
+        const long long c = plane % C;
         const ChannelAffine a(mean, scale_source, weight, bias, c, eps, from_variance);
         const acc_t mean_g = training ? sums[c] / (acc_t)count : (acc_t)0;
         const acc_t mean_g_xhat = training ? sums[C + c] / (acc_t)count : (acc_t)0;
         const long long base = plane * HW;
-        GRID_STRIDE_LOOP(i, HW) {
+        for (long long i = walk.first; i < HW; i += walk.stride) {
             const acc_t v = to_acc(x[base + i]);
             const acc_t g = relu_masked(to_acc(dy[base + i]), v, a.mu, a.scale, a.shift, relu);
             dx[base + i] = to_real((g - mean_g - ((v - a.mu) * a.is) * mean_g_xhat) * a.scale);

@@ -372,6 +372,27 @@ def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_th
 
 
 @needs_emu
+@pytest.mark.parametrize("shape", [(8, 6, 4, 4), (4, 8, 8, 8)])
+def test_element_passes_keep_every_lane_busy_on_small_planes(shape):
+    """ResNet's last stages have 4x4 and 8x8 planes: the forward and the backward's dx pass take
+    several planes a block there, so each warp request moves 128 bytes of x, y, dy or dx (32
+    lanes, 4 sectors) where a block per plane left 16 of its 256 threads working (64 bytes)."""
+    from cnn_gpu import emu
+    rng = np.random.default_rng(13)
+    x, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    weight, bias = rng.standard_normal(shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+    with emu.profiling() as prof:
+        F.batch_norm(x, None, None, weight, bias, True, backend="emu")
+        F.batch_norm_backward(dy, x, None, None, weight, bias, True, activation="relu", backend="emu")
+    # the per-channel constants are loaded by every lane from one address: one sector a request
+    element_sites = [site for site in prof.sites if site["space"] == "global" and site["sectors"] > site["requests"]
+                     and site["kernel"] in ("batch_norm_forward", "batch_norm_backward_dx")]
+    assert len(element_sites) == 5   # forward: x, y; dx: x, dy, dx
+    for site in element_sites:
+        assert site["requests"] * 128 == x.nbytes and site["sectors"] == 4 * site["requests"], site
+
+
+@needs_emu
 @pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_float32_statistics_have_no_cancellation(be):
     """A large offset and a small spread: E[x^2] - E[x]^2 in float32 would lose every digit of the

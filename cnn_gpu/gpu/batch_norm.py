@@ -47,7 +47,11 @@ def _reduction(be, n, channels, inner, compute):
 
 
 def _plane_grid(n, channels, inner):
-    return blocks_for(inner), min(n * channels, MAX_GRID_Y)
+    """The element-wise passes' grid (kernels/batch_norm.cu PlaneWalk): x over a plane of at least
+    THREADS elements, or THREADS // inner smaller planes a block; y over the groups of planes."""
+    if inner >= THREADS:
+        return blocks_for(inner), min(n * channels, MAX_GRID_Y)
+    return 1, min(-(-n * channels // (THREADS // inner)), MAX_GRID_Y)
 
 
 def stats(be, x, running_mean, running_var, factor, eps):
