@@ -1,11 +1,11 @@
 // Batch normalisation over NCHW (any x viewed as (N, C, HW)), PyTorch's semantics.
 //
 // Not a GEMM: per-channel reductions of length L = N*HW and element-wise maps, bound by DRAM
-// bandwidth. The reductions run thousands of blocks, each with 4 loads in flight per thread:
-// a channel's L elements (in (n, i) order) are cut into chunks of CHUNK, block (channel, chunk)
-// reduces one chunk, and the block that completes a channel's last chunk (an arrival count,
-// reset by that block) combines the channel's chunk partials. One block per channel, as before,
-// left most of a GPU idle on ResNet's 64-channel layers and kept one load per thread in flight.
+// bandwidth. The reductions run thousands of blocks, with 4 (statistics) or 8 (backward sums)
+// loads in flight per thread: a channel's L elements (in (n, i) order) are cut into chunks of
+// CHUNK, block (channel, chunk) reduces one chunk, and the block that completes a channel's last
+// chunk (an arrival count, reset by that block) combines the channel's chunk partials. (One block
+// per channel would leave most of a GPU idle on ResNet's 64-channel layers.)
 // Every order is fixed by the shape: results are bit-identical run to run, whichever block
 // arrives last.
 //  * batch_norm_stats: one pass over x. Thread t takes elements t, t + 256, ... of its block's

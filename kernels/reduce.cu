@@ -34,8 +34,8 @@ __device__ __forceinline__ acc_t fold(const acc_t (&acc)[ACCUMULATORS])
 }
 
 // grid: channels * chunks blocks (chunks = ceil(L / CHUNK)), block b summing chunk b % chunks of
-// channel b / chunks; partial (channels * chunks) and arrivals (channels, zeroed) are workspaces,
-// unused when chunks == 1
+// channel b / chunks; partial (channels * chunks) and arrivals (channels, zero; left zero) are
+// workspaces, unused when chunks == 1
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __restrict__ partial,
                   unsigned int* __restrict__ arrivals, long long outer, long long channels, long long inner)
@@ -70,6 +70,7 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __r
         partial[c * chunks + chunk] = sum;
         __threadfence();   // the partial is visible before the arrival that counts it
         last = atomicAdd(&arrivals[c], 1u) == chunks - 1;
+        if (last) arrivals[c] = 0u;   // no block of this launch counts here again: zero for the next
     }
     __syncthreads();
     if (!last) return;

@@ -230,6 +230,24 @@ def test_finite_differences(training, activation):
 
 # --- argument checks ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4)])
+def test_eval_mode_takes_an_empty_batch_and_its_gradients_are_zero(be, shape):
+    """Eval mode normalises an empty batch (or empty planes) to an empty output, and the backward
+    gives zero dweight and dbias (sums over no element; the emulator's NaN-filled allocations show
+    any left unwritten), as PyTorch does."""
+    from cnn_gpu import backend as backends
+    if reason := backends.why_unavailable(be):
+        pytest.skip(reason)
+    x = np.zeros(shape)
+    running_mean, running_var, weight, bias = np.zeros(3), np.ones(3), np.full(3, 2.0), np.ones(3)
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, False, backend=be)
+    dx, dweight, dbias = F.batch_norm_backward(x, x, running_mean, running_var, weight, bias, False, backend=be)
+    assert y.shape == shape and dx.shape == shape
+    np.testing.assert_array_equal(dweight, 0)
+    np.testing.assert_array_equal(dbias, 0)
+
+
 def test_bad_arguments_fail_before_any_update():
     x = np.random.default_rng(8).standard_normal((2, 3, 4, 4))
     running_mean, running_var = np.zeros(3), np.ones(3)
@@ -354,7 +372,7 @@ def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_th
                 + F.batch_norm_backward(dy, x, None, None, weight, bias, True, backend="numpy"))
     for name, got, want in zip(("y", "mean", "invstd", "dx", "dweight", "dbias"), first, expected):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
-    assert not _arrivals._COUNTS[("emu", None, None)].any()
+    assert not _arrivals._COUNTS[("emu", None, None, None)].any()
     real_launch = backend.launch
 
     def failing(be, family, dtype, kernel, grid, block, args):
@@ -367,7 +385,7 @@ def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_th
         patch.setattr(backend, "launch", failing)
         with pytest.raises(RuntimeError, match="launch failed"):
             run()
-    assert ("emu", None, None) not in _arrivals._COUNTS
+    assert ("emu", None, None, None) not in _arrivals._COUNTS
     assert [a.tobytes() for a in run()] == [a.tobytes() for a in first]
 
 

@@ -1,9 +1,12 @@
 """Arrival counts of the kernels whose last block to arrive at a tile or channel finishes its sum
-(conv2d_tc's wgrad, batch_norm's statistics and backward reduction): zero uint32 counts cached per
-backend, device and CuPy stream. Each such kernel leaves them zero (the finishing block resets
-its count), so the launches of one stream, which run in order, share them without a zeroing
-launch; a launch that fails may leave counts part-way, so its counts are dropped."""
+(conv2d_tc's wgrad, batch_norm's statistics and backward sums, reduce's channel_sum_block): zero
+uint32 counts cached per backend, device, CuPy stream and thread. Each such kernel leaves them
+zero (the finishing block resets its count), so the launches of one stream, which run in order,
+share them without a zeroing launch; a launch that fails may leave counts part-way, so its counts
+are dropped."""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -13,9 +16,12 @@ _COUNTS = {}
 
 
 def _key(be) -> tuple:
-    """The backend, its current device and CuPy stream (None, None on the emulator)."""
+    """The backend, its current device, CuPy stream and the calling thread (None, None, None on the
+    emulator): with CuPy's per-thread default stream every thread's stream has one handle."""
     cupy = backend.cupy_or_none() if be == "cuda" else None
-    return (be, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr) if cupy else (be, None, None)
+    if cupy is None:
+        return be, None, None, None
+    return be, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr, threading.get_ident()
 
 
 def zeroed(be, count: int):

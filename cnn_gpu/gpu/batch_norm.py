@@ -78,6 +78,8 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
     mean, scale_source = _statistics(mean, scale_source, x.dtype)
     y = xp.empty(x.shape, dtype=x.dtype)
+    if x.size == 0:   # an empty batch or empty planes (eval mode takes them): nothing to normalise
+        return y
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", _plane_grid(n, channels, inner), (THREADS,),
                    (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
                     *acc(x.dtype, eps), *i32(from_variance, relu)))
@@ -91,6 +93,8 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
     mean, scale_source = _statistics(mean, scale_source, x.dtype)
     dx = xp.empty(x.shape, dtype=x.dtype)
+    if x.size == 0:   # eval mode's empty batch: sums over no element
+        return dx, xp.zeros(channels, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype)
     dweight = xp.empty(channels, dtype=x.dtype)
     dbias = xp.empty(channels, dtype=x.dtype)
     sums = xp.empty(2 * channels, dtype=mean.dtype)   # of g and g * xhat, in the compute type

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from . import _arrivals
 from ._grid import Launch, blocks_for, i32
 
 THREADS = 256
@@ -77,7 +78,6 @@ def channel_sum(be, a, outer, channels, inner):
     else:
         # the chunk partials (in the compute type) and the per-channel arrival counts of the channels' last blocks
         partial = xp.empty(channels * chunks(outer, inner), dtype=backend.compute_dtype(a.dtype))
-        arrivals = xp.zeros(channels, dtype=np.uint32)
-        args = (a, out, partial, arrivals, np.int64(outer), np.int64(channels), np.int64(inner))
-    backend.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
+        args = (a, out, partial, _arrivals.zeroed(be, channels), np.int64(outer), np.int64(channels), np.int64(inner))
+    _arrivals.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
     return out
