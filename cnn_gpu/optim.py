@@ -2,8 +2,8 @@
 decay) and `Adam` (bias-corrected, L2 weight decay added to the gradient).
 
 Parameters on the NumPy backend are updated by the NumPy functions below; on "emu" and "cuda" by
-the fused kernels of `cnn_gpu.gpu.optim`, which have the same signatures. The backend of a
-parameter is the one `Module.to` gave it, or the optimizer's `backend` argument.
+the fused kernels of `cnn_gpu.gpu.optim`, 8 parameters a launch (its *_steps functions). The
+backend of a parameter is the one `Module.to` gave it, or the optimizer's `backend` argument.
 
 Mixed precision (PyTorch's master weights): a float16 parameter keeps an FP32 copy in its state
 (`state[i]["master"]`, saved by state_dict) and FP32 momentum / moment buffers. A step updates the
@@ -27,7 +27,7 @@ from .launch_checks import check_disjoint
 from .nn.module import Parameter, to_backend_array, to_host
 
 
-# --- the NumPy updates (same signatures as cnn_gpu.gpu.optim.sgd_step / adam_step) --------------
+# --- the NumPy updates (the signatures of cnn_gpu.gpu.optim.sgd_step / adam_step) ---------------
 
 def _on_master(update):
     """`update` with a keyword-only `master`: given one (a float16 parameter's FP32 copy), the
@@ -296,10 +296,10 @@ class SGD(Optimizer):
     @staticmethod
     def _momentum_buffer(be, p, state) -> tuple:
         """(the parameter's momentum buffer, whether this is its first step with momentum: the
-        buffer made now)."""
+        buffer made now, zero, so that a step retried after a failed launch finds no garbage)."""
         first_step = "momentum_buffer" not in state
         if first_step:
-            state["momentum_buffer"] = _backend.array_module(be).empty_like(p.data, dtype=state_dtype(p.data.dtype))
+            state["momentum_buffer"] = _backend.array_module(be).zeros_like(p.data, dtype=state_dtype(p.data.dtype))
         return state["momentum_buffer"], first_step
 
     def _numpy_update(self, p, grad, state, hyper) -> None:
@@ -326,20 +326,21 @@ class Adam(Optimizer):
 
     @staticmethod
     def _next_step(be, p, state) -> int:
-        """The parameter's step count, this step included (its moments made at its first)."""
+        """The parameter's step count with this step (its moments made, zero, at its first); the
+        caller stores it once the update has run, so a failed launch leaves the count as it was."""
         if "step" not in state:
             xp = _backend.array_module(be)
             dtype = state_dtype(p.data.dtype)
             state.update(step=0, exp_avg=xp.zeros_like(p.data, dtype=dtype),
                          exp_avg_sq=xp.zeros_like(p.data, dtype=dtype))
-        state["step"] += 1
-        return state["step"]
+        return state["step"] + 1
 
     def _numpy_update(self, p, grad, state, hyper) -> None:
         beta1, beta2 = hyper["betas"]
         step = self._next_step("numpy", p, state)
         numpy_adam_step("numpy", p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, hyper["lr"], beta1, beta2,
                         hyper["eps"], hyper["weight_decay"], **_master_argument(state))
+        state["step"] = step
 
     def _kernel_updates(self, be, group, hyper) -> None:
         beta1, beta2 = hyper["betas"]
@@ -347,3 +348,5 @@ class Adam(Optimizer):
         updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, state.get("master"))
                    for (p, grad, state), step in zip(group, steps)]
         _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], hyper["weight_decay"])
+        for (_, _, state), step in zip(group, steps):
+            state["step"] = step

@@ -292,6 +292,45 @@ def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dty
     assert launched == [f"{kernel}_master" if dtype == np.float16 else kernel] * 3
 
 
+@pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+                                          ("Adam", dict(lr=0.01, weight_decay=0.01))])
+def test_a_step_whose_launch_failed_can_be_taken_again(kind, config, monkeypatch):
+    """A first step whose kernel launch fails leaves no trace a retry would read: momentum buffers
+    made for it are zero (not uninitialised memory), Adam's step counts unchanged; the retried
+    step gives NumPy's first step."""
+    from cnn_gpu import backend as backends
+    if backends.why_unavailable("emu"):
+        pytest.skip(f"emu backend unavailable: {backends.why_unavailable('emu')}")
+    rng = np.random.default_rng(21)
+    numpy_params = _params(rng, np.float32, shapes=((7, 5), (300,)))
+    emu_params = [Parameter(p.data.copy(), backend="emu") for p in numpy_params]
+    grads = _grads(rng, numpy_params, 1)
+    expected = _run(getattr(optim, kind)(numpy_params, **config), numpy_params, grads)
+    optimizer = getattr(optim, kind)(emu_params, **config)
+    real_launch = backends.launch
+
+    def failing(be, family, dtype, kernel, grid, block, args):
+        raise RuntimeError("launch failed")
+
+    for p, g in zip(emu_params, grads[0]):
+        p.grad = g.copy()
+    monkeypatch.setattr(backends, "launch", failing)
+    with pytest.raises(RuntimeError, match="launch failed"):
+        optimizer.step()
+    monkeypatch.setattr(backends, "launch", real_launch)
+    assert all(state.get("step", 0) == 0 for state in optimizer.state)
+    optimizer.step()
+    for got, want in zip(emu_params, expected[0]):
+        np.testing.assert_allclose(got.data, want, rtol=1e-6, atol=1e-7)
+
+
+def test_the_multi_parameter_updates_take_an_empty_list():
+    from cnn_gpu.gpu import optim as gpu_optim
+    gpu_optim.sgd_steps("emu", [], 0.1, 0.0)
+    gpu_optim.sgd_momentum_steps("emu", [], 0.1, 0.9, 0.0, False)
+    gpu_optim.adam_steps("emu", [], 0.1, 0.9, 0.999, 1e-8, 0.0)
+
+
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),
                                           ("SGD", dict(lr=0.1)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01)),

@@ -69,6 +69,8 @@ def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov
 def sgd_steps(be, updates, lr, weight_decay):
     """In place: SGD without momentum of several parameters, UPDATE_SLOTS a launch. `updates`
     holds (param, grad, master) per parameter (see _launch_slots)."""
+    if not updates:
+        return
     for param, grad, master in updates:
         _check_state(param, grad, master)
     dtype = updates[0][0].dtype
@@ -79,6 +81,8 @@ def sgd_steps(be, updates, lr, weight_decay):
 def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov):
     """In place: SGD with momentum (no dampening) of several parameters, UPDATE_SLOTS a launch.
     `updates` holds (param, grad, momentum_buf, first_step, master) per parameter (see _launch_slots)."""
+    if not updates:
+        return
     for param, grad, buf, _, master in updates:
         _check_state(param, grad, master, momentum_buf=buf)
     dtype = updates[0][0].dtype
@@ -96,6 +100,8 @@ def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, 
 def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay):
     """In place: Adam of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
     m, v, step, master) per parameter, `step` its own count from 1 (see _launch_slots)."""
+    if not updates:
+        return
     for param, grad, m, v, _, master in updates:
         _check_state(param, grad, master, m=m, v=v)
     dtype = updates[0][0].dtype
