@@ -403,6 +403,23 @@ def test_whole_model_check_catches_a_wrong_gradient(rng, monkeypatch):
 
 # --- containers ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_residual_refuses_branches_of_different_dtypes(fused, rng):
+    """A shortcut in float64 beside a float32 block: the addition would promote the output, so the
+    Residual refuses it, with or without the ReLU nn.Sequential fuses into it."""
+    class Widen(nn.Module):
+        def forward(self, x):
+            return x.astype(np.float64)
+
+        def backward(self, dy, input_grad=True):
+            return dy.astype(np.float32)
+
+    residual = nn.Residual(nn.Conv2d(2, 2, 3, padding=1, dtype=np.float32, rng=rng), Widen())
+    model = nn.Sequential(residual, nn.ReLU()) if fused else residual
+    with pytest.raises(TypeError, match="block output \\(float32\\) and shortcut output \\(float64\\) differ"):
+        model(_randn(rng, 1, 2, 4, 4).astype(np.float32))
+
+
 def test_residual_backward_sums_both_paths(rng):
     x = _randn(rng, 2, 3, 5, 5)
     block = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, dtype=np.float64, rng=1), nn.Tanh())

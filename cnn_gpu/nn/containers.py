@@ -103,6 +103,8 @@ class Residual(Module):
         if y.shape != skip.shape:
             raise ValueError(f"Residual: block output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} "
                              f"differ; give a shortcut (e.g. a 1x1 Conv2d) that matches the block")
+        if y.dtype != skip.dtype:   # an addition would promote one of them: ops never change dtype silently
+            raise TypeError(f"Residual: block output ({y.dtype}) and shortcut output ({skip.dtype}) differ in dtype")
         out = y + skip if activation is None else F.add_relu(y, skip, backend=self.backend)
         self._saved = (out if activation else None,)   # the ReLU's output: > 0 where its input is
         return out
