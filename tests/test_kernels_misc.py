@@ -286,6 +286,31 @@ def test_activations(name, forward_args, backward_args, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_zero_dimensional_inputs_give_zero_dimensional_arrays_of_their_dtype(dtype):
+    """NumPy's arithmetic turns a 0-d array's result into a scalar (a float16 one widened to the
+    float32 the op computes in came back float32): every element-wise op returns a 0-d array of
+    the input's dtype on numpy as on emu, with the same value."""
+    x, dy, other = (np.array(v, dtype) for v in (-0.75, 1.5, 0.5))
+    calls = {
+        "relu": lambda be: F.relu(x, backend=be), "sigmoid": lambda be: F.sigmoid(x, backend=be),
+        "tanh": lambda be: F.tanh(x, backend=be), "leaky_relu": lambda be: F.leaky_relu(x, 0.1, backend=be),
+        "relu_backward": lambda be: F.relu_backward(dy, x, backend=be),
+        "sigmoid_backward": lambda be: F.sigmoid_backward(dy, x, backend=be),
+        "tanh_backward": lambda be: F.tanh_backward(dy, x, backend=be),
+        "leaky_relu_backward": lambda be: F.leaky_relu_backward(dy, x, 0.1, backend=be),
+        "add_relu": lambda be: F.add_relu(x, other, backend=be),
+        "dropout": lambda be: F.dropout(x, 0.5, seed=3, backend=be),
+        "mse_loss none": lambda be: F.mse_loss(x, other, "none", backend=be)[0],
+        "mse_loss gradient": lambda be: F.mse_loss(x, other, backend=be)[1],
+    }
+    for name, call in calls.items():
+        results = {be: call(be) for be in ("numpy", "emu")}
+        for be, y in results.items():
+            assert isinstance(y, np.ndarray) and y.shape == () and y.dtype == dtype, (name, be, type(y), y.dtype)
+        assert_close(results["emu"], results["numpy"], dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @guarded
 def test_add_relu_is_relu_of_the_sum_bit_for_bit(dtype):
     """F.add_relu on emu (one kernel) and numpy gives relu(a + b) as the two ops apart give it, to

@@ -77,8 +77,8 @@ _BACKWARD = {
 def _forward(name, x, param, backend):
     _checks.array(x, "x")
     be = _backend.resolve(backend, x)
-    if be == "numpy":
-        return _FORWARD[name](x, param)
+    if be == "numpy":   # asarray: NumPy's arithmetic makes a 0-d input's result a scalar
+        return np.asarray(_FORWARD[name](x, param))
     from ..gpu import elementwise
     return elementwise.forward(be, name, _checks.for_kernels(be, x, "x"), param)
 
@@ -95,7 +95,7 @@ def _matching_pair(first, first_name, second, second_name, backend):
 def _backward(name, dy, x, param, backend):
     be = _matching_pair(x, "x", dy, "dy", backend)
     if be == "numpy":
-        return _BACKWARD[name](dy, x, param)
+        return np.asarray(_BACKWARD[name](dy, x, param))
     from ..gpu import elementwise
     return elementwise.backward(be, name, _checks.for_kernels(be, dy, "dy"), _checks.for_kernels(be, x, "x"), param)
 
@@ -118,7 +118,7 @@ def add_relu(a, b, *, backend=None):
     relu_backward(dy, y) with y the output, which is > 0 exactly where a + b is."""
     be = _matching_pair(a, "a", b, "b", backend)
     if be == "numpy":
-        return relu_in_place(np.add(a, b))
+        return relu_in_place(np.asarray(np.add(a, b)))   # asarray: a 0-d sum is a scalar
     from ..gpu import elementwise
     return elementwise.add_relu(be, _checks.for_kernels(be, a, "a"), _checks.for_kernels(be, b, "b"))
 

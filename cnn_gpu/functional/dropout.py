@@ -41,7 +41,7 @@ def _apply(a, name, p, seed, step, backend):
     if be == "numpy":
         keep = philox.element_numbers(seed, step, a.size).astype(np.int64) >= threshold
         with np.errstate(invalid="ignore"):   # a dropped inf gives NaN, as in PyTorch
-            return a * np.where(keep, scale, a.dtype.type(0)).reshape(a.shape)
+            return np.asarray(a * np.where(keep, scale, a.dtype.type(0)).reshape(a.shape))   # 0-d: an array
     from ..gpu import dropout as gpu_dropout
     return gpu_dropout.apply(be, _checks.for_kernels(be, a, name), seed, step, threshold, scale)
 

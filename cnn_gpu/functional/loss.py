@@ -220,9 +220,9 @@ def mse_loss(pred, target, reduction="mean", *, backend=None):
     if be == "numpy":
         diff = pred - target
         count = pred.size if reduction == "mean" else 1
-        grad = diff * (2 / pred.dtype.type(count))
+        grad = np.asarray(diff * (2 / pred.dtype.type(count)))   # 0-d pred: an array, not a scalar
         if reduction == "none":
-            return diff * diff, grad
+            return np.asarray(diff * diff), grad
         return float(np.vdot(diff, diff) / pred.dtype.type(count)), grad
     from ..gpu import loss as gpu_loss
     loss, dpred = gpu_loss.mse(be, _checks.for_kernels(be, pred, "pred"), _checks.for_kernels(be, target, "target"),
