@@ -199,16 +199,18 @@ class Optimizer:
                 self._numpy_update(p, grad, state, hyper)
             else:
                 groups.setdefault((be, p.data.dtype, "master" in state), []).append((p, grad, state))
+        slots = _kernel_steps().UPDATE_SLOTS if groups else 0
         for (be, *_), group in groups.items():
-            self._kernel_updates(be, group, hyper)
+            for first in range(0, len(group), slots):   # a launch each, its state stored after it ran
+                self._kernel_updates(be, group[first:first + slots], hyper)
 
     def _numpy_update(self, p, grad, state, hyper) -> None:
         """One parameter's update on NumPy (subclasses)."""
         raise NotImplementedError
 
     def _kernel_updates(self, be, group, hyper) -> None:
-        """The updates of (parameter, gradient, state) triples of one dtype on kernel backend `be`
-        (subclasses)."""
+        """The updates of up to UPDATE_SLOTS (parameter, gradient, state) triples of one dtype on
+        kernel backend `be`, in one launch (subclasses)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -327,7 +329,7 @@ class Adam(Optimizer):
     @staticmethod
     def _next_step(be, p, state) -> int:
         """The parameter's step count with this step (its moments made, zero, at its first); the
-        caller stores it once the update has run, so a failed launch leaves the count as it was."""
+        caller stores it once the update's launch has run, so one that fails leaves it as it was."""
         if "step" not in state:
             xp = _backend.array_module(be)
             dtype = state_dtype(p.data.dtype)

@@ -17,8 +17,8 @@
 //    the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
 //  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
 //    y index walks the (n, c) planes (PlaneWalk: several small planes a block), so the channel's
-//    scale is computed once per plane, not per element. With from_variance the `scale_source` array holds a variance (eval mode: the running
-//    variance) and invstd is computed from it here.
+//    scale is computed once per plane, not per element. With from_variance the `scale_source`
+//    array holds a variance (eval mode: the running variance) and invstd is computed from it here.
 //  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy, masked by the
 //    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
 //  * batch_norm_backward_dx: dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in
@@ -211,9 +211,6 @@ struct ChannelAffine {
           scale(is * to_acc(weight[c])), shift(to_acc(bias[c])) {}
 };
 
-// grid: C * chunks blocks, as batch_norm_stats; sums (2C): the totals of g and g*xhat in acc_t for
-// batch_norm_backward_dx; partial (C * chunks * 2) and arrivals (C, zero) workspaces, unused when
-// chunks == 1
 // The (n, c) planes of an (N, C, HW) array as the element-wise passes walk them: grid y steps over
 // groups of per_block planes. A plane of HW >= 256 elements is one group, its elements strided over
 // the grid's x blocks; smaller planes go BLOCK_THREADS / HW to a block, one element a thread
@@ -261,6 +258,9 @@ __device__ __forceinline__ acc_t relu_masked(acc_t dy, acc_t v, acc_t mu, acc_t 
     return (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : dy;
 }
 
+// grid: C * chunks blocks, as batch_norm_stats; sums (2C): the totals of g and g*xhat in acc_t for
+// batch_norm_backward_dx; partial (C * chunks * 2) and arrivals (C, zero) workspaces, unused when
+// chunks == 1
 // 3 blocks an SM, not MIN_BLOCKS' 4: 85 registers for the 8 loads in flight of a float64 thread
 // (24 KB in flight an SM in float32, 48 KB in float64: plenty to stream at DRAM speed)
 #define SUMS_MIN_BLOCKS 3

@@ -372,7 +372,7 @@ def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_th
                 + F.batch_norm_backward(dy, x, None, None, weight, bias, True, backend="numpy"))
     for name, got, want in zip(("y", "mean", "invstd", "dx", "dweight", "dbias"), first, expected):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
-    assert not _arrivals._COUNTS[("emu", None, None, None)].any()
+    assert not _arrivals._COUNTS[_arrivals._key("emu")].any()
     real_launch = backend.launch
 
     def failing(be, family, dtype, kernel, grid, block, args):
@@ -385,8 +385,42 @@ def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_th
         patch.setattr(backend, "launch", failing)
         with pytest.raises(RuntimeError, match="launch failed"):
             run()
-    assert ("emu", None, None, None) not in _arrivals._COUNTS
+    assert _arrivals._key("emu") not in _arrivals._COUNTS
     assert [a.tobytes() for a in run()] == [a.tobytes() for a in first]
+
+
+@needs_emu
+def test_two_threads_launching_reductions_at_once_keep_their_own_arrival_counts():
+    """The emulator runs two threads' launches at once (the GIL is released while a kernel runs):
+    batch norm's statistics in one thread and channel sums in another, both several blocks a
+    channel, each keep their thread's arrival counts and give the bits they give alone."""
+    import threading
+    from cnn_gpu import emu
+    from cnn_gpu.gpu import batch_norm as gpu_batch_norm
+    from cnn_gpu.gpu import reduce
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((3, 4, 9000))                        # 7 chunks a channel
+    x = rng.standard_normal((2, 4, 12000)).astype(np.float32)   # 6 chunks a channel
+    expected_sum = reduce.channel_sum("emu", a, 3, 4, 9000).tobytes()
+    expected_stats = [s.tobytes() for s in gpu_batch_norm.stats("emu", x, None, None, 0.1, 1e-5)]
+    wrong = []
+
+    def sums():
+        with emu.checking(guard=False):
+            wrong.extend("sum" for _ in range(15) if reduce.channel_sum("emu", a, 3, 4, 9000).tobytes() != expected_sum)
+
+    def stats():
+        with emu.checking(guard=False):
+            for _ in range(15):
+                if [s.tobytes() for s in gpu_batch_norm.stats("emu", x, None, None, 0.1, 1e-5)] != expected_stats:
+                    wrong.append("stats")
+
+    threads = [threading.Thread(target=sums), threading.Thread(target=stats)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
 
 
 @needs_emu

@@ -109,7 +109,7 @@ def test_wgrad_leaves_its_arrival_counts_zero_and_a_failed_launch_drops_them(mon
     g = _geometry(x, w, cfg)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     first = conv_tc.wgrad("emu", dy, x, g, splits=3)
-    counts = _arrivals._COUNTS[("emu", None, None, None)]
+    counts = _arrivals._COUNTS[_arrivals._key("emu")]
     assert counts.size >= conv_tc.wgrad_tiles(g, conv_tc.plan_wgrad(g, splits=3).tile) and not counts.any()
 
     def failing(be, family, dtype, kernel, grid, block, args):
@@ -120,9 +120,9 @@ def test_wgrad_leaves_its_arrival_counts_zero_and_a_failed_launch_drops_them(mon
         patch.setattr(backend, "launch", failing)
         with pytest.raises(RuntimeError, match="launch failed"):
             conv_tc.wgrad("emu", dy, x, g, splits=3)
-    assert ("emu", None, None, None) not in _arrivals._COUNTS
+    assert _arrivals._key("emu") not in _arrivals._COUNTS
     assert conv_tc.wgrad("emu", dy, x, g, splits=3).tobytes() == first.tobytes()
-    assert not _arrivals._COUNTS[("emu", None, None, None)].any()
+    assert not _arrivals._COUNTS[_arrivals._key("emu")].any()
 
 
 def _oracle(x, w, b, cfg, relu):

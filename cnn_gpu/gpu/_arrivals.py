@@ -16,16 +16,16 @@ _COUNTS = {}
 
 
 def _key(be) -> tuple:
-    """The backend, its current device, CuPy stream and the calling thread (None, None, None on the
-    emulator): with CuPy's per-thread default stream every thread's stream has one handle."""
+    """The backend, its current device and CuPy stream (None, None on the emulator) and the calling
+    thread: with CuPy's per-thread default stream every thread's stream has one handle, and the
+    emulator runs two threads' launches at once."""
     cupy = backend.cupy_or_none() if be == "cuda" else None
-    if cupy is None:
-        return be, None, None, None
-    return be, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr, threading.get_ident()
+    device, stream = (cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr) if cupy else (None, None)
+    return be, device, stream, threading.get_ident()
 
 
 def zeroed(be, count: int):
-    """At least `count` zero arrival counts for `be`'s current device and stream."""
+    """At least `count` zero arrival counts for `be`'s current device and stream and this thread."""
     key = _key(be)
     counts = _COUNTS.get(key)
     if counts is None or counts.size < count:
