@@ -212,6 +212,30 @@ def test_bench_conv_passes_follow_the_math_mode():
         assert np.array_equal(got, want) and not np.allclose(got, exact, rtol=1e-6, atol=0), op
 
 
+def test_bench_batch_norm_runs_a_training_step_of_the_layer():
+    """The batch_norm op: statistics, normalisation and backward of a conv's input, the same on
+    numpy and emu (and PyTorch where installed); its model: the four launches at 8 passes over x."""
+    from cnn_gpu import roofline
+    from cnn_gpu.bench import modeled
+    case = bench.make_cases("tiny", ["batch_norm"])[0]
+    results = {}
+    for device in [bench.NumpyDevice(), bench.EmuDevice()]:
+        fn, sets = case.setup(device, np.dtype(np.float64), np.random.default_rng(0))
+        results[device.backend] = [np.asarray(a) for a in fn(*sets[0])]
+    for got, want in zip(results["emu"], results["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    torch = bench.torch_or_none()
+    if torch is not None:
+        fn, sets = case.setup(bench.TorchDevice(), np.dtype(np.float64), np.random.default_rng(0))
+        for got, want in zip(fn(*sets[0]), results["numpy"]):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-8, atol=1e-10)
+    estimates = modeled.case_estimates(case, roofline.spec("h100"), "float64")
+    x = np.prod(case.shape.geometry().x_shape) * 8
+    assert [e.kernel for e in estimates] == ["batch_norm_stats", "batch_norm_forward", "batch_norm_backward_sums",
+                                             "batch_norm_backward_dx"]
+    assert sum(e.dram_bytes for e in estimates) == 8 * x
+
+
 def test_torch_cuda_tf32_flags_follow_the_math_mode():
     torch = pytest.importorskip("torch")
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32

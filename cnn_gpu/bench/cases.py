@@ -177,6 +177,36 @@ def pool_case(op: str, shape: PoolShape) -> Case:
     return Case(op, shape, g.N * g.C * g.P * g.Q * g.kernel[0] * g.kernel[1], setup)
 
 
+def batch_norm_case(shape: ConvShape) -> Case:
+    """Batch norm in training on a convolution's input, as nn.BatchNorm2d runs a step: the
+    statistics (blended into running ones), the normalisation, then dx, dweight and dbias."""
+    x_shape = shape.geometry().x_shape
+    channels = x_shape[1]
+
+    def setup(device, dtype, rng):
+        sets = _input_sets(device, rng, lambda rng: (
+            _random(rng, x_shape, dtype), _random(rng, x_shape, dtype),
+            *(_random(rng, (channels,), dtype) for _ in range(3)), np.ones(channels, dtype)))
+        if device.framework == "torch":
+            torch = device.torch
+
+            def run(x, dy, weight, bias, running_mean, running_var):
+                x, weight, bias = (a.detach().requires_grad_(True) for a in (x, weight, bias))
+                y = torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training=True)
+                return torch.autograd.grad(y, (x, weight, bias), dy)
+            return run, sets
+        F, be = _F(), device.backend
+
+        def run(x, dy, weight, bias, running_mean, running_var):
+            _, mean, invstd = F.batch_norm(x, running_mean, running_var, weight, bias, True, return_stats=True,
+                                           backend=be)
+            return F.batch_norm_backward(dy, x, None, None, weight, bias, True, save_mean=mean, save_invstd=invstd,
+                                         backend=be)
+        return run, sets
+
+    return Case("batch_norm", shape, None, setup)
+
+
 def cross_entropy_case(shape: LossShape) -> Case:
     """Loss and its gradient together (F.cross_entropy returns both)."""
     def setup(device, dtype, rng):

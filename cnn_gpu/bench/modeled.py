@@ -107,17 +107,29 @@ def _cross_entropy(case, spec, dtype) -> list:
             roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
 
 
+def _batch_norm(case, spec, dtype) -> list:
+    x = math.prod(case.shape.geometry().x_shape)
+    return [roofline.memory_bound(name, traffic, spec) for name, traffic in _batch_norm_passes(x, np.dtype(dtype).itemsize)]
+
+
 # the launch names of work that runs outside backend.launch on a GPU: linear layers' GEMMs and the
 # residual additions and loss bookkeeping CuPy does; the step model prices them by their traffic too
 CUBLAS_GEMM = "cuBLAS GEMM"
 CUPY_ELEMENTWISE = "CuPy elementwise"
 
 
+def _batch_norm_passes(x: int, item: int) -> list[tuple[str, float]]:
+    """Batch norm in training over x elements: the statistics read x once, the normalisation reads
+    it again and writes y; the backward's channel sums read dy and x, then dx reads them again."""
+    return [("batch_norm_stats", x * item), ("batch_norm_forward", 2 * x * item),
+            ("batch_norm_backward_sums", 2 * x * item), ("batch_norm_backward_dx", 3 * x * item)]
+
+
 def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     """(launch, DRAM bytes) of a non-convolution layer's forward and backward in training, as its
     launchers run them (x, y: its input and output elements; item: bytes an element): activations
     and pools read their input and write their output, their backward reads dy and x and writes
-    dx; batch norm reads x for its statistics (one pass), then again to normalise it."""
+    dx; batch norm as _batch_norm_passes."""
     from .. import nn
     from ..gpu.reduce import plan_channel_sum
     from .training import WithReLU
@@ -129,9 +141,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
         name = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(layer)]
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
-    if isinstance(layer, nn.BatchNorm2d):   # backward: the channel sums read dy and x, then dx reads them again
-        return [("batch_norm_stats", x * item), ("batch_norm_forward", (x + y) * item),
-                ("batch_norm_backward_sums", 2 * x * item), ("batch_norm_backward_dx", (2 * x + y) * item)]
+    if isinstance(layer, nn.BatchNorm2d):
+        return _batch_norm_passes(x, item)
     if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         kind = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool"}[
             type(layer)]
@@ -216,4 +227,6 @@ def case_estimates(case, spec, dtype, math: str = "fp32") -> list:
         return _pool(case, spec, dtype)
     if case.op == "cross_entropy":
         return _cross_entropy(case, spec, dtype)
+    if case.op == "batch_norm":
+        return _batch_norm(case, spec, dtype)
     raise ValueError(f"no model for op {case.op!r}")

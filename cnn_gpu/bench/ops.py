@@ -1,7 +1,7 @@
 """The ops `cnn-gpu bench` times, and the cases of a shape set."""
 from __future__ import annotations
 
-from .cases import Case, conv_case, cross_entropy_case, pool_case
+from .cases import Case, batch_norm_case, conv_case, cross_entropy_case, pool_case
 from .shapes import SHAPE_SETS
 from .training import train_step_case
 
@@ -23,6 +23,9 @@ OPS = {
     "avg_pool2d_backward": ("pool", lambda s: pool_case("avg_pool2d_backward", s), "average pooling backward"),
     "cross_entropy": ("loss", cross_entropy_case, "softmax cross entropy, loss and gradient"),
     "train_step": ("model", train_step_case, "forward, loss, backward and SGD step of a model"),
+    # last: a run cut short (gpu-check's budget) has the rows of the ops above first
+    "batch_norm": ("conv", batch_norm_case,
+                   "batch norm in training on a conv's input: statistics, normalisation, dx/dweight/dbias"),
 }
 # conv2d_fwd_bwd repeats fprop + dgrad + wgrad, so it runs only when asked for (numpy_vs_torch.py).
 DEFAULT_OPS = tuple(op for op in OPS if op != "conv2d_fwd_bwd")
