@@ -32,45 +32,7 @@
 // normalises with the FP32 statistics, not their float16 roundings (the launcher widens float16
 // ones it is given).
 
-#include "common.cuh"
-
-#define CHUNK (BLOCK_THREADS * 16)   // elements per reduction block (cnn_gpu.gpu.batch_norm.CHUNK)
-#define ACCUMULATORS 4
-
-// Walks elements e = first, first + 256, ... of one channel of an (N, C, HW) array as (n, i)
-// pairs with e = n*HW + i: offset(c) is the element's flat position.
-struct ChannelCursor {
-    long long n, i;
-    const long long HW;
-    const int step_n, step_i;
-    __device__ ChannelCursor(long long first, long long HW_)
-        : n(first / HW_), i(first % HW_), HW(HW_), step_n((int)(BLOCK_THREADS / HW_)),
-          step_i((int)(BLOCK_THREADS % HW_)) {}
-    __device__ void advance()
-    {
-        n += step_n;
-        i += step_i;
-        if (i >= HW) {
-            i -= HW;
-            ++n;
-        }
-    }
-    __device__ long long offset(long long c, long long C) const { return (n * C + c) * HW + i; }
-};
-
-// A reduction block's place: channel c, chunk `chunk` of `chunks`, elements [first, end) of it for
-// thread t (first = the chunk's start + t).
-struct ChunkOfChannel {
-    long long c, chunk, chunks, first, end;
-    __device__ ChunkOfChannel(long long length)
-    {
-        chunks = (length + CHUNK - 1) / CHUNK;
-        c = blockIdx.x / chunks;
-        chunk = blockIdx.x - c * chunks;
-        first = chunk * CHUNK + threadIdx.x;
-        end = min(length, chunk * CHUNK + CHUNK);
-    }
-};
+#include "channel_chunks.cuh"
 
 // Count, mean and sum of squared deviations of a set of values (Welford; Chan et al.'s merge).
 struct Moments {
@@ -102,21 +64,6 @@ __device__ Moments block_moments(Moments s, acc_t* tree)
         __syncthreads();
     }
     return s;
-}
-
-// Whether this block is the last of its channel's `chunks` to arrive (thread 0 counts it, after
-// its partials are visible); the answer is in every thread. The last block resets the count.
-__device__ __forceinline__ bool last_to_arrive(unsigned int* arrivals, long long c, long long chunks, int* flag)
-{
-    if (threadIdx.x == 0) {
-        __threadfence();   // the partials are visible before the arrival that counts them
-        const bool last = atomicAdd(&arrivals[c], 1u) == (unsigned int)(chunks - 1);
-        if (last) arrivals[c] = 0u;   // no block of this launch counts here again
-        *flag = last;
-    }
-    __syncthreads();
-    if (*flag) __threadfence();
-    return *flag;
 }
 
 __device__ __forceinline__ acc_t invstd_of(acc_t variance, acc_t eps)
@@ -299,9 +246,9 @@ batch_norm_backward_sums(const REAL* __restrict__ dy, const REAL* __restrict__ x
             }
         }
     }
-    acc_t total_g = block_sum((sum_g[0] + sum_g[1]) + (sum_g[2] + sum_g[3]), tree);
+    acc_t total_g = block_sum(fold(sum_g), tree);
     __syncthreads();
-    acc_t total_g_xhat = block_sum((sum_g_xhat[0] + sum_g_xhat[1]) + (sum_g_xhat[2] + sum_g_xhat[3]), tree);
+    acc_t total_g_xhat = block_sum(fold(sum_g_xhat), tree);
     if (at.chunks > 1) {
         if (threadIdx.x == 0) {
             partial[2 * blockIdx.x] = total_g;

@@ -22,16 +22,7 @@
 // partials too) and rounds each output once: the same sums, in the same order, as the float32
 // build on the widened array.
 
-#include "common.cuh"
-
-#define CHUNK (BLOCK_THREADS * 16)   // elements per block of channel_sum_block (cnn_gpu.gpu.reduce.CHUNK)
-#define ACCUMULATORS 4
-
-// (acc[0] + acc[1]) + (acc[2] + acc[3])
-__device__ __forceinline__ acc_t fold(const acc_t (&acc)[ACCUMULATORS])
-{
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
+#include "channel_chunks.cuh"
 
 // grid: channels * chunks blocks (chunks = ceil(L / CHUNK)), block b summing chunk b % chunks of
 // channel b / chunks; partial (channels * chunks) and arrivals (channels, zero; left zero) are
@@ -42,23 +33,17 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __r
 {
     __shared__ acc_t tree[BLOCK_THREADS];
     __shared__ int last;
-    const long long length = outer * inner, chunks = (length + CHUNK - 1) / CHUNK;
-    const long long c = blockIdx.x / chunks, chunk = blockIdx.x - c * chunks;
+    const ChunkOfChannel at(outer * inner);
+    const long long c = at.c, chunks = at.chunks;
     const int t = threadIdx.x;
-    // Walk elements e = chunk*CHUNK + t + 256*k of the channel as (o, i) with e = o*inner + i,
-    // stepping the decode instead of dividing each element.
-    const long long step_o = BLOCK_THREADS / inner, step_i = BLOCK_THREADS % inner;
-    const long long first = chunk * CHUNK + t, end = min(length, chunk * CHUNK + CHUNK);
-    long long o = first / inner, i = first - o * inner;
+    ChannelCursor e(at.first, inner);   // element e = o*inner + i of the channel as (o, i)
     acc_t acc[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
 #pragma unroll 1
-    for (long long e = first; e < end; e += ACCUMULATORS * BLOCK_THREADS) {
+    for (long long k = at.first; k < at.end; k += ACCUMULATORS * BLOCK_THREADS) {
 #pragma unroll
-        for (int k = 0; k < ACCUMULATORS; ++k) {
-            if (e + k * BLOCK_THREADS < end) acc[k] += to_acc(a[(o * channels + c) * inner + i]);
-            o += step_o;
-            i += step_i;
-            if (i >= inner) { i -= inner; ++o; }
+        for (int u = 0; u < ACCUMULATORS; ++u) {
+            if (k + u * BLOCK_THREADS < at.end) acc[u] += to_acc(a[e.offset(c, channels)]);
+            e.advance();
         }
     }
     const acc_t sum = block_sum(fold(acc), tree);
@@ -66,15 +51,8 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __r
         if (t == 0) out[c] = to_real(sum);
         return;
     }
-    if (t == 0) {
-        partial[c * chunks + chunk] = sum;
-        __threadfence();   // the partial is visible before the arrival that counts it
-        last = atomicAdd(&arrivals[c], 1u) == chunks - 1;
-        if (last) arrivals[c] = 0u;   // no block of this launch counts here again: zero for the next
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (t == 0) partial[c * chunks + at.chunk] = sum;
+    if (!last_to_arrive(arrivals, c, chunks, &last)) return;
     // other blocks' partials through L2 (__ldcg): this SM's L1 may hold a stale line of them, from a
     // neighbouring channel this SM summed before
     acc_t more[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};

@@ -356,12 +356,12 @@ def test_chunked_reductions_leave_their_counts_zero_and_a_failed_launch_drops_th
     to arrive: the statistics and the backward sums to float64 accuracy, the arrival counts zero
     after every launch; a launch that fails part-way drops them, and the next gives the same bits."""
     from cnn_gpu.gpu import _arrivals
-    from cnn_gpu.gpu import batch_norm as gpu_batch_norm
+    from cnn_gpu.gpu import reduce
     rng = np.random.default_rng(10)
     x = rng.standard_normal((2, 3, 100, 100)) * 2 + 5
     dy = rng.standard_normal(x.shape)
     weight, bias = rng.standard_normal(3), rng.standard_normal(3)
-    assert gpu_batch_norm.chunks(2, 100 * 100) == 5
+    assert reduce.chunks(2, 100 * 100) == 5
 
     def run():
         y, mean, invstd = F.batch_norm(x, None, None, weight, bias, True, return_stats=True, backend="emu")

@@ -17,7 +17,7 @@ import numpy as np
 from .. import backend
 from . import _arrivals
 from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
-from .reduce import MAX_GRID_X, chunks
+from .reduce import chunked_blocks
 
 
 def _view(x):
@@ -37,10 +37,7 @@ def _statistics(mean, scale_source, dtype):
 
 def _reduction(be, n, channels, inner, compute):
     """(grid, partial workspace in the `compute` dtype, arrival counts) of a per-channel reduction."""
-    blocks = channels * chunks(n, inner)
-    if blocks > MAX_GRID_X:
-        raise ValueError(f"batch norm of {channels} channels of {n * inner} elements needs {blocks} blocks, past "
-                         f"the grid limit of {MAX_GRID_X}")
+    blocks = chunked_blocks("batch_norm", n, channels, inner)
     xp = backend.array_module(be)
     partial = xp.empty(2 * blocks if blocks > channels else 0, dtype=compute)
     return (blocks,), partial, _arrivals.zeroed(be, channels)

@@ -45,14 +45,16 @@ def _launch_slots(be, kernel, updates, scalars):
         raise ValueError("one launch updates parameters of one dtype, with master copies for all or none")
     xp = backend.array_module(be)
     with_master = updates[0][1] is not None
+    # an unused slot: size 0, and one array of no element per dtype for all its pointers (the
+    # checks take arrays; arrays of no byte overlap nothing)
+    empty = {dtype: xp.empty(0, dtype) for dtype in {a.dtype for a in (*updates[0][0], updates[0][1])
+                                                    if isinstance(a, xp.ndarray)}}
     for first in range(0, len(updates), UPDATE_SLOTS):
         chunk = updates[first:first + UPDATE_SLOTS]
-        # unused slots: size 0, arrays of no element (the checks take arrays; none shared)
-        unused = [[type(a)(0) if isinstance(a, np.generic) else xp.empty(0, a.dtype) for a in chunk[0][0]]
+        unused = [[type(a)(0) if isinstance(a, np.generic) else empty[a.dtype] for a in chunk[0][0]]
                   for _ in range(UPDATE_SLOTS - len(chunk))]
         slots = [a for slot, _ in chunk for a in slot] + [a for slot in unused for a in slot]
-        masters = ([master for _, master in chunk] + [xp.empty(0, chunk[0][1].dtype) for _ in unused]
-                   if with_master else [])
+        masters = [master for _, master in chunk] + [empty[chunk[0][1].dtype]] * len(unused) if with_master else []
         largest = max(slot[0].size for slot, _ in chunk)
         backend.launch(be, "optim", chunk[0][0][0].dtype, f"{kernel}_master" if with_master else kernel,
                        (blocks_for(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))

@@ -11,8 +11,8 @@ from ._grid import Launch, blocks_for, i32
 THREADS = 256
 # Above this many rows a one-thread-per-channel loop is too serial; blocks of channel_sum_block are used.
 COLUMN_MAX_OUTER = 256
-# Elements per block of channel_sum_block and of batch_norm's reductions (CHUNK in kernels/reduce.cu and
-# kernels/batch_norm.cu): 16 per thread, 4 per accumulator.
+# Elements per block of channel_sum_block and of batch_norm's reductions (CHUNK in
+# kernels/channel_chunks.cuh): 16 per thread, 4 per accumulator.
 CHUNK = THREADS * 16
 MAX_GRID_X = 2**31 - 1
 
@@ -22,16 +22,22 @@ def chunks(outer: int, inner: int) -> int:
     return -(-(outer * inner) // CHUNK)
 
 
+def chunked_blocks(what: str, outer: int, channels: int, inner: int) -> int:
+    """The blocks of a chunked per-channel reduction (kernels/channel_chunks.cuh), channels x chunks;
+    ValueError past the grid's limit."""
+    blocks = channels * chunks(outer, inner)
+    if blocks > MAX_GRID_X:
+        raise ValueError(f"{what}: {channels} channels of {outer * inner} elements need {blocks} blocks, past "
+                         f"the grid limit of {MAX_GRID_X}")
+    return blocks
+
+
 def plan_channel_sum(outer, channels, inner):
     """The launch that channel_sum makes for `a` viewed as (outer, channels, inner): channel_sum_column
     for short columns (inner == 1), else channel_sum_block, one block per CHUNK elements of a channel."""
     if inner == 1 and outer <= COLUMN_MAX_OUTER:
         return Launch("reduce", "channel_sum_column", (-(-channels // THREADS), 1, 1))
-    blocks = channels * chunks(outer, inner)
-    if blocks > MAX_GRID_X:
-        raise ValueError(f"channel_sum: {channels} channels of {outer * inner} elements need {blocks} blocks, past "
-                         f"the grid limit of {MAX_GRID_X}")
-    return Launch("reduce", "channel_sum_block", (blocks, 1, 1))
+    return Launch("reduce", "channel_sum_block", (chunked_blocks("channel_sum", outer, channels, inner), 1, 1))
 
 
 def unread_bias(xp, dtype):
