@@ -1,13 +1,19 @@
 """Device-to-host reads per call, counted on the emulator with a CuPy-like array (each conversion
 of a device value to a Python number is one synchronising transfer on a GPU): cross_entropy reads
-its loss once, max_pool2d_backward checks its indices with one read."""
+its loss once (its class indices are checked only when that loss is NaN) and with as_array=True
+not at all, max_pool2d_backward checks its indices with one read, and a training epoch reads its
+running metrics when they are shown, not every step."""
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
 
-from cnn_gpu import backend
+from cnn_gpu import backend, models, nn, optim
 from cnn_gpu import functional as F
+from cnn_gpu.cli import metrics as cli_metrics
+from cnn_gpu.cli import train as train_cli
 
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
@@ -50,7 +56,7 @@ class _CountingNumpy:
 
     def __getattr__(self, name):
         attr = getattr(np, name)
-        if name in ("empty", "empty_like", "full", "zeros", "concatenate", "asarray"):
+        if name in ("empty", "empty_like", "full", "zeros", "concatenate", "stack", "asarray"):
             return lambda *args, **kwargs: attr(*args, **kwargs).view(HostReads)
         return attr
 
@@ -69,10 +75,107 @@ def test_cross_entropy_reads_its_loss_back_once(count_reads, reduction, targets)
     logits = rng.standard_normal((6, 5)).astype(np.float32)
     labels = rng.integers(0, 5, 6)
     target = labels if targets == "labels" else rng.dirichlet(np.ones(5), 6).astype(np.float32)
+    target = target.view(HostReads)   # on the device, as the logits: a check of its values would read
     loss, _ = F.cross_entropy(logits, target, reduction=reduction, backend="emu")
     assert count_reads.count == 1
     want, _ = F.cross_entropy(logits, target, reduction=reduction, backend="numpy")
     assert loss == pytest.approx(want, rel=1e-6)
+
+    count_reads.count = 0
+    kept, _ = F.cross_entropy(logits, target, reduction=reduction, backend="emu", as_array=True)
+    assert count_reads.count == 0
+    assert kept.shape == () and kept.dtype == np.float64 and float(kept) == loss   # the float's value
+
+
+@needs_emu
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_loss_as_array_reads_nothing(count_reads, reduction):
+    rng = np.random.default_rng(5)
+    pred, target = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 4, 3))
+    kept, _ = F.mse_loss(pred, target, reduction=reduction, backend="emu", as_array=True)
+    assert count_reads.count == 0
+    loss, _ = F.mse_loss(pred, target, reduction=reduction, backend="emu")
+    assert kept.dtype == np.float64 and float(kept) == loss
+
+
+@needs_emu
+@pytest.mark.parametrize("weighted", [False, True])
+def test_class_index_out_of_range_is_refused_after_the_nan_loss_or_kept_as_nan(count_reads, weighted):
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((6, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 6)
+    labels[4] = 5
+    weight = rng.random(5).astype(np.float32) if weighted else None
+    with pytest.raises(ValueError, match=r"target\[4\] = 5 is out of range for 5 classes"):
+        F.cross_entropy(logits, labels.view(HostReads), weight, backend="emu")
+    count_reads.count = 0
+    kept, _ = F.cross_entropy(logits, labels.view(HostReads), weight, backend="emu", as_array=True)
+    assert count_reads.count == 0 and np.isnan(kept)
+    with pytest.raises(ValueError, match="out of range"):   # numpy checks them as it computes
+        F.cross_entropy(logits, labels, weight, backend="numpy", as_array=True)
+    nan_logits = logits.copy()
+    nan_logits[1, 2] = np.nan   # a NaN loss with every index in range: returned as it is
+    labels[4] = 0
+    assert np.isnan(F.cross_entropy(nan_logits, labels, weight, backend="emu")[0])
+
+
+def _training_reads(steps: int, clock, batch: int = 4):
+    """(host reads, the bar's fields) of one training epoch of `steps` batches on the emulator whose
+    running metrics are read on `clock`."""
+    rng = np.random.default_rng(7)
+    model = models.build("cnn", (1, 8, 8), 4, dtype=np.dtype(np.float32), rng=rng).to("emu")
+    dataset = types.SimpleNamespace(x_train=rng.standard_normal((batch * steps, 1, 8, 8)).astype(np.float32),
+                                    y_train=rng.integers(0, 4, batch * steps))
+
+    class Bar:
+        total, postfix = steps, None
+
+        def set_postfix(self, refresh, **fields):
+            self.postfix = fields
+
+        def update(self):
+            pass
+
+    original = cli_metrics.RunningMetrics.__init__
+    bar = Bar()
+    HostReads.count = 0
+    try:
+        cli_metrics.RunningMetrics.__init__ = lambda self: original(self, clock=clock)
+        train_cli.train_epoch(model, nn.CrossEntropyLoss().to("emu"), optim.SGD(model.parameters(), lr=0.1),
+                              dataset, batch, np.random.default_rng(8), "emu", bar)
+    finally:
+        cli_metrics.RunningMetrics.__init__ = original
+    return HostReads.count, bar.postfix
+
+
+@needs_emu
+def test_a_training_epoch_reads_its_metrics_when_shown_not_every_step(count_reads):
+    never_due = lambda: 0.0   # noqa: E731
+    reads_2, shown_2 = _training_reads(2, never_due)
+    reads_6, shown_6 = _training_reads(6, never_due)
+    assert reads_2 == reads_6 == 1   # the epoch's end
+    ticks = iter(range(0, 1000, 1))   # a second a call: due after every step
+    reads_every, shown_every = _training_reads(6, lambda: float(next(ticks)))
+    assert reads_every == 6 and shown_every == shown_6 and shown_2 != shown_6
+
+
+def test_running_metrics_sum_the_batches_as_read_one_by_one():
+    rng = np.random.default_rng(9)
+    metrics = cli_metrics.RunningMetrics(every=float("inf"))
+    losses, correct, seen = [], 0, 0
+    for images in (5, 3, 7):
+        logits, labels = rng.standard_normal((images, 4)), rng.integers(0, 4, images)
+        loss = rng.random() * 3
+        metrics.add(np.asarray(loss), logits, labels)
+        losses.append(loss * images)
+        correct += int((logits.argmax(axis=1) == labels).sum())
+        seen += images
+        assert not metrics.due()
+    shown = metrics.read()
+    assert metrics.seen == seen and metrics.correct == correct and metrics.loss_sum == pytest.approx(sum(losses),
+                                                                                                      rel=1e-12)
+    assert shown == {"loss": f"{sum(losses) / seen:.4f}", "acc": f"{correct / seen:.1%}"}
+    assert cli_metrics.RunningMetrics().read() == {}
 
 
 @needs_emu
@@ -86,3 +189,15 @@ def test_max_pool_backward_checks_its_indices_with_one_read(count_reads):
     for tampered, message in ((indices + 100, "must lie in"), (np.where(indices >= 0, indices ^ 1, indices), "not a tap")):
         with pytest.raises(ValueError, match=message):
             F.max_pool2d_backward(y, tampered.view(HostReads), x.shape, 3, stride=2, padding=1, backend="emu")
+
+
+@needs_emu
+def test_evaluation_reads_its_count_once(count_reads):
+    rng = np.random.default_rng(10)
+    model = models.build("cnn", (1, 8, 8), 4, dtype=np.dtype(np.float32), rng=rng).to("emu")
+    dataset = types.SimpleNamespace(x_test=rng.standard_normal((20, 1, 8, 8)).astype(np.float32),
+                                    y_test=rng.integers(0, 4, 20))
+    correct, total = train_cli.evaluate(model, dataset, 4, "emu")
+    assert count_reads.count == 1 and total == 20
+    model.eval()
+    assert correct == int((model(dataset.x_test).argmax(axis=1) == dataset.y_test).sum())

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import non_negative_int, path_argument, positive_float, positive_int, seed, unit_float
+from .metrics import RunningMetrics, correct_count, read_count
 
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
 DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "adam", "lr": None,
@@ -494,7 +495,7 @@ def progress_bar(dataset, batch_size, max_batches, description, shown=True):
 def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, device, bar, before_step=None,
                 augment=None, scaler=None):
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
-    accuracy on the progress bar. before_step(index) runs before batch `index` (the learning-rate
+    accuracy on the progress bar (summed on the device, read when shown: metrics.RunningMetrics). before_step(index) runs before batch `index` (the learning-rate
     schedule); augment(x, index) transforms the batch on the device. Batches take the model's
     dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
     unscaled and stepped (or the step skipped on overflow) by it. In a model with batch norm, a
@@ -505,7 +506,7 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     from ..nn.module import to_backend_array
     model.train()
     drops_lone_images = any(isinstance(module, BatchNorm2d) for module in model.modules())
-    loss_sum, correct, seen = 0.0, 0, 0
+    metrics = RunningMetrics()
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
                                        distributed.world_size())
@@ -523,17 +524,10 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             if augment is not None:
                 x = augment(x, index)
             logits = model(x)
-            loss = loss_fn(logits, y)
+            metrics.add(loss_fn(logits, y, as_array=True), logits, y)
             dlogits = loss_fn.backward()
             # the images need no gradient: the first convolution runs no dgrad pass
             model.backward(scaler.scale(dlogits) if scaler is not None else dlogits, input_grad=False)
-            loss_sum += loss * len(y)
-            correct += int((logits.argmax(axis=1) == y).sum())
-            seen += len(y)
-            shown = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.1%}"}
-            if scaler is not None and scaler.is_enabled():
-                shown["scale"] = f"{scaler.get_scale():g}"
-            bar.set_postfix(refresh=False, **shown)
         # weighted by the shards' sizes: the same step as one process with the whole global batch
         if not distributed.allreduce_gradients(model, count=len(chosen)):
             bar.update()   # no image in the whole step
@@ -543,7 +537,20 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             scaler.update()
         else:
             optimizer.step()
+        if metrics.due():
+            _show(bar, metrics, scaler)
         bar.update()
+    _show(bar, metrics, scaler)
+
+
+def _show(bar, metrics, scaler) -> None:
+    """The running loss and accuracy (read back from the device: metrics.RunningMetrics) and the
+    loss scale on the bar, for its next refresh."""
+    shown = metrics.read()
+    if shown and scaler is not None and scaler.is_enabled():
+        shown["scale"] = f"{scaler.get_scale():g}"
+    if shown:
+        bar.set_postfix(refresh=False, **shown)
 
 
 def _model_dtype(model):
@@ -560,7 +567,7 @@ def evaluate(model, dataset, batch_size, device, max_batches=None):
     distributed.broadcast_buffers(model)
     model.eval()
     dtype = _model_dtype(model)
-    correct = total = 0
+    correct, total = [], 0   # correct counts per batch, read back at the end (metrics.read_count)
     shards = distributed.shard_batches(len(dataset.x_test), batch_size, None, distributed.rank(),
                                        distributed.world_size())
     for index, chosen in enumerate(shards):
@@ -568,8 +575,8 @@ def evaluate(model, dataset, batch_size, device, max_batches=None):
             break
         if len(chosen):
             logits = model(to_backend_array(dataset.x_test[chosen].astype(dtype, copy=False), device))
-            correct += int((logits.argmax(axis=1) == to_backend_array(dataset.y_test[chosen], device)).sum())
+            correct.append(correct_count(logits, to_backend_array(dataset.y_test[chosen], device)))
             total += len(chosen)
-    counts = distributed.world().allgather_object((correct, total), "the test accuracy")
+    counts = distributed.world().allgather_object((read_count(correct), total), "the test accuracy")
     return sum(c for c, _ in counts), sum(t for _, t in counts)
 

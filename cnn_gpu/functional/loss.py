@@ -1,7 +1,10 @@
 """Losses with PyTorch's options, each returning (loss, gradient of that loss): softmax
 cross-entropy and mean squared error, computed in the input's dtype.
 
-reduction="mean" or "sum": the loss is a Python float. reduction="none": the loss is an array of
+reduction="mean" or "sum": the loss is a Python float, or with as_array=True (an extension) the
+same value as a 0-d float64 array on the input's backend, not read back: on a GPU, reading a float
+waits for every queued kernel (a host synchronisation), so a training loop that reads every step
+leaves the GPU idle while it queues the next one. reduction="none": the loss is an array of
 per-position (cross_entropy) or per-element (mse_loss) losses, of the input's kind and dtype, and
 the gradient is that of their sum (multiply it by an upstream gradient yourself).
 
@@ -36,7 +39,7 @@ def check_reduction(reduction) -> str:
     return reduction
 
 
-def _nothing(be, reduction, pred, loss_shape):
+def _nothing(be, reduction, pred, loss_shape, as_array: bool):
     """The loss of an empty input, as PyTorch gives it (NaN mean, zero sum, empty array), with an
     (empty) gradient of pred's shape."""
     xp = _backend.array_module(be)
@@ -44,7 +47,14 @@ def _nothing(be, reduction, pred, loss_shape):
         loss = xp.empty(loss_shape, dtype=pred.dtype)
     else:
         loss = math.nan if reduction == "mean" else 0.0
+        if as_array:
+            loss = xp.asarray(loss, dtype=np.float64)
     return loss, xp.empty_like(pred)
+
+
+def _as_array(loss: float, as_array: bool):
+    """The NumPy path's float loss, as a 0-d float64 array when asked for."""
+    return np.asarray(loss, dtype=np.float64) if as_array else loss
 
 
 # --- cross entropy ------------------------------------------------------------------------------
@@ -120,7 +130,8 @@ def _check_class_indices(target, classes: int, ignore_index: int):
 
 
 def _cross_entropy_target(logits, target, ignore_index):
-    """(class indices as int64 or None, class probabilities or None), checked against logits."""
+    """(class indices as int64 or None, class probabilities or None), checked against logits (the
+    indices' values by the caller: _check_class_indices)."""
     if not _checks.is_array(target):
         raise TypeError(f"target must be a NumPy or CuPy array, got {type(target).__name__}")
     classes = _classes(logits)
@@ -139,9 +150,7 @@ def _cross_entropy_target(logits, target, ignore_index):
                         f"shape), got dtype {target.dtype}")
     _checks.shape_is(target, "target", _positions_shape(logits),
                      " (one class index per position: logits' shape without the class dimension)")
-    target = target.astype(np.int64, copy=False)
-    _check_class_indices(target, classes, ignore_index)
-    return target, None
+    return target.astype(np.int64, copy=False), None
 
 
 def check_ignore_index(value) -> int:
@@ -161,7 +170,7 @@ def check_label_smoothing(value) -> float:
 
 @takes_float16(kernels=True)
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                  backend=None):
+                  backend=None, as_array=False):
     """Softmax cross entropy as torch.nn.functional.cross_entropy -> (loss, dlogits).
 
     logits (N, C), (N, C, d1, ..., dk) or unbatched (C,); target either class indices, an integer
@@ -172,6 +181,12 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
 
     loss: a Python float for "mean"/"sum", the per-position losses (N, d1, ..., dk) for "none".
     dlogits: the gradient of loss (of the sum of the per-position losses for "none").
+    as_array=True (an extension): a "mean"/"sum" loss as a 0-d float64 array (the float's value) on
+    the logits' backend, not read back (see the module docstring). Class indices out of range are
+    then refused on numpy only: on emu and cuda, where checking them would read back, they make the
+    loss NaN (PyTorch on CUDA stops at a device-side assertion). Without as_array the kernels'
+    paths check the indices only when the loss they read back is NaN, which an index out of range
+    makes it: the one read back stays the loss's own.
     Unlike PyTorch: any integer dtype but uint64 is taken for class indices (PyTorch: int64 and
     uint8), and a negative label_smoothing is refused (PyTorch ignores it)."""
     _checks.array(logits, "logits")
@@ -187,28 +202,39 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         _checks.shape_is(weight, "weight", (classes,), " (one weight per class)")
         _checks.same_dtype("logits", logits, weight=weight)
     be = _backend.resolve(backend, logits, target, weight)
+    checked_after = be != "numpy" and reduction != "none"   # by the loss read back (or not at all: as_array)
+    if labels is not None and not checked_after:
+        _check_class_indices(labels, classes, ignore_index)
     loss_shape = _positions_shape(logits)
     if logits.size == 0:
-        return _nothing(be, reduction, logits, loss_shape)
+        return _nothing(be, reduction, logits, loss_shape, as_array)
     if be == "numpy":
-        return _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_smoothing, reduction)
+        loss, dlogits = _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_smoothing,
+                                       reduction)
+        return (loss if reduction == "none" else _as_array(loss, as_array)), dlogits
     from ..gpu import loss as gpu_loss
     named = ((logits, "logits"), (labels, "target"), (probabilities, "target"), (weight, "weight"))
     logits, labels, probabilities, weight = (_checks.for_kernels(be, a, n) for a, n in named)
     inner = math.prod(logits.shape[2:])
     loss, dlogits = gpu_loss.cross_entropy(
         be, logits, None if labels is None else labels.reshape(-1), probabilities, weight, classes=classes,
-        inner=inner, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
-    return (loss.reshape(loss_shape) if reduction == "none" else loss), dlogits
+        inner=inner, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+        as_array=as_array)
+    if reduction == "none":
+        return loss.reshape(loss_shape), dlogits
+    if labels is not None and not as_array and math.isnan(loss):   # an index out of range, or NaN logits
+        _check_class_indices(labels, classes, ignore_index)
+    return loss, dlogits
 
 
 # --- mean squared error -------------------------------------------------------------------------
 
 @takes_float16(kernels=True)
-def mse_loss(pred, target, reduction="mean", *, backend=None):
+def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
     """Squared error (pred - target)^2 of two arrays of one shape and dtype -> (loss, dpred): the mean
-    ("mean") or sum ("sum") as a float, or the per-element array ("none"); dpred the gradient of the
-    loss (of the sum of the elements for "none")."""
+    ("mean") or sum ("sum") as a float (a 0-d float64 array with as_array=True, an extension: see
+    the module docstring), or the per-element array ("none"); dpred the gradient of the loss (of
+    the sum of the elements for "none")."""
     _checks.array(pred, "pred")
     _checks.array(target, "target")
     _checks.same_dtype("pred", pred, target=target)
@@ -216,15 +242,15 @@ def mse_loss(pred, target, reduction="mean", *, backend=None):
     reduction = check_reduction(reduction)
     be = _backend.resolve(backend, pred, target)
     if pred.size == 0:
-        return _nothing(be, reduction, pred, pred.shape)
+        return _nothing(be, reduction, pred, pred.shape, as_array)
     if be == "numpy":
         diff = pred - target
         count = pred.size if reduction == "mean" else 1
         grad = np.asarray(diff * (2 / pred.dtype.type(count)))   # 0-d pred: an array, not a scalar
         if reduction == "none":
             return np.asarray(diff * diff), grad
-        return float(np.vdot(diff, diff) / pred.dtype.type(count)), grad
+        return _as_array(float(np.vdot(diff, diff) / pred.dtype.type(count)), as_array), grad
     from ..gpu import loss as gpu_loss
     loss, dpred = gpu_loss.mse(be, _checks.for_kernels(be, pred, "pred"), _checks.for_kernels(be, target, "target"),
-                               reduction)
+                               reduction, as_array)
     return (loss.reshape(pred.shape) if reduction == "none" else loss), dpred

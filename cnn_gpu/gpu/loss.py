@@ -1,8 +1,9 @@
 """Launch code of kernels/loss.cu: softmax cross entropy (PyTorch's options) and mean squared error,
 each returning (loss, gradient). Reductions over rows are fixed-order (reduce.channel_sum), so
 results are bit-identical run to run. For reduction "mean" or "sum" the loss is a Python float
-(reading it back is the one host synchronisation, which the API's float loss requires); for "none"
-it is the per-row (per-element) array, with no synchronisation.
+(reading it back is the one host synchronisation, which the API's float loss requires) or, with
+as_array, that value as a 0-d float64 array left on the device; for "none" it is the per-row
+(per-element) array, with no synchronisation.
 
 The kernels compute in backend.compute_dtype (FP32 for float16) and keep the per-row values they
 hand to reduce.channel_sum in it; a float16 gradient (and "none" loss array) is rounded once."""
@@ -33,6 +34,13 @@ def mean_of(total, divisor) -> float:
         return float(np.float64(float(total)) / float(divisor))   # float(): CuPy scalars too
 
 
+def device_mean(xp, total, divisor):
+    """mean_of's value without reading back: total / divisor (a (1,) array, and a (1,) array or a
+    number) as a 0-d float64 array where they are."""
+    with np.errstate(divide="ignore", invalid="ignore"):   # the emulator's NumPy: IEEE results, as mean_of's
+        return xp.true_divide(total, divisor, dtype=np.float64).reshape(())
+
+
 def index_mean_divisor(xp, divisor, label_smoothing: float):
     """The divisor of the mean over class indices (the counted targets' summed weights, a NumPy
     scalar or a device array), NaN where it is 0 with label smoothing: PyTorch divides its NLL and
@@ -49,12 +57,12 @@ def _total(be, values):
 
 
 def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, ignore_index, label_smoothing,
-                  reduction):
+                  reduction, as_array=False):
     """Cross entropy of logits (N, C, d1..dk) (C-contiguous; classes = C, inner = d1*...*dk, at
     least one row) against class indices `labels` (int64, one per row, rows = N*inner) or class
     probabilities `probabilities` (the logits' shape), the other one None; `weight` (C,) or None.
-    Returns (loss, dlogits): loss a float for "mean"/"sum", the (rows,) per-row losses for "none";
-    dlogits the gradient of the loss (of the sum of the per-row losses for "none")."""
+    Returns (loss, dlogits): loss a float for "mean"/"sum" (a 0-d float64 device array with
+    as_array), the (rows,) per-row losses for "none"; dlogits the gradient of the loss (of the sum of the per-row losses for "none")."""
     if classes >= CLASS_LIMIT:
         raise ValueError(f"cross_entropy kernels take fewer than 2^31 classes, got {classes}")
     rows = logits.size // classes
@@ -90,15 +98,18 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     if reduction == "none":
         return row_loss.astype(dtype, copy=False), dlogits
+    total = _total(be, row_loss)
+    if as_array:
+        return device_mean(xp, total, divisor if host_divisor is None else host_divisor), dlogits
     if host_divisor is not None:
-        return mean_of(_total(be, row_loss)[0], host_divisor), dlogits
-    total, summed_weights = xp.concatenate((_total(be, row_loss), divisor)).tolist()
+        return mean_of(total[0], host_divisor), dlogits
+    total, summed_weights = xp.concatenate((total, divisor)).tolist()
     return mean_of(total, summed_weights), dlogits
 
 
-def mse(be, pred, target, reduction):
+def mse(be, pred, target, reduction, as_array=False):
     """Squared error of pred and target (same shape, C-contiguous, at least one element) -> (loss,
-    dpred): loss the mean or sum as a float, or the per-element array (pred.size,) for "none";
+    dpred): loss the mean or sum as a float (a 0-d float64 device array with as_array), or the per-element array (pred.size,) for "none";
     dpred the gradient of the loss (of the sum of the elements for "none")."""
     n = pred.size
     xp = backend.array_module(be)
@@ -108,4 +119,7 @@ def mse(be, pred, target, reduction):
                    (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
     if reduction == "none":
         return squared.astype(pred.dtype, copy=False), dpred
-    return mean_of(_total(be, squared)[0], n if reduction == "mean" else 1), dpred
+    divisor = n if reduction == "mean" else 1
+    if as_array:
+        return device_mean(xp, _total(be, squared), divisor), dpred
+    return mean_of(_total(be, squared)[0], divisor), dpred

@@ -1,6 +1,8 @@
 """Losses with PyTorch's options: `forward(pred, target)` returns the loss (a Python float for
 reduction="mean"/"sum", the array of per-position or per-element losses for "none"), `backward()`
-the gradient of that loss (of its sum for "none") with respect to `pred`."""
+the gradient of that loss (of its sum for "none") with respect to `pred`. `forward(pred, target,
+as_array=True)` (an extension) returns a "mean"/"sum" loss as a 0-d float64 array on pred's
+backend, not read back (no host synchronisation on a GPU; see cnn_gpu.functional.loss)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +20,8 @@ class _Loss(Module):
         super().__init__()
         self.reduction = check_reduction(reduction)
 
-    def forward(self, pred, target):
-        loss, dpred = self._loss(pred, target, *self._options(pred), backend=self.backend)
+    def forward(self, pred, target, *, as_array=False):
+        loss, dpred = self._loss(pred, target, *self._options(pred), backend=self.backend, as_array=as_array)
         self._saved = (dpred, None if self.reduction != "none" else tuple(loss.shape))
         return loss
 
