@@ -305,14 +305,15 @@ def test_a_state_dict_with_a_fractional_or_negative_step_is_refused_whole(bad):
     assert int(model[2].step) == 5
 
 
-def test_moving_a_model_leaves_the_step_on_the_host(monkeypatch):
-    """On cuda a CuPy step would make every training call wait for the GPU to read it."""
+def test_moving_a_model_leaves_the_step_counters_on_the_host(monkeypatch):
+    """On cuda a CuPy step would make every training call wait for the GPU to read it, and a CuPy
+    num_batches_tracked would cost a launch a step (and a read with momentum=None)."""
     from cnn_gpu.nn import module
     moved = []
     monkeypatch.setattr(module, "to_backend_array", lambda array, backend: moved.append(array) or array)
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Dropout(0.5, seed=5)).to("numpy")
-    assert any(array is model[0].num_batches_tracked for array in moved)
-    assert not any(array is model[1].step for array in moved)
+    assert any(array is model[0].running_mean for array in moved)
+    assert not any(array is model[0].num_batches_tracked or array is model[1].step for array in moved)
 
 
 @pytest.mark.gpu
@@ -323,6 +324,9 @@ def test_the_step_is_a_numpy_counter_on_cuda():
     layer = nn.Dropout(0.5, seed=5).to("cuda")
     layer(cupy.asarray(np.random.default_rng(23).standard_normal((2, 8))))
     assert isinstance(layer.step, np.ndarray) and int(layer.step) == 1
+    norm = nn.BatchNorm2d(3, momentum=None).to("cuda")
+    norm(cupy.asarray(np.random.default_rng(24).standard_normal((2, 3, 4, 4)).astype(np.float32)))
+    assert isinstance(norm.num_batches_tracked, np.ndarray) and int(norm.num_batches_tracked) == 1
 
 
 @needs_emu

@@ -299,8 +299,11 @@ class BatchNorm2d(Module):
     """Batch normalisation over (N, C, H, W) with PyTorch's arguments and state: weight (ones) and
     bias (zeros) when affine; buffers running_mean (zeros), running_var (ones) and
     num_batches_tracked when track_running_stats. momentum=None averages cumulatively. A state
-    dict without num_batches_tracked (as PyTorch's before 0.4.1) loads, keeping the count."""
+    dict without num_batches_tracked (as PyTorch's before 0.4.1) loads, keeping the count.
+    num_batches_tracked stays a NumPy counter on every backend (Module._host_buffers): counted on
+    the device it would cost a launch a step, and a read (a synchronisation) with momentum=None."""
 
+    _host_buffers = frozenset({"num_batches_tracked"})
     _defaults_for_missing_buffers = {"num_batches_tracked": None}
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
@@ -332,9 +335,10 @@ class BatchNorm2d(Module):
             raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked = self.num_batches_tracked + 1
+            tracked = int(self.num_batches_tracked) + 1
+            self.num_batches_tracked = np.array(tracked, np.int64)
             if self.momentum is None:   # cumulative moving average
-                factor = 1.0 / int(self.num_batches_tracked)
+                factor = 1.0 / tracked
         use_running = not self.training or self.track_running_stats
         running = (self.running_mean, self.running_var) if use_running else (None, None)
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
