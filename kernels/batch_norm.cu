@@ -78,9 +78,12 @@ __device__ __forceinline__ acc_t affine_normalized(acc_t x, acc_t mean, acc_t sc
     return (x - mean) * scale + bias;
 }
 
+// 3 blocks an SM in float64, where 64 registers (MIN_BLOCKS' 4) spilled on sm_70
+#define STATS_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
+
 // grid: C * chunks blocks (chunks = ceil(N*HW / CHUNK)); partial (C * chunks * 2: mean, M2) and
 // arrivals (C, zero) are workspaces, unused when chunks == 1
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, STATS_MIN_BLOCKS)
 batch_norm_stats(const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,
                  REAL* __restrict__ running_mean, REAL* __restrict__ running_var, acc_t* __restrict__ partial,
                  unsigned int* __restrict__ arrivals, long long N, long long C, long long HW, acc_t eps,
@@ -94,25 +97,24 @@ batch_norm_stats(const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __
     // count and one reciprocal for the 4), those of a last partial round a prefix of them.
     acc_t means[ACCUMULATORS] = {}, m2s[ACCUMULATORS] = {};
     int rounds = 0;
-    ChannelCursor e(at.first, HW);
-#pragma unroll 1
-    for (long long k = at.first; k < at.end; k += ACCUMULATORS * BLOCK_THREADS) {
+    ChannelCursor e(at.first, at.c, C, HW);
+    for_each_round(at, [&](int live) {
         acc_t v[ACCUMULATORS];
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u) {   // the loads first: 4 in flight
-            if (k + u * BLOCK_THREADS < at.end) v[u] = to_acc(x[e.offset(at.c, C)]);
+            if (u < live) v[u] = to_acc(x[e.offset]);
             e.advance();
         }
         const acc_t share = (acc_t)1 / (acc_t)(++rounds);   // Welford: mean += (v - mean) / n
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u) {
-            if (k + u * BLOCK_THREADS < at.end) {
+            if (u < live) {
                 const acc_t d = v[u] - means[u];
                 means[u] += d * share;
                 m2s[u] += d * (v[u] - means[u]);
             }
         }
-    }
+    });
     // rounds counts the partial round too: accumulator u missed it where its element lay past the end
     const long long last_round = at.first + (long long)(rounds - 1) * ACCUMULATORS * BLOCK_THREADS;
     Moments acc[ACCUMULATORS];
@@ -224,28 +226,26 @@ batch_norm_backward_sums(const REAL* __restrict__ dy, const REAL* __restrict__ x
     const ChunkOfChannel at(N * HW);
     const ChannelAffine a(mean, scale_source, weight, bias, at.c, eps, from_variance);
     acc_t sum_g[ACCUMULATORS] = {}, sum_g_xhat[ACCUMULATORS] = {};
-    ChannelCursor e(at.first, HW);
-#pragma unroll 1
-    for (long long k = at.first; k < at.end; k += ACCUMULATORS * BLOCK_THREADS) {
+    ChannelCursor e(at.first, at.c, C, HW);
+    for_each_round(at, [&](int live) {
         acc_t v[ACCUMULATORS], d[ACCUMULATORS];
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u) {   // the loads first: 8 in flight
-            if (k + u * BLOCK_THREADS < at.end) {
-                const long long offset = e.offset(at.c, C);
-                v[u] = to_acc(x[offset]);
-                d[u] = to_acc(dy[offset]);
+            if (u < live) {
+                v[u] = to_acc(x[e.offset]);
+                d[u] = to_acc(dy[e.offset]);
             }
             e.advance();
         }
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u) {
-            if (k + u * BLOCK_THREADS < at.end) {
+            if (u < live) {
                 const acc_t g = relu_masked(d[u], v[u], a.mu, a.scale, a.shift, relu);
                 sum_g[u] += g;
                 sum_g_xhat[u] += g * ((v[u] - a.mu) * a.is);
             }
         }
-    }
+    });
     acc_t total_g = block_sum(fold(sum_g), tree);
     __syncthreads();
     acc_t total_g_xhat = block_sum(fold(sum_g_xhat), tree);

@@ -14,25 +14,28 @@ __device__ __forceinline__ acc_t fold(const acc_t (&acc)[ACCUMULATORS])
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-// Walks elements e = first, first + 256, ... of one channel of an (N, C, HW) array as (n, i)
-// pairs with e = n*HW + i: offset(c) is the element's flat position.
+// Walks elements e = first, first + 256, ... of channel c of an (N, C, HW) array (e = n*HW + i):
+// `offset` is the element's flat position (n*C + c)*HW + i, advanced by additions alone (the
+// multiplications and divisions of computing it anew were most of a reduction's instructions).
 struct ChannelCursor {
-    long long n, i;
-    const long long HW;
-    const int step_n, step_i;
-    __device__ ChannelCursor(long long first, long long HW_)
-        : n(first / HW_), i(first % HW_), HW(HW_), step_n((int)(BLOCK_THREADS / HW_)),
-          step_i((int)(BLOCK_THREADS % HW_)) {}
+    long long offset, i;
+    const long long HW, jump, wrap;   // jump: 256 elements on; wrap: the next plane's start, when i passes HW
+    const int step_i;
+    __device__ ChannelCursor(long long first, long long c, long long C, long long HW_)
+        : i(first % HW_), HW(HW_), jump((BLOCK_THREADS / HW_) * C * HW_ + BLOCK_THREADS % HW_),
+          wrap((C - 1) * HW_), step_i((int)(BLOCK_THREADS % HW_))
+    {
+        offset = ((first / HW_) * C + c) * HW_ + i;
+    }
     __device__ void advance()
     {
-        n += step_n;
         i += step_i;
-        if (i >= HW) {
+        offset += jump;
+        if (i >= HW) {   // into the next n: (n + 1)*C*HW, less the HW that i gave back
             i -= HW;
-            ++n;
+            offset += wrap;
         }
     }
-    __device__ long long offset(long long c, long long C) const { return (n * C + c) * HW + i; }
 };
 
 // A reduction block's place: channel c, chunk `chunk` of `chunks`, elements [first, end) of it for
@@ -48,6 +51,20 @@ struct ChunkOfChannel {
         end = min(length, chunk * CHUNK + CHUNK);
     }
 };
+
+// Runs round(live) over this thread's elements of its chunk, ACCUMULATORS of them a round, 256
+// apart: live is ACCUMULATORS in every full round (a constant once inlined, so a round's per-element
+// `u < live` tests leave the hot loop) and the number of elements left in the last, partial one.
+template <typename Round>
+__device__ __forceinline__ void for_each_round(const ChunkOfChannel& at, Round round)
+{
+    long long k = at.first;
+#pragma unroll 1
+    for (; k + (ACCUMULATORS - 1) * BLOCK_THREADS < at.end; k += ACCUMULATORS * BLOCK_THREADS)
+        round(ACCUMULATORS);
+    if (k < at.end)
+        round((int)((at.end - k + BLOCK_THREADS - 1) / BLOCK_THREADS));
+}
 
 // Whether this block is the last of its channel's `chunks` to arrive (thread 0 counts it, after
 // its partials are visible); the answer is in every thread. The last block resets the count.

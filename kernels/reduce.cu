@@ -36,16 +36,15 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __r
     const ChunkOfChannel at(outer * inner);
     const long long c = at.c, chunks = at.chunks;
     const int t = threadIdx.x;
-    ChannelCursor e(at.first, inner);   // element e = o*inner + i of the channel as (o, i)
+    ChannelCursor e(at.first, c, channels, inner);   // element e = o*inner + i of the channel as (o, i)
     acc_t acc[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
-#pragma unroll 1
-    for (long long k = at.first; k < at.end; k += ACCUMULATORS * BLOCK_THREADS) {
+    for_each_round(at, [&](int live) {
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u) {
-            if (k + u * BLOCK_THREADS < at.end) acc[u] += to_acc(a[e.offset(c, channels)]);
+            if (u < live) acc[u] += to_acc(a[e.offset]);
             e.advance();
         }
-    }
+    });
     const acc_t sum = block_sum(fold(acc), tree);
     if (chunks == 1) {
         if (t == 0) out[c] = to_real(sum);

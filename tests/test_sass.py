@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cnn_gpu import backend, nvrtc, sass
@@ -200,6 +201,46 @@ def test_conv_fprop_tiles_on_sm_90():
         assert 0 < row["registers"] <= 255
     assert rows["conv2d_fprop_large"]["fma_share"] > 0.5
     assert rows["conv2d_fprop_large"]["fma_share"] > rows["conv2d_fprop_small"]["fma_share"]
+
+
+# An SM issues 4 warp-instructions (128 lane-instructions) a clock (one per sub-partition; mix.py)
+LANE_INSTRUCTIONS_PER_SM_CLOCK = 128
+
+
+def _streaming_budget(bytes_per_element: int) -> float:
+    """The most instructions an element a loop streaming `bytes_per_element` from DRAM may issue and
+    still keep up with an H100's DRAM (its spec: bandwidth per SM and clock)."""
+    from cnn_gpu.roofline.specs import spec
+    h100 = spec("h100")
+    dram_bytes_per_sm_clock = h100.dram_gbs * 1e9 / h100.sms / h100.clock_hz
+    return LANE_INSTRUCTIONS_PER_SM_CLOCK * bytes_per_element / dram_bytes_per_sm_clock
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_speed(dtype):
+    """channel_sum_block (one array), batch_norm_backward_sums (x and dy) and batch_norm_stats (x):
+    4 elements a hot-loop iteration (ACCUMULATORS), their offsets advanced by additions
+    (ChannelCursor) and the per-element bounds tests only in the last round (for_each_round).
+    Recomputing (n*C + c)*HW + i and testing each element took channel_sum 35 instructions an
+    element in float16 and the sums 48: issue-bound, below DRAM speed. The statistics' hot loop is
+    found among its loops as the one of 4 loads (the finder takes the chunk-merging loop, which
+    has more FMAs); in float16 it stays ~15% over its budget (23 instructions an element; the
+    Welford reciprocal and the cursor), so only float32 holds it to it."""
+    size = np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for family in ("reduce", "batch_norm") for row in sass.kernel_rows(family, dtype, "sm_90")}
+    for kernel, arrays in (("channel_sum_block", 1), ("batch_norm_backward_sums", 2)):
+        row = rows[kernel]
+        assert len(row["ldg_bits"]) == 4 * arrays and set(row["ldg_bits"]) == {8 * size}, row
+        assert row["instructions"] / 4 <= _streaming_budget(arrays * size), (kernel, row["instructions"])
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("batch_norm"), "batch_norm.cu", dtype, "sm_90")
+    stats = sass.disassemble(cubin, "sm_90")["batch_norm_stats"]
+    (main,) = [path for path in (loops.steady_path(stats, region) for region in loops.loop_regions(stats))
+               if [mix.access_bits(ins) for ins in path if mix.classify(ins) == "ldg"] == [8 * size] * 4]
+    per_element = len(main) / 4
+    if dtype == "float32":
+        assert per_element <= _streaming_budget(size), per_element
+    assert per_element < 25, per_element   # 42 an element before ChannelCursor's additions
 
 
 REQUIRED = {"family": str, "kernel": str, "arch": str, "dtype": str, "registers": int, "fma": int,
