@@ -96,17 +96,18 @@ class GradScaler:
         with np.errstate(over="ignore", divide="ignore"):   # a scale backed off to 0 unscales to inf: skipped
             inverse = float(np.float32(1.0) / np.float32(self._scale))   # PyTorch's FP32 reciprocal
         found = checked = False
+        on_kernels = {}   # (backend, dtype): the parameters whose gradients the kernels unscale
         for p in optimizer.params:
             if p.grad is None:
                 continue
             checked = True
-            xp = _backend.array_module("cuda" if _backend.is_cupy_array(p.grad) else "numpy")
-            wide = p.grad.astype(xp.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
-            found = found or not bool(xp.isfinite(wide).all())
-            with np.errstate(over="ignore", invalid="ignore"):
-                p.grad = (wide * inverse).astype(p.grad.dtype)
-            if inverse > 1:   # a scale below 1 (backed off that far, or to 0) can overflow the unscaled
-                found = found or not bool(xp.isfinite(p.grad).all())   # values; PyTorch would step on them
+            be = _backend.resolve(optimizer.backend or p.backend, p.data, p.grad)   # the optimizer's choice
+            if be == "numpy":
+                found = _unscale_on_host(p, inverse) or found
+            else:
+                on_kernels.setdefault((be, p.grad.dtype), []).append(p)
+        if on_kernels:
+            found = _unscale_on_kernels(on_kernels, inverse) or found
         self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False, "checked": checked}
 
     def step(self, optimizer) -> bool:
@@ -185,6 +186,31 @@ class GradScaler:
                              f"{checked._growth_interval}")
         checked._growth_tracker = int(tracker)
         self.__dict__.update(checked.__dict__)
+
+
+def _unscale_on_host(p, inverse: float) -> bool:
+    """p.grad unscaled with NumPy as GradScaler.unscale_ states; whether it held inf/NaN (before, or
+    with a scale below 1 after: PyTorch would step on values that overflowed there)."""
+    wide = p.grad.astype(np.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
+    found = not bool(np.isfinite(wide).all())
+    with np.errstate(over="ignore", invalid="ignore"):
+        p.grad = (wide * inverse).astype(p.grad.dtype)
+    return found or (inverse > 1 and not bool(np.isfinite(p.grad).all()))
+
+
+def _unscale_on_kernels(groups: dict, inverse: float) -> bool:
+    """The gradients of `groups` ({(backend, dtype): parameters}) unscaled by the kernels, 8 a launch
+    (kernels/optim.cu's unscale_grads, the same values as _unscale_on_host), their inf/NaN noted in
+    one flag per backend: one read back a step (on a GPU a wait for it) instead of one per parameter."""
+    from .gpu import optim as gpu_optim
+    flags = {}
+    for (be, _), params in groups.items():
+        if be not in flags:
+            flags[be] = _backend.array_module(be).zeros(1, np.int32)
+        flag = flags[be]
+        for p, unscaled in zip(params, gpu_optim.unscale_grads(be, [p.grad for p in params], inverse, flag)):
+            p.grad = unscaled
+    return any(int(flag[0]) for flag in flags.values())
 
 
 def _any_rank(found: bool) -> bool:

@@ -89,6 +89,42 @@ def test_unscale_divides_in_fp32_and_keeps_the_dtype():
         scaler.unscale_(optimizer)
 
 
+def _unscaled_on(backend, grads, scale):
+    """(the gradients unscale_ leaves, whether it found inf/NaN) of parameters on `backend`."""
+    params = [Parameter(np.zeros_like(g), backend=backend) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.copy()
+    scaler, optimizer = GradScaler(init_scale=scale), optim.SGD(params, lr=0.1)
+    scaler.unscale_(optimizer)
+    return [p.grad for p in params], scaler._optimizers[id(optimizer)]["found_inf"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_kernels_unscale_as_numpy_eight_gradients_a_launch(dtype, monkeypatch):
+    """kernels/optim.cu's unscale_grads (emu) against the NumPy path, bit for bit: 11 gradients (two
+    launches), clean, with an inf or NaN in the second launch's slots, and overflowing only once
+    unscaled by a scale below 1 (the check after)."""
+    from cnn_gpu import backend
+    launches = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *args, **kw: launches.append(args[3]) or real_launch(*args, **kw))
+    rng = np.random.default_rng(40)
+    shapes = [(3, 4), (5,), (2, 3, 3), (7,), (1,), (4, 4), (9,), (2, 2), (6,), (3,), (300,)]
+    clean = [(rng.standard_normal(shape) * 2.0 ** 10).astype(dtype) for shape in shapes]
+    for planted, scale in ((None, 2.0 ** 16), (np.inf, 2.0 ** 16), (np.nan, 2.0 ** 16), (None, 2.0 ** -7)):
+        grads = [g.copy() for g in clean]
+        if planted is not None:
+            grads[9][1] = planted
+        launches.clear()
+        ours, found = _unscaled_on("emu", grads, scale)
+        assert launches == ["unscale_grads"] * 2
+        want, want_found = _unscaled_on("numpy", grads, scale)
+        overflows = dtype == np.float16 and scale < 1   # 2^10 * N(0, 1) * 2^7 passes float16's 65504
+        assert found == want_found == (planted is not None or overflows)
+        for got, expected in zip(ours, want):
+            assert got.dtype == dtype and got.tobytes() == expected.tobytes()
+
+
 def test_scale_doubles_after_growth_interval_clean_steps():
     rng = np.random.default_rng(3)
     params = _float16_params(rng)

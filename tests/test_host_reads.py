@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import backend, models, nn, optim
+from cnn_gpu.amp import GradScaler
 from cnn_gpu import functional as F
 from cnn_gpu.cli import metrics as cli_metrics
 from cnn_gpu.cli import train as train_cli
@@ -201,3 +202,17 @@ def test_evaluation_reads_its_count_once(count_reads):
     assert count_reads.count == 1 and total == 20
     model.eval()
     assert correct == int((model(dataset.x_test).argmax(axis=1) == dataset.y_test).sum())
+
+
+@needs_emu
+def test_grad_scaler_reads_one_flag_for_all_gradients(count_reads):
+    """unscale_ notes inf/NaN of 20 gradients (3 launches) in one device flag, read once (a check
+    per gradient read back 20 times)."""
+    rng = np.random.default_rng(11)
+    params = [nn.Parameter(rng.standard_normal((3, 5)).astype(np.float16), backend="emu") for _ in range(20)]
+    for p in params:
+        p.grad = (rng.standard_normal((3, 5)) * 100).astype(np.float16).view(HostReads)
+    scaler, optimizer = GradScaler(init_scale=256.0), optim.SGD(params, lr=0.1)
+    scaler.unscale_(optimizer)
+    assert count_reads.count == 1
+    assert scaler.step(optimizer)   # no inf/NaN: stepped

@@ -30,7 +30,8 @@ def launches_counted_not_run():
 
 def training_step(model, batch_shape, classes: int, rng):
     """A function running one training step of `model` (on emu) as the benchmarks time it: forward,
-    cross entropy, backward without the images' gradient, an SGD step with momentum 0.9."""
+    cross entropy (its loss left on the device), backward without the images' gradient, an SGD step
+    with momentum 0.9."""
     from .. import nn, optim
     optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -40,7 +41,7 @@ def training_step(model, batch_shape, classes: int, rng):
 
     def step():
         optimizer.zero_grad()
-        loss_fn(model(x), labels)
+        loss_fn(model(x), labels, as_array=True)
         model.backward(loss_fn.backward(), input_grad=False)
         optimizer.step()
     return step

@@ -168,7 +168,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
 def _cross_entropy_step(rows: int, classes: int, item: int) -> list[tuple[str, float]]:
     """The mean cross entropy over class indices (nn.CrossEntropyLoss's default) as gpu.loss runs
     it: the targets' weights and their sum, the per-row kernel, the sum of the row losses, and the
-    two sums gathered for the one read back."""
+    mean of the two sums (left on the device: as_array=True, as the benchmarks and cnn-gpu train
+    take it)."""
     from ..gpu.reduce import plan_channel_sum
     compute, label = 4, np.dtype(np.int64).itemsize
     total = plan_channel_sum(1, 1, rows).kernel

@@ -178,7 +178,7 @@ def train_step_case(shape: ModelShape) -> Case:
 
         def run(x, labels):
             optimizer.zero_grad()
-            loss_fn(model(x), labels)
+            loss_fn(model(x), labels, as_array=True)   # left on the device, as torch's: no read back
             model.backward(loss_fn.backward(), input_grad=False)   # as torch: x needs no gradient
             optimizer.step()
         return run, sets

@@ -1,8 +1,8 @@
 """Launch code of kernels/optim.cu: fused in-place SGD and Adam updates of one parameter array
 (sgd_step, adam_step: the signatures of cnn_gpu.optim's NumPy updates) or of several, UPDATE_SLOTS
 parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps: what cnn_gpu.optim's optimizers
-use). Scalars derived from the step count are computed here on the host, so a step needs no
-device-to-host transfer.
+use), and GradScaler.unscale_'s unscale_grads, UPDATE_SLOTS gradients a launch. Scalars derived
+from the step count are computed here on the host, so a step needs no device-to-host transfer.
 
 State arrays (momentum buffer, moments) are in the kernels' compute type: FP32 for a float16
 parameter, which passes its FP32 master copy as `master` (cnn_gpu.optim always does): the
@@ -111,3 +111,17 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay):
                *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
              for param, grad, m, v, step, master in updates]
     _launch_slots(be, "adam_step", slots, acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay))
+
+
+def unscale_grads(be, grads, inverse, found):
+    """Each of `grads` (one dtype) times `inverse` in the kernels' compute type, rounded once, into
+    new arrays (returned in order), UPDATE_SLOTS a launch; `found`, an int32 (1,) array, is set to 1
+    where a gradient holds inf/NaN before the multiplication or, with inverse > 1, after it."""
+    xp = backend.array_module(be)
+    grads = [xp.ascontiguousarray(g) for g in grads]
+    unscaled = [xp.empty_like(g) for g in grads]
+    if grads:
+        _launch_slots(be, "unscale_grads",
+                      [((g, out, np.int64(g.size)), None) for g, out in zip(grads, unscaled)],
+                      (found, *acc(grads[0].dtype, inverse), *i32(inverse > 1)))
+    return unscaled
