@@ -118,10 +118,10 @@ def _owner(a):
     array that owns its data, a CuPy allocation of CuPy's own), else None (memory lent by another
     object: a memoryview, a pointer wrapped from outside, which may alias anything)."""
     if isinstance(a, np.ndarray):
-        owner = a
-        while isinstance(owner.base, np.ndarray):
-            owner = owner.base
-        return owner if owner.base is None and owner.flags.owndata else None
+        base = a.base
+        while isinstance(base, np.ndarray):
+            a, base = base, base.base
+        return a if base is None and a.flags.owndata else None
     memory = a.data.mem   # a CuPy array's allocation
     kind = type(memory)
     return memory if kind.__module__ == "cupy.cuda.memory" and kind.__name__ in ("PooledMemory", "Memory") else None
@@ -131,12 +131,17 @@ def _first_overlap(arrays):
     """(written name, other name) of an array that is written and shares memory with another.
     Arrays of different owners (_owner) share none, so only arrays of one owner are compared (with
     one array of unknown memory, all are)."""
-    groups = {}
+    owners = []
     for entry in arrays:
         owner = _owner(entry[1])
         if owner is None:
             return _overlap_among(arrays)
-        groups.setdefault(id(owner), []).append(entry)
+        owners.append(id(owner))
+    if len(set(owners)) == len(owners):
+        return None   # each its own allocation (a launch's usual arguments)
+    groups = {}
+    for entry, owner in zip(arrays, owners):
+        groups.setdefault(owner, []).append(entry)
     for group in groups.values():
         if len(group) > 1 and any(w for _, _, w in group):
             found = _overlap_among(group)
@@ -188,13 +193,19 @@ def check_disjoint(arrays, context: str = "") -> None:
                          f"pass separate arrays")
 
 
-def check_device_array(a, name: str) -> None:
-    """A CuPy array the kernels can take as it is: C-contiguous and on the current GPU."""
+def current_device() -> int:
+    import cupy
+    return cupy.cuda.runtime.getDevice()
+
+
+def check_device_array(a, name: str, current: int | None = None) -> None:
+    """A CuPy array the kernels can take as it is: C-contiguous and on the current GPU (`current`,
+    current_device() when not given: a launch asks once for all its arrays)."""
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous for the cuda backend (shape {tuple(a.shape)}, "
                          f"strides {a.strides}); use cupy.ascontiguousarray")
-    import cupy
-    current = cupy.cuda.runtime.getDevice()
+    if current is None:
+        current = current_device()
     if a.device.id != current:
         raise ValueError(f"{name} is on GPU {a.device.id} but the current device is GPU {current}; "
                          f"use `with cupy.cuda.Device({a.device.id}):`")
@@ -238,22 +249,23 @@ def _declared(family: str, kernel: str, dtype: np.dtype) -> _Declared:
                      scalars=scalars, scalar_types=tuple(parameters[i][1].type for i in scalars))
 
 
-def _array_argument(be: str, p: KernelParameter, a, want: np.dtype, where: str):
+def _array_argument(be: str, p: KernelParameter, a, want: np.dtype, where: str, device: int | None):
     on_device = be == "cuda"
     if not (_backend.is_cupy_array(a) if on_device else isinstance(a, np.ndarray)):
         kind = "a CuPy array" if on_device else "a NumPy array"
         raise TypeError(f"{where} must be {kind} on backend {be!r}, got {_describe(a)}")
-    if a.dtype != want:
+    if a.dtype is not want and a.dtype != want:   # NumPy's dtypes of a kind are mostly one object
         raise TypeError(f"{where} must be a {want.name} array, got {_describe(a)}")
     if on_device:
-        check_device_array(a, where)
+        check_device_array(a, where, device)
         return a
-    if not a.flags.c_contiguous:
+    flags = a.flags
+    if not flags.c_contiguous:
         if p.const:
             return np.ascontiguousarray(a)   # read only: its C-ordered copy serves as well
         raise ValueError(f"{where} is written in place, so it must be C-contiguous (shape {tuple(a.shape)}, "
                          f"strides {a.strides})")
-    if not p.const and not a.flags.writeable:
+    if not p.const and not flags.writeable:
         raise ValueError(f"{where} is written in place but the array is read-only")
     return a
 
@@ -274,9 +286,12 @@ def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
             if type(a) is not want.type and not (isinstance(a, np.generic) and a.dtype == want):
                 raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
     checked, arrays = list(args), []
+    device = None   # the current GPU, asked once a launch
     for i in declared.pointers:
         p, want, where, label = declared.parameters[i]
-        checked[i] = _array_argument(be, p, args[i], want, where)
+        if device is None and be == "cuda" and _backend.is_cupy_array(args[i]):
+            device = current_device()
+        checked[i] = _array_argument(be, p, args[i], want, where, device)
         arrays.append((label, checked[i], not p.const))
     check_disjoint(arrays, f"kernel {kernel!r}: ")
     return tuple(checked)

@@ -12,6 +12,8 @@ import tomllib
 import tracemalloc
 from pathlib import Path
 
+import types
+
 import numpy as np
 import pytest
 
@@ -253,6 +255,32 @@ def test_the_overlap_searches_find_exactly_the_written_arrays_sharing_memory():
         conflicts += bool(truth)
         unknown += any(launch_checks._owner(a) is None for _, a, _ in arrays)
     assert 150 < conflicts < 450 and unknown > 100   # every kind of case was drawn often
+
+
+def test_a_launch_asks_for_the_current_gpu_once_and_refuses_an_array_of_another(monkeypatch):
+    """checked_args on cuda: one device query a launch for all its arrays (it was one an array), and
+    an array on another GPU still refused by name. Stand-ins for CuPy arrays (a class of module cupy)."""
+    memory_kind = type("PooledMemory", (), {"__module__": "cupy.cuda.memory"})
+
+    class FakeCupyArray:
+        __module__ = "cupy._core.core"
+
+        def __init__(self, n, device=0, dtype=np.float32):
+            self.shape, self.size, self.nbytes = (n,), n, 4 * n
+            self.dtype, self.strides = np.dtype(dtype), (4,)
+            self.flags = types.SimpleNamespace(c_contiguous=True, writeable=True)
+            self.device = types.SimpleNamespace(id=device)
+            self.data = types.SimpleNamespace(mem=memory_kind(), ptr=4096 * (n + 1))
+
+    asked = []
+    monkeypatch.setattr(launch_checks, "current_device", lambda: asked.append(1) or 0)
+    slot = lambda device=0: (FakeCupyArray(5, device), FakeCupyArray(5), np.int64(5))   # noqa: E731
+    args = [a for k in range(8) for a in slot()] + [np.int32(8), np.float32(0.1), np.float32(0.0)]
+    launch_checks.checked_args("cuda", "optim", "sgd_step", np.float32, args)
+    assert len(asked) == 1
+    args[3:6] = slot(device=1)
+    with pytest.raises(ValueError, match="argument 'param1' is on GPU 1 but the current device is GPU 0"):
+        launch_checks.checked_args("cuda", "optim", "sgd_step", np.float32, args)
 
 
 @needs_emu
