@@ -86,7 +86,7 @@ class GradScaler:
         """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
         dtype) and note whether any is inf/NaN, agreed over all ranks: before unscaling, as PyTorch,
         and after it where a scale below 1 could overflow them (PyTorch would step on those). Once
-        per optimizer and step, before its step()."""
+        per optimizer and step, before its step(); a parameter listed twice is unscaled once."""
         if not self._enabled:
             return
         state = self._optimizers.get(id(optimizer))
@@ -95,20 +95,19 @@ class GradScaler:
                                if not state["stepped"] else "GradScaler.unscale_ is being called after step()")
         with np.errstate(over="ignore", divide="ignore"):   # a scale backed off to 0 unscales to inf: skipped
             inverse = float(np.float32(1.0) / np.float32(self._scale))   # PyTorch's FP32 reciprocal
-        found = checked = False
+        params = list({id(p): p for p in optimizer.params if p.grad is not None}.values())   # each once
+        # every parameter's backend (the optimizer's choice) before any gradient changes: a refusal
+        # leaves them all as they were
+        chosen = [(p, _backend.resolve(optimizer.backend or p.backend, p.data, p.grad)) for p in params]
         on_kernels = {}   # (backend, dtype): the parameters whose gradients the kernels unscale
-        for p in optimizer.params:
-            if p.grad is None:
-                continue
-            checked = True
-            be = _backend.resolve(optimizer.backend or p.backend, p.data, p.grad)   # the optimizer's choice
+        for p, be in chosen:
+            if be != "numpy":
+                on_kernels.setdefault((be, p.grad.dtype), []).append(p)
+        found = _unscale_on_kernels(on_kernels, inverse) if on_kernels else False
+        for p, be in chosen:
             if be == "numpy":
                 found = _unscale_on_host(p, inverse) or found
-            else:
-                on_kernels.setdefault((be, p.grad.dtype), []).append(p)
-        if on_kernels:
-            found = _unscale_on_kernels(on_kernels, inverse) or found
-        self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False, "checked": checked}
+        self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False, "checked": bool(params)}
 
     def step(self, optimizer) -> bool:
         """optimizer.step() unless its gradients held inf/NaN this step (unscales them first if
@@ -201,15 +200,16 @@ def _unscale_on_host(p, inverse: float) -> bool:
 def _unscale_on_kernels(groups: dict, inverse: float) -> bool:
     """The gradients of `groups` ({(backend, dtype): parameters}) unscaled by the kernels, 8 a launch
     (kernels/optim.cu's unscale_grads, the same values as _unscale_on_host), their inf/NaN noted in
-    one flag per backend: one read back a step (on a GPU a wait for it) instead of one per parameter."""
+    one flag per backend: one read back a step (on a GPU a wait for it) instead of one per parameter.
+    The gradients are replaced once every launch has gone (a failed one leaves them all as they were)."""
     from .gpu import optim as gpu_optim
-    flags = {}
+    flags, unscaled = {}, []
     for (be, _), params in groups.items():
         if be not in flags:
             flags[be] = _backend.array_module(be).zeros(1, np.int32)
-        flag = flags[be]
-        for p, unscaled in zip(params, gpu_optim.unscale_grads(be, [p.grad for p in params], inverse, flag)):
-            p.grad = unscaled
+        unscaled += zip(params, gpu_optim.unscale_grads(be, [p.grad for p in params], inverse, flags[be]))
+    for p, grad in unscaled:
+        p.grad = grad
     return any(int(flag[0]) for flag in flags.values())
 
 

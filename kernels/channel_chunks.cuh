@@ -19,7 +19,7 @@ __device__ __forceinline__ acc_t fold(const acc_t (&acc)[ACCUMULATORS])
 // multiplications and divisions of computing it anew were most of a reduction's instructions).
 struct ChannelCursor {
     long long offset, i;
-    const long long HW, jump, wrap;   // jump: 256 elements on; wrap: the next plane's start, when i passes HW
+    const long long HW, jump, wrap;   // jump: 256 elements on; wrap: (C - 1)*HW more when i passes HW
     const int step_i;
     __device__ ChannelCursor(long long first, long long c, long long C, long long HW_)
         : i(first % HW_), HW(HW_), jump((BLOCK_THREADS / HW_) * C * HW_ + BLOCK_THREADS % HW_),

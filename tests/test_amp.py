@@ -109,8 +109,8 @@ def test_the_kernels_unscale_as_numpy_eight_gradients_a_launch(dtype, monkeypatc
     real_launch = backend.launch
     monkeypatch.setattr(backend, "launch", lambda *args, **kw: launches.append(args[3]) or real_launch(*args, **kw))
     rng = np.random.default_rng(40)
-    shapes = [(3, 4), (5,), (2, 3, 3), (7,), (1,), (4, 4), (9,), (2, 2), (6,), (3,), (300,)]
-    clean = [(rng.standard_normal(shape) * 2.0 ** 10).astype(dtype) for shape in shapes]
+    shapes = [(3, 4), (5,), (2, 3, 3), (7,), (), (4, 4), (9,), (2, 2), (6,), (3,), (300,)]
+    clean = [np.asarray(rng.standard_normal(shape) * 2.0 ** 10).astype(dtype) for shape in shapes]
     for planted, scale in ((None, 2.0 ** 16), (np.inf, 2.0 ** 16), (np.nan, 2.0 ** 16), (None, 2.0 ** -7)):
         grads = [g.copy() for g in clean]
         if planted is not None:
@@ -122,7 +122,22 @@ def test_the_kernels_unscale_as_numpy_eight_gradients_a_launch(dtype, monkeypatc
         overflows = dtype == np.float16 and scale < 1   # 2^10 * N(0, 1) * 2^7 passes float16's 65504
         assert found == want_found == (planted is not None or overflows)
         for got, expected in zip(ours, want):
-            assert got.dtype == dtype and got.tobytes() == expected.tobytes()
+            assert got.dtype == dtype and got.shape == expected.shape and got.tobytes() == expected.tobytes()
+
+
+def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated_parameter_once():
+    host = Parameter(np.zeros(3, np.float32), backend="numpy")
+    device = Parameter(np.zeros(3, np.float32), backend="emu")
+    wrong = Parameter(np.zeros(3, np.float32), backend="emu")
+    host.grad, device.grad = np.full(3, 8.0, np.float32), np.full(3, 8.0, np.float32)
+    wrong.grad = np.full(3, 8, np.int32)   # the kernels take no int32: refused at its launch
+    with pytest.raises(TypeError):
+        GradScaler(init_scale=4.0).unscale_(optim.SGD([host, device, wrong], lr=0.1))
+    assert (host.grad == 8).all() and (device.grad == 8).all()   # nothing divided, so a retry is right
+    for p in (host, device):
+        scaler = GradScaler(init_scale=4.0)
+        scaler.unscale_(optim.SGD([p, p], lr=0.1))
+        assert (p.grad == 2).all()
 
 
 def test_scale_doubles_after_growth_interval_clean_steps():

@@ -114,22 +114,24 @@ def test_class_index_out_of_range_is_refused_after_the_nan_loss_or_kept_as_nan(c
     assert count_reads.count == 0 and np.isnan(kept)
     with pytest.raises(ValueError, match="out of range"):   # numpy checks them as it computes
         F.cross_entropy(logits, labels, weight, backend="numpy", as_array=True)
+    with pytest.raises(ValueError, match="out of range for 0 classes"):   # no class to be in range
+        F.cross_entropy(logits[:, :0], labels.view(HostReads), backend="emu", as_array=True)
     nan_logits = logits.copy()
     nan_logits[1, 2] = np.nan   # a NaN loss with every index in range: returned as it is
     labels[4] = 0
     assert np.isnan(F.cross_entropy(nan_logits, labels, weight, backend="emu")[0])
 
 
-def _training_reads(steps: int, clock, batch: int = 4):
+def _training_reads(steps: int, clock, batch: int = 4, hidden: bool = False):
     """(host reads, the bar's fields) of one training epoch of `steps` batches on the emulator whose
-    running metrics are read on `clock`."""
+    running metrics are read on `clock` (shown on the bar unless `hidden`: another rank's)."""
     rng = np.random.default_rng(7)
     model = models.build("cnn", (1, 8, 8), 4, dtype=np.dtype(np.float32), rng=rng).to("emu")
     dataset = types.SimpleNamespace(x_train=rng.standard_normal((batch * steps, 1, 8, 8)).astype(np.float32),
                                     y_train=rng.integers(0, 4, batch * steps))
 
     class Bar:
-        total, postfix = steps, None
+        total, postfix, disable = steps, None, hidden
 
         def set_postfix(self, refresh, **fields):
             self.postfix = fields
@@ -158,6 +160,7 @@ def test_a_training_epoch_reads_its_metrics_when_shown_not_every_step(count_read
     ticks = iter(range(0, 1000, 1))   # a second a call: due after every step
     reads_every, shown_every = _training_reads(6, lambda: float(next(ticks)))
     assert reads_every == 6 and shown_every == shown_6 and shown_2 != shown_6
+    assert _training_reads(6, never_due, hidden=True) == (0, None)   # a rank whose bar is hidden reads none
 
 
 def test_running_metrics_sum_the_batches_as_read_one_by_one():

@@ -495,8 +495,9 @@ def progress_bar(dataset, batch_size, max_batches, description, shown=True):
 def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, device, bar, before_step=None,
                 augment=None, scaler=None):
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
-    accuracy on the progress bar (summed on the device, read when shown: metrics.RunningMetrics). before_step(index) runs before batch `index` (the learning-rate
-    schedule); augment(x, index) transforms the batch on the device. Batches take the model's
+    accuracy on the progress bar (summed on the device and read when shown: metrics.RunningMetrics;
+    a rank whose bar is hidden reads none). before_step(index) runs before batch `index` (the
+    learning-rate schedule); augment(x, index) transforms the batch on the device. Batches take the model's
     dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
     unscaled and stepped (or the step skipped on overflow) by it. In a model with batch norm, a
     rank's shard of one image trains as an empty one (batch norm takes no lone image in training,
@@ -506,7 +507,7 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     from ..nn.module import to_backend_array
     model.train()
     drops_lone_images = any(isinstance(module, BatchNorm2d) for module in model.modules())
-    metrics = RunningMetrics()
+    metrics = RunningMetrics() if not getattr(bar, "disable", False) else None
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
                                        distributed.world_size())
@@ -524,7 +525,9 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             if augment is not None:
                 x = augment(x, index)
             logits = model(x)
-            metrics.add(loss_fn(logits, y, as_array=True), logits, y)
+            loss = loss_fn(logits, y, as_array=True)
+            if metrics is not None:
+                metrics.add(loss, logits, y)
             dlogits = loss_fn.backward()
             # the images need no gradient: the first convolution runs no dgrad pass
             model.backward(scaler.scale(dlogits) if scaler is not None else dlogits, input_grad=False)
@@ -537,10 +540,11 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             scaler.update()
         else:
             optimizer.step()
-        if metrics.due():
+        if metrics is not None and metrics.due():
             _show(bar, metrics, scaler)
         bar.update()
-    _show(bar, metrics, scaler)
+    if metrics is not None:
+        _show(bar, metrics, scaler)
 
 
 def _show(bar, metrics, scaler) -> None:

@@ -207,6 +207,8 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         _check_class_indices(labels, classes, ignore_index)
     loss_shape = _positions_shape(logits)
     if logits.size == 0:
+        if labels is not None and checked_after and labels.size:   # (N, 0) logits: no class is in range
+            _check_class_indices(labels, classes, ignore_index)
         return _nothing(be, reduction, logits, loss_shape, as_array)
     if be == "numpy":
         loss, dlogits = _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_smoothing,

@@ -62,7 +62,8 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     least one row) against class indices `labels` (int64, one per row, rows = N*inner) or class
     probabilities `probabilities` (the logits' shape), the other one None; `weight` (C,) or None.
     Returns (loss, dlogits): loss a float for "mean"/"sum" (a 0-d float64 device array with
-    as_array), the (rows,) per-row losses for "none"; dlogits the gradient of the loss (of the sum of the per-row losses for "none")."""
+    as_array), the (rows,) per-row losses for "none" (as_array or not); dlogits the gradient of the
+    loss (of the sum of the per-row losses for "none")."""
     if classes >= CLASS_LIMIT:
         raise ValueError(f"cross_entropy kernels take fewer than 2^31 classes, got {classes}")
     rows = logits.size // classes
@@ -109,8 +110,9 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
 
 def mse(be, pred, target, reduction, as_array=False):
     """Squared error of pred and target (same shape, C-contiguous, at least one element) -> (loss,
-    dpred): loss the mean or sum as a float (a 0-d float64 device array with as_array), or the per-element array (pred.size,) for "none";
-    dpred the gradient of the loss (of the sum of the elements for "none")."""
+    dpred): loss the mean or sum as a float (a 0-d float64 device array with as_array), or the
+    per-element array (pred.size,) for "none"; dpred the gradient of the loss (of the sum of the
+    elements for "none")."""
     n = pred.size
     xp = backend.array_module(be)
     dpred = xp.empty(pred.shape, dtype=pred.dtype)

@@ -118,7 +118,7 @@ def unscale_grads(be, grads, inverse, found):
     new arrays (returned in order), UPDATE_SLOTS a launch; `found`, an int32 (1,) array, is set to 1
     where a gradient holds inf/NaN before the multiplication or, with inverse > 1, after it."""
     xp = backend.array_module(be)
-    grads = [xp.ascontiguousarray(g) for g in grads]
+    grads = [xp.asarray(g, order="C") for g in grads]   # (ascontiguousarray would make a 0-d one 1-d)
     unscaled = [xp.empty_like(g) for g in grads]
     if grads:
         _launch_slots(be, "unscale_grads",
