@@ -255,6 +255,9 @@ def _compare(pair, what):
             assert g == pytest.approx(e, rel=1e-5, nan_ok=True), f"{what} loss"
         elif e is not None and e.dtype == np.int32:
             np.testing.assert_array_equal(g, e, err_msg=f"{what} indices")
+        elif e is not None and e.dtype == F32:   # statistics kept in FP32 (batch_norm's return_stats)
+            assert g.dtype == F32, f"{what} output {i}: {g.dtype}"
+            np.testing.assert_allclose(g, e, rtol=2e-6, err_msg=f"{what} output {i}")
         elif e is not None:
             assert_fp16_close(g, e, f"{what} output {i}")
 
@@ -345,7 +348,8 @@ BATCH_NORMS = [((4, 3, 5, 7), dict(training=True, momentum=0.3)),
 @pytest.mark.parametrize("settings", SCHEDULES, ids=lambda s: s["schedule"])
 def test_batch_norm_kernels(settings):
     """FP32 statistics and normalisation, float16 outputs, gradients and running statistics: the
-    forward (train and eval, fused ReLU), the running-statistics blend and the backward with saved
+    forward (train and eval, fused ReLU; return_stats' statistics in FP32, as the backward takes
+    them), the running-statistics blend and the backward with saved (FP32, and rounded to float16)
     and with recomputed statistics, against the oracle."""
     rng = np.random.default_rng(35)
     with emu.checking(guard=True, **settings):
@@ -366,8 +370,10 @@ def test_batch_norm_kernels(settings):
                 _compare((updated["emu"], updated["numpy"]), f"{what} running statistics")
             training, relu = options["training"], options.get("activation")
             _, mean, invstd = expected
-            _compare(_on_both(F.batch_norm_backward, dy, x, *stats, weight, bias, training, activation=relu,
-                              save_mean=mean, save_invstd=invstd), f"{what} backward, saved statistics")
+            assert mean.dtype == invstd.dtype == F32
+            for saved in ((mean, invstd), (mean.astype(F16), invstd.astype(F16))):
+                _compare(_on_both(F.batch_norm_backward, dy, x, *stats, weight, bias, training, activation=relu,
+                                  save_mean=saved[0], save_invstd=saved[1]), f"{what} backward, saved statistics")
             _compare(_on_both(F.batch_norm_backward, dy, x, *stats, weight, bias, training, activation=relu),
                      f"{what} backward")
 

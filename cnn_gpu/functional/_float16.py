@@ -10,7 +10,9 @@
   way as the numpy path (linear: cuBLAS/NumPy GEMMs whose float16 accumulation we do not
   control).
 float16 inputs must not be mixed with float32/float64 ones (TypeError): ops never change dtype
-silently. Calls without float16 arrays go straight to the op.
+silently; but for the arguments named in `compute_args` (statistics an op returned in the compute
+type: `compute_outputs`, the last items of a tuple it returns, which stay FP32) float32 is the
+dtype to give. Calls without float16 arrays go straight to the op.
 """
 from __future__ import annotations
 
@@ -30,11 +32,25 @@ def _is_float16(a) -> bool:
     return _checks.is_array(a) and a.dtype == FLOAT16
 
 
-def _rounded(result, originals: dict):
-    """`result` with every float32 array rounded to float16; a widened input handed back as it
-    is (dropout at p = 0 returns its input) becomes the caller's own array again."""
+def _all_float16(args, kwargs: dict, compute_args: tuple) -> bool:
+    """Whether every float array argument is float16 (or float32 where a keyword of compute_args)."""
+    for a in args:
+        if _checks.is_array(a) and a.dtype.kind == "f" and a.dtype != FLOAT16:
+            return False
+    for name, a in kwargs.items():
+        if _checks.is_array(a) and a.dtype.kind == "f" and a.dtype != FLOAT16 and not (
+                name in compute_args and a.dtype == COMPUTE):
+            return False
+    return True
+
+
+def _rounded(result, originals: dict, kept: int = 0):
+    """`result` with every float32 array rounded to float16 but a tuple's last `kept` items; a
+    widened input handed back as it is (dropout at p = 0 returns its input) becomes the caller's
+    own array again."""
     if isinstance(result, tuple):
-        return tuple(_rounded(r, originals) for r in result)
+        rounded = len(result) - kept
+        return tuple(_rounded(r, originals) if i < rounded else r for i, r in enumerate(result))
     if _checks.is_array(result) and result.dtype == COMPUTE:
         if id(result) in originals:
             return originals[id(result)]
@@ -43,9 +59,11 @@ def _rounded(result, originals: dict):
     return result
 
 
-def takes_float16(*, kernels, updates: tuple = ()):
+def takes_float16(*, kernels, updates: tuple = (), compute_args: tuple = (), compute_outputs: int = 0):
     """Decorator of a public functional op (see the module docstring). `kernels`: True or
-    "float32", how emu/cuda run it; `updates`: names of array arguments it writes in place."""
+    "float32", how emu/cuda run it; `updates`: names of array arguments it writes in place;
+    `compute_args`: names of arguments that may be float32 with float16 inputs; `compute_outputs`:
+    how many last items of a returned tuple stay float32."""
     if kernels not in (True, "float32"):
         raise ValueError(f"kernels must be True or 'float32', got {kernels!r}")
 
@@ -57,11 +75,14 @@ def takes_float16(*, kernels, updates: tuple = ()):
             values = (*args, *kwargs.values())
             if not any(map(_is_float16, values)):
                 return op(*args, **kwargs)
-            if kernels is True and kwargs.get("backend") in ("emu", "cuda") and all(
-                    a.dtype == FLOAT16 for a in values if _checks.is_array(a) and a.dtype.kind == "f"):
+            if kernels is True and kwargs.get("backend") in ("emu", "cuda") and _all_float16(args, kwargs,
+                                                                                              compute_args):
                 return op(*args, **kwargs)   # the layers' calls: no signature to bind (every step)
             bound = signature.bind(*args, **kwargs)
             arrays = {name: a for name, a in bound.arguments.items() if _checks.is_array(a)}
+            for name in compute_args:
+                if name in arrays and arrays[name].dtype == COMPUTE:
+                    del arrays[name]   # float32 as given: the compute type
             floats = {name: a for name, a in arrays.items() if a.dtype.kind == "f"}
             first = next(name for name, a in floats.items() if a.dtype == FLOAT16)
             _checks.same_dtype(first, floats[first], **floats)
@@ -79,7 +100,8 @@ def takes_float16(*, kernels, updates: tuple = ()):
                     rounded = widened[name].astype(FLOAT16)
                     if not np.array_equal(rounded, floats[name], equal_nan=True):
                         floats[name][...] = rounded
-            return _rounded(result, {id(w): floats[name] for name, w in widened.items()})
+            return _rounded(result, {id(w): floats[name] for name, w in widened.items()},
+                            compute_outputs if isinstance(result, tuple) else 0)
 
         return run
     return decorate

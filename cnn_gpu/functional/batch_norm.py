@@ -87,6 +87,15 @@ def _channel_array(a, name, x):
     return a
 
 
+def _statistics_array(a, name, x):
+    """A saved statistic: one value per channel of x, in x's dtype or the compute type."""
+    if a is not None and a.dtype == _backend.compute_dtype(x.dtype) != x.dtype:
+        _checks.array(a, name, ndim=1)
+        _checks.shape_is(a, name, (x.shape[1],), " (one value per channel of x)")
+        return a
+    return _channel_array(a, name, x)
+
+
 def _check_common(x, running_mean, running_var, weight, bias, training, eps, activation, have_stats=False):
     _checks.array(x, "x")
     if x.ndim < 2:
@@ -111,7 +120,7 @@ def _check_common(x, running_mean, running_var, weight, bias, training, eps, act
 
 # --- public ops ---------------------------------------------------------------------------------
 
-@takes_float16(kernels=True, updates=("running_mean", "running_var"))
+@takes_float16(kernels=True, updates=("running_mean", "running_var"), compute_outputs=2)
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
                activation=None, return_stats=False, backend=None):
     """Batch normalisation as torch.nn.functional.batch_norm; running_mean / running_var (both or
@@ -119,7 +128,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     Extensions: activation="relu" applies ReLU to the output (fused into the kernel on GPU);
     return_stats=True returns (y, mean, invstd), the statistics y was normalised with (batch
-    statistics when training, running ones otherwise), which batch_norm_backward can reuse."""
+    statistics when training, running ones otherwise), which batch_norm_backward can reuse: in
+    the compute type (float32 for float16 x, as torch.native_batch_norm's save_mean and
+    save_invstd), so the backward uses exactly the forward's, with no conversion launched."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation)
     factor = _checks.real_number(momentum, "momentum")
     if training:
@@ -153,22 +164,23 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if training:
         mean, invstd = gpu_bn.stats(be, x, running_mean, running_var, factor, eps)
         y = gpu_bn.forward(be, x, mean, invstd, weight, bias, eps, False, relu)
-        return (y, mean.astype(x.dtype, copy=False), invstd.astype(x.dtype, copy=False)) if return_stats else y
+        return (y, mean, invstd) if return_stats else y   # acc_t: the kernels' statistics as they are
     y = gpu_bn.forward(be, x, running_mean, running_var, weight, bias, eps, True, relu)
     if not return_stats:
         return y
-    variance = running_var.astype(_backend.compute_dtype(x.dtype))
-    invstd = 1 / _backend.array_module(be).sqrt(variance + variance.dtype.type(eps))
-    return y, running_mean.copy(), invstd.astype(x.dtype)
+    compute = _backend.compute_dtype(x.dtype)
+    variance = running_var.astype(compute)
+    return y, running_mean.astype(compute), 1 / _backend.array_module(be).sqrt(variance + compute.type(eps))
 
 
-@takes_float16(kernels=True)
+@takes_float16(kernels=True, compute_args=("save_mean", "save_invstd"))
 def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None, training=False, eps=1e-5, *,
                         activation=None, save_mean=None, save_invstd=None, backend=None):
     """Gradients of batch_norm: (dx, dweight, dbias); dweight / dbias are None when weight / bias
     are. The statistics are save_mean / save_invstd when given (from batch_norm(...,
-    return_stats=True)), otherwise the batch's, recomputed from x (training) or the running ones
-    (eval). In training mode the gradient also flows through the batch statistics."""
+    return_stats=True): x's dtype or the compute type, float32 for float16 x), otherwise the
+    batch's, recomputed from x (training) or the running ones (eval). In training mode the
+    gradient also flows through the batch statistics."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation,
                                   have_stats=save_mean is not None)
     _checks.array(dy, "dy")
@@ -176,8 +188,8 @@ def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None
     _checks.same_dtype("x", x, dy=dy)
     if (save_mean is None) != (save_invstd is None):
         raise ValueError("give both save_mean and save_invstd, or neither")
-    _channel_array(save_mean, "save_mean", x)
-    _channel_array(save_invstd, "save_invstd", x)
+    _statistics_array(save_mean, "save_mean", x)
+    _statistics_array(save_invstd, "save_invstd", x)
     relu = activation == "relu"
     be = _backend.resolve(backend, dy, x, running_mean, running_var, weight, bias, save_mean, save_invstd)
     if be == "numpy":
