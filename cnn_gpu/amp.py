@@ -103,11 +103,13 @@ class GradScaler:
         for p, be in chosen:
             if be != "numpy":
                 on_kernels.setdefault((be, p.grad.dtype), []).append(p)
-        found = _unscale_on_kernels(on_kernels, inverse) if on_kernels else False
-        for p, be in chosen:
-            if be == "numpy":
-                found = _unscale_on_host(p, inverse) or found
-        self._optimizers[id(optimizer)] = {"found_inf": _any_rank(found), "stepped": False, "checked": bool(params)}
+        # every new gradient made (and the finding agreed over the ranks) before any is assigned
+        on_host = [(p, *_unscaled_on_host(p.grad, inverse)) for p, be in chosen if be == "numpy"]
+        unscaled, found = _unscaled_on_kernels(on_kernels, inverse) if on_kernels else ([], False)
+        found_inf = _any_rank(found or any(host_found for _, _, host_found in on_host))
+        for p, grad in unscaled + [(p, grad) for p, grad, _ in on_host]:
+            p.grad = grad
+        self._optimizers[id(optimizer)] = {"found_inf": found_inf, "stepped": False, "checked": bool(params)}
 
     def step(self, optimizer) -> bool:
         """optimizer.step() unless its gradients held inf/NaN this step (unscales them first if
@@ -187,30 +189,28 @@ class GradScaler:
         self.__dict__.update(checked.__dict__)
 
 
-def _unscale_on_host(p, inverse: float) -> bool:
-    """p.grad unscaled with NumPy as GradScaler.unscale_ states; whether it held inf/NaN (before, or
-    with a scale below 1 after: PyTorch would step on values that overflowed there)."""
-    wide = p.grad.astype(np.float32 if p.grad.dtype == np.float16 else p.grad.dtype)
+def _unscaled_on_host(grad, inverse: float) -> tuple:
+    """(grad unscaled with NumPy as GradScaler.unscale_ states, whether it held inf/NaN: before, or
+    with a scale below 1 after, where PyTorch would step on values that overflowed)."""
+    wide = grad.astype(np.float32 if grad.dtype == np.float16 else grad.dtype)
     found = not bool(np.isfinite(wide).all())
     with np.errstate(over="ignore", invalid="ignore"):
-        p.grad = (wide * inverse).astype(p.grad.dtype)
-    return found or (inverse > 1 and not bool(np.isfinite(p.grad).all()))
+        unscaled = np.asarray((wide * inverse).astype(grad.dtype))   # a 0-d one stays an array
+    return unscaled, found or (inverse > 1 and not bool(np.isfinite(unscaled).all()))
 
 
-def _unscale_on_kernels(groups: dict, inverse: float) -> bool:
-    """The gradients of `groups` ({(backend, dtype): parameters}) unscaled by the kernels, 8 a launch
-    (kernels/optim.cu's unscale_grads, the same values as _unscale_on_host), their inf/NaN noted in
-    one flag per backend: one read back a step (on a GPU a wait for it) instead of one per parameter.
-    The gradients are replaced once every launch has gone (a failed one leaves them all as they were)."""
+def _unscaled_on_kernels(groups: dict, inverse: float) -> tuple:
+    """([(parameter, its gradient unscaled)], whether any held inf/NaN) for `groups` ({(backend,
+    dtype): parameters}): kernels/optim.cu's unscale_grads, 8 gradients a launch, the same values as
+    _unscaled_on_host, their inf/NaN noted in one flag per backend: one read back a step (on a GPU a
+    wait for it) instead of one per parameter."""
     from .gpu import optim as gpu_optim
     flags, unscaled = {}, []
     for (be, _), params in groups.items():
         if be not in flags:
             flags[be] = _backend.array_module(be).zeros(1, np.int32)
         unscaled += zip(params, gpu_optim.unscale_grads(be, [p.grad for p in params], inverse, flags[be]))
-    for p, grad in unscaled:
-        p.grad = grad
-    return any(int(flag[0]) for flag in flags.values())
+    return unscaled, any(int(flag[0]) for flag in flags.values())
 
 
 def _any_rank(found: bool) -> bool:

@@ -122,6 +122,7 @@ def test_the_kernels_unscale_as_numpy_eight_gradients_a_launch(dtype, monkeypatc
         overflows = dtype == np.float16 and scale < 1   # 2^10 * N(0, 1) * 2^7 passes float16's 65504
         assert found == want_found == (planted is not None or overflows)
         for got, expected in zip(ours, want):
+            assert isinstance(got, np.ndarray) and isinstance(expected, np.ndarray)
             assert got.dtype == dtype and got.shape == expected.shape and got.tobytes() == expected.tobytes()
 
 
@@ -134,6 +135,11 @@ def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated
     with pytest.raises(TypeError):
         GradScaler(init_scale=4.0).unscale_(optim.SGD([host, device, wrong], lr=0.1))
     assert (host.grad == 8).all() and (device.grad == 8).all()   # nothing divided, so a retry is right
+    junk = Parameter(np.zeros(3, np.float32), backend="numpy")
+    junk.grad = np.array(["a", "b", "c"])   # refused by NumPy's isfinite after the kernels ran
+    with pytest.raises(TypeError):
+        GradScaler(init_scale=4.0).unscale_(optim.SGD([device, host, junk], lr=0.1))
+    assert (host.grad == 8).all() and (device.grad == 8).all()
     for p in (host, device):
         scaler = GradScaler(init_scale=4.0)
         scaler.unscale_(optim.SGD([p, p], lr=0.1))

@@ -265,6 +265,13 @@ def test_bad_arguments_fail_before_any_update():
          "activation"),
         (lambda: F.batch_norm(x[0, 0, 0], running_mean, running_var), ValueError, "2 dimensions"),
         (lambda: F.batch_norm_backward(x[:1], x, running_mean, running_var), ValueError, "dy"),
+        (lambda: F.batch_norm_backward(x, x, None, None, training=True, save_mean=[0.0] * 3, save_invstd=[1.0] * 3),
+         TypeError, "save_mean must be a NumPy or CuPy array"),
+        (lambda: F.batch_norm_backward(x.astype(np.float16), x.astype(np.float16), None, None, training=True,
+                                       save_mean=[0.0] * 3, save_invstd=[1.0] * 3),
+         TypeError, "save_mean must be a NumPy or CuPy array"),
+        (lambda: F.batch_norm_backward(x.astype(np.float16), x.astype(np.float16), None, None, training=True,
+                                       save_mean=np.zeros(3), save_invstd=np.ones(3)), TypeError, "dtype"),
     ]
     for call, error, match in bad_calls:
         with pytest.raises(error, match=match):

@@ -10,8 +10,8 @@ it), y = (x - mean) * (invstd * weight) + bias, the same expression as the kerne
 
 float16 (PyTorch's half batch norm): statistics, normalisation and the running-statistics blend
 in FP32; y, the gradients and the running statistics stored as float16, each rounded once. The
-statistics return_stats hands back are rounded to float16 too (as PyTorch's CPU kernels return
-them), and batch_norm_backward widens them again.
+statistics return_stats hands back stay FP32 (as torch.native_batch_norm's on CUDA; its CPU
+kernel rounds them to float16), and batch_norm_backward takes them so.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _channel_array(a, name, x):
 
 def _statistics_array(a, name, x):
     """A saved statistic: one value per channel of x, in x's dtype or the compute type."""
-    if a is not None and a.dtype == _backend.compute_dtype(x.dtype) != x.dtype:
+    if _checks.is_array(a) and a.dtype == _backend.compute_dtype(x.dtype) != x.dtype:
         _checks.array(a, name, ndim=1)
         _checks.shape_is(a, name, (x.shape[1],), " (one value per channel of x)")
         return a
@@ -130,7 +130,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return_stats=True returns (y, mean, invstd), the statistics y was normalised with (batch
     statistics when training, running ones otherwise), which batch_norm_backward can reuse: in
     the compute type (float32 for float16 x, as torch.native_batch_norm's save_mean and
-    save_invstd), so the backward uses exactly the forward's, with no conversion launched."""
+    save_invstd on CUDA), so the backward uses exactly the forward's, with no conversion launched."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation)
     factor = _checks.real_number(momentum, "momentum")
     if training:
