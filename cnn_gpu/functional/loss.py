@@ -134,7 +134,6 @@ def _cross_entropy_target(logits, target, ignore_index):
     indices' values by the caller: _check_class_indices)."""
     if not _checks.is_array(target):
         raise TypeError(f"target must be a NumPy or CuPy array, got {type(target).__name__}")
-    classes = _classes(logits)
     if tuple(target.shape) == tuple(logits.shape):
         # PyTorch's rule: a target of the logits' shape holds class probabilities
         if target.dtype.kind != "f":
