@@ -228,7 +228,8 @@ def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_spee
     has more FMAs); in float16 it stays ~15% over its budget (23 instructions an element; the
     Welford reciprocal and the cursor), so only float32 holds it to it."""
     size = np.dtype(dtype).itemsize
-    rows = {row["kernel"]: row for family in ("reduce", "batch_norm") for row in sass.kernel_rows(family, dtype, "sm_90")}
+    rows = {row["kernel"]: row for family in ("reduce", "batch_norm")
+            for row in sass.kernel_rows(family, dtype, "sm_90")}
     for kernel, arrays in (("channel_sum_block", 1), ("batch_norm_backward_sums", 2)):
         row = rows[kernel]
         assert len(row["ldg_bits"]) == 4 * arrays and set(row["ldg_bits"]) == {8 * size}, row

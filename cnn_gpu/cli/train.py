@@ -497,8 +497,8 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
     accuracy on the progress bar (summed on the device and read when shown: metrics.RunningMetrics;
     a rank whose bar is hidden reads none). before_step(index) runs before batch `index` (the
-    learning-rate schedule); augment(x, index) transforms the batch on the device. Batches take the model's
-    dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
+    learning-rate schedule); augment(x, index) transforms the batch on the device. Batches take the
+    model's dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
     unscaled and stepped (or the step skipped on overflow) by it. In a model with batch norm, a
     rank's shard of one image trains as an empty one (batch norm takes no lone image in training,
     as in PyTorch; the last batch may leave one), and a step that has no image left is skipped."""
