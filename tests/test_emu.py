@@ -1129,8 +1129,10 @@ def test_ctrl_c_interrupts_a_hung_kernel_promptly():
                 faults.append(fault.kind)
         worker = threading.Thread(target=in_thread)
         worker.start()
-        launching.wait()   # a launch that starts after the signal runs to its watchdog: time both from here
-        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        # a launch that starts after the signal runs to its watchdog: the worker's must be under way,
+        # which takes it from launching.set() to the call (1 s once proved too short on a loaded machine)
+        launching.wait()
+        threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         try:
             waits[0]((1,), (32,), (np.zeros(1, np.float32),), timeout=120)
         except KeyboardInterrupt:
