@@ -122,11 +122,13 @@ def test_class_index_out_of_range_is_refused_after_the_nan_loss_or_kept_as_nan(c
     assert np.isnan(F.cross_entropy(nan_logits, labels, weight, backend="emu")[0])
 
 
-def _training_reads(steps: int, clock, batch: int = 4, hidden: bool = False):
+def _training_reads(steps: int, clock, batch: int = 4, hidden: bool = False, float16: bool = False):
     """(host reads, the bar's fields) of one training epoch of `steps` batches on the emulator whose
-    running metrics are read on `clock` (shown on the bar unless `hidden`: another rank's)."""
+    running metrics are read on `clock` (shown on the bar unless `hidden`: another rank's); float16:
+    the model in float16, trained with a GradScaler as `cnn-gpu train --precision fp16` does."""
     rng = np.random.default_rng(7)
-    model = models.build("cnn", (1, 8, 8), 4, dtype=np.dtype(np.float32), rng=rng).to("emu")
+    dtype = np.dtype(np.float16 if float16 else np.float32)
+    model = models.build("cnn", (1, 8, 8), 4, dtype=dtype, rng=rng).to("emu")
     dataset = types.SimpleNamespace(x_train=rng.standard_normal((batch * steps, 1, 8, 8)).astype(np.float32),
                                     y_train=rng.integers(0, 4, batch * steps))
 
@@ -145,7 +147,8 @@ def _training_reads(steps: int, clock, batch: int = 4, hidden: bool = False):
     try:
         cli_metrics.RunningMetrics.__init__ = lambda self: original(self, clock=clock)
         train_cli.train_epoch(model, nn.CrossEntropyLoss().to("emu"), optim.SGD(model.parameters(), lr=0.1),
-                              dataset, batch, np.random.default_rng(8), "emu", bar)
+                              dataset, batch, np.random.default_rng(8), "emu", bar,
+                              scaler=GradScaler() if float16 else None)
     finally:
         cli_metrics.RunningMetrics.__init__ = original
     return HostReads.count, bar.postfix
@@ -161,6 +164,8 @@ def test_a_training_epoch_reads_its_metrics_when_shown_not_every_step(count_read
     reads_every, shown_every = _training_reads(6, lambda: float(next(ticks)))
     assert reads_every == 6 and shown_every == shown_6 and shown_2 != shown_6
     assert _training_reads(6, never_due, hidden=True) == (0, None)   # a rank whose bar is hidden reads none
+    reads_fp16, shown_fp16 = _training_reads(6, never_due, float16=True)
+    assert reads_fp16 == 6 + 1 and shown_fp16["scale"] == "65536"   # the scaler's flag a step, as PyTorch's
 
 
 def test_running_metrics_sum_the_batches_as_read_one_by_one():
