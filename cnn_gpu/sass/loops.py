@@ -21,6 +21,10 @@ The rules, on the static code (deterministic, no profile):
   the inner body once, so it weighs at least as much), then the longest path wins (in
   FMA-free kernels: the loop doing the most work), then the first. A function without loops
   is measured along its path from the entry (same rules) to its first unconditional EXIT.
+  A region whose global loads are all GPU-coherent (LDG ... .STRONG.GPU, `__ldcg`: other blocks'
+  partial results, which the block that arrives last combines, once per output) is a
+  reduction's epilogue: it is the hot loop only where every region is one (batch_norm_stats'
+  merge of chunk moments has more FMAs than its loop over the elements).
 """
 from __future__ import annotations
 
@@ -79,12 +83,21 @@ def steady_path(function: Function, region: Region | None) -> list[Instruction]:
     return path
 
 
+def _combines_other_blocks(path: list[Instruction]) -> bool:
+    """Whether every global load of the path is GPU-coherent (and there is one): a reduction's
+    epilogue reading other blocks' partials (see the module docstring)."""
+    loads = [ins for ins in path if ins.base == "LDG"]
+    return bool(loads) and all(".STRONG.GPU" in ins.opcode for ins in loads)
+
+
 def hot_loop(function: Function, weight) -> tuple[Region | None, list[Instruction]]:
     """(region, steady-state path) of the hot loop, where weight(path) counts its FMA + MMA;
     (None, entry path) for a function without loops."""
     paths = {region: steady_path(function, region) for region in loop_regions(function)}
     if not paths:
         return None, steady_path(function, None)
+    main = {region: path for region, path in paths.items() if not _combines_other_blocks(path)}
+    paths = main or paths
     weights = {region: weight(path) for region, path in paths.items()}
     heaviest = [region for region in paths if weights[region] == max(weights.values())]
     innermost = [region for region in heaviest

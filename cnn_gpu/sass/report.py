@@ -14,7 +14,7 @@ from . import loops, mix
 from .disasm import Function, SassUnavailable, disassemble, find, why_unavailable
 
 # Bump when a rule or a field changes: it keys the disk cache.
-ANALYSIS_VERSION = 3   # 3: compiles in a fixed child process (cnn_gpu._nvrtc_lib)
+ANALYSIS_VERSION = 4   # 3: compiles in a fixed child process (cnn_gpu._nvrtc_lib); 4: epilogue loops set aside
 _WEIGHTED = frozenset({"ffma", "dfma", "hfma2", "mma"})
 
 
