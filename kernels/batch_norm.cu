@@ -23,8 +23,8 @@
 //    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
 //  * batch_norm_backward_dx: dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in
 //    training mode, or weight * invstd * g in eval mode (constant statistics); the forward's grid.
-// Element offsets are 64-bit; a channel's elements are walked by stepping (n, i) rather than
-// dividing each flat index.
+// Element offsets are 64-bit (a plane's HW at most CURSOR_PLANE_LIMIT: channel_chunks.cuh); a
+// channel's elements are walked by stepping (n, i) rather than dividing each flat index.
 // float16 (REAL_IS_HALF): x, y, dy, dx, weight, bias, dweight, dbias and the running statistics
 // are FP16 in memory, and all math is acc_t (FP32), each stored value rounded once, as PyTorch
 // computes half batch norm. The per-channel statistics the kernels hand each other (mean, invstd,

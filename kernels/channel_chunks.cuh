@@ -17,13 +17,17 @@ __device__ __forceinline__ acc_t fold(const acc_t (&acc)[ACCUMULATORS])
 // Walks elements e = first, first + 256, ... of channel c of an (N, C, HW) array (e = n*HW + i):
 // `offset` is the element's flat position (n*C + c)*HW + i, advanced by additions alone (the
 // multiplications and divisions of computing it anew were most of a reduction's instructions).
+// The position i in the plane is an int: HW <= CURSOR_PLANE_LIMIT (the launchers refuse larger
+// planes, and view a one-channel sum as planes of one element), so i + 256 never overflows.
+#define CURSOR_PLANE_LIMIT (1 << 30)   // cnn_gpu.gpu.reduce.CURSOR_PLANE_LIMIT
 struct ChannelCursor {
-    long long offset, i;
-    const long long HW, jump, wrap;   // jump: 256 elements on; wrap: (C - 1)*HW more when i passes HW
-    const int step_i;
+    long long offset;
+    int i;
+    const int HW, step_i;
+    const long long jump, wrap;   // jump: 256 elements on; wrap: (C - 1)*HW more when i passes HW
     __device__ ChannelCursor(long long first, long long c, long long C, long long HW_)
-        : i(first % HW_), HW(HW_), jump((BLOCK_THREADS / HW_) * C * HW_ + BLOCK_THREADS % HW_),
-          wrap((C - 1) * HW_), step_i((int)(BLOCK_THREADS % HW_))
+        : i((int)(first % HW_)), HW((int)HW_), step_i((int)(BLOCK_THREADS % HW_)),
+          jump((BLOCK_THREADS / HW_) * C * HW_ + BLOCK_THREADS % HW_), wrap((C - 1) * HW_)
     {
         offset = ((first / HW_) * C + c) * HW_ + i;
     }

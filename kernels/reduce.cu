@@ -17,7 +17,8 @@
 //    channel adds rows 0..outer-1 into 4 accumulators in turn; neighbouring threads read
 //    neighbouring channels, so every row is read coalesced.
 // Every order is fixed by the shape: results are bit-identical run to run, whichever block
-// arrives last. Indices are 64-bit: outer*channels*inner may exceed 2^31.
+// arrives last. Indices are 64-bit: outer*channels*inner may exceed 2^31 (inner, a plane, at most
+// CURSOR_PLANE_LIMIT in channel_sum_block: channel_chunks.cuh; one channel's sum comes as planes of one).
 // The float16 build reads FP16 (split_sum_epilogue: FP32 partials), adds in FP32 (acc_t; chunk
 // partials too) and rounds each output once: the same sums, in the same order, as the float32
 // build on the widened array.

@@ -453,6 +453,24 @@ def test_channel_sum_blocks_have_no_race():
     assert not _arrivals._COUNTS[_arrivals._key("emu")].any()   # each channel's last block reset its count
 
 
+def test_chunked_reductions_take_planes_up_to_the_cursors_int_limit():
+    """ChannelCursor keeps a plane position in an int: channel_sum_block and batch norm refuse planes
+    of more than 2^30 elements before launching, and a one-channel sum (a loss's total) is viewed
+    as planes of one element (the same elements in the same order), so any length passes."""
+    limit = reduce.CURSOR_PLANE_LIMIT
+    assert reduce.chunked_blocks("batch_norm", 2, 3, limit) == 3 * reduce.chunks(2, limit)
+    for call in (lambda: reduce.chunked_blocks("batch_norm", 2, 3, limit + 1),
+                 lambda: reduce.plan_channel_sum(2, 3, limit + 1)):
+        with pytest.raises(ValueError, match=r"planes of 1073741825 elements"):
+            call()
+    assert reduce.plan_channel_sum(1, 1, 2**33).grid[0] == reduce.chunks(1, 2**33)
+    rng = np.random.default_rng(14)
+    for outer, inner in ((3, 4097), (1, 9000), (2, 300)):
+        a = rng.standard_normal(outer * inner).astype(np.float32)
+        got = reduce.channel_sum("emu", a, outer, 1, inner)
+        assert abs(float(got[0]) - a.astype(np.float64).sum()) <= 1e-5 * np.abs(a).sum()
+
+
 def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_once():
     """The float16 build of reduce.cu reads FP16 and adds in FP32 in the float32 build's order (chunk
     partials too: (3, 2, 4900) spans four blocks per channel), so each sum is bit-identical to the

@@ -264,8 +264,8 @@ def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_spee
     (ChannelCursor) and the per-element bounds tests only in the last round (for_each_round).
     Recomputing (n*C + c)*HW + i and testing each element took channel_sum 35 instructions an
     element in float16 and the sums 48: issue-bound, below DRAM speed. The statistics (their loop
-    over the elements: the merging of chunk moments is an epilogue, loops.py) in float16 stay ~15%
-    over their budget (23 instructions an element; the Welford reciprocal and the cursor), so only
+    over the elements: the merging of chunk moments is an epilogue, loops.py) in float16 stay ~1%
+    over their budget (20.25 instructions an element for 19.9; the Welford reciprocal), so only
     float32 holds them to it; both were 42 an element."""
     size = np.dtype(dtype).itemsize
     rows = {row["kernel"]: row for family in ("reduce", "batch_norm")

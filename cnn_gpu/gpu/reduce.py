@@ -15,6 +15,9 @@ COLUMN_MAX_OUTER = 256
 # kernels/channel_chunks.cuh): 16 per thread, 4 per accumulator.
 CHUNK = THREADS * 16
 MAX_GRID_X = 2**31 - 1
+# The chunked reductions walk a channel's planes of `inner` elements with an int position
+# (ChannelCursor in kernels/channel_chunks.cuh): planes up to this size.
+CURSOR_PLANE_LIMIT = 2**30
 
 
 def chunks(outer: int, inner: int) -> int:
@@ -24,7 +27,10 @@ def chunks(outer: int, inner: int) -> int:
 
 def chunked_blocks(what: str, outer: int, channels: int, inner: int) -> int:
     """The blocks of a chunked per-channel reduction (kernels/channel_chunks.cuh), channels x chunks;
-    ValueError past the grid's limit."""
+    ValueError past the grid's limit or for planes of more than CURSOR_PLANE_LIMIT elements."""
+    if inner > CURSOR_PLANE_LIMIT:
+        raise ValueError(f"{what}: planes of {inner} elements, past the {CURSOR_PLANE_LIMIT} (2^30) the kernels' "
+                         f"int positions in a plane take")
     blocks = channels * chunks(outer, inner)
     if blocks > MAX_GRID_X:
         raise ValueError(f"{what}: {channels} channels of {outer * inner} elements need {blocks} blocks, past "
@@ -37,7 +43,14 @@ def plan_channel_sum(outer, channels, inner):
     for short columns (inner == 1), else channel_sum_block, one block per CHUNK elements of a channel."""
     if inner == 1 and outer <= COLUMN_MAX_OUTER:
         return Launch("reduce", "channel_sum_column", (-(-channels // THREADS), 1, 1))
+    outer, inner = _block_view(outer, channels, inner)
     return Launch("reduce", "channel_sum_block", (chunked_blocks("channel_sum", outer, channels, inner), 1, 1))
+
+
+def _block_view(outer: int, channels: int, inner: int) -> tuple:
+    """(outer, inner) as channel_sum_block takes them: one channel's sum as planes of one element
+    (the same elements in the same order, and no plane past CURSOR_PLANE_LIMIT)."""
+    return (outer * inner, 1) if channels == 1 else (outer, inner)
 
 
 def unread_bias(xp, dtype):
@@ -83,6 +96,7 @@ def channel_sum(be, a, outer, channels, inner):
         args = (a, out, np.int64(outer), np.int64(channels))
     else:
         # the chunk partials (in the compute type) and the per-channel arrival counts of the channels' last blocks
+        outer, inner = _block_view(outer, channels, inner)
         partial = xp.empty(channels * chunks(outer, inner), dtype=backend.compute_dtype(a.dtype))
         args = (a, out, partial, _arrivals.zeroed(be, channels), np.int64(outer), np.int64(channels), np.int64(inner))
     _arrivals.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
