@@ -227,6 +227,12 @@ def array_module(backend: str):
     return _EMU_NUMPY if backend == "emu" else np
 
 
+def module_of(a):
+    """The array module of an array: cupy for a CuPy array, numpy otherwise (the emulator's arrays
+    are NumPy's: new ones made here are not poisoned)."""
+    return array_module("cuda" if is_cupy_array(a) else "numpy")
+
+
 def _poisoned(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "f":
         a.fill(np.nan)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import array_module, is_cupy_array
+from .backend import module_of
 
 
 @dataclass
@@ -29,10 +29,6 @@ class GradcheckReport:
 
     def __str__(self):
         return f"worst relative error {self.max_rel_error:.3e} at {self.worst} ({self.checks} checks)"
-
-
-def _module_of(a):
-    return array_module("cuda" if is_cupy_array(a) else "numpy")
 
 
 def _require_float64(arrays, names):
@@ -79,8 +75,8 @@ def gradcheck(loss, arrays, grads, *, names=None, eps=1e-5, directions=3, elemen
         for (a, _, _), original in zip(steps, saved):
             a[...] = original
         numeric = (values[0] - values[1]) / (2 * eps)
-        analytic = sum(float(_module_of(g).vdot(g, v)) for _, g, v in steps)
-        floor = 1e-3 * sum(float(_module_of(g).linalg.norm(g)) for _, g, _ in steps) + 1e-300
+        analytic = sum(float(module_of(g).vdot(g, v)) for _, g, v in steps)
+        floor = 1e-3 * sum(float(module_of(g).linalg.norm(g)) for _, g, _ in steps) + 1e-300
         error = abs(analytic - numeric) / max(abs(analytic), abs(numeric), floor)
         if math.isnan(error):   # a NaN must fail the check, not lose every comparison with the worst
             error = math.inf
@@ -91,7 +87,7 @@ def gradcheck(loss, arrays, grads, *, names=None, eps=1e-5, directions=3, elemen
 
     def random_direction(a):
         v = rng.standard_normal(a.shape)
-        return _module_of(a).asarray(v / max(np.linalg.norm(v), 1e-300))
+        return module_of(a).asarray(v / max(np.linalg.norm(v), 1e-300))
 
     for a, g, name in checked:
         for i in range(directions):
@@ -102,7 +98,7 @@ def gradcheck(loss, arrays, grads, *, names=None, eps=1e-5, directions=3, elemen
                 unit[flat] = 1.0
                 element = np.unravel_index(flat, a.shape)
                 compare(name, f"{name}[{', '.join(map(str, element))}]",
-                        [(a, g, _module_of(a).asarray(unit.reshape(a.shape)))])
+                        [(a, g, module_of(a).asarray(unit.reshape(a.shape)))])
     if len(checked) > 1:
         compare("joint", "all arrays jointly", [(a, g, random_direction(a)) for a, g, _ in checked])
     if not count:   # directions=0 on arrays beyond elementwise_limit
@@ -125,7 +121,7 @@ def check_op(forward, backward, inputs, *, names=None, seed=0, **options) -> Gra
         return out[0] if isinstance(out, tuple) else out
 
     y = output()
-    xp = _module_of(y)
+    xp = module_of(y)
     dy = xp.asarray(np.random.default_rng(seed + 1).standard_normal(y.shape))
     grads = backward(dy, *inputs)
     if not isinstance(grads, (tuple, list)):
@@ -158,7 +154,7 @@ def _check_model(model, loss_fn, x, target, check_input, seed, options):
     dx = model.backward(loss_fn.backward())
     arrays = [p.data for p in params]
     # a parameter the backward pass never reached has a zero gradient, which the differences then check
-    grads = [_module_of(p.data).zeros_like(p.data) if p.grad is None else p.grad.copy() for p in params]
+    grads = [module_of(p.data).zeros_like(p.data) if p.grad is None else p.grad.copy() for p in params]
     names = [f"parameter {i}" for i in range(len(params))]
     x = x.copy()
     if check_input:

@@ -61,8 +61,8 @@ def round_to_tf32(a):
     """float32 `a` (NumPy or CuPy) rounded to TF32, kept in float32 storage: the 13 low mantissa
     bits are rounded to nearest with ties away from zero, as `cvt.rna.tf32.f32` does. Infinities
     and NaNs pass through (a NaN stays a NaN; a finite value may round up to infinity)."""
-    from .backend import array_module, is_cupy_array
-    xp = array_module("cuda" if is_cupy_array(a) else "numpy")
+    from .backend import module_of
+    xp = module_of(a)
     a = xp.asarray(a)
     if a.dtype != np.float32:
         raise TypeError(f"round_to_tf32 takes float32 arrays, not {a.dtype}")

@@ -17,10 +17,6 @@ from .. import backend
 READ_EVERY_S = 0.5
 
 
-def _array_module(a):
-    return backend.array_module("cuda" if backend.is_cupy_array(a) else "numpy")
-
-
 def correct_count(logits, labels):
     """The number of rows whose largest logit is the label's, as a 0-d array where they are."""
     return (logits.argmax(axis=1) == labels).sum()
@@ -30,7 +26,7 @@ def read_count(counts) -> int:
     """The sum of correct_count's 0-d arrays as an int: one transfer."""
     if not counts:
         return 0
-    return int(_array_module(counts[0]).stack(counts).sum())
+    return int(backend.module_of(counts[0]).stack(counts).sum())
 
 
 class RunningMetrics:
@@ -57,7 +53,7 @@ class RunningMetrics:
         if self._pending:
             losses, counts, images = zip(*self._pending)
             self._pending = []
-            xp = _array_module(losses[0])
+            xp = backend.module_of(losses[0])
             weights = xp.asarray(images, dtype=np.float64)
             loss_sum, correct = xp.stack(((xp.stack(losses) * weights).sum(),
                                           xp.stack(counts).sum().astype(np.float64))).tolist()

@@ -184,7 +184,7 @@ def _avg_backward(dy, g: PoolGeometry):
 def _check_indices(indices, g: PoolGeometry) -> None:
     """Every index is -1 in a window wholly in the padding, and otherwise the flat position h*W + w of
     one of its own window's taps (NumPy or CuPy arrays alike; on CuPy this reads one flag back)."""
-    xp = _backend.array_module("cuda" if _backend.is_cupy_array(indices) else "numpy")
+    xp = _backend.module_of(indices)
     plane = g.H * g.W
     if indices.size == 0:
         return

@@ -36,7 +36,7 @@ class _Loss(Module):
         dpred, loss_shape = self._saved_for_backward()
         if dy is None:
             return dpred
-        xp = _backend.array_module("cuda" if _backend.is_cupy_array(dpred) else "numpy")
+        xp = _backend.module_of(dpred)
         if np.ndim(dy) != 0:
             if loss_shape is None or tuple(dy.shape) != loss_shape:
                 expected = "a number" if loss_shape is None else f"a number or an array of shape {loss_shape}"
