@@ -98,7 +98,7 @@ class GradScaler:
         params = list({id(p): p for p in optimizer.params if p.grad is not None}.values())   # each once
         # every parameter's backend (the optimizer's choice) before any gradient changes: a refusal
         # leaves them all as they were
-        chosen = [(p, _backend.resolve(optimizer.backend or p.backend, p.data, p.grad)) for p in params]
+        chosen = [(p, optimizer.backend_of(p)) for p in params]
         on_kernels = {}   # (backend, dtype): the parameters whose gradients the kernels unscale
         for p, be in chosen:
             if be != "numpy":

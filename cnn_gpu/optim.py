@@ -130,6 +130,11 @@ class Optimizer:
         for p in self.params:
             p.clear_grad(set_to_none)
 
+    def backend_of(self, p) -> str:
+        """The backend a parameter's update runs on: the optimizer's, else the one Module.to gave it,
+        else its arrays' (GradScaler.unscale_ unscales its gradient there too)."""
+        return _backend.resolve(self.backend or p.backend, p.data, p.grad)
+
     def _prepare(self, index: int, p, state: dict):
         """(backend, C-contiguous gradient) of one parameter's update, after checking everything
         the update touches; moves state left behind by Module.to."""
@@ -142,7 +147,7 @@ class Optimizer:
                             f"parameters")
         if p.grad.dtype != p.data.dtype:
             raise TypeError(f"{what}: gradient dtype {p.grad.dtype} does not match parameter dtype {p.data.dtype}")
-        be = _backend.resolve(self.backend or p.backend, p.data, p.grad)
+        be = self.backend_of(p)
         kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
         for key, value in _state_arrays(state):
             if _backend.is_cupy_array(value) != (kind == "cuda"):

@@ -144,13 +144,11 @@ def _training_reads(steps: int, clock, batch: int = 4, hidden: bool = False, flo
     original = cli_metrics.RunningMetrics.__init__
     bar = Bar()
     HostReads.count = 0
-    try:
-        cli_metrics.RunningMetrics.__init__ = lambda self: original(self, clock=clock)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_metrics.RunningMetrics, "__init__", lambda self: original(self, clock=clock))
         train_cli.train_epoch(model, nn.CrossEntropyLoss().to("emu"), optim.SGD(model.parameters(), lr=0.1),
                               dataset, batch, np.random.default_rng(8), "emu", bar,
                               scaler=GradScaler() if float16 else None)
-    finally:
-        cli_metrics.RunningMetrics.__init__ = original
     return HostReads.count, bar.postfix
 
 

@@ -335,10 +335,14 @@ def test_a_failed_launch_leaves_the_state_of_the_parameters_it_did_not_update(ki
 
 
 def test_the_multi_parameter_updates_take_an_empty_list():
+    from cnn_gpu.bench.dry_run import launches_counted_not_run
     from cnn_gpu.gpu import optim as gpu_optim
-    gpu_optim.sgd_steps("emu", [], 0.1, 0.0)
-    gpu_optim.sgd_momentum_steps("emu", [], 0.1, 0.9, 0.0, False)
-    gpu_optim.adam_steps("emu", [], 0.1, 0.9, 0.999, 1e-8, 0.0)
+    with launches_counted_not_run() as launched:
+        gpu_optim.sgd_steps("emu", [], 0.1, 0.0)
+        gpu_optim.sgd_momentum_steps("emu", [], 0.1, 0.9, 0.0, False)
+        gpu_optim.adam_steps("emu", [], 0.1, 0.9, 0.999, 1e-8, 0.0)
+        assert gpu_optim.unscale_grads("emu", [], 0.5, np.zeros(1, np.int32)) == []
+    assert launched == []
 
 
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),

@@ -276,7 +276,7 @@ def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_spee
         per_element = row["instructions"] / 4
         if kernel != "batch_norm_stats" or dtype == "float32":
             assert per_element <= _streaming_budget(arrays * size), (kernel, per_element)
-        assert per_element < 25 * arrays, (kernel, per_element)
+        assert per_element <= 21 * arrays, (kernel, per_element)   # measured 16 to 20.25 an array read
 
 
 REQUIRED = {"family": str, "kernel": str, "arch": str, "dtype": str, "registers": int, "fma": int,

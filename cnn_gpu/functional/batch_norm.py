@@ -78,22 +78,16 @@ def _numpy_backward(dy, x, mean, invstd, weight, bias, training, relu):
 
 # --- argument checks ----------------------------------------------------------------------------
 
-def _channel_array(a, name, x):
+def _channel_array(a, name, x, compute_too=False):
+    """One value per channel of x, in x's dtype (or with compute_too in the compute type: a saved
+    statistic, FP32 for float16 x)."""
     if a is None:
         return None
     _checks.array(a, name, ndim=1)
     _checks.shape_is(a, name, (x.shape[1],), " (one value per channel of x)")
-    _checks.same_dtype("x", x, **{name: a})
+    if not (compute_too and a.dtype == _backend.compute_dtype(x.dtype)):
+        _checks.same_dtype("x", x, **{name: a})
     return a
-
-
-def _statistics_array(a, name, x):
-    """A saved statistic: one value per channel of x, in x's dtype or the compute type."""
-    if _checks.is_array(a) and a.dtype == _backend.compute_dtype(x.dtype) != x.dtype:
-        _checks.array(a, name, ndim=1)
-        _checks.shape_is(a, name, (x.shape[1],), " (one value per channel of x)")
-        return a
-    return _channel_array(a, name, x)
 
 
 def _check_common(x, running_mean, running_var, weight, bias, training, eps, activation, have_stats=False):
@@ -188,8 +182,8 @@ def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None
     _checks.same_dtype("x", x, dy=dy)
     if (save_mean is None) != (save_invstd is None):
         raise ValueError("give both save_mean and save_invstd, or neither")
-    _statistics_array(save_mean, "save_mean", x)
-    _statistics_array(save_invstd, "save_invstd", x)
+    _channel_array(save_mean, "save_mean", x, compute_too=True)
+    _channel_array(save_invstd, "save_invstd", x, compute_too=True)
     relu = activation == "relu"
     be = _backend.resolve(backend, dy, x, running_mean, running_var, weight, bias, save_mean, save_invstd)
     if be == "numpy":

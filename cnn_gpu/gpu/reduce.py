@@ -95,9 +95,11 @@ def channel_sum(be, a, outer, channels, inner):
     if launch.kernel == "channel_sum_column":
         args = (a, out, np.int64(outer), np.int64(channels))
     else:
-        # the chunk partials (in the compute type) and the per-channel arrival counts of the channels' last blocks
+        # the chunk partials (in the compute type; none where a channel is one block's) and the per-channel
+        # arrival counts of the channels' last blocks
         outer, inner = _block_view(outer, channels, inner)
-        partial = xp.empty(channels * chunks(outer, inner), dtype=backend.compute_dtype(a.dtype))
+        blocks = launch.grid[0]
+        partial = xp.empty(blocks if blocks > channels else 0, dtype=backend.compute_dtype(a.dtype))
         args = (a, out, partial, _arrivals.zeroed(be, channels), np.int64(outer), np.int64(channels), np.int64(inner))
     _arrivals.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
     return out
