@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from . import backend as _backend
+from . import replay
 
 
 def _positive_finite(name: str, value) -> float:
@@ -78,6 +79,7 @@ class GradScaler:
         and rounded to the gradient's dtype once."""
         if not self._enabled:
             return dloss
+        replay.refuse("GradScaler (its scale changes between steps, and each step reads its inf/NaN flag back)")
         if getattr(dloss, "dtype", None) != np.float16:
             return dloss * self._scale
         return (dloss.astype(np.float32) * np.float32(self._scale)).astype(np.float16)
@@ -89,6 +91,7 @@ class GradScaler:
         per optimizer and step, before its step(); a parameter listed twice is unscaled once."""
         if not self._enabled:
             return
+        replay.refuse("GradScaler.unscale_ (each step reads its inf/NaN flag back)")
         state = self._optimizers.get(id(optimizer))
         if state is not None:
             raise RuntimeError("GradScaler.unscale_ was already called on this optimizer since the last update()"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import operator
 import os
 import platform
 import re
@@ -216,6 +217,9 @@ def resolve(backend, *arrays) -> str:
         reason = why_unavailable("emu")
         if reason:
             raise RuntimeError(f"backend 'emu' is not available: {reason}")
+    elif backend == "numpy" and recording() is not None:
+        raise RuntimeError("backend 'numpy' runs no kernels, so a recording (cnn_gpu.replay) would replay nothing "
+                           "of it; record on 'emu' or 'cuda'")
     return backend
 
 
@@ -470,14 +474,54 @@ def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, sha
     `args` follow CuPy's rules: arrays, and NumPy scalars of exactly the declared C type
     (np.int32 for `int`, np.int64 for `long long`, the array dtype for REAL). Every argument is
     checked against the kernel's declaration first (cnn_gpu.launch_checks): a wrong dtype, layout,
-    read-only output or aliasing is refused before anything runs, on every backend."""
-    args = _launch_checks.checked_args(backend, family, kernel, dtype, args)
+    read-only output or aliasing is refused before anything runs, on every backend. Inside a
+    recording (cnn_gpu.replay) the launch is also kept, with its arguments, to be replayed."""
+    checked = _launch_checks.checked_args(backend, family, kernel, dtype, args)
     fn = kernel_function(backend, family, dtype, kernel)
     grid = tuple(map(int, grid))
     block = tuple(map(int, block))
     if min(grid) <= 0:
         return  # empty problem: nothing to launch
-    fn(grid, block, args, shared_mem=int(shared_mem))
+    shared_mem = int(shared_mem)
+    entries = recording()
+    if entries is not None and any(map(operator.is_not, checked, args)):
+        raise ValueError(f"kernel {kernel!r}: an input was copied to C order for the launch, and a replay would read "
+                         f"that copy, not the input; give C-contiguous arrays inside a recording")
+    fn(grid, block, checked, shared_mem=shared_mem)
+    if entries is not None:
+        entries.append(functools.partial(fn, grid, block, checked, shared_mem=shared_mem))
+
+
+# --- recordings (cnn_gpu.replay): the device work of this thread, kept to be done again ------------
+
+def recording() -> list | None:
+    """The entries of the recording open in this thread (each a callable that does one piece of
+    its device work again), None outside one."""
+    return getattr(_state, "recording", None)
+
+
+@contextlib.contextmanager
+def recording_into(entries: list | None):
+    """Inside, this thread's launches and device_calls append to `entries` (None: to nothing,
+    also inside an open recording)."""
+    outer = recording()
+    _state.recording = entries
+    try:
+        yield entries
+    finally:
+        _state.recording = outer
+
+
+def device_call(fn, *args, **kwargs):
+    """fn(*args, **kwargs), an array made on the device by other code than the kernels (cuBLAS' matmul,
+    CuPy's arithmetic); inside a recording, kept too: a replay computes it again into the same
+    array."""
+    result = fn(*args, **kwargs)
+    entries = recording()
+    if entries is not None:
+        copyto = module_of(result).copyto
+        entries.append(lambda: copyto(result, fn(*args, **kwargs)))
+    return result
 
 
 from . import launch_checks as _launch_checks  # noqa: E402  (it reads this module's functions at call time)

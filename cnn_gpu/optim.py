@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import backend as _backend
+from . import replay
 from .functional._checks import FLOAT_DTYPES, flag, real_number, whole_number
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, to_backend_array, to_host
@@ -182,6 +183,20 @@ class Optimizer:
         self._master_of[index] = p.data
 
     def step(self) -> None:
+        """Inside a recording (cnn_gpu.replay) the update is live: it runs again as Python at every
+        replay, on the gradients of the recorded step, reading param_groups anew (schedules, step
+        counts)."""
+        if not replay.is_recording():
+            return self._step()
+        grads = [p.grad for p in self.params]
+
+        def recorded_grads_step():
+            for p, grad in zip(self.params, grads):
+                p.grad = grad
+            self._step()
+        replay.live(recorded_grads_step)
+
+    def _step(self) -> None:
         hyper = self._validated(self.param_groups[0])   # param_groups may have changed since the last step
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
         pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from .. import backend as _backend
+from .. import replay
 from ..gpu.loss import index_mean_divisor, mean_of
 from . import _checks
 from ._float16 import takes_float16
@@ -50,6 +51,11 @@ def _nothing(be, reduction, pred, loss_shape, as_array: bool):
         if as_array:
             loss = xp.asarray(loss, dtype=np.float64)
     return loss, xp.empty_like(pred)
+
+
+def _refuse_float_in_recording(reduction: str, as_array: bool) -> None:
+    if reduction != "none" and not as_array:
+        replay.refuse("a loss read back as a float (pass as_array=True: the loss stays an array a replay rewrites)")
 
 
 def _as_array(loss: float, as_array: bool):
@@ -201,6 +207,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         _checks.shape_is(weight, "weight", (classes,), " (one weight per class)")
         _checks.same_dtype("logits", logits, weight=weight)
     be = _backend.resolve(backend, logits, target, weight)
+    _refuse_float_in_recording(reduction, as_array)
     checked_after = be != "numpy" and reduction != "none"   # by the loss read back (or not at all: as_array)
     if labels is not None and not checked_after:
         _check_class_indices(labels, classes, ignore_index)
@@ -242,6 +249,7 @@ def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
     _checks.shape_is(target, "target", pred.shape, " (the shape of pred)")
     reduction = check_reduction(reduction)
     be = _backend.resolve(backend, pred, target)
+    _refuse_float_in_recording(reduction, as_array)
     if pred.size == 0:
         return _nothing(be, reduction, pred, pred.shape, as_array)
     if be == "numpy":

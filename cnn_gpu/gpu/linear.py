@@ -1,6 +1,6 @@
 """Linear layer on the kernel backends: the dense GEMMs by xp.matmul (cuBLAS through cupy.matmul on
-"cuda", NumPy's matmul on "emu"), bias addition by kernels/elementwise.cu and the bias gradient by
-the deterministic reduce.channel_sum."""
+"cuda", NumPy's matmul on "emu"; device calls, which a recording keeps: cnn_gpu.replay), bias
+addition by kernels/elementwise.cu and the bias gradient by the deterministic reduce.channel_sum."""
 from __future__ import annotations
 
 from .. import backend
@@ -8,7 +8,7 @@ from . import elementwise, reduce
 
 
 def forward(be, x, w, bias):
-    y = backend.array_module(be).matmul(x, w.T)
+    y = backend.device_call(backend.array_module(be).matmul, x, w.T)
     if bias is not None:
         elementwise.bias_add(be, y, bias)
     return y
@@ -16,8 +16,8 @@ def forward(be, x, w, bias):
 
 def backward(be, dy, x, w, bias, input_grad=True):
     xp = backend.array_module(be)
-    dx = xp.matmul(dy, w) if input_grad else None
-    dw = xp.matmul(dy.T, x)
+    dx = backend.device_call(xp.matmul, dy, w) if input_grad else None
+    dw = backend.device_call(xp.matmul, dy.T, x)
     db = None
     if bias:   # an empty batch contributes nothing (channel_sum takes no empty arrays)
         db = reduce.channel_sum(be, dy, dy.shape[0], dy.shape[1], 1) if dy.size else xp.zeros(dy.shape[1], dy.dtype)

@@ -38,7 +38,7 @@ def device_mean(xp, total, divisor):
     """mean_of's value without reading back: total / divisor (a (1,) array, and a (1,) array or a
     number) as a 0-d float64 array where they are."""
     with np.errstate(divide="ignore", invalid="ignore"):   # the emulator's NumPy: IEEE results, as mean_of's
-        return xp.true_divide(total, divisor, dtype=np.float64).reshape(())
+        return backend.device_call(xp.true_divide, total, divisor, dtype=np.float64).reshape(())
 
 
 def index_mean_divisor(xp, divisor, label_smoothing: float):
@@ -47,8 +47,13 @@ def index_mean_divisor(xp, divisor, label_smoothing: float):
     smoothing terms apart, and the NLL term is then 0/0, where one division of their sum gives inf.
     (Shared with the NumPy path of cnn_gpu.functional.loss.)"""
     if label_smoothing > 0:
-        return xp.where(divisor == 0, divisor.dtype.type(np.nan), divisor)
+        return backend.device_call(lambda: xp.where(divisor == 0, divisor.dtype.type(np.nan), divisor))
     return divisor
+
+
+def _as_dtype(values, dtype):
+    """The per-row values the kernels left in the compute type, in `dtype` (a copy for float16)."""
+    return values if values.dtype == dtype else backend.device_call(values.astype, dtype)
 
 
 def _total(be, values):
@@ -98,7 +103,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     if reduction == "none":
-        return row_loss.astype(dtype, copy=False), dlogits
+        return _as_dtype(row_loss, dtype), dlogits
     total = _total(be, row_loss)
     if as_array:
         return device_mean(xp, total, divisor if host_divisor is None else host_divisor), dlogits
@@ -120,7 +125,7 @@ def mse(be, pred, target, reduction, as_array=False):
     backend.launch(be, "loss", pred.dtype, "mse_rows", (blocks_for(n),), (THREADS,),
                    (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
     if reduction == "none":
-        return squared.astype(pred.dtype, copy=False), dpred
+        return _as_dtype(squared, pred.dtype), dpred
     divisor = n if reduction == "mean" else 1
     if as_array:
         return device_mean(xp, _total(be, squared), divisor), dpred

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import inspect
+import operator
 
 from .. import functional as F
+from ..backend import device_call
 from .layers import BatchNorm2d, ReLU
 from .module import Module
 
@@ -105,7 +107,7 @@ class Residual(Module):
                              f"differ; give a shortcut (e.g. a 1x1 Conv2d) that matches the block")
         if y.dtype != skip.dtype:   # an addition would promote one of them: ops never change dtype silently
             raise TypeError(f"Residual: block output ({y.dtype}) and shortcut output ({skip.dtype}) differ in dtype")
-        out = y + skip if activation is None else F.add_relu(y, skip, backend=self.backend)
+        out = device_call(operator.add, y, skip) if activation is None else F.add_relu(y, skip, backend=self.backend)
         self._saved = (out if activation else None,)   # the ReLU's output: > 0 where its input is
         return out
 
@@ -115,4 +117,4 @@ class Residual(Module):
             dy = F.relu_backward(dy, relu_output, backend=self.backend)
         dx = _backward(self.block, dy, input_grad)
         skip = dy if self.shortcut is None else _backward(self.shortcut, dy, input_grad)
-        return dx + skip if input_grad else None
+        return device_call(operator.add, dx, skip) if input_grad else None

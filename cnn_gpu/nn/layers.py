@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .. import philox
+from .. import philox, replay
 from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
 from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
@@ -335,10 +335,10 @@ class BatchNorm2d(Module):
             raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            tracked = int(self.num_batches_tracked) + 1
-            self.num_batches_tracked = np.array(tracked, np.int64)
             if self.momentum is None:   # cumulative moving average
-                factor = 1.0 / tracked
+                replay.refuse("BatchNorm2d(momentum=None) in training (its averaging factor changes every step)")
+                factor = 1.0 / (int(self.num_batches_tracked) + 1)
+            replay.live(self._count_batch)
         use_running = not self.training or self.track_running_stats
         running = (self.running_mean, self.running_var) if use_running else (None, None)
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
@@ -347,6 +347,9 @@ class BatchNorm2d(Module):
                                        return_stats=True, backend=self.backend)
         self._saved = (x, mean, invstd, training, activation)
         return y
+
+    def _count_batch(self) -> None:
+        self.num_batches_tracked = np.array(int(self.num_batches_tracked) + 1, np.int64)
 
     def backward(self, dy, input_grad=True):
         """The parameters' gradients come out of the same reductions as dx: input_grad=False
@@ -388,6 +391,8 @@ class Dropout(Module):
         if not self.training:
             self._saved = ()
             return x
+        if self.p:
+            replay.refuse("Dropout in training mode (each step draws a new mask)")
         step = int(self.step)
         # p == 0 keeps every element but still counts the call: a p raised later draws the masks
         # of the same steps as a layer built with it

@@ -6,6 +6,7 @@ their `.grad` (upstream gradient times the local Jacobian, layer by layer).
 """
 from __future__ import annotations
 
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend as _backend
+from ..backend import device_call
 
 
 class IncompatibleKeys(NamedTuple):
@@ -56,7 +58,7 @@ class Parameter:
         if self.grad is None:
             self.grad = grad
         else:
-            self.grad += grad
+            device_call(operator.iadd, self.grad, grad)
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"

@@ -1,0 +1,206 @@
+"""cnn_gpu.replay: a recorded training step, replayed on new data, gives bit for bit what the same
+steps run eagerly give (parameters, running statistics, batch counts, losses), with the optimizer's
+update live (learning-rate changes, Adam's step counts); what a replay could not reproduce is
+refused while recording, and a recording whose code raised cannot be replayed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnn_gpu
+from cnn_gpu import backend, models, nn, optim, replay
+from cnn_gpu import functional as F
+from cnn_gpu.amp import GradScaler
+
+EMU_REASON = backend.why_unavailable("emu")
+pytestmark = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+IMAGE = (3, 16, 16)
+BATCH = 2
+CLASSES = 10
+NARROW = {"resnet18": {"width": 4}, "resnet": {"filters": 4}, "cnn": {"filters": 4}}
+
+
+def _setup(name, dtype, optimizer):
+    model = models.build(name, IMAGE, CLASSES, dtype=np.dtype(dtype), rng=np.random.default_rng(0), **NARROW[name])
+    model.to("emu")
+    params = model.parameters()
+    opt = optim.SGD(params, lr=0.05, momentum=0.9) if optimizer == "sgd" else optim.Adam(params, lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn.to("emu")
+    return model, opt, loss_fn
+
+
+def _train_step(model, opt, loss_fn, x, labels):
+    opt.zero_grad()
+    loss = loss_fn(model(x), labels, as_array=True)
+    model.backward(loss_fn.backward(), input_grad=False)
+    opt.step()
+    return loss
+
+
+def _batches(dtype, count):
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((BATCH, *IMAGE)).astype(dtype), rng.integers(0, CLASSES, BATCH))
+            for _ in range(count)]
+
+
+LEARNING_RATES = (None, None, 0.02, None)   # the third step at a new rate, as a schedule would
+
+
+@pytest.mark.parametrize("name, dtype, math, optimizer", [
+    ("resnet18", "float32", "fp32", "sgd"),
+    ("resnet18", "float16", "tf32", "adam"),
+    ("resnet", "float32", "tf32", "adam"),
+    ("cnn", "float64", "fp32", "sgd"),
+])
+def test_replayed_steps_equal_eager_steps_bit_for_bit(name, dtype, math, optimizer):
+    batches = _batches(dtype, len(LEARNING_RATES))
+    with cnn_gpu.math_mode(math):
+        eager_model, eager_opt, eager_loss_fn = _setup(name, dtype, optimizer)
+        eager_losses = []
+        for (images, labels), lr in zip(batches, LEARNING_RATES):
+            if lr is not None:
+                eager_opt.param_groups[0]["lr"] = lr
+            eager_losses.append(float(_train_step(eager_model, eager_opt, eager_loss_fn, images, labels)))
+
+        model, opt, loss_fn = _setup(name, dtype, optimizer)
+        x, labels = (a.copy() for a in batches[0])
+        with replay.record() as step:
+            loss = _train_step(model, opt, loss_fn, x, labels)
+        losses = [float(loss)]
+        for (new_images, new_labels), lr in zip(batches[1:], LEARNING_RATES[1:]):
+            if lr is not None:
+                opt.param_groups[0]["lr"] = lr
+            x[...], labels[...] = new_images, new_labels
+            opt.zero_grad()   # between replays too: the update still takes the recorded step's gradients
+            step.replay()
+            losses.append(float(loss))
+
+    assert losses == eager_losses
+    assert len(set(losses)) == len(losses)   # each step saw new data
+    eager_state, state = eager_model.state_dict(), model.state_dict()
+    assert list(state) == list(eager_state)
+    for key in state:
+        np.testing.assert_array_equal(np.asarray(state[key]), np.asarray(eager_state[key]), err_msg=key)
+    if name != "cnn":
+        assert int(state[next(k for k in state if k.endswith("num_batches_tracked"))]) == len(batches)
+    for mine, theirs in zip(opt.state, eager_opt.state):
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(theirs[key]), err_msg=key)
+
+
+def test_a_replay_repeats_every_launch_and_device_call_of_the_recording():
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    x, labels = _batches("float32", 1)[0]
+    launches = []
+    real_launch = backend.launch
+
+    def counted(*args, **kwargs):
+        launches.append(args[3])
+        return real_launch(*args, **kwargs)
+
+    backend.launch = counted
+    try:
+        with replay.record() as step:
+            _train_step(model, opt, loss_fn, x, labels)
+    finally:
+        backend.launch = real_launch
+    optimizer_launches = sum(kernel.startswith("sgd") for kernel in launches)
+    # the fixed launches, the Linear's three matmuls, the mean loss's division and the optimizer's
+    # update as one live call
+    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + 1
+
+
+@pytest.mark.parametrize("refusal, run", [
+    ("loss read back as a float", lambda: F.cross_entropy(
+        np.random.default_rng(2).standard_normal((2, 3), dtype=np.float32), np.array([0, 2]), backend="emu")),
+    ("loss read back as a float", lambda: F.mse_loss(
+        *np.random.default_rng(3).standard_normal((2, 4, 3), dtype=np.float32), backend="emu")),
+    ("Dropout in training mode", lambda: nn.Dropout(0.5).to("emu")(
+        np.random.default_rng(4).standard_normal((2, 8), dtype=np.float32))),
+    ("BatchNorm2d\\(momentum=None\\)", lambda: nn.BatchNorm2d(3, momentum=None).to("emu")(
+        np.random.default_rng(5).standard_normal((2, 3, 4, 4), dtype=np.float32))),
+    ("GradScaler \\(", lambda: GradScaler().scale((np.random.default_rng(6).standard_normal(4) * 1e-3).astype(np.float16))),
+    ("backend 'numpy'", lambda: F.relu(np.random.default_rng(7).standard_normal(4), backend="numpy")),
+    ("copied to C order", lambda: F.relu(
+        np.random.default_rng(8).standard_normal((6, 5), dtype=np.float32).T, backend="emu")),
+])
+def test_what_a_replay_could_not_reproduce_is_refused_while_recording(refusal, run):
+    with pytest.raises((RuntimeError, ValueError), match=refusal):
+        with replay.record() as step:
+            run()
+    with pytest.raises(RuntimeError, match="not complete"):
+        step.replay()
+    assert not replay.is_recording()
+    run_outside = run()   # the same call outside a recording is fine
+    assert run_outside is not None
+
+
+def test_unscale_is_refused_while_recording():
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    x, labels = _batches("float32", 1)[0]
+    loss_fn(model(x), labels, as_array=True)
+    model.backward(loss_fn.backward(), input_grad=False)
+    with pytest.raises(RuntimeError, match="GradScaler.unscale_"):
+        with replay.record():
+            GradScaler().unscale_(opt)
+
+
+def test_recordings_do_not_nest_and_replay_is_refused_inside_one():
+    x = np.random.default_rng(9).standard_normal(16).astype(np.float32)
+    with replay.record() as step:
+        y = F.relu(x, backend="emu")
+    with replay.record():
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with replay.record():
+                pass
+        with pytest.raises(RuntimeError, match="inside a recording"):
+            step.replay()
+    x[...] = -x
+    step.replay()
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_live_runs_now_and_at_every_replay_with_its_own_launches_not_recorded():
+    calls = []
+    x = np.random.default_rng(10).standard_normal(8).astype(np.float32)
+
+    def work():
+        calls.append(replay.is_recording())
+        return F.relu(x, backend="emu")
+
+    with replay.record() as step:
+        replay.live(work)
+    assert step.entries == 1 and calls == [False]
+    step.replay()
+    step.replay()
+    assert calls == [False, False, False]
+
+
+def test_gradients_accumulated_over_two_batches_replay_as_they_ran():
+    """Two forward/backward passes before one update: the second adds into the first's gradients
+    (Parameter.accumulate_grad), a device call a replay repeats."""
+    batches = _batches("float32", 6)
+
+    def accumulated_step(model, opt, loss_fn, pair):
+        opt.zero_grad()
+        for images, labels in pair:
+            loss_fn(model(images), labels, as_array=True)
+            model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+
+    eager_model, eager_opt, eager_loss_fn = _setup("cnn", "float32", "sgd")
+    for first in range(0, 6, 2):
+        accumulated_step(eager_model, eager_opt, eager_loss_fn, batches[first:first + 2])
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    inputs = [tuple(a.copy() for a in batch) for batch in batches[:2]]
+    with replay.record() as step:
+        accumulated_step(model, opt, loss_fn, inputs)
+    for first in (2, 4):
+        for (x, labels), (new_x, new_labels) in zip(inputs, batches[first:first + 2]):
+            x[...], labels[...] = new_x, new_labels
+        step.replay()
+    for mine, theirs in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_array_equal(mine.data, theirs.data)
