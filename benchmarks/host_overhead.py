@@ -13,7 +13,9 @@ models are built narrow (NARROW: 8 channels where they have 16 to 512) and the b
 NumPy's share stays small (host work here that a GPU would do on the device: allocations, layout
 copies, the float16 master weights' conversions); the layers, passes and the Python that runs them
 are the full-width model's (its split-K choices, and so a few launches, may differ; the arrays are
-garbage, so their arithmetic warnings are silenced).
+garbage, so their arithmetic warnings are silenced). "replayed" is the host time of the same step
+recorded once and replayed (cnn_gpu.replay: its launches issued again, the optimizer's update run
+as Python); on cuda each replayed launch adds CuPy's own cost.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import time
 import numpy as np
 
 import cnn_gpu
-from cnn_gpu import models
+from cnn_gpu import models, replay
 from cnn_gpu.bench.dry_run import launches_counted_not_run, training_step
 from conv_targets import format_table   # beside this script
 
@@ -32,10 +34,10 @@ SETTINGS = (("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32"))
 NARROW = {"cnn": {"filters": 8}, "resnet": {"filters": 8}, "resnet18": {"width": 8}}
 
 
-def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> tuple[float, int]:
-    """(seconds a training step of model `name` takes on the host, launches a step): the fastest
-    of `steps` steps after two warm-up steps (plans and device tables made): on a shared machine
-    other work only ever adds to a step."""
+def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> tuple[float, int, float]:
+    """(seconds a training step of model `name` takes on the host, launches a step, seconds a
+    replay of it takes: cnn_gpu.replay): the fastest of `steps` steps (replays) after two warm-up
+    steps (plans and device tables made): on a shared machine other work only ever adds to a step."""
     rng = np.random.default_rng(0)
     image_shape = (3, 32, 32)
     model = models.build(name, image_shape, 10, dtype=np.dtype(dtype), rng=rng, **NARROW.get(name, {}))
@@ -51,15 +53,24 @@ def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> 
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-    return min(times), len(counted)
+        launches = len(counted)
+        with replay.record() as recorded:
+            step()
+        replays = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            recorded.replay()
+            replays.append(time.perf_counter() - start)
+    return min(times), launches, min(replays)
 
 
 def rows(names, batch: int, steps: int) -> list[tuple]:
     out = []
     for name in names:
         for dtype, math in SETTINGS:
-            seconds, launches = step_host_time(name, dtype, math, batch, steps)
-            out.append((name, dtype, math, launches, f"{seconds * 1e3:.1f}", f"{seconds / launches * 1e6:.0f}"))
+            seconds, launches, replayed = step_host_time(name, dtype, math, batch, steps)
+            out.append((name, dtype, math, launches, f"{seconds * 1e3:.1f}", f"{seconds / launches * 1e6:.0f}",
+                        f"{replayed * 1e3:.2f}"))
     return out
 
 
@@ -73,7 +84,7 @@ def main(argv=None) -> int:
     table = rows(args.models.split(","), args.batch, args.steps)
     print(f"Host time of a training step, batch {args.batch}, kernels not run (MEASURED on this CPU; "
           f"fastest of {args.steps} steps)")
-    print(format_table(("model", "dtype", "math", "launches", "host ms/step", "host us/launch"), table,
+    print(format_table(("model", "dtype", "math", "launches", "host ms/step", "host us/launch", "replayed ms/step"), table,
                        args.markdown))
     return 0
 

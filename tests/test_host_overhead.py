@@ -30,4 +30,4 @@ def test_launches_are_checked_and_counted_not_run():
 def test_each_setting_of_a_model_gets_its_launches_and_time(host_overhead):
     rows = host_overhead.rows(["cnn"], batch=2, steps=1)
     assert [row[1:3] for row in rows] == list(host_overhead.SETTINGS)
-    assert all(row[3] > 20 and float(row[4]) > 0 and int(row[5]) > 0 for row in rows), rows
+    assert all(row[3] > 20 and float(row[4]) > 0 and int(row[5]) > 0 and float(row[6]) > 0 for row in rows), rows

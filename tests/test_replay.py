@@ -11,9 +11,10 @@ import cnn_gpu
 from cnn_gpu import backend, models, nn, optim, replay
 from cnn_gpu import functional as F
 from cnn_gpu.amp import GradScaler
+from cnn_gpu.nn.module import to_host
 
 EMU_REASON = backend.why_unavailable("emu")
-pytestmark = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
 
 IMAGE = (3, 16, 16)
 BATCH = 2
@@ -21,13 +22,13 @@ CLASSES = 10
 NARROW = {"resnet18": {"width": 4}, "resnet": {"filters": 4}, "cnn": {"filters": 4}}
 
 
-def _setup(name, dtype, optimizer):
+def _setup(name, dtype, optimizer, be="emu"):
     model = models.build(name, IMAGE, CLASSES, dtype=np.dtype(dtype), rng=np.random.default_rng(0), **NARROW[name])
-    model.to("emu")
+    model.to(be)
     params = model.parameters()
     opt = optim.SGD(params, lr=0.05, momentum=0.9) if optimizer == "sgd" else optim.Adam(params, lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    loss_fn.to("emu")
+    loss_fn.to(be)
     return model, opt, loss_fn
 
 
@@ -39,32 +40,41 @@ def _train_step(model, opt, loss_fn, x, labels):
     return loss
 
 
-def _batches(dtype, count):
+def _batches(dtype, count, be="emu"):
     rng = np.random.default_rng(1)
-    return [(rng.standard_normal((BATCH, *IMAGE)).astype(dtype), rng.integers(0, CLASSES, BATCH))
-            for _ in range(count)]
+    batches = [(rng.standard_normal((BATCH, *IMAGE)).astype(dtype), rng.integers(0, CLASSES, BATCH))
+               for _ in range(count)]
+    if be == "cuda":
+        import cupy
+        batches = [(cupy.asarray(x), cupy.asarray(labels)) for x, labels in batches]
+    return batches
+
+
+ON_CUDA = pytest.param("cuda", marks=pytest.mark.skipif("cuda" not in backend.available_backends(),
+                                                        reason=f"no cuda backend: {backend.why_unavailable('cuda')}"))
 
 
 LEARNING_RATES = (None, None, 0.02, None)   # the third step at a new rate, as a schedule would
 
 
+@pytest.mark.parametrize("be", [pytest.param("emu", marks=needs_emu), ON_CUDA])
 @pytest.mark.parametrize("name, dtype, math, optimizer", [
     ("resnet18", "float32", "fp32", "sgd"),
     ("resnet18", "float16", "tf32", "adam"),
     ("resnet", "float32", "tf32", "adam"),
     ("cnn", "float64", "fp32", "sgd"),
 ])
-def test_replayed_steps_equal_eager_steps_bit_for_bit(name, dtype, math, optimizer):
-    batches = _batches(dtype, len(LEARNING_RATES))
+def test_replayed_steps_equal_eager_steps_bit_for_bit(name, dtype, math, optimizer, be):
+    batches = _batches(dtype, len(LEARNING_RATES), be)
     with cnn_gpu.math_mode(math):
-        eager_model, eager_opt, eager_loss_fn = _setup(name, dtype, optimizer)
+        eager_model, eager_opt, eager_loss_fn = _setup(name, dtype, optimizer, be)
         eager_losses = []
         for (images, labels), lr in zip(batches, LEARNING_RATES):
             if lr is not None:
                 eager_opt.param_groups[0]["lr"] = lr
             eager_losses.append(float(_train_step(eager_model, eager_opt, eager_loss_fn, images, labels)))
 
-        model, opt, loss_fn = _setup(name, dtype, optimizer)
+        model, opt, loss_fn = _setup(name, dtype, optimizer, be)
         x, labels = (a.copy() for a in batches[0])
         with replay.record() as step:
             loss = _train_step(model, opt, loss_fn, x, labels)
@@ -82,15 +92,16 @@ def test_replayed_steps_equal_eager_steps_bit_for_bit(name, dtype, math, optimiz
     eager_state, state = eager_model.state_dict(), model.state_dict()
     assert list(state) == list(eager_state)
     for key in state:
-        np.testing.assert_array_equal(np.asarray(state[key]), np.asarray(eager_state[key]), err_msg=key)
+        np.testing.assert_array_equal(to_host(state[key]), to_host(eager_state[key]), err_msg=key)
     if name != "cnn":
         assert int(state[next(k for k in state if k.endswith("num_batches_tracked"))]) == len(batches)
     for mine, theirs in zip(opt.state, eager_opt.state):
         assert mine.keys() == theirs.keys()
         for key in mine:
-            np.testing.assert_array_equal(np.asarray(mine[key]), np.asarray(theirs[key]), err_msg=key)
+            np.testing.assert_array_equal(to_host(mine[key]), to_host(theirs[key]), err_msg=key)
 
 
+@needs_emu
 def test_a_replay_repeats_every_launch_and_device_call_of_the_recording():
     model, opt, loss_fn = _setup("cnn", "float32", "sgd")
     x, labels = _batches("float32", 1)[0]
@@ -113,6 +124,7 @@ def test_a_replay_repeats_every_launch_and_device_call_of_the_recording():
     assert step.entries == len(launches) - optimizer_launches + 3 + 1 + 1
 
 
+@needs_emu
 @pytest.mark.parametrize("refusal, run", [
     ("loss read back as a float", lambda: F.cross_entropy(
         np.random.default_rng(2).standard_normal((2, 3), dtype=np.float32), np.array([0, 2]), backend="emu")),
@@ -138,6 +150,7 @@ def test_what_a_replay_could_not_reproduce_is_refused_while_recording(refusal, r
     assert run_outside is not None
 
 
+@needs_emu
 def test_unscale_is_refused_while_recording():
     model, opt, loss_fn = _setup("cnn", "float32", "sgd")
     x, labels = _batches("float32", 1)[0]
@@ -148,6 +161,7 @@ def test_unscale_is_refused_while_recording():
             GradScaler().unscale_(opt)
 
 
+@needs_emu
 def test_recordings_do_not_nest_and_replay_is_refused_inside_one():
     x = np.random.default_rng(9).standard_normal(16).astype(np.float32)
     with replay.record() as step:
@@ -163,6 +177,7 @@ def test_recordings_do_not_nest_and_replay_is_refused_inside_one():
     np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
+@needs_emu
 def test_live_runs_now_and_at_every_replay_with_its_own_launches_not_recorded():
     calls = []
     x = np.random.default_rng(10).standard_normal(8).astype(np.float32)
@@ -179,6 +194,7 @@ def test_live_runs_now_and_at_every_replay_with_its_own_launches_not_recorded():
     assert calls == [False, False, False]
 
 
+@needs_emu
 def test_gradients_accumulated_over_two_batches_replay_as_they_ran():
     """Two forward/backward passes before one update: the second adds into the first's gradients
     (Parameter.accumulate_grad), a device call a replay repeats."""
