@@ -79,10 +79,12 @@ class GradScaler:
         and rounded to the gradient's dtype once."""
         if not self._enabled:
             return dloss
-        replay.refuse("GradScaler (its scale changes between steps, and each step reads its inf/NaN flag back)")
         if getattr(dloss, "dtype", None) != np.float16:
-            return dloss * self._scale
-        return (dloss.astype(np.float32) * np.float32(self._scale)).astype(np.float16)
+            scaled = lambda: dloss * self._scale   # noqa: E731
+        else:
+            scaled = lambda: (dloss.astype(np.float32) * np.float32(self._scale)).astype(np.float16)   # noqa: E731
+        # an array's is a device call: a replay (cnn_gpu.replay) multiplies by the scale of its own step
+        return _backend.device_call(scaled) if hasattr(dloss, "shape") else scaled()
 
     def unscale_(self, optimizer) -> None:
         """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
@@ -91,7 +93,8 @@ class GradScaler:
         per optimizer and step, before its step(); a parameter listed twice is unscaled once."""
         if not self._enabled:
             return
-        replay.refuse("GradScaler.unscale_ (each step reads its inf/NaN flag back)")
+        replay.refuse("GradScaler.unscale_ (a replay runs step() as Python again, which unscales; code between "
+                      "the two would not be replayed)")
         state = self._optimizers.get(id(optimizer))
         if state is not None:
             raise RuntimeError("GradScaler.unscale_ was already called on this optimizer since the last update()"
@@ -123,6 +126,11 @@ class GradScaler:
         if not self._enabled:
             optimizer.step()
             return True
+        if replay.is_recording():   # live: each replay unscales, checks and steps its own gradients
+            return optimizer.live_on_recorded_grads(lambda: self._step(optimizer))
+        return self._step(optimizer)
+
+    def _step(self, optimizer) -> bool:
         state = self._optimizers.get(id(optimizer))
         if state is not None and state["stepped"]:
             raise RuntimeError("GradScaler.step was already called on this optimizer since the last update()")
@@ -144,6 +152,9 @@ class GradScaler:
         after growth_interval clean steps. The scale is kept in FP32 as PyTorch's (a growth that
         would overflow it is not taken). RuntimeError, as PyTorch's, where no optimizer with gradients
         was unscaled or stepped since the last update: there is nothing to update from."""
+        replay.live(self._update)
+
+    def _update(self) -> None:
         optimizers = [state for state in self._optimizers.values() if state["checked"]]
         self._optimizers = {}
         if not self._enabled:

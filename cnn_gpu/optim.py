@@ -186,15 +186,21 @@ class Optimizer:
         """Inside a recording (cnn_gpu.replay) the update is live: it runs again as Python at every
         replay, on the gradients of the recorded step, reading param_groups anew (schedules, step
         counts)."""
-        if not replay.is_recording():
-            return self._step()
+        if replay.is_recording():
+            self.live_on_recorded_grads(self._step)
+        else:
+            self._step()
+
+    def live_on_recorded_grads(self, fn):
+        """replay.live(fn), each replay's call made with every parameter's .grad the array that the
+        recorded backward writes (a zero_grad or GradScaler.unscale_ since has replaced it)."""
         grads = [p.grad for p in self.params]
 
-        def recorded_grads_step():
+        def on_recorded_grads():
             for p, grad in zip(self.params, grads):
                 p.grad = grad
-            self._step()
-        replay.live(recorded_grads_step)
+            return fn()
+        return replay.live(on_recorded_grads)
 
     def _step(self) -> None:
         hyper = self._validated(self.param_groups[0])   # param_groups may have changed since the last step

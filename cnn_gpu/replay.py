@@ -18,12 +18,14 @@ replay re-issues every kernel launch (arguments already checked) and every array
 device code (`backend.device_call`: cuBLAS matmuls, CuPy arithmetic), in order, on the arrays of
 the recording, which it keeps alive. Host state that changes from step to step is not baked in:
 the optimizer's update runs again as Python on each replay (`live`: learning-rate schedules, Adam's
-step counts, momentum buffers as an eager step), and BatchNorm2d counts its batches. What a replay
-could not reproduce is refused while recording (RuntimeError, the recording discarded): a loss read
-back as a float (use as_array=True), dropout in training mode, GradScaler's per-step read, the
-numpy backend (no kernels), an input the emulator would have copied to C order. A replay does not
-see Python-side changes to the model (train()/eval(), new arrays assigned to parameters): record
-again after them.
+step counts, momentum buffers as an eager step), BatchNorm2d counts its batches, and GradScaler
+scales by its current scale, and unscales, checks and steps (or skips) each replay's gradients.
+What a replay could not reproduce is refused while recording (RuntimeError, the recording
+discarded): a loss read back as a float (use as_array=True), dropout in training mode, an explicit
+GradScaler.unscale_ (code between it and step() would not be replayed), BatchNorm2d with
+momentum=None, the numpy backend (no kernels), an input the emulator would have copied to C order.
+A replay does not see Python-side changes to the model (train()/eval(), new arrays assigned to
+parameters): record again after them. Replay on the thread and CuPy stream of the recording.
 """
 from __future__ import annotations
 

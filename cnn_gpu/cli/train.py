@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import non_negative_int, path_argument, positive_float, positive_int, seed, unit_float
+from .. import replay
 from .metrics import RunningMetrics, correct_count, read_count
 
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
@@ -92,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=path_argument, metavar="PATH", help="continue from this checkpoint")
     parser.add_argument("--max-batches", type=positive_int, metavar="N",
                         help="stop each epoch (and the evaluation) after N batches, for quick runs")
+    parser.add_argument("--replay", action="store_true",
+                        help="record each epoch's first full batch as a step and replay it for the others "
+                             "(cnn_gpu.replay): the host issues the step's launches without its Python, with the "
+                             "same results; emu or cuda, one process")
     parser.add_argument("--nproc", type=positive_int, metavar="N",
                         help="train data-parallel in N processes on this machine: relaunches itself under "
                              "mpiexec (pip install 'cnn_gpu[mpi]'); --batch-size is per process")
@@ -372,6 +377,9 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
 
     leader = world.rank == 0
     device = choose_device(args.device)
+    if args.replay and (device == "numpy" or world.size > 1):
+        raise UsageError(f"--replay replays the kernels of one process: it needs --device emu or cuda and no --nproc "
+                         f"(this run: {device}{f', {world.size} processes' if world.size > 1 else ''})")
     dataset = _load_dataset(settings)
 
     nn.init.manual_seed(settings["seed"])
@@ -430,7 +438,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
             schedule = WarmupCosine(optimizer, settings["lr"], epochs, bar.total, settings["warmup_epochs"])
             augment = _augmentation(settings, epoch, bar.total, device)
             train_epoch(model, loss_fn, optimizer, dataset, settings["batch_size"], shuffle_rng, device, bar,
-                        lambda index, epoch=epoch: schedule.apply(epoch, index), augment, scaler)
+                        lambda index, epoch=epoch: schedule.apply(epoch, index), augment, scaler, args.replay)
             accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
             # a rank whose shards held no image this epoch has set no postfix
             shown = getattr(bar, "postfix", None)
@@ -493,7 +501,7 @@ def progress_bar(dataset, batch_size, max_batches, description, shown=True):
 
 
 def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, device, bar, before_step=None,
-                augment=None, scaler=None):
+                augment=None, scaler=None, replayed=False):
     """One pass over the shuffled training set (bar.total batches), showing the running loss and
     accuracy on the progress bar (summed on the device and read when shown: metrics.RunningMetrics;
     a rank whose bar is hidden reads none). before_step(index) runs before batch `index` (the
@@ -501,7 +509,10 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     model's dtype; with an enabled GradScaler the loss gradient is scaled, and the averaged gradients are
     unscaled and stepped (or the step skipped on overflow) by it. In a model with batch norm, a
     rank's shard of one image trains as an empty one (batch norm takes no lone image in training,
-    as in PyTorch; the last batch may leave one), and a step that has no image left is skipped."""
+    as in PyTorch; the last batch may leave one), and a step that has no image left is skipped.
+    replayed (one process, emu or cuda): the epoch's first full batch is a recorded step
+    (cnn_gpu.replay), replayed with each later full batch copied into its arrays; others run as
+    they are."""
     from .. import distributed
     from ..nn import BatchNorm2d
     from ..nn.module import to_backend_array
@@ -511,40 +522,65 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
                                        distributed.world_size())
+    recorded = None   # (the recorded step, its images, labels, loss, logits)
     for index, chosen in enumerate(shards):
         if index == bar.total:
             break
         if before_step is not None:
             before_step(index)
-        optimizer.zero_grad()
         if drops_lone_images and len(chosen) == 1:
             chosen = chosen[:0]
-        if len(chosen):   # the uneven last global batch may leave a rank without images
-            x = to_backend_array(dataset.x_train[chosen].astype(dtype, copy=False), device)
-            y = to_backend_array(dataset.y_train[chosen], device)
-            if augment is not None:
-                x = augment(x, index)
-            logits = model(x)
-            loss = loss_fn(logits, y, as_array=True)
-            if metrics is not None:
-                metrics.add(loss, logits, y)
-            dlogits = loss_fn.backward()
-            # the images need no gradient: the first convolution runs no dgrad pass
-            model.backward(scaler.scale(dlogits) if scaler is not None else dlogits, input_grad=False)
-        # weighted by the shards' sizes: the same step as one process with the whole global batch
-        if not distributed.allreduce_gradients(model, count=len(chosen)):
-            bar.update()   # no image in the whole step
+        if not len(chosen):   # the uneven last global batch may leave a rank without images
+            optimizer.zero_grad()
+            if distributed.allreduce_gradients(model, count=0):
+                _update(optimizer, scaler)
+            bar.update()
             continue
-        if scaler is not None:   # unscaled after the sums, so every rank sees the same inf/NaN
-            scaler.step(optimizer)
-            scaler.update()
+        x = to_backend_array(dataset.x_train[chosen].astype(dtype, copy=False), device)
+        y = to_backend_array(dataset.y_train[chosen], device)
+        if augment is not None:
+            x = augment(x, index)
+        if not replayed or len(chosen) != batch_size:
+            loss, logits = _train_step(model, loss_fn, optimizer, scaler, x, y)
+        elif recorded is None:
+            with replay.record() as step:
+                loss, logits = _train_step(model, loss_fn, optimizer, scaler, x, y)
+            recorded = step, x, y, loss, logits
         else:
-            optimizer.step()
-        if metrics is not None and metrics.due():
-            _show(bar, metrics, scaler)
+            step, static_x, static_y, loss, logits = recorded
+            static_x[...], static_y[...] = x, y
+            y = static_y
+            step.replay()
+        if metrics is not None:
+            metrics.add(loss, logits, y)
+            if metrics.due():
+                _show(bar, metrics, scaler)
         bar.update()
     if metrics is not None:
         _show(bar, metrics, scaler)
+
+
+def _train_step(model, loss_fn, optimizer, scaler, x, y):
+    """Forward, loss, backward and update of one batch (x, y on the device) -> (loss, logits)."""
+    from .. import distributed
+    optimizer.zero_grad()
+    logits = model(x)
+    loss = loss_fn(logits, y, as_array=True)
+    dlogits = loss_fn.backward()
+    # the images need no gradient: the first convolution runs no dgrad pass
+    model.backward(scaler.scale(dlogits) if scaler is not None else dlogits, input_grad=False)
+    # weighted by the shards' sizes: the same step as one process with the whole global batch
+    distributed.allreduce_gradients(model, count=len(y))
+    _update(optimizer, scaler)
+    return loss, logits
+
+
+def _update(optimizer, scaler) -> None:
+    if scaler is not None:   # unscaled after the sums, so every rank sees the same inf/NaN
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def _show(bar, metrics, scaler) -> None:
