@@ -9,13 +9,13 @@ from .precision import get_math_mode, math_mode, set_math_mode
 
 __version__ = "0.1.0"
 __all__ = ["available_backends", "get_backend", "set_backend", "use_backend", "get_math_mode", "set_math_mode",
-           "math_mode", "functional", "nn", "optim", "emu", "distributed", "__version__"]
+           "math_mode", "functional", "nn", "optim", "emu", "distributed", "replay", "__version__"]
 
 
 def __getattr__(name):
     # Submodules load on first use so `import cnn_gpu` stays cheap (no g++ or CuPy probing).
     if name in ("functional", "nn", "optim", "emu", "gradcheck", "data", "models", "checkpoint",
-                "distributed"):
+                "distributed", "replay"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cnn_gpu' has no attribute {name!r}")

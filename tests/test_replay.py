@@ -162,6 +162,7 @@ def test_an_explicit_unscale_is_refused_while_recording():
 
 @needs_emu
 def test_recordings_do_not_nest_and_replay_is_refused_inside_one():
+    assert cnn_gpu.replay is replay and "replay" in cnn_gpu.__all__   # as the README uses it
     x = np.random.default_rng(9).standard_normal(16).astype(np.float32)
     with replay.record() as step:
         y = F.relu(x, backend="emu")
