@@ -10,10 +10,12 @@ its own process so one crash does not hide the rest:
   4. the mma.sync issue rate        benchmarks/mma_rate.py: the tensor pipe's clocks per HMMA and
                                     TFLOP/s, measured next to the rate the model assumes
   5. the benchmark                  cnn-gpu bench --shapes resnet --math fp32,tf32 --dtype float32,float16
+                                    (every op but conv2d_fwd_bwd: train_step_replayed too)
                                     (PyTorch in the same modes when present,
                                     device model:gpu adds the roofline model's estimate of this GPU
                                     beside each measured cuda row, to calibrate the model)
   6. short training runs            cnn-gpu train --device cuda --epochs 2, and --precision fp16
+                                    without and with --replay (cnn_gpu.replay)
   7. the tensor-core plans          benchmarks/tc_plans.py: each pass's planned tile and dy path
                                     beside its alternatives, measured next to the model
 
@@ -199,12 +201,13 @@ def _clean(text: str, last_lines: int | None = None) -> str:
 
 
 def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
-    from .bench import default_devices
+    from .bench import OPS, default_devices
     cli = [python, "-m", "cnn_gpu"]
     mode = "--quick" if quick else "--thorough"
     devices = ",".join(default_devices() + ["model:gpu"])
     bench = cli + ["bench", "--shapes", "tiny" if quick else "resnet", "--math", "fp32,tf32",
                    "--dtype", "float32,float16", "--device", devices,
+                   "--ops", ",".join(op for op in OPS if op != "conv2d_fwd_bwd"),   # train_step_replayed too
                    "--markdown",
                    "--no-progress", "--json", str(out_dir / "bench.json"), "--csv", str(out_dir / "bench.csv")]
     try:
@@ -230,6 +233,8 @@ def steps(python: str, out_dir: Path, quick: bool) -> list[Step]:
              + (["--max-batches", "5"] if quick else []), 900),
         Step("train fp16", cli + ["train", "--device", "cuda", "--epochs", "2", "--precision", "fp16"]
              + (["--max-batches", "5"] if quick else []), 900),
+        Step("train fp16 --replay", cli + ["train", "--device", "cuda", "--epochs", "2", "--precision", "fp16",
+                                           "--replay"] + (["--max-batches", "5"] if quick else []), 900),
         Step("tensor-core plans", [python, "benchmarks/tc_plans.py", "--markdown"]
              + (["--batch", "32", "--repeat", "5"] if quick else []), 1800),
     ]

@@ -89,6 +89,16 @@ def test_bench_emu_tiny(capsys):
     assert "emu: emulator on the CPU" in out
 
 
+@needs_emu
+def test_bench_replayed_train_step_runs_on_the_kernel_backends_only(capsys):
+    code, out, err = _bench(capsys, "--device", "numpy,emu,model:h100", "--ops", "train_step_replayed",
+                            "--repeat", "1")
+    assert code == 0, err
+    measured = [tuple(r[:3]) for r in _table_rows(out, "op ") if not r[2].startswith("model:")]
+    assert measured == [("train_step_replayed", c.label, "emu") for c in bench.make_cases("tiny", ["train_step"])]
+    assert "train_step_replayed" not in bench.DEFAULT_OPS
+
+
 def test_bench_refuses_emu_on_large_shapes_and_bad_arguments(capsys):
     assert main(["bench", "--device", "emu", "--shapes", "default"]) == 2
     assert "--shapes tiny" in capsys.readouterr().err
@@ -520,6 +530,8 @@ def test_acceptance_runs_every_required_command(tmp_path):
     assert any("--math fp32,tf32" in c for c in commands if " bench " in f" {c} ")
     assert any(c.startswith("benchmarks/tc_plans.py") for c in commands)   # the planner's choices, measured
     assert any(c.startswith("benchmarks/mma_rate.py") for c in commands)   # the rate the model assumes, measured
+    assert any("train_step_replayed" in c for c in commands if " bench " in f" {c} ")   # cnn_gpu.replay, measured
+    assert any(c.endswith("--replay") for c in commands if " train " in f" {c} ")
 
 
 def test_gpu_timing_uses_one_event_pair_per_call():

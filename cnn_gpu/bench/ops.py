@@ -23,12 +23,16 @@ OPS = {
     "avg_pool2d_backward": ("pool", lambda s: pool_case("avg_pool2d_backward", s), "average pooling backward"),
     "cross_entropy": ("loss", cross_entropy_case, "softmax cross entropy, loss and gradient"),
     "train_step": ("model", train_step_case, "forward, loss, backward and SGD step of a model"),
+    "train_step_replayed": ("model", lambda s: train_step_case(s, replayed=True),
+                            "train_step recorded once and replayed (cnn_gpu.replay); emu and cuda only"),
     # last: a run cut short (gpu-check's budget) has the rows of the ops above first
     "batch_norm": ("conv", batch_norm_case,
                    "batch norm in training on a conv's input: statistics, normalisation, dx/dweight/dbias"),
 }
-# conv2d_fwd_bwd repeats fprop + dgrad + wgrad, so it runs only when asked for (numpy_vs_torch.py).
-DEFAULT_OPS = tuple(op for op in OPS if op != "conv2d_fwd_bwd")
+# conv2d_fwd_bwd repeats fprop + dgrad + wgrad, so it runs only when asked for (numpy_vs_torch.py);
+# train_step_replayed has rows on emu and cuda only, so likewise (gpu-check asks for it).
+ON_REQUEST = ("conv2d_fwd_bwd", "train_step_replayed")
+DEFAULT_OPS = tuple(op for op in OPS if op not in ON_REQUEST)
 
 
 def make_cases(shape_set: str, ops=DEFAULT_OPS, batch: int | None = None) -> list[Case]:

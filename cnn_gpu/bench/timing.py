@@ -61,7 +61,11 @@ def _row(case, device: Device, dtype, repeat, seed, math: str) -> Row | None:
     if device.modeled:
         return device.model_row(case, dtype, math)
     device.prepare(math)
-    fn, input_sets = case.setup(device, dtype, np.random.default_rng(seed))
+    prepared = case.setup(device, dtype, np.random.default_rng(seed))
+    if prepared is None:
+        return None   # the case does not run on this device
+    fn, input_sets = prepared
+    del prepared
     seconds, count = measure(device, fn, input_sets, repeat)
     del fn, input_sets  # free (device) memory before the next case allocates its inputs
     gflops = case.flops / seconds / 1e9 if case.flops else None

@@ -149,13 +149,17 @@ def torch_mirror(model, torch):
     return mirror
 
 
-def train_step_case(shape: ModelShape) -> Case:
-    """Forward, loss, backward and an SGD (momentum 0.9) step of a model on one batch."""
+def train_step_case(shape: ModelShape, replayed: bool = False) -> Case:
+    """Forward, loss, backward and an SGD (momentum 0.9) step of a model on one batch; replayed:
+    the step recorded once and replayed with each input set copied into its arrays (cnn_gpu.replay,
+    kernel backends only: no row on numpy or torch)."""
     batch_shape = (shape.batch, *shape.image_shape)
     forward_flops = model_flops(build_model(shape, np.float32), batch_shape)
 
     def setup(device, dtype, rng):
-        from .. import nn, optim
+        from .. import nn, optim, replay
+        if replayed and (device.framework == "torch" or device.backend == "numpy"):
+            return None
         model = build_model(shape, dtype)
         sets = _input_sets(device, rng, lambda rng: (_random(rng, batch_shape, dtype),
                                                      rng.integers(0, shape.classes, shape.batch).astype(np.int64)))
@@ -181,6 +185,16 @@ def train_step_case(shape: ModelShape) -> Case:
             loss_fn(model(x), labels, as_array=True)   # left on the device, as torch's: no read back
             model.backward(loss_fn.backward(), input_grad=False)   # as torch: x needs no gradient
             optimizer.step()
-        return run, sets
+        if not replayed:
+            return run, sets
+        recorded_x, recorded_labels = (a.copy() for a in sets[0])
+        with replay.record() as step:
+            run(recorded_x, recorded_labels)
 
-    return Case("train_step", shape, None if forward_flops is None else 3 * forward_flops, setup, math=True)
+        def replay_on(x, labels):
+            recorded_x[...], recorded_labels[...] = x, labels
+            step.replay()
+        return replay_on, sets
+
+    return Case("train_step_replayed" if replayed else "train_step", shape,
+                None if forward_flops is None else 3 * forward_flops, setup, math=True)
