@@ -322,3 +322,24 @@ def test_cnn_gpu_train_replay_gives_the_run_without_it_and_refuses_numpy(capsys)
     assert plain.startswith("test accuracy:") and replayed.split(" in ")[0] == plain.split(" in ")[0]
     assert main(["train", "--device", "numpy", "--replay", "--epochs", "1"]) == 2
     assert "--replay replays the kernels of one process: it needs --device emu or cuda" in capsys.readouterr().err
+
+
+@needs_emu
+def test_an_evaluation_replayed_counts_as_the_one_run_eagerly(monkeypatch):
+    """Labels are the model's own eager predictions, so every image counts as correct only where
+    each replay computes its own batch's logits."""
+    from cnn_gpu.cli import train as train_cli
+    import types
+    rng = np.random.default_rng(14)
+    images = 4 * 5 + 3   # a partial last batch, run eagerly
+    x_test = rng.standard_normal((images, 3, 16, 16)).astype(np.float32)
+    model = _setup("cnn", "float32", "sgd")[0]
+    model.eval()
+    predicted = np.concatenate([model(x_test[i:i + 4]).argmax(axis=1) for i in range(0, images, 4)])
+    assert len(set(predicted.tolist())) > 1   # the predictions depend on the image
+    dataset = types.SimpleNamespace(x_test=x_test, y_test=predicted)
+    recorded = []
+    real_record = replay.record
+    monkeypatch.setattr(replay, "record", lambda: recorded.append(1) or real_record())
+    assert train_cli.evaluate(model, dataset, 4, "emu", replayed=True) == (images, images)
+    assert len(recorded) == 1

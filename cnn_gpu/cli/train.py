@@ -95,8 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop each epoch (and the evaluation) after N batches, for quick runs")
     parser.add_argument("--replay", action="store_true",
                         help="record each epoch's first full batch as a step and replay it for the others "
-                             "(cnn_gpu.replay): the host issues the step's launches without its Python, with the "
-                             "same results; emu or cuda, one process")
+                             "(cnn_gpu.replay), and the evaluation's first full batch likewise: the host issues "
+                             "the launches without their Python, with the same results; emu or cuda, one process")
     parser.add_argument("--nproc", type=positive_int, metavar="N",
                         help="train data-parallel in N processes on this machine: relaunches itself under "
                              "mpiexec (pip install 'cnn_gpu[mpi]'); --batch-size is per process")
@@ -439,7 +439,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
             augment = _augmentation(settings, epoch, bar.total, device)
             train_epoch(model, loss_fn, optimizer, dataset, settings["batch_size"], shuffle_rng, device, bar,
                         lambda index, epoch=epoch: schedule.apply(epoch, index), augment, scaler, args.replay)
-            accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
+            accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches, args.replay)
             # a rank whose shards held no image this epoch has set no postfix
             shown = getattr(bar, "postfix", None)
             bar.set_postfix_str((f"{shown}, " if shown else "") + f"test={accuracy[0] / accuracy[1]:.1%}")
@@ -455,7 +455,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
                 world.abort(1)   # other ranks would wait for this one in the next collective
                 return 1
     if accuracy is None:  # resumed from a checkpoint that already has every epoch
-        accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches)
+        accuracy = evaluate(model, dataset, settings["batch_size"], device, args.max_batches, args.replay)
     correct, total = accuracy
     _say(leader, f"test accuracy: {100 * correct / total:.1f}% ({correct}/{total}"
                  f"{', first ' + str(args.max_batches) + ' batches' if args.max_batches else ''}) "
@@ -598,10 +598,11 @@ def _model_dtype(model):
     return next(iter(model.parameters())).data.dtype
 
 
-def evaluate(model, dataset, batch_size, device, max_batches=None):
+def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=False):
     """(correct, total) on the test set (its first max_batches batches when given), counted over
     every rank's shard; the ranks first take rank 0's buffers (batch-norm running statistics,
-    which each rank updated from its own shards), so all evaluate one model."""
+    which each rank updated from its own shards), so all evaluate one model. replayed: the first
+    full batch's forward recorded and replayed for the later full ones (cnn_gpu.replay)."""
     from .. import distributed
     from ..nn.module import to_backend_array
     distributed.broadcast_buffers(model)
@@ -610,13 +611,25 @@ def evaluate(model, dataset, batch_size, device, max_batches=None):
     correct, total = [], 0   # correct counts per batch, read back at the end (metrics.read_count)
     shards = distributed.shard_batches(len(dataset.x_test), batch_size, None, distributed.rank(),
                                        distributed.world_size())
+    recorded = None   # (the recorded forward, its images, its logits)
     for index, chosen in enumerate(shards):
         if max_batches and index == max_batches:
             break
-        if len(chosen):
-            logits = model(to_backend_array(dataset.x_test[chosen].astype(dtype, copy=False), device))
-            correct.append(correct_count(logits, to_backend_array(dataset.y_test[chosen], device)))
-            total += len(chosen)
+        if not len(chosen):
+            continue
+        x = to_backend_array(dataset.x_test[chosen].astype(dtype, copy=False), device)
+        if not replayed or len(chosen) != batch_size:
+            logits = model(x)
+        elif recorded is None:
+            with replay.record() as forward:
+                logits = model(x)
+            recorded = forward, x, logits
+        else:
+            forward, recorded_x, logits = recorded
+            recorded_x[...] = x
+            forward.replay()
+        correct.append(correct_count(logits, to_backend_array(dataset.y_test[chosen], device)))
+        total += len(chosen)
     counts = distributed.world().allgather_object((read_count(correct), total), "the test accuracy")
     return sum(c for c, _ in counts), sum(t for _, t in counts)
 
