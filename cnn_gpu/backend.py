@@ -520,7 +520,12 @@ def device_call(fn, *args, **kwargs):
     entries = recording()
     if entries is not None:
         copyto = module_of(result).copyto
-        entries.append(lambda: copyto(result, fn(*args, **kwargs)))
+
+        def again():
+            fresh = fn(*args, **kwargs)
+            if fresh is not result:   # an in-place fn (operator.iadd) hands back its own array
+                copyto(result, fresh)
+        entries.append(again)
     return result
 
 
