@@ -513,9 +513,9 @@ def recording_into(entries: list | None):
 
 
 def device_call(fn, *args, **kwargs):
-    """fn(*args, **kwargs), an array made on the device by other code than the kernels (cuBLAS' matmul,
-    CuPy's arithmetic); inside a recording, kept too: a replay computes it again into the same
-    array."""
+    """fn(*args, **kwargs): device work done by other code than the kernels (cuBLAS' matmul, CuPy's
+    arithmetic and copies), making an array or (returning None or its own argument) changing one in
+    place; inside a recording, kept too: a replay does it again, into the same array."""
     result = fn(*args, **kwargs)
     entries = recording()
     if entries is not None:
@@ -523,7 +523,7 @@ def device_call(fn, *args, **kwargs):
 
         def again():
             fresh = fn(*args, **kwargs)
-            if fresh is not result:   # an in-place fn (operator.iadd) hands back its own array
+            if fresh is not None and fresh is not result:
                 copyto(result, fresh)
         entries.append(again)
     return result

@@ -343,3 +343,38 @@ def test_an_evaluation_replayed_counts_as_the_one_run_eagerly(monkeypatch):
     monkeypatch.setattr(replay, "record", lambda: recorded.append(1) or real_record())
     assert train_cli.evaluate(model, dataset, 4, "emu", replayed=True) == (images, images)
     assert len(recorded) == 1
+
+
+@needs_emu
+def test_gradients_zeroed_in_place_and_a_given_loss_gradient_replay_as_they_ran():
+    """zero_grad(set_to_none=False) fills the recorded gradients with zeros, and a loss's backward
+    with an upstream gradient multiplies by it: device calls a replay repeats (else the gradients
+    would add up over the replays)."""
+    batches = _batches("float32", 3)
+    upstream = np.random.default_rng(15).standard_normal(BATCH).astype(np.float32)
+
+    loss_fn = nn.CrossEntropyLoss(reduction="none").to("emu")
+
+    def step(model, opt, x, labels, dy):
+        opt.zero_grad(set_to_none=False)
+        loss_fn(model(x), labels)
+        model.backward(loss_fn.backward(dy), input_grad=False)
+        opt.step()
+
+    eager_model, eager_opt, _ = _setup("cnn", "float32", "sgd")
+    for p in eager_model.parameters():   # gradients to zero in place
+        p.grad = np.ones_like(p.data)
+    for (images, labels), scale in zip(batches, (1, 2, 3)):
+        step(eager_model, eager_opt, images, labels, upstream * scale)
+    model, opt, _ = _setup("cnn", "float32", "sgd")
+    for p in model.parameters():
+        p.grad = np.ones_like(p.data)
+    x, labels = (a.copy() for a in batches[0])
+    dy = upstream.copy()
+    with replay.record() as recorded:
+        step(model, opt, x, labels, dy)
+    for (new_x, new_labels), scale in zip(batches[1:], (2, 3)):
+        x[...], labels[...], dy[...] = new_x, new_labels, upstream * scale
+        recorded.replay()
+    for mine, theirs in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_array_equal(mine.data, theirs.data)

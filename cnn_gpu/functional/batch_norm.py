@@ -163,8 +163,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if not return_stats:
         return y
     compute = _backend.compute_dtype(x.dtype)
-    variance = running_var.astype(compute)
-    return y, running_mean.astype(compute), 1 / _backend.array_module(be).sqrt(variance + compute.type(eps))
+    xp = _backend.array_module(be)
+    invstd = _backend.device_call(lambda: 1 / xp.sqrt(running_var.astype(compute) + compute.type(eps)))
+    return y, _backend.device_call(running_mean.astype, compute), invstd
 
 
 @takes_float16(kernels=True, compute_args=("save_mean", "save_invstd"))

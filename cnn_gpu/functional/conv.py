@@ -501,7 +501,7 @@ def _tf32_operands(*arrays):
     """In the "tf32" math mode, float32 operands rounded to TF32 (the tensor cores' input format),
     so that every backend and pass multiplies the same numbers; unchanged otherwise."""
     round_operand = precision.conv_operands(arrays[0].dtype)
-    return arrays if round_operand is None else tuple(round_operand(a) for a in arrays)
+    return arrays if round_operand is None else tuple(_backend.device_call(round_operand, a) for a in arrays)
 
 
 def _on_tensor_cores(be, a, g) -> bool:
@@ -521,8 +521,8 @@ def _simt(pass_fn, operands, bias=None):
     operands TF32-rounded in the "tf32" math mode, as they are otherwise."""
     if operands[0].dtype != np.float16:
         return pass_fn(*_tf32_operands(*operands), bias)
-    wide = [None if a is None else a.astype(np.float32) for a in (*operands, bias)]
-    return precision.round_to_float16(pass_fn(*wide))
+    wide = [None if a is None else _backend.device_call(a.astype, np.float32) for a in (*operands, bias)]
+    return _backend.device_call(precision.round_to_float16, pass_fn(*wide))
 
 
 def _gpu_fprop(be, x, weight, bias, g, activation=None):

@@ -30,9 +30,10 @@ def _affine(xp, weight, bias, channels, dtype):
 
 
 def _statistics(mean, scale_source, dtype):
-    """mean and scale_source in the kernels' compute type (a copy only for float16 ones)."""
+    """mean and scale_source in the kernels' compute type (a copy, a device call, only for float16
+    ones)."""
     wide = backend.compute_dtype(dtype)
-    return mean.astype(wide, copy=False), scale_source.astype(wide, copy=False)
+    return tuple(a if a.dtype == wide else backend.device_call(a.astype, wide) for a in (mean, scale_source))
 
 
 def _reduction(be, n, channels, inner, compute):

@@ -43,7 +43,7 @@ class _Loss(Module):
                 raise ValueError(f"dy must be {expected} (the loss's shape), got shape {tuple(dy.shape)}")
             dy = self._per_class(dy)
         # in dpred's dtype: a NumPy float64 dy must not turn a float32 gradient into float64
-        return xp.multiply(dpred, dy, dtype=dpred.dtype)
+        return _backend.device_call(xp.multiply, dpred, dy, dtype=dpred.dtype)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"

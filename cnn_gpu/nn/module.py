@@ -51,7 +51,7 @@ class Parameter:
         if set_to_none:
             self.grad = None
         elif self.grad is not None:
-            self.grad[...] = 0
+            device_call(self.grad.fill, 0)
 
     def accumulate_grad(self, grad) -> None:
         # Gradients from F are fresh arrays, so the first one is kept without a copy.

@@ -99,13 +99,13 @@ def _dy_operand(xp, dy, g, dy_path):
     kernel's dy starts on 16 bytes (a copy where a view of another array's does not)."""
     pq, npq = g.P * g.Q, g.N * g.P * g.Q
     if dy_path == "residues" and memory_span(dy)[0] % 16:
-        dy = xp.array(dy, copy=True)
+        dy = backend.device_call(xp.array, dy, copy=True)
     if dy_path != "channel_major":
         return dy, g.K * pq, pq
     lane_pixels = step_depth(dy.dtype) // 4
     rows = _ceil_div(npq, lane_pixels) * lane_pixels
     packed = xp.empty((g.K, rows), dtype=dy.dtype)   # the padding is never read
-    packed[:, :npq].reshape(g.K, g.N, pq)[...] = dy.reshape(g.N, g.K, pq).transpose(1, 0, 2)
+    backend.device_call(xp.copyto, packed[:, :npq].reshape(g.K, g.N, pq), dy.reshape(g.N, g.K, pq).transpose(1, 0, 2))
     return packed, pq, rows
 
 
