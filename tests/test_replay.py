@@ -4,6 +4,8 @@ update live (learning-rate changes, Adam's step counts); what a replay could not
 refused while recording, and a recording whose code raised cannot be replayed."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -269,7 +271,6 @@ def test_a_training_epoch_replayed_trains_as_one_run_eagerly(float16, monkeypatc
     (partial) batch run eagerly, with a learning rate set before every step: the same weights,
     metrics and loss scale as the epoch run without replay."""
     from cnn_gpu.cli import train as train_cli
-    import types
     batch, steps = 4, 5
     rng = np.random.default_rng(11)
     dataset = types.SimpleNamespace(x_train=rng.standard_normal((batch * (steps - 1) + 3, 1, 8, 8)).astype(np.float32),
@@ -329,7 +330,6 @@ def test_an_evaluation_replayed_counts_as_the_one_run_eagerly(monkeypatch):
     """Labels are the model's own eager predictions, so every image counts as correct only where
     each replay computes its own batch's logits."""
     from cnn_gpu.cli import train as train_cli
-    import types
     rng = np.random.default_rng(14)
     images = 4 * 5 + 3   # a partial last batch, run eagerly
     x_test = rng.standard_normal((images, 3, 16, 16)).astype(np.float32)
@@ -378,3 +378,14 @@ def test_gradients_zeroed_in_place_and_a_given_loss_gradient_replay_as_they_ran(
         recorded.replay()
     for mine, theirs in zip(model.parameters(), eager_model.parameters()):
         np.testing.assert_array_equal(mine.data, theirs.data)
+
+
+def test_an_all_reduce_over_ranks_is_refused_while_recording(monkeypatch):
+    from cnn_gpu import distributed
+    monkeypatch.setattr(distributed._world, "_world", types.SimpleNamespace(size=2, rank=0))
+    grads = [np.random.default_rng(16).standard_normal(3)]
+    for reduce in (lambda: distributed.allreduce_sum(grads),
+                   lambda: distributed.allreduce_gradients(nn.Linear(2, 2), count=4)):
+        with pytest.raises(RuntimeError, match="all-reduce over ranks"):
+            with replay.record():
+                reduce()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, replay
 from ._world import ReplicaMismatch, world
 
 # Gradients are reduced in buckets of this many bytes (per dtype, in parameter order): large
@@ -36,6 +36,10 @@ def _sum_host(flat: np.ndarray, w) -> None:
         flat[start:stop] = gathered[:stop - start]
 
 
+def _refuse_in_recording() -> None:
+    replay.refuse("an all-reduce over ranks (MPI/NCCL communication, which a replay would not repeat)")
+
+
 def allreduce_sum(arrays) -> list:
     """Each array of `arrays` (all NumPy, or all CuPy) summed over the ranks; returns the summed
     arrays (same shapes and dtypes; new arrays, except in a single-process world, which returns
@@ -44,6 +48,7 @@ def allreduce_sum(arrays) -> list:
     arrays = list(arrays)
     if w.size == 1 or not arrays:
         return arrays
+    _refuse_in_recording()
     on_gpu = backend.is_cupy_array(arrays[0])
     if any(backend.is_cupy_array(a) != on_gpu for a in arrays):
         raise TypeError("allreduce_sum: the arrays must be all NumPy or all CuPy, not a mix")
@@ -77,6 +82,7 @@ def allreduce_gradients(model, count=None):
     w = world()
     if w.size == 1:
         return count
+    _refuse_in_recording()
     params = list(model.parameters())
     grads = []
     for p in params:
