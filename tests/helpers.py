@@ -72,3 +72,17 @@ def fake_cupy(driver=12080, cuda=12080, archs=("90",), nvrtc=(12, 8), supported=
     cupy.RawModule = lambda code: types.SimpleNamespace(get_function=_fail(compile_error) if compile_error
                                                         else lambda name: name)
     return cupy
+
+
+class EpochBar:
+    """A stand-in for train_epoch's tqdm bar: `total` steps, hidden when `disable` (another
+    rank's), keeping the fields last set on it."""
+
+    def __init__(self, total: int, disable: bool = False):
+        self.total, self.disable, self.postfix = total, disable, None
+
+    def set_postfix(self, refresh, **fields):
+        self.postfix = fields
+
+    def update(self):
+        pass

@@ -15,6 +15,7 @@ from cnn_gpu.amp import GradScaler
 from cnn_gpu import functional as F
 from cnn_gpu.cli import metrics as cli_metrics
 from cnn_gpu.cli import train as train_cli
+from helpers import EpochBar
 
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
@@ -132,17 +133,8 @@ def _training_reads(steps: int, clock, batch: int = 4, hidden: bool = False, flo
     dataset = types.SimpleNamespace(x_train=rng.standard_normal((batch * steps, 1, 8, 8)).astype(np.float32),
                                     y_train=rng.integers(0, 4, batch * steps))
 
-    class Bar:
-        total, postfix, disable = steps, None, hidden
-
-        def set_postfix(self, refresh, **fields):
-            self.postfix = fields
-
-        def update(self):
-            pass
-
     original = cli_metrics.RunningMetrics.__init__
-    bar = Bar()
+    bar = EpochBar(steps, hidden)
     HostReads.count = 0
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli_metrics.RunningMetrics, "__init__", lambda self: original(self, clock=clock))

@@ -14,6 +14,7 @@ from cnn_gpu import backend, models, nn, optim, replay
 from cnn_gpu import functional as F
 from cnn_gpu.amp import GradScaler
 from cnn_gpu.nn.module import to_host
+from helpers import EpochBar
 
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
@@ -285,19 +286,10 @@ def test_a_training_epoch_replayed_trains_as_one_run_eagerly(float16, monkeypatc
 
     monkeypatch.setattr(replay, "record", counted_record)
 
-    class Bar:
-        total, postfix, disable = steps, None, False
-
-        def set_postfix(self, refresh, **fields):
-            self.postfix = fields
-
-        def update(self):
-            pass
-
     def epoch(replayed):
         model = models.build("cnn", (1, 8, 8), 4, dtype=np.dtype(dtype), rng=np.random.default_rng(12)).to("emu")
         optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        scaler, bar = (GradScaler() if float16 else None), Bar()
+        scaler, bar = (GradScaler() if float16 else None), EpochBar(steps)
         set_lr = lambda index: optimizer.param_groups[0].update(lr=0.1 / (index + 1))   # noqa: E731
         train_cli.train_epoch(model, nn.CrossEntropyLoss().to("emu"), optimizer, dataset, batch,
                               np.random.default_rng(13), "emu", bar, set_lr, scaler=scaler, replayed=replayed)
