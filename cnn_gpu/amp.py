@@ -126,9 +126,8 @@ class GradScaler:
         if not self._enabled:
             optimizer.step()
             return True
-        if replay.is_recording():   # live: each replay unscales, checks and steps its own gradients
-            return optimizer.live_on_recorded_grads(lambda: self._step(optimizer))
-        return self._step(optimizer)
+        # live in a recording: each replay unscales, checks and steps (or skips) its own gradients
+        return replay.live(lambda: self._step(optimizer))
 
     def _step(self, optimizer) -> bool:
         state = self._optimizers.get(id(optimizer))

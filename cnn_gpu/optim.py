@@ -184,23 +184,9 @@ class Optimizer:
 
     def step(self) -> None:
         """Inside a recording (cnn_gpu.replay) the update is live: it runs again as Python at every
-        replay, on the gradients of the recorded step, reading param_groups anew (schedules, step
-        counts)."""
-        if replay.is_recording():
-            self.live_on_recorded_grads(self._step)
-        else:
-            self._step()
-
-    def live_on_recorded_grads(self, fn):
-        """replay.live(fn), each replay's call made with every parameter's .grad the array that the
-        recorded backward writes (a zero_grad or GradScaler.unscale_ since has replaced it)."""
-        grads = [p.grad for p in self.params]
-
-        def on_recorded_grads():
-            for p, grad in zip(self.params, grads):
-                p.grad = grad
-            return fn()
-        return replay.live(on_recorded_grads)
+        replay, on the gradients then bound (a recorded backward binds its own again), reading
+        param_groups anew (schedules, step counts)."""
+        replay.live(self._step)
 
     def _step(self) -> None:
         hyper = self._validated(self.param_groups[0])   # param_groups may have changed since the last step

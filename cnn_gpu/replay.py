@@ -19,8 +19,11 @@ device code (`backend.device_call`: cuBLAS matmuls, CuPy arithmetic), in order, 
 the recording, which it keeps alive (all of a step's arrays at once: ResNet-18 holds about three
 times an eager step's peak; README, "Replaying a step"). Host state that changes from step to step is not baked in:
 the optimizer's update runs again as Python on each replay (`live`: learning-rate schedules, Adam's
-step counts, momentum buffers as an eager step), BatchNorm2d counts its batches, and GradScaler
-scales by its current scale, and unscales, checks and steps (or skips) each replay's gradients.
+step counts, momentum buffers as an eager step) on the gradients then bound (a recorded backward
+binds each parameter's .grad again, whatever zero_grad did since), BatchNorm2d and Dropout(p=0)
+count their calls, and GradScaler scales by its current scale, and unscales, checks and steps (or
+skips) each replay's gradients. Only the library's device work is recorded: array operations of
+your own inside the block (NumPy on emu, CuPy on cuda) run once, when recording.
 What a replay could not reproduce is refused while recording (RuntimeError, the recording
 discarded): a loss read back as a float (use as_array=True), dropout in training mode, an explicit
 GradScaler.unscale_ (code between it and step() would not be replayed), BatchNorm2d with

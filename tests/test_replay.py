@@ -122,9 +122,9 @@ def test_a_replay_repeats_every_launch_and_device_call_of_the_recording():
     finally:
         backend.launch = real_launch
     optimizer_launches = sum(kernel.startswith("sgd") for kernel in launches)
-    # the fixed launches, the Linear's three matmuls, the mean loss's division and the optimizer's
-    # update as one live call
-    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + 1
+    # the fixed launches, the Linear's three matmuls, the mean loss's division, each parameter's
+    # gradient bound again, and the optimizer's update as one live call
+    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + len(model.parameters()) + 1
 
 
 @needs_emu
@@ -381,3 +381,47 @@ def test_an_all_reduce_over_ranks_is_refused_while_recording(monkeypatch):
         with pytest.raises(RuntimeError, match="all-reduce over ranks"):
             with replay.record():
                 reduce()
+
+
+@needs_emu
+def test_a_recorded_backward_binds_its_gradients_again_for_an_eager_update():
+    """Forward and backward recorded, the update eager after each replay, with zero_grad (which
+    unbinds the gradients) before it: the replay binds each parameter's gradient again."""
+    batches = _batches("float32", 3)
+    eager_model, eager_opt, eager_loss_fn = _setup("cnn", "float32", "adam")
+    for images, labels in batches:
+        _train_step(eager_model, eager_opt, eager_loss_fn, images, labels)
+    model, opt, loss_fn = _setup("cnn", "float32", "adam")
+    x, labels = (a.copy() for a in batches[0])
+    with replay.record() as forward_backward:
+        loss_fn(model(x), labels, as_array=True)
+        model.backward(loss_fn.backward(), input_grad=False)
+    opt.step()
+    for new_x, new_labels in batches[1:]:
+        opt.zero_grad()
+        x[...], labels[...] = new_x, new_labels
+        forward_backward.replay()
+        opt.step()
+    for mine, theirs in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_array_equal(mine.data, theirs.data)
+
+
+@needs_emu
+def test_a_dropout_of_p_0_counts_every_replayed_call_and_class_weights_are_read_anew():
+    """Dropout(p=0) passes its input but counts each training call (its step is in state_dict);
+    CrossEntropyLoss converts float64 class weights to float32 logits' dtype each call, by a
+    device call: weights changed in place between replays are used."""
+    dropout = nn.Dropout(0.0).to("emu")
+    weight, new_weight = np.linspace(0.5, 2.0, CLASSES), np.linspace(2.0, 0.5, CLASSES)
+    loss_fn = nn.CrossEntropyLoss(weight=weight.copy()).to("emu")
+    rng = np.random.default_rng(17)
+    logits, labels = rng.standard_normal((BATCH, CLASSES)).astype(np.float32), rng.integers(0, CLASSES, BATCH)
+    with replay.record() as step:
+        loss = loss_fn(dropout(logits), labels, as_array=True)
+    loss_fn.weight[...] = new_weight
+    step.replay()
+    step.replay()
+    assert int(dropout.step) == 3
+    eager = F.cross_entropy(logits, labels, new_weight.astype(np.float32), backend="emu", as_array=True)[0]
+    assert float(loss) == float(eager) != float(F.cross_entropy(logits, labels, weight.astype(np.float32),
+                                                                 backend="emu", as_array=True)[0])

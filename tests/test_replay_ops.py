@@ -131,3 +131,18 @@ def test_replayed_simt_paths_widen_and_round_their_new_inputs():
             return dict(x=rng.standard_normal((2, 4, 6, 6)).astype(dtype), w=rng.standard_normal((4, 1, 3, 3)).astype(dtype),
                         dy=rng.standard_normal((2, 4, 6, 6)).astype(dtype))
         assert_replay_is_eager(run, draw(), draw(), f"depthwise {dtype} {math}")
+
+
+@pytest.mark.parametrize("label_dtype", ["int32", "uint8"])
+def test_replayed_cross_entropy_widens_its_new_labels(label_dtype):
+    """Class indices of another integer dtype are widened to int64 for the kernels: by a device
+    call, so that a replay trains on its own batch's labels."""
+    rng = np.random.default_rng(24)
+
+    def run(a):
+        loss, dlogits = F.cross_entropy(a["logits"], a["labels"], backend="emu", as_array=True)
+        return dict(loss=loss, dlogits=dlogits)
+
+    def draw():
+        return dict(logits=rng.standard_normal((6, 5)).astype(np.float32), labels=rng.integers(0, 5, 6).astype(label_dtype))
+    assert_replay_is_eager(run, draw(), draw(), f"cross_entropy with {label_dtype} labels")

@@ -397,9 +397,12 @@ class Dropout(Module):
         # p == 0 keeps every element but still counts the call: a p raised later draws the masks
         # of the same steps as a layer built with it
         y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend) if self.p else x
-        self.step = np.array(step + 1, np.int64)
+        replay.live(self._count_call)   # p == 0 only, in a recording
         self._saved = (step,) if self.p else ()
         return y
+
+    def _count_call(self) -> None:
+        self.step = np.array(int(self.step) + 1, np.int64)
 
     def backward(self, dy, input_grad=True):
         if self._no_input_grad(input_grad):

@@ -65,7 +65,7 @@ class CrossEntropyLoss(_Loss):
     def _options(self, pred):
         weight = self.weight
         if weight is not None and weight.dtype != pred.dtype:
-            weight = weight.astype(pred.dtype)
+            weight = _backend.device_call(weight.astype, pred.dtype)
         return weight, self.ignore_index, self.reduction, self.label_smoothing
 
     def _per_class(self, dy):

@@ -6,6 +6,7 @@ their `.grad` (upstream gradient times the local Jacobian, layer by layer).
 """
 from __future__ import annotations
 
+import functools
 import operator
 import threading
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend as _backend
+from .. import replay
 from ..backend import device_call
 
 
@@ -59,6 +61,8 @@ class Parameter:
             self.grad = grad
         else:
             device_call(operator.iadd, self.grad, grad)
+        if replay.is_recording():   # a replay binds .grad again: a zero_grad since may have unbound it
+            replay.live(functools.partial(setattr, self, "grad", self.grad))
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
