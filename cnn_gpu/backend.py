@@ -483,50 +483,75 @@ def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, sha
     if min(grid) <= 0:
         return  # empty problem: nothing to launch
     shared_mem = int(shared_mem)
-    entries = recording()
-    if entries is not None and any(map(operator.is_not, checked, args)):
+    recorder = recording()
+    if recorder is not None and any(map(operator.is_not, checked, args)):
         raise ValueError(f"kernel {kernel!r}: an input was copied to C order for the launch, and a replay would read "
                          f"that copy, not the input; give C-contiguous arrays inside a recording")
     fn(grid, block, checked, shared_mem=shared_mem)
-    if entries is not None:
-        entries.append(functools.partial(fn, grid, block, checked, shared_mem=shared_mem))
+    if recorder is not None:
+        recorder.entries.append(functools.partial(fn, grid, block, checked, shared_mem=shared_mem))
 
 
 # --- recordings (cnn_gpu.replay): the device work of this thread, kept to be done again ------------
 
-def recording() -> list | None:
-    """The entries of the recording open in this thread (each a callable that does one piece of
-    its device work again), None outside one."""
+class Recorder:
+    """What a recording keeps: `entries`, callables each doing one piece of its device work again,
+    in order; `guards`, callables a replay asks first (a message where the replay would no longer
+    do what the recorded code did, else None); `noted`, keys of what it has noted once."""
+    __slots__ = ("entries", "guards", "noted")
+
+    def __init__(self):
+        self.entries, self.guards, self.noted = [], [], set()
+
+
+def recording() -> Recorder | None:
+    """The recording open in this thread, None outside one."""
     return getattr(_state, "recording", None)
 
 
 @contextlib.contextmanager
-def recording_into(entries: list | None):
-    """Inside, this thread's launches and device_calls append to `entries` (None: to nothing,
-    also inside an open recording)."""
+def recording_into(recorder: Recorder | None):
+    """Inside, this thread's launches and device calls go to `recorder` (None: to no recording,
+    also inside an open one)."""
     outer = recording()
-    _state.recording = entries
+    _state.recording = recorder
     try:
-        yield entries
+        yield
     finally:
         _state.recording = outer
 
 
-def device_call(fn, *args, **kwargs):
+def device_call(fn, *args, takes_out: bool = False, **kwargs):
     """fn(*args, **kwargs): device work done by other code than the kernels (cuBLAS' matmul, CuPy's
-    arithmetic and copies), making an array or (returning None or its own argument) changing one in
-    place; inside a recording, kept too: a replay does it again, into the same array."""
-    result = fn(*args, **kwargs)
-    entries = recording()
-    if entries is not None:
-        copyto = module_of(result).copyto
+    arithmetic and copies), making an array or (returning None or an array it was given) changing
+    one in place; inside a recording, kept too: a replay does it again, into the same array
+    (takes_out: fn is a ufunc or matmul, which a replay hands that array as out=, rather than
+    copying a new one into it). A 0-d result is an array there, as CuPy's, not NumPy's scalar: a
+    replay writes into it."""
+    recorder = recording()
+    if recorder is None:
+        return fn(*args, **kwargs)
+    with recording_into(None):   # work fn launches itself is redone by fn
+        result = fn(*args, **kwargs)
+    if isinstance(result, np.generic):
+        result = np.asarray(result)
+    if takes_out:
+        recorder.entries.append(functools.partial(fn, *args, out=result, **kwargs))
+        return result
+    copyto = module_of(result).copyto
 
-        def again():
-            fresh = fn(*args, **kwargs)
-            if fresh is not None and fresh is not result:
-                copyto(result, fresh)
-        entries.append(again)
+    def again():
+        fresh = fn(*args, **kwargs)
+        if fresh is not None and fresh is not result:
+            copyto(result, fresh)
+    recorder.entries.append(again)
     return result
+
+
+def astype(a, dtype):
+    """`a` in `dtype`: itself where it has it, else a copy made by a device call (cnn_gpu.replay
+    redoes it)."""
+    return a if a.dtype == dtype else device_call(a.astype, dtype)
 
 
 from . import launch_checks as _launch_checks  # noqa: E402  (it reads this module's functions at call time)

@@ -17,51 +17,63 @@ Unlike `torch.cuda.graph`, recording runs the step (it is an ordinary step, not 
 replay re-issues every kernel launch (arguments already checked) and every array made by other
 device code (`backend.device_call`: cuBLAS matmuls, CuPy arithmetic), in order, on the arrays of
 the recording, which it keeps alive (all of a step's arrays at once: ResNet-18 holds about three
-times an eager step's peak; README, "Replaying a step"). Host state that changes from step to step is not baked in:
-the optimizer's update runs again as Python on each replay (`live`: learning-rate schedules, Adam's
-step counts, momentum buffers as an eager step) on the gradients then bound (a recorded backward
-binds each parameter's .grad again, whatever zero_grad did since), BatchNorm2d and Dropout(p=0)
-count their calls, and GradScaler scales by its current scale, and unscales, checks and steps (or
-skips) each replay's gradients. Only the library's device work is recorded: array operations of
+times an eager step's peak; README, "Replaying a step").
+
+Host state that changes from step to step is not baked in (`live`: Python run again at each
+replay): the optimizer's update (learning-rate schedules, Adam's step counts, momentum as an eager
+step), on the gradients then bound; zero_grad's unbinding and the backward's binding of each
+parameter's .grad; BatchNorm2d's and Dropout(p=0)'s call counts; GradScaler's scale, unscaling,
+check, step or skip, and update. Only the library's device work is recorded: array operations of
 your own inside the block (NumPy on emu, CuPy on cuda) run once, when recording.
-What a replay could not reproduce is refused while recording (RuntimeError, the recording
-discarded): a loss read back as a float (use as_array=True), dropout in training mode, an explicit
-GradScaler.unscale_ (code between it and step() would not be replayed), BatchNorm2d with
-momentum=None, the numpy backend (no kernels), an input the emulator would have copied to C order.
-A replay does not see Python-side changes to the model (train()/eval(), new arrays assigned to
-parameters): record again after them. Replay on the thread and CuPy stream of the recording.
+
+Refused while recording (RuntimeError; ValueError for the C-order copy; the recording unusable),
+as a replay could not reproduce them: a loss read back as a float (use as_array=True), dropout in
+training mode, an explicit GradScaler.unscale_ (code between it and step() would not be
+replayed), BatchNorm2d with momentum=None, an all-reduce over ranks, the numpy backend (no
+kernels), an input the emulator would have copied to C order. Refused at replay, before any work
+(`guard`): a module called in the recording now in another mode (train()/eval()), on another
+backend or with other parameter or buffer arrays (load_state_dict, Module.to); another math mode
+or current GPU; a gradient bound where the recorded backward found it unbound or the reverse
+(an eager backward would add where the replay writes anew, or the reverse). Replay on the thread
+and CuPy stream of the recording.
 """
 from __future__ import annotations
 
 import contextlib
 
-from . import backend
+from . import backend, precision
 
-__all__ = ["Recording", "record", "live", "refuse", "is_recording"]
+__all__ = ["Recording", "record", "live", "guard", "first_time", "refuse", "is_recording"]
 
 
 class Recording:
     """The device work recorded by `record()`; replay() does it again."""
 
     def __init__(self):
-        self._entries = None   # set when the recording has completed
+        self._recorder = None   # set when the recording has completed
 
     @property
     def entries(self) -> int:
         """How many pieces of device work (launches, device calls, live calls) a replay does."""
-        return len(self._ready())
+        return len(self._ready().entries)
 
     def replay(self) -> None:
-        """The recorded device work again, in order, on the recorded arrays."""
+        """The recorded device work again, in order, on the recorded arrays; RuntimeError before any
+        of it where something the recorded code depended on has changed since (its guards)."""
         if backend.recording() is not None:
             raise RuntimeError("replay() inside a recording would record nothing of its work; replay outside it")
-        for run in self._ready():
+        recorder = self._ready()
+        for check in recorder.guards:
+            problem = check()
+            if problem:
+                raise RuntimeError(f"cannot replay this recording: {problem}; record the step again")
+        for run in recorder.entries:
             run()
 
-    def _ready(self) -> list:
-        if self._entries is None:
+    def _ready(self) -> backend.Recorder:
+        if self._recorder is None:
             raise RuntimeError("this recording is not complete (still recording, or its code raised)")
-        return self._entries
+        return self._recorder
 
 
 @contextlib.contextmanager
@@ -70,10 +82,21 @@ def record():
     when the block ends without an exception)."""
     if backend.recording() is not None:
         raise RuntimeError("record() inside a recording: recordings do not nest")
-    recording, entries = Recording(), []
-    with backend.recording_into(entries):
+    recording, recorder = Recording(), backend.Recorder()
+    mode, device = precision.get_math_mode(), _current_gpu()
+    recorder.guards += [lambda: precision.get_math_mode() != mode and f"the math mode is now "
+                                                                       f"{precision.get_math_mode()!r}, not {mode!r}",
+                        lambda: _current_gpu() != device and f"the current GPU is now {_current_gpu()}, not {device}"]
+    with backend.recording_into(recorder):
         yield recording
-    recording._entries = entries
+    recording._recorder = recorder
+
+
+def _current_gpu():
+    """The current CuPy device where the cuda backend is usable (its launches go there), else None."""
+    if backend.why_unavailable("cuda"):
+        return None
+    return backend.cupy_or_none().cuda.runtime.getDevice()
 
 
 def is_recording() -> bool:
@@ -85,13 +108,32 @@ def live(fn):
     """fn() now and, inside a recording, again at every replay, as Python (its own launches run
     anew each time, not replayed): for work whose kernel arguments change from step to step. fn
     must change arrays in place; arrays it returns are not those of later replays."""
-    entries = backend.recording()
-    if entries is None:
+    recorder = backend.recording()
+    if recorder is None:
         return fn()
     with backend.recording_into(None):
         result = fn()
-    entries.append(fn)
+    recorder.entries.append(fn)
     return result
+
+
+def guard(check) -> None:
+    """Inside a recording: check() is asked before every replay, and a message it returns (the
+    state the recorded code depended on has changed: a parameter array replaced, a layer's mode)
+    stops the replay before any work, as a RuntimeError."""
+    recorder = backend.recording()
+    if recorder is not None:
+        recorder.guards.append(check)
+
+
+def first_time(key) -> bool:
+    """Inside a recording, whether `key` is noted in it for the first time (then noted); False
+    outside one. For what a recording checks once per object (a parameter's gradient binding)."""
+    recorder = backend.recording()
+    if recorder is None or key in recorder.noted:
+        return False
+    recorder.noted.add(key)
+    return True
 
 
 def refuse(what: str) -> None:

@@ -123,8 +123,9 @@ def test_a_replay_repeats_every_launch_and_device_call_of_the_recording():
         backend.launch = real_launch
     optimizer_launches = sum(kernel.startswith("sgd") for kernel in launches)
     # the fixed launches, the Linear's three matmuls, the mean loss's division, each parameter's
-    # gradient bound again, and the optimizer's update as one live call
-    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + len(model.parameters()) + 1
+    # gradient unbound (zero_grad) and bound again (backward), and the optimizer's update as one
+    # live call
+    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + 2 * len(model.parameters()) + 1
 
 
 @needs_emu
@@ -425,3 +426,72 @@ def test_a_dropout_of_p_0_counts_every_replayed_call_and_class_weights_are_read_
     eager = F.cross_entropy(logits, labels, new_weight.astype(np.float32), backend="emu", as_array=True)[0]
     assert float(loss) == float(eager) != float(F.cross_entropy(logits, labels, weight.astype(np.float32),
                                                                  backend="emu", as_array=True)[0])
+
+
+def _recorded_cnn_step():
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    x, labels = _batches("float32", 1)[0]
+    with replay.record() as step:
+        _train_step(model, opt, loss_fn, x, labels)
+    return model, opt, loss_fn, x, labels, step
+
+
+@needs_emu
+@pytest.mark.parametrize("change, refusal", [
+    (lambda model, _: model.eval(), "in eval mode now"),
+    (lambda model, _: model.load_state_dict(model.state_dict()), "other parameter or buffer arrays"),
+    (lambda model, _: model.to("numpy"), "runs on 'numpy' now"),
+    (lambda _, math: cnn_gpu.set_math_mode(math), "math mode is now 'tf32'"),
+])
+def test_a_replay_refuses_before_any_work_what_no_longer_fits_its_recording(change, refusal):
+    """A layer's mode, its parameter or buffer arrays (replaced by load_state_dict or Module.to)
+    and the math mode are what the recorded launches assumed: a replay checks them first."""
+    model, *_, step = _recorded_cnn_step()
+    before = [p.data.copy() for p in model.parameters()]
+    step.replay()   # fine as recorded
+    changed = [p.data.copy() for p in model.parameters()]
+    try:
+        change(model, "tf32")
+        with pytest.raises(RuntimeError, match=refusal):
+            step.replay()
+    finally:
+        cnn_gpu.set_math_mode("fp32")
+    assert all((a != b).any() for a, b in zip(before, changed))   # the replay above trained
+    for p, kept in zip(model.parameters(), changed):   # the refused one changed nothing
+        np.testing.assert_array_equal(np.asarray(p.data), kept)
+
+
+@needs_emu
+def test_a_replay_refuses_a_gradient_bound_otherwise_than_when_recorded():
+    """Forward and backward recorded with the gradients unbound write them anew; replayed again
+    without a zero_grad (an eager backward would add to them) it refuses. Recorded adding into
+    bound gradients, a replay after zero_grad (an eager backward would make new ones) refuses too."""
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    x, labels = _batches("float32", 1)[0]
+    with replay.record() as forward_backward:
+        loss_fn(model(x), labels, as_array=True)
+        model.backward(loss_fn.backward(), input_grad=False)
+    opt.zero_grad()
+    forward_backward.replay()
+    with pytest.raises(RuntimeError, match="is bound where the recorded backward found it unbound"):
+        forward_backward.replay()
+    with replay.record() as adding:   # gradients bound now: this backward adds to them
+        loss_fn(model(x), labels, as_array=True)
+        model.backward(loss_fn.backward(), input_grad=False)
+    adding.replay()   # bound to the same arrays: adds again, as an eager backward would
+    opt.zero_grad()
+    with pytest.raises(RuntimeError, match="is unbound where the recorded backward added"):
+        adding.replay()
+
+
+@needs_emu
+def test_a_zero_d_device_call_replays_into_an_array_on_the_emulator():
+    """NumPy makes 0-d results scalars (CuPy keeps arrays): inside a recording a device call's 0-d
+    result is an array, which a replay can write into."""
+    dloss = np.asarray(np.float32(0.5))
+    scaler = GradScaler(init_scale=4.0)
+    with replay.record() as step:
+        scaled = scaler.scale(dloss)
+    dloss[...] = 0.25
+    step.replay()
+    assert isinstance(scaled, np.ndarray) and float(scaled) == 1.0

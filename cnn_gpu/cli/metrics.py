@@ -41,9 +41,9 @@ class RunningMetrics:
         self.loss_sum, self.correct, self.seen = 0.0, 0, 0
 
     def add(self, loss, logits, labels) -> None:
-        """A batch's loss (a 0-d array: the batch's mean) and its logits and labels. The loss is
-        copied (on the device): a replayed step (cnn_gpu.replay) writes the next one into it."""
-        self._pending.append((loss.copy(), correct_count(logits, labels), len(labels)))
+        """A batch's loss (a 0-d array: the batch's mean, kept as it is until read) and its logits
+        and labels."""
+        self._pending.append((loss, correct_count(logits, labels), len(labels)))
 
     def due(self) -> bool:
         return bool(self._pending) and self._clock() - self._last_read >= self._every

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from . import non_negative_int, path_argument, positive_float, positive_int, seed, unit_float
-from .. import replay
 from .metrics import RunningMetrics, correct_count, read_count
 
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
@@ -513,7 +512,7 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     replayed (one process, emu or cuda): the epoch's first full batch is a recorded step
     (cnn_gpu.replay), replayed with each later full batch copied into its arrays; others run as
     they are."""
-    from .. import distributed
+    from .. import distributed, replay
     from ..nn import BatchNorm2d
     from ..nn.module import to_backend_array
     model.train()
@@ -551,8 +550,8 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             static_x[...], static_y[...] = x, y
             y = static_y
             step.replay()
-        if metrics is not None:
-            metrics.add(loss, logits, y)
+        if metrics is not None:   # a replayed step's loss: a copy, as the next replay rewrites it
+            metrics.add(loss if recorded is None else loss.copy(), logits, y)
             if metrics.due():
                 _show(bar, metrics, scaler)
         bar.update()
@@ -603,7 +602,7 @@ def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=Fals
     every rank's shard; the ranks first take rank 0's buffers (batch-norm running statistics,
     which each rank updated from its own shards), so all evaluate one model. replayed: the first
     full batch's forward recorded and replayed for the later full ones (cnn_gpu.replay)."""
-    from .. import distributed
+    from .. import distributed, replay
     from ..nn.module import to_backend_array
     distributed.broadcast_buffers(model)
     model.eval()

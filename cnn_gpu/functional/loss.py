@@ -156,7 +156,7 @@ def _cross_entropy_target(logits, target, ignore_index):
     _checks.shape_is(target, "target", _positions_shape(logits),
                      " (one class index per position: logits' shape without the class dimension)")
     # int32 or uint8 labels are widened by a device call: a replay (cnn_gpu.replay) widens its own
-    return target if target.dtype == np.int64 else _backend.device_call(target.astype, np.int64), None
+    return _backend.astype(target, np.int64), None
 
 
 def check_ignore_index(value) -> int:

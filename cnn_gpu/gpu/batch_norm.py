@@ -33,7 +33,7 @@ def _statistics(mean, scale_source, dtype):
     """mean and scale_source in the kernels' compute type (a copy, a device call, only for float16
     ones)."""
     wide = backend.compute_dtype(dtype)
-    return tuple(a if a.dtype == wide else backend.device_call(a.astype, wide) for a in (mean, scale_source))
+    return backend.astype(mean, wide), backend.astype(scale_source, wide)
 
 
 def _reduction(be, n, channels, inner, compute):

@@ -465,7 +465,7 @@ def wgrad(be, dy, x, g, *, tile=None, splits=None):
         partial = xp.empty((taps, plan.splits * THREADS), dtype=backend.compute_dtype(x.dtype))
         _run(be, plan.main, x.dtype, (dy, x, partial) + _geometry_args(g))
         dw = reduce.channel_sum(be, partial, 1, taps, plan.splits * THREADS).reshape(g.w_shape)
-        return dw if dw.dtype == x.dtype else backend.device_call(dw.astype, x.dtype)
+        return backend.astype(dw, x.dtype)
     taps = (g.C // g.groups) * g.R * g.S
     workspace = xp.empty((plan.splits, g.K, taps), dtype=x.dtype)
     _run(be, plan.main, x.dtype, (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk)

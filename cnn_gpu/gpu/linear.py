@@ -8,7 +8,7 @@ from . import elementwise, reduce
 
 
 def forward(be, x, w, bias):
-    y = backend.device_call(backend.array_module(be).matmul, x, w.T)
+    y = backend.device_call(backend.array_module(be).matmul, x, w.T, takes_out=True)
     if bias is not None:
         elementwise.bias_add(be, y, bias)
     return y
@@ -16,8 +16,8 @@ def forward(be, x, w, bias):
 
 def backward(be, dy, x, w, bias, input_grad=True):
     xp = backend.array_module(be)
-    dx = backend.device_call(xp.matmul, dy, w) if input_grad else None
-    dw = backend.device_call(xp.matmul, dy.T, x)
+    dx = backend.device_call(xp.matmul, dy, w, takes_out=True) if input_grad else None
+    dw = backend.device_call(xp.matmul, dy.T, x, takes_out=True)
     db = None
     if bias:   # an empty batch contributes nothing (channel_sum takes no empty arrays)
         db = reduce.channel_sum(be, dy, dy.shape[0], dy.shape[1], 1) if dy.size else xp.zeros(dy.shape[1], dy.dtype)

@@ -38,7 +38,7 @@ def device_mean(xp, total, divisor):
     """mean_of's value without reading back: total / divisor (a (1,) array, and a (1,) array or a
     number) as a 0-d float64 array where they are."""
     with np.errstate(divide="ignore", invalid="ignore"):   # the emulator's NumPy: IEEE results, as mean_of's
-        return backend.device_call(xp.true_divide, total, divisor, dtype=np.float64).reshape(())
+        return backend.device_call(xp.true_divide, total, divisor, dtype=np.float64, takes_out=True).reshape(())
 
 
 def index_mean_divisor(xp, divisor, label_smoothing: float):
@@ -49,11 +49,6 @@ def index_mean_divisor(xp, divisor, label_smoothing: float):
     if label_smoothing > 0:
         return backend.device_call(lambda: xp.where(divisor == 0, divisor.dtype.type(np.nan), divisor))
     return divisor
-
-
-def _as_dtype(values, dtype):
-    """The per-row values the kernels left in the compute type, in `dtype` (a copy for float16)."""
-    return values if values.dtype == dtype else backend.device_call(values.astype, dtype)
 
 
 def _total(be, values):
@@ -103,7 +98,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     if reduction == "none":
-        return _as_dtype(row_loss, dtype), dlogits
+        return backend.astype(row_loss, dtype), dlogits
     total = _total(be, row_loss)
     if as_array:
         return device_mean(xp, total, divisor if host_divisor is None else host_divisor), dlogits
@@ -125,7 +120,7 @@ def mse(be, pred, target, reduction, as_array=False):
     backend.launch(be, "loss", pred.dtype, "mse_rows", (blocks_for(n),), (THREADS,),
                    (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
     if reduction == "none":
-        return _as_dtype(squared, pred.dtype), dpred
+        return backend.astype(squared, pred.dtype), dpred
     divisor = n if reduction == "mean" else 1
     if as_array:
         return device_mean(xp, _total(be, squared), divisor), dpred

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import inspect
-import operator
 
 from .. import functional as F
-from ..backend import device_call
+from ..backend import device_call, module_of
 from .layers import BatchNorm2d, ReLU
 from .module import Module
 
@@ -107,7 +106,7 @@ class Residual(Module):
                              f"differ; give a shortcut (e.g. a 1x1 Conv2d) that matches the block")
         if y.dtype != skip.dtype:   # an addition would promote one of them: ops never change dtype silently
             raise TypeError(f"Residual: block output ({y.dtype}) and shortcut output ({skip.dtype}) differ in dtype")
-        out = device_call(operator.add, y, skip) if activation is None else F.add_relu(y, skip, backend=self.backend)
+        out = _sum(y, skip) if activation is None else F.add_relu(y, skip, backend=self.backend)
         self._saved = (out if activation else None,)   # the ReLU's output: > 0 where its input is
         return out
 
@@ -117,4 +116,9 @@ class Residual(Module):
             dy = F.relu_backward(dy, relu_output, backend=self.backend)
         dx = _backward(self.block, dy, input_grad)
         skip = dy if self.shortcut is None else _backward(self.shortcut, dy, input_grad)
-        return device_call(operator.add, dx, skip) if input_grad else None
+        return _sum(dx, skip) if input_grad else None
+
+
+def _sum(a, b):
+    """a + b on their device (a device call: cnn_gpu.replay adds again into the same array)."""
+    return device_call(module_of(a).add, a, b, takes_out=True)

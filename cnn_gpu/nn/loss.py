@@ -43,7 +43,7 @@ class _Loss(Module):
                 raise ValueError(f"dy must be {expected} (the loss's shape), got shape {tuple(dy.shape)}")
             dy = self._per_class(dy)
         # in dpred's dtype: a NumPy float64 dy must not turn a float32 gradient into float64
-        return _backend.device_call(xp.multiply, dpred, dy, dtype=dpred.dtype)
+        return _backend.device_call(xp.multiply, dpred, dy, dtype=dpred.dtype, takes_out=True)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
@@ -64,8 +64,8 @@ class CrossEntropyLoss(_Loss):
 
     def _options(self, pred):
         weight = self.weight
-        if weight is not None and weight.dtype != pred.dtype:
-            weight = _backend.device_call(weight.astype, pred.dtype)
+        if weight is not None:
+            weight = _backend.astype(weight, pred.dtype)
         return weight, self.ignore_index, self.reduction, self.label_smoothing
 
     def _per_class(self, dy):

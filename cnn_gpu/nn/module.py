@@ -52,17 +52,34 @@ class Parameter:
             raise TypeError(f"set_to_none must be True or False, got {set_to_none!r}")
         if set_to_none:
             self.grad = None
+            if replay.is_recording():   # unbound at each replay too, so its backward binds anew
+                replay.first_time((self, "grad"))
+                replay.live(functools.partial(setattr, self, "grad", None))
         elif self.grad is not None:
             device_call(self.grad.fill, 0)
 
     def accumulate_grad(self, grad) -> None:
+        if replay.first_time((self, "grad")):   # the recording's first touch of .grad: see _bound_as
+            bound = self.grad
+            replay.guard(lambda: self._bound_as(bound))
         # Gradients from F are fresh arrays, so the first one is kept without a copy.
         if self.grad is None:
             self.grad = grad
         else:
             device_call(operator.iadd, self.grad, grad)
-        if replay.is_recording():   # a replay binds .grad again: a zero_grad since may have unbound it
+        if replay.is_recording():   # a replay binds .grad again: an update between replays reads it
             replay.live(functools.partial(setattr, self, "grad", self.grad))
+
+    def _bound_as(self, recorded):
+        """A replay's check of a gradient that the recorded backward wrote without unbinding it
+        first: where .grad was unbound when recorded, the recorded backward writes it anew, where it
+        was bound, adds to that array; .grad must be so again (an eager backward would add to a
+        gradient bound since, or make a new one for an unbound one)."""
+        if self.grad is recorded:
+            return None
+        return (f"a parameter's .grad is {'unbound' if self.grad is None else 'bound'} where the recorded backward "
+                f"{'added to an array bound' if recorded is not None else 'found it unbound'} (zero_grad inside "
+                f"the recorded code, or the same zero_grad before each replay)")
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
@@ -181,11 +198,31 @@ class Module:
         if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
             raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
+        if replay.first_time(self):   # a replay runs the launches of this mode and these arrays
+            replay.guard(functools.partial(self._changed_since, self.training, self.backend, self._device_arrays()))
         _FORWARD.depth = depth + 1
         try:
             return self.forward(*args, **kwargs)
         finally:
             _FORWARD.depth = depth
+
+    def _device_arrays(self) -> list:
+        """This module's own parameter arrays and the buffers its launches take (not the host
+        counters, which are new arrays every call)."""
+        return ([p.data for p in self._parameters.values() if p is not None]
+                + [b for name, b in self._buffers.items() if name not in self._host_buffers])
+
+    def _changed_since(self, training: bool, backend, arrays: list) -> str | None:
+        """What a recording of this module's call no longer fits (cnn_gpu.replay), None if nothing."""
+        if self.training != training:
+            return f"{type(self).__name__} is in {'training' if self.training else 'eval'} mode now"
+        if self.backend != backend:
+            return f"{type(self).__name__} runs on {self.backend!r} now (Module.to)"
+        now = self._device_arrays()
+        if len(now) != len(arrays) or any(a is not b for a, b in zip(now, arrays)):
+            return (f"{type(self).__name__} has other parameter or buffer arrays now (load_state_dict, Module.to "
+                    f"or an assignment replaces them)")
+        return None
 
     def _no_input_grad(self, input_grad) -> bool:
         """For a layer without parameters: whether its backward has nothing to do (no input
