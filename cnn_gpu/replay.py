@@ -4,14 +4,13 @@ A ResNet-18 step issues ~220 kernel launches, each costing the host ~40 us of la
 argument checks (benchmarks/host_overhead.py): ~9 ms a step, more than an H100 needs for the
 kernels themselves at batch 128. PyTorch's answer is a CUDA graph; ours, on both kernel backends:
 
-    with cnn_gpu.replay.record() as step:        # runs the code once, recording its device work
+    with cnn_gpu.replay.record(x, labels) as step:   # runs the code once, recording its device work
         optimizer.zero_grad()
         loss = loss_fn(model(x), labels, as_array=True)
         model.backward(loss_fn.backward())
         optimizer.step()
     for images, targets in batches:
-        x[...] = images; labels[...] = targets   # new data into the recorded arrays
-        step.replay()                            # the same launches on the same arrays
+        step.replay(images, targets)   # copied into x and labels; the same launches on the same arrays
 
 Unlike `torch.cuda.graph`, recording runs the step (it is an ordinary step, not a capture). A
 replay re-issues every kernel launch (arguments already checked) and every array made by other
@@ -41,15 +40,18 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from . import backend, precision
 
 __all__ = ["Recording", "record", "live", "guard", "first_time", "refuse", "is_recording"]
 
 
 class Recording:
-    """The device work recorded by `record()`; replay() does it again."""
+    """The device work recorded by `record(*inputs)`; replay(*new_inputs) does it again."""
 
-    def __init__(self):
+    def __init__(self, inputs: tuple):
+        self._inputs = inputs
         self._recorder = None   # set when the recording has completed
 
     @property
@@ -57,9 +59,11 @@ class Recording:
         """How many pieces of device work (launches, device calls, live calls) a replay does."""
         return len(self._ready().entries)
 
-    def replay(self) -> None:
-        """The recorded device work again, in order, on the recorded arrays; RuntimeError before any
-        of it where something the recorded code depended on has changed since (its guards)."""
+    def replay(self, *new_inputs) -> None:
+        """The recorded device work again, in order, on the recorded arrays, each of the inputs
+        given to record() first overwritten with the new array in its place (same shape and dtype,
+        on the same device; none given: as they are). RuntimeError before any of it where
+        something the recorded code depended on has changed since (its guards)."""
         if backend.recording() is not None:
             raise RuntimeError("replay() inside a recording would record nothing of its work; replay outside it")
         recorder = self._ready()
@@ -67,8 +71,24 @@ class Recording:
             problem = check()
             if problem:
                 raise RuntimeError(f"cannot replay this recording: {problem}; record the step again")
+        if new_inputs:
+            self._check_inputs(new_inputs)
+            for recorded, new in zip(self._inputs, new_inputs):
+                backend.module_of(recorded).copyto(recorded, new)
         for run in recorder.entries:
             run()
+
+    def _check_inputs(self, new_inputs) -> None:
+        if len(new_inputs) != len(self._inputs):
+            raise TypeError(f"replay() takes the {len(self._inputs)} input(s) given to record(), or none; "
+                            f"got {len(new_inputs)}")
+        for i, (recorded, new) in enumerate(zip(self._inputs, new_inputs)):
+            if backend.is_cupy_array(new) != backend.is_cupy_array(recorded) or not hasattr(new, "shape"):
+                raise TypeError(f"input {i}: the recorded one is a {type(recorded).__name__}, got "
+                                f"{type(new).__name__} (replay never moves data between host and device)")
+            if new.shape != recorded.shape or new.dtype != recorded.dtype:
+                raise ValueError(f"input {i} has shape {tuple(new.shape)} and dtype {new.dtype}; the recorded one "
+                                 f"{tuple(recorded.shape)} and {recorded.dtype} (record again for another shape)")
 
     def _ready(self) -> backend.Recorder:
         if self._recorder is None:
@@ -77,12 +97,17 @@ class Recording:
 
 
 @contextlib.contextmanager
-def record():
+def record(*inputs):
     """Run the block, recording this thread's device work into the Recording it yields (complete
-    when the block ends without an exception)."""
+    when the block ends without an exception). `inputs`: the arrays the block reads its data from
+    (the batch), which replay(*new_inputs) overwrites (C-contiguous NumPy or CuPy arrays)."""
     if backend.recording() is not None:
         raise RuntimeError("record() inside a recording: recordings do not nest")
-    recording, recorder = Recording(), backend.Recorder()
+    for i, a in enumerate(inputs):
+        if not (isinstance(a, np.ndarray) or backend.is_cupy_array(a)) or not a.flags.c_contiguous:
+            raise TypeError(f"record() input {i} must be a C-contiguous NumPy or CuPy array, got "
+                            f"{type(a).__name__}{'' if not hasattr(a, 'flags') else ' (not C-contiguous)'}")
+    recording, recorder = Recording(inputs), backend.Recorder()
     mode, device = precision.get_math_mode(), _current_gpu()
     recorder.guards += [lambda: precision.get_math_mode() != mode and f"the math mode is now "
                                                                        f"{precision.get_math_mode()!r}, not {mode!r}",

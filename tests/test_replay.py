@@ -281,9 +281,9 @@ def test_a_training_epoch_replayed_trains_as_one_run_eagerly(float16, monkeypatc
     recorded = []
     real_record = replay.record
 
-    def counted_record():
+    def counted_record(*inputs):
         recorded.append(1)
-        return real_record()
+        return real_record(*inputs)
 
     monkeypatch.setattr(replay, "record", counted_record)
 
@@ -333,7 +333,7 @@ def test_an_evaluation_replayed_counts_as_the_one_run_eagerly(monkeypatch):
     dataset = types.SimpleNamespace(x_test=x_test, y_test=predicted)
     recorded = []
     real_record = replay.record
-    monkeypatch.setattr(replay, "record", lambda: recorded.append(1) or real_record())
+    monkeypatch.setattr(replay, "record", lambda *inputs: recorded.append(1) or real_record(*inputs))
     assert train_cli.evaluate(model, dataset, 4, "emu", replayed=True) == (images, images)
     assert len(recorded) == 1
 
@@ -495,3 +495,32 @@ def test_a_zero_d_device_call_replays_into_an_array_on_the_emulator():
     dloss[...] = 0.25
     step.replay()
     assert isinstance(scaled, np.ndarray) and float(scaled) == 1.0
+
+
+@needs_emu
+def test_replay_copies_new_inputs_into_the_recorded_ones_after_checking_them():
+    batches = _batches("float32", 3)
+    eager_model, eager_opt, eager_loss_fn = _setup("cnn", "float32", "sgd")
+    eager_losses = [float(_train_step(eager_model, eager_opt, eager_loss_fn, *batch)) for batch in batches]
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    x, labels = (a.copy() for a in batches[0])
+    with replay.record(x, labels) as step:
+        loss = _train_step(model, opt, loss_fn, x, labels)
+    losses = [float(loss)]
+    for new_x, new_labels in batches[1:]:
+        step.replay(new_x, new_labels)
+        losses.append(float(loss))
+    assert losses == eager_losses
+    np.testing.assert_array_equal(x, batches[-1][0])
+    trained = [p.data.copy() for p in model.parameters()]
+    images, targets = batches[0]
+    for wrong, refusal in [((images,), "takes the 2 input"), ((images[:1], targets), "has shape"),
+                           ((images.astype(np.float64), targets), "dtype float64"),
+                           ((images.tolist(), targets), "got list")]:
+        with pytest.raises((TypeError, ValueError), match=refusal):
+            step.replay(*wrong)
+    for p, kept in zip(model.parameters(), trained):   # refused before any work
+        np.testing.assert_array_equal(p.data, kept)
+    with pytest.raises(TypeError, match="not C-contiguous"):
+        with replay.record(np.asfortranarray(images)):
+            pass

@@ -188,13 +188,9 @@ def train_step_case(shape: ModelShape, replayed: bool = False) -> Case:
         if not replayed:
             return run, sets
         recorded_x, recorded_labels = (a.copy() for a in sets[0])
-        with replay.record() as step:
+        with replay.record(recorded_x, recorded_labels) as step:
             run(recorded_x, recorded_labels)
-
-        def replay_on(x, labels):
-            recorded_x[...], recorded_labels[...] = x, labels
-            step.replay()
-        return replay_on, sets
+        return step.replay, sets
 
     return Case("train_step_replayed" if replayed else "train_step", shape,
                 None if forward_flops is None else 3 * forward_flops, setup, math=True)

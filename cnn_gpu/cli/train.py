@@ -521,7 +521,7 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
                                        distributed.world_size())
-    recorded = None   # (the recorded step, its images, labels, loss, logits)
+    recorded = None   # (the recorded step, its loss and logits)
     for index, chosen in enumerate(shards):
         if index == bar.total:
             break
@@ -542,14 +542,12 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
         if not replayed or len(chosen) != batch_size:
             loss, logits = _train_step(model, loss_fn, optimizer, scaler, x, y)
         elif recorded is None:
-            with replay.record() as step:
+            with replay.record(x, y) as step:
                 loss, logits = _train_step(model, loss_fn, optimizer, scaler, x, y)
-            recorded = step, x, y, loss, logits
+            recorded = step, loss, logits
         else:
-            step, static_x, static_y, loss, logits = recorded
-            static_x[...], static_y[...] = x, y
-            y = static_y
-            step.replay()
+            step, loss, logits = recorded
+            step.replay(x, y)
         if metrics is not None:   # a replayed step's loss: a copy, as the next replay rewrites it
             metrics.add(loss if recorded is None else loss.copy(), logits, y)
             if metrics.due():
@@ -610,7 +608,7 @@ def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=Fals
     correct, total = [], 0   # correct counts per batch, read back at the end (metrics.read_count)
     shards = distributed.shard_batches(len(dataset.x_test), batch_size, None, distributed.rank(),
                                        distributed.world_size())
-    recorded = None   # (the recorded forward, its images, its logits)
+    recorded = None   # (the recorded forward, its logits)
     for index, chosen in enumerate(shards):
         if max_batches and index == max_batches:
             break
@@ -620,13 +618,12 @@ def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=Fals
         if not replayed or len(chosen) != batch_size:
             logits = model(x)
         elif recorded is None:
-            with replay.record() as forward:
+            with replay.record(x) as forward:
                 logits = model(x)
-            recorded = forward, x, logits
+            recorded = forward, logits
         else:
-            forward, recorded_x, logits = recorded
-            recorded_x[...] = x
-            forward.replay()
+            forward, logits = recorded
+            forward.replay(x)
         correct.append(correct_count(logits, to_backend_array(dataset.y_test[chosen], device)))
         total += len(chosen)
     counts = distributed.world().allgather_object((read_count(correct), total), "the test accuracy")
