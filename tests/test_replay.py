@@ -524,3 +524,51 @@ def test_replay_copies_new_inputs_into_the_recorded_ones_after_checking_them():
     with pytest.raises(TypeError, match="not C-contiguous"):
         with replay.record(np.asfortranarray(images)):
             pass
+
+
+@needs_emu
+def test_zero_grad_in_place_on_a_fresh_model_replays_as_eager_steps():
+    """zero_grad(set_to_none=False) before the first backward leaves the gradients unbound, as
+    set_to_none does: recorded so, each replay unbinds them too and its backward binds anew."""
+    batches = _batches("float32", 3)
+
+    def step(model, opt, loss_fn, x, labels):
+        opt.zero_grad(set_to_none=False)
+        loss_fn(model(x), labels, as_array=True)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+
+    eager_model, eager_opt, eager_loss_fn = _setup("cnn", "float32", "adam")
+    for batch in batches:
+        step(eager_model, eager_opt, eager_loss_fn, *batch)
+    model, opt, loss_fn = _setup("cnn", "float32", "adam")
+    x, labels = (a.copy() for a in batches[0])
+    with replay.record(x, labels) as recorded:
+        step(model, opt, loss_fn, x, labels)
+    for batch in batches[1:]:
+        recorded.replay(*batch)
+    for mine, theirs in zip(model.parameters(), eager_model.parameters()):
+        np.testing.assert_array_equal(mine.data, theirs.data)
+
+
+@needs_emu
+@pytest.mark.parametrize("change", [
+    lambda model, loss_fn: setattr(model[0], "stride", (2, 2)),
+    lambda model, loss_fn: setattr(loss_fn, "label_smoothing", 0.1),
+    lambda model, loss_fn: model.append(nn.ReLU()),
+])
+def test_a_replay_refuses_a_module_whose_settings_or_layers_changed(change):
+    model, opt, loss_fn, x, labels, step = _recorded_cnn_step()
+    change(model, loss_fn)
+    with pytest.raises(RuntimeError, match="has had an attribute assigned"):
+        step.replay()
+
+
+@needs_emu
+def test_a_backward_whose_forward_ran_outside_the_recording_is_refused():
+    model, opt, loss_fn = _setup("cnn", "float32", "sgd")
+    x, labels = _batches("float32", 1)[0]
+    loss_fn(model(x), labels, as_array=True)
+    with pytest.raises(RuntimeError, match="forward run outside the recording"):
+        with replay.record():
+            model.backward(loss_fn.backward(), input_grad=False)

@@ -50,12 +50,14 @@ class Parameter:
         """zero_grad for this parameter: .grad None, or (set_to_none=False) zeroed in place."""
         if not isinstance(set_to_none, bool):
             raise TypeError(f"set_to_none must be True or False, got {set_to_none!r}")
-        if set_to_none:
+        if set_to_none or self.grad is None:
             self.grad = None
-            if replay.is_recording():   # unbound at each replay too, so its backward binds anew
+            # unbound at each replay too, so that the recorded backward binds anew (a gradient it
+            # would zero in place holds what that backward writes, up to the sign of its zeros)
+            if replay.is_recording():
                 replay.first_time((self, "grad"))
                 replay.live(functools.partial(setattr, self, "grad", None))
-        elif self.grad is not None:
+        else:
             device_call(self.grad.fill, 0)
 
     def accumulate_grad(self, grad) -> None:
@@ -78,8 +80,9 @@ class Parameter:
         if self.grad is recorded:
             return None
         return (f"a parameter's .grad is {'unbound' if self.grad is None else 'bound'} where the recorded backward "
-                f"{'added to an array bound' if recorded is not None else 'found it unbound'} (zero_grad inside "
-                f"the recorded code, or the same zero_grad before each replay)")
+                f"{'added to an array bound' if recorded is not None else 'found it unbound'} (zero_grad every "
+                f"parameter the step trains, e.g. model.zero_grad(), inside the recorded code or before each "
+                f"replay)")
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
@@ -152,6 +155,8 @@ class Module:
             return
         if isinstance(value, Module):
             self._check_not_in_tree(name, value)
+        if not name.startswith("_"):   # a setting, layer or parameter: what a recording's guard compares
+            object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
         # a name registered before keeps its place (the order of parameters() and state_dict()), as in PyTorch
         if isinstance(value, Parameter):
             modules.pop(name, None)
@@ -198,8 +203,9 @@ class Module:
         if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
             raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
-        if replay.first_time(self):   # a replay runs the launches of this mode and these arrays
-            replay.guard(functools.partial(self._changed_since, self.training, self.backend, self._device_arrays()))
+        if replay.first_time(self):   # a replay runs the launches of these settings and arrays
+            replay.guard(functools.partial(self._changed_since, self.training, self.backend,
+                                           self.__dict__.get("_version", 0), self._device_arrays()))
         _FORWARD.depth = depth + 1
         try:
             return self.forward(*args, **kwargs)
@@ -212,12 +218,14 @@ class Module:
         return ([p.data for p in self._parameters.values() if p is not None]
                 + [b for name, b in self._buffers.items() if name not in self._host_buffers])
 
-    def _changed_since(self, training: bool, backend, arrays: list) -> str | None:
+    def _changed_since(self, training: bool, backend, version: int, arrays: list) -> str | None:
         """What a recording of this module's call no longer fits (cnn_gpu.replay), None if nothing."""
         if self.training != training:
             return f"{type(self).__name__} is in {'training' if self.training else 'eval'} mode now"
         if self.backend != backend:
             return f"{type(self).__name__} runs on {self.backend!r} now (Module.to)"
+        if self.__dict__.get("_version", 0) != version:
+            return f"{type(self).__name__} has had an attribute assigned (a setting, a layer, a parameter)"
         now = self._device_arrays()
         if len(now) != len(arrays) or any(a is not b for a, b in zip(now, arrays)):
             return (f"{type(self).__name__} has other parameter or buffer arrays now (load_state_dict, Module.to "
@@ -233,6 +241,9 @@ class Module:
     def _saved_for_backward(self):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        if replay.is_recording() and replay.first_time(self):   # its forward was not recorded
+            replay.refuse(f"{type(self).__name__}.backward() of a forward run outside the recording (a replay "
+                          f"would read that forward's saved arrays; record forward and backward together)")
         return self._saved
 
     # --- tree walking ---------------------------------------------------------------------------
