@@ -26,8 +26,8 @@ check, step or skip, and update. Only the library's device work is recorded: arr
 your own inside the block (NumPy on emu, CuPy on cuda) run once, when recording.
 
 Refused while recording (RuntimeError; ValueError for the C-order copy; the recording unusable),
-as a replay could not reproduce them: a loss read back as a float (use as_array=True), dropout in
-training mode, an explicit GradScaler.unscale_ (code between it and step() would not be
+as a replay could not reproduce them: a loss read back as a float (use as_array=True), Dropout(p>0)
+in training mode, an explicit GradScaler.unscale_ (code between it and step() would not be
 replayed), BatchNorm2d with momentum=None, an all-reduce over ranks, the numpy backend (no
 kernels), an input the emulator would have copied to C order, a layer's backward whose forward ran
 before the recording. Refused at replay, before any work (`guard`): a module called in the

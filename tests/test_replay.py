@@ -572,3 +572,24 @@ def test_a_backward_whose_forward_ran_outside_the_recording_is_refused():
     with pytest.raises(RuntimeError, match="forward run outside the recording"):
         with replay.record():
             model.backward(loss_fn.backward(), input_grad=False)
+
+
+@needs_emu
+def test_a_module_that_sets_an_attribute_in_its_forward_replays():
+    """What forward itself assigns (a replay never runs it) does not count against the recording;
+    an assignment after it does."""
+    class Counting(nn.Module):
+        def forward(self, x):
+            self.last_batch = x.shape[0]
+            return F.relu(x, backend="emu")
+
+    layer = Counting()
+    x = np.random.default_rng(18).standard_normal(8).astype(np.float32)
+    with replay.record(x) as step:
+        y = layer(x)
+    negated = -x
+    step.replay(negated)
+    np.testing.assert_array_equal(y, np.maximum(negated, 0))
+    layer.last_batch = 3
+    with pytest.raises(RuntimeError, match="has had an attribute assigned"):
+        step.replay(x)

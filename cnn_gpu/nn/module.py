@@ -203,14 +203,16 @@ class Module:
         if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
             raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
-        if replay.first_time(self):   # a replay runs the launches of these settings and arrays
-            replay.guard(functools.partial(self._changed_since, self.training, self.backend,
-                                           self.__dict__.get("_version", 0), self._device_arrays()))
+        guarded = replay.first_time(self)
         _FORWARD.depth = depth + 1
         try:
-            return self.forward(*args, **kwargs)
+            output = self.forward(*args, **kwargs)
         finally:
             _FORWARD.depth = depth
+        if guarded:   # a replay runs the launches of these settings and arrays (as forward left them)
+            replay.guard(functools.partial(self._changed_since, self.training, self.backend,
+                                           self.__dict__.get("_version", 0), self._device_arrays()))
+        return output
 
     def _device_arrays(self) -> list:
         """This module's own parameter arrays and the buffers its launches take (not the host
