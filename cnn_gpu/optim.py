@@ -83,6 +83,11 @@ def state_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
+def _writeable(a) -> bool:
+    """Whether an array a step writes may be written (a CuPy array always)."""
+    return not isinstance(a, np.ndarray) or a.flags.writeable
+
+
 def _state_arrays(state: dict) -> list:
     """(key, array) of the per-element state (momentum buffers, moments); not step counts."""
     return [(key, value) for key, value in state.items() if getattr(value, "ndim", 0)]
@@ -113,6 +118,7 @@ class Optimizer:
         self.param_groups = [dict(self._validated(defaults), params=params)]
         self.state = [dict() for _ in params]
         self._master_of = [None] * len(params)   # the float16 array each master was last written to
+        self._checked = None   # (the arrays the last step checked, its updates): see _step
 
     # the per-parameter state a subclass keeps after a step ("master" aside)
     state_keys: frozenset = frozenset()
@@ -192,13 +198,42 @@ class Optimizer:
         hyper = self._validated(self.param_groups[0])   # param_groups may have changed since the last step
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
         pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]
+        if self._checked is not None and self._same_arrays(pending, self._checked[0]):
+            self._update_all(self._checked[1], hyper)   # the arrays the last step checked, bound as they were
+            return
         plans = [self._prepare(i, p, state) for i, p, state in pending]
         arrays = []
         for (i, p, state), (_, grad) in zip(pending, plans):
             arrays += [(f"parameter {i}", p.data, True), (f"the gradient of parameter {i}", grad, False)]
             arrays += [(f"state {key!r} of parameter {i}", v, True) for key, v in _state_arrays(state)]
         check_disjoint(arrays, "optimizer step: ")
-        self._update_all([(be, p, grad, state) for (_, p, state), (be, grad) in zip(pending, plans)], hyper)
+        updates = [(be, p, grad, state) for (_, p, state), (be, grad) in zip(pending, plans)]
+        # Each step binds the same arrays (a replayed one, a loop that keeps its gradients): the next
+        # step skips these checks while every one is still bound; not where a gradient was copied
+        # to C order (the copy holds this step's values).
+        reusable = all(grad is p.grad for _, p, grad, _ in updates)
+        self._checked = (self._bound_arrays(pending), updates) if reusable else None
+        self._update_all(updates, hyper)
+
+    def _bound_arrays(self, pending) -> list:
+        """What a step's checks depend on, held (so no id is reused): the optimizer's backend, and per
+        parameter updated its backend, arrays, gradient and state arrays under their keys."""
+        return [self.backend, [(p, p.backend, p.data, p.grad, state, sorted(state), [v for _, v in _state_arrays(state)])
+                               for _, p, state in pending]]
+
+    def _same_arrays(self, pending, bound) -> bool:
+        backend, per_parameter = bound
+        if self.backend != backend or len(pending) != len(per_parameter):
+            return False
+        for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays) in zip(pending, per_parameter):
+            if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad or state is not kept
+                    or sorted(state) != keys):
+                return False
+            if any(a is not b for a, b in zip((v for _, v in _state_arrays(state)), arrays)):
+                return False
+            if not all(_writeable(a) for a in (data, *arrays)):   # read-only since: refused by the checks
+                return False
+        return True
 
     def _update_all(self, updates, hyper) -> None:
         """The update of every (backend, parameter, gradient, state) checked above: on NumPy one by

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import optim
+from cnn_gpu.backend import why_unavailable
 from cnn_gpu.nn import Parameter
 
 
@@ -366,3 +367,48 @@ def test_emu_kernels_match_numpy(kind, config, dtype, rtol):
         for e, g in zip(e_step, g_step):
             assert g.dtype == dtype
             np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol, err_msg=f"{kind} step {step + 1}")
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emu", marks=pytest.mark.skipif(
+    bool(why_unavailable("emu")), reason=f"emulator unavailable: {why_unavailable('emu')}"))])
+def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_change_brings_them_back(
+        backend, monkeypatch):
+    """A step whose parameters, gradients and state are the arrays the last step checked, bound the
+    same way (a replayed step, a loop that keeps its gradients), skips the per-parameter checks; a
+    new gradient array, state loaded, or a parameter made read-only is checked again (and a
+    refusal still leaves every parameter unchanged)."""
+    rng = np.random.default_rng(31)
+    params = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in ((4, 3), (5,), (2, 2, 2))]
+    for p in params:
+        p.backend = backend
+    optimizer = optim.Adam(params, lr=0.01, backend=backend)
+    reference = optim.Adam([Parameter(p.data.copy()) for p in params], lr=0.01, backend=backend)
+    grads = [rng.standard_normal(p.data.shape).astype(np.float32) for p in params]
+    prepared = []
+    real_prepare = optim.Optimizer._prepare
+    monkeypatch.setattr(optim.Optimizer, "_prepare", lambda self, *a: prepared.append(1) or real_prepare(self, *a))
+
+    def step(opt, new_grads=False):
+        for p, g in zip(opt.params, grads):
+            if new_grads or p.grad is None:
+                p.grad = g.copy()
+            else:
+                p.grad[...] = g
+        prepared.clear()
+        opt.step()
+        return len(prepared)
+
+    assert [step(optimizer) for _ in range(4)] == [3, 3, 0, 0]   # the second step: Adam's state is new
+    for _ in range(4):
+        step(reference, new_grads=True)   # new gradient arrays: checked every step
+    for mine, theirs in zip(params, reference.params):
+        np.testing.assert_array_equal(mine.data, theirs.data)
+    assert step(optimizer, new_grads=True) == 3
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert step(optimizer) == 3 and step(optimizer) == 0
+    kept = [p.data.copy() for p in params]
+    params[2].data.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        step(optimizer)
+    for p, before in zip(params, kept):
+        np.testing.assert_array_equal(p.data, before)
