@@ -83,6 +83,10 @@ def state_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
+def _layouts(*arrays) -> tuple:
+    return tuple((a.shape, a.dtype) for a in arrays)
+
+
 def _writeable(a) -> bool:
     """Whether an array a step writes may be written (a CuPy array always)."""
     return not isinstance(a, np.ndarray) or a.flags.writeable
@@ -136,6 +140,8 @@ class Optimizer:
         """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
         for p in self.params:
             p.clear_grad(set_to_none)
+        if set_to_none:
+            self._checked = None   # the next step checks new gradients: hold the old ones no longer
 
     def backend_of(self, p) -> str:
         """The backend a parameter's update runs on: the optimizer's, else the one Module.to gave it,
@@ -216,22 +222,25 @@ class Optimizer:
         self._update_all(updates, hyper)
 
     def _bound_arrays(self, pending) -> list:
-        """What a step's checks depend on, held (so no id is reused): the optimizer's backend, and per
-        parameter updated its backend, arrays, gradient and state arrays under their keys."""
-        return [self.backend, [(p, p.backend, p.data, p.grad, state, sorted(state), [v for _, v in _state_arrays(state)])
-                               for _, p, state in pending]]
+        """What a step's checks depend on, held (so no id is reused): the backends a parameter's may
+        come from (the optimizer's, the default), and per parameter updated its backend, arrays,
+        gradient and state arrays under their keys, with each array's shape and dtype."""
+        return [(self.backend, _backend.get_backend()),
+                [(p, p.backend, p.data, p.grad, state, sorted(state), [v for _, v in _state_arrays(state)],
+                  _layouts(p.data, p.grad, *(v for _, v in _state_arrays(state)))) for _, p, state in pending]]
 
     def _same_arrays(self, pending, bound) -> bool:
-        backend, per_parameter = bound
-        if self.backend != backend or len(pending) != len(per_parameter):
+        backends, per_parameter = bound
+        if (self.backend, _backend.get_backend()) != backends or len(pending) != len(per_parameter):
             return False
-        for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays) in zip(pending, per_parameter):
+        for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays, layouts) in zip(pending, per_parameter):
             if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad or state is not kept
                     or sorted(state) != keys):
                 return False
             if any(a is not b for a, b in zip((v for _, v in _state_arrays(state)), arrays)):
                 return False
-            if not all(_writeable(a) for a in (data, *arrays)):   # read-only since: refused by the checks
+            # read-only, or reshaped or retyped in place, since: the full checks refuse or redo it
+            if not all(_writeable(a) for a in (data, *arrays)) or _layouts(data, grad, *arrays) != layouts:
                 return False
         return True
 

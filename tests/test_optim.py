@@ -412,3 +412,47 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
         step(optimizer)
     for p, before in zip(params, kept):
         np.testing.assert_array_equal(p.data, before)
+
+
+def test_the_skipped_checks_come_back_for_a_new_default_backend_or_an_array_retyped_in_place():
+    """The cached check holds for the default backend it resolved (a parameter without a backend
+    of its own follows it) and each array's shape and dtype; zero_grad(set_to_none) drops what it
+    held, so the old gradients are freed."""
+    import gc
+    import weakref
+    from cnn_gpu import use_backend
+    rng = np.random.default_rng(32)
+    params = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in ((3, 2), (4,))]
+    optimizer = optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
+    prepared = []
+    real_prepare = optim.Optimizer._prepare
+
+    def counted(self, *args):
+        prepared.append(1)
+        return real_prepare(self, *args)
+
+    optim.Optimizer._prepare = counted
+    try:
+        for _ in range(3):
+            optimizer.step()
+        assert len(prepared) == 4   # steps 1 and 2 (the momentum buffers appear at step 1), not 3
+        if not why_unavailable("emu"):
+            with use_backend("emu"):
+                optimizer.step()
+            assert len(prepared) == 6
+        optimizer.step()   # on numpy again: checked, then skipped
+        optimizer.step()
+        kept = [p.data.copy() for p in params]
+        params[1].grad.dtype = np.int32   # same bytes, another dtype: refused, nothing changed
+        with pytest.raises(TypeError, match="gradient dtype"):
+            optimizer.step()
+        for p, before in zip(params, kept):
+            np.testing.assert_array_equal(p.data, before)
+    finally:
+        optim.Optimizer._prepare = real_prepare
+    old = weakref.ref(params[0].grad)
+    optimizer.zero_grad()
+    gc.collect()
+    assert old() is None
