@@ -225,9 +225,12 @@ class Optimizer:
         """What a step's checks depend on, held (so no id is reused): the backends a parameter's may
         come from (the optimizer's, the default), and per parameter updated its backend, arrays,
         gradient and state arrays under their keys, with each array's shape and dtype."""
-        return [(self.backend, _backend.get_backend()),
-                [(p, p.backend, p.data, p.grad, state, sorted(state), [v for _, v in _state_arrays(state)],
-                  _layouts(p.data, p.grad, *(v for _, v in _state_arrays(state)))) for _, p, state in pending]]
+        per_parameter = []
+        for _, p, state in pending:
+            arrays = [v for _, v in _state_arrays(state)]
+            per_parameter.append((p, p.backend, p.data, p.grad, state, sorted(state), arrays,
+                                  _layouts(p.data, p.grad, *arrays)))
+        return [(self.backend, _backend.get_backend()), per_parameter]
 
     def _same_arrays(self, pending, bound) -> bool:
         backends, per_parameter = bound
@@ -235,9 +238,7 @@ class Optimizer:
             return False
         for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays, layouts) in zip(pending, per_parameter):
             if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad or state is not kept
-                    or sorted(state) != keys):
-                return False
-            if any(a is not b for a, b in zip((v for _, v in _state_arrays(state)), arrays)):
+                    or sorted(state) != keys or any(a is not b for (_, a), b in zip(_state_arrays(state), arrays))):
                 return False
             # read-only, or reshaped or retyped in place, since: the full checks refuse or redo it
             if not all(_writeable(a) for a in (data, *arrays)) or _layouts(data, grad, *arrays) != layouts:

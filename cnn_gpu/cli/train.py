@@ -512,7 +512,7 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     replayed (one process, emu or cuda): the epoch's first full batch is a recorded step
     (cnn_gpu.replay), replayed with each later full batch copied into its arrays; others run as
     they are."""
-    from .. import distributed, replay
+    from .. import distributed
     from ..nn import BatchNorm2d
     from ..nn.module import to_backend_array
     model.train()
@@ -521,7 +521,7 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
                                        distributed.world_size())
-    recorded = None   # (the recorded step, its loss and logits)
+    recorded = []   # [the recorded step, its (loss, logits)] once the first full batch ran
     for index, chosen in enumerate(shards):
         if index == bar.total:
             break
@@ -539,22 +539,31 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
         y = to_backend_array(dataset.y_train[chosen], device)
         if augment is not None:
             x = augment(x, index)
-        if not replayed or len(chosen) != batch_size:
-            loss, logits = _train_step(model, loss_fn, optimizer, scaler, x, y)
-        elif recorded is None:
-            with replay.record(x, y) as step:
-                loss, logits = _train_step(model, loss_fn, optimizer, scaler, x, y)
-            recorded = step, loss, logits
-        else:
-            step, loss, logits = recorded
-            step.replay(x, y)
-        if metrics is not None:   # a replayed step's loss: a copy, as the next replay rewrites it
-            metrics.add(loss if recorded is None else loss.copy(), logits, y)
+        loss, logits = _batch(recorded, replayed and len(chosen) == batch_size,
+                              lambda x, y: _train_step(model, loss_fn, optimizer, scaler, x, y), x, y)
+        if metrics is not None:   # a recorded step's loss: a copy, as the next replay rewrites it
+            metrics.add(loss.copy() if recorded else loss, logits, y)
             if metrics.due():
                 _show(bar, metrics, scaler)
         bar.update()
     if metrics is not None:
         _show(bar, metrics, scaler)
+
+
+def _batch(recorded: list, replayed: bool, fn, *inputs):
+    """fn(*inputs) as it is, or (replayed) recorded at the first call into `recorded` ([the
+    recording, fn's outputs]) and replayed on the new inputs at later calls (cnn_gpu.replay)."""
+    from .. import replay
+    if not replayed:
+        return fn(*inputs)
+    if recorded:
+        recording, outputs = recorded
+        recording.replay(*inputs)
+        return outputs
+    with replay.record(*inputs) as recording:
+        outputs = fn(*inputs)
+    recorded += [recording, outputs]
+    return outputs
 
 
 def _train_step(model, loss_fn, optimizer, scaler, x, y):
@@ -600,7 +609,7 @@ def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=Fals
     every rank's shard; the ranks first take rank 0's buffers (batch-norm running statistics,
     which each rank updated from its own shards), so all evaluate one model. replayed: the first
     full batch's forward recorded and replayed for the later full ones (cnn_gpu.replay)."""
-    from .. import distributed, replay
+    from .. import distributed
     from ..nn.module import to_backend_array
     distributed.broadcast_buffers(model)
     model.eval()
@@ -608,22 +617,14 @@ def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=Fals
     correct, total = [], 0   # correct counts per batch, read back at the end (metrics.read_count)
     shards = distributed.shard_batches(len(dataset.x_test), batch_size, None, distributed.rank(),
                                        distributed.world_size())
-    recorded = None   # (the recorded forward, its logits)
+    recorded = []   # [the recorded forward, its logits] once the first full batch ran
     for index, chosen in enumerate(shards):
         if max_batches and index == max_batches:
             break
         if not len(chosen):
             continue
         x = to_backend_array(dataset.x_test[chosen].astype(dtype, copy=False), device)
-        if not replayed or len(chosen) != batch_size:
-            logits = model(x)
-        elif recorded is None:
-            with replay.record(x) as forward:
-                logits = model(x)
-            recorded = forward, logits
-        else:
-            forward, logits = recorded
-            forward.replay(x)
+        logits = _batch(recorded, replayed and len(chosen) == batch_size, model, x)
         correct.append(correct_count(logits, to_backend_array(dataset.y_test[chosen], device)))
         total += len(chosen)
     counts = distributed.world().allgather_object((read_count(correct), total), "the test accuracy")
