@@ -1,0 +1,179 @@
+"""The cuda backend's Python, run without a GPU on tests/cupy_sim (a CuPy whose device arrays keep
+CuPy's rules and whose kernels the emulator runs): first that the simulator refuses what CuPy
+refuses (each rule as CuPy 14's source has it), then the CUDA test sweep, `cnn-gpu check --device
+cuda`, training and the benchmark on it, each in a process whose `import cupy` finds the simulator.
+A cuda code path that hands a device array to NumPy, mixes a host array into device arithmetic,
+reads a device value as an index or passes a kernel a host array fails here as on a GPU."""
+from __future__ import annotations
+
+import importlib
+import operator
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM = ROOT / "tests" / "cupy_sim"
+EMU_REASON = backend.why_unavailable("emu")
+needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    """The simulator as `cupy` in this process, for one test (nothing of cnn_gpu asks for it)."""
+    monkeypatch.syspath_prepend(str(SIM))
+    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("cupy")
+    assert Path(module.__file__).is_relative_to(SIM)
+    yield module
+    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
+        del sys.modules[name]
+
+
+def _values(cupy, shape=(2, 3), dtype=np.float32, seed=0):
+    return cupy.asarray(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+
+
+# --- the simulator keeps CuPy's rules (cupy/_core/core.pyx, _kernel.pyx, _routines_indexing.pyx) ---
+
+def test_a_device_array_is_no_numpy_array_and_numpy_cannot_convert_it(cupy):
+    a = _values(cupy)
+    assert not isinstance(a, np.ndarray) and type(a).__module__ == "cupy"
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(a)
+    assert np.array_equal(a.get(), cupy.asnumpy(a)) and isinstance(a.get(), np.ndarray)
+
+
+def test_a_host_array_in_device_arithmetic_is_refused_but_scalars_are_not(cupy):
+    a = _values(cupy)
+    for mixed in (lambda: a + np.ones(3, np.float32), lambda: cupy.add(a, np.ones((), np.float32)),
+                  lambda: cupy.concatenate([a, np.ones((2, 3), np.float32)]), lambda: np.add(a, a, out=np.empty((2, 3)))):
+        with pytest.raises(TypeError):
+            mixed()
+    assert isinstance(a * 2.0 + np.float32(1), cupy.ndarray)
+    assert (a > np.array(0.0)).dtype == np.bool_   # comparisons read a 0-d host operand's value
+
+
+def test_reductions_and_elements_are_0d_device_arrays_and_no_index(cupy):
+    a = _values(cupy)
+    total, element = a.sum(), a[0, 1]
+    assert isinstance(total, cupy.ndarray) and total.shape == () and isinstance(float(total), float)
+    element += 100   # an element is a 0-d view
+    assert float(a[0, 1]) > 50
+    with pytest.raises(TypeError):
+        operator.index(cupy.asarray(np.int64(2)))   # CuPy has no __index__: a hidden device-to-host read
+
+
+def test_flags_views_and_allocations(cupy):
+    a = _values(cupy, (4, 5))
+    with pytest.raises(AttributeError):
+        a.flags.writeable
+    assert a.flags.c_contiguous and a.flags.owndata and not a[1:].flags.owndata
+    assert a[1:].data.mem is a.data.mem and a[1:].data.ptr == a.data.ptr + 5 * 4
+    assert a.copy().data.mem is not a.data.mem
+    assert np.may_share_memory(a, a.T) and not cupy.may_share_memory(a, a.copy())
+    assert np.isnan(cupy.empty(4, np.float32).get()).all()   # fresh memory holds no zeros
+
+
+def test_host_arrays_written_into_device_arrays(cupy):
+    a = _values(cupy)
+    with pytest.raises(ValueError, match="non-scalar"):
+        a[...] = np.ones((2, 3), np.float32)   # a basic index takes a scalar only
+    with pytest.raises(ValueError, match="non-scalar"):
+        cupy.copyto(a, np.ones((2, 3), np.float32))
+    a[np.array([1])] = np.full((1, 3), 7, np.float32)   # an advanced index converts its values
+    assert (a.get()[1] == 7).all()
+
+
+def test_promotion_follows_numpy_2(cupy):
+    half = _values(cupy, dtype=np.float16)
+    assert (half * 2.0).dtype == np.float16 and (half + np.float32(1)).dtype == np.float32   # CuPy 14: NEP 50
+
+
+@needs_emu
+def test_kernels_take_device_arrays_and_numpy_scalars_only(cupy):
+    source = 'extern "C" __global__ void scale(float* x, float s, int n) { int i = threadIdx.x; if (i < n) x[i] *= s; }'
+    with pytest.raises(TypeError, match="tuple"):
+        cupy.RawModule(code=source, options=["-DX=1"])
+    kernel = cupy.RawModule(code=source).get_function("scale")
+    x = cupy.asarray(np.arange(4, dtype=np.float32))
+    kernel((1,), (32,), (x, np.float32(2), np.int32(4)))
+    assert x.get().tolist() == [0, 2, 4, 6]
+    with pytest.raises(TypeError, match="numpy.ndarray of shape"):
+        kernel((1,), (32,), (np.arange(4, dtype=np.float32), np.float32(2), np.int32(4)))
+    with pytest.raises(TypeError, match="tuples"):
+        kernel([1], (32,), (x, np.float32(2), np.int32(4)))
+
+
+# --- the cuda backend on the simulator --------------------------------------------------------------
+
+def run_on_sim(args, timeout=600) -> subprocess.CompletedProcess:
+    """`python args...` in the checkout, with the simulator as cupy (its RuntimeWarning that CuPy
+    compiles the source rather than a checked CUBIN silenced: the simulator cannot load a CUBIN)."""
+    path = os.pathsep.join([str(SIM), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore::RuntimeWarning")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _passed(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"rc {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@needs_emu
+@pytest.mark.slow
+def test_the_cuda_test_sweep_passes_on_the_simulator():
+    """gpu-check's first step (pytest -m gpu) but for what needs a real GPU: loading the checked
+    CUBINs (test_nvrtc_kernels, the checked-build test) and the timing benchmarks."""
+    out = _passed(run_on_sim(["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests", "--deselect", "tests/test_nvrtc_kernels.py",
+                              "--deselect", "tests/test_reliability.py::test_the_gpu_runs_the_checked_builds",
+                              "--deselect", "tests/test_roofline.py::test_tc_plans_put_each_choice_beside_its_alternatives"]))
+    passed = int(re.search(r"(\d+) passed", out).group(1))
+    assert passed >= 40, out[-2000:]
+
+
+@needs_emu
+@pytest.mark.parametrize("mode", [[], ["--dtype", "float32"], ["--math", "tf32"], ["--dtype", "float16"]],
+                         ids=["float64", "float32", "tf32", "float16"])
+def test_check_passes_on_the_simulator(mode):
+    out = _passed(run_on_sim(["-m", "cnn_gpu", "check", "--device", "cuda", "--quick", *mode]))
+    counts = re.search(r"(\d+) of (\d+) ops passed", out)
+    assert counts and counts.group(1) == counts.group(2) and int(counts.group(2)) >= 18, out[-2000:]
+
+
+@needs_emu
+@pytest.mark.parametrize("run", [["--epochs", "2", "--max-batches", "3", "--precision", "fp16", "--replay"],
+                                 ["--epochs", "1", "--max-batches", "2", "--model", "resnet", "--optimizer", "sgd",
+                                  "--precision", "tf32", "--replay"]],
+                         ids=["cnn-fp16-replay", "resnet-tf32-replay"])
+def test_training_on_the_simulator_matches_the_emulator(run):
+    """The same kernels from the same arrays: the cuda backend's run gives the emu backend's
+    losses, accuracies and loss scale to the last printed digit."""
+    def summary(device):
+        result = run_on_sim(["-m", "cnn_gpu", "train", "--device", device, *run])
+        _passed(result)
+        bars = [line.rsplit("\r", 1)[-1] for line in result.stderr.splitlines() if "test=" in line]
+        accuracy = re.sub(r" in [\d.]+ s$", "", result.stdout.strip().splitlines()[-1])
+        return [re.sub(r"\[[^\]]*\]", "", bar) for bar in bars], accuracy
+    on_cuda, on_emu = summary("cuda"), summary("emu")
+    assert on_cuda[1].startswith("test accuracy") and on_cuda[0], on_cuda
+    assert on_cuda == on_emu
+
+
+@needs_emu
+def test_bench_runs_on_the_simulator():
+    out = _passed(run_on_sim(["-m", "cnn_gpu", "bench", "--shapes", "tiny", "--dtype", "float32,float16",
+                              "--math", "fp32,tf32", "--device", "cuda,model:gpu", "--no-progress", "--repeat", "1",
+                              "--ops", "conv2d,batch_norm,train_step,train_step_replayed"]))
+    rows = [line.split() for line in out.splitlines()]
+    for op in ("conv2d", "batch_norm", "train_step", "train_step_replayed"):
+        assert any(row[:1] == [op] and "cuda" in row for row in rows), (op, out[-3000:])
