@@ -115,11 +115,12 @@ def test_kernels_take_device_arrays_and_numpy_scalars_only(cupy):
 
 # --- the cuda backend on the simulator --------------------------------------------------------------
 
-def run_on_sim(args, timeout=600) -> subprocess.CompletedProcess:
-    """`python args...` in the checkout, with the simulator as cupy (its RuntimeWarning that CuPy
-    compiles the source rather than a checked CUBIN silenced: the simulator cannot load a CUBIN)."""
+def run_on_sim(args, timeout=600, gpus=1) -> subprocess.CompletedProcess:
+    """`python args...` in the checkout, with the simulator as cupy and `gpus` simulated GPUs (its
+    RuntimeWarning that CuPy compiles the source rather than a checked CUBIN silenced: the
+    simulator cannot load a CUBIN)."""
     path = os.pathsep.join([str(SIM), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-    env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore::RuntimeWarning")
+    env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore::RuntimeWarning", CUPY_SIM_DEVICES=str(gpus))
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -150,16 +151,31 @@ def test_check_passes_on_the_simulator(mode):
     assert counts and counts.group(1) == counts.group(2) and int(counts.group(2)) >= 18, out[-2000:]
 
 
+def _mpi_reason() -> str:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install 'cnn_gpu[mpi]')"
+    return "" if (Path(sys.executable).parent / "mpiexec").exists() else f"no mpiexec next to {sys.executable}"
+
+
+TWO_RANKS = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi present")
+
+
 @needs_emu
 @pytest.mark.parametrize("run", [["--epochs", "2", "--max-batches", "3", "--precision", "fp16", "--replay"],
                                  ["--epochs", "1", "--max-batches", "2", "--model", "resnet", "--optimizer", "sgd",
-                                  "--precision", "tf32", "--replay"]],
-                         ids=["cnn-fp16-replay", "resnet-tf32-replay"])
+                                  "--precision", "tf32", "--replay"],
+                                 pytest.param(["--epochs", "2", "--max-batches", "3", "--precision", "fp16",
+                                               "--nproc", "2"], marks=TWO_RANKS)],
+                         ids=["cnn-fp16-replay", "resnet-tf32-replay", "cnn-fp16-two-gpus"])
 def test_training_on_the_simulator_matches_the_emulator(run):
     """The same kernels from the same arrays: the cuda backend's run gives the emu backend's
-    losses, accuracies and loss scale to the last printed digit."""
+    losses, accuracies and loss scale to the last printed digit. With two ranks, one simulated GPU
+    each (a kernel refuses an array of another GPU), their gradients summed by the simulator's NCCL
+    (distributed._nccl, which no other test runs), the emu backend's by MPI."""
     def summary(device):
-        result = run_on_sim(["-m", "cnn_gpu", "train", "--device", device, *run])
+        result = run_on_sim(["-m", "cnn_gpu", "train", "--device", device, *run], gpus=2)
         _passed(result)
         bars = [line.rsplit("\r", 1)[-1] for line in result.stderr.splitlines() if "test=" in line]
         accuracy = re.sub(r" in [\d.]+ s$", "", result.stdout.strip().splitlines()[-1])
