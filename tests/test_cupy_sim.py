@@ -98,6 +98,18 @@ def test_promotion_follows_numpy_2(cupy):
     assert (half * 2.0).dtype == np.float16 and (half + np.float32(1)).dtype == np.float32   # CuPy 14: NEP 50
 
 
+def test_only_what_cupy_has(cupy):
+    """Functions and methods CuPy 14 lacks are missing (cupy/__init__.py's names, core.pyx's methods)."""
+    a = _values(cupy)
+    with pytest.raises(AttributeError):
+        cupy.nanpercentile
+    with pytest.raises(TypeError, match="no implementation found"):
+        np.nanpercentile(a, 50)
+    with pytest.raises(AttributeError):
+        a.setflags(write=False)
+    assert np.isclose(float(np.linalg.norm(a)), np.linalg.norm(a.get()))
+
+
 @needs_emu
 def test_kernels_take_device_arrays_and_numpy_scalars_only(cupy):
     source = 'extern "C" __global__ void scale(float* x, float s, int n) { int i = threadIdx.x; if (i < n) x[i] *= s; }'

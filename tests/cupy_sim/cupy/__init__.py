@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
+from pathlib import Path
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -135,9 +136,18 @@ class ndarray(NDArrayOperatorsMixin):
         return _from_host(result)
 
     def __array_function__(self, func, types, args, kwargs):
-        function = globals().get(func.__name__)
-        if function is None or not callable(function):
-            function = _numpy_function(func.__name__)
+        """numpy.f(device arrays) runs cupy.f, as CuPy's dispatch does; NumPy raises TypeError
+        where CuPy has no such function."""
+        name, module = func.__name__, func.__module__
+        if module == "numpy":
+            if name not in _API:
+                return NotImplemented
+            function = globals().get(name)
+            function = function if callable(function) else _numpy_function(name)
+        elif module in ("numpy.linalg", "numpy.fft"):   # cupy.linalg.norm and the like
+            function = _numpy_function(name, getattr(np, module.split(".")[1]))
+        else:
+            return NotImplemented   # not simulated
         return function(*args, **kwargs)
 
     # --- attributes -----------------------------------------------------------------------------
@@ -243,11 +253,9 @@ class ndarray(NDArrayOperatorsMixin):
     def __getattr__(self, name):
         """Other NumPy methods (reshape, ravel, transpose, sum, max, ...) on the device: views stay
         views of the same allocation, results are device arrays (scalars 0-d)."""
-        if name.startswith("__") or name in _NOT_ON_DEVICE:
+        if name not in _CUPY_METHODS:
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
         method = getattr(self._a, name)
-        if not callable(method):
-            raise AttributeError(f"cupy_sim: attribute {name!r} of cupy.ndarray is not simulated")
 
         def on_device(*args, **kwargs):
             outs = _out_arrays(kwargs)
@@ -263,9 +271,13 @@ class ndarray(NDArrayOperatorsMixin):
 
 
 _COMPARISONS = frozenset({"greater", "greater_equal", "less", "less_equal", "equal", "not_equal"})
-# NumPy's host-only views of memory: a device array has none of them
-_NOT_ON_DEVICE = frozenset({"ctypes", "tobytes", "tofile", "setflags", "byteswap", "getfield", "setfield",
-                            "dump", "dumps", "newbyteorder", "resize"})
+# Methods of CuPy 14's ndarray (cupy/_core/core.pyx, class _ndarray_base) that __getattr__ hands to
+# NumPy's; NumPy's others (ctypes, setflags, resize, ...) do not exist on a device array.
+_CUPY_METHODS = frozenset({
+    "all", "any", "argmax", "argmin", "argpartition", "argsort", "byteswap", "choose", "clip", "compress", "conj",
+    "conjugate", "cumprod", "cumsum", "diagonal", "dot", "dump", "dumps", "flatten", "max", "mean", "min", "nonzero",
+    "partition", "prod", "ptp", "put", "ravel", "repeat", "reshape", "round", "searchsorted", "sort", "squeeze",
+    "std", "sum", "swapaxes", "take", "tobytes", "tofile", "trace", "transpose", "var"})
 
 
 # --- creating arrays -------------------------------------------------------------------------------
@@ -365,11 +377,17 @@ linalg = _Submodule(np.linalg)
 fft = _Submodule(np.fft)
 
 
+_API = frozenset(line for line in (Path(__file__).parent / "api_names.txt").read_text().split("\n")
+                 if line and not line.startswith("#"))
+
+
 def __getattr__(name):
     if name in _DTYPES:
         return getattr(np, name)
-    if name.startswith("_") or not callable(getattr(np, name, None)):
-        raise AttributeError(f"module 'cupy' has no attribute {name!r} (not simulated)")
+    if name not in _API:
+        raise AttributeError(f"module 'cupy' has no attribute {name!r}")
+    if not callable(getattr(np, name, None)):
+        raise AttributeError(f"module 'cupy' has no attribute {name!r} (cupy_sim: CuPy has it; not simulated)")
     if isinstance(getattr(np, name), np.ufunc):
         return getattr(np, name)   # NumPy's ufunc on device arrays runs ndarray.__array_ufunc__
     return _numpy_function(name)
