@@ -145,8 +145,9 @@ def _passed(result: subprocess.CompletedProcess) -> str:
 @needs_emu
 @pytest.mark.slow
 def test_the_cuda_test_sweep_passes_on_the_simulator():
-    """gpu-check's first step (pytest -m gpu) but for what needs a real GPU: loading the checked
-    CUBINs (test_nvrtc_kernels, the checked-build test) and the timing benchmarks."""
+    """gpu-check's first step (pytest -m gpu) but for what needs a real GPU (the checked-build
+    test loads CUBINs, tc_plans' test times every plan) and the NVRTC compiles of
+    test_nvrtc_kernels, which the suite runs anyway."""
     out = _passed(run_on_sim(["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests", "--deselect", "tests/test_nvrtc_kernels.py",
                               "--deselect", "tests/test_reliability.py::test_the_gpu_runs_the_checked_builds",
                               "--deselect", "tests/test_roofline.py::test_tc_plans_put_each_choice_beside_its_alternatives"]))
