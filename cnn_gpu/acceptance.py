@@ -22,6 +22,9 @@ its own process so one crash does not hide the rest:
 and writes one markdown report (GPU, driver and CUDA versions, every table, a pass/fail summary)
 whose path it prints. Exit status: 0 all steps passed, 1 a step failed, 2 no usable GPU.
 
+--only TITLES runs the named steps alone (comma-separated titles, as the report names them:
+"check float16,bench"; an unknown one lists them all), to rerun what failed or what a lease cut.
+
 --budget SECONDS is for a GPU lent for minutes (a device lease): the steps that tell most come
 first (the mma.sync rate the model assumes, the tensor-core kernels checked with --quick in tf32 and
 float16, the tensor-core plans timed, then the benchmark and the CUDA test sweep), each stopped
@@ -292,9 +295,17 @@ def main(argv=None) -> int:
                       help="a fast rehearsal: check --quick, tiny bench shapes, a few training batches")
     mode.add_argument("--budget", type=float, metavar="SECONDS",
                       help="a GPU lent for minutes: the most telling steps first, stopped where SECONDS end")
+    parser.add_argument("--only", metavar="TITLES",
+                        help="run only these steps (comma-separated titles, as the report names them: "
+                             "rerun what failed, or what a lease cut)")
     args = parser.parse_args(argv)
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget:g}")
+    only = None if args.only is None else [t.strip() for t in args.only.split(",") if t.strip()]
+    titles = [step.title for step in steps(sys.executable, Path("."), quick=True)]
+    unknown = [t for t in only or () if t not in titles]
+    if only is not None and (unknown or not only):
+        parser.error(f"--only: no step {', '.join(map(repr, unknown)) or 'given'}; the steps are: {', '.join(titles)}")
 
     deadline = None if args.budget is None else time.monotonic() + args.budget
     problem = gpu_problem()
@@ -308,7 +319,12 @@ def main(argv=None) -> int:
     facts = environment()
     print("\n".join(f"{name}: {value}" for name, value in facts), flush=True)
     done = []
-    planned = steps(sys.executable, out_dir, args.quick) if deadline is None else lease_steps(sys.executable, out_dir)
+    if only is not None:   # in the usual order, each as --quick says; a --budget still stops them
+        planned = [step for step in steps(sys.executable, out_dir, args.quick) if step.title in only]
+    elif deadline is None:
+        planned = steps(sys.executable, out_dir, args.quick)
+    else:
+        planned = lease_steps(sys.executable, out_dir)
     for step in planned:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left < MIN_STEP_S and not step.skipped:

@@ -593,6 +593,24 @@ def test_a_budget_runs_the_lease_steps_and_cuts_the_step_it_ends_in(tmp_path, mo
     assert "not started:" in text and "of the --budget of 4 s were left" in text
 
 
+def test_only_runs_the_named_steps_and_refuses_an_unknown_one(tmp_path, monkeypatch, capsys):
+    """--only (rerun what failed or what a lease cut): the named steps alone, in their order; an
+    unknown title lists the steps before anything runs."""
+    from cnn_gpu import acceptance
+    monkeypatch.setattr(acceptance, "gpu_problem", lambda: "")
+    monkeypatch.setattr(acceptance, "environment", lambda: [("GPU", "pretend")])
+    monkeypatch.setattr(acceptance, "steps", lambda python, out, quick: [
+        acceptance.Step(title, [python, "-c", f"print('ran {title}')"], 60) for title in ("a", "b c", "d --e")])
+    assert acceptance.main(["--out", str(tmp_path), "--only", "d --e, a"]) == 0
+    out = capsys.readouterr().out
+    assert "ran a" in out and "ran d --e" in out and "ran b c" not in out and out.index("ran a") < out.index("ran d")
+    assert "2 of 2 steps passed" in out
+    with pytest.raises(SystemExit):
+        acceptance.main(["--out", str(tmp_path / "x"), "--only", "a,nope"])
+    err = capsys.readouterr().err
+    assert "no step 'nope'; the steps are: a, b c, d --e" in err and not (tmp_path / "x").exists()
+
+
 def test_the_lease_steps_calibrate_the_model_and_check_the_tensor_cores_first(tmp_path):
     from cnn_gpu import acceptance
     lease = acceptance.lease_steps("python", tmp_path)
