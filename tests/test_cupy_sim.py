@@ -128,12 +128,14 @@ def test_kernels_take_device_arrays_and_numpy_scalars_only(cupy):
 
 # --- the cuda backend on the simulator --------------------------------------------------------------
 
-def run_on_sim(args, timeout=600, gpus=1) -> subprocess.CompletedProcess:
+def run_on_sim(args, timeout=600, gpus=1, device_log=None) -> subprocess.CompletedProcess:
     """`python args...` in the checkout, with the simulator as cupy and `gpus` simulated GPUs (its
     RuntimeWarning that CuPy compiles the source rather than a checked CUBIN silenced: the
     simulator cannot load a CUBIN)."""
     path = os.pathsep.join([str(SIM), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
     env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore::RuntimeWarning", CUPY_SIM_DEVICES=str(gpus))
+    if device_log is not None:   # each process writes the GPUs it launched kernels on
+        env["CUPY_SIM_DEVICE_LOG"] = str(device_log)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -183,13 +185,13 @@ TWO_RANKS = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi
                                  pytest.param(["--epochs", "2", "--max-batches", "3", "--precision", "fp16",
                                                "--nproc", "2"], marks=TWO_RANKS)],
                          ids=["cnn-fp16-replay", "resnet-tf32-replay", "cnn-fp16-two-gpus"])
-def test_training_on_the_simulator_matches_the_emulator(run):
+def test_training_on_the_simulator_matches_the_emulator(run, tmp_path):
     """The same kernels from the same arrays: the cuda backend's run gives the emu backend's
     losses, accuracies and loss scale to the last printed digit. With two ranks, one simulated GPU
     each (a kernel refuses an array of another GPU), their gradients summed by the simulator's NCCL
     (distributed._nccl, which no other test runs), the emu backend's by MPI."""
     def summary(device):
-        result = run_on_sim(["-m", "cnn_gpu", "train", "--device", device, *run], gpus=2)
+        result = run_on_sim(["-m", "cnn_gpu", "train", "--device", device, *run], gpus=2, device_log=tmp_path)
         _passed(result)
         bars = [line.rsplit("\r", 1)[-1] for line in result.stderr.splitlines() if "test=" in line]
         accuracy = re.sub(r" in [\d.]+ s$", "", result.stdout.strip().splitlines()[-1])
@@ -197,6 +199,8 @@ def test_training_on_the_simulator_matches_the_emulator(run):
     on_cuda, on_emu = summary("cuda"), summary("emu")
     assert on_cuda[1].startswith("test accuracy") and on_cuda[0], on_cuda
     assert on_cuda == on_emu
+    ranks = 2 if "--nproc" in run else 1   # each rank on its own GPU, the local rank's
+    assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == [str(r) for r in range(ranks)]
 
 
 @needs_emu

@@ -2,7 +2,9 @@
 Python-visible rules, and RawModule kernels run by cnn_gpu's emulator."""
 from __future__ import annotations
 
+import atexit
 import numbers
+import os
 import weakref
 from pathlib import Path
 
@@ -422,6 +424,20 @@ class RawModule:
         return RawKernel._of(self._module.get_function(name), name)
 
 
+# The GPUs this process launched kernels on; with $CUPY_SIM_DEVICE_LOG set (a folder), written there
+# at exit as <pid>.txt, so that a test can see which GPU each rank of a job used.
+_launched_on: set = set()
+
+
+def _write_device_log():
+    folder = os.environ.get("CUPY_SIM_DEVICE_LOG")
+    if folder and _launched_on:
+        Path(folder, f"{os.getpid()}.txt").write_text(" ".join(map(str, sorted(_launched_on))))
+
+
+atexit.register(_write_device_log)
+
+
 class RawKernel:
     def __init__(self, code, name, options=(), **kwargs):
         self._kernel = RawModule(code=code, options=options, **kwargs)._module.get_function(name)
@@ -454,3 +470,4 @@ class RawKernel:
                 raise TypeError(f"Unsupported type {type(a)}")
             host_args.append(a._a if isinstance(a, ndarray) else a)
         self._kernel(grid, block, tuple(host_args), shared_mem=shared_mem)
+        _launched_on.add(cuda.runtime.getDevice())
