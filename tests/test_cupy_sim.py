@@ -151,11 +151,15 @@ def test_the_cuda_test_sweep_passes_on_the_simulator():
     """gpu-check's first step (pytest -m gpu) but for what needs a real GPU (the checked-build
     test loads CUBINs, tc_plans' test times every plan) and the NVRTC compiles of
     test_nvrtc_kernels, which the suite runs anyway."""
-    out = _passed(run_on_sim(["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests", "--deselect", "tests/test_nvrtc_kernels.py",
+    out = _passed(run_on_sim(["-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider", "tests",
+                              "--deselect", "tests/test_nvrtc_kernels.py",
                               "--deselect", "tests/test_reliability.py::test_the_gpu_runs_the_checked_builds",
                               "--deselect", "tests/test_roofline.py::test_tc_plans_put_each_choice_beside_its_alternatives"]))
-    passed = int(re.search(r"(\d+) passed", out).group(1))
-    assert passed >= 40, out[-2000:]
+    passed = {line.split()[1].split("[")[0] for line in out.splitlines() if line.startswith("PASSED ")}
+    for test in ("tests/test_replay.py::test_replayed_steps_equal_eager_steps_bit_for_bit",   # torch or not
+                 "tests/test_distributed.py::test_nccl_sum_on_one_gpu_keeps_the_values",
+                 "tests/test_batch_norm.py::test_cuda_matches_numpy", "tests/test_kernels_conv.py"):
+        assert any(name.startswith(test) for name in passed), (test, out[-3000:])
 
 
 @needs_emu
