@@ -22,18 +22,38 @@ _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.
              "array explicitly.")
 
 
-def _to_host(value, allow_host_arrays=False):
+class _NoIndex(np.ndarray):
+    """A 0-d device array's storage as a call's argument: CuPy's ndarray has no __index__ (a hidden
+    device-to-host read), so a shape, axis or count cannot be one."""
+
+    def __index__(self):
+        raise TypeError("a 0-d cupy.ndarray cannot be used as an integer (no __index__); use int(a)")
+
+
+def _to_host(value, allow_host_arrays=False, key=False):
     """A call's argument with device arrays replaced by their NumPy storage (lists and tuples
-    too); a NumPy array is refused unless allowed, as CuPy refuses one mixed into device work."""
+    too); a NumPy array is refused unless allowed, as CuPy refuses one mixed into device work.
+    Each device array must be on the current GPU, as CuPy's kernels require (no peer access
+    here); a 0-d one is no integer (except in an index `key`)."""
     if isinstance(value, ndarray):
-        return value._a
+        _check_current(value)
+        return value._a.view(_NoIndex) if value.ndim == 0 and not key else value._a
     if isinstance(value, np.ndarray) and not allow_host_arrays:
         raise TypeError(f"Unsupported type {type(value)}")
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_host(v, allow_host_arrays) for v in value)
+        return type(value)(_to_host(v, allow_host_arrays, key) for v in value)
     if isinstance(value, dict):
-        return {k: _to_host(v, allow_host_arrays) for k, v in value.items()}
+        return {k: _to_host(v, allow_host_arrays, key) for k, v in value.items()}
+    if key and isinstance(value, slice):   # CuPy reads a 0-d device bound with int()
+        return slice(*(int(b) if isinstance(b, ndarray) else b for b in (value.start, value.stop, value.step)))
     return value
+
+
+def _check_current(a: "ndarray") -> None:
+    current = cuda.runtime.getDevice()
+    if a._device != current:
+        raise ValueError(f"The device where the array resides ({a._device}) is different from the current device "
+                         f"({current}). Peer access is unavailable between these devices.")
 
 
 def _root(a: np.ndarray) -> np.ndarray:
@@ -46,12 +66,11 @@ def _root(a: np.ndarray) -> np.ndarray:
 _allocations: dict = {}
 
 
-def _allocation(a: np.ndarray) -> "_memory.PooledMemory":
+def _allocation(a: np.ndarray, device: int) -> "_memory.PooledMemory":
     root = _root(a)
     entry = _allocations.get(id(root))
     if entry is None or entry[0]() is not root:
-        entry = (weakref.ref(root), _memory.PooledMemory(root.__array_interface__["data"][0], root.nbytes,
-                                                         cuda.runtime.getDevice()))
+        entry = (weakref.ref(root), _memory.PooledMemory(root.__array_interface__["data"][0], root.nbytes, device))
         _allocations[id(root)] = entry
         weakref.finalize(root, _allocations.pop, id(root), None)
     return entry[1]
@@ -126,12 +145,17 @@ class ndarray(NDArrayOperatorsMixin):
         raise TypeError(_IMPLICIT)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc.__name__ not in _API:
+            return NotImplemented   # CuPy 14 has no such ufunc: NumPy raises TypeError
+        for x in inputs:
+            if x is None or isinstance(x, (list, tuple)):
+                raise TypeError(f"Unsupported type {type(x)}")   # CuPy's operands are arrays and scalars
         outs = _out_arrays(kwargs)
         if ufunc.__name__ in _COMPARISONS:   # CuPy's comparison operators read a 0-d NumPy operand's value
             inputs = [x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x for x in inputs]
         host_inputs = [_to_host(x) for x in inputs]
         if outs is not None:
-            kwargs["out"] = tuple(o._a for o in outs)
+            kwargs["out"] = tuple(_to_host(o, key=True) for o in outs)
         result = getattr(ufunc, method)(*host_inputs, **kwargs)
         if outs is not None:
             return outs[0] if len(outs) == 1 else outs
@@ -163,7 +187,7 @@ class ndarray(NDArrayOperatorsMixin):
     T = property(lambda self: self._view(self._a.T))
     flags = property(lambda self: _Flags(self._a, self._a.base is None))
     device = property(lambda self: cuda.Device(self._device))
-    data = property(lambda self: _memory.MemoryPointer(_allocation(self._a), self._a.__array_interface__["data"][0]))
+    data = property(lambda self: _memory.MemoryPointer(_allocation(self._a, self._device), self._a.__array_interface__["data"][0]))
 
     @property
     def base(self):
@@ -223,32 +247,36 @@ class ndarray(NDArrayOperatorsMixin):
 
     # --- indexing -------------------------------------------------------------------------------
     def __getitem__(self, key):
-        key = _to_host(key, allow_host_arrays=True)
+        key = _to_host(key, allow_host_arrays=True, key=True)
         if _is_basic(key):   # a view, an element too (a 0-d view, as CuPy's)
             return self._view(self._a[(*key, Ellipsis) if isinstance(key, tuple) else (key, Ellipsis)]
                               if Ellipsis not in (key if isinstance(key, tuple) else (key,)) else self._a[key])
         return _from_host(self._a[key])   # advanced indexing: a copy
 
     def __setitem__(self, key, value):
-        key = _to_host(key, allow_host_arrays=True)
-        if isinstance(value, np.ndarray) and _is_basic(key) and value.ndim:
-            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")   # CuPy's refusal of a host copy
-        self._a[key] = _to_host(value, allow_host_arrays=True)
+        key = _to_host(key, allow_host_arrays=True, key=True)
+        if not isinstance(value, ndarray) and _is_basic(key) and np.asarray(value).shape != ():
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")   # CuPy fills with a host value
+        self._a[key] = _to_host(value, allow_host_arrays=True, key=True)
 
     # --- methods --------------------------------------------------------------------------------
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
-        if not copy and np.dtype(dtype) == self.dtype:
+        """Itself where nothing changes (copy=False, its dtype, a layout that is `order`'s), else a
+        copy on the current GPU."""
+        if casting is not None:
+            raise TypeError("casting is not supported yet")
+        if not copy and np.dtype(dtype) == self.dtype and _in_order(self._a, order):
             return self
-        return ndarray._wrap(self._a.astype(dtype, order=order), self._device)
+        return ndarray._wrap(self._a.astype(dtype, order=order))
 
     def copy(self, order="C"):
-        return ndarray._wrap(self._a.copy(order=order), self._device)
+        return ndarray._wrap(self._a.copy(order=order))
 
     def view(self, dtype=None):
         return self._view(self._a if dtype is None else self._a.view(dtype))
 
     def fill(self, value):
-        if isinstance(value, np.ndarray) and value.shape != ():
+        if not isinstance(value, ndarray) and np.asarray(value).shape != ():
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
         self._a.fill(_to_host(value, allow_host_arrays=True))
 
@@ -260,10 +288,13 @@ class ndarray(NDArrayOperatorsMixin):
         method = getattr(self._a, name)
 
         def on_device(*args, **kwargs):
+            _check_current(self)
             outs = _out_arrays(kwargs)
+            kwargs.pop("out", None)
+            host_kwargs = _to_host(kwargs)
             if outs is not None:
-                kwargs["out"] = outs[0]._a
-            result = method(*_to_host(args), **_to_host(kwargs))
+                host_kwargs["out"] = _to_host(outs[0], key=True)
+            result = method(*_to_host(args), **host_kwargs)
             if outs is not None:
                 return outs[0]
             if isinstance(result, np.ndarray) and _root(result) is _root(self._a):
@@ -305,13 +336,21 @@ zeros, ones, full, arange, zeros_like, ones_like, full_like, eye, linspace = map
 
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):
     """A new device array: from the host (a copy to the device) or from the device."""
-    host = _to_host(obj, allow_host_arrays=True)   # a list of device arrays too
+    host = obj._a if isinstance(obj, ndarray) else _to_host(obj, allow_host_arrays=True, key=True)   # copies across GPUs too
     return ndarray._wrap(np.array(host, dtype=dtype, copy=True, order=order, ndmin=ndmin))
 
 
+def _in_order(a: np.ndarray, order) -> bool:
+    return {"C": a.flags.c_contiguous, "F": a.flags.f_contiguous}.get(order, True)
+
+
 def asarray(a, dtype=None, order=None):
+    """CuPy's: a device array itself where it is on the current GPU in `dtype` and `order`, else a
+    copy on the current GPU; a host array copied to it."""
     if isinstance(a, ndarray):
-        return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+        if a._device == cuda.runtime.getDevice():
+            return a.astype(a.dtype if dtype is None else dtype, order=order or "K", copy=False)
+        return ndarray._wrap(np.array(a._a, dtype=dtype, order=order or "K", copy=True))
     return array(a, dtype=dtype, order=order or "K")
 
 
@@ -345,9 +384,11 @@ def _numpy_function(name, namespace=np):
 
     def on_device(*args, **kwargs):
         outs = _out_arrays(kwargs)
-        if outs is not None:
-            kwargs["out"] = outs[0]._a if len(outs) == 1 else tuple(o._a for o in outs)
+        kwargs.pop("out", None)
         host_args, host_kwargs = _to_host(args), _to_host(kwargs)
+        if outs is not None:
+            host_kwargs["out"] = _to_host(outs[0], key=True) if len(outs) == 1 else tuple(
+                _to_host(o, key=True) for o in outs)
         result = function(*host_args, **host_kwargs)
         if outs is not None:
             return outs[0] if len(outs) == 1 else outs
