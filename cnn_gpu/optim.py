@@ -25,7 +25,7 @@ from . import backend as _backend
 from . import replay
 from .functional._checks import FLOAT_DTYPES, flag, real_number, whole_number
 from .launch_checks import check_disjoint
-from .nn.module import Parameter, to_backend_array, to_host
+from .nn.module import Parameter, array_like, to_host
 
 
 # --- the NumPy updates (the signatures of cnn_gpu.gpu.optim.sgd_step / adam_step) ---------------
@@ -164,7 +164,7 @@ class Optimizer:
         kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
         for key, value in _state_arrays(state):
             if _backend.is_cupy_array(value) != (kind == "cuda"):
-                state[key] = to_backend_array(value, kind)   # same values, the parameter's device
+                state[key] = array_like(value, p.data)   # same values, the parameter's device
         self._sync_master(index, p, state)
         written = [("the parameter", p.data)] + [(f"its state {k!r}", v) for k, v in _state_arrays(state)]
         for name, a in written:
@@ -309,8 +309,7 @@ class Optimizer:
                 if not hasattr(value, "shape") or tuple(value.shape) != tuple(p.data.shape):
                     raise ValueError(f"optimizer state {i}.{key} has shape {tuple(getattr(value, 'shape', ()))}, "
                                      f"the parameter {tuple(p.data.shape)}")
-                kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
-                entry[key] = to_backend_array(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), kind)
+                entry[key] = array_like(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), p.data)
             restored.append(entry)
         self.param_groups[0].update(hyper)
         self.state = restored

@@ -99,6 +99,26 @@ def test_promotion_follows_numpy_2(cupy):
     assert (half * 2.0).dtype == np.float16 and (half + np.float32(1)).dtype == np.float32   # CuPy 14: NEP 50
 
 
+def test_a_0d_device_array_is_no_shape_and_arrays_of_another_gpu_are_refused(cupy, monkeypatch):
+    """No __index__ (internal.pyx get_size needs it), a slice bound read by int(); a kernel of CuPy
+    checks each array's GPU against the current one (_kernel.pyx _check_peer_access, no peer
+    access here); asarray copies onto the current GPU, and into `order` (core.pyx _astype)."""
+    a, n = _values(cupy, (6,)), cupy.asarray(np.int64(3))
+    for as_integer in (lambda: cupy.zeros(n), lambda: a.reshape(n, -1), lambda: a + [1.0] * 6):
+        with pytest.raises(TypeError):
+            as_integer()
+    assert a[:n].shape == (3,)
+    monkeypatch.setattr(cupy.cuda.runtime, "_ARCHS", ["80", "80"])
+    with cupy.cuda.Device(1):
+        other = _values(cupy, (6,))
+    with pytest.raises(ValueError, match="different from the current device"):
+        a + other
+    moved = cupy.asarray(other)
+    assert moved.device.id == 0 and other.device.id == 1 and moved.data.device_id == 0
+    t = _values(cupy, (2, 3)).T
+    assert cupy.asarray(t) is t and cupy.asarray(t, order="C").flags.c_contiguous
+
+
 def test_only_what_cupy_has(cupy):
     """Functions and methods CuPy 14 lacks are missing (cupy/__init__.py's names, core.pyx's methods)."""
     a = _values(cupy)
@@ -106,6 +126,8 @@ def test_only_what_cupy_has(cupy):
         cupy.nanpercentile
     with pytest.raises(TypeError, match="no implementation found"):
         np.nanpercentile(a, 50)
+    with pytest.raises(TypeError):
+        np.vecdot(a, a)   # a ufunc CuPy 14 lacks
     with pytest.raises(AttributeError):
         a.setflags(write=False)
     assert np.isclose(float(np.linalg.norm(a)), np.linalg.norm(a.get()))
@@ -223,3 +245,45 @@ def test_gpu_check_rehearses_its_steps_on_the_simulator(tmp_path):
     from cnn_gpu.bench import OPS
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {r["op"] for r in rows if r["device"] == "cuda"} == set(OPS) - {"conv2d_fwd_bwd"}
+
+
+CHECKPOINT_ON_GPU_1 = """
+import numpy as np, cupy
+from cnn_gpu import nn, optim
+nn.init.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+loss_fn = nn.CrossEntropyLoss()
+rng = np.random.default_rng(0)
+with cupy.cuda.Device(1):
+    model.to("cuda")
+    loss_fn.to("cuda")
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    x = cupy.asarray(rng.standard_normal((4, 1, 6, 6)).astype(np.float32))
+    labels = cupy.asarray(rng.integers(0, 3, 4))
+
+def step():
+    with cupy.cuda.Device(1):
+        opt.zero_grad()
+        loss_fn(model(x), labels, as_array=True)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+
+step()
+weights, state = model.state_dict(), opt.state_dict()
+step()
+model.load_state_dict(weights)   # GPU 0 is current
+opt.load_state_dict(state)
+on = {a.device.id for a in [p.data for p in model.parameters()] + [v for s in opt.state for v in s.values()
+                                                                    if hasattr(v, "device")]}
+assert on == {1}, on
+step()
+print("resumed on GPU", *on)
+"""
+
+
+@needs_emu
+def test_a_checkpoint_loads_onto_the_gpu_its_model_is_on():
+    """load_state_dict of a model and of its optimizer on GPU 1 while GPU 0 is current (a rank of a
+    two-GPU job resuming) keeps every array on GPU 1, where the next step runs."""
+    out = _passed(run_on_sim(["-c", CHECKPOINT_ON_GPU_1], gpus=2))
+    assert "resumed on GPU 1" in out

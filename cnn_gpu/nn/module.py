@@ -96,6 +96,15 @@ def to_backend_array(array, backend: str):
     return np.asarray(array.get() if _backend.is_cupy_array(array) else array, order="C")
 
 
+def array_like(array, like):
+    """`array` (NumPy or CuPy) as an array of `like`'s kind, C-contiguous: for a CuPy `like` on its
+    GPU, whichever GPU is current (a model on GPU 1 stays there when GPU 0 is current)."""
+    if _backend.is_cupy_array(like):
+        with like.device:
+            return to_backend_array(array, "cuda")
+    return to_backend_array(array, "numpy")
+
+
 def _counts_fit(value: np.ndarray, dtype) -> bool:
     """Whether every value is a whole number in [0, dtype's max]: the integer buffers are counts
     (BatchNorm's num_batches_tracked, Dropout's step), which a checkpoint must not make fractional
@@ -389,8 +398,7 @@ class Module:
         if problems:
             raise ValueError(f"cannot load state dict into {type(self).__name__}: " + "; ".join(problems))
         # Build every new array first (a device allocation may fail), then swap them all in.
-        new_arrays = [to_backend_array(np.array(value, dtype=current.dtype, order="C"),
-                                       "cuda" if _backend.is_cupy_array(current) else "numpy")
+        new_arrays = [array_like(np.array(value, dtype=current.dtype, order="C"), current)
                       for _, _, _, current, value in converted]
         for (module, key, kind, _, _), array in zip(converted, new_arrays):
             if kind == "parameter":
