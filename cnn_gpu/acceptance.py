@@ -302,10 +302,12 @@ def main(argv=None) -> int:
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget:g}")
     only = None if args.only is None else [t.strip() for t in args.only.split(",") if t.strip()]
-    titles = [step.title for step in steps(sys.executable, Path("."), quick=True)]
-    unknown = [t for t in only or () if t not in titles]
-    if only is not None and (unknown or not only):
-        parser.error(f"--only: no step {', '.join(map(repr, unknown)) or 'given'}; the steps are: {', '.join(titles)}")
+    if only is not None:
+        titles = [step.title for step in steps(sys.executable, Path("."), quick=True)]
+        unknown = [t for t in only if t not in titles]
+        if unknown or not only:
+            parser.error(f"--only: no step {', '.join(map(repr, unknown)) or 'given'}; the steps are: "
+                         f"{', '.join(titles)}")
 
     deadline = None if args.budget is None else time.monotonic() + args.budget
     problem = gpu_problem()
