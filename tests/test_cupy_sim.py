@@ -92,6 +92,16 @@ def test_host_arrays_written_into_device_arrays(cupy):
         cupy.copyto(a, np.ones((2, 3), np.float32))
     a[np.array([1])] = np.full((1, 3), 7, np.float32)   # an advanced index converts its values
     assert (a.get()[1] == 7).all()
+    with pytest.raises(TypeError):
+        cupy.ascontiguousarray(np.ones(3))   # device arrays only
+    assert cupy.empty_like(np.ones((2, 5))).shape == (2, 5)   # a host prototype gives its shape
+
+
+def test_a_stream_is_current_while_used(cupy):
+    stream = cupy.cuda.Stream()
+    with stream:
+        assert cupy.cuda.get_current_stream() is stream and stream.ptr
+    assert cupy.cuda.get_current_stream().ptr == 0
 
 
 def test_promotion_follows_numpy_2(cupy):

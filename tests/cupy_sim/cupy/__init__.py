@@ -319,8 +319,37 @@ def empty(shape, dtype=float, order="C"):
     return ndarray(shape, dtype, order=order)
 
 
+def _prototype(a):
+    """A *_like function's prototype: CuPy reads only its dtype, shape and layout, so a NumPy array
+    will do."""
+    return a if isinstance(a, np.ndarray) else _to_host(a)
+
+
+def _fill_value(value):
+    """full's value: CuPy copies it in with copyto, which takes a NumPy array of size 1."""
+    if isinstance(value, np.ndarray) and value.size != 1:
+        raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
+    return value if isinstance(value, np.ndarray) else _to_host(value)
+
+
 def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
-    return ndarray._wrap(_poisoned(np.empty_like(_to_host(prototype), dtype, order, shape=shape)))
+    return ndarray._wrap(_poisoned(np.empty_like(_prototype(prototype), dtype, order, shape=shape)))
+
+
+def zeros_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    return ndarray._wrap(np.zeros_like(_prototype(prototype), dtype, order, shape=shape))
+
+
+def ones_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    return ndarray._wrap(np.ones_like(_prototype(prototype), dtype, order, shape=shape))
+
+
+def full_like(prototype, fill_value, dtype=None, order="K", subok=None, shape=None):
+    return ndarray._wrap(np.full_like(_prototype(prototype), _fill_value(fill_value), dtype, order, shape=shape))
+
+
+def full(shape, fill_value, dtype=None, order="C"):
+    return ndarray._wrap(np.full(_to_host(shape), _fill_value(fill_value), dtype, order))
 
 
 def _filled(make):
@@ -330,8 +359,7 @@ def _filled(make):
     return made
 
 
-zeros, ones, full, arange, zeros_like, ones_like, full_like, eye, linspace = map(
-    _filled, (np.zeros, np.ones, np.full, np.arange, np.zeros_like, np.ones_like, np.full_like, np.eye, np.linspace))
+zeros, ones, arange, eye, linspace = map(_filled, (np.zeros, np.ones, np.arange, np.eye, np.linspace))
 
 
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):
@@ -355,9 +383,10 @@ def asarray(a, dtype=None, order=None):
 
 
 def ascontiguousarray(a, dtype=None):
-    if isinstance(a, ndarray) and a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
-        return a
-    return ndarray._wrap(np.ascontiguousarray(_to_host(a, allow_host_arrays=True), dtype=dtype))
+    if not isinstance(a, ndarray):   # CuPy's takes a device array only (core.pyx ascontiguousarray)
+        raise TypeError(f"Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, got "
+                        f"{type(a).__name__})")
+    return a.astype(a.dtype if dtype is None else dtype, order="C", copy=False) if a.ndim else a.reshape(1)
 
 
 def asnumpy(a, stream=None, order="C", out=None):

@@ -4,6 +4,7 @@ streams and events (the emulator runs every kernel to its end at the launch, so 
 done and an event's time is the host's clock)."""
 from __future__ import annotations
 
+import threading
 import time
 
 from . import device, memory, nvrtc, runtime  # noqa: F401  (cupy.cuda.<module>)
@@ -58,22 +59,27 @@ class Device:
 
 
 class Stream:
+    """A stream, current while used (per thread, as CuPy's); the emulator has finished its work
+    by the time a launch returns, so synchronising waits for nothing."""
     null = None
 
     def __init__(self, null=False, non_blocking=False, ptr=0):
         self.ptr = 0 if null else id(self)
+        self._outer = []
 
     def synchronize(self):
         pass
 
     def use(self):
+        _streams.current = self
         return self
 
     def __enter__(self):
-        return self
+        self._outer.append(get_current_stream())
+        return self.use()
 
     def __exit__(self, *exc):
-        pass
+        _streams.current = self._outer.pop()
 
     def record(self, event=None):
         event = event or Event()
@@ -82,10 +88,11 @@ class Stream:
 
 
 Stream.null = Stream(null=True)
+_streams = threading.local()
 
 
 def get_current_stream(device_id=None):
-    return Stream.null
+    return getattr(_streams, "current", Stream.null)
 
 
 class Event:
