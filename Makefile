@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # pytest-xdist workers; CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: train test venv test-venv torch bench gpu-check sass-table clean
+.PHONY: train test test-cupy-sim venv test-venv torch bench gpu-check sass-table clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ torch: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n $(JOBS) $(ARGS)
+
+# The whole suite with tests/cupy_sim as CuPy (the cuda backend's Python on the CPU), but for what
+# needs a real GPU: loading the checked CUBINs, tc_plans' timing of every plan. CUPY_SIM_ARCH=90 for sm_90.
+test-cupy-sim: $(VENV)/.installed-test
+	PYTHONPATH=tests/cupy_sim PYTHONWARNINGS=ignore::RuntimeWarning $(PY) -m pytest -n $(JOBS) -p no:cacheprovider \
+		--deselect tests/test_reliability.py::test_the_gpu_runs_the_checked_builds \
+		--deselect tests/test_roofline.py::test_tc_plans_put_each_choice_beside_its_alternatives \
+		--deselect tests/test_cupy_sim.py $(ARGS)
 
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/cnn-gpu bench $(ARGS)
