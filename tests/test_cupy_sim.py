@@ -117,7 +117,9 @@ def test_a_0d_device_array_is_no_shape_and_arrays_of_another_gpu_are_refused(cup
     for as_integer in (lambda: cupy.zeros(n), lambda: a.reshape(n, -1), lambda: a + [1.0] * 6):
         with pytest.raises(TypeError):
             as_integer()
-    assert a[:n].shape == (3,)
+    assert a[:n].shape == (3,) and float(a[n + 1]) == float(a.get()[4])   # an index may be computed on the device
+    with pytest.raises(TypeError):
+        cupy.zeros(n + 1)
     monkeypatch.setattr(cupy.cuda.runtime, "_ARCHS", ["80", "80"])
     with cupy.cuda.Device(1):
         other = _values(cupy, (6,))

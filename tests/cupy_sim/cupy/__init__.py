@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import numbers
 import os
+import sys
 import weakref
 from pathlib import Path
 
@@ -30,21 +31,22 @@ class _NoIndex(np.ndarray):
         raise TypeError("a 0-d cupy.ndarray cannot be used as an integer (no __index__); use int(a)")
 
 
-def _to_host(value, allow_host_arrays=False, key=False):
+def _to_host(value, allow_host_arrays=False, plain=False):
     """A call's argument with device arrays replaced by their NumPy storage (lists and tuples
     too); a NumPy array is refused unless allowed, as CuPy refuses one mixed into device work.
     Each device array must be on the current GPU, as CuPy's kernels require (no peer access
-    here); a 0-d one is no integer (except in an index `key`)."""
+    here); a 0-d one is no integer, but for `plain` storage (an index, an out= array), and a
+    slice's 0-d bound is read with int(), as CuPy reads it."""
     if isinstance(value, ndarray):
         _check_current(value)
-        return value._a.view(_NoIndex) if value.ndim == 0 and not key else value._a
+        return value._a.view(_NoIndex) if value.ndim == 0 and not plain else value._a
     if isinstance(value, np.ndarray) and not allow_host_arrays:
         raise TypeError(f"Unsupported type {type(value)}")
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_host(v, allow_host_arrays, key) for v in value)
+        return type(value)(_to_host(v, allow_host_arrays, plain) for v in value)
     if isinstance(value, dict):
-        return {k: _to_host(v, allow_host_arrays, key) for k, v in value.items()}
-    if key and isinstance(value, slice):   # CuPy reads a 0-d device bound with int()
+        return {k: _to_host(v, allow_host_arrays, plain) for k, v in value.items()}
+    if plain and isinstance(value, slice):
         return slice(*(int(b) if isinstance(b, ndarray) else b for b in (value.start, value.stop, value.step)))
     return value
 
@@ -89,15 +91,27 @@ def _from_host(value):
     return value
 
 
-def _out_arrays(kwargs):
+def _call_on_host(function, args, kwargs, sources=()):
+    """function (NumPy's) on the storage of device arrays: out= device arrays written in place and
+    returned; a result that is a view of one of `sources` (device arrays) a view of it, others
+    new device arrays."""
     out = kwargs.get("out")
-    if out is None:
-        return None
-    outs = out if isinstance(out, tuple) else (out,)
-    for o in outs:
-        if not isinstance(o, ndarray):
-            raise TypeError(f"out must be a cupy.ndarray, got {type(o)}")
-    return outs
+    outs = None if out is None else out if isinstance(out, tuple) else (out,)
+    host_kwargs = _to_host({k: v for k, v in kwargs.items() if k != "out"})
+    if outs is not None:
+        if not all(isinstance(o, ndarray) for o in outs):
+            raise TypeError(f"out must be a cupy.ndarray, got {[type(o) for o in outs]}")
+        host_kwargs["out"] = tuple(_to_host(o, plain=True) for o in outs)
+        if len(outs) == 1 and not isinstance(function, np.ufunc):
+            host_kwargs["out"] = host_kwargs["out"][0]
+    result = function(*_to_host(args), **host_kwargs)
+    if outs is not None:
+        return outs[0] if len(outs) == 1 else outs
+    if isinstance(result, np.ndarray):
+        for source in sources:
+            if _root(result) is _root(source._a):
+                return source._view(result)
+    return _from_host(result)
 
 
 def _is_basic(key) -> bool:
@@ -133,7 +147,7 @@ class ndarray(NDArrayOperatorsMixin):
     @classmethod
     def _wrap(cls, a: np.ndarray, device: int | None = None) -> "ndarray":
         self = cls.__new__(cls)
-        self._a = a
+        self._a = a if type(a) is np.ndarray else a.view(np.ndarray)   # a result computed from a _NoIndex
         self._device = cuda.runtime.getDevice() if device is None else device
         return self
 
@@ -150,16 +164,9 @@ class ndarray(NDArrayOperatorsMixin):
         for x in inputs:
             if x is None or isinstance(x, (list, tuple)):
                 raise TypeError(f"Unsupported type {type(x)}")   # CuPy's operands are arrays and scalars
-        outs = _out_arrays(kwargs)
         if ufunc.__name__ in _COMPARISONS:   # CuPy's comparison operators read a 0-d NumPy operand's value
             inputs = [x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x for x in inputs]
-        host_inputs = [_to_host(x) for x in inputs]
-        if outs is not None:
-            kwargs["out"] = tuple(_to_host(o, key=True) for o in outs)
-        result = getattr(ufunc, method)(*host_inputs, **kwargs)
-        if outs is not None:
-            return outs[0] if len(outs) == 1 else outs
-        return _from_host(result)
+        return _call_on_host(getattr(ufunc, method), inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
         """numpy.f(device arrays) runs cupy.f, as CuPy's dispatch does; NumPy raises TypeError
@@ -228,7 +235,7 @@ class ndarray(NDArrayOperatorsMixin):
         return (self[i] for i in range(len(self)))
 
     def __repr__(self):
-        return repr(self._a).replace("array(", "array(", 1)
+        return repr(self._a)
 
     def __str__(self):
         return str(self._a)
@@ -247,17 +254,17 @@ class ndarray(NDArrayOperatorsMixin):
 
     # --- indexing -------------------------------------------------------------------------------
     def __getitem__(self, key):
-        key = _to_host(key, allow_host_arrays=True, key=True)
-        if _is_basic(key):   # a view, an element too (a 0-d view, as CuPy's)
-            return self._view(self._a[(*key, Ellipsis) if isinstance(key, tuple) else (key, Ellipsis)]
-                              if Ellipsis not in (key if isinstance(key, tuple) else (key,)) else self._a[key])
+        key = _to_host(key, allow_host_arrays=True, plain=True)
+        keys = key if isinstance(key, tuple) else (key,)
+        if _is_basic(keys):   # a view, an element too (a 0-d view, as CuPy's: the Ellipsis keeps it an array)
+            return self._view(self._a[keys if any(k is Ellipsis for k in keys) else (*keys, Ellipsis)])
         return _from_host(self._a[key])   # advanced indexing: a copy
 
     def __setitem__(self, key, value):
-        key = _to_host(key, allow_host_arrays=True, key=True)
+        key = _to_host(key, allow_host_arrays=True, plain=True)
         if not isinstance(value, ndarray) and _is_basic(key) and np.asarray(value).shape != ():
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")   # CuPy fills with a host value
-        self._a[key] = _to_host(value, allow_host_arrays=True, key=True)
+        self._a[key] = _to_host(value, allow_host_arrays=True, plain=True)
 
     # --- methods --------------------------------------------------------------------------------
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
@@ -289,17 +296,7 @@ class ndarray(NDArrayOperatorsMixin):
 
         def on_device(*args, **kwargs):
             _check_current(self)
-            outs = _out_arrays(kwargs)
-            kwargs.pop("out", None)
-            host_kwargs = _to_host(kwargs)
-            if outs is not None:
-                host_kwargs["out"] = _to_host(outs[0], key=True)
-            result = method(*_to_host(args), **host_kwargs)
-            if outs is not None:
-                return outs[0]
-            if isinstance(result, np.ndarray) and _root(result) is _root(self._a):
-                return self._view(result)
-            return _from_host(result)
+            return _call_on_host(method, args, kwargs, sources=(self,))
         return on_device
 
 
@@ -325,8 +322,9 @@ def _prototype(a):
     return a if isinstance(a, np.ndarray) else _to_host(a)
 
 
-def _fill_value(value):
-    """full's value: CuPy copies it in with copyto, which takes a NumPy array of size 1."""
+def _copied_in(value):
+    """A value CuPy copies into a device array (copyto, full): a device array's storage, a scalar,
+    or a NumPy array of size 1 (_manipulation/basic.py copyto)."""
     if isinstance(value, np.ndarray) and value.size != 1:
         raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
     return value if isinstance(value, np.ndarray) else _to_host(value)
@@ -345,11 +343,11 @@ def ones_like(prototype, dtype=None, order="K", subok=None, shape=None):
 
 
 def full_like(prototype, fill_value, dtype=None, order="K", subok=None, shape=None):
-    return ndarray._wrap(np.full_like(_prototype(prototype), _fill_value(fill_value), dtype, order, shape=shape))
+    return ndarray._wrap(np.full_like(_prototype(prototype), _copied_in(fill_value), dtype, order, shape=shape))
 
 
 def full(shape, fill_value, dtype=None, order="C"):
-    return ndarray._wrap(np.full(_to_host(shape), _fill_value(fill_value), dtype, order))
+    return ndarray._wrap(np.full(_to_host(shape), _copied_in(fill_value), dtype, order))
 
 
 def _filled(make):
@@ -364,7 +362,7 @@ zeros, ones, arange, eye, linspace = map(_filled, (np.zeros, np.ones, np.arange,
 
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):
     """A new device array: from the host (a copy to the device) or from the device."""
-    host = obj._a if isinstance(obj, ndarray) else _to_host(obj, allow_host_arrays=True, key=True)   # copies across GPUs too
+    host = obj._a if isinstance(obj, ndarray) else _to_host(obj, allow_host_arrays=True, plain=True)   # copies across GPUs too
     return ndarray._wrap(np.array(host, dtype=dtype, copy=True, order=order, ndmin=ndmin))
 
 
@@ -394,16 +392,13 @@ def asnumpy(a, stream=None, order="C", out=None):
 
 
 def get_array_module(*args):
-    import sys
     return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
 
 
 def copyto(dst, src, casting="same_kind", where=True):
     if not isinstance(dst, ndarray):
         raise TypeError(f"Unsupported type {type(dst)}")
-    if isinstance(src, np.ndarray) and src.size != 1:
-        raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
-    np.copyto(dst._a, _to_host(src, allow_host_arrays=True), casting=casting, where=_to_host(where))
+    np.copyto(dst._a, _copied_in(src), casting=casting, where=_to_host(where))
 
 
 def _numpy_function(name, namespace=np):
@@ -412,27 +407,16 @@ def _numpy_function(name, namespace=np):
     function = getattr(namespace, name)
 
     def on_device(*args, **kwargs):
-        outs = _out_arrays(kwargs)
-        kwargs.pop("out", None)
-        host_args, host_kwargs = _to_host(args), _to_host(kwargs)
-        if outs is not None:
-            host_kwargs["out"] = _to_host(outs[0], key=True) if len(outs) == 1 else tuple(
-                _to_host(o, key=True) for o in outs)
-        result = function(*host_args, **host_kwargs)
-        if outs is not None:
-            return outs[0] if len(outs) == 1 else outs
-        if isinstance(result, np.ndarray):
-            for given in (*args, *kwargs.values()):
-                if isinstance(given, ndarray) and _root(result) is _root(given._a):
-                    return given._view(result)
-        return _from_host(result)
+        sources = [a for a in (*args, *kwargs.values()) if isinstance(a, ndarray)]
+        return _call_on_host(function, args, kwargs, sources)
     on_device.__name__ = name
     return on_device
 
 
-_DTYPES = ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
-           "float32", "float64", "complex64", "complex128", "intp", "dtype", "newaxis", "inf", "nan", "pi",
-           "e", "iinfo", "finfo", "result_type", "promote_types", "can_cast")
+_NUMPY_NAMES = (   # dtypes and constants CuPy takes from NumPy
+    "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+    "float64", "complex64", "complex128", "intp", "dtype", "newaxis", "inf", "nan", "pi", "e", "iinfo", "finfo",
+    "result_type", "promote_types", "can_cast")
 
 
 class _Submodule:
@@ -454,7 +438,7 @@ _API = frozenset(line for line in (Path(__file__).parent / "api_names.txt").read
 
 
 def __getattr__(name):
-    if name in _DTYPES:
+    if name in _NUMPY_NAMES:
         return getattr(np, name)
     if name not in _API:
         raise AttributeError(f"module 'cupy' has no attribute {name!r}")
