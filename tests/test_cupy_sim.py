@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import backend
+from test_distributed import _mpi_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "tests" / "cupy_sim"
@@ -203,14 +204,6 @@ def test_check_passes_on_the_simulator(mode):
     out = _passed(run_on_sim(["-m", "cnn_gpu", "check", "--device", "cuda", "--quick", *mode]))
     counts = re.search(r"(\d+) of (\d+) ops passed", out)
     assert counts and counts.group(1) == counts.group(2) and int(counts.group(2)) >= 18, out[-2000:]
-
-
-def _mpi_reason() -> str:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install 'cnn_gpu[mpi]')"
-    return "" if (Path(sys.executable).parent / "mpiexec").exists() else f"no mpiexec next to {sys.executable}"
 
 
 TWO_RANKS = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi present")
