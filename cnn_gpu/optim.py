@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import weakref
 
 import numpy as np
 
@@ -140,8 +141,6 @@ class Optimizer:
         """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
         for p in self.params:
             p.clear_grad(set_to_none)
-        if set_to_none:
-            self._checked = None   # the next step checks new gradients: hold the old ones no longer
 
     def backend_of(self, p) -> str:
         """The backend a parameter's update runs on: the optimizer's, else the one Module.to gave it,
@@ -205,7 +204,8 @@ class Optimizer:
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
         pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]
         if self._checked is not None and self._same_arrays(pending, self._checked[0]):
-            self._update_all(self._checked[1], hyper)   # the arrays the last step checked, bound as they were
+            # the arrays the last step checked, bound as they were
+            self._update_all([(be, p, p.grad, state) for be, p, state in self._checked[1]], hyper)
             return
         plans = [self._prepare(i, p, state) for i, p, state in pending]
         arrays = []
@@ -218,17 +218,20 @@ class Optimizer:
         # step skips these checks while every one is still bound; not where a gradient was copied
         # to C order (the copy holds this step's values).
         reusable = all(grad is p.grad for _, p, grad, _ in updates)
-        self._checked = (self._bound_arrays(pending), updates) if reusable else None
+        self._checked = (self._bound_arrays(pending), [(be, p, state) for be, p, _, state in updates]) \
+            if reusable else None
         self._update_all(updates, hyper)
 
     def _bound_arrays(self, pending) -> list:
-        """What a step's checks depend on, held (so no id is reused): the backends a parameter's may
-        come from (the optimizer's, the default), and per parameter updated its backend, arrays,
-        gradient and state arrays under their keys, with each array's shape and dtype."""
+        """What a step's checks depend on: the backends a parameter's may come from (the
+        optimizer's, the default), and per parameter updated its backend, arrays, gradient and state
+        arrays under their keys, with each array's shape and dtype. The gradient is held weakly: a
+        loop that unbinds it (zero_grad of the model or the optimizer) frees it before the next
+        backward, and a freed one matches no array."""
         per_parameter = []
         for _, p, state in pending:
             arrays = [v for _, v in _state_arrays(state)]
-            per_parameter.append((p, p.backend, p.data, p.grad, state, sorted(state), arrays,
+            per_parameter.append((p, p.backend, p.data, weakref.ref(p.grad), state, sorted(state), arrays,
                                   _layouts(p.data, p.grad, *arrays)))
         return [(self.backend, _backend.get_backend()), per_parameter]
 
@@ -237,11 +240,11 @@ class Optimizer:
         if (self.backend, _backend.get_backend()) != backends or len(pending) != len(per_parameter):
             return False
         for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays, layouts) in zip(pending, per_parameter):
-            if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad or state is not kept
+            if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad() or state is not kept
                     or sorted(state) != keys or any(a is not b for (_, a), b in zip(_state_arrays(state), arrays))):
                 return False
             # read-only, or reshaped or retyped in place, since: the full checks refuse or redo it
-            if not all(_writeable(a) for a in (data, *arrays)) or _layouts(data, grad, *arrays) != layouts:
+            if not all(_writeable(a) for a in (data, *arrays)) or _layouts(data, p.grad, *arrays) != layouts:
                 return False
         return True
 

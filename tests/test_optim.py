@@ -456,3 +456,46 @@ def test_the_skipped_checks_come_back_for_a_new_default_backend_or_an_array_rety
     optimizer.zero_grad()
     gc.collect()
     assert old() is None
+    for p in params:   # cached again, then unbound by the parameters themselves (Module.zero_grad)
+        p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
+    optimizer.step()
+    optimizer.step()
+    old = weakref.ref(params[0].grad)
+    for p in params:
+        p.clear_grad()
+    gc.collect()
+    assert old() is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_kept_gradient_written_in_place_updates_with_its_new_values(backend, order, monkeypatch):
+    """A loop that keeps its gradient arrays and writes new values into them each step, C-ordered
+    (the skipped checks' case) or not (each step copies it to C order, which the kernels need: checked
+    every step), updates exactly as one that binds new arrays each step."""
+    if why_unavailable(backend):
+        pytest.skip(f"{backend} backend unavailable: {why_unavailable(backend)}")
+    rng = np.random.default_rng(33)
+    shapes = ((4, 3), (3, 5))
+    params = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    fresh = [Parameter(p.data.copy()) for p in params]
+    kept_opt = optim.SGD(params, lr=0.1, momentum=0.9, backend=backend)
+    fresh_opt = optim.SGD(fresh, lr=0.1, momentum=0.9, backend=backend)
+    for p in params:
+        p.grad = np.zeros(p.data.shape, np.float32, order=order)
+    prepared = []
+    real_prepare = optim.Optimizer._prepare
+    monkeypatch.setattr(optim.Optimizer, "_prepare", lambda self, *a: prepared.append(1) or real_prepare(self, *a))
+    checked = []
+    for _ in range(4):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]   # new values every step
+        for p, q, g in zip(params, fresh, grads):
+            p.grad[...] = g
+            q.grad = g.copy()
+        prepared.clear()
+        kept_opt.step()
+        checked.append(len(prepared))
+        fresh_opt.step()
+    for p, q in zip(params, fresh):
+        np.testing.assert_array_equal(p.data, q.data)
+    assert checked == ([2, 2, 0, 0] if order == "C" else [2, 2, 2, 2])
