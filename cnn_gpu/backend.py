@@ -549,9 +549,15 @@ def device_call(fn, *args, takes_out: bool = False, **kwargs):
 
 
 def astype(a, dtype):
-    """`a` in `dtype`: itself where it has it, else a copy made by a device call (cnn_gpu.replay
-    redoes it)."""
-    return a if a.dtype == dtype else device_call(a.astype, dtype)
+    """`a` in `dtype`: itself where it has it, else a converted copy; inside a recording, a replay
+    converts into that copy again (no new array)."""
+    if a.dtype == dtype:
+        return a
+    result = a.astype(dtype)
+    recorder = recording()
+    if recorder is not None:
+        recorder.entries.append(functools.partial(module_of(a).copyto, result, a, casting="unsafe"))
+    return result
 
 
 from . import launch_checks as _launch_checks  # noqa: E402  (it reads this module's functions at call time)

@@ -55,7 +55,7 @@ def _rounded(result, originals: dict, kept: int = 0):
         if id(result) in originals:
             return originals[id(result)]
         with np.errstate(over="ignore"):   # past the FP16 range is inf, as the kernels' rounding gives it
-            return _backend.device_call(result.astype, FLOAT16)
+            return _backend.astype(result, FLOAT16)
     return result
 
 
@@ -89,7 +89,7 @@ def takes_float16(*, kernels, updates: tuple = (), compute_args: tuple = (), com
             be = _backend.resolve(bound.arguments.get("backend"), *arrays.values())
             if be != "numpy" and kernels is True:
                 return op(*args, **kwargs)
-            widened = {name: _backend.device_call(a.astype, COMPUTE) for name, a in floats.items()}
+            widened = {name: _backend.astype(a, COMPUTE) for name, a in floats.items()}
             for name in updates:   # read-only like the original: the op refuses before any work
                 if name in widened and not floats[name].flags.writeable:
                     widened[name].flags.writeable = False

@@ -521,7 +521,7 @@ def _simt(pass_fn, operands, bias=None):
     operands TF32-rounded in the "tf32" math mode, as they are otherwise."""
     if operands[0].dtype != np.float16:
         return pass_fn(*_tf32_operands(*operands), bias)
-    wide = [None if a is None else _backend.device_call(a.astype, np.float32) for a in (*operands, bias)]
+    wide = [None if a is None else _backend.astype(a, np.float32) for a in (*operands, bias)]
     return _backend.device_call(precision.round_to_float16, pass_fn(*wide))
 
 
