@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 from . import backend, precision
+from .functional._checks import is_array
+from .launch_checks import current_device
 
 __all__ = ["Recording", "record", "live", "guard", "first_time", "refuse", "is_recording"]
 
@@ -105,7 +105,7 @@ def record(*inputs):
     if backend.recording() is not None:
         raise RuntimeError("record() inside a recording: recordings do not nest")
     for i, a in enumerate(inputs):
-        if not (isinstance(a, np.ndarray) or backend.is_cupy_array(a)) or not a.flags.c_contiguous:
+        if not is_array(a) or not a.flags.c_contiguous:
             raise TypeError(f"record() input {i} must be a C-contiguous NumPy or CuPy array, got "
                             f"{type(a).__name__}{'' if not hasattr(a, 'flags') else ' (not C-contiguous)'}")
     recording, recorder = Recording(inputs), backend.Recorder()
@@ -122,7 +122,7 @@ def _current_gpu():
     """The current CuPy device where the cuda backend is usable (its launches go there), else None."""
     if backend.why_unavailable("cuda"):
         return None
-    return backend.cupy_or_none().cuda.runtime.getDevice()
+    return current_device()
 
 
 def is_recording() -> bool:
