@@ -8,6 +8,9 @@
 // add_relu_forward: relu(a + b) in one pass, a residual block's output plus its shortcut and the
 // ReLU after them (nn.Residual, where nn.Sequential fuses the ReLU); its gradient is relu_backward
 // given the output, which is > 0 exactly where a + b is (NaN where it is NaN).
+// relu_backward_of_sum: relu_backward(dy_a + dy_b, x) in one pass, for a gradient that arrives as
+// two summands (a residual block's dx through its block and its shortcut, handed unsummed by
+// nn.Sequential to the residual ReLU before it): the sum rounded once, as dy_a + dy_b would be.
 // Bias addition (where not fused into a GEMM epilogue), in place:
 //  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
 //    so the channel is known per plane, not divided out per element.
@@ -45,6 +48,15 @@ relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
 {
     GRID_STRIDE_LOOP(i, n) {
         dx[i] = to_acc(x[i]) <= (acc_t)0 ? to_real((acc_t)0) : dy[i];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+relu_backward_of_sum(const REAL* __restrict__ dy_a, const REAL* __restrict__ dy_b, const REAL* __restrict__ x,
+                     REAL* __restrict__ dx, long long n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        dx[i] = to_acc(x[i]) <= (acc_t)0 ? to_real((acc_t)0) : to_real(to_acc(dy_a[i]) + to_acc(dy_b[i]));
     }
 }
 

@@ -299,6 +299,7 @@ def test_zero_dimensional_inputs_give_zero_dimensional_arrays_of_their_dtype(dty
         "tanh_backward": lambda be: F.tanh_backward(dy, x, backend=be),
         "leaky_relu_backward": lambda be: F.leaky_relu_backward(dy, x, 0.1, backend=be),
         "add_relu": lambda be: F.add_relu(x, other, backend=be),
+        "relu_backward_of_sum": lambda be: F.relu_backward_of_sum(dy, x, other, backend=be),
         "dropout": lambda be: F.dropout(x, 0.5, seed=3, backend=be),
         "mse_loss none": lambda be: F.mse_loss(x, other, "none", backend=be)[0],
         "mse_loss gradient": lambda be: F.mse_loss(x, other, backend=be)[1],
@@ -339,6 +340,39 @@ def test_add_relu_is_relu_of_the_sum_bit_for_bit(dtype):
         F.add_relu(np.ones((2, 3), dtype), np.ones((3, 2), dtype), backend="emu")
     with pytest.raises(TypeError, match="dtype"):
         F.add_relu(np.ones(3, dtype), np.ones(3, np.float64 if dtype != np.float64 else np.float32), backend="emu")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@guarded
+def test_relu_backward_of_sum_is_relu_backward_of_the_sum_bit_for_bit(dtype):
+    """F.relu_backward_of_sum(dy_a, dy_b, x) on emu (one kernel) and numpy is relu_backward(dy_a +
+    dy_b, x) as the two ops apart give it, to the bit: the sum rounded once (float16: as NumPy's
+    float16 addition rounds it), overflowing to inf and passed where x > 0 or x is NaN, and 0 where
+    x <= 0 whatever the sum (inf, NaN)."""
+    rng = np.random.default_rng(13)
+    big = np.finfo(dtype).max
+    edges_a = np.array([1.0, np.nan, np.inf, np.inf, big, -0.0, 2.5, 1.0, np.nan, -big], dtype)
+    edges_b = np.array([2.0, 1.0, -np.inf, 1.0, big, -0.0, -2.5, 3.0, 1.0, -big], dtype)
+    edges_x = np.array([-1.0, 1.0, 2.0, -0.0, 1.0, 3.0, 1.0, np.nan, -2.0, 0.5], dtype)
+    for shape in [(7,), (3, 4, 5, 6), (2, 3, 17, 13)]:
+        dy_a, dy_b, x = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+        for a, edges in ((dy_a, edges_a), (dy_b, edges_b), (x, edges_x)):
+            a.ravel()[:len(edges)] = edges[:a.size]
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = F.relu_backward(dy_a + dy_b, x, backend="numpy")
+        assert (expected == 0).any() and (expected != 0).any()
+        for be in ("numpy", "emu"):
+            with np.errstate(over="ignore", invalid="ignore"):
+                dx = F.relu_backward_of_sum(dy_a, dy_b, x, backend=be)
+            assert dx.dtype == dtype and dx.shape == shape
+            np.testing.assert_array_equal(dx.view(f"u{dx.itemsize}"), expected.view(f"u{dx.itemsize}"),
+                                          err_msg=f"{be} {shape}")
+    other = np.float64 if dtype != np.float64 else np.float32
+    for be in ("numpy", "emu"):
+        with pytest.raises(ValueError, match="shape"):
+            F.relu_backward_of_sum(np.ones((2, 3), dtype), np.ones((3, 2), dtype), np.ones((2, 3), dtype), backend=be)
+        with pytest.raises(TypeError, match="dtype"):
+            F.relu_backward_of_sum(np.ones(3, dtype), np.ones(3, other), np.ones(3, dtype), backend=be)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -211,6 +211,57 @@ def test_sequential_runs_a_relu_after_a_residual_with_its_addition(be, dtype, wi
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_sequential_hands_a_residual_gradient_unsummed_to_the_residual_relu_before_it(be, dtype, input_grad, rng,
+                                                                                       monkeypatch):
+    """In Sequential(conv, Residual, ReLU, Residual, ReLU, Residual, ReLU) the second and third
+    Residuals' input gradients (block plus shortcut) are not added: each pair goes to the residual
+    ReLU before, whose backward adds it in its pass (F.relu_backward_of_sum). Values and gradients
+    (input and parameters) are those of the ReLUs run apart, to the bit; one addition is left (the
+    first Residual's, for the conv)."""
+    from cnn_gpu import backend as backends
+    from cnn_gpu.nn import containers
+    if reason := backends.why_unavailable(be):
+        pytest.skip(reason)
+    x, dy = _randn(rng, 2, 3, 5, 6).astype(dtype), _randn(rng, 2, 4, 5, 6).astype(dtype)
+    seed = int(rng.integers(1 << 30))
+
+    class OwnReLU(nn.ReLU):
+        pass
+
+    def chain(relu_class):
+        weights = np.random.default_rng(seed)
+        conv = lambda c, k: nn.Conv2d(c, 4, k, padding=k // 2, dtype=dtype, rng=weights)   # noqa: E731
+        model = nn.Sequential(conv(3, 3), nn.Residual(conv(4, 3)), relu_class(),
+                              nn.Residual(conv(4, 3), conv(4, 1)), relu_class(), nn.Residual(conv(4, 3)),
+                              relu_class())
+        model.to(be)
+        return model
+
+    apart, fused = chain(OwnReLU), chain(nn.ReLU)
+    calls = []
+    for name in ("relu_backward", "relu_backward_of_sum"):
+        real = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda *args, real=real, name=name, **kwargs:
+                            calls.append(name) or real(*args, **kwargs))
+    real_sum = containers._sum
+    monkeypatch.setattr(containers, "_sum", lambda a, b: calls.append("sum") or real_sum(a, b))
+    y_apart, y_fused = apart(x), fused(x)
+    calls.clear()
+    dx_apart = apart.backward(dy, input_grad=input_grad)
+    assert calls.count("relu_backward_of_sum") == 0 and calls.count("sum") == 3
+    calls.clear()
+    dx_fused = fused.backward(dy, input_grad=input_grad)
+    assert sorted(calls) == ["relu_backward", "relu_backward_of_sum", "relu_backward_of_sum", "sum"]
+    assert (dx_fused is None) == (dx_apart is None) == (not input_grad)
+    pairs = [(y_fused, y_apart), *((a.grad, b.grad) for a, b in zip(fused.parameters(), apart.parameters()))]
+    for got, want in pairs + ([(dx_fused, dx_apart)] if input_grad else []):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_max_pool_layer_checks_only_indices_its_caller_holds(be, rng, monkeypatch):
     """nn.MaxPool2d's backward takes the indices of its own forward as they are (checking them is a
     dozen launches and a read back that waits for a GPU, every step), unless return_indices=True

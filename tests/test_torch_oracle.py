@@ -419,6 +419,26 @@ def test_add_relu_is_torchs_relu_of_the_sum(backend, dtype):
     np.testing.assert_array_equal(y.view(f"u{y.itemsize}"), expected.view(f"u{y.itemsize}"))
 
 
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_relu_backward_of_sum_is_torchs_gradient_of_the_summed_gradient(backend, dtype):
+    """F.relu_backward_of_sum(dy_a, dy_b, x) (a residual ReLU's gradient where the Residual after
+    it hands its input gradient on as two summands) is torch's gradient of relu at x for the
+    upstream gradient dy_a + dy_b, to the bit: the sum rounded once, masked where x <= 0 (also an
+    infinite or NaN sum), passed where x is NaN."""
+    rng = np.random.default_rng(32)
+    big = np.finfo(dtype).max
+    dy_a = np.concatenate([[np.inf, 1.0, big, np.nan, 0.5], rng.standard_normal(300)]).astype(dtype)
+    dy_b = np.concatenate([[1.0, 2.0, big, 1.0, 0.25], rng.standard_normal(300)]).astype(dtype)
+    x = np.concatenate([[-1.0, np.nan, 2.0, 0.0, 1.0], rng.standard_normal(300)]).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.tensor(dy_a) + torch.tensor(dy_b))
+    expected = xt.grad.numpy()
+    with np.errstate(over="ignore"):
+        dx = F.relu_backward_of_sum(dy_a, dy_b, x, backend=backend)
+    np.testing.assert_array_equal(dx.view(f"u{dx.itemsize}"), expected.view(f"u{dx.itemsize}"))
+
+
 def test_relu_backward_of_non_finite_dy_matches_torch():
     """An infinite or NaN dy where x <= 0 gives 0 (the gradient is masked, not multiplied by 0)."""
     x = np.array([-1.0, 0.0, 2.0, -3.0, 1.0, np.nan])

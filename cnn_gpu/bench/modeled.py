@@ -132,10 +132,16 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     dx; batch norm as _batch_norm_passes."""
     from .. import nn
     from ..gpu.reduce import plan_channel_sum
-    from .training import WithReLU
-    if isinstance(layer, WithReLU) and isinstance(layer.layer, nn.Residual):
-        # relu(block(x) + shortcut(x)) in one pass; its gradient from the output, then the branches' dx added
-        return [("add_relu_forward", 3 * y * item), ("relu_backward", 3 * y * item), (CUPY_ELEMENTWISE, 3 * x * item)]
+    from .training import ResidualLeaf, WithReLU
+    if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
+        passes = [("add_relu_forward", 3 * y * item) if layer.relu else (CUPY_ELEMENTWISE, 3 * y * item)]
+        if layer.adds_handed_on:   # the ReLU's gradient from the output, of the two summands handed on
+            passes.append(("relu_backward_of_sum", 4 * y * item))
+        elif layer.relu:
+            passes.append(("relu_backward", 3 * y * item))
+        if not layer.hands_on:   # the branches' dx added
+            passes.append((CUPY_ELEMENTWISE, 3 * x * item))
+        return passes
     if isinstance(layer, WithReLU):
         return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the ReLU
     if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
@@ -158,8 +164,6 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
             passes += [("bias_add_rows", 2 * y * item),
                        (plan_channel_sum(rows, layer.out_features, 1).kernel, y * item)]
         return passes
-    if isinstance(layer, nn.Residual):   # y = block(x) + shortcut(x); dx = the two branches' dx added
-        return [(CUPY_ELEMENTWISE, 3 * y * item), (CUPY_ELEMENTWISE, 3 * x * item)]
     if isinstance(layer, nn.Flatten):
         return []   # a view
     raise ValueError(f"no step model for layer {type(layer).__name__}")

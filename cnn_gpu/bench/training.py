@@ -2,6 +2,7 @@
 its FLOP count, and its PyTorch mirror."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,34 +19,61 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
 
 @dataclass(frozen=True)
 class WithReLU:
-    """A leaf layer (a BatchNorm2d or a Residual) that runs the ReLU after it (nn.containers.fuses_relu)."""
+    """A BatchNorm2d that runs the ReLU after it (nn.containers.fuses_relu)."""
     layer: object
+
+
+@dataclass(frozen=True)
+class ResidualLeaf:
+    """A Residual's own work in a step as nn.Sequential runs it: its addition, with the ReLU after
+    it (`relu`: fuses_relu); that ReLU's backward, adding the two summands of the gradient the
+    Residual after it hands on (`adds_handed_on`); and its branches' gradients added, unless it
+    hands them on (`hands_on`: nn.containers.hands_on_gradient_sum)."""
+    layer: object
+    relu: bool = False
+    adds_handed_on: bool = False
+    hands_on: bool = False
 
 
 def leaf_layers(model, input_shape):
     """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
     of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut,
-    then the Residual itself for its addition); a ReLU that nn.Sequential runs inside the batch norm
-    or Residual before it (nn.containers.fuses_relu) is no leaf, that layer is listed as
-    WithReLU(layer). Raises ValueError for a layer type it does not know."""
+    then the Residual itself for its addition, as a ResidualLeaf); a ReLU that nn.Sequential runs
+    inside the batch norm or Residual before it (nn.containers.fuses_relu) is no leaf: that batch
+    norm is listed as WithReLU(layer), that Residual's leaf says so. Raises ValueError for a layer
+    type it does not know."""
     from .. import nn
-    from ..nn.containers import fuses_relu
+    from ..nn.containers import fuses_relu, hands_on_gradient_sum
     leaves = []
+
+    def mark(index, **flags):
+        leaf = leaves[index]
+        leaves[index] = (dataclasses.replace(leaf[0], **flags), *leaf[1:])
 
     def walk(module, shape):
         if isinstance(module, nn.Sequential):
             layers = list(module)
+            fused = {i for i in range(1, len(layers)) if fuses_relu(layers[i - 1], layers[i])}
+            leaf_of = {}   # position in `layers` -> index in `leaves` of its last leaf
             for i, layer in enumerate(layers):
-                if i and fuses_relu(layers[i - 1], layer):
-                    leaves[-1] = (WithReLU(leaves[-1][0]), *leaves[-1][1:])   # the layer before: the last leaf
-                else:
-                    shape = walk(layer, shape)
+                if i in fused:   # the layer before: the last leaf
+                    leaf = leaves[-1][0]
+                    if isinstance(leaf, ResidualLeaf):
+                        mark(-1, relu=True)
+                    else:
+                        leaves[-1] = (WithReLU(leaf), *leaves[-1][1:])
+                    continue
+                shape = walk(layer, shape)
+                leaf_of[i] = len(leaves) - 1
+                if hands_on_gradient_sum(layers, fused, i):
+                    mark(leaf_of[i], hands_on=True)
+                    mark(leaf_of[i - 2], adds_handed_on=True)
             return shape
         if isinstance(module, nn.Residual):
             out = walk(module.block, shape)
             if module.shortcut is not None:
                 walk(module.shortcut, shape)
-            leaves.append((module, shape, out, None))
+            leaves.append((ResidualLeaf(module), shape, out, None))
             return out
         g, out = None, shape
         if isinstance(module, nn.Conv2d):

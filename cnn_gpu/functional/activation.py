@@ -1,6 +1,6 @@
 """Element-wise activations relu, leaky_relu, sigmoid, tanh and their backward passes
 `<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0);
-and add_relu, relu(a + b) in one pass."""
+add_relu, relu(a + b) in one pass, and relu_backward_of_sum, relu_backward(dy_a + dy_b, x) in one."""
 from __future__ import annotations
 
 import numpy as np
@@ -121,6 +121,20 @@ def add_relu(a, b, *, backend=None):
         return relu_in_place(np.asarray(np.add(a, b)))   # asarray: a 0-d sum is a scalar
     from ..gpu import elementwise
     return elementwise.add_relu(be, _checks.for_kernels(be, a, "a"), _checks.for_kernels(be, b, "b"))
+
+
+@takes_float16(kernels=True)
+def relu_backward_of_sum(dy_a, dy_b, x, *, backend=None):
+    """relu_backward(dy_a + dy_b, x) in one pass (an extension: a gradient that arrives as two
+    summands, as nn.Sequential hands a residual block's on to the residual ReLU before it); the sum
+    rounded once, as dy_a + dy_b would be."""
+    be = _matching_pair(x, "x", dy_a, "dy_a", backend)
+    _matching_pair(x, "x", dy_b, "dy_b", be)
+    if be == "numpy":
+        return np.asarray(_relu_grad(np.add(dy_a, dy_b), x))   # asarray: a 0-d sum is a scalar
+    from ..gpu import elementwise
+    return elementwise.relu_backward_of_sum(be, *(_checks.for_kernels(be, a, name) for a, name in
+                                                  ((dy_a, "dy_a"), (dy_b, "dy_b"), (x, "x"))))
 
 
 @takes_float16(kernels=True)

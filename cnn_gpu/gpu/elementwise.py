@@ -47,6 +47,14 @@ def add_relu(be, a, b):
     return y
 
 
+def relu_backward_of_sum(be, dy_a, dy_b, x):
+    """relu_backward(dy_a + dy_b, x) in one pass (arrays of one shape and dtype)."""
+    dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    backend.launch(be, "elementwise", x.dtype, "relu_backward_of_sum", (blocks_for(x.size),), (THREADS,),
+                   (dy_a, dy_b, x, dx, np.int64(x.size)))
+    return dx
+
+
 def bias_add(be, y, bias):
     """In place: y[:, c, ...] += bias[c] for y of shape (N, C, ...) (NCHW, or (rows, features))."""
     if y.ndim < 2 or bias.shape != (y.shape[1],):

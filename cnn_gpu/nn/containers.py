@@ -22,6 +22,15 @@ def fuses_relu(layer, following) -> bool:
     return type(layer) in (BatchNorm2d, Residual) and type(following) is ReLU
 
 
+def hands_on_gradient_sum(layers, fused, i: int) -> bool:
+    """Whether nn.Sequential's backward has layers[i] hand its input gradient on as two summands
+    (through its block and its shortcut) instead of adding them: a Residual right after a Residual
+    whose ReLU it runs (`fused`: the positions of the ReLUs run inside the layer before), which
+    adds them in its ReLU's backward pass (F.relu_backward_of_sum), saving the addition's pass over
+    the activations and its launch (their own classes, not subclasses, whose backward may differ)."""
+    return i >= 2 and type(layers[i]) is Residual and i - 1 in fused and type(layers[i - 2]) is Residual
+
+
 def _backward(module, dy, input_grad: bool):
     """module.backward(dy), saying input_grad=False where its backward takes it."""
     return module.backward(dy) if input_grad or not takes_input_grad(module) else module.backward(dy, input_grad=False)
@@ -30,7 +39,8 @@ def _backward(module, dy, input_grad: bool):
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Indexable like a list; the
     children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm2d or a Residual
-    runs inside it (fuses_relu): the same values, fewer passes."""
+    runs inside it (fuses_relu), and a Residual's input gradient reaches the residual ReLU before
+    it unsummed (hands_on_gradient_sum): the same values, fewer passes."""
 
     def __init__(self, *layers):
         super().__init__()
@@ -76,9 +86,16 @@ class Sequential(Module):
         for i in range(1, len(layers)):
             before = layers[i - 1]
             wanted[i] = wanted[i - 1] or any(True for _ in before.parameters()) or not takes_input_grad(before)
+        addend = None   # the second summand of dy a Residual handed on (hands_on_gradient_sum)
         for i in reversed(range(len(layers))):
-            if i not in self._fused:   # a fused ReLU's gradient is the layer's before it
+            if i in self._fused:   # a fused ReLU's gradient is the layer's before it
+                continue
+            hands_on = wanted[i] and hands_on_gradient_sum(layers, self._fused, i)
+            if addend is None and not hands_on:
                 dy = _backward(layers[i], dy, wanted[i])
+                continue
+            result = layers[i].backward(dy, wanted[i], dy_addend=addend, unsummed=hands_on)
+            dy, addend = result if hands_on else (result, None)
         return dy
 
 
@@ -110,13 +127,21 @@ class Residual(Module):
         self._saved = (out if activation else None,)   # the ReLU's output: > 0 where its input is
         return out
 
-    def backward(self, dy, input_grad=True):
+    def backward(self, dy, input_grad=True, *, dy_addend=None, unsummed=False):
+        """dx, the sum of the gradients through the block and the shortcut. For nn.Sequential
+        (hands_on_gradient_sum): `dy_addend`, a second summand of dy, added in the ReLU's backward
+        pass where the ReLU is fused; `unsummed`, return the two gradients of x as a pair."""
         (relu_output,) = self._saved_for_backward()
         if relu_output is not None:
-            dy = F.relu_backward(dy, relu_output, backend=self.backend)
+            dy = (F.relu_backward(dy, relu_output, backend=self.backend) if dy_addend is None else
+                  F.relu_backward_of_sum(dy, dy_addend, relu_output, backend=self.backend))
+        elif dy_addend is not None:
+            dy = _sum(dy, dy_addend)
         dx = _backward(self.block, dy, input_grad)
         skip = dy if self.shortcut is None else _backward(self.shortcut, dy, input_grad)
-        return _sum(dx, skip) if input_grad else None
+        if not input_grad:
+            return None
+        return (dx, skip) if unsummed else _sum(dx, skip)
 
 
 def _sum(a, b):
