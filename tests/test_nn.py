@@ -262,6 +262,46 @@ def test_sequential_hands_a_residual_gradient_unsummed_to_the_residual_relu_befo
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_sequential_fusions_give_the_bits_of_the_layers_run_apart_in_random_chains(be, rng):
+    """Random chains of Residuals (with and without a shortcut, their ReLU or none), ReLUs, batch
+    norms and convolutions, nested Sequentials among them: with every fusion nn.Sequential makes
+    (ReLUs run inside the layer before, residual gradients handed on unsummed), the output and
+    every gradient are those of the same chain with its ReLUs run apart, to the bit."""
+    from cnn_gpu import backend as backends
+    if reason := backends.why_unavailable(be):
+        pytest.skip(reason)
+
+    class OwnReLU(nn.ReLU):
+        pass
+
+    kinds = ["residual", "residual_shortcut", "relu", "batch_norm", "conv", "nested"]
+    for trial in range(12):
+        plan = [kinds[k] for k in rng.integers(0, len(kinds), int(rng.integers(2, 9)))]
+        seed = int(rng.integers(1 << 30))
+        input_grad = bool(trial % 3)
+
+        def chain(relu_class, plan=plan, seed=seed):
+            weights = np.random.default_rng(seed)
+            conv = lambda k=3: nn.Conv2d(4, 4, k, padding=k // 2, dtype=np.float64, rng=weights)   # noqa: E731
+            norm = lambda: nn.BatchNorm2d(4, dtype=np.float64)   # noqa: E731
+            make = {"residual": lambda: nn.Residual(conv()),
+                    "residual_shortcut": lambda: nn.Residual(nn.Sequential(conv(), norm()), conv(1)),
+                    "relu": relu_class, "batch_norm": norm, "conv": conv,
+                    "nested": lambda: nn.Sequential(nn.Residual(conv()), relu_class(), nn.Residual(conv()))}
+            model = nn.Sequential(conv(), *(make[kind]() for kind in plan))
+            model.to(be)
+            return model
+
+        apart, fused = chain(OwnReLU), chain(nn.ReLU)
+        x, dy = _randn(rng, 2, 4, 5, 6), _randn(rng, 2, 4, 5, 6)
+        y_apart, y_fused = apart(x), fused(x)
+        dx_apart, dx_fused = apart.backward(dy, input_grad=input_grad), fused.backward(dy, input_grad=input_grad)
+        pairs = [(y_fused, y_apart), *((a.grad, b.grad) for a, b in zip(fused.parameters(), apart.parameters()))]
+        for got, want in pairs + ([(dx_fused, dx_apart)] if input_grad else []):
+            np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64), err_msg=f"{plan}")
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_max_pool_layer_checks_only_indices_its_caller_holds(be, rng, monkeypatch):
     """nn.MaxPool2d's backward takes the indices of its own forward as they are (checking them is a
     dozen launches and a read back that waits for a GPU, every step), unless return_indices=True
