@@ -25,9 +25,10 @@ def fuses_relu(layer, following) -> bool:
 def hands_on_gradient_sum(layers, fused, i: int) -> bool:
     """Whether nn.Sequential's backward has layers[i] hand its input gradient on as two summands
     (through its block and its shortcut) instead of adding them: a Residual right after a Residual
-    whose ReLU it runs (`fused`: the positions of the ReLUs run inside the layer before), which
-    adds them in its ReLU's backward pass (F.relu_backward_of_sum), saving the addition's pass over
-    the activations and its launch (their own classes, not subclasses, whose backward may differ)."""
+    that runs the ReLU following it (`fused`: the positions of the ReLUs run inside the layer
+    before them). That Residual adds the two in its ReLU's backward pass (F.relu_backward_of_sum),
+    saving the addition's pass over the activations and its launch (their own classes, not
+    subclasses, whose backward may differ)."""
     return i >= 2 and type(layers[i]) is Residual and i - 1 in fused and type(layers[i - 2]) is Residual
 
 
