@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", default="default", choices=list(bench.SHAPE_SETS),
                         help="shape set (default: %(default)s; emu needs 'tiny')")
     parser.add_argument("--ops", type=comma_list, default=None, metavar="OP[,OP...]",
-                        help="ops to time (default: all but conv2d_fwd_bwd)")
+                        help="ops to time (default: all but conv2d_fwd_bwd and train_step_replayed)")
     parser.add_argument("--device", type=comma_list, default=None, metavar="DEV[,DEV...]",
                         help=f"devices among {', '.join(bench.DEVICES)} and model:SPEC (default: numpy plus cuda, "
                              "torch and torch-cuda where available)")
