@@ -11,6 +11,8 @@
 // relu_backward_of_sum: relu_backward(dy_a + dy_b, x) in one pass, for a gradient that arrives as
 // two summands (a residual block's dx through its block and its shortcut, handed unsummed by
 // nn.Sequential to the residual ReLU before it): the sum rounded once, as dy_a + dy_b would be.
+// Both add in acc_t, so the float32 builds (-ftz=true) flush a subnormal summand or sum to zero,
+// where NumPy's and CuPy's own additions keep it; float16 values are never subnormal in FP32.
 // Bias addition (where not fused into a GEMM epilogue), in place:
 //  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
 //    so the channel is known per plane, not divided out per element.

@@ -348,7 +348,7 @@ def test_relu_backward_of_sum_is_relu_backward_of_the_sum_bit_for_bit(dtype):
     """F.relu_backward_of_sum(dy_a, dy_b, x) on emu (one kernel) and numpy is relu_backward(dy_a +
     dy_b, x) as the two ops apart give it, to the bit: the sum rounded once (float16: as NumPy's
     float16 addition rounds it), overflowing to inf and passed where x > 0 or x is NaN, and 0 where
-    x <= 0 whatever the sum (inf, NaN)."""
+    x <= 0 whatever the sum (inf, NaN). float32 subnormals: flushed on emu (as on a GPU), kept by NumPy."""
     rng = np.random.default_rng(13)
     big = np.finfo(dtype).max
     edges_a = np.array([1.0, np.nan, np.inf, np.inf, big, -0.0, 2.5, 1.0, np.nan, -big], dtype)
@@ -367,6 +367,14 @@ def test_relu_backward_of_sum_is_relu_backward_of_the_sum_bit_for_bit(dtype):
             assert dx.dtype == dtype and dx.shape == shape
             np.testing.assert_array_equal(dx.view(f"u{dx.itemsize}"), expected.view(f"u{dx.itemsize}"),
                                           err_msg=f"{be} {shape}")
+    if dtype == np.float32:   # the kernels' -ftz=true: a subnormal summand or sum is 0 there, kept by NumPy
+        tiny = np.finfo(np.float32).tiny
+        dy_a, dy_b, x = (np.array(v, np.float32) for v in ([tiny / 8, 1.5 * tiny, 1.0], [0.0, -1.25 * tiny, 1.0],
+                                                            [1.0, 1.0, 1.0]))
+        np.testing.assert_array_equal(F.relu_backward_of_sum(dy_a, dy_b, x, backend="numpy"), dy_a + dy_b)
+        np.testing.assert_array_equal(F.relu_backward_of_sum(dy_a, dy_b, x, backend="emu"), [0.0, 0.0, 2.0])
+        np.testing.assert_array_equal(F.add_relu(dy_a, dy_b, backend="numpy"), dy_a + dy_b)
+        np.testing.assert_array_equal(F.add_relu(dy_a, dy_b, backend="emu"), [0.0, 0.0, 2.0])
     other = np.float64 if dtype != np.float64 else np.float32
     for be in ("numpy", "emu"):
         with pytest.raises(ValueError, match="shape"):
@@ -772,6 +780,22 @@ def test_cuda_sweep(dtype):
         first, second = (reduce.channel_sum("cuda", ab, outer, channels, inner) for _ in range(2))
         assert_same_bits(first, second, "channel_sum on cuda")
         assert_close(first, a.sum(axis=(0, 2)), dtype, "channel_sum on cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_cuda_residual_additions_are_the_emulators(dtype):
+    """F.add_relu and F.relu_backward_of_sum on a GPU are the emulator's results, bit for bit: the
+    sum in acc_t rounded once, float32 subnormals flushed alike (-ftz=true), NaN and inf passed."""
+    rng = np.random.default_rng(15)
+    a, b, x = (rng.standard_normal((3, 4, 5, 6)).astype(dtype) for _ in range(3))
+    a.ravel()[:4], b.ravel()[:4] = np.array([np.nan, np.inf, 1.0, np.finfo(dtype).tiny / 4], dtype), 1
+    ab, bb, xb = to_backend("cuda", a, b, x)
+    assert_same_bits(F.add_relu(ab, bb), F.add_relu(a, b, backend="emu"), "add_relu on cuda")
+    assert_same_bits(F.relu_backward_of_sum(ab, bb, xb), F.relu_backward_of_sum(a, b, x, backend="emu"),
+                     "relu_backward_of_sum on cuda")
 
 
 @pytest.mark.gpu

@@ -262,6 +262,43 @@ def test_sequential_hands_a_residual_gradient_unsummed_to_the_residual_relu_befo
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_a_gradient_handed_on_in_another_layout_is_added_apart(be, rng, monkeypatch):
+    """A block whose backward returns an F-ordered gradient (a user's module): the residual ReLU
+    before adds the two summands apart and then takes its gradient, as without the hand-on (the
+    kernels take C-ordered arrays, and a recording refuses copying one), to the same bits."""
+    from cnn_gpu import backend as backends
+    if reason := backends.why_unavailable(be):
+        pytest.skip(reason)
+
+    class FortranGradient(nn.Module):
+        def forward(self, x):
+            return x.copy()
+
+        def backward(self, dy):
+            return np.asfortranarray(dy)
+
+    class OwnReLU(nn.ReLU):
+        pass
+
+    def chain(relu_class):
+        conv = nn.Conv2d(3, 3, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(5))
+        model = nn.Sequential(nn.Residual(conv), relu_class(), nn.Residual(FortranGradient()), relu_class())
+        model.to(be)
+        return model
+    fused, apart = chain(nn.ReLU), chain(OwnReLU)
+    x, dy = _randn(rng, 2, 3, 5, 6), _randn(rng, 2, 3, 5, 6)
+    fused(x), apart(x)
+    calls = []
+    real = F.relu_backward_of_sum
+    monkeypatch.setattr(F, "relu_backward_of_sum", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    dx_fused, dx_apart = fused.backward(dy), apart.backward(dy)
+    assert calls == []
+    for got, want in [(dx_fused, dx_apart), *((a.grad, b.grad) for a, b in zip(fused.parameters(),
+                                                                              apart.parameters()))]:
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
 def test_sequential_fusions_give_the_bits_of_the_layers_run_apart_in_random_chains(be, rng):
     """Random chains of Residuals (with and without a shortcut, their ReLU or none), ReLUs, batch
     norms and convolutions, nested Sequentials among them: with every fusion nn.Sequential makes

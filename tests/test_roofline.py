@@ -562,10 +562,11 @@ def test_the_step_model_prices_the_launches_a_training_step_makes(shape_set, ind
     """The model's launches of a training step (the default digits CNN and small ResNet at batch
     32, ResNet-18 at batch 128) are, kernel by kernel and count by count, those an emulated step
     makes with its launches checked and counted but not run; the work cuBLAS and CuPy do besides
-    is priced too."""
+    is priced too, a CuPy addition for each residual addition the step makes (nn.containers._sum)."""
     import cnn_gpu
     from cnn_gpu.bench import dry_run, modeled
     from cnn_gpu.bench.training import build_model
+    from cnn_gpu.nn import containers
     case = bench.make_cases(shape_set, ["train_step"])[index]
     estimates = modeled.case_estimates(case, roofline.spec("h100"), dtype, math_mode)
     outside = (modeled.CUBLAS_GEMM, modeled.CUPY_ELEMENTWISE)
@@ -573,11 +574,37 @@ def test_the_step_model_prices_the_launches_a_training_step_makes(shape_set, ind
     model.to("emu")
     step = dry_run.training_step(model, (case.shape.batch, *case.shape.image_shape), case.shape.classes,
                                  np.random.default_rng(1))
-    with cnn_gpu.math_mode(math_mode), dry_run.launches_counted_not_run() as launched:
+    sums = []
+    real_sum = containers._sum
+    with cnn_gpu.math_mode(math_mode), dry_run.launches_counted_not_run() as launched, \
+            pytest.MonkeyPatch.context() as patch:
+        patch.setattr(containers, "_sum", lambda a, b: sums.append(1) or real_sum(a, b))
         step()
     modeled_launches = Counter(e.kernel for e in estimates if e.kernel not in outside)
     assert modeled_launches == Counter(launched) and len(launched) >= 20
+    loss_sums = [name for name, _ in modeled._cross_entropy_step(case.shape.batch, case.shape.classes, 4)
+                 if name == modeled.CUPY_ELEMENTWISE]
+    assert sum(e.kernel == modeled.CUPY_ELEMENTWISE for e in estimates) == len(sums) + len(loss_sums)
     assert set(outside) <= {e.kernel for e in estimates}   # the linear layer's GEMMs, the loss's mean
+
+
+def test_leaf_layers_say_which_residuals_hand_their_gradient_on():
+    """The step model's ResidualLeaf flags are those nn.Sequential's backward acts on: in ResNet-18
+    every Residual runs its ReLU, the second to eighth hand their input gradient on unsummed and
+    the first to seventh add it in their ReLU's backward; in nested Sequentials a hand-on stays
+    within one Sequential, and a ReLU after a Sequential runs apart."""
+    from cnn_gpu import models, nn
+    from cnn_gpu.bench.training import ResidualLeaf, leaf_layers
+
+    def flags(model, shape):
+        return [(leaf.relu, leaf.adds_handed_on, leaf.hands_on) for leaf, *_ in leaf_layers(model, shape)
+                if isinstance(leaf, ResidualLeaf)]
+    assert flags(models.resnet18(width=8), (2, 3, 32, 32)) == ([(True, True, False)] + [(True, True, True)] * 6
+                                                               + [(True, False, True)])
+    conv = lambda: nn.Conv2d(4, 4, 3, padding=1)   # noqa: E731
+    nested = nn.Sequential(conv(), nn.Sequential(nn.Residual(conv()), nn.ReLU(), nn.Residual(conv())), nn.ReLU(),
+                           nn.Residual(conv()), nn.ReLU())
+    assert flags(nested, (2, 4, 6, 6)) == [(True, True, False), (False, False, True), (True, False, False)]
 
 
 @pytest.mark.parametrize("dtype, math_mode", [("float32", "tf32"), ("float16", "fp32")])

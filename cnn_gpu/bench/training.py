@@ -43,7 +43,7 @@ def leaf_layers(model, input_shape):
     norm is listed as WithReLU(layer), that Residual's leaf says so. Raises ValueError for a layer
     type it does not know."""
     from .. import nn
-    from ..nn.containers import fuses_relu, hands_on_gradient_sum
+    from ..nn.containers import fused_relu_positions, hands_on_gradient_sum
     leaves = []
 
     def mark(index, **flags):
@@ -53,7 +53,7 @@ def leaf_layers(model, input_shape):
     def walk(module, shape):
         if isinstance(module, nn.Sequential):
             layers = list(module)
-            fused = {i for i in range(1, len(layers)) if fuses_relu(layers[i - 1], layers[i])}
+            fused = fused_relu_positions(layers)
             leaf_of = {}   # position in `layers` -> index in `leaves` of its last leaf
             for i, layer in enumerate(layers):
                 if i in fused:   # the layer before: the last leaf

@@ -115,7 +115,8 @@ def relu_backward(dy, x, *, backend=None):
 @takes_float16(kernels=True)
 def add_relu(a, b, *, backend=None):
     """relu(a + b) in one pass (an extension: nn.Residual with the ReLU after it). Its gradient is
-    relu_backward(dy, y) with y the output, which is > 0 exactly where a + b is."""
+    relu_backward(dy, y) with y the output, which is > 0 exactly where a + b is. float32 on the
+    kernels: a subnormal summand or sum flushes to zero (-ftz=true), where NumPy's addition keeps it."""
     be = _matching_pair(a, "a", b, "b", backend)
     if be == "numpy":
         return relu_in_place(np.asarray(np.add(a, b)))   # asarray: a 0-d sum is a scalar
@@ -127,7 +128,8 @@ def add_relu(a, b, *, backend=None):
 def relu_backward_of_sum(dy_a, dy_b, x, *, backend=None):
     """relu_backward(dy_a + dy_b, x) in one pass (an extension: a gradient that arrives as two
     summands, as nn.Sequential hands a residual block's on to the residual ReLU before it); the sum
-    rounded once, as dy_a + dy_b would be."""
+    rounded once, as dy_a + dy_b would be. float32 on the kernels: a subnormal summand or sum
+    flushes to zero (-ftz=true), where NumPy's addition keeps it."""
     be = _matching_pair(x, "x", dy_a, "dy_a", backend)
     _matching_pair(x, "x", dy_b, "dy_b", be)
     if be == "numpy":

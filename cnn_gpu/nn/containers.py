@@ -22,13 +22,19 @@ def fuses_relu(layer, following) -> bool:
     return type(layer) in (BatchNorm2d, Residual) and type(following) is ReLU
 
 
+def fused_relu_positions(layers) -> frozenset:
+    """The positions in `layers` (a Sequential's) of the ReLUs nn.Sequential runs inside the layer
+    before them (fuses_relu)."""
+    return frozenset(i for i in range(1, len(layers)) if fuses_relu(layers[i - 1], layers[i]))
+
+
 def hands_on_gradient_sum(layers, fused, i: int) -> bool:
     """Whether nn.Sequential's backward has layers[i] hand its input gradient on as two summands
-    (through its block and its shortcut) instead of adding them: a Residual right after a Residual
-    that runs the ReLU following it (`fused`: the positions of the ReLUs run inside the layer
-    before them). That Residual adds the two in its ReLU's backward pass (F.relu_backward_of_sum),
-    saving the addition's pass over the activations and its launch (their own classes, not
-    subclasses, whose backward may differ)."""
+    (through its block and its shortcut) instead of adding them, where that gradient is wanted at
+    all (its input_grad): a Residual right after a Residual that runs the ReLU following it
+    (`fused`: fused_relu_positions). That Residual adds the two in its ReLU's backward pass
+    (F.relu_backward_of_sum), saving the addition's pass over the activations and its launch
+    (their own classes, not subclasses, whose backward may differ)."""
     return i >= 2 and type(layers[i]) is Residual and i - 1 in fused and type(layers[i - 2]) is Residual
 
 
@@ -69,7 +75,7 @@ class Sequential(Module):
 
     def forward(self, x):
         layers = list(self._modules.values())
-        fused = frozenset(i + 1 for i in range(len(layers) - 1) if fuses_relu(layers[i], layers[i + 1]))
+        fused = fused_relu_positions(layers)
         object.__setattr__(self, "_fused", fused)
         for i, layer in enumerate(layers):
             if i not in fused:
@@ -133,11 +139,12 @@ class Residual(Module):
         (hands_on_gradient_sum): `dy_addend`, a second summand of dy, added in the ReLU's backward
         pass where the ReLU is fused; `unsummed`, return the two gradients of x as a pair."""
         (relu_output,) = self._saved_for_backward()
+        if dy_addend is not None and (relu_output is None or not (dy.flags.c_contiguous and
+                                                                   dy_addend.flags.c_contiguous)):
+            dy, dy_addend = _sum(dy, dy_addend), None   # added apart (a user's module's layout), as unfused
         if relu_output is not None:
             dy = (F.relu_backward(dy, relu_output, backend=self.backend) if dy_addend is None else
                   F.relu_backward_of_sum(dy, dy_addend, relu_output, backend=self.backend))
-        elif dy_addend is not None:
-            dy = _sum(dy, dy_addend)
         dx = _backward(self.block, dy, input_grad)
         skip = dy if self.shortcut is None else _backward(self.shortcut, dy, input_grad)
         if not input_grad:
