@@ -186,7 +186,9 @@ def _workspace_splits(splits: int, elements: int) -> int:
     return max(1, min(splits, (INDEX_LIMIT - 1) // max(elements, 1)))
 
 
+@functools.lru_cache(maxsize=256)
 def _geometry_args(g):
+    """g's sizes as the kernels' ints, made once per geometry (four launches a layer a step pass them)."""
     return i32(g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.stride[0], g.stride[1], g.padding[0],
                 g.padding[1], g.dilation[0], g.dilation[1])
 
