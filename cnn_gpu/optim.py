@@ -123,7 +123,7 @@ class Optimizer:
         self.param_groups = [dict(self._validated(defaults), params=params)]
         self.state = [dict() for _ in params]
         self._master_of = [None] * len(params)   # the float16 array each master was last written to
-        self._checked = None   # (the arrays the last step checked, its updates): see _step
+        self._checked = None   # (the arrays the last step checked, its updates, its launches' memos): see _step
 
     # the per-parameter state a subclass keeps after a step ("master" aside)
     state_keys: frozenset = frozenset()
@@ -204,8 +204,8 @@ class Optimizer:
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
         pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]
         if self._checked is not None and self._same_arrays(pending, self._checked[0]):
-            # the arrays the last step checked, bound as they were
-            self._update_all([(be, p, p.grad, state) for be, p, state in self._checked[1]], hyper)
+            # the arrays the last step checked, bound as they were: so are its launches' arrays
+            self._update_all([(be, p, p.grad, state) for be, p, state in self._checked[1]], hyper, self._checked[2])
             return
         plans = [self._prepare(i, p, state) for i, p, state in pending]
         arrays = []
@@ -218,9 +218,9 @@ class Optimizer:
         # step skips these checks while every one is still bound; not where a gradient was copied
         # to C order (the copy holds this step's values).
         reusable = all(grad is p.grad for _, p, grad, _ in updates)
-        self._checked = (self._bound_arrays(pending), [(be, p, state) for be, p, _, state in updates]) \
+        self._checked = (self._bound_arrays(pending), [(be, p, state) for be, p, _, state in updates], {}) \
             if reusable else None
-        self._update_all(updates, hyper)
+        self._update_all(updates, hyper, self._checked[2] if reusable else None)
 
     def _bound_arrays(self, pending) -> list:
         """What a step's checks depend on: the backends a parameter's may come from (the
@@ -248,11 +248,12 @@ class Optimizer:
                 return False
         return True
 
-    def _update_all(self, updates, hyper) -> None:
+    def _update_all(self, updates, hyper, memos=None) -> None:
         """The update of every (backend, parameter, gradient, state) checked above: on NumPy one by
         one, on a kernel backend 8 parameters a launch (cnn_gpu.gpu.optim's *_steps: one launch per
         parameter would cost more than the update of most of them), grouped by backend, dtype and
-        whether they keep an FP32 master copy."""
+        whether they keep an FP32 master copy. `memos`: a backend.LaunchMemo per launch, kept with
+        the checked arrays, so that a step on the same arrays skips its launches' checks too."""
         groups = {}
         for be, p, grad, state in updates:
             if be == "numpy":
@@ -260,17 +261,18 @@ class Optimizer:
             else:
                 groups.setdefault((be, p.data.dtype, "master" in state), []).append((p, grad, state))
         slots = _kernel_steps().UPDATE_SLOTS if groups else 0
-        for (be, *_), group in groups.items():
+        for key, group in groups.items():
             for first in range(0, len(group), slots):   # a launch each, its state stored after it ran
-                self._kernel_updates(be, group[first:first + slots], hyper)
+                memo = None if memos is None else memos.setdefault((key, first), _backend.LaunchMemo())
+                self._kernel_updates(key[0], group[first:first + slots], hyper, memo)
 
     def _numpy_update(self, p, grad, state, hyper) -> None:
         """One parameter's update on NumPy (subclasses)."""
         raise NotImplementedError
 
-    def _kernel_updates(self, be, group, hyper) -> None:
+    def _kernel_updates(self, be, group, hyper, memo) -> None:
         """The updates of up to UPDATE_SLOTS (parameter, gradient, state) triples of one dtype on
-        kernel backend `be`, in one launch (subclasses)."""
+        kernel backend `be`, in one launch (subclasses), through `memo` where not None."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -344,15 +346,15 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0")
         return checked
 
-    def _kernel_updates(self, be, group, hyper) -> None:
+    def _kernel_updates(self, be, group, hyper, memo) -> None:
         if not hyper["momentum"]:
             _kernel_steps().sgd_steps(be, [(p.data, grad, state.get("master")) for p, grad, state in group],
-                                      hyper["lr"], hyper["weight_decay"])
+                                      hyper["lr"], hyper["weight_decay"], memo=memo)
             return
         updates = [(p.data, grad, *self._momentum_buffer(be, p, state), state.get("master"))
                    for p, grad, state in group]
         _kernel_steps().sgd_momentum_steps(be, updates, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
-                                           hyper["nesterov"])
+                                           hyper["nesterov"], memo=memo)
 
     @staticmethod
     def _momentum_buffer(be, p, state) -> tuple:
@@ -403,11 +405,12 @@ class Adam(Optimizer):
                         hyper["eps"], hyper["weight_decay"], **_master_argument(state))
         state["step"] = step
 
-    def _kernel_updates(self, be, group, hyper) -> None:
+    def _kernel_updates(self, be, group, hyper, memo) -> None:
         beta1, beta2 = hyper["betas"]
         steps = [self._next_step(be, p, state) for p, _, state in group]   # the moments made at a first step
         updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, state.get("master"))
                    for (p, grad, state), step in zip(group, steps)]
-        _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], hyper["weight_decay"])
+        _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], hyper["weight_decay"],
+                                   memo=memo)
         for (_, _, state), step in zip(group, steps):
             state["step"] = step

@@ -224,15 +224,16 @@ def test_load_state_dict_refuses_a_state_a_step_could_not_use(edit, message):
 
 def test_kernel_backends_use_the_fused_step(monkeypatch):
     """Parameters moved to a kernel backend go through cnn_gpu.gpu.optim's multi-parameter updates
-    with the arguments the NumPy update gets (the dispatch is checked here; the kernels by their
-    own tests)."""
+    with the arguments the NumPy update gets, and a launch memo where the step keeps its arrays
+    (the dispatch is checked here; the kernels by their own tests)."""
     import sys
     import types
     calls = []
     fake = types.ModuleType("cnn_gpu.gpu.optim")
-    fake.sgd_steps = lambda *args: calls.append(("sgd",) + args)
-    fake.sgd_momentum_steps = lambda *args: calls.append(("sgd momentum",) + args)
-    fake.adam_steps = lambda *args: calls.append(("adam",) + args)
+    memos = []
+    fake.sgd_steps = lambda *args, memo: calls.append(("sgd",) + args) or memos.append(memo)
+    fake.sgd_momentum_steps = lambda *args, memo: calls.append(("sgd momentum",) + args) or memos.append(memo)
+    fake.adam_steps = lambda *args, memo: calls.append(("adam",) + args) or memos.append(memo)
     fake.UPDATE_SLOTS = 8
     monkeypatch.setitem(sys.modules, "cnn_gpu.gpu.optim", fake)
     monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
@@ -251,6 +252,8 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     (update,) = calls[2][2]   # (param, grad, m, v, step, master)
     assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0)
     assert update[0] is param.data and update[4:] == (1, None)
+    from cnn_gpu.backend import LaunchMemo
+    assert len(memos) == 3 and all(isinstance(memo, LaunchMemo) for memo in memos)
     # the optimizer's own backend argument overrides the parameter's
     optim.SGD([param], lr=0.5, momentum=0.9, backend="numpy").step()
     assert len(calls) == 3
@@ -374,9 +377,11 @@ def test_emu_kernels_match_numpy(kind, config, dtype, rtol):
 def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_change_brings_them_back(
         backend, monkeypatch):
     """A step whose parameters, gradients and state are the arrays the last step checked, bound the
-    same way (a replayed step, a loop that keeps its gradients), skips the per-parameter checks; a
+    same way (a replayed step, a loop that keeps its gradients), skips the per-parameter checks and
+    (emu) its launch's argument checks, the unused slots' arrays of no element new each step; a
     new gradient array, state loaded, or a parameter made read-only is checked again (and a
     refusal still leaves every parameter unchanged)."""
+    from cnn_gpu import launch_checks
     rng = np.random.default_rng(31)
     params = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in ((4, 3), (5,), (2, 2, 2))]
     for p in params:
@@ -387,6 +392,10 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
     prepared = []
     real_prepare = optim.Optimizer._prepare
     monkeypatch.setattr(optim.Optimizer, "_prepare", lambda self, *a: prepared.append(1) or real_prepare(self, *a))
+    launches_checked = []
+    real_checked_args = launch_checks.checked_args
+    monkeypatch.setattr(launch_checks, "checked_args", lambda be, family, *a: launches_checked.append(family)
+                        or real_checked_args(be, family, *a))
 
     def step(opt, new_grads=False):
         for p, g in zip(opt.params, grads):
@@ -395,7 +404,9 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
             else:
                 p.grad[...] = g
         prepared.clear()
+        launches_checked.clear()
         opt.step()
+        assert launches_checked == ([] if backend == "numpy" or not prepared else ["optim"]), launches_checked
         return len(prepared)
 
     assert [step(optimizer) for _ in range(4)] == [3, 3, 0, 0]   # the second step: Adam's state is new
@@ -412,6 +423,42 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
         step(optimizer)
     for p, before in zip(params, kept):
         np.testing.assert_array_equal(p.data, before)
+
+
+@pytest.mark.skipif(bool(why_unavailable("emu")), reason=f"emulator unavailable: {why_unavailable('emu')}")
+def test_a_launch_memo_skips_the_checks_only_for_the_last_launchs_arrays_and_scalar_types(monkeypatch):
+    """backend.LaunchMemo issues a launch again unchecked only where its arrays are the last
+    launch's objects and its scalars of the same types, with the new values; another array, a
+    scalar of another type, or a launch inside a recording is checked (and refused) as
+    backend.launch checks it."""
+    from cnn_gpu import backend, launch_checks, replay
+    checked = []
+    real = launch_checks.checked_args
+    monkeypatch.setattr(launch_checks, "checked_args", lambda *a: checked.append(1) or real(*a))
+    rng = np.random.default_rng(33)
+    dy, x = (rng.standard_normal(300).astype(np.float32) for _ in range(2))
+    dx = np.empty_like(x)
+    memo = backend.LaunchMemo()
+
+    def relu_backward(*args):
+        checked.clear()
+        memo.launch("emu", "elementwise", np.float32, "relu_backward", (2,), (256,), args)
+        return len(checked)
+
+    assert relu_backward(dy, x, dx, np.int64(300)) == 1
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0))
+    dy[:] = rng.standard_normal(300)
+    assert relu_backward(dy, x, dx, np.int64(200)) == 0   # the same arrays, a new count
+    np.testing.assert_array_equal(dx[:200], np.where(x > 0, dy, 0)[:200])
+    with pytest.raises(TypeError, match="np.int64"):
+        relu_backward(dy, x, dx, 300)   # a Python int: checked, refused
+    assert relu_backward(dy, x, dx, np.int64(300)) == 1
+    with pytest.raises(TypeError, match="float32"):
+        relu_backward(dy.astype(np.float64), x, dx, np.int64(300))   # another array: checked
+    assert relu_backward(dy, x, dx, np.int64(300)) == 1
+    with replay.record():
+        assert relu_backward(dy, x, dx, np.int64(300)) == 1   # recorded as launch() records it
+    assert relu_backward(dy, x, dx, np.int64(300)) == 0
 
 
 def test_the_skipped_checks_come_back_for_a_new_default_backend_or_an_array_retyped_in_place():

@@ -36,13 +36,17 @@ def _check_state(param, grad, master, **state):
 UPDATE_SLOTS = 8   # parameters a launch of a kernels/optim.cu update takes
 
 
-def _launch_slots(be, kernel, updates, scalars):
+def _launch_slots(be, kernel, updates, scalars, memo=None):
     """`kernel` (or its *_master variant) over `updates`, UPDATE_SLOTS a launch: per parameter
     (its slot's arguments, the parameter first; its master copy or None), all of
-    one dtype and with master copies for all or none; `scalars` follow the used slots' count."""
+    one dtype and with master copies for all or none; `scalars` follow the used slots' count.
+    `memo` (a backend.LaunchMemo, for at most UPDATE_SLOTS updates: one launch) launches it."""
     dtypes = {slot[0].dtype for slot, _ in updates}
     if len(dtypes) > 1 or len({master is None for _, master in updates}) > 1:
         raise ValueError("one launch updates parameters of one dtype, with master copies for all or none")
+    if memo is not None and len(updates) > UPDATE_SLOTS:
+        raise ValueError(f"a launch memo serves one launch: at most {UPDATE_SLOTS} updates")
+    launch = backend.launch if memo is None else memo.launch
     xp = backend.array_module(be)
     with_master = updates[0][1] is not None
     # an unused slot: size 0, and one array of no element per dtype for all its pointers (the
@@ -56,8 +60,8 @@ def _launch_slots(be, kernel, updates, scalars):
         slots = [a for slot, _ in chunk for a in slot] + [a for slot in unused for a in slot]
         masters = [master for _, master in chunk] + [empty[chunk[0][1].dtype]] * len(unused) if with_master else []
         largest = max(slot[0].size for slot, _ in chunk)
-        backend.launch(be, "optim", chunk[0][0][0].dtype, f"{kernel}_master" if with_master else kernel,
-                       (blocks_for(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
+        launch(be, "optim", chunk[0][0][0].dtype, f"{kernel}_master" if with_master else kernel,
+               (blocks_for(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
 
 
 def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None):
@@ -68,21 +72,22 @@ def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov
         sgd_steps(be, [(param, grad, master)], lr, weight_decay)
 
 
-def sgd_steps(be, updates, lr, weight_decay):
+def sgd_steps(be, updates, lr, weight_decay, memo=None):
     """In place: SGD without momentum of several parameters, UPDATE_SLOTS a launch. `updates`
-    holds (param, grad, master) per parameter (see _launch_slots)."""
+    holds (param, grad, master) per parameter; `memo` as _launch_slots'."""
     if not updates:
         return
     for param, grad, master in updates:
         _check_state(param, grad, master)
     dtype = updates[0][0].dtype
     _launch_slots(be, "sgd_step", [((param, grad, np.int64(param.size)), master) for param, grad, master in updates],
-                  acc(dtype, lr, weight_decay))
+                  acc(dtype, lr, weight_decay), memo)
 
 
-def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov):
+def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, memo=None):
     """In place: SGD with momentum (no dampening) of several parameters, UPDATE_SLOTS a launch.
-    `updates` holds (param, grad, momentum_buf, first_step, master) per parameter (see _launch_slots)."""
+    `updates` holds (param, grad, momentum_buf, first_step, master) per parameter; `memo` as
+    _launch_slots'."""
     if not updates:
         return
     for param, grad, buf, _, master in updates:
@@ -91,7 +96,7 @@ def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov):
     _launch_slots(be, "sgd_momentum_step",
                   [((param, grad, buf, np.int64(param.size), *i32(bool(first_step))), master)
                    for param, grad, buf, first_step, master in updates],
-                  (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov))))
+                  (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov))), memo)
 
 
 def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, *, master=None):
@@ -99,9 +104,9 @@ def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, 
     adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay)
 
 
-def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay):
+def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, memo=None):
     """In place: Adam of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
-    m, v, step, master) per parameter, `step` its own count from 1 (see _launch_slots)."""
+    m, v, step, master) per parameter, `step` its own count from 1; `memo` as _launch_slots'."""
     if not updates:
         return
     for param, grad, m, v, _, master in updates:
@@ -110,7 +115,7 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay):
     slots = [((param, grad, m, v, np.int64(param.size),
                *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
              for param, grad, m, v, step, master in updates]
-    _launch_slots(be, "adam_step", slots, acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay))
+    _launch_slots(be, "adam_step", slots, acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay), memo)
 
 
 def unscale_grads(be, grads, inverse, found):
