@@ -497,15 +497,17 @@ class LaunchMemo:
     has itself made sure that its arrays are unchanged since (cnn_gpu.optim: a step on the very
     arrays the last step checked, their shapes, layouts and flags compared): a launch whose array
     arguments are the last one's own objects (or arrays of no element of their dtypes, which the
-    kernels never read) and whose scalars have the last one's types runs without launch()'s
-    argument checks again; any other launch, and every launch inside a recording, is launch()."""
+    kernels never read) and whose scalars have the last one's types, on the same current GPU, runs
+    without launch()'s argument checks again; any other launch, and every launch inside a
+    recording, is launch()."""
     __slots__ = ("_last",)
 
     def __init__(self):
         self._last = None   # (what launched, its kernel function, its arguments)
 
     def launch(self, backend: str, family: str, dtype, kernel: str, grid, block, args) -> None:
-        key = (backend, family, np.dtype(dtype), kernel, tuple(map(int, grid)), tuple(map(int, block)))
+        key = (backend, family, np.dtype(dtype), kernel, tuple(map(int, grid)), tuple(map(int, block)),
+               _launch_checks.current_device() if backend == "cuda" else None)   # the arrays' GPU, checked
         args = tuple(args)
         last = self._last
         if last is not None and last[0] == key and recording() is None and _same_arguments(args, last[2]):

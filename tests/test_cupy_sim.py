@@ -286,6 +286,29 @@ print("resumed on GPU", *on)
 """
 
 
+LAUNCH_MEMO_ON_ANOTHER_GPU = """
+import numpy as np, cupy
+from cnn_gpu import backend
+memo = backend.LaunchMemo()
+dy, x = (cupy.asarray(np.random.default_rng(i).standard_normal(300).astype(np.float32)) for i in range(2))
+args = (dy, x, cupy.empty_like(x), np.int64(300))
+memo.launch("cuda", "elementwise", np.float32, "relu_backward", (2,), (256,), args)
+with cupy.cuda.Device(1):
+    try:
+        memo.launch("cuda", "elementwise", np.float32, "relu_backward", (2,), (256,), args)
+    except ValueError as err:
+        print("refused:", err)
+"""
+
+
+@needs_emu
+def test_a_launch_memo_checks_a_launch_on_another_current_gpu():
+    """backend.LaunchMemo's unchecked launch needs the GPU its checked one had: with another GPU
+    current, the same arrays are checked again, and refused (they live on GPU 0)."""
+    out = _passed(run_on_sim(["-c", LAUNCH_MEMO_ON_ANOTHER_GPU], gpus=2))
+    assert "refused: kernel 'relu_backward' argument 'dy' is on GPU 0 but the current device is GPU 1" in out
+
+
 @needs_emu
 def test_a_checkpoint_loads_onto_the_gpu_its_model_is_on():
     """load_state_dict of a model and of its optimizer on GPU 1 while GPU 0 is current (a rank of a
