@@ -15,6 +15,7 @@ import re
 import shutil
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -494,16 +495,17 @@ def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, sha
 
 class LaunchMemo:
     """One launch site's last launch, for a caller that makes the same launch step after step and
-    has itself made sure that its arrays are unchanged since (cnn_gpu.optim: a step on the very
-    arrays the last step checked, their shapes, layouts and flags compared): a launch whose array
-    arguments are the last one's own objects (or arrays of no element of their dtypes, which the
-    kernels never read) and whose scalars have the last one's types, on the same current GPU, runs
-    without launch()'s argument checks again; any other launch, and every launch inside a
-    recording, is launch()."""
+    has itself made sure that its arrays are unchanged since in everything launch_checks checks
+    (cnn_gpu.optim: a step on the very arrays the last step checked, their shapes, dtypes, strides
+    and, where written, writeable flags compared): a launch whose array arguments are the last
+    one's own objects (or arrays of no element of their dtypes, which the kernels never read) and
+    whose scalars have the last one's types, on the same current GPU, runs without launch()'s
+    argument checks again; any other launch, and every launch inside a recording, is launch(). It
+    holds the arrays weakly: a memo keeps no array alive."""
     __slots__ = ("_last",)
 
     def __init__(self):
-        self._last = None   # (what launched, its kernel function, its arguments)
+        self._last = None   # (what launched, its kernel function, per argument: _argument_trace)
 
     def launch(self, backend: str, family: str, dtype, kernel: str, grid, block, args) -> None:
         key = (backend, family, np.dtype(dtype), kernel, tuple(map(int, grid)), tuple(map(int, block)),
@@ -517,17 +519,24 @@ class LaunchMemo:
         launch(backend, family, dtype, kernel, grid, block, args)
         # kept where the checks passed the arguments on as they are (none copied to C order)
         if min(key[4]) > 0 and all(isinstance(a, np.generic) or a.flags.c_contiguous for a in args):
-            self._last = (key, kernel_function(backend, family, dtype, kernel), args)
+            self._last = (key, kernel_function(backend, family, dtype, kernel), tuple(map(_argument_trace, args)))
 
 
-def _same_arguments(args, last) -> bool:
-    """Whether `args` are `last` but for their scalars' values (LaunchMemo)."""
-    if len(args) != len(last):
+def _argument_trace(a) -> tuple:
+    """What LaunchMemo keeps of a launch argument: a scalar's type; an array's type, size, dtype
+    and a weak reference to it."""
+    return (type(a),) if isinstance(a, np.generic) else (type(a), a.size, a.dtype, weakref.ref(a))
+
+
+def _same_arguments(args, traces) -> bool:
+    """Whether `args` are the traced ones but for their scalars' values (LaunchMemo): the same
+    array objects, or arrays of no element of the same dtypes, and scalars of the same types."""
+    if len(args) != len(traces):
         return False
-    for a, b in zip(args, last):
-        if a is b:
-            continue
-        if type(a) is not type(b) or not isinstance(a, np.generic) and (a.size or b.size or a.dtype != b.dtype):
+    for a, trace in zip(args, traces):
+        if type(a) is not trace[0]:
+            return False
+        if len(trace) > 1 and trace[3]() is not a and (a.size or trace[1] or a.dtype != trace[2]):
             return False
     return True
 

@@ -85,7 +85,9 @@ def state_dtype(dtype) -> np.dtype:
 
 
 def _layouts(*arrays) -> tuple:
-    return tuple((a.shape, a.dtype) for a in arrays)
+    """What a step's checks (and its launches', launch_checks) read of each array besides its
+    identity and writeable flag: a step whose arrays match these skips both (backend.LaunchMemo)."""
+    return tuple((a.shape, a.dtype, a.strides) for a in arrays)
 
 
 def _writeable(a) -> bool:

@@ -431,6 +431,8 @@ def test_a_launch_memo_skips_the_checks_only_for_the_last_launchs_arrays_and_sca
     launch's objects and its scalars of the same types, with the new values; another array, a
     scalar of another type, or a launch inside a recording is checked (and refused) as
     backend.launch checks it."""
+    import gc
+    import weakref
     from cnn_gpu import backend, launch_checks, replay
     checked = []
     real = launch_checks.checked_args
@@ -459,6 +461,64 @@ def test_a_launch_memo_skips_the_checks_only_for_the_last_launchs_arrays_and_sca
     with replay.record():
         assert relu_backward(dy, x, dx, np.int64(300)) == 1   # recorded as launch() records it
     assert relu_backward(dy, x, dx, np.int64(300)) == 0
+    frozen = np.empty_like(dx)
+    frozen.flags.writeable = False
+    for out in (frozen, dy):   # another output of the same dtype: read-only, or the input itself
+        with pytest.raises(ValueError, match="read-only|shares memory"):
+            relu_backward(dy, x, out, np.int64(300))
+        assert relu_backward(dy, x, dx, np.int64(300)) == 1
+    strided = np.repeat(x, 2)[::2]   # read-only input copied to C order by the checks: never kept
+    for _ in range(2):
+        assert relu_backward(dy, strided, dx, np.int64(300)) == 1
+        np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0))
+    assert relu_backward(dy, x, dx, np.int64(300)) == 1 and relu_backward(dy, x, dx, np.int64(300)) == 0
+    kept = weakref.ref(dx)
+    del dx
+    gc.collect()
+    assert kept() is None   # the memo holds its arrays weakly
+
+
+@pytest.mark.skipif(bool(why_unavailable("emu")), reason=f"emulator unavailable: {why_unavailable('emu')}")
+def test_kept_launches_hold_no_gradient_and_a_layout_changed_in_place_is_checked_again():
+    """On a kernel backend a step's kept launches (backend.LaunchMemo) hold no array: zero_grad
+    frees the gradients; and an array turned to F order in place (the same object, shape and
+    dtype) brings the checks back: a parameter is refused, a gradient is read in C order."""
+    import gc
+    import weakref
+    rng = np.random.default_rng(34)
+    params = [Parameter(rng.standard_normal((2, 3)).astype(np.float32), backend="emu") for _ in range(2)]
+    reference = [Parameter(p.data.copy(), backend="emu") for p in params]
+    opt, ref_opt = optim.SGD(params, lr=0.1, momentum=0.9), optim.SGD(reference, lr=0.1, momentum=0.9)
+    grads = [rng.standard_normal((2, 3)).astype(np.float32) for _ in params]
+    for p, q, g in zip(params, reference, grads):
+        p.grad, q.grad = g.copy(), g.copy()
+
+    def reorder(a, order):   # the same array object, its memory now in `order`
+        a.__setstate__((1, a.shape, a.dtype, order == "F", np.array(a, order=order).tobytes(order=order)))
+        assert a.flags[f"{order}_CONTIGUOUS"] and a.ndim > 1 and not a.flags["CF".replace(order, "") + "_CONTIGUOUS"]
+
+    for _ in range(3):
+        opt.step()
+        ref_opt.step()
+    kept = [p.data.copy() for p in params]
+    reorder(params[0].data, "F")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.step()
+    for p, before in zip(params, kept):
+        np.testing.assert_array_equal(np.ascontiguousarray(p.data), before)
+    reorder(params[0].data, "C")
+    opt.step()
+    ref_opt.step()
+    reorder(params[1].grad, "F")   # read as it holds its values: in C order, by a copy
+    ref_opt.params[1].grad = np.ascontiguousarray(params[1].grad)
+    opt.step()
+    ref_opt.step()
+    for p, q in zip(params, reference):
+        np.testing.assert_array_equal(p.data, q.data)
+    old = weakref.ref(params[1].grad)
+    opt.zero_grad()
+    gc.collect()
+    assert old() is None
 
 
 def test_the_skipped_checks_come_back_for_a_new_default_backend_or_an_array_retyped_in_place():
