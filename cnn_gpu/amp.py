@@ -3,7 +3,7 @@
     scaler = GradScaler()
     model.backward(scaler.scale(loss_fn.backward()))   # the loss gradient, scaled
     distributed.allreduce_gradients(model)             # optional: on the scaled gradients
-    scaler.unscale_(optimizer)                         # .grad / scale in FP32; notes inf/NaN
+    scaler.unscale_(optimizer)                         # .grad /= scale in FP32, in place; notes inf/NaN
     scaler.step(optimizer)                             # skipped if any gradient was inf/NaN
     scaler.update()                                    # halve on inf/NaN, double after clean runs
 
@@ -21,6 +21,8 @@ import numpy as np
 
 from . import backend as _backend
 from . import replay
+from .functional._checks import FLOAT_DTYPES
+from .launch_checks import check_device_array, check_disjoint
 
 
 def _positive_finite(name: str, value) -> float:
@@ -88,9 +90,12 @@ class GradScaler:
 
     def unscale_(self, optimizer) -> None:
         """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
-        dtype) and note whether any is inf/NaN, agreed over all ranks: before unscaling, as PyTorch,
-        and after it where a scale below 1 could overflow them (PyTorch would step on those). Once
-        per optimizer and step, before its step(); a parameter listed twice is unscaled once."""
+        dtype), in place as PyTorch's (a gradient the kernels cannot write as it is, not
+        C-contiguous or read-only, is unscaled into a C-ordered copy bound to .grad), and note
+        whether any is inf/NaN, agreed over all ranks: before unscaling, as PyTorch, and after it
+        where a scale below 1 could overflow them (PyTorch would step on those). Once per optimizer
+        and step, before its step(); a parameter listed twice, or a gradient array two parameters
+        share, is unscaled once. Every gradient is checked before any changes."""
         if not self._enabled:
             return
         replay.refuse("GradScaler.unscale_ (a replay runs step() as Python again, which unscales; code between "
@@ -102,19 +107,30 @@ class GradScaler:
         with np.errstate(over="ignore", divide="ignore"):   # a scale backed off to 0 unscales to inf: skipped
             inverse = float(np.float32(1.0) / np.float32(self._scale))   # PyTorch's FP32 reciprocal
         params = list({id(p): p for p in optimizer.params if p.grad is not None}.values())   # each once
-        # every parameter's backend (the optimizer's choice) before any gradient changes: a refusal
-        # leaves them all as they were
+        # every parameter's backend (the optimizer's choice) and gradient checked, and the host's
+        # gradients unscaled into new arrays, before any gradient changes: a refusal leaves them all
+        # as they were
         chosen = [(p, optimizer.backend_of(p)) for p in params]
-        on_kernels = {}   # (backend, dtype): the parameters whose gradients the kernels unscale
-        for p, be in chosen:
+        grads = {id(p.grad): (p.grad, be) for p, be in chosen}   # each array once
+        on_kernels = {}   # (backend, dtype): the gradient arrays the kernels unscale in place
+        copies = {}       # id of a gradient the kernels cannot write as it is: its C-ordered copy
+        for key, (grad, be) in grads.items():
             if be != "numpy":
-                on_kernels.setdefault((be, p.grad.dtype), []).append(p)
-        # every new gradient made (and the finding agreed over the ranks) before any is assigned
-        on_host = [(p, *_unscaled_on_host(p.grad, inverse)) for p, be in chosen if be == "numpy"]
-        unscaled, found = _unscaled_on_kernels(on_kernels, inverse) if on_kernels else ([], False)
-        found_inf = _any_rank(found or any(host_found for _, _, host_found in on_host))
-        for p, grad in unscaled + [(p, grad) for p, grad, _ in on_host]:
-            p.grad = grad
+                grad = _kernel_gradient(be, grad, copies, key)
+                on_kernels.setdefault((be, grad.dtype), []).append(grad)
+        written = [(f"gradient {i}", g, True) for i, g in enumerate(g for group in on_kernels.values() for g in group)]
+        check_disjoint(written, "GradScaler.unscale_: ")
+        on_host = {key: _unscaled_on_host(grad, inverse) for key, (grad, be) in grads.items() if be == "numpy"}
+        found = _unscaled_on_kernels(on_kernels, inverse) if on_kernels else False
+        found_inf = _any_rank(found or any(host_found for _, host_found in on_host.values()))
+        for key, (unscaled, _) in on_host.items():
+            grad = grads[key][0]
+            if grad.flags.writeable:
+                np.copyto(grad, unscaled)
+            else:
+                copies[key] = unscaled
+        for p in params:   # the copies bound to every parameter of their gradient
+            p.grad = copies.get(id(p.grad), p.grad)
         self._optimizers[id(optimizer)] = {"found_inf": found_inf, "stepped": False, "checked": bool(params)}
 
     def step(self, optimizer) -> bool:
@@ -212,18 +228,32 @@ def _unscaled_on_host(grad, inverse: float) -> tuple:
     return unscaled, found or (inverse > 1 and not bool(np.isfinite(unscaled).all()))
 
 
-def _unscaled_on_kernels(groups: dict, inverse: float) -> tuple:
-    """([(parameter, its gradient unscaled)], whether any held inf/NaN) for `groups` ({(backend,
-    dtype): parameters}): kernels/optim.cu's unscale_grads, 8 gradients a launch, the same values as
-    _unscaled_on_host, their inf/NaN noted in one flag per backend: one read back a step (on a GPU a
-    wait for it) instead of one per parameter."""
+def _kernel_gradient(be: str, grad, copies: dict, key):
+    """The array the kernels unscale for gradient `grad` on backend `be`: itself where they can write
+    it as it is (C-contiguous, writeable), else a C-ordered copy (kept in copies[key]); refused
+    (before any gradient changes) where a launch would refuse it."""
+    if grad.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"GradScaler.unscale_: a gradient has dtype {grad.dtype}; the kernels unscale float16, "
+                        f"float32 or float64 gradients")
+    if not grad.flags.c_contiguous or not (_backend.is_cupy_array(grad) or grad.flags.writeable):
+        grad = copies[key] = _backend.array_module(be).array(grad, order="C")
+    if be == "cuda":
+        check_device_array(grad, "GradScaler.unscale_: a gradient")
+    return grad
+
+
+def _unscaled_on_kernels(groups: dict, inverse: float) -> bool:
+    """Unscale in place the gradient arrays of `groups` ({(backend, dtype): arrays}) with
+    kernels/optim.cu's unscale_grads, 8 a launch, the same values as _unscaled_on_host; whether any
+    held inf/NaN, noted in one flag per backend: one read back a step (on a GPU a wait for it)
+    instead of one per parameter."""
     from .gpu import optim as gpu_optim
-    flags, unscaled = {}, []
-    for (be, _), params in groups.items():
+    flags = {}
+    for (be, _), grads in groups.items():
         if be not in flags:
             flags[be] = _backend.array_module(be).zeros(1, np.int32)
-        unscaled += zip(params, gpu_optim.unscale_grads(be, [p.grad for p in params], inverse, flags[be]))
-    return unscaled, any(int(flag[0]) for flag in flags.values())
+        gpu_optim.unscale_grads(be, grads, inverse, flags[be])
+    return any(int(flag[0]) for flag in flags.values())
 
 
 def _any_rank(found: bool) -> bool:

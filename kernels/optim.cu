@@ -15,8 +15,8 @@
 //    param -= step_size * m / (sqrt(v)/bias2_sqrt + eps), where the host computes each slot's
 //    step_size = lr/(1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) from its step count t, and
 //    1-beta1, 1-beta2 in double (as PyTorch: in FP32, 1 - 0.999 would be off by 1e-5 relative).
-//  * unscale_grads (cnn_gpu.amp.GradScaler.unscale_): unscaled = grad * inverse in acc_t, rounded
-//    once, into a new array; *found = 1 where a gradient holds inf/NaN before the multiplication or,
+//  * unscale_grads (cnn_gpu.amp.GradScaler.unscale_): grad *= inverse in acc_t, rounded once, in
+//    place (as PyTorch's); *found = 1 where a gradient holds inf/NaN before the multiplication or,
 //    with check_after (a scale below 1), after it. The host reads `found` once a step, where a
 //    check per parameter read back (and waited for the GPU) once per parameter.
 // The math is in acc_t and the state (momentum buffer, moments) is acc_t: FP32 for float16. The
@@ -131,22 +131,20 @@ adam_step(EACH_SLOT(ADAM_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, a
                                                          weight_decay)))
 }
 
-#define UNSCALE_SLOT(k) const REAL* __restrict__ grad##k, REAL* __restrict__ unscaled##k, long long n##k
+#define UNSCALE_SLOT(k) REAL* __restrict__ grad##k, long long n##k
 #define UNSCALE_CASE(k)                                                                                          \
     case k:                                                                                                      \
-        grad = grad##k, unscaled = unscaled##k, n = n##k;                                                        \
+        grad = grad##k, n = n##k;                                                                                \
         break;
 #define UNSCALE_VARIABLES                                                                                        \
-    const REAL* grad;                                                                                            \
-    REAL* unscaled;                                                                                              \
+    REAL* grad;                                                                                                  \
     long long n
 
-__device__ __forceinline__ bool unscaled_is_finite(const REAL* grad, REAL* unscaled, long long i, acc_t inverse,
-                                                   int check_after)
+__device__ __forceinline__ bool unscaled_is_finite(REAL* grad, long long i, acc_t inverse, int check_after)
 {
     const acc_t g = to_acc(grad[i]);
     const REAL out = to_real(g * inverse);
-    unscaled[i] = out;
+    grad[i] = out;
     return isfinite(g) && (!check_after || isfinite(to_acc(out)));
 }
 
@@ -155,7 +153,7 @@ unscale_grads(EACH_SLOT(UNSCALE_SLOT), int slots, int* __restrict__ found, acc_t
 {
     bool finite = true;
     FOR_EACH_SLOT_ELEMENT(UNSCALE_CASE, i, UNSCALE_VARIABLES,
-                          finite &= unscaled_is_finite(grad, unscaled, i, inverse, check_after))
+                          finite &= unscaled_is_finite(grad, i, inverse, check_after))
     if (!finite)
         atomicMax(found, 1);   // any thread's finding: every writer writes 1
 }

@@ -81,9 +81,10 @@ def test_unscale_divides_in_fp32_and_keeps_the_dtype():
     grads = _scaled_grads(params, scaler, rng)
     assert np.isfinite(params[0].grad).all()      # 2**16 itself would overflow float16
     optimizer = optim.Adam(params)
+    scaled = [p.grad for p in params]
     scaler.unscale_(optimizer)
-    for p, g in zip(params, grads):
-        assert p.grad.dtype == np.float16
+    for p, g, before in zip(params, grads, scaled):
+        assert p.grad is before and p.grad.dtype == np.float16   # in place, as PyTorch's
         np.testing.assert_allclose(p.grad.astype(np.float32), g, rtol=2e-3, atol=1e-7)
     with pytest.raises(RuntimeError, match="already"):
         scaler.unscale_(optimizer)
@@ -144,6 +145,40 @@ def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated
         scaler = GradScaler(init_scale=4.0)
         scaler.unscale_(optim.SGD([p, p], lr=0.1))
         assert (p.grad == 2).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_unscale_writes_in_place_once_per_array_and_copies_what_it_cannot_write(backend):
+    """unscale_ divides each gradient array in place, once where parameters share it (disjoint views
+    of one flat buffer each in place); a read-only gradient, and on the kernels an F-ordered one,
+    is unscaled into a C-ordered copy bound to .grad, the original left as it was; on the kernels
+    gradients that overlap are refused before any changes."""
+    from cnn_gpu.backend import why_unavailable
+    if reason := why_unavailable(backend):
+        pytest.skip(reason)
+    flat = np.arange(1, 13, dtype=np.float32)
+    frozen = np.full((2, 2), 8.0, np.float32)
+    frozen.flags.writeable = False
+    fortran = np.asfortranarray(np.full((3, 2), 8.0, np.float32))
+    params = [Parameter(np.zeros(s, np.float32), backend=backend) for s in (6, 6, 6, (2, 2), (3, 2))]
+    params[0].grad, params[1].grad = flat[:6], flat[6:]
+    params[2].grad = params[1].grad   # one array for two parameters
+    params[3].grad, params[4].grad = frozen, fortran
+    GradScaler(init_scale=4.0).unscale_(optim.SGD(params, lr=0.1))
+    np.testing.assert_array_equal(flat, np.arange(1, 13) / 4)
+    assert params[1].grad is params[2].grad and params[1].grad.base is flat
+    copied = [(params[3], frozen)] + ([(params[4], fortran)] if backend != "numpy" else [])   # NumPy writes any order
+    for p, original in copied:
+        assert p.grad is not original and p.grad.flags.c_contiguous and (p.grad == 2).all() and (original == 8).all()
+    if backend == "numpy":
+        assert params[4].grad is fortran and (fortran == 2).all()
+    overlapping = np.full(10, 8.0, np.float32)
+    params = [Parameter(np.zeros(6, np.float32), backend=backend) for _ in range(2)]
+    params[0].grad, params[1].grad = overlapping[:6], overlapping[4:]
+    if backend != "numpy":   # the kernels write each in place: refused; NumPy computes each apart
+        with pytest.raises(ValueError, match="shares memory"):
+            GradScaler(init_scale=4.0).unscale_(optim.SGD(params, lr=0.1))
+        assert (overlapping == 8).all()
 
 
 def test_scale_doubles_after_growth_interval_clean_steps():

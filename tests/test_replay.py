@@ -231,7 +231,11 @@ def test_gradients_accumulated_over_two_batches_replay_as_they_ran():
 def test_a_grad_scaler_replays_its_scale_skips_and_backoffs_as_eager_steps():
     """float16 with a GradScaler whose first scale overflows the gradients: the recorded step is
     skipped and backs off, and each replay scales by the scale of its own step, unscales, checks and
-    steps (or skips) as an eager step would."""
+    steps (or skips) as an eager step would. Unscaled in place, the gradients a replay binds are
+    the same arrays each time, so the optimizer checks them at its first step only."""
+    from cnn_gpu import optim
+    prepared = []
+    real_prepare = optim.Optimizer._prepare
     batches = _batches("float16", 6)
 
     def scaled_step(model, opt, loss_fn, scaler, x, labels):
@@ -252,12 +256,18 @@ def test_a_grad_scaler_replays_its_scale_skips_and_backoffs_as_eager_steps():
     with replay.record() as step:
         loss, taken = scaled_step(model, opt, loss_fn, scaler, x, labels)
     assert not taken and not eager[0][1]   # 2^18 overflows the float16 gradients: skipped
-    losses = [float(loss)]
+    losses, checked = [float(loss)], []
     for new_x, new_labels in batches[1:]:
         x[...], labels[...] = new_x, new_labels
-        step.replay()
+        prepared.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(optim.Optimizer, "_prepare", lambda self, *a: prepared.append(1) or real_prepare(self, *a))
+            step.replay()
         losses.append(float(loss))
+        checked.append(len(prepared))
     assert losses == [float(eager_loss) for eager_loss, _ in eager]
+    # taken at replays 2, 3 and 5: checked at the first two (Adam's state appears at the first), not the third
+    assert checked == [0, len(opt.params), len(opt.params), 0, 0]
     assert scaler.get_scale() == eager_scales[0] and scaler.state_dict() == eager_scaler.state_dict()
     # skipped, skipped (backoffs), taken, taken (the scale grows), skipped, taken
     assert [taken for _, taken in eager] == [False, False, True, True, False, True]

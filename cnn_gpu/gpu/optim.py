@@ -119,14 +119,9 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, memo=None):
 
 
 def unscale_grads(be, grads, inverse, found):
-    """Each of `grads` (one dtype) times `inverse` in the kernels' compute type, rounded once, into
-    new arrays (returned in order), UPDATE_SLOTS a launch; `found`, an int32 (1,) array, is set to 1
+    """In place: each of `grads` (C-contiguous, writeable, one dtype) times `inverse` in the kernels'
+    compute type, rounded once, UPDATE_SLOTS a launch; `found`, an int32 (1,) array, is set to 1
     where a gradient holds inf/NaN before the multiplication or, with inverse > 1, after it."""
-    xp = backend.array_module(be)
-    grads = [xp.asarray(g, order="C") for g in grads]   # (ascontiguousarray would make a 0-d one 1-d)
-    unscaled = [xp.empty_like(g) for g in grads]
     if grads:
-        _launch_slots(be, "unscale_grads",
-                      [((g, out, np.int64(g.size)), None) for g, out in zip(grads, unscaled)],
+        _launch_slots(be, "unscale_grads", [((g, np.int64(g.size)), None) for g in grads],
                       (found, *acc(grads[0].dtype, inverse), *i32(inverse > 1)))
-    return unscaled
