@@ -222,7 +222,9 @@ class Optimizer:
         reusable = all(grad is p.grad for _, p, grad, _ in updates)
         self._checked = (self._bound_arrays(pending), [(be, p, state) for be, p, _, state in updates], {}) \
             if reusable else None
-        self._update_all(updates, hyper, self._checked[2] if reusable else None)
+        # its launches' memos are made at the first step that finds these arrays again (checked
+        # there, unchecked from the next): a loop that unbinds its gradients makes none
+        self._update_all(updates, hyper)
 
     def _bound_arrays(self, pending) -> list:
         """What a step's checks depend on: the backends a parameter's may come from (the
