@@ -22,7 +22,7 @@ import numpy as np
 from . import backend as _backend
 from . import replay
 from .functional._checks import FLOAT_DTYPES
-from .launch_checks import check_device_array, check_disjoint
+from .launch_checks import check_disjoint, check_on_current_device
 
 
 def _positive_finite(name: str, value) -> float:
@@ -90,12 +90,15 @@ class GradScaler:
 
     def unscale_(self, optimizer) -> None:
         """Divide every parameter's .grad by the scale in FP32 (rounded back to the gradient's
-        dtype), in place as PyTorch's (a gradient the kernels cannot write as it is, not
-        C-contiguous or read-only, is unscaled into a C-ordered copy bound to .grad), and note
-        whether any is inf/NaN, agreed over all ranks: before unscaling, as PyTorch, and after it
-        where a scale below 1 could overflow them (PyTorch would step on those). Once per optimizer
-        and step, before its step(); a parameter listed twice, or a gradient array two parameters
-        share, is unscaled once. Every gradient is checked before any changes."""
+        dtype), in place as PyTorch's (a read-only gradient, or one the kernels cannot write as it
+        is, not C-contiguous, is unscaled into a new array bound to .grad), and note whether any is
+        inf/NaN, agreed over all ranks: before unscaling, as PyTorch, and after it where a scale
+        below 1 could overflow them (PyTorch would step on those). Once per optimizer and step,
+        before its step(); a parameter listed twice, or a gradient array two parameters share, is
+        unscaled once. Every gradient is checked before any changes (dtype, device, and no memory
+        shared with another gradient or a parameter: the optimizer would refuse it after the
+        unscaling had written it); where the agreement over the ranks fails, the gradients stay
+        unscaled and the step is refused."""
         if not self._enabled:
             return
         replay.refuse("GradScaler.unscale_ (a replay runs step() as Python again, which unscales; code between "
@@ -118,20 +121,23 @@ class GradScaler:
             if be != "numpy":
                 grad = _kernel_gradient(be, grad, copies, key)
                 on_kernels.setdefault((be, grad.dtype), []).append(grad)
-        written = [(f"gradient {i}", g, True) for i, g in enumerate(g for group in on_kernels.values() for g in group)]
-        check_disjoint(written, "GradScaler.unscale_: ")
         on_host = {key: _unscaled_on_host(grad, inverse) for key, (grad, be) in grads.items() if be == "numpy"}
+        copies.update((key, unscaled) for key, (unscaled, _) in on_host.items() if not grads[key][0].flags.writeable)
+        written = [grad for grad, _ in grads.values() if id(grad) not in copies]
+        check_disjoint([(f"a gradient ({i})", grad, True) for i, grad in enumerate(written)]
+                       + [(f"parameter {i}", p.data, False) for i, p in enumerate(optimizer.params)],
+                       "GradScaler.unscale_: ")
+        for be, dtype in on_kernels:   # built (compiled) before any gradient changes
+            _backend.kernel_function(be, "optim", dtype, "unscale_grads")
         found = _unscaled_on_kernels(on_kernels, inverse) if on_kernels else False
-        found_inf = _any_rank(found or any(host_found for _, host_found in on_host.values()))
         for key, (unscaled, _) in on_host.items():
-            grad = grads[key][0]
-            if grad.flags.writeable:
-                np.copyto(grad, unscaled)
-            else:
-                copies[key] = unscaled
+            if key not in copies:
+                np.copyto(grads[key][0], unscaled)
         for p in params:   # the copies bound to every parameter of their gradient
             p.grad = copies.get(id(p.grad), p.grad)
-        self._optimizers[id(optimizer)] = {"found_inf": found_inf, "stepped": False, "checked": bool(params)}
+        # unscaled from here: a failed agreement leaves the step refused (found_inf unknown)
+        state = self._optimizers[id(optimizer)] = {"found_inf": None, "stepped": False, "checked": bool(params)}
+        state["found_inf"] = _any_rank(found or any(host_found for _, host_found in on_host.values()))
 
     def step(self, optimizer) -> bool:
         """optimizer.step() unless its gradients held inf/NaN this step (unscales them first if
@@ -156,6 +162,9 @@ class GradScaler:
             del self._optimizers[id(optimizer)]
             raise RuntimeError("GradScaler.step: no parameter of this optimizer has a gradient, so none was checked "
                                "for inf/NaN (run backward first)")
+        if state["found_inf"] is None:
+            raise RuntimeError("GradScaler.step: the ranks did not agree on the inf/NaN check of this step's unscale_ "
+                               "(it failed); call update() to skip the step")
         state["stepped"] = True
         if state["found_inf"]:
             return False
@@ -177,7 +186,7 @@ class GradScaler:
         if not optimizers:
             raise RuntimeError("GradScaler.update: no optimizer with gradients was unscaled or stepped since the last "
                                "update(), so no inf/NaN check was recorded")
-        if any(state["found_inf"] for state in optimizers):
+        if any(state["found_inf"] is None or state["found_inf"] for state in optimizers):   # None: unknown
             self._scale = _as_fp32_scale(self._scale * self._backoff_factor)
             self._growth_tracker = 0
         else:
@@ -235,10 +244,10 @@ def _kernel_gradient(be: str, grad, copies: dict, key):
     if grad.dtype not in FLOAT_DTYPES:
         raise TypeError(f"GradScaler.unscale_: a gradient has dtype {grad.dtype}; the kernels unscale float16, "
                         f"float32 or float64 gradients")
+    if be == "cuda":
+        check_on_current_device(grad, "GradScaler.unscale_: a gradient")
     if not grad.flags.c_contiguous or not (_backend.is_cupy_array(grad) or grad.flags.writeable):
         grad = copies[key] = _backend.array_module(be).array(grad, order="C")
-    if be == "cuda":
-        check_device_array(grad, "GradScaler.unscale_: a gradient")
     return grad
 
 

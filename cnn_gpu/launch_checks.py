@@ -204,6 +204,11 @@ def check_device_array(a, name: str, current: int | None = None) -> None:
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous for the cuda backend (shape {tuple(a.shape)}, "
                          f"strides {a.strides}); use cupy.ascontiguousarray")
+    check_on_current_device(a, name, current)
+
+
+def check_on_current_device(a, name: str, current: int | None = None) -> None:
+    """A CuPy array on the current GPU (`current`, current_device() when not given)."""
     if current is None:
         current = current_device()
     if a.device.id != current:

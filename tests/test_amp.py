@@ -137,7 +137,7 @@ def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated
         GradScaler(init_scale=4.0).unscale_(optim.SGD([host, device, wrong], lr=0.1))
     assert (host.grad == 8).all() and (device.grad == 8).all()   # nothing divided, so a retry is right
     junk = Parameter(np.zeros(3, np.float32), backend="numpy")
-    junk.grad = np.array(["a", "b", "c"])   # refused by NumPy's isfinite after the kernels ran
+    junk.grad = np.array(["a", "b", "c"])   # refused by NumPy's isfinite, before the kernels run
     with pytest.raises(TypeError):
         GradScaler(init_scale=4.0).unscale_(optim.SGD([device, host, junk], lr=0.1))
     assert (host.grad == 8).all() and (device.grad == 8).all()
@@ -179,6 +179,46 @@ def test_unscale_writes_in_place_once_per_array_and_copies_what_it_cannot_write(
         with pytest.raises(ValueError, match="shares memory"):
             GradScaler(init_scale=4.0).unscale_(optim.SGD(params, lr=0.1))
         assert (overlapping == 8).all()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_unscale_refuses_a_gradient_sharing_a_parameters_memory_before_any_change(backend):
+    """A gradient that is a view of a parameter (which the optimizer would refuse after the
+    unscaling had divided the parameter) is refused first: nothing changes."""
+    from cnn_gpu.backend import why_unavailable
+    if reason := why_unavailable(backend):
+        pytest.skip(reason)
+    params = [Parameter(np.full(4, 8.0, np.float32), backend=backend) for _ in range(3)]
+    params[0].grad, params[1].grad = np.full(4, 8.0, np.float32), params[2].data[:]
+    scaler = GradScaler(init_scale=4.0)
+    with pytest.raises(ValueError, match="shares memory with parameter 2"):
+        scaler.step(optim.SGD(params, lr=0.1))
+    assert all((p.data == 8).all() for p in params) and (params[0].grad == 8).all()
+
+
+def test_a_failed_agreement_over_the_ranks_leaves_the_gradients_unscaled_and_the_step_refused(monkeypatch):
+    """Where the inf/NaN agreement over the ranks raises, every gradient (host and kernels) is
+    unscaled once: unscale_ again says so, step() refuses, update() backs off."""
+    import cnn_gpu.amp as amp
+    from cnn_gpu.backend import why_unavailable
+    params = [Parameter(np.zeros(3, np.float32), backend=be) for be in ("numpy", "emu" if not why_unavailable("emu")
+                                                                      else "numpy")]
+    for p in params:
+        p.grad = np.full(3, 8.0, np.float32)
+    scaler, optimizer = GradScaler(init_scale=4.0), optim.SGD(params, lr=0.1)
+
+    def no_agreement(found):
+        raise TimeoutError("a rank did not answer")
+    monkeypatch.setattr(amp, "_any_rank", no_agreement)
+    with pytest.raises(TimeoutError):
+        scaler.unscale_(optimizer)
+    assert all((p.grad == 2).all() for p in params)
+    with pytest.raises(RuntimeError, match="already called"):
+        scaler.unscale_(optimizer)
+    with pytest.raises(RuntimeError, match="did not agree"):
+        scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 2.0 and all((p.data == 0).all() for p in params)
 
 
 def test_scale_doubles_after_growth_interval_clean_steps():

@@ -309,6 +309,31 @@ def test_a_launch_memo_checks_a_launch_on_another_current_gpu():
     assert "refused: kernel 'relu_backward' argument 'dy' is on GPU 0 but the current device is GPU 1" in out
 
 
+UNSCALE_ON_ANOTHER_GPU = """
+import numpy as np, cupy
+from cnn_gpu import optim
+from cnn_gpu.amp import GradScaler
+from cnn_gpu.nn import Parameter
+with cupy.cuda.Device(1):
+    p = Parameter(cupy.zeros((3, 2), np.float32), backend="cuda")
+    p.grad = cupy.asfortranarray(cupy.full((3, 2), 8.0, np.float32))
+try:
+    GradScaler(init_scale=4.0).unscale_(optim.SGD([p], lr=0.1))
+except ValueError as err:
+    print("refused:", err)
+print("left on GPU", p.grad.device.id, float(p.grad[0, 0]))
+"""
+
+
+@needs_emu
+def test_unscale_refuses_a_gradient_of_another_gpu_in_any_layout():
+    """GradScaler.unscale_ with GPU 0 current refuses an F-ordered gradient on GPU 1 (whose C-ordered
+    copy would otherwise be made on GPU 0 and bound), leaving it as it was."""
+    out = _passed(run_on_sim(["-c", UNSCALE_ON_ANOTHER_GPU], gpus=2))
+    assert "refused: GradScaler.unscale_: a gradient is on GPU 1 but the current device is GPU 0" in out
+    assert "left on GPU 1 8.0" in out
+
+
 @needs_emu
 def test_a_checkpoint_loads_onto_the_gpu_its_model_is_on():
     """load_state_dict of a model and of its optimizer on GPU 1 while GPU 0 is current (a rank of a
