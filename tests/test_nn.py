@@ -168,6 +168,36 @@ def test_sequential_runs_a_relu_after_a_batch_norm_inside_it(be, training, rng, 
         np.testing.assert_allclose(a.grad, b.grad, **tolerance)
 
 
+class ApartReLU(nn.ReLU):
+    """A ReLU subclass, which nn.Sequential runs as itself: a model built with it runs every ReLU
+    apart, the reference of the fusions Sequential makes with nn.ReLU."""
+
+
+def _apart_and_fused(build, be):
+    """build(ApartReLU) and build(nn.ReLU) on backend `be` (build draws the same weights each call)."""
+    if reason := __import__("cnn_gpu").backend.why_unavailable(be):
+        pytest.skip(reason)
+    models = [build(relu_class) for relu_class in (ApartReLU, nn.ReLU)]
+    for model in models:
+        model.to(be)
+    return models
+
+
+def _step_results(model, x, dy, input_grad=True):
+    """The output, the input gradient (where wanted) and every parameter's gradient of a forward
+    and backward."""
+    y = model(x)
+    dx = model.backward(dy, input_grad=input_grad)
+    return [y] + ([dx] if input_grad else []) + [p.grad for p in model.parameters()]
+
+
+def _assert_same_bits(got, want, what=""):
+    assert len(got) == len(want), what
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype, what
+        np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"), err_msg=what)
+
+
 @pytest.mark.parametrize("be", ["numpy", "emu"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 @pytest.mark.parametrize("with_shortcut", [False, True])
@@ -176,38 +206,26 @@ def test_sequential_runs_a_relu_after_a_residual_with_its_addition(be, dtype, wi
     ReLU run apart, to the bit (the same sum, rounded once, and the same mask), but the ReLU's own
     forward and backward never run: F.add_relu adds and rectifies in one pass, the Residual's
     backward applies the ReLU's gradient. A ReLU subclass is run as itself."""
-    from cnn_gpu import backend as backends
-    if reason := backends.why_unavailable(be):
-        pytest.skip(reason)
-    x, dy = _randn(rng, 2, 3, 5, 6).astype(dtype), _randn(rng, 2, 4 if with_shortcut else 3, 5, 6).astype(dtype)
+    out = 4 if with_shortcut else 3
+    x, dy = _randn(rng, 2, 3, 5, 6).astype(dtype), _randn(rng, 2, out, 5, 6).astype(dtype)
     seed = int(rng.integers(1 << 30))
 
-    class OwnReLU(nn.ReLU):
-        pass
-
-    def pair(relu_class):
+    def build(relu_class):
         weights = np.random.default_rng(seed)
-        out = 4 if with_shortcut else 3
         shortcut = nn.Conv2d(3, out, 1, dtype=dtype, rng=weights) if with_shortcut else None
-        model = nn.Sequential(nn.Residual(nn.Conv2d(3, out, 3, padding=1, dtype=dtype, rng=weights), shortcut),
-                              relu_class())
-        model.to(be)
-        return model
+        return nn.Sequential(nn.Residual(nn.Conv2d(3, out, 3, padding=1, dtype=dtype, rng=weights), shortcut),
+                             relu_class())
 
-    apart, fused = pair(OwnReLU), pair(nn.ReLU)
+    apart, fused = _apart_and_fused(build, be)
     relu_calls = []
     for method in ("forward", "backward"):
         real = getattr(nn.ReLU, method)
         monkeypatch.setattr(nn.ReLU, method, lambda self, *args, real=real, method=method, **kwargs:
                             relu_calls.append((type(self), method)) or real(self, *args, **kwargs))
-    y_apart, y_fused = apart(x), fused(x)
-    dx_apart, dx_fused = apart.backward(dy), fused.backward(dy)
-    assert relu_calls == [(OwnReLU, "forward"), (OwnReLU, "backward")]
-    assert (y_fused == 0).any() and (y_fused > 0).any()
-    for got, want in [(y_fused, y_apart), (dx_fused, dx_apart),
-                      *((a.grad, b.grad) for a, b in zip(fused.parameters(), apart.parameters()))]:
-        assert got.dtype == dtype
-        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+    want, got = _step_results(apart, x, dy), _step_results(fused, x, dy)
+    assert relu_calls == [(ApartReLU, "forward"), (ApartReLU, "backward")]
+    assert (got[0] == 0).any() and (got[0] > 0).any() and got[0].dtype == dtype
+    _assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
@@ -220,26 +238,18 @@ def test_sequential_hands_a_residual_gradient_unsummed_to_the_residual_relu_befo
     ReLU before, whose backward adds it in its pass (F.relu_backward_of_sum). Values and gradients
     (input and parameters) are those of the ReLUs run apart, to the bit; one addition is left (the
     first Residual's, for the conv)."""
-    from cnn_gpu import backend as backends
     from cnn_gpu.nn import containers
-    if reason := backends.why_unavailable(be):
-        pytest.skip(reason)
     x, dy = _randn(rng, 2, 3, 5, 6).astype(dtype), _randn(rng, 2, 4, 5, 6).astype(dtype)
     seed = int(rng.integers(1 << 30))
 
-    class OwnReLU(nn.ReLU):
-        pass
-
-    def chain(relu_class):
+    def build(relu_class):
         weights = np.random.default_rng(seed)
         conv = lambda c, k: nn.Conv2d(c, 4, k, padding=k // 2, dtype=dtype, rng=weights)   # noqa: E731
-        model = nn.Sequential(conv(3, 3), nn.Residual(conv(4, 3)), relu_class(),
-                              nn.Residual(conv(4, 3), conv(4, 1)), relu_class(), nn.Residual(conv(4, 3)),
-                              relu_class())
-        model.to(be)
-        return model
+        return nn.Sequential(conv(3, 3), nn.Residual(conv(4, 3)), relu_class(),
+                             nn.Residual(conv(4, 3), conv(4, 1)), relu_class(), nn.Residual(conv(4, 3)),
+                             relu_class())
 
-    apart, fused = chain(OwnReLU), chain(nn.ReLU)
+    apart, fused = _apart_and_fused(build, be)
     calls = []
     for name in ("relu_backward", "relu_backward_of_sum"):
         real = getattr(F, name)
@@ -247,18 +257,15 @@ def test_sequential_hands_a_residual_gradient_unsummed_to_the_residual_relu_befo
                             calls.append(name) or real(*args, **kwargs))
     real_sum = containers._sum
     monkeypatch.setattr(containers, "_sum", lambda a, b: calls.append("sum") or real_sum(a, b))
-    y_apart, y_fused = apart(x), fused(x)
+    want = _step_results(apart, x, dy, input_grad)
+    assert calls.count("relu_backward_of_sum") == 0 and calls.count("sum") == 6   # three forward, three backward
     calls.clear()
-    dx_apart = apart.backward(dy, input_grad=input_grad)
-    assert calls.count("relu_backward_of_sum") == 0 and calls.count("sum") == 3
+    y = fused(x)
     calls.clear()
-    dx_fused = fused.backward(dy, input_grad=input_grad)
+    dx = fused.backward(dy, input_grad=input_grad)
     assert sorted(calls) == ["relu_backward", "relu_backward_of_sum", "relu_backward_of_sum", "sum"]
-    assert (dx_fused is None) == (dx_apart is None) == (not input_grad)
-    pairs = [(y_fused, y_apart), *((a.grad, b.grad) for a, b in zip(fused.parameters(), apart.parameters()))]
-    for got, want in pairs + ([(dx_fused, dx_apart)] if input_grad else []):
-        assert got.dtype == dtype
-        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+    assert (dx is None) == (not input_grad)
+    _assert_same_bits([y] + ([dx] if input_grad else []) + [p.grad for p in fused.parameters()], want)
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
@@ -266,9 +273,6 @@ def test_a_gradient_handed_on_in_another_layout_is_added_apart(be, rng, monkeypa
     """A block whose backward returns an F-ordered gradient (a user's module): the residual ReLU
     before adds the two summands apart and then takes its gradient, as without the hand-on (the
     kernels take C-ordered arrays, and a recording refuses copying one), to the same bits."""
-    from cnn_gpu import backend as backends
-    if reason := backends.why_unavailable(be):
-        pytest.skip(reason)
 
     class FortranGradient(nn.Module):
         def forward(self, x):
@@ -277,25 +281,17 @@ def test_a_gradient_handed_on_in_another_layout_is_added_apart(be, rng, monkeypa
         def backward(self, dy):
             return np.asfortranarray(dy)
 
-    class OwnReLU(nn.ReLU):
-        pass
-
-    def chain(relu_class):
+    def build(relu_class):
         conv = nn.Conv2d(3, 3, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(5))
-        model = nn.Sequential(nn.Residual(conv), relu_class(), nn.Residual(FortranGradient()), relu_class())
-        model.to(be)
-        return model
-    fused, apart = chain(nn.ReLU), chain(OwnReLU)
+        return nn.Sequential(nn.Residual(conv), relu_class(), nn.Residual(FortranGradient()), relu_class())
+
+    apart, fused = _apart_and_fused(build, be)
     x, dy = _randn(rng, 2, 3, 5, 6), _randn(rng, 2, 3, 5, 6)
-    fused(x), apart(x)
     calls = []
     real = F.relu_backward_of_sum
     monkeypatch.setattr(F, "relu_backward_of_sum", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    dx_fused, dx_apart = fused.backward(dy), apart.backward(dy)
+    _assert_same_bits(_step_results(fused, x, dy), _step_results(apart, x, dy))
     assert calls == []
-    for got, want in [(dx_fused, dx_apart), *((a.grad, b.grad) for a, b in zip(fused.parameters(),
-                                                                              apart.parameters()))]:
-        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
@@ -304,20 +300,12 @@ def test_sequential_fusions_give_the_bits_of_the_layers_run_apart_in_random_chai
     norms and convolutions, nested Sequentials among them: with every fusion nn.Sequential makes
     (ReLUs run inside the layer before, residual gradients handed on unsummed), the output and
     every gradient are those of the same chain with its ReLUs run apart, to the bit."""
-    from cnn_gpu import backend as backends
-    if reason := backends.why_unavailable(be):
-        pytest.skip(reason)
-
-    class OwnReLU(nn.ReLU):
-        pass
-
     kinds = ["residual", "residual_shortcut", "relu", "batch_norm", "conv", "nested"]
     for trial in range(12):
         plan = [kinds[k] for k in rng.integers(0, len(kinds), int(rng.integers(2, 9)))]
         seed = int(rng.integers(1 << 30))
-        input_grad = bool(trial % 3)
 
-        def chain(relu_class, plan=plan, seed=seed):
+        def build(relu_class, plan=plan, seed=seed):
             weights = np.random.default_rng(seed)
             conv = lambda k=3: nn.Conv2d(4, 4, k, padding=k // 2, dtype=np.float64, rng=weights)   # noqa: E731
             norm = lambda: nn.BatchNorm2d(4, dtype=np.float64)   # noqa: E731
@@ -325,17 +313,12 @@ def test_sequential_fusions_give_the_bits_of_the_layers_run_apart_in_random_chai
                     "residual_shortcut": lambda: nn.Residual(nn.Sequential(conv(), norm()), conv(1)),
                     "relu": relu_class, "batch_norm": norm, "conv": conv,
                     "nested": lambda: nn.Sequential(nn.Residual(conv()), relu_class(), nn.Residual(conv()))}
-            model = nn.Sequential(conv(), *(make[kind]() for kind in plan))
-            model.to(be)
-            return model
+            return nn.Sequential(conv(), *(make[kind]() for kind in plan))
 
-        apart, fused = chain(OwnReLU), chain(nn.ReLU)
+        apart, fused = _apart_and_fused(build, be)
         x, dy = _randn(rng, 2, 4, 5, 6), _randn(rng, 2, 4, 5, 6)
-        y_apart, y_fused = apart(x), fused(x)
-        dx_apart, dx_fused = apart.backward(dy, input_grad=input_grad), fused.backward(dy, input_grad=input_grad)
-        pairs = [(y_fused, y_apart), *((a.grad, b.grad) for a, b in zip(fused.parameters(), apart.parameters()))]
-        for got, want in pairs + ([(dx_fused, dx_apart)] if input_grad else []):
-            np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64), err_msg=f"{plan}")
+        input_grad = bool(trial % 3)
+        _assert_same_bits(_step_results(fused, x, dy, input_grad), _step_results(apart, x, dy, input_grad), f"{plan}")
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])
