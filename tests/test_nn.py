@@ -7,6 +7,7 @@ import pytest
 
 from cnn_gpu import functional as F
 from cnn_gpu import gradcheck, models, nn, optim
+from cnn_gpu.backend import why_unavailable
 
 
 @pytest.fixture
@@ -175,7 +176,7 @@ class ApartReLU(nn.ReLU):
 
 def _apart_and_fused(build, be):
     """build(ApartReLU) and build(nn.ReLU) on backend `be` (build draws the same weights each call)."""
-    if reason := __import__("cnn_gpu").backend.why_unavailable(be):
+    if reason := why_unavailable(be):
         pytest.skip(reason)
     models = [build(relu_class) for relu_class in (ApartReLU, nn.ReLU)]
     for model in models:
