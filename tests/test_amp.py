@@ -151,8 +151,8 @@ def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated
 def test_unscale_writes_in_place_once_per_array_and_copies_what_it_cannot_write(backend):
     """unscale_ divides each gradient array in place, once where parameters share it (disjoint views
     of one flat buffer each in place); a read-only gradient, and on the kernels an F-ordered one,
-    is unscaled into a C-ordered copy bound to .grad, the original left as it was; on the kernels
-    gradients that overlap are refused before any changes."""
+    is unscaled into a C-ordered copy bound to .grad, the original left as it was; gradients that
+    overlap are refused before any changes."""
     from cnn_gpu.backend import why_unavailable
     if reason := why_unavailable(backend):
         pytest.skip(reason)
@@ -175,10 +175,9 @@ def test_unscale_writes_in_place_once_per_array_and_copies_what_it_cannot_write(
     overlapping = np.full(10, 8.0, np.float32)
     params = [Parameter(np.zeros(6, np.float32), backend=backend) for _ in range(2)]
     params[0].grad, params[1].grad = overlapping[:6], overlapping[4:]
-    if backend != "numpy":   # the kernels write each in place: refused; NumPy computes each apart
-        with pytest.raises(ValueError, match="shares memory"):
-            GradScaler(init_scale=4.0).unscale_(optim.SGD(params, lr=0.1))
-        assert (overlapping == 8).all()
+    with pytest.raises(ValueError, match="shares memory"):   # each is written in place: refused
+        GradScaler(init_scale=4.0).unscale_(optim.SGD(params, lr=0.1))
+    assert (overlapping == 8).all()
 
 
 @pytest.mark.parametrize("backend", ["numpy", "emu"])
