@@ -21,7 +21,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import replay
-from .functional._checks import FLOAT_DTYPES
+from .functional._checks import FLOAT_DTYPES, writeable
 from .launch_checks import check_disjoint, check_on_current_device
 
 
@@ -119,10 +119,12 @@ class GradScaler:
         copies = {}       # id of a gradient the kernels cannot write as it is: its C-ordered copy
         for key, (grad, be) in grads.items():
             if be != "numpy":
-                grad = _kernel_gradient(be, grad, copies, key)
-                on_kernels.setdefault((be, grad.dtype), []).append(grad)
+                unscaled = _kernel_gradient(be, grad)
+                if unscaled is not grad:
+                    copies[key] = unscaled
+                on_kernels.setdefault((be, grad.dtype), []).append(unscaled)
         on_host = {key: _unscaled_on_host(grad, inverse) for key, (grad, be) in grads.items() if be == "numpy"}
-        copies.update((key, unscaled) for key, (unscaled, _) in on_host.items() if not grads[key][0].flags.writeable)
+        copies.update((key, unscaled) for key, (unscaled, _) in on_host.items() if not writeable(grads[key][0]))
         written = [grad for grad, _ in grads.values() if id(grad) not in copies]
         check_disjoint([(f"a gradient ({i})", grad, True) for i, grad in enumerate(written)]
                        + [(f"parameter {i}", p.data, False) for i, p in enumerate(optimizer.params)],
@@ -237,17 +239,17 @@ def _unscaled_on_host(grad, inverse: float) -> tuple:
     return unscaled, found or (inverse > 1 and not bool(np.isfinite(unscaled).all()))
 
 
-def _kernel_gradient(be: str, grad, copies: dict, key):
+def _kernel_gradient(be: str, grad):
     """The array the kernels unscale for gradient `grad` on backend `be`: itself where they can write
-    it as it is (C-contiguous, writeable), else a C-ordered copy (kept in copies[key]); refused
-    (before any gradient changes) where a launch would refuse it."""
+    it as it is (C-contiguous, writeable), else a C-ordered copy; refused (before any gradient
+    changes) where a launch would refuse it."""
     if grad.dtype not in FLOAT_DTYPES:
         raise TypeError(f"GradScaler.unscale_: a gradient has dtype {grad.dtype}; the kernels unscale float16, "
                         f"float32 or float64 gradients")
     if be == "cuda":
         check_on_current_device(grad, "GradScaler.unscale_: a gradient")
-    if not grad.flags.c_contiguous or not (_backend.is_cupy_array(grad) or grad.flags.writeable):
-        grad = copies[key] = _backend.array_module(be).array(grad, order="C")
+    if not grad.flags.c_contiguous or not writeable(grad):
+        grad = _backend.array_module(be).array(grad, order="C")
     return grad
 
 

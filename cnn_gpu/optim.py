@@ -24,7 +24,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import replay
-from .functional._checks import FLOAT_DTYPES, flag, real_number, whole_number
+from .functional._checks import FLOAT_DTYPES, flag, real_number, whole_number, writeable
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, array_like, to_host
 
@@ -88,11 +88,6 @@ def _layouts(*arrays) -> tuple:
     """What a step's checks (and its launches', launch_checks) read of each array besides its
     identity and writeable flag: a step whose arrays match these skips both (backend.LaunchMemo)."""
     return tuple((a.shape, a.dtype, a.strides) for a in arrays)
-
-
-def _writeable(a) -> bool:
-    """Whether an array a step writes may be written (a CuPy array always)."""
-    return not isinstance(a, np.ndarray) or a.flags.writeable
 
 
 def _state_arrays(state: dict) -> list:
@@ -173,7 +168,7 @@ class Optimizer:
                 raise ValueError(f"{what}: {name} must be C-contiguous to be updated in place (shape "
                                  f"{tuple(a.shape)}, strides {a.strides}); Module.to and load_state_dict make "
                                  f"C-contiguous copies")
-            if not _backend.is_cupy_array(a) and not a.flags.writeable:
+            if not writeable(a):
                 raise ValueError(f"{what}: {name} is read-only")
         return be, _backend.array_module(kind).asarray(p.grad, order="C")
 
@@ -248,7 +243,7 @@ class Optimizer:
                     or sorted(state) != keys or any(a is not b for (_, a), b in zip(_state_arrays(state), arrays))):
                 return False
             # read-only, or reshaped or retyped in place, since: the full checks refuse or redo it
-            if not all(_writeable(a) for a in (data, *arrays)) or _layouts(data, p.grad, *arrays) != layouts:
+            if not all(map(writeable, (data, *arrays))) or _layouts(data, p.grad, *arrays) != layouts:
                 return False
         return True
 

@@ -82,9 +82,15 @@ def whole_number(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def writeable(a) -> bool:
+    """Whether array `a` may be written in place: a CuPy array always, a NumPy array where its
+    flag allows."""
+    return is_cupy_array(a) or a.flags.writeable
+
+
 def updatable(a, name: str) -> None:
     """ValueError unless array `a` (None: no array) can be written in place."""
-    if a is not None and not is_cupy_array(a) and not a.flags.writeable:
+    if a is not None and not writeable(a):
         raise ValueError(f"{name} is updated in place, but the array is read-only")
 
 
