@@ -23,7 +23,8 @@ and writes one markdown report (GPU, driver and CUDA versions, every table, a pa
 whose path it prints. Exit status: 0 all steps passed, 1 a step failed, 2 no usable GPU.
 
 --only TITLES runs the named steps alone (comma-separated titles, as the report names them:
-"check float16,bench"; an unknown one lists them all), to rerun what failed or what a lease cut.
+"check float16,bench"; an unknown one lists them all), to rerun what failed or what a lease cut;
+with --budget each as the lease runs it (its checks --quick).
 
 --budget SECONDS is for a GPU lent for minutes (a device lease): the steps that tell most come
 first (the mma.sync rate the model assumes, the tensor-core kernels checked with --quick in tf32 and
@@ -257,6 +258,15 @@ def lease_steps(python: str, out_dir: Path) -> list[Step]:
     return [(quick if as_quick else full)[title] for title, as_quick in LEASE_STEPS]
 
 
+def runnable_steps(python: str, out_dir: Path, quick: bool, lease: bool) -> list[Step]:
+    """Every step, each as this run makes it (--only picks among them): under a lease (--budget)
+    its steps as lease_steps has them, in that order, then the others in full; else steps()."""
+    if not lease:
+        return steps(python, out_dir, quick)
+    leased = lease_steps(python, out_dir)
+    return leased + [step for step in steps(python, out_dir, False) if step.title not in {s.title for s in leased}]
+
+
 def write_report(path: Path, facts, done: list[Step], started: str) -> None:
     from .bench import write_text
     passed = all(s.status != "FAIL" for s in done)
@@ -302,8 +312,9 @@ def main(argv=None) -> int:
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget:g}")
     only = None if args.only is None else [t.strip() for t in args.only.split(",") if t.strip()]
+    lease = args.budget is not None
     if only is not None:
-        titles = [step.title for step in steps(sys.executable, Path("."), quick=True)]
+        titles = [step.title for step in runnable_steps(sys.executable, Path("."), args.quick, lease)]
         unknown = [t for t in only if t not in titles]
         if unknown or not only:
             parser.error(f"--only: no step {', '.join(map(repr, unknown)) or 'given'}; the steps are: "
@@ -321,12 +332,12 @@ def main(argv=None) -> int:
     facts = environment()
     print("\n".join(f"{name}: {value}" for name, value in facts), flush=True)
     done = []
-    if only is not None:   # in the usual order, each as --quick says; a --budget still stops them
-        planned = [step for step in steps(sys.executable, out_dir, args.quick) if step.title in only]
-    elif deadline is None:
-        planned = steps(sys.executable, out_dir, args.quick)
-    else:
+    if only is not None:   # each as this run makes it (a --budget: as the lease did); the budget still stops them
+        planned = [step for step in runnable_steps(sys.executable, out_dir, args.quick, lease) if step.title in only]
+    elif lease:
         planned = lease_steps(sys.executable, out_dir)
+    else:
+        planned = steps(sys.executable, out_dir, args.quick)
     for step in planned:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left < MIN_STEP_S and not step.skipped:

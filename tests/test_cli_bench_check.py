@@ -611,6 +611,27 @@ def test_only_runs_the_named_steps_and_refuses_an_unknown_one(tmp_path, monkeypa
     assert "no step 'nope'; the steps are: a, b c, d --e" in err and not (tmp_path / "x").exists()
 
 
+def test_only_with_a_budget_reruns_a_step_as_the_lease_ran_it(tmp_path, monkeypatch):
+    """--budget --only "check tf32" reruns the lease's quick check (what a cut lease left undone),
+    not the full run's thorough one; a step the lease does not run comes as the full run has it."""
+    from cnn_gpu import acceptance
+    monkeypatch.setattr(acceptance, "gpu_problem", lambda: "")
+    monkeypatch.setattr(acceptance, "environment", lambda: [("GPU", "pretend")])
+    ran = []
+
+    def run_step(step, left):   # recorded, not run: the commands need a GPU
+        ran.append(step)
+        step.returncode = 0
+        return step
+    monkeypatch.setattr(acceptance, "run_step", run_step)
+    assert acceptance.main(["--out", str(tmp_path), "--budget", "600", "--only", "check tf32,train fp16"]) == 0
+    assert [step.title for step in ran] == ["check tf32", "train fp16"]
+    leased = {step.title: step for step in acceptance.lease_steps(sys.executable, tmp_path)}
+    full = {step.title: step for step in acceptance.steps(sys.executable, tmp_path, quick=False)}
+    assert "--quick" in ran[0].command and ran[0].command == leased["check tf32"].command
+    assert "train fp16" not in leased and ran[1].command == full["train fp16"].command
+
+
 def test_the_lease_steps_calibrate_the_model_and_check_the_tensor_cores_first(tmp_path):
     from cnn_gpu import acceptance
     lease = acceptance.lease_steps("python", tmp_path)
