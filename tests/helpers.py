@@ -1,5 +1,8 @@
 """Helpers shared by the test files: comparisons (the tolerances of the house rules: float64 results
 against a float64 reference to 1e-10 relative, float32 to 1e-5) and the planted emulator kernels."""
+import os
+import signal
+import subprocess
 import types
 from pathlib import Path
 
@@ -7,6 +10,21 @@ import numpy as np
 import pytest
 
 from cnn_gpu import backend
+
+
+def run_job(command, timeout, **popen_options) -> subprocess.CompletedProcess:
+    """subprocess.run(command, capture_output=True, text=True, timeout=timeout), but a timeout kills
+    the whole process group, not only its first process: the ranks mpiexec (or `train --nproc`)
+    started cannot outlive the test."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          **popen_options) as job:
+        try:
+            stdout, stderr = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+            raise
+    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
 
 
 def tolerance(dtype) -> float:

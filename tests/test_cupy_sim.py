@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_gpu import backend
-from test_distributed import _mpi_reason
+from helpers import needs_emu, run_job
+from test_distributed import needs_mpi
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "tests" / "cupy_sim"
-EMU_REASON = backend.why_unavailable("emu")
-needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
 
 
 @pytest.fixture
@@ -171,8 +169,7 @@ def run_on_sim(args, timeout=600, gpus=1, device_log=None) -> subprocess.Complet
     env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore::RuntimeWarning", CUPY_SIM_DEVICES=str(gpus))
     if device_log is not None:   # each process writes the GPUs it launched kernels on
         env["CUPY_SIM_DEVICE_LOG"] = str(device_log)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_job([sys.executable, *args], timeout, cwd=ROOT, env=env)
 
 
 def _passed(result: subprocess.CompletedProcess) -> str:
@@ -206,7 +203,6 @@ def test_check_passes_on_the_simulator(mode):
     assert counts and counts.group(1) == counts.group(2) and int(counts.group(2)) >= 18, out[-2000:]
 
 
-TWO_RANKS = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi present")
 
 
 @needs_emu
@@ -214,7 +210,7 @@ TWO_RANKS = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi
                                  ["--epochs", "1", "--max-batches", "2", "--model", "resnet", "--optimizer", "sgd",
                                   "--precision", "tf32", "--replay"],
                                  pytest.param(["--epochs", "2", "--max-batches", "3", "--precision", "fp16",
-                                               "--nproc", "2"], marks=TWO_RANKS)],
+                                               "--nproc", "2"], marks=needs_mpi)],
                          ids=["cnn-fp16-replay", "resnet-tf32-replay", "cnn-fp16-two-gpus"])
 def test_training_on_the_simulator_matches_the_emulator(run, tmp_path):
     """The same kernels from the same arrays: the cuda backend's run gives the emu backend's

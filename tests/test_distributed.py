@@ -4,7 +4,6 @@ abort of the whole job when one rank fails."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from cnn_gpu import backend, data
 from cnn_gpu import distributed as dist
+from helpers import run_job
 
 SCRIPT = Path(__file__).parent / "mpi" / "train_steps.py"
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -46,15 +46,28 @@ def run_script(tmp_path, ranks: int, *args, name="weights.npz", timeout=120):
     command = [sys.executable, str(SCRIPT), str(out), *map(str, args)]
     if ranks > 1:
         command = [str(MPIEXEC), "-n", str(ranks)] + command
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=_environment(), start_new_session=True) as job:
-        try:
-            stdout, stderr = job.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.communicate()
-            raise
-    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr), out
+    return run_job(command, timeout, env=_environment()), out
+
+
+def test_a_job_that_times_out_is_killed_with_its_children(tmp_path):
+    """helpers.run_job: on a timeout the whole process group dies (as mpiexec's ranks must), not
+    only the process it started, and the call returns at once."""
+    import time
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_job([sys.executable, "-c", parent], timeout=3)
+    assert time.monotonic() - start < 30   # not held until the child ends by its copy of the output pipes
+    pid = int(pid_file.read_text())
+    for _ in range(50):   # gone, or a zombie waiting for a reaper
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "\nState:\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the child {pid} outlived its job")
 
 
 def test_single_process_world_without_mpi():

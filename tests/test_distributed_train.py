@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_distributed import MPIEXEC, _mpi_reason
+from helpers import run_job
+from test_distributed import MPIEXEC, needs_mpi
 
-needs_mpi = pytest.mark.skipif(bool(_mpi_reason()), reason=_mpi_reason() or "mpi present")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,7 +27,7 @@ def train(*args, ranks=1, timeout=240):
     command = [sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy", *map(str, args)]
     if ranks > 1:
         command = [str(MPIEXEC), "-n", str(ranks)] + command
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
+    return run_job(command, timeout, env=_env())
 
 
 def _weights(path):
@@ -134,7 +134,7 @@ def test_ranks_started_with_different_settings_are_named_before_training(tmp_pat
 def _two_rank_job(first: list, second: list, timeout=120):
     base = [sys.executable, "-m", "cnn_gpu", "train", "--device", "numpy", "--epochs", "1"]
     command = [str(MPIEXEC), "-n", "1", *base, *first, ":", "-n", "1", *base, *second]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
+    return run_job(command, timeout, env=_env())
 
 
 @needs_mpi
