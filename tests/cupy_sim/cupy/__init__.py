@@ -177,8 +177,8 @@ class ndarray(NDArrayOperatorsMixin):
                 return NotImplemented
             function = globals().get(name)
             function = function if callable(function) else _numpy_function(name)
-        elif module in ("numpy.linalg", "numpy.fft"):   # cupy.linalg.norm and the like
-            function = _numpy_function(name, getattr(np, module.split(".")[1]))
+        elif module == "numpy.linalg":   # cupy.linalg.norm and the like
+            function = _numpy_function(name, np.linalg)
         else:
             return NotImplemented   # not simulated
         return function(*args, **kwargs)
@@ -319,7 +319,7 @@ def empty(shape, dtype=float, order="C"):
 def _prototype(a):
     """A *_like function's prototype: CuPy reads only its dtype, shape and layout, so a NumPy array
     will do."""
-    return a if isinstance(a, np.ndarray) else _to_host(a)
+    return _to_host(a, allow_host_arrays=True)
 
 
 def _copied_in(value):
@@ -327,7 +327,7 @@ def _copied_in(value):
     or a NumPy array of size 1 (_manipulation/basic.py copyto)."""
     if isinstance(value, np.ndarray) and value.size != 1:
         raise ValueError("non-scalar numpy.ndarray cannot be used for copyto")
-    return value if isinstance(value, np.ndarray) else _to_host(value)
+    return _to_host(value, allow_host_arrays=True)
 
 
 def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
@@ -373,11 +373,9 @@ def _in_order(a: np.ndarray, order) -> bool:
 def asarray(a, dtype=None, order=None):
     """CuPy's: a device array itself where it is on the current GPU in `dtype` and `order`, else a
     copy on the current GPU; a host array copied to it."""
-    if isinstance(a, ndarray):
-        if a._device == cuda.runtime.getDevice():
-            return a.astype(a.dtype if dtype is None else dtype, order=order or "K", copy=False)
-        return ndarray._wrap(np.array(a._a, dtype=dtype, order=order or "K", copy=True))
-    return array(a, dtype=dtype, order=order or "K")
+    if isinstance(a, ndarray) and a._device == cuda.runtime.getDevice():
+        return a.astype(a.dtype if dtype is None else dtype, order=order or "K", copy=False)
+    return array(a, dtype=dtype, order=order or "K")   # a host array or another GPU's
 
 
 def ascontiguousarray(a, dtype=None):
@@ -430,7 +428,6 @@ class _Submodule:
 
 
 linalg = _Submodule(np.linalg)
-fft = _Submodule(np.fft)
 
 
 _API = frozenset(line for line in (Path(__file__).parent / "api_names.txt").read_text().split("\n")
@@ -447,14 +444,6 @@ def __getattr__(name):
     if isinstance(getattr(np, name), np.ufunc):
         return getattr(np, name)   # NumPy's ufunc on device arrays runs ndarray.__array_ufunc__
     return _numpy_function(name)
-
-
-def get_default_memory_pool():
-    return _memory.MemoryPool()
-
-
-def get_default_pinned_memory_pool():
-    return _memory.MemoryPool()
 
 
 # --- kernels ---------------------------------------------------------------------------------------
@@ -506,7 +495,7 @@ class RawKernel:
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
         if not isinstance(grid, tuple) or not isinstance(block, tuple):
             raise TypeError("grid and block must be tuples")
-        host_args = []
+        host_args, device = [], cuda.runtime.getDevice()
         for a in args:
             if isinstance(a, np.ndarray):
                 if a.size != 1:
@@ -514,9 +503,9 @@ class RawKernel:
                                     f"Only numpy.ndarrays of size one can be passed by value. If you meant to pass a "
                                     f"pointer to __global__ memory, you need to pass a cupy.ndarray instead.")
                 a = a.reshape(-1)[0]   # passed by value
-            if isinstance(a, ndarray) and a._device != cuda.runtime.getDevice():
-                raise RuntimeError(f"cupy_sim: an array of GPU {a._device} passed to a kernel on GPU "
-                                   f"{cuda.runtime.getDevice()} (an illegal address on a GPU)")
+            if isinstance(a, ndarray) and a._device != device:
+                raise RuntimeError(f"cupy_sim: an array of GPU {a._device} passed to a kernel on GPU {device} (an "
+                                   f"illegal address on a GPU)")
             python_scalar = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}.get(type(a))
             if python_scalar is not None:   # CuPy passes Python scalars as 64-bit values
                 a = python_scalar(a)
@@ -524,4 +513,4 @@ class RawKernel:
                 raise TypeError(f"Unsupported type {type(a)}")
             host_args.append(a._a if isinstance(a, ndarray) else a)
         self._kernel(grid, block, tuple(host_args), shared_mem=shared_mem)
-        _launched_on.add(cuda.runtime.getDevice())
+        _launched_on.add(device)

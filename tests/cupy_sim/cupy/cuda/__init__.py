@@ -44,10 +44,6 @@ class Device:
         return {"MultiProcessorCount": runtime._SMS, "ComputeCapabilityMajor": device_arch(self.id) // 10,
                 "ComputeCapabilityMinor": device_arch(self.id) % 10}
 
-    @property
-    def mem_info(self):
-        return (80 << 30, 80 << 30)
-
     def __eq__(self, other):
         return isinstance(other, Device) and other.id == self.id
 

@@ -17,13 +17,3 @@ class MemoryPointer:
         self.mem, self.ptr = mem, ptr
         self.device_id = mem.device_id
 
-
-class MemoryPool:
-    def used_bytes(self):
-        return 0
-
-    def total_bytes(self):
-        return 0
-
-    def free_all_blocks(self, stream=None):
-        pass

@@ -36,10 +36,6 @@ def runtimeGetVersion():
     return 12080
 
 
-def deviceSynchronize():
-    pass
-
-
 # cudaDeviceAttr numbers cnn_gpu reads
 _ATTRIBUTE_VALUES = {13: 1_980_000, 16: _SMS, 36: 2_619_000, 37: 5120}
 
