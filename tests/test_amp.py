@@ -468,13 +468,13 @@ if world.rank == 0:   # one printer: the ranks' output streams may interleave
 
 
 def test_an_overflow_on_one_rank_skips_the_step_on_every_rank():
-    import subprocess
     import sys
 
-    from test_distributed_train import MPIEXEC, _env, _mpi_reason
+    from helpers import run_job
+    from test_distributed import MPIEXEC, _mpi_reason
+    from test_distributed_train import _env
     if _mpi_reason():
         pytest.skip(_mpi_reason())
-    run = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", ONE_RANK_OVERFLOWS], capture_output=True,
-                         text=True, timeout=120, env=_env())
+    run = run_job([str(MPIEXEC), "-n", "2", sys.executable, "-c", ONE_RANK_OVERFLOWS], 120, env=_env())
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[(False, 128.0, True), (False, 128.0, True)]", run.stdout
