@@ -16,9 +16,10 @@
 //    biased variance, and, when update_running, blends the mean and the unbiased variance into
 //    the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
 //  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
-//    y index walks the (n, c) planes (PlaneWalk: several small planes a block), so the channel's
-//    scale is computed once per plane, not per element. With from_variance the `scale_source`
-//    array holds a variance (eval mode: the running variance) and invstd is computed from it here.
+//    y index walks the (n, c) planes (for_each_plane_element: 4 elements a thread, several small
+//    planes a block), so a large plane's scale is computed once a round, not per element. With
+//    from_variance the `scale_source` array holds a variance (eval mode: the running variance) and
+//    invstd is computed from it here.
 //  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy, masked by the
 //    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
 //  * batch_norm_backward_dx: dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in
@@ -160,27 +161,74 @@ struct ChannelAffine {
           scale(is * to_acc(weight[c])), shift(to_acc(bias[c])) {}
 };
 
-// The (n, c) planes of an (N, C, HW) array as the element-wise passes walk them: grid y steps over
-// groups of per_block planes. A plane of HW >= 256 elements is one group, its elements strided over
-// the grid's x blocks; smaller planes go BLOCK_THREADS / HW to a block, one element a thread
-// (gridDim.x 1), so a warp's lanes all work, on consecutive elements, however small the plane.
-struct PlaneWalk {
-    long long per_block, sub, first, stride;   // thread's plane within a group, its first element, step
-    __device__ explicit PlaneWalk(long long HW)
-    {
-        per_block = HW < BLOCK_THREADS ? BLOCK_THREADS / HW : 1;
-        sub = per_block > 1 ? threadIdx.x / HW : 0;
-        first = per_block > 1 ? threadIdx.x - sub * HW : (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
-        stride = per_block > 1 ? HW : (long long)gridDim.x * BLOCK_THREADS;
+// The element-wise passes' walk of the (n, c) planes of an (N, C, HW) array: store(offset,
+// constants(plane), load(offset)) for every element, ELEMENTS_PER_THREAD a thread per round with
+// every load of a round before any use (as for_each_element, common.cuh: one element a thread kept
+// too few bytes in flight for DRAM speed). Grid y steps over groups of planes. A plane of at least
+// SPAN elements is a group, taken SPAN elements a block by the grid's x blocks (thread t: t + 256k
+// of its block's span), its channel's constants computed once a round. Smaller planes go
+// min(SPAN / HW, GROUP_PLANES) to a group (gridDim.x 1), contiguous in memory: thread t takes the
+// group's elements t + 256k, so a warp's lanes work on consecutive elements however small the plane;
+// the group's planes' constants are computed once, into shared memory (per element, the channel's
+// index and loads were ~4x the instructions an element may take at DRAM speed).
+#define SPAN (BLOCK_THREADS * ELEMENTS_PER_THREAD)   // cnn_gpu.gpu.batch_norm._plane_grid
+#define GROUP_PLANES 256                             // cnn_gpu.gpu.batch_norm.GROUP_PLANES
+template <class Constants, class Load, class Store>
+__device__ __forceinline__ void for_each_plane_element(long long planes, long long HW, Constants constants, Load load,
+                                                       Store store)
+{
+    if (HW >= SPAN) {
+        for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+            const long long base = plane * HW;
+#pragma unroll 1
+            for (long long first = (long long)blockIdx.x * SPAN + threadIdx.x; first < HW;
+                 first += (long long)gridDim.x * SPAN) {
+                decltype(load(base)) values[ELEMENTS_PER_THREAD];
+#pragma unroll
+                for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+                    if (first + k * BLOCK_THREADS < HW) values[k] = load(base + first + k * BLOCK_THREADS);
+                const auto held = constants(plane);
+#pragma unroll
+                for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+                    if (first + k * BLOCK_THREADS < HW) store(base + first + k * BLOCK_THREADS, held, values[k]);
+            }
+        }
+        return;
     }
-    __device__ bool more(long long group, long long planes) const { return group * per_block < planes; }
-    // this thread's plane of a group, or -1 (threads past a block's last whole plane take none)
-    __device__ long long plane(long long group, long long planes) const
-    {
-        const long long p = group * per_block + sub;
-        return sub < per_block && p < planes ? p : -1;
+    typedef decltype(constants(0LL)) Held;
+    __shared__ __align__(16) unsigned char table_bytes[GROUP_PLANES * sizeof(Held)];
+    Held* table = reinterpret_cast<Held*>(table_bytes);
+    const int hw = (int)HW, per_group = min(SPAN / hw, GROUP_PLANES), elements = per_group * hw;
+    // element t + 256k of a group lies in its plane sub_k at position i_k: stepped, not divided
+    const int first_sub = threadIdx.x / hw, first_i = threadIdx.x - first_sub * hw;
+    const int step_sub = BLOCK_THREADS / hw, step_i = BLOCK_THREADS - step_sub * hw;
+    for (long long group = blockIdx.y; group * per_group < planes; group += gridDim.y) {
+        const long long first_plane = group * per_group, base = first_plane * HW;
+        const int end = (int)min((long long)elements, (planes - first_plane) * HW);   // the last group may hold fewer
+        decltype(load(base)) values[ELEMENTS_PER_THREAD];
+#pragma unroll
+        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k) {
+            const int j = threadIdx.x + k * BLOCK_THREADS;
+            if (j < end) values[k] = load(base + j);
+        }
+        __syncthreads();   // the previous group's table is read
+        if (threadIdx.x < per_group && first_plane + threadIdx.x < planes)
+            table[threadIdx.x] = constants(first_plane + threadIdx.x);
+        __syncthreads();
+        int sub = first_sub, i = first_i;
+#pragma unroll
+        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k) {
+            const int j = threadIdx.x + k * BLOCK_THREADS;
+            if (j < end) store(base + j, table[sub], values[k]);
+            sub += step_sub;
+            i += step_i;
+            if (i >= hw) {
+                i -= hw;
+                ++sub;
+            }
+        }
     }
-};
+}
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t* __restrict__ mean,
@@ -188,17 +236,13 @@ batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t
                    const REAL* __restrict__ bias, long long planes, int C, long long HW, acc_t eps,
                    int from_variance, int relu)
 {
-    const PlaneWalk walk(HW);
-    for (long long group = blockIdx.y; walk.more(group, planes); group += gridDim.y) {
-        const long long plane = walk.plane(group, planes);
-        if (plane < 0) continue;
-        const ChannelAffine a(mean, scale_source, weight, bias, plane % C, eps, from_variance);
-        const long long base = plane * HW;
-        for (long long i = walk.first; i < HW; i += walk.stride) {
-            const acc_t v = affine_normalized(to_acc(x[base + i]), a.mu, a.scale, a.shift);
-            y[base + i] = to_real((relu && v < (acc_t)0) ? (acc_t)0 : v);
-        }
-    }
+    for_each_plane_element(planes, HW,
+        [&](long long plane) { return ChannelAffine(mean, scale_source, weight, bias, plane % C, eps, from_variance); },
+        [&](long long offset) { return Loaded<1>{{x[offset]}}; },
+        [&](long long offset, const ChannelAffine& a, const Loaded<1>& in) {
+            const acc_t v = affine_normalized(to_acc(in.v[0]), a.mu, a.scale, a.shift);
+            y[offset] = to_real((relu && v < (acc_t)0) ? (acc_t)0 : v);
+        });
 }
 
 // g: dy where the fused ReLU passed the output (its rule: no gradient where the output was <= 0)
@@ -273,6 +317,12 @@ batch_norm_backward_sums(const REAL* __restrict__ dy, const REAL* __restrict__ x
     }
 }
 
+// A channel's constants for dx: its affine, and in training mode the means of g and g * xhat.
+struct ChannelGradient {
+    ChannelAffine affine;
+    acc_t mean_g, mean_g_xhat;
+};
+
 // grid: batch_norm_forward's over the (n, c) planes
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 batch_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
@@ -281,19 +331,18 @@ batch_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, 
                        long long planes, int C, long long HW, long long count, acc_t eps, int from_variance,
                        int training, int relu)
 {
-    const PlaneWalk walk(HW);
-    for (long long group = blockIdx.y; walk.more(group, planes); group += gridDim.y) {
-        const long long plane = walk.plane(group, planes);
-        if (plane < 0) continue;
-        const long long c = plane % C;
-        const ChannelAffine a(mean, scale_source, weight, bias, c, eps, from_variance);
-        const acc_t mean_g = training ? sums[c] / (acc_t)count : (acc_t)0;
-        const acc_t mean_g_xhat = training ? sums[C + c] / (acc_t)count : (acc_t)0;
-        const long long base = plane * HW;
-        for (long long i = walk.first; i < HW; i += walk.stride) {
-            const acc_t v = to_acc(x[base + i]);
-            const acc_t g = relu_masked(to_acc(dy[base + i]), v, a.mu, a.scale, a.shift, relu);
-            dx[base + i] = to_real((g - mean_g - ((v - a.mu) * a.is) * mean_g_xhat) * a.scale);
-        }
-    }
+    for_each_plane_element(planes, HW,
+        [&](long long plane) {
+            const long long c = plane % C;
+            return ChannelGradient{ChannelAffine(mean, scale_source, weight, bias, c, eps, from_variance),
+                                   training ? sums[c] / (acc_t)count : (acc_t)0,
+                                   training ? sums[C + c] / (acc_t)count : (acc_t)0};
+        },
+        [&](long long offset) { return Loaded<2>{{x[offset], dy[offset]}}; },
+        [&](long long offset, const ChannelGradient& k, const Loaded<2>& in) {
+            const ChannelAffine& a = k.affine;
+            const acc_t v = to_acc(in.v[0]);
+            const acc_t g = relu_masked(to_acc(in.v[1]), v, a.mu, a.scale, a.shift, relu);
+            dx[offset] = to_real((g - k.mean_g - ((v - a.mu) * a.is) * k.mean_g_xhat) * a.scale);
+        });
 }

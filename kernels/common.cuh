@@ -82,6 +82,36 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
     for (long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * BLOCK_THREADS)
 
+// store(i, load(i)) for every i in [0, n), ELEMENTS_PER_THREAD elements a thread per round of the
+// grid (launched with blocks_for(ceil(n / ELEMENTS_PER_THREAD)) blocks: gpu._grid.elementwise_blocks):
+// thread t of block b takes b's span's elements t + k * BLOCK_THREADS, so every warp access stays
+// coalesced. All of a round's loads come before any store and any use of what they loaded (a warp
+// issues in order: a use would wait for its load before the next load went out), so a thread keeps
+// ELEMENTS_PER_THREAD elements of each input in flight. One element a thread holds too few bytes in
+// flight for DRAM speed (Little's law: ~latency x bandwidth, ~1.7 MB on an H100, where 2048 threads
+// an SM loading one float16 each hold 0.5 MB). `load` returns the raw values (Loaded), `store` uses them.
+#define ELEMENTS_PER_THREAD 4
+template <int COUNT>
+struct Loaded {
+    REAL v[COUNT];
+};
+template <class Load, class Store>
+static __device__ __forceinline__ void for_each_element(long long n, Load load, Store store)
+{
+    const long long span = (long long)BLOCK_THREADS * ELEMENTS_PER_THREAD;
+    // one round at a time: the launchers' grids make one round a thread, unrolled rounds would not run
+#pragma unroll 1
+    for (long long first = (long long)blockIdx.x * span + threadIdx.x; first < n; first += (long long)gridDim.x * span) {
+        decltype(load(first)) values[ELEMENTS_PER_THREAD];
+#pragma unroll
+        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+            if (first + (long long)k * BLOCK_THREADS < n) values[k] = load(first + (long long)k * BLOCK_THREADS);
+#pragma unroll
+        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+            if (first + (long long)k * BLOCK_THREADS < n) store(first + (long long)k * BLOCK_THREADS, values[k]);
+    }
+}
+
 // v, which the compiler can no longer rebuild from threadIdx: it otherwise sinks such cheap
 // thread-layout arithmetic into hot loops and recomputes it on every iteration. (An empty asm
 // statement; it emits no instruction.)

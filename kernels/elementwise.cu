@@ -27,91 +27,94 @@ __device__ __forceinline__ acc_t sigmoid_of(acc_t v)
     return (acc_t)1 / ((acc_t)1 + REAL_EXP(-v));
 }
 
+// Each kernel walks its elements with for_each_element (common.cuh): `load` reads an element's inputs
+// (Loaded, raw), `store` computes and writes its output.
+#define LOAD_X [&](long long i) { return Loaded<1>{{x[i]}}; }
+#define LOAD_X_DY [&](long long i) { return Loaded<2>{{x[i], dy[i]}}; }
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t v = to_acc(x[i]);
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
         y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
-    }
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 add_relu_forward(const REAL* __restrict__ a, const REAL* __restrict__ b, REAL* __restrict__ y, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t v = to_acc(a[i]) + to_acc(b[i]);   // float16: rounded once, as a + b would be
+    for_each_element(n, [&](long long i) { return Loaded<2>{{a[i], b[i]}}; }, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]) + to_acc(in.v[1]);   // float16: rounded once, as a + b would be
         y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
-    }
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        dx[i] = to_acc(x[i]) <= (acc_t)0 ? to_real((acc_t)0) : dy[i];
-    }
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        dx[i] = to_acc(in.v[0]) <= (acc_t)0 ? to_real((acc_t)0) : in.v[1];
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_backward_of_sum(const REAL* __restrict__ dy_a, const REAL* __restrict__ dy_b, const REAL* __restrict__ x,
                      REAL* __restrict__ dx, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        dx[i] = to_acc(x[i]) <= (acc_t)0 ? to_real((acc_t)0) : to_real(to_acc(dy_a[i]) + to_acc(dy_b[i]));
-    }
+    for_each_element(n, [&](long long i) { return Loaded<3>{{x[i], dy_a[i], dy_b[i]}}; },
+                     [&](long long i, const Loaded<3>& in) {
+        dx[i] = to_acc(in.v[0]) <= (acc_t)0 ? to_real((acc_t)0) : to_real(to_acc(in.v[1]) + to_acc(in.v[2]));
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 leaky_relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t slope)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t v = to_acc(x[i]);
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
         y[i] = to_real(v > (acc_t)0 ? v : v * slope);
-    }
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 leaky_relu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
                     acc_t slope)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        dx[i] = to_real(to_acc(x[i]) > (acc_t)0 ? to_acc(dy[i]) : to_acc(dy[i]) * slope);
-    }
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t g = to_acc(in.v[1]);
+        dx[i] = to_real(to_acc(in.v[0]) > (acc_t)0 ? g : g * slope);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        y[i] = to_real(sigmoid_of(to_acc(x[i])));
-    }
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) { y[i] = to_real(sigmoid_of(to_acc(in.v[0]))); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t s = sigmoid_of(to_acc(x[i]));
-        dx[i] = to_real(to_acc(dy[i]) * s * ((acc_t)1 - s));
-    }
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t s = sigmoid_of(to_acc(in.v[0]));
+        dx[i] = to_real(to_acc(in.v[1]) * s * ((acc_t)1 - s));
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        y[i] = to_real(REAL_TANH(to_acc(x[i])));
-    }
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) { y[i] = to_real(REAL_TANH(to_acc(in.v[0]))); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t t = REAL_TANH(to_acc(x[i]));
-        dx[i] = to_real(to_acc(dy[i]) * ((acc_t)1 - t * t));
-    }
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t t = REAL_TANH(to_acc(in.v[0]));
+        dx[i] = to_real(to_acc(in.v[1]) * ((acc_t)1 - t * t));
+    });
 }
 
 // grid (blocks over one plane, planes): blockIdx.y strides over the N*C planes, so any count fits

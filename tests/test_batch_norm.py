@@ -314,6 +314,48 @@ def test_emu_sweep(dtype):
                 assert_close(recomputed[0], run_case(case, "numpy")[1], dtype, what + " recomputed")
 
 
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
+    """batch_norm_forward and batch_norm_backward_dx walk 4 elements a thread (for_each_plane_element):
+    planes of at least SPAN = 1024 elements across x blocks, smaller ones SPAN // HW a block (a
+    partial last group, their constants in a shared table). Every plane size path matches NumPy, and
+    grids smaller than the launcher's (the grid-stride loops past CUDA's grid limits) give the same
+    bits, with no shared-memory race between a block's groups."""
+    from cnn_gpu import emu
+    from cnn_gpu.gpu import batch_norm as gpu_batch_norm
+    rng = np.random.default_rng(17)
+    for shape in [(3, 5, 1, 1), (2, 3, 7, 7), (5, 3, 16, 16), (3, 2, 20, 20), (2, 3, 32, 32), (2, 3, 33, 33),
+                  (1, 2, 50, 61)]:
+        case = dict(x=(rng.standard_normal(shape) + 1).astype(dtype), dy=rng.standard_normal(shape).astype(dtype),
+                    weight=rng.standard_normal(shape[1]).astype(dtype), bias=rng.standard_normal(shape[1]).astype(dtype),
+                    running_mean=rng.standard_normal(shape[1]).astype(dtype),
+                    running_var=(rng.random(shape[1]) + 0.5).astype(dtype), momentum=0.1, eps=1e-5)
+        for training in (True, False):
+            for activation in (None, "relu"):
+                c = dict(case, training=training, activation=activation)
+                what = f"{shape} training={training} {activation}"
+                with emu.checking(guard=True):
+                    got = run_case(c, "emu")
+                expected = run_case(c, "numpy")
+                if dtype == np.float32:
+                    assert_results_close(got, expected, dtype, what)
+                else:   # FP32 math in another order, each output rounded once: a float16 ulp apart
+                    for a, e in zip(got, expected):
+                        if e is not None:
+                            e = e.astype(np.float64)
+                            assert np.abs(a - e).max() <= 2**-10 * max(1.0, np.abs(e).max()), what
+                planes, inner = shape[0] * shape[1], shape[2] * shape[3]
+                for grid in ((1, 1), (1, 2), (2, 3)):
+                    x_blocks = grid[0] if inner >= 1024 else 1   # small planes take gridDim.x 1
+                    monkeypatch.setattr(gpu_batch_norm, "_plane_grid", lambda n, channels, inner: (x_blocks, grid[1]))
+                    with emu.checking(guard=True, race=True):   # blocks taking several groups reuse their table
+                        small = run_case(c, "emu")
+                    monkeypatch.undo()
+                    for a, e in zip(small[:2], got[:2]):   # y and dx
+                        np.testing.assert_array_equal(a, e, err_msg=f"{what} grid {grid}, planes {planes}")
+
+
 # Shapes whose channel walks wrap in different ways: HW above, below and equal to the block size,
 # and channels of several reduction blocks (3 and 2 chunks, the last partial) that a schedule may
 # finish in any order.
@@ -443,12 +485,13 @@ def test_element_passes_keep_every_lane_busy_on_small_planes(shape):
     with emu.profiling() as prof:
         F.batch_norm(x, None, None, weight, bias, True, backend="emu")
         F.batch_norm_backward(dy, x, None, None, weight, bias, True, activation="relu", backend="emu")
-    # the per-channel constants are loaded by every lane from one address: one sector a request
-    element_sites = [site for site in prof.sites if site["space"] == "global" and site["sectors"] > site["requests"]
+    # the elements' sites (the per-channel constants move a few hundred bytes)
+    element_sites = [site for site in prof.sites if site["space"] == "global" and site["bytes"] >= x.nbytes
                      and site["kernel"] in ("batch_norm_forward", "batch_norm_backward_dx")]
-    assert len(element_sites) == 5   # forward: x, y; dx: x, dy, dx
+    # forward: x, y; dx: x, dy, dx (a site is a source line: x and dy are loaded on one)
+    assert sum(site["bytes"] for site in element_sites) == 5 * x.nbytes
     for site in element_sites:
-        assert site["requests"] * 128 == x.nbytes and site["sectors"] == 4 * site["requests"], site
+        assert site["requests"] * 128 == site["bytes"] and site["sectors"] == 4 * site["requests"], site
 
 
 @needs_emu

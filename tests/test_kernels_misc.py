@@ -285,6 +285,29 @@ def test_activations(name, forward_args, backward_args, dtype):
                      backward(dy, x, *backward_args, backend="numpy"), dtype, what + " backward")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@guarded
+def test_elementwise_kernels_cover_every_element_with_any_grid(dtype):
+    """for_each_element (common.cuh): ELEMENTS_PER_THREAD elements a thread a round, rounds over
+    the grid. The launchers' grids give every thread one round (elementwise_blocks); smaller grids
+    (as past the 65536-block cap) must still write every element once and none past the end (the
+    emulator's fresh memory is NaN and its guard zones fault)."""
+    from cnn_gpu.gpu._grid import ELEMENTS_PER_THREAD, THREADS, elementwise_blocks
+    source = backend.kernel_source("elementwise")
+    assert f"#define ELEMENTS_PER_THREAD {ELEMENTS_PER_THREAD}\n" in source
+    span = THREADS * ELEMENTS_PER_THREAD
+    rng = np.random.default_rng(21)
+    for n in (1, THREADS - 1, span, span + 1, 3 * span + 7):
+        a, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+        expected = F.add_relu(a, b, backend="numpy")
+        assert elementwise_blocks(n) == -(-n // span)
+        for blocks in {1, 2, elementwise_blocks(n)}:
+            y = backend.array_module("emu").empty(n, dtype)
+            backend.launch("emu", "elementwise", dtype, "add_relu_forward", (blocks,), (THREADS,),
+                           (a, b, y, np.int64(n)))
+            np.testing.assert_array_equal(y, expected, err_msg=f"n={n}, {blocks} blocks")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_zero_dimensional_inputs_give_zero_dimensional_arrays_of_their_dtype(dtype):
     """NumPy's arithmetic turns a 0-d array's result into a scalar (a float16 one widened to the

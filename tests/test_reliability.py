@@ -437,12 +437,14 @@ def test_max_pool_windows_with_several_nans_report_the_last(be):
 @pytest.fixture
 def kernels_one_past_the_end(monkeypatch):
     """The elementwise, loss and optim kernels (float64) rebuilt with every loop over n elements
-    running to i <= n: a realistic off-by-one that only guard zones reliably catch."""
+    (GRID_STRIDE_LOOP, for_each_element) running to i <= n: a realistic off-by-one that only guard
+    zones reliably catch."""
     from cnn_gpu import emu
     planted = {}
     for family in ("elementwise", "loss", "optim"):
         source = backend.kernel_source(family)
-        mutated = source.replace("i < (n);", "i <= (n);").replace("for (; i < n;", "for (; i <= n;")
+        mutated = (source.replace("i < (n);", "i <= (n);").replace("for (; i < n;", "for (; i <= n;")
+                   .replace("first < n;", "first <= n;").replace("BLOCK_THREADS < n)", "BLOCK_THREADS <= n)"))
         assert mutated != source
         planted[family] = emu.RawModule(code=mutated, options=backend.dtype_options(np.float64))
     real = backend.kernel_function

@@ -279,6 +279,27 @@ def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_spee
         assert per_element <= 21 * arrays, (kernel, per_element)   # measured 16 to 20.25 an array read
 
 
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(dtype):
+    """for_each_element (common.cuh) gives a thread ELEMENTS_PER_THREAD elements a round: the hot
+    loop (one round, `#pragma unroll 1`) issues all their loads before any store, so a thread keeps
+    4 elements of each input in flight (one element a thread kept 2 bytes of a float16 input: too
+    few for DRAM speed by Little's law). Also within the streaming budget per element."""
+    from cnn_gpu.gpu._grid import ELEMENTS_PER_THREAD
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("elementwise"), "elementwise.cu", dtype, "sm_90")
+    functions = sass.disassemble(cubin, "sm_90")
+    size = np.dtype(dtype).itemsize
+    for kernel, inputs in (("add_relu_forward", 2), ("relu_backward", 2), ("relu_backward_of_sum", 3),
+                           ("relu_forward", 1)):
+        _, path = loops.hot_loop(functions[kernel], lambda p: 0)
+        first_store = next(i for i, ins in enumerate(path) if ins.base == "STG")
+        loads = [ins for ins in path if ins.base == "LDG"]
+        assert len(loads) == ELEMENTS_PER_THREAD * inputs, (kernel, [ins.opcode for ins in loads])
+        assert all(ins.base != "LDG" for ins in path[first_store:]), (kernel, "a load after a store")
+        assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget((inputs + 1) * size), (kernel, len(path))
+
+
 REQUIRED = {"family": str, "kernel": str, "arch": str, "dtype": str, "registers": int, "fma": int,
             "instructions": int, "fma_share": float, "lds_bits": list, "local_memory": int, "issue_ceiling": float}
 

@@ -18,6 +18,14 @@ def blocks_for(count: int) -> int:
     return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))
 
 
+ELEMENTS_PER_THREAD = 4   # kernels/common.cuh: for_each_element's elements a thread per round
+
+
+def elementwise_blocks(count: int) -> int:
+    """Blocks of THREADS along x for for_each_element over `count` elements."""
+    return blocks_for(-(-int(count) // ELEMENTS_PER_THREAD))
+
+
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import backend
 from . import _arrivals
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
+from ._grid import ELEMENTS_PER_THREAD, MAX_GRID_Y, THREADS, acc, blocks_for, i32
 from .reduce import chunked_blocks
 
 
@@ -44,12 +44,17 @@ def _reduction(be, n, channels, inner, compute):
     return (blocks,), partial, _arrivals.zeroed(be, channels)
 
 
+GROUP_PLANES = 256   # kernels/batch_norm.cu: the most small planes a block's group takes
+
+
 def _plane_grid(n, channels, inner):
-    """The element-wise passes' grid (kernels/batch_norm.cu PlaneWalk): x over a plane of at least
-    THREADS elements, or THREADS // inner smaller planes a block; y over the groups of planes."""
-    if inner >= THREADS:
-        return blocks_for(inner), min(n * channels, MAX_GRID_Y)
-    return 1, min(-(-n * channels // (THREADS // inner)), MAX_GRID_Y)
+    """The element-wise passes' grid (kernels/batch_norm.cu for_each_plane_element): x over a plane of
+    at least SPAN elements (ELEMENTS_PER_THREAD a thread), or min(SPAN // inner, GROUP_PLANES) smaller
+    planes a block; y over the groups of planes."""
+    span = THREADS * ELEMENTS_PER_THREAD
+    if inner >= span:
+        return blocks_for(-(-inner // ELEMENTS_PER_THREAD)), min(n * channels, MAX_GRID_Y)
+    return 1, min(-(-n * channels // min(span // inner, GROUP_PLANES)), MAX_GRID_Y)
 
 
 def stats(be, x, running_mean, running_var, factor, eps):

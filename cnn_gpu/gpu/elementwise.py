@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, i32
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
 # activations whose kernels take the parameter (the negative slope) as a trailing acc_t argument
@@ -26,7 +26,7 @@ def _param_args(name, dtype, param):
 def forward(be, name, x, param):
     kernel = _kernel(name, "forward")
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
-    backend.launch(be, "elementwise", x.dtype, kernel, (blocks_for(x.size),), (THREADS,),
+    backend.launch(be, "elementwise", x.dtype, kernel, (elementwise_blocks(x.size),), (THREADS,),
                    (x, y, np.int64(x.size), *_param_args(name, x.dtype, param)))
     return y
 
@@ -34,7 +34,7 @@ def forward(be, name, x, param):
 def backward(be, name, dy, x, param):
     kernel = _kernel(name, "backward")
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
-    backend.launch(be, "elementwise", x.dtype, kernel, (blocks_for(x.size),), (THREADS,),
+    backend.launch(be, "elementwise", x.dtype, kernel, (elementwise_blocks(x.size),), (THREADS,),
                    (dy, x, dx, np.int64(x.size), *_param_args(name, x.dtype, param)))
     return dx
 
@@ -42,7 +42,7 @@ def backward(be, name, dy, x, param):
 def add_relu(be, a, b):
     """relu(a + b) in one pass (arrays of one shape and dtype)."""
     y = backend.array_module(be).empty(a.shape, dtype=a.dtype)
-    backend.launch(be, "elementwise", a.dtype, "add_relu_forward", (blocks_for(a.size),), (THREADS,),
+    backend.launch(be, "elementwise", a.dtype, "add_relu_forward", (elementwise_blocks(a.size),), (THREADS,),
                    (a, b, y, np.int64(a.size)))
     return y
 
@@ -50,7 +50,7 @@ def add_relu(be, a, b):
 def relu_backward_of_sum(be, dy_a, dy_b, x):
     """relu_backward(dy_a + dy_b, x) in one pass (arrays of one shape and dtype)."""
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
-    backend.launch(be, "elementwise", x.dtype, "relu_backward_of_sum", (blocks_for(x.size),), (THREADS,),
+    backend.launch(be, "elementwise", x.dtype, "relu_backward_of_sum", (elementwise_blocks(x.size),), (THREADS,),
                    (dy_a, dy_b, x, dx, np.int64(x.size)))
     return dx
 
