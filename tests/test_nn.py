@@ -848,6 +848,31 @@ def test_a_network_asked_for_no_input_gradient_runs_no_first_dgrad(backend, rng,
     assert all(np.array_equal(a, b) for a, b in zip(grads, same)) and all(np.abs(g).max() > 0 for g in same)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+def test_parameter_free_layers_before_the_first_parameters_take_no_dy(backend, rng):
+    """Layers without parameters before the first one with them get dy None with input_grad=False
+    (nothing after them computes one): a BatchNorm2d(affine=False), alone or with its ReLU fused,
+    and a Residual of parameter-free layers with its ReLU fused return None without reading it, and
+    the parameters after them get the gradients a full backward gives."""
+    models = [lambda: nn.Sequential(nn.BatchNorm2d(2, affine=False), nn.Conv2d(2, 3, 1)),
+              lambda: nn.Sequential(nn.BatchNorm2d(2, affine=False), nn.ReLU(), nn.Conv2d(2, 3, 1)),
+              lambda: nn.Sequential(nn.Residual(nn.ReLU()), nn.ReLU(), nn.Conv2d(2, 3, 1)),
+              lambda: nn.Sequential(nn.Residual(nn.BatchNorm2d(2, affine=False)), nn.ReLU(),
+                                    nn.Residual(nn.ReLU()), nn.ReLU(), nn.Conv2d(2, 3, 1))]
+    x = _randn(rng, 2, 2, 4, 4, dtype=np.float32)
+    dy = _randn(rng, 2, 3, 4, 4, dtype=np.float32)
+    for i, make in enumerate(models):
+        nn.init.manual_seed(7)
+        model = make().to(backend)
+        model(x)
+        model.backward(dy)
+        want = _grads(model)
+        model.zero_grad()
+        model(x)
+        assert model.backward(dy, input_grad=False) is None, i
+        assert all(np.array_equal(a, b) for a, b in zip(_grads(model), want)), i
+
+
 def test_a_users_module_without_input_grad_is_still_asked_for_its_input_gradient(rng):
     """A module whose backward takes dy alone gets a real dy (the layer after it computes its
     input gradient) and its dx is returned; the built-in layers before it are told to skip."""

@@ -138,6 +138,8 @@ class Residual(Module):
         """dx, the sum of the gradients through the block and the shortcut. For nn.Sequential
         (hands_on_gradient_sum): `dy_addend`, a second summand of dy, added in the ReLU's backward
         pass where the ReLU is fused; `unsummed`, return the two gradients of x as a pair."""
+        if not any(True for _ in self.parameters()) and self._no_input_grad(input_grad):
+            return None   # nothing to compute (dy may be None: nn.Sequential)
         (relu_output,) = self._saved_for_backward()
         if dy_addend is not None and (relu_output is None or not (dy.flags.c_contiguous and
                                                                    dy_addend.flags.c_contiguous)):

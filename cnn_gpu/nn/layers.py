@@ -353,7 +353,9 @@ class BatchNorm2d(Module):
 
     def backward(self, dy, input_grad=True):
         """The parameters' gradients come out of the same reductions as dx: input_grad=False
-        returns None but saves no work."""
+        returns None but saves no work, but where there are none (affine=False): nothing to do."""
+        if not self.affine and self._no_input_grad(input_grad):   # dy may be None (nn.Sequential)
+            return None
         x, mean, invstd, training, activation = self._saved_for_backward()
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
         dx, dweight, dbias = F.batch_norm_backward(dy, x, None, None, weight, bias, training, self.eps,
