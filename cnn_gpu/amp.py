@@ -167,10 +167,11 @@ class GradScaler:
         if state["found_inf"] is None:
             raise RuntimeError("GradScaler.step: the ranks did not agree on the inf/NaN check of this step's unscale_ "
                                "(it failed); call update() to skip the step")
-        state["stepped"] = True
         if state["found_inf"]:
+            state["stepped"] = True
             return False
-        optimizer.step()
+        optimizer.step()   # a step it refuses (or a failed launch) leaves this one to be retried, as PyTorch's
+        state["stepped"] = True
         return True
 
     def update(self) -> None:
@@ -229,10 +230,18 @@ class GradScaler:
         self.__dict__.update(checked.__dict__)
 
 
+def _float_gradient(grad):
+    """grad, refused (before any gradient changes) unless of a dtype unscale_ divides."""
+    if grad.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"GradScaler.unscale_: a gradient has dtype {grad.dtype}; gradients are unscaled in "
+                        f"float16, float32 or float64")
+    return grad
+
+
 def _unscaled_on_host(grad, inverse: float) -> tuple:
     """(grad unscaled with NumPy as GradScaler.unscale_ states, whether it held inf/NaN: before, or
     with a scale below 1 after, where PyTorch would step on values that overflowed)."""
-    wide = grad.astype(np.float32 if grad.dtype == np.float16 else grad.dtype)
+    wide = _float_gradient(grad).astype(np.float32 if grad.dtype == np.float16 else grad.dtype)
     found = not bool(np.isfinite(wide).all())
     with np.errstate(over="ignore", invalid="ignore"):
         unscaled = np.asarray((wide * inverse).astype(grad.dtype))   # a 0-d one stays an array
@@ -243,9 +252,7 @@ def _kernel_gradient(be: str, grad):
     """The array the kernels unscale for gradient `grad` on backend `be`: itself where they can write
     it as it is (C-contiguous, writeable), else a C-ordered copy; refused (before any gradient
     changes) where a launch would refuse it."""
-    if grad.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"GradScaler.unscale_: a gradient has dtype {grad.dtype}; the kernels unscale float16, "
-                        f"float32 or float64 gradients")
+    _float_gradient(grad)
     if be == "cuda":
         check_on_current_device(grad, "GradScaler.unscale_: a gradient")
     if not grad.flags.c_contiguous or not writeable(grad):

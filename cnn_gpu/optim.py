@@ -114,6 +114,11 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise TypeError(f"optimizer params must be cnn_gpu.nn.Parameter objects (e.g. model.parameters()); "
                                 f"item {i} is {type(p).__name__}")
+        first_index = {}
+        for i, p in enumerate(params):
+            j = first_index.setdefault(id(p), i)
+            if j != i:   # its update would run twice (PyTorch warns that this will become an error)
+                raise ValueError(f"optimizer params: item {i} is item {j} again; list each parameter once")
         if backend is not None and backend not in _backend.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
         self.backend = backend
@@ -306,7 +311,8 @@ class Optimizer:
             for key, value in saved.items():
                 if key == "step":
                     try:
-                        entry[key] = whole_number(value, f"optimizer state {i}.step")
+                        # 0: moments made by a first step whose launch failed (Adam._next_step)
+                        entry[key] = whole_number(value, f"optimizer state {i}.step", minimum=0)
                     except TypeError as err:   # a malformed state: one kind of error for all of them
                         raise ValueError(str(err)) from None
                     continue

@@ -141,10 +141,33 @@ def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated
     with pytest.raises(TypeError):
         GradScaler(init_scale=4.0).unscale_(optim.SGD([device, host, junk], lr=0.1))
     assert (host.grad == 8).all() and (device.grad == 8).all()
-    for p in (host, device):
+    for p in (host, device):   # listed twice (param_groups edited: the constructor refuses it)
         scaler = GradScaler(init_scale=4.0)
-        scaler.unscale_(optim.SGD([p, p], lr=0.1))
+        twice = optim.SGD([p], lr=0.1)
+        twice.param_groups[0]["params"] = [p, p]
+        scaler.unscale_(twice)
         assert (p.grad == 2).all()
+    integer = Parameter(np.zeros(3, np.float32), backend="numpy")
+    integer.grad = np.full(3, 8, np.int64)   # NumPy would truncate its quotient: refused as on the kernels
+    with pytest.raises(TypeError, match="int64"):
+        GradScaler(init_scale=4.0).unscale_(optim.SGD([host, integer], lr=0.1))
+    assert (host.grad == 2).all() and (integer.grad == 8).all()
+
+
+def test_a_step_the_optimizer_refused_can_be_retried_and_is_not_counted_as_taken():
+    """As PyTorch's: the step stays to be taken after optimizer.step() raised (here on a NaN lr),
+    and a retry takes it."""
+    p = Parameter(np.ones(2, np.float32))
+    opt, scaler = optim.SGD([p], lr=0.1), GradScaler()
+    p.grad = np.full(2, 65536.0, np.float32)
+    opt.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="lr"):
+        scaler.step(opt)
+    opt.param_groups[0]["lr"] = 0.1
+    assert scaler.step(opt) is True
+    np.testing.assert_array_equal(p.data, np.full(2, 0.9, np.float32))
+    scaler.update()
+    assert scaler.get_scale() == 65536.0
 
 
 @pytest.mark.parametrize("backend", ["numpy", "emu"])

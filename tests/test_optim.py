@@ -197,9 +197,9 @@ def test_load_state_dict_checks_shapes():
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda s: s.update(step=-1), "step must be a positive int"),
-    (lambda s: s.update(step=1.5), "step must be a positive int"),
-    (lambda s: s.update(step=True), "step must be a positive int"),
+    (lambda s: s.update(step=-1), "step must be an int >= 0"),
+    (lambda s: s.update(step=1.5), "step must be an int >= 0"),
+    (lambda s: s.update(step=True), "step must be an int >= 0"),
     (lambda s: s.pop("exp_avg_sq"), r"holds \['exp_avg', 'step'\]; Adam keeps"),
     (lambda s: s.update(momentum_buffer=np.zeros(5)), "Adam keeps"),
     (lambda s: s.update(exp_avg=0.5), "exp_avg has shape"),
@@ -220,6 +220,44 @@ def test_load_state_dict_refuses_a_state_a_step_could_not_use(edit, message):
     assert opt.state[0]["step"] == 1
     opt.step()   # its own state still works
     optim.Adam(params).load_state_dict({**saved, "state": [{}]})   # nothing before a first step: fine
+
+
+def test_a_first_adam_step_whose_launch_failed_leaves_a_state_that_loads(monkeypatch):
+    """A first step whose update fails (a kernel fault, Ctrl-C) leaves the zero moments it made and
+    step 0 (so that a retry finds no garbage): its state_dict loads into a fresh Adam, which then
+    steps as one that never failed."""
+    from cnn_gpu.gpu import optim as gpu_optim
+    rng = np.random.default_rng(8)
+    params = _params(rng, shapes=((5,), (2, 3)))
+    grads = [rng.standard_normal(p.data.shape) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt = optim.Adam(params, lr=0.1, backend="emu")
+    real = gpu_optim.adam_steps
+    monkeypatch.setattr(gpu_optim, "adam_steps", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        opt.step()
+    monkeypatch.setattr(gpu_optim, "adam_steps", real)
+    assert [s["step"] for s in opt.state] == [0, 0]
+    fresh_params = [Parameter(p.data.copy()) for p in params]
+    resumed = optim.Adam(fresh_params, lr=0.1, backend="emu")
+    resumed.load_state_dict(opt.state_dict())
+    untouched = [Parameter(p.data.copy()) for p in params]
+    reference = optim.Adam(untouched, lr=0.1, backend="emu")
+    for p, q, g in zip(fresh_params, untouched, grads):
+        p.grad, q.grad = g, g
+    resumed.step()
+    reference.step()
+    for p, q in zip(fresh_params, untouched):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_a_parameter_listed_twice_is_refused_at_construction():
+    """Its update would run twice; PyTorch 2.13 warns that this will be an error."""
+    p, q = Parameter(np.ones(3)), Parameter(np.ones(2))
+    for make in (optim.SGD, optim.Adam):
+        with pytest.raises(ValueError, match="item 2 is item 0 again"):
+            make([p, q, p], lr=0.1)
 
 
 def test_kernel_backends_use_the_fused_step(monkeypatch):
