@@ -300,6 +300,57 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
         assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget((inputs + 1) * size), (kernel, len(path))
 
 
+# The memory-bound kernels of a training step (bench.modeled._train_step's): per (family, kernel)
+# the arrays whose elements a thread's round loads, and how many of each (for_each_element and
+# batch norm's element passes: ELEMENTS_PER_THREAD; the chunked reductions: ACCUMULATORS; the
+# optimizer's updates one element of each slot array a round: parameter, gradient, momentum, and a
+# float16 parameter's FP32 master instead of the parameter, 4 bytes).
+STEP_STREAMS = {("elementwise", "add_relu_forward"): (2, 4), ("elementwise", "relu_backward"): (2, 4),
+                ("elementwise", "relu_backward_of_sum"): (3, 4), ("batch_norm", "batch_norm_forward"): (1, 4),
+                ("batch_norm", "batch_norm_backward_dx"): (2, 4), ("batch_norm", "batch_norm_stats"): (1, 4),
+                ("batch_norm", "batch_norm_backward_sums"): (2, 4), ("reduce", "channel_sum_block"): (1, 4)}
+# Below Little's law's bytes in flight (ESTIMATE, ASSUMED latency): the measured share, kept from
+# getting worse. float16's single-array reductions load 4 elements of 2 bytes a round; the forward
+# pass's 40 registers leave 6 blocks an SM.
+IN_FLIGHT_SHORT = {("batch_norm_stats", "float16"): 0.65, ("channel_sum_block", "float16"): 0.81,
+                   ("batch_norm_forward", "float16"): 0.97}
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_step_memory_bound_kernels_keep_the_bytes_in_flight_dram_speed_needs(dtype):
+    """Little's law (roofline.in_flight_needed_per_sm: ~12.7 KB an SM on an H100 at an ASSUMED
+    500 ns): each memory-bound kernel of a training step, at the occupancy its registers and shared
+    memory allow on sm_90, holds that many bytes of loads in flight (roofline.in_flight_per_sm),
+    but the listed shortfalls, held at their measured share. Each kernel's hot loop has the loads
+    counted. The old one-element-a-thread kernels held 2 to 8 bytes a thread (batch_norm_forward
+    float16: 4 KB an SM, a third)."""
+    from cnn_gpu import roofline
+    h100 = roofline.spec("h100")
+    needed = roofline.in_flight_needed_per_sm(h100)
+    size = np.dtype(dtype).itemsize
+    streams = dict(STEP_STREAMS)
+    momentum = "sgd_momentum_step_master" if dtype == "float16" else "sgd_momentum_step"
+    streams[("optim", momentum)] = (3, 1)
+    for (family, kernel), (arrays, per_array) in streams.items():
+        cubin, log = nvrtc.compile_as_backend(backend.kernel_source(family), f"{family}.cu", dtype, "sm_90")
+        report = next(r for r in nvrtc.reports_of(cubin, log, "sm_90") if r.name == kernel)
+        row = next(r for r in sass.kernel_rows(family, dtype, "sm_90") if r["kernel"] == kernel)
+        element_bits = 8 * size
+        per_thread = arrays * per_array * size
+        if kernel.endswith("_master"):   # grad float16, FP32 master and momentum
+            per_thread = size + 2 * 4
+        else:
+            assert row["ldg_bits"].count(element_bits) >= arrays * per_array, (kernel, row["ldg_bits"])
+        held = roofline.in_flight_per_sm(h100, report.registers, report.shared_bytes, 256, per_thread)
+        share = held / needed
+        short = IN_FLIGHT_SHORT.get((kernel, dtype))
+        if short is None:
+            assert share >= 1, f"{kernel} {dtype}: {held:.0f} bytes in flight an SM, {share:.0%} of {needed:.0f}"
+        else:
+            assert share == pytest.approx(short, abs=0.01), f"{kernel} {dtype}: {share:.2f} of Little's law's"
+
+
 REQUIRED = {"family": str, "kernel": str, "arch": str, "dtype": str, "registers": int, "fma": int,
             "instructions": int, "fma_share": float, "lds_bits": list, "local_memory": int, "issue_ceiling": float}
 

@@ -24,13 +24,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import conv
-from .model import (LAUNCH_OVERHEAD_S, MMA_FMAS, KernelTraits, LaunchEstimate, LaunchWork, estimate, memory_bound,
-                    mma_issue_ceiling, mma_issue_clocks, tensor_peak_flops)
+from .model import (ASSUMED_DRAM_LATENCY_S, LAUNCH_OVERHEAD_S, MMA_FMAS, KernelTraits, LaunchEstimate, LaunchWork,
+                    estimate, in_flight_needed_per_sm, in_flight_per_sm, memory_bound, mma_issue_ceiling,
+                    mma_issue_clocks, tensor_peak_flops)
 from .specs import CURRENT_GPU, SPECS, GpuSpec, format_specs, lanes_per_sm, spec
 from .traits import kernel_traits
 
-__all__ = ["CURRENT_GPU", "LAUNCH_OVERHEAD_S", "MMA_FMAS", "SPECS", "GpuSpec", "KernelTraits", "LaunchEstimate", "LaunchWork",
-           "estimate", "estimate_launch", "format_specs", "has_tensor_cores", "kernel_traits", "lanes_per_sm",
+__all__ = ["ASSUMED_DRAM_LATENCY_S", "CURRENT_GPU", "LAUNCH_OVERHEAD_S", "MMA_FMAS", "SPECS", "GpuSpec", "KernelTraits", "LaunchEstimate", "LaunchWork",
+           "estimate", "estimate_launch", "format_specs", "has_tensor_cores", "in_flight_needed_per_sm",
+           "in_flight_per_sm", "kernel_traits", "lanes_per_sm",
            "memory_bound", "mma_issue_ceiling", "mma_issue_clocks", "model_bias_grad", "model_conv", "roofline_bound",
            "spec", "tensor_peak_flops"]
 

@@ -168,6 +168,28 @@ def estimate(launch, work: LaunchWork, traits: KernelTraits, spec: GpuSpec, dtyp
                           traits.assumed, work.pipe)
 
 
+# Little's law for DRAM: streaming at full bandwidth keeps bandwidth x latency bytes of loads in
+# flight. ASSUMED latency, not measured here: pointer-chasing measurements put A100/H100 DRAM latency
+# at roughly 400-600 ns. memory_bound does not charge for a shortfall; tests/test_sass.py holds the
+# memory-bound kernels of a training step to it (in_flight_per_sm against in_flight_needed_per_sm).
+ASSUMED_DRAM_LATENCY_S = 500e-9
+
+
+def in_flight_needed_per_sm(spec: GpuSpec) -> float:
+    """The load bytes an SM keeps in flight at `spec`'s DRAM bandwidth, by Little's law (an ESTIMATE:
+    ASSUMED_DRAM_LATENCY_S); H100 SXM: ~12.7 KB."""
+    return spec.dram_bytes_per_s * ASSUMED_DRAM_LATENCY_S / spec.sms
+
+
+def in_flight_per_sm(spec: GpuSpec, registers: int, shared_bytes: int, threads: int, bytes_per_thread: float) -> float:
+    """The load bytes an SM holds in flight running a memory-bound kernel on a grid that fills it:
+    its resident threads (nvrtc.occupancy from registers and static shared memory, on `spec`'s
+    limits) times the bytes each thread's round loads before using any (a round's loads issue
+    together; the next round's wait for this one's uses)."""
+    _, blocks, _ = nvrtc.occupancy(spec.arch, registers, shared_bytes, threads, spec.occupancy_limits())
+    return blocks * threads * bytes_per_thread
+
+
 def memory_bound(kernel: str, dram_bytes: float, spec: GpuSpec) -> LaunchEstimate:
     """A launch modeled only by its compulsory traffic and the launch overhead (for kernels without a
     launch plan: pooling, losses, element-wise ops)."""
