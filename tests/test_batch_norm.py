@@ -324,6 +324,9 @@ def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
     bits, with no shared-memory race between a block's groups."""
     from cnn_gpu import emu
     from cnn_gpu.gpu import batch_norm as gpu_batch_norm
+    source = backend.kernel_source("batch_norm")   # the launcher's grid mirrors the kernel's group size
+    assert f"#define GROUP_PLANES {gpu_batch_norm.GROUP_PLANES} " in source
+    assert "#define SPAN (BLOCK_THREADS * ELEMENTS_PER_THREAD) " in source
     rng = np.random.default_rng(17)
     for shape in [(3, 5, 1, 1), (2, 3, 7, 7), (5, 3, 16, 16), (3, 2, 20, 20), (2, 3, 32, 32), (2, 3, 33, 33),
                   (1, 2, 50, 61)]:
