@@ -56,16 +56,17 @@ struct ChunkOfChannel {
     }
 };
 
-// Runs round(live) over this thread's elements of its chunk, ACCUMULATORS of them a round, 256
-// apart: live is ACCUMULATORS in every full round (a constant once inlined, so a round's per-element
-// `u < live` tests leave the hot loop) and the number of elements left in the last, partial one.
-template <typename Round>
+// Runs round(live) over this thread's elements of its chunk, COUNT (ACCUMULATORS unless given) of
+// them a round, 256 apart: live is COUNT in every full round (a constant once inlined, so a round's
+// per-element `u < live` tests leave the hot loop) and the number of elements left in the last,
+// partial one.
+template <int COUNT = ACCUMULATORS, typename Round>
 __device__ __forceinline__ void for_each_round(const ChunkOfChannel& at, Round round)
 {
     long long k = at.first;
 #pragma unroll 1
-    for (; k + (ACCUMULATORS - 1) * BLOCK_THREADS < at.end; k += ACCUMULATORS * BLOCK_THREADS)
-        round(ACCUMULATORS);
+    for (; k + (COUNT - 1) * BLOCK_THREADS < at.end; k += COUNT * BLOCK_THREADS)
+        round(COUNT);
     if (k < at.end)
         round((int)((at.end - k + BLOCK_THREADS - 1) / BLOCK_THREADS));
 }

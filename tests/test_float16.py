@@ -341,7 +341,8 @@ def test_depthwise_conv_kernels(settings):
 BATCH_NORMS = [((4, 3, 5, 7), dict(training=True, momentum=0.3)),
                ((2, 2, 17, 19), dict(training=True, activation="relu")),     # a channel beyond one block
                ((6, 4, 1, 1), dict(training=False, activation="relu")),
-               ((3, 5, 4, 3), dict(training=True, affine=False, running=False))]
+               ((3, 5, 4, 3), dict(training=True, affine=False, running=False)),
+               ((4, 2, 43, 41), dict(training=True))]   # 2 chunks a channel, a partial round after a full one
 
 
 @needs_emu
