@@ -154,9 +154,10 @@ def test_unscale_changes_no_gradient_when_it_refuses_one_and_unscales_a_repeated
     assert (host.grad == 2).all() and (integer.grad == 8).all()
 
 
-def test_a_step_the_optimizer_refused_can_be_retried_and_is_not_counted_as_taken():
+def test_a_step_the_optimizer_refused_can_be_retried():
     """As PyTorch's: the step stays to be taken after optimizer.step() raised (here on a NaN lr),
-    and a retry takes it."""
+    and a retry takes it. (update() counts a step by its inf/NaN check alone, as PyTorch's: one
+    refused and never retried counts as clean too.)"""
     p = Parameter(np.ones(2, np.float32))
     opt, scaler = optim.SGD([p], lr=0.1), GradScaler()
     p.grad = np.full(2, 65536.0, np.float32)

@@ -885,6 +885,19 @@ def test_a_users_module_without_input_grad_is_still_asked_for_its_input_gradient
             self._saved_for_backward()
             return 2 * dy
 
+    nested = [nn.Sequential(nn.Residual(Scale()), nn.Conv2d(2, 3, 3), nn.Flatten()),
+              nn.Sequential(nn.Sequential(Scale(), nn.ReLU()), nn.Conv2d(2, 3, 3), nn.Flatten()),
+              nn.Sequential(nn.Residual(nn.Sequential(nn.ReLU(), Scale())), nn.ReLU(), nn.Conv2d(2, 3, 3),
+                            nn.Flatten())]
+    for model in nested:   # inside a container too: asked, with a real dy
+        model(_randn(rng, 2, 2, 5, 5, dtype=np.float32))
+        seen = []
+        for m in model.modules():
+            if isinstance(m, Scale):
+                m.backward = (lambda dy, m=m: seen.append(dy) or Scale.backward(m, dy))
+        assert model.backward(np.ones((2, 27), np.float32), input_grad=False) is None
+        assert seen and all(dy is not None for dy in seen), model
+
     nn.init.manual_seed(6)
     model = nn.Sequential(nn.ReLU(), Scale(), nn.Conv2d(2, 3, 3), nn.Flatten())
     x = _randn(rng, 2, 2, 5, 5, dtype=np.float32)

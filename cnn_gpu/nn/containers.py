@@ -14,6 +14,13 @@ def takes_input_grad(module) -> bool:
     return "input_grad" in inspect.signature(module.backward).parameters
 
 
+def needs_dy(module) -> bool:
+    """Whether module.backward needs the real gradient of its output even where its input's is not
+    wanted: it has parameters, or holds a module whose backward does not take input_grad (a user's:
+    always asked for its input gradient). nn.Sequential hands the others dy None there."""
+    return any(True for _ in module.parameters()) or not all(map(takes_input_grad, module.modules()))
+
+
 def fuses_relu(layer, following) -> bool:
     """Whether nn.Sequential runs `following` inside `layer`: a ReLU right after a batch norm or a
     residual connection (their own classes, not subclasses, whose forward may differ) is applied
@@ -92,7 +99,7 @@ class Sequential(Module):
         wanted = [input_grad] * len(layers)
         for i in range(1, len(layers)):
             before = layers[i - 1]
-            wanted[i] = wanted[i - 1] or any(True for _ in before.parameters()) or not takes_input_grad(before)
+            wanted[i] = wanted[i - 1] or needs_dy(before)
         addend = None   # the second summand of dy a Residual handed on (hands_on_gradient_sum)
         for i in reversed(range(len(layers))):
             if i in self._fused:   # a fused ReLU's gradient is the layer's before it
@@ -103,7 +110,7 @@ class Sequential(Module):
                 continue
             result = layers[i].backward(dy, wanted[i], dy_addend=addend, unsummed=hands_on)
             dy, addend = result if hands_on else (result, None)
-        return dy
+        return dy if input_grad else None   # a user's first module computes its dx regardless
 
 
 class Residual(Module):
@@ -138,7 +145,7 @@ class Residual(Module):
         """dx, the sum of the gradients through the block and the shortcut. For nn.Sequential
         (hands_on_gradient_sum): `dy_addend`, a second summand of dy, added in the ReLU's backward
         pass where the ReLU is fused; `unsummed`, return the two gradients of x as a pair."""
-        if not any(True for _ in self.parameters()) and self._no_input_grad(input_grad):
+        if not input_grad and not needs_dy(self) and self._no_input_grad(input_grad):
             return None   # nothing to compute (dy may be None: nn.Sequential)
         (relu_output,) = self._saved_for_backward()
         if dy_addend is not None and (relu_output is None or not (dy.flags.c_contiguous and
