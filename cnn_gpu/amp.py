@@ -81,6 +81,9 @@ class GradScaler:
         and rounded to the gradient's dtype once."""
         if not self._enabled:
             return dloss
+        if not hasattr(dloss, "shape"):   # a number's product is a constant a replay would keep
+            replay.refuse("GradScaler.scale of a Python number (its product with this step's scale); scale an "
+                          "array instead, such as np.asarray(1.0, np.float32) or the loss's gradient")
         if getattr(dloss, "dtype", None) != np.float16:
             scaled = lambda: dloss * self._scale   # noqa: E731
         else:

@@ -164,6 +164,21 @@ def test_an_explicit_unscale_is_refused_while_recording():
 
 
 @needs_emu
+def test_scaling_a_python_number_is_refused_while_recording():
+    """Its product is a Python number, a constant of the recording: after the scale grew or backed
+    off a replay would scale the loss gradient by the recorded scale (helper-91 found the weights
+    off by their ratio). An array is scaled on the device, by each replay's own scale."""
+    scaler = GradScaler(init_scale=4.0)
+    with pytest.raises(RuntimeError, match="GradScaler.scale of a Python number"):
+        with replay.record():
+            scaler.scale(1.0)
+    assert scaler.scale(1.0) == 4.0   # eager: fine
+    with replay.record():
+        scaled = scaler.scale(np.asarray(1.0, np.float32))
+    assert float(scaled) == 4.0
+
+
+@needs_emu
 def test_recordings_do_not_nest_and_replay_is_refused_inside_one():
     assert cnn_gpu.replay is replay and "replay" in cnn_gpu.__all__   # as the README uses it
     x = np.random.default_rng(9).standard_normal(16).astype(np.float32)
