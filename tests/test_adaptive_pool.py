@@ -98,6 +98,10 @@ def test_layer_global_pooling():
     dx = layer.backward(np.ones(y.shape, np.float32))
     assert_close(dx, np.full(x.shape, 1 / 30, np.float32), np.float32, "global average gradient")
     assert nn.AdaptiveAvgPool2d((None, 2))(x).shape == (2, 3, 5, 2)
+    size = [2, 2]
+    layer = nn.AdaptiveAvgPool2d(size)   # kept as a tuple: an edit of the list later changes nothing
+    size[1] = 4                          # (a recorded step, cnn_gpu.replay, could not see it)
+    assert layer.output_size == (2, 2) and layer(x).shape == (2, 3, 2, 2)
 
 
 @needs_emu

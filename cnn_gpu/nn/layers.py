@@ -424,7 +424,9 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = output_size
+        # a list kept as a tuple: the caller's list edited in place later changes nothing (a replay
+        # could not see such an edit; cnn_gpu.replay refuses an assigned setting)
+        self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
 
     def forward(self, x):
         self._saved = x.shape
