@@ -274,7 +274,7 @@ def _tamper(header):
                                                                                   eps=0.5)])),
                         "optimizer hyper-parameters"),
         "step a string": (dict(header, optimizer=dict(optimizer, scalar_state=step_states)),
-                          "0.step must be a positive int, got 'x'"),
+                          "0.step must be an int >= 0, got 'x'"),
     }
 
 
