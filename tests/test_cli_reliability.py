@@ -352,3 +352,66 @@ def test_sigterm_ends_training_like_ctrl_c_and_leaves_a_loadable_checkpoint(tmp_
         job.kill()
     assert job.returncode == 143 and err.rstrip().endswith("terminated"), err[-500:]
     assert sorted(os.listdir(tmp_path)) == ["ck.npz"] and checkpoint.load(path)[2]["epoch"] >= 1
+
+
+# --- the other commands' outputs, and what bench has no rows for ---------------------------------
+
+def _nvrtc_reason():
+    from cnn_gpu import nvrtc
+    return nvrtc.why_unavailable()
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "--device", "numpy", "--quick", "--ops", "relu"],
+    ["bench", "--device", "model:h100", "--shapes", "resnet", "--ops", "max_pool2d"],
+    ["kernels", "--file", "pool.cu", "--arch", "sm_80", "--dtype", "float32"],
+], ids=["check", "bench", "kernels"])
+def test_a_full_disk_at_an_output_is_one_line_and_leaves_the_file(tmp_path, capsys, monkeypatch, argv):
+    """helper-92: --json on a full disk was a traceback (exit 1) in check, bench and kernels, where
+    train's --save says so in one line; the atomic write leaves the old file (and no temporary)."""
+    if argv[0] == "kernels" and _nvrtc_reason():
+        pytest.skip(f"no NVRTC: {_nvrtc_reason()}")
+    path = tmp_path / "out.json"
+    path.write_text("old")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.os, "replace", disk_full)
+    assert main([*argv, "--json", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {path}: No space left on device" in err and "Traceback" not in err, err
+    assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["out.json"]
+
+
+def test_bench_without_rows_says_why_exits_1_and_writes_an_empty_table(tmp_path, capsys):
+    """helper-92: numpy has no train_step_replayed rows (replay needs a kernel backend); bench
+    printed an empty table, exited 0 and left an older --json of the same name in place."""
+    path = tmp_path / "rows.json"
+    path.write_text("older results")
+    assert main(["bench", "--device", "numpy", "--shapes", "tiny", "--ops", "train_step_replayed",
+                 "--no-progress", "--json", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "numpy: train_step_replayed has no rows: it does not run on this device" in out
+    assert "no rows" in err and json.loads(path.read_text())["rows"] == []
+
+
+def test_bench_out_of_memory_is_one_line(capsys, monkeypatch):
+    """helper-92: a --batch too large for the machine was a MemoryError traceback on numpy."""
+    from cnn_gpu.bench import timing
+
+    def too_large(*args, **kwargs):
+        raise MemoryError("Unable to allocate 143. GiB")
+    monkeypatch.setattr(timing, "_row", too_large)
+    assert main(["bench", "--device", "numpy", "--shapes", "tiny", "--ops", "conv2d", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory after 0 rows: Unable to allocate 143. GiB" in err and "Traceback" not in err
+
+
+def test_check_refuses_numpy_against_its_own_float16_oracle(capsys):
+    assert main(["check", "--device", "numpy", "--dtype", "float16", "--quick"]) == 2
+    assert "compare the NumPy backend with itself" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_names_its_option(tmp_path, capsys):
+    assert main(["check", "--device", "numpy", "--quick", "--json", str(tmp_path / "missing" / "x.json")]) == 2
+    assert "cnn-gpu check: --json " in capsys.readouterr().err

@@ -20,6 +20,11 @@ class Device:
     note = ""
     modeled = False          # True: rows come from model_row(case, dtype), nothing is timed
 
+    @property
+    def skipped(self) -> dict:
+        """op -> why this device has no rows of it (printed under the table)."""
+        return self.__dict__.setdefault("_skipped", {})
+
     def asarray(self, array):
         return array
 

@@ -32,7 +32,6 @@ class ModelDevice(Device):
         self.name = PREFIX + self.spec.key
         self.note = (f"roofline MODEL of {self.spec.name} ({self.spec.arch}, {self.spec.source}), not a measurement; "
                      "README, \"Performance model\"")
-        self.skipped = {}     # op -> why it has no modeled rows
 
     def math_unsupported(self, math: str) -> str:
         try:

@@ -62,8 +62,9 @@ def _row(case, device: Device, dtype, repeat, seed, math: str) -> Row | None:
         return device.model_row(case, dtype, math)
     device.prepare(math)
     prepared = case.setup(device, dtype, np.random.default_rng(seed))
-    if prepared is None:
-        return None   # the case does not run on this device
+    if prepared is None:   # the case does not run on this device
+        device.skipped[case.op] = "has no rows: it does not run on this device (see cnn-gpu bench --help)"
+        return None
     fn, input_sets = prepared
     del prepared
     seconds, count = measure(device, fn, input_sets, repeat)

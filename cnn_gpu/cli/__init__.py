@@ -50,7 +50,22 @@ def check_outputs(args, *options, stdout=()) -> None:
         if path == "-" and option not in stdout:
             raise ValueError(f"--{option} -: this command writes its --{option} output to a file only; name one")
         if path not in (None, "-"):
-            check_writable(path)
+            try:
+                check_writable(path)
+            except ValueError as err:
+                raise ValueError(f"--{option} {err}") from None
+
+
+def write_output(command: str, path, write) -> bool:
+    """write(path) for an output option (--json, --csv, --plot), atomic as every output is: an
+    OSError there (a full disk, a folder gone since check_outputs) is one line on stderr and False,
+    the file left as it was."""
+    try:
+        write(path)
+    except OSError as err:
+        print(f"cnn-gpu {command}: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+        return False
+    return True
 
 
 def comma_list(text: str) -> list[str]:

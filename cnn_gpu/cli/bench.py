@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..precision import MATH_MODES
-from . import check_outputs, comma_list, path_argument, seed
+from . import check_outputs, comma_list, path_argument, seed, write_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,13 +119,15 @@ def run(args) -> int:
         print(f"cnn-gpu bench: {err}", file=sys.stderr)
         return 2
 
-    rows, interrupted = [], False
+    rows, interrupted, out_of_memory = [], False, None
     try:
         for row in bench.run_cases(cases, device_objects, args.dtype, args.repeat, args.seed,
                                    progress=not args.no_progress, math=args.math):
             rows.append(row)
     except KeyboardInterrupt:
         interrupted = True
+    except MemoryError as err:   # a case's inputs (e.g. a --batch too large for this machine)
+        out_of_memory = str(err) or "MemoryError"
     meta = bench.environment()
     meta.update(shapes=args.shapes, batch=args.batch, dtype=args.dtype, math=args.math, devices=devices,
                 threads=args.threads, interrupted=interrupted)
@@ -139,24 +141,34 @@ def run(args) -> int:
           f"(convolutions: N,C,H,W,K,R,stride,pad)")
     print(_machine_line(meta) + "\n")
     print(bench.format_table(rows, markdown=args.markdown))
-    for model in models:
-        for op, why in model.skipped.items():
-            print(f"{model.name}: {op} {why}")
+    for device in device_objects:
+        for op, why in device.skipped.items():
+            print(f"{device.name}: {op} {why}")
     for device in device_objects:
         for mode in args.math:
             why = device.math_unsupported(mode)
             if why and "float32" in args.dtype:
                 print(f"{device.name}: no {mode} rows: {why}")
+    # written even without rows (an empty table), so that an older file of the same name is not
+    # taken for this run's; a plot only of rows
     for path, write in ((args.json, lambda p: bench.write_json(rows, p, meta)),
                         (args.csv, lambda p: bench.write_csv(rows, p)),
-                        (args.plot, lambda p: bench.write_plot(rows, p, f"cnn-gpu bench --shapes {args.shapes} "
-                                                                     f"({','.join(args.dtype)})"))):
-        if path and rows:
-            write(path)
+                        (args.plot and rows and args.plot, lambda p: bench.write_plot(
+                            rows, p, f"cnn-gpu bench --shapes {args.shapes} ({','.join(args.dtype)})"))):
+        if path:
+            if not write_output("bench", path, write):
+                return 1
             print(f"wrote {path}")
     if interrupted:
         print(f"interrupted: {len(rows)} of {len(cases) * len(device_objects)} rows done", file=sys.stderr)
         return 130
+    if out_of_memory:
+        print(f"cnn-gpu bench: out of memory after {len(rows)} rows: {out_of_memory}", file=sys.stderr)
+        return 2
+    if not rows:
+        print("cnn-gpu bench: no rows: none of these devices runs these ops" + (" (--plot not written)" * bool(args.plot)),
+              file=sys.stderr)
+        return 1
     return 0
 
 

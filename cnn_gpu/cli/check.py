@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..precision import MATH_MODES
-from . import check_outputs, comma_list, path_argument, seed
+from . import check_outputs, comma_list, path_argument, seed, write_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +60,9 @@ def run(args) -> int:
         ops = args.ops or list(check.OPS)
         # numpy in float64 would be compared with itself
         dtype = args.dtype or ("float32" if args.math == "tf32" or device == "numpy" else "float64")
+        if device == "numpy" and dtype == "float16" and args.math == "fp32":   # the float16 oracle is numpy's own
+            raise ValueError("--device numpy --dtype float16 would compare the NumPy backend with itself (its float16 "
+                             "ops are the oracle); check float16 on emu or cuda")
         check_outputs(args, "json")
         pending = check.check_ops(device, ops, args.mode, dtype, args.seed, args.math)
     except (RuntimeError, ValueError) as err:
@@ -68,6 +71,9 @@ def run(args) -> int:
 
     print(f"cnn-gpu check: device={device} dtype={dtype} math={args.math} mode={args.mode} seed={args.seed}\n",
           flush=True)
+    if device == "numpy" and dtype == "float64":
+        print("(numpy in float64 is the reference itself: its error column is 0 by construction; the finite "
+              "differences check its gradients)\n", flush=True)
     results = []
     try:
         from tqdm import tqdm
@@ -87,9 +93,10 @@ def run(args) -> int:
     failed = [r.op for r in results if not r.passed]
     if args.json:
         from ..bench import write_text
-        write_text(args.json, json.dumps({"device": device, "dtype": dtype, "math": args.math, "mode": args.mode,
-                                          "seed": args.seed, "results": [r.as_dict() for r in results]},
-                                         indent=2) + "\n")
+        document = json.dumps({"device": device, "dtype": dtype, "math": args.math, "mode": args.mode,
+                               "seed": args.seed, "results": [r.as_dict() for r in results]}, indent=2) + "\n"
+        if not write_output("check", args.json, lambda path: write_text(path, document)):
+            return 1
     print(f"\n{len(results) - len(failed)} of {len(results)} ops passed" + (f"; FAILED: {', '.join(failed)}"
                                                                           if failed else ""))
     return 1 if failed else 0

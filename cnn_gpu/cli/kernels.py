@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from . import comma_list, path_argument, positive_int
+from . import comma_list, path_argument, positive_int, write_output
 
 DTYPES = ("float32", "float64", "float16")   # float16: the files with a float16 build (backend.FLOAT16_FAMILIES)
 
@@ -116,14 +116,15 @@ def _format_table(results) -> str:
     return "\n".join(lines)
 
 
-def _write_json(document, target: str) -> None:
-    """Print `document` (target "-") or write it to the file `target` atomically."""
+def _write_json(document, target: str) -> bool:
+    """Print `document` (target "-") or write it to the file `target` atomically; False (said on
+    stderr) where the file cannot be written."""
     from ..checkpoint import atomic_write
     text = json.dumps(document, indent=1) + "\n"
     if target == "-":
         print(text, end="")
-    else:
-        atomic_write(Path(target), lambda f: f.write(text.encode()))
+        return True
+    return write_output("kernels", target, lambda path: atomic_write(Path(path), lambda f: f.write(text.encode())))
 
 
 def _selected_files(args):
@@ -176,13 +177,12 @@ def _run_ptxas(args, files, dtypes, archs) -> int:
     spills = [(f, d, a, r.name, r.spill_bytes) for f, d, a, reports, _ in results if reports
               for r in reports if r.spill_bytes]
     compiler = nvrtc.load()
-    if args.json:
-        _write_json({
+    if args.json and not _write_json({
             "nvrtc": {"path": compiler.path, "version": list(compiler.version)},
             "results": [{"file": f, "dtype": d, "arch": a, "error": e,
                          "kernels": [asdict(r) for r in reports] if reports else []}
-                        for f, d, a, reports, e in results],
-        }, args.json)
+                        for f, d, a, reports, e in results]}, args.json):
+        return 1
     if args.json != "-":
         print(f"NVRTC {compiler.version[0]}.{compiler.version[1]} ({compiler.path}); options "
               f"{' '.join(backend.NVRTC_OPTIONS)} -DREAL=... -arch=<arch> --ptxas-options=-v")
@@ -216,10 +216,10 @@ def _run_sass(args, families, dtypes, archs) -> int:
     rows = [row for found, _ in results for row in found]
     errors = [error for _, error in results if error]
     compiler, disassembler = nvrtc.load(), sass.disasm.find()
-    if args.json:
-        _write_json({"nvrtc": {"path": compiler.path, "version": list(compiler.version)},
-                     "nvdisasm": {"path": disassembler.path, "version": list(disassembler.version)},
-                     "rows": rows}, args.json)
+    if args.json and not _write_json({"nvrtc": {"path": compiler.path, "version": list(compiler.version)},
+                                      "nvdisasm": {"path": disassembler.path, "version": list(disassembler.version)},
+                                      "rows": rows}, args.json):
+        return 1
     if args.json != "-":
         if not args.markdown:
             print(f"NVRTC {compiler.version[0]}.{compiler.version[1]}, nvdisasm {disassembler.version[0]}."
