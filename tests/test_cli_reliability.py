@@ -415,3 +415,13 @@ def test_check_refuses_numpy_against_its_own_float16_oracle(capsys):
 def test_an_unwritable_output_names_its_option(tmp_path, capsys):
     assert main(["check", "--device", "numpy", "--quick", "--json", str(tmp_path / "missing" / "x.json")]) == 2
     assert "cnn-gpu check: --json " in capsys.readouterr().err
+
+
+def test_bench_nproc_without_mpi_names_the_option(capsys, monkeypatch):
+    from cnn_gpu.bench import scaling
+
+    def no_mpi(*args, **kwargs):
+        raise RuntimeError("needs mpi4py and an MPI: pip install 'cnn_gpu[mpi]'")
+    monkeypatch.setattr(scaling, "measure", no_mpi)
+    assert main(["bench", "--nproc", "2"]) == 2
+    assert capsys.readouterr().err.startswith("cnn-gpu bench: --nproc needs mpi4py")

@@ -153,7 +153,7 @@ def run(args) -> int:
     # taken for this run's; a plot only of rows
     for path, write in ((args.json, lambda p: bench.write_json(rows, p, meta)),
                         (args.csv, lambda p: bench.write_csv(rows, p)),
-                        (args.plot and rows and args.plot, lambda p: bench.write_plot(
+                        (args.plot if rows else None, lambda p: bench.write_plot(
                             rows, p, f"cnn-gpu bench --shapes {args.shapes} ({','.join(args.dtype)})"))):
         if path:
             if not write_output("bench", path, write):
@@ -207,7 +207,7 @@ def _scaling(args) -> int:
     try:
         rows = scaling.measure(args.nproc, "cnn", batch, steps=args.repeat or 20)
     except RuntimeError as err:
-        print(f"cnn-gpu bench: {err}", file=sys.stderr)
+        print(f"cnn-gpu bench: --nproc {err}", file=sys.stderr)
         return 2
     print(scaling.format_scaling(rows, "cnn", batch))
     print(scaling.format_allreduce_model(rows[0]["gradient_bytes"]))
@@ -215,5 +215,7 @@ def _scaling(args) -> int:
         import json
 
         from ..bench import write_text
-        write_text(args.json, json.dumps({"scaling": rows}, indent=1))
+        text = json.dumps({"scaling": rows}, indent=1)
+        if not write_output("bench", args.json, lambda path: write_text(path, text)):
+            return 1
     return 0

@@ -89,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scaling, on every device (default: fp32)")
     parser.add_argument("--save", type=path_argument, metavar="PATH",
                         help="write a checkpoint here after every epoch (replacing the file atomically)")
-    parser.add_argument("--resume", type=path_argument, metavar="PATH", help="continue from this checkpoint")
+    parser.add_argument("--resume", type=path_argument, metavar="PATH",
+                        help="continue from this checkpoint; the settings it records (model, precision, epochs, "
+                             "batch size, ...) come from it where not given here")
     parser.add_argument("--max-batches", type=positive_int, metavar="N",
                         help="stop each epoch (and the evaluation) after N batches, for quick runs")
     parser.add_argument("--replay", action="store_true",
