@@ -425,3 +425,19 @@ def test_bench_nproc_without_mpi_names_the_option(capsys, monkeypatch):
     monkeypatch.setattr(scaling, "measure", no_mpi)
     assert main(["bench", "--nproc", "2"]) == 2
     assert capsys.readouterr().err.startswith("cnn-gpu bench: --nproc needs mpi4py")
+
+
+def test_a_resume_on_changed_data_at_the_same_path_says_so(tmp_path, capsys):
+    """helper-92: the data file's contents changed between runs went unnoticed on --resume (its
+    fingerprint was compared across ranks only); the checkpoint now records it."""
+    rng = np.random.default_rng(8)
+    data, path = tmp_path / "data.npz", tmp_path / "ck.npz"
+    np.savez(data, x=_images(rng, 40), y=_labels(40))
+    argv = ["train", "--device", "numpy", "--dataset", "npz", "--data", str(data), "--max-batches", "1",
+            "--save", str(path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert main([*argv, "--epochs", "2", "--resume", str(path)]) == 0
+    assert "note: resuming" not in capsys.readouterr().out
+    np.savez(data, x=_images(rng, 40), y=_labels(40))   # other images, same path and shapes
+    assert main([*argv, "--epochs", "3", "--resume", str(path)]) == 0
+    assert "other data (the npz data it loads differs from what it trained on)" in capsys.readouterr().out

@@ -352,10 +352,11 @@ def _train(args) -> int:
         return _train_in_precision(args, world, resumed, settings)
 
 
-def _changed_on_resume(args, settings: dict, meta: dict, processes: int) -> list:
+def _changed_on_resume(args, settings: dict, meta: dict, processes: int, data_fingerprint: str) -> list:
     """The options that differ from the resumed checkpoint's, as "--lr 0.01 (it trained with 0.002)":
     extending --epochs is the usual reason to resume; any other change is said, not refused, the
-    number of processes (`processes` now) too: it sets the global batch."""
+    number of processes (`processes` now) too: it sets the global batch; and the data, where the
+    checkpoint recorded its fingerprint (_fingerprint) and the data at its path has changed."""
     saved = meta["settings"]
     changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
                if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
@@ -367,6 +368,8 @@ def _changed_on_resume(args, settings: dict, meta: dict, processes: int) -> list
         now, before = settings["batch_size"] * processes, saved["batch_size"] * meta["world_size"]
         batch = f"a global batch of {now} images, not {before}" if now != before else f"the same global batch of {now}"
         changed.append(f"--nproc {processes} (it trained with {meta['world_size']}: {batch})")
+    if meta.get("data_fingerprint", data_fingerprint) != data_fingerprint:
+        changed.append(f"other data (the {settings['dataset']} data it loads differs from what it trained on)")
     return changed
 
 
@@ -402,10 +405,11 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     scaler = GradScaler(enabled=settings["precision"] == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
     start_epoch = 0
+    fingerprint = _fingerprint(dataset)
     if resumed:
         _restore(model, optimizer, resumed, args.resume)
         _restore_scaler(scaler, resumed[2], args.resume)
-        changed = _changed_on_resume(args, settings, resumed[2], world.size)
+        changed = _changed_on_resume(args, settings, resumed[2], world.size, fingerprint)
         if changed:   # said once the checkpoint has proven loadable, not before a refusal
             _say(leader, f"note: resuming {args.resume} with {', '.join(changed)}")
         shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
@@ -419,7 +423,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     # the data path may differ between machines; the data, the run's place and everything else must
     # agree before any reduction (a different step count would misalign the collectives)
     distributed.check_replicas(model, {**{k: v for k, v in settings.items() if k != "data"},
-                                       "data set": _fingerprint(dataset), "max_batches": args.max_batches,
+                                       "data set": fingerprint, "max_batches": args.max_batches,
                                        "start_epoch": start_epoch, "shuffle_rng": shuffle_rng.bit_generator.state,
                                        "device": device})
     distributed.broadcast_parameters(model)
@@ -447,7 +451,8 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         if args.save and leader:
             meta = {"epoch": epoch + 1, "settings": settings, "shuffle_rng": shuffle_rng.bit_generator.state,
                     "test_accuracy": accuracy[0] / accuracy[1], "world_size": world.size,
-                    "scaler": scaler.state_dict(), "blas_threads": blas_threads(), "max_batches": args.max_batches}
+                    "scaler": scaler.state_dict(), "blas_threads": blas_threads(), "max_batches": args.max_batches,
+                    "data_fingerprint": fingerprint}
             try:
                 checkpoint.save(args.save, model.state_dict(), optimizer.state_dict(), meta)
             except OSError as err:   # a full disk, a folder gone: the file still holds the last checkpoint
