@@ -231,3 +231,20 @@ def test_a_lone_image_on_one_rank_is_skipped_by_batch_norm_models(tmp_path):
     run = train("--model", "resnet18", "--dataset", "npz", "--data", path, "--batch-size", 4, "--epochs", 1, ranks=2)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("test accuracy:") == 1
+
+
+def test_nproc_refuses_what_every_rank_would_refuse_once_before_relaunching(tmp_path, monkeypatch, capsys):
+    """helper-92: --replay, a bad --resume file or clashing options were refused by every rank
+    (each printing the error and aborting); they are refused once, before mpiexec starts."""
+    import subprocess
+
+    from cnn_gpu.cli import main
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("relaunched"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a checkpoint")
+    for argv, message in ((["--replay", "--device", "emu"], "--replay replays the kernels of one process"),
+                          (["--resume", str(bad)], "bad.npz"),
+                          (["--warmup-epochs", "3", "--epochs", "2"], "--warmup-epochs 3 must be below")):
+        assert main(["train", "--nproc", "2", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("cnn-gpu train: error:") == 1, err

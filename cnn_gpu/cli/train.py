@@ -126,6 +126,11 @@ def _relaunch_under_mpiexec(args) -> int:
     if distributed.world_size() > 1:
         raise UsageError("--nproc relaunches under mpiexec; this process already runs under it with "
                          f"{distributed.world_size()} ranks")
+    # what every rank would refuse is refused once, here (each rank would print it, and abort)
+    if args.replay:
+        raise UsageError("--replay replays the kernels of one process: it takes no --nproc")
+    resumed = _load_checkpoint(args.resume) if args.resume else None
+    _check_args(args, _settings(args, resumed[2]["settings"] if resumed else {}))
     try:
         mpiexec = distributed.find_mpiexec()
     except RuntimeError as err:
