@@ -190,16 +190,11 @@ __device__ __forceinline__ void for_each_plane_element(long long planes, long lo
             const long long base = plane * HW;
 #pragma unroll 1
             for (long long first = (long long)blockIdx.x * SPAN + threadIdx.x; first < HW;
-                 first += (long long)gridDim.x * SPAN) {
-                decltype(load(base)) values[ELEMENTS_PER_THREAD];
-#pragma unroll
-                for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
-                    if (first + k * BLOCK_THREADS < HW) values[k] = load(base + first + k * BLOCK_THREADS);
-                const auto held = constants(plane);
-#pragma unroll
-                for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
-                    if (first + k * BLOCK_THREADS < HW) store(base + first + k * BLOCK_THREADS, held, values[k]);
-            }
+                 first += (long long)gridDim.x * SPAN)
+                load_then_store(first, HW, [&](long long i) { return load(base + i); },
+                                [&] { return constants(plane); },
+                                [&](long long i, const decltype(constants(plane))& held,
+                                    const decltype(load(base))& in) { store(base + i, held, in); });
         }
         return;
     }

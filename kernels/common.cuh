@@ -95,21 +95,32 @@ template <int COUNT>
 struct Loaded {
     REAL v[COUNT];
 };
+// One round of that: the elements first + k * BLOCK_THREADS below n loaded (load(i)), then
+// held = middle() (batch norm's channel constants, after the loads went out), then
+// store(i, held, values). for_each_element's rounds and batch norm's plane walks share it.
+template <class Load, class Middle, class Store>
+static __device__ __forceinline__ void load_then_store(long long first, long long n, Load load, Middle middle,
+                                                       Store store)
+{
+    decltype(load(first)) values[ELEMENTS_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+        if (first + (long long)k * BLOCK_THREADS < n) values[k] = load(first + (long long)k * BLOCK_THREADS);
+    const auto held = middle();
+#pragma unroll
+    for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+        if (first + (long long)k * BLOCK_THREADS < n) store(first + (long long)k * BLOCK_THREADS, held, values[k]);
+}
+
 template <class Load, class Store>
 static __device__ __forceinline__ void for_each_element(long long n, Load load, Store store)
 {
     const long long span = (long long)BLOCK_THREADS * ELEMENTS_PER_THREAD;
     // one round at a time: the launchers' grids make one round a thread, unrolled rounds would not run
 #pragma unroll 1
-    for (long long first = (long long)blockIdx.x * span + threadIdx.x; first < n; first += (long long)gridDim.x * span) {
-        decltype(load(first)) values[ELEMENTS_PER_THREAD];
-#pragma unroll
-        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
-            if (first + (long long)k * BLOCK_THREADS < n) values[k] = load(first + (long long)k * BLOCK_THREADS);
-#pragma unroll
-        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
-            if (first + (long long)k * BLOCK_THREADS < n) store(first + (long long)k * BLOCK_THREADS, values[k]);
-    }
+    for (long long first = (long long)blockIdx.x * span + threadIdx.x; first < n; first += (long long)gridDim.x * span)
+        load_then_store(first, n, load, [] { return 0; },
+                        [&](long long i, int, const decltype(load(first))& in) { store(i, in); });
 }
 
 // v, which the compiler can no longer rebuild from threadIdx: it otherwise sinks such cheap
