@@ -264,7 +264,8 @@ def runnable_steps(python: str, out_dir: Path, quick: bool, lease: bool) -> list
     if not lease:
         return steps(python, out_dir, quick)
     leased = lease_steps(python, out_dir)
-    return leased + [step for step in steps(python, out_dir, False) if step.title not in {s.title for s in leased}]
+    titles = {step.title for step in leased}
+    return leased + [step for step in steps(python, out_dir, False) if step.title not in titles]
 
 
 def write_report(path: Path, facts, done: list[Step], started: str) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import backend as _backend
 from . import replay
-from .functional._checks import FLOAT_DTYPES, writeable
-from .launch_checks import check_disjoint, check_on_current_device
+from .functional._checks import array, writeable
+from .launch_checks import check_disjoint, check_on_current_device, current_device
 
 
 def _positive_finite(name: str, value) -> float:
@@ -120,9 +120,12 @@ class GradScaler:
         grads = {id(p.grad): (p.grad, be) for p, be in chosen}   # each array once
         on_kernels = {}   # (backend, dtype): the gradient arrays the kernels unscale in place
         copies = {}       # id of a gradient the kernels cannot write as it is: its C-ordered copy
+        current = None    # the current GPU, asked once for all the gradients on cuda
         for key, (grad, be) in grads.items():
             if be != "numpy":
-                unscaled = _kernel_gradient(be, grad)
+                if be == "cuda" and current is None:
+                    current = current_device()
+                unscaled = _kernel_gradient(be, grad, current)
                 if unscaled is not grad:
                     copies[key] = unscaled
                 on_kernels.setdefault((be, grad.dtype), []).append(unscaled)
@@ -233,31 +236,24 @@ class GradScaler:
         self.__dict__.update(checked.__dict__)
 
 
-def _float_gradient(grad):
-    """grad, refused (before any gradient changes) unless of a dtype unscale_ divides."""
-    if grad.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"GradScaler.unscale_: a gradient has dtype {grad.dtype}; gradients are unscaled in "
-                        f"float16, float32 or float64")
-    return grad
-
-
 def _unscaled_on_host(grad, inverse: float) -> tuple:
     """(grad unscaled with NumPy as GradScaler.unscale_ states, whether it held inf/NaN: before, or
     with a scale below 1 after, where PyTorch would step on values that overflowed)."""
-    wide = _float_gradient(grad).astype(np.float32 if grad.dtype == np.float16 else grad.dtype)
+    wide = array(grad, "GradScaler.unscale_: a gradient")
+    wide = wide.astype(np.float32 if grad.dtype == np.float16 else grad.dtype)
     found = not bool(np.isfinite(wide).all())
     with np.errstate(over="ignore", invalid="ignore"):
         unscaled = np.asarray((wide * inverse).astype(grad.dtype))   # a 0-d one stays an array
     return unscaled, found or (inverse > 1 and not bool(np.isfinite(unscaled).all()))
 
 
-def _kernel_gradient(be: str, grad):
+def _kernel_gradient(be: str, grad, current):
     """The array the kernels unscale for gradient `grad` on backend `be`: itself where they can write
     it as it is (C-contiguous, writeable), else a C-ordered copy; refused (before any gradient
     changes) where a launch would refuse it."""
-    _float_gradient(grad)
+    array(grad, "GradScaler.unscale_: a gradient")
     if be == "cuda":
-        check_on_current_device(grad, "GradScaler.unscale_: a gradient")
+        check_on_current_device(grad, "GradScaler.unscale_: a gradient", current)
     if not grad.flags.c_contiguous or not writeable(grad):
         grad = _backend.array_module(be).array(grad, order="C")
     return grad

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import replay
-from .functional._checks import FLOAT_DTYPES, flag, real_number, whole_number, writeable
+from .functional._checks import FLOAT_DTYPES, flag, real_number, updatable, whole_number, writeable
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, array_like, to_host
 
@@ -173,8 +173,7 @@ class Optimizer:
                 raise ValueError(f"{what}: {name} must be C-contiguous to be updated in place (shape "
                                  f"{tuple(a.shape)}, strides {a.strides}); Module.to and load_state_dict make "
                                  f"C-contiguous copies")
-            if not writeable(a):
-                raise ValueError(f"{what}: {name} is read-only")
+            updatable(a, f"{what}: {name}")
         return be, _backend.array_module(kind).asarray(p.grad, order="C")
 
     def _sync_master(self, index: int, p, state: dict) -> None:
@@ -267,7 +266,8 @@ class Optimizer:
         slots = _kernel_steps().UPDATE_SLOTS if groups else 0
         for key, group in groups.items():
             for first in range(0, len(group), slots):   # a launch each, its state stored after it ran
-                memo = None if memos is None else memos.setdefault((key, first), _backend.LaunchMemo())
+                memo = None if memos is None else (memos.get((key, first)) or
+                                                   memos.setdefault((key, first), _backend.LaunchMemo()))
                 self._kernel_updates(key[0], group[first:first + slots], hyper, memo)
 
     def _numpy_update(self, p, grad, state, hyper) -> None:

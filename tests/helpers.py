@@ -37,6 +37,13 @@ def to_host(a):
     return a.get() if backend.is_cupy_array(a) else np.asarray(a)
 
 
+def assert_same_bits(a, b, what=""):
+    """The same dtype, shape and bytes (NaN payloads and signed zeros included)."""
+    a, b = to_host(a), to_host(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    assert a.tobytes() == b.tobytes(), f"{what}: the bits differ"
+
+
 def assert_close(actual, expected, dtype, what=""):
     """Same dtype and shape, NaNs and infinities at the same places, and every other element within
     tolerance(dtype) times the largest finite expected magnitude (at least 1, so values near 0 need

@@ -8,6 +8,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import gradcheck, models, nn, optim
 from cnn_gpu.backend import why_unavailable
+from helpers import assert_same_bits
 
 
 @pytest.fixture
@@ -195,8 +196,7 @@ def _step_results(model, x, dy, input_grad=True):
 def _assert_same_bits(got, want, what=""):
     assert len(got) == len(want), what
     for a, b in zip(got, want):
-        assert a.dtype == b.dtype, what
-        np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"), err_msg=what)
+        assert_same_bits(a, b, what)
 
 
 @pytest.mark.parametrize("be", ["numpy", "emu"])

@@ -44,8 +44,6 @@ def _launch_slots(be, kernel, updates, scalars, memo=None):
     dtypes = {slot[0].dtype for slot, _ in updates}
     if len(dtypes) > 1 or len({master is None for _, master in updates}) > 1:
         raise ValueError("one launch updates parameters of one dtype, with master copies for all or none")
-    if memo is not None and len(updates) > UPDATE_SLOTS:
-        raise ValueError(f"a launch memo serves one launch: at most {UPDATE_SLOTS} updates")
     launch = backend.launch if memo is None else memo.launch
     xp = backend.array_module(be)
     with_master = updates[0][1] is not None
