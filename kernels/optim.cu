@@ -1,12 +1,14 @@
 // Optimizer updates, each one fused kernel, in place (PyTorch's rules).
 //
-// Not a GEMM: one thread per element, 256-thread blocks, grid-stride loop over the 64-bit flat
-// index; every element reads its parameter, gradient and state once and writes them once, with no
-// host synchronisation. Each kernel updates up to 8 parameters in one launch (UPDATE_SLOTS;
-// ResNet-18's 62 parameter arrays: 8 launches, not 62, where one launch per parameter would cost
-// more than the update of most of them): slot k holds one parameter's arrays, its size n_k and
-// its per-parameter scalars, and every thread walks the used slots in order, grid-striding over
-// each (the grid is the largest slot's); an unused slot is n = 0.
+// Not a GEMM: 256-thread blocks walking the 64-bit flat index by for_each_element's rounds
+// (common.cuh: ELEMENTS_PER_THREAD elements a thread, every load of a round before any update, so
+// a thread keeps that many elements of each array in flight); every element reads its parameter,
+// gradient and state once and writes them once, with no host synchronisation. Each kernel updates
+// up to 8 parameters in one launch (UPDATE_SLOTS; ResNet-18's 62 parameter arrays: 8 launches, not
+// 62, where one launch per parameter would cost more than the update of most of them): slot k
+// holds one parameter's arrays, its size n_k and its per-parameter scalars, and every thread walks
+// the used slots in order, its rounds over each (the grid is the largest slot's); an unused slot
+// is n = 0.
 //  * sgd_step: g = grad + weight_decay*param; param -= lr*g (no momentum state).
 //  * sgd_momentum_step (no dampening): g = grad + weight_decay*param; buf = g on the parameter's
 //    first step, else momentum*buf + g; param -= lr*(nesterov ? g + momentum*buf : buf).
@@ -25,32 +27,84 @@
 
 #include "common.cuh"
 
-// One element's update of each rule (its new value): shared by the plain and the master kernels.
-__device__ __forceinline__ acc_t sgd_update(acc_t p, acc_t grad, acc_t lr, acc_t weight_decay)
+// One element of a slot as a round loads it, raw (a conversion is a use, which would hold the
+// round's next load back): the parameter as the update reads it, the gradient, and the rule's
+// state (momentum buffer; Adam's m and v).
+template <class Param>
+struct SlotElement {
+    Param param;
+    REAL grad;
+    acc_t state[2];
+};
+
+// The parameter as an update reads and writes it: the array itself (plain kernels), or its FP32
+// master copy, the parameter then stored rounded from it (the float16 *_master kernels).
+struct ParamArray {
+    typedef REAL Value;
+    REAL* param;
+    __device__ REAL load(long long i) const { return param[i]; }
+    __device__ void store(long long i, acc_t p) const { param[i] = to_real(p); }
+};
+struct MasterCopy {
+    typedef acc_t Value;
+    REAL* param;
+    acc_t* master;
+    __device__ acc_t load(long long i) const { return master[i]; }
+    __device__ void store(long long i, acc_t p) const
+    {
+        master[i] = p;
+        param[i] = to_real(p);
+    }
+};
+
+// Each rule's walk over one slot's n elements (for_each_element: a round's loads, then its updates),
+// shared by the plain and the master kernels.
+template <class Param>
+__device__ __forceinline__ void sgd_walk(Param param, const REAL* grad, long long n, acc_t lr, acc_t weight_decay)
 {
-    return p - lr * (grad + weight_decay * p);
+    typedef SlotElement<typename Param::Value> Element;
+    for_each_element(
+        n, [&](long long i) { return Element{param.load(i), grad[i]}; },
+        [&](long long i, const Element& e) {
+            const acc_t p = to_acc(e.param);
+            param.store(i, p - lr * (to_acc(e.grad) + weight_decay * p));
+        });
 }
 
-__device__ __forceinline__ acc_t sgd_momentum_update(acc_t p, acc_t grad, acc_t* __restrict__ momentum_buf,
-                                                     long long i, acc_t lr, acc_t momentum, acc_t weight_decay,
-                                                     int nesterov, int first_step)
+template <class Param>
+__device__ __forceinline__ void sgd_momentum_walk(Param param, const REAL* grad, acc_t* momentum_buf, long long n,
+                                                  int first_step, acc_t lr, acc_t momentum, acc_t weight_decay,
+                                                  int nesterov)
 {
-    const acc_t g = grad + weight_decay * p;
-    const acc_t buf = first_step ? g : momentum * momentum_buf[i] + g;
-    momentum_buf[i] = buf;
-    return p - lr * (nesterov ? g + momentum * buf : buf);
+    typedef SlotElement<typename Param::Value> Element;
+    for_each_element(
+        n,
+        // the buffer is read on the parameter's first step too, its value unused: one path through the round
+        [&](long long i) { return Element{param.load(i), grad[i], {momentum_buf[i]}}; },
+        [&](long long i, const Element& e) {
+            const acc_t p = to_acc(e.param), g = to_acc(e.grad) + weight_decay * p;
+            const acc_t buf = first_step ? g : momentum * e.state[0] + g;
+            momentum_buf[i] = buf;
+            param.store(i, p - lr * (nesterov ? g + momentum * buf : buf));
+        });
 }
 
-__device__ __forceinline__ acc_t adam_update(acc_t p, acc_t grad, acc_t* __restrict__ m, acc_t* __restrict__ v,
-                                             long long i, acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1,
-                                             acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
+template <class Param>
+__device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* m, acc_t* v, long long n,
+                                          acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1, acc_t beta2,
+                                          acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
 {
-    const acc_t g = grad + weight_decay * p;
-    const acc_t m_new = m[i] + one_minus_beta1 * (g - m[i]);
-    const acc_t v_new = beta2 * v[i] + one_minus_beta2 * g * g;
-    m[i] = m_new;
-    v[i] = v_new;
-    return p - step_size * m_new / (REAL_SQRT(v_new) / bias2_sqrt + eps);
+    typedef SlotElement<typename Param::Value> Element;
+    for_each_element(
+        n, [&](long long i) { return Element{param.load(i), grad[i], {m[i], v[i]}}; },
+        [&](long long i, const Element& e) {
+            const acc_t p = to_acc(e.param), g = to_acc(e.grad) + weight_decay * p;
+            const acc_t m_new = e.state[0] + one_minus_beta1 * (g - e.state[0]);
+            const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
+            m[i] = m_new;
+            v[i] = v_new;
+            param.store(i, p - step_size * m_new / (REAL_SQRT(v_new) / bias2_sqrt + eps));
+        });
 }
 
 // The parameter lists and switch cases of the UPDATE_SLOTS (8) slots: SLOT(k) declares slot k's
@@ -59,17 +113,21 @@ __device__ __forceinline__ acc_t adam_update(acc_t p, acc_t grad, acc_t* __restr
 #define EACH_SLOT(SLOT) SLOT(0), SLOT(1), SLOT(2), SLOT(3), SLOT(4), SLOT(5), SLOT(6), SLOT(7)
 #define EACH_CASE(CASE) CASE(0) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7)
 
-// Every thread walks the used slots in order, grid-striding over each: `variables` declares a
-// slot's loop variables (their names as the CASE macro's), `body` updates element i of it.
-#define FOR_EACH_SLOT_ELEMENT(CASE, i, variables, body)                                                          \
+// Every thread walks the used slots in order: `variables` declares a slot's variables (their names
+// as the CASE macro's), `walk` (a for_each_element over the slot's n elements) updates the slot.
+#define FOR_EACH_SLOT(CASE, variables, walk)                                                                     \
     for (int slot = 0; slot < slots; ++slot) {                                                                   \
         variables;                                                                                               \
         switch (slot) {                                                                                          \
             EACH_CASE(CASE)                                                                                      \
             default: return;                                                                                     \
         }                                                                                                        \
-        GRID_STRIDE_LOOP(i, n) { body; }                                                                         \
+        walk;                                                                                                    \
     }
+
+// float64 Adam holds a round's 4 elements x 4 doubles (32 registers) and spills at MIN_BLOCKS'
+// 64-register cap: 3 blocks an SM still keep 96 KB in flight an SM, Little's law asks ~13 KB.
+#define ADAM_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
 
 #define SGD_SLOT(k) REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, long long n##k
 #define SGD_CASE(k)                                                                                              \
@@ -109,26 +167,24 @@ __device__ __forceinline__ acc_t adam_update(acc_t p, acc_t grad, acc_t* __restr
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_step(EACH_SLOT(SGD_SLOT), int slots, acc_t lr, acc_t weight_decay)
 {
-    FOR_EACH_SLOT_ELEMENT(SGD_CASE, i, SGD_VARIABLES,
-                          param[i] = to_real(sgd_update(to_acc(param[i]), to_acc(grad[i]), lr, weight_decay)))
+    FOR_EACH_SLOT(SGD_CASE, SGD_VARIABLES, sgd_walk(ParamArray{param}, grad, n, lr, weight_decay))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_momentum_step(EACH_SLOT(MOMENTUM_SLOT), int slots, acc_t lr, acc_t momentum, acc_t weight_decay, int nesterov)
 {
-    FOR_EACH_SLOT_ELEMENT(MOMENTUM_CASE, i, MOMENTUM_VARIABLES,
-                          param[i] = to_real(sgd_momentum_update(to_acc(param[i]), to_acc(grad[i]), momentum_buf, i,
-                                                                 lr, momentum, weight_decay, nesterov, first_step)))
+    FOR_EACH_SLOT(MOMENTUM_CASE, MOMENTUM_VARIABLES,
+                  sgd_momentum_walk(ParamArray{param}, grad, momentum_buf, n, first_step, lr, momentum, weight_decay,
+                                    nesterov))
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
 adam_step(EACH_SLOT(ADAM_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2, acc_t eps,
           acc_t weight_decay)
 {
-    FOR_EACH_SLOT_ELEMENT(ADAM_CASE, i, ADAM_VARIABLES,
-                          param[i] = to_real(adam_update(to_acc(param[i]), to_acc(grad[i]), m, v, i, step_size,
-                                                         bias2_sqrt, one_minus_beta1, beta2, one_minus_beta2, eps,
-                                                         weight_decay)))
+    FOR_EACH_SLOT(ADAM_CASE, ADAM_VARIABLES,
+                  adam_walk(ParamArray{param}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
+                            one_minus_beta2, eps, weight_decay))
 }
 
 #define UNSCALE_SLOT(k) REAL* __restrict__ grad##k, long long n##k
@@ -140,20 +196,18 @@ adam_step(EACH_SLOT(ADAM_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, a
     REAL* grad;                                                                                                  \
     long long n
 
-__device__ __forceinline__ bool unscaled_is_finite(REAL* grad, long long i, acc_t inverse, int check_after)
-{
-    const acc_t g = to_acc(grad[i]);
-    const REAL out = to_real(g * inverse);
-    grad[i] = out;
-    return isfinite(g) && (!check_after || isfinite(to_acc(out)));
-}
-
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 unscale_grads(EACH_SLOT(UNSCALE_SLOT), int slots, int* __restrict__ found, acc_t inverse, int check_after)
 {
     bool finite = true;
-    FOR_EACH_SLOT_ELEMENT(UNSCALE_CASE, i, UNSCALE_VARIABLES,
-                          finite &= unscaled_is_finite(grad, i, inverse, check_after))
+    FOR_EACH_SLOT(UNSCALE_CASE, UNSCALE_VARIABLES,
+                  for_each_element(n, [&](long long i) { return grad[i]; },
+                                   [&](long long i, REAL loaded) {
+                                       const acc_t g = to_acc(loaded);
+                                       const REAL out = to_real(g * inverse);
+                                       grad[i] = out;
+                                       finite &= isfinite(g) && (!check_after || isfinite(to_acc(out)));
+                                   }))
     if (!finite)
         atomicMax(found, 1);   // any thread's finding: every writer writes 1
 }
@@ -177,33 +231,28 @@ unscale_grads(EACH_SLOT(UNSCALE_SLOT), int slots, int* __restrict__ found, acc_t
         bias2_sqrt = bias2_sqrt##k, master = master##k;                                                          \
         break;
 
-#define MASTER_UPDATE(new_value)                                                                                 \
-    const acc_t p = new_value;                                                                                   \
-    master[i] = p;                                                                                               \
-    param[i] = to_real(p)
-
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_step_master(EACH_SLOT(SGD_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t lr, acc_t weight_decay)
 {
-    FOR_EACH_SLOT_ELEMENT(SGD_MASTER_CASE, i, SGD_VARIABLES; acc_t* master,
-                          MASTER_UPDATE(sgd_update(master[i], to_acc(grad[i]), lr, weight_decay)))
+    FOR_EACH_SLOT(SGD_MASTER_CASE, SGD_VARIABLES; acc_t* master,
+                  sgd_walk(MasterCopy{param, master}, grad, n, lr, weight_decay))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_momentum_step_master(EACH_SLOT(MOMENTUM_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t lr, acc_t momentum,
                          acc_t weight_decay, int nesterov)
 {
-    FOR_EACH_SLOT_ELEMENT(MOMENTUM_MASTER_CASE, i, MOMENTUM_VARIABLES; acc_t* master,
-                          MASTER_UPDATE(sgd_momentum_update(master[i], to_acc(grad[i]), momentum_buf, i, lr, momentum,
-                                                            weight_decay, nesterov, first_step)))
+    FOR_EACH_SLOT(MOMENTUM_MASTER_CASE, MOMENTUM_VARIABLES; acc_t* master,
+                  sgd_momentum_walk(MasterCopy{param, master}, grad, momentum_buf, n, first_step, lr, momentum,
+                                    weight_decay, nesterov))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adam_step_master(EACH_SLOT(ADAM_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2,
                  acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
 {
-    FOR_EACH_SLOT_ELEMENT(ADAM_MASTER_CASE, i, ADAM_VARIABLES; acc_t* master,
-                          MASTER_UPDATE(adam_update(master[i], to_acc(grad[i]), m, v, i, step_size, bias2_sqrt,
-                                                    one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay)))
+    FOR_EACH_SLOT(ADAM_MASTER_CASE, ADAM_VARIABLES; acc_t* master,
+                  adam_walk(MasterCopy{param, master}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
+                            one_minus_beta2, eps, weight_decay))
 }
 #endif

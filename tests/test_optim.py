@@ -340,6 +340,54 @@ def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dty
     assert launched == [f"{kernel}_master" if dtype == np.float16 else kernel] * 3
 
 
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_kernel_updates_cover_every_element_of_every_slot_with_any_grid(dtype, monkeypatch):
+    """The optimizer kernels walk each slot by for_each_element's rounds (common.cuh: 4 elements a
+    thread, a block's 1024 a round): slots of sizes around a round in one launch update every
+    element once as NumPy does, with the launchers' grid (the largest slot's rounds) and with
+    grids of 1 and 2 blocks (a thread then takes several rounds of a slot, as past the 65536-block
+    cap), bit for bit; unscale_grads finds an inf in the last element of the largest slot."""
+    from cnn_gpu.gpu import optim as gpu_optim
+    from helpers import assert_same_bits
+    rng = np.random.default_rng(23)
+    sizes = (1, 255, 1024, 3 * 1024 + 7, 1025, 2048)
+    start = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(2)]
+
+    def on_grid(blocks, run):
+        with monkeypatch.context() as patch:
+            if blocks:
+                patch.setattr(gpu_optim, "elementwise_blocks", lambda count: blocks)
+            return run()
+
+    def steps(kind, config, be):
+        params = [Parameter(p.copy(), backend=be) for p in start]
+        return _run(getattr(optim, kind)(params, **config), params, grads)[-1]
+
+    for kind, config in (("SGD", dict(lr=0.05, weight_decay=0.01)), ("SGD", dict(lr=0.05, momentum=0.9)),
+                         ("Adam", dict(lr=0.01, weight_decay=0.01))):
+        expected = steps(kind, config, "numpy")
+        launched = on_grid(None, lambda: steps(kind, config, "emu"))
+        for e, g in zip(expected, launched):
+            if dtype == np.float16:   # FP32 master weights on both; one rounding apart at most
+                assert np.abs(g.view(np.int16).astype(int) - e.view(np.int16).astype(int)).max() <= 1, kind
+            else:
+                np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12, err_msg=kind)
+        for blocks in (1, 2):
+            for a, b in zip(on_grid(blocks, lambda: steps(kind, config, "emu")), launched):
+                assert_same_bits(a, b, f"{kind} {config} on {blocks} blocks")
+    for blocks in (None, 1, 2):
+        unscaled = [g.copy() for g in grads[0]]
+        unscaled[3][-1] = np.inf
+        found = np.zeros(1, np.int32)
+        on_grid(blocks, lambda: gpu_optim.unscale_grads("emu", unscaled, 0.25, found))
+        assert found[0] == 1, f"the inf in the largest slot's last element, {blocks} blocks"
+        for u, g in zip(unscaled[:3] + unscaled[4:], grads[0][:3] + grads[0][4:]):
+            assert_same_bits(u, g * dtype(0.25), f"unscaled on {blocks} blocks")
+        assert_same_bits(unscaled[3][:-1], grads[0][3][:-1] * dtype(0.25), f"unscaled on {blocks} blocks")
+
+
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01))])
 def test_a_failed_launch_leaves_the_state_of_the_parameters_it_did_not_update(kind, config, monkeypatch):

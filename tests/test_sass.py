@@ -300,11 +300,49 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
         assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget((inputs + 1) * size), (kernel, len(path))
 
 
+# kernels/optim.cu per kernel: the arrays an element loads and stores, (element-typed, acc_t-typed)
+# each: the parameter, its gradient, the rule's state (acc_t) and a float16 parameter's FP32 master.
+OPTIMIZER_ARRAYS = {"sgd_step": ((2, 0), (1, 0)), "sgd_momentum_step": ((2, 1), (1, 1)),
+                    "adam_step": ((2, 2), (1, 2)), "unscale_grads": ((1, 0), (1, 0)),
+                    "sgd_step_master": ((1, 1), (1, 1)), "sgd_momentum_step_master": ((1, 2), (1, 2)),
+                    "adam_step_master": ((1, 3), (1, 3))}
+
+
+def _optimizer_bytes(kernel, dtype):
+    """(bytes an element loads, bytes it loads and stores) of a kernels/optim.cu kernel."""
+    size = np.dtype(dtype).itemsize
+    acc_size = 4 if size == 2 else size
+    (loads, acc_loads), (stores, acc_stores) = OPTIMIZER_ARRAYS[kernel]
+    loaded = loads * size + acc_loads * acc_size
+    return loaded, loaded + stores * size + acc_stores * acc_size
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_optimizer_kernels_issue_every_load_of_a_round_before_its_first_store(dtype):
+    """The optimizer updates and unscale_grads walk each slot by for_each_element's rounds: the hot
+    loop issues a round's loads of every array (ELEMENTS_PER_THREAD elements each) before any store
+    (one element a thread left float16 sgd_step 65% and unscale_grads 32% of Little's law's bytes in
+    flight on an H100), within the streaming budget per element."""
+    from cnn_gpu.gpu._grid import ELEMENTS_PER_THREAD
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("optim"), "optim.cu", dtype, "sm_90")
+    functions = sass.disassemble(cubin, "sm_90")
+    kernels = [k for k in OPTIMIZER_ARRAYS if dtype == "float16" or not k.endswith("_master")]
+    assert sorted(kernels) == sorted(functions)
+    for kernel in kernels:
+        (loads, acc_loads), _ = OPTIMIZER_ARRAYS[kernel]
+        _, path = loops.hot_loop(functions[kernel], lambda p: 0)
+        first_store = next(i for i, ins in enumerate(path) if ins.base == "STG")
+        assert sum(ins.base == "LDG" for ins in path) == ELEMENTS_PER_THREAD * (loads + acc_loads), kernel
+        assert all(ins.base != "LDG" for ins in path[first_store:]), (kernel, "a load after a store")
+        _, moved = _optimizer_bytes(kernel, dtype)
+        assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget(moved), (kernel, len(path))
+
+
 # The memory-bound kernels of a training step (bench.modeled._train_step's): per (family, kernel)
 # the arrays whose elements a thread's round loads, and how many of each (for_each_element and
 # batch norm's element passes: ELEMENTS_PER_THREAD; the chunked reductions: ACCUMULATORS; the
-# optimizer's updates one element of each slot array a round: parameter, gradient, momentum, and a
-# float16 parameter's FP32 master instead of the parameter, 4 bytes).
+# optimizer's kernels are added by the test: ELEMENTS_PER_THREAD elements of OPTIMIZER_ARRAYS').
 STEP_STREAMS = {("elementwise", "add_relu_forward"): (2, 4), ("elementwise", "relu_backward"): (2, 4),
                 ("elementwise", "relu_backward_of_sum"): (3, 4), ("batch_norm", "batch_norm_forward"): (1, 4),
                 ("batch_norm", "batch_norm_backward_dx"): (2, 4), ("batch_norm", "batch_norm_stats"): (1, 4),
@@ -327,6 +365,7 @@ def test_step_memory_bound_kernels_keep_the_bytes_in_flight_dram_speed_needs(dty
     counted. The old one-element-a-thread kernels held 2 to 8 bytes a thread (batch_norm_forward
     float16: 4 KB an SM, a third)."""
     from cnn_gpu import roofline
+    from cnn_gpu.gpu._grid import ELEMENTS_PER_THREAD
     h100 = roofline.spec("h100")
     needed = roofline.in_flight_needed_per_sm(h100)
     size = np.dtype(dtype).itemsize
@@ -334,17 +373,18 @@ def test_step_memory_bound_kernels_keep_the_bytes_in_flight_dram_speed_needs(dty
     if dtype == "float16":   # STATS_LOADS
         streams[("batch_norm", "batch_norm_stats")] = (1, 8)
     momentum = "sgd_momentum_step_master" if dtype == "float16" else "sgd_momentum_step"
-    streams[("optim", momentum)] = (3, 1)
+    for kernel in (momentum, "unscale_grads"):   # unscale_grads: GradScaler's, every float16 step
+        streams[("optim", kernel)] = (None, ELEMENTS_PER_THREAD)
     for (family, kernel), (arrays, per_array) in streams.items():
         cubin, log = nvrtc.compile_as_backend(backend.kernel_source(family), f"{family}.cu", dtype, "sm_90")
         report = next(r for r in nvrtc.reports_of(cubin, log, "sm_90") if r.name == kernel)
         row = next(r for r in sass.kernel_rows(family, dtype, "sm_90") if r["kernel"] == kernel)
-        element_bits = 8 * size
-        per_thread = arrays * per_array * size
-        if kernel.endswith("_master"):   # grad float16, FP32 master and momentum
-            per_thread = size + 2 * 4
+        if family == "optim":
+            per_thread = per_array * _optimizer_bytes(kernel, dtype)[0]
+            assert len(row["ldg_bits"]) == per_array * sum(OPTIMIZER_ARRAYS[kernel][0]), (kernel, row["ldg_bits"])
         else:
-            assert row["ldg_bits"].count(element_bits) >= arrays * per_array, (kernel, row["ldg_bits"])
+            per_thread = arrays * per_array * size
+            assert row["ldg_bits"].count(8 * size) >= arrays * per_array, (kernel, row["ldg_bits"])
         held = roofline.in_flight_per_sm(h100, report.registers, report.shared_bytes, 256, per_thread)
         share = held / needed
         short = IN_FLIGHT_SHORT.get((kernel, dtype))

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, blocks_for, i32
+from ._grid import THREADS, acc, elementwise_blocks, i32
 
 
 def _check_state(param, grad, master, **state):
@@ -59,7 +59,7 @@ def _launch_slots(be, kernel, updates, scalars, memo=None):
         masters = [master for _, master in chunk] + [empty[chunk[0][1].dtype]] * len(unused) if with_master else []
         largest = max(slot[0].size for slot, _ in chunk)
         launch(be, "optim", chunk[0][0][0].dtype, f"{kernel}_master" if with_master else kernel,
-               (blocks_for(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
+               (elementwise_blocks(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
 
 
 def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None):
