@@ -498,8 +498,7 @@ class LaunchMemo:
     has itself made sure that its arrays are unchanged since in everything launch_checks checks
     (cnn_gpu.optim: a step on the very arrays the last step checked, their shapes, dtypes, strides
     and, where written, writeable flags compared): a launch whose array arguments are the last
-    one's own objects (or arrays of no element of their dtypes, which the kernels never read) and
-    whose scalars have the last one's types, on the same current GPU, runs without launch()'s
+    one's own objects and whose scalars have the last one's types, on the same current GPU, runs without launch()'s
     argument checks again; any other launch, and every launch inside a recording, is launch(). It
     holds the arrays weakly: a memo keeps no array alive."""
     __slots__ = ("_last",)
@@ -523,22 +522,16 @@ class LaunchMemo:
 
 
 def _argument_trace(a) -> tuple:
-    """What LaunchMemo keeps of a launch argument: a scalar's type; an array's type, size, dtype
-    and a weak reference to it."""
-    return (type(a),) if isinstance(a, np.generic) else (type(a), a.size, a.dtype, weakref.ref(a))
+    """What LaunchMemo keeps of a launch argument: a scalar's type; an array's type and a weak
+    reference to it."""
+    return (type(a),) if isinstance(a, np.generic) else (type(a), weakref.ref(a))
 
 
 def _same_arguments(args, traces) -> bool:
     """Whether `args` are the traced ones but for their scalars' values (LaunchMemo): the same
-    array objects, or arrays of no element of the same dtypes, and scalars of the same types."""
-    if len(args) != len(traces):
-        return False
-    for a, trace in zip(args, traces):
-        if type(a) is not trace[0]:
-            return False
-        if len(trace) > 1 and trace[3]() is not a and (a.size or trace[1] or a.dtype != trace[2]):
-            return False
-    return True
+    array objects and scalars of the same types."""
+    return len(args) == len(traces) and all(type(a) is trace[0] and (len(trace) == 1 or trace[1]() is a)
+                                            for a, trace in zip(args, traces))
 
 
 # --- recordings (cnn_gpu.replay): the device work of this thread, kept to be done again ------------

@@ -469,7 +469,7 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
         backend, monkeypatch):
     """A step whose parameters, gradients and state are the arrays the last step checked, bound the
     same way (a replayed step, a loop that keeps its gradients), skips the per-parameter checks and
-    (emu) its launch's argument checks, the unused slots' arrays of no element new each step; a
+    (emu) its launch's argument checks (the unused slots pass one kept array of no element); a
     new gradient array, state loaded, or a parameter made read-only is checked again (and a
     refusal still leaves every parameter unchanged)."""
     from cnn_gpu import launch_checks
@@ -501,7 +501,7 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
 
     steps = [(step(optimizer), len(launches_checked)) for _ in range(4)]
     # the second step: Adam's state is new; the third finds the arrays again, its launch checked and kept
-    assert steps == [(3, 0), (3, 0), (0, 0), (0, 0)] if backend == "numpy" else [(3, 1), (3, 1), (0, 1), (0, 0)]
+    assert steps == ([(3, 0), (3, 0), (0, 0), (0, 0)] if backend == "numpy" else [(3, 1), (3, 1), (0, 1), (0, 0)])
     for _ in range(4):
         step(reference, new_grads=True)   # new gradient arrays: checked every step
     for mine, theirs in zip(params, reference.params):

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .. import backend
+from ..launch_checks import current_device
 from ._grid import THREADS, acc, elementwise_blocks, i32
 
 
@@ -36,6 +37,19 @@ def _check_state(param, grad, master, **state):
 UPDATE_SLOTS = 8   # parameters a launch of a kernels/optim.cu update takes
 
 
+_NO_ELEMENT = {}
+
+
+def _no_element(be, gpu, dtype):
+    """The array of no element of `dtype` (on GPU `gpu` for cuda) that an unused slot passes for
+    each of its pointers: the checks take arrays, one of no byte overlaps nothing, and one object
+    for every launch lets a LaunchMemo see the same arguments."""
+    key = (be, gpu, np.dtype(dtype))
+    if key not in _NO_ELEMENT:
+        _NO_ELEMENT[key] = backend.array_module(be).empty(0, dtype)
+    return _NO_ELEMENT[key]
+
+
 def _launch_slots(be, kernel, updates, scalars, memo=None):
     """`kernel` (or its *_master variant) over `updates`, UPDATE_SLOTS a launch: per parameter
     (its slot's arguments, the parameter first; its master copy or None), all of
@@ -45,18 +59,15 @@ def _launch_slots(be, kernel, updates, scalars, memo=None):
     if len(dtypes) > 1 or len({master is None for _, master in updates}) > 1:
         raise ValueError("one launch updates parameters of one dtype, with master copies for all or none")
     launch = backend.launch if memo is None else memo.launch
-    xp = backend.array_module(be)
     with_master = updates[0][1] is not None
-    # an unused slot: size 0, and one array of no element per dtype for all its pointers (the
-    # checks take arrays; arrays of no byte overlap nothing)
-    empty = {dtype: xp.empty(0, dtype) for dtype in {a.dtype for a in (*updates[0][0], updates[0][1])
-                                                    if isinstance(a, xp.ndarray)}}
+    gpu = current_device() if be == "cuda" else None
     for first in range(0, len(updates), UPDATE_SLOTS):
         chunk = updates[first:first + UPDATE_SLOTS]
-        unused = [[type(a)(0) if isinstance(a, np.generic) else empty[a.dtype] for a in chunk[0][0]]
+        unused = [[type(a)(0) if isinstance(a, np.generic) else _no_element(be, gpu, a.dtype) for a in chunk[0][0]]
                   for _ in range(UPDATE_SLOTS - len(chunk))]
         slots = [a for slot, _ in chunk for a in slot] + [a for slot in unused for a in slot]
-        masters = [master for _, master in chunk] + [empty[chunk[0][1].dtype]] * len(unused) if with_master else []
+        masters = ([master for _, master in chunk] + [_no_element(be, gpu, chunk[0][1].dtype)] * len(unused)
+                   if with_master else [])
         largest = max(slot[0].size for slot, _ in chunk)
         launch(be, "optim", chunk[0][0][0].dtype, f"{kernel}_master" if with_master else kernel,
                (elementwise_blocks(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
