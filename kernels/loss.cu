@@ -29,7 +29,7 @@
 //      divisor, which stays on the device for grad_divisor.
 //    The per-row losses are summed in fixed order by reduce.cu, so the loss is bit-identical run
 //    to run.
-//  * mse_rows: one thread per element (grid-stride): dpred = (pred - target) * grad_scale, and the
+//  * mse_rows: 4 elements a thread (for_each_element): dpred = (pred - target) * grad_scale, and the
 //    squared error into a workspace that reduce.cu sums in fixed order (or that is the loss itself
 //    for reduction="none").
 // Sizes: rows, inner and every element offset are 64-bit; `classes` is an int (the host refuses
@@ -214,9 +214,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 mse_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* __restrict__ dpred,
          acc_t* __restrict__ squared, long long n, acc_t grad_scale)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        const acc_t d = to_acc(pred[i]) - to_acc(target[i]);
-        squared[i] = d * d;
-        dpred[i] = to_real(d * grad_scale);
-    }
+    for_each_element(n, [&](long long i) { return Loaded<2>{{pred[i], target[i]}}; },
+                     [&](long long i, const Loaded<2>& in) {
+                         const acc_t d = to_acc(in.v[0]) - to_acc(in.v[1]);
+                         squared[i] = d * d;
+                         dpred[i] = to_real(d * grad_scale);
+                     });
 }

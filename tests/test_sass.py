@@ -282,17 +282,20 @@ def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_spee
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(dtype):
-    """for_each_element (common.cuh) gives a thread ELEMENTS_PER_THREAD elements a round: the hot
+    """for_each_element (common.cuh; the element-wise maps and mse_rows) gives a thread
+    ELEMENTS_PER_THREAD elements a round: the hot
     loop (one round, `#pragma unroll 1`) issues all their loads before any store, so a thread keeps
     4 elements of each input in flight (one element a thread kept 2 bytes of a float16 input: too
     few for DRAM speed by Little's law). Also within the streaming budget per element."""
     from cnn_gpu.gpu._grid import ELEMENTS_PER_THREAD
-    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("elementwise"), "elementwise.cu", dtype, "sm_90")
-    functions = sass.disassemble(cubin, "sm_90")
+    functions = {family: sass.disassemble(nvrtc.compile_as_backend(backend.kernel_source(family), f"{family}.cu",
+                                                                   dtype, "sm_90")[0], "sm_90")
+                 for family in ("elementwise", "loss")}
     size = np.dtype(dtype).itemsize
-    for kernel, inputs in (("add_relu_forward", 2), ("relu_backward", 2), ("relu_backward_of_sum", 3),
-                           ("relu_forward", 1)):
-        _, path = loops.hot_loop(functions[kernel], lambda p: 0)
+    for family, kernel, inputs in (("elementwise", "add_relu_forward", 2), ("elementwise", "relu_backward", 2),
+                                   ("elementwise", "relu_backward_of_sum", 3), ("elementwise", "relu_forward", 1),
+                                   ("loss", "mse_rows", 2)):
+        _, path = loops.hot_loop(functions[family][kernel], lambda p: 0)
         first_store = next(i for i, ins in enumerate(path) if ins.base == "STG")
         loads = [ins for ins in path if ins.base == "LDG"]
         assert len(loads) == ELEMENTS_PER_THREAD * inputs, (kernel, [ins.opcode for ins in loads])

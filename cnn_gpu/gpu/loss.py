@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, acc, blocks_for, i32
+from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32
 from .reduce import MAX_GRID_X
 
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
@@ -117,7 +117,7 @@ def mse(be, pred, target, reduction, as_array=False):
     xp = backend.array_module(be)
     dpred = xp.empty(pred.shape, dtype=pred.dtype)
     squared = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
-    backend.launch(be, "loss", pred.dtype, "mse_rows", (blocks_for(n),), (THREADS,),
+    backend.launch(be, "loss", pred.dtype, "mse_rows", (elementwise_blocks(n),), (THREADS,),
                    (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
     if reduction == "none":
         return backend.astype(squared, pred.dtype), dpred
