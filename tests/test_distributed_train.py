@@ -171,6 +171,23 @@ def test_a_usage_error_on_one_rank_ends_the_job_at_once():
 
 
 @needs_mpi
+@pytest.mark.parametrize("options, message", [
+    (["--warmup-epochs", "5"], "cnn-gpu train: error: --warmup-epochs 5 must be below --epochs 1"),
+    (["--replay"], "cnn-gpu train: error: --replay replays the kernels of one process: this run has 2"),
+    (["--epochs", "0"], "train: error: argument --epochs: must be"),   # argparse's
+    (["--bogus"], "error: unrecognized arguments: --bogus"),
+])
+def test_an_option_every_rank_refuses_is_reported_once_under_a_hand_started_mpiexec(options, message):
+    """helper-92: `mpiexec -n 2 cnn-gpu train <bad options>` printed the error once a rank (and a
+    rank's abort could cut another's short): the ranks share their refusals before any other
+    collective and rank 0 alone prints each; argparse's errors only on rank 0; exit status 2."""
+    done = train("--epochs", "1", "--max-batches", "2", *options, ranks=2, timeout=90)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count(message) == 1 and done.stderr.count("error:") == 1, done.stderr[-2000:]
+    assert "[rank" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+@needs_mpi
 def test_killing_the_job_mid_run_leaves_the_last_checkpoint_loadable(tmp_path):
     import signal
     import time

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import math
 import signal
 import sys
@@ -96,7 +98,14 @@ def _raise_terminated(signum, frame):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    from ..distributed._world import launcher_rank
+    parser = build_parser()
+    if (launcher_rank() or 0) > 0:
+        # under mpiexec every rank parses the same command line: rank 0 alone prints its help or errors
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = parser.parse_args(argv)
+    else:
+        args = parser.parse_args(argv)
     args.argv = argv   # what a subcommand that relaunches itself (train --nproc) passes on
     module = importlib.import_module(f".{COMMANDS[args.command][0]}", __name__)
     # SIGTERM (a job scheduler's stop) ends the command like Ctrl-C, unless someone else handles it

@@ -51,6 +51,11 @@ class UsageError(Exception):
     """A bad argument: reported in one line, exit status 2."""
 
 
+class RefusedByTheRanks(UsageError):
+    """The checks before training refused on some ranks: rank 0 has printed each refusal once, and
+    every rank exits 2 (none waits in a collective: they all checked first)."""
+
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +113,8 @@ def run(args) -> int:
         if args.nproc is not None and args.nproc > 1:
             return _relaunch_under_mpiexec(args)
         return _train(args)
+    except RefusedByTheRanks:
+        return 2
     except UsageError as err:
         from .. import distributed
         world = distributed.world()
@@ -126,11 +133,7 @@ def _relaunch_under_mpiexec(args) -> int:
     if distributed.world_size() > 1:
         raise UsageError("--nproc relaunches under mpiexec; this process already runs under it with "
                          f"{distributed.world_size()} ranks")
-    # what every rank would refuse is refused once, here (each rank would print it, and abort)
-    if args.replay:
-        raise UsageError("--replay replays the kernels of one process: it takes no --nproc")
-    resumed = _load_checkpoint(args.resume) if args.resume else None
-    _check_args(args, _settings(args, resumed[2]["settings"] if resumed else {}))
+    _checked_settings(args, args.nproc)   # what every rank would refuse, refused once, here
     try:
         mpiexec = distributed.find_mpiexec()
     except RuntimeError as err:
@@ -346,15 +349,50 @@ def _train(args) -> int:
     from ..precision import math_mode
     world = distributed.init()
     # Everything is checked before the first epoch: no run fails late for a reason known now.
+    try:
+        resumed, settings = _checked_settings(args, world.size)
+        refusal = None
+    except UsageError as err:
+        if world.size == 1:
+            raise
+        refusal = str(err)
+    _agree_on_refusals(world, refusal)
+    # tf32: training and evaluation alike
+    with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
+        return _train_in_precision(args, world, resumed, settings)
+
+
+def _checked_settings(args, processes: int) -> tuple:
+    """(the --resume checkpoint or None, the run's settings) of a run in `processes` processes,
+    after the checks of the options and of the checkpoint; UsageError where one refuses."""
     resumed = _load_checkpoint(args.resume) if args.resume else None
     settings = _settings(args, resumed[2]["settings"] if resumed else {})
     _check_args(args, settings)
     if resumed and resumed[2]["epoch"] > settings["epochs"]:
         raise UsageError(f"--epochs {settings['epochs']} is below the {resumed[2]['epoch']} epochs {args.resume} "
                          f"has trained already")
-    # tf32: training and evaluation alike
-    with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
-        return _train_in_precision(args, world, resumed, settings)
+    if args.replay and processes > 1:
+        raise UsageError(f"--replay replays the kernels of one process: this run has {processes}")
+    return resumed, settings
+
+
+def _agree_on_refusals(world, refusal: str | None) -> None:
+    """Under mpiexec every rank checks its options before any collective and then shares its
+    refusal (None where its checks passed): where any rank refused, rank 0 prints each refusal
+    once (naming the ranks where not every rank refused alike) and every rank raises
+    RefusedByTheRanks. Each rank printing its own would repeat an error of the command line once
+    a rank; a rank aborting the job could cut the others' messages short."""
+    if world.size == 1:
+        return
+    refusals = world.allgather_object(refusal, "the ranks' checks of their options")
+    if not any(refusals):
+        return
+    if world.rank == 0:
+        for message in dict.fromkeys(filter(None, refusals)):
+            ranks = [rank for rank, other in enumerate(refusals) if other == message]
+            named = "" if len(ranks) == world.size else f"[rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}] "
+            print(f"{named}cnn-gpu train: error: {message}", file=sys.stderr)
+    raise RefusedByTheRanks()
 
 
 def _changed_on_resume(args, settings: dict, meta: dict, processes: int, data_fingerprint: str) -> list:
@@ -386,9 +424,9 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
 
     leader = world.rank == 0
     device = choose_device(args.device)
-    if args.replay and (device == "numpy" or world.size > 1):
-        raise UsageError(f"--replay replays the kernels of one process: it needs --device emu or cuda and no --nproc "
-                         f"(this run: {device}{f', {world.size} processes' if world.size > 1 else ''})")
+    if args.replay and device == "numpy":
+        raise UsageError("--replay replays the kernels of one process: it needs --device emu or cuda "
+                         f"(this run: {device})")
     dataset = _load_dataset(settings)
 
     nn.init.manual_seed(settings["seed"])

@@ -33,6 +33,16 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in _LAUNCHER_VARIABLES)
 
 
+def launcher_rank() -> int | None:
+    """This process's rank as its MPI launcher set it in the environment (MPICH/Hydra, PMIx, Open
+    MPI), without joining MPI; None where no launcher said."""
+    for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
 def find_mpiexec() -> str:
     """The mpiexec of mpi4py's MPI (the mpich wheel puts it next to the Python executable), else
     the one on PATH; RuntimeError naming the install when mpi4py or mpiexec is missing."""
