@@ -176,6 +176,7 @@ def test_a_usage_error_on_one_rank_ends_the_job_at_once():
     (["--replay"], "cnn-gpu train: error: --replay replays the kernels of one process: this run has 2"),
     (["--epochs", "0"], "train: error: argument --epochs: must be"),   # argparse's
     (["--bogus"], "error: unrecognized arguments: --bogus"),
+    (["--batch-size", "1", "--model", "resnet"], "cnn-gpu train: error: --batch-size 1: --model resnet has batch norm"),
 ])
 def test_an_option_every_rank_refuses_is_reported_once_under_a_hand_started_mpiexec(options, message):
     """helper-92: `mpiexec -n 2 cnn-gpu train <bad options>` printed the error once a rank (and a
@@ -185,6 +186,20 @@ def test_an_option_every_rank_refuses_is_reported_once_under_a_hand_started_mpie
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count(message) == 1 and done.stderr.count("error:") == 1, done.stderr[-2000:]
     assert "[rank" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+@needs_mpi
+def test_a_data_file_missing_on_one_rank_is_reported_once_by_rank_0_naming_it(tmp_path):
+    """A refusal of one rank's set-up (its data file, its GPUs) is printed once, naming the rank,
+    and the job exits 2 (rank 0 prints it after the ranks' set-ups, where it was rank 1's abort)."""
+    rng = np.random.default_rng(5)
+    present = tmp_path / "data.npz"
+    np.savez(present, x=rng.random((100, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 100))
+    done = _two_rank_job(["--max-batches", "2", "--dataset", "npz", "--data", present],
+                         ["--max-batches", "2", "--dataset", "npz", "--data", tmp_path / "missing.npz"], timeout=45)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("error:") == 1 and "[rank 1] cnn-gpu train: error: " in done.stderr, done.stderr[-2000:]
+    assert "missing.npz" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
 @needs_mpi

@@ -18,6 +18,7 @@ overflowing steps; the checkpoint keeps the scaler's state.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -349,14 +350,8 @@ def _train(args) -> int:
     from ..precision import math_mode
     world = distributed.init()
     # Everything is checked before the first epoch: no run fails late for a reason known now.
-    try:
+    with _refusals_agreed(world, "the ranks' checks of their options"):
         resumed, settings = _checked_settings(args, world.size)
-        refusal = None
-    except UsageError as err:
-        if world.size == 1:
-            raise
-        refusal = str(err)
-    _agree_on_refusals(world, refusal)
     # tf32: training and evaluation alike
     with math_mode("tf32") if settings["precision"] == "tf32" else contextlib.nullcontext():
         return _train_in_precision(args, world, resumed, settings)
@@ -376,15 +371,24 @@ def _checked_settings(args, processes: int) -> tuple:
     return resumed, settings
 
 
-def _agree_on_refusals(world, refusal: str | None) -> None:
-    """Under mpiexec every rank checks its options before any collective and then shares its
-    refusal (None where its checks passed): where any rank refused, rank 0 prints each refusal
+@contextlib.contextmanager
+def _refusals_agreed(world, what: str):
+    """Under mpiexec every rank runs the block (which makes no collective) and then shares its
+    refusal, its UsageError's message or None: where any rank refused, rank 0 prints each refusal
     once (naming the ranks where not every rank refused alike) and every rank raises
     RefusedByTheRanks. Each rank printing its own would repeat an error of the command line once
-    a rank; a rank aborting the job could cut the others' messages short."""
+    a rank; a rank aborting the job could cut the others' messages short. One process: the
+    UsageError as it is."""
+    refusal = None
+    try:
+        yield
+    except UsageError as err:
+        if world.size == 1:
+            raise
+        refusal = str(err)
     if world.size == 1:
         return
-    refusals = world.allgather_object(refusal, "the ranks' checks of their options")
+    refusals = world.allgather_object(refusal, what)
     if not any(refusals):
         return
     if world.rank == 0:
@@ -423,46 +427,48 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     from ..lr_scheduler import WarmupCosine
 
     leader = world.rank == 0
-    device = choose_device(args.device)
-    if args.replay and device == "numpy":
-        raise UsageError("--replay replays the kernels of one process: it needs --device emu or cuda "
-                         f"(this run: {device})")
-    dataset = _load_dataset(settings)
+    # a refusal on one rank (its GPUs, its data file) is reported by rank 0 with the others' (if any)
+    with _refusals_agreed(world, "the ranks' set-up"):
+        device = choose_device(args.device)
+        if args.replay and device == "numpy":
+            raise UsageError("--replay replays the kernels of one process: it needs --device emu or cuda "
+                             f"(this run: {device})")
+        dataset = _load_dataset(settings)
 
-    nn.init.manual_seed(settings["seed"])
-    try:
-        model = models.build(settings["model"], dataset.image_shape, dataset.num_classes,
-                             dtype=PRECISION_DTYPES[settings["precision"]]).to(device)
-    except ValueError as err:   # images too small for the model
-        raise UsageError(str(err)) from None
-    if settings["batch_size"] == 1 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        raise UsageError(f"--batch-size 1: --model {settings['model']} has batch norm, which cannot train on one "
-                         f"image at a time (per process); use 2 or more")
-    if settings["optimizer"] == "adam":
-        optimizer = optim.Adam(model.parameters(), lr=settings["lr"])
-    else:
-        optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM)
-    # Every rank draws the same permutations: the checkpoint holds no per-rank state, so a run
-    # resumes with any number of ranks.
-    shuffle_rng = np.random.default_rng(settings["seed"])
-    scaler = GradScaler(enabled=settings["precision"] == "fp16")
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
-    start_epoch = 0
-    fingerprint = _fingerprint(dataset)
-    if resumed:
-        _restore(model, optimizer, resumed, args.resume)
-        _restore_scaler(scaler, resumed[2], args.resume)
-        changed = _changed_on_resume(args, settings, resumed[2], world.size, fingerprint)
-        if changed:   # said once the checkpoint has proven loadable, not before a refusal
-            _say(leader, f"note: resuming {args.resume} with {', '.join(changed)}")
-        shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
-        start_epoch = resumed[2]["epoch"]
-        saved_threads = resumed[2].get("blas_threads")
-        if device == "numpy" and saved_threads not in (None, blas_threads()):
-            _say(leader, f"note: {args.resume} was trained with {saved_threads} BLAS threads, this run has "
-                         f"{blas_threads()}: NumPy's BLAS rounds some products differently with another count, "
-                         f"so the run will not match an uninterrupted one bit for bit (OPENBLAS_NUM_THREADS="
-                         f"{saved_threads} would)")
+        nn.init.manual_seed(settings["seed"])
+        try:
+            model = models.build(settings["model"], dataset.image_shape, dataset.num_classes,
+                                 dtype=PRECISION_DTYPES[settings["precision"]]).to(device)
+        except ValueError as err:   # images too small for the model
+            raise UsageError(str(err)) from None
+        if settings["batch_size"] == 1 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            raise UsageError(f"--batch-size 1: --model {settings['model']} has batch norm, which cannot train on one "
+                             f"image at a time (per process); use 2 or more")
+        if settings["optimizer"] == "adam":
+            optimizer = optim.Adam(model.parameters(), lr=settings["lr"])
+        else:
+            optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM)
+        # Every rank draws the same permutations: the checkpoint holds no per-rank state, so a run
+        # resumes with any number of ranks.
+        shuffle_rng = np.random.default_rng(settings["seed"])
+        scaler = GradScaler(enabled=settings["precision"] == "fp16")
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=settings["label_smoothing"]).to(device)
+        start_epoch = 0
+        fingerprint = _fingerprint(dataset)
+        if resumed:
+            _restore(model, optimizer, resumed, args.resume)
+            _restore_scaler(scaler, resumed[2], args.resume)
+            changed = _changed_on_resume(args, settings, resumed[2], world.size, fingerprint)
+            if changed:   # said once the checkpoint has proven loadable, not before a refusal
+                _say(leader, f"note: resuming {args.resume} with {', '.join(changed)}")
+            shuffle_rng.bit_generator.state = resumed[2]["shuffle_rng"]
+            start_epoch = resumed[2]["epoch"]
+            saved_threads = resumed[2].get("blas_threads")
+            if device == "numpy" and saved_threads not in (None, blas_threads()):
+                _say(leader, f"note: {args.resume} was trained with {saved_threads} BLAS threads, this run has "
+                             f"{blas_threads()}: NumPy's BLAS rounds some products differently with another count, "
+                             f"so the run will not match an uninterrupted one bit for bit (OPENBLAS_NUM_THREADS="
+                             f"{saved_threads} would)")
     # the data path may differ between machines; the data, the run's place and everything else must
     # agree before any reduction (a different step count would misalign the collectives)
     distributed.check_replicas(model, {**{k: v for k, v in settings.items() if k != "data"},
