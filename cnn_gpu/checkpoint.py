@@ -3,6 +3,7 @@ run's settings) in one .npz, written atomically so a crash never leaves a trunca
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -20,12 +21,21 @@ def _temporary_file_beside(path: Path):
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
+def _written_path(path) -> Path:
+    """The file that writing `path` replaces: a symbolic link's target (links followed); OSError
+    (ELOOP) for a loop of links, where realpath stops at a link, which a rename would replace."""
+    resolved = Path(os.path.realpath(path))
+    if resolved.is_symlink():
+        raise OSError(errno.ELOOP, "a loop of symbolic links", str(path))
+    return resolved
+
+
 def atomic_write(path, write) -> None:
     """Call write(file) on a temporary file next to `path`, fsync it and rename it over `path`:
     readers see the old file or the complete new one, never a partial one. On any exception
     (KeyboardInterrupt included) the temporary file is closed and removed. A symbolic link is
     written through: its target is replaced, the link stays."""
-    path = Path(os.path.realpath(path))
+    path = _written_path(path)
     fd, temporary = _temporary_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -54,7 +64,10 @@ def check_writable(path) -> None:
     """A ValueError unless `atomic_write(path, ...)` can succeed: `path` is a file or absent, and its
     folder exists and takes new files (probed with a temporary file, removed at once); a symbolic
     link is judged by its target, which atomic_write replaces."""
-    path = Path(os.path.realpath(path))
+    try:
+        path = _written_path(path)
+    except OSError as err:
+        raise ValueError(f"{path}: {err.strerror}") from None
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a file")
     if path.exists() and not path.is_file():

@@ -145,6 +145,23 @@ def test_an_empty_path_is_refused(capsys, option):
     assert "must be a non-empty path" in capsys.readouterr().err
 
 
+def test_a_loop_of_symbolic_links_is_refused_and_left_as_it_is(tmp_path, capsys):
+    """helper-92: --save through a loop of links (a -> b -> a) replaced the link with the file
+    (realpath stops at a link of a loop): refused before training, and atomic_write raises ELOOP
+    rather than renaming over a link (the JSON outputs of check/bench/kernels take the same path)."""
+    import errno
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    first.symlink_to(second)
+    second.symlink_to(first)
+    assert main(["train", "--device", "numpy", "--max-batches", "1", "--save", str(first)]) == 2
+    err = capsys.readouterr().err
+    assert "a loop of symbolic links" in err and err.count("error:") == 1, err
+    with pytest.raises(OSError) as info:
+        checkpoint.atomic_write(first, lambda f: f.write(b"data"))
+    assert info.value.errno == errno.ELOOP
+    assert first.is_symlink() and second.is_symlink() and sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz"]
+
+
 def test_save_writes_through_a_symbolic_link(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
