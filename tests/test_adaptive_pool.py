@@ -155,3 +155,24 @@ def test_cuda_matches_numpy(dtype):
         assert_close(y, F.adaptive_avg_pool2d(x, output_size), dtype, what)
         assert_close(F.adaptive_avg_pool2d_backward(cupy.asarray(dy), shape),
                      F.adaptive_avg_pool2d_backward(dy, shape), dtype, what + " dx")
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_an_inf_or_nan_stays_in_its_windows_on_numpy_as_on_the_kernels(dtype):
+    """helper-95: the NumPy path's window matrices multiplied a NaN or inf by their zeros, so one
+    spread to every output of its rows and columns (an inf as NaN); PyTorch and the kernels keep it
+    in the windows that hold it, forward and backward."""
+    rng = np.random.default_rng(41)
+    for shape, out in (((2, 3, 7, 5), (3, 4)), ((1, 2, 4, 4), 2), ((3, 6, 6), (4, None))):
+        for bad in (np.nan, np.inf, -np.inf):
+            x = rng.standard_normal(shape).astype(dtype)
+            x[(0,) * (len(shape) - 2) + (1, 1)] = bad
+            got, want = (F.adaptive_avg_pool2d(x, out, backend=be) for be in ("numpy", "emu"))
+            assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isfinite(got).sum() > 1, (shape, bad)
+            assert_close(np.nan_to_num(got), np.nan_to_num(want), dtype, f"forward {shape} {bad}")
+            dy = rng.standard_normal(want.shape).astype(dtype)
+            dy[(0,) * (dy.ndim - 1)] = bad
+            got, want = (F.adaptive_avg_pool2d_backward(dy, shape, backend=be) for be in ("numpy", "emu"))
+            assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isfinite(got).sum() > 1, (shape, bad)
+            assert_close(np.nan_to_num(got), np.nan_to_num(want), dtype, f"backward {shape} {bad}")

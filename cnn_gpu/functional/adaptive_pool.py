@@ -2,7 +2,9 @@
 output p of P along an axis of size H averages [floor(p*H/P), ceil((p+1)*H/P)).
 
 NumPy path: the windows of each axis as a 0/1 matrix (P, H), so y = rows @ x @ cols.T / area and
-the backward pass dx = rows.T @ (dy / area) @ cols, with BLAS.
+the backward pass dx = rows.T @ (dy / area) @ cols, with BLAS; where an input holds inf or NaN,
+window by window instead (a product with a 0 of the matrices would spread it to every output of
+its rows and columns, where PyTorch and the kernels keep it in its windows).
 """
 from __future__ import annotations
 
@@ -50,6 +52,13 @@ def _output_size(output_size, in_size):
     return tuple(sizes)
 
 
+def _windows(out_size, in_size):
+    """(output row, output column, row slice, column slice) of every window."""
+    (rows_start, rows_end), (cols_start, cols_end) = (_window_bounds(o, s) for o, s in zip(out_size, in_size))
+    return [(i, j, slice(r0, r1), slice(c0, c1)) for i, (r0, r1) in enumerate(zip(rows_start, rows_end))
+            for j, (c0, c1) in enumerate(zip(cols_start, cols_end))]
+
+
 def _batched(a, name):
     """a as (N, C, H, W) (an unbatched (C, H, W) input gets N = 1) and whether it was unbatched."""
     return as_batch(_checks.array(a, name, ndim=(3, 4)))
@@ -64,8 +73,13 @@ def adaptive_avg_pool2d(x, output_size, *, backend=None):
     out_size = _output_size(output_size, x4.shape[2:])
     be = _backend.resolve(backend, x)
     if be == "numpy":
-        rows, cols = (_window_matrix(o, s, x.dtype) for o, s in zip(out_size, x4.shape[2:]))
-        y = np.matmul(np.matmul(rows, x4), cols.T)
+        if np.isfinite(x4).all():
+            rows, cols = (_window_matrix(o, s, x.dtype) for o, s in zip(out_size, x4.shape[2:]))
+            y = np.matmul(np.matmul(rows, x4), cols.T)
+        else:
+            y = np.empty(x4.shape[:2] + out_size, dtype=x.dtype)
+            for i, j, r, c in _windows(out_size, x4.shape[2:]):
+                y[:, :, i, j] = x4[:, :, r, c].sum(axis=(2, 3))
         y /= _areas(out_size, x4.shape[2:], x.dtype)
     else:
         from ..gpu import adaptive_pool as gpu_pool
@@ -85,9 +99,14 @@ def adaptive_avg_pool2d_backward(dy, x_shape, *, backend=None):
     out_size = tuple(dy4.shape[2:])
     be = _backend.resolve(backend, dy)
     if be == "numpy":
-        rows, cols = (_window_matrix(o, s, dy.dtype) for o, s in zip(out_size, x4_shape[2:]))
         share = dy4 / _areas(out_size, x4_shape[2:], dy.dtype)
-        dx = np.matmul(np.matmul(rows.T, share), cols)
+        if np.isfinite(share).all():
+            rows, cols = (_window_matrix(o, s, dy.dtype) for o, s in zip(out_size, x4_shape[2:]))
+            dx = np.matmul(np.matmul(rows.T, share), cols)
+        else:
+            dx = np.zeros(x4_shape, dtype=dy.dtype)
+            for i, j, r, c in _windows(out_size, x4_shape[2:]):
+                dx[:, :, r, c] += share[:, :, i, j, None, None]
     else:
         from ..gpu import adaptive_pool as gpu_pool
         dx = gpu_pool.backward(be, _checks.for_kernels(be, dy4, "dy"), x4_shape)
