@@ -498,9 +498,9 @@ class LaunchMemo:
     has itself made sure that its arrays are unchanged since in everything launch_checks checks
     (cnn_gpu.optim: a step on the very arrays the last step checked, their shapes, dtypes, strides
     and, where written, writeable flags compared): a launch whose array arguments are the last
-    one's own objects and whose scalars have the last one's types, on the same current GPU, runs without launch()'s
-    argument checks again; any other launch, and every launch inside a recording, is launch(). It
-    holds the arrays weakly: a memo keeps no array alive."""
+    one's own objects and whose scalars have the last one's types, on the same current GPU, runs
+    without launch()'s argument checks again; any other launch, and every launch inside a
+    recording, is launch(). It holds the arrays weakly: a memo keeps no array alive."""
     __slots__ = ("_last",)
 
     def __init__(self):

@@ -46,9 +46,6 @@ static __device__ __forceinline__ half_bits to_real(float x) {
 #endif
     return h;
 }
-
-// a value already in acc_t (an FP32 master copy) stays itself, as in the float32 and float64 builds
-static __device__ __forceinline__ float to_acc(float x) { return x; }
 #else
 typedef REAL acc_t;
 

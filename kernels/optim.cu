@@ -37,12 +37,14 @@ struct SlotElement {
     acc_t state[2];
 };
 
-// The parameter as an update reads and writes it: the array itself (plain kernels), or its FP32
-// master copy, the parameter then stored rounded from it (the float16 *_master kernels).
+// The parameter as an update reads (load, then widen to acc_t) and writes it: the array itself
+// (plain kernels), or its FP32 master copy, the parameter then stored rounded from it (the float16
+// *_master kernels).
 struct ParamArray {
     typedef REAL Value;
     REAL* param;
     __device__ REAL load(long long i) const { return param[i]; }
+    static __device__ acc_t widen(REAL p) { return to_acc(p); }
     __device__ void store(long long i, acc_t p) const { param[i] = to_real(p); }
 };
 struct MasterCopy {
@@ -50,6 +52,7 @@ struct MasterCopy {
     REAL* param;
     acc_t* master;
     __device__ acc_t load(long long i) const { return master[i]; }
+    static __device__ acc_t widen(acc_t p) { return p; }
     __device__ void store(long long i, acc_t p) const
     {
         master[i] = p;
@@ -66,7 +69,7 @@ __device__ __forceinline__ void sgd_walk(Param param, const REAL* grad, long lon
     for_each_element(
         n, [&](long long i) { return Element{param.load(i), grad[i]}; },
         [&](long long i, const Element& e) {
-            const acc_t p = to_acc(e.param);
+            const acc_t p = Param::widen(e.param);
             param.store(i, p - lr * (to_acc(e.grad) + weight_decay * p));
         });
 }
@@ -82,7 +85,7 @@ __device__ __forceinline__ void sgd_momentum_walk(Param param, const REAL* grad,
         // the buffer is read on the parameter's first step too, its value unused: one path through the round
         [&](long long i) { return Element{param.load(i), grad[i], {momentum_buf[i]}}; },
         [&](long long i, const Element& e) {
-            const acc_t p = to_acc(e.param), g = to_acc(e.grad) + weight_decay * p;
+            const acc_t p = Param::widen(e.param), g = to_acc(e.grad) + weight_decay * p;
             const acc_t buf = first_step ? g : momentum * e.state[0] + g;
             momentum_buf[i] = buf;
             param.store(i, p - lr * (nesterov ? g + momentum * buf : buf));
@@ -98,7 +101,7 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
     for_each_element(
         n, [&](long long i) { return Element{param.load(i), grad[i], {m[i], v[i]}}; },
         [&](long long i, const Element& e) {
-            const acc_t p = to_acc(e.param), g = to_acc(e.grad) + weight_decay * p;
+            const acc_t p = Param::widen(e.param), g = to_acc(e.grad) + weight_decay * p;
             const acc_t m_new = e.state[0] + one_minus_beta1 * (g - e.state[0]);
             const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
             m[i] = m_new;

@@ -166,8 +166,8 @@ def run(args) -> int:
         print(f"cnn-gpu bench: out of memory after {len(rows)} rows: {out_of_memory}", file=sys.stderr)
         return 2
     if not rows:
-        print("cnn-gpu bench: no rows: none of these devices runs these ops" + (" (--plot not written)" * bool(args.plot)),
-              file=sys.stderr)
+        unwritten = " (--plot not written)" if args.plot else ""
+        print(f"cnn-gpu bench: no rows: none of these devices runs these ops{unwritten}", file=sys.stderr)
         return 1
     return 0
 

@@ -57,8 +57,6 @@ class RefusedByTheRanks(UsageError):
     every rank exits 2 (none waits in a collective: they all checked first)."""
 
 
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "numpy", "emu", "cuda"), default="auto",
                         help="where to train: auto = cuda when CuPy sees a GPU, else numpy (default: auto)")

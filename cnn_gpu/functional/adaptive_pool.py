@@ -2,9 +2,8 @@
 output p of P along an axis of size H averages [floor(p*H/P), ceil((p+1)*H/P)).
 
 NumPy path: the windows of each axis as a 0/1 matrix (P, H), so y = rows @ x @ cols.T / area and
-the backward pass dx = rows.T @ (dy / area) @ cols, with BLAS; where an input holds inf or NaN,
-window by window instead (a product with a 0 of the matrices would spread it to every output of
-its rows and columns, where PyTorch and the kernels keep it in its windows).
+the backward pass dx = rows.T @ (dy / area) @ cols, with BLAS (_window_sums, which keeps an inf
+or NaN in its windows as PyTorch and the kernels do).
 """
 from __future__ import annotations
 
@@ -52,11 +51,21 @@ def _output_size(output_size, in_size):
     return tuple(sizes)
 
 
-def _windows(out_size, in_size):
-    """(output row, output column, row slice, column slice) of every window."""
-    (rows_start, rows_end), (cols_start, cols_end) = (_window_bounds(o, s) for o, s in zip(out_size, in_size))
-    return [(i, j, slice(r0, r1), slice(c0, c1)) for i, (r0, r1) in enumerate(zip(rows_start, rows_end))
-            for j, (c0, c1) in enumerate(zip(cols_start, cols_end))]
+def _window_sums(left, a, right):
+    """left @ a @ right for 0/1 window matrices, an inf or NaN of `a` kept to the sums of its
+    windows: a product of one with the matrices' zeros would make every sum of its rows and columns
+    NaN. The finite values are summed as without them (the same bits); a window's sum is NaN where
+    it holds a NaN or infinities of both signs, else the infinity it holds."""
+    finite = np.isfinite(a)
+    if finite.all():
+        return np.matmul(np.matmul(left, a), right)
+    sums = np.matmul(np.matmul(left, np.where(finite, a, 0)), right)
+    holds = lambda mask: np.matmul(np.matmul(left, mask.astype(a.dtype)), right) > 0   # noqa: E731
+    positive, negative, nan = holds(a == np.inf), holds(a == -np.inf), holds(np.isnan(a))
+    sums[positive] = np.inf
+    sums[negative] = -np.inf
+    sums[nan | (positive & negative)] = np.nan
+    return sums
 
 
 def _batched(a, name):
@@ -73,13 +82,8 @@ def adaptive_avg_pool2d(x, output_size, *, backend=None):
     out_size = _output_size(output_size, x4.shape[2:])
     be = _backend.resolve(backend, x)
     if be == "numpy":
-        if np.isfinite(x4).all():
-            rows, cols = (_window_matrix(o, s, x.dtype) for o, s in zip(out_size, x4.shape[2:]))
-            y = np.matmul(np.matmul(rows, x4), cols.T)
-        else:
-            y = np.empty(x4.shape[:2] + out_size, dtype=x.dtype)
-            for i, j, r, c in _windows(out_size, x4.shape[2:]):
-                y[:, :, i, j] = x4[:, :, r, c].sum(axis=(2, 3))
+        rows, cols = (_window_matrix(o, s, x.dtype) for o, s in zip(out_size, x4.shape[2:]))
+        y = _window_sums(rows, x4, cols.T)
         y /= _areas(out_size, x4.shape[2:], x.dtype)
     else:
         from ..gpu import adaptive_pool as gpu_pool
@@ -99,14 +103,8 @@ def adaptive_avg_pool2d_backward(dy, x_shape, *, backend=None):
     out_size = tuple(dy4.shape[2:])
     be = _backend.resolve(backend, dy)
     if be == "numpy":
-        share = dy4 / _areas(out_size, x4_shape[2:], dy.dtype)
-        if np.isfinite(share).all():
-            rows, cols = (_window_matrix(o, s, dy.dtype) for o, s in zip(out_size, x4_shape[2:]))
-            dx = np.matmul(np.matmul(rows.T, share), cols)
-        else:
-            dx = np.zeros(x4_shape, dtype=dy.dtype)
-            for i, j, r, c in _windows(out_size, x4_shape[2:]):
-                dx[:, :, r, c] += share[:, :, i, j, None, None]
+        rows, cols = (_window_matrix(o, s, dy.dtype) for o, s in zip(out_size, x4_shape[2:]))
+        dx = _window_sums(rows.T, dy4 / _areas(out_size, x4_shape[2:], dy.dtype), cols)
     else:
         from ..gpu import adaptive_pool as gpu_pool
         dx = gpu_pool.backward(be, _checks.for_kernels(be, dy4, "dy"), x4_shape)
