@@ -1,7 +1,7 @@
 """Compile CUDA C with NVRTC (no GPU, no driver needed) and read ptxas' resource report.
 
 A ctypes wrapper of libnvrtc (cnn_gpu._nvrtc_lib), the compiler CuPy itself uses. Every compile
-runs in a fresh child process set up the same way each time (no address randomization, an empty
+runs in a fresh child process set up the same way each time (a fixed address layout, an empty
 environment, fixed paths): NVRTC's register allocation follows its process's address layout and
 heap, and in this process the reports would differ from run to run. Each compile targets one real
 architecture (`-arch=sm_XX`), so the result is a CUBIN whose ptxas report (`-Xptxas=-v`, in the
@@ -217,9 +217,9 @@ def _stable_library_path(path: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _warn_randomized_layout() -> None:
-    warnings.warn("this system does not let the NVRTC child process turn address randomization off "
-                  "(personality(ADDR_NO_RANDOMIZE)): register counts, spills and SASS may differ a little "
-                  "from compile to compile", RuntimeWarning, stacklevel=3)
+    warnings.warn("this system does not let the NVRTC child process fix its address layout (turn address "
+                  "randomization off: personality(ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT)): register counts, "
+                  "spills and SASS may differ a little from compile to compile", RuntimeWarning, stacklevel=3)
 
 
 class Nvrtc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -40,7 +41,7 @@ def test_a_compile_runs_in_a_child_process(monkeypatch):
 
 def _can_turn_off_address_randomization() -> bool:
     probe = ("import ctypes; libc = ctypes.CDLL(None); p = libc.personality(0xFFFFFFFF); "
-             "print(p != -1 and libc.personality(p | 0x0040000) != -1)")
+             f"print(p != -1 and libc.personality(p | {_nvrtc_lib.FIXED_LAYOUT}) != -1)")
     return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "True"
 
 
@@ -62,6 +63,33 @@ def test_the_child_runs_without_address_randomization_in_an_empty_environment(mo
     assert command[0] == os.path.realpath(sys.executable) and command[1:4] == ("-I", "-S", "-c")
     assert not any(os.path.dirname(nvrtc.__file__) in part for part in command)
     assert json.loads(child.stdout)["fixed_layout"] is True
+
+
+@needs_nvrtc
+def test_the_childs_output_does_not_follow_the_stack_size_limit(monkeypatch):
+    """The kernel lays mappings out below the stack by its rlimit, bottom-up where it is unlimited;
+    conv2d_wgrad's float32 tall tile took 167 or 166 registers on sm_90 by `ulimit -s` before the
+    child fixed its layout."""
+    if not _can_turn_off_address_randomization():
+        pytest.skip("this system refuses personality(ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT)")
+    if resource.getrlimit(resource.RLIMIT_STACK)[1] != resource.RLIM_INFINITY:
+        pytest.skip("the hard stack limit is finite: the unlimited layout cannot be tried")
+    from cnn_gpu import backend
+    if nvrtc.why_arch_unsupported("sm_90"):
+        pytest.skip(nvrtc.why_arch_unsupported("sm_90"))
+    source = backend.kernel_source("conv2d_wgrad")
+    options = (*backend.NVRTC_OPTIONS, *backend.dtype_options("float32"), "-arch=sm_90", "--ptxas-options=-v")
+    real_run, compiler, cubins = subprocess.run, nvrtc.load(), []
+    for limit in (8 << 20, resource.RLIM_INFINITY):
+        def run_with_limit(command, limit=limit, **kwargs):
+            return real_run(command, **kwargs, preexec_fn=lambda: resource.setrlimit(
+                resource.RLIMIT_STACK, (limit, resource.RLIM_INFINITY)))
+        monkeypatch.setattr(nvrtc.subprocess, "run", run_with_limit)
+        cubin, log, fixed_layout = compiler._compile(nvrtc._line_directives_by_name(source)[0], "conv2d_wgrad.cu",
+                                                     options)
+        assert fixed_layout
+        cubins.append(cubin)
+    assert cubins[0] == cubins[1]
 
 
 def test_line_directives_reach_nvrtc_without_their_folders_and_errors_name_the_paths():
