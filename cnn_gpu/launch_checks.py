@@ -123,20 +123,23 @@ def _owner(a):
             a, base = base, base.base
         return a if base is None and a.flags.owndata else None
     memory = a.data.mem   # a CuPy array's allocation
-    kind = type(memory)
-    return memory if kind.__module__ == "cupy.cuda.memory" and kind.__name__ in ("PooledMemory", "Memory") else None
+    return memory if _is_cupy_own_memory(type(memory)) else None
 
 
-def _first_overlap(arrays):
+@functools.lru_cache(maxsize=None)
+def _is_cupy_own_memory(kind: type) -> bool:
+    return kind.__module__ == "cupy.cuda.memory" and kind.__name__ in ("PooledMemory", "Memory")
+
+
+def _first_overlap(arrays, owners=None):
     """(written name, other name) of an array that is written and shares memory with another.
     Arrays of different owners (_owner) share none, so only arrays of one owner are compared (with
-    one array of unknown memory, all are)."""
-    owners = []
-    for entry in arrays:
-        owner = _owner(entry[1])
-        if owner is None:
-            return _overlap_among(arrays)
-        owners.append(id(owner))
+    one array of unknown memory, all are). `owners`: the arrays' owners where the caller has them."""
+    if owners is None:
+        owners = [_owner(entry[1]) for entry in arrays]
+    owners = list(map(id, owners))
+    if id(None) in owners:
+        return _overlap_among(arrays)
     if len(set(owners)) == len(owners):
         return None   # each its own allocation (a launch's usual arguments)
     groups = {}
@@ -189,8 +192,12 @@ def check_disjoint(arrays, context: str = "") -> None:
     (name, C-contiguous array, written) triples; arrays only read may overlap each other."""
     overlap = _first_overlap(arrays)
     if overlap:
-        raise ValueError(f"{context}{overlap[0]} is written in place but shares memory with {overlap[1]}; "
-                         f"pass separate arrays")
+        _refuse_overlap(overlap, context)
+
+
+def _refuse_overlap(overlap, context: str):
+    raise ValueError(f"{context}{overlap[0]} is written in place but shares memory with {overlap[1]}; "
+                     f"pass separate arrays")
 
 
 def current_device() -> int:
@@ -233,11 +240,13 @@ class _Declared:
     pointers: tuple       # positions of the pointer parameters
     scalars: tuple        # positions of the others
     scalar_types: tuple
+    scalar_values: object   # args -> the scalars' values (a tuple)
 
 
 @functools.lru_cache(maxsize=None)
-def _declared(family: str, kernel: str, dtype: np.dtype) -> _Declared:
-    parameters = []
+def _declared(family: str, kernel: str, dtype) -> _Declared:
+    """The build's declaration; `dtype` as np.dtype takes it (cached per spelling)."""
+    dtype, parameters = np.dtype(dtype), []
     for p in signature(family, kernel):
         if p.ctype not in ("REAL", "acc_t") and p.ctype not in C_TYPES:
             raise TypeError(f"kernel {kernel!r} parameter {p.name!r}: cannot check an argument of type {p.ctype}")
@@ -251,7 +260,15 @@ def _declared(family: str, kernel: str, dtype: np.dtype) -> _Declared:
     scalars = tuple(i for i, (p, *_) in enumerate(parameters) if not p.pointer)
     return _Declared(parameters=tuple(parameters),
                      pointers=tuple(i for i, (p, *_) in enumerate(parameters) if p.pointer),
-                     scalars=scalars, scalar_types=tuple(parameters[i][1].type for i in scalars))
+                     scalars=scalars, scalar_types=tuple(parameters[i][1].type for i in scalars),
+                     scalar_values=_items(scalars))
+
+
+def _items(positions: tuple):
+    """args -> (args[i] for i in positions) as a tuple, by one call in C."""
+    if len(positions) > 1:
+        return operator.itemgetter(*positions)
+    return (lambda args: (args[positions[0]],)) if positions else (lambda args: ())
 
 
 def _array_argument(be: str, p: KernelParameter, a, want: np.dtype, where: str, device: int | None):
@@ -278,25 +295,36 @@ def _array_argument(be: str, p: KernelParameter, a, want: np.dtype, where: str, 
 def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
     """`args` as kernels/<family>.cu:<kernel> built for `dtype` may take them (read-only inputs
     copied to C order on the host); TypeError/ValueError naming the argument otherwise."""
-    declared = _declared(family, kernel, np.dtype(dtype))
+    declared = _declared(family, kernel, dtype)
     args = tuple(args)
     if len(args) != len(declared.parameters):
         names = ", ".join(p.name for p, *_ in declared.parameters)
         raise TypeError(f"kernel {kernel!r} takes {len(declared.parameters)} arguments ({names}), got {len(args)}")
-    scalar_types = map(type, (args[i] for i in declared.scalars))
+    scalar_types = map(type, declared.scalar_values(args))
     if not all(map(operator.is_, scalar_types, declared.scalar_types)):
         for i in declared.scalars:   # exactly the NumPy scalar type (a subclass passes its dtype too)
             p, want, where, _ = declared.parameters[i]
             a = args[i]
             if type(a) is not want.type and not (isinstance(a, np.generic) and a.dtype == want):
                 raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
-    checked, arrays = list(args), []
-    device = None   # the current GPU, asked once a launch
+    checked, arrays, owners = list(args), [], []
+    on_host, device = be != "cuda", None   # device: the current GPU, asked once a launch
     for i in declared.pointers:
         p, want, where, label = declared.parameters[i]
-        if device is None and be == "cuda" and _backend.is_cupy_array(args[i]):
+        a = args[i]
+        if on_host and type(a) is np.ndarray and a.dtype is want:   # the usual case, in line
+            flags = a.flags
+            if flags.c_contiguous and (p.const or flags.writeable):
+                base = a.base
+                owners.append((a if flags.owndata else None) if base is None else _owner(a))
+                arrays.append((label, a, not p.const))
+                continue
+        if device is None and not on_host and _backend.is_cupy_array(a):
             device = current_device()
-        checked[i] = _array_argument(be, p, args[i], want, where, device)
-        arrays.append((label, checked[i], not p.const))
-    check_disjoint(arrays, f"kernel {kernel!r}: ")
+        checked[i] = a = _array_argument(be, p, a, want, where, device)
+        owners.append(_owner(a))
+        arrays.append((label, a, not p.const))
+    overlap = _first_overlap(arrays, owners)
+    if overlap:
+        _refuse_overlap(overlap, f"kernel {kernel!r}: ")
     return tuple(checked)
