@@ -9,7 +9,8 @@
 // reproducible):
 //  * channel_sum_block, two levels in one launch: a channel's L elements (in (o, i) order) are cut
 //    into chunks of CHUNK; block (channel, chunk) has its 256 threads add elements t, t + 256, ...
-//    of the chunk into 4 independent accumulators in turn (4 loads in flight per thread), adds
+//    of the chunk into 4 independent accumulators in turn (4 loads in flight per thread, float16
+//    8), adds
 //    those in a fixed order, then a shared-memory halving tree adds the 256 partials. The block
 //    that completes a channel's last chunk (an arrival counter) adds the channel's chunk partials
 //    the same way. So thousands of blocks stream a bias gradient or a loss mean at DRAM speed.
@@ -25,6 +26,10 @@
 
 #include "channel_chunks.cuh"
 
+// Elements a thread loads a round: float16 two rounds of the accumulators at once (16 bytes in
+// flight, as float32's 4 elements; the same additions in the same order, so the same sums)
+#define SUM_LOADS (REAL_IS_HALF ? 2 * ACCUMULATORS : ACCUMULATORS)
+
 // grid: channels * chunks blocks (chunks = ceil(L / CHUNK)), block b summing chunk b % chunks of
 // channel b / chunks; partial (channels * chunks) and arrivals (channels, zero; left zero) are
 // workspaces, unused when chunks == 1
@@ -39,12 +44,16 @@ channel_sum_block(const REAL* __restrict__ a, REAL* __restrict__ out, acc_t* __r
     const int t = threadIdx.x;
     ChannelCursor e(at.first, c, channels, inner);   // element e = o*inner + i of the channel as (o, i)
     acc_t acc[ACCUMULATORS] = {(acc_t)0, (acc_t)0, (acc_t)0, (acc_t)0};
-    for_each_round(at, [&](int live) {
+    for_each_round<SUM_LOADS>(at, [&](int live) {
+        acc_t v[SUM_LOADS];
 #pragma unroll
-        for (int u = 0; u < ACCUMULATORS; ++u) {
-            if (u < live) acc[u] += to_acc(a[e.offset]);
+        for (int u = 0; u < SUM_LOADS; ++u) {   // the loads first: all in flight
+            if (u < live) v[u] = to_acc(a[e.offset]);
             e.advance();
         }
+#pragma unroll
+        for (int u = 0; u < SUM_LOADS; ++u)   // element k + 256u into accumulator u % 4, as 4 a round
+            if (u < live) acc[u % ACCUMULATORS] += v[u];
     });
     const acc_t sum = block_sum(fold(acc), tree);
     if (chunks == 1) {

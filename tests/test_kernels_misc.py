@@ -555,6 +555,14 @@ def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_
         assert got.dtype == np.float16 and got.shape == (channels,)
         assert_same_bits(got, widened.astype(np.float16), f"float16 channel_sum {(outer, channels, inner)}")
     assert reduce.plan_channel_sum(3, 2, 4900).grid[0] == 2 * 4
+    # Sums whose FP32 order shows through the float16 rounding: small values of either sign (a total
+    # near 0.1, whose float16 step is 6e-5) and 2^15 into element 0 and out at element 3072, so the
+    # accumulator that holds it (thread 0's first: elements 0, 1024, 2048, 3072) loses the values it
+    # takes meanwhile; another order loses others (~1e-3 each).
+    a = (rng.uniform(2**-11, 2**-10, (1, 2, 4900)) * rng.choice([-1, 1], (1, 2, 4900))).astype(np.float16)
+    a[0, :, 0], a[0, :, 3072] = 2**15, -2**15
+    widened = reduce.channel_sum("emu", a.astype(np.float32), 1, 2, 4900)
+    assert_same_bits(reduce.channel_sum("emu", a, 1, 2, 4900), widened.astype(np.float16), "the order of the sums")
     partials = (rng.standard_normal((3, 2, 5, 7)) * 100).astype(np.float32)
     bias = rng.standard_normal(5).astype(np.float16)
     for has_bias in (True, False):
