@@ -1,8 +1,8 @@
 // Batch normalisation over NCHW (any x viewed as (N, C, HW)), PyTorch's semantics.
 //
 // Not a GEMM: per-channel reductions of length L = N*HW and element-wise maps, bound by DRAM
-// bandwidth. The reductions run thousands of blocks, with 4 (statistics) or 8 (backward sums)
-// loads in flight per thread: a channel's L elements (in (n, i) order) are cut into chunks of
+// bandwidth. The reductions run thousands of blocks, with 4 (statistics; float16 8) or 8 (backward
+// sums) loads in flight per thread: a channel's L elements (in (n, i) order) are cut into chunks of
 // CHUNK, block (channel, chunk) reduces one chunk, and the block that completes a channel's last
 // chunk (an arrival count, reset by that block) combines the channel's chunk partials. (One block
 // per channel would leave most of a GPU idle on ResNet's 64-channel layers.)
@@ -80,10 +80,10 @@ __device__ __forceinline__ acc_t affine_normalized(acc_t x, acc_t mean, acc_t sc
 }
 
 // Elements a thread's round loads: 8 in float16 (4 of 2 bytes held too few in flight for DRAM speed:
-// tests/test_sass.py), else ACCUMULATORS. 3 blocks an SM in float64 (64 registers, MIN_BLOCKS' 4,
-// spilled on sm_70) and float16 (its 8 running moments).
-#define STATS_LOADS (REAL_IS_HALF ? 8 : ACCUMULATORS)
-#define STATS_MIN_BLOCKS (REAL_IS_DOUBLE || REAL_IS_HALF ? 3 : MIN_BLOCKS)
+// tests/test_sass.py), two of float32's rounds at once, else ACCUMULATORS. 3 blocks an SM in float64
+// (64 registers, MIN_BLOCKS' 4, spilled on sm_70).
+#define STATS_LOADS (REAL_IS_HALF ? 2 * ACCUMULATORS : ACCUMULATORS)
+#define STATS_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
 
 // grid: C * chunks blocks (chunks = ceil(N*HW / CHUNK)); partial (C * chunks * 2: mean, M2) and
 // arrivals (C, zero) are workspaces, unused when chunks == 1
@@ -97,10 +97,12 @@ batch_norm_stats(const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __
     __shared__ int last;
     const long long length = N * HW;
     const ChunkOfChannel at(length);
-    // Accumulator u takes elements first + 256*(STATS_LOADS*j + u): all take one in each full round
-    // (one count and one reciprocal for them), those of a last partial round a prefix of them.
-    acc_t means[STATS_LOADS] = {}, m2s[STATS_LOADS] = {};
-    int rounds = 0;
+    // Accumulator u takes elements first + 256*(ACCUMULATORS*j + u), update j: all take one in each
+    // full pass of ACCUMULATORS elements (one count and one reciprocal for them), those of a last
+    // partial pass a prefix of them. A float16 round is two passes, float32's two rounds: the same
+    // updates in the same order, so float16's moments are float32's of the widened values.
+    acc_t means[ACCUMULATORS] = {}, m2s[ACCUMULATORS] = {};
+    int passes = 0;
     ChannelCursor e(at.first, at.c, C, HW);
     for_each_round<STATS_LOADS>(at, [&](int live) {
         acc_t v[STATS_LOADS];
@@ -109,28 +111,27 @@ batch_norm_stats(const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __
             if (u < live) v[u] = to_acc(x[e.offset]);
             e.advance();
         }
-        const acc_t share = (acc_t)1 / (acc_t)(++rounds);   // Welford: mean += (v - mean) / n
 #pragma unroll
-        for (int u = 0; u < STATS_LOADS; ++u) {
-            if (u < live) {
-                const acc_t d = v[u] - means[u];
-                means[u] += d * share;
-                m2s[u] += d * (v[u] - means[u]);
+        for (int pass = 0; pass < STATS_LOADS; pass += ACCUMULATORS) {
+            if (pass >= live) break;
+            const acc_t share = (acc_t)1 / (acc_t)(++passes);   // Welford: mean += (v - mean) / n
+#pragma unroll
+            for (int u = 0; u < ACCUMULATORS; ++u) {
+                if (pass + u < live) {
+                    const acc_t d = v[pass + u] - means[u];
+                    means[u] += d * share;
+                    m2s[u] += d * (v[pass + u] - means[u]);
+                }
             }
         }
     });
-    // rounds counts the partial round too: accumulator u missed it where its element lay past the end
-    const long long last_round = at.first + (long long)(rounds - 1) * STATS_LOADS * BLOCK_THREADS;
-    Moments acc[STATS_LOADS];
+    // passes counts the partial pass too: accumulator u missed it where its element lay past the end
+    const long long last_pass = at.first + (long long)(passes - 1) * ACCUMULATORS * BLOCK_THREADS;
+    Moments acc[ACCUMULATORS];
 #pragma unroll
-    for (int u = 0; u < STATS_LOADS; ++u)
-        acc[u] = Moments{(acc_t)(rounds - (rounds > 0 && last_round + u * BLOCK_THREADS >= at.end)), means[u], m2s[u]};
-#pragma unroll
-    for (int width = STATS_LOADS / 2; width > 0; width /= 2)   // pairwise: (0, 1) and (2, 3), then those
-#pragma unroll
-        for (int u = 0; u < width; ++u)
-            acc[u] = merged(acc[2 * u], acc[2 * u + 1]);
-    Moments s = block_moments(acc[0], tree);
+    for (int u = 0; u < ACCUMULATORS; ++u)
+        acc[u] = Moments{(acc_t)(passes - (passes > 0 && last_pass + u * BLOCK_THREADS >= at.end)), means[u], m2s[u]};
+    Moments s = block_moments(merged(merged(acc[0], acc[1]), merged(acc[2], acc[3])), tree);
     if (at.chunks > 1) {
         if (threadIdx.x == 0) {
             partial[2 * blockIdx.x] = s.mean;

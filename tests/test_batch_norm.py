@@ -9,7 +9,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, to_host
+from helpers import assert_close, assert_same_bits, to_host
 
 DTYPES = (np.float64, np.float32)
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -312,6 +312,25 @@ def test_emu_sweep(dtype):
                 recomputed = F.batch_norm_backward(c["dy"], c["x"], None, None, c["weight"], c["bias"], True,
                                                    c["eps"], activation=c["activation"], backend="emu")
                 assert_close(recomputed[0], run_case(case, "numpy")[1], dtype, what + " recomputed")
+
+
+@needs_emu
+def test_float16_statistics_are_the_float32_statistics_of_the_widened_input():
+    """batch_norm_stats' float16 build loads 8 elements a round (bytes in flight for DRAM speed) and
+    applies them as two of float32's rounds, so its mean, invstd and running statistics are float32's
+    of the widened x (the running ones rounded once) bit for bit: shapes whose threads' last round
+    holds 1 to 7 elements, over one chunk and over two (4096 elements a chunk)."""
+    from cnn_gpu.gpu import batch_norm as gpu_batch_norm
+    rng = np.random.default_rng(31)
+    for shape in [(2, 3, 5, 7), (3, 2, 20, 25), (3, 2, 40, 41), (4, 2, 33, 35), (2, 2, 64, 40)]:
+        x = (rng.standard_normal(shape) * 2 + 3).astype(np.float16)
+        running = [rng.standard_normal(shape[1]).astype(np.float16), (rng.random(shape[1]) + 0.5).astype(np.float16)]
+        wide_running = [a.astype(np.float32) for a in running]
+        half = gpu_batch_norm.stats("emu", x, *running, 0.1, 1e-5)
+        wide = gpu_batch_norm.stats("emu", x.astype(np.float32), *wide_running, 0.1, 1e-5)
+        for got, expected, what in zip((*half, *running), (*wide, *(a.astype(np.float16) for a in wide_running)),
+                                       ("mean", "invstd", "running_mean", "running_var")):
+            assert_same_bits(got, expected, f"{shape} {what}")
 
 
 @needs_emu
