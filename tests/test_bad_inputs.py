@@ -142,3 +142,17 @@ def test_cupy_numpy_mix_is_a_type_error():
     fake.dtype, fake.ndim, fake.shape = X.dtype, 4, W.shape
     with pytest.raises(TypeError, match="mix CuPy and NumPy"):
         F.conv2d(X, fake)
+
+
+def test_conv_geometry_is_remembered_for_plain_arguments_only():
+    """conv_geometry keeps its answers per shapes and options of ints, strings and tuples of ints
+    (a layer's repeated call gets the same object back); True and 1.0, equal to 1 as keys, are
+    still refused after 1 was answered."""
+    from cnn_gpu.functional.geometry import conv_geometry
+    plain = dict(stride=1, padding=(1, 1), dilation=1, groups=1)
+    first = conv_geometry(X.shape, W.shape, **plain)
+    assert conv_geometry(X.shape, W.shape, **plain) is first and first.P == X.shape[2]
+    for bad in (dict(stride=True), dict(stride=1.0), dict(padding=(1, True)), dict(dilation=(1.0, 1)),
+                dict(groups=True)):
+        with pytest.raises(TypeError, match="must be"):
+            conv_geometry(X.shape, W.shape, **{**plain, **bad})

@@ -15,6 +15,7 @@ no copy of the input for the extra row or column.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -109,7 +110,25 @@ def conv_padding(padding, stride, dilation, kernel) -> tuple[tuple[int, int], tu
 
 def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
     """Geometry of F.conv2d(x, weight, ...) on a batch x (N, C, H, W); ValueError on any
-    inconsistent size."""
+    inconsistent size. Remembered per arguments where they are ints, strings and tuples of ints
+    (a layer's every call: the same object for the same arguments; a refusal is never kept)."""
+    options = (stride, padding, dilation, groups)
+    if all(map(_plain, options)):   # equal plain values ask the same question (not True and 1)
+        return _conv_geometry_kept(tuple(x_shape), tuple(w_shape), *options)
+    return _conv_geometry(x_shape, w_shape, *options)
+
+
+def _plain(value) -> bool:
+    kind = type(value)
+    return kind is int or kind is str or kind is tuple and all(type(item) is int for item in value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_geometry_kept(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    return _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
     if len(x_shape) != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
