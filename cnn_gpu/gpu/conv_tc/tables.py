@@ -21,15 +21,23 @@ def _filter_tiles(be, w, g, plan):
     (g, t + 4), (g + 8, t + 4) in words of the m16n8k8 tile (PTX ISA fragment layout; the m16n8k16
     FP16 one in words), so a warp reads each step as 8 coalesced 512-byte rows of 16-byte vectors."""
     xp = backend.array_module(be)
-    parts = filter_tile_parts(g, plan.pass_name, TILES[plan.tile].bm, step_depth(w.dtype), is_flat(plan))
-    words = filter_tile_words(parts, g.groups)
+    words, table, sizes = _filter_tile_arguments(be, _device_id(be), g, plan.pass_name, plan.tile, w.dtype,
+                                                 is_flat(plan))
     tiles = xp.empty(max(words, 1), dtype=np.uint32)   # a dgrad whose phases have no taps reads none
-    table = _filter_tile_table(be, _device_id(be), parts)
     launch = plan.launches[0]
-    args = (xp.ascontiguousarray(w), tiles, table) + i32(len(parts), words, g.K // g.groups, g.C // g.groups, g.R,
-                                                         g.S, plan.pass_name == "dgrad", is_flat(plan))
-    backend.launch(be, launch.family, w.dtype, launch.kernel, launch.grid, launch.block, args)
+    backend.launch(be, launch.family, w.dtype, launch.kernel, launch.grid, launch.block,
+                   (xp.ascontiguousarray(w), tiles, table) + sizes)
     return tiles
+
+
+@functools.lru_cache(maxsize=256)
+def _filter_tile_arguments(be, device_id, g, pass_name, tile, dtype, flat):
+    """(words, the parts' table on the device, the int arguments) of conv2d_tc_filter_tiles for one
+    geometry and plan: the same at every call of a layer, so kept."""
+    parts = filter_tile_parts(g, pass_name, TILES[tile].bm, step_depth(dtype), flat)
+    words = filter_tile_words(parts, g.groups)
+    sizes = i32(len(parts), words, g.K // g.groups, g.C // g.groups, g.R, g.S, pass_name == "dgrad", flat)
+    return words, _filter_tile_table(be, device_id, parts), sizes
 
 
 def _device_id(be):
