@@ -28,8 +28,15 @@ FLOAT16 = np.dtype(np.float16)
 COMPUTE = np.dtype(np.float32)   # the math (and accumulation) type of float16 ops
 
 
+# an op's usual arguments that are never arrays, passed over without is_array's checks
+_NOT_ARRAYS = frozenset({int, float, str, bool, tuple, type(None)})
+
+
 def _is_float16(a) -> bool:
-    return _checks.is_array(a) and a.dtype == FLOAT16
+    kind = type(a)
+    if kind is np.ndarray:
+        return a.dtype == FLOAT16
+    return kind not in _NOT_ARRAYS and _checks.is_array(a) and a.dtype == FLOAT16
 
 
 def _all_float16(args, kwargs: dict, compute_args: tuple) -> bool:
