@@ -215,24 +215,30 @@ class GradScaler:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore state_dict()'s values, each checked as the constructor checks it (nothing
-        changes on a ValueError/TypeError)."""
+        changes on an error), but a scale that backoffs took down to 0, which a state may hold. As
+        PyTorch's: a disabled scaler ignores the call (a run resumed without loss scaling), and
+        an empty state (a disabled scaler's) is a RuntimeError."""
         if not self._enabled:
-            raise RuntimeError("GradScaler.load_state_dict on a disabled scaler")
-        if not isinstance(state, dict) or not state:
-            raise ValueError("GradScaler.load_state_dict: the state is empty or not a dict (saved from a disabled "
-                             "scaler?)")
+            return
+        if not isinstance(state, dict):
+            raise TypeError(f"GradScaler.load_state_dict expects a dict, got {type(state).__name__}")
+        if not state:
+            raise RuntimeError("GradScaler.load_state_dict: the state is empty, as a disabled scaler's is")
         expected = set(self.state_dict())
         if set(state) != expected:
             raise ValueError(f"GradScaler.load_state_dict: keys {sorted(state)}, expected {sorted(expected)}")
-        tracker = state["_growth_tracker"]
+        tracker, scale = state["_growth_tracker"], state["scale"]
         if isinstance(tracker, bool) or not isinstance(tracker, (int, np.integer)) or tracker < 0:
             raise ValueError(f"GradScaler.load_state_dict: _growth_tracker must be an integer >= 0, got {tracker!r}")
-        checked = GradScaler(state["scale"], state["growth_factor"], state["backoff_factor"],
+        underflowed = not isinstance(scale, bool) and isinstance(scale, (int, float, np.number)) and scale == 0
+        checked = GradScaler(1.0 if underflowed else scale, state["growth_factor"], state["backoff_factor"],
                              state["growth_interval"])
         if tracker >= checked._growth_interval:
             raise ValueError(f"GradScaler.load_state_dict: _growth_tracker {tracker} must be below growth_interval "
                              f"{checked._growth_interval}")
         checked._growth_tracker = int(tracker)
+        if underflowed:
+            checked._scale = 0.0
         self.__dict__.update(checked.__dict__)
 
 

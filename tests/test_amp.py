@@ -274,11 +274,18 @@ def test_state_dict_round_trip_and_refusals():
     restored = GradScaler()
     restored.load_state_dict(state)
     assert restored.state_dict() == state and restored.get_scale() == 32.0
-    for broken in ({**state, "scale": -1.0}, {**state, "_growth_tracker": 5}, {**state, "extra": 1}, {}):
-        with pytest.raises(ValueError):
+    for broken, error in (({**state, "scale": -1.0}, ValueError), ({**state, "_growth_tracker": 5}, ValueError),
+                          ({**state, "extra": 1}, ValueError), ({}, RuntimeError), ([], TypeError)):
+        with pytest.raises(error):   # {}: a disabled scaler's state, as PyTorch refuses it
             restored.load_state_dict(broken)
         assert restored.state_dict() == state     # nothing changed
     assert GradScaler(enabled=False).state_dict() == {}
+    disabled = GradScaler(enabled=False)   # PyTorch's resume without loss scaling: the call is ignored
+    assert disabled.load_state_dict(state) is None and disabled.state_dict() == {} and disabled.get_scale() == 1.0
+    # backoffs take a float32 scale down to 0 (a scaler that will skip every step); its state reloads
+    dead = {**state, "scale": 0.0, "_growth_tracker": 0}
+    restored.load_state_dict(dead)
+    assert restored.state_dict() == dead
 
 
 def test_each_optimizer_is_unscaled_checked_and_skipped_on_its_own_gradients():

@@ -337,7 +337,7 @@ def _restore_scaler(scaler, meta: dict, source: str) -> None:
         return
     try:
         scaler.load_state_dict(meta.get("scaler"))
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RuntimeError) as err:
         raise UsageError(f"{source}: malformed checkpoint: {err}") from None
 
 
