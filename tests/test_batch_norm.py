@@ -180,7 +180,7 @@ def test_layer_options_and_state_dict_round_trip():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     plain = nn.BatchNorm2d(3, affine=False, track_running_stats=False)
-    assert plain.parameters() == [] and plain.state_dict() == {}
+    assert list(plain.parameters()) == [] and plain.state_dict() == {}
     plain.eval()   # no running statistics: batch statistics even in eval mode, as PyTorch
     y = plain(x)
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-6)
@@ -191,7 +191,7 @@ def test_layer_options_and_state_dict_round_trip():
     state = layer.state_dict()
     assert list(state)[2:] == ["1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
     assert [name for name, _ in layer.named_buffers()] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
-    assert len(layer.buffers()) == 3 and len(layer.parameters()) == 4   # buffers are not trained
+    assert len(list(layer.buffers())) == 3 and len(list(layer.parameters())) == 4   # buffers are not trained
     fresh = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
     fresh.load_state_dict(state)
     for key, value in fresh.state_dict().items():

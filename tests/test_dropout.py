@@ -287,6 +287,10 @@ def test_a_state_dict_from_before_the_step_buffer_loads_as_step_0():
     del old["0.weight"]                 # only the newer buffer may be missing
     with pytest.raises(ValueError, match="missing keys: 0.weight$"):
         fresh.load_state_dict(old)
+    # a load that is not strict (a part of a model) leaves what it lacks as it is, the step too
+    fresh[2].step = np.array(7, np.int64)
+    assert fresh.load_state_dict(old, strict=False).missing_keys == ["0.weight", "2.step"]
+    assert int(fresh[2].step) == 7
 
 
 @pytest.mark.parametrize("bad", [2.9, -1, np.nan, 2.0**64])

@@ -589,7 +589,7 @@ def test_a_module_used_twice_in_one_model_is_refused():
         seq.append(seq)
     seq.block = nn.ReLU()
     seq.block = nn.ReLU()   # replacing a child under its own name is fine
-    assert len(seq.parameters()) == 2
+    assert len(list(seq.parameters())) == 2
     # added to a container after that one was nested: the building check cannot see it, the forward can
     inner = nn.Sequential()
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), inner)
@@ -611,7 +611,7 @@ def test_tied_weights_get_both_places_gradients(rng):
     first, second = nn.Linear(3, 3, dtype=np.float64, rng=1), nn.Linear(3, 3, dtype=np.float64, rng=2)
     second.weight = first.weight
     model = nn.Sequential(first, nn.Tanh(), second)
-    assert model.parameters() == [first.weight, first.bias, second.bias]
+    assert list(model.parameters()) == [first.weight, first.bias, second.bias]
     assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     x, dy = _randn(rng, 4, 3), _randn(rng, 4, 3)
     model(x)
@@ -671,8 +671,8 @@ def test_state_dict_round_trip_is_exact():
         np.testing.assert_array_equal(va, vb)
     # copies, both ways: changing the dict or the source model does not reach the loaded one
     state["0.weight"][...] = 7
-    a.parameters()[0].data[...] = 8
-    assert not np.any(b.parameters()[0].data == 7) and not np.any(b.parameters()[0].data == 8)
+    next(a.parameters()).data[...] = 8
+    assert not np.any(next(b.parameters()).data == 7) and not np.any(next(b.parameters()).data == 8)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -718,6 +718,52 @@ def test_load_state_dict_not_strict_skips_and_reports_names():
         model.load_state_dict(state, strict=False)
     with pytest.raises(TypeError, match="strict"):
         model.load_state_dict(source.state_dict(), strict="no")
+
+
+def test_registered_names_take_their_kind_or_none_and_del_unregisters():
+    """PyTorch's rules: an array assigned to a parameter's name is refused (it would leave the
+    parameter unregistered: gone from parameters() and state_dict()), None is taken and skipped;
+    likewise a child module's name; `del` unregisters a parameter, buffer or module."""
+    layer = nn.Linear(2, 3)
+    with pytest.raises(TypeError, match="cannot assign ndarray as parameter 'weight'.*assign to its .data"):
+        layer.weight = np.zeros((3, 2), np.float32)
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    layer.bias = None
+    assert list(layer.state_dict()) == ["weight"] and list(layer.parameters()) == [layer.weight]
+    layer.bias = nn.Parameter(np.ones(3, np.float32))   # back in its place
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    del layer.bias
+    assert list(layer.state_dict()) == ["weight"] and not hasattr(layer, "bias")
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    with pytest.raises(TypeError, match="cannot assign int as child module '1'"):
+        setattr(model, "1", 5)
+    norm = nn.BatchNorm2d(3)
+    del norm.running_var
+    assert "running_var" not in norm.state_dict()
+
+
+def test_named_parameters_and_parameters_as_pytorch_gives_them():
+    """Tied weights once under their first name (remove_duplicate=False: every place), recurse=False
+    a module's own, parameters() and buffers() iterators, a slice of a Sequential keeping its names."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm2d(3), nn.Linear(3, 3))
+    model[2].weight = model[0].weight
+    reference = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm2d(3), torch.nn.Linear(3, 3))
+    reference[2].weight = reference[0].weight
+    for options in ({}, {"remove_duplicate": False}, {"recurse": False}, {"prefix": "net"}):
+        assert ([name for name, _ in model.named_parameters(**options)]
+                == [name for name, _ in reference.named_parameters(**options)]), options
+        assert ([name for name, _ in model.named_buffers(**options)]
+                == [name for name, _ in reference.named_buffers(**options)]), options
+    assert next(model.parameters()) is model[0].weight and len(list(model.parameters())) == 5
+    assert next(model.buffers()) is model[1].running_mean
+    optim.SGD([p for _, p in model.named_parameters()], lr=0.1)   # each once: accepted
+    part, reference_part = model[1:], reference[1:]
+    assert list(part.state_dict()) == list(reference_part.state_dict())   # "1.weight", ... "2.bias"
+    assert all(part.state_dict()[name].tobytes() == value.tobytes() for name, value in model.state_dict().items()
+               if name in part.state_dict())
+    part.append(nn.ReLU())
+    assert list(part._modules) == ["1", "2", "3"] and len(part) == 3
 
 
 def test_batch_norm_state_without_num_batches_tracked_loads_keeping_the_count(rng):

@@ -125,7 +125,7 @@ def test_a_replay_repeats_every_launch_and_device_call_of_the_recording():
     # the fixed launches, the Linear's three matmuls, the mean loss's division, each parameter's
     # gradient unbound (zero_grad) and bound again (backward), and the optimizer's update as one
     # live call
-    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + 2 * len(model.parameters()) + 1
+    assert step.entries == len(launches) - optimizer_launches + 3 + 1 + 2 * len(list(model.parameters())) + 1
 
 
 @needs_emu

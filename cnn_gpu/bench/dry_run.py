@@ -36,7 +36,7 @@ def training_step(model, batch_shape, classes: int, rng):
     optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     loss_fn.to(model.backend)
-    x = rng.standard_normal(batch_shape).astype(model.parameters()[0].dtype)
+    x = rng.standard_normal(batch_shape).astype(next(model.parameters()).dtype)
     labels = rng.integers(0, classes, batch_shape[0])
 
     def step():

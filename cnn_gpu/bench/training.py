@@ -170,7 +170,7 @@ def torch_mirror(model, torch):
     mirror = convert(model)
     dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
              np.dtype(np.float64): torch.float64}[
-        np.dtype(model.parameters()[0].dtype)]
+        np.dtype(next(model.parameters()).dtype)]
     mirror = mirror.to(dtype)
     mirror.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(value))
                             for name, value in model.state_dict().items()})

@@ -63,9 +63,11 @@ class Sequential(Module):
             self.append(layer)
 
     def append(self, layer):
+        """Adds `layer` under the next number after the last (len(self) where numbered from 0)."""
         if not isinstance(layer, Module):
             raise TypeError(f"Sequential takes Modules, got {type(layer).__name__}")
-        setattr(self, str(len(self._modules)), layer)
+        numbers = [int(name) for name in self._modules if name.isdigit()]
+        setattr(self, str(max(numbers, default=-1) + 1), layer)
         return self
 
     def __len__(self):
@@ -75,10 +77,14 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, index):
-        layers = list(self._modules.values())
+        """The layer at `index`, or for a slice a Sequential of those layers under their names here
+        ("2", "3"...), as PyTorch's: its state_dict's names are this one's."""
         if isinstance(index, slice):
-            return Sequential(*layers[index])
-        return layers[index]
+            part = Sequential()
+            for name, layer in list(self._modules.items())[index]:
+                setattr(part, name, layer)
+            return part
+        return list(self._modules.values())[index]
 
     def forward(self, x):
         layers = list(self._modules.values())

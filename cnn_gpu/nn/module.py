@@ -173,17 +173,29 @@ class Module:
         elif isinstance(value, Module):
             parameters.pop(name, None)
             modules[name] = value
-        else:
-            parameters.pop(name, None)
-            modules.pop(name, None)
+        elif name in parameters or name in modules:   # PyTorch's rule: such a name takes its kind or None
+            registry, kind = (parameters, "parameter") if name in parameters else (modules, "child module")
+            if value is not None:
+                expected = "cnn_gpu.nn.Parameter" if registry is parameters else "cnn_gpu.nn.Module"
+                raise TypeError(f"cannot assign {type(value).__name__} as {kind} {name!r} ({expected} or None "
+                                f"expected; to change a parameter's values, assign to its .data)")
+            registry[name] = None
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        """Deleting a parameter, buffer or child module unregisters it, as in PyTorch."""
+        for registry in (self._parameters, self._buffers, self._modules):
+            if name in registry:
+                del registry[name]
+                object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
+        object.__delattr__(self, name)
 
     def _check_not_in_tree(self, name: str, child: "Module") -> None:
         """ValueError when `child` (or a module inside it) is this module or already sits in its tree
         under another name: a module keeps only its latest forward's input for backward, so one
         used twice in a model would get wrong gradients."""
         tree = {id(self)}
-        for other_name, other in self._modules.items():
+        for other_name, other in self.named_children():
             if other_name != name:
                 tree.update(id(module) for module in other.modules())
         reused = next((module for module in child.modules() if id(module) in tree), None)
@@ -260,27 +272,38 @@ class Module:
     # --- tree walking ---------------------------------------------------------------------------
 
     def children(self):
-        return iter(self._modules.values())
+        return (child for child in self._modules.values() if child is not None)
+
+    def named_children(self):
+        return ((name, child) for name, child in self._modules.items() if child is not None)
 
     def named_modules(self, prefix: str = ""):
         yield prefix, self
-        for name, child in self._modules.items():
+        for name, child in self.named_children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def modules(self):
         return (module for _, module in self.named_modules())
 
-    def named_parameters(self, prefix: str = ""):
-        """(name, Parameter) pairs: a module's own parameters first, then its children's."""
-        for module_name, module in self.named_modules(prefix):
-            for name, parameter in module._parameters.items():
-                yield (f"{module_name}.{name}" if module_name else name), parameter
-
-    def parameters(self) -> list:
-        """Each Parameter once (tied weights: one Parameter assigned to two modules), in the order
-        of named_parameters, as PyTorch's."""
+    def _named_members(self, registry: str, prefix: str, recurse: bool, remove_duplicate: bool):
+        """(name, member) of the registry's members that are not None, module by module (only this
+        one's where not `recurse`), each once where `remove_duplicate` (tied weights: the first name)."""
         seen = set()
-        return [p for _, p in self.named_parameters() if id(p) not in seen and not seen.add(id(p))]
+        for module_name, module in self.named_modules(prefix) if recurse else ((prefix, self),):
+            for name, member in getattr(module, registry).items():
+                if member is None or remove_duplicate and (id(member) in seen or seen.add(id(member))):
+                    continue
+                yield (f"{module_name}.{name}" if module_name else name), member
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """(name, Parameter) pairs: a module's own parameters first, then its children's; a
+        Parameter tied to two places once, under its first name, unless not `remove_duplicate`
+        (PyTorch's)."""
+        return self._named_members("_parameters", prefix, recurse, remove_duplicate)
+
+    def parameters(self, recurse: bool = True):
+        """An iterator over the Parameters, each once, in the order of named_parameters (PyTorch's)."""
+        return (parameter for _, parameter in self.named_parameters(recurse=recurse))
 
     def register_buffer(self, name: str, array) -> None:
         """Register `array` (or None: absent) as the buffer `name`, saved in state_dict()."""
@@ -289,15 +312,12 @@ class Module:
         self._buffers[name] = array
         object.__setattr__(self, name, array)
 
-    def named_buffers(self, prefix: str = ""):
+    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
         """(name, array) pairs of the buffers that are not None, in the order of named_parameters."""
-        for module_name, module in self.named_modules(prefix):
-            for name, array in module._buffers.items():
-                if array is not None:
-                    yield (f"{module_name}.{name}" if module_name else name), array
+        return self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
-    def buffers(self) -> list:
-        return [array for _, array in self.named_buffers()]
+    def buffers(self, recurse: bool = True):
+        return (array for _, array in self.named_buffers(recurse=recurse))
 
     def _named_state(self):
         """(name, module, key, kind, array) of every parameter and buffer that is not None: each module's
@@ -358,9 +378,10 @@ class Module:
         """Copy `state` into the parameters and buffers as C-contiguous copies in their dtype,
         whatever the layout of the given arrays. strict: the same names (otherwise missing and
         unexpected names are skipped); shapes must match either way. Every entry is checked and
-        converted before any parameter changes, so a failed load changes nothing. A buffer newer
-        than the state dict (one of its module's `_defaults_for_missing_buffers`, such as Dropout's
-        step) takes its default value. Returns (missing_keys, unexpected_keys), as PyTorch."""
+        converted before any parameter changes, so a failed load changes nothing. In a strict load,
+        a buffer newer than the state dict (one of its module's `_defaults_for_missing_buffers`,
+        such as Dropout's step) takes its default value; a load that is not strict leaves every
+        missing entry as it is and lists it. Returns (missing_keys, unexpected_keys), as PyTorch."""
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict expects a mapping of names to arrays, got {type(state).__name__}")
         if not isinstance(strict, bool):
@@ -368,7 +389,7 @@ class Module:
         own = OrderedDict((name, entry) for name, *entry in self._named_state())
         defaults = {}
         for name, (module, key, kind, current) in own.items():
-            if kind == "buffer" and key in module._defaults_for_missing_buffers and name not in state:
+            if strict and kind == "buffer" and key in module._defaults_for_missing_buffers and name not in state:
                 default = module._defaults_for_missing_buffers[key]
                 defaults[name] = to_host(current) if default is None else default
         state = {**state, **defaults}
