@@ -28,6 +28,8 @@ from .functional._checks import FLOAT_DTYPES, flag, real_number, updatable, whol
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, array_like, to_host
 
+SCHEDULER_KEY = "initial_lr"   # the one key a learning-rate scheduler adds to a parameter group
+
 
 # --- the NumPy updates (the signatures of cnn_gpu.gpu.optim.sgd_step / adam_step) ---------------
 
@@ -290,11 +292,14 @@ class Optimizer:
         if len(groups) != 1 or len(states) != len(self.params):
             raise ValueError(f"optimizer state has {len(states)} parameter states in {len(groups)} groups; this "
                              f"optimizer has {len(self.params)} parameters in 1 group")
-        own_keys = {k for k in self.param_groups[0] if k != "params"}
-        if set(groups[0]) != own_keys:
+        # a learning-rate scheduler's initial_lr may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
+        own_keys = {k for k in self.param_groups[0] if k not in ("params", SCHEDULER_KEY)}
+        if set(groups[0]) - {SCHEDULER_KEY} != own_keys:
             raise ValueError(f"optimizer state has hyper-parameters {sorted(groups[0])}; {type(self).__name__} has "
                              f"{sorted(own_keys)} (a state dict of another optimizer?)")
         hyper = self._validated(groups[0])
+        if SCHEDULER_KEY in groups[0]:
+            hyper[SCHEDULER_KEY] = real_number(groups[0][SCHEDULER_KEY], SCHEDULER_KEY, minimum=0)
         restored = []
         for i, (p, saved) in enumerate(zip(self.params, states)):
             if not isinstance(saved, dict):
