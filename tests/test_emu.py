@@ -1033,6 +1033,41 @@ def test_a_build_under_way_in_another_process_is_waited_for(tmp_path, monkeypatc
     assert results == [target] and builds == [] and real_is_intact(target)
 
 
+def test_an_interrupted_compile_leaves_no_compiler_process_and_no_file(tmp_path):
+    """An exception in the middle of a compile (Ctrl-C, SIGTERM in cnn-gpu train) stops the
+    compiler's whole group and removes its temporary folder: killing g++ alone left its cc1plus
+    compiling, orphaned, and its temporary .s file in /tmp (helper-97's SIGTERM test). A shell
+    stands in for g++, its `sleep` for cc1plus."""
+    import signal
+    import time
+    from cnn_gpu.emu import _build
+    record = tmp_path / "record"
+    script = (f'echo "$TMPDIR" > {record}; [ -n "$TMPDIR" ] && touch "$TMPDIR/cc1.s"; '
+              f'sleep 60 & echo $! >> {record}; wait')
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _build._run(["sh", "-c", script], "a compile")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    scratch, grandchild = record.read_text().splitlines()
+    for _ in range(100):   # the orphan's parent (init) reaps it
+        try:
+            os.kill(int(grandchild), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(int(grandchild), signal.SIGKILL)
+        raise AssertionError("the compiler's child outlived the interrupted compile")
+    assert scratch and not os.path.exists(scratch), "the compiler's temporary folder is left"
+
+
 def test_a_changed_header_in_an_include_path_rebuilds_the_module(tmp_path):
     (tmp_path / "value.cuh").write_text("#define VALUE 5\n")
     code = '#include "value.cuh"\nextern "C" __global__ void k(int* y) { y[threadIdx.x] = VALUE; }'

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -105,11 +106,41 @@ def _private_cache(wanted: str, problem: str) -> Path:
     return private
 
 
+# How long an interrupted compiler may take to end on SIGTERM (removing its files) before SIGKILL
+COMPILER_STOP_S = 2.0
+
+
 def _run(cmd, what: str, stdin: str | None = None) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, input=stdin)
-    if done.returncode != 0:
-        raise CompileError(f"{what} failed:\n{' '.join(cmd)}\n{done.stderr.strip()}")
-    return done.stdout
+    """The compiler's output; CompileError with its messages. It runs in a session of its own with
+    a temporary folder of its own: on an interruption of this process (Ctrl-C, the exception
+    SIGTERM raises in `cnn-gpu train`) its whole group is stopped, g++'s cc1plus and as too (killing
+    g++ alone left them compiling, orphaned), and its temporary files are removed with the folder."""
+    with tempfile.TemporaryDirectory(prefix="cnn-gpu-cxx-") as scratch, subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True, env={**os.environ, "TMPDIR": scratch}) as process:
+        try:
+            out, err = process.communicate(stdin)
+        except BaseException:
+            _stop_group(process)
+            raise
+    if process.returncode != 0:
+        raise CompileError(f"{what} failed:\n{' '.join(cmd)}\n{err.strip()}")
+    return out
+
+
+def _stop_group(process) -> None:
+    """SIGTERM to the process's group (g++ then removes its files), SIGKILL if it outlives
+    COMPILER_STOP_S."""
+    for sig, wait in ((signal.SIGTERM, COMPILER_STOP_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 # length of the entry before the trailer, its SHA-256, a magic word
