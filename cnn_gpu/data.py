@@ -215,8 +215,10 @@ def read_npz(path, what: str) -> dict:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{what} {path} is a folder, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
+    if not path.is_file():   # a device (/dev/null), a pipe: it would read as empty or never end
+        raise ValueError(f"{what} {path} is not a regular file")
     try:
         with open(path, "rb") as f:   # np.load takes any other file for a pickle, and says so
             if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUM"):

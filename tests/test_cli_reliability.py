@@ -90,7 +90,7 @@ def test_bad_data_is_refused_before_training(tmp_path, capsys, good_checkpoint, 
     (["--epochs", "0"], "argument --epochs: must be an integer >= 1"),
     (["--epochs", "1.5"], "argument --epochs: must be an integer >= 1, got '1.5'"),
     (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
-    (["--max-batches", "-2"], "argument --max-batches: must be an integer >= 1"),
+    (["--max-batches", "-2"], "argument --max-batches: must be an integer >= 0"),
 ])
 def test_bad_numeric_options_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -196,6 +196,7 @@ def test_resume_from_a_folder_or_nothing_says_which(tmp_path, capsys, good_check
     (tmp_path / "folder").mkdir()
     _refused_before_training(capsys, tmp_path, ["--resume", str(tmp_path / "folder")], "is a folder, not a file", keep)
     _refused_before_training(capsys, tmp_path, ["--resume", str(tmp_path / "none.npz")], "checkpoint not found", keep)
+    _refused_before_training(capsys, tmp_path, ["--resume", os.devnull], f"{os.devnull} is not a regular file", keep)
 
 
 def test_a_resume_with_changed_settings_says_which(tmp_path, capsys):
@@ -213,6 +214,41 @@ def test_a_resume_with_changed_settings_says_which(tmp_path, capsys):
                  "--resume", str(path)]) == 0
     assert "with --max-batches 2 (it trained with 1)" in capsys.readouterr().out
 
+
+
+def test_a_resume_takes_the_checkpoints_max_batches_unless_given(tmp_path, capsys):
+    """README: options not given take the checkpoint's values, --max-batches too (a resumed quick
+    run trained whole epochs); --max-batches 0 drops the limit, and says so."""
+    path = tmp_path / "ck.npz"
+    assert main(["train", "--device", "numpy", "--max-batches", "2", "--epochs", "1", "--save", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--device", "numpy", "--epochs", "2", "--resume", str(path), "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: resuming" not in out and "first 2 batches" in out
+    assert checkpoint.load(path)[2]["max_batches"] == 2
+    assert main(["train", "--device", "numpy", "--epochs", "3", "--resume", str(path), "--max-batches", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "with --max-batches unset (it trained with 2)" in out and "first 2 batches" not in out
+
+
+def test_a_relative_data_path_is_recorded_whole(tmp_path, capsys, monkeypatch):
+    """--data given relative to the folder a run started in is recorded as an absolute path, so a
+    resume started elsewhere reads the same file; a recorded path that is gone says where it came from."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "run").mkdir()
+    np.savez(tmp_path / "run" / "d.npz", x=_images(rng, 120), y=_labels(120))
+    monkeypatch.chdir(tmp_path / "run")
+    argv = ["train", "--device", "numpy", "--dataset", "npz", "--max-batches", "1"]
+    assert main([*argv, "--data", "d.npz", "--epochs", "1", "--save", "ck.npz"]) == 0
+    assert checkpoint.load("ck.npz")[2]["settings"]["data"] == str(tmp_path / "run" / "d.npz")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume", "run/ck.npz"]) == 0
+    assert "note: resuming" not in capsys.readouterr().out
+    (tmp_path / "run" / "d.npz").rename(tmp_path / "moved.npz")
+    assert main([*argv, "--epochs", "2", "--resume", "run/ck.npz"]) == 2
+    assert "(the --data path run/ck.npz recorded; give --data to read it from elsewhere)" in capsys.readouterr().err
+    assert main([*argv, "--epochs", "2", "--resume", "run/ck.npz", "--data", "moved.npz"]) == 0
 
 
 def test_a_resume_with_another_number_of_processes_says_so(tmp_path, capsys):
@@ -287,6 +323,9 @@ def _tamper(header):
         "boolean batch size": (dict(header, meta=dict(meta, settings=dict(settings, batch_size=True))),
                                "setting batch_size is True"),
         "shuffling state": (dict(header, meta=dict(meta, shuffle_rng={"bit_generator": "PCG64"})), "shuffling state"),
+        "world size a string": (dict(header, meta=dict(meta, world_size="x")), "its world_size is 'x'"),
+        "max batches 0": (dict(header, meta=dict(meta, max_batches=0)), "its max_batches is 0"),
+        "blas threads a float": (dict(header, meta=dict(meta, blas_threads=1.5)), "its blas_threads is 1.5"),
         "foreign eps": (dict(header, optimizer=dict(optimizer, param_groups=[dict(optimizer["param_groups"][0],
                                                                                   eps=0.5)])),
                         "optimizer hyper-parameters"),

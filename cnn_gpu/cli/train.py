@@ -96,8 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=path_argument, metavar="PATH",
                         help="continue from this checkpoint; the settings it records (model, precision, epochs, "
                              "batch size, ...) come from it where not given here")
-    parser.add_argument("--max-batches", type=positive_int, metavar="N",
-                        help="stop each epoch (and the evaluation) after N batches, for quick runs")
+    parser.add_argument("--max-batches", type=non_negative_int, metavar="N",
+                        help="stop each epoch (and the evaluation) after N batches, for quick runs (0: every "
+                             "batch, where a resumed checkpoint had a limit)")
     parser.add_argument("--replay", action="store_true",
                         help="record each epoch's first full batch as a step and replay it for the others "
                              "(cnn_gpu.replay), and the evaluation's first full batch likewise: the host issues "
@@ -233,6 +234,10 @@ def _load_checkpoint(path: str):
     epoch = meta.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise UsageError(f"{path}: malformed checkpoint: its epoch is {epoch!r}, not an integer >= 0")
+    for key, absent in (("max_batches", None), ("world_size", 1), ("blas_threads", None)):
+        value = meta.get(key, absent)   # what the run recorded besides its settings
+        if value is not absent and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{path}: malformed checkpoint: its {key} is {value!r}, not an integer >= 1")
     meta = dict(meta, settings=_checked_saved_settings(meta.get("settings"), path))
     meta["settings"].setdefault("precision", "fp32")   # checkpoints from before --precision trained in fp32
     try:
@@ -251,6 +256,8 @@ def _settings(args, saved: dict) -> dict:
         if given is not None and key in FIXED_ON_RESUME and key in saved and given != saved[key]:
             raise UsageError(f"--{key.replace('_', '-')} {given} differs from the resumed checkpoint's "
                              f"{saved[key]}")
+        if key == "data" and given is not None:   # recorded as an absolute path: a resume from elsewhere finds it
+            given = os.path.abspath(given)
         settings[key] = given if given is not None else saved.get(key, default)
     if settings["lr"] is None:
         settings["lr"] = DEFAULT_LR[settings["model"], settings["optimizer"]]
@@ -359,6 +366,10 @@ def _checked_settings(args, processes: int) -> tuple:
     """(the --resume checkpoint or None, the run's settings) of a run in `processes` processes,
     after the checks of the options and of the checkpoint; UsageError where one refuses."""
     resumed = _load_checkpoint(args.resume) if args.resume else None
+    if resumed and args.max_batches is None:   # not a setting, but taken from the checkpoint as they are
+        args.max_batches = resumed[2].get("max_batches")
+    if args.max_batches == 0:   # given 0: every batch (a resumed run's limit dropped)
+        args.max_batches = None
     settings = _settings(args, resumed[2]["settings"] if resumed else {})
     _check_args(args, settings)
     if resumed and resumed[2]["epoch"] > settings["epochs"]:
@@ -431,7 +442,13 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         if args.replay and device == "numpy":
             raise UsageError("--replay replays the kernels of one process: it needs --device emu or cuda "
                              f"(this run: {device})")
-        dataset = _load_dataset(settings)
+        try:
+            dataset = _load_dataset(settings)
+        except UsageError as err:
+            if resumed and args.data is None and settings["data"] is not None:
+                raise UsageError(f"{err} (the --data path {args.resume} recorded; give --data to read it from "
+                                 f"elsewhere)") from None
+            raise
 
         nn.init.manual_seed(settings["seed"])
         try:
