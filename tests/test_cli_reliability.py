@@ -216,6 +216,30 @@ def test_a_resume_with_changed_settings_says_which(tmp_path, capsys):
 
 
 
+def test_weight_decay_is_a_setting_a_resume_may_change(tmp_path, capsys):
+    """--weight-decay goes to the optimizer (its state_dict's hyper-parameter), is recorded, taken
+    by a resume that does not give it, and applied and said where a resume changes it; a checkpoint
+    from before the option trained without decay."""
+    path = tmp_path / "ck.npz"
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--optimizer", "sgd"]
+    assert main([*argv, "--epochs", "1", "--weight-decay", "5e-4", "--save", str(path)]) == 0
+    assert "sgd lr=0.05 weight_decay=0.0005," in capsys.readouterr().out
+    _, optimizer_state, meta = checkpoint.load(path)
+    assert optimizer_state["param_groups"][0]["weight_decay"] == meta["settings"]["weight_decay"] == 5e-4
+    assert main([*argv, "--epochs", "2", "--resume", str(path), "--save", str(path)]) == 0
+    assert "note: resuming" not in capsys.readouterr().out
+    assert checkpoint.load(path)[1]["param_groups"][0]["weight_decay"] == 5e-4
+    assert main([*argv, "--epochs", "3", "--resume", str(path), "--weight-decay", "0.01", "--save", str(path)]) == 0
+    assert "with --weight-decay 0.01 (it trained with 0.0005)" in capsys.readouterr().out
+    assert checkpoint.load(path)[1]["param_groups"][0]["weight_decay"] == 0.01
+    model, optimizer, meta = checkpoint.load(path)   # as saved before --weight-decay existed
+    del meta["settings"]["weight_decay"]
+    optimizer["param_groups"][0]["weight_decay"] = 0.0
+    checkpoint.save(path, model, optimizer, meta)
+    assert main([*argv, "--epochs", "4", "--resume", str(path), "--weight-decay", "0.001"]) == 0
+    assert "with --weight-decay 0.001 (it trained with 0.0)" in capsys.readouterr().out
+
+
 def test_a_resume_takes_the_checkpoints_max_batches_unless_given(tmp_path, capsys):
     """README: options not given take the checkpoint's values, --max-batches too (a resumed quick
     run trained whole epochs); --max-batches 0 drops the limit, and says so."""

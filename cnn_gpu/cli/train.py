@@ -35,7 +35,7 @@ from .metrics import RunningMetrics, correct_count, read_count
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
 DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "adam", "lr": None,
             "batch_size": 32, "seed": 0, "epochs": 15, "warmup_epochs": 0, "label_smoothing": 0.0,
-            "precision": "fp32"}
+            "precision": "fp32", "weight_decay": 0.0}
 # Initial learning rates by (model, optimizer): cnn and resnet tuned on digits (the small ResNet
 # takes a larger Adam step); resnet18's are the usual CIFAR-10 ones (SGD 0.1 at batch 128).
 DEFAULT_LR = {("cnn", "adam"): 2e-3, ("cnn", "sgd"): 0.05, ("resnet", "adam"): 5e-3, ("resnet", "sgd"): 0.05,
@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "decay it along half a cosine over the rest (default: 0)")
     parser.add_argument("--label-smoothing", type=unit_float, metavar="S",
                         help="mix each one-hot target with the uniform distribution by this much (default: 0)")
+    parser.add_argument("--weight-decay", type=unit_float, metavar="W",
+                        help="the optimizer's L2 weight decay, on every parameter as PyTorch's weight_decay "
+                             "(default: 0; CIFAR-10 ResNet recipes use 5e-4 with SGD)")
     parser.add_argument("--precision", choices=tuple(PRECISION_DTYPES),
                         help="fp32; tf32: float32 convolutions with TF32 operands; fp16: float16 weights and "
                              "activations (FP32 math, FP32 master weights in the optimizer) with dynamic loss "
@@ -240,6 +243,7 @@ def _load_checkpoint(path: str):
             raise UsageError(f"{path}: malformed checkpoint: its {key} is {value!r}, not an integer >= 1")
     meta = dict(meta, settings=_checked_saved_settings(meta.get("settings"), path))
     meta["settings"].setdefault("precision", "fp32")   # checkpoints from before --precision trained in fp32
+    meta["settings"].setdefault("weight_decay", 0.0)   # ... and from before --weight-decay without it
     try:
         np.random.default_rng().bit_generator.state = meta.get("shuffle_rng")
     except (TypeError, ValueError, KeyError, OverflowError) as err:
@@ -315,20 +319,28 @@ def _fingerprint(dataset) -> str:
     return digest.hexdigest()[:16]
 
 
+# The optimizer's hyper-parameters that follow the run's settings (the schedule's lr, --weight-decay),
+# not the checkpoint: a resume may change them, as any setting (said by _changed_on_resume)
+SETTING_HYPERS = ("lr", "weight_decay")
+
+
 def _restore(model, optimizer, resumed, source: str) -> None:
     """Load a checkpoint's weights and optimizer state, refusing (UsageError) state that does not
-    fit: shapes, the hyper-parameters this trainer uses (all but the scheduled lr), the state keys."""
+    fit: shapes, the hyper-parameters this trainer fixes (all but SETTING_HYPERS, which keep the
+    run's values), the state keys."""
     model_state, optimizer_state, _ = resumed
     # The optimizer is built with fixed hyper-parameters; compare them as the checkpoint's JSON holds them.
-    own = json.loads(json.dumps({k: v for k, v in optimizer.state_dict()["param_groups"][0].items() if k != "lr"}))
+    group = optimizer.state_dict()["param_groups"][0]
+    own = json.loads(json.dumps({k: v for k, v in group.items() if k not in SETTING_HYPERS}))
     try:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{source}: {err}") from None
-    saved = {k: v for k, v in optimizer_state["param_groups"][0].items() if k != "lr"}
+    saved = {k: v for k, v in optimizer_state["param_groups"][0].items() if k not in SETTING_HYPERS}
     if saved != own:
         raise UsageError(f"{source}: malformed checkpoint: optimizer hyper-parameters {saved}, expected {own}")
+    optimizer.param_groups[0].update({k: group[k] for k in SETTING_HYPERS})
     for i, (parameter, state) in enumerate(zip(optimizer.params, optimizer.state)):
         # all of a stepped parameter's state, float16 ones' FP32 master weights too (load_state_dict
         # takes a part of it, which a resume would not continue bit for bit)
@@ -460,9 +472,10 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
             raise UsageError(f"--batch-size 1: --model {settings['model']} has batch norm, which cannot train on one "
                              f"image at a time (per process); use 2 or more")
         if settings["optimizer"] == "adam":
-            optimizer = optim.Adam(model.parameters(), lr=settings["lr"])
+            optimizer = optim.Adam(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
         else:
-            optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM)
+            optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM,
+                                  weight_decay=settings["weight_decay"])
         # Every rank draws the same permutations: the checkpoint holds no per-rank state, so a run
         # resumes with any number of ranks.
         shuffle_rng = np.random.default_rng(settings["seed"])
@@ -494,9 +507,10 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
 
     epochs = settings["epochs"]
     ranks = f" x {world.size} ranks" if world.size > 1 else ""
+    decay = f" weight_decay={settings['weight_decay']:g}" if settings["weight_decay"] else ""
     _say(leader, f"training {settings['model']} on {dataset.name} ({len(dataset.x_train)} train / "
                  f"{len(dataset.x_test)} test images of {'x'.join(map(str, dataset.image_shape))}) on {device}: "
-                 f"{settings['optimizer']} lr={settings['lr']:g}, batch {settings['batch_size']}{ranks}, "
+                 f"{settings['optimizer']} lr={settings['lr']:g}{decay}, batch {settings['batch_size']}{ranks}, "
                  f"{settings['precision']}, "
          + (f"epochs {start_epoch + 1}..{epochs}" if start_epoch < epochs else f"all {epochs} epochs done"))
     started = time.perf_counter()
