@@ -42,7 +42,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: anything else in the file is refused
     rather than imported (a pickle may name any callable). Python 3 pickles of protocol 2 spell
     an array's bytes with _codecs.encode."""
-    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ALLOWED = {("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes"),   # protocol 2's b""
+               ("numpy", "ndarray"), ("numpy", "dtype"),
                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                # protocol 5 (pickle.HIGHEST_PROTOCOL) rebuilds arrays from buffers
@@ -59,6 +60,8 @@ def _check_batch(data, labels, path: Path):
         raise ValueError(f"{path}: data must be uint8 of shape (n, {RECORD_PIXELS}), got {data.dtype} {data.shape}")
     if labels.shape != (len(data),):
         raise ValueError(f"{path}: labels of shape {labels.shape} for {len(data)} images")
+    if labels.size == 0:   # an empty list reads as float64
+        labels = labels.astype(np.int64)
     if labels.dtype.kind not in "iu" or (len(labels) and not 0 <= labels.min() <= labels.max() < NUM_CLASSES):
         raise ValueError(f"{path}: labels must be integers in 0..{NUM_CLASSES - 1}")
     return data.reshape((-1,) + IMAGE_SHAPE), labels.astype(np.int64)
@@ -67,10 +70,10 @@ def _check_batch(data, labels, path: Path):
 def read_python_batch(path):
     """(images uint8 (n, 3, 32, 32), labels int64) of one pickled batch."""
     path = Path(path)
+    data = path.read_bytes()
     try:
-        batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
-            LookupError, MemoryError) as err:   # LookupError: a corrupt codec name; MemoryError: a forged size
+        batch = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as err:   # whatever a corrupt pickle raises (UnpicklingError, OverflowError on a forged size...)
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__

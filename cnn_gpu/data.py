@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,10 +227,11 @@ def read_npz(path, what: str) -> dict:
             raise ValueError("an .npy array, not an .npz archive of named arrays")
         with archive:
             return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"{path}: not a readable {what} ({err})") from None
     except MemoryError:   # an array header claiming more than memory holds
         raise ValueError(f"{path}: not a readable {what} (an array larger than memory)") from None
+    except Exception as err:   # whatever a corrupt archive raises (BadZipFile, zlib.error, a header's TokenError...)
+        said = err if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path}: not a readable {what} ({said})") from None
 
 
 def load_npz(path, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> Dataset:

@@ -63,6 +63,15 @@ def test_a_protocol_5_pickle_loads(tmp_path, batches):
     np.testing.assert_array_equal(new.y_test, old.y_test)
 
 
+def test_an_empty_batch_of_protocol_2_loads(tmp_path):
+    """Protocol 2 pickles an empty bytes object as builtins.bytes(), which the unpickler takes (a
+    constructor of no consequence) where it refuses every other callable."""
+    path = tmp_path / "empty"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=2))
+    images, labels = cifar.read_python_batch(path)
+    assert images.shape == (0, 3, 32, 32) and labels.shape == (0,)
+
+
 def test_both_formats_in_every_place_give_the_same_data(tmp_path, batches):
     write_python(tmp_path / "py", batches)
     write_python(tmp_path / "py_parent" / "cifar-10-batches-py", batches)
@@ -111,6 +120,7 @@ def test_missing_files_say_what_was_looked_for(tmp_path, batches):
     ("scalar_labels", r"labels of shape \(\) for 2 images"),
     ("mixed_key_types", "b'data' and b'labels'"),
     ("ragged_data", "unreadable labels or data"),
+    ("forged_size", "not a CIFAR-10 python batch \\(OverflowError"),   # helper-98: a traceback before
 ])
 def test_malformed_files_are_refused(tmp_path, batches, damage, match):
     binary = damage in ("truncated_binary", "label_out_of_range")
@@ -135,6 +145,8 @@ def test_malformed_files_are_refused(tmp_path, batches, damage, match):
         target.write_bytes(pickle.dumps({b"pixels": 1, "labels": 2, 3: 4}))
     elif damage == "ragged_data":
         target.write_bytes(pickle.dumps({b"data": [[1, 2], [3]], b"labels": [0, 1]}))
+    elif damage == "forged_size":   # BINBYTES8 claiming 2^64 - 1 bytes
+        target.write_bytes(b"\x80\x04\x8e" + (2**64 - 1).to_bytes(8, "little"))
     else:
         target.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(ValueError, match=match):
