@@ -1272,6 +1272,24 @@ def test_restrict_pointers_that_only_read_or_do_not_overlap_run(rng):
     np.testing.assert_array_equal(a[100:200], 2 * a[:100])
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_read_only_array_for_a_pointer_to_non_const_is_refused(guard, rng):
+    """helper-98: a read-only output stayed unwritten with guard zones (their staged copy is not
+    copied back) and was written behind NumPy's back without (into a bytes object's memory);
+    refused either way, as the op launchers refuse it. A read-only input of a const pointer runs."""
+    mod = emu.RawModule(code=RESTRICT_KERNELS)
+    a = rng.standard_normal(300).astype(np.float32)
+    frozen = np.frombuffer(bytes(1200), np.float32)
+    with pytest.raises(ValueError, match=r"parameter 2 'y' .*read-only, but the kernel may write"):
+        mod.get_function("add")((3,), (128,), (a, a, frozen, np.int32(300)), guard=guard)
+    assert not frozen.any()
+    read_only = a.copy()
+    read_only.flags.writeable = False
+    y = np.zeros(300, np.float32)
+    mod.get_function("add")((3,), (128,), (read_only, a, y, np.int32(300)), guard=guard)
+    np.testing.assert_array_equal(y, 2 * a)
+
+
 def test_launches_from_several_threads(rng):
     from concurrent.futures import ThreadPoolExecutor
     a = rng.standard_normal((48, 40)).astype(np.float32)

@@ -366,7 +366,8 @@ class _Staging:
         return None
 
     def copy_back(self) -> None:
-        """Each writeable array gets its own bytes back (read-only ones are never written to)."""
+        """Each writeable array gets its own bytes back (read-only ones, passed only for pointers
+        to const, are never written to)."""
         for low, _, members, _, data, _ in self.groups:
             for _, _, a in members:
                 if a.flags.writeable:
@@ -395,8 +396,10 @@ class Kernel:
         self.parameter_codes = codes
         self.parameter_names = (parameter_names if len(parameter_names) == len(codes)
                                 else [f"arg{i}" for i in range(len(codes))])
-        # how the kernel may touch each pointer's memory (_build._parameters), for _check_aliasing
-        self.parameter_access = parameter_access if len(parameter_access) == len(codes) else "-" * len(codes)
+        # how the kernel may touch each pointer's memory (_build._parameters), for _check_aliasing and
+        # _check_writeable; unknown ("-", unchecked by the latter) where the parameter list was not parsed
+        self._access_known = len(parameter_access) == len(codes)
+        self.parameter_access = parameter_access if self._access_known else "-" * len(codes)
         # The GPU flushes float32 denormals (-ftz=true) and keeps float64 ones, but x86 has one
         # switch for both: a kernel with a double parameter runs with denormals kept.
         self.flush_denormals = module._options.flush_denormals and not any(c.lstrip("*") == "f8" for c in codes)
@@ -427,6 +430,16 @@ class Kernel:
         if not self._opted_in:
             return max(0, DEFAULT_MAX_DYNAMIC_SHARED - shared_mem)
         return max(0, min(DEFAULT_MAX_DYNAMIC_SHARED, OPT_IN_SHARED - self._max_dynamic_shared))
+
+    def _check_writeable(self, arrays: list[tuple[int, str, np.ndarray]]) -> None:
+        """Refuses a read-only array for a pointer to non-const: the kernel may write through it, and
+        the emulator would drop those writes (guard zones stage a copy, which a read-only array does
+        not get back) or, with guard=False, write into memory NumPy holds immutable (the bytes of a
+        bytes object): either way the results would depend on the checking settings."""
+        for i, _, a in arrays:
+            if self._access_known and self.parameter_access[i] in "w-" and not a.flags.writeable:
+                raise ValueError(f"{self._parameter(i)}: the array is read-only, but the kernel may write through "
+                                 f"this pointer (to non-const); pass a writeable array or declare the parameter const")
 
     def _check_aliasing(self, arrays: list[tuple[int, str, np.ndarray]]) -> None:
         """Refuses two array arguments whose spans overlap where one is a __restrict__ pointer and either
@@ -493,6 +506,7 @@ class Kernel:
             raise ValueError(f"kernel {self.name!r}: shared_mem={shared_mem} bytes outside 0..{limit} "
                              "(raise kernel.max_dynamic_shared_size_bytes as on a GPU)")
         slots, arrays = self._marshal(args)
+        self._check_writeable(arrays)
         self._check_aliasing(arrays)
         profile = _profile.active()
         library = self.module._library(instrumented=settings["race"] or profile is not None)
