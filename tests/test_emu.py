@@ -917,8 +917,12 @@ def test_checking_context_sets_defaults_and_call_keywords_override(rng):
         np.testing.assert_array_equal(run(schedule="forward"), forward)
     np.testing.assert_array_equal(run(), forward)
     np.testing.assert_array_equal(run(schedule="random", seed=11), run(schedule="random", seed=11))
+    np.testing.assert_array_equal(run(schedule="random", seed=np.int64(11)), run(schedule="random", seed=11))
     with pytest.raises(ValueError, match="schedule"):
         run(schedule="backwards")
+    for bad in (2**64 + 11, -1, True, 1.0):   # 2^64 + 11 ran as 11 (the launch's seed is 64 bits)
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^64\)"):
+            run(schedule="random", seed=bad)
 
 
 def test_shared_memory_is_poisoned_with_nan():

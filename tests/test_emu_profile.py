@@ -106,6 +106,17 @@ def test_sampled_launch_records_a_spread_of_blocks_and_returns_nothing(patterns,
         emu.profiling(blocks=0).__enter__()
 
 
+def test_profiles_do_not_nest(patterns, rng):
+    """An inner profile took the launches inside it from the outer one, which then missed them
+    silently (helper-98): refused, and the outer one records on."""
+    x = rng.standard_normal(256).astype(np.float32)
+    with emu.profiling() as outer:
+        with pytest.raises(RuntimeError, match="do not nest"), emu.profiling():
+            pass
+        patterns.get_function("copy_coalesced")((1,), (256,), (x, np.zeros_like(x), np.int32(256)))
+    assert outer.kernels["copy_coalesced"]["blocks"] == 1
+
+
 def test_functional_ops_profile_their_kernels_lines(rng):
     x = rng.standard_normal((3, 5, 7)).astype(np.float32)
     with emu.profiling() as prof:

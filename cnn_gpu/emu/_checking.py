@@ -5,6 +5,8 @@ import contextlib
 import contextvars
 import os
 
+import numpy as np
+
 SCHEDULES = ("forward", "reverse", "random")
 
 
@@ -30,8 +32,10 @@ _settings: contextvars.ContextVar[dict] = contextvars.ContextVar("cnn_gpu_emu_ch
 def validate(name: str, value):
     if name == "schedule" and value not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
-    if name == "seed" and value is not None and (not isinstance(value, int) or value < 0):
-        raise ValueError(f"seed must be a non-negative int or None; got {value!r}")
+    if name == "seed" and value is not None:   # the launch's 64-bit seed: a larger one would wrap
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2^64) or None; got {value!r}")
+        return int(value)
     if name == "race":
         if value not in (False, True, "shared"):
             raise ValueError(f"race must be True, False or 'shared'; got {value!r}")

@@ -122,11 +122,14 @@ def active() -> Profile | None:
 
 @contextlib.contextmanager
 def profiling(blocks: int | None = None):
-    """Record the memory accesses of every emulator launch inside the block (see the module
-    docstring). blocks=N: run and record only N blocks of each launch, spread over its grid; such
-    a launch then raises SampledLaunch instead of returning incomplete outputs."""
+    """Record the memory accesses of every emulator launch this thread makes inside the block (see
+    the module docstring); RuntimeError inside another profiling() block. blocks=N: run and record
+    only N blocks of each launch, spread over its grid; such a launch then raises SampledLaunch
+    instead of returning incomplete outputs."""
     if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
         raise ValueError(f"blocks must be a positive int or None, got {blocks!r}")
+    if _active.get() is not None:   # the inner one would take the launches the outer one promises to record
+        raise RuntimeError("profiling() is already recording in this thread; profiles do not nest")
     profile = Profile(blocks)
     token = _active.set(profile)
     try:
