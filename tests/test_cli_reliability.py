@@ -497,6 +497,23 @@ def test_an_unwritable_output_names_its_option(tmp_path, capsys):
     assert "cnn-gpu check: --json " in capsys.readouterr().err
 
 
+def test_two_outputs_naming_one_file_are_refused(tmp_path, capsys):
+    """bench --json X --csv X wrote both, said so twice, and kept only the CSV (helper-98); a link to
+    the other's file counts as the same file."""
+    (tmp_path / "link.json").symlink_to(tmp_path / "out.json")
+    for second in ("out.json", "link.json"):
+        argv = ["bench", "--device", "numpy", "--json", str(tmp_path / "out.json"), "--csv", str(tmp_path / second)]
+        assert main(argv) == 2
+        assert "--json and --csv name one file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json"]
+
+
+def test_a_shape_set_without_the_ops_asked_for_says_so(capsys):
+    """It ran, printed an empty table and blamed the devices ("none of these devices runs these ops")."""
+    assert main(["bench", "--device", "numpy", "--shapes", "resnet18", "--ops", "conv2d"]) == 2
+    assert "shape set 'resnet18' has no case of conv2d; its ops: train_step" in capsys.readouterr().err
+
+
 def test_bench_nproc_without_mpi_names_the_option(capsys, monkeypatch):
     from cnn_gpu.bench import scaling
 

@@ -48,4 +48,7 @@ def make_cases(shape_set: str, ops=DEFAULT_OPS, batch: int | None = None) -> lis
     for op in ops:
         kind, build, _ = OPS[op]
         cases += [build(shape) for shape in getattr(shapes, kind)]
+    if not cases:   # rather than a run whose empty table blames the devices
+        held = [op for op, (kind, _, _) in OPS.items() if getattr(shapes, kind)]
+        raise ValueError(f"shape set {shape_set!r} has no case of {', '.join(ops)}; its ops: {', '.join(held)}")
     return cases

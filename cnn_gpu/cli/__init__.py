@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import io
 import math
+import os
 import signal
 import sys
 import threading
@@ -47,8 +48,14 @@ def check_outputs(args, *options, stdout=()) -> None:
     checked before the work, not after it. "-" is standard output for the options in `stdout`,
     refused for the others (it would name a file "-")."""
     from ..checkpoint import check_writable
+    targets = {}   # file (links followed) -> the option that names it: one output would replace another
     for option in options:
         path = getattr(args, option, None)
+        if path not in (None, "-"):
+            other = targets.setdefault(os.path.realpath(path), option)
+            if other != option:
+                raise ValueError(f"--{other} and --{option} name one file, {path}: the second output would "
+                                 f"replace the first; give each its own")
         if path == "-" and option not in stdout:
             raise ValueError(f"--{option} -: this command writes its --{option} output to a file only; name one")
         if path not in (None, "-"):
