@@ -75,6 +75,8 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'none'}; expected "
                          f"00 00 <type 08/09/0b/0c/0d/0e> <ndim>)")
     dtype, ndim = np.dtype(_IDX_TYPES[data[2]]), data[3]
+    if ndim > 32:   # NumPy's limit is 64; images and labels have 1 to 4
+        raise ValueError(f"{path}: an IDX header of {ndim} dimensions (images and labels have 1 to 4)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")

@@ -55,6 +55,7 @@ def test_idx_header_written_by_hand(tmp_path):
     (lambda good: good[:-5], "size mismatch"),
     (lambda good: good + b"\x00", "size mismatch"),
     (lambda good: good[:6], "truncated IDX header"),
+    (lambda good: good[:3] + bytes([70]) + bytes(4 * 70), "an IDX header of 70 dimensions"),   # NumPy's own error
     (lambda good: b"", "bad magic"),
     (lambda good: gzip.compress(good)[:-8], "corrupt gzip"),
 ])
