@@ -62,11 +62,14 @@ def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, ne
 
 
 @_on_master
-def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
+def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0):
     """In place. PyTorch's Adam (step counts from 1): m += (1-beta1)(g-m); v = beta2 v + (1-beta2) g^2;
-    p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)."""
+    p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps); with `decoupled_decay` its AdamW,
+    p *= 1 - lr*decoupled_decay first."""
     if weight_decay:
         grad = grad + weight_decay * param
+    if decoupled_decay:
+        param *= 1 - lr * decoupled_decay
     m += (1 - beta1) * (grad - m)
     v *= beta2
     v += (1 - beta2) * grad * grad
@@ -408,11 +411,15 @@ class Adam(Optimizer):
                          exp_avg_sq=xp.zeros_like(p.data, dtype=dtype))
         return state["step"] + 1
 
+    def _decays(self, hyper) -> tuple:
+        """(L2 weight decay added to the gradient, decoupled decay of the parameter): Adam's."""
+        return hyper["weight_decay"], 0.0
+
     def _numpy_update(self, p, grad, state, hyper) -> None:
         beta1, beta2 = hyper["betas"]
         step = self._next_step("numpy", p, state)
         numpy_adam_step("numpy", p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, hyper["lr"], beta1, beta2,
-                        hyper["eps"], hyper["weight_decay"], **_master_argument(state))
+                        hyper["eps"], *self._decays(hyper), **_master_argument(state))
         state["step"] = step
 
     def _kernel_updates(self, be, group, hyper, memo) -> None:
@@ -420,7 +427,18 @@ class Adam(Optimizer):
         steps = [self._next_step(be, p, state) for p, _, state in group]   # the moments made at a first step
         updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, state.get("master"))
                    for (p, grad, state), step in zip(group, steps)]
-        _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], hyper["weight_decay"],
+        _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], *self._decays(hyper),
                                    memo=memo)
         for (_, _, state), step in zip(group, steps):
             state["step"] = step
+
+
+class AdamW(Adam):
+    """PyTorch's AdamW: Adam whose weight decay is decoupled from the gradient, the parameter
+    multiplied by 1 - lr*weight_decay before each update (default weight_decay 0.01, as PyTorch's)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, backend=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, backend=backend)
+
+    def _decays(self, hyper) -> tuple:
+        return 0.0, hyper["weight_decay"]

@@ -12,9 +12,11 @@
 //  * sgd_step: g = grad + weight_decay*param; param -= lr*g (no momentum state).
 //  * sgd_momentum_step (no dampening): g = grad + weight_decay*param; buf = g on the parameter's
 //    first step, else momentum*buf + g; param -= lr*(nesterov ? g + momentum*buf : buf).
-//  * adam_step (L2 weight decay as torch.optim.Adam, not AdamW): g = grad + weight_decay*param;
+//  * adam_step: g = grad + weight_decay*param (torch.optim.Adam's L2 decay);
 //    m += (1-beta1)(g - m); v = beta2*v + (1-beta2)*g*g;
-//    param -= step_size * m / (sqrt(v)/bias2_sqrt + eps), where the host computes each slot's
+//    param = param*decay - step_size * m / (sqrt(v)/bias2_sqrt + eps), with decay = 1 - lr*weight_decay
+//    for AdamW's decoupled decay (torch.optim.AdamW; its weight_decay argument here 0) and 1 for
+//    Adam (an exact product, so Adam's steps are unchanged), where the host computes each slot's
 //    step_size = lr/(1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) from its step count t, and
 //    1-beta1, 1-beta2 in double (as PyTorch: in FP32, 1 - 0.999 would be off by 1e-5 relative).
 //  * unscale_grads (cnn_gpu.amp.GradScaler.unscale_): grad *= inverse in acc_t, rounded once, in
@@ -95,7 +97,7 @@ __device__ __forceinline__ void sgd_momentum_walk(Param param, const REAL* grad,
 template <class Param>
 __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* m, acc_t* v, long long n,
                                           acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1, acc_t beta2,
-                                          acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
+                                          acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay)
 {
     typedef SlotElement<typename Param::Value> Element;
     for_each_element(
@@ -106,7 +108,7 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
             const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
             m[i] = m_new;
             v[i] = v_new;
-            param.store(i, p - step_size * m_new / (REAL_SQRT(v_new) / bias2_sqrt + eps));
+            param.store(i, p * decay - step_size * m_new / (REAL_SQRT(v_new) / bias2_sqrt + eps));
         });
 }
 
@@ -183,11 +185,11 @@ sgd_momentum_step(EACH_SLOT(MOMENTUM_SLOT), int slots, acc_t lr, acc_t momentum,
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
 adam_step(EACH_SLOT(ADAM_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2, acc_t eps,
-          acc_t weight_decay)
+          acc_t weight_decay, acc_t decay)
 {
     FOR_EACH_SLOT(ADAM_CASE, ADAM_VARIABLES,
                   adam_walk(ParamArray{param}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, weight_decay))
+                            one_minus_beta2, eps, weight_decay, decay))
 }
 
 #define UNSCALE_SLOT(k) REAL* __restrict__ grad##k, long long n##k
@@ -252,10 +254,10 @@ sgd_momentum_step_master(EACH_SLOT(MOMENTUM_SLOT), EACH_SLOT(MASTER_SLOT), int s
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adam_step_master(EACH_SLOT(ADAM_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2,
-                 acc_t one_minus_beta2, acc_t eps, acc_t weight_decay)
+                 acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay)
 {
     FOR_EACH_SLOT(ADAM_MASTER_CASE, ADAM_VARIABLES; acc_t* master,
                   adam_walk(MasterCopy{param, master}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, weight_decay))
+                            one_minus_beta2, eps, weight_decay, decay))
 }
 #endif

@@ -238,6 +238,12 @@ def test_weight_decay_is_a_setting_a_resume_may_change(tmp_path, capsys):
     checkpoint.save(path, model, optimizer, meta)
     assert main([*argv, "--epochs", "4", "--resume", str(path), "--weight-decay", "0.001"]) == 0
     assert "with --weight-decay 0.001 (it trained with 0.0)" in capsys.readouterr().out
+    # adamw: the decay decoupled, Adam's default rate
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--epochs", "1", "--optimizer", "adamw"]
+    assert main([*argv, "--weight-decay", "0.05", "--save", str(tmp_path / "w.npz")]) == 0
+    assert "adamw lr=0.002 weight_decay=0.05," in capsys.readouterr().out
+    assert main([*argv, "--epochs", "2", "--resume", str(tmp_path / "w.npz")]) == 0
+    assert main([*argv, "--epochs", "3", "--resume", str(tmp_path / "w.npz"), "--optimizer", "adam"]) == 2
 
 
 def test_a_resume_takes_the_checkpoints_max_batches_unless_given(tmp_path, capsys):

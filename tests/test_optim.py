@@ -32,10 +32,12 @@ SGD_CONFIGS = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum
                dict(lr=0.02, momentum=0.9, nesterov=True), dict(lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True)]
 ADAM_CONFIGS = [dict(), dict(lr=0.01), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6),
                 dict(lr=0.01, weight_decay=0.05)]
+ADAMW_CONFIGS = [dict(), dict(lr=0.05, weight_decay=0.2), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6, weight_decay=0)]
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("kind, config", [("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS])
+@pytest.mark.parametrize("kind, config", [("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS]
+                         + [("AdamW", c) for c in ADAMW_CONFIGS])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
 def test_matches_torch_step_by_step(kind, config, dtype, rtol):
     torch = pytest.importorskip("torch", reason="torch is not installed")
@@ -95,7 +97,8 @@ def test_adam_by_hand():
 
 
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
-                                          ("Adam", dict(lr=0.01, weight_decay=0.01))])
+                                          ("Adam", dict(lr=0.01, weight_decay=0.01)),
+                                          ("AdamW", dict(lr=0.01, weight_decay=0.1))])
 def test_state_dict_resume_is_bit_identical(kind, config):
     rng = np.random.default_rng(3)
     params = _params(rng, np.float32)
@@ -281,6 +284,7 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     optim.SGD([param], lr=0.5).step()
     optim.SGD([param], lr=0.5, momentum=0.9).step()
     optim.Adam([param], lr=0.1).step()
+    optim.AdamW([param], lr=0.1).step()
     # per call: (kind, backend, [update per parameter], hyper-parameters...)
     (update,) = calls[0][2]   # (param, grad, master)
     assert calls[0][:2] == ("sgd", "emu") and calls[0][3:] == (0.5, 0.0)
@@ -289,12 +293,14 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     assert calls[1][:2] == ("sgd momentum", "emu") and calls[1][3:] == (0.5, 0.9, 0.0, False)
     assert update[0] is param.data and update[3:] == (True, None)
     (update,) = calls[2][2]   # (param, grad, m, v, step, master)
-    assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0)
+    assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.0)
     assert update[0] is param.data and update[4:] == (1, None)
-    assert memos == [None] * 3   # a first step keeps no launch
+    # AdamW: no L2 decay of the gradient, its decay decoupled (the kernel's decay = 1 - lr*weight_decay)
+    assert calls[3][:2] == ("adam", "emu") and calls[3][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.01)
+    assert memos == [None] * 4   # a first step keeps no launch
     # the optimizer's own backend argument overrides the parameter's
     optim.SGD([param], lr=0.5, momentum=0.9, backend="numpy").step()
-    assert len(calls) == 3
+    assert len(calls) == 4
     np.testing.assert_array_equal(param.data, [0.0, 0.0, 0.0])
     again = optim.SGD([param], lr=0.5)
     again.step()
@@ -306,7 +312,8 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
 @pytest.mark.parametrize("kind, config, kernel", [
     ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True), "sgd_momentum_step"),
     ("SGD", dict(lr=0.05, weight_decay=0.01), "sgd_step"),
-    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01), "adam_step")])
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01), "adam_step"),
+    ("AdamW", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.3), "adam_step")])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
 def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dtype, rtol):
     """19 parameters of mixed sizes on emu: 3 launches (8 + 8 + 3 slots) that give NumPy's steps,
@@ -444,7 +451,8 @@ def test_the_multi_parameter_updates_take_an_empty_list():
                                           ("SGD", dict(lr=0.1)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01)),
                                           # 1 - beta2 rounded from double, not computed in FP32 (1e-3 off)
-                                          ("Adam", dict(lr=0.01, betas=(0.5, 0.99999)))])
+                                          ("Adam", dict(lr=0.01, betas=(0.5, 0.99999))),
+                                          ("AdamW", dict(lr=0.05, weight_decay=0.3))])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_emu_kernels_match_numpy(kind, config, dtype, rtol):
     """The same steps on the "emu" backend (the fused CUDA kernels on the CPU) and on NumPy."""

@@ -40,6 +40,7 @@ DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "ada
 # takes a larger Adam step); resnet18's are the usual CIFAR-10 ones (SGD 0.1 at batch 128).
 DEFAULT_LR = {("cnn", "adam"): 2e-3, ("cnn", "sgd"): 0.05, ("resnet", "adam"): 5e-3, ("resnet", "sgd"): 0.05,
               ("resnet18", "adam"): 1e-3, ("resnet18", "sgd"): 0.1}
+DEFAULT_LR.update({(model, "adamw"): lr for (model, kind), lr in list(DEFAULT_LR.items()) if kind == "adam"})
 SGD_MOMENTUM = 0.9
 # Settings that must not change across a resume (the saved state would no longer fit, or the
 # seed would be silently ignored: the checkpoint's weights and shuffling state replace it).
@@ -68,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="initial learning rate (default: " + ", ".join(
                             f"{lr:g} for {model} with {optimizer}" for (model, optimizer), lr in DEFAULT_LR.items())
                         + ")")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"),
-                        help=f"adam, or sgd with momentum {SGD_MOMENTUM} (default: {DEFAULTS['optimizer']})")
+    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"),
+                        help=f"adam, adamw (its --weight-decay decoupled) or sgd with momentum {SGD_MOMENTUM} "
+                             f"(default: {DEFAULTS['optimizer']})")
     parser.add_argument("--seed", type=seed,
                         help="seed of the initial weights and the shuffling (default: 0)")
     parser.add_argument("--model", choices=("cnn", "resnet", "resnet18"),
@@ -471,8 +473,9 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         if settings["batch_size"] == 1 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
             raise UsageError(f"--batch-size 1: --model {settings['model']} has batch norm, which cannot train on one "
                              f"image at a time (per process); use 2 or more")
-        if settings["optimizer"] == "adam":
-            optimizer = optim.Adam(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+        if settings["optimizer"] in ("adam", "adamw"):
+            adam = optim.Adam if settings["optimizer"] == "adam" else optim.AdamW
+            optimizer = adam(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
         else:
             optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM,
                                   weight_decay=settings["weight_decay"])

@@ -27,8 +27,10 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
                                                    deterministic fixed-order tree sum (bias grads, split-K)
   optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None)
         (in place; momentum_buf None when momentum == 0; PyTorch's SGD without dampening)
-  optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, *, master=None)
-        (in place, PyTorch's Adam; master: a float16 parameter's FP32 copy, state arrays in FP32 then)
+  optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0, *,
+                  master=None)
+        (in place, PyTorch's Adam, or with decoupled_decay its AdamW; master: a float16 parameter's FP32
+        copy, state arrays in FP32 then)
   optim.sgd_steps(be, [(param, grad, master or None), ...], lr, weight_decay)
   optim.sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master or None), ...], lr, momentum,
                            weight_decay, nesterov)

@@ -108,14 +108,16 @@ def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, memo=N
                   (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov))), memo)
 
 
-def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, *, master=None):
-    """In place; PyTorch's Adam (L2 weight decay, bias correction), `step` counting from 1."""
-    adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay)
+def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, *,
+              master=None):
+    """In place; PyTorch's Adam (L2 weight decay, bias correction), `step` counting from 1, or with
+    `decoupled_decay` its AdamW (the parameter times 1 - lr*decoupled_decay first)."""
+    adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay, decoupled_decay)
 
 
-def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, memo=None):
-    """In place: Adam of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
-    m, v, step, master) per parameter, `step` its own count from 1; `memo` as _launch_slots'."""
+def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, memo=None):
+    """In place: Adam (AdamW) of several parameters, UPDATE_SLOTS a launch. `updates` holds (param,
+    grad, m, v, step, master) per parameter, `step` its own count from 1; `memo` as _launch_slots'."""
     if not updates:
         return
     for param, grad, m, v, _, master in updates:
@@ -124,7 +126,8 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, memo=None):
     slots = [((param, grad, m, v, np.int64(param.size),
                *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
              for param, grad, m, v, step, master in updates]
-    _launch_slots(be, "adam_step", slots, acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay), memo)
+    _launch_slots(be, "adam_step", slots,
+                  acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay), memo)
 
 
 def unscale_grads(be, grads, inverse, found):
