@@ -1,4 +1,4 @@
-"""Learning-rate schedules that set `optimizer.param_groups[0]["lr"]`.
+"""Learning-rate schedules that set the `lr` of an optimizer's parameter groups.
 
 PyTorch's schedulers, with its protocol (`torch.optim.lr_scheduler`): `StepLR`, `MultiStepLR`,
 `ExponentialLR`, `LinearLR`, `CosineAnnealingLR` and `LambdaLR`. Construction records each group's
@@ -250,7 +250,8 @@ class WarmupCosine:
         return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / decay_epochs))
 
     def apply(self, epoch: int, step: int = 0) -> float:
-        """Set the optimizer's rate for (epoch, step); returns it."""
+        """Set every parameter group's rate for (epoch, step); returns it."""
         rate = self.lr(epoch, step)
-        self.optimizer.param_groups[0]["lr"] = rate
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
         return rate

@@ -103,8 +103,10 @@ def _state_arrays(state: dict) -> list:
 # --- optimizers ---------------------------------------------------------------------------------
 
 class Optimizer:
-    """One parameter group, kept in `param_groups[0]` as in PyTorch (so `param_groups[0]["lr"]`
-    can be changed between steps); per-parameter state in `state[i]`.
+    """PyTorch's parameter groups: `params` an iterable of Parameters (one group) or of dicts
+    {"params": [...], and hyper-parameters that override the defaults for that group} (the groups
+    in `param_groups`, whose values may be changed between steps; `add_param_group` adds one); the
+    per-parameter state in `state[i]`, i counting the parameters over the groups in order.
 
     A step is all or nothing on every backend: the hyper-parameters (finite, in range), every
     gradient (shape, dtype, device) and every array the step writes (float, C-contiguous,
@@ -112,25 +114,52 @@ class Optimizer:
     changes. State made before `Module.to` moved a parameter moves with it at the next step."""
 
     def __init__(self, params, defaults: dict, backend=None):
-        params = list(params)
-        if not params:
-            raise ValueError("optimizer got an empty parameter list")
-        for i, p in enumerate(params):
-            if not isinstance(p, Parameter):
-                raise TypeError(f"optimizer params must be cnn_gpu.nn.Parameter objects (e.g. model.parameters()); "
-                                f"item {i} is {type(p).__name__}")
-        first_index = {}
-        for i, p in enumerate(params):
-            j = first_index.setdefault(id(p), i)
-            if j != i:   # its update would run twice (PyTorch warns that this will become an error)
-                raise ValueError(f"optimizer params: item {i} is item {j} again; list each parameter once")
         if backend is not None and backend not in _backend.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
         self.backend = backend
-        self.param_groups = [dict(self._validated(defaults), params=params)]
-        self.state = [dict() for _ in params]
-        self._master_of = [None] * len(params)   # the float16 array each master was last written to
+        self.defaults = dict(defaults)
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups, self.state, self._master_of = [], [], []
+        for index, group in enumerate(groups):
+            self._check_group(group, index)
+        for group in groups:
+            self.add_param_group(group)
         self._checked = None   # (the arrays the last step checked, its updates, its launches' memos): see _step
+
+    def _check_group(self, group, index: int) -> None:
+        """TypeError/ValueError for group `index` where add_param_group would refuse it, before any is
+        added."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"a parameter group must be a dict with 'params' (and hyper-parameters), got "
+                            f"{type(group).__name__}")
+        listed = [group["params"]] if isinstance(group["params"], Parameter) else list(group["params"])
+        if not listed:
+            raise ValueError(f"parameter group {index} has no parameters")
+        for i, p in enumerate(listed):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"optimizer params must be cnn_gpu.nn.Parameter objects (e.g. model.parameters()); "
+                                f"item {i} is {type(p).__name__}")
+        self._validated({**self.defaults, **group})
+
+    def add_param_group(self, group: dict) -> None:
+        """Adds a group (PyTorch's): its hyper-parameters those of `group`, else the defaults; a
+        parameter already in a group is refused (its update would run twice)."""
+        self._check_group(group, len(self.param_groups))
+        listed = [group["params"]] if isinstance(group["params"], Parameter) else list(group["params"])
+        seen = {id(p): i for i, p in enumerate(self.params)}
+        for i, p in enumerate(listed):
+            j = seen.setdefault(id(p), len(self.params) + i)
+            if j != len(self.params) + i:   # PyTorch warns that this will become an error
+                raise ValueError(f"optimizer params: item {len(self.params) + i} is item {j} again; list each "
+                                 f"parameter once")
+        merged = {**self.defaults, **group}
+        self.param_groups.append({**merged, **self._validated(merged), "params": listed})
+        self.state += [dict() for _ in listed]
+        self._master_of += [None] * len(listed)   # the float16 array each master was last written to
+        self._checked = None
 
     # the per-parameter state a subclass keeps after a step ("master" aside)
     state_keys: frozenset = frozenset()
@@ -141,8 +170,18 @@ class Optimizer:
         raise NotImplementedError
 
     @property
-    def params(self):
-        return self.param_groups[0]["params"]
+    def params(self) -> list:
+        """Every group's parameters, in order (the indices of `state`)."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _group_of(self) -> tuple:
+        """The group index of each parameter of `params`; RuntimeError where a group's list was changed
+        in place (add_param_group keeps the state in step)."""
+        owners = tuple(g for g, group in enumerate(self.param_groups) for _ in group["params"])
+        if len(owners) != len(self.state):
+            raise RuntimeError(f"the optimizer's groups hold {len(owners)} parameters but its state {len(self.state)}: "
+                               f"a group's 'params' was changed in place; use add_param_group")
+        return owners
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
@@ -206,12 +245,14 @@ class Optimizer:
         replay.live(self._step)
 
     def _step(self) -> None:
-        hyper = self._validated(self.param_groups[0])   # param_groups may have changed since the last step
+        group_of = self._group_of()
+        hypers = [self._validated(group) for group in self.param_groups]   # changed since the last step, maybe
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
         pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]
         if self._checked is not None and self._same_arrays(pending, self._checked[0]):
             # the arrays the last step checked, bound as they were: so are its launches' arrays
-            self._update_all([(be, p, p.grad, state) for be, p, state in self._checked[1]], hyper, self._checked[2])
+            self._update_all([(be, p, p.grad, state, g) for be, p, state, g in self._checked[1]], hypers,
+                             self._checked[2])
             return
         plans = [self._prepare(i, p, state) for i, p, state in pending]
         arrays = []
@@ -219,20 +260,21 @@ class Optimizer:
             arrays += [(f"parameter {i}", p.data, True), (f"the gradient of parameter {i}", grad, False)]
             arrays += [(f"state {key!r} of parameter {i}", v, True) for key, v in _state_arrays(state)]
         check_disjoint(arrays, "optimizer step: ")
-        updates = [(be, p, grad, state) for (_, p, state), (be, grad) in zip(pending, plans)]
+        updates = [(be, p, grad, state, group_of[i]) for (i, p, state), (be, grad) in zip(pending, plans)]
         # Each step binds the same arrays (a replayed one, a loop that keeps its gradients): the next
         # step skips these checks while every one is still bound; not where a gradient was copied
         # to C order (the copy holds this step's values).
-        reusable = all(grad is p.grad for _, p, grad, _ in updates)
-        self._checked = (self._bound_arrays(pending), [(be, p, state) for be, p, _, state in updates], {}) \
-            if reusable else None
+        reusable = all(grad is p.grad for _, p, grad, _, _ in updates)
+        self._checked = (self._bound_arrays(pending, group_of), [(be, p, state, g) for be, p, _, state, g in updates],
+                         {}) if reusable else None
         # its launches' memos are made at the first step that finds these arrays again (checked
         # there, unchecked from the next): a loop that unbinds its gradients makes none
-        self._update_all(updates, hyper)
+        self._update_all(updates, hypers)
 
-    def _bound_arrays(self, pending) -> list:
+    def _bound_arrays(self, pending, group_of) -> list:
         """What a step's checks depend on: the backends a parameter's may come from (the
-        optimizer's, the default), and per parameter updated its backend, arrays, gradient and state
+        optimizer's, the default) and the parameters' groups, and per parameter updated its backend,
+        arrays, gradient and state
         arrays under their keys, with each array's shape and dtype. The gradient is held weakly: a
         loop that unbinds it (zero_grad of the model or the optimizer) frees it before the next
         backward, and a freed one matches no array."""
@@ -241,11 +283,12 @@ class Optimizer:
             arrays = [v for _, v in _state_arrays(state)]
             per_parameter.append((p, p.backend, p.data, weakref.ref(p.grad), state, sorted(state), arrays,
                                   _layouts(p.data, p.grad, *arrays)))
-        return [(self.backend, _backend.get_backend()), per_parameter]
+        return [(self.backend, _backend.get_backend(), group_of), per_parameter]
 
     def _same_arrays(self, pending, bound) -> bool:
         backends, per_parameter = bound
-        if (self.backend, _backend.get_backend()) != backends or len(pending) != len(per_parameter):
+        if ((self.backend, _backend.get_backend(), self._group_of()) != backends
+                or len(pending) != len(per_parameter)):
             return False
         for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays, layouts) in zip(pending, per_parameter):
             if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad() or state is not kept
@@ -256,24 +299,25 @@ class Optimizer:
                 return False
         return True
 
-    def _update_all(self, updates, hyper, memos=None) -> None:
-        """The update of every (backend, parameter, gradient, state) checked above: on NumPy one by
-        one, on a kernel backend 8 parameters a launch (cnn_gpu.gpu.optim's *_steps: one launch per
-        parameter would cost more than the update of most of them), grouped by backend, dtype and
-        whether they keep an FP32 master copy. `memos`: a backend.LaunchMemo per launch, kept with
-        the checked arrays, so that a step on the same arrays skips its launches' checks too."""
-        groups = {}
-        for be, p, grad, state in updates:
+    def _update_all(self, updates, hypers, memos=None) -> None:
+        """The update of every (backend, parameter, gradient, state, group index) checked above,
+        with its group's `hypers`: on NumPy one by one, on a kernel backend 8 parameters a launch
+        (cnn_gpu.gpu.optim's *_steps: one launch per parameter would cost more than the update of
+        most of them), grouped by backend, dtype, whether they keep an FP32 master copy and
+        parameter group. `memos`: a backend.LaunchMemo per launch, kept with the checked arrays, so
+        that a step on the same arrays skips its launches' checks too."""
+        launches = {}
+        for be, p, grad, state, g in updates:
             if be == "numpy":
-                self._numpy_update(p, grad, state, hyper)
+                self._numpy_update(p, grad, state, hypers[g])
             else:
-                groups.setdefault((be, p.data.dtype, "master" in state), []).append((p, grad, state))
-        slots = _kernel_steps().UPDATE_SLOTS if groups else 0
-        for key, group in groups.items():
+                launches.setdefault((be, p.data.dtype, "master" in state, g), []).append((p, grad, state))
+        slots = _kernel_steps().UPDATE_SLOTS if launches else 0
+        for key, group in launches.items():
             for first in range(0, len(group), slots):   # a launch each, its state stored after it ran
                 memo = None if memos is None else (memos.get((key, first)) or
                                                    memos.setdefault((key, first), _backend.LaunchMemo()))
-                self._kernel_updates(key[0], group[first:first + slots], hyper, memo)
+                self._kernel_updates(key[0], group[first:first + slots], hypers[key[3]], memo)
 
     def _numpy_update(self, p, grad, state, hyper) -> None:
         """One parameter's update on NumPy (subclasses)."""
@@ -285,24 +329,38 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        """Hyper-parameters and per-parameter state (NumPy arrays), for checkpoints."""
-        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        """Hyper-parameters (each group's, its parameters as their indices in `state`, as PyTorch's)
+        and per-parameter state (NumPy arrays), for checkpoints."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            count = len(group["params"])
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(first, first + count))})
+            first += count
         state = [{k: to_host(v) if hasattr(v, "shape") else v for k, v in s.items()} for s in self.state]
-        return {"param_groups": [group], "state": state}
+        return {"param_groups": groups, "state": state}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """state_dict()'s values, checked whole before any changes: the same groups of the same
+        sizes (a state saved before the groups' "params" were recorded: one group of all)."""
         groups, states = state_dict["param_groups"], state_dict["state"]
-        if len(groups) != 1 or len(states) != len(self.params):
-            raise ValueError(f"optimizer state has {len(states)} parameter states in {len(groups)} groups; this "
-                             f"optimizer has {len(self.params)} parameters in 1 group")
-        # a learning-rate scheduler's initial_lr may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
-        own_keys = {k for k in self.param_groups[0] if k not in ("params", SCHEDULER_KEY)}
-        if set(groups[0]) - {SCHEDULER_KEY} != own_keys:
-            raise ValueError(f"optimizer state has hyper-parameters {sorted(groups[0])}; {type(self).__name__} has "
-                             f"{sorted(own_keys)} (a state dict of another optimizer?)")
-        hyper = self._validated(groups[0])
-        if SCHEDULER_KEY in groups[0]:
-            hyper[SCHEDULER_KEY] = real_number(groups[0][SCHEDULER_KEY], SCHEDULER_KEY, minimum=0)
+        sizes = [len(group["params"]) for group in self.param_groups]
+        if not all(isinstance(group.get("params", []), list) for group in groups):
+            raise ValueError("optimizer state: a group's 'params' must be a list of parameter indices")
+        saved_sizes = [len(group["params"]) if "params" in group else len(states) for group in groups]
+        if saved_sizes != sizes or len(states) != len(self.params):
+            raise ValueError(f"optimizer state has {len(states)} parameter states in groups of {saved_sizes}; this "
+                             f"optimizer has {len(self.params)} parameters in groups of {sizes}")
+        hypers = []
+        for saved, own in zip(groups, self.param_groups):
+            # a learning-rate scheduler's initial_lr may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
+            own_keys = {k for k in own if k not in ("params", SCHEDULER_KEY)}
+            if set(saved) - {"params", SCHEDULER_KEY} != own_keys:
+                raise ValueError(f"optimizer state has hyper-parameters {sorted(set(saved) - {'params'})}; "
+                                 f"{type(self).__name__} has {sorted(own_keys)} (a state dict of another optimizer?)")
+            hyper = {**{k: v for k, v in saved.items() if k != "params"}, **self._validated(saved)}
+            if SCHEDULER_KEY in saved:
+                hyper[SCHEDULER_KEY] = real_number(saved[SCHEDULER_KEY], SCHEDULER_KEY, minimum=0)
+            hypers.append(hyper)
         restored = []
         for i, (p, saved) in enumerate(zip(self.params, states)):
             if not isinstance(saved, dict):
@@ -329,9 +387,11 @@ class Optimizer:
                                      f"the parameter {tuple(p.data.shape)}")
                 entry[key] = array_like(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), p.data)
             restored.append(entry)
-        self.param_groups[0].update(hyper)
+        for group, hyper in zip(self.param_groups, hypers):
+            group.update(hyper)
         self.state = restored
         self._master_of = [None] * len(self.params)
+        self._checked = None
 
 
 def _master_argument(state: dict) -> dict:

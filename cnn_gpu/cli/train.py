@@ -324,6 +324,8 @@ def _fingerprint(dataset) -> str:
 # The optimizer's hyper-parameters that follow the run's settings (the schedule's lr, --weight-decay),
 # not the checkpoint: a resume may change them, as any setting (said by _changed_on_resume)
 SETTING_HYPERS = ("lr", "weight_decay")
+# ...and what is no hyper-parameter: the group's parameter indices (checkpoints before them lack them)
+NOT_COMPARED = (*SETTING_HYPERS, "params")
 
 
 def _restore(model, optimizer, resumed, source: str) -> None:
@@ -333,13 +335,13 @@ def _restore(model, optimizer, resumed, source: str) -> None:
     model_state, optimizer_state, _ = resumed
     # The optimizer is built with fixed hyper-parameters; compare them as the checkpoint's JSON holds them.
     group = optimizer.state_dict()["param_groups"][0]
-    own = json.loads(json.dumps({k: v for k, v in group.items() if k not in SETTING_HYPERS}))
+    own = json.loads(json.dumps({k: v for k, v in group.items() if k not in NOT_COMPARED}))
     try:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{source}: {err}") from None
-    saved = {k: v for k, v in optimizer_state["param_groups"][0].items() if k not in SETTING_HYPERS}
+    saved = {k: v for k, v in optimizer_state["param_groups"][0].items() if k not in NOT_COMPARED}
     if saved != own:
         raise UsageError(f"{source}: malformed checkpoint: optimizer hyper-parameters {saved}, expected {own}")
     optimizer.param_groups[0].update({k: group[k] for k in SETTING_HYPERS})
