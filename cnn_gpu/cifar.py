@@ -42,8 +42,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: anything else in the file is refused
     rather than imported (a pickle may name any callable). Python 3 pickles of protocol 2 spell
     an array's bytes with _codecs.encode."""
-    ALLOWED = {("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes"),   # protocol 2's b""
-               ("numpy", "ndarray"), ("numpy", "dtype"),
+    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                # protocol 5 (pickle.HIGHEST_PROTOCOL) rebuilds arrays from buffers
@@ -52,7 +51,16 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):   # protocol 2's b"": bytes()
+            return _empty_bytes
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are expected)")
+
+
+def _empty_bytes(*args) -> bytes:
+    """bytes() as protocol 2 spells b"", and nothing else: bytes(N) would allocate N bytes."""
+    if args:
+        raise pickle.UnpicklingError(f"refusing bytes{args!r} (only bytes() of an empty array is expected)")
+    return b""
 
 
 def _check_batch(data, labels, path: Path):

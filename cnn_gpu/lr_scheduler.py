@@ -160,8 +160,8 @@ class LinearLR(LRScheduler):
         return [rate * factor for rate in self._current()]
 
     def _closed_form_lr(self) -> list:
-        done = min(self.total_iters, self.last_epoch) / self.total_iters
-        return [base * (self.start_factor + (self.end_factor - self.start_factor) * done) for base in self.base_lrs]
+        change = (self.end_factor - self.start_factor) * min(self.total_iters, self.last_epoch) / self.total_iters
+        return [base * (self.start_factor + change) for base in self.base_lrs]
 
 
 class CosineAnnealingLR(LRScheduler):

@@ -334,7 +334,8 @@ class Optimizer:
         groups, first = [], 0
         for group in self.param_groups:
             count = len(group["params"])
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(first, first + count))})
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**hyper, "params": list(range(first, first + count))})
             first += count
         state = [{k: to_host(v) if hasattr(v, "shape") else v for k, v in s.items()} for s in self.state]
         return {"param_groups": groups, "state": state}

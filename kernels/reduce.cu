@@ -10,8 +10,7 @@
 //  * channel_sum_block, two levels in one launch: a channel's L elements (in (o, i) order) are cut
 //    into chunks of CHUNK; block (channel, chunk) has its 256 threads add elements t, t + 256, ...
 //    of the chunk into 4 independent accumulators in turn (4 loads in flight per thread, float16
-//    8), adds
-//    those in a fixed order, then a shared-memory halving tree adds the 256 partials. The block
+//    8), adds those in a fixed order, then a shared-memory halving tree adds the 256 partials. The block
 //    that completes a channel's last chunk (an arrival counter) adds the channel's chunk partials
 //    the same way. So thousands of blocks stream a bias gradient or a loss mean at DRAM speed.
 //  * channel_sum_column: inner == 1 and short reductions (split-K workspaces): one thread per

@@ -121,6 +121,7 @@ def test_missing_files_say_what_was_looked_for(tmp_path, batches):
     ("mixed_key_types", "b'data' and b'labels'"),
     ("ragged_data", "unreadable labels or data"),
     ("forged_size", "not a CIFAR-10 python batch \\(OverflowError"),   # helper-98: a traceback before
+    ("bytes_of_a_size", r"refusing bytes\(1000000000,\)"),   # 30 bytes asking for a gigabyte
 ])
 def test_malformed_files_are_refused(tmp_path, batches, damage, match):
     binary = damage in ("truncated_binary", "label_out_of_range")
@@ -145,6 +146,8 @@ def test_malformed_files_are_refused(tmp_path, batches, damage, match):
         target.write_bytes(pickle.dumps({b"pixels": 1, "labels": 2, 3: 4}))
     elif damage == "ragged_data":
         target.write_bytes(pickle.dumps({b"data": [[1, 2], [3]], b"labels": [0, 1]}))
+    elif damage == "bytes_of_a_size":   # protocol 2: bytes(10**9)
+        target.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\xca\x9a;\x85R.")
     elif damage == "forged_size":   # BINBYTES8 claiming 2^64 - 1 bytes
         target.write_bytes(b"\x80\x04\x8e" + (2**64 - 1).to_bytes(8, "little"))
     else:

@@ -238,8 +238,10 @@ def test_weight_decay_is_a_setting_a_resume_may_change(tmp_path, capsys):
     checkpoint.save(path, model, optimizer, meta)
     assert main([*argv, "--epochs", "4", "--resume", str(path), "--weight-decay", "0.001"]) == 0
     assert "with --weight-decay 0.001 (it trained with 0.0)" in capsys.readouterr().out
-    # adamw: the decay decoupled, Adam's default rate
+    # adamw: the decay decoupled, Adam's default rate, PyTorch's default decay
     argv = ["train", "--device", "numpy", "--max-batches", "1", "--epochs", "1", "--optimizer", "adamw"]
+    assert main(argv) == 0
+    assert "adamw lr=0.002 weight_decay=0.01," in capsys.readouterr().out
     assert main([*argv, "--weight-decay", "0.05", "--save", str(tmp_path / "w.npz")]) == 0
     assert "adamw lr=0.002 weight_decay=0.05," in capsys.readouterr().out
     assert main([*argv, "--epochs", "2", "--resume", str(tmp_path / "w.npz")]) == 0
@@ -271,6 +273,12 @@ def test_a_relative_data_path_is_recorded_whole(tmp_path, capsys, monkeypatch):
     argv = ["train", "--device", "numpy", "--dataset", "npz", "--max-batches", "1"]
     assert main([*argv, "--data", "d.npz", "--epochs", "1", "--save", "ck.npz"]) == 0
     assert checkpoint.load("ck.npz")[2]["settings"]["data"] == str(tmp_path / "run" / "d.npz")
+    model, optimizer, meta = checkpoint.load("ck.npz")   # as recorded before: relative, which a resume
+    meta["settings"]["data"] = "d.npz"                   # from the same folder takes for the same file
+    checkpoint.save("old.npz", model, optimizer, meta)
+    capsys.readouterr()
+    assert main([*argv, "--data", "d.npz", "--epochs", "2", "--resume", "old.npz"]) == 0
+    assert "note: resuming" not in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert main([*argv, "--epochs", "2", "--resume", "run/ck.npz"]) == 0

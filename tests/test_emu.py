@@ -1041,13 +1041,14 @@ def test_an_interrupted_compile_leaves_no_compiler_process_and_no_file(tmp_path)
     """An exception in the middle of a compile (Ctrl-C, SIGTERM in cnn-gpu train) stops the
     compiler's whole group and removes its temporary folder: killing g++ alone left its cc1plus
     compiling, orphaned, and its temporary .s file in /tmp (helper-97's SIGTERM test). A shell
-    stands in for g++, its `sleep` for cc1plus."""
+    stands in for g++, its `sleep` for cc1plus; one that ignores SIGTERM gets SIGKILL."""
     import signal
     import time
     from cnn_gpu.emu import _build
     record = tmp_path / "record"
+    # the "cc1plus" ignores SIGTERM, as a process may: SIGKILL after COMPILER_STOP_S
     script = (f'echo "$TMPDIR" > {record}; [ -n "$TMPDIR" ] && touch "$TMPDIR/cc1.s"; '
-              f'sleep 60 & echo $! >> {record}; wait')
+              f'cut -d" " -f5 /proc/$$/stat >> {record}; (trap "" TERM; exec sleep 60) & echo $! >> {record}; wait')
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -1059,7 +1060,8 @@ def test_an_interrupted_compile_leaves_no_compiler_process_and_no_file(tmp_path)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    scratch, grandchild = record.read_text().splitlines()
+    scratch, group, grandchild = record.read_text().splitlines()
+    assert int(group) == os.getpgrp()   # in this process's group: a terminal's or job runner's signal reaches it
     for _ in range(100):   # the orphan's parent (init) reaps it
         try:
             os.kill(int(grandchild), 0)

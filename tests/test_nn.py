@@ -725,8 +725,10 @@ def test_registered_names_take_their_kind_or_none_and_del_unregisters():
     parameter unregistered: gone from parameters() and state_dict()), None is taken and skipped;
     likewise a child module's name; `del` unregisters a parameter, buffer or module."""
     layer = nn.Linear(2, 3)
+    version = layer.__dict__.get("_version")
     with pytest.raises(TypeError, match="cannot assign ndarray as parameter 'weight'.*assign to its .data"):
         layer.weight = np.zeros((3, 2), np.float32)
+    assert layer.__dict__.get("_version") == version   # a refused assignment changed nothing a replay guards
     assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
     layer.bias = None
     assert list(layer.state_dict()) == ["weight"] and list(layer.parameters()) == [layer.weight]
@@ -755,11 +757,21 @@ def test_named_parameters_and_parameters_as_pytorch_gives_them():
                 == [name for name, _ in reference.named_parameters(**options)]), options
         assert ([name for name, _ in model.named_buffers(**options)]
                 == [name for name, _ in reference.named_buffers(**options)]), options
+    optim.SGD([p for _, p in model.named_parameters()], lr=0.1)   # each once: accepted
+    assert list(model[1:].state_dict()) == list(reference[1:].state_dict())   # "1.weight", ... "2.bias"
+
+
+def test_parameters_are_iterators_and_a_slice_keeps_its_names():
+    """Without PyTorch too: parameters() and buffers() iterate (next(model.parameters()), PyTorch's
+    idiom), tied weights once; a Sequential slice keeps its layers' names and values, and append
+    takes the next free number."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm2d(3), nn.Linear(3, 3))
+    model[2].weight = model[0].weight
     assert next(model.parameters()) is model[0].weight and len(list(model.parameters())) == 5
     assert next(model.buffers()) is model[1].running_mean
-    optim.SGD([p for _, p in model.named_parameters()], lr=0.1)   # each once: accepted
-    part, reference_part = model[1:], reference[1:]
-    assert list(part.state_dict()) == list(reference_part.state_dict())   # "1.weight", ... "2.bias"
+    assert len(list(model.named_parameters(remove_duplicate=False))) == 6
+    part = model[1:]
+    assert list(part.state_dict()) == [name for name in model.state_dict() if not name.startswith("0.")]
     assert all(part.state_dict()[name].tobytes() == value.tobytes() for name, value in model.state_dict().items()
                if name in part.state_dict())
     part.append(nn.ReLU())

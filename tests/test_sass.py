@@ -261,8 +261,8 @@ def _streaming_budget(bytes_per_element: int) -> float:
 def test_chunked_reductions_issue_few_enough_instructions_to_stream_at_dram_speed(dtype):
     """channel_sum_block (one array), batch_norm_backward_sums (x and dy) and batch_norm_stats (x):
     4 elements a hot-loop iteration (ACCUMULATORS; float16's statistics and sum 8: STATS_LOADS,
-    SUM_LOADS), their
-    offsets advanced by additions (ChannelCursor) and the per-element bounds tests only in the last
+    SUM_LOADS), their offsets advanced by additions (ChannelCursor) and the per-element bounds
+    tests only in the last
     round (for_each_round). Recomputing (n*C + c)*HW + i and testing each element took channel_sum
     35 instructions an element in float16 and the sums 48: issue-bound, below DRAM speed. The
     statistics (their loop over the elements: the merging of chunk moments is an epilogue,

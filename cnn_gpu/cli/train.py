@@ -35,12 +35,14 @@ from .metrics import RunningMetrics, correct_count, read_count
 # Settings a checkpoint records; on --resume, those not given on the command line come from it.
 DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "adam", "lr": None,
             "batch_size": 32, "seed": 0, "epochs": 15, "warmup_epochs": 0, "label_smoothing": 0.0,
-            "precision": "fp32", "weight_decay": 0.0}
+            "precision": "fp32", "weight_decay": None}
 # Initial learning rates by (model, optimizer): cnn and resnet tuned on digits (the small ResNet
 # takes a larger Adam step); resnet18's are the usual CIFAR-10 ones (SGD 0.1 at batch 128).
 DEFAULT_LR = {("cnn", "adam"): 2e-3, ("cnn", "sgd"): 0.05, ("resnet", "adam"): 5e-3, ("resnet", "sgd"): 0.05,
               ("resnet18", "adam"): 1e-3, ("resnet18", "sgd"): 0.1}
 DEFAULT_LR.update({(model, "adamw"): lr for (model, kind), lr in list(DEFAULT_LR.items()) if kind == "adam"})
+# Weight decay by optimizer where --weight-decay is not given: AdamW's is PyTorch's default, the others none
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2}
 SGD_MOMENTUM = 0.9
 # Settings that must not change across a resume (the saved state would no longer fit, or the
 # seed would be silently ignored: the checkpoint's weights and shuffling state replace it).
@@ -90,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=unit_float, metavar="S",
                         help="mix each one-hot target with the uniform distribution by this much (default: 0)")
     parser.add_argument("--weight-decay", type=unit_float, metavar="W",
-                        help="the optimizer's L2 weight decay, on every parameter as PyTorch's weight_decay "
-                             "(default: 0; CIFAR-10 ResNet recipes use 5e-4 with SGD)")
+                        help="the optimizer's weight decay, on every parameter as PyTorch's weight_decay (default: "
+                             "0, adamw 0.01 as PyTorch's; CIFAR-10 ResNet recipes use 5e-4 with SGD)")
     parser.add_argument("--precision", choices=tuple(PRECISION_DTYPES),
                         help="fp32; tf32: float32 convolutions with TF32 operands; fp16: float16 weights and "
                              "activations (FP32 math, FP32 master weights in the optimizer) with dynamic loss "
@@ -267,6 +269,8 @@ def _settings(args, saved: dict) -> dict:
         settings[key] = given if given is not None else saved.get(key, default)
     if settings["lr"] is None:
         settings["lr"] = DEFAULT_LR[settings["model"], settings["optimizer"]]
+    if settings["weight_decay"] is None:
+        settings["weight_decay"] = DEFAULT_WEIGHT_DECAY.get(settings["optimizer"], 0.0)
     return settings
 
 
@@ -429,7 +433,9 @@ def _changed_on_resume(args, settings: dict, meta: dict, processes: int, data_fi
     extending --epochs is the usual reason to resume; any other change is said, not refused, the
     number of processes (`processes` now) too: it sets the global batch; and the data, where the
     checkpoint recorded its fingerprint (_fingerprint) and the data at its path has changed."""
-    saved = meta["settings"]
+    saved = dict(meta["settings"])
+    if saved.get("data") is not None:   # recorded relative before it was made absolute: taken from here
+        saved["data"] = os.path.abspath(saved["data"])
     changed = [f"--{key.replace('_', '-')} {settings[key]} (it trained with {saved[key]})" for key in DEFAULTS
                if key not in (*FIXED_ON_RESUME, "epochs") and key in saved and settings[key] != saved[key]]
     # not a setting, but it sets the steps of an epoch (the schedule's and the augmentation's)

@@ -112,7 +112,9 @@ def broadcast_buffers(model, root: int = 0) -> None:
     """Every rank's buffers (batch-norm running statistics, which each rank updates from its own
     shards) become rank `root`'s, as PyTorch's DistributedDataParallel syncs them; parameters,
     identical on every rank after each reduced step, are left alone."""
-    _broadcast_state(model, root, {name for name, _ in model.named_buffers()}, "broadcast_buffers")
+    # every name of a buffer two modules share: a load by one name alone would split the pair
+    _broadcast_state(model, root, {name for name, _ in model.named_buffers(remove_duplicate=False)},
+                     "broadcast_buffers")
 
 
 def _broadcast_state(model, root, only, caller: str) -> None:

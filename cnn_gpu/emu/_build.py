@@ -11,6 +11,7 @@ loader, which would crash on it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -22,6 +23,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -111,36 +113,70 @@ COMPILER_STOP_S = 2.0
 
 
 def _run(cmd, what: str, stdin: str | None = None) -> str:
-    """The compiler's output; CompileError with its messages. It runs in a session of its own with
-    a temporary folder of its own: on an interruption of this process (Ctrl-C, the exception
-    SIGTERM raises in `cnn-gpu train`) its whole group is stopped, g++'s cc1plus and as too (killing
-    g++ alone left them compiling, orphaned), and its temporary files are removed with the folder."""
+    """The compiler's output; CompileError with its messages. It runs with a temporary folder of its
+    own, in this process's group (a terminal's Ctrl-C or hangup, a job runner's signal to the group
+    reach it as before), and on an exception in this process while it runs (Ctrl-C, the exception
+    SIGTERM raises in `cnn-gpu train`) it and its descendants are stopped (g++'s cc1plus and as: killing
+    g++ alone left them compiling, orphaned) and the folder with their files is removed."""
     with tempfile.TemporaryDirectory(prefix="cnn-gpu-cxx-") as scratch, subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, env={**os.environ, "TMPDIR": scratch}) as process:
+            env={**os.environ, "TMPDIR": scratch}) as process:
         try:
             out, err = process.communicate(stdin)
         except BaseException:
-            _stop_group(process)
+            _stop(process)
             raise
     if process.returncode != 0:
         raise CompileError(f"{what} failed:\n{' '.join(cmd)}\n{err.strip()}")
     return out
 
 
-def _stop_group(process) -> None:
-    """SIGTERM to the process's group (g++ then removes its files), SIGKILL if it outlives
-    COMPILER_STOP_S."""
-    for sig, wait in ((signal.SIGTERM, COMPILER_STOP_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux's /proc), found before any is signalled: a child whose
+    parent dies is adopted by init, and its link to `pid` is lost."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue   # ended meanwhile
+            children.setdefault(parent, []).append(int(entry))
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
+def _stop(process) -> None:
+    """SIGTERM to the compiler and its descendants (g++ then removes its files), SIGKILL to any that
+    outlives COMPILER_STOP_S; the compiler reaped."""
+    pids = [process.pid, *_descendants(process.pid)]
+    deadline = time.monotonic() + COMPILER_STOP_S
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids[1:]):
+            time.sleep(0.02)
+        pids = [pid for pid in pids if _alive(pid)]
+        if not pids:
+            return
+    process.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # length of the entry before the trailer, its SHA-256, a magic word

@@ -164,6 +164,14 @@ class Module:
             return
         if isinstance(value, Module):
             self._check_not_in_tree(name, value)
+        registered = name in parameters or name in modules
+        if registered and value is not None and not isinstance(value, (Parameter, Module)):
+            # PyTorch's rule: a registered name takes a Parameter, a Module or None
+            if name in parameters:
+                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} (cnn_gpu.nn.Parameter "
+                                f"or None expected; to change its values, assign to its .data)")
+            raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} (cnn_gpu.nn.Module "
+                            f"or None expected)")
         if not name.startswith("_"):   # a setting, layer or parameter: what a recording's guard compares
             object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
         # a name registered before keeps its place (the order of parameters() and state_dict()), as in PyTorch
@@ -173,13 +181,8 @@ class Module:
         elif isinstance(value, Module):
             parameters.pop(name, None)
             modules[name] = value
-        elif name in parameters or name in modules:   # PyTorch's rule: such a name takes its kind or None
-            registry, kind = (parameters, "parameter") if name in parameters else (modules, "child module")
-            if value is not None:
-                expected = "cnn_gpu.nn.Parameter" if registry is parameters else "cnn_gpu.nn.Module"
-                raise TypeError(f"cannot assign {type(value).__name__} as {kind} {name!r} ({expected} or None "
-                                f"expected; to change a parameter's values, assign to its .data)")
-            registry[name] = None
+        elif registered:   # None: the name stays registered, its entry skipped
+            (parameters if name in parameters else modules)[name] = None
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
