@@ -305,6 +305,28 @@ def test_a_launch_memo_checks_a_launch_on_another_current_gpu():
     assert "refused: kernel 'relu_backward' argument 'dy' is on GPU 0 but the current device is GPU 1" in out
 
 
+POOL_INDICES_ON_ANOTHER_GPU = """
+import numpy as np, cupy
+from cnn_gpu import functional as F
+x = cupy.asarray(np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32))
+y, indices = F.max_pool2d(x, 2)
+with cupy.cuda.Device(1):
+    other = cupy.asarray(indices)
+try:
+    F.max_pool2d_backward(cupy.ones_like(y), other, x.shape, 2)
+except ValueError as err:
+    print("refused:", err)
+"""
+
+
+@needs_emu
+def test_max_pool_backward_names_indices_on_another_gpu():
+    """The library's own device check comes before the index check, which computes on the indices
+    (CuPy's peer-access error came first, helper-100)."""
+    out = _passed(run_on_sim(["-c", POOL_INDICES_ON_ANOTHER_GPU], gpus=2))
+    assert "refused: indices is on GPU 1 but the current device is GPU 0" in out
+
+
 UNSCALE_ON_ANOTHER_GPU = """
 import numpy as np, cupy
 from cnn_gpu import optim

@@ -137,10 +137,15 @@ def test_bad_timeouts_and_roots_are_refused(monkeypatch):
         dist.init()
     monkeypatch.setenv("CNN_GPU_COLLECTIVE_TIMEOUT", "7.5")
     assert dist.init().timeout_s == 7.5 and dist.init(timeout_s=3).timeout_s == 3
+    from cnn_gpu import nn
     with pytest.raises(ValueError, match="root"):
-        dist.broadcast_parameters(None, root=1)
+        dist.broadcast_parameters(nn.Linear(2, 2), root=1)
     with pytest.raises(ValueError, match="count"):
-        dist.allreduce_gradients(None, count=-1)
+        dist.allreduce_gradients(nn.Linear(2, 2), count=-1)
+    # no model: refused in a one-process world too, where nothing else would read it (helper-100)
+    for call in (dist.allreduce_gradients, dist.broadcast_parameters, dist.broadcast_buffers):
+        with pytest.raises(TypeError, match="model must be a cnn_gpu.nn.Module, got NoneType"):
+            call(None)
 
 
 def test_buckets_split_evenly_over_ranks():
@@ -184,6 +189,9 @@ def test_reruns_are_bit_identical(tmp_path):
     ("hang", ["[rank 0]", "CollectiveTimeout"]),
     # ranks with different models are named before any reduction
     ("mismatch", ["ReplicaMismatch", "rank 1 has other parameters than rank 0"]),
+    # ...and by the all-reduce itself, which summed misaligned bytes (helper-100)
+    ("unchecked", ["ReplicaMismatch", "the all-reduce: rank 1 reduce other arrays than rank 0",
+                   "array 0: (dtype, shape, on GPU) ('<f8', (5, 1, 3, 3), False) against ('<f8', (4, 1, 3, 3), False)"]),
 ])
 def test_a_failing_rank_ends_the_whole_job_with_its_message(tmp_path, mode, messages):
     done, out = run_script(tmp_path, 2, "float64", 8, 5, mode, timeout=40)

@@ -188,9 +188,16 @@ def test_bad_arguments():
         (lambda: F.dropout(x, 0.5, seed=0, step=-1), ValueError, "step"),
         (lambda: F.dropout(x.astype(np.int64), 0.5, seed=0), TypeError, "float32 or float64"),
         (lambda: F.dropout_backward(x, 0.5, seed=None), TypeError, "seed"),
+        (lambda: F.dropout_backward(x, 0, seed=-1), ValueError, "seed"),   # p = 0 checks as the forward does
+        (lambda: F.dropout_backward(x, 0, seed=0, step=2**64), ValueError, "step"),
     ]:
         with pytest.raises(error, match=match):
             call()
+    layer = nn.Dropout(0.5, seed=0)
+    layer.step = np.array(np.iinfo(np.int64).max)
+    with pytest.raises(OverflowError, match="step counter is at int64's maximum"):
+        layer(x)   # refused before any work, where it failed counting after computing the output
+    assert layer._saved is None
     with pytest.raises(TypeError):
         F.dropout(x, 0.5)   # the seed is required
 

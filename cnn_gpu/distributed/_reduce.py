@@ -1,6 +1,8 @@
 """Deterministic bucketed reductions of parameters and gradients across ranks."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .. import backend, replay
@@ -36,6 +38,28 @@ def _sum_host(flat: np.ndarray, w) -> None:
         flat[start:stop] = gathered[:stop - start]
 
 
+def _check_layouts(arrays, w) -> None:
+    """ReplicaMismatch on every rank, before any data moves, where the ranks' arrays differ in
+    number, shape, dtype or kind (host or GPU): the reductions' message sizes follow each rank's own
+    arrays, and MPI would sum misaligned bytes (another rank's model, or a float32 against a
+    float64 parameter) without a word. One 16-byte all-gather of each rank's layout digest; the
+    layouts themselves only where they differ, to name the difference."""
+    layout = [(np.dtype(a.dtype).str, tuple(a.shape), backend.is_cupy_array(a)) for a in arrays]
+    digest = np.frombuffer(hashlib.blake2b(repr(layout).encode(), digest_size=16).digest(), dtype=np.uint8)
+    digests = np.empty((w.size, digest.size), dtype=np.uint8)
+    w.wait(w.comm.Iallgather(digest, digests), "the all-reduce's layout check")
+    if (digests == digests[0]).all():
+        return
+    layouts = w.allgather_object(layout, "the all-reduce's layout check")
+    differ = [r for r in range(1, w.size) if layouts[r] != layouts[0]]
+    first = next(i for i, (mine, theirs) in enumerate(zip(layouts[0] + [None], layouts[differ[0]] + [None]))
+                 if mine != theirs)
+    raise ReplicaMismatch(f"the all-reduce: rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} reduce "
+                          f"other arrays than rank 0 ({len(layouts[differ[0]])} arrays against {len(layouts[0])}; "
+                          f"array {first}: (dtype, shape, on GPU) {(layouts[differ[0]] + [None])[first]} against "
+                          f"{(layouts[0] + [None])[first]}): the ranks' models or gradients differ")
+
+
 def _refuse_in_recording() -> None:
     replay.refuse("an all-reduce over ranks (MPI/NCCL communication, which a replay would not repeat)")
 
@@ -52,6 +76,7 @@ def allreduce_sum(arrays) -> list:
     on_gpu = backend.is_cupy_array(arrays[0])
     if any(backend.is_cupy_array(a) != on_gpu for a in arrays):
         raise TypeError("allreduce_sum: the arrays must be all NumPy or all CuPy, not a mix")
+    _check_layouts(arrays, w)
     xp = backend.array_module("cuda" if on_gpu else "numpy")
     out = [None] * len(arrays)
     for dtype in dict.fromkeys(np.dtype(a.dtype) for a in arrays):
@@ -76,6 +101,7 @@ def allreduce_gradients(model, count=None):
     sum_r count_r * grad_r / sum_r count_r, and the sum of the counts is returned (None without
     `count`). float16 gradients are reduced in FP32 (a loss-scaled gradient times a sample count
     would overflow float16) and rounded back once."""
+    _check_model(model, "allreduce_gradients")
     if count is not None and (isinstance(count, (bool, np.bool_)) or not (isinstance(count, (int, np.integer))
                                                                          and count >= 0)):
         raise ValueError(f"allreduce_gradients: count must be a sample count >= 0, got {count!r}")
@@ -112,12 +138,21 @@ def broadcast_buffers(model, root: int = 0) -> None:
     """Every rank's buffers (batch-norm running statistics, which each rank updates from its own
     shards) become rank `root`'s, as PyTorch's DistributedDataParallel syncs them; parameters,
     identical on every rank after each reduced step, are left alone."""
+    _check_model(model, "broadcast_buffers")
     # every name of a buffer two modules share: a load by one name alone would split the pair
     _broadcast_state(model, root, {name for name, _ in model.named_buffers(remove_duplicate=False)},
                      "broadcast_buffers")
 
 
+def _check_model(model, caller: str) -> None:
+    """TypeError for what is no model, in a one-process world too (where nothing else reads it)."""
+    from ..nn import Module
+    if not isinstance(model, Module):
+        raise TypeError(f"{caller}: model must be a cnn_gpu.nn.Module, got {type(model).__name__}")
+
+
 def _broadcast_state(model, root, only, caller: str) -> None:
+    _check_model(model, caller)
     w = world()
     if isinstance(root, (bool, np.bool_)) or not (isinstance(root, (int, np.integer)) and 0 <= root < w.size):
         raise ValueError(f"{caller}: root must be a rank in 0..{w.size - 1}, got {root!r}")

@@ -64,8 +64,10 @@ def dropout_backward(dy, p, seed, step=0, *, backend=None):
     """Gradient of dropout(x, p, training=True, seed=seed, step=step): dy through the same mask and
     scale (regenerated from seed and step)."""
     p = check_probability(p)
-    if p == 0:
+    if p == 0:   # checked as the forward checks them
         _checks.array(dy, "dy")
+        philox.check_seed(seed, "seed")
+        philox.check_seed(step, "step")
         return dy
     return _apply(dy, "dy", p, seed, step, backend)
 

@@ -301,11 +301,12 @@ def _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dil
     _checks.shape_is(indices, "indices", dy.shape[unbatched:], " (the shape of dy)")
     indices = as_batch(indices)[0]
     be = _backend.resolve(backend, dy, indices)
+    if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
+        gpu_pool, (dy, indices) = _kernel_inputs(be, g, (dy, "dy"), (indices, "indices"))
     if check_indices:
         _check_indices(indices, g)
     if be == "numpy":
         return _unbatched(_max_backward(dy, indices, g), unbatched)
-    gpu_pool, (dy, indices) = _kernel_inputs(be, g, (dy, "dy"), (indices, "indices"))
     return _unbatched(gpu_pool.max_backward(be, dy, indices, g), unbatched)
 
 

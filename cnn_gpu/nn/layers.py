@@ -396,6 +396,8 @@ class Dropout(Module):
         if self.p:
             replay.refuse("Dropout in training mode (each step draws a new mask)")
         step = int(self.step)
+        if step >= np.iinfo(np.int64).max:   # refused before any work: this call could not be counted
+            raise OverflowError(f"Dropout's step counter is at int64's maximum ({step}); set .step lower")
         # p == 0 keeps every element but still counts the call: a p raised later draws the masks
         # of the same steps as a layer built with it
         y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend) if self.p else x

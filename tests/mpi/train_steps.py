@@ -2,7 +2,8 @@
 
 argv: OUT DTYPE BATCH_PER_RANK STEPS [fault|hang|mismatch]. With "fault", rank 1 raises in its
 second step, while rank 0 waits in the all-reduce; with "hang", rank 1 stops there for a minute
-(rank 0's collective timeout must end the job); with "mismatch", rank 1 builds a wider model;
+(rank 0's collective timeout must end the job); with "mismatch", rank 1 builds a wider model
+("unchecked": and the replica check and broadcast are skipped, so the all-reduce meets it);
 with "large", huge gradients are reduced (no overflow allowed).
 With "broadcast", every rank builds its own BatchNorm model and broadcast_parameters makes them
 rank 0's (float and integer buffers alike); nothing trains."""
@@ -61,9 +62,10 @@ def main():
     rng = np.random.default_rng(7)            # the same data on every rank
     x = rng.standard_normal((53, 1, 6, 6)).astype(dtype)
     y = rng.integers(0, 3, 53)
-    model = build(dtype, width=5 if mode == "mismatch" and w.rank == 1 else 4)
-    dist.check_replicas(model, {"lr": 0.1})
-    dist.broadcast_parameters(model)
+    model = build(dtype, width=5 if mode in ("mismatch", "unchecked") and w.rank == 1 else 4)
+    if mode != "unchecked":   # unchecked: the all-reduce itself must find the other model
+        dist.check_replicas(model, {"lr": 0.1})
+        dist.broadcast_parameters(model)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = np.random.default_rng(11)
