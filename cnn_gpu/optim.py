@@ -207,6 +207,9 @@ class Optimizer:
             raise TypeError(f"{what}: gradient dtype {p.grad.dtype} does not match parameter dtype {p.data.dtype}")
         be = self.backend_of(p)
         kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
+        if kind == "cuda" and p.grad.device.id != p.data.device.id:   # (a host gradient: refused by backend_of)
+            raise ValueError(f"{what}: its gradient is on GPU {p.grad.device.id} but the parameter on GPU "
+                             f"{p.data.device.id}; a gradient is never copied between GPUs for you")
         for key, value in _state_arrays(state):
             if _backend.is_cupy_array(value) != (kind == "cuda"):
                 state[key] = array_like(value, p.data)   # same values, the parameter's device

@@ -327,6 +327,38 @@ def test_max_pool_backward_names_indices_on_another_gpu():
     assert "refused: indices is on GPU 1 but the current device is GPU 0" in out
 
 
+GRADIENT_ON_ANOTHER_GPU = """
+import numpy as np, cupy
+from cnn_gpu import optim
+from cnn_gpu.nn import Parameter
+p = Parameter(cupy.ones(3, np.float32), backend="cuda")
+with cupy.cuda.Device(1):
+    p.grad = cupy.ones(3, np.float32)
+for make in (lambda: optim.SGD([p], lr=0.5), lambda: optim.Adam([p])):
+    try:
+        make().step()
+    except ValueError as err:
+        print("refused:", err)
+p.grad = np.ones(3, np.float32)
+try:
+    optim.SGD([p], lr=0.5).step()
+except TypeError as err:
+    print("refused:", err)
+print("parameter", float(p.data[0]))
+"""
+
+
+@needs_emu
+def test_an_optimizer_refuses_a_gradient_on_another_gpu_or_the_host():
+    """The step copied it onto the parameter's GPU behind the caller's back (helper-100), against
+    README's rule that a CuPy array is never copied for you; a NumPy gradient of a GPU parameter
+    likewise. Refused before any parameter changes."""
+    out = _passed(run_on_sim(["-c", GRADIENT_ON_ANOTHER_GPU], gpus=2))
+    assert out.count("refused: parameter 0: its gradient is on GPU 1 but the parameter on GPU 0") == 2
+    assert "refused: inputs mix CuPy and NumPy arrays" in out
+    assert "parameter 1.0" in out
+
+
 UNSCALE_ON_ANOTHER_GPU = """
 import numpy as np, cupy
 from cnn_gpu import optim
