@@ -228,7 +228,11 @@ def read_npz(path, what: str) -> dict:
         if not isinstance(archive, np.lib.npyio.NpzFile):   # an .npy file: one bare array
             raise ValueError("an .npy array, not an .npz archive of named arrays")
         with archive:
-            return {key: archive[key] for key in archive.files}
+            arrays = {key: archive[key] for key in archive.files}
+        raw = [key for key, value in arrays.items() if not isinstance(value, np.ndarray)]
+        if raw:   # NumPy hands a member that is no .npy array over as its bytes
+            raise ValueError(f"member {raw[0]!r} is not an .npy array")
+        return arrays
     except MemoryError:   # an array header claiming more than memory holds
         raise ValueError(f"{path}: not a readable {what} (an array larger than memory)") from None
     except Exception as err:   # whatever a corrupt archive raises (BadZipFile, zlib.error, a header's TokenError...)

@@ -308,6 +308,11 @@ def test_npz_files_that_are_not_readable_archives_say_so(tmp_path, rng):
         archive.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(text + b"\n").to_bytes(2, "little") + text + b"\n"
                          + bytes(640))
         archive.writestr("y.npy", b"")
+    raw = tmp_path / "raw.npz"   # a member that is no .npy array: NumPy returned its bytes
+    with zipfile.ZipFile(raw, "w") as archive:
+        archive.writestr("x", b"pixels")
+    with pytest.raises(ValueError, match=r"raw.npz: not a readable .npz file \(member 'x' is not an .npy array\)"):
+        data.read_npz(raw, ".npz file")
     for damaged, error in ((method, "NotImplementedError"), (cut, "TokenError|SyntaxError")):
         with pytest.raises(ValueError, match=f"not a readable .npz file \\(({error})"):
             data.read_npz(damaged, ".npz file")
