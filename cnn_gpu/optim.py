@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import operator
 import weakref
 
 import numpy as np
@@ -122,16 +123,15 @@ class Optimizer:
         if not params:
             raise ValueError("optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
-        self.param_groups, self.state, self._master_of = [], [], []
-        for index, group in enumerate(groups):
-            self._check_group(group, index)
-        for group in groups:
-            self.add_param_group(group)
+        listed = [self._checked_group(group, index) for index, group in enumerate(groups)]
+        self.param_groups, self.state, self._master_of, self._state_params = [], [], [], []
+        for group, members in zip(groups, listed):
+            self._add_group(group, members)
         self._checked = None   # (the arrays the last step checked, its updates, its launches' memos): see _step
 
-    def _check_group(self, group, index: int) -> None:
-        """TypeError/ValueError for group `index` where add_param_group would refuse it, before any is
-        added."""
+    def _checked_group(self, group, index: int) -> list:
+        """The parameters of group `index` as a list (a generator read once), after the checks
+        add_param_group makes: TypeError/ValueError before any group is added."""
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"a parameter group must be a dict with 'params' (and hyper-parameters), got "
                             f"{type(group).__name__}")
@@ -143,22 +143,27 @@ class Optimizer:
                 raise TypeError(f"optimizer params must be cnn_gpu.nn.Parameter objects (e.g. model.parameters()); "
                                 f"item {i} is {type(p).__name__}")
         self._validated({**self.defaults, **group})
+        return listed
 
     def add_param_group(self, group: dict) -> None:
-        """Adds a group (PyTorch's): its hyper-parameters those of `group`, else the defaults; a
-        parameter already in a group is refused (its update would run twice)."""
-        self._check_group(group, len(self.param_groups))
-        listed = [group["params"]] if isinstance(group["params"], Parameter) else list(group["params"])
+        """Adds `group` itself, as PyTorch does: its missing hyper-parameters set to the defaults, the
+        given ones checked and normalised, "params" made a list; a parameter already in a group is
+        refused (its update would run twice)."""
+        self._add_group(group, self._checked_group(group, len(self.param_groups)))
+
+    def _add_group(self, group: dict, listed: list) -> None:
         seen = {id(p): i for i, p in enumerate(self.params)}
-        for i, p in enumerate(listed):
-            j = seen.setdefault(id(p), len(self.params) + i)
-            if j != len(self.params) + i:   # PyTorch warns that this will become an error
-                raise ValueError(f"optimizer params: item {len(self.params) + i} is item {j} again; list each "
-                                 f"parameter once")
-        merged = {**self.defaults, **group}
-        self.param_groups.append({**merged, **self._validated(merged), "params": listed})
+        for i, p in enumerate(listed, start=len(seen)):
+            if id(p) in seen:   # PyTorch warns that this will become an error
+                raise ValueError(f"optimizer params: item {i} is item {seen[id(p)]} again; list each parameter once")
+            seen[id(p)] = i
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        group.update(self._validated(group), params=listed)
+        self.param_groups.append(group)
         self.state += [dict() for _ in listed]
         self._master_of += [None] * len(listed)   # the float16 array each master was last written to
+        self._state_params += listed              # the parameter each entry of `state` belongs to
         self._checked = None
 
     # the per-parameter state a subclass keeps after a step ("master" aside)
@@ -175,13 +180,20 @@ class Optimizer:
         return [p for group in self.param_groups for p in group["params"]]
 
     def _group_of(self) -> tuple:
-        """The group index of each parameter of `params`; RuntimeError where a group's list was changed
-        in place (add_param_group keeps the state in step)."""
-        owners = tuple(g for g, group in enumerate(self.param_groups) for _ in group["params"])
-        if len(owners) != len(self.state):
-            raise RuntimeError(f"the optimizer's groups hold {len(owners)} parameters but its state {len(self.state)}: "
-                               f"a group's 'params' was changed in place; use add_param_group")
-        return owners
+        """The group index of each parameter of `params`. Where a group's list was changed in place
+        (reordered, a parameter moved to another group, added or removed), `state` follows its
+        parameters, as PyTorch keys state by parameter: a parameter new to the optimizer starts
+        with none. ValueError where one is listed twice."""
+        params = self.params
+        if len(params) != len(self._state_params) or any(map(operator.is_not, params, self._state_params)):
+            held = {id(p): (state, master) for p, state, master in zip(self._state_params, self.state, self._master_of)}
+            if len({id(p) for p in params}) != len(params):
+                raise ValueError("optimizer params: a parameter is listed twice in param_groups; list each once")
+            kept = [held.get(id(p), ({}, None)) for p in params]
+            self.state, self._master_of = [s for s, _ in kept], [m for _, m in kept]
+            self._state_params = params
+            self._checked = None
+        return tuple(g for g, group in enumerate(self.param_groups) for _ in group["params"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
@@ -334,6 +346,7 @@ class Optimizer:
     def state_dict(self) -> dict:
         """Hyper-parameters (each group's, its parameters as their indices in `state`, as PyTorch's)
         and per-parameter state (NumPy arrays), for checkpoints."""
+        self._group_of()   # the state in the groups' order, where a group's list was changed in place
         groups, first = [], 0
         for group in self.param_groups:
             count = len(group["params"])
@@ -395,6 +408,7 @@ class Optimizer:
             group.update(hyper)
         self.state = restored
         self._master_of = [None] * len(self.params)
+        self._state_params = self.params
         self._checked = None
 
 

@@ -4,7 +4,7 @@ state_dict's groups (PyTorch's format) and their checks."""
 import numpy as np
 import pytest
 
-from cnn_gpu import lr_scheduler, optim
+from cnn_gpu import lr_scheduler, nn, optim
 from cnn_gpu.backend import why_unavailable
 from cnn_gpu.nn import Parameter
 
@@ -144,7 +144,7 @@ def test_bad_groups_are_refused(params, error, message):
         optim.SGD(params, lr=0.1)
 
 
-def test_a_parameter_in_two_groups_is_refused_and_a_group_changed_in_place_is_caught():
+def test_a_parameter_in_two_groups_is_refused_and_groups_are_the_given_dicts():
     shared, other = Parameter(np.ones(2)), Parameter(np.ones(3))
     with pytest.raises(ValueError, match="item 1 is item 0 again"):
         optim.SGD([{"params": [shared]}, {"params": [shared]}], lr=0.1)
@@ -152,8 +152,60 @@ def test_a_parameter_in_two_groups_is_refused_and_a_group_changed_in_place_is_ca
     with pytest.raises(ValueError, match="item 1 is item 0 again"):
         optimizer.add_param_group({"params": [shared]})
     assert len(optimizer.param_groups) == 1 and len(optimizer.state) == 1
-    optimizer.param_groups[0]["params"].append(other)   # behind add_param_group's back
-    shared.grad, other.grad = np.ones(2), np.ones(3)
-    with pytest.raises(RuntimeError, match="use add_param_group"):
-        optimizer.step()
-    np.testing.assert_array_equal(shared.data, 1.0)
+    # a generator as a group's params (Module.parameters()), read once: helper-101 saw it read twice,
+    # the constructor refusing an empty group and add_param_group adding one
+    model = nn.Linear(2, 3)
+    assert len(optim.SGD([{"params": model.parameters()}], lr=0.1).param_groups[0]["params"]) == 2
+    optimizer.add_param_group({"params": (p for p in [other]), "lr": 0.5})
+    assert [len(g["params"]) for g in optimizer.param_groups] == [1, 1] and len(optimizer.state) == 2
+    # the group is the dict given, its defaults filled in (PyTorch's): a later edit of it counts
+    given = {"params": [Parameter(np.ones(2))], "lr": 0.2}
+    grouped = optim.SGD([given], lr=0.1, momentum=0.5)
+    assert grouped.param_groups[0] is given and given["momentum"] == 0.5
+    given["lr"] = 0.25
+    given["params"][0].grad = np.ones(2)
+    grouped.step()
+    np.testing.assert_array_equal(given["params"][0].data, 0.75)
+
+
+@needs_torch
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_groups_edited_in_place_keep_each_parameters_state_as_pytorchs(backend):
+    """The state follows its parameter through a group's list reordered, a parameter moved to
+    another group and one added in place (PyTorch keys state by parameter: a new one starts with
+    none), with gradients written in place, so the steps between edits take the checked arrays'
+    fast path."""
+    rng = np.random.default_rng(12)
+    first, second = _groups(rng, np.float64, backend)
+    theirs_first, theirs_second = _torch_twin(first), _torch_twin(second)
+    ours = optim.SGD([{"params": list(first)}, {"params": list(second), "lr": 0.02}], lr=0.1, momentum=0.9)
+    theirs = torch.optim.SGD([{"params": list(theirs_first)}, {"params": list(theirs_second), "lr": 0.02}],
+                             lr=0.1, momentum=0.9)
+    everything, everything_theirs = first + second, theirs_first + theirs_second
+    for p, q in zip(everything, everything_theirs):
+        p.grad, q.grad = np.zeros(p.shape), torch.zeros(p.shape, dtype=torch.float64)
+    extra, extra_theirs = Parameter(rng.standard_normal(4), backend=backend), None
+    extra_theirs = torch.tensor(extra.data.copy(), requires_grad=True)
+    for step in range(9):
+        if step == 3:
+            for o in (ours, theirs):
+                o.param_groups[0]["params"].reverse()
+        if step == 5:   # the second group's first parameter moves to the first group
+            for o in (ours, theirs):
+                o.param_groups[0]["params"].append(o.param_groups[1]["params"].pop(0))
+        if step == 7:
+            ours.param_groups[1]["params"].append(extra)
+            theirs.param_groups[1]["params"].append(extra_theirs)
+            everything, everything_theirs = everything + [extra], everything_theirs + [extra_theirs]
+            extra.grad, extra_theirs.grad = np.zeros(4), torch.zeros(4, dtype=torch.float64)
+        for p, q in zip(everything, everything_theirs):
+            g = rng.standard_normal(p.shape)
+            p.grad[...] = g   # in place: the same arrays as the last step checked
+            q.grad.copy_(torch.from_numpy(g))
+        ours.step()
+        theirs.step()
+        for p, q in zip(everything, everything_theirs):
+            np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=f"step {step}")
+    ours.param_groups[1]["params"].append(first[0])   # now in both groups
+    with pytest.raises(ValueError, match="listed twice"):
+        ours.step()
