@@ -24,7 +24,7 @@ import warnings
 from collections import Counter
 
 from .functional._checks import real_number, whole_number
-from .optim import Optimizer
+from .optim import SCHEDULER_KEY, Optimizer
 
 
 class LRScheduler:
@@ -38,14 +38,14 @@ class LRScheduler:
         groups = optimizer.param_groups
         if last_epoch == -1:
             for group in groups:
-                group.setdefault("initial_lr", group["lr"])
+                group.setdefault(SCHEDULER_KEY, group["lr"])
         else:
-            lacking = [i for i, group in enumerate(groups) if "initial_lr" not in group]
+            lacking = [i for i, group in enumerate(groups) if SCHEDULER_KEY not in group]
             if lacking:
                 raise KeyError(f"param_groups[{lacking[0]}] has no 'initial_lr': a scheduler resumed with last_epoch "
                                f">= 0 needs its optimizer's state from a run that had a scheduler (load it first)")
         self.optimizer = optimizer
-        self.base_lrs = [group["initial_lr"] for group in groups]
+        self.base_lrs = [group[SCHEDULER_KEY] for group in groups]
         self.last_epoch = last_epoch
         self._step_count = 0
         self._is_initial = True   # the first step keeps the groups' rates where a subclass says so

@@ -260,11 +260,12 @@ class Optimizer:
         replay.live(self._step)
 
     def _step(self) -> None:
-        group_of = self._group_of()
+        group_of = self._group_of()   # the state in step with the groups' parameters (_state_params)
         hypers = [self._validated(group) for group in self.param_groups]   # changed since the last step, maybe
         # no gradient reached a parameter without .grad: PyTorch leaves it alone too
-        pending = [(i, p, state) for i, (p, state) in enumerate(zip(self.params, self.state)) if p.grad is not None]
-        if self._checked is not None and self._same_arrays(pending, self._checked[0]):
+        pending = [(i, p, state) for i, (p, state) in enumerate(zip(self._state_params, self.state))
+                   if p.grad is not None]
+        if self._checked is not None and self._same_arrays(pending, group_of, self._checked[0]):
             # the arrays the last step checked, bound as they were: so are its launches' arrays
             self._update_all([(be, p, p.grad, state, g) for be, p, state, g in self._checked[1]], hypers,
                              self._checked[2])
@@ -300,10 +301,9 @@ class Optimizer:
                                   _layouts(p.data, p.grad, *arrays)))
         return [(self.backend, _backend.get_backend(), group_of), per_parameter]
 
-    def _same_arrays(self, pending, bound) -> bool:
+    def _same_arrays(self, pending, group_of, bound) -> bool:
         backends, per_parameter = bound
-        if ((self.backend, _backend.get_backend(), self._group_of()) != backends
-                or len(pending) != len(per_parameter)):
+        if (self.backend, _backend.get_backend(), group_of) != backends or len(pending) != len(per_parameter):
             return False
         for (_, p, state), (q, p_backend, data, grad, kept, keys, arrays, layouts) in zip(pending, per_parameter):
             if (p is not q or p.backend != p_backend or p.data is not data or p.grad is not grad() or state is not kept

@@ -338,7 +338,7 @@ def _restore(model, optimizer, resumed, source: str) -> None:
     run's values), the state keys."""
     model_state, optimizer_state, _ = resumed
     # The optimizer is built with fixed hyper-parameters; compare them as the checkpoint's JSON holds them.
-    group = optimizer.state_dict()["param_groups"][0]
+    group = dict(optimizer.param_groups[0])   # as built: a copy, which the load below does not change
     own = json.loads(json.dumps({k: v for k, v in group.items() if k not in NOT_COMPARED}))
     try:
         model.load_state_dict(model_state)

@@ -131,6 +131,7 @@ def broadcast_parameters(model, root: int = 0) -> None:
     """Every rank's parameters and buffers (the whole state_dict, integer counters such as
     BatchNorm's num_batches_tracked included) become rank `root`'s. Raises ReplicaMismatch, on
     every rank and before any data moves, when the ranks' state names, shapes or dtypes differ."""
+    _check_model(model, "broadcast_parameters")
     _broadcast_state(model, root, None, "broadcast_parameters")
 
 
@@ -152,7 +153,6 @@ def _check_model(model, caller: str) -> None:
 
 
 def _broadcast_state(model, root, only, caller: str) -> None:
-    _check_model(model, caller)
     w = world()
     if isinstance(root, (bool, np.bool_)) or not (isinstance(root, (int, np.integer)) and 0 <= root < w.size):
         raise ValueError(f"{caller}: root must be a rank in 0..{w.size - 1}, got {root!r}")
