@@ -162,7 +162,7 @@ def _stop(process) -> None:
                 os.kill(pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(max(0.0, deadline - time.monotonic()))
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids[1:]):
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids if pid != process.pid):
             time.sleep(0.02)
         pids = [pid for pid in pids if _alive(pid)]
         if not pids:

@@ -33,11 +33,13 @@ def _filter_tiles(be, w, g, plan):
 @functools.lru_cache(maxsize=256)
 def _filter_tile_arguments(be, device_id, g, pass_name, tile, dtype, flat):
     """(words, the parts' table on the device, the int arguments) of conv2d_tc_filter_tiles for one
-    geometry and plan: the same at every call of a layer, so kept."""
+    geometry and plan: the same at every call of a layer, so kept (the table never written: a row
+    of FilterTilePart.table_row per part)."""
     parts = filter_tile_parts(g, pass_name, TILES[tile].bm, step_depth(dtype), flat)
     words = filter_tile_words(parts, g.groups)
     sizes = i32(len(parts), words, g.K // g.groups, g.C // g.groups, g.R, g.S, pass_name == "dgrad", flat)
-    return words, _filter_tile_table(be, device_id, parts), sizes
+    table = np.array([part.table_row() for part in parts], dtype=np.int32)
+    return words, _read_only(backend.array_module(be).asarray(table)), sizes
 
 
 def _device_id(be):
@@ -54,14 +56,6 @@ def _phase_table(be, device_id, g, bm, depth):
              for (ph, pw), (pad_h, pad_w), (out_h, out_w), part in zip(
                  phases.phases, phases.pads, phases.out_shape, filter_tile_parts(g, "dgrad", bm, depth))]
     return _read_only(backend.array_module(be).asarray(np.array(table, dtype=np.int32)))
-
-
-@functools.lru_cache(maxsize=256)
-def _filter_tile_table(be, device_id, parts):
-    """conv2d_tc_filter_tiles' table of `parts` on the device, cached (never written): a row of
-    FilterTilePart.table_row per part."""
-    rows = np.array([part.table_row() for part in parts], dtype=np.int32)
-    return _read_only(backend.array_module(be).asarray(rows))
 
 
 @functools.lru_cache(maxsize=64)
