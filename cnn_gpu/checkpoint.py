@@ -84,12 +84,22 @@ def check_writable(path) -> None:
         os.unlink(probe)
 
 
+def _per_parameter(optimizer_state: dict) -> list:
+    """The optimizer's state as a list with an entry per parameter (the header's "scalar_state"):
+    Optimizer.state_dict maps indices to the states of the parameters that have one."""
+    states = optimizer_state["state"]
+    count = sum(len(group["params"]) for group in optimizer_state["param_groups"])
+    if any(not isinstance(i, int) or not 0 <= i < count for i in states):
+        raise ValueError(f"optimizer state: indices {sorted(states)} are not those of the groups' {count} parameters")
+    return [states.get(i, {}) for i in range(count)]
+
+
 def save(path, model_state: dict, optimizer_state: dict, meta: dict) -> None:
     """Write a checkpoint. Arrays of the optimizer state go into the .npz; its other values (step
     counts, hyper-parameters) and `meta` into a JSON entry."""
     arrays = {f"model/{name}": value for name, value in model_state.items()}
     scalar_state = []
-    for i, entry in enumerate(optimizer_state["state"]):
+    for i, entry in enumerate(_per_parameter(optimizer_state)):
         scalars = {}
         for key, value in entry.items():
             if isinstance(value, np.ndarray):
@@ -151,4 +161,5 @@ def load(path):
         if key.startswith("optimizer/"):
             _, index, name = key.split("/", 2)
             state[int(index)][name] = value
-    return model_state, {"param_groups": optimizer["param_groups"], "state": state}, header["meta"]
+    by_index = {i: entry for i, entry in enumerate(state) if entry}   # Optimizer.state_dict's layout
+    return model_state, {"state": by_index, "param_groups": optimizer["param_groups"]}, header["meta"]

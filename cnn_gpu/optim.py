@@ -1,5 +1,6 @@
-"""Optimizers with PyTorch's update rules: `SGD` (momentum without dampening, Nesterov, weight
-decay) and `Adam` (bias-corrected, L2 weight decay added to the gradient).
+"""Optimizers with PyTorch's update rules: `SGD` (momentum with dampening, Nesterov, weight
+decay), `Adam` (bias-corrected, L2 weight decay added to the gradient) and `AdamW` (decoupled
+decay), each with PyTorch's `maximize`.
 
 Parameters on the NumPy backend are updated by the NumPy functions below; on "emu" and "cuda" by
 the fused kernels of `cnn_gpu.gpu.optim`, 8 parameters a launch (its *_steps functions). The
@@ -30,6 +31,9 @@ from .launch_checks import check_disjoint
 from .nn.module import Parameter, array_like, to_host
 
 SCHEDULER_KEY = "initial_lr"   # the one key a learning-rate scheduler adds to a parameter group
+# torch.optim's group keys that choose its implementation (multi-tensor, fused, differentiable, CUDA
+# graph capturable), not the update: a torch.optim state loads without them
+TORCH_IMPLEMENTATION_KEYS = frozenset({"foreach", "fused", "differentiable", "capturable"})
 
 
 # --- the NumPy updates (the signatures of cnn_gpu.gpu.optim.sgd_step / adam_step) ---------------
@@ -47,9 +51,12 @@ def _on_master(update):
 
 
 @_on_master
-def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step):
-    """In place. PyTorch's SGD with dampening 0: g = grad + wd*p; buf = g on the first step, else
-    momentum*buf + g; the step is g + momentum*buf (Nesterov) or buf."""
+def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, dampening=0.0,
+                   maximize=False):
+    """In place. PyTorch's SGD: g = grad (-grad to maximize) + wd*p; buf = g on the first step, else
+    momentum*buf + (1-dampening)*g; the step is g + momentum*buf (Nesterov) or buf."""
+    if maximize:
+        grad = -grad
     if weight_decay:
         grad = grad + weight_decay * param
     if momentum:
@@ -57,16 +64,19 @@ def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, ne
             momentum_buf[...] = grad
         else:
             momentum_buf *= momentum
-            momentum_buf += grad
+            momentum_buf += grad if not dampening else (1 - dampening) * grad
         grad = grad + momentum * momentum_buf if nesterov else momentum_buf
     param -= lr * grad
 
 
 @_on_master
-def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0):
-    """In place. PyTorch's Adam (step counts from 1): m += (1-beta1)(g-m); v = beta2 v + (1-beta2) g^2;
-    p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps); with `decoupled_decay` its AdamW,
-    p *= 1 - lr*decoupled_decay first."""
+def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0,
+                    maximize=False):
+    """In place. PyTorch's Adam (step counts from 1): g = grad (-grad to maximize) + wd*p;
+    m += (1-beta1)(g-m); v = beta2 v + (1-beta2) g^2; p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps);
+    with `decoupled_decay` its AdamW, p *= 1 - lr*decoupled_decay first."""
+    if maximize:
+        grad = -grad
     if weight_decay:
         grad = grad + weight_decay * param
     if decoupled_decay:
@@ -129,6 +139,17 @@ class Optimizer:
             self._add_group(group, members)
         self._checked = None   # (the arrays the last step checked, its updates, its launches' memos): see _step
 
+    def _without_torch_settings(self, saved: dict) -> dict:
+        """A saved group's hyper-parameters without torch.optim's keys for its implementation and for
+        settings of the rule this one implements at one value only (refused at another), older
+        states' missing keys filled in."""
+        for key, value in self.torch_settings.items():
+            if key in saved and saved[key] != value:
+                raise ValueError(f"optimizer state has {key}={saved[key]!r}; {type(self).__name__} implements "
+                                 f"{key}={value!r} only")
+        skipped = TORCH_IMPLEMENTATION_KEYS | set(self.torch_settings)
+        return {**self.later_keys, **{k: v for k, v in saved.items() if k not in skipped}}
+
     def _checked_group(self, group, index: int) -> list:
         """The parameters of group `index` as a list (a generator read once), after the checks
         add_param_group makes: TypeError/ValueError before any group is added."""
@@ -168,6 +189,10 @@ class Optimizer:
 
     # the per-parameter state a subclass keeps after a step ("master" aside)
     state_keys: frozenset = frozenset()
+    # hyper-parameters added after states were first saved: an older state loads with these values
+    later_keys: dict = {}
+    # torch.optim's settings of the rule that this optimizer implements at these values only
+    torch_settings: dict = {}
 
     @staticmethod
     def _validated(hyper: dict) -> dict:
@@ -344,8 +369,9 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        """Hyper-parameters (each group's, its parameters as their indices in `state`, as PyTorch's)
-        and per-parameter state (NumPy arrays), for checkpoints."""
+        """PyTorch's layout: "state" maps a parameter's index (counting over the groups in order) to
+        its state (NumPy arrays; a parameter without state is left out), "param_groups" holds each
+        group's hyper-parameters with its parameters as their indices."""
         self._group_of()   # the state in the groups' order, where a group's list was changed in place
         groups, first = [], 0
         for group in self.param_groups:
@@ -353,22 +379,34 @@ class Optimizer:
             hyper = {k: v for k, v in group.items() if k != "params"}
             groups.append({**hyper, "params": list(range(first, first + count))})
             first += count
-        state = [{k: to_host(v) if hasattr(v, "shape") else v for k, v in s.items()} for s in self.state]
-        return {"param_groups": groups, "state": state}
+        state = {i: {k: to_host(v) if hasattr(v, "shape") else v for k, v in s.items()}
+                 for i, s in enumerate(self.state) if s}
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """state_dict()'s values, checked whole before any changes: the same groups of the same
-        sizes (a state saved before the groups' "params" were recorded: one group of all)."""
+        """A state_dict() of this optimizer, or of torch.optim's optimizer of the same rule (its
+        tensors on the CPU; its implementation's settings, foreach, fused, differentiable and
+        capturable, ignored), checked whole before any change: the same groups of the same sizes.
+        Also the layout older versions saved: "state" a list with an entry per parameter (one group
+        of all where the groups have no "params")."""
         groups, states = state_dict["param_groups"], state_dict["state"]
-        sizes = [len(group["params"]) for group in self.param_groups]
         if not all(isinstance(group.get("params", []), list) for group in groups):
             raise ValueError("optimizer state: a group's 'params' must be a list of parameter indices")
-        saved_sizes = [len(group["params"]) if "params" in group else len(states) for group in groups]
-        if saved_sizes != sizes or len(states) != len(self.params):
-            raise ValueError(f"optimizer state has {len(states)} parameter states in groups of {saved_sizes}; this "
-                             f"optimizer has {len(self.params)} parameters in groups of {sizes}")
+        if all("params" in group for group in groups):
+            saved_ids = [i for group in groups for i in group["params"]]
+            saved_sizes = [len(group["params"]) for group in groups]
+        elif len(groups) == 1 and isinstance(states, list):   # saved before the groups recorded "params"
+            saved_ids, saved_sizes = list(range(len(states))), [len(states)]
+        else:
+            raise ValueError("optimizer state: a group without 'params' (the indices of its parameters)")
+        sizes = [len(group["params"]) for group in self.param_groups]
+        if saved_sizes != sizes:
+            raise ValueError(f"optimizer state has {len(saved_ids)} parameter states in groups of {saved_sizes}; "
+                             f"this optimizer has {len(self.params)} parameters in groups of {sizes}")
+        states = _states_by_position(states, saved_ids)
         hypers = []
         for saved, own in zip(groups, self.param_groups):
+            saved = self._without_torch_settings(saved)
             # a learning-rate scheduler's initial_lr may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
             own_keys = {k for k in own if k not in ("params", SCHEDULER_KEY)}
             if set(saved) - {"params", SCHEDULER_KEY} != own_keys:
@@ -382,6 +420,7 @@ class Optimizer:
         for i, (p, saved) in enumerate(zip(self.params, states)):
             if not isinstance(saved, dict):
                 raise ValueError(f"optimizer state {i} must be a dict, got {type(saved).__name__}")
+            saved = {key: value for key, value in saved.items() if value is not None}   # torch.optim's "none yet"
             kept = set(saved) - {"master"}
             if kept and kept != self.state_keys:
                 raise ValueError(f"optimizer state {i} holds {sorted(saved)}; {type(self).__name__} keeps "
@@ -393,6 +432,7 @@ class Optimizer:
             entry = {}
             for key, value in saved.items():
                 if key == "step":
+                    value = _whole_step(value)
                     try:
                         # 0: moments made by a first step whose launch failed (Adam._next_step)
                         entry[key] = whole_number(value, f"optimizer state {i}.step", minimum=0)
@@ -402,7 +442,9 @@ class Optimizer:
                 if not hasattr(value, "shape") or tuple(value.shape) != tuple(p.data.shape):
                     raise ValueError(f"optimizer state {i}.{key} has shape {tuple(getattr(value, 'shape', ()))}, "
                                      f"the parameter {tuple(p.data.shape)}")
-                entry[key] = array_like(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), p.data)
+                # (through asarray: a torch tensor's __array__ takes no copy argument, which np.array passes)
+                entry[key] = array_like(np.array(np.asarray(value), dtype=state_dtype(p.data.dtype), order="C"),
+                                        p.data)
             restored.append(entry)
         for group, hyper in zip(self.param_groups, hypers):
             group.update(hyper)
@@ -410,6 +452,40 @@ class Optimizer:
         self._master_of = [None] * len(self.params)
         self._state_params = self.params
         self._checked = None
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0
+
+
+def _states_by_position(states, saved_ids: list) -> list:
+    """The saved per-parameter states in the order of the optimizer's parameters, the k-th being
+    the state of the k-th index in the saved groups' "params" (PyTorch's mapping): `states` a dict
+    of those indices (PyTorch's layout, parameters without state left out) or a list indexed by
+    them (the layout older versions saved)."""
+    if not all(map(_is_index, saved_ids)) or len(set(saved_ids)) != len(saved_ids):
+        raise ValueError("optimizer state: the groups' 'params' must be distinct parameter indices")
+    if isinstance(states, dict):
+        listed = set(saved_ids)
+        stray = [i for i in states if not _is_index(i) or i not in listed]
+        if stray:
+            raise ValueError(f"optimizer state: state {stray[0]!r} belongs to no parameter of the groups' 'params'")
+        return [states.get(i, {}) for i in saved_ids]
+    if isinstance(states, list):
+        if sorted(saved_ids) != list(range(len(states))):
+            raise ValueError(f"optimizer state has {len(states)} parameter states in a list; the groups' 'params' "
+                             f"must number them from 0")
+        return [states[i] for i in saved_ids]
+    raise ValueError(f"optimizer state: 'state' must be a dict of parameter indices, got {type(states).__name__}")
+
+
+def _whole_step(value):
+    """A step count as saved: PyTorch keeps it as a 0-d tensor of a float dtype (a whole number)."""
+    if getattr(value, "shape", None) == ():
+        value = value.item()
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    return value
 
 
 def _master_argument(state: dict) -> dict:
@@ -423,29 +499,34 @@ def _nonnegative(hyper: dict, *names) -> dict:
 
 
 class SGD(Optimizer):
+    """PyTorch's SGD. Its fourth positional parameter is `weight_decay` (PyTorch's is `dampening`):
+    `dampening` and `maximize` are keyword-only."""
     state_keys = frozenset({"momentum_buffer"})
+    later_keys = {"dampening": 0.0, "maximize": False}
 
-    def __init__(self, params, lr, momentum=0, weight_decay=0, nesterov=False, backend=None):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
-                         backend)
+    def __init__(self, params, lr=1e-3, momentum=0, weight_decay=0, nesterov=False, backend=None, *, dampening=0,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize), backend)
 
     @staticmethod
     def _validated(hyper: dict) -> dict:
-        checked = _nonnegative(hyper, "lr", "momentum", "weight_decay")
+        checked = _nonnegative(hyper, "lr", "momentum", "dampening", "weight_decay")
         checked["nesterov"] = flag(hyper["nesterov"], "nesterov")
-        if checked["nesterov"] and checked["momentum"] <= 0:
-            raise ValueError("nesterov momentum needs momentum > 0")
+        checked["maximize"] = flag(hyper["maximize"], "maximize")
+        if checked["nesterov"] and (checked["momentum"] <= 0 or checked["dampening"]):
+            raise ValueError("nesterov momentum needs momentum > 0 and dampening 0")
         return checked
 
     def _kernel_updates(self, be, group, hyper, memo) -> None:
         if not hyper["momentum"]:
             _kernel_steps().sgd_steps(be, [(p.data, grad, state.get("master")) for p, grad, state in group],
-                                      hyper["lr"], hyper["weight_decay"], memo=memo)
+                                      hyper["lr"], hyper["weight_decay"], hyper["maximize"], memo=memo)
             return
         updates = [(p.data, grad, *self._momentum_buffer(be, p, state), state.get("master"))
                    for p, grad, state in group]
         _kernel_steps().sgd_momentum_steps(be, updates, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
-                                           hyper["nesterov"], memo=memo)
+                                           hyper["nesterov"], hyper["dampening"], hyper["maximize"], memo=memo)
 
     @staticmethod
     def _momentum_buffer(be, p, state) -> tuple:
@@ -460,18 +541,24 @@ class SGD(Optimizer):
         buffer, first_step = (self._momentum_buffer("numpy", p, state) if hyper["momentum"]
                               else (None, "momentum_buffer" not in state))
         numpy_sgd_step("numpy", p.data, grad, buffer, hyper["lr"], hyper["momentum"], hyper["weight_decay"],
-                       hyper["nesterov"], first_step, **_master_argument(state))
+                       hyper["nesterov"], first_step, hyper["dampening"], hyper["maximize"], **_master_argument(state))
 
 
 class Adam(Optimizer):
+    """PyTorch's Adam (no amsgrad); `maximize` keyword-only."""
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+    later_keys = {"maximize": False}
+    torch_settings = {"amsgrad": False, "decoupled_weight_decay": False}
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay), backend)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None, *,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         backend)
 
     @staticmethod
     def _validated(hyper: dict) -> dict:
         checked = _nonnegative(hyper, "lr", "eps", "weight_decay")
+        checked["maximize"] = flag(hyper["maximize"], "maximize")
         betas = hyper["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
@@ -497,7 +584,7 @@ class Adam(Optimizer):
         beta1, beta2 = hyper["betas"]
         step = self._next_step("numpy", p, state)
         numpy_adam_step("numpy", p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, hyper["lr"], beta1, beta2,
-                        hyper["eps"], *self._decays(hyper), **_master_argument(state))
+                        hyper["eps"], *self._decays(hyper), hyper["maximize"], **_master_argument(state))
         state["step"] = step
 
     def _kernel_updates(self, be, group, hyper, memo) -> None:
@@ -506,7 +593,7 @@ class Adam(Optimizer):
         updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, state.get("master"))
                    for (p, grad, state), step in zip(group, steps)]
         _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], *self._decays(hyper),
-                                   memo=memo)
+                                   hyper["maximize"], memo=memo)
         for (_, _, state), step in zip(group, steps):
             state["step"] = step
 
@@ -514,9 +601,12 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """PyTorch's AdamW: Adam whose weight decay is decoupled from the gradient, the parameter
     multiplied by 1 - lr*weight_decay before each update (default weight_decay 0.01, as PyTorch's)."""
+    torch_settings = {"amsgrad": False, "decoupled_weight_decay": True}
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, backend=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, backend=backend)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, backend=None, *,
+                 maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, backend=backend,
+                         maximize=maximize)
 
     def _decays(self, hyper) -> tuple:
         return 0.0, hyper["weight_decay"]

@@ -407,7 +407,7 @@ def test_reduced_precision_training_reaches_97_percent(precision, tmp_path, caps
     dtype = np.float16 if precision == "fp16" else np.float32
     assert all(value.dtype == dtype for value in model_state.values())
     if precision == "fp16":   # FP32 masters, and the scale of a run without overflow
-        assert all(state["master"].dtype == np.float32 for state in optimizer_state["state"])
+        assert all(state["master"].dtype == np.float32 for state in optimizer_state["state"].values())
         assert meta["scaler"]["scale"] == 2.0 ** 16
     else:
         assert meta["scaler"] == {}
@@ -453,7 +453,7 @@ def test_fp16_on_emu_matches_numpy_fp16(tmp_path):
     (emu_weights, emu_optimizer, emu_meta), (weights, optimizer, meta) = runs["emu"], runs["numpy"]
     assert emu_meta["scaler"] == meta["scaler"] and meta["scaler"]["_growth_tracker"] == 2
     assert len(weights) == len(emu_optimizer["state"]) == len(optimizer["state"])
-    for name, ours, theirs in zip(weights, emu_optimizer["state"], optimizer["state"]):
+    for name, ours, theirs in zip(weights, emu_optimizer["state"].values(), optimizer["state"].values()):
         assert ours["master"].dtype == np.float32 and np.abs(theirs["exp_avg"]).max() > 0
         np.testing.assert_allclose(ours["master"], theirs["master"], rtol=0, atol=1e-5)
         assert emu_weights[name].dtype == np.float16

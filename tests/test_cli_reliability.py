@@ -235,6 +235,7 @@ def test_weight_decay_is_a_setting_a_resume_may_change(tmp_path, capsys):
     model, optimizer, meta = checkpoint.load(path)   # as saved before --weight-decay existed
     del meta["settings"]["weight_decay"]
     optimizer["param_groups"][0]["weight_decay"] = 0.0
+    del optimizer["param_groups"][0]["dampening"], optimizer["param_groups"][0]["maximize"]   # (and these)
     checkpoint.save(path, model, optimizer, meta)
     assert main([*argv, "--epochs", "4", "--resume", str(path), "--weight-decay", "0.001"]) == 0
     assert "with --weight-decay 0.001 (it trained with 0.0)" in capsys.readouterr().out
@@ -404,7 +405,7 @@ def _open_fds():
 @pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
 def test_save_interrupted_anywhere_leaves_nothing_behind(tmp_path, monkeypatch, where, error):
     path = tmp_path / "model.npz"
-    empty_optimizer = {"param_groups": [{}], "state": [{}]}
+    empty_optimizer = {"param_groups": [{"params": [0]}], "state": {}}
     checkpoint.save(path, {"w": np.arange(6.0)}, empty_optimizer, {"epoch": 1})
     before = path.read_bytes()
     real = {"savez": checkpoint.np.savez, "fchmod": os.fchmod, "fsync": os.fsync, "replace": os.replace}[where]

@@ -664,22 +664,22 @@ def test_empty_batches(be):
 
 # --- optimizers: references written from torch.optim's documented update rules -------------------
 
-def reference_sgd(param, grads, lr, momentum, weight_decay, nesterov):
+def reference_sgd(param, grads, lr, momentum, weight_decay, nesterov, dampening=0.0, maximize=False):
     param, buf = param.copy(), None
     for t, grad in enumerate(grads):
-        g = grad + weight_decay * param
+        g = (-grad if maximize else grad) + weight_decay * param
         if momentum:
-            buf = g.copy() if t == 0 else momentum * buf + g
+            buf = g.copy() if t == 0 else momentum * buf + (1 - dampening) * g
             g = g + momentum * buf if nesterov else buf
         param = param - lr * g
     return param, buf
 
 
-def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay):
+def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay, maximize=False):
     param = param.copy()
     m, v = np.zeros_like(param), np.zeros_like(param)
     for t, grad in enumerate(grads, start=1):
-        g = grad + weight_decay * param
+        g = (-grad if maximize else grad) + weight_decay * param
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
         m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
@@ -690,7 +690,10 @@ def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay):
 SGD_SETTINGS = [dict(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),
                 dict(lr=0.05, momentum=0.0, weight_decay=0.01, nesterov=False),
                 dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=False),
-                dict(lr=0.02, momentum=0.8, weight_decay=0.001, nesterov=True)]
+                dict(lr=0.02, momentum=0.8, weight_decay=0.001, nesterov=True),
+                dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=False, dampening=0.4),
+                dict(lr=0.1, momentum=0.0, weight_decay=0.01, nesterov=False, maximize=True),
+                dict(lr=0.02, momentum=0.8, weight_decay=0.001, nesterov=True, maximize=True)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -705,7 +708,7 @@ def test_sgd_step(settings, dtype):
     buf = np.empty_like(param) if settings["momentum"] else None
     for t, grad in enumerate(grads):
         optim.sgd_step("emu", param, grad, buf, settings["lr"], settings["momentum"], settings["weight_decay"],
-                       settings["nesterov"], t == 0)
+                       settings["nesterov"], t == 0, settings.get("dampening", 0.0), settings.get("maximize", False))
     expected, expected_buf = reference_sgd(param0.astype(np.float64), [g.astype(np.float64) for g in grads],
                                            **settings)
     assert_close(param, expected.astype(dtype), dtype, f"sgd {settings}")
@@ -714,18 +717,18 @@ def test_sgd_step(settings, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("weight_decay, maximize", [(0.0, False), (0.01, False), (0.01, True)])
 @guarded
-def test_adam_step(weight_decay, dtype):
+def test_adam_step(weight_decay, maximize, dtype):
     rng = np.random.default_rng(16)
     shape = (1001,)
     param0 = rng.standard_normal(shape).astype(dtype)
     grads = [rng.standard_normal(shape).astype(dtype) for _ in range(5)]
-    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, maximize=maximize)
     param, m, v = param0.copy(), np.zeros_like(param0), np.zeros_like(param0)
     for step, grad in enumerate(grads, start=1):
         optim.adam_step("emu", param, grad, m, v, step, hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
-                        hyper["weight_decay"])
+                        hyper["weight_decay"], maximize=maximize)
     expected, expected_m, expected_v = reference_adam(param0.astype(np.float64),
                                                       [g.astype(np.float64) for g in grads], **hyper)
     assert_close(param, expected.astype(dtype), dtype, "adam param")

@@ -29,10 +29,13 @@ def _run(optimizer, params, grads):
 
 
 SGD_CONFIGS = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.8, weight_decay=0.01),
-               dict(lr=0.02, momentum=0.9, nesterov=True), dict(lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True)]
+               dict(lr=0.02, momentum=0.9, nesterov=True), dict(lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True),
+               dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01), dict(lr=0.1, weight_decay=0.1, maximize=True),
+               dict(lr=0.02, momentum=0.8, weight_decay=0.1, nesterov=True, maximize=True)]
 ADAM_CONFIGS = [dict(), dict(lr=0.01), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6),
-                dict(lr=0.01, weight_decay=0.05)]
-ADAMW_CONFIGS = [dict(), dict(lr=0.05, weight_decay=0.2), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6, weight_decay=0)]
+                dict(lr=0.01, weight_decay=0.05), dict(lr=0.01, weight_decay=0.05, maximize=True)]
+ADAMW_CONFIGS = [dict(), dict(lr=0.05, weight_decay=0.2), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6, weight_decay=0),
+                 dict(lr=0.05, weight_decay=0.2, maximize=True)]
 
 
 @pytest.mark.torch
@@ -111,14 +114,14 @@ def test_state_dict_resume_is_bit_identical(kind, config):
     first = getattr(optim, kind)(params, **config)
     _run(first, params, grads[:3])
     saved = first.state_dict()
-    saved_copy = [{k: np.copy(v) for k, v in entry.items()} for entry in saved["state"]]
+    saved_copy = [{k: np.copy(v) for k, v in entry.items()} for entry in saved["state"].values()]
     resumed = getattr(optim, kind)(params, **config)
     resumed.load_state_dict(saved)
     resumed_end = _run(resumed, params, grads[3:])[-1]
     for a, b in zip(straight, resumed_end):
         np.testing.assert_array_equal(a, b)
     # the saved state is a copy: the resumed optimizer stepping on did not change it
-    for entry, copy in zip(saved["state"], saved_copy):
+    for entry, copy in zip(saved["state"].values(), saved_copy):
         for key in copy:
             np.testing.assert_array_equal(entry[key], copy[key])
 
@@ -148,6 +151,8 @@ def test_lr_change_through_param_groups():
     (lambda p: optim.SGD(p, lr=-1), "learning rate"),
     (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), "momentum"),
     (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "nesterov"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "nesterov .* dampening 0"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, dampening=-0.1), "dampening"),
     (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1), "weight_decay"),
     (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "betas"),
     (lambda p: optim.Adam(p, eps=-1), "eps"),
@@ -181,6 +186,144 @@ def test_a_bad_gradient_leaves_every_parameter_unchanged(bad_grad, error):
         optimizer.step()
     np.testing.assert_array_equal(good.data, np.ones(4))
     assert optimizer.state == [{}, {}]
+
+
+def _torch_group_run(torch, kind, config, arrays, other_lr, grads):
+    """torch.optim's `kind` over tensors of `arrays` in two groups (the last parameter in the second,
+    at `other_lr`), after the steps of `grads`."""
+    tensors = [torch.tensor(a.copy(), requires_grad=True) for a in arrays]
+    optimizer = getattr(torch.optim, kind)([{"params": tensors[:-1]}, {"params": tensors[-1:], "lr": other_lr}],
+                                           **config)
+    _torch_steps(torch, optimizer, tensors, grads)
+    return optimizer, tensors
+
+
+def _torch_steps(torch, optimizer, tensors, grads):
+    for step_grads in grads:
+        for t, g in zip(tensors, step_grads):
+            t.grad = None if g is None else torch.from_numpy(g.copy())
+        optimizer.step()
+
+
+def _as_torch_state(torch, state_dict):
+    """Optimizer.state_dict() as torch.optim's load_state_dict takes it: its arrays as tensors."""
+    state = {i: {k: torch.from_numpy(np.array(v)) if hasattr(v, "shape") else v for k, v in s.items()}
+             for i, s in state_dict["state"].items()}
+    return {"state": state, "param_groups": [dict(group) for group in state_dict["param_groups"]]}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+                                          ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True)),
+                                          ("Adam", dict(lr=0.01, weight_decay=0.01, maximize=True)),
+                                          ("AdamW", dict(lr=0.01, weight_decay=0.1))])
+@pytest.mark.parametrize("saved_by", ["torch", "ours"])
+def test_a_state_dict_resumes_in_torch_optim_and_the_other_way(kind, config, saved_by):
+    """PyTorch's layout both ways: a torch.optim state (two groups, a parameter whose first gradient
+    is still to come: no state under its index) resumes here, and ours resumes in torch.optim (the
+    arrays made tensors), and the next steps match torch.optim's."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    rng = np.random.default_rng(21)
+    start = [rng.standard_normal(shape) for shape in ((3, 4), (5,), (2, 2))]
+    grads = _grads(rng, [Parameter(a) for a in start], 5)
+    grads[0][1] = grads[1][1] = None
+    if saved_by == "torch":
+        saved_optimizer, tensors = _torch_group_run(torch, kind, config, start, 0.02, grads[:2])
+        saved = saved_optimizer.state_dict()
+        params = [Parameter(t.detach().numpy().copy()) for t in tensors]
+        resumed = getattr(optim, kind)([{"params": params[:-1]}, {"params": params[-1:], "lr": 0.02}], **config)
+        resumed.load_state_dict(saved)
+        reference = (saved_optimizer, tensors)
+    else:
+        params = [Parameter(a.copy()) for a in start]
+        ours = getattr(optim, kind)([{"params": params[:-1]}, {"params": params[-1:], "lr": 0.02}], **config)
+        _run(ours, params, grads[:2])
+        saved = ours.state_dict()
+        tensors = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+        torch_optimizer = getattr(torch.optim, kind)([{"params": tensors[:-1]}, {"params": tensors[-1:], "lr": 0.5}],
+                                                     **config)
+        torch_optimizer.load_state_dict(_as_torch_state(torch, saved))
+        resumed, reference = ours, (torch_optimizer, tensors)
+    assert sorted(saved["state"]) == ([] if kind == "SGD" and not config.get("momentum") else [0, 2])
+    ours_after = _run(resumed, params, grads[2:])
+    for step, step_grads in enumerate(grads[2:]):
+        _torch_steps(torch, reference[0], reference[1], [step_grads])
+        for p, t in zip(ours_after[step], reference[1]):
+            np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{saved_by}'s state, step {step + 3}")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("torch_kind, torch_config, kind, message", [
+    ("Adam", dict(amsgrad=True), "Adam", "amsgrad=True; Adam implements amsgrad=False only"),
+    ("Adam", dict(decoupled_weight_decay=True), "Adam", "decoupled_weight_decay=True; Adam implements"),
+    ("AdamW", dict(), "Adam", "decoupled_weight_decay=True; Adam implements"),
+    ("Adam", dict(), "AdamW", "decoupled_weight_decay=False; AdamW implements"),
+    ("SGD", dict(momentum=0.9), "Adam", "another optimizer")])
+def test_a_torch_optim_state_of_another_rule_is_refused(torch_kind, torch_config, kind, message):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    rng = np.random.default_rng(22)
+    tensor = torch.tensor(rng.standard_normal(4), requires_grad=True)
+    torch_optimizer = getattr(torch.optim, torch_kind)([tensor], lr=0.01, **torch_config)
+    _torch_steps(torch, torch_optimizer, [tensor], [[rng.standard_normal(4)]])
+    ours = getattr(optim, kind)([Parameter(rng.standard_normal(4))], lr=0.01)
+    with pytest.raises(ValueError, match=message):
+        ours.load_state_dict(torch_optimizer.state_dict())
+    assert ours.state == [{}]
+
+
+@pytest.mark.parametrize("kind, config, added", [("SGD", dict(lr=0.1, momentum=0.9), ("dampening", "maximize")),
+                                                 ("Adam", dict(lr=0.1), ("maximize",))])
+def test_a_state_saved_before_dampening_and_maximize_loads_with_their_defaults(kind, config, added):
+    rng = np.random.default_rng(23)
+    params = _params(rng)
+    first = getattr(optim, kind)(params, **config)
+    _run(first, params, _grads(rng, params, 1))
+    saved = first.state_dict()
+    for key in added:
+        del saved["param_groups"][0][key]
+    resumed = getattr(optim, kind)(params, **config, maximize=True)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["maximize"] is False and resumed.state[0].keys() == first.state[0].keys()
+
+
+def test_a_momentum_buffer_of_none_loads_as_no_state():
+    """Older PyTorch versions saved SGD's momentum_buffer as None where there was none (momentum 0)."""
+    rng = np.random.default_rng(26)
+    opt = optim.SGD(_params(rng), lr=0.1)
+    opt.load_state_dict({**opt.state_dict(), "state": {0: {"momentum_buffer": None}, 1: {"momentum_buffer": None}}})
+    assert opt.state == [{}, {}]
+
+
+def test_a_state_maps_to_parameters_through_the_groups_indices():
+    """As PyTorch's: the k-th parameter gets the state under the k-th index of the saved groups'
+    "params", whatever the indices' order."""
+    rng = np.random.default_rng(25)
+    params = _params(rng)
+    first = optim.Adam(params, lr=0.1)
+    _run(first, params, _grads(rng, params, 2))
+    saved = first.state_dict()
+    renumbered = {"param_groups": [{**saved["param_groups"][0], "params": [7, 3]}],
+                  "state": {7: saved["state"][0], 3: saved["state"][1]}}
+    resumed = optim.Adam(params, lr=0.1)
+    resumed.load_state_dict(renumbered)
+    for ours, theirs in zip(resumed.state, first.state):
+        np.testing.assert_array_equal(ours["exp_avg"], theirs["exp_avg"])
+
+
+@pytest.mark.parametrize("states, message", [
+    ({2: {}}, r"state 2 belongs to no parameter"), ({"0": {}}, "state '0' belongs to no parameter"),
+    ((), "'state' must be a dict of parameter indices, got tuple"),
+    ([{}], "1 parameter states in a list; the groups' 'params' must number them from 0")])
+def test_a_state_of_indices_the_groups_do_not_hold_is_refused(states, message):
+    rng = np.random.default_rng(24)
+    opt = optim.SGD(_params(rng), lr=0.1, momentum=0.9)
+    saved = {**opt.state_dict(), "state": states}
+    if isinstance(states, list):
+        saved["param_groups"][0]["params"] = [1, 0]
+        saved["state"] = [{}]
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(saved)
 
 
 def test_load_state_dict_checks_shapes():
@@ -281,22 +424,22 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
     param = Parameter(np.ones(3), backend="emu")
     param.grad = np.full(3, 2.0)
-    optim.SGD([param], lr=0.5).step()
-    optim.SGD([param], lr=0.5, momentum=0.9).step()
-    optim.Adam([param], lr=0.1).step()
+    optim.SGD([param], lr=0.5, maximize=True).step()
+    optim.SGD([param], lr=0.5, momentum=0.9, dampening=0.25).step()
+    optim.Adam([param], lr=0.1, maximize=True).step()
     optim.AdamW([param], lr=0.1).step()
     # per call: (kind, backend, [update per parameter], hyper-parameters...)
     (update,) = calls[0][2]   # (param, grad, master)
-    assert calls[0][:2] == ("sgd", "emu") and calls[0][3:] == (0.5, 0.0)
+    assert calls[0][:2] == ("sgd", "emu") and calls[0][3:] == (0.5, 0.0, True)
     assert update[0] is param.data and update[2] is None
     (update,) = calls[1][2]   # (param, grad, buffer, first step, master)
-    assert calls[1][:2] == ("sgd momentum", "emu") and calls[1][3:] == (0.5, 0.9, 0.0, False)
+    assert calls[1][:2] == ("sgd momentum", "emu") and calls[1][3:] == (0.5, 0.9, 0.0, False, 0.25, False)
     assert update[0] is param.data and update[3:] == (True, None)
     (update,) = calls[2][2]   # (param, grad, m, v, step, master)
-    assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.0)
+    assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.0, True)
     assert update[0] is param.data and update[4:] == (1, None)
     # AdamW: no L2 decay of the gradient, its decay decoupled (the kernel's decay = 1 - lr*weight_decay)
-    assert calls[3][:2] == ("adam", "emu") and calls[3][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.01)
+    assert calls[3][:2] == ("adam", "emu") and calls[3][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.01, False)
     assert memos == [None] * 4   # a first step keeps no launch
     # the optimizer's own backend argument overrides the parameter's
     optim.SGD([param], lr=0.5, momentum=0.9, backend="numpy").step()
@@ -311,8 +454,11 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
 
 @pytest.mark.parametrize("kind, config, kernel", [
     ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True), "sgd_momentum_step"),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.2, maximize=True), "sgd_momentum_step"),
     ("SGD", dict(lr=0.05, weight_decay=0.01), "sgd_step"),
+    ("SGD", dict(lr=0.05, weight_decay=0.01, maximize=True), "sgd_step"),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01), "adam_step"),
+    ("Adam", dict(lr=0.01, weight_decay=0.01, maximize=True), "adam_step"),
     ("AdamW", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.3), "adam_step")])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
 def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dtype, rtol):

@@ -126,11 +126,13 @@ def test_a_state_dict_of_groups_resumes_bit_for_bit_and_checks_its_groups():
                                          r"\[4, 9\]"):
         regrouped.load_state_dict(resumed.state_dict())
     assert all(not s for s in regrouped.state) and regrouped.param_groups[0]["lr"] == 0.1
-    # a state from before the groups' "params" were recorded: one group of all
+    # a state from before the groups' "params" were recorded (one group of all), its "state" a list
     single = optim.Adam(first + second, lr=0.1)
+    run(single, grads[:1])
     old = single.state_dict()
     del old["param_groups"][0]["params"]
-    single.load_state_dict(old)
+    old["state"] = [old["state"][i] for i in range(len(first + second))]
+    optim.Adam(first + second, lr=0.1).load_state_dict(old)
 
 
 @pytest.mark.parametrize("params, error, message", [

@@ -53,7 +53,8 @@ def _assert_same_checkpoint(a, b):
     for name in model_a:
         np.testing.assert_array_equal(model_a[name], model_b[name], err_msg=name)
     assert optim_a["param_groups"] == optim_b["param_groups"]
-    for state_a, state_b in zip(optim_a["state"], optim_b["state"]):
+    assert optim_a["state"].keys() == optim_b["state"].keys()
+    for state_a, state_b in zip(optim_a["state"].values(), optim_b["state"].values()):
         assert state_a.keys() == state_b.keys()
         for key in state_a:
             np.testing.assert_array_equal(state_a[key], state_b[key])
@@ -108,16 +109,17 @@ def test_same_seed_same_numbers_other_seed_differs(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     model_state = {"0.weight": rng.standard_normal((3, 2)).astype(np.float32), "0.bias": rng.standard_normal(3)}
-    optimizer_state = {"param_groups": [{"lr": 0.1, "betas": [0.9, 0.999]}],
-                       "state": [{"step": 4, "exp_avg": rng.standard_normal((3, 2))}, {}]}
+    # Optimizer.state_dict's layout: the second parameter has state, the first none
+    optimizer_state = {"param_groups": [{"lr": 0.1, "betas": [0.9, 0.999], "params": [0, 1]}],
+                       "state": {1: {"step": 4, "exp_avg": rng.standard_normal(3)}}}
     meta = {"epoch": 7, "shuffle_rng": np.random.default_rng(1).bit_generator.state}
     checkpoint.save(tmp_path / "c.npz", model_state, optimizer_state, meta)
     model_back, optimizer_back, meta_back = checkpoint.load(tmp_path / "c.npz")
     for name, value in model_state.items():
         assert model_back[name].dtype == value.dtype
         np.testing.assert_array_equal(model_back[name], value)
-    assert optimizer_back["state"][0]["step"] == 4 and optimizer_back["state"][1] == {}
-    np.testing.assert_array_equal(optimizer_back["state"][0]["exp_avg"], optimizer_state["state"][0]["exp_avg"])
+    assert optimizer_back["state"].keys() == {1} and optimizer_back["state"][1]["step"] == 4
+    np.testing.assert_array_equal(optimizer_back["state"][1]["exp_avg"], optimizer_state["state"][1]["exp_avg"])
     assert optimizer_back["param_groups"] == optimizer_state["param_groups"]
     assert meta_back == meta
 
@@ -125,7 +127,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "model.npz"
     good = {"w": np.arange(6.0)}
-    empty_optimizer = {"param_groups": [{}], "state": [{}]}
+    empty_optimizer = {"param_groups": [{"params": [0]}], "state": {}}
     checkpoint.save(path, good, empty_optimizer, {"epoch": 1})
     before = path.read_bytes()
 

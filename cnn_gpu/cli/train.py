@@ -345,7 +345,9 @@ def _restore(model, optimizer, resumed, source: str) -> None:
         optimizer.load_state_dict(optimizer_state)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{source}: {err}") from None
-    saved = {k: v for k, v in optimizer_state["param_groups"][0].items() if k not in NOT_COMPARED}
+    # (hyper-parameters added since a checkpoint was saved take their defaults, as the load gave them)
+    saved = {k: v for k, v in {**optimizer.later_keys, **optimizer_state["param_groups"][0]}.items()
+             if k not in NOT_COMPARED}
     if saved != own:
         raise UsageError(f"{source}: malformed checkpoint: optimizer hyper-parameters {saved}, expected {own}")
     optimizer.param_groups[0].update({k: group[k] for k in SETTING_HYPERS})

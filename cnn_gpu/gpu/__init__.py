@@ -25,16 +25,18 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   loss.mse(be, pred, target, reduction) -> (loss float or per-element array, dpred)
   reduce.channel_sum(be, a, outer, channels, inner) -> (channels,)   a viewed as (outer, channels, inner);
                                                    deterministic fixed-order tree sum (bias grads, split-K)
-  optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None)
-        (in place; momentum_buf None when momentum == 0; PyTorch's SGD without dampening)
-  optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0, *,
-                  master=None)
+  optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, dampening=0,
+                 maximize=False, *, master=None)
+        (in place; momentum_buf None when momentum == 0; PyTorch's SGD)
+  optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0,
+                  maximize=False, *, master=None)
         (in place, PyTorch's Adam, or with decoupled_decay its AdamW; master: a float16 parameter's FP32
         copy, state arrays in FP32 then)
-  optim.sgd_steps(be, [(param, grad, master or None), ...], lr, weight_decay)
+  optim.sgd_steps(be, [(param, grad, master or None), ...], lr, weight_decay, maximize=False)
   optim.sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master or None), ...], lr, momentum,
-                           weight_decay, nesterov)
-  optim.adam_steps(be, [(param, grad, m, v, step, master or None), ...], lr, beta1, beta2, eps, weight_decay)
+                           weight_decay, nesterov, dampening=0, maximize=False)
+  optim.adam_steps(be, [(param, grad, m, v, step, master or None), ...], lr, beta1, beta2, eps, weight_decay,
+                   decoupled_decay=0, maximize=False)
         (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
         one-pass (Welford/Chan) fixed-order per-channel statistics; blends running_mean/var in place unless None

@@ -73,15 +73,22 @@ def _launch_slots(be, kernel, updates, scalars, memo=None):
                (elementwise_blocks(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
 
 
-def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, *, master=None):
-    """In place; PyTorch's SGD without dampening. momentum_buf is None when momentum == 0."""
+def _grad_sign(maximize) -> int:
+    """The kernels' grad_sign: PyTorch's maximize negates the gradient before anything else."""
+    return -1 if maximize else 1
+
+
+def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, dampening=0.0,
+             maximize=False, *, master=None):
+    """In place; PyTorch's SGD. momentum_buf is None when momentum == 0."""
     if momentum:
-        sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master)], lr, momentum, weight_decay, nesterov)
+        sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master)], lr, momentum, weight_decay, nesterov,
+                           dampening, maximize)
     else:
-        sgd_steps(be, [(param, grad, master)], lr, weight_decay)
+        sgd_steps(be, [(param, grad, master)], lr, weight_decay, maximize)
 
 
-def sgd_steps(be, updates, lr, weight_decay, memo=None):
+def sgd_steps(be, updates, lr, weight_decay, maximize=False, memo=None):
     """In place: SGD without momentum of several parameters, UPDATE_SLOTS a launch. `updates`
     holds (param, grad, master) per parameter; `memo` as _launch_slots'."""
     if not updates:
@@ -90,11 +97,11 @@ def sgd_steps(be, updates, lr, weight_decay, memo=None):
         _check_state(param, grad, master)
     dtype = updates[0][0].dtype
     _launch_slots(be, "sgd_step", [((param, grad, np.int64(param.size)), master) for param, grad, master in updates],
-                  acc(dtype, lr, weight_decay), memo)
+                  acc(dtype, lr, weight_decay, _grad_sign(maximize)), memo)
 
 
-def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, memo=None):
-    """In place: SGD with momentum (no dampening) of several parameters, UPDATE_SLOTS a launch.
+def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, dampening=0.0, maximize=False, memo=None):
+    """In place: SGD with momentum of several parameters, UPDATE_SLOTS a launch.
     `updates` holds (param, grad, momentum_buf, first_step, master) per parameter; `memo` as
     _launch_slots'."""
     if not updates:
@@ -105,17 +112,18 @@ def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, memo=N
     _launch_slots(be, "sgd_momentum_step",
                   [((param, grad, buf, np.int64(param.size), *i32(bool(first_step))), master)
                    for param, grad, buf, first_step, master in updates],
-                  (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov))), memo)
+                  (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov)),
+                   *acc(dtype, 1 - dampening, _grad_sign(maximize))), memo)
 
 
-def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, *,
-              master=None):
+def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False,
+              *, master=None):
     """In place; PyTorch's Adam (L2 weight decay, bias correction), `step` counting from 1, or with
     `decoupled_decay` its AdamW (the parameter times 1 - lr*decoupled_decay first)."""
-    adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay, decoupled_decay)
+    adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay, decoupled_decay, maximize)
 
 
-def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, memo=None):
+def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False, memo=None):
     """In place: Adam (AdamW) of several parameters, UPDATE_SLOTS a launch. `updates` holds (param,
     grad, m, v, step, master) per parameter, `step` its own count from 1; `memo` as _launch_slots'."""
     if not updates:
@@ -127,7 +135,8 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay
                *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
              for param, grad, m, v, step, master in updates]
     _launch_slots(be, "adam_step", slots,
-                  acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay), memo)
+                  acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay,
+                      _grad_sign(maximize)), memo)
 
 
 def unscale_grads(be, grads, inverse, found):
