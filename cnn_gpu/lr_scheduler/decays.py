@@ -1,91 +1,15 @@
-"""Learning-rate schedules that set the `lr` of an optimizer's parameter groups.
-
-PyTorch's schedulers, with its protocol (`torch.optim.lr_scheduler`): `StepLR`, `MultiStepLR`,
-`ExponentialLR`, `LinearLR`, `CosineAnnealingLR` and `LambdaLR`. Construction records each group's
-`initial_lr` and takes the first step (last_epoch -1 -> 0); call `step()` after each epoch's (or
-iteration's) `optimizer.step()`; `get_last_lr()`, `last_epoch`, `base_lrs`, and `state_dict()` /
-`load_state_dict()` for checkpoints (resume: build the scheduler, then load both states). The
-rates are computed as PyTorch computes them (the same recursive forms), so they equal its values
-bit for bit; `step(epoch)` (deprecated in PyTorch) uses the closed forms. Arguments are checked
-more than PyTorch checks them (a step_size of 0, a negative eta_min, NaN are refused).
-
-`WarmupCosine` (this project's, what `cnn-gpu train` uses): a linear warm-up over the first
-`warmup_epochs` epochs, step by step from base_lr / warmup_steps up to base_lr, then half a cosine
-from base_lr towards 0 over the remaining epochs, one value per epoch (with no warm-up: epoch e of
-E trains at base_lr * (1 + cos(pi e / E)) / 2). The rate depends only on (epoch, step), so a
-resumed run continues the schedule exactly.
-"""
+"""PyTorch's schedules that decay a rate epoch by epoch, by its recursive forms (bit for bit), and
+their closed forms for step(epoch)."""
 from __future__ import annotations
 
 import bisect
 import math
 import types
-import warnings
 from collections import Counter
 
-from .functional._checks import real_number, whole_number
-from .optim import SCHEDULER_KEY, Optimizer
-
-
-class LRScheduler:
-    """The base of PyTorch's schedulers: subclasses give get_lr() (from the groups' current rates,
-    as PyTorch's recursive forms) and may give _closed_form_lr() (from base_lrs, for step(epoch))."""
-
-    def __init__(self, optimizer, last_epoch: int = -1):
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(optimizer).__name__} is not a cnn_gpu.optim optimizer")
-        last_epoch = whole_number(last_epoch, "last_epoch", minimum=-1)
-        groups = optimizer.param_groups
-        if last_epoch == -1:
-            for group in groups:
-                group.setdefault(SCHEDULER_KEY, group["lr"])
-        else:
-            lacking = [i for i, group in enumerate(groups) if SCHEDULER_KEY not in group]
-            if lacking:
-                raise KeyError(f"param_groups[{lacking[0]}] has no 'initial_lr': a scheduler resumed with last_epoch "
-                               f">= 0 needs its optimizer's state from a run that had a scheduler (load it first)")
-        self.optimizer = optimizer
-        self.base_lrs = [group[SCHEDULER_KEY] for group in groups]
-        self.last_epoch = last_epoch
-        self._step_count = 0
-        self._is_initial = True   # the first step keeps the groups' rates where a subclass says so
-        try:
-            self.step()
-        finally:
-            self._is_initial = False
-
-    def get_lr(self) -> list:
-        raise NotImplementedError(f"{type(self).__name__} does not implement get_lr")
-
-    def _current(self) -> list:
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-    def step(self, epoch=None) -> None:
-        """The next rates into the optimizer's groups (epoch: jump to it by the closed form; PyTorch
-        deprecates it, and warns likewise)."""
-        self._step_count += 1
-        if epoch is None:
-            self.last_epoch += 1
-            rates = self.get_lr()
-        else:
-            warnings.warn("passing an epoch to step() is deprecated (as in PyTorch); call step() once per epoch",
-                          UserWarning, stacklevel=2)
-            self.last_epoch = whole_number(epoch, "epoch", minimum=0)
-            rates = self._closed_form_lr() if hasattr(self, "_closed_form_lr") else self.get_lr()
-        for group, rate in zip(self.optimizer.param_groups, rates):
-            group["lr"] = rate
-        self._last_lr = self._current()
-
-    def get_last_lr(self) -> list:
-        """The rates the last step() set, one per parameter group."""
-        return list(self._last_lr)
-
-    def state_dict(self) -> dict:
-        """Everything but the optimizer, as PyTorch's."""
-        return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+from ..functional._checks import real_number, whole_number
+from ..optim import Optimizer
+from ._base import LRScheduler
 
 
 class StepLR(LRScheduler):
@@ -219,39 +143,3 @@ class LambdaLR(LRScheduler):
         for factor, attributes in zip(self.lr_lambdas, kept):
             if attributes is not None:
                 factor.__dict__.update(attributes)
-
-
-class WarmupCosine:
-    def __init__(self, optimizer, base_lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0):
-        base_lr = real_number(base_lr, "base_lr")   # NaN and infinities refused too
-        if not base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {base_lr}")
-        epochs = whole_number(epochs, "epochs")
-        steps_per_epoch = whole_number(steps_per_epoch, "steps_per_epoch")
-        if whole_number(warmup_epochs, "warmup_epochs", minimum=0) >= epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs) = [0, {epochs}), got {warmup_epochs}")
-        self.optimizer = optimizer
-        self.base_lr = base_lr
-        self.epochs = epochs
-        self.steps_per_epoch = steps_per_epoch
-        self.warmup_epochs = int(warmup_epochs)
-
-    def lr(self, epoch: int, step: int = 0) -> float:
-        """The rate of step `step` (from 0) of epoch `epoch` (from 0); ValueError outside the schedule
-        (epoch in [0, epochs), step in [0, steps_per_epoch))."""
-        if whole_number(epoch, "epoch", minimum=0) >= self.epochs:
-            raise ValueError(f"epoch must be in [0, {self.epochs}), got {epoch}")
-        if whole_number(step, "step", minimum=0) >= self.steps_per_epoch:
-            raise ValueError(f"step must be in [0, {self.steps_per_epoch}), got {step}")
-        if epoch < self.warmup_epochs:
-            done = epoch * self.steps_per_epoch + step + 1
-            return self.base_lr * done / (self.warmup_epochs * self.steps_per_epoch)
-        decay_epochs = self.epochs - self.warmup_epochs
-        return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / decay_epochs))
-
-    def apply(self, epoch: int, step: int = 0) -> float:
-        """Set every parameter group's rate for (epoch, step); returns it."""
-        rate = self.lr(epoch, step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate
-        return rate
