@@ -30,7 +30,9 @@ from .functional._checks import FLOAT_DTYPES, flag, real_number, updatable, whol
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, array_like, to_host
 
-SCHEDULER_KEY = "initial_lr"   # the one key a learning-rate scheduler adds to a parameter group
+SCHEDULER_KEY = "initial_lr"   # the key every learning-rate scheduler adds to a parameter group
+# ...and all that schedulers add (cnn_gpu.lr_scheduler, PyTorch's names): OneCycleLR's bounds too
+SCHEDULER_KEYS = (SCHEDULER_KEY, "max_lr", "min_lr", "max_momentum", "base_momentum")
 # torch.optim's group keys that choose its implementation (multi-tensor, fused, differentiable, CUDA
 # graph capturable), not the update: a torch.optim state loads without them
 TORCH_IMPLEMENTATION_KEYS = frozenset({"foreach", "fused", "differentiable", "capturable"})
@@ -407,14 +409,14 @@ class Optimizer:
         hypers = []
         for saved, own in zip(groups, self.param_groups):
             saved = self._without_torch_settings(saved)
-            # a learning-rate scheduler's initial_lr may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
-            own_keys = {k for k in own if k not in ("params", SCHEDULER_KEY)}
-            if set(saved) - {"params", SCHEDULER_KEY} != own_keys:
+            # a learning-rate scheduler's keys may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
+            own_keys = {k for k in own if k not in ("params", *SCHEDULER_KEYS)}
+            if set(saved) - {"params", *SCHEDULER_KEYS} != own_keys:
                 raise ValueError(f"optimizer state has hyper-parameters {sorted(set(saved) - {'params'})}; "
                                  f"{type(self).__name__} has {sorted(own_keys)} (a state dict of another optimizer?)")
             hyper = {**{k: v for k, v in saved.items() if k != "params"}, **self._validated(saved)}
-            if SCHEDULER_KEY in saved:
-                hyper[SCHEDULER_KEY] = real_number(saved[SCHEDULER_KEY], SCHEDULER_KEY, minimum=0)
+            for key in set(SCHEDULER_KEYS) & set(saved):
+                hyper[key] = real_number(saved[key], key, minimum=0)
             hypers.append(hyper)
         restored = []
         for i, (p, saved) in enumerate(zip(self.params, states)):

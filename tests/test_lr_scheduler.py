@@ -15,7 +15,8 @@ except ImportError:
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (make torch)")
 
-SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "CosineAnnealingLR", "LambdaLR"]
+SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR", "CosineAnnealingLR",
+              "LambdaLR"]
 
 
 def _arguments(name: str, rng) -> tuple:
@@ -29,6 +30,10 @@ def _arguments(name: str, rng) -> tuple:
     if name == "LinearLR":
         return (), {"start_factor": float(rng.uniform(0.05, 1.0)), "end_factor": float(rng.uniform(0.0, 1.0)),
                     "total_iters": int(rng.integers(1, 12))}
+    if name == "ConstantLR":
+        return (), {"factor": float(rng.uniform(0.05, 1.0)), "total_iters": int(rng.integers(1, 12))}
+    if name == "PolynomialLR":
+        return (), {"total_iters": int(rng.integers(1, 12)), "power": float(rng.uniform(0.0, 3.0))}
     if name == "CosineAnnealingLR":
         return (int(rng.integers(1, 9)),), {"eta_min": float(rng.uniform(0, 1e-3))}
     decay = float(rng.uniform(0.8, 0.99))
@@ -177,7 +182,20 @@ def test_lambda_state_keeps_a_callable_objects_attributes_not_a_function():
     (lambda o: lr_scheduler.ExponentialLR(o, -0.5), ValueError),
     (lambda o: lr_scheduler.LinearLR(o, start_factor=0.0), ValueError),
     (lambda o: lr_scheduler.LinearLR(o, end_factor=1.5), ValueError),
+    (lambda o: lr_scheduler.ConstantLR(o, factor=0.0), ValueError),
+    (lambda o: lr_scheduler.PolynomialLR(o, power=-1.0), ValueError),
     (lambda o: lr_scheduler.CosineAnnealingLR(o, 0), ValueError),
+    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=0.1), ValueError),   # a phase of no steps
+    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=1.5), ValueError),
+    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, epochs=3), ValueError),
+    (lambda o: lr_scheduler.OneCycleLR(o, [1.0, 2.0], total_steps=10), ValueError),
+    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, anneal_strategy="cosine"), ValueError),
+    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, last_epoch=3), KeyError),
+    (lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.ReduceLROnPlateau(o)], []), TypeError),
+    (lambda o: lr_scheduler.SequentialLR(o, [], []), ValueError),
+    (lambda o: lr_scheduler.ReduceLROnPlateau(o, factor=1.0), ValueError),
+    (lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="lowest"), ValueError),
+    (lambda o: lr_scheduler.ReduceLROnPlateau(o, min_lr=[0.0, 0.1]), ValueError),
     (lambda o: lr_scheduler.CosineAnnealingLR(o, 5, eta_min=-1e-3), ValueError),
     (lambda o: lr_scheduler.LambdaLR(o, [lambda e: 1.0] * 2), ValueError),
     (lambda o: lr_scheduler.StepLR(o, 2, last_epoch=-2), ValueError),
@@ -204,3 +222,151 @@ def test_optimizer_states_load_with_or_without_a_schedulers_initial_lr():
     broken["param_groups"][0]["initial_lr"] = math.inf
     with pytest.raises(ValueError, match="initial_lr"):
         plain.load_state_dict(broken)
+
+
+def _adam_pair(lr):
+    ours = optim.Adam([nn.Parameter(np.zeros(3, np.float32))], lr=lr)
+    theirs = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=lr)
+    return ours, theirs
+
+
+def _momenta(optimizer):
+    return [group["betas"][0] if "betas" in group else group["momentum"] for group in optimizer.param_groups]
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("seed", range(8))
+def test_one_cycle_rates_and_momenta_are_pytorchs_bit_for_bit(seed):
+    """Every step of random 1cycle settings (SGD's momentum or Adam's beta1 cycled), then a resume
+    from a state saved midway, then a step past total_steps refused with nothing changed."""
+    rng = np.random.default_rng(seed)
+    total = int(rng.integers(12, 60))
+    kwargs = dict(total_steps=total, pct_start=float(rng.uniform(0.1, 0.6)),
+                  anneal_strategy=["cos", "linear"][seed % 2], three_phase=bool(seed % 3 == 0),
+                  cycle_momentum=seed % 4 != 1, div_factor=float(rng.uniform(5, 30)),
+                  final_div_factor=float(rng.uniform(10, 1e4)))
+    max_lr = float(rng.uniform(0.1, 2.0))
+    if seed % 2:
+        ours, theirs = _adam_pair(0.01)
+    else:
+        ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.01, momentum=0.9)
+        theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.01, momentum=0.9)
+    schedule = lr_scheduler.OneCycleLR(ours, max_lr, **kwargs)
+    reference = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr, **kwargs)
+    saved = None
+    for step in range(total):
+        assert _rates(ours) == _rates(theirs) and _momenta(ours) == _momenta(theirs), (step, kwargs)
+        if step == total // 2:
+            saved = ours.state_dict(), schedule.state_dict()
+        schedule.step()
+        reference.step()
+    assert _rates(ours) == _rates(theirs)
+    with pytest.raises(ValueError, match=f"stepped {total + 1} times; its total_steps is {total}"):
+        schedule.step()
+    assert schedule.last_epoch == total and schedule.get_last_lr() == _rates(ours) == _rates(theirs)
+    resumed_optimizer = (optim.Adam if seed % 2 else optim.SGD)([nn.Parameter(np.zeros(3))], lr=0.5,
+                                                                 **({} if seed % 2 else {"momentum": 0.5}))
+    resumed = lr_scheduler.OneCycleLR(resumed_optimizer, max_lr, **kwargs)
+    resumed_optimizer.load_state_dict(saved[0])
+    resumed.load_state_dict(saved[1])
+    while resumed.last_epoch < total:
+        resumed.step()
+    assert _rates(resumed_optimizer) == _rates(ours) and _momenta(resumed_optimizer) == _momenta(ours)
+
+
+def _sequence(module, optimizer, seed):
+    """A random warm-up and decay (or three schedulers) of `module` (ours or torch's) on `optimizer`."""
+    rng = np.random.default_rng(seed)
+    warm = module.LinearLR(optimizer, start_factor=float(rng.uniform(0.05, 0.5)), total_iters=int(rng.integers(1, 6)))
+    if seed % 3 == 0:
+        warm = module.ConstantLR(optimizer, factor=float(rng.uniform(0.1, 0.9)), total_iters=int(rng.integers(1, 6)))
+    decays = [module.CosineAnnealingLR(optimizer, T_max=int(rng.integers(3, 15)), eta_min=1e-4),
+              module.StepLR(optimizer, step_size=int(rng.integers(1, 5)), gamma=0.5),
+              module.ExponentialLR(optimizer, gamma=0.9),
+              module.LambdaLR(optimizer, lambda epoch: 0.95 ** epoch)]
+    first, second = int(rng.integers(1, 8)), int(rng.integers(9, 20))
+    chosen = [warm, decays[seed % 4]] + ([decays[(seed + 1) % 4]] if seed % 2 else [])
+    return module.SequentialLR(optimizer, chosen, [first, second][:len(chosen) - 1])
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("seed", range(8))
+def test_sequential_rates_are_pytorchs_bit_for_bit_and_resume(seed):
+    ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.3, momentum=0.9)
+    schedule, reference = _sequence(lr_scheduler, ours, seed), _sequence(torch.optim.lr_scheduler, theirs, seed)
+    assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr()
+    for epoch in range(30):
+        if epoch == 12:
+            saved = ours.state_dict(), schedule.state_dict()
+        schedule.step()
+        reference.step()
+        assert _rates(ours) == _rates(theirs) and schedule.last_epoch == reference.last_epoch, epoch
+        assert schedule.get_last_lr() == reference.get_last_lr()
+    resumed_optimizer = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
+    resumed = _sequence(lr_scheduler, resumed_optimizer, seed)
+    resumed_optimizer.load_state_dict(saved[0])
+    resumed.load_state_dict(saved[1])
+    for _ in range(30 - 12):
+        resumed.step()
+    assert _rates(resumed_optimizer) == _rates(ours)
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(8))
+def test_plateau_rates_and_counters_are_pytorchs_bit_for_bit(seed):
+    """Random metrics with plateaus, both modes and threshold modes, cooldown, per-group min_lr."""
+    rng = np.random.default_rng(seed)
+    kwargs = dict(mode=["min", "max"][seed % 2], factor=float(rng.uniform(0.1, 0.9)),
+                  patience=int(rng.integers(0, 4)), threshold=float(rng.uniform(0, 0.05)),
+                  threshold_mode=["rel", "abs"][seed // 2 % 2], cooldown=int(rng.integers(0, 3)),
+                  min_lr=[1e-3, 0.5] if seed % 3 else 2e-3)   # 0.5: above the rate (left as it is)
+    ours = optim.SGD([{"params": [nn.Parameter(np.zeros(2))]}, {"params": [nn.Parameter(np.zeros(2))], "lr": 0.2}],
+                     lr=1.0)
+    theirs = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(2))]},
+                              {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.2}], lr=1.0)
+    schedule = lr_scheduler.ReduceLROnPlateau(ours, **kwargs)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, **kwargs)
+    metric, resumed = 1.0, None
+    for epoch in range(60):
+        metric = metric * float(rng.uniform(0.9, 1.0)) if rng.uniform() < 0.4 else metric * float(rng.uniform(1, 1.1))
+        if epoch == 30:   # resumed from here, in a new optimizer and scheduler
+            resumed_optimizer = optim.SGD([{"params": [nn.Parameter(np.zeros(2))]},
+                                           {"params": [nn.Parameter(np.zeros(2))], "lr": 0.2}], lr=1.0)
+            resumed = lr_scheduler.ReduceLROnPlateau(resumed_optimizer, **kwargs)
+            resumed_optimizer.load_state_dict(ours.state_dict())
+            resumed.load_state_dict(schedule.state_dict())
+        for s in (schedule, reference) + ((resumed,) if resumed else ()):
+            s.step(metric)
+        assert _rates(ours) == _rates(theirs), (epoch, kwargs)
+        for key in ("best", "num_bad_epochs", "cooldown_counter", "last_epoch"):
+            assert getattr(schedule, key) == getattr(reference, key), key
+        assert schedule.get_last_lr() == reference.get_last_lr()
+    assert _rates(resumed_optimizer) == _rates(ours)
+    assert min(_rates(ours)) < 0.2   # the runs did cut the rates
+
+
+def test_a_plateau_with_a_list_of_min_lr_refuses_a_group_added_since_before_changing_anything():
+    first, second = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(2))
+    optimizer = optim.SGD([first], lr=1.0)
+    schedule = lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, min_lr=[0.0])
+    schedule.step(1.0)
+    optimizer.add_param_group({"params": [second]})
+    with pytest.raises(ValueError, match="2 parameter groups, min_lr lists 1"):
+        schedule.step(2.0)
+    assert schedule.last_epoch == 1 and schedule.num_bad_epochs == 0 and _rates(optimizer) == [1.0, 1.0]
+
+
+def test_optimizer_states_load_with_or_without_one_cycles_keys():
+    """OneCycleLR adds max_lr, min_lr and the momentum bounds to each group: a state with them loads
+    into an optimizer without a scheduler and the other way round."""
+    plain = optim.Adam([nn.Parameter(np.zeros(2))], lr=0.5)
+    scheduled = optim.Adam([nn.Parameter(np.zeros(2))], lr=0.5)
+    lr_scheduler.OneCycleLR(scheduled, 1.0, total_steps=10)
+    plain.load_state_dict(scheduled.state_dict())
+    assert {"max_lr", "min_lr", "max_momentum", "base_momentum"} <= plain.param_groups[0].keys()
+    assert plain.param_groups[0]["betas"] == scheduled.param_groups[0]["betas"] == (0.95, 0.999)
+    scheduled.load_state_dict(optim.Adam([nn.Parameter(np.zeros(2))], lr=0.125).state_dict())
+    assert scheduled.param_groups[0]["lr"] == 0.125

@@ -1,13 +1,17 @@
 """Learning-rate schedules that set the `lr` of an optimizer's parameter groups.
 
 PyTorch's schedulers, with its protocol (`torch.optim.lr_scheduler`): `StepLR`, `MultiStepLR`,
-`ExponentialLR`, `LinearLR`, `CosineAnnealingLR` and `LambdaLR`. Construction records each group's
-`initial_lr` and takes the first step (last_epoch -1 -> 0); call `step()` after each epoch's (or
-iteration's) `optimizer.step()`; `get_last_lr()`, `last_epoch`, `base_lrs`, and `state_dict()` /
-`load_state_dict()` for checkpoints (resume: build the scheduler, then load both states). The
-rates are computed as PyTorch computes them (the same recursive forms), so they equal its values
-bit for bit; `step(epoch)` (deprecated in PyTorch) uses the closed forms. Arguments are checked
-more than PyTorch checks them (a step_size of 0, a negative eta_min, NaN are refused).
+`ExponentialLR`, `LinearLR`, `ConstantLR`, `PolynomialLR`, `CosineAnnealingLR` and `LambdaLR`
+(decays.py), `OneCycleLR` (one_cycle.py: per batch, the momentum cycled too), `SequentialLR`
+(sequential.py: one scheduler after another) and `ReduceLROnPlateau` (plateau.py: `step(metric)`).
+Construction records each group's `initial_lr` and takes the first step (last_epoch -1 -> 0; not
+ReduceLROnPlateau); call `step()` after each epoch's (or iteration's) `optimizer.step()`;
+`get_last_lr()`, `last_epoch`, `base_lrs`, and `state_dict()` / `load_state_dict()` for
+checkpoints (resume: build the scheduler, then load both states). The rates are computed as
+PyTorch computes them (the same recursive forms), so they equal its values bit for bit;
+`step(epoch)` (deprecated in PyTorch) uses the closed forms. Arguments are checked more than
+PyTorch checks them (a step_size of 0, a negative eta_min, NaN, a OneCycleLR phase of no steps
+are refused), before anything changes.
 
 `WarmupCosine` (this project's, what `cnn-gpu train` uses): a linear warm-up over the first
 `warmup_epochs` epochs, step by step from base_lr / warmup_steps up to base_lr, then half a cosine
@@ -17,8 +21,12 @@ resumed run continues the schedule exactly.
 """
 
 from ._base import LRScheduler
-from .decays import CosineAnnealingLR, ExponentialLR, LambdaLR, LinearLR, MultiStepLR, StepLR
+from .decays import (ConstantLR, CosineAnnealingLR, ExponentialLR, LambdaLR, LinearLR, MultiStepLR, PolynomialLR,
+                     StepLR)
+from .one_cycle import OneCycleLR
+from .plateau import ReduceLROnPlateau
+from .sequential import SequentialLR
 from .warmup_cosine import WarmupCosine
 
-__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "CosineAnnealingLR", "LambdaLR",
-           "WarmupCosine"]
+__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
+           "CosineAnnealingLR", "LambdaLR", "OneCycleLR", "SequentialLR", "ReduceLROnPlateau", "WarmupCosine"]

@@ -88,6 +88,48 @@ class LinearLR(LRScheduler):
         return [base * (self.start_factor + change) for base in self.base_lrs]
 
 
+class ConstantLR(LRScheduler):
+    """The rate times factor for the first total_iters epochs, then the rate itself again."""
+
+    def __init__(self, optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1):
+        self.factor = real_number(factor, "factor")
+        if not 0 < self.factor <= 1:   # (PyTorch takes 0, then divides by it at total_iters)
+            raise ValueError(f"factor must be in (0, 1], got {factor}")
+        self.total_iters = whole_number(total_iters, "total_iters")
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list:
+        if self.last_epoch == 0:
+            return [rate * self.factor for rate in self._current()]
+        if self.last_epoch != self.total_iters:
+            return self._current()
+        return [rate * (1.0 / self.factor) for rate in self._current()]
+
+    def _closed_form_lr(self) -> list:
+        return [base * (self.factor + (self.last_epoch >= self.total_iters) * (1 - self.factor))
+                for base in self.base_lrs]
+
+
+class PolynomialLR(LRScheduler):
+    """The rate times (1 - epoch/total_iters)**power over total_iters epochs (0 from then on)."""
+
+    def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1):
+        self.total_iters = whole_number(total_iters, "total_iters")
+        self.power = real_number(power, "power", minimum=0)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list:
+        if self._is_initial or self.last_epoch > self.total_iters:
+            return self._current()
+        done, before = self.last_epoch / self.total_iters, (self.last_epoch - 1) / self.total_iters
+        factor = ((1.0 - done) / (1.0 - before)) ** self.power
+        return [rate * factor for rate in self._current()]
+
+    def _closed_form_lr(self) -> list:
+        return [base * (1.0 - min(self.total_iters, self.last_epoch) / self.total_iters) ** self.power
+                for base in self.base_lrs]
+
+
 class CosineAnnealingLR(LRScheduler):
     """eta_min + (base - eta_min) * (1 + cos(pi * epoch / T_max)) / 2, by PyTorch's recursive form
     (which follows a rate changed between steps), cycling on past T_max."""
