@@ -16,7 +16,9 @@ except ImportError:
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (make torch)")
 
 SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR", "CosineAnnealingLR",
-              "LambdaLR"]
+              "LambdaLR", "CosineAnnealingWarmRestarts"]
+# the schedulers whose step(epoch) is not a deprecated jump by a closed form
+NO_CLOSED_FORM = ("LambdaLR", "CosineAnnealingWarmRestarts")
 
 
 def _arguments(name: str, rng) -> tuple:
@@ -36,6 +38,8 @@ def _arguments(name: str, rng) -> tuple:
         return (), {"total_iters": int(rng.integers(1, 12)), "power": float(rng.uniform(0.0, 3.0))}
     if name == "CosineAnnealingLR":
         return (int(rng.integers(1, 9)),), {"eta_min": float(rng.uniform(0, 1e-3))}
+    if name == "CosineAnnealingWarmRestarts":
+        return (int(rng.integers(1, 7)),), {"T_mult": int(rng.integers(1, 4)), "eta_min": float(rng.uniform(0, 1e-3))}
     decay = float(rng.uniform(0.8, 0.99))
     return (lambda epoch: decay ** epoch,), {}
 
@@ -119,7 +123,7 @@ def test_warmup_cosine_sets_every_group():
 
 
 @needs_torch
-@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n != "LambdaLR"])
+@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n not in NO_CLOSED_FORM])
 def test_step_with_an_epoch_jumps_by_the_closed_form_and_warns(name):
     args, kwargs = _arguments(name, np.random.default_rng(3))
     with warnings.catch_warnings():
@@ -132,7 +136,7 @@ def test_step_with_an_epoch_jumps_by_the_closed_form_and_warns(name):
             assert _rates(ours) == _rates(theirs), epoch
 
 
-@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n != "LambdaLR"])
+@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n not in NO_CLOSED_FORM])
 def test_rates_follow_the_closed_forms(name):
     """Without a hand-changed rate the recursive forms give the closed forms' values (to rounding):
     checked without PyTorch too."""
@@ -185,6 +189,8 @@ def test_lambda_state_keeps_a_callable_objects_attributes_not_a_function():
     (lambda o: lr_scheduler.ConstantLR(o, factor=0.0), ValueError),
     (lambda o: lr_scheduler.PolynomialLR(o, power=-1.0), ValueError),
     (lambda o: lr_scheduler.CosineAnnealingLR(o, 0), ValueError),
+    (lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 0), ValueError),
+    (lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 2, T_mult=0), ValueError),
     (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=0.1), ValueError),   # a phase of no steps
     (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=1.5), ValueError),
     (lambda o: lr_scheduler.OneCycleLR(o, 1.0, epochs=3), ValueError),
@@ -370,3 +376,36 @@ def test_optimizer_states_load_with_or_without_one_cycles_keys():
     assert plain.param_groups[0]["betas"] == scheduled.param_groups[0]["betas"] == (0.95, 0.999)
     scheduled.load_state_dict(optim.Adam([nn.Parameter(np.zeros(2))], lr=0.125).state_dict())
     assert scheduled.param_groups[0]["lr"] == 0.125
+
+
+@needs_torch
+@pytest.mark.parametrize("seed", range(6))
+def test_warm_restarts_with_fractional_epochs_are_pytorchs_bit_for_bit(seed):
+    """step(epoch + i / batches) per batch (PyTorch's documented use, no warning), epochs jumped
+    back and forth, the logarithm's periods for T_mult > 1, and a resume."""
+    rng = np.random.default_rng(seed)
+    args, kwargs = _arguments("CosineAnnealingWarmRestarts", rng)
+    ours, schedule, theirs, reference = _pair("CosineAnnealingWarmRestarts", args, kwargs, 0.5)
+    batches = int(rng.integers(1, 5))
+    epochs = [e + i / batches for e in range(25) for i in range(batches)] + [int(e) for e in rng.integers(0, 60, 10)]
+    epochs.append(float(rng.uniform(0, 40)) + 0.25)   # the plain steps after it count on from a fraction
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in epochs:
+            schedule.step(epoch)
+            reference.step(epoch)
+            assert _rates(ours) == _rates(theirs) and schedule.last_epoch == reference.last_epoch, (epoch, kwargs)
+            assert (schedule.T_cur, schedule.T_i) == (reference.T_cur, reference.T_i)
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        schedule.step(-1)
+    with pytest.raises(ValueError, match="epoch must be finite"):
+        schedule.step(math.nan)
+    assert _rates(ours) == _rates(theirs)
+    resumed_optimizer = optim.SGD([nn.Parameter(np.zeros(3, np.float32))], lr=0.5, momentum=0.9)
+    resumed = lr_scheduler.CosineAnnealingWarmRestarts(resumed_optimizer, *args, **kwargs)
+    resumed_optimizer.load_state_dict(ours.state_dict())
+    resumed.load_state_dict(schedule.state_dict())
+    for _ in range(9):
+        for s in (schedule, resumed, reference):
+            s.step()
+        assert _rates(resumed_optimizer) == _rates(ours) == _rates(theirs)

@@ -2,7 +2,7 @@
 
 PyTorch's schedulers, with its protocol (`torch.optim.lr_scheduler`): `StepLR`, `MultiStepLR`,
 `ExponentialLR`, `LinearLR`, `ConstantLR`, `PolynomialLR`, `CosineAnnealingLR` and `LambdaLR`
-(decays.py), `OneCycleLR` (one_cycle.py: per batch, the momentum cycled too), `SequentialLR`
+(decays.py), `CosineAnnealingWarmRestarts` (restarts.py), `OneCycleLR` (one_cycle.py: per batch, the momentum cycled too), `SequentialLR`
 (sequential.py: one scheduler after another) and `ReduceLROnPlateau` (plateau.py: `step(metric)`).
 Construction records each group's `initial_lr` and takes the first step (last_epoch -1 -> 0; not
 ReduceLROnPlateau); call `step()` after each epoch's (or iteration's) `optimizer.step()`;
@@ -25,8 +25,9 @@ from .decays import (ConstantLR, CosineAnnealingLR, ExponentialLR, LambdaLR, Lin
                      StepLR)
 from .one_cycle import OneCycleLR
 from .plateau import ReduceLROnPlateau
+from .restarts import CosineAnnealingWarmRestarts
 from .sequential import SequentialLR
 from .warmup_cosine import WarmupCosine
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
-           "CosineAnnealingLR", "LambdaLR", "OneCycleLR", "SequentialLR", "ReduceLROnPlateau", "WarmupCosine"]
+           "CosineAnnealingLR", "LambdaLR", "CosineAnnealingWarmRestarts", "OneCycleLR", "SequentialLR", "ReduceLROnPlateau", "WarmupCosine"]
