@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import read_npz
+from .optim import is_index
 
 FORMAT = "cnn_gpu-checkpoint-1"
 
@@ -89,8 +90,9 @@ def _per_parameter(optimizer_state: dict) -> list:
     Optimizer.state_dict maps indices to the states of the parameters that have one."""
     states = optimizer_state["state"]
     count = sum(len(group["params"]) for group in optimizer_state["param_groups"])
-    if any(not isinstance(i, int) or not 0 <= i < count for i in states):
-        raise ValueError(f"optimizer state: indices {sorted(states)} are not those of the groups' {count} parameters")
+    if not all(is_index(i) and i < count for i in states):
+        raise ValueError(f"optimizer state: indices {sorted(map(repr, states))} are not those of the groups' {count} "
+                         f"parameters")
     return [states.get(i, {}) for i in range(count)]
 
 
@@ -161,5 +163,8 @@ def load(path):
         if key.startswith("optimizer/"):
             _, index, name = key.split("/", 2)
             state[int(index)][name] = value
+    groups = optimizer["param_groups"]
+    if len(groups) == 1 and "params" not in groups[0]:   # saved before the groups recorded their parameters
+        groups = [{**groups[0], "params": list(range(len(state)))}]
     by_index = {i: entry for i, entry in enumerate(state) if entry}   # Optimizer.state_dict's layout
-    return model_state, {"state": by_index, "param_groups": optimizer["param_groups"]}, header["meta"]
+    return model_state, {"state": by_index, "param_groups": groups}, header["meta"]

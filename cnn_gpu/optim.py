@@ -141,16 +141,16 @@ class Optimizer:
             self._add_group(group, members)
         self._checked = None   # (the arrays the last step checked, its updates, its launches' memos): see _step
 
-    def _without_torch_settings(self, saved: dict) -> dict:
+    def _normalized_saved_group(self, saved: dict) -> dict:
         """A saved group's hyper-parameters without torch.optim's keys for its implementation and for
         settings of the rule this one implements at one value only (refused at another), older
         states' missing keys filled in."""
         for key, value in self.torch_settings.items():
-            if key in saved and saved[key] != value:
+            if key in saved and not (isinstance(saved[key], (bool, np.bool_)) and bool(saved[key]) == value):
                 raise ValueError(f"optimizer state has {key}={saved[key]!r}; {type(self).__name__} implements "
                                  f"{key}={value!r} only")
         skipped = TORCH_IMPLEMENTATION_KEYS | set(self.torch_settings)
-        return {**self.later_keys, **{k: v for k, v in saved.items() if k not in skipped}}
+        return {**self.added_hyper_defaults, **{k: v for k, v in saved.items() if k not in skipped}}
 
     def _checked_group(self, group, index: int) -> list:
         """The parameters of group `index` as a list (a generator read once), after the checks
@@ -192,7 +192,7 @@ class Optimizer:
     # the per-parameter state a subclass keeps after a step ("master" aside)
     state_keys: frozenset = frozenset()
     # hyper-parameters added after states were first saved: an older state loads with these values
-    later_keys: dict = {}
+    added_hyper_defaults: dict = {}
     # torch.optim's settings of the rule that this optimizer implements at these values only
     torch_settings: dict = {}
 
@@ -391,7 +391,11 @@ class Optimizer:
         capturable, ignored), checked whole before any change: the same groups of the same sizes.
         Also the layout older versions saved: "state" a list with an entry per parameter (one group
         of all where the groups have no "params")."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("optimizer state must be a dict with 'state' and 'param_groups' (a state_dict())")
         groups, states = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+            raise ValueError("optimizer state: 'param_groups' must be a list of dicts")
         if not all(isinstance(group.get("params", []), list) for group in groups):
             raise ValueError("optimizer state: a group's 'params' must be a list of parameter indices")
         if all("params" in group for group in groups):
@@ -408,7 +412,7 @@ class Optimizer:
         states = _states_by_position(states, saved_ids)
         hypers = []
         for saved, own in zip(groups, self.param_groups):
-            saved = self._without_torch_settings(saved)
+            saved = self._normalized_saved_group(saved)
             # a learning-rate scheduler's keys may be in either (cnn_gpu.lr_scheduler; PyTorch's too)
             own_keys = {k for k in own if k not in ("params", *SCHEDULER_KEYS)}
             if set(saved) - {"params", *SCHEDULER_KEYS} != own_keys:
@@ -444,9 +448,11 @@ class Optimizer:
                 if not hasattr(value, "shape") or tuple(value.shape) != tuple(p.data.shape):
                     raise ValueError(f"optimizer state {i}.{key} has shape {tuple(getattr(value, 'shape', ()))}, "
                                      f"the parameter {tuple(p.data.shape)}")
-                # (through asarray: a torch tensor's __array__ takes no copy argument, which np.array passes)
-                entry[key] = array_like(np.array(np.asarray(value), dtype=state_dtype(p.data.dtype), order="C"),
-                                        p.data)
+                # (asarray first: a torch tensor's __array__ takes no copy argument, which np.array passes)
+                value = np.asarray(value)
+                if value.dtype.kind not in "fiu":   # (a complex one would lose its imaginary part)
+                    raise ValueError(f"optimizer state {i}.{key} has dtype {value.dtype}, not real numbers")
+                entry[key] = array_like(np.array(value, dtype=state_dtype(p.data.dtype), order="C"), p.data)
             restored.append(entry)
         for group, hyper in zip(self.param_groups, hypers):
             group.update(hyper)
@@ -456,7 +462,8 @@ class Optimizer:
         self._checked = None
 
 
-def _is_index(value) -> bool:
+def is_index(value) -> bool:
+    """A parameter's index in a state dict: an int (a NumPy one too, not a bool) >= 0."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0
 
 
@@ -465,11 +472,11 @@ def _states_by_position(states, saved_ids: list) -> list:
     the state of the k-th index in the saved groups' "params" (PyTorch's mapping): `states` a dict
     of those indices (PyTorch's layout, parameters without state left out) or a list indexed by
     them (the layout older versions saved)."""
-    if not all(map(_is_index, saved_ids)) or len(set(saved_ids)) != len(saved_ids):
+    if not all(map(is_index, saved_ids)) or len(set(saved_ids)) != len(saved_ids):
         raise ValueError("optimizer state: the groups' 'params' must be distinct parameter indices")
     if isinstance(states, dict):
         listed = set(saved_ids)
-        stray = [i for i in states if not _is_index(i) or i not in listed]
+        stray = [i for i in states if not is_index(i) or i not in listed]
         if stray:
             raise ValueError(f"optimizer state: state {stray[0]!r} belongs to no parameter of the groups' 'params'")
         return [states.get(i, {}) for i in saved_ids]
@@ -504,7 +511,7 @@ class SGD(Optimizer):
     """PyTorch's SGD. Its fourth positional parameter is `weight_decay` (PyTorch's is `dampening`):
     `dampening` and `maximize` are keyword-only."""
     state_keys = frozenset({"momentum_buffer"})
-    later_keys = {"dampening": 0.0, "maximize": False}
+    added_hyper_defaults = {"dampening": 0.0, "maximize": False}
 
     def __init__(self, params, lr=1e-3, momentum=0, weight_decay=0, nesterov=False, backend=None, *, dampening=0,
                  maximize=False):
@@ -549,7 +556,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """PyTorch's Adam (no amsgrad); `maximize` keyword-only."""
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
-    later_keys = {"maximize": False}
+    added_hyper_defaults = {"maximize": False}
     torch_settings = {"amsgrad": False, "decoupled_weight_decay": False}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None, *,

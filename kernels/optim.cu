@@ -9,13 +9,12 @@
 // holds one parameter's arrays, its size n_k and its per-parameter scalars, and every thread walks
 // the used slots in order, its rounds over each (the grid is the largest slot's); an unused slot
 // is n = 0.
-// Each rule starts from g = grad_sign*grad + weight_decay*param: grad_sign -1 for PyTorch's
-// maximize (the gradient negated before the decay; exact), 1 otherwise.
+// Each rule starts from g = grad + weight_decay*param (-grad with PyTorch's maximize; decayed_gradient).
 //  * sgd_step: param -= lr*g (no momentum state).
 //  * sgd_momentum_step: buf = g on the parameter's first step, else momentum*buf +
 //    one_minus_dampening*g (1 - dampening, computed on the host: 1 exactly without dampening);
 //    param -= lr*(nesterov ? g + momentum*buf : buf).
-//  * adam_step: (weight_decay: torch.optim.Adam's L2 decay)
+//  * adam_step (weight_decay: torch.optim.Adam's L2 decay):
 //    m += (1-beta1)(g - m); v = beta2*v + (1-beta2)*g*g;
 //    param = param*decay - step_size * m / (sqrt(v)/bias2_sqrt + eps), with decay = 1 - lr*weight_decay
 //    for AdamW's decoupled decay (torch.optim.AdamW; its weight_decay argument here 0) and 1 for
@@ -65,25 +64,35 @@ struct MasterCopy {
     }
 };
 
+// g = (maximize ? -grad : grad) + weight_decay*p as one fused multiply-add: PyTorch's CUDA kernels
+// compute grad.add(p, alpha=weight_decay) so, and the compiler contracted it so before maximize
+// existed; the sign is a negation (exact), as a product by -1/+1 it let the compiler round
+// weight_decay*p on its own and moved the results of every step with weight decay.
+__device__ __forceinline__ acc_t decayed_gradient(REAL grad, acc_t p, acc_t weight_decay, int maximize)
+{
+    const acc_t g = to_acc(grad);
+    return fma(weight_decay, p, maximize ? -g : g);
+}
+
 // Each rule's walk over one slot's n elements (for_each_element: a round's loads, then its updates),
 // shared by the plain and the master kernels.
 template <class Param>
 __device__ __forceinline__ void sgd_walk(Param param, const REAL* grad, long long n, acc_t lr, acc_t weight_decay,
-                                         acc_t grad_sign)
+                                         int maximize)
 {
     typedef SlotElement<typename Param::Value> Element;
     for_each_element(
         n, [&](long long i) { return Element{param.load(i), grad[i]}; },
         [&](long long i, const Element& e) {
             const acc_t p = Param::widen(e.param);
-            param.store(i, p - lr * (grad_sign * to_acc(e.grad) + weight_decay * p));
+            param.store(i, p - lr * decayed_gradient(e.grad, p, weight_decay, maximize));
         });
 }
 
 template <class Param>
 __device__ __forceinline__ void sgd_momentum_walk(Param param, const REAL* grad, acc_t* momentum_buf, long long n,
                                                   int first_step, acc_t lr, acc_t momentum, acc_t weight_decay,
-                                                  int nesterov, acc_t one_minus_dampening, acc_t grad_sign)
+                                                  int nesterov, acc_t one_minus_dampening, int maximize)
 {
     typedef SlotElement<typename Param::Value> Element;
     for_each_element(
@@ -91,8 +100,9 @@ __device__ __forceinline__ void sgd_momentum_walk(Param param, const REAL* grad,
         // the buffer is read on the parameter's first step too, its value unused: one path through the round
         [&](long long i) { return Element{param.load(i), grad[i], {momentum_buf[i]}}; },
         [&](long long i, const Element& e) {
-            const acc_t p = Param::widen(e.param), g = grad_sign * to_acc(e.grad) + weight_decay * p;
-            const acc_t buf = first_step ? g : momentum * e.state[0] + one_minus_dampening * g;
+            const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
+            // (one rounding, as momentum*buf + g was contracted before dampening existed)
+            const acc_t buf = first_step ? g : fma(momentum, e.state[0], one_minus_dampening * g);
             momentum_buf[i] = buf;
             param.store(i, p - lr * (nesterov ? g + momentum * buf : buf));
         });
@@ -102,13 +112,13 @@ template <class Param>
 __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* m, acc_t* v, long long n,
                                           acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1, acc_t beta2,
                                           acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay,
-                                          acc_t grad_sign)
+                                          int maximize)
 {
     typedef SlotElement<typename Param::Value> Element;
     for_each_element(
         n, [&](long long i) { return Element{param.load(i), grad[i], {m[i], v[i]}}; },
         [&](long long i, const Element& e) {
-            const acc_t p = Param::widen(e.param), g = grad_sign * to_acc(e.grad) + weight_decay * p;
+            const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
             const acc_t m_new = e.state[0] + one_minus_beta1 * (g - e.state[0]);
             const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
             m[i] = m_new;
@@ -175,27 +185,27 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
     acc_t *m, *v, step_size, bias2_sqrt
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-sgd_step(EACH_SLOT(SGD_SLOT), int slots, acc_t lr, acc_t weight_decay, acc_t grad_sign)
+sgd_step(EACH_SLOT(SGD_SLOT), int slots, acc_t lr, acc_t weight_decay, int maximize)
 {
-    FOR_EACH_SLOT(SGD_CASE, SGD_VARIABLES, sgd_walk(ParamArray{param}, grad, n, lr, weight_decay, grad_sign))
+    FOR_EACH_SLOT(SGD_CASE, SGD_VARIABLES, sgd_walk(ParamArray{param}, grad, n, lr, weight_decay, maximize))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_momentum_step(EACH_SLOT(MOMENTUM_SLOT), int slots, acc_t lr, acc_t momentum, acc_t weight_decay, int nesterov,
-                  acc_t one_minus_dampening, acc_t grad_sign)
+                  acc_t one_minus_dampening, int maximize)
 {
     FOR_EACH_SLOT(MOMENTUM_CASE, MOMENTUM_VARIABLES,
                   sgd_momentum_walk(ParamArray{param}, grad, momentum_buf, n, first_step, lr, momentum, weight_decay,
-                                    nesterov, one_minus_dampening, grad_sign))
+                                    nesterov, one_minus_dampening, maximize))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
 adam_step(EACH_SLOT(ADAM_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2, acc_t eps,
-          acc_t weight_decay, acc_t decay, acc_t grad_sign)
+          acc_t weight_decay, acc_t decay, int maximize)
 {
     FOR_EACH_SLOT(ADAM_CASE, ADAM_VARIABLES,
                   adam_walk(ParamArray{param}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, weight_decay, decay, grad_sign))
+                            one_minus_beta2, eps, weight_decay, decay, maximize))
 }
 
 #define UNSCALE_SLOT(k) REAL* __restrict__ grad##k, long long n##k
@@ -244,27 +254,27 @@ unscale_grads(EACH_SLOT(UNSCALE_SLOT), int slots, int* __restrict__ found, acc_t
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_step_master(EACH_SLOT(SGD_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t lr, acc_t weight_decay,
-                acc_t grad_sign)
+                int maximize)
 {
     FOR_EACH_SLOT(SGD_MASTER_CASE, SGD_VARIABLES; acc_t* master,
-                  sgd_walk(MasterCopy{param, master}, grad, n, lr, weight_decay, grad_sign))
+                  sgd_walk(MasterCopy{param, master}, grad, n, lr, weight_decay, maximize))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_momentum_step_master(EACH_SLOT(MOMENTUM_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t lr, acc_t momentum,
-                         acc_t weight_decay, int nesterov, acc_t one_minus_dampening, acc_t grad_sign)
+                         acc_t weight_decay, int nesterov, acc_t one_minus_dampening, int maximize)
 {
     FOR_EACH_SLOT(MOMENTUM_MASTER_CASE, MOMENTUM_VARIABLES; acc_t* master,
                   sgd_momentum_walk(MasterCopy{param, master}, grad, momentum_buf, n, first_step, lr, momentum,
-                                    weight_decay, nesterov, one_minus_dampening, grad_sign))
+                                    weight_decay, nesterov, one_minus_dampening, maximize))
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adam_step_master(EACH_SLOT(ADAM_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2,
-                 acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay, acc_t grad_sign)
+                 acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay, int maximize)
 {
     FOR_EACH_SLOT(ADAM_MASTER_CASE, ADAM_VARIABLES; acc_t* master,
                   adam_walk(MasterCopy{param, master}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, weight_decay, decay, grad_sign))
+                            one_minus_beta2, eps, weight_decay, decay, maximize))
 }
 #endif

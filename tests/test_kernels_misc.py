@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -714,6 +715,56 @@ def test_sgd_step(settings, dtype):
     assert_close(param, expected.astype(dtype), dtype, f"sgd {settings}")
     if buf is not None:
         assert_close(buf, expected_buf.astype(dtype), dtype, f"sgd momentum buffer {settings}")
+
+
+def _rounded(exact: Fraction, dtype):
+    """`exact` rounded to the nearest `dtype` value, ties to even (float() alone would round a
+    float32 twice)."""
+    if dtype == np.float64:
+        return float(exact)   # correctly rounded
+    near = np.float32(float(exact))
+    candidates = [near, np.nextafter(near, np.float32(-np.inf)), np.nextafter(near, np.float32(np.inf))]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(np.uint32)) & 1))
+
+
+def _fused(a, b, c, dtype):
+    """a*b + c rounded once (an FMA), elementwise."""
+    return np.array([_rounded(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)), dtype)
+                     for x, y, z in zip(*np.broadcast_arrays(a, b, c))], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", [dict(momentum=0.0, weight_decay=0.05, nesterov=False),
+                                      dict(momentum=0.9, weight_decay=0.05, nesterov=False),
+                                      dict(momentum=0.8, weight_decay=0.01, nesterov=True),
+                                      dict(momentum=0.9, weight_decay=0.05, nesterov=False, maximize=True)],
+                         ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+@guarded
+def test_sgd_step_rounds_as_pytorchs_cuda_kernels(settings, dtype):
+    """Bit for bit: g = fma(weight_decay, p, grad) (torch's grad.add(p, alpha=wd) on CUDA, and
+    what the compiler made of grad + wd*p before maximize and dampening existed), buf =
+    fma(momentum, buf, g), the Nesterov step fma(momentum, buf, g), p = fma(-lr, step, p). A
+    product by a sign for maximize had let the compiler round wd*p alone, moving every step with
+    weight decay by an ulp here and there, which the tolerance of test_sgd_step could not see."""
+    rng = np.random.default_rng(27)
+    lr, momentum, decay, nesterov = 0.07, settings["momentum"], settings["weight_decay"], settings["nesterov"]
+    maximize = settings.get("maximize", False)
+    param = (rng.standard_normal(64) * 3).astype(dtype)
+    grads = [(rng.standard_normal(64) * 2).astype(dtype) for _ in range(4)]
+    buf = np.empty_like(param) if momentum else None
+    expected, expected_buf = param.copy(), None
+    for t, grad in enumerate(grads):
+        optim.sgd_step("emu", param, grad, buf, lr, momentum, decay, nesterov, t == 0, 0.0, maximize)
+        c = lambda v: np.asarray(v, dtype)   # noqa: E731 (the kernel's scalars in its type)
+        g = _fused(c(decay), expected, -grad if maximize else grad, dtype)
+        step = g
+        if momentum:
+            expected_buf = g if t == 0 else _fused(c(momentum), expected_buf, g, dtype)
+            step = _fused(c(momentum), expected_buf, g, dtype) if nesterov else expected_buf
+        expected = _fused(c(-lr), step, expected, dtype)
+    assert_same_bits(param, expected)
+    if momentum:
+        assert_same_bits(buf, expected_buf)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -244,7 +244,7 @@ def test_a_state_dict_resumes_in_torch_optim_and_the_other_way(kind, config, sav
                                                      **config)
         torch_optimizer.load_state_dict(_as_torch_state(torch, saved))
         resumed, reference = ours, (torch_optimizer, tensors)
-    assert sorted(saved["state"]) == ([] if kind == "SGD" and not config.get("momentum") else [0, 2])
+    assert sorted(saved["state"]) == [0, 2]   # the second parameter has had no gradient yet
     ours_after = _run(resumed, params, grads[2:])
     for step, step_grads in enumerate(grads[2:]):
         _torch_steps(torch, reference[0], reference[1], [step_grads])
@@ -267,9 +267,10 @@ def test_a_torch_optim_state_of_another_rule_is_refused(torch_kind, torch_config
     torch_optimizer = getattr(torch.optim, torch_kind)([tensor], lr=0.01, **torch_config)
     _torch_steps(torch, torch_optimizer, [tensor], [[rng.standard_normal(4)]])
     ours = getattr(optim, kind)([Parameter(rng.standard_normal(4))], lr=0.01)
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in ours.param_groups]
     with pytest.raises(ValueError, match=message):
         ours.load_state_dict(torch_optimizer.state_dict())
-    assert ours.state == [{}]
+    assert ours.state == [{}] and [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups] == groups
 
 
 @pytest.mark.parametrize("kind, config, added", [("SGD", dict(lr=0.1, momentum=0.9), ("dampening", "maximize")),
@@ -309,6 +310,28 @@ def test_a_state_maps_to_parameters_through_the_groups_indices():
     resumed.load_state_dict(renumbered)
     for ours, theirs in zip(resumed.state, first.state):
         np.testing.assert_array_equal(ours["exp_avg"], theirs["exp_avg"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.pop("state"), "a dict with 'state' and 'param_groups'"),
+    (lambda s: s.update(param_groups={"params": [0, 1]}), "'param_groups' must be a list of dicts"),
+    (lambda s: s["param_groups"].append(5), "'param_groups' must be a list of dicts"),
+    (lambda s: s["state"][0].update(momentum_buffer=np.ones((3, 4), np.complex128)), "complex128, not real numbers"),
+    (lambda s: s["param_groups"][0].update(decoupled_weight_decay=np.array([False, True])),
+     r"decoupled_weight_decay=array\(\[False,  True\]\); Adam implements"),
+])
+def test_a_malformed_state_dict_is_refused_with_a_value_error_before_any_change(edit, message):
+    rng = np.random.default_rng(28)
+    params = _params(rng)
+    opt = (optim.Adam(params) if "decoupled" in message else optim.SGD(params, lr=0.1, momentum=0.9))
+    _run(opt, params, _grads(rng, params, 1))
+    before = [{k: np.copy(v) for k, v in s.items()} for s in opt.state]
+    saved = opt.state_dict()
+    edit(saved)
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(saved)
+    for ours, kept in zip(opt.state, before):
+        assert ours.keys() == kept.keys() and all(np.array_equal(ours[k], kept[k]) for k in kept)
 
 
 @pytest.mark.parametrize("states, message", [

@@ -275,7 +275,7 @@ def test_a_launch_asks_for_the_current_gpu_once_and_refuses_an_array_of_another(
     asked = []
     monkeypatch.setattr(launch_checks, "current_device", lambda: asked.append(1) or 0)
     slot = lambda device=0: (FakeCupyArray(5, device), FakeCupyArray(5), np.int64(5))   # noqa: E731
-    args = [a for k in range(8) for a in slot()] + [np.int32(8), np.float32(0.1), np.float32(0.0), np.float32(1.0)]
+    args = [a for k in range(8) for a in slot()] + [np.int32(8), np.float32(0.1), np.float32(0.0), np.int32(0)]
     launch_checks.checked_args("cuda", "optim", "sgd_step", np.float32, args)
     assert len(asked) == 1
     args[3:6] = slot(device=1)

@@ -1,5 +1,6 @@
 """`cnn-gpu train` and checkpoints: learning on digits, bit-identical resume, atomic saves,
 argument errors."""
+import json
 import re
 
 import numpy as np
@@ -122,6 +123,32 @@ def test_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(optimizer_back["state"][1]["exp_avg"], optimizer_state["state"][1]["exp_avg"])
     assert optimizer_back["param_groups"] == optimizer_state["param_groups"]
     assert meta_back == meta
+
+
+def test_a_checkpoint_from_before_parameter_groups_resumes(tmp_path):
+    """Saved before the groups recorded their parameters (one group without "params") and before
+    dampening and maximize existed: its scalar_state lists every parameter, which load gives the
+    group as its "params", so the optimizer takes it."""
+    from cnn_gpu import optim
+    from cnn_gpu.nn import Parameter
+    params = [Parameter(np.ones(3)), Parameter(np.ones(2))]
+    first = optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = np.full_like(p.data, 0.5)
+    first.step()
+    path = tmp_path / "old.npz"
+    checkpoint.save(path, {}, first.state_dict(), {"epoch": 1})
+    with np.load(path) as stored:
+        entries = {name: stored[name] for name in stored.files}
+    header = json.loads(str(entries["header"]))
+    for key in ("params", "dampening", "maximize"):
+        del header["optimizer"]["param_groups"][0][key]
+    np.savez(path, **{**entries, "header": np.array(json.dumps(header))})
+    _, optimizer_state, _ = checkpoint.load(path)
+    resumed = optim.SGD([Parameter(np.ones(3)), Parameter(np.ones(2))], lr=0.1, momentum=0.9)
+    resumed.load_state_dict(optimizer_state)
+    for ours, theirs in zip(resumed.state, first.state):
+        np.testing.assert_array_equal(ours["momentum_buffer"], theirs["momentum_buffer"])
 
 
 def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):

@@ -346,7 +346,7 @@ def _restore(model, optimizer, resumed, source: str) -> None:
     except (ValueError, TypeError) as err:
         raise UsageError(f"{source}: {err}") from None
     # (hyper-parameters added since a checkpoint was saved take their defaults, as the load gave them)
-    saved = {k: v for k, v in {**optimizer.later_keys, **optimizer_state["param_groups"][0]}.items()
+    saved = {k: v for k, v in {**optimizer.added_hyper_defaults, **optimizer_state["param_groups"][0]}.items()
              if k not in NOT_COMPARED}
     if saved != own:
         raise UsageError(f"{source}: malformed checkpoint: optimizer hyper-parameters {saved}, expected {own}")

@@ -73,11 +73,6 @@ def _launch_slots(be, kernel, updates, scalars, memo=None):
                (elementwise_blocks(largest),), (THREADS,), (*slots, *masters, *i32(len(chunk)), *scalars))
 
 
-def _grad_sign(maximize) -> int:
-    """The kernels' grad_sign: PyTorch's maximize negates the gradient before anything else."""
-    return -1 if maximize else 1
-
-
 def sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, dampening=0.0,
              maximize=False, *, master=None):
     """In place; PyTorch's SGD. momentum_buf is None when momentum == 0."""
@@ -97,7 +92,7 @@ def sgd_steps(be, updates, lr, weight_decay, maximize=False, memo=None):
         _check_state(param, grad, master)
     dtype = updates[0][0].dtype
     _launch_slots(be, "sgd_step", [((param, grad, np.int64(param.size)), master) for param, grad, master in updates],
-                  acc(dtype, lr, weight_decay, _grad_sign(maximize)), memo)
+                  (*acc(dtype, lr, weight_decay), *i32(bool(maximize))), memo)
 
 
 def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, dampening=0.0, maximize=False, memo=None):
@@ -113,7 +108,7 @@ def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, dampen
                   [((param, grad, buf, np.int64(param.size), *i32(bool(first_step))), master)
                    for param, grad, buf, first_step, master in updates],
                   (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov)),
-                   *acc(dtype, 1 - dampening, _grad_sign(maximize))), memo)
+                   *acc(dtype, 1 - dampening), *i32(bool(maximize))), memo)
 
 
 def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False,
@@ -135,8 +130,8 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay
                *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
              for param, grad, m, v, step, master in updates]
     _launch_slots(be, "adam_step", slots,
-                  acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay,
-                      _grad_sign(maximize)), memo)
+                  (*acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay),
+                   *i32(bool(maximize))), memo)
 
 
 def unscale_grads(be, grads, inverse, found):
