@@ -44,10 +44,10 @@ def _on_master(update):
     """`update` with a keyword-only `master`: given one (a float16 parameter's FP32 copy), the
     update runs on it with the gradient widened to FP32, and the parameter gets it rounded."""
     @functools.wraps(update)
-    def run(be, param, grad, *args, master=None):
+    def run(be, param, grad, *args, master=None, **options):
         if master is None:
-            return update(be, param, grad, *args)
-        update(be, master, grad.astype(master.dtype), *args)
+            return update(be, param, grad, *args, **options)
+        update(be, master, grad.astype(master.dtype), *args, **options)
         param[...] = master
     return run
 
@@ -73,10 +73,11 @@ def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, ne
 
 @_on_master
 def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0,
-                    maximize=False):
+                    maximize=False, *, v_max=None):
     """In place. PyTorch's Adam (step counts from 1): g = grad (-grad to maximize) + wd*p;
     m += (1-beta1)(g-m); v = beta2 v + (1-beta2) g^2; p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps);
-    with `decoupled_decay` its AdamW, p *= 1 - lr*decoupled_decay first."""
+    with `decoupled_decay` its AdamW, p *= 1 - lr*decoupled_decay first; with `v_max` AMSGrad,
+    v_max = max(v_max, v) in v's place in the denominator (NaN kept, as torch.maximum)."""
     if maximize:
         grad = -grad
     if weight_decay:
@@ -86,8 +87,10 @@ def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_d
     m += (1 - beta1) * (grad - m)
     v *= beta2
     v += (1 - beta2) * grad * grad
+    if v_max is not None:
+        np.maximum(v_max, v, out=v_max)
     step_size = lr / (1 - beta1 ** step)
-    denom = np.sqrt(v) / math.sqrt(1 - beta2 ** step)
+    denom = np.sqrt(v if v_max is None else v_max) / math.sqrt(1 - beta2 ** step)
     denom += eps
     param -= step_size * (m / denom)
 
@@ -189,8 +192,9 @@ class Optimizer:
         self._state_params += listed              # the parameter each entry of `state` belongs to
         self._checked = None
 
-    # the per-parameter state a subclass keeps after a step ("master" aside)
+    # the per-parameter state a subclass keeps after a step ("master" aside), and what it may keep too
     state_keys: frozenset = frozenset()
+    optional_state_keys: frozenset = frozenset()
     # hyper-parameters added after states were first saved: an older state loads with these values
     added_hyper_defaults: dict = {}
     # torch.optim's settings of the rule that this optimizer implements at these values only
@@ -428,10 +432,11 @@ class Optimizer:
                 raise ValueError(f"optimizer state {i} must be a dict, got {type(saved).__name__}")
             saved = {key: value for key, value in saved.items() if value is not None}   # torch.optim's "none yet"
             kept = set(saved) - {"master"}
-            if kept and kept != self.state_keys:
+            if kept and not self.state_keys <= kept <= self.state_keys | self.optional_state_keys:
+                also = "".join(f", {key!r}" for key in sorted(self.optional_state_keys))
                 raise ValueError(f"optimizer state {i} holds {sorted(saved)}; {type(self).__name__} keeps "
-                                 f"{sorted(self.state_keys)} (and 'master' for float16), or nothing before its "
-                                 f"first step")
+                                 f"{sorted(self.state_keys)} (and 'master' for float16{also}), or nothing before "
+                                 f"its first step")
             if "master" in saved and p.data.dtype != np.float16:
                 raise ValueError(f"optimizer state {i} holds master weights, which belong to float16 parameters "
                                  f"only; parameter {i} is {p.data.dtype}")
@@ -554,19 +559,23 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """PyTorch's Adam (no amsgrad); `maximize` keyword-only."""
+    """PyTorch's Adam; `amsgrad` (its sixth positional parameter, here the backend's place) and
+    `maximize` keyword-only. AMSGrad keeps the running maximum of exp_avg_sq in the state's
+    "max_exp_avg_sq" (PyTorch's key), made at the parameter's first step with amsgrad on."""
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
-    added_hyper_defaults = {"maximize": False}
-    torch_settings = {"amsgrad": False, "decoupled_weight_decay": False}
+    optional_state_keys = frozenset({"max_exp_avg_sq"})
+    added_hyper_defaults = {"amsgrad": False, "maximize": False}
+    torch_settings = {"decoupled_weight_decay": False}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None, *,
-                 maximize=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
-                         backend)
+                 amsgrad=False, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize), backend)
 
     @staticmethod
     def _validated(hyper: dict) -> dict:
         checked = _nonnegative(hyper, "lr", "eps", "weight_decay")
+        checked["amsgrad"] = flag(hyper["amsgrad"], "amsgrad")
         checked["maximize"] = flag(hyper["maximize"], "maximize")
         betas = hyper["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -575,15 +584,22 @@ class Adam(Optimizer):
         return checked
 
     @staticmethod
-    def _next_step(be, p, state) -> int:
-        """The parameter's step count with this step (its moments made, zero, at its first); the
-        caller stores it once the update's launch has run, so one that fails leaves it as it was."""
+    def _next_step(be, p, state, amsgrad: bool) -> int:
+        """The parameter's step count with this step (its moments made, zero, at its first, and
+        AMSGrad's maximum at its first with amsgrad); the caller stores it once the update's launch
+        has run, so one that fails leaves it as it was."""
+        xp, dtype = _backend.array_module(be), state_dtype(p.data.dtype)
         if "step" not in state:
-            xp = _backend.array_module(be)
-            dtype = state_dtype(p.data.dtype)
             state.update(step=0, exp_avg=xp.zeros_like(p.data, dtype=dtype),
                          exp_avg_sq=xp.zeros_like(p.data, dtype=dtype))
+        if amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = xp.zeros_like(p.data, dtype=dtype)
         return state["step"] + 1
+
+    @staticmethod
+    def _v_max(state, hyper):
+        """AMSGrad's running maximum of v where the group has amsgrad on, else None."""
+        return state["max_exp_avg_sq"] if hyper["amsgrad"] else None
 
     def _decays(self, hyper) -> tuple:
         """(L2 weight decay added to the gradient, decoupled decay of the parameter): Adam's."""
@@ -591,16 +607,18 @@ class Adam(Optimizer):
 
     def _numpy_update(self, p, grad, state, hyper) -> None:
         beta1, beta2 = hyper["betas"]
-        step = self._next_step("numpy", p, state)
+        step = self._next_step("numpy", p, state, hyper["amsgrad"])
         numpy_adam_step("numpy", p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, hyper["lr"], beta1, beta2,
-                        hyper["eps"], *self._decays(hyper), hyper["maximize"], **_master_argument(state))
+                        hyper["eps"], *self._decays(hyper), hyper["maximize"], v_max=self._v_max(state, hyper),
+                        **_master_argument(state))
         state["step"] = step
 
     def _kernel_updates(self, be, group, hyper, memo) -> None:
         beta1, beta2 = hyper["betas"]
-        steps = [self._next_step(be, p, state) for p, _, state in group]   # the moments made at a first step
-        updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], step, state.get("master"))
-                   for (p, grad, state), step in zip(group, steps)]
+        # the moments made at a first step
+        steps = [self._next_step(be, p, state, hyper["amsgrad"]) for p, _, state in group]
+        updates = [(p.data, grad, state["exp_avg"], state["exp_avg_sq"], self._v_max(state, hyper), step,
+                    state.get("master")) for (p, grad, state), step in zip(group, steps)]
         _kernel_steps().adam_steps(be, updates, hyper["lr"], beta1, beta2, hyper["eps"], *self._decays(hyper),
                                    hyper["maximize"], memo=memo)
         for (_, _, state), step in zip(group, steps):
@@ -610,12 +628,12 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """PyTorch's AdamW: Adam whose weight decay is decoupled from the gradient, the parameter
     multiplied by 1 - lr*weight_decay before each update (default weight_decay 0.01, as PyTorch's)."""
-    torch_settings = {"amsgrad": False, "decoupled_weight_decay": True}
+    torch_settings = {"decoupled_weight_decay": True}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, backend=None, *,
-                 maximize=False):
+                 amsgrad=False, maximize=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, backend=backend,
-                         maximize=maximize)
+                         amsgrad=amsgrad, maximize=maximize)
 
     def _decays(self, hyper) -> tuple:
         return 0.0, hyper["weight_decay"]

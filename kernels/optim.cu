@@ -21,6 +21,8 @@
 //    Adam (an exact product, so Adam's steps are unchanged), where the host computes each slot's
 //    step_size = lr/(1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) from its step count t, and
 //    1-beta1, 1-beta2 in double (as PyTorch: in FP32, 1 - 0.999 would be off by 1e-5 relative).
+//  * adam_amsgrad_step: the same with AMSGrad's v_max = max(v_max, v) in the denominator's place
+//    of v (a slot's fifth array; NaN kept, as torch.maximum keeps it).
 //  * unscale_grads (cnn_gpu.amp.GradScaler.unscale_): grad *= inverse in acc_t, rounded once, in
 //    place (as PyTorch's); *found = 1 where a gradient holds inf/NaN before the multiplication or,
 //    with check_after (a scale below 1), after it. The host reads `found` once a step, where a
@@ -33,12 +35,12 @@
 
 // One element of a slot as a round loads it, raw (a conversion is a use, which would hold the
 // round's next load back): the parameter as the update reads it, the gradient, and the rule's
-// state (momentum buffer; Adam's m and v).
-template <class Param>
+// state (momentum buffer; Adam's m and v, and AMSGrad's maximum of v).
+template <class Param, int STATES = 2>
 struct SlotElement {
     Param param;
     REAL grad;
-    acc_t state[2];
+    acc_t state[STATES];
 };
 
 // The parameter as an update reads (load, then widen to acc_t) and writes it: the array itself
@@ -108,22 +110,47 @@ __device__ __forceinline__ void sgd_momentum_walk(Param param, const REAL* grad,
         });
 }
 
-template <class Param>
-__device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* m, acc_t* v, long long n,
-                                          acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1, acc_t beta2,
-                                          acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay,
-                                          int maximize)
+// The second moment Adam's denominator takes: v itself, or (AMSGrad) the running maximum of v, kept
+// in v_max (loaded with the round's other state, into state[2]).
+struct LatestMoment {
+    enum { STATES = 2 };
+    __device__ void load(long long, acc_t*) const {}
+    __device__ acc_t update(long long, const acc_t*, acc_t v_new) const { return v_new; }
+};
+struct MaximumMoment {
+    enum { STATES = 3 };
+    acc_t* v_max;
+    __device__ void load(long long i, acc_t* state) const { state[2] = v_max[i]; }
+    __device__ acc_t update(long long i, const acc_t* state, acc_t v_new) const
+    {
+        const acc_t kept = (v_new > state[2] || v_new != v_new) ? v_new : state[2];   // NaN kept, as torch.maximum
+        v_max[i] = kept;
+        return kept;
+    }
+};
+
+template <class Param, class Moment>
+__device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* m, acc_t* v, Moment moment,
+                                          long long n, acc_t step_size, acc_t bias2_sqrt, acc_t one_minus_beta1,
+                                          acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t weight_decay,
+                                          acc_t decay, int maximize)
 {
-    typedef SlotElement<typename Param::Value> Element;
+    typedef SlotElement<typename Param::Value, Moment::STATES> Element;
     for_each_element(
-        n, [&](long long i) { return Element{param.load(i), grad[i], {m[i], v[i]}}; },
+        n,
+        [&](long long i) {
+            Element e{param.load(i), grad[i], {m[i], v[i]}};
+            moment.load(i, e.state);
+            return e;
+        },
         [&](long long i, const Element& e) {
             const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
             const acc_t m_new = e.state[0] + one_minus_beta1 * (g - e.state[0]);
             const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
             m[i] = m_new;
             v[i] = v_new;
-            param.store(i, p * decay - step_size * m_new / (REAL_SQRT(v_new) / bias2_sqrt + eps));
+            const acc_t v_denominator = moment.update(i, e.state, v_new);
+            param.store(i, p * decay - step_size * m_new / (REAL_SQRT(v_denominator) / bias2_sqrt + eps));
         });
 }
 
@@ -148,6 +175,8 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
 // float64 Adam holds a round's 4 elements x 4 doubles (32 registers) and spills at MIN_BLOCKS'
 // 64-register cap: 3 blocks an SM still keep 96 KB in flight an SM, Little's law asks ~13 KB.
 #define ADAM_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
+// AMSGrad's fifth double a round spilled at 3 blocks' cap on sm_70: 2 blocks keep 80 KB in flight an SM
+#define AMSGRAD_MIN_BLOCKS (REAL_IS_DOUBLE ? 2 : MIN_BLOCKS)
 
 #define SGD_SLOT(k) REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, long long n##k
 #define SGD_CASE(k)                                                                                              \
@@ -175,14 +204,25 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
 #define ADAM_SLOT(k)                                                                                             \
     REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, acc_t* __restrict__ m##k,                     \
         acc_t* __restrict__ v##k, long long n##k, acc_t step_size##k, acc_t bias2_sqrt##k
+#define ADAM_ASSIGN(k)                                                                                           \
+    param = param##k, grad = grad##k, m = m##k, v = v##k, n = n##k, step_size = step_size##k,                    \
+    bias2_sqrt = bias2_sqrt##k
 #define ADAM_CASE(k)                                                                                             \
     case k:                                                                                                      \
-        param = param##k, grad = grad##k, m = m##k, v = v##k, n = n##k, step_size = step_size##k,                \
-        bias2_sqrt = bias2_sqrt##k;                                                                              \
+        ADAM_ASSIGN(k);                                                                                          \
         break;
 #define ADAM_VARIABLES                                                                                           \
     SGD_VARIABLES;                                                                                               \
     acc_t *m, *v, step_size, bias2_sqrt
+// AMSGrad's slots add the running maximum of v
+#define AMSGRAD_SLOT(k) ADAM_SLOT(k), acc_t* __restrict__ v_max##k
+#define AMSGRAD_CASE(k)                                                                                          \
+    case k:                                                                                                      \
+        ADAM_ASSIGN(k), v_max = v_max##k;                                                                        \
+        break;
+#define AMSGRAD_VARIABLES                                                                                        \
+    ADAM_VARIABLES;                                                                                              \
+    acc_t* v_max
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sgd_step(EACH_SLOT(SGD_SLOT), int slots, acc_t lr, acc_t weight_decay, int maximize)
@@ -204,8 +244,17 @@ adam_step(EACH_SLOT(ADAM_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, a
           acc_t weight_decay, acc_t decay, int maximize)
 {
     FOR_EACH_SLOT(ADAM_CASE, ADAM_VARIABLES,
-                  adam_walk(ParamArray{param}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, weight_decay, decay, maximize))
+                  adam_walk(ParamArray{param}, grad, m, v, LatestMoment{}, n, step_size, bias2_sqrt, one_minus_beta1,
+                            beta2, one_minus_beta2, eps, weight_decay, decay, maximize))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, AMSGRAD_MIN_BLOCKS)
+adam_amsgrad_step(EACH_SLOT(AMSGRAD_SLOT), int slots, acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2,
+                  acc_t eps, acc_t weight_decay, acc_t decay, int maximize)
+{
+    FOR_EACH_SLOT(AMSGRAD_CASE, AMSGRAD_VARIABLES,
+                  adam_walk(ParamArray{param}, grad, m, v, MaximumMoment{v_max}, n, step_size, bias2_sqrt,
+                            one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, maximize))
 }
 
 #define UNSCALE_SLOT(k) REAL* __restrict__ grad##k, long long n##k
@@ -248,8 +297,11 @@ unscale_grads(EACH_SLOT(UNSCALE_SLOT), int slots, int* __restrict__ found, acc_t
         break;
 #define ADAM_MASTER_CASE(k)                                                                                      \
     case k:                                                                                                      \
-        param = param##k, grad = grad##k, m = m##k, v = v##k, n = n##k, step_size = step_size##k,                \
-        bias2_sqrt = bias2_sqrt##k, master = master##k;                                                          \
+        ADAM_ASSIGN(k), master = master##k;                                                                      \
+        break;
+#define AMSGRAD_MASTER_CASE(k)                                                                                   \
+    case k:                                                                                                      \
+        ADAM_ASSIGN(k), v_max = v_max##k, master = master##k;                                                    \
         break;
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -274,7 +326,17 @@ adam_step_master(EACH_SLOT(ADAM_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t 
                  acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay, int maximize)
 {
     FOR_EACH_SLOT(ADAM_MASTER_CASE, ADAM_VARIABLES; acc_t* master,
-                  adam_walk(MasterCopy{param, master}, grad, m, v, n, step_size, bias2_sqrt, one_minus_beta1, beta2,
-                            one_minus_beta2, eps, weight_decay, decay, maximize))
+                  adam_walk(MasterCopy{param, master}, grad, m, v, LatestMoment{}, n, step_size, bias2_sqrt,
+                            one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, maximize))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adam_amsgrad_step_master(EACH_SLOT(AMSGRAD_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t one_minus_beta1,
+                         acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t weight_decay, acc_t decay,
+                         int maximize)
+{
+    FOR_EACH_SLOT(AMSGRAD_MASTER_CASE, AMSGRAD_VARIABLES; acc_t* master,
+                  adam_walk(MasterCopy{param, master}, grad, m, v, MaximumMoment{v_max}, n, step_size, bias2_sqrt,
+                            one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, maximize))
 }
 #endif

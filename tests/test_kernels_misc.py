@@ -676,16 +676,17 @@ def reference_sgd(param, grads, lr, momentum, weight_decay, nesterov, dampening=
     return param, buf
 
 
-def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay, maximize=False):
+def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay, maximize=False, amsgrad=False):
     param = param.copy()
-    m, v = np.zeros_like(param), np.zeros_like(param)
+    m, v, v_max = np.zeros_like(param), np.zeros_like(param), np.zeros_like(param)
     for t, grad in enumerate(grads, start=1):
         g = (-grad if maximize else grad) + weight_decay * param
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
-        m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+        v_max = np.maximum(v_max, v)
+        m_hat, v_hat = m / (1 - beta1 ** t), (v_max if amsgrad else v) / (1 - beta2 ** t)
         param = param - lr * m_hat / (np.sqrt(v_hat) + eps)
-    return param, m, v
+    return param, m, v, v_max
 
 
 SGD_SETTINGS = [dict(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),
@@ -768,20 +769,27 @@ def test_sgd_step_rounds_as_pytorchs_cuda_kernels(settings, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("weight_decay, maximize", [(0.0, False), (0.01, False), (0.01, True)])
+@pytest.mark.parametrize("weight_decay, maximize, amsgrad", [(0.0, False, False), (0.01, False, False),
+                                                              (0.01, True, False), (0.01, False, True)])
 @guarded
-def test_adam_step(weight_decay, maximize, dtype):
+def test_adam_step(weight_decay, maximize, amsgrad, dtype):
     rng = np.random.default_rng(16)
     shape = (1001,)
     param0 = rng.standard_normal(shape).astype(dtype)
     grads = [rng.standard_normal(shape).astype(dtype) for _ in range(5)]
-    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, maximize=maximize)
+    # beta2 0.9: the maximum of v holds its place in the denominator often within 5 steps
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.9 if amsgrad else 0.999, eps=1e-8, weight_decay=weight_decay,
+                 maximize=maximize, amsgrad=amsgrad)
     param, m, v = param0.copy(), np.zeros_like(param0), np.zeros_like(param0)
+    v_max = np.zeros_like(param0) if amsgrad else None
     for step, grad in enumerate(grads, start=1):
         optim.adam_step("emu", param, grad, m, v, step, hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
-                        hyper["weight_decay"], maximize=maximize)
-    expected, expected_m, expected_v = reference_adam(param0.astype(np.float64),
-                                                      [g.astype(np.float64) for g in grads], **hyper)
+                        hyper["weight_decay"], maximize=maximize, v_max=v_max)
+    expected, expected_m, expected_v, expected_v_max = reference_adam(param0.astype(np.float64),
+                                                                      [g.astype(np.float64) for g in grads], **hyper)
+    if amsgrad:
+        assert_close(v_max, expected_v_max.astype(dtype), dtype, "adam v_max")
+        assert not np.array_equal(v_max, v)   # the maximum did hold somewhere
     assert_close(param, expected.astype(dtype), dtype, "adam param")
     assert_close(m, expected_m.astype(dtype), dtype, "adam m")
     assert_close(v, expected_v.astype(dtype), dtype, "adam v")

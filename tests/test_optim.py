@@ -33,9 +33,10 @@ SGD_CONFIGS = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum
                dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01), dict(lr=0.1, weight_decay=0.1, maximize=True),
                dict(lr=0.02, momentum=0.8, weight_decay=0.1, nesterov=True, maximize=True)]
 ADAM_CONFIGS = [dict(), dict(lr=0.01), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6),
-                dict(lr=0.01, weight_decay=0.05), dict(lr=0.01, weight_decay=0.05, maximize=True)]
+                dict(lr=0.01, weight_decay=0.05), dict(lr=0.01, weight_decay=0.05, maximize=True),
+                dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.05, amsgrad=True)]
 ADAMW_CONFIGS = [dict(), dict(lr=0.05, weight_decay=0.2), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6, weight_decay=0),
-                 dict(lr=0.05, weight_decay=0.2, maximize=True)]
+                 dict(lr=0.05, weight_decay=0.2, maximize=True), dict(lr=0.05, weight_decay=0.2, amsgrad=True)]
 
 
 @pytest.mark.torch
@@ -216,7 +217,8 @@ def _as_torch_state(torch, state_dict):
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
                                           ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01, maximize=True)),
-                                          ("AdamW", dict(lr=0.01, weight_decay=0.1))])
+                                          ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+                                          ("Adam", dict(lr=0.01, betas=(0.8, 0.9), amsgrad=True))])
 @pytest.mark.parametrize("saved_by", ["torch", "ours"])
 def test_a_state_dict_resumes_in_torch_optim_and_the_other_way(kind, config, saved_by):
     """PyTorch's layout both ways: a torch.optim state (two groups, a parameter whose first gradient
@@ -255,7 +257,6 @@ def test_a_state_dict_resumes_in_torch_optim_and_the_other_way(kind, config, sav
 
 @pytest.mark.torch
 @pytest.mark.parametrize("torch_kind, torch_config, kind, message", [
-    ("Adam", dict(amsgrad=True), "Adam", "amsgrad=True; Adam implements amsgrad=False only"),
     ("Adam", dict(decoupled_weight_decay=True), "Adam", "decoupled_weight_decay=True; Adam implements"),
     ("AdamW", dict(), "Adam", "decoupled_weight_decay=True; Adam implements"),
     ("Adam", dict(), "AdamW", "decoupled_weight_decay=False; AdamW implements"),
@@ -450,7 +451,7 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     optim.SGD([param], lr=0.5, maximize=True).step()
     optim.SGD([param], lr=0.5, momentum=0.9, dampening=0.25).step()
     optim.Adam([param], lr=0.1, maximize=True).step()
-    optim.AdamW([param], lr=0.1).step()
+    optim.AdamW([param], lr=0.1, amsgrad=True).step()
     # per call: (kind, backend, [update per parameter], hyper-parameters...)
     (update,) = calls[0][2]   # (param, grad, master)
     assert calls[0][:2] == ("sgd", "emu") and calls[0][3:] == (0.5, 0.0, True)
@@ -458,11 +459,13 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     (update,) = calls[1][2]   # (param, grad, buffer, first step, master)
     assert calls[1][:2] == ("sgd momentum", "emu") and calls[1][3:] == (0.5, 0.9, 0.0, False, 0.25, False)
     assert update[0] is param.data and update[3:] == (True, None)
-    (update,) = calls[2][2]   # (param, grad, m, v, step, master)
+    (update,) = calls[2][2]   # (param, grad, m, v, v_max, step, master)
     assert calls[2][:2] == ("adam", "emu") and calls[2][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.0, True)
-    assert update[0] is param.data and update[4:] == (1, None)
+    assert update[0] is param.data and update[4:] == (None, 1, None)
     # AdamW: no L2 decay of the gradient, its decay decoupled (the kernel's decay = 1 - lr*weight_decay)
     assert calls[3][:2] == ("adam", "emu") and calls[3][3:] == (0.1, 0.9, 0.999, 1e-8, 0.0, 0.01, False)
+    (update,) = calls[3][2]   # AMSGrad: its running maximum of v made at the first step, zero
+    assert update[4].shape == (3,) and not update[4].any() and update[4] is not update[3]
     assert memos == [None] * 4   # a first step keeps no launch
     # the optimizer's own backend argument overrides the parameter's
     optim.SGD([param], lr=0.5, momentum=0.9, backend="numpy").step()
@@ -482,6 +485,8 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     ("SGD", dict(lr=0.05, weight_decay=0.01, maximize=True), "sgd_step"),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01), "adam_step"),
     ("Adam", dict(lr=0.01, weight_decay=0.01, maximize=True), "adam_step"),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.9), amsgrad=True), "adam_amsgrad_step"),
+    ("AdamW", dict(lr=0.05, weight_decay=0.3, amsgrad=True, maximize=True), "adam_amsgrad_step"),
     ("AdamW", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.3), "adam_step")])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
 def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dtype, rtol):
@@ -692,6 +697,27 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
         step(optimizer)
     for p, before in zip(params, kept):
         np.testing.assert_array_equal(p.data, before)
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_amsgrad_keeps_a_nan_in_its_maximum_as_torch_maximum_does(dtype):
+    """A NaN gradient makes v NaN; torch.maximum (and np.maximum) keep it in max_exp_avg_sq where
+    CUDA's fmax would drop it: the kernel keeps it too."""
+    rng = np.random.default_rng(29)
+    start = rng.standard_normal(37).astype(dtype)
+    grads = [rng.standard_normal(37).astype(dtype) for _ in range(2)]
+    grads[0][[3, 30]] = np.nan
+    states = []
+    for backend in ("numpy", "emu"):
+        p = Parameter(start.copy(), backend=backend)
+        opt = optim.Adam([p], lr=0.01, amsgrad=True)
+        for g in grads:
+            p.grad = g.copy()
+            opt.step()
+        states.append(opt.state[0]["max_exp_avg_sq"])
+    assert np.isnan(states[0][[3, 30]]).all() and np.isfinite(np.delete(states[0], [3, 30])).all()
+    np.testing.assert_allclose(states[1], states[0], rtol=1e-6)   # (NaN where NaN: equal_nan)
 
 
 @needs_emu

@@ -308,9 +308,9 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
 # kernels/optim.cu per kernel: the arrays an element loads and stores, (element-typed, acc_t-typed)
 # each: the parameter, its gradient, the rule's state (acc_t) and a float16 parameter's FP32 master.
 OPTIMIZER_ARRAYS = {"sgd_step": ((2, 0), (1, 0)), "sgd_momentum_step": ((2, 1), (1, 1)),
-                    "adam_step": ((2, 2), (1, 2)), "unscale_grads": ((1, 0), (1, 0)),
+                    "adam_step": ((2, 2), (1, 2)), "adam_amsgrad_step": ((2, 3), (1, 3)), "unscale_grads": ((1, 0), (1, 0)),
                     "sgd_step_master": ((1, 1), (1, 1)), "sgd_momentum_step_master": ((1, 2), (1, 2)),
-                    "adam_step_master": ((1, 3), (1, 3))}
+                    "adam_step_master": ((1, 3), (1, 3)), "adam_amsgrad_step_master": ((1, 4), (1, 4))}
 
 
 def _optimizer_bytes(kernel, dtype):

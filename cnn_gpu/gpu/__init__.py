@@ -29,13 +29,14 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
                  maximize=False, *, master=None)
         (in place; momentum_buf None when momentum == 0; PyTorch's SGD)
   optim.adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0,
-                  maximize=False, *, master=None)
-        (in place, PyTorch's Adam, or with decoupled_decay its AdamW; master: a float16 parameter's FP32
-        copy, state arrays in FP32 then)
+                  maximize=False, *, v_max=None, master=None)
+        (in place, PyTorch's Adam, or with decoupled_decay its AdamW, with v_max AMSGrad; master: a float16
+        parameter's FP32 copy, state arrays in FP32 then)
   optim.sgd_steps(be, [(param, grad, master or None), ...], lr, weight_decay, maximize=False)
   optim.sgd_momentum_steps(be, [(param, grad, momentum_buf, first_step, master or None), ...], lr, momentum,
                            weight_decay, nesterov, dampening=0, maximize=False)
-  optim.adam_steps(be, [(param, grad, m, v, step, master or None), ...], lr, beta1, beta2, eps, weight_decay,
+  optim.adam_steps(be, [(param, grad, m, v, v_max or None, step, master or None), ...], lr, beta1, beta2, eps,
+                   weight_decay,
                    decoupled_decay=0, maximize=False)
         (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);

@@ -1,4 +1,4 @@
-"""Launch code of kernels/optim.cu: fused in-place SGD and Adam updates of one parameter array
+"""Launch code of kernels/optim.cu: fused in-place SGD and Adam (AMSGrad) updates of one parameter array
 (sgd_step, adam_step: the signatures of cnn_gpu.optim's NumPy updates) or of several, UPDATE_SLOTS
 parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps: what cnn_gpu.optim's optimizers
 use), and GradScaler.unscale_'s unscale_grads, UPDATE_SLOTS gradients a launch. Scalars derived
@@ -112,24 +112,31 @@ def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, dampen
 
 
 def adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False,
-              *, master=None):
+              *, v_max=None, master=None):
     """In place; PyTorch's Adam (L2 weight decay, bias correction), `step` counting from 1, or with
-    `decoupled_decay` its AdamW (the parameter times 1 - lr*decoupled_decay first)."""
-    adam_steps(be, [(param, grad, m, v, step, master)], lr, beta1, beta2, eps, weight_decay, decoupled_decay, maximize)
+    `decoupled_decay` its AdamW (the parameter times 1 - lr*decoupled_decay first); with `v_max`
+    (the running maximum of v) AMSGrad."""
+    adam_steps(be, [(param, grad, m, v, v_max, step, master)], lr, beta1, beta2, eps, weight_decay, decoupled_decay,
+               maximize)
 
 
 def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False, memo=None):
     """In place: Adam (AdamW) of several parameters, UPDATE_SLOTS a launch. `updates` holds (param,
-    grad, m, v, step, master) per parameter, `step` its own count from 1; `memo` as _launch_slots'."""
+    grad, m, v, v_max, step, master) per parameter, `step` its own count from 1, v_max AMSGrad's
+    running maximum of v (for all parameters or none: adam_amsgrad_step) or None; `memo` as
+    _launch_slots'."""
     if not updates:
         return
-    for param, grad, m, v, _, master in updates:
-        _check_state(param, grad, master, m=m, v=v)
+    if len({v_max is None for _, _, _, _, v_max, _, _ in updates}) > 1:
+        raise ValueError("one launch updates parameters with AMSGrad's v_max for all or none")
+    for param, grad, m, v, v_max, _, master in updates:
+        _check_state(param, grad, master, m=m, v=v, **({} if v_max is None else {"v_max": v_max}))
     dtype = updates[0][0].dtype
     slots = [((param, grad, m, v, np.int64(param.size),
-               *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))), master)
-             for param, grad, m, v, step, master in updates]
-    _launch_slots(be, "adam_step", slots,
+               *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step)),
+               *(() if v_max is None else (v_max,))), master)
+             for param, grad, m, v, v_max, step, master in updates]
+    _launch_slots(be, "adam_step" if updates[0][4] is None else "adam_amsgrad_step", slots,
                   (*acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay),
                    *i32(bool(maximize))), memo)
 
