@@ -95,20 +95,20 @@ template <int COUNT>
 struct Loaded {
     REAL v[COUNT];
 };
-// One round of that: the elements first + k * BLOCK_THREADS below n loaded (load(i)), then
+// One round of that: the COUNT elements first + k * BLOCK_THREADS below n loaded (load(i)), then
 // held = middle() (batch norm's channel constants, after the loads went out), then
 // store(i, held, values). for_each_element's rounds and batch norm's plane walks share it.
-template <class Load, class Middle, class Store>
+template <int COUNT, class Load, class Middle, class Store>
 static __device__ __forceinline__ void load_then_store(long long first, long long n, Load load, Middle middle,
                                                        Store store)
 {
-    decltype(load(first)) values[ELEMENTS_PER_THREAD];
+    decltype(load(first)) values[COUNT];
 #pragma unroll
-    for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+    for (int k = 0; k < COUNT; ++k)
         if (first + (long long)k * BLOCK_THREADS < n) values[k] = load(first + (long long)k * BLOCK_THREADS);
     const auto held = middle();
 #pragma unroll
-    for (int k = 0; k < ELEMENTS_PER_THREAD; ++k)
+    for (int k = 0; k < COUNT; ++k)
         if (first + (long long)k * BLOCK_THREADS < n) store(first + (long long)k * BLOCK_THREADS, held, values[k]);
 }
 
@@ -119,7 +119,7 @@ static __device__ __forceinline__ void for_each_element(long long n, Load load, 
     // one round at a time: the launchers' grids make one round a thread, unrolled rounds would not run
 #pragma unroll 1
     for (long long first = (long long)blockIdx.x * span + threadIdx.x; first < n; first += (long long)gridDim.x * span)
-        load_then_store(first, n, load, [] { return 0; },
+        load_then_store<ELEMENTS_PER_THREAD>(first, n, load, [] { return 0; },
                         [&](long long i, int, const decltype(load(first))& in) { store(i, in); });
 }
 
