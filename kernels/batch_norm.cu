@@ -16,10 +16,10 @@
 //    biased variance, and, when update_running, blends the mean and the unbiased variance into
 //    the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
 //  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
-//    y index walks the (n, c) planes (for_each_plane_element: 4 elements a thread, several small
-//    planes a block), so a large plane's scale is computed once a round, not per element. With
-//    from_variance the `scale_source` array holds a variance (eval mode: the running variance) and
-//    invstd is computed from it here.
+//    y index walks the (n, c) planes (for_each_plane_element: 4 elements a thread, float16 8, so
+//    16 bytes in flight either way; several small planes a block), so a large plane's scale is
+//    computed once a round, not per element. With from_variance the `scale_source` array holds a
+//    variance (eval mode: the running variance) and invstd is computed from it here.
 //  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy, masked by the
 //    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
 //  * batch_norm_backward_dx: dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in
@@ -171,16 +171,22 @@ struct ChannelAffine {
 };
 
 // The element-wise passes' walk of the (n, c) planes of an (N, C, HW) array: store(offset,
-// constants(plane), load(offset)) for every element, ELEMENTS_PER_THREAD a thread per round with
-// every load of a round before any use (as for_each_element, common.cuh: one element a thread kept
-// too few bytes in flight for DRAM speed). Grid y steps over groups of planes. A plane of at least
-// SPAN elements is a group, taken SPAN elements a block by the grid's x blocks (thread t: t + 256k
-// of its block's span), its channel's constants computed once a round. Smaller planes go
-// min(SPAN / HW, GROUP_PLANES) to a group (gridDim.x 1), contiguous in memory: thread t takes the
-// group's elements t + 256k, so a warp's lanes work on consecutive elements however small the plane;
-// the group's planes' constants are computed once, into shared memory (per element, the channel's
+// constants(plane), load(offset)) for every element, PLANE_ELEMENTS a thread per round with every
+// load of a round before any use (as for_each_element, common.cuh: one element a thread kept too
+// few bytes in flight for DRAM speed). PLANE_ELEMENTS is ELEMENTS_PER_THREAD, float16 twice that:
+// 16 bytes of each array in flight a thread, as float32's 4 elements. (With 4, float16's forward
+// held 97% of the bytes an H100 needs in flight, at 40 registers and 6 blocks an SM; with 8 it
+// holds 129% at 61 registers and 4 blocks, dx 258% at 56 and 4, from 161% at 46 and 5: an
+// ESTIMATE, tests/test_sass.py. On sm_90 their hot loops take 25 and 43 instructions an element,
+// from 36 and 59.) Grid y steps over groups of planes. A plane of at least SPAN elements is a
+// group, taken SPAN elements a block by the grid's x blocks (thread t: t + 256k of its block's
+// span), its channel's constants computed once a round. Smaller planes go min(SPAN / HW,
+// GROUP_PLANES) to a group (gridDim.x 1), contiguous in memory: thread t takes the group's
+// elements t + 256k, so a warp's lanes work on consecutive elements however small the plane; the
+// group's planes' constants are computed once, into shared memory (per element, the channel's
 // index and loads were ~4x the instructions an element may take at DRAM speed).
-#define SPAN (BLOCK_THREADS * ELEMENTS_PER_THREAD)   // cnn_gpu.gpu.batch_norm._plane_grid
+#define PLANE_ELEMENTS (REAL_IS_HALF ? 2 * ELEMENTS_PER_THREAD : ELEMENTS_PER_THREAD)
+#define SPAN (BLOCK_THREADS * PLANE_ELEMENTS)        // cnn_gpu.gpu.batch_norm.plane_elements, _plane_grid
 #define GROUP_PLANES 256                             // cnn_gpu.gpu.batch_norm.GROUP_PLANES
 template <class Constants, class Load, class Store>
 __device__ __forceinline__ void for_each_plane_element(long long planes, long long HW, Constants constants, Load load,
@@ -192,7 +198,7 @@ __device__ __forceinline__ void for_each_plane_element(long long planes, long lo
 #pragma unroll 1
             for (long long first = (long long)blockIdx.x * SPAN + threadIdx.x; first < HW;
                  first += (long long)gridDim.x * SPAN)
-                load_then_store(first, HW, [&](long long i) { return load(base + i); },
+                load_then_store<PLANE_ELEMENTS>(first, HW, [&](long long i) { return load(base + i); },
                                 [&] { return constants(plane); },
                                 [&](long long i, const decltype(constants(plane))& held,
                                     const decltype(load(base))& in) { store(base + i, held, in); });
@@ -209,9 +215,9 @@ __device__ __forceinline__ void for_each_plane_element(long long planes, long lo
     for (long long group = blockIdx.y; group * per_group < planes; group += gridDim.y) {
         const long long first_plane = group * per_group, base = first_plane * HW;
         const int end = (int)min((long long)elements, (planes - first_plane) * HW);   // the last group may hold fewer
-        decltype(load(base)) values[ELEMENTS_PER_THREAD];
+        decltype(load(base)) values[PLANE_ELEMENTS];
 #pragma unroll
-        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k) {
+        for (int k = 0; k < PLANE_ELEMENTS; ++k) {
             const int j = threadIdx.x + k * BLOCK_THREADS;
             if (j < end) values[k] = load(base + j);
         }
@@ -221,7 +227,7 @@ __device__ __forceinline__ void for_each_plane_element(long long planes, long lo
         __syncthreads();
         int sub = first_sub, i = first_i;
 #pragma unroll
-        for (int k = 0; k < ELEMENTS_PER_THREAD; ++k) {
+        for (int k = 0; k < PLANE_ELEMENTS; ++k) {
             const int j = threadIdx.x + k * BLOCK_THREADS;
             if (j < end) store(base + j, table[sub], values[k]);
             sub += step_sub;

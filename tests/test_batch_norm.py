@@ -336,19 +336,21 @@ def test_float16_statistics_are_the_float32_statistics_of_the_widened_input():
 @needs_emu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
-    """batch_norm_forward and batch_norm_backward_dx walk 4 elements a thread (for_each_plane_element):
-    planes of at least SPAN = 1024 elements across x blocks, smaller ones SPAN // HW a block (a
-    partial last group, their constants in a shared table). Every plane size path matches NumPy, and
-    grids smaller than the launcher's (the grid-stride loops past CUDA's grid limits) give the same
-    bits, with no shared-memory race between a block's groups."""
+    """batch_norm_forward and batch_norm_backward_dx walk 4 elements a thread, float16 8
+    (for_each_plane_element): planes of at least SPAN = 1024 elements (float16 2048) across x blocks,
+    smaller ones SPAN // HW a block (a partial last group, their constants in a shared table). Every
+    plane size path matches NumPy, and grids smaller than the launcher's (the grid-stride loops past
+    CUDA's grid limits) give the same bits, with no shared-memory race between a block's groups."""
     from cnn_gpu import emu
     from cnn_gpu.gpu import batch_norm as gpu_batch_norm
     source = backend.kernel_source("batch_norm")   # the launcher's grid mirrors the kernel's group size
     assert f"#define GROUP_PLANES {gpu_batch_norm.GROUP_PLANES} " in source
-    assert "#define SPAN (BLOCK_THREADS * ELEMENTS_PER_THREAD) " in source
+    assert "#define SPAN (BLOCK_THREADS * PLANE_ELEMENTS) " in source
+    assert "#define PLANE_ELEMENTS (REAL_IS_HALF ? 2 * ELEMENTS_PER_THREAD : ELEMENTS_PER_THREAD)\n" in source
+    span = 256 * gpu_batch_norm.plane_elements(dtype)
     rng = np.random.default_rng(17)
     for shape in [(3, 5, 1, 1), (2, 3, 7, 7), (5, 3, 16, 16), (3, 2, 20, 20), (2, 3, 32, 32), (2, 3, 33, 33),
-                  (1, 2, 50, 61)]:
+                  (1, 2, 32, 64), (1, 2, 50, 61)]:
         case = dict(x=(rng.standard_normal(shape) + 1).astype(dtype), dy=rng.standard_normal(shape).astype(dtype),
                     weight=rng.standard_normal(shape[1]).astype(dtype), bias=rng.standard_normal(shape[1]).astype(dtype),
                     running_mean=rng.standard_normal(shape[1]).astype(dtype),
@@ -369,8 +371,9 @@ def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
                             assert np.abs(a - e).max() <= 2**-10 * max(1.0, np.abs(e).max()), what
                 planes, inner = shape[0] * shape[1], shape[2] * shape[3]
                 for grid in ((1, 1), (1, 2), (2, 3)):
-                    x_blocks = grid[0] if inner >= 1024 else 1   # small planes take gridDim.x 1
-                    monkeypatch.setattr(gpu_batch_norm, "_plane_grid", lambda n, channels, inner: (x_blocks, grid[1]))
+                    x_blocks = grid[0] if inner >= span else 1   # small planes take gridDim.x 1
+                    monkeypatch.setattr(gpu_batch_norm, "_plane_grid",
+                                        lambda n, channels, inner, dtype: (x_blocks, grid[1]))
                     with emu.checking(guard=True, race=True):   # blocks taking several groups reuse their table
                         small = run_case(c, "emu")
                     monkeypatch.undo()
@@ -514,6 +517,33 @@ def test_element_passes_keep_every_lane_busy_on_small_planes(shape):
     assert sum(site["bytes"] for site in element_sites) == 5 * x.nbytes
     for site in element_sites:
         assert site["requests"] * 128 == site["bytes"] and site["sectors"] == 4 * site["requests"], site
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_element_passes_take_a_round_of_16_bytes_a_thread_in_every_block(dtype):
+    """A thread of batch_norm_forward and batch_norm_backward_dx loads a round of 16 bytes of each
+    array before using any (PLANE_ELEMENTS: float32's 4 elements, float16's 8; 4 float16 ones held 97%
+    of Little's law's bytes in flight on an H100: tests/test_sass.py counts the loads), and the
+    launcher's grid gives every block one round of SPAN = 256 x that many elements, none idle: planes
+    across x blocks (64x64), a group of two planes (32x32: float16's span) or of several (8x8), every
+    warp request 32 lanes wide."""
+    from cnn_gpu import emu
+    span = 256 * 16 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(19)
+    for shape in [(2, 3, 64, 64), (4, 2, 32, 32), (8, 16, 8, 8)]:
+        x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+        weight, bias = (rng.standard_normal(shape[1]).astype(dtype) for _ in range(2))
+        with emu.profiling() as prof:
+            F.batch_norm(x, None, None, weight, bias, True, backend="emu")
+            F.batch_norm_backward(dy, x, None, None, weight, bias, True, backend="emu")
+        for kernel in ("batch_norm_forward", "batch_norm_backward_dx"):
+            assert prof.kernels[kernel]["blocks"] * span == x.size, (shape, kernel, prof.kernels[kernel]["grid"])
+        element_sites = [site for site in prof.sites if site["space"] == "global" and site["bytes"] >= x.nbytes
+                         and site["kernel"] in ("batch_norm_forward", "batch_norm_backward_dx")]
+        assert sum(site["bytes"] for site in element_sites) == 5 * x.nbytes   # x, y; x, dy, dx
+        for site in element_sites:
+            assert site["requests"] * 32 * x.itemsize == site["bytes"], (shape, site)
 
 
 @needs_emu

@@ -346,17 +346,19 @@ def test_optimizer_kernels_issue_every_load_of_a_round_before_its_first_store(dt
 
 # The memory-bound kernels of a training step (bench.modeled._train_step's): per (family, kernel)
 # the arrays whose elements a thread's round loads, and how many of each (for_each_element and
-# batch norm's element passes: ELEMENTS_PER_THREAD; the chunked reductions: ACCUMULATORS; the
-# optimizer's kernels are added by the test: ELEMENTS_PER_THREAD elements of OPTIMIZER_ARRAYS').
+# batch norm's element passes: ELEMENTS_PER_THREAD; the chunked reductions: ACCUMULATORS; float16's
+# batch norm passes and channel sums twice as many, and the optimizer's kernels, ELEMENTS_PER_THREAD
+# elements of OPTIMIZER_ARRAYS', are set by the test).
 STEP_STREAMS = {("elementwise", "add_relu_forward"): (2, 4), ("elementwise", "relu_backward"): (2, 4),
                 ("elementwise", "relu_backward_of_sum"): (3, 4), ("batch_norm", "batch_norm_forward"): (1, 4),
                 ("batch_norm", "batch_norm_backward_dx"): (2, 4), ("batch_norm", "batch_norm_stats"): (1, 4),
                 ("batch_norm", "batch_norm_backward_sums"): (2, 4), ("reduce", "channel_sum_block"): (1, 4)}
 # Below Little's law's bytes in flight (ESTIMATE, ASSUMED latency): the measured share, kept from
-# getting worse. The forward pass's 40 registers leave 6 blocks on sm_90. (channel_sum_block held
-# 81% with 4 float16 loads a round, the statistics 65% with 4, and 97% with 8 running moments at
-# 72 registers, 3 blocks; both now load two of float32's rounds at once.)
-IN_FLIGHT_SHORT = {("batch_norm_forward", "float16"): 0.97}
+# getting worse. None now. (channel_sum_block held 81% with 4 float16 loads a round, the statistics
+# 65% with 4, and 97% with 8 running moments at 72 registers, 3 blocks; both now load two of
+# float32's rounds at once. batch_norm_forward held 97% with 4 float16 elements a thread at 40
+# registers, 6 blocks on sm_90; with 8 (PLANE_ELEMENTS) it holds 129% at 61, 4 blocks.)
+IN_FLIGHT_SHORT = {}
 
 
 @_needs_tools("sm_90")
@@ -374,8 +376,10 @@ def test_step_memory_bound_kernels_keep_the_bytes_in_flight_dram_speed_needs(dty
     needed = roofline.in_flight_needed_per_sm(h100)
     size = np.dtype(dtype).itemsize
     streams = dict(STEP_STREAMS)
-    if dtype == "float16":   # STATS_LOADS, SUM_LOADS
+    if dtype == "float16":   # STATS_LOADS, SUM_LOADS, PLANE_ELEMENTS
         streams[("batch_norm", "batch_norm_stats")] = streams[("reduce", "channel_sum_block")] = (1, 8)
+        streams[("batch_norm", "batch_norm_forward")] = (1, 8)
+        streams[("batch_norm", "batch_norm_backward_dx")] = (2, 8)
     momentum = "sgd_momentum_step_master" if dtype == "float16" else "sgd_momentum_step"
     for kernel in (momentum, "unscale_grads"):   # unscale_grads: GradScaler's, every float16 step
         streams[("optim", kernel)] = (None, ELEMENTS_PER_THREAD)

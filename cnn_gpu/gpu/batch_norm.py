@@ -47,13 +47,20 @@ def _reduction(be, n, channels, inner, compute):
 GROUP_PLANES = 256   # kernels/batch_norm.cu: the most small planes a block's group takes
 
 
-def _plane_grid(n, channels, inner):
+def plane_elements(dtype) -> int:
+    """kernels/batch_norm.cu PLANE_ELEMENTS: the elements a thread of the element-wise passes loads a
+    round, float16 twice ELEMENTS_PER_THREAD (16 bytes in flight, as float32's 4)."""
+    return 2 * ELEMENTS_PER_THREAD if np.dtype(dtype) == np.float16 else ELEMENTS_PER_THREAD
+
+
+def _plane_grid(n, channels, inner, dtype):
     """The element-wise passes' grid (kernels/batch_norm.cu for_each_plane_element): x over a plane of
-    at least SPAN elements (ELEMENTS_PER_THREAD a thread), or min(SPAN // inner, GROUP_PLANES) smaller
-    planes a block; y over the groups of planes."""
-    span = THREADS * ELEMENTS_PER_THREAD
+    at least SPAN = THREADS * plane_elements(dtype) elements (a round a thread), or
+    min(SPAN // inner, GROUP_PLANES) smaller planes a block; y over the groups of planes."""
+    elements = plane_elements(dtype)
+    span = THREADS * elements
     if inner >= span:
-        return blocks_for(-(-inner // ELEMENTS_PER_THREAD)), min(n * channels, MAX_GRID_Y)
+        return blocks_for(-(-inner // elements)), min(n * channels, MAX_GRID_Y)
     return 1, min(-(-n * channels // min(span // inner, GROUP_PLANES)), MAX_GRID_Y)
 
 
@@ -83,7 +90,8 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
     y = xp.empty(x.shape, dtype=x.dtype)
     if x.size == 0:   # an empty batch or empty planes (eval mode takes them): nothing to normalise
         return y
-    backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", _plane_grid(n, channels, inner), (THREADS,),
+    grid = _plane_grid(n, channels, inner, x.dtype)
+    backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", grid, (THREADS,),
                    (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
                     *acc(x.dtype, eps), *i32(from_variance, relu)))
     return y
@@ -106,7 +114,8 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
                      (dy, x, mean, scale_source, weight, bias, dweight, dbias, sums,
                       partial, arrivals, np.int64(n), np.int64(channels),
                       np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, relu)))
-    backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", _plane_grid(n, channels, inner), (THREADS,),
+    grid = _plane_grid(n, channels, inner, x.dtype)
+    backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
                    (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
                     np.int64(inner), np.int64(n * inner), *acc(x.dtype, eps), *i32(from_variance, training, relu)))
     return dx, dweight, dbias
