@@ -168,7 +168,8 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise TypeError(f"optimizer params must be cnn_gpu.nn.Parameter objects (e.g. model.parameters()); "
                                 f"item {i} is {type(p).__name__}")
-        self._validated({**self.defaults, **group})
+        given = self._validated({**self.defaults, **group})
+        real_number(given["lr"], "learning rate lr", minimum=0.0)   # as PyTorch's constructor (not its step)
         return listed
 
     def add_param_group(self, group: dict) -> None:
@@ -508,8 +509,11 @@ def _master_argument(state: dict) -> dict:
 
 
 def _nonnegative(hyper: dict, *names) -> dict:
-    return {name: real_number(hyper[name], "learning rate lr" if name == "lr" else name, minimum=0.0)
-            for name in names}
+    """The hyper-parameters `names`, finite and >= 0; "lr" only finite: a schedule may take it a
+    rounding below 0 (LinearLR's end_factor 0, OneCycleLR's linear end), and PyTorch's step and
+    load take that; the optimizer's own and add_param_group's groups are held to lr >= 0."""
+    return {name: real_number(hyper[name], "learning rate lr") if name == "lr" else
+            real_number(hyper[name], name, minimum=0.0) for name in names}
 
 
 class SGD(Optimizer):

@@ -738,7 +738,8 @@ def _fused(a, b, c, dtype):
 @pytest.mark.parametrize("settings", [dict(momentum=0.0, weight_decay=0.05, nesterov=False),
                                       dict(momentum=0.9, weight_decay=0.05, nesterov=False),
                                       dict(momentum=0.8, weight_decay=0.01, nesterov=True),
-                                      dict(momentum=0.9, weight_decay=0.05, nesterov=False, maximize=True)],
+                                      dict(momentum=0.9, weight_decay=0.05, nesterov=False, maximize=True),
+                                      dict(momentum=0.9, weight_decay=0.05, nesterov=False, dampening=0.3)],
                          ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
 @guarded
 def test_sgd_step_rounds_as_pytorchs_cuda_kernels(settings, dtype):
@@ -749,18 +750,19 @@ def test_sgd_step_rounds_as_pytorchs_cuda_kernels(settings, dtype):
     weight decay by an ulp here and there, which the tolerance of test_sgd_step could not see."""
     rng = np.random.default_rng(27)
     lr, momentum, decay, nesterov = 0.07, settings["momentum"], settings["weight_decay"], settings["nesterov"]
-    maximize = settings.get("maximize", False)
+    maximize, dampening = settings.get("maximize", False), settings.get("dampening", 0.0)
     param = (rng.standard_normal(64) * 3).astype(dtype)
     grads = [(rng.standard_normal(64) * 2).astype(dtype) for _ in range(4)]
     buf = np.empty_like(param) if momentum else None
     expected, expected_buf = param.copy(), None
     for t, grad in enumerate(grads):
-        optim.sgd_step("emu", param, grad, buf, lr, momentum, decay, nesterov, t == 0, 0.0, maximize)
+        optim.sgd_step("emu", param, grad, buf, lr, momentum, decay, nesterov, t == 0, dampening, maximize)
         c = lambda v: np.asarray(v, dtype)   # noqa: E731 (the kernel's scalars in its type)
         g = _fused(c(decay), expected, -grad if maximize else grad, dtype)
         step = g
         if momentum:
-            expected_buf = g if t == 0 else _fused(c(momentum), expected_buf, g, dtype)
+            damped = c(1 - dampening) * g   # one rounding, then the buffer's FMA
+            expected_buf = g if t == 0 else _fused(c(momentum), expected_buf, damped, dtype)
             step = _fused(c(momentum), expected_buf, g, dtype) if nesterov else expected_buf
         expected = _fused(c(-lr), step, expected, dtype)
     assert_same_bits(param, expected)

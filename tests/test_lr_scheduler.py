@@ -191,7 +191,7 @@ def test_lambda_state_keeps_a_callable_objects_attributes_not_a_function():
     (lambda o: lr_scheduler.CosineAnnealingLR(o, 0), ValueError),
     (lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 0), ValueError),
     (lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 2, T_mult=0), ValueError),
-    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=0.1), ValueError),   # a phase of no steps
+    (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=0.1), ValueError),   # a first phase of no steps
     (lambda o: lr_scheduler.OneCycleLR(o, 1.0, total_steps=10, pct_start=1.5), ValueError),
     (lambda o: lr_scheduler.OneCycleLR(o, 1.0, epochs=3), ValueError),
     (lambda o: lr_scheduler.OneCycleLR(o, [1.0, 2.0], total_steps=10), ValueError),
@@ -268,9 +268,10 @@ def test_one_cycle_rates_and_momenta_are_pytorchs_bit_for_bit(seed):
         schedule.step()
         reference.step()
     assert _rates(ours) == _rates(theirs)
+    before = schedule.state_dict()
     with pytest.raises(ValueError, match=f"stepped {total + 1} times; its total_steps is {total}"):
         schedule.step()
-    assert schedule.last_epoch == total and schedule.get_last_lr() == _rates(ours) == _rates(theirs)
+    assert schedule.state_dict() == before and schedule.get_last_lr() == _rates(ours) == _rates(theirs)
     resumed_optimizer = (optim.Adam if seed % 2 else optim.SGD)([nn.Parameter(np.zeros(3))], lr=0.5,
                                                                  **({} if seed % 2 else {"momentum": 0.5}))
     resumed = lr_scheduler.OneCycleLR(resumed_optimizer, max_lr, **kwargs)
@@ -409,3 +410,59 @@ def test_warm_restarts_with_fractional_epochs_are_pytorchs_bit_for_bit(seed):
         for s in (schedule, resumed, reference):
             s.step()
         assert _rates(resumed_optimizer) == _rates(ours) == _rates(theirs)
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_rate_a_schedule_takes_below_zero_steps_and_loads_as_in_pytorch():
+    """OneCycleLR's linear end (and LinearLR's end_factor 0 by a rounding) take the rate below 0:
+    PyTorch's step and load take it, so ours do; only a group given to the optimizer must have lr >= 0."""
+    ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.1, momentum=0.9)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9)
+    schedule = lr_scheduler.OneCycleLR(ours, 0.1, total_steps=10, anneal_strategy="linear")
+    reference = torch.optim.lr_scheduler.OneCycleLR(theirs, 0.1, total_steps=10, anneal_strategy="linear")
+    for _ in range(10):
+        schedule.step()
+        reference.step()
+    assert _rates(ours) == _rates(theirs) and _rates(ours)[0] < 0
+    ours.params[0].grad = np.ones(3)
+    ours.step()
+    optim.SGD([nn.Parameter(np.zeros(3))], lr=0.1, momentum=0.9).load_state_dict(ours.state_dict())
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.SGD([nn.Parameter(np.zeros(3))], lr=-0.1)
+    with pytest.raises(ValueError, match="learning rate"):
+        ours.add_param_group({"params": [nn.Parameter(np.zeros(2))], "lr": -1e-3})
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_one_cycle_with_pct_start_1_runs_its_steps_as_pytorch():
+    """pct_start=1: the fall is a phase of no steps, reached only by the step after the last:
+    PyTorch divides by zero there, ours raises ValueError and changes nothing."""
+    ours = optim.Adam([nn.Parameter(np.zeros(3))], lr=0.1)
+    theirs = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    schedule = lr_scheduler.OneCycleLR(ours, 0.5, total_steps=8, pct_start=1.0)
+    reference = torch.optim.lr_scheduler.OneCycleLR(theirs, 0.5, total_steps=8, pct_start=1.0)
+    for _ in range(7):
+        schedule.step()
+        reference.step()
+        assert _rates(ours) == _rates(theirs) and _momenta(ours) == _momenta(theirs)
+    before = schedule.state_dict(), _rates(ours)
+    with pytest.raises(ValueError, match="step 8 falls in a phase of no steps"):
+        schedule.step()
+    with pytest.raises(ZeroDivisionError):
+        reference.step()
+    assert (schedule.state_dict(), _rates(ours)) == before
+
+
+@needs_torch
+def test_a_plateau_cuts_a_numpy_float_rate_as_a_python_float_as_pytorch():
+    ours = optim.SGD([nn.Parameter(np.zeros(2))], lr=1.0)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    ours.param_groups[0]["lr"] = theirs.param_groups[0]["lr"] = np.float32(0.3)
+    schedule = lr_scheduler.ReduceLROnPlateau(ours, patience=0)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, patience=0)
+    for metric in (1.0, 2.0):
+        schedule.step(metric)
+        reference.step(metric)
+    assert _rates(ours) == _rates(theirs) and type(_rates(ours)[0]) is float

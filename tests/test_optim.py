@@ -275,7 +275,7 @@ def test_a_torch_optim_state_of_another_rule_is_refused(torch_kind, torch_config
 
 
 @pytest.mark.parametrize("kind, config, added", [("SGD", dict(lr=0.1, momentum=0.9), ("dampening", "maximize")),
-                                                 ("Adam", dict(lr=0.1), ("maximize",))])
+                                                 ("Adam", dict(lr=0.1), ("amsgrad", "maximize"))])
 def test_a_state_saved_before_dampening_and_maximize_loads_with_their_defaults(kind, config, added):
     rng = np.random.default_rng(23)
     params = _params(rng)
@@ -284,9 +284,10 @@ def test_a_state_saved_before_dampening_and_maximize_loads_with_their_defaults(k
     saved = first.state_dict()
     for key in added:
         del saved["param_groups"][0][key]
-    resumed = getattr(optim, kind)(params, **config, maximize=True)
+    resumed = getattr(optim, kind)(params, **config, maximize=True, **({"amsgrad": True} if kind == "Adam" else {}))
     resumed.load_state_dict(saved)
-    assert resumed.param_groups[0]["maximize"] is False and resumed.state[0].keys() == first.state[0].keys()
+    assert all(resumed.param_groups[0][key] is False for key in added if key != "dampening")
+    assert resumed.state[0].keys() == first.state[0].keys()
 
 
 def test_a_momentum_buffer_of_none_loads_as_no_state():
@@ -697,6 +698,28 @@ def test_a_step_on_the_arrays_the_last_one_checked_skips_the_checks_and_any_chan
         step(optimizer)
     for p, before in zip(params, kept):
         np.testing.assert_array_equal(p.data, before)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_amsgrad_switched_on_between_steps_starts_its_maximum_then(backend):
+    """Its maximum made at the first step with amsgrad on (zero, so that step takes v itself),
+    kept when amsgrad goes off again, and not updated then."""
+    rng = np.random.default_rng(30)
+    p = Parameter(rng.standard_normal(9), backend=backend)
+    plain = Parameter(p.data.copy(), backend=backend)
+    opt, reference = optim.Adam([p], lr=0.01), optim.Adam([plain], lr=0.01)
+    grads = [rng.standard_normal(9) for _ in range(4)]
+    for step, g in enumerate(grads):
+        opt.param_groups[0]["amsgrad"] = step in (1, 2)
+        for q, o in ((p, opt), (plain, reference)):
+            q.grad = g.copy()
+            o.step()
+        if step == 1:   # max(0, v) is v: the same step as plain Adam
+            np.testing.assert_array_equal(p.data, plain.data)
+            np.testing.assert_array_equal(opt.state[0]["max_exp_avg_sq"], opt.state[0]["exp_avg_sq"])
+        if step == 2:
+            kept = opt.state[0]["max_exp_avg_sq"].copy()
+    assert np.array_equal(opt.state[0]["max_exp_avg_sq"], kept) and not np.array_equal(kept, opt.state[0]["exp_avg_sq"])
 
 
 @needs_emu

@@ -8,8 +8,7 @@ import types
 from collections import Counter
 
 from ..functional._checks import real_number, whole_number
-from ..optim import Optimizer
-from ._base import LRScheduler
+from ._base import LRScheduler, checked_optimizer
 
 
 class StepLR(LRScheduler):
@@ -162,7 +161,7 @@ class LambdaLR(LRScheduler):
     callable object's attributes, not a function (PyTorch's rule)."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
-        groups = len(optimizer.param_groups) if isinstance(optimizer, Optimizer) else 1
+        groups = len(checked_optimizer(optimizer).param_groups)
         lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * groups
         if len(lambdas) != groups or not all(map(callable, lambdas)):
             raise ValueError(f"lr_lambda must be a callable or a list of {groups} callables (one per parameter group)")

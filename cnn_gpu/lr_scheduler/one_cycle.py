@@ -47,11 +47,12 @@ class OneCycleLR(LRScheduler):
         self.anneal_strategy = anneal_strategy
         self.cycle_momentum = flag(cycle_momentum, "cycle_momentum")
         self.use_beta1 = "betas" in optimizer.defaults
+        self._pct_start = pct_start
         self._phases = self._phases_of(pct_start, flag(three_phase, "three_phase"))
-        positive = lambda v, name: real_number(v, name, minimum=0)   # noqa: E731
+        nonnegative = lambda v, name: real_number(v, name, minimum=0)   # noqa: E731
         # (Adam's beta1 below 1, as the optimizer's step checks it)
-        momentum = (lambda v, name: real_number(v, name, minimum=0, below=1)) if self.use_beta1 else positive
-        max_lrs = per_group(max_lr, "max_lr", optimizer, positive)
+        momentum = (lambda v, name: real_number(v, name, minimum=0, below=1)) if self.use_beta1 else nonnegative
+        max_lrs = per_group(max_lr, "max_lr", optimizer, nonnegative)
         div_factor = real_number(div_factor, "div_factor")
         final_div_factor = real_number(final_div_factor, "final_div_factor")
         if not (div_factor > 0 and final_div_factor > 0):
@@ -59,7 +60,8 @@ class OneCycleLR(LRScheduler):
         momenta = (per_group(max_momentum, "max_momentum", optimizer, momentum),
                    per_group(base_momentum, "base_momentum", optimizer, momentum)) if self.cycle_momentum else None
         keys = RATE_KEYS + (MOMENTUM_KEYS if self.cycle_momentum else ())
-        if whole_number(last_epoch, "last_epoch", minimum=-1) == -1:
+        self._phase_of(whole_number(last_epoch, "last_epoch", minimum=-1) + 1)   # the first step's, before any change
+        if last_epoch == -1:
             for i, group in enumerate(optimizer.param_groups):
                 group.update(initial_lr=max_lrs[i] / div_factor, max_lr=max_lrs[i])
                 group["min_lr"] = group["initial_lr"] / final_div_factor
@@ -84,9 +86,6 @@ class OneCycleLR(LRScheduler):
         else:
             phases = [(rise, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
                       (self.total_steps - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
-        starts = [0.0] + [phase[0] for phase in phases[:-1]]
-        if any(start == phase[0] for start, phase in zip(starts, phases)):   # PyTorch divides by zero there
-            raise ValueError(f"pct_start={pct_start} with total_steps={self.total_steps} gives a phase of no steps")
         return phases
 
     def _set_momentum(self, group: dict, momentum: float) -> None:
@@ -100,15 +99,23 @@ class OneCycleLR(LRScheduler):
         if step > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {step} times; its total_steps is {self.total_steps}")
         anneal = _cosine if self.anneal_strategy == "cos" else _linear
+        start, (end, rate_from, rate_to, momentum_from, momentum_to) = self._phase_of(step)
+        pct = (step - start) / (end - start)
         rates = []
         for group in self.optimizer.param_groups:
-            start = 0.0
-            for i, (end, rate_from, rate_to, momentum_from, momentum_to) in enumerate(self._phases):
-                if step <= end or i == len(self._phases) - 1:
-                    pct = (step - start) / (end - start)
-                    rates.append(anneal(group[rate_from], group[rate_to], pct))
-                    if self.cycle_momentum:
-                        self._set_momentum(group, anneal(group[momentum_from], group[momentum_to], pct))
-                    break
-                start = end
+            rates.append(anneal(group[rate_from], group[rate_to], pct))
+            if self.cycle_momentum:
+                self._set_momentum(group, anneal(group[momentum_from], group[momentum_to], pct))
         return rates
+
+    def _phase_of(self, step: int) -> tuple:
+        """(the step its phase starts after, the phase) of `step`, PyTorch's choice: the first phase
+        it does not pass, else the last; ValueError for a phase of no steps (PyTorch divides by zero)."""
+        start = 0.0
+        for i, phase in enumerate(self._phases):
+            if step <= phase[0] or i == len(self._phases) - 1:
+                if phase[0] == start:
+                    raise ValueError(f"OneCycleLR step {step} falls in a phase of no steps (pct_start "
+                                     f"{self._pct_start} of total_steps {self.total_steps})")
+                return start, phase
+            start = phase[0]

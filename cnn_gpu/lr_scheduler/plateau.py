@@ -66,8 +66,9 @@ class ReduceLROnPlateau(LRScheduler):
             if len(groups) != len(self.min_lrs):
                 self.min_lrs = [self.default_min_lr] * len(groups)
             for group, min_lr in zip(groups, self.min_lrs):
-                rate = max(group["lr"] * self.factor, min_lr)
-                if group["lr"] - rate > self.eps:
+                old = float(group["lr"])   # (PyTorch's: a NumPy float32 rate multiplies as a Python float)
+                rate = max(old * self.factor, min_lr)
+                if old - rate > self.eps:
                     group["lr"] = rate
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._last_lr = self._current()

@@ -5,6 +5,7 @@ import bisect
 
 from ..functional._checks import whole_number
 from ._base import LRScheduler, checked_optimizer
+from .plateau import ReduceLROnPlateau
 
 
 class SequentialLR(LRScheduler):
@@ -20,8 +21,7 @@ class SequentialLR(LRScheduler):
         if not schedulers:
             raise ValueError("SequentialLR needs at least one scheduler")
         for i, scheduler in enumerate(schedulers):
-            epoch_wise = isinstance(scheduler, LRScheduler) and hasattr(scheduler, "base_lrs")   # (not a plateau's)
-            if not epoch_wise or isinstance(scheduler, SequentialLR):
+            if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, (ReduceLROnPlateau, SequentialLR)):
                 raise TypeError(f"schedulers[{i}] is a {type(scheduler).__name__}; SequentialLR takes epoch-wise "
                                 f"cnn_gpu.lr_scheduler schedulers (not ReduceLROnPlateau, nor another SequentialLR)")
             if scheduler.optimizer is not optimizer:
