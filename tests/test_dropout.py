@@ -217,6 +217,7 @@ def test_layer_steps_and_reproducibility():
     second = layer(x)
     assert layer.step == 2 and not np.array_equal(first != 0, second != 0)
     np.testing.assert_array_equal(first, twin(x))
+    layer.backward(dy)   # (the second forward's pair)
     layer.eval()
     assert layer(x) is x and layer.backward(dy) is dy and layer.step == 2
     with pytest.raises(ValueError, match="between 0 and 1"):

@@ -540,8 +540,7 @@ def test_residual_backward_sums_both_paths(rng):
     np.testing.assert_allclose(y, block(x) + x, rtol=1e-15)
     dy = _randn(rng, *y.shape)
     dx = residual.backward(dy)
-    block.zero_grad()
-    block(x)
+    block.zero_grad()   # (its saved input is x, from the forward above)
     np.testing.assert_allclose(dx, block.backward(dy) + dy, rtol=1e-14)
 
     shortcut = nn.Conv2d(3, 6, 1, stride=2, dtype=np.float64, rng=2)
@@ -990,3 +989,43 @@ def test_functional_backward_without_input_grad(op, backend, rng):
     np.testing.assert_array_equal(db, full[2])
     with pytest.raises(TypeError, match="input_grad"):
         backward(dy, x, w, input_grad=1, backend=backend)
+
+
+def test_a_backward_after_a_later_forward_warns_that_it_takes_the_latest_inputs(rng):
+    """A module keeps one forward's inputs: a second forward (another batch, an evaluation
+    forward) between a training forward and its backward gave that backward the later inputs,
+    silently (PyTorch differentiates each call's graph). Warned now; evaluation forwards before
+    the training forward (between epochs) and paired calls are not."""
+    import warnings
+    model = nn.Sequential(nn.Linear(4, 3, dtype=np.float64, rng=1), nn.ReLU(), nn.Linear(3, 2, dtype=np.float64, rng=2))
+    loss = nn.CrossEntropyLoss()
+    x, other, labels = _randn(rng, 5, 4), _randn(rng, 5, 4), np.array([0, 1, 0, 1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(model(x), labels)
+        model.backward(loss.backward())
+        model.eval()
+        model(other)
+        model.train()
+        loss(model(x), labels)
+        expected = model.backward(loss.backward())
+    for between in ("train", "eval"):
+        loss(model(x), labels)
+        dlogits = loss.backward()
+        getattr(model, between)()
+        model(other)
+        model.train()
+        with pytest.warns(UserWarning, match="Sequential ran forward 1 more time.s. after a training forward"):
+            wrong = model.backward(dlogits)
+        assert not np.allclose(wrong, expected)   # what the warning is about
+        model(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.testing.assert_array_equal(model.backward(dlogits), expected)   # paired again: no warning
+
+
+@pytest.mark.parametrize("data, shown", [([1.0, 2.0], "list"), (np.ones(3, np.int64), "ndarray of int64"),
+                                         (2.5, "float")])
+def test_a_parameter_takes_a_float_array_only(data, shown):
+    with pytest.raises(TypeError, match=f"got {shown} .np.asarray"):
+        nn.Parameter(data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import operator
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -18,6 +19,7 @@ import numpy as np
 from .. import backend as _backend
 from .. import replay
 from ..backend import device_call
+from ..functional._checks import FLOAT_DTYPES
 
 
 class IncompatibleKeys(NamedTuple):
@@ -34,6 +36,11 @@ class Parameter:
     __slots__ = ("data", "grad", "backend")
 
     def __init__(self, data, backend=None):
+        # a list or a tensor kept as given failed later and elsewhere (repr, the optimizer's step)
+        if not (isinstance(data, np.ndarray) or _backend.is_cupy_array(data)) or data.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"a Parameter holds a float16, float32 or float64 NumPy or CuPy array, got "
+                            f"{type(data).__name__}{f' of {data.dtype}' if hasattr(data, 'dtype') else ''} "
+                            f"(np.asarray(x, dtype=np.float32) converts a list, integers or a CPU tensor)")
         self.data = data
         self.grad = None
         self.backend = backend
@@ -122,10 +129,38 @@ def to_host(array) -> np.ndarray:
 # The forward pass a module runs in (Module.__call__): a call made outside any module's forward starts
 # a new one; per thread.
 _FORWARD = threading.local()
+# The backward a module runs in: the outermost call checks its module's forwards (_paired); per thread.
+_BACKWARD = threading.local()
 # Why a module may not take two places in one model (Module refuses it where the model is built and
 # at a training forward)
 _ONE_PLACE = ("a module keeps only its latest forward's input for backward, so one used twice would get wrong "
               "gradients; use a new module for each place (to tie weights, assign one Parameter to both)")
+
+
+def _paired(backward):
+    """`backward` of a Module subclass, warning at the outermost call where its module ran forward
+    again after a training forward since its last backward: a module keeps its latest forward's
+    inputs only, so the gradient of the training forward's output (an evaluation forward in
+    between, a second batch) silently came out at the later inputs, where PyTorch's autograd
+    differentiates each call's own graph. (Evaluation forwards before the training forward, as
+    between epochs, are no concern.)"""
+    @functools.wraps(backward)
+    def run(self, *args, **kwargs):
+        depth = getattr(_BACKWARD, "depth", 0)
+        if depth == 0:
+            later = self.__dict__.get("_forwards_after_training", 0)
+            object.__setattr__(self, "_forwards_after_training", None)
+            if later:
+                warnings.warn(f"{type(self).__name__} ran forward {later} more time(s) after a training forward since "
+                              f"its last backward: backward differentiates the latest forward's inputs only (a "
+                              f"module keeps no graph per call, as PyTorch's autograd does); run forward and "
+                              f"backward in pairs", UserWarning, stacklevel=2)
+        _BACKWARD.depth = depth + 1
+        try:
+            return backward(self, *args, **kwargs)
+        finally:
+            _BACKWARD.depth = depth
+    return run
 
 
 class Module:
@@ -143,6 +178,11 @@ class Module:
     # them instead of failing (as PyTorch loads BatchNorm's num_batches_tracked of old files);
     # None: the buffer keeps its value.
     _defaults_for_missing_buffers: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__:   # (a user's module too)
+            cls.backward = _paired(cls.__dict__["backward"])
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -224,6 +264,10 @@ class Module:
         depth = getattr(_FORWARD, "depth", 0)
         if depth == 0:
             _FORWARD.generation = getattr(_FORWARD, "generation", 0) + 1
+            # forwards after a training forward since the last backward (None: no training forward)
+            later = self.__dict__.get("_forwards_after_training")
+            object.__setattr__(self, "_forwards_after_training", later + 1 if later is not None else
+                               0 if self.training else None)
         if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
             raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
