@@ -268,6 +268,20 @@ class LeakyReLU(_Activation):
         return f"negative_slope={self.negative_slope}"
 
 
+class Identity(Module):
+    """The input itself (PyTorch's, whose arguments it takes and ignores): a placeholder layer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        self._saved = True
+        return x
+
+    def backward(self, dy, input_grad=True):
+        return None if self._no_input_grad(input_grad) else dy
+
+
 class Flatten(Module):
     """Merge dimensions start_dim..end_dim into one (PyTorch's defaults keep the batch dimension)."""
 

@@ -348,6 +348,14 @@ class Module:
         (PyTorch's)."""
         return self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
+    def apply(self, fn):
+        """fn(module) for every child module, depth first, then for this one (PyTorch's order, e.g.
+        custom initialisation); returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def parameters(self, recurse: bool = True):
         """An iterator over the Parameters, each once, in the order of named_parameters (PyTorch's)."""
         return (parameter for _, parameter in self.named_parameters(recurse=recurse))
