@@ -255,6 +255,13 @@ class Optimizer:
             raise ValueError(f"{what}: its gradient is on GPU {p.grad.device.id} but the parameter on GPU "
                              f"{p.data.device.id}; a gradient is never copied between GPUs for you")
         for key, value in _state_arrays(state):
+            # Module.to(dtype) since (double(), float()): the state in the parameter's state dtype;
+            # master weights of a parameter no longer float16 go (it holds their values, rounded)
+            if key == "master" and p.data.dtype != np.float16:
+                del state[key]
+                continue
+            if key != "master" and value.dtype != state_dtype(p.data.dtype):
+                value = state[key] = value.astype(state_dtype(p.data.dtype))
             if _backend.is_cupy_array(value) != (kind == "cuda"):
                 state[key] = array_like(value, p.data)   # same values, the parameter's device
         self._sync_master(index, p, state)

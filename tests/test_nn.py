@@ -1029,3 +1029,65 @@ def test_a_backward_after_a_later_forward_warns_that_it_takes_the_latest_inputs(
 def test_a_parameter_takes_a_float_array_only(data, shown):
     with pytest.raises(TypeError, match=f"got {shown} .np.asarray"):
         nn.Parameter(data)
+
+
+def _small_model(dtype=np.float32):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, dtype=dtype, rng=1), nn.BatchNorm2d(4, dtype=dtype), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 5, dtype=dtype, rng=2), nn.Dropout(0.1, seed=3))
+
+
+def test_to_dtype_half_float_double_convert_parameters_gradients_and_float_buffers(rng):
+    model = _small_model()
+    loss = nn.CrossEntropyLoss()
+    loss(model(_randn(rng, 2, 3, 8, 8, dtype=np.float32)), np.array([1, 2]))
+    model.backward(loss.backward())
+    weight = model[0].weight
+    for convert, dtype in ((lambda m: m.double(), np.float64), (lambda m: m.half(), np.float16),
+                           (lambda m: m.to(np.float32), np.float32), (lambda m: m.to("numpy", dtype="float64"), np.float64)):
+        assert convert(model) is model and model[0].weight is weight   # the same Parameter objects
+        state = model.state_dict()
+        assert {k: v.dtype for k, v in state.items() if not k.endswith(("num_batches_tracked", "step"))} == \
+            dict.fromkeys([k for k in state if not k.endswith(("num_batches_tracked", "step"))], np.dtype(dtype))
+        assert state["1.num_batches_tracked"].dtype == np.int64 and state["5.step"].dtype == np.int64
+        assert all(p.grad.dtype == dtype for p in model.parameters())
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    for bad, error in (((), TypeError), ((np.int32,), TypeError), ((None, "float8"), TypeError), (("gpu",), ValueError)):
+        with pytest.raises(error):
+            model.to(*bad)
+    assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())   # nothing changed
+
+
+@pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))])
+@pytest.mark.parametrize("conversions", [("double",), ("half",), ("half", "step", "float")])
+def test_an_optimizer_made_before_a_dtype_conversion_steps_on_as_one_loaded_after_it(rng, kind, config, conversions):
+    """Its state follows the parameters' new dtype at the next step (a float16 parameter gets FP32
+    master weights from its values; one no longer float16 drops them), as a new optimizer given the
+    state dict would: the same steps."""
+    import copy
+    model = _small_model()
+    opt = getattr(optim, kind)(model.parameters(), **config)
+    for p in model.parameters():
+        p.grad = _randn(rng, *p.shape, dtype=np.float32)
+    opt.step()
+    for name in conversions:   # ("step": one in float16, which makes its master weights)
+        if name == "step":
+            for p in model.parameters():
+                p.grad = _randn(rng, *p.shape, dtype=np.float16)
+            opt.step()
+            assert "master" in opt.state[0]
+        else:
+            getattr(model, name)()
+    twin = copy.deepcopy(model)
+    twin_opt = getattr(optim, kind)(twin.parameters(), **config)
+    twin_opt.load_state_dict({**opt.state_dict(), "state": {i: {k: v for k, v in s.items() if k != "master"}
+                                                              for i, s in opt.state_dict()["state"].items()}})
+    dtype = model[0].weight.dtype
+    for _ in range(2):
+        for p, q in zip(model.parameters(), twin.parameters()):
+            p.grad = _randn(rng, *p.shape, dtype=dtype)
+            q.grad = p.grad.copy()
+        opt.step()
+        twin_opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    assert ("master" in opt.state[0]) == (dtype == np.float16)

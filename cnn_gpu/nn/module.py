@@ -401,28 +401,64 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, backend: str):
+    def to(self, backend=None, dtype=None):
         """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays, all
-        C-contiguous) and run every later forward/backward there. Saved activations are dropped.
-        An optimizer's state made before the move follows at its next step."""
-        if backend not in _backend.BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
-        reason = _backend.why_unavailable(backend)
-        if reason:
-            raise RuntimeError(f"backend {backend!r} is not available: {reason}")
+        C-contiguous) and run every later forward/backward there, and/or convert the parameters,
+        their gradients and the float buffers to `dtype` (float16, float32 or float64; integer
+        buffers such as counts keep theirs), as PyTorch's to(dtype); `to(np.float16)` converts
+        alone. Saved activations are dropped. An optimizer's state made before follows at its next
+        step (moved, and converted to the parameter's state dtype; a float16 parameter's FP32
+        master weights are made anew from its values)."""
+        if backend is not None and not isinstance(backend, str) and dtype is None:   # to(np.float16)
+            backend, dtype = None, backend
+        if backend is None and dtype is None:
+            raise TypeError("to() takes a backend, a dtype or both")
+        if dtype is not None:
+            try:
+                converted = np.dtype(dtype)
+            except TypeError:
+                converted = np.dtype(object)   # (not None: a dtype compares equal to None, float64's alias)
+            if converted not in FLOAT_DTYPES:
+                raise TypeError(f"to(dtype=...) takes float16, float32 or float64, got {dtype!r}")
+            dtype = converted
+        if backend is not None:
+            if backend not in _backend.BACKENDS:
+                raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(_backend.BACKENDS)}")
+            reason = _backend.why_unavailable(backend)
+            if reason:
+                raise RuntimeError(f"backend {backend!r} is not available: {reason}")
+
+        def moved(array):
+            if dtype is not None and array.dtype != dtype and array.dtype.kind == "f":
+                array = array.astype(dtype)
+            return array if backend is None else to_backend_array(array, backend)
+
         for module in self.modules():
-            object.__setattr__(module, "backend", backend)
+            if backend is not None:
+                object.__setattr__(module, "backend", backend)
             object.__setattr__(module, "_saved", None)
         for parameter in self.parameters():
-            parameter.data = to_backend_array(parameter.data, backend)
+            parameter.data = moved(parameter.data)
             if parameter.grad is not None:
-                parameter.grad = to_backend_array(parameter.grad, backend)
-            parameter.backend = backend
+                parameter.grad = moved(parameter.grad)
+            parameter.backend = backend or parameter.backend
         for module in self.modules():
             for name, array in module._buffers.items():
                 if array is not None and name not in module._host_buffers:
-                    setattr(module, name, to_backend_array(array, backend))
+                    setattr(module, name, moved(array))
         return self
+
+    def half(self):
+        """to(np.float16), as PyTorch's."""
+        return self.to(dtype=np.float16)
+
+    def float(self):
+        """to(np.float32), as PyTorch's."""
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        """to(np.float64), as PyTorch's."""
+        return self.to(dtype=np.float64)
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of the parameters and buffers as NumPy arrays, named like PyTorch's ("0.weight",
