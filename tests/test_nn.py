@@ -1091,3 +1091,22 @@ def test_an_optimizer_made_before_a_dtype_conversion_steps_on_as_one_loaded_afte
     for p, q in zip(model.parameters(), twin.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
     assert ("master" in opt.state[0]) == (dtype == np.float16)
+
+
+def test_pytorchs_naming_helpers(rng):
+    """Sequential(OrderedDict), add_module, register_parameter, Parameter.numel/size/ndim."""
+    from collections import OrderedDict
+    model = nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 2, 3, dtype=np.float64, rng=1)), ("act", nn.ReLU())]))
+    model.add_module("flat", nn.Flatten())
+    model.register_parameter("scale", nn.Parameter(np.ones(1)))
+    assert [n for n, _ in model.named_children()] == ["conv", "act", "flat"] and model[0] is model.conv
+    assert list(model.state_dict()) == ["scale", "conv.weight", "conv.bias"]
+    assert model(_randn(rng, 2, 1, 5, 5)).shape == (2, 18)
+    weight = model.conv.weight
+    assert (weight.numel(), weight.size(), weight.size(-1), weight.ndim) == (18, (2, 1, 3, 3), 3, 4)
+    for call, error in ((lambda: model.add_module("a.b", nn.ReLU()), KeyError),
+                        (lambda: model.add_module("x", np.ones(2)), TypeError),
+                        (lambda: model.register_parameter("w", np.ones(2)), TypeError)):
+        with pytest.raises(error):
+            call()
+    assert [n for n, _ in model.named_children()] == ["conv", "act", "flat"]

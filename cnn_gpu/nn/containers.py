@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 
 from .. import functional as F
 from ..backend import device_call, module_of
@@ -57,8 +58,13 @@ class Sequential(Module):
     it unsummed (hands_on_gradient_sum): the same values, fewer passes."""
 
     def __init__(self, *layers):
+        """Sequential(layer, ...), or Sequential(OrderedDict of names to layers), as PyTorch's."""
         super().__init__()
         object.__setattr__(self, "_fused", frozenset())   # positions of the ReLUs the last forward fused
+        if len(layers) == 1 and isinstance(layers[0], OrderedDict):
+            for name, layer in layers[0].items():
+                self.add_module(name, layer)
+            return
         for layer in layers:
             self.append(layer)
 

@@ -53,6 +53,18 @@ class Parameter:
     def dtype(self):
         return self.data.dtype
 
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def numel(self) -> int:
+        """The number of elements, as PyTorch's."""
+        return int(self.data.size)
+
+    def size(self, dim=None):
+        """The shape, or its length along `dim`, as PyTorch's."""
+        return tuple(self.data.shape) if dim is None else int(self.data.shape[dim])
+
     def clear_grad(self, set_to_none: bool = True) -> None:
         """zero_grad for this parameter: .grad None, or (set_to_none=False) zeroed in place."""
         if not isinstance(set_to_none, bool):
@@ -347,6 +359,23 @@ class Module:
         Parameter tied to two places once, under its first name, unless not `remove_duplicate`
         (PyTorch's)."""
         return self._named_members("_parameters", prefix, recurse, remove_duplicate)
+
+    def add_module(self, name: str, module) -> None:
+        """setattr(self, name, module) for a name that need not be an identifier, as PyTorch's
+        (a Module or None; the checks of an assignment)."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"a module's name is a non-empty string without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module takes a Module or None, got {type(module).__name__}")
+        setattr(self, name, module)
+
+    def register_parameter(self, name: str, parameter) -> None:
+        """setattr(self, name, parameter) for a Parameter or None, as PyTorch's."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"a parameter's name is a non-empty string without '.', got {name!r}")
+        if parameter is not None and not isinstance(parameter, Parameter):
+            raise TypeError(f"register_parameter takes a Parameter or None, got {type(parameter).__name__}")
+        setattr(self, name, parameter)
 
     def apply(self, fn):
         """fn(module) for every child module, depth first, then for this one (PyTorch's order, e.g.
