@@ -292,11 +292,17 @@ class Optimizer:
             state["master"] = p.data.astype(np.float32)
         self._master_of[index] = p.data
 
-    def step(self) -> None:
-        """Inside a recording (cnn_gpu.replay) the update is live: it runs again as Python at every
-        replay, on the gradients then bound (a recorded backward binds its own again), reading
-        param_groups anew (schedules, step counts)."""
+    def step(self, closure=None):
+        """The update; `closure` (PyTorch's: a function that zeroes the gradients, runs forward and
+        backward and returns the loss) is called first and its loss returned, else None. Inside a
+        recording (cnn_gpu.replay) the update is live: it runs again as Python at every replay, on
+        the gradients then bound (a recorded backward binds its own again), reading param_groups
+        anew (schedules, step counts)."""
+        if closure is not None and not callable(closure):
+            raise TypeError(f"closure must be callable (it returns the loss), got {type(closure).__name__}")
+        loss = None if closure is None else closure()
         replay.live(self._step)
+        return loss
 
     def _step(self) -> None:
         group_of = self._group_of()   # the state in step with the groups' parameters (_state_params)

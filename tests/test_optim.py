@@ -927,3 +927,29 @@ def test_a_kept_gradient_written_in_place_updates_with_its_new_values(backend, o
     for p, q in zip(params, fresh):
         np.testing.assert_array_equal(p.data, q.data)
     assert checked == ([2, 2, 0, 0] if order == "C" else [2, 2, 2, 2])
+
+
+def test_step_takes_pytorchs_closure_and_returns_its_loss():
+    from cnn_gpu import nn
+    rng = np.random.default_rng(36)
+    model = nn.Linear(3, 2, dtype=np.float64, rng=1)
+    criterion = nn.MSELoss()
+    x, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    twin = nn.Linear(3, 2, dtype=np.float64, rng=1)
+    opt, twin_opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9), optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+
+    def closure():
+        opt.zero_grad()
+        loss = criterion(model(x), target)
+        model.backward(criterion.backward())
+        return loss
+
+    for _ in range(2):
+        loss = opt.step(closure)
+        twin_opt.zero_grad()
+        expected = criterion(twin(x), target)
+        twin.backward(criterion.backward())
+        assert twin_opt.step() is None and loss == expected
+    np.testing.assert_array_equal(model.weight.data, twin.weight.data)
+    with pytest.raises(TypeError, match="closure must be callable"):
+        opt.step(0.5)
