@@ -14,8 +14,8 @@ __all__ = ["available_backends", "get_backend", "set_backend", "use_backend", "g
 
 def __getattr__(name):
     # Submodules load on first use so `import cnn_gpu` stays cheap (no g++ or CuPy probing).
-    if name in ("functional", "nn", "optim", "emu", "gradcheck", "data", "models", "checkpoint",
-                "distributed", "replay"):
+    if name in ("functional", "nn", "optim", "lr_scheduler", "amp", "emu", "gradcheck", "data", "cifar", "models",
+                "checkpoint", "distributed", "replay"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cnn_gpu' has no attribute {name!r}")
