@@ -466,3 +466,11 @@ def test_a_plateau_cuts_a_numpy_float_rate_as_a_python_float_as_pytorch():
         schedule.step(metric)
         reference.step(metric)
     assert _rates(ours) == _rates(theirs) and type(_rates(ours)[0]) is float
+
+
+def test_the_package_loads_lr_scheduler_amp_and_cifar_on_first_use():
+    """`import cnn_gpu` then cnn_gpu.lr_scheduler (as torch.optim.lr_scheduler after import torch)."""
+    import subprocess
+    import sys
+    code = "import cnn_gpu; cnn_gpu.lr_scheduler.OneCycleLR; cnn_gpu.amp.GradScaler; cnn_gpu.cifar.load_cifar10"
+    subprocess.run([sys.executable, "-c", code], check=True)
