@@ -280,27 +280,31 @@ def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, 
     return tensor
 
 
-def constant_(tensor, val: float):
-    """Fill with val in place (PyTorch's constant_). A finite val that overflows the dtype (float16
-    above 65504) is refused, as PyTorch does; inf and NaN are written."""
-    array = _target(tensor, "constant_")
-    val = _real(val, "val", "constant_")
+def _fill(tensor, val, who: str):
+    array = _target(tensor, who)
+    val = _real(val, "val", who)
     with np.errstate(over="ignore"):
         rounded = np.array(val).astype(array.dtype)
     if math.isfinite(val) and not np.isfinite(rounded):
-        raise ValueError(f"constant_: {val} overflows {array.dtype}")
+        raise ValueError(f"{who}: {val} overflows {array.dtype}")
     array.fill(rounded.item())
     return tensor
 
 
+def constant_(tensor, val: float):
+    """Fill with val in place (PyTorch's constant_). A finite val that overflows the dtype (float16
+    above 65504) is refused, as PyTorch does; inf and NaN are written."""
+    return _fill(tensor, val, "constant_")
+
+
 def ones_(tensor):
     """Fill with 1 in place (PyTorch's ones_)."""
-    return constant_(tensor, 1.0)
+    return _fill(tensor, 1.0, "ones_")
 
 
 def zeros_(tensor):
     """Fill with 0 in place (PyTorch's zeros_)."""
-    return constant_(tensor, 0.0)
+    return _fill(tensor, 0.0, "zeros_")
 
 
 def eye_(tensor):
