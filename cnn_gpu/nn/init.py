@@ -30,8 +30,8 @@ import warnings
 
 import numpy as np
 
-from ..backend import is_cupy_array
-from ..functional._checks import FLOAT_DTYPES
+from ..backend import array_module, is_cupy_array
+from ..functional._checks import FLOAT_DTYPES, real_number
 from .module import Parameter
 
 # A fixed start-up seed (PyTorch also starts from a fixed default seed): reproducible by default.
@@ -143,29 +143,17 @@ def _real(value, name: str, who: str) -> float:
 
 
 def _finite(value, name: str, who: str) -> float:
-    value = _real(value, name, who)
-    if not math.isfinite(value):
-        raise ValueError(f"{who}: {name} must be finite, got {value}")
-    return value
+    return real_number(value, f"{who}: {name}")
 
 
 def _std(value, who: str, name: str = "std") -> float:
-    value = _real(value, name, who)
-    if not value >= 0:   # NaN too
-        raise ValueError(f"{who}: {name} must be >= 0, got {value}")
-    if not math.isfinite(value):
-        raise ValueError(f"{who}: {name} must be finite, got {value}")
-    return value
+    return real_number(value, f"{who}: {name}", minimum=0.0)
 
 
 def _write(array, values):
     """values (host, array's shape) rounded to the array's dtype and written into it in place."""
     values = np.asarray(values).astype(array.dtype, copy=False)
-    if is_cupy_array(array):
-        import cupy
-        array[...] = cupy.asarray(values)
-    else:
-        array[...] = values
+    array[...] = array_module("cuda").asarray(values) if is_cupy_array(array) else values
 
 
 def _fans(array, who: str):
