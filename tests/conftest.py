@@ -1,5 +1,8 @@
 """Shared pytest fixtures, and the `gpu` mark of every test that needs a GPU."""
+import importlib
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +65,19 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+CUPY_SIM = Path(__file__).resolve().parent / "cupy_sim"
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    """tests/cupy_sim as `cupy` in this process, for one test."""
+    monkeypatch.syspath_prepend(str(CUPY_SIM))
+    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    module = importlib.import_module("cupy")
+    assert Path(module.__file__).is_relative_to(CUPY_SIM)
+    yield module
+    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
+        del sys.modules[name]

@@ -6,7 +6,6 @@ A cuda code path that hands a device array to NumPy, mixes a host array into dev
 reads a device value as an index or passes a kernel a host array fails here as on a GPU."""
 from __future__ import annotations
 
-import importlib
 import json
 import operator
 import os
@@ -23,19 +22,6 @@ from test_distributed import needs_mpi
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "tests" / "cupy_sim"
-
-
-@pytest.fixture
-def cupy(monkeypatch):
-    """The simulator as `cupy` in this process, for one test (nothing of cnn_gpu asks for it)."""
-    monkeypatch.syspath_prepend(str(SIM))
-    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
-        monkeypatch.delitem(sys.modules, name)
-    module = importlib.import_module("cupy")
-    assert Path(module.__file__).is_relative_to(SIM)
-    yield module
-    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
-        del sys.modules[name]
 
 
 def _values(cupy, shape=(2, 3), dtype=np.float32, seed=0):
@@ -201,8 +187,6 @@ def test_check_passes_on_the_simulator(mode):
     out = _passed(run_on_sim(["-m", "cnn_gpu", "check", "--device", "cuda", "--quick", *mode]))
     counts = re.search(r"(\d+) of (\d+) ops passed", out)
     assert counts and counts.group(1) == counts.group(2) and int(counts.group(2)) >= 18, out[-2000:]
-
-
 
 
 @needs_emu

@@ -9,12 +9,10 @@ Then in-place semantics (the same object, dtype and strides, a Parameter's .data
 CuPy path on tests/cupy_sim, and refusals that leave the array and the generator as they were."""
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +20,6 @@ import pytest
 from cnn_gpu import nn
 from cnn_gpu.nn import init
 
-SIM = Path(__file__).resolve().parent / "cupy_sim"
 SAMPLES = 10**6
 NONLINEARITIES = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                   "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
@@ -320,19 +317,6 @@ def test_seeding():
         a = fill(w(), rng=5)
         np.testing.assert_array_equal(fill(w(), rng=np.random.default_rng(5)), a)
         assert not np.array_equal(fill(w(), rng=6), a)
-
-
-@pytest.fixture
-def cupy(monkeypatch):
-    """tests/cupy_sim as `cupy`, for one test."""
-    monkeypatch.syspath_prepend(str(SIM))
-    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
-        monkeypatch.delitem(sys.modules, name)
-    module = importlib.import_module("cupy")
-    assert Path(module.__file__).is_relative_to(SIM)
-    yield module
-    for name in [m for m in sys.modules if m == "cupy" or m.startswith("cupy.")]:
-        del sys.modules[name]
 
 
 @pytest.mark.parametrize("name", sorted(INPLACE))
