@@ -1191,7 +1191,7 @@ def test_ctrl_c_interrupts_a_hung_kernel_promptly():
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=200)
     except subprocess.TimeoutExpired as expired:
         pytest.fail(f"the child ran past 200 s; it printed {expired.stdout!r}, {expired.stderr!r}")
-    assert done.stdout.split() == ["KeyboardInterrupt", "['interrupted']"], (done.stdout, done.stderr)
+    assert done.stdout.split() == ["KeyboardInterrupt", "['interrupted']"], f"{done.stdout!r}\n{done.stderr}"
 
 
 # --- the test kernels are CUDA, not a dialect of the emulator ----------------------------------
