@@ -325,28 +325,30 @@ def dirac_(tensor, groups: int = 1):
     return tensor
 
 
+def _xavier_std(array, gain, who: str) -> float:
+    """gain * sqrt(2 / (fan_in + fan_out)), after PyTorch's checks."""
+    gain = _std(gain, who, "gain")
+    fan_sum = sum(_fans(array, who))
+    return gain * math.sqrt(2.0 / fan_sum) if array.size else 0.0
+
+
 def xavier_uniform_(tensor, gain: float = 1.0, *, rng=None):
     """Glorot uniform in place (PyTorch's xavier_uniform_): U(-bound, bound) with
     bound = gain * sqrt(6 / (fan_in + fan_out))."""
-    who = "xavier_uniform_"
-    array = _target(tensor, who)
-    gain = _std(gain, who, "gain")
-    fan_sum = sum(_fans(array, who))
+    array = _target(tensor, "xavier_uniform_")
+    std = _xavier_std(array, gain, "xavier_uniform_")
     if array.size:
-        bound = math.sqrt(3.0) * gain * math.sqrt(2.0 / fan_sum)
-        _write(array, uniform(array.shape, bound, np.float64, generator(rng)))
+        _write(array, uniform(array.shape, math.sqrt(3.0) * std, np.float64, generator(rng)))
     return tensor
 
 
 def xavier_normal_(tensor, gain: float = 1.0, *, rng=None):
     """Glorot normal in place (PyTorch's xavier_normal_): N(0, std^2) with
     std = gain * sqrt(2 / (fan_in + fan_out))."""
-    who = "xavier_normal_"
-    array = _target(tensor, who)
-    gain = _std(gain, who, "gain")
-    fan_sum = sum(_fans(array, who))
+    array = _target(tensor, "xavier_normal_")
+    std = _xavier_std(array, gain, "xavier_normal_")
     if array.size:
-        _write(array, generator(rng).normal(0.0, gain * math.sqrt(2.0 / fan_sum), size=array.shape))
+        _write(array, generator(rng).normal(0.0, std, size=array.shape))
     return tensor
 
 

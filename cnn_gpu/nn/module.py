@@ -360,22 +360,20 @@ class Module:
         (PyTorch's)."""
         return self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
-    def add_module(self, name: str, module) -> None:
-        """setattr(self, name, module) for a name that need not be an identifier, as PyTorch's
-        (a Module or None; the checks of an assignment)."""
+    def _register(self, name: str, member, kind: type, what: str) -> None:
+        """setattr(self, name, member) for a `kind` or None under a name that need not be an
+        identifier (add_module, register_parameter: PyTorch's)."""
         if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"a module's name is a non-empty string without '.', got {name!r}")
-        if module is not None and not isinstance(module, Module):
-            raise TypeError(f"add_module takes a Module or None, got {type(module).__name__}")
-        setattr(self, name, module)
+            raise KeyError(f"a {what}'s name is a non-empty string without '.', got {name!r}")
+        if member is not None and not isinstance(member, kind):
+            raise TypeError(f"a {what} must be a {kind.__name__} or None, got {type(member).__name__}")
+        setattr(self, name, member)
+
+    def add_module(self, name: str, module) -> None:
+        self._register(name, module, Module, "module")
 
     def register_parameter(self, name: str, parameter) -> None:
-        """setattr(self, name, parameter) for a Parameter or None, as PyTorch's."""
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"a parameter's name is a non-empty string without '.', got {name!r}")
-        if parameter is not None and not isinstance(parameter, Parameter):
-            raise TypeError(f"register_parameter takes a Parameter or None, got {type(parameter).__name__}")
-        setattr(self, name, parameter)
+        self._register(name, parameter, Parameter, "parameter")
 
     def apply(self, fn):
         """fn(module) for every child module, depth first, then for this one (PyTorch's order, e.g.
