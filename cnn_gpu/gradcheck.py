@@ -148,7 +148,7 @@ def check_model(model, loss_fn, x, target, *, check_input=True, seed=0, **option
 
 
 def _check_model(model, loss_fn, x, target, check_input, seed, options):
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if getattr(p, "requires_grad", True)]   # a frozen one gets none
     model.zero_grad()
     loss_fn.forward(model(x), target)
     dx = model.backward(loss_fn.backward())

@@ -3,6 +3,7 @@ equivalence with one process at the doubled batch, bit-identical reruns, replica
 abort of the whole job when one rank fails."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -170,6 +171,23 @@ def test_two_ranks_match_one_process_with_the_doubled_batch(tmp_path, dtype, rto
         scale = np.abs(one[name]).max()
         assert np.abs(two[name] - one[name]).max() <= rtol * scale, name
         assert scale > 0, name
+
+
+@needs_mpi
+def test_a_frozen_layer_gets_no_reduced_gradient_and_stays_as_it_was(tmp_path):
+    done, out = run_script(tmp_path, 2, "float64", 8, 4, "frozen")
+    assert done.returncode == 0, done.stderr
+    trained, start = np.load(out), _train_steps().build(np.float64).state_dict()
+    for name in ("0.weight", "0.bias"):    # a reduced zero gradient would have decayed them
+        assert trained[name].tobytes() == start[name].tobytes(), name
+    assert not np.array_equal(trained["3.weight"], start["3.weight"])
+
+
+def _train_steps():
+    spec = importlib.util.spec_from_file_location("train_steps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @needs_mpi

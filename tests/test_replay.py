@@ -472,10 +472,12 @@ def _recorded_cnn_step():
     (lambda model, _: model.load_state_dict(model.state_dict()), "other parameter or buffer arrays"),
     (lambda model, _: model.to("numpy"), "runs on 'numpy' now"),
     (lambda _, math: cnn_gpu.set_math_mode(math), "math mode is now 'tf32'"),
+    # the recorded backward would still write the frozen weight's gradient, and the step train it
+    (lambda model, _: model[0].requires_grad_(False), "frozen or unfrozen since"),
 ])
 def test_a_replay_refuses_before_any_work_what_no_longer_fits_its_recording(change, refusal):
-    """A layer's mode, its parameter or buffer arrays (replaced by load_state_dict or Module.to)
-    and the math mode are what the recorded launches assumed: a replay checks them first."""
+    """A layer's mode, its parameter or buffer arrays (replaced by load_state_dict or Module.to),
+    which of its parameters train, and the math mode are what the recorded launches assumed: a replay checks them first."""
     model, *_, step = _recorded_cnn_step()
     before = [p.data.copy() for p in model.parameters()]
     step.replay()   # fine as recorded

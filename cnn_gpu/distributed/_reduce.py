@@ -95,8 +95,8 @@ def allreduce_sum(arrays) -> list:
 
 
 def allreduce_gradients(model, count=None):
-    """Replace every parameter's `.grad` by its mean over the ranks (a parameter without a gradient
-    counts as zeros). With `count` (this rank's number of samples in the batch), the mean is
+    """Replace every trained parameter's `.grad` by its mean over the ranks (a parameter without a
+    gradient counts as zeros; a frozen one, requires_grad False, is left alone). With `count` (this rank's number of samples in the batch), the mean is
     weighted by the counts, which keeps an uneven last batch equal to one big batch:
     sum_r count_r * grad_r / sum_r count_r, and the sum of the counts is returned (None without
     `count`). float16 gradients are reduced in FP32 (a loss-scaled gradient times a sample count
@@ -109,7 +109,7 @@ def allreduce_gradients(model, count=None):
     if w.size == 1:
         return count
     _refuse_in_recording()
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]   # a frozen one keeps no gradient
     grads = []
     for p in params:
         g = p.grad if p.grad is not None else backend.array_module(

@@ -100,6 +100,11 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
+def gradient_flags(bias, input_grad, weight_grad) -> tuple[bool, bool, bool]:
+    """A weighted op's backward's bias, input_grad and weight_grad: which gradients it returns."""
+    return flag(bias, "bias"), flag(input_grad, "input_grad"), flag(weight_grad, "weight_grad")
+
+
 def shape_tuple(shape, name: str, ndim: int) -> tuple[int, ...]:
     """A shape given as a sequence of `ndim` positive ints."""
     try:

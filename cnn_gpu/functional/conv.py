@@ -596,24 +596,27 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
 
 @takes_float16(kernels=True)
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bias=True, *, input_grad=True,
-                    backend=None):
+                    weight_grad=True, backend=None):
     """Gradients of conv2d: (dx, dweight, dbias); dbias is None when bias=False, dx None when
     input_grad=False (the network's first layer: its input needs no gradient, so its dgrad pass
-    is not run, as PyTorch skips it for an input without requires_grad). dy and dx have the
-    rank of x (unbatched (C, H, W) or a batch)."""
+    is not run, as PyTorch skips it for an input without requires_grad), dweight None when
+    weight_grad=False (a frozen weight: no wgrad pass). dy and dx have the rank of x (unbatched
+    (C, H, W) or a batch)."""
     _check_x_weight(x, weight)
     g = conv_geometry(as_batch(x)[0].shape, weight.shape, stride, padding, dilation, groups)
     _check_dy(dy, x, weight, g.y_shape)
     (x, unbatched), (dy, _) = as_batch(x), as_batch(dy)
-    bias, input_grad = _checks.flag(bias, "bias"), _checks.flag(input_grad, "input_grad")
+    bias, input_grad, weight_grad = _checks.gradient_flags(bias, input_grad, weight_grad)
     be = _backend.resolve(backend, dy, x, weight)
     if be == "numpy":
         dy_t, x_t, weight_t = _tf32_operands(dy, x, weight)
         dx = _input_grad(dy_t, weight_t, g) if input_grad else None
-        return _unbatched((dx, _weight_grad(dy_t, x_t, g), (_bias_grad(dy) if bias else None)), unbatched)
+        dw = _weight_grad(dy_t, x_t, g) if weight_grad else None
+        return _unbatched((dx, dw, (_bias_grad(dy) if bias else None)), unbatched)
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
     dx = _gpu_dgrad(be, dy, weight, g) if input_grad else None
-    return _unbatched((dx, _gpu_wgrad(be, dy, x, g), (_gpu_bgrad(be, dy) if bias else None)), unbatched)
+    dw = _gpu_wgrad(be, dy, x, g) if weight_grad else None
+    return _unbatched((dx, dw, (_gpu_bgrad(be, dy) if bias else None)), unbatched)
 
 
 @takes_float16(kernels=True)
@@ -640,22 +643,24 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 @takes_float16(kernels=True)
 def conv_transpose2d_backward(dy, x, weight, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
-                              bias=True, *, input_grad=True, backend=None):
+                              bias=True, *, input_grad=True, weight_grad=True, backend=None):
     """Gradients of conv_transpose2d: (dx, dweight, dbias); dbias is None when bias=False, dx None
-    when input_grad=False (as conv2d_backward). dy and dx have the rank of x."""
+    when input_grad=False, dweight None when weight_grad=False (as conv2d_backward). dy and dx
+    have the rank of x."""
     _check_x_weight(x, weight)
     g = conv_transpose_geometry(as_batch(x)[0].shape, weight.shape, stride, padding, output_padding, dilation,
                                 groups)
     _check_dy(dy, x, weight, g.x_shape)
     (x, unbatched), (dy, _) = as_batch(x), as_batch(dy)
-    bias, input_grad = _checks.flag(bias, "bias"), _checks.flag(input_grad, "input_grad")
+    bias, input_grad, weight_grad = _checks.gradient_flags(bias, input_grad, weight_grad)
     be = _backend.resolve(backend, dy, x, weight)
     # The roles of the underlying convolution swap: dy is its input, x its output gradient.
     if be == "numpy":
         dy_t, x_t, weight_t = _tf32_operands(dy, x, weight)
         dx = _forward(dy_t, weight_t, None, g) if input_grad else None
-        return _unbatched((dx, _weight_grad(x_t, dy_t, g), (_bias_grad(dy) if bias else None)), unbatched)
+        dw = _weight_grad(x_t, dy_t, g) if weight_grad else None
+        return _unbatched((dx, dw, (_bias_grad(dy) if bias else None)), unbatched)
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
     dx = _gpu_fprop(be, dy, weight, None, g) if input_grad else None
-    dw = _gpu_wgrad(be, x, dy, g)
+    dw = _gpu_wgrad(be, x, dy, g) if weight_grad else None
     return _unbatched((dx, dw, (_gpu_bgrad(be, dy) if bias else None)), unbatched)

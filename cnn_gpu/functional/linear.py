@@ -49,21 +49,22 @@ def linear(x, weight, bias=None, *, backend=None):
 
 
 @takes_float16(kernels="float32")
-def linear_backward(dy, x, weight, bias=True, *, input_grad=True, backend=None):
+def linear_backward(dy, x, weight, bias=True, *, input_grad=True, weight_grad=True, backend=None):
     """Gradients of linear: (dx, dweight, dbias); dbias is None when bias=False, dx None when
-    input_grad=False (as conv2d_backward). dy is (..., out_features) with the leading dimensions
+    input_grad=False, dweight None when weight_grad=False (as conv2d_backward). dy is (..., out_features) with the leading dimensions
     of x; dx has the shape of x."""
     _check(x, weight)
     _checks.array(dy, "dy")
     _checks.same_dtype("x", x, dy=dy)
     _checks.shape_is(dy, "dy", x.shape[:-1] + (weight.shape[0],), " (x's leading dimensions, out_features)")
-    bias, input_grad = _checks.flag(bias, "bias"), _checks.flag(input_grad, "input_grad")
+    bias, input_grad, weight_grad = _checks.gradient_flags(bias, input_grad, weight_grad)
     be = _backend.resolve(backend, dy, x, weight)
     x_shape = x.shape
     dy, x = _rows(be, dy, "dy"), _rows(be, x, "x")
     if be == "numpy":
         dx = (dy @ weight).reshape(x_shape) if input_grad else None
-        return dx, dy.T @ x, (dy.sum(axis=0) if bias else None)
+        return dx, (dy.T @ x if weight_grad else None), (dy.sum(axis=0) if bias else None)
     from ..gpu import linear as gpu_linear
-    dx, dw, db = gpu_linear.backward(be, dy, x, _checks.for_kernels(be, weight, "weight"), bias, input_grad)
+    dx, dw, db = gpu_linear.backward(be, dy, x, _checks.for_kernels(be, weight, "weight"), bias, input_grad,
+                                     weight_grad)
     return (None if dx is None else dx.reshape(x_shape)), dw, db

@@ -14,10 +14,10 @@ def forward(be, x, w, bias):
     return y
 
 
-def backward(be, dy, x, w, bias, input_grad=True):
+def backward(be, dy, x, w, bias, input_grad=True, weight_grad=True):
     xp = backend.array_module(be)
     dx = backend.device_call(xp.matmul, dy, w, takes_out=True) if input_grad else None
-    dw = backend.device_call(xp.matmul, dy.T, x, takes_out=True)
+    dw = backend.device_call(xp.matmul, dy.T, x, takes_out=True) if weight_grad else None
     db = None
     if bias:   # an empty batch contributes nothing (channel_sum takes no empty arrays)
         db = reduce.channel_sum(be, dy, dy.shape[0], dy.shape[1], 1) if dy.size else xp.zeros(dy.shape[1], dy.dtype)

@@ -10,12 +10,12 @@
     model.backward(loss_fn.backward())
 """
 from . import init, utils
-from .containers import Residual, Sequential
+from .containers import ModuleDict, ModuleList, Residual, Sequential
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, Flatten, Identity,
                      LeakyReLU, Linear, MaxPool2d, ReLU, Sigmoid, Tanh)
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 
-__all__ = ["init", "utils", "Module", "Parameter", "Sequential", "Residual", "Conv2d", "ConvTranspose2d", "Linear",
-           "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Flatten", "Identity", "CrossEntropyLoss",
-           "MSELoss", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d"]
+__all__ = ["init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict", "Conv2d",
+           "ConvTranspose2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Flatten",
+           "Identity", "CrossEntropyLoss", "MSELoss", "BatchNorm2d", "Dropout", "AdaptiveAvgPool2d"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from .. import functional as F
 from ..backend import device_call, module_of
 from .layers import BatchNorm2d, ReLU
-from .module import Module
+from .module import Module, trains
 
 
 def takes_input_grad(module) -> bool:
@@ -17,9 +18,10 @@ def takes_input_grad(module) -> bool:
 
 def needs_dy(module) -> bool:
     """Whether module.backward needs the real gradient of its output even where its input's is not
-    wanted: it has parameters, or holds a module whose backward does not take input_grad (a user's:
-    always asked for its input gradient). nn.Sequential hands the others dy None there."""
-    return any(True for _ in module.parameters()) or not all(map(takes_input_grad, module.modules()))
+    wanted: it has parameters to train (not frozen), or holds a module whose backward does not take
+    input_grad (a user's: always asked for its input gradient). nn.Sequential hands the others dy
+    None there, so a frozen start of a network runs no backward at all, as in PyTorch."""
+    return trains(module) or not all(map(takes_input_grad, module.modules()))
 
 
 def fuses_relu(layer, following) -> bool:
@@ -157,7 +159,7 @@ class Residual(Module):
         """dx, the sum of the gradients through the block and the shortcut. For nn.Sequential
         (hands_on_gradient_sum): `dy_addend`, a second summand of dy, added in the ReLU's backward
         pass where the ReLU is fused; `unsummed`, return the two gradients of x as a pair."""
-        if not input_grad and not needs_dy(self) and self._no_input_grad(input_grad):
+        if not input_grad and not needs_dy(self) and self._nothing_to_compute(input_grad):
             return None   # nothing to compute (dy may be None: nn.Sequential)
         (relu_output,) = self._saved_for_backward()
         if dy_addend is not None and (relu_output is None or not (dy.flags.c_contiguous and
@@ -176,3 +178,116 @@ class Residual(Module):
 def _sum(a, b):
     """a + b on their device (a device call: cnn_gpu.replay adds again into the same array)."""
     return device_call(module_of(a).add, a, b, takes_out=True)
+
+
+class ModuleList(Module):
+    """Modules held in a list, named "0", "1", ... (renumbered when one is inserted or deleted), as
+    PyTorch's: a module of one's own keeps its layers here and runs them in its forward, and its
+    backward runs them in reverse. It has no forward or backward of its own."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _renumber(self, modules: list) -> None:
+        for name in list(self._modules):
+            delattr(self, name)
+        for i, module in enumerate(modules):
+            self._register(str(i), module, Module, "module")
+
+    def _index(self, index: int) -> int:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"ModuleList indices are integers or slices, got {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for a ModuleList of {len(self)}")
+        return index % len(self)
+
+    def append(self, module):
+        self._register(str(len(self)), module, Module, "module")
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+    def insert(self, index: int, module) -> None:
+        modules = list(self)
+        modules.insert(index, module)
+        self._renumber(modules)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ModuleList(list(self)[index])
+        return self._modules[str(self._index(index))]
+
+    def __setitem__(self, index: int, module) -> None:
+        self._register(str(self._index(index)), module, Module, "module")
+
+    def __delitem__(self, index) -> None:
+        modules = list(self)
+        del modules[index if isinstance(index, slice) else self._index(index)]
+        self._renumber(modules)
+
+
+class ModuleDict(Module):
+    """Modules held by name in insertion order, as PyTorch's ModuleDict (no forward or backward of
+    its own)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str):
+        return self._modules[key]
+
+    def __setitem__(self, key: str, module) -> None:
+        self.add_module(key, module)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._modules:
+            raise KeyError(key)
+        delattr(self, key)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def pop(self, key: str):
+        module = self[key]
+        del self[key]
+        return module
+
+    def clear(self) -> None:
+        for key in list(self._modules):
+            del self[key]
+
+    def update(self, modules) -> None:
+        """Adds (or replaces) modules from a mapping or from (name, module) pairs."""
+        for key, module in modules.items() if isinstance(modules, Mapping) else modules:
+            self[key] = module

@@ -35,6 +35,12 @@ class _Weighted(Module):
     def _bias_data(self):
         return None if self.bias is None else self.bias.data
 
+    def _gradients_wanted(self, input_grad) -> dict:
+        """The backward op's flags for the gradients to compute: the input's where wanted, and
+        those of the parameters not frozen (requires_grad)."""
+        return dict(input_grad=input_grad, weight_grad=self.weight.requires_grad,
+                    bias=self.bias is not None and self.bias.requires_grad)
+
     def _accumulate(self, dweight, dbias) -> None:
         self.weight.accumulate_grad(dweight)
         if self.bias is not None:
@@ -83,9 +89,11 @@ class Conv2d(_Conv):
                         self.groups, backend=self.backend)
 
     def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
         x = self._saved_for_backward()
         dx, dweight, dbias = F.conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, self.dilation,
-                                               self.groups, bias=self.bias is not None, input_grad=input_grad,
+                                               self.groups, **self._gradients_wanted(input_grad),
                                                backend=self.backend)
         self._accumulate(dweight, dbias)
         return dx
@@ -114,10 +122,11 @@ class ConvTranspose2d(_Conv):
         return F.conv_transpose2d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
 
     def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
         x = self._saved_for_backward()
         dx, dweight, dbias = F.conv_transpose2d_backward(dy, x, self.weight.data, *self._conv_args(),
-                                                         bias=self.bias is not None, input_grad=input_grad,
-                                                         backend=self.backend)
+                                                         **self._gradients_wanted(input_grad), backend=self.backend)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -139,9 +148,11 @@ class Linear(_Weighted):
         return F.linear(x, self.weight.data, self._bias_data(), backend=self.backend)
 
     def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
         x = self._saved_for_backward()
-        dx, dweight, dbias = F.linear_backward(dy, x, self.weight.data, bias=self.bias is not None,
-                                               input_grad=input_grad, backend=self.backend)
+        dx, dweight, dbias = F.linear_backward(dy, x, self.weight.data, **self._gradients_wanted(input_grad),
+                                               backend=self.backend)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -168,7 +179,7 @@ class MaxPool2d(Module):
         return (y, indices) if self.return_indices else y
 
     def backward(self, dy, input_grad=True):
-        if self._no_input_grad(input_grad):
+        if self._nothing_to_compute(input_grad):
             return None
         indices, x_shape = self._saved_for_backward()
         # indices from its own forward are checked again only where the caller holds them too
@@ -201,7 +212,7 @@ class AvgPool2d(Module):
         return F.avg_pool2d(x, *self._pool_args(), backend=self.backend)
 
     def backward(self, dy, input_grad=True):
-        if self._no_input_grad(input_grad):
+        if self._nothing_to_compute(input_grad):
             return None
         return F.avg_pool2d_backward(dy, self._saved_for_backward(), *self._pool_args(), backend=self.backend)
 
@@ -222,7 +233,7 @@ class _Activation(Module):
         return self._forward(x, *self._params(), backend=self.backend)
 
     def backward(self, dy, input_grad=True):
-        if self._no_input_grad(input_grad):
+        if self._nothing_to_compute(input_grad):
             return None
         return self._backward(dy, self._saved_for_backward(), *self._params(), backend=self.backend)
 
@@ -279,7 +290,7 @@ class Identity(Module):
         return x
 
     def backward(self, dy, input_grad=True):
-        return None if self._no_input_grad(input_grad) else dy
+        return None if self._nothing_to_compute(input_grad) else dy
 
 
 class Flatten(Module):
@@ -301,7 +312,7 @@ class Flatten(Module):
         return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
 
     def backward(self, dy, input_grad=True):
-        if self._no_input_grad(input_grad):
+        if self._nothing_to_compute(input_grad):
             return None
         return dy.reshape(self._saved_for_backward())
 
@@ -367,8 +378,9 @@ class BatchNorm2d(Module):
 
     def backward(self, dy, input_grad=True):
         """The parameters' gradients come out of the same reductions as dx: input_grad=False
-        returns None but saves no work, but where there are none (affine=False): nothing to do."""
-        if not self.affine and self._no_input_grad(input_grad):   # dy may be None (nn.Sequential)
+        returns None but saves no work, but where there are none to train (affine=False, or
+        frozen): nothing to do."""
+        if self._nothing_to_compute(input_grad):   # dy may be None (nn.Sequential)
             return None
         x, mean, invstd, training, activation = self._saved_for_backward()
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
@@ -423,7 +435,7 @@ class Dropout(Module):
         self.step = np.array(int(self.step) + 1, np.int64)
 
     def backward(self, dy, input_grad=True):
-        if self._no_input_grad(input_grad):
+        if self._nothing_to_compute(input_grad):
             return None
         saved = self._saved_for_backward()
         if not saved:
@@ -449,7 +461,7 @@ class AdaptiveAvgPool2d(Module):
         return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
 
     def backward(self, dy, input_grad=True):
-        if self._no_input_grad(input_grad):
+        if self._nothing_to_compute(input_grad):
             return None
         return F.adaptive_avg_pool2d_backward(dy, self._saved_for_backward(), backend=self.backend)
 

@@ -19,7 +19,7 @@ import numpy as np
 from .. import backend as _backend
 from .. import replay
 from ..backend import device_call
-from ..functional._checks import FLOAT_DTYPES
+from ..functional._checks import FLOAT_DTYPES, flag
 
 
 class IncompatibleKeys(NamedTuple):
@@ -31,11 +31,13 @@ class IncompatibleKeys(NamedTuple):
 
 class Parameter:
     """A trainable array. `.grad` is None until a backward pass accumulates into it.
-    `.backend` is the backend set by `Module.to` (None: the one F chooses for the array)."""
+    `.requires_grad` False freezes it, as PyTorch's: backward passes leave its .grad alone (and
+    skip computing its gradient), so optimizers leave it alone too. `.backend` is the backend set
+    by `Module.to` (None: the one F chooses for the array)."""
 
-    __slots__ = ("data", "grad", "backend")
+    __slots__ = ("data", "grad", "backend", "_requires_grad")
 
-    def __init__(self, data, backend=None):
+    def __init__(self, data, requires_grad=True, *, backend=None):
         # a list or a tensor kept as given failed later and elsewhere (repr, the optimizer's step)
         if not (isinstance(data, np.ndarray) or _backend.is_cupy_array(data)) or data.dtype not in FLOAT_DTYPES:
             raise TypeError(f"a Parameter holds a float16, float32 or float64 NumPy or CuPy array, got "
@@ -44,6 +46,20 @@ class Parameter:
         self.data = data
         self.grad = None
         self.backend = backend
+        self.requires_grad = requires_grad
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value) -> None:
+        self._requires_grad = flag(value, "requires_grad")
+
+    def requires_grad_(self, requires_grad=True) -> "Parameter":
+        """Sets requires_grad in place and returns the parameter, as PyTorch's."""
+        self.requires_grad = requires_grad
+        return self
 
     @property
     def shape(self):
@@ -80,6 +96,9 @@ class Parameter:
             device_call(self.grad.fill, 0)
 
     def accumulate_grad(self, grad) -> None:
+        """Adds `grad` into .grad (binds it where None); nothing for a frozen parameter."""
+        if not self._requires_grad:
+            return
         if replay.first_time((self, "grad")):   # the recording's first touch of .grad: see _bound_as
             bound = self.grad
             replay.guard(lambda: self._bound_as(bound))
@@ -104,7 +123,8 @@ class Parameter:
                 f"replay)")
 
     def __repr__(self):
-        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+        frozen = "" if self._requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}{frozen})"
 
 
 def to_backend_array(array, backend: str):
@@ -173,6 +193,11 @@ def _paired(backward):
         finally:
             _BACKWARD.depth = depth
     return run
+
+
+def trains(module) -> bool:
+    """Whether `module` holds a parameter that requires a gradient."""
+    return any(parameter.requires_grad for parameter in module.parameters())
 
 
 class Module:
@@ -291,7 +316,8 @@ class Module:
             _FORWARD.depth = depth
         if guarded:   # a replay runs the launches of these settings and arrays (as forward left them)
             replay.guard(functools.partial(self._changed_since, self.training, self.backend,
-                                           self.__dict__.get("_version", 0), self._device_arrays()))
+                                           self.__dict__.get("_version", 0), self._device_arrays(),
+                                           self._gradients_required()))
         return output
 
     def _device_arrays(self) -> list:
@@ -300,7 +326,11 @@ class Module:
         return ([p.data for p in self._parameters.values() if p is not None]
                 + [b for name, b in self._buffers.items() if name not in self._host_buffers])
 
-    def _changed_since(self, training: bool, backend, version: int, arrays: list) -> str | None:
+    def _gradients_required(self) -> tuple:
+        """requires_grad of this module's own parameters: which gradients its backward computes."""
+        return tuple(p.requires_grad for p in self._parameters.values() if p is not None)
+
+    def _changed_since(self, training: bool, backend, version: int, arrays: list, required: tuple) -> str | None:
         """What a recording of this module's call no longer fits (cnn_gpu.replay), None if nothing."""
         if self.training != training:
             return f"{type(self).__name__} is in {'training' if self.training else 'eval'} mode now"
@@ -312,13 +342,15 @@ class Module:
         if len(now) != len(arrays) or any(a is not b for a, b in zip(now, arrays)):
             return (f"{type(self).__name__} has other parameter or buffer arrays now (load_state_dict, Module.to "
                     f"or an assignment replaces them)")
+        if self._gradients_required() != required:
+            return f"{type(self).__name__} has a parameter frozen or unfrozen since (requires_grad)"
         return None
 
-    def _no_input_grad(self, input_grad) -> bool:
-        """For a layer without parameters: whether its backward has nothing to do (no input
-        gradient wanted), after checking that forward ran."""
+    def _nothing_to_compute(self, input_grad) -> bool:
+        """Whether this layer's backward has nothing to do: no input gradient wanted and no
+        parameter to train (dy may then be None: nn.Sequential), after checking that forward ran."""
         self._saved_for_backward()
-        return not input_grad
+        return not input_grad and not trains(self)
 
     def _saved_for_backward(self):
         if self._saved is None:
@@ -413,6 +445,31 @@ class Module:
 
     # --- state ----------------------------------------------------------------------------------
 
+    def requires_grad_(self, requires_grad: bool = True):
+        """Freezes (False) or unfreezes every parameter, as PyTorch's; returns self."""
+        for parameter in self.parameters():
+            parameter.requires_grad = requires_grad
+        return self
+
+    def get_submodule(self, target: str) -> "Module":
+        """The module at dotted path `target` ("layer1.0.conv1"; "" is this one), as PyTorch's."""
+        module = self
+        for name in target.split(".") if target else ():
+            child = module._modules.get(name)
+            if child is None:
+                raise AttributeError(f"{type(module).__name__} has no submodule {name!r} (in {target!r})")
+            module = child
+        return module
+
+    def get_parameter(self, target: str) -> Parameter:
+        """The Parameter at dotted path `target` ("fc.weight"), as PyTorch's."""
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        parameter = module._parameters.get(name)
+        if parameter is None:
+            raise AttributeError(f"{type(module).__name__} has no parameter {name!r} (in {target!r})")
+        return parameter
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Every parameter's .grad None (or zeroed in place: set_to_none=False), as PyTorch."""
         for parameter in self.parameters():
@@ -487,10 +544,21 @@ class Module:
         """to(np.float64), as PyTorch's."""
         return self.to(dtype=np.float64)
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
         """Copies of the parameters and buffers as NumPy arrays, named like PyTorch's ("0.weight",
-        "1.running_mean")."""
-        return OrderedDict((name, to_host(array)) for name, _, _, _, array in self._named_state())
+        "1.running_mean"), each name after `prefix`, in `destination` (a new OrderedDict where
+        None), which is returned. keep_vars=True: the Parameters and buffer arrays themselves, not
+        copies (PyTorch's keyword-only arguments)."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
+        keep_vars = flag(keep_vars, "keep_vars")
+        state = OrderedDict() if destination is None else destination
+        for name, module, key, kind, array in self._named_state():
+            if keep_vars:
+                state[prefix + name] = module._parameters[key] if kind == "parameter" else array
+            else:
+                state[prefix + name] = to_host(array)
+        return state
 
     def load_state_dict(self, state: Mapping, strict: bool = True) -> IncompatibleKeys:
         """Copy `state` into the parameters and buffers as C-contiguous copies in their dtype,
@@ -523,6 +591,7 @@ class Module:
             if name not in state:
                 continue
             value = state[name]
+            value = value.data if isinstance(value, Parameter) else value   # state_dict(keep_vars=True)'s
             value = value.get() if _backend.is_cupy_array(value) else np.asarray(value)
             if value.shape != tuple(current.shape):
                 problems.append(f"{name}: shape {value.shape} in the state dict, {tuple(current.shape)} "

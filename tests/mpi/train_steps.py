@@ -4,7 +4,8 @@ argv: OUT DTYPE BATCH_PER_RANK STEPS [fault|hang|mismatch]. With "fault", rank 1
 second step, while rank 0 waits in the all-reduce; with "hang", rank 1 stops there for a minute
 (rank 0's collective timeout must end the job); with "mismatch", rank 1 builds a wider model
 ("unchecked": and the replica check and broadcast are skipped, so the all-reduce meets it);
-with "large", huge gradients are reduced (no overflow allowed).
+with "large", huge gradients are reduced (no overflow allowed); with "frozen", the convolution is
+frozen (requires_grad False) and SGD decays weights (a zero gradient would move it).
 With "broadcast", every rank builds its own BatchNorm model and broadcast_parameters makes them
 rank 0's (float and integer buffers alike); nothing trains."""
 import sys
@@ -66,7 +67,9 @@ def main():
     if mode != "unchecked":   # unchecked: the all-reduce itself must find the other model
         dist.check_replicas(model, {"lr": 0.1})
         dist.broadcast_parameters(model)
-    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if mode == "frozen":
+        model[0].requires_grad_(False)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01 if mode == "frozen" else 0)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = np.random.default_rng(11)
     done = 0
