@@ -537,6 +537,26 @@ def test_the_instrumented_build_faults_at_once_past_dynamic_shared_memory(store)
         "    if (store) d[threadIdx.x + offset] = 2.0f;" if store else "    else out[threadIdx.x] = d[threadIdx.x + offset];")
     assert info.value.thread == (31, 0, 0) and info.value.source.startswith(f"<code>:{line} ")
 
+@pytest.mark.parametrize("race", [False, True])
+@pytest.mark.parametrize("store", [0, 1])
+@pytest.mark.parametrize("offset, where", [
+    (100_000, "past the end of the 128 bytes of dynamic shared memory, at byte 400000"),  # past the capacity
+    (-1_000, "before the start of dynamic shared memory, at byte -4000"),
+    (-200_000, "before the start of dynamic shared memory, at byte -800000"),
+])
+def test_a_far_off_dynamic_shared_index_faults(offset, where, store, race):
+    """An index far outside dynamic shared memory (a wrong stride or sign: a GPU faults on it) lands
+    in an inaccessible zone of 1 MiB on either side instead of the library's other data, in the
+    plain and the instrumented build; the message says how far off it was."""
+    kernel = emu.RawModule(code=DYNAMIC_SHARED_PAST_END.replace("threadIdx.x + offset", "(int)threadIdx.x + offset")
+                           ).get_function("shifted")
+    out = np.zeros(32, np.float32)
+    with pytest.raises(emu.KernelFault, match=where) as info:
+        kernel((1,), (32,), (out, np.int32(offset), np.int32(store)), shared_mem=128, race=race)
+    assert info.value.kind == "shared memory overrun" and info.value.thread == (0, 0, 0)
+    kernel((1,), (32,), (out, np.int32(0), np.int32(store)), shared_mem=128, race=race)   # and in bounds, fine
+
+
 STATIC_SHARED_KERNELS = ("static_shared_offset", "template_shared_offset")
 
 

@@ -35,11 +35,13 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
 ABI_HEADER = HERE / "emu_abi.h"
 RUNTIME_SOURCE = HERE / "emu_runtime.cpp"
-GLUE_VERSION = "3"  # bump when the generated glue changes meaning
+GLUE_VERSION = "4"  # bump when the generated glue changes meaning
 
 # Largest dynamic shared memory a launch can ask for (H100's opt-in limit is 227 KB).
 DYNAMIC_SHARED_CAPACITY = 57 * 4096
 PAGE = 4096
+# The inaccessible zones before dynamic shared memory and after its capacity (emu_abi.h's)
+FAR_GUARD_BYTES = int(re.search(r"#define CNN_GPU_EMU_FAR_GUARD_BYTES (\d+)ULL", ABI_HEADER.read_text())[1])
 
 FLAGS = ("-O2", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-gdwarf-4",
          "-fvisibility=hidden", "-fno-optimize-sibling-calls", "-fno-threadsafe-statics",
@@ -537,7 +539,7 @@ def _glue(kernels: dict[str, list[tuple[str, str]]], dynamic_names: list[str], m
         '#line 1 "cnn_gpu_emu_glue"',
         'extern "C" {',
         f'__attribute__((visibility("hidden"), aligned({PAGE}))) char '
-        f'cnn_gpu_emu_dynamic_shared_storage[{DYNAMIC_SHARED_CAPACITY + PAGE}];',
+        f'cnn_gpu_emu_dynamic_shared_storage[{FAR_GUARD_BYTES + DYNAMIC_SHARED_CAPACITY + PAGE + FAR_GUARD_BYTES}];',
         'extern char __start_cnn_gpu_emu_shared[] __attribute__((weak, visibility("hidden")));',
         'extern char __stop_cnn_gpu_emu_shared[] __attribute__((weak, visibility("hidden")));',
         'extern const unsigned long long __start_cnn_gpu_emu_shared_guards[] __attribute__((weak, '
@@ -546,7 +548,7 @@ def _glue(kernels: dict[str, list[tuple[str, str]]], dynamic_names: list[str], m
         'visibility("hidden")));',
         '__attribute__((visibility("hidden"))) cnn_gpu_emu_module_state cnn_gpu_emu_module = {',
         '    nullptr, {0, 0, 0}, {1, 1, 1}, {1, 1, 1}, __start_cnn_gpu_emu_shared, __stop_cnn_gpu_emu_shared,',
-        f'    cnn_gpu_emu_dynamic_shared_storage, {DYNAMIC_SHARED_CAPACITY}ULL,',
+        f'    cnn_gpu_emu_dynamic_shared_storage + {FAR_GUARD_BYTES}, {DYNAMIC_SHARED_CAPACITY}ULL,',
         '    __start_cnn_gpu_emu_shared_guards, __stop_cnn_gpu_emu_shared_guards, nullptr, nullptr};',
         '__attribute__((visibility("default"))) cnn_gpu_emu_module_state* cnn_gpu_emu_module_state_of() {',
         '    return &cnn_gpu_emu_module; }',
@@ -554,7 +556,8 @@ def _glue(kernels: dict[str, list[tuple[str, str]]], dynamic_names: list[str], m
         '}',
     ]
     for name in dynamic_names:  # every extern __shared__ array is the one dynamic buffer
-        lines.append(f'asm(".globl {name}\\n.hidden {name}\\n.set {name}, cnn_gpu_emu_dynamic_shared_storage\\n");')
+        lines.append(f'asm(".globl {name}\\n.hidden {name}\\n.set {name}, cnn_gpu_emu_dynamic_shared_storage + '
+                     f'{FAR_GUARD_BYTES}\\n");')
     for name in kernels:
         lines.append(f'extern "C" __attribute__((visibility("default"))) void cnn_gpu_emu_entry_{name}('
                      f'void** cnn_gpu_emu_args) {{ cnn_gpu_emu::invoke(&{name}, cnn_gpu_emu_args); }}')

@@ -623,12 +623,18 @@ class Kernel:
             overrun = staging.overrun_argument(address) if staging else None
             dynamic = library.state.dynamic_shared or 0
             shared_guard = dynamic + (shared_mem + _build.PAGE - 1) // _build.PAGE * _build.PAGE
+            far_end = dynamic + _build.DYNAMIC_SHARED_CAPACITY + _build.PAGE + _build.FAR_GUARD_BYTES
             if overrun:
                 kind = "out-of-bounds access"
                 message = f"out-of-bounds access {overrun[1]} of argument {overrun[0]!r} ({name})"
-            elif settings["guard"] and shared_guard <= address < shared_guard + _build.PAGE:
+            elif settings["guard"] and shared_guard <= address < far_end:
                 kind = "shared memory overrun"
-                message = f"access past the end of the {shared_mem} bytes of dynamic shared memory ({name})"
+                message = (f"access past the end of the {shared_mem} bytes of dynamic shared memory, at byte "
+                           f"{address - dynamic} ({name})")
+            elif settings["guard"] and dynamic - _build.FAR_GUARD_BYTES <= address < dynamic:
+                kind = "shared memory overrun"
+                message = (f"access before the start of dynamic shared memory, at byte {address - dynamic} "
+                           f"({name})")
         elif desc.fault_kind == 9:
             if desc.race_region >= 2:
                 begin, _, name, itemsize = global_ranges[desc.race_region - 2]

@@ -6,6 +6,11 @@
 
 struct cnn_gpu_emu_uint3 { unsigned int x, y, z; };
 
+/* Inaccessible bytes before dynamic shared memory and after its capacity in a guarded launch: an
+ * index that is far off (a wrong stride, a negative offset) faults instead of reaching the
+ * library's other data. (A GPU's shared window is at most 228 KB: 1 MiB holds most such errors.) */
+#define CNN_GPU_EMU_FAR_GUARD_BYTES 1048576ULL
+
 /* What a kernel sees of the CUDA thread it runs as: first member of the runtime's fiber. */
 struct cnn_gpu_emu_thread {
     cnn_gpu_emu_uint3 thread_idx;
@@ -23,7 +28,8 @@ struct cnn_gpu_emu_module_state {
     cnn_gpu_emu_uint3 grid_dim;
     char* static_shared_begin;     /* the module's __shared__ arrays, for NaN poisoning */
     char* static_shared_end;
-    char* dynamic_shared;          /* page-aligned buffer behind every extern __shared__ array */
+    char* dynamic_shared;          /* page-aligned buffer behind every extern __shared__ array, with
+                                    * CNN_GPU_EMU_FAR_GUARD_BYTES before it and after its capacity */
     unsigned long long dynamic_shared_capacity;
     /* the guard zones around the __shared__ arrays: (offset from static_shared_begin, bytes) pairs
      * in address order, from the module's link (_build.shared_section_script) */

@@ -616,6 +616,15 @@ char* dynamic_guard_page(cnn_gpu_emu_module_state* m, unsigned long long shared_
     return m->dynamic_shared + ((shared_mem + kPage - 1) / kPage) * kPage;
 }
 
+// A guarded launch's inaccessible pages around dynamic shared memory: the far zone before it, and
+// everything from the page after the launch's bytes to the far zone's end after the capacity.
+bool protect_dynamic_shared_surroundings(cnn_gpu_emu_module_state* m, unsigned long long shared_mem, int prot) {
+    char* back = dynamic_guard_page(m, shared_mem);
+    char* end = m->dynamic_shared + m->dynamic_shared_capacity + kPage + CNN_GPU_EMU_FAR_GUARD_BYTES;
+    return mprotect(m->dynamic_shared - CNN_GPU_EMU_FAR_GUARD_BYTES, CNN_GPU_EMU_FAR_GUARD_BYTES, prot) == 0 &&
+           mprotect(back, (size_t)(end - back), prot) == 0;
+}
+
 // The first byte of [from, to) other than run[0], or nullptr (`run`: kRun copies of one byte; memcmp,
 // not a byte loop: the guard zones are checked after every block)
 constexpr size_t kRun = 4096;
@@ -1758,7 +1767,10 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
 
     bool guard = d->guard_shared && d->shared_mem <= m->dynamic_shared_capacity;
     char* guard_page = dynamic_guard_page(m, d->shared_mem);
-    if (guard && mprotect(guard_page, kPage, PROT_NONE) != 0) guard = false;
+    if (guard && !protect_dynamic_shared_surroundings(m, d->shared_mem, PROT_NONE)) {
+        protect_dynamic_shared_surroundings(m, d->shared_mem, PROT_READ | PROT_WRITE);
+        guard = false;
+    }
 
     unsigned int saved_csr = _mm_getcsr();
     unsigned int csr = d->flush_denormals ? (saved_csr | 0x8040u) : (saved_csr & ~0x8040u);
@@ -1893,7 +1905,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     remove_fault_handlers();
     sigaltstack(&previous_alt, nullptr);
     _mm_setcsr(saved_csr);
-    if (guard) mprotect(guard_page, kPage, PROT_READ | PROT_WRITE);
+    if (guard) protect_dynamic_shared_surroundings(m, d->shared_mem, PROT_READ | PROT_WRITE);
 
     if (d->fault_kind != CNN_GPU_EMU_OK) {
         memcpy(d->fault_block, L->block, sizeof L->block);
