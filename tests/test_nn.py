@@ -840,7 +840,11 @@ def test_to_unknown_or_unavailable_backend(monkeypatch):
     monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "CuPy sees no GPU" if name == "cuda" else "")
     with pytest.raises(RuntimeError, match="CuPy sees no GPU"):
         model.to("cuda")
+    with pytest.raises(RuntimeError, match="CuPy sees no GPU"):
+        model.cuda()                 # PyTorch's spelling
     assert model.to("numpy") is model and model.backend == "numpy"
+    assert model.to("emu").to("cpu") is model and model.backend == "numpy"   # PyTorch's "cpu": NumPy
+    assert model.to("emu").cpu() is model and model.backend == "numpy"
 
 
 def test_module_subclass_must_call_init():

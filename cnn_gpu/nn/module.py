@@ -487,7 +487,8 @@ class Module:
 
     def to(self, backend=None, dtype=None):
         """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays, all
-        C-contiguous) and run every later forward/backward there, and/or convert the parameters,
+        C-contiguous; "cpu" is "numpy", so PyTorch's `model.to("cuda" if ... else "cpu")` runs
+        unchanged) and run every later forward/backward there, and/or convert the parameters,
         their gradients and the float buffers to `dtype` (float16, float32 or float64; integer
         buffers such as counts keep theirs), as PyTorch's to(dtype); `to(np.float16)` converts
         alone. Saved activations are dropped. An optimizer's state made before follows at its next
@@ -497,6 +498,7 @@ class Module:
             backend, dtype = None, backend
         if backend is None and dtype is None:
             raise TypeError("to() takes a backend, a dtype or both")
+        backend = "numpy" if backend == "cpu" else backend
         if dtype is not None:
             try:
                 converted = np.dtype(dtype)
@@ -531,6 +533,14 @@ class Module:
                 if array is not None and name not in module._host_buffers:
                     setattr(module, name, moved(array))
         return self
+
+    def cuda(self):
+        """to("cuda"), as PyTorch's."""
+        return self.to("cuda")
+
+    def cpu(self):
+        """to("numpy"), PyTorch's CPU."""
+        return self.to("numpy")
 
     def half(self):
         """to(np.float16), as PyTorch's."""
