@@ -212,6 +212,10 @@ def test_module_list_indexing_renumbers_as_pytorch():
         layers["0"]
     with pytest.raises(TypeError, match="must be a Module"):
         layers.append(np.ones(2))
+    for bad, error in ((np.ones(2), TypeError), (relu, ValueError)):   # refused before any renumbering
+        with pytest.raises(error):
+            layers.insert(0, bad)
+        assert list(layers) == [linear, relu, sigmoid, tanh] and list(layers.state_dict()) == ["0.weight", "0.bias"]
     with pytest.raises(NotImplementedError):
         layers(np.ones(2))
 

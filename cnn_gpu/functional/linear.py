@@ -51,8 +51,8 @@ def linear(x, weight, bias=None, *, backend=None):
 @takes_float16(kernels="float32")
 def linear_backward(dy, x, weight, bias=True, *, input_grad=True, weight_grad=True, backend=None):
     """Gradients of linear: (dx, dweight, dbias); dbias is None when bias=False, dx None when
-    input_grad=False, dweight None when weight_grad=False (as conv2d_backward). dy is (..., out_features) with the leading dimensions
-    of x; dx has the shape of x."""
+    input_grad=False, dweight None when weight_grad=False (as conv2d_backward). dy is
+    (..., out_features) with the leading dimensions of x; dx has the shape of x."""
     _check(x, weight)
     _checks.array(dy, "dy")
     _checks.same_dtype("x", x, dy=dy)

@@ -213,6 +213,9 @@ class ModuleList(Module):
         return self
 
     def insert(self, index: int, module) -> None:
+        if not isinstance(module, Module):
+            raise TypeError(f"a module must be a Module, got {type(module).__name__}")
+        self._check_not_in_tree(None, module)   # before any renaming: a refusal changes nothing
         modules = list(self)
         modules.insert(index, module)
         self._renumber(modules)
