@@ -21,14 +21,14 @@ times an eager step's peak; README, "Replaying a step").
 Host state that changes from step to step is not baked in (`live`: Python run again at each
 replay): the optimizer's update (learning-rate schedules, Adam's step counts, momentum as an eager
 step), on the gradients then bound; zero_grad's unbinding and the backward's binding of each
-parameter's .grad; BatchNorm2d's and Dropout(p=0)'s call counts; GradScaler's scale, unscaling,
+parameter's .grad; batch norms' and Dropout(p=0)'s call counts; GradScaler's scale, unscaling,
 check, step or skip, and update. Only the library's device work is recorded: array operations of
 your own inside the block (NumPy on emu, CuPy on cuda) run once, when recording.
 
 Refused while recording (RuntimeError; ValueError for the C-order copy; the recording unusable),
 as a replay could not reproduce them: a loss read back as a float (use as_array=True), Dropout(p>0)
 in training mode, an explicit GradScaler.unscale_ (code between it and step() would not be
-replayed), BatchNorm2d with momentum=None, an all-reduce over ranks, the numpy backend (no
+replayed), a batch norm with momentum=None, an all-reduce over ranks, the numpy backend (no
 kernels), an input the emulator would have copied to C order, a layer's backward whose forward ran
 before the recording. Refused at replay, before any work (`guard`): a module called in the
 recording now in another mode (train()/eval()), on another backend, with an attribute assigned

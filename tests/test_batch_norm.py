@@ -1,6 +1,6 @@
-"""F.batch_norm / F.batch_norm_backward and nn.BatchNorm2d: direct formulas, PyTorch CPU, finite
-differences, the kernels on the emulator (a sweep, schedules with guard zones, races, bit-identical
-reductions, float32 robustness) and the layer's state against torch.nn.BatchNorm2d."""
+"""F.batch_norm / F.batch_norm_backward and nn.BatchNorm1d / nn.BatchNorm2d: direct formulas, PyTorch
+CPU, finite differences, the kernels on the emulator (a sweep, schedules with guard zones, races,
+bit-identical reductions, float32 robustness) and the layers' state against torch.nn's."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +12,7 @@ from cnn_gpu.gradcheck import check_op
 from helpers import assert_close, assert_same_bits, to_host
 
 DTYPES = (np.float64, np.float32)
+LAYER_SHAPES = [("BatchNorm2d", (4, 3, 5, 5)), ("BatchNorm1d", (4, 3, 5)), ("BatchNorm1d", (6, 3))]
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
@@ -142,19 +143,20 @@ def test_against_pytorch(dtype, count):
 
 
 @pytest.mark.torch
-def test_layer_matches_torch_over_steps():
+@pytest.mark.parametrize("layer, shape", LAYER_SHAPES)
+def test_layer_matches_torch_over_steps(layer, shape):
     """Several training steps (momentum 0.1 and the cumulative average), then eval: outputs, gradients,
-    running statistics, num_batches_tracked and the state_dict keys as torch.nn.BatchNorm2d."""
+    running statistics, num_batches_tracked and the state_dict keys as torch.nn's layer."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     for momentum in (0.1, None):
-        ours = nn.BatchNorm2d(3, momentum=momentum, dtype=np.float64)
-        theirs = torch.nn.BatchNorm2d(3, momentum=momentum, dtype=torch.float64)
+        ours = getattr(nn, layer)(3, momentum=momentum, dtype=np.float64)
+        theirs = getattr(torch.nn, layer)(3, momentum=momentum, dtype=torch.float64)
         ours.weight.data[:] = rng.standard_normal(3)
         with torch.no_grad():
             theirs.weight.copy_(torch.tensor(ours.weight.data))
         for step in range(4):
-            x, dy = rng.standard_normal((4, 3, 5, 5)) + step, rng.standard_normal((4, 3, 5, 5))
+            x, dy = rng.standard_normal(shape) + step, rng.standard_normal(shape)
             if step == 3:
                 ours.eval()
                 theirs.eval()
@@ -207,6 +209,109 @@ def test_layer_options_and_state_dict_round_trip():
             nn.BatchNorm2d(3, **bad)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 3), (4, 3, 6), (2, 3, 2, 3, 2)])
+def test_any_rank_from_2_matches_torch(be, dtype, shape):
+    """(N, C), (N, C, L) and (N, C, D, H, W) take the (N, C, H, W) kernels as (N, C, rest, 1):
+    training forward, running update and backward as torch.nn.functional.batch_norm."""
+    torch = pytest.importorskip("torch")
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+    rng = np.random.default_rng(14)
+    case = dict(x=(rng.standard_normal(shape) * 2 + 1).astype(dtype), dy=rng.standard_normal(shape).astype(dtype),
+                running_mean=rng.standard_normal(3).astype(dtype), running_var=(rng.random(3) + 0.5).astype(dtype),
+                weight=rng.standard_normal(3).astype(dtype), bias=rng.standard_normal(3).astype(dtype),
+                training=True, momentum=0.1, eps=1e-5, activation=None)
+    t = {k: (torch.tensor(v, requires_grad=k in ("x", "weight", "bias")) if isinstance(v, np.ndarray) else v)
+         for k, v in copy_case(case).items()}
+    y = torch.nn.functional.batch_norm(t["x"], t["running_mean"], t["running_var"], t["weight"], t["bias"], True,
+                                       0.1, 1e-5)
+    y.backward(torch.tensor(case["dy"]))
+    theirs = (y.detach().numpy(), t["x"].grad.numpy(), t["weight"].grad.numpy(), t["bias"].grad.numpy(),
+              t["running_mean"].numpy(), t["running_var"].numpy())
+    assert_results_close(run_case(case, be), theirs, dtype, f"{shape} on {be}")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_batch_norm1d_refuses_what_torch_refuses_before_any_launch(be, monkeypatch):
+    """BatchNorm1d takes (N, C) and (N, C, L) only, and in training more than one value per channel
+    (torch.nn.BatchNorm1d's checks); a refused call launches nothing and leaves the running
+    statistics as they were."""
+    torch = pytest.importorskip("torch")
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+    ours, theirs = nn.BatchNorm1d(3).to(be), torch.nn.BatchNorm1d(3)
+    launches = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *args: launches.append(args[3]) or real_launch(*args))
+    refused = [((3,), "2-D or 3-D"), ((2, 3, 2, 2), "2-D or 3-D"),
+               ((1, 3), "more than 1 value per channel"), ((1, 3, 1), "more than 1 value per channel")]
+    for shape, match in refused:
+        with pytest.raises(ValueError, match=match):
+            ours(np.zeros(shape, np.float32))
+        with pytest.raises(ValueError):
+            theirs(torch.zeros(shape))
+    assert launches == []
+    np.testing.assert_array_equal(ours.running_mean, 0)
+    np.testing.assert_array_equal(ours.running_var, 1)
+    for shape, training in (((1, 3, 2), True), ((1, 3), False), ((1, 3, 1), False)):   # taken, as torch takes them
+        ours.train(training)
+        theirs.train(training)
+        x = np.random.default_rng(15).standard_normal(shape).astype(np.float32)
+        assert_close(ours(x), theirs(torch.tensor(x)).detach().numpy(), np.float32, f"{shape} training={training}")
+    assert bool(launches) == (be != "numpy")   # the spy sees the kernels of the calls taken
+
+
+@pytest.mark.torch
+def test_batch_norm1d_state_dict_loads_into_torch_and_back():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(16)
+    ours = nn.BatchNorm1d(4, momentum=0.3, dtype=np.float64)
+    for step in range(2):
+        ours(rng.standard_normal((5, 4)) * 3 + step)
+    theirs = torch.nn.BatchNorm1d(4, momentum=0.3, dtype=torch.float64)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    back = nn.BatchNorm1d(4, dtype=np.float64)
+    back.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    x = rng.standard_normal((3, 4, 2))
+    for layer in (ours, theirs, back):
+        layer.eval()
+    expected = theirs(torch.from_numpy(x)).detach().numpy()
+    for layer in (ours, back):
+        assert_close(layer(x), expected, np.float64, "eval output")
+    assert int(back.num_batches_tracked) == 2 and back.num_batches_tracked.dtype == np.int64
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_linear_batch_norm1d_relu_head_runs_its_relu_inside_the_batch_norm(be, monkeypatch):
+    """Sequential(Linear, BatchNorm1d, ReLU, Linear), the usual MLP head: torch's values and
+    gradients, with the ReLU applied by the batch norm's kernels (its own forward never runs)."""
+    torch = pytest.importorskip("torch")
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+    rng = np.random.default_rng(17)
+    ours = nn.Sequential(nn.Linear(6, 4, dtype=np.float64, rng=rng), nn.BatchNorm1d(4, dtype=np.float64),
+                         nn.ReLU(), nn.Linear(4, 2, dtype=np.float64, rng=rng))
+    theirs = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                                 torch.nn.Linear(4, 2)).double()
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours.to(be)
+    monkeypatch.setattr(nn.ReLU, "forward", lambda self, x: pytest.fail("the ReLU ran apart"))
+    x, dy = rng.standard_normal((8, 6)), rng.standard_normal((8, 2))
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    yt.backward(torch.tensor(dy))
+    assert_close(y, yt.detach().numpy(), np.float64, "y")
+    assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, "dx")
+    grads = dict(ours.named_parameters())
+    for name, parameter in theirs.named_parameters():
+        assert_close(grads[name].grad, parameter.grad.numpy(), np.float64, name)
+
+
 # --- finite differences -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("training, activation", [(True, None), (False, None), (True, "relu")])
@@ -223,6 +328,22 @@ def test_finite_differences(training, activation):
     def backward(dy, x, weight, bias):
         return F.batch_norm_backward(dy, x, running_mean, running_var, weight, bias, training, 1e-5,
                                      activation=activation)
+
+    report = check_op(forward, backward, [x, weight, bias], names=["x", "weight", "bias"])
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+@pytest.mark.parametrize("shape", [(6, 2), (3, 2, 4), (2, 2, 2, 3, 2)])
+def test_finite_differences_of_other_ranks(shape):
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal(shape) * 2
+    weight, bias = rng.standard_normal(2), rng.standard_normal(2)
+
+    def forward(x, weight, bias):
+        return F.batch_norm(x, None, None, weight, bias, True)
+
+    def backward(dy, x, weight, bias):
+        return F.batch_norm_backward(dy, x, None, None, weight, bias, True)
 
     report = check_op(forward, backward, [x, weight, bias], names=["x", "weight", "bias"])
     assert report.max_rel_error < 1e-6, str(report)
@@ -562,10 +683,11 @@ def test_float32_statistics_have_no_cancellation(be):
 
 
 @needs_emu
-def test_layer_on_emu_matches_numpy():
+@pytest.mark.parametrize("layer, shape", LAYER_SHAPES)
+def test_layer_on_emu_matches_numpy(layer, shape):
     rng = np.random.default_rng(12)
-    x, dy = rng.standard_normal((4, 3, 5, 5)), rng.standard_normal((4, 3, 5, 5))
-    layers = {be: nn.BatchNorm2d(3, dtype=np.float64).to(be) for be in ("numpy", "emu")}
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    layers = {be: getattr(nn, layer)(3, dtype=np.float64).to(be) for be in ("numpy", "emu")}
     for be, layer in layers.items():
         layer.weight.data[:] = np.arange(1, 4)
     for mode in ("train", "eval"):

@@ -19,7 +19,7 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
 
 @dataclass(frozen=True)
 class WithReLU:
-    """A BatchNorm2d that runs the ReLU after it (nn.containers.fuses_relu)."""
+    """A batch norm that runs the ReLU after it (nn.containers.fuses_relu)."""
     layer: object
 
 
@@ -96,7 +96,7 @@ def leaf_layers(model, input_shape):
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
-        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.BatchNorm2d)):
+        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.layers._BatchNorm)):
             raise ValueError(f"no shape rule for layer {type(module).__name__}")
         leaves.append((module, shape, out, g))
         return out
@@ -160,8 +160,9 @@ def torch_mirror(model, torch):
             return tnn.LeakyReLU(m.negative_slope)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return tnn.AdaptiveAvgPool2d(m.output_size)
-        if isinstance(m, nn.BatchNorm2d):
-            return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
+            if isinstance(m, ours):
+                return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
         for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh)):
             if isinstance(m, ours):
                 return theirs()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from .. import functional as F
 from ..backend import device_call, module_of
-from .layers import BatchNorm2d, ReLU
+from .layers import BatchNorm1d, BatchNorm2d, ReLU
 from .module import Module, trains
 
 
@@ -29,7 +29,7 @@ def fuses_relu(layer, following) -> bool:
     residual connection (their own classes, not subclasses, whose forward may differ) is applied
     by the batch norm's kernels or with the residual addition (F.add_relu), saving the ReLU's pass
     over the activations and its launch forward, and on the batch norm its backward's too."""
-    return type(layer) in (BatchNorm2d, Residual) and type(following) is ReLU
+    return type(layer) in (BatchNorm1d, BatchNorm2d, Residual) and type(following) is ReLU
 
 
 def fused_relu_positions(layers) -> frozenset:
@@ -55,9 +55,9 @@ def _backward(module, dy, input_grad: bool):
 
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Indexable like a list; the
-    children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm2d or a Residual
-    runs inside it (fuses_relu), and a Residual's input gradient reaches the residual ReLU before
-    it unsummed (hands_on_gradient_sum): the same values, fewer passes."""
+    children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm1d, a BatchNorm2d
+    or a Residual runs inside it (fuses_relu), and a Residual's input gradient reaches the residual
+    ReLU before it unsummed (hands_on_gradient_sum): the same values, fewer passes."""
 
     def __init__(self, *layers):
         """Sequential(layer, ...), or Sequential(OrderedDict of names to layers), as PyTorch's."""

@@ -320,13 +320,17 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
-class BatchNorm2d(Module):
-    """Batch normalisation over (N, C, H, W) with PyTorch's arguments and state: weight (ones) and
+class _BatchNorm(Module):
+    """Batch normalisation over (N, C, *) with PyTorch's arguments and state: weight (ones) and
     bias (zeros) when affine; buffers running_mean (zeros), running_var (ones) and
     num_batches_tracked when track_running_stats. momentum=None averages cumulatively. A state
     dict without num_batches_tracked (as PyTorch's before 0.4.1) loads, keeping the count.
     num_batches_tracked stays a NumPy counter on every backend (Module._host_buffers): counted on
-    the device it would cost a launch a step, and a read (a synchronisation) with momentum=None."""
+    the device it would cost a launch a step, and a read (a synchronisation) with momentum=None.
+    The subclasses differ only in the input ranks they take, as PyTorch's (its _BatchNorm)."""
+
+    _input_ranks: tuple = ()
+    _expected_input = ""   # for the error on another rank
 
     _host_buffers = frozenset({"num_batches_tracked"})
     _defaults_for_missing_buffers = {"num_batches_tracked": None}
@@ -356,12 +360,13 @@ class BatchNorm2d(Module):
     def forward(self, x, *, activation=None):
         """activation="relu": the ReLU that follows, in the same pass (and its gradient in
         backward's); nn.Sequential asks for it where a ReLU follows this layer."""
-        if x.ndim != 4:
-            raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.ndim not in self._input_ranks:
+            raise ValueError(f"{type(self).__name__} expects {self._expected_input}, got shape {tuple(x.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             if self.momentum is None:   # cumulative moving average
-                replay.refuse("BatchNorm2d(momentum=None) in training (its averaging factor changes every step)")
+                replay.refuse(f"{type(self).__name__}(momentum=None) in training (its averaging factor changes "
+                              f"every step)")
                 factor = 1.0 / (int(self.num_batches_tracked) + 1)
             replay.live(self._count_batch)
         use_running = not self.training or self.track_running_stats
@@ -395,6 +400,21 @@ class BatchNorm2d(Module):
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation over (N, C) (a Linear's output) or (N, C, L): statistics per channel
+    over N (and L). See _BatchNorm."""
+
+    _input_ranks = (2, 3)
+    _expected_input = "a 2-D or 3-D input (N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, C, H, W): statistics per channel over N, H and W. See _BatchNorm."""
+
+    _input_ranks = (4,)
+    _expected_input = "a 4-D input (N, C, H, W)"
 
 
 class Dropout(Module):
