@@ -44,6 +44,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu) -> y
   batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu)
         -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance)
+  batch_norm.channel_sums(be, dy, x, mean, invstd) -> (2, C) sums of dy and dy * xhat in the compute type
   dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)

@@ -97,6 +97,31 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
     return y
 
 
+def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, relu):
+    """(dweight, dbias, sums) of a non-empty x, the arguments as the kernels take them: the channel
+    sums of g * xhat and g, and both in the compute type (sums: g's, then g * xhat's)."""
+    xp = backend.array_module(be)
+    n, channels, inner = _view(x)
+    dweight = xp.empty(channels, dtype=x.dtype)
+    dbias = xp.empty(channels, dtype=x.dtype)
+    sums = xp.empty(2 * channels, dtype=mean.dtype)
+    grid, partial, arrivals = _reduction(be, n, channels, inner, mean.dtype)
+    _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_backward_sums", grid, (THREADS,),
+                     (dy, x, mean, scale_source, weight, bias, dweight, dbias, sums,
+                      partial, arrivals, np.int64(n), np.int64(channels),
+                      np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, relu)))
+    return dweight, dbias, sums
+
+
+def channel_sums(be, dy, x, mean, invstd):
+    """The channel sums of dy and dy * xhat (xhat = (x - mean) * invstd), in the compute type: the
+    (2, C) array of backward's dbias and dweight before their rounding to x's dtype. x not empty."""
+    xp = backend.array_module(be)
+    weight, bias = _affine(xp, None, None, x.shape[1], x.dtype)
+    mean, invstd = _statistics(mean, invstd, x.dtype)
+    return _backward_sums(be, dy, x, mean, invstd, weight, bias, 0.0, False, False)[2].reshape(2, -1)
+
+
 def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu):
     """(dx, dweight, dbias); dweight and dbias are the channel sums of g * xhat and g."""
     xp = backend.array_module(be)
@@ -106,14 +131,7 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
     dx = xp.empty(x.shape, dtype=x.dtype)
     if x.size == 0:   # eval mode's empty batch: sums over no element
         return dx, xp.zeros(channels, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype)
-    dweight = xp.empty(channels, dtype=x.dtype)
-    dbias = xp.empty(channels, dtype=x.dtype)
-    sums = xp.empty(2 * channels, dtype=mean.dtype)   # of g and g * xhat, in the compute type
-    grid, partial, arrivals = _reduction(be, n, channels, inner, mean.dtype)
-    _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_backward_sums", grid, (THREADS,),
-                     (dy, x, mean, scale_source, weight, bias, dweight, dbias, sums,
-                      partial, arrivals, np.int64(n), np.int64(channels),
-                      np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, relu)))
+    dweight, dbias, sums = _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, relu)
     grid = _plane_grid(n, channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
                    (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
