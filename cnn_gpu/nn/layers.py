@@ -417,6 +417,48 @@ class BatchNorm2d(_BatchNorm):
     _expected_input = "a 4-D input (N, C, H, W)"
 
 
+class GroupNorm(Module):
+    """Group normalisation (F.group_norm) of (N, C, *) inputs with PyTorch's arguments and
+    parameters: weight (ones) and bias (zeros) when affine, bias=False leaving the bias out. No
+    running statistics: training and eval alike."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *, bias=True):
+        super().__init__()
+        self.num_groups = whole_number(num_groups, "num_groups")
+        self.num_channels = whole_number(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_channels ({self.num_channels}) must be divisible by num_groups ({self.num_groups})")
+        self.eps = real_number(eps, "eps", minimum=0.0)
+        self.affine = bool(affine)
+        dtype = _float_dtype(dtype)
+        self.weight = Parameter(np.ones(self.num_channels, dtype)) if self.affine else None
+        self.bias = Parameter(np.zeros(self.num_channels, dtype)) if self.affine and bias else None
+
+    def _affine(self):
+        return tuple(None if p is None else p.data for p in (self.weight, self.bias))
+
+    def forward(self, x):
+        y, mean, invstd = F.group_norm(x, self.num_groups, *self._affine(), self.eps, return_stats=True,
+                                       backend=self.backend)
+        self._saved = (x, mean, invstd)
+        return y
+
+    def backward(self, dy, input_grad=True):
+        """As BatchNorm2d's: the parameters' gradients come with dx."""
+        if not self.affine and self._no_input_grad(input_grad):   # dy may be None (nn.Sequential)
+            return None
+        x, mean, invstd = self._saved_for_backward()
+        dx, dweight, dbias = F.group_norm_backward(dy, x, self.num_groups, *self._affine(), self.eps, save_mean=mean,
+                                                   save_invstd=invstd, backend=self.backend)
+        for parameter, grad in ((self.weight, dweight), (self.bias, dbias)):
+            if parameter is not None:
+                parameter.accumulate_grad(grad)
+        return dx if input_grad else None
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
 class Dropout(Module):
     """Dropout with PyTorch's p; the mask of each training call comes from (seed, step) (see
     F.dropout) and `step` advances on every training call. seed=None draws the seed from the

@@ -1,0 +1,149 @@
+"""group_norm and its backward pass (torch.nn.functional.group_norm's semantics).
+
+x is (N, C, *); its C channels fall in num_groups groups of C / num_groups consecutive ones. Each
+(sample, group) is normalised over its channels and every trailing axis with its mean and biased
+variance, then scaled and shifted per channel: y = (x - mean) * (invstd * weight[c]) + bias[c]. No
+running statistics: training and eval alike.
+
+It is batch norm on views of x, and runs batch norm's code (the NumPy oracle's functions, the
+kernels of kernels/batch_norm.cu): x viewed as (1, N * G, C / G * rest) has a sample's group as
+a channel, whose batch statistics are the group's; the normalisation runs on x viewed as
+(1, N * C, rest), each (sample, channel) plane with its group's statistics and its channel's
+weight and bias, so y is rounded once. The backward takes the sums of dy and dy * xhat of each
+(sample, channel) plane, summed over the samples for dbias and dweight, and dx as batch norm's
+training backward, without affine, of dy * weight on the group view.
+
+float16: as batch_norm, statistics and sums in FP32, each output rounded once; on the kernels
+dy * weight is stored as float16 for the dx pass, one rounding more than PyTorch's.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend as _backend
+from . import _checks
+from ._float16 import takes_float16
+from .batch_norm import _channel_array, _invstd, _numpy_backward, _numpy_forward, _numpy_stats
+
+
+def _group_view(x, groups):
+    """(1, N * G, C / G * rest): each (sample, group) a channel."""
+    return x.reshape(1, x.shape[0] * groups, -1)
+
+
+def _plane_view(x):
+    """(1, N * C, rest): each (sample, channel) plane a channel."""
+    return x.reshape(1, x.shape[0] * x.shape[1], -1)
+
+
+def _per_plane(be, x, groups, mean, invstd, weight, bias):
+    """The group statistics repeated for each channel of the group and the affine parameters for
+    each sample: one value per channel of _plane_view(x)."""
+    xp = _backend.array_module(be)
+    n, per_group = x.shape[0], x.shape[1] // groups
+    repeated = [_backend.device_call(xp.repeat, a, per_group) for a in (mean, invstd)]
+    tiled = [None if a is None else _backend.device_call(xp.tile, a, n) for a in (weight, bias)]
+    return (*repeated, *tiled)
+
+
+def _check_common(x, num_groups, weight, bias, eps):
+    _checks.array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, C, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    groups = _checks.whole_number(num_groups, "num_groups")
+    if x.shape[1] % groups:
+        raise ValueError(f"the {x.shape[1]} channels of x must be divisible by num_groups ({groups})")
+    if x.size and x.size // groups == 1:   # PyTorch's check (its _verify_batch_size of N * C / G, *)
+        raise ValueError(f"expected more than 1 value per channel when training, got input of shape "
+                         f"{tuple(x.shape)}")
+    _channel_array(weight, "weight", x)
+    _channel_array(bias, "bias", x)
+    return groups, _checks.real_number(eps, "eps", minimum=0.0)
+
+
+def _group_statistic(a, name, x, groups):
+    """A saved statistic: (N, G) in x's dtype or the compute type, as group_norm returns them."""
+    if a is None:
+        return None
+    _checks.array(a, name, ndim=2)
+    _checks.shape_is(a, name, (x.shape[0], groups), " (one value per sample and group)")
+    if a.dtype != _backend.compute_dtype(x.dtype):
+        _checks.same_dtype("x", x, **{name: a})
+    return a.reshape(-1)
+
+
+@takes_float16(kernels=True, compute_outputs=2)
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, return_stats=False, backend=None):
+    """Group normalisation as torch.nn.functional.group_norm. Extension: return_stats=True returns
+    (y, mean, invstd), the (N, G) statistics of each sample's groups (in the compute type: float32
+    for float16 x), which group_norm_backward can reuse."""
+    groups, eps = _check_common(x, num_groups, weight, bias, eps)
+    be = _backend.resolve(backend, x, weight, bias)
+    xp = _backend.array_module(be)
+    stats_shape = (x.shape[0], groups)
+    if x.size == 0:   # as PyTorch: an empty y; the statistics of no element
+        y, mean = xp.empty(x.shape, x.dtype), xp.zeros(stats_shape, _backend.compute_dtype(x.dtype))
+        return (y, mean, xp.full(stats_shape, np.nan, mean.dtype)) if return_stats else y
+    if be == "numpy":
+        mean, variance = _numpy_stats(_group_view(x, groups))
+        invstd = _invstd(variance, eps)
+        y = _numpy_forward(_plane_view(x), *_per_plane(be, x, groups, mean, invstd, weight, bias), False)
+    else:
+        from ..gpu import batch_norm as gpu_bn
+        x, weight, bias = (_checks.for_kernels(be, a, name) for a, name in ((x, "x"), (weight, "weight"),
+                                                                            (bias, "bias")))
+        mean, invstd = gpu_bn.stats(be, _group_view(x, groups), None, None, 0.0, eps)
+        y = gpu_bn.forward(be, _plane_view(x), *_per_plane(be, x, groups, mean, invstd, weight, bias), eps, False,
+                           False)
+    y = y.reshape(x.shape)
+    return (y, mean.reshape(stats_shape), invstd.reshape(stats_shape)) if return_stats else y
+
+
+@takes_float16(kernels=True, compute_args=("save_mean", "save_invstd"))
+def group_norm_backward(dy, x, num_groups, weight=None, bias=None, eps=1e-5, *, save_mean=None, save_invstd=None,
+                        backend=None):
+    """Gradients of group_norm: (dx, dweight, dbias); dweight / dbias are None when weight / bias
+    are. The statistics are save_mean / save_invstd when given (group_norm(..., return_stats=True)),
+    otherwise recomputed from x."""
+    groups, eps = _check_common(x, num_groups, weight, bias, eps)
+    _checks.array(dy, "dy")
+    _checks.shape_is(dy, "dy", x.shape, " (the shape of x)")
+    _checks.same_dtype("x", x, dy=dy)
+    if (save_mean is None) != (save_invstd is None):
+        raise ValueError("give both save_mean and save_invstd, or neither")
+    save_mean = _group_statistic(save_mean, "save_mean", x, groups)
+    save_invstd = _group_statistic(save_invstd, "save_invstd", x, groups)
+    be = _backend.resolve(backend, dy, x, weight, bias, save_mean, save_invstd)
+    xp = _backend.array_module(be)
+    channels = x.shape[1]
+    if x.size == 0:   # sums over no element
+        zeros = [None if a is None else xp.zeros(channels, x.dtype) for a in (weight, bias)]
+        return (xp.empty(x.shape, x.dtype), *zeros)
+    if be != "numpy":
+        dy, x, weight, bias, save_mean, save_invstd = (
+            _checks.for_kernels(be, a, name) for a, name in (
+                (dy, "dy"), (x, "x"), (weight, "weight"), (bias, "bias"), (save_mean, "save_mean"),
+                (save_invstd, "save_invstd")))
+    channel_shape = (1, channels) + (1,) * (x.ndim - 2)
+    g = dy if weight is None else _backend.device_call(lambda: dy * weight.reshape(channel_shape))
+    if be == "numpy":
+        if save_mean is None:
+            mean, variance = _numpy_stats(_group_view(x, groups))
+            save_mean, save_invstd = mean, _invstd(variance, eps)
+        mean, invstd = _per_plane(be, x, groups, save_mean, save_invstd, None, None)[:2]
+        planes, dy_planes = _plane_view(x), _plane_view(dy)
+        xhat = (planes - mean[:, None]) * invstd[:, None]
+        sums = np.stack([dy_planes.sum(axis=(0, 2)), (dy_planes * xhat).sum(axis=(0, 2))])
+        dx = _numpy_backward(_group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None,
+                             True, False)[0]
+    else:
+        from ..gpu import batch_norm as gpu_bn
+        if save_mean is None:
+            save_mean, save_invstd = gpu_bn.stats(be, _group_view(x, groups), None, None, 0.0, eps)
+        mean, invstd = _per_plane(be, x, groups, save_mean, save_invstd, None, None)[:2]
+        sums = gpu_bn.channel_sums(be, _plane_view(dy), _plane_view(x), mean, invstd)
+        dx = gpu_bn.backward(be, _group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None,
+                             eps, False, True, False)[0]
+    dbias, dweight = (_backend.device_call(lambda s=s: s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype))
+                      for s in sums)
+    return dx.reshape(x.shape), (None if weight is None else dweight), (None if bias is None else dbias)
