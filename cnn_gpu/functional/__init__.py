@@ -29,6 +29,7 @@ from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
 from .batch_norm import batch_norm, batch_norm_backward
 from .dropout import dropout, dropout_backward
 from .group_norm import group_norm, group_norm_backward
+from .layer_norm import layer_norm, layer_norm_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
 from .loss import cross_entropy, mse_loss
@@ -40,6 +41,7 @@ __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "add_relu", "relu_backward_of_sum", "linear", "linear_backward", "cross_entropy",
     "mse_loss",
-    "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "dropout", "dropout_backward",
+    "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
+    "dropout", "dropout_backward",
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

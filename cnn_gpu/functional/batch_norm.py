@@ -20,6 +20,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
+from ._normalization import check_backward_arguments
 from .activation import relu_in_place, zero_where
 
 ACTIVATIONS = (None, "relu")
@@ -178,11 +179,7 @@ def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None
     gradient also flows through the batch statistics."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation,
                                   have_stats=save_mean is not None)
-    _checks.array(dy, "dy")
-    _checks.shape_is(dy, "dy", x.shape, " (the shape of x)")
-    _checks.same_dtype("x", x, dy=dy)
-    if (save_mean is None) != (save_invstd is None):
-        raise ValueError("give both save_mean and save_invstd, or neither")
+    check_backward_arguments(dy, x, save_mean, save_invstd)
     _channel_array(save_mean, "save_mean", x, compute_too=True)
     _channel_array(save_invstd, "save_invstd", x, compute_too=True)
     relu = activation == "relu"

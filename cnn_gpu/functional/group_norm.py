@@ -23,6 +23,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
+from ._normalization import check_backward_arguments, saved_statistic, statistics_of_nothing
 from .batch_norm import _channel_array, _invstd, _numpy_backward, _numpy_forward, _numpy_stats
 
 
@@ -61,17 +62,6 @@ def _check_common(x, num_groups, weight, bias, eps):
     return groups, _checks.real_number(eps, "eps", minimum=0.0)
 
 
-def _group_statistic(a, name, x, groups):
-    """A saved statistic: (N, G) in x's dtype or the compute type, as group_norm returns them."""
-    if a is None:
-        return None
-    _checks.array(a, name, ndim=2)
-    _checks.shape_is(a, name, (x.shape[0], groups), " (one value per sample and group)")
-    if a.dtype != _backend.compute_dtype(x.dtype):
-        _checks.same_dtype("x", x, **{name: a})
-    return a.reshape(-1)
-
-
 @takes_float16(kernels=True, compute_outputs=2)
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, return_stats=False, backend=None):
     """Group normalisation as torch.nn.functional.group_norm. Extension: return_stats=True returns
@@ -81,9 +71,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, return_stats=
     be = _backend.resolve(backend, x, weight, bias)
     xp = _backend.array_module(be)
     stats_shape = (x.shape[0], groups)
-    if x.size == 0:   # as PyTorch: an empty y; the statistics of no element
-        y, mean = xp.empty(x.shape, x.dtype), xp.zeros(stats_shape, _backend.compute_dtype(x.dtype))
-        return (y, mean, xp.full(stats_shape, np.nan, mean.dtype)) if return_stats else y
+    if x.size == 0:   # as PyTorch: an empty y
+        y = xp.empty(x.shape, x.dtype)
+        return (y, *statistics_of_nothing(xp, stats_shape, x.dtype)) if return_stats else y
     if be == "numpy":
         mean, variance = _numpy_stats(_group_view(x, groups))
         invstd = _invstd(variance, eps)
@@ -106,13 +96,9 @@ def group_norm_backward(dy, x, num_groups, weight=None, bias=None, eps=1e-5, *, 
     are. The statistics are save_mean / save_invstd when given (group_norm(..., return_stats=True)),
     otherwise recomputed from x."""
     groups, eps = _check_common(x, num_groups, weight, bias, eps)
-    _checks.array(dy, "dy")
-    _checks.shape_is(dy, "dy", x.shape, " (the shape of x)")
-    _checks.same_dtype("x", x, dy=dy)
-    if (save_mean is None) != (save_invstd is None):
-        raise ValueError("give both save_mean and save_invstd, or neither")
-    save_mean = _group_statistic(save_mean, "save_mean", x, groups)
-    save_invstd = _group_statistic(save_invstd, "save_invstd", x, groups)
+    check_backward_arguments(dy, x, save_mean, save_invstd)
+    save_mean, save_invstd = (saved_statistic(a, name, x, (x.shape[0], groups), "one value per sample and group")
+                              for a, name in ((save_mean, "save_mean"), (save_invstd, "save_invstd")))
     be = _backend.resolve(backend, dy, x, weight, bias, save_mean, save_invstd)
     xp = _backend.array_module(be)
     channels = x.shape[1]

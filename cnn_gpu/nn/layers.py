@@ -12,6 +12,7 @@ from .. import philox, replay
 from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
 from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
+from ..functional.layer_norm import normalized_shape_tuple
 from ..functional.pool import max_pool2d_backward_of_own_indices
 from . import init
 from .module import Module, Parameter
@@ -417,10 +418,38 @@ class BatchNorm2d(_BatchNorm):
     _expected_input = "a 4-D input (N, C, H, W)"
 
 
-class GroupNorm(Module):
+class _NormWithoutRunningStats(Module):
+    """GroupNorm's and LayerNorm's work: their functional op (`_op`, `_op_backward`) with the
+    layer's layout argument (`_layout`), optional weight and bias, and the forward's statistics
+    saved for the backward. No running statistics: training and eval alike."""
+
+    def _affine(self):
+        return tuple(None if p is None else p.data for p in (self.weight, self.bias))
+
+    def forward(self, x):
+        y, mean, invstd = self._op(x, self._layout(), *self._affine(), self.eps, return_stats=True,
+                                   backend=self.backend)
+        self._saved = (x, mean, invstd)
+        return y
+
+    def backward(self, dy, input_grad=True):
+        """As BatchNorm2d's: the parameters' gradients come with dx."""
+        if self.weight is None and self._no_input_grad(input_grad):   # dy may be None (nn.Sequential)
+            return None
+        x, mean, invstd = self._saved_for_backward()
+        dx, dweight, dbias = self._op_backward(dy, x, self._layout(), *self._affine(), self.eps, save_mean=mean,
+                                               save_invstd=invstd, backend=self.backend)
+        for parameter, grad in ((self.weight, dweight), (self.bias, dbias)):
+            if parameter is not None:
+                parameter.accumulate_grad(grad)
+        return dx if input_grad else None
+
+
+class GroupNorm(_NormWithoutRunningStats):
     """Group normalisation (F.group_norm) of (N, C, *) inputs with PyTorch's arguments and
-    parameters: weight (ones) and bias (zeros) when affine, bias=False leaving the bias out. No
-    running statistics: training and eval alike."""
+    parameters: weight (ones) and bias (zeros) when affine, bias=False leaving the bias out."""
+
+    _op, _op_backward = staticmethod(F.group_norm), staticmethod(F.group_norm_backward)
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *, bias=True):
         super().__init__()
@@ -434,29 +463,37 @@ class GroupNorm(Module):
         self.weight = Parameter(np.ones(self.num_channels, dtype)) if self.affine else None
         self.bias = Parameter(np.zeros(self.num_channels, dtype)) if self.affine and bias else None
 
-    def _affine(self):
-        return tuple(None if p is None else p.data for p in (self.weight, self.bias))
-
-    def forward(self, x):
-        y, mean, invstd = F.group_norm(x, self.num_groups, *self._affine(), self.eps, return_stats=True,
-                                       backend=self.backend)
-        self._saved = (x, mean, invstd)
-        return y
-
-    def backward(self, dy, input_grad=True):
-        """As BatchNorm2d's: the parameters' gradients come with dx."""
-        if not self.affine and self._no_input_grad(input_grad):   # dy may be None (nn.Sequential)
-            return None
-        x, mean, invstd = self._saved_for_backward()
-        dx, dweight, dbias = F.group_norm_backward(dy, x, self.num_groups, *self._affine(), self.eps, save_mean=mean,
-                                                   save_invstd=invstd, backend=self.backend)
-        for parameter, grad in ((self.weight, dweight), (self.bias, dbias)):
-            if parameter is not None:
-                parameter.accumulate_grad(grad)
-        return dx if input_grad else None
+    def _layout(self):
+        return self.num_groups
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
+
+
+class LayerNorm(_NormWithoutRunningStats):
+    """Layer normalisation (F.layer_norm) over the last axes, normalized_shape (an int or a
+    sequence), with PyTorch's arguments and parameters: weight (ones) and bias (zeros) of
+    normalized_shape when elementwise_affine, bias=False leaving the bias out."""
+
+    _op, _op_backward = staticmethod(F.layer_norm), staticmethod(F.layer_norm_backward)
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        super().__init__()
+        self.normalized_shape = normalized_shape_tuple(normalized_shape)
+        self.eps = real_number(eps, "eps", minimum=0.0)
+        self.elementwise_affine = bool(elementwise_affine)
+        dtype = _float_dtype(dtype)
+        affine = self.elementwise_affine
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if affine and bias else None
+
+    def _layout(self):
+        return self.normalized_shape
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
 
 
 class Dropout(Module):

@@ -1,0 +1,383 @@
+"""F.group_norm / F.layer_norm, their backward functions and nn.GroupNorm / nn.LayerNorm (batch
+norm's code on views of x): direct formulas, PyTorch CPU on numpy and on the emulated batch-norm
+kernels, float16, finite differences, the layers' state, replay, refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, nn
+from cnn_gpu import functional as F
+from cnn_gpu.gradcheck import check_op
+from helpers import assert_close, to_host
+
+BACKENDS = ["numpy", "emu"]
+KINDS = ["group", "layer"]
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def skip_unless(be):
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+
+
+def ops(kind):
+    """(forward, backward) of a kind; both take (x, layout, weight, bias, eps) as PyTorch's."""
+    return {"group": (F.group_norm, F.group_norm_backward), "layer": (F.layer_norm, F.layer_norm_backward)}[kind]
+
+
+def draw_case(rng, dtype, kind):
+    """x of rank 1 to 5 ((N, C, *) of rank 2 at least for group norm) and its layout: a group count
+    dividing C, or normalized_shape (an int or a tuple of x's last 1 to 3 axes); affine parameters
+    or not. 3 values a group or row at least: with 2, xhat is +-1 and dx a cancellation to 0 that
+    float32 leaves at 1e-5."""
+    shape = tuple(int(d) for d in rng.integers(1, 5, int(rng.integers(1 if kind == "layer" else 2, 6))))
+    if kind == "group":
+        layout = int(rng.integers(1, 4))
+        shape = (shape[0], layout * shape[1]) + shape[2:]
+        if np.prod(shape[1:]) // layout < 3:
+            shape = (shape[0], 3 * layout) + shape[2:]
+        parameter_shape = shape[1:2]
+    else:
+        axes = int(rng.integers(1, min(3, len(shape)) + 1))
+        if np.prod(shape[len(shape) - axes:]) < 3:
+            shape = shape[:-1] + (3,)
+        parameter_shape = shape[len(shape) - axes:]
+        layout = parameter_shape[0] if axes == 1 and rng.random() < 0.5 else parameter_shape
+    affine = rng.random() < 0.8
+    return dict(x=(rng.standard_normal(shape) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)).astype(dtype),
+                dy=rng.standard_normal(shape).astype(dtype), layout=layout,
+                weight=rng.standard_normal(parameter_shape).astype(dtype) if affine else None,
+                bias=rng.standard_normal(parameter_shape).astype(dtype) if affine and rng.random() < 0.8 else None,
+                eps=float(rng.choice([1e-5, 1e-3])))
+
+
+def run_case(case, be, kind):
+    """(y, dx, dweight, dbias) on `be`, the backward with the forward's statistics."""
+    forward, backward = ops(kind)
+    args = [case[k] for k in ("x", "layout", "weight", "bias", "eps")]
+    y, mean, invstd = forward(*args, return_stats=True, backend=be)
+    return (y, *backward(case["dy"], *args, save_mean=mean, save_invstd=invstd, backend=be))
+
+
+def torch_results(case, torch, kind):
+    """(y, dx, dweight, dbias) of torch.nn.functional's op in float64."""
+    t = {k: None if case[k] is None else torch.tensor(case[k].astype(np.float64), requires_grad=True)
+         for k in ("x", "weight", "bias")}
+    layout = case["layout"]
+    y = getattr(torch.nn.functional, f"{kind}_norm")(t["x"], layout if kind == "group" else np.atleast_1d(layout)
+                                                     .tolist(), t["weight"], t["bias"], case["eps"])
+    y.backward(torch.tensor(case["dy"].astype(np.float64)))
+    return (y.detach().numpy(), *(None if v is None else v.grad.numpy() for v in t.values()))
+
+
+def assert_results_close(got, expected, dtype, what):
+    for a, e, name in zip(got, expected, ("y", "dx", "dweight", "dbias")):
+        if e is None:
+            assert a is None, f"{what} {name}"
+        else:
+            assert_close(a, e.astype(dtype), dtype, f"{what} {name}")
+
+
+# --- direct formulas ----------------------------------------------------------------------------
+
+def test_group_norm_matches_the_formulas():
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((2, 6, 3, 2)) * 2 + 1, rng.standard_normal((2, 6, 3, 2))
+    weight, bias = rng.standard_normal(6), rng.standard_normal(6)
+    y, mean, invstd = F.group_norm(x, 3, weight, bias, 1e-3, return_stats=True)
+    dx, dweight, dbias = F.group_norm_backward(dy, x, 3, weight, bias, 1e-3)
+    expected_dweight, expected_dbias = np.zeros(6), np.zeros(6)
+    for n in range(2):
+        for g in range(3):
+            channels = slice(2 * g, 2 * g + 2)
+            xg, gw = x[n, channels], dy[n, channels] * weight[channels, None, None]
+            var = xg.var()
+            assert mean[n, g] == pytest.approx(xg.mean(), rel=1e-12)
+            assert invstd[n, g] == pytest.approx(1 / np.sqrt(var + 1e-3), rel=1e-12)
+            xhat = (xg - xg.mean()) / np.sqrt(var + 1e-3)
+            np.testing.assert_allclose(y[n, channels], xhat * weight[channels, None, None] + bias[channels, None, None],
+                                       rtol=1e-12, atol=1e-12)
+            expected_dx = (gw - gw.mean() - xhat * (gw * xhat).mean()) / np.sqrt(var + 1e-3)
+            np.testing.assert_allclose(dx[n, channels], expected_dx, rtol=1e-10, atol=1e-12)
+            expected_dweight[channels] += (dy[n, channels] * xhat).sum(axis=(1, 2))
+            expected_dbias[channels] += dy[n, channels].sum(axis=(1, 2))
+    np.testing.assert_allclose(dweight, expected_dweight, rtol=1e-12)
+    np.testing.assert_allclose(dbias, expected_dbias, rtol=1e-12)
+
+
+def test_layer_norm_matches_the_formulas():
+    rng = np.random.default_rng(10)
+    x, dy = rng.standard_normal((3, 2, 4, 5)) * 2 + 1, rng.standard_normal((3, 2, 4, 5))
+    weight, bias = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    y, mean, invstd = F.layer_norm(x, (4, 5), weight, bias, 1e-3, return_stats=True)
+    dx, dweight, dbias = F.layer_norm_backward(dy, x, (4, 5), weight, bias, 1e-3)
+    assert mean.shape == invstd.shape == (3, 2, 1, 1)
+    expected_dweight, expected_dbias = np.zeros((4, 5)), np.zeros((4, 5))
+    for row in np.ndindex(3, 2):
+        xr, gw = x[row], dy[row] * weight
+        xhat = (xr - xr.mean()) / np.sqrt(xr.var() + 1e-3)
+        assert mean[row] == pytest.approx(xr.mean(), rel=1e-12)
+        np.testing.assert_allclose(y[row], xhat * weight + bias, rtol=1e-12, atol=1e-12)
+        expected_dx = (gw - gw.mean() - xhat * (gw * xhat).mean()) / np.sqrt(xr.var() + 1e-3)
+        np.testing.assert_allclose(dx[row], expected_dx, rtol=1e-10, atol=1e-12)
+        expected_dweight += dy[row] * xhat
+        expected_dbias += dy[row]
+    np.testing.assert_allclose(dweight, expected_dweight, rtol=1e-12)
+    np.testing.assert_allclose(dbias, expected_dbias, rtol=1e-12)
+
+
+# --- PyTorch CPU --------------------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("dtype, count", [(np.float64, 40), (np.float32, 25)])
+def test_against_pytorch(kind, be, dtype, count):
+    torch = pytest.importorskip("torch")
+    skip_unless(be)
+    rng = np.random.default_rng(2)
+    ranks, no_affine_seen = set(), 0
+    for i in range(count):
+        case = draw_case(rng, dtype, kind)
+        what = f"case {i} {case['x'].shape} layout={case['layout']} on {be}"
+        expected = torch_results(case, torch, kind)
+        assert_results_close(run_case(case, be, kind), expected, dtype, what)
+        if case["weight"] is not None:   # the statistics recomputed from x give the same gradients
+            recomputed = ops(kind)[1](case["dy"], case["x"], case["layout"], case["weight"], None, case["eps"],
+                                      backend=be)
+            assert_close(recomputed[1], expected[2].astype(dtype), dtype, f"{what} recomputed")
+        ranks.add(case["x"].ndim)
+        no_affine_seen += case["weight"] is None
+    assert ranks == ({2, 3, 4, 5} if kind == "group" else {1, 2, 3, 4, 5}) and no_affine_seen
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("be", BACKENDS)
+def test_float16_is_within_an_ulp_of_the_largest_value_of_pytorchs_float64(kind, be):
+    """FP32 statistics and sums, each output rounded once; dx on the kernels from float16 dy * weight
+    (one rounding more): each within one float16 ulp of the largest value of the result."""
+    torch = pytest.importorskip("torch")
+    skip_unless(be)
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        case = draw_case(rng, np.float16, kind)
+        for got, expected in zip(run_case(case, be, kind), torch_results(case, torch, kind)):
+            if expected is not None:
+                assert got.dtype == np.float16
+                scale = max(1.0, np.abs(expected).max())   # as assert_close: no exact zeros asked
+                assert np.abs(to_host(got) - expected).max() <= 2 ** -10 * scale, f"case {i} {case['x'].shape}"
+
+
+@pytest.mark.parametrize("kind, layout, stats_shape", [("group", 2, (3, 2)), ("layer", 5, (3, 4, 1))])
+@pytest.mark.parametrize("be", BACKENDS)
+def test_the_statistics_are_returned_in_the_compute_type(kind, layout, stats_shape, be):
+    skip_unless(be)
+    x = np.random.default_rng(4).standard_normal((3, 4, 5)).astype(np.float16)
+    _, mean, invstd = ops(kind)[0](x, layout, return_stats=True, backend=be)
+    assert mean.shape == invstd.shape == stats_shape and mean.dtype == invstd.dtype == np.float32
+    rows = x.astype(np.float32).reshape(int(np.prod(stats_shape)), -1)
+    np.testing.assert_allclose(mean.ravel(), rows.mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+# --- finite differences -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, shape, layout", [("group", (3, 4, 5), 2), ("group", (2, 12), 3),
+                                                 ("group", (2, 4, 2, 3), 1), ("layer", (3, 4, 5), (4, 5)),
+                                                 ("layer", (4, 6), 6)])
+def test_finite_differences(kind, shape, layout):
+    forward_op, backward_op = ops(kind)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape) * 2
+    parameter_shape = shape[1:2] if kind == "group" else np.atleast_1d(layout)
+    weight, bias = rng.standard_normal(parameter_shape), rng.standard_normal(parameter_shape)
+
+    def forward(x, weight, bias):
+        return forward_op(x, layout, weight, bias)
+
+    def backward(dy, x, weight, bias):
+        return backward_op(dy, x, layout, weight, bias)
+
+    report = check_op(forward, backward, [x, weight, bias], names=["x", "weight", "bias"])
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+# --- the layers ---------------------------------------------------------------------------------
+
+LAYERS = [("GroupNorm", (2, 4), {}), ("GroupNorm", (2, 4), {"affine": False}), ("GroupNorm", (2, 4), {"bias": False}),
+          ("LayerNorm", ((4, 5),), {}), ("LayerNorm", (5,), {"elementwise_affine": False}),
+          ("LayerNorm", (5,), {"bias": False})]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("layer, args, options", LAYERS)
+def test_layer_matches_torch_and_its_state_dict_round_trips(be, layer, args, options):
+    torch = pytest.importorskip("torch")
+    skip_unless(be)
+    rng = np.random.default_rng(6)
+    ours = getattr(nn, layer)(*args, eps=1e-4, dtype=np.float64, **options)
+    theirs = getattr(torch.nn, layer)(*args, eps=1e-4, dtype=torch.float64, **options)
+    if ours.weight is not None:
+        ours.weight.data[...] = rng.standard_normal(ours.weight.shape)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert repr(ours) == repr(theirs)
+    ours.to(be)
+    for mode in ("train", "eval"):   # no running statistics: the same in both
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        ours.zero_grad()
+        theirs.zero_grad()
+        x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+        xt = torch.tensor(x, requires_grad=True)
+        yt = theirs(xt)
+        yt.backward(torch.tensor(dy))
+        assert_close(ours(x), yt.detach().numpy(), np.float64, mode)
+        assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, f"dx {mode}")
+        for name, parameter in theirs.named_parameters():
+            assert_close(getattr(ours, name).grad, parameter.grad.numpy(), np.float64, f"{name} {mode}")
+    fresh = getattr(nn, layer)(*args, dtype=np.float64, **options)
+    fresh.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    for key, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(value, ours.state_dict()[key])
+
+
+def test_layers_refuse_what_torch_refuses():
+    bad = [(lambda: nn.GroupNorm(4, 6), ValueError, r"num_channels \(6\) must be divisible by num_groups \(4\)"),
+           (lambda: nn.GroupNorm(0, 6), ValueError, "num_groups"),
+           (lambda: nn.GroupNorm(2, 6, eps=-1.0), ValueError, "eps"),
+           (lambda: nn.LayerNorm("4"), ValueError, "normalized_shape"),
+           (lambda: nn.LayerNorm(4.0), TypeError, "normalized_shape"),
+           (lambda: nn.LayerNorm(4, eps=float("nan")), ValueError, "eps")]
+    for make, error, match in bad:
+        with pytest.raises(error, match=match):
+            make()
+
+
+# --- argument checks ----------------------------------------------------------------------------
+
+def bad_calls(kind):
+    """(call, error, match) of arguments the op refuses, as PyTorch does where it has the argument."""
+    x = np.random.default_rng(7).standard_normal((2, 6, 3))
+    if kind == "group":
+        stats = np.zeros((2, 3))
+        return [
+            (lambda: F.group_norm(x[0, 0], 1), ValueError, "at least 2 dimensions"),
+            (lambda: F.group_norm(x, 4), ValueError, "divisible by num_groups"),
+            (lambda: F.group_norm(x, 0), ValueError, "num_groups"),
+            (lambda: F.group_norm(x, 3, np.ones(5)), ValueError, "weight"),
+            (lambda: F.group_norm(x, 3, None, np.ones(6, np.float32)), TypeError, "dtype"),
+            (lambda: F.group_norm(x[:1, :, :1], 6), ValueError, "more than 1 value per channel"),
+            (lambda: F.group_norm(x, 3, eps=-1.0), ValueError, "eps"),
+            (lambda: F.group_norm_backward(x[:1], x, 3), ValueError, "dy"),
+            (lambda: F.group_norm_backward(x, x, 3, save_mean=stats), ValueError, "both"),
+            (lambda: F.group_norm_backward(x, x, 3, save_mean=stats[:, :2], save_invstd=stats), ValueError,
+             "save_mean"),
+            (lambda: F.group_norm_backward(x, x, 3, save_mean=stats, save_invstd=stats.astype(np.float32)),
+             TypeError, "dtype")]
+    stats = np.zeros((2, 1, 1))
+    return [
+        (lambda: F.layer_norm(x, 4), ValueError, r"x must end with normalized_shape=\(4,\)"),
+        (lambda: F.layer_norm(x, ()), ValueError, "normalized_shape"),
+        (lambda: F.layer_norm(x, (1, 2, 6, 3)), ValueError, "normalized_shape"),
+        (lambda: F.layer_norm(x, [6, 3.0]), ValueError, "normalized_shape"),
+        (lambda: F.layer_norm(x, (6, 3), np.ones(3)), ValueError, "weight"),
+        (lambda: F.layer_norm(x, 3, None, np.ones(3, np.float32)), TypeError, "dtype"),
+        (lambda: F.layer_norm(x, 3, eps=-1.0), ValueError, "eps"),
+        (lambda: F.layer_norm_backward(x[:1], x, 3), ValueError, "dy"),
+        (lambda: F.layer_norm_backward(x, x, (6, 3), save_invstd=stats), ValueError, "both"),
+        (lambda: F.layer_norm_backward(x, x, (6, 3), save_mean=stats[:1], save_invstd=stats), ValueError,
+         "save_mean"),
+        (lambda: F.layer_norm_backward(x, x, (6, 3), save_mean=stats, save_invstd=stats.astype(np.float32)),
+         TypeError, "dtype")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("be", BACKENDS)
+def test_bad_arguments_are_refused_before_any_launch(kind, be, monkeypatch):
+    skip_unless(be)
+    launches = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *args: launches.append(args[3]) or real_launch(*args))
+    for call, error, match in bad_calls(kind):
+        with pytest.raises(error, match=match):
+            call()
+    assert launches == []
+    # taken: group norm's one value a channel where the batch gives more a group (PyTorch's check),
+    # layer norm's rows of one value
+    ops(kind)[0](np.ones((2, 6, 1)), 6 if kind == "group" else 1, backend=be)
+    assert bool(launches) == (be != "numpy")   # the spy sees the kernels of the calls taken
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 6, 3), (2, 6, 0)])
+def test_an_empty_input_gives_empty_results_and_zero_parameter_gradients(kind, be, shape):
+    torch = pytest.importorskip("torch")
+    skip_unless(be)
+    x = np.zeros(shape)
+    if kind == "group":
+        layout, parameters = 3, np.ones(6)
+        theirs = torch.native_group_norm(torch.from_numpy(x), None, None, shape[0], 6, shape[2], 3, 1e-5)
+    else:
+        layout, parameters = shape[2], np.ones(shape[2])
+        theirs = torch.native_layer_norm(torch.from_numpy(x), [shape[2]], None, None, 1e-5)
+    forward, backward = ops(kind)
+    y, mean, invstd = forward(x, layout, parameters, parameters, return_stats=True, backend=be)
+    assert y.shape == shape
+    np.testing.assert_array_equal(mean, theirs[1].numpy())
+    np.testing.assert_array_equal(invstd, theirs[2].numpy())
+    dx, dweight, dbias = backward(x, x, layout, parameters, parameters, backend=be)
+    assert dx.shape == shape and dweight.shape == parameters.shape
+    np.testing.assert_array_equal(dweight, 0)
+    np.testing.assert_array_equal(dbias, 0)
+
+
+@pytest.mark.parametrize("kind, layout", [("group", 2), ("layer", (4, 5))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_replayed_step_computes_its_new_inputs(kind, layout, dtype):
+    """Recorded (cnn_gpu.replay) and replayed on inputs overwritten in place: the eager results, bit
+    for bit (what the kernels do not compute, CuPy's work on the GPU, is device calls a replay
+    redoes)."""
+    from cnn_gpu import replay
+    skip_unless("emu")
+    rng = np.random.default_rng(9)
+    forward, backward = ops(kind)
+    parameter_shape = (4,) if kind == "group" else layout
+
+    def draw():
+        return [rng.standard_normal(shape).astype(dtype) for shape in ((3, 4, 5), (3, 4, 5), parameter_shape,
+                                                                        parameter_shape)]
+
+    def step(x, dy, weight, bias):
+        y, mean, invstd = forward(x, layout, weight, bias, return_stats=True, backend="emu")
+        return (y, *backward(dy, x, layout, weight, bias, save_mean=mean, save_invstd=invstd, backend="emu"))
+
+    inputs, new_inputs = draw(), draw()
+    with replay.record() as recorded:
+        outputs = step(*inputs)
+    for a, new in zip(inputs, new_inputs):
+        a[...] = new
+    recorded.replay()
+    for got, expected in zip(outputs, step(*new_inputs)):
+        np.testing.assert_array_equal(got, expected, strict=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_matches_numpy(kind, dtype):
+    import cupy
+    rng = np.random.default_rng(8)
+    for i in range(20):
+        case = draw_case(rng, dtype, kind)
+        on_gpu = {k: (cupy.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in case.items()}
+        first, second = run_case(on_gpu, "cuda", kind), run_case(on_gpu, "cuda", kind)
+        assert_results_close(first, run_case(case, "numpy", kind), dtype, f"case {i} on cuda")
+        for a, b in zip(first, second):   # batch norm's fixed-order reductions: the same bits every run
+            assert a is None or to_host(a).tobytes() == to_host(b).tobytes()
