@@ -434,7 +434,7 @@ class _NormWithoutRunningStats(Module):
 
     def backward(self, dy, input_grad=True):
         """As BatchNorm2d's: the parameters' gradients come with dx."""
-        if self.weight is None and self._no_input_grad(input_grad):   # dy may be None (nn.Sequential)
+        if self._nothing_to_compute(input_grad):   # dy may be None (nn.Sequential)
             return None
         x, mean, invstd = self._saved_for_backward()
         dx, dweight, dbias = self._op_backward(dy, x, self._layout(), *self._affine(), self.eps, save_mean=mean,
