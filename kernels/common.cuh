@@ -58,11 +58,13 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_LOG log
 #define REAL_TANH tanh
 #define REAL_SQRT sqrt
+#define REAL_ERFC erfc
 #else
 #define REAL_EXP expf
 #define REAL_LOG logf
 #define REAL_TANH tanhf
 #define REAL_SQRT sqrtf
+#define REAL_ERFC erfcf
 #endif
 
 // IEEE bit patterns (no <cmath> or <limits> under NVRTC), as acc_t; the float value converts

@@ -2,9 +2,13 @@
 //
 // Not a GEMM: memory-bound maps, one thread per element, 256-thread blocks and a grid-stride
 // loop over the 64-bit flat index (consecutive threads touch consecutive elements: coalesced).
-// Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh.
+// Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh/silu/gelu.
 // PyTorch's edge rules: relu(x) = 0 where x < 0, else x (NaN and -0 pass); relu'(x) = 0 where
 // x <= 0 (so a NaN x passes dy); leaky_relu'(x) = slope where x <= 0.
+// silu and gelu as cnn_gpu.functional.activation computes them, free of cancellation and of
+// overflow's inf * 0 at any finite x: gelu(x) = x erfc(-x / sqrt(2)) / 2 (not x (1 + erf) / 2, 0
+// for negative x), gelu_tanh(x) = x sigmoid(2u) (not x (1 + tanh(u)) / 2). At x = +-inf the
+// backward passes give NaN as PyTorch's do.
 // add_relu_forward: relu(a + b) in one pass, a residual block's output plus its shortcut and the
 // ReLU after them (nn.Residual, where nn.Sequential fuses the ReLU); its gradient is relu_backward
 // given the output, which is > 0 exactly where a + b is (NaN where it is NaN).
@@ -25,6 +29,18 @@
 __device__ __forceinline__ acc_t sigmoid_of(acc_t v)
 {
     return (acc_t)1 / ((acc_t)1 + REAL_EXP(-v));
+}
+
+// GELU's constants (cnn_gpu.functional.activation's): 1/sqrt(2), 1/sqrt(2 pi), and for the tanh form
+// 2u = 2 sqrt(2 / pi) (x + 0.044715 x^3)
+#define SQRT_HALF ((acc_t)0.7071067811865476)
+#define RSQRT_2PI ((acc_t)0.3989422804014327)
+#define TWO_SQRT_2_OVER_PI ((acc_t)1.5957691216057308)
+#define GELU_CUBIC ((acc_t)0.044715)
+
+__device__ __forceinline__ acc_t gelu_tanh_argument(acc_t v)
+{
+    return TWO_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v);
 }
 
 // Each kernel walks its elements with for_each_element (common.cuh): `load` reads an element's inputs
@@ -114,6 +130,68 @@ tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
         const acc_t t = REAL_TANH(to_acc(in.v[0]));
         dx[i] = to_real(to_acc(in.v[1]) * ((acc_t)1 - t * t));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+silu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v / ((acc_t)1 + REAL_EXP(-v)));   // exp overflowing for very negative v gives -0
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+silu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t s = sigmoid_of(v);
+        dx[i] = to_real(to_acc(in.v[1]) * (s * ((acc_t)1 + v * ((acc_t)1 - s))));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+gelu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v * (acc_t)0.5 * REAL_ERFC(v * -SQRT_HALF));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+gelu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t cdf = (acc_t)0.5 * REAL_ERFC(v * -SQRT_HALF);
+        const acc_t pdf = RSQRT_2PI * REAL_EXP((acc_t)-0.5 * v * v);   // 0 where v * v overflows
+        dx[i] = to_real(to_acc(in.v[1]) * (cdf + v * pdf));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+gelu_tanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v * sigmoid_of(gelu_tanh_argument(v)));
+    });
+}
+
+// d/dx x s(2u) = s + x s (1 - s) 2u', with x^3 s (1 - s) as x (x (x s (1 - s))): where s (1 - s) is 0,
+// v * v overflowing gives no inf * 0
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+gelu_tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t s = sigmoid_of(gelu_tanh_argument(v));
+        const acc_t x_slope = v * (s * ((acc_t)1 - s));
+        const acc_t slope = s + TWO_SQRT_2_OVER_PI * (x_slope + (acc_t)3 * GELU_CUBIC * v * (v * x_slope));
+        dx[i] = to_real(to_acc(in.v[1]) * slope);
     });
 }
 

@@ -305,6 +305,40 @@ def tanh_backward(dy, x):
     return _elementwise(lambda d, v: d * (1 - math.tanh(v) ** 2), dy, x)
 
 
+def silu(x):
+    return _elementwise(lambda v: v * _s(v), x)
+
+
+def silu_backward(dy, x):
+    return _elementwise(lambda d, v: d * (_s(v) + v * _s(v) * (1 - _s(v))), dy, x)
+
+
+# GELU in PyTorch's formulas: x Phi(x) with Phi(x) = (1 + erf(x / sqrt(2))) / 2, or its tanh form
+# 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3)
+
+def _phi(v):
+    return math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+
+
+def _gelu_u(v):
+    return math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)
+
+
+def gelu(x, approximate="none"):
+    if approximate == "tanh":
+        return _elementwise(lambda v: 0.5 * v * (1 + math.tanh(_gelu_u(v))), x)
+    return _elementwise(lambda v: v * (1 + math.erf(v / math.sqrt(2))) / 2, x)
+
+
+def gelu_backward(dy, x, approximate="none"):
+    if approximate == "tanh":
+        def slope(v):
+            t = math.tanh(_gelu_u(v))
+            return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * v * v)
+        return _elementwise(lambda d, v: d * slope(v), dy, x)
+    return _elementwise(lambda d, v: d * ((1 + math.erf(v / math.sqrt(2))) / 2 + v * _phi(v)), dy, x)
+
+
 # --- linear: a = b + W h (seed 003) ---------------------------------------------------------------
 
 def linear(x, w, b=None):

@@ -131,10 +131,11 @@ def test_numpy_oracle_within_one_ulp_where_fp32_rounds():
     most one float16 ulp from the float64 result."""
     rng = np.random.default_rng(20)
     x, dy = normal(rng, (4, 3, 5, 5), 3.0), normal(rng, (4, 3, 5, 5))
-    for name in ("sigmoid", "tanh"):
-        assert_rounded_once(getattr(F, name)(x), getattr(F, name)(x.astype(F64)), 1, name)
+    for name, options in (("sigmoid", {}), ("tanh", {}), ("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"})):
+        what = f"{name} {options}"
+        assert_rounded_once(getattr(F, name)(x, **options), getattr(F, name)(x.astype(F64), **options), 1, what)
         backward = getattr(F, f"{name}_backward")
-        assert_rounded_once(backward(dy, x), backward(*as64(dy, x)), 1, f"{name}_backward")
+        assert_rounded_once(backward(dy, x, **options), backward(*as64(dy, x), **options), 1, f"{what} backward")
     assert_rounded_once(F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
                         F.avg_pool2d(x.astype(F64), 3, 2, 1, count_include_pad=False), 1, "avg_pool2d / 9")
     assert_rounded_once(F.adaptive_avg_pool2d(x, 3), F.adaptive_avg_pool2d(x.astype(F64), 3), 1, "adaptive_avg_pool2d")
@@ -269,9 +270,10 @@ def test_elementwise_kernels(settings):
     x, dy = normal(rng, (3, 5, 17), 4.0), normal(rng, (3, 5, 17))
     x.flat[:4] = [0, -0.0, np.inf, -np.inf]
     with emu.checking(guard=True, **settings):
-        for name in ("relu", "leaky_relu", "sigmoid", "tanh"):
-            _compare(_on_both(getattr(F, name), x), name)
-            _compare(_on_both(getattr(F, f"{name}_backward"), dy, x), f"{name}_backward")
+        for name, options in (("relu", {}), ("leaky_relu", {}), ("sigmoid", {}), ("tanh", {}), ("silu", {}),
+                              ("gelu", {}), ("gelu", {"approximate": "tanh"})):
+            _compare(_on_both(getattr(F, name), x, **options), f"{name} {options}")
+            _compare(_on_both(getattr(F, f"{name}_backward"), dy, x, **options), f"{name} {options} backward")
         _compare(_on_both(F.linear, x[2], normal(rng, (4, 17)), normal(rng, (4,))), "linear")
         _compare(_on_both(F.linear_backward, dy[2, :, :4], x[2], normal(rng, (4, 17))), "linear_backward")
 

@@ -1,5 +1,6 @@
 """Every functional op, forward and backward, against the direct loops of reference_loops.py (the
 seeds' formulas), float64, relative error <= 1e-10."""
+import decimal
 import math
 import zlib
 
@@ -203,14 +204,53 @@ def test_avg_pool2d(case, divisor_override):
                   ref.avg_pool2d_backward(dy, x.shape, kernel, **geo))
 
 
-@pytest.mark.parametrize("name, args", [("relu", ()), ("leaky_relu", (0.2,)), ("sigmoid", ()), ("tanh", ())])
-def test_activation(name, args):
-    rng = rng_for("act", name)
+@pytest.mark.parametrize("name, args, options", [("relu", (), {}), ("leaky_relu", (0.2,), {}), ("sigmoid", (), {}),
+                                                 ("tanh", (), {}), ("silu", (), {}), ("gelu", (), {}),
+                                                 ("gelu", (), {"approximate": "tanh"})])
+def test_activation(name, args, options):
+    rng = rng_for("act", name, *options.values())   # the key of the cases without options as before
     x = rng.standard_normal((2, 3, 4, 5)) * 3
     x[0, 0, 0, :2] = (40.0, -40.0)   # saturated ends
     dy = rng.standard_normal(x.shape)
-    assert rel_ok(getattr(F, name)(x, *args), getattr(ref, name)(x, *args))
-    assert rel_ok(getattr(F, name + "_backward")(dy, x, *args), getattr(ref, name + "_backward")(dy, x, *args))
+    assert rel_ok(getattr(F, name)(x, *args, **options), getattr(ref, name)(x, *args, **options))
+    assert rel_ok(getattr(F, name + "_backward")(dy, x, *args, **options),
+                  getattr(ref, name + "_backward")(dy, x, *args, **options))
+
+
+def _smooth_activation_references(v):
+    """silu, gelu, gelu_tanh and their derivatives at float v, in 60-digit decimal arithmetic (no
+    cancellation or overflow: the references of the tails), gelu's Phi by math.erfc; the tanh form's
+    constant the float64 one the NumPy oracle uses, so that only evaluation errors count."""
+    with decimal.localcontext() as ctx:
+        ctx.prec, ctx.Emax, ctx.Emin = 60, decimal.MAX_EMAX, decimal.MIN_EMIN
+        x = decimal.Decimal(v)
+        sigmoid = 1 / (1 + (-x).exp())
+        cdf = decimal.Decimal(math.erfc(-v / math.sqrt(2)) / 2)
+        pdf = (-x * x / 2).exp() / decimal.Decimal(2 * math.pi).sqrt()
+        two_u = decimal.Decimal(1.5957691216057308) * (x + decimal.Decimal(0.044715) * x ** 3)
+        s = 1 / (1 + (-two_u).exp())
+        derivative_of_two_u = decimal.Decimal(1.5957691216057308) * (1 + 3 * decimal.Decimal(0.044715) * x * x)
+        return {"silu": (x * sigmoid, sigmoid * (1 + x * (1 - sigmoid))),
+                "gelu": (x * cdf, cdf + x * pdf),
+                "gelu_tanh": (x * s, s + x * s * (1 - s) * derivative_of_two_u)}
+
+
+@pytest.mark.parametrize("name, options", [("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"})])
+def test_smooth_activation_tails_element_by_element(name, options):
+    """The float64 oracle of silu and gelu far out in both tails, each element to 1e-12 relative of
+    60-digit references wherever they are normal numbers: no cancellation (gelu as x (1 + erf) / 2
+    is 0 below x = -8.4, PyTorch's result), no overflow's inf * 0. Away from the derivatives' zeros
+    (|x| >= 3), where relative error is the measure."""
+    x = np.concatenate([-np.geomspace(3, 800, 400), np.geomspace(3, 800, 400)])
+    key = "gelu_tanh" if options else name
+    references = [_smooth_activation_references(v)[key] for v in x.tolist()]
+    dy = np.ones_like(x)
+    for i, got in enumerate((getattr(F, name)(x, **options), getattr(F, name + "_backward")(dy, x, **options))):
+        expected = np.array([float(r[i]) for r in references])
+        normal = np.abs(expected) >= np.finfo(np.float64).tiny
+        assert normal.sum() > 300 and (np.abs(got[~normal]) < np.finfo(np.float64).tiny).all()
+        relative = np.abs(got[normal] - expected[normal]) / np.abs(expected[normal])
+        assert relative.max() <= 1e-12, f"{name} {options} output {i}: x={x[normal][np.argmax(relative)]}"
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -43,6 +43,10 @@ OPS = {
     "sigmoid": (F.sigmoid, F.sigmoid_backward, [randn(3, 4) * 3]),
     "tanh": (F.tanh, F.tanh_backward, [randn(3, 4) * 2]),
     "linear": (F.linear, lambda dy, x, w, b: F.linear_backward(dy, x, w), [randn(4, 5), randn(3, 5), randn(3)]),
+    "silu": (F.silu, F.silu_backward, [randn(3, 4) * 3]),
+    "gelu": (F.gelu, F.gelu_backward, [randn(3, 4) * 3]),
+    "gelu tanh": (lambda x: F.gelu(x, approximate="tanh"), lambda dy, x: F.gelu_backward(dy, x, approximate="tanh"),
+                  [randn(3, 4) * 3]),
 }
 
 

@@ -258,7 +258,7 @@ def test_pool_refuses_planes_beyond_int32():
 # --- element-wise -------------------------------------------------------------------------------
 
 ACTIVATIONS = [("relu", (), ()), ("leaky_relu", (0.2,), (0.2,)), ("leaky_relu", (), ()),
-               ("sigmoid", (), ()), ("tanh", (), ())]
+               ("sigmoid", (), ()), ("tanh", (), ()), ("silu", (), ()), ("gelu", (), ())]
 ELEMENTWISE_SHAPES = [(7,), (3, 4, 5, 6), (1000,), (2, 3, 17, 13)]
 
 
@@ -278,6 +278,60 @@ def test_activations(name, forward_args, backward_args, dtype):
                      dtype, what)
         assert_close(backward(dy, x, *backward_args, backend="emu"),
                      backward(dy, x, *backward_args, backend="numpy"), dtype, what + " backward")
+
+
+# silu and gelu at the ends of their range: saturation, exp and x^3 overflowing, erfc underflowing
+SMOOTH_ACTIVATION_EDGES = [-1e30, -1e4, -800.0, -100.0, -40.0, -10.0, -5.0, -1.0, -1e-3, -0.0, 0.0, 1e-3, 1.0, 5.0,
+                           10.0, 40.0, 100.0, 800.0, 1e4, 1e30]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("name, options", [("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"})])
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@guarded
+def test_smooth_activations_against_float64(be, name, options, dtype):
+    """silu and gelu (both forms) on each backend and dtype against the float64 NumPy oracle, element
+    by element, up to the edges of each dtype's range, and never NaN or inf at a finite x. Relative
+    error within tolerance(dtype) (float16: of its FP32 math, plus one float16 ulp of rounding),
+    times 1 + |x| for negative x, where exp(-x^2 / 2), exp(x) and the rounding of x / sqrt(2) or of
+    u scale the error of any FP32 or FP64 evaluation by up to ~x^2 ulps; absolute, relative to dy,
+    for the backward passes at |x| < 4, around the zeros of the derivatives; and results within
+    1 / tolerance of the smallest normal number may lose it all to underflowing intermediates
+    (sigmoid(2u) far below gelu_tanh's x^3 sigmoid(2u)) or flush to zero (the float32 kernels' -ftz)."""
+    forward, backward = getattr(F, name), getattr(F, f"{name}_backward")
+    rng = np.random.default_rng(8)
+    with np.errstate(over="ignore"):   # float16: the largest edges become inf, left out
+        x = np.concatenate([SMOOTH_ACTIVATION_EDGES, rng.standard_normal(2000) * 4]).astype(dtype)
+    x = x[np.isfinite(x)]
+    dy = rng.uniform(0.5, 2.0, x.shape).astype(dtype)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    computed = np.float32 if dtype == np.float16 else dtype
+    for what, got, exact, cancelling in (
+            ("forward", forward(x, **options, backend=be), forward(x64, **options), 0.0),
+            ("backward", backward(dy, x, **options, backend=be), backward(dy64, x64, **options),
+             dy64 * (np.abs(x64) < 4))):
+        assert got.dtype == dtype and np.isfinite(got).all(), f"{what}: not finite at x={x[~np.isfinite(got)]}"
+        scale = np.maximum(np.abs(exact) * (1 - np.minimum(x64, 0)), cancelling)
+        tolerated = tolerance(computed) * scale + np.finfo(computed).tiny / tolerance(computed)
+        if dtype == np.float16:
+            tolerated += np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+        excess = np.abs(got.astype(np.float64) - exact) - tolerated
+        assert (excess <= 0).all(), f"{name} {options} {what}: x={x[np.argmax(excess)]}"
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda x: F.silu(x.astype(np.int64), backend="emu"), TypeError),
+    (lambda x: F.silu_backward(x[:1], x, backend="emu"), ValueError),
+    (lambda x: F.gelu_backward(x.astype(np.float32), x, backend="emu"), TypeError),
+    (lambda x: F.gelu(x, approximate="exact", backend="emu"), ValueError),
+    (lambda x: F.gelu_backward(x, x, approximate=None, backend="emu"), TypeError),
+])
+def test_smooth_activations_refuse_bad_inputs_before_any_launch(call, error, monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError(f"launched {args[3]}")
+    monkeypatch.setattr(backend, "launch", no_launch)
+    with pytest.raises(error):
+        call(np.ones((2, 3)))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -315,6 +369,8 @@ def test_zero_dimensional_inputs_give_zero_dimensional_arrays_of_their_dtype(dty
         "relu_backward": lambda be: F.relu_backward(dy, x, backend=be),
         "sigmoid_backward": lambda be: F.sigmoid_backward(dy, x, backend=be),
         "tanh_backward": lambda be: F.tanh_backward(dy, x, backend=be),
+        "silu": lambda be: F.silu(x, backend=be), "silu_backward": lambda be: F.silu_backward(dy, x, backend=be),
+        "gelu": lambda be: F.gelu(x, backend=be), "gelu_backward": lambda be: F.gelu_backward(dy, x, backend=be),
         "leaky_relu_backward": lambda be: F.leaky_relu_backward(dy, x, 0.1, backend=be),
         "add_relu": lambda be: F.add_relu(x, other, backend=be),
         "relu_backward_of_sum": lambda be: F.relu_backward_of_sum(dy, x, other, backend=be),

@@ -354,7 +354,15 @@ ACTIVATIONS = {
     "leaky_relu": (TF.leaky_relu, lambda rng: (float(rng.uniform(0.0, 0.5)),)),
     "sigmoid": (torch.sigmoid, lambda rng: ()),
     "tanh": (torch.tanh, lambda rng: ()),
+    "silu": (TF.silu, lambda rng: ()),
+    "gelu": (TF.gelu, lambda rng: ()),
+    "gelu_tanh": (lambda x: TF.gelu(x, approximate="tanh"), lambda rng: ()),
 }
+
+
+def ours_of(name):
+    """Our op of an ACTIVATIONS name and its options (gelu_tanh: gelu's tanh form)."""
+    return ("gelu", {"approximate": "tanh"}) if name == "gelu_tanh" else (name, {})
 
 
 def draw_elementwise(rng):
@@ -375,13 +383,43 @@ def test_activation_sweep(name, dtype, count, seed):
         yt = torch_fn(xt, *args)
         dy = rng.standard_normal(x.shape).astype(dtype)
         yt.backward(torch.tensor(dy))
-        y = getattr(F, name)(x, *args)
-        dx = getattr(F, name + "_backward")(dy, x, *args)
+        op, options = ours_of(name)
+        y = getattr(F, op)(x, *args, **options)
+        dx = getattr(F, op + "_backward")(dy, x, *args, **options)
         # dx relative to dy's scale: PyTorch's 1 - tanh(x)^2 and s(1 - s) lose all relative
-        # precision where the activation saturates; ours are accurate there
-        return [rel_err(y, yt), rel_err(dx, xt.grad, scale=float(np.abs(dy).max()))]
+        # precision where the activation saturates; ours are accurate there. So does PyTorch's gelu, 1 + erf
+        # or 1 + tanh cancelling to 0 for very negative x: its y relative to x's scale
+        y_scale = float(np.abs(x).max()) if op == "gelu" else None
+        return [rel_err(y, yt, scale=y_scale), rel_err(dx, xt.grad, scale=float(np.abs(dy).max()))]
 
     run_sweep(draw_elementwise, check, count, dtype, seed)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("name", ["silu", "gelu", "gelu_tanh"])
+def test_smooth_activations_at_infinities_nan_and_overflow(name, dtype, backend):
+    """silu and gelu where PyTorch's formulas meet inf, NaN, overflow and underflow: NaN where x is
+    NaN, NaN from silu(-inf), gelu(-inf) and every gradient at +-inf (PyTorch's inf * 0), inf from
+    f(+inf), and PyTorch's limits at large finite x. Against PyTorch in float64 (then rounded to the
+    dtype): its float32 kernels return NaN for gelu(+inf) and for the tanh form's gradient where x^2
+    overflows (|x| > 1.8e19), where its float64 ones and ours give inf and the limits 0 and 1."""
+    big = 6e4 if dtype == np.float16 else 1e30
+    values = [-np.inf, -big, -800.0, -100.0, -30.0, -10.0, -1.0, -0.0, 0.0, 1.0, 10.0, 30.0, 100.0, 800.0, big,
+              np.inf, np.nan]
+    x = np.array(values, dtype)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    torch_fn, _ = ACTIVATIONS[name]
+    yt = torch_fn(xt)
+    yt.backward(torch.ones_like(xt))
+    op, options = ours_of(name)
+    y = getattr(F, op)(x, **options, backend=backend)
+    dx = getattr(F, op + "_backward")(np.ones_like(x), x, **options, backend=backend)
+    rtol = {np.float64: 1e-10, np.float32: 1e-5, np.float16: 1e-3}[dtype]
+    for what, ours, theirs in (("forward", y, yt), ("backward", dx, xt.grad)):
+        with np.errstate(over="ignore"):
+            expected = theirs.detach().numpy().astype(dtype)
+        np.testing.assert_allclose(ours, expected, rtol=rtol, atol=rtol, err_msg=f"{name} {what} at x={values}")
 
 
 def test_activation_at_zero():

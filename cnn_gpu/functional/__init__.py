@@ -23,8 +23,8 @@ F.batch_norm(..., activation="relu") apply ReLU to the output, F.add_relu(a, b) 
 relu_backward(dy_a + dy_b, x) (that ReLU's gradient where it arrives as two summands), each one
 fused kernel on the GPU backends.
 """
-from .activation import (add_relu, leaky_relu, leaky_relu_backward, relu, relu_backward, relu_backward_of_sum, sigmoid,
-                         sigmoid_backward, tanh, tanh_backward)
+from .activation import (add_relu, gelu, gelu_backward, leaky_relu, leaky_relu_backward, relu, relu_backward,
+                         relu_backward_of_sum, sigmoid, sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
 from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
 from .batch_norm import batch_norm, batch_norm_backward
 from .dropout import dropout, dropout_backward
@@ -39,8 +39,8 @@ __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward", "add_relu", "relu_backward_of_sum", "linear", "linear_backward", "cross_entropy",
-    "mse_loss",
+    "tanh", "tanh_backward", "silu", "silu_backward", "gelu", "gelu_backward", "add_relu", "relu_backward_of_sum",
+    "linear", "linear_backward", "cross_entropy", "mse_loss",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
     "dropout", "dropout_backward",
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",

@@ -1,4 +1,4 @@
-"""Element-wise activations relu, leaky_relu, sigmoid, tanh and their backward passes
+"""Element-wise activations relu, leaky_relu, sigmoid, tanh, silu, gelu and their backward passes
 `<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0);
 add_relu, relu(a + b) in one pass, and relu_backward_of_sum, relu_backward(dy_a + dy_b, x) in one."""
 from __future__ import annotations
@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import backend as _backend
 from . import _checks
+from ._erfc import erfc
 from ._float16 import takes_float16
 
 
@@ -17,6 +18,42 @@ def _sigmoid(x):
     # PyTorch's formula; exp(-x) overflowing to inf for very negative x correctly gives 0
     with np.errstate(over="ignore"):
         return 1 / (1 + np.exp(-x))
+
+
+# GELU's constants: Phi(x) = erfc(-x / sqrt(2)) / 2, phi(x) = exp(-x^2 / 2) / sqrt(2 pi); the tanh
+# form's 0.5 (1 + tanh(u)) = sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3) (PyTorch's constants)
+_SQRT_HALF = 0.7071067811865476
+_RSQRT_2PI = 0.3989422804014327
+_TWO_SQRT_2_OVER_PI = 1.5957691216057308
+_GELU_CUBIC = 0.044715
+
+
+# silu and gelu give NaN at an infinite x where PyTorch's formulas do (inf * 0), without NumPy's warnings
+_INFINITIES_QUIET = np.errstate(over="ignore", invalid="ignore")
+
+
+@_INFINITIES_QUIET
+def _silu(x):
+    # PyTorch's formula; exp(-x) overflowing to inf for very negative x gives -0
+    return x / (1 + np.exp(-x))
+
+
+@_INFINITIES_QUIET
+def _gelu(x):
+    # erfc(-x / sqrt(2)), not 1 + erf(x / sqrt(2)): no cancellation to 0 for negative x
+    return x * 0.5 * erfc(x * -_SQRT_HALF)
+
+
+@_INFINITIES_QUIET
+def _gelu_tanh_argument(x):
+    """2u of the tanh form (inf where x^3 overflows: the limit is right)."""
+    return _TWO_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
+
+
+@_INFINITIES_QUIET
+def _gelu_tanh(x):
+    # x sigmoid(2u), not 0.5 x (1 + tanh(u)): no cancellation to 0 for negative x
+    return x * _sigmoid(_gelu_tanh_argument(x))
 
 
 def _leaky_factor(x, slope):
@@ -46,6 +83,9 @@ _FORWARD = {
     "leaky_relu": lambda x, slope: x * _leaky_factor(x, slope),
     "sigmoid": lambda x, _: _sigmoid(x),
     "tanh": lambda x, _: np.tanh(x),
+    "silu": lambda x, _: _silu(x),
+    "gelu": lambda x, _: _gelu(x),
+    "gelu_tanh": lambda x, _: _gelu_tanh(x),
 }
 
 
@@ -61,6 +101,29 @@ def _tanh_grad(dy, x):
     return dy * (4 * e / ((1 + e) * (1 + e)))
 
 
+@_INFINITIES_QUIET
+def _silu_grad(dy, x):
+    # PyTorch's s (1 + x (1 - s)): 1 - s loses its relative accuracy where s saturates, but x (1 - s)
+    # is then negligible beside 1; at x = +-inf, NaN as PyTorch's (inf * 0)
+    s = _sigmoid(x)
+    return dy * (s * (1 + x * (1 - s)))
+
+
+@_INFINITIES_QUIET
+def _gelu_grad(dy, x):
+    # Phi(x) + x phi(x); x^2 overflowing to inf gives phi = 0, the right limit
+    return dy * (0.5 * erfc(x * -_SQRT_HALF) + x * (_RSQRT_2PI * np.exp(-0.5 * x * x)))
+
+
+@_INFINITIES_QUIET
+def _gelu_tanh_grad(dy, x):
+    # d/dx x s(2u) = s + x s (1 - s) 2u' (1 - s inaccurate only where the term is negligible beside s),
+    # x^3 s (1 - s) as x (x (x s (1 - s))): where s (1 - s) is 0, x^2 overflowing gives no inf * 0
+    s = _sigmoid(_gelu_tanh_argument(x))
+    x_slope = x * (s * (1 - s))
+    return dy * (s + _TWO_SQRT_2_OVER_PI * (x_slope + 3 * _GELU_CUBIC * x * (x * x_slope)))
+
+
 def _relu_grad(dy, x):
     # PyTorch's rule: 0 where x <= 0 (also for an infinite or NaN dy), dy elsewhere (also where x is NaN)
     return zero_where(dy, np.less_equal(x, 0))
@@ -71,6 +134,9 @@ _BACKWARD = {
     "leaky_relu": lambda dy, x, slope: dy * _leaky_factor(x, slope),
     "sigmoid": lambda dy, x, _: _sigmoid_grad(dy, x),
     "tanh": lambda dy, x, _: _tanh_grad(dy, x),
+    "silu": lambda dy, x, _: _silu_grad(dy, x),
+    "gelu": lambda dy, x, _: _gelu_grad(dy, x),
+    "gelu_tanh": lambda dy, x, _: _gelu_tanh_grad(dy, x),
 }
 
 
@@ -172,3 +238,42 @@ def tanh(x, *, backend=None):
 def tanh_backward(dy, x, *, backend=None):
     """dy * (1 - tanh(x)^2), computed without cancellation for large |x|."""
     return _backward("tanh", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def silu(x, *, backend=None):
+    """x * sigmoid(x), computed without overflow."""
+    return _forward("silu", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def silu_backward(dy, x, *, backend=None):
+    """dy * s * (1 + x * (1 - s)) with s = sigmoid(x), computed without cancellation for large |x|."""
+    return _backward("silu", dy, x, 0.0, backend)
+
+
+# gelu's approximate= and the activation it names (the kernels': gelu_forward, gelu_tanh_forward, ...)
+GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+def gelu_form(approximate) -> str:
+    """The activation name of gelu(approximate=...), checked as PyTorch does."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"approximate must be a str, 'none' or 'tanh', got {approximate!r}")
+    if approximate not in GELU_FORMS:
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GELU_FORMS[approximate]
+
+
+@takes_float16(kernels=True)
+def gelu(x, *, approximate="none", backend=None):
+    """x * Phi(x), Phi the standard normal CDF (approximate="none"), or PyTorch's tanh approximation
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (approximate="tanh"), keyword-only as in
+    PyTorch; both computed without cancellation for negative x."""
+    return _forward(gelu_form(approximate), x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def gelu_backward(dy, x, *, approximate="none", backend=None):
+    """dy times the derivative of gelu(x, approximate)."""
+    return _backward(gelu_form(approximate), dy, x, 0.0, backend)

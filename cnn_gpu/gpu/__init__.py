@@ -15,7 +15,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   pool.max_backward(be, dy, indices, g) -> dx
   pool.avg_forward(be, x, g) -> y
   pool.avg_backward(be, dy, g) -> dx
-  elementwise.forward(be, name, x, param) -> y                    (name: relu, leaky_relu, sigmoid, tanh)
+  elementwise.forward(be, name, x, param) -> y                    (name: one of elementwise.ACTIVATIONS)
   elementwise.backward(be, name, dy, x, param) -> dx
   elementwise.bias_add(be, y, bias) -> y                          (in place: y[:, c, ...] += bias[c], NCHW or (rows, F))
   linear.forward(be, x, w, bias) -> y

@@ -8,7 +8,8 @@ import numpy as np
 from .. import backend
 from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32
 
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
+# gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh"))
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh")
 # activations whose kernels take the parameter (the negative slope) as a trailing acc_t argument
 _WITH_PARAM = ("leaky_relu",)
 
