@@ -376,6 +376,9 @@ def _torch_pairs():
         (nn.LeakyReLU(0.1), torch.nn.LeakyReLU(0.1), (3, 4, 5)),
         (nn.Sigmoid(), torch.nn.Sigmoid(), (3, 4, 5)),
         (nn.Tanh(), torch.nn.Tanh(), (3, 4, 5)),
+        (nn.SiLU(), torch.nn.SiLU(), (3, 4, 5)),
+        (nn.GELU(), torch.nn.GELU(), (3, 4, 5)),
+        (nn.GELU("tanh"), torch.nn.GELU("tanh"), (3, 4, 5)),
         (nn.Flatten(), torch.nn.Flatten(), (2, 3, 4, 5)),
         (nn.Flatten(0, 2), torch.nn.Flatten(0, 2), (2, 3, 4, 5)),
     ]
@@ -406,7 +409,7 @@ def _compare_with_torch(ours, theirs, x, rng, rtol=1e-11):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("index", range(16))
+@pytest.mark.parametrize("index", range(19))
 def test_layer_matches_torch(index, rng):
     pytest.importorskip("torch", reason="torch is not installed")
     ours, theirs, shape = _torch_pairs()[index]
@@ -807,6 +810,9 @@ def test_batch_norm_state_without_num_batches_tracked_loads_keeping_the_count(rn
     (lambda: nn.MaxPool2d((2, 2, 2)), ValueError, "kernel_size"),
     (lambda: nn.ReLU(inplace=True), ValueError, "inplace ReLU is not supported"),
     (lambda: nn.LeakyReLU(0.1, True), ValueError, "inplace LeakyReLU is not supported"),
+    (lambda: nn.SiLU(inplace=True), ValueError, "inplace SiLU is not supported"),
+    (lambda: nn.GELU("erf"), ValueError, "approximate must be 'none' or 'tanh', got 'erf'"),
+    (lambda: nn.GELU(approximate=None), TypeError, "approximate must be a str"),
     (lambda: nn.Dropout(0.5, True), ValueError, "inplace dropout is not supported"),
 ])
 def test_constructor_errors(make, error, message):
@@ -819,6 +825,32 @@ def test_activation_layers_take_pytorchs_inplace_false():
     x = np.random.default_rng(2).standard_normal((3, 4))
     np.testing.assert_array_equal(nn.ReLU(inplace=False)(x), F.relu(x))
     np.testing.assert_array_equal(nn.LeakyReLU(0.2, False)(x), F.leaky_relu(x, 0.2))
+    np.testing.assert_array_equal(nn.SiLU(inplace=False)(x), F.silu(x))
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("make, name, options", [(nn.SiLU, "silu", {}), (nn.GELU, "gelu", {}),
+                                                 (lambda: nn.GELU("tanh"), "gelu", {"approximate": "tanh"})])
+def test_smooth_activation_layers_run_their_functional_ops(make, name, options, dtype, be):
+    """nn.SiLU and nn.GELU on each backend and dtype: forward and backward are F.silu / F.gelu (with
+    the layer's approximate) of the input the forward saw, which stays unchanged."""
+    layer = make().to(be)
+    rng = np.random.default_rng(4)
+    x, dy = (rng.standard_normal((2, 3, 5)).astype(dtype) * 3 for _ in range(2))
+    before = x.copy()
+    y = layer(x)
+    np.testing.assert_array_equal(y, getattr(F, name)(x, **options, backend=be))
+    np.testing.assert_array_equal(layer.backward(dy), getattr(F, name + "_backward")(dy, x, **options, backend=be))
+    np.testing.assert_array_equal(x, before)
+    assert y.dtype == dtype and layer.backward(dy, input_grad=False) is None
+
+
+def test_activation_reprs_are_torchs():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    for ours, theirs in ((nn.SiLU(), torch.nn.SiLU()), (nn.GELU(), torch.nn.GELU()),
+                         (nn.GELU("tanh"), torch.nn.GELU(approximate="tanh"))):
+        assert repr(ours) == repr(theirs)
 
 
 def test_backward_before_forward():

@@ -130,6 +130,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     and pools read their input and write their output, their backward reads dy and x and writes
     dx; batch norm as _batch_norm_passes."""
     from .. import nn
+    from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
     from .training import ResidualLeaf, WithReLU
     if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
@@ -143,8 +144,11 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         return passes
     if isinstance(layer, WithReLU):
         return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the ReLU
-    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)):
-        name = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}[type(layer)]
+    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU)):
+        # a GELU's kernels by its form: gelu_forward or gelu_tanh_forward, ...
+        name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else {
+            nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
+            nn.SiLU: "silu"}[type(layer)]
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
         return _batch_norm_passes(x, item)

@@ -96,7 +96,8 @@ def leaf_layers(model, input_shape):
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
-        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.layers._BatchNorm)):
+        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU,
+                                     nn.layers._BatchNorm)):
             raise ValueError(f"no shape rule for layer {type(module).__name__}")
         leaves.append((module, shape, out, g))
         return out
@@ -158,12 +159,14 @@ def torch_mirror(model, torch):
             return tnn.Flatten(m.start_dim, m.end_dim)
         if isinstance(m, nn.LeakyReLU):
             return tnn.LeakyReLU(m.negative_slope)
+        if isinstance(m, nn.GELU):
+            return tnn.GELU(m.approximate)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return tnn.AdaptiveAvgPool2d(m.output_size)
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-        for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh)):
+        for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh), (nn.SiLU, tnn.SiLU)):
             if isinstance(m, ours):
                 return theirs()
         raise TypeError(f"no PyTorch counterpart for layer {type(m).__name__}")

@@ -10,6 +10,7 @@ import numpy as np
 from .. import functional as F
 from .. import philox, replay
 from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
+from ..functional.activation import gelu_form
 from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
 from ..functional.layer_norm import normalized_shape_tuple
@@ -224,19 +225,19 @@ class AvgPool2d(Module):
 
 
 class _Activation(Module):
-    """An element-wise activation F.<name>(x, *params) with F.<name>_backward(dy, x, *params)."""
+    """An element-wise activation F.<name>(x, **options) with F.<name>_backward(dy, x, **options)."""
 
-    def _params(self):
-        return ()
+    def _options(self):
+        return {}
 
     def forward(self, x):
         self._saved = x
-        return self._forward(x, *self._params(), backend=self.backend)
+        return self._forward(x, **self._options(), backend=self.backend)
 
     def backward(self, dy, input_grad=True):
         if self._nothing_to_compute(input_grad):
             return None
-        return self._backward(dy, self._saved_for_backward(), *self._params(), backend=self.backend)
+        return self._backward(dy, self._saved_for_backward(), **self._options(), backend=self.backend)
 
 
 def _refuse_inplace(inplace, layer: str) -> None:
@@ -245,13 +246,17 @@ def _refuse_inplace(inplace, layer: str) -> None:
         raise ValueError(f"inplace {layer} is not supported (the layer keeps its input arrays unchanged)")
 
 
-class ReLU(_Activation):
-    _forward = staticmethod(F.relu)
-    _backward = staticmethod(F.relu_backward)
+class _ActivationWithInplace(_Activation):
+    """An activation whose PyTorch layer takes inplace=False as its only argument."""
 
     def __init__(self, inplace=False):
         super().__init__()
-        _refuse_inplace(inplace, "ReLU")
+        _refuse_inplace(inplace, type(self).__name__)
+
+
+class ReLU(_ActivationWithInplace):
+    _forward = staticmethod(F.relu)
+    _backward = staticmethod(F.relu_backward)
 
 
 class Sigmoid(_Activation):
@@ -264,6 +269,28 @@ class Tanh(_Activation):
     _backward = staticmethod(F.tanh_backward)
 
 
+class SiLU(_ActivationWithInplace):
+    _forward = staticmethod(F.silu)
+    _backward = staticmethod(F.silu_backward)
+
+
+class GELU(_Activation):
+    """PyTorch's GELU(approximate="none"): the exact erf form, or "tanh" for its tanh approximation."""
+    _forward = staticmethod(F.gelu)
+    _backward = staticmethod(F.gelu_backward)
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        gelu_form(approximate)   # refused here, not at the first forward
+        self.approximate = approximate
+
+    def _options(self):
+        return {"approximate": self.approximate}
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
 class LeakyReLU(_Activation):
     _forward = staticmethod(F.leaky_relu)
     _backward = staticmethod(F.leaky_relu_backward)
@@ -273,8 +300,8 @@ class LeakyReLU(_Activation):
         self.negative_slope = real_number(negative_slope, "negative_slope")
         _refuse_inplace(inplace, "LeakyReLU")
 
-    def _params(self):
-        return (self.negative_slope,)
+    def _options(self):
+        return {"negative_slope": self.negative_slope}
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
