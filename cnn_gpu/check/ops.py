@@ -240,12 +240,21 @@ def _activation_inputs(cfg, rng):
     return dict(x=_away_from_zero(rng, cfg["shape"]), dy=rng.standard_normal(cfg["shape"]))
 
 
+def _activation_call(name, cfg):
+    """The functional op of the activation check `name` and its options (gelu_tanh: gelu's tanh form)."""
+    if name == "leaky_relu":
+        return name, {"negative_slope": cfg["negative_slope"]}
+    if name == "gelu_tanh":
+        return "gelu", {"approximate": "tanh"}
+    return name, {}
+
+
 def _activation_run(name):
     def run(a, cfg, be):
         from .. import functional as F
-        extra = (cfg["negative_slope"],) if name == "leaky_relu" else ()
-        y = getattr(F, name)(a["x"], *extra, backend=be)
-        dx = getattr(F, f"{name}_backward")(a["dy"], a["x"], *extra, backend=be)
+        op, options = _activation_call(name, cfg)
+        y = getattr(F, op)(a["x"], **options, backend=be)
+        dx = getattr(F, f"{op}_backward")(a["dy"], a["x"], **options, backend=be)
         return dict(y=y, dx=dx)
     return run
 
@@ -468,7 +477,7 @@ OPS = {op.name: op for op in (
             {"x": "dx"}, large_configs=POOL_LARGE),
     *(OpCheck(name, _shape_config, (), _activation_inputs, _activation_run(name), "y", "dy", {"x": "dx"},
               large_configs=ACTIVATION_LARGE)
-      for name in ("relu", "leaky_relu", "sigmoid", "tanh")),
+      for name in ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh")),
     OpCheck("linear", _linear_config, (), _linear_inputs, _linear_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=LINEAR_LARGE),
     OpCheck("cross_entropy", _loss_config, (), _cross_entropy_inputs, _cross_entropy_run, "loss", None,
