@@ -71,11 +71,23 @@ def numpy_sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, ne
     param -= lr * grad
 
 
+def _lerp(start, end, weight) -> None:
+    """start.lerp_(end, weight) in place, as PyTorch computes it: start + weight*(end - start) for a
+    weight below 0.5, else end - (end - start)*(1 - weight) (so that a weight of 1 gives end exactly,
+    where the first form cancels), the weight rounded to the arrays' dtype first."""
+    weight = start.dtype.type(weight)
+    if abs(weight) < 0.5:
+        start += weight * (end - start)
+    else:
+        np.subtract(end, (end - start) * (start.dtype.type(1) - weight), out=start)
+
+
 @_on_master
 def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0,
                     maximize=False, *, v_max=None):
     """In place. PyTorch's Adam (step counts from 1): g = grad (-grad to maximize) + wd*p;
-    m += (1-beta1)(g-m); v = beta2 v + (1-beta2) g^2; p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps);
+    m = lerp(m, g, 1-beta1) (PyTorch's two forms, _lerp); v = beta2 v + (1-beta2) g^2;
+    p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps);
     with `decoupled_decay` its AdamW, p *= 1 - lr*decoupled_decay first; with `v_max` AMSGrad,
     v_max = max(v_max, v) in v's place in the denominator (NaN kept, as torch.maximum)."""
     if maximize:
@@ -84,7 +96,7 @@ def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_d
         grad = grad + weight_decay * param
     if decoupled_decay:
         param *= 1 - lr * decoupled_decay
-    m += (1 - beta1) * (grad - m)
+    _lerp(m, grad, 1 - beta1)
     v *= beta2
     v += (1 - beta2) * grad * grad
     if v_max is not None:

@@ -15,7 +15,8 @@
 //    one_minus_dampening*g (1 - dampening, computed on the host: 1 exactly without dampening);
 //    param -= lr*(nesterov ? g + momentum*buf : buf).
 //  * adam_step (weight_decay: torch.optim.Adam's L2 decay):
-//    m += (1-beta1)(g - m); v = beta2*v + (1-beta2)*g*g;
+//    m += w(g - m) with w = 1-beta1, or m = g - (g - m)(1 - w) for w >= 0.5 (torch's lerp_: beta1 = 0
+//    gives g exactly); v = beta2*v + (1-beta2)*g*g;
 //    param = param*decay - step_size * m / (sqrt(v)/bias2_sqrt + eps), with decay = 1 - lr*weight_decay
 //    for AdamW's decoupled decay (torch.optim.AdamW; its weight_decay argument here 0) and 1 for
 //    Adam (an exact product, so Adam's steps are unchanged), where the host computes each slot's
@@ -145,7 +146,9 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
         },
         [&](long long i, const Element& e) {
             const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
-            const acc_t m_new = e.state[0] + one_minus_beta1 * (g - e.state[0]);
+            // PyTorch's lerp: its second form from a weight of 0.5 on (beta1 = 0: m_new = g exactly)
+            const acc_t m_new = one_minus_beta1 < acc_t(0.5) ? e.state[0] + one_minus_beta1 * (g - e.state[0])
+                                                             : g - (g - e.state[0]) * (acc_t(1) - one_minus_beta1);
             const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
             m[i] = m_new;
             v[i] = v_new;

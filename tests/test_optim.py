@@ -953,3 +953,43 @@ def test_step_takes_pytorchs_closure_and_returns_its_loss():
     np.testing.assert_array_equal(model.weight.data, twin.weight.data)
     with pytest.raises(TypeError, match="closure must be callable"):
         opt.step(0.5)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emu", marks=needs_emu)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_moment_of_a_small_beta1_takes_torchs_lerp_for_a_weight_of_a_half_or_more(backend, dtype):
+    """torch.optim.Adam's exp_avg.lerp_(grad, 1 - beta1) computes m + w*(g - m) for w < 0.5 but
+    g - (g - m)*(1 - w) from 0.5 on: with beta1 = 0 the moment is the gradient exactly, where
+    m + 1*(g - m) cancels (a gradient far smaller than the last one came out 2^-12-ish, wrong in
+    its first digits)."""
+    p = Parameter(np.zeros(4, dtype), backend=backend)
+    opt = optim.Adam([p], lr=0.01, betas=(0.0, 0.9))
+    for g in (np.ones(4, dtype), np.array([1e-4, -3e-5, 7e-6, 0.0], dtype)):
+        p.grad = g.copy()
+        opt.step()
+        np.testing.assert_array_equal(opt.state[0]["exp_avg"], g)
+    # beta1 = 0.5: w = 1 - w = 0.5, the moment (g + m) / 2 computed as g - (g - m) * 0.5
+    opt = optim.AdamW([p], lr=0.01, betas=(0.5, 0.9))
+    m = np.array([1.0, 1.0, -1.0, 3.0], dtype)
+    g = np.array([1e-7, 2.0, 1e-3, -2.9], dtype)
+    for grad in (m * 2, g):
+        p.grad = grad.copy()
+        opt.step()
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], g - (g - m) * dtype(0.5))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["Adam", "AdamW"])
+def test_adam_with_beta1_0_matches_torch_when_the_gradient_shrinks(kind):
+    beta1 = 0.0
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    start = np.array([0.5, -1.0, 2.0])
+    grads = [np.array([3.0, -2.0, 1.0]), np.array([1e-6, 2e-7, -5e-8]), np.array([4e-9, -1e-9, 2e-10])]
+    p, t = Parameter(start.copy()), torch.tensor(start.copy(), requires_grad=True)
+    ours, theirs = getattr(optim, kind)([p], lr=0.1, betas=(beta1, 0.9)), getattr(torch.optim, kind)([t], lr=0.1, betas=(beta1, 0.9))
+    for g in grads:
+        p.grad, t.grad = g.copy(), torch.from_numpy(g.copy())
+        ours.step()
+        theirs.step()
+        np.testing.assert_allclose(ours.state[0]["exp_avg"], theirs.state[t]["exp_avg"].numpy(), rtol=1e-13, atol=0)
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-13, atol=0)
