@@ -218,6 +218,11 @@ class Optimizer:
         """The hyper-parameters checked and normalised (subclasses)."""
         raise NotImplementedError
 
+    def _validated_saved(self, hyper: dict) -> dict:
+        """A loaded group's hyper-parameters checked and normalised: as _validated, but for values a
+        schedule sets past its end, which PyTorch's load takes (Adam's beta1; the step refuses it)."""
+        return self._validated(hyper)
+
     @property
     def params(self) -> list:
         """Every group's parameters, in order (the indices of `state`)."""
@@ -448,7 +453,7 @@ class Optimizer:
             if set(saved) - {"params", *SCHEDULER_KEYS} != own_keys:
                 raise ValueError(f"optimizer state has hyper-parameters {sorted(set(saved) - {'params'})}; "
                                  f"{type(self).__name__} has {sorted(own_keys)} (a state dict of another optimizer?)")
-            hyper = {**{k: v for k, v in saved.items() if k != "params"}, **self._validated(saved)}
+            hyper = {**{k: v for k, v in saved.items() if k != "params"}, **self._validated_saved(saved)}
             for key in set(SCHEDULER_KEYS) & set(saved):
                 hyper[key] = real_number(saved[key], key, minimum=0)
             hypers.append(hyper)
@@ -602,15 +607,21 @@ class Adam(Optimizer):
                                       maximize=maximize), backend)
 
     @staticmethod
-    def _validated(hyper: dict) -> dict:
+    def _validated(hyper: dict, beta1_below: float = 1.0) -> dict:
         checked = _nonnegative(hyper, "lr", "eps", "weight_decay")
         checked["amsgrad"] = flag(hyper["amsgrad"], "amsgrad")
         checked["maximize"] = flag(hyper["maximize"], "maximize")
         betas = hyper["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        checked["betas"] = tuple(real_number(b, f"betas[{i}]", minimum=0.0, below=1.0) for i, b in enumerate(betas))
+        checked["betas"] = tuple(real_number(b, f"betas[{i}]", minimum=0.0, below=below)
+                                 for i, (b, below) in enumerate(zip(betas, (beta1_below, 1.0))))
         return checked
+
+    def _validated_saved(self, hyper: dict) -> dict:
+        # OneCycleLR's last step extrapolates its linear phase: beta1 may end at 1 or above (in
+        # PyTorch too), and the optimizer's state saved then must load; a step with it is refused
+        return self._validated(hyper, beta1_below=math.inf)
 
     @staticmethod
     def _next_step(be, p, state, amsgrad: bool) -> int:

@@ -474,3 +474,33 @@ def test_the_package_loads_lr_scheduler_amp_and_cifar_on_first_use():
     import sys
     code = "import cnn_gpu; cnn_gpu.lr_scheduler.OneCycleLR; cnn_gpu.amp.GradScaler; cnn_gpu.cifar.load_cifar10"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_beta1_one_cycles_linear_end_takes_past_1_loads_as_in_pytorch_and_refuses_to_step():
+    """OneCycleLR's last step (the one after the optimizer's last) extrapolates its linear phase:
+    with max_momentum 0.999 Adam's beta1 ends above 1, in PyTorch too. The optimizer's state saved
+    then (the end of a run) loads, as PyTorch's does; a step with it (bias correction 1 - beta1^t
+    of 0 or below) is refused and changes nothing."""
+    ours = optim.Adam([nn.Parameter(np.zeros(3))], lr=0.1)
+    theirs = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    schedule = lr_scheduler.OneCycleLR(ours, 0.1, total_steps=100, anneal_strategy="linear", max_momentum=0.999)
+    reference = torch.optim.lr_scheduler.OneCycleLR(theirs, 0.1, total_steps=100, anneal_strategy="linear",
+                                                    max_momentum=0.999)
+    for _ in range(100):
+        schedule.step()
+        reference.step()
+    assert ours.param_groups[0]["betas"] == theirs.param_groups[0]["betas"] and ours.param_groups[0]["betas"][0] > 1
+    resumed = optim.Adam([nn.Parameter(np.ones(3))], lr=0.1)
+    resumed.load_state_dict(ours.state_dict())
+    assert resumed.param_groups[0]["betas"] == ours.param_groups[0]["betas"]
+    resumed.params[0].grad = np.ones(3)
+    with pytest.raises(ValueError, match=r"betas\[0\]"):
+        resumed.step()
+    assert not resumed.state[0] and np.array_equal(resumed.params[0].data, np.ones(3))
+    with pytest.raises(ValueError, match=r"betas\[0\]"):
+        optim.Adam([nn.Parameter(np.zeros(3))], betas=(1.0, 0.999))
+    with pytest.raises(ValueError, match=r"betas\[1\]"):   # beta2 >= 1 is no schedule's: refused at a load too
+        resumed.load_state_dict({**ours.state_dict(), "param_groups": [{**ours.state_dict()["param_groups"][0],
+                                                                        "betas": (0.9, 1.0)}]})
