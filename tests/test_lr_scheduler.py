@@ -504,3 +504,43 @@ def test_a_beta1_one_cycles_linear_end_takes_past_1_loads_as_in_pytorch_and_refu
     with pytest.raises(ValueError, match=r"betas\[1\]"):   # beta2 >= 1 is no schedule's: refused at a load too
         resumed.load_state_dict({**ours.state_dict(), "param_groups": [{**ours.state_dict()["param_groups"][0],
                                                                         "betas": (0.9, 1.0)}]})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name, args, by_epoch", [("CosineAnnealingLR", (1,), False), ("LambdaLR", (lambda e: 0.9 ** e,), False),
+                                                  ("CosineAnnealingWarmRestarts", (3,), False), ("StepLR", (2,), True),
+                                                  ("LinearLR", (), True)])
+def test_a_schedule_with_a_rate_per_initial_group_refuses_a_group_added_since_before_changing_anything(
+        name, args, by_epoch):
+    """A schedule computed from base_lrs has no rate for a group added after it was built: PyTorch's
+    zip(strict=True) raises ValueError there (after counting the epoch); ours raises before any
+    change, where it set the first groups' rates and left the new one alone. (CosineAnnealingLR with
+    T_max 1: its step to epoch 2 is one from base_lrs.)"""
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    schedule = getattr(lr_scheduler, name)(opt, *args)
+    schedule.step()
+    opt.add_param_group({"params": [nn.Parameter(np.zeros(2))], "lr": 0.5})
+    before = (schedule.last_epoch, _rates(opt), schedule.get_last_lr())
+    with pytest.raises(ValueError, match="2 parameter groups"):
+        schedule.step(3) if by_epoch else schedule.step()
+    assert (schedule.last_epoch, _rates(opt), schedule.get_last_lr()) == before
+    if torch is not None:
+        theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        reference = getattr(torch.optim.lr_scheduler, name)(theirs, *args)
+        reference.step()
+        theirs.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.5})
+        with pytest.raises(ValueError):
+            reference.step(3) if by_epoch else reference.step()
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_schedule_of_the_groups_own_rates_takes_a_group_added_since_as_pytorch():
+    ours, theirs = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    schedule, reference = lr_scheduler.StepLR(ours, 2, 0.5), torch.optim.lr_scheduler.StepLR(theirs, 2, 0.5)
+    ours.add_param_group({"params": [nn.Parameter(np.zeros(2))], "lr": 0.3})
+    theirs.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.3})
+    for _ in range(5):
+        schedule.step()
+        reference.step()
+        assert schedule.get_last_lr() == reference.get_last_lr() and _rates(ours) == _rates(theirs)

@@ -24,6 +24,16 @@ def per_group(value, name: str, optimizer, check) -> list:
     return [check(v, f"{name}[{i}]") for i, v in enumerate(values)]
 
 
+def check_rates(scheduler, rates) -> None:
+    """ValueError unless `rates` has one rate per parameter group: a schedule computed from
+    base_lrs has none for a group added to the optimizer since it was built (PyTorch's zip(strict=True)
+    raises there too, after counting the epoch)."""
+    groups = len(scheduler.optimizer.param_groups)
+    if len(rates) != groups:
+        raise ValueError(f"{type(scheduler).__name__} has {len(rates)} rates for the optimizer's {groups} parameter "
+                         f"groups (a group added since it was built); build the scheduler after adding the group")
+
+
 class LRScheduler:
     """The base of PyTorch's schedulers: subclasses give get_lr() (from the groups' current rates,
     as PyTorch's recursive forms) and may give _closed_form_lr() (from base_lrs, for step(epoch))."""
@@ -85,6 +95,7 @@ class LRScheduler:
             else:
                 self.last_epoch = whole_number(epoch, "epoch", minimum=0)
                 rates = self._closed_form_lr() if hasattr(self, "_closed_form_lr") else self.get_lr()
+            check_rates(self, rates)
         except BaseException:
             self.last_epoch = previous
             raise

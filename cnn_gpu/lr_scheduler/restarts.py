@@ -5,7 +5,7 @@ import math
 import numbers
 
 from ..functional._checks import real_number, whole_number
-from ._base import LRScheduler
+from ._base import LRScheduler, check_rates
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
@@ -46,7 +46,14 @@ class CosineAnnealingWarmRestarts(LRScheduler):
                 n = int(math.log((epoch / self.T_0 * (self.T_mult - 1) + 1), self.T_mult))
                 t_cur = epoch - self.T_0 * (self.T_mult ** n - 1) / (self.T_mult - 1)
                 t_i = self.T_0 * self.T_mult ** n
+        kept = self.T_cur, self.T_i, self.last_epoch
         self.T_cur, self.T_i, self.last_epoch = t_cur, t_i, math.floor(epoch)
-        for group, rate in zip(self.optimizer.param_groups, self.get_lr()):
+        try:
+            rates = self.get_lr()
+            check_rates(self, rates)
+        except BaseException:
+            self.T_cur, self.T_i, self.last_epoch = kept
+            raise
+        for group, rate in zip(self.optimizer.param_groups, rates):
             group["lr"] = rate
         self._last_lr = self._current()
