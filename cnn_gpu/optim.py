@@ -36,6 +36,9 @@ SCHEDULER_KEYS = (SCHEDULER_KEY, "max_lr", "min_lr", "max_momentum", "base_momen
 # torch.optim's group keys that choose its implementation (multi-tensor, fused, differentiable, CUDA
 # graph capturable), not the update: a torch.optim state loads without them
 TORCH_IMPLEMENTATION_KEYS = frozenset({"foreach", "fused", "differentiable", "capturable"})
+# the names of a group's parameters that torch.optim built from named_parameters() saves (PyTorch
+# 2.6 on): which parameters its indices stand for; a load drops them (these optimizers name none)
+TORCH_NAMES_KEY = "param_names"
 
 
 # --- the NumPy updates (the signatures of cnn_gpu.gpu.optim.sgd_step / adam_step) ---------------
@@ -157,14 +160,19 @@ class Optimizer:
         self._checked = None   # (the arrays the last step checked, its updates, its launches' memos): see _step
 
     def _normalized_saved_group(self, saved: dict) -> dict:
-        """A saved group's hyper-parameters without torch.optim's keys for its implementation and for
-        settings of the rule this one implements at one value only (refused at another), older
-        states' missing keys filled in."""
+        """A saved group's hyper-parameters without torch.optim's keys for its implementation, its
+        parameters' names and settings of the rule this one implements at one value only (refused at
+        another), older states' missing keys filled in."""
         for key, value in self.torch_settings.items():
             if key in saved and not (isinstance(saved[key], (bool, np.bool_)) and bool(saved[key]) == value):
                 raise ValueError(f"optimizer state has {key}={saved[key]!r}; {type(self).__name__} implements "
                                  f"{key}={value!r} only")
-        skipped = TORCH_IMPLEMENTATION_KEYS | set(self.torch_settings)
+        names = saved.get(TORCH_NAMES_KEY)
+        if names is not None and (not isinstance(names, (list, tuple))
+                                  or len(names) != len(saved.get("params", names))):
+            raise ValueError(f"optimizer state: a group's {TORCH_NAMES_KEY!r} must list a name per parameter of its "
+                             f"'params', got {names!r}")
+        skipped = TORCH_IMPLEMENTATION_KEYS | {TORCH_NAMES_KEY} | set(self.torch_settings)
         return {**self.added_hyper_defaults, **{k: v for k, v in saved.items() if k not in skipped}}
 
     def _checked_group(self, group, index: int) -> list:

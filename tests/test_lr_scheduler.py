@@ -507,9 +507,9 @@ def test_a_beta1_one_cycles_linear_end_takes_past_1_loads_as_in_pytorch_and_refu
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("name, args, by_epoch", [("CosineAnnealingLR", (1,), False), ("LambdaLR", (lambda e: 0.9 ** e,), False),
-                                                  ("CosineAnnealingWarmRestarts", (3,), False), ("StepLR", (2,), True),
-                                                  ("LinearLR", (), True)])
+@pytest.mark.parametrize("name, args, by_epoch", [
+    ("CosineAnnealingLR", (1,), False), ("LambdaLR", (lambda e: 0.9 ** e,), False),
+    ("CosineAnnealingWarmRestarts", (3,), False), ("StepLR", (2,), True), ("LinearLR", (), True)])
 def test_a_schedule_with_a_rate_per_initial_group_refuses_a_group_added_since_before_changing_anything(
         name, args, by_epoch):
     """A schedule computed from base_lrs has no rate for a group added after it was built: PyTorch's
@@ -536,7 +536,8 @@ def test_a_schedule_with_a_rate_per_initial_group_refuses_a_group_added_since_be
 @needs_torch
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_schedule_of_the_groups_own_rates_takes_a_group_added_since_as_pytorch():
-    ours, theirs = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1), torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    ours = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     schedule, reference = lr_scheduler.StepLR(ours, 2, 0.5), torch.optim.lr_scheduler.StepLR(theirs, 2, 0.5)
     ours.add_param_group({"params": [nn.Parameter(np.zeros(2))], "lr": 0.3})
     theirs.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.3})

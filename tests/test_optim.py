@@ -986,10 +986,35 @@ def test_adam_with_beta1_0_matches_torch_when_the_gradient_shrinks(kind):
     start = np.array([0.5, -1.0, 2.0])
     grads = [np.array([3.0, -2.0, 1.0]), np.array([1e-6, 2e-7, -5e-8]), np.array([4e-9, -1e-9, 2e-10])]
     p, t = Parameter(start.copy()), torch.tensor(start.copy(), requires_grad=True)
-    ours, theirs = getattr(optim, kind)([p], lr=0.1, betas=(beta1, 0.9)), getattr(torch.optim, kind)([t], lr=0.1, betas=(beta1, 0.9))
+    ours = getattr(optim, kind)([p], lr=0.1, betas=(beta1, 0.9))
+    theirs = getattr(torch.optim, kind)([t], lr=0.1, betas=(beta1, 0.9))
     for g in grads:
         p.grad, t.grad = g.copy(), torch.from_numpy(g.copy())
         ours.step()
         theirs.step()
         np.testing.assert_allclose(ours.state[0]["exp_avg"], theirs.state[t]["exp_avg"].numpy(), rtol=1e-13, atol=0)
         np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.01))])
+def test_a_torch_optim_state_of_named_parameters_loads_its_names_left_out(kind, config):
+    """torch.optim built from model.named_parameters() saves each group's "param_names" (PyTorch
+    2.6 on): which parameters the indices stand for, not a hyper-parameter. The state loads (the
+    names dropped, as ours are unnamed) and steps as torch.optim's."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    rng = np.random.default_rng(40)
+    model = torch.nn.Linear(3, 2).double()
+    theirs = getattr(torch.optim, kind)(model.named_parameters(), **config)
+    grads = [[rng.standard_normal(tuple(p.shape)) for p in model.parameters()] for _ in range(3)]
+    _torch_steps(torch, theirs, list(model.parameters()), grads[:2])
+    saved = theirs.state_dict()
+    assert saved["param_groups"][0]["param_names"] == ["weight", "bias"]
+    params = [Parameter(p.detach().numpy().copy()) for p in model.parameters()]
+    ours = getattr(optim, kind)(params, **config)
+    ours.load_state_dict(saved)
+    assert "param_names" not in ours.param_groups[0]
+    _run(ours, params, grads[2:])
+    _torch_steps(torch, theirs, list(model.parameters()), grads[2:])
+    for p, t in zip(params, model.parameters()):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-12)
