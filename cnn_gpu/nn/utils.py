@@ -26,10 +26,7 @@ def _gradients(parameters) -> list:
 
 
 def _norm(xp, g, norm_type: float):
-    """The norm_type-norm of array g as a 0-d array, float16 in FP32 (its squares overflow at 256);
-    on the host a float32 one's p-norm summed in float64 and rounded to float32 once, as PyTorch's
-    CPU norm accumulates it (squares of float32 overflow from 1.8e19 on: the norm of a gradient
-    exploding that far came out inf, and clipping zeroed it)."""
+    """The norm_type-norm of array g as a 0-d array, float16 in FP32 (its squares overflow at 256)."""
     flat = g.reshape(-1).astype(np.float32) if g.dtype == np.float16 else g.reshape(-1)
     if flat.size == 0:
         return xp.zeros((), flat.dtype)
@@ -37,8 +34,6 @@ def _norm(xp, g, norm_type: float):
         return xp.abs(flat).max()
     if norm_type == 0:
         return (flat != 0).sum().astype(flat.dtype)
-    if xp is np and flat.dtype == np.float32:
-        return np.linalg.norm(flat.astype(np.float64), ord=norm_type).astype(np.float32)
     return xp.linalg.norm(flat, ord=norm_type)
 
 
@@ -47,7 +42,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     array; each gradient multiplied in place by min(1, max_norm / (norm + 1e-6)). norm_type a
     number >= 0 or math.inf; error_if_nonfinite: RuntimeError, before any change, where the norm
     is NaN or infinite (that looks at it: a host synchronisation on a GPU). Gradients on one kind
-    of device (NumPy or CuPy); float16 ones are measured in FP32, float32 ones on the host in float64."""
+    of device (NumPy or CuPy); float16 ones are measured in FP32."""
     grads = _gradients(parameters)
     max_norm = real_number(max_norm, "max_norm")
     norm_type = float(norm_type) if norm_type == math.inf else real_number(norm_type, "norm_type", minimum=0)
