@@ -103,3 +103,20 @@ def test_identity_passes_input_and_gradient_through_and_apply_visits_children_fi
     assert visited == ["Linear", "Identity", "ReLU", "Sequential", "Sequential"]
     y = model(x)
     assert model.backward(np.ones_like(y)).shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("norm_type", [2.0, 3.5, 0.5])
+def test_a_one_element_norm_is_its_absolute_value_as_torchs(dtype, norm_type):
+    """PyTorch's vector_norm of one element is |x| exactly, for any order: so is a single gradient's
+    total (the norm of one norm). Squaring it overflowed float32 from 1.8e19 on (the norm inf, the
+    gradient clipped to 0, where torch scales it to max_norm) and underflowed below 1e-19 (norm 0),
+    and came out an ulp off for an ordinary value."""
+    p = nn.Parameter(np.zeros((), dtype))
+    for value in (3e20, -1.5e-30, 0.1, -7.3):
+        p.grad = np.array(value, dtype)
+        total = nn.utils.clip_grad_norm_(p, 1e30, norm_type)
+        assert total.dtype == dtype and total == np.abs(np.array(value, dtype))
+    p.grad = np.array(-3e20, dtype)
+    nn.utils.clip_grad_norm_([p], 2.0, norm_type)
+    assert p.grad == pytest.approx(-2.0, rel=1e-6)

@@ -34,6 +34,8 @@ def _norm(xp, g, norm_type: float):
         return xp.abs(flat).max()
     if norm_type == 0:
         return (flat != 0).sum().astype(flat.dtype)
+    if flat.size == 1:   # |x| exactly, as PyTorch's vector_norm (a square over- or underflows, or rounds)
+        return xp.abs(flat).max()
     return xp.linalg.norm(flat, ord=norm_type)
 
 
