@@ -1,0 +1,167 @@
+"""interpolate and its backward pass (torch.nn.functional.interpolate on (N, C, H, W), modes
+"nearest" and "bilinear", with `size` or `scale_factor`; an output smaller than the input too).
+
+Per axis of `in` inputs and `out` outputs (out = size, or floor(in * scale_factor)):
+- "nearest" is PyTorch's legacy rule (its nearest_idx): output d reads input d if out == in,
+  d >> 1 if out == 2*in, else min(floor(d * scale), in - 1) with the product in FP32, scale =
+  float32(1 / scale_factor) when a scale factor was given, else float32(in) / out. It is PyTorch's
+  backward rule on the CPU and its CUDA rule; its CPU forward pass takes it for outputs with
+  H + W <= 128 and a float64 variant without the two shortcuts for larger ones (so PyTorch's own
+  CPU forward and backward disagree there; see tests/test_upsample.py).
+- "bilinear": real = ratio * d (align_corners, ratio = (in - 1) / (out - 1)) or
+  max(ratio * (d + 1/2) - 1/2, 0) (ratio = 1 / scale_factor, else in / out), in the compute type;
+  taps floor(real) (at most in - 1) and the next input (the same at the last), weights 1 - l
+  and l = real - floor(real), at most 1; out == in copies.
+
+NumPy path: each axis's taps (indices, weights) per output; the forward pass gathers them axis by
+axis (columns, then rows, as PyTorch's CPU kernel), the backward pass adds dy back into its taps
+with np.add.at (in output order: deterministic).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend as _backend
+from . import _checks
+from ._float16 import takes_float16
+
+MODES = ("nearest", "bilinear")
+
+
+def check_settings(size, scale_factor, mode, align_corners):
+    """The checks that need no input, as PyTorch makes them (also at nn.Upsample's construction);
+    align_corners as a bool."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("only one of size or scale_factor should be defined" if size is not None
+                         else "either size or scale_factor should be defined")
+    if mode == "nearest":
+        if align_corners is not None:
+            raise ValueError("align_corners option can only be set with the interpolating mode bilinear")
+        return False
+    if align_corners is None:
+        return False
+    if not isinstance(align_corners, (bool, np.bool_)):
+        raise TypeError(f"align_corners must be a bool or None, got {align_corners!r}")
+    return bool(align_corners)
+
+
+def _per_axis(value, name):
+    """An int/float or a pair of them as a pair."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be a number or a pair (h, w) for a 4-D input, got {value!r}")
+    return items
+
+
+def _output_size(in_size, size, scale_factor):
+    """(out_size, scale_factors): the scale factors are None where `size` was given."""
+    if size is not None:
+        return tuple(_checks.whole_number(s, "size") for s in _per_axis(size, "size")), (None, None)
+    factors = tuple(_checks.real_number(f, "scale_factor") for f in _per_axis(scale_factor, "scale_factor"))
+    if min(factors) <= 0:
+        raise ValueError(f"scale_factor must be positive, got {scale_factor!r}")
+    out_size = tuple(math.floor(float(s) * f) for s, f in zip(in_size, factors))
+    if min(out_size) < 1:
+        raise ValueError(f"scale_factor {scale_factor!r} gives an empty output {out_size} for an input of "
+                         f"spatial size {tuple(in_size)}")
+    return out_size, factors
+
+
+def _axis_param(mode, size, out, scale_factor, align_corners, compute_dtype):
+    """Nearest's FP32 scale or bilinear's ratio in the compute type, as PyTorch computes them."""
+    if mode == "nearest":
+        return np.float32(1.0 / scale_factor) if scale_factor is not None else np.float32(size) / np.float32(out)
+    real = compute_dtype.type
+    if align_corners:
+        return real(size - 1) / real(out - 1) if out > 1 else real(0)
+    return real(1.0 / scale_factor) if scale_factor is not None else real(size) / real(out)
+
+
+def _axis_taps(mode, size, out, param, align_corners):
+    """[(input index, weight or None)] per tap: output d of the axis reads sum(weight[d] * x[index[d]])."""
+    d = np.arange(out)
+    if mode == "nearest":
+        if out == size:
+            return [(d, None)]
+        if out == 2 * size:
+            return [(d >> 1, None)]
+        return [(np.minimum(np.floor(d.astype(np.float32) * param).astype(np.int64), size - 1), None)]
+    if out == size:
+        return [(d, None)]
+    real_d = d.astype(param.dtype)
+    half = param.dtype.type(0.5)
+    real = param * real_d if align_corners else np.maximum(param * (real_d + half) - half, 0)
+    low = np.minimum(real.astype(np.int64), size - 1)   # truncation: floor, as real >= 0
+    upper = np.minimum(real - low.astype(real.dtype), 1)
+    high = np.where(low < size - 1, low + 1, low)
+    return [(low, 1 - upper), (high, upper)]
+
+
+def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
+    """(align_corners, out_size, per-axis kernel parameters) for an input of shape x_shape."""
+    align = check_settings(size, scale_factor, mode, align_corners)
+    _, c, h, w = x_shape
+    if min(c, h, w) < 1:
+        raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x_shape)}")
+    out_size, factors = _output_size((h, w), size, scale_factor)
+    compute = _backend.compute_dtype(dtype)
+    params = tuple(_axis_param(mode, s, o, f, align, compute) for s, o, f in zip((h, w), out_size, factors))
+    return align, out_size, params
+
+
+def _along(axis, weight, ndim=4):
+    return weight.reshape((-1,) + (1,) * (ndim - 1 - axis))
+
+
+def _gather(a, taps, axis):
+    total = None
+    for index, weight in taps:
+        part = np.take(a, index, axis=axis)
+        if weight is not None:
+            part = part * _along(axis, weight)
+        total = part if total is None else total + part
+    return total
+
+
+def _scatter(g, taps, axis, size):
+    """The adjoint of _gather: dy added into the taps' inputs."""
+    moved = np.moveaxis(g, axis, 0)
+    total = np.zeros((size,) + moved.shape[1:], dtype=g.dtype)
+    for index, weight in taps:
+        np.add.at(total, index, moved if weight is None else moved * _along(0, weight))
+    return np.moveaxis(total, 0, axis)
+
+
+@takes_float16(kernels=True)
+def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, *, backend=None):
+    """torch.nn.functional.interpolate of a 4-D (N, C, H, W) input, modes "nearest" and "bilinear".
+    A 3-D input is refused: PyTorch reads it as (N, C, L), one-dimensional interpolation."""
+    _checks.array(x, "x", ndim=4)
+    align, out_size, params = _plan(x.shape, size, scale_factor, mode, align_corners, x.dtype)
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        rows, cols = (_axis_taps(mode, s, o, p, align) for s, o, p in zip(x.shape[2:], out_size, params))
+        return _gather(_gather(x, cols, 3), rows, 2)
+    from ..gpu import upsample as gpu_upsample
+    return gpu_upsample.forward(be, mode, _checks.for_kernels(be, x, "x"), out_size, params, align)
+
+
+@takes_float16(kernels=True)
+def interpolate_backward(dy, x_shape, size=None, scale_factor=None, mode="nearest", align_corners=None, *,
+                         backend=None):
+    """Gradient of interpolate for an input of shape x_shape, given the same size / scale_factor,
+    mode and align_corners."""
+    _checks.array(dy, "dy", ndim=4)
+    x_shape = _checks.shape_tuple(x_shape, "x_shape", 4)
+    align, out_size, params = _plan(x_shape, size, scale_factor, mode, align_corners, dy.dtype)
+    _checks.shape_is(dy, "dy", x_shape[:2] + out_size, f" (the output of interpolate for x of shape {x_shape})")
+    be = _backend.resolve(backend, dy)
+    if be == "numpy":
+        rows, cols = (_axis_taps(mode, s, o, p, align) for s, o, p in zip(x_shape[2:], out_size, params))
+        return _scatter(_scatter(dy, rows, 2, x_shape[2]), cols, 3, x_shape[3])
+    from ..gpu import upsample as gpu_upsample
+    return gpu_upsample.backward(be, mode, _checks.for_kernels(be, dy, "dy"), x_shape, params, align)

@@ -1,0 +1,43 @@
+"""Launch code of kernels/upsample.cu: nearest and bilinear interpolation, forward and backward (a
+deterministic gather). x (N, C, H, W) -> y (N, C, P, Q); `axis_params` per axis (rows, columns):
+nearest's FP32 scale, or bilinear's ratio (cnn_gpu.functional.upsample works both out)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, acc, blocks_for, i32
+
+
+def _args(mode, dtype, x_shape, out_size, axis_params, align_corners):
+    n, c, h, w = x_shape
+    p, q = out_size
+    for name, pixels in (("input", h * w), ("output", p * q)):
+        if pixels >= PLANE_LIMIT:
+            raise ValueError(f"upsampling kernels index a plane with 32-bit ints: the {name} plane has "
+                             f"{pixels} pixels (2^31 or more)")
+    if mode == "nearest":
+        scalars = tuple(map(np.float32, axis_params))
+    else:
+        scalars = (*acc(dtype, *axis_params), *i32(align_corners))
+    return np.int64(n * c), *i32(h, w, p, q), *scalars
+
+
+def forward(be, mode, x, out_size, axis_params, align_corners=False):
+    n, c = x.shape[:2]
+    y = backend.array_module(be).empty((n, c) + tuple(out_size), dtype=x.dtype)
+    if n * c:   # a batch of none is an empty result, and a grid of no blocks no launch
+        grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+        backend.launch(be, "upsample", x.dtype, f"upsample_{mode}_forward", grid, (THREADS,),
+                       (x, y, *_args(mode, x.dtype, x.shape, out_size, axis_params, align_corners)))
+    return y
+
+
+def backward(be, mode, dy, x_shape, axis_params, align_corners=False):
+    n, c, h, w = x_shape
+    dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
+    if n * c:
+        grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+        backend.launch(be, "upsample", dy.dtype, f"upsample_{mode}_backward", grid, (THREADS,),
+                       (dy, dx, *_args(mode, dy.dtype, x_shape, dy.shape[2:], axis_params, align_corners)))
+    return dx

@@ -1,0 +1,193 @@
+// Upsampling over NCHW as torch.nn.functional.interpolate, modes "nearest" and "bilinear" (an
+// output smaller than the input too). The index rules, per axis of `in` inputs and `out` outputs:
+//  * nearest, PyTorch's nearest_idx: src(d) = d if out == in, d >> 1 if out == 2*in, else
+//    min(floor((float)d * scale), in - 1) in FP32 for every dtype, scale = (float)(1/scale_factor)
+//    when a scale factor was given, else (float)in / out (the host passes it rounded to FP32).
+//  * bilinear: real = ratio*d (align_corners) or max(ratio*(d + 1/2) - 1/2, 0) in acc_t; taps
+//    i0 = min(floor(real), in - 1) and i1 = i0 + (i0 < in - 1) with weights 1 - l and
+//    l = clamp(real - i0, 0, 1); out == in copies.
+//
+// Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
+// blocks, blockIdx.x walks one (n, c) plane's pixels (consecutive threads on consecutive w:
+// coalesced) and blockIdx.y strides over the planes, as kernels/adaptive_pool.cu.
+//  * *_forward: the thread of output (p, q) reads its one (nearest) or four (bilinear) taps.
+//  * *_backward: a GATHER, no atomics. src(d) and i0(d) never decrease with d, so the outputs
+//    that read input h along an axis are one contiguous range, found by binary search: nearest
+//    [first d with src(d) >= h, first d with src(d) >= h + 1); bilinear the same bounds for i0
+//    at h - 1 and h + 1, each output weighted by its taps that land on h (zero for none). The
+//    thread of input (h, w) sums dy over its row range x column range in increasing (p, q)
+//    order: deterministic, the bounds computed by the very functions the forward pass uses.
+// In-plane indices are int (the host refuses planes of 2^31 pixels or more); plane offsets are
+// 64-bit. Sums are acc_t: float16 adds in FP32 and rounds each output once.
+
+#include "common.cuh"
+
+__device__ __forceinline__ int nearest_source(int d, int in, int out, float scale)
+{
+    if (out == in)
+        return d;
+    if (out == 2LL * in)
+        return d >> 1;
+    const long long src = (long long)floorf((float)d * scale);   // FP32 product: PyTorch's rounding
+    return (int)(src < in - 1 ? src : in - 1);
+}
+
+// The first output d in [0, out] whose nearest source is >= h (out when none is).
+__device__ __forceinline__ int first_nearest_reader(int h, int in, int out, float scale)
+{
+    int lo = 0, hi = out;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (nearest_source(mid, in, out, scale) >= h)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+// Bilinear taps of output d: the lower input index, and the weight of the upper one (i0 + 1,
+// or i0 itself at the last input).
+struct LinearTaps {
+    int low;
+    acc_t upper_weight;
+};
+
+__device__ __forceinline__ LinearTaps linear_taps(int d, int in, int out, acc_t ratio, int align_corners)
+{
+    LinearTaps taps;
+    if (out == in) {
+        taps.low = d;
+        taps.upper_weight = (acc_t)0;
+        return taps;
+    }
+    acc_t real = align_corners ? ratio * (acc_t)d : ratio * ((acc_t)d + (acc_t)0.5) - (acc_t)0.5;
+    if (real < (acc_t)0)
+        real = (acc_t)0;
+    const long long low = (long long)real;   // truncation: floor, as real >= 0
+    taps.low = (int)(low < in - 1 ? low : in - 1);
+    const acc_t upper = real - (acc_t)taps.low;
+    taps.upper_weight = upper > (acc_t)1 ? (acc_t)1 : upper;
+    return taps;
+}
+
+__device__ __forceinline__ int upper_tap(int low, int in) { return low < in - 1 ? low + 1 : low; }
+
+// The first output d in [0, out] whose lower tap is >= h (out when none is).
+__device__ __forceinline__ int first_linear_reader(int h, int in, int out, acc_t ratio, int align_corners)
+{
+    int lo = 0, hi = out;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (linear_taps(mid, in, out, ratio, align_corners).low >= h)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+// The weight with which output d's interpolation reads input h (0 where neither tap is h).
+__device__ __forceinline__ acc_t linear_weight_of(int h, int d, int in, int out, acc_t ratio, int align_corners)
+{
+    const LinearTaps taps = linear_taps(d, in, out, ratio, align_corners);
+    acc_t weight = (acc_t)0;
+    if (taps.low == h)
+        weight += (acc_t)1 - taps.upper_weight;
+    if (upper_tap(taps.low, in) == h)
+        weight += taps.upper_weight;
+    return weight;
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+upsample_nearest_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
+                         int Q, float scale_h, float scale_w)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL* xp = x + plane * plane_inputs;
+        GRID_STRIDE_LOOP(flat, plane_outputs) {
+            const int out = (int)flat;
+            const int h = nearest_source(out / Q, H, P, scale_h);
+            const int w = nearest_source(out % Q, W, Q, scale_w);
+            y[plane * plane_outputs + out] = xp[h * W + w];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+upsample_nearest_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W, int P,
+                          int Q, float scale_h, float scale_w)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL* dyp = dy + plane * plane_outputs;
+        GRID_STRIDE_LOOP(flat, plane_inputs) {
+            const int in = (int)flat;
+            const int w = in % W;
+            const int h = in / W;
+            const int p_end = first_nearest_reader(h + 1, H, P, scale_h);
+            const int q_begin = first_nearest_reader(w, W, Q, scale_w);
+            const int q_end = first_nearest_reader(w + 1, W, Q, scale_w);
+            acc_t sum = (acc_t)0;
+            for (int p = first_nearest_reader(h, H, P, scale_h); p < p_end; ++p)
+                for (int q = q_begin; q < q_end; ++q)
+                    sum += to_acc(dyp[p * Q + q]);
+            dx[plane * plane_inputs + in] = to_real(sum);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+upsample_bilinear_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
+                          int Q, acc_t ratio_h, acc_t ratio_w, int align_corners)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL* xp = x + plane * plane_inputs;
+        GRID_STRIDE_LOOP(flat, plane_outputs) {
+            const int out = (int)flat;
+            const LinearTaps rows = linear_taps(out / Q, H, P, ratio_h, align_corners);
+            const LinearTaps cols = linear_taps(out % Q, W, Q, ratio_w, align_corners);
+            const REAL* low_row = xp + rows.low * W;
+            const REAL* high_row = xp + upper_tap(rows.low, H) * W;
+            const int w0 = cols.low, w1 = upper_tap(cols.low, W);
+            const acc_t col0 = (acc_t)1 - cols.upper_weight, col1 = cols.upper_weight;
+            const acc_t low = to_acc(low_row[w0]) * col0 + to_acc(low_row[w1]) * col1;
+            const acc_t high = to_acc(high_row[w0]) * col0 + to_acc(high_row[w1]) * col1;
+            y[plane * plane_outputs + out] = to_real(low * ((acc_t)1 - rows.upper_weight) + high * rows.upper_weight);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+upsample_bilinear_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W,
+                           int P, int Q, acc_t ratio_h, acc_t ratio_w, int align_corners)
+{
+    const int plane_inputs = H * W;
+    const int plane_outputs = P * Q;
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const REAL* dyp = dy + plane * plane_outputs;
+        GRID_STRIDE_LOOP(flat, plane_inputs) {
+            const int in = (int)flat;
+            const int w = in % W;
+            const int h = in / W;
+            // an output reads h only through a lower tap at h - 1 (its upper tap) or at h
+            const int p_end = first_linear_reader(h + 1, H, P, ratio_h, align_corners);
+            const int q_begin = first_linear_reader(w - 1, W, Q, ratio_w, align_corners);
+            const int q_end = first_linear_reader(w + 1, W, Q, ratio_w, align_corners);
+            acc_t sum = (acc_t)0;
+            for (int p = first_linear_reader(h - 1, H, P, ratio_h, align_corners); p < p_end; ++p) {
+                const acc_t row_weight = linear_weight_of(h, p, H, P, ratio_h, align_corners);
+                acc_t row = (acc_t)0;
+                for (int q = q_begin; q < q_end; ++q)
+                    row += to_acc(dyp[p * Q + q]) * linear_weight_of(w, q, W, Q, ratio_w, align_corners);
+                sum += row * row_weight;
+            }
+            dx[plane * plane_inputs + in] = to_real(sum);
+        }
+    }
+}
