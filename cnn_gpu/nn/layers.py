@@ -15,6 +15,7 @@ from ..functional.dropout import check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
 from ..functional.layer_norm import normalized_shape_tuple
 from ..functional.pool import max_pool2d_backward_of_own_indices
+from ..functional.upsample import check_settings as check_upsample_settings
 from . import init
 from .module import Module, Parameter
 
@@ -593,3 +594,37 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+class Upsample(Module):
+    """F.interpolate as a layer (torch.nn.Upsample): to `size`, or by `scale_factor`, with mode
+    "nearest" or "bilinear". The settings are checked here, as far as they can be without an input."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+        super().__init__()
+        check_upsample_settings(size, scale_factor, mode, align_corners)
+        # lists kept as tuples (an edit of the caller's list later changes nothing, as in
+        # AdaptiveAvgPool2d); scale factors as floats, as PyTorch keeps and prints them
+        self.size = tuple(size) if isinstance(size, list) else size
+        if scale_factor is not None:
+            scale_factor = (tuple(float(f) for f in scale_factor) if isinstance(scale_factor, (tuple, list))
+                            else float(scale_factor))
+        self.scale_factor = scale_factor
+        self.mode = mode
+        self.align_corners = align_corners
+
+    def _settings(self):
+        return dict(size=self.size, scale_factor=self.scale_factor, mode=self.mode, align_corners=self.align_corners)
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.interpolate(x, **self._settings(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        return F.interpolate_backward(dy, self._saved_for_backward(), **self._settings(), backend=self.backend)
+
+    def extra_repr(self):
+        target = f"scale_factor={self.scale_factor!r}" if self.scale_factor is not None else f"size={self.size!r}"
+        return f"{target}, mode={self.mode!r}"
