@@ -381,6 +381,11 @@ def _torch_pairs():
         (nn.GELU("tanh"), torch.nn.GELU("tanh"), (3, 4, 5)),
         (nn.Flatten(), torch.nn.Flatten(), (2, 3, 4, 5)),
         (nn.Flatten(0, 2), torch.nn.Flatten(0, 2), (2, 3, 4, 5)),
+        (nn.Upsample(scale_factor=2), torch.nn.Upsample(scale_factor=2), (2, 3, 4, 5)),
+        (nn.Upsample(size=(7, 3), mode="bilinear", align_corners=True),
+         torch.nn.Upsample(size=(7, 3), mode="bilinear", align_corners=True), (2, 2, 4, 5)),
+        (nn.Upsample(scale_factor=(1.5, 0.7), mode="bilinear"),
+         torch.nn.Upsample(scale_factor=(1.5, 0.7), mode="bilinear"), (1, 2, 5, 6)),
     ]
 
 

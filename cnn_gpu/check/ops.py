@@ -462,6 +462,46 @@ def _adaptive_pool_run(a, cfg, be):
     return dict(y=y, dx=F.adaptive_avg_pool2d_backward(a["dy"], a["x"].shape, backend=be))
 
 
+def _upsample_config(rng):
+    from ..functional.upsample import output_size
+    while True:
+        mode = str(rng.choice(["nearest", "bilinear"]))
+        cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 9), mode=mode,
+                   align_corners=None if mode == "nearest" else bool(rng.random() < 0.5), size=None, scale_factor=None)
+        if rng.random() < 0.5:
+            cfg["size"] = _ints(rng, 1, 12)
+        else:   # non-integer factors, below 1 (downsampling) too
+            cfg["scale_factor"] = tuple(round(float(f), 2) for f in rng.uniform(0.4, 3.2, 2))
+        try:
+            return dict(cfg, out=output_size(cfg["HW"], cfg["size"], cfg["scale_factor"]))
+        except ValueError:   # an empty output
+            continue
+
+
+UPSAMPLE_EDGES = (dict(N=2, C=3, HW=(4, 5), mode="nearest", align_corners=None, size=None, scale_factor=(2, 2),
+                       out=(8, 10)),                                             # the out == 2*in shortcut
+                  dict(N=1, C=2, HW=(5, 7), mode="nearest", align_corners=None, size=None,
+                       scale_factor=(1.1, 2.1), out=(5, 14)),                    # shortcuts taken by size, not factor
+                  dict(N=2, C=1, HW=(1, 6), mode="bilinear", align_corners=True, size=(5, 1), scale_factor=None,
+                       out=(5, 1)),                                              # one input row, one output column
+                  dict(N=1, C=2, HW=(9, 8), mode="bilinear", align_corners=False, size=(4, 3), scale_factor=None,
+                       out=(4, 3)))                                              # downsampling
+UPSAMPLE_LARGE = (dict(N=8, C=32, HW=(16, 16), mode="bilinear", align_corners=False, size=None, scale_factor=(2, 2),
+                       out=(32, 32)),)
+
+
+def _upsample_inputs(cfg, rng):
+    return dict(x=rng.standard_normal((cfg["N"], cfg["C"], *cfg["HW"])),
+                dy=rng.standard_normal((cfg["N"], cfg["C"], *cfg["out"])))
+
+
+def _upsample_run(a, cfg, be):
+    from .. import functional as F
+    settings = dict(size=cfg["size"], scale_factor=cfg["scale_factor"], mode=cfg["mode"],
+                    align_corners=cfg["align_corners"], backend=be)
+    return dict(y=F.interpolate(a["x"], **settings), dx=F.interpolate_backward(a["dy"], a["x"].shape, **settings))
+
+
 # every convolution pass multiplies these operands; the bias gradient is a plain sum of dy
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
@@ -497,6 +537,8 @@ OPS = {op.name: op for op in (
             large_configs=(dict(ACTIVATION_LARGE[0], p=0.5, seed=2**40, step=3),)),
     OpCheck("adaptive_avg_pool2d", _adaptive_pool_config, ADAPTIVE_POOL_EDGES, _adaptive_pool_inputs,
             _adaptive_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
+    OpCheck("interpolate", _upsample_config, UPSAMPLE_EDGES, _upsample_inputs, _upsample_run, "y", "dy", {"x": "dx"},
+            large_configs=UPSAMPLE_LARGE),
     OpCheck("batch_norm", _batch_norm_config, BATCH_NORM_EDGES, _batch_norm_inputs, _batch_norm_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=BATCH_NORM_LARGE),
 )}

@@ -57,7 +57,12 @@ def _per_axis(value, name):
     return items
 
 
-def _output_size(in_size, size, scale_factor):
+def output_size(in_size, size, scale_factor):
+    """interpolate's output (h, w) for an input of spatial size `in_size` (h, w)."""
+    return _output_size_and_factors(in_size, size, scale_factor)[0]
+
+
+def _output_size_and_factors(in_size, size, scale_factor):
     """(out_size, scale_factors): the scale factors are None where `size` was given."""
     if size is not None:
         return tuple(_checks.whole_number(s, "size") for s in _per_axis(size, "size")), (None, None)
@@ -107,7 +112,7 @@ def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
     _, c, h, w = x_shape
     if min(c, h, w) < 1:
         raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x_shape)}")
-    out_size, factors = _output_size((h, w), size, scale_factor)
+    out_size, factors = _output_size_and_factors((h, w), size, scale_factor)
     compute = _backend.compute_dtype(dtype)
     params = tuple(_axis_param(mode, s, o, f, align, compute) for s, o, f in zip((h, w), out_size, factors))
     return align, out_size, params
