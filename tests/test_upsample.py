@@ -1,0 +1,349 @@
+"""F.interpolate / interpolate_backward and nn.Upsample: the index rules written out as loops in
+float64 (nearest's FP32 index product aside), PyTorch CPU over seeded sweeps (nearest's indices
+bit for bit), finite differences, bad arguments refused before any launch, and the kernels on the
+emulator (under its default checks, bit-identical under every schedule)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, nn
+from cnn_gpu import functional as F
+from cnn_gpu.gradcheck import check_op
+from helpers import assert_close
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
+                               reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
+
+
+def draw(rng, max_in=9, max_out=14):
+    """(x shape, settings): sizes or factors (non-integer, below 1 too), both modes, align_corners."""
+    while True:
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, max_in + 1)),
+                 int(rng.integers(1, max_in + 1)))
+        mode = "nearest" if rng.random() < 0.5 else "bilinear"
+        settings = dict(mode=mode, align_corners=None if mode == "nearest" else
+                        [None, False, True][int(rng.integers(3))])
+        kind = rng.random()
+        if kind < 0.4:
+            size = [int(rng.integers(1, max_out + 1)) for _ in range(2)]
+            settings["size"] = tuple(size) if rng.random() < 0.8 else size[0]
+        else:
+            factors = ([float(rng.integers(1, 5)) for _ in range(2)] if kind < 0.6 else
+                       [round(float(rng.uniform(0.3, 3.5)), int(rng.integers(1, 4))) for _ in range(2)])
+            settings["scale_factor"] = tuple(factors) if rng.random() < 0.8 else factors[0]
+        try:
+            F.upsample.output_size(shape[2:], settings.get("size"), settings.get("scale_factor"))
+            return shape, settings
+        except ValueError:   # an empty output
+            continue
+
+
+# --- the rules as loops --------------------------------------------------------------------------
+
+def per_axis(value):
+    return tuple(value) if isinstance(value, tuple) else (value, value)
+
+
+def loop_taps(mode, size, out, factor, align_corners):
+    """Per output along one axis: [(input index, weight)], from the rule in the module docstring."""
+    taps = []
+    for d in range(out):
+        if mode == "nearest":
+            if out == size:
+                src = d
+            elif out == 2 * size:
+                src = d // 2
+            else:
+                scale = np.float32(1.0 / factor) if factor is not None else np.float32(size) / np.float32(out)
+                src = min(math.floor(np.float32(d) * scale), size - 1)
+            taps.append([(src, 1.0)])
+            continue
+        if out == size:
+            taps.append([(d, 1.0)])
+            continue
+        if align_corners:
+            real = d * ((size - 1) / (out - 1)) if out > 1 else 0.0
+        else:
+            ratio = 1.0 / factor if factor is not None else size / out
+            real = max(ratio * (d + 0.5) - 0.5, 0.0)
+        low = min(math.floor(real), size - 1)
+        weight = min(real - low, 1.0)
+        taps.append([(low, 1.0 - weight), (min(low + 1, size - 1), weight)])
+    return taps
+
+
+def loop_reference(x, settings, dy=None):
+    """y = interpolate(x) in float64, and dx for dy when given, output by output."""
+    n, c, h, w = x.shape
+    size, factor = settings.get("size"), settings.get("scale_factor")
+    out = F.upsample.output_size((h, w), size, factor)
+    factors = per_axis(factor) if factor is not None else (None, None)
+    rows, cols = (loop_taps(settings["mode"], s, o, f, settings.get("align_corners"))
+                  for s, o, f in zip((h, w), out, factors))
+    y = np.zeros((n, c) + out)
+    dx = np.zeros(x.shape)
+    for p, row_taps in enumerate(rows):
+        for q, col_taps in enumerate(cols):
+            for i, wi in row_taps:
+                for j, wj in col_taps:
+                    y[:, :, p, q] += wi * wj * x[:, :, i, j].astype(np.float64)
+                    if dy is not None:
+                        dx[:, :, i, j] += wi * wj * dy[:, :, p, q]
+    return y, dx
+
+
+def test_loops_agree_with_hand_worked_indices():
+    """The loops themselves on cases worked by hand: 3 -> 5 nearest reads 0 0 1 1 2 (floor(d*0.6));
+    by factor 1.5, floor(3 * 1.5) = 4 outputs read floor(d / 1.5) = 0 0 1 2; factors that give
+    out == in or 2*in take the shortcuts; bilinear 2 -> 4 without align_corners reads at 0 (clamped),
+    1/4, 3/4 and 1 (clamped), with align_corners 2 -> 3 at 0, 1/2 and 1."""
+    assert [t[0][0] for t in loop_taps("nearest", 3, 5, None, None)] == [0, 0, 1, 1, 2]
+    assert [t[0][0] for t in loop_taps("nearest", 3, 4, 1.5, None)] == [0, 0, 1, 2]
+    assert [t[0][0] for t in loop_taps("nearest", 3, 3, 1.2, None)] == [0, 1, 2]     # out == in: copies
+    assert [t[0][0] for t in loop_taps("nearest", 3, 6, 2.1, None)] == [0, 0, 1, 1, 2, 2]
+    x = np.array([[[[0.0, 4.0]]]])
+    y, _ = loop_reference(x, dict(mode="bilinear", size=(1, 4)))
+    np.testing.assert_array_equal(y[0, 0, 0], [0.0, 1.0, 3.0, 4.0])
+    y, _ = loop_reference(x, dict(mode="bilinear", size=(1, 3), align_corners=True))
+    np.testing.assert_array_equal(y[0, 0, 0], [0.0, 2.0, 4.0])
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_against_the_loops(be):
+    rng = np.random.default_rng(1)
+    for i in range(120 if be == "numpy" else 60):
+        shape, settings = draw(rng)
+        x = rng.standard_normal(shape)
+        y_ref, _ = loop_reference(x, settings)
+        dy = rng.standard_normal(y_ref.shape)
+        _, dx_ref = loop_reference(x, settings, dy)
+        what = f"config {i}: {shape} {settings}"
+        assert_close(F.interpolate(x, **settings, backend=be), y_ref, np.float64, what)
+        assert_close(F.interpolate_backward(dy, shape, **settings, backend=be), dx_ref, np.float64, what + " dx")
+
+
+# --- PyTorch -------------------------------------------------------------------------------------
+
+def torch_settings(settings):
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_against_pytorch(be, dtype):
+    """Nearest: the same bits forward (a copy) wherever PyTorch's CPU forward takes the legacy rule
+    (outputs with H + W <= 128: all here); bilinear within tolerance, backward too."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    for i in range(150 if be == "numpy" else 50):
+        shape, settings = draw(rng)
+        x = rng.standard_normal(shape).astype(dtype)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.interpolate(xt, **torch_settings(settings))
+        dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+        yt.backward(torch.tensor(dy))
+        what = f"config {i}: {shape} {settings}"
+        y = F.interpolate(x, **settings, backend=be)
+        if settings["mode"] == "nearest":
+            assert y.tobytes() == yt.detach().numpy().tobytes(), what
+        assert_close(y, yt.detach().numpy(), dtype, what)
+        assert_close(F.interpolate_backward(dy, shape, **settings, backend=be), xt.grad.numpy(), dtype, what + " dx")
+
+
+def coded(shape):
+    """dy with a distinct integer per output pixel: the sums that reach each input are exact in
+    float64 in any order, and name which outputs reached it."""
+    return np.broadcast_to(np.arange(1.0, shape[2] * shape[3] + 1).reshape(shape[2:]), shape).copy()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_nearest_gradient_routes_as_pytorch_bit_for_bit(be):
+    """Large outputs, odd sizes, non-integer factors (with out == in and out == 2*in from factors
+    other than 1 and 2): each input gets exactly the outputs PyTorch's backward pass gives it."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    cases = [((1, 1, 55, 7), dict(scale_factor=(3.96, 1.0))), ((1, 1, 5, 10), dict(scale_factor=(1.1, 2.05))),
+             ((1, 1, 183, 3), dict(size=(63, 5))), ((1, 1, 97, 61), dict(scale_factor=(1.37, 0.71)))]
+    cases += [draw(rng, max_in=120, max_out=250) for _ in range(30)]
+    for shape, settings in cases:
+        settings = dict(settings, mode="nearest", align_corners=None)
+        xt = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+        yt = torch.nn.functional.interpolate(xt, **torch_settings(settings))
+        dy = coded(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        dx = F.interpolate_backward(dy, shape, **settings, backend=be)
+        assert dx.tobytes() == xt.grad.numpy().tobytes(), f"{shape} {settings}"
+
+
+@pytest.mark.torch
+def test_pytorch_cpu_forward_of_large_float64_outputs_leaves_its_own_rule():
+    """Why the oracle above is PyTorch's backward pass: for outputs with H + W > 128 its CPU forward
+    computes float64 indices in float64 without the shortcuts, and then disagrees with its own
+    gradient (55 -> 217 columns by 3.96: output 99 reads input 25, its gradient goes to 24). Our
+    forward keeps the rule of the gradient."""
+    torch = pytest.importorskip("torch")
+    x = np.arange(55.0).reshape(1, 1, 1, 55)
+    y = F.interpolate(x, scale_factor=(1.0, 3.96))
+    yt = torch.nn.functional.interpolate(torch.tensor(x), scale_factor=(1.0, 3.96)).numpy()
+    assert y[0, 0, 0, 99] == 24 and yt[0, 0, 0, 99] == 25
+    assert np.count_nonzero(y != yt) == 2                                          # outputs 99 and 198
+    dx = F.interpolate_backward(coded(y.shape), x.shape, scale_factor=(1.0, 3.96))
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.interpolate(xt, scale_factor=(1.0, 3.96)).backward(torch.tensor(coded(y.shape)))
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
+def test_finite_differences():
+    x = np.random.default_rng(4).standard_normal((2, 2, 5, 4))
+    for settings in [dict(size=(9, 7)), dict(scale_factor=1.7), dict(size=(3, 2)), dict(scale_factor=(2, 0.6)),
+                     dict(size=(8, 3), mode="bilinear"), dict(size=(8, 3), mode="bilinear", align_corners=True),
+                     dict(scale_factor=(1.3, 2.6), mode="bilinear"), dict(size=(2, 1), mode="bilinear"),
+                     dict(size=(1, 6), mode="bilinear", align_corners=True)]:
+        report = check_op(lambda x: F.interpolate(x, **settings),
+                          lambda dy, x: F.interpolate_backward(dy, x.shape, **settings), [x])
+        assert report.max_rel_error < 1e-6, f"{settings}: {report}"
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_empty_batch(be):
+    """PyTorch allows N = 0 (an empty result) and refuses empty channel or spatial dimensions."""
+    y = F.interpolate(np.zeros((0, 2, 3, 3), np.float32), scale_factor=2, backend=be)
+    assert y.shape == (0, 2, 6, 6) and y.dtype == np.float32
+    dx = F.interpolate_backward(np.zeros((0, 2, 4, 4), np.float32), (0, 2, 3, 3), size=4, backend=be)
+    assert dx.shape == (0, 2, 3, 3)
+    with pytest.raises(ValueError, match="non-empty"):
+        F.interpolate(np.zeros((1, 0, 3, 3)), size=2, backend=be)
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_bad_arguments_are_refused_before_any_launch(be, monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched before the arguments were checked")
+    monkeypatch.setattr(backend, "launch", no_launch)
+    x, dy = np.ones((2, 3, 4, 4)), np.ones((2, 3, 8, 8))
+    for call, error, match in [
+        (lambda: F.interpolate(x, size=2, scale_factor=2), ValueError, "only one of size or scale_factor"),
+        (lambda: F.interpolate(x), ValueError, "either size or scale_factor"),
+        (lambda: F.interpolate(x, size=0), ValueError, "size must be a positive int"),
+        (lambda: F.interpolate(x, size=(2, -1)), ValueError, "size must be a positive int"),
+        (lambda: F.interpolate(x, size=2.5), TypeError, "size"),
+        (lambda: F.interpolate(x, size=True), TypeError, "size"),
+        (lambda: F.interpolate(x, size=(1, 2, 3)), ValueError, "pair"),
+        (lambda: F.interpolate(x, scale_factor=0), ValueError, "positive"),
+        (lambda: F.interpolate(x, scale_factor=-2.0), ValueError, "positive"),
+        (lambda: F.interpolate(x, scale_factor=float("nan")), ValueError, "finite"),
+        (lambda: F.interpolate(x, scale_factor=float("inf")), ValueError, "finite"),
+        (lambda: F.interpolate(x, scale_factor=0.2), ValueError, "empty output"),
+        (lambda: F.interpolate(x, scale_factor="2"), TypeError, "scale_factor"),
+        (lambda: F.interpolate(x, size=2, mode="bicubic"), ValueError, "mode"),
+        (lambda: F.interpolate(x, size=2, align_corners=False), ValueError, "align_corners"),
+        (lambda: F.interpolate(x, size=2, mode="bilinear", align_corners=1), TypeError, "align_corners"),
+        (lambda: F.interpolate(x[0], size=2), ValueError, "4-D"),
+        (lambda: F.interpolate(x.astype(np.int64), size=2), TypeError, "float"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7), ValueError, "dy must have shape"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4), size=8), ValueError, "x_shape"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), scale_factor=2, mode="linear"), ValueError, "mode"),
+    ]:
+        with backend.use_backend(be), pytest.raises(error, match=match):
+            call()
+
+
+# --- the layer -----------------------------------------------------------------------------------
+
+def test_layer():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    size = [6, 7]
+    layer = nn.Upsample(size=size, mode="bilinear", align_corners=True)
+    size[0] = 1                                                    # kept as a tuple: the edit changes nothing
+    y = layer(x)
+    assert y.shape == (2, 3, 6, 7) and layer.size == (6, 7)
+    assert_close(y, F.interpolate(x, size=(6, 7), mode="bilinear", align_corners=True), np.float32, "forward")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_close(layer.backward(dy), F.interpolate_backward(dy, x.shape, size=(6, 7), mode="bilinear",
+                                                            align_corners=True), np.float32, "backward")
+    layer(x)
+    assert layer.backward(dy, input_grad=False) is None
+    assert repr(nn.Upsample(scale_factor=2)) == "Upsample(scale_factor=2.0, mode='nearest')"
+    assert repr(nn.Upsample(scale_factor=[2, 3])) == "Upsample(scale_factor=(2.0, 3.0), mode='nearest')"
+    assert repr(layer) == "Upsample(size=(6, 7), mode='bilinear')"
+    assert list(layer.parameters()) == [] and layer.state_dict() == {}
+
+
+def test_layer_refuses_bad_settings_when_built():
+    for kwargs, error, match in [(dict(), ValueError, "either size"), (dict(size=2, scale_factor=2), ValueError, "only one"),
+                                 (dict(size=2, mode="area"), ValueError, "mode"),
+                                 (dict(size=2, align_corners=True), ValueError, "align_corners")]:
+        with pytest.raises(error, match=match):
+            nn.Upsample(**kwargs)
+
+
+# --- the kernels on the emulator -----------------------------------------------------------------
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_emu_sweep(dtype):
+    """Against the NumPy path under the emulator's default checks (guarded arrays)."""
+    rng = np.random.default_rng(6)
+    for i in range(80):
+        shape, settings = draw(rng)
+        x = rng.standard_normal(shape).astype(dtype)
+        y = F.interpolate(x, **settings, backend="emu")
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        what = f"config {i}: {shape} {settings}"
+        expected = F.interpolate(x, **settings, backend="numpy")
+        if dtype == np.float16:   # compared in FP32 terms: one float16 rounding apart at most
+            np.testing.assert_allclose(y.astype(np.float32), expected, rtol=2**-10, atol=2**-14, err_msg=what)
+            np.testing.assert_allclose(F.interpolate_backward(dy, shape, **settings, backend="emu").astype(np.float32),
+                                       F.interpolate_backward(dy, shape, **settings, backend="numpy"),
+                                       rtol=2**-10, atol=2**-12, err_msg=what + " dx")
+            continue
+        assert_close(y, expected, dtype, what)
+        assert_close(F.interpolate_backward(dy, shape, **settings, backend="emu"),
+                     F.interpolate_backward(dy, shape, **settings, backend="numpy"), dtype, what + " dx")
+
+
+@needs_emu
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_emu_bit_identical_under_schedules(schedule):
+    from cnn_gpu import emu
+    rng = np.random.default_rng(7)
+    for shape, settings in [((2, 3, 7, 9), dict(scale_factor=2.5)), ((1, 2, 17, 19), dict(size=(5, 4))),
+                            ((2, 1, 4, 6), dict(size=(9, 13), mode="bilinear")),
+                            ((1, 1, 30, 20), dict(scale_factor=(0.4, 3.3), mode="bilinear", align_corners=True))]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        dy = rng.standard_normal(F.interpolate(x, **settings).shape).astype(np.float32)
+        results = []
+        for checks in (dict(schedule="forward"), dict(schedule=schedule, seed=3)):
+            with emu.checking(guard=True, **checks):
+                results.append((F.interpolate(x, **settings, backend="emu"),
+                                F.interpolate_backward(dy, shape, **settings, backend="emu")))
+        for a, b in zip(*results):
+            assert a.tobytes() == b.tobytes(), f"{shape} {settings} under {schedule}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_matches_numpy(dtype):
+    import cupy
+    rng = np.random.default_rng(8)
+    for i in range(100):
+        shape, settings = draw(rng)
+        x = rng.standard_normal(shape).astype(dtype)
+        y = F.interpolate(cupy.asarray(x), **settings)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        what = f"config {i}: {shape} {settings}"
+        expected = F.interpolate(x, **settings)
+        if settings["mode"] == "nearest":
+            assert y.get().tobytes() == expected.tobytes(), what
+        assert_close(y, expected, dtype, what)
+        assert_close(F.interpolate_backward(cupy.asarray(dy), shape, **settings),
+                     F.interpolate_backward(dy, shape, **settings), dtype, what + " dx")
