@@ -139,6 +139,12 @@ def test_numpy_oracle_within_one_ulp_where_fp32_rounds():
     assert_rounded_once(F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
                         F.avg_pool2d(x.astype(F64), 3, 2, 1, count_include_pad=False), 1, "avg_pool2d / 9")
     assert_rounded_once(F.adaptive_avg_pool2d(x, 3), F.adaptive_avg_pool2d(x.astype(F64), 3), 1, "adaptive_avg_pool2d")
+    for mode in ("nearest", "bilinear"):
+        assert_rounded_once(F.interpolate(x, scale_factor=1.5, mode=mode),
+                            F.interpolate(x.astype(F64), scale_factor=1.5, mode=mode), 1, f"interpolate {mode}")
+        assert_rounded_once(F.interpolate_backward(dy, (4, 3, 9, 9), size=5, mode=mode),
+                            F.interpolate_backward(dy.astype(F64), (4, 3, 9, 9), size=5, mode=mode), 1,
+                            f"interpolate_backward {mode}")
     logits, labels = normal(rng, (6, 5, 3), 2.0), rng.integers(0, 5, (6, 3))
     weight = rng.uniform(0.5, 2.0, 5).astype(F16)
     loss, grad = F.cross_entropy(logits, labels, weight, label_smoothing=0.1)
@@ -411,7 +417,43 @@ def test_adaptive_pool_kernels(settings):
 
 
 @needs_emu
-def test_batch_norm_dropout_adaptive_pool_kernels_are_race_free():
+@pytest.mark.parametrize("settings", SCHEDULES, ids=lambda s: s["schedule"])
+def test_upsample_kernels(settings):
+    rng = np.random.default_rng(40)
+    x = normal(rng, (2, 3, 9, 7), 3.0)
+    with emu.checking(guard=True, **settings):
+        for upsample in (dict(scale_factor=2.5), dict(size=(4, 14)), dict(size=(13, 5), mode="bilinear"),
+                         dict(scale_factor=(0.5, 1.7), mode="bilinear", align_corners=True)):
+            y = _on_both(F.interpolate, x, **upsample)
+            _compare(y, f"interpolate {upsample}")
+            dy = normal(rng, y[0].shape)
+            _compare(_on_both(F.interpolate_backward, dy, x.shape, **upsample), f"interpolate_backward {upsample}")
+
+
+@pytest.mark.torch
+@needs_emu
+def test_upsample_kernels_match_pytorch_half():
+    """PyTorch CPU float16 computes in FP32 too: nearest's forward the same bits, the rest within
+    assert_fp16_close's tolerance."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(41)
+    x = normal(rng, (2, 3, 7, 6), 2.0)
+    for upsample in (dict(scale_factor=2.5), dict(size=(5, 13), mode="bilinear"),
+                     dict(scale_factor=(0.6, 2.0), mode="bilinear", align_corners=True)):
+        tx = torch.tensor(x, requires_grad=True)
+        ty = torch.nn.functional.interpolate(tx, **upsample)
+        dy = normal(rng, tuple(ty.shape))
+        ty.backward(torch.tensor(dy))
+        y = F.interpolate(x, **upsample, backend="emu")
+        if "mode" not in upsample:
+            assert y.tobytes() == ty.detach().numpy().tobytes(), upsample
+        assert_fp16_close(y, ty.detach().numpy(), f"interpolate {upsample}")
+        assert_fp16_close(F.interpolate_backward(dy, x.shape, **upsample, backend="emu"), tx.grad.numpy(),
+                          f"interpolate_backward {upsample}")
+
+
+@needs_emu
+def test_batch_norm_dropout_adaptive_pool_upsample_kernels_are_race_free():
     """Neighbouring float16 elements written by different threads share 4-byte words: the race
     check (exact to the byte) finds no unordered accesses in any of these kernels."""
     rng = np.random.default_rng(39)
@@ -424,6 +466,9 @@ def test_batch_norm_dropout_adaptive_pool_kernels_are_race_free():
         F.batch_norm(x, mean, var, weight, bias, False, activation="relu", backend="emu")
         F.dropout_backward(F.dropout(x, 0.3, seed=1, backend="emu"), 0.3, 1, backend="emu")
         F.adaptive_avg_pool2d_backward(F.adaptive_avg_pool2d(x, (4, 3), backend="emu"), x.shape, backend="emu")
+        for mode in ("nearest", "bilinear"):
+            F.interpolate_backward(F.interpolate(x, scale_factor=1.5, mode=mode, backend="emu"), x.shape,
+                                   scale_factor=1.5, mode=mode, backend="emu")
 
 
 @pytest.mark.torch
