@@ -47,6 +47,13 @@ OPS = {
     "gelu": (F.gelu, F.gelu_backward, [randn(3, 4) * 3]),
     "gelu tanh": (lambda x: F.gelu(x, approximate="tanh"), lambda dy, x: F.gelu_backward(dy, x, approximate="tanh"),
                   [randn(3, 4) * 3]),
+    "interpolate nearest": (lambda x: F.interpolate(x, scale_factor=(1.7, 0.6)),
+                            lambda dy, x: F.interpolate_backward(dy, x.shape, scale_factor=(1.7, 0.6)),
+                            [randn(2, 2, 4, 6)]),
+    "interpolate bilinear": (lambda x: F.interpolate(x, size=(7, 3), mode="bilinear", align_corners=True),
+                             lambda dy, x: F.interpolate_backward(dy, x.shape, size=(7, 3), mode="bilinear",
+                                                                  align_corners=True),
+                             [randn(2, 2, 4, 6)]),
 }
 
 

@@ -281,7 +281,8 @@ def test_layer():
 
 
 def test_layer_refuses_bad_settings_when_built():
-    for kwargs, error, match in [(dict(), ValueError, "either size"), (dict(size=2, scale_factor=2), ValueError, "only one"),
+    for kwargs, error, match in [(dict(), ValueError, "either size"),
+                                 (dict(size=2, scale_factor=2), ValueError, "only one"),
                                  (dict(size=2, mode="area"), ValueError, "mode"),
                                  (dict(size=2, align_corners=True), ValueError, "align_corners")]:
         with pytest.raises(error, match=match):
