@@ -2,8 +2,8 @@
 // averages rows [floor(p*H/P), ceil((p+1)*H/P)); the divisor is the window's area.
 //
 // Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
-// blocks, blockIdx.x walks one (n, c) plane's pixels (consecutive threads on consecutive w:
-// coalesced) and blockIdx.y strides over the planes, as kernels/pool.cu.
+// blocks, the grid's x threads walk one (n, c) plane's pixels (consecutive threads on consecutive
+// w: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, common.cuh).
 //  * adaptive_avg_pool_forward: the thread of output (p, q) sums its window row by row.
 //  * adaptive_avg_pool_backward: a GATHER, no atomics: input pixel (h, w) adds dy/area of the
 //    outputs whose windows contain it, p in [floor(h*P/H), ceil((h+1)*P/H) - 1] (same for q), in
@@ -29,50 +29,40 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adaptive_avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
                           int Q)
 {
-    const int plane_inputs = H * W;
-    const int plane_outputs = P * Q;
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL* xp = x + plane * plane_inputs;
-        GRID_STRIDE_LOOP(flat, plane_outputs) {
-            const int out = (int)flat;
-            const int q = out % Q;
-            const int p = out / Q;
-            const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
-            const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
-            acc_t sum = (acc_t)0;
-            for (int h = h0; h < h1; ++h)
-                for (int w = w0; w < w1; ++w)
-                    sum += to_acc(xp[h * W + w]);
-            y[plane * plane_outputs + out] = to_real(sum / (acc_t)((long long)(h1 - h0) * (w1 - w0)));
-        }
-    }
+    for_each_plane_pixel(planes, P * Q, [&](long long plane, int out) {
+        const REAL* xp = x + plane * (H * W);
+        const int q = out % Q;
+        const int p = out / Q;
+        const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
+        const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
+        acc_t sum = (acc_t)0;
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w)
+                sum += to_acc(xp[h * W + w]);
+        y[plane * (P * Q) + out] = to_real(sum / (acc_t)((long long)(h1 - h0) * (w1 - w0)));
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W,
                            int P, int Q)
 {
-    const int plane_inputs = H * W;
-    const int plane_outputs = P * Q;
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL* dyp = dy + plane * plane_outputs;
-        GRID_STRIDE_LOOP(flat, plane_inputs) {
-            const int in = (int)flat;
-            const int w = in % W;
-            const int h = in / W;
-            const int p_first = (int)(((long long)h * P) / H);
-            const int p_last = (int)(((long long)(h + 1) * P + H - 1) / H) - 1;
-            const int q_first = (int)(((long long)w * Q) / W);
-            const int q_last = (int)(((long long)(w + 1) * Q + W - 1) / W) - 1;
-            acc_t sum = (acc_t)0;
-            for (int p = p_first; p <= p_last; ++p) {
-                const int rows = window_end(p, H, P) - window_start(p, H, P);
-                for (int q = q_first; q <= q_last; ++q) {
-                    const int cols = window_end(q, W, Q) - window_start(q, W, Q);
-                    sum += to_acc(dyp[p * Q + q]) / (acc_t)((long long)rows * cols);
-                }
+    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
+        const REAL* dyp = dy + plane * (P * Q);
+        const int w = in % W;
+        const int h = in / W;
+        const int p_first = (int)(((long long)h * P) / H);
+        const int p_last = (int)(((long long)(h + 1) * P + H - 1) / H) - 1;
+        const int q_first = (int)(((long long)w * Q) / W);
+        const int q_last = (int)(((long long)(w + 1) * Q + W - 1) / W) - 1;
+        acc_t sum = (acc_t)0;
+        for (int p = p_first; p <= p_last; ++p) {
+            const int rows = window_end(p, H, P) - window_start(p, H, P);
+            for (int q = q_first; q <= q_last; ++q) {
+                const int cols = window_end(q, W, Q) - window_start(q, W, Q);
+                sum += to_acc(dyp[p * Q + q]) / (acc_t)((long long)rows * cols);
             }
-            dx[plane * plane_inputs + in] = to_real(sum);
         }
-    }
+        dx[plane * (H * W) + in] = to_real(sum);
+    });
 }

@@ -84,6 +84,17 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
     for (long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * BLOCK_THREADS)
 
+// fn(plane, pixel) for every pixel of `planes` planes of `pixels` each (NCHW's (n, c) planes):
+// blockIdx.y strides over the planes and the grid's x threads over one plane's pixels (in-plane
+// indices are int; the launchers refuse planes of 2^31 pixels or more).
+template <class PixelFn>
+static __device__ __forceinline__ void for_each_plane_pixel(long long planes, int pixels, PixelFn fn)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y)
+        GRID_STRIDE_LOOP(flat, pixels)
+            fn(plane, (int)flat);
+}
+
 // store(i, load(i)) for every i in [0, n), ELEMENTS_PER_THREAD elements a thread per round of the
 // grid (launched with blocks_for(ceil(n / ELEMENTS_PER_THREAD)) blocks: gpu._grid.elementwise_blocks):
 // thread t of block b takes b's span's elements t + k * BLOCK_THREADS, so every warp access stays

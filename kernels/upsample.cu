@@ -8,8 +8,8 @@
 //    l = clamp(real - i0, 0, 1); out == in copies.
 //
 // Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
-// blocks, blockIdx.x walks one (n, c) plane's pixels (consecutive threads on consecutive w:
-// coalesced) and blockIdx.y strides over the planes, as kernels/adaptive_pool.cu.
+// blocks, the grid's x threads walk one (n, c) plane's pixels (consecutive threads on consecutive
+// w: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, common.cuh).
 //  * *_forward: the thread of output (p, q) reads its one (nearest) or four (bilinear) taps.
 //  * *_backward: a GATHER, no atomics. src(d) and i0(d) never decrease with d, so the outputs
 //    that read input h along an axis are one contiguous range, found by binary search: nearest
@@ -103,91 +103,69 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 upsample_nearest_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
                          int Q, float scale_h, float scale_w)
 {
-    const int plane_inputs = H * W;
-    const int plane_outputs = P * Q;
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL* xp = x + plane * plane_inputs;
-        GRID_STRIDE_LOOP(flat, plane_outputs) {
-            const int out = (int)flat;
-            const int h = nearest_source(out / Q, H, P, scale_h);
-            const int w = nearest_source(out % Q, W, Q, scale_w);
-            y[plane * plane_outputs + out] = xp[h * W + w];
-        }
-    }
+    for_each_plane_pixel(planes, P * Q, [&](long long plane, int out) {
+        const int h = nearest_source(out / Q, H, P, scale_h);
+        const int w = nearest_source(out % Q, W, Q, scale_w);
+        y[plane * (P * Q) + out] = x[plane * (H * W) + h * W + w];
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 upsample_nearest_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W, int P,
                           int Q, float scale_h, float scale_w)
 {
-    const int plane_inputs = H * W;
-    const int plane_outputs = P * Q;
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL* dyp = dy + plane * plane_outputs;
-        GRID_STRIDE_LOOP(flat, plane_inputs) {
-            const int in = (int)flat;
-            const int w = in % W;
-            const int h = in / W;
-            const int p_end = first_nearest_reader(h + 1, H, P, scale_h);
-            const int q_begin = first_nearest_reader(w, W, Q, scale_w);
-            const int q_end = first_nearest_reader(w + 1, W, Q, scale_w);
-            acc_t sum = (acc_t)0;
-            for (int p = first_nearest_reader(h, H, P, scale_h); p < p_end; ++p)
-                for (int q = q_begin; q < q_end; ++q)
-                    sum += to_acc(dyp[p * Q + q]);
-            dx[plane * plane_inputs + in] = to_real(sum);
-        }
-    }
+    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
+        const int w = in % W;
+        const int h = in / W;
+        const REAL* dyp = dy + plane * (P * Q);
+        const int p_end = first_nearest_reader(h + 1, H, P, scale_h);
+        const int q_begin = first_nearest_reader(w, W, Q, scale_w);
+        const int q_end = first_nearest_reader(w + 1, W, Q, scale_w);
+        acc_t sum = (acc_t)0;
+        for (int p = first_nearest_reader(h, H, P, scale_h); p < p_end; ++p)
+            for (int q = q_begin; q < q_end; ++q)
+                sum += to_acc(dyp[p * Q + q]);
+        dx[plane * (H * W) + in] = to_real(sum);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 upsample_bilinear_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
                           int Q, acc_t ratio_h, acc_t ratio_w, int align_corners)
 {
-    const int plane_inputs = H * W;
-    const int plane_outputs = P * Q;
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL* xp = x + plane * plane_inputs;
-        GRID_STRIDE_LOOP(flat, plane_outputs) {
-            const int out = (int)flat;
-            const LinearTaps rows = linear_taps(out / Q, H, P, ratio_h, align_corners);
-            const LinearTaps cols = linear_taps(out % Q, W, Q, ratio_w, align_corners);
-            const REAL* low_row = xp + rows.low * W;
-            const REAL* high_row = xp + upper_tap(rows.low, H) * W;
-            const int w0 = cols.low, w1 = upper_tap(cols.low, W);
-            const acc_t col0 = (acc_t)1 - cols.upper_weight, col1 = cols.upper_weight;
-            const acc_t low = to_acc(low_row[w0]) * col0 + to_acc(low_row[w1]) * col1;
-            const acc_t high = to_acc(high_row[w0]) * col0 + to_acc(high_row[w1]) * col1;
-            y[plane * plane_outputs + out] = to_real(low * ((acc_t)1 - rows.upper_weight) + high * rows.upper_weight);
-        }
-    }
+    for_each_plane_pixel(planes, P * Q, [&](long long plane, int out) {
+        const LinearTaps rows = linear_taps(out / Q, H, P, ratio_h, align_corners);
+        const LinearTaps cols = linear_taps(out % Q, W, Q, ratio_w, align_corners);
+        const REAL* low_row = x + plane * (H * W) + rows.low * W;
+        const REAL* high_row = x + plane * (H * W) + upper_tap(rows.low, H) * W;
+        const int w0 = cols.low, w1 = upper_tap(cols.low, W);
+        const acc_t col0 = (acc_t)1 - cols.upper_weight, col1 = cols.upper_weight;
+        const acc_t low = to_acc(low_row[w0]) * col0 + to_acc(low_row[w1]) * col1;
+        const acc_t high = to_acc(high_row[w0]) * col0 + to_acc(high_row[w1]) * col1;
+        y[plane * (P * Q) + out] = to_real(low * ((acc_t)1 - rows.upper_weight) + high * rows.upper_weight);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 upsample_bilinear_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W,
                            int P, int Q, acc_t ratio_h, acc_t ratio_w, int align_corners)
 {
-    const int plane_inputs = H * W;
-    const int plane_outputs = P * Q;
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const REAL* dyp = dy + plane * plane_outputs;
-        GRID_STRIDE_LOOP(flat, plane_inputs) {
-            const int in = (int)flat;
-            const int w = in % W;
-            const int h = in / W;
-            // an output reads h only through a lower tap at h - 1 (its upper tap) or at h
-            const int p_end = first_linear_reader(h + 1, H, P, ratio_h, align_corners);
-            const int q_begin = first_linear_reader(w - 1, W, Q, ratio_w, align_corners);
-            const int q_end = first_linear_reader(w + 1, W, Q, ratio_w, align_corners);
-            acc_t sum = (acc_t)0;
-            for (int p = first_linear_reader(h - 1, H, P, ratio_h, align_corners); p < p_end; ++p) {
-                const acc_t row_weight = linear_weight_of(h, p, H, P, ratio_h, align_corners);
-                acc_t row = (acc_t)0;
-                for (int q = q_begin; q < q_end; ++q)
-                    row += to_acc(dyp[p * Q + q]) * linear_weight_of(w, q, W, Q, ratio_w, align_corners);
-                sum += row * row_weight;
-            }
-            dx[plane * plane_inputs + in] = to_real(sum);
+    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
+        const int w = in % W;
+        const int h = in / W;
+        const REAL* dyp = dy + plane * (P * Q);
+        // an output reads h only through a lower tap at h - 1 (its upper tap) or at h
+        const int p_end = first_linear_reader(h + 1, H, P, ratio_h, align_corners);
+        const int q_begin = first_linear_reader(w - 1, W, Q, ratio_w, align_corners);
+        const int q_end = first_linear_reader(w + 1, W, Q, ratio_w, align_corners);
+        acc_t sum = (acc_t)0;
+        for (int p = first_linear_reader(h - 1, H, P, ratio_h, align_corners); p < p_end; ++p) {
+            const acc_t row_weight = linear_weight_of(h, p, H, P, ratio_h, align_corners);
+            acc_t row = (acc_t)0;
+            for (int q = q_begin; q < q_end; ++q)
+                row += to_acc(dyp[p * Q + q]) * linear_weight_of(w, q, W, Q, ratio_w, align_corners);
+            sum += row * row_weight;
         }
-    }
+        dx[plane * (H * W) + in] = to_real(sum);
+    });
 }

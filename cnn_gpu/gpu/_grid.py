@@ -13,6 +13,15 @@ MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y
 PLANE_LIMIT = 2**31     # in-plane positions are 32-bit ints in the kernels
 
 
+def check_planes(kernels: str, **pixels) -> None:
+    """ValueError naming the plane (`pixels`: name -> pixel count) of 2^31 pixels or more, which
+    `kernels` (for_each_plane_pixel, kernels/common.cuh) could not index with 32-bit ints."""
+    for name, count in pixels.items():
+        if count >= PLANE_LIMIT:
+            raise ValueError(f"{kernels} kernels index a plane with 32-bit ints: the {name} plane has {count} pixels "
+                             f"(2^31 or more)")
+
+
 def blocks_for(count: int) -> int:
     """Blocks of THREADS along x for a grid-stride loop over `count` items."""
     return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))

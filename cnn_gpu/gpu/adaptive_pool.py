@@ -5,16 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, i32
+from ._grid import MAX_GRID_Y, THREADS, blocks_for, check_planes, i32
 
 
 def _args(x_shape, out_size):
     n, c, h, w = x_shape
     p, q = out_size
-    for name, pixels in (("input", h * w), ("output", p * q)):
-        if pixels >= PLANE_LIMIT:
-            raise ValueError(f"adaptive pooling kernels index a plane with 32-bit ints: the {name} plane has "
-                             f"{pixels} pixels (2^31 or more)")
+    check_planes("adaptive pooling", input=h * w, output=p * q)
     return np.int64(n * c), *i32(h, w, p, q)
 
 

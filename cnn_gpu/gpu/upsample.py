@@ -6,16 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, acc, blocks_for, i32
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
 
 
 def _args(mode, dtype, x_shape, out_size, axis_params, align_corners):
     n, c, h, w = x_shape
     p, q = out_size
-    for name, pixels in (("input", h * w), ("output", p * q)):
-        if pixels >= PLANE_LIMIT:
-            raise ValueError(f"upsampling kernels index a plane with 32-bit ints: the {name} plane has "
-                             f"{pixels} pixels (2^31 or more)")
+    check_planes("upsampling", input=h * w, output=p * q)
     if mode == "nearest":
         scalars = tuple(map(np.float32, axis_params))
     else:
