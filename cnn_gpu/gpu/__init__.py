@@ -48,5 +48,8 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
+  upsample.forward(be, mode, x, out_size, axis_params, align_corners=False) -> y
+        (mode "nearest" or "bilinear"; axis_params per axis: nearest's FP32 scale or bilinear's ratio)
+  upsample.backward(be, mode, dy, x_shape, axis_params, align_corners=False) -> dx   (deterministic gather)
   augment.random_crop_flip(be, x, seed, step, pad, flip) -> y     (per-image Philox crop offsets and flip)
 """
