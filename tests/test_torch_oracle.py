@@ -347,6 +347,56 @@ def test_max_pool2d_signed_zero_ties(backend, dtype):
     np.testing.assert_array_equal(np.signbit(y), torch.signbit(yt).numpy())
     assert np.signbit(y).any() and (~np.signbit(y) & (y == 0)).any()   # both signs reached
 
+# --- upsampling ---------------------------------------------------------------------------------
+
+def draw_interpolate(rng):
+    """Sizes (0 too) or factors (integer, non-integer, small enough to empty the output) per mode."""
+    mode = "nearest" if rng.random() < 0.5 else "bilinear"
+    cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 3)), H=int(rng.integers(1, 9)),
+               W=int(rng.integers(1, 9)), mode=mode, size=None, scale_factor=None,
+               align_corners=None if mode == "nearest" else [None, False, True][int(rng.integers(3))])
+    if rng.random() < 0.4:
+        cfg["size"] = pair(rng, 0, 13)
+    elif rng.random() < 0.4:
+        cfg["scale_factor"] = float(rng.integers(1, 4)) if rng.random() < 0.5 else tuple(
+            float(v) for v in rng.integers(1, 4, size=2))
+    else:
+        cfg["scale_factor"] = tuple(round(float(v), 2) for v in rng.uniform(0.1, 3.5, size=2))
+    return cfg
+
+
+def check_interpolate(cfg, rng, dtype):
+    x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"])).astype(dtype)
+    settings = {k: cfg[k] for k in ("size", "scale_factor", "mode", "align_corners")}
+    cfg["torch_forward"] = lambda: TF.interpolate(t(x), **settings)
+    y = F.interpolate(x, **settings)
+    xt = t(x)
+    yt = TF.interpolate(xt, **settings)
+    if cfg["mode"] == "nearest" and y.tobytes() != yt.detach().numpy().tobytes():
+        return [np.inf]   # a copy: the same inputs picked give the same bits
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    cfg["out"] = y.shape[2:]
+    return [rel_err(y, yt), rel_err(F.interpolate_backward(dy, x.shape, **settings), xt.grad)]
+
+
+@pytest.mark.parametrize("dtype, count, seed", [(np.float64, SWEEP, 19), (np.float32, SWEEP_F32, 20)])
+def test_interpolate_sweep(dtype, count, seed):
+    configs = run_sweep(draw_interpolate, check_interpolate, count, dtype, seed)
+    factors = lambda c: as_pair(c["scale_factor"]) if c["scale_factor"] is not None else ()   # noqa: E731
+    features = {
+        "bilinear, align_corners": lambda c: c["align_corners"] is True,
+        "bilinear, no align_corners": lambda c: c["mode"] == "bilinear" and not c["align_corners"],
+        "nearest": lambda c: c["mode"] == "nearest",
+        "non-integer factor": lambda c: any(f != int(f) for f in factors(c)),
+        "downsampling": lambda c: c["out"][0] < c["H"] or c["out"][1] < c["W"],
+        "out == in or 2*in from another factor": lambda c: any(
+            o in (s, 2 * s) and f not in (1.0, 2.0) for o, s, f in zip(c["out"], (c["H"], c["W"]), factors(c))),
+    }
+    missing = [name for name, f in features.items() if not covered(configs, f)]
+    assert not missing, f"sweep never covered: {missing}"
+
+
 # --- element-wise, linear, losses ---------------------------------------------------------------
 
 ACTIVATIONS = {
