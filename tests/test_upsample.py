@@ -352,3 +352,27 @@ def test_cuda_matches_numpy(dtype):
         assert_close(y, expected, dtype, what)
         assert_close(F.interpolate_backward(cupy.asarray(dy), shape, **settings),
                      F.interpolate_backward(dy, shape, **settings), dtype, what + " dx")
+
+
+# --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
+
+@pytest.mark.torch
+def test_benchmark_models_know_the_layer():
+    """A model with nn.Upsample gets its shapes, its launches (kernels upsample.cu holds) and a
+    PyTorch mirror that computes what it does."""
+    torch = pytest.importorskip("torch")
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.Upsample(scale_factor=1.5, mode="bilinear"),
+                          nn.Upsample(size=(4, 9)))
+    x = np.random.default_rng(9).standard_normal((2, 2, 7, 6))
+    shapes = {type(leaf).__name__ + str(i): (shape_in, shape_out)
+              for i, (leaf, shape_in, shape_out, _) in enumerate(leaf_layers(model, x.shape))}
+    assert shapes == {"Conv2d0": ((2, 2, 7, 6), (2, 3, 5, 4)), "Upsample1": ((2, 3, 5, 4), (2, 3, 7, 6)),
+                      "Upsample2": ((2, 3, 7, 6), (2, 3, 4, 9))}
+    source = backend.kernel_source("upsample")
+    for layer in model[1:]:
+        for kernel, _ in _layer_passes(layer, 1, 1, 8):
+            assert f"\n{kernel}(" in source, kernel
+    with torch.no_grad():
+        np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)

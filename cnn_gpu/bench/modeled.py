@@ -157,6 +157,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
             type(layer)]
         indices = y * np.dtype(np.int32).itemsize if isinstance(layer, nn.MaxPool2d) else 0
         return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
+    if isinstance(layer, nn.Upsample):
+        return [(f"upsample_{layer.mode}_forward", (x + y) * item), (f"upsample_{layer.mode}_backward", (y + x) * item)]
     if isinstance(layer, nn.Linear):
         weights = layer.in_features * layer.out_features
         rows = y // layer.out_features

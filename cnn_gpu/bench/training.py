@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
+from ..functional.upsample import output_size
 from .cases import Case, _input_sets, _random
 from .shapes import ModelShape
 
@@ -93,6 +94,8 @@ def leaf_layers(model, input_shape):
             size = module.output_size
             size = (size, size) if isinstance(size, int) else size
             out = (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
+        elif isinstance(module, nn.Upsample):
+            out = (*shape[:2], *output_size(shape[2:], module.size, module.scale_factor))
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
@@ -163,6 +166,8 @@ def torch_mirror(model, torch):
             return tnn.GELU(m.approximate)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return tnn.AdaptiveAvgPool2d(m.output_size)
+        if isinstance(m, nn.Upsample):
+            return tnn.Upsample(m.size, m.scale_factor, m.mode, m.align_corners)
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
