@@ -5,7 +5,8 @@
 //    when a scale factor was given, else (float)in / out (the host passes it rounded to FP32).
 //  * bilinear: real = ratio*d (align_corners) or max(ratio*(d + 1/2) - 1/2, 0) in acc_t; taps
 //    i0 = min(floor(real), in - 1) and i1 = i0 + (i0 < in - 1) with weights 1 - l and
-//    l = clamp(real - i0, 0, 1); out == in copies.
+//    l = clamp(real - i0, 0, 1); out == in copies (both taps d, weights 1 and 0). Every tap is
+//    multiplied, as PyTorch does, so an inf in a tap of weight 0 gives NaN there too.
 //
 // Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
 // blocks, the grid's x threads walk one (n, c) plane's pixels (consecutive threads on consecutive
@@ -14,7 +15,8 @@
 //  * *_backward: a GATHER, no atomics. src(d) and i0(d) never decrease with d, so the outputs
 //    that read input h along an axis are one contiguous range, found by binary search: nearest
 //    [first d with src(d) >= h, first d with src(d) >= h + 1); bilinear the same bounds for i0
-//    at h - 1 and h + 1, each output weighted by its taps that land on h (zero for none). The
+//    at h - 1 and h + 1, each output adding dy times each of its taps that is h (tap by tap, as
+//    PyTorch's backward pass scatters them; nothing from an output none of whose taps is h). The
 //    thread of input (h, w) sums dy over its row range x column range in increasing (p, q)
 //    order: deterministic, the bounds computed by the very functions the forward pass uses.
 // In-plane indices are int (the host refuses planes of 2^31 pixels or more); plane offsets are
@@ -46,10 +48,9 @@ __device__ __forceinline__ int first_nearest_reader(int h, int in, int out, floa
     return lo;
 }
 
-// Bilinear taps of output d: the lower input index, and the weight of the upper one (i0 + 1,
-// or i0 itself at the last input).
+// Bilinear taps of output d: the lower and upper input indices and the upper one's weight.
 struct LinearTaps {
-    int low;
+    int low, high;
     acc_t upper_weight;
 };
 
@@ -57,7 +58,7 @@ __device__ __forceinline__ LinearTaps linear_taps(int d, int in, int out, acc_t 
 {
     LinearTaps taps;
     if (out == in) {
-        taps.low = d;
+        taps.low = taps.high = d;
         taps.upper_weight = (acc_t)0;
         return taps;
     }
@@ -66,12 +67,11 @@ __device__ __forceinline__ LinearTaps linear_taps(int d, int in, int out, acc_t 
         real = (acc_t)0;
     const long long low = (long long)real;   // truncation: floor, as real >= 0
     taps.low = (int)(low < in - 1 ? low : in - 1);
+    taps.high = taps.low < in - 1 ? taps.low + 1 : taps.low;
     const acc_t upper = real - (acc_t)taps.low;
     taps.upper_weight = upper > (acc_t)1 ? (acc_t)1 : upper;
     return taps;
 }
-
-__device__ __forceinline__ int upper_tap(int low, int in) { return low < in - 1 ? low + 1 : low; }
 
 // The first output d in [0, out] whose lower tap is >= h (out when none is).
 __device__ __forceinline__ int first_linear_reader(int h, int in, int out, acc_t ratio, int align_corners)
@@ -87,16 +87,16 @@ __device__ __forceinline__ int first_linear_reader(int h, int in, int out, acc_t
     return lo;
 }
 
-// The weight with which output d's interpolation reads input h (0 where neither tap is h).
-__device__ __forceinline__ acc_t linear_weight_of(int h, int d, int in, int out, acc_t ratio, int align_corners)
+// What `value` (dy, or a row's sum of it) adds to input h through the taps of one output: value
+// times the weight of each tap that is h, tap by tap; zero when neither is.
+__device__ __forceinline__ acc_t tap_shares(acc_t value, int h, LinearTaps taps)
 {
-    const LinearTaps taps = linear_taps(d, in, out, ratio, align_corners);
-    acc_t weight = (acc_t)0;
+    acc_t share = (acc_t)0;
     if (taps.low == h)
-        weight += (acc_t)1 - taps.upper_weight;
-    if (upper_tap(taps.low, in) == h)
-        weight += taps.upper_weight;
-    return weight;
+        share += value * ((acc_t)1 - taps.upper_weight);
+    if (taps.high == h)
+        share += value * taps.upper_weight;
+    return share;
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -137,8 +137,8 @@ upsample_bilinear_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long
         const LinearTaps rows = linear_taps(out / Q, H, P, ratio_h, align_corners);
         const LinearTaps cols = linear_taps(out % Q, W, Q, ratio_w, align_corners);
         const REAL* low_row = x + plane * (H * W) + rows.low * W;
-        const REAL* high_row = x + plane * (H * W) + upper_tap(rows.low, H) * W;
-        const int w0 = cols.low, w1 = upper_tap(cols.low, W);
+        const REAL* high_row = x + plane * (H * W) + rows.high * W;
+        const int w0 = cols.low, w1 = cols.high;
         const acc_t col0 = (acc_t)1 - cols.upper_weight, col1 = cols.upper_weight;
         const acc_t low = to_acc(low_row[w0]) * col0 + to_acc(low_row[w1]) * col1;
         const acc_t high = to_acc(high_row[w0]) * col0 + to_acc(high_row[w1]) * col1;
@@ -160,11 +160,10 @@ upsample_bilinear_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, l
         const int q_end = first_linear_reader(w + 1, W, Q, ratio_w, align_corners);
         acc_t sum = (acc_t)0;
         for (int p = first_linear_reader(h - 1, H, P, ratio_h, align_corners); p < p_end; ++p) {
-            const acc_t row_weight = linear_weight_of(h, p, H, P, ratio_h, align_corners);
             acc_t row = (acc_t)0;
             for (int q = q_begin; q < q_end; ++q)
-                row += to_acc(dyp[p * Q + q]) * linear_weight_of(w, q, W, Q, ratio_w, align_corners);
-            sum += row * row_weight;
+                row += tap_shares(to_acc(dyp[p * Q + q]), w, linear_taps(q, W, Q, ratio_w, align_corners));
+            sum += tap_shares(row, h, linear_taps(p, H, P, ratio_h, align_corners));
         }
         dx[plane * (H * W) + in] = to_real(sum);
     });

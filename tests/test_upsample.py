@@ -199,6 +199,33 @@ def test_pytorch_cpu_forward_of_large_float64_outputs_leaves_its_own_rule():
     np.testing.assert_array_equal(dx, xt.grad.numpy())
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_an_inf_or_nan_lands_where_pytorch_puts_it(be):
+    """Every tap is multiplied, one of weight 0 too, as PyTorch's kernels do: an inf makes NaN
+    wherever it is a tap of weight 0 (an axis of out == in included), forward and backward, and
+    nothing where it is no tap."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    for shape, settings in [((1, 1, 1, 4), dict(size=(1, 4), mode="bilinear")),
+                            ((1, 2, 3, 4), dict(size=(3, 7), mode="bilinear")),
+                            ((1, 1, 4, 4), dict(scale_factor=1.5, mode="bilinear", align_corners=True)),
+                            ((1, 1, 5, 3), dict(size=(2, 3), mode="bilinear")),
+                            ((2, 1, 4, 5), dict(scale_factor=(1.5, 0.6)))]:
+        for bad in (np.inf, -np.inf, np.nan):
+            x = rng.standard_normal(shape)
+            x[0, 0, shape[2] // 2, 1] = bad
+            xt = torch.tensor(x, requires_grad=True)
+            yt = torch.nn.functional.interpolate(xt, **torch_settings(settings))
+            dy = rng.standard_normal(tuple(yt.shape))
+            dy[0, 0, 0, 1] = bad
+            yt.backward(torch.tensor(dy))
+            what = f"{shape} {settings} {bad}"
+            assert_close(F.interpolate(x, **settings, backend=be), yt.detach().numpy(), np.float64, what)
+            assert_close(F.interpolate_backward(dy, shape, **settings, backend=be), xt.grad.numpy(), np.float64,
+                         what + " dx")
+
+
 def test_finite_differences():
     x = np.random.default_rng(4).standard_normal((2, 2, 5, 4))
     for settings in [dict(size=(9, 7)), dict(scale_factor=1.7), dict(size=(3, 2)), dict(scale_factor=(2, 0.6)),

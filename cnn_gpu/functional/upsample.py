@@ -11,7 +11,8 @@ Per axis of `in` inputs and `out` outputs (out = size, or floor(in * scale_facto
 - "bilinear": real = ratio * d (align_corners, ratio = (in - 1) / (out - 1)) or
   max(ratio * (d + 1/2) - 1/2, 0) (ratio = 1 / scale_factor, else in / out), in the compute type;
   taps floor(real) (at most in - 1) and the next input (the same at the last), weights 1 - l
-  and l = real - floor(real), at most 1; out == in copies.
+  and l = real - floor(real), at most 1; out == in copies (both taps on d, weights 1 and 0). Every
+  tap is multiplied, so an inf in a tap of weight 0 gives NaN, as in PyTorch.
 
 NumPy path: each axis's taps (indices, weights) per output; the forward pass gathers them axis by
 axis (columns, then rows, as PyTorch's CPU kernel), the backward pass adds dy back into its taps
@@ -96,7 +97,7 @@ def _axis_taps(mode, size, out, param, align_corners):
             return [(d >> 1, None)]
         return [(np.minimum(np.floor(d.astype(np.float32) * param).astype(np.int64), size - 1), None)]
     if out == size:
-        return [(d, None)]
+        return [(d, np.ones(out, param.dtype)), (d, np.zeros(out, param.dtype))]
     real_d = d.astype(param.dtype)
     half = param.dtype.type(0.5)
     real = param * real_d if align_corners else np.maximum(param * (real_d + half) - half, 0)
@@ -127,7 +128,8 @@ def _gather(a, taps, axis):
     for index, weight in taps:
         part = np.take(a, index, axis=axis)
         if weight is not None:
-            part = part * _along(axis, weight)
+            with np.errstate(invalid="ignore"):   # inf * 0 is NaN on purpose (PyTorch's result)
+                part = part * _along(axis, weight)
         total = part if total is None else total + part
     return total
 
@@ -137,7 +139,8 @@ def _scatter(g, taps, axis, size):
     moved = np.moveaxis(g, axis, 0)
     total = np.zeros((size,) + moved.shape[1:], dtype=g.dtype)
     for index, weight in taps:
-        np.add.at(total, index, moved if weight is None else moved * _along(0, weight))
+        with np.errstate(invalid="ignore"):
+            np.add.at(total, index, moved if weight is None else moved * _along(0, weight))
     return np.moveaxis(total, 0, axis)
 
 
