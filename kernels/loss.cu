@@ -18,7 +18,7 @@
 //    (never an out-of-bounds read; the host refuses such indices).
 //    - cross_entropy_rows (inner == 1): one block per row (grid-stride over rows), blockDim a
 //      power of two from 32 to 256 picked by the host to fit `classes`. The block finds the row
-//      maximum, then the sums of exp(z), m and m*z by shared-memory halving trees (fixed order:
+//      maximum, then the sums of exp(z), m and m*z by shared-memory halving trees (rows.cuh; fixed order:
 //      no atomics), and writes the loss and gradient.
 //    - cross_entropy_positions (inner > 1, K-dimensional inputs such as segmentation maps): one
 //      thread per position (grid-stride); consecutive threads own consecutive positions, so each
@@ -38,26 +38,7 @@
 // (common.cuh): a float16 build reads FP16 inputs, computes in FP32, rounds each gradient element
 // once, and hands reduce.cu FP32 rows to sum.
 
-#include "common.cuh"
-
-// Sum (or max) of one value per thread over the block; every thread gets the result. blockDim.x
-// is a power of two; the trailing barrier lets the caller reuse `scratch` at once.
-__device__ acc_t block_reduce(acc_t value, acc_t* scratch, bool take_max)
-{
-    const int t = threadIdx.x;
-    scratch[t] = value;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
-        if (t < half) {
-            const acc_t other = scratch[t + half];
-            scratch[t] = take_max ? (other > scratch[t] ? other : scratch[t]) : scratch[t] + other;
-        }
-        __syncthreads();
-    }
-    const acc_t result = scratch[0];
-    __syncthreads();
-    return result;
-}
+#include "rows.cuh"
 
 // Kernel parameters of the cross entropy: logits and either class indices (`labels`, int64) or
 // class probabilities (`probabilities`, the logits' shape; target_is_probability), the optional
@@ -138,10 +119,7 @@ cross_entropy_rows(CROSS_ENTROPY_PARAMS)
         REAL* dx = dlogits + row * classes;
         const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
 
-        acc_t row_max = REAL_NEG_INF;
-        for (int j = t; j < classes; j += threads)
-            row_max = to_acc(x[j]) > row_max ? to_acc(x[j]) : row_max;
-        row_max = block_reduce(row_max, scratch, true);
+        const acc_t row_max = block_row_max(x, classes, t, threads, scratch);
 
         RowSums partial = {(acc_t)0, (acc_t)0, (acc_t)0};
         for (int j = t; j < classes; j += threads)
@@ -169,14 +147,11 @@ cross_entropy_positions(CROSS_ENTROPY_PARAMS)
         const long long n = row / inner;
         const long long first = n * classes * inner + (row - n * inner);   // class 0 of the row
         const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
-        // e walks the row's classes, `inner` elements apart (stepped, not multiplied: fewer registers)
-        acc_t row_max = REAL_NEG_INF;
-        long long e = first;
-        for (int c = 0; c < classes; ++c, e += inner)
-            row_max = to_acc(logits[e]) > row_max ? to_acc(logits[e]) : row_max;
+        const acc_t row_max = strided_row_max(logits, first, classes, inner);
 
+        // e walks the row's classes, `inner` elements apart (stepped, not multiplied: fewer registers)
         RowSums sums = {(acc_t)0, (acc_t)0, (acc_t)0};
-        e = first;
+        long long e = first;
         for (int c = 0; c < classes; ++c, e += inner)
             add_class(sums, to_acc(logits[e]) - row_max,
                       target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread));

@@ -1,4 +1,4 @@
-"""Launch-shape helpers shared by the grid-stride kernels (pool, elementwise, loss, optim)."""
+"""Launch-shape helpers shared by the grid-stride kernels (pool, elementwise, loss, optim, softmax)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +25,15 @@ def check_planes(kernels: str, **pixels) -> None:
 def blocks_for(count: int) -> int:
     """Blocks of THREADS along x for a grid-stride loop over `count` items."""
     return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))
+
+
+def row_threads(size: int) -> int:
+    """Block size of the kernels that reduce one contiguous row a block (loss.cu, softmax.cu): a
+    power of two from 32 (a warp) to THREADS covering `size`."""
+    threads = 32
+    while threads < size and threads < THREADS:
+        threads *= 2
+    return threads
 
 
 ELEMENTS_PER_THREAD = 4   # kernels/common.cuh: for_each_element's elements a thread per round

@@ -13,18 +13,10 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32
+from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32, row_threads
 from .reduce import MAX_GRID_X
 
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
-
-
-def _row_threads(classes: int) -> int:
-    """Block size for one row: a power of two from 32 (a warp) to THREADS covering `classes`."""
-    threads = 32
-    while threads < classes and threads < THREADS:
-        threads *= 2
-    return threads
 
 
 def mean_of(total, divisor) -> float:
@@ -93,7 +85,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
             *i32(is_probability, weight is not None),
             *acc(dtype, 1 - label_smoothing, label_smoothing / classes))
     if inner == 1:
-        backend.launch(be, "loss", dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),), (_row_threads(classes),),
+        backend.launch(be, "loss", dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),), (row_threads(classes),),
                        args)
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
