@@ -15,8 +15,10 @@ one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | 
 (..., in_features); cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
 with class-index or class-probability targets and (N, C, d1, ..., dk) logits; mse_loss(reduction);
 avg_pool2d(divisor_override); interpolate (modes "nearest" and "bilinear") on 4-D inputs only, as
-PyTorch reads a 3-D input as (N, C, L). A loss is a Python float for reduction "mean"/"sum" and an array for
-"none", and its gradient is that of the returned loss (of its sum for "none").
+PyTorch reads a 3-D input as (N, C, L); softmax and log_softmax over any dim, whose backward
+functions take the forward output y rather than x. A loss is a Python float for reduction
+"mean"/"sum" and an array for "none", and its gradient is that of the returned loss (of its sum
+for "none").
 
 Extensions beyond PyTorch's signatures: F.conv2d(..., activation="relu") and
 F.batch_norm(..., activation="relu") apply ReLU to the output, F.add_relu(a, b) is relu(a + b)
@@ -35,6 +37,7 @@ from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_ba
 from .linear import linear, linear_backward
 from .loss import cross_entropy, mse_loss
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 from .upsample import interpolate, interpolate_backward
 
 __all__ = [
@@ -46,4 +49,5 @@ __all__ = [
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
     "dropout", "dropout_backward",
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "interpolate", "interpolate_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
 ]

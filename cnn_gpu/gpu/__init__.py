@@ -46,6 +46,8 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
         -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance)
   batch_norm.channel_sums(be, dy, x, mean, invstd) -> (2, C) sums of dy and dy * xhat in the compute type
   dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
+  softmax.forward(be, x, (outer, size, inner), log) -> y         (softmax, or log_softmax where log, over `size`)
+  softmax.backward(be, dy, y, (outer, size, inner), log) -> dx   (from the forward OUTPUT y)
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
   upsample.forward(be, mode, x, out_size, axis_params, align_corners=False) -> y
