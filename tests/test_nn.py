@@ -379,6 +379,8 @@ def _torch_pairs():
         (nn.SiLU(), torch.nn.SiLU(), (3, 4, 5)),
         (nn.GELU(), torch.nn.GELU(), (3, 4, 5)),
         (nn.GELU("tanh"), torch.nn.GELU("tanh"), (3, 4, 5)),
+        (nn.Softmax(1), torch.nn.Softmax(1), (3, 4, 5)),
+        (nn.LogSoftmax(-1), torch.nn.LogSoftmax(-1), (3, 4, 5)),
         (nn.Flatten(), torch.nn.Flatten(), (2, 3, 4, 5)),
         (nn.Flatten(0, 2), torch.nn.Flatten(0, 2), (2, 3, 4, 5)),
         (nn.Upsample(scale_factor=2), torch.nn.Upsample(scale_factor=2), (2, 3, 4, 5)),
@@ -414,7 +416,7 @@ def _compare_with_torch(ours, theirs, x, rng, rtol=1e-11):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("index", range(19))
+@pytest.mark.parametrize("index", range(24))
 def test_layer_matches_torch(index, rng):
     pytest.importorskip("torch", reason="torch is not installed")
     ours, theirs, shape = _torch_pairs()[index]

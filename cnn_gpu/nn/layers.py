@@ -5,6 +5,8 @@ model moved to "emu" runs the CUDA kernels although its arrays are NumPy arrays.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import functional as F
@@ -226,19 +228,24 @@ class AvgPool2d(Module):
 
 
 class _Activation(Module):
-    """An element-wise activation F.<name>(x, **options) with F.<name>_backward(dy, x, **options)."""
+    """An activation F.<name>(x, **options) with F.<name>_backward(dy, saved, **options): saved is the
+    forward input x, or its output y where _backward_takes_output (softmax's gradient needs only y)."""
+    _backward_takes_output = False
 
-    def _options(self):
+    def _options(self, x) -> dict:
         return {}
 
     def forward(self, x):
-        self._saved = x
-        return self._forward(x, **self._options(), backend=self.backend)
+        options = self._options(x)
+        y = self._forward(x, **options, backend=self.backend)
+        self._saved = (y if self._backward_takes_output else x, options)
+        return y
 
     def backward(self, dy, input_grad=True):
         if self._nothing_to_compute(input_grad):
             return None
-        return self._backward(dy, self._saved_for_backward(), **self._options(), backend=self.backend)
+        saved, options = self._saved_for_backward()
+        return self._backward(dy, saved, **options, backend=self.backend)
 
 
 def _refuse_inplace(inplace, layer: str) -> None:
@@ -285,7 +292,7 @@ class GELU(_Activation):
         gelu_form(approximate)   # refused here, not at the first forward
         self.approximate = approximate
 
-    def _options(self):
+    def _options(self, x):
         return {"approximate": self.approximate}
 
     def extra_repr(self):
@@ -301,11 +308,43 @@ class LeakyReLU(_Activation):
         self.negative_slope = real_number(negative_slope, "negative_slope")
         _refuse_inplace(inplace, "LeakyReLU")
 
-    def _options(self):
+    def _options(self, x):
         return {"negative_slope": self.negative_slope}
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
+
+
+class _Softmax(_Activation):
+    """F.<name>(x, dim) over self.dim, its backward from the output y. dim=None takes PyTorch's
+    legacy implicit dim (0 for 0-, 1- and 3-D inputs, else 1) with PyTorch's deprecation warning."""
+    _backward_takes_output = True
+
+    def __init__(self, dim=None):
+        super().__init__()
+        if dim is not None and (isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer))):
+            raise TypeError(f"dim must be an int or None, got {dim!r}")
+        self.dim = dim   # checked against the input's rank by F.<name>, as PyTorch does
+
+    def _options(self, x):
+        if self.dim is not None:
+            return {"dim": self.dim}
+        warnings.warn(f"Implicit dimension choice for {self._forward.__name__} has been deprecated. Change the call "
+                      f"to include dim=X as an argument.", UserWarning, stacklevel=4)
+        return {"dim": 0 if x.ndim in (0, 1, 3) else 1}
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax(_Softmax):
+    _forward = staticmethod(F.softmax)
+    _backward = staticmethod(F.softmax_backward)
+
+
+class LogSoftmax(_Softmax):
+    _forward = staticmethod(F.log_softmax)
+    _backward = staticmethod(F.log_softmax_backward)
 
 
 class Identity(Module):
