@@ -29,7 +29,7 @@ and an add for every filter tap of every output, padding taps included. A traini
 the element-wise layers. Pooling counts one operation per window tap; cross entropy has no FLOP
 count (it is memory bound) and shows "-".
 """
-from .cases import Case, conv_case, cross_entropy_case, pool_case
+from .cases import Case, conv_case, cross_entropy_case, pool_case, softmax_case
 from .devices import (DEVICES, CudaDevice, Device, EmuDevice, NumpyDevice, TorchDevice,
                       default_devices, device_unavailable, gpu_info, make_devices, set_threads, torch_or_none)
 from .ops import DEFAULT_OPS, DTYPES, OPS, make_cases
@@ -40,8 +40,8 @@ from .shapes import (CPU_LAYERS, RESNET_LAYERS, SHAPE_SETS, ConvShape, LossShape
 from .timing import measure, run_cases
 from .training import build_model, model_flops, torch_mirror, train_step_case
 
-__all__ = ["Case", "conv_case", "cross_entropy_case", "pool_case", "DEVICES", "CudaDevice", "Device", "EmuDevice",
-           "NumpyDevice", "TorchDevice", "default_devices", "device_unavailable", "gpu_info", "make_devices",
+__all__ = ["Case", "conv_case", "cross_entropy_case", "pool_case", "softmax_case", "DEVICES", "CudaDevice", "Device",
+           "EmuDevice", "NumpyDevice", "TorchDevice", "default_devices", "device_unavailable", "gpu_info", "make_devices",
            "set_threads", "torch_or_none", "DEFAULT_OPS", "DTYPES", "OPS", "make_cases", "require_matplotlib",
            "write_plot", "Row", "environment", "finish_rows", "format_table", "write_csv", "write_json",
            "write_text", "CPU_LAYERS", "RESNET_LAYERS", "SHAPE_SETS", "ConvShape", "LossShape", "ModelShape",

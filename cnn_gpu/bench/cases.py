@@ -1,5 +1,5 @@
 """Cases: one op on one shape, set up on a device with rotated random inputs (convolution passes,
-pooling, cross entropy; the training step is in training.py)."""
+pooling, cross entropy, softmax; the training step is in training.py)."""
 from __future__ import annotations
 
 import math
@@ -224,3 +224,25 @@ def cross_entropy_case(shape: LossShape) -> Case:
         return (lambda logits, labels: F.cross_entropy(logits, labels, backend=device.backend)), sets
 
     return Case("cross_entropy", shape, None, setup)
+
+
+def softmax_case(shape: LossShape) -> Case:
+    """Softmax over the classes of (N, classes) logits and its backward pass from the output y."""
+    def setup(device, dtype, rng):
+        sets = _input_sets(device, rng, lambda rng: (_random(rng, (shape.N, shape.classes), dtype),
+                                                     _random(rng, (shape.N, shape.classes), dtype)))
+        if device.framework == "torch":
+            torch = device.torch
+
+            def run(x, dy):
+                x = x.detach().requires_grad_(True)
+                return torch.autograd.grad(torch.softmax(x, 1), x, dy)
+            return run, sets
+        F = _F()
+
+        def run(x, dy):
+            y = F.softmax(x, 1, backend=device.backend)
+            return F.softmax_backward(dy, y, 1, backend=device.backend)
+        return run, sets
+
+    return Case("softmax", shape, None, setup)

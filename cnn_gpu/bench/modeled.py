@@ -106,6 +106,13 @@ def _cross_entropy(case, spec, dtype) -> list:
             roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
 
 
+def _softmax(case, spec, dtype) -> list:
+    """The row kernels: x in and y out, then dy and y in and dx out."""
+    elements = case.shape.N * case.shape.classes * np.dtype(dtype).itemsize
+    return [roofline.memory_bound("softmax_forward_rows", 2 * elements, spec),
+            roofline.memory_bound("softmax_backward_rows", 3 * elements, spec)]
+
+
 def _batch_norm(case, spec, dtype) -> list:
     x = math.prod(case.shape.geometry().x_shape)
     return [roofline.memory_bound(name, traffic, spec) for name, traffic in _batch_norm_passes(x, np.dtype(dtype).itemsize)]
@@ -237,6 +244,8 @@ def case_estimates(case, spec, dtype, math: str = "fp32") -> list:
         return _pool(case, spec, dtype)
     if case.op == "cross_entropy":
         return _cross_entropy(case, spec, dtype)
+    if case.op == "softmax":
+        return _softmax(case, spec, dtype)
     if case.op == "batch_norm":
         return _batch_norm(case, spec, dtype)
     raise ValueError(f"no model for op {case.op!r}")

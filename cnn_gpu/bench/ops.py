@@ -1,7 +1,7 @@
 """The ops `cnn-gpu bench` times, and the cases of a shape set."""
 from __future__ import annotations
 
-from .cases import Case, batch_norm_case, conv_case, cross_entropy_case, pool_case
+from .cases import Case, batch_norm_case, conv_case, cross_entropy_case, pool_case, softmax_case
 from .shapes import SHAPE_SETS
 from .training import train_step_case
 
@@ -22,6 +22,7 @@ OPS = {
     "avg_pool2d": ("pool", lambda s: pool_case("avg_pool2d", s), "average pooling forward"),
     "avg_pool2d_backward": ("pool", lambda s: pool_case("avg_pool2d_backward", s), "average pooling backward"),
     "cross_entropy": ("loss", cross_entropy_case, "softmax cross entropy, loss and gradient"),
+    "softmax": ("loss", softmax_case, "softmax over the classes, forward and backward (from the output)"),
     "train_step": ("model", train_step_case, "forward, loss, backward and SGD step of a model"),
     "train_step_replayed": ("model", lambda s: train_step_case(s, replayed=True),
                             "train_step recorded once and replayed (cnn_gpu.replay); emu and cuda only"),

@@ -502,6 +502,29 @@ def _upsample_run(a, cfg, be):
     return dict(y=F.interpolate(a["x"], **settings), dx=F.interpolate_backward(a["dy"], a["x"].shape, **settings))
 
 
+def _softmax_config(rng):
+    shape = _shape_config(rng)["shape"]
+    return dict(shape=shape, dim=int(rng.integers(-len(shape), len(shape))))
+
+
+SOFTMAX_EDGES = (dict(shape=(3, 700), dim=1),       # contiguous rows longer than a block
+                 dict(shape=(2, 300, 5), dim=-2),   # long strided rows
+                 dict(shape=(4, 1), dim=1))         # one element a row: y = 1 (log: 0), dx = 0
+SOFTMAX_LARGE = (dict(shape=(256, 1000), dim=1), dict(shape=(8, 21, 32, 32), dim=1))   # classifier, segmentation
+
+
+def _softmax_inputs(cfg, rng):
+    return dict(x=3 * rng.standard_normal(cfg["shape"]), dy=rng.standard_normal(cfg["shape"]))
+
+
+def _softmax_run(name):
+    def run(a, cfg, be):
+        from .. import functional as F
+        y = getattr(F, name)(a["x"], cfg["dim"], backend=be)
+        return dict(y=y, dx=getattr(F, f"{name}_backward")(a["dy"], y, cfg["dim"], backend=be))
+    return run
+
+
 # every convolution pass multiplies these operands; the bias gradient is a plain sum of dy
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
@@ -539,6 +562,9 @@ OPS = {op.name: op for op in (
             _adaptive_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
     OpCheck("interpolate", _upsample_config, UPSAMPLE_EDGES, _upsample_inputs, _upsample_run, "y", "dy", {"x": "dx"},
             large_configs=UPSAMPLE_LARGE),
+    *(OpCheck(name, _softmax_config, SOFTMAX_EDGES, _softmax_inputs, _softmax_run(name), "y", "dy", {"x": "dx"},
+              reduces=True, large_configs=SOFTMAX_LARGE)
+      for name in ("softmax", "log_softmax")),
     OpCheck("batch_norm", _batch_norm_config, BATCH_NORM_EDGES, _batch_norm_inputs, _batch_norm_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=BATCH_NORM_LARGE),
 )}
