@@ -54,6 +54,11 @@ OPS = {
                              lambda dy, x: F.interpolate_backward(dy, x.shape, size=(7, 3), mode="bilinear",
                                                                   align_corners=True),
                              [randn(2, 2, 4, 6)]),
+    # the backward passes take the forward output; dim 1 of three is a strided reduction
+    "softmax": (lambda x: F.softmax(x, 1), lambda dy, x: F.softmax_backward(dy, F.softmax(x, 1), 1),
+                [randn(2, 4, 3) * 2]),
+    "log_softmax": (lambda x: F.log_softmax(x, -1), lambda dy, x: F.log_softmax_backward(dy, F.log_softmax(x, -1), -1),
+                    [randn(3, 5) * 2]),
 }
 
 

@@ -472,6 +472,36 @@ def test_smooth_activations_at_infinities_nan_and_overflow(name, dtype, backend)
         np.testing.assert_allclose(ours, expected, rtol=rtol, atol=rtol, err_msg=f"{name} {what} at x={values}")
 
 
+SOFTMAXES = {"softmax": TF.softmax, "log_softmax": TF.log_softmax}
+
+
+def draw_softmax(rng):
+    rank = int(rng.integers(0, 5))
+    dims = max(rank, 1)   # a 0-d input takes dim 0 or -1
+    return dict(shape=tuple(int(v) for v in rng.integers(1, 6, size=rank)), dim=int(rng.integers(-dims, dims)),
+                scale=float(rng.choice([1, 5, 30])))
+
+
+@pytest.mark.parametrize("name", sorted(SOFTMAXES))
+@pytest.mark.parametrize("dtype, count, seed", [(np.float64, SWEEP, 13), (np.float32, SWEEP_F32, 14)])
+def test_softmax_sweep(name, dtype, count, seed):
+    """Every rank from 0 to 4 and every dim, negative ones too; the backward pass from our output y."""
+    def check(cfg, rng, dtype):
+        x = np.asarray(rng.standard_normal(cfg["shape"]) * cfg["scale"], dtype=dtype)   # asarray: 0-d too
+        dy = np.asarray(rng.standard_normal(cfg["shape"]), dtype=dtype)
+        cfg["torch_forward"] = lambda: None
+        xt = t(x)
+        yt = SOFTMAXES[name](xt, cfg["dim"])
+        yt.backward(torch.tensor(dy))
+        y = getattr(F, name)(x, cfg["dim"])
+        dx = getattr(F, name + "_backward")(dy, y, cfg["dim"])
+        return [rel_err(y, yt), rel_err(dx, xt.grad, scale=float(np.abs(dy).max()))]
+
+    accepted = run_sweep(draw_softmax, check, count, dtype, seed)
+    assert {len(cfg["shape"]) for cfg in accepted} == {0, 1, 2, 3, 4}
+    assert min(cfg["dim"] for cfg in accepted) < 0 <= max(cfg["dim"] for cfg in accepted)
+
+
 def test_activation_at_zero():
     """PyTorch's convention at the kink: relu and leaky_relu take the x <= 0 branch at 0."""
     x = np.array([0.0, -0.0, 1.0, -1.0])
