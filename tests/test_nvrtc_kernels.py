@@ -114,8 +114,8 @@ def test_the_gate_leaves_out_only_the_builds_no_launcher_makes():
 
 def test_every_family_is_gated():
     names = {path.name for path in FILES}
-    for family in ("pool", "elementwise", "reduce", "loss", "optim", "conv2d_fprop", "conv2d_dgrad", "conv2d_wgrad",
-                   "upsample"):
+    for family in ("pool", "elementwise", "reduce", "loss", "softmax", "optim", "conv2d_fprop", "conv2d_dgrad",
+                   "conv2d_wgrad", "upsample"):
         assert f"{family}.cu" in names
 
 

@@ -305,6 +305,22 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
         assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget((inputs + 1) * size), (kernel, len(path))
 
 
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_softmax_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
+    """kernels/softmax.cu: every load is one element of the dtype (float16 read as FP16, never
+    widened in memory), and the strided column walks, unrolled by 4, issue at least 4 loads of each
+    array they read in their hot path (a walk of one load at a time waits a DRAM latency an element)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for row in sass.kernel_rows("softmax", dtype, "sm_90")}
+    assert set(rows) == {f"softmax_{p}_{layout}" for p in ("forward", "backward") for layout in ("rows", "columns")}
+    for kernel, row in rows.items():
+        assert row["ldg_bits"] and set(row["ldg_bits"]) == {size_bits}, (kernel, row["ldg_bits"])
+        assert row["local_memory"] == 0, kernel
+    for kernel, arrays in (("softmax_forward_columns", 1), ("softmax_backward_columns", 2)):
+        assert len(rows[kernel]["ldg_bits"]) >= 4 * arrays, (kernel, rows[kernel]["ldg_bits"])
+
+
 # kernels/optim.cu per kernel: the arrays an element loads and stores, (element-typed, acc_t-typed)
 # each: the parameter, its gradient, the rule's state (acc_t) and a float16 parameter's FP32 master.
 OPTIMIZER_ARRAYS = {"sgd_step": ((2, 0), (1, 0)), "sgd_momentum_step": ((2, 1), (1, 1)),
