@@ -41,9 +41,9 @@ from .timing import measure, run_cases
 from .training import build_model, model_flops, torch_mirror, train_step_case
 
 __all__ = ["Case", "conv_case", "cross_entropy_case", "pool_case", "softmax_case", "DEVICES", "CudaDevice", "Device",
-           "EmuDevice", "NumpyDevice", "TorchDevice", "default_devices", "device_unavailable", "gpu_info", "make_devices",
-           "set_threads", "torch_or_none", "DEFAULT_OPS", "DTYPES", "OPS", "make_cases", "require_matplotlib",
-           "write_plot", "Row", "environment", "finish_rows", "format_table", "write_csv", "write_json",
-           "write_text", "CPU_LAYERS", "RESNET_LAYERS", "SHAPE_SETS", "ConvShape", "LossShape", "ModelShape",
-           "PoolShape", "ShapeSet", "measure", "run_cases", "build_model", "model_flops", "torch_mirror",
+           "EmuDevice", "NumpyDevice", "TorchDevice", "default_devices", "device_unavailable", "gpu_info",
+           "make_devices", "set_threads", "torch_or_none", "DEFAULT_OPS", "DTYPES", "OPS", "make_cases",
+           "require_matplotlib", "write_plot", "Row", "environment", "finish_rows", "format_table", "write_csv",
+           "write_json", "write_text", "CPU_LAYERS", "RESNET_LAYERS", "SHAPE_SETS", "ConvShape", "LossShape",
+           "ModelShape", "PoolShape", "ShapeSet", "measure", "run_cases", "build_model", "model_flops", "torch_mirror",
            "train_step_case"]
