@@ -96,10 +96,10 @@ def allreduce_sum(arrays) -> list:
 
 def allreduce_gradients(model, count=None):
     """Replace every trained parameter's `.grad` by its mean over the ranks (a parameter without a
-    gradient counts as zeros; a frozen one, requires_grad False, is left alone). With `count` (this rank's number of samples in the batch), the mean is
-    weighted by the counts, which keeps an uneven last batch equal to one big batch:
-    sum_r count_r * grad_r / sum_r count_r, and the sum of the counts is returned (None without
-    `count`). float16 gradients are reduced in FP32 (a loss-scaled gradient times a sample count
+    gradient counts as zeros; a frozen one, requires_grad False, is left alone). With `count`
+    (this rank's number of samples in the batch), the mean is weighted by the counts, which keeps
+    an uneven last batch equal to one big batch: sum_r count_r * grad_r / sum_r count_r, and the
+    sum of the counts is returned (None without `count`). float16 gradients are reduced in FP32 (a loss-scaled gradient times a sample count
     would overflow float16) and rounded back once."""
     _check_model(model, "allreduce_gradients")
     if count is not None and (isinstance(count, (bool, np.bool_)) or not (isinstance(count, (int, np.integer))
