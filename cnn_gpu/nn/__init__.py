@@ -9,7 +9,7 @@
     model.zero_grad()
     model.backward(loss_fn.backward())
 """
-from . import init, utils
+from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
                      Flatten, GroupNorm, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, SiLU,
@@ -17,7 +17,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 
-__all__ = ["init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict", "GELU",
-           "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "ConvTranspose2d", "Dropout",
-           "Flatten", "GroupNorm", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU",
-           "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "CrossEntropyLoss", "MSELoss"]
+__all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict",
+           "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "ConvTranspose2d",
+           "Dropout", "Flatten", "GroupNorm", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax",
+           "MaxPool2d", "ReLU", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "CrossEntropyLoss", "MSELoss"]

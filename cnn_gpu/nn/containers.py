@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from .. import functional as F
 from ..backend import device_call, module_of
+from .hooks import has_hooks
 from .layers import BatchNorm1d, BatchNorm2d, ReLU
 from .module import Module, trains
 
@@ -28,8 +29,10 @@ def fuses_relu(layer, following) -> bool:
     """Whether nn.Sequential runs `following` inside `layer`: a ReLU right after a batch norm or a
     residual connection (their own classes, not subclasses, whose forward may differ) is applied
     by the batch norm's kernels or with the residual addition (F.add_relu), saving the ReLU's pass
-    over the activations and its launch forward, and on the batch norm its backward's too."""
-    return type(layer) in (BatchNorm1d, BatchNorm2d, Residual) and type(following) is ReLU
+    over the activations and its launch forward, and on the batch norm its backward's too. Not
+    where either has hooks: they would see the pair as one call."""
+    return (type(layer) in (BatchNorm1d, BatchNorm2d, Residual) and type(following) is ReLU
+            and not has_hooks(layer) and not has_hooks(following))
 
 
 def fused_relu_positions(layers) -> frozenset:
@@ -44,8 +47,10 @@ def hands_on_gradient_sum(layers, fused, i: int) -> bool:
     all (its input_grad): a Residual right after a Residual that runs the ReLU following it
     (`fused`: fused_relu_positions). That Residual adds the two in its ReLU's backward pass
     (F.relu_backward_of_sum), saving the addition's pass over the activations and its launch
-    (their own classes, not subclasses, whose backward may differ)."""
-    return i >= 2 and type(layers[i]) is Residual and i - 1 in fused and type(layers[i - 2]) is Residual
+    (their own classes, not subclasses, whose backward may differ; not where layers[i] has hooks,
+    which take one gradient)."""
+    return (i >= 2 and type(layers[i]) is Residual and i - 1 in fused and type(layers[i - 2]) is Residual
+            and not has_hooks(layers[i]))
 
 
 def _backward(module, dy, input_grad: bool):
@@ -110,6 +115,10 @@ class Sequential(Module):
         layers = list(self._modules.values())
         if not layers:
             return dy if input_grad else None
+        if any(has_hooks(layers[i - 1]) or has_hooks(layers[i]) for i in self._fused):
+            raise RuntimeError("Sequential.backward(): a hook was registered on a layer that the forward ran "
+                               "fused with the ReLU after it (its hooks would not run); register hooks before "
+                               "the forward")
         wanted = [input_grad] * len(layers)
         for i in range(1, len(layers)):
             before = layers[i - 1]

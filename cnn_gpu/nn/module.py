@@ -20,6 +20,7 @@ from .. import backend as _backend
 from .. import replay
 from ..backend import device_call
 from ..functional._checks import FLOAT_DTYPES, flag
+from .hooks import ModuleHooks, RemovableHandle, has_hooks, hooks_of
 
 
 class IncompatibleKeys(NamedTuple):
@@ -189,7 +190,10 @@ def _paired(backward):
                               f"backward in pairs", UserWarning, stacklevel=2)
         _BACKWARD.depth = depth + 1
         try:
-            return backward(self, *args, **kwargs)
+            hooks = self.__dict__.get("_hooks")   # (hooks_of, inline: every backward call asks)
+            if hooks is None:
+                return backward(self, *args, **kwargs)
+            return hooks.call_backward(self, backward, args, kwargs)
         finally:
             _BACKWARD.depth = depth
     return run
@@ -310,8 +314,9 @@ class Module:
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
         guarded = replay.first_time(self)
         _FORWARD.depth = depth + 1
+        hooks = self.__dict__.get("_hooks")   # (hooks_of, inline: every call asks)
         try:
-            output = self.forward(*args, **kwargs)
+            output = self.forward(*args, **kwargs) if hooks is None else hooks.call_forward(self, args, kwargs)
         finally:
             _FORWARD.depth = depth
         if guarded:   # a replay runs the launches of these settings and arrays (as forward left them)
@@ -344,6 +349,8 @@ class Module:
                     f"or an assignment replaces them)")
         if self._gradients_required() != required:
             return f"{type(self).__name__} has a parameter frozen or unfrozen since (requires_grad)"
+        if has_hooks(self):
+            return f"{type(self).__name__} has hooks now (Python that a replay would not run)"
         return None
 
     def _nothing_to_compute(self, input_grad) -> bool:
@@ -359,6 +366,40 @@ class Module:
             replay.refuse(f"{type(self).__name__}.backward() of a forward run outside the recording (a replay "
                           f"would read that forward's saved arrays; record forward and backward together)")
         return self._saved
+
+    # --- hooks (cnn_gpu.nn.hooks) ----------------------------------------------------------------
+
+    def _hook_registry(self) -> ModuleHooks:
+        hooks = hooks_of(self)
+        if hooks is None:
+            hooks = ModuleHooks()
+            object.__setattr__(self, "_hooks", hooks)
+        return hooks
+
+    def register_forward_pre_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False) -> RemovableHandle:
+        """hook(module, args) before every forward; a value returned replaces the input (a tuple
+        of positional arguments, or a single one). with_kwargs: hook(module, args, kwargs),
+        returning None or (args, kwargs). prepend: run before the hooks registered so far."""
+        return self._hook_registry().add("forward_pre", hook, prepend=flag(prepend, "prepend"),
+                                         with_kwargs=flag(with_kwargs, "with_kwargs"))
+
+    def register_forward_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False,
+                              always_call: bool = False) -> RemovableHandle:
+        """hook(module, args, output) after every forward; a value returned replaces the output.
+        with_kwargs: hook(module, args, kwargs, output). always_call: also when forward raises."""
+        return self._hook_registry().add("forward", hook, prepend=flag(prepend, "prepend"),
+                                         with_kwargs=flag(with_kwargs, "with_kwargs"),
+                                         always_call=flag(always_call, "always_call"))
+
+    def register_full_backward_pre_hook(self, hook, prepend: bool = False) -> RemovableHandle:
+        """hook(module, grad_output) before every backward, grad_output = (dy,); a tuple returned
+        replaces it."""
+        return self._hook_registry().add("backward_pre", hook, prepend=flag(prepend, "prepend"))
+
+    def register_full_backward_hook(self, hook, prepend: bool = False) -> RemovableHandle:
+        """hook(module, grad_input, grad_output) after every backward, grad_input = (dx,) (dx None
+        where no input gradient was computed); a tuple returned replaces grad_input."""
+        return self._hook_registry().add("backward", hook, prepend=flag(prepend, "prepend"))
 
     # --- tree walking ---------------------------------------------------------------------------
 
