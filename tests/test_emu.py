@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=bac
 
 if not backend.why_unavailable("emu"):
     from cnn_gpu import emu
+    from cnn_gpu.emu._build import FAR_GUARD_BYTES
 
 KERNELS = Path(__file__).resolve().parent / "emu_kernels"
 SCHEDULES = ("forward", "reverse", "random")
@@ -591,6 +592,37 @@ def test_a_store_out_of_a_static_shared_array_is_reported(name, offset, place, r
         assert info.value.thread == ((127 if offset > 0 else 0), 0, 0)
         snippet = "first[store ? t + offset" if name == "static_shared_offset" else "values[(int)threadIdx.x + offset]"
         assert info.value.source.startswith(at_line(snippet))
+
+
+@pytest.mark.parametrize("race", [False, True])
+@pytest.mark.parametrize("store", [True, False])
+@pytest.mark.parametrize("offset, place", [
+    (100_000, r"byte \d+ past the end of __shared__ array \w+"),     # 400 KB past: beyond every array
+    (-200_000, r"\d+ bytes before the start of __shared__ array \w+"),   # 800 KB before
+])
+def test_a_far_off_static_shared_index_faults(offset, place, store, race, rng):
+    """An index far outside the static __shared__ arrays (a wrong stride or sign: a GPU faults on it)
+    lands in an inaccessible zone of 1 MiB before the first and after the last array, in the plain
+    and the instrumented build, not in the library's other data; the message places it."""
+    x = rng.standard_normal(256).astype(np.float32)
+    kernel = bugs().get_function("static_shared_offset")
+    with pytest.raises(emu.KernelFault, match=r"access at " + place) as info:
+        kernel((2,), (128,), _static_shared_args("static_shared_offset", x, np.zeros_like(x), offset, store),
+               race=race)
+    assert info.value.kind == "shared memory overrun" and info.value.block == (0, 0, 0)
+
+
+def test_static_shared_arrays_take_no_room_in_the_module_file():
+    """The static __shared__ arrays' section and its far zones are NOBITS: megabytes of address space,
+    no bytes of the library file (as .bss)."""
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf (binutils) is not installed")
+    for instrumented in (False, True):
+        path = bugs()._library(instrumented).path
+        header = subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True, check=True).stdout
+        line = next(line for line in header.splitlines() if " cnn_gpu_emu_shared " in line)
+        fields = line.split("]", 1)[1].split()
+        assert fields[1] == "NOBITS" and int(fields[4], 16) >= 2 * FAR_GUARD_BYTES, line
 
 
 @pytest.mark.parametrize("race", [False, True])

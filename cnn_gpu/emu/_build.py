@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
 ABI_HEADER = HERE / "emu_abi.h"
 RUNTIME_SOURCE = HERE / "emu_runtime.cpp"
-GLUE_VERSION = "4"  # bump when the generated glue changes meaning
+GLUE_VERSION = "5"  # bump when the generated glue changes meaning
 
 # Largest dynamic shared memory a launch can ask for (H100's opt-in limit is 227 KB).
 DYNAMIC_SHARED_CAPACITY = 57 * 4096
@@ -444,7 +444,7 @@ def _included_files(source: str, include_dir: Path | None, search: list[Path], s
 # it, with a guard zone before each array and after the last: the runtime fills the zones with canary
 # bytes at every block and faults on one it finds changed, or at once on an access into one in the
 # instrumented build, so that an index past an array's end does not silently read or write the next
-# array. cuda_emu.h gives each array a section of its own (cnn_gpu_emu_shared.<n>); GCC ignores the
+# array. cuda_emu.h gives each array a section of its own (.bss.cnn_gpu_emu_shared.<n>); GCC ignores the
 # section attribute of the statics of templates and inline functions: they go to .bss._ZZ<function>
 # <name> sections, or, for a template instantiated with a lambda's (local) type, to plain .bss unless
 # the module is compiled with -fdata-sections (MODULE_FLAGS), which gives every static its own
@@ -452,13 +452,17 @@ def _included_files(source: str, include_dir: Path | None, search: list[Path], s
 # would place them back to back. Any zero-initialised function-local static counts as shared memory
 # this way; CUDA's other kind, a function-scope `static __device__` variable, would be poisoned per
 # block too (the kernels here have none). The zones' (offset, bytes) pairs go to a table the module
-# state points at.
+# state points at. Around them all, FAR_GUARD_BYTES on either side that a guarded launch makes
+# inaccessible (as around dynamic shared memory): an index far off (a wrong stride or sign) faults
+# instead of reading or writing the library's other data. Every input section is NOBITS, so the
+# output section is too and costs no room in the file; it goes right before .bss (a NOBITS section
+# followed by data would be written out as zeros) and the zone table after .data.
 SHARED_GUARD_BYTES = 1024   # past an array's end: a row of 256 floats
 SHARED_GUARD_ALIGN = 64     # a zone runs on to here, the next array's start (most align to 16)
 
 
 def _is_shared_section(name: str) -> bool:
-    return name.startswith("cnn_gpu_emu_shared.") or name.startswith(".bss._ZZ")
+    return name.startswith(".bss.cnn_gpu_emu_shared.") or name.startswith(".bss._ZZ")
 
 
 def one_array_per_shared_declaration(source: str) -> str:
@@ -516,7 +520,8 @@ def shared_section_script(sections: list[str]) -> str:
     """The link's script: the shared arrays' sections `sections` in one output section with guard
     zones around them, and the zones' table."""
     names = list(dict.fromkeys(name for name in sections if _is_shared_section(name)))
-    lines = ["SECTIONS", "{", "  cnn_gpu_emu_shared : {", "    HIDDEN(__start_cnn_gpu_emu_shared = .);"]
+    lines = ["SECTIONS", "{", f"  cnn_gpu_emu_shared : ALIGN({PAGE}) {{", f"    . += {FAR_GUARD_BYTES};",
+             "    HIDDEN(__start_cnn_gpu_emu_shared = .);"]
 
     def guard(i):
         lines.append(f"    HIDDEN(cnn_gpu_emu_guard_{i} = .); . += {SHARED_GUARD_BYTES}; "
@@ -526,8 +531,10 @@ def shared_section_script(sections: list[str]) -> str:
     for i, name in enumerate(names, 1):
         lines.append(f"    *({name})")
         guard(i)
-    lines += ["    *(cnn_gpu_emu_shared.*) *(.bss._ZZ*)", "    HIDDEN(__stop_cnn_gpu_emu_shared = .);", "  }",
-              "  cnn_gpu_emu_shared_guards : ALIGN(8) {", "    HIDDEN(__start_cnn_gpu_emu_shared_guards = .);"]
+    lines += ["    *(.bss.cnn_gpu_emu_shared.*) *(.bss._ZZ*)", "    HIDDEN(__stop_cnn_gpu_emu_shared = .);",
+              f"    . = ALIGN({PAGE}); . += {FAR_GUARD_BYTES};", "  }", "}", "INSERT BEFORE .bss;",
+              "SECTIONS", "{", "  cnn_gpu_emu_shared_guards : ALIGN(8) {",
+              "    HIDDEN(__start_cnn_gpu_emu_shared_guards = .);"]
     lines += [f"    QUAD(cnn_gpu_emu_guard_{i} - __start_cnn_gpu_emu_shared); "
               f"QUAD(cnn_gpu_emu_guard_end_{i} - cnn_gpu_emu_guard_{i});" for i in range(len(names) + 1)]
     lines += ["    HIDDEN(__stop_cnn_gpu_emu_shared_guards = .);", "  }", "}", "INSERT AFTER .data;", ""]
@@ -587,7 +594,7 @@ def build_module(source: str, display_name: str, include_dir: Path | None, optio
     digest = hashlib.sha256()
     # not the runtime's source: a module binds to the runtime through emu_abi.h's declarations
     parts = [GLUE_VERSION, compiler_identity(cxx), " ".join(flags), "\n".join(opts.defines), display_name,
-             HEADER.read_text(), ABI_HEADER.read_text(), shared_section_script(["cnn_gpu_emu_shared.0"]),
+             HEADER.read_text(), ABI_HEADER.read_text(), shared_section_script([".bss.cnn_gpu_emu_shared.0"]),
              transformed]
     search = [Path(flag[2:]) for flag in opts.defines if flag.startswith("-I")]
     parts += [p.read_text() for p in _included_files(source, include_dir, search)]

@@ -224,6 +224,16 @@ def shared_guard_place(library, address: int) -> str | None:
     return f"{where} __shared__ array {name.split('::')[-1]} (in {name.rsplit('::', 1)[0]})"
 
 
+def _in_static_shared_far_zone(state, address: int) -> bool:
+    """Whether `address` lies in the inaccessible zone before the static __shared__ arrays or after
+    the page that holds their end (_build.shared_section_script)."""
+    begin, end = state.static_shared_begin, state.static_shared_end
+    if not begin:
+        return False
+    after = (end + _build.PAGE - 1) // _build.PAGE * _build.PAGE
+    return begin - _build.FAR_GUARD_BYTES <= address < begin or after <= address < after + _build.FAR_GUARD_BYTES
+
+
 def _dims(name: str, value) -> tuple[int, int, int]:
     if isinstance(value, (int, np.integer)):
         value = (value,)
@@ -635,6 +645,10 @@ class Kernel:
                 kind = "shared memory overrun"
                 message = (f"access before the start of dynamic shared memory, at byte {address - dynamic} "
                            f"({name})")
+            elif settings["guard"] and _in_static_shared_far_zone(library.state, address):
+                kind = "shared memory overrun"
+                place = shared_guard_place(library, address) or "outside the static __shared__ arrays"
+                message = f"access at {place} ({name})"
         elif desc.fault_kind == 9:
             if desc.race_region >= 2:
                 begin, _, name, itemsize = global_ranges[desc.race_region - 2]

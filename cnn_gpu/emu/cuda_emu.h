@@ -32,9 +32,10 @@
 /* Block-scope statics shared by the fibers of a block, each in a section of its own: the module's
  * link gathers them into one output section (poisoned at every block) with a guard zone around each
  * (_build.shared_section_script), so that an index past an array's end is caught, not read from or
- * written into the next array. */
+ * written into the next array. A name starting .bss. makes GCC's section NOBITS: it takes no room
+ * in the library file, nor do the far zones the link puts around them. */
 #define CNN_GPU_EMU_STRING(x) #x
-#define CNN_GPU_EMU_SHARED_SECTION(n) "cnn_gpu_emu_shared." CNN_GPU_EMU_STRING(n)
+#define CNN_GPU_EMU_SHARED_SECTION(n) ".bss.cnn_gpu_emu_shared." CNN_GPU_EMU_STRING(n)
 #define __shared__ static __attribute__((section(CNN_GPU_EMU_SHARED_SECTION(__COUNTER__))))
 #define cnn_gpu_emu_dynamic_shared_decl __attribute__((visibility("hidden")))
 /* The module build writes `#pragma unroll N` as CNN_GPU_EMU_UNROLL(N): GCC expands no macros in N. */

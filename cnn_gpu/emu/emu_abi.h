@@ -6,9 +6,10 @@
 
 struct cnn_gpu_emu_uint3 { unsigned int x, y, z; };
 
-/* Inaccessible bytes before dynamic shared memory and after its capacity in a guarded launch: an
- * index that is far off (a wrong stride, a negative offset) faults instead of reaching the
- * library's other data. (A GPU's shared window is at most 228 KB: 1 MiB holds most such errors.) */
+/* Inaccessible bytes before dynamic shared memory and after its capacity in a guarded launch, and
+ * before the static __shared__ arrays and after the page holding their end: an index that is far
+ * off (a wrong stride, a negative offset) faults instead of reaching the library's other data. (A
+ * GPU's shared window is at most 228 KB: 1 MiB holds most such errors.) */
 #define CNN_GPU_EMU_FAR_GUARD_BYTES 1048576ULL
 
 /* What a kernel sees of the CUDA thread it runs as: first member of the runtime's fiber. */
@@ -86,7 +87,7 @@ struct cnn_gpu_emu_launch_desc {
     int schedule;
     int poison;                        /* fill shared memory with NaN (0xff bytes) before each block */
     int guard_shared;                  /* PROT_NONE page + canary after the dynamic shared memory; the
-                                          __shared__ arrays' guard zones */
+                                          __shared__ arrays' guard zones; the far zones */
     int flush_denormals;               /* FTZ+DAZ in MXCSR, as nvcc/NVRTC -ftz=true */
     int race_check;                    /* the module is instrumented: check shared memory accesses */
     int race_check_global;             /* ... and the array arguments too */

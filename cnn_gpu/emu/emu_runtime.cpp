@@ -616,13 +616,22 @@ char* dynamic_guard_page(cnn_gpu_emu_module_state* m, unsigned long long shared_
     return m->dynamic_shared + ((shared_mem + kPage - 1) / kPage) * kPage;
 }
 
-// A guarded launch's inaccessible pages around dynamic shared memory: the far zone before it, and
-// everything from the page after the launch's bytes to the far zone's end after the capacity.
-bool protect_dynamic_shared_surroundings(cnn_gpu_emu_module_state* m, unsigned long long shared_mem, int prot) {
+// A guarded launch's inaccessible pages around shared memory: around dynamic shared memory, the far
+// zone before it and everything from the page after the launch's bytes to the far zone's end after
+// the capacity; around the static __shared__ arrays, the far zones the link put before the first
+// and after the page holding the last (_build.shared_section_script).
+bool protect_shared_surroundings(cnn_gpu_emu_module_state* m, unsigned long long shared_mem, int prot) {
     char* back = dynamic_guard_page(m, shared_mem);
     char* end = m->dynamic_shared + m->dynamic_shared_capacity + kPage + CNN_GPU_EMU_FAR_GUARD_BYTES;
-    return mprotect(m->dynamic_shared - CNN_GPU_EMU_FAR_GUARD_BYTES, CNN_GPU_EMU_FAR_GUARD_BYTES, prot) == 0 &&
-           mprotect(back, (size_t)(end - back), prot) == 0;
+    bool done = mprotect(m->dynamic_shared - CNN_GPU_EMU_FAR_GUARD_BYTES, CNN_GPU_EMU_FAR_GUARD_BYTES, prot) == 0 &&
+                mprotect(back, (size_t)(end - back), prot) == 0;
+    if (m->static_shared_begin != nullptr) {
+        char* after = (char*)(((uintptr_t)m->static_shared_end + kPage - 1) / kPage * kPage);
+        done = done &&
+               mprotect(m->static_shared_begin - CNN_GPU_EMU_FAR_GUARD_BYTES, CNN_GPU_EMU_FAR_GUARD_BYTES, prot) == 0 &&
+               mprotect(after, CNN_GPU_EMU_FAR_GUARD_BYTES, prot) == 0;
+    }
+    return done;
 }
 
 // The first byte of [from, to) other than run[0], or nullptr (`run`: kRun copies of one byte; memcmp,
@@ -1767,8 +1776,8 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
 
     bool guard = d->guard_shared && d->shared_mem <= m->dynamic_shared_capacity;
     char* guard_page = dynamic_guard_page(m, d->shared_mem);
-    if (guard && !protect_dynamic_shared_surroundings(m, d->shared_mem, PROT_NONE)) {
-        protect_dynamic_shared_surroundings(m, d->shared_mem, PROT_READ | PROT_WRITE);
+    if (guard && !protect_shared_surroundings(m, d->shared_mem, PROT_NONE)) {
+        protect_shared_surroundings(m, d->shared_mem, PROT_READ | PROT_WRITE);
         guard = false;
     }
 
@@ -1905,7 +1914,7 @@ EXPORT int cnn_gpu_emu_launch(cnn_gpu_emu_launch_desc* d) {
     remove_fault_handlers();
     sigaltstack(&previous_alt, nullptr);
     _mm_setcsr(saved_csr);
-    if (guard) protect_dynamic_shared_surroundings(m, d->shared_mem, PROT_READ | PROT_WRITE);
+    if (guard) protect_shared_surroundings(m, d->shared_mem, PROT_READ | PROT_WRITE);
 
     if (d->fault_kind != CNN_GPU_EMU_OK) {
         memcpy(d->fault_block, L->block, sizeof L->block);
