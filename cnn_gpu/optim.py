@@ -1,6 +1,6 @@
 """Optimizers with PyTorch's update rules: `SGD` (momentum with dampening, Nesterov, weight
-decay), `Adam` (bias-corrected, L2 weight decay added to the gradient) and `AdamW` (decoupled
-decay), each with PyTorch's `maximize`.
+decay), `Adam` (bias-corrected, L2 weight decay added to the gradient), `AdamW` (decoupled
+decay) and `RMSprop` (centered, momentum), each with PyTorch's `maximize`.
 
 Parameters on the NumPy backend are updated by the NumPy functions below; on "emu" and "cuda" by
 the fused kernels of `cnn_gpu.gpu.optim`, 8 parameters a launch (its *_steps functions). The
@@ -108,6 +108,33 @@ def numpy_adam_step(be, param, grad, m, v, step, lr, beta1, beta2, eps, weight_d
     denom = np.sqrt(v if v_max is None else v_max) / math.sqrt(1 - beta2 ** step)
     denom += eps
     param -= step_size * (m / denom)
+
+
+@_on_master
+def numpy_rmsprop_step(be, param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps, weight_decay, momentum,
+                       maximize=False):
+    """In place. PyTorch's RMSprop: g = grad (-grad to maximize) + wd*p; sq = alpha*sq + (1-alpha)*g*g;
+    centered (grad_avg given): grad_avg = lerp(grad_avg, g, 1-alpha), avg = sqrt(sq - grad_avg^2) + eps,
+    else avg = sqrt(sq) + eps; with momentum (momentum_buf given) buf = momentum*buf + g/avg and
+    p -= lr*buf, else p -= lr*g/avg."""
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay * param
+    square_avg *= alpha
+    square_avg += (1 - alpha) * grad * grad
+    if grad_avg is not None:
+        _lerp(grad_avg, grad, 1 - alpha)
+        avg = np.sqrt(square_avg - grad_avg * grad_avg)
+    else:
+        avg = np.sqrt(square_avg)
+    avg += eps
+    if momentum_buf is None:
+        param -= lr * (grad / avg)
+        return
+    momentum_buf *= momentum
+    momentum_buf += grad / avg
+    param -= lr * momentum_buf
 
 
 def _kernel_steps():
@@ -685,3 +712,53 @@ class AdamW(Adam):
 
     def _decays(self, hyper) -> tuple:
         return 0.0, hyper["weight_decay"]
+
+
+class RMSprop(Optimizer):
+    """PyTorch's RMSprop; `maximize` keyword-only (PyTorch's `capturable`, `foreach` and
+    `differentiable` choose its implementation: their place holds the backend). The centered form
+    keeps the running mean of the gradient in the state's "grad_avg" and momentum its buffer in
+    "momentum_buffer" (PyTorch's keys), each made, zero, at the parameter's first step with the
+    option on."""
+    state_keys = frozenset({"step", "square_avg"})
+    optional_state_keys = frozenset({"grad_avg", "momentum_buffer"})
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                 backend=None, *, maximize=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered, maximize=maximize), backend)
+
+    @staticmethod
+    def _validated(hyper: dict) -> dict:
+        checked = _nonnegative(hyper, "lr", "alpha", "eps", "weight_decay", "momentum")
+        checked["centered"] = flag(hyper["centered"], "centered")
+        checked["maximize"] = flag(hyper["maximize"], "maximize")
+        return checked
+
+    @staticmethod
+    def _next_step(be, p, state, hyper) -> tuple:
+        """(the parameter's step count with this step, square_avg, grad_avg where centered else None,
+        the momentum buffer where momentum > 0 else None), the arrays made, zero, at their first use;
+        the caller stores the count once the update's launch has run."""
+        xp, dtype = _backend.array_module(be), state_dtype(p.data.dtype)
+        for key, wanted in (("square_avg", True), ("grad_avg", hyper["centered"]),
+                            ("momentum_buffer", hyper["momentum"] > 0)):
+            if wanted and key not in state:
+                state[key] = xp.zeros_like(p.data, dtype=dtype)
+        state.setdefault("step", 0)
+        return (state["step"] + 1, state["square_avg"], state["grad_avg"] if hyper["centered"] else None,
+                state["momentum_buffer"] if hyper["momentum"] > 0 else None)
+
+    def _numpy_update(self, p, grad, state, hyper) -> None:
+        step, *arrays = self._next_step("numpy", p, state, hyper)
+        numpy_rmsprop_step("numpy", p.data, grad, *arrays, hyper["lr"], hyper["alpha"], hyper["eps"],
+                           hyper["weight_decay"], hyper["momentum"], hyper["maximize"], **_master_argument(state))
+        state["step"] = step
+
+    def _kernel_updates(self, be, group, hyper, memo) -> None:
+        steps = [self._next_step(be, p, state, hyper) for p, _, state in group]
+        updates = [(p.data, grad, *arrays, state.get("master")) for (p, grad, state), (_, *arrays) in zip(group, steps)]
+        _kernel_steps().rmsprop_steps(be, updates, hyper["lr"], hyper["alpha"], hyper["eps"], hyper["weight_decay"],
+                                      hyper["momentum"], hyper["maximize"], memo=memo)
+        for (_, _, state), (step, *_) in zip(group, steps):
+            state["step"] = step

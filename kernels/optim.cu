@@ -24,6 +24,12 @@
 //    1-beta1, 1-beta2 in double (as PyTorch: in FP32, 1 - 0.999 would be off by 1e-5 relative).
 //  * adam_amsgrad_step: the same with AMSGrad's v_max = max(v_max, v) in the denominator's place
 //    of v (a slot's fifth array; NaN kept, as torch.maximum keeps it).
+//  * rmsprop_step (torch.optim.RMSprop): sq = alpha*sq + (1-alpha)*g*g; centered: ga += w(g - ga)
+//    (torch's lerp_, w = 1-alpha) and avg = sqrt(sq - ga*ga) + eps, else avg = sqrt(sq) + eps;
+//    with momentum buf = momentum*buf + g/avg and param -= lr*buf, else param -= lr*g/avg. Whether
+//    it is centered and has momentum is the same for every slot of a launch (one parameter group):
+//    a uniform branch, and the arrays it leaves out (grad_avg, the buffer) are neither read nor
+//    written.
 //  * unscale_grads (cnn_gpu.amp.GradScaler.unscale_): grad *= inverse in acc_t, rounded once, in
 //    place (as PyTorch's); *found = 1 where a gradient holds inf/NaN before the multiplication or,
 //    with check_after (a scale below 1), after it. The host reads `found` once a step, where a
@@ -75,6 +81,13 @@ __device__ __forceinline__ acc_t decayed_gradient(REAL grad, acc_t p, acc_t weig
 {
     const acc_t g = to_acc(grad);
     return fma(weight_decay, p, maximize ? -g : g);
+}
+
+// start.lerp_(end, weight) as PyTorch computes it: its second form from a weight of 0.5 on, so that a
+// weight of 1 gives end exactly
+__device__ __forceinline__ acc_t torch_lerp(acc_t start, acc_t end, acc_t weight)
+{
+    return weight < acc_t(0.5) ? start + weight * (end - start) : end - (end - start) * (acc_t(1) - weight);
 }
 
 // Each rule's walk over one slot's n elements (for_each_element: a round's loads, then its updates),
@@ -146,14 +159,48 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
         },
         [&](long long i, const Element& e) {
             const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
-            // PyTorch's lerp: its second form from a weight of 0.5 on (beta1 = 0: m_new = g exactly)
-            const acc_t m_new = one_minus_beta1 < acc_t(0.5) ? e.state[0] + one_minus_beta1 * (g - e.state[0])
-                                                             : g - (g - e.state[0]) * (acc_t(1) - one_minus_beta1);
+            const acc_t m_new = torch_lerp(e.state[0], g, one_minus_beta1);   // (beta1 = 0: m_new = g exactly)
             const acc_t v_new = beta2 * e.state[1] + one_minus_beta2 * g * g;
             m[i] = m_new;
             v[i] = v_new;
             const acc_t v_denominator = moment.update(i, e.state, v_new);
             param.store(i, p * decay - step_size * m_new / (REAL_SQRT(v_denominator) / bias2_sqrt + eps));
+        });
+}
+
+template <class Param>
+__device__ __forceinline__ void rmsprop_walk(Param param, const REAL* grad, acc_t* square_avg, acc_t* grad_avg,
+                                             acc_t* momentum_buf, long long n, acc_t lr, acc_t alpha,
+                                             acc_t one_minus_alpha, acc_t eps, acc_t weight_decay, acc_t momentum,
+                                             int centered, int has_momentum, int maximize)
+{
+    typedef SlotElement<typename Param::Value, 3> Element;
+    for_each_element(
+        n,
+        [&](long long i) {
+            const acc_t kept_avg = centered ? grad_avg[i] : acc_t(0);
+            const acc_t buf = has_momentum ? momentum_buf[i] : acc_t(0);
+            return Element{param.load(i), grad[i], {square_avg[i], kept_avg, buf}};
+        },
+        [&](long long i, const Element& e) {
+            const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
+            const acc_t sq = alpha * e.state[0] + one_minus_alpha * g * g;
+            square_avg[i] = sq;
+            acc_t avg;
+            if (centered) {
+                const acc_t ga = torch_lerp(e.state[1], g, one_minus_alpha);
+                grad_avg[i] = ga;
+                avg = REAL_SQRT(sq - ga * ga) + eps;
+            } else {
+                avg = REAL_SQRT(sq) + eps;
+            }
+            if (has_momentum) {
+                const acc_t buf = momentum * e.state[2] + g / avg;
+                momentum_buf[i] = buf;
+                param.store(i, p - lr * buf);
+            } else {
+                param.store(i, p - lr * (g / avg));
+            }
         });
 }
 
@@ -180,6 +227,8 @@ __device__ __forceinline__ void adam_walk(Param param, const REAL* grad, acc_t* 
 #define ADAM_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
 // AMSGrad's fifth double a round spilled at 3 blocks' cap on sm_70: 2 blocks keep 80 KB in flight an SM
 #define AMSGRAD_MIN_BLOCKS (REAL_IS_DOUBLE ? 2 : MIN_BLOCKS)
+// RMSprop's round holds five doubles too (parameter, gradient, square_avg, grad_avg, buffer)
+#define RMSPROP_MIN_BLOCKS AMSGRAD_MIN_BLOCKS
 
 #define SGD_SLOT(k) REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, long long n##k
 #define SGD_CASE(k)                                                                                              \
@@ -260,6 +309,31 @@ adam_amsgrad_step(EACH_SLOT(AMSGRAD_SLOT), int slots, acc_t one_minus_beta1, acc
                             one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, maximize))
 }
 
+// RMSprop's slots pass grad_avg and the momentum buffer always (arrays of no element where the
+// group is not centered or has no momentum: never touched then)
+#define RMSPROP_SLOT(k)                                                                                          \
+    REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, acc_t* __restrict__ square_avg##k,           \
+        acc_t* __restrict__ grad_avg##k, acc_t* __restrict__ momentum_buf##k, long long n##k
+#define RMSPROP_ASSIGN(k)                                                                                        \
+    param = param##k, grad = grad##k, square_avg = square_avg##k, grad_avg = grad_avg##k,                        \
+    momentum_buf = momentum_buf##k, n = n##k
+#define RMSPROP_CASE(k)                                                                                          \
+    case k:                                                                                                      \
+        RMSPROP_ASSIGN(k);                                                                                       \
+        break;
+#define RMSPROP_VARIABLES                                                                                        \
+    SGD_VARIABLES;                                                                                               \
+    acc_t *square_avg, *grad_avg, *momentum_buf
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, RMSPROP_MIN_BLOCKS)
+rmsprop_step(EACH_SLOT(RMSPROP_SLOT), int slots, acc_t lr, acc_t alpha, acc_t one_minus_alpha, acc_t eps,
+             acc_t weight_decay, acc_t momentum, int centered, int has_momentum, int maximize)
+{
+    FOR_EACH_SLOT(RMSPROP_CASE, RMSPROP_VARIABLES,
+                  rmsprop_walk(ParamArray{param}, grad, square_avg, grad_avg, momentum_buf, n, lr, alpha,
+                               one_minus_alpha, eps, weight_decay, momentum, centered, has_momentum, maximize))
+}
+
 #define UNSCALE_SLOT(k) REAL* __restrict__ grad##k, long long n##k
 #define UNSCALE_CASE(k)                                                                                          \
     case k:                                                                                                      \
@@ -302,6 +376,10 @@ unscale_grads(EACH_SLOT(UNSCALE_SLOT), int slots, int* __restrict__ found, acc_t
     case k:                                                                                                      \
         ADAM_ASSIGN(k), master = master##k;                                                                      \
         break;
+#define RMSPROP_MASTER_CASE(k)                                                                                   \
+    case k:                                                                                                      \
+        RMSPROP_ASSIGN(k), master = master##k;                                                                   \
+        break;
 #define AMSGRAD_MASTER_CASE(k)                                                                                   \
     case k:                                                                                                      \
         ADAM_ASSIGN(k), v_max = v_max##k, master = master##k;                                                    \
@@ -341,5 +419,15 @@ adam_amsgrad_step_master(EACH_SLOT(AMSGRAD_SLOT), EACH_SLOT(MASTER_SLOT), int sl
     FOR_EACH_SLOT(AMSGRAD_MASTER_CASE, AMSGRAD_VARIABLES; acc_t* master,
                   adam_walk(MasterCopy{param, master}, grad, m, v, MaximumMoment{v_max}, n, step_size, bias2_sqrt,
                             one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay, maximize))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+rmsprop_step_master(EACH_SLOT(RMSPROP_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t lr, acc_t alpha,
+                    acc_t one_minus_alpha, acc_t eps, acc_t weight_decay, acc_t momentum, int centered,
+                    int has_momentum, int maximize)
+{
+    FOR_EACH_SLOT(RMSPROP_MASTER_CASE, RMSPROP_VARIABLES; acc_t* master,
+                  rmsprop_walk(MasterCopy{param, master}, grad, square_avg, grad_avg, momentum_buf, n, lr, alpha,
+                               one_minus_alpha, eps, weight_decay, momentum, centered, has_momentum, maximize))
 }
 #endif

@@ -745,6 +745,20 @@ def reference_adam(param, grads, lr, beta1, beta2, eps, weight_decay, maximize=F
     return param, m, v, v_max
 
 
+def reference_rmsprop(param, grads, lr, alpha, eps, weight_decay, momentum, centered, maximize=False):
+    """torch.optim.RMSprop's update, written out (float64)."""
+    param = param.copy()
+    square_avg, grad_avg, buf = np.zeros_like(param), np.zeros_like(param), np.zeros_like(param)
+    for grad in grads:
+        g = (-grad if maximize else grad) + weight_decay * param
+        square_avg = alpha * square_avg + (1 - alpha) * g * g
+        grad_avg = alpha * grad_avg + (1 - alpha) * g
+        avg = np.sqrt(square_avg - grad_avg ** 2 if centered else square_avg) + eps
+        buf = momentum * buf + g / avg
+        param = param - lr * (buf if momentum else g / avg)
+    return param, square_avg, grad_avg, buf
+
+
 SGD_SETTINGS = [dict(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False),
                 dict(lr=0.05, momentum=0.0, weight_decay=0.01, nesterov=False),
                 dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=False),
@@ -851,6 +865,32 @@ def test_adam_step(weight_decay, maximize, amsgrad, dtype):
     assert_close(param, expected.astype(dtype), dtype, "adam param")
     assert_close(m, expected_m.astype(dtype), dtype, "adam m")
     assert_close(v, expected_v.astype(dtype), dtype, "adam v")
+
+
+RMSPROP_SETTINGS = [dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False),
+                    dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.01, momentum=0.0, centered=True, maximize=True),
+                    dict(lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.01, momentum=0.9, centered=False),
+                    dict(lr=0.01, alpha=0.8, eps=1e-8, weight_decay=0.0, momentum=0.5, centered=True)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", RMSPROP_SETTINGS, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+@guarded
+def test_rmsprop_step(settings, dtype):
+    rng = np.random.default_rng(23)
+    param0 = rng.standard_normal(1001).astype(dtype)
+    grads = [rng.standard_normal(param0.shape).astype(dtype) for _ in range(5)]
+    param, square_avg = param0.copy(), np.zeros_like(param0)
+    grad_avg = np.zeros_like(param0) if settings["centered"] else None
+    buf = np.zeros_like(param0) if settings["momentum"] else None
+    for grad in grads:
+        optim.rmsprop_step("emu", param, grad, square_avg, grad_avg, buf, settings["lr"], settings["alpha"],
+                           settings["eps"], settings["weight_decay"], settings["momentum"],
+                           settings.get("maximize", False))
+    expected = reference_rmsprop(param0.astype(np.float64), [g.astype(np.float64) for g in grads], **settings)
+    for got, want, name in zip((param, square_avg, grad_avg, buf), expected, ("param", "square_avg", "grad_avg", "buf")):
+        if got is not None:
+            assert_close(got, want.astype(dtype), dtype, f"rmsprop {name}")
 
 
 def run_every_other_kernel(dtype):

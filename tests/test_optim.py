@@ -37,11 +37,14 @@ ADAM_CONFIGS = [dict(), dict(lr=0.01), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-
                 dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.05, amsgrad=True)]
 ADAMW_CONFIGS = [dict(), dict(lr=0.05, weight_decay=0.2), dict(lr=0.003, betas=(0.8, 0.99), eps=1e-6, weight_decay=0),
                  dict(lr=0.05, weight_decay=0.2, maximize=True), dict(lr=0.05, weight_decay=0.2, amsgrad=True)]
+RMSPROP_CONFIGS = [dict(), dict(lr=0.01, momentum=0.9), dict(lr=0.01, centered=True),
+                   dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.05, momentum=0.5, centered=True),
+                   dict(lr=0.01, alpha=0.5, weight_decay=0.05, maximize=True)]
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("kind, config", [("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS]
-                         + [("AdamW", c) for c in ADAMW_CONFIGS])
+                         + [("AdamW", c) for c in ADAMW_CONFIGS] + [("RMSprop", c) for c in RMSPROP_CONFIGS])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
 def test_matches_torch_step_by_step(kind, config, dtype, rtol):
     torch = pytest.importorskip("torch", reason="torch is not installed")
@@ -102,7 +105,8 @@ def test_adam_by_hand():
 
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01)),
-                                          ("AdamW", dict(lr=0.01, weight_decay=0.1))])
+                                          ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+                                          ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True))])
 def test_state_dict_resume_is_bit_identical(kind, config):
     rng = np.random.default_rng(3)
     params = _params(rng, np.float32)
@@ -218,7 +222,8 @@ def _as_torch_state(torch, state_dict):
                                           ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01, maximize=True)),
                                           ("AdamW", dict(lr=0.01, weight_decay=0.1)),
-                                          ("Adam", dict(lr=0.01, betas=(0.8, 0.9), amsgrad=True))])
+                                          ("Adam", dict(lr=0.01, betas=(0.8, 0.9), amsgrad=True)),
+                                          ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1))])
 @pytest.mark.parametrize("saved_by", ["torch", "ours"])
 def test_a_state_dict_resumes_in_torch_optim_and_the_other_way(kind, config, saved_by):
     """PyTorch's layout both ways: a torch.optim state (two groups, a parameter whose first gradient
@@ -488,7 +493,9 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     ("Adam", dict(lr=0.01, weight_decay=0.01, maximize=True), "adam_step"),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.9), amsgrad=True), "adam_amsgrad_step"),
     ("AdamW", dict(lr=0.05, weight_decay=0.3, amsgrad=True, maximize=True), "adam_amsgrad_step"),
-    ("AdamW", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.3), "adam_step")])
+    ("AdamW", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.3), "adam_step"),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01), "rmsprop_step"),
+    ("RMSprop", dict(lr=0.01, maximize=True), "rmsprop_step")])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
 def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dtype, rtol):
     """19 parameters of mixed sizes on emu: 3 launches (8 + 8 + 3 slots) that give NumPy's steps,
@@ -627,7 +634,9 @@ def test_the_multi_parameter_updates_take_an_empty_list():
                                           ("Adam", dict(lr=0.01, weight_decay=0.01)),
                                           # 1 - beta2 rounded from double, not computed in FP32 (1e-3 off)
                                           ("Adam", dict(lr=0.01, betas=(0.5, 0.99999))),
-                                          ("AdamW", dict(lr=0.05, weight_decay=0.3))])
+                                          ("AdamW", dict(lr=0.05, weight_decay=0.3)),
+                                          ("RMSprop", dict(lr=0.01, momentum=0.9)),
+                                          ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, weight_decay=0.01))])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_emu_kernels_match_numpy(kind, config, dtype, rtol):
     """The same steps on the "emu" backend (the fused CUDA kernels on the CPU) and on NumPy."""

@@ -468,12 +468,13 @@ def _sweeps():
             "sgd_step": lambda: misc.test_sgd_step(misc.SGD_SETTINGS[1], f64),
             "sgd_momentum_step": lambda: misc.test_sgd_step(misc.SGD_SETTINGS[3], f64),
             "adam_step": lambda: misc.test_adam_step(0.01, True, False, f64),
-            "adam_amsgrad_step": lambda: misc.test_adam_step(0.01, False, True, f64)}
+            "adam_amsgrad_step": lambda: misc.test_adam_step(0.01, False, True, f64),
+            "rmsprop_step": lambda: misc.test_rmsprop_step(misc.RMSPROP_SETTINGS[3], f64)}
 
 
 @needs_emu
 @pytest.mark.parametrize("sweep", ["activations", "bias_add", "linear", "mse", "sgd_step", "sgd_momentum_step",
-                                   "adam_step", "adam_amsgrad_step"])
+                                   "adam_step", "adam_amsgrad_step", "rmsprop_step"])
 def test_kernel_sweeps_run_with_guard_zones(kernels_one_past_the_end, sweep):
     with pytest.raises(kernels_one_past_the_end, match="out-of-bounds"):
         _sweeps()[sweep]()

@@ -1,8 +1,9 @@
-"""Launch code of kernels/optim.cu: fused in-place SGD and Adam (AMSGrad) updates of one parameter array
-(sgd_step, adam_step: the signatures of cnn_gpu.optim's NumPy updates) or of several, UPDATE_SLOTS
-parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps: what cnn_gpu.optim's optimizers
-use), and GradScaler.unscale_'s unscale_grads, UPDATE_SLOTS gradients a launch. Scalars derived
-from the step count are computed here on the host, so a step needs no device-to-host transfer.
+"""Launch code of kernels/optim.cu: fused in-place SGD, Adam (AMSGrad) and RMSprop updates of one
+parameter array (sgd_step, adam_step, rmsprop_step: the signatures of cnn_gpu.optim's NumPy updates)
+or of several, UPDATE_SLOTS parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps,
+rmsprop_steps: what cnn_gpu.optim's optimizers use), and GradScaler.unscale_'s unscale_grads,
+UPDATE_SLOTS gradients a launch. Scalars derived from the step count are computed here on the host,
+so a step needs no device-to-host transfer.
 
 State arrays (momentum buffer, moments) are in the kernels' compute type: FP32 for a float16
 parameter, which passes its FP32 master copy as `master` (cnn_gpu.optim always does): the
@@ -139,6 +140,38 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay
     _launch_slots(be, "adam_step" if updates[0][4] is None else "adam_amsgrad_step", slots,
                   (*acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay),
                    *i32(bool(maximize))), memo)
+
+
+def rmsprop_step(be, param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps, weight_decay, momentum,
+                 maximize=False, *, master=None):
+    """In place; PyTorch's RMSprop, centered where `grad_avg` (the running mean of the gradient) is
+    given, with momentum where `momentum_buf` is (momentum > 0)."""
+    rmsprop_steps(be, [(param, grad, square_avg, grad_avg, momentum_buf, master)], lr, alpha, eps, weight_decay,
+                  momentum, maximize)
+
+
+def rmsprop_steps(be, updates, lr, alpha, eps, weight_decay, momentum, maximize=False, memo=None):
+    """In place: RMSprop of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
+    square_avg, grad_avg, momentum_buf, master) per parameter, grad_avg (centered) and momentum_buf
+    (momentum > 0) given for all parameters or none; `memo` as _launch_slots'."""
+    if not updates:
+        return
+    centered, with_momentum = updates[0][3] is not None, updates[0][4] is not None
+    if any((grad_avg is not None) != centered or (buf is not None) != with_momentum
+           for _, _, _, grad_avg, buf, _ in updates):
+        raise ValueError("one launch updates parameters with grad_avg and momentum buffers for all or none")
+    if with_momentum != (momentum > 0):
+        raise ValueError(f"momentum buffers go with momentum > 0 (got momentum {momentum})")
+    for param, grad, square_avg, grad_avg, buf, master in updates:
+        _check_state(param, grad, master, square_avg=square_avg, **({"grad_avg": grad_avg} if centered else {}),
+                     **({"momentum_buf": buf} if with_momentum else {}))
+    dtype = updates[0][0].dtype
+    absent = _no_element(be, current_device() if be == "cuda" else None, backend.compute_dtype(dtype))
+    slots = [((param, grad, square_avg, absent if grad_avg is None else grad_avg, absent if buf is None else buf,
+               np.int64(param.size)), master) for param, grad, square_avg, grad_avg, buf, master in updates]
+    _launch_slots(be, "rmsprop_step", slots,
+                  (*acc(dtype, lr, alpha, 1 - alpha, eps, weight_decay, momentum),
+                   *i32(centered, with_momentum, bool(maximize))), memo)
 
 
 def unscale_grads(be, grads, inverse, found):
