@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..grad_mode import no_grad
 from . import non_negative_int, path_argument, positive_float, positive_int, seed, unit_float
 from .metrics import RunningMetrics, correct_count, read_count
 
@@ -702,11 +703,13 @@ def _model_dtype(model):
     return next(iter(model.parameters())).data.dtype
 
 
+@no_grad()
 def evaluate(model, dataset, batch_size, device, max_batches=None, replayed=False):
     """(correct, total) on the test set (its first max_batches batches when given), counted over
     every rank's shard; the ranks first take rank 0's buffers (batch-norm running statistics,
     which each rank updated from its own shards), so all evaluate one model. replayed: the first
-    full batch's forward recorded and replayed for the later full ones (cnn_gpu.replay)."""
+    full batch's forward recorded and replayed for the later full ones (cnn_gpu.replay). Under
+    no_grad: each activation is freed once the next layer has read it."""
     from .. import distributed
     from ..nn.module import to_backend_array
     distributed.broadcast_buffers(model)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import replay
+from ..grad_mode import is_grad_enabled
 from ..backend import device_call
 from ..functional._checks import FLOAT_DTYPES, flag
 from .hooks import ModuleHooks, RemovableHandle, has_hooks, hooks_of
@@ -168,6 +169,8 @@ _BACKWARD = threading.local()
 # at a training forward)
 _ONE_PLACE = ("a module keeps only its latest forward's input for backward, so one used twice would get wrong "
               "gradients; use a new module for each place (to tie weights, assign one Parameter to both)")
+# What a module holds for its backward after a forward under cnn_gpu.no_grad(): nothing
+_NOT_KEPT = "not kept under no_grad"
 
 
 def _paired(backward):
@@ -305,11 +308,13 @@ class Module:
         depth = getattr(_FORWARD, "depth", 0)
         if depth == 0:
             _FORWARD.generation = getattr(_FORWARD, "generation", 0) + 1
+        if depth == 0 and is_grad_enabled():   # (after a forward under no_grad its backward refuses anyway)
             # forwards after a training forward since the last backward (None: no training forward)
             later = self.__dict__.get("_forwards_after_training")
             object.__setattr__(self, "_forwards_after_training", later + 1 if later is not None else
                                0 if self.training else None)
-        if self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation:
+        if (self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation
+                and is_grad_enabled()):   # (under no_grad nothing is kept: a second use is harmless)
             raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
         guarded = replay.first_time(self)
@@ -319,6 +324,8 @@ class Module:
             output = self.forward(*args, **kwargs) if hooks is None else hooks.call_forward(self, args, kwargs)
         finally:
             _FORWARD.depth = depth
+        if not is_grad_enabled():   # its input and the rest go now, not at the next forward
+            object.__setattr__(self, "_saved", _NOT_KEPT)
         if guarded:   # a replay runs the launches of these settings and arrays (as forward left them)
             replay.guard(functools.partial(self._changed_since, self.training, self.backend,
                                            self.__dict__.get("_version", 0), self._device_arrays(),
@@ -362,6 +369,10 @@ class Module:
     def _saved_for_backward(self):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward()")
+        if self._saved is _NOT_KEPT:
+            raise RuntimeError(f"{type(self).__name__}.backward(): its latest forward ran under cnn_gpu.no_grad() "
+                               f"(or inference_mode()) and kept nothing for a backward; run that forward with "
+                               f"gradients enabled")
         if replay.is_recording() and replay.first_time(self):   # its forward was not recorded
             replay.refuse(f"{type(self).__name__}.backward() of a forward run outside the recording (a replay "
                           f"would read that forward's saved arrays; record forward and backward together)")
