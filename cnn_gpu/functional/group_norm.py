@@ -5,18 +5,23 @@ x is (N, C, *); its C channels fall in num_groups groups of C / num_groups conse
 variance, then scaled and shifted per channel: y = (x - mean) * (invstd * weight[c]) + bias[c]. No
 running statistics: training and eval alike.
 
-It is batch norm on views of x, and runs batch norm's code (the NumPy oracle's functions, the
-kernels of kernels/batch_norm.cu): x viewed as (1, N * G, C / G * rest) has a sample's group as
-a channel, whose batch statistics are the group's; the normalisation runs on x viewed as
-(1, N * C, rest), each (sample, channel) plane with its group's statistics and its channel's
-weight and bias, so y is rounded once. The backward takes the sums of dy and dy * xhat of each
-(sample, channel) plane, summed over the samples for dbias and dweight, and dx as batch norm's
-training backward, without affine, of dy * weight on the group view.
+Kernels (kernels/row_norm.cu, shared with layer_norm): each (sample, group) is a row of x's
+memory, normalised by one block: the forward is one launch (statistics and y with the affine
+fused); the backward one launch for dx (dy * weight fused) and one for dweight and dbias
+(fixed-order sums per channel), plus one for the statistics when they are not given.
 
-float16: as batch_norm, statistics and sums in FP32, each output rounded once; on the kernels
-dy * weight is stored as float16 for the dx pass, one rounding more than PyTorch's.
+NumPy path (the oracle): batch norm's functions on views of x: x viewed as (1, N * G, C / G *
+rest) has a sample's group as a channel, whose batch statistics are the group's; the
+normalisation runs on x viewed as (1, N * C, rest), each (sample, channel) plane with its group's
+statistics and its channel's weight and bias. The backward takes the sums of dy and dy * xhat of
+each (sample, channel) plane, summed over the samples for dbias and dweight, and dx as batch
+norm's training backward, without affine, of dy * weight on the group view.
+
+float16: statistics, sums and dy * weight in FP32, each output rounded once (on both paths).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -35,6 +40,13 @@ def _group_view(x, groups):
 def _plane_view(x):
     """(1, N * C, rest): each (sample, channel) plane a channel."""
     return x.reshape(1, x.shape[0] * x.shape[1], -1)
+
+
+def _row_layout(x, groups):
+    """kernels/row_norm.cu's view of x: a row each (sample, group), a parameter each channel of HW elements."""
+    from ..gpu.row_norm import RowLayout
+    rows = x.shape[0] * groups
+    return RowLayout(rows, x.size // rows, groups, math.prod(x.shape[2:]))
 
 
 def _per_plane(be, x, groups, mean, invstd, weight, bias):
@@ -78,14 +90,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, return_stats=
         mean, variance = _numpy_stats(_group_view(x, groups))
         invstd = _invstd(variance, eps)
         y = _numpy_forward(_plane_view(x), *_per_plane(be, x, groups, mean, invstd, weight, bias), False)
+        y = y.reshape(x.shape)
     else:
-        from ..gpu import batch_norm as gpu_bn
+        from ..gpu import row_norm
         x, weight, bias = (_checks.for_kernels(be, a, name) for a, name in ((x, "x"), (weight, "weight"),
                                                                             (bias, "bias")))
-        mean, invstd = gpu_bn.stats(be, _group_view(x, groups), None, None, 0.0, eps)
-        y = gpu_bn.forward(be, _plane_view(x), *_per_plane(be, x, groups, mean, invstd, weight, bias), eps, False,
-                           False)
-    y = y.reshape(x.shape)
+        y, mean, invstd = row_norm.forward(be, x, _row_layout(x, groups), weight, bias, eps)
     return (y, mean.reshape(stats_shape), invstd.reshape(stats_shape)) if return_stats else y
 
 
@@ -106,30 +116,26 @@ def group_norm_backward(dy, x, num_groups, weight=None, bias=None, eps=1e-5, *, 
         zeros = [None if a is None else xp.zeros(channels, x.dtype) for a in (weight, bias)]
         return (xp.empty(x.shape, x.dtype), *zeros)
     if be != "numpy":
-        dy, x, weight, bias, save_mean, save_invstd = (
+        from ..gpu import row_norm
+        dy, x, weight, save_mean, save_invstd = (
             _checks.for_kernels(be, a, name) for a, name in (
-                (dy, "dy"), (x, "x"), (weight, "weight"), (bias, "bias"), (save_mean, "save_mean"),
-                (save_invstd, "save_invstd")))
+                (dy, "dy"), (x, "x"), (weight, "weight"), (save_mean, "save_mean"), (save_invstd, "save_invstd")))
+        layout = _row_layout(x, groups)
+        if save_mean is None:
+            _, save_mean, save_invstd = row_norm.forward(be, x, layout, None, None, eps, write_y=False)
+        dx, dweight, dbias = row_norm.backward(be, dy, x, layout, save_mean, save_invstd, weight,
+                                               weight is not None or bias is not None)
+        return dx, (None if weight is None else dweight), (None if bias is None else dbias)
     channel_shape = (1, channels) + (1,) * (x.ndim - 2)
-    g = dy if weight is None else _backend.device_call(lambda: dy * weight.reshape(channel_shape))
-    if be == "numpy":
-        if save_mean is None:
-            mean, variance = _numpy_stats(_group_view(x, groups))
-            save_mean, save_invstd = mean, _invstd(variance, eps)
-        mean, invstd = _per_plane(be, x, groups, save_mean, save_invstd, None, None)[:2]
-        planes, dy_planes = _plane_view(x), _plane_view(dy)
-        xhat = (planes - mean[:, None]) * invstd[:, None]
-        sums = np.stack([dy_planes.sum(axis=(0, 2)), (dy_planes * xhat).sum(axis=(0, 2))])
-        dx = _numpy_backward(_group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None,
-                             True, False)[0]
-    else:
-        from ..gpu import batch_norm as gpu_bn
-        if save_mean is None:
-            save_mean, save_invstd = gpu_bn.stats(be, _group_view(x, groups), None, None, 0.0, eps)
-        mean, invstd = _per_plane(be, x, groups, save_mean, save_invstd, None, None)[:2]
-        sums = gpu_bn.channel_sums(be, _plane_view(dy), _plane_view(x), mean, invstd)
-        dx = gpu_bn.backward(be, _group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None,
-                             eps, False, True, False)[0]
-    dbias, dweight = (_backend.device_call(lambda s=s: s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype))
-                      for s in sums)
+    g = dy if weight is None else dy * weight.reshape(channel_shape)
+    if save_mean is None:
+        mean, variance = _numpy_stats(_group_view(x, groups))
+        save_mean, save_invstd = mean, _invstd(variance, eps)
+    mean, invstd = _per_plane(be, x, groups, save_mean, save_invstd, None, None)[:2]
+    planes, dy_planes = _plane_view(x), _plane_view(dy)
+    xhat = (planes - mean[:, None]) * invstd[:, None]
+    dbias, dweight = (s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype)
+                      for s in (dy_planes.sum(axis=(0, 2)), (dy_planes * xhat).sum(axis=(0, 2))))
+    dx = _numpy_backward(_group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None, True,
+                         False)[0]
     return dx.reshape(x.shape), (None if weight is None else dweight), (None if bias is None else dbias)

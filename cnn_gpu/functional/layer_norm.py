@@ -4,14 +4,17 @@ Each row of x, its last len(normalized_shape) axes (which must be normalized_sha
 by its mean and biased variance, then scaled and shifted element by element: y = (x - mean) *
 invstd * weight + bias, weight and bias of normalized_shape. No running statistics.
 
-The statistics and dx are batch norm's (its NumPy functions, the kernels of kernels/batch_norm.cu)
-on x viewed as (1, rows, row length): each row a channel, whose batch statistics are the row's;
-dx is batch norm's training backward, without affine, of dy * weight on that view. The affine
-varies along the row, not by row, which batch norm's passes cannot apply: y and the sums of dweight
-and dbias over the rows are NumPy / CuPy expressions in the compute type, y rounded once.
+Kernels (kernels/row_norm.cu, shared with group_norm): a block a row; the forward is one launch
+(statistics and y with the affine fused); the backward one launch for dx (dy * weight fused) and
+one for dweight and dbias (a thread an element of normalized_shape summing its column over the
+rows in order), plus one for the statistics when they are not given.
 
-float16: statistics, y and the parameters' gradients in FP32, each rounded once; on the kernels
-dy * weight is stored as float16 for the dx pass, one rounding more than PyTorch's (as group_norm).
+NumPy path (the oracle): the statistics and dx are batch norm's functions on x viewed as (1,
+rows, row length): each row a channel, whose batch statistics are the row's; dx is batch norm's
+training backward, without affine, of dy * weight on that view. y and the sums of dweight and
+dbias over the rows are NumPy expressions in the compute type, y rounded once.
+
+float16: statistics, sums, y and dy * weight in FP32, each output rounded once (on both paths).
 """
 from __future__ import annotations
 
@@ -67,13 +70,16 @@ def _stats_shape(x, shape):
     return x.shape[:x.ndim - len(shape)] + (1,) * len(shape)
 
 
-def _statistics(be, x, row_length, eps):
-    """(mean, invstd) of every row, in the compute type (x's dtype on numpy, float32 once widened)."""
-    if be == "numpy":
-        mean, variance = _numpy_stats(_rows(x, row_length))
-        return mean, _invstd(variance, eps)
-    from ..gpu import batch_norm as gpu_bn
-    return gpu_bn.stats(be, _rows(x, row_length), None, None, 0.0, eps)
+def _statistics(x, row_length, eps):
+    """(mean, invstd) of every row on the NumPy path, in x's dtype (float32 for float16 x, widened)."""
+    mean, variance = _numpy_stats(_rows(x, row_length))
+    return mean, _invstd(variance, eps)
+
+
+def _row_layout(x, row_length):
+    """kernels/row_norm.cu's view of x: its rows, one parameter an element."""
+    from ..gpu.row_norm import RowLayout
+    return RowLayout(x.size // row_length, row_length, 1, 1)
 
 
 def _xhat(x, mean, invstd, row_length):
@@ -94,17 +100,17 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_
     if x.size == 0:   # as PyTorch: an empty y
         y = xp.empty(x.shape, x.dtype)
         return (y, *statistics_of_nothing(xp, _stats_shape(x, shape), x.dtype)) if return_stats else y
-    mean, invstd = _statistics(be, x, row_length, eps)
-
-    def affine():
+    if be == "numpy":
+        mean, invstd = _statistics(x, row_length, eps)
         y = _xhat(x, mean, invstd, row_length)
         if weight is not None:
             y *= weight.reshape(-1).astype(compute)
         if bias is not None:
             y += bias.reshape(-1).astype(compute)
-        return y.astype(x.dtype).reshape(x.shape)
-
-    y = _backend.device_call(affine)
+        y = y.astype(x.dtype).reshape(x.shape)
+    else:
+        from ..gpu import row_norm
+        y, mean, invstd = row_norm.forward(be, x, _row_layout(x, row_length), weight, bias, eps)
     stats_shape = _stats_shape(x, shape)
     return (y, mean.reshape(stats_shape), invstd.reshape(stats_shape)) if return_stats else y
 
@@ -128,18 +134,20 @@ def layer_norm_backward(dy, x, normalized_shape, weight=None, bias=None, eps=1e-
     row_length = math.prod(shape)
     if x.size == 0:   # sums over no element
         return (xp.empty(x.shape, x.dtype), *(None if a is None else xp.zeros(shape, x.dtype) for a in (weight, bias)))
-    mean, invstd = (save_mean, save_invstd) if save_mean is not None else _statistics(be, x, row_length, eps)
+    if be != "numpy":
+        from ..gpu import row_norm
+        layout = _row_layout(x, row_length)
+        if save_mean is None:
+            _, save_mean, save_invstd = row_norm.forward(be, x, layout, None, None, eps, write_y=False)
+        dx, dweight, dbias = row_norm.backward(be, dy, x, layout, save_mean, save_invstd, weight,
+                                               weight is not None or bias is not None)
+        return (dx, *(None if a is None else gradient.reshape(shape)
+                      for a, gradient in ((weight, dweight), (bias, dbias))))
+    mean, invstd = (save_mean, save_invstd) if save_mean is not None else _statistics(x, row_length, eps)
     dy_rows = dy.reshape(-1, row_length)
-    dweight = None if weight is None else _backend.device_call(
-        lambda: (dy_rows.astype(mean.dtype) * _xhat(x, mean, invstd, row_length)).sum(axis=0).astype(x.dtype)
-        .reshape(shape))
-    dbias = None if bias is None else _backend.device_call(
-        lambda: dy_rows.sum(axis=0, dtype=mean.dtype).astype(x.dtype).reshape(shape))
-    g = dy if weight is None else _backend.device_call(lambda: dy * weight)
-    if be == "numpy":
-        dx = _numpy_backward(_rows(g, row_length), _rows(x, row_length), mean, invstd, None, None, True, False)[0]
-    else:
-        from ..gpu import batch_norm as gpu_bn
-        dx = gpu_bn.backward(be, _rows(g, row_length), _rows(x, row_length), mean, invstd, None, None, eps, False,
-                             True, False)[0]
+    dweight = None if weight is None else (
+        (dy_rows.astype(mean.dtype) * _xhat(x, mean, invstd, row_length)).sum(axis=0).astype(x.dtype).reshape(shape))
+    dbias = None if bias is None else dy_rows.sum(axis=0, dtype=mean.dtype).astype(x.dtype).reshape(shape)
+    g = dy if weight is None else dy * weight
+    dx = _numpy_backward(_rows(g, row_length), _rows(x, row_length), mean, invstd, None, None, True, False)[0]
     return dx.reshape(x.shape), dweight, dbias
