@@ -49,14 +49,12 @@ def _row_layout(x, groups):
     return RowLayout(rows, x.size // rows, groups, math.prod(x.shape[2:]))
 
 
-def _per_plane(be, x, groups, mean, invstd, weight, bias):
+def _per_plane(x, groups, mean, invstd, weight, bias):
     """The group statistics repeated for each channel of the group and the affine parameters for
-    each sample: one value per channel of _plane_view(x)."""
-    xp = _backend.array_module(be)
+    each sample: one value per channel of _plane_view(x) (NumPy)."""
     n, per_group = x.shape[0], x.shape[1] // groups
-    repeated = [_backend.device_call(xp.repeat, a, per_group) for a in (mean, invstd)]
-    tiled = [None if a is None else _backend.device_call(xp.tile, a, n) for a in (weight, bias)]
-    return (*repeated, *tiled)
+    return (*(np.repeat(a, per_group) for a in (mean, invstd)), *(None if a is None else np.tile(a, n)
+                                                                  for a in (weight, bias)))
 
 
 def _check_common(x, num_groups, weight, bias, eps):
@@ -89,7 +87,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, return_stats=
     if be == "numpy":
         mean, variance = _numpy_stats(_group_view(x, groups))
         invstd = _invstd(variance, eps)
-        y = _numpy_forward(_plane_view(x), *_per_plane(be, x, groups, mean, invstd, weight, bias), False)
+        y = _numpy_forward(_plane_view(x), *_per_plane(x, groups, mean, invstd, weight, bias), False)
         y = y.reshape(x.shape)
     else:
         from ..gpu import row_norm
@@ -131,7 +129,7 @@ def group_norm_backward(dy, x, num_groups, weight=None, bias=None, eps=1e-5, *, 
     if save_mean is None:
         mean, variance = _numpy_stats(_group_view(x, groups))
         save_mean, save_invstd = mean, _invstd(variance, eps)
-    mean, invstd = _per_plane(be, x, groups, save_mean, save_invstd, None, None)[:2]
+    mean, invstd = _per_plane(x, groups, save_mean, save_invstd, None, None)[:2]
     planes, dy_planes = _plane_view(x), _plane_view(dy)
     xhat = (planes - mean[:, None]) * invstd[:, None]
     dbias, dweight = (s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype)

@@ -44,7 +44,10 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu) -> y
   batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu)
         -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance)
-  batch_norm.channel_sums(be, dy, x, mean, invstd) -> (2, C) sums of dy and dy * xhat in the compute type
+  row_norm.forward(be, x, layout, weight, bias, eps, write_y=True) -> (y or None, mean, invstd)
+        GroupNorm / LayerNorm: x as layout.rows rows (row_norm.RowLayout), a block a row; statistics in acc_t
+  row_norm.backward(be, dy, x, layout, mean, invstd, weight, need_parameter_grads) -> (dx, dweight, dbias)
+        (dweight, dbias None without need_parameter_grads; fixed-order sums)
   dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
   softmax.forward(be, x, (outer, size, inner), log) -> y         (softmax, or log_softmax where log, over `size`)
   softmax.backward(be, dy, y, (outer, size, inner), log) -> dx   (from the forward OUTPUT y)

@@ -113,15 +113,6 @@ def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_varian
     return dweight, dbias, sums
 
 
-def channel_sums(be, dy, x, mean, invstd):
-    """The channel sums of dy and dy * xhat (xhat = (x - mean) * invstd), in the compute type: the
-    (2, C) array of backward's dbias and dweight before their rounding to x's dtype. x not empty."""
-    xp = backend.array_module(be)
-    weight, bias = _affine(xp, None, None, x.shape[1], x.dtype)
-    mean, invstd = _statistics(mean, invstd, x.dtype)
-    return _backward_sums(be, dy, x, mean, invstd, weight, bias, 0.0, False, False)[2].reshape(2, -1)
-
-
 def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu):
     """(dx, dweight, dbias); dweight and dbias are the channel sums of g * xhat and g."""
     xp = backend.array_module(be)
