@@ -1,6 +1,7 @@
-"""F.group_norm / F.layer_norm, their backward functions and nn.GroupNorm / nn.LayerNorm (batch
-norm's code on views of x): direct formulas, PyTorch CPU on numpy and on the emulated batch-norm
-kernels, float16, finite differences, the layers' state, replay, refusals."""
+"""F.group_norm / F.layer_norm, their backward functions and nn.GroupNorm / nn.LayerNorm (the NumPy
+path: batch norm's functions on views of x; the kernels: kernels/row_norm.cu): direct formulas,
+PyTorch CPU on numpy and on the emulated kernels, float16 rounded once, finite differences, the
+layers' state, replay, refusals, the kernels' launches, guard zones and race check."""
 from __future__ import annotations
 
 import numpy as np
@@ -156,8 +157,8 @@ def test_against_pytorch(kind, be, dtype, count):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("be", BACKENDS)
 def test_float16_is_within_an_ulp_of_the_largest_value_of_pytorchs_float64(kind, be):
-    """FP32 statistics and sums, each output rounded once; dx on the kernels from float16 dy * weight
-    (one rounding more): each within one float16 ulp of the largest value of the result."""
+    """FP32 statistics and sums, each output rounded once: each within one float16 ulp of the
+    largest value of the result."""
     torch = pytest.importorskip("torch")
     skip_unless(be)
     rng = np.random.default_rng(3)
@@ -379,5 +380,126 @@ def test_cuda_matches_numpy(kind, dtype):
         on_gpu = {k: (cupy.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in case.items()}
         first, second = run_case(on_gpu, "cuda", kind), run_case(on_gpu, "cuda", kind)
         assert_results_close(first, run_case(case, "numpy", kind), dtype, f"case {i} on cuda")
-        for a, b in zip(first, second):   # batch norm's fixed-order reductions: the same bits every run
+        for a, b in zip(first, second):   # fixed-order reductions: the same bits every run
             assert a is None or to_host(a).tobytes() == to_host(b).tobytes()
+
+
+# --- the kernels (kernels/row_norm.cu) ------------------------------------------------------------
+
+def float64_oracle(case, kind):
+    """(y, dx, dweight, dbias) of the NumPy path in float64 on the case's values: exact enough to be
+    the unrounded result of a float16 case."""
+    wide = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v for k, v in case.items()}
+    return run_case(wide, "numpy", kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("be", BACKENDS)
+def test_float16_rounds_each_output_once(kind, be):
+    """float16: FP32 math with dy * weight never stored, each output rounded once: every element
+    within one float16 ulp of the float64 result rounded once (dx from a float16 dy * weight, as
+    the batch-norm kernels computed it, was tens of ulps off near zero). PyTorch's CPU half is no
+    oracle here: its dx is not rounded once (tens of ulps from the rounded float64 result too)."""
+    skip_unless(be)
+    rng = np.random.default_rng(12)
+    for i in range(8):
+        case = draw_case(rng, np.float16, kind)
+        if case["weight"] is not None:   # large weights: dy * weight's rounding matters most
+            case["weight"] = (case["weight"] * 3).astype(np.float16)
+        for got, exact, name in zip(run_case(case, be, kind), float64_oracle(case, kind),
+                                    ("y", "dx", "dweight", "dbias")):
+            if exact is None:
+                continue
+            want = exact.astype(np.float16)
+            ulp = np.spacing(np.abs(want)).astype(np.float64)
+            error = np.abs(to_host(got).astype(np.float64) - want.astype(np.float64))
+            assert got.dtype == np.float16 and (error <= ulp).all(), \
+                f"case {i} {case['x'].shape} {name}: {(error / ulp).max()} ulps"
+
+
+@pytest.mark.parametrize("kind, layout, parameter_grads", [("group", 2, "row_norm_param_grads_planes"),
+                                                           ("layer", (4, 5), "row_norm_param_grads_columns")])
+def test_a_launch_for_the_forward_and_two_for_the_backward(kind, layout, parameter_grads, monkeypatch):
+    """The forward is one launch (statistics and the affine fused); the backward one for dx and one
+    for both parameter gradients, one more for the statistics when not given, none for the
+    parameters without them; no device work between the launches."""
+    skip_unless("emu")
+    launched = []
+    real_launch, real_device_call = backend.launch, backend.device_call
+    monkeypatch.setattr(backend, "launch", lambda *args: launched.append(args[3]) or real_launch(*args))
+    monkeypatch.setattr(backend, "device_call", lambda *args, **kw: launched.append("device call")
+                        or real_device_call(*args, **kw))
+    rng = np.random.default_rng(13)
+    x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
+    weight = bias = rng.standard_normal(4 if kind == "group" else layout)
+    forward, backward = ops(kind)
+    _, mean, invstd = forward(x, layout, weight, bias, return_stats=True, backend="emu")
+    assert launched == ["row_norm_forward"]
+    launched.clear()
+    backward(dy, x, layout, weight, bias, save_mean=mean, save_invstd=invstd, backend="emu")
+    assert launched == ["row_norm_backward_dx", parameter_grads]
+    launched.clear()
+    backward(dy, x, layout, backend="emu")
+    assert launched == ["row_norm_forward", "row_norm_backward_dx"]
+
+
+# (kind, shape, layout): rows longer than a block and planes wider than it; planes of 5 (a block's
+# walk carries from plane to plane); one value a channel (the column kernel for group norm);
+# rows of 300 and of a 2-D normalized_shape
+KERNEL_CASES = [("group", (2, 6, 17, 19), 3), ("group", (3, 8, 5), 4), ("group", (5, 4), 2),
+                ("layer", (7, 300), 300), ("layer", (3, 2, 4, 5), (4, 5))]
+
+
+def kernel_case(kind, shape, layout, dtype, affine, seed=14):
+    rng = np.random.default_rng(seed)
+    parameter_shape = shape[1:2] if kind == "group" else np.atleast_1d(layout)
+    parameter = (lambda: rng.standard_normal(parameter_shape).astype(dtype)) if affine else (lambda: None)
+    return dict(x=(rng.standard_normal(shape) * 2 + 1).astype(dtype), dy=rng.standard_normal(shape).astype(dtype),
+                layout=layout, weight=parameter(), bias=parameter(), eps=1e-5)
+
+
+def kernel_results(case, be, kind):
+    """run_case's results, then the backward's with the statistics recomputed (dx, dweight, dbias)."""
+    args = [case[k] for k in ("x", "layout", "weight", "bias", "eps")]
+    return (*run_case(case, be, kind), *ops(kind)[1](case["dy"], *args, backend=be))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype):
+    """Every case on the emulator with guard zones (an access past any array faults) and the race
+    check, under every schedule: the NumPy path's results to a few roundings, and the same bits
+    under every schedule (fixed-order sums)."""
+    from cnn_gpu import emu
+    skip_unless("emu")
+    eps = float(np.finfo(dtype).eps)
+    for kind, shape, layout in KERNEL_CASES:
+        for affine in (True, False):
+            case = kernel_case(kind, shape, layout, dtype, affine)
+            expected = kernel_results(case, "numpy", kind)
+            runs = []
+            for schedule in emu.SCHEDULES:
+                with emu.checking(guard=True, race=True, schedule=schedule, seed=3):
+                    runs.append(kernel_results(case, "emu", kind))
+            for got, want, name in zip(runs[0], expected, ("y", "dx", "dweight", "dbias") * 2):
+                what = f"{kind} {shape} affine={affine} {name}"
+                assert (got is None) == (want is None), what
+                if want is not None:
+                    scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
+                    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0,
+                                               atol=(2 if dtype == np.float16 else 64) * eps * scale, err_msg=what)
+            for other in runs[1:]:
+                for a, b in zip(runs[0], other):
+                    assert a is None or a.tobytes() == b.tobytes(), f"{kind} {shape} affine={affine}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_row_past_the_kernels_int_is_refused_before_any_launch(kind, monkeypatch):
+    """The kernels take a row's length as an int: 2^31 or more is refused, not wrapped (a broadcast
+    view: no memory behind it)."""
+    monkeypatch.setattr(backend, "launch", lambda *a, **k: pytest.fail("launched"))
+    x = np.broadcast_to(np.float32(1), (1, 2, 2**30))
+    layout = 1 if kind == "group" else (2, 2**30)
+    with pytest.raises(ValueError, match="32-bit int"):
+        ops(kind)[0](x, layout, backend="emu")
+    with pytest.raises(ValueError, match="32-bit int"):
+        ops(kind)[1](x, x, layout, backend="emu")
