@@ -321,6 +321,25 @@ def test_softmax_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
         assert len(rows[kernel]["ldg_bits"]) >= 4 * arrays, (kernel, rows[kernel]["ldg_bits"])
 
 
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_row_norm_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
+    """kernels/row_norm.cu: every load is one element of the dtype (float16 read as FP16, never
+    widened in memory) or an acc_t statistic, consecutive threads reading consecutive elements; no
+    local memory; the column walk of the parameter gradients, unrolled by 4, issues at least 4
+    loads of each of dy and x in its hot path."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    acc_bits = 32 if dtype == "float16" else size_bits
+    rows = {row["kernel"]: row for row in sass.kernel_rows("row_norm", dtype, "sm_90")}
+    assert set(rows) == {"row_norm_forward", "row_norm_backward_dx", "row_norm_param_grads_planes",
+                         "row_norm_param_grads_columns"}
+    for kernel, row in rows.items():
+        assert row["ldg_bits"] and set(row["ldg_bits"]) <= {size_bits, acc_bits}, (kernel, row["ldg_bits"])
+        assert size_bits in row["ldg_bits"] and row["local_memory"] == 0, kernel
+    columns = rows["row_norm_param_grads_columns"]["ldg_bits"]
+    assert columns.count(size_bits) >= 8, columns   # dy and x, 4 rows each
+
+
 # kernels/optim.cu per kernel: the arrays an element loads and stores, (element-typed, acc_t-typed)
 # each: the parameter, its gradient, the rule's state (acc_t) and a float16 parameter's FP32 master.
 OPTIMIZER_ARRAYS = {"sgd_step": ((2, 0), (1, 0)), "sgd_momentum_step": ((2, 1), (1, 1)),
