@@ -503,3 +503,33 @@ def test_a_row_past_the_kernels_int_is_refused_before_any_launch(kind, monkeypat
         ops(kind)[0](x, layout, backend="emu")
     with pytest.raises(ValueError, match="32-bit int"):
         ops(kind)[1](x, x, layout, backend="emu")
+
+
+# --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
+
+@pytest.mark.torch
+def test_benchmark_models_know_the_layers():
+    """A model with nn.GroupNorm and nn.LayerNorm gets their shapes, the launches an emulated
+    training step of each makes (forward with statistics saved, backward) and a PyTorch mirror
+    that computes what it does."""
+    torch = pytest.importorskip("torch")
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, dtype=np.float64), nn.GroupNorm(2, 4, dtype=np.float64),
+                          nn.LayerNorm((5, 4), dtype=np.float64), nn.GroupNorm(2, 4, affine=False, dtype=np.float64))
+    x = np.random.default_rng(15).standard_normal((2, 2, 7, 6))
+    leaves = leaf_layers(model, x.shape)
+    assert [(shape_in, shape_out) for _, shape_in, shape_out, _ in leaves[1:]] == [((2, 4, 5, 4), (2, 4, 5, 4))] * 3
+    launched = []
+    real_launch = backend.launch
+    for layer, shape_in, _, _ in leaves[1:]:
+        layer.backend = "emu"
+        launched.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(backend, "launch", lambda *args: launched.append(args[3]) or real_launch(*args))
+            layer.backward(layer(np.ones(shape_in)))
+        assert launched == [kernel for kernel, _ in _layer_passes(layer, 1, 1, 8)], type(layer).__name__
+    for layer in model:
+        layer.backend = "numpy"
+    with torch.no_grad():
+        np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)

@@ -131,11 +131,26 @@ def _batch_norm_passes(x: int, item: int) -> list[tuple[str, float]]:
             ("batch_norm_backward_sums", 2 * x * item), ("batch_norm_backward_dx", 3 * x * item)]
 
 
+def _row_norm_passes(layer, x: int, item: int) -> list[tuple[str, float]]:
+    """A GroupNorm or LayerNorm layer in training (kernels/row_norm.cu; the backward takes the
+    forward's statistics): the forward reads x and writes y (its row's second and third reads
+    counted as cache hits), dx reads dy and x and writes dx, and with affine parameters their
+    gradients read dy and x again: a block a channel for GroupNorm (planes, as in a CNN: one value
+    a channel would run the column kernel, of the same traffic), a thread an element of
+    normalized_shape for LayerNorm."""
+    from .. import nn
+    passes = [("row_norm_forward", 2 * x * item), ("row_norm_backward_dx", 3 * x * item)]
+    if layer.weight is not None or layer.bias is not None:
+        layout = "planes" if isinstance(layer, nn.GroupNorm) else "columns"
+        passes.append((f"row_norm_param_grads_{layout}", 2 * x * item))
+    return passes
+
+
 def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     """(launch, DRAM bytes) of a non-convolution layer's forward and backward in training, as its
     launchers run them (x, y: its input and output elements; item: bytes an element): activations
     and pools read their input and write their output, their backward reads dy and x and writes
-    dx; batch norm as _batch_norm_passes."""
+    dx; batch norm as _batch_norm_passes, GroupNorm and LayerNorm as _row_norm_passes."""
     from .. import nn
     from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
@@ -164,6 +179,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
             type(layer)]
         indices = y * np.dtype(np.int32).itemsize if isinstance(layer, nn.MaxPool2d) else 0
         return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
+    if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):
+        return _row_norm_passes(layer, x, item)
     if isinstance(layer, nn.Upsample):
         return [(f"upsample_{layer.mode}_forward", (x + y) * item), (f"upsample_{layer.mode}_backward", (y + x) * item)]
     if isinstance(layer, nn.Linear):

@@ -100,7 +100,7 @@ def leaf_layers(model, input_shape):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
         elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU,
-                                     nn.layers._BatchNorm)):
+                                     nn.layers._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
             raise ValueError(f"no shape rule for layer {type(module).__name__}")
         leaves.append((module, shape, out, g))
         return out
@@ -168,6 +168,10 @@ def torch_mirror(model, torch):
             return tnn.AdaptiveAvgPool2d(m.output_size)
         if isinstance(m, nn.Upsample):
             return tnn.Upsample(m.size, m.scale_factor, m.mode, m.align_corners)
+        if isinstance(m, nn.GroupNorm):
+            return tnn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine, bias=m.bias is not None)
+        if isinstance(m, nn.LayerNorm):
+            return tnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
