@@ -384,6 +384,16 @@ def test_cuda_matches_numpy(kind, dtype):
             assert a is None or to_host(a).tobytes() == to_host(b).tobytes()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_float16_rounds_each_output_once(kind):
+    import cupy
+    assert_float16_rounded_once(lambda case: run_case({k: cupy.asarray(v) if isinstance(v, np.ndarray) else v
+                                                       for k, v in case.items()}, "cuda", kind), kind)
+
+
 # --- the kernels (kernels/row_norm.cu) ------------------------------------------------------------
 
 def float64_oracle(case, kind):
@@ -401,13 +411,18 @@ def test_float16_rounds_each_output_once(kind, be):
     the batch-norm kernels computed it, was tens of ulps off near zero). PyTorch's CPU half is no
     oracle here: its dx is not rounded once (tens of ulps from the rounded float64 result too)."""
     skip_unless(be)
+    assert_float16_rounded_once(lambda case: run_case(case, be, kind), kind)
+
+
+def assert_float16_rounded_once(run, kind):
+    """run(case)'s results of float16 cases each within one float16 ulp of the float64 result
+    rounded once."""
     rng = np.random.default_rng(12)
     for i in range(8):
         case = draw_case(rng, np.float16, kind)
         if case["weight"] is not None:   # large weights: dy * weight's rounding matters most
             case["weight"] = (case["weight"] * 3).astype(np.float16)
-        for got, exact, name in zip(run_case(case, be, kind), float64_oracle(case, kind),
-                                    ("y", "dx", "dweight", "dbias")):
+        for got, exact, name in zip(run(case), float64_oracle(case, kind), ("y", "dx", "dweight", "dbias")):
             if exact is None:
                 continue
             want = exact.astype(np.float16)
