@@ -33,20 +33,24 @@
 
 #include "rows.cuh"
 
-// Element j of a row and its parameter's index within the row's group (j / inner), for the walk
-// j = first, first + step, ...: stepped, not divided, each element.
-struct ParameterWalk {
-    int c, i;   // j / inner, j % inner
-    const int inner, step_c, step_i;
-    __device__ ParameterWalk(int first, int step, int inner)
-        : c(first / inner), i(first % inner), inner(inner), step_c(step / inner), step_i(step % inner) {}
+// k / divisor and k % divisor along the walk k = first, first + step, ...: stepped, not divided, each
+// element. For a row's element j: its parameter's index within the row's group and the position
+// in its plane; for a parameter's pair k of planes: the sample n and the position i.
+template <class Quotient>
+struct SteppedDivision {
+    Quotient quotient;
+    int remainder;
+    const int divisor, step_quotient, step_remainder;
+    __device__ SteppedDivision(int first, int step, int divisor)
+        : quotient(first / divisor), remainder(first % divisor), divisor(divisor), step_quotient(step / divisor),
+          step_remainder(step % divisor) {}
     __device__ __forceinline__ void advance()
     {
-        c += step_c;
-        i += step_i;
-        if (i >= inner) {
-            i -= inner;
-            ++c;
+        quotient += step_quotient;
+        remainder += step_remainder;
+        if (remainder >= divisor) {
+            remainder -= divisor;
+            ++quotient;
         }
     }
 };
@@ -81,9 +85,9 @@ row_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, acc_t* __rest
             continue;
         REAL* out = y + row * L;
         const int first_parameter = (int)(row % groups) * per_group;
-        ParameterWalk walk(t, threads, inner);
+        SteppedDivision<int> walk(t, threads, inner);
         for (int j = t; j < L; j += threads, walk.advance()) {
-            const int p = first_parameter + walk.c;
+            const int p = first_parameter + walk.quotient;
             const acc_t v = (to_acc(in[j]) - mu) * (has_weight ? is * to_acc(weight[p]) : is);
             out[j] = to_real(has_bias ? v + to_acc(bias[p]) : v);
         }
@@ -110,18 +114,18 @@ row_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, co
         const acc_t mu = mean[row], is = invstd[row];
         const int first_parameter = (int)(row % groups) * per_group;
         acc_t sum_g = (acc_t)0, sum_g_xhat = (acc_t)0;
-        ParameterWalk walk(t, threads, inner);
+        SteppedDivision<int> walk(t, threads, inner);
         for (int j = t; j < L; j += threads, walk.advance()) {
-            const acc_t g = scaled_gradient(dy_row[j], weight, first_parameter + walk.c, has_weight);
+            const acc_t g = scaled_gradient(dy_row[j], weight, first_parameter + walk.quotient, has_weight);
             sum_g += g;
             sum_g_xhat += g * ((to_acc(x_row[j]) - mu) * is);
         }
         const acc_t mean_g = block_reduce(sum_g, scratch, false) / (acc_t)L;
         const acc_t mean_g_xhat = block_reduce(sum_g_xhat, scratch, false) / (acc_t)L;
         REAL* out = dx + row * L;
-        ParameterWalk again(t, threads, inner);
+        SteppedDivision<int> again(t, threads, inner);
         for (int j = t; j < L; j += threads, again.advance()) {
-            const acc_t g = scaled_gradient(dy_row[j], weight, first_parameter + again.c, has_weight);
+            const acc_t g = scaled_gradient(dy_row[j], weight, first_parameter + again.quotient, has_weight);
             const acc_t xhat = (to_acc(x_row[j]) - mu) * is;
             out[j] = to_real((g - mean_g - xhat * mean_g_xhat) * is);
         }
@@ -140,21 +144,13 @@ row_norm_param_grads_planes(const REAL* __restrict__ dy, const REAL* __restrict_
     for (int p = blockIdx.x; p < parameters; p += gridDim.x) {
         const int group = p / per_group;
         acc_t sum_dy = (acc_t)0, sum_dy_xhat = (acc_t)0;
-        // pair k = n * inner + i, stepped as ParameterWalk steps j (n may pass an int)
-        long long n = t / inner;
-        int i = t % inner;
-        const int step_n = threads / inner, step_i = threads % inner;
-        for (long long k = t; k < pairs; k += threads) {
-            const long long row = n * groups + group, offset = (n * parameters + p) * inner + i;
+        SteppedDivision<long long> pair(t, threads, inner);   // pair k = n * inner + i (n may pass an int)
+        for (long long k = t; k < pairs; k += threads, pair.advance()) {
+            const long long n = pair.quotient, row = n * groups + group;
+            const long long offset = (n * parameters + p) * inner + pair.remainder;
             const acc_t d = to_acc(dy[offset]);
             sum_dy += d;
             sum_dy_xhat += d * ((to_acc(x[offset]) - mean[row]) * invstd[row]);
-            n += step_n;
-            i += step_i;
-            if (i >= inner) {
-                i -= inner;
-                ++n;
-            }
         }
         const acc_t total_dy = block_reduce(sum_dy, scratch, false);
         const acc_t total_dy_xhat = block_reduce(sum_dy_xhat, scratch, false);
