@@ -22,9 +22,10 @@
 //    (grid-stride); thread t takes its (n, i) pairs t, t + blockDim, ... of the N * inner in order
 //    (a warp reads consecutive i: coalesced), then a halving tree. dweight[p] = sum dy * xhat,
 //    dbias[p] = sum dy.
-//  * row_norm_param_grads_columns (inner == 1: LayerNorm, GroupNorm of (N, C)): a thread a
-//    parameter (grid-stride), walking n = 0, 1, ... in order; consecutive threads read
-//    consecutive parameters' elements (coalesced).
+//  * row_norm_param_grads_columns (inner == 1: LayerNorm, GroupNorm of (N, C)): a block of
+//    COLUMN_LANES x 8 threads per COLUMN_LANES consecutive parameters (grid-stride): lane (tx, ty)
+//    walks parameter tx's rows n = ty, ty + 8, ... in order (a warp reads 32 consecutive
+//    parameters' elements: coalesced), then the 8 lanes of a parameter are added in order.
 // Sizes: rows, N and element offsets are 64-bit; L, P and inner are ints (the host refuses 2^31
 // or more). Math and sums are acc_t (common.cuh): FP32 for float16 and float32 (as PyTorch's CPU
 // kernels accumulate), FP64 for float64. float16 (REAL_IS_HALF): x, y, dy, dx and the parameters
@@ -161,25 +162,44 @@ row_norm_param_grads_planes(const REAL* __restrict__ dy, const REAL* __restrict_
     }
 }
 
-// grid: P threads (grid-stride) of BLOCK_THREADS; dweight and dbias (P). The walk over n unrolls
-// by 4: 4 loads of each array in flight a thread.
+// grid: ceil(P / COLUMN_LANES) blocks (capped; grid-stride) of (COLUMN_LANES, ROW_LANES) threads;
+// dweight and dbias (P). A lane's walk over its rows unrolls by 4: 4 loads of each array in
+// flight a thread. (A thread a parameter left a LayerNorm of 768 parameters 3 blocks.)
+#define COLUMN_LANES 32                             // cnn_gpu.gpu.row_norm.COLUMN_LANES
+#define ROW_LANES (BLOCK_THREADS / COLUMN_LANES)    // 8
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 row_norm_param_grads_columns(const REAL* __restrict__ dy, const REAL* __restrict__ x,
                              const acc_t* __restrict__ mean, const acc_t* __restrict__ invstd,
                              REAL* __restrict__ dweight, REAL* __restrict__ dbias, long long N, int parameters,
                              int groups, int per_group)
 {
-    GRID_STRIDE_LOOP(p, parameters) {
-        const long long group = p / per_group;
+    __shared__ acc_t lane_sums[2][ROW_LANES][COLUMN_LANES];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    for (long long first = (long long)blockIdx.x * COLUMN_LANES; first < parameters;
+         first += (long long)gridDim.x * COLUMN_LANES) {
+        const long long p = first + tx;
         acc_t sum_dy = (acc_t)0, sum_dy_xhat = (acc_t)0;
+        if (p < parameters) {
+            const long long group = p / per_group;
 #pragma unroll 4
-        for (long long n = 0; n < N; ++n) {
-            const long long row = n * groups + group, offset = n * parameters + p;
-            const acc_t d = to_acc(dy[offset]);
-            sum_dy += d;
-            sum_dy_xhat += d * ((to_acc(x[offset]) - mean[row]) * invstd[row]);
+            for (long long n = ty; n < N; n += ROW_LANES) {
+                const long long row = n * groups + group, offset = n * parameters + p;
+                const acc_t d = to_acc(dy[offset]);
+                sum_dy += d;
+                sum_dy_xhat += d * ((to_acc(x[offset]) - mean[row]) * invstd[row]);
+            }
         }
-        dbias[p] = to_real(sum_dy);
-        dweight[p] = to_real(sum_dy_xhat);
+        __syncthreads();   // the previous parameters' lane sums are read
+        lane_sums[0][ty][tx] = sum_dy;
+        lane_sums[1][ty][tx] = sum_dy_xhat;
+        __syncthreads();
+        if (ty == 0 && p < parameters) {
+            for (int lane = 1; lane < ROW_LANES; ++lane) {
+                sum_dy += lane_sums[0][lane][tx];
+                sum_dy_xhat += lane_sums[1][lane][tx];
+            }
+            dbias[p] = to_real(sum_dy);
+            dweight[p] = to_real(sum_dy_xhat);
+        }
     }
 }

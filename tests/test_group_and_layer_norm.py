@@ -460,9 +460,10 @@ def test_a_launch_for_the_forward_and_two_for_the_backward(kind, layout, paramet
 
 # (kind, shape, layout): rows longer than a block and planes wider than it; planes of 5 (a block's
 # walk carries from plane to plane); one value a channel (the column kernel for group norm);
-# rows of 300 and of a 2-D normalized_shape
+# rows of 300, of a 2-D normalized_shape, and 45 rows of 33 (the column kernel's second block
+# holds one parameter, and its lanes walk 5 or 6 rows each)
 KERNEL_CASES = [("group", (2, 6, 17, 19), 3), ("group", (3, 8, 5), 4), ("group", (5, 4), 2),
-                ("layer", (7, 300), 300), ("layer", (3, 2, 4, 5), (4, 5))]
+                ("layer", (7, 300), 300), ("layer", (3, 2, 4, 5), (4, 5)), ("layer", (45, 33), 33)]
 
 
 def kernel_case(kind, shape, layout, dtype, affine, seed=14):

@@ -136,7 +136,7 @@ def _row_norm_passes(layer, x: int, item: int) -> list[tuple[str, float]]:
     forward's statistics): the forward reads x and writes y (its row's second and third reads
     counted as cache hits), dx reads dy and x and writes dx, and with affine parameters their
     gradients read dy and x again: a block a channel for GroupNorm (planes, as in a CNN: one value
-    a channel would run the column kernel, of the same traffic), a thread an element of
+    a channel would run the column kernel, of the same traffic), 8 lanes an element of
     normalized_shape for LayerNorm."""
     from .. import nn
     passes = [("row_norm_forward", 2 * x * item), ("row_norm_backward_dx", 3 * x * item)]

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, blocks_for, i32, row_threads
+from ._grid import THREADS, acc, i32, row_threads
 from .reduce import MAX_GRID_X
+
+COLUMN_LANES = 32   # kernels/row_norm.cu: the parameters a block of row_norm_param_grads_columns takes
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,9 @@ def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_
     dweight, dbias = xp.empty(layout.parameters, x.dtype), xp.empty(layout.parameters, x.dtype)
     parameters, groups, per_group = i32(layout.parameters, layout.groups, layout.per_group)
     if layout.inner == 1:
-        kernel, grid, block, extra = "row_norm_param_grads_columns", (blocks_for(layout.parameters),), (THREADS,), ()
+        kernel, extra = "row_norm_param_grads_columns", ()
+        grid = (min(-(-layout.parameters // COLUMN_LANES), MAX_GRID_X),)
+        block = (COLUMN_LANES, THREADS // COLUMN_LANES)
     else:
         kernel, extra = "row_norm_param_grads_planes", i32(layout.inner)
         grid, block = (min(layout.parameters, MAX_GRID_X),), (row_threads(layout.samples * layout.inner),)
