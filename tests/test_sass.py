@@ -326,8 +326,8 @@ def test_softmax_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
 def test_row_norm_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
     """kernels/row_norm.cu: every load is one element of the dtype (float16 read as FP16, never
     widened in memory) or an acc_t statistic, consecutive threads reading consecutive elements; no
-    local memory; the column walk of the parameter gradients, unrolled by 4, issues at least 4
-    loads of each of dy and x in its hot path."""
+    local memory; the row walks, unrolled by 4, and the column walk of the parameter gradients
+    issue at least 4 loads of each array they read in their hot path."""
     size_bits = 8 * np.dtype(dtype).itemsize
     acc_bits = 32 if dtype == "float16" else size_bits
     rows = {row["kernel"]: row for row in sass.kernel_rows("row_norm", dtype, "sm_90")}
@@ -338,6 +338,8 @@ def test_row_norm_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
         assert size_bits in row["ldg_bits"] and row["local_memory"] == 0, kernel
     columns = rows["row_norm_param_grads_columns"]["ldg_bits"]
     assert columns.count(size_bits) >= 8, columns   # dy and x, 4 rows each
+    for kernel in ("row_norm_forward", "row_norm_backward_dx"):   # 3 walks of x; 2 of dy and x
+        assert rows[kernel]["ldg_bits"].count(size_bits) >= 12, (kernel, rows[kernel]["ldg_bits"])
 
 
 # kernels/optim.cu per kernel: the arrays an element loads and stores, (element-typed, acc_t-typed)
