@@ -30,7 +30,7 @@ from .activation import (add_relu, gelu, gelu_backward, leaky_relu, leaky_relu_b
                          relu_backward_of_sum, sigmoid, sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
 from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
 from .batch_norm import batch_norm, batch_norm_backward
-from .dropout import dropout, dropout_backward
+from .dropout import dropout, dropout2d, dropout2d_backward, dropout_backward
 from .group_norm import group_norm, group_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
@@ -47,7 +47,7 @@ __all__ = [
     "tanh", "tanh_backward", "silu", "silu_backward", "gelu", "gelu_backward", "add_relu", "relu_backward_of_sum",
     "linear", "linear_backward", "cross_entropy", "mse_loss",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
-    "dropout", "dropout_backward",
+    "dropout", "dropout_backward", "dropout2d", "dropout2d_backward",
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "interpolate", "interpolate_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
 ]

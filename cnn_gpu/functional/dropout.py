@@ -5,8 +5,13 @@ round(p * 2^32), and scaled by 1 / (1 - p). The mask is a pure function of (seed
 emu and cuda draw the same one bit for bit, and the backward pass regenerates it instead of
 storing it. Dropped elements are multiplied by 0, so NaN and inf stay NaN (as PyTorch).
 float16 multiplies by the FP32 scale and rounds once: the same mask as float32 for the same seed.
+
+dropout2d (torch.nn.functional.dropout2d) keeps or drops whole (n, c) planes: plane n * C + c takes
+the number dropout's element n * C + c would, one Philox number a plane.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -32,18 +37,22 @@ def _mask_parameters(p: float, dtype):
     return threshold, real(0) if p == 1 else real(1) / real(1.0 - p)
 
 
-def _apply(a, name, p, seed, step, backend):
+def _apply(a, name, p, seed, step, backend, per_plane=False):
+    """a through the mask of (seed, step): one number per element, or per (n, c) plane (a's first
+    two axes) where per_plane."""
     _checks.array(a, name)
     seed = philox.check_seed(seed, "seed")
     step = philox.check_seed(step, "step")
     be = _backend.resolve(backend, a)
     threshold, scale = _mask_parameters(p, _backend.compute_dtype(a.dtype))
     if be == "numpy":
-        keep = philox.element_numbers(seed, step, a.size).astype(np.int64) >= threshold
+        count, shape = (a.shape[0] * a.shape[1], a.shape[:2] + (1,) * (a.ndim - 2)) if per_plane else (a.size, a.shape)
+        keep = philox.element_numbers(seed, step, count).astype(np.int64) >= threshold
         with np.errstate(invalid="ignore"):   # a dropped inf gives NaN, as in PyTorch
-            return np.asarray(a * np.where(keep, scale, a.dtype.type(0)).reshape(a.shape))   # 0-d: an array
+            return np.asarray(a * np.where(keep, scale, a.dtype.type(0)).reshape(shape))   # 0-d: an array
     from ..gpu import dropout as gpu_dropout
-    return gpu_dropout.apply(be, _checks.for_kernels(be, a, name), seed, step, threshold, scale)
+    launch = gpu_dropout.apply_planes if per_plane else gpu_dropout.apply
+    return launch(be, _checks.for_kernels(be, a, name), seed, step, threshold, scale)
 
 
 @takes_float16(kernels=True)
@@ -72,3 +81,55 @@ def dropout_backward(dy, p, seed, step=0, *, backend=None):
     return _apply(dy, "dy", p, seed, step, backend)
 
 
+
+
+def check_planes_input(a, name, warn=True):
+    """PyTorch 2.13's rank rules of feature dropout: a rank of 2 or more (the (n, c) axes), refused
+    below; where `warn` (the forward's calls), its warnings: a rank other than 3 or 4 is deprecated,
+    and a 3-D input is (N, C, L), its planes dropped as dropout1d drops them, not an unbatched
+    (C, H, W) image. stacklevel 4 names the caller of F.dropout2d or nn.Dropout2d."""
+    _checks.array(a, name)
+    if a.ndim < 2:
+        raise ValueError(f"Feature dropout requires at least 2 dimensions in the input: {name} has shape "
+                         f"{tuple(a.shape)}")
+    if warn and a.ndim not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {a.ndim}-D input to dropout2d, which is deprecated and will result in "
+                      "an error in a future release. To retain the behavior and silence this warning, please use "
+                      "dropout instead. Note that dropout2d exists to provide channel-wise dropout on inputs with 2 "
+                      "spatial dimensions, a channel dimension, and an optional batch dimension (i.e. 3D or 4D "
+                      "inputs).", stacklevel=4)
+    if warn and a.ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout behavior "
+                      "is desired - input is interpreted as shape (N, C, L), where C is the channel dim. This behavior "
+                      "will change in a future release to interpret the input as one without a batch dimension, i.e. "
+                      "shape (C, H, W). To maintain the 1D channel-wise dropout behavior, please switch to using "
+                      "dropout1d instead.", stacklevel=4)
+
+
+@takes_float16(kernels=True)
+def dropout2d(x, p=0.5, training=True, *, seed, step=0, backend=None):
+    """torch.nn.functional.dropout2d(x, p, training) with the mask of (seed, step): each (n, c)
+    plane of an (N, C, H, W) input kept with probability 1 - p and scaled by 1 / (1 - p), or zeroed.
+    As PyTorch 2.13: a 3-D input is (N, C, L) (a warning says so), other ranks of 2 or more work
+    the same way on their first two axes with a deprecation warning, ranks below 2 are refused.
+    x itself when not training or p == 0."""
+    p = check_probability(p)
+    check_planes_input(x, "x")
+    if not _checks.flag(training, "training") or p == 0:
+        philox.check_seed(seed, "seed")
+        philox.check_seed(step, "step")
+        return x
+    return _apply(x, "x", p, seed, step, backend, per_plane=True)
+
+
+@takes_float16(kernels=True)
+def dropout2d_backward(dy, p, seed, step=0, *, backend=None):
+    """Gradient of dropout2d(x, p, training=True, seed=seed, step=step): dy through the same plane
+    mask and scale (regenerated from seed and step)."""
+    p = check_probability(p)
+    check_planes_input(dy, "dy", warn=False)
+    if p == 0:   # checked as the forward checks them
+        philox.check_seed(seed, "seed")
+        philox.check_seed(step, "step")
+        return dy
+    return _apply(dy, "dy", p, seed, step, backend, per_plane=True)

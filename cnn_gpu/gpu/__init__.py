@@ -49,6 +49,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   row_norm.backward(be, dy, x, layout, mean, invstd, weight, need_parameter_grads) -> (dx, dweight, dbias)
         (dweight, dbias None without need_parameter_grads; fixed-order sums)
   dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
+  dropout.apply_planes(be, x, seed, step, threshold, scale) -> y  (one Philox number per (n, c) plane)
   softmax.forward(be, x, (outer, size, inner), log) -> y         (softmax, or log_softmax where log, over `size`)
   softmax.backward(be, dy, y, (outer, size, inner), log) -> dx   (from the forward OUTPUT y)
   adaptive_pool.forward(be, x, out_size) -> y

@@ -1,11 +1,12 @@
 """Launch code of kernels/dropout.cu: the dropout map y = x * (keep ? scale : 0), the mask drawn
-from Philox4x32-10 keyed by (seed, step) per element (forward and backward alike)."""
+from Philox4x32-10 keyed by (seed, step) per element, or per (n, c) plane for dropout2d (forward
+and backward alike)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, blocks_for
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for
 
 
 def apply(be, x, seed, step, threshold, scale):
@@ -16,4 +17,16 @@ def apply(be, x, seed, step, threshold, scale):
     backend.launch(be, "dropout", x.dtype, "dropout_apply", (blocks_for(groups),), (THREADS,),
                    (x, y, np.int64(x.size), np.uint64(seed), np.uint64(step), np.int64(threshold),
                     *acc(x.dtype, scale)))
+    return y
+
+
+def apply_planes(be, x, seed, step, threshold, scale):
+    """x with channel dropout applied: one keep decision per (n, c) plane (x's first two axes),
+    drawn as apply draws element n * C + c; threshold and scale as apply's."""
+    y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    planes = x.shape[0] * x.shape[1]
+    pixels = x.size // planes if planes else 0
+    backend.launch(be, "dropout", x.dtype, "dropout2d_apply", (blocks_for(pixels), max(1, min(planes, MAX_GRID_Y))),
+                   (THREADS,), (x, y, np.int64(planes), np.int64(pixels), np.uint64(seed), np.uint64(step),
+                                np.int64(threshold), *acc(x.dtype, scale)))
     return y

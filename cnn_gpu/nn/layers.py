@@ -13,7 +13,7 @@ from .. import functional as F
 from .. import philox, replay
 from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
 from ..functional.activation import gelu_form
-from ..functional.dropout import check_probability
+from ..functional.dropout import check_planes_input, check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
 from ..functional.layer_norm import normalized_shape_tuple
 from ..functional.pool import max_pool2d_backward_of_own_indices
@@ -573,6 +573,7 @@ class Dropout(Module):
 
     _host_buffers = frozenset({"step"})
     _defaults_for_missing_buffers = {"step": 0}
+    _op, _op_backward = staticmethod(F.dropout), staticmethod(F.dropout_backward)
 
     def __init__(self, p=0.5, inplace=False, seed=None):
         super().__init__()
@@ -585,14 +586,15 @@ class Dropout(Module):
         if not self.training:
             self._saved = ()
             return x
+        name = type(self).__name__
         if self.p:
-            replay.refuse("Dropout in training mode (each step draws a new mask)")
+            replay.refuse(f"{name} in training mode (each step draws a new mask)")
         step = int(self.step)
         if step >= np.iinfo(np.int64).max:   # refused before any work: this call could not be counted
-            raise OverflowError(f"Dropout's step counter is at int64's maximum ({step}); set .step lower")
+            raise OverflowError(f"{name}'s step counter is at int64's maximum ({step}); set .step lower")
         # p == 0 keeps every element but still counts the call: a p raised later draws the masks
         # of the same steps as a layer built with it
-        y = F.dropout(x, self.p, True, seed=self.seed, step=step, backend=self.backend) if self.p else x
+        y = self._op(x, self.p, True, seed=self.seed, step=step, backend=self.backend) if self.p else x
         replay.live(self._count_call)   # p == 0 only, in a recording
         self._saved = (step,) if self.p else ()
         return y
@@ -606,10 +608,24 @@ class Dropout(Module):
         saved = self._saved_for_backward()
         if not saved:
             return dy
-        return F.dropout_backward(dy, self.p, self.seed, saved[0], backend=self.backend)
+        return self._op_backward(dy, self.p, self.seed, saved[0], backend=self.backend)
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class Dropout2d(Dropout):
+    """Channel dropout (F.dropout2d): each (n, c) plane kept or zeroed whole, one mask a training
+    call from (seed, step), with Dropout's step, state_dict and seed. PyTorch 2.13's input rules in
+    every mode: a 3-D input is (N, C, L) (with its warning), ranks other than 3 or 4 warn, below 2
+    are refused."""
+
+    _op, _op_backward = staticmethod(F.dropout2d), staticmethod(F.dropout2d_backward)
+
+    def forward(self, x):
+        # F.dropout2d warns itself where it runs (training with p > 0): once a call either way
+        check_planes_input(x, "x", warn=not (self.training and self.p))
+        return super().forward(x)
 
 
 class AdaptiveAvgPool2d(Module):
