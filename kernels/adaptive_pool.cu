@@ -1,5 +1,6 @@
-// Adaptive average pooling over NCHW, PyTorch's windows: output p of P along an axis of size H
-// averages rows [floor(p*H/P), ceil((p+1)*H/P)); the divisor is the window's area.
+// Adaptive average and max pooling over NCHW, PyTorch's windows: output p of P along an axis of
+// size H covers rows [floor(p*H/P), ceil((p+1)*H/P)); windows overlap where P does not divide H.
+// The average's divisor is the window's area.
 //
 // Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
 // blocks, the grid's x threads walk one (n, c) plane's pixels (consecutive threads on consecutive
@@ -8,6 +9,11 @@
 //  * adaptive_avg_pool_backward: a GATHER, no atomics: input pixel (h, w) adds dy/area of the
 //    outputs whose windows contain it, p in [floor(h*P/H), ceil((h+1)*P/H) - 1] (same for q), in
 //    increasing (p, q) order: deterministic.
+//  * adaptive_max_pool_forward: the thread of output (p, q) scans its window row by row; a later
+//    tap replaces the maximum only if strictly greater (the first maximum wins ties) or NaN (NaN
+//    propagates, the last NaN's index kept), PyTorch's rule. Index = h*W + w in the plane.
+//  * adaptive_max_pool_backward: the average's gather, adding dy of the windows whose index is
+//    this pixel (no float atomics although windows overlap: deterministic).
 // In-plane indices are int (the host refuses planes of 2^31 pixels or more); products such as
 // p*H are taken in 64 bits; plane offsets are 64-bit. Sums and divisions are acc_t: float16
 // adds in FP32 and rounds each output once.
@@ -23,6 +29,17 @@ __device__ __forceinline__ int window_start(int o, int size, int outputs)
 __device__ __forceinline__ int window_end(int o, int size, int outputs)
 {
     return (int)(((long long)(o + 1) * size + outputs - 1) / outputs);
+}
+
+// First and last output along an axis whose window holds input i.
+__device__ __forceinline__ int first_window_over(int i, int size, int outputs)
+{
+    return (int)(((long long)i * outputs) / size);
+}
+
+__device__ __forceinline__ int last_window_over(int i, int size, int outputs)
+{
+    return (int)(((long long)(i + 1) * outputs + size - 1) / size) - 1;
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -51,18 +68,59 @@ adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, l
         const REAL* dyp = dy + plane * (P * Q);
         const int w = in % W;
         const int h = in / W;
-        const int p_first = (int)(((long long)h * P) / H);
-        const int p_last = (int)(((long long)(h + 1) * P + H - 1) / H) - 1;
-        const int q_first = (int)(((long long)w * Q) / W);
-        const int q_last = (int)(((long long)(w + 1) * Q + W - 1) / W) - 1;
+        const int q_first = first_window_over(w, W, Q), q_last = last_window_over(w, W, Q);
         acc_t sum = (acc_t)0;
-        for (int p = p_first; p <= p_last; ++p) {
+        for (int p = first_window_over(h, H, P); p <= last_window_over(h, H, P); ++p) {
             const int rows = window_end(p, H, P) - window_start(p, H, P);
             for (int q = q_first; q <= q_last; ++q) {
                 const int cols = window_end(q, W, Q) - window_start(q, W, Q);
                 sum += to_acc(dyp[p * Q + q]) / (acc_t)((long long)rows * cols);
             }
         }
+        dx[plane * (H * W) + in] = to_real(sum);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adaptive_max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restrict__ indices,
+                          long long planes, int H, int W, int P, int Q)
+{
+    for_each_plane_pixel(planes, P * Q, [&](long long plane, int out) {
+        const REAL* xp = x + plane * (H * W);
+        const int q = out % Q;
+        const int p = out / Q;
+        const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
+        const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
+        int best_index = h0 * W + w0;   // every window holds a tap: the first seeds the maximum
+        acc_t best = to_acc(xp[best_index]);
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w) {
+                const acc_t v = to_acc(xp[h * W + w]);
+                if (v > best || v != v) {
+                    best = v;
+                    best_index = h * W + w;
+                }
+            }
+        y[plane * (P * Q) + out] = to_real(best);
+        indices[plane * (P * Q) + out] = best_index;
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adaptive_max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, REAL* __restrict__ dx,
+                           long long planes, int H, int W, int P, int Q)
+{
+    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
+        const REAL* dyp = dy + plane * (P * Q);
+        const int* index_plane = indices + plane * (P * Q);
+        const int w = in % W;
+        const int h = in / W;
+        const int q_first = first_window_over(w, W, Q), q_last = last_window_over(w, W, Q);
+        acc_t sum = (acc_t)0;
+        for (int p = first_window_over(h, H, P); p <= last_window_over(h, H, P); ++p)
+            for (int q = q_first; q <= q_last; ++q)
+                if (index_plane[p * Q + q] == in)
+                    sum += to_acc(dyp[p * Q + q]);
         dx[plane * (H * W) + in] = to_real(sum);
     });
 }

@@ -28,7 +28,8 @@ fused kernel on the GPU backends.
 """
 from .activation import (add_relu, gelu, gelu_backward, leaky_relu, leaky_relu_backward, relu, relu_backward,
                          relu_backward_of_sum, sigmoid, sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
-from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
+from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
+                            adaptive_max_pool2d_backward)
 from .batch_norm import batch_norm, batch_norm_backward
 from .dropout import dropout, dropout2d, dropout2d_backward, dropout_backward
 from .group_norm import group_norm, group_norm_backward
@@ -48,6 +49,7 @@ __all__ = [
     "linear", "linear_backward", "cross_entropy", "mse_loss",
     "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
     "dropout", "dropout_backward", "dropout2d", "dropout2d_backward",
-    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "interpolate", "interpolate_backward",
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
+    "interpolate", "interpolate_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
 ]

@@ -54,6 +54,8 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   softmax.backward(be, dy, y, (outer, size, inner), log) -> dx   (from the forward OUTPUT y)
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
+  adaptive_pool.max_forward(be, x, out_size) -> (y, indices)      (indices int32, h * W + w in the plane)
+  adaptive_pool.max_backward(be, dy, indices, x_shape) -> dx      (deterministic gather)
   upsample.forward(be, mode, x, out_size, axis_params, align_corners=False) -> y
         (mode "nearest" or "bilinear"; axis_params per axis: nearest's FP32 scale or bilinear's ratio)
   upsample.backward(be, mode, dy, x_shape, axis_params, align_corners=False) -> dx   (deterministic gather)

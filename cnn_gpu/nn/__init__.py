@@ -11,14 +11,14 @@
 """
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential
-from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
-                     Dropout2d, Flatten, GroupNorm, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU,
-                     SiLU, Sigmoid, Softmax, Tanh, Upsample)
+from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d,
+                     ConvTranspose2d, Dropout, Dropout2d, Flatten, GroupNorm, Identity, LayerNorm, LeakyReLU, Linear,
+                     LogSoftmax, MaxPool2d, ReLU, SiLU, Sigmoid, Softmax, Tanh, Upsample)
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 
 __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict",
-           "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "ConvTranspose2d",
-           "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Identity", "LayerNorm", "LeakyReLU", "Linear",
-           "LogSoftmax", "MaxPool2d", "ReLU", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "CrossEntropyLoss",
-           "MSELoss"]
+           "GELU", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
+           "ConvTranspose2d", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Identity", "LayerNorm", "LeakyReLU",
+           "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample",
+           "CrossEntropyLoss", "MSELoss"]

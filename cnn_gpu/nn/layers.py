@@ -12,6 +12,7 @@ import numpy as np
 from .. import functional as F
 from .. import philox, replay
 from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
+from ..functional.adaptive_pool import adaptive_max_pool2d_backward_of_own_indices
 from ..functional.activation import gelu_form
 from ..functional.dropout import check_planes_input, check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
@@ -628,15 +629,22 @@ class Dropout2d(Dropout):
         return super().forward(x)
 
 
-class AdaptiveAvgPool2d(Module):
-    """Adaptive average pooling to `output_size` (an int, or an (h, w) pair whose None entries keep
-    the input size); AdaptiveAvgPool2d(1) is global average pooling."""
+class _AdaptivePool2d(Module):
+    """The adaptive pools' setting: `output_size`, an int or an (h, w) pair whose None entries keep
+    the input size."""
 
     def __init__(self, output_size):
         super().__init__()
         # a list kept as a tuple: the caller's list edited in place later changes nothing (a replay
         # could not see such an edit; cnn_gpu.replay refuses an assigned setting)
         self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Adaptive average pooling to `output_size`; AdaptiveAvgPool2d(1) is global average pooling."""
 
     def forward(self, x):
         self._saved = x.shape
@@ -647,8 +655,28 @@ class AdaptiveAvgPool2d(Module):
             return None
         return F.adaptive_avg_pool2d_backward(dy, self._saved_for_backward(), backend=self.backend)
 
-    def extra_repr(self):
-        return f"output_size={self.output_size}"
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Adaptive max pooling to `output_size`; with return_indices=True forward returns (y, indices)
+    as PyTorch does."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__(output_size)
+        self.return_indices = bool(return_indices)
+
+    def forward(self, x):
+        y, indices = F.adaptive_max_pool2d(x, self.output_size, backend=self.backend)
+        self._saved = (indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        indices, x_shape = self._saved_for_backward()
+        # indices from its own forward are checked again only where the caller holds them too
+        backward = (F.adaptive_max_pool2d_backward if self.return_indices
+                    else adaptive_max_pool2d_backward_of_own_indices)
+        return backward(dy, indices, x_shape, self.output_size, backend=self.backend)
 
 
 class Upsample(Module):
