@@ -296,3 +296,28 @@ def test_cuda_matches_numpy(dtype):
         dy = rng.standard_normal(y.shape).astype(dtype)
         assert_close(F.adaptive_max_pool2d_backward(cupy.asarray(dy), indices, shape, output_size),
                      F.adaptive_max_pool2d_backward(dy, want_indices, shape, output_size), dtype, what + " dx")
+
+
+# --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
+
+@pytest.mark.torch
+def test_benchmark_models_know_the_layer():
+    """A model with nn.AdaptiveMaxPool2d gets its shapes, its launches (kernels adaptive_pool.cu
+    holds, the indices' bytes counted) and a PyTorch mirror that computes what it does."""
+    torch = pytest.importorskip("torch")
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.AdaptiveMaxPool2d((3, None)),
+                          nn.AdaptiveMaxPool2d(2))
+    x = np.random.default_rng(11).standard_normal((2, 2, 7, 6))
+    shapes = {type(leaf).__name__ + str(i): (shape_in, shape_out)
+              for i, (leaf, shape_in, shape_out, _) in enumerate(leaf_layers(model, x.shape))}
+    assert shapes == {"Conv2d0": ((2, 2, 7, 6), (2, 3, 5, 4)), "AdaptiveMaxPool2d1": ((2, 3, 5, 4), (2, 3, 3, 4)),
+                      "AdaptiveMaxPool2d2": ((2, 3, 3, 4), (2, 3, 2, 2))}
+    source = backend.kernel_source("adaptive_pool")
+    passes = _layer_passes(model[2], 36, 12, 8)
+    assert passes == [("adaptive_max_pool_forward", 48 * 8 + 12 * 4), ("adaptive_max_pool_backward", 48 * 8 + 12 * 4)]
+    for kernel, _ in passes:
+        assert f"\n{kernel}(" in source, kernel
+    with torch.no_grad():
+        np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)

@@ -325,3 +325,28 @@ def test_cuda_mask_is_the_numpy_mask_bit_for_bit():
                 assert y.get().tobytes() == quietly(F.dropout2d, x, args[0], seed=args[1], step=args[2]).tobytes()
                 dx = F.dropout2d_backward(cupy.asarray(x), *args)
                 assert dx.get().tobytes() == F.dropout2d_backward(x, *args).tobytes()
+
+
+# --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
+
+@pytest.mark.torch
+def test_benchmark_models_know_the_layer():
+    """A model with nn.Dropout2d gets its shape, its two launches (dropout2d_apply forward and
+    backward; none at p = 0) and a PyTorch mirror, the same as ours in eval mode."""
+    torch = pytest.importorskip("torch")
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.Dropout2d(0.2), nn.Dropout(0.3))
+    x = np.random.default_rng(14).standard_normal((2, 2, 7, 6))
+    assert [(type(leaf).__name__, shape_out) for leaf, _, shape_out, _ in leaf_layers(model, x.shape)] == [
+        ("Conv2d", (2, 3, 5, 4)), ("Dropout2d", (2, 3, 5, 4)), ("Dropout", (2, 3, 5, 4))]
+    assert _layer_passes(model[1], 120, 120, 8) == [("dropout2d_apply", 240 * 8)] * 2
+    assert _layer_passes(model[2], 120, 120, 8) == [("dropout_apply", 240 * 8)] * 2
+    assert _layer_passes(nn.Dropout2d(0.0), 120, 120, 8) == []
+    source = backend.kernel_source("dropout")
+    assert "\ndropout2d_apply(" in source and "\ndropout_apply(" in source
+    mirror = torch_mirror(model, torch)
+    assert [type(m).__name__ for m in mirror][1:] == ["Dropout2d", "Dropout"] and mirror[1].p == 0.2
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(mirror.eval()(torch.tensor(x)).numpy(), model(x), rtol=1e-12)

@@ -59,6 +59,13 @@ OPS = {
                 [randn(2, 4, 3) * 2]),
     "log_softmax": (lambda x: F.log_softmax(x, -1), lambda dy, x: F.log_softmax_backward(dy, F.log_softmax(x, -1), -1),
                     [randn(3, 5) * 2]),
+    # overlapping windows (7 -> 4 rows, 5 -> 3 columns); well-separated values: unique maxima
+    "adaptive_max_pool2d": (lambda x: F.adaptive_max_pool2d(x, (4, 3))[0],
+                            lambda dy, x: F.adaptive_max_pool2d_backward(dy, F.adaptive_max_pool2d(x, (4, 3))[1],
+                                                                         x.shape, (4, 3)),
+                            [rng.permutation(70).reshape(1, 2, 7, 5) * 0.1]),
+    "dropout2d": (lambda x: F.dropout2d(x, 0.4, seed=5, step=2), lambda dy, x: F.dropout2d_backward(dy, 0.4, 5, 2),
+                  [randn(3, 4, 2, 3)]),
 }
 
 

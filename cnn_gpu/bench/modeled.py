@@ -174,15 +174,18 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
         return _batch_norm_passes(x, item)
-    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-        kind = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool"}[
-            type(layer)]
-        indices = y * np.dtype(np.int32).itemsize if isinstance(layer, nn.MaxPool2d) else 0
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        kind = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool",
+                nn.AdaptiveMaxPool2d: "adaptive_max_pool"}[type(layer)]
+        indices = y * np.dtype(np.int32).itemsize if isinstance(layer, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) else 0
         return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
     if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):
         return _row_norm_passes(layer, x, item)
     if isinstance(layer, nn.Upsample):
         return [(f"upsample_{layer.mode}_forward", (x + y) * item), (f"upsample_{layer.mode}_backward", (y + x) * item)]
+    if isinstance(layer, nn.Dropout):   # one map forward and backward; p = 0 launches nothing
+        kernel = "dropout2d_apply" if isinstance(layer, nn.Dropout2d) else "dropout_apply"
+        return [(kernel, (x + y) * item)] * 2 if layer.p else []
     if isinstance(layer, nn.Linear):
         weights = layer.in_features * layer.out_features
         rows = y // layer.out_features

@@ -90,7 +90,7 @@ def leaf_layers(model, input_shape):
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             out = pool_geometry(shape, module.kernel_size, module.stride, module.padding,
                                 getattr(module, "dilation", 1), module.ceil_mode).y_shape
-        elif isinstance(module, nn.AdaptiveAvgPool2d):
+        elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             size = module.output_size
             size = (size, size) if isinstance(size, int) else size
             out = (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
@@ -99,7 +99,7 @@ def leaf_layers(model, input_shape):
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
-        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU,
+        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Dropout,
                                      nn.layers._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
             raise ValueError(f"no shape rule for layer {type(module).__name__}")
         leaves.append((module, shape, out, g))
@@ -166,6 +166,10 @@ def torch_mirror(model, torch):
             return tnn.GELU(m.approximate)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return tnn.AdaptiveAvgPool2d(m.output_size)
+        if isinstance(m, nn.AdaptiveMaxPool2d):
+            return tnn.AdaptiveMaxPool2d(m.output_size)
+        if isinstance(m, nn.Dropout):   # nn.Dropout2d among them
+            return (tnn.Dropout2d if isinstance(m, nn.Dropout2d) else tnn.Dropout)(m.p)
         if isinstance(m, nn.Upsample):
             return tnn.Upsample(m.size, m.scale_factor, m.mode, m.align_corners)
         if isinstance(m, nn.GroupNorm):
@@ -185,8 +189,10 @@ def torch_mirror(model, torch):
              np.dtype(np.float64): torch.float64}[
         np.dtype(next(model.parameters()).dtype)]
     mirror = mirror.to(dtype)
+    # a Dropout's step (the count its masks are drawn from) has no PyTorch counterpart
+    steps = {f"{name}.step" if name else "step" for name, m in model.named_modules() if isinstance(m, nn.Dropout)}
     mirror.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(value))
-                            for name, value in model.state_dict().items()})
+                            for name, value in model.state_dict().items() if name not in steps})
     return mirror
 
 

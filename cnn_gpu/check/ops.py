@@ -441,6 +441,17 @@ def _dropout_run(a, cfg, be):
     return dict(y=y, dx=F.dropout_backward(a["dy"], cfg["p"], cfg["seed"], cfg["step"], backend=be))
 
 
+def _dropout2d_config(rng):
+    """dropout's settings on (N, C, H, W) inputs (PyTorch warns on other ranks)."""
+    return dict(_dropout_config(rng), shape=(int(rng.integers(1, 4)), int(rng.integers(1, 9)), *_ints(rng, 1, 6)))
+
+
+def _dropout2d_run(a, cfg, be):
+    from .. import functional as F
+    y = F.dropout2d(a["x"], cfg["p"], seed=cfg["seed"], step=cfg["step"], backend=be)
+    return dict(y=y, dx=F.dropout2d_backward(a["dy"], cfg["p"], cfg["seed"], cfg["step"], backend=be))
+
+
 def _adaptive_pool_config(rng):
     return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 10), out=_ints(rng, 1, 11))
 
@@ -460,6 +471,13 @@ def _adaptive_pool_run(a, cfg, be):
     from .. import functional as F
     y = F.adaptive_avg_pool2d(a["x"], cfg["out"], backend=be)
     return dict(y=y, dx=F.adaptive_avg_pool2d_backward(a["dy"], a["x"].shape, backend=be))
+
+
+def _adaptive_max_pool_run(a, cfg, be):
+    from .. import functional as F
+    y, indices = F.adaptive_max_pool2d(a["x"], cfg["out"], backend=be)
+    dx = F.adaptive_max_pool2d_backward(a["dy"], indices, a["x"].shape, cfg["out"], backend=be)
+    return dict(y=y, indices=indices, dx=dx)
 
 
 def _upsample_config(rng):
@@ -558,8 +576,12 @@ OPS = {op.name: op for op in (
             large_configs=CROSS_ENTROPY_OPTIONS_LARGE),
     OpCheck("dropout", _dropout_config, (), _activation_inputs, _dropout_run, "y", "dy", {"x": "dx"},
             large_configs=(dict(ACTIVATION_LARGE[0], p=0.5, seed=2**40, step=3),)),
+    OpCheck("dropout2d", _dropout2d_config, (), _activation_inputs, _dropout2d_run, "y", "dy", {"x": "dx"},
+            large_configs=(dict(ACTIVATION_LARGE[0], p=0.5, seed=2**40, step=3),)),
     OpCheck("adaptive_avg_pool2d", _adaptive_pool_config, ADAPTIVE_POOL_EDGES, _adaptive_pool_inputs,
             _adaptive_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
+    OpCheck("adaptive_max_pool2d", _adaptive_pool_config, ADAPTIVE_POOL_EDGES, _adaptive_pool_inputs,
+            _adaptive_max_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
     OpCheck("interpolate", _upsample_config, UPSAMPLE_EDGES, _upsample_inputs, _upsample_run, "y", "dy", {"x": "dx"},
             large_configs=UPSAMPLE_LARGE),
     *(OpCheck(name, _softmax_config, SOFTMAX_EDGES, _softmax_inputs, _softmax_run(name), "y", "dy", {"x": "dx"},
