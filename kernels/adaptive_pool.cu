@@ -68,9 +68,10 @@ adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, l
         const REAL* dyp = dy + plane * (P * Q);
         const int w = in % W;
         const int h = in / W;
+        const int p_first = first_window_over(h, H, P), p_last = last_window_over(h, H, P);
         const int q_first = first_window_over(w, W, Q), q_last = last_window_over(w, W, Q);
         acc_t sum = (acc_t)0;
-        for (int p = first_window_over(h, H, P); p <= last_window_over(h, H, P); ++p) {
+        for (int p = p_first; p <= p_last; ++p) {
             const int rows = window_end(p, H, P) - window_start(p, H, P);
             for (int q = q_first; q <= q_last; ++q) {
                 const int cols = window_end(q, W, Q) - window_start(q, W, Q);
@@ -115,9 +116,10 @@ adaptive_max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ 
         const int* index_plane = indices + plane * (P * Q);
         const int w = in % W;
         const int h = in / W;
+        const int p_first = first_window_over(h, H, P), p_last = last_window_over(h, H, P);
         const int q_first = first_window_over(w, W, Q), q_last = last_window_over(w, W, Q);
         acc_t sum = (acc_t)0;
-        for (int p = first_window_over(h, H, P); p <= last_window_over(h, H, P); ++p)
+        for (int p = p_first; p <= p_last; ++p)
             for (int q = q_first; q <= q_last; ++q)
                 if (index_plane[p * Q + q] == in)
                     sum += to_acc(dyp[p * Q + q]);

@@ -32,16 +32,13 @@ dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, uns
 // what dropout draws for element j) is >= threshold. blockIdx.y strides over the planes; each
 // thread draws its plane's number once (one Philox call a plane, not one an element), then the
 // grid's x threads walk the plane (consecutive threads on consecutive elements: coalesced).
-// The lane is picked by value, not as r.v[lane], which would index the array from local memory.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 dropout2d_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, long long pixels,
                 unsigned long long seed, unsigned long long step, long long threshold, acc_t scale)
 {
     for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
         const Philox4 r = philox_group(seed, step, (unsigned long long)plane / 4);
-        const int lane = (int)(plane % 4);
-        const unsigned int number = lane == 0 ? r.v[0] : lane == 1 ? r.v[1] : lane == 2 ? r.v[2] : r.v[3];
-        const acc_t factor = (long long)number >= threshold ? scale : (acc_t)0;
+        const acc_t factor = (long long)r.v[plane % 4] >= threshold ? scale : (acc_t)0;
         const REAL* xp = x + plane * pixels;
         REAL* yp = y + plane * pixels;
         GRID_STRIDE_LOOP(pixel, pixels)

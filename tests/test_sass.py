@@ -507,3 +507,25 @@ def test_bad_requests_raise_before_compiling():
         sass.kernel_rows("reduce", "float32", "sm_61")
     with pytest.raises(TypeError):
         sass.kernel_rows("reduce", "int32", "sm_90")
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_channel_dropout_draws_before_its_plane_walk_and_adaptive_max_pooling_has_no_atomics(dtype):
+    """kernels/dropout.cu's dropout2d_apply draws its plane's Philox number once, before it walks the
+    plane: its hot loop (the walk) holds no Philox round (ten rounds are 40 and more integer
+    instructions; dropout_apply, drawing a number per element group, holds them), and its lane of
+    the four numbers takes no local memory. kernels/adaptive_pool.cu's max kernels load elements of
+    the dtype (and int32 indices), use no local memory and no atomics (the backward gathers over
+    the overlapping windows)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for row in sass.kernel_rows("dropout", dtype, "sm_90")}
+    walk, per_element = rows["dropout2d_apply"], rows["dropout_apply"]
+    assert walk["local_memory"] == 0 and set(walk["ldg_bits"]) == {size_bits}, walk["ldg_bits"]
+    assert walk["integer"] < 40 <= per_element["integer"], (walk["integer"], per_element["integer"])
+    rows = {row["kernel"]: row for row in sass.kernel_rows("adaptive_pool", dtype, "sm_90")}
+    for kernel, loaded_bits in (("adaptive_max_pool_forward", {size_bits}),
+                                ("adaptive_max_pool_backward", {size_bits, 32})):
+        row = rows[kernel]
+        assert row["local_memory"] == 0 and row["atomic"] == 0, kernel
+        assert set(row["ldg_bits"]) <= loaded_bits and size_bits in row["ldg_bits"], (kernel, row["ldg_bits"])
