@@ -31,7 +31,24 @@ __device__ __forceinline__ int window_end(int o, int size, int outputs)
     return (int)(((long long)(o + 1) * size + outputs - 1) / outputs);
 }
 
-// First and last output along an axis whose window holds input i.
+// The window of output `out` (p = out / Q, q = out % Q): rows [h0, h1), columns [w0, w1).
+struct Window {
+    int h0, h1, w0, w1;
+};
+
+__device__ __forceinline__ Window window_of(int out, int H, int W, int P, int Q)
+{
+    const int q = out % Q;
+    const int p = out / Q;
+    return Window{window_start(p, H, P), window_end(p, H, P), window_start(q, W, Q), window_end(q, W, Q)};
+}
+
+// The outputs whose windows hold input pixel `in` (h = in / W, w = in % W): p in [p_first, p_last],
+// q in [q_first, q_last].
+struct WindowsOver {
+    int p_first, p_last, q_first, q_last;
+};
+
 __device__ __forceinline__ int first_window_over(int i, int size, int outputs)
 {
     return (int)(((long long)i * outputs) / size);
@@ -42,21 +59,26 @@ __device__ __forceinline__ int last_window_over(int i, int size, int outputs)
     return (int)(((long long)(i + 1) * outputs + size - 1) / size) - 1;
 }
 
+__device__ __forceinline__ WindowsOver windows_over(int in, int H, int W, int P, int Q)
+{
+    const int w = in % W;
+    const int h = in / W;
+    return WindowsOver{first_window_over(h, H, P), last_window_over(h, H, P), first_window_over(w, W, Q),
+                       last_window_over(w, W, Q)};
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 adaptive_avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int H, int W, int P,
                           int Q)
 {
     for_each_plane_pixel(planes, P * Q, [&](long long plane, int out) {
         const REAL* xp = x + plane * (H * W);
-        const int q = out % Q;
-        const int p = out / Q;
-        const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
-        const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
+        const Window win = window_of(out, H, W, P, Q);
         acc_t sum = (acc_t)0;
-        for (int h = h0; h < h1; ++h)
-            for (int w = w0; w < w1; ++w)
+        for (int h = win.h0; h < win.h1; ++h)
+            for (int w = win.w0; w < win.w1; ++w)
                 sum += to_acc(xp[h * W + w]);
-        y[plane * (P * Q) + out] = to_real(sum / (acc_t)((long long)(h1 - h0) * (w1 - w0)));
+        y[plane * (P * Q) + out] = to_real(sum / (acc_t)((long long)(win.h1 - win.h0) * (win.w1 - win.w0)));
     });
 }
 
@@ -66,14 +88,11 @@ adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, l
 {
     for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
         const REAL* dyp = dy + plane * (P * Q);
-        const int w = in % W;
-        const int h = in / W;
-        const int p_first = first_window_over(h, H, P), p_last = last_window_over(h, H, P);
-        const int q_first = first_window_over(w, W, Q), q_last = last_window_over(w, W, Q);
+        const WindowsOver over = windows_over(in, H, W, P, Q);
         acc_t sum = (acc_t)0;
-        for (int p = p_first; p <= p_last; ++p) {
+        for (int p = over.p_first; p <= over.p_last; ++p) {
             const int rows = window_end(p, H, P) - window_start(p, H, P);
-            for (int q = q_first; q <= q_last; ++q) {
+            for (int q = over.q_first; q <= over.q_last; ++q) {
                 const int cols = window_end(q, W, Q) - window_start(q, W, Q);
                 sum += to_acc(dyp[p * Q + q]) / (acc_t)((long long)rows * cols);
             }
@@ -88,14 +107,11 @@ adaptive_max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int*
 {
     for_each_plane_pixel(planes, P * Q, [&](long long plane, int out) {
         const REAL* xp = x + plane * (H * W);
-        const int q = out % Q;
-        const int p = out / Q;
-        const int h0 = window_start(p, H, P), h1 = window_end(p, H, P);
-        const int w0 = window_start(q, W, Q), w1 = window_end(q, W, Q);
-        int best_index = h0 * W + w0;   // every window holds a tap: the first seeds the maximum
+        const Window win = window_of(out, H, W, P, Q);
+        int best_index = win.h0 * W + win.w0;   // every window holds a tap: the first seeds the maximum
         acc_t best = to_acc(xp[best_index]);
-        for (int h = h0; h < h1; ++h)
-            for (int w = w0; w < w1; ++w) {
+        for (int h = win.h0; h < win.h1; ++h)
+            for (int w = win.w0; w < win.w1; ++w) {
                 const acc_t v = to_acc(xp[h * W + w]);
                 if (v > best || v != v) {
                     best = v;
@@ -114,13 +130,10 @@ adaptive_max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ 
     for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
         const REAL* dyp = dy + plane * (P * Q);
         const int* index_plane = indices + plane * (P * Q);
-        const int w = in % W;
-        const int h = in / W;
-        const int p_first = first_window_over(h, H, P), p_last = last_window_over(h, H, P);
-        const int q_first = first_window_over(w, W, Q), q_last = last_window_over(w, W, Q);
+        const WindowsOver over = windows_over(in, H, W, P, Q);
         acc_t sum = (acc_t)0;
-        for (int p = p_first; p <= p_last; ++p)
-            for (int q = q_first; q <= q_last; ++q)
+        for (int p = over.p_first; p <= over.p_last; ++p)
+            for (int q = over.q_first; q <= over.q_last; ++q)
                 if (index_plane[p * Q + q] == in)
                     sum += to_acc(dyp[p * Q + q]);
         dx[plane * (H * W) + in] = to_real(sum);

@@ -261,25 +261,31 @@ def _train(model, optimizer, batches):
         optimizer.step()
 
 
-def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path):
-    rng = np.random.default_rng(22)
-    batches = [(rng.standard_normal((8, 6)), rng.integers(0, 3, 8)) for _ in range(5)]
-    whole, whole_optimizer = _dropout_net()
+def check_a_resumed_run(make_net, batches, tmp_path):
+    """A run checkpointed after two batches and resumed (make_net's model and optimizer, its
+    dropout layer at index 2) ends with the bits of the uninterrupted run: the step is saved."""
+    whole, whole_optimizer = make_net()
     _train(whole, whole_optimizer, batches)
 
-    first, first_optimizer = _dropout_net()
+    first, first_optimizer = make_net()
     _train(first, first_optimizer, batches[:2])
     checkpoint.save(tmp_path / "run.npz", first.state_dict(), first_optimizer.state_dict(), {"epoch": 1})
     model_state, optimizer_state, _ = checkpoint.load(tmp_path / "run.npz")
     assert model_state["2.step"].dtype == np.int64 and int(model_state["2.step"]) == 2
-    resumed, resumed_optimizer = _dropout_net()
+    resumed, resumed_optimizer = make_net()
     resumed.load_state_dict(model_state)
     resumed_optimizer.load_state_dict(optimizer_state)
     _train(resumed, resumed_optimizer, batches[2:])
 
-    assert int(resumed[2].step) == int(whole[2].step) == 5
+    assert int(resumed[2].step) == int(whole[2].step) == len(batches)
     for (name, ours), theirs in zip(resumed.state_dict().items(), whole.state_dict().values()):
         assert ours.dtype == theirs.dtype and ours.tobytes() == theirs.tobytes(), name
+
+
+def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path):
+    rng = np.random.default_rng(22)
+    check_a_resumed_run(_dropout_net, [(rng.standard_normal((8, 6)), rng.integers(0, 3, 8)) for _ in range(5)],
+                        tmp_path)
 
 
 def test_a_state_dict_from_before_the_step_buffer_loads_as_step_0():

@@ -9,9 +9,10 @@ import warnings
 import numpy as np
 import pytest
 
-from cnn_gpu import backend, checkpoint, nn, optim, philox
+from cnn_gpu import backend, nn, optim, philox
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
+from test_dropout import check_a_resumed_run
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -268,35 +269,10 @@ def _dropout2d_net():
     return model, optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 
-def _train(model, optimizer, batches):
-    loss_fn = nn.CrossEntropyLoss()
-    for x, y in batches:
-        model.zero_grad()
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
-        optimizer.step()
-
-
 def test_a_resumed_run_draws_the_masks_of_an_uninterrupted_one(tmp_path):
     rng = np.random.default_rng(22)
-    batches = [(rng.standard_normal((6, 2, 5, 5)), rng.integers(0, 3, 6)) for _ in range(4)]
-    whole, whole_optimizer = _dropout2d_net()
-    _train(whole, whole_optimizer, batches)
-    first, first_optimizer = _dropout2d_net()
-    _train(first, first_optimizer, batches[:2])
-    checkpoint.save(tmp_path / "run.npz", first.state_dict(), first_optimizer.state_dict(), {"epoch": 1})
-    model_state, optimizer_state, _ = checkpoint.load(tmp_path / "run.npz")
-    assert model_state["2.step"].dtype == np.int64 and int(model_state["2.step"]) == 2
-    resumed, resumed_optimizer = _dropout2d_net()
-    resumed.load_state_dict(model_state)
-    resumed_optimizer.load_state_dict(optimizer_state)
-    _train(resumed, resumed_optimizer, batches[2:])
-    assert int(resumed[2].step) == int(whole[2].step) == 4
-    for (name, ours), theirs in zip(resumed.state_dict().items(), whole.state_dict().values()):
-        assert ours.dtype == theirs.dtype and ours.tobytes() == theirs.tobytes(), name
-    del model_state["2.step"]   # saved before the step was a buffer: step 0
-    resumed.load_state_dict(model_state)
-    assert int(resumed[2].step) == 0
+    check_a_resumed_run(_dropout2d_net, [(rng.standard_normal((6, 2, 5, 5)), rng.integers(0, 3, 6))
+                                         for _ in range(4)], tmp_path)
 
 
 @needs_emu

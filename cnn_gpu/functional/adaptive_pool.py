@@ -76,13 +76,18 @@ def _batched(a, name):
     return as_batch(_checks.array(a, name, ndim=(3, 4)))
 
 
-@takes_float16(kernels=True)
-def adaptive_avg_pool2d(x, output_size, *, backend=None):
-    """Adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d ((N, C, H, W) or (C, H, W))."""
+def _pooled_input(x, output_size):
+    """(x as (N, C, H, W), whether it was unbatched, the output size) of a forward pass."""
     x4, unbatched = _batched(x, "x")
     if 0 in x4.shape[1:]:
         raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x.shape)}")
-    out_size = _output_size(output_size, x4.shape[2:])
+    return x4, unbatched, _output_size(output_size, x4.shape[2:])
+
+
+@takes_float16(kernels=True)
+def adaptive_avg_pool2d(x, output_size, *, backend=None):
+    """Adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d ((N, C, H, W) or (C, H, W))."""
+    x4, unbatched, out_size = _pooled_input(x, output_size)
     be = _backend.resolve(backend, x)
     if be == "numpy":
         rows, cols = (_window_matrix(o, s, x.dtype) for o, s in zip(out_size, x4.shape[2:]))
@@ -163,10 +168,7 @@ def adaptive_max_pool2d(x, output_size, *, backend=None):
     return_indices=True): x (N, C, H, W) or (C, H, W) -> (y, indices int32) of the same rank.
     indices hold the flat index h*W + w of each window's maximum within its (n, c) plane; ties take
     the first maximum in scan order, a NaN in the window wins (the last NaN's index), as PyTorch's."""
-    x4, unbatched = _batched(x, "x")
-    if 0 in x4.shape[1:]:
-        raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x.shape)}")
-    out_size = _output_size(output_size, x4.shape[2:])
+    x4, unbatched, out_size = _pooled_input(x, output_size)
     be = _backend.resolve(backend, x)
     if be == "numpy":
         y, indices = _max_windows(x4, out_size)
