@@ -321,3 +321,19 @@ def test_benchmark_models_know_the_layer():
         assert f"\n{kernel}(" in source, kernel
     with torch.no_grad():
         np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)
+
+
+@pytest.mark.torch
+@needs_emu
+def test_float16_matches_pytorchs_half():
+    """Values and indices of torch's float16 adaptive_max_pool2d, ties and NaNs included, on numpy and emu."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    for i in range(20):
+        shape, output_size = draw(rng)
+        x = values(rng, shape, np.float16)
+        ty, ti = torch.nn.functional.adaptive_max_pool2d(torch.tensor(x), output_size, return_indices=True)
+        for be in ("numpy", "emu"):
+            y, indices = F.adaptive_max_pool2d(x, output_size, backend=be)
+            assert y.dtype == np.float16 and y.tobytes() == ty.numpy().tobytes(), (i, be)
+            np.testing.assert_array_equal(indices, ti.numpy())
