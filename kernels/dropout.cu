@@ -30,7 +30,7 @@ dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, uns
 // Channel dropout (dropout2d, forward and backward alike): one keep decision per (n, c) plane of
 // `pixels` elements, plane j keeping when number j of (seed, step) (lane j % 4 of group j / 4:
 // what dropout draws for element j) is >= threshold. blockIdx.y strides over the planes; each
-// thread draws its plane's number once (one Philox call a plane, not one an element), then the
+// thread draws its plane's number once (a Philox call a thread and plane, not one an element), then the
 // grid's x threads walk the plane (consecutive threads on consecutive elements: coalesced).
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 dropout2d_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, long long pixels,

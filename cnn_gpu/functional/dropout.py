@@ -81,8 +81,6 @@ def dropout_backward(dy, p, seed, step=0, *, backend=None):
     return _apply(dy, "dy", p, seed, step, backend)
 
 
-
-
 def check_planes_input(a, name, warn=True):
     """PyTorch 2.13's rank rules of feature dropout: a rank of 2 or more (the (n, c) axes), refused
     below; where `warn` (the forward's calls), its warnings: a rank other than 3 or 4 is deprecated,
