@@ -10,6 +10,9 @@ returns arrays of the input's kind and dtype, and runs either the NumPy implemen
 CUDA kernels of cnn_gpu.gpu. float16 arrays are stored in FP16 and computed in FP32, each output
 rounded once (cnn_gpu.functional._float16 states the rule and which ops have float16 kernels).
 
+The 1-D ops (conv1d, conv_transpose1d, max_pool1d, avg_pool1d, adaptive_avg_pool1d and their backward
+functions) take (N, C, L) or unbatched (C, L) signals and run the 2-D ops on the (N, C, 1, L) view.
+
 PyTorch's fuller signatures are taken too: conv and pool ops (and their backward functions) accept
 one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on
 (..., in_features); cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
@@ -39,6 +42,8 @@ from .linear import linear, linear_backward
 from .loss import cross_entropy, mse_loss
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
+from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d,
+                    conv1d_backward, conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
 from .upsample import interpolate, interpolate_backward
 
 __all__ = [
@@ -52,4 +57,6 @@ __all__ = [
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
     "interpolate", "interpolate_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+    "conv1d", "conv1d_backward", "conv_transpose1d", "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward",
+    "avg_pool1d", "avg_pool1d_backward", "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward",
 ]

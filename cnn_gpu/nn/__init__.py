@@ -21,4 +21,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "GELU", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
            "ConvTranspose2d", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Identity", "LayerNorm", "LeakyReLU",
            "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample",
-           "CrossEntropyLoss", "MSELoss"]
+           "CrossEntropyLoss", "MSELoss", "Conv1d", "ConvTranspose1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d"]
+from .layers_1d import AdaptiveAvgPool1d, AvgPool1d, Conv1d, ConvTranspose1d, MaxPool1d

@@ -1,0 +1,174 @@
+"""The 1-D layers (PyTorch's Conv1d, ConvTranspose1d, MaxPool1d, AvgPool1d, AdaptiveAvgPool1d) on
+the 1-D functional ops, which run the 2-D ones on (N, C, 1, L) views. Sizes are kept as 1-tuples, as
+PyTorch keeps them; weights are PyTorch's shapes, so state dicts load into PyTorch's layers and back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..functional._checks import whole_number
+from ..functional.one_d import conv1d_padding, max_pool1d_backward_of_own_indices, pool_sizes, single
+from .layers import _Conv
+from .module import Module
+
+
+class _Conv1d(_Conv):
+    def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
+        self.in_channels = whole_number(in_channels, "in_channels")
+        self.out_channels = whole_number(out_channels, "out_channels")
+        self.groups = whole_number(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                             f"divisible by groups ({groups})")
+        self.kernel_size = (single(kernel_size, "kernel_size"),)
+        self.stride = (single(stride, "stride"),)
+        self.dilation = (single(dilation, "dilation"),)
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode {padding_mode!r} is not supported; only 'zeros' is")
+
+
+class Conv1d(_Conv1d):
+    """1-D convolution; weight (out_channels, in_channels/groups, k)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
+        super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        # "same" and "valid" kept as such, as PyTorch keeps them; checked here
+        conv1d_padding(padding, self.stride[0], self.dilation[0], self.kernel_size[0])
+        self.padding = padding if isinstance(padding, str) else (single(padding, "padding", minimum=0),)
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self._init_parameters(shape, self.out_channels, bias, dtype, rng)
+
+    def _conv_args(self):
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def forward(self, x):
+        self._saved = x
+        return F.conv1d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        x = self._saved_for_backward()
+        dx, dweight, dbias = F.conv1d_backward(dy, x, self.weight.data, *self._conv_args(),
+                                               **self._gradients_wanted(input_grad), backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
+
+
+class ConvTranspose1d(_Conv1d):
+    """1-D transposed convolution; weight (in_channels, out_channels/groups, k)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
+        super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        self.padding = (single(padding, "padding", minimum=0),)
+        self.output_padding = (single(output_padding, "output_padding", minimum=0),)
+        if self.output_padding[0] >= max(self.stride[0], self.dilation[0]):
+            raise ValueError(f"output_padding {self.output_padding[0]} must be smaller than stride {self.stride[0]} "
+                             f"or dilation {self.dilation[0]}")
+        shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
+        self._init_parameters(shape, self.out_channels, bias, dtype, rng)
+
+    def _conv_args(self):
+        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def forward(self, x):
+        self._saved = x
+        return F.conv_transpose1d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        x = self._saved_for_backward()
+        dx, dweight, dbias = F.conv_transpose1d_backward(dy, x, self.weight.data, *self._conv_args(),
+                                                         **self._gradients_wanted(input_grad), backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
+
+    def extra_repr(self):
+        return super().extra_repr() + f", output_padding={self.output_padding}"
+
+
+class MaxPool1d(Module):
+    """1-D max pooling; with return_indices=True forward returns (y, indices) as PyTorch does."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__()
+        kernel, stride, padding, dilation = pool_sizes(kernel_size, stride, padding, dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        self.return_indices = bool(return_indices)
+        self.ceil_mode = bool(ceil_mode)
+
+    def _pool_args(self):
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def forward(self, x):
+        y, indices = F.max_pool1d(x, *self._pool_args(), backend=self.backend)
+        self._saved = (indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        indices, x_shape = self._saved_for_backward()
+        # indices from its own forward are checked again only where the caller holds them too
+        backward = F.max_pool1d_backward if self.return_indices else max_pool1d_backward_of_own_indices
+        return backward(dy, indices, x_shape, *self._pool_args(), backend=self.backend)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool1d(Module):
+    """1-D average pooling (PyTorch's AvgPool1d: no divisor_override)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
+        kernel, stride, padding, _ = pool_sizes(kernel_size, stride, padding)
+        # 1-tuples, as PyTorch's AvgPool1d keeps them
+        self.kernel_size, self.stride, self.padding = (kernel,), (stride,), (padding,)
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def _pool_args(self):
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.avg_pool1d(x, *self._pool_args(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        return F.avg_pool1d_backward(dy, self._saved_for_backward(), *self._pool_args(), backend=self.backend)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
+
+
+class AdaptiveAvgPool1d(Module):
+    """1-D adaptive average pooling to `output_size` (an int or a 1-tuple); AdaptiveAvgPool1d(1) is
+    global average pooling over L."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        single(output_size, "output_size")   # refused here, not at the first forward
+        self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.adaptive_avg_pool1d(x, self.output_size, backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        return F.adaptive_avg_pool1d_backward(dy, self._saved_for_backward(), backend=self.backend)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
