@@ -567,3 +567,65 @@ def test_small_1d_model_trains_as_pytorch(be, torch):
             assert_close(p.grad, grads_t[name], np.float64, f"step {step} grad {name}")
     for name, value in theirs.state_dict().items():
         assert_close(np.asarray(ours.state_dict()[name]), value.numpy(), np.float64, name)
+
+
+# --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
+
+def test_benchmark_models_know_the_layers(torch):
+    """A 1-D model gets its shapes (those its forward produces), the FLOPs of its convolutions, its
+    pools' launches (kernels pool.cu and adaptive_pool.cu hold) and a PyTorch mirror that computes
+    what it does."""
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, model_flops, torch_mirror
+    nn.init.manual_seed(25)
+    model = nn.Sequential(nn.Conv1d(2, 4, 4, padding="same", dtype=np.float64), nn.MaxPool1d(3, 2, 1, 2, ceil_mode=True),
+                          nn.ConvTranspose1d(4, 6, 3, stride=2, output_padding=1, groups=2, dtype=np.float64),
+                          nn.AvgPool1d(2, padding=1), nn.Conv1d(6, 3, 3, stride=(2,), dilation=2, dtype=np.float64),
+                          nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(6, 2, dtype=np.float64))
+    x = np.random.default_rng(26).standard_normal((2, 2, 23))
+    shapes, a = [], x
+    for layer in model:
+        shapes.append((a.shape, layer(a).shape))
+        a = layer(a)
+    leaves = leaf_layers(model, x.shape)
+    assert [(shape_in, shape_out) for _, shape_in, shape_out, _ in leaves] == shapes
+    # K, C/groups, k and output length of each convolution (the transposed one: of the convolution whose input
+    # gradient it is, input length 11 to 24)
+    convolutions = [(4, 2, 4, 23), (4, 3, 3, 11), (3, 6, 3, 5)]
+    assert model_flops(model, x.shape) == sum(2 * 2 * K * Cg * k * P for K, Cg, k, P in convolutions) + 2 * 2 * 6 * 2
+    for index, kernels in [(1, "pool"), (3, "pool"), (5, "adaptive_pool")]:
+        source = backend.kernel_source(kernels)
+        for kernel, _ in _layer_passes(model[index], 1, 1, 8):
+            assert f"\n{kernel}(" in source, kernel
+    with torch.no_grad():
+        expected = torch_mirror(model, torch)(torch.from_numpy(x)).numpy()
+    assert_close(model(x), expected, np.float64, "mirror")
+
+
+@needs_emu
+def test_the_step_model_prices_the_launches_a_1d_training_step_makes(monkeypatch):
+    """The modeled launches of a 1-D model's training step are, kernel by kernel and count by count,
+    those an emulated step makes (its Conv1d layers modeled as the convolutions of their views)."""
+    from collections import Counter
+
+    from cnn_gpu import roofline
+    from cnn_gpu.bench import dry_run, modeled, training
+    from cnn_gpu.bench.shapes import ModelShape
+
+    def build_model(shape, dtype, seed=0):
+        nn.init.manual_seed(seed)
+        return nn.Sequential(nn.Conv1d(2, 8, 5, padding=2, dtype=dtype), nn.BatchNorm1d(8, dtype=dtype), nn.ReLU(),
+                             nn.MaxPool1d(2), nn.Conv1d(8, 8, 3, groups=2, dtype=dtype), nn.ReLU(),
+                             nn.AvgPool1d(2), nn.Conv1d(8, 8, 3, dtype=dtype), nn.ReLU(), nn.AdaptiveAvgPool1d(2),
+                             nn.Flatten(), nn.Linear(16, 5, dtype=dtype))
+    monkeypatch.setattr(training, "build_model", build_model)
+    case = training.train_step_case(ModelShape("cnn", 4, (2, 40), 5))
+    estimates = modeled.case_estimates(case, roofline.spec("h100"), "float32")
+    model = build_model(case.shape, "float32").to("emu")
+    step = dry_run.training_step(model, (case.shape.batch, *case.shape.image_shape), case.shape.classes,
+                                 np.random.default_rng(1))
+    with dry_run.launches_counted_not_run() as launched:
+        step()
+    outside = (modeled.CUBLAS_GEMM, modeled.CUPY_ELEMENTWISE)
+    assert Counter(e.kernel for e in estimates if e.kernel not in outside) == Counter(launched)
+    assert sum(1 for name in launched if "fprop" in name) == 3 and sum(1 for name in launched if "pool" in name) == 6

@@ -174,10 +174,12 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
         return _batch_norm_passes(x, item)
-    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        kind = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool",
-                nn.AdaptiveMaxPool2d: "adaptive_max_pool"}[type(layer)]
-        indices = y * np.dtype(np.int32).itemsize if isinstance(layer, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) else 0
+    pools = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool",
+             nn.AdaptiveMaxPool2d: "adaptive_max_pool", nn.MaxPool1d: "max_pool", nn.AvgPool1d: "avg_pool",
+             nn.AdaptiveAvgPool1d: "adaptive_avg_pool"}
+    if type(layer) in pools:   # a 1-D pool runs the 2-D kernels on its (N, C, 1, L) view
+        kind = pools[type(layer)]
+        indices = y * np.dtype(np.int32).itemsize if kind in ("max_pool", "adaptive_max_pool") else 0
         return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
     if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):
         return _row_norm_passes(layer, x, item)
@@ -232,7 +234,7 @@ def _train_step(case, spec, dtype, mode) -> list:
     item = np.dtype(dtype).itemsize
     estimates = []
     for index, (layer, x_shape, y_shape, g) in enumerate(leaf_layers(model, shape)):
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, (nn.Conv2d, nn.Conv1d)):   # a Conv1d's g: that of its (N, C, 1, L) view
             has_bias = layer.bias is not None
             estimates += roofline.model_conv("fprop", g, dtype, spec, bias=has_bias, math=mode)
             if index:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
+from ..functional.one_d import pool_sizes, single
 from ..functional.upsample import output_size
 from .cases import Case, _input_sets, _random
 from .shapes import ModelShape
@@ -34,6 +35,29 @@ class ResidualLeaf:
     relu: bool = False
     adds_handed_on: bool = False
     hands_on: bool = False
+
+
+def _signal_leaf(module, shape):
+    """(geometry or None, output shape) of a 1-D layer on a (N, C, L) batch: the geometry of the 2-D
+    convolution it runs on the (N, C, 1, L) view (None for a pool)."""
+    from .. import nn
+    view = (*shape[:-1], 1, shape[-1])
+    if isinstance(module, nn.AdaptiveAvgPool1d):
+        return None, (*shape[:-1], single(module.output_size, "output_size"))
+    if isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)):
+        kernel, stride, padding, dilation = pool_sizes(module.kernel_size, module.stride, module.padding,
+                                                       getattr(module, "dilation", 1))
+        g = pool_geometry(view, (1, kernel), (1, stride), (0, padding), (1, dilation), module.ceil_mode)
+        return None, (*shape[:-1], g.Q)
+    weight = (*module.weight.shape[:-1], 1, module.weight.shape[-1])
+    stride, dilation = (1, *module.stride), (1, *module.dilation)
+    if isinstance(module, nn.Conv1d):
+        padding = module.padding if isinstance(module.padding, str) else (0, *module.padding)
+        g = conv_geometry(view, weight, stride, padding, dilation, module.groups)
+        return g, (g.N, g.K, g.Q)
+    g = conv_transpose_geometry(view, weight, stride, (0, *module.padding), (0, *module.output_padding), dilation,
+                                module.groups)
+    return g, (g.N, g.C, g.W)
 
 
 def leaf_layers(model, input_shape):
@@ -85,6 +109,8 @@ def leaf_layers(model, input_shape):
             g = conv_transpose_geometry(shape, module.weight.shape, module.stride, module.padding,
                                         module.output_padding, module.dilation, module.groups)
             out = g.x_shape
+        elif isinstance(module, (nn.Conv1d, nn.ConvTranspose1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)):
+            g, out = _signal_leaf(module, shape)
         elif isinstance(module, nn.Linear):
             out = (*shape[:-1], module.out_features)
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
@@ -176,6 +202,18 @@ def torch_mirror(model, torch):
             return tnn.GroupNorm(m.num_groups, m.num_channels, m.eps, m.affine, bias=m.bias is not None)
         if isinstance(m, nn.LayerNorm):
             return tnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
+        if isinstance(m, nn.Conv1d):
+            return tnn.Conv1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                              bias=m.bias is not None)
+        if isinstance(m, nn.ConvTranspose1d):
+            return tnn.ConvTranspose1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                       m.output_padding, m.groups, bias=m.bias is not None, dilation=m.dilation)
+        if isinstance(m, nn.MaxPool1d):
+            return tnn.MaxPool1d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode)
+        if isinstance(m, nn.AvgPool1d):
+            return tnn.AvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+        if isinstance(m, nn.AdaptiveAvgPool1d):
+            return tnn.AdaptiveAvgPool1d(m.output_size)
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
