@@ -18,6 +18,7 @@ CONV = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
 CONVT = dict(stride=2, padding=1, output_padding=(1, 0), dilation=(1, 2), groups=2)
 MAXP = dict(stride=(2, 1), padding=1, dilation=(1, 2), ceil_mode=True)
 AVGP = dict(stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+MAXP1 = dict(stride=2, padding=1, dilation=2, ceil_mode=True)
 
 OPS = {
     "conv2d": (lambda x, w, b: F.conv2d(x, w, b, **CONV),
@@ -54,6 +55,19 @@ OPS = {
                              lambda dy, x: F.interpolate_backward(dy, x.shape, size=(7, 3), mode="bilinear",
                                                                   align_corners=True),
                              [randn(2, 2, 4, 6)]),
+    # the 1-D ops: views onto the 2-D ones
+    "conv1d": (lambda x, w, b: F.conv1d(x, w, b, 2, 1, 2, 2), lambda dy, x, w, b: F.conv1d_backward(dy, x, w, 2, 1, 2, 2),
+               [randn(2, 4, 9), randn(6, 2, 3), randn(6)]),
+    "conv_transpose1d": (lambda x, w, b: F.conv_transpose1d(x, w, b, 2, 1, 1, 2, 2),
+                         lambda dy, x, w, b: F.conv_transpose1d_backward(dy, x, w, 2, 1, 1, 2, 2),
+                         [randn(2, 4, 5), randn(4, 3, 3), randn(6)]),
+    "max_pool1d": (lambda x: F.max_pool1d(x, 3, **MAXP1),
+                   lambda dy, x: F.max_pool1d_backward(dy, F.max_pool1d(x, 3, **MAXP1)[1], x.shape, 3, **MAXP1),
+                   [rng.permutation(22).reshape(2, 11) * 0.1]),
+    "avg_pool1d": (lambda x: F.avg_pool1d(x, 3, **AVGP), lambda dy, x: F.avg_pool1d_backward(dy, x.shape, 3, **AVGP),
+                   [randn(2, 2, 8)]),
+    "adaptive_avg_pool1d": (lambda x: F.adaptive_avg_pool1d(x, 4),
+                            lambda dy, x: F.adaptive_avg_pool1d_backward(dy, x.shape), [randn(2, 3, 7)]),
     # the backward passes take the forward output; dim 1 of three is a strided reduction
     "softmax": (lambda x: F.softmax(x, 1), lambda dy, x: F.softmax_backward(dy, F.softmax(x, 1), 1),
                 [randn(2, 4, 3) * 2]),

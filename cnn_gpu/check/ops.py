@@ -543,6 +543,130 @@ def _softmax_run(name):
     return run
 
 
+# --- the 1-D ops: the 2-D configurations with height 1, run on (N, C, L) or unbatched (C, L) signals ---------
+
+def _height_one(cfg, rng, **extra):
+    """A 2-D configuration with every height-wise size 1 (padding 0): a 1-D one, unbatched 30% of the time."""
+    heights = dict(HW=1, RS=1, kernel=1, stride=1, padding=0, dilation=1, output_padding=0, out=1)
+    flat = {k: (h, cfg[k][1]) for k, h in heights.items() if isinstance(cfg.get(k), tuple)}
+    return dict(cfg, **flat, unbatched=bool(rng.random() < 0.3), **extra)
+
+
+def _width(value):
+    """The 1-D op's argument of a 2-D configuration's size pair (strings and None as they are)."""
+    return value[1] if isinstance(value, tuple) else value
+
+
+def _signal_inputs(inputs):
+    """A configuration's 2-D inputs as 1-D ones: (N, C, 1, L) signals and (K, C/groups, 1, k) filters
+    without their height axis, x and dy unbatched where the configuration is."""
+    def one_d(cfg, rng):
+        arrays = {k: v[:, :, 0] if v is not None and v.ndim == 4 else v for k, v in inputs(cfg, rng).items()}
+        return _unbatched(arrays, cfg)
+    return one_d
+
+
+def _conv1d_config(rng):
+    while True:
+        cfg = _height_one(_conv_config(rng), rng)
+        if cfg["stride"] == (1, 1) and rng.random() < 0.3:
+            cfg["padding"] = str(rng.choice(["same", "valid"]))
+        try:
+            conv_geometry(*_conv_shapes(cfg), cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+            return cfg
+        except ValueError:
+            continue
+
+
+def _tconv1d_config(rng):
+    while True:
+        cfg = _height_one(_tconv_config(rng), rng)
+        try:
+            _tconv_geometry(cfg)
+            return cfg
+        except ValueError:
+            continue
+
+
+def _signal_pool_config(with_dilation):
+    def draw(rng):
+        while True:
+            cfg = _height_one(_pool_config(rng, with_dilation), rng)
+            try:
+                _pool_geometry(cfg)
+                return cfg
+            except ValueError:
+                continue
+    return draw
+
+
+def _conv1d_args(cfg):
+    return dict(stride=_width(cfg["stride"]), padding=_width(cfg["padding"]), dilation=_width(cfg["dilation"]),
+                groups=cfg["groups"])
+
+
+def _conv1d_run(a, cfg, be):
+    from .. import functional as F
+    y = F.conv1d(a["x"], a["weight"], a["bias"], backend=be, **_conv1d_args(cfg))
+    dx, dw, db = F.conv1d_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be, **_conv1d_args(cfg))
+    return dict(y=y, dx=dx, dweight=dw, dbias=db)
+
+
+def _tconv1d_run(a, cfg, be):
+    from .. import functional as F
+    args = dict(_conv1d_args(cfg), output_padding=_width(cfg["output_padding"]))
+    y = F.conv_transpose1d(a["x"], a["weight"], a["bias"], backend=be, **args)
+    dx, dw, db = F.conv_transpose1d_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be, **args)
+    return dict(y=y, dx=dx, dweight=dw, dbias=db)
+
+
+def _max_pool1d_run(a, cfg, be):
+    from .. import functional as F
+    args = dict(stride=_width(cfg["stride"]), padding=_width(cfg["padding"]), dilation=_width(cfg["dilation"]),
+                ceil_mode=cfg["ceil_mode"])
+    y, indices = F.max_pool1d(a["x"], _width(cfg["kernel"]), backend=be, **args)
+    dx = F.max_pool1d_backward(a["dy"], indices, a["x"].shape, _width(cfg["kernel"]), backend=be, **args)
+    return dict(y=y, indices=indices, dx=dx)
+
+
+def _avg_pool1d_run(a, cfg, be):
+    from .. import functional as F
+    args = dict(stride=_width(cfg["stride"]), padding=_width(cfg["padding"]), ceil_mode=cfg["ceil_mode"],
+                count_include_pad=cfg["count_include_pad"])
+    y = F.avg_pool1d(a["x"], _width(cfg["kernel"]), backend=be, **args)
+    return dict(y=y, dx=F.avg_pool1d_backward(a["dy"], a["x"].shape, _width(cfg["kernel"]), backend=be, **args))
+
+
+def _adaptive_pool1d_run(a, cfg, be):
+    from .. import functional as F
+    y = F.adaptive_avg_pool1d(a["x"], _width(cfg["out"]), backend=be)
+    return dict(y=y, dx=F.adaptive_avg_pool1d_backward(a["dy"], a["x"].shape, backend=be))
+
+
+CONV1D_EDGES = (
+    _conv(HW=(1, 9), RS=(1, 4), padding="same", dilation=(1, 3), unbatched=False),   # even extent: the extra right
+    _conv(C=6, K=4, groups=2, HW=(1, 11), RS=(1, 3), stride=(1, 2), padding=(0, 2), dilation=(1, 2), bias=False,
+          unbatched=True),
+    _conv(C=4, K=8, groups=4, HW=(1, 7), RS=(1, 3), padding=(0, 1), unbatched=False),   # depthwise
+)
+CONV1D_LARGE = (_conv(N=8, C=32, K=64, HW=(1, 512), RS=(1, 9), padding=(0, 4), unbatched=False),)   # audio-like
+TCONV1D_EDGES = (
+    _conv(HW=(1, 6), RS=(1, 4), stride=(1, 2), padding=(0, 1), output_padding=(0, 1), unbatched=True),
+    _conv(C=4, K=6, groups=2, HW=(1, 5), RS=(1, 3), stride=(1, 3), dilation=(1, 2), padding=(0, 0),
+          output_padding=(0, 2), unbatched=False),
+)
+POOL1D_EDGES = (
+    _pool(HW=(1, 9), kernel=(1, 3), stride=(1, 2), padding=(0, 1), ceil_mode=True, unbatched=True),
+    _pool(HW=(1, 8), kernel=(1, 4), padding=(0, 2), count_include_pad=False, unbatched=False),
+)
+MAX_POOL1D_EDGES = POOL1D_EDGES + (
+    _pool(HW=(1, 10), kernel=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 3), ceil_mode=True, unbatched=False),
+)
+POOL1D_LARGE = (_pool(N=8, C=64, HW=(1, 1024), kernel=(1, 3), stride=(1, 2), padding=(0, 1), unbatched=False),)
+ADAPTIVE_POOL1D_EDGES = (dict(N=2, C=3, HW=(1, 9), out=(1, 1), unbatched=False),    # global average pooling
+                         dict(N=1, C=2, HW=(1, 4), out=(1, 7), unbatched=True))     # overlapping windows
+
+
 # every convolution pass multiplies these operands; the bias gradient is a plain sum of dy
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
@@ -587,6 +711,16 @@ OPS = {op.name: op for op in (
     *(OpCheck(name, _softmax_config, SOFTMAX_EDGES, _softmax_inputs, _softmax_run(name), "y", "dy", {"x": "dx"},
               reduces=True, large_configs=SOFTMAX_LARGE)
       for name in ("softmax", "log_softmax")),
+    OpCheck("conv1d", _conv1d_config, CONV1D_EDGES, _signal_inputs(_conv_inputs), _conv1d_run, "y", "dy",
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=CONV1D_LARGE, **CONV_MATH),
+    OpCheck("conv_transpose1d", _tconv1d_config, TCONV1D_EDGES, _signal_inputs(_tconv_inputs), _tconv1d_run, "y",
+            "dy", {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, **CONV_MATH),
+    OpCheck("max_pool1d", _signal_pool_config(True), MAX_POOL1D_EDGES, _signal_inputs(_pool_inputs),
+            _max_pool1d_run, "y", "dy", {"x": "dx"}, large_configs=POOL1D_LARGE),
+    OpCheck("avg_pool1d", _signal_pool_config(False), POOL1D_EDGES, _signal_inputs(_pool_inputs), _avg_pool1d_run,
+            "y", "dy", {"x": "dx"}),
+    OpCheck("adaptive_avg_pool1d", lambda rng: _height_one(_adaptive_pool_config(rng), rng), ADAPTIVE_POOL1D_EDGES,
+            _signal_inputs(_adaptive_pool_inputs), _adaptive_pool1d_run, "y", "dy", {"x": "dx"}),
     OpCheck("batch_norm", _batch_norm_config, BATCH_NORM_EDGES, _batch_norm_inputs, _batch_norm_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=BATCH_NORM_LARGE),
 )}
