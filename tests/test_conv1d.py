@@ -16,10 +16,9 @@ from cnn_gpu import backend, nn, optim
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
 from helpers import assert_close, needs_emu
+from test_torch_signatures import assert_covers, sweep, tensor
 
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
-# accepted configurations per sweep: float64, float32 (fewer on the emulator)
-COUNTS = {"numpy": (60, 20), "emu": (20, 8)}
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +30,6 @@ def torch():
     torch.set_num_threads(previous)
 
 
-def tensor(torch, a, grad=False):
-    return None if a is None else torch.tensor(a, requires_grad=grad)
-
-
 def sized(rng, low, high):
     """A size argument: an int or, a third of the time, a 1-tuple, as PyTorch takes them."""
     value = int(rng.integers(low, high + 1))
@@ -44,38 +39,6 @@ def sized(rng, low, high):
 def signal(cfg, rng, dtype, channels):
     shape = (channels, cfg["L"]) if cfg["unbatched"] else (cfg["N"], channels, cfg["L"])
     return rng.standard_normal(shape).astype(dtype)
-
-
-def sweep(draw, check, be, dtype, seed, torch):
-    """Draw configurations until COUNTS of them are accepted; a configuration we refuse (ValueError)
-    must be one PyTorch refuses (or gives an empty output for)."""
-    count = COUNTS[be][0 if dtype == np.float64 else 1]
-    rng = np.random.default_rng(seed)
-    accepted = []
-    for _ in range(20 * count):
-        if len(accepted) == count:
-            break
-        cfg = draw(rng)
-        try:
-            check(cfg, rng, dtype)
-        except ValueError as ours:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    out = cfg["torch"]()
-                except (RuntimeError, ValueError):
-                    continue
-                if out.numel() == 0:
-                    continue
-            raise AssertionError(f"we refuse {cfg} ({ours}) but PyTorch accepts it") from None
-        accepted.append(cfg)
-    assert len(accepted) == count, f"only {len(accepted)} configurations accepted"
-    return accepted
-
-
-def covers(configs, features):
-    missing = [name for name, has in features.items() if not any(has(c) for c in configs)]
-    assert not missing, f"sweep never covered: {missing}"
 
 
 param_backend_dtype = pytest.mark.parametrize("be, dtype", [
@@ -138,9 +101,9 @@ def check_conv(cfg, rng, dtype, be, torch):
 @param_backend_dtype
 def test_convolutions_against_pytorch(be, dtype, torch):
     configs = sweep(draw_conv, lambda c, r, d: check_conv(c, r, d, be, torch), be, dtype, 11, torch)
-    if dtype == np.float64 and be == "numpy":   # the longest sweep; the others run fewer
+    if dtype == np.float64 and be == "numpy":   # the longest sweep
         one = lambda v: v[0] if isinstance(v, tuple) else v   # noqa: E731
-        covers(configs, {
+        assert_covers(configs, {
             "conv1d same, even extent": lambda c: c["padding"] == "same" and one(c["dilation"]) * (c["k"] - 1) % 2,
             "conv1d valid": lambda c: c["padding"] == "valid",
             "conv1d strided, dilated, grouped": lambda c: not c["transposed"] and one(c["stride"]) > 1
@@ -209,8 +172,8 @@ def check_pool(cfg, rng, dtype, be, torch):
 @param_backend_dtype
 def test_pooling_against_pytorch(be, dtype, torch):
     configs = sweep(draw_pool, lambda c, r, d: check_pool(c, r, d, be, torch), be, dtype, 12, torch)
-    if dtype == np.float64 and be == "numpy":   # the longest sweep; the others run fewer
-        covers(configs, {
+    if dtype == np.float64 and be == "numpy":   # the longest sweep
+        assert_covers(configs, {
             "max, dilated, padded, ceil_mode": lambda c: c["kind"] == "max" and c["dilation"] not in (1, (1,))
             and c["padding"] and c["ceil_mode"],
             "avg, ceil_mode, padding not counted": lambda c: c["kind"] == "avg" and c["ceil_mode"] and c["padding"]
@@ -368,7 +331,8 @@ def test_bad_arguments_are_refused_in_1d_terms_before_any_launch(be, monkeypatch
         (lambda: F.conv1d(x, w, groups=4), ValueError, r"out_channels \(6\) must both be divisible by groups \(4\)"),
         (lambda: F.conv1d(x, w, groups=2, stride=2, padding="same"), ValueError, r"strided convolutions \(stride 2\)"),
         (lambda: F.conv1d(x, w, groups=2, padding="full"), ValueError, "padding must be an int, a 1-tuple"),
-        (lambda: F.conv1d(x, w, groups=2, stride=(1, 2)), ValueError, r"stride must be an int or a 1-tuple, got \(1, 2\)"),
+        (lambda: F.conv1d(x, w, groups=2, stride=(1, 2)), ValueError,
+         r"stride must be an int or a 1-tuple, got \(1, 2\)"),
         (lambda: F.conv1d(x, w, groups=2, padding=-1), ValueError, "padding must be an int >= 0"),
         (lambda: F.conv1d(x, w, groups=2, stride=1.5), TypeError, "stride must be a positive int"),
         (lambda: F.conv1d(x, w[:, :, :, None], groups=2), ValueError, "weight must be 3-D"),
@@ -578,7 +542,8 @@ def test_benchmark_models_know_the_layers(torch):
     from cnn_gpu.bench.modeled import _layer_passes
     from cnn_gpu.bench.training import leaf_layers, model_flops, torch_mirror
     nn.init.manual_seed(25)
-    model = nn.Sequential(nn.Conv1d(2, 4, 4, padding="same", dtype=np.float64), nn.MaxPool1d(3, 2, 1, 2, ceil_mode=True),
+    model = nn.Sequential(nn.Conv1d(2, 4, 4, padding="same", dtype=np.float64),
+                          nn.MaxPool1d(3, 2, 1, 2, ceil_mode=True),
                           nn.ConvTranspose1d(4, 6, 3, stride=2, output_padding=1, groups=2, dtype=np.float64),
                           nn.AvgPool1d(2, padding=1), nn.Conv1d(6, 3, 3, stride=(2,), dilation=2, dtype=np.float64),
                           nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(6, 2, dtype=np.float64))

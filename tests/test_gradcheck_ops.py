@@ -56,8 +56,8 @@ OPS = {
                                                                   align_corners=True),
                              [randn(2, 2, 4, 6)]),
     # the 1-D ops: views onto the 2-D ones
-    "conv1d": (lambda x, w, b: F.conv1d(x, w, b, 2, 1, 2, 2), lambda dy, x, w, b: F.conv1d_backward(dy, x, w, 2, 1, 2, 2),
-               [randn(2, 4, 9), randn(6, 2, 3), randn(6)]),
+    "conv1d": (lambda x, w, b: F.conv1d(x, w, b, 2, 1, 2, 2),
+               lambda dy, x, w, b: F.conv1d_backward(dy, x, w, 2, 1, 2, 2), [randn(2, 4, 9), randn(6, 2, 3), randn(6)]),
     "conv_transpose1d": (lambda x, w, b: F.conv_transpose1d(x, w, b, 2, 1, 1, 2, 2),
                          lambda dy, x, w, b: F.conv_transpose1d_backward(dy, x, w, 2, 1, 1, 2, 2),
                          [randn(2, 4, 5), randn(4, 3, 3), randn(6)]),

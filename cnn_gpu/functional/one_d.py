@@ -238,7 +238,8 @@ def _check_indices(indices, length: int, out: int, kernel, stride, padding, dila
     own window's taps (NumPy or CuPy alike: on CuPy one flag is read back)."""
     xp = _backend.module_of(indices)
     origin = np.arange(out, dtype=np.int64) * stride - padding
-    first_tap, last_tap = np.maximum(0, -(origin // dilation)), np.minimum(kernel - 1, (length - 1 - origin) // dilation)
+    first_tap = np.maximum(0, -(origin // dilation))
+    last_tap = np.minimum(kernel - 1, (length - 1 - origin) // dilation)
     offset = indices.astype(np.int64) - xp.asarray(origin)
     on_tap = (indices >= 0) & (indices < length) & (offset >= 0) & (offset <= (kernel - 1) * dilation) & (
         offset % dilation == 0)

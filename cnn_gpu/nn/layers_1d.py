@@ -14,6 +14,22 @@ from .module import Module
 
 
 class _Conv1d(_Conv):
+    """A 1-D convolution layer: its functional op and backward (`_op`, `_op_backward`) with the
+    layer's weight, bias and `_conv_args()`."""
+
+    def forward(self, x):
+        self._saved = x
+        return self._op(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        x = self._saved_for_backward()
+        dx, dweight, dbias = self._op_backward(dy, x, self.weight.data, *self._conv_args(),
+                                               **self._gradients_wanted(input_grad), backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
+
     def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
         self.in_channels = whole_number(in_channels, "in_channels")
         self.out_channels = whole_number(out_channels, "out_channels")
@@ -31,6 +47,8 @@ class _Conv1d(_Conv):
 class Conv1d(_Conv1d):
     """1-D convolution; weight (out_channels, in_channels/groups, k)."""
 
+    _op, _op_backward = staticmethod(F.conv1d), staticmethod(F.conv1d_backward)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
@@ -44,22 +62,11 @@ class Conv1d(_Conv1d):
     def _conv_args(self):
         return self.stride, self.padding, self.dilation, self.groups
 
-    def forward(self, x):
-        self._saved = x
-        return F.conv1d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
-
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        x = self._saved_for_backward()
-        dx, dweight, dbias = F.conv1d_backward(dy, x, self.weight.data, *self._conv_args(),
-                                               **self._gradients_wanted(input_grad), backend=self.backend)
-        self._accumulate(dweight, dbias)
-        return dx
-
 
 class ConvTranspose1d(_Conv1d):
     """1-D transposed convolution; weight (in_channels, out_channels/groups, k)."""
+
+    _op, _op_backward = staticmethod(F.conv_transpose1d), staticmethod(F.conv_transpose1d_backward)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
@@ -75,19 +82,6 @@ class ConvTranspose1d(_Conv1d):
 
     def _conv_args(self):
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
-
-    def forward(self, x):
-        self._saved = x
-        return F.conv_transpose1d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
-
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        x = self._saved_for_backward()
-        dx, dweight, dbias = F.conv_transpose1d_backward(dy, x, self.weight.data, *self._conv_args(),
-                                                         **self._gradients_wanted(input_grad), backend=self.backend)
-        self._accumulate(dweight, dbias)
-        return dx
 
     def extra_repr(self):
         return super().extra_repr() + f", output_padding={self.output_padding}"
