@@ -570,7 +570,8 @@ def test_benchmark_models_know_the_layers(torch):
 @needs_emu
 def test_the_step_model_prices_the_launches_a_1d_training_step_makes(monkeypatch):
     """The modeled launches of a 1-D model's training step are, kernel by kernel and count by count,
-    those an emulated step makes (its Conv1d layers modeled as the convolutions of their views)."""
+    those an emulated step makes (its Conv1d layers modeled as the convolutions of their views; one
+    with 17 taps, past the tap masks' 16, copies x and dy with zero borders first)."""
     from collections import Counter
 
     from cnn_gpu import roofline
@@ -581,7 +582,8 @@ def test_the_step_model_prices_the_launches_a_1d_training_step_makes(monkeypatch
         nn.init.manual_seed(seed)
         return nn.Sequential(nn.Conv1d(2, 8, 5, padding=2, dtype=dtype), nn.BatchNorm1d(8, dtype=dtype), nn.ReLU(),
                              nn.MaxPool1d(2), nn.Conv1d(8, 8, 3, groups=2, dtype=dtype), nn.ReLU(),
-                             nn.AvgPool1d(2), nn.Conv1d(8, 8, 3, dtype=dtype), nn.ReLU(), nn.AdaptiveAvgPool1d(2),
+                             nn.AvgPool1d(2), nn.Conv1d(8, 8, 17, padding=8, dtype=dtype), nn.ReLU(),
+                             nn.AdaptiveAvgPool1d(2),
                              nn.Flatten(), nn.Linear(16, 5, dtype=dtype))
     monkeypatch.setattr(training, "build_model", build_model)
     case = training.train_step_case(ModelShape("cnn", 4, (2, 40), 5))
@@ -594,3 +596,22 @@ def test_the_step_model_prices_the_launches_a_1d_training_step_makes(monkeypatch
     outside = (modeled.CUBLAS_GEMM, modeled.CUPY_ELEMENTWISE)
     assert Counter(e.kernel for e in estimates if e.kernel not in outside) == Counter(launched)
     assert sum(1 for name in launched if "fprop" in name) == 3 and sum(1 for name in launched if "pool" in name) == 6
+    assert Counter(launched)["conv2d_pad"] == 2   # the long filter's fprop and dgrad
+
+
+def test_the_roofline_model_prices_the_copy_a_long_filter_makes():
+    """A filter past 16 taps with padding: fprop reads x and writes its zero-bordered copy in a launch of
+    its own, and its main launch gathers from the copy instead of x."""
+    from cnn_gpu import roofline
+    from cnn_gpu.functional.geometry import conv_geometry
+    from cnn_gpu.roofline import conv as model
+    g = conv_geometry((8, 32, 1, 2000), (32, 32, 1, 25), 1, (0, 12))
+    _, launches = model.pass_launches("fprop", g, np.float32, 132)
+    assert [launch.kernel for launch, _ in launches][0] == "conv2d_pad"
+    x, copy = 8 * 32 * 2000, 8 * 32 * (2000 + 24)
+    assert launches[0][1].dram_bytes == 4 * (x + copy)
+    unpadded = conv_geometry((8, 32, 1, 2024), (32, 32, 1, 25), 1, 0)   # what the main launch reads: the copy
+    _, plain = model.pass_launches("fprop", unpadded, np.float32, 132)
+    assert launches[1][1].dram_bytes == plain[0][1].dram_bytes and launches[1][1].flops == plain[0][1].flops
+    assert [e.kernel for e in roofline.model_conv("dgrad", g, np.float32, roofline.spec("h100"))][:2] == [
+        "conv2d_pad", "conv2d_dgrad_filter_transpose"]

@@ -38,7 +38,9 @@ def pass_launches(pass_name: str, g, dtype, sms: int, *, bias: bool = False, **o
     reads the pass's operands (fprop x, w and the bias; dgrad dy and w; wgrad dy and x) and writes
     its output (fprop y, dgrad dx, wgrad dw), or with split-K `splits` partial outputs that the one
     launch after it reads back (with the bias) to write the output. A launch before the main one is
-    dgrad's filter transpose (w in, w out). `bias` is fprop's: the SIMT dgrad adds a bias in a
+    dgrad's filter transpose (w in, w out), or, first, the zero-bordered copy of x (fprop) or dy
+    (dgrad) that a filter longer than the tap masks' 16 taps needs (the operand in, the copy out;
+    the main launch then reads the copy). `bias` is fprop's: the SIMT dgrad adds a bias in a
     pass of its own (bias_add_bytes)."""
     plan = _plan(pass_name, g, dtype, sms, **overrides)
     return plan, list(zip(plan.launches, _works(pass_name, plan, g, dtype, bias and pass_name == "fprop")))
@@ -56,13 +58,20 @@ def _works(pass_name: str, plan, g, dtype, bias: bool, pipe: str = "fma", issued
     partial = partial_item or item
     operands, out = _elements(pass_name, g)
     bias_elements = {"fprop": g.K, "dgrad": g.C}.get(pass_name, 0) if bias else 0
-    before, after = plan.main_index, len(plan.launches) - plan.main_index - 1
+    works = []
+    padded = getattr(plan, "padded", None)
+    if padded is not None:   # the SIMT plan's first launch: a zero-bordered copy of x (fprop) or dy (dgrad)
+        source, planes = (g.x_shape, g.N * g.C) if pass_name == "fprop" else (g.y_shape, g.N * g.K)
+        copy = planes * padded.height * padded.width
+        works.append(LaunchWork(0, (math.prod(source) + copy) * item))
+        operands += copy - math.prod(source)   # the main launch gathers from the copy
+    before, after = plan.main_index - len(works), len(plan.launches) - plan.main_index - 1
     if before > (pass_name == "dgrad" or prelude_bytes is not None) or after > (plan.splits > 1):
         raise ValueError(f"{pass_name} plan launches {[launch.kernel for launch in plan.launches]}: the model "
                          f"knows no traffic for the extra launches")
     if prelude_bytes is None:
         prelude_bytes = 2 * math.prod(g.w_shape) * item
-    works = [LaunchWork(0, prelude_bytes)] * before
+    works += [LaunchWork(0, prelude_bytes)] * before
     if plan.splits > 1:
         works += [LaunchWork(g.flops, operands * item + plan.splits * out * partial, pipe, issued_flops),
                   LaunchWork(0, plan.splits * out * partial + (bias_elements + out) * item)]
