@@ -41,6 +41,7 @@ from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_ba
 from .linear import linear, linear_backward
 from .loss import cross_entropy, mse_loss
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from .padding import pad, pad_backward
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d,
                     conv1d_backward, conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
@@ -59,4 +60,5 @@ __all__ = [
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "conv1d", "conv1d_backward", "conv_transpose1d", "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward",
     "avg_pool1d", "avg_pool1d_backward", "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward",
+    "pad", "pad_backward",
 ]
