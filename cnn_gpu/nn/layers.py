@@ -17,6 +17,7 @@ from ..functional.activation import gelu_form
 from ..functional.dropout import check_planes_input, check_probability
 from ..functional.geometry import check_divisor_override, conv_padding, pair, pool_stride
 from ..functional.layer_norm import normalized_shape_tuple
+from ..functional.padding import fill_value, layer_padding
 from ..functional.pool import max_pool2d_backward_of_own_indices
 from ..functional.upsample import check_settings as check_upsample_settings
 from . import init
@@ -64,25 +65,36 @@ class _Conv(_Weighted):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
-        if padding_mode != "zeros":
-            raise ValueError(f"padding_mode {padding_mode!r} is not supported; only 'zeros' is")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"padding_mode must be one of {{'zeros', 'reflect', 'replicate', 'circular'}}, but got "
+                             f"padding_mode={padding_mode!r}")
+        self.padding_mode = padding_mode
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}" + (f", padding_mode={self.padding_mode}"
+                                                   if self.padding_mode != "zeros" else ""))
 
 
 class Conv2d(_Conv):
-    """2-D convolution; weight (out_channels, in_channels/groups, kH, kW)."""
+    """2-D convolution; weight (out_channels, in_channels/groups, kH, kW). A padding_mode other
+    than "zeros" pads the input with F.pad by the layer's padding (left, right, top, bottom; "same"
+    puts the odd pixel on the right and bottom) and convolves with padding 0, as PyTorch does."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
         self.padding = self._padding(padding)
+        (top, left), (bottom_extra, right_extra) = conv_padding(self.padding, self.stride, self.dilation,
+                                                                self.kernel_size)
+        self._mode_pad = (left, left + right_extra, top, top + bottom_extra)   # F.pad's order
         shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         self._init_parameters(shape, self.out_channels, bias, dtype, rng)
+
+    def _conv_padding(self):
+        return self.padding if self.padding_mode == "zeros" else 0
 
     def _padding(self, padding):
         # PyTorch's strings "same" and "valid" are kept as such (F.conv2d takes them); checked here
@@ -90,18 +102,23 @@ class Conv2d(_Conv):
         return padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
 
     def forward(self, x):
-        self._saved = x
-        return F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self.padding, self.dilation,
+        x_shape = x.shape
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._mode_pad, self.padding_mode, backend=self.backend)
+        self._saved = (x, x_shape)
+        return F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self._conv_padding(), self.dilation,
                         self.groups, backend=self.backend)
 
     def backward(self, dy, input_grad=True):
         if self._nothing_to_compute(input_grad):
             return None
-        x = self._saved_for_backward()
-        dx, dweight, dbias = F.conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, self.dilation,
-                                               self.groups, **self._gradients_wanted(input_grad),
+        x, x_shape = self._saved_for_backward()
+        dx, dweight, dbias = F.conv2d_backward(dy, x, self.weight.data, self.stride, self._conv_padding(),
+                                               self.dilation, self.groups, **self._gradients_wanted(input_grad),
                                                backend=self.backend)
         self._accumulate(dweight, dbias)
+        if dx is not None and self.padding_mode != "zeros":   # the gradient of the padded input, folded back
+            dx = F.pad_backward(dx, x_shape, self._mode_pad, self.padding_mode, backend=self.backend)
         return dx
 
 
@@ -112,6 +129,8 @@ class ConvTranspose2d(_Conv):
                  bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        if padding_mode != "zeros":
+            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')
         self.padding = pair(padding, "padding", minimum=0)
         self.output_padding = pair(output_padding, "output_padding", minimum=0)
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
@@ -711,3 +730,61 @@ class Upsample(Module):
     def extra_repr(self):
         target = f"scale_factor={self.scale_factor!r}" if self.scale_factor is not None else f"size={self.size!r}"
         return f"{target}, mode={self.mode!r}"
+
+
+class _Pad2d(Module):
+    """F.pad of the last two dims by `padding` (an int, or (left, right, top, bottom)) in `_mode`."""
+    _mode = "constant"
+    value = None
+
+    def __init__(self, padding):
+        super().__init__()
+        self.padding = layer_padding(padding)
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.pad(x, self.padding, self._mode, self.value, backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        return F.pad_backward(dy, self._saved_for_backward(), self.padding, self._mode, backend=self.backend)
+
+    def extra_repr(self):
+        return f"{self.padding}"
+
+
+class ConstantPad2d(_Pad2d):
+    """Pads with the constant `value`; negative padding crops."""
+
+    def __init__(self, padding, value):
+        super().__init__(padding)
+        self.value = fill_value(value)
+
+    def extra_repr(self):
+        return f"padding={self.padding}, value={self.value}"
+
+
+class ZeroPad2d(ConstantPad2d):
+    """Pads with zeros; negative padding crops."""
+
+    def __init__(self, padding):
+        super().__init__(padding, 0.0)
+
+    def extra_repr(self):
+        return f"{self.padding}"
+
+
+class ReflectionPad2d(_Pad2d):
+    """Pads with the reflection of the input, its edge not repeated (each pad below the size)."""
+    _mode = "reflect"
+
+
+class ReplicationPad2d(_Pad2d):
+    """Pads with copies of the input's edge pixels."""
+    _mode = "replicate"
+
+
+class CircularPad2d(_Pad2d):
+    """Pads with the input wrapped around (each pad at most the size)."""
+    _mode = "circular"
