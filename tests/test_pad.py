@@ -1,0 +1,408 @@
+"""F.pad / pad_backward, the nn.*Pad2d layers and Conv2d(padding_mode=...): the index rules written
+out as loops in float64, PyTorch CPU over seeded sweeps (pads at the modes' limits and negative
+ones; the forward pass a copy, the same bits), every refusal one PyTorch makes too, float16 (the
+forward pass the same bits as PyTorch's half, the gradient summed in FP32 and rounded once), finite
+differences, bad arguments refused before any launch, and the kernels on the emulator under guard
+zones, the race check and every schedule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnn_gpu import backend, nn
+from cnn_gpu import functional as F
+from cnn_gpu.gradcheck import check_op, gradcheck
+from helpers import assert_close
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
+                               reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
+MODES = ("constant", "reflect", "replicate", "circular")
+BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
+
+
+def draw(rng, mode, max_size=6):
+    """(x shape, pad, value) that the mode accepts: 3-D or 4-D, pads of 2 or 4 entries up to the
+    mode's limits (reflect size - 1, circular what the crop leaves), negative ones cropping."""
+    while True:
+        shape = tuple(int(s) for s in rng.integers(1, max_size + 1, 4))
+        if rng.random() < 0.3:
+            shape = shape[1:]
+        entries = 4 if (len(shape) == 4 and mode != "constant") or rng.random() < 0.7 else 2
+        pad = tuple(int(p) for p in rng.integers(-max_size, max_size + 1, entries))
+        value = round(float(rng.standard_normal()), 3) if mode == "constant" else None
+        try:
+            F.padding._plan(shape, pad, mode, value)
+            return shape, pad, value
+        except ValueError:
+            continue
+
+
+# --- the rules as loops --------------------------------------------------------------------------
+
+def loop_source(mode, i, size, before, after):
+    """The input index output position i (= d - before) reads along one axis; None: the fill."""
+    if mode == "constant":
+        return i if 0 <= i < size else None
+    if mode == "reflect":
+        return -i if i < 0 else (2 * (size - 1) - i if i >= size else i)
+    if mode == "replicate":
+        return min(max(i, 0), size - 1)
+    first = max(-before, 0)                          # circular: wraps what the negative pads leave
+    kept = size - first - max(-after, 0)
+    return first + (i + min(before, 0)) % kept
+
+
+def loop_reference(x, pad, mode, value, dy=None):
+    """y = pad(x) in float64, and dx for dy when given, output pixel by output pixel."""
+    left, right, top, bottom = tuple(pad) + (0, 0) * (len(pad) == 2)
+    h, w = x.shape[-2:]
+    y = np.zeros(x.shape[:-2] + (h + top + bottom, w + left + right))
+    dx = np.zeros(x.shape)
+    for p in range(y.shape[-2]):
+        for q in range(y.shape[-1]):
+            i, j = loop_source(mode, p - top, h, top, bottom), loop_source(mode, q - left, w, left, right)
+            if i is None or j is None:
+                y[..., p, q] = value or 0.0
+                continue
+            y[..., p, q] = x[..., i, j]
+            if dy is not None:
+                dx[..., i, j] += dy[..., p, q]
+    return y, dx
+
+
+def test_loops_agree_with_hand_worked_rows():
+    x = np.arange(4.0).reshape(1, 1, 4)
+    rows = {mode: loop_reference(x, (2, 3), mode, 9.0)[0][0, 0] for mode in MODES}
+    assert rows["constant"].tolist() == [9, 9, 0, 1, 2, 3, 9, 9, 9]
+    assert rows["reflect"].tolist() == [2, 1, 0, 1, 2, 3, 2, 1, 0]
+    assert rows["replicate"].tolist() == [0, 0, 0, 1, 2, 3, 3, 3, 3]
+    assert rows["circular"].tolist() == [2, 3, 0, 1, 2, 3, 0, 1, 2]
+    # circular crops first: (-1, 2) wraps [1, 2, 3]; constant crops too
+    assert loop_reference(x, (-1, 2), "circular", None)[0][0, 0].tolist() == [1, 2, 3, 1, 2]
+    assert loop_reference(x, (-1, -2), "constant", 0.0)[0][0, 0].tolist() == [1]
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_against_the_loops(be, mode):
+    rng = np.random.default_rng(MODES.index(mode))
+    for i in range(40 if be == "numpy" else 25):
+        shape, pad, value = draw(rng, mode)
+        x = rng.standard_normal(shape)
+        y_ref, _ = loop_reference(x, pad, mode, value)
+        dy = rng.standard_normal(y_ref.shape)
+        _, dx_ref = loop_reference(x, pad, mode, value, dy)
+        what = f"config {i}: {shape} {pad}"
+        np.testing.assert_array_equal(F.pad(x, pad, mode, value, backend=be), y_ref, err_msg=what)
+        assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), dx_ref, np.float64, what + " dx")
+
+
+# --- PyTorch -------------------------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_against_pytorch(be, dtype):
+    """Forward the same bits (a copy, or the value in the dtype), backward within tolerance, on
+    random shapes and pads incl. the limits (reflect: size - 1, circular: size, negative pads)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    limits = [((2, 3, 4, 5), (4, 4, 3, 3), "reflect"), ((3, 4, 5), (5, 5, 4, 4), "circular"),
+              ((1, 2, 3, 3), (-1, 2, -2, 1), "circular"), ((1, 1, 4, 5), (-4, 2, 3, -3), "replicate"),
+              ((2, 1, 3, 4), (-2, -1, 2, -2), "reflect"), ((2, 2, 3, 4), (-4, 1, 0, -2), "constant"),
+              ((2, 3, 4), (3, 1), "reflect"), ((2, 1, 5), (0, 1), "circular")]
+    cases = limits + [(*draw(rng, mode)[:2], mode) for mode in MODES for _ in range(30 if be == "numpy" else 12)]
+    for i, (shape, pad, mode) in enumerate(cases):
+        value = 0.3 if mode == "constant" else None
+        x = rng.standard_normal(shape).astype(dtype)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.pad(xt, pad, mode=mode, value=value)
+        dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+        yt.backward(torch.tensor(dy))
+        what = f"case {i}: {shape} {pad} {mode}"
+        y = F.pad(x, pad, mode, value, backend=be)
+        assert y.dtype == dtype and y.tobytes() == yt.detach().numpy().tobytes(), what
+        assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), xt.grad.numpy(), dtype, what + " dx")
+
+
+@pytest.mark.torch
+def test_what_we_refuse_pytorch_refuses_or_leaves_empty():
+    """Over random shapes and pads (all sizes, both signs): every call we refuse PyTorch refuses
+    too, gives an empty output, or is a circular pad past what the crop leaves (where PyTorch's
+    copies read what they have not written); every one we take PyTorch takes."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    refused = 0
+    for mode in MODES:
+        for _ in range(150):
+            shape = tuple(int(s) for s in rng.integers(1, 5, int(rng.integers(3, 5))))
+            pad = tuple(int(p) for p in rng.integers(-5, 6, 2 * int(rng.integers(1, 3))))
+            x = np.ones(shape)
+            try:
+                torch_shape = tuple(torch.nn.functional.pad(torch.tensor(x), pad, mode=mode).shape)
+            except (RuntimeError, NotImplementedError):
+                torch_shape = None
+            try:
+                assert F.pad(x, pad, mode).shape == torch_shape, (shape, pad, mode)
+            except (ValueError, NotImplementedError):
+                refused += 1
+                wrapped = mode == "circular" and any(
+                    max(b, 0) > s - max(-b, 0) - max(-a, 0) or max(a, 0) > s - max(-b, 0) - max(-a, 0)
+                    for s, (b, a) in zip(shape[::-1], zip(pad[::2], pad[1::2])))
+                assert torch_shape is None or min(torch_shape) == 0 or wrapped, (shape, pad, mode)
+    assert refused > 100
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+def test_an_inf_or_nan_goes_where_pytorch_takes_it(be):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    for mode in MODES:
+        x = rng.standard_normal((1, 2, 4, 5))
+        x[0, 1, 1, 0], x[0, 0, 3, 4] = np.inf, np.nan
+        value = -np.inf if mode == "constant" else None
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.pad(xt, (2, 3, 1, 2), mode=mode, value=value)
+        dy = rng.standard_normal(tuple(yt.shape))
+        dy[0, 0, 0, 0] = np.nan
+        yt.backward(torch.tensor(dy))
+        assert F.pad(x, (2, 3, 1, 2), mode, value, backend=be).tobytes() == yt.detach().numpy().tobytes(), mode
+        assert_close(F.pad_backward(dy, x.shape, (2, 3, 1, 2), mode, backend=be), xt.grad.numpy(), np.float64, mode)
+
+
+def test_finite_differences():
+    x = np.random.default_rng(14).standard_normal((2, 2, 4, 5))
+    for pad, mode in [((2, 1, 3, 0), "constant"), ((-1, 2, 1, -2), "constant"), ((3, 4, 3, 2), "reflect"),
+                      ((-2, 3, 1, -1), "reflect"), ((4, 1, 0, 5), "replicate"), ((5, 5, 4, 4), "circular"),
+                      ((-2, 3, 2, -1), "circular")]:
+        report = check_op(lambda x: F.pad(x, pad, mode, 0.5 if mode == "constant" else None),
+                          lambda dy, x: F.pad_backward(dy, x.shape, pad, mode), [x])
+        assert report.max_rel_error < 1e-6, f"{pad} {mode}: {report}"
+
+
+# --- float16 -------------------------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+def test_float16_forward_bits_and_gradient_rounded_once(be):
+    """The forward pass copies float16 bits (the fill value rounded as PyTorch's half: via FP32);
+    the gradient sums in FP32 and rounds once: within half a float16 ulp of PyTorch's exact sum
+    (here computed in float64), where a float16 sum would be further off."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(15)
+    for mode in MODES:
+        x = rng.standard_normal((2, 3, 5, 4)).astype(np.float16)
+        pad = (3, 3, 4, 4) if mode != "circular" else (4, 4, 5, 5)
+        value = 0.1 if mode == "constant" else None
+        yt = torch.nn.functional.pad(torch.tensor(x), pad, mode=mode, value=value)
+        y = F.pad(x, pad, mode, value, backend=be)
+        assert y.dtype == np.float16 and y.tobytes() == yt.numpy().tobytes(), mode
+        dy = rng.standard_normal(y.shape).astype(np.float16)
+        exact = F.pad_backward(dy.astype(np.float64), x.shape, pad, mode)
+        dx = F.pad_backward(dy, x.shape, pad, mode, backend=be)
+        assert dx.dtype == np.float16
+        np.testing.assert_array_equal(dx, exact.astype(np.float16), err_msg=mode)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_empty_batch_launches_nothing(be, monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched a grid of no blocks")
+    monkeypatch.setattr(backend, "launch", no_launch)
+    y = F.pad(np.zeros((0, 2, 3, 3), np.float32), (1, 1, 2, 2), "reflect", backend=be)
+    assert y.shape == (0, 2, 7, 5) and y.dtype == np.float32
+    assert F.pad_backward(np.zeros((0, 2, 7, 5), np.float32), (0, 2, 3, 3), (1, 1, 2, 2), "reflect",
+                          backend=be).shape == (0, 2, 3, 3)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_bad_arguments_are_refused_before_any_launch(be, monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched before the arguments were checked")
+    monkeypatch.setattr(backend, "launch", no_launch)
+    x, dy = np.ones((2, 3, 4, 5)), np.ones((2, 3, 6, 7))
+    for call, error, match in [
+        (lambda: F.pad(x, (1, 1), "reflect"), NotImplementedError, "Padding size 2 is not supported for 4D input"),
+        (lambda: F.pad(x, (1, 1, 1), "constant"), ValueError, "Padding length must be divisible by 2"),
+        (lambda: F.pad(x, (1, 1, 1, 1, 1, 1)), ValueError, "2 or 4 entries"),
+        (lambda: F.pad(x, (1.0, 1)), TypeError, "tuple of ints"),
+        (lambda: F.pad(x, (True, 1)), TypeError, "tuple of ints"),
+        (lambda: F.pad(x, 1), TypeError, "tuple of ints"),
+        (lambda: F.pad(x, (1, 1), "edge"), NotImplementedError, "Unrecognised padding mode edge"),
+        (lambda: F.pad(x, (1, 1, 1, 1), "reflect", 1.0), ValueError, 'mode "reflect" doesn\'t take in value'),
+        (lambda: F.pad(x, (1, 1), value="0"), TypeError, "value"),
+        (lambda: F.pad(x, (5, 0, 0, 0), "reflect"), ValueError, r"Argument #4: .* padding \(5, 0\) at dimension 3"),
+        (lambda: F.pad(x, (0, 0, 1, 4), "reflect"), ValueError, r"Argument #6: .* padding \(1, 4\) at dimension 2"),
+        (lambda: F.pad(x, (6, 0, 0, 0), "circular"), ValueError, "wrapping around more than once"),
+        (lambda: F.pad(x, (-1, 5, 0, 0), "circular"), ValueError, "wrapping around more than once"),
+        (lambda: F.pad(x, (-3, -3)), ValueError, "narrow"),
+        (lambda: F.pad(x, (-3, -2)), ValueError, "empty output"),
+        (lambda: F.pad(x, (0, 0, -4, 0), "replicate"), ValueError, "empty output"),
+        (lambda: F.pad(np.ones((2, 0, 4, 5)), (1, 1)), ValueError, "non-empty"),
+        (lambda: F.pad(x[0, 0], (1, 1)), ValueError, "3-D or 4-D"),
+        (lambda: F.pad(x.astype(np.int64), (1, 1)), TypeError, "float"),
+        (lambda: F.pad_backward(dy, (2, 3, 4, 5), (1, 1, 1, 2)), ValueError, "dy must have shape"),
+        (lambda: F.pad_backward(dy, (2, 3, 4), (1, 1, 1, 1)), ValueError, "x_shape"),
+        (lambda: F.pad_backward(dy, (2, 3, 4, 5), (1, 1, 1, 1), "wrap"), NotImplementedError, "padding mode"),
+    ]:
+        with backend.use_backend(be), pytest.raises(error, match=match):
+            call()
+
+
+# --- the layers ----------------------------------------------------------------------------------
+
+LAYERS = [("ZeroPad2d", (), "constant"), ("ConstantPad2d", (2.5,), "constant"), ("ReflectionPad2d", (), "reflect"),
+          ("ReplicationPad2d", (), "replicate"), ("CircularPad2d", (), "circular")]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name, args, mode", LAYERS)
+def test_layers_against_pytorch(name, args, mode):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(16)
+    for padding in (2, (1, 3, 0, 2), [3, 0, 2, 1]):
+        layer, torch_layer = getattr(nn, name)(padding, *args), getattr(torch.nn, name)(padding, *args)
+        assert repr(layer) == repr(torch_layer).replace("[", "(").replace("]", ")")
+        assert list(layer.parameters()) == [] and layer.state_dict() == {}
+        for shape in ((2, 3, 4, 5), (3, 4, 4)):
+            x = rng.standard_normal(shape).astype(np.float32)
+            xt = torch.tensor(x, requires_grad=True)
+            yt = torch_layer(xt)
+            dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+            yt.backward(torch.tensor(dy))
+            np.testing.assert_array_equal(layer(x), yt.detach().numpy())
+            assert_close(layer.backward(dy), xt.grad.numpy(), np.float32, f"{name} {padding} {shape}")
+        layer(x)
+        assert layer.backward(dy, input_grad=False) is None
+
+
+def test_layers_refuse_bad_padding_when_built():
+    for make, error, match in [(lambda: nn.ReflectionPad2d((1, 2)), ValueError, "tuple of 4 ints"),
+                               (lambda: nn.ZeroPad2d(1.5), ValueError, "tuple of 4 ints"),
+                               (lambda: nn.CircularPad2d((1, 2, 3, 4.0)), TypeError, "tuple of ints"),
+                               (lambda: nn.ConstantPad2d(1, "x"), TypeError, "value")]:
+        with pytest.raises(error, match=match):
+            make()
+
+
+# --- Conv2d(padding_mode=...) --------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_conv2d_padding_mode_against_pytorch(be, padding_mode):
+    """Forward, input and parameter gradients of torch's Conv2d loaded from our state dict (and
+    back), for int, pair and "same" padding (odd extents: the extra pixel right and bottom)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(17)
+    for kwargs, shape in [(dict(kernel_size=3, padding=1), (2, 3, 6, 7)),
+                          (dict(kernel_size=(3, 4), padding=(2, 1), stride=2), (1, 3, 5, 6)),
+                          (dict(kernel_size=(2, 3), padding="same", dilation=(1, 2)), (2, 3, 5, 6)),
+                          (dict(kernel_size=3, padding=2, groups=3), (3, 6, 6))]:
+        channels = shape[-3]
+        layer = nn.Conv2d(channels, 6, padding_mode=padding_mode, dtype=np.float64, **kwargs).to(be)
+        torch_layer = torch.nn.Conv2d(channels, 6, padding_mode=padding_mode, dtype=torch.float64, **kwargs)
+        torch_layer.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+        x = rng.standard_normal(shape)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch_layer(xt)
+        dy = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        what = f"{padding_mode} {kwargs} {shape}"
+        assert_close(layer(x), yt.detach().numpy(), np.float64, what)
+        layer.zero_grad()
+        assert_close(layer.backward(dy), xt.grad.numpy(), np.float64, what + " dx")
+        assert_close(layer.weight.grad, torch_layer.weight.grad.numpy(), np.float64, what + " dweight")
+        assert_close(layer.bias.grad, torch_layer.bias.grad.numpy(), np.float64, what + " dbias")
+        back = nn.Conv2d(channels, 6, padding_mode=padding_mode, dtype=np.float64, **kwargs)
+        back.load_state_dict({k: v.detach().numpy() for k, v in torch_layer.state_dict().items()})
+        np.testing.assert_array_equal(back.weight.data, torch_layer.weight.detach().numpy())
+        assert repr(layer).endswith(f"padding_mode={padding_mode})")
+
+
+def test_conv2d_padding_mode_finite_differences():
+    """The input's, weight's and bias's gradients of sum(r * layer(x)) against central differences."""
+    rng = np.random.default_rng(18)
+    for padding_mode, padding in (("reflect", 2), ("replicate", (1, 3)), ("circular", "same")):
+        layer = nn.Conv2d(2, 3, (3, 2), padding=padding, padding_mode=padding_mode, dtype=np.float64, rng=rng)
+        x = rng.standard_normal((2, 2, 5, 4))
+        r = rng.standard_normal(layer(x).shape)
+        layer.zero_grad()
+        dx = layer.backward(r)
+        report = gradcheck(lambda: float(np.sum(r * layer(x))), [x, layer.weight.data, layer.bias.data],
+                           [dx, layer.weight.grad, layer.bias.grad])
+        assert report.max_rel_error < 1e-6, f"{padding_mode}: {report}"
+
+
+def test_conv_padding_mode_refusals():
+    with pytest.raises(ValueError, match="padding_mode must be one of .* but got padding_mode='edge'"):
+        nn.Conv2d(3, 4, 3, padding_mode="edge")
+    with pytest.raises(ValueError, match='Only "zeros" padding mode is supported for ConvTranspose2d'):
+        nn.ConvTranspose2d(3, 4, 3, padding_mode="circular")
+    with pytest.raises(ValueError, match="Argument #4"):   # a reflection pad as large as the input
+        nn.Conv2d(1, 1, 5, padding=2, padding_mode="reflect")(np.ones((1, 1, 2, 2), np.float32))
+
+
+# --- the kernels on the emulator -----------------------------------------------------------------
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_kernels_under_guard_zones_and_the_race_check(dtype):
+    """Against the NumPy path with guard zones (an access past any array faults) and the race
+    check (exact to the byte: float16 neighbours share words) under a random schedule."""
+    from cnn_gpu import emu
+    rng = np.random.default_rng(19)
+    with emu.checking(guard=True, race=True, schedule="random", seed=3):
+        for mode in MODES:
+            for i in range(6):
+                shape, pad, value = draw(rng, mode, max_size=5)
+                x = rng.standard_normal(shape).astype(dtype)
+                y = F.pad(x, pad, mode, value, backend="emu")
+                dy = rng.standard_normal(y.shape).astype(dtype)
+                what = f"{mode} {shape} {pad}"
+                np.testing.assert_array_equal(y, F.pad(x, pad, mode, value, backend="numpy"), err_msg=what)
+                dx, expected = (F.pad_backward(dy, shape, pad, mode, backend=be) for be in ("emu", "numpy"))
+                if dtype == np.float16:   # FP32 sums in other orders: one float16 rounding apart at most
+                    np.testing.assert_allclose(dx.astype(np.float32), expected, rtol=2**-10, atol=2**-14, err_msg=what)
+                else:
+                    assert_close(dx, expected, dtype, what + " dx")
+
+
+@needs_emu
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_kernels_bit_identical_under_schedules(schedule):
+    from cnn_gpu import emu
+    rng = np.random.default_rng(20)
+    for shape, pad, mode in [((2, 3, 7, 9), (6, 6, 6, 6), "reflect"), ((1, 2, 5, 4), (-2, 2, 5, 5), "circular"),
+                             ((2, 1, 4, 6), (7, 2, 0, 9), "replicate")]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        dy = rng.standard_normal(F.pad(x, pad, mode).shape).astype(np.float32)
+        results = []
+        for checks in (dict(schedule="forward"), dict(schedule=schedule, seed=3)):
+            with emu.checking(guard=True, **checks):
+                results.append(F.pad_backward(dy, shape, pad, mode, backend="emu"))
+        assert results[0].tobytes() == results[1].tobytes(), f"{shape} {pad} {mode} under {schedule}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in backend.available_backends(),
+                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_cuda_matches_numpy(dtype):
+    import cupy
+    rng = np.random.default_rng(21)
+    for mode in MODES:
+        for i in range(20):
+            shape, pad, value = draw(rng, mode)
+            x = rng.standard_normal(shape).astype(dtype)
+            y = F.pad(cupy.asarray(x), pad, mode, value)
+            assert y.get().tobytes() == F.pad(x, pad, mode, value).tobytes(), f"{mode} {shape} {pad}"
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            dx = F.pad_backward(cupy.asarray(dy), shape, pad, mode).get()
+            expected = F.pad_backward(dy, shape, pad, mode)
+            np.testing.assert_allclose(dx.astype(np.float64), expected, rtol=2**-10 if dtype == np.float16 else 1e-6,
+                                       atol=2**-12 if dtype == np.float16 else 1e-6, err_msg=f"{mode} {shape} {pad}")
