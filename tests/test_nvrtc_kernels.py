@@ -115,7 +115,7 @@ def test_the_gate_leaves_out_only_the_builds_no_launcher_makes():
 def test_every_family_is_gated():
     names = {path.name for path in FILES}
     for family in ("pool", "elementwise", "reduce", "loss", "softmax", "optim", "conv2d_fprop", "conv2d_dgrad",
-                   "conv2d_wgrad", "upsample", "row_norm"):
+                   "conv2d_wgrad", "upsample", "row_norm", "pad"):
         assert f"{family}.cu" in names
 
 

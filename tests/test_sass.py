@@ -342,6 +342,26 @@ def test_row_norm_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
         assert rows[kernel]["ldg_bits"].count(size_bits) >= 12, (kernel, rows[kernel]["ldg_bits"])
 
 
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_pad_kernels_copy_elements_and_gather_without_atomics(dtype):
+    """kernels/pad.cu: every load and store of the hot loops is one element of the dtype (float16
+    moved as FP16, never widened in memory), no local memory, and no atomic anywhere in either
+    kernel (the hot-loop mix counts only its loop): the backward pass is a gather, each input
+    pixel's gradient summed by its own thread (deterministic)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for row in sass.kernel_rows("pad", dtype, "sm_90")}
+    assert set(rows) == {"pad_forward", "pad_backward"}
+    for kernel, row in rows.items():
+        assert row["ldg_bits"] and set(row["ldg_bits"]) == {size_bits}, (kernel, row["ldg_bits"])
+        assert row["local_memory"] == 0, kernel
+    assert set(rows["pad_forward"]["stg_bits"]) == {size_bits}, rows["pad_forward"]["stg_bits"]
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("pad"), "pad.cu", dtype, "sm_90")
+    for kernel, function in sass.disassemble(cubin, "sm_90").items():
+        atomics = [ins.opcode for ins in function.instructions if mix._MEMORY.get(ins.base) == "atomic"]
+        assert not atomics, (kernel, atomics)
+
+
 # kernels/optim.cu per kernel: the arrays an element loads and stores, (element-typed, acc_t-typed)
 # each: the parameter, its gradient, the rule's state (acc_t) and a float16 parameter's FP32 master.
 OPTIMIZER_ARRAYS = {"sgd_step": ((2, 0), (1, 0)), "sgd_momentum_step": ((2, 1), (1, 1)),
