@@ -406,3 +406,55 @@ def test_cuda_matches_numpy(dtype):
             expected = F.pad_backward(dy, shape, pad, mode)
             np.testing.assert_allclose(dx.astype(np.float64), expected, rtol=2**-10 if dtype == np.float16 else 1e-6,
                                        atol=2**-12 if dtype == np.float16 else 1e-6, err_msg=f"{mode} {shape} {pad}")
+
+
+# --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
+
+@pytest.mark.torch
+def test_benchmark_models_know_the_layers_and_padding_modes():
+    """A model with the padding layers and a Conv2d(padding_mode="circular") gets its shapes (the
+    convolution's geometry on the padded input), its launches (kernels pad.cu holds) and a PyTorch
+    mirror that computes what it does."""
+    torch = pytest.importorskip("torch")
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.ReflectionPad2d((1, 2, 0, 1)), nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular",
+                                                                      dtype=np.float64),
+                          nn.ZeroPad2d((-1, 0, 2, 0)), nn.ConstantPad2d(1, 0.5), nn.ReplicationPad2d(2),
+                          nn.CircularPad2d((1, 1, 0, 3)))
+    x = np.random.default_rng(22).standard_normal((2, 2, 5, 4))
+    leaves = leaf_layers(model, x.shape)
+    shapes = [(type(leaf).__name__, shape_in, shape_out) for leaf, shape_in, shape_out, _ in leaves]
+    assert shapes == [("ReflectionPad2d", (2, 2, 5, 4), (2, 2, 6, 7)), ("Conv2d", (2, 2, 6, 7), (2, 3, 6, 9)),
+                      ("ZeroPad2d", (2, 3, 6, 9), (2, 3, 8, 8)), ("ConstantPad2d", (2, 3, 8, 8), (2, 3, 10, 10)),
+                      ("ReplicationPad2d", (2, 3, 10, 10), (2, 3, 14, 14)),
+                      ("CircularPad2d", (2, 3, 14, 14), (2, 3, 17, 16))]
+    assert leaves[1][3].x_shape == (2, 2, 8, 11) and leaves[1][3].padding == (0, 0)
+    source = backend.kernel_source("pad")
+    for layer in (model[0], *model[2:]):
+        for kernel, _ in _layer_passes(layer, 1, 1, 8):
+            assert f"\n{kernel}(" in source, kernel
+    with torch.no_grad():
+        np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)
+
+
+def test_step_model_prices_the_padding_of_a_padding_mode(monkeypatch):
+    """Conv2d(padding_mode=...) in the benchmark's step model: F.pad's forward launch before each
+    such convolution and its backward after the dgrad (none for the first layer, whose input gets
+    no gradient), each reading and writing the input and the padded input once."""
+    from cnn_gpu import bench, roofline
+    from cnn_gpu.bench import modeled, training
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect", bias=False, dtype=np.float32),
+                          nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=(2, 1), padding_mode="circular", bias=False, dtype=np.float32),
+                          nn.Flatten(), nn.Linear(4 * 10 * 8, 10, dtype=np.float32))
+    monkeypatch.setattr(training, "build_model", lambda shape, dtype: model)
+    # the convolutions' own launches are priced elsewhere (from emulator profiles: slow to build)
+    monkeypatch.setattr(roofline, "model_conv", lambda *args, **kwargs: [])
+    case = bench.make_cases("tiny", ["train_step"])[0]
+    assert case.shape.image_shape == (1, 8, 8)
+    batch = case.shape.batch
+    kernels = [(e.kernel, e.dram_bytes) for e in modeled.case_estimates(case, roofline.spec("h100"), "float32")
+               if e.kernel.startswith("pad_")]
+    first, second = (batch * 1 * 8 * 8 + batch * 1 * 10 * 10) * 4, (batch * 4 * 8 * 8 + batch * 4 * 12 * 10) * 4
+    assert kernels == [("pad_forward", first), ("pad_forward", second), ("pad_backward", second)]

@@ -188,6 +188,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     if isinstance(layer, nn.Dropout):   # one map forward and backward; p = 0 launches nothing
         kernel = "dropout2d_apply" if isinstance(layer, nn.Dropout2d) else "dropout_apply"
         return [(kernel, (x + y) * item)] * 2 if layer.p else []
+    if isinstance(layer, nn.layers._Pad2d):
+        return [("pad_forward", (x + y) * item), ("pad_backward", (y + x) * item)]
     if isinstance(layer, nn.Linear):
         weights = layer.in_features * layer.out_features
         rows = y // layer.out_features
@@ -236,9 +238,15 @@ def _train_step(case, spec, dtype, mode) -> list:
     for index, (layer, x_shape, y_shape, g) in enumerate(leaf_layers(model, shape)):
         if isinstance(layer, (nn.Conv2d, nn.Conv1d)):   # a Conv1d's g: that of its (N, C, 1, L) view
             has_bias = layer.bias is not None
+            padded = layer.padding_mode != "zeros"   # F.pad's launches around the convolution's
+            traffic = (math.prod(x_shape) + math.prod(g.x_shape)) * item
+            if padded:
+                estimates.append(roofline.memory_bound("pad_forward", traffic, spec))
             estimates += roofline.model_conv("fprop", g, dtype, spec, bias=has_bias, math=mode)
             if index:
                 estimates += roofline.model_conv("dgrad", g, dtype, spec, math=mode)
+                if padded:
+                    estimates.append(roofline.memory_bound("pad_backward", traffic, spec))
             estimates += roofline.model_conv("wgrad", g, dtype, spec, math=mode)
             if has_bias:
                 estimates.append(roofline.model_bias_grad(g, dtype, spec))

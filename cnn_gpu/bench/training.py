@@ -9,6 +9,7 @@ import numpy as np
 
 from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
 from ..functional.one_d import pool_sizes, single
+from ..functional.padding import padded_shape
 from ..functional.upsample import output_size
 from .cases import Case, _input_sets, _random
 from .shapes import ModelShape
@@ -101,8 +102,10 @@ def leaf_layers(model, input_shape):
             leaves.append((ResidualLeaf(module), shape, out, None))
             return out
         g, out = None, shape
-        if isinstance(module, nn.Conv2d):
-            g = conv_geometry(shape, module.weight.shape, module.stride, module.padding, module.dilation,
+        if isinstance(module, nn.Conv2d):   # a padding_mode other than zeros: convolves F.pad's output
+            padded = shape if module.padding_mode == "zeros" else padded_shape(shape, module._mode_pad,
+                                                                                  module.padding_mode)
+            g = conv_geometry(padded, module.weight.shape, module.stride, module._conv_padding(), module.dilation,
                               module.groups)
             out = g.y_shape
         elif isinstance(module, nn.ConvTranspose2d):
@@ -122,6 +125,8 @@ def leaf_layers(model, input_shape):
             out = (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
         elif isinstance(module, nn.Upsample):
             out = (*shape[:2], *output_size(shape[2:], module.size, module.scale_factor))
+        elif isinstance(module, nn.layers._Pad2d):
+            out = padded_shape(shape, module.padding, module._mode)
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
@@ -174,7 +179,7 @@ def torch_mirror(model, torch):
             return TorchResidual(convert(m.block), None if m.shortcut is None else convert(m.shortcut))
         if isinstance(m, nn.Conv2d):
             return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                              m.groups, bias=m.bias is not None)
+                              m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
         if isinstance(m, nn.ConvTranspose2d):
             return tnn.ConvTranspose2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                                        m.output_padding, m.groups, bias=m.bias is not None, dilation=m.dilation)
@@ -214,6 +219,8 @@ def torch_mirror(model, torch):
             return tnn.AvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
         if isinstance(m, nn.AdaptiveAvgPool1d):
             return tnn.AdaptiveAvgPool1d(m.output_size)
+        if isinstance(m, nn.layers._Pad2d):   # the same names and arguments (ConstantPad2d: its value too)
+            return getattr(tnn, type(m).__name__)(m.padding, *((m.value,) if type(m) is nn.ConstantPad2d else ()))
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)

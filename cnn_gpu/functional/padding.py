@@ -105,6 +105,11 @@ def _plan(x_shape, pad, mode, value):
     return pads, out_size, fill
 
 
+def padded_shape(x_shape, pad, mode="constant") -> tuple:
+    """The shape pad(x, pad, mode) gives an input of shape x_shape (ValueError where it refuses)."""
+    return tuple(x_shape[:-2]) + _plan(tuple(x_shape), pad, mode, None)[1]
+
+
 def _axis_sources(mode, size, before, after):
     """The input index each output along one axis reads (constant: its position, maybe outside)."""
     if mode == "circular":
