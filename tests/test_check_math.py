@@ -123,7 +123,8 @@ def test_float16_tolerance_tells_rounding_from_error(factor, passes):
 def test_emulator_float16_check(tmp_path, capsys):
     """The float16 kernels, the tensor-core convolutions among them, pass against the oracle."""
     path = tmp_path / "c.json"
-    ops = ["conv2d", "conv_transpose2d", "batch_norm", "dropout", "adaptive_avg_pool2d", "interpolate", "cross_entropy"]
+    ops = ["conv2d", "conv_transpose2d", "batch_norm", "dropout", "adaptive_avg_pool2d", "interpolate", "pad",
+           "cross_entropy"]
     code, out, err = _check(capsys, "--device", "emu", "--dtype", "float16", "--quick", "--ops", ",".join(ops),
                             "--json", str(path))
     assert code == 0, out + err

@@ -667,6 +667,38 @@ ADAPTIVE_POOL1D_EDGES = (dict(N=2, C=3, HW=(1, 9), out=(1, 1), unbatched=False),
                          dict(N=1, C=2, HW=(1, 4), out=(1, 7), unbatched=True))     # overlapping windows
 
 
+def _pad_config(rng):
+    from ..functional.padding import padded_shape
+    while True:
+        mode = str(rng.choice(["constant", "reflect", "replicate", "circular"]))
+        cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 9), mode=mode,
+                   pad=tuple(int(p) for p in rng.integers(-3, 9, 4)),   # crops too
+                   value=round(float(rng.standard_normal()), 2) if mode == "constant" else None)
+        try:
+            return dict(cfg, out=padded_shape(cfg["HW"], cfg["pad"], mode))
+        except ValueError:   # past the mode's limits, or an empty output
+            continue
+
+
+PAD_EDGES = (dict(N=2, C=3, HW=(4, 5), mode="reflect", pad=(4, 4, 3, 3), value=None, out=(10, 13)),   # size - 1
+             dict(N=1, C=2, HW=(3, 4), mode="circular", pad=(4, 4, 3, 3), value=None, out=(9, 12)),   # a whole wrap
+             dict(N=1, C=2, HW=(5, 4), mode="circular", pad=(-1, 3, 2, -2), value=None, out=(5, 6)),  # crop, then wrap
+             dict(N=2, C=1, HW=(1, 1), mode="replicate", pad=(5, 0, 0, 6), value=None, out=(7, 6)),   # one pixel
+             dict(N=1, C=2, HW=(6, 5), mode="constant", pad=(-2, 3, 2, -6), value=-1.5, out=(2, 6)))  # crops
+PAD_LARGE = (dict(N=8, C=32, HW=(64, 64), mode="reflect", pad=(3, 3, 3, 3), value=None, out=(70, 70)),)
+
+
+def _pad_inputs(cfg, rng):
+    return dict(x=rng.standard_normal((cfg["N"], cfg["C"], *cfg["HW"])),
+                dy=rng.standard_normal((cfg["N"], cfg["C"], *cfg["out"])))
+
+
+def _pad_run(a, cfg, be):
+    from .. import functional as F
+    return dict(y=F.pad(a["x"], cfg["pad"], cfg["mode"], cfg["value"], backend=be),
+                dx=F.pad_backward(a["dy"], a["x"].shape, cfg["pad"], cfg["mode"], backend=be))
+
+
 # every convolution pass multiplies these operands; the bias gradient is a plain sum of dy
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
@@ -706,6 +738,7 @@ OPS = {op.name: op for op in (
             _adaptive_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
     OpCheck("adaptive_max_pool2d", _adaptive_pool_config, ADAPTIVE_POOL_EDGES, _adaptive_pool_inputs,
             _adaptive_max_pool_run, "y", "dy", {"x": "dx"}, large_configs=ADAPTIVE_POOL_LARGE),
+    OpCheck("pad", _pad_config, PAD_EDGES, _pad_inputs, _pad_run, "y", "dy", {"x": "dx"}, large_configs=PAD_LARGE),
     OpCheck("interpolate", _upsample_config, UPSAMPLE_EDGES, _upsample_inputs, _upsample_run, "y", "dy", {"x": "dx"},
             large_configs=UPSAMPLE_LARGE),
     *(OpCheck(name, _softmax_config, SOFTMAX_EDGES, _softmax_inputs, _softmax_run(name), "y", "dy", {"x": "dx"},
