@@ -19,9 +19,9 @@ one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | 
 with class-index or class-probability targets and (N, C, d1, ..., dk) logits; mse_loss(reduction);
 avg_pool2d(divisor_override); interpolate (modes "nearest" and "bilinear") on 4-D inputs only, as
 PyTorch reads a 3-D input as (N, C, L); softmax and log_softmax over any dim, whose backward
-functions take the forward output y rather than x. A loss is a Python float for reduction
-"mean"/"sum" and an array for "none", and its gradient is that of the returned loss (of its sum
-for "none").
+functions take the forward output y rather than x; pad on the last two dims of 3-D and 4-D
+inputs. A loss is a Python float for reduction "mean"/"sum" and an array for "none", and its
+gradient is that of the returned loss (of its sum for "none").
 
 Extensions beyond PyTorch's signatures: F.conv2d(..., activation="relu") and
 F.batch_norm(..., activation="relu") apply ReLU to the output, F.add_relu(a, b) is relu(a + b)
