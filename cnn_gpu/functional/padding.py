@@ -7,7 +7,7 @@ i = d - before and reads: "constant" input i where it exists, else `value`; "ref
 the input and 2(in - 1) - i right of it (before, after < in); "replicate" i clamped to the input.
 "circular" first crops the input by its negative pads (as PyTorch's _pad_circular does), then
 wraps around what is left, of `kept` inputs: i + kept left and i - kept right of it (each positive
-pad at most kept, which PyTorch's own check against `in` lets by but then fails or reads outside).
+pad at most kept: PyTorch checks it against `in`, then fails or copies output it has not written).
 The backward pass adds each output's gradient to the input it read.
 
 NumPy path: each axis's source indices per output; the forward pass takes them (a slice into a
