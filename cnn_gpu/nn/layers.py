@@ -55,6 +55,11 @@ class _Weighted(Module):
 
 
 class _Conv(_Weighted):
+    """A convolution layer: its functional op and backward (`_op`, `_op_backward`) called with the
+    layer's weight, bias and `_conv_args()`; its sizes taken by `_sizes` (an int or a pair, as
+    tuples: a 2-D layer's; a 1-D layer's are 1-tuples)."""
+    _sizes = staticmethod(pair)
+
     def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
         self.in_channels = whole_number(in_channels, "in_channels")
         self.out_channels = whole_number(out_channels, "out_channels")
@@ -62,13 +67,26 @@ class _Conv(_Weighted):
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
                              f"divisible by groups ({groups})")
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
+        self.kernel_size = self._sizes(kernel_size, "kernel_size")
+        self.stride = self._sizes(stride, "stride")
+        self.dilation = self._sizes(dilation, "dilation")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"padding_mode must be one of {{'zeros', 'reflect', 'replicate', 'circular'}}, but got "
                              f"padding_mode={padding_mode!r}")
         self.padding_mode = padding_mode
+
+    def forward(self, x):
+        self._saved = x
+        return self._op(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        x = self._saved_for_backward()
+        dx, dweight, dbias = self._op_backward(dy, x, self.weight.data, *self._conv_args(),
+                                               **self._gradients_wanted(input_grad), backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -125,6 +143,8 @@ class Conv2d(_Conv):
 class ConvTranspose2d(_Conv):
     """2-D transposed convolution; weight (in_channels, out_channels/groups, kH, kW)."""
 
+    _op, _op_backward = staticmethod(F.conv_transpose2d), staticmethod(F.conv_transpose2d_backward)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
@@ -141,19 +161,6 @@ class ConvTranspose2d(_Conv):
 
     def _conv_args(self):
         return self.stride, self.padding, self.output_padding, self.dilation, self.groups
-
-    def forward(self, x):
-        self._saved = x
-        return F.conv_transpose2d(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
-
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        x = self._saved_for_backward()
-        dx, dweight, dbias = F.conv_transpose2d_backward(dy, x, self.weight.data, *self._conv_args(),
-                                                         **self._gradients_wanted(input_grad), backend=self.backend)
-        self._accumulate(dweight, dbias)
-        return dx
 
     def extra_repr(self):
         return super().extra_repr() + f", output_padding={self.output_padding}"

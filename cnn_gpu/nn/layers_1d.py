@@ -7,41 +7,24 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..functional._checks import whole_number
 from ..functional.one_d import conv1d_padding, max_pool1d_backward_of_own_indices, pool_sizes, single
 from .layers import _Conv
 from .module import Module
 
 
+def _one(value, name: str, minimum: int = 1) -> tuple:
+    """An int or a 1-tuple as a 1-tuple (how PyTorch's 1-D layers keep their sizes)."""
+    return (single(value, name, minimum),)
+
+
 class _Conv1d(_Conv):
-    """A 1-D convolution layer: its functional op and backward (`_op`, `_op_backward`) with the
-    layer's weight, bias and `_conv_args()`."""
-
-    def forward(self, x):
-        self._saved = x
-        return self._op(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
-
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        x = self._saved_for_backward()
-        dx, dweight, dbias = self._op_backward(dy, x, self.weight.data, *self._conv_args(),
-                                               **self._gradients_wanted(input_grad), backend=self.backend)
-        self._accumulate(dweight, dbias)
-        return dx
+    """A 1-D convolution layer: _Conv's, sizes as 1-tuples, padding_mode "zeros" only."""
+    _sizes = staticmethod(_one)
 
     def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
-        self.in_channels = whole_number(in_channels, "in_channels")
-        self.out_channels = whole_number(out_channels, "out_channels")
-        self.groups = whole_number(groups, "groups")
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
-                             f"divisible by groups ({groups})")
-        self.kernel_size = (single(kernel_size, "kernel_size"),)
-        self.stride = (single(stride, "stride"),)
-        self.dilation = (single(dilation, "dilation"),)
+        super()._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
         if padding_mode != "zeros":
-            raise ValueError(f"padding_mode {padding_mode!r} is not supported; only 'zeros' is")
+            raise ValueError(f"padding_mode {padding_mode!r} is not supported by the 1-D layers; only 'zeros' is")
 
 
 class Conv1d(_Conv1d):
@@ -55,7 +38,7 @@ class Conv1d(_Conv1d):
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
         # "same" and "valid" kept as such, as PyTorch keeps them; checked here
         conv1d_padding(padding, self.stride[0], self.dilation[0], self.kernel_size[0])
-        self.padding = padding if isinstance(padding, str) else (single(padding, "padding", minimum=0),)
+        self.padding = padding if isinstance(padding, str) else _one(padding, "padding", minimum=0)
         shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         self._init_parameters(shape, self.out_channels, bias, dtype, rng)
 
@@ -72,8 +55,8 @@ class ConvTranspose1d(_Conv1d):
                  bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
-        self.padding = (single(padding, "padding", minimum=0),)
-        self.output_padding = (single(output_padding, "output_padding", minimum=0),)
+        self.padding = _one(padding, "padding", minimum=0)
+        self.output_padding = _one(output_padding, "output_padding", minimum=0)
         if self.output_padding[0] >= max(self.stride[0], self.dilation[0]):
             raise ValueError(f"output_padding {self.output_padding[0]} must be smaller than stride {self.stride[0]} "
                              f"or dilation {self.dilation[0]}")
