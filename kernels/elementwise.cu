@@ -8,7 +8,12 @@
 // silu and gelu as cnn_gpu.functional.activation computes them, free of cancellation and of
 // overflow's inf * 0 at any finite x: gelu(x) = x erfc(-x / sqrt(2)) / 2 (not x (1 + erf) / 2, 0
 // for negative x), gelu_tanh(x) = x sigmoid(2u) (not x (1 + tanh(u)) / 2). At x = +-inf the
-// backward passes give NaN as PyTorch's do.
+// backward passes give NaN as PyTorch's do; so do mish's (and mish(-inf)).
+// hardtanh (also F.relu6: hardtanh(x, 0, 6)), hardsigmoid, hardswish, elu and mish with PyTorch's rules:
+// clamps pass NaN and keep -0.0; the gradients at the kinks are hardtanh's 0 at both bounds,
+// hardsigmoid's 0 at +-3 (and where x is NaN), hardswish's 0 at -3 and dy at 3, elu's alpha dy at 0;
+// elu by expm1 and mish's softplus as max(x, 0) + log1p(exp(-|x|)), both accurate near 0 and free of
+// overflow, and mish's gradient with sech^2 = 4e / (1 + e)^2 rather than 1 - tanh^2 (no cancellation).
 // add_relu_forward: relu(a + b) in one pass, a residual block's output plus its shortcut and the
 // ReLU after them (nn.Residual, where nn.Sequential fuses the ReLU); its gradient is relu_backward
 // given the output, which is > 0 exactly where a + b is (NaN where it is NaN).
@@ -41,6 +46,18 @@ __device__ __forceinline__ acc_t sigmoid_of(acc_t v)
 __device__ __forceinline__ acc_t gelu_tanh_argument(acc_t v)
 {
     return TWO_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v);
+}
+
+// PyTorch's clamp: NaN passes (every comparison with it is false), and so does -0.0 against a bound of 0
+__device__ __forceinline__ acc_t clamp_of(acc_t v, acc_t low, acc_t high)
+{
+    return v < low ? low : (v > high ? high : v);
+}
+
+// log(1 + exp(v)) = max(v, 0) + log1p(exp(-|v|)): no overflow, accurate (exp(v)) for very negative v
+__device__ __forceinline__ acc_t softplus_of(acc_t v)
+{
+    return (v > (acc_t)0 ? v : (acc_t)0) + REAL_LOG1P(REAL_EXP(v > (acc_t)0 ? -v : v));
 }
 
 // Each kernel walks its elements with for_each_element (common.cuh): `load` reads an element's inputs
@@ -192,6 +209,102 @@ gelu_tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL
         const acc_t x_slope = v * (s * ((acc_t)1 - s));
         const acc_t slope = s + TWO_SQRT_2_OVER_PI * (x_slope + (acc_t)3 * GELU_CUBIC * v * (v * x_slope));
         dx[i] = to_real(to_acc(in.v[1]) * slope);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardtanh_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t low, acc_t high)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        y[i] = to_real(clamp_of(to_acc(in.v[0]), low, high));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardtanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
+                  acc_t low, acc_t high)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        dx[i] = to_real(v <= low || v >= high ? (acc_t)0 : to_acc(in.v[1]));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardsigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        y[i] = to_real(clamp_of(to_acc(in.v[0]) + (acc_t)3, (acc_t)0, (acc_t)6) / (acc_t)6);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardsigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        dx[i] = to_real(v > (acc_t)-3 && v < (acc_t)3 ? to_acc(in.v[1]) / (acc_t)6 : (acc_t)0);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardswish_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v * clamp_of(v + (acc_t)3, (acc_t)0, (acc_t)6) / (acc_t)6);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardswish_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t g = to_acc(in.v[1]);
+        dx[i] = to_real(v <= (acc_t)-3 ? (acc_t)0 : (v < (acc_t)3 ? g * (v / (acc_t)3 + (acc_t)0.5) : g));
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+elu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t alpha)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v >= (acc_t)0 ? v : alpha * REAL_EXPM1(v));   // a zero keeps its sign, as in PyTorch
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+elu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
+             acc_t alpha)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t g = to_acc(in.v[1]);
+        dx[i] = to_real(v <= (acc_t)0 ? g * (alpha * REAL_EXP(v)) : g);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+mish_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v * REAL_TANH(softplus_of(v)));
+    });
+}
+
+// t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x)), sech^2(s) = 4e / (1 + e)^2 with e = exp(-2s)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+mish_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t softplus = softplus_of(v);
+        const acc_t e = REAL_EXP((acc_t)-2 * softplus);
+        const acc_t sech_squared = (acc_t)4 * e / (((acc_t)1 + e) * ((acc_t)1 + e));
+        dx[i] = to_real(to_acc(in.v[1]) * (REAL_TANH(softplus) + v * sigmoid_of(v) * sech_squared));
     });
 }
 

@@ -339,6 +339,65 @@ def gelu_backward(dy, x, approximate="none"):
     return _elementwise(lambda d, v: d * ((1 + math.erf(v / math.sqrt(2))) / 2 + v * _phi(v)), dy, x)
 
 
+# hardtanh, relu6, hardsigmoid, hardswish, elu and mish in PyTorch's formulas, branch by branch (its
+# gradients at the kinks: 0 at hardtanh's bounds and at hardsigmoid's +-3, hardswish's 0 at -3 and 1 at 3,
+# elu's alpha at 0)
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    return _elementwise(lambda v: min_val if v < min_val else max_val if v > max_val else v, x)
+
+
+def hardtanh_backward(dy, x, min_val=-1.0, max_val=1.0):
+    return _elementwise(lambda d, v: 0.0 if v <= min_val or v >= max_val else d, dy, x)
+
+
+def relu6(x):
+    return hardtanh(x, 0.0, 6.0)
+
+
+def relu6_backward(dy, x):
+    return hardtanh_backward(dy, x, 0.0, 6.0)
+
+
+def hardsigmoid(x):
+    return _elementwise(lambda v: 0.0 if v <= -3 else 1.0 if v >= 3 else v / 6 + 0.5, x)
+
+
+def hardsigmoid_backward(dy, x):
+    return _elementwise(lambda d, v: d / 6 if -3 < v < 3 else 0.0, dy, x)
+
+
+def hardswish(x):
+    return _elementwise(lambda v: 0.0 if v <= -3 else v if v >= 3 else v * (v + 3) / 6, x)
+
+
+def hardswish_backward(dy, x):
+    return _elementwise(lambda d, v: 0.0 if v <= -3 else d if v >= 3 else d * (2 * v + 3) / 6, dy, x)
+
+
+def elu(x, alpha=1.0):
+    return _elementwise(lambda v: v if v > 0 else alpha * math.expm1(v), x)
+
+
+def elu_backward(dy, x, alpha=1.0):
+    return _elementwise(lambda d, v: d if v > 0 else d * alpha * math.exp(v), dy, x)
+
+
+def _softplus(v):
+    return math.log1p(math.exp(v)) if v < 30 else v + math.log1p(math.exp(-v))
+
+
+def mish(x):
+    return _elementwise(lambda v: v * math.tanh(_softplus(v)), x)
+
+
+def mish_backward(dy, x):
+    def slope(v):
+        t = math.tanh(_softplus(v))
+        return t + v * _s(v) * (1 - t * t)
+    return _elementwise(lambda d, v: d * slope(v), dy, x)
+
+
 # --- linear: a = b + W h (seed 003) ---------------------------------------------------------------
 
 def linear(x, w, b=None):

@@ -131,7 +131,8 @@ def test_numpy_oracle_within_one_ulp_where_fp32_rounds():
     most one float16 ulp from the float64 result."""
     rng = np.random.default_rng(20)
     x, dy = normal(rng, (4, 3, 5, 5), 3.0), normal(rng, (4, 3, 5, 5))
-    for name, options in (("sigmoid", {}), ("tanh", {}), ("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"})):
+    for name, options in (("sigmoid", {}), ("tanh", {}), ("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}),
+                          ("hardsigmoid", {}), ("hardswish", {}), ("elu", {"alpha": 0.7}), ("mish", {})):
         what = f"{name} {options}"
         assert_rounded_once(getattr(F, name)(x, **options), getattr(F, name)(x.astype(F64), **options), 1, what)
         backward = getattr(F, f"{name}_backward")
@@ -277,7 +278,9 @@ def test_elementwise_kernels(settings):
     x.flat[:4] = [0, -0.0, np.inf, -np.inf]
     with emu.checking(guard=True, **settings):
         for name, options in (("relu", {}), ("leaky_relu", {}), ("sigmoid", {}), ("tanh", {}), ("silu", {}),
-                              ("gelu", {}), ("gelu", {"approximate": "tanh"})):
+                              ("gelu", {}), ("gelu", {"approximate": "tanh"}), ("hardtanh", {"max_val": 0.1}),
+                              ("relu6", {}), ("hardsigmoid", {}), ("hardswish", {}), ("elu", {"alpha": 0.7}),
+                              ("mish", {})):
             _compare(_on_both(getattr(F, name), x, **options), f"{name} {options}")
             _compare(_on_both(getattr(F, f"{name}_backward"), dy, x, **options), f"{name} {options} backward")
         _compare(_on_both(F.linear, x[2], normal(rng, (4, 17)), normal(rng, (4,))), "linear")

@@ -206,11 +206,15 @@ def test_avg_pool2d(case, divisor_override):
 
 @pytest.mark.parametrize("name, args, options", [("relu", (), {}), ("leaky_relu", (0.2,), {}), ("sigmoid", (), {}),
                                                  ("tanh", (), {}), ("silu", (), {}), ("gelu", (), {}),
-                                                 ("gelu", (), {"approximate": "tanh"})])
+                                                 ("gelu", (), {"approximate": "tanh"}), ("hardtanh", (), {}),
+                                                 ("hardtanh", (-0.5, 2.0), {}), ("relu6", (), {}),
+                                                 ("hardsigmoid", (), {}), ("hardswish", (), {}), ("elu", (), {}),
+                                                 ("elu", (0.4,), {}), ("mish", (), {})])
 def test_activation(name, args, options):
     rng = rng_for("act", name, *options.values())   # the key of the cases without options as before
     x = rng.standard_normal((2, 3, 4, 5)) * 3
     x[0, 0, 0, :2] = (40.0, -40.0)   # saturated ends
+    x[1, 0, :2, :3] = ((-3.0, 3.0, -1.0), (1.0, 0.0, 6.0))   # the kinks of hardtanh, relu6, hardsigmoid, hardswish
     dy = rng.standard_normal(x.shape)
     assert rel_ok(getattr(F, name)(x, *args, **options), getattr(ref, name)(x, *args, **options))
     assert rel_ok(getattr(F, name + "_backward")(dy, x, *args, **options),

@@ -14,6 +14,13 @@ def randn(*shape):
     return rng.standard_normal(shape)
 
 
+def away_from(kinks, x):
+    """x with every element at least 0.05 from each kink, where central differences would straddle it."""
+    for kink in kinks:
+        x = np.where(np.abs(x - kink) < 0.05, kink + np.copysign(0.05, x - kink), x)
+    return x
+
+
 CONV = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
 CONVT = dict(stride=2, padding=1, output_padding=(1, 0), dilation=(1, 2), groups=2)
 MAXP = dict(stride=(2, 1), padding=1, dilation=(1, 2), ceil_mode=True)
@@ -84,6 +91,14 @@ OPS = {
                             [rng.permutation(70).reshape(1, 2, 7, 5) * 0.1]),
     "dropout2d": (lambda x: F.dropout2d(x, 0.4, seed=5, step=2), lambda dy, x: F.dropout2d_backward(dy, 0.4, 5, 2),
                   [randn(3, 4, 2, 3)]),
+    # the piecewise activations on both sides of their kinks, away from them
+    "hardtanh": (lambda x: F.hardtanh(x, -0.5, 1.5), lambda dy, x: F.hardtanh_backward(dy, x, -0.5, 1.5),
+                 [away_from((-0.5, 1.5), randn(4, 5) * 2)]),
+    "relu6": (F.relu6, F.relu6_backward, [away_from((0.0, 6.0), randn(4, 5) * 4)]),
+    "hardsigmoid": (F.hardsigmoid, F.hardsigmoid_backward, [away_from((-3.0, 3.0), randn(4, 5) * 3)]),
+    "hardswish": (F.hardswish, F.hardswish_backward, [away_from((-3.0, 3.0), randn(4, 5) * 3)]),
+    "elu": (lambda x: F.elu(x, 0.7), lambda dy, x: F.elu_backward(dy, x, 0.7), [away_from((0.0,), randn(3, 4) * 3)]),
+    "mish": (F.mish, F.mish_backward, [randn(3, 4) * 3]),
 }
 
 

@@ -29,8 +29,10 @@ F.batch_norm(..., activation="relu") apply ReLU to the output, F.add_relu(a, b) 
 relu_backward(dy_a + dy_b, x) (that ReLU's gradient where it arrives as two summands), each one
 fused kernel on the GPU backends.
 """
-from .activation import (add_relu, gelu, gelu_backward, leaky_relu, leaky_relu_backward, relu, relu_backward,
-                         relu_backward_of_sum, sigmoid, sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
+from .activation import (add_relu, elu, elu_backward, gelu, gelu_backward, hardsigmoid, hardsigmoid_backward, hardswish,
+                         hardswish_backward, hardtanh, hardtanh_backward, leaky_relu, leaky_relu_backward, mish,
+                         mish_backward, relu, relu6, relu6_backward, relu_backward, relu_backward_of_sum, sigmoid,
+                         sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
 from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
                             adaptive_max_pool2d_backward)
 from .batch_norm import batch_norm, batch_norm_backward
@@ -47,18 +49,16 @@ from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, avg_pool1
                     conv1d_backward, conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
 from .upsample import interpolate, interpolate_backward
 
-__all__ = [
-    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward", "silu", "silu_backward", "gelu", "gelu_backward", "add_relu", "relu_backward_of_sum",
-    "linear", "linear_backward", "cross_entropy", "mse_loss",
-    "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward",
-    "dropout", "dropout_backward", "dropout2d", "dropout2d_backward",
-    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
-    "interpolate", "interpolate_backward",
-    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
-    "conv1d", "conv1d_backward", "conv_transpose1d", "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward",
-    "avg_pool1d", "avg_pool1d_backward", "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward",
-    "pad", "pad_backward",
-]
+__all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward", "leaky_relu",
+           "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "silu", "silu_backward",
+           "gelu", "gelu_backward", "hardtanh", "hardtanh_backward", "relu6", "relu6_backward", "hardsigmoid",
+           "hardsigmoid_backward", "hardswish", "hardswish_backward", "elu", "elu_backward", "mish", "mish_backward",
+           "add_relu", "relu_backward_of_sum", "linear", "linear_backward", "cross_entropy", "mse_loss", "batch_norm",
+           "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward", "dropout",
+           "dropout_backward", "dropout2d", "dropout2d_backward", "adaptive_avg_pool2d",
+           "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward", "interpolate",
+           "interpolate_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "conv1d",
+           "conv1d_backward", "conv_transpose1d", "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward",
+           "avg_pool1d", "avg_pool1d_backward", "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad",
+           "pad_backward"]

@@ -1,5 +1,6 @@
-"""Element-wise activations relu, leaky_relu, sigmoid, tanh, silu, gelu and their backward passes
-`<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at x == 0);
+"""Element-wise activations relu, leaky_relu, sigmoid, tanh, silu, gelu, hardtanh, relu6, hardsigmoid,
+hardswish, elu, mish and their backward passes `<name>_backward(dy, x, ...)`, which take the forward
+input x (PyTorch's conventions at the kinks: x == 0, hardtanh's bounds, hardswish's +-3);
 add_relu, relu(a + b) in one pass, and relu_backward_of_sum, relu_backward(dy_a + dy_b, x) in one."""
 from __future__ import annotations
 
@@ -56,6 +57,30 @@ def _gelu_tanh(x):
     return x * _sigmoid(_gelu_tanh_argument(x))
 
 
+@_INFINITIES_QUIET
+def _elu(x, alpha):
+    # expm1, as PyTorch: accurate near 0 (elu(-1e-20) = -1e-20), overflowing only where unused; x itself
+    # where x >= 0: a zero keeps its sign whatever alpha's, as in PyTorch
+    return np.where(x >= 0, x, alpha * np.expm1(x))
+
+
+@_INFINITIES_QUIET
+def _hardswish(x):
+    # PyTorch's order of operations; hardswish(-inf) = -inf * 0 = NaN as PyTorch's
+    return x * np.clip(x + 3, 0, 6) / 6
+
+
+def _softplus(x):
+    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+@_INFINITIES_QUIET
+def _mish(x):
+    # tanh(softplus(x)) is accurate in both tails (exp(x) for very negative x); mish(-inf) is NaN, as PyTorch's
+    return x * np.tanh(_softplus(x))
+
+
 def _leaky_factor(x, slope):
     """1 where x > 0, else slope (NaN: slope), exactly, without branching."""
     return np.take(np.array([slope, 1], dtype=x.dtype), (x > 0).view(np.int8))
@@ -86,6 +111,12 @@ _FORWARD = {
     "silu": lambda x, _: _silu(x),
     "gelu": lambda x, _: _gelu(x),
     "gelu_tanh": lambda x, _: _gelu_tanh(x),
+    # np.clip passes NaN and keeps -0.0 (relu6(-0.0) is -0.0), as PyTorch's clamp
+    "hardtanh": lambda x, bounds: np.clip(x, *bounds),
+    "hardsigmoid": lambda x, _: np.clip(x + 3, 0, 6) / 6,
+    "hardswish": lambda x, _: _hardswish(x),
+    "elu": _elu,
+    "mish": lambda x, _: _mish(x),
 }
 
 
@@ -124,6 +155,41 @@ def _gelu_tanh_grad(dy, x):
     return dy * (s + _TWO_SQRT_2_OVER_PI * (x_slope + 3 * _GELU_CUBIC * x * (x * x_slope)))
 
 
+def _hardtanh_grad(dy, x, bounds):
+    # PyTorch's rule: 0 at and beyond the bounds (also for an infinite or NaN dy), dy between them and where x is NaN
+    low, high = bounds
+    return zero_where(dy, np.less_equal(x, low) | np.greater_equal(x, high))
+
+
+def _hardsigmoid_grad(dy, x):
+    # PyTorch's rule: dy / 6 strictly between -3 and 3, else 0 (where x is NaN too)
+    return zero_where(dy / 6, ~(np.greater(x, -3) & np.less(x, 3)))
+
+
+@_INFINITIES_QUIET   # an infinite dy times a slope of 0, replaced by 0
+def _hardswish_grad(dy, x):
+    # PyTorch's rule: 0 where x <= -3, dy (x / 3 + 1/2) where x < 3, dy where x >= 3 or NaN: the left
+    # derivative at -3 and the right one at 3
+    above, below = ~np.less(x, 3), np.less_equal(x, -3)
+    slope = zero_where(x / 3 + 0.5, above | below) + above   # no overflowing dy * slope where x <= -3
+    return zero_where(dy * slope, below)   # 0 there also for an infinite or NaN dy
+
+
+@_INFINITIES_QUIET
+def _elu_grad(dy, x, alpha):
+    # PyTorch's rule: dy alpha exp(x) where x <= 0 (alpha at 0 and -0.0), dy where x > 0 or NaN
+    return dy * np.where(x <= 0, alpha * np.exp(np.minimum(x, 0)), 1)
+
+
+@_INFINITIES_QUIET
+def _mish_grad(dy, x):
+    # PyTorch's t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x)), with sech^2(s) = 4e / (1 + e)^2,
+    # e = exp(-2s), not 1 - t^2: no cancellation where t saturates; NaN at x = +-inf as PyTorch's (inf * 0)
+    softplus = _softplus(x)
+    e = np.exp(-2 * softplus)
+    return dy * (np.tanh(softplus) + x * _sigmoid(x) * (4 * e / ((1 + e) * (1 + e))))
+
+
 def _relu_grad(dy, x):
     # PyTorch's rule: 0 where x <= 0 (also for an infinite or NaN dy), dy elsewhere (also where x is NaN)
     return zero_where(dy, np.less_equal(x, 0))
@@ -137,6 +203,11 @@ _BACKWARD = {
     "silu": lambda dy, x, _: _silu_grad(dy, x),
     "gelu": lambda dy, x, _: _gelu_grad(dy, x),
     "gelu_tanh": lambda dy, x, _: _gelu_tanh_grad(dy, x),
+    "hardtanh": _hardtanh_grad,
+    "hardsigmoid": lambda dy, x, _: _hardsigmoid_grad(dy, x),
+    "hardswish": lambda dy, x, _: _hardswish_grad(dy, x),
+    "elu": _elu_grad,
+    "mish": lambda dy, x, _: _mish_grad(dy, x),
 }
 
 
@@ -277,3 +348,90 @@ def gelu(x, *, approximate="none", backend=None):
 def gelu_backward(dy, x, *, approximate="none", backend=None):
     """dy times the derivative of gelu(x, approximate)."""
     return _backward(gelu_form(approximate), dy, x, 0.0, backend)
+
+
+def hardtanh_bounds(min_val, max_val) -> tuple[float, float]:
+    """hardtanh's (min_val, max_val), checked as PyTorch does: real numbers, min_val <= max_val."""
+    bounds = _checks.real_number(min_val, "min_val"), _checks.real_number(max_val, "max_val")
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"min_val cannot be greater than max_val, got min_val={min_val}, max_val={max_val}")
+    return bounds
+
+
+@takes_float16(kernels=True)
+def hardtanh(x, min_val=-1.0, max_val=1.0, *, backend=None):
+    """x clamped to [min_val, max_val] (NaN and -0.0 pass, as in PyTorch)."""
+    return _forward("hardtanh", x, hardtanh_bounds(min_val, max_val), backend)
+
+
+@takes_float16(kernels=True)
+def hardtanh_backward(dy, x, min_val=-1.0, max_val=1.0, *, backend=None):
+    """dy where min_val < x < max_val or x is NaN, else 0 (0 at the bounds, as in PyTorch)."""
+    return _backward("hardtanh", dy, x, hardtanh_bounds(min_val, max_val), backend)
+
+
+# relu6 is PyTorch's hardtanh(x, 0, 6), and runs its kernels
+_RELU6_BOUNDS = (0.0, 6.0)
+
+
+@takes_float16(kernels=True)
+def relu6(x, *, backend=None):
+    """min(max(x, 0), 6): hardtanh(x, 0, 6), as in PyTorch (so relu6(-0.0) is -0.0)."""
+    return _forward("hardtanh", x, _RELU6_BOUNDS, backend)
+
+
+@takes_float16(kernels=True)
+def relu6_backward(dy, x, *, backend=None):
+    """dy where 0 < x < 6 or x is NaN, else 0 (0 at 0 and at 6, as in PyTorch)."""
+    return _backward("hardtanh", dy, x, _RELU6_BOUNDS, backend)
+
+
+@takes_float16(kernels=True)
+def hardsigmoid(x, *, backend=None):
+    """min(max(x + 3, 0), 6) / 6."""
+    return _forward("hardsigmoid", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def hardsigmoid_backward(dy, x, *, backend=None):
+    """dy / 6 where -3 < x < 3, else 0 (at +-3 and where x is NaN too, as in PyTorch). float64: the
+    exact dy / 6, where PyTorch's float64 kernel multiplies by the float32 constant 1/6."""
+    return _backward("hardsigmoid", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def hardswish(x, *, backend=None):
+    """x * min(max(x + 3, 0), 6) / 6 (NaN at x = -inf, as in PyTorch: -inf * 0)."""
+    return _forward("hardswish", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def hardswish_backward(dy, x, *, backend=None):
+    """0 where x <= -3, dy * (x / 3 + 1/2) where x < 3, dy elsewhere and where x is NaN (PyTorch's
+    values at the kinks: 0 at -3, dy at 3)."""
+    return _backward("hardswish", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def elu(x, alpha=1.0, *, backend=None):
+    """x where x > 0, else alpha * (exp(x) - 1), the latter by expm1 (accurate near 0)."""
+    return _forward("elu", x, _checks.real_number(alpha, "alpha"), backend)
+
+
+@takes_float16(kernels=True)
+def elu_backward(dy, x, alpha=1.0, *, backend=None):
+    """dy where x > 0 or x is NaN, else dy * alpha * exp(x) (alpha * dy at x == 0, as in PyTorch)."""
+    return _backward("elu", dy, x, _checks.real_number(alpha, "alpha"), backend)
+
+
+@takes_float16(kernels=True)
+def mish(x, *, backend=None):
+    """x * tanh(softplus(x)), softplus(x) = log(1 + exp(x)) computed without overflow."""
+    return _forward("mish", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def mish_backward(dy, x, *, backend=None):
+    """dy * (t + x * sigmoid(x) * (1 - t^2)) with t = tanh(softplus(x)), 1 - t^2 computed without
+    cancellation for large x."""
+    return _backward("mish", dy, x, 0.0, backend)

@@ -16,7 +16,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   pool.avg_forward(be, x, g) -> y
   pool.avg_backward(be, dy, g) -> dx
   elementwise.forward(be, name, x, param) -> y                    (name: one of elementwise.ACTIVATIONS)
-  elementwise.backward(be, name, dy, x, param) -> dx
+  elementwise.backward(be, name, dy, x, param) -> dx             (param: a number, hardtanh's a (min, max) pair)
   elementwise.bias_add(be, y, bias) -> y                          (in place: y[:, c, ...] += bias[c], NCHW or (rows, F))
   linear.forward(be, x, w, bias) -> y
   linear.backward(be, dy, x, w, bias: bool, input_grad=True) -> (dx or None, dw, db or None)

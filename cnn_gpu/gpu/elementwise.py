@@ -8,10 +8,13 @@ import numpy as np
 from .. import backend
 from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32
 
-# gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh"))
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh")
-# activations whose kernels take the parameter (the negative slope) as a trailing acc_t argument
-_WITH_PARAM = ("leaky_relu",)
+# gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh")); hardtanh also runs F.relu6
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "hardtanh", "hardsigmoid",
+               "hardswish", "elu", "mish")
+# activations whose kernels take parameters as trailing acc_t arguments: the negative slope, elu's alpha, and
+# hardtanh's (min_val, max_val), whose param is that pair
+_WITH_PARAM = ("leaky_relu", "elu")
+_WITH_PARAM_PAIR = ("hardtanh",)
 
 
 def _kernel(name: str, direction: str) -> str:
@@ -21,6 +24,8 @@ def _kernel(name: str, direction: str) -> str:
 
 
 def _param_args(name, dtype, param):
+    if name in _WITH_PARAM_PAIR:
+        return acc(dtype, *param)
     return acc(dtype, param) if name in _WITH_PARAM else ()
 
 
