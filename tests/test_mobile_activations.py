@@ -3,7 +3,8 @@ activations) with their backward passes: PyTorch 2.13 CPU at the kinks, +-inf, N
 in seeded sweeps, on every backend and dtype; the float64 oracle of elu and mish against 60-digit
 references in both tails; float16 against PyTorch's CPU half; the kernels on the emulator under guard zones
 and the race check; empty and 0-d inputs; bad arguments refused before any launch. Direct-loop references:
-test_functional_reference.py; finite differences: test_gradcheck_ops.py."""
+test_functional_reference.py; finite differences: test_gradcheck_ops.py; the layers: test_nn.py and, in the
+benchmark's models, here."""
 from __future__ import annotations
 
 import decimal
@@ -259,3 +260,26 @@ def test_bad_arguments_are_refused_before_any_launch(call, error, message, monke
         with pytest.raises(error, match=message):
             call(np.ones((2, 3)), be)
 
+
+def test_benchmark_models_know_the_layers():
+    """A model with the six layers gets its shapes, its launches (kernels elementwise.cu holds; ReLU6
+    runs hardtanh's) and a PyTorch mirror that computes what it does."""
+    from cnn_gpu import nn
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.Hardtanh(-0.5, 2.0), nn.ReLU6(), nn.Hardsigmoid(),
+                          nn.Hardswish(), nn.ELU(0.4), nn.Mish())
+    x = np.random.default_rng(9).standard_normal((2, 2, 7, 6)) * 4
+    shapes = [(type(leaf).__name__, shape_in, shape_out)
+              for leaf, shape_in, shape_out, _ in leaf_layers(model, x.shape)]
+    assert shapes == [("Conv2d", (2, 2, 7, 6), (2, 3, 5, 4))] + [(type(layer).__name__, (2, 3, 5, 4), (2, 3, 5, 4))
+                                                                for layer in model[1:]]
+    source = backend.kernel_source("elementwise")
+    kernels = [kernel for layer in model[1:] for kernel, _ in _layer_passes(layer, 1, 1, 8)]
+    assert kernels == [f"{name}_{direction}" for name in ("hardtanh", "hardtanh", "hardsigmoid", "hardswish", "elu",
+                                                           "mish") for direction in ("forward", "backward")]
+    assert all(f"\n{kernel}(" in source for kernel in kernels)
+    mirror = torch_mirror(model, torch)
+    assert [type(m).__name__ for m in mirror] == [type(m).__name__ for m in model]
+    with torch.no_grad():
+        np.testing.assert_allclose(mirror(torch.tensor(x)).numpy(), model(x), rtol=1e-12)

@@ -819,6 +819,16 @@ def test_batch_norm_state_without_num_batches_tracked_loads_keeping_the_count(rn
     (lambda: nn.ReLU(inplace=True), ValueError, "inplace ReLU is not supported"),
     (lambda: nn.LeakyReLU(0.1, True), ValueError, "inplace LeakyReLU is not supported"),
     (lambda: nn.SiLU(inplace=True), ValueError, "inplace SiLU is not supported"),
+    (lambda: nn.Hardtanh(inplace=True), ValueError, "inplace Hardtanh is not supported"),
+    (lambda: nn.ReLU6(True), ValueError, "inplace ReLU6 is not supported"),
+    (lambda: nn.Hardsigmoid(inplace=True), ValueError, "inplace Hardsigmoid is not supported"),
+    (lambda: nn.Hardswish(True), ValueError, "inplace Hardswish is not supported"),
+    (lambda: nn.ELU(0.5, True), ValueError, "inplace ELU is not supported"),
+    (lambda: nn.Mish(inplace=True), ValueError, "inplace Mish is not supported"),
+    (lambda: nn.Hardtanh(2.0, 1.0), ValueError, r"max_val \(1.0\) must be greater than min_val \(2.0\)"),
+    (lambda: nn.Hardtanh(1.0, 1.0), ValueError, r"max_val \(1.0\) must be greater than min_val \(1.0\)"),
+    (lambda: nn.Hardtanh("a"), TypeError, "min_val must be a real number"),
+    (lambda: nn.ELU(float("nan")), ValueError, "alpha must be finite"),
     (lambda: nn.GELU("erf"), ValueError, "approximate must be 'none' or 'tanh', got 'erf'"),
     (lambda: nn.GELU(approximate=None), TypeError, "approximate must be a str"),
     (lambda: nn.Dropout(0.5, True), ValueError, "inplace dropout is not supported"),
@@ -836,13 +846,28 @@ def test_activation_layers_take_pytorchs_inplace_false():
     np.testing.assert_array_equal(nn.SiLU(inplace=False)(x), F.silu(x))
 
 
+MOBILE_ACTIVATION_LAYERS = [
+    (lambda: nn.Hardtanh(), lambda t: t.Hardtanh(), "hardtanh", {}),
+    (lambda: nn.Hardtanh(-2.5, 0.5, False), lambda t: t.Hardtanh(-2.5, 0.5, False), "hardtanh",
+     {"min_val": -2.5, "max_val": 0.5}),
+    (lambda: nn.ReLU6(inplace=False), lambda t: t.ReLU6(inplace=False), "relu6", {}),
+    (lambda: nn.Hardsigmoid(inplace=False), lambda t: t.Hardsigmoid(inplace=False), "hardsigmoid", {}),
+    (lambda: nn.Hardswish(), lambda t: t.Hardswish(), "hardswish", {}),
+    (lambda: nn.ELU(), lambda t: t.ELU(), "elu", {}),
+    (lambda: nn.ELU(0.3, inplace=False), lambda t: t.ELU(0.3, inplace=False), "elu", {"alpha": 0.3}),
+    (lambda: nn.Mish(), lambda t: t.Mish(), "mish", {}),
+]
+
+
 @pytest.mark.parametrize("be", ["numpy", "emu"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("make, name, options", [(nn.SiLU, "silu", {}), (nn.GELU, "gelu", {}),
-                                                 (lambda: nn.GELU("tanh"), "gelu", {"approximate": "tanh"})])
-def test_smooth_activation_layers_run_their_functional_ops(make, name, options, dtype, be):
-    """nn.SiLU and nn.GELU on each backend and dtype: forward and backward are F.silu / F.gelu (with
-    the layer's approximate) of the input the forward saw, which stays unchanged."""
+                                                 (lambda: nn.GELU("tanh"), "gelu", {"approximate": "tanh"})] + [
+    (make, name, options) for make, _, name, options in MOBILE_ACTIVATION_LAYERS])
+def test_activation_layers_run_their_functional_ops(make, name, options, dtype, be):
+    """nn.SiLU, nn.GELU and the MobileNet activations on each backend and dtype: forward and backward
+    are their functional op (with the layer's arguments) of the input the forward saw, which stays
+    unchanged."""
     layer = make().to(be)
     rng = np.random.default_rng(4)
     x, dy = (rng.standard_normal((2, 3, 5)).astype(dtype) * 3 for _ in range(2))
@@ -857,8 +882,35 @@ def test_smooth_activation_layers_run_their_functional_ops(make, name, options, 
 def test_activation_reprs_are_torchs():
     torch = pytest.importorskip("torch", reason="torch is not installed")
     for ours, theirs in ((nn.SiLU(), torch.nn.SiLU()), (nn.GELU(), torch.nn.GELU()),
-                         (nn.GELU("tanh"), torch.nn.GELU(approximate="tanh"))):
+                         (nn.GELU("tanh"), torch.nn.GELU(approximate="tanh")),
+                         (nn.Hardtanh(), torch.nn.Hardtanh()), (nn.Hardtanh(-2.5, 0.5), torch.nn.Hardtanh(-2.5, 0.5)),
+                         (nn.ReLU6(), torch.nn.ReLU6()), (nn.Hardsigmoid(), torch.nn.Hardsigmoid()),
+                         (nn.Hardswish(), torch.nn.Hardswish()), (nn.ELU(), torch.nn.ELU()),
+                         (nn.ELU(0.5), torch.nn.ELU(0.5)), (nn.Mish(), torch.nn.Mish())):
         assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("make, make_torch, name, options", MOBILE_ACTIVATION_LAYERS)
+def test_mobile_activation_layers_match_torchs(make, make_torch, name, options, rng):
+    """nn.Hardtanh, ReLU6, Hardsigmoid, Hardswish, ELU and Mish (PyTorch's arguments, inplace=False
+    included) against PyTorch's layers on inputs wide enough to pass every kink, some exactly at one;
+    hardsigmoid's gradient to 1e-7, PyTorch multiplying by the float32 constant 1/6 in float64."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    x = _randn(rng, 4, 3, 5) * 4
+    x.flat[:6] = (-3.0, 3.0, -1.0, 1.0, 0.0, 6.0)
+    _compare_with_torch(make(), make_torch(torch.nn), x, rng, rtol=1e-7 if name == "hardsigmoid" else 1e-11)
+
+
+def test_hardtanh_takes_pytorchs_deprecated_min_value_and_max_value():
+    """PyTorch's deprecated keywords replace min_val / max_val, each with its FutureWarning; ReLU6 is a
+    Hardtanh, as in PyTorch."""
+    with pytest.warns(FutureWarning, match="`min_value` is deprecated and renamed to `min_val`"):
+        layer = nn.Hardtanh(min_value=-0.5)
+    assert (layer.min_val, layer.max_val) == (-0.5, 1.0)
+    with pytest.warns(FutureWarning, match="`max_value` is deprecated and renamed to `max_val`"):
+        assert nn.Hardtanh(max_value=2.0).max_val == 2.0
+    assert isinstance(nn.ReLU6(), nn.Hardtanh) and (nn.ReLU6().min_val, nn.ReLU6().max_val) == (0.0, 6.0)
 
 
 def test_backward_before_forward():

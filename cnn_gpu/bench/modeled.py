@@ -154,7 +154,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     from .. import nn
     from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
-    from .training import ResidualLeaf, WithReLU
+    from .training import ResidualLeaf, activation_layers, WithReLU
     if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
         passes = [("add_relu_forward", 3 * y * item) if layer.relu else (CUPY_ELEMENTWISE, 3 * y * item)]
         if layer.adds_handed_on:   # the ReLU's gradient from the output, of the two summands handed on
@@ -166,11 +166,12 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         return passes
     if isinstance(layer, WithReLU):
         return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the ReLU
-    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU)):
-        # a GELU's kernels by its form: gelu_forward or gelu_tanh_forward, ...
+    if isinstance(layer, activation_layers()):
+        # a GELU's kernels by its form: gelu_forward or gelu_tanh_forward, ...; ReLU6 runs hardtanh's
         name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else {
             nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-            nn.SiLU: "silu"}[type(layer)]
+            nn.SiLU: "silu", nn.Hardtanh: "hardtanh", nn.ReLU6: "hardtanh", nn.Hardsigmoid: "hardsigmoid",
+            nn.Hardswish: "hardswish", nn.ELU: "elu", nn.Mish: "mish"}[type(layer)]
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
         return _batch_norm_passes(x, item)

@@ -61,6 +61,14 @@ def _signal_leaf(module, shape):
     return g, (g.N, g.C, g.W)
 
 
+def activation_layers() -> tuple:
+    """The element-wise activation layers (ReLU6 is a Hardtanh): one forward and one backward launch, input
+    and output of one shape."""
+    from .. import nn
+    return (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
+            nn.ELU, nn.Mish)
+
+
 def leaf_layers(model, input_shape):
     """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
     of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut,
@@ -130,8 +138,8 @@ def leaf_layers(model, input_shape):
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
             out = (*shape[:start], int(np.prod(shape[start:end + 1])), *shape[end + 1:])
-        elif not isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Dropout,
-                                     nn.layers._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+        elif not isinstance(module, (*activation_layers(), nn.Dropout, nn.layers._BatchNorm, nn.GroupNorm,
+                                     nn.LayerNorm)):
             raise ValueError(f"no shape rule for layer {type(module).__name__}")
         leaves.append((module, shape, out, g))
         return out
@@ -195,6 +203,12 @@ def torch_mirror(model, torch):
             return tnn.LeakyReLU(m.negative_slope)
         if isinstance(m, nn.GELU):
             return tnn.GELU(m.approximate)
+        if isinstance(m, nn.ReLU6):   # before Hardtanh, its base class (as in PyTorch)
+            return tnn.ReLU6()
+        if isinstance(m, nn.Hardtanh):
+            return tnn.Hardtanh(m.min_val, m.max_val)
+        if isinstance(m, nn.ELU):
+            return tnn.ELU(m.alpha)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return tnn.AdaptiveAvgPool2d(m.output_size)
         if isinstance(m, nn.AdaptiveMaxPool2d):
@@ -224,7 +238,8 @@ def torch_mirror(model, torch):
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-        for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh), (nn.SiLU, tnn.SiLU)):
+        for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh), (nn.SiLU, tnn.SiLU),
+                             (nn.Hardsigmoid, tnn.Hardsigmoid), (nn.Hardswish, tnn.Hardswish), (nn.Mish, tnn.Mish)):
             if isinstance(m, ours):
                 return theirs()
         raise TypeError(f"no PyTorch counterpart for layer {type(m).__name__}")

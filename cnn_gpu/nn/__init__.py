@@ -12,16 +12,18 @@
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, CircularPad2d,
-                     ConstantPad2d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten, GroupNorm, Identity,
-                     LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReflectionPad2d, ReLU, ReplicationPad2d, SiLU,
-                     Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d)
+                     ConstantPad2d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten, GroupNorm, Hardsigmoid,
+                     Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish,
+                     ReflectionPad2d, ReLU, ReLU6, ReplicationPad2d, SiLU, Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d,
+                     ELU)
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 
 __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict",
-           "GELU", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
-           "ConvTranspose2d", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Identity", "LayerNorm", "LeakyReLU",
-           "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "ZeroPad2d",
-           "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d", "CircularPad2d", "CrossEntropyLoss", "MSELoss",
-           "Conv1d", "ConvTranspose1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d"]
+           "ELU", "GELU", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
+           "Conv2d", "ConvTranspose2d", "Dropout", "Dropout2d", "Flatten", "GroupNorm", "Hardsigmoid", "Hardswish",
+           "Hardtanh", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "Mish", "ReLU",
+           "ReLU6", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d",
+           "ReplicationPad2d", "CircularPad2d", "CrossEntropyLoss", "MSELoss", "Conv1d", "ConvTranspose1d",
+           "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d"]
 from .layers_1d import AdaptiveAvgPool1d, AvgPool1d, Conv1d, ConvTranspose1d, MaxPool1d

@@ -326,20 +326,94 @@ class GELU(_Activation):
         return f"approximate={self.approximate!r}"
 
 
-class LeakyReLU(_Activation):
-    _forward = staticmethod(F.leaky_relu)
-    _backward = staticmethod(F.leaky_relu_backward)
+class _ActivationWithParameter(_Activation):
+    """An activation whose PyTorch layer takes (<_parameter>, inplace=False), one real number, kept
+    as the attribute of that name and passed to F.<name> by it."""
+    _parameter: str
 
-    def __init__(self, negative_slope=0.01, inplace=False):
+    def __init__(self, value, inplace):
         super().__init__()
-        self.negative_slope = real_number(negative_slope, "negative_slope")
-        _refuse_inplace(inplace, "LeakyReLU")
+        setattr(self, self._parameter, real_number(value, self._parameter))
+        _refuse_inplace(inplace, type(self).__name__)
 
     def _options(self, x):
-        return {"negative_slope": self.negative_slope}
+        return {self._parameter: getattr(self, self._parameter)}
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
+        return f"{self._parameter}={getattr(self, self._parameter)}"
+
+
+class LeakyReLU(_ActivationWithParameter):
+    _forward = staticmethod(F.leaky_relu)
+    _backward = staticmethod(F.leaky_relu_backward)
+    _parameter = "negative_slope"
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__(negative_slope, inplace)
+
+
+class Hardtanh(_Activation):
+    """PyTorch's Hardtanh(min_val=-1.0, max_val=1.0, inplace=False, min_value=None, max_value=None): the
+    deprecated min_value and max_value replace min_val and max_val with PyTorch's FutureWarning; bounds
+    with max_val <= min_val are refused when built (ValueError, PyTorch's message; PyTorch raises
+    AssertionError)."""
+    _forward = staticmethod(F.hardtanh)
+    _backward = staticmethod(F.hardtanh_backward)
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False, min_value=None, max_value=None):
+        super().__init__()
+        if min_value is not None:
+            warnings.warn("keyword argument `min_value` is deprecated and renamed to `min_val`", FutureWarning,
+                          stacklevel=2)
+            min_val = min_value
+        if max_value is not None:
+            warnings.warn("keyword argument `max_value` is deprecated and renamed to `max_val`", FutureWarning,
+                          stacklevel=2)
+            max_val = max_value
+        self.min_val, self.max_val = real_number(min_val, "min_val"), real_number(max_val, "max_val")
+        if self.max_val <= self.min_val:   # stricter than F.hardtanh, as in PyTorch
+            raise ValueError(f"max_val ({self.max_val}) must be greater than min_val ({self.min_val})")
+        _refuse_inplace(inplace, type(self).__name__)
+
+    def _options(self, x):
+        return {"min_val": self.min_val, "max_val": self.max_val}
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    """PyTorch's ReLU6(inplace=False): Hardtanh(0.0, 6.0), as PyTorch's subclass."""
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
+
+    def extra_repr(self):
+        return ""
+
+
+class Hardsigmoid(_ActivationWithInplace):
+    _forward = staticmethod(F.hardsigmoid)
+    _backward = staticmethod(F.hardsigmoid_backward)
+
+
+class Hardswish(_ActivationWithInplace):
+    _forward = staticmethod(F.hardswish)
+    _backward = staticmethod(F.hardswish_backward)
+
+
+class ELU(_ActivationWithParameter):
+    _forward = staticmethod(F.elu)
+    _backward = staticmethod(F.elu_backward)
+    _parameter = "alpha"
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__(alpha, inplace)
+
+
+class Mish(_ActivationWithInplace):
+    _forward = staticmethod(F.mish)
+    _backward = staticmethod(F.mish_backward)
 
 
 class _Softmax(_Activation):
