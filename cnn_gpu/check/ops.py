@@ -240,6 +240,22 @@ def _activation_inputs(cfg, rng):
     return dict(x=_away_from_zero(rng, cfg["shape"]), dy=rng.standard_normal(cfg["shape"]))
 
 
+# the kinks of the piecewise activations (hardtanh at its default bounds; relu6 is hardtanh(x, 0, 6))
+PIECEWISE_KINKS = {"hardtanh": (-1.0, 1.0), "relu6": (0.0, 6.0), "hardsigmoid": (-3.0, 3.0), "hardswish": (-3.0, 3.0),
+                   "elu": (0.0,)}
+
+
+def _piecewise_activation_inputs(name):
+    def inputs(cfg, rng):
+        """Normal values 3 times wider than _activation_inputs' (some beyond every kink), none within
+        0.05 of a kink, where finite differences would straddle it."""
+        x = rng.standard_normal(cfg["shape"]) * 3
+        for kink in PIECEWISE_KINKS[name]:
+            x = np.where(np.abs(x - kink) < 0.05, kink + np.where(x < kink, -0.05, 0.05), x)
+        return dict(x=x, dy=rng.standard_normal(cfg["shape"]))
+    return inputs
+
+
 def _activation_call(name, cfg):
     """The functional op of the activation check `name` and its options (gelu_tanh: gelu's tanh form)."""
     if name == "leaky_relu":
@@ -714,7 +730,10 @@ OPS = {op.name: op for op in (
             {"x": "dx"}, large_configs=POOL_LARGE),
     *(OpCheck(name, _shape_config, (), _activation_inputs, _activation_run(name), "y", "dy", {"x": "dx"},
               large_configs=ACTIVATION_LARGE)
-      for name in ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh")),
+      for name in ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "mish")),
+    *(OpCheck(name, _shape_config, (), _piecewise_activation_inputs(name), _activation_run(name), "y", "dy",
+              {"x": "dx"}, large_configs=ACTIVATION_LARGE)
+      for name in PIECEWISE_KINKS),
     OpCheck("linear", _linear_config, (), _linear_inputs, _linear_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=LINEAR_LARGE),
     OpCheck("cross_entropy", _loss_config, (), _cross_entropy_inputs, _cross_entropy_run, "loss", None,
