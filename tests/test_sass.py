@@ -296,13 +296,25 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
     size = np.dtype(dtype).itemsize
     for family, kernel, inputs in (("elementwise", "add_relu_forward", 2), ("elementwise", "relu_backward", 2),
                                    ("elementwise", "relu_backward_of_sum", 3), ("elementwise", "relu_forward", 1),
+                                   ("elementwise", "hardtanh_forward", 1), ("elementwise", "hardtanh_backward", 2),
+                                   ("elementwise", "hardsigmoid_forward", 1),
+                                   ("elementwise", "hardsigmoid_backward", 2),
+                                   ("elementwise", "hardswish_forward", 1), ("elementwise", "hardswish_backward", 2),
+                                   ("elementwise", "elu_forward", 1), ("elementwise", "elu_backward", 2),
+                                   ("elementwise", "mish_forward", 1), ("elementwise", "mish_backward", 2),
                                    ("loss", "mse_rows", 2)):
         _, path = loops.hot_loop(functions[family][kernel], lambda p: 0)
         first_store = next(i for i, ins in enumerate(path) if ins.base == "STG")
         loads = [ins for ins in path if ins.base == "LDG"]
         assert len(loads) == ELEMENTS_PER_THREAD * inputs, (kernel, [ins.opcode for ins in loads])
         assert all(ins.base != "LDG" for ins in path[first_store:]), (kernel, "a load after a store")
-        assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget((inputs + 1) * size), (kernel, len(path))
+        if kernel not in TRANSCENDENTAL_MAPS:
+            assert len(path) / ELEMENTS_PER_THREAD <= _streaming_budget((inputs + 1) * size), (kernel, len(path))
+
+
+# maps whose exp, expm1, log1p and tanh take more instructions an element than the streaming budget
+# (sm_90: elu_forward ~43, mish_backward ~130): their load order is checked, not the budget
+TRANSCENDENTAL_MAPS = ("elu_forward", "elu_backward", "mish_forward", "mish_backward")
 
 
 @_needs_tools("sm_90")
