@@ -14,7 +14,7 @@ import pytest
 
 from cnn_gpu import backend, emu
 from cnn_gpu import functional as F
-from helpers import assert_close
+from helpers import assert_close, to_host
 
 torch = pytest.importorskip("torch", reason="torch is not installed (make torch)")
 TF = torch.nn.functional
@@ -22,7 +22,9 @@ TF = torch.nn.functional
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
-BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
+BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu),
+            pytest.param("cuda", marks=pytest.mark.skipif("cuda" not in backend.available_backends(),
+                                                          reason=f"cuda unavailable: {backend.why_unavailable('cuda')}"))]
 DTYPES = [np.float64, np.float32, np.float16]
 
 # case: (our op, its options, PyTorch's function, the kinks of its gradient)
@@ -44,8 +46,12 @@ RTOL = {np.float64: 1e-12, np.float32: 1e-6, np.float16: 1e-3}
 
 
 def ours(case, x, dy, be):
+    """Our y and dx as NumPy arrays (cuda: computed on CuPy copies)."""
     op, options, _, _ = CASES[case]
-    return (getattr(F, op)(x, **options, backend=be), getattr(F, op + "_backward")(dy, x, **options, backend=be))
+    if be == "cuda":
+        x, dy = backend.array_module(be).asarray(x), backend.array_module(be).asarray(dy)
+    return (to_host(getattr(F, op)(x, **options, backend=be)),
+            to_host(getattr(F, op + "_backward")(dy, x, **options, backend=be)))
 
 
 def _torch_run(case, x, dy):
@@ -109,7 +115,7 @@ def test_matches_pytorch_at_kinks_infinities_nan_and_in_a_sweep(case, dtype, be)
     y, dx = ours(case, x, dy, be)
     y_torch, dx_torch = theirs(case, x, dy)
     # the float32 kernels flush subnormal results to zero (-ftz=true)
-    flushed = np.finfo(dtype).tiny if be == "emu" and dtype == np.float32 else 0.0
+    flushed = np.finfo(dtype).tiny if be != "numpy" and dtype == np.float32 else 0.0
     assert_like_torch(y, y_torch, RTOL[dtype], f"{case} forward", atol=flushed)
     if case == "hardsigmoid" and dtype == np.float64:
         assert_like_torch(dx, dx_torch, 1e-7, f"{case} backward (PyTorch's float32 1/6)")
