@@ -22,9 +22,9 @@ TF = torch.nn.functional
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
-BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu),
-            pytest.param("cuda", marks=pytest.mark.skipif("cuda" not in backend.available_backends(),
-                                                          reason=f"cuda unavailable: {backend.why_unavailable('cuda')}"))]
+needs_cuda = pytest.mark.skipif("cuda" not in backend.available_backends(),
+                                reason=f"cuda backend unavailable: {backend.why_unavailable('cuda')}")
+BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu), pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [np.float64, np.float32, np.float16]
 
 # case: (our op, its options, PyTorch's function, the kinks of its gradient)
