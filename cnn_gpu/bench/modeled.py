@@ -154,7 +154,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     from .. import nn
     from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
-    from .training import ResidualLeaf, activation_layers, WithReLU
+    from .training import ResidualLeaf, WithReLU, activation_layers
     if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
         passes = [("add_relu_forward", 3 * y * item) if layer.relu else (CUPY_ELEMENTWISE, 3 * y * item)]
         if layer.adds_handed_on:   # the ReLU's gradient from the output, of the two summands handed on
