@@ -12,8 +12,8 @@
 // hardtanh (also F.relu6: hardtanh(x, 0, 6)), hardsigmoid, hardswish, elu and mish with PyTorch's rules:
 // clamps pass NaN and keep -0.0; the gradients at the kinks are hardtanh's 0 at both bounds,
 // hardsigmoid's 0 at +-3 (and where x is NaN), hardswish's 0 at -3 and dy at 3, elu's alpha dy at 0;
-// elu by expm1 and mish's softplus as max(x, 0) + log1p(exp(-|x|)), both accurate near 0 and free of
-// overflow, and mish's gradient with sech^2 = 4e / (1 + e)^2 rather than 1 - tanh^2 (no cancellation).
+// elu by expm1 (accurate near 0), and mish's tanh(softplus(x)) and 1 - tanh^2 from exp(-|x|) alone in
+// sums of positive terms (mish_terms: no overflow, no cancellation).
 // add_relu_forward: relu(a + b) in one pass, a residual block's output plus its shortcut and the
 // ReLU after them (nn.Residual, where nn.Sequential fuses the ReLU); its gradient is relu_backward
 // given the output, which is > 0 exactly where a + b is (NaN where it is NaN).
@@ -54,10 +54,22 @@ __device__ __forceinline__ acc_t clamp_of(acc_t v, acc_t low, acc_t high)
     return v < low ? low : (v > high ? high : v);
 }
 
-// log(1 + exp(v)) = max(v, 0) + log1p(exp(-|v|)): no overflow, accurate (exp(v)) for very negative v
-__device__ __forceinline__ acc_t softplus_of(acc_t v)
+// mish's t = tanh(softplus(v)) and 1 - t^2 from e = exp(-|v|) alone (cnn_gpu.functional.activation's
+// _mish_terms): sums of positive terms, so no cancellation or overflow; t = n / d with n = e (e + 2),
+// d = n + 2 for v < 0, n = 1 + 2e, d = n + 2e^2 for v >= 0, and 1 - t^2 = 4 (n + 1) / d^2 or 4 (e (1 + e))^2 / d^2
+struct MishTerms {
+    acc_t t, sech_squared;
+};
+
+__device__ __forceinline__ MishTerms mish_terms(acc_t v)
 {
-    return (v > (acc_t)0 ? v : (acc_t)0) + REAL_LOG1P(REAL_EXP(v > (acc_t)0 ? -v : v));
+    const acc_t e = REAL_EXP(v < (acc_t)0 ? v : -v);
+    const bool negative = v < (acc_t)0;
+    const acc_t numerator = negative ? e * (e + (acc_t)2) : (acc_t)1 + (acc_t)2 * e;
+    const acc_t denominator = negative ? numerator + (acc_t)2 : numerator + (acc_t)2 * e * e;
+    const acc_t e_one_plus_e = e * ((acc_t)1 + e);
+    const acc_t four_times = negative ? (acc_t)4 * (numerator + (acc_t)1) : (acc_t)4 * e_one_plus_e * e_one_plus_e;
+    return {numerator / denominator, four_times / (denominator * denominator)};
 }
 
 // Each kernel walks its elements with for_each_element (common.cuh): `load` reads an element's inputs
@@ -291,20 +303,18 @@ mish_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
         const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v * REAL_TANH(softplus_of(v)));
+        y[i] = to_real(v * mish_terms(v).t);
     });
 }
 
-// t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x)), sech^2(s) = 4e / (1 + e)^2 with e = exp(-2s)
+// t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 mish_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
         const acc_t v = to_acc(in.v[0]);
-        const acc_t softplus = softplus_of(v);
-        const acc_t e = REAL_EXP((acc_t)-2 * softplus);
-        const acc_t sech_squared = (acc_t)4 * e / (((acc_t)1 + e) * ((acc_t)1 + e));
-        dx[i] = to_real(to_acc(in.v[1]) * (REAL_TANH(softplus) + v * sigmoid_of(v) * sech_squared));
+        const MishTerms terms = mish_terms(v);
+        dx[i] = to_real(to_acc(in.v[1]) * (terms.t + v * sigmoid_of(v) * terms.sech_squared));
     });
 }
 

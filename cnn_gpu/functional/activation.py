@@ -70,15 +70,23 @@ def _hardswish(x):
     return x * np.clip(x + 3, 0, 6) / 6
 
 
-def _softplus(x):
-    """log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|))."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+def _mish_terms(x):
+    """(t, 1 - t^2) with t = tanh(softplus(x)), from e = exp(-|x|) alone, in sums of positive terms (no
+    cancellation, no overflow): with w = exp(softplus(x)) = 1 + exp(x), t = (w^2 - 1) / (w^2 + 1) is
+    n / (n + 2), n = e (e + 2), for x < 0 and (1 + 2e) / (1 + 2e + 2e^2) for x >= 0, and 1 - t^2 is
+    4 (n + 1) / (n + 2)^2, or 4 e^2 (1 + e)^2 / (1 + 2e + 2e^2)^2."""
+    e = np.exp(-np.abs(x))
+    negative = x < 0
+    numerator = np.where(negative, e * (e + 2), 1 + 2 * e)
+    denominator = np.where(negative, numerator + 2, numerator + 2 * e * e)
+    sech_squared = np.where(negative, 4 * (numerator + 1), 4 * (e * (1 + e)) ** 2) / (denominator * denominator)
+    return numerator / denominator, sech_squared
 
 
 @_INFINITIES_QUIET
 def _mish(x):
-    # tanh(softplus(x)) is accurate in both tails (exp(x) for very negative x); mish(-inf) is NaN, as PyTorch's
-    return x * np.tanh(_softplus(x))
+    # x tanh(softplus(x)), accurate in both tails (x exp(x) for very negative x); mish(-inf) is NaN, as PyTorch's
+    return x * _mish_terms(x)[0]
 
 
 def _leaky_factor(x, slope):
@@ -183,11 +191,10 @@ def _elu_grad(dy, x, alpha):
 
 @_INFINITIES_QUIET
 def _mish_grad(dy, x):
-    # PyTorch's t + x sigmoid(x) sech^2(softplus(x)), t = tanh(softplus(x)), with sech^2(s) = 4e / (1 + e)^2,
-    # e = exp(-2s), not 1 - t^2: no cancellation where t saturates; NaN at x = +-inf as PyTorch's (inf * 0)
-    softplus = _softplus(x)
-    e = np.exp(-2 * softplus)
-    return dy * (np.tanh(softplus) + x * _sigmoid(x) * (4 * e / ((1 + e) * (1 + e))))
+    # PyTorch's t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x)), 1 - t^2 without cancellation where t
+    # saturates; NaN at x = +-inf as PyTorch's (inf * 0)
+    t, sech_squared = _mish_terms(x)
+    return dy * (t + x * _sigmoid(x) * sech_squared)
 
 
 def _relu_grad(dy, x):
