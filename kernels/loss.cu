@@ -1,4 +1,6 @@
-// Losses: softmax cross entropy and mean squared error, value and gradient in one pass.
+// Losses: softmax cross entropy, negative log likelihood, and the element-wise losses (squared
+// error, L1, smooth L1, Huber, binary cross entropy on probabilities and on logits), value and
+// gradient in one pass.
 //
 // Not a GEMM.
 //  * Cross entropy, PyTorch's F.cross_entropy with every option. Logits (N, C, d1..dk) hold one
@@ -29,12 +31,24 @@
 //      divisor, which stays on the device for grad_divisor.
 //    The per-row losses are summed in fixed order by reduce.cu, so the loss is bit-identical run
 //    to run.
+//  * nll_rows: negative log likelihood of log-probabilities laid out as the logits above, one
+//    thread a row (position): the row's loss -w[label] * x[label] (0 when ignored, NaN for an index
+//    out of range) and its one gradient element -w[label] / grad_divisor (PyTorch's w * (-1 /
+//    divisor)) written into a zeroed dinput; the mean's divisor comes from
+//    cross_entropy_target_weights as the cross entropy's.
 //  * mse_rows: 4 elements a thread (for_each_element): dpred = (pred - target) * grad_scale, and the
 //    squared error into a workspace that reduce.cu sums in fixed order (or that is the loss itself
 //    for reduction="none").
+//  * regression_loss_rows: the same walk for L1 (`kind` 0), smooth L1 (1, `beta` > 0) and Huber (2,
+//    `beta` is delta), PyTorch's CPU formulas; the gradient at a kink is PyTorch's (sign(0) = 0).
+//  * binary_cross_entropy_rows: the same walk for BCE on probabilities (torch's logs clamped at
+//    -100, gradient w (x - t) / max(x (1 - x), 1e-12)) or on logits (from_logits: torch's
+//    (1 - t) x - l log_sigmoid(x) with l = 1 + (pos_weight - 1) t); weight and pos_weight are
+//    broadcast to the input's shape by the host. On probabilities, an input or target outside
+//    [0, 1] makes that element's loss NaN (the host then names it: torch checks before it computes).
 // Sizes: rows, inner and every element offset are 64-bit; `classes` is an int (the host refuses
 // 2^31 classes or more), and class offsets c * inner are taken in 64 bits.
-// Math, sums and the per-row workspaces (row_loss, target_weight, squared, grad_divisor) are acc_t
+// Math, sums and the per-row workspaces (row_loss, target_weight, squared, loss, grad_divisor) are acc_t
 // (common.cuh): a float16 build reads FP16 inputs, computes in FP32, rounds each gradient element
 // once, and hands reduce.cu FP32 rows to sum.
 
@@ -194,5 +208,91 @@ mse_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* _
                          const acc_t d = to_acc(in.v[0]) - to_acc(in.v[1]);
                          squared[i] = d * d;
                          dpred[i] = to_real(d * grad_scale);
+                     });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ labels,
+         const REAL* __restrict__ class_weight, const acc_t* __restrict__ grad_divisor, REAL* __restrict__ dinput,
+         acc_t* __restrict__ row_loss, long long rows, int classes, long long inner, long long ignore_index,
+         int has_weight)
+{
+    GRID_STRIDE_LOOP(row, rows) {
+        const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, 0);
+        acc_t loss = target.counted ? REAL_NAN : (acc_t)0;
+        if (target.counted && target.valid) {
+            const long long n = row / inner;
+            const long long e = (n * classes + target.label) * inner + (row - n * inner);
+            const acc_t weight = has_weight ? to_acc(class_weight[target.label]) : (acc_t)1;
+            loss = -to_acc(log_probs[e]) * weight;
+            dinput[e] = to_real(weight * -target.scale);
+        }
+        row_loss[row] = loss;
+    }
+}
+
+#define REGRESSION_L1 0
+#define REGRESSION_SMOOTH_L1 1
+#define REGRESSION_HUBER 2
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* __restrict__ dpred,
+                     acc_t* __restrict__ loss, long long n, int kind, acc_t beta, acc_t grad_scale)
+{
+    for_each_element(n, [&](long long i) { return Loaded<2>{{pred[i], target[i]}}; },
+                     [&](long long i, const Loaded<2>& in) {
+                         const acc_t d = to_acc(in.v[0]) - to_acc(in.v[1]);
+                         const acc_t z = fabs(d);
+                         // sign(d), 0 at 0 and at NaN as torch's sign
+                         const acc_t sign = d > (acc_t)0 ? (acc_t)1 : (d < (acc_t)0 ? (acc_t)-1 : (acc_t)0);
+                         acc_t value = z, slope = sign;
+                         if (kind == REGRESSION_SMOOTH_L1) {
+                             value = z < beta ? (acc_t)0.5 * z * z / beta : z - (acc_t)0.5 * beta;
+                             slope = z > beta ? sign : d / beta;
+                         } else if (kind == REGRESSION_HUBER) {
+                             value = z < beta ? (acc_t)0.5 * z * z : beta * (z - (acc_t)0.5 * beta);
+                             slope = z > beta ? sign * beta : d;
+                         }
+                         loss[i] = value;
+                         dpred[i] = to_real(slope * grad_scale);
+                     });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+binary_cross_entropy_rows(const REAL* __restrict__ input, const REAL* __restrict__ target,
+                          const REAL* __restrict__ weight, const REAL* __restrict__ pos_weight,
+                          REAL* __restrict__ dinput, acc_t* __restrict__ loss, long long n, int from_logits,
+                          int has_weight, int has_pos_weight, acc_t grad_scale)
+{
+    for_each_element(n, [&](long long i) { return Loaded<2>{{input[i], target[i]}}; },
+                     [&](long long i, const Loaded<2>& in) {
+                         const acc_t x = to_acc(in.v[0]), t = to_acc(in.v[1]);
+                         const acc_t w = has_weight ? to_acc(weight[i]) : (acc_t)1;
+                         acc_t value, slope;
+                         if (from_logits) {
+                             // log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)): no overflow at any |x|
+                             const acc_t log_sigmoid = (x < (acc_t)0 ? x : (acc_t)0) - log1p(REAL_EXP(-fabs(x)));
+                             const acc_t sigmoid = (acc_t)1 / ((acc_t)1 + REAL_EXP(-x));
+                             if (has_pos_weight) {
+                                 const acc_t p = to_acc(pos_weight[i]);
+                                 value = ((acc_t)1 - t) * x - ((p - (acc_t)1) * t + (acc_t)1) * log_sigmoid;
+                                 slope = (p * t + (acc_t)1 - t) * sigmoid - p * t;
+                             } else {
+                                 value = ((acc_t)1 - t) * x - log_sigmoid;
+                                 slope = sigmoid - t;
+                             }
+                         } else {
+                             const acc_t log_x = REAL_LOG(x), log_rest = log1p(-x);
+                             value = (t - (acc_t)1) * (log_rest > (acc_t)-100 ? log_rest : (acc_t)-100)
+                                     - t * (log_x > (acc_t)-100 ? log_x : (acc_t)-100);
+                             const acc_t spread = ((acc_t)1 - x) * x;
+                             // torch's epsilon is the float 1e-12 in every dtype
+                             const acc_t epsilon = (acc_t)1e-12f;
+                             slope = (x - t) / (spread > epsilon ? spread : epsilon);
+                             if (!(x >= (acc_t)0 && x <= (acc_t)1 && t >= (acc_t)0 && t <= (acc_t)1))
+                                 value = REAL_NAN;
+                         }
+                         loss[i] = value * w;
+                         dinput[i] = to_real(slope * w * grad_scale);
                      });
 }

@@ -16,7 +16,9 @@ functions) take (N, C, L) or unbatched (C, L) signals and run the 2-D ops on the
 PyTorch's fuller signatures are taken too: conv and pool ops (and their backward functions) accept
 one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on
 (..., in_features); cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
-with class-index or class-probability targets and (N, C, d1, ..., dk) logits; mse_loss(reduction);
+with class-index or class-probability targets and (N, C, d1, ..., dk) logits; nll_loss(input,
+target, weight, ignore_index, reduction); mse_loss, l1_loss, smooth_l1_loss(beta), huber_loss(delta),
+binary_cross_entropy(weight) and binary_cross_entropy_with_logits(weight, pos_weight) (reduction);
 avg_pool2d(divisor_override); interpolate (modes "nearest" and "bilinear") on 4-D inputs only, as
 PyTorch reads a 3-D input as (N, C, L); softmax and log_softmax over any dim, whose backward
 functions take the forward output y rather than x; pad on the last two dims of 3-D and 4-D
@@ -41,7 +43,8 @@ from .group_norm import group_norm, group_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
-from .loss import cross_entropy, mse_loss
+from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss, mse_loss,
+                   nll_loss, smooth_l1_loss)
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .padding import pad, pad_backward
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
@@ -54,11 +57,12 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "silu", "silu_backward",
            "gelu", "gelu_backward", "hardtanh", "hardtanh_backward", "relu6", "relu6_backward", "hardsigmoid",
            "hardsigmoid_backward", "hardswish", "hardswish_backward", "elu", "elu_backward", "mish", "mish_backward",
-           "add_relu", "relu_backward_of_sum", "linear", "linear_backward", "cross_entropy", "mse_loss", "batch_norm",
-           "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm", "layer_norm_backward", "dropout",
-           "dropout_backward", "dropout2d", "dropout2d_backward", "adaptive_avg_pool2d",
-           "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward", "interpolate",
-           "interpolate_backward", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "conv1d",
-           "conv1d_backward", "conv_transpose1d", "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward",
-           "avg_pool1d", "avg_pool1d_backward", "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad",
-           "pad_backward"]
+           "add_relu", "relu_backward_of_sum", "linear", "linear_backward", "cross_entropy", "nll_loss", "mse_loss",
+           "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm",
+           "layer_norm_backward", "dropout", "dropout_backward", "dropout2d", "dropout2d_backward",
+           "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
+           "adaptive_max_pool2d_backward", "interpolate", "interpolate_backward", "softmax", "softmax_backward",
+           "log_softmax", "log_softmax_backward", "conv1d", "conv1d_backward", "conv_transpose1d",
+           "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
+           "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward"]

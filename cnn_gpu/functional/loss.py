@@ -1,11 +1,12 @@
 """Losses with PyTorch's options, each returning (loss, gradient of that loss): softmax
-cross-entropy and mean squared error, computed in the input's dtype.
+cross-entropy, negative log likelihood, mean squared error, L1, smooth L1, Huber and binary cross
+entropy (on probabilities or logits), computed in the input's dtype.
 
 reduction="mean" or "sum": the loss is a Python float, or with as_array=True (an extension) the
 same value as a 0-d float64 array on the input's backend, not read back: on a GPU, reading a float
 waits for every queued kernel (a host synchronisation), so a training loop that reads every step
 leaves the GPU idle while it queues the next one. reduction="none": the loss is an array of
-per-position (cross_entropy) or per-element (mse_loss) losses, of the input's kind and dtype, and
+per-position (cross_entropy, nll_loss) or per-element (the others) losses, of the input's kind and dtype, and
 the gradient is that of their sum (multiply it by an upstream gradient yourself).
 
 Cross entropy, for every position (row of classes) with target mass
@@ -150,13 +151,35 @@ def _cross_entropy_target(logits, target, ignore_index):
             raise ValueError(f"ignore_index ({ignore_index}) is not supported with class-probability targets; "
                              f"leave it negative (default -100)")
         return None, target
+    return _class_indices(logits, target, " (or float class probabilities of the logits' shape)"), None
+
+
+def _class_indices(logits, target, alternative: str = ""):
+    """Class-index `target` for `logits`, checked (its values by the caller: _check_class_indices) and
+    widened to int64; `alternative` names what else the op would take."""
+    if not _checks.is_array(target):
+        raise TypeError(f"target must be a NumPy or CuPy array, got {type(target).__name__}")
     if target.dtype.kind not in "iu" or target.dtype == np.uint64:
-        raise TypeError(f"target must hold integer class indices (or float class probabilities of the logits' "
-                        f"shape), got dtype {target.dtype}")
+        raise TypeError(f"target must hold integer class indices{alternative}, got dtype {target.dtype}")
     _checks.shape_is(target, "target", _positions_shape(logits),
                      " (one class index per position: logits' shape without the class dimension)")
     # int32 or uint8 labels are widened by a device call: a replay (cnn_gpu.replay) widens its own
-    return _backend.astype(target, np.int64), None
+    return _backend.astype(target, np.int64)
+
+
+def _check_class_weight(weight, logits, name: str) -> None:
+    if weight is not None:
+        _checks.array(weight, "weight", ndim=1)
+        _checks.shape_is(weight, "weight", (_classes(logits),), " (one weight per class)")
+        _checks.same_dtype(name, logits, weight=weight)
+
+
+def _check_indices_unless_read_back(be: str, reduction: str, labels, logits, ignore_index: int) -> None:
+    """Checks class indices now on numpy, for reduction "none", and for empty logits ((N, 0): no
+    class is in range); the kernels' other paths check them by the loss read back, when it is NaN
+    (or not at all: as_array)."""
+    if labels is not None and (be == "numpy" or reduction == "none" or logits.size == 0):
+        _check_class_indices(labels, _classes(logits), ignore_index)
 
 
 def check_ignore_index(value) -> int:
@@ -203,19 +226,12 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     label_smoothing = check_label_smoothing(label_smoothing)
     labels, probabilities = _cross_entropy_target(logits, target, ignore_index)
     classes = _classes(logits)
-    if weight is not None:
-        _checks.array(weight, "weight", ndim=1)
-        _checks.shape_is(weight, "weight", (classes,), " (one weight per class)")
-        _checks.same_dtype("logits", logits, weight=weight)
+    _check_class_weight(weight, logits, "logits")
     be = _backend.resolve(backend, logits, target, weight)
     _refuse_float_in_recording(reduction, as_array)
-    checked_after = be != "numpy" and reduction != "none"   # by the loss read back (or not at all: as_array)
-    if labels is not None and not checked_after:
-        _check_class_indices(labels, classes, ignore_index)
+    _check_indices_unless_read_back(be, reduction, labels, logits, ignore_index)
     loss_shape = _positions_shape(logits)
     if logits.size == 0:
-        if labels is not None and checked_after and labels.size:   # (N, 0) logits: no class is in range
-            _check_class_indices(labels, classes, ignore_index)
         return _nothing(be, reduction, logits, loss_shape, as_array)
     if be == "numpy":
         loss, dlogits = _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_smoothing,
@@ -236,6 +252,87 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     return loss, dlogits
 
 
+# --- negative log likelihood --------------------------------------------------------------------
+
+def _nll_loss(log_probs, labels, weight, ignore_index, reduction):
+    """The NumPy path (and the kernels' oracle): -w[t] * x[t] a position, the mean over the summed
+    weights of the counted targets, the gradient PyTorch's w[t] * (-1 / divisor) at each target."""
+    classes = _classes(log_probs)
+    dtype = log_probs.dtype.type
+    x = _class_rows(log_probs, classes)
+    indices = labels.reshape(-1)
+    rows = np.flatnonzero(indices != ignore_index)
+    picked = indices[rows]
+    target_weight = np.zeros(len(x), dtype)
+    target_weight[rows] = 1 if weight is None else weight[picked]
+    row_loss = np.zeros(len(x), dtype)
+    row_loss[rows] = -x[rows, picked] * target_weight[rows]
+    divisor = target_weight.sum() if reduction == "mean" else dtype(1)
+    grad = np.zeros_like(x)
+    with np.errstate(divide="ignore", invalid="ignore"):   # a mean over no counted weight: NaN, as PyTorch's
+        grad[rows, picked] = target_weight[rows] * -(dtype(1) / divisor)
+    grad = _from_class_rows(grad, log_probs.shape)
+    if reduction == "none":
+        return row_loss.reshape(_positions_shape(log_probs)), grad
+    return mean_of(row_loss.sum(), divisor), grad
+
+
+@takes_float16(kernels=True)
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, backend=None, as_array=False):
+    """Negative log likelihood as torch.nn.functional.nll_loss -> (loss, dinput): input holds
+    log-probabilities (log_softmax's output) laid out as cross_entropy's logits, (N, C),
+    (N, C, d1, ..., dk) or unbatched (C,); target class indices (N, d1, ..., dk) (() unbatched) in
+    [0, C) or equal to ignore_index; weight optional per-class weights (C,). The loss of a position
+    is -weight[t] * input[t] (0 where ignored); the mean divides by the summed weights of the counted
+    targets (NaN when they sum to 0, as PyTorch's). loss, dinput, as_array and the checks of class
+    indices as cross_entropy's; class probabilities are not taken (as PyTorch's nll_loss)."""
+    _checks.array(input, "input")
+    if input.ndim == 0:
+        raise ValueError("input must be (C,), (N, C) or (N, C, d1, ..., dk), got a 0-D array")
+    ignore_index = check_ignore_index(ignore_index)
+    reduction = check_reduction(reduction)
+    labels = _class_indices(input, target)
+    _check_class_weight(weight, input, "input")
+    be = _backend.resolve(backend, input, target, weight)
+    _refuse_float_in_recording(reduction, as_array)
+    _check_indices_unless_read_back(be, reduction, labels, input, ignore_index)
+    loss_shape = _positions_shape(input)
+    if input.size == 0:
+        return _nothing(be, reduction, input, loss_shape, as_array)
+    if be == "numpy":
+        loss, dinput = _nll_loss(input, labels, weight, ignore_index, reduction)
+        return (loss if reduction == "none" else _as_array(loss, as_array)), dinput
+    from ..gpu import loss as gpu_loss
+    input, labels, weight = (_checks.for_kernels(be, a, n) for a, n in ((input, "input"), (labels, "target"),
+                                                                          (weight, "weight")))
+    loss, dinput = gpu_loss.nll(be, input, labels.reshape(-1), weight, classes=_classes(input),
+                                inner=math.prod(input.shape[2:]), ignore_index=ignore_index, reduction=reduction,
+                                as_array=as_array)
+    if reduction == "none":
+        return loss.reshape(loss_shape), dinput
+    if not as_array and math.isnan(loss):   # an index out of range, or NaN inputs
+        _check_class_indices(labels, _classes(input), ignore_index)
+    return loss, dinput
+
+
+# --- element-wise losses ------------------------------------------------------------------------
+
+def _check_pair(pred, target, name: str) -> None:
+    """An element-wise loss's float arrays of one shape and dtype."""
+    _checks.array(pred, name)
+    _checks.array(target, "target")
+    _checks.same_dtype(name, pred, target=target)
+    _checks.shape_is(target, "target", pred.shape, f" (the shape of {name})")
+
+
+def _elementwise_result(be, reduction, values, grad, as_array):
+    """The NumPy path's (loss, gradient) of per-element losses `values`."""
+    if reduction == "none":
+        return np.asarray(values), np.asarray(grad)   # 0-d inputs: arrays, not scalars
+    count = values.size if reduction == "mean" else 1
+    return _as_array(mean_of(values.sum(), count), as_array), np.asarray(grad)
+
+
 # --- mean squared error -------------------------------------------------------------------------
 
 @takes_float16(kernels=True)
@@ -244,10 +341,7 @@ def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
     ("mean") or sum ("sum") as a float (a 0-d float64 array with as_array=True, an extension: see
     the module docstring), or the per-element array ("none"); dpred the gradient of the loss (of
     the sum of the elements for "none")."""
-    _checks.array(pred, "pred")
-    _checks.array(target, "target")
-    _checks.same_dtype("pred", pred, target=target)
-    _checks.shape_is(target, "target", pred.shape, " (the shape of pred)")
+    _check_pair(pred, target, "pred")
     reduction = check_reduction(reduction)
     be = _backend.resolve(backend, pred, target)
     _refuse_float_in_recording(reduction, as_array)
@@ -264,3 +358,165 @@ def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
     loss, dpred = gpu_loss.mse(be, _checks.for_kernels(be, pred, "pred"), _checks.for_kernels(be, target, "target"),
                                reduction, as_array)
     return (loss.reshape(pred.shape) if reduction == "none" else loss), dpred
+
+
+# --- L1, smooth L1, Huber -----------------------------------------------------------------------
+
+def _regression(kind: str, input, target, reduction, beta: float, backend, as_array):
+    """l1_loss (kind "l1"), smooth_l1_loss ("smooth_l1", beta > 0) and huber_loss ("huber", beta is
+    delta) with PyTorch's formulas and its gradients at the kinks (sign(0) = 0)."""
+    _check_pair(input, target, "input")
+    reduction = check_reduction(reduction)
+    be = _backend.resolve(backend, input, target)
+    _refuse_float_in_recording(reduction, as_array)
+    if input.size == 0:
+        return _nothing(be, reduction, input, input.shape, as_array)
+    if be != "numpy":
+        from ..gpu import loss as gpu_loss
+        loss, dinput = gpu_loss.regression(be, kind, _checks.for_kernels(be, input, "input"),
+                                           _checks.for_kernels(be, target, "target"), reduction, beta, as_array)
+        return (loss.reshape(input.shape) if reduction == "none" else loss), dinput
+    dtype = input.dtype.type
+    d = np.asarray(input - target)
+    z = np.abs(d)
+    sign = np.where(d > 0, dtype(1), np.where(d < 0, dtype(-1), dtype(0)))   # 0 at NaN too, as torch's sign
+    if kind == "l1":
+        value, slope = z, sign
+    elif kind == "smooth_l1":
+        value = np.where(z < beta, dtype(0.5) * z * z / dtype(beta), z - dtype(0.5 * beta))
+        slope = np.where(z > beta, sign, d / dtype(beta))
+    else:
+        value = np.where(z < beta, dtype(0.5) * z * z, dtype(beta) * (z - dtype(0.5 * beta)))
+        slope = np.where(z > beta, sign * dtype(beta), d)
+    grad = slope * dtype(1 / input.size if reduction == "mean" else 1)
+    return _elementwise_result(be, reduction, value, grad, as_array)
+
+
+@takes_float16(kernels=True)
+def l1_loss(input, target, reduction="mean", *, backend=None, as_array=False):
+    """Absolute error |input - target| of two arrays of one shape and dtype -> (loss, dinput), the
+    conventions of mse_loss; the gradient sign(input - target), 0 where they are equal (PyTorch's).
+    (PyTorch 2.13's weight argument is not taken.)"""
+    return _regression("l1", input, target, reduction, 0.0, backend, as_array)
+
+
+@takes_float16(kernels=True)
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0, *, backend=None, as_array=False):
+    """PyTorch's smooth L1 loss -> (loss, dinput): with z = |input - target|, 0.5 z^2 / beta where
+    z < beta, else z - 0.5 beta; beta >= 0, and beta = 0 is l1_loss (as PyTorch). The conventions of
+    mse_loss."""
+    beta = _checks.real_number(beta, "beta")
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss does not support negative values for beta, got {beta}")
+    return _regression("smooth_l1" if beta > 0 else "l1", input, target, reduction, beta, backend, as_array)
+
+
+@takes_float16(kernels=True)
+def huber_loss(input, target, reduction="mean", delta=1.0, *, backend=None, as_array=False):
+    """PyTorch's Huber loss -> (loss, dinput): with z = |input - target|, 0.5 z^2 where z < delta,
+    else delta (z - 0.5 delta); delta > 0. The conventions of mse_loss. (PyTorch 2.13's weight
+    argument is not taken.)"""
+    delta = _checks.real_number(delta, "delta")
+    if delta <= 0:
+        raise ValueError(f"huber_loss does not support non-positive values for delta, got {delta}")
+    return _regression("huber", input, target, reduction, delta, backend, as_array)
+
+
+# --- binary cross entropy -----------------------------------------------------------------------
+
+def _element_weight(w, input, name: str):
+    """An optional weight (or pos_weight) of input's dtype that broadcasts to input's shape."""
+    if w is None:
+        return None
+    _checks.array(w, name)
+    _checks.same_dtype("input", input, **{name: w})
+    try:
+        fits = np.broadcast_shapes(w.shape, input.shape) == input.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} of shape {tuple(w.shape)} does not broadcast to the input's shape "
+                         f"{tuple(input.shape)}")
+    return w
+
+
+def _check_probabilities(a, name: str) -> None:
+    """ValueError naming the first element of `a` outside [0, 1] (NaN included), as PyTorch refuses."""
+    bad = ~((a >= 0) & (a <= 1))
+    if bool(bad.any()):
+        where = tuple(int(i) for i in np.unravel_index(int(bad.ravel().argmax()), a.shape))
+        raise ValueError(f"all elements of {name} should be between 0 and 1, got {name}{list(where)} = "
+                         f"{float(a[where])}")
+
+
+def _bce(input, target, weight, pos_weight, reduction, from_logits: bool, backend, as_array):
+    """binary_cross_entropy and binary_cross_entropy_with_logits (see those)."""
+    _check_pair(input, target, "input")
+    reduction = check_reduction(reduction)
+    weight = _element_weight(weight, input, "weight")
+    pos_weight = _element_weight(pos_weight, input, "pos_weight")
+    be = _backend.resolve(backend, input, target, weight, pos_weight)
+    _refuse_float_in_recording(reduction, as_array)
+    checked_after = be != "numpy" and reduction != "none"   # by the loss read back, as cross_entropy's indices
+    if not from_logits and not checked_after:
+        _check_probabilities(input, "input")
+        _check_probabilities(target, "target")
+    if input.size == 0:
+        return _nothing(be, reduction, input, input.shape, as_array)
+    if be != "numpy":
+        from ..gpu import loss as gpu_loss
+        xp = _backend.array_module(be)
+        weight, pos_weight = (None if w is None else _backend.device_call(
+            lambda w=w: xp.ascontiguousarray(xp.broadcast_to(w, input.shape))) for w in (weight, pos_weight))
+        named = ((input, "input"), (target, "target"), (weight, "weight"), (pos_weight, "pos_weight"))
+        loss, dinput = gpu_loss.binary_cross_entropy(be, *(_checks.for_kernels(be, a, n) for a, n in named),
+                                                     reduction, from_logits, as_array)
+        if reduction == "none":
+            return loss.reshape(input.shape), dinput
+        if not from_logits and not as_array and math.isnan(loss):   # an input or target outside [0, 1]?
+            _check_probabilities(input, "input")
+            _check_probabilities(target, "target")
+        return loss, dinput
+    x, t = np.asarray(input), np.asarray(target)
+    if from_logits:
+        log_sigmoid = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))   # no overflow at any |x|
+        with np.errstate(over="ignore"):
+            sigmoid = 1 / (1 + np.exp(-x))
+        if pos_weight is None:
+            value, slope = (1 - t) * x - log_sigmoid, sigmoid - t
+        else:
+            value = (1 - t) * x - ((pos_weight - 1) * t + 1) * log_sigmoid
+            slope = (pos_weight * t + 1 - t) * sigmoid - pos_weight * t
+    else:
+        with np.errstate(divide="ignore"):   # log(0) is clamped at -100, as torch's
+            value = (t - 1) * np.maximum(np.log1p(-x), -100) - t * np.maximum(np.log(x), -100)
+        epsilon = x.dtype.type(np.float32(1e-12))   # torch's: the float 1e-12 in every dtype
+        slope = (x - t) / np.maximum((1 - x) * x, epsilon)
+    if weight is not None:
+        value, slope = value * weight, slope * weight
+    grad = slope * x.dtype.type(1 / x.size if reduction == "mean" else 1)
+    return _elementwise_result(be, reduction, value, grad, as_array)
+
+
+@takes_float16(kernels=True)
+def binary_cross_entropy(input, target, weight=None, reduction="mean", *, backend=None, as_array=False):
+    """Binary cross entropy of probabilities as torch.nn.functional.binary_cross_entropy -> (loss,
+    dinput): -weight * (t log(x) + (1 - t) log(1 - x)) an element, each log clamped at -100 and the
+    gradient weight * (x - t) / max(x (1 - x), 1e-12) (PyTorch's). input and target of one shape
+    and dtype with every element in [0, 1] (ValueError otherwise; on emu and cuda checked by the
+    loss read back when it is NaN, as cross_entropy's class indices, and not at all with as_array);
+    weight broadcasts to input's shape. The conventions of mse_loss."""
+    return _bce(input, target, weight, None, reduction, False, backend, as_array)
+
+
+@takes_float16(kernels=True)
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None, *,
+                                     backend=None, as_array=False):
+    """Sigmoid and binary cross entropy in one, as torch.nn.functional.binary_cross_entropy_with_logits
+    -> (loss, dinput), PyTorch's stable formula: with l = 1 + (pos_weight - 1) t,
+    weight * ((1 - t) x - l log_sigmoid(x)), log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), finite
+    at any finite logit (an infinite one gives NaN, as PyTorch's); the gradient
+    weight * ((pos_weight t + 1 - t) sigmoid(x) - pos_weight t). weight and pos_weight broadcast
+    to input's shape (a (C,) pos_weight weighs the last dimension's classes; (C, 1, 1) the channels
+    of (N, C, H, W)). The conventions of mse_loss."""
+    return _bce(input, target, weight, pos_weight, reduction, True, backend, as_array)

@@ -1,6 +1,7 @@
-"""Launch code of kernels/loss.cu: softmax cross entropy (PyTorch's options) and mean squared error,
-each returning (loss, gradient). Reductions over rows are fixed-order (reduce.channel_sum), so
-results are bit-identical run to run. For reduction "mean" or "sum" the loss is a Python float
+"""Launch code of kernels/loss.cu: softmax cross entropy and negative log likelihood (PyTorch's
+options), and the element-wise losses (squared error, L1, smooth L1, Huber, binary cross entropy on
+probabilities or logits), each returning (loss, gradient). Reductions over rows are fixed-order
+(reduce.channel_sum), so results are bit-identical run to run. For reduction "mean" or "sum" the loss is a Python float
 (reading it back is the one host synchronisation, which the API's float loss requires) or, with
 as_array, that value as a 0-d float64 array left on the device; for "none" it is the per-row
 (per-element) array, with no synchronisation.
@@ -68,12 +69,8 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     elif labels.dtype != np.int64:
         raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
     if reduction == "mean" and not is_probability:
-        # PyTorch's mean over class indices divides by the summed weights of the counted targets
-        target_weight = xp.empty((rows,), dtype=compute)
-        backend.launch(be, "loss", dtype, "cross_entropy_target_weights", (blocks_for(rows),), (THREADS,),
-                       (labels, logits if weight is None else weight, target_weight, np.int64(rows),
-                        *i32(classes), np.int64(ignore_index), *i32(weight is not None)))
-        divisor = index_mean_divisor(xp, _total(be, target_weight), label_smoothing)
+        divisor = index_mean_divisor(xp, _summed_target_weights(be, labels, weight, logits, classes, ignore_index),
+                                     label_smoothing)
         host_divisor = None      # read back with the total, in one transfer
     else:
         host_divisor = rows if reduction == "mean" else 1
@@ -89,15 +86,59 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
                        args)
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
+    return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dlogits
+
+
+def _summed_target_weights(be, labels, weight, like, classes: int, ignore_index: int):
+    """PyTorch's divisor of the mean over class indices, the summed weights w[label] of the counted
+    targets (1 without class weights), as a (1,) compute-dtype device array (fixed-order sum)."""
+    rows = labels.size
+    target_weight = backend.array_module(be).empty((rows,), dtype=backend.compute_dtype(like.dtype))
+    backend.launch(be, "loss", like.dtype, "cross_entropy_target_weights", (blocks_for(rows),), (THREADS,),
+                   (labels, like if weight is None else weight, target_weight, np.int64(rows), *i32(classes),
+                    np.int64(ignore_index), *i32(weight is not None)))
+    return _total(be, target_weight)
+
+
+def _reduced(be, values, dtype, reduction, divisor, host_divisor, as_array):
+    """The loss of per-row (per-element) compute-dtype `values`: the array in `dtype` for "none",
+    else their fixed-order sum over the divisor, `host_divisor` where it is known on the host,
+    else the (1,) device array `divisor`, read back with the total in one transfer."""
     if reduction == "none":
-        return backend.astype(row_loss, dtype), dlogits
-    total = _total(be, row_loss)
+        return backend.astype(values, dtype)
+    xp = backend.array_module(be)
+    total = _total(be, values)
     if as_array:
-        return device_mean(xp, total, divisor if host_divisor is None else host_divisor), dlogits
+        return device_mean(xp, total, divisor if host_divisor is None else host_divisor)
     if host_divisor is not None:
-        return mean_of(total[0], host_divisor), dlogits
+        return mean_of(total[0], host_divisor)
     total, summed_weights = xp.concatenate((total, divisor)).tolist()
-    return mean_of(total, summed_weights), dlogits
+    return mean_of(total, summed_weights)
+
+
+def nll(be, log_probs, labels, weight, *, classes, inner, ignore_index, reduction, as_array=False):
+    """Negative log likelihood of log-probabilities (N, C, d1..dk) (laid out as cross_entropy's
+    logits) against class indices `labels` (int64, one per row); `weight` (C,) or None. Returns
+    (loss, dinput) as cross_entropy does; dinput is zero but at each counted row's target."""
+    if classes >= CLASS_LIMIT:
+        raise ValueError(f"nll_loss kernels take fewer than 2^31 classes, got {classes}")
+    if labels.dtype != np.int64:
+        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+    rows = log_probs.size // classes
+    xp = backend.array_module(be)
+    dtype = log_probs.dtype
+    if reduction == "mean":
+        divisor = _summed_target_weights(be, labels, weight, log_probs, classes, ignore_index)
+        host_divisor = None
+    else:
+        host_divisor = 1
+        divisor = xp.ones((1,), dtype=backend.compute_dtype(dtype))
+    dinput = backend.device_call(xp.zeros, log_probs.shape, dtype=dtype)
+    row_loss = xp.empty((rows,), dtype=backend.compute_dtype(dtype))
+    backend.launch(be, "loss", dtype, "nll_rows", (blocks_for(rows),), (THREADS,),
+                   (log_probs, labels, log_probs if weight is None else weight, divisor, dinput, row_loss,
+                    np.int64(rows), *i32(classes), np.int64(inner), np.int64(ignore_index), *i32(weight is not None)))
+    return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dinput
 
 
 def mse(be, pred, target, reduction, as_array=False):
@@ -111,9 +152,37 @@ def mse(be, pred, target, reduction, as_array=False):
     squared = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
     backend.launch(be, "loss", pred.dtype, "mse_rows", (elementwise_blocks(n),), (THREADS,),
                    (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
-    if reduction == "none":
-        return backend.astype(squared, pred.dtype), dpred
     divisor = n if reduction == "mean" else 1
-    if as_array:
-        return device_mean(xp, _total(be, squared), divisor), dpred
-    return mean_of(_total(be, squared)[0], divisor), dpred
+    return _reduced(be, squared, pred.dtype, reduction, None, divisor, as_array), dpred
+
+
+REGRESSION_KINDS = {"l1": 0, "smooth_l1": 1, "huber": 2}   # kernels/loss.cu's REGRESSION_*
+
+
+def regression(be, kind, pred, target, reduction, beta=1.0, as_array=False):
+    """L1, smooth L1 (beta > 0) or Huber (beta is delta) loss of pred and target as mse's: the mean
+    or sum as a float (a 0-d float64 device array with as_array), or the (pred.size,) array."""
+    n = pred.size
+    xp = backend.array_module(be)
+    dpred = xp.empty(pred.shape, dtype=pred.dtype)
+    loss = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
+    backend.launch(be, "loss", pred.dtype, "regression_loss_rows", (elementwise_blocks(n),), (THREADS,),
+                   (pred, target, dpred, loss, np.int64(n), *i32(REGRESSION_KINDS[kind]),
+                    *acc(pred.dtype, beta, 1 / n if reduction == "mean" else 1)))
+    return _reduced(be, loss, pred.dtype, reduction, None, n if reduction == "mean" else 1, as_array), dpred
+
+
+def binary_cross_entropy(be, input, target, weight, pos_weight, reduction, from_logits, as_array=False):
+    """Binary cross entropy of probabilities (or of logits, from_logits) `input` against `target`
+    (same shape, C-contiguous, at least one element); weight and pos_weight None or of the input's
+    shape (broadcast by the caller). Returns (loss, dinput) as mse's. On probabilities an input or
+    target outside [0, 1] makes the loss NaN."""
+    n = input.size
+    xp = backend.array_module(be)
+    dinput = xp.empty(input.shape, dtype=input.dtype)
+    loss = xp.empty((n,), dtype=backend.compute_dtype(input.dtype))
+    backend.launch(be, "loss", input.dtype, "binary_cross_entropy_rows", (elementwise_blocks(n),), (THREADS,),
+                   (input, target, input if weight is None else weight, input if pos_weight is None else pos_weight,
+                    dinput, loss, np.int64(n), *i32(from_logits, weight is not None, pos_weight is not None),
+                    *acc(input.dtype, 1 / n if reduction == "mean" else 1)))
+    return _reduced(be, loss, input.dtype, reduction, None, n if reduction == "mean" else 1, as_array), dinput
