@@ -49,24 +49,17 @@ class _Loss(Module):
         return f"reduction={self.reduction!r}"
 
 
-class CrossEntropyLoss(_Loss):
-    """Softmax cross entropy with PyTorch's options (see cnn_gpu.functional.cross_entropy): class
-    indices or class probabilities as targets, per-class `weight` (a buffer, saved in state_dict
-    and moved by `to`, used in pred's dtype), `ignore_index`, `reduction`, `label_smoothing`."""
+class _ClassLoss(_Loss):
+    """A loss over class rows (cross entropy, NLL): per-class `weight` (a buffer, saved in state_dict
+    and moved by `to`, used in pred's dtype) and `ignore_index`."""
 
-    _loss = staticmethod(F.cross_entropy)
-
-    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    def __init__(self, weight, ignore_index, reduction):
         super().__init__(reduction)
         self.ignore_index = check_ignore_index(ignore_index)
-        self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.register_buffer("weight", None if weight is None else _class_weights(weight))
+        self.register_buffer("weight", None if weight is None else _weights(weight, class_weights=True))
 
     def _options(self, pred):
-        weight = self.weight
-        if weight is not None:
-            weight = _backend.astype(weight, pred.dtype)
-        return weight, self.ignore_index, self.reduction, self.label_smoothing
+        return _in_dtype(self.weight, pred), self.ignore_index, self.reduction
 
     def _per_class(self, dy):
         # per-position losses (N, d1, ..., dk) against dlogits (N, C, d1, ..., dk)
@@ -74,20 +67,53 @@ class CrossEntropyLoss(_Loss):
 
     def extra_repr(self):
         weight = "" if self.weight is None else f"weight of {self.weight.shape[0]} classes, "
-        return (f"{weight}ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing}")
+        return f"{weight}ignore_index={self.ignore_index}, reduction={self.reduction!r}"
 
 
-def _class_weights(weight):
-    """Per-class weights as a 1-D float array (a NumPy float64 copy of a list or integer array)."""
+class CrossEntropyLoss(_ClassLoss):
+    """Softmax cross entropy with PyTorch's options (see cnn_gpu.functional.cross_entropy): class
+    indices or class probabilities as targets, per-class `weight` (a buffer, saved in state_dict
+    and moved by `to`, used in pred's dtype), `ignore_index`, `reduction`, `label_smoothing`."""
+
+    _loss = staticmethod(F.cross_entropy)
+
+    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(weight, ignore_index, reduction)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+
+    def _options(self, pred):
+        return *super()._options(pred), self.label_smoothing
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, label_smoothing={self.label_smoothing}"
+
+
+class NLLLoss(_ClassLoss):
+    """Negative log likelihood of log-probabilities (nn.LogSoftmax's output) with PyTorch's options
+    (see cnn_gpu.functional.nll_loss): per-class `weight` (a buffer, as CrossEntropyLoss'),
+    `ignore_index`, `reduction`."""
+
+    _loss = staticmethod(F.nll_loss)
+
+    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean"):
+        super().__init__(weight, ignore_index, reduction)
+
+
+def _in_dtype(weight, pred):
+    return None if weight is None else _backend.astype(weight, pred.dtype)
+
+
+def _weights(weight, name="weight", class_weights=False):
+    """Weights as a float array (a NumPy float64 copy of a list or integer array); per-class
+    weights (class_weights) must be 1-D."""
     if not _backend.is_cupy_array(weight):
         weight = np.asarray(weight)
         if weight.dtype not in (np.float32, np.float64):
             if weight.dtype.kind not in "iuf":
-                raise TypeError(f"weight must hold real numbers, got dtype {weight.dtype}")
+                raise TypeError(f"{name} must hold real numbers, got dtype {weight.dtype}")
             weight = weight.astype(np.float64)
-    if weight.ndim != 1:
-        raise ValueError(f"weight must be 1-D (one weight per class), got shape {tuple(weight.shape)}")
+    if class_weights and weight.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one weight per class), got shape {tuple(weight.shape)}")
     return weight
 
 
@@ -101,3 +127,77 @@ class MSELoss(_Loss):
 
     def _options(self, pred):
         return (self.reduction,)
+
+
+class L1Loss(_Loss):
+    """Absolute error with PyTorch's `reduction` (see cnn_gpu.functional.l1_loss)."""
+
+    _loss = staticmethod(F.l1_loss)
+
+    def __init__(self, *, reduction="mean"):
+        super().__init__(reduction)
+
+    def _options(self, pred):
+        return (self.reduction,)
+
+
+class SmoothL1Loss(_Loss):
+    """PyTorch's smooth L1 loss with `reduction` and `beta` (see cnn_gpu.functional.smooth_l1_loss)."""
+
+    _loss = staticmethod(F.smooth_l1_loss)
+
+    def __init__(self, *, reduction="mean", beta=1.0):
+        super().__init__(reduction)
+        self.beta = beta
+
+    def _options(self, pred):
+        return self.reduction, self.beta
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, beta={self.beta}"
+
+
+class HuberLoss(_Loss):
+    """PyTorch's Huber loss with `reduction` and `delta` (see cnn_gpu.functional.huber_loss)."""
+
+    _loss = staticmethod(F.huber_loss)
+
+    def __init__(self, *, reduction="mean", delta=1.0):
+        super().__init__(reduction)
+        self.delta = delta
+
+    def _options(self, pred):
+        return self.reduction, self.delta
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, delta={self.delta}"
+
+
+class BCELoss(_Loss):
+    """Binary cross entropy of probabilities (see cnn_gpu.functional.binary_cross_entropy) with an
+    optional `weight` broadcast to pred's shape (a buffer, as CrossEntropyLoss' weight)."""
+
+    _loss = staticmethod(F.binary_cross_entropy)
+
+    def __init__(self, weight=None, *, reduction="mean"):
+        super().__init__(reduction)
+        self.register_buffer("weight", None if weight is None else _weights(weight))
+
+    def _options(self, pred):
+        return _in_dtype(self.weight, pred), self.reduction
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Sigmoid and binary cross entropy in one (see cnn_gpu.functional.binary_cross_entropy_with_logits)
+    with optional `weight` and `pos_weight` broadcast to pred's shape (buffers, as CrossEntropyLoss'
+    weight)."""
+
+    _loss = staticmethod(F.binary_cross_entropy_with_logits)
+
+    def __init__(self, weight=None, *, reduction="mean", pos_weight=None):
+        super().__init__(reduction)
+        self.register_buffer("weight", None if weight is None else _weights(weight))
+        self.register_buffer("pos_weight", None if pos_weight is None else _weights(pos_weight, "pos_weight"))
+
+    def _options(self, pred):
+        return _in_dtype(self.weight, pred), self.reduction, _in_dtype(self.pos_weight, pred)
