@@ -264,17 +264,19 @@ binary_cross_entropy_rows(const REAL* __restrict__ input, const REAL* __restrict
                           REAL* __restrict__ dinput, acc_t* __restrict__ loss, long long n, int from_logits,
                           int has_weight, int has_pos_weight, acc_t grad_scale)
 {
-    for_each_element(n, [&](long long i) { return Loaded<2>{{input[i], target[i]}}; },
-                     [&](long long i, const Loaded<2>& in) {
+    // weight and pos_weight are loaded with the rest of a round even when absent (the host passes
+    // input in their place, a cache hit): every load of a round before its first store
+    for_each_element(n, [&](long long i) { return Loaded<4>{{input[i], target[i], weight[i], pos_weight[i]}}; },
+                     [&](long long i, const Loaded<4>& in) {
                          const acc_t x = to_acc(in.v[0]), t = to_acc(in.v[1]);
-                         const acc_t w = has_weight ? to_acc(weight[i]) : (acc_t)1;
+                         const acc_t w = has_weight ? to_acc(in.v[2]) : (acc_t)1;
                          acc_t value, slope;
                          if (from_logits) {
                              // log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)): no overflow at any |x|
                              const acc_t log_sigmoid = (x < (acc_t)0 ? x : (acc_t)0) - log1p(REAL_EXP(-fabs(x)));
                              const acc_t sigmoid = (acc_t)1 / ((acc_t)1 + REAL_EXP(-x));
                              if (has_pos_weight) {
-                                 const acc_t p = to_acc(pos_weight[i]);
+                                 const acc_t p = to_acc(in.v[3]);
                                  value = ((acc_t)1 - t) * x - ((p - (acc_t)1) * t + (acc_t)1) * log_sigmoid;
                                  slope = (p * t + (acc_t)1 - t) * sigmoid - p * t;
                              } else {
