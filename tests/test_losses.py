@@ -13,6 +13,7 @@ import pytest
 from cnn_gpu import backend, emu, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import gradcheck
+from helpers import to_host
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -315,3 +316,23 @@ def test_the_layers(be, torch):
         assert isinstance(loss, float) and loss == pytest.approx(lt.item(), rel=1e-12), repr(ours)
         np.testing.assert_allclose(ours.backward(2.0), xt.grad.numpy(), rtol=1e-12, err_msg=repr(ours))
     assert "pos_weight" in nn.BCEWithLogitsLoss(pos_weight=[2.0]).state_dict()
+
+
+@pytest.mark.parametrize("be", [pytest.param("cuda", marks=pytest.mark.skipif(
+    "cuda" not in backend.available_backends(), reason=f"cuda backend unavailable: {backend.why_unavailable('cuda')}"))])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_cuda_matches_numpy(be, dtype):
+    """The cuda path (the emu path's launcher code on CuPy arrays): every case and reduction, and a
+    "mean" loss left on the device with as_array."""
+    import cupy
+    tolerance = {F16: 2e-3, np.float32: 2e-6, np.float64: 1e-13}[dtype]
+    for (what, (name, arrays, options)), reduction in itertools.product(cases(dtype).items(), REDUCTIONS):
+        on_device = {k: cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+        loss, grad = getattr(F, name)(*map(cupy.asarray, arrays), reduction=reduction, **on_device)
+        want, want_grad = getattr(F, name)(*arrays, reduction=reduction, backend="numpy", **options)
+        assert isinstance(grad, cupy.ndarray) and grad.dtype == dtype, what
+        np.testing.assert_allclose(to_host(grad), want_grad, rtol=tolerance, atol=0, err_msg=f"{what} {reduction}")
+        np.testing.assert_allclose(np.asarray(to_host(loss), np.float64), np.asarray(want, np.float64),
+                                   rtol=tolerance, err_msg=f"{what} {reduction}")
+    loss, _ = F.binary_cross_entropy_with_logits(*map(cupy.asarray, cases(dtype)["bce logits"][1]), as_array=True)
+    assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == np.float64
