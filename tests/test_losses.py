@@ -319,7 +319,8 @@ def test_the_layers(be, torch):
 
 
 @pytest.mark.parametrize("be", [pytest.param("cuda", marks=pytest.mark.skipif(
-    "cuda" not in backend.available_backends(), reason=f"cuda backend unavailable: {backend.why_unavailable('cuda')}"))])
+    "cuda" not in backend.available_backends(),
+    reason=f"cuda backend unavailable: {backend.why_unavailable('cuda')}"))])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_cuda_matches_numpy(be, dtype):
     """The cuda path (the emu path's launcher code on CuPy arrays): every case and reduction, and a
