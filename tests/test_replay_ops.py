@@ -13,6 +13,7 @@ import pytest
 import cnn_gpu
 from cnn_gpu import backend, check, replay
 from cnn_gpu import functional as F
+from cnn_gpu.check import ops as check_ops
 from cnn_gpu.functional.geometry import conv_geometry
 from cnn_gpu.gpu import conv_tc
 
@@ -50,7 +51,11 @@ def _batch_norm_run(a, cfg, be):
 
 RUNS = {"cross_entropy": _as_array_loss_run("cross_entropy"),
         "cross_entropy_options": _as_array_loss_run("cross_entropy_options"),
-        "mse_loss": _as_array_loss_run("mse_loss"), "batch_norm": _batch_norm_run}
+        "mse_loss": _as_array_loss_run("mse_loss"), "batch_norm": _batch_norm_run,
+        "nll_loss": check_ops.nll_run(as_array=True),
+        **{name: check_ops.elementwise_loss_run(name, as_array=True)
+           for name in ("l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+                        "binary_cross_entropy_with_logits")}}
 
 
 def _in_dtype(inputs: dict, dtype) -> dict:

@@ -403,9 +403,80 @@ def _cross_entropy_options_run(a, cfg, be):
     from .. import functional as F
     loss, dlogits = F.cross_entropy(a["logits"], a["target"], a["weight"], cfg["ignore_index"], cfg["reduction"],
                                     cfg["label_smoothing"], backend=be)
-    if cfg["reduction"] == "none":   # dlogits is the gradient of the per-position losses' sum
-        return dict(loss=float(loss.sum()), losses=loss, dlogits=dlogits)
-    return dict(loss=loss, dlogits=dlogits)
+    return _loss_outputs(loss, "dlogits", dlogits, cfg["reduction"])
+
+
+def _loss_outputs(loss, grad_name: str, grad, reduction: str) -> dict:
+    if reduction == "none":   # the gradient is that of the per-position (per-element) losses' sum
+        return {"loss": float(loss.sum()), "losses": loss, grad_name: grad}
+    return {"loss": loss, grad_name: grad}
+
+
+# --- nll_loss and the element-wise losses, every option ------------------------------------------
+
+def _nll_config(rng):
+    classes = int(rng.integers(2, 9))
+    return dict(N=int(rng.integers(1, 5)), classes=classes, kdims=_ints(rng, 1, 3, int(rng.integers(0, 3))),
+                weight=bool(rng.random() < 0.6),
+                ignore_index=int(rng.integers(0, classes)) if rng.random() < 0.5 else -100,
+                reduction=str(rng.choice(["mean", "sum", "none"])))
+
+
+NLL_LARGE = (dict(N=8, classes=21, kdims=(32, 32), weight=True, ignore_index=0, reduction="mean"),)   # segmentation
+
+
+def _nll_inputs(cfg, rng):
+    shape = (cfg["N"], cfg["classes"]) + cfg["kdims"]
+    logits = 3 * rng.standard_normal(shape)
+    target = rng.integers(0, cfg["classes"], shape[:1] + shape[2:]).astype(np.int64)
+    target.flat[0] = (cfg["ignore_index"] + 1) % cfg["classes"]   # one counted target: a finite mean
+    return dict(input=logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)), target=target,
+                weight=rng.uniform(0.2, 2.0, cfg["classes"]) if cfg["weight"] else None)
+
+
+def nll_run(as_array: bool = False):
+    """The nll_loss check's run; as_array=True (replays: a float read back is refused in a
+    recording) leaves a "mean"/"sum" loss on the device."""
+    def run(a, cfg, be):
+        from .. import functional as F
+        loss, dinput = F.nll_loss(a["input"], a["target"], a["weight"], cfg["ignore_index"], cfg["reduction"],
+                                  backend=be, as_array=as_array)
+        return _loss_outputs(loss, "dinput", dinput, cfg["reduction"])
+    return run
+
+
+def _elementwise_loss_config(rng):
+    return dict(shape=_ints(rng, 1, 6, int(rng.integers(1, 5))), reduction=str(rng.choice(["mean", "sum", "none"])),
+                weighted=bool(rng.random() < 0.5), beta=float(rng.choice([0.0, 0.5, 1.0])),
+                delta=float(rng.choice([0.5, 1.0, 2.0])))
+
+
+ELEMENTWISE_LOSS_LARGE = (dict(shape=(8, 3, 64, 64), reduction="mean", weighted=True, beta=1.0, delta=1.0),)
+
+
+def _elementwise_loss_inputs(probabilities: bool):
+    """input (probabilities in [0.05, 0.95] for binary_cross_entropy: its finite differences stay
+    inside [0, 1]), target, and weight and pos_weight over the last dimension."""
+    def inputs(cfg, rng):
+        shape = cfg["shape"]
+        weights = (rng.uniform(0.2, 2.0, shape[-1:]), rng.uniform(0.5, 3.0, shape[-1:])) if cfg["weighted"] else (
+            None, None)
+        return dict(input=rng.uniform(0.05, 0.95, shape) if probabilities else 3 * rng.standard_normal(shape),
+                    target=rng.uniform(0, 1, shape), weight=weights[0], pos_weight=weights[1])
+    return inputs
+
+
+def elementwise_loss_run(name: str, as_array: bool = False):
+    """The check's run of the element-wise loss `name`; as_array as nll_run's."""
+    def run(a, cfg, be):
+        from .. import functional as F
+        options = dict(l1_loss={}, smooth_l1_loss=dict(beta=cfg["beta"]), huber_loss=dict(delta=cfg["delta"]),
+                       binary_cross_entropy=dict(weight=a["weight"]),
+                       binary_cross_entropy_with_logits=dict(weight=a["weight"], pos_weight=a["pos_weight"]))[name]
+        loss, dinput = getattr(F, name)(a["input"], a["target"], reduction=cfg["reduction"], backend=be,
+                                        as_array=as_array, **options)
+        return _loss_outputs(loss, "dinput", dinput, cfg["reduction"])
+    return run
 
 
 
@@ -749,6 +820,13 @@ OPS = {op.name: op for op in (
     OpCheck("cross_entropy_options", _cross_entropy_options_config, (), _cross_entropy_options_inputs,
             _cross_entropy_options_run, "loss", None, {"logits": "dlogits"}, reduces=True,
             large_configs=CROSS_ENTROPY_OPTIONS_LARGE),
+    OpCheck("nll_loss", _nll_config, (), _nll_inputs, nll_run(), "loss", None, {"input": "dinput"}, reduces=True,
+            large_configs=NLL_LARGE),
+    *(OpCheck(name, _elementwise_loss_config, (), _elementwise_loss_inputs(name == "binary_cross_entropy"),
+              elementwise_loss_run(name), "loss", None, {"input": "dinput"}, reduces=True,
+              large_configs=ELEMENTWISE_LOSS_LARGE)
+      for name in ("l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+                   "binary_cross_entropy_with_logits")),
     OpCheck("dropout", _dropout_config, (), _activation_inputs, _dropout_run, "y", "dy", {"x": "dx"},
             large_configs=(dict(ACTIVATION_LARGE[0], p=0.5, seed=2**40, step=3),)),
     OpCheck("dropout2d", _dropout2d_config, (), _activation_inputs, _dropout2d_run, "y", "dy", {"x": "dx"},
