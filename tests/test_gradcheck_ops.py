@@ -123,6 +123,28 @@ def test_mse_gradient():
     assert report.max_rel_error < TOL, str(report)
 
 
+GOALS, CLASS_WEIGHT = rng.uniform(0, 1, (3, 4)), randn(5) ** 2
+LAST_DIM_WEIGHT, POS_WEIGHT = randn(4) ** 2, randn(4) ** 2
+LOSSES = {   # name -> (loss(x) returning (loss, dx), x); x off the kinks of the L1-type losses
+    "nll_loss": (lambda x: F.nll_loss(x, np.array([2, 0, -100, 4]), CLASS_WEIGHT), randn(4, 5)),
+    "l1_loss": (lambda x: F.l1_loss(x, GOALS), GOALS + np.sign(randn(3, 4)) * rng.uniform(0.2, 1, (3, 4))),
+    "smooth_l1_loss": (lambda x: F.smooth_l1_loss(x, GOALS, beta=0.5), GOALS + randn(3, 4)),
+    "huber_loss": (lambda x: F.huber_loss(x, GOALS, delta=0.7), GOALS + randn(3, 4)),
+    "binary_cross_entropy": (lambda x: F.binary_cross_entropy(x, GOALS, LAST_DIM_WEIGHT, reduction="sum"),
+                             rng.uniform(0.1, 0.9, (3, 4))),
+    "binary_cross_entropy_with_logits": (
+        lambda x: F.binary_cross_entropy_with_logits(x, GOALS, LAST_DIM_WEIGHT, pos_weight=POS_WEIGHT),
+        randn(3, 4) * 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_gradients(name):
+    loss, x = LOSSES[name]
+    report = gradcheck(lambda: loss(x)[0], [x], [loss(x)[1]])
+    assert report.max_rel_error < TOL, str(report)
+
+
 # --- gradcheck checks itself ------------------------------------------------------------------
 
 def test_nothing_to_check_is_an_error_not_a_pass():
