@@ -167,19 +167,40 @@ def _class_indices(logits, target, alternative: str = ""):
     return _backend.astype(target, np.int64)
 
 
-def _check_class_weight(weight, logits, name: str) -> None:
+def _class_loss_options(logits, name: str, ignore_index, reduction) -> tuple[int, str]:
+    """cross_entropy's and nll_loss's first checks: their input (`name`) and options."""
+    _checks.array(logits, name)
+    if logits.ndim == 0:
+        raise ValueError(f"{name} must be (C,), (N, C) or (N, C, d1, ..., dk), got a 0-D array")
+    return check_ignore_index(ignore_index), check_reduction(reduction)
+
+
+def _class_loss_backend(logits, name: str, target, labels, weight, ignore_index: int, reduction: str, backend,
+                        as_array: bool) -> str:
+    """cross_entropy's and nll_loss's checks after their target's: the class weights, the backend
+    (returned), the replay rule; class indices (labels) now on numpy, for reduction "none", and for
+    empty logits ((N, 0): no class is in range). The kernels' other paths check them by the loss
+    read back, when it is NaN (_class_loss_result; or not at all: as_array)."""
     if weight is not None:
         _checks.array(weight, "weight", ndim=1)
         _checks.shape_is(weight, "weight", (_classes(logits),), " (one weight per class)")
         _checks.same_dtype(name, logits, weight=weight)
-
-
-def _check_indices_unless_read_back(be: str, reduction: str, labels, logits, ignore_index: int) -> None:
-    """Checks class indices now on numpy, for reduction "none", and for empty logits ((N, 0): no
-    class is in range); the kernels' other paths check them by the loss read back, when it is NaN
-    (or not at all: as_array)."""
+    be = _backend.resolve(backend, logits, target, weight)
+    _refuse_float_in_recording(reduction, as_array)
     if labels is not None and (be == "numpy" or reduction == "none" or logits.size == 0):
         _check_class_indices(labels, _classes(logits), ignore_index)
+    return be
+
+
+def _class_loss_result(loss, grad, loss_shape, labels, classes: int, ignore_index: int, reduction: str,
+                       as_array: bool):
+    """The kernels' (loss, gradient) of cross_entropy or nll_loss: the per-position losses in
+    loss_shape, or a float loss whose NaN may be an index out of range (then named)."""
+    if reduction == "none":
+        return loss.reshape(loss_shape), grad
+    if labels is not None and not as_array and math.isnan(loss):   # an index out of range, or NaN inputs
+        _check_class_indices(labels, classes, ignore_index)
+    return loss, grad
 
 
 def check_ignore_index(value) -> int:
@@ -218,18 +239,11 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     makes it: the one read back stays the loss's own.
     Unlike PyTorch: any integer dtype but uint64 is taken for class indices (PyTorch: int64 and
     uint8), and a negative label_smoothing is refused (PyTorch ignores it)."""
-    _checks.array(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must be (C,), (N, C) or (N, C, d1, ..., dk), got a 0-D array")
-    ignore_index = check_ignore_index(ignore_index)
-    reduction = check_reduction(reduction)
+    ignore_index, reduction = _class_loss_options(logits, "logits", ignore_index, reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
     labels, probabilities = _cross_entropy_target(logits, target, ignore_index)
     classes = _classes(logits)
-    _check_class_weight(weight, logits, "logits")
-    be = _backend.resolve(backend, logits, target, weight)
-    _refuse_float_in_recording(reduction, as_array)
-    _check_indices_unless_read_back(be, reduction, labels, logits, ignore_index)
+    be = _class_loss_backend(logits, "logits", target, labels, weight, ignore_index, reduction, backend, as_array)
     loss_shape = _positions_shape(logits)
     if logits.size == 0:
         return _nothing(be, reduction, logits, loss_shape, as_array)
@@ -245,11 +259,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         be, logits, None if labels is None else labels.reshape(-1), probabilities, weight, classes=classes,
         inner=inner, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
         as_array=as_array)
-    if reduction == "none":
-        return loss.reshape(loss_shape), dlogits
-    if labels is not None and not as_array and math.isnan(loss):   # an index out of range, or NaN logits
-        _check_class_indices(labels, classes, ignore_index)
-    return loss, dlogits
+    return _class_loss_result(loss, dlogits, loss_shape, labels, classes, ignore_index, reduction, as_array)
 
 
 # --- negative log likelihood --------------------------------------------------------------------
@@ -286,16 +296,9 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     is -weight[t] * input[t] (0 where ignored); the mean divides by the summed weights of the counted
     targets (NaN when they sum to 0, as PyTorch's). loss, dinput, as_array and the checks of class
     indices as cross_entropy's; class probabilities are not taken (as PyTorch's nll_loss)."""
-    _checks.array(input, "input")
-    if input.ndim == 0:
-        raise ValueError("input must be (C,), (N, C) or (N, C, d1, ..., dk), got a 0-D array")
-    ignore_index = check_ignore_index(ignore_index)
-    reduction = check_reduction(reduction)
+    ignore_index, reduction = _class_loss_options(input, "input", ignore_index, reduction)
     labels = _class_indices(input, target)
-    _check_class_weight(weight, input, "input")
-    be = _backend.resolve(backend, input, target, weight)
-    _refuse_float_in_recording(reduction, as_array)
-    _check_indices_unless_read_back(be, reduction, labels, input, ignore_index)
+    be = _class_loss_backend(input, "input", target, labels, weight, ignore_index, reduction, backend, as_array)
     loss_shape = _positions_shape(input)
     if input.size == 0:
         return _nothing(be, reduction, input, loss_shape, as_array)
@@ -308,21 +311,24 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     loss, dinput = gpu_loss.nll(be, input, labels.reshape(-1), weight, classes=_classes(input),
                                 inner=math.prod(input.shape[2:]), ignore_index=ignore_index, reduction=reduction,
                                 as_array=as_array)
-    if reduction == "none":
-        return loss.reshape(loss_shape), dinput
-    if not as_array and math.isnan(loss):   # an index out of range, or NaN inputs
-        _check_class_indices(labels, _classes(input), ignore_index)
-    return loss, dinput
+    return _class_loss_result(loss, dinput, loss_shape, labels, _classes(input), ignore_index, reduction, as_array)
 
 
 # --- element-wise losses ------------------------------------------------------------------------
 
-def _check_pair(pred, target, name: str) -> None:
-    """An element-wise loss's float arrays of one shape and dtype."""
+def _elementwise_checks(pred, target, name: str, reduction, backend, as_array: bool, **weights) -> tuple[str, str]:
+    """An element-wise loss's checks -> (reduction, backend): float arrays of one shape and dtype
+    (pred named `name`), the reduction, optional weights broadcasting to pred's shape, the replay rule."""
     _checks.array(pred, name)
     _checks.array(target, "target")
     _checks.same_dtype(name, pred, target=target)
     _checks.shape_is(target, "target", pred.shape, f" (the shape of {name})")
+    reduction = check_reduction(reduction)
+    for weight_name, weight in weights.items():
+        _element_weight(weight, pred, weight_name)
+    be = _backend.resolve(backend, pred, target, *weights.values())
+    _refuse_float_in_recording(reduction, as_array)
+    return reduction, be
 
 
 def _elementwise_result(be, reduction, values, grad, as_array):
@@ -341,10 +347,7 @@ def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
     ("mean") or sum ("sum") as a float (a 0-d float64 array with as_array=True, an extension: see
     the module docstring), or the per-element array ("none"); dpred the gradient of the loss (of
     the sum of the elements for "none")."""
-    _check_pair(pred, target, "pred")
-    reduction = check_reduction(reduction)
-    be = _backend.resolve(backend, pred, target)
-    _refuse_float_in_recording(reduction, as_array)
+    reduction, be = _elementwise_checks(pred, target, "pred", reduction, backend, as_array)
     if pred.size == 0:
         return _nothing(be, reduction, pred, pred.shape, as_array)
     if be == "numpy":
@@ -365,10 +368,7 @@ def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
 def _regression(kind: str, input, target, reduction, beta: float, backend, as_array):
     """l1_loss (kind "l1"), smooth_l1_loss ("smooth_l1", beta > 0) and huber_loss ("huber", beta is
     delta) with PyTorch's formulas and its gradients at the kinks (sign(0) = 0)."""
-    _check_pair(input, target, "input")
-    reduction = check_reduction(reduction)
-    be = _backend.resolve(backend, input, target)
-    _refuse_float_in_recording(reduction, as_array)
+    reduction, be = _elementwise_checks(input, target, "input", reduction, backend, as_array)
     if input.size == 0:
         return _nothing(be, reduction, input, input.shape, as_array)
     if be != "numpy":
@@ -424,10 +424,10 @@ def huber_loss(input, target, reduction="mean", delta=1.0, *, backend=None, as_a
 
 # --- binary cross entropy -----------------------------------------------------------------------
 
-def _element_weight(w, input, name: str):
+def _element_weight(w, input, name: str) -> None:
     """An optional weight (or pos_weight) of input's dtype that broadcasts to input's shape."""
     if w is None:
-        return None
+        return
     _checks.array(w, name)
     _checks.same_dtype("input", input, **{name: w})
     try:
@@ -437,7 +437,6 @@ def _element_weight(w, input, name: str):
     if not fits:
         raise ValueError(f"{name} of shape {tuple(w.shape)} does not broadcast to the input's shape "
                          f"{tuple(input.shape)}")
-    return w
 
 
 def _check_probabilities(a, name: str) -> None:
@@ -451,12 +450,8 @@ def _check_probabilities(a, name: str) -> None:
 
 def _bce(input, target, weight, pos_weight, reduction, from_logits: bool, backend, as_array):
     """binary_cross_entropy and binary_cross_entropy_with_logits (see those)."""
-    _check_pair(input, target, "input")
-    reduction = check_reduction(reduction)
-    weight = _element_weight(weight, input, "weight")
-    pos_weight = _element_weight(pos_weight, input, "pos_weight")
-    be = _backend.resolve(backend, input, target, weight, pos_weight)
-    _refuse_float_in_recording(reduction, as_array)
+    reduction, be = _elementwise_checks(input, target, "input", reduction, backend, as_array, weight=weight,
+                                        pos_weight=pos_weight)
     checked_after = be != "numpy" and reduction != "none"   # by the loss read back, as cross_entropy's indices
     if not from_logits and not checked_after:
         _check_probabilities(input, "input")
