@@ -226,6 +226,46 @@ def cross_entropy_case(shape: LossShape) -> Case:
     return Case("cross_entropy", shape, None, setup)
 
 
+def nll_loss_case(shape: LossShape) -> Case:
+    """NLL of log-probabilities against class indices (after log_softmax, as PyTorch's MNIST example),
+    loss and gradient together."""
+    def setup(device, dtype, rng):
+        sets = _input_sets(device, rng, lambda rng: (_random(rng, (shape.N, shape.classes), dtype),
+                                                     rng.integers(0, shape.classes, shape.N).astype(np.int64)))
+        if device.framework == "torch":
+            torch = device.torch
+
+            def run(log_probs, labels):
+                log_probs = log_probs.detach().requires_grad_(True)
+                return torch.autograd.grad(torch.nn.functional.nll_loss(log_probs, labels), log_probs)
+            return run, sets
+        F = _F()
+        return (lambda log_probs, labels: F.nll_loss(log_probs, labels, backend=device.backend)), sets
+
+    return Case("nll_loss", shape, None, setup)
+
+
+def bce_with_logits_case(shape: LossShape) -> Case:
+    """Multi-label binary cross entropy on (N, classes) logits with 0/1 targets, loss and gradient
+    together."""
+    def setup(device, dtype, rng):
+        sets = _input_sets(device, rng, lambda rng: (
+            _random(rng, (shape.N, shape.classes), dtype),
+            (rng.random((shape.N, shape.classes)) < 0.5).astype(dtype)))
+        if device.framework == "torch":
+            torch = device.torch
+
+            def run(logits, target):
+                logits = logits.detach().requires_grad_(True)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+                return torch.autograd.grad(loss, logits)
+            return run, sets
+        F = _F()
+        return (lambda logits, target: F.binary_cross_entropy_with_logits(logits, target, backend=device.backend)), sets
+
+    return Case("binary_cross_entropy_with_logits", shape, None, setup)
+
+
 def softmax_case(shape: LossShape) -> Case:
     """Softmax over the classes of (N, classes) logits and its backward pass from the output y."""
     def setup(device, dtype, rng):

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .. import roofline
+from .. import backend, roofline
 from .devices import Device
 from .rows import Row
 
@@ -104,6 +104,26 @@ def _cross_entropy(case, spec, dtype) -> list:
     item = np.dtype(dtype).itemsize
     return [roofline.memory_bound("cross_entropy_rows", (2 * n * classes + n) * item + n * 8, spec),
             roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
+
+
+def _nll_loss(case, spec, dtype) -> list:
+    """The mean's divisor (the targets' weights, summed), the zeroed gradient, the per-row kernel
+    (one log-probability read and one gradient element written a row), then the loss's sum."""
+    n, classes = case.shape.N, case.shape.classes
+    item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
+    return [roofline.memory_bound("cross_entropy_target_weights", n * (8 + compute), spec),
+            roofline.memory_bound("channel_sum", (n + 1) * compute, spec),
+            roofline.memory_bound(CUPY_ELEMENTWISE, n * classes * item, spec),
+            roofline.memory_bound("nll_rows", n * (8 + 2 * item + compute), spec),
+            roofline.memory_bound("channel_sum", (n + 1) * compute, spec)]
+
+
+def _binary_cross_entropy_with_logits(case, spec, dtype) -> list:
+    """The element-wise kernel (logits and targets in, gradient and per-element losses out), then the sum."""
+    elements = case.shape.N * case.shape.classes
+    item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
+    return [roofline.memory_bound("binary_cross_entropy_rows", elements * (3 * item + compute), spec),
+            roofline.memory_bound("channel_sum", (elements + 1) * compute, spec)]
 
 
 def _softmax(case, spec, dtype) -> list:
@@ -277,6 +297,10 @@ def case_estimates(case, spec, dtype, math: str = "fp32") -> list:
         return _cross_entropy(case, spec, dtype)
     if case.op == "softmax":
         return _softmax(case, spec, dtype)
+    if case.op == "nll_loss":
+        return _nll_loss(case, spec, dtype)
+    if case.op == "binary_cross_entropy_with_logits":
+        return _binary_cross_entropy_with_logits(case, spec, dtype)
     if case.op == "batch_norm":
         return _batch_norm(case, spec, dtype)
     raise ValueError(f"no model for op {case.op!r}")

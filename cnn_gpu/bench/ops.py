@@ -1,7 +1,8 @@
 """The ops `cnn-gpu bench` times, and the cases of a shape set."""
 from __future__ import annotations
 
-from .cases import Case, batch_norm_case, conv_case, cross_entropy_case, pool_case, softmax_case
+from .cases import (Case, batch_norm_case, bce_with_logits_case, conv_case, cross_entropy_case, nll_loss_case, pool_case,
+                    softmax_case)
 from .shapes import SHAPE_SETS
 from .training import train_step_case
 
@@ -23,6 +24,9 @@ OPS = {
     "avg_pool2d_backward": ("pool", lambda s: pool_case("avg_pool2d_backward", s), "average pooling backward"),
     "cross_entropy": ("loss", cross_entropy_case, "softmax cross entropy, loss and gradient"),
     "softmax": ("loss", softmax_case, "softmax over the classes, forward and backward (from the output)"),
+    "nll_loss": ("loss", nll_loss_case, "negative log likelihood of log-probabilities, loss and gradient"),
+    "binary_cross_entropy_with_logits": ("loss", bce_with_logits_case,
+                                         "multi-label binary cross entropy on logits, loss and gradient"),
     "train_step": ("model", train_step_case, "forward, loss, backward and SGD step of a model"),
     "train_step_replayed": ("model", lambda s: train_step_case(s, replayed=True),
                             "train_step recorded once and replayed (cnn_gpu.replay); emu and cuda only"),
