@@ -101,6 +101,27 @@ def test_mse_loss_as_array_reads_nothing(count_reads, reduction):
 
 
 @needs_emu
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["nll_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+                                  "binary_cross_entropy_with_logits"])
+def test_the_other_losses_read_their_loss_back_once_or_not_at_all(count_reads, name, reduction):
+    """nll_loss's class indices and binary_cross_entropy's [0, 1] range are checked by the loss read
+    back (when NaN), not by reading the inputs: one read, none with as_array."""
+    rng = np.random.default_rng(7)
+    if name == "nll_loss":
+        x, target = rng.standard_normal((6, 5)), rng.integers(0, 5, 6).view(HostReads)
+    else:
+        x, target = rng.uniform(0.1, 0.9, (2, 4, 3)).view(HostReads), rng.uniform(0, 1, (2, 4, 3)).view(HostReads)
+    op = getattr(F, name)
+    loss, _ = op(x, target, reduction=reduction, backend="emu")
+    assert count_reads.count == 1
+    count_reads.count = 0
+    kept, _ = op(x, target, reduction=reduction, backend="emu", as_array=True)
+    assert count_reads.count == 0
+    assert kept.shape == () and kept.dtype == np.float64 and float(kept) == loss
+
+
+@needs_emu
 @pytest.mark.parametrize("weighted", [False, True])
 def test_class_index_out_of_range_is_refused_after_the_nan_loss_or_kept_as_nan(count_reads, weighted):
     rng = np.random.default_rng(6)
