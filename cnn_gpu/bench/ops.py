@@ -1,8 +1,8 @@
 """The ops `cnn-gpu bench` times, and the cases of a shape set."""
 from __future__ import annotations
 
-from .cases import (Case, batch_norm_case, bce_with_logits_case, conv_case, cross_entropy_case, nll_loss_case, pool_case,
-                    softmax_case)
+from .cases import (Case, batch_norm_case, bce_with_logits_case, conv_case, cross_entropy_case, nll_loss_case,
+                    pool_case, softmax_case)
 from .shapes import SHAPE_SETS
 from .training import train_step_case
 
