@@ -207,42 +207,34 @@ def batch_norm_case(shape: ConvShape) -> Case:
     return Case("batch_norm", shape, None, setup)
 
 
-def cross_entropy_case(shape: LossShape) -> Case:
-    """Loss and its gradient together (F.cross_entropy returns both)."""
+def _class_index_loss_case(name: str, shape: LossShape) -> Case:
+    """F.<name> (cross_entropy, nll_loss) of (N, classes) scores against class indices: the loss
+    and its gradient together (the functional loss returns both)."""
     def setup(device, dtype, rng):
         sets = _input_sets(device, rng, lambda rng: (_random(rng, (shape.N, shape.classes), dtype),
                                                      rng.integers(0, shape.classes, shape.N).astype(np.int64)))
         if device.framework == "torch":
             torch = device.torch
 
-            def run(logits, labels):
-                logits = logits.detach().requires_grad_(True)
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-                return torch.autograd.grad(loss, logits)
+            def run(scores, labels):
+                scores = scores.detach().requires_grad_(True)
+                return torch.autograd.grad(getattr(torch.nn.functional, name)(scores, labels), scores)
             return run, sets
         F = _F()
-        return (lambda logits, labels: F.cross_entropy(logits, labels, backend=device.backend)), sets
+        return (lambda scores, labels: getattr(F, name)(scores, labels, backend=device.backend)), sets
 
-    return Case("cross_entropy", shape, None, setup)
+    return Case(name, shape, None, setup)
+
+
+def cross_entropy_case(shape: LossShape) -> Case:
+    """Softmax cross entropy against class indices, loss and gradient together."""
+    return _class_index_loss_case("cross_entropy", shape)
 
 
 def nll_loss_case(shape: LossShape) -> Case:
     """NLL of log-probabilities against class indices (after log_softmax, as PyTorch's MNIST example),
     loss and gradient together."""
-    def setup(device, dtype, rng):
-        sets = _input_sets(device, rng, lambda rng: (_random(rng, (shape.N, shape.classes), dtype),
-                                                     rng.integers(0, shape.classes, shape.N).astype(np.int64)))
-        if device.framework == "torch":
-            torch = device.torch
-
-            def run(log_probs, labels):
-                log_probs = log_probs.detach().requires_grad_(True)
-                return torch.autograd.grad(torch.nn.functional.nll_loss(log_probs, labels), log_probs)
-            return run, sets
-        F = _F()
-        return (lambda log_probs, labels: F.nll_loss(log_probs, labels, backend=device.backend)), sets
-
-    return Case("nll_loss", shape, None, setup)
+    return _class_index_loss_case("nll_loss", shape)
 
 
 def bce_with_logits_case(shape: LossShape) -> Case:
