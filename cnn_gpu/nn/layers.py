@@ -192,7 +192,25 @@ class Linear(_Weighted):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class MaxPool2d(Module):
+class _MaxPool(Module):
+    """A max pool: forward returns y, or (y, indices) with `return_indices` as PyTorch does; the
+    backward routes dy through the indices its forward saved. Subclasses: `_pool(x)` -> (y,
+    indices), and `_unpool(dy, indices, x_shape, checked)`, checked=False skipping the index check
+    for the layer's own indices (the caller holds them only with return_indices)."""
+
+    def forward(self, x):
+        y, indices = self._pool(x)
+        self._saved = (indices, x.shape)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        indices, x_shape = self._saved_for_backward()
+        return self._unpool(dy, indices, x_shape, checked=self.return_indices)
+
+
+class MaxPool2d(_MaxPool):
     """Max pooling; with return_indices=True forward returns (y, indices) as PyTorch does."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
@@ -204,20 +222,15 @@ class MaxPool2d(Module):
         self.return_indices = bool(return_indices)
         self.ceil_mode = bool(ceil_mode)
 
-    def forward(self, x):
-        y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                                  backend=self.backend)
-        self._saved = (indices, x.shape)
-        return (y, indices) if self.return_indices else y
+    def _pool_args(self):
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        indices, x_shape = self._saved_for_backward()
-        # indices from its own forward are checked again only where the caller holds them too
-        backward = F.max_pool2d_backward if self.return_indices else max_pool2d_backward_of_own_indices
-        return backward(dy, indices, x_shape, self.kernel_size, self.stride, self.padding, self.dilation,
-                        self.ceil_mode, backend=self.backend)
+    def _pool(self, x):
+        return F.max_pool2d(x, *self._pool_args(), backend=self.backend)
+
+    def _unpool(self, dy, indices, x_shape, checked):
+        backward = F.max_pool2d_backward if checked else max_pool2d_backward_of_own_indices
+        return backward(dy, indices, x_shape, *self._pool_args(), backend=self.backend)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -756,7 +769,7 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
         return F.adaptive_avg_pool2d_backward(dy, self._saved_for_backward(), backend=self.backend)
 
 
-class AdaptiveMaxPool2d(_AdaptivePool2d):
+class AdaptiveMaxPool2d(_AdaptivePool2d, _MaxPool):
     """Adaptive max pooling to `output_size`; with return_indices=True forward returns (y, indices)
     as PyTorch does."""
 
@@ -764,18 +777,11 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
         super().__init__(output_size)
         self.return_indices = bool(return_indices)
 
-    def forward(self, x):
-        y, indices = F.adaptive_max_pool2d(x, self.output_size, backend=self.backend)
-        self._saved = (indices, x.shape)
-        return (y, indices) if self.return_indices else y
+    def _pool(self, x):
+        return F.adaptive_max_pool2d(x, self.output_size, backend=self.backend)
 
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        indices, x_shape = self._saved_for_backward()
-        # indices from its own forward are checked again only where the caller holds them too
-        backward = (F.adaptive_max_pool2d_backward if self.return_indices
-                    else adaptive_max_pool2d_backward_of_own_indices)
+    def _unpool(self, dy, indices, x_shape, checked):
+        backward = F.adaptive_max_pool2d_backward if checked else adaptive_max_pool2d_backward_of_own_indices
         return backward(dy, indices, x_shape, self.output_size, backend=self.backend)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import functional as F
 from ..functional.one_d import conv1d_padding, max_pool1d_backward_of_own_indices, pool_sizes, single
-from .layers import _Conv
+from .layers import _Conv, _MaxPool
 from .module import Module
 
 
@@ -70,7 +70,7 @@ class ConvTranspose1d(_Conv1d):
         return super().extra_repr() + f", output_padding={self.output_padding}"
 
 
-class MaxPool1d(Module):
+class MaxPool1d(_MaxPool):
     """1-D max pooling; with return_indices=True forward returns (y, indices) as PyTorch does."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
@@ -83,17 +83,11 @@ class MaxPool1d(Module):
     def _pool_args(self):
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
-    def forward(self, x):
-        y, indices = F.max_pool1d(x, *self._pool_args(), backend=self.backend)
-        self._saved = (indices, x.shape)
-        return (y, indices) if self.return_indices else y
+    def _pool(self, x):
+        return F.max_pool1d(x, *self._pool_args(), backend=self.backend)
 
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        indices, x_shape = self._saved_for_backward()
-        # indices from its own forward are checked again only where the caller holds them too
-        backward = F.max_pool1d_backward if self.return_indices else max_pool1d_backward_of_own_indices
+    def _unpool(self, dy, indices, x_shape, checked):
+        backward = F.max_pool1d_backward if checked else max_pool1d_backward_of_own_indices
         return backward(dy, indices, x_shape, *self._pool_args(), backend=self.backend)
 
     def extra_repr(self):
