@@ -25,18 +25,18 @@ parameter's .grad; batch norms' and Dropout(p=0)'s call counts; GradScaler's sca
 check, step or skip, and update. Only the library's device work is recorded: array operations of
 your own inside the block (NumPy on emu, CuPy on cuda) run once, when recording.
 
-Refused while recording (RuntimeError; ValueError for the C-order copy; the recording unusable),
-as a replay could not reproduce them: a loss read back as a float (use as_array=True), Dropout(p>0)
-in training mode, an explicit GradScaler.unscale_ (code between it and step() would not be
-replayed), a batch norm with momentum=None, an all-reduce over ranks, the numpy backend (no
-kernels), an input the emulator would have copied to C order, a layer's backward whose forward ran
-before the recording, a module with hooks (nn.hooks: Python a replay would not run). Refused at replay, before any work (`guard`): a module called in the
-recording now in another mode (train()/eval()), on another backend, with an attribute assigned
-since (settings, layers), with other parameter or buffer arrays (load_state_dict, Module.to) or with
-hooks;
-another math mode or current GPU; a gradient bound where the recorded backward found it unbound or the reverse
-(an eager backward would add where the replay writes anew, or the reverse). Replay on the thread
-and CuPy stream of the recording.
+Refused while recording (RuntimeError; ValueError for the C-order copy; the recording unusable), as
+a replay could not reproduce them: a loss read back as a float (use as_array=True), Dropout(p>0) in
+training mode, an explicit GradScaler.unscale_ (code between it and step() would not be replayed),
+a batch norm with momentum=None, an all-reduce over ranks, the numpy backend (no kernels), an input
+the emulator would have copied to C order, a layer's backward whose forward ran before the
+recording, a module with hooks (nn.hooks: Python a replay would not run). Refused at replay, before
+any work (`guard`): a module called in the recording now in another mode (train()/eval()), on
+another backend, with an attribute assigned since (settings, layers), with other parameter or
+buffer arrays (load_state_dict, Module.to) or with hooks; another math mode or current GPU; a
+gradient bound where the recorded backward found it unbound or the reverse (an eager backward would
+add where the replay writes anew, or the reverse). Replay on the thread and CuPy stream of the
+recording.
 """
 from __future__ import annotations
 
