@@ -438,7 +438,8 @@ def test_layers_refuse_bad_settings_when_built():
     for build, match in [(lambda: nn.Conv1d(4, 6, 3, groups=4), "divisible by groups"),
                          (lambda: nn.Conv1d(4, 6, 3, stride=2, padding="same"), "strided"),
                          (lambda: nn.Conv1d(4, 6, (3, 3)), "kernel_size must be an int or a 1-tuple"),
-                         (lambda: nn.Conv1d(4, 6, 3, padding_mode="reflect"), "padding_mode"),
+                         (lambda: nn.Conv1d(4, 6, 3, padding_mode="mirror"), "padding_mode"),
+                         (lambda: nn.ConvTranspose1d(4, 6, 3, padding_mode="reflect"), "padding mode"),
                          (lambda: nn.ConvTranspose1d(4, 6, 3, output_padding=1), "output_padding"),
                          (lambda: nn.MaxPool1d(3, padding=2), "at most half"),
                          (lambda: nn.AvgPool1d((2, 2)), "1-tuple"),
@@ -615,3 +616,41 @@ def test_the_roofline_model_prices_the_copy_a_long_filter_makes():
     assert launches[1][1].dram_bytes == plain[0][1].dram_bytes and launches[1][1].flops == plain[0][1].flops
     assert [e.kernel for e in roofline.model_conv("dgrad", g, np.float32, roofline.spec("h100"))][:2] == [
         "conv2d_pad", "conv2d_dgrad_filter_transpose"]
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_conv1d_padding_modes_as_pytorchs(mode, be, torch):
+    """Conv1d(padding_mode=...) pads the signal with F.pad and convolves with padding 0, as torch's:
+    output, input and weight gradients and state dicts equal torch's, for numeric and "same"
+    padding (an even kernel: the odd element on the right), batched and unbatched."""
+    rng = np.random.default_rng(46)
+    for padding, kernel, dilation, shape in ((2, 5, 1, (2, 3, 11)), ("same", 4, 1, (3, 12)), ("same", 3, 2, (2, 3, 9)),
+                                             (1, 3, 1, (3, 7))):
+        ours = nn.Conv1d(3, 4, kernel, padding=padding, dilation=dilation, padding_mode=mode)
+        ours.to(dtype=np.float64).to(be)
+        theirs = torch.nn.Conv1d(3, 4, kernel, padding=padding, dilation=dilation, padding_mode=mode).double()
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+        x = rng.standard_normal(shape)
+        y = ours(x)
+        x_torch = torch.from_numpy(x).requires_grad_()
+        y_torch = theirs(x_torch)
+        dy = rng.standard_normal(y.shape)
+        y_torch.backward(torch.from_numpy(dy))
+        dx = ours.backward(dy)
+        for got, want in ((y, y_torch), (dx, x_torch.grad), (ours.weight.grad, theirs.weight.grad),
+                          (ours.bias.grad, theirs.bias.grad)):
+            np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_the_bench_mirror_and_shapes_keep_conv1d_padding_modes(torch):
+    """The PyTorch mirror pads as the layer does, and the step model's geometry is the convolution of
+    F.pad's output with padding 0 (what the layer runs)."""
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1, padding_mode="reflect"), nn.ReLU())
+    (_, _, out, g), _ = leaf_layers(model, (2, 2, 9))
+    assert out == (2, 3, 9) and g.x_shape == (2, 2, 1, 11) and g.padding == (0, 0)
+    mirror = torch_mirror(model, torch)
+    assert mirror[0].padding_mode == "reflect"
+    x = np.random.default_rng(3).standard_normal((2, 2, 9)).astype(np.float32)
+    np.testing.assert_allclose(model(x), mirror(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)

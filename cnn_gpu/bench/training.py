@@ -52,8 +52,11 @@ def _signal_leaf(module, shape):
         return None, (*shape[:-1], g.Q)
     weight = (*module.weight.shape[:-1], 1, module.weight.shape[-1])
     stride, dilation = (1, *module.stride), (1, *module.dilation)
-    if isinstance(module, nn.Conv1d):
-        padding = module.padding if isinstance(module.padding, str) else (0, *module.padding)
+    if isinstance(module, nn.Conv1d):   # a padding_mode other than zeros: convolves F.pad's output
+        if module.padding_mode != "zeros":
+            view, padding = padded_shape(view, (*module._mode_pad, 0, 0), module.padding_mode), (0, 0)
+        else:
+            padding = module.padding if isinstance(module.padding, str) else (0, *module.padding)
         g = conv_geometry(view, weight, stride, padding, dilation, module.groups)
         return g, (g.N, g.K, g.Q)
     g = conv_transpose_geometry(view, weight, stride, (0, *module.padding), (0, *module.output_padding), dilation,
@@ -223,7 +226,7 @@ def torch_mirror(model, torch):
             return tnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
         if isinstance(m, nn.Conv1d):
             return tnn.Conv1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                              bias=m.bias is not None)
+                              bias=m.bias is not None, padding_mode=m.padding_mode)
         if isinstance(m, nn.ConvTranspose1d):
             return tnn.ConvTranspose1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                                        m.output_padding, m.groups, bias=m.bias is not None, dilation=m.dilation)

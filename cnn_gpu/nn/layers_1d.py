@@ -18,17 +18,26 @@ def _one(value, name: str, minimum: int = 1) -> tuple:
 
 
 class _Conv1d(_Conv):
-    """A 1-D convolution layer: _Conv's, sizes as 1-tuples, padding_mode "zeros" only."""
+    """A 1-D convolution layer: _Conv's, sizes as 1-tuples."""
     _sizes = staticmethod(_one)
 
-    def _init_conv(self, in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode) -> None:
-        super()._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
-        if padding_mode != "zeros":
-            raise ValueError(f"padding_mode {padding_mode!r} is not supported by the 1-D layers; only 'zeros' is")
+
+def _pad_signal(x, pad, mode, backend):
+    """F.pad of a signal's last axis: (N, C, L) as F.pad's (C, H, W), an unbatched (C, L) through a
+    (1, C, L) view."""
+    return F.pad(x[None] if x.ndim == 2 else x, pad, mode, backend=backend).reshape(*x.shape[:-1], -1)
+
+
+def _pad_signal_backward(dy, x_shape, pad, mode, backend):
+    dx = F.pad_backward(dy[None] if dy.ndim == 2 else dy, (1, *x_shape) if len(x_shape) == 2 else x_shape, pad, mode,
+                        backend=backend)
+    return dx.reshape(x_shape)
 
 
 class Conv1d(_Conv1d):
-    """1-D convolution; weight (out_channels, in_channels/groups, k)."""
+    """1-D convolution; weight (out_channels, in_channels/groups, k). A padding_mode other than
+    "zeros" pads the signal with F.pad by the layer's padding ("same" puts the odd element on the
+    right) and convolves with padding 0, as PyTorch does."""
 
     _op, _op_backward = staticmethod(F.conv1d), staticmethod(F.conv1d_backward)
 
@@ -37,13 +46,36 @@ class Conv1d(_Conv1d):
         super().__init__()
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
         # "same" and "valid" kept as such, as PyTorch keeps them; checked here
-        conv1d_padding(padding, self.stride[0], self.dilation[0], self.kernel_size[0])
+        left, total = conv1d_padding(padding, self.stride[0], self.dilation[0], self.kernel_size[0])
+        self._mode_pad = (left, total - left)
         self.padding = padding if isinstance(padding, str) else _one(padding, "padding", minimum=0)
         shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         self._init_parameters(shape, self.out_channels, bias, dtype, rng)
 
     def _conv_args(self):
-        return self.stride, self.padding, self.dilation, self.groups
+        padding = self.padding if self.padding_mode == "zeros" else (0,)
+        return self.stride, padding, self.dilation, self.groups
+
+    def forward(self, x):
+        if self.padding_mode == "zeros":
+            return super().forward(x)
+        y = super().forward(_pad_signal(x, self._mode_pad, self.padding_mode, self.backend))
+        self._saved = (self._saved, x.shape)
+        return y
+
+    def backward(self, dy, input_grad=True):
+        if self.padding_mode == "zeros":
+            return super().backward(dy, input_grad)
+        if self._nothing_to_compute(input_grad):
+            return None
+        padded, x_shape = self._saved_for_backward()
+        self._saved = padded   # _Conv's backward on the padded signal, then the gradient folded back
+        try:
+            dx = super().backward(dy, input_grad)
+        finally:
+            self._saved = (padded, x_shape)
+        return None if dx is None else _pad_signal_backward(dx, x_shape, self._mode_pad, self.padding_mode,
+                                                             self.backend)
 
 
 class ConvTranspose1d(_Conv1d):
@@ -55,6 +87,8 @@ class ConvTranspose1d(_Conv1d):
                  bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        if padding_mode != "zeros":
+            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose1d')
         self.padding = _one(padding, "padding", minimum=0)
         self.output_padding = _one(output_padding, "output_padding", minimum=0)
         if self.output_padding[0] >= max(self.stride[0], self.dilation[0]):
