@@ -61,6 +61,15 @@ def assert_close(actual, expected, dtype, what=""):
 # The planted test kernels of tests/emu_kernels/, run on the emulator.
 EMU_KERNELS = Path(__file__).resolve().parent / "emu_kernels"
 needs_emu = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=backend.why_unavailable("emu") or "")
+needs_cuda = pytest.mark.skipif("cuda" not in backend.available_backends(),
+                                reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+
+
+def refuse_launches(monkeypatch) -> None:
+    """Every kernel launch raises AssertionError("launched"): for tests of what is refused before any."""
+    def launch(*args, **kwargs):
+        raise AssertionError("launched")
+    monkeypatch.setattr(backend, "launch", launch)
 
 
 def planted_kernels(name: str):

@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close
+from helpers import assert_close, needs_cuda, refuse_launches
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -120,9 +120,7 @@ def test_finite_differences_away_from_ties():
 
 @needs_emu
 def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
-    def launch(*args, **kwargs):
-        raise AssertionError("launched")
-    monkeypatch.setattr(backend, "launch", launch)
+    refuse_launches(monkeypatch)
     x = np.ones((2, 3, 4, 4))
     dy, indices = np.ones((2, 3, 2, 2)), np.zeros((2, 3, 2, 2), np.int32)
     for call, error, match in [
@@ -279,8 +277,7 @@ def test_float16_rounds_each_gradient_once():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("cuda" not in backend.available_backends(),
-                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@needs_cuda
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_cuda_matches_numpy(dtype):
     import cupy

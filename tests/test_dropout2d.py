@@ -12,11 +12,10 @@ import pytest
 from cnn_gpu import backend, nn, optim, philox
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
+from helpers import needs_cuda, needs_emu, refuse_launches
 from test_dropout import check_a_resumed_run
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
-                               reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
 
 # (N, C, H, W) with planes of 1 pixel, of more than a block's threads and more planes than a Philox
 # group has lanes; 3-D (N, C, L), and the deprecated 2-D and 5-D ranks
@@ -206,9 +205,7 @@ def test_backward_regenerates_the_mask_and_finite_differences():
 
 @needs_emu
 def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
-    def launch(*args, **kwargs):
-        raise AssertionError("launched")
-    monkeypatch.setattr(backend, "launch", launch)
+    refuse_launches(monkeypatch)
     x = np.ones((2, 3, 4, 4))
     for call, error, match in [
         (lambda be: F.dropout2d(x, 1.5, seed=0, backend=be), ValueError, "between 0 and 1"),
@@ -287,8 +284,7 @@ def test_layer_on_emu_gives_the_numpy_masks():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("cuda" not in backend.available_backends(),
-                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@needs_cuda
 def test_cuda_mask_is_the_numpy_mask_bit_for_bit():
     import cupy
     rng = np.random.default_rng(13)

@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, to_host
+from helpers import assert_close, needs_cuda, to_host
 
 BACKENDS = ["numpy", "emu"]
 KINDS = ["group", "layer"]
@@ -368,8 +368,7 @@ def test_a_replayed_step_computes_its_new_inputs(kind, layout, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("cuda" not in backend.available_backends(),
-                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@needs_cuda
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_cuda_matches_numpy(kind, dtype):
@@ -385,8 +384,7 @@ def test_cuda_matches_numpy(kind, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("cuda" not in backend.available_backends(),
-                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@needs_cuda
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_float16_rounds_each_output_once(kind):
     import cupy

@@ -14,7 +14,7 @@ import pytest
 
 from cnn_gpu import backend, emu
 from cnn_gpu import functional as F
-from helpers import assert_close, to_host
+from helpers import assert_close, needs_cuda, to_host
 
 torch = pytest.importorskip("torch", reason="torch is not installed (make torch)")
 TF = torch.nn.functional
@@ -22,8 +22,6 @@ TF = torch.nn.functional
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
-needs_cuda = pytest.mark.skipif("cuda" not in backend.available_backends(),
-                                reason=f"cuda backend unavailable: {backend.why_unavailable('cuda')}")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu), pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [np.float64, np.float32, np.float16]
 

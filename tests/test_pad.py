@@ -12,7 +12,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op, gradcheck
-from helpers import assert_close
+from helpers import assert_close, needs_cuda, refuse_launches
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -210,9 +210,7 @@ def test_float16_forward_bits_and_gradient_rounded_once(be):
 
 @pytest.mark.parametrize("be", BACKENDS)
 def test_empty_batch_launches_nothing(be, monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError("launched a grid of no blocks")
-    monkeypatch.setattr(backend, "launch", no_launch)
+    refuse_launches(monkeypatch)
     y = F.pad(np.zeros((0, 2, 3, 3), np.float32), (1, 1, 2, 2), "reflect", backend=be)
     assert y.shape == (0, 2, 7, 5) and y.dtype == np.float32
     assert F.pad_backward(np.zeros((0, 2, 7, 5), np.float32), (0, 2, 3, 3), (1, 1, 2, 2), "reflect",
@@ -221,9 +219,7 @@ def test_empty_batch_launches_nothing(be, monkeypatch):
 
 @pytest.mark.parametrize("be", BACKENDS)
 def test_bad_arguments_are_refused_before_any_launch(be, monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError("launched before the arguments were checked")
-    monkeypatch.setattr(backend, "launch", no_launch)
+    refuse_launches(monkeypatch)
     x, dy = np.ones((2, 3, 4, 5)), np.ones((2, 3, 6, 7))
     for call, error, match in [
         (lambda: F.pad(x, (1, 1), "reflect"), NotImplementedError, "Padding size 2 is not supported for 4D input"),
@@ -389,8 +385,7 @@ def test_kernels_bit_identical_under_schedules(schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("cuda" not in backend.available_backends(),
-                    reason=f"no cuda backend: {backend.why_unavailable('cuda')}")
+@needs_cuda
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_cuda_matches_numpy(dtype):
     import cupy
