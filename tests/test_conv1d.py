@@ -559,10 +559,12 @@ def test_benchmark_models_know_the_layers(torch):
     # gradient it is, input length 11 to 24)
     convolutions = [(4, 2, 4, 23), (4, 3, 3, 11), (3, 6, 3, 5)]
     assert model_flops(model, x.shape) == sum(2 * 2 * K * Cg * k * P for K, Cg, k, P in convolutions) + 2 * 2 * 6 * 2
-    for index, kernels in [(1, "pool"), (3, "pool"), (5, "adaptive_pool")]:
-        source = backend.kernel_source(kernels)
-        for kernel, _ in _layer_passes(model[index], 1, 1, 8):
-            assert f"\n{kernel}(" in source, kernel
+    for index, family, kind in [(1, "pool", "max_pool"), (3, "pool", "avg_pool"),
+                                (5, "adaptive_pool", "adaptive_avg_pool")]:
+        kernels = [kernel for kernel, _ in _layer_passes(model[index], 1, 1, 8)]
+        assert kernels == [f"{kind}_forward", f"{kind}_backward"], (index, kernels)
+        source = backend.kernel_source(family)
+        assert all(f"\n{kernel}(" in source for kernel in kernels), kernels
     with torch.no_grad():
         expected = torch_mirror(model, torch)(torch.from_numpy(x)).numpy()
     assert_close(model(x), expected, np.float64, "mirror")

@@ -14,14 +14,12 @@ import pytest
 
 from cnn_gpu import backend, emu
 from cnn_gpu import functional as F
-from helpers import assert_close, needs_cuda, to_host
+from helpers import assert_close, needs_cuda, needs_emu, refuse_launches, to_host
 
 torch = pytest.importorskip("torch", reason="torch is not installed (make torch)")
 TF = torch.nn.functional
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
-                               reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu), pytest.param("cuda", marks=needs_cuda)]
 DTYPES = [np.float64, np.float32, np.float16]
 
@@ -230,13 +228,17 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
 
 @pytest.mark.parametrize("be", BACKENDS)
 @pytest.mark.parametrize("shape", [(), (0,), (2, 0, 3)])
-def test_zero_dimensional_and_empty_inputs(shape, be):
-    """0-d and empty arrays give arrays of their shape and dtype (nothing launched for an empty one)."""
+def test_zero_dimensional_and_empty_inputs(shape, be, monkeypatch):
+    """0-d and empty arrays give arrays of their shape and dtype, a 0-d one PyTorch's values, and
+    nothing is launched for an empty one."""
     x = np.full(shape, -0.5, np.float32)
+    if 0 in shape:
+        refuse_launches(monkeypatch)
     for case in CASES:
-        for got, expected in zip(ours(case, x, x, be), ours(case, x, x, "numpy")):
-            assert isinstance(got, np.ndarray) and got.shape == shape
-            assert_close(got, expected, np.float32, case)
+        expected = (theirs(case, x.reshape(1), x.reshape(1)) if x.size else (np.empty(shape, np.float32),) * 2)
+        for got, want in zip(ours(case, x, x, be), expected):
+            assert isinstance(got, np.ndarray) and got.shape == shape and got.dtype == np.float32
+            assert_close(got, want.reshape(shape), np.float32, case)
 
 
 @pytest.mark.parametrize("call, error, message", [

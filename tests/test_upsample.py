@@ -399,7 +399,8 @@ def test_benchmark_models_know_the_layer():
                       "Upsample2": ((2, 3, 7, 6), (2, 3, 4, 9))}
     source = backend.kernel_source("upsample")
     for layer in model[1:]:
-        for kernel, _ in _layer_passes(layer, 1, 1, 8):
-            assert f"\n{kernel}(" in source, kernel
+        kernels = [kernel for kernel, _ in _layer_passes(layer, 1, 1, 8)]
+        assert kernels == [f"upsample_{layer.mode}_forward", f"upsample_{layer.mode}_backward"], kernels
+        assert all(f"\n{kernel}(" in source for kernel in kernels), kernels
     with torch.no_grad():
         np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)
