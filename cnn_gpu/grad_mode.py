@@ -72,6 +72,11 @@ class set_grad_enabled(_GradModeContext):
     def __enter__(self):
         return self
 
+    def __call__(self, function):
+        """As a decorator the mode is set around each call only: the one set at construction goes back."""
+        _MODE.enabled = self._previous
+        return super().__call__(function)
+
 
 class inference_mode(_GradModeContext):
     """PyTorch's torch.inference_mode: no_grad() here; inference_mode(False) enables gradients, as

@@ -66,6 +66,11 @@ def test_the_mode_nests_decorates_and_is_per_thread_as_pytorchs():
         def decorated():
             return module.is_grad_enabled()
         seen += [decorated(), module.is_grad_enabled()]
+
+        @module.set_grad_enabled(False)   # sets the mode around each call, not from here on
+        def disabled():
+            return module.is_grad_enabled()
+        seen += [module.is_grad_enabled(), disabled(), module.is_grad_enabled()]
         other = []
         with module.no_grad():
             thread = threading.Thread(target=lambda: other.append(module.is_grad_enabled()))
@@ -73,7 +78,8 @@ def test_the_mode_nests_decorates_and_is_per_thread_as_pytorchs():
             thread.join()
         return seen + other
 
-    assert trace(cnn_gpu) == trace(torch) == [False, True, True, False, True, False, False, False, True, True]
+    assert trace(cnn_gpu) == trace(torch) == [False, True, True, False, True, False, False, False, True, True, False,
+                                              True, True]
     with pytest.raises(TypeError, match="True or False"):
         cnn_gpu.set_grad_enabled(1)
 

@@ -30,7 +30,7 @@ def ops(kind):
 def draw_case(rng, dtype, kind):
     """x of rank 1 to 5 ((N, C, *) of rank 2 at least for group norm) and its layout: a group count
     dividing C, or normalized_shape (an int or a tuple of x's last 1 to 3 axes); affine parameters
-    or not. 3 values a group or row at least: with 2, xhat is +-1 and dx a cancellation to 0 that
+    or not, each on its own. 3 values a group or row at least: with 2, xhat is +-1 and dx a cancellation to 0 that
     float32 leaves at 1e-5."""
     shape = tuple(int(d) for d in rng.integers(1, 5, int(rng.integers(1 if kind == "layer" else 2, 6))))
     if kind == "group":
@@ -49,7 +49,10 @@ def draw_case(rng, dtype, kind):
     return dict(x=(rng.standard_normal(shape) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)).astype(dtype),
                 dy=rng.standard_normal(shape).astype(dtype), layout=layout,
                 weight=rng.standard_normal(parameter_shape).astype(dtype) if affine else None,
-                bias=rng.standard_normal(parameter_shape).astype(dtype) if affine and rng.random() < 0.8 else None,
+                # a bias without a weight too, for layer norm (torch's group_norm fails on it: "tensor does not
+                # have a device"; test_group_norm_bias_alone checks ours)
+                bias=rng.standard_normal(parameter_shape).astype(dtype)
+                if rng.random() < (0.8 if affine else 0.5 if kind == "layer" else 0) else None,
                 eps=float(rng.choice([1e-5, 1e-3])))
 
 
@@ -107,6 +110,18 @@ def test_group_norm_matches_the_formulas():
     np.testing.assert_allclose(dbias, expected_dbias, rtol=1e-12)
 
 
+@pytest.mark.parametrize("be", BACKENDS)
+def test_group_norm_bias_alone(be):
+    """A bias without a weight: dbias is dy summed over all but the channel axis, dx that of no affine."""
+    skip_unless(be)
+    rng = np.random.default_rng(7)
+    x, dy, bias = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5)), rng.standard_normal(4)
+    dx, dweight, dbias = F.group_norm_backward(dy, x, 2, None, bias, backend=be)
+    assert dweight is None
+    np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(dx, F.group_norm_backward(dy, x, 2, backend=be)[0], rtol=1e-12, atol=1e-14)
+
+
 def test_layer_norm_matches_the_formulas():
     rng = np.random.default_rng(10)
     x, dy = rng.standard_normal((3, 2, 4, 5)) * 2 + 1, rng.standard_normal((3, 2, 4, 5))
@@ -138,7 +153,7 @@ def test_against_pytorch(kind, be, dtype, count):
     torch = pytest.importorskip("torch")
     skip_unless(be)
     rng = np.random.default_rng(2)
-    ranks, no_affine_seen = set(), 0
+    ranks, no_affine_seen, bias_alone_seen = set(), 0, 0
     for i in range(count):
         case = draw_case(rng, dtype, kind)
         what = f"case {i} {case['x'].shape} layout={case['layout']} on {be}"
@@ -150,7 +165,9 @@ def test_against_pytorch(kind, be, dtype, count):
             assert_close(recomputed[1], expected[2].astype(dtype), dtype, f"{what} recomputed")
         ranks.add(case["x"].ndim)
         no_affine_seen += case["weight"] is None
+        bias_alone_seen += case["weight"] is None and case["bias"] is not None
     assert ranks == ({2, 3, 4, 5} if kind == "group" else {1, 2, 3, 4, 5}) and no_affine_seen
+    assert bias_alone_seen or kind == "group"
 
 
 @pytest.mark.torch

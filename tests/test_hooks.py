@@ -282,3 +282,24 @@ def test_a_hooked_residual_gets_its_gradient_summed_and_the_model_the_same_gradi
     assert len(seen) == 1 and isinstance(seen[0], np.ndarray) and seen[0].shape == x.shape
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_raising_pre_hook_still_runs_the_always_call_hooks_as_pytorch():
+    """A forward pre-hook that raises: the always_call forward hooks run (output None), one of them
+    raising too is reported as a warning and dropped, and the pre-hook's error goes on, in torch as
+    here."""
+    seen = []
+    for module, x in ((nn.Linear(2, 2), np.ones((1, 2), np.float32)), (torch.nn.Linear(2, 2), torch.ones(1, 2))):
+        log = []
+        module.register_forward_pre_hook(lambda m, a: 1 / 0)
+        module.register_forward_hook(lambda m, a, o, log=log: log.append(("always", o)), always_call=True)
+        module.register_forward_hook(lambda m, a, o: log.append("plain"))
+
+        def failing(m, a, o):
+            raise KeyError("in the hook")
+        module.register_forward_hook(failing, always_call=True)
+        with pytest.warns(UserWarning, match="silenced as another error was raised in forward: 'in the hook'"):
+            with pytest.raises(ZeroDivisionError):
+                module(x)
+        seen.append(log)
+    assert seen[0] == seen[1] == [("always", None)]

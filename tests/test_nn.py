@@ -115,8 +115,10 @@ def test_model_on_a_backend_passes_it_to_every_F_call(monkeypatch, rng):
     loss_fn = nn.CrossEntropyLoss()
     import cnn_gpu.nn.layers as layers
     import cnn_gpu.nn.loss as loss_module
-    for name in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "linear", "linear_backward"):
+    for name in ("max_pool2d", "max_pool2d_backward", "linear", "linear_backward"):
         monkeypatch.setattr(layers.F, name, spy(name))
+    monkeypatch.setattr(layers.Conv2d, "_op", staticmethod(spy("conv2d")))   # the layer's op, bound in its class
+    monkeypatch.setattr(layers.Conv2d, "_op_backward", staticmethod(spy("conv2d_backward")))
     monkeypatch.setattr(layers, "max_pool2d_backward_of_own_indices",   # the layer's own indices: unchecked
                         spy("max_pool2d_backward", layers.max_pool2d_backward_of_own_indices))
     monkeypatch.setattr(layers.ReLU, "_forward", staticmethod(spy("relu")))

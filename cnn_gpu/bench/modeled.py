@@ -187,11 +187,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     if isinstance(layer, WithReLU):
         return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the ReLU
     if isinstance(layer, activation_layers()):
-        # a GELU's kernels by its form: gelu_forward or gelu_tanh_forward, ...; ReLU6 runs hardtanh's
-        name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else {
-            nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-            nn.SiLU: "silu", nn.Hardtanh: "hardtanh", nn.ReLU6: "hardtanh", nn.Hardsigmoid: "hardsigmoid",
-            nn.Hardswish: "hardswish", nn.ELU: "elu", nn.Mish: "mish"}[type(layer)]
+        # the kernels of the layer's op (F.relu: relu_forward...; ReLU6 runs hardtanh's), a GELU's by its form
+        name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else layer._forward.__name__
         return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
         return _batch_norm_passes(x, item)

@@ -129,11 +129,13 @@ def group_norm_backward(dy, x, num_groups, weight=None, bias=None, eps=1e-5, *, 
     if save_mean is None:
         mean, variance = _numpy_stats(_group_view(x, groups))
         save_mean, save_invstd = mean, _invstd(variance, eps)
-    mean, invstd = _per_plane(x, groups, save_mean, save_invstd, None, None)[:2]
-    planes, dy_planes = _plane_view(x), _plane_view(dy)
-    xhat = (planes - mean[:, None]) * invstd[:, None]
-    dbias, dweight = (s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype)
-                      for s in (dy_planes.sum(axis=(0, 2)), (dy_planes * xhat).sum(axis=(0, 2))))
+    dweight = dbias = None
+    if weight is not None or bias is not None:   # (x-hat, a pass over x, only for the parameters' gradients)
+        mean, invstd = _per_plane(x, groups, save_mean, save_invstd, None, None)[:2]
+        planes, dy_planes = _plane_view(x), _plane_view(dy)
+        xhat = (planes - mean[:, None]) * invstd[:, None]
+        dbias, dweight = (s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype)
+                          for s in (dy_planes.sum(axis=(0, 2)), (dy_planes * xhat).sum(axis=(0, 2))))
     dx = _numpy_backward(_group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None, True,
                          False)[0]
     return dx.reshape(x.shape), (None if weight is None else dweight), (None if bias is None else dbias)

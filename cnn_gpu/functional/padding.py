@@ -23,6 +23,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
+from .upsample import scatter_taps
 
 MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -153,15 +154,14 @@ def pad(x, pad, mode="constant", value=None, *, backend=None):
         rows = _axis_sources(mode, x.shape[-2], top, bottom)
         return np.take(np.take(x, rows, axis=-2), _axis_sources(mode, x.shape[-1], left, right), axis=-1)
     from ..gpu import pad as gpu_pad
-    return gpu_pad.forward(be, _checks.for_kernels(be, x, "x"), pads, mode, fill, out_size)
+    return gpu_pad.forward(be, _checks.for_kernels(be, x, "x"), pads, _windows(x.shape, pads, mode), mode, fill,
+                           out_size)
 
 
-def _scatter(g, index, axis, size):
-    """The adjoint of np.take(a, index, axis): g added into the inputs it was taken from."""
-    moved = np.moveaxis(g, axis, 0)
-    total = np.zeros((size,) + moved.shape[1:], dtype=g.dtype)
-    np.add.at(total, index, moved)
-    return np.moveaxis(total, 0, axis)
+def _windows(x_shape, pads, mode) -> tuple:
+    """source_window of the rows and of the columns: what the kernels take of the mode's index rule."""
+    left, right, top, bottom = pads
+    return source_window(mode, x_shape[-2], top, bottom), source_window(mode, x_shape[-1], left, right)
 
 
 @takes_float16(kernels=True)
@@ -180,7 +180,7 @@ def pad_backward(dy, x_shape, pad, mode="constant", *, backend=None):
             (out_rows, in_rows), (out_cols, in_cols) = _inside(h, top, bottom), _inside(w, left, right)
             dx[..., in_rows, in_cols] = dy[..., out_rows, out_cols]
             return dx
-        dx_rows = _scatter(dy, _axis_sources(mode, w, left, right), dy.ndim - 1, w)
-        return _scatter(dx_rows, _axis_sources(mode, h, top, bottom), dy.ndim - 2, h)
+        dx_rows = scatter_taps(dy, [(_axis_sources(mode, w, left, right), None)], dy.ndim - 1, w)
+        return scatter_taps(dx_rows, [(_axis_sources(mode, h, top, bottom), None)], dy.ndim - 2, h)
     from ..gpu import pad as gpu_pad
-    return gpu_pad.backward(be, _checks.for_kernels(be, dy, "dy"), x_shape, pads, mode)
+    return gpu_pad.backward(be, _checks.for_kernels(be, dy, "dy"), x_shape, pads, _windows(x_shape, pads, mode), mode)

@@ -134,8 +134,9 @@ def _gather(a, taps, axis):
     return total
 
 
-def _scatter(g, taps, axis, size):
-    """The adjoint of _gather: dy added into the taps' inputs."""
+def scatter_taps(g, taps, axis, size):
+    """The adjoint of _gather (of np.take along `axis` for one tap of weight None): g added into the
+    taps' inputs, in output order (deterministic)."""
     moved = np.moveaxis(g, axis, 0)
     total = np.zeros((size,) + moved.shape[1:], dtype=g.dtype)
     for index, weight in taps:
@@ -170,6 +171,6 @@ def interpolate_backward(dy, x_shape, size=None, scale_factor=None, mode="neares
     be = _backend.resolve(backend, dy)
     if be == "numpy":
         rows, cols = (_axis_taps(mode, s, o, p, align) for s, o, p in zip(x_shape[2:], out_size, params))
-        return _scatter(_scatter(dy, rows, 2, x_shape[2]), cols, 3, x_shape[3])
+        return scatter_taps(scatter_taps(dy, rows, 2, x_shape[2]), cols, 3, x_shape[3])
     from ..gpu import upsample as gpu_upsample
     return gpu_upsample.backward(be, mode, _checks.for_kernels(be, dy, "dy"), x_shape, params, align)

@@ -38,6 +38,11 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   optim.adam_steps(be, [(param, grad, m, v, v_max or None, step, master or None), ...], lr, beta1, beta2, eps,
                    weight_decay,
                    decoupled_decay=0, maximize=False)
+  optim.rmsprop_step(be, param, grad, square_avg, grad_avg, momentum_buf, lr, alpha, eps, weight_decay, momentum,
+                     maximize=False, *, master=None)
+        (in place, PyTorch's RMSprop; grad_avg None unless centered, momentum_buf None unless momentum > 0)
+  optim.rmsprop_steps(be, [(param, grad, square_avg, grad_avg or None, momentum_buf or None, master or None), ...],
+                      lr, alpha, eps, weight_decay, momentum, maximize=False)
         (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
         one-pass (Welford/Chan) fixed-order per-channel statistics; blends running_mean/var in place unless None

@@ -40,8 +40,9 @@ ELEMENTS_PER_THREAD = 4   # kernels/common.cuh: for_each_element's elements a th
 
 
 def elementwise_blocks(count: int) -> int:
-    """Blocks of THREADS along x for for_each_element over `count` elements."""
-    return blocks_for(-(-int(count) // ELEMENTS_PER_THREAD))
+    """Blocks of THREADS along x for for_each_element over `count` elements; none for none (a map
+    writes only its own elements: backend.launch then launches nothing, where one block ran idle)."""
+    return blocks_for(-(-int(count) // ELEMENTS_PER_THREAD)) if count else 0
 
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1

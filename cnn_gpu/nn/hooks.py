@@ -20,6 +20,7 @@ a recording refuses to replay once a module it called has hooks.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import OrderedDict
 
 from .. import replay
@@ -101,22 +102,11 @@ class ModuleHooks:
             replay.refuse(f"a call of {type(module).__name__}, which has hooks (Python that a replay would not run)")
         self.replaced = None
         given = args, kwargs
-        for hook_id, hook in self.forward_pre.items():
-            if hook_id in self.with_kwargs:
-                result = hook(module, args, kwargs)
-                if result is not None:
-                    if not (isinstance(result, tuple) and len(result) == 2):
-                        raise RuntimeError(f"a forward pre-hook with kwargs must return None or a tuple of "
-                                           f"(new_args, new_kwargs), got {result!r}")
-                    args, kwargs = result
-            else:
-                result = hook(module, args)
-                if result is not None:
-                    args = result if isinstance(result, tuple) else (result,)
-        if not (_same(args, given[0]) and kwargs is given[1]):
-            self.replaced = "input"
         output, called = None, set()
-        try:
+        try:   # a pre-hook raising runs the always_call hooks too, as in PyTorch
+            args, kwargs = self._pre_hooked(module, args, kwargs)
+            if not (_same(args, given[0]) and kwargs is given[1]):
+                self.replaced = "input"
             output = module.forward(*args, **kwargs)
             for hook_id, hook in self.forward.items():
                 called.add(hook_id)
@@ -129,17 +119,34 @@ class ModuleHooks:
             raise
         return output
 
+    def _pre_hooked(self, module, args: tuple, kwargs: dict) -> tuple:
+        """(args, kwargs) after the forward pre-hooks, each taking the previous one's."""
+        for hook_id, hook in self.forward_pre.items():
+            if hook_id in self.with_kwargs:
+                result = hook(module, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(f"a forward pre-hook with kwargs must return None or a tuple of "
+                                           f"(new_args, new_kwargs), got {result!r}")
+                    args, kwargs = result
+            else:
+                result = hook(module, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        return args, kwargs
+
     def _always_called(self, module, args, kwargs, output, called: set) -> None:
-        """The always_call forward hooks not yet run, after forward (or a hook) raised; what they
-        raise is dropped for the first exception, as in PyTorch."""
+        """The always_call forward hooks not yet run, after a pre-hook, forward or a hook raised; what
+        they raise is reported as a warning and dropped for the first exception, as in PyTorch."""
         for hook_id, hook in self.forward.items():
             if hook_id in self.always_call and hook_id not in called:
                 try:
                     result = (hook(module, args, kwargs, output) if hook_id in self.with_kwargs
                               else hook(module, args, output))
                     output = output if result is None else result
-                except Exception:
-                    pass
+                except Exception as err:
+                    warnings.warn(f"module forward hook with ``always_call=True`` raised an exception that was "
+                                  f"silenced as another error was raised in forward: {err}", stacklevel=3)
 
     def call_backward(self, module, backward, args: tuple, kwargs: dict):
         """backward(module, *args, **kwargs) between the module's backward pre-hooks and full backward

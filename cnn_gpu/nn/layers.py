@@ -75,17 +75,27 @@ class _Conv(_Weighted):
                              f"padding_mode={padding_mode!r}")
         self.padding_mode = padding_mode
 
+    # A padding_mode other than "zeros" (Conv2d, Conv1d): the input padded by `_mode_pad` (F.pad's
+    # order) before the convolution, which then takes padding 0 (`_conv_args`), and the padded input's
+    # gradient folded back, as PyTorch does it
+    _pad, _pad_backward = staticmethod(F.pad), staticmethod(F.pad_backward)
+
     def forward(self, x):
-        self._saved = x
+        x_shape = x.shape
+        if self.padding_mode != "zeros":
+            x = self._pad(x, self._mode_pad, self.padding_mode, backend=self.backend)
+        self._saved = (x, x_shape)
         return self._op(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
 
     def backward(self, dy, input_grad=True):
         if self._nothing_to_compute(input_grad):
             return None
-        x = self._saved_for_backward()
+        x, x_shape = self._saved_for_backward()
         dx, dweight, dbias = self._op_backward(dy, x, self.weight.data, *self._conv_args(),
                                                **self._gradients_wanted(input_grad), backend=self.backend)
         self._accumulate(dweight, dbias)
+        if dx is not None and self.padding_mode != "zeros":
+            dx = self._pad_backward(dx, x_shape, self._mode_pad, self.padding_mode, backend=self.backend)
         return dx
 
     def extra_repr(self):
@@ -99,6 +109,8 @@ class Conv2d(_Conv):
     """2-D convolution; weight (out_channels, in_channels/groups, kH, kW). A padding_mode other
     than "zeros" pads the input with F.pad by the layer's padding (left, right, top, bottom; "same"
     puts the odd pixel on the right and bottom) and convolves with padding 0, as PyTorch does."""
+
+    _op, _op_backward = staticmethod(F.conv2d), staticmethod(F.conv2d_backward)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
@@ -119,25 +131,8 @@ class Conv2d(_Conv):
         conv_padding(padding, self.stride, self.dilation, self.kernel_size)
         return padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
 
-    def forward(self, x):
-        x_shape = x.shape
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._mode_pad, self.padding_mode, backend=self.backend)
-        self._saved = (x, x_shape)
-        return F.conv2d(x, self.weight.data, self._bias_data(), self.stride, self._conv_padding(), self.dilation,
-                        self.groups, backend=self.backend)
-
-    def backward(self, dy, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        x, x_shape = self._saved_for_backward()
-        dx, dweight, dbias = F.conv2d_backward(dy, x, self.weight.data, self.stride, self._conv_padding(),
-                                               self.dilation, self.groups, **self._gradients_wanted(input_grad),
-                                               backend=self.backend)
-        self._accumulate(dweight, dbias)
-        if dx is not None and self.padding_mode != "zeros":   # the gradient of the padded input, folded back
-            dx = F.pad_backward(dx, x_shape, self._mode_pad, self.padding_mode, backend=self.backend)
-        return dx
+    def _conv_args(self):
+        return self.stride, self._conv_padding(), self.dilation, self.groups
 
 
 class ConvTranspose2d(_Conv):

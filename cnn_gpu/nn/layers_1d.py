@@ -22,13 +22,13 @@ class _Conv1d(_Conv):
     _sizes = staticmethod(_one)
 
 
-def _pad_signal(x, pad, mode, backend):
+def _pad_signal(x, pad, mode, *, backend):
     """F.pad of a signal's last axis: (N, C, L) as F.pad's (C, H, W), an unbatched (C, L) through a
     (1, C, L) view."""
     return F.pad(x[None] if x.ndim == 2 else x, pad, mode, backend=backend).reshape(*x.shape[:-1], -1)
 
 
-def _pad_signal_backward(dy, x_shape, pad, mode, backend):
+def _pad_signal_backward(dy, x_shape, pad, mode, *, backend):
     dx = F.pad_backward(dy[None] if dy.ndim == 2 else dy, (1, *x_shape) if len(x_shape) == 2 else x_shape, pad, mode,
                         backend=backend)
     return dx.reshape(x_shape)
@@ -40,6 +40,7 @@ class Conv1d(_Conv1d):
     right) and convolves with padding 0, as PyTorch does."""
 
     _op, _op_backward = staticmethod(F.conv1d), staticmethod(F.conv1d_backward)
+    _pad, _pad_backward = staticmethod(_pad_signal), staticmethod(_pad_signal_backward)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
@@ -55,27 +56,6 @@ class Conv1d(_Conv1d):
     def _conv_args(self):
         padding = self.padding if self.padding_mode == "zeros" else (0,)
         return self.stride, padding, self.dilation, self.groups
-
-    def forward(self, x):
-        if self.padding_mode == "zeros":
-            return super().forward(x)
-        y = super().forward(_pad_signal(x, self._mode_pad, self.padding_mode, self.backend))
-        self._saved = (self._saved, x.shape)
-        return y
-
-    def backward(self, dy, input_grad=True):
-        if self.padding_mode == "zeros":
-            return super().backward(dy, input_grad)
-        if self._nothing_to_compute(input_grad):
-            return None
-        padded, x_shape = self._saved_for_backward()
-        self._saved = padded   # _Conv's backward on the padded signal, then the gradient folded back
-        try:
-            dx = super().backward(dy, input_grad)
-        finally:
-            self._saved = (padded, x_shape)
-        return None if dx is None else _pad_signal_backward(dx, x_shape, self._mode_pad, self.padding_mode,
-                                                             self.backend)
 
 
 class ConvTranspose1d(_Conv1d):

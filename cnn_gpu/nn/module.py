@@ -305,16 +305,16 @@ class Module:
         """forward(...); in training, ValueError if this module already ran in the same outer call
         (a module added to a container after that container was nested escapes the check where the
         model is built): its backward would read the second use's input."""
-        depth = getattr(_FORWARD, "depth", 0)
+        depth, keeps = getattr(_FORWARD, "depth", 0), is_grad_enabled()
         if depth == 0:
             _FORWARD.generation = getattr(_FORWARD, "generation", 0) + 1
-        if depth == 0 and is_grad_enabled():   # (after a forward under no_grad its backward refuses anyway)
+        if depth == 0 and keeps:   # (after a forward under no_grad its backward refuses anyway)
             # forwards after a training forward since the last backward (None: no training forward)
             later = self.__dict__.get("_forwards_after_training")
             object.__setattr__(self, "_forwards_after_training", later + 1 if later is not None else
                                0 if self.training else None)
         if (self.training and self.__dict__.get("_forward_generation") == _FORWARD.generation
-                and is_grad_enabled()):   # (under no_grad nothing is kept: a second use is harmless)
+                and keeps):   # (under no_grad nothing is kept: a second use is harmless)
             raise ValueError(f"{type(self).__name__} ran twice in one forward pass: {_ONE_PLACE}")
         object.__setattr__(self, "_forward_generation", _FORWARD.generation)
         guarded = replay.first_time(self)
@@ -324,7 +324,7 @@ class Module:
             output = self.forward(*args, **kwargs) if hooks is None else hooks.call_forward(self, args, kwargs)
         finally:
             _FORWARD.depth = depth
-        if not is_grad_enabled():   # its input and the rest go now, not at the next forward
+        if not keeps:   # its input and the rest go now, not at the next forward
             object.__setattr__(self, "_saved", _NOT_KEPT)
         if guarded:   # a replay runs the launches of these settings and arrays (as forward left them)
             replay.guard(functools.partial(self._changed_since, self.training, self.backend,
