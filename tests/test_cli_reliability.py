@@ -247,6 +247,13 @@ def test_weight_decay_is_a_setting_a_resume_may_change(tmp_path, capsys):
     assert "adamw lr=0.002 weight_decay=0.05," in capsys.readouterr().out
     assert main([*argv, "--epochs", "2", "--resume", str(tmp_path / "w.npz")]) == 0
     assert main([*argv, "--epochs", "3", "--resume", str(tmp_path / "w.npz"), "--optimizer", "adam"]) == 2
+    # rmsprop: its own rate (PyTorch's 0.01 diverges here), its square averages saved and resumed
+    argv = ["train", "--device", "numpy", "--max-batches", "1", "--epochs", "1", "--optimizer", "rmsprop"]
+    assert main([*argv, "--save", str(tmp_path / "r.npz")]) == 0
+    assert "rmsprop lr=0.001," in capsys.readouterr().out
+    _, optimizer_state, _ = checkpoint.load(tmp_path / "r.npz")
+    assert optimizer_state["param_groups"][0]["alpha"] == 0.99 and "square_avg" in optimizer_state["state"][0]
+    assert main([*argv, "--epochs", "2", "--resume", str(tmp_path / "r.npz")]) == 0
 
 
 def test_a_resume_takes_the_checkpoints_max_batches_unless_given(tmp_path, capsys):

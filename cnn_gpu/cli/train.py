@@ -42,6 +42,8 @@ DEFAULTS = {"model": "cnn", "dataset": "digits", "data": None, "optimizer": "ada
 DEFAULT_LR = {("cnn", "adam"): 2e-3, ("cnn", "sgd"): 0.05, ("resnet", "adam"): 5e-3, ("resnet", "sgd"): 0.05,
               ("resnet18", "adam"): 1e-3, ("resnet18", "sgd"): 0.1}
 DEFAULT_LR.update({(model, "adamw"): lr for (model, kind), lr in list(DEFAULT_LR.items()) if kind == "adam"})
+# RMSprop: PyTorch's default 0.01 diverges on these models; 1e-3 is the usual (Keras's default) rate
+DEFAULT_LR.update({(model, "rmsprop"): 1e-3 for model in ("cnn", "resnet", "resnet18")})
 # Weight decay by optimizer where --weight-decay is not given: AdamW's is PyTorch's default, the others none
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2}
 SGD_MOMENTUM = 0.9
@@ -72,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="initial learning rate (default: " + ", ".join(
                             f"{lr:g} for {model} with {optimizer}" for (model, optimizer), lr in DEFAULT_LR.items())
                         + ")")
-    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"),
-                        help=f"adam, adamw (its --weight-decay decoupled) or sgd with momentum {SGD_MOMENTUM} "
+    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "rmsprop"),
+                        help=f"adam, adamw (its --weight-decay decoupled), rmsprop (PyTorch's defaults but the "
+                             f"rate) or sgd with momentum {SGD_MOMENTUM} "
                              f"(default: {DEFAULTS['optimizer']})")
     parser.add_argument("--seed", type=seed,
                         help="seed of the initial weights and the shuffling (default: 0)")
@@ -487,6 +490,8 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
         if settings["optimizer"] in ("adam", "adamw"):
             adam = optim.Adam if settings["optimizer"] == "adam" else optim.AdamW
             optimizer = adam(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+        elif settings["optimizer"] == "rmsprop":
+            optimizer = optim.RMSprop(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
         else:
             optimizer = optim.SGD(model.parameters(), lr=settings["lr"], momentum=SGD_MOMENTUM,
                                   weight_decay=settings["weight_decay"])
