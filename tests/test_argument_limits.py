@@ -1,5 +1,6 @@
 """Arguments refused before anything runs: learning-rate schedules with a non-finite or
-non-positive base rate, and augmentation sizes past the kernel's 32-bit row and column indices."""
+non-positive base rate, augmentation sizes past the kernel's 32-bit row and column indices, and
+planes past the augmentation and pooling kernels' 32-bit pixel indices."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,3 +33,18 @@ def test_augment_refuses_sides_that_reach_2_to_the_31_with_the_padding(h, w):
 def test_augment_takes_a_long_row_that_stays_below_2_to_the_31():
     x = np.random.default_rng(1).standard_normal((1, 2, 1, 70)).astype(np.float32)
     assert augment.random_crop_flip("emu", x, 1, 2, 4, True).shape == x.shape
+
+
+def test_augment_and_pools_refuse_a_plane_of_2_to_the_31_pixels_before_any_launch(monkeypatch):
+    """Their kernels index a plane's pixels with 32-bit ints (gpu._grid.check_planes): a plane of
+    2^31 pixels is refused, naming it (an average pool's padded output too)."""
+    from cnn_gpu import backend, functional as F
+    launched = []
+    monkeypatch.setattr(backend, "launch", lambda *args, **kw: launched.append(args))
+    with pytest.raises(ValueError, match="the image plane has 2147483648 pixels"):
+        augment.random_crop_flip("emu", _image(2**16, 2**15), 1, 2, 0, True)
+    with pytest.raises(ValueError, match="pooling kernels .* the input plane has 2147483648 pixels"):
+        F.max_pool2d(_image(2**16, 2**15), 2, backend="emu")
+    with pytest.raises(ValueError, match="pooling kernels .* the output plane has 2147483648 pixels"):
+        F.avg_pool2d(_image(2**16 - 1, 2**15 - 1), 2, stride=1, padding=1, backend="emu")
+    assert not launched

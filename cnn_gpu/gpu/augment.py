@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, i32
+from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, check_planes, i32
 
 
 def random_crop_flip(be, x, seed, step, pad, flip, first=0):
     n, c, h, w = x.shape
-    if h * w >= PLANE_LIMIT:
-        raise ValueError(f"the augmentation kernel indexes a plane with 32-bit ints: {h}x{w} has 2^31 pixels or more")
+    check_planes("augmentation", image=h * w)
     # a source row or column is at most side - 1 + pad, an int in the kernel
     if max(h, w) - 1 + pad >= PLANE_LIMIT:
         raise ValueError(f"the augmentation kernel indexes rows and columns with 32-bit ints: side {max(h, w)} "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, acc, blocks_for, i32
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
 
-# indices are int32 flat positions within one plane (PLANE_LIMIT); the kernels decode pixels and
+# indices are int32 flat positions within one plane (check_planes); the kernels decode pixels and
 # window positions with 32-bit ints
 SPAN_LIMIT = 2**31
 
@@ -15,10 +15,7 @@ SPAN_LIMIT = 2**31
 def check_geometry(g) -> None:
     """ValueError for a geometry whose plane indices or window positions overflow the kernels' ints
     (run before anything is copied or launched)."""
-    for name, shape in (("input", (g.H, g.W)), ("output", (g.P, g.Q))):
-        if shape[0] * shape[1] >= PLANE_LIMIT:
-            raise ValueError(f"pooling kernels index a plane with 32-bit ints: {name} plane {shape[0]}x{shape[1]} "
-                             f"has 2^31 pixels or more")
+    check_planes("pooling", input=g.H * g.W, output=g.P * g.Q)
     # bounds every window start p*stride - pad, tap start + r*dilation and end the kernels compute
     for axis, size, k, s, p, d in zip(("height", "width"), (g.H, g.W), g.kernel, g.stride, g.padding, g.dilation):
         if size + 2 * p + (k - 1) * d + s >= SPAN_LIMIT:
