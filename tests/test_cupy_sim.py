@@ -239,9 +239,13 @@ nn.init.manual_seed(0)
 model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
 loss_fn = nn.CrossEntropyLoss()
 rng = np.random.default_rng(0)
+try:
+    model.to("cuda:1")
+except ValueError as err:
+    print("refused:", err)
 with cupy.cuda.Device(1):
-    model.to("cuda")
-    loss_fn.to("cuda")
+    model.to("cuda:1")   # PyTorch's spelling, for the current GPU
+    loss_fn.cuda(1)
     opt = optim.Adam(model.parameters(), lr=0.01)
     x = cupy.asarray(rng.standard_normal((4, 1, 6, 6)).astype(np.float32))
     labels = cupy.asarray(rng.integers(0, 3, 4))
@@ -371,6 +375,9 @@ def test_unscale_refuses_a_gradient_of_another_gpu_in_any_layout():
 @needs_emu
 def test_a_checkpoint_loads_onto_the_gpu_its_model_is_on():
     """load_state_dict of a model and of its optimizer on GPU 1 while GPU 0 is current (a rank of a
-    two-GPU job resuming) keeps every array on GPU 1, where the next step runs."""
+    two-GPU job resuming) keeps every array on GPU 1, where the next step runs. The model moved there by
+    to("cuda:1") with GPU 1 current, refused with GPU 0 current."""
     out = _passed(run_on_sim(["-c", CHECKPOINT_ON_GPU_1], gpus=2))
     assert "resumed on GPU 1" in out
+    # "cuda:1" with GPU 0 current: refused (the kernels run on the current GPU), nothing moved
+    assert "refused: device 'cuda:1': the kernels run on CuPy's current GPU, 0; make GPU 1 current first" in out

@@ -941,6 +941,30 @@ def test_to_unknown_or_unavailable_backend(monkeypatch):
     assert model.to("emu").cpu() is model and model.backend == "numpy"
 
 
+def test_to_takes_pytorchs_device_spellings(monkeypatch):
+    """"cuda:N", .cuda(N) and torch.device as PyTorch scripts write them: the CPU's is numpy; a GPU's
+    must be CuPy's current one (the kernels run there): another is refused, saying how to make it
+    current, as is a malformed spelling, before anything moves."""
+    torch = pytest.importorskip("torch")
+    model = models.small_cnn()
+    assert model.to(torch.device("cpu")).backend == "numpy"
+    for device in ("cuda:", "cuda:x", "cuda:-1", "gpu:0", "cpu:0", "cuda:1:0"):
+        with pytest.raises(ValueError, match="unknown device"):
+            model.to(device)
+    monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "")
+    monkeypatch.setattr("cnn_gpu.launch_checks.current_device", lambda: 1)   # GPU 1 current, none moved below
+    for device in ("cuda:0", torch.device("cuda", 0), 0):
+        with pytest.raises(ValueError, match=r"'cuda:0': the kernels run on CuPy's current GPU, 1; make GPU 0 current "
+                                             r"first \(`cupy.cuda.Device\(0\).use\(\)`"):
+            model.cuda(device) if device == 0 else model.to(device, np.float64)
+    assert model.backend == "numpy" and model[0].weight.dtype == np.float32   # nothing converted either
+    monkeypatch.setattr("cnn_gpu.nn.module.to_backend_array", lambda array, backend: (backend, array))
+    assert model.cuda(1)[0].weight.data[0] == "cuda" and model.backend == "cuda"
+    monkeypatch.setattr("cnn_gpu.backend.why_unavailable", lambda name: "CuPy sees no GPU" if name == "cuda" else "")
+    with pytest.raises(RuntimeError, match="'cuda:1': backend 'cuda' is not available: CuPy sees no GPU"):
+        model.to(torch.device("cuda:1"))
+
+
 def test_module_subclass_must_call_init():
     class Broken(nn.Module):
         def __init__(self):

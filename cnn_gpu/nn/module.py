@@ -137,6 +137,32 @@ def to_backend_array(array, backend: str):
     return np.asarray(array.get() if _backend.is_cupy_array(array) else array, order="C")
 
 
+def backend_of_device(device) -> str:
+    """The backend of a device as Module.to takes it: a backend name, PyTorch's "cpu" (numpy),
+    "cuda:N" or a torch.device (its type and index), where GPU N must be CuPy's current GPU: the
+    kernels run there (ValueError naming the way to make it current otherwise)."""
+    if not isinstance(device, str) and hasattr(device, "type") and hasattr(device, "index"):   # torch.device
+        device = device.type if device.index is None else f"{device.type}:{device.index}"
+    if not isinstance(device, str):
+        raise TypeError(f"to() takes a device such as \"cuda\", \"cuda:0\" or \"cpu\", got {device!r}")
+    kind, colon, index = device.partition(":")
+    if not colon:
+        return "numpy" if device == "cpu" else device
+    if kind != "cuda" or not index.isdigit():
+        raise ValueError(f"unknown device {device!r}; expected a backend ({', '.join(_backend.BACKENDS)}), \"cpu\" "
+                         f"or \"cuda:N\"")
+    reason = _backend.why_unavailable("cuda")
+    if reason:
+        raise RuntimeError(f"device {device!r}: backend 'cuda' is not available: {reason}")
+    from ..launch_checks import current_device
+    current = current_device()
+    if int(index) != current:
+        raise ValueError(f"device {device!r}: the kernels run on CuPy's current GPU, {current}; make GPU {int(index)} "
+                         f"current first (`cupy.cuda.Device({int(index)}).use()`, or a `with` block around the model's "
+                         f"use), then \"cuda\" or \"cuda:{int(index)}\" is that GPU")
+    return "cuda"
+
+
 def array_like(array, like):
     """`array` (NumPy or CuPy) as an array of `like`'s kind, C-contiguous: for a CuPy `like` on its
     GPU, whichever GPU is current (a model on GPU 1 stays there when GPU 0 is current)."""
@@ -540,17 +566,18 @@ class Module:
     def to(self, backend=None, dtype=None):
         """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays, all
         C-contiguous; "cpu" is "numpy", so PyTorch's `model.to("cuda" if ... else "cpu")` runs
-        unchanged) and run every later forward/backward there, and/or convert the parameters,
-        their gradients and the float buffers to `dtype` (float16, float32 or float64; integer
+        unchanged; "cuda:N" and a torch.device as backend_of_device takes them) and run every later
+        forward/backward there, and/or convert the parameters, their gradients and the float buffers to `dtype` (float16, float32 or float64; integer
         buffers such as counts keep theirs), as PyTorch's to(dtype); `to(np.float16)` converts
         alone. Saved activations are dropped. An optimizer's state made before follows at its next
         step (moved, and converted to the parameter's state dtype; a float16 parameter's FP32
         master weights are made anew from its values)."""
-        if backend is not None and not isinstance(backend, str) and dtype is None:   # to(np.float16)
+        if backend is not None and dtype is None and not isinstance(backend, str) and not hasattr(backend, "index"):
+            # to(np.float16): a dtype, not a device (a torch.device has an index)
             backend, dtype = None, backend
         if backend is None and dtype is None:
             raise TypeError("to() takes a backend, a dtype or both")
-        backend = "numpy" if backend == "cpu" else backend
+        backend = None if backend is None else backend_of_device(backend)
         if dtype is not None:
             try:
                 converted = np.dtype(dtype)
@@ -586,9 +613,10 @@ class Module:
                     setattr(module, name, moved(array))
         return self
 
-    def cuda(self):
-        """to("cuda"), as PyTorch's."""
-        return self.to("cuda")
+    def cuda(self, device=None):
+        """to("cuda"), as PyTorch's; `device` a GPU index, "cuda:N" or a torch.device, of CuPy's
+        current GPU (backend_of_device)."""
+        return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
 
     def cpu(self):
         """to("numpy"), PyTorch's CPU."""
