@@ -47,6 +47,8 @@ from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross
                    nll_loss, smooth_l1_loss)
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .padding import pad, pad_backward
+from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
+                      pixel_unshuffle_backward)
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d,
                     conv1d_backward, conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
@@ -65,4 +67,6 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "adaptive_max_pool2d_backward", "interpolate", "interpolate_backward", "softmax", "softmax_backward",
            "log_softmax", "log_softmax_backward", "conv1d", "conv1d_backward", "conv_transpose1d",
            "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
-           "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward"]
+           "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
+           "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
+           "channel_shuffle_backward"]

@@ -19,6 +19,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
 from .layers_1d import AdaptiveAvgPool1d, AvgPool1d, Conv1d, ConvTranspose1d, MaxPool1d
 from .loss import CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss, BCEWithLogitsLoss
 from .module import Module, Parameter
+from .rearrange import ChannelShuffle, PixelShuffle, PixelUnshuffle, Unflatten
 
 __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict",
            "ELU", "GELU", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
@@ -27,4 +28,4 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "ReLU6", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d",
            "ReplicationPad2d", "CircularPad2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss",
            "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "Conv1d", "ConvTranspose1d", "MaxPool1d", "AvgPool1d",
-           "AdaptiveAvgPool1d"]
+           "AdaptiveAvgPool1d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten"]
