@@ -40,6 +40,7 @@ from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, a
 from .batch_norm import batch_norm, batch_norm_backward
 from .dropout import dropout, dropout2d, dropout2d_backward, dropout_backward
 from .group_norm import group_norm, group_norm_backward
+from .instance_norm import instance_norm, instance_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
@@ -69,4 +70,4 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
-           "channel_shuffle_backward"]
+           "channel_shuffle_backward", "instance_norm", "instance_norm_backward"]

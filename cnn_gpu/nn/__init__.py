@@ -16,6 +16,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish,
                      ReflectionPad2d, ReLU, ReLU6, ReplicationPad2d, SiLU, Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d,
                      ELU)
+from .instance_norm import InstanceNorm1d, InstanceNorm2d
 from .layers_1d import AdaptiveAvgPool1d, AvgPool1d, Conv1d, ConvTranspose1d, MaxPool1d
 from .loss import CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss, BCEWithLogitsLoss
 from .module import Module, Parameter
@@ -28,4 +29,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "ReLU6", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d",
            "ReplicationPad2d", "CircularPad2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss",
            "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "Conv1d", "ConvTranspose1d", "MaxPool1d", "AvgPool1d",
-           "AdaptiveAvgPool1d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten"]
+           "AdaptiveAvgPool1d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten",
+           "InstanceNorm1d", "InstanceNorm2d"]
