@@ -16,9 +16,9 @@ except ImportError:
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (make torch)")
 
 SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR", "CosineAnnealingLR",
-              "LambdaLR", "CosineAnnealingWarmRestarts"]
+              "LambdaLR", "MultiplicativeLR", "CosineAnnealingWarmRestarts"]
 # the schedulers whose step(epoch) is not a deprecated jump by a closed form
-NO_CLOSED_FORM = ("LambdaLR", "CosineAnnealingWarmRestarts")
+NO_CLOSED_FORM = ("LambdaLR", "MultiplicativeLR", "CosineAnnealingWarmRestarts")
 
 
 def _arguments(name: str, rng) -> tuple:
@@ -41,6 +41,8 @@ def _arguments(name: str, rng) -> tuple:
     if name == "CosineAnnealingWarmRestarts":
         return (int(rng.integers(1, 7)),), {"T_mult": int(rng.integers(1, 4)), "eta_min": float(rng.uniform(0, 1e-3))}
     decay = float(rng.uniform(0.8, 0.99))
+    if name == "MultiplicativeLR":   # a factor each epoch, changing with it
+        return (lambda epoch: decay + 0.001 * (epoch % 3),), {}
     return (lambda epoch: decay ** epoch,), {}
 
 
@@ -204,6 +206,9 @@ def test_lambda_state_keeps_a_callable_objects_attributes_not_a_function():
     (lambda o: lr_scheduler.ReduceLROnPlateau(o, min_lr=[0.0, 0.1]), ValueError),
     (lambda o: lr_scheduler.CosineAnnealingLR(o, 5, eta_min=-1e-3), ValueError),
     (lambda o: lr_scheduler.LambdaLR(o, [lambda e: 1.0] * 2), ValueError),
+    (lambda o: lr_scheduler.MultiplicativeLR(o, 0.9), ValueError),
+    (lambda o: lr_scheduler.ChainedScheduler([]), ValueError),
+    (lambda o: lr_scheduler.ChainedScheduler([lr_scheduler.ReduceLROnPlateau(o)]), TypeError),
     (lambda o: lr_scheduler.StepLR(o, 2, last_epoch=-2), ValueError),
     (lambda o: lr_scheduler.StepLR(o, 2, last_epoch=4), KeyError),   # resuming: no initial_lr recorded
     (lambda o: lr_scheduler.StepLR(object(), 2), TypeError),
@@ -317,6 +322,38 @@ def test_sequential_rates_are_pytorchs_bit_for_bit_and_resume(seed):
     resumed_optimizer.load_state_dict(saved[0])
     resumed.load_state_dict(saved[1])
     for _ in range(30 - 12):
+        resumed.step()
+    assert _rates(resumed_optimizer) == _rates(ours)
+
+
+def _chain(module, optimizer, seed):
+    """A warm-up and a decay chained (both stepping each epoch), as in PyTorch's docs' example."""
+    rng = np.random.default_rng(seed)
+    warm = module.LinearLR(optimizer, start_factor=float(rng.uniform(0.05, 0.5)), total_iters=int(rng.integers(2, 8)))
+    decay = [module.ExponentialLR(optimizer, float(rng.uniform(0.8, 0.99))),
+             module.StepLR(optimizer, int(rng.integers(2, 6)), float(rng.uniform(0.2, 0.9)))][seed % 2]
+    return module.ChainedScheduler([warm, decay])
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("seed", range(4))
+def test_chained_rates_are_pytorchs_bit_for_bit_and_resume(seed):
+    ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.3, momentum=0.9)
+    schedule, reference = _chain(lr_scheduler, ours, seed), _chain(torch.optim.lr_scheduler, theirs, seed)
+    assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr()
+    for epoch in range(25):
+        if epoch == 10:
+            saved = ours.state_dict(), schedule.state_dict()
+        schedule.step()
+        reference.step()
+        assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr(), epoch
+    resumed_optimizer = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
+    resumed = _chain(lr_scheduler, resumed_optimizer, seed)
+    resumed_optimizer.load_state_dict(saved[0])
+    resumed.load_state_dict(saved[1])
+    for _ in range(25 - 10):
         resumed.step()
     assert _rates(resumed_optimizer) == _rates(ours)
 

@@ -1,9 +1,10 @@
 """Learning-rate schedules that set the `lr` of an optimizer's parameter groups.
 
 PyTorch's schedulers, with its protocol (`torch.optim.lr_scheduler`): `StepLR`, `MultiStepLR`,
-`ExponentialLR`, `LinearLR`, `ConstantLR`, `PolynomialLR`, `CosineAnnealingLR` and `LambdaLR`
-(decays.py), `CosineAnnealingWarmRestarts` (restarts.py), `OneCycleLR` (one_cycle.py: per batch,
-the momentum cycled too), `SequentialLR` (sequential.py: one scheduler after another) and
+`ExponentialLR`, `LinearLR`, `ConstantLR`, `PolynomialLR`, `CosineAnnealingLR`, `LambdaLR` and
+`MultiplicativeLR` (decays.py), `CosineAnnealingWarmRestarts` (restarts.py), `OneCycleLR`
+(one_cycle.py: per batch, the momentum cycled too), `SequentialLR` and `ChainedScheduler`
+(sequential.py: one scheduler after another, or several at once) and
 `ReduceLROnPlateau` (plateau.py: `step(metric)`). Construction records each group's `initial_lr`
 and takes the first step (last_epoch -1 -> 0; not ReduceLROnPlateau); call `step()` after each
 epoch's (or iteration's) `optimizer.step()`; `get_last_lr()`, `last_epoch`, `base_lrs`, and
@@ -22,14 +23,14 @@ resumed run continues the schedule exactly.
 """
 
 from ._base import LRScheduler
-from .decays import (ConstantLR, CosineAnnealingLR, ExponentialLR, LambdaLR, LinearLR, MultiStepLR, PolynomialLR,
-                     StepLR)
+from .decays import (ConstantLR, CosineAnnealingLR, ExponentialLR, LambdaLR, LinearLR, MultiplicativeLR, MultiStepLR,
+                     PolynomialLR, StepLR)
 from .one_cycle import OneCycleLR
 from .plateau import ReduceLROnPlateau
 from .restarts import CosineAnnealingWarmRestarts
-from .sequential import SequentialLR
+from .sequential import ChainedScheduler, SequentialLR
 from .warmup_cosine import WarmupCosine
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "ConstantLR", "PolynomialLR",
-           "CosineAnnealingLR", "LambdaLR", "CosineAnnealingWarmRestarts", "OneCycleLR", "SequentialLR",
-           "ReduceLROnPlateau", "WarmupCosine"]
+           "CosineAnnealingLR", "LambdaLR", "MultiplicativeLR", "CosineAnnealingWarmRestarts", "OneCycleLR",
+           "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau", "WarmupCosine"]

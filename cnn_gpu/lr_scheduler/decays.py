@@ -156,8 +156,8 @@ class CosineAnnealingLR(LRScheduler):
                 for base in self.base_lrs]
 
 
-class LambdaLR(LRScheduler):
-    """base_lr * lr_lambda(epoch): one function, or one per parameter group. state_dict keeps a
+class _LambdaSchedule(LRScheduler):
+    """A schedule of lr_lambda: one function, or one per parameter group. state_dict keeps a
     callable object's attributes, not a function (PyTorch's rule)."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
@@ -167,9 +167,6 @@ class LambdaLR(LRScheduler):
             raise ValueError(f"lr_lambda must be a callable or a list of {groups} callables (one per parameter group)")
         self.lr_lambdas = lambdas
         super().__init__(optimizer, last_epoch)
-
-    def get_lr(self) -> list:
-        return [base * factor(self.last_epoch) for factor, base in zip(self.lr_lambdas, self.base_lrs)]
 
     def state_dict(self) -> dict:
         state = {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "lr_lambdas")}
@@ -184,3 +181,19 @@ class LambdaLR(LRScheduler):
         for factor, attributes in zip(self.lr_lambdas, kept):
             if attributes is not None:
                 factor.__dict__.update(attributes)
+
+
+class LambdaLR(_LambdaSchedule):
+    """base_lr * lr_lambda(epoch)."""
+
+    def get_lr(self) -> list:
+        return [base * factor(self.last_epoch) for factor, base in zip(self.lr_lambdas, self.base_lrs)]
+
+
+class MultiplicativeLR(_LambdaSchedule):
+    """The rate times lr_lambda(epoch) every epoch (from the groups' current rates, as PyTorch's)."""
+
+    def get_lr(self) -> list:
+        if self._is_initial:
+            return self._current()
+        return [rate * factor(self.last_epoch) for factor, rate in zip(self.lr_lambdas, self._current())]

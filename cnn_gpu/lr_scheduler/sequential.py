@@ -1,4 +1,5 @@
-"""PyTorch's SequentialLR: schedulers one after another (a warm-up, then a decay)."""
+"""PyTorch's SequentialLR (schedulers one after another: a warm-up, then a decay) and ChainedScheduler
+(schedulers stepped together, each changing the rates the one before it set)."""
 from __future__ import annotations
 
 import bisect
@@ -63,3 +64,31 @@ class SequentialLR(LRScheduler):
         self.__dict__.update(state)
         for scheduler, saved in zip(self._schedulers, inner):
             scheduler.load_state_dict(saved)
+
+
+class ChainedScheduler(LRScheduler):
+    """Every one of `schedulers` steps at each step(), in order, on the same optimizer (their
+    recursive forms multiply: a warm-up factor and a decay at once). state_dict() holds theirs."""
+
+    def __init__(self, schedulers, optimizer=None):
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("ChainedScheduler expects at least one scheduler to be chained, but got no scheduler.")
+        optimizer = checked_optimizer(optimizer or schedulers[0].optimizer)
+        for i, scheduler in enumerate(schedulers):
+            if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, ReduceLROnPlateau):
+                raise TypeError(f"schedulers[{i}] is a {type(scheduler).__name__}; ChainedScheduler chains epoch-wise "
+                                f"cnn_gpu.lr_scheduler schedulers (not ReduceLROnPlateau, whose step takes a metric)")
+            if scheduler.optimizer is not optimizer:
+                raise ValueError(f"schedulers[{i}] ({type(scheduler).__name__}) sets another optimizer's rates")
+        self.optimizer = optimizer
+        self._schedulers = schedulers
+        self._last_lr = self._current()
+
+    def step(self) -> None:
+        for scheduler in self._schedulers:
+            scheduler.step()
+        self._last_lr = self._current()
+
+    state_dict = SequentialLR.state_dict
+    load_state_dict = SequentialLR.load_state_dict
