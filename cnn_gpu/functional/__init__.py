@@ -46,6 +46,7 @@ from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_ba
 from .linear import linear, linear_backward
 from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss, mse_loss,
                    nll_loss, smooth_l1_loss)
+from .prelu import prelu, prelu_backward
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .padding import pad, pad_backward
 from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
@@ -70,4 +71,5 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
-           "channel_shuffle_backward", "instance_norm", "instance_norm_backward"]
+           "channel_shuffle_backward", "instance_norm", "instance_norm_backward",
+           "prelu", "prelu_backward"]

@@ -57,6 +57,8 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   dropout.apply_planes(be, x, seed, step, threshold, scale) -> y  (one Philox number per (n, c) plane)
   softmax.forward(be, x, (outer, size, inner), log) -> y         (softmax, or log_softmax where log, over `size`)
   softmax.backward(be, dy, y, (outer, size, inner), log) -> dx   (from the forward OUTPUT y)
+  prelu.forward(be, x, weight, (outer, channels, inner)) -> y
+  prelu.backward(be, dy, x, weight, (outer, channels, inner)) -> (dx, dweight)   (dweight by reduce's channel sums)
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
   adaptive_pool.max_forward(be, x, out_size) -> (y, indices)      (indices int32, h * W + w in the plane)

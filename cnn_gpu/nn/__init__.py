@@ -20,6 +20,7 @@ from .instance_norm import InstanceNorm1d, InstanceNorm2d
 from .layers_1d import AdaptiveAvgPool1d, AvgPool1d, Conv1d, ConvTranspose1d, MaxPool1d
 from .loss import CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss, BCEWithLogitsLoss
 from .module import Module, Parameter
+from .prelu import PReLU
 from .rearrange import ChannelShuffle, PixelShuffle, PixelUnshuffle, Unflatten
 
 __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict",
@@ -30,4 +31,4 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "ReplicationPad2d", "CircularPad2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss",
            "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "Conv1d", "ConvTranspose1d", "MaxPool1d", "AvgPool1d",
            "AdaptiveAvgPool1d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten",
-           "InstanceNorm1d", "InstanceNorm2d"]
+           "InstanceNorm1d", "InstanceNorm2d", "PReLU"]
