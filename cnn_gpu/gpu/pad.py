@@ -1,7 +1,7 @@
 """Launch code of kernels/pad.cu: F.pad's four modes, forward and backward (a deterministic gather).
-x (..., H, W) -> y (..., P, Q), every leading dim a plane; `pad` (left, right, top, bottom) as
-cnn_gpu.functional.pad checked it (sizes against the mode's rules, a non-empty output), `windows` the
-rows' and columns' source windows it computed."""
+The input is `planes` blocks, each padded along `axes` (functional.padding.kernel_axes: outermost
+first, each (size, output size, source window), checked against the mode's rules and for a
+non-empty output). A launch pads up to three axes; constant mode's more axes take more launches."""
 from __future__ import annotations
 
 import math
@@ -12,34 +12,64 @@ from .. import backend
 from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
 
 MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}   # kernels/pad.cu: PAD_*
+AXES = 3                                                                # kernels/pad.cu: depth, rows, columns
+UNPADDED = (1, 1, (0, 1, 0))                                            # an axis of one, its whole window
 
 
-def _args(x_shape, out_size, pad, windows, mode):
-    h, w = x_shape[-2:]
-    p, q = out_size
-    left, right, top, bottom = pad
-    check_planes("padding", input=h * w, output=p * q)
-    (row0, rows, top), (col0, cols, left) = windows   # functional.padding.source_window's, rows then columns
-    # the backward pass's reader positions reach 2 * in + |before| along an axis (circular's wrap)
-    i32(2 * h + abs(top) + abs(bottom), 2 * w + abs(left) + abs(right))
-    return np.int64(math.prod(x_shape[:-2])), *i32(h, w, p, q, row0, col0, rows, cols, top, left, MODES[mode])
+def _launches(planes, axes):
+    """(planes, axes) of each launch, innermost axes first: up to AXES axes a launch, the axes
+    outside them its planes; what a launch padded is one unpadded block of the next launch's
+    innermost axis (constant mode only has more axes than AXES; its windows are whole axes)."""
+    launches = []
+    while len(axes) > AXES:
+        outer, inner = axes[:-AXES], axes[-AXES:]
+        launches.append((planes * math.prod(size for size, _, _ in outer), inner))
+        done = math.prod(out for _, out, _ in inner)
+        size, out, (_, _, before) = outer[-1]
+        axes = outer[:-1] + [(size * done, out * done, (0, size * done, before * done))]
+    return launches + [(planes, axes)]
 
 
-def _grid(planes_shape, pixels):
-    return blocks_for(pixels), min(math.prod(planes_shape), MAX_GRID_Y)
+def _sizes(axes):
+    return math.prod(size for size, _, _ in axes), math.prod(out for _, out, _ in axes)
 
 
-def forward(be, x, pad, windows, mode, value, out_size):
-    y = backend.array_module(be).empty(x.shape[:-2] + tuple(out_size), dtype=x.dtype)
-    if y.size:   # a batch of none is an empty result, and a grid of no blocks no launch
-        backend.launch(be, "pad", x.dtype, "pad_forward", _grid(x.shape[:-2], y.shape[-2] * y.shape[-1]), (THREADS,),
-                       (x, y, *_args(x.shape, out_size, pad, windows, mode), *acc(x.dtype, value)))
-    return y
+def _args(planes, axes, mode):
+    axes = [UNPADDED] * (AXES - len(axes)) + list(axes)
+    inputs, outputs = _sizes(axes)
+    check_planes("padding", input=inputs, output=outputs)
+    # the backward pass's reader positions reach 2 * size + |before| along an axis (circular's wrap)
+    i32(*(2 * size + abs(out) + abs(before) for size, out, (_, _, before) in axes))
+    sizes, outs, windows = zip(*axes)
+    origins, extents, befores = zip(*windows)
+    return np.int64(planes), *i32(*sizes, *outs, *origins, *extents, *befores, MODES[mode])
 
 
-def backward(be, dy, x_shape, pad, windows, mode):
-    dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    if dx.size:
-        backend.launch(be, "pad", dy.dtype, "pad_backward", _grid(x_shape[:-2], x_shape[-2] * x_shape[-1]),
-                       (THREADS,), (dy, dx, *_args(x_shape, dy.shape[-2:], pad, windows, mode)))
-    return dx
+def _grid(planes, pixels):
+    return blocks_for(pixels), min(planes, MAX_GRID_Y)
+
+
+def forward(be, x, planes, axes, mode, value, out_shape):
+    xp = backend.array_module(be)
+    y = x
+    for launch_planes, launch_axes in _launches(planes, axes):
+        _, outputs = _sizes(launch_axes)
+        padded = xp.empty(launch_planes * outputs, dtype=x.dtype)
+        if padded.size:   # a batch of none is an empty result, and a grid of no blocks no launch
+            backend.launch(be, "pad", x.dtype, "pad_forward", _grid(launch_planes, outputs), (THREADS,),
+                           (y, padded, *_args(launch_planes, launch_axes, mode), *acc(x.dtype, value)))
+        y = padded
+    return y.reshape(out_shape)
+
+
+def backward(be, dy, planes, axes, mode, x_shape):
+    xp = backend.array_module(be)
+    dx = dy
+    for launch_planes, launch_axes in reversed(_launches(planes, axes)):
+        inputs, _ = _sizes(launch_axes)
+        gathered = xp.empty(launch_planes * inputs, dtype=dy.dtype)
+        if gathered.size:
+            backend.launch(be, "pad", dy.dtype, "pad_backward", _grid(launch_planes, inputs), (THREADS,),
+                           (dx, gathered, *_args(launch_planes, launch_axes, mode)))
+        dx = gathered
+    return dx.reshape(x_shape)

@@ -77,13 +77,12 @@ class _Conv(_Weighted):
 
     # A padding_mode other than "zeros" (Conv2d, Conv1d): the input padded by `_mode_pad` (F.pad's
     # order) before the convolution, which then takes padding 0 (`_conv_args`), and the padded input's
-    # gradient folded back, as PyTorch does it
-    _pad, _pad_backward = staticmethod(F.pad), staticmethod(F.pad_backward)
+    # gradient folded back, as PyTorch does it (F.pad pads a batched or unbatched signal or image)
 
     def forward(self, x):
         x_shape = x.shape
         if self.padding_mode != "zeros":
-            x = self._pad(x, self._mode_pad, self.padding_mode, backend=self.backend)
+            x = F.pad(x, self._mode_pad, self.padding_mode, backend=self.backend)
         self._saved = (x, x_shape)
         return self._op(x, self.weight.data, self._bias_data(), *self._conv_args(), backend=self.backend)
 
@@ -95,7 +94,7 @@ class _Conv(_Weighted):
                                                **self._gradients_wanted(input_grad), backend=self.backend)
         self._accumulate(dweight, dbias)
         if dx is not None and self.padding_mode != "zeros":
-            dx = self._pad_backward(dx, x_shape, self._mode_pad, self.padding_mode, backend=self.backend)
+            dx = F.pad_backward(dx, x_shape, self._mode_pad, self.padding_mode, backend=self.backend)
         return dx
 
     def extra_repr(self):
@@ -814,14 +813,16 @@ class Upsample(Module):
         return f"{target}, mode={self.mode!r}"
 
 
-class _Pad2d(Module):
-    """F.pad of the last two dims by `padding` (an int, or (left, right, top, bottom)) in `_mode`."""
+class _Pad(Module):
+    """F.pad of the last `_dims` dims by `padding` (an int, or 2 * _dims ints in F.pad's order:
+    (left, right[, top, bottom[, front, back]])) in `_mode`, on batched or unbatched inputs."""
     _mode = "constant"
+    _dims = 2
     value = None
 
     def __init__(self, padding):
         super().__init__()
-        self.padding = layer_padding(padding)
+        self.padding = layer_padding(padding, self._dims)
 
     def forward(self, x):
         self._saved = x.shape
@@ -836,7 +837,7 @@ class _Pad2d(Module):
         return f"{self.padding}"
 
 
-class ConstantPad2d(_Pad2d):
+class _ConstantPad(_Pad):
     """Pads with the constant `value`; negative padding crops."""
 
     def __init__(self, padding, value):
@@ -847,8 +848,8 @@ class ConstantPad2d(_Pad2d):
         return f"padding={self.padding}, value={self.value}"
 
 
-class ZeroPad2d(ConstantPad2d):
-    """Pads with zeros; negative padding crops."""
+class _ZeroFill:
+    """The ZeroPad*d layers: their ConstantPad*d's with value 0, PyTorch's constructor and repr."""
 
     def __init__(self, padding):
         super().__init__(padding, 0.0)
@@ -857,16 +858,48 @@ class ZeroPad2d(ConstantPad2d):
         return f"{self.padding}"
 
 
-class ReflectionPad2d(_Pad2d):
+class ConstantPad2d(_ConstantPad):
+    """Pads the last two dims with the constant `value`; negative padding crops."""
+
+
+class ZeroPad2d(_ZeroFill, ConstantPad2d):
+    """Pads the last two dims with zeros; negative padding crops."""
+
+
+class ReflectionPad2d(_Pad):
     """Pads with the reflection of the input, its edge not repeated (each pad below the size)."""
     _mode = "reflect"
 
 
-class ReplicationPad2d(_Pad2d):
+class ReplicationPad2d(_Pad):
     """Pads with copies of the input's edge pixels."""
     _mode = "replicate"
 
 
-class CircularPad2d(_Pad2d):
+class CircularPad2d(_Pad):
     """Pads with the input wrapped around (each pad at most the size)."""
     _mode = "circular"
+
+
+class ConstantPad3d(_ConstantPad):
+    """Pads a volume's (the last three dims') sides with the constant `value`; negative padding crops."""
+    _dims = 3
+
+
+class ZeroPad3d(_ZeroFill, ConstantPad3d):
+    """Pads a volume's sides with zeros; negative padding crops."""
+
+
+class ReflectionPad3d(_Pad):
+    """Pads a (N, C, D, H, W) or (C, D, H, W) volume with its reflection (each pad below the size)."""
+    _mode, _dims = "reflect", 3
+
+
+class ReplicationPad3d(_Pad):
+    """Pads a volume with copies of its edge voxels."""
+    _mode, _dims = "replicate", 3
+
+
+class CircularPad3d(_Pad):
+    """Pads a volume with itself wrapped around (each pad at most the size)."""
+    _mode, _dims = "circular", 3

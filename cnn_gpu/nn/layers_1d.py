@@ -1,5 +1,6 @@
 """The 1-D layers (PyTorch's Conv1d, ConvTranspose1d, MaxPool1d, AvgPool1d, AdaptiveAvgPool1d) on
-the 1-D functional ops, which run the 2-D ones on (N, C, 1, L) views. Sizes are kept as 1-tuples, as
+the 1-D functional ops, which run the 2-D ones on (N, C, 1, L) views, and the 1-D padding layers
+(F.pad of a (N, C, L) or (C, L) signal's last dim). Sizes are kept as 1-tuples, as
 PyTorch keeps them; weights are PyTorch's shapes, so state dicts load into PyTorch's layers and back.
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from ..functional.one_d import conv1d_padding, max_pool1d_backward_of_own_indices, pool_sizes, single
-from .layers import _Conv, _MaxPool
+from .layers import _ConstantPad, _Conv, _MaxPool, _Pad, _ZeroFill
 from .module import Module
 
 
@@ -22,25 +23,12 @@ class _Conv1d(_Conv):
     _sizes = staticmethod(_one)
 
 
-def _pad_signal(x, pad, mode, *, backend):
-    """F.pad of a signal's last axis: (N, C, L) as F.pad's (C, H, W), an unbatched (C, L) through a
-    (1, C, L) view."""
-    return F.pad(x[None] if x.ndim == 2 else x, pad, mode, backend=backend).reshape(*x.shape[:-1], -1)
-
-
-def _pad_signal_backward(dy, x_shape, pad, mode, *, backend):
-    dx = F.pad_backward(dy[None] if dy.ndim == 2 else dy, (1, *x_shape) if len(x_shape) == 2 else x_shape, pad, mode,
-                        backend=backend)
-    return dx.reshape(x_shape)
-
-
 class Conv1d(_Conv1d):
     """1-D convolution; weight (out_channels, in_channels/groups, k). A padding_mode other than
     "zeros" pads the signal with F.pad by the layer's padding ("same" puts the odd element on the
     right) and convolves with padding 0, as PyTorch does."""
 
     _op, _op_backward = staticmethod(F.conv1d), staticmethod(F.conv1d_backward)
-    _pad, _pad_backward = staticmethod(_pad_signal), staticmethod(_pad_signal_backward)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
@@ -157,3 +145,28 @@ class AdaptiveAvgPool1d(Module):
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+class ConstantPad1d(_ConstantPad):
+    """Pads a signal's ends with the constant `value` (padding: an int or (left, right)); negative
+    padding crops."""
+    _dims = 1
+
+
+class ZeroPad1d(_ZeroFill, ConstantPad1d):
+    """Pads a signal's ends with zeros; negative padding crops."""
+
+
+class ReflectionPad1d(_Pad):
+    """Pads a signal with its reflection, its end not repeated (each pad below the length)."""
+    _mode, _dims = "reflect", 1
+
+
+class ReplicationPad1d(_Pad):
+    """Pads a signal with copies of its end elements."""
+    _mode, _dims = "replicate", 1
+
+
+class CircularPad1d(_Pad):
+    """Pads a signal with itself wrapped around (each pad at most the length)."""
+    _mode, _dims = "circular", 1
