@@ -206,7 +206,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     if isinstance(layer, nn.Dropout):   # one map forward and backward; p = 0 launches nothing
         kernel = "dropout2d_apply" if isinstance(layer, nn.Dropout2d) else "dropout_apply"
         return [(kernel, (x + y) * item)] * 2 if layer.p else []
-    if isinstance(layer, nn.layers._Pad2d):
+    if isinstance(layer, nn.layers._Pad):   # any padding layer: one launch each way (at most three padded dims)
         return [("pad_forward", (x + y) * item), ("pad_backward", (y + x) * item)]
     if isinstance(layer, nn.Linear):
         weights = layer.in_features * layer.out_features

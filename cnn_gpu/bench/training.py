@@ -136,7 +136,7 @@ def leaf_layers(model, input_shape):
             out = (*shape[:2], *(s if s is not None else d for s, d in zip(size, shape[2:])))
         elif isinstance(module, nn.Upsample):
             out = (*shape[:2], *output_size(shape[2:], module.size, module.scale_factor))
-        elif isinstance(module, nn.layers._Pad2d):
+        elif isinstance(module, nn.layers._Pad):
             out = padded_shape(shape, module.padding, module._mode)
         elif isinstance(module, nn.Flatten):
             start, end = module.start_dim % len(shape), module.end_dim % len(shape)
@@ -236,8 +236,9 @@ def torch_mirror(model, torch):
             return tnn.AvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
         if isinstance(m, nn.AdaptiveAvgPool1d):
             return tnn.AdaptiveAvgPool1d(m.output_size)
-        if isinstance(m, nn.layers._Pad2d):   # the same names and arguments (ConstantPad2d: its value too)
-            return getattr(tnn, type(m).__name__)(m.padding, *((m.value,) if type(m) is nn.ConstantPad2d else ()))
+        if isinstance(m, nn.layers._Pad):   # the same names and arguments (ConstantPad*d: its value too)
+            takes_value = isinstance(m, nn.layers._ConstantPad) and not isinstance(m, nn.layers._ZeroFill)
+            return getattr(tnn, type(m).__name__)(m.padding, *((m.value,) if takes_value else ()))
         for ours, theirs in ((nn.BatchNorm1d, tnn.BatchNorm1d), (nn.BatchNorm2d, tnn.BatchNorm2d)):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)

@@ -12,12 +12,13 @@
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, CircularPad2d,
-                     ConstantPad2d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten, GroupNorm, Hardsigmoid,
-                     Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, Mish,
-                     ReflectionPad2d, ReLU, ReLU6, ReplicationPad2d, SiLU, Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d,
-                     ELU)
+                     CircularPad3d, ConstantPad2d, ConstantPad3d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten,
+                     GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
+                     MaxPool2d, Mish, ReflectionPad2d, ReflectionPad3d, ReLU, ReLU6, ReplicationPad2d, ReplicationPad3d,
+                     SiLU, Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d, ZeroPad3d, ELU)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d
-from .layers_1d import AdaptiveAvgPool1d, AvgPool1d, Conv1d, ConvTranspose1d, MaxPool1d
+from .layers_1d import (AdaptiveAvgPool1d, AvgPool1d, CircularPad1d, ConstantPad1d, Conv1d, ConvTranspose1d, MaxPool1d,
+                        ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
 from .loss import CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss, BCEWithLogitsLoss
 from .module import Module, Parameter
 from .prelu import PReLU
@@ -30,5 +31,6 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "ReLU6", "SiLU", "Sigmoid", "Softmax", "Tanh", "Upsample", "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d",
            "ReplicationPad2d", "CircularPad2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss",
            "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "Conv1d", "ConvTranspose1d", "MaxPool1d", "AvgPool1d",
-           "AdaptiveAvgPool1d", "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten",
-           "InstanceNorm1d", "InstanceNorm2d", "PReLU"]
+           "AdaptiveAvgPool1d", "ZeroPad1d", "ConstantPad1d", "ReflectionPad1d", "ReplicationPad1d", "CircularPad1d",
+           "ZeroPad3d", "ConstantPad3d", "ReflectionPad3d", "ReplicationPad3d", "CircularPad3d", "PixelShuffle",
+           "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d", "PReLU"]
