@@ -21,9 +21,10 @@ target, weight, ignore_index, reduction); mse_loss, l1_loss, smooth_l1_loss(beta
 binary_cross_entropy(weight) and binary_cross_entropy_with_logits(weight, pos_weight) (reduction);
 avg_pool2d(divisor_override); interpolate (modes "nearest" and "bilinear") on 4-D inputs only, as
 PyTorch reads a 3-D input as (N, C, L); softmax and log_softmax over any dim, whose backward
-functions take the forward output y rather than x; pad on the last two dims of 3-D and 4-D
-inputs. A loss is a Python float for reduction "mean"/"sum" and an array for "none", and its
-gradient is that of the returned loss (of its sum for "none").
+functions take the forward output y rather than x; pad of any trailing dims in constant mode and
+of a 1-D signal, 2-D image or 3-D volume (batched or not) in the others. A loss is a Python float
+for reduction "mean"/"sum" and an array for "none", and its gradient is that of the returned loss
+(of its sum for "none").
 
 Extensions beyond PyTorch's signatures: F.conv2d(..., activation="relu") and
 F.batch_norm(..., activation="relu") apply ReLU to the output, F.add_relu(a, b) is relu(a + b)

@@ -66,7 +66,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   upsample.forward(be, mode, x, out_size, axis_params, align_corners=False) -> y
         (mode "nearest" or "bilinear"; axis_params per axis: nearest's FP32 scale or bilinear's ratio)
   upsample.backward(be, mode, dy, x_shape, axis_params, align_corners=False) -> dx   (deterministic gather)
-  pad.forward(be, x, pad, mode, value, out_size) -> y            (x (..., H, W); pad (left, right, top, bottom))
-  pad.backward(be, dy, x_shape, pad, mode) -> dx                  (deterministic gather)
+  pad.forward(be, x, planes, axes, mode, value, out_shape) -> y  (planes x up to 3 axes a launch)
+  pad.backward(be, dy, planes, axes, mode, x_shape) -> dx         (deterministic gather)
   augment.random_crop_flip(be, x, seed, step, pad, flip) -> y     (per-image Philox crop offsets and flip)
 """
