@@ -755,14 +755,17 @@ ADAPTIVE_POOL1D_EDGES = (dict(N=2, C=3, HW=(1, 9), out=(1, 1), unbatched=False),
 
 
 def _pad_config(rng):
+    """A signal's, an image's or a volume's padding (HW: its 1 to 3 padded dims)."""
     from ..functional.padding import padded_shape
     while True:
         mode = str(rng.choice(["constant", "reflect", "replicate", "circular"]))
-        cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 9), mode=mode,
-                   pad=tuple(int(p) for p in rng.integers(-3, 9, 4)),   # crops too
+        dims = int(rng.integers(1, 4))
+        cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)),
+                   HW=tuple(int(s) for s in rng.integers(1, 9, dims)), mode=mode,
+                   pad=tuple(int(p) for p in rng.integers(-3, 9, 2 * dims)),   # crops too
                    value=round(float(rng.standard_normal()), 2) if mode == "constant" else None)
         try:
-            return dict(cfg, out=padded_shape(cfg["HW"], cfg["pad"], mode))
+            return dict(cfg, out=padded_shape((cfg["C"], *cfg["HW"]), cfg["pad"], mode)[1:])
         except ValueError:   # past the mode's limits, or an empty output
             continue
 
@@ -771,7 +774,9 @@ PAD_EDGES = (dict(N=2, C=3, HW=(4, 5), mode="reflect", pad=(4, 4, 3, 3), value=N
              dict(N=1, C=2, HW=(3, 4), mode="circular", pad=(4, 4, 3, 3), value=None, out=(9, 12)),   # a whole wrap
              dict(N=1, C=2, HW=(5, 4), mode="circular", pad=(-1, 3, 2, -2), value=None, out=(5, 6)),  # crop, then wrap
              dict(N=2, C=1, HW=(1, 1), mode="replicate", pad=(5, 0, 0, 6), value=None, out=(7, 6)),   # one pixel
-             dict(N=1, C=2, HW=(6, 5), mode="constant", pad=(-2, 3, 2, -6), value=-1.5, out=(2, 6)))  # crops
+             dict(N=1, C=2, HW=(6, 5), mode="constant", pad=(-2, 3, 2, -6), value=-1.5, out=(2, 6)),  # crops
+             dict(N=2, C=2, HW=(3, 4, 5), mode="reflect", pad=(4, 4, 3, 3, 2, 2), value=None, out=(7, 10, 13)),
+             dict(N=1, C=3, HW=(7,), mode="circular", pad=(-2, 5), value=None, out=(10,)))   # a signal
 PAD_LARGE = (dict(N=8, C=32, HW=(64, 64), mode="reflect", pad=(3, 3, 3, 3), value=None, out=(70, 70)),)
 
 
