@@ -858,48 +858,23 @@ class _ZeroFill:
         return f"{self.padding}"
 
 
-class ConstantPad2d(_ConstantPad):
-    """Pads the last two dims with the constant `value`; negative padding crops."""
+def padding_layers(dims: int, padded: str, module: str = __name__) -> tuple:
+    """PyTorch's five padding layers of `dims` padded dims: (ConstantPad, ZeroPad, ReflectionPad,
+    ReplicationPad, CircularPad){dims}d, ZeroPad a ConstantPad as in PyTorch; `padded` says what
+    they pad in their docstrings, `module` is where they are defined."""
+    def layer(kind, bases, mode, how):
+        name = f"{kind}Pad{dims}d"
+        return type(name, bases, dict(_mode=mode, _dims=dims, __doc__=f"Pads {padded} {how}", __module__=module,
+                                      __qualname__=name))
+    constant = layer("Constant", (_ConstantPad,), "constant", "with the constant `value`; negative padding crops.")
+    return (constant, layer("Zero", (_ZeroFill, constant), "constant", "with zeros; negative padding crops."),
+            layer("Reflection", (_Pad,), "reflect", "with its reflection, the edge not repeated (each pad below the "
+                                                    "size)."),
+            layer("Replication", (_Pad,), "replicate", "with copies of its edge elements."),
+            layer("Circular", (_Pad,), "circular", "with itself wrapped around (each pad at most the size)."))
 
 
-class ZeroPad2d(_ZeroFill, ConstantPad2d):
-    """Pads the last two dims with zeros; negative padding crops."""
-
-
-class ReflectionPad2d(_Pad):
-    """Pads with the reflection of the input, its edge not repeated (each pad below the size)."""
-    _mode = "reflect"
-
-
-class ReplicationPad2d(_Pad):
-    """Pads with copies of the input's edge pixels."""
-    _mode = "replicate"
-
-
-class CircularPad2d(_Pad):
-    """Pads with the input wrapped around (each pad at most the size)."""
-    _mode = "circular"
-
-
-class ConstantPad3d(_ConstantPad):
-    """Pads a volume's (the last three dims') sides with the constant `value`; negative padding crops."""
-    _dims = 3
-
-
-class ZeroPad3d(_ZeroFill, ConstantPad3d):
-    """Pads a volume's sides with zeros; negative padding crops."""
-
-
-class ReflectionPad3d(_Pad):
-    """Pads a (N, C, D, H, W) or (C, D, H, W) volume with its reflection (each pad below the size)."""
-    _mode, _dims = "reflect", 3
-
-
-class ReplicationPad3d(_Pad):
-    """Pads a volume with copies of its edge voxels."""
-    _mode, _dims = "replicate", 3
-
-
-class CircularPad3d(_Pad):
-    """Pads a volume with itself wrapped around (each pad at most the size)."""
-    _mode, _dims = "circular", 3
+ConstantPad2d, ZeroPad2d, ReflectionPad2d, ReplicationPad2d, CircularPad2d = padding_layers(
+    2, "an image (the last two dims of (N, C, H, W) or (C, H, W))")
+ConstantPad3d, ZeroPad3d, ReflectionPad3d, ReplicationPad3d, CircularPad3d = padding_layers(
+    3, "a volume (the last three dims of (N, C, D, H, W) or (C, D, H, W))")

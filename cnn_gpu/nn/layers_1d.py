@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from ..functional.one_d import conv1d_padding, max_pool1d_backward_of_own_indices, pool_sizes, single
-from .layers import _ConstantPad, _Conv, _MaxPool, _Pad, _ZeroFill
+from .layers import _Conv, _MaxPool, padding_layers
 from .module import Module
 
 
@@ -147,26 +147,5 @@ class AdaptiveAvgPool1d(Module):
         return f"output_size={self.output_size}"
 
 
-class ConstantPad1d(_ConstantPad):
-    """Pads a signal's ends with the constant `value` (padding: an int or (left, right)); negative
-    padding crops."""
-    _dims = 1
-
-
-class ZeroPad1d(_ZeroFill, ConstantPad1d):
-    """Pads a signal's ends with zeros; negative padding crops."""
-
-
-class ReflectionPad1d(_Pad):
-    """Pads a signal with its reflection, its end not repeated (each pad below the length)."""
-    _mode, _dims = "reflect", 1
-
-
-class ReplicationPad1d(_Pad):
-    """Pads a signal with copies of its end elements."""
-    _mode, _dims = "replicate", 1
-
-
-class CircularPad1d(_Pad):
-    """Pads a signal with itself wrapped around (each pad at most the length)."""
-    _mode, _dims = "circular", 1
+ConstantPad1d, ZeroPad1d, ReflectionPad1d, ReplicationPad1d, CircularPad1d = padding_layers(
+    1, "a signal (the last dim of (N, C, L) or (C, L))", __name__)
