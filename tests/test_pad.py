@@ -21,15 +21,21 @@ MODES = ("constant", "reflect", "replicate", "circular")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 
 
-def draw(rng, mode, max_size=6):
-    """(x shape, pad, value) that the mode accepts: 3-D or 4-D, pads of 2 or 4 entries up to the
-    mode's limits (reflect size - 1, circular what the crop leaves), negative ones cropping."""
+def propose_image(rng, mode, max_size):
+    """(shape, pad) of a 3-D or 4-D input, pads of 2 or 4 entries in [-max_size, max_size]."""
+    shape = tuple(int(s) for s in rng.integers(1, max_size + 1, 4))
+    if rng.random() < 0.3:
+        shape = shape[1:]
+    entries = 4 if (len(shape) == 4 and mode != "constant") or rng.random() < 0.7 else 2
+    return shape, tuple(int(p) for p in rng.integers(-max_size, max_size + 1, entries))
+
+
+def draw(rng, mode, max_size=6, propose=propose_image):
+    """(x shape, pad, value) that the mode accepts, from the proposals (shape, pad) of `propose`
+    (by default images): pads up to the mode's limits (reflect size - 1, circular what the crop
+    leaves), negative ones cropping."""
     while True:
-        shape = tuple(int(s) for s in rng.integers(1, max_size + 1, 4))
-        if rng.random() < 0.3:
-            shape = shape[1:]
-        entries = 4 if (len(shape) == 4 and mode != "constant") or rng.random() < 0.7 else 2
-        pad = tuple(int(p) for p in rng.integers(-max_size, max_size + 1, entries))
+        shape, pad = propose(rng, mode, max_size)
         value = round(float(rng.standard_normal()), 3) if mode == "constant" else None
         try:
             F.padding._plan(shape, pad, mode, value)
@@ -88,14 +94,18 @@ def test_loops_agree_with_hand_worked_rows():
 def test_against_the_loops(be, mode):
     rng = np.random.default_rng(MODES.index(mode))
     for i in range(40 if be == "numpy" else 25):
-        shape, pad, value = draw(rng, mode)
-        x = rng.standard_normal(shape)
-        y_ref, _ = loop_reference(x, pad, mode, value)
-        dy = rng.standard_normal(y_ref.shape)
-        _, dx_ref = loop_reference(x, pad, mode, value, dy)
-        what = f"config {i}: {shape} {pad}"
-        np.testing.assert_array_equal(F.pad(x, pad, mode, value, backend=be), y_ref, err_msg=what)
-        assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), dx_ref, np.float64, what + " dx")
+        assert_matches_loops(rng, *draw(rng, mode), mode, be, loop_reference, f"config {i}")
+
+
+def assert_matches_loops(rng, shape, pad, value, mode, be, reference, what):
+    """pad and pad_backward on `be` against `reference` (a loop: y, or y and dx for a dy) in float64."""
+    x = rng.standard_normal(shape)
+    y_ref, _ = reference(x, pad, mode, value)
+    dy = rng.standard_normal(y_ref.shape)
+    _, dx_ref = reference(x, pad, mode, value, dy)
+    what = f"{what}: {shape} {pad}"
+    np.testing.assert_array_equal(F.pad(x, pad, mode, value, backend=be), y_ref, err_msg=what)
+    assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), dx_ref, np.float64, what + " dx")
 
 
 # --- PyTorch -------------------------------------------------------------------------------------
@@ -115,15 +125,21 @@ def test_against_pytorch(be, dtype):
     cases = limits + [(*draw(rng, mode)[:2], mode) for mode in MODES for _ in range(30 if be == "numpy" else 12)]
     for i, (shape, pad, mode) in enumerate(cases):
         value = 0.3 if mode == "constant" else None
-        x = rng.standard_normal(shape).astype(dtype)
-        xt = torch.tensor(x, requires_grad=True)
-        yt = torch.nn.functional.pad(xt, pad, mode=mode, value=value)
-        dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
-        yt.backward(torch.tensor(dy))
-        what = f"case {i}: {shape} {pad} {mode}"
-        y = F.pad(x, pad, mode, value, backend=be)
-        assert y.dtype == dtype and y.tobytes() == yt.detach().numpy().tobytes(), what
-        assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), xt.grad.numpy(), dtype, what + " dx")
+        assert_matches_pytorch(torch, rng, shape, pad, mode, value, dtype, be, f"case {i}")
+
+
+def assert_matches_pytorch(torch, rng, shape, pad, mode, value, dtype, be, what):
+    """The forward pass PyTorch's bits (a copy, or the value in the dtype), the backward pass
+    within the dtype's tolerance, on a fresh input."""
+    x = rng.standard_normal(shape).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.pad(xt, pad, mode=mode, value=value)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    what = f"{what}: {shape} {pad} {mode}"
+    y = F.pad(x, pad, mode, value, backend=be)
+    assert y.dtype == dtype and y.shape == tuple(yt.shape) and y.tobytes() == yt.detach().numpy().tobytes(), what
+    assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), xt.grad.numpy(), dtype, what + " dx")
 
 
 @pytest.mark.torch
@@ -193,17 +209,23 @@ def test_float16_forward_bits_and_gradient_rounded_once(be):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(15)
     for mode in MODES:
-        x = rng.standard_normal((2, 3, 5, 4)).astype(np.float16)
-        pad = (3, 3, 4, 4) if mode != "circular" else (4, 4, 5, 5)
-        value = 0.1 if mode == "constant" else None
-        yt = torch.nn.functional.pad(torch.tensor(x), pad, mode=mode, value=value)
-        y = F.pad(x, pad, mode, value, backend=be)
-        assert y.dtype == np.float16 and y.tobytes() == yt.numpy().tobytes(), mode
-        dy = rng.standard_normal(y.shape).astype(np.float16)
-        exact = F.pad_backward(dy.astype(np.float64), x.shape, pad, mode)
-        dx = F.pad_backward(dy, x.shape, pad, mode, backend=be)
-        assert dx.dtype == np.float16
-        np.testing.assert_array_equal(dx, exact.astype(np.float16), err_msg=mode)
+        assert_float16_rounded_once(torch, rng, (2, 3, 5, 4), (3, 3, 4, 4) if mode != "circular" else (4, 4, 5, 5),
+                                    mode, be)
+
+
+def assert_float16_rounded_once(torch, rng, shape, pad, mode, be):
+    """float16: the forward pass PyTorch's half bits (the fill value 0.1 rounded via FP32), the
+    gradient the exact (float64) sum rounded once."""
+    x = rng.standard_normal(shape).astype(np.float16)
+    value = 0.1 if mode == "constant" else None
+    yt = torch.nn.functional.pad(torch.tensor(x), pad, mode=mode, value=value)
+    y = F.pad(x, pad, mode, value, backend=be)
+    assert y.dtype == np.float16 and y.tobytes() == yt.numpy().tobytes(), (mode, shape, pad)
+    dy = rng.standard_normal(y.shape).astype(np.float16)
+    exact = F.pad_backward(dy.astype(np.float64), shape, pad, mode)
+    dx = F.pad_backward(dy, shape, pad, mode, backend=be)
+    assert dx.dtype == np.float16
+    np.testing.assert_array_equal(dx, exact.astype(np.float16), err_msg=f"{mode} {shape} {pad}")
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -267,18 +289,25 @@ def test_layers_against_pytorch(name, args, mode):
     rng = np.random.default_rng(16)
     for padding in (2, (1, 3, 0, 2), [3, 0, 2, 1]):
         layer, torch_layer = getattr(nn, name)(padding, *args), getattr(torch.nn, name)(padding, *args)
-        assert repr(layer) == repr(torch_layer).replace("[", "(").replace("]", ")")
-        assert list(layer.parameters()) == [] and layer.state_dict() == {}
-        for shape in ((2, 3, 4, 5), (3, 4, 4)):
-            x = rng.standard_normal(shape).astype(np.float32)
-            xt = torch.tensor(x, requires_grad=True)
-            yt = torch_layer(xt)
-            dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
-            yt.backward(torch.tensor(dy))
-            np.testing.assert_array_equal(layer(x), yt.detach().numpy())
-            assert_close(layer.backward(dy), xt.grad.numpy(), np.float32, f"{name} {padding} {shape}")
-        layer(x)
-        assert layer.backward(dy, input_grad=False) is None
+        assert_layer_matches_pytorch(torch, rng, layer, torch_layer, ((2, 3, 4, 5), (3, 4, 4)), np.float32)
+
+
+def assert_layer_matches_pytorch(torch, rng, layer, torch_layer, shapes, dtype):
+    """A padding layer against PyTorch's: its repr, no parameters, its output and gradient on each
+    shape, and no gradient when none is asked for."""
+    assert repr(layer) == repr(torch_layer).replace("[", "(").replace("]", ")")
+    assert list(layer.parameters()) == [] and layer.state_dict() == {}
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(dtype)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch_layer(xt)
+        dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+        yt.backward(torch.tensor(dy))
+        what = f"{layer} {shape}"
+        np.testing.assert_array_equal(layer(x), yt.detach().numpy(), err_msg=what)
+        assert_close(layer.backward(dy), xt.grad.numpy(), dtype, what)
+    layer(x)
+    assert layer.backward(dy, input_grad=False) is None
 
 
 def test_layers_refuse_bad_padding_when_built():
@@ -360,17 +389,21 @@ def test_kernels_under_guard_zones_and_the_race_check(dtype):
     with emu.checking(guard=True, race=True, schedule="random", seed=3):
         for mode in MODES:
             for i in range(6):
-                shape, pad, value = draw(rng, mode, max_size=5)
-                x = rng.standard_normal(shape).astype(dtype)
-                y = F.pad(x, pad, mode, value, backend="emu")
-                dy = rng.standard_normal(y.shape).astype(dtype)
-                what = f"{mode} {shape} {pad}"
-                np.testing.assert_array_equal(y, F.pad(x, pad, mode, value, backend="numpy"), err_msg=what)
-                dx, expected = (F.pad_backward(dy, shape, pad, mode, backend=be) for be in ("emu", "numpy"))
-                if dtype == np.float16:   # FP32 sums in other orders: one float16 rounding apart at most
-                    np.testing.assert_allclose(dx.astype(np.float32), expected, rtol=2**-10, atol=2**-14, err_msg=what)
-                else:
-                    assert_close(dx, expected, dtype, what + " dx")
+                assert_emu_matches_numpy(rng, *draw(rng, mode, max_size=5), mode, dtype)
+
+
+def assert_emu_matches_numpy(rng, shape, pad, value, mode, dtype):
+    """The kernels (on the emulator, under whatever checking is on) against the NumPy path."""
+    x = rng.standard_normal(shape).astype(dtype)
+    y = F.pad(x, pad, mode, value, backend="emu")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    what = f"{mode} {shape} {pad}"
+    np.testing.assert_array_equal(y, F.pad(x, pad, mode, value, backend="numpy"), err_msg=what)
+    dx, expected = (F.pad_backward(dy, shape, pad, mode, backend=be) for be in ("emu", "numpy"))
+    if dtype == np.float16:   # FP32 sums in other orders: one float16 rounding apart at most
+        np.testing.assert_allclose(dx.astype(np.float32), expected, rtol=2**-10, atol=2**-14, err_msg=what)
+    else:
+        assert_close(dx, expected, dtype, what + " dx")
 
 
 @needs_emu

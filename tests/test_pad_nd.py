@@ -14,30 +14,30 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, refuse_launches
-from test_pad import BACKENDS, MODES, loop_source, needs_emu
+import test_pad
+from helpers import refuse_launches
+from test_pad import (BACKENDS, MODES, assert_emu_matches_numpy, assert_float16_rounded_once,
+                      assert_layer_matches_pytorch, assert_matches_loops, assert_matches_pytorch, loop_source,
+                      needs_emu)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
+def propose_any_rank(rng, mode, max_size):
+    """(shape, pad): reflect/replicate/circular a batched or unbatched 1-D, 2-D or 3-D input;
+    constant any rank from 1 to 5 with any number of its trailing dims."""
+    if mode == "constant":
+        ndim = int(rng.integers(1, 6))
+        dims = int(rng.integers(1, ndim + 1))
+    else:
+        dims = int(rng.integers(1, 4))
+        ndim = dims + int(rng.integers(1, 3))
+    shape = tuple(int(s) for s in rng.integers(1, max_size + 1, ndim))
+    return shape, tuple(int(p) for p in rng.integers(-max_size, max_size + 1, 2 * dims))
+
+
 def draw(rng, mode, max_size=5):
-    """(x shape, pad, value) the mode accepts: reflect/replicate/circular a batched or unbatched
-    1-D, 2-D or 3-D input; constant any rank from 1 to 5 with any number of its trailing dims."""
-    while True:
-        if mode == "constant":
-            ndim = int(rng.integers(1, 6))
-            dims = int(rng.integers(1, ndim + 1))
-        else:
-            dims = int(rng.integers(1, 4))
-            ndim = dims + int(rng.integers(1, 3))
-        shape = tuple(int(s) for s in rng.integers(1, max_size + 1, ndim))
-        pad = tuple(int(p) for p in rng.integers(-max_size, max_size + 1, 2 * dims))
-        value = round(float(rng.standard_normal()), 3) if mode == "constant" else None
-        try:
-            F.padding._plan(shape, pad, mode, value)
-            return shape, pad, value
-        except ValueError:
-            continue
+    return test_pad.draw(rng, mode, max_size, propose_any_rank)
 
 
 def loop_reference(x, pad, mode, value, dy=None):
@@ -74,14 +74,7 @@ def test_the_loop_on_hand_worked_cases():
 def test_against_the_loops(be, mode):
     rng = np.random.default_rng(30 + MODES.index(mode))
     for i in range(30 if be == "numpy" else 20):
-        shape, pad, value = draw(rng, mode)
-        x = rng.standard_normal(shape)
-        y_ref, _ = loop_reference(x, pad, mode, value)
-        dy = rng.standard_normal(y_ref.shape)
-        _, dx_ref = loop_reference(x, pad, mode, value, dy)
-        what = f"config {i}: {shape} {pad}"
-        np.testing.assert_array_equal(F.pad(x, pad, mode, value, backend=be), y_ref, err_msg=what)
-        assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), dx_ref, np.float64, what + " dx")
+        assert_matches_loops(rng, *draw(rng, mode), mode, be, loop_reference, f"config {i}")
 
 
 # the limits: reflect's size - 1, circular's size and its crops, negative pads, odd sizes, pads of
@@ -105,16 +98,7 @@ def test_against_pytorch(be, dtype):
     cases = LIMITS + [(*draw(rng, mode)[:2], mode) for mode in MODES for _ in range(20 if be == "numpy" else 8)]
     for i, (shape, pad, mode) in enumerate(cases):
         value = -0.7 if mode == "constant" else None
-        x = rng.standard_normal(shape).astype(dtype)
-        xt = torch.tensor(x, requires_grad=True)
-        yt = torch.nn.functional.pad(xt, pad, mode=mode, value=value)
-        dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
-        yt.backward(torch.tensor(dy))
-        what = f"case {i}: {shape} {pad} {mode}"
-        y = F.pad(x, pad, mode, value, backend=be)
-        assert y.dtype == dtype and y.shape == tuple(yt.shape), what
-        assert y.tobytes() == yt.detach().numpy().tobytes(), what
-        assert_close(F.pad_backward(dy, shape, pad, mode, backend=be), xt.grad.numpy(), dtype, what + " dx")
+        assert_matches_pytorch(torch, rng, shape, pad, mode, value, dtype, be, f"case {i}")
 
 
 @pytest.mark.torch
@@ -127,16 +111,7 @@ def test_float16_forward_bits_and_gradient_rounded_once(be):
     for shape, pad, mode in [((2, 3, 4, 5, 3), (2, 2, 4, 4, 3, 3), "reflect"), ((2, 3, 4, 5), (5, 5, 4, 4, 3, 3),
                                                                                     "circular"),
                              ((3, 5), (6, 4), "replicate"), ((2, 3, 4, 5), (1, 2, -1, 3, 2, 0, 1, 1), "constant")]:
-        x = rng.standard_normal(shape).astype(np.float16)
-        value = 0.1 if mode == "constant" else None
-        yt = torch.nn.functional.pad(torch.tensor(x), pad, mode=mode, value=value)
-        y = F.pad(x, pad, mode, value, backend=be)
-        assert y.dtype == np.float16 and y.tobytes() == yt.numpy().tobytes(), mode
-        dy = rng.standard_normal(y.shape).astype(np.float16)
-        exact = F.pad_backward(dy.astype(np.float64), shape, pad, mode)
-        dx = F.pad_backward(dy, shape, pad, mode, backend=be)
-        assert dx.dtype == np.float16
-        np.testing.assert_array_equal(dx, exact.astype(np.float16), err_msg=mode)
+        assert_float16_rounded_once(torch, rng, shape, pad, mode, be)
 
 
 def test_finite_differences():
@@ -160,17 +135,7 @@ def test_kernels_under_guard_zones_and_the_race_check(dtype):
     cases = LIMITS + [(*draw(rng, mode, max_size=4)[:2], mode) for mode in MODES for _ in range(4)]
     with emu.checking(guard=True, race=True, schedule="random", seed=5):
         for shape, pad, mode in cases:
-            value = 1.25 if mode == "constant" else None
-            x = rng.standard_normal(shape).astype(dtype)
-            y = F.pad(x, pad, mode, value, backend="emu")
-            dy = rng.standard_normal(y.shape).astype(dtype)
-            what = f"{mode} {shape} {pad}"
-            np.testing.assert_array_equal(y, F.pad(x, pad, mode, value, backend="numpy"), err_msg=what)
-            dx, expected = (F.pad_backward(dy, shape, pad, mode, backend=be) for be in ("emu", "numpy"))
-            if dtype == np.float16:   # FP32 sums in other orders: one float16 rounding apart at most
-                np.testing.assert_allclose(dx.astype(np.float32), expected, rtol=2**-10, atol=2**-14, err_msg=what)
-            else:
-                assert_close(dx, expected, dtype, what + " dx")
+            assert_emu_matches_numpy(rng, shape, pad, 1.25 if mode == "constant" else None, mode, dtype)
 
 
 @pytest.mark.parametrize("be", BACKENDS)
@@ -239,19 +204,7 @@ def test_layers_against_pytorch(be, name, args, mode, dims):
     shapes = ((2, 3, 5), (3, 5)) if dims == 1 else ((2, 2, 4, 5, 6), (2, 4, 5, 4))
     for padding in paddings:
         layer, torch_layer = getattr(nn, name)(padding, *args).to(be), getattr(torch.nn, name)(padding, *args)
-        assert repr(layer) == repr(torch_layer).replace("[", "(").replace("]", ")")
-        assert list(layer.parameters()) == [] and layer.state_dict() == {}
-        for shape in shapes:
-            x = rng.standard_normal(shape)
-            xt = torch.tensor(x, requires_grad=True)
-            yt = torch_layer(xt)
-            dy = rng.standard_normal(tuple(yt.shape))
-            yt.backward(torch.tensor(dy))
-            what = f"{name} {padding} {shape}"
-            np.testing.assert_array_equal(layer(x), yt.detach().numpy(), err_msg=what)
-            assert_close(layer.backward(dy), xt.grad.numpy(), np.float64, what)
-        layer(x)
-        assert layer.backward(dy, input_grad=False) is None
+        assert_layer_matches_pytorch(torch, rng, layer, torch_layer, shapes, np.float64)
 
 
 def test_layers_refuse_bad_padding_when_built():
