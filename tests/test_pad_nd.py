@@ -15,8 +15,8 @@ from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
 import test_pad
-from helpers import refuse_launches
-from test_pad import (BACKENDS, MODES, assert_emu_matches_numpy, assert_float16_rounded_once,
+from helpers import needs_cuda, refuse_launches
+from test_pad import (BACKENDS, MODES, assert_cuda_matches_numpy, assert_emu_matches_numpy, assert_float16_rounded_once,
                       assert_layer_matches_pytorch, assert_matches_loops, assert_matches_pytorch, loop_source,
                       needs_emu)
 
@@ -136,6 +136,15 @@ def test_kernels_under_guard_zones_and_the_race_check(dtype):
     with emu.checking(guard=True, race=True, schedule="random", seed=5):
         for shape, pad, mode in cases:
             assert_emu_matches_numpy(rng, shape, pad, 1.25 if mode == "constant" else None, mode, dtype)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_cuda_matches_numpy(dtype):
+    rng = np.random.default_rng(40)
+    for shape, pad, mode in LIMITS + [(*draw(rng, mode)[:2], mode) for mode in MODES for _ in range(15)]:
+        assert_cuda_matches_numpy(rng, shape, pad, 0.75 if mode == "constant" else None, mode, dtype)
 
 
 @pytest.mark.parametrize("be", BACKENDS)
