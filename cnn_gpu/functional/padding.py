@@ -30,7 +30,6 @@ from ._float16 import takes_float16
 from .upsample import scatter_taps
 
 MODES = ("constant", "reflect", "replicate", "circular")
-KERNEL_AXES = 3   # kernels/pad.cu pads (depth, rows, columns) of each plane
 
 
 def layer_padding(padding, dims: int = 2) -> tuple:
@@ -77,7 +76,7 @@ def _check_rank(mode, ndim, entries):
                              f"padding length {entries} and input of dimension {ndim}")
         return
     dims = entries // 2
-    if not (1 <= dims <= KERNEL_AXES and ndim in (dims + 1, dims + 2)):
+    if not (1 <= dims <= 3 and ndim in (dims + 1, dims + 2)):   # a signal, an image or a volume
         raise NotImplementedError(f"Padding size {entries} is not supported for {ndim}D input tensor with mode "
                                   f"{mode!r}: pad (left, right) on a 2-D or 3-D input, (left, right, top, bottom) on "
                                   f"a 3-D or 4-D one, 6 entries on a 4-D or 5-D one")
@@ -180,15 +179,11 @@ def kernel_axes(x_shape, pairs, mode):
     return planes, [(s, s + b + a, source_window(mode, s, b, a)) for s, b, a in axes]
 
 
-def _check_input(x, name):
-    _checks.array(x, name)
-
-
 @takes_float16(kernels=True)
 def pad(x, pad, mode="constant", value=None, *, backend=None):
     """torch.nn.functional.pad (see the module docstring for the dims each mode pads). An empty
     output is refused, but for an empty batch (an unpadded first dim)."""
-    _check_input(x, "x")
+    _checks.array(x, "x")
     pairs, out_shape, fill = _plan(x.shape, pad, mode, value)
     be = _backend.resolve(backend, x)
     if be == "numpy":
@@ -209,7 +204,7 @@ def pad(x, pad, mode="constant", value=None, *, backend=None):
 @takes_float16(kernels=True)
 def pad_backward(dy, x_shape, pad, mode="constant", *, backend=None):
     """Gradient of pad for an input of shape x_shape, given the same pad and mode."""
-    _check_input(dy, "dy")
+    _checks.array(dy, "dy")
     x_shape = _checks.shape_tuple(x_shape, "x_shape", dy.ndim)
     pairs, out_shape, _ = _plan(x_shape, pad, mode, None)
     _checks.shape_is(dy, "dy", out_shape, f" (the output of pad for x of shape {x_shape})")
