@@ -144,30 +144,35 @@ def assert_matches_pytorch(torch, rng, shape, pad, mode, value, dtype, be, what)
 
 @pytest.mark.torch
 def test_what_we_refuse_pytorch_refuses_or_leaves_empty():
-    """Over random shapes and pads (all sizes, both signs): every call we refuse PyTorch refuses
-    too, gives an empty output, or is a circular pad past what the crop leaves (where PyTorch's
-    copies read what they have not written); every one we take PyTorch takes."""
+    """Over random ranks 1 to 5, pad lengths 0 to twice the rank plus 2 and pads of both signs:
+    every call we take PyTorch takes, with our shape; every one we refuse PyTorch refuses too (a
+    length a mode does not take for the rank: NotImplementedError both), gives an empty output,
+    or is a circular pad past what the crop leaves (PyTorch's copies read what they have not
+    written)."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(12)
     refused = 0
     for mode in MODES:
-        for _ in range(150):
-            shape = tuple(int(s) for s in rng.integers(1, 5, int(rng.integers(3, 5))))
-            pad = tuple(int(p) for p in rng.integers(-5, 6, 2 * int(rng.integers(1, 3))))
-            x = np.ones(shape)
+        for _ in range(250):
+            shape = tuple(int(s) for s in rng.integers(1, 5, int(rng.integers(1, 6))))
+            pad = tuple(int(p) for p in rng.integers(-4, 6, 2 * int(rng.integers(0, len(shape) + 2))))
             try:
-                torch_shape = tuple(torch.nn.functional.pad(torch.tensor(x), pad, mode=mode).shape)
-            except (RuntimeError, NotImplementedError):
-                torch_shape = None
+                torch_shape = tuple(torch.nn.functional.pad(torch.ones(shape), pad, mode=mode).shape)
+                torch_error = None
+            except (RuntimeError, NotImplementedError) as error:
+                torch_shape, torch_error = None, type(error)
             try:
-                assert F.pad(x, pad, mode).shape == torch_shape, (shape, pad, mode)
-            except (ValueError, NotImplementedError):
+                assert F.pad(np.ones(shape), pad, mode).shape == torch_shape, (shape, pad, mode)
+            except (ValueError, NotImplementedError) as error:
                 refused += 1
+                assert (torch_error is NotImplementedError) == isinstance(error, NotImplementedError), (shape, pad,
+                                                                                                       mode, error)
+                pairs = list(zip(pad[::2], pad[1::2]))[::-1]
                 wrapped = mode == "circular" and any(
                     max(b, 0) > s - max(-b, 0) - max(-a, 0) or max(a, 0) > s - max(-b, 0) - max(-a, 0)
-                    for s, (b, a) in zip(shape[::-1], zip(pad[::2], pad[1::2])))
-                assert torch_shape is None or min(torch_shape) == 0 or wrapped, (shape, pad, mode)
-    assert refused > 100
+                    for s, (b, a) in zip(shape[len(shape) - len(pairs):], pairs))
+                assert torch_shape is None or min(torch_shape, default=1) == 0 or wrapped, (shape, pad, mode)
+    assert refused > 200
 
 
 @pytest.mark.torch

@@ -170,7 +170,8 @@ def test_bad_arguments_are_refused_before_any_launch(be, monkeypatch):
     volume, signal = np.ones((2, 3, 4, 5, 6)), np.ones((2, 3, 5))
     for call, error, match in [
         (lambda: F.pad(volume, (1, 1, 1, 1), "reflect"), NotImplementedError, "Padding size 4 .* for 5D input"),
-        (lambda: F.pad(volume[0, 0, 0], (1,) * 6, "replicate"), NotImplementedError, "Padding size 6 .* for 2D"),
+        (lambda: F.pad(volume[0, 0], (1,) * 6, "replicate"), NotImplementedError, "Padding size 6 .* for 3D"),
+        (lambda: F.pad(volume[0, 0, 0], (1,) * 6, "replicate"), ValueError, "less than or equal to two times"),
         (lambda: F.pad(np.ones((1, 2, 2, 2, 2, 2)), (1,) * 6, "circular"), NotImplementedError, "6 .* for 6D"),
         (lambda: F.pad(signal, (1,) * 8), ValueError, "Padding length should be less than or equal to two times"),
         (lambda: F.pad(signal, (1,) * 5), ValueError, "Padding length must be divisible by 2"),
@@ -253,3 +254,4 @@ def test_benchmark_models_know_the_1d_and_3d_layers():
         x = rng.standard_normal(shape)
         with torch.no_grad():
             np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)
+

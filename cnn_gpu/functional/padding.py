@@ -69,11 +69,11 @@ def source_window(mode, size, before, after):
 
 
 def _check_rank(mode, ndim, entries):
-    """PyTorch's rule on how many dims `pad` may reach for an input of `ndim` dims."""
+    """PyTorch's rules on how many dims `pad` may reach for an input of `ndim` dims, in its order."""
+    if entries > 2 * ndim:
+        raise ValueError(f"Padding length should be less than or equal to two times the input dimension but got "
+                         f"padding length {entries} and input of dimension {ndim}")
     if mode == "constant":
-        if entries > 2 * ndim:
-            raise ValueError(f"Padding length should be less than or equal to two times the input dimension but got "
-                             f"padding length {entries} and input of dimension {ndim}")
         return
     dims = entries // 2
     if not (1 <= dims <= 3 and ndim in (dims + 1, dims + 2)):   # a signal, an image or a volume
