@@ -29,12 +29,7 @@
 // Values are loaded with to_acc and stored with to_real (common.cuh): float16 computes in FP32 and
 // rounds each output once.
 
-#include "common.cuh"
-
-__device__ __forceinline__ acc_t sigmoid_of(acc_t v)
-{
-    return (acc_t)1 / ((acc_t)1 + REAL_EXP(-v));
-}
+#include "activations.cuh"   // the values and gradients batch_norm.cu's fused activations share
 
 // GELU's constants (cnn_gpu.functional.activation's): 1/sqrt(2), 1/sqrt(2 pi), and for the tanh form
 // 2u = 2 sqrt(2 / pi) (x + 0.044715 x^3)
@@ -46,12 +41,6 @@ __device__ __forceinline__ acc_t sigmoid_of(acc_t v)
 __device__ __forceinline__ acc_t gelu_tanh_argument(acc_t v)
 {
     return TWO_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v);
-}
-
-// PyTorch's clamp: NaN passes (every comparison with it is false), and so does -0.0 against a bound of 0
-__device__ __forceinline__ acc_t clamp_of(acc_t v, acc_t low, acc_t high)
-{
-    return v < low ? low : (v > high ? high : v);
 }
 
 // mish's t = tanh(softplus(v)) and 1 - t^2 from e = exp(-|v|) alone (cnn_gpu.functional.activation's
@@ -80,18 +69,14 @@ __device__ __forceinline__ MishTerms mish_terms(acc_t v)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 relu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
-    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
-        const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
-    });
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) { y[i] = to_real(relu_of(to_acc(in.v[0]))); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 add_relu_forward(const REAL* __restrict__ a, const REAL* __restrict__ b, REAL* __restrict__ y, long long n)
 {
     for_each_element(n, [&](long long i) { return Loaded<2>{{a[i], b[i]}}; }, [&](long long i, const Loaded<2>& in) {
-        const acc_t v = to_acc(in.v[0]) + to_acc(in.v[1]);   // float16: rounded once, as a + b would be
-        y[i] = to_real(v < (acc_t)0 ? (acc_t)0 : v);
+        y[i] = to_real(relu_of(to_acc(in.v[0]) + to_acc(in.v[1])));   // float16: rounded once, as a + b would be
     });
 }
 
@@ -165,19 +150,14 @@ tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 silu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
-    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
-        const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v / ((acc_t)1 + REAL_EXP(-v)));   // exp overflowing for very negative v gives -0
-    });
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) { y[i] = to_real(silu_of(to_acc(in.v[0]))); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 silu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
-        const acc_t v = to_acc(in.v[0]);
-        const acc_t s = sigmoid_of(v);
-        dx[i] = to_real(to_acc(in.v[1]) * (s * ((acc_t)1 + v * ((acc_t)1 - s))));
+        dx[i] = to_real(silu_gradient(to_acc(in.v[1]), to_acc(in.v[0])));
     });
 }
 
@@ -237,8 +217,7 @@ hardtanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL*
                   acc_t low, acc_t high)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
-        const acc_t v = to_acc(in.v[0]);
-        dx[i] = to_real(v <= low || v >= high ? (acc_t)0 : to_acc(in.v[1]));
+        dx[i] = to_real(hardtanh_gradient(to_acc(in.v[1]), to_acc(in.v[0]), low, high));
     });
 }
 
@@ -263,8 +242,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 hardswish_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
-        const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v * clamp_of(v + (acc_t)3, (acc_t)0, (acc_t)6) / (acc_t)6);
+        y[i] = to_real(hardswish_of(to_acc(in.v[0])));
     });
 }
 
@@ -272,9 +250,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 hardswish_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
-        const acc_t v = to_acc(in.v[0]);
-        const acc_t g = to_acc(in.v[1]);
-        dx[i] = to_real(v <= (acc_t)-3 ? (acc_t)0 : (v < (acc_t)3 ? g * (v / (acc_t)3 + (acc_t)0.5) : g));
+        dx[i] = to_real(hardswish_gradient(to_acc(in.v[1]), to_acc(in.v[0])));
     });
 }
 
