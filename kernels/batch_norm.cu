@@ -15,15 +15,27 @@
 //    threads, then the channel's chunks. Writes mean and invstd = 1/sqrt(var + eps) with the
 //    biased variance, and, when update_running, blends the mean and the unbiased variance into
 //    the running statistics with `factor` (momentum, or 1/batches for a cumulative average).
-//  * batch_norm_forward: y = (x - mean) * (invstd * weight) + bias [then ReLU]; a 2-D grid whose
+//  * batch_norm_forward: y = act((x - mean) * (invstd * weight) + bias), act the fused activation
+//    (none, ReLU, ReLU6, Hardswish or SiLU: activations.cuh, elementwise.cu's); a 2-D grid whose
 //    y index walks the (n, c) planes (for_each_plane_element: 4 elements a thread, float16 8, so
 //    16 bytes in flight either way; several small planes a block), so a large plane's scale is
 //    computed once a round, not per element. With from_variance the `scale_source` array holds a
 //    variance (eval mode: the running variance) and invstd is computed from it here.
-//  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy, masked by the
-//    recomputed ReLU when fused), which are dbias and dweight; also kept in acc_t for:
+//  * batch_norm_backward_sums: the channel sums of g and g * xhat (g: dy through the fused
+//    activation's gradient, dy itself without one), which are dbias and dweight; also kept in acc_t for:
 //  * batch_norm_backward_dx: dx = weight * invstd * (g - sum(g)/L - xhat * sum(g*xhat)/L) in
 //    training mode, or weight * invstd * g in eval mode (constant statistics); the forward's grid.
+// The fused activation's gradient needs its input, the normalised value v = bn(x): both backward
+// kernels recompute it from x (which they load anyway, for xhat) and the channel's statistics,
+// rather than the forward saving it. Saving v would cost the forward a second write of the whole
+// activation and the backward a third array to read: the very pass the fusion removes. Recomputing
+// costs an FMA an element in kernels bound by DRAM, and the forward and backward evaluate the same
+// inline expression (affine_normalized), so the backward sees the forward's v to the bit: the
+// kinks (ReLU's 0, ReLU6's 0 and 6, Hardswish's -3 and 3) fall where the forward's did.
+// float16: v stays FP32 (the unfused pair rounds it to float16 between the two kernels, and the
+// activation's gradient again before the batch norm's backward), so y, dx, dweight and dbias are
+// each rounded once: within a float16 ulp of the unfused pair's, and the NumPy oracle's exactly
+// as it computes them the same way.
 // Element offsets are 64-bit (a plane's HW at most CURSOR_PLANE_LIMIT: channel_chunks.cuh); a
 // channel's elements are walked by stepping (n, i) rather than dividing each flat index.
 // float16 (REAL_IS_HALF): x, y, dy, dx, weight, bias, dweight, dbias and the running statistics
@@ -33,6 +45,7 @@
 // normalises with the FP32 statistics, not their float16 roundings (the launcher widens float16
 // ones it is given).
 
+#include "activations.cuh"
 #include "channel_chunks.cuh"
 
 // Count, mean and sum of squared deviations of a set of values (Welford; Chan et al.'s merge).
@@ -72,8 +85,8 @@ __device__ __forceinline__ acc_t invstd_of(acc_t variance, acc_t eps)
     return (acc_t)1 / REAL_SQRT(variance + eps);
 }
 
-// The normalised, scaled and shifted value; forward and backward share it so the ReLU mask the
-// backward recomputes is the forward's exactly.
+// The normalised, scaled and shifted value; forward and backward share it so the activation input
+// the backward recomputes is the forward's exactly.
 __device__ __forceinline__ acc_t affine_normalized(acc_t x, acc_t mean, acc_t scale, acc_t bias)
 {
     return (x - mean) * scale + bias;
@@ -240,40 +253,71 @@ __device__ __forceinline__ void for_each_plane_element(long long planes, long lo
     }
 }
 
+// The fused activation, an argument of the element passes (cnn_gpu.gpu.batch_norm.ACTIVATION_CODES)
+#define ACTIVATION_NONE 0
+#define ACTIVATION_RELU 1
+#define ACTIVATION_RELU6 2
+#define ACTIVATION_HARDSWISH 3
+#define ACTIVATION_SILU 4
+
+__device__ __forceinline__ acc_t activated(acc_t v, int activation)
+{
+    switch (activation) {
+    case ACTIVATION_RELU: return relu_of(v);
+    case ACTIVATION_RELU6: return clamp_of(v, (acc_t)0, (acc_t)6);   // F.relu6: hardtanh(v, 0, 6)
+    case ACTIVATION_HARDSWISH: return hardswish_of(v);
+    case ACTIVATION_SILU: return silu_of(v);
+    default: return v;
+    }
+}
+
+// g: dy through the fused activation's gradient at its input v (dy without an activation)
+__device__ __forceinline__ acc_t activation_gradient(acc_t dy, acc_t v, int activation)
+{
+    switch (activation) {
+    case ACTIVATION_RELU: return relu_gradient(dy, v);
+    case ACTIVATION_RELU6: return hardtanh_gradient(dy, v, (acc_t)0, (acc_t)6);
+    case ACTIVATION_HARDSWISH: return hardswish_gradient(dy, v);
+    case ACTIVATION_SILU: return silu_gradient(dy, v);
+    default: return dy;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 batch_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, const acc_t* __restrict__ mean,
                    const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
                    const REAL* __restrict__ bias, long long planes, int C, long long HW, acc_t eps,
-                   int from_variance, int relu)
+                   int from_variance, int activation)
 {
     for_each_plane_element(planes, HW,
         [&](long long plane) { return ChannelAffine(mean, scale_source, weight, bias, plane % C, eps, from_variance); },
         [&](long long offset) { return Loaded<1>{{x[offset]}}; },
         [&](long long offset, const ChannelAffine& a, const Loaded<1>& in) {
-            const acc_t v = affine_normalized(to_acc(in.v[0]), a.mu, a.scale, a.shift);
-            y[offset] = to_real((relu && v < (acc_t)0) ? (acc_t)0 : v);
+            y[offset] = to_real(activated(affine_normalized(to_acc(in.v[0]), a.mu, a.scale, a.shift), activation));
         });
 }
 
-// g: dy where the fused ReLU passed the output (its rule: no gradient where the output was <= 0)
-__device__ __forceinline__ acc_t relu_masked(acc_t dy, acc_t v, acc_t mu, acc_t scale, acc_t shift, int relu)
+// g of an element x with gradient dy, its channel's constants `a`
+__device__ __forceinline__ acc_t gradient_through_activation(acc_t dy, acc_t x, const ChannelAffine& a, int activation)
 {
-    return (relu && affine_normalized(v, mu, scale, shift) <= (acc_t)0) ? (acc_t)0 : dy;
+    return activation_gradient(dy, affine_normalized(x, a.mu, a.scale, a.shift), activation);
 }
 
 // grid: C * chunks blocks, as batch_norm_stats; sums (2C): the totals of g and g*xhat in acc_t for
 // batch_norm_backward_dx; partial (C * chunks * 2) and arrivals (C, zero) workspaces, unused when
 // chunks == 1
 // 3 blocks an SM, not MIN_BLOCKS' 4: 85 registers for the 8 loads in flight of a float64 thread
-// (24 KB in flight an SM in float32, 48 KB in float64: plenty to stream at DRAM speed)
-#define SUMS_MIN_BLOCKS 3
+// (24 KB in flight an SM in float32, 48 KB in float64: plenty to stream at DRAM speed). float64 2
+// blocks: a fused SiLU's double exp and divisions beside the 8 loads spilled at 85 registers (32 KB in
+// flight an SM still streams; the backward kernels' SiLU gradient sets their float64 register needs).
+#define SUMS_MIN_BLOCKS (REAL_IS_DOUBLE ? 2 : 3)
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, SUMS_MIN_BLOCKS)
 batch_norm_backward_sums(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
                          const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
                          const REAL* __restrict__ bias, REAL* __restrict__ dweight, REAL* __restrict__ dbias,
                          acc_t* __restrict__ sums, acc_t* __restrict__ partial, unsigned int* __restrict__ arrivals,
-                         long long N, long long C, long long HW, acc_t eps, int from_variance, int relu)
+                         long long N, long long C, long long HW, acc_t eps, int from_variance, int activation)
 {
     __shared__ acc_t tree[BLOCK_THREADS];
     __shared__ int last;
@@ -294,7 +338,7 @@ batch_norm_backward_sums(const REAL* __restrict__ dy, const REAL* __restrict__ x
 #pragma unroll
         for (int u = 0; u < ACCUMULATORS; ++u) {
             if (u < live) {
-                const acc_t g = relu_masked(d[u], v[u], a.mu, a.scale, a.shift, relu);
+                const acc_t g = gradient_through_activation(d[u], v[u], a, activation);
                 sum_g[u] += g;
                 sum_g_xhat[u] += g * ((v[u] - a.mu) * a.is);
             }
@@ -333,13 +377,16 @@ struct ChannelGradient {
     acc_t mean_g, mean_g_xhat;
 };
 
-// grid: batch_norm_forward's over the (n, c) planes
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+// grid: batch_norm_forward's over the (n, c) planes. float64 3 blocks an SM, not MIN_BLOCKS' 4: a
+// fused SiLU's gradient spilled at 64 registers (48 KB in flight an SM at 3)
+#define DX_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, DX_MIN_BLOCKS)
 batch_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
                        const acc_t* __restrict__ scale_source, const REAL* __restrict__ weight,
                        const REAL* __restrict__ bias, const acc_t* __restrict__ sums, REAL* __restrict__ dx,
                        long long planes, int C, long long HW, long long count, acc_t eps, int from_variance,
-                       int training, int relu)
+                       int training, int activation)
 {
     for_each_plane_element(planes, HW,
         [&](long long plane) {
@@ -352,7 +399,7 @@ batch_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, 
         [&](long long offset, const ChannelGradient& k, const Loaded<2>& in) {
             const ChannelAffine& a = k.affine;
             const acc_t v = to_acc(in.v[0]);
-            const acc_t g = relu_masked(to_acc(in.v[1]), v, a.mu, a.scale, a.shift, relu);
+            const acc_t g = gradient_through_activation(to_acc(in.v[1]), v, a, activation);
             dx[offset] = to_real((g - k.mean_g - ((v - a.mu) * a.is) * k.mean_g_xhat) * a.scale);
         });
 }

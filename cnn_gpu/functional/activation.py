@@ -442,3 +442,22 @@ def mish_backward(dy, x, *, backend=None):
     """dy * (t + x * sigmoid(x) * (1 - t^2)) with t = tanh(softplus(x)), 1 - t^2 computed without
     cancellation for large x."""
     return _backward("mish", dy, x, 0.0, backend)
+
+
+# The activations F.batch_norm applies to its output in the same pass (its activation=...; nn.Sequential
+# fuses a BatchNorm and the activation layer after it): name -> (the element-wise op whose formulas and
+# rules it takes, that op's parameter)
+FUSED_ACTIVATIONS = {"relu": ("relu", 0.0), "relu6": ("hardtanh", _RELU6_BOUNDS), "hardswish": ("hardswish", 0.0),
+                     "silu": ("silu", 0.0)}
+
+
+def fused_activation(name, v):
+    """The fused activation `name` (FUSED_ACTIVATIONS) of the NumPy array v, which it may overwrite."""
+    op, parameter = FUSED_ACTIVATIONS[name]
+    return relu_in_place(v) if op == "relu" else _FORWARD[op](v, parameter)
+
+
+def fused_activation_gradient(name, dy, v):
+    """dy through the fused activation `name`'s gradient at its input v (NumPy arrays)."""
+    op, parameter = FUSED_ACTIVATIONS[name]
+    return _BACKWARD[op](dy, v, parameter)

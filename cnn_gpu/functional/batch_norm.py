@@ -6,7 +6,8 @@ and the unbiased variance into them in place: running = (1 - momentum) * running
 Eval mode normalises with the running statistics.
 
 NumPy path (the oracle): two passes per channel (the mean, then the mean squared deviation from
-it), y = (x - mean) * (invstd * weight) + bias, the same expression as the kernels.
+it), y = (x - mean) * (invstd * weight) + bias, the same expression as the kernels, then the fused
+activation if any (activation.FUSED_ACTIVATIONS: F.relu's, F.relu6's, F.hardswish's or F.silu's).
 
 float16 (PyTorch's half batch norm): statistics, normalisation and the running-statistics blend
 in FP32; y, the gradients and the running statistics stored as float16, each rounded once. The
@@ -21,9 +22,9 @@ from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
 from ._normalization import check_backward_arguments
-from .activation import relu_in_place, zero_where
+from .activation import FUSED_ACTIVATIONS, fused_activation, fused_activation_gradient
 
-ACTIVATIONS = (None, "relu")
+ACTIVATIONS = (None, *FUSED_ACTIVATIONS)
 
 
 def _channel_shape(x):
@@ -46,28 +47,23 @@ def _invstd(variance, eps):
     return 1 / np.sqrt(variance + variance.dtype.type(eps))
 
 
-def _numpy_forward(x, mean, invstd, weight, bias, relu):
+def _numpy_forward(x, mean, invstd, weight, bias, activation):
     shape = _channel_shape(x)
     scale = invstd if weight is None else invstd * weight
     y = (x - mean.reshape(shape)) * scale.reshape(shape)
     if bias is not None:
         y += bias.reshape(shape)
-    if relu:
-        relu_in_place(y)
-    return y
+    return y if activation is None else fused_activation(activation, y)
 
 
-def _numpy_backward(dy, x, mean, invstd, weight, bias, training, relu):
+def _numpy_backward(dy, x, mean, invstd, weight, bias, training, activation):
     shape = _channel_shape(x)
     axes = _reduce_axes(x)
     xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
     scale = invstd if weight is None else invstd * weight
     g = dy
-    if relu:
-        pre = (x - mean.reshape(shape)) * scale.reshape(shape)
-        if bias is not None:
-            pre += bias.reshape(shape)
-        g = zero_where(dy, np.less_equal(pre, 0))
+    if activation is not None:   # its input recomputed, as the kernels do (batch_norm.cu)
+        g = fused_activation_gradient(activation, dy, _numpy_forward(x, mean, invstd, weight, bias, None))
     sum_g = g.sum(axis=axes)
     sum_g_xhat = (g * xhat).sum(axis=axes)
     if training:
@@ -106,7 +102,7 @@ def _check_common(x, running_mean, running_var, weight, bias, training, eps, act
     if training and x.size // max(x.shape[1], 1) <= 1:
         raise ValueError(f"expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+        raise ValueError(f"activation must be None, {', '.join(map(repr, FUSED_ACTIVATIONS))}, got {activation!r}")
     eps = _checks.real_number(eps, "eps", minimum=0.0)
     if training and eps == 0.0:   # a constant channel would divide by zero (PyTorch refuses it too)
         raise ValueError("eps must be positive during training, got 0.0")
@@ -121,7 +117,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     """Batch normalisation as torch.nn.functional.batch_norm; running_mean / running_var (both or
     neither; required in eval mode) are updated in place when training.
 
-    Extensions: activation="relu" applies ReLU to the output (fused into the kernel on GPU);
+    Extensions: activation="relu", "relu6", "hardswish" or "silu" applies that activation to the output
+    in the same pass (F.relu, F.relu6, F.hardswish, F.silu: their formulas and rules at the kinks and
+    special values; batch_norm_backward takes the same activation and its gradient in its passes, from
+    the normalised value recomputed; float16: that value is not rounded to float16 in between, so the
+    result is rounded once, where the two ops apart round twice);
     return_stats=True returns (y, mean, invstd), the statistics y was normalised with (batch
     statistics when training, running ones otherwise), which batch_norm_backward can reuse: in
     the compute type (float32 for float16 x, as torch.native_batch_norm's save_mean and
@@ -131,7 +131,6 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if training:
         _checks.updatable(running_mean, "running_mean")
         _checks.updatable(running_var, "running_var")
-    relu = activation == "relu"
     be = _backend.resolve(backend, x, running_mean, running_var, weight, bias)
     if be == "numpy":
         if training:
@@ -145,7 +144,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         else:
             mean, variance = running_mean, running_var
         invstd = _invstd(variance, eps)
-        y = _numpy_forward(x, mean, invstd, weight, bias, relu)
+        y = _numpy_forward(x, mean, invstd, weight, bias, activation)
         return (y, mean if training else mean.copy(), invstd) if return_stats else y
     from ..gpu import batch_norm as gpu_bn
     if training and running_mean is not None and not (running_mean.flags.c_contiguous
@@ -158,9 +157,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                                                          (bias, "bias")))
     if training:
         mean, invstd = gpu_bn.stats(be, x, running_mean, running_var, factor, eps)
-        y = gpu_bn.forward(be, x, mean, invstd, weight, bias, eps, False, relu)
+        y = gpu_bn.forward(be, x, mean, invstd, weight, bias, eps, False, activation)
         return (y, mean, invstd) if return_stats else y   # acc_t: the kernels' statistics as they are
-    y = gpu_bn.forward(be, x, running_mean, running_var, weight, bias, eps, True, relu)
+    y = gpu_bn.forward(be, x, running_mean, running_var, weight, bias, eps, True, activation)
     if not return_stats:
         return y
     compute = _backend.compute_dtype(x.dtype)
@@ -176,13 +175,13 @@ def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None
     are. The statistics are save_mean / save_invstd when given (from batch_norm(...,
     return_stats=True): x's dtype or the compute type, float32 for float16 x), otherwise the
     batch's, recomputed from x (training) or the running ones (eval). In training mode the
-    gradient also flows through the batch statistics."""
+    gradient also flows through the batch statistics. activation: the one batch_norm fused (its
+    gradient applied first, at the normalised value recomputed from x and the statistics)."""
     training, eps = _check_common(x, running_mean, running_var, weight, bias, training, eps, activation,
                                   have_stats=save_mean is not None)
     check_backward_arguments(dy, x, save_mean, save_invstd)
     _channel_array(save_mean, "save_mean", x, compute_too=True)
     _channel_array(save_invstd, "save_invstd", x, compute_too=True)
-    relu = activation == "relu"
     be = _backend.resolve(backend, dy, x, running_mean, running_var, weight, bias, save_mean, save_invstd)
     if be == "numpy":
         if save_mean is not None:
@@ -192,7 +191,7 @@ def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None
         else:
             mean, variance = _numpy_stats(x)
             invstd = _invstd(variance, eps)
-        return _numpy_backward(dy, x, mean, invstd, weight, bias, training, relu)
+        return _numpy_backward(dy, x, mean, invstd, weight, bias, training, activation)
     from ..gpu import batch_norm as gpu_bn
     dy, x, running_mean, running_var, weight, bias, save_mean, save_invstd = (
         _checks.for_kernels(be, a, name) for a, name in (
@@ -205,5 +204,6 @@ def batch_norm_backward(dy, x, running_mean, running_var, weight=None, bias=None
     else:
         mean, source = gpu_bn.stats(be, x, None, None, 0.0, eps)
         from_variance = False
-    dx, dweight, dbias = gpu_bn.backward(be, dy, x, mean, source, weight, bias, eps, from_variance, training, relu)
+    dx, dweight, dbias = gpu_bn.backward(be, dy, x, mean, source, weight, bias, eps, from_variance, training,
+                                         activation)
     return dx, (None if weight is None else dweight), (None if bias is None else dbias)

@@ -46,9 +46,10 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
         (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
         one-pass (Welford/Chan) fixed-order per-channel statistics; blends running_mean/var in place unless None
-  batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu) -> y
-  batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu)
-        -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance)
+  batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, activation) -> y
+  batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, activation)
+        -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance;
+                                           activation: None, "relu", "relu6", "hardswish" or "silu")
   row_norm.forward(be, x, layout, weight, bias, eps, write_y=True) -> (y or None, mean, invstd)
         GroupNorm / LayerNorm: x as layout.rows rows (row_norm.RowLayout), a block a row; statistics in acc_t
   row_norm.backward(be, dy, x, layout, mean, invstd, weight, need_parameter_grads) -> (dx, dweight, dbias)

@@ -1,10 +1,11 @@
 """Launch code of kernels/batch_norm.cu: per-channel statistics (with the running-statistics update),
-the fused normalise + affine (+ ReLU) pass and the backward (channel sums, then dx). x is viewed as
-(N, C, HW). The reductions run a block per chunk of reduce.CHUNK elements of a channel (see the kernels).
+the fused normalise + affine (+ activation) pass and the backward (channel sums, then dx). x is viewed
+as (N, C, HW). The reductions run a block per chunk of reduce.CHUNK elements of a channel (see the kernels).
 
 `scale_source` is the per-channel invstd (training: from `stats`) or, with from_variance=True, a
 variance (eval mode: the running variance) from which the kernels compute invstd themselves.
-Without affine parameters the launchers pass weight 1 and bias 0.
+Without affine parameters the launchers pass weight 1 and bias 0. `activation` is the fused one's
+name (cnn_gpu.functional.batch_norm.ACTIVATIONS) or None; the kernels take its ACTIVATION_CODES code.
 
 float16 x: the statistics are FP32 (the kernels' acc_t): `stats` returns FP32 mean and invstd,
 and `forward` / `backward` widen float16 statistics (running or saved ones) to FP32 first."""
@@ -46,6 +47,9 @@ def _reduction(be, n, channels, inner, compute):
 
 GROUP_PLANES = 256   # kernels/batch_norm.cu: the most small planes a block's group takes
 
+# kernels/batch_norm.cu's ACTIVATION_* codes of the fused activation
+ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
+
 
 def plane_elements(dtype) -> int:
     """kernels/batch_norm.cu PLANE_ELEMENTS: the elements a thread of the element-wise passes loads a
@@ -82,7 +86,7 @@ def stats(be, x, running_mean, running_var, factor, eps):
     return mean, invstd
 
 
-def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
+def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, activation):
     xp = backend.array_module(be)
     n, channels, inner = _view(x)
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
@@ -93,11 +97,11 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, relu):
     grid = _plane_grid(n, channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", grid, (THREADS,),
                    (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
-                    *acc(x.dtype, eps), *i32(from_variance, relu)))
+                    *acc(x.dtype, eps), *i32(from_variance, ACTIVATION_CODES[activation])))
     return y
 
 
-def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, relu):
+def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, activation):
     """(dweight, dbias, sums) of a non-empty x, the arguments as the kernels take them: the channel
     sums of g * xhat and g, and both in the compute type (sums: g's, then g * xhat's)."""
     xp = backend.array_module(be)
@@ -109,11 +113,11 @@ def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_varian
     _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_backward_sums", grid, (THREADS,),
                      (dy, x, mean, scale_source, weight, bias, dweight, dbias, sums,
                       partial, arrivals, np.int64(n), np.int64(channels),
-                      np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, relu)))
+                      np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, ACTIVATION_CODES[activation])))
     return dweight, dbias, sums
 
 
-def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, relu):
+def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, activation):
     """(dx, dweight, dbias); dweight and dbias are the channel sums of g * xhat and g."""
     xp = backend.array_module(be)
     n, channels, inner = _view(x)
@@ -122,9 +126,11 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
     dx = xp.empty(x.shape, dtype=x.dtype)
     if x.size == 0:   # eval mode's empty batch: sums over no element
         return dx, xp.zeros(channels, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype)
-    dweight, dbias, sums = _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, relu)
+    dweight, dbias, sums = _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance,
+                                          activation)
     grid = _plane_grid(n, channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
                    (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
-                    np.int64(inner), np.int64(n * inner), *acc(x.dtype, eps), *i32(from_variance, training, relu)))
+                    np.int64(inner), np.int64(n * inner), *acc(x.dtype, eps),
+                    *i32(from_variance, training, ACTIVATION_CODES[activation])))
     return dx, dweight, dbias

@@ -534,8 +534,9 @@ class _BatchNorm(Module):
         return self.training or self.running_mean is None
 
     def forward(self, x, *, activation=None):
-        """activation="relu": the ReLU that follows, in the same pass (and its gradient in
-        backward's); nn.Sequential asks for it where a ReLU follows this layer."""
+        """activation="relu", "relu6", "hardswish" or "silu": the activation layer that follows, in the
+        same pass (and its gradient in backward's; F.batch_norm's activation); nn.Sequential asks for
+        it where an nn.ReLU, nn.ReLU6, nn.Hardswish or nn.SiLU follows this layer."""
         if x.ndim not in self._input_ranks:
             raise ValueError(f"{type(self).__name__} expects {self._expected_input}, got shape {tuple(x.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
