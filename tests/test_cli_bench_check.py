@@ -372,7 +372,7 @@ def test_torch_mirror_and_leaf_layers_take_a_batch_norm1d_head():
     torch = pytest.importorskip("torch")
     from cnn_gpu import nn
     from cnn_gpu.bench.modeled import _layer_passes
-    from cnn_gpu.bench.training import WithReLU, leaf_layers
+    from cnn_gpu.bench.training import WithActivation, leaf_layers
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8, dtype=np.float64, rng=1), nn.BatchNorm1d(8, dtype=np.float64),
                           nn.ReLU(), nn.Linear(8, 3, dtype=np.float64, rng=2))
     x = np.random.default_rng(4).standard_normal((4, 1, 8, 8))
@@ -380,10 +380,10 @@ def test_torch_mirror_and_leaf_layers_take_a_batch_norm1d_head():
     with torch.no_grad():
         expected = mirror(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(model(x) - expected)) <= 1e-10 * np.max(np.abs(expected))
-    assert [type(leaf).__name__ for leaf, *_ in leaf_layers(model, x.shape)] == ["Flatten", "Linear", "WithReLU",
+    assert [type(leaf).__name__ for leaf, *_ in leaf_layers(model, x.shape)] == ["Flatten", "Linear", "WithActivation",
                                                                                  "Linear"]
-    assert leaf_layers(model, x.shape)[2][0] == WithReLU(model[2])
-    assert [name for name, _ in _layer_passes(WithReLU(model[2]), 32, 32, 8)] == [
+    assert leaf_layers(model, x.shape)[2][0] == WithActivation(model[2], "relu")
+    assert [name for name, _ in _layer_passes(WithActivation(model[2], "relu"), 32, 32, 8)] == [
         "batch_norm_stats", "batch_norm_forward", "batch_norm_backward_sums", "batch_norm_backward_dx"]
 
 # --- check ------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import backend, nn, replay
-from cnn_gpu.nn.containers import fused_relu_positions
+from cnn_gpu.nn.containers import fused_activation_positions
 
 torch = pytest.importorskip("torch")
 # torch warns where a full backward hook fires with no input needing a gradient (grad_input None), as ours
@@ -186,7 +186,7 @@ def test_a_hooked_relu_runs_unfused_and_a_hook_added_after_the_forward_is_refuse
     fused pair after the forward would not run in its backward: refused."""
     x = rng.standard_normal((2, 2, 8, 8))
     ours, theirs = _models()
-    assert fused_relu_positions(list(ours)) == {2}
+    assert fused_activation_positions(list(ours)) == {2}
     seen = []
     for model, given in ((ours, x), (theirs, torch.from_numpy(x))):
         model[2].register_forward_hook(lambda m, args, out: seen.append((args[0], out)))

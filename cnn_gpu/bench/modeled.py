@@ -174,7 +174,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     from .. import nn
     from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
-    from .training import ResidualLeaf, WithReLU, activation_layers
+    from .training import ResidualLeaf, WithActivation, activation_layers
     if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
         passes = [("add_relu_forward", 3 * y * item) if layer.relu else (CUPY_ELEMENTWISE, 3 * y * item)]
         if layer.adds_handed_on:   # the ReLU's gradient from the output, of the two summands handed on
@@ -184,8 +184,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         if not layer.hands_on:   # the branches' dx added
             passes.append((CUPY_ELEMENTWISE, 3 * x * item))
         return passes
-    if isinstance(layer, WithReLU):
-        return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the ReLU
+    if isinstance(layer, WithActivation):
+        return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the activation
     if isinstance(layer, activation_layers()):
         # the kernels of the layer's op (F.relu: relu_forward...; ReLU6 runs hardtanh's), a GELU's by its form
         name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else layer._forward.__name__

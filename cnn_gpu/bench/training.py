@@ -21,15 +21,17 @@ def build_model(shape: ModelShape, dtype, seed: int = 0):
 
 
 @dataclass(frozen=True)
-class WithReLU:
-    """A batch norm that runs the ReLU after it (nn.containers.fuses_relu)."""
+class WithActivation:
+    """A batch norm that runs the activation layer after it (nn.containers.fused_activation): its
+    kernels' launches and traffic, the activation's none."""
     layer: object
+    activation: str
 
 
 @dataclass(frozen=True)
 class ResidualLeaf:
     """A Residual's own work in a step as nn.Sequential runs it: its addition, with the ReLU after
-    it (`relu`: fuses_relu); that ReLU's backward, adding the two summands of the gradient the
+    it (`relu`: nn.containers.fused_activation); that ReLU's backward, adding the two summands of the gradient the
     Residual after it hands on (`adds_handed_on`); and its branches' gradients added, unless it
     hands them on (`hands_on`: nn.containers.hands_on_gradient_sum)."""
     layer: object
@@ -75,12 +77,12 @@ def activation_layers() -> tuple:
 def leaf_layers(model, input_shape):
     """(layer, input shape, output shape, geometry or None) of every leaf layer of one forward pass
     of `model` on a batch of shape `input_shape`, in order (a Residual's block, then its shortcut,
-    then the Residual itself for its addition, as a ResidualLeaf); a ReLU that nn.Sequential runs
-    inside the batch norm or Residual before it (nn.containers.fuses_relu) is no leaf: that batch
-    norm is listed as WithReLU(layer), that Residual's leaf says so. Raises ValueError for a layer
-    type it does not know."""
+    then the Residual itself for its addition, as a ResidualLeaf); an activation that nn.Sequential
+    runs inside the batch norm or Residual before it (nn.containers.fused_activation) is no leaf: that
+    batch norm is listed as WithActivation(layer, activation), that Residual's leaf says so. Raises
+    ValueError for a layer type it does not know."""
     from .. import nn
-    from ..nn.containers import fused_relu_positions, hands_on_gradient_sum
+    from ..nn.containers import fused_activation, fused_activation_positions, hands_on_gradient_sum
     leaves = []
 
     def mark(index, **flags):
@@ -90,7 +92,7 @@ def leaf_layers(model, input_shape):
     def walk(module, shape):
         if isinstance(module, nn.Sequential):
             layers = list(module)
-            fused = fused_relu_positions(layers)
+            fused = fused_activation_positions(layers)
             leaf_of = {}   # position in `layers` -> index in `leaves` of its last leaf
             for i, layer in enumerate(layers):
                 if i in fused:   # the layer before: the last leaf
@@ -98,7 +100,7 @@ def leaf_layers(model, input_shape):
                     if isinstance(leaf, ResidualLeaf):
                         mark(-1, relu=True)
                     else:
-                        leaves[-1] = (WithReLU(leaf), *leaves[-1][1:])
+                        leaves[-1] = (WithActivation(leaf, fused_activation(layers[i - 1], layer)), *leaves[-1][1:])
                     continue
                 shape = walk(layer, shape)
                 leaf_of[i] = len(leaves) - 1

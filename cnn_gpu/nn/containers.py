@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from .. import functional as F
 from ..backend import device_call, module_of
 from .hooks import has_hooks
-from .layers import BatchNorm1d, BatchNorm2d, ReLU
+from .layers import BatchNorm1d, BatchNorm2d, Hardswish, ReLU, ReLU6, SiLU
 from .module import Module, trains
 
 
@@ -25,27 +25,40 @@ def needs_dy(module) -> bool:
     return trains(module) or not all(map(takes_input_grad, module.modules()))
 
 
-def fuses_relu(layer, following) -> bool:
-    """Whether nn.Sequential runs `following` inside `layer`: a ReLU right after a batch norm or a
-    residual connection (their own classes, not subclasses, whose forward may differ) is applied
-    by the batch norm's kernels or with the residual addition (F.add_relu), saving the ReLU's pass
-    over the activations and its launch forward, and on the batch norm its backward's too. Not
-    where either has hooks: they would see the pair as one call."""
-    return (type(layer) in (BatchNorm1d, BatchNorm2d, Residual) and type(following) is ReLU
-            and not has_hooks(layer) and not has_hooks(following))
+# The activation layers a batch norm applies in its own kernels (F.batch_norm's activation=...)
+_BATCH_NORM_ACTIVATIONS = {ReLU: "relu", ReLU6: "relu6", Hardswish: "hardswish", SiLU: "silu"}
 
 
-def fused_relu_positions(layers) -> frozenset:
-    """The positions in `layers` (a Sequential's) of the ReLUs nn.Sequential runs inside the layer
-    before them (fuses_relu)."""
-    return frozenset(i for i in range(1, len(layers)) if fuses_relu(layers[i - 1], layers[i]))
+def fused_activation(layer, following) -> str | None:
+    """The activation (F.batch_norm's name) nn.Sequential runs inside `layer` instead of running
+    `following`, or None: a ReLU, ReLU6, Hardswish or SiLU right after a batch norm is applied by its
+    kernels (MobileNet's and EfficientNet's blocks too), a ReLU right after a residual connection with
+    its addition (F.add_relu), saving the activation's pass over the activations and its launch
+    forward, and on the batch norm its backward's too. Their own classes, not subclasses, whose
+    forward may differ (a ReLU6 only with its bounds 0 and 6). Not where either has hooks: they would
+    see the pair as one call."""
+    if has_hooks(layer) or has_hooks(following):
+        return None
+    if type(layer) is Residual:
+        return "relu" if type(following) is ReLU else None
+    if type(layer) not in (BatchNorm1d, BatchNorm2d):
+        return None
+    if type(following) is ReLU6 and (following.min_val, following.max_val) != (0.0, 6.0):
+        return None
+    return _BATCH_NORM_ACTIVATIONS.get(type(following))
+
+
+def fused_activation_positions(layers) -> frozenset:
+    """The positions in `layers` (a Sequential's) of the activation layers nn.Sequential runs inside
+    the layer before them (fused_activation)."""
+    return frozenset(i for i in range(1, len(layers)) if fused_activation(layers[i - 1], layers[i]))
 
 
 def hands_on_gradient_sum(layers, fused, i: int) -> bool:
     """Whether nn.Sequential's backward has layers[i] hand its input gradient on as two summands
     (through its block and its shortcut) instead of adding them, where that gradient is wanted at
     all (its input_grad): a Residual right after a Residual that runs the ReLU following it
-    (`fused`: fused_relu_positions). That Residual adds the two in its ReLU's backward pass
+    (`fused`: fused_activation_positions). That Residual adds the two in its ReLU's backward pass
     (F.relu_backward_of_sum), saving the addition's pass over the activations and its launch
     (their own classes, not subclasses, whose backward may differ; not where layers[i] has hooks,
     which take one gradient)."""
@@ -60,14 +73,15 @@ def _backward(module, dy, input_grad: bool):
 
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Indexable like a list; the
-    children are named "0", "1", ... as in PyTorch. A ReLU right after a BatchNorm1d, a BatchNorm2d
-    or a Residual runs inside it (fuses_relu), and a Residual's input gradient reaches the residual
-    ReLU before it unsummed (hands_on_gradient_sum): the same values, fewer passes."""
+    children are named "0", "1", ... as in PyTorch. A ReLU, ReLU6, Hardswish or SiLU right after a
+    BatchNorm1d or BatchNorm2d, and a ReLU right after a Residual, runs inside it (fused_activation),
+    and a Residual's input gradient reaches the residual ReLU before it unsummed
+    (hands_on_gradient_sum): the same values, fewer passes."""
 
     def __init__(self, *layers):
         """Sequential(layer, ...), or Sequential(OrderedDict of names to layers), as PyTorch's."""
         super().__init__()
-        object.__setattr__(self, "_fused", frozenset())   # positions of the ReLUs the last forward fused
+        object.__setattr__(self, "_fused", frozenset())   # positions of the activations the last forward fused
         if len(layers) == 1 and isinstance(layers[0], OrderedDict):
             for name, layer in layers[0].items():
                 self.add_module(name, layer)
@@ -101,11 +115,11 @@ class Sequential(Module):
 
     def forward(self, x):
         layers = list(self._modules.values())
-        fused = fused_relu_positions(layers)
+        fused = fused_activation_positions(layers)
         object.__setattr__(self, "_fused", fused)
         for i, layer in enumerate(layers):
             if i not in fused:
-                x = layer(x, activation="relu") if i + 1 in fused else layer(x)
+                x = layer(x, activation=fused_activation(layer, layers[i + 1])) if i + 1 in fused else layer(x)
         return x
 
     def backward(self, dy, input_grad=True):
@@ -117,15 +131,15 @@ class Sequential(Module):
             return dy if input_grad else None
         if any(has_hooks(layers[i - 1]) or has_hooks(layers[i]) for i in self._fused):
             raise RuntimeError("Sequential.backward(): a hook was registered on a layer that the forward ran "
-                               "fused with the ReLU after it (its hooks would not run); register hooks before "
-                               "the forward")
+                               "fused with the activation after it (its hooks would not run); register hooks "
+                               "before the forward")
         wanted = [input_grad] * len(layers)
         for i in range(1, len(layers)):
             before = layers[i - 1]
             wanted[i] = wanted[i - 1] or needs_dy(before)
         addend = None   # the second summand of dy a Residual handed on (hands_on_gradient_sum)
         for i in reversed(range(len(layers))):
-            if i in self._fused:   # a fused ReLU's gradient is the layer's before it
+            if i in self._fused:   # a fused activation's gradient is the layer's before it
                 continue
             hands_on = wanted[i] and hands_on_gradient_sum(layers, self._fused, i)
             if addend is None and not hands_on:
