@@ -12,6 +12,7 @@ from cnn_gpu.gradcheck import check_op
 from helpers import assert_close, assert_same_bits, to_host
 
 DTYPES = (np.float64, np.float32)
+FUSED = ("relu", "relu6", "hardswish", "silu")   # F.batch_norm's activations
 LAYER_SHAPES = [("BatchNorm2d", (4, 3, 5, 5)), ("BatchNorm1d", (4, 3, 5)), ("BatchNorm1d", (6, 3))]
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -21,7 +22,7 @@ needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
 
 def draw_case(rng, dtype):
     """Random inputs of one configuration: shape, affine or not, running statistics or not, mode,
-    momentum, eps and the fused ReLU."""
+    momentum, eps and the fused activation (none in 60%)."""
     shape = (int(rng.integers(1, 4)), int(rng.integers(1, 5))) + tuple(int(d) for d in rng.integers(1, 7, 2))
     if rng.random() < 0.15:
         shape = shape[:2] if rng.random() < 0.5 else shape[:3]     # (N, C) and (N, C, L) inputs
@@ -39,7 +40,7 @@ def draw_case(rng, dtype):
         weight=rng.standard_normal(channels).astype(dtype) if affine else None,
         bias=rng.standard_normal(channels).astype(dtype) if affine and rng.random() < 0.8 else None,
         training=training, momentum=float(rng.choice([0.1, 0.3, 1.0, 0.0])), eps=float(rng.choice([1e-5, 1e-3])),
-        activation="relu" if rng.random() < 0.3 else None)
+        activation=FUSED[int(rng.integers(len(FUSED)))] if rng.random() < 0.4 else None)
 
 
 def copy_case(case):
@@ -121,7 +122,9 @@ def test_backward_matches_the_closed_form():
 def test_against_pytorch(dtype, count):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)
-    relu_seen = no_running_seen = eval_seen = 0
+    activations_seen, no_running_seen, eval_seen = set(), 0, 0
+    after = {"relu": torch.relu, "relu6": torch.nn.functional.relu6, "hardswish": torch.nn.functional.hardswish,
+             "silu": torch.nn.functional.silu}
     for i in range(count):
         case = draw_case(rng, dtype)
         ours = run_case(case, "numpy")
@@ -130,16 +133,16 @@ def test_against_pytorch(dtype, count):
         y = torch.nn.functional.batch_norm(t["x"], t["running_mean"], t["running_var"], t["weight"], t["bias"],
                                            t["training"], t["momentum"], t["eps"])
         if case["activation"]:
-            y = torch.relu(y)
+            y = after[case["activation"]](y)
         y.backward(torch.tensor(case["dy"]))
         grad = lambda v: None if v is None else v.grad.numpy()  # noqa: E731
         theirs = (y.detach().numpy(), grad(t["x"]), grad(t["weight"]), grad(t["bias"]),
                   *(None if v is None else v.numpy() for v in (t["running_mean"], t["running_var"])))
         assert_results_close(ours, theirs, dtype, f"case {i} {case['x'].shape} training={case['training']}")
-        relu_seen += case["activation"] == "relu"
+        activations_seen.add(case["activation"])
         no_running_seen += case["running_mean"] is None
         eval_seen += not case["training"]
-    assert relu_seen and no_running_seen and eval_seen
+    assert activations_seen == {None, *FUSED} and no_running_seen and eval_seen
 
 
 @pytest.mark.torch
@@ -312,13 +315,93 @@ def test_linear_batch_norm1d_relu_head_runs_its_relu_inside_the_batch_norm(be, m
         assert_close(grads[name].grad, parameter.grad.numpy(), np.float64, name)
 
 
+# --- fused activations --------------------------------------------------------------------------
+
+APART = {"relu": (F.relu, F.relu_backward), "relu6": (F.relu6, F.relu6_backward),
+         "hardswish": (F.hardswish, F.hardswish_backward), "silu": (F.silu, F.silu_backward)}
+
+
+def fused_and_apart(activation, x, dy, running, weight, bias, training, eps, be):
+    """[y, dx, dweight, dbias] of batch_norm with `activation` fused, then of batch_norm and the
+    activation's own op apart (the backward with the forward's statistics either way)."""
+    forward, backward = APART[activation]
+    results = []
+    for fused in (activation, None):
+        stats = [a.copy() for a in running]
+        y, mean, invstd = F.batch_norm(x, *stats, weight, bias, training, 0.1, eps, activation=fused,
+                                       return_stats=True, backend=be)
+        g = dy if fused else backward(dy, y, backend=be)
+        grads = F.batch_norm_backward(g, x, None, None, weight, bias, training, eps, activation=fused,
+                                      save_mean=mean, save_invstd=invstd, backend=be)
+        results.append([y if fused else forward(y, backend=be), *grads])
+    return results
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_fused_activations_at_their_kinks_and_special_values_are_the_ops_apart(be, dtype):
+    """Eval mode with mean 0, variance 1, eps 0, weight 1 and bias 0 normalises x to itself, so x
+    puts the activation's input on its kinks (ReLU's and ReLU6's 0 and 6, Hardswish's -3 and 3),
+    on -0.0, infinities and NaN: y and dx are the bits of F.relu / relu6 / hardswish / silu and
+    their backward run apart (PyTorch's rules, tests/test_mobile_activations.py), on the emulator
+    inside guard zones; dweight and dbias sum what the ops apart hand on (float16: rounded there)."""
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+    from cnn_gpu import emu
+    rng = np.random.default_rng(19)
+    special = [-np.inf, -6.5, -3.0, -2.5, -0.0, 0.0, 1e-3, 2.5, 3.0, 5.5, 6.0, 6.5, np.inf, np.nan]
+    x = rng.standard_normal((3, 2, 4, 5)) * 4
+    x[0, 0].flat[:len(special)] = special
+    x, dy = x.astype(dtype), rng.standard_normal(x.shape).astype(dtype)
+    dy[1, 1, 0, :2] = np.inf, np.nan   # a zero gradient is 0 also for them
+    identity = (np.zeros(2, dtype), np.ones(2, dtype))
+    for activation in FUSED:
+        with emu.checking(guard=True) if be == "emu" else np.errstate(invalid="ignore"):   # NumPy's inf * 0
+            fused, apart = fused_and_apart(activation, x, dy, identity, np.ones(2, dtype), np.zeros(2, dtype),
+                                           False, 0.0, be)
+        for name, got, want in zip(("y", "dx"), fused, apart):
+            assert_same_bits(got, want, f"{activation} {name}")
+        for name, got, want in zip(("dweight", "dbias"), fused[2:], apart[2:]):
+            np.testing.assert_allclose(to_host(got), to_host(want), rtol=1e-3 if dtype == np.float16 else 1e-6,
+                                       err_msg=f"{activation} {name}")
+
+
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_fused_activations_give_the_ops_apart_in_training(be, dtype):
+    """Training mode, normalised values well past every kink: the fused activation's y, dx, dweight
+    and dbias are those of batch_norm and the activation's op run apart, float64 and float32 to
+    their tolerances (the same formulas), float16 within a float16 ulp of the values' scale: fused,
+    the activation's input and its gradient stay FP32 and each output is rounded once, where apart
+    they are rounded to float16 in between. (No normalised value of this draw rounds across a jump
+    of the activation's slope, which would change its gradient by the jump: tests/test_nn.py.)"""
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+    rng = np.random.default_rng(23)
+    shape = (4, 3, 6, 7)
+    x, dy = (rng.standard_normal(shape) * 2 + 1).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    weight, bias = (rng.standard_normal(3) * 4).astype(dtype), rng.standard_normal(3).astype(dtype)
+    running = (rng.standard_normal(3).astype(dtype), (rng.random(3) + 0.5).astype(dtype))
+    for activation in FUSED:
+        fused, apart = fused_and_apart(activation, x, dy, running, weight, bias, True, 1e-5, be)
+        for name, got, want in zip(("y", "dx", "dweight", "dbias"), fused, apart):
+            what = f"{activation} {name}"
+            if dtype == np.float16:
+                got, want = to_host(got).astype(np.float64), to_host(want).astype(np.float64)
+                assert np.abs(got - want).max() <= 2**-10 * max(1.0, np.abs(want).max()), what
+            else:
+                assert_close(got, want, dtype, what)
+
+
 # --- finite differences -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("training, activation", [(True, None), (False, None), (True, "relu")])
+@pytest.mark.parametrize("training, activation", [(True, None), (False, None), (True, "relu"), (True, "relu6"),
+                                                  (True, "hardswish"), (True, "silu"), (False, "silu")])
 def test_finite_differences(training, activation):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 2, 3, 4)) * 2
-    weight, bias = rng.standard_normal(2), rng.standard_normal(2) + 0.3
+    # normalised values past ReLU6's 6 and Hardswish's -3 and 3 (none within 0.03 of a kink)
+    weight, bias = rng.standard_normal(2) + np.array([4.0, -3.0]), rng.standard_normal(2) + 0.3
     running_mean, running_var = rng.standard_normal(2), rng.random(2) + 0.5
 
     def forward(x, weight, bias):   # copies: the running statistics must not drift between evaluations
@@ -515,9 +598,10 @@ def run_all_kernels(shape, dtype, seed):
     running_mean, running_var = np.zeros(channels, dtype), np.ones(channels, dtype)
     weight, bias = rng.standard_normal(channels).astype(dtype), rng.standard_normal(channels).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    y, mean, invstd = F.batch_norm(x, running_mean, running_var, weight, bias, True, activation="relu",
+    activation = FUSED[seed % len(FUSED)]   # each fused activation in turn over the shapes
+    y, mean, invstd = F.batch_norm(x, running_mean, running_var, weight, bias, True, activation=activation,
                                    return_stats=True, backend="emu")
-    grads = F.batch_norm_backward(dy, x, None, None, weight, bias, True, activation="relu", backend="emu")
+    grads = F.batch_norm_backward(dy, x, None, None, weight, bias, True, activation=activation, backend="emu")
     eval_y = F.batch_norm(x, running_mean, running_var, weight, bias, False, backend="emu")
     eval_grads = F.batch_norm_backward(dy, x, running_mean, running_var, weight, bias, False, backend="emu")
     return [y, mean, invstd, *grads, running_mean, running_var, eval_y, *eval_grads]

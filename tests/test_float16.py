@@ -352,6 +352,9 @@ def test_depthwise_conv_kernels(settings):
 BATCH_NORMS = [((4, 3, 5, 7), dict(training=True, momentum=0.3)),
                ((2, 2, 17, 19), dict(training=True, activation="relu")),     # a channel beyond one block
                ((6, 4, 1, 1), dict(training=False, activation="relu")),
+               ((3, 4, 6, 5), dict(training=True, activation="silu")),
+               ((5, 3, 4, 4), dict(training=True, activation="hardswish")),
+               ((6, 4, 2, 1), dict(training=False, activation="relu6")),
                ((3, 5, 4, 3), dict(training=True, affine=False, running=False)),
                ((4, 2, 43, 41), dict(training=True))]   # 2 chunks a channel, a partial round after a full one
 
@@ -360,7 +363,7 @@ BATCH_NORMS = [((4, 3, 5, 7), dict(training=True, momentum=0.3)),
 @pytest.mark.parametrize("settings", SCHEDULES, ids=lambda s: s["schedule"])
 def test_batch_norm_kernels(settings):
     """FP32 statistics and normalisation, float16 outputs, gradients and running statistics: the
-    forward (train and eval, fused ReLU; return_stats' statistics in FP32, as the backward takes
+    forward (train and eval, fused ReLU, SiLU, Hardswish, ReLU6; return_stats' statistics in FP32, as the backward takes
     them), the running-statistics blend and the backward with saved (FP32, and rounded to float16)
     and with recomputed statistics, against the oracle."""
     rng = np.random.default_rng(35)

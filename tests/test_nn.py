@@ -172,6 +172,93 @@ def test_sequential_runs_a_relu_after_a_batch_norm_inside_it(be, training, rng, 
         np.testing.assert_allclose(a.grad, b.grad, **tolerance)
 
 
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("activation_class", [nn.ReLU6, nn.Hardswish, nn.SiLU])
+def test_sequential_runs_relu6_hardswish_and_silu_after_a_batch_norm_inside_it(be, dtype, activation_class, rng,
+                                                                              monkeypatch):
+    """Sequential(Conv2d, BatchNorm2d, ReLU6 / Hardswish / SiLU), MobileNet's and EfficientNet's
+    block, in training and eval: the activation layer's forward and backward never run and a step
+    launches two kernels fewer (the activation's pass each way; the batch norm's kernels apply it);
+    the output and every gradient are those of the activation run apart (a subclass, which
+    Sequential runs as itself), float64 and float32 to their tolerances. float16: the output within
+    a float16 ulp (fused, the activation's input is not rounded to float16 in between); not the
+    gradients: apart, that rounding can move an input across a jump of the activation's slope
+    (Hardswish's at -3 and 3, ReLU6's at 0 and 6) that the FP32 value lies on the other side of,
+    changing that element's gradient by the jump (test_float16.py holds the fused float16 gradients
+    to the NumPy oracle, which computes them as the kernels do)."""
+    from cnn_gpu import backend
+    if reason := why_unavailable(be):
+        pytest.skip(reason)
+
+    class Apart(activation_class):
+        pass
+
+    x, dy = _randn(rng, 2, 3, 5, 6, dtype=dtype), _randn(rng, 2, 4, 5, 6, dtype=dtype)
+    seed = int(rng.integers(1 << 30))
+
+    def build(layer_class, training):
+        weights = np.random.default_rng(seed)
+        norm = nn.BatchNorm2d(4, dtype=dtype)
+        # normalised values past ReLU6's 6 and Hardswish's -3 and 3
+        norm.weight.data[...], norm.bias.data[...] = weights.standard_normal(4) * 4, weights.standard_normal(4)
+        # no convolution bias, as in those blocks: in training its gradient would be 0 but for rounding
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False, dtype=dtype, rng=weights), norm,
+                              layer_class())
+        model.train(training).to(be)
+        return model
+
+    ran = []
+    for method in ("forward", "backward"):
+        real = getattr(activation_class, method)
+        monkeypatch.setattr(activation_class, method, lambda self, *args, real=real, **kwargs:
+                            ran.append(type(self)) or real(self, *args, **kwargs))
+    launched = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *args, **kwargs: launched.append(args[3])
+                        or real_launch(*args, **kwargs))
+    for training in (True, False):
+        counts, results = [], []
+        for layer_class in (Apart, activation_class):
+            launched.clear()
+            results.append(_step_results(build(layer_class, training), x, dy))
+            counts.append(len(launched))
+        assert ran == [Apart, Apart] and ran.clear() is None
+        assert be == "numpy" or counts[1] == counts[0] - 2, counts
+        if dtype == np.float16:   # y only: see the docstring
+            got, want = (r[0].astype(np.float64) for r in reversed(results))
+            assert np.abs(got - want).max() <= 2**-10 * max(1.0, np.abs(want).max()), training
+            continue
+        for got, want in zip(*reversed(results)):
+            np.testing.assert_allclose(got, want, rtol=1e-12 if dtype == np.float64 else 1e-5,
+                                       atol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_only_a_batch_norm_and_these_activation_layers_of_their_own_classes_fuse():
+    """fused_activation: BatchNorm1d/2d with ReLU, ReLU6, Hardswish, SiLU (by their F.batch_norm
+    names); a Residual only with a ReLU; not a Hardtanh(0, 6), a ReLU6 whose bounds were changed, a
+    subclass, another activation, or a layer with a hook."""
+    from cnn_gpu.nn.containers import fused_activation
+    norm = nn.BatchNorm2d(2)
+    assert [fused_activation(norm, layer()) for layer in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)] == [
+        "relu", "relu6", "hardswish", "silu"]
+    assert fused_activation(nn.BatchNorm1d(2), nn.SiLU()) == "silu"
+    moved = nn.ReLU6()
+    moved.max_val = 5.0
+
+    class OwnSiLU(nn.SiLU):
+        pass
+
+    for layer, following in ((norm, nn.Hardtanh(0.0, 6.0)), (norm, moved), (norm, OwnSiLU()), (norm, nn.GELU()),
+                             (norm, nn.Hardsigmoid()), (nn.Residual(nn.Conv2d(2, 2, 1)), nn.SiLU()),
+                             (nn.Residual(nn.Conv2d(2, 2, 1)), nn.ReLU6()), (nn.Conv2d(2, 2, 1), nn.ReLU6())):
+        assert fused_activation(layer, following) is None, (layer, following)
+    hooked = nn.Hardswish()
+    hooked.register_forward_hook(lambda module, args, out: None)
+    assert fused_activation(norm, hooked) is None
+    assert fused_activation(nn.Residual(nn.Conv2d(2, 2, 1)), nn.ReLU()) == "relu"
+
+
 class ApartReLU(nn.ReLU):
     """A ReLU subclass, which nn.Sequential runs as itself: a model built with it runs every ReLU
     apart, the reference of the fusions Sequential makes with nn.ReLU."""
