@@ -481,9 +481,11 @@ def elementwise_loss_run(name: str, as_array: bool = False):
 
 
 def _batch_norm_config(rng):
+    from ..functional.activation import FUSED_ACTIVATIONS   # F.batch_norm's activations
+    fused = list(FUSED_ACTIVATIONS)
     cfg = dict(N=int(rng.integers(2, 5)), C=int(rng.integers(1, 5)), HW=_ints(rng, 1, 7),
                training=bool(rng.random() < 0.6), affine=bool(rng.random() < 0.8),
-               activation="relu" if rng.random() < 0.3 else None)
+               activation=fused[int(rng.integers(len(fused)))] if rng.random() < 0.4 else None)
     # two values per channel normalise to +-1 whatever they are: dx vanishes into rounding noise
     if cfg["N"] * cfg["HW"][0] * cfg["HW"][1] < 4:
         cfg["N"] = 4
@@ -494,6 +496,7 @@ BATCH_NORM_EDGES = (
     dict(N=4, C=3, HW=(1, 1), training=True, affine=True, activation=None),      # one pixel per channel
     dict(N=1, C=2, HW=(17, 19), training=True, affine=False, activation=None),   # HW beyond one block
     dict(N=3, C=4, HW=(5, 5), training=False, affine=True, activation="relu"),
+    dict(N=3, C=4, HW=(5, 5), training=True, affine=True, activation="silu"),
 )
 BATCH_NORM_LARGE = (dict(N=16, C=64, HW=(16, 16), training=True, affine=True, activation=None),)
 

@@ -26,8 +26,8 @@ of a 1-D signal, 2-D image or 3-D volume (batched or not) in the others. A loss 
 for reduction "mean"/"sum" and an array for "none", and its gradient is that of the returned loss
 (of its sum for "none").
 
-Extensions beyond PyTorch's signatures: F.conv2d(..., activation="relu") and
-F.batch_norm(..., activation="relu") apply ReLU to the output, F.add_relu(a, b) is relu(a + b)
+Extensions beyond PyTorch's signatures: F.conv2d(..., activation="relu") applies ReLU to the output,
+F.batch_norm(..., activation="relu" | "relu6" | "hardswish" | "silu") that activation, F.add_relu(a, b) is relu(a + b)
 (nn.Residual with the ReLU after it), and F.relu_backward_of_sum(dy_a, dy_b, x) is
 relu_backward(dy_a + dy_b, x) (that ReLU's gradient where it arrives as two summands), each one
 fused kernel on the GPU backends.
