@@ -291,3 +291,30 @@ def test_benchmark_models_know_the_layers():
     assert [type(m).__name__ for m in mirror] == [type(m).__name__ for m in model]
     with torch.no_grad():
         np.testing.assert_allclose(mirror(torch.tensor(x)).numpy(), model(x), rtol=1e-12)
+
+
+@needs_emu
+def test_benchmark_models_price_a_batch_norm_running_the_activation_after_it():
+    """In MobileNet's and EfficientNet's Conv-BN-activation blocks nn.Sequential runs the ReLU6,
+    Hardswish or SiLU inside the batch norm: the step model lists that batch norm as
+    WithActivation(layer, name) and prices its kernels' launches alone, which are exactly the
+    launches an emulated forward and backward of the pair make (none of the activation's)."""
+    from cnn_gpu import nn
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import WithActivation, leaf_layers
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64),
+                          nn.ReLU6(), nn.BatchNorm2d(3, dtype=np.float64), nn.Hardswish(),
+                          nn.BatchNorm2d(3, dtype=np.float64), nn.SiLU())
+    x = np.random.default_rng(10).standard_normal((2, 2, 7, 6))
+    leaves = [leaf for leaf, *_ in leaf_layers(model, x.shape)]
+    assert leaves[1:] == [WithActivation(model[1], "relu6"), WithActivation(model[3], "hardswish"),
+                          WithActivation(model[5], "silu")]
+    model.to("emu")
+    for pair, name in ((nn.Sequential(model[1], model[2]), "relu6"), (nn.Sequential(model[3], model[4]), "hardswish"),
+                       (nn.Sequential(model[5], model[6]), "silu")):
+        launched = []
+        real_launch = backend.launch
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(backend, "launch", lambda *args, **kw: launched.append(args[3]) or real_launch(*args, **kw))
+            pair.backward(pair(np.random.default_rng(11).standard_normal((2, 3, 5, 4))))
+        assert launched == [kernel for kernel, _ in _layer_passes(WithActivation(pair[0], name), 1, 1, 8)], name
