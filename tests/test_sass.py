@@ -474,6 +474,28 @@ def test_step_memory_bound_kernels_keep_the_bytes_in_flight_dram_speed_needs(dty
             assert share == pytest.approx(short, abs=0.01), f"{kernel} {dtype}: {share:.2f} of Little's law's"
 
 
+@_needs_tools("sm_90")
+def test_float64_batch_norm_passes_keep_their_bytes_in_flight_with_the_fused_activations():
+    """The fused activations' float64 gradients (SiLU's double exp and divisions) set the backward
+    passes' registers: batch_norm_backward_sums runs 2 blocks an SM and batch_norm_backward_dx 3
+    (SUMS_MIN_BLOCKS, DX_MIN_BLOCKS: at 3 and 4 they spilled), with no local memory, and each
+    element pass still loads its round of 4 elements of each array in its hot loop and holds
+    Little's law's bytes in flight an SM (an ESTIMATE, as the float32 and float16 steps' test)."""
+    from cnn_gpu import roofline
+    h100 = roofline.spec("h100")
+    cubin, log = nvrtc.compile_as_backend(backend.kernel_source("batch_norm"), "batch_norm.cu", "float64", "sm_90")
+    reports = {r.name: r for r in nvrtc.reports_of(cubin, log, "sm_90")}
+    rows = {row["kernel"]: row for row in sass.kernel_rows("batch_norm", "float64", "sm_90")}
+    for kernel, arrays, blocks in (("batch_norm_forward", 1, 4), ("batch_norm_backward_sums", 2, 2),
+                                   ("batch_norm_backward_dx", 2, 3)):
+        report, row = reports[kernel], rows[kernel]
+        assert report.spill_bytes == 0 and report.stack_bytes == 0 and row["local_memory"] == 0, kernel
+        assert report.blocks_per_sm >= blocks, (kernel, report.registers, report.blocks_per_sm)
+        assert row["ldg_bits"].count(64) >= 4 * arrays, (kernel, row["ldg_bits"])
+        held = roofline.in_flight_per_sm(h100, report.registers, report.shared_bytes, 256, 4 * arrays * 8)
+        assert held >= roofline.in_flight_needed_per_sm(h100), (kernel, held)
+
+
 REQUIRED = {"family": str, "kernel": str, "arch": str, "dtype": str, "registers": int, "fma": int,
             "instructions": int, "fma_share": float, "lds_bits": list, "local_memory": int, "issue_ceiling": float}
 
