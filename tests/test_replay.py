@@ -625,3 +625,43 @@ def test_a_module_that_sets_an_attribute_in_its_forward_replays():
     layer.last_batch = 3
     with pytest.raises(RuntimeError, match="has had an attribute assigned"):
         step.replay(x)
+
+
+@needs_emu
+def test_replayed_steps_of_batch_norms_running_relu6_hardswish_and_silu_equal_eager_ones():
+    """Conv-BN-ReLU6, Conv-BN-Hardswish and Conv-BN-SiLU blocks (nn.Sequential runs each activation
+    inside its batch norm): a recorded step replayed on two more batches leaves the parameters and
+    running statistics of three eager steps, bit for bit."""
+    def build():
+        weights = np.random.default_rng(1)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False, rng=weights), nn.BatchNorm2d(4), nn.ReLU6(),
+                             nn.Conv2d(4, 4, 1, bias=False, rng=weights), nn.BatchNorm2d(4), nn.Hardswish(),
+                             nn.Conv2d(4, 4, 1, bias=False, rng=weights), nn.BatchNorm2d(4), nn.SiLU(),
+                             nn.Flatten(), nn.Linear(4 * 36, 3, rng=weights))
+
+    rng = np.random.default_rng(2)
+    batches = [(rng.standard_normal((2, 3, 6, 6)).astype(np.float32), rng.integers(0, 3, 2)) for _ in range(3)]
+    states = []
+    for replayed in (False, True):
+        model, loss_fn = build().to("emu"), nn.CrossEntropyLoss().to("emu")
+        optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, target):
+            optimizer.zero_grad()
+            loss_fn(model(x), target, as_array=True)
+            model.backward(loss_fn.backward())
+            optimizer.step()
+
+        if replayed:
+            x, target = (a.copy() for a in batches[0])
+            with replay.record(x, target) as recorded:
+                step(x, target)
+            for batch in batches[1:]:
+                recorded.replay(*batch)
+        else:
+            for batch in batches:
+                step(*batch)
+        assert model._fused == {2, 5, 8}
+        states.append({name: to_host(value).copy() for name, value in model.state_dict().items()})
+    for name, value in states[0].items():
+        assert value.tobytes() == states[1][name].tobytes(), name
