@@ -337,6 +337,16 @@ def fused_and_apart(activation, x, dy, running, weight, bias, training, eps, be)
     return results
 
 
+def test_the_launchers_activation_codes_are_the_kernels():
+    """gpu.batch_norm.ACTIVATION_CODES, one for each of F.batch_norm's activations (and None), are
+    kernels/batch_norm.cu's ACTIVATION_* codes."""
+    from cnn_gpu.gpu.batch_norm import ACTIVATION_CODES
+    source = backend.kernel_source("batch_norm")
+    assert set(ACTIVATION_CODES) == {None, *FUSED} and len(set(ACTIVATION_CODES.values())) == len(ACTIVATION_CODES)
+    for name, code in ACTIVATION_CODES.items():
+        assert f"#define ACTIVATION_{(name or 'none').upper()} {code}\n" in source, name
+
+
 @pytest.mark.parametrize("be", ["numpy", "emu"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
 def test_fused_activations_at_their_kinks_and_special_values_are_the_ops_apart(be, dtype):
