@@ -87,7 +87,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, return_stats=
     if be == "numpy":
         mean, variance = _numpy_stats(_group_view(x, groups))
         invstd = _invstd(variance, eps)
-        y = _numpy_forward(_plane_view(x), *_per_plane(x, groups, mean, invstd, weight, bias), False)
+        y = _numpy_forward(_plane_view(x), *_per_plane(x, groups, mean, invstd, weight, bias), None)
         y = y.reshape(x.shape)
     else:
         from ..gpu import row_norm
@@ -137,5 +137,5 @@ def group_norm_backward(dy, x, num_groups, weight=None, bias=None, eps=1e-5, *, 
         dbias, dweight = (s.reshape(x.shape[0], channels).sum(axis=0).astype(x.dtype)
                           for s in (dy_planes.sum(axis=(0, 2)), (dy_planes * xhat).sum(axis=(0, 2))))
     dx = _numpy_backward(_group_view(g, groups), _group_view(x, groups), save_mean, save_invstd, None, None, True,
-                         False)[0]
+                         None)[0]
     return dx.reshape(x.shape), (None if weight is None else dweight), (None if bias is None else dbias)

@@ -149,5 +149,5 @@ def layer_norm_backward(dy, x, normalized_shape, weight=None, bias=None, eps=1e-
         (dy_rows.astype(mean.dtype) * _xhat(x, mean, invstd, row_length)).sum(axis=0).astype(x.dtype).reshape(shape))
     dbias = None if bias is None else dy_rows.sum(axis=0, dtype=mean.dtype).astype(x.dtype).reshape(shape)
     g = dy if weight is None else dy * weight
-    dx = _numpy_backward(_rows(g, row_length), _rows(x, row_length), mean, invstd, None, None, True, False)[0]
+    dx = _numpy_backward(_rows(g, row_length), _rows(x, row_length), mean, invstd, None, None, True, None)[0]
     return dx.reshape(x.shape), dweight, dbias
