@@ -48,20 +48,6 @@
 #include "activations.cuh"
 #include "channel_chunks.cuh"
 
-// Count, mean and sum of squared deviations of a set of values (Welford; Chan et al.'s merge).
-struct Moments {
-    acc_t n, mean, m2;   // n: exact in float32 up to 2^24 elements a channel, a relative 6e-8 off beyond
-};
-
-// a then b, in that order (the result depends on it only by rounding)
-__device__ __forceinline__ Moments merged(const Moments& a, const Moments& b)
-{
-    if (b.n == (acc_t)0) return a;
-    if (a.n == (acc_t)0) return b;
-    const acc_t n = a.n + b.n, d = b.mean - a.mean, share = b.n / n;
-    return Moments{n, a.mean + d * share, a.m2 + b.m2 + d * d * (a.n * share)};
-}
-
 // The moments of one value per thread over the block by a shared-memory halving tree (a fixed
 // order). Only thread 0's result is the block's.
 __device__ Moments block_moments(Moments s, acc_t* tree)

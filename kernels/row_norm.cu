@@ -33,6 +33,7 @@
 // and their gradients are FP16 in memory, the statistics acc_t; each output is rounded once (dx
 // too: dy * weight is never stored).
 
+#include "channel_chunks.cuh"
 #include "rows.cuh"
 
 // k / divisor and k % divisor along the walk k = first, first + step, ...: stepped, not divided, each
@@ -57,86 +58,330 @@ struct SteppedDivision {
     }
 };
 
-// grid: min(rows, 65535) blocks of blockDim a power of two (32..256); mean and invstd (rows) in acc_t.
-// weight / bias are read only with has_weight / has_bias, y written only with write_y (without it
-// the statistics alone, for a backward pass not given them).
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-row_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, acc_t* __restrict__ mean,
-                 acc_t* __restrict__ invstd, const REAL* __restrict__ weight, const REAL* __restrict__ bias,
-                 long long rows, int L, int groups, int inner, acc_t eps, int has_weight, int has_bias, int write_y)
+// Elements a wide load moves: 16 bytes (float16 8, float32 4, float64 2): cnn_gpu.gpu.row_norm.WIDE_BYTES
+#define WIDE (16 / (int)sizeof(REAL))
+
+// N consecutive elements, moved by one load or store (N * sizeof(REAL) bytes, aligned to that)
+template <int N>
+struct alignas(N * sizeof(REAL)) Pack {
+    REAL v[N];
+};
+
+template <int N>
+static __device__ __forceinline__ Pack<N> load(const REAL* p)
 {
-    __shared__ acc_t scratch[BLOCK_THREADS];
-    const int t = threadIdx.x, threads = blockDim.x, per_group = L / inner;
-    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        const REAL* in = x + row * L;
-        acc_t partial = (acc_t)0;
-#pragma unroll 4
-        for (int j = t; j < L; j += threads)
-            partial += to_acc(in[j]);
-        const acc_t mu = block_reduce(partial, scratch, false) / (acc_t)L;
-        partial = (acc_t)0;
-#pragma unroll 4
-        for (int j = t; j < L; j += threads) {
-            const acc_t d = to_acc(in[j]) - mu;
-            partial += d * d;
+    return *reinterpret_cast<const Pack<N>*>(p);
+}
+
+// Elements j, ..., j + N - 1 of the row's INPUTS arrays: value(parameter offset, their values)
+// for each, its parameter offset (j + u) / inner stepped from q, r = j / inner, j % inner; with
+// WRITES the results go to out[j, j + N) in one store.
+template <int N, int INPUTS, bool WRITES, class Value>
+static __device__ __forceinline__ void visit_pack(const REAL* const (&in)[INPUTS], REAL* out, int j, int q, int r,
+                                                  int inner, Value value)
+{
+    Pack<N> loaded[INPUTS], result;
+#pragma unroll
+    for (int a = 0; a < INPUTS; ++a) loaded[a] = load<N>(in[a] + j);
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        acc_t v[INPUTS];
+#pragma unroll
+        for (int a = 0; a < INPUTS; ++a) v[a] = to_acc(loaded[a].v[u]);
+        const acc_t y = value(q, v);
+        if (WRITES) result.v[u] = to_real(y);
+        if (++r == inner) {
+            r = 0;
+            ++q;
         }
-        const acc_t is = (acc_t)1 / REAL_SQRT(block_reduce(partial, scratch, false) / (acc_t)L + eps);
-        if (t == 0) {
-            mean[row] = mu;
-            invstd[row] = is;
+    }
+    if (WRITES) *reinterpret_cast<Pack<N>*>(out + j) = result;
+}
+
+// value(p, v) for this thread's elements j of [begin, end) of a row (p = j / inner, v: the
+// elements j of the row's INPUTS arrays in acc_t), the results into out[j] with WRITES: thread t
+// takes packs t, t + blockDim, ... of V elements, one load (and store) an array each. V > 1 only
+// where the host found every streamed array 16-byte aligned and the rows' length and slices'
+// span multiples of V, so every pack is whole and aligned. The walk unrolls by 2: 32 bytes of each
+// array in flight a thread (V == 1, the _unaligned kernels: 2 elements).
+template <int V, int INPUTS, bool WRITES, class Value>
+static __device__ __forceinline__ void for_each_pack(const REAL* const (&in)[INPUTS], REAL* out, int begin, int end,
+                                                     int inner, Value value)
+{
+    const int first = begin + threadIdx.x * V, step = blockDim.x * V;
+    SteppedDivision<int> walk(first, step, inner);
+#pragma unroll 2
+    for (int j = first; j < end; j += step, walk.advance())
+        visit_pack<V, INPUTS, WRITES>(in, out, j, walk.quotient, walk.remainder, inner, value);
+}
+
+// The sum of x's elements [begin, end) of a row over the block, then of their squared deviations
+// from that sum's mean: (count, mean, M2) of the range (two passes: no E[x^2] - E[x]^2
+// cancellation; the second pass finds the range in L1/L2).
+template <int V>
+static __device__ __forceinline__ Moments range_moments(const REAL* in, int begin, int end, acc_t* scratch)
+{
+    const REAL* const rows_in[1] = {in};
+    acc_t partial = (acc_t)0;
+    for_each_pack<V, 1, false>(rows_in, nullptr, begin, end, 1, [&](int, const acc_t (&v)[1]) {
+        partial += v[0];
+        return partial;
+    });
+    const acc_t count = (acc_t)(end - begin), mu = block_reduce(partial, scratch, false) / count;
+    partial = (acc_t)0;
+    for_each_pack<V, 1, false>(rows_in, nullptr, begin, end, 1, [&](int, const acc_t (&v)[1]) {
+        const acc_t d = v[0] - mu;
+        partial += d * d;
+        return partial;
+    });
+    return Moments{count, mu, block_reduce(partial, scratch, false)};
+}
+
+static __device__ __forceinline__ acc_t invstd_of(const Moments& row, acc_t eps)
+{
+    return (acc_t)1 / REAL_SQRT(row.m2 / row.n + eps);
+}
+
+// A block's item of the grid-stride walk over rows x slices: its row and its slice's elements [begin, end)
+struct RowSlice {
+    long long row;
+    int begin, end;
+    __device__ RowSlice(long long item, int slices, int span, int L)
+        : row(item / slices), begin((int)(item - row * slices) * span), end(min(L, begin + span)) {}
+};
+
+// The gradient reaching xhat: dy * weight, in acc_t (never stored: float16 dx rounds once)
+static __device__ __forceinline__ acc_t scaled_gradient(acc_t dy, const REAL* weight, int p, int has_weight)
+{
+    return has_weight ? dy * to_acc(weight[p]) : dy;
+}
+
+// row_norm_forward: stats_given 0: slices of a whole row (span >= L), a block a row computing
+// its statistics, then y; stats_given 1: y alone from mean and invstd, a block a slice.
+template <int V>
+static __device__ __forceinline__ void forward_rows(const REAL* x, REAL* y, acc_t* mean, acc_t* invstd,
+                                                    const REAL* weight, const REAL* bias, long long rows, int L,
+                                                    int groups, int inner, int span, acc_t eps, int has_weight,
+                                                    int has_bias, int write_y, int stats_given, acc_t* scratch)
+{
+    const int per_group = L / inner, slices = (L + span - 1) / span;
+    for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
+        const RowSlice at(item, slices, span, L);
+        const REAL* in = x + at.row * L;
+        acc_t mu, is;
+        if (stats_given) {
+            mu = mean[at.row];
+            is = invstd[at.row];
+        } else {
+            const Moments row = range_moments<V>(in, 0, L, scratch);
+            mu = row.mean;
+            is = invstd_of(row, eps);
+            if (threadIdx.x == 0) {
+                mean[at.row] = mu;
+                invstd[at.row] = is;
+            }
         }
         if (!write_y)
             continue;
-        REAL* out = y + row * L;
-        const int first_parameter = (int)(row % groups) * per_group;
-        SteppedDivision<int> walk(t, threads, inner);
-#pragma unroll 4
-        for (int j = t; j < L; j += threads, walk.advance()) {
-            const int p = first_parameter + walk.quotient;
-            const acc_t v = (to_acc(in[j]) - mu) * (has_weight ? is * to_acc(weight[p]) : is);
-            out[j] = to_real(has_bias ? v + to_acc(bias[p]) : v);
-        }
+        const int first_parameter = (int)(at.row % groups) * per_group;
+        const REAL* const rows_in[1] = {in};
+        for_each_pack<V, 1, true>(rows_in, y + at.row * L, at.begin, at.end, inner, [&](int q, const acc_t (&v)[1]) {
+            const int p = first_parameter + q;
+            const acc_t scaled = (v[0] - mu) * (has_weight ? is * to_acc(weight[p]) : is);
+            return has_bias ? scaled + to_acc(bias[p]) : scaled;
+        });
     }
 }
 
-// The gradient reaching xhat: dy * weight, in acc_t (never stored: float16 dx rounds once)
-static __device__ __forceinline__ acc_t scaled_gradient(REAL dy, const REAL* weight, int p, int has_weight)
+// row_norm_slice_stats: a block a (row, slice); the slice's moments go to `partial`, and the block
+// that completes a row's slices merges them in slice order (thread 0; Chan et al.'s formula).
+template <int V>
+static __device__ __forceinline__ void slice_stats(const REAL* x, acc_t* mean, acc_t* invstd, acc_t* partial,
+                                                   unsigned int* arrivals, long long rows, int L, int span, acc_t eps,
+                                                   acc_t* scratch, int* last)
 {
-    return has_weight ? to_acc(dy) * to_acc(weight[p]) : to_acc(dy);
+    const int slices = (L + span - 1) / span;
+    for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
+        const RowSlice at(item, slices, span, L);
+        const Moments slice = range_moments<V>(x + at.row * L, at.begin, at.end, scratch);
+        if (threadIdx.x == 0) {
+            partial[2 * item] = slice.mean;
+            partial[2 * item + 1] = slice.m2;
+        }
+        if (!last_to_arrive(arrivals, at.row, slices, last) || threadIdx.x != 0)
+            continue;
+        Moments row{};   // other blocks' partials through L2 (__ldcg): this SM's L1 may hold stale lines
+        for (int k = 0; k < slices; ++k) {
+            const long long base = 2 * (at.row * slices + k);
+            const acc_t n = (acc_t)(min(L, (k + 1) * span) - k * span);
+            row = merged(row, Moments{n, __ldcg(&partial[base]), __ldcg(&partial[base + 1])});
+        }
+        mean[at.row] = row.mean;
+        invstd[at.row] = invstd_of(row, eps);
+    }
 }
 
-// grid: row_norm_forward's; mean and invstd (rows) in acc_t; weight read only with has_weight
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-row_norm_backward_dx(const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,
-                     const acc_t* __restrict__ invstd, const REAL* __restrict__ weight, REAL* __restrict__ dx,
-                     long long rows, int L, int groups, int inner, int has_weight)
+// The sums of g = dy * weight[p] and of g * xhat over [begin, end) of a row, this thread's share
+template <int V>
+static __device__ __forceinline__ void gradient_sums(const REAL* dy_row, const REAL* x_row, int begin, int end,
+                                                     int inner, int first_parameter, const REAL* weight,
+                                                     int has_weight, acc_t mu, acc_t is, acc_t& sum_g,
+                                                     acc_t& sum_g_xhat)
 {
-    __shared__ acc_t scratch[BLOCK_THREADS];
-    const int t = threadIdx.x, threads = blockDim.x, per_group = L / inner;
-    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        const REAL* dy_row = dy + row * L;
-        const REAL* x_row = x + row * L;
-        const acc_t mu = mean[row], is = invstd[row];
-        const int first_parameter = (int)(row % groups) * per_group;
+    const REAL* const rows_in[2] = {x_row, dy_row};
+    for_each_pack<V, 2, false>(rows_in, nullptr, begin, end, inner, [&](int q, const acc_t (&v)[2]) {
+        const acc_t g = scaled_gradient(v[1], weight, first_parameter + q, has_weight);
+        sum_g += g;
+        sum_g_xhat += g * ((v[0] - mu) * is);
+        return g;
+    });
+}
+
+// row_norm_backward_dx: sums_given 0: a block a row (span >= L), its sums of g and g * xhat,
+// then dx; sums_given 1: dx alone from row_sums (the means of g and g * xhat, 2 a row), a block a slice.
+template <int V>
+static __device__ __forceinline__ void backward_rows(const REAL* dy, const REAL* x, const acc_t* mean,
+                                                     const acc_t* invstd, const REAL* weight, const acc_t* row_sums,
+                                                     REAL* dx, long long rows, int L, int groups, int inner, int span,
+                                                     int has_weight, int sums_given, acc_t* scratch)
+{
+    const int per_group = L / inner, slices = (L + span - 1) / span;
+    for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
+        const RowSlice at(item, slices, span, L);
+        const REAL* dy_row = dy + at.row * L;
+        const REAL* x_row = x + at.row * L;
+        const acc_t mu = mean[at.row], is = invstd[at.row];
+        const int first_parameter = (int)(at.row % groups) * per_group;
+        acc_t mean_g, mean_g_xhat;
+        if (sums_given) {
+            mean_g = row_sums[2 * at.row];
+            mean_g_xhat = row_sums[2 * at.row + 1];
+        } else {
+            acc_t sum_g = (acc_t)0, sum_g_xhat = (acc_t)0;
+            gradient_sums<V>(dy_row, x_row, 0, L, inner, first_parameter, weight, has_weight, mu, is, sum_g,
+                             sum_g_xhat);
+            mean_g = block_reduce(sum_g, scratch, false) / (acc_t)L;
+            mean_g_xhat = block_reduce(sum_g_xhat, scratch, false) / (acc_t)L;
+        }
+        const REAL* const rows_in[2] = {x_row, dy_row};
+        for_each_pack<V, 2, true>(rows_in, dx + at.row * L, at.begin, at.end, inner, [&](int q, const acc_t (&v)[2]) {
+            const acc_t g = scaled_gradient(v[1], weight, first_parameter + q, has_weight);
+            const acc_t xhat = (v[0] - mu) * is;
+            return (g - mean_g - xhat * mean_g_xhat) * is;
+        });
+    }
+}
+
+// row_norm_slice_sums: a block a (row, slice); its sums of g and g * xhat go to `partial`, and the
+// block that completes a row's slices adds them in slice order (thread 0) into row_sums (their means)
+template <int V>
+static __device__ __forceinline__ void slice_sums(const REAL* dy, const REAL* x, const acc_t* mean,
+                                                  const acc_t* invstd, const REAL* weight, acc_t* row_sums,
+                                                  acc_t* partial, unsigned int* arrivals, long long rows, int L,
+                                                  int groups, int inner, int span, int has_weight, acc_t* scratch,
+                                                  int* last)
+{
+    const int per_group = L / inner, slices = (L + span - 1) / span;
+    for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
+        const RowSlice at(item, slices, span, L);
         acc_t sum_g = (acc_t)0, sum_g_xhat = (acc_t)0;
-        SteppedDivision<int> walk(t, threads, inner);
-#pragma unroll 4
-        for (int j = t; j < L; j += threads, walk.advance()) {
-            const acc_t g = scaled_gradient(dy_row[j], weight, first_parameter + walk.quotient, has_weight);
-            sum_g += g;
-            sum_g_xhat += g * ((to_acc(x_row[j]) - mu) * is);
+        gradient_sums<V>(dy + at.row * L, x + at.row * L, at.begin, at.end, inner, (int)(at.row % groups) * per_group,
+                         weight, has_weight, mean[at.row], invstd[at.row], sum_g, sum_g_xhat);
+        sum_g = block_reduce(sum_g, scratch, false);
+        sum_g_xhat = block_reduce(sum_g_xhat, scratch, false);
+        if (threadIdx.x == 0) {
+            partial[2 * item] = sum_g;
+            partial[2 * item + 1] = sum_g_xhat;
         }
-        const acc_t mean_g = block_reduce(sum_g, scratch, false) / (acc_t)L;
-        const acc_t mean_g_xhat = block_reduce(sum_g_xhat, scratch, false) / (acc_t)L;
-        REAL* out = dx + row * L;
-        SteppedDivision<int> again(t, threads, inner);
-#pragma unroll 4
-        for (int j = t; j < L; j += threads, again.advance()) {
-            const acc_t g = scaled_gradient(dy_row[j], weight, first_parameter + again.quotient, has_weight);
-            const acc_t xhat = (to_acc(x_row[j]) - mu) * is;
-            out[j] = to_real((g - mean_g - xhat * mean_g_xhat) * is);
+        if (!last_to_arrive(arrivals, at.row, slices, last) || threadIdx.x != 0)
+            continue;
+        sum_g = sum_g_xhat = (acc_t)0;
+        for (long long k = at.row * slices; k < (at.row + 1) * slices; ++k) {
+            sum_g += __ldcg(&partial[2 * k]);
+            sum_g_xhat += __ldcg(&partial[2 * k + 1]);
         }
+        row_sums[2 * at.row] = sum_g / (acc_t)L;
+        row_sums[2 * at.row + 1] = sum_g_xhat / (acc_t)L;
     }
+}
+
+// Each kernel twice: wide (packs of WIDE elements, 16 bytes: the host checks the streamed arrays'
+// addresses agree modulo 16 bytes) and _unaligned (one element at a time: any addresses).
+// Grids: min(rows * slices, 65535) blocks (slices = ceil(L / span)), blockDim a power of two
+// (32..256) the host picks to fit a slice's packs; mean, invstd, row_sums and partial in acc_t.
+// weight / bias are read only with has_weight / has_bias, y written only with write_y.
+#define FORWARD_PARAMETERS                                                                                  \
+    const REAL* __restrict__ x, REAL* __restrict__ y, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,    \
+        const REAL* __restrict__ weight, const REAL* __restrict__ bias, long long rows, int L, int groups,    \
+        int inner, int span, acc_t eps, int has_weight, int has_bias, int write_y, int stats_given
+#define FORWARD(V)                                                                                            \
+    __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
+    forward_rows<V>(x, y, mean, invstd, weight, bias, rows, L, groups, inner, span, eps, has_weight, has_bias,  \
+                    write_y, stats_given, scratch)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_forward(FORWARD_PARAMETERS)
+{
+    FORWARD(WIDE);
+}
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_forward_unaligned(FORWARD_PARAMETERS)
+{
+    FORWARD(1);
+}
+
+#define SLICE_STATS_PARAMETERS                                                                                \
+    const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,                        \
+        acc_t* __restrict__ partial, unsigned int* __restrict__ arrivals, long long rows, int L, int span,    \
+        acc_t eps
+#define SLICE_STATS(V)                                                                                        \
+    __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
+    __shared__ int last;                                                                                     \
+    slice_stats<V>(x, mean, invstd, partial, arrivals, rows, L, span, eps, scratch, &last)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_slice_stats(SLICE_STATS_PARAMETERS)
+{
+    SLICE_STATS(WIDE);
+}
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+row_norm_slice_stats_unaligned(SLICE_STATS_PARAMETERS)
+{
+    SLICE_STATS(1);
+}
+
+#define BACKWARD_PARAMETERS                                                                                   \
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,                 \
+        const acc_t* __restrict__ invstd, const REAL* __restrict__ weight, const acc_t* __restrict__ row_sums, \
+        REAL* __restrict__ dx, long long rows, int L, int groups, int inner, int span, int has_weight,        \
+        int sums_given
+#define BACKWARD(V)                                                                                           \
+    __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
+    backward_rows<V>(dy, x, mean, invstd, weight, row_sums, dx, rows, L, groups, inner, span, has_weight,    \
+                     sums_given, scratch)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_backward_dx(BACKWARD_PARAMETERS)
+{
+    BACKWARD(WIDE);
+}
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+row_norm_backward_dx_unaligned(BACKWARD_PARAMETERS)
+{
+    BACKWARD(1);
+}
+
+#define SLICE_SUMS_PARAMETERS                                                                                 \
+    const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,                 \
+        const acc_t* __restrict__ invstd, const REAL* __restrict__ weight, acc_t* __restrict__ row_sums,     \
+        acc_t* __restrict__ partial, unsigned int* __restrict__ arrivals, long long rows, int L, int groups,  \
+        int inner, int span, int has_weight
+#define SLICE_SUMS(V)                                                                                         \
+    __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
+    __shared__ int last;                                                                                     \
+    slice_sums<V>(dy, x, mean, invstd, weight, row_sums, partial, arrivals, rows, L, groups, inner, span,    \
+                  has_weight, scratch, &last)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_slice_sums(SLICE_SUMS_PARAMETERS)
+{
+    SLICE_SUMS(WIDE);
+}
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+row_norm_slice_sums_unaligned(SLICE_SUMS_PARAMETERS)
+{
+    SLICE_SUMS(1);
 }
 
 // grid: min(P, 65535) blocks of blockDim a power of two (32..256); dweight and dbias (P)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import backend
+from ..launch_checks import memory_span
+from . import _arrivals
 from ._grid import THREADS, acc, i32, row_threads
 from .reduce import MAX_GRID_X
 
@@ -48,38 +50,109 @@ class RowLayout:
         return i32(self.length, self.groups, self.inner)
 
 
-def _row_grid(layout):
-    return (min(layout.rows, MAX_GRID_X),), (row_threads(layout.length),)
+# kernels/row_norm.cu: the bytes a wide load moves (WIDE elements of the dtype)
+WIDE_BYTES = 16
+# The fewest elements a slice of a split row takes (as a CHUNK of batch_norm's reductions); slice
+# starts are multiples of SLICE_ALIGN elements, so a row's packs stay whole across its slices.
+MIN_SLICE = THREADS * 16
+SLICE_ALIGN = 8
+# Blocks a GPU's SMs take before rows are split: two an SM (a row a block leaves SMs idle below it)
+BLOCKS_PER_SM = 2
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How the kernels walk a layout: `span` elements a block (a row's slices: ceil(length / span);
+    one slice: a block a row, statistics and sums in the same launch as y and dx), `wide` packs of
+    WIDE_BYTES (else the _unaligned kernels), `threads` a block."""
+    slices: int
+    span: int
+    wide: bool
+    threads: int
+
+    def grid(self, rows):
+        return (min(rows * self.slices, MAX_GRID_X),), (self.threads,)
+
+    def kernel(self, name):
+        return name if self.wide else f"{name}_unaligned"
+
+
+def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
+    """Rows split into slices where fewer than BLOCKS_PER_SM * sms rows leave SMs idle (GroupNorm of a
+    small batch: N * G long rows), each slice at least MIN_SLICE elements; a block's threads fit its
+    slice's packs (WIDE_BYTES each where `wide`)."""
+    rows, length = layout.rows, layout.length
+    slices = 1
+    if rows < BLOCKS_PER_SM * sms:
+        slices = max(1, min(-(-BLOCKS_PER_SM * sms // rows), length // MIN_SLICE))
+    span = max(length, 1) if slices == 1 else -(-length // (slices * SLICE_ALIGN)) * SLICE_ALIGN
+    slices = -(-length // span)
+    pack = WIDE_BYTES // np.dtype(dtype).itemsize if wide else 1
+    return RowPlan(slices, i32(span)[0], wide, row_threads(-(-span // pack)))
+
+
+def _wide(layout, *arrays) -> bool:
+    """Whether the wide kernels take these arrays: every one's address a multiple of WIDE_BYTES and
+    the rows' length of a pack's (every row, and slice: SLICE_ALIGN, starts a pack); else the
+    _unaligned ones. Either way the order of every sum is fixed by the shape and this choice."""
+    pack = WIDE_BYTES // arrays[0].dtype.itemsize
+    return layout.length % pack == 0 and all(memory_span(a)[0] % WIDE_BYTES == 0 for a in arrays)
+
+
+def _plan(be, layout, x, *arrays):
+    from .conv import device_sms
+    return plan(layout, x.dtype, device_sms(be), _wide(layout, x, *arrays))
 
 
 def forward(be, x, layout: RowLayout, weight, bias, eps, write_y=True):
-    """(y, mean, invstd) of x in `layout`, y None without write_y (the statistics alone)."""
+    """(y, mean, invstd) of x in `layout`, y None without write_y (the statistics alone). A split
+    row's statistics are one launch (row_norm_slice_stats) and y another."""
     xp = backend.array_module(be)
     compute = backend.compute_dtype(x.dtype)
     ints = layout.int_args()
     mean, invstd = xp.empty(layout.rows, compute), xp.empty(layout.rows, compute)
     y = xp.empty(x.shape if write_y else 0, x.dtype)   # without write_y, never written
-    grid, block = _row_grid(layout)
+    how = _plan(be, layout, x, *((y,) if write_y else ()))
+    grid, block = how.grid(layout.rows)
+    split = how.slices > 1
+    if split:
+        partial = xp.empty(2 * layout.rows * how.slices, compute)
+        _arrivals.launch(be, "row_norm", x.dtype, how.kernel("row_norm_slice_stats"), grid, block,
+                         (x, mean, invstd, partial, _arrivals.zeroed(be, layout.rows), np.int64(layout.rows),
+                          *i32(layout.length, how.span), *acc(x.dtype, eps)))
+        if not write_y:
+            return None, mean, invstd
     # an absent parameter's pointer is x, which the kernel then never reads
-    backend.launch(be, "row_norm", x.dtype, "row_norm_forward", grid, block,
+    backend.launch(be, "row_norm", x.dtype, how.kernel("row_norm_forward"), grid, block,
                    (x, y, mean, invstd, x if weight is None else weight,
-                    x if bias is None else bias, np.int64(layout.rows), *ints, *acc(x.dtype, eps),
-                    *i32(weight is not None, bias is not None, write_y)))
+                    x if bias is None else bias, np.int64(layout.rows), *ints, *i32(how.span), *acc(x.dtype, eps),
+                    *i32(weight is not None, bias is not None, write_y, split)))
     return (y if write_y else None), mean, invstd
 
 
 def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_grads):
-    """(dx, dweight, dbias) from the rows' statistics: dx in one launch, then, with
-    need_parameter_grads, both parameter gradients in one more (else None, None)."""
+    """(dx, dweight, dbias) from the rows' statistics: dx in one launch (a split row's sums in one
+    more before it), then, with need_parameter_grads, both parameter gradients in one more (else
+    None, None)."""
     xp = backend.array_module(be)
     compute = backend.compute_dtype(x.dtype)
     mean, invstd = backend.astype(mean, compute), backend.astype(invstd, compute)
     ints = layout.int_args()
     dx = xp.empty(x.shape, x.dtype)
-    grid, block = _row_grid(layout)
-    backend.launch(be, "row_norm", x.dtype, "row_norm_backward_dx", grid, block,
-                   (dy, x, mean, invstd, x if weight is None else weight, dx, np.int64(layout.rows), *ints,
-                    *i32(weight is not None)))
+    how = _plan(be, layout, x, dy, dx)
+    grid, block = how.grid(layout.rows)
+    weight_arg = x if weight is None else weight
+    split = how.slices > 1
+    row_sums = mean   # read only where split
+    if split:
+        row_sums = xp.empty(2 * layout.rows, compute)
+        partial = xp.empty(2 * layout.rows * how.slices, compute)
+        _arrivals.launch(be, "row_norm", x.dtype, how.kernel("row_norm_slice_sums"), grid, block,
+                         (dy, x, mean, invstd, weight_arg, row_sums, partial, _arrivals.zeroed(be, layout.rows),
+                          np.int64(layout.rows), *ints, *i32(how.span, weight is not None)))
+    backend.launch(be, "row_norm", x.dtype, how.kernel("row_norm_backward_dx"), grid, block,
+                   (dy, x, mean, invstd, weight_arg, row_sums, dx, np.int64(layout.rows), *ints,
+                    *i32(how.span, weight is not None, split)))
     if not need_parameter_grads:
         return dx, None, None
     dweight, dbias = xp.empty(layout.parameters, x.dtype), xp.empty(layout.parameters, x.dtype)
