@@ -339,21 +339,59 @@ def test_softmax_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_row_norm_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
     """kernels/row_norm.cu: every load is one element of the dtype (float16 read as FP16, never
-    widened in memory) or an acc_t statistic, consecutive threads reading consecutive elements; no
-    local memory; the row walks, unrolled by 4, and the column walk of the parameter gradients
-    issue at least 4 loads of each array they read in their hot path."""
+    widened in memory), an acc_t statistic or, in the wide kernels, a 16-byte pack; no local
+    memory; the _unaligned row walks, unrolled by 2, and the column walk of the parameter
+    gradients, by 4, issue at least 2 and 4 loads of each array they read in their hot path."""
     size_bits = 8 * np.dtype(dtype).itemsize
     acc_bits = 32 if dtype == "float16" else size_bits
     rows = {row["kernel"]: row for row in sass.kernel_rows("row_norm", dtype, "sm_90")}
-    assert set(rows) == {"row_norm_forward", "row_norm_backward_dx", "row_norm_param_grads_planes",
+    walks = ("row_norm_forward", "row_norm_slice_stats", "row_norm_backward_dx", "row_norm_slice_sums")
+    assert set(rows) == {*walks, *(f"{kernel}_unaligned" for kernel in walks), "row_norm_param_grads_planes",
                          "row_norm_param_grads_columns"}
     for kernel, row in rows.items():
-        assert row["ldg_bits"] and set(row["ldg_bits"]) <= {size_bits, acc_bits}, (kernel, row["ldg_bits"])
-        assert size_bits in row["ldg_bits"] and row["local_memory"] == 0, kernel
+        assert row["ldg_bits"] and set(row["ldg_bits"]) <= {size_bits, acc_bits, 128}, (kernel, row["ldg_bits"])
+        assert row["local_memory"] == 0, kernel
+        assert (128 in row["ldg_bits"]) == (kernel in walks), (kernel, row["ldg_bits"])
     columns = rows["row_norm_param_grads_columns"]["ldg_bits"]
     assert columns.count(size_bits) >= 8, columns   # dy and x, 4 rows each
-    for kernel in ("row_norm_forward", "row_norm_backward_dx"):   # 3 walks of x; 2 of dy and x
-        assert rows[kernel]["ldg_bits"].count(size_bits) >= 12, (kernel, rows[kernel]["ldg_bits"])
+    for kernel in ("row_norm_forward_unaligned", "row_norm_backward_dx_unaligned"):   # 3 walks of x; 2 of dy and x
+        assert rows[kernel]["ldg_bits"].count(size_bits) >= 6, (kernel, rows[kernel]["ldg_bits"])
+
+
+# kernels/row_norm.cu's wide kernels: (arrays read, arrays written) of each walk over a row or slice
+ROW_NORM_WALKS = {"row_norm_forward": [(1, 0), (1, 0), (1, 1)], "row_norm_slice_stats": [(1, 0), (1, 0)],
+                  "row_norm_backward_dx": [(2, 0), (2, 1)], "row_norm_slice_sums": [(2, 0)]}
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_row_norm_walks_load_16_byte_packs_within_the_streaming_budget(dtype):
+    """The wide kernels' row walks (for_each_pack: packs of 16 bytes, unrolled by 2) load and store
+    each array they stream 16 bytes at a time, 2 packs an iteration, and issue few enough
+    instructions an element to keep up with an H100's DRAM for the bytes the walk moves. One
+    element a load took the forward's walks 5.5, 6.5 and 27.75 instructions an element in float32
+    and 8.5, 9.5 and 34.75 in float16; the backward's 23.25 and 26.25 (float16 28.5 and 33.25)."""
+    functions = sass.disassemble(nvrtc.compile_as_backend(backend.kernel_source("row_norm"), "row_norm.cu", dtype,
+                                                          "sm_90")[0], "sm_90")
+    size = np.dtype(dtype).itemsize
+    pack = 16 // size
+    for kernel, expected in ROW_NORM_WALKS.items():
+        function = functions[kernel]
+        regions = loops.loop_regions(function)
+        found = []
+        for region in regions:
+            if any(other != region and region.contains(other.start) for other in regions):
+                continue   # an outer loop (over rows and slices)
+            path = loops.steady_path(function, region)
+            wide_loads = sum(ins.base == "LDG" and ".128" in ins.opcode for ins in path)
+            wide_stores = sum(ins.base == "STG" and ".128" in ins.opcode for ins in path)
+            if wide_loads and wide_loads % 2 == 0:   # the unrolled walk (an odd last pack: its own loop)
+                found.append((wide_loads // 2, wide_stores // 2, len(path) / (2 * pack)))
+        # each walk at least once (NVRTC may copy one per has_weight / has_bias case), nothing else
+        walks = [(reads, writes) for reads, writes, _ in found]
+        assert set(walks) == set(expected) and len(walks) >= len(expected), (kernel, found)
+        for reads, writes, per_element in found:
+            assert per_element <= _streaming_budget((reads + writes) * size), (kernel, found)
 
 
 @_needs_tools("sm_90")
