@@ -523,6 +523,89 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
                     assert a is None or a.tobytes() == b.tobytes(), f"{kind} {shape} affine={affine}"
 
 
+def recorded_launches(monkeypatch):
+    """The names of the kernels backend.launch runs from now on, in order."""
+    launched = []
+    real_launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *args: launched.append(args[3]) or real_launch(*args))
+    return launched
+
+
+# (kind, shape, layout, kernel suffix) of split rows with row_norm.MIN_SLICE at 64: group norm's 4 rows
+# of 528 in 8 slices of 72 (the last 24), layer norm's 3 rows of 520 in 8 of 72 (the last 16), and
+# 2 rows of 301, an odd length: the _unaligned kernels, 5 slices of 64 (the last 45)
+SPLIT_CASES = [("group", (2, 6, 8, 22), 2, ""), ("layer", (3, 520), 520, ""),
+               ("layer", (2, 301), 301, "_unaligned")]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_split_rows_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype, monkeypatch):
+    """Rows cut into slices of several blocks (row_norm.plan: fewer rows than the GPU's SMs take;
+    MIN_SLICE lowered so small rows split, unevenly): the slice statistics and backward sums, merged
+    by the last block of a row to arrive, give the NumPy path's results to a few roundings, with
+    guard zones and the race check, and the same bits under every schedule."""
+    from cnn_gpu import emu
+    from cnn_gpu.gpu import row_norm
+    skip_unless("emu")
+    monkeypatch.setattr(row_norm, "MIN_SLICE", 64)
+    eps = float(np.finfo(dtype).eps)
+    for kind, shape, layout, suffix in SPLIT_CASES:
+        case = kernel_case(kind, shape, layout, dtype, affine=True)
+        expected = kernel_results(case, "numpy", kind)
+        runs = []
+        for schedule in emu.SCHEDULES:
+            launched = recorded_launches(monkeypatch)
+            with emu.checking(guard=True, race=True, schedule=schedule, seed=3):
+                runs.append(kernel_results(case, "emu", kind))
+            assert launched[:2] == [f"row_norm_slice_stats{suffix}", f"row_norm_forward{suffix}"], launched
+            assert f"row_norm_slice_sums{suffix}" in launched, launched
+        for got, want, name in zip(runs[0], expected, ("y", "dx", "dweight", "dbias") * 2):
+            scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0,
+                                       atol=(2 if dtype == np.float16 else 64) * eps * scale,
+                                       err_msg=f"{kind} {shape} {name}")
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other):
+                assert a.tobytes() == b.tobytes(), f"{kind} {shape}"
+
+
+@pytest.mark.parametrize("offset, length, kernel", [(0, 40, "row_norm_forward"),
+                                                    (1, 40, "row_norm_forward_unaligned"),
+                                                    (0, 41, "row_norm_forward_unaligned")])
+def test_the_wide_kernels_run_only_on_aligned_rows(offset, length, kernel, monkeypatch):
+    """16-byte packs where x and y start on 16 bytes and a row is whole packs; a view one element
+    into its allocation, or rows of an odd length, run the _unaligned kernels (the emulator faults
+    on a misaligned pack, as a GPU does), all matching PyTorch in float64."""
+    torch = pytest.importorskip("torch")
+    skip_unless("emu")
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal(3 * length + offset).astype(np.float32)[offset:].reshape(3, length)
+    dy, weight, bias = rng.standard_normal((3, length)), rng.standard_normal(length), rng.standard_normal(length)
+    launched = recorded_launches(monkeypatch)
+    with __import__("cnn_gpu").emu.checking(guard=True):
+        y = F.layer_norm(x, length, weight.astype(np.float32), bias.astype(np.float32), backend="emu")
+        dx, _, _ = F.layer_norm_backward(dy.astype(np.float32), x, length, weight.astype(np.float32), backend="emu")
+    assert launched[0] == kernel and launched[1:3] == [kernel, kernel.replace("forward", "backward_dx")], launched
+    case = dict(x=x, dy=dy, layout=length, weight=weight, bias=bias, eps=1e-5)
+    want_y, want_dx, _, _ = torch_results(case, torch, "layer")
+    assert_close(y, want_y.astype(np.float32), np.float32, "y")
+    assert_close(dx, want_dx.astype(np.float32), np.float32, "dx")
+
+
+def test_the_plan_splits_few_long_rows_and_keeps_many_short_ones_whole():
+    """On an H100's 132 SMs: GroupNorm(32, 256) of (2, 256, 64, 64), 64 rows of 32768, goes in 5
+    slices a row (320 blocks, from 64: half the SMs idle); LayerNorm(768) of 4096 rows stays a
+    block a row, of 256 threads for 192 float32 packs (128 for float16's 96)."""
+    from cnn_gpu.gpu.row_norm import RowLayout, RowPlan, plan
+    group = plan(RowLayout(rows=64, length=32768, groups=32, inner=4096), np.float32, 132, wide=True)
+    assert (group.slices, group.span, group.threads) == (5, 6560, 256)
+    assert 64 * group.slices >= 2 * 132 and (group.slices - 1) * group.span < 32768 <= group.slices * group.span
+    layer = RowLayout(rows=4096, length=768, groups=1, inner=1)
+    assert plan(layer, np.float32, 132, wide=True) == RowPlan(slices=1, span=768, wide=True, threads=256)
+    assert plan(layer, np.float16, 132, wide=True).threads == 128
+    assert plan(layer, np.float32, 132, wide=False).threads == 256
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_row_past_the_kernels_int_is_refused_before_any_launch(kind, monkeypatch):
     """The kernels take a row's length as an int: 2^31 or more is refused, not wrapped (a broadcast

@@ -88,7 +88,8 @@ def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
     span = max(length, 1) if slices == 1 else -(-length // (slices * SLICE_ALIGN)) * SLICE_ALIGN
     slices = -(-length // span)
     pack = WIDE_BYTES // np.dtype(dtype).itemsize if wide else 1
-    return RowPlan(slices, i32(span)[0], wide, row_threads(-(-span // pack)))
+    i32(span)   # a kernel argument
+    return RowPlan(slices, span, wide, row_threads(-(-span // pack)))
 
 
 def _wide(layout, *arrays) -> bool:
