@@ -595,14 +595,15 @@ def test_the_wide_kernels_run_only_on_aligned_rows(offset, length, kernel, monke
 def test_the_plan_splits_few_long_rows_and_keeps_many_short_ones_whole():
     """On an H100's 132 SMs: GroupNorm(32, 256) of (2, 256, 64, 64), 64 rows of 32768, goes in 5
     slices a row (320 blocks, from 64: half the SMs idle); LayerNorm(768) of 4096 rows stays a
-    block a row, of 256 threads for 192 float32 packs (128 for float16's 96)."""
+    block a row, of threads for 2 packs each: 128 for float32's 192 packs, 64 for float16's 96,
+    256 for the _unaligned kernels' 768 elements."""
     from cnn_gpu.gpu.row_norm import RowLayout, RowPlan, plan
     group = plan(RowLayout(rows=64, length=32768, groups=32, inner=4096), np.float32, 132, wide=True)
-    assert (group.slices, group.span, group.threads) == (5, 6560, 256)
+    assert group == RowPlan(slices=5, span=6560, wide=True, threads=256)
     assert 64 * group.slices >= 2 * 132 and (group.slices - 1) * group.span < 32768 <= group.slices * group.span
     layer = RowLayout(rows=4096, length=768, groups=1, inner=1)
-    assert plan(layer, np.float32, 132, wide=True) == RowPlan(slices=1, span=768, wide=True, threads=256)
-    assert plan(layer, np.float16, 132, wide=True).threads == 128
+    assert plan(layer, np.float32, 132, wide=True) == RowPlan(slices=1, span=768, wide=True, threads=128)
+    assert plan(layer, np.float16, 132, wide=True).threads == 64
     assert plan(layer, np.float32, 132, wide=False).threads == 256
 
 
@@ -622,12 +623,18 @@ def test_a_row_past_the_kernels_int_is_refused_before_any_launch(kind, monkeypat
 # --- the benchmarks' step model and PyTorch mirror -------------------------------------------------
 
 @pytest.mark.torch
-def test_benchmark_models_know_the_layers():
+@pytest.mark.parametrize("min_slice", [None, 16])
+def test_benchmark_models_know_the_layers(min_slice, monkeypatch):
     """A model with nn.GroupNorm and nn.LayerNorm gets their shapes, the launches an emulated
-    training step of each makes (forward with statistics saved, backward) and a PyTorch mirror
-    that computes what it does."""
+    training step of each makes (forward with statistics saved, backward; with row_norm.MIN_SLICE
+    at 16 the group norms' rows of 40 split in 2, and their statistics and sums get launches of
+    their own) and a PyTorch mirror that computes what it does."""
     torch = pytest.importorskip("torch")
-    from cnn_gpu.bench.modeled import _layer_passes
+    if min_slice:
+        from cnn_gpu.gpu import row_norm
+        monkeypatch.setattr(row_norm, "MIN_SLICE", min_slice)
+    from cnn_gpu.bench.modeled import _row_norm_launches
+    from cnn_gpu.gpu.conv import DEFAULT_SMS
     from cnn_gpu.bench.training import leaf_layers, torch_mirror
     model = nn.Sequential(nn.Conv2d(2, 4, 3, dtype=np.float64), nn.GroupNorm(2, 4, dtype=np.float64),
                           nn.LayerNorm((5, 4), dtype=np.float64), nn.GroupNorm(2, 4, affine=False, dtype=np.float64))
@@ -642,8 +649,31 @@ def test_benchmark_models_know_the_layers():
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(backend, "launch", lambda *args: launched.append(args[3]) or real_launch(*args))
             layer.backward(layer(np.ones(shape_in)))
-        assert launched == [kernel for kernel, _ in _layer_passes(layer, 1, 1, 8)], type(layer).__name__
+        kernels = [launch[0] for launch in _row_norm_launches(layer, shape_in, np.float64, DEFAULT_SMS)]
+        assert launched == kernels, type(layer).__name__
     for layer in model:
         layer.backend = "numpy"
     with torch.no_grad():
         np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)
+
+
+def test_the_step_model_streams_a_split_group_norm_at_dram_speed():
+    """roofline.streaming: a launch's DRAM time at the bandwidth its loads in flight sustain. 64
+    blocks of 256 threads with 16 bytes in flight each (the one-block-a-row GroupNorm of 64 rows:
+    256 KiB) stream at 256 KiB / 500 ns, a sixth of an H100's DRAM; the split plan's launches of
+    GroupNorm(32, 256) on (2, 256, 64, 64) (MODELED) all run at DRAM speed."""
+    from cnn_gpu import roofline
+    from cnn_gpu.bench.modeled import _row_norm_estimates
+    from cnn_gpu.roofline.model import KernelTraits
+    h100 = roofline.spec("h100")
+    traits = KernelTraits(registers=32, shared_bytes=1024, issue_ceiling=1.0, wavefronts_per_flop=None)
+    few = roofline.streaming("row_norm_forward", 2**26, h100, traits, 64, 256, 256 * 16)
+    bandwidth = 64 * 256 * 16 / roofline.ASSUMED_DRAM_LATENCY_S
+    assert bandwidth < h100.dram_bytes_per_s / 6 and few.dram_s == pytest.approx(2**26 / bandwidth)
+    many = roofline.streaming("row_norm_forward", 2**26, h100, traits, 4096, 256, 256 * 16)
+    assert many.dram_s == pytest.approx(2**26 / h100.dram_bytes_per_s)
+    estimates = _row_norm_estimates(nn.GroupNorm(32, 256), (2, 256, 64, 64), "float32", h100)
+    assert [e.kernel for e in estimates] == ["row_norm_slice_stats", "row_norm_forward", "row_norm_slice_sums",
+                                             "row_norm_backward_dx", "row_norm_param_grads_planes"]
+    for e in estimates:
+        assert e.dram_s == pytest.approx(e.dram_bytes / h100.dram_bytes_per_s), e.kernel

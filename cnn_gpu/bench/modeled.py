@@ -151,26 +151,59 @@ def _batch_norm_passes(x: int, item: int) -> list[tuple[str, float]]:
             ("batch_norm_backward_sums", 2 * x * item), ("batch_norm_backward_dx", 3 * x * item)]
 
 
-def _row_norm_passes(layer, x: int, item: int) -> list[tuple[str, float]]:
-    """A GroupNorm or LayerNorm layer in training (kernels/row_norm.cu; the backward takes the
-    forward's statistics): the forward reads x and writes y (its row's second and third reads
-    counted as cache hits), dx reads dy and x and writes dx, and with affine parameters their
-    gradients read dy and x again: a block a channel for GroupNorm (planes, as in a CNN: one value
-    a channel would run the column kernel, of the same traffic), 8 lanes an element of
+def _row_norm_launches(layer, x_shape, dtype, sms: int) -> list[tuple]:
+    """(launch, DRAM bytes, blocks, threads, bytes a block's round keeps in flight) of a GroupNorm or
+    LayerNorm layer in training on x of `x_shape`, as row_norm.plan launches it on `sms` SMs (rows of
+    whole packs taken as aligned; the backward takes the forward's statistics). The forward reads x
+    and writes y (a row's second and third reads counted as cache hits; a split row's statistics
+    read x once more, in their own launch); dx reads dy and x and writes dx (a split row's sums read
+    both once more); with affine parameters their gradients read dy and x again (blocks None:
+    modeled by traffic alone): a block a channel for GroupNorm (planes, as in a CNN: one value a
+    channel would run the column kernel, of the same traffic), 8 lanes an element of
     normalized_shape for LayerNorm."""
     from .. import nn
-    passes = [("row_norm_forward", 2 * x * item), ("row_norm_backward_dx", 3 * x * item)]
+    from ..functional.group_norm import _row_layout as group_rows
+    from ..functional.layer_norm import _row_layout as layer_rows
+    from ..gpu import row_norm
+    group = isinstance(layer, nn.GroupNorm)
+    view = np.broadcast_to(np.zeros((), dtype), x_shape)   # the layouts read only its shape
+    layout = group_rows(view, layer.num_groups) if group else layer_rows(view, math.prod(layer.normalized_shape))
+    item = np.dtype(dtype).itemsize
+    pack = row_norm.WIDE_BYTES // item
+    how = row_norm.plan(layout, dtype, sms, wide=layout.length % pack == 0)
+    (blocks,), (threads,) = how.grid(layout.rows)
+    x = layout.rows * layout.length * item
+    walk = min(threads * row_norm.WALK_UNROLL * (pack if how.wide else 1), how.span) * item
+
+    def launch(kernel, traffic, arrays):
+        return how.kernel(kernel), traffic, blocks, threads, walk * arrays
+    launches = [launch("row_norm_forward", 2 * x, 1), launch("row_norm_backward_dx", 3 * x, 2)]
+    if how.slices > 1:
+        launches[1:1] = [launch("row_norm_slice_sums", 2 * x, 2)]
+        launches[:0] = [launch("row_norm_slice_stats", x, 1)]
     if layer.weight is not None or layer.bias is not None:
-        layout = "planes" if isinstance(layer, nn.GroupNorm) else "columns"
-        passes.append((f"row_norm_param_grads_{layout}", 2 * x * item))
-    return passes
+        launches.append((f"row_norm_param_grads_{'planes' if group else 'columns'}", 2 * x, None, None, None))
+    return launches
+
+
+def _row_norm_estimates(layer, x_shape, dtype, spec) -> list:
+    """_row_norm_launches' on `spec`, their DRAM time at the bandwidth their loads in flight sustain
+    (roofline.streaming, the kernels' registers from their SASS)."""
+    estimates = []
+    for kernel, traffic, blocks, threads, in_flight in _row_norm_launches(layer, x_shape, dtype, spec.sms):
+        if blocks is None:
+            estimates.append(roofline.memory_bound(kernel, traffic, spec))
+            continue
+        traits = roofline.kernel_traits("row_norm", kernel, np.dtype(dtype).name, spec.arch)
+        estimates.append(roofline.streaming(kernel, traffic, spec, traits, blocks, threads, in_flight))
+    return estimates
 
 
 def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     """(launch, DRAM bytes) of a non-convolution layer's forward and backward in training, as its
     launchers run them (x, y: its input and output elements; item: bytes an element): activations
     and pools read their input and write their output, their backward reads dy and x and writes
-    dx; batch norm as _batch_norm_passes, GroupNorm and LayerNorm as _row_norm_passes."""
+    dx; batch norm as _batch_norm_passes (GroupNorm and LayerNorm: _row_norm_launches, from x's shape)."""
     from .. import nn
     from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
@@ -199,8 +232,6 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         kind = pools[type(layer)]
         indices = y * np.dtype(np.int32).itemsize if kind in ("max_pool", "adaptive_max_pool") else 0
         return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
-    if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):
-        return _row_norm_passes(layer, x, item)
     if isinstance(layer, nn.Upsample):
         return [(f"upsample_{layer.mode}_forward", (x + y) * item), (f"upsample_{layer.mode}_backward", (y + x) * item)]
     if isinstance(layer, nn.Dropout):   # one map forward and backward; p = 0 launches nothing
@@ -268,6 +299,9 @@ def _train_step(case, spec, dtype, mode) -> list:
             estimates += roofline.model_conv("wgrad", g, dtype, spec, math=mode)
             if has_bias:
                 estimates.append(roofline.model_bias_grad(g, dtype, spec))
+            continue
+        if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)):
+            estimates += _row_norm_estimates(layer, x_shape, dtype, spec)
             continue
         passes = _layer_passes(layer, math.prod(x_shape), math.prod(y_shape), item)
         estimates += [roofline.memory_bound(name, traffic, spec) for name, traffic in passes]

@@ -56,6 +56,8 @@ WIDE_BYTES = 16
 # starts are multiples of SLICE_ALIGN elements, so a row's packs stay whole across its slices.
 MIN_SLICE = THREADS * 16
 SLICE_ALIGN = 8
+# kernels/row_norm.cu for_each_pack: the packs (_unaligned: elements) a thread's walk loads an iteration
+WALK_UNROLL = 2
 # Blocks a GPU's SMs take before rows are split: two an SM (a row a block leaves SMs idle below it)
 BLOCKS_PER_SM = 2
 
@@ -80,7 +82,9 @@ class RowPlan:
 def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
     """Rows split into slices where fewer than BLOCKS_PER_SM * sms rows leave SMs idle (GroupNorm of a
     small batch: N * G long rows), each slice at least MIN_SLICE elements; a block's threads fit its
-    slice's packs (WIDE_BYTES each where `wide`)."""
+    slice's packs (WIDE_BYTES each where `wide`) WALK_UNROLL a thread: a short row's block is small,
+    so an SM holds more of them, and more rows' bytes in flight (LayerNorm(768) in float32: 128
+    threads; 256 held 4 blocks an SM at 62 registers, below the bytes DRAM speed needs)."""
     rows, length = layout.rows, layout.length
     slices = 1
     if rows < BLOCKS_PER_SM * sms:
@@ -89,7 +93,7 @@ def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
     slices = -(-length // span)
     pack = WIDE_BYTES // np.dtype(dtype).itemsize if wide else 1
     i32(span)   # a kernel argument
-    return RowPlan(slices, span, wide, row_threads(-(-span // pack)))
+    return RowPlan(slices, span, wide, row_threads(-(-span // (pack * WALK_UNROLL))))
 
 
 def _wide(layout, *arrays) -> bool:

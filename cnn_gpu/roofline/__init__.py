@@ -26,7 +26,7 @@ import numpy as np
 from . import conv
 from .model import (ASSUMED_DRAM_LATENCY_S, LAUNCH_OVERHEAD_S, MMA_FMAS, KernelTraits, LaunchEstimate, LaunchWork,
                     estimate, in_flight_needed_per_sm, in_flight_per_sm, memory_bound, mma_issue_ceiling,
-                    mma_issue_clocks, tensor_peak_flops)
+                    mma_issue_clocks, streaming, tensor_peak_flops)
 from .specs import CURRENT_GPU, SPECS, GpuSpec, format_specs, lanes_per_sm, spec
 from .traits import kernel_traits
 
@@ -34,7 +34,7 @@ __all__ = ["ASSUMED_DRAM_LATENCY_S", "CURRENT_GPU", "LAUNCH_OVERHEAD_S", "MMA_FM
            "estimate", "estimate_launch", "format_specs", "has_tensor_cores", "in_flight_needed_per_sm",
            "in_flight_per_sm", "kernel_traits", "lanes_per_sm",
            "memory_bound", "mma_issue_ceiling", "mma_issue_clocks", "model_bias_grad", "model_conv", "roofline_bound",
-           "spec", "tensor_peak_flops"]
+           "spec", "streaming", "tensor_peak_flops"]
 
 
 def estimate_launch(launch, work: LaunchWork, dtype, gpu: GpuSpec, profile: tuple | None = None) -> LaunchEstimate:

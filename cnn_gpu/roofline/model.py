@@ -197,3 +197,20 @@ def memory_bound(kernel: str, dram_bytes: float, spec: GpuSpec) -> LaunchEstimat
     return LaunchEstimate(kernel, (), (), dram + LAUNCH_OVERHEAD_S, 0.0, 0.0, dram, LAUNCH_OVERHEAD_S,
                           "dram" if dram >= LAUNCH_OVERHEAD_S else "launch", 0, "", 0.0, 1.0, 0.0, 0.0, dram_bytes,
                           ("memory-bound model: no occupancy, waves or compute",))
+
+
+def streaming(kernel: str, dram_bytes: float, spec: GpuSpec, traits: KernelTraits, blocks: int, threads: int,
+              block_bytes_in_flight: float) -> LaunchEstimate:
+    """memory_bound's traffic at the bandwidth a launch's loads in flight sustain (Little's law at
+    the ASSUMED latency): its resident blocks (all of them, or as many as occupancy lets the SMs
+    hold) times the bytes a block's round loads, over the latency, at most the DRAM's. So a grid of
+    fewer blocks than the SMs take, or of blocks with few bytes in flight, streams below DRAM speed."""
+    _, per_sm, limiter = nvrtc.occupancy(spec.arch, traits.registers, traits.shared_bytes, threads,
+                                         spec.occupancy_limits())
+    resident = min(blocks, max(per_sm, 1) * spec.sms)
+    bandwidth = min(spec.dram_bytes_per_s, resident * block_bytes_in_flight / ASSUMED_DRAM_LATENCY_S)
+    dram = dram_bytes / bandwidth if dram_bytes else 0.0
+    waves = blocks / (spec.sms * max(per_sm, 1))
+    return LaunchEstimate(kernel, (blocks,), (threads,), dram + LAUNCH_OVERHEAD_S, 0.0, 0.0, dram, LAUNCH_OVERHEAD_S,
+                          "dram" if dram >= LAUNCH_OVERHEAD_S else "launch", per_sm, limiter, waves, 1.0, 0.0, 0.0,
+                          dram_bytes, (*traits.assumed, "streaming model: Little's law at an ASSUMED DRAM latency"))
