@@ -1,7 +1,8 @@
 // Chunked per-channel reductions (reduce.cu's channel_sum_block, batch_norm.cu's statistics and
 // backward sums): a channel's L elements, in (n, i) order of an (N, C, HW) view, cut into chunks
 // of CHUNK; block (channel, chunk) reduces one chunk with ACCUMULATORS loads in flight per
-// thread, and the block that completes a channel's last chunk combines the chunk partials.
+// thread, and the block that completes a channel's last chunk combines the chunk partials. The
+// moments' merge and the arrival count also serve row_norm.cu's slices of long rows.
 
 #include "common.cuh"
 

@@ -9,16 +9,29 @@
 // (LayerNorm: groups 1, p = j). So x is also (N, P, inner), N = rows / groups, P = groups *
 // per_group parameters: element (n, p, i) is normalised with row n * groups + p / per_group's
 // statistics.
-// Reduction layout (every order fixed by the shape, no atomics: bit-identical run to run):
-//  * row_norm_forward: a block a row (grid-stride over rows; blockDim a power of two from 32 to
-//    256 the host picks to fit L). Thread t takes the row's elements t, t + blockDim, ... (each
-//    walk unrolled by 4: 4 loads in flight a thread, which NVRTC did not do by itself in float16),
-//    their sum (the mean), then their squared deviations from it (two passes: no E[x^2] - E[x]^2
-//    cancellation), each summed over the block by a shared-memory halving tree (rows.cuh). Writes
-//    mean and invstd = 1/sqrt(var + eps) (biased variance) and, with write_y, y = (x - mean) *
-//    (invstd * weight[p]) + bias[p] in a third pass over the row (still in L1/L2).
-//  * row_norm_backward_dx: the forward's layout. The row sums of g = dy * weight[p] and of
-//    g * xhat, then dx = invstd * (g - sum(g) / L - xhat * sum(g * xhat) / L), g recomputed.
+// Reduction layout (every order fixed by the shape and the host's plan, no float atomics:
+// bit-identical run to run). The row kernels take each row as slices of `span` elements (the
+// host: one slice, span >= L, unless there are fewer rows than 2 blocks an SM; then slices of at
+// least 4096 elements, a block a (row, slice), grid-stride). Each comes twice: wide, its walks
+// moving 16-byte packs of WIDE elements (the host launches it where x, y, dy and dx start on 16
+// bytes and L is whole packs, so every pack is aligned), and _unaligned, one element a load.
+// Thread t takes packs t, t + blockDim, ... (blockDim a power of two from 32 to 256 the host picks
+// for 2 packs a thread), unrolled by 2: 32 bytes of each array in flight a thread (for_each_pack).
+//  * row_norm_forward: stats_given 0 (one slice): a block a row; the row's sum (the mean), then its
+//    squared deviations from it (two passes: no E[x^2] - E[x]^2 cancellation), each summed over
+//    the block by a shared-memory halving tree (rows.cuh). Writes mean and invstd = 1/sqrt(var +
+//    eps) (biased variance) and, with write_y, y = (x - mean) * (invstd * weight[p]) + bias[p] in
+//    a third pass over the row (still in L1/L2). stats_given 1: y alone, a block a slice, from
+//    the mean and invstd row_norm_slice_stats wrote.
+//  * row_norm_slice_stats: a block a (row, slice): the slice's (count, mean, M2) by the same two
+//    passes, to a workspace; the block that completes a row's slices (an arrival count it
+//    resets, channel_chunks.cuh) merges them in slice order (Chan et al.'s formula) into mean
+//    and invstd.
+//  * row_norm_backward_dx: sums_given 0: the forward's layout; the row sums of g = dy * weight[p]
+//    and of g * xhat, then dx = invstd * (g - sum(g) / L - xhat * sum(g * xhat) / L), g
+//    recomputed. sums_given 1: dx alone, a block a slice, from the means row_norm_slice_sums wrote.
+//  * row_norm_slice_sums: a block a (row, slice): the slice's sums of g and g * xhat, added in
+//    slice order by the row's last block to arrive into their means over the row.
 //  * row_norm_param_grads_planes (inner > 1: GroupNorm over planes): a block a parameter p
 //    (grid-stride); thread t takes its (n, i) pairs t, t + blockDim, ... of the N * inner in order
 //    (a warp reads consecutive i: coalesced), then a halving tree. dweight[p] = sum dy * xhat,
@@ -147,7 +160,7 @@ struct RowSlice {
     long long row;
     int begin, end;
     __device__ RowSlice(long long item, int slices, int span, int L)
-        : row(item / slices), begin((int)(item - row * slices) * span), end(min(L, begin + span)) {}
+        : row(item / slices), begin((int)(item - row * slices) * span), end(begin + min(span, L - begin)) {}
 };
 
 // The gradient reaching xhat: dy * weight, in acc_t (never stored: float16 dx rounds once)
@@ -164,7 +177,7 @@ static __device__ __forceinline__ void forward_rows(const REAL* x, REAL* y, acc_
                                                     int groups, int inner, int span, acc_t eps, int has_weight,
                                                     int has_bias, int write_y, int stats_given, acc_t* scratch)
 {
-    const int per_group = L / inner, slices = (L + span - 1) / span;
+    const int per_group = L / inner, slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
         const RowSlice at(item, slices, span, L);
         const REAL* in = x + at.row * L;
@@ -200,7 +213,7 @@ static __device__ __forceinline__ void slice_stats(const REAL* x, acc_t* mean, a
                                                    unsigned int* arrivals, long long rows, int L, int span, acc_t eps,
                                                    acc_t* scratch, int* last)
 {
-    const int slices = (L + span - 1) / span;
+    const int slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
         const RowSlice at(item, slices, span, L);
         const Moments slice = range_moments<V>(x + at.row * L, at.begin, at.end, scratch);
@@ -213,7 +226,7 @@ static __device__ __forceinline__ void slice_stats(const REAL* x, acc_t* mean, a
         Moments row{};   // other blocks' partials through L2 (__ldcg): this SM's L1 may hold stale lines
         for (int k = 0; k < slices; ++k) {
             const long long base = 2 * (at.row * slices + k);
-            const acc_t n = (acc_t)(min(L, (k + 1) * span) - k * span);
+            const acc_t n = (acc_t)min(span, L - k * span);
             row = merged(row, Moments{n, __ldcg(&partial[base]), __ldcg(&partial[base + 1])});
         }
         mean[at.row] = row.mean;
@@ -245,7 +258,7 @@ static __device__ __forceinline__ void backward_rows(const REAL* dy, const REAL*
                                                      REAL* dx, long long rows, int L, int groups, int inner, int span,
                                                      int has_weight, int sums_given, acc_t* scratch)
 {
-    const int per_group = L / inner, slices = (L + span - 1) / span;
+    const int per_group = L / inner, slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
         const RowSlice at(item, slices, span, L);
         const REAL* dy_row = dy + at.row * L;
@@ -281,7 +294,7 @@ static __device__ __forceinline__ void slice_sums(const REAL* dy, const REAL* x,
                                                   int groups, int inner, int span, int has_weight, acc_t* scratch,
                                                   int* last)
 {
-    const int per_group = L / inner, slices = (L + span - 1) / span;
+    const int per_group = L / inner, slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
         const RowSlice at(item, slices, span, L);
         acc_t sum_g = (acc_t)0, sum_g_xhat = (acc_t)0;
@@ -305,10 +318,11 @@ static __device__ __forceinline__ void slice_sums(const REAL* dy, const REAL* x,
     }
 }
 
-// Each kernel twice: wide (packs of WIDE elements, 16 bytes: the host checks the streamed arrays'
-// addresses agree modulo 16 bytes) and _unaligned (one element at a time: any addresses).
-// Grids: min(rows * slices, 65535) blocks (slices = ceil(L / span)), blockDim a power of two
-// (32..256) the host picks to fit a slice's packs; mean, invstd, row_sums and partial in acc_t.
+// Each kernel twice: wide (packs of WIDE elements, 16 bytes: the host checks that the streamed
+// arrays start on 16 bytes and L is whole packs) and _unaligned (one element at a time).
+// Grids: min(rows * slices, 2^31 - 1) blocks (slices = ceil(L / span)), blockDim a power of two
+// (32..256) the host picks for 2 packs a thread; mean, invstd, row_sums and partial in acc_t,
+// arrivals (rows, zero; left zero) for the slice kernels.
 // weight / bias are read only with has_weight / has_bias, y written only with write_y.
 #define FORWARD_PARAMETERS                                                                                  \
     const REAL* __restrict__ x, REAL* __restrict__ y, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,    \

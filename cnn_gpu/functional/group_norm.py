@@ -8,7 +8,9 @@ running statistics: training and eval alike.
 Kernels (kernels/row_norm.cu, shared with layer_norm): each (sample, group) is a row of x's
 memory, normalised by one block: the forward is one launch (statistics and y with the affine
 fused); the backward one launch for dx (dy * weight fused) and one for dweight and dbias
-(fixed-order sums per channel), plus one for the statistics when they are not given.
+(fixed-order sums per channel), plus one for the statistics when they are not given. Fewer rows
+than the GPU's SMs take (a small batch) are split into slices of several blocks, their
+statistics and backward sums in a launch of their own (gpu.row_norm.plan).
 
 NumPy path (the oracle): batch norm's functions on views of x: x viewed as (1, N * G, C / G *
 rest) has a sample's group as a channel, whose batch statistics are the group's; the

@@ -7,7 +7,9 @@ invstd * weight + bias, weight and bias of normalized_shape. No running statisti
 Kernels (kernels/row_norm.cu, shared with group_norm): a block a row; the forward is one launch
 (statistics and y with the affine fused); the backward one launch for dx (dy * weight fused) and
 one for dweight and dbias (8 lanes an element of normalized_shape, each summing every 8th row in
-order, then added in order), plus one for the statistics when they are not given.
+order, then added in order), plus one for the statistics when they are not given. Fewer rows than
+the GPU's SMs take are split into slices of several blocks, their statistics and backward sums
+in a launch of their own (gpu.row_norm.plan).
 
 NumPy path (the oracle): the statistics and dx are batch norm's functions on x viewed as (1,
 rows, row length): each row a channel, whose batch statistics are the row's; dx is batch norm's

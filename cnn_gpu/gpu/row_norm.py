@@ -2,7 +2,10 @@
 is viewed as (rows, L) and as (N, P, inner): a row is one (sample, group) of GroupNorm or one
 normalised slice of LayerNorm, and element (n, p, i) takes the affine parameters p (see the
 kernels). A `RowLayout` says which: GroupNorm's is (N * G rows, G groups, HW inner), LayerNorm's
-(rows, 1 group, 1 inner).
+(rows, 1 group, 1 inner). A `RowPlan` (`plan`) says how the kernels walk it: a block a row, or,
+for fewer rows than 2 blocks an SM of the device, a block a slice of a row (the slices'
+statistics and backward sums merged in order by each row's last block to arrive, in launches of
+their own); 16-byte packs where the arrays allow, else the _unaligned kernels.
 
 The statistics (mean, invstd: one a row) are in the kernels' compute type (float32 for float16);
 `backward` widens float16 ones it is given. Without affine parameters the kernels are told so and
