@@ -569,6 +569,31 @@ def test_split_rows_match_the_numpy_path_under_guard_zones_and_the_race_check(dt
                 assert a.tobytes() == b.tobytes(), f"{kind} {shape}"
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_cuda_split_rows_match_numpy(dtype, monkeypatch):
+    """SPLIT_CASES on the cuda backend (the device's SM count, CuPy's arrival counts and
+    workspaces): the NumPy path's results to a few roundings, the same bits twice."""
+    import cupy
+    from cnn_gpu.gpu import row_norm
+    monkeypatch.setattr(row_norm, "MIN_SLICE", 64)
+    eps = float(np.finfo(dtype).eps)
+    for kind, shape, layout, suffix in SPLIT_CASES:
+        case = kernel_case(kind, shape, layout, dtype, affine=True)
+        on_gpu = {k: (cupy.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in case.items()}
+        launched = recorded_launches(monkeypatch)
+        first, second = kernel_results(on_gpu, "cuda", kind), kernel_results(on_gpu, "cuda", kind)
+        assert launched[0] == f"row_norm_slice_stats{suffix}", launched
+        for got, want, name in zip(first, kernel_results(case, "numpy", kind), ("y", "dx", "dweight", "dbias") * 2):
+            scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
+            np.testing.assert_allclose(to_host(got).astype(np.float64), want.astype(np.float64), rtol=0,
+                                       atol=(2 if dtype == np.float16 else 64) * eps * scale,
+                                       err_msg=f"{kind} {shape} {name}")
+        for a, b in zip(first, second):
+            assert to_host(a).tobytes() == to_host(b).tobytes(), f"{kind} {shape}"
+
+
 @pytest.mark.parametrize("offset, length, kernel", [(0, 40, "row_norm_forward"),
                                                     (1, 40, "row_norm_forward_unaligned"),
                                                     (0, 41, "row_norm_forward_unaligned")])
