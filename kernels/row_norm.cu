@@ -112,7 +112,8 @@ static __device__ __forceinline__ void visit_pack(const REAL* const (&in)[INPUTS
 }
 
 // value(p, v) for this thread's elements j of [begin, end) of a row (p = j / inner, v: the
-// elements j of the row's INPUTS arrays in acc_t), the results into out[j] with WRITES: thread t
+// elements j of the row's INPUTS arrays in acc_t), its results into out[j] with WRITES (else
+// unused: the reductions' values add into their own sums): thread t
 // takes packs t, t + blockDim, ... of V elements, one load (and store) an array each. V > 1 only
 // where the host found every streamed array 16-byte aligned and the rows' length and slices'
 // span multiples of V, so every pack is whole and aligned. The walk unrolls by 2: 32 bytes of each

@@ -621,7 +621,7 @@ def test_the_plan_splits_few_long_rows_and_keeps_many_short_ones_whole():
     """On an H100's 132 SMs: GroupNorm(32, 256) of (2, 256, 64, 64), 64 rows of 32768, goes in 5
     slices a row (320 blocks, from 64: half the SMs idle); LayerNorm(768) of 4096 rows stays a
     block a row, of threads for 2 packs each: 128 for float32's 192 packs, 64 for float16's 96,
-    256 for the _unaligned kernels' 768 elements."""
+    256 for the _unaligned kernels' 768 elements. No rows: one slice (no division by the row count)."""
     from cnn_gpu.gpu.row_norm import RowLayout, RowPlan, plan
     group = plan(RowLayout(rows=64, length=32768, groups=32, inner=4096), np.float32, 132, wide=True)
     assert group == RowPlan(slices=5, span=6560, wide=True, threads=256)
@@ -630,6 +630,7 @@ def test_the_plan_splits_few_long_rows_and_keeps_many_short_ones_whole():
     assert plan(layer, np.float32, 132, wide=True) == RowPlan(slices=1, span=768, wide=True, threads=128)
     assert plan(layer, np.float16, 132, wide=True).threads == 64
     assert plan(layer, np.float32, 132, wide=False).threads == 256
+    assert plan(RowLayout(rows=0, length=768, groups=1, inner=1), np.float32, 132, wide=True).slices == 1   # no rows
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -90,7 +90,7 @@ def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
     threads; 256 held 4 blocks an SM at 62 registers, below the bytes DRAM speed needs)."""
     rows, length = layout.rows, layout.length
     slices = 1
-    if rows < BLOCKS_PER_SM * sms:
+    if 0 < rows < BLOCKS_PER_SM * sms:
         slices = max(1, min(-(-BLOCKS_PER_SM * sms // rows), length // MIN_SLICE))
     span = max(length, 1) if slices == 1 else -(-length // (slices * SLICE_ALIGN)) * SLICE_ALIGN
     slices = -(-length // span)
@@ -102,7 +102,8 @@ def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
 def _wide(layout, *arrays) -> bool:
     """Whether the wide kernels take these arrays: every one's address a multiple of WIDE_BYTES and
     the rows' length of a pack's (every row, and slice: SLICE_ALIGN, starts a pack); else the
-    _unaligned ones. Either way the order of every sum is fixed by the shape and this choice."""
+    _unaligned ones. Either way the order of every sum is fixed by the shape, the plan's slices and
+    this choice."""
     pack = WIDE_BYTES // arrays[0].dtype.itemsize
     return layout.length % pack == 0 and all(memory_span(a)[0] % WIDE_BYTES == 0 for a in arrays)
 
