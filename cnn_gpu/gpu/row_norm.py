@@ -20,6 +20,7 @@ from .. import backend
 from ..launch_checks import memory_span
 from . import _arrivals
 from ._grid import THREADS, acc, i32, row_threads
+from .conv import device_sms
 from .reduce import MAX_GRID_X
 
 COLUMN_LANES = 32   # kernels/row_norm.cu: the parameters a block of row_norm_param_grads_columns takes
@@ -109,7 +110,7 @@ def _wide(layout, *arrays) -> bool:
 
 
 def _plan(be, layout, x, *arrays):
-    from .conv import device_sms
+    """plan() on `be`'s device for x and the other arrays the kernels stream."""
     return plan(layout, x.dtype, device_sms(be), _wide(layout, x, *arrays))
 
 
