@@ -1,5 +1,5 @@
 // Losses: softmax cross entropy, negative log likelihood, and the element-wise losses (squared
-// error, L1, smooth L1, Huber, binary cross entropy on probabilities and on logits), value and
+// error, L1, smooth L1, Huber, KL divergence, binary cross entropy on probabilities and on logits), value and
 // gradient in one pass.
 //
 // Not a GEMM.
@@ -36,11 +36,14 @@
 //    out of range) and its one gradient element -w[label] / grad_divisor (PyTorch's w * (-1 /
 //    divisor)) written into a zeroed dinput; the mean's divisor comes from
 //    cross_entropy_target_weights as the cross entropy's.
-//  * mse_rows: 4 elements a thread (for_each_element): dpred = (pred - target) * grad_scale, and the
-//    squared error into a workspace that reduce.cu sums in fixed order (or that is the loss itself
-//    for reduction="none").
-//  * regression_loss_rows: the same walk for L1 (`kind` 0), smooth L1 (1, `beta` > 0) and Huber (2,
-//    `beta` is delta), PyTorch's CPU formulas; the gradient at a kink is PyTorch's (sign(0) = 0).
+//  * regression_loss_rows: 4 elements a thread (for_each_element): each element's loss into a
+//    workspace that reduce.cu sums in fixed order (or that is the loss itself for reduction="none")
+//    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
+//    summed weights of a weighted mean need no host round trip). `kind`: L1 (0), smooth L1 (1,
+//    `beta` > 0), Huber (2, `beta` is delta), squared error (3), KL divergence t log t - t x (4,
+//    xlogy's 0 where t = 0) or exp(t) (t - x) of a log target (5), PyTorch's CPU formulas; the
+//    gradient at a kink is PyTorch's (sign(0) = 0). The optional weight (has_weight) is broadcast
+//    to the elements by the host, as are pred and target.
 //  * binary_cross_entropy_rows: the same walk for BCE on probabilities (torch's logs clamped at
 //    -100, gradient w (x - t) / max(x (1 - x), 1e-12)) or on logits (from_logits: torch's
 //    (1 - t) x - l log_sigmoid(x) with l = 1 + (pos_weight - 1) t); weight and pos_weight are
@@ -48,7 +51,7 @@
 //    [0, 1] makes that element's loss NaN (the host then names it: torch checks before it computes).
 // Sizes: rows, inner and every element offset are 64-bit; `classes` is an int (the host refuses
 // 2^31 classes or more), and class offsets c * inner are taken in 64 bits.
-// Math, sums and the per-row workspaces (row_loss, target_weight, squared, loss, grad_divisor) are acc_t
+// Math, sums and the per-row workspaces (row_loss, target_weight, loss, grad_divisor) are acc_t
 // (common.cuh): a float16 build reads FP16 inputs, computes in FP32, rounds each gradient element
 // once, and hands reduce.cu FP32 rows to sum.
 
@@ -200,18 +203,6 @@ cross_entropy_target_weights(const long long* __restrict__ labels, const REAL* _
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-mse_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* __restrict__ dpred,
-         acc_t* __restrict__ squared, long long n, acc_t grad_scale)
-{
-    for_each_element(n, [&](long long i) { return Loaded<2>{{pred[i], target[i]}}; },
-                     [&](long long i, const Loaded<2>& in) {
-                         const acc_t d = to_acc(in.v[0]) - to_acc(in.v[1]);
-                         squared[i] = d * d;
-                         dpred[i] = to_real(d * grad_scale);
-                     });
-}
-
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ labels,
          const REAL* __restrict__ class_weight, const acc_t* __restrict__ grad_divisor, REAL* __restrict__ dinput,
          acc_t* __restrict__ row_loss, long long rows, int classes, long long inner, long long ignore_index,
@@ -234,14 +225,22 @@ nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ label
 #define REGRESSION_L1 0
 #define REGRESSION_SMOOTH_L1 1
 #define REGRESSION_HUBER 2
+#define REGRESSION_SQUARED 3
+#define REGRESSION_KL_DIV 4
+#define REGRESSION_KL_DIV_LOG_TARGET 5
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, REAL* __restrict__ dpred,
-                     acc_t* __restrict__ loss, long long n, int kind, acc_t beta, acc_t grad_scale)
+regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, const REAL* __restrict__ weight,
+                     REAL* __restrict__ dpred, acc_t* __restrict__ loss, long long n, int kind, int has_weight,
+                     acc_t beta, acc_t grad_scale, const acc_t* __restrict__ grad_divisor)
 {
-    for_each_element(n, [&](long long i) { return Loaded<2>{{pred[i], target[i]}}; },
-                     [&](long long i, const Loaded<2>& in) {
-                         const acc_t d = to_acc(in.v[0]) - to_acc(in.v[1]);
+    const acc_t scale = grad_scale / grad_divisor[0];
+    // weight is loaded with the rest of a round even when absent (the host passes pred in its place, a
+    // cache hit): every load of a round before its first store
+    for_each_element(n, [&](long long i) { return Loaded<3>{{pred[i], target[i], weight[i]}}; },
+                     [&](long long i, const Loaded<3>& in) {
+                         const acc_t x = to_acc(in.v[0]), t = to_acc(in.v[1]);
+                         const acc_t d = x - t;
                          const acc_t z = fabs(d);
                          // sign(d), 0 at 0 and at NaN as torch's sign
                          const acc_t sign = d > (acc_t)0 ? (acc_t)1 : (d < (acc_t)0 ? (acc_t)-1 : (acc_t)0);
@@ -252,9 +251,21 @@ regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ tar
                          } else if (kind == REGRESSION_HUBER) {
                              value = z < beta ? (acc_t)0.5 * z * z : beta * (z - (acc_t)0.5 * beta);
                              slope = z > beta ? sign * beta : d;
+                         } else if (kind == REGRESSION_SQUARED) {
+                             value = d * d;
+                             slope = (acc_t)2 * d;
+                         } else if (kind == REGRESSION_KL_DIV) {
+                             // torch's xlogy(t, t) - t x: a zero target adds 0 (its log is not taken)
+                             value = (t == (acc_t)0 ? (acc_t)0 : t * REAL_LOG(t)) - t * x;
+                             slope = -t;
+                         } else if (kind == REGRESSION_KL_DIV_LOG_TARGET) {
+                             const acc_t p = REAL_EXP(t);
+                             value = p * (t - x);
+                             slope = -p;
                          }
-                         loss[i] = value;
-                         dpred[i] = to_real(slope * grad_scale);
+                         const acc_t w = has_weight ? to_acc(in.v[2]) : (acc_t)1;
+                         loss[i] = value * w;
+                         dpred[i] = to_real(slope * w * scale);
                      });
 }
 

@@ -229,6 +229,7 @@ def test_empty_inputs_as_torch(be):
         assert loss.shape == target.shape and grad.shape == empty.shape, name
 
 
+@pytest.mark.filterwarnings("ignore:Using a target size")   # l1_loss's warning, before its refusal
 def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
     monkeypatch.setattr(backend, "launch", lambda *a, **k: pytest.fail("launched"))
     x = np.full((2, 3), 0.5)
@@ -240,8 +241,8 @@ def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
         (lambda be: F.nll_loss(x, np.array([0]), backend=be), ValueError, r"target must have shape \(2,\)"),
         (lambda be: F.nll_loss(x, np.array([0, 1]), np.ones(2), backend=be), ValueError, "one weight per class"),
         (lambda be: F.nll_loss(np.ones(()), np.array(0), backend=be), ValueError, "0-D"),
-        (lambda be: F.l1_loss(x, x[:, :2], backend=be),ValueError,
-          r"target must have shape \(2, 3\) \(the shape of input\)"),
+        (lambda be: F.l1_loss(x, x[:, :2], backend=be), ValueError,
+         r"target of shape \(2, 2\) does not broadcast with input of shape \(2, 3\)"),
         (lambda be: F.huber_loss(x, x.astype(np.float32), backend=be), TypeError, "target has dtype float32"),
         (lambda be: F.huber_loss(x, x, delta=0.0, backend=be), ValueError, "non-positive values for delta"),
         (lambda be: F.smooth_l1_loss(x, x, beta=-1.0, backend=be), ValueError, "negative values for beta"),

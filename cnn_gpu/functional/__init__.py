@@ -45,8 +45,8 @@ from .instance_norm import instance_norm, instance_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
-from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss, mse_loss,
-                   nll_loss, smooth_l1_loss)
+from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, l1_loss,
+                   mse_loss, nll_loss, smooth_l1_loss)
 from .prelu import prelu, prelu_backward
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .padding import pad, pad_backward
@@ -63,14 +63,13 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "gelu", "gelu_backward", "hardtanh", "hardtanh_backward", "relu6", "relu6_backward", "hardsigmoid",
            "hardsigmoid_backward", "hardswish", "hardswish_backward", "elu", "elu_backward", "mish", "mish_backward",
            "add_relu", "relu_backward_of_sum", "linear", "linear_backward", "cross_entropy", "nll_loss", "mse_loss",
-           "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-           "batch_norm", "batch_norm_backward", "group_norm", "group_norm_backward", "layer_norm",
-           "layer_norm_backward", "dropout", "dropout_backward", "dropout2d", "dropout2d_backward",
-           "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
+           "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits", "batch_norm", "batch_norm_backward", "group_norm",
+           "group_norm_backward", "layer_norm", "layer_norm_backward", "dropout", "dropout_backward", "dropout2d",
+           "dropout2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
            "adaptive_max_pool2d_backward", "interpolate", "interpolate_backward", "softmax", "softmax_backward",
            "log_softmax", "log_softmax_backward", "conv1d", "conv1d_backward", "conv_transpose1d",
            "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
-           "channel_shuffle_backward", "instance_norm", "instance_norm_backward",
-           "prelu", "prelu_backward"]
+           "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward"]

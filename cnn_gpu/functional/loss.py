@@ -23,12 +23,15 @@ non-negative weights), where dividing their sum once would give inf.
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 
 import numpy as np
 
 from .. import backend as _backend
 from .. import replay
-from ..gpu.loss import index_mean_divisor, mean_of
+from ..gpu.loss import broadcast_axes, index_mean_divisor, mean_of
 from . import _checks
 from ._float16 import takes_float16
 
@@ -339,87 +342,203 @@ def _elementwise_result(be, reduction, values, grad, as_array):
     return _as_array(mean_of(values.sum(), count), as_array), np.asarray(grad)
 
 
-# --- mean squared error -------------------------------------------------------------------------
+def _warn_at_caller(message: str) -> None:
+    """A UserWarning attributed to the first caller outside cnn_gpu (torch's stacklevel=2 names the
+    caller of F.<loss>; ours are called through a decorator, helpers and nn's layers)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _broadcast_checks(input, target, reduction, weight, backend, as_array, warn: bool,
+                      name: str = "input") -> tuple[tuple, str]:
+    """The checks of the losses that broadcast input (named `name`) and target as PyTorch's ->
+    (their broadcast shape, backend): float arrays of one dtype, torch's UserWarning where the sizes
+    differ (`warn`), shapes that broadcast, an optional weight of input's shape, the replay rule
+    (reduction checked by the caller)."""
+    _checks.array(input, name)
+    _checks.array(target, "target")
+    _checks.same_dtype(name, input, target=target)
+    if warn and tuple(target.shape) != tuple(input.shape):
+        _warn_at_caller(f"Using a target size ({_torch_size(target)}) that is different to the input size "
+                        f"({_torch_size(input)}). This will likely lead to incorrect results due to broadcasting. "
+                        f"Please ensure they have the same size.")
+    try:
+        shape = np.broadcast_shapes(input.shape, target.shape)
+    except ValueError:
+        raise ValueError(f"target of shape {tuple(target.shape)} does not broadcast with {name} of shape "
+                         f"{tuple(input.shape)}") from None
+    if weight is not None:
+        _checks.array(weight, "weight")
+        _checks.same_dtype(name, input, weight=weight)
+        _checks.shape_is(weight, "weight", input.shape, f" (the shape of {name}, as PyTorch's)")
+    be = _backend.resolve(backend, input, target, weight)
+    _refuse_float_in_recording(reduction, as_array)
+    return shape, be
+
+
+def _torch_size(a) -> str:
+    return f"torch.Size([{', '.join(str(n) for n in a.shape)}])"
+
+
+def _pointwise(kind: str, x, t, beta: float):
+    """The NumPy path's per-element losses and their slopes (kernels/loss.cu's regression_loss_rows),
+    PyTorch's formulas; sign(0) = 0 at the kinks."""
+    dtype = x.dtype.type
+    d = np.asarray(x - t)
+    z = np.abs(d)
+    sign = np.where(d > 0, dtype(1), np.where(d < 0, dtype(-1), dtype(0)))   # 0 at NaN too, as torch's sign
+    if kind == "l1":
+        return z, sign
+    if kind == "smooth_l1":
+        return (np.where(z < beta, dtype(0.5) * z * z / dtype(beta), z - dtype(0.5 * beta)),
+                np.where(z > beta, sign, d / dtype(beta)))
+    if kind == "huber":
+        return (np.where(z < beta, dtype(0.5) * z * z, dtype(beta) * (z - dtype(0.5 * beta))),
+                np.where(z > beta, sign * dtype(beta), d))
+    if kind == "mse":
+        return d * d, dtype(2) * d
+    if kind == "kl_div":
+        with np.errstate(divide="ignore", invalid="ignore"):   # torch's xlogy: 0 where t = 0, NaN where t < 0
+            return np.where(t == 0, dtype(0), t * np.log(t)) - t * x, -t
+    p = np.exp(t)   # kl_div_log_target
+    return p * (t - x), -p
+
+
+def _sum_to_shape(grad, shape):
+    """grad summed over the axes along which `shape` was broadcast to grad's shape."""
+    return np.asarray(grad.sum(axis=broadcast_axes(grad.shape, shape)).reshape(shape))
+
+
+def _pointwise_loss(kind: str, input, target, weight, reduction, shape, be, as_array, *, beta=0.0,
+                    mean_divisor=None, mean_over_weight=False):
+    """l1/smooth_l1/huber/mse_loss and kl_div after their checks: the loss of input and target
+    broadcast to `shape` (an optional weight of input's shape broadcast with them), the mean over
+    mean_divisor (by default the element count) or over the summed weight (mean_over_weight), and
+    the gradient summed back to input's shape. See gpu.loss.regression."""
+    if math.prod(shape) == 0:
+        loss, dinput = _nothing(be, reduction, input, shape, as_array)
+        if reduction == "mean" and mean_divisor is not None:   # kl_div's batchmean: 0 over the batch
+            loss = mean_of(0.0, mean_divisor) if not as_array else _backend.array_module(be).asarray(
+                mean_of(0.0, mean_divisor), dtype=np.float64)
+        # input itself may have elements (broadcast against an empty target): their gradient is 0
+        return loss, (dinput if input.size == 0 else _backend.device_call(
+            _backend.array_module(be).zeros, input.shape, dtype=input.dtype))
+    if be != "numpy":
+        from ..gpu import loss as gpu_loss
+        named = ((input, "input"), (target, "target"), (weight, "weight"))
+        loss, dinput = gpu_loss.regression(be, kind, *(_checks.for_kernels(be, a, n) for a, n in named), reduction,
+                                           beta=beta, mean_divisor=mean_divisor, mean_over_weight=mean_over_weight,
+                                           as_array=as_array)
+        return (loss.reshape(shape) if reduction == "none" else loss), dinput
+    dtype = input.dtype.type
+    value, slope = _pointwise(kind, *np.broadcast_arrays(input, target), beta)
+    if weight is not None:
+        value, slope = value * weight, slope * weight
+    if reduction == "mean":
+        divisor = weight.sum(dtype=dtype) if mean_over_weight else dtype(value.size if mean_divisor is None
+                                                                          else mean_divisor)
+    else:
+        divisor = dtype(1)
+    with np.errstate(divide="ignore", invalid="ignore"):   # a zero weight sum: NaN, as PyTorch's
+        grad = _sum_to_shape(slope * (dtype(1) / divisor), input.shape)
+    if reduction == "none":
+        return np.asarray(value), grad
+    return _as_array(mean_of(value.sum(), divisor), as_array), grad
+
 
 @takes_float16(kernels=True)
-def mse_loss(pred, target, reduction="mean", *, backend=None, as_array=False):
-    """Squared error (pred - target)^2 of two arrays of one shape and dtype -> (loss, dpred): the mean
-    ("mean") or sum ("sum") as a float (a 0-d float64 array with as_array=True, an extension: see
-    the module docstring), or the per-element array ("none"); dpred the gradient of the loss (of
-    the sum of the elements for "none")."""
-    reduction, be = _elementwise_checks(pred, target, "pred", reduction, backend, as_array)
-    if pred.size == 0:
-        return _nothing(be, reduction, pred, pred.shape, as_array)
-    if be == "numpy":
-        diff = pred - target
-        count = pred.size if reduction == "mean" else 1
-        grad = np.asarray(diff * (2 / pred.dtype.type(count)))   # 0-d pred: an array, not a scalar
-        if reduction == "none":
-            return np.asarray(diff * diff), grad
-        return _as_array(float(np.vdot(diff, diff) / pred.dtype.type(count)), as_array), grad
-    from ..gpu import loss as gpu_loss
-    loss, dpred = gpu_loss.mse(be, _checks.for_kernels(be, pred, "pred"), _checks.for_kernels(be, target, "target"),
-                               reduction, as_array)
-    return (loss.reshape(pred.shape) if reduction == "none" else loss), dpred
+def mse_loss(pred, target, reduction="mean", weight=None, *, backend=None, as_array=False):
+    """Squared error (pred - target)^2 -> (loss, dpred): the mean ("mean") or sum ("sum") as a float
+    (a 0-d float64 array with as_array=True, an extension: see the module docstring), or the
+    per-element array ("none"); dpred the gradient of the loss (of the sum of the elements for
+    "none"). As PyTorch 2.13's: pred and target of one dtype broadcast (with its UserWarning where
+    their sizes differ), dpred summed back to pred's shape; weight (of pred's shape, broadcast with
+    it) multiplies each element's loss, and its "mean" divides by the summed weight."""
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(pred, target, reduction, weight, backend, as_array, warn=True, name="pred")
+    return _pointwise_loss("mse", pred, target, weight, reduction, shape, be, as_array,
+                           mean_over_weight=weight is not None)
 
 
 # --- L1, smooth L1, Huber -----------------------------------------------------------------------
 
-def _regression(kind: str, input, target, reduction, beta: float, backend, as_array):
-    """l1_loss (kind "l1"), smooth_l1_loss ("smooth_l1", beta > 0) and huber_loss ("huber", beta is
-    delta) with PyTorch's formulas and its gradients at the kinks (sign(0) = 0)."""
-    reduction, be = _elementwise_checks(input, target, "input", reduction, backend, as_array)
-    if input.size == 0:
-        return _nothing(be, reduction, input, input.shape, as_array)
-    if be != "numpy":
-        from ..gpu import loss as gpu_loss
-        loss, dinput = gpu_loss.regression(be, kind, _checks.for_kernels(be, input, "input"),
-                                           _checks.for_kernels(be, target, "target"), reduction, beta, as_array)
-        return (loss.reshape(input.shape) if reduction == "none" else loss), dinput
-    dtype = input.dtype.type
-    d = np.asarray(input - target)
-    z = np.abs(d)
-    sign = np.where(d > 0, dtype(1), np.where(d < 0, dtype(-1), dtype(0)))   # 0 at NaN too, as torch's sign
-    if kind == "l1":
-        value, slope = z, sign
-    elif kind == "smooth_l1":
-        value = np.where(z < beta, dtype(0.5) * z * z / dtype(beta), z - dtype(0.5 * beta))
-        slope = np.where(z > beta, sign, d / dtype(beta))
-    else:
-        value = np.where(z < beta, dtype(0.5) * z * z, dtype(beta) * (z - dtype(0.5 * beta)))
-        slope = np.where(z > beta, sign * dtype(beta), d)
-    grad = slope * dtype(1 / input.size if reduction == "mean" else 1)
-    return _elementwise_result(be, reduction, value, grad, as_array)
-
-
 @takes_float16(kernels=True)
-def l1_loss(input, target, reduction="mean", *, backend=None, as_array=False):
-    """Absolute error |input - target| of two arrays of one shape and dtype -> (loss, dinput), the
-    conventions of mse_loss; the gradient sign(input - target), 0 where they are equal (PyTorch's).
-    (PyTorch 2.13's weight argument is not taken.)"""
-    return _regression("l1", input, target, reduction, 0.0, backend, as_array)
+def l1_loss(input, target, reduction="mean", weight=None, *, backend=None, as_array=False):
+    """Absolute error |input - target| -> (loss, dinput), the conventions of mse_loss (broadcasting
+    and weight included: "mean" divides by the summed weight); the gradient sign(input - target), 0
+    where they are equal (PyTorch's)."""
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(input, target, reduction, weight, backend, as_array, warn=True)
+    return _pointwise_loss("l1", input, target, weight, reduction, shape, be, as_array,
+                           mean_over_weight=weight is not None)
 
 
 @takes_float16(kernels=True)
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0, *, backend=None, as_array=False):
     """PyTorch's smooth L1 loss -> (loss, dinput): with z = |input - target|, 0.5 z^2 / beta where
     z < beta, else z - 0.5 beta; beta >= 0, and beta = 0 is l1_loss (as PyTorch). The conventions of
-    mse_loss."""
+    mse_loss (PyTorch 2.13's smooth_l1_loss takes no weight)."""
     beta = _checks.real_number(beta, "beta")
     if beta < 0:
         raise ValueError(f"smooth_l1_loss does not support negative values for beta, got {beta}")
-    return _regression("smooth_l1" if beta > 0 else "l1", input, target, reduction, beta, backend, as_array)
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(input, target, reduction, None, backend, as_array, warn=True)
+    return _pointwise_loss("smooth_l1" if beta > 0 else "l1", input, target, None, reduction, shape, be, as_array,
+                           beta=beta)
 
 
 @takes_float16(kernels=True)
-def huber_loss(input, target, reduction="mean", delta=1.0, *, backend=None, as_array=False):
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None, *, backend=None, as_array=False):
     """PyTorch's Huber loss -> (loss, dinput): with z = |input - target|, 0.5 z^2 where z < delta,
-    else delta (z - 0.5 delta); delta > 0. The conventions of mse_loss. (PyTorch 2.13's weight
-    argument is not taken.)"""
+    else delta (z - 0.5 delta); delta > 0. The conventions of mse_loss, but a weighted "mean"
+    divides by the element count, as PyTorch 2.13's (where mse_loss and l1_loss divide by the
+    summed weight)."""
     delta = _checks.real_number(delta, "delta")
     if delta <= 0:
         raise ValueError(f"huber_loss does not support non-positive values for delta, got {delta}")
-    return _regression("huber", input, target, reduction, delta, backend, as_array)
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(input, target, reduction, weight, backend, as_array, warn=True)
+    return _pointwise_loss("huber", input, target, weight, reduction, shape, be, as_array, beta=delta)
+
+
+# --- KL divergence ------------------------------------------------------------------------------
+
+KL_DIV_REDUCTIONS = ("mean", "batchmean", "sum", "none")
+
+
+def check_kl_div_reduction(reduction) -> str:
+    if not isinstance(reduction, str) or reduction not in KL_DIV_REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'batchmean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+@takes_float16(kernels=True)
+def kl_div(input, target, reduction="mean", log_target=False, *, backend=None, as_array=False):
+    """Kullback-Leibler divergence as torch.nn.functional.kl_div -> (loss, dinput): input holds
+    log-probabilities (log_softmax's output), target probabilities (log-probabilities with
+    log_target=True); each element's loss is PyTorch's xlogy(t, t) - t x, 0 where t = 0 (with a
+    zero gradient), or exp(t) (t - x) with log_target; the gradient -t (-exp(t)). reduction
+    "batchmean" divides the sum by input's first size (the KL divergence of each sample, averaged:
+    knowledge distillation's loss; no division for a 0-d input, as PyTorch), "mean" by the element
+    count (with PyTorch's UserWarning that it is not batchmean), "sum" and "none" as mse_loss's.
+    input and target of one dtype broadcast (without a warning, as PyTorch's), the gradient summed
+    back to input's shape."""
+    reduction = check_kl_div_reduction(reduction)
+    if not isinstance(log_target, (bool, np.bool_)):
+        raise TypeError(f"log_target must be a bool, got {log_target!r}")
+    if reduction == "mean":
+        _warn_at_caller("reduction: 'mean' divides the total loss by both the batch size and the support size."
+                        "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+                        "'mean' will be changed to behave the same as 'batchmean' in the next major release.")
+    shape, be = _broadcast_checks(input, target, reduction, None, backend, as_array, warn=False)
+    batch = None
+    if reduction == "batchmean":
+        reduction, batch = "mean", input.shape[0] if input.ndim else 1
+    return _pointwise_loss("kl_div_log_target" if log_target else "kl_div", input, target, None, reduction, shape,
+                           be, as_array, mean_divisor=batch)
 
 
 # --- binary cross entropy -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   linear.backward(be, dy, x, w, bias: bool, input_grad=True) -> (dx or None, dw, db or None)
   loss.cross_entropy(be, logits, labels int64 | None, probabilities | None, weight | None, *, classes, inner,
                      ignore_index, label_smoothing, reduction) -> (loss float or per-row array, dlogits)
-  loss.mse(be, pred, target, reduction) -> (loss float or per-element array, dpred)
+  loss.regression(be, kind, pred, target, weight, reduction) -> (loss float or per-element array, dpred)
   reduce.channel_sum(be, a, outer, channels, inner) -> (channels,)   a viewed as (outer, channels, inner);
                                                    deterministic fixed-order tree sum (bias grads, split-K)
   optim.sgd_step(be, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step, dampening=0,

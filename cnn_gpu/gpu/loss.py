@@ -1,6 +1,6 @@
 """Launch code of kernels/loss.cu: softmax cross entropy and negative log likelihood (PyTorch's
-options), and the element-wise losses (squared error, L1, smooth L1, Huber, binary cross entropy on
-probabilities or logits), each returning (loss, gradient). Reductions over rows are fixed-order
+options), and the element-wise losses (squared error, L1, smooth L1, Huber, KL divergence, binary cross
+entropy on probabilities or logits), each returning (loss, gradient). Reductions over rows are fixed-order
 (reduce.channel_sum), so results are bit-identical run to run. For reduction "mean" or "sum" the loss is a Python float
 (reading it back is the one host synchronisation, which the API's float loss requires) or, with
 as_array, that value as a 0-d float64 array left on the device; for "none" it is the per-row
@@ -141,41 +141,69 @@ def nll(be, log_probs, labels, weight, *, classes, inner, ignore_index, reductio
     return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dinput
 
 
-def mse(be, pred, target, reduction, as_array=False):
-    """Squared error of pred and target (same shape, C-contiguous, at least one element) -> (loss,
-    dpred): loss the mean or sum as a float (a 0-d float64 device array with as_array), or the
-    per-element array (pred.size,) for "none"; dpred the gradient of the loss (of the sum of the
-    elements for "none")."""
-    n = pred.size
+REGRESSION_KINDS = {"l1": 0, "smooth_l1": 1, "huber": 2, "mse": 3, "kl_div": 4,
+                    "kl_div_log_target": 5}   # kernels/loss.cu's REGRESSION_*
+
+
+def regression(be, kind, pred, target, weight, reduction, *, beta=0.0, mean_divisor=None, mean_over_weight=False,
+               as_array=False):
+    """An element-wise loss of regression_loss_rows (`kind` of REGRESSION_KINDS; beta: smooth L1's
+    beta, Huber's delta) of pred and target (C-contiguous, shapes that broadcast to at least one
+    element) with an optional weight of pred's shape -> (loss, dpred): the mean (over
+    `mean_divisor`, by default the broadcast shape's element count, or over the summed weight with
+    mean_over_weight) or sum as a float (a 0-d float64 device array with as_array), or the
+    per-element array of the broadcast size for "none"; dpred the gradient of the loss (of the sum
+    of the elements for "none"), summed over the axes pred was broadcast along."""
     xp = backend.array_module(be)
-    dpred = xp.empty(pred.shape, dtype=pred.dtype)
-    squared = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
-    backend.launch(be, "loss", pred.dtype, "mse_rows", (elementwise_blocks(n),), (THREADS,),
-                   (pred, target, dpred, squared, np.int64(n), *acc(pred.dtype, 2 / n if reduction == "mean" else 2)))
-    divisor = n if reduction == "mean" else 1
-    return _reduced(be, squared, pred.dtype, reduction, None, divisor, as_array), dpred
-
-
-REGRESSION_KINDS = {"l1": 0, "smooth_l1": 1, "huber": 2}   # kernels/loss.cu's REGRESSION_*
-
-
-def regression(be, kind, pred, target, reduction, beta=1.0, as_array=False):
-    """L1, smooth L1 (beta > 0) or Huber (beta is delta) loss of pred and target as mse's: the mean
-    or sum as a float (a 0-d float64 device array with as_array), or the (pred.size,) array."""
-    n = pred.size
-    xp = backend.array_module(be)
-    dpred = xp.empty(pred.shape, dtype=pred.dtype)
-    loss = xp.empty((n,), dtype=backend.compute_dtype(pred.dtype))
+    dtype, pred_shape = pred.dtype, pred.shape
+    compute = backend.compute_dtype(dtype)
+    shape = np.broadcast_shapes(pred.shape, target.shape)
+    n = int(np.prod(shape))
+    summed = pred_shape != shape
+    if summed:
+        # dpred is a sum over the broadcast elements: their gradients in the compute dtype (a float16
+        # input's by the float32 build: the same FP32 math), rounded once after the sum
+        pred, target, weight = (None if a is None else backend.astype(a, compute) for a in (pred, target, weight))
+    if reduction == "mean" and mean_over_weight:
+        host_divisor, grad_scale = None, 1
+        divisor = _total(be, backend.astype(weight, compute).reshape(-1))
+    else:
+        host_divisor = (n if mean_divisor is None else mean_divisor) if reduction == "mean" else 1
+        divisor, grad_scale = xp.ones((1,), dtype=compute), 1 / host_divisor
+    pred, target, weight = (a if a is None or a.shape == shape else backend.device_call(
+        lambda a=a: xp.ascontiguousarray(xp.broadcast_to(a, shape))) for a in (pred, target, weight))
+    dpred = xp.empty(shape, dtype=pred.dtype)
+    loss = xp.empty((n,), dtype=compute)
     backend.launch(be, "loss", pred.dtype, "regression_loss_rows", (elementwise_blocks(n),), (THREADS,),
-                   (pred, target, dpred, loss, np.int64(n), *i32(REGRESSION_KINDS[kind]),
-                    *acc(pred.dtype, beta, 1 / n if reduction == "mean" else 1)))
-    return _reduced(be, loss, pred.dtype, reduction, None, n if reduction == "mean" else 1, as_array), dpred
+                   (pred, target, pred if weight is None else weight, dpred, loss, np.int64(n),
+                    *i32(REGRESSION_KINDS[kind], weight is not None), *acc(pred.dtype, beta, grad_scale), divisor))
+    if summed:
+        dpred = backend.astype(_sum_to_shape(be, dpred, pred_shape), dtype)
+    return _reduced(be, loss, dtype, reduction, divisor, host_divisor, as_array), dpred
+
+
+def broadcast_axes(full_shape, shape) -> tuple:
+    """The axes of full_shape along which `shape` is broadcast to it (those a gradient is summed
+    over). (Shared with the NumPy path of cnn_gpu.functional.loss.)"""
+    padded = (1,) * (len(full_shape) - len(shape)) + tuple(shape)
+    return tuple(a for a in range(len(full_shape)) if padded[a] == 1 and full_shape[a] != 1)
+
+
+def _sum_to_shape(be, grad, shape):
+    """grad (a broadcast shape's elements) summed over the axes along which `shape` was broadcast to
+    it, in fixed order (reduce.channel_sum), as an array of `shape`."""
+    summed_axes = broadcast_axes(grad.shape, shape)
+    kept_axes = tuple(a for a in range(grad.ndim) if a not in summed_axes)
+    xp = backend.array_module(be)
+    by_column = backend.device_call(lambda: xp.ascontiguousarray(grad.transpose(summed_axes + kept_axes)))
+    rows = int(np.prod([grad.shape[a] for a in summed_axes]))
+    return reduce.channel_sum(be, by_column, rows, grad.size // rows, 1).reshape(shape)
 
 
 def binary_cross_entropy(be, input, target, weight, pos_weight, reduction, from_logits, as_array=False):
     """Binary cross entropy of probabilities (or of logits, from_logits) `input` against `target`
     (same shape, C-contiguous, at least one element); weight and pos_weight None or of the input's
-    shape (broadcast by the caller). Returns (loss, dinput) as mse's. On probabilities an input or
+    shape (broadcast by the caller). Returns (loss, dinput) as regression's. On probabilities an input or
     target outside [0, 1] makes the loss NaN."""
     n = input.size
     xp = backend.array_module(be)

@@ -9,16 +9,18 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..functional.loss import check_ignore_index, check_label_smoothing, check_reduction
+from ..functional.loss import check_ignore_index, check_kl_div_reduction, check_label_smoothing, check_reduction
 from .module import Module
 
 
 class _Loss(Module):
     """A loss calling `_loss` (its functional op) with the options of `_options()`."""
 
+    _check_reduction = staticmethod(check_reduction)
+
     def __init__(self, reduction="mean"):
         super().__init__()
-        self.reduction = check_reduction(reduction)
+        self.reduction = self._check_reduction(reduction)
 
     def forward(self, pred, target, *, as_array=False):
         loss, dpred = self._loss(pred, target, *self._options(pred), backend=self.backend, as_array=as_array)
@@ -42,6 +44,10 @@ class _Loss(Module):
                 expected = "a number" if loss_shape is None else f"a number or an array of shape {loss_shape}"
                 raise ValueError(f"dy must be {expected} (the loss's shape), got shape {tuple(dy.shape)}")
             dy = self._per_class(dy)
+            if np.broadcast_shapes(dy.shape, dpred.shape) != tuple(dpred.shape):
+                raise ValueError(f"dy of shape {tuple(dy.shape)} needs the gradient of each loss element, but pred "
+                                 f"{tuple(dpred.shape)} was broadcast against target: dpred holds their sums over "
+                                 f"the broadcast axes (pass a number, or pred of the loss's shape)")
         # in dpred's dtype: a NumPy float64 dy must not turn a float32 gradient into float64
         return _backend.device_call(xp.multiply, dpred, dy, dtype=dpred.dtype, takes_out=True)
 
@@ -171,6 +177,25 @@ class HuberLoss(_Loss):
 
     def extra_repr(self):
         return f"{super().extra_repr()}, delta={self.delta}"
+
+
+class KLDivLoss(_Loss):
+    """PyTorch's KL divergence of log-probabilities from target probabilities (log-probabilities
+    with `log_target`) with `reduction` "mean", "batchmean" (the divergence of each sample,
+    averaged: knowledge distillation's), "sum" or "none" (see cnn_gpu.functional.kl_div)."""
+
+    _loss = staticmethod(F.kl_div)
+    _check_reduction = staticmethod(check_kl_div_reduction)
+
+    def __init__(self, *, reduction="mean", log_target=False):
+        super().__init__(reduction)
+        self.log_target = log_target
+
+    def _options(self, pred):
+        return self.reduction, self.log_target
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, log_target={self.log_target}"
 
 
 class BCELoss(_Loss):
