@@ -56,8 +56,8 @@ def cases(dtype):
         "mse input (2, 3) target (3,) weight": ("mse_loss", [randn(2, 3), randn(3)], dict(weight=weight(2, 3))),
         "kl_div": ("kl_div", [log_probs(4, 5), probabilities], {}),
         "kl_div log_target": ("kl_div", [log_probs(4, 5), log_probs(4, 5)], dict(log_target=True)),
-        "kl_div (N, C, H, W)": ("kl_div", [log_probs(2, 3, 2, 2), rng.dirichlet(np.ones(3), (2, 2, 2))
-                                           .transpose(0, 3, 1, 2).astype(dtype)], {}),
+        "kl_div (N, C, H, W)": ("kl_div", [log_probs(2, 3, 2, 2), np.ascontiguousarray(
+            rng.dirichlet(np.ones(3), (2, 2, 2)).transpose(0, 3, 1, 2).astype(dtype))], {}),
         "kl_div target (5,) broadcast": ("kl_div", [log_probs(3, 5), probabilities[1]], {}),
         "kl_div input (4, 1) broadcast": ("kl_div", [randn(4, 1), probabilities], {}),
     }
