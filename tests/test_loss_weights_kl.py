@@ -15,6 +15,7 @@ from cnn_gpu import backend, emu, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import gradcheck
 from helpers import needs_cuda, needs_emu, refuse_launches, to_host
+from test_losses import assert_like_torch, torch_loss
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
@@ -74,35 +75,12 @@ def quiet(call):
         return call()
 
 
-def torch_loss(torch, name, arrays, options, reduction):
-    """torch's loss and the gradient of its sum with respect to the first array."""
-    x = torch.tensor(arrays[0], requires_grad=True)
-    options = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
-    loss = quiet(lambda: getattr(torch.nn.functional, name)(x, torch.tensor(arrays[1]), reduction=reduction,
-                                                            **options))
-    loss.sum().backward()
-    return loss.detach().numpy(), x.grad.numpy()
-
-
 @pytest.mark.torch
 @pytest.mark.parametrize("be", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.filterwarnings("ignore::UserWarning")   # the size and 'mean' warnings: test_torch_warnings_...
 def test_against_torch(be, dtype, torch):
-    tolerance = 1e-12 if dtype == np.float64 else 3e-6
-    for what, (name, arrays, options) in cases(dtype).items():
-        for reduction in reductions(name):
-            loss, grad = quiet(lambda: getattr(F, name)(*arrays, reduction=reduction, backend=be, **options))
-            want, want_grad = torch_loss(torch, name, arrays, options, reduction)
-            message = f"{what} {reduction} {be} {np.dtype(dtype).name}"
-            if reduction == "none":
-                assert loss.shape == want.shape and loss.dtype == dtype, message
-            else:
-                assert isinstance(loss, float), message
-            assert grad.shape == arrays[0].shape and grad.dtype == dtype, message
-            np.testing.assert_allclose(loss, want, rtol=tolerance, atol=tolerance * max(1.0, float(np.abs(want).max())),
-                                       err_msg=message)
-            np.testing.assert_allclose(grad, want_grad, rtol=tolerance,
-                                       atol=tolerance * float(np.abs(want_grad).max()), err_msg=message)
+    assert_like_torch(torch, cases(dtype), be, dtype, reductions)
 
 
 def reference(name, x, t, options, reduction):
@@ -283,7 +261,7 @@ def test_empty_broadcasts_as_torch(be, torch):
     for name, reduction in itertools.chain(((n, r) for n in ("mse_loss", "l1_loss") for r in ("mean", "sum", "none")),
                                            (("kl_div", r) for r in KL_REDUCTIONS)):
         loss, grad = quiet(lambda: getattr(F, name)(x, t, reduction=reduction, backend=be))
-        want, want_grad = torch_loss(torch, name, [x, t], {}, reduction)
+        want, want_grad = quiet(lambda: torch_loss(torch, name, [x, t], {}, reduction))
         np.testing.assert_array_equal(loss, want, err_msg=f"{name} {reduction}")
         np.testing.assert_array_equal(grad, want_grad, err_msg=f"{name} {reduction}")
 

@@ -90,9 +90,15 @@ def torch_loss(torch, name, arrays, options, reduction):
 @pytest.mark.parametrize("be", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_against_torch(be, dtype, torch):
+    assert_like_torch(torch, cases(dtype), be, dtype)
+
+
+def assert_like_torch(torch, op_cases, be, dtype, reductions_of=lambda name: REDUCTIONS):
+    """Every case of op_cases (as cases') and reduction of reductions_of(its op) against torch: the
+    loss (a float or an array of torch's shape and our dtype) and the gradient."""
     tolerance = 1e-12 if dtype == np.float64 else 2e-6
-    for what, (name, arrays, options) in cases(dtype).items():
-        for reduction in REDUCTIONS:
+    for what, (name, arrays, options) in op_cases.items():
+        for reduction in reductions_of(name):
             loss, grad = getattr(F, name)(*arrays, reduction=reduction, backend=be, **options)
             want, want_grad = torch_loss(torch, name, arrays, options, reduction)
             message = f"{what} {reduction} {be} {np.dtype(dtype).name}"
