@@ -130,6 +130,15 @@ LOSSES = {   # name -> (loss(x) returning (loss, dx), x); x off the kinks of the
     "l1_loss": (lambda x: F.l1_loss(x, GOALS), GOALS + np.sign(randn(3, 4)) * rng.uniform(0.2, 1, (3, 4))),
     "smooth_l1_loss": (lambda x: F.smooth_l1_loss(x, GOALS, beta=0.5), GOALS + randn(3, 4)),
     "huber_loss": (lambda x: F.huber_loss(x, GOALS, delta=0.7), GOALS + randn(3, 4)),
+    # weight of the input's shape, and the input broadcast against the target (the gradient summed back)
+    "mse_loss weight": (lambda x: F.mse_loss(x, GOALS, weight=GOALS + 0.5), randn(3, 4)),
+    "l1_loss weight broadcast": (lambda x: F.l1_loss(x, GOALS[:, :1] + np.array([-1.5, -2.5, 2.0]),
+                                                      weight=GOALS[:, :1] + 0.5), randn(3, 1) * 0.2),
+    "huber_loss weight broadcast": (lambda x: F.huber_loss(x, GOALS, delta=0.7, weight=GOALS[0] + 0.5), randn(4)),
+    "kl_div batchmean": (lambda x: F.kl_div(x, GOALS / GOALS.sum(axis=1, keepdims=True), reduction="batchmean"),
+                         randn(3, 4)),
+    "kl_div log_target broadcast": (lambda x: F.kl_div(x, np.log(GOALS[0]), reduction="sum", log_target=True),
+                                    randn(2, 4)),
     "binary_cross_entropy": (lambda x: F.binary_cross_entropy(x, GOALS, LAST_DIM_WEIGHT, reduction="sum"),
                              rng.uniform(0.1, 0.9, (3, 4))),
     "binary_cross_entropy_with_logits": (
@@ -139,6 +148,7 @@ LOSSES = {   # name -> (loss(x) returning (loss, dx), x); x off the kinks of the
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.filterwarnings("ignore:Using a target size")   # the broadcast cases: torch's warning
 def test_loss_gradients(name):
     loss, x = LOSSES[name]
     report = gradcheck(lambda: loss(x)[0], [x], [loss(x)[1]])
