@@ -122,6 +122,25 @@ def test_the_other_losses_read_their_loss_back_once_or_not_at_all(count_reads, n
 
 
 @needs_emu
+@pytest.mark.parametrize("name, reduction", [(name, reduction) for name in ("mse_loss", "l1_loss", "huber_loss")
+                                              for reduction in ("mean", "sum")] + [("kl_div", "batchmean")])
+@pytest.mark.filterwarnings("ignore:Using a target size")   # torch's warning where sizes differ
+def test_weighted_and_broadcast_losses_read_their_loss_back_once_or_not_at_all(count_reads, name, reduction):
+    """A weighted mean's divisor (the summed weight, on the device) comes back with the loss in one
+    read; a broadcast input's gradient is summed on the device; kl_div's batchmean is one read too."""
+    rng = np.random.default_rng(8)
+    x, target = rng.standard_normal((2, 1, 3)).view(HostReads), rng.uniform(0, 1, (2, 4, 3)).view(HostReads)
+    options = {} if name == "kl_div" else dict(weight=rng.uniform(0.5, 2, (2, 1, 3)).view(HostReads))
+    op = getattr(F, name)
+    loss, _ = op(x, target, reduction=reduction, backend="emu", **options)
+    assert count_reads.count == 1
+    count_reads.count = 0
+    kept, _ = op(x, target, reduction=reduction, backend="emu", as_array=True, **options)
+    assert count_reads.count == 0
+    assert kept.shape == () and kept.dtype == np.float64 and float(kept) == loss
+
+
+@needs_emu
 @pytest.mark.parametrize("weighted", [False, True])
 def test_class_index_out_of_range_is_refused_after_the_nan_loss_or_kept_as_nan(count_reads, weighted):
     rng = np.random.default_rng(6)
