@@ -55,7 +55,7 @@ RUNS = {"cross_entropy": _as_array_loss_run("cross_entropy"),
         "nll_loss": check_ops.nll_run(as_array=True),
         **{name: check_ops.elementwise_loss_run(name, as_array=True)
            for name in ("l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
-                        "binary_cross_entropy_with_logits")}}
+                        "binary_cross_entropy_with_logits", "kl_div")}}
 
 
 def _in_dtype(inputs: dict, dtype) -> dict:

@@ -451,18 +451,27 @@ def _elementwise_loss_config(rng):
                 delta=float(rng.choice([0.5, 1.0, 2.0])))
 
 
+def _kl_div_config(rng):
+    # "mean" is the element-wise mean the other losses check (and warns, as torch's): batchmean instead
+    return dict(_elementwise_loss_config(rng), reduction=str(rng.choice(["batchmean", "sum", "none"])),
+                log_target=bool(rng.random() < 0.5))
+
+
 ELEMENTWISE_LOSS_LARGE = (dict(shape=(8, 3, 64, 64), reduction="mean", weighted=True, beta=1.0, delta=1.0),)
+KL_DIV_LARGE = (dict(ELEMENTWISE_LOSS_LARGE[0], reduction="batchmean", log_target=False),)   # distillation maps
 
 
 def _elementwise_loss_inputs(probabilities: bool):
     """input (probabilities in [0.05, 0.95] for binary_cross_entropy: its finite differences stay
-    inside [0, 1]), target, and weight and pos_weight over the last dimension."""
+    inside [0, 1]), target, weight and pos_weight over the last dimension (BCE's), and a weight of
+    the input's shape (element_weight: l1_loss's and huber_loss's, as PyTorch 2.13 takes it)."""
     def inputs(cfg, rng):
         shape = cfg["shape"]
-        weights = (rng.uniform(0.2, 2.0, shape[-1:]), rng.uniform(0.5, 3.0, shape[-1:])) if cfg["weighted"] else (
-            None, None)
+        weights = (rng.uniform(0.2, 2.0, shape[-1:]), rng.uniform(0.5, 3.0, shape[-1:]),
+                   rng.uniform(0.2, 2.0, shape)) if cfg["weighted"] else (None, None, None)
         return dict(input=rng.uniform(0.05, 0.95, shape) if probabilities else 3 * rng.standard_normal(shape),
-                    target=rng.uniform(0, 1, shape), weight=weights[0], pos_weight=weights[1])
+                    target=rng.uniform(0, 1, shape), weight=weights[0], pos_weight=weights[1],
+                    element_weight=weights[2])
     return inputs
 
 
@@ -470,7 +479,9 @@ def elementwise_loss_run(name: str, as_array: bool = False):
     """The check's run of the element-wise loss `name`; as_array as nll_run's."""
     def run(a, cfg, be):
         from .. import functional as F
-        options = dict(l1_loss={}, smooth_l1_loss=dict(beta=cfg["beta"]), huber_loss=dict(delta=cfg["delta"]),
+        options = dict(l1_loss=dict(weight=a["element_weight"]), smooth_l1_loss=dict(beta=cfg["beta"]),
+                       huber_loss=dict(delta=cfg["delta"], weight=a["element_weight"]),
+                       kl_div=dict(log_target=cfg.get("log_target")),
                        binary_cross_entropy=dict(weight=a["weight"]),
                        binary_cross_entropy_with_logits=dict(weight=a["weight"], pos_weight=a["pos_weight"]))[name]
         loss, dinput = getattr(F, name)(a["input"], a["target"], reduction=cfg["reduction"], backend=be,
@@ -835,6 +846,8 @@ OPS = {op.name: op for op in (
               large_configs=ELEMENTWISE_LOSS_LARGE)
       for name in ("l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
                    "binary_cross_entropy_with_logits")),
+    OpCheck("kl_div", _kl_div_config, (), _elementwise_loss_inputs(False), elementwise_loss_run("kl_div"), "loss", None,
+            {"input": "dinput"}, reduces=True, large_configs=KL_DIV_LARGE),
     OpCheck("dropout", _dropout_config, (), _activation_inputs, _dropout_run, "y", "dy", {"x": "dx"},
             large_configs=(dict(ACTIVATION_LARGE[0], p=0.5, seed=2**40, step=3),)),
     OpCheck("dropout2d", _dropout2d_config, (), _activation_inputs, _dropout2d_run, "y", "dy", {"x": "dx"},
