@@ -254,16 +254,19 @@ def _line() -> int:
 @pytest.mark.torch
 @pytest.mark.parametrize("be", BACKENDS)
 def test_empty_broadcasts_as_torch(be, torch):
-    """A target that broadcasts the input to no elements: torch's NaN mean (kl_div's batchmean 0
-    over a non-empty batch), zero sum, an empty per-element array, a zero gradient of the input's
-    shape."""
+    """A target that broadcasts the input to no elements: torch's NaN mean (but 0 for kl_div's
+    batchmean over a non-empty batch and for a mean over a non-empty weight's sum), zero sum, an
+    empty per-element array, a zero gradient of the input's shape."""
     x, t = np.full((3, 1), 0.5), np.empty((3, 0))
-    for name, reduction in itertools.chain(((n, r) for n in ("mse_loss", "l1_loss") for r in ("mean", "sum", "none")),
-                                           (("kl_div", r) for r in KL_REDUCTIONS)):
-        loss, grad = quiet(lambda: getattr(F, name)(x, t, reduction=reduction, backend=be))
-        want, want_grad = quiet(lambda: torch_loss(torch, name, [x, t], {}, reduction))
-        np.testing.assert_array_equal(loss, want, err_msg=f"{name} {reduction}")
-        np.testing.assert_array_equal(grad, want_grad, err_msg=f"{name} {reduction}")
+    weighted = dict(weight=np.array([[0.5], [1.0], [2.0]]))
+    for name, reduction, options in itertools.chain(
+            ((n, r, o) for n in ("mse_loss", "l1_loss", "huber_loss") for r in ("mean", "sum", "none")
+             for o in ({}, weighted)),
+            (("kl_div", r, {}) for r in KL_REDUCTIONS)):
+        loss, grad = quiet(lambda: getattr(F, name)(x, t, reduction=reduction, backend=be, **options))
+        want, want_grad = quiet(lambda: torch_loss(torch, name, [x, t], options, reduction))
+        np.testing.assert_array_equal(loss, want, err_msg=f"{name} {reduction} {options}")
+        np.testing.assert_array_equal(grad, want_grad, err_msg=f"{name} {reduction} {options}")
 
 
 def test_bad_arguments_are_refused_before_any_launch(monkeypatch):

@@ -421,13 +421,14 @@ def _pointwise_loss(kind: str, input, target, weight, reduction, shape, be, as_a
     mean_divisor (by default the element count) or over the summed weight (mean_over_weight), and
     the gradient summed back to input's shape. See gpu.loss.regression."""
     if math.prod(shape) == 0:
+        xp = _backend.array_module(be)
         loss, dinput = _nothing(be, reduction, input, shape, as_array)
-        if reduction == "mean" and mean_divisor is not None:   # kl_div's batchmean: 0 over the batch
-            loss = mean_of(0.0, mean_divisor) if not as_array else _backend.array_module(be).asarray(
-                mean_of(0.0, mean_divisor), dtype=np.float64)
+        if reduction == "mean" and (mean_divisor is not None or mean_over_weight):
+            # 0 over kl_div's batch or over the summed weight (of input, which may have elements): as torch's
+            loss = mean_of(0.0, float(weight.sum()) if mean_over_weight else mean_divisor)
+            loss = xp.asarray(loss, dtype=np.float64) if as_array else loss
         # input itself may have elements (broadcast against an empty target): their gradient is 0
-        return loss, (dinput if input.size == 0 else _backend.device_call(
-            _backend.array_module(be).zeros, input.shape, dtype=input.dtype))
+        return loss, (dinput if input.size == 0 else _backend.device_call(xp.zeros, input.shape, dtype=input.dtype))
     if be != "numpy":
         from ..gpu import loss as gpu_loss
         named = ((input, "input"), (target, "target"), (weight, "weight"))
