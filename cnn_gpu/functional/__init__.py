@@ -17,7 +17,8 @@ PyTorch's fuller signatures are taken too: conv and pool ops (and their backward
 one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on
 (..., in_features); cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
 with class-index or class-probability targets and (N, C, d1, ..., dk) logits; nll_loss(input,
-target, weight, ignore_index, reduction); mse_loss, l1_loss, smooth_l1_loss(beta), huber_loss(delta),
+target, weight, ignore_index, reduction); mse_loss(weight), l1_loss(weight), smooth_l1_loss(beta),
+huber_loss(delta, weight) (input and target broadcast), kl_div(log_target, "batchmean"),
 binary_cross_entropy(weight) and binary_cross_entropy_with_logits(weight, pos_weight) (reduction);
 avg_pool2d(divisor_override); interpolate (modes "nearest" and "bilinear") on 4-D inputs only, as
 PyTorch reads a 3-D input as (N, C, L); softmax and log_softmax over any dim, whose backward
