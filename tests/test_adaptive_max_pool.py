@@ -181,8 +181,8 @@ def test_layer_checks_indices_only_where_the_caller_holds_them(monkeypatch):
     a flag back every step; with return_indices=True the caller may have changed them."""
     from cnn_gpu.functional import adaptive_pool
     x = np.random.default_rng(5).standard_normal((1, 2, 6, 6))
-    check, calls = adaptive_pool._check_max_indices, []
-    monkeypatch.setattr(adaptive_pool, "_check_max_indices", lambda *a: calls.append(1) or check(*a))
+    check, calls = adaptive_pool.check_max_indices, []
+    monkeypatch.setattr(adaptive_pool, "check_max_indices", lambda *a: calls.append(1) or check(*a))
     for return_indices, checked in ((False, 0), (True, 1)):
         calls.clear()
         layer = nn.AdaptiveMaxPool2d(4, return_indices)

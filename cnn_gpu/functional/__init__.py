@@ -40,7 +40,7 @@ from .activation import (add_relu, elu, elu_backward, gelu, gelu_backward, hards
 from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
                             adaptive_max_pool2d_backward)
 from .batch_norm import batch_norm, batch_norm_backward
-from .dropout import dropout, dropout2d, dropout2d_backward, dropout_backward
+from .dropout import dropout, dropout1d, dropout1d_backward, dropout2d, dropout2d_backward, dropout_backward
 from .group_norm import group_norm, group_norm_backward
 from .instance_norm import instance_norm, instance_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
@@ -54,8 +54,9 @@ from .padding import pad, pad_backward
 from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
                       pixel_unshuffle_backward)
 from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
-from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d,
-                    conv1d_backward, conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
+from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, adaptive_max_pool1d,
+                    adaptive_max_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d, conv1d_backward,
+                    conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
 from .upsample import interpolate, interpolate_backward
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
@@ -73,4 +74,5 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "conv_transpose1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
-           "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward"]
+           "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
+           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward"]

@@ -144,9 +144,11 @@ def _max_windows(x4, out_size):
     return np.ascontiguousarray(y.swapaxes(2, 3)), np.ascontiguousarray(indices.swapaxes(2, 3))
 
 
-def _check_max_indices(indices, x4_shape, out_size) -> None:
+def check_max_indices(indices, x4_shape, out_size, op="adaptive_max_pool2d", given=None, given_x_shape=None) -> None:
     """Every index is the flat position h*W + w of a pixel of its own window (NumPy or CuPy arrays;
-    on CuPy this reads one flag back). An index outside the plane has its row outside every window."""
+    on CuPy this reads one flag back). An index outside the plane has its row outside every window.
+    The error names `op`, and the index and input shape as the caller gave them (`given`, a view of
+    the same indices, and `given_x_shape`; by default the 4-D ones)."""
     xp = _backend.module_of(indices)
     width = x4_shape[3]
     inside = None
@@ -157,9 +159,10 @@ def _check_max_indices(indices, x4_shape, out_size) -> None:
         ok = (position >= start) & (position < end)
         inside = ok if inside is None else inside & ok
     if not bool(inside.all()):
-        where = tuple(int(i) for i in np.unravel_index(int((~inside).ravel().argmax()), indices.shape))
-        raise ValueError(f"indices{list(where)} = {int(indices[where])} is not a pixel of its window; indices must "
-                         f"be those adaptive_max_pool2d returned for an input of shape {tuple(x4_shape)}")
+        given = indices if given is None else given
+        where = tuple(int(i) for i in np.unravel_index(int((~inside).ravel().argmax()), given.shape))
+        raise ValueError(f"indices{list(where)} = {int(given[where])} is not a pixel of its window; indices must "
+                         f"be those {op} returned for an input of shape {tuple(given_x_shape or x4_shape)}")
 
 
 @takes_float16(kernels=True)
@@ -212,7 +215,7 @@ def _adaptive_max_pool2d_backward(dy, indices, x_shape, output_size, backend, ch
     if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
         dy4, indices4 = _checks.for_kernels(be, dy4, "dy"), _checks.for_kernels(be, indices4, "indices")
     if check_indices:
-        _check_max_indices(indices4, x4_shape, out_size)
+        check_max_indices(indices4, x4_shape, out_size)
     if be == "numpy":
         planes, plane = x4_shape[0] * x4_shape[1], x4_shape[2] * x4_shape[3]
         target = np.arange(planes).reshape(x4_shape[:2] + (1, 1)) * plane + indices4

@@ -131,3 +131,41 @@ def dropout2d_backward(dy, p, seed, step=0, *, backend=None):
         philox.check_seed(step, "step")
         return dy
     return _apply(dy, "dy", p, seed, step, backend, per_plane=True)
+
+
+def check_signal_input(a, name):
+    """PyTorch 2.13's rank rule of dropout1d: (N, C, L) or unbatched (C, L)."""
+    _checks.array(a, name)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"dropout1d: Expected 2D or 3D input, but received a {a.ndim}D input. Note that dropout1d "
+                         "exists to provide channel-wise dropout on inputs with 1 spatial dimension, a channel "
+                         "dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
+
+
+@takes_float16(kernels=True)
+def dropout1d(x, p=0.5, training=True, *, seed, step=0, backend=None):
+    """torch.nn.functional.dropout1d(x, p, training) with the mask of (seed, step): each (n, c)
+    channel of an (N, C, L) signal (of a (C, L) one: each channel) kept with probability 1 - p and
+    scaled by 1 / (1 - p), or zeroed: dropout2d's planes, without its rank warnings. x itself when
+    not training or p == 0."""
+    p = check_probability(p)
+    check_signal_input(x, "x")
+    return _channel_dropout(x, "x", p, training, seed, step, backend)
+
+
+@takes_float16(kernels=True)
+def dropout1d_backward(dy, p, seed, step=0, *, backend=None):
+    """Gradient of dropout1d(x, p, training=True, seed=seed, step=step): dy through the same channel
+    mask and scale."""
+    p = check_probability(p)
+    check_signal_input(dy, "dy")
+    return _channel_dropout(dy, "dy", p, True, seed, step, backend)
+
+
+def _channel_dropout(a, name, p, training, seed, step, backend):
+    if not _checks.flag(training, "training") or p == 0:
+        philox.check_seed(seed, "seed")
+        philox.check_seed(step, "step")
+        return a
+    batched = a if a.ndim == 3 else a[None]
+    return _apply(batched, name, p, seed, step, backend, per_plane=True).reshape(a.shape)

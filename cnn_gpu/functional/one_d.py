@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import backend as _backend
 from . import _checks
-from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
+from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
+                            adaptive_max_pool2d_backward_of_own_indices, check_max_indices)
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .geometry import PADDING_STRINGS, _groups, conv_output_size, pool_output_size
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward_of_own_indices
@@ -316,18 +317,62 @@ def avg_pool1d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
 def adaptive_avg_pool1d(x, output_size, *, backend=None):
     """Adaptive average pooling as torch.nn.functional.adaptive_avg_pool1d: x (N, C, L) or (C, L)
     -> (N, C, output_size) or (C, output_size); output p averages [floor(p*L/out), ceil((p+1)*L/out))."""
-    _checks.array(x, "x", ndim=(2, 3))
-    if 0 in x.shape[-2:]:
-        raise ValueError(f"x must have non-empty channel and length dimensions, got shape {tuple(x.shape)}")
-    output_size = single(output_size, "output_size")
-    return _as_1d(adaptive_avg_pool2d(_as_2d(x), (1, output_size), backend=backend))
+    return _as_1d(adaptive_avg_pool2d(_as_2d(x), _adaptive_output(x, output_size), backend=backend))
 
 
 def adaptive_avg_pool1d_backward(dy, x_shape, *, backend=None):
     """Gradient of adaptive_avg_pool1d for an input of shape x_shape (the output size is dy's)."""
+    return _as_1d(adaptive_avg_pool2d_backward(_as_2d(dy), _adaptive_x_shape_2d(dy, x_shape), backend=backend))
+
+
+def _adaptive_output(x, output_size) -> tuple[int, int]:
+    """The 2-D output size of an adaptive pool of the (N, C, L) or (C, L) signal x."""
+    _checks.array(x, "x", ndim=(2, 3))
+    if 0 in x.shape[-2:]:
+        raise ValueError(f"x must have non-empty channel and length dimensions, got shape {tuple(x.shape)}")
+    return 1, single(output_size, "output_size")
+
+
+def _adaptive_x_shape_2d(dy, x_shape) -> tuple:
+    """The 2-D view's input shape of an adaptive pool's backward, after checking dy against x_shape."""
     _checks.array(dy, "dy", ndim=(2, 3))
     x_shape = _checks.shape_tuple(x_shape, "x_shape", dy.ndim)
     if x_shape[:-1] != dy.shape[:-1] or x_shape[-1] < 1:
         raise ValueError(f"dy of shape {tuple(dy.shape)} cannot come from an input of shape {x_shape} "
                          f"(batch and channels must agree, the length be positive)")
-    return _as_1d(adaptive_avg_pool2d_backward(_as_2d(dy), x_shape[:-1] + (1, x_shape[-1]), backend=backend))
+    return x_shape[:-1] + (1, x_shape[-1])
+
+
+def adaptive_max_pool1d(x, output_size, *, backend=None):
+    """Adaptive max pooling as torch.nn.functional.adaptive_max_pool1d(x, output_size,
+    return_indices=True): x (N, C, L) or (C, L) -> (y, indices int32) of the same rank, indices the
+    position within L of each window's maximum (adaptive_max_pool2d's tie and NaN rules)."""
+    y, indices = adaptive_max_pool2d(_as_2d(x), _adaptive_output(x, output_size), backend=backend)
+    return _as_1d(y), _as_1d(indices)
+
+
+def adaptive_max_pool1d_backward(dy, indices, x_shape, *, backend=None):
+    """Gradient of adaptive_max_pool1d for an input of shape x_shape (the output size is dy's): dy
+    added at the positions its indices name, each checked to lie in its own window."""
+    return _adaptive_max_pool1d_backward(dy, indices, x_shape, backend, check_indices=True)
+
+
+def adaptive_max_pool1d_backward_of_own_indices(dy, indices, x_shape, *, backend=None):
+    """adaptive_max_pool1d_backward for indices adaptive_max_pool1d returned (nn.AdaptiveMaxPool1d's
+    own), not checked again."""
+    return _adaptive_max_pool1d_backward(dy, indices, x_shape, backend, check_indices=False)
+
+
+def _adaptive_max_pool1d_backward(dy, indices, x_shape, backend, check_indices: bool):
+    x_shape_2d = _adaptive_x_shape_2d(dy, x_shape)
+    if not _checks.is_array(indices):
+        raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
+    if indices.dtype != np.int32:
+        raise TypeError(f"indices must be int32 (as adaptive_max_pool1d returns them), got {indices.dtype}")
+    _checks.shape_is(indices, "indices", dy.shape, " (the shape of dy)")
+    out_size = (1, dy.shape[-1])
+    if check_indices:
+        x4_shape = (1,) * (4 - len(x_shape_2d)) + x_shape_2d   # (only its (1, L) plane is read)
+        check_max_indices(_as_2d(indices), x4_shape, out_size, "adaptive_max_pool1d", indices, tuple(x_shape))
+    return _as_1d(adaptive_max_pool2d_backward_of_own_indices(_as_2d(dy), _as_2d(indices), x_shape_2d, out_size,
+                                                              backend=backend))

@@ -17,8 +17,8 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      MaxPool2d, Mish, ReflectionPad2d, ReflectionPad3d, ReLU, ReLU6, ReplicationPad2d, ReplicationPad3d,
                      SiLU, Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d, ZeroPad3d, ELU)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d
-from .layers_1d import (AdaptiveAvgPool1d, AvgPool1d, CircularPad1d, ConstantPad1d, Conv1d, ConvTranspose1d, MaxPool1d,
-                        ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
+from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool1d, CircularPad1d, ConstantPad1d,
+                        Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
 from .loss import (CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss,
                    BCEWithLogitsLoss)
 from .module import Module, Parameter
@@ -34,4 +34,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "HuberLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss", "Conv1d", "ConvTranspose1d", "MaxPool1d",
            "AvgPool1d", "AdaptiveAvgPool1d", "ZeroPad1d", "ConstantPad1d", "ReflectionPad1d", "ReplicationPad1d",
            "CircularPad1d", "ZeroPad3d", "ConstantPad3d", "ReflectionPad3d", "ReplicationPad3d", "CircularPad3d",
-           "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d", "PReLU"]
+           "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d",
+           "PReLU", "AdaptiveMaxPool1d", "Dropout1d"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..functional.one_d import conv1d_padding, max_pool1d_backward_of_own_indices, pool_sizes, single
-from .layers import _Conv, _MaxPool, padding_layers
+from ..functional.dropout import check_signal_input
+from ..functional.one_d import (adaptive_max_pool1d_backward_of_own_indices, conv1d_padding,
+                                max_pool1d_backward_of_own_indices, pool_sizes, single)
+from .layers import Dropout, _Conv, _MaxPool, padding_layers
 from .module import Module
 
 
@@ -145,6 +147,39 @@ class AdaptiveAvgPool1d(Module):
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool1d(_MaxPool):
+    """1-D adaptive max pooling to `output_size` (an int or a 1-tuple); with return_indices=True forward
+    returns (y, indices) as PyTorch does."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        single(output_size, "output_size")   # refused here, not at the first forward
+        self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
+        self.return_indices = bool(return_indices)
+
+    def _pool(self, x):
+        return F.adaptive_max_pool1d(x, self.output_size, backend=self.backend)
+
+    def _unpool(self, dy, indices, x_shape, checked):
+        backward = F.adaptive_max_pool1d_backward if checked else adaptive_max_pool1d_backward_of_own_indices
+        return backward(dy, indices, x_shape, backend=self.backend)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class Dropout1d(Dropout):
+    """Channel dropout of signals (F.dropout1d): each channel of an (N, C, L) or (C, L) input kept or
+    zeroed whole, one mask a training call from (seed, step), with Dropout's step, state_dict and
+    seed; other ranks refused in every mode, as PyTorch's."""
+
+    _op, _op_backward = staticmethod(F.dropout1d), staticmethod(F.dropout1d_backward)
+
+    def forward(self, x):
+        check_signal_input(x, "x")   # in eval mode too, as PyTorch's
+        return super().forward(x)
 
 
 ConstantPad1d, ZeroPad1d, ReflectionPad1d, ReplicationPad1d, CircularPad1d = padding_layers(
