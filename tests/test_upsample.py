@@ -19,14 +19,17 @@ needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
 
 
-def draw(rng, max_in=9, max_out=14):
-    """(x shape, settings): sizes or factors (non-integer, below 1 too), both modes, align_corners."""
+INTERPOLATING = ("bilinear", "bicubic")
+
+
+def draw(rng, max_in=9, max_out=14, modes=F.upsample.MODES):
+    """(x shape, settings): sizes or factors (non-integer, below 1 too), every mode, align_corners."""
     while True:
         shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, max_in + 1)),
                  int(rng.integers(1, max_in + 1)))
-        mode = "nearest" if rng.random() < 0.5 else "bilinear"
-        settings = dict(mode=mode, align_corners=None if mode == "nearest" else
-                        [None, False, True][int(rng.integers(3))])
+        mode = modes[int(rng.integers(len(modes)))]
+        settings = dict(mode=mode, align_corners=[None, False, True][int(rng.integers(3))]
+                        if mode in INTERPOLATING else None)
         kind = rng.random()
         if kind < 0.4:
             size = [int(rng.integers(1, max_out + 1)) for _ in range(2)]
@@ -48,10 +51,33 @@ def per_axis(value):
     return tuple(value) if isinstance(value, tuple) else (value, value)
 
 
+def cubic(s, a=-0.75):
+    """Keys' cubic convolution kernel at distance s."""
+    s = abs(s)
+    return ((a + 2) * s - (a + 3)) * s * s + 1 if s <= 1 else ((a * s - 5 * a) * s + 8 * a) * s - 4 * a if s < 2 else 0
+
+
 def loop_taps(mode, size, out, factor, align_corners):
-    """Per output along one axis: [(input index, weight)], from the rule in the module docstring."""
+    """Per output along one axis: [(input index, weight)], from the rule in the module docstring
+    (area: adaptive average pooling's windows [floor(d in / out), ceil((d + 1) in / out)))."""
     taps = []
     for d in range(out):
+        if mode == "area":
+            begin, end = d * size // out, -(-(d + 1) * size // out)
+            taps.append([(i, 1.0 / (end - begin)) for i in range(begin, end)])
+            continue
+        if mode == "nearest-exact":
+            scale = np.float32(1.0 / factor) if factor is not None else np.float32(size) / np.float32(out)
+            taps.append([(min(math.floor(np.float32((d + 0.5) * float(scale))), size - 1), 1.0)])
+            continue
+        if mode == "bicubic":
+            ratio = (((size - 1) / (out - 1) if out > 1 else 0.0) if align_corners else
+                     1.0 / factor if factor is not None else size / out)
+            real = ratio * d if align_corners else ratio * (d + 0.5) - 0.5
+            low = min(math.floor(np.float32(real)), size - 1)
+            t = min(max(real - low, 0.0), 1.0)
+            taps.append([(min(max(low + k, 0), size - 1), cubic(t - k)) for k in (-1, 0, 1, 2)])
+            continue
         if mode == "nearest":
             if out == size:
                 src = d
@@ -112,6 +138,21 @@ def test_loops_agree_with_hand_worked_indices():
     np.testing.assert_array_equal(y[0, 0, 0], [0.0, 2.0, 4.0])
 
 
+def test_loops_of_the_new_modes_agree_with_hand_worked_values():
+    """nearest-exact 3 -> 5 reads floor((d + 1/2) * 0.6) = 0 0 1 2 2 (nearest: 0 0 1 1 2) and 5 -> 2
+    floor((d + 1/2) * 2.5) = 1 3 (pixel centres; nearest 0 2); bicubic's weights at t = 0 are
+    0 1 0 0 and at t = 1/2 -0.09375 0.59375 0.59375 -0.09375 (Keys, A = -0.75): 4 -> 8 without
+    align_corners puts output 2 at real 0.25 and output 0 at -0.25 (taps -2..1 clamped to 0, 0, 0,
+    1); area 5 -> 2 averages windows [0, 3) and [2, 5)."""
+    assert [t[0][0] for t in loop_taps("nearest-exact", 3, 5, None, None)] == [0, 0, 1, 2, 2]
+    assert [t[0][0] for t in loop_taps("nearest-exact", 5, 2, None, None)] == [1, 3]
+    assert [w for _, w in loop_taps("bicubic", 3, 3, None, False)[1]] == [0.0, 1.0, 0.0, 0.0]
+    assert [w for _, w in loop_taps("bicubic", 2, 3, None, True)[1]] == [-0.09375, 0.59375, 0.59375, -0.09375]
+    edge = loop_taps("bicubic", 4, 8, None, False)
+    assert [i for i, _ in edge[0]] == [0, 0, 0, 1] and [i for i, _ in edge[2]] == [0, 0, 1, 2]
+    assert [(i, w) for i, w in loop_taps("area", 5, 2, None, None)[1]] == [(2, 1 / 3), (3, 1 / 3), (4, 1 / 3)]
+
+
 @pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
 def test_against_the_loops(be):
     rng = np.random.default_rng(1)
@@ -137,7 +178,8 @@ def torch_settings(settings):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_against_pytorch(be, dtype):
     """Nearest: the same bits forward (a copy) wherever PyTorch's CPU forward takes the legacy rule
-    (outputs with H + W <= 128: all here); bilinear within tolerance, backward too."""
+    (outputs with H + W <= 128: all here), nearest-exact too; the other modes within tolerance,
+    backward too."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
     for i in range(150 if be == "numpy" else 50):
@@ -149,7 +191,7 @@ def test_against_pytorch(be, dtype):
         yt.backward(torch.tensor(dy))
         what = f"config {i}: {shape} {settings}"
         y = F.interpolate(x, **settings, backend=be)
-        if settings["mode"] == "nearest":
+        if settings["mode"].startswith("nearest"):
             assert y.tobytes() == yt.detach().numpy().tobytes(), what
         assert_close(y, yt.detach().numpy(), dtype, what)
         assert_close(F.interpolate_backward(dy, shape, **settings, backend=be), xt.grad.numpy(), dtype, what + " dx")
@@ -163,7 +205,8 @@ def coded(shape):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
-def test_nearest_gradient_routes_as_pytorch_bit_for_bit(be):
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_nearest_gradient_routes_as_pytorch_bit_for_bit(be, mode):
     """Large outputs, odd sizes, non-integer factors (with out == in and out == 2*in from factors
     other than 1 and 2): each input gets exactly the outputs PyTorch's backward pass gives it."""
     torch = pytest.importorskip("torch")
@@ -172,7 +215,7 @@ def test_nearest_gradient_routes_as_pytorch_bit_for_bit(be):
              ((1, 1, 183, 3), dict(size=(63, 5))), ((1, 1, 97, 61), dict(scale_factor=(1.37, 0.71)))]
     cases += [draw(rng, max_in=120, max_out=250) for _ in range(30)]
     for shape, settings in cases:
-        settings = dict(settings, mode="nearest", align_corners=None)
+        settings = dict(settings, mode=mode, align_corners=None)
         xt = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
         yt = torch.nn.functional.interpolate(xt, **torch_settings(settings))
         dy = coded(tuple(yt.shape))
@@ -211,6 +254,8 @@ def test_an_inf_or_nan_lands_where_pytorch_puts_it(be):
                             ((1, 2, 3, 4), dict(size=(3, 7), mode="bilinear")),
                             ((1, 1, 4, 4), dict(scale_factor=1.5, mode="bilinear", align_corners=True)),
                             ((1, 1, 5, 3), dict(size=(2, 3), mode="bilinear")),
+                            ((1, 2, 5, 4), dict(size=(7, 3), mode="bicubic")),
+                            ((1, 1, 6, 5), dict(scale_factor=(1.5, 0.7), mode="bicubic", align_corners=True)),
                             ((2, 1, 4, 5), dict(scale_factor=(1.5, 0.6)))]:
         for bad in (np.inf, -np.inf, np.nan):
             x = rng.standard_normal(shape)
@@ -231,7 +276,10 @@ def test_finite_differences():
     for settings in [dict(size=(9, 7)), dict(scale_factor=1.7), dict(size=(3, 2)), dict(scale_factor=(2, 0.6)),
                      dict(size=(8, 3), mode="bilinear"), dict(size=(8, 3), mode="bilinear", align_corners=True),
                      dict(scale_factor=(1.3, 2.6), mode="bilinear"), dict(size=(2, 1), mode="bilinear"),
-                     dict(size=(1, 6), mode="bilinear", align_corners=True)]:
+                     dict(size=(1, 6), mode="bilinear", align_corners=True),
+                     dict(size=(9, 3), mode="bicubic"), dict(scale_factor=(1.7, 0.6), mode="bicubic"),
+                     dict(size=(2, 7), mode="bicubic", align_corners=True), dict(size=(1, 1), mode="bicubic"),
+                     dict(scale_factor=(2.3, 0.5), mode="nearest-exact"), dict(size=(3, 7), mode="area")]:
         report = check_op(lambda x: F.interpolate(x, **settings),
                           lambda dy, x: F.interpolate_backward(dy, x.shape, **settings), [x])
         assert report.max_rel_error < 1e-6, f"{settings}: {report}"
@@ -272,14 +320,20 @@ def test_bad_arguments_are_refused_before_any_launch(be, monkeypatch):
         (lambda: F.interpolate(x, scale_factor=float("inf")), ValueError, "finite"),
         (lambda: F.interpolate(x, scale_factor=0.2), ValueError, "empty output"),
         (lambda: F.interpolate(x, scale_factor="2"), TypeError, "scale_factor"),
-        (lambda: F.interpolate(x, size=2, mode="bicubic"), ValueError, "mode"),
+        (lambda: F.interpolate(x, size=2, mode="trilinear"), ValueError, "mode"),
         (lambda: F.interpolate(x, size=2, align_corners=False), ValueError, "align_corners"),
+        (lambda: F.interpolate(x, size=2, mode="nearest-exact", align_corners=True), ValueError, "align_corners"),
+        (lambda: F.interpolate(x, size=2, mode="area", align_corners=False), ValueError, "align_corners"),
+        (lambda: F.interpolate(x, size=2, mode="bicubic", align_corners="yes"), TypeError, "align_corners"),
+        (lambda: F.interpolate(x, scale_factor=0.2, mode="area"), ValueError, "empty output"),
         (lambda: F.interpolate(x, size=2, mode="bilinear", align_corners=1), TypeError, "align_corners"),
         (lambda: F.interpolate(x[0], size=2), ValueError, "4-D"),
         (lambda: F.interpolate(x.astype(np.int64), size=2), TypeError, "float"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7), ValueError, "dy must have shape"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4), size=8), ValueError, "x_shape"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), scale_factor=2, mode="linear"), ValueError, "mode"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7, mode="bicubic"), ValueError, "dy must have shape"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7, mode="area"), ValueError, "dy must have shape"),
     ]:
         with backend.use_backend(be), pytest.raises(error, match=match):
             call()
@@ -310,8 +364,9 @@ def test_layer():
 def test_layer_refuses_bad_settings_when_built():
     for kwargs, error, match in [(dict(), ValueError, "either size"),
                                  (dict(size=2, scale_factor=2), ValueError, "only one"),
-                                 (dict(size=2, mode="area"), ValueError, "mode"),
-                                 (dict(size=2, align_corners=True), ValueError, "align_corners")]:
+                                 (dict(size=2, mode="lanczos"), ValueError, "mode"),
+                                 (dict(size=2, align_corners=True), ValueError, "align_corners"),
+                                 (dict(size=2, mode="nearest-exact", align_corners=True), ValueError, "align_corners")]:
         with pytest.raises(error, match=match):
             nn.Upsample(**kwargs)
 
@@ -348,7 +403,10 @@ def test_emu_bit_identical_under_schedules(schedule):
     rng = np.random.default_rng(7)
     for shape, settings in [((2, 3, 7, 9), dict(scale_factor=2.5)), ((1, 2, 17, 19), dict(size=(5, 4))),
                             ((2, 1, 4, 6), dict(size=(9, 13), mode="bilinear")),
-                            ((1, 1, 30, 20), dict(scale_factor=(0.4, 3.3), mode="bilinear", align_corners=True))]:
+                            ((1, 1, 30, 20), dict(scale_factor=(0.4, 3.3), mode="bilinear", align_corners=True)),
+                            ((2, 1, 5, 7), dict(size=(11, 4), mode="bicubic")),
+                            ((1, 2, 13, 6), dict(scale_factor=(0.45, 2.7), mode="bicubic", align_corners=True)),
+                            ((1, 2, 9, 5), dict(scale_factor=(1.6, 0.7), mode="nearest-exact"))]:
         x = rng.standard_normal(shape).astype(np.float32)
         dy = rng.standard_normal(F.interpolate(x, **settings).shape).astype(np.float32)
         results = []
@@ -374,7 +432,7 @@ def test_cuda_matches_numpy(dtype):
         dy = rng.standard_normal(y.shape).astype(dtype)
         what = f"config {i}: {shape} {settings}"
         expected = F.interpolate(x, **settings)
-        if settings["mode"] == "nearest":
+        if settings["mode"].startswith("nearest"):
             assert y.get().tobytes() == expected.tobytes(), what
         assert_close(y, expected, dtype, what)
         assert_close(F.interpolate_backward(cupy.asarray(dy), shape, **settings),
@@ -391,16 +449,21 @@ def test_benchmark_models_know_the_layer():
     from cnn_gpu.bench.modeled import _layer_passes
     from cnn_gpu.bench.training import leaf_layers, torch_mirror
     model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.Upsample(scale_factor=1.5, mode="bilinear"),
-                          nn.Upsample(size=(4, 9)))
+                          nn.Upsample(size=(4, 9)), nn.Upsample(scale_factor=1.5, mode="bicubic", align_corners=True),
+                          nn.Upsample(size=(5, 7), mode="nearest-exact"), nn.Upsample(scale_factor=0.5, mode="area"))
     x = np.random.default_rng(9).standard_normal((2, 2, 7, 6))
     shapes = {type(leaf).__name__ + str(i): (shape_in, shape_out)
               for i, (leaf, shape_in, shape_out, _) in enumerate(leaf_layers(model, x.shape))}
     assert shapes == {"Conv2d0": ((2, 2, 7, 6), (2, 3, 5, 4)), "Upsample1": ((2, 3, 5, 4), (2, 3, 7, 6)),
-                      "Upsample2": ((2, 3, 7, 6), (2, 3, 4, 9))}
-    source = backend.kernel_source("upsample")
+                      "Upsample2": ((2, 3, 7, 6), (2, 3, 4, 9)), "Upsample3": ((2, 3, 4, 9), (2, 3, 6, 13)),
+                      "Upsample4": ((2, 3, 6, 13), (2, 3, 5, 7)), "Upsample5": ((2, 3, 5, 7), (2, 3, 2, 3))}
+    expected = {"bilinear": ("upsample", "upsample_bilinear"), "nearest": ("upsample", "upsample_nearest"),
+                "bicubic": ("upsample", "upsample_bicubic"), "nearest-exact": ("upsample", "upsample_nearest_exact"),
+                "area": ("adaptive_pool", "adaptive_avg_pool")}
     for layer in model[1:]:
+        family, stem = expected[layer.mode]
         kernels = [kernel for kernel, _ in _layer_passes(layer, 1, 1, 8)]
-        assert kernels == [f"upsample_{layer.mode}_forward", f"upsample_{layer.mode}_backward"], kernels
-        assert all(f"\n{kernel}(" in source for kernel in kernels), kernels
+        assert kernels == [f"{stem}_forward", f"{stem}_backward"], kernels
+        assert all(f"\n{kernel}(" in backend.kernel_source(family) for kernel in kernels), kernels
     with torch.no_grad():
         np.testing.assert_allclose(torch_mirror(model, torch)(torch.tensor(x)).numpy(), model(x), rtol=1e-12)

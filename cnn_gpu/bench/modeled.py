@@ -207,6 +207,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     from .. import nn
     from ..functional.activation import gelu_form
     from ..gpu.reduce import plan_channel_sum
+    from ..gpu.upsample import kernel_name as upsample_kernel
     from .training import ResidualLeaf, WithActivation, activation_layers
     if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
         passes = [("add_relu_forward", 3 * y * item) if layer.relu else (CUPY_ELEMENTWISE, 3 * y * item)]
@@ -232,8 +233,10 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         kind = pools[type(layer)]
         indices = y * np.dtype(np.int32).itemsize if kind in ("max_pool", "adaptive_max_pool") else 0
         return [(f"{kind}_forward", (x + y) * item + indices), (f"{kind}_backward", (y + x) * item + indices)]
-    if isinstance(layer, nn.Upsample):
-        return [(f"upsample_{layer.mode}_forward", (x + y) * item), (f"upsample_{layer.mode}_backward", (y + x) * item)]
+    if isinstance(layer, nn.Upsample):   # mode "area" is adaptive average pooling to the output size
+        kernels = (("adaptive_avg_pool_forward", "adaptive_avg_pool_backward") if layer.mode == "area" else
+                   (upsample_kernel(layer.mode, "forward"), upsample_kernel(layer.mode, "backward")))
+        return [(kernels[0], (x + y) * item), (kernels[1], (y + x) * item)]
     if isinstance(layer, nn.Dropout):   # one map forward and backward; p = 0 launches nothing
         kernel = "dropout2d_apply" if isinstance(layer, nn.Dropout2d) else "dropout_apply"
         return [(kernel, (x + y) * item)] * 2 if layer.p else []

@@ -1,5 +1,6 @@
 """interpolate and its backward pass (torch.nn.functional.interpolate on (N, C, H, W), modes
-"nearest" and "bilinear", with `size` or `scale_factor`; an output smaller than the input too).
+"nearest", "nearest-exact", "bilinear", "bicubic" and "area", with `size` or `scale_factor`; an
+output smaller than the input too).
 
 Per axis of `in` inputs and `out` outputs (out = size, or floor(in * scale_factor)):
 - "nearest" is PyTorch's legacy rule (its nearest_idx): output d reads input d if out == in,
@@ -8,11 +9,20 @@ Per axis of `in` inputs and `out` outputs (out = size, or floor(in * scale_facto
   backward rule on the CPU and its CUDA rule; its CPU forward pass takes it for outputs with
   H + W <= 128 and a float64 variant without the two shortcuts for larger ones (so PyTorch's own
   CPU forward and backward disagree there; see tests/test_upsample.py).
+- "nearest-exact" (pixel centres, PyTorch's nearest_neighbor_exact_compute_source_index): output d
+  reads min(floor(float32((d + 1/2) * scale)), in - 1), the product in float64 (PyTorch's C++
+  promotes it) rounded to FP32 before the floor, the same FP32 scale; no shortcuts.
 - "bilinear": real = ratio * d (align_corners, ratio = (in - 1) / (out - 1)) or
   max(ratio * (d + 1/2) - 1/2, 0) (ratio = 1 / scale_factor, else in / out), in the compute type;
   taps floor(real) (at most in - 1) and the next input (the same at the last), weights 1 - l
   and l = real - floor(real), at most 1; out == in copies (both taps on d, weights 1 and 0). Every
   tap is multiplied, so an inf in a tap of weight 0 gives NaN, as in PyTorch.
+- "bicubic" (PyTorch's upsample_bicubic2d, A = -0.75, no antialias): real = ratio * d
+  (align_corners) or ratio * (d + 1/2) - 1/2 (no clamp at 0), the ratio as bilinear's; i =
+  min(floor(float32(real)), in - 1) and t = clamp(real - i, 0, 1) (PyTorch's guard_index_and_lambda),
+  taps i - 1 .. i + 2 each clamped into [0, in - 1], weights cc2(t + 1), cc1(t), cc1(1 - t),
+  cc2(2 - t) with cc1(s) = ((A + 2) s - (A + 3)) s^2 + 1 and cc2(s) = ((A s - 5A) s + 8A) s - 4A.
+- "area" is adaptive_avg_pool2d to the output size (as in PyTorch), forward and backward.
 
 NumPy path: each axis's taps (indices, weights) per output; the forward pass gathers them axis by
 axis (columns, then rows, as PyTorch's CPU kernel), the backward pass adds dy back into its taps
@@ -27,8 +37,11 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
+from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
 
-MODES = ("nearest", "bilinear")
+MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+INTERPOLATING = ("bilinear", "bicubic")   # the modes that take align_corners
+CUBIC_A = -0.75   # PyTorch's bicubic coefficient
 
 
 def check_settings(size, scale_factor, mode, align_corners):
@@ -39,9 +52,10 @@ def check_settings(size, scale_factor, mode, align_corners):
     if (size is None) == (scale_factor is None):
         raise ValueError("only one of size or scale_factor should be defined" if size is not None
                          else "either size or scale_factor should be defined")
-    if mode == "nearest":
+    if mode not in INTERPOLATING:
         if align_corners is not None:
-            raise ValueError("align_corners option can only be set with the interpolating mode bilinear")
+            raise ValueError("align_corners option can only be set with the interpolating modes: "
+                             + " | ".join(INTERPOLATING))
         return False
     if align_corners is None:
         return False
@@ -78,8 +92,9 @@ def _output_size_and_factors(in_size, size, scale_factor):
 
 
 def _axis_param(mode, size, out, scale_factor, align_corners, compute_dtype):
-    """Nearest's FP32 scale or bilinear's ratio in the compute type, as PyTorch computes them."""
-    if mode == "nearest":
+    """The nearest modes' FP32 scale or bilinear's and bicubic's ratio in the compute type, as
+    PyTorch computes them."""
+    if mode.startswith("nearest"):
         return np.float32(1.0 / scale_factor) if scale_factor is not None else np.float32(size) / np.float32(out)
     real = compute_dtype.type
     if align_corners:
@@ -96,6 +111,11 @@ def _axis_taps(mode, size, out, param, align_corners):
         if out == 2 * size:
             return [(d >> 1, None)]
         return [(np.minimum(np.floor(d.astype(np.float32) * param).astype(np.int64), size - 1), None)]
+    if mode == "nearest-exact":
+        centres = ((d + 0.5) * np.float64(param)).astype(np.float32)
+        return [(np.minimum(np.floor(centres).astype(np.int64), size - 1), None)]
+    if mode == "bicubic":
+        return _cubic_taps(d, size, param, align_corners)
     if out == size:
         return [(d, np.ones(out, param.dtype)), (d, np.zeros(out, param.dtype))]
     real_d = d.astype(param.dtype)
@@ -107,6 +127,24 @@ def _axis_taps(mode, size, out, param, align_corners):
     return [(low, 1 - upper), (high, upper)]
 
 
+def _cubic_taps(d, size, ratio, align_corners):
+    real_d = d.astype(ratio.dtype)
+    half = ratio.dtype.type(0.5)
+    real = ratio * real_d if align_corners else ratio * (real_d + half) - half
+    low = np.minimum(np.floor(real.astype(np.float32)).astype(np.int64), size - 1)   # floorf, as PyTorch
+    t = np.clip(real - low.astype(real.dtype), 0, 1)
+    a = ratio.dtype.type(CUBIC_A)
+
+    def near(s):      # |s| <= 1
+        return ((a + 2) * s - (a + 3)) * s * s + 1
+
+    def far(s):       # 1 < |s| < 2
+        return ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
+
+    weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+    return [(np.clip(low + k - 1, 0, size - 1), w) for k, w in enumerate(weights)]
+
+
 def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
     """(align_corners, out_size, per-axis kernel parameters) for an input of shape x_shape."""
     align = check_settings(size, scale_factor, mode, align_corners)
@@ -115,6 +153,8 @@ def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
         raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x_shape)}")
     out_size, factors = _output_size_and_factors((h, w), size, scale_factor)
     compute = _backend.compute_dtype(dtype)
+    if mode == "area":   # adaptive_avg_pool2d's windows: no parameters
+        return align, out_size, None
     params = tuple(_axis_param(mode, s, o, f, align, compute) for s, o, f in zip((h, w), out_size, factors))
     return align, out_size, params
 
@@ -147,10 +187,13 @@ def scatter_taps(g, taps, axis, size):
 
 @takes_float16(kernels=True)
 def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, *, backend=None):
-    """torch.nn.functional.interpolate of a 4-D (N, C, H, W) input, modes "nearest" and "bilinear".
-    A 3-D input is refused: PyTorch reads it as (N, C, L), one-dimensional interpolation."""
+    """torch.nn.functional.interpolate of a 4-D (N, C, H, W) input, modes "nearest", "nearest-exact",
+    "bilinear", "bicubic" (no antialias) and "area" (adaptive_avg_pool2d to the output size). A
+    3-D input is refused: PyTorch reads it as (N, C, L), one-dimensional interpolation."""
     _checks.array(x, "x", ndim=4)
     align, out_size, params = _plan(x.shape, size, scale_factor, mode, align_corners, x.dtype)
+    if mode == "area":
+        return adaptive_avg_pool2d(x, out_size, backend=backend)
     be = _backend.resolve(backend, x)
     if be == "numpy":
         rows, cols = (_axis_taps(mode, s, o, p, align) for s, o, p in zip(x.shape[2:], out_size, params))
@@ -168,6 +211,8 @@ def interpolate_backward(dy, x_shape, size=None, scale_factor=None, mode="neares
     x_shape = _checks.shape_tuple(x_shape, "x_shape", 4)
     align, out_size, params = _plan(x_shape, size, scale_factor, mode, align_corners, dy.dtype)
     _checks.shape_is(dy, "dy", x_shape[:2] + out_size, f" (the output of interpolate for x of shape {x_shape})")
+    if mode == "area":
+        return adaptive_avg_pool2d_backward(dy, x_shape, backend=backend)
     be = _backend.resolve(backend, dy)
     if be == "numpy":
         rows, cols = (_axis_taps(mode, s, o, p, align) for s, o, p in zip(x_shape[2:], out_size, params))

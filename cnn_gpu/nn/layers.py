@@ -782,7 +782,8 @@ class AdaptiveMaxPool2d(_AdaptivePool2d, _MaxPool):
 
 class Upsample(Module):
     """F.interpolate as a layer (torch.nn.Upsample): to `size`, or by `scale_factor`, with mode
-    "nearest" or "bilinear". The settings are checked here, as far as they can be without an input."""
+    "nearest", "nearest-exact", "bilinear", "bicubic" or "area". The settings are checked here, as
+    far as they can be without an input."""
 
     def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
         super().__init__()
