@@ -644,3 +644,23 @@ def test_prelu_kernels_load_elements_and_stream_within_the_budget(dtype):
         assert set(row["ldg_bits"]) == {8 * size} and len(row["ldg_bits"]) % arrays_loaded == 0, row["ldg_bits"]
         elements = len(row["ldg_bits"]) // arrays_loaded
         assert row["instructions"] / elements <= _streaming_budget(moved), (kernel, row["instructions"], elements)
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_upsample_kernels_load_elements_keep_taps_in_registers_and_gather_without_atomics(dtype):
+    """kernels/upsample.cu: every load and store is one element of the dtype (float16 moved as
+    FP16), no kernel uses local memory (bicubic's four weights a tap set and the forward pass's
+    four clamped columns stay in registers) and none has an atomic: the backward passes gather,
+    each input pixel's gradient summed by its own thread (deterministic)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for row in sass.kernel_rows("upsample", dtype, "sm_90")}
+    assert set(rows) == {f"upsample_{mode}_{direction}" for mode in ("nearest", "nearest_exact", "bilinear", "bicubic")
+                         for direction in ("forward", "backward")}
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("upsample"), "upsample.cu", dtype, "sm_90")
+    for kernel, function in sass.disassemble(cubin, "sm_90").items():
+        row = rows[kernel]
+        assert row["local_memory"] == 0, kernel
+        assert set(row["ldg_bits"]) <= {size_bits} and set(row["stg_bits"]) <= {size_bits}, (kernel, row)
+        atomics = [ins.opcode for ins in function.instructions if mix._MEMORY.get(ins.base) == "atomic"]
+        assert not atomics, (kernel, atomics)
