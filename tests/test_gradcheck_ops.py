@@ -66,6 +66,12 @@ OPS = {
                              lambda dy, x: F.interpolate_backward(dy, x.shape, size=(7, 3), mode="bilinear",
                                                                   align_corners=True),
                              [randn(2, 2, 4, 6)]),
+    "interpolate bicubic": (lambda x: F.interpolate(x, scale_factor=(1.7, 0.6), mode="bicubic"),
+                            lambda dy, x: F.interpolate_backward(dy, x.shape, scale_factor=(1.7, 0.6), mode="bicubic"),
+                            [randn(2, 2, 4, 6)]),
+    "interpolate area": (lambda x: F.interpolate(x, size=(3, 4), mode="area"),
+                         lambda dy, x: F.interpolate_backward(dy, x.shape, size=(3, 4), mode="area"),
+                         [randn(2, 2, 4, 6)]),
     # the 1-D ops: views onto the 2-D ones
     "conv1d": (lambda x, w, b: F.conv1d(x, w, b, 2, 1, 2, 2),
                lambda dy, x, w, b: F.conv1d_backward(dy, x, w, 2, 1, 2, 2), [randn(2, 4, 9), randn(6, 2, 3), randn(6)]),

@@ -477,6 +477,13 @@ def _torch_pairs():
          torch.nn.Upsample(size=(7, 3), mode="bilinear", align_corners=True), (2, 2, 4, 5)),
         (nn.Upsample(scale_factor=(1.5, 0.7), mode="bilinear"),
          torch.nn.Upsample(scale_factor=(1.5, 0.7), mode="bilinear"), (1, 2, 5, 6)),
+        (nn.Upsample(scale_factor=(1.5, 0.7), mode="bicubic"),
+         torch.nn.Upsample(scale_factor=(1.5, 0.7), mode="bicubic"), (1, 2, 5, 6)),
+        (nn.Upsample(size=(8, 3), mode="bicubic", align_corners=True),
+         torch.nn.Upsample(size=(8, 3), mode="bicubic", align_corners=True), (2, 2, 4, 5)),
+        (nn.Upsample(scale_factor=1.7, mode="nearest-exact"), torch.nn.Upsample(scale_factor=1.7, mode="nearest-exact"),
+         (2, 3, 4, 5)),
+        (nn.Upsample(size=(3, 2), mode="area"), torch.nn.Upsample(size=(3, 2), mode="area"), (2, 3, 7, 5)),
     ]
 
 

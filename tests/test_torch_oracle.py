@@ -351,10 +351,10 @@ def test_max_pool2d_signed_zero_ties(backend, dtype):
 
 def draw_interpolate(rng):
     """Sizes (0 too) or factors (integer, non-integer, small enough to empty the output) per mode."""
-    mode = "nearest" if rng.random() < 0.5 else "bilinear"
+    mode = str(rng.choice(["nearest", "nearest-exact", "bilinear", "bicubic", "area"]))
     cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 3)), H=int(rng.integers(1, 9)),
                W=int(rng.integers(1, 9)), mode=mode, size=None, scale_factor=None,
-               align_corners=None if mode == "nearest" else [None, False, True][int(rng.integers(3))])
+               align_corners=[None, False, True][int(rng.integers(3))] if mode in ("bilinear", "bicubic") else None)
     if rng.random() < 0.4:
         cfg["size"] = pair(rng, 0, 13)
     elif rng.random() < 0.4:
@@ -372,11 +372,13 @@ def check_interpolate(cfg, rng, dtype):
     y = F.interpolate(x, **settings)
     xt = t(x)
     yt = TF.interpolate(xt, **settings)
-    if cfg["mode"] == "nearest" and y.tobytes() != yt.detach().numpy().tobytes():
+    if cfg["mode"].startswith("nearest") and y.tobytes() != yt.detach().numpy().tobytes():
         return [np.inf]   # a copy: the same inputs picked give the same bits
     dy = rng.standard_normal(y.shape).astype(dtype)
     yt.backward(torch.tensor(dy))
     cfg["out"] = y.shape[2:]
+    if cfg["mode"] == "bicubic" and y.shape == x.shape:   # a copy, as PyTorch's backward (test_upsample.py)
+        yt = torch.tensor(x)
     return [rel_err(y, yt), rel_err(F.interpolate_backward(dy, x.shape, **settings), xt.grad)]
 
 
@@ -385,9 +387,13 @@ def test_interpolate_sweep(dtype, count, seed):
     configs = run_sweep(draw_interpolate, check_interpolate, count, dtype, seed)
     factors = lambda c: as_pair(c["scale_factor"]) if c["scale_factor"] is not None else ()   # noqa: E731
     features = {
-        "bilinear, align_corners": lambda c: c["align_corners"] is True,
+        "bilinear, align_corners": lambda c: c["mode"] == "bilinear" and c["align_corners"] is True,
         "bilinear, no align_corners": lambda c: c["mode"] == "bilinear" and not c["align_corners"],
+        "bicubic, align_corners": lambda c: c["mode"] == "bicubic" and c["align_corners"],
+        "bicubic, no align_corners": lambda c: c["mode"] == "bicubic" and not c["align_corners"],
         "nearest": lambda c: c["mode"] == "nearest",
+        "nearest-exact": lambda c: c["mode"] == "nearest-exact",
+        "area": lambda c: c["mode"] == "area",
         "non-integer factor": lambda c: any(f != int(f) for f in factors(c)),
         "downsampling": lambda c: c["out"][0] < c["H"] or c["out"][1] < c["W"],
         "out == in or 2*in from another factor": lambda c: any(

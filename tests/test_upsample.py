@@ -102,14 +102,20 @@ def loop_taps(mode, size, out, factor, align_corners):
     return taps
 
 
+def same_size_bicubic(shape, settings):
+    """Bicubic to the input's own size: a copy (PyTorch's CUDA kernels, its CPU backward)."""
+    return settings["mode"] == "bicubic" and F.upsample.output_size(
+        shape[2:], settings.get("size"), settings.get("scale_factor")) == tuple(shape[2:])
+
+
 def loop_reference(x, settings, dy=None):
     """y = interpolate(x) in float64, and dx for dy when given, output by output."""
     n, c, h, w = x.shape
     size, factor = settings.get("size"), settings.get("scale_factor")
     out = F.upsample.output_size((h, w), size, factor)
     factors = per_axis(factor) if factor is not None else (None, None)
-    rows, cols = (loop_taps(settings["mode"], s, o, f, settings.get("align_corners"))
-                  for s, o, f in zip((h, w), out, factors))
+    mode = "nearest" if same_size_bicubic(x.shape, settings) else settings["mode"]   # a copy
+    rows, cols = (loop_taps(mode, s, o, f, settings.get("align_corners")) for s, o, f in zip((h, w), out, factors))
     y = np.zeros((n, c) + out)
     dx = np.zeros(x.shape)
     for p, row_taps in enumerate(rows):
@@ -193,7 +199,8 @@ def test_against_pytorch(be, dtype):
         y = F.interpolate(x, **settings, backend=be)
         if settings["mode"].startswith("nearest"):
             assert y.tobytes() == yt.detach().numpy().tobytes(), what
-        assert_close(y, yt.detach().numpy(), dtype, what)
+        expected = x if same_size_bicubic(shape, settings) else yt.detach().numpy()   # see the test below
+        assert_close(y, expected, dtype, what)
         assert_close(F.interpolate_backward(dy, shape, **settings, backend=be), xt.grad.numpy(), dtype, what + " dx")
 
 
@@ -240,6 +247,32 @@ def test_pytorch_cpu_forward_of_large_float64_outputs_leaves_its_own_rule():
     xt = torch.tensor(x, requires_grad=True)
     torch.nn.functional.interpolate(xt, scale_factor=(1.0, 3.96)).backward(torch.tensor(coded(y.shape)))
     np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_bicubic_to_the_same_size_copies_as_pytorch_backward_does(be):
+    """Bicubic whose output has the input's size (by a scale factor other than 1: 5 * 1.1 -> 5) is a
+    copy forward and backward, as PyTorch's CUDA kernels and CPU backward (inf and NaN copied,
+    spreading nowhere); PyTorch's CPU forward interpolates by the factor there instead, so its
+    gradient is not the adjoint of its own forward pass."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    for shape, settings in [((1, 2, 5, 5), dict(scale_factor=1.1)), ((2, 1, 1, 3), dict(scale_factor=(1.53, 1.21))),
+                            ((1, 1, 4, 6), dict(size=(4, 6), align_corners=True))]:
+        settings = dict(settings, mode="bicubic")
+        x = rng.standard_normal(shape)
+        x[0, 0, 0, 1] = np.inf
+        dy = rng.standard_normal(shape)
+        dy[-1, -1, -1, 0] = np.nan
+        np.testing.assert_array_equal(F.interpolate(x, **settings, backend=be), x)
+        np.testing.assert_array_equal(F.interpolate_backward(dy, shape, **settings, backend=be), dy)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.interpolate(xt, **torch_settings(settings))
+        yt.backward(torch.tensor(dy))
+        np.testing.assert_array_equal(xt.grad.numpy(), dy)
+        if "scale_factor" in settings:
+            assert not np.array_equal(yt.detach().numpy(), x, equal_nan=True)
 
 
 @pytest.mark.torch

@@ -22,6 +22,8 @@ Per axis of `in` inputs and `out` outputs (out = size, or floor(in * scale_facto
   min(floor(float32(real)), in - 1) and t = clamp(real - i, 0, 1) (PyTorch's guard_index_and_lambda),
   taps i - 1 .. i + 2 each clamped into [0, in - 1], weights cc2(t + 1), cc1(t), cc1(1 - t),
   cc2(2 - t) with cc1(s) = ((A + 2) s - (A + 3)) s^2 + 1 and cc2(s) = ((A s - 5A) s + 8A) s - 4A.
+  An output of the input's size (both axes) is a copy, as PyTorch's CUDA kernels and CPU
+  backward make it (its CPU forward interpolates by a scale factor other than 1 there).
 - "area" is adaptive_avg_pool2d to the output size (as in PyTorch), forward and backward.
 
 NumPy path: each axis's taps (indices, weights) per output; the forward pass gathers them axis by
@@ -146,7 +148,8 @@ def _cubic_taps(d, size, ratio, align_corners):
 
 
 def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
-    """(align_corners, out_size, per-axis kernel parameters) for an input of shape x_shape."""
+    """(the mode that runs, align_corners, out_size, per-axis kernel parameters) for an input of
+    shape x_shape: bicubic to the input's own size runs as nearest's copy (out == in)."""
     align = check_settings(size, scale_factor, mode, align_corners)
     _, c, h, w = x_shape
     if min(c, h, w) < 1:
@@ -154,9 +157,13 @@ def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
     out_size, factors = _output_size_and_factors((h, w), size, scale_factor)
     compute = _backend.compute_dtype(dtype)
     if mode == "area":   # adaptive_avg_pool2d's windows: no parameters
-        return align, out_size, None
+        return mode, align, out_size, None
+    if mode == "bicubic" and out_size == (h, w):
+        # PyTorch's CUDA kernels (both passes) and its CPU backward copy here, whatever the scale
+        # factor; its CPU forward interpolates by the factor instead (tests/test_upsample.py)
+        mode = "nearest"
     params = tuple(_axis_param(mode, s, o, f, align, compute) for s, o, f in zip((h, w), out_size, factors))
-    return align, out_size, params
+    return mode, align, out_size, params
 
 
 def _along(axis, weight, ndim=4):
@@ -191,7 +198,7 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     "bilinear", "bicubic" (no antialias) and "area" (adaptive_avg_pool2d to the output size). A
     3-D input is refused: PyTorch reads it as (N, C, L), one-dimensional interpolation."""
     _checks.array(x, "x", ndim=4)
-    align, out_size, params = _plan(x.shape, size, scale_factor, mode, align_corners, x.dtype)
+    mode, align, out_size, params = _plan(x.shape, size, scale_factor, mode, align_corners, x.dtype)
     if mode == "area":
         return adaptive_avg_pool2d(x, out_size, backend=backend)
     be = _backend.resolve(backend, x)
@@ -209,7 +216,7 @@ def interpolate_backward(dy, x_shape, size=None, scale_factor=None, mode="neares
     mode and align_corners."""
     _checks.array(dy, "dy", ndim=4)
     x_shape = _checks.shape_tuple(x_shape, "x_shape", 4)
-    align, out_size, params = _plan(x_shape, size, scale_factor, mode, align_corners, dy.dtype)
+    mode, align, out_size, params = _plan(x_shape, size, scale_factor, mode, align_corners, dy.dtype)
     _checks.shape_is(dy, "dy", x_shape[:2] + out_size, f" (the output of interpolate for x of shape {x_shape})")
     if mode == "area":
         return adaptive_avg_pool2d_backward(dy, x_shape, backend=backend)
