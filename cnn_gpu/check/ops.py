@@ -584,9 +584,10 @@ def _adaptive_max_pool_run(a, cfg, be):
 def _upsample_config(rng):
     from ..functional.upsample import output_size
     while True:
-        mode = str(rng.choice(["nearest", "bilinear"]))
+        mode = str(rng.choice(["nearest", "nearest-exact", "bilinear", "bicubic", "area"]))
         cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 9), mode=mode,
-                   align_corners=None if mode == "nearest" else bool(rng.random() < 0.5), size=None, scale_factor=None)
+                   align_corners=bool(rng.random() < 0.5) if mode in ("bilinear", "bicubic") else None, size=None,
+                   scale_factor=None)
         if rng.random() < 0.5:
             cfg["size"] = _ints(rng, 1, 12)
         else:   # non-integer factors, below 1 (downsampling) too
@@ -604,7 +605,15 @@ UPSAMPLE_EDGES = (dict(N=2, C=3, HW=(4, 5), mode="nearest", align_corners=None, 
                   dict(N=2, C=1, HW=(1, 6), mode="bilinear", align_corners=True, size=(5, 1), scale_factor=None,
                        out=(5, 1)),                                              # one input row, one output column
                   dict(N=1, C=2, HW=(9, 8), mode="bilinear", align_corners=False, size=(4, 3), scale_factor=None,
-                       out=(4, 3)))                                              # downsampling
+                       out=(4, 3)),                                              # downsampling
+                  dict(N=1, C=2, HW=(2, 9), mode="bicubic", align_corners=False, size=(7, 4), scale_factor=None,
+                       out=(7, 4)),                                              # taps clamped at both edges
+                  dict(N=2, C=1, HW=(5, 5), mode="bicubic", align_corners=False, size=None, scale_factor=(1.1, 1.1),
+                       out=(5, 5)),                                              # the same size: a copy
+                  dict(N=1, C=3, HW=(8, 6), mode="nearest-exact", align_corners=None, size=None,
+                       scale_factor=(0.5, 1.7), out=(4, 10)),                    # pixel centres on input edges
+                  dict(N=2, C=2, HW=(7, 5), mode="area", align_corners=None, size=(3, 2), scale_factor=None,
+                       out=(3, 2)))                                              # overlapping windows
 UPSAMPLE_LARGE = (dict(N=8, C=32, HW=(16, 16), mode="bilinear", align_corners=False, size=None, scale_factor=(2, 2),
                        out=(32, 32)),)
 
