@@ -66,7 +66,8 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   adaptive_pool.max_forward(be, x, out_size) -> (y, indices)      (indices int32, h * W + w in the plane)
   adaptive_pool.max_backward(be, dy, indices, x_shape) -> dx      (deterministic gather)
   upsample.forward(be, mode, x, out_size, axis_params, align_corners=False) -> y
-        (mode "nearest" or "bilinear"; axis_params per axis: nearest's FP32 scale or bilinear's ratio)
+        (mode "nearest", "nearest-exact", "bilinear" or "bicubic"; axis_params per axis: the nearest
+         modes' FP32 scale or bilinear's and bicubic's ratio)
   upsample.backward(be, mode, dy, x_shape, axis_params, align_corners=False) -> dx   (deterministic gather)
   pad.forward(be, x, planes, axes, mode, value, out_shape) -> y  (planes x up to 3 axes a launch)
   pad.backward(be, dy, planes, axes, mode, x_shape) -> dx         (deterministic gather)
