@@ -33,6 +33,22 @@
 
 #include "common.cuh"
 
+// The first output d in [0, out] at which `reaches(d)` holds (out when none does): the index
+// functions never decrease with d, so once it holds it holds for every later d.
+template <class Reaches>
+__device__ __forceinline__ int first_output(int out, Reaches reaches)
+{
+    int lo = 0, hi = out;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (reaches(mid))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
 template <bool EXACT>
 __device__ __forceinline__ int nearest_source(int d, int in, int out, float scale)
 {
@@ -52,15 +68,7 @@ __device__ __forceinline__ int nearest_source(int d, int in, int out, float scal
 template <bool EXACT>
 __device__ __forceinline__ int first_nearest_reader(int h, int in, int out, float scale)
 {
-    int lo = 0, hi = out;
-    while (lo < hi) {
-        const int mid = lo + (hi - lo) / 2;
-        if (nearest_source<EXACT>(mid, in, out, scale) >= h)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo;
+    return first_output(out, [&](int d) { return nearest_source<EXACT>(d, in, out, scale) >= h; });
 }
 
 // Bilinear taps of output d: the lower and upper input indices and the upper one's weight.
@@ -86,20 +94,6 @@ __device__ __forceinline__ LinearTaps linear_taps(int d, int in, int out, acc_t 
     const acc_t upper = real - (acc_t)taps.low;
     taps.upper_weight = upper > (acc_t)1 ? (acc_t)1 : upper;
     return taps;
-}
-
-// The first output d in [0, out] whose lower tap is >= h (out when none is).
-__device__ __forceinline__ int first_linear_reader(int h, int in, int out, acc_t ratio, int align_corners)
-{
-    int lo = 0, hi = out;
-    while (lo < hi) {
-        const int mid = lo + (hi - lo) / 2;
-        if (linear_taps(mid, in, out, ratio, align_corners).low >= h)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo;
 }
 
 // What `value` (dy, or a row's sum of it) adds to input h through the taps of one output: value
@@ -146,20 +140,6 @@ __device__ __forceinline__ int clamped_tap(int index, int in)
     return index < 0 ? 0 : (index > in - 1 ? in - 1 : index);
 }
 
-// The first output d in [0, out] whose i (first tap + 1) is >= h (out when none is).
-__device__ __forceinline__ int first_cubic_reader(int h, int in, int out, acc_t ratio, int align_corners)
-{
-    int lo = 0, hi = out;
-    while (lo < hi) {
-        const int mid = lo + (hi - lo) / 2;
-        if (cubic_taps(mid, in, ratio, align_corners).first + 1 >= h)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo;
-}
-
 // What `value` adds to input h through the four clamped taps of one output, tap by tap.
 __device__ __forceinline__ acc_t cubic_shares(acc_t value, int h, int in, const CubicTaps& taps)
 {
@@ -168,6 +148,66 @@ __device__ __forceinline__ acc_t cubic_shares(acc_t value, int h, int in, const 
         if (clamped_tap(taps.first + k, in) == h)
             share += value * taps.weight[k];
     return share;
+}
+
+// The interpolating modes' axes for their shared backward gather: an output's taps, its anchor
+// (the lower tap, or i) and what it adds to input h; outputs whose anchor lies in [h - BELOW,
+// h + ABOVE] are those that can reach h.
+struct LinearAxis {
+    typedef LinearTaps Taps;
+    static const int BELOW = 1, ABOVE = 0;
+    __device__ static Taps taps(int d, int in, int out, acc_t ratio, int align_corners)
+    {
+        return linear_taps(d, in, out, ratio, align_corners);
+    }
+    __device__ static int anchor(const Taps& taps) { return taps.low; }
+    __device__ static acc_t shares(acc_t value, int h, int, const Taps& taps) { return tap_shares(value, h, taps); }
+};
+
+struct CubicAxis {
+    typedef CubicTaps Taps;
+    static const int BELOW = 2, ABOVE = 1;   // i >= -1 and at most in - 1: the clamped edges need no more
+    __device__ static Taps taps(int d, int in, int, acc_t ratio, int align_corners)
+    {
+        return cubic_taps(d, in, ratio, align_corners);
+    }
+    __device__ static int anchor(const Taps& taps) { return taps.first + 1; }
+    __device__ static acc_t shares(acc_t value, int h, int in, const Taps& taps)
+    {
+        return cubic_shares(value, h, in, taps);
+    }
+};
+
+// The first output d in [0, out] whose anchor is >= h (out when none is).
+template <class Axis>
+__device__ __forceinline__ int first_reader(int h, int in, int out, acc_t ratio, int align_corners)
+{
+    return first_output(out, [&](int d) { return Axis::anchor(Axis::taps(d, in, out, ratio, align_corners)) >= h; });
+}
+
+// Input pixel (h, w) sums dy over the outputs that can reach it, rows x columns in increasing
+// order, each adding its share through each of its taps that is (h, w).
+template <class Axis>
+__device__ __forceinline__ void interpolating_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
+                                                       long long planes, int H, int W, int P, int Q, acc_t ratio_h,
+                                                       acc_t ratio_w, int align_corners)
+{
+    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
+        const int w = in % W;
+        const int h = in / W;
+        const REAL* dyp = dy + plane * (P * Q);
+        const int p_end = first_reader<Axis>(h + Axis::ABOVE + 1, H, P, ratio_h, align_corners);
+        const int q_begin = first_reader<Axis>(w - Axis::BELOW, W, Q, ratio_w, align_corners);
+        const int q_end = first_reader<Axis>(w + Axis::ABOVE + 1, W, Q, ratio_w, align_corners);
+        acc_t sum = (acc_t)0;
+        for (int p = first_reader<Axis>(h - Axis::BELOW, H, P, ratio_h, align_corners); p < p_end; ++p) {
+            acc_t row = (acc_t)0;
+            for (int q = q_begin; q < q_end; ++q)
+                row += Axis::shares(to_acc(dyp[p * Q + q]), w, W, Axis::taps(q, W, Q, ratio_w, align_corners));
+            sum += Axis::shares(row, h, H, Axis::taps(p, H, P, ratio_h, align_corners));
+        }
+        dx[plane * (H * W) + in] = to_real(sum);
+    });
 }
 
 template <bool EXACT>
@@ -250,23 +290,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 upsample_bilinear_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W,
                            int P, int Q, acc_t ratio_h, acc_t ratio_w, int align_corners)
 {
-    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
-        const int w = in % W;
-        const int h = in / W;
-        const REAL* dyp = dy + plane * (P * Q);
-        // an output reads h only through a lower tap at h - 1 (its upper tap) or at h
-        const int p_end = first_linear_reader(h + 1, H, P, ratio_h, align_corners);
-        const int q_begin = first_linear_reader(w - 1, W, Q, ratio_w, align_corners);
-        const int q_end = first_linear_reader(w + 1, W, Q, ratio_w, align_corners);
-        acc_t sum = (acc_t)0;
-        for (int p = first_linear_reader(h - 1, H, P, ratio_h, align_corners); p < p_end; ++p) {
-            acc_t row = (acc_t)0;
-            for (int q = q_begin; q < q_end; ++q)
-                row += tap_shares(to_acc(dyp[p * Q + q]), w, linear_taps(q, W, Q, ratio_w, align_corners));
-            sum += tap_shares(row, h, linear_taps(p, H, P, ratio_h, align_corners));
-        }
-        dx[plane * (H * W) + in] = to_real(sum);
-    });
+    interpolating_backward<LinearAxis>(dy, dx, planes, H, W, P, Q, ratio_h, ratio_w, align_corners);
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -296,20 +320,5 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 upsample_bicubic_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int H, int W,
                           int P, int Q, acc_t ratio_h, acc_t ratio_w, int align_corners)
 {
-    for_each_plane_pixel(planes, H * W, [&](long long plane, int in) {
-        const int w = in % W;
-        const int h = in / W;
-        const REAL* dyp = dy + plane * (P * Q);
-        const int p_end = first_cubic_reader(h + 2, H, P, ratio_h, align_corners);
-        const int q_begin = first_cubic_reader(w - 2, W, Q, ratio_w, align_corners);
-        const int q_end = first_cubic_reader(w + 2, W, Q, ratio_w, align_corners);
-        acc_t sum = (acc_t)0;
-        for (int p = first_cubic_reader(h - 2, H, P, ratio_h, align_corners); p < p_end; ++p) {
-            acc_t row = (acc_t)0;
-            for (int q = q_begin; q < q_end; ++q)
-                row += cubic_shares(to_acc(dyp[p * Q + q]), w, W, cubic_taps(q, W, ratio_w, align_corners));
-            sum += cubic_shares(row, h, H, cubic_taps(p, H, ratio_h, align_corners));
-        }
-        dx[plane * (H * W) + in] = to_real(sum);
-    });
+    interpolating_backward<CubicAxis>(dy, dx, planes, H, W, P, Q, ratio_h, ratio_w, align_corners);
 }
