@@ -9,7 +9,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close
+from helpers import assert_close, refuse_launches
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -87,6 +87,20 @@ def test_bad_arguments():
     ]:
         with pytest.raises(error, match=match):
             call()
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_empty_batch(be, monkeypatch):
+    """PyTorch allows N = 0 (an empty result), average and max pooling both. No kernel launches
+    for it: CUDA refuses a grid of no blocks (the emulator runs none)."""
+    refuse_launches(monkeypatch)
+    x = np.zeros((0, 2, 5, 4), np.float32)
+    y = F.adaptive_avg_pool2d(x, (3, 2), backend=be)
+    assert y.shape == (0, 2, 3, 2) and y.dtype == np.float32
+    assert F.adaptive_avg_pool2d_backward(y, x.shape, backend=be).shape == x.shape
+    y, indices = F.adaptive_max_pool2d(x, (3, 2), backend=be)
+    assert y.shape == indices.shape == (0, 2, 3, 2) and indices.dtype == np.int32
+    assert F.adaptive_max_pool2d_backward(y, indices, x.shape, (3, 2), backend=be).shape == x.shape
 
 
 def test_layer_global_pooling():

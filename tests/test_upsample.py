@@ -325,10 +325,11 @@ def test_empty_batch(be, monkeypatch):
     def no_launch(*args, **kwargs):
         raise AssertionError("launched a grid of no blocks")
     monkeypatch.setattr(backend, "launch", no_launch)
-    y = F.interpolate(np.zeros((0, 2, 3, 3), np.float32), scale_factor=2, backend=be)
-    assert y.shape == (0, 2, 6, 6) and y.dtype == np.float32
-    dx = F.interpolate_backward(np.zeros((0, 2, 4, 4), np.float32), (0, 2, 3, 3), size=4, backend=be)
-    assert dx.shape == (0, 2, 3, 3)
+    for mode in F.upsample.MODES:   # area's through adaptive average pooling
+        y = F.interpolate(np.zeros((0, 2, 3, 3), np.float32), scale_factor=2, mode=mode, backend=be)
+        assert y.shape == (0, 2, 6, 6) and y.dtype == np.float32, mode
+        dx = F.interpolate_backward(np.zeros((0, 2, 4, 4), np.float32), (0, 2, 3, 3), size=4, mode=mode, backend=be)
+        assert dx.shape == (0, 2, 3, 3), mode
     with pytest.raises(ValueError, match="non-empty"):
         F.interpolate(np.zeros((1, 0, 3, 3)), size=2, backend=be)
 
