@@ -20,9 +20,10 @@ needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
 
 
 INTERPOLATING = ("bilinear", "bicubic")
+PLANE_MODES = tuple(mode for mode in F.upsample.MODES if mode != "linear")   # the modes of 4-D inputs
 
 
-def draw(rng, max_in=9, max_out=14, modes=F.upsample.MODES):
+def draw(rng, max_in=9, max_out=14, modes=PLANE_MODES):
     """(x shape, settings): sizes or factors (non-integer, below 1 too), every mode, align_corners."""
     while True:
         shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, max_in + 1)),
@@ -325,7 +326,7 @@ def test_empty_batch(be, monkeypatch):
     def no_launch(*args, **kwargs):
         raise AssertionError("launched a grid of no blocks")
     monkeypatch.setattr(backend, "launch", no_launch)
-    for mode in F.upsample.MODES:   # area's through adaptive average pooling
+    for mode in PLANE_MODES:   # area's through adaptive average pooling
         y = F.interpolate(np.zeros((0, 2, 3, 3), np.float32), scale_factor=2, mode=mode, backend=be)
         assert y.shape == (0, 2, 6, 6) and y.dtype == np.float32, mode
         dx = F.interpolate_backward(np.zeros((0, 2, 4, 4), np.float32), (0, 2, 3, 3), size=4, mode=mode, backend=be)
@@ -361,16 +362,100 @@ def test_bad_arguments_are_refused_before_any_launch(be, monkeypatch):
         (lambda: F.interpolate(x, size=2, mode="bicubic", align_corners="yes"), TypeError, "align_corners"),
         (lambda: F.interpolate(x, scale_factor=0.2, mode="area"), ValueError, "empty output"),
         (lambda: F.interpolate(x, size=2, mode="bilinear", align_corners=1), TypeError, "align_corners"),
-        (lambda: F.interpolate(x[0], size=2), ValueError, "4-D"),
+        (lambda: F.interpolate(x[0, 0], size=2), ValueError, "3-D or 4-D"),
+        (lambda: F.interpolate(x[0], size=2, mode="bicubic"), NotImplementedError, "3D input, but bicubic"),
+        (lambda: F.interpolate(x[0], size=2, mode="bilinear"), NotImplementedError, "3D input, but bilinear"),
+        (lambda: F.interpolate(x, size=2, mode="linear"), NotImplementedError, "4D input, but linear"),
+        (lambda: F.interpolate(x[0], size=(2, 3)), ValueError, "1-tuple"),
+        (lambda: F.interpolate(x[0], scale_factor=(2.0, 2.0), mode="linear"), ValueError, "1-tuple"),
+        (lambda: F.interpolate(x[0], scale_factor=0.2, mode="area"), ValueError, "empty output"),
+        (lambda: F.interpolate(x[0], size=2, mode="nearest-exact", align_corners=False), ValueError, "align_corners"),
+        (lambda: F.interpolate_backward(dy[0], (3, 4, 4), size=7, mode="linear"), ValueError, "dy must have shape"),
         (lambda: F.interpolate(x.astype(np.int64), size=2), TypeError, "float"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7), ValueError, "dy must have shape"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4), size=8), ValueError, "x_shape"),
-        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), scale_factor=2, mode="linear"), ValueError, "mode"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), scale_factor=2, mode="trilinear"), ValueError, "mode"),
+        (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), scale_factor=2, mode="linear"), NotImplementedError,
+         "linear"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7, mode="bicubic"), ValueError, "dy must have shape"),
         (lambda: F.interpolate_backward(dy, (2, 3, 4, 4), size=7, mode="area"), ValueError, "dy must have shape"),
     ]:
         with backend.use_backend(be), pytest.raises(error, match=match):
             call()
+
+
+# --- 3-D (N, C, L) inputs --------------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_one_dimensional_modes_against_pytorch(be):
+    """nearest, nearest-exact, linear and area on (N, C, L), sizes and factors as a number or a
+    1-tuple: values and gradients as PyTorch's, but for nearest's forward pass where out == in or
+    2*in from another factor: PyTorch's 1-D CPU forward leaves its shortcuts there (its backward and
+    CUDA rule take them, as ours), so the oracle of that pass is PyTorch's 2-D forward on the
+    (N, C, 1, L) view, which takes them."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    modes = ("nearest", "nearest-exact", "linear", "area")
+    seen = set()
+    for i in range(160 if be == "numpy" else 60):
+        mode, length = modes[i % 4], int(rng.integers(1, 12))
+        settings = dict(mode=mode, align_corners=[None, False, True][i % 3] if mode == "linear" else None)
+        if rng.random() < 0.5:
+            out = int(rng.integers(1, 20))
+            settings["size"] = out if rng.random() < 0.5 else (out,)
+        else:
+            factor = round(float(rng.uniform(0.3, 3.5)), int(rng.integers(1, 3)))
+            if math.floor(length * factor) < 1:
+                continue
+            settings["scale_factor"] = factor if rng.random() < 0.5 else (factor,)
+        x = rng.standard_normal((2, 3, length))
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.interpolate(xt, **torch_settings(settings))
+        dy = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        expected = yt.detach().numpy()
+        if mode == "nearest":
+            view = dict(torch_settings(settings), size=None if "size" not in settings else [1, yt.shape[2]],
+                        scale_factor=None if "scale_factor" not in settings else [1.0, factor])
+            expected = torch.nn.functional.interpolate(torch.tensor(x[:, :, None]), **view).numpy()[:, :, 0]
+            seen.add(("shortcut", yt.shape[2] in (length, 2 * length) and not np.array_equal(expected,
+                                                                                            yt.detach().numpy())))
+        what = f"config {i}: {x.shape} {settings}"
+        y = F.interpolate(x, **settings, backend=be)
+        assert y.shape == yt.shape, what
+        assert_close(y, expected, np.float64, what)
+        assert_close(F.interpolate_backward(dy, x.shape, **settings, backend=be), xt.grad.numpy(), np.float64,
+                     what + " dx")
+    assert ("shortcut", True) in seen   # PyTorch's 1-D forward did leave its rule somewhere
+
+
+def test_one_dimensional_finite_differences_and_layer():
+    x = np.random.default_rng(13).standard_normal((2, 3, 6))
+    for settings in [dict(size=9, mode="linear"), dict(scale_factor=0.7, mode="linear", align_corners=True),
+                     dict(scale_factor=(2.3,), mode="nearest-exact"), dict(size=(4,), mode="area")]:
+        report = check_op(lambda x: F.interpolate(x, **settings),
+                          lambda dy, x: F.interpolate_backward(dy, x.shape, **settings), [x])
+        assert report.max_rel_error < 1e-6, f"{settings}: {report}"
+    layer = nn.Upsample(scale_factor=1.5, mode="linear")
+    y = layer(x)
+    assert y.shape == (2, 3, 9)
+    np.testing.assert_array_equal(y, F.interpolate(x, scale_factor=1.5, mode="linear"))
+    np.testing.assert_array_equal(layer.backward(y), F.interpolate_backward(y, x.shape, scale_factor=1.5,
+                                                                            mode="linear"))
+
+
+@pytest.mark.torch
+def test_linear_on_three_d_makes_nan_of_an_inf_where_pytorch_keeps_it():
+    """The one documented difference of the (N, C, 1, L) view: its row axis (1 -> 1) multiplies
+    every value by its taps 1 and 0 (PyTorch's 2-D rule, test_an_inf_or_nan_lands_where_pytorch_puts_it),
+    so an inf becomes NaN at the outputs reading it, where PyTorch's 1-D kernel keeps inf."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[[0.0, np.inf, 2.0, 3.0]]])
+    y = F.interpolate(x, size=7, mode="linear")
+    yt = torch.nn.functional.interpolate(torch.tensor(x), size=7, mode="linear").numpy()
+    np.testing.assert_array_equal(y[np.isfinite(yt)], yt[np.isfinite(yt)])
+    assert np.isinf(yt[0, 0, 1:4]).all() and np.isnan(y[0, 0, :4]).all()
 
 
 # --- the layer -----------------------------------------------------------------------------------

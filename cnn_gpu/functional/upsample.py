@@ -1,6 +1,7 @@
 """interpolate and its backward pass (torch.nn.functional.interpolate on (N, C, H, W), modes
 "nearest", "nearest-exact", "bilinear", "bicubic" and "area", with `size` or `scale_factor`; an
-output smaller than the input too).
+output smaller than the input too; on (N, C, L), modes "nearest", "nearest-exact", "linear" and
+"area", as the (N, C, 1, L) view's "nearest", "nearest-exact", "bilinear" and "area").
 
 Per axis of `in` inputs and `out` outputs (out = size, or floor(in * scale_factor)):
 - "nearest" is PyTorch's legacy rule (its nearest_idx): output d reads input d if out == in,
@@ -41,8 +42,9 @@ from . import _checks
 from ._float16 import takes_float16
 from .adaptive_pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
 
-MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
-INTERPOLATING = ("bilinear", "bicubic")   # the modes that take align_corners
+MODES = ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "area")
+INTERPOLATING = ("linear", "bilinear", "bicubic")   # the modes that take align_corners
+SIGNAL_MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "bilinear", "area": "area"}
 CUBIC_A = -0.75   # PyTorch's bicubic coefficient
 
 
@@ -147,10 +149,35 @@ def _cubic_taps(d, size, ratio, align_corners):
     return [(np.clip(low + k - 1, 0, size - 1), w) for k, w in enumerate(weights)]
 
 
+def _one_item(value, name):
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(items) != 1:
+        raise ValueError(f"{name} must be a number or a 1-tuple for a 3-D (N, C, L) input, got {value!r}")
+    return items[0]
+
+
+def _signal_settings(size, scale_factor, mode):
+    """(size, scale_factor, mode) of the (N, C, 1, L) view of a 3-D input's interpolation: its one
+    row kept (size 1, factor 1: out == in, a copy along it in every mode; bilinear's copy takes
+    taps of weight 1 and 0, so an inf there gives NaN, unlike PyTorch's 1-D kernel)."""
+    if mode not in SIGNAL_MODES:
+        if mode in MODES:
+            raise NotImplementedError(f"Got 3D input, but {mode} mode needs 4D input")
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return (None if size is None else (1, _one_item(size, "size")),
+            None if scale_factor is None else (1.0, _one_item(scale_factor, "scale_factor")), SIGNAL_MODES[mode])
+
+
+def _with_row(shape):
+    return tuple(shape[:2]) + (1,) + tuple(shape[2:])
+
+
 def _plan(x_shape, size, scale_factor, mode, align_corners, dtype):
     """(the mode that runs, align_corners, out_size, per-axis kernel parameters) for an input of
     shape x_shape: bicubic to the input's own size runs as nearest's copy (out == in)."""
     align = check_settings(size, scale_factor, mode, align_corners)
+    if mode == "linear":
+        raise NotImplementedError("Got 4D input, but linear mode needs 3D input")
     _, c, h, w = x_shape
     if min(c, h, w) < 1:
         raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x_shape)}")
@@ -195,9 +222,15 @@ def scatter_taps(g, taps, axis, size):
 @takes_float16(kernels=True)
 def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, *, backend=None):
     """torch.nn.functional.interpolate of a 4-D (N, C, H, W) input, modes "nearest", "nearest-exact",
-    "bilinear", "bicubic" (no antialias) and "area" (adaptive_avg_pool2d to the output size). A
-    3-D input is refused: PyTorch reads it as (N, C, L), one-dimensional interpolation."""
-    _checks.array(x, "x", ndim=4)
+    "bilinear", "bicubic" (no antialias) and "area" (adaptive_avg_pool2d to the output size), or
+    of a 3-D (N, C, L) one, modes "nearest", "nearest-exact", "linear" and "area" (size and
+    scale_factor a number or a 1-tuple; an inf under "linear" becomes NaN at the outputs reading
+    it, where PyTorch keeps inf: see _signal_settings)."""
+    _checks.array(x, "x", ndim=(3, 4))
+    if x.ndim == 3:
+        size, scale_factor, mode = _signal_settings(size, scale_factor, mode)
+        y = interpolate(x.reshape(_with_row(x.shape)), size, scale_factor, mode, align_corners, backend=backend)
+        return y.reshape(y.shape[:2] + y.shape[3:])
     mode, align, out_size, params = _plan(x.shape, size, scale_factor, mode, align_corners, x.dtype)
     if mode == "area":
         return adaptive_avg_pool2d(x, out_size, backend=backend)
@@ -214,8 +247,13 @@ def interpolate_backward(dy, x_shape, size=None, scale_factor=None, mode="neares
                          backend=None):
     """Gradient of interpolate for an input of shape x_shape, given the same size / scale_factor,
     mode and align_corners."""
-    _checks.array(dy, "dy", ndim=4)
-    x_shape = _checks.shape_tuple(x_shape, "x_shape", 4)
+    _checks.array(dy, "dy", ndim=(3, 4))
+    x_shape = _checks.shape_tuple(x_shape, "x_shape", dy.ndim)
+    if dy.ndim == 3:
+        size, scale_factor, mode = _signal_settings(size, scale_factor, mode)
+        dx = interpolate_backward(dy.reshape(_with_row(dy.shape)), _with_row(x_shape), size, scale_factor, mode,
+                                  align_corners, backend=backend)
+        return dx.reshape(x_shape)
     mode, align, out_size, params = _plan(x_shape, size, scale_factor, mode, align_corners, dy.dtype)
     _checks.shape_is(dy, "dy", x_shape[:2] + out_size, f" (the output of interpolate for x of shape {x_shape})")
     if mode == "area":

@@ -782,8 +782,9 @@ class AdaptiveMaxPool2d(_AdaptivePool2d, _MaxPool):
 
 class Upsample(Module):
     """F.interpolate as a layer (torch.nn.Upsample): to `size`, or by `scale_factor`, with mode
-    "nearest", "nearest-exact", "bilinear", "bicubic" or "area". The settings are checked here, as
-    far as they can be without an input."""
+    "nearest", "nearest-exact", "bilinear", "bicubic" or "area" on (N, C, H, W), "nearest",
+    "nearest-exact", "linear" or "area" on (N, C, L). The settings are checked here, as far as
+    they can be without an input."""
 
     def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
         super().__init__()
