@@ -627,7 +627,6 @@ def test_channel_dropout_draws_before_its_plane_walk_and_adaptive_max_pooling_ha
         assert set(row["ldg_bits"]) <= loaded_bits and size_bits in row["ldg_bits"], (kernel, row["ldg_bits"])
 
 
-
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 def test_prelu_kernels_load_elements_and_stream_within_the_budget(dtype):

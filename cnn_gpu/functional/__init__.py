@@ -20,8 +20,9 @@ with class-index or class-probability targets and (N, C, d1, ..., dk) logits; nl
 target, weight, ignore_index, reduction); mse_loss(weight), l1_loss(weight), smooth_l1_loss(beta),
 huber_loss(delta, weight) (input and target broadcast), kl_div(log_target, "batchmean"),
 binary_cross_entropy(weight) and binary_cross_entropy_with_logits(weight, pos_weight) (reduction);
-avg_pool2d(divisor_override); interpolate (modes "nearest" and "bilinear") on 4-D inputs only, as
-PyTorch reads a 3-D input as (N, C, L); softmax and log_softmax over any dim, whose backward
+avg_pool2d(divisor_override); interpolate (modes "nearest", "nearest-exact", "bilinear",
+"bicubic" and "area" on 4-D inputs; "nearest", "nearest-exact", "linear" and "area" on 3-D
+(N, C, L) ones); softmax and log_softmax over any dim, whose backward
 functions take the forward output y rather than x; pad of any trailing dims in constant mode and
 of a 1-D signal, 2-D image or 3-D volume (batched or not) in the others. A loss is a Python float
 for reduction "mean"/"sum" and an array for "none", and its gradient is that of the returned loss
