@@ -480,6 +480,24 @@ def test_layer():
     assert list(layer.parameters()) == [] and layer.state_dict() == {}
 
 
+def test_pytorchs_upsampling_layers_of_fixed_mode():
+    """UpsamplingNearest2d is Upsample in nearest mode, UpsamplingBilinear2d bilinear with
+    align_corners=True (where Upsample's default is False), outputs, gradients and reprs as torch's."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(6).standard_normal((2, 3, 4, 5))
+    for name, kwargs in (("UpsamplingNearest2d", dict(scale_factor=2)), ("UpsamplingBilinear2d", dict(size=(7, 9))),
+                         ("UpsamplingBilinear2d", dict(scale_factor=1.5))):
+        ours, theirs = getattr(nn, name)(**kwargs), getattr(torch.nn, name)(**kwargs)
+        assert repr(ours) == repr(theirs)
+        tx = torch.from_numpy(x).requires_grad_()
+        ty = theirs(tx)
+        y = ours(x)
+        dy = np.random.default_rng(7).standard_normal(y.shape)
+        ty.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ours.backward(dy), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
 def test_layer_refuses_bad_settings_when_built():
     for kwargs, error, match in [(dict(), ValueError, "either size"),
                                  (dict(size=2, scale_factor=2), ValueError, "only one"),

@@ -15,7 +15,8 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      CircularPad3d, ConstantPad2d, ConstantPad3d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten,
                      GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
                      MaxPool2d, Mish, ReflectionPad2d, ReflectionPad3d, ReLU, ReLU6, ReplicationPad2d, ReplicationPad3d,
-                     SiLU, Sigmoid, Softmax, Tanh, Upsample, ZeroPad2d, ZeroPad3d, ELU)
+                     SiLU, Sigmoid, Softmax, Tanh, Upsample, UpsamplingBilinear2d, UpsamplingNearest2d, ZeroPad2d,
+                     ZeroPad3d, ELU)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d
 from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool1d, CircularPad1d, ConstantPad1d,
                         Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
@@ -35,4 +36,4 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "AvgPool1d", "AdaptiveAvgPool1d", "ZeroPad1d", "ConstantPad1d", "ReflectionPad1d", "ReplicationPad1d",
            "CircularPad1d", "ZeroPad3d", "ConstantPad3d", "ReflectionPad3d", "ReplicationPad3d", "CircularPad3d",
            "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d",
-           "PReLU", "AdaptiveMaxPool1d", "Dropout1d"]
+           "PReLU", "AdaptiveMaxPool1d", "Dropout1d", "UpsamplingNearest2d", "UpsamplingBilinear2d"]

@@ -816,6 +816,20 @@ class Upsample(Module):
         return f"{target}, mode={self.mode!r}"
 
 
+class UpsamplingNearest2d(Upsample):
+    """PyTorch's (deprecated there, as here in favour of Upsample) nearest upsampling of images."""
+
+    def __init__(self, size=None, scale_factor=None):
+        super().__init__(size, scale_factor, mode="nearest")
+
+
+class UpsamplingBilinear2d(Upsample):
+    """PyTorch's bilinear upsampling of images with align_corners=True (Upsample's default is False)."""
+
+    def __init__(self, size=None, scale_factor=None):
+        super().__init__(size, scale_factor, mode="bilinear", align_corners=True)
+
+
 class _Pad(Module):
     """F.pad of the last `_dims` dims by `padding` (an int, or 2 * _dims ints in F.pad's order:
     (left, right[, top, bottom[, front, back]])) in `_mode`, on batched or unbatched inputs."""
