@@ -302,28 +302,36 @@ def _sequence(module, optimizer, seed):
     return module.SequentialLR(optimizer, chosen, [first, second][:len(chosen) - 1])
 
 
+def _assert_pytorchs_bit_for_bit_and_resumed(make, seed: int, epochs: int, saved_at: int) -> None:
+    """The schedule `make(module, optimizer, seed)` builds from ours and from torch's module: the same
+    rates (and epoch counts, where it keeps one) at every step, and a resume from the state dicts of
+    epoch `saved_at` continues as the whole run."""
+    ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.3, momentum=0.9)
+    schedule, reference = make(lr_scheduler, ours, seed), make(torch.optim.lr_scheduler, theirs, seed)
+    assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr()
+    for epoch in range(epochs):
+        if epoch == saved_at:
+            saved = ours.state_dict(), schedule.state_dict()
+        schedule.step()
+        reference.step()
+        assert _rates(ours) == _rates(theirs), epoch
+        assert getattr(schedule, "last_epoch", None) == getattr(reference, "last_epoch", None), epoch
+        assert schedule.get_last_lr() == reference.get_last_lr(), epoch
+    resumed_optimizer = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
+    resumed = make(lr_scheduler, resumed_optimizer, seed)
+    resumed_optimizer.load_state_dict(saved[0])
+    resumed.load_state_dict(saved[1])
+    for _ in range(epochs - saved_at):
+        resumed.step()
+    assert _rates(resumed_optimizer) == _rates(ours)
+
+
 @needs_torch
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("seed", range(8))
 def test_sequential_rates_are_pytorchs_bit_for_bit_and_resume(seed):
-    ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
-    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.3, momentum=0.9)
-    schedule, reference = _sequence(lr_scheduler, ours, seed), _sequence(torch.optim.lr_scheduler, theirs, seed)
-    assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr()
-    for epoch in range(30):
-        if epoch == 12:
-            saved = ours.state_dict(), schedule.state_dict()
-        schedule.step()
-        reference.step()
-        assert _rates(ours) == _rates(theirs) and schedule.last_epoch == reference.last_epoch, epoch
-        assert schedule.get_last_lr() == reference.get_last_lr()
-    resumed_optimizer = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
-    resumed = _sequence(lr_scheduler, resumed_optimizer, seed)
-    resumed_optimizer.load_state_dict(saved[0])
-    resumed.load_state_dict(saved[1])
-    for _ in range(30 - 12):
-        resumed.step()
-    assert _rates(resumed_optimizer) == _rates(ours)
+    _assert_pytorchs_bit_for_bit_and_resumed(_sequence, seed, 30, 12)
 
 
 def _chain(module, optimizer, seed):
@@ -339,23 +347,7 @@ def _chain(module, optimizer, seed):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("seed", range(4))
 def test_chained_rates_are_pytorchs_bit_for_bit_and_resume(seed):
-    ours = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
-    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.3, momentum=0.9)
-    schedule, reference = _chain(lr_scheduler, ours, seed), _chain(torch.optim.lr_scheduler, theirs, seed)
-    assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr()
-    for epoch in range(25):
-        if epoch == 10:
-            saved = ours.state_dict(), schedule.state_dict()
-        schedule.step()
-        reference.step()
-        assert _rates(ours) == _rates(theirs) and schedule.get_last_lr() == reference.get_last_lr(), epoch
-    resumed_optimizer = optim.SGD([nn.Parameter(np.zeros(3))], lr=0.3, momentum=0.9)
-    resumed = _chain(lr_scheduler, resumed_optimizer, seed)
-    resumed_optimizer.load_state_dict(saved[0])
-    resumed.load_state_dict(saved[1])
-    for _ in range(25 - 10):
-        resumed.step()
-    assert _rates(resumed_optimizer) == _rates(ours)
+    _assert_pytorchs_bit_for_bit_and_resumed(_chain, seed, 25, 10)
 
 
 @needs_torch
