@@ -567,13 +567,14 @@ class Module:
         """Move the parameters to `backend` ("numpy", "emu": NumPy arrays; "cuda": CuPy arrays, all
         C-contiguous; "cpu" is "numpy", so PyTorch's `model.to("cuda" if ... else "cpu")` runs
         unchanged; "cuda:N" and a torch.device as backend_of_device takes them) and run every later
-        forward/backward there, and/or convert the parameters, their gradients and the float buffers to `dtype` (float16, float32 or float64; integer
-        buffers such as counts keep theirs), as PyTorch's to(dtype); `to(np.float16)` converts
-        alone. Saved activations are dropped. An optimizer's state made before follows at its next
-        step (moved, and converted to the parameter's state dtype; a float16 parameter's FP32
-        master weights are made anew from its values)."""
+        forward/backward there, and/or convert the parameters, their gradients and the float buffers
+        to `dtype` (float16, float32 or float64; integer buffers such as counts keep theirs), as
+        PyTorch's to(dtype); `to(np.float16)` converts alone. Saved activations are dropped. An
+        optimizer's state made before follows at its next step (moved, and converted to the
+        parameter's state dtype; a float16 parameter's FP32 master weights are made anew from its
+        values)."""
+        # to(np.float16): a dtype, not a device (a torch.device has an index)
         if backend is not None and dtype is None and not isinstance(backend, str) and not hasattr(backend, "index"):
-            # to(np.float16): a dtype, not a device (a torch.device has an index)
             backend, dtype = None, backend
         if backend is None and dtype is None:
             raise TypeError("to() takes a backend, a dtype or both")

@@ -80,7 +80,8 @@ class Unflatten(Module):
     def __init__(self, dim: int, unflattened_size):
         super().__init__()
         if not isinstance(unflattened_size, (tuple, list)):
-            raise TypeError(f"unflattened_size must be a tuple of ints, but found type {type(unflattened_size).__name__}")
+            raise TypeError(f"unflattened_size must be a tuple of ints, but found type "
+                            f"{type(unflattened_size).__name__}")
         for position, size in enumerate(unflattened_size):
             if isinstance(size, bool) or not hasattr(size, "__index__"):
                 raise TypeError(f"unflattened_size must be tuple of ints, but found element of type "
