@@ -9,7 +9,7 @@
 
 __device__ __forceinline__ acc_t sigmoid_of(acc_t v)
 {
-    return (acc_t)1 / ((acc_t)1 + REAL_EXP(-v));
+    return map_divide((acc_t)1, (acc_t)1 + map_exp(-v));   // float16: 0 where exp(-v) passes 2^126
 }
 
 // PyTorch's clamp: NaN passes (every comparison with it is false), and so does -0.0 against a bound of 0
@@ -52,7 +52,7 @@ __device__ __forceinline__ acc_t hardswish_gradient(acc_t dy, acc_t v)
 // v sigmoid(v) as v / (1 + exp(-v)): exp overflowing for very negative v gives -0
 __device__ __forceinline__ acc_t silu_of(acc_t v)
 {
-    return v / ((acc_t)1 + REAL_EXP(-v));
+    return map_divide(v, (acc_t)1 + map_exp(-v));
 }
 
 // PyTorch's dy s (1 + v (1 - s)), s = sigmoid(v): 1 - s loses its relative accuracy where s saturates,

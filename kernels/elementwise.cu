@@ -2,7 +2,12 @@
 //
 // Not a GEMM: memory-bound maps, one thread per element, 256-thread blocks and a grid-stride
 // loop over the 64-bit flat index (consecutive threads touch consecutive elements: coalesced).
-// Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh/silu/gelu.
+// Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh/silu/gelu; sigmoid's and
+// tanh's gradients from exp(-|x|) as the NumPy oracle (s (1 - s) and 1 - tanh^2 cancel where they saturate).
+// The float16 builds take their exponentials and divisions in the fast forms (common.cuh: map_exp,
+// map_divide; elu's expm1_of_negative and GELU's normal_terms here), which keeps these maps within the
+// instructions an element an H100 streams at DRAM speed (tests/test_sass.py); float32 and float64 keep
+// expf, expm1f, erfcf and IEEE division.
 // PyTorch's edge rules: relu(x) = 0 where x < 0, else x (NaN and -0 pass); relu'(x) = 0 where
 // x <= 0 (so a NaN x passes dy); leaky_relu'(x) = slope where x <= 0.
 // silu and gelu as cnn_gpu.functional.activation computes them, free of cancellation and of
@@ -38,9 +43,54 @@
 #define TWO_SQRT_2_OVER_PI ((acc_t)1.5957691216057308)
 #define GELU_CUBIC ((acc_t)0.044715)
 
+// GELU's Phi(v) = erfc(-v / sqrt(2)) / 2 and phi(v) = exp(-v^2 / 2) / sqrt(2 pi). The float16 builds take both
+// from one exponential: erfc(a) = exp(-a^2) P(t) for a = |v| / sqrt(2), t = (a - 2) / (a + 2) = 1 - 4 / (a + 2) in
+// [-1, 1], P a degree-8 fit of erfc(a) exp(a^2) (within 2^-21.7 of it in FP32 for a <= 6, bounded beyond, where
+// exp(-a^2) is below 2^-51), and erfc(-a) = 2 - erfc(a); with map_exp's error (~2^-19 at a = 3.3, where Phi leaves
+// FP16's normal range) the result stays within 2^-18 of Phi and phi. float32 and float64: erfc and exp.
+struct NormalTerms {
+    acc_t cdf, pdf;
+};
+
+__device__ __forceinline__ NormalTerms normal_terms(acc_t v)
+{
+#if REAL_IS_HALF
+    const acc_t a = fabsf(v) * SQRT_HALF;
+    const acc_t t = 1.0f - map_divide(4.0f, a + 2.0f);   // 1 for an infinite a
+    acc_t p = -1.27210165e-4f;
+    p = p * t - 9.39785095e-4f;
+    p = p * t - 7.41208671e-4f;
+    p = p * t + 7.00390479e-3f;
+    p = p * t + 3.71115142e-3f;
+    p = p * t - 7.89802298e-2f;
+    p = p * t + 2.41659760e-1f;
+    p = p * t - 4.27185804e-1f;
+    p = p * t + 2.55395651e-1f;
+    const acc_t gaussian = map_exp(-a * a);
+    const acc_t tail = gaussian * p;   // erfc(a)
+    return {0.5f * (v < 0.0f ? tail : 2.0f - tail), RSQRT_2PI * gaussian};
+#else
+    // pdf 0 where v * v overflows
+    return {(acc_t)0.5 * REAL_ERFC(v * -SQRT_HALF), RSQRT_2PI * REAL_EXP((acc_t)-0.5 * v * v)};
+#endif
+}
+
 __device__ __forceinline__ acc_t gelu_tanh_argument(acc_t v)
 {
     return TWO_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v);
+}
+
+// e^v - 1 for v <= 0 (elu's), accurate near 0: expm1, and in the float16 builds map_exp(v) - 1 (exact
+// subtraction: e^v lies in [1/2, 1] there) for v <= -1/16, whose error then stays below 2^-19 of the
+// result, and e^v's Taylor polynomial to v^4 above (truncated at 2^-23 of the result)
+__device__ __forceinline__ acc_t expm1_of_negative(acc_t v)
+{
+#if REAL_IS_HALF
+    if (v <= (acc_t)-0.0625) return map_exp(v) - (acc_t)1;
+    return v * ((acc_t)1 + v * ((acc_t)0.5 + v * ((acc_t)(1.0 / 6) + v * (acc_t)(1.0 / 24))));
+#else
+    return REAL_EXPM1(v);
+#endif
 }
 
 // mish's t = tanh(softplus(v)) and 1 - t^2 from e = exp(-|v|) alone (cnn_gpu.functional.activation's
@@ -52,13 +102,13 @@ struct MishTerms {
 
 __device__ __forceinline__ MishTerms mish_terms(acc_t v)
 {
-    const acc_t e = REAL_EXP(v < (acc_t)0 ? v : -v);
+    const acc_t e = map_exp(v < (acc_t)0 ? v : -v);
     const bool negative = v < (acc_t)0;
     const acc_t numerator = negative ? e * (e + (acc_t)2) : (acc_t)1 + (acc_t)2 * e;
     const acc_t denominator = negative ? numerator + (acc_t)2 : numerator + (acc_t)2 * e * e;
     const acc_t e_one_plus_e = e * ((acc_t)1 + e);
     const acc_t four_times = negative ? (acc_t)4 * (numerator + (acc_t)1) : (acc_t)4 * e_one_plus_e * e_one_plus_e;
-    return {numerator / denominator, four_times / (denominator * denominator)};
+    return {map_divide(numerator, denominator), map_divide(four_times, denominator * denominator)};
 }
 
 // Each kernel walks its elements with for_each_element (common.cuh): `load` reads an element's inputs
@@ -127,8 +177,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
-        const acc_t s = sigmoid_of(to_acc(in.v[0]));
-        dx[i] = to_real(to_acc(in.v[1]) * s * ((acc_t)1 - s));
+        // s (1 - s) = e / (1 + e)^2 with e = exp(-|x|), as the NumPy oracle: 1 - s cancels where s nears 1
+        const acc_t e = map_exp(-fabs(to_acc(in.v[0])));
+        dx[i] = to_real(to_acc(in.v[1]) * map_divide(e, ((acc_t)1 + e) * ((acc_t)1 + e)));
     });
 }
 
@@ -142,8 +193,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanh_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
-        const acc_t t = REAL_TANH(to_acc(in.v[0]));
-        dx[i] = to_real(to_acc(in.v[1]) * ((acc_t)1 - t * t));
+        // 1 - tanh^2 = 4e / (1 + e)^2 with e = exp(-2|x|), as the NumPy oracle: 1 - t^2 cancels where t nears +-1
+        const acc_t e = map_exp((acc_t)-2 * fabs(to_acc(in.v[0])));
+        dx[i] = to_real(to_acc(in.v[1]) * map_divide((acc_t)4 * e, ((acc_t)1 + e) * ((acc_t)1 + e)));
     });
 }
 
@@ -166,7 +218,7 @@ gelu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
 {
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
         const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v * (acc_t)0.5 * REAL_ERFC(v * -SQRT_HALF));
+        y[i] = to_real(v * normal_terms(v).cdf);
     });
 }
 
@@ -175,9 +227,8 @@ gelu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
         const acc_t v = to_acc(in.v[0]);
-        const acc_t cdf = (acc_t)0.5 * REAL_ERFC(v * -SQRT_HALF);
-        const acc_t pdf = RSQRT_2PI * REAL_EXP((acc_t)-0.5 * v * v);   // 0 where v * v overflows
-        dx[i] = to_real(to_acc(in.v[1]) * (cdf + v * pdf));
+        const NormalTerms normal = normal_terms(v);
+        dx[i] = to_real(to_acc(in.v[1]) * (normal.cdf + v * normal.pdf));
     });
 }
 
@@ -259,7 +310,7 @@ elu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t
 {
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
         const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v >= (acc_t)0 ? v : alpha * REAL_EXPM1(v));   // a zero keeps its sign, as in PyTorch
+        y[i] = to_real(v >= (acc_t)0 ? v : alpha * expm1_of_negative(v));   // a zero keeps its sign, as in PyTorch
     });
 }
 
@@ -270,7 +321,7 @@ elu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __re
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
         const acc_t v = to_acc(in.v[0]);
         const acc_t g = to_acc(in.v[1]);
-        dx[i] = to_real(v <= (acc_t)0 ? g * (alpha * REAL_EXP(v)) : g);
+        dx[i] = to_real(v <= (acc_t)0 ? g * (alpha * map_exp(v)) : g);
     });
 }
 

@@ -47,8 +47,11 @@
 //  * binary_cross_entropy_rows: the same walk for BCE on probabilities (torch's logs clamped at
 //    -100, gradient w (x - t) / max(x (1 - x), 1e-12)) or on logits (from_logits: torch's
 //    (1 - t) x - l log_sigmoid(x) with l = 1 + (pos_weight - 1) t); weight and pos_weight are
-//    broadcast to the input's shape by the host. On probabilities, an input or target outside
-//    [0, 1] makes that element's loss NaN (the host then names it: torch checks before it computes).
+//    broadcast to the input's shape by the host; log_sigmoid and sigmoid from one exp(-|x|), and in the
+//    float16 builds that exponential and the gradients' divisions in their fast forms (common.cuh:
+//    map_exp, map_divide), the loss's log and log1p accurate (it stays acc_t). On probabilities, an
+//    input or target outside [0, 1] makes that element's loss NaN (the host then names it: torch
+//    checks before it computes).
 // Sizes: rows, inner and every element offset are 64-bit; `classes` is an int (the host refuses
 // 2^31 classes or more), and class offsets c * inner are taken in 64 bits.
 // Math, sums and the per-row workspaces (row_loss, target_weight, loss, grad_divisor) are acc_t
@@ -283,9 +286,12 @@ binary_cross_entropy_rows(const REAL* __restrict__ input, const REAL* __restrict
                          const acc_t w = has_weight ? to_acc(in.v[2]) : (acc_t)1;
                          acc_t value, slope;
                          if (from_logits) {
-                             // log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)): no overflow at any |x|
-                             const acc_t log_sigmoid = (x < (acc_t)0 ? x : (acc_t)0) - log1p(REAL_EXP(-fabs(x)));
-                             const acc_t sigmoid = (acc_t)1 / ((acc_t)1 + REAL_EXP(-x));
+                             // log_sigmoid(x) = min(x, 0) - log1p(e) and sigmoid(x) = (x < 0 ? e : 1) / (1 + e)
+                             // from one e = exp(-|x|): no overflow at any |x|. The loss's log1p stays accurate
+                             // (the loss is acc_t); e is map_exp's (float16: fast) for both, within 2^-19 of it
+                             const acc_t e = map_exp(-fabs(x));
+                             const acc_t log_sigmoid = (x < (acc_t)0 ? x : (acc_t)0) - log1p(e);
+                             const acc_t sigmoid = map_divide(x < (acc_t)0 ? e : (acc_t)1, (acc_t)1 + e);
                              if (has_pos_weight) {
                                  const acc_t p = to_acc(in.v[3]);
                                  value = ((acc_t)1 - t) * x - ((p - (acc_t)1) * t + (acc_t)1) * log_sigmoid;
@@ -301,7 +307,7 @@ binary_cross_entropy_rows(const REAL* __restrict__ input, const REAL* __restrict
                              const acc_t spread = ((acc_t)1 - x) * x;
                              // torch's epsilon is the float 1e-12 in every dtype
                              const acc_t epsilon = (acc_t)1e-12f;
-                             slope = (x - t) / (spread > epsilon ? spread : epsilon);
+                             slope = map_divide(x - t, spread > epsilon ? spread : epsilon);
                              if (!(x >= (acc_t)0 && x <= (acc_t)1 && t >= (acc_t)0 && t <= (acc_t)1))
                                  value = REAL_NAN;
                          }

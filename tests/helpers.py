@@ -58,6 +58,26 @@ def assert_close(actual, expected, dtype, what=""):
     assert error <= tolerance(dtype) * scale, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
 
 
+def float16_steps(a, b):
+    """How many float16 values apart a and b (float16 arrays) are, elementwise: the distance of their bit
+    patterns in value order (-0.0 and 0.0 are one; subnormals count as every other step)."""
+    def ordered(v):
+        bits = np.asarray(v, dtype=np.float16).view(np.int16).astype(np.int64)
+        return np.where(bits < 0, -(bits & 0x7FFF), bits)
+    return np.abs(ordered(a) - ordered(b))
+
+
+def assert_fp16_within_one_ulp(actual, expected, what=""):
+    """float16 arrays with NaNs and infinities at the same places and every other element at most one
+    float16 step from the expected one (rounded the other way near a tie)."""
+    actual, expected = to_host(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype == np.float16 and actual.shape == expected.shape, what
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=f"{what}: non-finite values differ")
+    steps = float16_steps(actual[finite], expected[finite])
+    assert steps.max(initial=0) <= 1, f"{what}: {steps.max()} float16 steps off"
+
+
 # The planted test kernels of tests/emu_kernels/, run on the emulator.
 EMU_KERNELS = Path(__file__).resolve().parent / "emu_kernels"
 needs_emu = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason=backend.why_unavailable("emu") or "")

@@ -458,10 +458,7 @@ static __forceinline__ float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static __forceinline__ double rsqrt(double x) { return 1.0 / sqrt(x); }
 static __forceinline__ float rcbrtf(float x) { return 1.0f / cbrtf(x); }
 static __forceinline__ float fdividef(float x, float y) { return x / y; }
-static __forceinline__ float __fdividef(float x, float y) { return x / y; }
-static __forceinline__ float __expf(float x) { return expf(x); }
 static __forceinline__ float __exp10f(float x) { return exp10f(x); }
-static __forceinline__ float __logf(float x) { return logf(x); }
 static __forceinline__ float __log2f(float x) { return log2f(x); }
 static __forceinline__ float __log10f(float x) { return log10f(x); }
 static __forceinline__ float __sinf(float x) { return sinf(x); }
@@ -486,6 +483,41 @@ static __forceinline__ double __dmul_rn(double x, double y) { return cnn_gpu_emu
 static __forceinline__ double __ddiv_rn(double x, double y) { return x / y; }
 static __forceinline__ double __drcp_rn(double x) { return 1.0 / x; }
 static __forceinline__ double __dsqrt_rn(double x) { return sqrt(x); }
+/* The fast intrinsics __expf, __logf and __fdividef (MUFU.EX2, MUFU.LG2, MUFU.RCP) are given with the
+ * error the CUDA C++ Programming Guide bounds them by, as a GPU could have it: the exact result moved
+ * by that bound, up or down as the input's second-lowest bit says, but where the unit's result is a
+ * power of two (2^k of an integer k, 1/y or log2 y of a power of two y), which it gives exactly (an
+ * assumption, not checked on a GPU here: sigmoid's 1 / (1 + 0) = 1 then leaves 1 - s = 0). Kernels
+ * that use them are checked against the bound, not the C library's correctly rounded value. */
+static __forceinline__ bool cnn_gpu_emu_power_of_two(float y) {
+    return ((unsigned int)cnn_gpu_emu_bits(y) & 0x007fffffu) == 0u;
+}
+static __forceinline__ float cnn_gpu_emu_ulps_off(float r, unsigned int ulps, float input) {
+    const unsigned int bits = (unsigned int)cnn_gpu_emu_bits(r), magnitude = bits & 0x7fffffffu;
+    if (magnitude == 0u || magnitude >= 0x7f800000u - ulps || magnitude <= ulps) return r;
+    const bool up = ((unsigned int)cnn_gpu_emu_bits(input) >> 1) & 1u;
+    return cnn_gpu_emu_from_bits<float>(up ? bits + ulps : bits - ulps);
+}
+/* ex2.approx(x * log2(e)): the product rounded to FP32 (the GPU's FMUL), then 2 ulps (exp2f's bound) */
+static __forceinline__ float __expf(float x) {
+    const float scaled = cnn_gpu_emu_opaque(x * 1.44269504f);
+    return scaled == truncf(scaled) ? exp2f(scaled) : cnn_gpu_emu_ulps_off(exp2f(scaled), 2u, x);
+}
+/* within 2^-21.41 of log(x) for x in [0.5, 2], else 3 ulps */
+static __forceinline__ float __logf(float x) {
+    const float exact = logf(x);
+    if (cnn_gpu_emu_power_of_two(x)) return cnn_gpu_emu_opaque(log2f(x) * 0.693147182f);
+    if (x >= 0.5f && x <= 2.0f) {
+        const float error = 3.58e-7f;   /* 2^-21.41 */
+        return (((unsigned int)cnn_gpu_emu_bits(x) >> 1) & 1u) ? exact + error : exact - error;
+    }
+    return cnn_gpu_emu_ulps_off(exact, 3u, x);
+}
+/* x * rcp.approx(y): 2 ulps for 2^-126 <= |y| <= 2^126; 0 (NaN for an infinite x) for a larger finite y */
+static __forceinline__ float __fdividef(float x, float y) {
+    if (fabsf(y) > 8.5070592e37f && fabsf(y) < __builtin_inff()) return x * (0.0f * y);
+    return cnn_gpu_emu_power_of_two(y) ? x / y : cnn_gpu_emu_ulps_off(x / y, 2u, y);
+}
 
 static __forceinline__ float __int_as_float(int v) { return cnn_gpu_emu_from_bits<float>((unsigned int)v); }
 static __forceinline__ int __float_as_int(float v) { return (int)(unsigned int)cnn_gpu_emu_bits(v); }
