@@ -297,9 +297,9 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
     maps = [("elementwise", kernel, 1) for kernel in ELEMENTWISE_MAPS] + [
         ("elementwise", kernel.replace("_forward", "_backward"), 2) for kernel in ELEMENTWISE_MAPS
         if kernel.endswith("_forward") and kernel != "add_relu_forward"]
-    for family, kernel, inputs in maps + [("elementwise", "add_relu_forward", 2),
-                                          ("elementwise", "relu_backward_of_sum", 3), ("loss", "regression_loss_rows", 3),
-                                          ("loss", "binary_cross_entropy_rows", 4)]:
+    maps += [("elementwise", "add_relu_forward", 2), ("elementwise", "relu_backward_of_sum", 3),
+             ("loss", "regression_loss_rows", 3), ("loss", "binary_cross_entropy_rows", 4)]
+    for family, kernel, inputs in maps:
         _, path = loops.hot_loop(functions[family][kernel], lambda p: 0)
         first_store = next(i for i, ins in enumerate(path) if ins.base == "STG")
         loads = [ins for ins in path if ins.base == "LDG"]
