@@ -455,6 +455,36 @@ def test_float_to_int_intrinsics_saturate_as_on_a_gpu():
     np.testing.assert_array_equal(unsigned_rounded, saturated(np.rint(wide), 0, 2**32 - 1))
 
 
+def test_fast_intrinsics_err_by_their_documented_bound(rng):
+    """__expf, __logf and __fdividef: the correctly rounded result moved by the CUDA C++ Programming
+    Guide's bound (__expf: 2 ulps after x log2(e) rounds to FP32; __logf: 3 ulps, 2^-21.41 absolute in
+    [0.5, 2]; __fdividef: 2 ulps, 0 for a finite divisor past 2^126, NaN for an infinite dividend
+    there), up for some inputs and down for others, and exact where the unit's result is a power of
+    two (exp2 of 0, log2 of 1, 2 and 1/2, division by 1, 2 and 1/4)."""
+    x = np.concatenate([rng.uniform(-80, 80, 500), rng.uniform(0.01, 100, 500)]).astype(np.float32)
+    y = rng.uniform(0.5, 8, x.size).astype(np.float32)
+    x[:6], y[:6] = [0, 1, 2, 0.5, 3, np.inf], [1, 2, 0.25, 1, 2**127, 2**127]
+    out = np.zeros((x.size, 3), np.float32)
+    module("conversions").get_function("fast_intrinsics")((32,), (32,), (x, y, out, np.int32(x.size)))
+    np.testing.assert_array_equal(out[:4, 0], [1, *out[1:4, 0]])
+    np.testing.assert_array_equal(out[:4, 1], [-np.inf, 0, np.float32(np.log(2)), -np.float32(np.log(2))])
+    np.testing.assert_array_equal(out[:6, 2], [0, 0.5, 8, 0.5, 0, np.nan])
+    wide, out, x, y = x[6:].astype(np.float64), out[6:].astype(np.float64), x[6:], y[6:]
+    exact = np.stack([np.exp2((x * np.float32(1.44269504)).astype(np.float64)),
+                      np.log(wide, where=wide > 0, out=np.full_like(wide, np.nan)), wide / y], 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    error = out - exact
+    finite = np.isfinite(out[:, 0])   # exp overflows past x = 88.7
+    exp_error = error[finite, 0] / ulp[finite, 0]
+    assert np.abs(exp_error).max() <= 2.6 and exp_error.min() < -1.5 and exp_error.max() > 1.5   # past libm's rounding
+    near_one, elsewhere = (wide >= 0.5) & (wide <= 2), (wide > 0) & ((wide < 0.5) | (wide > 2))
+    assert (np.abs(error[near_one, 1]) <= 2.0**-21.41).all()
+    assert error[near_one, 1].min() < -2.0**-22 and error[near_one, 1].max() > 2.0**-22
+    assert (np.abs(error[elsewhere, 1]) / ulp[elsewhere, 1] <= 3.6).all() and np.isnan(out[wide < 0, 1]).all()
+    assert (np.abs(error[:, 2]) / ulp[:, 2] <= 2.6).all()
+
+
 def _pattern_initialises_locals() -> bool:
     build = emu._build
     return build.compiler_accepts(build.compiler(), build.UNINITIALISED_LOCALS_FLAG)
