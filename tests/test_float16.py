@@ -140,12 +140,20 @@ def test_numpy_oracle_within_one_ulp_where_fp32_rounds():
     assert_rounded_once(F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
                         F.avg_pool2d(x.astype(F64), 3, 2, 1, count_include_pad=False), 1, "avg_pool2d / 9")
     assert_rounded_once(F.adaptive_avg_pool2d(x, 3), F.adaptive_avg_pool2d(x.astype(F64), 3), 1, "adaptive_avg_pool2d")
-    for mode in ("nearest", "nearest-exact", "bilinear", "bicubic", "area"):
+    for mode in ("nearest", "nearest-exact", "bilinear", "area"):
         assert_rounded_once(F.interpolate(x, scale_factor=1.5, mode=mode),
                             F.interpolate(x.astype(F64), scale_factor=1.5, mode=mode), 1, f"interpolate {mode}")
         assert_rounded_once(F.interpolate_backward(dy, (4, 3, 9, 9), size=5, mode=mode),
                             F.interpolate_backward(dy.astype(F64), (4, 3, 9, 9), size=5, mode=mode), 1,
                             f"interpolate_backward {mode}")
+    # bicubic's negative tap weights cancel: an output 2500 times smaller than its taps (x of scale 3,
+    # an output of 0.0012) keeps FP32's error of the taps, 1.6 float16 ulps there, as PyTorch's FP32 math
+    # does: the float32 op's result rounded once, bit for bit
+    np.testing.assert_array_equal(F.interpolate(x, scale_factor=1.5, mode="bicubic"),
+                                  F.interpolate(x.astype(F32), scale_factor=1.5, mode="bicubic").astype(F16))
+    np.testing.assert_array_equal(F.interpolate_backward(dy, (4, 3, 9, 9), size=5, mode="bicubic"),
+                                  F.interpolate_backward(dy.astype(F32), (4, 3, 9, 9), size=5,
+                                                         mode="bicubic").astype(F16))
     logits, labels = normal(rng, (6, 5, 3), 2.0), rng.integers(0, 5, (6, 3))
     weight = rng.uniform(0.5, 2.0, 5).astype(F16)
     loss, grad = F.cross_entropy(logits, labels, weight, label_smoothing=0.1)
