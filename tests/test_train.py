@@ -225,7 +225,7 @@ def test_unavailable_device_exits_2(monkeypatch, capsys):
 
 def test_argparse_rejects_unknown_choices():
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--optimizer", "rmsprop"])
+        main(["train", "--optimizer", "lbfgs"])
     assert exit_info.value.code == 2
 
 
