@@ -5,7 +5,7 @@
 // values included (elementwise.cu's header states them). `v` is the activation's input, `dy` the
 // gradient of its output; all in acc_t.
 
-#include "common.cuh"
+#include "map_math.cuh"
 
 __device__ __forceinline__ acc_t sigmoid_of(acc_t v)
 {

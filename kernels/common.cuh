@@ -69,31 +69,6 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_ERFC erfcf
 #endif
 
-// The exponential and division of the element-wise maps and losses. The float16 builds take the fast
-// FP32 forms (one MUFU instruction and a multiply each, where expf's range reduction and a division's
-// Newton steps and slow path issue ~10 and ~8; the maps issued more instructions an element than an
-// H100 streams elements, tests/test_sass.py): by the CUDA C++ Programming Guide's bounds, __expf is
-// within 2 + 1.2|x| FP32 ulps, __fdividef within 2 for a divisor's magnitude in [2^-126, 2^126] (0
-// beyond, NaN for an infinite dividend), 2^-12 or more below half an FP16 ulp for |x| < 88, so an output
-// rounded to FP16 moves at most one FP16 ulp, and only near a tie (tests/test_fast_math.py counts how
-// often). float32 and float64 keep the accurate functions.
-static __device__ __forceinline__ acc_t map_exp(acc_t x) {
-#if REAL_IS_HALF
-    return __expf(x);
-#else
-    return REAL_EXP(x);
-#endif
-}
-
-// x / y; in the float16 builds, y's magnitude must lie in [2^-126, 2^126] or the quotient be below FP16's range
-static __device__ __forceinline__ acc_t map_divide(acc_t x, acc_t y) {
-#if REAL_IS_HALF
-    return __fdividef(x, y);
-#else
-    return x / y;
-#endif
-}
-
 // IEEE bit patterns (no <cmath> or <limits> under NVRTC), as acc_t; the float value converts
 // exactly to double
 #define REAL_NEG_INF ((acc_t)__int_as_float(0xff800000))

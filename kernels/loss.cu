@@ -58,6 +58,7 @@
 // (common.cuh): a float16 build reads FP16 inputs, computes in FP32, rounds each gradient element
 // once, and hands reduce.cu FP32 rows to sum.
 
+#include "map_math.cuh"
 #include "rows.cuh"
 
 // Kernel parameters of the cross entropy: logits and either class indices (`labels`, int64) or

@@ -1,0 +1,31 @@
+// The exponential and division of the element-wise maps and losses (elementwise.cu, activations.cuh,
+// loss.cu). Not in common.cuh, which every kernel includes: with them there, the float32 SIMT
+// convolution tiles' SASS moved (conv2d_fprop_tall's sm_90 hot loop one instruction longer, README's
+// SASS table), though nothing of them is used there.
+
+#include "common.cuh"
+
+// The float16 builds take the fast FP32 forms (one MUFU instruction and a multiply each, where expf's
+// range reduction and a division's Newton steps and slow path issue ~10 and ~8; the maps issued more
+// instructions an element than an H100 streams elements, tests/test_sass.py): by the CUDA C++
+// Programming Guide's bounds, __expf is within 2 + 1.2|x| FP32 ulps, __fdividef within 2 for a
+// divisor's magnitude in [2^-126, 2^126] (0 beyond, NaN for an infinite dividend), 2^-12 or more below
+// half an FP16 ulp for |x| < 88, so an output rounded to FP16 moves at most one FP16 ulp, and only
+// near a tie (tests/test_fast_math.py counts how often). float32 and float64 keep the accurate
+// functions.
+static __device__ __forceinline__ acc_t map_exp(acc_t x) {
+#if REAL_IS_HALF
+    return __expf(x);
+#else
+    return REAL_EXP(x);
+#endif
+}
+
+// x / y; in the float16 builds, y's magnitude must lie in [2^-126, 2^126] or the quotient be below FP16's range
+static __device__ __forceinline__ acc_t map_divide(acc_t x, acc_t y) {
+#if REAL_IS_HALF
+    return __fdividef(x, y);
+#else
+    return x / y;
+#endif
+}
