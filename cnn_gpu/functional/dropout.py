@@ -55,30 +55,29 @@ def _apply(a, name, p, seed, step, backend, per_plane=False):
     return launch(be, _checks.for_kernels(be, a, name), seed, step, threshold, scale)
 
 
+def _dropped(a, name, p, training, seed, step, backend, per_plane=False):
+    """a through the mask (_apply), or a itself, its seed and step still checked, when not training
+    or p == 0."""
+    if not _checks.flag(training, "training") or p == 0:
+        _checks.array(a, name)
+        philox.check_seed(seed, "seed")
+        philox.check_seed(step, "step")
+        return a
+    return _apply(a, name, p, seed, step, backend, per_plane)
+
+
 @takes_float16(kernels=True)
 def dropout(x, p=0.5, training=True, *, seed, step=0, backend=None):
     """torch.nn.functional.dropout(x, p, training) with the mask of (seed, step): elements kept
     with probability 1 - p and scaled by 1 / (1 - p). x itself when not training or p == 0."""
-    p = check_probability(p)
-    if not _checks.flag(training, "training") or p == 0:
-        _checks.array(x, "x")
-        philox.check_seed(seed, "seed")
-        philox.check_seed(step, "step")
-        return x
-    return _apply(x, "x", p, seed, step, backend)
+    return _dropped(x, "x", check_probability(p), training, seed, step, backend)
 
 
 @takes_float16(kernels=True)
 def dropout_backward(dy, p, seed, step=0, *, backend=None):
     """Gradient of dropout(x, p, training=True, seed=seed, step=step): dy through the same mask and
     scale (regenerated from seed and step)."""
-    p = check_probability(p)
-    if p == 0:   # checked as the forward checks them
-        _checks.array(dy, "dy")
-        philox.check_seed(seed, "seed")
-        philox.check_seed(step, "step")
-        return dy
-    return _apply(dy, "dy", p, seed, step, backend)
+    return _dropped(dy, "dy", check_probability(p), True, seed, step, backend)
 
 
 def check_planes_input(a, name, warn=True):
@@ -113,11 +112,7 @@ def dropout2d(x, p=0.5, training=True, *, seed, step=0, backend=None):
     x itself when not training or p == 0."""
     p = check_probability(p)
     check_planes_input(x, "x")
-    if not _checks.flag(training, "training") or p == 0:
-        philox.check_seed(seed, "seed")
-        philox.check_seed(step, "step")
-        return x
-    return _apply(x, "x", p, seed, step, backend, per_plane=True)
+    return _dropped(x, "x", p, training, seed, step, backend, per_plane=True)
 
 
 @takes_float16(kernels=True)
@@ -126,11 +121,7 @@ def dropout2d_backward(dy, p, seed, step=0, *, backend=None):
     mask and scale (regenerated from seed and step)."""
     p = check_probability(p)
     check_planes_input(dy, "dy", warn=False)
-    if p == 0:   # checked as the forward checks them
-        philox.check_seed(seed, "seed")
-        philox.check_seed(step, "step")
-        return dy
-    return _apply(dy, "dy", p, seed, step, backend, per_plane=True)
+    return _dropped(dy, "dy", p, True, seed, step, backend, per_plane=True)
 
 
 def check_signal_input(a, name):
@@ -150,7 +141,7 @@ def dropout1d(x, p=0.5, training=True, *, seed, step=0, backend=None):
     not training or p == 0."""
     p = check_probability(p)
     check_signal_input(x, "x")
-    return _channel_dropout(x, "x", p, training, seed, step, backend)
+    return _signal_dropped(x, "x", p, training, seed, step, backend)
 
 
 @takes_float16(kernels=True)
@@ -159,13 +150,11 @@ def dropout1d_backward(dy, p, seed, step=0, *, backend=None):
     mask and scale."""
     p = check_probability(p)
     check_signal_input(dy, "dy")
-    return _channel_dropout(dy, "dy", p, True, seed, step, backend)
+    return _signal_dropped(dy, "dy", p, True, seed, step, backend)
 
 
-def _channel_dropout(a, name, p, training, seed, step, backend):
-    if not _checks.flag(training, "training") or p == 0:
-        philox.check_seed(seed, "seed")
-        philox.check_seed(step, "step")
-        return a
+def _signal_dropped(a, name, p, training, seed, step, backend):
+    """_dropped's plane masks of an (N, C, L) signal, or of a (C, L) one as its (1, C, L) view."""
     batched = a if a.ndim == 3 else a[None]
-    return _apply(batched, name, p, seed, step, backend, per_plane=True).reshape(a.shape)
+    dropped = _dropped(batched, name, p, training, seed, step, backend, per_plane=True)
+    return a if dropped is batched else dropped.reshape(a.shape)
