@@ -637,19 +637,25 @@ def test_channel_dropout_draws_before_its_plane_walk_and_adaptive_max_pooling_ha
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 def test_prelu_kernels_load_elements_and_stream_within_the_budget(dtype):
-    """kernels/prelu.cu: element-sized loads (x, dy and the plane's slope), no local memory, no
-    atomics (the slope gradient's terms are summed by reduce.cu), and within the streaming budget an
-    element: the forward moves x and y, the backward dy, x, dx and an acc_t term. Each element loads
-    its slope too (an L1 hit), so a hot-loop iteration of k elements holds k loads of each array."""
+    """kernels/prelu.cu: element-sized loads, no local memory, no atomics (the slope gradient's terms
+    are summed by reduce.cu), and within the streaming budget an element: the forward moves x and y,
+    the backward dy, x, dx and an acc_t term. The plane's slope is read before its walk, so a hot-loop
+    iteration of k elements loads x alone (forward) or dy and x (backward) k times: read inside
+    for_each_plane_pixel's pixel function it was loaded again for every element (sm_90, instructions
+    an element forward and backward: float32 25.25 and 41.5, now 10.75 and 16.25; float16 33 and 46,
+    now 18 and 30)."""
     size = np.dtype(dtype).itemsize
     term = max(size, 4)
     rows = {row["kernel"]: row for row in sass.kernel_rows("prelu", dtype, "sm_90")}
-    for kernel, arrays_loaded, moved in (("prelu_forward", 2, 2 * size), ("prelu_backward", 3, 3 * size + term)):
+    for kernel, arrays_loaded, stores, moved in (("prelu_forward", 1, 1, 2 * size),
+                                                 ("prelu_backward", 2, 2, 3 * size + term)):
         row = rows[kernel]
         assert row["local_memory"] == 0 and row["atomic"] == 0, kernel
-        assert set(row["ldg_bits"]) == {8 * size} and len(row["ldg_bits"]) % arrays_loaded == 0, row["ldg_bits"]
-        elements = len(row["ldg_bits"]) // arrays_loaded
-        assert row["instructions"] / elements <= _streaming_budget(moved), (kernel, row["instructions"], elements)
+        elements = len(row["stg_bits"]) // stores   # an element's outputs stored once each
+        assert set(row["ldg_bits"]) == {8 * size} and len(row["ldg_bits"]) == elements * arrays_loaded, (
+            kernel, row["ldg_bits"], row["stg_bits"])
+        assert row["instructions"] / elements <= min(_streaming_budget(moved), 18 * arrays_loaded), (
+            kernel, row["instructions"], elements)   # measured 8.1 to 18 an element a loaded array
 
 
 @_needs_tools("sm_90")
