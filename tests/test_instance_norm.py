@@ -96,7 +96,6 @@ def test_layers_train_and_evaluate_as_pytorchs(kind, shape, be, torch):
         ours = getattr(nn, kind)(channels, dtype=np.float64, **options).to(be)
         theirs = getattr(torch.nn, kind)(channels, **options).double()
         assert repr(ours) == repr(theirs) and list(ours.state_dict()) == list(theirs.state_dict())
-        nn.init.manual_seed(1)
         for p in ours.parameters():
             p.data[...] = draw(p.shape, np.float64, 5, shift=1.0)
         theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
