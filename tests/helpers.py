@@ -92,6 +92,16 @@ def refuse_launches(monkeypatch) -> None:
     monkeypatch.setattr(backend, "launch", launch)
 
 
+def refuse_kernel_runs(monkeypatch) -> None:
+    """Every kernel that would run raises AssertionError("a kernel ran"); backend.launch's own checks
+    still happen, and a grid of no blocks (an empty problem) returns before running one."""
+    def kernel_function(*args, **kwargs):
+        def run(*run_args, **run_kwargs):
+            raise AssertionError("a kernel ran")
+        return run
+    monkeypatch.setattr(backend, "kernel_function", kernel_function)
+
+
 def planted_kernels(name: str):
     """emu.RawModule of tests/emu_kernels/<name>.cu."""
     from cnn_gpu import emu

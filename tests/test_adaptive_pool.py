@@ -9,7 +9,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, refuse_launches
+from helpers import assert_close, refuse_kernel_runs
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -91,9 +91,9 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
 def test_empty_batch(be, monkeypatch):
-    """PyTorch allows N = 0 (an empty result), average and max pooling both. No kernel launches
-    for it: CUDA refuses a grid of no blocks (the emulator runs none)."""
-    refuse_launches(monkeypatch)
+    """PyTorch allows N = 0 (an empty result), average and max pooling both. No kernel runs for it:
+    backend.launch takes a grid of no blocks (which CUDA refuses) as nothing to launch."""
+    refuse_kernel_runs(monkeypatch)
     x = np.zeros((0, 2, 5, 4), np.float32)
     y = F.adaptive_avg_pool2d(x, (3, 2), backend=be)
     assert y.shape == (0, 2, 3, 2) and y.dtype == np.float32

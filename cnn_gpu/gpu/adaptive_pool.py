@@ -18,20 +18,18 @@ def _args(x_shape, out_size):
 def forward(be, x, out_size):
     n, c = x.shape[:2]
     y = backend.array_module(be).empty((n, c) + tuple(out_size), dtype=x.dtype)
-    if n * c:   # a batch of none is an empty result, and a grid of no blocks no launch
-        grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
-        backend.launch(be, "adaptive_pool", x.dtype, "adaptive_avg_pool_forward", grid, (THREADS,),
-                       (x, y, *_args(x.shape, out_size)))
+    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "adaptive_pool", x.dtype, "adaptive_avg_pool_forward", grid, (THREADS,),
+                   (x, y, *_args(x.shape, out_size)))
     return y
 
 
 def backward(be, dy, x_shape):
     n, c, h, w = x_shape
     dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    if n * c:
-        grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
-        backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_avg_pool_backward", grid, (THREADS,),
-                       (dy, dx, *_args(x_shape, dy.shape[2:])))
+    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_avg_pool_backward", grid, (THREADS,),
+                   (dy, dx, *_args(x_shape, dy.shape[2:])))
     return dx
 
 
@@ -41,18 +39,16 @@ def max_forward(be, x, out_size):
     xp = backend.array_module(be)
     y = xp.empty((n, c) + tuple(out_size), dtype=x.dtype)
     indices = xp.empty(y.shape, dtype=np.int32)
-    if n * c:
-        grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
-        backend.launch(be, "adaptive_pool", x.dtype, "adaptive_max_pool_forward", grid, (THREADS,),
-                       (x, y, indices, *_args(x.shape, out_size)))
+    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "adaptive_pool", x.dtype, "adaptive_max_pool_forward", grid, (THREADS,),
+                   (x, y, indices, *_args(x.shape, out_size)))
     return y, indices
 
 
 def max_backward(be, dy, indices, x_shape):
     n, c, h, w = x_shape
     dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    if n * c:
-        grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
-        backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_max_pool_backward", grid, (THREADS,),
-                       (dy, indices, dx, *_args(x_shape, dy.shape[2:])))
+    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_max_pool_backward", grid, (THREADS,),
+                   (dy, indices, dx, *_args(x_shape, dy.shape[2:])))
     return dx
