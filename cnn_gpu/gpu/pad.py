@@ -55,9 +55,8 @@ def forward(be, x, planes, axes, mode, value, out_shape):
     for launch_planes, launch_axes in _launches(planes, axes):
         _, outputs = _sizes(launch_axes)
         padded = xp.empty(launch_planes * outputs, dtype=x.dtype)
-        if padded.size:   # a batch of none is an empty result, and a grid of no blocks no launch
-            backend.launch(be, "pad", x.dtype, "pad_forward", _grid(launch_planes, outputs), (THREADS,),
-                           (y, padded, *_args(launch_planes, launch_axes, mode), *acc(x.dtype, value)))
+        backend.launch(be, "pad", x.dtype, "pad_forward", _grid(launch_planes, outputs), (THREADS,),
+                       (y, padded, *_args(launch_planes, launch_axes, mode), *acc(x.dtype, value)))
         y = padded
     return y.reshape(out_shape)
 
@@ -68,8 +67,7 @@ def backward(be, dy, planes, axes, mode, x_shape):
     for launch_planes, launch_axes in reversed(_launches(planes, axes)):
         inputs, _ = _sizes(launch_axes)
         gathered = xp.empty(launch_planes * inputs, dtype=dy.dtype)
-        if gathered.size:
-            backend.launch(be, "pad", dy.dtype, "pad_backward", _grid(launch_planes, inputs), (THREADS,),
-                           (dx, gathered, *_args(launch_planes, launch_axes, mode)))
+        backend.launch(be, "pad", dy.dtype, "pad_backward", _grid(launch_planes, inputs), (THREADS,),
+                       (dx, gathered, *_args(launch_planes, launch_axes, mode)))
         dx = gathered
     return dx.reshape(x_shape)

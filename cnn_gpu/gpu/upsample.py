@@ -29,18 +29,16 @@ def kernel_name(mode, direction):
 def forward(be, mode, x, out_size, axis_params, align_corners=False):
     n, c = x.shape[:2]
     y = backend.array_module(be).empty((n, c) + tuple(out_size), dtype=x.dtype)
-    if n * c:   # a batch of none is an empty result, and a grid of no blocks no launch
-        grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
-        backend.launch(be, "upsample", x.dtype, kernel_name(mode, "forward"), grid, (THREADS,),
-                       (x, y, *_args(mode, x.dtype, x.shape, out_size, axis_params, align_corners)))
+    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "upsample", x.dtype, kernel_name(mode, "forward"), grid, (THREADS,),
+                   (x, y, *_args(mode, x.dtype, x.shape, out_size, axis_params, align_corners)))
     return y
 
 
 def backward(be, mode, dy, x_shape, axis_params, align_corners=False):
     n, c, h, w = x_shape
     dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    if n * c:
-        grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
-        backend.launch(be, "upsample", dy.dtype, kernel_name(mode, "backward"), grid, (THREADS,),
-                       (dy, dx, *_args(mode, dy.dtype, x_shape, dy.shape[2:], axis_params, align_corners)))
+    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    backend.launch(be, "upsample", dy.dtype, kernel_name(mode, "backward"), grid, (THREADS,),
+                   (dy, dx, *_args(mode, dy.dtype, x_shape, dy.shape[2:], axis_params, align_corners)))
     return dx
