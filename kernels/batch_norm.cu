@@ -47,6 +47,7 @@
 
 #include "activations.cuh"
 #include "channel_chunks.cuh"
+#include "plane_walk.cuh"
 
 // The moments of one value per thread over the block by a shared-memory halving tree (a fixed
 // order). Only thread 0's result is the block's.
@@ -168,76 +169,6 @@ struct ChannelAffine {
         : is(from_variance ? invstd_of(scale_source[c], eps) : scale_source[c]), mu(mean[c]),
           scale(is * to_acc(weight[c])), shift(to_acc(bias[c])) {}
 };
-
-// The element-wise passes' walk of the (n, c) planes of an (N, C, HW) array: store(offset,
-// constants(plane), load(offset)) for every element, PLANE_ELEMENTS a thread per round with every
-// load of a round before any use (as for_each_element, common.cuh: one element a thread kept too
-// few bytes in flight for DRAM speed). PLANE_ELEMENTS is ELEMENTS_PER_THREAD, float16 twice that:
-// 16 bytes of each array in flight a thread, as float32's 4 elements. (With 4, float16's forward
-// held 97% of the bytes an H100 needs in flight, at 40 registers and 6 blocks an SM; with 8 it
-// holds 129% at 61 registers and 4 blocks, dx 258% at 56 and 4, from 161% at 46 and 5: an
-// ESTIMATE, tests/test_sass.py. On sm_90 their hot loops take 25 and 43 instructions an element,
-// from 36 and 59.) Grid y steps over groups of planes. A plane of at least SPAN elements is a
-// group, taken SPAN elements a block by the grid's x blocks (thread t: t + 256k of its block's
-// span), its channel's constants computed once a round. Smaller planes go min(SPAN / HW,
-// GROUP_PLANES) to a group (gridDim.x 1), contiguous in memory: thread t takes the group's
-// elements t + 256k, so a warp's lanes work on consecutive elements however small the plane; the
-// group's planes' constants are computed once, into shared memory (per element, the channel's
-// index and loads were ~4x the instructions an element may take at DRAM speed).
-#define PLANE_ELEMENTS (REAL_IS_HALF ? 2 * ELEMENTS_PER_THREAD : ELEMENTS_PER_THREAD)
-#define SPAN (BLOCK_THREADS * PLANE_ELEMENTS)        // cnn_gpu.gpu.batch_norm.plane_elements, _plane_grid
-#define GROUP_PLANES 256                             // cnn_gpu.gpu.batch_norm.GROUP_PLANES
-template <class Constants, class Load, class Store>
-__device__ __forceinline__ void for_each_plane_element(long long planes, long long HW, Constants constants, Load load,
-                                                       Store store)
-{
-    if (HW >= SPAN) {
-        for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-            const long long base = plane * HW;
-#pragma unroll 1
-            for (long long first = (long long)blockIdx.x * SPAN + threadIdx.x; first < HW;
-                 first += (long long)gridDim.x * SPAN)
-                load_then_store<PLANE_ELEMENTS>(first, HW, [&](long long i) { return load(base + i); },
-                                [&] { return constants(plane); },
-                                [&](long long i, const decltype(constants(plane))& held,
-                                    const decltype(load(base))& in) { store(base + i, held, in); });
-        }
-        return;
-    }
-    typedef decltype(constants(0LL)) Held;
-    __shared__ __align__(16) unsigned char table_bytes[GROUP_PLANES * sizeof(Held)];
-    Held* table = reinterpret_cast<Held*>(table_bytes);
-    const int hw = (int)HW, per_group = min(SPAN / hw, GROUP_PLANES), elements = per_group * hw;
-    // element t + 256k of a group lies in its plane sub_k at position i_k: stepped, not divided
-    const int first_sub = threadIdx.x / hw, first_i = threadIdx.x - first_sub * hw;
-    const int step_sub = BLOCK_THREADS / hw, step_i = BLOCK_THREADS - step_sub * hw;
-    for (long long group = blockIdx.y; group * per_group < planes; group += gridDim.y) {
-        const long long first_plane = group * per_group, base = first_plane * HW;
-        const int end = (int)min((long long)elements, (planes - first_plane) * HW);   // the last group may hold fewer
-        decltype(load(base)) values[PLANE_ELEMENTS];
-#pragma unroll
-        for (int k = 0; k < PLANE_ELEMENTS; ++k) {
-            const int j = threadIdx.x + k * BLOCK_THREADS;
-            if (j < end) values[k] = load(base + j);
-        }
-        __syncthreads();   // the previous group's table is read
-        if (threadIdx.x < per_group && first_plane + threadIdx.x < planes)
-            table[threadIdx.x] = constants(first_plane + threadIdx.x);
-        __syncthreads();
-        int sub = first_sub, i = first_i;
-#pragma unroll
-        for (int k = 0; k < PLANE_ELEMENTS; ++k) {
-            const int j = threadIdx.x + k * BLOCK_THREADS;
-            if (j < end) store(base + j, table[sub], values[k]);
-            sub += step_sub;
-            i += step_i;
-            if (i >= hw) {
-                i -= hw;
-                ++sub;
-            }
-        }
-    }
-}
 
 // The fused activation, an argument of the element passes (cnn_gpu.gpu.batch_norm.ACTIVATION_CODES)
 #define ACTIVATION_NONE 0

@@ -556,12 +556,12 @@ def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
     plane size path matches NumPy, and grids smaller than the launcher's (the grid-stride loops past
     CUDA's grid limits) give the same bits, with no shared-memory race between a block's groups."""
     from cnn_gpu import emu
-    from cnn_gpu.gpu import batch_norm as gpu_batch_norm
+    from cnn_gpu.gpu import _grid, batch_norm as gpu_batch_norm
     source = backend.kernel_source("batch_norm")   # the launcher's grid mirrors the kernel's group size
-    assert f"#define GROUP_PLANES {gpu_batch_norm.GROUP_PLANES} " in source
+    assert f"#define GROUP_PLANES {_grid.GROUP_PLANES} " in source
     assert "#define SPAN (BLOCK_THREADS * PLANE_ELEMENTS) " in source
     assert "#define PLANE_ELEMENTS (REAL_IS_HALF ? 2 * ELEMENTS_PER_THREAD : ELEMENTS_PER_THREAD)\n" in source
-    span = 256 * gpu_batch_norm.plane_elements(dtype)
+    span = 256 * _grid.plane_elements(dtype)
     rng = np.random.default_rng(17)
     for shape in [(3, 5, 1, 1), (2, 3, 7, 7), (5, 3, 16, 16), (3, 2, 20, 20), (2, 3, 32, 32), (2, 3, 33, 33),
                   (1, 2, 32, 64), (1, 2, 50, 61)]:
@@ -586,8 +586,8 @@ def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
                 planes, inner = shape[0] * shape[1], shape[2] * shape[3]
                 for grid in ((1, 1), (1, 2), (2, 3)):
                     x_blocks = grid[0] if inner >= span else 1   # small planes take gridDim.x 1
-                    monkeypatch.setattr(gpu_batch_norm, "_plane_grid",
-                                        lambda n, channels, inner, dtype: (x_blocks, grid[1]))
+                    monkeypatch.setattr(gpu_batch_norm, "plane_walk_grid",
+                                        lambda planes, inner, dtype: (x_blocks, grid[1]))
                     with emu.checking(guard=True, race=True):   # blocks taking several groups reuse their table
                         small = run_case(c, "emu")
                     monkeypatch.undo()

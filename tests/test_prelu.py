@@ -15,9 +15,10 @@ from helpers import assert_close, needs_cuda, needs_emu, refuse_launches
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
-# (x shape, slopes): per channel of (N, C, H, W), one slope, (N, C), (N, C, L), 5-D, a 1-D signal
+# (x shape, slopes): per channel of (N, C, H, W), one slope, (N, C), (N, C, L), 5-D, a 1-D signal, planes
+# larger than a block's span (for_each_plane_element's other walk; float16's span is 2048 elements)
 CASES = [((2, 3, 5, 7), 3), ((2, 3, 5, 7), 1), ((4, 6), 6), ((3, 2, 9), 2), ((2, 2, 3, 2, 4), 2), ((11,), 1),
-         ((2, 4, 1, 1), 4)]
+         ((2, 4, 1, 1), 4), ((2, 3, 40, 61), 3)]
 
 
 @pytest.fixture
@@ -105,18 +106,31 @@ def test_emulated_kernels_are_bit_identical_under_schedules_and_guard_zones(sche
 
 
 @needs_emu
-def test_a_grid_smaller_than_the_work_covers_every_plane_and_pixel():
-    """blockIdx.y strides over more planes than the grid has rows, x threads over a plane larger than
-    the grid's threads; the slope of a plane is that of its channel."""
-    x, dy = draw((3, 5, 23, 17), np.float64, 4), draw((3, 5, 23, 17), np.float64, 5)
-    weight = draw((5,), np.float64, 6)
-    y, dx, terms = np.empty_like(x), np.empty_like(x), np.empty_like(x)
-    shape_args = (np.int64(15), np.int32(5), np.int32(23 * 17))
-    backend.launch("emu", "prelu", x.dtype, "prelu_forward", (1, 2), (256,), (x, weight, y, *shape_args))
-    backend.launch("emu", "prelu", x.dtype, "prelu_backward", (1, 2), (256,), (dy, x, weight, dx, terms, *shape_args))
-    np.testing.assert_array_equal(y, F.prelu(x, weight))
-    np.testing.assert_array_equal(dx, F.prelu_backward(dy, x, weight)[0])
-    np.testing.assert_array_equal(terms, np.where(x > 0, 0, x * dy))
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_a_grid_smaller_than_the_work_covers_every_plane_and_pixel(dtype):
+    """for_each_plane_element's two walks on grids smaller than the launcher's: blockIdx.y strides
+    over more planes (small planes: groups of planes, their slopes in a shared table a block reuses,
+    checked for races) than the grid has rows, x blocks over a plane larger than their span; the
+    slope of a plane is that of its channel."""
+    from cnn_gpu import emu
+    from cnn_gpu.gpu._grid import plane_elements
+    for shape in [(3, 5, 23, 17), (3, 5, 1, 1), (2, 3, 40, 61)]:
+        x, dy = draw(shape, dtype, 4), draw(shape, dtype, 5)
+        weight = draw((shape[1],), dtype, 6)
+        inner = shape[2] * shape[3]
+        shape_args = (np.int64(shape[0] * shape[1]), np.int32(shape[1]), np.int32(inner))
+        for grid in [(1, 2), (2, 3)]:
+            grid = grid if inner >= 256 * plane_elements(dtype) else (1, grid[1])   # small planes take gridDim.x 1
+            y, dx = np.empty_like(x), np.empty_like(x)
+            terms = np.empty(shape, backend.compute_dtype(dtype))
+            with emu.checking(guard=True, race=True):
+                backend.launch("emu", "prelu", dtype, "prelu_forward", grid, (256,), (x, weight, y, *shape_args))
+                backend.launch("emu", "prelu", dtype, "prelu_backward", grid, (256,),
+                               (dy, x, weight, dx, terms, *shape_args))
+            np.testing.assert_array_equal(y, F.prelu(x, weight, backend="emu"), err_msg=f"{shape} {grid}")
+            np.testing.assert_array_equal(dx, F.prelu_backward(dy, x, weight, backend="emu")[0])
+            wide_x, wide_dy = x.astype(terms.dtype), dy.astype(terms.dtype)
+            np.testing.assert_array_equal(terms, np.where(wide_x > 0, 0, wide_x * wide_dy))
 
 
 @needs_emu

@@ -45,6 +45,26 @@ def elementwise_blocks(count: int) -> int:
     return blocks_for(-(-int(count) // ELEMENTS_PER_THREAD)) if count else 0
 
 
+GROUP_PLANES = 256   # kernels/plane_walk.cuh: the most small planes a block's group takes
+
+
+def plane_elements(dtype) -> int:
+    """kernels/plane_walk.cuh PLANE_ELEMENTS: the elements a thread of for_each_plane_element loads a
+    round, float16 twice ELEMENTS_PER_THREAD (16 bytes in flight, as float32's 4)."""
+    return 2 * ELEMENTS_PER_THREAD if np.dtype(dtype) == np.float16 else ELEMENTS_PER_THREAD
+
+
+def plane_walk_grid(planes, inner, dtype):
+    """for_each_plane_element's grid (kernels/plane_walk.cuh) over `planes` planes of `inner` elements:
+    x over a plane of at least SPAN = THREADS * plane_elements(dtype) elements (a round a thread), or
+    min(SPAN // inner, GROUP_PLANES) smaller planes a block; y over the groups of planes."""
+    elements = plane_elements(dtype)
+    span = THREADS * elements
+    if inner >= span:
+        return blocks_for(-(-inner // elements)), min(planes, MAX_GRID_Y)
+    return 1, min(-(-planes // min(span // inner, GROUP_PLANES)), MAX_GRID_Y)
+
+
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backend
 from . import _arrivals
-from ._grid import ELEMENTS_PER_THREAD, MAX_GRID_Y, THREADS, acc, blocks_for, i32
+from ._grid import THREADS, acc, i32, plane_walk_grid
 from .reduce import chunked_blocks
 
 
@@ -45,27 +45,8 @@ def _reduction(be, n, channels, inner, compute):
     return (blocks,), partial, _arrivals.zeroed(be, channels)
 
 
-GROUP_PLANES = 256   # kernels/batch_norm.cu: the most small planes a block's group takes
-
 # kernels/batch_norm.cu's ACTIVATION_* codes of the fused activation
 ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
-
-
-def plane_elements(dtype) -> int:
-    """kernels/batch_norm.cu PLANE_ELEMENTS: the elements a thread of the element-wise passes loads a
-    round, float16 twice ELEMENTS_PER_THREAD (16 bytes in flight, as float32's 4)."""
-    return 2 * ELEMENTS_PER_THREAD if np.dtype(dtype) == np.float16 else ELEMENTS_PER_THREAD
-
-
-def _plane_grid(n, channels, inner, dtype):
-    """The element-wise passes' grid (kernels/batch_norm.cu for_each_plane_element): x over a plane of
-    at least SPAN = THREADS * plane_elements(dtype) elements (a round a thread), or
-    min(SPAN // inner, GROUP_PLANES) smaller planes a block; y over the groups of planes."""
-    elements = plane_elements(dtype)
-    span = THREADS * elements
-    if inner >= span:
-        return blocks_for(-(-inner // elements)), min(n * channels, MAX_GRID_Y)
-    return 1, min(-(-n * channels // min(span // inner, GROUP_PLANES)), MAX_GRID_Y)
 
 
 def stats(be, x, running_mean, running_var, factor, eps):
@@ -94,7 +75,7 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, activat
     y = xp.empty(x.shape, dtype=x.dtype)
     if x.size == 0:   # an empty batch or empty planes (eval mode takes them): nothing to normalise
         return y
-    grid = _plane_grid(n, channels, inner, x.dtype)
+    grid = plane_walk_grid(n * channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", grid, (THREADS,),
                    (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
                     *acc(x.dtype, eps), *i32(from_variance, ACTIVATION_CODES[activation])))
@@ -128,7 +109,7 @@ def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, tr
         return dx, xp.zeros(channels, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype)
     dweight, dbias, sums = _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance,
                                           activation)
-    grid = _plane_grid(n, channels, inner, x.dtype)
+    grid = plane_walk_grid(n * channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
                    (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
                     np.int64(inner), np.int64(n * inner), *acc(x.dtype, eps),

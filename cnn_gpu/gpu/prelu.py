@@ -7,19 +7,20 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, check_planes, i32
+from ._grid import THREADS, check_planes, i32, plane_walk_grid
 
 
-def _launch_shape(view):
+def _launch_shape(view, dtype):
     """(grid, trailing kernel arguments) of x viewed as (outer, channels, inner)."""
     outer, channels, inner = view
     check_planes("PReLU", plane=inner)
-    return (blocks_for(inner), min(outer * channels, MAX_GRID_Y)), (np.int64(outer * channels), *i32(channels, inner))
+    planes = outer * channels
+    return plane_walk_grid(planes, inner, dtype), (np.int64(planes), *i32(channels, inner))
 
 
 def forward(be, x, weight, view):
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
-    grid, shape_args = _launch_shape(view)
+    grid, shape_args = _launch_shape(view, x.dtype)
     backend.launch(be, "prelu", x.dtype, "prelu_forward", grid, (THREADS,), (x, weight, y, *shape_args))
     return y
 
@@ -29,7 +30,7 @@ def backward(be, dy, x, weight, view):
     xp = backend.array_module(be)
     dx = xp.empty(x.shape, dtype=x.dtype)
     terms = xp.empty(x.shape, dtype=backend.compute_dtype(x.dtype))
-    grid, shape_args = _launch_shape(view)
+    grid, shape_args = _launch_shape(view, x.dtype)
     backend.launch(be, "prelu", x.dtype, "prelu_backward", grid, (THREADS,), (dy, x, weight, dx, terms, *shape_args))
     outer, channels, inner = view
     dweight = reduce.channel_sum(be, terms, outer, channels, inner)
