@@ -88,13 +88,27 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 
 // fn(plane, pixel) for every pixel of `planes` planes of `pixels` each (NCHW's (n, c) planes):
 // blockIdx.y strides over the planes and the grid's x threads over one plane's pixels (in-plane
-// indices are int; the launchers refuse planes of 2^31 pixels or more).
+// indices are int; the launchers refuse planes of 2^31 pixels or more). Planes of at most half a
+// block go BLOCK_THREADS / pixels to a block (thread t: plane t / pixels of the block's group, its
+// pixel t % pixels, divided once), so a block's threads stay busy: one plane a block left 255 of
+// 256 threads idle in a global average pool's forward (1x1 outputs) and 240 in its backward (4x4
+// inputs). Any grid covers every pixel; cnn_gpu.gpu._grid.plane_pixel_grid sizes it.
 template <class PixelFn>
 static __device__ __forceinline__ void for_each_plane_pixel(long long planes, int pixels, PixelFn fn)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y)
-        GRID_STRIDE_LOOP(flat, pixels)
-            fn(plane, (int)flat);
+    if (2 * pixels > BLOCK_THREADS) {
+        for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y)
+            GRID_STRIDE_LOOP(flat, pixels)
+                fn(plane, (int)flat);
+        return;
+    }
+    const int per_block = BLOCK_THREADS / pixels, sub = (int)threadIdx.x / pixels;
+    if (sub >= per_block)
+        return;   // the threads past the block's whole planes
+    const int pixel = (int)threadIdx.x - sub * pixels;
+    for (long long plane = (long long)blockIdx.y * per_block + sub; plane < planes;
+         plane += (long long)gridDim.y * per_block)
+        fn(plane, pixel);
 }
 
 // store(i, load(i)) for every i in [0, n), ELEMENTS_PER_THREAD elements a thread per round of the

@@ -104,7 +104,10 @@ pad_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, 
     });
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+// float64 3 blocks an SM: for_each_plane_pixel's small-plane walk keeps the three axes' reader ranges
+// across its planes, which spilled at 64 registers on sm_70
+#define BACKWARD_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, BACKWARD_MIN_BLOCKS)
 pad_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, long long planes, int D, int H, int W, int O,
              int P, int Q, int depth0, int row0, int col0, int depths, int rows, int cols, int front, int top,
              int left, int mode)

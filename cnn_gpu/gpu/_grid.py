@@ -45,6 +45,17 @@ def elementwise_blocks(count: int) -> int:
     return blocks_for(-(-int(count) // ELEMENTS_PER_THREAD)) if count else 0
 
 
+
+def plane_pixel_grid(planes, pixels):
+    """for_each_plane_pixel's grid (kernels/common.cuh) over `planes` planes of `pixels` each: x over
+    a plane's pixels, y over the planes, or over groups of THREADS // pixels planes where a plane
+    is at most half a block."""
+    if not pixels:
+        return 0, 0   # nothing to launch
+    if 2 * pixels > THREADS:
+        return blocks_for(pixels), min(planes, MAX_GRID_Y)
+    return 1, min(-(-planes // (THREADS // pixels)), MAX_GRID_Y)
+
 GROUP_PLANES = 256   # kernels/plane_walk.cuh: the most small planes a block's group takes
 
 

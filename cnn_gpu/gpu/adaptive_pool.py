@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, check_planes, i32
+from ._grid import THREADS, check_planes, i32, plane_pixel_grid
 
 
 def _args(x_shape, out_size):
@@ -18,7 +18,7 @@ def _args(x_shape, out_size):
 def forward(be, x, out_size):
     n, c = x.shape[:2]
     y = backend.array_module(be).empty((n, c) + tuple(out_size), dtype=x.dtype)
-    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    grid = plane_pixel_grid(n * c, out_size[0] * out_size[1])
     backend.launch(be, "adaptive_pool", x.dtype, "adaptive_avg_pool_forward", grid, (THREADS,),
                    (x, y, *_args(x.shape, out_size)))
     return y
@@ -27,7 +27,7 @@ def forward(be, x, out_size):
 def backward(be, dy, x_shape):
     n, c, h, w = x_shape
     dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    grid = plane_pixel_grid(n * c, h * w)
     backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_avg_pool_backward", grid, (THREADS,),
                    (dy, dx, *_args(x_shape, dy.shape[2:])))
     return dx
@@ -39,7 +39,7 @@ def max_forward(be, x, out_size):
     xp = backend.array_module(be)
     y = xp.empty((n, c) + tuple(out_size), dtype=x.dtype)
     indices = xp.empty(y.shape, dtype=np.int32)
-    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    grid = plane_pixel_grid(n * c, out_size[0] * out_size[1])
     backend.launch(be, "adaptive_pool", x.dtype, "adaptive_max_pool_forward", grid, (THREADS,),
                    (x, y, indices, *_args(x.shape, out_size)))
     return y, indices
@@ -48,7 +48,7 @@ def max_forward(be, x, out_size):
 def max_backward(be, dy, indices, x_shape):
     n, c, h, w = x_shape
     dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    grid = plane_pixel_grid(n * c, h * w)
     backend.launch(be, "adaptive_pool", dy.dtype, "adaptive_max_pool_backward", grid, (THREADS,),
                    (dy, indices, dx, *_args(x_shape, dy.shape[2:])))
     return dx

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
+from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
 
 MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}   # kernels/pad.cu: PAD_*
 AXES = 3                                                                # kernels/pad.cu: depth, rows, columns
@@ -45,17 +45,13 @@ def _args(planes, axes, mode):
     return np.int64(planes), *i32(*sizes, *outs, *origins, *extents, *befores, MODES[mode])
 
 
-def _grid(planes, pixels):
-    return blocks_for(pixels), min(planes, MAX_GRID_Y)
-
-
 def forward(be, x, planes, axes, mode, value, out_shape):
     xp = backend.array_module(be)
     y = x
     for launch_planes, launch_axes in _launches(planes, axes):
         _, outputs = _sizes(launch_axes)
         padded = xp.empty(launch_planes * outputs, dtype=x.dtype)
-        backend.launch(be, "pad", x.dtype, "pad_forward", _grid(launch_planes, outputs), (THREADS,),
+        backend.launch(be, "pad", x.dtype, "pad_forward", plane_pixel_grid(launch_planes, outputs), (THREADS,),
                        (y, padded, *_args(launch_planes, launch_axes, mode), *acc(x.dtype, value)))
         y = padded
     return y.reshape(out_shape)
@@ -67,7 +63,7 @@ def backward(be, dy, planes, axes, mode, x_shape):
     for launch_planes, launch_axes in reversed(_launches(planes, axes)):
         inputs, _ = _sizes(launch_axes)
         gathered = xp.empty(launch_planes * inputs, dtype=dy.dtype)
-        backend.launch(be, "pad", dy.dtype, "pad_backward", _grid(launch_planes, inputs), (THREADS,),
+        backend.launch(be, "pad", dy.dtype, "pad_backward", plane_pixel_grid(launch_planes, inputs), (THREADS,),
                        (dx, gathered, *_args(launch_planes, launch_axes, mode)))
         dx = gathered
     return dx.reshape(x_shape)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
+from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
 
 
 def _args(mode, dtype, x_shape, out_size, axis_params, align_corners):
@@ -29,7 +29,7 @@ def kernel_name(mode, direction):
 def forward(be, mode, x, out_size, axis_params, align_corners=False):
     n, c = x.shape[:2]
     y = backend.array_module(be).empty((n, c) + tuple(out_size), dtype=x.dtype)
-    grid = (blocks_for(out_size[0] * out_size[1]), min(n * c, MAX_GRID_Y))
+    grid = plane_pixel_grid(n * c, out_size[0] * out_size[1])
     backend.launch(be, "upsample", x.dtype, kernel_name(mode, "forward"), grid, (THREADS,),
                    (x, y, *_args(mode, x.dtype, x.shape, out_size, axis_params, align_corners)))
     return y
@@ -38,7 +38,7 @@ def forward(be, mode, x, out_size, axis_params, align_corners=False):
 def backward(be, mode, dy, x_shape, axis_params, align_corners=False):
     n, c, h, w = x_shape
     dx = backend.array_module(be).empty(x_shape, dtype=dy.dtype)
-    grid = (blocks_for(h * w), min(n * c, MAX_GRID_Y))
+    grid = plane_pixel_grid(n * c, h * w)
     backend.launch(be, "upsample", dy.dtype, kernel_name(mode, "backward"), grid, (THREADS,),
                    (dy, dx, *_args(mode, dy.dtype, x_shape, dy.shape[2:], axis_params, align_corners)))
     return dx
