@@ -9,8 +9,8 @@
 // regenerates it instead of storing it. One thread per group of 4 elements, a grid-stride loop
 // over groups; 64-bit indices. float16 multiplies in FP32 (scale is acc_t) and rounds once.
 
-#include "common.cuh"
 #include "philox.cuh"
+#include "plane_walk.cuh"
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, unsigned long long seed,
@@ -29,19 +29,20 @@ dropout_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, uns
 
 // Channel dropout (dropout2d, forward and backward alike): one keep decision per (n, c) plane of
 // `pixels` elements, plane j keeping when number j of (seed, step) (lane j % 4 of group j / 4:
-// what dropout draws for element j) is >= threshold. blockIdx.y strides over the planes; each
-// thread draws its plane's number once (a Philox call a thread and plane, not one an element), then the
-// grid's x threads walk the plane (consecutive threads on consecutive elements: coalesced).
+// what dropout draws for element j) is >= threshold. The planes are walked as batch norm's element
+// passes walk them (for_each_plane_element, plane_walk.cuh: a plane's factor drawn once a round of
+// 4 elements a thread, float16 8, or once a small plane into a block's table; one plane a block row
+// drew a Philox number an element on large planes and left a small plane's block mostly idle).
+// grid: cnn_gpu.gpu._grid.plane_walk_grid(planes, pixels)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 dropout2d_apply(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, long long pixels,
                 unsigned long long seed, unsigned long long step, long long threshold, acc_t scale)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const Philox4 r = philox_group(seed, step, (unsigned long long)plane / 4);
-        const acc_t factor = (long long)r.v[plane % 4] >= threshold ? scale : (acc_t)0;
-        const REAL* xp = x + plane * pixels;
-        REAL* yp = y + plane * pixels;
-        GRID_STRIDE_LOOP(pixel, pixels)
-            yp[pixel] = to_real(to_acc(xp[pixel]) * factor);
-    }
+    for_each_plane_element(planes, pixels,
+        [&](long long plane) {
+            const Philox4 r = philox_group(seed, step, (unsigned long long)plane / 4);
+            return (long long)r.v[plane % 4] >= threshold ? scale : (acc_t)0;
+        },
+        [&](long long at) { return Loaded<1>{{x[at]}}; },
+        [&](long long at, acc_t factor, const Loaded<1>& in) { y[at] = to_real(to_acc(in.v[0]) * factor); });
 }

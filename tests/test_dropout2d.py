@@ -86,13 +86,18 @@ def test_emu_mask_is_the_numpy_mask_bit_for_bit(schedule):
 
 
 @needs_emu
-def test_the_grid_strides_cover_every_plane_and_pixel():
-    """A grid smaller than the planes (blockIdx.y strides) and than a plane's pixels (x strides)."""
-    x = np.random.default_rng(4).standard_normal((3, 5, 31, 19))
+@pytest.mark.parametrize("shape, grid", [((3, 5, 31, 19), (1, 2)), ((3, 5, 1, 1), (1, 1)), ((3, 5, 40, 61), (2, 3))])
+def test_the_grid_strides_cover_every_plane_and_pixel(shape, grid):
+    """Grids smaller than the work, for both plane walks (plane_walk.cuh): small planes in groups a
+    block (their factors in a shared table a block reuses: guard zones and the race check), planes
+    of more than a block's span across x blocks."""
+    from cnn_gpu import emu
+    x = np.random.default_rng(4).standard_normal(shape)
     y = np.empty_like(x)
-    backend.launch("emu", "dropout", x.dtype, "dropout2d_apply", (2, 3), (256,),
-                   (x, y, np.int64(15), np.int64(31 * 19), np.uint64(9), np.uint64(1), np.int64(2**31),
-                    np.float64(2.0)))
+    with emu.checking(guard=True, race=True):
+        backend.launch("emu", "dropout", x.dtype, "dropout2d_apply", grid, (256,),
+                       (x, y, np.int64(shape[0] * shape[1]), np.int64(shape[2] * shape[3]), np.uint64(9), np.uint64(1),
+                        np.int64(2**31), np.float64(2.0)))
     np.testing.assert_array_equal(y, F.dropout2d(x, 0.5, seed=9, step=1, backend="numpy"))
 
 

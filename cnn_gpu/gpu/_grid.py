@@ -69,6 +69,8 @@ def plane_walk_grid(planes, inner, dtype):
     """for_each_plane_element's grid (kernels/plane_walk.cuh) over `planes` planes of `inner` elements:
     x over a plane of at least SPAN = THREADS * plane_elements(dtype) elements (a round a thread), or
     min(SPAN // inner, GROUP_PLANES) smaller planes a block; y over the groups of planes."""
+    if not inner:
+        return 0, 0   # nothing to launch
     elements = plane_elements(dtype)
     span = THREADS * elements
     if inner >= span:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for
+from ._grid import THREADS, acc, blocks_for, plane_walk_grid
 
 
 def apply(be, x, seed, step, threshold, scale):
@@ -26,7 +26,7 @@ def apply_planes(be, x, seed, step, threshold, scale):
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     planes = x.shape[0] * x.shape[1]
     pixels = x.size // planes if planes else 0
-    backend.launch(be, "dropout", x.dtype, "dropout2d_apply", (blocks_for(pixels), max(1, min(planes, MAX_GRID_Y))),
-                   (THREADS,), (x, y, np.int64(planes), np.int64(pixels), np.uint64(seed), np.uint64(step),
-                                np.int64(threshold), *acc(x.dtype, scale)))
+    backend.launch(be, "dropout", x.dtype, "dropout2d_apply", plane_walk_grid(planes, pixels, x.dtype), (THREADS,),
+                   (x, y, np.int64(planes), np.int64(pixels), np.uint64(seed), np.uint64(step), np.int64(threshold),
+                    *acc(x.dtype, scale)))
     return y
