@@ -59,6 +59,7 @@ from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, adaptive_
                     adaptive_max_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d, conv1d_backward,
                     conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
 from .upsample import interpolate, interpolate_backward
+from .unpool import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward", "leaky_relu",
@@ -76,4 +77,5 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
            "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
-           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward"]
+           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward",
+           "max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward"]
