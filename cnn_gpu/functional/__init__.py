@@ -60,6 +60,9 @@ from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, adaptive_
                     conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)
 from .upsample import interpolate, interpolate_backward
 from .unpool import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpool2d_backward
+from .lp_pool import lp_pool1d, lp_pool1d_backward, lp_pool2d, lp_pool2d_backward
+from .with_indices import (adaptive_max_pool1d_with_indices, adaptive_max_pool2d_with_indices, max_pool1d_with_indices,
+                           max_pool2d_with_indices)
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward", "leaky_relu",
@@ -78,4 +81,6 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
            "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
            "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward",
-           "max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward"]
+           "max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward",
+           "lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward", "max_pool1d_with_indices",
+           "max_pool2d_with_indices", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]
