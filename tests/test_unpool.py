@@ -331,3 +331,26 @@ def test_cuda_matches_numpy(dtype):
         dy = rng.standard_normal(y.shape).astype(dtype)
         assert_same_bits(F.max_unpool2d_backward(cupy.asarray(dy), cupy.asarray(indices)),
                          F.max_unpool2d_backward(dy, indices), f"config {i} dx")
+
+
+@pytest.mark.torch
+def test_with_indices_functionals_are_pytorchs_names_for_the_max_pools():
+    """F.max_pool1d/2d_with_indices and F.adaptive_max_pool1d/2d_with_indices: PyTorch's (y, indices)
+    values, indices int32 as this library's max pools give them (PyTorch's int64 values)."""
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    rng = np.random.default_rng(9)
+    image, signal = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((2, 3, 9))
+    for ours, theirs, x, args in [
+            (F.max_pool2d_with_indices, tf.max_pool2d_with_indices, image, (3, 2, 1, 1, True)),
+            (F.max_pool1d_with_indices, tf.max_pool1d_with_indices, signal, (2, 1, 1, 2, False)),
+            (F.adaptive_max_pool2d_with_indices, tf.adaptive_max_pool2d_with_indices, image, ((4, 5),)),
+            (F.adaptive_max_pool1d_with_indices, tf.adaptive_max_pool1d_with_indices, signal, (4,))]:
+        for return_indices in (False, True):   # ignored, as PyTorch ignores it
+            y, indices = ours(x, *args, return_indices=return_indices)
+            ty, ti = theirs(torch.tensor(x), *args, return_indices=return_indices)
+            np.testing.assert_array_equal(y, ty.numpy())
+            assert indices.dtype == np.int32 and ti.dtype == torch.int64
+            np.testing.assert_array_equal(indices, ti.numpy())
+    with pytest.raises(TypeError, match="return_indices"):
+        F.max_pool2d_with_indices(image, 2, return_indices=None)

@@ -25,8 +25,8 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
-from .geometry import pair, pool_stride
-from .one_d import _pool_output, single
+from .geometry import as_batch, pair, pool_geometry, pool_stride
+from .one_d import _check_pooled_dy, _pool_output, single
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward_of_own_indices
 
 
@@ -84,15 +84,15 @@ def lp_pool2d_backward(dy, x, norm_type, kernel_size, stride=None, ceil_mode=Fal
     p, kernel, stride, ceil_mode = _settings(x, norm_type, kernel_size, stride, ceil_mode)
     _checks.array(dy, "dy", ndim=x.ndim)
     _checks.same_dtype("x", x, dy=dy)
+    pooled = pool_geometry(as_batch(x)[0].shape, kernel, stride, 0, 1, ceil_mode).y_shape[4 - x.ndim:]
+    _checks.shape_is(dy, "dy", pooled, " (the pooled shape of x)")
     be = _backend.resolve(backend, dy, x)
     xp = _backend.module_of(x)
     if math.isinf(p):
-        y, indices = _max_of_magnitudes(x, p, kernel, stride, ceil_mode, be)
-        _checks.shape_is(dy, "dy", y.shape, " (the pooled shape of x)")
+        _, indices = _max_of_magnitudes(x, p, kernel, stride, ceil_mode, be)
         return max_pool2d_backward_of_own_indices(dy, indices, x.shape, kernel, stride, 0, 1, ceil_mode,
                                                   backend=be) * xp.sign(x)
     a, s = _scaled_average(x, p, kernel, stride, ceil_mode, be)
-    _checks.shape_is(dy, "dy", a.shape, " (the pooled shape of x)")
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # pow's, the area's and relu's (zero where the window's sum is 0) steps; sign's and abs's factors
         # sign(a)^2 are 1 elsewhere (a NaN a: NaN either way)
@@ -103,28 +103,29 @@ def lp_pool2d_backward(dy, x, norm_type, kernel_size, stride=None, ceil_mode=Fal
 
 
 def _settings_1d(x, norm_type, kernel_size, stride, ceil_mode):
-    """The 2-D call's (norm_type, kernel, stride, ceil_mode) of a 1-D one, checked in 1-D terms."""
+    """(the 2-D call's (norm_type, kernel, stride, ceil_mode), the pooled length) of a 1-D call, checked
+    in 1-D terms."""
     _checks.array(x, "x", ndim=(2, 3))
     p = _norm(norm_type)
     kernel = single(kernel_size, "kernel_size")
     no_stride = stride is None or isinstance(stride, (tuple, list)) and len(stride) == 0
     stride = kernel if no_stride else single(stride, "stride")
     ceil_mode = _checks.flag(ceil_mode, "ceil_mode")
-    _pool_output(x.shape, kernel, stride, 0, 1, ceil_mode)
-    return p, (1, kernel), (1, stride), ceil_mode
+    out = _pool_output(x.shape, kernel, stride, 0, 1, ceil_mode)
+    return (p, (1, kernel), (1, stride), ceil_mode), out
 
 
 @takes_float16(kernels="float32")
 def lp_pool1d(x, norm_type, kernel_size, stride=None, ceil_mode=False, *, backend=None):
     """Power-average pooling as torch.nn.functional.lp_pool1d: x (N, C, L) or (C, L) -> y of the same
     rank; lp_pool2d on the (.., 1, L) view."""
-    settings = _settings_1d(x, norm_type, kernel_size, stride, ceil_mode)
+    settings, _ = _settings_1d(x, norm_type, kernel_size, stride, ceil_mode)
     return lp_pool2d(x[..., None, :], *settings, backend=backend)[..., 0, :]
 
 
 @takes_float16(kernels="float32")
 def lp_pool1d_backward(dy, x, norm_type, kernel_size, stride=None, ceil_mode=False, *, backend=None):
     """Gradient of lp_pool1d at x: dx of x's shape."""
-    settings = _settings_1d(x, norm_type, kernel_size, stride, ceil_mode)
-    _checks.array(dy, "dy", ndim=x.ndim)
+    settings, out = _settings_1d(x, norm_type, kernel_size, stride, ceil_mode)
+    _check_pooled_dy(dy, x.shape, out)
     return lp_pool2d_backward(dy[..., None, :], x[..., None, :], *settings, backend=backend)[..., 0, :]
