@@ -8,7 +8,8 @@
 //  * max_unpool_clear: owner = -1 (a kernel, not a host fill: cnn_gpu.replay replays launches only).
 //  * max_unpool_claim: where several inputs name one output position, the last in scan order wins
 //    (what PyTorch's serial CPU loop writes; its threaded loop and CUDA kernel let any of them win).
-//    Each input pixel i claims its position with an integer atomicMax of i into `owner`: the winner is the same whatever order the threads run in.
+//    Each input pixel i claims its position with an integer atomicMax of i into `owner`: the winner
+//    is the same whatever order the threads run in.
 //  * max_unpool_forward: a GATHER over the output: y = x[owner] where a pixel owns it, else 0. No float
 //    atomics, no race: deterministic.
 //  * max_unpool_backward: a gather, dx[i] = dy[indices[i]] (0 for -1): every input naming a position

@@ -131,10 +131,10 @@ def test_float16_is_computed_in_fp32_and_rounded_once(be):
 def test_layers_match_pytorchs():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)
-    for ours, their_layer, shape in [(nn.LPPool2d(2, 3), torch.nn.LPPool2d(2, 3), (2, 3, 7, 8)),
-                                     (nn.LPPool2d(1.5, (2, 3), (1, 2), True), torch.nn.LPPool2d(1.5, (2, 3), (1, 2), True),
-                                      (3, 5, 6)),
-                                     (nn.LPPool1d(float("inf"), 3, 2), torch.nn.LPPool1d(float("inf"), 3, 2), (2, 3, 9))]:
+    for ours, their_layer, shape in [
+            (nn.LPPool2d(2, 3), torch.nn.LPPool2d(2, 3), (2, 3, 7, 8)),
+            (nn.LPPool2d(1.5, (2, 3), (1, 2), True), torch.nn.LPPool2d(1.5, (2, 3), (1, 2), True), (3, 5, 6)),
+            (nn.LPPool1d(float("inf"), 3, 2), torch.nn.LPPool1d(float("inf"), 3, 2), (2, 3, 9))]:
         assert repr(ours) == repr(their_layer) and ours.state_dict() == {}
         x = np.abs(rng.standard_normal(shape)) + 0.1
         xt = torch.tensor(x, requires_grad=True)
