@@ -10,10 +10,10 @@
 //    (what PyTorch's serial CPU loop writes; its threaded loop and CUDA kernel let any of them win).
 //    Each input pixel i claims its position with an integer atomicMax of i into `owner`: the winner
 //    is the same whatever order the threads run in.
-//  * max_unpool_forward: a GATHER over the output: y = x[owner] where a pixel owns it, else 0. No float
-//    atomics, no race: deterministic.
-//  * max_unpool_backward: a gather, dx[i] = dy[indices[i]] (0 for -1): every input naming a position
-//    gets its gradient, the losers of a claim too, as PyTorch's backward (a gather at the indices) does.
+//  * max_unpool_gather, the forward's: a GATHER over the output, y = x[owner] where a pixel owns it,
+//    else 0. No float atomics, no race: deterministic.
+//  * max_unpool_gather, the backward's: dx[i] = dy[indices[i]] (0 for -1): every input naming a
+//    position gets its gradient, the losers of a claim too, as PyTorch's backward (a gather) does.
 // In-plane indices are int (the host refuses planes of 2^31 pixels or more); plane offsets are 64-bit.
 // Values are copied: float16 moves FP16 bits unchanged.
 
@@ -38,26 +38,16 @@ max_unpool_claim(const int* __restrict__ indices, int* __restrict__ owner, long 
     });
 }
 
-// grid: (blocks over an output plane's pixels, min(planes, 65535))
+// out[p] = source[positions[p]] in each plane (0 where positions[p] is -1): the forward with x, the
+// owners and y; the backward with dy, the indices and dx.
+// grid: (blocks over an out plane's pixels, min(planes, 65535))
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-max_unpool_forward(const REAL* __restrict__ x, const int* __restrict__ owner, REAL* __restrict__ y,
-                   long long planes, int in_plane, int out_plane)
+max_unpool_gather(const REAL* __restrict__ source, const int* __restrict__ positions, REAL* __restrict__ out,
+                  long long planes, int source_plane, int out_plane)
 {
     for_each_plane_pixel(planes, out_plane, [&](long long plane, int pixel) {
         const long long at = plane * out_plane + pixel;
-        const int source = owner[at];
-        y[at] = source >= 0 ? x[plane * in_plane + source] : to_real((acc_t)0);
-    });
-}
-
-// grid: (blocks over an input plane's pixels, min(planes, 65535))
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-max_unpool_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, REAL* __restrict__ dx,
-                    long long planes, int in_plane, int out_plane)
-{
-    for_each_plane_pixel(planes, in_plane, [&](long long plane, int pixel) {
-        const long long at = plane * in_plane + pixel;
-        const int index = indices[at];
-        dx[at] = index >= 0 ? dy[plane * out_plane + index] : to_real((acc_t)0);
+        const int position = positions[at];
+        out[at] = position >= 0 ? source[plane * source_plane + position] : to_real((acc_t)0);
     });
 }

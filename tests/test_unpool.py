@@ -46,6 +46,20 @@ def random_indices(rng, shape, plane, duplicates):
         shape).astype(np.int32)
 
 
+def cases(rng, count, dtype):
+    """(i, x, indices, (kernel, stride, padding, output_size), output plane sizes) of drawn 2-D
+    unpools: duplicates in every other one, some -1 indices, int64 indices in every third."""
+    for i in range(count):
+        shape, kernel, stride, padding, output_size = draw(rng)
+        sizes = out_sizes(shape, kernel, stride, padding, output_size)
+        if min(sizes) <= 0:
+            continue
+        x = rng.standard_normal(shape).astype(dtype)
+        indices = random_indices(rng, shape, sizes[0] * sizes[1], duplicates=i % 2 == 0)
+        indices[rng.random(shape) < 0.1] = -1
+        yield i, x, indices.astype(np.int64) if i % 3 == 0 else indices, (kernel, stride, padding, output_size), sizes
+
+
 def loop_reference(x, indices, out_h, out_w):
     """Every input of a plane written in scan order: the last naming a position wins; -1 nowhere."""
     n, c = x.shape[:2]
@@ -67,15 +81,8 @@ def gradient_reference(dy, indices):
 @pytest.mark.parametrize("be", BACKENDS)
 def test_scatter_duplicates_and_gather_match_the_loops(be):
     rng = np.random.default_rng(1)
-    for i in range(30):
-        shape, kernel, stride, padding, output_size = draw(rng)
-        sizes = out_sizes(shape, kernel, stride, padding, output_size)
-        if min(sizes) <= 0:
-            continue
-        x = rng.standard_normal(shape)
-        indices = random_indices(rng, shape, sizes[0] * sizes[1], duplicates=i % 2 == 0)
-        indices[rng.random(shape) < 0.1] = -1
-        y = F.max_unpool2d(x, indices, kernel, stride, padding, output_size, backend=be)
+    for i, x, indices, args, sizes in cases(rng, 30, np.float64):
+        y = F.max_unpool2d(x, indices, *args, backend=be)
         assert_same_bits(y, loop_reference(x, indices, *sizes), f"config {i}")
         dy = rng.standard_normal(y.shape)
         assert_same_bits(F.max_unpool2d_backward(dy, indices, backend=be), gradient_reference(dy, indices),
@@ -258,17 +265,9 @@ def test_emu_sweep_with_guard_zones_and_the_race_check(dtype):
     from cnn_gpu import emu
     rng = np.random.default_rng(5)
     with emu.checking(schedule="random", seed=2, guard=True, race=True):
-        for i in range(24):
-            shape, kernel, stride, padding, output_size = draw(rng)
-            sizes = out_sizes(shape, kernel, stride, padding, output_size)
-            if min(sizes) <= 0:
-                continue
-            x = rng.standard_normal(shape).astype(dtype)
-            indices = random_indices(rng, shape, sizes[0] * sizes[1], duplicates=i % 2 == 0)
-            indices[rng.random(shape) < 0.1] = -1
-            y = F.max_unpool2d(x, indices, kernel, stride, padding, output_size, backend="emu")
-            assert_same_bits(y, F.max_unpool2d(x, indices, kernel, stride, padding, output_size, backend="numpy"),
-                             f"config {i}")
+        for i, x, indices, args, _ in cases(rng, 24, dtype):
+            y = F.max_unpool2d(x, indices, *args, backend="emu")
+            assert_same_bits(y, F.max_unpool2d(x, indices, *args, backend="numpy"), f"config {i}")
             dy = rng.standard_normal(y.shape).astype(dtype)
             assert_same_bits(F.max_unpool2d_backward(dy, indices, backend="emu"),
                              F.max_unpool2d_backward(dy, indices, backend="numpy"), f"config {i} dx")
@@ -302,12 +301,12 @@ def test_grids_smaller_than_the_work_cover_every_plane_and_pixel():
     owner, y = np.empty(15 * 40 * 35, np.int32), np.empty((3, 5, 40, 35))
     for kernel, args in (("max_unpool_clear", (owner, planes, out_plane)),
                          ("max_unpool_claim", (indices, owner, planes, in_plane, out_plane)),
-                         ("max_unpool_forward", (x, owner, y, planes, in_plane, out_plane))):
+                         ("max_unpool_gather", (x, owner, y, planes, in_plane, out_plane))):
         backend.launch("emu", "unpool", x.dtype, kernel, (1, 2), (256,), args)
     assert_same_bits(y, loop_reference(x, indices, 40, 35))
     dy, dx = rng.standard_normal(y.shape), np.empty_like(x)
-    backend.launch("emu", "unpool", x.dtype, "max_unpool_backward", (1, 2), (256,),
-                   (dy, indices, dx, planes, in_plane, out_plane))
+    backend.launch("emu", "unpool", x.dtype, "max_unpool_gather", (1, 2), (256,),
+                   (dy, indices, dx, planes, out_plane, in_plane))
     assert_same_bits(dx, gradient_reference(dy, indices))
 
 
@@ -317,17 +316,9 @@ def test_grids_smaller_than_the_work_cover_every_plane_and_pixel():
 def test_cuda_matches_numpy(dtype):
     import cupy
     rng = np.random.default_rng(8)
-    for i in range(20):
-        shape, kernel, stride, padding, output_size = draw(rng)
-        sizes = out_sizes(shape, kernel, stride, padding, output_size)
-        if min(sizes) <= 0:
-            continue
-        x = rng.standard_normal(shape).astype(dtype)
-        indices = random_indices(rng, shape, sizes[0] * sizes[1], duplicates=i % 2 == 0)
-        if i % 3 == 0:
-            indices = indices.astype(np.int64)
-        y = F.max_unpool2d(cupy.asarray(x), cupy.asarray(indices), kernel, stride, padding, output_size)
-        assert_same_bits(y, F.max_unpool2d(x, indices, kernel, stride, padding, output_size), f"config {i}")
+    for i, x, indices, args, _ in cases(rng, 20, dtype):
+        y = F.max_unpool2d(cupy.asarray(x), cupy.asarray(indices), *args)
+        assert_same_bits(y, F.max_unpool2d(x, indices, *args), f"config {i}")
         dy = rng.standard_normal(y.shape).astype(dtype)
         assert_same_bits(F.max_unpool2d_backward(cupy.asarray(dy), cupy.asarray(indices)),
                          F.max_unpool2d_backward(dy, indices), f"config {i} dx")

@@ -1,6 +1,6 @@
 """Launch code of kernels/unpool.cu: max unpooling forward (the owner table cleared, an integer claim of
-each output position by the last input naming it, then a gather) and backward (a gather). Deterministic, no float atomics.
-Arrays are batches viewed as `planes` (n, c) planes; indices int32 in [-1, out_plane), checked by
+each output position by the last input naming it, then a gather) and backward (the same gather kernel).
+Deterministic, no float atomics. Arrays are batches viewed as `planes` (n, c) planes; indices int32 in [-1, out_plane), checked by
 cnn_gpu.functional.unpool."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def forward(be, x, indices, out_shape):
     backend.launch(be, "unpool", x.dtype, "max_unpool_claim", _grid(planes, in_plane), (THREADS,),
                    (indices, owner, *shape_args))
     y = xp.empty(out_shape, dtype=x.dtype)
-    backend.launch(be, "unpool", x.dtype, "max_unpool_forward", _grid(planes, out_plane), (THREADS,),
+    backend.launch(be, "unpool", x.dtype, "max_unpool_gather", _grid(planes, out_plane), (THREADS,),
                    (x, owner, y, *shape_args))
     return y
 
@@ -39,8 +39,10 @@ def forward(be, x, indices, out_shape):
 def backward(be, dy, indices):
     """dx of indices' shape: dy gathered at the indices, 0 where an index is -1."""
     planes, in_plane = int(np.prod(indices.shape[:-2])), indices.shape[-2] * indices.shape[-1]
-    shape_args = _shape_args(planes, in_plane, dy.shape[-2] * dy.shape[-1])
+    out_plane = dy.shape[-2] * dy.shape[-1]
+    planes_arg, in_plane_arg, out_plane_arg = _shape_args(planes, in_plane, out_plane)
     dx = backend.array_module(be).empty(indices.shape, dtype=dy.dtype)
-    backend.launch(be, "unpool", dy.dtype, "max_unpool_backward", _grid(planes, in_plane), (THREADS,),
-                   (dy, indices, dx, *shape_args))
+    # the gather from the unpooled planes of dy into planes shaped as the indices
+    backend.launch(be, "unpool", dy.dtype, "max_unpool_gather", _grid(planes, in_plane), (THREADS,),
+                   (dy, indices, dx, planes_arg, out_plane_arg, in_plane_arg))
     return dx
