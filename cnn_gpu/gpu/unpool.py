@@ -1,7 +1,7 @@
 """Launch code of kernels/unpool.cu: max unpooling forward (the owner table cleared, an integer claim of
 each output position by the last input naming it, then a gather) and backward (the same gather kernel).
-Deterministic, no float atomics. Arrays are batches viewed as `planes` (n, c) planes; indices int32 in [-1, out_plane), checked by
-cnn_gpu.functional.unpool."""
+Deterministic, no float atomics. Arrays are batches viewed as `planes` (n, c) planes; indices int32 in
+[-1, out_plane), checked by cnn_gpu.functional.unpool."""
 from __future__ import annotations
 
 import numpy as np
