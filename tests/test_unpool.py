@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_same_bits, needs_cuda, needs_emu, refuse_launches
+from helpers import assert_same_bits, needs_cuda, needs_emu, refuse_kernel_runs, refuse_launches
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
@@ -170,6 +170,20 @@ def test_finite_differences():
     report = check_op(lambda s: F.max_unpool1d(s, signal_indices, 3, 3, 2),
                       lambda dy, s: F.max_unpool1d_backward(dy, signal_indices), [signal.reshape(3, 12)])
     assert report.max_rel_error < 1e-8, report
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+def test_an_empty_batch_gives_an_empty_batch_as_pytorchs(be, monkeypatch):
+    """No kernel runs (backend.launch takes a grid of no blocks as nothing to launch)."""
+    torch = pytest.importorskip("torch")
+    refuse_kernel_runs(monkeypatch)
+    x, indices = np.ones((0, 2, 2, 3)), np.zeros((0, 2, 2, 3), np.int32)
+    want = torch.nn.functional.max_unpool2d(torch.tensor(x), torch.tensor(indices).long(), 2).shape
+    y = F.max_unpool2d(x, indices, 2, backend=be)
+    assert y.shape == tuple(want) == (0, 2, 4, 6)
+    assert F.max_unpool2d_backward(y, indices, backend=be).shape == x.shape
+    assert F.max_unpool1d(x[:, :, 0], indices[:, :, 0], 2, backend=be).shape == (0, 2, 6)
 
 
 @pytest.mark.parametrize("be", BACKENDS)

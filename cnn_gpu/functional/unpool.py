@@ -88,14 +88,13 @@ def _check_index_range(indices, out_sizes) -> None:
                          f"{'x'.join(map(str, out_sizes))}); indices must lie in [-1, {out_plane})")
 
 
-def _planes(a, plane_dims: int):
-    """a as (planes, pixels): its last plane_dims dims flattened, the others the planes."""
-    planes = int(np.prod(a.shape[:a.ndim - plane_dims]))
-    return a.reshape(planes, -1)
+def _planes(a):
+    """a (..., h, w) as (planes, h * w) (an empty batch too)."""
+    return a.reshape(int(np.prod(a.shape[:-2])), a.shape[-2] * a.shape[-1])
 
 
 def _numpy_forward(x, indices, out_shape):
-    flat_x, flat_indices = _planes(x, 2), _planes(indices, 2)
+    flat_x, flat_indices = _planes(x), _planes(indices)
     planes, in_plane = flat_x.shape
     out_plane = out_shape[-1] * out_shape[-2]
     named = flat_indices >= 0
@@ -109,7 +108,7 @@ def _numpy_forward(x, indices, out_shape):
 
 
 def _numpy_backward(dy, indices):
-    flat_dy, flat_indices = _planes(dy, 2), _planes(indices, 2)
+    flat_dy, flat_indices = _planes(dy), _planes(indices)
     gathered = np.take_along_axis(flat_dy, np.maximum(flat_indices, 0), axis=1)
     dx = np.where(flat_indices >= 0, gathered, np.zeros((), dy.dtype))
     return dx.astype(dy.dtype, copy=False).reshape(indices.shape)
