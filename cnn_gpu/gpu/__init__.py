@@ -72,4 +72,7 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   pad.forward(be, x, planes, axes, mode, value, out_shape) -> y  (planes x up to 3 axes a launch)
   pad.backward(be, dy, planes, axes, mode, x_shape) -> dx         (deterministic gather)
   augment.random_crop_flip(be, x, seed, step, pad, flip) -> y     (per-image Philox crop offsets and flip)
+  unpool.forward(be, x, indices, out_shape) -> y                  (indices int32 in [-1, out plane), x's shape; the last
+        input naming a position wins: an integer atomicMax claim, then a gather)
+  unpool.backward(be, dy, indices) -> dx                          (deterministic gather of dy at the indices)
 """
