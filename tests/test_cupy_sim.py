@@ -381,3 +381,26 @@ def test_a_checkpoint_loads_onto_the_gpu_its_model_is_on():
     assert "resumed on GPU 1" in out
     # "cuda:1" with GPU 0 current: refused (the kernels run on the current GPU), nothing moved
     assert "refused: device 'cuda:1': the kernels run on CuPy's current GPU, 0; make GPU 1 current first" in out
+
+
+UNPOOL_INDICES_ON_ANOTHER_GPU = """
+import numpy as np, cupy
+from cnn_gpu import functional as F
+x = cupy.asarray(np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32))
+y, indices = F.max_pool2d(x, 2)
+with cupy.cuda.Device(1):
+    other = cupy.asarray(indices)
+for call in (lambda: F.max_unpool2d(y, other, 2), lambda: F.max_unpool2d_backward(x, other)):
+    try:
+        call()
+    except ValueError as err:
+        print("refused:", err)
+"""
+
+
+@needs_emu
+def test_max_unpool_names_indices_on_another_gpu():
+    """max_unpool2d and its backward check the arrays' GPU before the index range check computes on
+    the indices."""
+    out = _passed(run_on_sim(["-c", UNPOOL_INDICES_ON_ANOTHER_GPU], gpus=2))
+    assert out.count("refused: indices is on GPU 1 but the current device is GPU 0") == 2, out

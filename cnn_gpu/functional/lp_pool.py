@@ -26,7 +26,7 @@ from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
 from .geometry import as_batch, pair, pool_geometry, pool_stride
-from .one_d import _check_pooled_dy, _pool_output, single
+from .one_d import _check_pooled_dy, _pool_output, pool_sizes
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward_of_own_indices
 
 
@@ -107,9 +107,7 @@ def _settings_1d(x, norm_type, kernel_size, stride, ceil_mode):
     in 1-D terms."""
     _checks.array(x, "x", ndim=(2, 3))
     p = _norm(norm_type)
-    kernel = single(kernel_size, "kernel_size")
-    no_stride = stride is None or isinstance(stride, (tuple, list)) and len(stride) == 0
-    stride = kernel if no_stride else single(stride, "stride")
+    kernel, stride, _, _ = pool_sizes(kernel_size, stride, 0)
     ceil_mode = _checks.flag(ceil_mode, "ceil_mode")
     out = _pool_output(x.shape, kernel, stride, 0, 1, ceil_mode)
     return (p, (1, kernel), (1, stride), ceil_mode), out

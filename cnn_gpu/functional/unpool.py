@@ -25,7 +25,7 @@ from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
 from .geometry import pair, pool_stride
-from .one_d import single
+from .one_d import pool_sizes, single
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
@@ -66,12 +66,12 @@ def output_plane(in_size, kernel, stride, padding, output_size) -> tuple[int, ..
     return sizes
 
 
-def _check_indices(indices, x, op: str):
-    """indices: an int32 or int64 array of x's shape (on x's device for the kernels)."""
+def _check_indices(indices, x):
+    """indices: an int32 or int64 array of x's shape."""
     if not _checks.is_array(indices):
         raise TypeError(f"indices must be a NumPy or CuPy int32 or int64 array, got {type(indices).__name__}")
     if indices.dtype not in _INDEX_DTYPES:
-        raise TypeError(f"indices must be int32 (as {op.replace('un', '')} returns them) or int64 (PyTorch's), "
+        raise TypeError(f"indices must be int32 (as the max pools return them) or int64 (PyTorch's), "
                         f"got {indices.dtype}")
     _checks.shape_is(indices, "indices", x.shape, " (the shape of the pooled input)")
 
@@ -114,28 +114,29 @@ def _numpy_backward(dy, indices):
     return dx.astype(dy.dtype, copy=False).reshape(indices.shape)
 
 
-def _kernel_indices(be, indices):
-    """The indices as the kernels take them: int32 (an int64 array's values checked to fit already)."""
-    indices = _checks.for_kernels(be, indices, "indices")
-    return indices if indices.dtype == np.int32 else _backend.astype(indices, np.int32)
+def _run(values, name: str, indices, be, user_sizes, numpy_op, kernel_op, *args):
+    """numpy_op or kernel_op(be, ...) of (values, indices, *args) after the arrays' device check (for the
+    kernels) and then the index check, which computes on the indices; user_sizes: the output plane as
+    the caller's dims (its messages')."""
+    if be != "numpy":
+        values, indices = _checks.for_kernels(be, values, name), _checks.for_kernels(be, indices, "indices")
+    _check_index_range(indices, user_sizes)
+    if be == "numpy":
+        return numpy_op(values, indices, *args)
+    indices = indices if indices.dtype == np.int32 else _backend.astype(indices, np.int32)   # values fit: checked
+    return kernel_op(be, values, indices, *args)
 
 
-def _unpool(x, indices, out_sizes, be):
-    """x (..., h, w) unpooled to (..., *out_sizes), on 2-D planes, its indices' range checked."""
+def _unpool(x, indices, out_sizes, be, user_sizes):
+    """x (..., h, w) unpooled to (..., *out_sizes), on 2-D planes."""
+    from ..gpu import unpool as gpu_unpool
     out_shape = tuple(x.shape[:-2]) + tuple(out_sizes)
-    if be == "numpy":
-        return _numpy_forward(x, indices, out_shape)
-    from ..gpu import unpool as gpu_unpool
-    x = _checks.for_kernels(be, x, "x")
-    return gpu_unpool.forward(be, x, _kernel_indices(be, indices), out_shape)
+    return _run(x, "x", indices, be, user_sizes, _numpy_forward, gpu_unpool.forward, out_shape)
 
 
-def _unpool_backward(dy, indices, be):
-    if be == "numpy":
-        return _numpy_backward(dy, indices)
+def _unpool_backward(dy, indices, be, user_sizes):
     from ..gpu import unpool as gpu_unpool
-    dy = _checks.for_kernels(be, dy, "dy")
-    return gpu_unpool.backward(be, dy, _kernel_indices(be, indices))
+    return _run(dy, "dy", indices, be, user_sizes, _numpy_backward, gpu_unpool.backward)
 
 
 def _check_input(x, indices, ranks, op: str):
@@ -143,7 +144,7 @@ def _check_input(x, indices, ranks, op: str):
     _checks.array(x, "x", ndim=ranks)
     if min(x.shape[1:] if x.ndim == ranks[-1] else x.shape) <= 0:
         raise ValueError(f"{op}: x must have non-zero sizes except the batch's, got shape {tuple(x.shape)}")
-    _check_indices(indices, x, op)
+    _check_indices(indices, x)
 
 
 def _check_backward(dy, indices, ranks, plane_dims: int):
@@ -170,8 +171,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     _check_input(x, indices, (3, 4), "max_unpool2d")
     kernel, stride = pair(kernel_size, "kernel_size"), pool_stride(stride, kernel_size)
     out_sizes = output_plane(x.shape[-2:], kernel, stride, pair(padding, "padding", minimum=0), output_size)
-    _check_index_range(indices, out_sizes)
-    return _unpool(x, indices, out_sizes, _backend.resolve(backend, x, indices))
+    return _unpool(x, indices, out_sizes, _backend.resolve(backend, x, indices), out_sizes)
 
 
 @takes_float16(kernels=True)
@@ -179,8 +179,7 @@ def max_unpool2d_backward(dy, indices, *, backend=None):
     """Gradient of max_unpool2d: dx[i] = dy at the position indices[i] names (0 for -1), dx of indices'
     shape; dy (N, C, H', W') or (C, H', W'), the unpooled shape."""
     _check_backward(dy, indices, (3, 4), 2)
-    _check_index_range(indices, dy.shape[-2:])
-    return _unpool_backward(dy, indices, _backend.resolve(backend, dy, indices))
+    return _unpool_backward(dy, indices, _backend.resolve(backend, dy, indices), dy.shape[-2:])
 
 
 @takes_float16(kernels=True)
@@ -189,13 +188,11 @@ def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     indices -> y (N, C, L') or (C, L'), L' = (L - 1) * stride + kernel_size - 2 * padding unless
     output_size ((L',) or (N, C, L')) says otherwise; max_unpool2d's rules, run on (.., 1, L) views."""
     _check_input(x, indices, (2, 3), "max_unpool1d")
-    kernel = single(kernel_size, "kernel_size")
-    no_stride = stride is None or isinstance(stride, (tuple, list)) and len(stride) == 0
-    stride = kernel if no_stride else single(stride, "stride")
+    kernel, stride, _, _ = pool_sizes(kernel_size, stride, 0)
     (out_length,) = output_plane(x.shape[-1:], (kernel,), (stride,), (single(padding, "padding", minimum=0),),
                                  output_size)
-    _check_index_range(indices, (out_length,))
-    y = _unpool(x[..., None, :], indices[..., None, :], (1, out_length), _backend.resolve(backend, x, indices))
+    y = _unpool(x[..., None, :], indices[..., None, :], (1, out_length), _backend.resolve(backend, x, indices),
+                (out_length,))
     return y[..., 0, :]
 
 
@@ -203,6 +200,6 @@ def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=No
 def max_unpool1d_backward(dy, indices, *, backend=None):
     """Gradient of max_unpool1d: dx[i] = dy at the position indices[i] names (0 for -1)."""
     _check_backward(dy, indices, (2, 3), 1)
-    _check_index_range(indices, dy.shape[-1:])
-    dx = _unpool_backward(dy[..., None, :], indices[..., None, :], _backend.resolve(backend, dy, indices))
+    dx = _unpool_backward(dy[..., None, :], indices[..., None, :], _backend.resolve(backend, dy, indices),
+                          dy.shape[-1:])
     return dx[..., 0, :]
