@@ -814,6 +814,72 @@ def _pad_run(a, cfg, be):
                 dx=F.pad_backward(a["dy"], a["x"].shape, cfg["pad"], cfg["mode"], backend=be))
 
 
+def _lp_pool_config(rng):
+    """A pool configuration without padding (lp_pool has none) and an even or infinite norm (odd and
+    fractional ones make NaN roots of random inputs' negative sums, as PyTorch's do)."""
+    while True:
+        cfg = dict(_pool_config(rng, False), padding=(0, 0), norm_type=float(rng.choice([2.0, 4.0, np.inf])))
+        try:
+            _pool_geometry(cfg)
+            return cfg
+        except ValueError:
+            continue
+
+
+LP_POOL_EDGES = (dict(_pool(HW=(7, 9), kernel=(3, 3), stride=(2, 2), ceil_mode=True), norm_type=2.0),  # partial windows
+                 dict(_pool(HW=(5, 6), kernel=(3, 2), stride=(1, 2)), norm_type=float("inf")),
+                 dict(_pool(N=1, C=1, HW=(4, 4), kernel=(4, 4)), norm_type=4.0))
+
+
+def _lp_pool_run(a, cfg, be):
+    from .. import functional as F
+    args = (cfg["norm_type"], cfg["kernel"], cfg["stride"], cfg["ceil_mode"])
+    return dict(y=F.lp_pool2d(a["x"], *args, backend=be), dx=F.lp_pool2d_backward(a["dy"], a["x"], *args, backend=be))
+
+
+def _unpool_out(cfg):
+    return tuple((s - 1) * st + k - 2 * p for s, k, st, p in zip(cfg["HW"], cfg["kernel"], cfg["stride"],
+                                                                   cfg["padding"]))
+
+
+def _unpool_config(rng):
+    """x's sizes and an unpool geometry whose output plane holds at least x's plane (distinct indices:
+    with duplicates the unpooled value is one of them, not differentiable by finite differences)."""
+    while True:
+        kernel = _ints(rng, 1, 4)
+        cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=_ints(rng, 1, 6), kernel=kernel,
+                   stride=_ints(rng, 1, 4), padding=tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel),
+                   seed=int(rng.integers(2**31)))
+        out = _unpool_out(cfg)
+        if min(out) > 0 and out[0] * out[1] >= cfg["HW"][0] * cfg["HW"][1]:
+            return cfg
+
+
+UNPOOL_EDGES = (dict(N=2, C=3, HW=(4, 4), kernel=(2, 2), stride=(2, 2), padding=(0, 0), seed=1),  # MaxPool2d(2)'s
+                dict(N=1, C=2, HW=(3, 5), kernel=(3, 3), stride=(1, 2), padding=(1, 1), seed=2))
+
+
+def _unpool_indices(cfg):
+    """Distinct positions in each output plane, int32 of x's shape, drawn from the configuration's seed."""
+    rng = np.random.default_rng(cfg["seed"])
+    out_plane, in_plane = int(np.prod(_unpool_out(cfg))), cfg["HW"][0] * cfg["HW"][1]
+    planes = [rng.permutation(out_plane)[:in_plane] for _ in range(cfg["N"] * cfg["C"])]
+    return np.stack(planes).reshape(cfg["N"], cfg["C"], *cfg["HW"]).astype(np.int32)
+
+
+def _unpool_inputs(cfg, rng):
+    return dict(x=rng.standard_normal((cfg["N"], cfg["C"], *cfg["HW"])),
+                dy=rng.standard_normal((cfg["N"], cfg["C"], *_unpool_out(cfg))))
+
+
+def _unpool_run(a, cfg, be):
+    from .. import functional as F
+    from ..backend import module_of
+    indices = module_of(a["x"]).asarray(_unpool_indices(cfg))
+    y = F.max_unpool2d(a["x"], indices, cfg["kernel"], cfg["stride"], cfg["padding"], backend=be)
+    return dict(y=y, dx=F.max_unpool2d_backward(a["dy"], indices, backend=be))
+
+
 # every convolution pass multiplies these operands; the bias gradient is a plain sum of dy
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
@@ -883,4 +949,6 @@ OPS = {op.name: op for op in (
             _signal_inputs(_adaptive_pool_inputs), _adaptive_pool1d_run, "y", "dy", {"x": "dx"}),
     OpCheck("batch_norm", _batch_norm_config, BATCH_NORM_EDGES, _batch_norm_inputs, _batch_norm_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=BATCH_NORM_LARGE),
+    OpCheck("lp_pool2d", _lp_pool_config, LP_POOL_EDGES, _pool_inputs, _lp_pool_run, "y", "dy", {"x": "dx"}),
+    OpCheck("max_unpool2d", _unpool_config, UNPOOL_EDGES, _unpool_inputs, _unpool_run, "y", "dy", {"x": "dx"}),
 )}

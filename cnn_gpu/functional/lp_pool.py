@@ -12,8 +12,8 @@ gradient, as PyTorch's docstring says), abs's `g * sign(x)`. x ** p of a negativ
 non-integer p, and an odd p's negative sum NaN after the root, as in PyTorch.
 
 The pools run on the backend's kernels (avg_pool2d's, max_pool2d's); the element-wise steps are the
-array module's (NumPy's; CuPy's on cuda). float16 is computed in FP32 throughout, the output rounded
-once. norm_type 0 raises ZeroDivisionError as PyTorch's 1.0 / norm_type does; NaN is refused.
+array module's (NumPy's; CuPy's on cuda), through backend.device_call so that cnn_gpu.replay redoes them.
+float16 is computed in FP32 throughout, the output rounded once. norm_type 0 raises ZeroDivisionError as PyTorch's 1.0 / norm_type does; NaN is refused.
 """
 from __future__ import annotations
 
@@ -48,21 +48,28 @@ def _settings(x, norm_type, kernel_size, stride, ceil_mode):
             _checks.flag(ceil_mode, "ceil_mode"))
 
 
+def _arithmetic(fn):
+    """fn(), array arithmetic on the backend's arrays (NaN and inf where PyTorch's are, unwarned), as
+    backend.device_call: inside a recording a replay computes it again from the arrays' new values."""
+    def quiet():
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return fn()
+    return _backend.device_call(quiet)
+
+
 def _max_of_magnitudes(x, p, kernel, stride, ceil_mode, be):
     """(y, indices) of p = inf (max of |x|) or -inf (-max of -|x|)."""
     xp = _backend.module_of(x)
     sign = 1 if p > 0 else -1
-    y, indices = max_pool2d(sign * xp.abs(x), kernel, stride, 0, 1, ceil_mode, backend=be)
-    return sign * y, indices
+    y, indices = max_pool2d(_arithmetic(lambda: sign * xp.abs(x)), kernel, stride, 0, 1, ceil_mode, backend=be)
+    return _arithmetic(lambda: sign * y), indices
 
 
 def _scaled_average(x, p, kernel, stride, ceil_mode, be):
     """(a, s): a = avg_pool(x ** p), s = sign(a) relu(|a|) * area (a with -0.0 as +0.0: sign(0) is 0)."""
     xp = _backend.module_of(x)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        a = avg_pool2d(xp.power(x, p), kernel, stride, 0, ceil_mode, backend=be)
-        s = xp.where(a == 0, xp.zeros((), a.dtype), a) * (kernel[0] * kernel[1])
-    return a, s
+    a = avg_pool2d(_arithmetic(lambda: xp.power(x, p)), kernel, stride, 0, ceil_mode, backend=be)
+    return a, _arithmetic(lambda: xp.where(a == 0, xp.zeros((), a.dtype), a) * (kernel[0] * kernel[1]))
 
 
 @takes_float16(kernels="float32")
@@ -74,8 +81,7 @@ def lp_pool2d(x, norm_type, kernel_size, stride=None, ceil_mode=False, *, backen
     if math.isinf(p):
         return _max_of_magnitudes(x, p, kernel, stride, ceil_mode, be)[0]
     _, s = _scaled_average(x, p, kernel, stride, ceil_mode, be)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return _backend.module_of(x).power(s, 1.0 / p)
+    return _arithmetic(lambda: _backend.module_of(x).power(s, 1.0 / p))
 
 
 @takes_float16(kernels="float32")
@@ -90,16 +96,15 @@ def lp_pool2d_backward(dy, x, norm_type, kernel_size, stride=None, ceil_mode=Fal
     xp = _backend.module_of(x)
     if math.isinf(p):
         _, indices = _max_of_magnitudes(x, p, kernel, stride, ceil_mode, be)
-        return max_pool2d_backward_of_own_indices(dy, indices, x.shape, kernel, stride, 0, 1, ceil_mode,
-                                                  backend=be) * xp.sign(x)
+        dm = max_pool2d_backward_of_own_indices(dy, indices, x.shape, kernel, stride, 0, 1, ceil_mode, backend=be)
+        return _arithmetic(lambda: dm * xp.sign(x))
     a, s = _scaled_average(x, p, kernel, stride, ceil_mode, be)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        # pow's, the area's and relu's (zero where the window's sum is 0) steps; sign's and abs's factors
-        # sign(a)^2 are 1 elsewhere (a NaN a: NaN either way)
-        da = xp.where(a == 0, xp.zeros((), a.dtype),
-                      dy * ((1.0 / p) * xp.power(s, 1.0 / p - 1)) * (kernel[0] * kernel[1]))
-        dz = avg_pool2d_backward(da, x.shape, kernel, stride, 0, ceil_mode, backend=be)
-        return dz * (p * xp.power(x, p - 1))
+    # pow's, the area's and relu's (zero where the window's sum is 0) steps; sign's and abs's factors
+    # sign(a)^2 are 1 elsewhere (a NaN a: NaN either way)
+    da = _arithmetic(lambda: xp.where(a == 0, xp.zeros((), a.dtype),
+                                      dy * ((1.0 / p) * xp.power(s, 1.0 / p - 1)) * (kernel[0] * kernel[1])))
+    dz = avg_pool2d_backward(da, x.shape, kernel, stride, 0, ceil_mode, backend=be)
+    return _arithmetic(lambda: dz * (p * xp.power(x, p - 1)))
 
 
 def _settings_1d(x, norm_type, kernel_size, stride, ceil_mode):
