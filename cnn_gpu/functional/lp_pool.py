@@ -13,7 +13,8 @@ non-integer p, and an odd p's negative sum NaN after the root, as in PyTorch.
 
 The pools run on the backend's kernels (avg_pool2d's, max_pool2d's); the element-wise steps are the
 array module's (NumPy's; CuPy's on cuda), through backend.device_call so that cnn_gpu.replay redoes them.
-float16 is computed in FP32 throughout, the output rounded once. norm_type 0 raises ZeroDivisionError as PyTorch's 1.0 / norm_type does; NaN is refused.
+float16 is computed in FP32 throughout, the output rounded once. norm_type 0 raises ZeroDivisionError
+as PyTorch's 1.0 / norm_type does; NaN is refused.
 """
 from __future__ import annotations
 
