@@ -66,13 +66,17 @@ def output_plane(in_size, kernel, stride, padding, output_size) -> tuple[int, ..
     return sizes
 
 
-def _check_indices(indices, x):
-    """indices: an int32 or int64 array of x's shape."""
+def _check_index_array(indices) -> None:
     if not _checks.is_array(indices):
         raise TypeError(f"indices must be a NumPy or CuPy int32 or int64 array, got {type(indices).__name__}")
     if indices.dtype not in _INDEX_DTYPES:
         raise TypeError(f"indices must be int32 (as the max pools return them) or int64 (PyTorch's), "
                         f"got {indices.dtype}")
+
+
+def _check_indices(indices, x):
+    """indices: an int32 or int64 array of x's shape."""
+    _check_index_array(indices)
     _checks.shape_is(indices, "indices", x.shape, " (the shape of the pooled input)")
 
 
@@ -149,10 +153,7 @@ def _check_input(x, indices, ranks, op: str):
 
 def _check_backward(dy, indices, ranks, plane_dims: int):
     """dy of indices' rank and leading sizes (its plane the unpooled one)."""
-    if not _checks.is_array(indices):
-        raise TypeError(f"indices must be a NumPy or CuPy int32 or int64 array, got {type(indices).__name__}")
-    if indices.dtype not in _INDEX_DTYPES:
-        raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
+    _check_index_array(indices)
     if indices.ndim not in ranks:
         raise ValueError(f"indices must be {' or '.join(f'{r}-D' for r in ranks)}, got shape {tuple(indices.shape)}")
     _checks.array(dy, "dy", ndim=indices.ndim)
