@@ -128,6 +128,24 @@ def test_against_pytorch(be, dtype):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("be", BACKENDS)
+def test_duplicates_take_pytorchs_serial_rule(be):
+    """On one thread (this module's fixture) PyTorch's CPU loop is serial: the last input naming a
+    position wins, the rule every backend here keeps on any thread count."""
+    torch = pytest.importorskip("torch")
+    assert torch.get_num_threads() == 1
+    rng = np.random.default_rng(10)
+    for i, x, indices, args, _ in cases(rng, 16, np.float64):
+        indices = np.maximum(indices, 0)   # PyTorch refuses -1
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.max_unpool2d(xt, torch.tensor(indices).long(), *args)
+        dy = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        assert_same_bits(F.max_unpool2d(x, indices, *args, backend=be), yt.detach().numpy(), f"config {i}")
+        assert_same_bits(F.max_unpool2d_backward(dy, indices, backend=be), xt.grad.numpy(), f"config {i} dx")
+
+
+@pytest.mark.torch
 def test_output_sizes_and_refusals_match_pytorchs():
     """output_size's forms and its checks (PyTorch's messages), and the index range."""
     torch = pytest.importorskip("torch")
