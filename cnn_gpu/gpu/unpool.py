@@ -7,16 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, check_planes, i32
+from ._grid import THREADS, check_planes, i32, plane_pixel_grid
 
 
 def _shape_args(planes: int, in_plane: int, out_plane: int):
     check_planes("max unpooling", input=in_plane, output=out_plane)
     return (np.int64(planes), *i32(in_plane, out_plane))
-
-
-def _grid(planes: int, pixels: int):
-    return (blocks_for(pixels), min(planes, MAX_GRID_Y), 1)
 
 
 def forward(be, x, indices, out_shape):
@@ -26,12 +22,12 @@ def forward(be, x, indices, out_shape):
     out_plane = out_shape[-2] * out_shape[-1]
     shape_args = _shape_args(planes, in_plane, out_plane)
     owner = xp.empty(planes * out_plane, dtype=np.int32)
-    backend.launch(be, "unpool", x.dtype, "max_unpool_clear", _grid(planes, out_plane), (THREADS,),
+    backend.launch(be, "unpool", x.dtype, "max_unpool_clear", plane_pixel_grid(planes, out_plane), (THREADS,),
                    (owner, shape_args[0], shape_args[2]))
-    backend.launch(be, "unpool", x.dtype, "max_unpool_claim", _grid(planes, in_plane), (THREADS,),
+    backend.launch(be, "unpool", x.dtype, "max_unpool_claim", plane_pixel_grid(planes, in_plane), (THREADS,),
                    (indices, owner, *shape_args))
     y = xp.empty(out_shape, dtype=x.dtype)
-    backend.launch(be, "unpool", x.dtype, "max_unpool_gather", _grid(planes, out_plane), (THREADS,),
+    backend.launch(be, "unpool", x.dtype, "max_unpool_gather", plane_pixel_grid(planes, out_plane), (THREADS,),
                    (x, owner, y, *shape_args))
     return y
 
@@ -43,6 +39,6 @@ def backward(be, dy, indices):
     planes_arg, in_plane_arg, out_plane_arg = _shape_args(planes, in_plane, out_plane)
     dx = backend.array_module(be).empty(indices.shape, dtype=dy.dtype)
     # the gather from the unpooled planes of dy into planes shaped as the indices
-    backend.launch(be, "unpool", dy.dtype, "max_unpool_gather", _grid(planes, in_plane), (THREADS,),
+    backend.launch(be, "unpool", dy.dtype, "max_unpool_gather", plane_pixel_grid(planes, in_plane), (THREADS,),
                    (dy, indices, dx, planes_arg, out_plane_arg, in_plane_arg))
     return dx
