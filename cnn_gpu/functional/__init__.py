@@ -53,6 +53,7 @@ from .linear import linear, linear_backward
 from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, l1_loss,
                    mse_loss, nll_loss, smooth_l1_loss)
 from .prelu import prelu, prelu_backward
+from .folding import fold, fold_backward, unfold, unfold_backward
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .padding import pad, pad_backward
 from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
@@ -83,7 +84,8 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
            "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
-           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward",
-           "max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward",
-           "lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward", "max_pool1d_with_indices",
-           "max_pool2d_with_indices", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]
+           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward", "fold",
+           "fold_backward", "unfold", "unfold_backward", "max_unpool1d", "max_unpool1d_backward", "max_unpool2d",
+           "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward",
+           "max_pool1d_with_indices", "max_pool2d_with_indices", "adaptive_max_pool1d_with_indices",
+           "adaptive_max_pool2d_with_indices"]

@@ -25,6 +25,7 @@ from .loss import (CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLL
                    BCEWithLogitsLoss)
 from .module import Module, Parameter
 from .prelu import PReLU
+from .fold import Fold, Unfold
 from .rearrange import ChannelShuffle, PixelShuffle, PixelUnshuffle, Unflatten
 from .unpool import MaxUnpool1d, MaxUnpool2d
 
@@ -38,5 +39,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "AvgPool1d", "AdaptiveAvgPool1d", "ZeroPad1d", "ConstantPad1d", "ReflectionPad1d", "ReplicationPad1d",
            "CircularPad1d", "ZeroPad3d", "ConstantPad3d", "ReflectionPad3d", "ReplicationPad3d", "CircularPad3d",
            "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d",
-           "PReLU", "AdaptiveMaxPool1d", "Dropout1d", "UpsamplingNearest2d", "UpsamplingBilinear2d",
+           "PReLU", "AdaptiveMaxPool1d", "Dropout1d", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Fold", "Unfold",
            "MaxUnpool1d", "MaxUnpool2d", "LPPool1d", "LPPool2d"]

@@ -1,0 +1,34 @@
+"""Launch code of kernels/fold.cu: unfold (im2col) and fold (col2im, a deterministic gather). Each is
+the other's backward pass. `g` is a FoldGeometry (cnn_gpu.functional.folding): the image (N, C, H, W), the
+kernel, its dilation, padding and stride, and the blocks (LH, LW)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ._grid import MAX_GRID_Y, THREADS, blocks_for, check_planes, i32
+
+
+def _shape_args(g):
+    return i32(g.H, g.W, *g.kernel_size, *g.blocks, *g.stride, *g.padding, *g.dilation)
+
+
+def unfold(be, x, g):
+    """cols (N, C*KH*KW, LH*LW) of the image x (N, C, H, W)."""
+    rows, blocks = g.N * g.C * g.taps, g.L
+    check_planes("Unfold", column=blocks, image=g.H * g.W)
+    cols = backend.array_module(be).empty((g.N, g.C * g.taps, blocks), dtype=x.dtype)
+    grid = (blocks_for(blocks), min(rows, MAX_GRID_Y))   # no rows: nothing launched
+    backend.launch(be, "fold", x.dtype, "unfold_forward", grid, (THREADS,), (x, cols, np.int64(rows), *_shape_args(g)))
+    return cols
+
+
+def fold(be, cols, g):
+    """The image (N, C, H, W) summing the columns cols (N, C*KH*KW, LH*LW) over the blocks that overlap."""
+    planes, pixels = g.N * g.C, g.H * g.W
+    check_planes("Fold", image=pixels, columns=g.taps * g.L)
+    y = backend.array_module(be).empty((g.N, g.C, g.H, g.W), dtype=cols.dtype)
+    grid = (blocks_for(pixels), min(planes, MAX_GRID_Y))
+    backend.launch(be, "fold", cols.dtype, "fold_forward", grid, (THREADS,),
+                   (cols, y, np.int64(planes), *_shape_args(g)))
+    return y
