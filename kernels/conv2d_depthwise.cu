@@ -23,6 +23,7 @@
 // past 2^31 - 1 although every element index fits in an int.
 
 #include "common.cuh"
+#include "taps.cuh"
 
 // grid (ceil(N*K*P*Q / 256)), block 256; `bias` is never read when has_bias == 0
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
@@ -53,21 +54,6 @@ conv2d_depthwise_fprop(const REAL* __restrict__ x, const REAL* __restrict__ w,
     if (has_bias) sum += to_acc(bias[k]);
     if (relu && sum < (acc_t)0) sum = (acc_t)0;   // written so that NaN passes through
     y[index] = to_real(sum);
-}
-
-// First tap r0 whose dilated offset has the pixel's phase, r0*dil = pos + pad (mod stride), and
-// the output row it reaches; -1 when no tap does. Later taps are r0 + j*period, rows out - j*step.
-__device__ __forceinline__ int first_tap(int pos, int pad, int stride, int dil, int taps, int period,
-                                         int* out)
-{
-    for (int r = 0; r < period && r < taps; ++r) {
-        const int offset = pos + pad - r * dil;
-        if (offset % stride == 0) {
-            *out = offset / stride;
-            return r;
-        }
-    }
-    return -1;
 }
 
 // grid (ceil(N*C*H*W / 256)), block 256; period = stride / gcd(stride, dilation) per dimension

@@ -123,8 +123,8 @@ def test_emulated_kernels_are_bit_identical_under_schedules_and_guard_zones(sche
 @needs_emu
 def test_a_grid_smaller_than_the_work_covers_every_row_plane_and_pixel():
     """blockIdx.y strides over more rows (planes) than the grid has, x threads over more blocks
-    (pixels) than the grid's threads."""
-    shape, sizes = (3, 5, 23, 17), ((2, 3), (1, 2), (1, 2), 1)
+    (pixels) than the grid's threads; fold's rows take every second tap (stride 2, dilation 1)."""
+    shape, sizes = (3, 5, 23, 17), ((2, 3), (1, 2), (1, 2), 2)
     x = draw(shape, np.float64, 4)
     g = folding._unfold_geometry(shape, *sizes)
     geometry = tuple(np.int32(v) for v in (g.H, g.W, *g.kernel_size, *g.blocks, *g.stride, *g.padding, *g.dilation))
@@ -133,7 +133,8 @@ def test_a_grid_smaller_than_the_work_covers_every_row_plane_and_pixel():
     backend.launch("emu", "fold", x.dtype, "unfold_forward", (1, 2), (256,), (x, cols, rows, *geometry))
     np.testing.assert_array_equal(cols, F.unfold(x, *sizes))
     y = np.empty(shape)
-    backend.launch("emu", "fold", x.dtype, "fold_forward", (1, 2), (256,), (cols, y, np.int64(15), *geometry))
+    periods = (np.int32(2), np.int32(1))   # stride / gcd(stride, dilation)
+    backend.launch("emu", "fold", x.dtype, "fold_forward", (1, 2), (256,), (cols, y, np.int64(15), *geometry, *periods))
     np.testing.assert_array_equal(y, F.fold(cols, shape[-2:], *sizes))
 
 

@@ -709,3 +709,27 @@ def test_unpool_kernels_gather_and_claim_with_integer_atomics_only(dtype):
         assert not atomics, (kernel, atomics)
         if kernel == "max_unpool_gather":
             assert set(row["ldg_bits"]) == {size_bits, 32} and set(row["stg_bits"]) == {size_bits}, (kernel, row)
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_fold_kernels_move_elements_without_atomics_and_unfold_streams_within_the_budget(dtype):
+    """kernels/fold.cu: every global load and store one element of the dtype, no local memory, no
+    atomics (fold gathers: each pixel's sum is its own thread's); unfold's walk steps each block's
+    (bh, bw) with a carry instead of dividing per element, within the streaming budget of x read and
+    cols written (sm_90, instructions an element: 24 in float64 and float32, 33 in float16; 36 and 42
+    with the division)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for row in sass.kernel_rows("fold", dtype, "sm_90")}
+    assert set(rows) == {"unfold_forward", "fold_forward"}
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("fold"), "fold.cu", dtype, "sm_90")
+    for kernel, function in sass.disassemble(cubin, "sm_90").items():
+        assert rows[kernel]["local_memory"] == 0, kernel
+        kinds = [(mix.classify(ins), ins) for ins in function.instructions]
+        assert not [ins.opcode for kind, ins in kinds if kind == "atomic"], kernel
+        global_ops = [ins for kind, ins in kinds if kind in ("ldg", "stg")]
+        assert global_ops and {mix.access_bits(ins) for ins in global_ops} == {size_bits}, (kernel, global_ops)
+    unfold = rows["unfold_forward"]
+    elements = len(unfold["stg_bits"])
+    assert elements and unfold["ldg_bits"] == [size_bits] * elements, unfold
+    assert unfold["instructions"] / elements <= _streaming_budget(2 * size_bits // 8), unfold

@@ -3,6 +3,8 @@ the other's backward pass. `g` is a FoldGeometry (cnn_gpu.functional.folding): t
 kernel, its dilation, padding and stride, and the blocks (LH, LW)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import backend
@@ -29,6 +31,7 @@ def fold(be, cols, g):
     check_planes("Fold", image=pixels, columns=g.taps * g.L)
     y = backend.array_module(be).empty((g.N, g.C, g.H, g.W), dtype=cols.dtype)
     grid = (blocks_for(pixels), min(planes, MAX_GRID_Y))
+    periods = i32(*(stride // math.gcd(stride, dil) for stride, dil in zip(g.stride, g.dilation)))
     backend.launch(be, "fold", cols.dtype, "fold_forward", grid, (THREADS,),
-                   (cols, y, np.int64(planes), *_shape_args(g)))
+                   (cols, y, np.int64(planes), *_shape_args(g), *periods))
     return y
