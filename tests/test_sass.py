@@ -717,8 +717,8 @@ def test_fold_kernels_move_elements_without_atomics_and_unfold_streams_within_th
     """kernels/fold.cu: every global load and store one element of the dtype, no local memory, no
     atomics (fold gathers: each pixel's sum is its own thread's); unfold's walk steps each block's
     (bh, bw) with a carry instead of dividing per element, within the streaming budget of x read and
-    cols written (sm_90, instructions an element: 24 in float64 and float32, 33 in float16; 36 and 42
-    with the division)."""
+    cols written, and within 34 instructions an element (sm_90: 24 in float64 and float32, 33 in
+    float16; with the division 36, 35.5 and 39)."""
     size_bits = 8 * np.dtype(dtype).itemsize
     rows = {row["kernel"]: row for row in sass.kernel_rows("fold", dtype, "sm_90")}
     assert set(rows) == {"unfold_forward", "fold_forward"}
@@ -732,4 +732,4 @@ def test_fold_kernels_move_elements_without_atomics_and_unfold_streams_within_th
     unfold = rows["unfold_forward"]
     elements = len(unfold["stg_bits"])
     assert elements and unfold["ldg_bits"] == [size_bits] * elements, unfold
-    assert unfold["instructions"] / elements <= _streaming_budget(2 * size_bits // 8), unfold
+    assert unfold["instructions"] / elements <= min(_streaming_budget(2 * size_bits // 8), 34), unfold
