@@ -63,6 +63,8 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   prelu.backward(be, dy, x, weight, (outer, channels, inner)) -> (dx, dweight)   (dweight by reduce's channel sums)
   fold.unfold(be, x, g) -> cols                                (g a functional.folding.FoldGeometry; im2col)
   fold.fold(be, cols, g) -> y                                  (col2im, a deterministic gather)
+  local_response_norm.forward(be, x, (N, C, inner), size, alpha, beta, k) -> y
+  local_response_norm.backward(be, dy, x, (N, C, inner), size, alpha, beta, k) -> dx
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
   adaptive_pool.max_forward(be, x, out_size) -> (y, indices)      (indices int32, h * W + w in the plane)

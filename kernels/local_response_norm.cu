@@ -1,0 +1,101 @@
+// Local response normalization across channels, PyTorch's F.local_response_norm / nn.LocalResponseNorm,
+// over x viewed as (N, C, inner):
+//   y[n, c, p] = x[n, c, p] / d[n, c, p]^beta,   d = k + alpha * S / size,
+//   S[n, c, p] = sum of x[n, j, p]^2 over the window j in [c - size/2, c + (size-1)/2] within [0, C)
+// (PyTorch pads the channels with size/2 zeros before and (size-1)/2 after and average-pools the
+// squares with count_include_pad: the divisor is always `size`). The same operations in the same
+// order as PyTorch's tensors: the squares summed in increasing j, / size, * alpha, + k, pow(beta), then
+// x / that.
+//
+// Backward (PyTorch's autograd through those ops): with P = d^beta and
+//   t[n, c, p] = -dy x / P^2 * beta d^(beta - 1) * alpha / size   (the gradient reaching S[n, c, p]),
+//   dx[n, j, p] = dy[n, j, p] / P[n, j, p] + 2 x[n, j, p] * sum of t[n, c, p] over c in [j - (size-1)/2, j + size/2]
+// (the windows holding j). local_response_norm_terms writes dy / P and t in acc_t (FP32 for float16:
+// unrounded), local_response_norm_backward adds them up, in increasing c, and rounds dx once.
+//
+// Not a GEMM: one thread per element, the grid's x threads over a plane's `inner` positions
+// (consecutive threads consecutive positions: each window read coalesced), blockIdx.y striding over
+// the N*C planes, each plane's (n, c) decoded once before its walk. A window is summed from scratch
+// for every element (size reads, L1 hits; no running sum, whose subtractions PyTorch does not make):
+// deterministic, no atomics. In-sample offsets are int (the host refuses samples of 2^31 elements
+// or more); sample offsets are 64-bit.
+
+#include "common.cuh"
+
+#if REAL_IS_DOUBLE
+#define ACC_POW pow
+#else
+#define ACC_POW powf
+#endif
+
+// Sum of the squares of column[j * inner] for j in [first, last] clipped to [0, C), in increasing j.
+__device__ __forceinline__ acc_t sum_of_squares(const REAL* column, int first, int last, int C, int inner)
+{
+    acc_t sum = 0;
+    for (int j = first > 0 ? first : 0; j <= last && j < C; ++j) {
+        const acc_t v = to_acc(column[j * inner]);
+        sum += v * v;
+    }
+    return sum;
+}
+
+// d = k + alpha * S / size, PyTorch's (S / size) * alpha + k
+__device__ __forceinline__ acc_t lrn_base(const REAL* column, int c, int C, int inner, int size, acc_t alpha,
+                                          acc_t k)
+{
+    return sum_of_squares(column, c - size / 2, c + (size - 1) / 2, C, inner) / (acc_t)size * alpha + k;
+}
+
+// grid: (blocks over a plane's inner positions, min(N*C, 65535))
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+local_response_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int C, int inner,
+                            int size, acc_t alpha, acc_t beta, acc_t k)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int c = (int)(plane % C);
+        const REAL* sample = x + (plane - c) * inner;
+        REAL* y_plane = y + plane * inner;
+        GRID_STRIDE_LOOP(p, inner) {
+            const acc_t d = lrn_base(sample + p, c, C, inner, size, alpha, k);
+            y_plane[p] = to_real(to_acc(sample[c * inner + p]) / ACC_POW(d, beta));
+        }
+    }
+}
+
+// direct = dy / P and terms = t (see the top), in acc_t
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+local_response_norm_terms(const REAL* __restrict__ dy, const REAL* __restrict__ x, acc_t* __restrict__ direct,
+                          acc_t* __restrict__ terms, long long planes, int C, int inner, int size, acc_t alpha,
+                          acc_t beta, acc_t k)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int c = (int)(plane % C);
+        const REAL* sample = x + (plane - c) * inner;
+        const long long first = plane * inner;
+        GRID_STRIDE_LOOP(p, inner) {
+            const acc_t d = lrn_base(sample + p, c, C, inner, size, alpha, k);
+            const acc_t power = ACC_POW(d, beta), g = to_acc(dy[first + p]), v = to_acc(sample[c * inner + p]);
+            direct[first + p] = g / power;
+            terms[first + p] = -g * v / (power * power) * (beta * ACC_POW(d, beta - (acc_t)1)) * alpha / (acc_t)size;
+        }
+    }
+}
+
+// dx = direct + 2 x * (sum of terms over the windows holding the element), rounded once
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+local_response_norm_backward(const REAL* __restrict__ x, const acc_t* __restrict__ direct,
+                             const acc_t* __restrict__ terms, REAL* __restrict__ dx, long long planes, int C,
+                             int inner, int size)
+{
+    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int j = (int)(plane % C);
+        const acc_t* sample_terms = terms + (plane - j) * inner;
+        const long long first = plane * inner;
+        GRID_STRIDE_LOOP(p, inner) {
+            acc_t sum = 0;
+            for (int c = j - (size - 1) / 2 > 0 ? j - (size - 1) / 2 : 0; c <= j + size / 2 && c < C; ++c)
+                sum += sample_terms[c * inner + p];
+            dx[first + p] = to_real(direct[first + p] + (acc_t)2 * to_acc(x[first + p]) * sum);
+        }
+    }
+}
