@@ -737,15 +737,19 @@ def test_fold_kernels_move_elements_without_atomics_and_unfold_streams_within_th
 
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
-def test_local_response_norm_kernels_move_elements_without_local_memory_or_atomics(dtype):
-    """kernels/local_response_norm.cu: global loads and stores of one element of the dtype (x, dy, y,
-    dx) or of the compute type (the backward's terms, FP32 for float16), no local memory (powf's and
-    pow's slow paths included), no atomics: each window is summed by its own thread in a fixed order."""
+@pytest.mark.parametrize("family, kernels", [
+    ("local_response_norm", {f"local_response_norm_{kernel}" for kernel in ("forward", "terms", "backward")}),
+    ("distance", {f"{op}_{direction}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
+                  for direction in ("forward", "backward")})])
+def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(family, kernels, dtype):
+    """kernels/local_response_norm.cu and kernels/distance.cu: global loads and stores of one element
+    of the dtype or of the compute type (LRN's backward terms, FP32 for float16), no local memory or
+    stack (pow's and powf's slow paths included), no atomics: each window or row is reduced by its own
+    thread in a fixed order."""
     widths = {8 * np.dtype(dtype).itemsize, 8 * backend.compute_dtype(dtype).itemsize}
-    rows = {row["kernel"]: row for row in sass.kernel_rows("local_response_norm", dtype, "sm_90")}
-    assert set(rows) == {f"local_response_norm_{kernel}" for kernel in ("forward", "terms", "backward")}
-    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source("local_response_norm"), "local_response_norm.cu",
-                                        dtype, "sm_90")
+    rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}
+    assert set(rows) == kernels
+    cubin, _ = nvrtc.compile_as_backend(backend.kernel_source(family), f"{family}.cu", dtype, "sm_90")
     for kernel, function in sass.disassemble(cubin, "sm_90").items():
         assert rows[kernel]["local_memory"] == 0 and rows[kernel]["stack_bytes"] == 0, kernel
         kinds = [(mix.classify(ins), ins) for ins in function.instructions]

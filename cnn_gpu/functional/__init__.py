@@ -55,6 +55,8 @@ from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross
 from .prelu import prelu, prelu_backward
 from .folding import fold, fold_backward, unfold, unfold_backward
 from .local_response_norm import local_response_norm, local_response_norm_backward
+from .distance import (cosine_similarity, cosine_similarity_backward, normalize, normalize_backward, one_hot,
+                       pairwise_distance, pairwise_distance_backward)
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from .padding import pad, pad_backward
 from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
@@ -87,6 +89,8 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
            "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward", "fold",
            "fold_backward", "unfold", "unfold_backward", "local_response_norm", "local_response_norm_backward",
-           "max_unpool1d", "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward", "lp_pool1d",
-           "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward", "max_pool1d_with_indices",
-           "max_pool2d_with_indices", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]
+           "normalize", "normalize_backward", "cosine_similarity", "cosine_similarity_backward", "pairwise_distance",
+           "pairwise_distance_backward", "one_hot", "max_unpool1d", "max_unpool1d_backward", "max_unpool2d",
+           "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward",
+           "max_pool1d_with_indices", "max_pool2d_with_indices", "adaptive_max_pool1d_with_indices",
+           "adaptive_max_pool2d_with_indices"]

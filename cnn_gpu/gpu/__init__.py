@@ -65,6 +65,9 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   fold.fold(be, cols, g) -> y                                  (col2im, a deterministic gather)
   local_response_norm.forward(be, x, (N, C, inner), size, alpha, beta, k) -> y
   local_response_norm.backward(be, dy, x, (N, C, inner), size, alpha, beta, k) -> dx
+  distance.normalize(be, x, (outer, size, inner), p, eps) -> y, normalize_backward(be, dy, x, ...) -> dx
+  distance.cosine_similarity(be, x1, x2, view, eps) -> (outer, inner); cosine_similarity_backward -> (dx1, dx2)
+  distance.pairwise_distance(be, x1, x2, rows, size, p, eps) -> (rows,); pairwise_distance_backward -> (dx1, dx2)
   adaptive_pool.forward(be, x, out_size) -> y
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
   adaptive_pool.max_forward(be, x, out_size) -> (y, indices)      (indices int32, h * W + w in the plane)

@@ -27,6 +27,7 @@ from .module import Module, Parameter
 from .prelu import PReLU
 from .fold import Fold, Unfold
 from .local_response_norm import LocalResponseNorm
+from .distance import CosineSimilarity, PairwiseDistance
 from .rearrange import ChannelShuffle, PixelShuffle, PixelUnshuffle, Unflatten
 from .unpool import MaxUnpool1d, MaxUnpool2d
 
@@ -41,4 +42,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "CircularPad1d", "ZeroPad3d", "ConstantPad3d", "ReflectionPad3d", "ReplicationPad3d", "CircularPad3d",
            "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d",
            "PReLU", "AdaptiveMaxPool1d", "Dropout1d", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Fold", "Unfold",
-           "LocalResponseNorm", "MaxUnpool1d", "MaxUnpool2d", "LPPool1d", "LPPool2d"]
+           "LocalResponseNorm", "CosineSimilarity", "PairwiseDistance", "MaxUnpool1d", "MaxUnpool2d", "LPPool1d",
+           "LPPool2d"]

@@ -1,0 +1,68 @@
+"""Launch code of kernels/distance.cu: normalize, cosine_similarity and pairwise_distance, forward and
+backward, one thread per row of the inputs viewed as (outer, size, inner). `p` is a finite p > 0 or
+inf, passed to the kernels as 0 (their infinity norm)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ._grid import THREADS, acc, blocks_for, i32
+
+
+def _launch(be, kernel, dtype, rows, args):
+    backend.launch(be, "distance", dtype, kernel, (blocks_for(rows),), (THREADS,), args)
+
+
+def _p(p):
+    return 0.0 if math.isinf(p) else p
+
+
+def _rows(view):
+    outer, size, inner = view
+    return np.int64(outer * inner), *i32(size), np.int64(inner)
+
+
+def normalize(be, x, view, p, eps):
+    y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    _launch(be, "normalize_forward", x.dtype, view[0] * view[2], (x, y, *_rows(view), *acc(x.dtype, _p(p), eps)))
+    return y
+
+
+def normalize_backward(be, dy, x, view, p, eps):
+    dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    _launch(be, "normalize_backward", x.dtype, view[0] * view[2],
+            (dy, x, dx, *_rows(view), *acc(x.dtype, _p(p), eps)))
+    return dx
+
+
+def cosine_similarity(be, x1, x2, view, eps):
+    """(outer, inner) similarities; the caller reshapes them."""
+    out = backend.array_module(be).empty((view[0], view[2]), dtype=x1.dtype)
+    _launch(be, "cosine_similarity_forward", x1.dtype, out.size, (x1, x2, out, *_rows(view), *acc(x1.dtype, eps)))
+    return out
+
+
+def cosine_similarity_backward(be, dout, x1, x2, view, eps):
+    xp = backend.array_module(be)
+    dx1, dx2 = xp.empty(x1.shape, dtype=x1.dtype), xp.empty(x1.shape, dtype=x1.dtype)
+    _launch(be, "cosine_similarity_backward", x1.dtype, view[0] * view[2],
+            (dout, x1, x2, dx1, dx2, *_rows(view), *acc(x1.dtype, eps)))
+    return dx1, dx2
+
+
+def pairwise_distance(be, x1, x2, rows, size, p, eps):
+    """(rows,) distances of x1 and x2 viewed as (rows, size)."""
+    out = backend.array_module(be).empty((rows,), dtype=x1.dtype)
+    _launch(be, "pairwise_distance_forward", x1.dtype, rows,
+            (x1, x2, out, np.int64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
+    return out
+
+
+def pairwise_distance_backward(be, dout, x1, x2, rows, size, p, eps):
+    xp = backend.array_module(be)
+    dx1, dx2 = xp.empty(x1.shape, dtype=x1.dtype), xp.empty(x1.shape, dtype=x1.dtype)
+    _launch(be, "pairwise_distance_backward", x1.dtype, rows,
+            (dout, x1, x2, dx1, dx2, np.int64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
+    return dx1, dx2
