@@ -78,12 +78,13 @@ def test_values_and_gradients_are_pytorchs(dtype, be, torch):
 
 @pytest.mark.parametrize("be", BACKENDS)
 def test_zero_vectors_ties_and_nan_are_pytorchs(be, torch):
-    """A zero row: normalize gives 0 and dy / eps (no gradient through the clamp), cosine 0 with the
+    """A zero row: normalize gives 0 and dy / eps (no gradient through the clamp, as for a row whose
+    norm is below eps), cosine 0 with the
     norm's gradient 0; the infinity norm splits its gradient over the tied maxima, and a NaN takes
     the gradient as PyTorch's mask does; identical inputs' distance is ||eps||."""
     tf = torch.nn.functional
-    x = np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5], [2.0, np.nan, -2.0]])
-    dy = np.array([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1], [1.0, 1.0, 1.0]])
+    x = np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5], [2.0, np.nan, -2.0], [1e-13, -2e-13, 0.0]])
+    dy = np.array([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1], [1.0, 1.0, 1.0], [0.5, 1.0, -1.0]])
     for p in (2.0, 1.0, math.inf):
         want, (want_dx,) = torch_grads(torch, tf.normalize, [x], dy, p, 1)
         got, got_dx = F.normalize(x, p, 1, backend=be), F.normalize_backward(dy, x, p, 1, backend=be)
