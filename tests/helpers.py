@@ -150,3 +150,40 @@ class EpochBar:
 
     def update(self):
         pass
+
+
+def record_launches(monkeypatch) -> list:
+    """The (family, kernel) of every backend.launch from now on, in order (the launches still run)."""
+    launched = []
+    real = backend.launch
+
+    def launch(be, family, dtype, kernel, *args, **kwargs):
+        launched.append((family, kernel))
+        return real(be, family, dtype, kernel, *args, **kwargs)
+    monkeypatch.setattr(backend, "launch", launch)
+    return launched
+
+
+def assert_network_matches_torch(torch, model, theirs, x, dy_seed=9):
+    """A float32 cnn_gpu `model` and PyTorch's `theirs` (given the model's parameters in float64) on x
+    and a drawn dy: y, dx and every parameter's gradient within float32's tolerance."""
+    state = model.state_dict()
+    theirs.double().load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in state.items()})
+    y = model(x)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(dy)
+    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    ty = theirs(tx)
+    ty.backward(torch.from_numpy(dy.astype(np.float64)))
+    assert_close(y, ty.detach().numpy().astype(np.float32), np.float32, "y")
+    assert_close(dx, tx.grad.numpy().astype(np.float32), np.float32, "dx")
+    for (name, ours), theirs_p in zip(model.named_parameters(), theirs.parameters()):
+        assert_close(ours.grad, theirs_p.grad.numpy().astype(np.float32), np.float32, name)
+
+
+def assert_refused_before_any_launch(monkeypatch, call, error, message):
+    """call() raises `error` matching `message` with no kernel launched, on emu where it is available."""
+    refuse_launches(monkeypatch)
+    with backend.use_backend("emu" if "emu" in backend.available_backends() else "numpy"):
+        with pytest.raises(error, match=message):
+            call()

@@ -13,7 +13,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, needs_cuda, needs_emu, refuse_launches
+from helpers import assert_close, assert_refused_before_any_launch, needs_cuda, needs_emu
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -208,10 +208,7 @@ def test_one_hot_is_pytorchs(torch):
     (lambda: F.one_hot(np.zeros(0, np.int64)), ValueError, "Can not infer total number of classes from empty tensor"),
 ])
 def test_pytorchs_refusals_before_any_launch(call, error, message, monkeypatch):
-    refuse_launches(monkeypatch)
-    with backend.use_backend("emu" if "emu" in backend.available_backends() else "numpy"):
-        with pytest.raises(error, match=message):
-            call()
+    assert_refused_before_any_launch(monkeypatch, call, error, message)
 
 
 @pytest.mark.gpu

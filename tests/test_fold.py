@@ -12,7 +12,8 @@ from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.functional import folding
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, needs_cuda, needs_emu, refuse_kernel_runs, refuse_launches
+from helpers import (assert_close, assert_network_matches_torch, assert_refused_before_any_launch, needs_cuda,
+                     needs_emu, record_launches, refuse_kernel_runs)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -150,22 +151,8 @@ def test_the_layers_in_a_network_and_their_launches(torch, monkeypatch):
                                  torch.nn.Unfold((2, 3), dilation=(1, 2), padding=1, stride=2),
                                  torch.nn.Fold((6, 5), (2, 3), dilation=(1, 2), padding=1, stride=2))
     assert [repr(m) for m in model][1:] == [repr(m) for m in theirs][1:]
-    theirs.double().load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()})
-    x = draw((2, 2, 6, 5), np.float32, 8)
-    y = model(x)
-    dy = draw(y.shape, np.float32, 9)
-    dx = model.backward(dy)
-    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_()
-    ty = theirs(tx)
-    ty.backward(torch.from_numpy(dy.astype(np.float64)))
-    assert_close(y, ty.detach().numpy().astype(np.float32), np.float32, "y")
-    assert_close(dx, tx.grad.numpy().astype(np.float32), np.float32, "dx")
-    for (name, ours), theirs_p in zip(model.named_parameters(), theirs.parameters()):
-        assert_close(ours.grad, theirs_p.grad.numpy().astype(np.float32), np.float32, name)
-    launched = []
-    real = backend.launch
-    monkeypatch.setattr(backend, "launch", lambda be, family, dtype, kernel, *a, **k: (
-        launched.append((family, kernel)), real(be, family, dtype, kernel, *a, **k))[1])
+    assert_network_matches_torch(torch, model, theirs, draw((2, 2, 6, 5), np.float32, 8))
+    launched = record_launches(monkeypatch)
     unfold, fold = model[1], model[2]
     fold(unfold(draw((1, 3, 6, 5), np.float32, 10)))
     unfold.backward(fold.backward(draw((1, 3, 6, 5), np.float32, 11)))
@@ -205,10 +192,7 @@ def test_an_empty_batch_runs_no_kernel(monkeypatch):
     (lambda: F.unfold(np.ones((2, 3, 5, 6), np.int64), 2), TypeError, "float16, float32 or float64"),
 ])
 def test_pytorchs_refusals_before_any_launch(call, error, message, monkeypatch):
-    refuse_launches(monkeypatch)
-    with backend.use_backend("emu" if "emu" in backend.available_backends() else "numpy"):
-        with pytest.raises(error, match=message):
-            call()
+    assert_refused_before_any_launch(monkeypatch, call, error, message)
 
 
 @pytest.mark.gpu

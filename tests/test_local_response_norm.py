@@ -11,7 +11,8 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, needs_cuda, needs_emu, refuse_kernel_runs, refuse_launches
+from helpers import (assert_close, assert_network_matches_torch, assert_refused_before_any_launch, needs_cuda,
+                     needs_emu, record_launches, refuse_kernel_runs)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -123,22 +124,8 @@ def test_the_layer_in_a_network_and_its_launches(torch, monkeypatch):
     theirs = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3, padding=1),
                                  torch.nn.LocalResponseNorm(3, alpha=0.1, beta=0.75, k=2.0))
     assert repr(model[1]) == repr(theirs[1]) == "LocalResponseNorm(3, alpha=0.1, beta=0.75, k=2.0)"
-    theirs.double().load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()})
-    x = draw((2, 2, 5, 4), np.float32, 8)
-    y = model(x)
-    dy = draw(y.shape, np.float32, 9)
-    dx = model.backward(dy)
-    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_()
-    ty = theirs(tx)
-    ty.backward(torch.from_numpy(dy.astype(np.float64)))
-    assert_close(y, ty.detach().numpy().astype(np.float32), np.float32, "y")
-    assert_close(dx, tx.grad.numpy().astype(np.float32), np.float32, "dx")
-    for (name, ours), theirs_p in zip(model.named_parameters(), theirs.parameters()):
-        assert_close(ours.grad, theirs_p.grad.numpy().astype(np.float32), np.float32, name)
-    launched = []
-    real = backend.launch
-    monkeypatch.setattr(backend, "launch", lambda be, family, dtype, kernel, *a, **k: (
-        launched.append((family, kernel)), real(be, family, dtype, kernel, *a, **k))[1])
+    assert_network_matches_torch(torch, model, theirs, draw((2, 2, 5, 4), np.float32, 8))
+    launched = record_launches(monkeypatch)
     layer = model[1]
     layer.backward(layer(draw((2, 6, 5, 4), np.float32, 10)))
     assert launched == [("local_response_norm", f"local_response_norm_{kernel}")
@@ -166,10 +153,7 @@ def test_empty_inputs_run_no_kernel(monkeypatch):
      "dy has dtype float32"),
 ])
 def test_pytorchs_refusals_before_any_launch(call, error, message, monkeypatch):
-    refuse_launches(monkeypatch)
-    with backend.use_backend("emu" if "emu" in backend.available_backends() else "numpy"):
-        with pytest.raises(error, match=message):
-            call()
+    assert_refused_before_any_launch(monkeypatch, call, error, message)
 
 
 @pytest.mark.gpu

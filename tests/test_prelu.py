@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, needs_cuda, needs_emu, refuse_launches
+from helpers import assert_close, assert_network_matches_torch, needs_cuda, needs_emu, record_launches, refuse_launches
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -144,22 +144,8 @@ def test_launches_and_the_layer(torch, monkeypatch):
                                  torch.nn.Conv2d(3, 2, 1), torch.nn.PReLU())
     assert [repr(m) for m in model][1::2] == [repr(m) for m in theirs][1::2]
     assert list(model.state_dict()) == list(theirs.state_dict())
-    theirs.double().load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()})
-    x = draw((2, 2, 5, 4), np.float32, 8)
-    y = model(x)
-    dy = draw(y.shape, np.float32, 9)
-    dx = model.backward(dy)
-    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_()
-    ty = theirs(tx)
-    ty.backward(torch.from_numpy(dy.astype(np.float64)))
-    assert_close(y, ty.detach().numpy().astype(np.float32), np.float32, "y")
-    assert_close(dx, tx.grad.numpy().astype(np.float32), np.float32, "dx")
-    for (name, ours), theirs_p in zip(model.named_parameters(), theirs.parameters()):
-        assert_close(ours.grad, theirs_p.grad.numpy().astype(np.float32), np.float32, name)
-    launched = []
-    real = backend.launch
-    monkeypatch.setattr(backend, "launch", lambda be, family, dtype, kernel, *a, **k: (
-        launched.append((family, kernel)), real(be, family, dtype, kernel, *a, **k))[1])
+    assert_network_matches_torch(torch, model, theirs, draw((2, 2, 5, 4), np.float32, 8))
+    launched = record_launches(monkeypatch)
     layer = model[1]
     layer(draw((2, 3, 5, 4), np.float32, 10))
     assert launched == [("prelu", "prelu_forward")]

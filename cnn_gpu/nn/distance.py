@@ -9,15 +9,11 @@ from ..functional._checks import flag, real_number
 from .module import Module
 
 
-class CosineSimilarity(Module):
-    """The cosine similarity of x1 and x2 (of one shape) along `dim`."""
-
-    def __init__(self, dim: int = 1, eps: float = 1e-8):
-        super().__init__()
-        self.dim, self.eps = dim, real_number(eps, "eps")
+class _TwoInputs(Module):
+    """A layer of x1 and x2 computing _op(x1, x2, *_settings()), its gradients by _op_backward."""
 
     def forward(self, x1, x2):
-        out = F.cosine_similarity(x1, x2, self.dim, self.eps, backend=self.backend)
+        out = self._op(x1, x2, *self._settings(), backend=self.backend)
         self._saved = (x1, x2)
         return out
 
@@ -25,11 +21,25 @@ class CosineSimilarity(Module):
         if self._nothing_to_compute(input_grad):
             return None
         x1, x2 = self._saved_for_backward()
-        return F.cosine_similarity_backward(dout, x1, x2, self.dim, self.eps, backend=self.backend)
+        return self._op_backward(dout, x1, x2, *self._settings(), backend=self.backend)
 
 
-class PairwiseDistance(Module):
-    """||x1 - x2 + eps||_p along the last dimension of x1 and x2 (of one shape)."""
+class CosineSimilarity(_TwoInputs):
+    """The cosine similarity of x1 and x2 (of one shape) along `dim`."""
+    _op, _op_backward = staticmethod(F.cosine_similarity), staticmethod(F.cosine_similarity_backward)
+
+    def __init__(self, dim: int = 1, eps: float = 1e-8):
+        super().__init__()
+        self.dim, self.eps = dim, real_number(eps, "eps")
+
+    def _settings(self):
+        return self.dim, self.eps
+
+
+class PairwiseDistance(_TwoInputs):
+    """||x1 - x2 + eps||_p along the last dimension of x1 and x2 (of one shape); p is kept as `norm`,
+    PyTorch's attribute name."""
+    _op, _op_backward = staticmethod(F.pairwise_distance), staticmethod(F.pairwise_distance_backward)
 
     def __init__(self, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False):
         super().__init__()
@@ -38,14 +48,3 @@ class PairwiseDistance(Module):
 
     def _settings(self):
         return self.norm, self.eps, self.keepdim
-
-    def forward(self, x1, x2):
-        out = F.pairwise_distance(x1, x2, *self._settings(), backend=self.backend)
-        self._saved = (x1, x2)
-        return out
-
-    def backward(self, dout, input_grad=True):
-        if self._nothing_to_compute(input_grad):
-            return None
-        x1, x2 = self._saved_for_backward()
-        return F.pairwise_distance_backward(dout, x1, x2, *self._settings(), backend=self.backend)
