@@ -223,10 +223,17 @@ def test_cuda_matches_numpy(dtype):
               F.normalize_backward(dy, x, p, dim).astype(np.float64), dtype, "dx")
     for i, (shape, p, keepdim) in enumerate(PAIRWISE):
         x1, x2 = draw(shape, dtype, 50 + i), draw(shape, dtype, 60 + i)
-        got = F.pairwise_distance(cupy.asarray(x1), cupy.asarray(x2), p, 1e-6, keepdim).get()
+        dout = draw(shape[:-1] + (1,) * keepdim, dtype, 70 + i)
+        on_gpu = [cupy.asarray(a) for a in (dout, x1, x2)]
+        got = F.pairwise_distance(*on_gpu[1:], p, 1e-6, keepdim).get()
         close(got, F.pairwise_distance(x1, x2, p, 1e-6, keepdim).astype(np.float64), dtype, "distance")
-    x1, x2 = draw((3, 4, 5), dtype, 1), draw((3, 4, 5), dtype, 2)
-    got = F.cosine_similarity(cupy.asarray(x1), cupy.asarray(x2)).get()
-    close(got, F.cosine_similarity(x1, x2).astype(np.float64), dtype, "cosine")
+        for got, want in zip(F.pairwise_distance_backward(*on_gpu, p, 1e-6, keepdim),
+                             F.pairwise_distance_backward(dout, x1, x2, p, 1e-6, keepdim)):
+            close(got.get(), want.astype(np.float64), dtype, "distance dx")
+    x1, x2, dout = draw((3, 4, 5), dtype, 1), draw((3, 4, 5), dtype, 2), draw((3, 5), dtype, 3)
+    on_gpu = [cupy.asarray(a) for a in (dout, x1, x2)]
+    close(F.cosine_similarity(*on_gpu[1:]).get(), F.cosine_similarity(x1, x2).astype(np.float64), dtype, "cosine")
+    for got, want in zip(F.cosine_similarity_backward(*on_gpu), F.cosine_similarity_backward(dout, x1, x2)):
+        close(got.get(), want.astype(np.float64), dtype, "cosine dx")
     labels = np.array([[0, 3], [2, 1]], np.int64)
     np.testing.assert_array_equal(F.one_hot(cupy.asarray(labels), 5).get(), F.one_hot(labels, 5))
