@@ -124,8 +124,9 @@ def test_emulated_kernels_are_bit_identical_under_schedules_and_guard_zones(sche
 @needs_emu
 def test_a_grid_smaller_than_the_work_covers_every_row_plane_and_pixel():
     """blockIdx.y strides over more rows (planes) than the grid has, x threads over more blocks
-    (pixels) than the grid's threads; fold's rows take every second tap (stride 2, dilation 1)."""
-    shape, sizes = (3, 5, 23, 17), ((2, 3), (1, 2), (1, 2), 2)
+    (pixels) than the grid's threads (unfold's carry: a step of 256 blocks is 13 rows and 9 columns);
+    fold's rows take every second tap (stride 2, dilation 1)."""
+    shape, sizes = (3, 5, 41, 37), ((2, 3), (1, 2), (1, 2), 2)   # 21 x 19 = 399 blocks a row
     x = draw(shape, np.float64, 4)
     g = folding._unfold_geometry(shape, *sizes)
     geometry = tuple(np.int32(v) for v in (g.H, g.W, *g.kernel_size, *g.blocks, *g.stride, *g.padding, *g.dilation))
