@@ -165,6 +165,26 @@ def test_a_grid_smaller_than_the_rows_covers_every_row():
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_replay_computes_new_inputs(dtype):
+    """Recorded (cnn_gpu.replay), the inputs overwritten and replayed: what the ops compute eagerly on
+    the new inputs, bit for bit."""
+    from test_replay_ops import assert_replay_is_eager
+
+    def run(a):
+        x1, x2, dout = a["x1"], a["x2"], a["dout"]
+        dx1, dx2 = F.cosine_similarity_backward(dout, x1, x2, 1, backend="emu")
+        dd1, dd2 = F.pairwise_distance_backward(dout, x1, x2, 3.0, backend="emu")
+        return dict(y=F.normalize(x1, 2.0, 1, backend="emu"), dx=F.normalize_backward(x2, x1, 2.0, 1, backend="emu"),
+                    cos=F.cosine_similarity(x1, x2, 1, backend="emu"), dx1=dx1, dx2=dx2,
+                    distance=F.pairwise_distance(x1, x2, 3.0, backend="emu"), dd1=dd1, dd2=dd2)
+    # (3, 5) rows: cosine along dim 1 and the distance along the last dim both give (3,)
+    inputs = [dict(x1=draw((3, 5), dtype, seed), x2=draw((3, 5), dtype, seed + 1), dout=draw((3,), dtype, seed + 2))
+              for seed in (1, 4)]
+    assert_replay_is_eager(run, *inputs, "distance")
+
+
+@needs_emu
 def test_the_layers(torch):
     x1, x2 = draw((4, 6, 3), np.float32, 6), draw((4, 6, 3), np.float32, 7)
     layers = ((nn.CosineSimilarity(dim=2, eps=1e-6), torch.nn.CosineSimilarity(2, 1e-6), (4, 6)),

@@ -161,6 +161,22 @@ def test_the_layers_in_a_network_and_their_launches(torch, monkeypatch):
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_replay_computes_new_inputs(dtype):
+    """Recorded (cnn_gpu.replay), the inputs overwritten and replayed: what the ops compute eagerly on
+    the new inputs, bit for bit (every device step is a launch)."""
+    from test_replay_ops import assert_replay_is_eager
+    shape, *sizes = CASES[0]
+
+    def run(a):
+        cols = F.unfold(a["x"], *sizes, backend="emu")
+        return dict(cols=cols, y=F.fold(cols, shape[-2:], *sizes, backend="emu"),
+                    dx=F.unfold_backward(a["dcols"], shape, *sizes, backend="emu"))
+    inputs = [dict(x=draw(shape, dtype, seed), dcols=draw((2, 18, 16), dtype, seed + 1)) for seed in (1, 3)]
+    assert_replay_is_eager(run, *inputs, "fold")
+
+
+@needs_emu
 def test_an_empty_batch_runs_no_kernel(monkeypatch):
     refuse_kernel_runs(monkeypatch)
     cols = F.unfold(np.ones((0, 3, 5, 6), np.float32), 2, backend="emu")

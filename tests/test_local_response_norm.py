@@ -133,6 +133,21 @@ def test_the_layer_in_a_network_and_its_launches(torch, monkeypatch):
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_replay_computes_new_inputs(dtype):
+    """Recorded (cnn_gpu.replay), the inputs overwritten and replayed: what the ops compute eagerly on
+    the new inputs, bit for bit (the backward's compute-type terms included)."""
+    from test_replay_ops import assert_replay_is_eager
+    shape, *settings = CASES[1]
+
+    def run(a):
+        return dict(y=F.local_response_norm(a["x"], *settings, backend="emu"),
+                    dx=F.local_response_norm_backward(a["dy"], a["x"], *settings, backend="emu"))
+    inputs = [dict(x=draw(shape, dtype, seed), dy=draw(shape, dtype, seed + 1)) for seed in (1, 3)]
+    assert_replay_is_eager(run, *inputs, "local_response_norm")
+
+
+@needs_emu
 def test_empty_inputs_run_no_kernel(monkeypatch):
     refuse_kernel_runs(monkeypatch)
     for shape in ((0, 3, 4), (2, 0, 4, 4), (2, 3, 0)):
