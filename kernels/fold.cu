@@ -10,7 +10,8 @@
 //  * unfold: the grid's x threads walk one row (n, c, tap) of cols (its L blocks, consecutive
 //    threads consecutive blocks: coalesced stores), blockIdx.y strides over the N*C*KH*KW rows, as
 //    for_each_plane_pixel (common.cuh) does but with the row's tap and image plane decoded once
-//    before its walk and each block's (bh, bw) stepped, not divided. Each element is a copy of its pixel or 0 (no arithmetic: bit exact).
+//    before its walk and each block's (bh, bw) stepped, not divided. Each element is a copy of its
+//    pixel or 0 (no arithmetic: bit exact).
 //  * fold: a GATHER, no atomics: the thread of image pixel (h, w) of plane (n, c) sums the column
 //    elements that read it, taps (i, j) in increasing row-major order (the NumPy oracle's order):
 //    tap i reads row h from block bh = (h + pad_h - i*dil_h) / stride_h where that is a whole
