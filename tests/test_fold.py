@@ -74,6 +74,27 @@ def test_values_and_gradients_are_pytorchs(dtype, be, torch):
                 assert_close(got, want.astype(dtype), dtype, f"{shape} {what}")
 
 
+@pytest.mark.parametrize("be, count", [("numpy", 80), pytest.param("emu", 20, marks=needs_emu)])
+def test_a_seeded_sweep_of_geometries_is_pytorchs(be, count, torch):
+    """Random kernel sizes, dilations, paddings, strides and images (empty batches too) in float64:
+    unfold bit for bit, fold to 1e-12; we refuse exactly the geometries PyTorch refuses."""
+    tf, rng = torch.nn.functional, np.random.default_rng(5)
+    for _ in range(count):
+        N, C, H, W = int(rng.integers(0, 3)), int(rng.integers(1, 4)), *(int(v) for v in rng.integers(1, 9, 2))
+        sizes = [tuple(int(v) for v in rng.integers(low, high, 2)) for low, high in ((1, 5), (1, 4), (0, 3), (1, 4))]
+        x = rng.standard_normal((N, C, H, W))
+        try:
+            want = tf.unfold(torch.from_numpy(x), *sizes).numpy()
+        except RuntimeError:
+            with pytest.raises(ValueError, match="sliding blocks"):
+                F.unfold(x, *sizes, backend=be)
+            continue
+        assert F.unfold(x, *sizes, backend=be).tobytes() == want.tobytes(), ((N, C, H, W), sizes)
+        cols = rng.standard_normal(want.shape)
+        want_y = tf.fold(torch.from_numpy(cols), (H, W), *sizes).numpy()
+        np.testing.assert_allclose(F.fold(cols, (H, W), *sizes, backend=be), want_y, rtol=1e-12, atol=1e-12)
+
+
 @needs_emu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_kernels_sum_in_numpys_order_bit_for_bit(dtype):
