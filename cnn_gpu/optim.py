@@ -1,6 +1,8 @@
 """Optimizers with PyTorch's update rules: `SGD` (momentum with dampening, Nesterov, weight
 decay), `Adam` (bias-corrected, L2 weight decay added to the gradient), `AdamW` (decoupled
-decay) and `RMSprop` (centered, momentum), each with PyTorch's `maximize`.
+decay), `RMSprop` (centered, momentum), `Adagrad` (lr_decay, initial_accumulator_value),
+`Adamax`, `NAdam` (momentum_decay, decoupled_weight_decay), `RAdam` (decoupled_weight_decay) and
+`Adadelta`, each with PyTorch's `maximize`.
 
 Parameters on the NumPy backend are updated by the NumPy functions below; on "emu" and "cuda" by
 the fused kernels of `cnn_gpu.gpu.optim`, 8 parameters a launch (its *_steps functions). The
@@ -137,6 +139,114 @@ def numpy_rmsprop_step(be, param, grad, square_avg, grad_avg, momentum_buf, lr, 
     param -= lr * momentum_buf
 
 
+def _decayed_gradient(param, grad, weight_decay, maximize):
+    """g = grad (-grad to maximize) + weight_decay*param, a new array (the kernels' decayed_gradient)."""
+    if maximize:
+        grad = -grad
+    return grad + weight_decay * param if weight_decay else grad
+
+
+def _square_average(average, values, decay) -> None:
+    """average = decay*average + (1-decay)*values*values in place, as PyTorch's mul_(decay).addcmul_."""
+    average *= decay
+    average += (1 - decay) * values * values
+
+
+@_on_master
+def numpy_adagrad_step(be, param, grad, state_sum, step, lr, lr_decay, weight_decay, eps, maximize=False):
+    """In place. PyTorch's Adagrad: g = grad (-grad to maximize) + wd*p; clr = lr/(1 + (t-1)*lr_decay);
+    sum += g*g; p -= clr * g/(sqrt(sum) + eps)."""
+    grad = _decayed_gradient(param, grad, weight_decay, maximize)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state_sum += grad * grad
+    std = np.sqrt(state_sum)
+    std += eps
+    param -= clr * (grad / std)
+
+
+@_on_master
+def numpy_adamax_step(be, param, grad, exp_avg, exp_inf, step, lr, beta1, beta2, eps, weight_decay, maximize=False):
+    """In place. PyTorch's Adamax: g = grad (-grad to maximize) + wd*p; exp_avg = lerp(exp_avg, g,
+    1-beta1); exp_inf = maximum(beta2*exp_inf, |g| + eps) (NaN kept); p -= lr/(1-beta1^t) * exp_avg/exp_inf."""
+    grad = _decayed_gradient(param, grad, weight_decay, maximize)
+    _lerp(exp_avg, grad, 1 - beta1)
+    exp_inf *= beta2
+    np.maximum(exp_inf, np.abs(grad) + eps, out=exp_inf)
+    param -= lr / (1 - beta1 ** step) * (exp_avg / exp_inf)
+
+
+def nadam_step_sizes(lr, beta1, momentum_decay, step, mu_product) -> tuple:
+    """NAdam's momentum cache at `step` (from 1): (this step's mu_product, grad_step, avg_step), with
+    mu_t = beta1 (1 - 0.5*0.96^(t*momentum_decay)), mu_product times mu_t in FP32 (PyTorch keeps it in
+    a float32 tensor: its default dtype's), grad_step = lr (1 - mu_t)/(1 - mu_product) and avg_step =
+    lr mu_{t+1}/(1 - mu_product*mu_{t+1}), PyTorch's step sizes of the gradient and of exp_avg."""
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product = float(np.float32(mu_product) * np.float32(mu))
+    return mu_product, lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next)
+
+
+def _decayed_moments(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, decoupled_decay, maximize):
+    """NAdam's and RAdam's first part, in place: g = grad (-grad to maximize) + wd*p, or with
+    `decoupled_decay` p *= 1 - lr*decoupled_decay; exp_avg = lerp(exp_avg, g, 1-beta1), exp_avg_sq =
+    beta2*exp_avg_sq + (1-beta2)*g*g. Returns g."""
+    if decoupled_decay:
+        param *= 1 - lr * decoupled_decay
+    grad = _decayed_gradient(param, grad, weight_decay, maximize)
+    _lerp(exp_avg, grad, 1 - beta1)
+    _square_average(exp_avg_sq, grad, beta2)
+    return grad
+
+
+@_on_master
+def numpy_nadam_step(be, param, grad, exp_avg, exp_avg_sq, step, grad_step, avg_step, lr, beta1, beta2, eps,
+                     weight_decay, decoupled_decay=0.0, maximize=False):
+    """In place. PyTorch's NAdam: g = grad (-grad to maximize) + wd*p, or with `decoupled_decay`
+    p *= 1 - lr*decoupled_decay; exp_avg and exp_avg_sq as Adam's; denom = sqrt(exp_avg_sq/(1 -
+    beta2^t)) + eps; p -= grad_step * g/denom; p -= avg_step * exp_avg/denom (nadam_step_sizes')."""
+    grad = _decayed_moments(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, decoupled_decay,
+                            maximize)
+    denom = np.sqrt(exp_avg_sq / (1 - beta2 ** step))
+    denom += eps
+    param -= grad_step * (grad / denom)
+    param -= avg_step * (exp_avg / denom)
+
+
+@_on_master
+def numpy_radam_step(be, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+                     decoupled_decay=0.0, maximize=False):
+    """In place. PyTorch's RAdam: decays as NAdam's; exp_avg and exp_avg_sq as Adam's; with the
+    rectification r_t (rho_t > 5) p -= exp_avg/(1-beta1^t) * lr * (sqrt(1-beta2^t) * 1/(sqrt(exp_avg_sq)
+    + eps)) * r_t, else p -= exp_avg/(1-beta1^t) * lr, in PyTorch's order of operations."""
+    grad = _decayed_moments(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, decoupled_decay,
+                            maximize)
+    corrected = exp_avg / (1 - beta1 ** step)
+    rectification = _kernel_steps().radam_rectification(beta2, step)
+    if rectification is None:
+        param -= corrected * lr
+        return
+    adaptive = np.sqrt(exp_avg_sq)
+    adaptive += eps
+    # PyTorch's scalar / tensor: the tensor's reciprocal times the scalar
+    adaptive = np.reciprocal(adaptive) * (1 - beta2 ** step) ** 0.5
+    param -= corrected * lr * adaptive * rectification
+
+
+@_on_master
+def numpy_adadelta_step(be, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize=False):
+    """In place. PyTorch's Adadelta: g = grad (-grad to maximize) + wd*p; square_avg = rho*square_avg +
+    (1-rho)*g*g; delta = sqrt(acc_delta + eps)/sqrt(square_avg + eps)*g; acc_delta = rho*acc_delta +
+    (1-rho)*delta*delta; p -= lr*delta."""
+    grad = _decayed_gradient(param, grad, weight_decay, maximize)
+    _square_average(square_avg, grad, rho)
+    std = np.sqrt(square_avg + eps)
+    delta = np.sqrt(acc_delta + eps)
+    delta /= std
+    delta *= grad
+    _square_average(acc_delta, delta, rho)
+    param -= lr * delta
+
+
 def _kernel_steps():
     return importlib.import_module("cnn_gpu.gpu.optim")
 
@@ -243,6 +353,8 @@ class Optimizer:
     # the per-parameter state a subclass keeps after a step ("master" aside), and what it may keep too
     state_keys: frozenset = frozenset()
     optional_state_keys: frozenset = frozenset()
+    # the numbers among them besides "step" (NAdam's mu_product; PyTorch saves 0-d tensors)
+    scalar_state_keys: frozenset = frozenset()
     # hyper-parameters added after states were first saved: an older state loads with these values
     added_hyper_defaults: dict = {}
     # torch.optim's settings of the rule that this optimizer implements at these values only
@@ -516,6 +628,13 @@ class Optimizer:
                     except TypeError as err:   # a malformed state: one kind of error for all of them
                         raise ValueError(str(err)) from None
                     continue
+                if key in self.scalar_state_keys:
+                    try:
+                        entry[key] = real_number(_whole_step(value) if hasattr(value, "shape") else value,
+                                                 f"optimizer state {i}.{key}")
+                    except TypeError as err:
+                        raise ValueError(str(err)) from None
+                    continue
                 if not hasattr(value, "shape") or tuple(value.shape) != tuple(p.data.shape):
                     raise ValueError(f"optimizer state {i}.{key} has shape {tuple(getattr(value, 'shape', ()))}, "
                                      f"the parameter {tuple(p.data.shape)}")
@@ -579,6 +698,15 @@ def _nonnegative(hyper: dict, *names) -> dict:
     load take that; the optimizer's own and add_param_group's groups are held to lr >= 0."""
     return {name: real_number(hyper[name], "learning rate lr") if name == "lr" else
             real_number(hyper[name], name, minimum=0.0) for name in names}
+
+
+def _checked_betas(betas, beta1_below: float = 1.0) -> tuple:
+    """(beta1, beta2): finite, >= 0, beta2 < 1 and beta1 < beta1_below (1 but for a loaded state: a
+    schedule may take it past, see Adam._validated_saved)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    return tuple(real_number(b, f"betas[{i}]", minimum=0.0, below=below)
+                 for i, (b, below) in enumerate(zip(betas, (beta1_below, 1.0))))
 
 
 class SGD(Optimizer):
@@ -646,11 +774,7 @@ class Adam(Optimizer):
         checked = _nonnegative(hyper, "lr", "eps", "weight_decay")
         checked["amsgrad"] = flag(hyper["amsgrad"], "amsgrad")
         checked["maximize"] = flag(hyper["maximize"], "maximize")
-        betas = hyper["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        checked["betas"] = tuple(real_number(b, f"betas[{i}]", minimum=0.0, below=below)
-                                 for i, (b, below) in enumerate(zip(betas, (beta1_below, 1.0))))
+        checked["betas"] = _checked_betas(hyper["betas"], beta1_below)
         return checked
 
     def _validated_saved(self, hyper: dict) -> dict:
@@ -762,3 +886,205 @@ class RMSprop(Optimizer):
                                       hyper["momentum"], hyper["maximize"], memo=memo)
         for (_, _, state), (step, *_) in zip(group, steps):
             state["step"] = step
+
+
+class _StepRule(Optimizer):
+    """The rules whose state is a step count and the arrays `state_arrays` (made at a parameter's
+    first step, filled with _initial_value(): zero), and any `initial_scalars`: each a NumPy update
+    (`numpy_step`) and one of cnn_gpu.gpu.optim's *_steps (`kernel_steps`), taking a parameter's
+    state arrays in `state_arrays`' order, then what _per_parameter gives, then _hyper_arguments'."""
+    state_arrays: tuple = ()
+    initial_scalars: dict = {}
+    numpy_step = None
+    kernel_steps = ""
+
+    def _initial_value(self) -> float:
+        return 0.0
+
+    def _next_step(self, be, p, state) -> int:
+        """The parameter's step count with this step, its state made where missing; the caller stores
+        the count once the update's launch has run, so one that fails leaves it as it was."""
+        xp, dtype = _backend.array_module(be), state_dtype(p.data.dtype)
+        for key in self.state_arrays:
+            if key not in state:
+                state[key] = xp.full_like(p.data, self._initial_value(), dtype=dtype)
+        for key, value in {"step": 0, **self.initial_scalars}.items():
+            state.setdefault(key, value)
+        return state["step"] + 1
+
+    def _per_parameter(self, state, step, hyper) -> tuple:
+        """(what a parameter's update takes after its state arrays, the state's numbers once it ran
+        besides the step count): its step count, nothing more (subclasses)."""
+        return (step,), {}
+
+    def _hyper_arguments(self, hyper) -> tuple:
+        """The update's arguments after a parameter's (subclasses)."""
+        raise NotImplementedError
+
+    def _numpy_update(self, p, grad, state, hyper) -> None:
+        step = self._next_step("numpy", p, state)
+        own, after = self._per_parameter(state, step, hyper)
+        type(self).numpy_step("numpy", p.data, grad, *(state[key] for key in self.state_arrays), *own,
+                              *self._hyper_arguments(hyper), **_master_argument(state))
+        state.update(step=step, **after)
+
+    def _kernel_updates(self, be, group, hyper, memo) -> None:
+        steps = [self._next_step(be, p, state) for p, _, state in group]
+        own = [self._per_parameter(state, step, hyper) for (_, _, state), step in zip(group, steps)]
+        updates = [(p.data, grad, *(state[key] for key in self.state_arrays), *arguments, state.get("master"))
+                   for (p, grad, state), (arguments, _) in zip(group, own)]
+        getattr(_kernel_steps(), self.kernel_steps)(be, updates, *self._hyper_arguments(hyper), memo=memo)
+        for (_, _, state), step, (_, after) in zip(group, steps, own):
+            state.update(step=step, **after)
+
+
+class Adagrad(_StepRule):
+    """PyTorch's Adagrad; `maximize` keyword-only (PyTorch's `foreach`, `differentiable` and `fused`
+    choose its implementation: foreach's place holds the backend). As PyTorch's, the constructor
+    makes each parameter's state, step 0 and "sum" filled with initial_accumulator_value; a
+    parameter added with a group later gets it at its first step, filled with the constructor's
+    initial_accumulator_value (PyTorch's reads no group's own)."""
+    state_keys = frozenset({"step", "sum"})
+    state_arrays = ("sum",)
+    numpy_step = numpy_adagrad_step
+    kernel_steps = "adagrad_steps"
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 backend=None, *, maximize=False):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, maximize=maximize), backend)
+        for p, state in zip(self.params, self.state):
+            self._next_step("cuda" if _backend.is_cupy_array(p.data) else "numpy", p, state)
+
+    def _initial_value(self) -> float:
+        return self._validated(self.defaults)["initial_accumulator_value"]
+
+    @staticmethod
+    def _validated(hyper: dict) -> dict:
+        checked = _nonnegative(hyper, "lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value")
+        checked["maximize"] = flag(hyper["maximize"], "maximize")
+        return checked
+
+    def _hyper_arguments(self, hyper) -> tuple:
+        return hyper["lr"], hyper["lr_decay"], hyper["weight_decay"], hyper["eps"], hyper["maximize"]
+
+
+class _BetasRule(_StepRule):
+    """Adamax, NAdam, RAdam: Adam's betas (and its load of a schedule's beta1 past 1)."""
+    _validated_saved = Adam._validated_saved
+
+    @staticmethod
+    def _checked(hyper: dict, beta1_below: float, *flags) -> dict:
+        checked = _nonnegative(hyper, "lr", "eps", "weight_decay")
+        checked["betas"] = _checked_betas(hyper["betas"], beta1_below)
+        for name in ("maximize", *flags):
+            checked[name] = flag(hyper[name], name)
+        return checked
+
+    @staticmethod
+    def _decays(hyper) -> tuple:
+        """(L2 weight decay added to the gradient, decoupled decay of the parameter)."""
+        decoupled = hyper["decoupled_weight_decay"]
+        return (0.0, hyper["weight_decay"]) if decoupled else (hyper["weight_decay"], 0.0)
+
+
+class Adamax(_BetasRule):
+    """PyTorch's Adamax (Adam with the infinity norm: the state's "exp_inf"); `maximize` keyword-only."""
+    state_keys = frozenset({"step", "exp_avg", "exp_inf"})
+    state_arrays = ("exp_avg", "exp_inf")
+    numpy_step = numpy_adamax_step
+    kernel_steps = "adamax_steps"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None, *,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         backend)
+
+    @staticmethod
+    def _validated(hyper: dict, beta1_below: float = 1.0) -> dict:
+        return _BetasRule._checked(hyper, beta1_below)
+
+    def _hyper_arguments(self, hyper) -> tuple:
+        return (hyper["lr"], *hyper["betas"], hyper["eps"], hyper["weight_decay"], hyper["maximize"])
+
+
+class NAdam(_BetasRule):
+    """PyTorch's NAdam (momentum_decay, decoupled_weight_decay: the parameter times 1 -
+    lr*weight_decay before the update, else weight decay added to the gradient); `maximize`
+    keyword-only. Its state keeps PyTorch's "mu_product", the product of the momentum cache, as a
+    number rounded to FP32 (PyTorch's float32 tensor; a float64 one where torch's default dtype is)."""
+    state_keys = frozenset({"step", "mu_product", "exp_avg", "exp_avg_sq"})
+    scalar_state_keys = frozenset({"mu_product"})
+    state_arrays = ("exp_avg", "exp_avg_sq")
+    initial_scalars = {"mu_product": 1.0}
+    numpy_step = numpy_nadam_step
+    kernel_steps = "nadam_steps"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, backend=None, *, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), backend)
+
+    @staticmethod
+    def _validated(hyper: dict, beta1_below: float = 1.0) -> dict:
+        checked = _BetasRule._checked(hyper, beta1_below, "decoupled_weight_decay")
+        checked["momentum_decay"] = real_number(hyper["momentum_decay"], "momentum_decay", minimum=0.0)
+        return checked
+
+    def _per_parameter(self, state, step, hyper) -> tuple:
+        mu_product, grad_step, avg_step = nadam_step_sizes(hyper["lr"], hyper["betas"][0], hyper["momentum_decay"],
+                                                           step, state["mu_product"])
+        return (step, grad_step, avg_step), {"mu_product": mu_product}
+
+    def _hyper_arguments(self, hyper) -> tuple:
+        return (hyper["lr"], *hyper["betas"], hyper["eps"], *self._decays(hyper), hyper["maximize"])
+
+
+class RAdam(_BetasRule):
+    """PyTorch's RAdam (decoupled_weight_decay as NAdam's): the adaptive step, rectified, where the
+    variance's approximated SMA length rho_t passes 5, else the bias-corrected momentum alone
+    (PyTorch's switch, on each parameter's own step count); `maximize` keyword-only."""
+    state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+    state_arrays = ("exp_avg", "exp_avg_sq")
+    numpy_step = numpy_radam_step
+    kernel_steps = "radam_steps"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False,
+                 backend=None, *, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), backend)
+
+    @staticmethod
+    def _validated(hyper: dict, beta1_below: float = 1.0) -> dict:
+        return _BetasRule._checked(hyper, beta1_below, "decoupled_weight_decay")
+
+    def _hyper_arguments(self, hyper) -> tuple:
+        return (hyper["lr"], *hyper["betas"], hyper["eps"], *self._decays(hyper), hyper["maximize"])
+
+
+class Adadelta(_StepRule):
+    """PyTorch's Adadelta (state "square_avg" and "acc_delta"; its step count kept, as PyTorch's,
+    though the rule takes none); `maximize` keyword-only (PyTorch's `capturable` too: the backend
+    takes foreach's place)."""
+    state_keys = frozenset({"step", "square_avg", "acc_delta"})
+    state_arrays = ("square_avg", "acc_delta")
+    numpy_step = numpy_adadelta_step
+    kernel_steps = "adadelta_steps"
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, backend=None, *, maximize=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), backend)
+
+    @staticmethod
+    def _validated(hyper: dict) -> dict:
+        checked = _nonnegative(hyper, "lr", "rho", "eps", "weight_decay")
+        if checked["rho"] > 1:
+            raise ValueError(f"invalid rho={checked['rho']}: must be in [0, 1]")
+        checked["maximize"] = flag(hyper["maximize"], "maximize")
+        return checked
+
+    def _per_parameter(self, state, step, hyper) -> tuple:
+        return (), {}
+
+    def _hyper_arguments(self, hyper) -> tuple:
+        return hyper["lr"], hyper["rho"], hyper["eps"], hyper["weight_decay"], hyper["maximize"]

@@ -30,6 +30,13 @@
 //    it is centered and has momentum is the same for every slot of a launch (one parameter group):
 //    a uniform branch, and the arrays it leaves out (grad_avg, the buffer) are neither read nor
 //    written.
+//  * adagrad_step, adamax_step, nadam_step, radam_step, adadelta_step (torch.optim's Adagrad,
+//    Adamax, NAdam, RAdam, Adadelta): one walk, rule_walk, of a slot's parameter, gradient and one or
+//    two state arrays, each rule a struct (AdagradRule...) whose update takes an element's g and
+//    state and gives its new state and parameter. A slot carries up to 3 scalars the host derives
+//    from the parameter's own step count (Adagrad's and Adamax's clr; NAdam's bias correction and
+//    its two step sizes from mu and the mu product; RAdam's step size and whether it is rectified):
+//    written out at each rule.
 //  * unscale_grads (cnn_gpu.amp.GradScaler.unscale_): grad *= inverse in acc_t, rounded once, in
 //    place (as PyTorch's); *found = 1 where a gradient holds inf/NaN before the multiplication or,
 //    with check_after (a scale below 1), after it. The host reads `found` once a step, where a
@@ -131,13 +138,16 @@ struct LatestMoment {
     __device__ void load(long long, acc_t*) const {}
     __device__ acc_t update(long long, const acc_t*, acc_t v_new) const { return v_new; }
 };
+// torch.maximum(a, b): NaN where either is NaN (fmax would drop it)
+__device__ __forceinline__ acc_t nan_max(acc_t a, acc_t b) { return (a > b || a != a) ? a : b; }
+
 struct MaximumMoment {
     enum { STATES = 3 };
     acc_t* v_max;
     __device__ void load(long long i, acc_t* state) const { state[2] = v_max[i]; }
     __device__ acc_t update(long long i, const acc_t* state, acc_t v_new) const
     {
-        const acc_t kept = (v_new > state[2] || v_new != v_new) ? v_new : state[2];   // NaN kept, as torch.maximum
+        const acc_t kept = nan_max(v_new, state[2]);
         v_max[i] = kept;
         return kept;
     }
@@ -201,6 +211,110 @@ __device__ __forceinline__ void rmsprop_walk(Param param, const REAL* grad, acc_
             } else {
                 param.store(i, p - lr * (g / avg));
             }
+        });
+}
+
+// The rules rule_walk runs: STATES arrays of state per slot (1 or 2), and update(p, g, state) with
+// g = grad + weight_decay*p (decayed_gradient), the element's state updated in place, returning the
+// new parameter. Each holds its launch's scalars, then its slot's step scalars (the host's).
+// Adagrad: sum += g*g; p -= clr * (g / (sqrt(sum) + eps)), clr = lr / (1 + (t-1)*lr_decay).
+struct AdagradRule {
+    enum { STATES = 1 };
+    acc_t eps, clr;
+    __device__ acc_t update(acc_t p, acc_t g, acc_t* state) const
+    {
+        state[0] += g * g;
+        return p - clr * (g / (REAL_SQRT(state[0]) + eps));
+    }
+};
+
+// Adamax: exp_avg = lerp(exp_avg, g, 1-beta1); exp_inf = max(beta2*exp_inf, |g| + eps) (NaN kept, as
+// torch.maximum); p -= clr * (exp_avg / exp_inf), clr = lr / (1 - beta1^t).
+struct AdamaxRule {
+    enum { STATES = 2 };
+    acc_t one_minus_beta1, beta2, eps, clr;
+    __device__ acc_t update(acc_t p, acc_t g, acc_t* state) const
+    {
+        state[0] = torch_lerp(state[0], g, one_minus_beta1);
+        state[1] = nan_max(beta2 * state[1], fabs(g) + eps);
+        return p - clr * (state[0] / state[1]);
+    }
+};
+
+// NAdam: p *= decay (1 - lr*weight_decay with decoupled decay, else 1: exact); exp_avg and
+// exp_avg_sq as Adam's; denom = sqrt(exp_avg_sq / bias_correction2) + eps; p -= grad_step * (g /
+// denom), then p -= avg_step * (exp_avg / denom), torch's two addcdiv_, where grad_step =
+// lr(1 - mu_t)/(1 - prod mu) and avg_step = lr mu_{t+1}/(1 - mu_{t+1} prod mu).
+struct NAdamRule {
+    enum { STATES = 2 };
+    acc_t one_minus_beta1, beta2, one_minus_beta2, eps, decay, bias_correction2, grad_step, avg_step;
+    __device__ acc_t update(acc_t p, acc_t g, acc_t* state) const
+    {
+        state[0] = torch_lerp(state[0], g, one_minus_beta1);
+        state[1] = beta2 * state[1] + one_minus_beta2 * g * g;
+        const acc_t denom = REAL_SQRT(state[1] / bias_correction2) + eps;
+        const acc_t stepped = p * decay - grad_step * (g / denom);
+        return stepped - avg_step * (state[0] / denom);
+    }
+};
+
+// RAdam: p *= decay as NAdam's; exp_avg and exp_avg_sq as Adam's; rectified (rho_t > 5): p -=
+// step_size * exp_avg / (sqrt(exp_avg_sq) + eps), step_size = lr sqrt(1 - beta2^t) r_t / (1 -
+// beta1^t); else p -= step_size * exp_avg, step_size = lr / (1 - beta1^t). `rectified` is 1 or 0.
+struct RAdamRule {
+    enum { STATES = 2 };
+    acc_t one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, rectified;
+    __device__ acc_t update(acc_t p, acc_t g, acc_t* state) const
+    {
+        state[0] = torch_lerp(state[0], g, one_minus_beta1);
+        state[1] = beta2 * state[1] + one_minus_beta2 * g * g;
+        const acc_t direction = rectified != acc_t(0) ? state[0] / (REAL_SQRT(state[1]) + eps) : state[0];
+        return p * decay - step_size * direction;
+    }
+};
+
+// Adadelta: square_avg = rho*square_avg + (1-rho) g*g; delta = sqrt(acc_delta + eps) /
+// sqrt(square_avg + eps) * g; acc_delta = rho*acc_delta + (1-rho) delta*delta; p -= lr*delta.
+struct AdadeltaRule {
+    enum { STATES = 2 };
+    acc_t lr, rho, one_minus_rho, eps;
+    __device__ acc_t update(acc_t p, acc_t g, acc_t* state) const
+    {
+        state[0] = rho * state[0] + one_minus_rho * g * g;
+        const acc_t delta = REAL_SQRT(state[1] + eps) / REAL_SQRT(state[0] + eps) * g;
+        state[1] = rho * state[1] + one_minus_rho * delta * delta;
+        return p - lr * delta;
+    }
+};
+
+// One slot of a rule: a round loads the parameter, gradient and the rule's states (`second`, an
+// array of no element for a one-state rule, is never touched then), then updates and stores them.
+template <class Param, class Rule>
+__device__ __forceinline__ void rule_walk(Param param, const REAL* grad, acc_t* first, acc_t* second, long long n,
+                                          acc_t weight_decay, int maximize, Rule rule)
+{
+    typedef SlotElement<typename Param::Value, Rule::STATES> Element;
+    acc_t* const states[2] = {first, second};
+    for_each_element(
+        n,
+        [&](long long i) {
+            Element e{param.load(i), grad[i]};
+#pragma unroll
+            for (int s = 0; s < Rule::STATES; ++s)
+                e.state[s] = states[s][i];
+            return e;
+        },
+        [&](long long i, const Element& e) {
+            const acc_t p = Param::widen(e.param), g = decayed_gradient(e.grad, p, weight_decay, maximize);
+            acc_t state[Rule::STATES];
+#pragma unroll
+            for (int s = 0; s < Rule::STATES; ++s)
+                state[s] = e.state[s];
+            const acc_t p_new = rule.update(p, g, state);
+#pragma unroll
+            for (int s = 0; s < Rule::STATES; ++s)
+                states[s][i] = state[s];
+            param.store(i, p_new);
         });
 }
 
@@ -429,5 +543,112 @@ rmsprop_step_master(EACH_SLOT(RMSPROP_SLOT), EACH_SLOT(MASTER_SLOT), int slots, 
     FOR_EACH_SLOT(RMSPROP_MASTER_CASE, RMSPROP_VARIABLES; acc_t* master,
                   rmsprop_walk(MasterCopy{param, master}, grad, square_avg, grad_avg, momentum_buf, n, lr, alpha,
                                one_minus_alpha, eps, weight_decay, momentum, centered, has_momentum, maximize))
+}
+#endif
+
+// The rules' slots: the parameter, gradient, the rule's state arrays and each parameter's step
+// scalars (those a rule leaves unused are 0)
+#define RULE_SLOT(k)                                                                                             \
+    REAL* __restrict__ param##k, const REAL* __restrict__ grad##k, acc_t* __restrict__ first_state##k,           \
+        acc_t* __restrict__ second_state##k, long long n##k, acc_t step_scalar0##k, acc_t step_scalar1##k,       \
+        acc_t step_scalar2##k
+#define RULE_ASSIGN(k)                                                                                           \
+    param = param##k, grad = grad##k, first_state = first_state##k, second_state = second_state##k, n = n##k,    \
+    step_scalar0 = step_scalar0##k, step_scalar1 = step_scalar1##k, step_scalar2 = step_scalar2##k
+#define RULE_CASE(k)                                                                                             \
+    case k:                                                                                                      \
+        RULE_ASSIGN(k);                                                                                          \
+        break;
+#define RULE_VARIABLES                                                                                           \
+    SGD_VARIABLES;                                                                                               \
+    acc_t *first_state, *second_state, step_scalar0, step_scalar1, step_scalar2
+
+// A rule's kernel walks its slots with the rule `rule` builds from the kernel's scalars and the
+// slot's step scalars; its parameters are its slots, the launch's weight decay and maximize, then the
+// rule's own scalars, and its float16 _master variant's the slots, each slot's FP32 master copy
+// (MASTER_SLOT), then the same.
+#define RULE_WALK(rule)                                                                                          \
+    FOR_EACH_SLOT(RULE_CASE, RULE_VARIABLES,                                                                     \
+                  rule_walk(ParamArray{param}, grad, first_state, second_state, n, weight_decay, maximize, rule))
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adagrad_step(EACH_SLOT(RULE_SLOT), int slots, acc_t weight_decay, int maximize, acc_t eps)
+{
+    RULE_WALK((AdagradRule{eps, step_scalar0}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
+adamax_step(EACH_SLOT(RULE_SLOT), int slots, acc_t weight_decay, int maximize, acc_t one_minus_beta1, acc_t beta2,
+            acc_t eps)
+{
+    RULE_WALK((AdamaxRule{one_minus_beta1, beta2, eps, step_scalar0}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
+nadam_step(EACH_SLOT(RULE_SLOT), int slots, acc_t weight_decay, int maximize, acc_t one_minus_beta1, acc_t beta2,
+           acc_t one_minus_beta2, acc_t eps, acc_t decay)
+{
+    RULE_WALK((NAdamRule{one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_scalar0, step_scalar1,
+                         step_scalar2}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
+radam_step(EACH_SLOT(RULE_SLOT), int slots, acc_t weight_decay, int maximize, acc_t one_minus_beta1, acc_t beta2,
+           acc_t one_minus_beta2, acc_t eps, acc_t decay)
+{
+    RULE_WALK((RAdamRule{one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_scalar0, step_scalar1}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, ADAM_MIN_BLOCKS)
+adadelta_step(EACH_SLOT(RULE_SLOT), int slots, acc_t weight_decay, int maximize, acc_t lr, acc_t rho,
+              acc_t one_minus_rho, acc_t eps)
+{
+    RULE_WALK((AdadeltaRule{lr, rho, one_minus_rho, eps}))
+}
+
+#if REAL_IS_HALF
+#define RULE_MASTER_CASE(k)                                                                                      \
+    case k:                                                                                                      \
+        RULE_ASSIGN(k), master = master##k;                                                                      \
+        break;
+#define RULE_MASTER_WALK(rule)                                                                                   \
+    FOR_EACH_SLOT(RULE_MASTER_CASE, RULE_VARIABLES; acc_t* master,                                               \
+                  rule_walk(MasterCopy{param, master}, grad, first_state, second_state, n, weight_decay,         \
+                            maximize, rule))
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adagrad_step_master(EACH_SLOT(RULE_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t weight_decay, int maximize,
+                    acc_t eps)
+{
+    RULE_MASTER_WALK((AdagradRule{eps, step_scalar0}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adamax_step_master(EACH_SLOT(RULE_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t weight_decay, int maximize,
+                   acc_t one_minus_beta1, acc_t beta2, acc_t eps)
+{
+    RULE_MASTER_WALK((AdamaxRule{one_minus_beta1, beta2, eps, step_scalar0}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+nadam_step_master(EACH_SLOT(RULE_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t weight_decay, int maximize,
+                  acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t decay)
+{
+    RULE_MASTER_WALK((NAdamRule{one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_scalar0, step_scalar1,
+                                step_scalar2}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+radam_step_master(EACH_SLOT(RULE_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t weight_decay, int maximize,
+                  acc_t one_minus_beta1, acc_t beta2, acc_t one_minus_beta2, acc_t eps, acc_t decay)
+{
+    RULE_MASTER_WALK((RAdamRule{one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_scalar0, step_scalar1}))
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+adadelta_step_master(EACH_SLOT(RULE_SLOT), EACH_SLOT(MASTER_SLOT), int slots, acc_t weight_decay, int maximize,
+                     acc_t lr, acc_t rho, acc_t one_minus_rho, acc_t eps)
+{
+    RULE_MASTER_WALK((AdadeltaRule{lr, rho, one_minus_rho, eps}))
 }
 #endif

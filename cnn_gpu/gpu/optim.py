@@ -1,7 +1,8 @@
-"""Launch code of kernels/optim.cu: fused in-place SGD, Adam (AMSGrad) and RMSprop updates of one
-parameter array (sgd_step, adam_step, rmsprop_step: the signatures of cnn_gpu.optim's NumPy updates)
-or of several, UPDATE_SLOTS parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps,
-rmsprop_steps: what cnn_gpu.optim's optimizers use), and GradScaler.unscale_'s unscale_grads,
+"""Launch code of kernels/optim.cu: fused in-place SGD, Adam (AMSGrad), RMSprop, Adagrad, Adamax,
+NAdam, RAdam and Adadelta updates of one parameter array (sgd_step, adam_step, rmsprop_step,
+adagrad_step...: the signatures of cnn_gpu.optim's NumPy updates) or of several, UPDATE_SLOTS
+parameters a launch (sgd_steps, sgd_momentum_steps, adam_steps, rmsprop_steps, adagrad_steps...:
+what cnn_gpu.optim's optimizers use), and GradScaler.unscale_'s unscale_grads,
 UPDATE_SLOTS gradients a launch. Scalars derived from the step count are computed here on the host,
 so a step needs no device-to-host transfer.
 
@@ -172,6 +173,115 @@ def rmsprop_steps(be, updates, lr, alpha, eps, weight_decay, momentum, maximize=
     _launch_slots(be, "rmsprop_step", slots,
                   (*acc(dtype, lr, alpha, 1 - alpha, eps, weight_decay, momentum),
                    *i32(centered, with_momentum, bool(maximize))), memo)
+
+
+def _rule_steps(be, kernel, updates, state_names, weight_decay, maximize, rule_scalars, memo):
+    """In place: the rule `kernel` of kernels/optim.cu (rule_walk's) over `updates`, UPDATE_SLOTS a
+    launch. Per parameter (param, grad, its states: one or two arrays, named `state_names`, its
+    step scalars: up to 3, the master or None); `rule_scalars` follow the launch's weight decay and
+    maximize; `memo` as _launch_slots'."""
+    if not updates:
+        return
+    for param, grad, states, _, master in updates:
+        _check_state(param, grad, master, **dict(zip(state_names, states)))
+    dtype = updates[0][0].dtype
+    absent = _no_element(be, current_device() if be == "cuda" else None, backend.compute_dtype(dtype))
+    slots = [((param, grad, *states, *(absent,) * (2 - len(states)), np.int64(param.size),
+               *acc(dtype, *scalars, *(0,) * (3 - len(scalars)))), master)
+             for param, grad, states, scalars, master in updates]
+    _launch_slots(be, kernel, slots, (*acc(dtype, weight_decay), *i32(bool(maximize)), *acc(dtype, *rule_scalars)),
+                  memo)
+
+
+def adagrad_step(be, param, grad, state_sum, step, lr, lr_decay, weight_decay, eps, maximize=False, *, master=None):
+    """In place; PyTorch's Adagrad, `step` counting from 1."""
+    adagrad_steps(be, [(param, grad, state_sum, step, master)], lr, lr_decay, weight_decay, eps, maximize)
+
+
+def adagrad_steps(be, updates, lr, lr_decay, weight_decay, eps, maximize=False, memo=None):
+    """In place: Adagrad of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
+    sum, step, master) per parameter, `step` its own count from 1 (its clr = lr / (1 + (step -
+    1) lr_decay)); `memo` as _launch_slots'."""
+    _rule_steps(be, "adagrad_step", [(param, grad, (state_sum,), (lr / (1 + (step - 1) * lr_decay),), master)
+                                     for param, grad, state_sum, step, master in updates],
+                ("sum",), weight_decay, maximize, (eps,), memo)
+
+
+def adamax_step(be, param, grad, exp_avg, exp_inf, step, lr, beta1, beta2, eps, weight_decay, maximize=False, *,
+                master=None):
+    """In place; PyTorch's Adamax, `step` counting from 1."""
+    adamax_steps(be, [(param, grad, exp_avg, exp_inf, step, master)], lr, beta1, beta2, eps, weight_decay, maximize)
+
+
+def adamax_steps(be, updates, lr, beta1, beta2, eps, weight_decay, maximize=False, memo=None):
+    """In place: Adamax of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
+    exp_avg, exp_inf, step, master) per parameter; `memo` as _launch_slots'."""
+    _rule_steps(be, "adamax_step", [(param, grad, (exp_avg, exp_inf), (lr / (1 - beta1 ** step),), master)
+                                    for param, grad, exp_avg, exp_inf, step, master in updates],
+                ("exp_avg", "exp_inf"), weight_decay, maximize, (1 - beta1, beta2, eps), memo)
+
+
+def nadam_step(be, param, grad, exp_avg, exp_avg_sq, step, grad_step, avg_step, lr, beta1, beta2, eps, weight_decay,
+               decoupled_decay=0.0, maximize=False, *, master=None):
+    """In place; PyTorch's NAdam, `step` counting from 1, with its step sizes from the momentum
+    cache (cnn_gpu.optim.nadam_step_sizes); with `decoupled_decay` the parameter times 1 -
+    lr*decoupled_decay first (decoupled_weight_decay), else `weight_decay` added to the gradient."""
+    nadam_steps(be, [(param, grad, exp_avg, exp_avg_sq, step, grad_step, avg_step, master)], lr, beta1, beta2, eps,
+                weight_decay, decoupled_decay, maximize)
+
+
+def nadam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False, memo=None):
+    """In place: NAdam of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
+    exp_avg, exp_avg_sq, step, grad_step, avg_step, master) per parameter; `memo` as _launch_slots'."""
+    _rule_steps(be, "nadam_step", [(param, grad, (m, v), (1 - beta2 ** step, grad_step, avg_step), master)
+                                   for param, grad, m, v, step, grad_step, avg_step, master in updates],
+                ("exp_avg", "exp_avg_sq"), weight_decay, maximize,
+                (1 - beta1, beta2, 1 - beta2, eps, 1 - lr * decoupled_decay), memo)
+
+
+def radam_step(be, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0,
+               maximize=False, *, master=None):
+    """In place; PyTorch's RAdam, `step` counting from 1; decays as nadam_step's."""
+    radam_steps(be, [(param, grad, exp_avg, exp_avg_sq, step, master)], lr, beta1, beta2, eps, weight_decay,
+                decoupled_decay, maximize)
+
+
+def radam_rectification(beta2, step):
+    """RAdam's variance rectification term r_t at `step`, None where rho_t <= 5 (PyTorch's switch:
+    no adaptive step then), with rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)."""
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2 ** step) / (1 - beta2 ** step)
+    if rho_t <= 5.0:
+        return None
+    return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+
+
+def radam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay=0.0, maximize=False, memo=None):
+    """In place: RAdam of several parameters, UPDATE_SLOTS a launch. `updates` holds (param, grad,
+    exp_avg, exp_avg_sq, step, master) per parameter; each slot's step size (and whether it is
+    rectified) from its own step count; `memo` as _launch_slots'."""
+    slots = []
+    for param, grad, m, v, step, master in updates:
+        rectification = radam_rectification(beta2, step)
+        step_size = lr / (1 - beta1 ** step)
+        scalars = ((step_size, 0) if rectification is None
+                   else (step_size * math.sqrt(1 - beta2 ** step) * rectification, 1))
+        slots.append((param, grad, (m, v), scalars, master))
+    _rule_steps(be, "radam_step", slots, ("exp_avg", "exp_avg_sq"), weight_decay, maximize,
+                (1 - beta1, beta2, 1 - beta2, eps, 1 - lr * decoupled_decay), memo)
+
+
+def adadelta_step(be, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize=False, *, master=None):
+    """In place; PyTorch's Adadelta."""
+    adadelta_steps(be, [(param, grad, square_avg, acc_delta, master)], lr, rho, eps, weight_decay, maximize)
+
+
+def adadelta_steps(be, updates, lr, rho, eps, weight_decay, maximize=False, memo=None):
+    """In place: Adadelta of several parameters, UPDATE_SLOTS a launch. `updates` holds (param,
+    grad, square_avg, acc_delta, master) per parameter; `memo` as _launch_slots'."""
+    _rule_steps(be, "adadelta_step", [(param, grad, (square_avg, acc_delta), (), master)
+                                      for param, grad, square_avg, acc_delta, master in updates],
+                ("square_avg", "acc_delta"), weight_decay, maximize, (lr, rho, 1 - rho, eps), memo)
 
 
 def unscale_grads(be, grads, inverse, found):
