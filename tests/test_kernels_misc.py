@@ -19,6 +19,7 @@ import cnn_gpu.functional as F
 from cnn_gpu import backend
 from cnn_gpu.functional.geometry import pool_geometry
 from cnn_gpu.gpu import elementwise, optim, pool, reduce
+from cnn_gpu.optim import nadam_step_sizes
 from helpers import assert_close, assert_same_bits, to_host, tolerance
 
 pytestmark = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -894,6 +895,113 @@ def test_rmsprop_step(settings, dtype):
             assert_close(got, want.astype(dtype), dtype, f"rmsprop {name}")
 
 
+def reference_rule(rule, param, grads, lr, eps, weight_decay=0.0, maximize=False, beta1=0.9, beta2=0.999,
+                   decoupled=False, lr_decay=0.0, initial=0.0, momentum_decay=4e-3, rho=0.9):
+    """torch.optim's Adagrad, Adamax, NAdam, RAdam and Adadelta written out (float64): the parameter
+    and the state arrays after the steps of `grads`."""
+    param = param.copy()
+    first = np.full_like(param, initial if rule == "adagrad" else 0.0)
+    second, mu_product = np.zeros_like(param), 1.0
+    for t, grad in enumerate(grads, start=1):
+        g = -grad if maximize else grad
+        if decoupled:
+            param = param * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * param
+        if rule == "adagrad":
+            first = first + g * g
+            param = param - lr / (1 + (t - 1) * lr_decay) * g / (np.sqrt(first) + eps)
+        elif rule == "adadelta":
+            first = rho * first + (1 - rho) * g * g
+            delta = np.sqrt(second + eps) / np.sqrt(first + eps) * g
+            second = rho * second + (1 - rho) * delta * delta
+            param = param - lr * delta
+        else:
+            first = beta1 * first + (1 - beta1) * g
+            if rule == "adamax":
+                second = np.maximum(beta2 * second, np.abs(g) + eps)
+                param = param - lr / (1 - beta1 ** t) * first / second
+                continue
+            second = beta2 * second + (1 - beta2) * g * g
+            if rule == "nadam":
+                mu = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+                mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+                mu_product = float(np.float32(mu_product * mu))   # torch's float32 state tensor
+                denom = np.sqrt(second / (1 - beta2 ** t)) + eps
+                param = (param - lr * (1 - mu) / (1 - mu_product) * g / denom
+                         - lr * mu_next / (1 - mu_product * mu_next) * first / denom)
+                continue
+            rho_inf = 2 / (1 - beta2) - 1
+            rho_t = rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)
+            m_hat = first / (1 - beta1 ** t)
+            if rho_t > 5:
+                rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                param = param - lr * m_hat * rect * np.sqrt(1 - beta2 ** t) / (np.sqrt(second) + eps)
+            else:
+                param = param - lr * m_hat
+    return param, first, second
+
+
+RULE_SETTINGS = [("adagrad", dict(lr=0.05, eps=1e-10)),
+                 ("adagrad", dict(lr=0.05, eps=1e-6, weight_decay=0.01, maximize=True, lr_decay=0.1, initial=0.3)),
+                 ("adamax", dict(lr=2e-3, eps=1e-8)),
+                 ("adamax", dict(lr=0.01, eps=1e-3, weight_decay=0.01, maximize=True, beta1=0.8, beta2=0.9)),
+                 ("nadam", dict(lr=2e-3, eps=1e-8)),
+                 ("nadam", dict(lr=0.01, eps=1e-8, weight_decay=0.1, maximize=True, momentum_decay=0.05)),
+                 ("nadam", dict(lr=0.01, eps=1e-8, weight_decay=0.1, decoupled=True, beta2=0.99)),
+                 # rho_t grows by about 1 a step from 1: past 5 (rectified) from step 6 with beta2 0.9, 7 with 0.8
+                 ("radam", dict(lr=0.01, eps=1e-8, weight_decay=0.01, maximize=True, beta2=0.9)),
+                 ("radam", dict(lr=0.01, eps=1e-8, weight_decay=0.1, decoupled=True, beta1=0.5, beta2=0.8)),
+                 ("radam", dict(lr=1e-3, eps=1e-8)),
+                 ("adadelta", dict(lr=1.0, eps=1e-6)),
+                 ("adadelta", dict(lr=0.5, eps=1e-4, weight_decay=0.01, maximize=True, rho=0.7))]
+
+
+def rule_steps(rule, param, grads, settings):
+    """The steps of `grads` by cnn_gpu.gpu.optim's single-parameter launcher of `rule` on emu, in
+    place; the state arrays."""
+    hyper = dict(settings)
+    lr, eps, wd, maximize = (hyper.pop(k, d) for k, d in (("lr", 0), ("eps", 0), ("weight_decay", 0.0),
+                                                         ("maximize", False)))
+    beta1, beta2 = hyper.pop("beta1", 0.9), hyper.pop("beta2", 0.999)
+    decays = (0.0, wd) if hyper.pop("decoupled", False) else (wd, 0.0)
+    first = np.full_like(param, hyper.pop("initial", 0.0) if rule == "adagrad" else 0.0)
+    second, mu_product = np.zeros_like(param), 1.0
+    for step, grad in enumerate(grads, start=1):
+        if rule == "adagrad":
+            optim.adagrad_step("emu", param, grad, first, step, lr, hyper.get("lr_decay", 0.0), wd, eps, maximize)
+        elif rule == "adamax":
+            optim.adamax_step("emu", param, grad, first, second, step, lr, beta1, beta2, eps, wd, maximize)
+        elif rule == "nadam":
+            mu_product, grad_step, avg_step = nadam_step_sizes(lr, beta1, hyper.get("momentum_decay", 4e-3), step,
+                                                               mu_product)
+            optim.nadam_step("emu", param, grad, first, second, step, grad_step, avg_step, lr, beta1, beta2, eps,
+                             *decays, maximize)
+        elif rule == "radam":
+            optim.radam_step("emu", param, grad, first, second, step, lr, beta1, beta2, eps, *decays, maximize)
+        else:
+            optim.adadelta_step("emu", param, grad, first, second, lr, hyper.get("rho", 0.9), eps, wd, maximize)
+    return first, second
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule, settings", RULE_SETTINGS, ids=lambda s: s if isinstance(s, str) else
+                         "-".join(f"{k}{v}" for k, v in s.items()))
+@guarded
+def test_rule_step(rule, settings, dtype):
+    """Each two-state rule's kernel over 8 steps of 1001 elements against its formulas in float64
+    (RAdam's both sides of its switch)."""
+    rng = np.random.default_rng(29)
+    param0 = rng.standard_normal(1001).astype(dtype)
+    grads = [rng.standard_normal(param0.shape).astype(dtype) for _ in range(8)]
+    param = param0.copy()
+    first, second = rule_steps(rule, param, grads, settings)
+    expected = reference_rule(rule, param0.astype(np.float64), [g.astype(np.float64) for g in grads], **settings)
+    for got, want, name in zip((param, first, second), expected, ("param", "first state", "second state")):
+        if rule != "adagrad" or name != "second state":
+            assert_close(got, want.astype(dtype), dtype, f"{rule} {name}")
+
+
 def run_every_other_kernel(dtype):
     """One launch of each non-pool kernel family on fixed inputs; the outputs, in order."""
     rng = np.random.default_rng(17)
@@ -913,7 +1021,11 @@ def run_every_other_kernel(dtype):
     optim.sgd_step("emu", param, grad, buf, 0.1, 0.9, 0.01, True, True)
     m, v = np.zeros_like(x), np.zeros_like(x)
     optim.adam_step("emu", param, grad, m, v, 1, 1e-3, 0.9, 0.999, 1e-8, 0.01)
-    return outputs + [param, buf, m, v]
+    outputs += [param, buf, m, v]
+    for rule, settings in dict(RULE_SETTINGS).items():   # each rule once, with its last settings
+        param = x.copy()
+        outputs += [param, *rule_steps(rule, param, [dy], settings)]
+    return outputs
 
 
 @pytest.mark.parametrize("schedule", ["reverse", "random"])

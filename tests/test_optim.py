@@ -106,7 +106,12 @@ def test_adam_by_hand():
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
                                           ("Adam", dict(lr=0.01, weight_decay=0.01)),
                                           ("AdamW", dict(lr=0.01, weight_decay=0.1)),
-                                          ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True))])
+                                          ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True)),
+                                          ("Adagrad", dict(lr_decay=0.1, initial_accumulator_value=0.1)),
+                                          ("Adamax", dict(weight_decay=0.01)),
+                                          ("NAdam", dict(weight_decay=0.01, momentum_decay=0.05)),
+                                          ("RAdam", dict(betas=(0.9, 0.9))),   # rectified from step 6
+                                          ("Adadelta", dict(weight_decay=0.01))])
 def test_state_dict_resume_is_bit_identical(kind, config):
     rng = np.random.default_rng(3)
     params = _params(rng, np.float32)
@@ -495,7 +500,13 @@ def test_kernel_backends_use_the_fused_step(monkeypatch):
     ("AdamW", dict(lr=0.05, weight_decay=0.3, amsgrad=True, maximize=True), "adam_amsgrad_step"),
     ("AdamW", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.3), "adam_step"),
     ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01), "rmsprop_step"),
-    ("RMSprop", dict(lr=0.01, maximize=True), "rmsprop_step")])
+    ("RMSprop", dict(lr=0.01, maximize=True), "rmsprop_step"),
+    ("Adagrad", dict(lr=0.05, lr_decay=0.1, weight_decay=0.01, initial_accumulator_value=0.1), "adagrad_step"),
+    ("Adamax", dict(lr=0.01, weight_decay=0.01, maximize=True), "adamax_step"),
+    ("NAdam", dict(lr=0.01, weight_decay=0.05, momentum_decay=0.01), "nadam_step"),
+    ("NAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True, maximize=True), "nadam_step"),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.05, decoupled_weight_decay=True), "radam_step"),
+    ("Adadelta", dict(weight_decay=0.01, maximize=True), "adadelta_step")])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5), (np.float16, 0)])
 def test_kernel_updates_take_eight_parameters_a_launch(kind, config, kernel, dtype, rtol):
     """19 parameters of mixed sizes on emu: 3 launches (8 + 8 + 3 slots) that give NumPy's steps,
@@ -578,7 +589,9 @@ def test_kernel_updates_cover_every_element_of_every_slot_with_any_grid(dtype, m
 
 
 @pytest.mark.parametrize("kind, config", [("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
-                                          ("Adam", dict(lr=0.01, weight_decay=0.01))])
+                                          ("Adam", dict(lr=0.01, weight_decay=0.01)),
+                                          ("NAdam", dict(lr=0.01, momentum_decay=0.1)),
+                                          ("Adagrad", dict(lr=0.01, lr_decay=0.5))])
 def test_a_failed_launch_leaves_the_state_of_the_parameters_it_did_not_update(kind, config, monkeypatch):
     """10 parameters, two launches (8 + 2), the second failing: the first 8 took their step and
     their state says so; the last 2 did not, and the state made for them is no garbage (momentum
@@ -609,7 +622,7 @@ def test_a_failed_launch_leaves_the_state_of_the_parameters_it_did_not_update(ki
     monkeypatch.setattr(backends, "launch", real_launch)
     for got, want in zip(emu_params[:8], expected[0][:8]):
         np.testing.assert_allclose(got.data, want, rtol=1e-6, atol=1e-7)
-    if kind == "Adam":
+    if kind != "SGD":
         assert [state["step"] for state in optimizer.state] == [1] * 8 + [0] * 2
     for p in emu_params[:8]:
         p.grad = None   # stepped already: only the last two step again
@@ -636,7 +649,12 @@ def test_the_multi_parameter_updates_take_an_empty_list():
                                           ("Adam", dict(lr=0.01, betas=(0.5, 0.99999))),
                                           ("AdamW", dict(lr=0.05, weight_decay=0.3)),
                                           ("RMSprop", dict(lr=0.01, momentum=0.9)),
-                                          ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, weight_decay=0.01))])
+                                          ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, weight_decay=0.01)),
+                                          ("Adagrad", dict(lr_decay=0.05, initial_accumulator_value=0.5)),
+                                          ("Adamax", dict(betas=(0.5, 0.99999), eps=1e-3)),
+                                          ("NAdam", dict(lr=0.01, betas=(0.5, 0.99999), momentum_decay=0.1)),
+                                          ("RAdam", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.01)),
+                                          ("Adadelta", dict(lr=0.5, rho=0.5, eps=1e-3, weight_decay=0.01))])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_emu_kernels_match_numpy(kind, config, dtype, rtol):
     """The same steps on the "emu" backend (the fused CUDA kernels on the CPU) and on NumPy."""

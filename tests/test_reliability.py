@@ -5,6 +5,7 @@ catch an out-of-bounds kernel through guard zones, and `why_unavailable("cuda")`
 machine lacks (checked with fakes of CuPy: there is no GPU here)."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 import sys
@@ -469,12 +470,15 @@ def _sweeps():
             "sgd_momentum_step": lambda: misc.test_sgd_step(misc.SGD_SETTINGS[3], f64),
             "adam_step": lambda: misc.test_adam_step(0.01, True, False, f64),
             "adam_amsgrad_step": lambda: misc.test_adam_step(0.01, False, True, f64),
-            "rmsprop_step": lambda: misc.test_rmsprop_step(misc.RMSPROP_SETTINGS[3], f64)}
+            "rmsprop_step": lambda: misc.test_rmsprop_step(misc.RMSPROP_SETTINGS[3], f64),
+            **{f"{rule}_step": functools.partial(misc.test_rule_step, rule, settings, f64)
+               for rule, settings in dict(misc.RULE_SETTINGS).items()}}
 
 
 @needs_emu
 @pytest.mark.parametrize("sweep", ["activations", "bias_add", "linear", "mse", "sgd_step", "sgd_momentum_step",
-                                   "adam_step", "adam_amsgrad_step", "rmsprop_step"])
+                                   "adam_step", "adam_amsgrad_step", "rmsprop_step", "adagrad_step", "adamax_step",
+                                   "nadam_step", "radam_step", "adadelta_step"])
 def test_kernel_sweeps_run_with_guard_zones(kernels_one_past_the_end, sweep):
     with pytest.raises(kernels_one_past_the_end, match="out-of-bounds"):
         _sweeps()[sweep]()

@@ -29,7 +29,10 @@ def _setup(name, dtype, optimizer, be="emu"):
     model = models.build(name, IMAGE, CLASSES, dtype=np.dtype(dtype), rng=np.random.default_rng(0), **NARROW[name])
     model.to(be)
     params = model.parameters()
-    opt = optim.SGD(params, lr=0.05, momentum=0.9) if optimizer == "sgd" else optim.Adam(params, lr=1e-3)
+    if optimizer in ("sgd", "adam"):
+        opt = optim.SGD(params, lr=0.05, momentum=0.9) if optimizer == "sgd" else optim.Adam(params, lr=1e-3)
+    else:   # another optimizer at PyTorch's defaults
+        opt = getattr(optim, optimizer)(params)
     loss_fn = nn.CrossEntropyLoss()
     loss_fn.to(be)
     return model, opt, loss_fn
@@ -66,6 +69,12 @@ LEARNING_RATES = (None, None, 0.02, None)   # the third step at a new rate, as a
     ("resnet18", "float16", "tf32", "adam"),
     ("resnet", "float32", "tf32", "adam"),
     ("cnn", "float64", "fp32", "sgd"),
+    # the rules with a step count and step-dependent host scalars (NAdam's mu_product: kept on the host)
+    ("cnn", "float32", "fp32", "Adagrad"),
+    ("cnn", "float16", "fp32", "Adamax"),
+    ("cnn", "float32", "fp32", "NAdam"),
+    ("cnn", "float64", "fp32", "RAdam"),
+    ("cnn", "float32", "fp32", "Adadelta"),
 ])
 def test_replayed_steps_equal_eager_steps_bit_for_bit(name, dtype, math, optimizer, be):
     batches = _batches(dtype, len(LEARNING_RATES), be)

@@ -429,7 +429,10 @@ OPTIMIZER_ARRAYS = {"sgd_step": ((2, 0), (1, 0)), "sgd_momentum_step": ((2, 1), 
                     "adam_step": ((2, 2), (1, 2)), "adam_amsgrad_step": ((2, 3), (1, 3)), "unscale_grads": ((1, 0), (1, 0)),
                     "sgd_step_master": ((1, 1), (1, 1)), "sgd_momentum_step_master": ((1, 2), (1, 2)),
                     "adam_step_master": ((1, 3), (1, 3)), "adam_amsgrad_step_master": ((1, 4), (1, 4)),
-                    "rmsprop_step": ((2, 3), (1, 3)), "rmsprop_step_master": ((1, 4), (1, 4))}
+                    "rmsprop_step": ((2, 3), (1, 3)), "rmsprop_step_master": ((1, 4), (1, 4)),
+                    "adagrad_step": ((2, 1), (1, 1)), "adagrad_step_master": ((1, 2), (1, 2)),
+                    **{f"{rule}_step": ((2, 2), (1, 2)) for rule in ("adamax", "nadam", "radam", "adadelta")},
+                    **{f"{rule}_step_master": ((1, 3), (1, 3)) for rule in ("adamax", "nadam", "radam", "adadelta")}}
 
 
 def _optimizer_bytes(kernel, dtype):
