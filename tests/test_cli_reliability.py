@@ -254,6 +254,15 @@ def test_weight_decay_is_a_setting_a_resume_may_change(tmp_path, capsys):
     _, optimizer_state, _ = checkpoint.load(tmp_path / "r.npz")
     assert optimizer_state["param_groups"][0]["alpha"] == 0.99 and "square_avg" in optimizer_state["state"][0]
     assert main([*argv, "--epochs", "2", "--resume", str(tmp_path / "r.npz")]) == 0
+    # torch.optim's other rules at PyTorch's rates, their state (NAdam's mu_product a number) saved and resumed
+    for kind, lr, key in (("adagrad", "0.01", "sum"), ("adamax", "0.002", "exp_inf"), ("nadam", "0.002", "mu_product"),
+                          ("radam", "0.001", "exp_avg_sq"), ("adadelta", "1", "acc_delta")):
+        argv = ["train", "--device", "numpy", "--max-batches", "1", "--epochs", "1", "--optimizer", kind]
+        assert main([*argv, "--save", str(tmp_path / f"{kind}.npz")]) == 0
+        assert f"{kind} lr={lr}," in capsys.readouterr().out
+        _, optimizer_state, _ = checkpoint.load(tmp_path / f"{kind}.npz")
+        assert key in optimizer_state["state"][0] and optimizer_state["state"][0]["step"] == 1
+        assert main([*argv, "--epochs", "2", "--resume", str(tmp_path / f"{kind}.npz")]) == 0
 
 
 def test_a_resume_takes_the_checkpoints_max_batches_unless_given(tmp_path, capsys):
