@@ -44,6 +44,20 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   optim.rmsprop_steps(be, [(param, grad, square_avg, grad_avg or None, momentum_buf or None, master or None), ...],
                       lr, alpha, eps, weight_decay, momentum, maximize=False)
         (the same updates of several parameters of one dtype, 8 a launch)
+  optim.adagrad_step(be, param, grad, sum, step, lr, lr_decay, weight_decay, eps, maximize=False, *, master=None)
+  optim.adamax_step(be, param, grad, exp_avg, exp_inf, step, lr, beta1, beta2, eps, weight_decay, maximize=False,
+                    *, master=None)
+  optim.nadam_step(be, param, grad, exp_avg, exp_avg_sq, step, grad_step, avg_step, lr, beta1, beta2, eps,
+                   weight_decay, decoupled_decay=0, maximize=False, *, master=None)
+        (grad_step, avg_step: cnn_gpu.optim.nadam_step_sizes' for the step)
+  optim.radam_step(be, param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+                   decoupled_decay=0, maximize=False, *, master=None)
+  optim.adadelta_step(be, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize=False, *,
+                      master=None)
+        (in place, PyTorch's Adagrad, Adamax, NAdam, RAdam, Adadelta; step counting from 1)
+  optim.adagrad_steps / adamax_steps / nadam_steps / radam_steps / adadelta_steps(be, [(param, grad, <the
+        state arrays and per-parameter arguments above, in order>, master or None), ...], <the rest>)
+        (the same updates of several parameters of one dtype, 8 a launch)
   batch_norm.stats(be, x, running_mean, running_var, factor, eps) -> (mean, invstd)   x viewed as (N, C, HW);
         one-pass (Welford/Chan) fixed-order per-channel statistics; blends running_mean/var in place unless None
   batch_norm.forward(be, x, mean, scale_source, weight, bias, eps, from_variance, activation) -> y
