@@ -1002,6 +1002,40 @@ def test_rule_step(rule, settings, dtype):
             assert_close(got, want.astype(dtype), dtype, f"{rule} {name}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_rule_kernels_over_several_slots_pass_the_race_check_bit_for_bit(dtype):
+    """Each rule's multi-parameter launch (3 slots of sizes around a round, steps 1, 2 and 6 in one
+    launch: RAdam's rectified and plain slots together; float16 with FP32 master weights) under guard
+    zones, the race check and a random schedule gives the forward schedule's bits."""
+    from cnn_gpu import emu
+    rng = np.random.default_rng(31)
+    sizes, steps = (5, 1024, 1500), (1, 2, 6)
+    state_dtype = np.float32 if dtype == np.float16 else dtype
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    states = [np.abs(rng.standard_normal(n)).astype(state_dtype) for n in sizes for _ in range(2)]
+
+    def launch(kind, **checking):
+        p, s = [a.copy() for a in params], [a.copy() for a in states]
+        masters = [a.astype(np.float32) for a in params] if dtype == np.float16 else [None] * 3
+        per_slot = {"adagrad": lambda k: (s[2 * k], steps[k]), "adamax": lambda k: (*s[2 * k:2 * k + 2], steps[k]),
+                    "nadam": lambda k: (*s[2 * k:2 * k + 2], steps[k], 1e-3 * (k + 1), 2e-3),
+                    "radam": lambda k: (*s[2 * k:2 * k + 2], steps[k]), "adadelta": lambda k: tuple(s[2 * k:2 * k + 2])}
+        rest = {"adagrad": (0.01, 0.1, 0.01, 1e-10), "adamax": (2e-3, 0.9, 0.999, 1e-8, 0.01),
+                "nadam": (2e-3, 0.9, 0.999, 1e-8, 0.01), "radam": (1e-3, 0.9, 0.999, 1e-8, 0.01),
+                "adadelta": (1.0, 0.9, 1e-6, 0.01)}
+        with emu.checking(guard=True, **checking):
+            getattr(optim, f"{kind}_steps")("emu", [(p[k], grads[k], *per_slot[kind](k), masters[k]) for k in range(3)],
+                                            *rest[kind])
+        return p + s + [m for m in masters if m is not None]
+
+    for kind in ("adagrad", "adamax", "nadam", "radam", "adadelta"):
+        expected = launch(kind, schedule="forward")
+        for i, (got, want) in enumerate(zip(launch(kind, race=True, schedule="random", seed=5), expected)):
+            assert_same_bits(got, want, f"{kind} array {i}")
+        assert not all(np.array_equal(a, b) for a, b in zip(expected, params + states))   # it did update
+
+
 def run_every_other_kernel(dtype):
     """One launch of each non-pool kernel family on fixed inputs; the outputs, in order."""
     rng = np.random.default_rng(17)
