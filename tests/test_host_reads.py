@@ -254,3 +254,21 @@ def test_grad_scaler_reads_one_flag_for_all_gradients(count_reads):
     scaler.unscale_(optimizer)
     assert count_reads.count == 1
     assert scaler.step(optimizer)   # no inf/NaN: stepped
+
+
+@needs_emu
+@pytest.mark.parametrize("kind", ["Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_an_optimizer_step_reads_nothing_back(count_reads, kind, dtype):
+    """Their step-dependent scalars (clr, NAdam's step sizes and mu_product, RAdam's rectification)
+    come from the step counts on the host: three steps read no device value, state made on the
+    device (Adagrad's at construction), float16 master weights too."""
+    rng = np.random.default_rng(4)
+    params = [nn.Parameter(rng.standard_normal(n).astype(dtype).view(HostReads), backend="emu") for n in (3, 40)]
+    optimizer = getattr(optim, kind)(params, weight_decay=0.01)
+    for _ in range(3):
+        for p in params:
+            p.grad = rng.standard_normal(p.shape).astype(dtype).view(HostReads)
+        optimizer.step()
+    assert count_reads.count == 0
+    assert all(isinstance(v, HostReads) for s in optimizer.state for v in s.values() if hasattr(v, "shape"))
