@@ -18,6 +18,7 @@ the optimizer's back is not noticed.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
@@ -630,7 +631,7 @@ class Optimizer:
                     continue
                 if key in self.scalar_state_keys:
                     try:
-                        entry[key] = real_number(_whole_step(value) if hasattr(value, "shape") else value,
+                        entry[key] = real_number(value.item() if getattr(value, "shape", None) == () else value,
                                                  f"optimizer state {i}.{key}")
                     except TypeError as err:
                         raise ValueError(str(err)) from None
@@ -924,8 +925,8 @@ class _StepRule(Optimizer):
     def _numpy_update(self, p, grad, state, hyper) -> None:
         step = self._next_step("numpy", p, state)
         own, after = self._per_parameter(state, step, hyper)
-        type(self).numpy_step("numpy", p.data, grad, *(state[key] for key in self.state_arrays), *own,
-                              *self._hyper_arguments(hyper), **_master_argument(state))
+        self.numpy_step("numpy", p.data, grad, *(state[key] for key in self.state_arrays), *own,
+                        *self._hyper_arguments(hyper), **_master_argument(state))
         state.update(step=step, **after)
 
     def _kernel_updates(self, be, group, hyper, memo) -> None:
@@ -946,7 +947,7 @@ class Adagrad(_StepRule):
     initial_accumulator_value (PyTorch's reads no group's own)."""
     state_keys = frozenset({"step", "sum"})
     state_arrays = ("sum",)
-    numpy_step = numpy_adagrad_step
+    numpy_step = staticmethod(numpy_adagrad_step)
     kernel_steps = "adagrad_steps"
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
@@ -954,7 +955,9 @@ class Adagrad(_StepRule):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, maximize=maximize), backend)
         for p, state in zip(self.params, self.state):
-            self._next_step("cuda" if _backend.is_cupy_array(p.data) else "numpy", p, state)
+            on_gpu = _backend.is_cupy_array(p.data)
+            with p.data.device if on_gpu else contextlib.nullcontext():   # the parameter's GPU, whichever is current
+                self._next_step("cuda" if on_gpu else "numpy", p, state)
 
     def _initial_value(self) -> float:
         return self._validated(self.defaults)["initial_accumulator_value"]
@@ -992,7 +995,7 @@ class Adamax(_BetasRule):
     """PyTorch's Adamax (Adam with the infinity norm: the state's "exp_inf"); `maximize` keyword-only."""
     state_keys = frozenset({"step", "exp_avg", "exp_inf"})
     state_arrays = ("exp_avg", "exp_inf")
-    numpy_step = numpy_adamax_step
+    numpy_step = staticmethod(numpy_adamax_step)
     kernel_steps = "adamax_steps"
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, backend=None, *,
@@ -1017,7 +1020,7 @@ class NAdam(_BetasRule):
     scalar_state_keys = frozenset({"mu_product"})
     state_arrays = ("exp_avg", "exp_avg_sq")
     initial_scalars = {"mu_product": 1.0}
-    numpy_step = numpy_nadam_step
+    numpy_step = staticmethod(numpy_nadam_step)
     kernel_steps = "nadam_steps"
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
@@ -1047,7 +1050,7 @@ class RAdam(_BetasRule):
     (PyTorch's switch, on each parameter's own step count); `maximize` keyword-only."""
     state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
     state_arrays = ("exp_avg", "exp_avg_sq")
-    numpy_step = numpy_radam_step
+    numpy_step = staticmethod(numpy_radam_step)
     kernel_steps = "radam_steps"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False,
@@ -1069,7 +1072,7 @@ class Adadelta(_StepRule):
     takes foreach's place)."""
     state_keys = frozenset({"step", "square_avg", "acc_delta"})
     state_arrays = ("square_avg", "acc_delta")
-    numpy_step = numpy_adadelta_step
+    numpy_step = staticmethod(numpy_adadelta_step)
     kernel_steps = "adadelta_steps"
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, backend=None, *, maximize=False):

@@ -347,6 +347,29 @@ def test_an_optimizer_refuses_a_gradient_on_another_gpu_or_the_host():
     assert "parameter 1.0" in out
 
 
+ADAGRAD_STATE_ON_THE_PARAMETERS_GPU = """
+import numpy as np, cupy
+from cnn_gpu import optim
+from cnn_gpu.nn import Parameter
+with cupy.cuda.Device(1):
+    p = Parameter(cupy.ones(3, np.float32), backend="cuda")
+optimizer = optim.Adagrad([p], lr=0.5, initial_accumulator_value=3.0)   # GPU 0 current
+print("sum on GPU", optimizer.state[0]["sum"].device.id)
+with cupy.cuda.Device(1):
+    p.grad = cupy.ones(3, np.float32)
+    optimizer.step()
+print("parameter", float(p.data[0]))
+"""
+
+
+@needs_emu
+def test_adagrads_state_made_at_construction_is_on_the_parameters_gpu():
+    """Adagrad makes its state when built, as PyTorch's: on the parameter's GPU, whichever is current,
+    so the first step on that GPU takes it (sum 3 + 1, p = 1 - 0.5 / 2)."""
+    out = _passed(run_on_sim(["-c", ADAGRAD_STATE_ON_THE_PARAMETERS_GPU], gpus=2))
+    assert "sum on GPU 1" in out and "parameter 0.75" in out
+
+
 UNSCALE_ON_ANOTHER_GPU = """
 import numpy as np, cupy
 from cnn_gpu import optim
