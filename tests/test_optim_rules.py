@@ -245,3 +245,28 @@ def test_a_malformed_mu_product_is_refused_before_any_change():
             optimizer.load_state_dict(saved)
         for key, value in before.items():
             np.testing.assert_array_equal(optimizer.state[0][key], value)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", ["Adamax", "NAdam", "RAdam"])
+def test_one_cycle_cycles_their_beta1_as_torchs_and_the_state_at_its_end_loads(kind):
+    """OneCycleLR cycles beta1 of an optimizer with betas (as Adam's): 7 steps beside torch.optim's,
+    and the state saved after the schedule's last step (its linear phase extrapolated: beta1 past 1,
+    in PyTorch too) loads, as Adam's."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from cnn_gpu import lr_scheduler
+    rng = np.random.default_rng(13)
+    start = rng.standard_normal(6)
+    param, tensor = Parameter(start.copy()), torch.tensor(start.copy(), requires_grad=True)
+    pair = (getattr(optim, kind)([param]), getattr(torch.optim, kind)([tensor], foreach=False))
+    settings = dict(max_lr=0.01, total_steps=7, base_momentum=0.85, max_momentum=0.999, anneal_strategy="linear")
+    schedules = (lr_scheduler.OneCycleLR(pair[0], **settings), torch.optim.lr_scheduler.OneCycleLR(pair[1], **settings))
+    for step in range(7):
+        _steps(torch, pair, [param], [tensor], [rng.standard_normal(6)], "numpy")
+        for schedule in schedules:
+            schedule.step()
+        assert pair[0].param_groups[0]["betas"] == pair[1].param_groups[0]["betas"]
+        np.testing.assert_allclose(param.data, tensor.detach().numpy(), rtol=1e-12, err_msg=f"step {step + 1}")
+    assert pair[0].param_groups[0]["betas"][0] > 1
+    getattr(optim, kind)([Parameter(start.copy())]).load_state_dict(pair[0].state_dict())
