@@ -270,7 +270,11 @@ def test_a_state_dict_resumes_in_torch_optim_and_the_other_way(kind, config, sav
     ("Adam", dict(decoupled_weight_decay=True), "Adam", "decoupled_weight_decay=True; Adam implements"),
     ("AdamW", dict(), "Adam", "decoupled_weight_decay=True; Adam implements"),
     ("Adam", dict(), "AdamW", "decoupled_weight_decay=False; AdamW implements"),
-    ("SGD", dict(momentum=0.9), "Adam", "another optimizer")])
+    ("SGD", dict(momentum=0.9), "Adam", "another optimizer"),
+    # the same state keys as RAdam's, other hyper-parameters
+    ("Adam", dict(), "RAdam", "another optimizer"),
+    ("NAdam", dict(), "RAdam", "another optimizer"),
+    ("RMSprop", dict(), "Adadelta", "another optimizer")])
 def test_a_torch_optim_state_of_another_rule_is_refused(torch_kind, torch_config, kind, message):
     torch = pytest.importorskip("torch", reason="torch is not installed")
     rng = np.random.default_rng(22)
