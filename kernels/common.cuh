@@ -57,6 +57,7 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_EXP exp
 #define REAL_EXPM1 expm1
 #define REAL_LOG log
+#define REAL_LOG1P log1p
 #define REAL_TANH tanh
 #define REAL_SQRT sqrt
 #define REAL_ERFC erfc
@@ -64,6 +65,7 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_EXP expf
 #define REAL_EXPM1 expm1f
 #define REAL_LOG logf
+#define REAL_LOG1P log1pf
 #define REAL_TANH tanhf
 #define REAL_SQRT sqrtf
 #define REAL_ERFC erfcf

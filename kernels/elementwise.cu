@@ -80,13 +80,14 @@ __device__ __forceinline__ acc_t gelu_tanh_argument(acc_t v)
     return TWO_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v);
 }
 
-// e^v - 1 for v <= 0 (elu's), accurate near 0: expm1, and in the float16 builds map_exp(v) - 1 (exact
-// subtraction: e^v lies in [1/2, 1] there) for v <= -1/16, whose error then stays below 2^-19 of the
-// result, and e^v's Taylor polynomial to v^4 above (truncated at 2^-23 of the result)
-__device__ __forceinline__ acc_t expm1_of_negative(acc_t v)
+// e^v - 1 (elu's, for v <= 0 but where celu's alpha < 0 makes v >= 0), accurate near 0: expm1, and in the
+// float16 builds map_exp(v) - 1 for |v| >= 1/16 (for v <= -1/16 an exact subtraction, e^v in [1/2, 1], its
+// error below 2^-19 of the result; above 1/16 below 2^-17) and e^v's Taylor polynomial to v^4 between
+// (truncated at 2^-23 of the result)
+__device__ __forceinline__ acc_t map_expm1(acc_t v)
 {
 #if REAL_IS_HALF
-    if (v <= (acc_t)-0.0625) return map_exp(v) - (acc_t)1;
+    if (fabsf(v) >= (acc_t)0.0625) return map_exp(v) - (acc_t)1;
     return v * ((acc_t)1 + v * ((acc_t)0.5 + v * ((acc_t)(1.0 / 6) + v * (acc_t)(1.0 / 24))));
 #else
     return REAL_EXPM1(v);
@@ -305,23 +306,30 @@ hardswish_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL
     });
 }
 
+// PyTorch's elu(alpha, scale, input_scale), which runs F.elu (scale = input_scale = 1), F.selu and F.celu
+// (input_scale = 1 / alpha): x scale where x >= 0 (a zero keeps its sign, as in PyTorch), else
+// alpha scale expm1(x input_scale); the products of the coefficients rounded in acc_t as PyTorch's
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-elu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t alpha)
+elu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t alpha, acc_t scale,
+            acc_t input_scale)
 {
+    const acc_t negative = alpha * scale;
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
         const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real(v >= (acc_t)0 ? v : alpha * expm1_of_negative(v));   // a zero keeps its sign, as in PyTorch
+        y[i] = to_real(v >= (acc_t)0 ? v * scale : negative * map_expm1(v * input_scale));
     });
 }
 
+// dy input_scale alpha scale exp(x input_scale) where x <= 0 (at 0 too, as PyTorch), else (and at NaN) dy scale
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 elu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
-             acc_t alpha)
+             acc_t alpha, acc_t scale, acc_t input_scale)
 {
+    const acc_t negative_slope = input_scale * (alpha * scale);
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
         const acc_t v = to_acc(in.v[0]);
         const acc_t g = to_acc(in.v[1]);
-        dx[i] = to_real(v <= (acc_t)0 ? g * (alpha * map_exp(v)) : g);
+        dx[i] = to_real(v <= (acc_t)0 ? g * (negative_slope * map_exp(v * input_scale)) : g * scale);
     });
 }
 
@@ -343,6 +351,206 @@ mish_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __r
         const MishTerms terms = mish_terms(v);
         dx[i] = to_real(to_acc(in.v[1]) * (terms.t + v * sigmoid_of(v) * terms.sech_squared));
     });
+}
+
+// log1p(exp(t)), which rounds to t past t = 40 (exp(-t) < 2^-57 t): taken so there, where exp(t) could
+// overflow (for a softplus threshold past 88 in float32 and float16's FP32, 709 in float64)
+#define SOFTPLUS_LINEAR ((acc_t)40)
+
+// PyTorch's x where x beta > threshold, else log1p(exp(x beta)) / beta
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softplus_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t beta, acc_t threshold)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t t = v * beta;
+        const acc_t term = t > SOFTPLUS_LINEAR ? t : REAL_LOG1P(map_exp(t));
+        y[i] = to_real(t > threshold ? v : term / beta);
+    });
+}
+
+// PyTorch's dy where x beta > threshold, else dy z / (z + 1), z = exp(x beta) (dy past SOFTPLUS_LINEAR, where
+// z / (z + 1) rounds to 1)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softplus_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
+                  acc_t beta, acc_t threshold)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t t = to_acc(in.v[0]) * beta;
+        const acc_t g = to_acc(in.v[1]);
+        const acc_t z = map_exp(t);
+        dx[i] = to_real(t > threshold || t > SOFTPLUS_LINEAR ? g : map_divide(g * z, z + (acc_t)1));
+    });
+}
+
+// PyTorch's stable min(x, 0) - log1p(exp(-|x|))
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+log_sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real((v < (acc_t)0 ? v : (acc_t)0) - REAL_LOG1P(map_exp(-fabs(v))));   // NaN passes
+    });
+}
+
+// PyTorch's dy (1 - q) where x < 0, else dy q, q = z / (1 + z) <= 1/2, z = exp(-|x|)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+log_sigmoid_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        const acc_t z = map_exp(-fabs(v));
+        const acc_t q = map_divide(z, (acc_t)1 + z);
+        dx[i] = to_real(to_acc(in.v[1]) * (v < (acc_t)0 ? (acc_t)1 - q : q));
+    });
+}
+
+// x / (1 + |x|): NaN at +-inf, as PyTorch's (inf / inf)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softsign_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v / ((acc_t)1 + fabs(v)));   // IEEE division: inf / inf must give NaN
+    });
+}
+
+// dy / (1 + |x|)^2 (no cancelling quotient rule); NaN at +-inf, as PyTorch's
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softsign_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t v = fabs(to_acc(in.v[0]));
+        const acc_t b = (acc_t)1 + v;
+        dx[i] = to_real(isinf(v) ? REAL_NAN : to_acc(in.v[1]) / (b * b));
+    });
+}
+
+// PyTorch's x - tanh(x)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+tanhshrink_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v - REAL_TANH(v));
+    });
+}
+
+// dy tanh(x)^2, where PyTorch's dy - dy (1 - tanh^2) cancels near 0
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+tanhshrink_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        const acc_t t = REAL_TANH(to_acc(in.v[0]));
+        dx[i] = to_real(to_acc(in.v[1]) * (t * t));
+    });
+}
+
+// The shrinks' dead zone -lambd <= v <= lambd (never at NaN), where both gradients are 0
+__device__ __forceinline__ bool in_dead_zone(acc_t v, acc_t lambd)
+{
+    return v >= -lambd && v <= lambd;
+}
+
+// x, but +0.0 in the dead zone (hardshrink(-0.0) is +0.0, as PyTorch's)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+hardshrink_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t lambd)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        y[i] = in_dead_zone(to_acc(in.v[0]), lambd) ? to_real((acc_t)0) : in.v[0];
+    });
+}
+
+// 0 in the dead zone (also for an infinite or NaN dy), dy elsewhere and where x is NaN; hardshrink's and
+// softshrink's
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+shrink_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
+                acc_t lambd)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        dx[i] = in_dead_zone(to_acc(in.v[0]), lambd) ? to_real((acc_t)0) : in.v[1];
+    });
+}
+
+// PyTorch's x - lambd above lambd, x + lambd below -lambd, x * 0 between (a zero of x's sign); NaN passes
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softshrink_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t lambd)
+{
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        const acc_t v = to_acc(in.v[0]);
+        y[i] = to_real(v > lambd ? v - lambd : (v < -lambd ? v + lambd : v * (acc_t)0));
+    });
+}
+
+// PyTorch's value where x <= threshold, else x (NaN passes)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+threshold_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, acc_t threshold, acc_t value)
+{
+    const REAL replacement = to_real(value);
+    for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
+        y[i] = to_acc(in.v[0]) <= threshold ? replacement : in.v[0];
+    });
+}
+
+// 0 where x <= threshold (also for an infinite or NaN dy), dy elsewhere and where x is NaN
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+threshold_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n,
+                   acc_t threshold)
+{
+    for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
+        dx[i] = to_acc(in.v[0]) <= threshold ? to_real((acc_t)0) : in.v[1];
+    });
+}
+
+// GLU: x viewed as `outer` runs of 2 * chunk elements, each a (the first chunk) then b (the gate); y holds
+// outer runs of chunk elements. A gather of two halves, not a map: a 2-D grid, blockIdx.y striding over the
+// runs (any count fits gridDim.y) and for_each_element walking one run's chunk along x, so both halves
+// stream as contiguous coalesced runs with a round's loads in flight, and no element pays a 64-bit division
+// to find its run (a flat walk would). Runs shorter than a block's 1024 elements leave lanes idle.
+#define FOR_EACH_GLU_RUN(outer, chunk, body)                      \
+    for (long long run = blockIdx.y; run < (outer); run += gridDim.y) { \
+        const long long a_start = 2 * run * (chunk);                \
+        const long long y_start = run * (chunk);                    \
+        body                                                      \
+    }
+
+// a sigmoid(b), sigmoid as PyTorch's 1 / (1 + exp(-b))
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+glu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long outer, long long chunk)
+{
+    FOR_EACH_GLU_RUN(outer, chunk, {
+        const REAL* a = x + a_start;
+        const REAL* b = a + chunk;
+        REAL* out = y + y_start;
+        for_each_element(chunk, [&](long long i) { return Loaded<2>{{a[i], b[i]}}; },
+                         [&](long long i, const Loaded<2>& in) {
+            out[i] = to_real(to_acc(in.v[0]) * sigmoid_of(to_acc(in.v[1])));
+        });
+    })
+}
+
+// da = dy sigmoid(b), db = dy a sigmoid'(b), from e = exp(-|b|), r = 1 / (1 + e): sigmoid(b) = r or e r,
+// sigmoid'(b) = e r^2 (s (1 - s) would cancel where s saturates), as the NumPy oracle
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+glu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long outer,
+             long long chunk)
+{
+    FOR_EACH_GLU_RUN(outer, chunk, {
+        const REAL* a = x + a_start;
+        const REAL* b = a + chunk;
+        const REAL* g = dy + y_start;
+        REAL* da = dx + a_start;
+        REAL* db = da + chunk;
+        for_each_element(chunk, [&](long long i) { return Loaded<3>{{g[i], a[i], b[i]}}; },
+                         [&](long long i, const Loaded<3>& in) {
+            const acc_t gate = to_acc(in.v[2]);
+            const acc_t e = map_exp(-fabs(gate));
+            const acc_t r = map_divide((acc_t)1, (acc_t)1 + e);
+            const acc_t grad = to_acc(in.v[0]);
+            da[i] = to_real(grad * (gate >= (acc_t)0 ? r : e * r));
+            db[i] = to_real(grad * (to_acc(in.v[1]) * (e * r * r)));
+        });
+    })
 }
 
 // grid (blocks over one plane, planes): blockIdx.y strides over the N*C planes, so any count fits

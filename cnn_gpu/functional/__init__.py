@@ -40,7 +40,11 @@ fused kernel on the GPU backends.
 from .activation import (add_relu, elu, elu_backward, gelu, gelu_backward, hardsigmoid, hardsigmoid_backward, hardswish,
                          hardswish_backward, hardtanh, hardtanh_backward, leaky_relu, leaky_relu_backward, mish,
                          mish_backward, relu, relu6, relu6_backward, relu_backward, relu_backward_of_sum, sigmoid,
-                         sigmoid_backward, silu, silu_backward, tanh, tanh_backward)
+                         sigmoid_backward, silu, silu_backward, tanh, tanh_backward, celu, celu_, celu_backward, elu_,
+                         glu, glu_backward, hardshrink, hardshrink_backward, hardtanh_, leaky_relu_, logsigmoid,
+                         logsigmoid_backward, relu_, selu, selu_, selu_backward, softplus, softplus_backward,
+                         softshrink, softshrink_backward, softsign, softsign_backward, tanhshrink, tanhshrink_backward,
+                         threshold, threshold_, threshold_backward)
 from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
                             adaptive_max_pool2d_backward)
 from .batch_norm import batch_norm, batch_norm_backward
@@ -61,7 +65,7 @@ from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backwa
 from .padding import pad, pad_backward
 from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
                       pixel_unshuffle_backward)
-from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
+from .softmax import log_softmax, log_softmax_backward, softmax, softmax_backward, softmin, softmin_backward
 from .one_d import (adaptive_avg_pool1d, adaptive_avg_pool1d_backward, adaptive_max_pool1d,
                     adaptive_max_pool1d_backward, avg_pool1d, avg_pool1d_backward, conv1d, conv1d_backward,
                     conv_transpose1d, conv_transpose1d_backward, max_pool1d, max_pool1d_backward)

@@ -1,6 +1,9 @@
 """Element-wise activations relu, leaky_relu, sigmoid, tanh, silu, gelu, hardtanh, relu6, hardsigmoid,
-hardswish, elu, mish and their backward passes `<name>_backward(dy, x, ...)`, which take the forward
-input x (PyTorch's conventions at the kinks: x == 0, hardtanh's bounds, hardswish's +-3);
+hardswish, elu, selu, celu, mish, softplus, logsigmoid, softsign, tanhshrink, hardshrink, softshrink,
+threshold, and glu (a halving of one dimension, not a map), with their backward passes
+`<name>_backward(dy, x, ...)`, which take the forward input x (PyTorch's conventions at the kinks: x == 0,
+hardtanh's bounds, hardswish's +-3, the shrinks' +-lambd, threshold's threshold); PyTorch's in-place
+spellings relu_, leaky_relu_, elu_, hardtanh_, threshold_, selu_ and celu_, which write the result into x;
 add_relu, relu(a + b) in one pass, and relu_backward_of_sum, relu_backward(dy_a + dy_b, x) in one."""
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from .. import backend as _backend
 from . import _checks
 from ._erfc import erfc
 from ._float16 import takes_float16
+from .softmax import _as_rows, _axis
 
 
 # Selections by a data-dependent mask are written as products: np.where and masked copies branch
@@ -57,11 +61,57 @@ def _gelu_tanh(x):
     return x * _sigmoid(_gelu_tanh_argument(x))
 
 
+def _elu_coefficients(dtype, coefficients):
+    """PyTorch's elu(x, alpha, scale, input_scale) constants in x's dtype: (scale, input_scale, alpha * scale
+    rounded as PyTorch's kernel rounds it, and the gradient's input_scale * alpha * scale)."""
+    alpha, scale, input_scale = (np.dtype(dtype).type(c) for c in coefficients)
+    negative = alpha * scale
+    return scale, input_scale, negative, input_scale * negative
+
+
 @_INFINITIES_QUIET
-def _elu(x, alpha):
-    # expm1, as PyTorch: accurate near 0 (elu(-1e-20) = -1e-20), overflowing only where unused; x itself
-    # where x >= 0: a zero keeps its sign whatever alpha's, as in PyTorch
-    return np.where(x >= 0, x, alpha * np.expm1(x))
+def _elu(x, coefficients):
+    # PyTorch's elu(alpha, scale, input_scale), which also runs selu and celu: expm1, as PyTorch: accurate
+    # near 0 (elu(-1e-20) = -1e-20), overflowing only where unused; x scale where x >= 0: a zero keeps its
+    # sign whatever alpha's, as in PyTorch
+    scale, input_scale, negative, _ = _elu_coefficients(x.dtype, coefficients)
+    return np.where(x >= 0, x * scale, negative * np.expm1(x * input_scale))
+
+
+# softplus's log1p(exp(t)) is t itself (rounded) past t = 40 in float32 and float64 (exp(-t) < 2^-57 t):
+# taken so there, where exp(t) could overflow for a threshold past 88 (float32) or 709
+_SOFTPLUS_LINEAR = 40.0
+
+
+@_INFINITIES_QUIET
+def _softplus(x, params):
+    # PyTorch's x where x beta > threshold, else log1p(exp(x beta)) / beta
+    beta, threshold = (x.dtype.type(p) for p in params)
+    scaled = x * beta
+    term = np.log1p(np.exp(np.minimum(scaled, _SOFTPLUS_LINEAR)))
+    return np.where(scaled > threshold, x, np.where(scaled > _SOFTPLUS_LINEAR, scaled, term) / beta)
+
+
+def _log_sigmoid(x):
+    # PyTorch's stable form min(x, 0) - log1p(exp(-|x|)): no overflow, no log of 0
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+@_INFINITIES_QUIET
+def _softsign(x):
+    # PyTorch's x / (1 + |x|), NaN at +-inf as PyTorch's (inf / inf)
+    return x / (1 + np.abs(x))
+
+
+def _dead_zone(x, lambd):
+    """Where the shrinks are 0 and their gradients too: -lambd <= x <= lambd (never at NaN)."""
+    return np.greater_equal(x, -lambd) & np.less_equal(x, lambd)
+
+
+@_INFINITIES_QUIET
+def _softshrink(x, lambd):
+    # PyTorch's x - lambd above lambd, x + lambd below -lambd, x * 0 between (the zero keeps x's sign)
+    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, x * 0))
 
 
 @_INFINITIES_QUIET
@@ -125,6 +175,15 @@ _FORWARD = {
     "hardswish": lambda x, _: _hardswish(x),
     "elu": _elu,
     "mish": lambda x, _: _mish(x),
+    "softplus": _softplus,
+    "log_sigmoid": lambda x, _: _log_sigmoid(x),
+    "softsign": lambda x, _: _softsign(x),
+    # PyTorch's x - tanh(x): it cancels near 0 (an absolute error of x's rounding), as PyTorch's
+    "tanhshrink": lambda x, _: x - np.tanh(x),
+    # hardshrink(-0.0) is +0.0, as PyTorch's 0 in the dead zone
+    "hardshrink": lambda x, lambd: zero_where(x, _dead_zone(x, lambd)),
+    "softshrink": _softshrink,
+    "threshold": lambda x, params: np.where(x <= params[0], x.dtype.type(params[1]), x),
 }
 
 
@@ -184,9 +243,42 @@ def _hardswish_grad(dy, x):
 
 
 @_INFINITIES_QUIET
-def _elu_grad(dy, x, alpha):
-    # PyTorch's rule: dy alpha exp(x) where x <= 0 (alpha at 0 and -0.0), dy where x > 0 or NaN
-    return dy * np.where(x <= 0, alpha * np.exp(np.minimum(x, 0)), 1)
+def _elu_grad(dy, x, coefficients):
+    # PyTorch's rule: dy input_scale alpha scale exp(x input_scale) where x <= 0 (at 0 and -0.0 too), dy scale
+    # where x > 0 or NaN
+    scale, input_scale, _, negative_slope = _elu_coefficients(x.dtype, coefficients)
+    return dy * np.where(x <= 0, negative_slope * np.exp(np.minimum(x, 0) * input_scale), scale)
+
+
+@_INFINITIES_QUIET
+def _softplus_grad(dy, x, params):
+    # PyTorch's dy where x beta > threshold, else dy z / (z + 1), z = exp(x beta) (dy past _SOFTPLUS_LINEAR,
+    # where z / (z + 1) rounds to 1: no overflowing z)
+    beta, threshold = (x.dtype.type(p) for p in params)
+    scaled = x * beta
+    z = np.exp(np.minimum(scaled, _SOFTPLUS_LINEAR))
+    return np.where((scaled > threshold) | (scaled > _SOFTPLUS_LINEAR), dy, dy * z / (z + 1))
+
+
+def _log_sigmoid_grad(dy, x):
+    # PyTorch's dy (1 - q) where x < 0, else dy q, with q = z / (1 + z), z = exp(-|x|): no cancellation (q <= 1/2)
+    z = np.exp(-np.abs(x))
+    q = z / (1 + z)
+    return dy * np.where(x < 0, 1 - q, q)
+
+
+@_INFINITIES_QUIET
+def _softsign_grad(dy, x):
+    # dy / (1 + |x|)^2 without PyTorch's cancelling quotient rule (dy / b - dy |x| / b^2); NaN at +-inf as
+    # PyTorch's (inf / inf there)
+    b = 1 + np.abs(x)
+    return np.where(np.isinf(x), np.nan, dy / (b * b))
+
+
+def _tanhshrink_grad(dy, x):
+    # dy tanh(x)^2, where PyTorch's dy - dy (1 - tanh(x)^2) cancels near 0
+    t = np.tanh(x)
+    return dy * (t * t)
 
 
 @_INFINITIES_QUIET
@@ -215,6 +307,15 @@ _BACKWARD = {
     "hardswish": lambda dy, x, _: _hardswish_grad(dy, x),
     "elu": _elu_grad,
     "mish": lambda dy, x, _: _mish_grad(dy, x),
+    "softplus": _softplus_grad,
+    "log_sigmoid": lambda dy, x, _: _log_sigmoid_grad(dy, x),
+    "softsign": lambda dy, x, _: _softsign_grad(dy, x),
+    "tanhshrink": lambda dy, x, _: _tanhshrink_grad(dy, x),
+    # PyTorch's rule for both shrinks: 0 where -lambd <= x <= lambd (also for an infinite or NaN dy), else dy
+    "hardshrink": lambda dy, x, lambd: zero_where(dy, _dead_zone(x, lambd)),
+    "softshrink": lambda dy, x, lambd: zero_where(dy, _dead_zone(x, lambd)),
+    # 0 where x <= threshold (also for an infinite or NaN dy), dy elsewhere and where x is NaN
+    "threshold": lambda dy, x, params: zero_where(dy, np.less_equal(x, params[0])),
 }
 
 
@@ -419,16 +520,57 @@ def hardswish_backward(dy, x, *, backend=None):
     return _backward("hardswish", dy, x, 0.0, backend)
 
 
+def _elu_form(alpha):
+    """elu's (alpha, scale, input_scale) for PyTorch's elu(x, alpha)."""
+    return _checks.real_number(alpha, "alpha"), 1.0, 1.0
+
+
 @takes_float16(kernels=True)
 def elu(x, alpha=1.0, *, backend=None):
     """x where x > 0, else alpha * (exp(x) - 1), the latter by expm1 (accurate near 0)."""
-    return _forward("elu", x, _checks.real_number(alpha, "alpha"), backend)
+    return _forward("elu", x, _elu_form(alpha), backend)
 
 
 @takes_float16(kernels=True)
 def elu_backward(dy, x, alpha=1.0, *, backend=None):
     """dy where x > 0 or x is NaN, else dy * alpha * exp(x) (alpha * dy at x == 0, as in PyTorch)."""
-    return _backward("elu", dy, x, _checks.real_number(alpha, "alpha"), backend)
+    return _backward("elu", dy, x, _elu_form(alpha), backend)
+
+
+# SELU's constants (PyTorch's, from Klambauer et al.), run as elu(x, alpha, scale, 1)
+_SELU_FORM = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946, 1.0)
+
+
+@takes_float16(kernels=True)
+def selu(x, *, backend=None):
+    """scale * x where x > 0, else scale * alpha * (exp(x) - 1) (PyTorch's constants; elu's kernels)."""
+    return _forward("elu", x, _SELU_FORM, backend)
+
+
+@takes_float16(kernels=True)
+def selu_backward(dy, x, *, backend=None):
+    """dy * scale where x > 0 or x is NaN, else dy * scale * alpha * exp(x) (at x == 0 too, as in PyTorch)."""
+    return _backward("elu", dy, x, _SELU_FORM, backend)
+
+
+def celu_form(alpha):
+    """celu(x, alpha) as PyTorch's elu(x, alpha, 1, 1 / alpha); alpha = 0 refused with PyTorch's message."""
+    alpha = _checks.real_number(alpha, "alpha")
+    if alpha == 0:
+        raise ValueError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    return alpha, 1.0, 1.0 / alpha
+
+
+@takes_float16(kernels=True)
+def celu(x, alpha=1.0, *, backend=None):
+    """x where x > 0, else alpha * (exp(x / alpha) - 1) (by expm1; elu's kernels)."""
+    return _forward("elu", x, celu_form(alpha), backend)
+
+
+@takes_float16(kernels=True)
+def celu_backward(dy, x, alpha=1.0, *, backend=None):
+    """dy where x > 0 or x is NaN, else dy * exp(x / alpha) (dy at x == 0, as in PyTorch)."""
+    return _backward("elu", dy, x, celu_form(alpha), backend)
 
 
 @takes_float16(kernels=True)
@@ -442,6 +584,210 @@ def mish_backward(dy, x, *, backend=None):
     """dy * (t + x * sigmoid(x) * (1 - t^2)) with t = tanh(softplus(x)), 1 - t^2 computed without
     cancellation for large x."""
     return _backward("mish", dy, x, 0.0, backend)
+
+
+def _softplus_form(beta, threshold):
+    return _checks.real_number(beta, "beta"), _checks.real_number(threshold, "threshold")
+
+
+@takes_float16(kernels=True)
+def softplus(x, beta=1.0, threshold=20.0, *, backend=None):
+    """log(1 + exp(beta * x)) / beta, by log1p, and x itself where beta * x > threshold (PyTorch's switch to
+    the linear function). Deliberately unlike PyTorch for a threshold past exp's range (88 in float32, 709
+    in float64): log1p(exp(t)) is taken as t past t = 40, where it rounds to t, so it stays finite where
+    PyTorch's exp overflows to inf (and its gradient to NaN)."""
+    return _forward("softplus", x, _softplus_form(beta, threshold), backend)
+
+
+@takes_float16(kernels=True)
+def softplus_backward(dy, x, beta=1.0, threshold=20.0, *, backend=None):
+    """dy where beta * x > threshold, else dy * z / (z + 1), z = exp(beta * x) (PyTorch's formula)."""
+    return _backward("softplus", dy, x, _softplus_form(beta, threshold), backend)
+
+
+@takes_float16(kernels=True)
+def logsigmoid(x, *, backend=None):
+    """log(sigmoid(x)) as PyTorch's stable min(x, 0) - log1p(exp(-|x|)) (no overflow, no log of 0)."""
+    return _forward("log_sigmoid", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def logsigmoid_backward(dy, x, *, backend=None):
+    """dy * sigmoid(-x), as PyTorch's dy (1 - z / (1 + z)) where x < 0, else dy z / (1 + z), z = exp(-|x|)."""
+    return _backward("log_sigmoid", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def softsign(x, *, backend=None):
+    """x / (1 + |x|) (NaN at +-inf, as PyTorch's: inf / inf)."""
+    return _forward("softsign", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def softsign_backward(dy, x, *, backend=None):
+    """dy / (1 + |x|)^2 (NaN at +-inf, as PyTorch's), without the cancellation of PyTorch's quotient rule."""
+    return _backward("softsign", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def tanhshrink(x, *, backend=None):
+    """x - tanh(x), PyTorch's formula (near 0 its error is absolute, of x's order of rounding)."""
+    return _forward("tanhshrink", x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def tanhshrink_backward(dy, x, *, backend=None):
+    """dy * tanh(x)^2 (PyTorch's dy - dy (1 - tanh(x)^2) without its cancellation near 0)."""
+    return _backward("tanhshrink", dy, x, 0.0, backend)
+
+
+@takes_float16(kernels=True)
+def hardshrink(x, lambd=0.5, *, backend=None):
+    """x where |x| > lambd, else 0 (+0.0; at +-lambd too); NaN passes. Any real lambd, as PyTorch's."""
+    return _forward("hardshrink", x, _checks.real_number(lambd, "lambd"), backend)
+
+
+@takes_float16(kernels=True)
+def hardshrink_backward(dy, x, lambd=0.5, *, backend=None):
+    """dy where |x| > lambd or x is NaN, else 0 (at +-lambd too, as in PyTorch)."""
+    return _backward("hardshrink", dy, x, _checks.real_number(lambd, "lambd"), backend)
+
+
+def shrink_lambd(lambd):
+    """softshrink's lambd, which PyTorch needs >= 0."""
+    lambd = _checks.real_number(lambd, "lambd")
+    if lambd < 0:
+        raise ValueError(f"lambda must be greater or equal to 0, but found to be {lambd}")
+    return lambd
+
+
+@takes_float16(kernels=True)
+def softshrink(x, lambd=0.5, *, backend=None):
+    """x - lambd where x > lambd, x + lambd where x < -lambd, else x * 0 (a zero of x's sign, as PyTorch's)."""
+    return _forward("softshrink", x, shrink_lambd(lambd), backend)
+
+
+@takes_float16(kernels=True)
+def softshrink_backward(dy, x, lambd=0.5, *, backend=None):
+    """dy where |x| > lambd or x is NaN, else 0 (at +-lambd too, as in PyTorch)."""
+    return _backward("softshrink", dy, x, shrink_lambd(lambd), backend)
+
+
+def _threshold_form(threshold, value):
+    return _checks.real_number(threshold, "threshold"), _checks.real_number(value, "value")
+
+
+@takes_float16(kernels=True)
+def threshold(x, threshold, value, *, backend=None):
+    """value where x <= threshold, else x (NaN passes), as PyTorch's."""
+    return _forward("threshold", x, _threshold_form(threshold, value), backend)
+
+
+@takes_float16(kernels=True)
+def threshold_backward(dy, x, threshold, value, *, backend=None):
+    """0 where x <= threshold (also for an infinite or NaN dy), else dy (also where x is NaN)."""
+    return _backward("threshold", dy, x, _threshold_form(threshold, value), backend)
+
+
+_threshold_op = threshold   # threshold_'s own argument `threshold` hides the op
+
+
+def _glu_view(x, dim):
+    """(axis, outer, half * inner, the output's shape): GLU's view of x (PyTorch's checks: no 0-d input, an
+    even size along dim), the first half of each of the `outer` runs of 2 * half * inner elements the value,
+    the second the gate."""
+    if x.ndim == 0:
+        raise ValueError("glu does not support scalars because halving size must be even")
+    axis = _axis(dim, x.ndim)
+    if x.shape[axis] % 2:
+        raise ValueError(f"Halving dimension must be even, but dimension {axis} is size {x.shape[axis]}")
+    outer, size, inner = _as_rows(x.shape, axis)
+    return axis, outer, size // 2 * inner, x.shape[:axis] + (size // 2,) + x.shape[axis + 1:]
+
+
+def _glu_gate_terms(b):
+    """(sigmoid(b), sigmoid'(b)) from e = exp(-|b|), r = 1 / (1 + e): sigmoid is r or e r, its derivative
+    e r^2 (no cancellation of s (1 - s) where s saturates)."""
+    e = np.exp(-np.abs(b))
+    r = 1 / (1 + e)
+    return np.where(b >= 0, r, e * r), e * r * r
+
+
+@takes_float16(kernels=True)
+def glu(x, dim=-1, *, backend=None):
+    """a * sigmoid(b), a and b the first and second halves of x along dim (PyTorch's GLU)."""
+    _checks.array(x, "x")
+    axis, outer, chunk, half_shape = _glu_view(x, dim)
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        a, b = np.split(x, 2, axis=axis)
+        return np.asarray(a * _sigmoid(b))
+    from ..gpu import elementwise
+    return elementwise.glu(be, _checks.for_kernels(be, x, "x"), outer, chunk, half_shape)
+
+
+@takes_float16(kernels=True)
+def glu_backward(dy, x, dim=-1, *, backend=None):
+    """dx: dy * sigmoid(b) for the first half a, dy * a * sigmoid'(b) for the second half b."""
+    _checks.array(x, "x")
+    axis, outer, chunk, half_shape = _glu_view(x, dim)
+    _checks.array(dy, "dy")
+    _checks.same_dtype("x", x, dy=dy)
+    _checks.shape_is(dy, "dy", half_shape, " (glu's output: x halved along dim)")
+    be = _backend.resolve(backend, x, dy)
+    if be == "numpy":
+        a, b = np.split(x, 2, axis=axis)
+        gate, slope = _glu_gate_terms(b)
+        return np.concatenate([dy * gate, dy * (a * slope)], axis=axis)
+    from ..gpu import elementwise
+    return elementwise.glu_backward(be, _checks.for_kernels(be, dy, "dy"), _checks.for_kernels(be, x, "x"), outer,
+                                    chunk)
+
+
+def _overwritten(x, op, *args, backend):
+    """op(x, *args) written into x, which is returned: PyTorch's in-place spellings. The result is computed
+    out of place and copied (the kernels never alias an input and an output); x must be writable, which is
+    checked before anything runs."""
+    _checks.array(x, "x")
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        raise ValueError("x is read-only: an in-place op writes its result into x")
+    x[...] = op(x, *args, backend=backend)
+    return x
+
+
+def relu_(x, *, backend=None):
+    """relu(x) written into x, which is returned."""
+    return _overwritten(x, relu, backend=backend)
+
+
+def leaky_relu_(x, negative_slope=0.01, *, backend=None):
+    """leaky_relu(x, negative_slope) written into x, which is returned."""
+    return _overwritten(x, leaky_relu, negative_slope, backend=backend)
+
+
+def elu_(x, alpha=1.0, *, backend=None):
+    """elu(x, alpha) written into x, which is returned."""
+    return _overwritten(x, elu, alpha, backend=backend)
+
+
+def hardtanh_(x, min_val=-1.0, max_val=1.0, *, backend=None):
+    """hardtanh(x, min_val, max_val) written into x, which is returned."""
+    return _overwritten(x, hardtanh, min_val, max_val, backend=backend)
+
+
+def threshold_(x, threshold, value, *, backend=None):
+    """threshold(x, threshold, value) written into x, which is returned."""
+    return _overwritten(x, _threshold_op, threshold, value, backend=backend)
+
+
+def selu_(x, *, backend=None):
+    """selu(x) written into x, which is returned."""
+    return _overwritten(x, selu, backend=backend)
+
+
+def celu_(x, alpha=1.0, *, backend=None):
+    """celu(x, alpha) written into x, which is returned."""
+    return _overwritten(x, celu, alpha, backend=backend)
 
 
 # The activations F.batch_norm applies to its output in the same pass (its activation=...; nn.Sequential

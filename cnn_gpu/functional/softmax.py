@@ -1,4 +1,4 @@
-"""softmax and log_softmax over one dimension (torch.nn.functional's, with an explicit dim) and their
+"""softmax, log_softmax and softmin (softmax(-x)) over one dimension (torch.nn.functional's, with an explicit dim) and their
 backward passes `<name>_backward(dy, y, dim)`, which take the forward OUTPUT y, not x as the other
 activations' backward passes do: PyTorch's formulas need only y,
     softmax:     dx = y * (dy - sum(dy * y))
@@ -92,3 +92,18 @@ def log_softmax_backward(dy, y, dim, *, backend=None):
     """Gradient of log_softmax from the upstream gradient dy and the forward OUTPUT
     y = log_softmax(x, dim): dy - exp(y) * sum(dy) over dim."""
     return _backward(dy, y, dim, True, backend)
+
+
+@takes_float16(kernels=True)
+def softmin(x, dim, *, backend=None):
+    """softmax(-x, dim), as PyTorch's: the softmax kernels on the negated input (one more pass over x)."""
+    _checks.array(x, "x")
+    return _forward(-x, dim, False, backend)
+
+
+@takes_float16(kernels=True)
+def softmin_backward(dy, y, dim, *, backend=None):
+    """Gradient of softmin from dy and the forward OUTPUT y = softmin(x, dim): softmax_backward(-dy, y, dim),
+    the bits of PyTorch's -softmax_backward(dy, y) (a negation is exact)."""
+    _checks.array(dy, "dy")
+    return _backward(-dy, y, dim, False, backend)

@@ -1,4 +1,4 @@
-"""Launch code of kernels/elementwise.cu: activations forward/backward, relu(a + b), in-place bias addition."""
+"""Launch code of kernels/elementwise.cu: activations forward/backward, GLU, relu(a + b), in-place bias addition."""
 from __future__ import annotations
 
 import math
@@ -8,23 +8,30 @@ import numpy as np
 from .. import backend
 from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32
 
-# gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh")); hardtanh also runs F.relu6
+# gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh")); hardtanh also runs F.relu6, elu
+# F.selu and F.celu
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "hardtanh", "hardsigmoid",
-               "hardswish", "elu", "mish")
-# activations whose kernels take parameters as trailing acc_t arguments: the negative slope, elu's alpha, and
-# hardtanh's (min_val, max_val), whose param is that pair
-_WITH_PARAM = ("leaky_relu", "elu")
-_WITH_PARAM_PAIR = ("hardtanh",)
+               "hardswish", "elu", "mish", "softplus", "log_sigmoid", "softsign", "tanhshrink", "hardshrink",
+               "softshrink", "threshold")
+# activations whose kernels take parameters as trailing acc_t arguments: the negative slope and the shrinks'
+# lambd, or a tuple: hardtanh's (min_val, max_val), elu's (alpha, scale, input_scale), softplus's (beta,
+# threshold) and threshold's (threshold, value)
+_WITH_PARAM = ("leaky_relu", "hardshrink", "softshrink")
+_WITH_PARAM_TUPLE = ("hardtanh", "elu", "softplus", "threshold")
+
+
+# backward kernels shared: both shrinks' gradients are 0 in the same dead zone
+_SHARED_BACKWARD = {"hardshrink": "shrink_backward", "softshrink": "shrink_backward"}
 
 
 def _kernel(name: str, direction: str) -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
-    return f"{name}_{direction}"
+    return _SHARED_BACKWARD.get(name, f"{name}_backward") if direction == "backward" else f"{name}_forward"
 
 
 def _param_args(name, dtype, param):
-    if name in _WITH_PARAM_PAIR:
+    if name in _WITH_PARAM_TUPLE:
         return acc(dtype, *param)
     return acc(dtype, param) if name in _WITH_PARAM else ()
 
@@ -39,9 +46,32 @@ def forward(be, name, x, param):
 
 def backward(be, name, dy, x, param):
     kernel = _kernel(name, "backward")
+    if name == "threshold":   # its gradient needs the threshold, not the value
+        param = param[:1]
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, kernel, (elementwise_blocks(x.size),), (THREADS,),
                    (dy, x, dx, np.int64(x.size), *_param_args(name, x.dtype, param)))
+    return dx
+
+
+def _glu_grid(outer: int, chunk: int) -> tuple:
+    """glu_forward's and glu_backward's grid: x blocks over one run of `chunk` elements, y over the runs."""
+    return elementwise_blocks(chunk), min(outer, MAX_GRID_Y)
+
+
+def glu(be, x, outer, chunk, out_shape):
+    """a * sigmoid(b) of x viewed as `outer` runs of a (chunk elements) then b (chunk elements)."""
+    y = backend.array_module(be).empty(out_shape, dtype=x.dtype)
+    backend.launch(be, "elementwise", x.dtype, "glu_forward", _glu_grid(outer, chunk), (THREADS,),
+                   (x, y, np.int64(outer), np.int64(chunk)))
+    return y
+
+
+def glu_backward(be, dy, x, outer, chunk):
+    """dx of glu from dy (outer runs of chunk elements) and x."""
+    dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    backend.launch(be, "elementwise", x.dtype, "glu_backward", _glu_grid(outer, chunk), (THREADS,),
+                   (dy, x, dx, np.int64(outer), np.int64(chunk)))
     return dx
 
 

@@ -16,7 +16,8 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
                      MaxPool2d, Mish, ReflectionPad2d, ReflectionPad3d, ReLU, ReLU6, ReplicationPad2d, ReplicationPad3d,
                      SiLU, Sigmoid, Softmax, Tanh, Upsample, UpsamplingBilinear2d, UpsamplingNearest2d, ZeroPad2d,
-                     ZeroPad3d, ELU)
+                     ZeroPad3d, ELU, CELU, GLU, SELU, Hardshrink, LogSigmoid, Softmax2d, Softmin, Softplus, Softshrink,
+                     Softsign, Tanhshrink, Threshold)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d
 from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool1d, CircularPad1d, ConstantPad1d,
                         Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)

@@ -895,3 +895,137 @@ ConstantPad2d, ZeroPad2d, ReflectionPad2d, ReplicationPad2d, CircularPad2d = pad
     2, "an image (the last two dims of (N, C, H, W) or (C, H, W))")
 ConstantPad3d, ZeroPad3d, ReflectionPad3d, ReplicationPad3d, CircularPad3d = padding_layers(
     3, "a volume (the last three dims of (N, C, D, H, W) or (C, D, H, W))")
+
+
+class Softplus(_Activation):
+    """PyTorch's Softplus(beta=1.0, threshold=20.0)."""
+    _forward = staticmethod(F.softplus)
+    _backward = staticmethod(F.softplus_backward)
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta, self.threshold = real_number(beta, "beta"), real_number(threshold, "threshold")
+
+    def _options(self, x):
+        return {"beta": self.beta, "threshold": self.threshold}
+
+    def extra_repr(self):
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class SELU(_ActivationWithInplace):
+    _forward = staticmethod(F.selu)
+    _backward = staticmethod(F.selu_backward)
+
+
+class CELU(_ActivationWithParameter):
+    """PyTorch's CELU(alpha=1.0, inplace=False); alpha = 0 refused when built (PyTorch: at the first forward)."""
+    _forward = staticmethod(F.celu)
+    _backward = staticmethod(F.celu_backward)
+    _parameter = "alpha"
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__(alpha, inplace)
+        F.activation.celu_form(self.alpha)
+
+
+class LogSigmoid(_Activation):
+    _forward = staticmethod(F.logsigmoid)
+    _backward = staticmethod(F.logsigmoid_backward)
+
+
+class Softsign(_Activation):
+    _forward = staticmethod(F.softsign)
+    _backward = staticmethod(F.softsign_backward)
+
+
+class Tanhshrink(_Activation):
+    _forward = staticmethod(F.tanhshrink)
+    _backward = staticmethod(F.tanhshrink_backward)
+
+
+class _Shrink(_Activation):
+    """PyTorch's Hardshrink(lambd=0.5) and Softshrink(lambd=0.5): extra_repr the bare lambd, as PyTorch's."""
+
+    def __init__(self, lambd=0.5):
+        super().__init__()
+        self.lambd = real_number(lambd, "lambd")
+
+    def _options(self, x):
+        return {"lambd": self.lambd}
+
+    def extra_repr(self):
+        return str(self.lambd)
+
+
+class Hardshrink(_Shrink):
+    _forward = staticmethod(F.hardshrink)
+    _backward = staticmethod(F.hardshrink_backward)
+
+
+class Softshrink(_Shrink):
+    """Softshrink(lambd=0.5), lambd >= 0 (refused when built; PyTorch: at the first forward)."""
+    _forward = staticmethod(F.softshrink)
+    _backward = staticmethod(F.softshrink_backward)
+
+    def __init__(self, lambd=0.5):
+        super().__init__(lambd)
+        F.activation.shrink_lambd(self.lambd)
+
+
+class Threshold(_Activation):
+    """PyTorch's Threshold(threshold, value, inplace=False): value where x <= threshold, else x."""
+    _forward = staticmethod(F.threshold)
+    _backward = staticmethod(F.threshold_backward)
+
+    def __init__(self, threshold, value, inplace=False):
+        super().__init__()
+        self.threshold, self.value = real_number(threshold, "threshold"), real_number(value, "value")
+        _refuse_inplace(inplace, type(self).__name__)
+
+    def _options(self, x):
+        return {"threshold": self.threshold, "value": self.value}
+
+    def extra_repr(self):
+        return f"threshold={self.threshold}, value={self.value}"
+
+
+class GLU(_Activation):
+    """PyTorch's GLU(dim=-1): the first half of the input along dim times the sigmoid of the second."""
+    _forward = staticmethod(F.glu)
+    _backward = staticmethod(F.glu_backward)
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"dim must be an int, got {dim!r}")
+        self.dim = int(dim)   # checked against the input's rank by F.glu, as PyTorch does
+
+    def _options(self, x):
+        return {"dim": self.dim}
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmin(_Softmax):
+    """PyTorch's Softmin(dim=None): softmax(-x) over dim (the implicit dim as Softmax's, with its warning)."""
+    _forward = staticmethod(F.softmin)
+    _backward = staticmethod(F.softmin_backward)
+
+
+class Softmax2d(_Softmax):
+    """PyTorch's Softmax2d(): softmax over the channels (dim -3) of a (N, C, H, W) or (C, H, W) input."""
+    _forward = staticmethod(F.softmax)
+    _backward = staticmethod(F.softmax_backward)
+
+    def __init__(self):
+        super().__init__(-3)
+
+    def _options(self, x):
+        if x.ndim not in (3, 4):
+            raise ValueError(f"Softmax2d: expected input to be 3D or 4D, got {x.ndim}D instead")
+        return {"dim": -3}
+
+    def extra_repr(self):
+        return ""
