@@ -364,8 +364,8 @@ softplus_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n, 
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
         const acc_t v = to_acc(in.v[0]);
         const acc_t t = v * beta;
-        const acc_t term = t > SOFTPLUS_LINEAR ? t : REAL_LOG1P(map_exp(t));
-        y[i] = to_real(t > threshold ? v : term / beta);
+        const acc_t term = t > SOFTPLUS_LINEAR ? t : map_log1p(map_exp(t));
+        y[i] = to_real(t > threshold ? v : map_divide(term, beta));   // float16: beta within [2^-126, 2^126]
     });
 }
 
@@ -389,7 +389,7 @@ log_sigmoid_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long 
 {
     for_each_element(n, LOAD_X, [&](long long i, const Loaded<1>& in) {
         const acc_t v = to_acc(in.v[0]);
-        y[i] = to_real((v < (acc_t)0 ? v : (acc_t)0) - REAL_LOG1P(map_exp(-fabs(v))));   // NaN passes
+        y[i] = to_real((v < (acc_t)0 ? v : (acc_t)0) - map_log1p(map_exp(-fabs(v))));   // NaN passes
     });
 }
 

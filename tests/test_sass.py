@@ -295,9 +295,10 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
                  for family in ("elementwise", "loss")}
     size = np.dtype(dtype).itemsize
     maps = [("elementwise", kernel, 1) for kernel in ELEMENTWISE_MAPS] + [
-        ("elementwise", kernel.replace("_forward", "_backward"), 2) for kernel in ELEMENTWISE_MAPS
-        if kernel.endswith("_forward") and kernel != "add_relu_forward"]
+        ("elementwise", kernel.replace("_forward", "_backward").replace("hardshrink", "shrink"), 2)
+        for kernel in ELEMENTWISE_MAPS if kernel != "softshrink_forward"]
     maps += [("elementwise", "add_relu_forward", 2), ("elementwise", "relu_backward_of_sum", 3),
+             ("elementwise", "glu_forward", 2), ("elementwise", "glu_backward", 3),
              ("loss", "regression_loss_rows", 3), ("loss", "binary_cross_entropy_rows", 4)]
     for family, kernel, inputs in maps:
         _, path = loops.hot_loop(functions[family][kernel], lambda p: 0)
@@ -312,7 +313,9 @@ def test_elementwise_kernels_issue_every_load_of_a_round_before_its_first_store(
 # the maps of one input (each with its backward pass of dy and x) in kernels/elementwise.cu
 ELEMENTWISE_MAPS = ("relu_forward", "leaky_relu_forward", "sigmoid_forward", "tanh_forward", "silu_forward",
                     "gelu_forward", "gelu_tanh_forward", "hardtanh_forward", "hardsigmoid_forward",
-                    "hardswish_forward", "elu_forward", "mish_forward")
+                    "hardswish_forward", "elu_forward", "mish_forward", "softplus_forward", "log_sigmoid_forward",
+                    "softsign_forward", "tanhshrink_forward", "hardshrink_forward", "softshrink_forward",
+                    "threshold_forward")
 # Maps whose transcendentals take more instructions an element than the streaming budget (their load
 # order is checked, not the budget). Instructions an element, sm_90, float16 (budget 39.9 for one input,
 # 59.9 for two), before the float16 builds took __expf and __fdividef (common.cuh: map_exp, map_divide)
