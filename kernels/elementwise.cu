@@ -436,13 +436,13 @@ tanhshrink_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long n
     });
 }
 
-// dy tanh(x)^2, where PyTorch's dy - dy (1 - tanh^2) cancels near 0
+// dy tanh(x)^2, where PyTorch's dy - dy (1 - tanh^2) cancels near 0; + 0 makes a zero +0.0, as PyTorch's
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 tanhshrink_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long n)
 {
     for_each_element(n, LOAD_X_DY, [&](long long i, const Loaded<2>& in) {
         const acc_t t = REAL_TANH(to_acc(in.v[0]));
-        dx[i] = to_real(to_acc(in.v[1]) * (t * t));
+        dx[i] = to_real(to_acc(in.v[1]) * (t * t) + (acc_t)0);
     });
 }
 

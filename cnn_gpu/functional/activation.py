@@ -276,9 +276,9 @@ def _softsign_grad(dy, x):
 
 
 def _tanhshrink_grad(dy, x):
-    # dy tanh(x)^2, where PyTorch's dy - dy (1 - tanh(x)^2) cancels near 0
+    # dy tanh(x)^2, where PyTorch's dy - dy (1 - tanh(x)^2) cancels near 0; + 0 makes a zero +0.0, as PyTorch's
     t = np.tanh(x)
-    return dy * (t * t)
+    return dy * (t * t) + 0
 
 
 @_INFINITIES_QUIET
