@@ -1,13 +1,13 @@
-// Activations (forward and backward) and bias addition.
+// Activations (forward and backward), GLU and bias addition.
 //
 // Not a GEMM: memory-bound maps, one thread per element, 256-thread blocks and a grid-stride
 // loop over the 64-bit flat index (consecutive threads touch consecutive elements: coalesced).
 // Backward kernels take x (not y) as the public API does, recomputing sigmoid/tanh/silu/gelu; sigmoid's and
 // tanh's gradients from exp(-|x|) as the NumPy oracle (s (1 - s) and 1 - tanh^2 cancel where they saturate).
-// The float16 builds take their exponentials and divisions in the fast forms (common.cuh: map_exp,
-// map_divide; elu's expm1_of_negative and GELU's normal_terms here), which keeps these maps within the
+// The float16 builds take their exponentials, divisions and log1p in the fast forms (map_math.cuh: map_exp,
+// map_divide, map_log1p; elu's map_expm1 and GELU's normal_terms here), which keeps these maps within the
 // instructions an element an H100 streams at DRAM speed (tests/test_sass.py); float32 and float64 keep
-// expf, expm1f, erfcf and IEEE division.
+// expf, expm1f, log1pf, erfcf and IEEE division.
 // PyTorch's edge rules: relu(x) = 0 where x < 0, else x (NaN and -0 pass); relu'(x) = 0 where
 // x <= 0 (so a NaN x passes dy); leaky_relu'(x) = slope where x <= 0.
 // silu and gelu as cnn_gpu.functional.activation computes them, free of cancellation and of
@@ -19,6 +19,11 @@
 // hardsigmoid's 0 at +-3 (and where x is NaN), hardswish's 0 at -3 and dy at 3, elu's alpha dy at 0;
 // elu by expm1 (accurate near 0), and mish's tanh(softplus(x)) and 1 - tanh^2 from exp(-|x|) alone in
 // sums of positive terms (mish_terms: no overflow, no cancellation).
+// elu's kernels are PyTorch's elu(alpha, scale, input_scale), which also runs selu and celu; softplus,
+// log_sigmoid, softsign, tanhshrink, hardshrink, softshrink (one shrink_backward for both) and threshold with
+// PyTorch's formulas and rules at their kinks (each kernel's comment), but for softplus past exp's range
+// (SOFTPLUS_LINEAR) and the gradients of softsign and tanhshrink, taken without PyTorch's cancellation.
+// glu_forward / glu_backward: GLU's halving, a gather of two halves (its comment says why a 2-D grid).
 // add_relu_forward: relu(a + b) in one pass, a residual block's output plus its shortcut and the
 // ReLU after them (nn.Residual, where nn.Sequential fuses the ReLU); its gradient is relu_backward
 // given the output, which is > 0 exactly where a + b is (NaN where it is NaN).

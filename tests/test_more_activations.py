@@ -166,7 +166,8 @@ def test_float16_rounds_the_exact_result_once(case, be):
     with np.errstate(all="ignore"):
         exact = ours(case, x.astype(np.float64), dy.astype(np.float64), "numpy")
     for g, e, what in zip(got, exact, ("forward", "backward")):
-        reference = e.astype(np.float32).astype(np.float16)
+        with np.errstate(over="ignore"):   # past float16's range: inf, as the kernels round it
+            reference = e.astype(np.float32).astype(np.float16)
         assert g.dtype == np.float16
         np.testing.assert_array_equal(np.isnan(g), np.isnan(reference), err_msg=f"{case} {what}")
         finite = ~np.isnan(reference)

@@ -240,9 +240,12 @@ def _activation_inputs(cfg, rng):
     return dict(x=_away_from_zero(rng, cfg["shape"]), dy=rng.standard_normal(cfg["shape"]))
 
 
+# threshold's arguments in the checks (it has no defaults)
+THRESHOLD_OPTIONS = {"threshold": 0.1, "value": -2.0}
 # the kinks of the piecewise activations (hardtanh at its default bounds; relu6 is hardtanh(x, 0, 6))
 PIECEWISE_KINKS = {"hardtanh": (-1.0, 1.0), "relu6": (0.0, 6.0), "hardsigmoid": (-3.0, 3.0), "hardswish": (-3.0, 3.0),
-                   "elu": (0.0,)}
+                   "elu": (0.0,), "selu": (0.0,), "celu": (0.0,), "hardshrink": (-0.5, 0.5), "softshrink": (-0.5, 0.5),
+                   "threshold": (THRESHOLD_OPTIONS["threshold"],)}
 
 
 def _piecewise_activation_inputs(name):
@@ -262,6 +265,8 @@ def _activation_call(name, cfg):
         return name, {"negative_slope": cfg["negative_slope"]}
     if name == "gelu_tanh":
         return "gelu", {"approximate": "tanh"}
+    if name == "threshold":
+        return name, THRESHOLD_OPTIONS
     return name, {}
 
 
@@ -895,7 +900,8 @@ OPS = {op.name: op for op in (
             {"x": "dx"}, large_configs=POOL_LARGE),
     *(OpCheck(name, _shape_config, (), _activation_inputs, _activation_run(name), "y", "dy", {"x": "dx"},
               large_configs=ACTIVATION_LARGE)
-      for name in ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "mish")),
+      for name in ("relu", "leaky_relu", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "mish", "softplus",
+                   "logsigmoid", "softsign", "tanhshrink")),
     *(OpCheck(name, _shape_config, (), _piecewise_activation_inputs(name), _activation_run(name), "y", "dy",
               {"x": "dx"}, large_configs=ACTIVATION_LARGE)
       for name in PIECEWISE_KINKS),
