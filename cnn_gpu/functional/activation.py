@@ -88,8 +88,8 @@ def _softplus(x, params):
     # PyTorch's x where x beta > threshold, else log1p(exp(x beta)) / beta
     beta, threshold = (x.dtype.type(p) for p in params)
     scaled = x * beta
-    term = np.log1p(np.exp(np.minimum(scaled, _SOFTPLUS_LINEAR)))
-    return np.where(scaled > threshold, x, np.where(scaled > _SOFTPLUS_LINEAR, scaled, term) / beta)
+    term = np.where(scaled > _SOFTPLUS_LINEAR, scaled, np.log1p(np.exp(scaled)))
+    return np.where(scaled > threshold, x, term / beta)
 
 
 def _log_sigmoid(x):
@@ -252,12 +252,12 @@ def _elu_grad(dy, x, coefficients):
 
 @_INFINITIES_QUIET
 def _softplus_grad(dy, x, params):
-    # PyTorch's dy where x beta > threshold, else dy z / (z + 1), z = exp(x beta) (dy past _SOFTPLUS_LINEAR,
-    # where z / (z + 1) rounds to 1: no overflowing z)
+    # PyTorch's dy where x beta > threshold, else dy z / (z + 1), z = exp(x beta); z capped at exp(40), where
+    # z + 1 rounds to z and the quotient to dy: no overflowing z
     beta, threshold = (x.dtype.type(p) for p in params)
     scaled = x * beta
     z = np.exp(np.minimum(scaled, _SOFTPLUS_LINEAR))
-    return np.where((scaled > threshold) | (scaled > _SOFTPLUS_LINEAR), dy, dy * z / (z + 1))
+    return np.where(scaled > threshold, dy, dy * z / (z + 1))
 
 
 def _log_sigmoid_grad(dy, x):
