@@ -187,3 +187,21 @@ def assert_refused_before_any_launch(monkeypatch, call, error, message):
     with backend.use_backend("emu" if "emu" in backend.available_backends() else "numpy"):
         with pytest.raises(error, match=message):
             call()
+
+
+def activation_and_gradient(op: str, options: dict, x, dy, be: str):
+    """F.<op>(x, **options) and F.<op>_backward(dy, x, **options) on backend `be` as NumPy arrays (cuda:
+    computed on CuPy copies): the element-wise activation tests' own results."""
+    from cnn_gpu import functional as F
+    if be == "cuda":
+        x, dy = backend.array_module(be).asarray(x), backend.array_module(be).asarray(dy)
+    return (to_host(getattr(F, op)(x, **options, backend=be)),
+            to_host(getattr(F, op + "_backward")(dy, x, **options, backend=be)))
+
+
+def torch_activation_and_gradient(torch, function, x, dy):
+    """PyTorch's function(x) and its gradient given dy, as NumPy arrays of x's dtype."""
+    xt = torch.tensor(x, requires_grad=True)
+    yt = function(xt)
+    yt.backward(torch.tensor(dy))
+    return yt.detach().numpy(), xt.grad.numpy()

@@ -14,7 +14,8 @@ import pytest
 
 from cnn_gpu import backend, emu
 from cnn_gpu import functional as F
-from helpers import assert_close, assert_fp16_within_one_ulp, needs_cuda, needs_emu, to_host
+from helpers import (activation_and_gradient, assert_close, assert_fp16_within_one_ulp, needs_cuda, needs_emu,
+                     torch_activation_and_gradient)
 
 torch = pytest.importorskip("torch", reason="torch is not installed (make torch)")
 TF = torch.nn.functional
@@ -44,17 +45,11 @@ RTOL = {np.float64: 1e-12, np.float32: 1e-6, np.float16: 1e-3}
 def ours(case, x, dy, be):
     """Our y and dx as NumPy arrays (cuda: computed on CuPy copies)."""
     op, options, _, _ = CASES[case]
-    if be == "cuda":
-        x, dy = backend.array_module(be).asarray(x), backend.array_module(be).asarray(dy)
-    return (to_host(getattr(F, op)(x, **options, backend=be)),
-            to_host(getattr(F, op + "_backward")(dy, x, **options, backend=be)))
+    return activation_and_gradient(op, options, x, dy, be)
 
 
 def _torch_run(case, x, dy):
-    xt = torch.tensor(x, requires_grad=True)
-    yt = CASES[case][2](xt)
-    yt.backward(torch.tensor(dy))
-    return yt.detach().numpy(), xt.grad.numpy()
+    return torch_activation_and_gradient(torch, CASES[case][2], x, dy)
 
 
 def theirs(case, x, dy):

@@ -14,7 +14,9 @@ import pytest
 from cnn_gpu import backend, emu, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, float16_steps, needs_cuda, needs_emu, to_host
+from test_gradcheck_ops import away_from
+from helpers import (activation_and_gradient, assert_close, float16_steps, needs_cuda, needs_emu, refuse_kernel_runs,
+                     refuse_launches, to_host, torch_activation_and_gradient)
 
 torch = pytest.importorskip("torch", reason="torch is not installed (make torch)")
 TF = torch.nn.functional
@@ -43,18 +45,11 @@ RTOL = {np.float64: 1e-12, np.float32: 1e-6}
 
 
 def ours(case, x, dy, be):
-    op, options, _, _ = CASES[case]
-    if be == "cuda":
-        x, dy = backend.array_module(be).asarray(x), backend.array_module(be).asarray(dy)
-    return (to_host(getattr(F, op)(x, **options, backend=be)),
-            to_host(getattr(F, op + "_backward")(dy, x, **options, backend=be)))
+    return activation_and_gradient(*CASES[case][:2], x, dy, be)
 
 
 def _torch_run(case, x, dy):
-    xt = torch.tensor(x, requires_grad=True)
-    yt = CASES[case][2](xt)
-    yt.backward(torch.tensor(dy))
-    return yt.detach().numpy(), xt.grad.numpy()
+    return torch_activation_and_gradient(torch, CASES[case][2], x, dy)
 
 
 def theirs(case, x, dy):
@@ -221,12 +216,6 @@ def compare(got, expected, dtype, what, exact=False):
             np.testing.assert_array_equal(np.signbit(got[zeros]), np.signbit(expected[zeros]), err_msg=what)
 
 
-def away_from(kinks, x):
-    for kink in kinks:
-        x = np.where(np.abs(x - kink) < 0.05, kink + np.copysign(0.05, x - kink), x)
-    return x
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_finite_differences_in_float64(case):
     op, options, _, kinks = CASES[case]
@@ -321,16 +310,15 @@ def test_layers_reprs_and_passes_match_pytorch():
     (lambda x, be: F.hardshrink(x, np.nan, backend=be), ValueError, "lambd must be finite"),
     (lambda x, be: F.threshold(x, 0.1, "a", backend=be), TypeError, "value must be a real number"),
     (lambda x, be: F.softplus_backward(x, x.astype(np.float32), backend=be), TypeError, "dy has dtype float64"),
-    (lambda x, be: F.glu(x[:, :3], backend=be), ValueError, "Halving dimension must be even, but dimension 1 is size 3"),
+    (lambda x, be: F.glu(x[:, :3], backend=be), ValueError,
+     "Halving dimension must be even, but dimension 1 is size 3"),
     (lambda x, be: F.glu(x[0, 0:1].reshape(()), backend=be), ValueError, "glu does not support scalars"),
     (lambda x, be: F.glu(x, 2, backend=be), IndexError, "dim 2 is out of range"),
     (lambda x, be: F.glu_backward(x, x, backend=be), ValueError, r"dy must have shape \(2, 2\)"),
     (lambda x, be: F.softmin(x, 3, backend=be), IndexError, "out of range"),
 ])
 def test_bad_arguments_are_refused_before_any_launch(call, error, message, monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError(f"launched {args[3]}")
-    monkeypatch.setattr(backend, "launch", no_launch)
+    refuse_launches(monkeypatch)
     for be in ("numpy", "emu"):
         with pytest.raises(error, match=message):
             call(np.ones((2, 4)), be)
@@ -340,15 +328,13 @@ def test_bad_arguments_are_refused_before_any_launch(call, error, message, monke
 def test_empty_and_zero_dimensional_inputs(be, monkeypatch):
     """Empty inputs give empty outputs without a kernel running (glu's too, whatever dimension is empty);
     a 0-d input PyTorch's value."""
-    def kernel(*args, **kwargs):
-        raise AssertionError("a kernel ran for an empty input")
     x0 = np.array(-0.7)
     for case in CASES:
         y, dx = ours(case, x0, x0, be)
         want = theirs(case, x0.reshape(1), x0.reshape(1))
         assert y.shape == () and dx.shape == ()
         np.testing.assert_allclose([y, dx], [want[0][0], want[1][0]], rtol=1e-7)   # 1e-7: celu's gradient
-    monkeypatch.setattr(backend, "kernel_function", lambda *args: kernel)
+    refuse_kernel_runs(monkeypatch)
     for case in CASES:
         for got in ours(case, np.zeros((2, 0, 3)), np.zeros((2, 0, 3)), be):
             assert got.shape == (2, 0, 3)

@@ -1,4 +1,5 @@
-"""softmax, log_softmax and softmin (softmax(-x)) over one dimension (torch.nn.functional's, with an explicit dim) and their
+"""softmax, log_softmax and softmin (softmax(-x)) over one dimension (torch.nn.functional's, with an
+explicit dim) and their
 backward passes `<name>_backward(dy, y, dim)`, which take the forward OUTPUT y, not x as the other
 activations' backward passes do: PyTorch's formulas need only y,
     softmax:     dx = y * (dy - sum(dy * y))
