@@ -343,3 +343,32 @@ def test_empty_and_zero_dimensional_inputs(be, monkeypatch):
         y = F.glu(x, -1, backend=be)
         assert y.shape == shape[:-1] + (shape[-1] // 2,)
         assert F.glu_backward(np.zeros(y.shape), x, -1, backend=be).shape == shape
+
+
+def test_benchmark_models_know_the_layers():
+    """A model with the element-wise layers gets its shapes, its launches (the kernels elementwise.cu holds:
+    SELU and CELU run elu's, both shrinks' gradients shrink_backward) and a PyTorch mirror that computes
+    what it does."""
+    from cnn_gpu.bench.modeled import _layer_passes
+    from cnn_gpu.bench.training import leaf_layers, torch_mirror
+    # each layer's parameters matter for the values it sees (CELU and the shrinks see both signs)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, dtype=np.float64), nn.CELU(0.4), nn.Hardshrink(0.3), nn.Softshrink(0.2),
+                          nn.Threshold(-0.1, 2.0), nn.Softplus(0.5, 1.0), nn.SELU(), nn.LogSigmoid(), nn.Softsign(),
+                          nn.Tanhshrink())
+    x = np.random.default_rng(30).standard_normal((2, 2, 7, 6)) * 4
+    shapes = [(type(leaf).__name__, shape_in, shape_out)
+              for leaf, shape_in, shape_out, _ in leaf_layers(model, x.shape)]
+    assert shapes == [("Conv2d", (2, 2, 7, 6), (2, 3, 5, 4))] + [(type(layer).__name__, (2, 3, 5, 4), (2, 3, 5, 4))
+                                                                for layer in model[1:]]
+    kernels = [kernel for layer in model[1:] for kernel, _ in _layer_passes(layer, 1, 1, 8)]
+    assert kernels == ["elu_forward", "elu_backward", "hardshrink_forward", "shrink_backward", "softshrink_forward",
+                       "shrink_backward", "threshold_forward", "threshold_backward", "softplus_forward",
+                       "softplus_backward", "elu_forward", "elu_backward", "log_sigmoid_forward",
+                       "log_sigmoid_backward", "softsign_forward", "softsign_backward", "tanhshrink_forward",
+                       "tanhshrink_backward"]
+    source = backend.kernel_source("elementwise")
+    assert all(f"\n{kernel}(" in source for kernel in kernels)
+    mirror = torch_mirror(model, torch)
+    assert [type(m).__name__ for m in mirror] == [type(m).__name__ for m in model]
+    with torch.no_grad():
+        np.testing.assert_allclose(mirror(torch.tensor(x)).numpy(), model(x), rtol=1e-12, atol=1e-15)

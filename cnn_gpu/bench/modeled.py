@@ -205,7 +205,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     and pools read their input and write their output, their backward reads dy and x and writes
     dx; batch norm as _batch_norm_passes (GroupNorm and LayerNorm: _row_norm_launches, from x's shape)."""
     from .. import nn
-    from ..functional.activation import gelu_form
+    from ..functional.activation import KERNELS_OF, gelu_form
+    from ..gpu.elementwise import kernel_name as activation_kernel
     from ..gpu.reduce import plan_channel_sum
     from ..gpu.upsample import kernel_name as upsample_kernel
     from .training import ResidualLeaf, WithActivation, activation_layers
@@ -221,9 +222,12 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     if isinstance(layer, WithActivation):
         return _layer_passes(layer.layer, x, y, item)   # the batch norm's kernels apply the activation
     if isinstance(layer, activation_layers()):
-        # the kernels of the layer's op (F.relu: relu_forward...; ReLU6 runs hardtanh's), a GELU's by its form
-        name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else layer._forward.__name__
-        return [(f"{name}_forward", (x + y) * item), (f"{name}_backward", (2 * x + y) * item)]
+        # the kernels of the layer's op (F.relu: relu_forward...; ReLU6 runs hardtanh's, SELU and CELU elu's), a
+        # GELU's by its form
+        op = layer._forward.__name__
+        name = gelu_form(layer.approximate) if isinstance(layer, nn.GELU) else KERNELS_OF.get(op, op)
+        return [(activation_kernel(name, "forward"), (x + y) * item),
+                (activation_kernel(name, "backward"), (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
         return _batch_norm_passes(x, item)
     pools = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool",

@@ -71,7 +71,8 @@ def activation_layers() -> tuple:
     and output of one shape."""
     from .. import nn
     return (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
-            nn.ELU, nn.Mish)
+            nn.ELU, nn.Mish, nn.Softplus, nn.SELU, nn.CELU, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Hardshrink,
+            nn.Softshrink, nn.Threshold)
 
 
 def leaf_layers(model, input_shape):
@@ -214,6 +215,14 @@ def torch_mirror(model, torch):
             return tnn.Hardtanh(m.min_val, m.max_val)
         if isinstance(m, nn.ELU):
             return tnn.ELU(m.alpha)
+        if isinstance(m, nn.CELU):
+            return tnn.CELU(m.alpha)
+        if isinstance(m, nn.Softplus):
+            return tnn.Softplus(m.beta, m.threshold)
+        if isinstance(m, (nn.Hardshrink, nn.Softshrink)):
+            return getattr(tnn, type(m).__name__)(m.lambd)
+        if isinstance(m, nn.Threshold):
+            return tnn.Threshold(m.threshold, m.value)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return tnn.AdaptiveAvgPool2d(m.output_size)
         if isinstance(m, nn.AdaptiveMaxPool2d):
@@ -245,7 +254,9 @@ def torch_mirror(model, torch):
             if isinstance(m, ours):
                 return theirs(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
         for ours, theirs in ((nn.ReLU, tnn.ReLU), (nn.Sigmoid, tnn.Sigmoid), (nn.Tanh, tnn.Tanh), (nn.SiLU, tnn.SiLU),
-                             (nn.Hardsigmoid, tnn.Hardsigmoid), (nn.Hardswish, tnn.Hardswish), (nn.Mish, tnn.Mish)):
+                             (nn.Hardsigmoid, tnn.Hardsigmoid), (nn.Hardswish, tnn.Hardswish), (nn.Mish, tnn.Mish),
+                             (nn.SELU, tnn.SELU), (nn.LogSigmoid, tnn.LogSigmoid), (nn.Softsign, tnn.Softsign),
+                             (nn.Tanhshrink, tnn.Tanhshrink)):
             if isinstance(m, ours):
                 return theirs()
         raise TypeError(f"no PyTorch counterpart for layer {type(m).__name__}")

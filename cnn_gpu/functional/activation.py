@@ -790,6 +790,11 @@ def celu_(x, alpha=1.0, *, backend=None):
     return _overwritten(x, celu, alpha, backend=backend)
 
 
+# The functional ops whose kernels carry another activation's name (cnn_gpu.gpu.elementwise.ACTIVATIONS); the
+# others' are their own
+KERNELS_OF = {"selu": "elu", "celu": "elu", "logsigmoid": "log_sigmoid", "relu6": "hardtanh"}
+
+
 # The activations F.batch_norm applies to its output in the same pass (its activation=...; nn.Sequential
 # fuses a BatchNorm and the activation layer after it): name -> (the element-wise op whose formulas and
 # rules it takes, that op's parameter)

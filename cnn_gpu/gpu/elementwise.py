@@ -24,7 +24,8 @@ _WITH_PARAM_TUPLE = ("hardtanh", "elu", "softplus", "threshold")
 _SHARED_BACKWARD = {"hardshrink": "shrink_backward", "softshrink": "shrink_backward"}
 
 
-def _kernel(name: str, direction: str) -> str:
+def kernel_name(name: str, direction: str) -> str:
+    """The kernel of activation `name` (ACTIVATIONS) in `direction` ("forward" or "backward")."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
     return _SHARED_BACKWARD.get(name, f"{name}_backward") if direction == "backward" else f"{name}_forward"
@@ -37,7 +38,7 @@ def _param_args(name, dtype, param):
 
 
 def forward(be, name, x, param):
-    kernel = _kernel(name, "forward")
+    kernel = kernel_name(name, "forward")
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, kernel, (elementwise_blocks(x.size),), (THREADS,),
                    (x, y, np.int64(x.size), *_param_args(name, x.dtype, param)))
@@ -45,7 +46,7 @@ def forward(be, name, x, param):
 
 
 def backward(be, name, dy, x, param):
-    kernel = _kernel(name, "backward")
+    kernel = kernel_name(name, "backward")
     if name == "threshold":   # its gradient needs the threshold, not the value
         param = param[:1]
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
