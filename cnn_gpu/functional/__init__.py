@@ -48,7 +48,8 @@ from .activation import (add_relu, elu, elu_backward, gelu, gelu_backward, hards
 from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
                             adaptive_max_pool2d_backward)
 from .batch_norm import batch_norm, batch_norm_backward
-from .dropout import dropout, dropout1d, dropout1d_backward, dropout2d, dropout2d_backward, dropout_backward
+from .dropout import (dropout, dropout1d, dropout1d_backward, dropout2d, dropout2d_backward, dropout_backward,
+                      dropout3d, dropout3d_backward)
 from .group_norm import group_norm, group_norm_backward
 from .instance_norm import instance_norm, instance_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
@@ -91,10 +92,10 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "adaptive_avg_pool1d", "adaptive_avg_pool1d_backward", "pad", "pad_backward", "pixel_shuffle",
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
            "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
-           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward", "fold",
-           "fold_backward", "unfold", "unfold_backward", "local_response_norm", "local_response_norm_backward",
-           "normalize", "normalize_backward", "cosine_similarity", "cosine_similarity_backward", "pairwise_distance",
-           "pairwise_distance_backward", "one_hot", "max_unpool1d", "max_unpool1d_backward", "max_unpool2d",
-           "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward", "lp_pool2d", "lp_pool2d_backward",
-           "max_pool1d_with_indices", "max_pool2d_with_indices", "adaptive_max_pool1d_with_indices",
-           "adaptive_max_pool2d_with_indices"]
+           "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward", "dropout3d",
+           "dropout3d_backward", "fold", "fold_backward", "unfold", "unfold_backward", "local_response_norm",
+           "local_response_norm_backward", "normalize", "normalize_backward", "cosine_similarity",
+           "cosine_similarity_backward", "pairwise_distance", "pairwise_distance_backward", "one_hot", "max_unpool1d",
+           "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward",
+           "lp_pool2d", "lp_pool2d_backward", "max_pool1d_with_indices", "max_pool2d_with_indices",
+           "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]

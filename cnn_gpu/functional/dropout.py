@@ -8,6 +8,7 @@ float16 multiplies by the FP32 scale and rounds once: the same mask as float32 f
 
 dropout2d (torch.nn.functional.dropout2d) keeps or drops whole (n, c) planes: plane n * C + c takes
 the number dropout's element n * C + c would, one Philox number a plane.
+dropout1d and dropout3d drop the same planes of their (N, C, *) inputs.
 """
 from __future__ import annotations
 
@@ -155,6 +156,49 @@ def dropout1d_backward(dy, p, seed, step=0, *, backend=None):
 
 def _signal_dropped(a, name, p, training, seed, step, backend):
     """_dropped's plane masks of an (N, C, L) signal, or of a (C, L) one as its (1, C, L) view."""
-    batched = a if a.ndim == 3 else a[None]
+    return _channels_dropped(a, name, p, training, seed, step, backend, batched_rank=3)
+
+
+def _channels_dropped(a, name, p, training, seed, step, backend, batched_rank):
+    """_dropped's plane masks of `a`, viewed with a batch axis of one unless its rank is
+    `batched_rank` (PyTorch's is_batched)."""
+    batched = a if a.ndim == batched_rank else a[None]
+    if batched.ndim < 2 and _checks.flag(training, "training") and p != 0:
+        raise ValueError(f"Feature dropout requires at least 2 dimensions in the input: {name} has shape "
+                         f"{tuple(a.shape)}")
     dropped = _dropped(batched, name, p, training, seed, step, backend, per_plane=True)
     return a if dropped is batched else dropped.reshape(a.shape)
+
+
+def check_volumes_input(a, name, warn=True):
+    """PyTorch 2.13's rank rule of dropout3d: (N, C, D, H, W) or unbatched (C, D, H, W); where `warn`
+    (the forward's calls), other ranks warn and are taken as unbatched (a batch axis of one added).
+    stacklevel 4 names the caller of F.dropout3d or nn.Dropout3d."""
+    _checks.array(a, name)
+    if warn and a.ndim not in (4, 5):
+        warnings.warn(f"dropout3d: Received a {a.ndim}-D input to dropout3d, which is deprecated and will result in "
+                      "an error in a future release. To retain the behavior and silence this warning, please use "
+                      "dropout instead. Note that dropout3d exists to provide channel-wise dropout on inputs with 3 "
+                      "spatial dimensions, a channel dimension, and an optional batch dimension (i.e. 4D or 5D "
+                      "inputs).", stacklevel=4)
+
+
+@takes_float16(kernels=True)
+def dropout3d(x, p=0.5, training=True, *, seed, step=0, backend=None):
+    """torch.nn.functional.dropout3d(x, p, training) with the mask of (seed, step): each (n, c)
+    volume of an (N, C, D, H, W) input (each channel of a (C, D, H, W) one) kept with probability
+    1 - p and scaled by 1 / (1 - p), or zeroed: dropout2d's plane masks. As PyTorch 2.13: other
+    ranks warn and are taken as unbatched (their first axis the channels). x itself when not
+    training or p == 0."""
+    p = check_probability(p)
+    check_volumes_input(x, "x")
+    return _channels_dropped(x, "x", p, training, seed, step, backend, batched_rank=5)
+
+
+@takes_float16(kernels=True)
+def dropout3d_backward(dy, p, seed, step=0, *, backend=None):
+    """Gradient of dropout3d(x, p, training=True, seed=seed, step=step): dy through the same
+    channel mask and scale."""
+    p = check_probability(p)
+    check_volumes_input(dy, "dy", warn=False)
+    return _channels_dropped(dy, "dy", p, True, seed, step, backend, batched_rank=5)

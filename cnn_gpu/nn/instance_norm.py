@@ -1,4 +1,4 @@
-"""InstanceNorm1d and InstanceNorm2d (style transfer, GAN generators): F.instance_norm with
+"""InstanceNorm1d, InstanceNorm2d and InstanceNorm3d (style transfer, GAN generators, volumes): F.instance_norm with
 PyTorch's arguments, parameters, buffers and input rules."""
 from __future__ import annotations
 
@@ -94,3 +94,8 @@ class InstanceNorm1d(_InstanceNorm):
 class InstanceNorm2d(_InstanceNorm):
     """On (N, C, H, W) or unbatched (C, H, W) images."""
     _batched_rank = 4
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """On (N, C, D, H, W) or unbatched (C, D, H, W) volumes."""
+    _batched_rank = 5
