@@ -763,3 +763,22 @@ def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(fa
         assert not [ins.opcode for kind, ins in kinds if kind == "atomic"], kernel
         global_ops = [ins for kind, ins in kinds if kind in ("ldg", "stg")]
         assert global_ops and {mix.access_bits(ins) for ins in global_ops} <= widths, (kernel, global_ops)
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_volume_pools_gather_without_atomics_or_local_memory(dtype):
+    """The 3-D kernels of kernels/pool.cu and adaptive_pool.cu (the 2-D bodies with a depth): element-
+    sized loads (and int32 indices), no local memory (the 3-D adaptive ones take their window bounds
+    in 32 bits: 64-bit divisions, called subroutines, spilled the average's backward) and no atomics
+    (the backward passes gather over the windows)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    for family in ("pool", "adaptive_pool"):
+        rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}
+        volume_kernels = [name for name in rows if "pool3d" in name]
+        assert len(volume_kernels) == 4, sorted(rows)
+        for kernel in volume_kernels:
+            row = rows[kernel]
+            loaded = {size_bits, 32} if "max" in kernel and "backward" in kernel else {size_bits}
+            assert row["local_memory"] == 0 and row["atomic"] == 0, kernel
+            assert set(row["ldg_bits"]) <= loaded and size_bits in row["ldg_bits"], (kernel, row["ldg_bits"])

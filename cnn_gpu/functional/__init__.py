@@ -46,7 +46,8 @@ from .activation import (add_relu, elu, elu_backward, gelu, gelu_backward, hards
                          softshrink, softshrink_backward, softsign, softsign_backward, tanhshrink, tanhshrink_backward,
                          threshold, threshold_, threshold_backward)
 from .adaptive_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_max_pool2d,
-                            adaptive_max_pool2d_backward)
+                            adaptive_max_pool2d_backward, adaptive_avg_pool3d, adaptive_avg_pool3d_backward,
+                            adaptive_max_pool3d, adaptive_max_pool3d_backward)
 from .batch_norm import batch_norm, batch_norm_backward
 from .dropout import (dropout, dropout1d, dropout1d_backward, dropout2d, dropout2d_backward, dropout_backward,
                       dropout3d, dropout3d_backward)
@@ -62,7 +63,8 @@ from .folding import fold, fold_backward, unfold, unfold_backward
 from .local_response_norm import local_response_norm, local_response_norm_backward
 from .distance import (cosine_similarity, cosine_similarity_backward, normalize, normalize_backward, one_hot,
                        pairwise_distance, pairwise_distance_backward)
-from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, avg_pool3d, avg_pool3d_backward,
+                   max_pool3d, max_pool3d_backward)
 from .padding import pad, pad_backward
 from .shuffle import (channel_shuffle, channel_shuffle_backward, pixel_shuffle, pixel_shuffle_backward, pixel_unshuffle,
                       pixel_unshuffle_backward)
@@ -93,7 +95,9 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "pixel_shuffle_backward", "pixel_unshuffle", "pixel_unshuffle_backward", "channel_shuffle",
            "channel_shuffle_backward", "instance_norm", "instance_norm_backward", "prelu", "prelu_backward",
            "dropout1d", "dropout1d_backward", "adaptive_max_pool1d", "adaptive_max_pool1d_backward", "dropout3d",
-           "dropout3d_backward", "fold", "fold_backward", "unfold", "unfold_backward", "local_response_norm",
+           "dropout3d_backward", "max_pool3d", "max_pool3d_backward", "avg_pool3d", "avg_pool3d_backward",
+           "adaptive_avg_pool3d", "adaptive_avg_pool3d_backward", "adaptive_max_pool3d",
+           "adaptive_max_pool3d_backward", "fold", "fold_backward", "unfold", "unfold_backward", "local_response_norm",
            "local_response_norm_backward", "normalize", "normalize_backward", "cosine_similarity",
            "cosine_similarity_backward", "pairwise_distance", "pairwise_distance_backward", "one_hot", "max_unpool1d",
            "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward",

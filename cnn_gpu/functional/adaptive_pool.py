@@ -1,16 +1,18 @@
-"""adaptive_avg_pool2d, adaptive_max_pool2d and their backward passes (PyTorch's adaptive windows):
-output p of P along an axis of size H covers [floor(p*H/P), ceil((p+1)*H/P)).
+"""adaptive_avg_pool2d, adaptive_max_pool2d, their 3-D forms (volumes) and their backward passes
+(PyTorch's adaptive windows): output p of P along an axis of size H covers [floor(p*H/P), ceil((p+1)*H/P)).
+Both ranks share the code below, which loops over the spatial axes (and the kernels, which take a depth).
 
 NumPy path of the average: the windows of each axis as a 0/1 matrix (P, H), so y = rows @ x @
-cols.T / area and the backward pass dx = rows.T @ (dy / area) @ cols, with BLAS (_window_sums,
-which keeps an inf or NaN in its windows as PyTorch and the kernels do).
-NumPy path of the maximum: separable, along w then h (_axis_max): the first maximum of a window
-in row-major scan order is the first maximum of the first row holding the window's maximum, and
-its last NaN the last NaN of the last row holding one. Its backward adds dy at the indices.
+cols.T / area (the depth's matrix applied likewise) and the backward pass dx = rows.T @ (dy / area)
+@ cols, with BLAS (_window_sums, which keeps an inf or NaN in its windows as PyTorch and the kernels do).
+NumPy path of the maximum: separable, along w, then h, then d (_axis_max): the first maximum of a
+window in row-major scan order is the first maximum of the first row (slice) holding the window's
+maximum, and its last NaN the last NaN of the last row holding one. Its backward adds dy at the indices.
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -33,37 +35,54 @@ def _window_matrix(outputs: int, size: int, dtype) -> np.ndarray:
 
 
 def _areas(out_size, in_size, dtype):
-    (rows_start, rows_end), (cols_start, cols_end) = (_window_bounds(o, s) for o, s in zip(out_size, in_size))
-    return ((rows_end - rows_start)[:, None] * (cols_end - cols_start)[None, :]).astype(dtype)
+    """Every window's size (its area, or volume), (*out_size)."""
+    lengths = [end - start for start, end in (_window_bounds(o, s) for o, s in zip(out_size, in_size))]
+    return functools.reduce(np.multiply.outer, lengths).astype(dtype)
+
+
+_SIZE_NAMES = {2: "a pair (h, w)", 3: "a triple (d, h, w)"}
 
 
 def _output_size(output_size, in_size):
-    """PyTorch's output_size: an int, or an (h, w) pair whose None entries keep the input size."""
-    items = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-    if len(items) != 2:
-        raise ValueError(f"output_size must be an int or a pair (h, w), got {output_size!r}")
+    """PyTorch's output_size: an int, or an (h, w) pair ((d, h, w) triple for volumes) whose None
+    entries keep the input size."""
+    count = len(in_size)
+    items = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * count
+    if len(items) != count:
+        raise ValueError(f"output_size must be an int or {_SIZE_NAMES[count]}, got {output_size!r}")
     sizes = []
     for item, size in zip(items, in_size):
         if item is None:
             item = size
         if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
-            raise TypeError(f"output_size must be an int, None or a pair of them, got {output_size!r}")
+            raise TypeError(f"output_size must be an int, None or a {_SIZE_NAMES[count].split()[1]} of them, "
+                            f"got {output_size!r}")
         if item < 1:
             raise ValueError(f"output_size must be positive, got {output_size!r}")
         sizes.append(int(item))
     return tuple(sizes)
 
 
-def _window_sums(left, a, right):
-    """left @ a @ right for 0/1 window matrices, an inf or NaN of `a` kept to the sums of its
-    windows: a product of one with the matrices' zeros would make every sum of its rows and columns
+def _through_windows(a, matrices):
+    """Each spatial axis of `a` through its matrix (new size, old size): the last two by matmul
+    from the right and the left, a depth one along its axis."""
+    *depth, rows, cols = matrices
+    out = np.matmul(np.matmul(rows, a), cols.T)
+    for m in depth:
+        out = np.moveaxis(np.matmul(m, np.moveaxis(out, 2, -2)), -2, 2)
+    return out
+
+
+def _window_sums(a, matrices):
+    """_through_windows(a, matrices) of 0/1 window matrices, an inf or NaN of `a` kept to the sums of
+    its windows: a product of one with the matrices' zeros would make every sum of its rows and columns
     NaN. The finite values are summed as without them (the same bits); a window's sum is NaN where
     it holds a NaN or infinities of both signs, else the infinity it holds."""
     finite = np.isfinite(a)
     if finite.all():
-        return np.matmul(np.matmul(left, a), right)
-    sums = np.matmul(np.matmul(left, np.where(finite, a, 0)), right)
-    holds = lambda mask: np.matmul(np.matmul(left, mask.astype(a.dtype)), right) > 0   # noqa: E731
+        return _through_windows(a, matrices)
+    sums = _through_windows(np.where(finite, a, 0), matrices)
+    holds = lambda mask: _through_windows(mask.astype(a.dtype), matrices) > 0   # noqa: E731
     positive, negative, nan = holds(a == np.inf), holds(a == -np.inf), holds(np.isnan(a))
     sums[positive] = np.inf
     sums[negative] = -np.inf
@@ -71,52 +90,73 @@ def _window_sums(left, a, right):
     return sums
 
 
-def _batched(a, name):
-    """a as (N, C, H, W) (an unbatched (C, H, W) input gets N = 1) and whether it was unbatched."""
-    return as_batch(_checks.array(a, name, ndim=(3, 4)))
+def _batched(a, name, batched_rank):
+    """a as a batch (an unbatched input gets N = 1) and whether it was unbatched."""
+    return as_batch(_checks.array(a, name, ndim=(batched_rank - 1, batched_rank)), batched_rank)
 
 
-def _pooled_input(x, output_size):
-    """(x as (N, C, H, W), whether it was unbatched, the output size) of a forward pass."""
-    x4, unbatched = _batched(x, "x")
-    if 0 in x4.shape[1:]:
+def _pooled_input(x, output_size, batched_rank):
+    """(x as a batch, whether it was unbatched, the output size) of a forward pass."""
+    batch, unbatched = _batched(x, "x", batched_rank)
+    if 0 in batch.shape[1:]:
         raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x.shape)}")
-    return x4, unbatched, _output_size(output_size, x4.shape[2:])
+    return batch, unbatched, _output_size(output_size, batch.shape[2:])
+
+
+def _adaptive_avg(x, output_size, batched_rank, backend):
+    batch, unbatched, out_size = _pooled_input(x, output_size, batched_rank)
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        matrices = [_window_matrix(o, s, x.dtype) for o, s in zip(out_size, batch.shape[2:])]
+        y = _window_sums(batch, matrices)
+        y /= _areas(out_size, batch.shape[2:], x.dtype)
+    else:
+        from ..gpu import adaptive_pool as gpu_pool
+        y = gpu_pool.forward(be, _checks.for_kernels(be, batch, "x"), out_size)
+    return y[0] if unbatched else y
+
+
+def _adaptive_avg_backward(dy, x_shape, batched_rank, backend):
+    batch, unbatched = _batched(dy, "dy", batched_rank)
+    x_shape = _checks.shape_tuple(x_shape, "x_shape", dy.ndim)
+    batch_x_shape = (1,) + x_shape if unbatched else x_shape
+    if batch_x_shape[:2] != batch.shape[:2] or min(batch_x_shape[2:]) < 1:
+        raise ValueError(f"dy of shape {tuple(dy.shape)} cannot come from an input of shape {x_shape} "
+                         f"(batch and channels must agree, spatial sizes be positive)")
+    out_size = tuple(batch.shape[2:])
+    be = _backend.resolve(backend, dy)
+    if be == "numpy":
+        matrices = [_window_matrix(o, s, dy.dtype).T for o, s in zip(out_size, batch_x_shape[2:])]
+        dx = _window_sums(batch / _areas(out_size, batch_x_shape[2:], dy.dtype), matrices)
+    else:
+        from ..gpu import adaptive_pool as gpu_pool
+        dx = gpu_pool.backward(be, _checks.for_kernels(be, batch, "dy"), batch_x_shape)
+    return dx[0] if unbatched else dx
 
 
 @takes_float16(kernels=True)
 def adaptive_avg_pool2d(x, output_size, *, backend=None):
     """Adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d ((N, C, H, W) or (C, H, W))."""
-    x4, unbatched, out_size = _pooled_input(x, output_size)
-    be = _backend.resolve(backend, x)
-    if be == "numpy":
-        rows, cols = (_window_matrix(o, s, x.dtype) for o, s in zip(out_size, x4.shape[2:]))
-        y = _window_sums(rows, x4, cols.T)
-        y /= _areas(out_size, x4.shape[2:], x.dtype)
-    else:
-        from ..gpu import adaptive_pool as gpu_pool
-        y = gpu_pool.forward(be, _checks.for_kernels(be, x4, "x"), out_size)
-    return y[0] if unbatched else y
+    return _adaptive_avg(x, output_size, 4, backend)
 
 
 @takes_float16(kernels=True)
 def adaptive_avg_pool2d_backward(dy, x_shape, *, backend=None):
     """Gradient of adaptive_avg_pool2d for an input of shape x_shape (the output size is dy's)."""
-    dy4, unbatched = _batched(dy, "dy")
-    x_shape = _checks.shape_tuple(x_shape, "x_shape", dy.ndim)
-    x4_shape = (1,) + x_shape if unbatched else x_shape
-    if x4_shape[:2] != dy4.shape[:2] or min(x4_shape[2:]) < 1:
-        raise ValueError(f"dy of shape {tuple(dy.shape)} cannot come from an input of shape {x_shape} "
-                         f"(batch and channels must agree, spatial sizes be positive)")
-    out_size = tuple(dy4.shape[2:])
-    be = _backend.resolve(backend, dy)
-    if be == "numpy":
-        rows, cols = (_window_matrix(o, s, dy.dtype) for o, s in zip(out_size, x4_shape[2:]))
-        dx = _window_sums(rows.T, dy4 / _areas(out_size, x4_shape[2:], dy.dtype), cols)
-    else:
-        from ..gpu import adaptive_pool as gpu_pool
-        dx = gpu_pool.backward(be, _checks.for_kernels(be, dy4, "dy"), x4_shape)
-    return dx[0] if unbatched else dx
+    return _adaptive_avg_backward(dy, x_shape, 4, backend)
+
+
+@takes_float16(kernels=True)
+def adaptive_avg_pool3d(x, output_size, *, backend=None):
+    """Adaptive average pooling of volumes as torch.nn.functional.adaptive_avg_pool3d ((N, C, D, H, W)
+    or (C, D, H, W); output_size an int or a (d, h, w) triple whose None entries keep the input size)."""
+    return _adaptive_avg(x, output_size, 5, backend)
+
+
+@takes_float16(kernels=True)
+def adaptive_avg_pool3d_backward(dy, x_shape, *, backend=None):
+    """Gradient of adaptive_avg_pool3d for an input of shape x_shape (the output size is dy's)."""
+    return _adaptive_avg_backward(dy, x_shape, 5, backend)
 
 
 def _axis_max(values, positions, outputs: int):
@@ -135,26 +175,41 @@ def _axis_max(values, positions, outputs: int):
     return best, best_position
 
 
-def _max_windows(x4, out_size):
-    """(y, indices int32) of adaptive max pooling of x4 (N, C, H, W): along w, then along h."""
-    height, width = x4.shape[2:]
-    rows, columns = _axis_max(x4, np.broadcast_to(np.arange(width, dtype=np.int32), x4.shape), out_size[1])
-    flat = columns + (np.arange(height, dtype=np.int32) * width)[:, None]   # (N, C, H, Q) of h*W + w
-    y, indices = _axis_max(rows.swapaxes(2, 3), flat.swapaxes(2, 3), out_size[0])
-    return np.ascontiguousarray(y.swapaxes(2, 3)), np.ascontiguousarray(indices.swapaxes(2, 3))
+def _plane_steps(in_size):
+    """The flat in-plane offset of a step along each spatial axis: (W, 1) or (H*W, W, 1)."""
+    return [math.prod(in_size[axis + 1:]) for axis in range(len(in_size))]
+
+
+def _max_windows(batch, out_size):
+    """(y, indices int32) of adaptive max pooling of a batch (N, C, *in_size): along the last axis,
+    then each axis before it, each pass adding that axis's offset to the flat positions."""
+    in_size = batch.shape[2:]
+    values, positions = batch, np.zeros((1,) * batch.ndim, dtype=np.int32)
+    for axis in reversed(range(len(in_size))):
+        dim = 2 + axis
+        offsets = (np.arange(in_size[axis], dtype=np.int32) * _plane_steps(in_size)[axis])
+        positions = positions + offsets.reshape((-1,) + (1,) * (len(in_size) - 1 - axis))
+        positions = np.broadcast_to(positions, values.shape)
+        values, positions = (np.moveaxis(a, -1, dim) for a in _axis_max(
+            np.moveaxis(values, dim, -1), np.moveaxis(positions, dim, -1), out_size[axis]))
+    return np.ascontiguousarray(values), np.ascontiguousarray(positions)
 
 
 def check_max_indices(indices, x4_shape, out_size, op="adaptive_max_pool2d", given=None, given_x_shape=None) -> None:
-    """Every index is the flat position h*W + w of a pixel of its own window (NumPy or CuPy arrays;
-    on CuPy this reads one flag back). An index outside the plane has its row outside every window.
-    The error names `op`, and the index and input shape as the caller gave them (`given`, a view of
-    the same indices, and `given_x_shape`; by default the 4-D ones)."""
+    """Every index is the flat position ((d*H) + h)*W + w of a pixel of its own window (NumPy or CuPy
+    arrays; on CuPy this reads one flag back). An index outside the plane has its first coordinate
+    outside every window. x4_shape is the batch's shape ((N, C, H, W), or (N, C, D, H, W)). The
+    error names `op`, and the index and input shape as the caller gave them (`given`, a view of the
+    same indices, and `given_x_shape`; by default the batch's)."""
     xp = _backend.module_of(indices)
-    width = x4_shape[3]
+    in_size = tuple(x4_shape[2:])
+    axes = len(in_size)
     inside = None
-    for position, axis, (outputs, size) in ((indices // width, 2, (out_size[0], x4_shape[2])),
-                                            (indices % width, 3, (out_size[1], x4_shape[3]))):
-        start, end = (xp.asarray(b.astype(np.int32).reshape((-1, 1) if axis == 2 else (1, -1)))
+    for axis, (outputs, size, step) in enumerate(zip(out_size, in_size, _plane_steps(in_size))):
+        position = indices // step
+        if axis:
+            position = position % size
+        start, end = (xp.asarray(b.astype(np.int32).reshape((-1,) + (1,) * (axes - 1 - axis)))
                       for b in _window_bounds(outputs, size))
         ok = (position >= start) & (position < end)
         inside = ok if inside is None else inside & ok
@@ -165,20 +220,24 @@ def check_max_indices(indices, x4_shape, out_size, op="adaptive_max_pool2d", giv
                          f"be those {op} returned for an input of shape {tuple(given_x_shape or x4_shape)}")
 
 
+def _adaptive_max(x, output_size, batched_rank, backend):
+    batch, unbatched, out_size = _pooled_input(x, output_size, batched_rank)
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        y, indices = _max_windows(batch, out_size)
+    else:
+        from ..gpu import adaptive_pool as gpu_pool
+        y, indices = gpu_pool.max_forward(be, _checks.for_kernels(be, batch, "x"), out_size)
+    return (y[0], indices[0]) if unbatched else (y, indices)
+
+
 @takes_float16(kernels=True)
 def adaptive_max_pool2d(x, output_size, *, backend=None):
     """Adaptive max pooling as torch.nn.functional.adaptive_max_pool2d(x, output_size,
     return_indices=True): x (N, C, H, W) or (C, H, W) -> (y, indices int32) of the same rank.
     indices hold the flat index h*W + w of each window's maximum within its (n, c) plane; ties take
     the first maximum in scan order, a NaN in the window wins (the last NaN's index), as PyTorch's."""
-    x4, unbatched, out_size = _pooled_input(x, output_size)
-    be = _backend.resolve(backend, x)
-    if be == "numpy":
-        y, indices = _max_windows(x4, out_size)
-    else:
-        from ..gpu import adaptive_pool as gpu_pool
-        y, indices = gpu_pool.max_forward(be, _checks.for_kernels(be, x4, "x"), out_size)
-    return (y[0], indices[0]) if unbatched else (y, indices)
+    return _adaptive_max(x, output_size, 4, backend)
 
 
 @takes_float16(kernels=True)
@@ -187,41 +246,63 @@ def adaptive_max_pool2d_backward(dy, indices, x_shape, output_size, *, backend=N
     its indices name (several where overlapping windows share a maximum). dy, indices and x_shape
     have one rank; output_size as the forward's (None entries: x_shape's size). Each index must
     name a pixel of its own window: ValueError otherwise."""
-    return _adaptive_max_pool2d_backward(dy, indices, x_shape, output_size, backend, check_indices=True)
+    return _adaptive_max_backward(dy, indices, x_shape, output_size, 4, backend, check_indices=True)
 
 
 @takes_float16(kernels=True)
 def adaptive_max_pool2d_backward_of_own_indices(dy, indices, x_shape, output_size, *, backend=None):
     """adaptive_max_pool2d_backward for indices adaptive_max_pool2d returned (nn.AdaptiveMaxPool2d's
     own), not checked again: on CuPy the check waits for the GPU to read a flag back, every step."""
-    return _adaptive_max_pool2d_backward(dy, indices, x_shape, output_size, backend, check_indices=False)
+    return _adaptive_max_backward(dy, indices, x_shape, output_size, 4, backend, check_indices=False)
 
 
-def _adaptive_max_pool2d_backward(dy, indices, x_shape, output_size, backend, check_indices: bool):
-    x4_shape, unbatched = batch_shape(x_shape)
-    if min(x4_shape[1:]) < 1 or x4_shape[0] < 0:   # x had no empty axis but the batch
+@takes_float16(kernels=True)
+def adaptive_max_pool3d(x, output_size, *, backend=None):
+    """Adaptive max pooling of volumes as torch.nn.functional.adaptive_max_pool3d(x, output_size,
+    return_indices=True): x (N, C, D, H, W) or (C, D, H, W) -> (y, indices int32) of the same rank,
+    indices the flat (d*H + h)*W + w in the volume; adaptive_max_pool2d's tie and NaN rules."""
+    return _adaptive_max(x, output_size, 5, backend)
+
+
+@takes_float16(kernels=True)
+def adaptive_max_pool3d_backward(dy, indices, x_shape, output_size, *, backend=None):
+    """Gradient of adaptive_max_pool3d, as adaptive_max_pool2d_backward's (each index checked)."""
+    return _adaptive_max_backward(dy, indices, x_shape, output_size, 5, backend, check_indices=True)
+
+
+@takes_float16(kernels=True)
+def adaptive_max_pool3d_backward_of_own_indices(dy, indices, x_shape, output_size, *, backend=None):
+    """adaptive_max_pool3d_backward for nn.AdaptiveMaxPool3d's own indices, not checked again."""
+    return _adaptive_max_backward(dy, indices, x_shape, output_size, 5, backend, check_indices=False)
+
+
+def _adaptive_max_backward(dy, indices, x_shape, output_size, batched_rank, backend, check_indices: bool):
+    op = f"adaptive_max_pool{batched_rank - 2}d"
+    batch_x_shape, unbatched = batch_shape(x_shape, batched_rank)
+    if min(batch_x_shape[1:]) < 1 or batch_x_shape[0] < 0:   # x had no empty axis but the batch
         raise ValueError(f"x_shape must have non-empty channel and spatial dimensions, got {tuple(x_shape)}")
-    out_size = _output_size(output_size, x4_shape[2:])
-    _checks.array(dy, "dy", ndim=4 - unbatched)
-    _checks.shape_is(dy, "dy", (x4_shape[:2] + out_size)[unbatched:],
+    out_size = _output_size(output_size, batch_x_shape[2:])
+    _checks.array(dy, "dy", ndim=batched_rank - unbatched)
+    _checks.shape_is(dy, "dy", (batch_x_shape[:2] + out_size)[unbatched:],
                      f" (the pooled shape of x_shape {tuple(x_shape)} to output_size {output_size!r})")
     if not _checks.is_array(indices):
         raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
     if indices.dtype != np.int32:
-        raise TypeError(f"indices must be int32 (as adaptive_max_pool2d returns them), got {indices.dtype}")
+        raise TypeError(f"indices must be int32 (as {op} returns them), got {indices.dtype}")
     _checks.shape_is(indices, "indices", dy.shape, " (the shape of dy)")
-    dy4, indices4 = as_batch(dy)[0], as_batch(indices)[0]
+    dy_batch, indices_batch = as_batch(dy, batched_rank)[0], as_batch(indices, batched_rank)[0]
     be = _backend.resolve(backend, dy, indices)
     if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
-        dy4, indices4 = _checks.for_kernels(be, dy4, "dy"), _checks.for_kernels(be, indices4, "indices")
+        dy_batch = _checks.for_kernels(be, dy_batch, "dy")
+        indices_batch = _checks.for_kernels(be, indices_batch, "indices")
     if check_indices:
-        check_max_indices(indices4, x4_shape, out_size)
+        check_max_indices(indices_batch, batch_x_shape, out_size, op)
     if be == "numpy":
-        planes, plane = x4_shape[0] * x4_shape[1], x4_shape[2] * x4_shape[3]
-        target = np.arange(planes).reshape(x4_shape[:2] + (1, 1)) * plane + indices4
-        dx = np.bincount(target.ravel(), weights=dy4.ravel(), minlength=planes * plane)
-        dx = dx.astype(dy.dtype, copy=False).reshape(x4_shape)
+        planes, plane = batch_x_shape[0] * batch_x_shape[1], math.prod(batch_x_shape[2:])
+        target = np.arange(planes).reshape(batch_x_shape[:2] + (1,) * len(out_size)) * plane + indices_batch
+        dx = np.bincount(target.ravel(), weights=dy_batch.ravel(), minlength=planes * plane)
+        dx = dx.astype(dy.dtype, copy=False).reshape(batch_x_shape)
     else:
         from ..gpu import adaptive_pool as gpu_pool
-        dx = gpu_pool.max_backward(be, dy4, indices4, x4_shape)
+        dx = gpu_pool.max_backward(be, dy_batch, indices_batch, batch_x_shape)
     return dx[0] if unbatched else dx

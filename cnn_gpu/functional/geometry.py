@@ -21,21 +21,32 @@ from dataclasses import dataclass
 
 def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
     """An int or an (h, w) pair of ints, each >= minimum, as a tuple."""
+    return _sizes(value, name, minimum, 2, ("a pair (h, w)", "a pair of ints"))
+
+
+def triple(value, name: str, minimum: int = 1) -> tuple[int, int, int]:
+    """An int or a (d, h, w) triple of ints, each >= minimum, as a tuple (PyTorch's _triple)."""
+    return _sizes(value, name, minimum, 3, ("a triple (d, h, w)", "a triple of ints"))
+
+
+def _sizes(value, name: str, minimum: int, count: int, what: tuple[str, str]) -> tuple:
+    """An int, repeated, or a tuple or list of `count` ints, each >= minimum; `what` names the tuple
+    and its ints in the errors."""
     if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {value!r}")
+        if len(value) != count:
+            raise ValueError(f"{name} must be an int or {what[0]}, got {value!r}")
         items = tuple(value)
     else:
-        items = (value, value)
+        items = (value,) * count
     out = []
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int) and not hasattr(item, "__index__"):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+            raise TypeError(f"{name} must be an int or {what[1]}, got {value!r}")
         item = int(item.__index__()) if not isinstance(item, int) else item
         if item < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
         out.append(item)
-    return out[0], out[1]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,52 @@ class PoolGeometry:
     def y_shape(self):
         return (self.N, self.C, self.P, self.Q)
 
+    # the spatial sizes, as Pool3dGeometry's: code written for either rank loops over these
+    @property
+    def in_size(self):
+        return (self.H, self.W)
+
+    @property
+    def out_size(self):
+        return (self.P, self.Q)
+
+
+@dataclass(frozen=True)
+class Pool3dGeometry:
+    """PoolGeometry of volumes: x (N, C, D, H, W) -> y (N, C, T, P, Q); kernel, stride, padding and
+    dilation are (depth, height, width) triples."""
+    N: int
+    C: int
+    D: int
+    H: int
+    W: int
+    T: int          # output depth
+    P: int
+    Q: int
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    padding: tuple[int, int, int]
+    dilation: tuple[int, int, int]
+    ceil_mode: bool
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.D, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.T, self.P, self.Q)
+
+    @property
+    def in_size(self):
+        return (self.D, self.H, self.W)
+
+    @property
+    def out_size(self):
+        return (self.T, self.P, self.Q)
+
 
 def pool_output_size(size: int, kernel: int, stride: int, pad: int, dil: int, ceil_mode: bool) -> int:
     """PyTorch's rule: with ceil_mode the last window is kept only if it starts inside the input or
@@ -238,12 +295,12 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dil: int, ce
     return out
 
 
-def pool_stride(stride, kernel_size) -> tuple[int, int]:
-    """A pool's stride as a pair: None, or an empty tuple or list as PyTorch also takes it, means
-    kernel_size."""
+def pool_stride(stride, kernel_size, sizes=pair) -> tuple:
+    """A pool's stride as a pair (a triple with sizes=triple): None, or an empty tuple or list as
+    PyTorch also takes it, means kernel_size."""
     if stride is None or isinstance(stride, (tuple, list)) and len(stride) == 0:
-        return pair(kernel_size, "kernel_size")
-    return pair(stride, "stride")
+        return sizes(kernel_size, "kernel_size")
+    return sizes(stride, "stride")
 
 
 def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -269,6 +326,31 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil
                         bool(count_include_pad), check_divisor_override(divisor_override))
 
 
+def pool3d_geometry(x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                    count_include_pad=True, divisor_override=None) -> Pool3dGeometry:
+    """Geometry of pooling a batch of volumes x (N, C, D, H, W); pool_geometry's rules a third axis."""
+    if len(x_shape) != 5:
+        raise ValueError(f"x must be 5-D (N, C, D, H, W), got shape {tuple(x_shape)}")
+    N, C, *in_size = (int(d) for d in x_shape)
+    if min(N, C, *in_size) <= 0:
+        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
+    kernel = triple(kernel_size, "kernel_size")
+    stride = pool_stride(stride, kernel_size, triple)
+    padding = triple(padding, "padding", minimum=0)
+    dilation = triple(dilation, "dilation")
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
+    out_size = tuple(pool_output_size(*axis, bool(ceil_mode)) for axis in zip(in_size, kernel, stride, padding,
+                                                                                dilation))
+    if min(out_size) <= 0:
+        window = "x".join(str(d * (k - 1) + 1) for k, d in zip(kernel, dilation))
+        raise ValueError(f"output would be empty ({'x'.join(map(str, out_size))}): input "
+                         f"{'x'.join(map(str, in_size))} with padding {padding} is smaller than the dilated window "
+                         f"{window}")
+    return Pool3dGeometry(N, C, *in_size, *out_size, kernel, stride, padding, dilation, bool(ceil_mode),
+                          bool(count_include_pad), check_divisor_override(divisor_override))
+
+
 def check_divisor_override(value):
     # PyTorch takes any non-zero int (a negative one too) and refuses floats and bools
     if value is None:
@@ -282,19 +364,27 @@ def check_divisor_override(value):
 
 # --- unbatched images -----------------------------------------------------------------------------
 
-def as_batch(a):
+def as_batch(a, batched_rank: int = 4):
     """(a as (N, C, H, W), whether it was unbatched): an unbatched image (C, H, W) becomes a batch
-    of one, as a view (no copy, C-contiguous when `a` is)."""
-    return (a[None], True) if a.ndim == 3 else (a, False)
+    of one, as a view (no copy, C-contiguous when `a` is). batched_rank=5: volumes (N, C, D, H, W)."""
+    return (a[None], True) if a.ndim == batched_rank - 1 else (a, False)
 
 
-def batch_shape(x_shape):
-    """A shape given as (C, H, W) or (N, C, H, W) ints: (the 4-D shape, whether it was unbatched)."""
+_SPATIAL_NAMES = {4: "H, W", 5: "D, H, W"}
+
+
+def batch_shape(x_shape, batched_rank: int = 4):
+    """A shape given as (C, H, W) or (N, C, H, W) ints: (the 4-D shape, whether it was unbatched).
+    batched_rank=5: (C, D, H, W) or (N, C, D, H, W) and the 5-D shape."""
+    unbatched_rank, spatial = batched_rank - 1, _SPATIAL_NAMES[batched_rank]
     try:
         dims = tuple(x_shape)
     except TypeError:
-        raise TypeError(f"x_shape must be a tuple of 3 or 4 ints, got {x_shape!r}") from None
-    if len(dims) not in (3, 4) or not all(hasattr(d, "__index__") and not isinstance(d, bool) for d in dims):
-        raise ValueError(f"x_shape must be a tuple of 3 or 4 ints ((C, H, W) or (N, C, H, W)), got {x_shape!r}")
+        raise TypeError(f"x_shape must be a tuple of {unbatched_rank} or {batched_rank} ints, "
+                        f"got {x_shape!r}") from None
+    if len(dims) not in (unbatched_rank, batched_rank) or not all(hasattr(d, "__index__") and not isinstance(d, bool)
+                                                                  for d in dims):
+        raise ValueError(f"x_shape must be a tuple of {unbatched_rank} or {batched_rank} ints ((C, {spatial}) or "
+                         f"(N, C, {spatial})), got {x_shape!r}")
     dims = tuple(d.__index__() for d in dims)
-    return ((1,) + dims, True) if len(dims) == 3 else (dims, False)
+    return ((1,) + dims, True) if len(dims) == unbatched_rank else (dims, False)

@@ -1,5 +1,6 @@
-"""max_pool2d and avg_pool2d with their backward passes (PyTorch's output sizes, ceil_mode rule,
-tie and NaN rules and avg divisors).
+"""max_pool2d, avg_pool2d, max_pool3d and avg_pool3d with their backward passes (PyTorch's output
+sizes, ceil_mode rule, tie and NaN rules and avg divisors). The ops of both ranks share one code path
+(the NumPy helpers loop over the spatial axes; the kernels take a depth).
 
 NumPy path: one pass per kernel tap over a strided view of the padded input (a loop over taps, never
 over pixels), skipping the taps that read only padding in every window (so huge windows over small
@@ -18,16 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 
 import numpy as np
 
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
-from .geometry import PoolGeometry, as_batch, batch_shape, pool_geometry
+from .geometry import as_batch, batch_shape, pool3d_geometry, pool_geometry
 
 
 # --- NumPy building blocks ----------------------------------------------------------------------
+# Written for either geometry (PoolGeometry, Pool3dGeometry): they loop over its spatial axes
+# (g.in_size, g.out_size and the per-axis kernel, stride, padding and dilation).
 
 @functools.lru_cache(maxsize=64)
 def _reaching_taps(out_size, size, kernel, stride, pad, dil):
@@ -43,49 +48,69 @@ def _reaching_taps(out_size, size, kernel, stride, pad, dil):
             max(size, (out_size - 1) * stride - pad + (stop - 1) * dil + 1))
 
 
-def _reach(g: PoolGeometry):
-    """_reaching_taps of the rows and of the columns."""
-    return tuple(_reaching_taps(*axis) for axis in zip((g.P, g.Q), (g.H, g.W), g.kernel, g.stride, g.padding,
+def _reach(g):
+    """_reaching_taps of every spatial axis."""
+    return tuple(_reaching_taps(*axis) for axis in zip(g.out_size, g.in_size, g.kernel, g.stride, g.padding,
                                                        g.dilation))
 
 
-def _taps(g: PoolGeometry):
-    """The reaching taps (r, s) in scan order."""
-    (r0, r1, _, _), (s0, s1, _, _) = _reach(g)
-    return [(r, s) for r in range(r0, r1) for s in range(s0, s1)]
+def _taps(g):
+    """The reaching taps, one index an axis, in scan order."""
+    return list(itertools.product(*(range(first, stop) for first, stop, _, _ in _reach(g))))
 
 
-def _padded(x, g: PoolGeometry, value):
+def _padded_shape_and_crop(g):
+    """The spatial shape of the padded input that holds every reaching tap, and the slices of the
+    input within it."""
+    extents = [(origin, end) for _, _, origin, end in _reach(g)]
+    return (tuple(end - origin for origin, end in extents),
+            tuple(slice(-origin, size - origin) for (origin, _), size in zip(extents, g.in_size)))
+
+
+def _padded(x, g, value):
     """x inside a padded input filled with `value` that holds every reaching tap of every window."""
-    (_, _, top, bottom), (_, _, left, right) = _reach(g)
-    if (top, bottom, left, right) == (0, g.H, 0, g.W):
+    shape, crop = _padded_shape_and_crop(g)
+    if shape == g.in_size:
         return x  # every reaching tap lies inside x
-    out = np.full((g.N, g.C, bottom - top, right - left), value, dtype=x.dtype)
-    out[:, :, -top:g.H - top, -left:g.W - left] = x
+    out = np.full(g.x_shape[:2] + shape, value, dtype=x.dtype)
+    out[(Ellipsis,) + crop] = x
     return out
 
 
-def _tap_view(a, g: PoolGeometry, r, s):
-    """The (N, C, P, Q) view of padded `a` (from _padded) that tap (r, s) of every window reads."""
-    (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
-    (_, _, top, _), (_, _, left, _) = _reach(g)
-    h, w = r * dh - ph - top, s * dw - pw - left
-    return a[:, :, h:h + (g.P - 1) * sh + 1:sh, w:w + (g.Q - 1) * sw + 1:sw]
+def _tap_view(a, g, tap):
+    """The (N, C, *out_size) view of padded `a` (from _padded) that tap `tap` of every window reads."""
+    views = []
+    for t, out, stride, pad, dil, (_, _, origin, _) in zip(tap, g.out_size, g.stride, g.padding, g.dilation,
+                                                          _reach(g)):
+        start = t * dil - pad - origin
+        views.append(slice(start, start + (out - 1) * stride + 1, stride))
+    return a[(Ellipsis,) + tuple(views)]
+
+
+def _plane_strides(in_size):
+    """The flat in-plane offset of a step along each spatial axis: (W, 1) or (H*W, W, 1)."""
+    return tuple(math.prod(in_size[axis + 1:]) for axis in range(len(in_size)))
 
 
 @functools.lru_cache(maxsize=16)
-def _window_table(g: PoolGeometry):
-    """Per window and reaching tap (scan order) the flat input index h*W + w, -1 for taps in the
-    padding: (P*Q, taps) int32; and per window its first in-bounds index, -1 when it has none: (P, Q)."""
-    (r0, r1, _, _), (s0, s1, _, _) = _reach(g)
-    rows = np.arange(g.P)[:, None] * g.stride[0] - g.padding[0] + np.arange(r0, r1)[None, :] * g.dilation[0]
-    cols = np.arange(g.Q)[:, None] * g.stride[1] - g.padding[1] + np.arange(s0, s1)[None, :] * g.dilation[1]
-    valid = ((rows >= 0) & (rows < g.H))[:, None, :, None] & ((cols >= 0) & (cols < g.W))[None, :, None, :]
-    flat = np.where(valid, rows[:, None, :, None] * g.W + cols[None, :, None, :], -1)
-    flat = flat.reshape(g.P * g.Q, -1).astype(np.int32)
+def _window_table(g):
+    """Per window and reaching tap (scan order) the flat input index ((d*H) + h)*W + w, -1 for taps in
+    the padding: (windows, taps) int32; and per window its first in-bounds index, -1 when it has
+    none: (*out_size)."""
+    axes = len(g.in_size)
+    flat, valid = 0, True
+    for axis, ((first, stop, _, _), out, size, stride, pad, dil, step) in enumerate(zip(
+            _reach(g), g.out_size, g.in_size, g.stride, g.padding, g.dilation, _plane_strides(g.in_size))):
+        positions = np.arange(out)[:, None] * stride - pad + np.arange(first, stop)[None, :] * dil
+        shape = [1] * (2 * axes)   # outputs on axis `axis`, taps on axis `axes + axis`
+        shape[axis], shape[axes + axis] = positions.shape
+        positions = positions.reshape(shape)
+        flat = flat + positions * step
+        valid = valid & (positions >= 0) & (positions < size)
+    flat = np.where(valid, flat, -1).reshape(math.prod(g.out_size), -1).astype(np.int32)
     in_bounds = flat >= 0
     first = np.take_along_axis(flat, np.argmax(in_bounds, axis=1)[:, None], axis=1)[:, 0]
-    first = np.where(in_bounds.any(axis=1), first, -1).reshape(g.P, g.Q)
+    first = np.where(in_bounds.any(axis=1), first, -1).reshape(g.out_size)
     return flat, first
 
 
@@ -95,14 +120,14 @@ def _holds_negative_zero(x) -> bool:
     return bool((x.view(unsigned) == np.array(-0.0, x.dtype).view(unsigned)).any())
 
 
-def _max_forward(x, g: PoolGeometry):
+def _max_forward(x, g):
     taps = _taps(g)
     if not taps:   # no tap of any window reaches the input: all padding
         return np.full(g.y_shape, -np.inf, dtype=x.dtype), np.full(g.y_shape, -1, dtype=np.int32)
     xp = _padded(x, g, -np.inf)
     windows = np.empty((len(taps),) + g.y_shape, dtype=x.dtype)   # contiguous: fast passes below
-    for t, (r, s) in enumerate(taps):
-        windows[t] = _tap_view(xp, g, r, s)
+    for t, tap in enumerate(taps):
+        windows[t] = _tap_view(xp, g, tap)
     best = windows.max(axis=0)   # NaN propagates
     # The index is the first tap holding the maximum: walk the taps backwards so the earliest match
     # is written last (as a product: a masked copy branches per element). PyTorch lets every NaN
@@ -120,7 +145,7 @@ def _max_forward(x, g: PoolGeometry):
     if _holds_negative_zero(x):
         best = np.take_along_axis(windows, best_tap[None], axis=0)[0]
     flat, first = _window_table(dataclasses.replace(g, N=1, C=1))
-    offsets = np.arange(g.P * g.Q, dtype=np.int32).reshape(g.P, g.Q) * len(taps)
+    offsets = np.arange(math.prod(g.out_size), dtype=np.int32).reshape(g.out_size) * len(taps)
     indices = flat.ravel()[offsets + best_tap]
     # A window whose values are all -inf reports its first in-bounds tap (PyTorch's rule); one lying
     # wholly in the padding has none and reports -1.
@@ -130,9 +155,9 @@ def _max_forward(x, g: PoolGeometry):
     return best, indices
 
 
-def _max_backward(dy, indices, g: PoolGeometry):
-    plane = g.H * g.W
-    target = np.arange(g.N * g.C).reshape(g.N, g.C, 1, 1) * plane + indices
+def _max_backward(dy, indices, g):
+    plane = math.prod(g.in_size)
+    target = np.arange(g.N * g.C).reshape((g.N, g.C) + (1,) * len(g.in_size)) * plane + indices
     dy_values = dy
     hit = indices >= 0
     if not hit.all():   # -1: the window lay in the padding and its gradient goes nowhere
@@ -146,11 +171,11 @@ def _max_backward(dy, indices, g: PoolGeometry):
     return dx.astype(dy.dtype, copy=False).reshape(g.x_shape)
 
 
-def _avg_divisors(g: PoolGeometry, dtype):
-    """PyTorch's divisor of every window, (P, Q): divisor_override when given; otherwise the window
-    clipped to the padded input when padding counts, clipped to the input itself otherwise."""
+def _avg_divisors(g, dtype):
+    """PyTorch's divisor of every window, (*out_size): divisor_override when given; otherwise the
+    window clipped to the padded input when padding counts, clipped to the input itself otherwise."""
     if g.divisor_override is not None:
-        return np.full((g.P, g.Q), g.divisor_override, dtype=dtype)
+        return np.full(g.out_size, g.divisor_override, dtype=dtype)
 
     def one_axis(out_size, kernel, stride, pad, size):
         start = np.arange(out_size) * stride - pad
@@ -158,89 +183,122 @@ def _avg_divisors(g: PoolGeometry, dtype):
         if g.count_include_pad:
             return end - start
         return np.minimum(end, size) - np.maximum(start, 0)
-    rows = one_axis(g.P, g.kernel[0], g.stride[0], g.padding[0], g.H)
-    cols = one_axis(g.Q, g.kernel[1], g.stride[1], g.padding[1], g.W)
-    return (rows[:, None] * cols[None, :]).astype(dtype)   # int64 product: no overflow
+    extents = [one_axis(*axis) for axis in zip(g.out_size, g.kernel, g.stride, g.padding, g.in_size)]
+    return functools.reduce(np.multiply.outer, extents).astype(dtype)   # int64 products: no overflow
 
 
-def _avg_forward(x, g: PoolGeometry):
+def _avg_forward(x, g):
     xp = _padded(x, g, 0)
     total = np.zeros(g.y_shape, dtype=x.dtype)
-    for r, s in _taps(g):
-        total += _tap_view(xp, g, r, s)
+    for tap in _taps(g):
+        total += _tap_view(xp, g, tap)
     total /= _avg_divisors(g, x.dtype)
     return total
 
 
-def _avg_backward(dy, g: PoolGeometry):
+def _avg_backward(dy, g):
     share = dy / _avg_divisors(g, dy.dtype)
-    (_, _, top, bottom), (_, _, left, right) = _reach(g)
-    dxp = np.zeros((g.N, g.C, bottom - top, right - left), dtype=dy.dtype)
-    for r, s in _taps(g):
-        _tap_view(dxp, g, r, s)[...] += share
-    return np.ascontiguousarray(dxp[:, :, -top:g.H - top, -left:g.W - left])
+    shape, crop = _padded_shape_and_crop(g)
+    dxp = np.zeros(g.x_shape[:2] + shape, dtype=dy.dtype)
+    for tap in _taps(g):
+        _tap_view(dxp, g, tap)[...] += share
+    return np.ascontiguousarray(dxp[(Ellipsis,) + crop])
 
 
-def _check_indices(indices, g: PoolGeometry) -> None:
-    """Every index is -1 in a window wholly in the padding, and otherwise the flat position h*W + w of
-    one of its own window's taps (NumPy or CuPy arrays alike; on CuPy this reads one flag back)."""
+# the spatial axes' names in the index errors, by rank
+_AXIS_NAMES = {2: ("row", "col"), 3: ("depth", "row", "col")}
+
+
+def _check_indices(indices, g, op="max_pool2d") -> None:
+    """Every index is -1 in a window wholly in the padding, and otherwise the flat position
+    ((d*H) + h)*W + w of one of its own window's taps (NumPy or CuPy arrays alike; on CuPy this
+    reads one flag back). `op` names the forward in the error."""
     xp = _backend.module_of(indices)
-    plane = g.H * g.W
+    plane = math.prod(g.in_size)
     if indices.size == 0:
         return
-    inside = []   # per axis: (window origins, whether a tap of the window is inside the input), (P,) / (Q,)
-    for out_size, size, k, s, p, d in zip((g.P, g.Q), (g.H, g.W), g.kernel, g.stride, g.padding, g.dilation):
+    axes = len(g.in_size)
+    inside = []   # per axis: (window origins, whether a tap of the window is inside the input), (out,)
+    for out_size, size, k, s, p, d in zip(g.out_size, g.in_size, g.kernel, g.stride, g.padding, g.dilation):
         origin = np.arange(out_size) * s - p
         # taps r in [0, k) with 0 <= origin + r*d < size
         first_tap, last_tap = np.maximum(0, -(origin // d)), np.minimum(k - 1, (size - 1 - origin) // d)
         inside.append((origin, first_tap <= last_tap))
-    (row_origin, rows_inside), (col_origin, cols_inside) = inside
+
+    def along(axis, values):   # (out,) values of `axis` broadcast against the (..., *out_size) indices
+        return values.reshape((-1,) + (1,) * (axes - 1 - axis))
     # offset of each index from its window's origin, per axis: a tap is 0 <= offset <= (k-1)*d, a
     # multiple of d (one unsigned comparison: a negative offset is huge unsigned); int32 where it fits
-    wide = max(g.P * g.stride[0], g.Q * g.stride[1]) + max(g.padding) >= 2**31
+    wide = max(o * s for o, s in zip(g.out_size, g.stride)) + max(g.padding) >= 2**31
     signed, unsigned = (np.int64, np.uint64) if wide else (np.int32, np.uint32)
-    row = indices.astype(signed, copy=False) // g.W
-    col = indices - row * g.W
-    on_tap = None
-    for position, origin, k, d in ((row, row_origin[:, None], g.kernel[0], g.dilation[0]),
-                                   (col, col_origin[None, :], g.kernel[1], g.dilation[1])):
-        offset = (position - xp.asarray(origin.astype(signed))).view(unsigned)
+    wide_indices = indices.astype(signed, copy=False)
+    on_tap, any_inside = None, None
+    for axis, ((origin, axis_inside), k, d, step, size) in enumerate(zip(inside, g.kernel, g.dilation,
+                                                                          _plane_strides(g.in_size), g.in_size)):
+        position = wide_indices // step
+        if axis:   # the first axis keeps an index outside the plane outside every window
+            position = position % size
+        offset = (position - xp.asarray(along(axis, origin).astype(signed))).view(unsigned)
         ok = offset <= (k - 1) * d
         if d > 1:
             ok &= offset % d == 0
         on_tap = ok if on_tap is None else on_tap & ok
-    valid = (indices >= -1) & (indices < plane) & xp.where(
-        indices == -1, xp.asarray(~(rows_inside[:, None] & cols_inside[None, :])), on_tap)
+        axis_inside = along(axis, axis_inside)
+        any_inside = axis_inside if any_inside is None else any_inside & axis_inside
+    valid = (indices >= -1) & (indices < plane) & xp.where(indices == -1, xp.asarray(~any_inside), on_tap)
     if bool(valid.all()):   # the one read back; the messages below read more, on failure only
         return
     low, high = int(indices.min()), int(indices.max())
+    sizes = "x".join(map(str, g.in_size))
     if low < -1 or high >= plane:
-        raise ValueError(f"indices must lie in [-1, {plane}) (flat positions in a {g.H}x{g.W} plane), "
+        raise ValueError(f"indices must lie in [-1, {plane}) (flat positions in a {sizes} plane), "
                          f"got values in [{low}, {high}]")
     where = tuple(int(i) for i in np.unravel_index(int((~valid).ravel().argmax()), indices.shape))
     value = int(indices[where])
-    n, c, p, q = where
-    window = (f"rows {row_origin[p]}..{row_origin[p] + (g.kernel[0] - 1) * g.dilation[0]} step {g.dilation[0]}, "
-              f"cols {col_origin[q]}..{col_origin[q] + (g.kernel[1] - 1) * g.dilation[1]} step {g.dilation[1]}")
-    what = "-1 (no tap)" if value == -1 else f"{value} (row {value // g.W}, col {value % g.W})"
+    names = _AXIS_NAMES[axes]
+    window = ", ".join(f"{name}s {origin[o]}..{origin[o] + (k - 1) * d} step {d}" for name, (origin, _), o, k, d
+                       in zip(names, inside, where[2:], g.kernel, g.dilation))
+    position = ", ".join(f"{name} {value // step % size if axis else value // step}" for axis, (name, step, size)
+                         in enumerate(zip(names, _plane_strides(g.in_size), g.in_size)))
+    what = "-1 (no tap)" if value == -1 else f"{value} ({position})"
     raise ValueError(f"indices{list(where)} = {what} is not a tap of its window ({window}); indices must be "
-                     f"those max_pool2d returned for this geometry")
+                     f"those {op} returned for this geometry")
 
 
 # --- public ops ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Rank:
+    """What the public ops of one rank differ in: their name's suffix, the rank of a batch, and its
+    geometry."""
+    suffix: str
+    batched: int
+    geometry: object
+
+
+_IMAGES = _Rank("2d", 4, pool_geometry)
+_VOLUMES = _Rank("3d", 5, pool3d_geometry)
+
 
 def _unbatched(a, unbatched: bool):
     return a[0] if unbatched else a
 
 
-def _backward_geometry(dy, x_shape, **geometry):
+def _forward_geometry(x, rank: _Rank, *geometry):
+    """(geometry, x as a batch, whether x was unbatched) of a forward pass."""
+    _checks.array(x, "x", ndim=(rank.batched - 1, rank.batched))
+    x, unbatched = as_batch(x, rank.batched)
+    return rank.geometry(x.shape, *geometry), x, unbatched
+
+
+def _backward_geometry(dy, x_shape, rank: _Rank, **geometry):
     """(geometry, dy as a batch, whether x was unbatched) of a backward pass: dy must have the rank
     of x_shape and the pooled shape."""
-    shape, unbatched = batch_shape(x_shape)
-    g = pool_geometry(shape, **geometry)
+    shape, unbatched = batch_shape(x_shape, rank.batched)
+    g = rank.geometry(shape, **geometry)
     _checks.array(dy, "dy", ndim=len(shape) - unbatched)
     _checks.shape_is(dy, "dy", g.y_shape[unbatched:], f" (the pooled shape of x_shape {tuple(x_shape)})")
-    return g, as_batch(dy)[0], unbatched
+    return g, as_batch(dy, rank.batched)[0], unbatched
 
 
 def _kernel_inputs(be, g, *named):
@@ -248,6 +306,66 @@ def _kernel_inputs(be, g, *named):
     from ..gpu import pool as gpu_pool
     gpu_pool.check_geometry(g)   # before any copy
     return gpu_pool, [_checks.for_kernels(be, a, name) for a, name in named]
+
+
+def _max_pool(x, rank: _Rank, kernel_size, stride, padding, dilation, ceil_mode, backend):
+    g, x, unbatched = _forward_geometry(x, rank, kernel_size, stride, padding, dilation,
+                                        _checks.flag(ceil_mode, "ceil_mode"))
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        y, indices = _max_forward(x, g)
+    else:
+        gpu_pool, (x,) = _kernel_inputs(be, g, (x, "x"))
+        y, indices = gpu_pool.max_forward(be, x, g)
+    return _unbatched(y, unbatched), _unbatched(indices, unbatched)
+
+
+def _max_pool_backward(dy, indices, x_shape, rank: _Rank, kernel_size, stride, padding, dilation, ceil_mode,
+                       backend, check_indices: bool):
+    g, dy, unbatched = _backward_geometry(dy, x_shape, rank, kernel_size=kernel_size, stride=stride,
+                                          padding=padding, dilation=dilation,
+                                          ceil_mode=_checks.flag(ceil_mode, "ceil_mode"))
+    op = f"max_pool{rank.suffix}"
+    if not _checks.is_array(indices):
+        raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
+    if indices.dtype != np.int32:
+        raise TypeError(f"indices must be int32 (as {op} returns them), got {indices.dtype}")
+    _checks.shape_is(indices, "indices", dy.shape[unbatched:], " (the shape of dy)")
+    indices = as_batch(indices, rank.batched)[0]
+    be = _backend.resolve(backend, dy, indices)
+    if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
+        gpu_pool, (dy, indices) = _kernel_inputs(be, g, (dy, "dy"), (indices, "indices"))
+    if check_indices:
+        _check_indices(indices, g, op)
+    if be == "numpy":
+        return _unbatched(_max_backward(dy, indices, g), unbatched)
+    return _unbatched(gpu_pool.max_backward(be, dy, indices, g), unbatched)
+
+
+def _avg_pool(x, rank: _Rank, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+              backend):
+    g, x, unbatched = _forward_geometry(x, rank, kernel_size, stride, padding, 1,
+                                        _checks.flag(ceil_mode, "ceil_mode"),
+                                        _checks.flag(count_include_pad, "count_include_pad"), divisor_override)
+    be = _backend.resolve(backend, x)
+    if be == "numpy":
+        return _unbatched(_avg_forward(x, g), unbatched)
+    gpu_pool, (x,) = _kernel_inputs(be, g, (x, "x"))
+    return _unbatched(gpu_pool.avg_forward(be, x, g), unbatched)
+
+
+def _avg_pool_backward(dy, x_shape, rank: _Rank, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                       divisor_override, backend):
+    g, dy, unbatched = _backward_geometry(dy, x_shape, rank, kernel_size=kernel_size, stride=stride,
+                                          padding=padding, dilation=1,
+                                          ceil_mode=_checks.flag(ceil_mode, "ceil_mode"),
+                                          count_include_pad=_checks.flag(count_include_pad, "count_include_pad"),
+                                          divisor_override=divisor_override)
+    be = _backend.resolve(backend, dy)
+    if be == "numpy":
+        return _unbatched(_avg_backward(dy, g), unbatched)
+    gpu_pool, (dy,) = _kernel_inputs(be, g, (dy, "dy"))
+    return _unbatched(gpu_pool.avg_backward(be, dy, g), unbatched)
 
 
 @takes_float16(kernels=True)
@@ -258,16 +376,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     indices[n, c, p, q] is the flat index h*W + w of the maximum within the (n, c) input plane; ties
     take the first maximum in scan order; a NaN in the window wins (the last NaN's index, as
     PyTorch's kernels take over on every NaN); a window lying wholly in the padding gives -inf and index -1."""
-    _checks.array(x, "x", ndim=(3, 4))
-    x, unbatched = as_batch(x)
-    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, _checks.flag(ceil_mode, "ceil_mode"))
-    be = _backend.resolve(backend, x)
-    if be == "numpy":
-        y, indices = _max_forward(x, g)
-    else:
-        gpu_pool, (x,) = _kernel_inputs(be, g, (x, "x"))
-        y, indices = gpu_pool.max_forward(be, x, g)
-    return _unbatched(y, unbatched), _unbatched(indices, unbatched)
+    return _max_pool(x, _IMAGES, kernel_size, stride, padding, dilation, ceil_mode, backend)
 
 
 @takes_float16(kernels=True)
@@ -276,8 +385,8 @@ def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=
     """Gradient of max_pool2d: dy routed to the input positions its indices name. x_shape is
     (N, C, H, W) or (C, H, W); dy, indices and dx have that rank. Each index must name a tap of its
     own window (or be -1 for a window wholly in the padding): ValueError otherwise."""
-    return _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dilation, ceil_mode, backend,
-                                check_indices=True)
+    return _max_pool_backward(dy, indices, x_shape, _IMAGES, kernel_size, stride, padding, dilation, ceil_mode,
+                              backend, check_indices=True)
 
 
 @takes_float16(kernels=True)
@@ -286,28 +395,8 @@ def max_pool2d_backward_of_own_indices(dy, indices, x_shape, kernel_size, stride
     """max_pool2d_backward for indices that max_pool2d returned for this geometry (nn.MaxPool2d's,
     from its own forward), not checked again: on CuPy the check is a dozen elementwise launches and
     a read back that waits for the GPU, every step."""
-    return _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dilation, ceil_mode, backend,
-                                check_indices=False)
-
-
-def _max_pool2d_backward(dy, indices, x_shape, kernel_size, stride, padding, dilation, ceil_mode, backend,
-                         check_indices: bool):
-    g, dy, unbatched = _backward_geometry(dy, x_shape, kernel_size=kernel_size, stride=stride, padding=padding,
-                                          dilation=dilation, ceil_mode=_checks.flag(ceil_mode, "ceil_mode"))
-    if not _checks.is_array(indices):
-        raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
-    if indices.dtype != np.int32:
-        raise TypeError(f"indices must be int32 (as max_pool2d returns them), got {indices.dtype}")
-    _checks.shape_is(indices, "indices", dy.shape[unbatched:], " (the shape of dy)")
-    indices = as_batch(indices)[0]
-    be = _backend.resolve(backend, dy, indices)
-    if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
-        gpu_pool, (dy, indices) = _kernel_inputs(be, g, (dy, "dy"), (indices, "indices"))
-    if check_indices:
-        _check_indices(indices, g)
-    if be == "numpy":
-        return _unbatched(_max_backward(dy, indices, g), unbatched)
-    return _unbatched(gpu_pool.max_backward(be, dy, indices, g), unbatched)
+    return _max_pool_backward(dy, indices, x_shape, _IMAGES, kernel_size, stride, padding, dilation, ceil_mode,
+                              backend, check_indices=False)
 
 
 @takes_float16(kernels=True)
@@ -316,15 +405,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     """Average pooling as torch.nn.functional.avg_pool2d (PyTorch's divisors, also with ceil_mode;
     divisor_override, a non-zero int, replaces every window's divisor): x (N, C, H, W) or (C, H, W)
     -> y of the same rank."""
-    _checks.array(x, "x", ndim=(3, 4))
-    x, unbatched = as_batch(x)
-    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, _checks.flag(ceil_mode, "ceil_mode"),
-                      _checks.flag(count_include_pad, "count_include_pad"), divisor_override)
-    be = _backend.resolve(backend, x)
-    if be == "numpy":
-        return _unbatched(_avg_forward(x, g), unbatched)
-    gpu_pool, (x,) = _kernel_inputs(be, g, (x, "x"))
-    return _unbatched(gpu_pool.avg_forward(be, x, g), unbatched)
+    return _avg_pool(x, _IMAGES, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                     backend)
 
 
 @takes_float16(kernels=True)
@@ -332,12 +414,51 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
                         divisor_override=None, *, backend=None):
     """Gradient of avg_pool2d: each window's dy shared among its taps by the forward divisor. x_shape
     is (N, C, H, W) or (C, H, W); dy and dx have that rank."""
-    g, dy, unbatched = _backward_geometry(dy, x_shape, kernel_size=kernel_size, stride=stride, padding=padding,
-                                          dilation=1, ceil_mode=_checks.flag(ceil_mode, "ceil_mode"),
-                                          count_include_pad=_checks.flag(count_include_pad, "count_include_pad"),
-                                          divisor_override=divisor_override)
-    be = _backend.resolve(backend, dy)
-    if be == "numpy":
-        return _unbatched(_avg_backward(dy, g), unbatched)
-    gpu_pool, (dy,) = _kernel_inputs(be, g, (dy, "dy"))
-    return _unbatched(gpu_pool.avg_backward(be, dy, g), unbatched)
+    return _avg_pool_backward(dy, x_shape, _IMAGES, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override, backend)
+
+
+@takes_float16(kernels=True)
+def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, backend=None):
+    """Max pooling of volumes as torch.nn.functional.max_pool3d(..., return_indices=True): x
+    (N, C, D, H, W) or (C, D, H, W) -> (y, indices int32) of the same rank; sizes an int or a
+    (d, h, w) triple.
+
+    indices[n, c, t, p, q] is the flat index (d*H + h)*W + w of the maximum within the (n, c) input
+    volume; max_pool2d's tie, NaN, ceil_mode and padding rules (scan order d, h, w)."""
+    return _max_pool(x, _VOLUMES, kernel_size, stride, padding, dilation, ceil_mode, backend)
+
+
+@takes_float16(kernels=True)
+def max_pool3d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                        *, backend=None):
+    """Gradient of max_pool3d, as max_pool2d_backward's: x_shape (N, C, D, H, W) or (C, D, H, W); each
+    index must name a tap of its own window (or be -1 for a window wholly in the padding)."""
+    return _max_pool_backward(dy, indices, x_shape, _VOLUMES, kernel_size, stride, padding, dilation, ceil_mode,
+                              backend, check_indices=True)
+
+
+@takes_float16(kernels=True)
+def max_pool3d_backward_of_own_indices(dy, indices, x_shape, kernel_size, stride=None, padding=0, dilation=1,
+                                       ceil_mode=False, *, backend=None):
+    """max_pool3d_backward for indices max_pool3d returned for this geometry (nn.MaxPool3d's own),
+    not checked again (see max_pool2d_backward_of_own_indices)."""
+    return _max_pool_backward(dy, indices, x_shape, _VOLUMES, kernel_size, stride, padding, dilation, ceil_mode,
+                              backend, check_indices=False)
+
+
+@takes_float16(kernels=True)
+def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend=None):
+    """Average pooling of volumes as torch.nn.functional.avg_pool3d (avg_pool2d's divisors a third
+    axis): x (N, C, D, H, W) or (C, D, H, W) -> y of the same rank."""
+    return _avg_pool(x, _VOLUMES, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                     backend)
+
+
+@takes_float16(kernels=True)
+def avg_pool3d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                        divisor_override=None, *, backend=None):
+    """Gradient of avg_pool3d; x_shape (N, C, D, H, W) or (C, D, H, W)."""
+    return _avg_pool_backward(dy, x_shape, _VOLUMES, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override, backend)

@@ -1,6 +1,9 @@
 """Launch code of kernels/pool.cu: max pool (values and int32 plane indices) and avg pool,
-forward and backward (gathers, deterministic). `g` is a PoolGeometry."""
+forward and backward (gathers, deterministic), of images and volumes. `g` is a PoolGeometry or a
+Pool3dGeometry (the kernels named ..._pool3d_...)."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -11,13 +14,16 @@ from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
 # window positions with 32-bit ints
 SPAN_LIMIT = 2**31
 
+_AXES = ("depth", "height", "width")
+
 
 def check_geometry(g) -> None:
     """ValueError for a geometry whose plane indices or window positions overflow the kernels' ints
     (run before anything is copied or launched)."""
-    check_planes("pooling", input=g.H * g.W, output=g.P * g.Q)
+    check_planes("pooling", input=math.prod(g.in_size), output=math.prod(g.out_size))
     # bounds every window start p*stride - pad, tap start + r*dilation and end the kernels compute
-    for axis, size, k, s, p, d in zip(("height", "width"), (g.H, g.W), g.kernel, g.stride, g.padding, g.dilation):
+    for axis, size, k, s, p, d in zip(_AXES[-len(g.in_size):], g.in_size, g.kernel, g.stride, g.padding,
+                                      g.dilation):
         if size + 2 * p + (k - 1) * d + s >= SPAN_LIMIT:
             raise ValueError(f"pooling kernels compute window positions with 32-bit ints: along the {axis}, input "
                              f"{size} + 2 x padding {p} + (kernel_size {k} - 1) x dilation {d} + stride {s} reaches "
@@ -28,10 +34,14 @@ def _grid(plane_pixels: int, g):
     return (blocks_for(plane_pixels), min(g.N * g.C, MAX_GRID_Y), 1)
 
 
+def _kernel(name: str, g) -> str:
+    """The kernel of `g`'s rank: max_pool_forward, or max_pool3d_forward for volumes."""
+    return name if len(g.in_size) == 2 else name.replace("_pool_", "_pool3d_")
+
+
 def _window_args(g, with_dilation: bool):
-    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
-    args = (kh, kw, sh, sw, ph, pw) + (g.dilation if with_dilation else ())
-    return (np.int64(g.N * g.C), *i32(g.H, g.W, g.P, g.Q, *args))
+    args = (*g.in_size, *g.out_size, *g.kernel, *g.stride, *g.padding) + (g.dilation if with_dilation else ())
+    return (np.int64(g.N * g.C), *i32(*args))
 
 
 def _avg_args(g, dtype):
@@ -44,21 +54,21 @@ def max_forward(be, x, g):
     xp = backend.array_module(be)
     y = xp.empty(g.y_shape, dtype=x.dtype)
     indices = xp.empty(g.y_shape, dtype=np.int32)
-    backend.launch(be, "pool", x.dtype, "max_pool_forward", _grid(g.P * g.Q, g), (THREADS,),
-                   (x, y, indices, *_window_args(g, True)))
+    backend.launch(be, "pool", x.dtype, _kernel("max_pool_forward", g), _grid(math.prod(g.out_size), g),
+                   (THREADS,), (x, y, indices, *_window_args(g, True)))
     return y, indices
 
 
 def max_backward(be, dy, indices, g):
     check_geometry(g)
     dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
-    backend.launch(be, "pool", dy.dtype, "max_pool_backward", _grid(g.H * g.W, g), (THREADS,),
-                   (dy, indices, dx, *_window_args(g, True)))
+    backend.launch(be, "pool", dy.dtype, _kernel("max_pool_backward", g), _grid(math.prod(g.in_size), g),
+                   (THREADS,), (dy, indices, dx, *_window_args(g, True)))
     return dx
 
 
 def _check_no_dilation(g) -> None:
-    if g.dilation != (1, 1):
+    if any(d != 1 for d in g.dilation):
         raise ValueError(f"avg pooling has no dilation, got geometry with dilation {g.dilation}")
 
 
@@ -66,8 +76,8 @@ def avg_forward(be, x, g):
     check_geometry(g)
     _check_no_dilation(g)
     y = backend.array_module(be).empty(g.y_shape, dtype=x.dtype)
-    backend.launch(be, "pool", x.dtype, "avg_pool_forward", _grid(g.P * g.Q, g), (THREADS,),
-                   (x, y, *_window_args(g, False), *_avg_args(g, x.dtype)))
+    backend.launch(be, "pool", x.dtype, _kernel("avg_pool_forward", g), _grid(math.prod(g.out_size), g),
+                   (THREADS,), (x, y, *_window_args(g, False), *_avg_args(g, x.dtype)))
     return y
 
 
@@ -75,6 +85,6 @@ def avg_backward(be, dy, g):
     check_geometry(g)
     _check_no_dilation(g)
     dx = backend.array_module(be).empty(g.x_shape, dtype=dy.dtype)
-    backend.launch(be, "pool", dy.dtype, "avg_pool_backward", _grid(g.H * g.W, g), (THREADS,),
-                   (dy, dx, *_window_args(g, False), *_avg_args(g, dy.dtype)))
+    backend.launch(be, "pool", dy.dtype, _kernel("avg_pool_backward", g), _grid(math.prod(g.in_size), g),
+                   (THREADS,), (dy, dx, *_window_args(g, False), *_avg_args(g, dy.dtype)))
     return dx

@@ -19,7 +19,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      ZeroPad3d, ELU, CELU, GLU, SELU, Hardshrink, LogSigmoid, Softmax2d, Softmin, Softplus, Softshrink,
                      Softsign, Tanhshrink, Threshold)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from .layers_3d import BatchNorm3d, Dropout3d
+from .layers_3d import BatchNorm3d, Dropout3d, MaxPool3d, AdaptiveAvgPool3d, AdaptiveMaxPool3d, AvgPool3d
 from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool1d, CircularPad1d, ConstantPad1d,
                         Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
 from .lp_pool import LPPool1d, LPPool2d
@@ -44,5 +44,6 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "CircularPad1d", "ZeroPad3d", "ConstantPad3d", "ReflectionPad3d", "ReplicationPad3d", "CircularPad3d",
            "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unflatten", "InstanceNorm1d", "InstanceNorm2d",
            "PReLU", "AdaptiveMaxPool1d", "Dropout1d", "UpsamplingNearest2d", "UpsamplingBilinear2d", "BatchNorm3d",
-           "InstanceNorm3d", "Dropout3d", "Fold", "Unfold", "LocalResponseNorm", "CosineSimilarity",
-           "PairwiseDistance", "MaxUnpool1d", "MaxUnpool2d", "LPPool1d", "LPPool2d"]
+           "InstanceNorm3d", "Dropout3d", "MaxPool3d", "AvgPool3d", "AdaptiveAvgPool3d", "AdaptiveMaxPool3d", "Fold",
+           "Unfold", "LocalResponseNorm", "CosineSimilarity", "PairwiseDistance", "MaxUnpool1d", "MaxUnpool2d",
+           "LPPool1d", "LPPool2d"]

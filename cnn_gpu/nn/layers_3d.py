@@ -4,8 +4,12 @@ with PyTorch's arguments, sizes kept as PyTorch keeps them (triples) and state d
 from __future__ import annotations
 
 from .. import functional as F
+from ..functional.adaptive_pool import adaptive_max_pool3d_backward_of_own_indices
 from ..functional.dropout import check_volumes_input
-from .layers import Dropout, _BatchNorm
+from ..functional.geometry import check_divisor_override, pool_stride, triple
+from ..functional.pool import max_pool3d_backward_of_own_indices
+from .layers import AdaptiveMaxPool2d, AvgPool2d, Dropout, MaxPool2d, _AdaptivePool2d, _BatchNorm
+from .module import Module
 
 
 class BatchNorm3d(_BatchNorm):
@@ -27,3 +31,73 @@ class Dropout3d(Dropout):
         # F.dropout3d warns itself where it runs (training with p > 0): once a call either way
         check_volumes_input(x, "x", warn=not (self.training and self.p))
         return super().forward(x)
+
+
+class MaxPool3d(MaxPool2d):
+    """Max pooling of volumes (F.max_pool3d), sizes kept as (d, h, w) triples; with return_indices=True
+    forward returns (y, indices) as PyTorch does."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        Module.__init__(self)
+        self.kernel_size = triple(kernel_size, "kernel_size")
+        self.stride = pool_stride(stride, self.kernel_size, triple)
+        self.padding = triple(padding, "padding", minimum=0)
+        self.dilation = triple(dilation, "dilation")
+        self.return_indices = bool(return_indices)
+        self.ceil_mode = bool(ceil_mode)
+
+    def _pool(self, x):
+        return F.max_pool3d(x, *self._pool_args(), backend=self.backend)
+
+    def _unpool(self, dy, indices, x_shape, checked):
+        backward = F.max_pool3d_backward if checked else max_pool3d_backward_of_own_indices
+        return backward(dy, indices, x_shape, *self._pool_args(), backend=self.backend)
+
+
+class AvgPool3d(AvgPool2d):
+    """Average pooling of volumes (F.avg_pool3d), sizes kept as (d, h, w) triples."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        Module.__init__(self)
+        self.kernel_size = triple(kernel_size, "kernel_size")
+        self.stride = pool_stride(stride, self.kernel_size, triple)
+        self.padding = triple(padding, "padding", minimum=0)
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = check_divisor_override(divisor_override)
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.avg_pool3d(x, *self._pool_args(), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        return F.avg_pool3d_backward(dy, self._saved_for_backward(), *self._pool_args(), backend=self.backend)
+
+
+class AdaptiveAvgPool3d(_AdaptivePool2d):
+    """Adaptive average pooling of volumes to `output_size` (an int or a (d, h, w) triple whose None
+    entries keep the input size); AdaptiveAvgPool3d(1) is global average pooling."""
+
+    def forward(self, x):
+        self._saved = x.shape
+        return F.adaptive_avg_pool3d(x, self.output_size, backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        return F.adaptive_avg_pool3d_backward(dy, self._saved_for_backward(), backend=self.backend)
+
+
+class AdaptiveMaxPool3d(AdaptiveMaxPool2d):
+    """Adaptive max pooling of volumes to `output_size`; with return_indices=True forward returns
+    (y, indices) as PyTorch does."""
+
+    def _pool(self, x):
+        return F.adaptive_max_pool3d(x, self.output_size, backend=self.backend)
+
+    def _unpool(self, dy, indices, x_shape, checked):
+        backward = F.adaptive_max_pool3d_backward if checked else adaptive_max_pool3d_backward_of_own_indices
+        return backward(dy, indices, x_shape, self.output_size, backend=self.backend)
