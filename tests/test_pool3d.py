@@ -11,7 +11,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import nn
 from cnn_gpu.gradcheck import check_op
-from helpers import needs_emu, refuse_launches
+from helpers import needs_cuda, needs_emu, refuse_kernel_runs, refuse_launches
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -286,3 +286,44 @@ def test_emu_bit_identical_under_schedules(schedule):
                                                            backend="emu")))
     for a, b in zip(*results):
         assert a.tobytes() == b.tobytes()
+
+
+@needs_emu
+def test_an_empty_batch_runs_no_kernel(monkeypatch):
+    """Adaptive pooling takes N = 0 (as PyTorch): a grid of no blocks, nothing run."""
+    refuse_kernel_runs(monkeypatch)
+    x = np.ones((0, 2, 3, 4, 5), np.float32)
+    y, indices = F.adaptive_max_pool3d(x, 2, backend="emu")
+    assert y.shape == indices.shape == (0, 2, 2, 2, 2)
+    assert F.adaptive_avg_pool3d(x, (1, 2, 3), backend="emu").shape == (0, 2, 1, 2, 3)
+    assert F.adaptive_avg_pool3d_backward(np.ones((0, 2, 1, 2, 3), np.float32), x.shape, backend="emu").shape == x.shape
+    assert F.adaptive_max_pool3d_backward(y, indices, x.shape, 2, backend="emu").shape == x.shape
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_numpy(dtype):
+    import cupy
+    x = draw((2, 3, 5, 6, 7), dtype, 19, ties=True)
+    arguments = dict(kernel_size=(3, 2, 3), stride=(2, 1, 2), padding=1, ceil_mode=True)
+    y, indices = F.max_pool3d(cupy.asarray(x), **arguments, dilation=(1, 2, 1))
+    want_y, want_indices = F.max_pool3d(x, **arguments, dilation=(1, 2, 1))
+    assert y.get().tobytes() == want_y.tobytes() and indices.get().tobytes() == want_indices.tobytes()
+    dy = draw(y.shape, dtype, 20)
+    assert_close(F.max_pool3d_backward(cupy.asarray(dy), indices, x.shape, **arguments, dilation=(1, 2, 1)).get(),
+                 F.max_pool3d_backward(dy, want_indices, x.shape, **arguments, dilation=(1, 2, 1)), dtype)
+    y = F.avg_pool3d(cupy.asarray(x), **arguments, count_include_pad=False)
+    assert_close(y.get(), F.avg_pool3d(x, **arguments, count_include_pad=False), dtype)
+    dy = draw(y.shape, dtype, 21)
+    assert_close(F.avg_pool3d_backward(cupy.asarray(dy), x.shape, **arguments).get(),
+                 F.avg_pool3d_backward(dy, x.shape, **arguments), dtype)
+    y, indices = F.adaptive_max_pool3d(cupy.asarray(x), (3, 4, 9))
+    want_y, want_indices = F.adaptive_max_pool3d(x, (3, 4, 9))
+    assert y.get().tobytes() == want_y.tobytes() and indices.get().tobytes() == want_indices.tobytes()
+    dy = draw(y.shape, dtype, 22)
+    assert_close(F.adaptive_max_pool3d_backward(cupy.asarray(dy), indices, x.shape, (3, 4, 9)).get(),
+                 F.adaptive_max_pool3d_backward(dy, want_indices, x.shape, (3, 4, 9)), dtype)
+    assert_close(F.adaptive_avg_pool3d(cupy.asarray(x), (3, 4, 9)).get(), F.adaptive_avg_pool3d(x, (3, 4, 9)), dtype)
+    assert_close(F.adaptive_avg_pool3d_backward(cupy.asarray(dy), x.shape).get(),
+                 F.adaptive_avg_pool3d_backward(dy, x.shape), dtype)
