@@ -81,6 +81,17 @@ def dropout_backward(dy, p, seed, step=0, *, backend=None):
     return _dropped(dy, "dy", check_probability(p), True, seed, step, backend)
 
 
+def _warn_of_rank(ndim: int, spatial: int) -> None:
+    """PyTorch 2.13's deprecation warning of dropout2d (spatial=2) or dropout3d (3) on another rank;
+    stacklevel 5 names the caller of the F.dropout2d / F.dropout3d or the layer that checked."""
+    op = f"dropout{spatial}d"
+    warnings.warn(f"{op}: Received a {ndim}-D input to {op}, which is deprecated and will result in an error in a "
+                  f"future release. To retain the behavior and silence this warning, please use dropout instead. "
+                  f"Note that {op} exists to provide channel-wise dropout on inputs with {spatial} spatial "
+                  f"dimensions, a channel dimension, and an optional batch dimension (i.e. {spatial + 1}D or "
+                  f"{spatial + 2}D inputs).", stacklevel=5)
+
+
 def check_planes_input(a, name, warn=True):
     """PyTorch 2.13's rank rules of feature dropout: a rank of 2 or more (the (n, c) axes), refused
     below; where `warn` (the forward's calls), its warnings: a rank other than 3 or 4 is deprecated,
@@ -91,11 +102,7 @@ def check_planes_input(a, name, warn=True):
         raise ValueError(f"Feature dropout requires at least 2 dimensions in the input: {name} has shape "
                          f"{tuple(a.shape)}")
     if warn and a.ndim not in (3, 4):
-        warnings.warn(f"dropout2d: Received a {a.ndim}-D input to dropout2d, which is deprecated and will result in "
-                      "an error in a future release. To retain the behavior and silence this warning, please use "
-                      "dropout instead. Note that dropout2d exists to provide channel-wise dropout on inputs with 2 "
-                      "spatial dimensions, a channel dimension, and an optional batch dimension (i.e. 3D or 4D "
-                      "inputs).", stacklevel=4)
+        _warn_of_rank(a.ndim, 2)
     if warn and a.ndim == 3:
         warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout behavior "
                       "is desired - input is interpreted as shape (N, C, L), where C is the channel dim. This behavior "
@@ -176,11 +183,7 @@ def check_volumes_input(a, name, warn=True):
     stacklevel 4 names the caller of F.dropout3d or nn.Dropout3d."""
     _checks.array(a, name)
     if warn and a.ndim not in (4, 5):
-        warnings.warn(f"dropout3d: Received a {a.ndim}-D input to dropout3d, which is deprecated and will result in "
-                      "an error in a future release. To retain the behavior and silence this warning, please use "
-                      "dropout instead. Note that dropout3d exists to provide channel-wise dropout on inputs with 3 "
-                      "spatial dimensions, a channel dimension, and an optional batch dimension (i.e. 4D or 5D "
-                      "inputs).", stacklevel=4)
+        _warn_of_rank(a.ndim, 3)
 
 
 @takes_float16(kernels=True)
