@@ -4,13 +4,14 @@ sizes, ceil_mode rule, tie and NaN rules and avg divisors). The ops of both rank
 
 NumPy path: one pass per kernel tap over a strided view of the padded input (a loop over taps, never
 over pixels), skipping the taps that read only padding in every window (so huge windows over small
-inputs cost what their overlap with the input costs). The max pool takes the running maximum (NaN propagating), then the first tap holding
-it; its backward pass scatters dy to the saved indices with one bincount.
+inputs cost what their overlap with the input costs). The max pool takes the running maximum (NaN
+propagating), then the first tap holding it; its backward pass scatters dy to the saved indices with
+one bincount.
 
 Every op takes a batch (N, C, H, W) or one unbatched image (C, H, W) (run as a batch of one, a view)
-and returns results of the input's rank.
+and returns results of the input's rank; the 3-D ops a batch (N, C, D, H, W) or one volume (C, D, H, W).
 
-max_pool2d_backward accepts only indices that name a tap of their own window (what max_pool2d
+max_pool2d_backward (and max_pool3d_backward) accepts only indices that name a tap of their own window (what max_pool2d
 returns), or -1 for a window wholly in the padding: PyTorch's backward scatters dy to whatever
 in-range index it is given, but the kernels gather (deterministic, no atomics) and could not see an
 index outside its window, so such an index is refused with a ValueError on every backend.
