@@ -23,6 +23,7 @@
 // adds in FP32 and rounds each output once.
 
 #include "common.cuh"
+#include "position3.cuh"
 
 // The type of the window bounds' products o*size and i*outputs: long long in the 2-D kernels, int
 // in the 3-D ones, whose host refuses an axis with (size + 1) * (outputs + 1) >= 2^31 (a 64-bit

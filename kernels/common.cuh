@@ -88,20 +88,6 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
     for (long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * BLOCK_THREADS)
 
-// (t, p, q) of flat position `flat` in a T x P x Q grid of one plane (pool.cu, adaptive_pool.cu: their
-// 2-D kernels pass VOLUME false, t = 0, and decode with one division, as before they had a depth).
-template <bool VOLUME>
-struct Position3 {
-    int t, p, q;
-    __device__ __forceinline__ Position3(int flat, int P, int Q)
-    {
-        q = flat % Q;
-        const int tp = flat / Q;
-        p = VOLUME ? tp % P : tp;
-        t = VOLUME ? tp / P : 0;
-    }
-};
-
 // fn(plane, pixel) for every pixel of `planes` planes of `pixels` each (NCHW's (n, c) planes):
 // blockIdx.y strides over the planes and the grid's x threads over one plane's pixels (in-plane
 // indices are int; the launchers refuse planes of 2^31 pixels or more). Planes of at most half a

@@ -35,6 +35,7 @@
 // FP32 and each output is rounded once.
 
 #include "common.cuh"
+#include "position3.cuh"
 
 // Loop heads of every kernel: `plane` strides over the (n, c) planes along grid y, and
 // GRID_STRIDE_LOOP walks one plane's pixels along grid x.
