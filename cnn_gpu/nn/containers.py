@@ -1,4 +1,5 @@
-"""Containers: `Sequential` (a chain) and `Residual` (a skip connection)."""
+"""Containers: `Sequential` (a chain), `Residual` (a skip connection), ModuleList and ModuleDict, and
+ParameterList and ParameterDict."""
 from __future__ import annotations
 
 import inspect
@@ -6,10 +7,12 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from .. import functional as F
-from ..backend import device_call, module_of
+import numpy as np
+
+from ..backend import device_call, is_cupy_array, module_of
 from .hooks import has_hooks
 from .layers import BatchNorm1d, BatchNorm2d, Hardswish, ReLU, ReLU6, SiLU
-from .module import Module, trains
+from .module import Module, Parameter, trains
 
 
 def takes_input_grad(module) -> bool:
@@ -317,3 +320,163 @@ class ModuleDict(Module):
         """Adds (or replaces) modules from a mapping or from (name, module) pairs."""
         for key, module in modules.items() if isinstance(modules, Mapping) else modules:
             self[key] = module
+
+
+def _as_parameter(value):
+    """A Parameter as PyTorch's parameter containers take one: a NumPy or CuPy array becomes a new
+    Parameter (requires_grad True), as a tensor does there."""
+    return value if isinstance(value, Parameter) else Parameter(value)
+
+
+def _parameter_line(name, parameter) -> str:
+    """PyTorch's repr line of a container's parameter: "(0): Parameter containing: [float32 of size 3x4]"."""
+    size = "x".join(map(str, parameter.shape))
+    return f"({name}): Parameter containing: [{parameter.dtype} of size {size}]"
+
+
+class _ParameterContainer(Module):
+    """What ParameterList and ParameterDict share: they hold parameters for the module that has
+    them (it reads them in its own forward), so that module's replay guard covers their arrays
+    (Module._device_arrays), and PyTorch's repr, one line a parameter."""
+
+    _holds_parameters_for_parent = True
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{type(self).__name__} has no forward: the module that holds it reads its parameters")
+
+    def __repr__(self):
+        if not self._parameters:
+            return f"{type(self).__name__}()"
+        lines = [f"    {_parameter_line(name, parameter)}" for name, parameter in self._parameters.items()]
+        return "\n".join([f"{type(self).__name__}(", *lines, ")"])
+
+
+class ParameterList(_ParameterContainer):
+    """Parameters held in a list, named "0", "1", ... (state_dict keys "<name>.0", ...), as PyTorch's:
+    a module of one's own keeps a variable number of weights here. Arrays given are made
+    Parameters. Indexing (a slice: a new ParameterList of the same Parameters), assignment to an
+    index, append, extend and +=."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        if values is not None:
+            self.extend(values)
+
+    def _index(self, index) -> int:
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"ParameterList indices are integers or slices, got {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range")
+        return int(index) % len(self)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ParameterList(list(self)[index])
+        return self._parameters[str(self._index(index))]
+
+    def __setitem__(self, index, value) -> None:
+        self.register_parameter(str(self._index(index)), _as_parameter(value))
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def __iadd__(self, values):
+        return self.extend(values)
+
+    def append(self, value):
+        self.register_parameter(str(len(self)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        if not hasattr(values, "__iter__") or isinstance(values, (str, np.ndarray)) or is_cupy_array(values):
+            raise TypeError(f"ParameterList.extend should be called with an iterable of parameters, got "
+                            f"{type(values).__name__}")
+        for value in values:
+            self.append(value)
+        return self
+
+
+class ParameterDict(_ParameterContainer):
+    """Parameters held by name (state_dict keys "<name>.<key>"), as PyTorch's ParameterDict: a
+    plain dict given to the constructor or update() is taken in sorted key order, an OrderedDict,
+    a ParameterDict or (key, value) pairs in theirs; arrays are made Parameters. dict's methods
+    (keys, items, values, get, pop, popitem, setdefault, update, clear, copy, fromkeys)."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key: str):
+        return self._parameters[key]
+
+    def __setitem__(self, key: str, value) -> None:
+        self.register_parameter(key, _as_parameter(value))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._parameters:
+            raise KeyError(key)
+        delattr(self, key)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __reversed__(self):
+        return reversed(list(self._parameters))
+
+    def __contains__(self, key) -> bool:
+        return key in self._parameters
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def items(self):
+        return self._parameters.items()
+
+    def values(self):
+        return self._parameters.values()
+
+    def get(self, key: str, default=None):
+        return self._parameters.get(key, default)
+
+    def pop(self, key: str):
+        parameter = self[key]
+        del self[key]
+        return parameter
+
+    def popitem(self):
+        """The last (key, Parameter) inserted, removed."""
+        if not self._parameters:
+            raise KeyError("popitem(): ParameterDict is empty")
+        key = next(reversed(self._parameters))
+        return key, self.pop(key)
+
+    def setdefault(self, key: str, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def clear(self) -> None:
+        for key in list(self._parameters):
+            del self[key]
+
+    def update(self, parameters) -> None:
+        if isinstance(parameters, (OrderedDict, ParameterDict)):
+            pairs = parameters.items()
+        elif isinstance(parameters, Mapping):
+            pairs = sorted(parameters.items())
+        else:
+            pairs = parameters
+        for key, value in pairs:
+            self[key] = value
+
+    def copy(self) -> "ParameterDict":
+        """A new ParameterDict of the same Parameters (not copies), as PyTorch's."""
+        return ParameterDict(OrderedDict(self.items()))
+
+    def fromkeys(self, keys, default=None) -> "ParameterDict":
+        """A new ParameterDict with `keys`, each holding `default` (one Parameter for all)."""
+        return ParameterDict(OrderedDict((key, default) for key in keys))

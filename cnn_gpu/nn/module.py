@@ -248,6 +248,8 @@ class Module:
     # them instead of failing (as PyTorch loads BatchNorm's num_batches_tracked of old files);
     # None: the buffer keeps its value.
     _defaults_for_missing_buffers: dict = {}
+    # ParameterList and ParameterDict: parameters the module holding them reads in its forward
+    _holds_parameters_for_parent: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -358,15 +360,22 @@ class Module:
                                            self._gradients_required()))
         return output
 
+    def _forward_parameters(self) -> list:
+        """The parameters this module's forward reads: its own, and those of the ParameterLists and
+        ParameterDicts it holds (which are never called themselves)."""
+        held = [parameter for child in self.children() if child._holds_parameters_for_parent
+                for parameter in child._forward_parameters()]
+        return [p for p in self._parameters.values() if p is not None] + held
+
     def _device_arrays(self) -> list:
-        """This module's own parameter arrays and the buffers its launches take (not the host
-        counters, which are new arrays every call)."""
-        return ([p.data for p in self._parameters.values() if p is not None]
+        """The arrays of this module's forward parameters and the buffers its launches take (not
+        the host counters, which are new arrays every call)."""
+        return ([p.data for p in self._forward_parameters()]
                 + [b for name, b in self._buffers.items() if name not in self._host_buffers])
 
     def _gradients_required(self) -> tuple:
-        """requires_grad of this module's own parameters: which gradients its backward computes."""
-        return tuple(p.requires_grad for p in self._parameters.values() if p is not None)
+        """requires_grad of this module's forward parameters: which gradients its backward computes."""
+        return tuple(p.requires_grad for p in self._forward_parameters())
 
     def _changed_since(self, training: bool, backend, version: int, arrays: list, required: tuple) -> str | None:
         """What a recording of this module's call no longer fits (cnn_gpu.replay), None if nothing."""
