@@ -1,5 +1,5 @@
-// Row normalisation: GroupNorm and LayerNorm (PyTorch's F.group_norm and F.layer_norm), forward
-// and backward.
+// Row normalisation: GroupNorm, LayerNorm and RMSNorm (PyTorch's F.group_norm, F.layer_norm and
+// F.rms_norm), forward and backward.
 //
 // Not a GEMM: reductions along rows and element-wise maps, bound by memory bandwidth. x is viewed
 // as (rows, L): a row is one (sample, group) of GroupNorm (its C / G channels of `inner` = HW
@@ -45,6 +45,12 @@
 // kernels accumulate), FP64 for float64. float16 (REAL_IS_HALF): x, y, dy, dx and the parameters
 // and their gradients are FP16 in memory, the statistics acc_t; each output is rounded once (dx
 // too: dy * weight is never stored).
+// RMSNorm is the mean-free case (centered 0, a flag of the kernels that compute statistics or dx):
+// the mean is taken as 0, so the second pass's "squared deviations" are the squares, invstd =
+// 1/sqrt(mean(x^2) + eps) and xhat = x * invstd; the slices' moments merge unchanged (every mean
+// 0), the parameter gradients are the same sums (dbias unused), and dx drops its mean(g) term:
+// dx = invstd * (g - xhat * sum(g * xhat) / L). A flag rather than kernels of its own: the walks,
+// plans and slicing are the same, and a uniform branch costs the LayerNorm path nothing measurable.
 
 #include "channel_chunks.cuh"
 #include "rows.cuh"
@@ -131,18 +137,24 @@ static __device__ __forceinline__ void for_each_pack(const REAL* const (&in)[INP
 
 // The sum of x's elements [begin, end) of a row over the block, then of their squared deviations
 // from that sum's mean: (count, mean, M2) of the range (two passes: no E[x^2] - E[x]^2
-// cancellation; the second pass finds the range in L1/L2).
+// cancellation; the second pass finds the range in L1/L2). Not `centered` (RMSNorm): mean 0, the
+// first pass skipped, M2 the sum of squares.
 template <int V>
-static __device__ __forceinline__ Moments range_moments(const REAL* in, int begin, int end, acc_t* scratch)
+static __device__ __forceinline__ Moments range_moments(const REAL* in, int begin, int end, int centered,
+                                                        acc_t* scratch)
 {
     const REAL* const rows_in[1] = {in};
     acc_t partial = (acc_t)0;
-    for_each_pack<V, 1, false>(rows_in, nullptr, begin, end, 1, [&](int, const acc_t (&v)[1]) {
-        partial += v[0];
-        return partial;
-    });
-    const acc_t count = (acc_t)(end - begin), mu = block_reduce(partial, scratch, false) / count;
-    partial = (acc_t)0;
+    const acc_t count = (acc_t)(end - begin);
+    acc_t mu = (acc_t)0;
+    if (centered) {
+        for_each_pack<V, 1, false>(rows_in, nullptr, begin, end, 1, [&](int, const acc_t (&v)[1]) {
+            partial += v[0];
+            return partial;
+        });
+        mu = block_reduce(partial, scratch, false) / count;
+        partial = (acc_t)0;
+    }
     for_each_pack<V, 1, false>(rows_in, nullptr, begin, end, 1, [&](int, const acc_t (&v)[1]) {
         const acc_t d = v[0] - mu;
         partial += d * d;
@@ -176,7 +188,8 @@ template <int V>
 static __device__ __forceinline__ void forward_rows(const REAL* x, REAL* y, acc_t* mean, acc_t* invstd,
                                                     const REAL* weight, const REAL* bias, long long rows, int L,
                                                     int groups, int inner, int span, acc_t eps, int has_weight,
-                                                    int has_bias, int write_y, int stats_given, acc_t* scratch)
+                                                    int has_bias, int write_y, int stats_given, int centered,
+                                                    acc_t* scratch)
 {
     const int per_group = L / inner, slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
@@ -187,7 +200,7 @@ static __device__ __forceinline__ void forward_rows(const REAL* x, REAL* y, acc_
             mu = mean[at.row];
             is = invstd[at.row];
         } else {
-            const Moments row = range_moments<V>(in, 0, L, scratch);
+            const Moments row = range_moments<V>(in, 0, L, centered, scratch);
             mu = row.mean;
             is = invstd_of(row, eps);
             if (threadIdx.x == 0) {
@@ -212,12 +225,12 @@ static __device__ __forceinline__ void forward_rows(const REAL* x, REAL* y, acc_
 template <int V>
 static __device__ __forceinline__ void slice_stats(const REAL* x, acc_t* mean, acc_t* invstd, acc_t* partial,
                                                    unsigned int* arrivals, long long rows, int L, int span, acc_t eps,
-                                                   acc_t* scratch, int* last)
+                                                   int centered, acc_t* scratch, int* last)
 {
     const int slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
         const RowSlice at(item, slices, span, L);
-        const Moments slice = range_moments<V>(x + at.row * L, at.begin, at.end, scratch);
+        const Moments slice = range_moments<V>(x + at.row * L, at.begin, at.end, centered, scratch);
         if (threadIdx.x == 0) {
             partial[2 * item] = slice.mean;
             partial[2 * item + 1] = slice.m2;
@@ -253,11 +266,12 @@ static __device__ __forceinline__ void gradient_sums(const REAL* dy_row, const R
 
 // row_norm_backward_dx: sums_given 0: a block a row (span >= L), its sums of g and g * xhat,
 // then dx; sums_given 1: dx alone from row_sums (the means of g and g * xhat, 2 a row), a block a slice.
+// Not centered (RMSNorm): dx without the mean of g.
 template <int V>
 static __device__ __forceinline__ void backward_rows(const REAL* dy, const REAL* x, const acc_t* mean,
                                                      const acc_t* invstd, const REAL* weight, const acc_t* row_sums,
                                                      REAL* dx, long long rows, int L, int groups, int inner, int span,
-                                                     int has_weight, int sums_given, acc_t* scratch)
+                                                     int has_weight, int sums_given, int centered, acc_t* scratch)
 {
     const int per_group = L / inner, slices = 1 + (L - 1) / span;
     for (long long item = blockIdx.x; item < rows * slices; item += gridDim.x) {
@@ -277,6 +291,8 @@ static __device__ __forceinline__ void backward_rows(const REAL* dy, const REAL*
             mean_g = block_reduce(sum_g, scratch, false) / (acc_t)L;
             mean_g_xhat = block_reduce(sum_g_xhat, scratch, false) / (acc_t)L;
         }
+        if (!centered)
+            mean_g = (acc_t)0;
         const REAL* const rows_in[2] = {x_row, dy_row};
         for_each_pack<V, 2, true>(rows_in, dx + at.row * L, at.begin, at.end, inner, [&](int q, const acc_t (&v)[2]) {
             const acc_t g = scaled_gradient(v[1], weight, first_parameter + q, has_weight);
@@ -324,15 +340,16 @@ static __device__ __forceinline__ void slice_sums(const REAL* dy, const REAL* x,
 // Grids: min(rows * slices, 2^31 - 1) blocks (slices = ceil(L / span)), blockDim a power of two
 // (32..256) the host picks for 2 packs a thread; mean, invstd, row_sums and partial in acc_t,
 // arrivals (rows, zero; left zero) for the slice kernels.
-// weight / bias are read only with has_weight / has_bias, y written only with write_y.
+// weight / bias are read only with has_weight / has_bias, y written only with write_y; centered 0:
+// RMSNorm (mean 0; row_norm_forward, row_norm_slice_stats and row_norm_backward_dx take it).
 #define FORWARD_PARAMETERS                                                                                  \
     const REAL* __restrict__ x, REAL* __restrict__ y, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,    \
         const REAL* __restrict__ weight, const REAL* __restrict__ bias, long long rows, int L, int groups,    \
-        int inner, int span, acc_t eps, int has_weight, int has_bias, int write_y, int stats_given
+        int inner, int span, acc_t eps, int has_weight, int has_bias, int write_y, int stats_given, int centered
 #define FORWARD(V)                                                                                            \
     __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
     forward_rows<V>(x, y, mean, invstd, weight, bias, rows, L, groups, inner, span, eps, has_weight, has_bias,  \
-                    write_y, stats_given, scratch)
+                    write_y, stats_given, centered, scratch)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_forward(FORWARD_PARAMETERS)
 {
     FORWARD(WIDE);
@@ -345,11 +362,11 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm
 #define SLICE_STATS_PARAMETERS                                                                                \
     const REAL* __restrict__ x, acc_t* __restrict__ mean, acc_t* __restrict__ invstd,                        \
         acc_t* __restrict__ partial, unsigned int* __restrict__ arrivals, long long rows, int L, int span,    \
-        acc_t eps
+        acc_t eps, int centered
 #define SLICE_STATS(V)                                                                                        \
     __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
     __shared__ int last;                                                                                     \
-    slice_stats<V>(x, mean, invstd, partial, arrivals, rows, L, span, eps, scratch, &last)
+    slice_stats<V>(x, mean, invstd, partial, arrivals, rows, L, span, eps, centered, scratch, &last)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_slice_stats(SLICE_STATS_PARAMETERS)
 {
     SLICE_STATS(WIDE);
@@ -364,11 +381,11 @@ row_norm_slice_stats_unaligned(SLICE_STATS_PARAMETERS)
     const REAL* __restrict__ dy, const REAL* __restrict__ x, const acc_t* __restrict__ mean,                 \
         const acc_t* __restrict__ invstd, const REAL* __restrict__ weight, const acc_t* __restrict__ row_sums, \
         REAL* __restrict__ dx, long long rows, int L, int groups, int inner, int span, int has_weight,        \
-        int sums_given
+        int sums_given, int centered
 #define BACKWARD(V)                                                                                           \
     __shared__ acc_t scratch[BLOCK_THREADS];                                                                 \
     backward_rows<V>(dy, x, mean, invstd, weight, row_sums, dx, rows, L, groups, inner, span, has_weight,    \
-                     sums_given, scratch)
+                     sums_given, centered, scratch)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS) row_norm_backward_dx(BACKWARD_PARAMETERS)
 {
     BACKWARD(WIDE);

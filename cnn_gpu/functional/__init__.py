@@ -103,3 +103,4 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward",
            "lp_pool2d", "lp_pool2d_backward", "max_pool1d_with_indices", "max_pool2d_with_indices",
            "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]
+from .rms_norm import rms_norm, rms_norm_backward

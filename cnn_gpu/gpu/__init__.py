@@ -64,11 +64,11 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   batch_norm.backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, activation)
         -> (dx, dweight, dbias)           (scale_source: invstd, or a variance when from_variance;
                                            activation: None, "relu", "relu6", "hardswish" or "silu")
-  row_norm.forward(be, x, layout, weight, bias, eps, write_y=True) -> (y or None, mean, invstd)
-        GroupNorm / LayerNorm: x as layout.rows rows (row_norm.RowLayout), a block a row or, few rows, a
-        slice of one (row_norm.plan); statistics in acc_t
-  row_norm.backward(be, dy, x, layout, mean, invstd, weight, need_parameter_grads) -> (dx, dweight, dbias)
-        (dweight, dbias None without need_parameter_grads; fixed-order sums)
+  row_norm.forward(be, x, layout, weight, bias, eps, write_y=True, centered=True) -> (y or None, mean, invstd)
+        GroupNorm / LayerNorm / RMSNorm (centered=False: mean 0): x as layout.rows rows (row_norm.RowLayout),
+        a block a row or, few rows, a slice of one (row_norm.plan); statistics in acc_t
+  row_norm.backward(be, dy, x, layout, mean, invstd, weight, need_parameter_grads, centered=True)
+        -> (dx, dweight, dbias)           (dweight, dbias None without need_parameter_grads; fixed-order sums)
   dropout.apply(be, x, seed, step, threshold, scale) -> y         (Philox mask of (seed, step, element))
   dropout.apply_planes(be, x, seed, step, threshold, scale) -> y  (one Philox number per (n, c) plane)
   softmax.forward(be, x, (outer, size, inner), log) -> y         (softmax, or log_softmax where log, over `size`)

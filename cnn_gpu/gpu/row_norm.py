@@ -1,4 +1,4 @@
-"""Launch code of kernels/row_norm.cu: GroupNorm and LayerNorm as one row normalisation. x (C-contiguous)
+"""Launch code of kernels/row_norm.cu: GroupNorm, LayerNorm and RMSNorm as one row normalisation. x (C-contiguous)
 is viewed as (rows, L) and as (N, P, inner): a row is one (sample, group) of GroupNorm or one
 normalised slice of LayerNorm, and element (n, p, i) takes the affine parameters p (see the
 kernels). A `RowLayout` says which: GroupNorm's is (N * G rows, G groups, HW inner), LayerNorm's
@@ -9,7 +9,8 @@ their own); 16-byte packs where the arrays allow, else the _unaligned kernels.
 
 The statistics (mean, invstd: one a row) are in the kernels' compute type (float32 for float16);
 `backward` widens float16 ones it is given. Without affine parameters the kernels are told so and
-read none: nothing is allocated for them."""
+read none: nothing is allocated for them. RMSNorm is LayerNorm's layout with centered=False: the
+kernels take the mean as 0 (they write 0 for it), invstd = 1/sqrt(mean(x^2) + eps)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,9 +115,10 @@ def _plan(be, layout, x, *arrays):
     return plan(layout, x.dtype, device_sms(be), _wide(layout, x, *arrays))
 
 
-def forward(be, x, layout: RowLayout, weight, bias, eps, write_y=True):
+def forward(be, x, layout: RowLayout, weight, bias, eps, write_y=True, centered=True):
     """(y, mean, invstd) of x in `layout`, y None without write_y (the statistics alone). A split
-    row's statistics are one launch (row_norm_slice_stats) and y another."""
+    row's statistics are one launch (row_norm_slice_stats) and y another. Not `centered`: RMSNorm's
+    (mean 0)."""
     xp = backend.array_module(be)
     compute = backend.compute_dtype(x.dtype)
     ints = layout.int_args()
@@ -129,21 +131,21 @@ def forward(be, x, layout: RowLayout, weight, bias, eps, write_y=True):
         partial = xp.empty(2 * layout.rows * how.slices, compute)
         _arrivals.launch(be, "row_norm", x.dtype, how.kernel("row_norm_slice_stats"), grid, block,
                          (x, mean, invstd, partial, _arrivals.zeroed(be, layout.rows), np.int64(layout.rows),
-                          *i32(layout.length, how.span), *acc(x.dtype, eps)))
+                          *i32(layout.length, how.span), *acc(x.dtype, eps), *i32(centered)))
         if not write_y:
             return None, mean, invstd
     # an absent parameter's pointer is x, which the kernel then never reads
     backend.launch(be, "row_norm", x.dtype, how.kernel("row_norm_forward"), grid, block,
                    (x, y, mean, invstd, x if weight is None else weight,
                     x if bias is None else bias, np.int64(layout.rows), *ints, *i32(how.span), *acc(x.dtype, eps),
-                    *i32(weight is not None, bias is not None, write_y, split)))
+                    *i32(weight is not None, bias is not None, write_y, split, centered)))
     return (y if write_y else None), mean, invstd
 
 
-def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_grads):
+def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_grads, centered=True):
     """(dx, dweight, dbias) from the rows' statistics: dx in one launch (a split row's sums in one
     more before it), then, with need_parameter_grads, both parameter gradients in one more (else
-    None, None)."""
+    None, None). Not `centered`: RMSNorm's dx (mean zeros: the forward's)."""
     xp = backend.array_module(be)
     compute = backend.compute_dtype(x.dtype)
     mean, invstd = backend.astype(mean, compute), backend.astype(invstd, compute)
@@ -162,7 +164,7 @@ def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_
                           np.int64(layout.rows), *ints, *i32(how.span, weight is not None)))
     backend.launch(be, "row_norm", x.dtype, how.kernel("row_norm_backward_dx"), grid, block,
                    (dy, x, mean, invstd, weight_arg, row_sums, dx, np.int64(layout.rows), *ints,
-                    *i32(how.span, weight is not None, split)))
+                    *i32(how.span, weight is not None, split, centered)))
     if not need_parameter_grads:
         return dx, None, None
     dweight, dbias = xp.empty(layout.parameters, x.dtype), xp.empty(layout.parameters, x.dtype)

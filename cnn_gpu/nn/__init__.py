@@ -11,6 +11,7 @@
 """
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential, ParameterDict, ParameterList
+from .rms_norm import RMSNorm
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, CircularPad2d,
                      CircularPad3d, ConstantPad2d, ConstantPad3d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten,
                      GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
