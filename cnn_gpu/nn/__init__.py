@@ -12,6 +12,8 @@
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential, ParameterDict, ParameterList
 from .rms_norm import RMSNorm
+from .lazy import (LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyConvTranspose2d, LazyInstanceNorm1d,
+                   LazyInstanceNorm2d, LazyLinear)
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, CircularPad2d,
                      CircularPad3d, ConstantPad2d, ConstantPad3d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten,
                      GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
@@ -26,7 +28,7 @@ from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool
 from .lp_pool import LPPool1d, LPPool2d
 from .loss import (CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss,
                    BCEWithLogitsLoss)
-from .module import Module, Parameter
+from .module import Module, Parameter, UninitializedParameter
 from .prelu import PReLU
 from .fold import Fold, Unfold
 from .local_response_norm import LocalResponseNorm

@@ -129,6 +129,45 @@ class Parameter:
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}{frozen})"
 
 
+_UNINITIALIZED = ("Can't access the shape of an uninitialized parameter or buffer. This error usually happens in "
+                  "`load_state_dict` when trying to load an uninitialized parameter into an initialized one. Call "
+                  "`forward` to initialize the parameters before accessing their attributes.")
+
+
+class UninitializedParameter(Parameter):
+    """A lazy module's parameter before its first forward fixes its shape (PyTorch's). It holds an
+    empty array of its dtype, so Module.to converts and moves it as any parameter; its shape is
+    refused with PyTorch's error. It becomes a Parameter in place (materialize_as), so an optimizer
+    or a ParameterList that holds it holds the materialised parameter."""
+
+    __slots__ = ()   # Parameter's layout: materialize_as changes the class in place
+
+    def __init__(self, requires_grad=True, dtype=np.float32):
+        super().__init__(np.empty(0, dtype), requires_grad)
+
+    @property
+    def shape(self):
+        raise RuntimeError(_UNINITIALIZED)
+
+    @property
+    def ndim(self):
+        raise RuntimeError(_UNINITIALIZED)
+
+    def numel(self):
+        raise RuntimeError(_UNINITIALIZED)
+
+    def size(self, dim=None):
+        raise RuntimeError(_UNINITIALIZED)
+
+    def materialize_as(self, array) -> None:
+        """Holds `array` (of the placeholder's dtype and backend) and becomes a Parameter."""
+        self.data = array
+        self.__class__ = Parameter
+
+    def __repr__(self):
+        return "<UninitializedParameter>"
+
+
 def to_backend_array(array, backend: str):
     """`array` as the array kind of `backend` (CuPy for "cuda", NumPy for "numpy"/"emu"), laid out
     as the kernels take it: C-contiguous (copied only when it is not)."""
@@ -304,6 +343,20 @@ class Module:
                 del registry[name]
                 object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
         object.__delattr__(self, name)
+
+    def _is_uninitialized(self, key: str, kind: str) -> bool:
+        """Whether parameter or buffer `key` is a lazy module's placeholder, its shape still open."""
+        if kind == "parameter":
+            return isinstance(self._parameters[key], UninitializedParameter)
+        return key in self.__dict__.get("_uninitialized_buffers", ())
+
+    def _initialized(self, key: str, kind: str, array) -> None:
+        """Placeholder `key` takes `array` (its dtype and backend): a lazy module's first forward or a load."""
+        if kind == "parameter":
+            self._parameters[key].materialize_as(array)
+        else:
+            self._uninitialized_buffers.discard(key)
+            setattr(self, key, array)
 
     def _check_not_in_tree(self, name: str, child: "Module") -> None:
         """ValueError when `child` (or a module inside it) is this module or already sits in its tree
@@ -693,7 +746,7 @@ class Module:
             value = state[name]
             value = value.data if isinstance(value, Parameter) else value   # state_dict(keep_vars=True)'s
             value = value.get() if _backend.is_cupy_array(value) else np.asarray(value)
-            if value.shape != tuple(current.shape):
+            if value.shape != tuple(current.shape) and not module._is_uninitialized(key, kind):
                 problems.append(f"{name}: shape {value.shape} in the state dict, {tuple(current.shape)} "
                                 f"in the model")
             elif value.dtype.kind not in "fiu":
@@ -709,7 +762,9 @@ class Module:
         new_arrays = [array_like(np.array(value, dtype=current.dtype, order="C"), current)
                       for _, _, _, current, value in converted]
         for (module, key, kind, _, _), array in zip(converted, new_arrays):
-            if kind == "parameter":
+            if module._is_uninitialized(key, kind):   # a lazy module's: it takes the state's shape (PyTorch's)
+                module._initialized(key, kind, array)
+            elif kind == "parameter":
                 module._parameters[key].data = array
             else:
                 setattr(module, key, array)
