@@ -72,11 +72,10 @@ def test_the_reprs_are_pytorchs_before_and_after():
 
 def test_initial_values_are_drawn_at_the_first_forward_as_the_regular_constructor_draws_them():
     nn.init.manual_seed(7)
-    lazy = nn.LazyConv2d(4, 3)
-    nn.init.manual_seed(7)   # the lazy construction drew nothing: the same numbers come now
-    regular = nn.Conv2d(2, 4, 3)
-    nn.init.manual_seed(7)
+    lazy = nn.LazyConv2d(4, 3)   # draws nothing: its forward draws the numbers a Conv2d made now would
     lazy(np.ones((1, 2, 5, 5), np.float32))
+    nn.init.manual_seed(7)
+    regular = nn.Conv2d(2, 4, 3)
     for a, b in zip(lazy.parameters(), regular.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
     seeded = nn.LazyLinear(3, rng=11)
