@@ -205,3 +205,21 @@ def torch_activation_and_gradient(torch, function, x, dy):
     yt = function(xt)
     yt.backward(torch.tensor(dy))
     return yt.detach().numpy(), xt.grad.numpy()
+
+
+def assert_emulated_runs_match(runs, expected, names, dtype, what=""):
+    """Emulator runs of a kernel family under every schedule (`runs`: tuples of results, None where
+    absent) against the NumPy path's `expected`: each within a few roundings of the dtype times the
+    largest value (2 eps for float16, whose outputs are rounded once; 64 eps for the sums' orders
+    otherwise), and the same bits in every run (fixed-order sums)."""
+    eps = float(np.finfo(dtype).eps)
+    for got, want, name in zip(runs[0], expected, names):
+        assert (got is None) == (want is None), f"{what} {name}"
+        if want is not None:
+            scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0,
+                                       atol=(2 if dtype == np.float16 else 64) * eps * scale,
+                                       err_msg=f"{what} {name}")
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert a is None or a.tobytes() == b.tobytes(), what

@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, needs_cuda, to_host
+from helpers import assert_close, assert_emulated_runs_match, needs_cuda, to_host
 
 BACKENDS = ["numpy", "emu"]
 KINDS = ["group", "layer"]
@@ -225,7 +225,9 @@ def test_finite_differences(kind, shape, layout):
 
 LAYERS = [("GroupNorm", (2, 4), {}), ("GroupNorm", (2, 4), {"affine": False}), ("GroupNorm", (2, 4), {"bias": False}),
           ("LayerNorm", ((4, 5),), {}), ("LayerNorm", (5,), {"elementwise_affine": False}),
-          ("LayerNorm", (5,), {"bias": False})]
+          ("LayerNorm", (5,), {"bias": False}),
+          # RMSNorm (tests/test_rms_norm.py has its functional ops): the same layer contract
+          ("RMSNorm", ((4, 5),), {}), ("RMSNorm", (5,), {"elementwise_affine": False})]
 
 
 @pytest.mark.torch
@@ -502,7 +504,6 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
     under every schedule (fixed-order sums)."""
     from cnn_gpu import emu
     skip_unless("emu")
-    eps = float(np.finfo(dtype).eps)
     for kind, shape, layout in KERNEL_CASES:
         for affine in (True, False):
             case = kernel_case(kind, shape, layout, dtype, affine)
@@ -511,16 +512,8 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
             for schedule in emu.SCHEDULES:
                 with emu.checking(guard=True, race=True, schedule=schedule, seed=3):
                     runs.append(kernel_results(case, "emu", kind))
-            for got, want, name in zip(runs[0], expected, ("y", "dx", "dweight", "dbias") * 2):
-                what = f"{kind} {shape} affine={affine} {name}"
-                assert (got is None) == (want is None), what
-                if want is not None:
-                    scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
-                    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0,
-                                               atol=(2 if dtype == np.float16 else 64) * eps * scale, err_msg=what)
-            for other in runs[1:]:
-                for a, b in zip(runs[0], other):
-                    assert a is None or a.tobytes() == b.tobytes(), f"{kind} {shape} affine={affine}"
+            assert_emulated_runs_match(runs, expected, ("y", "dx", "dweight", "dbias") * 2, dtype,
+                                       f"{kind} {shape} affine={affine}")
 
 
 def recorded_launches(monkeypatch):

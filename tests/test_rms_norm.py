@@ -1,7 +1,7 @@
 """F.rms_norm, F.rms_norm_backward and nn.RMSNorm (the NumPy path and kernels/row_norm.cu's
 mean-free mode): PyTorch CPU on numpy and on the emulated kernels, eps None as PyTorch's, float16
-rounded once, finite differences, the layer's state and repr, refusals, the launches, guard zones
-and the race check on whole and split rows."""
+rounded once, finite differences, refusals, the launches, guard zones and the race check on whole
+and split rows (the layer's state, repr and values: tests/test_group_and_layer_norm.py's LAYERS)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, to_host
+from helpers import assert_close, assert_emulated_runs_match, to_host
 
 BACKENDS = ["numpy", "emu"]
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -118,41 +118,7 @@ def test_finite_differences(be, x_shape, shape):
     assert report.max_rel_error < 1e-6, str(report)
 
 
-# --- the layer ----------------------------------------------------------------------------------
-
-@pytest.mark.torch
-@pytest.mark.parametrize("be", BACKENDS)
-@pytest.mark.parametrize("args, options", [(((4, 5),), {}), ((5,), {"elementwise_affine": False}),
-                                           ((5,), {"eps": 1e-3})])
-def test_layer_matches_torch_and_its_state_dict_round_trips(be, args, options):
-    torch = pytest.importorskip("torch")
-    skip_unless(be)
-    rng = np.random.default_rng(6)
-    ours, theirs = nn.RMSNorm(*args, dtype=np.float64, **options), torch.nn.RMSNorm(*args, dtype=torch.float64,
-                                                                                   **options)
-    if ours.weight is not None:
-        ours.weight.data[...] = rng.standard_normal(ours.weight.shape)
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    assert repr(ours) == repr(theirs)
-    ours.to(be)
-    for mode in ("train", "eval"):   # no running statistics: the same in both
-        getattr(ours, mode)()
-        theirs.zero_grad()
-        ours.zero_grad()
-        x, dy = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5))
-        xt = torch.tensor(x, requires_grad=True)
-        yt = theirs(xt)
-        yt.backward(torch.tensor(dy))
-        assert_close(ours(x), yt.detach().numpy(), np.float64, mode)
-        assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, f"dx {mode}")
-        for name, parameter in theirs.named_parameters():
-            assert_close(getattr(ours, name).grad, parameter.grad.numpy(), np.float64, f"{name} {mode}")
-    fresh = nn.RMSNorm(*args, dtype=np.float64, **options)
-    fresh.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
-    for key, value in fresh.state_dict().items():
-        np.testing.assert_array_equal(value, ours.state_dict()[key])
-
+# --- the layer: tests/test_group_and_layer_norm.py's test_layer_matches_torch_and_its_state_dict_round_trips ---
 
 # --- refusals and empty inputs ------------------------------------------------------------------
 
@@ -237,7 +203,6 @@ def assert_kernels_match_numpy(cases, dtype, monkeypatch, first_launch):
     roundings, the same bits under every schedule, and `first_launch` the first kernel launched
     (wide or _unaligned as the case takes it)."""
     from cnn_gpu import emu
-    eps = float(np.finfo(dtype).eps)
     rng = np.random.default_rng(14)
     for x_shape, shape, affine in cases:
         x, dy = (rng.standard_normal(x_shape) * 2 + 1).astype(dtype), rng.standard_normal(x_shape).astype(dtype)
@@ -250,16 +215,7 @@ def assert_kernels_match_numpy(cases, dtype, monkeypatch, first_launch):
                 runs.append(kernel_results(x, dy, shape, weight, "emu"))
             expected_launches = [first_launch + ("" if wide(shape, dtype) else "_unaligned")]
             assert launched[:len(expected_launches)] == expected_launches, launched
-        for got, want, name in zip(runs[0], expected, ("y", "dx", "dweight") * 2):
-            what = f"{x_shape} affine={affine} {name}"
-            assert (got is None) == (want is None), what
-            if want is not None:
-                scale = max(1.0, float(np.abs(want.astype(np.float64)).max()))
-                np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0,
-                                           atol=(2 if dtype == np.float16 else 64) * eps * scale, err_msg=what)
-        for other in runs[1:]:
-            for a, b in zip(runs[0], other):
-                assert a is None or a.tobytes() == b.tobytes(), f"{x_shape} affine={affine}"
+        assert_emulated_runs_match(runs, expected, ("y", "dx", "dweight") * 2, dtype, f"{x_shape} affine={affine}")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

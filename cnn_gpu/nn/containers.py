@@ -269,52 +269,65 @@ class ModuleList(Module):
         self._renumber(modules)
 
 
-class ModuleDict(Module):
+class _NamedEntries:
+    """dict's reading and deleting methods over the registry (`_registry`: "_modules" or
+    "_parameters") where ModuleDict and ParameterDict keep their entries by name."""
+
+    _registry: str
+
+    @property
+    def _entries(self):
+        return self.__dict__[self._registry]
+
+    def __getitem__(self, key: str):
+        return self._entries[key]
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._entries:
+            raise KeyError(key)
+        delattr(self, key)
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
+    def keys(self):
+        return self._entries.keys()
+
+    def items(self):
+        return self._entries.items()
+
+    def values(self):
+        return self._entries.values()
+
+    def pop(self, key: str):
+        entry = self[key]
+        del self[key]
+        return entry
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            del self[key]
+
+
+class ModuleDict(_NamedEntries, Module):
     """Modules held by name in insertion order, as PyTorch's ModuleDict (no forward or backward of
     its own)."""
+
+    _registry = "_modules"
 
     def __init__(self, modules=None):
         super().__init__()
         if modules is not None:
             self.update(modules)
 
-    def __getitem__(self, key: str):
-        return self._modules[key]
-
     def __setitem__(self, key: str, module) -> None:
         self.add_module(key, module)
-
-    def __delitem__(self, key: str) -> None:
-        if key not in self._modules:
-            raise KeyError(key)
-        delattr(self, key)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules)
-
-    def __contains__(self, key) -> bool:
-        return key in self._modules
-
-    def keys(self):
-        return self._modules.keys()
-
-    def items(self):
-        return self._modules.items()
-
-    def values(self):
-        return self._modules.values()
-
-    def pop(self, key: str):
-        module = self[key]
-        del self[key]
-        return module
-
-    def clear(self) -> None:
-        for key in list(self._modules):
-            del self[key]
 
     def update(self, modules) -> None:
         """Adds (or replaces) modules from a mapping or from (name, module) pairs."""
@@ -399,53 +412,27 @@ class ParameterList(_ParameterContainer):
         return self
 
 
-class ParameterDict(_ParameterContainer):
+class ParameterDict(_NamedEntries, _ParameterContainer):
     """Parameters held by name (state_dict keys "<name>.<key>"), as PyTorch's ParameterDict: a
     plain dict given to the constructor or update() is taken in sorted key order, an OrderedDict,
     a ParameterDict or (key, value) pairs in theirs; arrays are made Parameters. dict's methods
     (keys, items, values, get, pop, popitem, setdefault, update, clear, copy, fromkeys)."""
+
+    _registry = "_parameters"
 
     def __init__(self, parameters=None):
         super().__init__()
         if parameters is not None:
             self.update(parameters)
 
-    def __getitem__(self, key: str):
-        return self._parameters[key]
-
     def __setitem__(self, key: str, value) -> None:
         self.register_parameter(key, _as_parameter(value))
-
-    def __delitem__(self, key: str) -> None:
-        if key not in self._parameters:
-            raise KeyError(key)
-        delattr(self, key)
-
-    def __iter__(self):
-        return iter(self._parameters)
 
     def __reversed__(self):
         return reversed(list(self._parameters))
 
-    def __contains__(self, key) -> bool:
-        return key in self._parameters
-
-    def keys(self):
-        return self._parameters.keys()
-
-    def items(self):
-        return self._parameters.items()
-
-    def values(self):
-        return self._parameters.values()
-
     def get(self, key: str, default=None):
         return self._parameters.get(key, default)
-
-    def pop(self, key: str):
-        parameter = self[key]
-        del self[key]
-        return parameter
 
     def popitem(self):
         """The last (key, Parameter) inserted, removed."""
@@ -458,10 +445,6 @@ class ParameterDict(_ParameterContainer):
         if key not in self:
             self[key] = default
         return self[key]
-
-    def clear(self) -> None:
-        for key in list(self._parameters):
-            del self[key]
 
     def update(self, parameters) -> None:
         if isinstance(parameters, (OrderedDict, ParameterDict)):
