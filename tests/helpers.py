@@ -207,11 +207,11 @@ def torch_activation_and_gradient(torch, function, x, dy):
     return yt.detach().numpy(), xt.grad.numpy()
 
 
-def assert_emulated_runs_match(runs, expected, names, dtype, what=""):
-    """Emulator runs of a kernel family under every schedule (`runs`: tuples of results, None where
-    absent) against the NumPy path's `expected`: each within a few roundings of the dtype times the
-    largest value (2 eps for float16, whose outputs are rounded once; 64 eps for the sums' orders
-    otherwise), and the same bits in every run (fixed-order sums)."""
+def assert_kernel_runs_match(runs, expected, names, dtype, what=""):
+    """Runs of a kernel family (emulated under every schedule, or repeated on the GPU; `runs`: tuples
+    of NumPy results, None where absent) against the NumPy path's `expected`: each within a few
+    roundings of the dtype times the largest value (2 eps for float16, whose outputs are rounded once;
+    64 eps for the sums' orders otherwise), and the same bits in every run (fixed-order sums)."""
     eps = float(np.finfo(dtype).eps)
     for got, want, name in zip(runs[0], expected, names):
         assert (got is None) == (want is None), f"{what} {name}"

@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, assert_emulated_runs_match, needs_cuda, to_host
+from helpers import assert_close, assert_kernel_runs_match, needs_cuda, to_host
 
 BACKENDS = ["numpy", "emu"]
 KINDS = ["group", "layer"]
@@ -512,7 +512,7 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
             for schedule in emu.SCHEDULES:
                 with emu.checking(guard=True, race=True, schedule=schedule, seed=3):
                     runs.append(kernel_results(case, "emu", kind))
-            assert_emulated_runs_match(runs, expected, ("y", "dx", "dweight", "dbias") * 2, dtype,
+            assert_kernel_runs_match(runs, expected, ("y", "dx", "dweight", "dbias") * 2, dtype,
                                        f"{kind} {shape} affine={affine}")
 
 

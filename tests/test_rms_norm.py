@@ -10,7 +10,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, assert_emulated_runs_match, to_host
+from helpers import assert_close, assert_kernel_runs_match, needs_cuda, to_host
 
 BACKENDS = ["numpy", "emu"]
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -215,7 +215,7 @@ def assert_kernels_match_numpy(cases, dtype, monkeypatch, first_launch):
                 runs.append(kernel_results(x, dy, shape, weight, "emu"))
             expected_launches = [first_launch + ("" if wide(shape, dtype) else "_unaligned")]
             assert launched[:len(expected_launches)] == expected_launches, launched
-        assert_emulated_runs_match(runs, expected, ("y", "dx", "dweight") * 2, dtype, f"{x_shape} affine={affine}")
+        assert_kernel_runs_match(runs, expected, ("y", "dx", "dweight") * 2, dtype, f"{x_shape} affine={affine}")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -238,3 +238,24 @@ def test_split_rows_match_the_numpy_path_under_guard_zones_and_the_race_check(dt
     monkeypatch.setattr(row_norm, "MIN_SLICE", 64)
     assert_kernels_match_numpy([((3, 520), 520, True), ((2, 301), (301,), True)], dtype, monkeypatch,
                                "row_norm_slice_stats")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("min_slice", [None, 64])
+def test_cuda_matches_numpy(dtype, min_slice, monkeypatch):
+    """On the cuda backend (whole rows, and with MIN_SLICE at 64 split ones): the NumPy path's
+    results to a few roundings, the same bits twice."""
+    import cupy
+    from cnn_gpu.gpu import row_norm
+    if min_slice:
+        monkeypatch.setattr(row_norm, "MIN_SLICE", min_slice)
+    rng = np.random.default_rng(15)
+    for x_shape, shape in (((7, 300), (300,)), ((3, 2, 4, 5), (4, 5)), ((3, 520), 520), ((2, 301), 301)):
+        x, dy = (rng.standard_normal(x_shape) * 2 + 1).astype(dtype), rng.standard_normal(x_shape).astype(dtype)
+        weight = rng.standard_normal(np.atleast_1d(shape)).astype(dtype)
+        on_gpu = [cupy.asarray(a) for a in (x, dy, weight)]
+        runs = [tuple(to_host(a) for a in kernel_results(*on_gpu[:2], shape, on_gpu[2], "cuda")) for _ in range(2)]
+        assert_kernel_runs_match(runs, kernel_results(x, dy, shape, weight, "numpy"), ("y", "dx", "dweight") * 2,
+                                   dtype, f"{x_shape} on cuda")
