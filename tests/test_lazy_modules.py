@@ -171,3 +171,16 @@ def test_a_model_of_lazy_layers_trains_as_pytorchs():
     assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, "dx")
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
         assert_close(p.grad, q.grad.numpy(), np.float64, name)
+
+
+def test_an_unbatched_instance_norm_input_gives_its_channel_axis():
+    """(C, L): num_features from axis 0 (PyTorch's lazy instance norm takes axis 1, the length, and
+    then refuses the input; ours takes the channels, as the regular InstanceNorm1d reads them)."""
+    lazy = nn.LazyInstanceNorm1d(dtype=np.float64)
+    x = _input((3, 7))
+    y = lazy(x)
+    assert type(lazy) is nn.InstanceNorm1d and lazy.num_features == 3 and lazy.weight.shape == (3,)
+    with pytest.raises(ValueError, match="num_features"):
+        torch.nn.LazyInstanceNorm1d(dtype=torch.float64)(torch.from_numpy(x))
+    regular = nn.InstanceNorm1d(3, affine=True, track_running_stats=True, dtype=np.float64)
+    np.testing.assert_array_equal(y, regular(x))
