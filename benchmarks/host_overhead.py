@@ -1,9 +1,10 @@
 """Host time of a training step: the Python a step costs before any kernel runs.
 
-    .venv/bin/python benchmarks/host_overhead.py [--models cnn,resnet18] [--batch 2] [--steps 20] [--markdown]
+    .venv/bin/python benchmarks/host_overhead.py [--models cnn,resnet18] [--batch 2] [--steps 20] [--optimizer sgd]
+        [--markdown]
 
 Runs each model's training step (forward, cross-entropy, backward without dx of the images, SGD
-with momentum) on the emu backend with every kernel launch checked as usual but not run, and the
+with momentum or Adam: --optimizer) on the emu backend with every kernel launch checked as usual but not run, and the
 emulator's NaN-filled allocations left as allocated (backend._poisoned): what remains is the
 library's own host work per step (layers, functional ops, plans, device tables, argument checks). MEASURED on this
 machine's CPU, per float32 ("fp32" and "tf32" math) and float16. On a GPU the host issues launches
@@ -34,7 +35,8 @@ SETTINGS = (("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32"))
 NARROW = {"cnn": {"filters": 8}, "resnet": {"filters": 8}, "resnet18": {"width": 8}}
 
 
-def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> tuple[float, int, float]:
+def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int,
+                   optimizer: str = "sgd") -> tuple[float, int, float]:
     """(seconds a training step of model `name` takes on the host, launches a step, seconds a
     replay of it takes: cnn_gpu.replay): the fastest of `steps` steps (replays) after two warm-up
     steps (plans and device tables made): on a shared machine other work only ever adds to a step."""
@@ -42,7 +44,7 @@ def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> 
     image_shape = (3, 32, 32)
     model = models.build(name, image_shape, 10, dtype=np.dtype(dtype), rng=rng, **NARROW.get(name, {}))
     model.to("emu")
-    step = training_step(model, (batch, *image_shape), 10, rng)
+    step = training_step(model, (batch, *image_shape), 10, rng, optimizer)
 
     with cnn_gpu.math_mode(math), launches_counted_not_run() as counted:
         step()
@@ -64,11 +66,11 @@ def step_host_time(name: str, dtype: str, math: str, batch: int, steps: int) -> 
     return min(times), launches, min(replays)
 
 
-def rows(names, batch: int, steps: int) -> list[tuple]:
+def rows(names, batch: int, steps: int, optimizer: str = "sgd") -> list[tuple]:
     out = []
     for name in names:
         for dtype, math in SETTINGS:
-            seconds, launches, replayed = step_host_time(name, dtype, math, batch, steps)
+            seconds, launches, replayed = step_host_time(name, dtype, math, batch, steps, optimizer)
             out.append((name, dtype, math, launches, f"{seconds * 1e3:.1f}", f"{seconds / launches * 1e6:.0f}",
                         f"{replayed * 1e3:.2f}"))
     return out
@@ -79,10 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="cnn,resnet18", help="comma-separated cnn_gpu.models names")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="SGD with momentum 0.9, or Adam")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
-    table = rows(args.models.split(","), args.batch, args.steps)
-    print(f"Host time of a training step, batch {args.batch}, kernels not run (MEASURED on this CPU; "
+    table = rows(args.models.split(","), args.batch, args.steps, args.optimizer)
+    print(f"Host time of a training step, batch {args.batch}, {args.optimizer}, kernels not run (MEASURED on this CPU; "
           f"fastest of {args.steps} steps)")
     print(format_table(("model", "dtype", "math", "launches", "host ms/step", "host us/launch", "replayed ms/step"), table,
                        args.markdown))

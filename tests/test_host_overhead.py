@@ -27,7 +27,20 @@ def test_launches_are_checked_and_counted_not_run():
     assert backend.kernel_function is real and np.isnan(backend.array_module("emu").empty(3)).all()
 
 
-def test_each_setting_of_a_model_gets_its_launches_and_time(host_overhead):
-    rows = host_overhead.rows(["cnn"], batch=2, steps=1)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_each_setting_of_a_model_gets_its_launches_and_time(host_overhead, optimizer):
+    rows = host_overhead.rows(["cnn"], batch=2, steps=1, optimizer=optimizer)
     assert [row[1:3] for row in rows] == list(host_overhead.SETTINGS)
     assert all(row[3] > 20 and float(row[4]) > 0 and int(row[5]) > 0 and float(row[6]) > 0 for row in rows), rows
+
+
+@pytest.mark.parametrize("optimizer, kernel", [("sgd", "sgd_momentum_step"), ("adam", "adam_step")])
+def test_the_timed_step_runs_the_optimizer_asked_for(optimizer, kernel):
+    from cnn_gpu import models
+    rng = np.random.default_rng(0)
+    model = models.build("cnn", (3, 8, 8), 10, rng=rng, filters=4)
+    model.to("emu")
+    step = dry_run.training_step(model, (2, 3, 8, 8), 10, rng, optimizer)
+    with dry_run.launches_counted_not_run() as counted:
+        step()
+    assert [name for name in counted if name.endswith("_step")] == [kernel]

@@ -28,12 +28,17 @@ def launches_counted_not_run():
         backend.kernel_function, backend._poisoned = real_function, real_poisoned
 
 
-def training_step(model, batch_shape, classes: int, rng):
+def training_step(model, batch_shape, classes: int, rng, optimizer: str = "sgd"):
     """A function running one training step of `model` (on emu) as the benchmarks time it: forward,
-    cross entropy (its loss left on the device), backward without the images' gradient, an SGD step
-    with momentum 0.9."""
+    cross entropy (its loss left on the device), backward without the images' gradient, an
+    `optimizer` step: "sgd" (momentum 0.9) or "adam"."""
     from .. import nn, optim
-    optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if optimizer == "sgd":
+        optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    elif optimizer == "adam":
+        optimizer = optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        raise ValueError(f"optimizer {optimizer!r}: expected 'sgd' or 'adam'")
     loss_fn = nn.CrossEntropyLoss()
     loss_fn.to(model.backend)
     x = rng.standard_normal(batch_shape).astype(next(model.parameters()).dtype)
