@@ -22,7 +22,16 @@ import numpy as np
 
 BACKENDS = ("numpy", "emu", "cuda")
 
-_state = threading.local()
+
+class _ThreadState(threading.local):
+    """Per thread: use_backend's backend and the open recording (cnn_gpu.replay), None where there
+    is none. Defaults on the class: getattr's default for an attribute a thread never set costs an
+    AttributeError raised and caught, and recording() is asked several times a launch."""
+    override = None
+    recording = None
+
+
+_state = _ThreadState()
 
 
 def _check_name(name) -> str:
@@ -45,7 +54,7 @@ _process_default = None
 def get_backend() -> str:
     """The current default backend (for NumPy inputs)."""
     global _process_default
-    name = getattr(_state, "override", None)
+    name = _state.override
     if name is not None:
         return name
     if _process_default is None:
@@ -64,7 +73,7 @@ def set_backend(name: str) -> None:
 def use_backend(name: str):
     """`with use_backend("emu"): ...` runs NumPy-array ops on that backend inside the block."""
     _require_available(_check_name(name))
-    previous = getattr(_state, "override", None)
+    previous = _state.override
     _state.override = name
     try:
         yield name
@@ -549,7 +558,7 @@ class Recorder:
 
 def recording() -> Recorder | None:
     """The recording open in this thread, None outside one."""
-    return getattr(_state, "recording", None)
+    return _state.recording
 
 
 @contextlib.contextmanager

@@ -14,12 +14,17 @@ import threading
 
 __all__ = ["no_grad", "enable_grad", "set_grad_enabled", "inference_mode", "is_grad_enabled"]
 
-_MODE = threading.local()
+
+class _ThreadMode(threading.local):
+    enabled = True   # a class default: a thread that never set it reads it without an AttributeError raised
+
+
+_MODE = _ThreadMode()
 
 
 def is_grad_enabled() -> bool:
     """Whether forwards on this thread keep what their backward needs (True unless inside no_grad())."""
-    return getattr(_MODE, "enabled", True)
+    return _MODE.enabled
 
 
 class _GradModeContext:

@@ -17,7 +17,12 @@ import numpy as np
 MATH_MODES = ("fp32", "tf32")
 TF32_MANTISSA_BITS = 10
 
-_state = threading.local()
+
+class _ThreadState(threading.local):
+    override = None   # math_mode's mode in this thread (a class default: no getattr default to raise for)
+
+
+_state = _ThreadState()
 _process_mode = "fp32"
 
 
@@ -29,7 +34,7 @@ def _check_mode(name) -> str:
 
 def get_math_mode() -> str:
     """The math mode of float32 convolutions in this thread: "fp32" or "tf32"."""
-    override = getattr(_state, "override", None)
+    override = _state.override
     return override if override is not None else _process_mode
 
 
@@ -42,7 +47,7 @@ def set_math_mode(name: str) -> None:
 @contextlib.contextmanager
 def math_mode(name: str):
     """`with math_mode("tf32"): ...` runs float32 convolutions in that mode inside the block."""
-    previous = getattr(_state, "override", None)
+    previous = _state.override
     _state.override = _check_mode(name)
     try:
         yield name
