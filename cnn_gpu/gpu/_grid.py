@@ -79,10 +79,28 @@ def plane_walk_grid(planes, inner, dtype):
 
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
+# i32's results by their arguments: launchers pass the same sizes step after step, and making the
+# NumPy scalars costs more than a launch's checks of them. Values that compare equal have the
+# same int(); a refused value is never kept. Emptied when it reaches I32_MEMO_SIZE entries.
+_i32_memo: dict = {}
+I32_MEMO_SIZE = 4096
 
 
 def i32(*values):
     """Python ints as kernel `int` arguments; a value past 32 bits is refused, never wrapped."""
+    try:
+        known = _i32_memo.get(values)
+    except TypeError:   # an unhashable argument: converted (or refused) as it is
+        return _int32_scalars(values)
+    if known is None:
+        known = _int32_scalars(values)
+        if len(_i32_memo) >= I32_MEMO_SIZE:
+            _i32_memo.clear()
+        _i32_memo[values] = known
+    return known
+
+
+def _int32_scalars(values) -> tuple:
     ints = tuple(map(int, values))
     if ints and (min(ints) < INT32_MIN or max(ints) > INT32_MAX):
         v = next(v for v, i in zip(values, ints) if not INT32_MIN <= i <= INT32_MAX)
