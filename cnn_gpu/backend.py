@@ -471,11 +471,15 @@ _functions: dict = {}
 
 def kernel_function(backend: str, family: str, dtype, kernel: str):
     """kernel_module(...).get_function(kernel), cached per (module, name): CuPy looks the function
-    up anew on every get_function call, a cost every launch would pay."""
-    key = (backend, family, np.dtype(dtype).str, kernel)
-    fn = _functions.get(key)
+    up anew on every get_function call, a cost every launch would pay. Found first under `dtype` as
+    given (np.float32 or np.dtype("float32"): np.dtype() costs a launch more than the lookup)."""
+    fn = _functions.get((backend, family, dtype, kernel))
     if fn is None:
-        fn = _functions.setdefault(key, kernel_module(backend, family, dtype).get_function(kernel))
+        key = (backend, family, np.dtype(dtype).str, kernel)
+        fn = _functions.get(key)
+        if fn is None:
+            fn = _functions.setdefault(key, kernel_module(backend, family, dtype).get_function(kernel))
+        _functions[backend, family, dtype, kernel] = fn
     return fn
 
 

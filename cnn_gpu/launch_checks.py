@@ -131,14 +131,17 @@ def _is_cupy_own_memory(kind: type) -> bool:
     return kind.__module__ == "cupy.cuda.memory" and kind.__name__ in ("PooledMemory", "Memory")
 
 
+_UNKNOWN_OWNER = id(None)
+
+
 def _first_overlap(arrays, owners=None):
     """(written name, other name) of an array that is written and shares memory with another.
     Arrays of different owners (_owner) share none, so only arrays of one owner are compared (with
-    one array of unknown memory, all are). `owners`: the arrays' owners where the caller has them."""
+    one array of unknown memory, all are). `owners`: the id() of each array's owner where the
+    caller has them."""
     if owners is None:
-        owners = [_owner(entry[1]) for entry in arrays]
-    owners = list(map(id, owners))
-    if id(None) in owners:
+        owners = [id(_owner(entry[1])) for entry in arrays]
+    if _UNKNOWN_OWNER in owners:
         return _overlap_among(arrays)
     if len(set(owners)) == len(owners):
         return None   # each its own allocation (a launch's usual arguments)
@@ -234,10 +237,11 @@ def _describe(value) -> str:
 @dataclass(frozen=True)
 class _Declared:
     """A kernel build's parameters as checked_args reads them: per parameter (parameter, its NumPy
-    dtype, its name in messages, its name among the arrays); where the pointers and the scalars are,
-    and each scalar's exact NumPy type, so that the common case is one pass in C."""
+    dtype, its name in messages, its name among the arrays); per pointer parameter what the usual
+    argument is checked against; where the scalars are, and each scalar's exact NumPy type, so
+    that the common case is one pass in C."""
     parameters: tuple
-    pointers: tuple       # positions of the pointer parameters
+    pointers: tuple       # per pointer parameter (its position, whether it is const, its NumPy dtype)
     scalars: tuple        # positions of the others
     scalar_types: tuple
     scalar_values: object   # args -> the scalars' values (a tuple)
@@ -259,7 +263,7 @@ def _declared(family: str, kernel: str, dtype) -> _Declared:
         parameters.append((p, want, f"kernel {kernel!r} argument {p.name!r}", f"argument {p.name!r}"))
     scalars = tuple(i for i, (p, *_) in enumerate(parameters) if not p.pointer)
     return _Declared(parameters=tuple(parameters),
-                     pointers=tuple(i for i, (p, *_) in enumerate(parameters) if p.pointer),
+                     pointers=tuple((i, p.const, want) for i, (p, want, *_) in enumerate(parameters) if p.pointer),
                      scalars=scalars, scalar_types=tuple(parameters[i][1].type for i in scalars),
                      scalar_values=_items(scalars))
 
@@ -307,24 +311,27 @@ def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
             a = args[i]
             if type(a) is not want.type and not (isinstance(a, np.generic) and a.dtype == want):
                 raise TypeError(f"{where} ({p.ctype}) takes np.{want.name}, got {_describe(a)}")
-    checked, arrays, owners = list(args), [], []
+    checked, owners = None, []   # checked: the arguments, made where one is replaced (a C-ordered copy)
     on_host, device = be != "cuda", None   # device: the current GPU, asked once a launch
-    for i in declared.pointers:
-        p, want, where, label = declared.parameters[i]
+    for i, const, want in declared.pointers:
         a = args[i]
         if on_host and type(a) is np.ndarray and a.dtype is want:   # the usual case, in line
             flags = a.flags
-            if flags.c_contiguous and (p.const or flags.writeable):
-                base = a.base
-                owners.append((a if flags.owndata else None) if base is None else _owner(a))
-                arrays.append((label, a, not p.const))
+            if flags.c_contiguous and (const or flags.writeable):
+                owners.append(id((a if flags.owndata else None) if a.base is None else _owner(a)))
                 continue
         if device is None and not on_host and _backend.is_cupy_array(a):
             device = current_device()
+        if checked is None:
+            checked = list(args)
+        p, _, where, _ = declared.parameters[i]
         checked[i] = a = _array_argument(be, p, a, want, where, device)
-        owners.append(_owner(a))
-        arrays.append((label, a, not p.const))
-    overlap = _first_overlap(arrays, owners)
-    if overlap:
-        _refuse_overlap(overlap, f"kernel {kernel!r}: ")
-    return tuple(checked)
+        owners.append(id(_owner(a)))
+    if checked is not None:
+        args = tuple(checked)
+    if _UNKNOWN_OWNER in owners or len(set(owners)) != len(owners):   # else each its own allocation
+        arrays = [(declared.parameters[i][3], args[i], not const) for i, const, _ in declared.pointers]
+        overlap = _first_overlap(arrays, owners)
+        if overlap:
+            _refuse_overlap(overlap, f"kernel {kernel!r}: ")
+    return args

@@ -1,8 +1,12 @@
 """What the host's hot path remembers to make a training step's Python cheaper (benchmarks/host_overhead.py):
 each memo gives what the code without it gives, refuses what it refuses, and forgets what changed."""
+import functools
+import operator
+
 import numpy as np
 import pytest
 
+from cnn_gpu import backend, launch_checks
 from cnn_gpu.gpu import _grid
 
 
@@ -23,3 +27,32 @@ def test_i32_memo_stays_within_its_size(monkeypatch):
     for value in range(10):
         assert _grid.i32(value, value + 1) == (value, value + 1)
         assert len(_grid._i32_memo) <= 3
+
+
+needs_emu = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason="the emu backend is not available here")
+
+
+@needs_emu
+def test_a_kernel_function_is_one_object_for_every_spelling_of_its_dtype(monkeypatch):
+    monkeypatch.setattr(backend, "_functions", {})
+    relu = backend.kernel_function("emu", "elementwise", np.float32, "relu_forward")
+    for spelling in (np.dtype(np.float32), "float32", np.float32):
+        assert backend.kernel_function("emu", "elementwise", spelling, "relu_forward") is relu
+    assert backend.kernel_function("emu", "elementwise", np.float64, "relu_forward") is not relu
+
+
+def test_checked_arguments_pass_as_given_or_copied_and_memory_of_unknown_owner_is_compared():
+    check = functools.partial(launch_checks.checked_args, "emu", "elementwise", "relu_forward", np.float64)
+    x, y = np.ones(8), np.zeros(8)
+    args = (x, y, np.int64(8))
+    assert all(map(operator.is_, check(args), args))
+    strided = np.ones(16)[::2]
+    checked = check((strided, y, np.int64(8)))
+    assert checked[0] is not strided and checked[0].flags.c_contiguous and checked[1] is y
+    buffer = np.zeros(16)
+    lent = np.frombuffer(memoryview(buffer))   # the same memory, its owner unknown
+    assert check((buffer[8:], lent[:8], np.int64(8)))[1] is not None   # apart: passes
+    with pytest.raises(ValueError, match="'y' is written in place but shares memory with argument 'x'"):
+        check((buffer[:8], lent[4:12], np.int64(8)))
+    with pytest.raises(ValueError, match="'y' is written in place but shares memory with argument 'x'"):
+        check((buffer[:8], buffer[4:12], np.int64(8)))
