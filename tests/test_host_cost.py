@@ -1,5 +1,6 @@
 """What the host's hot path remembers to make a training step's Python cheaper (benchmarks/host_overhead.py):
 each memo gives what the code without it gives, refuses what it refuses, and forgets what changed."""
+import dataclasses
 import functools
 import operator
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import backend, launch_checks
+from cnn_gpu.functional import geometry
 from cnn_gpu.gpu import _grid
 
 
@@ -56,3 +58,13 @@ def test_checked_arguments_pass_as_given_or_copied_and_memory_of_unknown_owner_i
         check((buffer[:8], lent[4:12], np.int64(8)))
     with pytest.raises(ValueError, match="'y' is written in place but shares memory with argument 'x'"):
         check((buffer[:8], buffer[4:12], np.int64(8)))
+
+
+def test_a_conv_geometry_hashes_as_its_fields_once_and_a_changed_one_anew():
+    g = geometry.conv_geometry((2, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, 1)
+    again = geometry._conv_geometry((2, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, 1)   # not the memo's object
+    assert again is not g and again == g and hash(again) == hash(g)
+    assert hash(g) == hash(tuple(getattr(g, f.name) for f in dataclasses.fields(g)))
+    padded = dataclasses.replace(g, H=10, padding=(0, 0))
+    assert hash(padded) == hash(tuple(getattr(padded, f.name) for f in dataclasses.fields(padded)))
+    assert {g: 1}[again] == 1 and padded not in {g: 1}

@@ -15,6 +15,7 @@ no copy of the input for the extra row or column.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -65,6 +66,15 @@ class ConvGeometry:
     dilation: tuple[int, int]
     groups: int
     padding_extra: tuple[int, int] = (0, 0)   # bottom/right padding beyond top/left (0 or 1)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        """The hash of the fields, as the dataclass's own, made once: the launchers' memos (plans,
+        kernel arguments) hash a layer's geometry at each of its passes."""
+        return hash(dataclasses.astuple(self))
 
     @property
     def pads(self) -> tuple[int, int, int, int]:

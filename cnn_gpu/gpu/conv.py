@@ -194,12 +194,13 @@ def _geometry_args(g):
 
 
 def _walk_args(*values):
-    """The loader walks' constants as kernel ints. One that passes 32 bits steps a row past the end
+    """The loader walks' constants as kernel ints (made once per geometry, as _geometry_args). One that passes 32 bits steps a row past the end
     of every reduction (a step of BK rows covers it whole), so no kernel ever adds it: it is passed
     wrapped, as the kernel's own int arithmetic would hold it."""
     return tuple(np.int32((int(v) + 2**31) % 2**32 - 2**31) for v in values)
 
 
+@functools.lru_cache(maxsize=256)
 def _fprop_walk(g):
     """(walk_s, walk_r, walk_tap, walk_carry_s, walk_carry_r) of conv2d_fprop.cu: BK reduction rows
     (c, r, s) as steps of s, r and the x offset, and the offset carries when s and r wrap."""
@@ -209,6 +210,7 @@ def _fprop_walk(g):
                       dh * g.W - g.S * dw, hw - g.R * dh * g.W)
 
 
+@functools.lru_cache(maxsize=256)
 def _wgrad_walk(g):
     """(walk_q, walk_p, walk_dy, walk_x, walk_q_end, walk_p_end, walk_carry_q_x, walk_carry_p_x,
     walk_carry_p_dy) of conv2d_wgrad.cu: BK reduction rows (n, p, q) as steps of q*stride_w,
