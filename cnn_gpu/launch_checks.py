@@ -177,8 +177,8 @@ def _overlap_by_pairs(arrays, written):
 
 def _overlap_by_sweep(arrays):
     for on_device in (False, True):   # host and device addresses are compared separately
-        spans = sorted((*memory_span(a), name, written) for name, a, written in arrays
-                       if a.nbytes and _backend.is_cupy_array(a) == on_device)
+        spans = sorted(((*memory_span(a), name, written) for name, a, written in arrays
+                        if a.nbytes and _backend.is_cupy_array(a) == on_device), key=operator.itemgetter(0, 1))
         # Against the span reaching furthest so far: a written span overlapping any earlier one
         # overlaps that one too, or an earlier comparison has already found an overlap.
         furthest = None
@@ -190,12 +190,13 @@ def _overlap_by_sweep(arrays):
     return None
 
 
-def check_disjoint(arrays, context: str = "") -> None:
+def check_disjoint(arrays, context: str = "", describe=str) -> None:
     """ValueError when an array that is written shares memory with any other: `arrays` holds
-    (name, C-contiguous array, written) triples; arrays only read may overlap each other."""
+    (name, C-contiguous array, written) triples; arrays only read may overlap each other.
+    `describe(name)`: the name in the message (a caller with many arrays makes none it need not)."""
     overlap = _first_overlap(arrays)
     if overlap:
-        _refuse_overlap(overlap, context)
+        _refuse_overlap(tuple(map(describe, overlap)), context)
 
 
 def _refuse_overlap(overlap, context: str):

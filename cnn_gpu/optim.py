@@ -264,9 +264,26 @@ def _layouts(*arrays) -> tuple:
     return tuple((a.shape, a.dtype, a.strides) for a in arrays)
 
 
+_GRADIENT = object()   # a step's array name (_step_array_name) of a parameter's gradient
+
+
+def _step_array_name(name: tuple) -> str:
+    """The name in messages of a step's array named (parameter index, state key) in _step."""
+    index, key = name
+    if key is None:
+        return f"parameter {index}"
+    return f"the gradient of parameter {index}" if key is _GRADIENT else f"state {key!r} of parameter {index}"
+
+
+def _written_name(state_key) -> str:
+    """How a step's refusals name an array it writes: the parameter (None) or its state `state_key`."""
+    return "the parameter" if state_key is None else f"its state {state_key!r}"
+
+
 def _state_arrays(state: dict) -> list:
-    """(key, array) of the per-element state (momentum buffers, moments); not step counts."""
-    return [(key, value) for key, value in state.items() if getattr(value, "ndim", 0)]
+    """(key, array) of the per-element state (momentum buffers, moments); not step counts (ints:
+    told apart first, as getattr's default costs them an AttributeError raised and caught)."""
+    return [(key, value) for key, value in state.items() if not isinstance(value, int) and getattr(value, "ndim", 0)]
 
 
 # --- optimizers ---------------------------------------------------------------------------------
@@ -404,39 +421,41 @@ class Optimizer:
 
     def _prepare(self, index: int, p, state: dict):
         """(backend, C-contiguous gradient) of one parameter's update, after checking everything
-        the update touches; moves state left behind by Module.to."""
-        what = f"parameter {index}"
+        the update touches; moves state left behind by Module.to. (Messages are made where they
+        are raised: a step prepares every parameter.)"""
         if p.grad.shape != p.data.shape:
-            raise ValueError(f"{what}: gradient shape {tuple(p.grad.shape)} does not match parameter shape "
+            raise ValueError(f"parameter {index}: gradient shape {tuple(p.grad.shape)} does not match parameter shape "
                              f"{tuple(p.data.shape)}")
         if p.data.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{what} has dtype {p.data.dtype}; optimizers update float16, float32 or float64 "
-                            f"parameters")
+            raise TypeError(f"parameter {index} has dtype {p.data.dtype}; optimizers update float16, float32 or "
+                            f"float64 parameters")
         if p.grad.dtype != p.data.dtype:
-            raise TypeError(f"{what}: gradient dtype {p.grad.dtype} does not match parameter dtype {p.data.dtype}")
+            raise TypeError(f"parameter {index}: gradient dtype {p.grad.dtype} does not match parameter dtype "
+                            f"{p.data.dtype}")
         be = self.backend_of(p)
         kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
         if kind == "cuda" and p.grad.device.id != p.data.device.id:   # (a host gradient: refused by backend_of)
-            raise ValueError(f"{what}: its gradient is on GPU {p.grad.device.id} but the parameter on GPU "
+            raise ValueError(f"parameter {index}: its gradient is on GPU {p.grad.device.id} but the parameter on GPU "
                              f"{p.data.device.id}; a gradient is never copied between GPUs for you")
+        wanted = state_dtype(p.data.dtype)
         for key, value in _state_arrays(state):
             # Module.to(dtype) since (double(), float()): the state in the parameter's state dtype;
             # master weights of a parameter no longer float16 go (it holds their values, rounded)
             if key == "master" and p.data.dtype != np.float16:
                 del state[key]
                 continue
-            if key != "master" and value.dtype != state_dtype(p.data.dtype):
-                value = state[key] = value.astype(state_dtype(p.data.dtype))
+            if key != "master" and value.dtype != wanted:
+                value = state[key] = value.astype(wanted)
             if _backend.is_cupy_array(value) != (kind == "cuda"):
                 state[key] = array_like(value, p.data)   # same values, the parameter's device
         self._sync_master(index, p, state)
-        written = [("the parameter", p.data)] + [(f"its state {k!r}", v) for k, v in _state_arrays(state)]
-        for name, a in written:
+        for key, a in [(None, p.data)] + _state_arrays(state):
             if not a.flags.c_contiguous:
-                raise ValueError(f"{what}: {name} must be C-contiguous to be updated in place (shape "
-                                 f"{tuple(a.shape)}, strides {a.strides}); Module.to and load_state_dict make "
-                                 f"C-contiguous copies")
-            updatable(a, f"{what}: {name}")
+                raise ValueError(f"parameter {index}: {_written_name(key)} must be C-contiguous to be updated in "
+                                 f"place (shape {tuple(a.shape)}, strides {a.strides}); Module.to and "
+                                 f"load_state_dict make C-contiguous copies")
+            if not writeable(a):   # (its name made only for the refusal)
+                updatable(a, f"parameter {index}: {_written_name(key)}")
         return be, _backend.array_module(kind).asarray(p.grad, order="C")
 
     def _sync_master(self, index: int, p, state: dict) -> None:
@@ -481,11 +500,11 @@ class Optimizer:
                              self._checked[2])
             return
         plans = [self._prepare(i, p, state) for i, p, state in pending]
-        arrays = []
+        arrays = []   # named by (parameter index, state key; None: the parameter, _GRADIENT: its gradient)
         for (i, p, state), (_, grad) in zip(pending, plans):
-            arrays += [(f"parameter {i}", p.data, True), (f"the gradient of parameter {i}", grad, False)]
-            arrays += [(f"state {key!r} of parameter {i}", v, True) for key, v in _state_arrays(state)]
-        check_disjoint(arrays, "optimizer step: ")
+            arrays += [((i, None), p.data, True), ((i, _GRADIENT), grad, False)]
+            arrays += [((i, key), v, True) for key, v in _state_arrays(state)]
+        check_disjoint(arrays, "optimizer step: ", _step_array_name)
         updates = [(be, p, grad, state, group_of[i]) for (i, p, state), (be, grad) in zip(pending, plans)]
         # Each step binds the same arrays (a replayed one, a loop that keeps its gradients): the next
         # step skips these checks while every one is still bound; not where a gradient was copied

@@ -68,3 +68,31 @@ def test_a_conv_geometry_hashes_as_its_fields_once_and_a_changed_one_anew():
     padded = dataclasses.replace(g, H=10, padding=(0, 0))
     assert hash(padded) == hash(tuple(getattr(padded, f.name) for f in dataclasses.fields(padded)))
     assert {g: 1}[again] == 1 and padded not in {g: 1}
+
+
+def test_an_optimizer_step_names_the_arrays_it_refuses_as_before():
+    from cnn_gpu import optim
+    from cnn_gpu.nn import Parameter
+    rng = np.random.default_rng(3)
+    params = [Parameter(rng.standard_normal(6)) for _ in range(3)]
+    for p in params:
+        p.grad = rng.standard_normal(6)
+    opt = optim.SGD(params, lr=0.1, momentum=0.9)
+    opt.step()   # momentum buffers made
+    params[0].grad = params[2].data[::-1][::-1]   # the same memory
+    with pytest.raises(ValueError, match=r"^optimizer step: parameter 2 is written in place but shares memory with "
+                                         r"the gradient of parameter 0; pass separate arrays$"):
+        opt.step()
+    params[0].grad = opt.state[1]["momentum_buffer"][:]
+    with pytest.raises(ValueError, match=r"^optimizer step: state 'momentum_buffer' of parameter 1 is written in "
+                                         r"place but shares memory with the gradient of parameter 0"):
+        opt.step()
+    params[0].grad = rng.standard_normal(6)
+    opt.state[2]["momentum_buffer"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"^parameter 2: its state 'momentum_buffer' is updated in place, but the "
+                                         r"array is read-only$"):
+        opt.step()
+    params[1].data.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^parameter 1: the parameter is updated in place, but the array is "
+                                         r"read-only$"):
+        opt.step()
