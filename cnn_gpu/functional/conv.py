@@ -38,6 +38,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import backend as _backend, precision
+from ..gpu import conv as gpu_conv, conv_tc, elementwise   # (at import: an import statement in a pass costs 0.5 us)
 from . import _checks
 from ._float16 import takes_float16
 from .activation import relu_in_place
@@ -508,7 +509,6 @@ def _on_tensor_cores(be, a, g) -> bool:
     """Whether a convolution pass runs on the tensor-core kernels, on the emulator or an sm_80+
     GPU: float32 in the "tf32" math mode, and float16 always; depthwise convolutions keep their
     direct kernels."""
-    from ..gpu import conv_tc
     wanted = a.dtype == np.float16 or precision.conv_operands(a.dtype) is not None
     return wanted and not g.is_depthwise and conv_tc.supported(be, a.dtype)
 
@@ -526,7 +526,6 @@ def _simt(pass_fn, operands, bias=None):
 
 
 def _gpu_fprop(be, x, weight, bias, g, activation=None):
-    from ..gpu import conv as gpu_conv, conv_tc
     if _on_tensor_cores(be, x, g):
         return conv_tc.fprop(be, x, weight, bias, g, activation=activation)
 
@@ -539,7 +538,6 @@ def _gpu_fprop(be, x, weight, bias, g, activation=None):
 
 def _gpu_dgrad(be, dy, weight, g, bias=None):
     """dx, plus `bias` per channel (conv_transpose2d's) before a float16 result's one rounding."""
-    from ..gpu import conv as gpu_conv, conv_tc, elementwise
     if _on_tensor_cores(be, dy, g):
         return conv_tc.dgrad(be, dy, weight, g, bias=bias)
 
@@ -554,7 +552,6 @@ def _gpu_dgrad(be, dy, weight, g, bias=None):
 
 
 def _gpu_wgrad(be, dy, x, g):
-    from ..gpu import conv as gpu_conv, conv_tc
     if _on_tensor_cores(be, x, g):
         dw = conv_tc.wgrad(be, dy, x, g)
         if dw is not None:
@@ -566,7 +563,6 @@ def _gpu_wgrad(be, dy, x, g):
 
 def _gpu_bgrad(be, dy):
     """dbias: dy summed per channel by reduce.cu, a float16 dy read as it is (FP32 sums rounded once)."""
-    from ..gpu import conv as gpu_conv
     return gpu_conv.bgrad(be, dy)
 
 
