@@ -365,11 +365,21 @@ def dtype_options(dtype) -> tuple[str, ...]:
     raise TypeError(f"kernels take float16, float32 or float64 arrays, not {dtype}")
 
 
+_compute_dtypes: dict = {}   # compute_dtype's answers per spelling of a dtype (np.float16, np.dtype, "float16")
+
+
 def compute_dtype(dtype) -> np.dtype:
     """The type a kernel built for `dtype` computes in (its acc_t): float32 for float16, else the
-    dtype itself."""
-    dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    dtype itself. (Asked at most launches: found by the spelling before np.dtype() is made.)"""
+    try:
+        return _compute_dtypes[dtype]
+    except (KeyError, TypeError):   # (TypeError: an unhashable spelling)
+        pass
+    known = np.dtype(dtype)
+    known = np.dtype(np.float32) if known == np.float16 else known
+    with contextlib.suppress(TypeError):
+        _compute_dtypes[dtype] = known
+    return known
 
 
 # Options CuPy-compiled kernels get (the emulator mirrors -ftz and FMA contraction itself).

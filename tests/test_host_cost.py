@@ -96,3 +96,15 @@ def test_an_optimizer_step_names_the_arrays_it_refuses_as_before():
     with pytest.raises(ValueError, match=r"^parameter 1: the parameter is updated in place, but the array is "
                                          r"read-only$"):
         opt.step()
+
+
+def test_compute_dtype_answers_every_spelling_as_np_dtype_does(monkeypatch):
+    monkeypatch.setattr(backend, "_compute_dtypes", {})
+    for _ in range(2):   # the second round from the memo
+        for spelling in (np.float16, np.dtype(np.float16), "float16", "e"):
+            assert backend.compute_dtype(spelling) == np.float32
+        for spelling in (np.float32, "float64", np.dtype(">f8")):
+            assert backend.compute_dtype(spelling) == np.dtype(spelling)
+        assert backend.compute_dtype([("a", "f2")]) == np.dtype([("a", "f2")])   # unhashable: as it is
+    assert _grid.acc(np.float16, 0.1, -0.0) == (np.float32(0.1), np.float32(-0.0))
+    assert np.signbit(_grid.acc(np.float16, -0.0)[0]) and type(_grid.real(np.float64, 1)[0]) is np.float64

@@ -110,8 +110,7 @@ def _int32_scalars(values) -> tuple:
 
 def real(dtype, *values):
     """Python numbers as kernel REAL scalars (CuPy's rule: the NumPy scalar of the declared type)."""
-    scalar = np.dtype(dtype).type
-    return tuple(scalar(v) for v in values)
+    return tuple(map(np.dtype(dtype).type, values))
 
 
 def acc(dtype, *values):
