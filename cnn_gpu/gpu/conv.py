@@ -194,9 +194,10 @@ def _geometry_args(g):
 
 
 def _walk_args(*values):
-    """The loader walks' constants as kernel ints (made once per geometry, as _geometry_args). One that passes 32 bits steps a row past the end
-    of every reduction (a step of BK rows covers it whole), so no kernel ever adds it: it is passed
-    wrapped, as the kernel's own int arithmetic would hold it."""
+    """The loader walks' constants as kernel ints (made once per geometry, as _geometry_args). One
+    that passes 32 bits steps a row past the end of every reduction (a step of BK rows covers it
+    whole), so no kernel ever adds it: it is passed wrapped, as the kernel's own int arithmetic
+    would hold it."""
     return tuple(np.int32((int(v) + 2**31) % 2**32 - 2**31) for v in values)
 
 

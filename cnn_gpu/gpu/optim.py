@@ -134,10 +134,11 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay
     for param, grad, m, v, v_max, _, master in updates:
         _check_state(param, grad, master, m=m, v=v, **({} if v_max is None else {"v_max": v_max}))
     dtype = updates[0][0].dtype
-    slots = [((param, grad, m, v, np.int64(param.size),
-               *acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step)),
-               *(() if v_max is None else (v_max,))), master)
-             for param, grad, m, v, v_max, step, master in updates]
+    corrections = {}   # per step count (the parameters of a model mostly share one): the bias corrections' scalars
+    for step in {update[5] for update in updates}:
+        corrections[step] = acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))
+    slots = [((param, grad, m, v, np.int64(param.size), *corrections[step], *(() if v_max is None else (v_max,))),
+              master) for param, grad, m, v, v_max, step, master in updates]
     _launch_slots(be, "adam_step" if updates[0][4] is None else "adam_amsgrad_step", slots,
                   (*acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay),
                    *i32(bool(maximize))), memo)
