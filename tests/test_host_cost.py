@@ -108,3 +108,25 @@ def test_compute_dtype_answers_every_spelling_as_np_dtype_does(monkeypatch):
         assert backend.compute_dtype([("a", "f2")]) == np.dtype([("a", "f2")])   # unhashable: as it is
     assert _grid.acc(np.float16, 0.1, -0.0) == (np.float32(0.1), np.float32(-0.0))
     assert np.signbit(_grid.acc(np.float16, -0.0)[0]) and type(_grid.real(np.float64, 1)[0]) is np.float64
+
+
+def test_real_number_takes_and_refuses_what_it_did_with_floats_and_ints_passed_first():
+    from fractions import Fraction
+    from cnn_gpu.functional._checks import real_number
+    for value in (0.5, 2, np.float32(0.5), np.int64(2), Fraction(1, 2)):
+        assert real_number(value, "v") == float(value) and type(real_number(value, "v")) is float
+    for value in (True, np.bool_(False), "1", None, 1j):
+        with pytest.raises(TypeError, match="v must be a real number"):
+            real_number(value, "v")
+    with pytest.raises(ValueError, match="finite"):
+        real_number(float("nan"), "v")
+
+
+def test_batch_norm_channel_arrays_refuse_another_dtype_and_take_the_compute_type_where_allowed():
+    from cnn_gpu.functional.batch_norm import _channel_array
+    x = np.ones((2, 3, 4), np.float16)
+    assert _channel_array(np.ones(3, np.float32), "save_mean", x, compute_too=True) is not None
+    with pytest.raises(TypeError, match="weight has dtype float32 but x has dtype float16"):
+        _channel_array(np.ones(3, np.float32), "weight", x)
+    with pytest.raises(TypeError, match="save_mean has dtype float64 but x has dtype float16"):
+        _channel_array(np.ones(3, np.float64), "save_mean", x, compute_too=True)

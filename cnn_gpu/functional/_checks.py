@@ -59,7 +59,9 @@ def real_number(value, name: str, *, minimum=None, below=None) -> float:
     """A finite real number (hyper-parameters, slopes), optionally >= minimum and < below, as a
     float: TypeError for a non-number, ValueError for NaN, an infinity or a value out of range
     (PyTorch refuses them too; checks like `lr < 0` alone let NaN through)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    kind = type(value)   # a float or an int (not a bool) passes without the ABC's isinstance
+    if kind is not float and kind is not int and (isinstance(value, (bool, np.bool_))
+                                                  or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):

@@ -83,8 +83,8 @@ def _channel_array(a, name, x, compute_too=False):
         return None
     _checks.array(a, name, ndim=1)
     _checks.shape_is(a, name, (x.shape[1],), " (one value per channel of x)")
-    if not (compute_too and a.dtype == _backend.compute_dtype(x.dtype)):
-        _checks.same_dtype("x", x, **{name: a})
+    if a.dtype != x.dtype and not (compute_too and a.dtype == _backend.compute_dtype(x.dtype)):
+        _checks.same_dtype("x", x, **{name: a})   # refuses
     return a
 
 
