@@ -205,23 +205,31 @@ def is_cupy_array(a) -> bool:
     return kind is not np.ndarray and kind.__module__.startswith("cupy")
 
 
+_HOST_KINDS = frozenset({np.ndarray})
+
+
 def resolve(backend, *arrays) -> str:
     """The backend a call runs on. None: "cuda" for CuPy inputs, the default for NumPy inputs.
 
     Raises TypeError when the inputs' kind does not fit the backend (CuPy arrays on numpy/emu, or
     NumPy arrays on cuda): ops never move data between host and device behind the user's back.
     """
-    present = [a for a in arrays if a is not None]
-    on_gpu = [is_cupy_array(a) for a in present]
-    if any(on_gpu) and not all(on_gpu):
+    kinds = set(map(type, arrays))
+    kinds.discard(type(None))
+    if kinds <= _HOST_KINDS:   # NumPy arrays or none (the usual call, told without a call an array)
+        any_on_gpu, all_on_gpu = False, not kinds
+    else:
+        on_gpu = [is_cupy_array(a) for a in arrays if a is not None]
+        any_on_gpu, all_on_gpu = any(on_gpu), all(on_gpu)
+    if any_on_gpu and not all_on_gpu:
         raise TypeError("inputs mix CuPy and NumPy arrays; move them to one device first")
     if backend is None:
-        backend = "cuda" if any(on_gpu) else get_backend()
+        backend = "cuda" if any_on_gpu else get_backend()
     _check_name(backend)
     if backend == "cuda":
-        if not all(on_gpu):
+        if not all_on_gpu:
             raise TypeError("backend 'cuda' takes CuPy arrays; got NumPy arrays (use cupy.asarray)")
-    elif any(on_gpu):
+    elif any_on_gpu:
         raise TypeError(f"backend {backend!r} takes NumPy arrays; got CuPy arrays (use .get())")
     if backend == "emu":
         reason = why_unavailable("emu")

@@ -130,3 +130,16 @@ def test_batch_norm_channel_arrays_refuse_another_dtype_and_take_the_compute_typ
         _channel_array(np.ones(3, np.float32), "weight", x)
     with pytest.raises(TypeError, match="save_mean has dtype float64 but x has dtype float16"):
         _channel_array(np.ones(3, np.float64), "save_mean", x, compute_too=True)
+
+
+def test_resolve_tells_host_device_and_mixed_inputs_apart_as_before():
+    device_array = type("ndarray", (), {"__module__": "cupy._core.core"})()   # a stand-in: its type's module
+    host = np.ones(2)
+    assert backend.resolve("emu", host, None, host) == "emu" and backend.resolve(None, None) == backend.get_backend()
+    assert backend.resolve(None, host.view(np.memmap)) == backend.get_backend()   # a subclass: on the host too
+    with pytest.raises(TypeError, match="inputs mix CuPy and NumPy arrays"):
+        backend.resolve(None, host, device_array)
+    with pytest.raises(TypeError, match="backend 'cuda' takes CuPy arrays; got NumPy arrays"):
+        backend.resolve("cuda", host, None)
+    with pytest.raises(TypeError, match="backend 'numpy' takes NumPy arrays; got CuPy arrays"):
+        backend.resolve("numpy", None, device_array)
