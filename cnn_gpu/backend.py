@@ -501,6 +501,24 @@ def kernel_function(backend: str, family: str, dtype, kernel: str):
     return fn
 
 
+_dims_memo: dict = {}   # _dims's answers (a launcher's grids and blocks recur every step); emptied at 4096
+
+
+def _dims(sizes) -> tuple:
+    """A grid or block as the tuple of Python ints CuPy takes (np.int64 sizes converted); equal
+    sizes have equal ints, so the answer is kept per sizes given."""
+    try:
+        known = _dims_memo.get(sizes)
+    except TypeError:   # unhashable (a list)
+        return tuple(map(int, sizes))
+    if known is None:
+        known = tuple(map(int, sizes))
+        if len(_dims_memo) >= 4096:
+            _dims_memo.clear()
+        _dims_memo[sizes] = known
+    return known
+
+
 def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, shared_mem: int = 0):
     """Launch kernels/<family>.cu:<kernel> with CuPy's calling convention on cuda or emu.
 
@@ -511,8 +529,7 @@ def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, sha
     recording (cnn_gpu.replay) the launch is also kept, with its arguments, to be replayed."""
     checked = _launch_checks.checked_args(backend, family, kernel, dtype, args)
     fn = kernel_function(backend, family, dtype, kernel)
-    grid = tuple(map(int, grid))
-    block = tuple(map(int, block))
+    grid, block = _dims(grid), _dims(block)
     if min(grid) <= 0:
         return  # empty problem: nothing to launch
     shared_mem = int(shared_mem)

@@ -143,3 +143,12 @@ def test_resolve_tells_host_device_and_mixed_inputs_apart_as_before():
         backend.resolve("cuda", host, None)
     with pytest.raises(TypeError, match="backend 'numpy' takes NumPy arrays; got CuPy arrays"):
         backend.resolve("numpy", None, device_array)
+
+
+def test_launch_dims_are_python_ints_from_the_memo_too(monkeypatch):
+    monkeypatch.setattr(backend, "_dims_memo", {})
+    for _ in range(2):   # the second round from the memo
+        for sizes, ints in (((np.int64(3), 1, 1), (3, 1, 1)), ((256,), (256,)), ([4, np.int32(2)], (4, 2))):
+            dims = backend._dims(sizes)
+            assert dims == ints and all(type(d) is int for d in dims)
+        assert backend._dims((np.int64(5),)) == (5,) and backend._dims((0,)) == (0,)
