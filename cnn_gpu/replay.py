@@ -1,8 +1,8 @@
 """Recorded steps: the device work of a training step done again without the Python that issued it.
 
-A ResNet-18 step issues ~220 kernel launches, each costing the host ~40 us of layers, plans and
-argument checks (benchmarks/host_overhead.py): ~9 ms a step, more than an H100 needs for the
-kernels themselves at batch 128. PyTorch's answer is a CUDA graph; ours, on both kernel backends:
+A ResNet-18 step issues ~220 kernel launches, each costing the host ~20 us of layers, plans and
+argument checks (benchmarks/host_overhead.py): ~4.5 ms a step, more than an H100 needs for the
+kernels themselves at batch 128 in tf32. PyTorch's answer is a CUDA graph; ours, on both kernel backends:
 
     with cnn_gpu.replay.record(x, labels) as step:   # runs the code once, recording its device work
         optimizer.zero_grad()
