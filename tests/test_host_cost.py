@@ -152,3 +152,14 @@ def test_launch_dims_are_python_ints_from_the_memo_too(monkeypatch):
             dims = backend._dims(sizes)
             assert dims == ints and all(type(d) is int for d in dims)
         assert backend._dims((np.int64(5),)) == (5,) and backend._dims((0,)) == (0,)
+
+
+def test_all_float16_passes_plain_arguments_over_and_finds_any_other_float_array():
+    from cnn_gpu.functional._float16 import _all_float16
+    x16, x32 = np.ones(3, np.float16), np.ones(3, np.float32)
+    plain = (1, 2.5, "same", (1, 1), None, True)
+    assert _all_float16((x16, *plain, np.arange(3)), {"backend": "emu", "bias": None}, ())   # int arrays: not floats
+    assert not _all_float16((x16, *plain, x32), {}, ())
+    assert not _all_float16((x16,), {"weight": np.ones(3)}, ())
+    assert _all_float16((x16,), {"save_mean": x32}, ("save_mean",))
+    assert not _all_float16((x16,), {"save_mean": np.ones(3)}, ("save_mean",))   # float64: not the compute type

@@ -39,14 +39,17 @@ def _is_float16(a) -> bool:
     return kind not in _NOT_ARRAYS and _checks.is_array(a) and a.dtype == FLOAT16
 
 
+def _is_other_float_array(a) -> bool:
+    """Whether `a` is a float array of another dtype than float16 (plain arguments passed over by type)."""
+    return type(a) not in _NOT_ARRAYS and _checks.is_array(a) and a.dtype.kind == "f" and a.dtype != FLOAT16
+
+
 def _all_float16(args, kwargs: dict, compute_args: tuple) -> bool:
     """Whether every float array argument is float16 (or float32 where a keyword of compute_args)."""
-    for a in args:
-        if _checks.is_array(a) and a.dtype.kind == "f" and a.dtype != FLOAT16:
-            return False
+    if any(map(_is_other_float_array, args)):
+        return False
     for name, a in kwargs.items():
-        if _checks.is_array(a) and a.dtype.kind == "f" and a.dtype != FLOAT16 and not (
-                name in compute_args and a.dtype == COMPUTE):
+        if _is_other_float_array(a) and not (name in compute_args and a.dtype == COMPUTE):
             return False
     return True
 
