@@ -232,23 +232,34 @@ nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ label
 #define REGRESSION_SQUARED 3
 #define REGRESSION_KL_DIV 4
 #define REGRESSION_KL_DIV_LOG_TARGET 5
+#define REGRESSION_SOFT_MARGIN 6
+#define REGRESSION_HINGE_EMBEDDING 7
+#define REGRESSION_MARGIN_RANKING 8
+#define REGRESSION_POISSON_NLL_LOG_INPUT 9
+#define REGRESSION_POISSON_NLL 10
+#define REGRESSION_GAUSSIAN_NLL 11
+
+// 0.5 log(2 pi): the constant of the Gaussian NLL's and the Stirling term's `full` forms
+#define HALF_LOG_TWO_PI ((acc_t)0.91893853320467274178)
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
-regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, const REAL* __restrict__ weight,
-                     REAL* __restrict__ dpred, acc_t* __restrict__ loss, long long n, int kind, int has_weight,
-                     acc_t beta, acc_t grad_scale, const acc_t* __restrict__ grad_divisor)
+regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ target, const REAL* __restrict__ other,
+                     REAL* __restrict__ dpred, REAL* __restrict__ dother, acc_t* __restrict__ loss, long long n,
+                     int kind, int has_weight, int full, acc_t beta, acc_t grad_scale,
+                     const acc_t* __restrict__ grad_divisor)
 {
     const acc_t scale = grad_scale / grad_divisor[0];
-    // weight is loaded with the rest of a round even when absent (the host passes pred in its place, a
-    // cache hit): every load of a round before its first store
-    for_each_element(n, [&](long long i) { return Loaded<3>{{pred[i], target[i], weight[i]}}; },
+    // other (the weight, margin ranking's input2 or the Gaussian NLL's var) is loaded with the rest of a
+    // round even when absent (the host passes pred in its place, a cache hit): every load of a round before
+    // its first store
+    for_each_element(n, [&](long long i) { return Loaded<3>{{pred[i], target[i], other[i]}}; },
                      [&](long long i, const Loaded<3>& in) {
                          const acc_t x = to_acc(in.v[0]), t = to_acc(in.v[1]);
                          const acc_t d = x - t;
                          const acc_t z = fabs(d);
                          // sign(d), 0 at 0 and at NaN as torch's sign
                          const acc_t sign = d > (acc_t)0 ? (acc_t)1 : (d < (acc_t)0 ? (acc_t)-1 : (acc_t)0);
-                         acc_t value = z, slope = sign;
+                         acc_t value = z, slope = sign, other_slope = (acc_t)0;
                          if (kind == REGRESSION_SMOOTH_L1) {
                              value = z < beta ? (acc_t)0.5 * z * z / beta : z - (acc_t)0.5 * beta;
                              slope = z > beta ? sign : d / beta;
@@ -266,10 +277,54 @@ regression_loss_rows(const REAL* __restrict__ pred, const REAL* __restrict__ tar
                              const acc_t p = REAL_EXP(t);
                              value = p * (t - x);
                              slope = -p;
+                         } else if (kind == REGRESSION_SOFT_MARGIN) {
+                             // torch's log1p(exp(-t x)) and -t e / (1 + e), overflow (inf, NaN) included
+                             const acc_t e = REAL_EXP(-t * x);
+                             value = log1p(e);
+                             slope = -t * e / ((acc_t)1 + e);
+                         } else if (kind == REGRESSION_HINGE_EMBEDDING) {
+                             // torch's where(t != 1, clamp_min(margin - x, 0), 0) + where(t != -1, x, 0);
+                             // clamp_min passes the gradient where margin - x >= 0 (NaN stays NaN)
+                             const acc_t gap = beta - x;
+                             value = (t != (acc_t)1 ? (gap < (acc_t)0 ? (acc_t)0 : gap) : (acc_t)0)
+                                     + (t != (acc_t)-1 ? x : (acc_t)0);
+                             slope = (t != (acc_t)1 && gap >= (acc_t)0 ? (acc_t)-1 : (acc_t)0)
+                                     + (t != (acc_t)-1 ? (acc_t)1 : (acc_t)0);
+                         } else if (kind == REGRESSION_MARGIN_RANKING) {
+                             // x is input1, other input2, t the +-1 target: clamp_min(-t (x1 - x2) + margin, 0)
+                             const acc_t gap = -t * (x - to_acc(in.v[2])) + beta;
+                             value = gap < (acc_t)0 ? (acc_t)0 : gap;
+                             slope = gap >= (acc_t)0 ? -t : (acc_t)0;
+                             other_slope = -slope;
+                         } else if (kind == REGRESSION_POISSON_NLL_LOG_INPUT || kind == REGRESSION_POISSON_NLL) {
+                             if (kind == REGRESSION_POISSON_NLL_LOG_INPUT) {
+                                 const acc_t rate = REAL_EXP(x);
+                                 value = rate - t * x;
+                                 slope = rate - t;
+                             } else {   // beta is eps
+                                 value = x - t * REAL_LOG(x + beta);
+                                 slope = (acc_t)1 - t / (x + beta);
+                             }
+                             // Stirling's approximation of log(t!), where t > 1 (torch's masked_fill)
+                             if (full && t > (acc_t)1)
+                                 value += t * REAL_LOG(t) - t + (acc_t)0.5 * REAL_LOG(t) + HALF_LOG_TWO_PI;
+                         } else if (kind == REGRESSION_GAUSSIAN_NLL) {
+                             // other is var, clamped at eps (beta) without changing its gradient's path, as
+                             // torch's clamp_ under no_grad; a negative var gives NaN (the host names it)
+                             const acc_t var = to_acc(in.v[2]);
+                             const acc_t v = var < beta ? beta : var;
+                             const acc_t ratio = d * d / v;
+                             value = (acc_t)0.5 * (REAL_LOG(v) + ratio) + (full ? HALF_LOG_TWO_PI : (acc_t)0);
+                             slope = d / v;
+                             other_slope = (acc_t)0.5 * ((acc_t)1 - ratio) / v;
+                             if (var < (acc_t)0)
+                                 value = REAL_NAN;
                          }
                          const acc_t w = has_weight ? to_acc(in.v[2]) : (acc_t)1;
                          loss[i] = value * w;
                          dpred[i] = to_real(slope * w * scale);
+                         if (kind == REGRESSION_MARGIN_RANKING || kind == REGRESSION_GAUSSIAN_NLL)
+                             dother[i] = to_real(other_slope * scale);
                      });
 }
 

@@ -385,28 +385,61 @@ def _torch_size(a) -> str:
     return f"torch.Size([{', '.join(str(n) for n in a.shape)}])"
 
 
-def _pointwise(kind: str, x, t, beta: float):
-    """The NumPy path's per-element losses and their slopes (kernels/loss.cu's regression_loss_rows),
-    PyTorch's formulas; sign(0) = 0 at the kinks."""
+HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)   # the Gaussian NLL's and Stirling's constant
+
+
+def _pointwise(kind: str, x, t, beta: float, other=None, full: bool = False):
+    """The NumPy path's per-element losses, their slopes and (margin ranking's input2, the Gaussian
+    NLL's var: `other`) the slopes of the third operand, else None (kernels/loss.cu's
+    regression_loss_rows), PyTorch's formulas; sign(0) = 0 at the kinks, and clamp_min's gradient
+    passes at its bound."""
     dtype = x.dtype.type
     d = np.asarray(x - t)
     z = np.abs(d)
     sign = np.where(d > 0, dtype(1), np.where(d < 0, dtype(-1), dtype(0)))   # 0 at NaN too, as torch's sign
+    zero, one = dtype(0), dtype(1)
     if kind == "l1":
-        return z, sign
+        return z, sign, None
     if kind == "smooth_l1":
         return (np.where(z < beta, dtype(0.5) * z * z / dtype(beta), z - dtype(0.5 * beta)),
-                np.where(z > beta, sign, d / dtype(beta)))
+                np.where(z > beta, sign, d / dtype(beta)), None)
     if kind == "huber":
         return (np.where(z < beta, dtype(0.5) * z * z, dtype(beta) * (z - dtype(0.5 * beta))),
-                np.where(z > beta, sign * dtype(beta), d))
+                np.where(z > beta, sign * dtype(beta), d), None)
     if kind == "mse":
-        return d * d, dtype(2) * d
+        return d * d, dtype(2) * d, None
     if kind == "kl_div":
         with np.errstate(divide="ignore", invalid="ignore"):   # torch's xlogy: 0 where t = 0, NaN where t < 0
-            return np.where(t == 0, dtype(0), t * np.log(t)) - t * x, -t
-    p = np.exp(t)   # kl_div_log_target
-    return p * (t - x), -p
+            return np.where(t == 0, zero, t * np.log(t)) - t * x, -t, None
+    if kind == "kl_div_log_target":
+        p = np.exp(t)
+        return p * (t - x), -p, None
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):   # torch's inf and NaN where they overflow
+        if kind == "soft_margin":
+            e = np.exp(-t * x)
+            return np.log1p(e), -t * e / (one + e), None
+        if kind == "hinge_embedding":
+            gap = dtype(beta) - x
+            return (np.where(t != 1, np.maximum(gap, zero), zero) + np.where(t != -1, x, zero),
+                    np.where((t != 1) & (gap >= 0), -one, zero) + np.where(t != -1, one, zero), None)
+        if kind == "margin_ranking":   # x input1, other input2
+            gap = -t * (x - other) + dtype(beta)
+            slope = np.where(gap >= 0, -t, zero)
+            return np.maximum(gap, zero), slope, -slope
+        if kind == "gaussian_nll":   # other is var, clamped at eps (beta) as torch's clamp_ under no_grad
+            var = np.where(other < beta, dtype(beta), other)
+            ratio = d * d / var
+            value = dtype(0.5) * (np.log(var) + ratio) + dtype(HALF_LOG_TWO_PI if full else 0)
+            return value, d / var, dtype(0.5) * (one - ratio) / var
+        if kind == "poisson_nll_log_input":
+            rate = np.exp(x)
+            value, slope = rate - t * x, rate - t
+        else:   # poisson_nll, beta is eps
+            value, slope = x - t * np.log(x + dtype(beta)), one - t / (x + dtype(beta))
+        if full:   # Stirling's approximation of log(t!) where t > 1, as torch's masked_fill
+            value = value + np.where(t > 1, t * np.log(t) - t + dtype(0.5) * np.log(t) + dtype(HALF_LOG_TWO_PI),
+                                     zero)
+        return value, slope, None
 
 
 def _sum_to_shape(grad, shape):
@@ -415,11 +448,13 @@ def _sum_to_shape(grad, shape):
 
 
 def _pointwise_loss(kind: str, input, target, weight, reduction, shape, be, as_array, *, beta=0.0,
-                    mean_divisor=None, mean_over_weight=False):
-    """l1/smooth_l1/huber/mse_loss and kl_div after their checks: the loss of input and target
-    broadcast to `shape` (an optional weight of input's shape broadcast with them), the mean over
-    mean_divisor (by default the element count) or over the summed weight (mean_over_weight), and
-    the gradient summed back to input's shape. See gpu.loss.regression."""
+                    mean_divisor=None, mean_over_weight=False, other=None, full=False):
+    """l1/smooth_l1/huber/mse_loss, kl_div and the margin, Poisson and Gaussian losses after their
+    checks: the loss of input and target (and `other`, see _pointwise) broadcast to `shape` (an
+    optional weight of input's shape broadcast with them), the mean over mean_divisor (by default
+    the element count) or over the summed weight (mean_over_weight), and the gradient summed back to
+    input's shape (and other's gradient to other's shape: then (loss, dinput, dother)). See
+    gpu.loss.regression."""
     if math.prod(shape) == 0:
         xp = _backend.array_module(be)
         loss, dinput = _nothing(be, reduction, input, shape, as_array)
@@ -427,17 +462,21 @@ def _pointwise_loss(kind: str, input, target, weight, reduction, shape, be, as_a
             # 0 over kl_div's batch or over the summed weight (of input, which may have elements): as torch's
             loss = mean_of(0.0, float(weight.sum()) if mean_over_weight else mean_divisor)
             loss = xp.asarray(loss, dtype=np.float64) if as_array else loss
-        # input itself may have elements (broadcast against an empty target): their gradient is 0
-        return loss, (dinput if input.size == 0 else _backend.device_call(xp.zeros, input.shape, dtype=input.dtype))
+        # an input may have elements (broadcast against an empty target): their gradient is 0
+        grads = tuple(dinput if a.size == 0 else _backend.device_call(xp.zeros, a.shape, dtype=a.dtype)
+                      for a in ((input,) if other is None else (input, other)))
+        return (loss, *grads)
     if be != "numpy":
         from ..gpu import loss as gpu_loss
         named = ((input, "input"), (target, "target"), (weight, "weight"))
-        loss, dinput = gpu_loss.regression(be, kind, *(_checks.for_kernels(be, a, n) for a, n in named), reduction,
-                                           beta=beta, mean_divisor=mean_divisor, mean_over_weight=mean_over_weight,
-                                           as_array=as_array)
-        return (loss.reshape(shape) if reduction == "none" else loss), dinput
+        result = gpu_loss.regression(be, kind, *(_checks.for_kernels(be, a, n) for a, n in named), reduction,
+                                     beta=beta, mean_divisor=mean_divisor, mean_over_weight=mean_over_weight,
+                                     as_array=as_array, other=_checks.for_kernels(be, other, "other"), full=full)
+        return ((result[0].reshape(shape) if reduction == "none" else result[0]), *result[1:])
     dtype = input.dtype.type
-    value, slope = _pointwise(kind, *np.broadcast_arrays(input, target), beta)
+    value, slope, other_slope = _pointwise(kind, *np.broadcast_arrays(input, target, *(
+        () if other is None else (other,)))[:2], beta, None if other is None else np.broadcast_to(other, shape),
+                                           full)
     if weight is not None:
         value, slope = value * weight, slope * weight
     if reduction == "mean":
@@ -446,10 +485,11 @@ def _pointwise_loss(kind: str, input, target, weight, reduction, shape, be, as_a
     else:
         divisor = dtype(1)
     with np.errstate(divide="ignore", invalid="ignore"):   # a zero weight sum: NaN, as PyTorch's
-        grad = _sum_to_shape(slope * (dtype(1) / divisor), input.shape)
+        grads = tuple(_sum_to_shape(s * (dtype(1) / divisor), a.shape)
+                      for s, a in ((slope, input), (other_slope, other)) if s is not None)
     if reduction == "none":
-        return np.asarray(value), grad
-    return _as_array(mean_of(value.sum(), divisor), as_array), grad
+        return (np.asarray(value), *grads)
+    return (_as_array(mean_of(value.sum(), divisor), as_array), *grads)
 
 
 @takes_float16(kernels=True)
@@ -637,3 +677,200 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     to input's shape (a (C,) pos_weight weighs the last dimension's classes; (C, 1, 1) the channels
     of (N, C, H, W)). The conventions of mse_loss."""
     return _bce(input, target, weight, pos_weight, reduction, True, backend, as_array)
+
+
+# --- margin, Poisson and Gaussian losses (regression_loss_rows' kinds) ----------------------------
+
+def _margin(value, name: str = "margin") -> float:
+    return _checks.real_number(value, name)
+
+
+@takes_float16(kernels=True)
+def soft_margin_loss(input, target, reduction="mean", *, backend=None, as_array=False):
+    """Two-class logistic loss as torch.nn.functional.soft_margin_loss -> (loss, dinput):
+    log(1 + exp(-y x)) an element for targets y of +1 or -1 (any real y is taken, as PyTorch's),
+    the gradient -y e / (1 + e) with e = exp(-y x) (PyTorch's formula: inf and NaN where e
+    overflows, as its). target (of input's dtype) broadcasts to input's shape (without a warning, as
+    PyTorch's); the conventions of mse_loss."""
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(input, target, reduction, None, backend, as_array, warn=False)
+    if shape != input.shape:   # torch's kernel writes an output of input's shape
+        raise ValueError(f"target of shape {tuple(target.shape)} does not broadcast to the input's shape "
+                         f"{tuple(input.shape)} (soft_margin_loss broadcasts target only, as PyTorch's)")
+    return _pointwise_loss("soft_margin", input, target, None, reduction, shape, be, as_array)
+
+
+@takes_float16(kernels=True)
+def hinge_embedding_loss(input, target, margin=1.0, reduction="mean", *, backend=None, as_array=False):
+    """Hinge embedding loss as torch.nn.functional.hinge_embedding_loss -> (loss, dinput): input
+    holds distances, target +1 (similar pair: the loss is x) or -1 (dissimilar: max(0, margin - x));
+    PyTorch's formula where(t != 1, max(0, margin - x), 0) + where(t != -1, x, 0) for any target,
+    the gradient passing max's at margin - x = 0 (torch's clamp_min). The conventions of
+    soft_margin_loss."""
+    margin = _margin(margin)
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(input, target, reduction, None, backend, as_array, warn=False)
+    return _pointwise_loss("hinge_embedding", input, target, None, reduction, shape, be, as_array, beta=margin)
+
+
+@takes_float16(kernels=True)
+def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean", *, backend=None, as_array=False):
+    """Margin ranking loss as torch.nn.functional.margin_ranking_loss -> (loss, dinput1, dinput2):
+    max(0, -y (x1 - x2) + margin) an element, y = +1 where x1 should rank higher, -1 where x2
+    should; the gradients -y and y where -y (x1 - x2) + margin >= 0 (torch's clamp_min), 0 elsewhere.
+    input1, input2 and target of one dtype and one number of dimensions (ValueError otherwise, where
+    PyTorch raises a RuntimeError), broadcast together; each gradient summed back to its input's
+    shape. The conventions of mse_loss otherwise."""
+    margin = _margin(margin)
+    reduction = check_reduction(reduction)
+    for a, name in ((input1, "input1"), (input2, "input2"), (target, "target")):
+        _checks.array(a, name)
+    if not input1.ndim == input2.ndim == target.ndim:
+        raise ValueError(f"margin_ranking_loss : All input tensors should have same dimension but got sizes: "
+                         f"input1: {_torch_size(input1)}, input2: {_torch_size(input2)}, "
+                         f"target: {_torch_size(target)} ")
+    _checks.same_dtype("input1", input1, input2=input2)
+    shape, be = _broadcast_checks(input1, target, reduction, None, backend, as_array, warn=False, name="input1")
+    try:
+        shape = np.broadcast_shapes(shape, input2.shape)
+    except ValueError:
+        raise ValueError(f"input2 of shape {tuple(input2.shape)} does not broadcast with input1 and target "
+                         f"(broadcast shape {tuple(shape)})") from None
+    be = _backend.resolve(backend, input1, input2, target)
+    return _pointwise_loss("margin_ranking", input1, target, None, reduction, shape, be, as_array, beta=margin,
+                           other=input2)
+
+
+@takes_float16(kernels=True)
+def poisson_nll_loss(input, target, log_input=True, full=False, eps=1e-8, reduction="mean", *, backend=None,
+                     as_array=False):
+    """Poisson negative log likelihood as torch.nn.functional.poisson_nll_loss -> (loss, dinput):
+    exp(x) - t x an element with log_input (input the log of the rate), else x - t log(x + eps);
+    full adds Stirling's approximation t log t - t + 0.5 log(2 pi t) of log(t!) where t > 1 (it
+    has no gradient). The gradient exp(x) - t, or 1 - t / (x + eps). input and target of one
+    dtype broadcast (without a warning, as PyTorch's); the conventions of mse_loss."""
+    for flag, name in ((log_input, "log_input"), (full, "full")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    eps = _checks.real_number(eps, "eps")
+    reduction = check_reduction(reduction)
+    shape, be = _broadcast_checks(input, target, reduction, None, backend, as_array, warn=False)
+    return _pointwise_loss("poisson_nll_log_input" if log_input else "poisson_nll", input, target, None, reduction,
+                           shape, be, as_array, beta=eps, full=bool(full))
+
+
+def _gaussian_var_shape(input, var) -> tuple:
+    """The shape var is taken in (torch 2.13's rules): input's; input's without its last dimension
+    (homoscedastic: a trailing 1 is added); or input's number of dimensions with exactly one
+    dimension differing, where var's size is 1 (e.g. (N, 1, H, W) for (N, C, H, W))."""
+    if var.shape == input.shape:
+        return var.shape
+    if input.ndim >= 1 and var.shape == input.shape[:-1]:
+        return var.shape + (1,)
+    if var.ndim == input.ndim and sum(v for i, v in zip(input.shape, var.shape) if i != v) == 1:
+        return var.shape
+    raise ValueError(f"var is of incorrect size: {tuple(var.shape)} for input of shape {tuple(input.shape)} (the "
+                     f"input's shape, it without its last dimension, or it with one dimension of size 1)")
+
+
+def _check_variances(var) -> None:
+    """ValueError naming the first negative variance, as PyTorch refuses any."""
+    negative = var < 0
+    if bool(negative.any()):
+        where = tuple(int(i) for i in np.unravel_index(int(negative.ravel().argmax()), var.shape))
+        raise ValueError(f"var has negative entry/entries: var{list(where)} = {float(var[where])}")
+
+
+@takes_float16(kernels=True)
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean", *, backend=None,
+                      as_array=False):
+    """Gaussian negative log likelihood as torch.nn.functional.gaussian_nll_loss -> (loss, dinput,
+    dvar): 0.5 (log v + (x - t)^2 / v) an element with v = max(var, eps) (plus 0.5 log(2 pi) with
+    full); the gradients (x - t) / v and 0.5 (1 - (x - t)^2 / v) / v, the latter also where var
+    was clamped (PyTorch clamps under no_grad). var of input's shape, or of it without its last
+    dimension, or with one dimension of size 1 (one variance for a row, or for the channels of a
+    pixel), broadcast with input and target; dvar has var's shape; a Python number var is taken for
+    every element (dvar then None). A negative variance is a ValueError (on emu and cuda found by
+    the loss read back, as binary_cross_entropy's inputs: NaN there; not at all with as_array, or
+    for "none" before the launch). The conventions of mse_loss otherwise (no size warning)."""
+    if not isinstance(full, (bool, np.bool_)):
+        raise TypeError(f"full must be a bool, got {full!r}")
+    eps = _checks.real_number(eps, "eps")
+    reduction = check_reduction(reduction)
+    _checks.array(input, "input")
+    if isinstance(var, (int, float)) and not isinstance(var, bool):   # one variance for every element
+        if var < 0:
+            raise ValueError(f"var has negative entry/entries: var = {var}")
+        xp = _backend.array_module(_backend.resolve(backend, input))
+        var = _backend.device_call(xp.full, input.shape, var, dtype=input.dtype)
+        return (*gaussian_nll_loss(input, target, var, full, eps, reduction, backend=backend, as_array=as_array)[:2],
+                None)
+    _checks.array(var, "var")
+    _checks.same_dtype("input", input, var=var)
+    var_shape = _gaussian_var_shape(input, var)
+    shape, be = _broadcast_checks(input, target, reduction, None, backend, as_array, warn=False)
+    try:
+        shape = np.broadcast_shapes(shape, var_shape)
+    except ValueError:
+        raise ValueError(f"var of shape {tuple(var.shape)} does not broadcast with input and target "
+                         f"(broadcast shape {tuple(shape)})") from None
+    be = _backend.resolve(backend, input, target, var)
+    checked_after = be != "numpy" and reduction != "none"
+    if not checked_after:
+        _check_variances(var)
+    loss, dinput, dvar = _pointwise_loss("gaussian_nll", input, target, None, reduction, shape, be, as_array,
+                                         beta=eps, other=var.reshape(var_shape), full=bool(full))
+    if checked_after and not as_array and math.isnan(loss):   # a negative variance?
+        _check_variances(var)
+    return loss, dinput, dvar.reshape(var.shape)
+
+
+# --- multi-label soft margin (binary_cross_entropy_rows, then sums over classes) ---------------------
+
+@takes_float16(kernels=True)
+def multilabel_soft_margin_loss(input, target, weight=None, reduction="mean", *, backend=None, as_array=False):
+    """Multi-label one-versus-all logistic loss as torch.nn.functional.multilabel_soft_margin_loss
+    -> (loss, dinput): input (..., C) logits of C independent labels, target of its shape holding
+    0/1 (any real, as PyTorch's); each sample's loss is the mean over its C classes of
+    -(y log sigmoid(x) + (1 - y) log sigmoid(-x)) (times weight, which broadcasts to input's shape:
+    per-class (C,)); "none" gives the (...,) per-sample losses, "mean" their mean, "sum" their sum.
+    The per-element terms are binary_cross_entropy_with_logits', computed by its kernel. Unlike
+    PyTorch, target must have input's shape (PyTorch would broadcast it)."""
+    reduction, be = _elementwise_checks(input, target, "input", reduction, backend, as_array, weight=weight)
+    if input.ndim == 0:
+        raise ValueError("multilabel_soft_margin_loss needs an input with a class dimension, got a 0-D array")
+    classes = input.shape[-1]
+    samples_shape = input.shape[:-1]
+    if input.size == 0:
+        loss, dinput = _nothing(be, reduction, input, samples_shape, as_array)
+        if math.prod(samples_shape) != 0:   # samples of no class: each loss is 0/0, as torch's
+            xp = _backend.array_module(be)
+            if reduction == "none":
+                loss = _backend.device_call(xp.full, samples_shape, math.nan, dtype=input.dtype)
+            else:
+                loss = xp.asarray(math.nan, dtype=np.float64) if as_array else math.nan
+        return loss, dinput
+    samples = input.size // classes
+    # torch: the class sum over C, then the samples' mean: one division by C * samples
+    divisor = classes * (samples if reduction == "mean" else 1)
+    if be != "numpy":
+        from ..gpu import loss as gpu_loss
+        xp = _backend.array_module(be)
+        if weight is not None:
+            weight = _backend.device_call(lambda: xp.ascontiguousarray(xp.broadcast_to(weight, input.shape)))
+        named = ((input, "input"), (target, "target"), (weight, "weight"))
+        loss, dinput = gpu_loss.multilabel_soft_margin(be, *(_checks.for_kernels(be, a, n) for a, n in named),
+                                                       classes, divisor, reduction, as_array)
+        return (loss.reshape(samples_shape) if reduction == "none" else loss), dinput
+    x, t = np.asarray(input), np.asarray(target)
+    dtype = x.dtype.type
+    log_sigmoid = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+    with np.errstate(over="ignore"):
+        sigmoid = 1 / (1 + np.exp(-x))
+    value, slope = (1 - t) * x - log_sigmoid, sigmoid - t
+    if weight is not None:
+        value, slope = value * weight, slope * weight
+    grad = np.asarray(slope * dtype(1 / divisor))
+    if reduction == "none":
+        return np.asarray(value.sum(axis=-1) / dtype(classes)), grad
+    return _as_array(mean_of(value.sum(), divisor), as_array), grad

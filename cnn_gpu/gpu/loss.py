@@ -141,45 +141,57 @@ def nll(be, log_probs, labels, weight, *, classes, inner, ignore_index, reductio
     return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dinput
 
 
-REGRESSION_KINDS = {"l1": 0, "smooth_l1": 1, "huber": 2, "mse": 3, "kl_div": 4,
-                    "kl_div_log_target": 5}   # kernels/loss.cu's REGRESSION_*
+REGRESSION_KINDS = {"l1": 0, "smooth_l1": 1, "huber": 2, "mse": 3, "kl_div": 4, "kl_div_log_target": 5,
+                    "soft_margin": 6, "hinge_embedding": 7, "margin_ranking": 8, "poisson_nll_log_input": 9,
+                    "poisson_nll": 10, "gaussian_nll": 11}   # kernels/loss.cu's REGRESSION_*
 
 
 def regression(be, kind, pred, target, weight, reduction, *, beta=0.0, mean_divisor=None, mean_over_weight=False,
-               as_array=False):
+               as_array=False, other=None, full=False):
     """An element-wise loss of regression_loss_rows (`kind` of REGRESSION_KINDS; beta: smooth L1's
-    beta, Huber's delta) of pred and target (C-contiguous, shapes that broadcast to at least one
+    beta, Huber's delta, the margin of the margin losses, the Poisson and Gaussian NLL's eps; full:
+    their constant terms) of pred and target (C-contiguous, shapes that broadcast to at least one
     element) with an optional weight of pred's shape -> (loss, dpred): the mean (over
     `mean_divisor`, by default the broadcast shape's element count, or over the summed weight with
     mean_over_weight) or sum as a float (a 0-d float64 device array with as_array), or the
     per-element array of the broadcast size for "none"; dpred the gradient of the loss (of the sum
-    of the elements for "none"), summed over the axes pred was broadcast along."""
+    of the elements for "none"), summed over the axes pred was broadcast along. The kinds
+    margin_ranking (input2) and gaussian_nll (var) take a third operand `other` (broadcast with pred
+    and target) in weight's place and return (loss, dpred, dother)."""
     xp = backend.array_module(be)
     dtype, pred_shape = pred.dtype, pred.shape
+    other_shape = None if other is None else other.shape
     compute = backend.compute_dtype(dtype)
-    shape = np.broadcast_shapes(pred.shape, target.shape)
+    shape = np.broadcast_shapes(pred.shape, target.shape, () if other is None else other.shape)
     n = int(np.prod(shape))
-    summed = pred_shape != shape
+    summed = pred_shape != shape or (other is not None and other_shape != shape)
     if summed:
-        # dpred is a sum over the broadcast elements: their gradients in the compute dtype (a float16
+        # the gradients are sums over the broadcast elements: theirs in the compute dtype (a float16
         # input's by the float32 build: the same FP32 math), rounded once after the sum
-        pred, target, weight = (None if a is None else backend.astype(a, compute) for a in (pred, target, weight))
+        pred, target, weight, other = (None if a is None else backend.astype(a, compute)
+                                       for a in (pred, target, weight, other))
     if reduction == "mean" and mean_over_weight:
         host_divisor, grad_scale = None, 1
         divisor = _total(be, backend.astype(weight, compute).reshape(-1))
     else:
         host_divisor = (n if mean_divisor is None else mean_divisor) if reduction == "mean" else 1
         divisor, grad_scale = xp.ones((1,), dtype=compute), 1 / host_divisor
-    pred, target, weight = (a if a is None or a.shape == shape else backend.device_call(
-        lambda a=a: xp.ascontiguousarray(xp.broadcast_to(a, shape))) for a in (pred, target, weight))
+    pred, target, weight, other = (a if a is None or a.shape == shape else backend.device_call(
+        lambda a=a: xp.ascontiguousarray(xp.broadcast_to(a, shape))) for a in (pred, target, weight, other))
     dpred = xp.empty(shape, dtype=pred.dtype)
+    dother = xp.empty((1,) if other is None else shape, dtype=pred.dtype)   # written only with `other`
     loss = xp.empty((n,), dtype=compute)
+    third = other if other is not None else (pred if weight is None else weight)
     backend.launch(be, "loss", pred.dtype, "regression_loss_rows", (elementwise_blocks(n),), (THREADS,),
-                   (pred, target, pred if weight is None else weight, dpred, loss, np.int64(n),
-                    *i32(REGRESSION_KINDS[kind], weight is not None), *acc(pred.dtype, beta, grad_scale), divisor))
+                   (pred, target, third, dpred, dother, loss, np.int64(n),
+                    *i32(REGRESSION_KINDS[kind], weight is not None, full), *acc(pred.dtype, beta, grad_scale),
+                    divisor))
     if summed:
         dpred = backend.astype(_sum_to_shape(be, dpred, pred_shape), dtype)
-    return _reduced(be, loss, dtype, reduction, divisor, host_divisor, as_array), dpred
+        if other is not None:
+            dother = backend.astype(_sum_to_shape(be, dother, other_shape), dtype)
+    reduced = _reduced(be, loss, dtype, reduction, divisor, host_divisor, as_array)
+    return (reduced, dpred) if other is None else (reduced, dpred, dother)
 
 
 def broadcast_axes(full_shape, shape) -> tuple:
@@ -200,11 +212,8 @@ def _sum_to_shape(be, grad, shape):
     return reduce.channel_sum(be, by_column, rows, grad.size // rows, 1).reshape(shape)
 
 
-def binary_cross_entropy(be, input, target, weight, pos_weight, reduction, from_logits, as_array=False):
-    """Binary cross entropy of probabilities (or of logits, from_logits) `input` against `target`
-    (same shape, C-contiguous, at least one element); weight and pos_weight None or of the input's
-    shape (broadcast by the caller). Returns (loss, dinput) as regression's. On probabilities an input or
-    target outside [0, 1] makes the loss NaN."""
+def _binary_cross_entropy_rows(be, input, target, weight, pos_weight, from_logits, grad_scale):
+    """binary_cross_entropy_rows -> (per-element losses in the compute dtype, dinput scaled by grad_scale)."""
     n = input.size
     xp = backend.array_module(be)
     dinput = xp.empty(input.shape, dtype=input.dtype)
@@ -212,5 +221,32 @@ def binary_cross_entropy(be, input, target, weight, pos_weight, reduction, from_
     backend.launch(be, "loss", input.dtype, "binary_cross_entropy_rows", (elementwise_blocks(n),), (THREADS,),
                    (input, target, input if weight is None else weight, input if pos_weight is None else pos_weight,
                     dinput, loss, np.int64(n), *i32(from_logits, weight is not None, pos_weight is not None),
-                    *acc(input.dtype, 1 / n if reduction == "mean" else 1)))
+                    *acc(input.dtype, grad_scale)))
+    return loss, dinput
+
+
+def binary_cross_entropy(be, input, target, weight, pos_weight, reduction, from_logits, as_array=False):
+    """Binary cross entropy of probabilities (or of logits, from_logits) `input` against `target`
+    (same shape, C-contiguous, at least one element); weight and pos_weight None or of the input's
+    shape (broadcast by the caller). Returns (loss, dinput) as regression's. On probabilities an input or
+    target outside [0, 1] makes the loss NaN."""
+    n = input.size
+    loss, dinput = _binary_cross_entropy_rows(be, input, target, weight, pos_weight, from_logits,
+                                              1 / n if reduction == "mean" else 1)
     return _reduced(be, loss, input.dtype, reduction, None, n if reduction == "mean" else 1, as_array), dinput
+
+
+def multilabel_soft_margin(be, input, target, weight, classes, divisor, reduction, as_array=False):
+    """PyTorch's multilabel soft margin loss of logits (..., classes) (C-contiguous, at least one
+    element) against targets of their shape, weight None or of their shape: the per-element terms
+    of binary_cross_entropy_rows (on logits, the gradient scaled by 1 / divisor: classes, times the
+    samples for the mean), each sample's summed over its classes in fixed order (reduce.channel_sum)
+    and divided by `classes` for "none" (the (samples,) losses, rounded once to input's dtype), or
+    all summed over `divisor` for "mean"/"sum". Returns (loss, dinput) as regression's."""
+    terms, dinput = _binary_cross_entropy_rows(be, input, target, weight, None, True, 1 / divisor)
+    if reduction != "none":
+        return _reduced(be, terms, input.dtype, reduction, None, divisor, as_array), dinput
+    xp = backend.array_module(be)
+    sample_sums = reduce.channel_sum(be, terms, 1, input.size // classes, classes)
+    per_sample = backend.device_call(xp.true_divide, sample_sums, classes, dtype=sample_sums.dtype, takes_out=True)
+    return backend.astype(per_sample, input.dtype), dinput

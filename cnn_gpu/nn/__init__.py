@@ -27,7 +27,8 @@ from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool
                         Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
 from .lp_pool import LPPool1d, LPPool2d
 from .loss import (CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss,
-                   BCEWithLogitsLoss)
+                   BCEWithLogitsLoss, GaussianNLLLoss, HingeEmbeddingLoss, MarginRankingLoss, MultiLabelSoftMarginLoss,
+                   PoissonNLLLoss, SoftMarginLoss)
 from .module import Module, Parameter, UninitializedParameter
 from .prelu import PReLU
 from .fold import Fold, Unfold

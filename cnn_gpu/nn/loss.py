@@ -36,6 +36,10 @@ class _Loss(Module):
         reduction="none" also an array of the loss's shape (the gradient of the losses' sum
         weighted by dy)."""
         dpred, loss_shape = self._saved_for_backward()
+        return self._scaled(dpred, loss_shape, dy)
+
+    def _scaled(self, dpred, loss_shape, dy):
+        """A saved gradient scaled by backward's dy (see backward)."""
         if dy is None:
             return dpred
         xp = _backend.module_of(dpred)
@@ -226,3 +230,118 @@ class BCEWithLogitsLoss(_Loss):
 
     def _options(self, pred):
         return _in_dtype(self.weight, pred), self.reduction, _in_dtype(self.pos_weight, pred)
+
+
+class SoftMarginLoss(_Loss):
+    """Two-class logistic loss of targets +1/-1 with `reduction` (see
+    cnn_gpu.functional.soft_margin_loss)."""
+
+    _loss = staticmethod(F.soft_margin_loss)
+
+    def __init__(self, *, reduction="mean"):
+        super().__init__(reduction)
+
+    def _options(self, pred):
+        return (self.reduction,)
+
+
+class HingeEmbeddingLoss(_Loss):
+    """Hinge embedding loss of distances and targets +1/-1 with `margin` and `reduction` (see
+    cnn_gpu.functional.hinge_embedding_loss)."""
+
+    _loss = staticmethod(F.hinge_embedding_loss)
+
+    def __init__(self, margin=1.0, *, reduction="mean"):
+        super().__init__(reduction)
+        self.margin = margin
+
+    def _options(self, pred):
+        return self.margin, self.reduction
+
+    def extra_repr(self):
+        return f"margin={self.margin}, {super().extra_repr()}"
+
+
+class PoissonNLLLoss(_Loss):
+    """Poisson negative log likelihood with `log_input`, `full`, `eps` and `reduction` (see
+    cnn_gpu.functional.poisson_nll_loss)."""
+
+    _loss = staticmethod(F.poisson_nll_loss)
+
+    def __init__(self, log_input=True, full=False, *, eps=1e-8, reduction="mean"):
+        super().__init__(reduction)
+        self.log_input, self.full, self.eps = log_input, full, eps
+
+    def _options(self, pred):
+        return self.log_input, self.full, self.eps, self.reduction
+
+    def extra_repr(self):
+        return f"log_input={self.log_input}, full={self.full}, eps={self.eps}, {super().extra_repr()}"
+
+
+class MultiLabelSoftMarginLoss(_Loss):
+    """Multi-label one-versus-all logistic loss (see cnn_gpu.functional.multilabel_soft_margin_loss)
+    with an optional `weight` broadcast to pred's shape (per class: (C,); a buffer, as
+    CrossEntropyLoss' weight); reduction="none" gives one loss per sample."""
+
+    _loss = staticmethod(F.multilabel_soft_margin_loss)
+
+    def __init__(self, weight=None, *, reduction="mean"):
+        super().__init__(reduction)
+        self.register_buffer("weight", None if weight is None else _weights(weight))
+
+    def _options(self, pred):
+        return _in_dtype(self.weight, pred), self.reduction
+
+    def _per_class(self, dy):
+        # per-sample losses (...,) against dpred (..., C)
+        return dy[..., None]
+
+
+class _TwoGradientLoss(_Loss):
+    """A loss of three arrays with two gradients: forward(a, b, c) returns the loss, backward(dy)
+    the pair of gradients (each scaled as _Loss.backward's)."""
+
+    def forward(self, first, second, third, *, as_array=False):
+        loss, *grads = self._loss(first, second, third, *self._options(first), backend=self.backend,
+                                  as_array=as_array)
+        self._saved = (tuple(grads), None if self.reduction != "none" else tuple(loss.shape))
+        return loss
+
+    def backward(self, dy=None):
+        grads, loss_shape = self._saved_for_backward()
+        return tuple(self._scaled(grad, loss_shape, dy) for grad in grads)
+
+
+class MarginRankingLoss(_TwoGradientLoss):
+    """Margin ranking loss with `margin` and `reduction` (see cnn_gpu.functional.margin_ranking_loss):
+    forward(input1, input2, target), backward() -> (dinput1, dinput2)."""
+
+    _loss = staticmethod(F.margin_ranking_loss)
+
+    def __init__(self, margin=0.0, *, reduction="mean"):
+        super().__init__(reduction)
+        self.margin = margin
+
+    def _options(self, pred):
+        return self.margin, self.reduction
+
+    def extra_repr(self):
+        return f"margin={self.margin}, {super().extra_repr()}"
+
+
+class GaussianNLLLoss(_TwoGradientLoss):
+    """Gaussian negative log likelihood with `full`, `eps` and `reduction` (see
+    cnn_gpu.functional.gaussian_nll_loss): forward(input, target, var), backward() -> (dinput, dvar)."""
+
+    _loss = staticmethod(F.gaussian_nll_loss)
+
+    def __init__(self, *, full=False, eps=1e-6, reduction="mean"):
+        super().__init__(reduction)
+        self.full, self.eps = full, eps
+
+    def _options(self, pred):
+        return self.full, self.eps, self.reduction
+
+    def extra_repr(self):
+        return f"full={self.full}, eps={self.eps}, {super().extra_repr()}"
