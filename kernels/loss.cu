@@ -1,6 +1,6 @@
 // Losses: softmax cross entropy, negative log likelihood, and the element-wise losses (squared
-// error, L1, smooth L1, Huber, KL divergence, binary cross entropy on probabilities and on logits), value and
-// gradient in one pass.
+// error, L1, smooth L1, Huber, KL divergence, soft margin, hinge embedding, margin ranking, Poisson and
+// Gaussian NLL, binary cross entropy on probabilities and on logits), value and gradient in one pass.
 //
 // Not a GEMM.
 //  * Cross entropy, PyTorch's F.cross_entropy with every option. Logits (N, C, d1..dk) hold one
@@ -41,9 +41,15 @@
 //    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
 //    summed weights of a weighted mean need no host round trip). `kind`: L1 (0), smooth L1 (1,
 //    `beta` > 0), Huber (2, `beta` is delta), squared error (3), KL divergence t log t - t x (4,
-//    xlogy's 0 where t = 0) or exp(t) (t - x) of a log target (5), PyTorch's CPU formulas; the
-//    gradient at a kink is PyTorch's (sign(0) = 0). The optional weight (has_weight) is broadcast
-//    to the elements by the host, as are pred and target.
+//    xlogy's 0 where t = 0) or exp(t) (t - x) of a log target (5), soft margin log1p(exp(-t x)) (6),
+//    hinge embedding (7, `beta` the margin), margin ranking max(0, -t (x - other) + beta) (8), Poisson
+//    NLL exp(x) - t x of a log rate (9) or x - t log(x + beta) (10; `full`: plus Stirling's term
+//    where t > 1), Gaussian NLL 0.5 (log v + (x - t)^2 / v), v = max(other, beta) (11; `full`: plus
+//    0.5 log(2 pi)), PyTorch's CPU formulas; the gradient at a kink is PyTorch's (sign(0) = 0,
+//    clamp_min's passes at its bound). The third operand `other` is the optional weight
+//    (has_weight), margin ranking's input2 or the Gaussian NLL's var, whose gradients (-slope, and
+//    0.5 (1 - (x - t)^2 / v) / v) go to `dother`, written only for those two kinds. pred, target
+//    and other are broadcast to the elements by the host.
 //  * binary_cross_entropy_rows: the same walk for BCE on probabilities (torch's logs clamped at
 //    -100, gradient w (x - t) / max(x (1 - x), 1e-12)) or on logits (from_logits: torch's
 //    (1 - t) x - l log_sigmoid(x) with l = 1 + (pos_weight - 1) t); weight and pos_weight are

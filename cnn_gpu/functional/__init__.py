@@ -23,6 +23,9 @@ with class-index or class-probability targets and (N, C, d1, ..., dk) logits; nl
 target, weight, ignore_index, reduction); mse_loss(weight), l1_loss(weight), smooth_l1_loss(beta),
 huber_loss(delta, weight) (input and target broadcast), kl_div(log_target, "batchmean"),
 binary_cross_entropy(weight) and binary_cross_entropy_with_logits(weight, pos_weight) (reduction);
+soft_margin_loss, hinge_embedding_loss(margin), margin_ranking_loss(margin) (two gradients),
+poisson_nll_loss(log_input, full, eps), gaussian_nll_loss(full, eps) (the gradients of input and var)
+and multilabel_soft_margin_loss(weight);
 avg_pool2d(divisor_override); interpolate (modes "nearest", "nearest-exact", "bilinear",
 "bicubic" and "area" on 4-D inputs; "nearest", "nearest-exact", "linear" and "area" on 3-D
 (N, C, L) ones); softmax and log_softmax over any dim, whose backward

@@ -1,8 +1,10 @@
 """Losses with PyTorch's options, each returning (loss, gradient of that loss): softmax
-cross-entropy, negative log likelihood, mean squared error, L1, smooth L1, Huber, KL divergence
-and binary cross entropy (on probabilities or logits), computed in the input's dtype. The
-element-wise losses but BCE broadcast input and target as PyTorch's (their gradient summed back to
-the input's shape); mse_loss, l1_loss and huber_loss take PyTorch 2.13's weight.
+cross-entropy, negative log likelihood, mean squared error, L1, smooth L1, Huber, KL divergence,
+binary cross entropy (on probabilities or logits), soft margin, hinge embedding, Poisson and
+Gaussian NLL and multi-label soft margin, computed in the input's dtype; margin_ranking_loss and
+gaussian_nll_loss return two gradients (their two inputs', input's and var's). The element-wise
+losses but BCE broadcast input and target as PyTorch's (their gradient summed back to the input's
+shape); mse_loss, l1_loss and huber_loss take PyTorch 2.13's weight.
 
 reduction="mean" or "sum": the loss is a Python float, or with as_array=True (an extension) the
 same value as a 0-d float64 array on the input's backend, not read back: on a GPU, reading a float
