@@ -36,6 +36,7 @@
 //    out of range) and its one gradient element -w[label] / grad_divisor (PyTorch's w * (-1 /
 //    divisor)) written into a zeroed dinput; the mean's divisor comes from
 //    cross_entropy_target_weights as the cross entropy's.
+//  * multi_margin_rows: the multi-class hinge loss, one thread a row (see there).
 //  * regression_loss_rows: 4 elements a thread (for_each_element): each element's loss into a
 //    workspace that reduce.cu sums in fixed order (or that is the loss itself for reduction="none")
 //    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
@@ -229,6 +230,47 @@ nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ label
             dinput[e] = to_real(weight * -target.scale);
         }
         row_loss[row] = loss;
+    }
+}
+
+// Multi-class hinge loss (PyTorch's multi_margin_loss) of input rows of `classes` scores, one thread a
+// row walking its classes in order (fixed order; the rows are independent): with y the row's label
+// and z_c = margin - x_y + x_c, the loss sum_{c != y} w_y max(0, z_c)^p / classes (p 1 or 2) and the
+// gradient w_y * grad_scale * (1 or 2 z_c) at each c != y with z_c > 0, minus their sum at y (torch's
+// CPU kernel, whose strict z_c > 0 this keeps). grad_scale is 1 / classes (and / rows for the mean). A
+// label outside [0, classes) gives a NaN loss and a zero gradient row (the host names it).
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+multi_margin_rows(const REAL* __restrict__ input, const long long* __restrict__ labels,
+                  const REAL* __restrict__ class_weight, REAL* __restrict__ dinput, acc_t* __restrict__ row_loss,
+                  long long rows, int classes, int squared, int has_weight, acc_t margin, acc_t grad_scale)
+{
+    GRID_STRIDE_LOOP(row, rows) {
+        const long long label = labels[row];
+        const REAL* x = input + row * classes;
+        REAL* dx = dinput + row * classes;
+        if (label < 0 || label >= classes) {
+            for (int c = 0; c < classes; ++c)
+                dx[c] = to_real((acc_t)0);
+            row_loss[row] = REAL_NAN;
+            continue;
+        }
+        const acc_t weight = has_weight ? to_acc(class_weight[label]) : (acc_t)1;
+        const acc_t shifted_margin = margin - to_acc(x[label]);
+        acc_t sum = (acc_t)0, target_grad = (acc_t)0;
+        for (int c = 0; c < classes; ++c) {
+            if (c == label)
+                continue;
+            const acc_t z = shifted_margin + to_acc(x[c]);
+            acc_t grad = (acc_t)0;
+            if (z > (acc_t)0) {
+                sum += (squared ? z * z : z) * weight;
+                grad = (squared ? (acc_t)2 * grad_scale * z : grad_scale) * weight;
+            }
+            target_grad -= grad;
+            dx[c] = to_real(grad);
+        }
+        dx[label] = to_real(target_grad);
+        row_loss[row] = sum / (acc_t)classes;
     }
 }
 

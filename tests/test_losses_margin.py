@@ -1,5 +1,5 @@
 """F.soft_margin_loss, F.hinge_embedding_loss, F.margin_ranking_loss, F.poisson_nll_loss,
-F.gaussian_nll_loss and F.multilabel_soft_margin_loss and their layers: PyTorch 2.13 CPU (values
+F.gaussian_nll_loss, F.multilabel_soft_margin_loss and F.multi_margin_loss and their layers: PyTorch 2.13 CPU (values
 and the gradients of every differentiable input, every reduction and option, broadcasting, the
 kinks where torch's clamp_min passes its gradient, var's shapes and clamp), float64 references
 written out here, finite differences, float16 rounding, the kernels on the emulator (guard zones and
@@ -56,6 +56,7 @@ def cases(dtype):
     # under eps: clamped, its gradient still flows (float16: under "gaussian full eps"'s 0.3, in range)
     var[0, 0] = 1e-9 if dtype != F16 else 0.25
     logits, labels = randn(4, 5, scale=3.0), (rng.uniform(size=(4, 5)) > 0.5).astype(dtype)
+    classes = rng.integers(0, 5, 4)
     return {
         "soft_margin": ("soft_margin_loss", [scores, pairs], {}, (0,)),
         "soft_margin broadcast": ("soft_margin_loss", [scores, pairs[0]], {}, (0,)),
@@ -80,6 +81,10 @@ def cases(dtype):
         "multilabel (N, H, C) unbatched (C,)": ("multilabel_soft_margin_loss", [logits.reshape(2, 2, 5), labels.reshape(
             2, 2, 5)], {}, (0,)),
         "multilabel (C,)": ("multilabel_soft_margin_loss", [logits[0], labels[0]], {}, (0,)),
+        "multi_margin": ("multi_margin_loss", [logits, classes], {}, (0,)),
+        "multi_margin p=2 margin weight": ("multi_margin_loss", [logits, classes],
+                                           dict(p=2, margin=0.7, weight=randn(5) ** 2), (0,)),
+        "multi_margin unbatched": ("multi_margin_loss", [logits[1], np.array(3)], dict(margin=2.0), (0,)),
     }
 
 
@@ -117,6 +122,12 @@ def test_against_torch(be, dtype, torch):
 
 def reference(name, arrays, options):
     """Per-element (per-sample for multilabel) losses written out in float64 loops."""
+    if name == "multi_margin_loss":
+        x, y = arrays[0].reshape(-1, arrays[0].shape[-1]).astype(np.float64), arrays[1].reshape(-1)
+        p, margin, weight = options.get("p", 1), options.get("margin", 1.0), options.get("weight")
+        out = [sum(max(0.0, margin - x[n, y[n]] + x[n, c]) ** p * (1.0 if weight is None else float(weight[y[n]]))
+                   for c in range(x.shape[1]) if c != y[n]) / x.shape[1] for n in range(len(x))]
+        return np.array(out).reshape(arrays[1].shape)
     arrays = [a.astype(np.float64) for a in arrays]
     if name == "multilabel_soft_margin_loss":
         x, y = arrays
@@ -185,8 +196,9 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
                 message = f"{what} {reduction} {np.dtype(dtype).name} {schedule}"
                 for grad, want_grad in zip(grads, want_grads, strict=True):
                     assert grad.dtype == dtype, message
-                    np.testing.assert_allclose(grad, want_grad, rtol=tolerance, atol=tolerance * 1e-3,
-                                               err_msg=message)
+                    # the Poisson gradient exp(x) - t cancels: within tolerance of the gradients' size
+                    np.testing.assert_allclose(grad, want_grad, rtol=tolerance,
+                                               atol=tolerance * float(np.abs(want_grad).max()), err_msg=message)
                 # the Poisson loss without log_input cancels: within tolerance of its terms' size
                 np.testing.assert_allclose(np.asarray(loss, np.float64), np.asarray(want, np.float64), rtol=tolerance,
                                            atol=tolerance * max(1.0, float(np.abs(want).max())), err_msg=message)
@@ -195,7 +207,7 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
 def test_float16_is_the_float32_math_rounded_once():
     for what, (name, arrays, options, _) in cases(F16).items():
         op = getattr(F, name)
-        widened = [a.astype(np.float32) for a in arrays]
+        widened = [a.astype(np.float32) if a.dtype == F16 else a for a in arrays]
         widened_options = {k: v.astype(np.float32) if isinstance(v, np.ndarray) else v for k, v in options.items()}
         for reduction in REDUCTIONS:
             loss, *grads = op(*arrays, reduction=reduction, **options)
@@ -216,10 +228,14 @@ def test_empty_inputs_and_a_number_for_var_as_torch(be, torch):
                          ("margin_ranking_loss", [empty, empty, empty]), ("poisson_nll_loss", [empty, empty]),
                          ("gaussian_nll_loss", [empty, empty, empty]),
                          ("multilabel_soft_margin_loss", [empty, empty]),
-                         ("multilabel_soft_margin_loss", [np.empty((2, 0)), np.empty((2, 0))])):
+                         ("multilabel_soft_margin_loss", [np.empty((2, 0)), np.empty((2, 0))]),
+                         ("multi_margin_loss", [empty, np.empty(0, np.int64)])):
         for reduction in REDUCTIONS:
             loss, *grads = getattr(F, name)(*arrays, reduction=reduction, backend=be)
             want = getattr(torch.nn.functional, name)(*map(torch.tensor, arrays), reduction=reduction).numpy()
+            if name == "multi_margin_loss" and reduction != "none":
+                # torch's loss of no samples is unspecified (uninitialised memory); ours a NaN mean, a zero sum
+                want = np.nan if reduction == "mean" else 0.0
             np.testing.assert_array_equal(loss, want, err_msg=f"{name} {reduction}")
             assert [g.shape for g in grads] == [a.shape for a in arrays][:len(grads)] or name == "gaussian_nll_loss"
     x, t = np.linspace(-1, 1, 6).reshape(2, 3), np.linspace(0, 2, 6).reshape(2, 3)
@@ -248,6 +264,13 @@ def test_bad_arguments_are_refused_as_torch_and_before_any_launch(monkeypatch, t
         ("gaussian_nll_loss", (x, x, -x), dict(reduction="none"), ValueError, "var has negative entry"),
         ("gaussian_nll_loss", (x, x, -0.5), {}, ValueError, "var has negative entry"),
         ("multilabel_soft_margin_loss", (x, x, np.ones(2)), {}, ValueError, "does not broadcast"),
+        ("multi_margin_loss", (x, np.array([0, 1])), dict(p=3), ValueError, "only p == 1 and p == 2"),
+        ("multi_margin_loss", (x, np.array([0, 3])), dict(reduction="none"), ValueError,
+         r"target\[1\] = 3 is out of range for 3 classes \(class indices must lie in \[0, 3\)\)"),
+        ("multi_margin_loss", (x, np.array([[0], [1]])), {}, ValueError, r"target must have shape \(2,\)"),
+        ("multi_margin_loss", (x, np.array([0, 1])), dict(weight=np.ones(2)), ValueError, "one weight per class"),
+        ("multi_margin_loss", (x.reshape(2, 3, 1), np.array([0, 1])), {}, ValueError, "non-empty vector or matrix"),
+        ("multi_margin_loss", (np.empty((2, 0)), np.array([0, 1])), {}, ValueError, "non-empty vector or matrix"),
     ]
     for name, arrays, options, error, match in refusals:
         with pytest.raises(Exception):
@@ -262,12 +285,14 @@ def test_bad_arguments_are_refused_as_torch_and_before_any_launch(monkeypatch, t
 
 
 @needs_emu
-def test_a_negative_variance_is_named_by_the_loss_read_back():
+def test_a_negative_variance_and_a_class_out_of_range_are_named_by_the_loss_read_back():
     x = np.full((2, 3), 0.5)
     var = np.ones((2, 3))
     var[1, 2] = -0.25
     with pytest.raises(ValueError, match=r"var\[1, 2\] = -0.25"):
         F.gaussian_nll_loss(x, x, var, backend="emu")
+    with pytest.raises(ValueError, match=r"target\[1\] = 7"):
+        F.multi_margin_loss(x, np.array([0, 7]), backend="emu")
 
 
 @pytest.mark.torch
@@ -293,6 +318,9 @@ def test_the_layers(be, torch):
             (nn.PoissonNLLLoss(False, True, eps=1e-4), torch.nn.PoissonNLLLoss(False, True, eps=1e-4),
              (np.abs(x), 3 * t), (0,)),
             (nn.MarginRankingLoss(0.1), torch.nn.MarginRankingLoss(0.1), (x, t, y), (0, 1)),
+            (nn.MultiMarginLoss(2, 0.5, [1.0, 2.0, 0.5, 1.0, 3.0]),
+             torch.nn.MultiMarginLoss(2, 0.5, torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)),
+             (x, np.array([0, 4, 2, 1])), (0,)),
             (nn.GaussianNLLLoss(full=True, eps=1e-3, reduction="sum"),
              torch.nn.GaussianNLLLoss(full=True, eps=1e-3, reduction="sum"), (x, t, np.abs(x[:, :1])), (0, 2))):
         ours.to(be)
@@ -322,11 +350,12 @@ def test_cuda_matches_numpy(be, dtype):
         want, *want_grads = getattr(F, name)(*arrays, reduction=reduction, backend="numpy", **options)
         for grad, want_grad in zip(grads, want_grads, strict=True):
             assert isinstance(grad, cupy.ndarray) and grad.dtype == dtype, what
-            np.testing.assert_allclose(to_host(grad), want_grad, rtol=tolerance, atol=tolerance * 1e-3,
-                                       err_msg=f"{what} {reduction}")
+            np.testing.assert_allclose(to_host(grad), want_grad, rtol=tolerance,
+                                       atol=tolerance * float(np.abs(want_grad).max()), err_msg=f"{what} {reduction}")
         np.testing.assert_allclose(np.asarray(to_host(loss), np.float64), np.asarray(want, np.float64), rtol=tolerance,
                                    atol=tolerance * max(1.0, float(np.abs(want).max())), err_msg=f"{what} {reduction}")
-    for name in ("poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "margin_ranking_loss"):
+    for name in ("poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "margin_ranking_loss",
+                 "multi_margin_loss"):
         _, arrays, options, _ = next(case for case in cases(dtype).values() if case[0] == name)
         loss, *_ = getattr(F, name)(*map(cupy.asarray, arrays), as_array=True, **options)
         assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == np.float64, name

@@ -134,13 +134,16 @@ def _cross_entropy(logits, labels, probabilities, weight, ignore_index, label_sm
     return mean_of(row_loss.sum(), divisor), grad
 
 
-def _check_class_indices(target, classes: int, ignore_index: int):
-    """ValueError naming the first entry that is neither a class index nor ignore_index."""
-    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+def _check_class_indices(target, classes: int, ignore_index):
+    """ValueError naming the first entry that is neither a class index nor ignore_index (None: none)."""
+    bad = (target < 0) | (target >= classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
     if bool(bad.any()):
         where = tuple(int(i) for i in np.unravel_index(int(bad.ravel().argmax()), target.shape))
+        ignored = "" if ignore_index is None else f" or equal ignore_index={ignore_index}"
         raise ValueError(f"target{list(where)} = {int(target[where])} is out of range for {classes} classes "
-                         f"(class indices must lie in [0, {classes}) or equal ignore_index={ignore_index})")
+                         f"(class indices must lie in [0, {classes}){ignored})")
 
 
 def _cross_entropy_target(logits, target, ignore_index):
@@ -876,3 +879,61 @@ def multilabel_soft_margin_loss(input, target, weight=None, reduction="mean", *,
     if reduction == "none":
         return np.asarray(value.sum(axis=-1) / dtype(classes)), grad
     return _as_array(mean_of(value.sum(), divisor), as_array), grad
+
+
+# --- multi-class hinge (multi_margin_rows) ---------------------------------------------------------
+
+def _multi_margin(input, labels, p: int, margin: float, weight, reduction):
+    """The NumPy path (and the kernels' oracle), torch's CPU kernel: see multi_margin_loss."""
+    classes = input.shape[-1]
+    dtype = input.dtype.type
+    x, y = input.reshape(-1, classes), labels.reshape(-1)
+    rows = np.arange(len(x))
+    z = dtype(margin) - x[rows, y][:, None] + x
+    counted = z > 0
+    counted[rows, y] = False
+    w = dtype(1) if weight is None else weight[y][:, None]
+    row_loss = np.where(counted, z * z if p == 2 else z, dtype(0)) * w
+    row_loss = row_loss.sum(axis=1) / dtype(classes)
+    divisor = len(x) if reduction == "mean" else 1
+    scale = dtype(1 / (classes * divisor))
+    grad = np.where(counted, dtype(2) * scale * z if p == 2 else scale, dtype(0)) * w
+    grad[rows, y] = -grad.sum(axis=1)
+    grad = grad.reshape(input.shape)
+    if reduction == "none":
+        return row_loss.reshape(_positions_shape(input)), grad
+    return mean_of(row_loss.sum(), divisor), grad
+
+
+@takes_float16(kernels=True)
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean", *, backend=None,
+                      as_array=False):
+    """Multi-class hinge loss as torch.nn.functional.multi_margin_loss -> (loss, dinput): input
+    (N, C) or (C,) scores, target class indices (N,) (() for (C,)); a sample's loss is
+    sum_{c != y} w_y max(0, margin - x_y + x_c)^p / C, p 1 or 2, w the optional per-class weights
+    (C,); "mean" averages the samples. The gradient is torch's (nothing where margin - x_y + x_c is
+    exactly 0). Class indices are checked as cross_entropy's (on emu and cuda by the loss read back,
+    not at all with as_array). Unlike PyTorch: any integer dtype but uint64 is taken for class
+    indices, and a "mean" over no samples is NaN (PyTorch's value is then unspecified)."""
+    if isinstance(p, (bool, np.bool_)) or p not in (1, 2):
+        raise ValueError(f"only p == 1 and p == 2 supported, got p={p!r}")
+    margin = _margin(margin)
+    reduction = check_reduction(reduction)
+    _checks.array(input, "input")
+    if input.ndim not in (1, 2) or input.shape[-1] == 0:
+        raise ValueError(f"Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
+                         f"{tuple(input.shape)}")
+    labels = _class_indices(input, target)
+    be = _class_loss_backend(input, "input", target, labels, weight, None, reduction, backend, as_array)
+    classes, loss_shape = input.shape[-1], _positions_shape(input)
+    if input.size == 0:
+        return _nothing(be, reduction, input, loss_shape, as_array)
+    if be == "numpy":
+        loss, dinput = _multi_margin(input, labels, int(p), margin, weight, reduction)
+        return (loss if reduction == "none" else _as_array(loss, as_array)), dinput
+    from ..gpu import loss as gpu_loss
+    input, labels, weight = (_checks.for_kernels(be, a, n) for a, n in ((input, "input"), (labels, "target"),
+                                                                          (weight, "weight")))
+    loss, dinput = gpu_loss.multi_margin(be, input, labels.reshape(-1), weight, classes=classes, squared=p == 2,
+                                         margin=margin, reduction=reduction, as_array=as_array)
+    return _class_loss_result(loss, dinput, loss_shape, labels, classes, None, reduction, as_array)

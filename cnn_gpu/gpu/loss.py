@@ -250,3 +250,22 @@ def multilabel_soft_margin(be, input, target, weight, classes, divisor, reductio
     sample_sums = reduce.channel_sum(be, terms, 1, input.size // classes, classes)
     per_sample = backend.device_call(xp.true_divide, sample_sums, classes, dtype=sample_sums.dtype, takes_out=True)
     return backend.astype(per_sample, input.dtype), dinput
+
+
+def multi_margin(be, input, labels, weight, *, classes, squared, margin, reduction, as_array=False):
+    """PyTorch's multi-class hinge loss of input rows (rows, classes) (C-contiguous, at least one
+    element) against class indices `labels` (int64, one a row); `weight` (classes,) or None; squared
+    for p = 2. Returns (loss, dinput) as nll's: the (rows,) per-row losses for "none"."""
+    if classes >= CLASS_LIMIT:
+        raise ValueError(f"multi_margin_loss kernels take fewer than 2^31 classes, got {classes}")
+    if labels.dtype != np.int64:
+        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+    rows = input.size // classes
+    xp = backend.array_module(be)
+    dinput = xp.empty(input.shape, dtype=input.dtype)
+    row_loss = xp.empty((rows,), dtype=backend.compute_dtype(input.dtype))
+    divisor = rows if reduction == "mean" else 1
+    backend.launch(be, "loss", input.dtype, "multi_margin_rows", (blocks_for(rows),), (THREADS,),
+                   (input, labels, input if weight is None else weight, dinput, row_loss, np.int64(rows),
+                    *i32(classes, squared, weight is not None), *acc(input.dtype, margin, 1 / (classes * divisor))))
+    return _reduced(be, row_loss, input.dtype, reduction, None, divisor, as_array), dinput

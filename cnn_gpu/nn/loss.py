@@ -345,3 +345,25 @@ class GaussianNLLLoss(_TwoGradientLoss):
 
     def extra_repr(self):
         return f"full={self.full}, eps={self.eps}, {super().extra_repr()}"
+
+
+class MultiMarginLoss(_Loss):
+    """Multi-class hinge loss with `p` (1 or 2), `margin`, per-class `weight` (a buffer, as
+    CrossEntropyLoss') and `reduction` (see cnn_gpu.functional.multi_margin_loss)."""
+
+    _loss = staticmethod(F.multi_margin_loss)
+
+    def __init__(self, p=1, margin=1.0, weight=None, *, reduction="mean"):
+        super().__init__(reduction)
+        self.p, self.margin = p, margin
+        self.register_buffer("weight", None if weight is None else _weights(weight, class_weights=True))
+
+    def _options(self, pred):
+        return self.p, self.margin, _in_dtype(self.weight, pred), self.reduction
+
+    def _per_class(self, dy):
+        # per-sample losses (N,) against dinput (N, C)
+        return dy[:, None]
+
+    def extra_repr(self):
+        return f"p={self.p}, margin={self.margin}, {super().extra_repr()}"
