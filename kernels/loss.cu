@@ -37,6 +37,7 @@
 //    divisor)) written into a zeroed dinput; the mean's divisor comes from
 //    cross_entropy_target_weights as the cross entropy's.
 //  * multi_margin_rows: the multi-class hinge loss, one thread a row (see there).
+//  * cosine_embedding_rows: the cosine embedding loss, one thread a row pair (see there).
 //  * regression_loss_rows: 4 elements a thread (for_each_element): each element's loss into a
 //    workspace that reduce.cu sums in fixed order (or that is the loss itself for reduction="none")
 //    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
@@ -271,6 +272,53 @@ multi_margin_rows(const REAL* __restrict__ input, const long long* __restrict__ 
         }
         dx[label] = to_real(target_grad);
         row_loss[row] = sum / (acc_t)classes;
+    }
+}
+
+// Cosine embedding loss (PyTorch's cosine_embedding_loss) of row pairs x1, x2 (rows, dim) and one
+// target y a row, one thread a row walking its elements in order twice: the sums P = x1.x2,
+// A = |x1|^2 + 1e-12, B = |x2|^2 + 1e-12 (torch's EPSILON), cos = P / sqrt(A B); the loss 1 - cos
+// where y = 1, max(0, cos - margin) where y = -1, else 0; then the gradients s (x2 / sqrt(A B) -
+// cos x1 / A) and s (x1 / sqrt(A B) - cos x2 / B), s the loss's slope in cos (-1; 1 where
+// cos - margin >= 0, as torch's clamp_min passes it; 0) times grad_scale (1, or 1 / rows for the mean).
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ input2,
+                      const REAL* __restrict__ target, REAL* __restrict__ dinput1, REAL* __restrict__ dinput2,
+                      acc_t* __restrict__ row_loss, long long rows, long long dim, acc_t margin, acc_t grad_scale)
+{
+    const acc_t epsilon = (acc_t)1e-12;
+    GRID_STRIDE_LOOP(row, rows) {
+        const REAL* a = input1 + row * dim;
+        const REAL* b = input2 + row * dim;
+        acc_t dot = (acc_t)0, square1 = (acc_t)0, square2 = (acc_t)0;
+        for (long long i = 0; i < dim; ++i) {
+            const acc_t u = to_acc(a[i]), v = to_acc(b[i]);
+            dot += u * v;
+            square1 += u * u;
+            square2 += v * v;
+        }
+        square1 += epsilon;   // after the sums, as torch's
+        square2 += epsilon;
+        const acc_t inv_denominator = (acc_t)1 / REAL_SQRT(square1 * square2);
+        const acc_t cosine = dot * inv_denominator;
+        const acc_t y = to_acc(target[row]);
+        acc_t loss = (acc_t)0, slope = (acc_t)0;
+        if (y == (acc_t)1) {
+            loss = (acc_t)1 - cosine;
+            slope = (acc_t)-1;
+        } else if (y == (acc_t)-1) {
+            const acc_t gap = cosine - margin;
+            loss = gap < (acc_t)0 ? (acc_t)0 : gap;
+            slope = gap >= (acc_t)0 ? (acc_t)1 : (acc_t)0;
+        }
+        slope *= grad_scale;
+        const acc_t cosine_over1 = cosine / square1, cosine_over2 = cosine / square2;
+        for (long long i = 0; i < dim; ++i) {
+            const acc_t u = to_acc(a[i]), v = to_acc(b[i]);
+            dinput1[row * dim + i] = to_real(slope * (v * inv_denominator - cosine_over1 * u));
+            dinput2[row * dim + i] = to_real(slope * (u * inv_denominator - cosine_over2 * v));
+        }
+        row_loss[row] = loss;
     }
 }
 

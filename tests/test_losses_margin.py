@@ -1,5 +1,6 @@
 """F.soft_margin_loss, F.hinge_embedding_loss, F.margin_ranking_loss, F.poisson_nll_loss,
-F.gaussian_nll_loss, F.multilabel_soft_margin_loss and F.multi_margin_loss and their layers: PyTorch 2.13 CPU (values
+F.gaussian_nll_loss, F.multilabel_soft_margin_loss, F.multi_margin_loss and F.cosine_embedding_loss
+and their layers: PyTorch 2.13 CPU (values
 and the gradients of every differentiable input, every reduction and option, broadcasting, the
 kinks where torch's clamp_min passes its gradient, var's shapes and clamp), float64 references
 written out here, finite differences, float16 rounding, the kernels on the emulator (guard zones and
@@ -57,6 +58,7 @@ def cases(dtype):
     var[0, 0] = 1e-9 if dtype != F16 else 0.25
     logits, labels = randn(4, 5, scale=3.0), (rng.uniform(size=(4, 5)) > 0.5).astype(dtype)
     classes = rng.integers(0, 5, 4)
+    pair_targets = np.array([1, -1, 1, -1, 0], dtype)   # 0: neither, no loss
     return {
         "soft_margin": ("soft_margin_loss", [scores, pairs], {}, (0,)),
         "soft_margin broadcast": ("soft_margin_loss", [scores, pairs[0]], {}, (0,)),
@@ -85,6 +87,10 @@ def cases(dtype):
         "multi_margin p=2 margin weight": ("multi_margin_loss", [logits, classes],
                                            dict(p=2, margin=0.7, weight=randn(5) ** 2), (0,)),
         "multi_margin unbatched": ("multi_margin_loss", [logits[1], np.array(3)], dict(margin=2.0), (0,)),
+        "cosine": ("cosine_embedding_loss", [randn(5, 6), randn(5, 6), pair_targets], {}, (0, 1)),
+        "cosine margin": ("cosine_embedding_loss", [randn(5, 6), randn(5, 6), pair_targets], dict(margin=-0.3),
+                          (0, 1)),
+        "cosine (D,)": ("cosine_embedding_loss", [randn(6), randn(6), np.array(-1, dtype)], dict(margin=-0.5), (0, 1)),
     }
 
 
@@ -129,6 +135,13 @@ def reference(name, arrays, options):
                    for c in range(x.shape[1]) if c != y[n]) / x.shape[1] for n in range(len(x))]
         return np.array(out).reshape(arrays[1].shape)
     arrays = [a.astype(np.float64) for a in arrays]
+    if name == "cosine_embedding_loss":
+        a, b, y = (np.atleast_2d(arrays[0]), np.atleast_2d(arrays[1]), np.atleast_1d(arrays[2]))
+        out = []
+        for u, v, t in zip(a, b, y):
+            cosine = float(u @ v) / math.sqrt((float(u @ u) + 1e-12) * (float(v @ v) + 1e-12))
+            out.append(1 - cosine if t == 1 else max(0.0, cosine - options.get("margin", 0.0)) if t == -1 else 0.0)
+        return np.array(out).reshape(arrays[2].shape)
     if name == "multilabel_soft_margin_loss":
         x, y = arrays
         weight = np.broadcast_to(options.get("weight", 1.0), x.shape)
@@ -229,7 +242,8 @@ def test_empty_inputs_and_a_number_for_var_as_torch(be, torch):
                          ("gaussian_nll_loss", [empty, empty, empty]),
                          ("multilabel_soft_margin_loss", [empty, empty]),
                          ("multilabel_soft_margin_loss", [np.empty((2, 0)), np.empty((2, 0))]),
-                         ("multi_margin_loss", [empty, np.empty(0, np.int64)])):
+                         ("multi_margin_loss", [empty, np.empty(0, np.int64)]),
+                         ("cosine_embedding_loss", [empty, empty, np.empty(0)])):
         for reduction in REDUCTIONS:
             loss, *grads = getattr(F, name)(*arrays, reduction=reduction, backend=be)
             want = getattr(torch.nn.functional, name)(*map(torch.tensor, arrays), reduction=reduction).numpy()
@@ -271,6 +285,8 @@ def test_bad_arguments_are_refused_as_torch_and_before_any_launch(monkeypatch, t
         ("multi_margin_loss", (x, np.array([0, 1])), dict(weight=np.ones(2)), ValueError, "one weight per class"),
         ("multi_margin_loss", (x.reshape(2, 3, 1), np.array([0, 1])), {}, ValueError, "non-empty vector or matrix"),
         ("multi_margin_loss", (np.empty((2, 0)), np.array([0, 1])), {}, ValueError, "non-empty vector or matrix"),
+        ("cosine_embedding_loss", (x, x, x), {}, ValueError, "0D or 1D target tensor expected"),
+        ("cosine_embedding_loss", (x[0], x[0], x[:, 0]), {}, ValueError, "1D target tensor expects 2D input"),
     ]
     for name, arrays, options, error, match in refusals:
         with pytest.raises(Exception):
@@ -318,6 +334,7 @@ def test_the_layers(be, torch):
             (nn.PoissonNLLLoss(False, True, eps=1e-4), torch.nn.PoissonNLLLoss(False, True, eps=1e-4),
              (np.abs(x), 3 * t), (0,)),
             (nn.MarginRankingLoss(0.1), torch.nn.MarginRankingLoss(0.1), (x, t, y), (0, 1)),
+            (nn.CosineEmbeddingLoss(-0.2), torch.nn.CosineEmbeddingLoss(-0.2), (x, t + 0.5, y[:, 0]), (0, 1)),
             (nn.MultiMarginLoss(2, 0.5, [1.0, 2.0, 0.5, 1.0, 3.0]),
              torch.nn.MultiMarginLoss(2, 0.5, torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)),
              (x, np.array([0, 4, 2, 1])), (0,)),
@@ -355,7 +372,7 @@ def test_cuda_matches_numpy(be, dtype):
         np.testing.assert_allclose(np.asarray(to_host(loss), np.float64), np.asarray(want, np.float64), rtol=tolerance,
                                    atol=tolerance * max(1.0, float(np.abs(want).max())), err_msg=f"{what} {reduction}")
     for name in ("poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "margin_ranking_loss",
-                 "multi_margin_loss"):
+                 "multi_margin_loss", "cosine_embedding_loss"):
         _, arrays, options, _ = next(case for case in cases(dtype).values() if case[0] == name)
         loss, *_ = getattr(F, name)(*map(cupy.asarray, arrays), as_array=True, **options)
         assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == np.float64, name

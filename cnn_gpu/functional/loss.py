@@ -937,3 +937,64 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
     loss, dinput = gpu_loss.multi_margin(be, input, labels.reshape(-1), weight, classes=classes, squared=p == 2,
                                          margin=margin, reduction=reduction, as_array=as_array)
     return _class_loss_result(loss, dinput, loss_shape, labels, classes, None, reduction, as_array)
+
+
+# --- cosine embedding (cosine_embedding_rows) --------------------------------------------------------
+
+def _cosine_embedding(x1, x2, y, margin: float, reduction):
+    """The NumPy path (and the kernels' oracle): see cosine_embedding_loss."""
+    dtype = x1.dtype.type
+    a, b = np.atleast_2d(x1), np.atleast_2d(x2)
+    epsilon = dtype(1e-12)
+    square1 = (a * a).sum(axis=1) + epsilon
+    square2 = (b * b).sum(axis=1) + epsilon
+    inv_denominator = dtype(1) / np.sqrt(square1 * square2)
+    cosine = (a * b).sum(axis=1) * inv_denominator
+    t = np.atleast_1d(y)
+    gap = cosine - dtype(margin)
+    loss = np.where(t == 1, dtype(1) - cosine, np.where(t == -1, np.maximum(gap, dtype(0)), dtype(0)))
+    slope = np.where(t == 1, dtype(-1), np.where((t == -1) & (gap >= 0), dtype(1), dtype(0)))
+    divisor = len(t) if reduction == "mean" else 1
+    slope = (slope * dtype(1 / divisor))[:, None]
+    dinput1 = slope * (b * inv_denominator[:, None] - (cosine / square1)[:, None] * a)
+    dinput2 = slope * (a * inv_denominator[:, None] - (cosine / square2)[:, None] * b)
+    dinput1, dinput2 = dinput1.reshape(x1.shape), dinput2.reshape(x2.shape)
+    if reduction == "none":
+        return loss.reshape(y.shape), dinput1, dinput2
+    return mean_of(loss.sum(), divisor), dinput1, dinput2
+
+
+@takes_float16(kernels=True)
+def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", *, backend=None, as_array=False):
+    """Cosine embedding loss as torch.nn.functional.cosine_embedding_loss -> (loss, dinput1,
+    dinput2): for each pair of rows (N, D) (or one pair (D,)) with cos = x1.x2 / sqrt((|x1|^2 +
+    1e-12)(|x2|^2 + 1e-12)) (torch's EPSILON), the loss 1 - cos where the target (N,) (or ()) is 1,
+    max(0, cos - margin) where it is -1, 0 for any other value; the gradients pass max's at its
+    bound (torch's clamp_min). Unlike PyTorch, input1 and input2 must have one shape and the target
+    one value a row (PyTorch would broadcast them)."""
+    margin = _margin(margin)
+    reduction = check_reduction(reduction)
+    for a, name in ((input1, "input1"), (input2, "input2"), (target, "target")):
+        _checks.array(a, name)
+    _checks.same_dtype("input1", input1, input2=input2, target=target)
+    if target.ndim not in (0, 1):
+        raise ValueError(f"0D or 1D target tensor expected, multi-target not supported, got target of shape "
+                         f"{tuple(target.shape)}")
+    if input1.ndim != target.ndim + 1:
+        raise ValueError(f"{target.ndim}D target tensor expects {target.ndim + 1}D input tensors, but found inputs "
+                         f"with sizes {list(input1.shape)} and {list(input2.shape)}.")
+    _checks.shape_is(input2, "input2", input1.shape, " (the shape of input1)")
+    _checks.shape_is(target, "target", input1.shape[:-1], " (one target a row of input1)")
+    be = _backend.resolve(backend, input1, input2, target)
+    _refuse_float_in_recording(reduction, as_array)
+    if target.size == 0:   # no rows
+        loss, dinput1 = _nothing(be, reduction, input1, target.shape, as_array)
+        return loss, dinput1, _backend.array_module(be).empty_like(input2)
+    if be == "numpy":
+        loss, dinput1, dinput2 = _cosine_embedding(input1, input2, target, margin, reduction)
+        return (loss if reduction == "none" else _as_array(loss, as_array)), dinput1, dinput2
+    from ..gpu import loss as gpu_loss
+    named = ((input1, "input1"), (input2, "input2"), (target, "target"))
+    loss, dinput1, dinput2 = gpu_loss.cosine_embedding(be, *(_checks.for_kernels(be, a, n) for a, n in named),
+                                                       margin=margin, reduction=reduction, as_array=as_array)
+    return (loss.reshape(target.shape) if reduction == "none" else loss), dinput1, dinput2

@@ -269,3 +269,17 @@ def multi_margin(be, input, labels, weight, *, classes, squared, margin, reducti
                    (input, labels, input if weight is None else weight, dinput, row_loss, np.int64(rows),
                     *i32(classes, squared, weight is not None), *acc(input.dtype, margin, 1 / (classes * divisor))))
     return _reduced(be, row_loss, input.dtype, reduction, None, divisor, as_array), dinput
+
+
+def cosine_embedding(be, input1, input2, target, *, margin, reduction, as_array=False):
+    """PyTorch's cosine embedding loss of row pairs input1, input2 (rows, dim) (C-contiguous, at
+    least one element) and targets (rows,) -> (loss, dinput1, dinput2), the loss as nll's."""
+    rows = target.size
+    xp = backend.array_module(be)
+    dinput1, dinput2 = (xp.empty(input1.shape, dtype=input1.dtype) for _ in range(2))
+    row_loss = xp.empty((rows,), dtype=backend.compute_dtype(input1.dtype))
+    divisor = rows if reduction == "mean" else 1
+    backend.launch(be, "loss", input1.dtype, "cosine_embedding_rows", (blocks_for(rows),), (THREADS,),
+                   (input1, input2, target, dinput1, dinput2, row_loss, np.int64(rows), np.int64(input1.size // rows),
+                    *acc(input1.dtype, margin, 1 / divisor)))
+    return _reduced(be, row_loss, input1.dtype, reduction, None, divisor, as_array), dinput1, dinput2

@@ -367,3 +367,25 @@ class MultiMarginLoss(_Loss):
 
     def extra_repr(self):
         return f"p={self.p}, margin={self.margin}, {super().extra_repr()}"
+
+
+class CosineEmbeddingLoss(_TwoGradientLoss):
+    """Cosine embedding loss with `margin` and `reduction` (see
+    cnn_gpu.functional.cosine_embedding_loss): forward(input1, input2, target), backward() ->
+    (dinput1, dinput2)."""
+
+    _loss = staticmethod(F.cosine_embedding_loss)
+
+    def __init__(self, margin=0.0, *, reduction="mean"):
+        super().__init__(reduction)
+        self.margin = margin
+
+    def _options(self, pred):
+        return self.margin, self.reduction
+
+    def _per_class(self, dy):
+        # per-pair losses (N,) against the gradients (N, D)
+        return dy[..., None]
+
+    def extra_repr(self):
+        return f"margin={self.margin}, {super().extra_repr()}"
