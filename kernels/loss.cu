@@ -38,6 +38,7 @@
 //    cross_entropy_target_weights as the cross entropy's.
 //  * multi_margin_rows: the multi-class hinge loss, one thread a row (see there).
 //  * cosine_embedding_rows: the cosine embedding loss, one thread a row pair (see there).
+//  * triplet_margin_rows: the triplet margin loss, one thread a row triplet (see there).
 //  * regression_loss_rows: 4 elements a thread (for_each_element): each element's loss into a
 //    workspace that reduce.cu sums in fixed order (or that is the loss itself for reduction="none")
 //    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
@@ -319,6 +320,83 @@ cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ 
             dinput2[row * dim + i] = to_real(slope * (u * inv_denominator - cosine_over2 * v));
         }
         row_loss[row] = loss;
+    }
+}
+
+#if REAL_IS_DOUBLE
+#define LOSS_POW pow
+#else
+#define LOSS_POW powf
+#endif
+
+// |v|^p of one element of a p-norm's sum (p = 1 and 2 without pow)
+static __device__ __forceinline__ acc_t norm_term(acc_t v, acc_t p)
+{
+    if (p == (acc_t)2) return v * v;
+    if (p == (acc_t)1) return fabs(v);
+    return LOSS_POW(fabs(v), p);
+}
+
+// The p-norm of its sum of terms
+static __device__ __forceinline__ acc_t norm_of(acc_t sum, acc_t p)
+{
+    if (p == (acc_t)2) return REAL_SQRT(sum);
+    if (p == (acc_t)1) return sum;
+    return LOSS_POW(sum, (acc_t)1 / p);
+}
+
+// d||v||_p / dv_i = sign(v_i) (|v_i| / ||v||)^(p - 1), 0 where v_i or the norm is 0 (torch's norm backward)
+static __device__ __forceinline__ acc_t norm_slope(acc_t v, acc_t norm, acc_t p)
+{
+    if (v == (acc_t)0 || norm == (acc_t)0) return (acc_t)0;
+    if (p == (acc_t)2) return v / norm;
+    const acc_t sign = v > (acc_t)0 ? (acc_t)1 : (acc_t)-1;
+    if (p == (acc_t)1) return sign;
+    return sign * LOSS_POW(fabs(v) / norm, p - (acc_t)1);
+}
+
+// Triplet margin loss (PyTorch's triplet_margin_loss) of rows (rows, dim) of anchors a, positives q
+// and negatives n, one thread a row walking its elements in order twice: the distances
+// d(a, q) = ||a - q + eps||_p, d(a, n), and with swap d(q, n) (the negative distance their minimum,
+// torch's: a tie splits the gradient in halves); the loss max(0, margin + d(a, q) - d_neg) and,
+// where its argument is >= 0 (torch's clamp_min), the gradients of the distances times grad_scale.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+triplet_margin_rows(const REAL* __restrict__ anchor, const REAL* __restrict__ positive,
+                    const REAL* __restrict__ negative, REAL* __restrict__ danchor, REAL* __restrict__ dpositive,
+                    REAL* __restrict__ dnegative, acc_t* __restrict__ row_loss, long long rows, long long dim,
+                    int swap, acc_t p, acc_t margin, acc_t eps, acc_t grad_scale)
+{
+    GRID_STRIDE_LOOP(row, rows) {
+        const long long first = row * dim;
+        acc_t sum_positive = (acc_t)0, sum_negative = (acc_t)0, sum_swap = (acc_t)0;
+        for (long long i = first; i < first + dim; ++i) {
+            const acc_t a = to_acc(anchor[i]), q = to_acc(positive[i]), n = to_acc(negative[i]);
+            sum_positive += norm_term(a - q + eps, p);
+            sum_negative += norm_term(a - n + eps, p);
+            if (swap)
+                sum_swap += norm_term(q - n + eps, p);
+        }
+        const acc_t d_positive = norm_of(sum_positive, p), d_negative = norm_of(sum_negative, p);
+        const acc_t d_swap = swap ? norm_of(sum_swap, p) : d_negative;
+        // the shares of the negative distance's gradient: d(a, n)'s and d(q, n)'s
+        acc_t negative_share = (acc_t)1, swap_share = (acc_t)0;
+        if (swap) {
+            negative_share = d_negative < d_swap ? (acc_t)1 : (d_negative == d_swap ? (acc_t)0.5 : (acc_t)0);
+            swap_share = d_swap < d_negative ? (acc_t)1 : (d_negative == d_swap ? (acc_t)0.5 : (acc_t)0);
+        }
+        const acc_t d_closest = d_swap < d_negative ? d_swap : d_negative;
+        const acc_t gap = margin + d_positive - d_closest;
+        row_loss[row] = gap < (acc_t)0 ? (acc_t)0 : gap;
+        const acc_t scale = gap >= (acc_t)0 ? grad_scale : (acc_t)0;
+        for (long long i = first; i < first + dim; ++i) {
+            const acc_t a = to_acc(anchor[i]), q = to_acc(positive[i]), n = to_acc(negative[i]);
+            const acc_t to_positive = norm_slope(a - q + eps, d_positive, p);
+            const acc_t to_negative = negative_share * norm_slope(a - n + eps, d_negative, p);
+            const acc_t to_swap = swap ? swap_share * norm_slope(q - n + eps, d_swap, p) : (acc_t)0;
+            danchor[i] = to_real(scale * (to_positive - to_negative));
+            dpositive[i] = to_real(scale * (-to_positive - to_swap));
+            dnegative[i] = to_real(scale * (to_negative + to_swap));
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 """F.soft_margin_loss, F.hinge_embedding_loss, F.margin_ranking_loss, F.poisson_nll_loss,
-F.gaussian_nll_loss, F.multilabel_soft_margin_loss, F.multi_margin_loss and F.cosine_embedding_loss
-and their layers: PyTorch 2.13 CPU (values
+F.gaussian_nll_loss, F.multilabel_soft_margin_loss, F.multi_margin_loss, F.cosine_embedding_loss and
+F.triplet_margin_loss and their layers: PyTorch 2.13 CPU (values
 and the gradients of every differentiable input, every reduction and option, broadcasting, the
 kinks where torch's clamp_min passes its gradient, var's shapes and clamp), float64 references
 written out here, finite differences, float16 rounding, the kernels on the emulator (guard zones and
@@ -59,6 +59,7 @@ def cases(dtype):
     logits, labels = randn(4, 5, scale=3.0), (rng.uniform(size=(4, 5)) > 0.5).astype(dtype)
     classes = rng.integers(0, 5, 4)
     pair_targets = np.array([1, -1, 1, -1, 0], dtype)   # 0: neither, no loss
+    triplets = [randn(6, 5), randn(6, 5), randn(6, 5)]
     return {
         "soft_margin": ("soft_margin_loss", [scores, pairs], {}, (0,)),
         "soft_margin broadcast": ("soft_margin_loss", [scores, pairs[0]], {}, (0,)),
@@ -91,6 +92,12 @@ def cases(dtype):
         "cosine margin": ("cosine_embedding_loss", [randn(5, 6), randn(5, 6), pair_targets], dict(margin=-0.3),
                           (0, 1)),
         "cosine (D,)": ("cosine_embedding_loss", [randn(6), randn(6), np.array(-1, dtype)], dict(margin=-0.5), (0, 1)),
+        "triplet": ("triplet_margin_loss", triplets, {}, (0, 1, 2)),
+        "triplet p=1 swap margin": ("triplet_margin_loss", triplets, dict(p=1, swap=True, margin=0.5), (0, 1, 2)),
+        "triplet p=3 eps": ("triplet_margin_loss", triplets, dict(p=3, eps=1e-3, margin=2.0), (0, 1, 2)),
+        "triplet (N, M, D) p=1.5 swap": ("triplet_margin_loss", [randn(2, 3, 4), randn(2, 3, 4), randn(2, 3, 4)],
+                                         dict(p=1.5, swap=True, margin=3.0), (0, 1, 2)),
+        "triplet (D,)": ("triplet_margin_loss", [t[0] for t in triplets], dict(margin=4.0), (0, 1, 2)),
     }
 
 
@@ -142,6 +149,16 @@ def reference(name, arrays, options):
             cosine = float(u @ v) / math.sqrt((float(u @ u) + 1e-12) * (float(v @ v) + 1e-12))
             out.append(1 - cosine if t == 1 else max(0.0, cosine - options.get("margin", 0.0)) if t == -1 else 0.0)
         return np.array(out).reshape(arrays[2].shape)
+    if name == "triplet_margin_loss":
+        p, eps = options.get("p", 2), options.get("eps", 1e-6)
+        rows = [a.reshape(-1, a.shape[-1]) for a in arrays]
+        out = []
+        for a, q, n in zip(*rows):
+            distance = [sum(abs(u - v + eps) ** p for u, v in zip(x, y)) ** (1 / p)
+                        for x, y in ((a, q), (a, n), (q, n))]
+            negative = min(distance[1:]) if options.get("swap") else distance[1]
+            out.append(max(0.0, options.get("margin", 1.0) + distance[0] - negative))
+        return np.array(out).reshape(arrays[0].shape[:-1])
     if name == "multilabel_soft_margin_loss":
         x, y = arrays
         weight = np.broadcast_to(options.get("weight", 1.0), x.shape)
@@ -243,7 +260,8 @@ def test_empty_inputs_and_a_number_for_var_as_torch(be, torch):
                          ("multilabel_soft_margin_loss", [empty, empty]),
                          ("multilabel_soft_margin_loss", [np.empty((2, 0)), np.empty((2, 0))]),
                          ("multi_margin_loss", [empty, np.empty(0, np.int64)]),
-                         ("cosine_embedding_loss", [empty, empty, np.empty(0)])):
+                         ("cosine_embedding_loss", [empty, empty, np.empty(0)]),
+                         ("triplet_margin_loss", [empty, empty, empty])):
         for reduction in REDUCTIONS:
             loss, *grads = getattr(F, name)(*arrays, reduction=reduction, backend=be)
             want = getattr(torch.nn.functional, name)(*map(torch.tensor, arrays), reduction=reduction).numpy()
@@ -287,6 +305,7 @@ def test_bad_arguments_are_refused_as_torch_and_before_any_launch(monkeypatch, t
         ("multi_margin_loss", (np.empty((2, 0)), np.array([0, 1])), {}, ValueError, "non-empty vector or matrix"),
         ("cosine_embedding_loss", (x, x, x), {}, ValueError, "0D or 1D target tensor expected"),
         ("cosine_embedding_loss", (x[0], x[0], x[:, 0]), {}, ValueError, "1D target tensor expects 2D input"),
+        ("triplet_margin_loss", (x, x, x[0]), {}, ValueError, "expected to have the same number of dimensions"),
     ]
     for name, arrays, options, error, match in refusals:
         with pytest.raises(Exception):
@@ -335,6 +354,8 @@ def test_the_layers(be, torch):
              (np.abs(x), 3 * t), (0,)),
             (nn.MarginRankingLoss(0.1), torch.nn.MarginRankingLoss(0.1), (x, t, y), (0, 1)),
             (nn.CosineEmbeddingLoss(-0.2), torch.nn.CosineEmbeddingLoss(-0.2), (x, t + 0.5, y[:, 0]), (0, 1)),
+            (nn.TripletMarginLoss(2.0, 1.0, swap=True), torch.nn.TripletMarginLoss(2.0, 1.0, swap=True),
+             (x, t, -x), (0, 1, 2)),
             (nn.MultiMarginLoss(2, 0.5, [1.0, 2.0, 0.5, 1.0, 3.0]),
              torch.nn.MultiMarginLoss(2, 0.5, torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)),
              (x, np.array([0, 4, 2, 1])), (0,)),
@@ -372,7 +393,7 @@ def test_cuda_matches_numpy(be, dtype):
         np.testing.assert_allclose(np.asarray(to_host(loss), np.float64), np.asarray(want, np.float64), rtol=tolerance,
                                    atol=tolerance * max(1.0, float(np.abs(want).max())), err_msg=f"{what} {reduction}")
     for name in ("poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "margin_ranking_loss",
-                 "multi_margin_loss", "cosine_embedding_loss"):
+                 "multi_margin_loss", "cosine_embedding_loss", "triplet_margin_loss"):
         _, arrays, options, _ = next(case for case in cases(dtype).values() if case[0] == name)
         loss, *_ = getattr(F, name)(*map(cupy.asarray, arrays), as_array=True, **options)
         assert isinstance(loss, cupy.ndarray) and loss.shape == () and loss.dtype == np.float64, name

@@ -62,7 +62,7 @@ from .linear import linear, linear_backward
 from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, l1_loss,
                    mse_loss, nll_loss, smooth_l1_loss, gaussian_nll_loss, hinge_embedding_loss, margin_ranking_loss,
                    multi_margin_loss, multilabel_soft_margin_loss, poisson_nll_loss, soft_margin_loss,
-                   cosine_embedding_loss)
+                   triplet_margin_loss, cosine_embedding_loss)
 from .prelu import prelu, prelu_backward
 from .folding import fold, fold_backward, unfold, unfold_backward
 from .local_response_norm import local_response_norm, local_response_norm_backward

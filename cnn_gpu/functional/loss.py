@@ -998,3 +998,108 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean", 
     loss, dinput1, dinput2 = gpu_loss.cosine_embedding(be, *(_checks.for_kernels(be, a, n) for a, n in named),
                                                        margin=margin, reduction=reduction, as_array=as_array)
     return (loss.reshape(target.shape) if reduction == "none" else loss), dinput1, dinput2
+
+
+# --- triplet margin (triplet_margin_rows) ---------------------------------------------------------
+
+def _distance(x, y, p: float, eps: float):
+    """torch's pairwise_distance of rows: (x - y + eps, its rows' p-norms)."""
+    v = x - y + x.dtype.type(eps)
+    if p == 2:
+        return v, np.sqrt((v * v).sum(axis=-1))
+    if p == 1:
+        return v, np.abs(v).sum(axis=-1)
+    return v, (np.abs(v) ** p).sum(axis=-1) ** (1 / p)
+
+
+def _norm_slope(v, norm, p: float):
+    """d||v||_p / dv of rows, 0 where an element or its row's norm is 0 (torch's norm backward)."""
+    norm = norm[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if p == 2:
+            slope = v / norm
+        elif p == 1:
+            slope = np.sign(v)
+        else:
+            slope = np.sign(v) * (np.abs(v) / norm) ** (p - 1)
+    return np.where((v == 0) | (norm == 0), v.dtype.type(0), slope)
+
+
+def _triplet_margin(anchor, positive, negative, margin: float, p: float, eps: float, swap: bool, reduction):
+    """The NumPy path (and the kernels' oracle): see triplet_margin_loss."""
+    dtype = anchor.dtype.type
+    to_positive, d_positive = _distance(anchor, positive, p, eps)
+    to_negative, d_negative = _distance(anchor, negative, p, eps)
+    negative_share, swap_share = dtype(1), dtype(0)
+    d_closest = d_negative
+    if swap:
+        between, d_swap = _distance(positive, negative, p, eps)
+        tie = d_negative == d_swap
+        negative_share = np.where(tie, dtype(0.5), np.where(d_negative < d_swap, dtype(1), dtype(0)))[..., None]
+        swap_share = np.where(tie, dtype(0.5), np.where(d_swap < d_negative, dtype(1), dtype(0)))[..., None]
+        d_closest = np.minimum(d_negative, d_swap)
+    gap = dtype(margin) + d_positive - d_closest
+    loss = np.maximum(gap, dtype(0))
+    divisor = loss.size if reduction == "mean" else 1
+    scale = np.where(gap >= 0, dtype(1 / divisor), dtype(0))[..., None]
+    slope_positive = _norm_slope(to_positive, d_positive, p)
+    slope_negative = negative_share * _norm_slope(to_negative, d_negative, p)
+    slope_swap = swap_share * _norm_slope(between, d_swap, p) if swap else dtype(0)
+    grads = (scale * (slope_positive - slope_negative), scale * (-slope_positive - slope_swap),
+             scale * (slope_negative + slope_swap))
+    if reduction == "none":
+        return (np.asarray(loss), *grads)
+    return (mean_of(loss.sum(), divisor), *grads)
+
+
+@takes_float16(kernels=True)
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False, reduction="mean", *,
+                        backend=None, as_array=False):
+    """Triplet margin loss as torch.nn.functional.triplet_margin_loss -> (loss, danchor, dpositive,
+    dnegative): for rows (..., D) (an embedding a row) of anchors, positives and negatives with
+    d(x, y) = ||x - y + eps||_p (torch's pairwise_distance), max(0, margin + d(a, q) - d(a, n));
+    swap takes min(d(a, n), d(q, n)) for the negative distance (the distance swap of Balntas et
+    al.). The gradients are torch's: 0 where the norm or an element of x - y + eps is 0, clamp_min's
+    passed at its bound, a tie of swap's minimum split in halves. The loss of each row (...,) for
+    "none". Unlike PyTorch: the three arrays must have one shape (PyTorch would broadcast them), at
+    least one dimension and rows of at least one element, and p must be a positive finite number
+    (PyTorch also takes 0 and inf)."""
+    margin = _margin(margin)
+    p = _checks.real_number(p, "p")
+    if not (p > 0 and math.isfinite(p)):
+        raise ValueError(f"p must be a positive finite number, got {p}")
+    eps = _checks.real_number(eps, "eps")
+    if not isinstance(swap, (bool, np.bool_)):
+        raise TypeError(f"swap must be a bool, got {swap!r}")
+    reduction = check_reduction(reduction)
+    for a, name in ((anchor, "anchor"), (positive, "positive"), (negative, "negative")):
+        _checks.array(a, name)
+    if not anchor.ndim == positive.ndim == negative.ndim:
+        raise ValueError(f"The anchor, positive, and negative tensors are expected to have the same number of "
+                         f"dimensions, but got: anchor {anchor.ndim}D, positive {positive.ndim}D, and negative "
+                         f"{negative.ndim}D inputs")
+    _checks.same_dtype("anchor", anchor, positive=positive, negative=negative)
+    if anchor.ndim == 0:
+        raise ValueError("triplet_margin_loss needs rows of at least one dimension, got 0-D arrays")
+    for a, name in ((positive, "positive"), (negative, "negative")):
+        _checks.shape_is(a, name, anchor.shape, " (the anchor's shape)")
+    be = _backend.resolve(backend, anchor, positive, negative)
+    _refuse_float_in_recording(reduction, as_array)
+    loss_shape = anchor.shape[:-1]
+    rows = math.prod(loss_shape)
+    xp = _backend.array_module(be)
+    if anchor.shape[-1] == 0 and rows:
+        raise ValueError(f"triplet_margin_loss needs embeddings of at least one element, got shape "
+                         f"{tuple(anchor.shape)}")
+    if rows == 0:
+        loss, danchor = _nothing(be, reduction, anchor, loss_shape, as_array)
+        return loss, danchor, xp.empty_like(positive), xp.empty_like(negative)
+    if be == "numpy":
+        loss, *grads = _triplet_margin(anchor, positive, negative, margin, float(p), eps, bool(swap), reduction)
+        return (loss if reduction == "none" else _as_array(loss, as_array), *grads)
+    from ..gpu import loss as gpu_loss
+    named = ((anchor, "anchor"), (positive, "positive"), (negative, "negative"))
+    loss, *grads = gpu_loss.triplet_margin(be, *(_checks.for_kernels(be, a, n) for a, n in named), rows=rows,
+                                           margin=margin, p=float(p), eps=eps, swap=bool(swap), reduction=reduction,
+                                           as_array=as_array)
+    return ((loss.reshape(loss_shape) if reduction == "none" else loss), *grads)

@@ -283,3 +283,17 @@ def cosine_embedding(be, input1, input2, target, *, margin, reduction, as_array=
                    (input1, input2, target, dinput1, dinput2, row_loss, np.int64(rows), np.int64(input1.size // rows),
                     *acc(input1.dtype, margin, 1 / divisor)))
     return _reduced(be, row_loss, input1.dtype, reduction, None, divisor, as_array), dinput1, dinput2
+
+
+def triplet_margin(be, anchor, positive, negative, *, rows, margin, p, eps, swap, reduction, as_array=False):
+    """PyTorch's triplet margin loss of rows (rows, dim) of anchors, positives and negatives
+    (C-contiguous, one shape, at least one element) -> (loss, danchor, dpositive, dnegative), the
+    loss as nll's."""
+    xp = backend.array_module(be)
+    grads = tuple(xp.empty(anchor.shape, dtype=anchor.dtype) for _ in range(3))
+    row_loss = xp.empty((rows,), dtype=backend.compute_dtype(anchor.dtype))
+    divisor = rows if reduction == "mean" else 1
+    backend.launch(be, "loss", anchor.dtype, "triplet_margin_rows", (blocks_for(rows),), (THREADS,),
+                   (anchor, positive, negative, *grads, row_loss, np.int64(rows), np.int64(anchor.size // rows),
+                    *i32(swap), *acc(anchor.dtype, p, margin, eps, 1 / divisor)))
+    return (_reduced(be, row_loss, anchor.dtype, reduction, None, divisor, as_array), *grads)

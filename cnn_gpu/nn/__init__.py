@@ -28,7 +28,7 @@ from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool
 from .lp_pool import LPPool1d, LPPool2d
 from .loss import (CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss, SmoothL1Loss, BCELoss,
                    BCEWithLogitsLoss, GaussianNLLLoss, HingeEmbeddingLoss, MarginRankingLoss, MultiLabelSoftMarginLoss,
-                   MultiMarginLoss, PoissonNLLLoss, SoftMarginLoss, CosineEmbeddingLoss)
+                   MultiMarginLoss, PoissonNLLLoss, SoftMarginLoss, TripletMarginLoss, CosineEmbeddingLoss)
 from .module import Module, Parameter, UninitializedParameter
 from .prelu import PReLU
 from .fold import Fold, Unfold

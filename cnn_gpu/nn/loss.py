@@ -298,9 +298,9 @@ class MultiLabelSoftMarginLoss(_Loss):
         return dy[..., None]
 
 
-class _TwoGradientLoss(_Loss):
-    """A loss of three arrays with two gradients: forward(a, b, c) returns the loss, backward(dy)
-    the pair of gradients (each scaled as _Loss.backward's)."""
+class _ThreeArrayLoss(_Loss):
+    """A loss of three arrays with several gradients: forward(a, b, c) returns the loss, backward(dy)
+    the tuple of gradients (each scaled as _Loss.backward's)."""
 
     def forward(self, first, second, third, *, as_array=False):
         loss, *grads = self._loss(first, second, third, *self._options(first), backend=self.backend,
@@ -313,7 +313,7 @@ class _TwoGradientLoss(_Loss):
         return tuple(self._scaled(grad, loss_shape, dy) for grad in grads)
 
 
-class MarginRankingLoss(_TwoGradientLoss):
+class MarginRankingLoss(_ThreeArrayLoss):
     """Margin ranking loss with `margin` and `reduction` (see cnn_gpu.functional.margin_ranking_loss):
     forward(input1, input2, target), backward() -> (dinput1, dinput2)."""
 
@@ -330,7 +330,7 @@ class MarginRankingLoss(_TwoGradientLoss):
         return f"margin={self.margin}, {super().extra_repr()}"
 
 
-class GaussianNLLLoss(_TwoGradientLoss):
+class GaussianNLLLoss(_ThreeArrayLoss):
     """Gaussian negative log likelihood with `full`, `eps` and `reduction` (see
     cnn_gpu.functional.gaussian_nll_loss): forward(input, target, var), backward() -> (dinput, dvar)."""
 
@@ -369,7 +369,7 @@ class MultiMarginLoss(_Loss):
         return f"p={self.p}, margin={self.margin}, {super().extra_repr()}"
 
 
-class CosineEmbeddingLoss(_TwoGradientLoss):
+class CosineEmbeddingLoss(_ThreeArrayLoss):
     """Cosine embedding loss with `margin` and `reduction` (see
     cnn_gpu.functional.cosine_embedding_loss): forward(input1, input2, target), backward() ->
     (dinput1, dinput2)."""
@@ -389,3 +389,25 @@ class CosineEmbeddingLoss(_TwoGradientLoss):
 
     def extra_repr(self):
         return f"margin={self.margin}, {super().extra_repr()}"
+
+
+class TripletMarginLoss(_ThreeArrayLoss):
+    """Triplet margin loss with `margin`, `p`, `eps`, `swap` and `reduction` (see
+    cnn_gpu.functional.triplet_margin_loss): forward(anchor, positive, negative), backward() ->
+    (danchor, dpositive, dnegative)."""
+
+    _loss = staticmethod(F.triplet_margin_loss)
+
+    def __init__(self, margin=1.0, p=2.0, eps=1e-6, swap=False, *, reduction="mean"):
+        super().__init__(reduction)
+        self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
+
+    def _options(self, pred):
+        return self.margin, self.p, self.eps, self.swap, self.reduction
+
+    def _per_class(self, dy):
+        # per-row losses (...,) against the gradients (..., D)
+        return dy[..., None]
+
+    def extra_repr(self):
+        return f"margin={self.margin}, p={self.p}, eps={self.eps}, swap={self.swap}, {super().extra_repr()}"
