@@ -360,7 +360,10 @@ static __device__ __forceinline__ acc_t norm_slope(acc_t v, acc_t norm, acc_t p)
 // d(a, q) = ||a - q + eps||_p, d(a, n), and with swap d(q, n) (the negative distance their minimum,
 // torch's: a tie splits the gradient in halves); the loss max(0, margin + d(a, q) - d_neg) and,
 // where its argument is >= 0 (torch's clamp_min), the gradients of the distances times grad_scale.
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+// Three resident blocks (up to 80 registers) rather than MIN_BLOCKS' four: at 64 registers the fp64
+// builds of NVRTC 13 for sm_80 and sm_90 spill around pow's slow path (p other than 1 and 2)
+#define TRIPLET_MIN_BLOCKS 3
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, TRIPLET_MIN_BLOCKS)
 triplet_margin_rows(const REAL* __restrict__ anchor, const REAL* __restrict__ positive,
                     const REAL* __restrict__ negative, REAL* __restrict__ danchor, REAL* __restrict__ dpositive,
                     REAL* __restrict__ dnegative, acc_t* __restrict__ row_loss, long long rows, long long dim,
