@@ -346,6 +346,18 @@ def test_the_layers(be, torch):
     np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), rtol=1e-12)
     assert "weight" in layer.state_dict()
     y = np.sign(t - 0.5)
+    # per-row losses weighted by an upstream dy: the three-array layers' backward
+    for ours, theirs, arrays in ((nn.TripletMarginLoss(p=1.5, swap=True, reduction="none"),
+                                  torch.nn.TripletMarginLoss(p=1.5, swap=True, reduction="none"), (x, t, -x)),
+                                 (nn.CosineEmbeddingLoss(reduction="none"),
+                                  torch.nn.CosineEmbeddingLoss(reduction="none"), (x, t + 0.5, y[:, 0]))):
+        loss = ours.to(be)(*arrays)
+        tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+        theirs(*tensors).backward(torch.tensor(dy))
+        grads = ours.backward(dy)
+        for grad, tensor in zip(grads, tensors):   # (the target's gradient: none of ours)
+            np.testing.assert_allclose(grad, tensor.grad.numpy(), rtol=1e-12, atol=1e-15, err_msg=repr(ours))
+        assert loss.shape == (4,)
     for ours, theirs, arrays, differentiable in (
             (nn.SoftMarginLoss(), torch.nn.SoftMarginLoss(), (x, y), (0,)),
             (nn.HingeEmbeddingLoss(0.7, reduction="sum"), torch.nn.HingeEmbeddingLoss(0.7, reduction="sum"),

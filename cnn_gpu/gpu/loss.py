@@ -116,14 +116,19 @@ def _reduced(be, values, dtype, reduction, divisor, host_divisor, as_array):
     return mean_of(total, summed_weights)
 
 
+def _check_class_indices_for_kernels(op: str, labels, classes: int) -> None:
+    """The kernels' terms for class indices: int64 labels, fewer than 2^31 classes (an int there)."""
+    if classes >= CLASS_LIMIT:
+        raise ValueError(f"{op} kernels take fewer than 2^31 classes, got {classes}")
+    if labels.dtype != np.int64:
+        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+
+
 def nll(be, log_probs, labels, weight, *, classes, inner, ignore_index, reduction, as_array=False):
     """Negative log likelihood of log-probabilities (N, C, d1..dk) (laid out as cross_entropy's
     logits) against class indices `labels` (int64, one per row); `weight` (C,) or None. Returns
     (loss, dinput) as cross_entropy does; dinput is zero but at each counted row's target."""
-    if classes >= CLASS_LIMIT:
-        raise ValueError(f"nll_loss kernels take fewer than 2^31 classes, got {classes}")
-    if labels.dtype != np.int64:
-        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+    _check_class_indices_for_kernels("nll_loss", labels, classes)
     rows = log_probs.size // classes
     xp = backend.array_module(be)
     dtype = log_probs.dtype
@@ -256,10 +261,7 @@ def multi_margin(be, input, labels, weight, *, classes, squared, margin, reducti
     """PyTorch's multi-class hinge loss of input rows (rows, classes) (C-contiguous, at least one
     element) against class indices `labels` (int64, one a row); `weight` (classes,) or None; squared
     for p = 2. Returns (loss, dinput) as nll's: the (rows,) per-row losses for "none"."""
-    if classes >= CLASS_LIMIT:
-        raise ValueError(f"multi_margin_loss kernels take fewer than 2^31 classes, got {classes}")
-    if labels.dtype != np.int64:
-        raise TypeError(f"labels must be int64 for the kernels, got {labels.dtype}")
+    _check_class_indices_for_kernels("multi_margin_loss", labels, classes)
     rows = input.size // classes
     xp = backend.array_module(be)
     dinput = xp.empty(input.shape, dtype=input.dtype)

@@ -245,13 +245,10 @@ class SoftMarginLoss(_Loss):
         return (self.reduction,)
 
 
-class HingeEmbeddingLoss(_Loss):
-    """Hinge embedding loss of distances and targets +1/-1 with `margin` and `reduction` (see
-    cnn_gpu.functional.hinge_embedding_loss)."""
+class _MarginOptions:
+    """The options (margin, reduction) of a margin loss, mixed in before its _Loss base."""
 
-    _loss = staticmethod(F.hinge_embedding_loss)
-
-    def __init__(self, margin=1.0, *, reduction="mean"):
+    def __init__(self, margin, reduction):
         super().__init__(reduction)
         self.margin = margin
 
@@ -260,6 +257,16 @@ class HingeEmbeddingLoss(_Loss):
 
     def extra_repr(self):
         return f"margin={self.margin}, {super().extra_repr()}"
+
+
+class HingeEmbeddingLoss(_MarginOptions, _Loss):
+    """Hinge embedding loss of distances and targets +1/-1 with `margin` and `reduction` (see
+    cnn_gpu.functional.hinge_embedding_loss)."""
+
+    _loss = staticmethod(F.hinge_embedding_loss)
+
+    def __init__(self, margin=1.0, *, reduction="mean"):
+        super().__init__(margin, reduction)
 
 
 class PoissonNLLLoss(_Loss):
@@ -313,21 +320,14 @@ class _ThreeArrayLoss(_Loss):
         return tuple(self._scaled(grad, loss_shape, dy) for grad in grads)
 
 
-class MarginRankingLoss(_ThreeArrayLoss):
+class MarginRankingLoss(_MarginOptions, _ThreeArrayLoss):
     """Margin ranking loss with `margin` and `reduction` (see cnn_gpu.functional.margin_ranking_loss):
     forward(input1, input2, target), backward() -> (dinput1, dinput2)."""
 
     _loss = staticmethod(F.margin_ranking_loss)
 
     def __init__(self, margin=0.0, *, reduction="mean"):
-        super().__init__(reduction)
-        self.margin = margin
-
-    def _options(self, pred):
-        return self.margin, self.reduction
-
-    def extra_repr(self):
-        return f"margin={self.margin}, {super().extra_repr()}"
+        super().__init__(margin, reduction)
 
 
 class GaussianNLLLoss(_ThreeArrayLoss):
@@ -369,7 +369,7 @@ class MultiMarginLoss(_Loss):
         return f"p={self.p}, margin={self.margin}, {super().extra_repr()}"
 
 
-class CosineEmbeddingLoss(_ThreeArrayLoss):
+class CosineEmbeddingLoss(_MarginOptions, _ThreeArrayLoss):
     """Cosine embedding loss with `margin` and `reduction` (see
     cnn_gpu.functional.cosine_embedding_loss): forward(input1, input2, target), backward() ->
     (dinput1, dinput2)."""
@@ -377,18 +377,11 @@ class CosineEmbeddingLoss(_ThreeArrayLoss):
     _loss = staticmethod(F.cosine_embedding_loss)
 
     def __init__(self, margin=0.0, *, reduction="mean"):
-        super().__init__(reduction)
-        self.margin = margin
-
-    def _options(self, pred):
-        return self.margin, self.reduction
+        super().__init__(margin, reduction)
 
     def _per_class(self, dy):
         # per-pair losses (N,) against the gradients (N, D)
         return dy[..., None]
-
-    def extra_repr(self):
-        return f"margin={self.margin}, {super().extra_repr()}"
 
 
 class TripletMarginLoss(_ThreeArrayLoss):
