@@ -13,14 +13,12 @@ import math
 import numpy as np
 import pytest
 
-from cnn_gpu import backend, emu, nn
+from cnn_gpu import emu, nn
 from cnn_gpu import functional as F
 from cnn_gpu.gradcheck import gradcheck
-from helpers import to_host
+from helpers import needs_cuda, needs_emu, refuse_launches, to_host
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
-                               reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 REDUCTIONS = ("mean", "sum", "none")
 F16 = np.float16
@@ -283,7 +281,7 @@ def test_empty_inputs_and_a_number_for_var_as_torch(be, torch):
 def test_bad_arguments_are_refused_as_torch_and_before_any_launch(monkeypatch, torch):
     """Each refusal (but mixed dtypes) is one torch makes too (its message where we share it), before any
     kernel launch."""
-    monkeypatch.setattr(backend, "launch", lambda *a, **k: pytest.fail("launched"))
+    refuse_launches(monkeypatch)
     x = np.full((2, 3), 0.5)
     refusals = [
         ("margin_ranking_loss", (x, x[0], x), {}, ValueError, "All input tensors should have same dimension"),
@@ -385,11 +383,9 @@ def test_the_layers(be, torch):
             np.testing.assert_allclose(grad, tensors[i].grad.numpy(), rtol=1e-12, err_msg=repr(ours))
 
 
-@pytest.mark.parametrize("be", [pytest.param("cuda", marks=pytest.mark.skipif(
-    "cuda" not in backend.available_backends(),
-    reason=f"cuda backend unavailable: {backend.why_unavailable('cuda')}"))])
+@needs_cuda
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_cuda_matches_numpy(be, dtype):
+def test_cuda_matches_numpy(dtype):
     """The cuda path (the emu path's launcher code on CuPy arrays): every case and reduction, and "mean"
     losses left on the device with as_array."""
     import cupy
