@@ -82,6 +82,7 @@ from .unpool import max_unpool1d, max_unpool1d_backward, max_unpool2d, max_unpoo
 from .lp_pool import lp_pool1d, lp_pool1d_backward, lp_pool2d, lp_pool2d_backward
 from .with_indices import (adaptive_max_pool1d_with_indices, adaptive_max_pool2d_with_indices, max_pool1d_with_indices,
                            max_pool2d_with_indices)
+from .rms_norm import rms_norm, rms_norm_backward
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward", "leaky_relu",
@@ -107,5 +108,11 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "cosine_similarity_backward", "pairwise_distance", "pairwise_distance_backward", "one_hot", "max_unpool1d",
            "max_unpool1d_backward", "max_unpool2d", "max_unpool2d_backward", "lp_pool1d", "lp_pool1d_backward",
            "lp_pool2d", "lp_pool2d_backward", "max_pool1d_with_indices", "max_pool2d_with_indices",
-           "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]
-from .rms_norm import rms_norm, rms_norm_backward
+           "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "celu", "celu_", "celu_backward",
+           "elu_", "glu", "glu_backward", "hardshrink", "hardshrink_backward", "hardtanh_", "leaky_relu_",
+           "logsigmoid", "logsigmoid_backward", "relu_", "selu", "selu_", "selu_backward", "softplus",
+           "softplus_backward", "softshrink", "softshrink_backward", "softsign", "softsign_backward", "tanhshrink",
+           "tanhshrink_backward", "threshold", "threshold_", "threshold_backward", "gaussian_nll_loss",
+           "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss", "multilabel_soft_margin_loss",
+           "poisson_nll_loss", "soft_margin_loss", "triplet_margin_loss", "cosine_embedding_loss", "softmin",
+           "softmin_backward", "rms_norm", "rms_norm_backward"]

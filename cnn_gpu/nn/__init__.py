@@ -50,4 +50,9 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "PReLU", "AdaptiveMaxPool1d", "Dropout1d", "UpsamplingNearest2d", "UpsamplingBilinear2d", "BatchNorm3d",
            "InstanceNorm3d", "Dropout3d", "MaxPool3d", "AvgPool3d", "AdaptiveAvgPool3d", "AdaptiveMaxPool3d", "Fold",
            "Unfold", "LocalResponseNorm", "CosineSimilarity", "PairwiseDistance", "MaxUnpool1d", "MaxUnpool2d",
-           "LPPool1d", "LPPool2d"]
+           "LPPool1d", "LPPool2d", "ParameterDict", "ParameterList", "RMSNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+           "LazyConv1d", "LazyConv2d", "LazyConvTranspose2d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyLinear",
+           "CELU", "GLU", "SELU", "Hardshrink", "LogSigmoid", "Softmax2d", "Softmin", "Softplus", "Softshrink",
+           "Softsign", "Tanhshrink", "Threshold", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
+           "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss", "TripletMarginLoss",
+           "CosineEmbeddingLoss", "UninitializedParameter"]
