@@ -31,7 +31,7 @@ from . import backend as _backend
 from . import replay
 from .functional._checks import FLOAT_DTYPES, flag, real_number, updatable, whole_number, writeable
 from .launch_checks import check_disjoint
-from .nn.module import Parameter, array_like, to_host
+from .nn.module import Parameter, UninitializedParameter, array_like, to_host
 
 SCHEDULER_KEY = "initial_lr"   # the key every learning-rate scheduler adds to a parameter group
 # ...and all that schedulers add (cnn_gpu.lr_scheduler, PyTorch's names): OneCycleLR's bounds too
@@ -974,6 +974,9 @@ class Adagrad(_StepRule):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, maximize=maximize), backend)
         for p, state in zip(self.params, self.state):
+            if isinstance(p, UninitializedParameter):   # its empty array would be the state's shape
+                raise ValueError("Adagrad makes its state when it is built: a lazy module's parameters have no shape "
+                                 "before its first forward; call forward with a batch first, as PyTorch asks")
             on_gpu = _backend.is_cupy_array(p.data)
             with p.data.device if on_gpu else contextlib.nullcontext():   # the parameter's GPU, whichever is current
                 self._next_step("cuda" if on_gpu else "numpy", p, state)

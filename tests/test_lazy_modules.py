@@ -119,6 +119,18 @@ def test_an_optimizer_built_before_the_first_forward_trains_as_one_built_after()
     assert not (lazy.weight.data == nn.Linear(5, 3, rng=0).weight.data).all()
 
 
+def test_adagrad_which_makes_its_state_when_built_refuses_placeholders_as_pytorchs_does():
+    """Adagrad fills its "sum" when built, from the parameter's shape: a placeholder has none (its
+    empty array would make a state no step could use). PyTorch refuses it too (ValueError)."""
+    with pytest.raises(ValueError):
+        torch.optim.Adagrad(torch.nn.LazyLinear(3).parameters())
+    lazy = nn.LazyLinear(3)
+    with pytest.raises(ValueError, match="first forward"):
+        optim.Adagrad(lazy.parameters())
+    lazy(np.ones((2, 5), np.float32))
+    optim.Adagrad(lazy.parameters()).step()   # once materialised, as any parameter
+
+
 def test_load_state_dict_gives_the_placeholders_the_states_shapes():
     source = nn.BatchNorm2d(3)
     source.running_mean[...] = [1.0, 2.0, 3.0]
@@ -150,6 +162,24 @@ def test_refusals_leave_the_module_lazy():
         nn.LazyLinear()
     with pytest.raises(ValueError, match="out_features"):
         nn.LazyLinear(-1)
+
+
+def test_a_loaded_array_the_input_does_not_fit_is_refused_before_any_change_or_draw():
+    """A loaded buffer is checked as a loaded parameter is (a BatchNorm without affine has only
+    buffers), before the module changes class and before the global generator draws."""
+    norm = nn.LazyBatchNorm2d(affine=False)
+    norm.load_state_dict(nn.BatchNorm2d(3, affine=False).state_dict())
+    with pytest.raises(ValueError, match="buffer 'running_mean' was loaded with shape"):
+        norm(np.ones((2, 5, 4, 4), np.float32))
+    assert type(norm) is nn.LazyBatchNorm2d and norm.running_mean.shape == (3,)
+    linear = nn.LazyLinear(3)
+    linear.load_state_dict({"weight": np.ones((3, 4), np.float32)}, strict=False)   # the bias left to draw
+    nn.init.manual_seed(5)
+    with pytest.raises(ValueError, match="parameter 'weight' was loaded with shape"):
+        linear(np.ones((2, 6), np.float32))
+    after_refusal = nn.Linear(2, 2).weight.data
+    nn.init.manual_seed(5)
+    np.testing.assert_array_equal(after_refusal, nn.Linear(2, 2).weight.data)
 
 
 def test_a_model_of_lazy_layers_trains_as_pytorchs():

@@ -78,24 +78,29 @@ class _LazyModule:
         size = self._infer(x)
         args, kwargs = self._lazy_arguments
         open_ones = self.has_uninitialized_params()
-        # a fully loaded module draws nothing (a generator of its own: the values are discarded)
-        fresh_kwargs = {**kwargs, "dtype": self._placeholder_dtype()}
-        if not open_ones and "rng" in inspect.signature(self.cls_to_become).parameters:
-            fresh_kwargs["rng"] = 0
-        fresh = self.cls_to_become(size, *args, **fresh_kwargs)
+        dtype_kwargs = {**kwargs, "dtype": self._placeholder_dtype()}
+        draws = "rng" in inspect.signature(self.cls_to_become).parameters
+        # the shapes first, from a module of a generator of its own (its values discarded where the
+        # regular module draws), so a refusal moves no generator
+        probe = self.cls_to_become(size, *args, **(dict(dtype_kwargs, rng=0) if draws else dtype_kwargs))
+        for kind, own, made in (("parameter", self._parameters, probe._parameters),
+                                ("buffer", self._buffers, probe._buffers)):
+            for name, value in own.items():
+                current = value.data if kind == "parameter" else value
+                expected = made[name].data if kind == "parameter" else made[name]
+                if value is not None and not self._is_uninitialized(name, kind) and (
+                        tuple(current.shape) != tuple(expected.shape)):
+                    raise ValueError(f"{type(self).__name__}: {kind} {name!r} was loaded with shape "
+                                     f"{tuple(current.shape)}, but the input makes it {tuple(expected.shape)}")
+        fresh = self.cls_to_become(size, *args, **dtype_kwargs) if open_ones and draws else probe
         updates = []
         for kind, own, made in (("parameter", self._parameters, fresh._parameters),
                                 ("buffer", self._buffers, fresh._buffers)):
             for name, value in own.items():
-                if value is None:
-                    continue
-                array = made[name].data if kind == "parameter" else made[name]
-                current = value.data if kind == "parameter" else value
-                if self._is_uninitialized(name, kind):
+                if value is not None and self._is_uninitialized(name, kind):
+                    current = value.data if kind == "parameter" else value
+                    array = made[name].data if kind == "parameter" else made[name]
                     updates.append((name, kind, array_like(np.asarray(array, current.dtype), current)))
-                elif kind == "parameter" and tuple(current.shape) != tuple(array.shape):
-                    raise ValueError(f"{type(self).__name__}: parameter {name!r} was loaded with shape "
-                                     f"{tuple(current.shape)}, but the input makes it {tuple(array.shape)}")
         for name, kind, array in updates:
             self._initialized(name, kind, array)
         for name, value in fresh.__dict__.items():
