@@ -372,3 +372,27 @@ def test_benchmark_models_know_the_layers():
     assert [type(m).__name__ for m in mirror] == [type(m).__name__ for m in model]
     with torch.no_grad():
         np.testing.assert_allclose(mirror(torch.tensor(x)).numpy(), model(x), rtol=1e-12, atol=1e-15)
+
+
+@needs_emu
+def test_softmin_and_the_in_place_spellings_are_replayed_on_new_inputs():
+    """softmin's negations and the in-place spellings' copy into x are device work (backend.device_call):
+    a replay on new inputs gives what the ops give eagerly on them, where the recording's negated
+    input, or an x left unwritten, would stay."""
+    from cnn_gpu import replay
+    rng = np.random.default_rng(41)
+    x, dy, z = (rng.standard_normal((3, 5)).astype(np.float32) for _ in range(3))
+    with replay.record(x, dy, z) as step:
+        y = F.softmin(x, 1, backend="emu")
+        dx = F.softmin_backward(dy, y, 1, backend="emu")
+        F.leaky_relu_(z, 0.2, backend="emu")
+    new_x, new_dy, new_z = (rng.standard_normal((3, 5)).astype(np.float32) for _ in range(3))
+    step.replay(new_x, new_dy, new_z)
+    want_y = F.softmin(new_x, 1, backend="emu")
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, F.softmin_backward(new_dy, want_y, 1, backend="emu"))
+    np.testing.assert_array_equal(z, F.leaky_relu(new_z, 0.2, backend="emu"))
+
+
+def test_softmin_of_a_0d_array():
+    assert F.softmin(np.array(1.5, np.float32), 0) == np.float32(1)   # softmax's 0-d rule, an array in and out

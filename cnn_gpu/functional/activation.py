@@ -751,7 +751,8 @@ def _overwritten(x, op, *args, backend):
     _checks.array(x, "x")
     if isinstance(x, np.ndarray) and not x.flags.writeable:
         raise ValueError("x is read-only: an in-place op writes its result into x")
-    x[...] = op(x, *args, backend=backend)
+    result = op(x, *args, backend=backend)
+    _backend.device_call(_backend.module_of(x).copyto, x, result)   # device work: a replay copies again
     return x
 
 

@@ -95,11 +95,17 @@ def log_softmax_backward(dy, y, dim, *, backend=None):
     return _backward(dy, y, dim, True, backend)
 
 
+def _negated(a):
+    """-a as device work (a replay negates its input again) and an array even for 0-d a (NumPy's
+    negation of a 0-d array is a scalar)."""
+    return _backend.device_call(lambda: _backend.module_of(a).asarray(-a))
+
+
 @takes_float16(kernels=True)
 def softmin(x, dim, *, backend=None):
     """softmax(-x, dim), as PyTorch's: the softmax kernels on the negated input (one more pass over x)."""
     _checks.array(x, "x")
-    return _forward(-x, dim, False, backend)
+    return _forward(_negated(x), dim, False, backend)
 
 
 @takes_float16(kernels=True)
@@ -107,4 +113,4 @@ def softmin_backward(dy, y, dim, *, backend=None):
     """Gradient of softmin from dy and the forward OUTPUT y = softmin(x, dim): softmax_backward(-dy, y, dim),
     the bits of PyTorch's -softmax_backward(dy, y) (a negation is exact)."""
     _checks.array(dy, "dy")
-    return _backward(-dy, y, dim, False, backend)
+    return _backward(_negated(dy), y, dim, False, backend)
