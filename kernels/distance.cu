@@ -75,6 +75,8 @@ __device__ __forceinline__ acc_t lp_norm_gradient(acc_t v, acc_t norm, acc_t p, 
         return 0;
     if (p == (acc_t)2)
         return v / norm;
+    if (v == (acc_t)0)
+        return 0;   // PyTorch's for p < 1, where |v|^(p-1) is inf (0 * inf would be NaN)
     return sign_of(v) * ACC_POW(ACC_ABS(v), p - (acc_t)1) / ACC_POW(norm, p - (acc_t)1);
 }
 

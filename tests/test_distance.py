@@ -85,7 +85,7 @@ def test_zero_vectors_ties_and_nan_are_pytorchs(be, torch):
     tf = torch.nn.functional
     x = np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5], [2.0, np.nan, -2.0], [1e-13, -2e-13, 0.0]])
     dy = np.array([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1], [1.0, 1.0, 1.0], [0.5, 1.0, -1.0]])
-    for p in (2.0, 1.0, math.inf):
+    for p in (2.0, 1.0, math.inf, 0.5, 1.5):   # p < 1: a zero element's |v|^(p-1) masked to 0, as PyTorch's
         want, (want_dx,) = torch_grads(torch, tf.normalize, [x], dy, p, 1)
         got, got_dx = F.normalize(x, p, 1, backend=be), F.normalize_backward(dy, x, p, 1, backend=be)
         np.testing.assert_allclose(got, want, rtol=1e-14, atol=0, err_msg=str(p))

@@ -84,7 +84,8 @@ def _lp_norm_gradient(a, norm, p, axis):
     safe = np.where(norm == 0, 1, norm)
     if p == 2:
         return np.where(norm == 0, 0, a / safe)
-    return np.where(norm == 0, 0, np.sign(a) * np.abs(a) ** (p - 1) / safe ** (p - 1))
+    with np.errstate(divide="ignore", invalid="ignore"):   # |0|^(p-1) for p < 1: masked, as PyTorch's
+        return np.where((norm == 0) | (a == 0), 0, np.sign(a) * np.abs(a) ** (p - 1) / safe ** (p - 1))
 
 
 def _clamp_min(norm, eps):
