@@ -61,6 +61,8 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_TANH tanh
 #define REAL_SQRT sqrt
 #define REAL_ERFC erfc
+#define REAL_POW pow
+#define REAL_ABS fabs
 #else
 #define REAL_EXP expf
 #define REAL_EXPM1 expm1f
@@ -69,6 +71,8 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_TANH tanhf
 #define REAL_SQRT sqrtf
 #define REAL_ERFC erfcf
+#define REAL_POW powf
+#define REAL_ABS fabsf
 #endif
 
 // IEEE bit patterns (no <cmath> or <limits> under NVRTC), as acc_t; the float value converts

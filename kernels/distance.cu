@@ -20,14 +20,6 @@
 
 #include "common.cuh"
 
-#if REAL_IS_DOUBLE
-#define ACC_POW pow
-#define ACC_ABS fabs
-#else
-#define ACC_POW powf
-#define ACC_ABS fabsf
-#endif
-
 struct Row {
     long long base, stride;
     int size;
@@ -45,15 +37,15 @@ __device__ __forceinline__ acc_t lp_norm(const Row& row, acc_t p, Value v)
 {
     acc_t total = 0;
     for (int j = 0; j < row.size; ++j) {
-        const acc_t a = ACC_ABS(v(row.base + j * row.stride));
+        const acc_t a = REAL_ABS(v(row.base + j * row.stride));
         if (p == (acc_t)0)
             total = (a > total || a != a) && total == total ? a : total;   // max, NaN propagating
         else
-            total += p == (acc_t)2 ? a * a : p == (acc_t)1 ? a : ACC_POW(a, p);
+            total += p == (acc_t)2 ? a * a : p == (acc_t)1 ? a : REAL_POW(a, p);
     }
     if (p == (acc_t)0 || p == (acc_t)1)
         return total;
-    return p == (acc_t)2 ? REAL_SQRT(total) : ACC_POW(total, (acc_t)1 / p);
+    return p == (acc_t)2 ? REAL_SQRT(total) : REAL_POW(total, (acc_t)1 / p);
 }
 
 __device__ __forceinline__ acc_t sign_of(acc_t v)
@@ -66,7 +58,7 @@ __device__ __forceinline__ acc_t sign_of(acc_t v)
 __device__ __forceinline__ acc_t lp_norm_gradient(acc_t v, acc_t norm, acc_t p, acc_t ties)
 {
     if (p == (acc_t)0) {
-        const acc_t a = ACC_ABS(v);
+        const acc_t a = REAL_ABS(v);
         return a == norm || a != a ? sign_of(v) / ties : (acc_t)0;
     }
     if (p == (acc_t)1)
@@ -77,7 +69,7 @@ __device__ __forceinline__ acc_t lp_norm_gradient(acc_t v, acc_t norm, acc_t p, 
         return v / norm;
     if (v == (acc_t)0)
         return 0;   // PyTorch's for p < 1, where |v|^(p-1) is inf (0 * inf would be NaN)
-    return sign_of(v) * ACC_POW(ACC_ABS(v), p - (acc_t)1) / ACC_POW(norm, p - (acc_t)1);
+    return sign_of(v) * REAL_POW(REAL_ABS(v), p - (acc_t)1) / REAL_POW(norm, p - (acc_t)1);
 }
 
 // For the infinity norm: the count of the row's values at `norm` or NaN (else 1, unused).
@@ -88,7 +80,7 @@ __device__ __forceinline__ acc_t ties_of(const Row& row, acc_t norm, acc_t p, Va
         return 1;
     acc_t count = 0;
     for (int j = 0; j < row.size; ++j) {
-        const acc_t a = ACC_ABS(v(row.base + j * row.stride));
+        const acc_t a = REAL_ABS(v(row.base + j * row.stride));
         count += a == norm || a != a;
     }
     return count;

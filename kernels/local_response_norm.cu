@@ -22,12 +22,6 @@
 
 #include "common.cuh"
 
-#if REAL_IS_DOUBLE
-#define ACC_POW pow
-#else
-#define ACC_POW powf
-#endif
-
 // Sum of the squares of column[j * inner] for j in [first, last] clipped to [0, C), in increasing j.
 __device__ __forceinline__ acc_t sum_of_squares(const REAL* column, int first, int last, int C, int inner)
 {
@@ -57,7 +51,7 @@ local_response_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, lo
         REAL* y_plane = y + plane * inner;
         GRID_STRIDE_LOOP(p, inner) {
             const acc_t d = lrn_base(sample + p, c, C, inner, size, alpha, k);
-            y_plane[p] = to_real(to_acc(sample[c * inner + p]) / ACC_POW(d, beta));
+            y_plane[p] = to_real(to_acc(sample[c * inner + p]) / REAL_POW(d, beta));
         }
     }
 }
@@ -74,9 +68,9 @@ local_response_norm_terms(const REAL* __restrict__ dy, const REAL* __restrict__ 
         const long long first = plane * inner;
         GRID_STRIDE_LOOP(p, inner) {
             const acc_t d = lrn_base(sample + p, c, C, inner, size, alpha, k);
-            const acc_t power = ACC_POW(d, beta), g = to_acc(dy[first + p]), v = to_acc(sample[c * inner + p]);
+            const acc_t power = REAL_POW(d, beta), g = to_acc(dy[first + p]), v = to_acc(sample[c * inner + p]);
             direct[first + p] = g / power;
-            terms[first + p] = -g * v / (power * power) * (beta * ACC_POW(d, beta - (acc_t)1)) * alpha / (acc_t)size;
+            terms[first + p] = -g * v / (power * power) * (beta * REAL_POW(d, beta - (acc_t)1)) * alpha / (acc_t)size;
         }
     }
 }

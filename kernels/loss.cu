@@ -323,18 +323,12 @@ cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ 
     }
 }
 
-#if REAL_IS_DOUBLE
-#define LOSS_POW pow
-#else
-#define LOSS_POW powf
-#endif
-
 // |v|^p of one element of a p-norm's sum (p = 1 and 2 without pow)
 static __device__ __forceinline__ acc_t norm_term(acc_t v, acc_t p)
 {
     if (p == (acc_t)2) return v * v;
     if (p == (acc_t)1) return fabs(v);
-    return LOSS_POW(fabs(v), p);
+    return REAL_POW(fabs(v), p);
 }
 
 // The p-norm of its sum of terms
@@ -342,7 +336,7 @@ static __device__ __forceinline__ acc_t norm_of(acc_t sum, acc_t p)
 {
     if (p == (acc_t)2) return REAL_SQRT(sum);
     if (p == (acc_t)1) return sum;
-    return LOSS_POW(sum, (acc_t)1 / p);
+    return REAL_POW(sum, (acc_t)1 / p);
 }
 
 // d||v||_p / dv_i = sign(v_i) (|v_i| / ||v||)^(p - 1), 0 where v_i or the norm is 0 (torch's norm backward)
@@ -352,7 +346,7 @@ static __device__ __forceinline__ acc_t norm_slope(acc_t v, acc_t norm, acc_t p)
     if (p == (acc_t)2) return v / norm;
     const acc_t sign = v > (acc_t)0 ? (acc_t)1 : (acc_t)-1;
     if (p == (acc_t)1) return sign;
-    return sign * LOSS_POW(fabs(v) / norm, p - (acc_t)1);
+    return sign * REAL_POW(fabs(v) / norm, p - (acc_t)1);
 }
 
 // Triplet margin loss (PyTorch's triplet_margin_loss) of rows (rows, dim) of anchors a, positives q

@@ -315,6 +315,30 @@ def test_linear_batch_norm1d_relu_head_runs_its_relu_inside_the_batch_norm(be, m
         assert_close(grads[name].grad, parameter.grad.numpy(), np.float64, name)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("be", ["numpy", "emu"])
+def test_a_volume_network_runs_its_activation_inside_batch_norm3d(be, monkeypatch):
+    """Sequential(BatchNorm3d, SiLU) of a 3-D network: torch's values and gradients, the SiLU applied by
+    the batch norm's kernels as BatchNorm2d's is (its own forward and backward never run)."""
+    torch = pytest.importorskip("torch")
+    if reason := backend.why_unavailable(be):
+        pytest.skip(reason)
+    rng = np.random.default_rng(19)
+    ours = nn.Sequential(nn.BatchNorm3d(3, dtype=np.float64), nn.SiLU())
+    theirs = torch.nn.Sequential(torch.nn.BatchNorm3d(3), torch.nn.SiLU()).double()
+    ours[0].weight.data[...] = rng.standard_normal(3)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours.to(be)
+    monkeypatch.setattr(nn.SiLU, "forward", lambda self, x: pytest.fail("the SiLU ran apart"))
+    x, dy = rng.standard_normal((2, 3, 3, 4, 5)), rng.standard_normal((2, 3, 3, 4, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    yt.backward(torch.tensor(dy))
+    assert_close(y, yt.detach().numpy(), np.float64, "y")
+    assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, "dx")
+    assert_close(ours[0].weight.grad, theirs[0].weight.grad.numpy(), np.float64, "dweight")
+
+
 # --- fused activations --------------------------------------------------------------------------
 
 APART = {"relu": (F.relu, F.relu_backward), "relu6": (F.relu6, F.relu6_backward),

@@ -634,7 +634,8 @@ def test_channel_dropout_draws_once_a_round_and_adaptive_max_pooling_has_no_atom
     size_bits = 8 * np.dtype(dtype).itemsize
     walk = next(row for row in sass.kernel_rows("dropout", dtype, "sm_90") if row["kernel"] == "dropout2d_apply")
     assert walk["local_memory"] == 0 and walk["ldg_bits"] == [size_bits] * plane_elements(dtype), walk["ldg_bits"]
-    assert walk["instructions"] / plane_elements(dtype) <= _streaming_budget(2 * size_bits // 8), walk["instructions"]
+    per_element = walk["instructions"] / plane_elements(dtype)   # measured at most 40.75 (float64)
+    assert per_element <= min(_streaming_budget(2 * size_bits // 8), 1.1 * 40.75), walk["instructions"]
     rows = {row["kernel"]: row for row in sass.kernel_rows("adaptive_pool", dtype, "sm_90")}
     for kernel, loaded_bits in (("adaptive_max_pool_forward", {size_bits}),
                                 ("adaptive_max_pool_backward", {size_bits, 32})):
@@ -669,7 +670,10 @@ def test_prelu_kernels_keep_a_round_in_flight_and_stream_within_the_budget(dtype
         assert row["local_memory"] == 0 and row["atomic"] == 0, kernel
         assert set(row["ldg_bits"]) == {8 * size} and len(row["ldg_bits"]) == per_round * arrays_loaded + 1, (
             kernel, row["ldg_bits"])
-        assert row["instructions"] / per_round <= _streaming_budget(moved), (kernel, row["instructions"])
+        # the budget, and within 10% of the measured counts: a larger growth is a regression to look at
+        measured = {"prelu_forward": 22.75, "prelu_backward": 34.5}[kernel]
+        assert row["instructions"] / per_round <= min(_streaming_budget(moved), 1.1 * measured), (
+            kernel, row["instructions"])
         held = roofline.in_flight_per_sm(h100, report.registers, report.shared_bytes, 256,
                                          per_round * arrays_loaded * size)
         assert held >= roofline.in_flight_needed_per_sm(h100), (kernel, held, report.registers)

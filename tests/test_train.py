@@ -297,3 +297,12 @@ def test_fp16_training_overflow_is_the_scalers_business_not_a_warning(capsys):
         assert main(["train", "--device", "numpy", "--model", "resnet18", "--precision", "fp16", "--epochs", "1",
                      "--max-batches", "2"]) == 0
     assert "scale=32768" in capsys.readouterr().err   # one overflowing step seen and halved
+
+
+def test_the_cli_default_rates_of_torchs_other_rules_are_the_optimizers_own():
+    """cnn-gpu train's table (kept without importing cnn_gpu.optim at start-up) is each constructor's lr default."""
+    import inspect
+    from cnn_gpu import optim
+    from cnn_gpu.cli import train
+    for kind, name in train.TORCH_RULES.items():
+        assert train.TORCH_DEFAULT_LR[kind] == inspect.signature(getattr(optim, name)).parameters["lr"].default, kind

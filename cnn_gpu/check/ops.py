@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional.geometry import conv_geometry, conv_transpose_geometry, pool_geometry
+from ..functional.unpool import default_size
 
 @dataclass(frozen=True)
 class OpCheck:
@@ -843,8 +844,7 @@ def _lp_pool_run(a, cfg, be):
 
 
 def _unpool_out(cfg):
-    return tuple((s - 1) * st + k - 2 * p for s, k, st, p in zip(cfg["HW"], cfg["kernel"], cfg["stride"],
-                                                                   cfg["padding"]))
+    return tuple(default_size(*axis) for axis in zip(cfg["HW"], cfg["kernel"], cfg["stride"], cfg["padding"]))
 
 
 def _unpool_config(rng):

@@ -20,6 +20,7 @@ from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
 from .geometry import as_batch, batch_shape
+from .pool import _plane_strides
 
 
 def _window_bounds(outputs: int, size: int):
@@ -175,11 +176,6 @@ def _axis_max(values, positions, outputs: int):
     return best, best_position
 
 
-def _plane_steps(in_size):
-    """The flat in-plane offset of a step along each spatial axis: (W, 1) or (H*W, W, 1)."""
-    return [math.prod(in_size[axis + 1:]) for axis in range(len(in_size))]
-
-
 def _max_windows(batch, out_size):
     """(y, indices int32) of adaptive max pooling of a batch (N, C, *in_size): along the last axis,
     then each axis before it, each pass adding that axis's offset to the flat positions."""
@@ -187,7 +183,7 @@ def _max_windows(batch, out_size):
     values, positions = batch, np.zeros((1,) * batch.ndim, dtype=np.int32)
     for axis in reversed(range(len(in_size))):
         dim = 2 + axis
-        offsets = (np.arange(in_size[axis], dtype=np.int32) * _plane_steps(in_size)[axis])
+        offsets = (np.arange(in_size[axis], dtype=np.int32) * _plane_strides(in_size)[axis])
         positions = positions + offsets.reshape((-1,) + (1,) * (len(in_size) - 1 - axis))
         positions = np.broadcast_to(positions, values.shape)
         values, positions = (np.moveaxis(a, -1, dim) for a in _axis_max(
@@ -205,7 +201,7 @@ def check_max_indices(indices, x4_shape, out_size, op="adaptive_max_pool2d", giv
     in_size = tuple(x4_shape[2:])
     axes = len(in_size)
     inside = None
-    for axis, (outputs, size, step) in enumerate(zip(out_size, in_size, _plane_steps(in_size))):
+    for axis, (outputs, size, step) in enumerate(zip(out_size, in_size, _plane_strides(in_size))):
         position = indices // step
         if axis:
             position = position % size

@@ -96,7 +96,7 @@ def check_planes_input(a, name, warn=True):
     """PyTorch 2.13's rank rules of feature dropout: a rank of 2 or more (the (n, c) axes), refused
     below; where `warn` (the forward's calls), its warnings: a rank other than 3 or 4 is deprecated,
     and a 3-D input is (N, C, L), its planes dropped as dropout1d drops them, not an unbatched
-    (C, H, W) image. stacklevel 4 names the caller of F.dropout2d or nn.Dropout2d."""
+    (C, H, W) image. The warning names the caller of F.dropout2d or nn.Dropout2d."""
     _checks.array(a, name)
     if a.ndim < 2:
         raise ValueError(f"Feature dropout requires at least 2 dimensions in the input: {name} has shape "
@@ -180,7 +180,7 @@ def _channels_dropped(a, name, p, training, seed, step, backend, batched_rank):
 def check_volumes_input(a, name, warn=True):
     """PyTorch 2.13's rank rule of dropout3d: (N, C, D, H, W) or unbatched (C, D, H, W); where `warn`
     (the forward's calls), other ranks warn and are taken as unbatched (a batch axis of one added).
-    stacklevel 4 names the caller of F.dropout3d or nn.Dropout3d."""
+    The warning names the caller of F.dropout3d or nn.Dropout3d."""
     _checks.array(a, name)
     if warn and a.ndim not in (4, 5):
         _warn_of_rank(a.ndim, 3)

@@ -30,7 +30,7 @@ from .one_d import pool_sizes, single
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
-def _default_size(size: int, kernel: int, stride: int, padding: int) -> int:
+def default_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size - 1) * stride + kernel - 2 * padding
 
 
@@ -39,7 +39,7 @@ def output_plane(in_size, kernel, stride, padding, output_size) -> tuple[int, ..
     the default (in - 1) * stride + kernel - 2 * padding, or output_size (the plane's sizes, or the
     whole shape with its two leading entries) strictly within a stride of it."""
     dims = len(kernel)
-    default = tuple(_default_size(*axis) for axis in zip(in_size, kernel, stride, padding))
+    default = tuple(default_size(*axis) for axis in zip(in_size, kernel, stride, padding))
     if output_size is None:
         sizes = default
     else:

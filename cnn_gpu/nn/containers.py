@@ -12,6 +12,7 @@ import numpy as np
 from ..backend import device_call, is_cupy_array, module_of
 from .hooks import has_hooks
 from .layers import BatchNorm1d, BatchNorm2d, Hardswish, ReLU, ReLU6, SiLU
+from .layers_3d import BatchNorm3d
 from .module import Module, Parameter, trains
 
 
@@ -44,7 +45,7 @@ def fused_activation(layer, following) -> str | None:
         return None
     if type(layer) is Residual:
         return "relu" if type(following) is ReLU else None
-    if type(layer) not in (BatchNorm1d, BatchNorm2d):
+    if type(layer) not in (BatchNorm1d, BatchNorm2d, BatchNorm3d):
         return None
     if type(following) is ReLU6 and (following.min_val, following.max_val) != (0.0, 6.0):
         return None
@@ -77,7 +78,7 @@ def _backward(module, dy, input_grad: bool):
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Indexable like a list; the
     children are named "0", "1", ... as in PyTorch. A ReLU, ReLU6, Hardswish or SiLU right after a
-    BatchNorm1d or BatchNorm2d, and a ReLU right after a Residual, runs inside it (fused_activation),
+    BatchNorm1d, 2d or 3d, and a ReLU right after a Residual, runs inside it (fused_activation),
     and a Residual's input gradient reaches the residual ReLU before it unsummed
     (hands_on_gradient_sum): the same values, fewer passes."""
 
