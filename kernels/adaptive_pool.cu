@@ -4,7 +4,7 @@
 //
 // Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
 // blocks, the grid's x threads walk one (n, c) plane's pixels (consecutive threads on consecutive
-// w: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, common.cuh).
+// w: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, plane_walk.cuh).
 // One source for both ranks: x (N, C, D, H, W) -> y (N, C, T, P, Q); the 2-D kernels run the 3-D
 // bodies with D = T = 1 and VOLUME false, so the depth decode and loop fold away at compile time.
 // In-plane indices are flat: (d*H + h)*W + w.
@@ -22,7 +22,7 @@
 // offsets are 64-bit. Sums and divisions are acc_t: float16
 // adds in FP32 and rounds each output once.
 
-#include "common.cuh"
+#include "plane_walk.cuh"
 #include "position3.cuh"
 
 // The type of the window bounds' products o*size and i*outputs: long long in the 2-D kernels, int

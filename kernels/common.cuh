@@ -57,22 +57,16 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define REAL_EXP exp
 #define REAL_EXPM1 expm1
 #define REAL_LOG log
-#define REAL_LOG1P log1p
 #define REAL_TANH tanh
 #define REAL_SQRT sqrt
 #define REAL_ERFC erfc
-#define REAL_POW pow
-#define REAL_ABS fabs
 #else
 #define REAL_EXP expf
 #define REAL_EXPM1 expm1f
 #define REAL_LOG logf
-#define REAL_LOG1P log1pf
 #define REAL_TANH tanhf
 #define REAL_SQRT sqrtf
 #define REAL_ERFC erfcf
-#define REAL_POW powf
-#define REAL_ABS fabsf
 #endif
 
 // IEEE bit patterns (no <cmath> or <limits> under NVRTC), as acc_t; the float value converts
@@ -91,31 +85,6 @@ static __device__ __forceinline__ REAL to_real(acc_t x) { return x; }
 #define GRID_STRIDE_LOOP(i, n)                                                          \
     for (long long i = (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x; i < (n); \
          i += (long long)gridDim.x * BLOCK_THREADS)
-
-// fn(plane, pixel) for every pixel of `planes` planes of `pixels` each (NCHW's (n, c) planes):
-// blockIdx.y strides over the planes and the grid's x threads over one plane's pixels (in-plane
-// indices are int; the launchers refuse planes of 2^31 pixels or more). Planes of at most half a
-// block go BLOCK_THREADS / pixels to a block (thread t: plane t / pixels of the block's group, its
-// pixel t % pixels, divided once), so a block's threads stay busy: one plane a block left 255 of
-// 256 threads idle in a global average pool's forward (1x1 outputs) and 240 in its backward (4x4
-// inputs). Any grid covers every pixel; cnn_gpu.gpu._grid.plane_pixel_grid sizes it.
-template <class PixelFn>
-static __device__ __forceinline__ void for_each_plane_pixel(long long planes, int pixels, PixelFn fn)
-{
-    if (2 * pixels > BLOCK_THREADS) {
-        for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y)
-            GRID_STRIDE_LOOP(flat, pixels)
-                fn(plane, (int)flat);
-        return;
-    }
-    const int per_block = BLOCK_THREADS / pixels, sub = (int)threadIdx.x / pixels;
-    if (sub >= per_block)
-        return;   // the threads past the block's whole planes
-    const int pixel = (int)threadIdx.x - sub * pixels;
-    for (long long plane = (long long)blockIdx.y * per_block + sub; plane < planes;
-         plane += (long long)gridDim.y * per_block)
-        fn(plane, pixel);
-}
 
 // store(i, load(i)) for every i in [0, n), ELEMENTS_PER_THREAD elements a thread per round of the
 // grid (launched with blocks_for(ceil(n / ELEMENTS_PER_THREAD)) blocks: gpu._grid.elementwise_blocks):

@@ -18,7 +18,7 @@
 // vectors: these ops are not on a CNN's hot path). acc_t math: float16 rounds each output once.
 // Offsets are 64-bit.
 
-#include "common.cuh"
+#include "map_math.cuh"
 
 struct Row {
     long long base, stride;

@@ -9,7 +9,7 @@
 // Not a GEMM: one thread per element written, no reduction across threads.
 //  * unfold: the grid's x threads walk one row (n, c, tap) of cols (its L blocks, consecutive
 //    threads consecutive blocks: coalesced stores), blockIdx.y strides over the N*C*KH*KW rows, as
-//    for_each_plane_pixel (common.cuh) does but with the row's tap and image plane decoded once
+//    for_each_plane_pixel (plane_walk.cuh) does but with the row's tap and image plane decoded once
 //    before its walk and each block's (bh, bw) stepped, not divided. Each element is a copy of its
 //    pixel or 0 (no arithmetic: bit exact).
 //  * fold: a GATHER, no atomics: the thread of image pixel (h, w) of plane (n, c) sums the column

@@ -20,7 +20,7 @@
 // deterministic, no atomics. In-sample offsets are int (the host refuses samples of 2^31 elements
 // or more); sample offsets are 64-bit.
 
-#include "common.cuh"
+#include "map_math.cuh"
 
 // Sum of the squares of column[j * inner] for j in [first, last] clipped to [0, C), in increasing j.
 __device__ __forceinline__ acc_t sum_of_squares(const REAL* column, int first, int last, int C, int inner)

@@ -1,9 +1,20 @@
 // The exponential and division of the element-wise maps and losses (elementwise.cu, activations.cuh,
-// loss.cu). Not in common.cuh, which every kernel includes: with them there, the float32 SIMT
-// convolution tiles' SASS moved (conv2d_fprop_tall's sm_90 hot loop one instruction longer, README's
-// SASS table), though nothing of them is used there.
+// loss.cu), log1p, and the power and magnitude of the p-norms (loss.cu, distance.cu, local_response_norm.cu).
+// Not in common.cuh, which every kernel includes: with them there, the float32 SIMT convolution
+// tiles' SASS moved (conv2d_fprop_tall's sm_90 hot loop one instruction longer, README's SASS
+// table), though nothing of them is used there.
 
 #include "common.cuh"
+
+#if REAL_IS_DOUBLE
+#define REAL_POW pow
+#define REAL_ABS fabs
+#define REAL_LOG1P log1p
+#else
+#define REAL_POW powf
+#define REAL_ABS fabsf
+#define REAL_LOG1P log1pf
+#endif
 
 // The float16 builds take the fast FP32 forms (one MUFU instruction and a multiply each, where expf's
 // range reduction and a division's Newton steps and slow path issue ~10 and ~8; the maps issued more

@@ -14,7 +14,7 @@
 //
 // Not a GEMM: every output (or input) element is independent; one thread per element, 256-thread
 // blocks, the grid's x threads walk one plane's elements (consecutive threads on consecutive
-// columns: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, common.cuh).
+// columns: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, plane_walk.cuh).
 //  * pad_forward: the thread of output (o, p, q) copies its source element (or the fill value).
 //  * pad_backward: a GATHER, no atomics. The outputs that read input h along an axis are at most
 //    three ranges of d, in increasing order: the mirror or wrap on the left (reflect: i = -h for
@@ -26,7 +26,7 @@
 // In-plane indices are int (the host refuses planes of 2^31 elements or more); plane offsets are
 // 64-bit. Sums are acc_t: float16 adds in FP32 and rounds each output once.
 
-#include "common.cuh"
+#include "plane_walk.cuh"
 
 // cnn_gpu/gpu/pad.py: MODES
 #define PAD_CONSTANT 0

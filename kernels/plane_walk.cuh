@@ -1,7 +1,35 @@
-// The element-wise walk of the (n, c) planes of an (N, C, HW) array with constants per plane
-// (batch_norm.cu's element passes, prelu.cu; launch grid: cnn_gpu.gpu._grid.plane_walk_grid).
+// The walks of an (N, C, ...) array's (n, c) planes: for_each_plane_pixel, a pixel a thread (the
+// pooling, padding, interpolation and unpooling gathers; grid: cnn_gpu.gpu._grid.plane_pixel_grid),
+// and for_each_plane_element, element-wise with constants per plane (batch_norm.cu's element passes,
+// prelu.cu, channel dropout; grid: plane_walk_grid). Not in common.cuh, which every kernel includes:
+// there, they moved the float32 SIMT convolution tiles' SASS (README's table), unused as they are.
 #pragma once
 #include "common.cuh"
+
+// fn(plane, pixel) for every pixel of `planes` planes of `pixels` each (NCHW's (n, c) planes):
+// blockIdx.y strides over the planes and the grid's x threads over one plane's pixels (in-plane
+// indices are int; the launchers refuse planes of 2^31 pixels or more). Planes of at most half a
+// block go BLOCK_THREADS / pixels to a block (thread t: plane t / pixels of the block's group, its
+// pixel t % pixels, divided once), so a block's threads stay busy: one plane a block left 255 of
+// 256 threads idle in a global average pool's forward (1x1 outputs) and 240 in its backward (4x4
+// inputs). Any grid covers every pixel; cnn_gpu.gpu._grid.plane_pixel_grid sizes it.
+template <class PixelFn>
+static __device__ __forceinline__ void for_each_plane_pixel(long long planes, int pixels, PixelFn fn)
+{
+    if (2 * pixels > BLOCK_THREADS) {
+        for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y)
+            GRID_STRIDE_LOOP(flat, pixels)
+                fn(plane, (int)flat);
+        return;
+    }
+    const int per_block = BLOCK_THREADS / pixels, sub = (int)threadIdx.x / pixels;
+    if (sub >= per_block)
+        return;   // the threads past the block's whole planes
+    const int pixel = (int)threadIdx.x - sub * pixels;
+    for (long long plane = (long long)blockIdx.y * per_block + sub; plane < planes;
+         plane += (long long)gridDim.y * per_block)
+        fn(plane, pixel);
+}
 
 // for_each_plane_element: store(offset, constants(plane), load(offset)) for every element,
 // PLANE_ELEMENTS a thread per round with every load of a round before any use (as for_each_element,

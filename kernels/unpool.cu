@@ -4,7 +4,7 @@
 // every index to lie in [-1, out_plane) before any launch.
 //
 // Not a GEMM: maps over the (n, c) planes, one thread a pixel: blockIdx.y strides over the planes and
-// the grid's x threads walk a plane (for_each_plane_pixel, common.cuh: coalesced).
+// the grid's x threads walk a plane (for_each_plane_pixel, plane_walk.cuh: coalesced).
 //  * max_unpool_clear: owner = -1 (a kernel, not a host fill: cnn_gpu.replay replays launches only).
 //  * max_unpool_claim: where several inputs name one output position, the last in scan order wins
 //    (what PyTorch's serial CPU loop writes; its threaded loop and CUDA kernel let any of them win).
@@ -17,7 +17,7 @@
 // In-plane indices are int (the host refuses planes of 2^31 pixels or more); plane offsets are 64-bit.
 // Values are copied: float16 moves FP16 bits unchanged.
 
-#include "common.cuh"
+#include "plane_walk.cuh"
 
 // grid: (blocks over an output plane's pixels, min(planes, 65535)); owner: planes x out_plane ints
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)

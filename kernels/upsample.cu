@@ -16,7 +16,7 @@
 //
 // Not a GEMM: every output (or input) pixel is independent; one thread per pixel, 256-thread
 // blocks, the grid's x threads walk one (n, c) plane's pixels (consecutive threads on consecutive
-// w: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, common.cuh).
+// w: coalesced) and blockIdx.y strides over the planes (for_each_plane_pixel, plane_walk.cuh).
 //  * *_forward: the thread of output (p, q) reads its one (nearest), four (bilinear) or sixteen
 //    (bicubic) taps.
 //  * *_backward: a GATHER, no atomics. src(d), i0(d) and i(d) never decrease with d, so the
@@ -31,7 +31,7 @@
 // In-plane indices are int (the host refuses planes of 2^31 pixels or more); plane offsets are
 // 64-bit. Sums are acc_t: float16 adds in FP32 and rounds each output once.
 
-#include "common.cuh"
+#include "plane_walk.cuh"
 
 // The first output d in [0, out] at which `reaches(d)` holds (out when none does): the index
 // functions never decrease with d, so once it holds it holds for every later d.

@@ -15,7 +15,7 @@ PLANE_LIMIT = 2**31     # in-plane positions are 32-bit ints in the kernels
 
 def check_planes(kernels: str, **pixels) -> None:
     """ValueError naming the plane (`pixels`: name -> pixel count) of 2^31 pixels or more, which
-    `kernels` (for_each_plane_pixel, kernels/common.cuh) could not index with 32-bit ints."""
+    `kernels` (for_each_plane_pixel, kernels/plane_walk.cuh) could not index with 32-bit ints."""
     for name, count in pixels.items():
         if count >= PLANE_LIMIT:
             raise ValueError(f"{kernels} kernels index a plane with 32-bit ints: the {name} plane has {count} pixels "
@@ -47,7 +47,7 @@ def elementwise_blocks(count: int) -> int:
 
 
 def plane_pixel_grid(planes, pixels):
-    """for_each_plane_pixel's grid (kernels/common.cuh) over `planes` planes of `pixels` each: x over
+    """for_each_plane_pixel's grid (kernels/plane_walk.cuh) over `planes` planes of `pixels` each: x over
     a plane's pixels, y over the planes, or over groups of THREADS // pixels planes where a plane
     is at most half a block."""
     if not pixels:
