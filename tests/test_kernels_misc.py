@@ -1033,7 +1033,7 @@ def test_rule_kernels_over_several_slots_pass_the_race_check_bit_for_bit(dtype):
         expected = launch(kind, schedule="forward")
         for i, (got, want) in enumerate(zip(launch(kind, race=True, schedule="random", seed=5), expected)):
             assert_same_bits(got, want, f"{kind} array {i}")
-        assert not all(np.array_equal(a, b) for a, b in zip(expected, params + states))   # it did update
+        assert not any(np.array_equal(a, b) for a, b in zip(expected[:3], params)), kind   # every parameter updated
 
 
 def run_every_other_kernel(dtype):
