@@ -786,3 +786,19 @@ def test_volume_pools_gather_without_atomics_or_local_memory(dtype):
             loaded = {size_bits, 32} if "max" in kernel and "backward" in kernel else {size_bits}
             assert row["local_memory"] == 0 and row["atomic"] == 0, kernel
             assert set(row["ldg_bits"]) <= loaded and size_bits in row["ldg_bits"], (kernel, row["ldg_bits"])
+
+
+@_needs_tools("sm_90")
+def test_readmes_sass_table_is_the_live_sass(capsys):
+    """README's SASS table (`make sass-table`: the convolutions' hot loops on sm_90) is what NVRTC and
+    nvdisasm give now: deterministic, and moved by edits one would not expect to touch it (three
+    float32 SIMT rows moved by a register or an instruction when common.cuh lost a helper they do not
+    use), so a stale row fails here rather than misleading a reader."""
+    from pathlib import Path
+    status = cli_main(["kernels", "--sass", "--arch", "sm_90", "--family",
+                       "conv2d_fprop,conv2d_dgrad,conv2d_wgrad,conv2d_tc", "--markdown"])
+    out, _ = capsys.readouterr()
+    rows = [line.strip() for line in out.splitlines() if line.startswith("| conv2d")]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert status == 0 and len(rows) == 58
+    assert [row for row in rows if row not in readme] == []
