@@ -191,7 +191,10 @@ adaptive_avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, ADAP
     adaptive_avg_pool_forward_of<false>(x, y, ADAPTIVE_AS_3D);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+// float64 3 blocks an SM: with plane_walk.cuh's small-plane walk beside the large-plane one, NVRTC
+// 13.5 spilled 16 bytes at 64 registers on sm_90 (the 2-D window bounds are 64-bit products)
+#define AVG_BACKWARD_MIN_BLOCKS (REAL_IS_DOUBLE ? 3 : MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, AVG_BACKWARD_MIN_BLOCKS)
 adaptive_avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx, ADAPTIVE_PARAMS)
 {
     adaptive_avg_pool_backward_of<false>(dy, dx, ADAPTIVE_AS_3D);
