@@ -53,24 +53,30 @@ __device__ __forceinline__ acc_t sign_of(acc_t v)
     return v > (acc_t)0 ? (acc_t)1 : v < (acc_t)0 ? (acc_t)-1 : v;   // sgn, NaN stays NaN
 }
 
-// d norm / d v for a value v of a row whose p-norm is `norm` (`ties`: for the infinity norm, the
-// count of the row's elements at the maximum or NaN).
-__device__ __forceinline__ acc_t lp_norm_gradient(acc_t v, acc_t norm, acc_t p, acc_t ties)
-{
-    if (p == (acc_t)0) {
-        const acc_t a = REAL_ABS(v);
-        return a == norm || a != a ? sign_of(v) / ties : (acc_t)0;
+// d norm / d v for the values v of a row whose p-norm is `norm` (`ties`: for the infinity norm, the
+// count of the row's elements at the maximum or NaN): the row's norm^(p-1) taken once, where it was
+// taken again for every element.
+struct LpNormGradient {
+    acc_t norm, p, ties, norm_power;
+    __device__ LpNormGradient(acc_t norm, acc_t p, acc_t ties)
+        : norm(norm), p(p), ties(ties), norm_power(REAL_POW(norm, p - (acc_t)1)) {}
+    __device__ acc_t operator()(acc_t v) const
+    {
+        if (p == (acc_t)0) {
+            const acc_t a = REAL_ABS(v);
+            return a == norm || a != a ? sign_of(v) / ties : (acc_t)0;
+        }
+        if (p == (acc_t)1)
+            return sign_of(v);
+        if (norm == (acc_t)0)
+            return 0;
+        if (p == (acc_t)2)
+            return v / norm;
+        if (v == (acc_t)0)
+            return 0;   // PyTorch's for p < 1, where |v|^(p-1) is inf (0 * inf would be NaN)
+        return sign_of(v) * REAL_POW(REAL_ABS(v), p - (acc_t)1) / norm_power;
     }
-    if (p == (acc_t)1)
-        return sign_of(v);
-    if (norm == (acc_t)0)
-        return 0;
-    if (p == (acc_t)2)
-        return v / norm;
-    if (v == (acc_t)0)
-        return 0;   // PyTorch's for p < 1, where |v|^(p-1) is inf (0 * inf would be NaN)
-    return sign_of(v) * REAL_POW(REAL_ABS(v), p - (acc_t)1) / REAL_POW(norm, p - (acc_t)1);
-}
+};
 
 // For the infinity norm: the count of the row's values at `norm` or NaN (else 1, unused).
 template <class Value>
@@ -122,10 +128,11 @@ normalize_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL
         }
         // the gradient reaching the norm: through the clamp where norm >= eps
         const acc_t to_norm = norm >= eps ? -dot / (denominator * denominator) : (acc_t)0;
+        const LpNormGradient norm_gradient(norm, p, ties);
         for (int j = 0; j < size; ++j) {
             const long long at = row.base + j * row.stride;
             const acc_t v = to_acc(x[at]);
-            dx[at] = to_real(to_acc(dy[at]) / denominator + to_norm * lp_norm_gradient(v, norm, p, ties));
+            dx[at] = to_real(to_acc(dy[at]) / denominator + to_norm * norm_gradient(v));
         }
     }
 }
@@ -165,11 +172,12 @@ cosine_similarity_backward(const REAL* __restrict__ dout, const REAL* __restrict
         }
         // u = x1 / d1, v = x2 / d2: dL/du = g v, dL/dd1 = -g sum(v x1) / d1^2 = -g dot / d1 (likewise d2)
         const acc_t to_n1 = -g * dot / d1, to_n2 = -g * dot / d2;
+        const LpNormGradient n1_gradient(n1, (acc_t)2, (acc_t)1), n2_gradient(n2, (acc_t)2, (acc_t)1);
         for (int j = 0; j < size; ++j) {
             const long long at = row.base + j * row.stride;
             const acc_t a = to_acc(x1[at]), b = to_acc(x2[at]);
-            dx1[at] = to_real(g * (b / d2) / d1 + to_n1 * lp_norm_gradient(a, n1, (acc_t)2, (acc_t)1));
-            dx2[at] = to_real(g * (a / d1) / d2 + to_n2 * lp_norm_gradient(b, n2, (acc_t)2, (acc_t)1));
+            dx1[at] = to_real(g * (b / d2) / d1 + to_n1 * n1_gradient(a));
+            dx2[at] = to_real(g * (a / d1) / d2 + to_n2 * n2_gradient(b));
         }
     }
 }
@@ -195,9 +203,10 @@ pairwise_distance_backward(const REAL* __restrict__ dout, const REAL* __restrict
         const auto difference = [&](long long at) { return to_acc(x1[at]) - to_acc(x2[at]) + eps; };
         const acc_t norm = lp_norm(row, p, difference), ties = ties_of(row, norm, p, difference);
         const acc_t g = to_acc(dout[r]);
+        const LpNormGradient norm_gradient(norm, p, ties);
         for (int j = 0; j < size; ++j) {
             const long long at = row.base + j;
-            const acc_t gradient = g * lp_norm_gradient(difference(at), norm, p, ties);
+            const acc_t gradient = g * norm_gradient(difference(at));
             dx1[at] = to_real(gradient);
             dx2[at] = to_real(-gradient);
         }
