@@ -98,20 +98,47 @@ def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_varian
     return dweight, dbias, sums
 
 
+def _backward_dx(be, dy, x, mean, scale_source, weight, bias, sums, count, eps, from_variance, training, activation):
+    """dx of a non-empty x, the arguments as the kernels take them; `sums` over `count` elements a channel."""
+    n, channels, inner = _view(x)
+    dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    grid = plane_walk_grid(n * channels, inner, x.dtype)
+    backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
+                   (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
+                    np.int64(inner), np.int64(count), *acc(x.dtype, eps),
+                    *i32(from_variance, training, ACTIVATION_CODES[activation])))
+    return dx
+
+
 def backward(be, dy, x, mean, scale_source, weight, bias, eps, from_variance, training, activation):
     """(dx, dweight, dbias); dweight and dbias are the channel sums of g * xhat and g."""
     xp = backend.array_module(be)
     n, channels, inner = _view(x)
     weight, bias = _affine(xp, weight, bias, channels, x.dtype)
     mean, scale_source = _statistics(mean, scale_source, x.dtype)
-    dx = xp.empty(x.shape, dtype=x.dtype)
     if x.size == 0:   # eval mode's empty batch: sums over no element
-        return dx, xp.zeros(channels, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype)
+        return xp.empty(x.shape, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype), xp.zeros(channels, dtype=x.dtype)
     dweight, dbias, sums = _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_variance,
                                           activation)
-    grid = plane_walk_grid(n * channels, inner, x.dtype)
-    backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
-                   (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
-                    np.int64(inner), np.int64(n * inner), *acc(x.dtype, eps),
-                    *i32(from_variance, training, ACTIVATION_CODES[activation])))
+    dx = _backward_dx(be, dy, x, mean, scale_source, weight, bias, sums, n * inner, eps, from_variance, training,
+                      activation)
     return dx, dweight, dbias
+
+
+# SyncBatchNorm's backward: the sums of its rank's share of the batch, added over the ranks, then dx
+# from them. Statistics and weights as `backward` takes them.
+
+def backward_sums(be, dy, x, mean, invstd, weight, bias):
+    """(dweight, dbias, sums) of a non-empty x in training mode: the channel sums of g * xhat and g
+    in x's dtype, and both in the compute type for backward_dx (sums: g's, then g * xhat's)."""
+    weight, bias = _affine(backend.array_module(be), weight, bias, x.shape[1], x.dtype)
+    mean, invstd = _statistics(mean, invstd, x.dtype)
+    return _backward_sums(be, dy, x, mean, invstd, weight, bias, 0.0, False, None)
+
+
+def backward_dx(be, dy, x, mean, invstd, weight, bias, sums, count):
+    """Training mode's dx of a non-empty x from channel sums over `count` elements a channel (the
+    whole batch's, of which x is a rank's share)."""
+    weight, bias = _affine(backend.array_module(be), weight, bias, x.shape[1], x.dtype)
+    mean, invstd = _statistics(mean, invstd, x.dtype)
+    return _backward_dx(be, dy, x, mean, invstd, weight, bias, sums, count, 0.0, False, True, None)

@@ -539,13 +539,7 @@ class _BatchNorm(Module):
         it where an nn.ReLU, nn.ReLU6, nn.Hardswish or nn.SiLU follows this layer."""
         if x.ndim not in self._input_ranks:
             raise ValueError(f"{type(self).__name__} expects {self._expected_input}, got shape {tuple(x.shape)}")
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            if self.momentum is None:   # cumulative moving average
-                replay.refuse(f"{type(self).__name__}(momentum=None) in training (its averaging factor changes "
-                              f"every step)")
-                factor = 1.0 / (int(self.num_batches_tracked) + 1)
-            replay.live(self._count_batch)
+        factor = self._blend_factor()
         use_running = not self.training or self.track_running_stats
         running = (self.running_mean, self.running_var) if use_running else (None, None)
         weight, bias = (None, None) if not self.affine else (self.weight.data, self.bias.data)
@@ -554,6 +548,18 @@ class _BatchNorm(Module):
                                        return_stats=True, backend=self.backend)
         self._saved = (x, mean, invstd, training, activation)
         return y
+
+    def _blend_factor(self) -> float:
+        """The factor this call blends the batch statistics into the running ones with (momentum, or
+        for momentum=None a cumulative average's), counting the batch where they are tracked."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            if self.momentum is None:   # cumulative moving average
+                replay.refuse(f"{type(self).__name__}(momentum=None) in training (its averaging factor changes "
+                              f"every step)")
+                factor = 1.0 / (int(self.num_batches_tracked) + 1)
+            replay.live(self._count_batch)
+        return factor
 
     def _count_batch(self) -> None:
         self.num_batches_tracked = np.array(int(self.num_batches_tracked) + 1, np.int64)
