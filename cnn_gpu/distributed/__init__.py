@@ -22,10 +22,11 @@ bit-identical results, and a rerun with the same world size (and NCCL setup) rep
 """
 from ._world import (CollectiveTimeout, ReplicaMismatch, World, barrier, check_replicas, find_mpiexec, init,
                      local_rank, rank, world, world_size)
-from ._reduce import BUCKET_BYTES, allreduce_gradients, allreduce_sum, broadcast_buffers, broadcast_parameters
+from ._reduce import (BUCKET_BYTES, allgather, allreduce_gradients, allreduce_sum, broadcast_buffers,
+                      broadcast_parameters)
 from ._shard import shard_batches
 
 __all__ = ["init", "rank", "world_size", "local_rank", "barrier", "world", "World", "broadcast_parameters",
            "broadcast_buffers",
-           "allreduce_gradients", "allreduce_sum", "check_replicas", "shard_batches", "BUCKET_BYTES",
+           "allreduce_gradients", "allreduce_sum", "allgather", "check_replicas", "shard_batches", "BUCKET_BYTES",
            "CollectiveTimeout", "ReplicaMismatch", "find_mpiexec"]

@@ -59,15 +59,7 @@ def sum_in_place(flat, w) -> None:
     the same bits. The scratch arrays go back to CuPy's pool for this stream, so no later
     allocation can reuse them before the NCCL calls queued before it have finished. Returns once
     the reduction has completed (see wait_for_collective for what a dead peer makes of it)."""
-    import cupy
-    reason = why_unavailable()
-    if reason:
-        raise RuntimeError(f"rank {w.rank}: the gradient all-reduce of CuPy arrays needs NCCL: {reason}")
-    from cupy.cuda import nccl
-    code = _nccl_dtype(nccl, flat.dtype)
-    with flat.device:
-        comm = communicator(w, flat.device.id)
-        stream = cupy.cuda.get_current_stream().ptr
+    def reduce(cupy, nccl, comm, code, stream):
         chunk = -(-flat.size // w.size)
         padded = cupy.zeros(chunk * w.size, dtype=flat.dtype)
         padded[:flat.size] = flat
@@ -75,10 +67,38 @@ def sum_in_place(flat, w) -> None:
         comm.reduceScatter(padded.data.ptr, mine.data.ptr, chunk, code, nccl.NCCL_SUM, stream)
         comm.allGather(mine.data.ptr, padded.data.ptr, chunk, code, stream)
         flat[...] = padded[:flat.size]
+
+    _collective(flat, w, reduce, "the gradient all-reduce")
+
+
+def gather(flat, w):
+    """Every rank's flat (a contiguous 1-D CuPy array of the same size on every rank), in rank
+    order: a (ranks, size) array, returned once the all-gather has completed."""
+    import cupy
+    gathered = cupy.empty((w.size, flat.size), dtype=flat.dtype)
+
+    def queue(cupy, nccl, comm, code, stream):
+        comm.allGather(flat.data.ptr, gathered.data.ptr, flat.size, code, stream)
+
+    _collective(flat, w, queue, "the all-gather")
+    return gathered
+
+
+def _collective(flat, w, queue, what: str) -> None:
+    """queue(cupy, nccl, communicator, NCCL dtype code, stream) queues NCCL calls on flat's device;
+    returns once they have completed."""
+    import cupy
+    reason = why_unavailable()
+    if reason:
+        raise RuntimeError(f"rank {w.rank}: {what} of CuPy arrays needs NCCL: {reason}")
+    from cupy.cuda import nccl
+    code = _nccl_dtype(nccl, flat.dtype)
+    with flat.device:
+        comm = communicator(w, flat.device.id)
+        queue(cupy, nccl, comm, code, cupy.cuda.get_current_stream().ptr)
         finished = cupy.cuda.Event(disable_timing=True)
         finished.record()
-        wait_for_collective(finished, comm, w, "the gradient all-reduce (NCCL)",
-                            nccl.get_version() >= ASYNC_ERRORS_SINCE)
+        wait_for_collective(finished, comm, w, f"{what} (NCCL)", nccl.get_version() >= ASYNC_ERRORS_SINCE)
 
 
 def wait_for_collective(event, comm, w, what: str, async_errors: bool) -> None:

@@ -94,6 +94,26 @@ def allreduce_sum(arrays) -> list:
     return out
 
 
+def allgather(array):
+    """Every rank's `array` (NumPy or CuPy, of the same shape and dtype on every rank) stacked in
+    rank order: a new (ranks, *shape) array, the same bits on every rank (in a single-process
+    world, array[None], a view). ReplicaMismatch, before any data moves, where the ranks' arrays
+    differ."""
+    w = world()
+    if w.size == 1:
+        return array[None]
+    _refuse_in_recording()
+    _check_layouts([array], w)
+    flat = array.reshape(-1)
+    if backend.is_cupy_array(array):
+        from . import _nccl
+        gathered = _nccl.gather(flat if flat.flags.c_contiguous else flat.copy(), w)
+    else:
+        gathered = np.empty((w.size, flat.size), dtype=flat.dtype)
+        w.wait(w.comm.Iallgather(np.ascontiguousarray(flat), gathered), "the all-gather")
+    return gathered.reshape((w.size, *array.shape))
+
+
 def allreduce_gradients(model, count=None):
     """Replace every trained parameter's `.grad` by its mean over the ranks (a parameter without a
     gradient counts as zeros; a frozen one, requires_grad False, is left alone). With `count`
