@@ -34,6 +34,7 @@ from .prelu import PReLU
 from .fold import Fold, Unfold
 from .local_response_norm import LocalResponseNorm
 from .distance import CosineSimilarity, PairwiseDistance
+from .sync_batch_norm import SyncBatchNorm
 from .rearrange import ChannelShuffle, PixelShuffle, PixelUnshuffle, Unflatten
 from .unpool import MaxUnpool1d, MaxUnpool2d
 
@@ -55,4 +56,4 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "CELU", "GLU", "SELU", "Hardshrink", "LogSigmoid", "Softmax2d", "Softmin", "Softplus", "Softshrink",
            "Softsign", "Tanhshrink", "Threshold", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss", "TripletMarginLoss",
-           "CosineEmbeddingLoss", "UninitializedParameter"]
+           "CosineEmbeddingLoss", "UninitializedParameter", "SyncBatchNorm"]

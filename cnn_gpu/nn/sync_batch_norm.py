@@ -1,0 +1,195 @@
+"""SyncBatchNorm: batch normalisation with the statistics of the whole batch that the ranks of a
+data-parallel job (cnn_gpu.distributed) share, as torch.nn.SyncBatchNorm.
+
+In training, with more than one process, each rank reduces its own share of the batch to every
+channel's (count, mean, M2) (batch_norm's statistics: Welford in the kernels, two passes in NumPy),
+the ranks all-gather them (MPI for host arrays, NCCL for CuPy ones: cnn_gpu.distributed.allgather)
+and every rank merges them by Chan et al.'s formula in rank order, in float64, so all ranks
+normalise with the same bits and no E[x^2] - E[x]^2 cancels. The running statistics take the
+global mean and unbiased variance. The backward all-reduces the channel sums of dy and dy * xhat
+(cnn_gpu.distributed.allreduce_sum, in rank order) and takes dx from them; the weight's and bias's
+gradients stay this rank's own (PyTorch's: DistributedDataParallel, here allreduce_gradients,
+reduces them with the other parameters). In eval mode, or in a single-process world, it is
+BatchNorm (any input rank from 2).
+
+torch.nn.SyncBatchNorm refuses CPU tensors; here the numpy and emu backends synchronise over MPI as
+the cuda one does over NCCL. A rank may hold an empty share, or one value per channel: only the
+whole batch needs more than one.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from .. import backend as _backend
+from .. import distributed
+from ..functional import _checks
+from ..functional._normalization import check_backward_arguments
+from ..functional.batch_norm import _channel_shape, _check_common, _numpy_forward, _numpy_stats, _reduce_axes
+from ..gpu import batch_norm as gpu_bn
+from .layers import _BatchNorm
+from .module import to_host
+
+# What a synchronised forward keeps for its backward: the statistics and count of the whole batch.
+_Synced = namedtuple("_Synced", "x mean invstd count")
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalisation over (N, C, *) inputs with the batch statistics of every rank's share
+    (see the module's docstring); PyTorch's arguments, state and convert_sync_batchnorm.
+    process_group: None, the world (cnn_gpu.distributed has no other group)."""
+
+    _input_ranks = range(2, 65)   # any rank NumPy holds, from 2
+    _expected_input = "an input of at least 2 dimensions (N, C, ...)"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, dtype=np.float32):
+        if process_group is not None:
+            raise ValueError(f"process_group must be None (the world of cnn_gpu.distributed, its only group), "
+                             f"got {process_group!r}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+        self.process_group = None
+
+    def forward(self, x):
+        if not self.training or distributed.world_size() == 1:   # BatchNorm's statistics are the batch's
+            return super().forward(x)
+        if x.ndim not in self._input_ranks:
+            raise ValueError(f"{type(self).__name__} expects {self._expected_input}, got shape {tuple(x.shape)}")
+        running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        weight, bias = (self.weight.data, self.bias.data) if self.affine else (None, None)
+        # batch_norm's checks but the count's, which is the whole batch's here (after the gather)
+        _check_common(x, *running, weight, bias, False, self.eps, None, have_stats=True)
+        _checks.shape_is(x, "x", (*x.shape[:1], self.num_features, *x.shape[2:]), f" ({self.num_features} channels)")
+        for name, buffer in zip(("running_mean", "running_var"), running):
+            _checks.updatable(buffer, name)
+        if self.eps == 0.0:   # a constant channel would divide by zero (PyTorch refuses it too)
+            raise ValueError("eps must be positive during training, got 0.0")
+        be = _backend.resolve(self.backend, x, *running, weight, bias)
+        if be != "numpy":
+            x = _checks.for_kernels(be, x, "x")
+        count, mean, variance = _whole_batch_moments(be, x)
+        factor = self._blend_factor()
+        compute = _backend.compute_dtype(x.dtype)
+        xp = _backend.array_module(be)
+        if running[0] is not None:
+            for buffer, value in zip(running, (mean, variance * (count / (count - 1)))):
+                buffer[...] = ((1 - factor) * buffer.astype(compute) + factor * value.astype(compute)).astype(
+                    buffer.dtype)
+        mean = mean.astype(compute)
+        invstd = 1 / xp.sqrt(variance.astype(compute) + compute.type(self.eps))
+        if be == "numpy":
+            weight, bias = (None, None) if weight is None else (weight.astype(compute), bias.astype(compute))
+            y = _numpy_forward(x.astype(compute), mean, invstd, weight, bias, None).astype(x.dtype, copy=False)
+        else:
+            y = gpu_bn.forward(be, x, mean, invstd, weight, bias, self.eps, False, None)
+        self._saved = _Synced(x, mean, invstd, count)
+        return y
+
+    def backward(self, dy, input_grad=True):
+        """In training with several ranks, dx needs every rank's sums, so every rank must run it."""
+        saved = self._saved_for_backward()
+        if not isinstance(saved, _Synced):
+            return super().backward(dy, input_grad)
+        if self._nothing_to_compute(input_grad):
+            return None
+        x, mean, invstd, count = saved
+        check_backward_arguments(dy, x, None, None)
+        weight, bias = (self.weight.data, self.bias.data) if self.affine else (None, None)
+        be = _backend.resolve(self.backend, dy, x)
+        if be == "numpy":
+            dx, dweight, dbias = _numpy_backward(dy, x, mean, invstd, weight, count)
+        else:
+            dx, dweight, dbias = _kernel_backward(be, _checks.for_kernels(be, dy, "dy"), x, mean, invstd, weight,
+                                                  bias, count)
+        if self.affine:
+            self.weight.accumulate_grad(dweight)
+            self.bias.accumulate_grad(dbias)
+        return dx if input_grad else None
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """`module` with every BatchNorm1d, 2d and 3d in it (itself included) replaced by a
+        SyncBatchNorm holding the same parameters and buffers (the same arrays) and training flag;
+        containers are changed in place and returned, as PyTorch's."""
+        converted = module
+        if isinstance(module, _BatchNorm):
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group, dtype=_dtype_of(module))
+            if module.affine:
+                converted.weight, converted.bias = module.weight, module.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(converted, name, getattr(module, name))
+            object.__setattr__(converted, "training", module.training)
+            object.__setattr__(converted, "backend", module.backend)
+        for name, child in list(module.named_children()):
+            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return converted
+
+
+def _dtype_of(batch_norm) -> np.dtype:
+    state = batch_norm.weight.data if batch_norm.affine else batch_norm.running_mean
+    return np.float32 if state is None else state.dtype
+
+
+def _whole_batch_moments(be, x):
+    """(count, mean, biased variance) of each channel over every rank's x, the count an int, mean
+    and variance float64 arrays on x's backend, the same bits on every rank: this rank's (count,
+    mean, M2) all-gathered and merged in rank order (Chan et al.). ValueError on every rank where
+    the whole batch holds at most one value per channel."""
+    xp = _backend.array_module(be)
+    count = x.size // x.shape[1]
+    if count == 0:   # an empty share: nothing to reduce (its mean would be 0 / 0)
+        mean = variance = xp.zeros(x.shape[1])
+    elif be == "numpy":
+        mean, variance = _numpy_stats(x.astype(_backend.compute_dtype(x.dtype)))
+    else:   # eps 0: invstd = 1 / sqrt(variance) (inf for a constant channel, whose variance is 0 again)
+        mean, invstd = gpu_bn.stats(be, x, None, None, 0.0, 0.0)
+        variance = 1 / xp.square(invstd.astype(np.float64))
+    gathered = distributed.allgather(xp.concatenate((xp.full(1, count, np.float64), mean.astype(np.float64),
+                                                     variance * count)))
+    counts = [int(n) for n in to_host(gathered[:, 0])]
+    total, mean, m2 = 0, None, None
+    for n, (rank_mean, rank_m2) in zip(counts, (row[1:].reshape(2, -1) for row in gathered)):
+        if n == 0:
+            continue
+        if total == 0:
+            mean, m2 = rank_mean, rank_m2
+        else:
+            delta = rank_mean - mean
+            mean = mean + delta * (n / (total + n))
+            m2 = m2 + rank_m2 + delta * delta * (total * n / (total + n))
+        total += n
+    if total <= 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got {total} over the "
+                         f"{len(counts)} ranks (input of shape {tuple(x.shape)} on this one)")
+    return total, mean, m2 / total
+
+
+def _all_ranks_sums(sums):
+    """The channel sums (dy's, then dy * xhat's) added over the ranks."""
+    return distributed.allreduce_sum([sums])[0]
+
+
+def _numpy_backward(dy, x, mean, invstd, weight, count):
+    compute = mean.dtype
+    shape, axes = _channel_shape(x), _reduce_axes(x)
+    dy = dy.astype(compute)
+    xhat = (x.astype(compute) - mean.reshape(shape)) * invstd.reshape(shape)
+    local = np.concatenate((dy.sum(axis=axes), (dy * xhat).sum(axis=axes)))
+    sum_dy, sum_dy_xhat = _all_ranks_sums(local).reshape(2, -1)
+    scale = invstd if weight is None else invstd * weight.astype(compute)
+    dx = (dy - (sum_dy / count).reshape(shape) - xhat * (sum_dy_xhat / count).reshape(shape)) * scale.reshape(shape)
+    channels = x.shape[1]
+    return dx.astype(x.dtype), local[channels:].astype(x.dtype), local[:channels].astype(x.dtype)
+
+
+def _kernel_backward(be, dy, x, mean, invstd, weight, bias, count):
+    xp = _backend.array_module(be)
+    if x.size == 0:   # an empty share adds nothing, but meets the other ranks in the all-reduce
+        zeros = xp.zeros(x.shape[1], x.dtype)
+        _all_ranks_sums(xp.zeros(2 * x.shape[1], mean.dtype))
+        return xp.empty(x.shape, x.dtype), zeros, zeros.copy()
+    dweight, dbias, sums = gpu_bn.backward_sums(be, dy, x, mean, invstd, weight, bias)
+    dx = gpu_bn.backward_dx(be, dy, x, mean, invstd, weight, bias, _all_ranks_sums(sums), count)
+    return dx, dweight, dbias
