@@ -16,7 +16,7 @@ import pytest
 from cnn_gpu import distributed as dist
 from cnn_gpu import nn
 from helpers import needs_emu, run_job
-from test_distributed import MPIEXEC, _environment, needs_mpi
+from test_distributed import MPIEXEC, _environment, _why_no_nccl, needs_mpi
 
 torch = pytest.importorskip("torch")
 
@@ -127,6 +127,7 @@ def test_one_process_is_torchs_sync_batch_norm(backend, shape, track):
     x, dy = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
     ours = nn.SyncBatchNorm(3, momentum=0.2, track_running_stats=track, dtype=np.float64).to(backend)
     theirs = torch.nn.SyncBatchNorm(3, momentum=0.2, track_running_stats=track, dtype=torch.float64)
+    assert repr(ours) == repr(theirs).replace(", bias=True", "")   # (BatchNorm's here lacks torch 2.13's bias=)
     for train in (True, False):
         ours.train(train)
         theirs.train(train)
@@ -186,3 +187,15 @@ def test_allgather_in_one_process_stacks_the_array():
     a = np.arange(6.0).reshape(2, 3)
     gathered = dist.allgather(a)
     assert gathered.shape == (1, 2, 3) and np.array_equal(gathered[0], a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(_why_no_nccl()), reason=_why_no_nccl() or "")
+def test_nccl_gather_on_one_gpu_is_the_array(monkeypatch):
+    import cupy
+    from cnn_gpu.distributed import _nccl
+    monkeypatch.setattr(_nccl, "_communicator", None)
+    expected = np.random.default_rng(5).standard_normal(7)
+    gathered = _nccl.gather(cupy.asarray(expected), dist.World())   # a one-rank NCCL world
+    assert gathered.shape == (1, 7)
+    np.testing.assert_array_equal(gathered.get()[0], expected)
