@@ -169,6 +169,17 @@ def test_convert_replaces_every_batch_norm_keeping_its_state():
     assert type(nn.SyncBatchNorm.convert_sync_batchnorm(lone)) is nn.SyncBatchNorm
 
 
+def test_convert_refuses_a_lazy_batch_norm_still_waiting_for_its_size_before_changing_anything():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Sequential(nn.LazyBatchNorm2d()))
+    first = model[0]
+    with pytest.raises(ValueError, match="the lazy batch norm 1.0 has no num_features yet; run a forward first"):
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert model[0] is first
+    model(np.random.default_rng(3).standard_normal((4, 3, 2, 2)).astype(np.float32))   # infers it
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert type(model[0]) is type(model[1][0]) is nn.SyncBatchNorm and model[1][0].num_features == 3
+
+
 def test_refusals():
     bn = nn.SyncBatchNorm(3)
     with pytest.raises(ValueError, match=r"SyncBatchNorm expects an input of at least 2 dimensions .* shape \(3,\)"):

@@ -80,7 +80,8 @@ class SyncBatchNorm(_BatchNorm):
         invstd = 1 / xp.sqrt(variance.astype(compute) + compute.type(self.eps))
         if be == "numpy":
             weight, bias = (None, None) if weight is None else (weight.astype(compute), bias.astype(compute))
-            y = _numpy_forward(x.astype(compute), mean, invstd, weight, bias, None).astype(x.dtype, copy=False)
+            y = _numpy_forward(x.astype(compute, copy=False), mean, invstd, weight, bias, None)
+            y = y.astype(x.dtype, copy=False)
         else:
             y = gpu_bn.forward(be, x, mean, invstd, weight, bias, self.eps, False, None)
         self._saved = _Synced(x, mean, invstd, count)
@@ -111,7 +112,18 @@ class SyncBatchNorm(_BatchNorm):
     def convert_sync_batchnorm(cls, module, process_group=None):
         """`module` with every BatchNorm1d, 2d and 3d in it (itself included) replaced by a
         SyncBatchNorm holding the same parameters and buffers (the same arrays) and training flag;
-        containers are changed in place and returned, as PyTorch's."""
+        containers are changed in place and returned, as PyTorch's. Refused before anything changes
+        where a lazy batch norm has not inferred its num_features yet (PyTorch makes a
+        SyncBatchNorm(0) of it, which no input fits)."""
+        waiting = [name or type(module).__name__ for name, child in module.named_modules()
+                   if isinstance(child, _BatchNorm) and getattr(child, "has_uninitialized_params", bool)()]
+        if waiting:
+            raise ValueError(f"convert_sync_batchnorm: the lazy batch norm {waiting[0]} has no num_features yet; "
+                             f"run a forward first")
+        return cls._converted(module, process_group)
+
+    @classmethod
+    def _converted(cls, module, process_group):
         converted = module
         if isinstance(module, _BatchNorm):
             converted = cls(module.num_features, module.eps, module.momentum, module.affine,
@@ -123,7 +135,7 @@ class SyncBatchNorm(_BatchNorm):
             object.__setattr__(converted, "training", module.training)
             object.__setattr__(converted, "backend", module.backend)
         for name, child in list(module.named_children()):
-            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+            converted.add_module(name, cls._converted(child, process_group))
         return converted
 
 
