@@ -210,3 +210,18 @@ def test_nccl_gather_on_one_gpu_is_the_array(monkeypatch):
     gathered = _nccl.gather(cupy.asarray(expected), dist.World())   # a one-rank NCCL world
     assert gathered.shape == (1, 7)
     np.testing.assert_array_equal(gathered.get()[0], expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(_why_no_nccl()), reason=_why_no_nccl() or "")
+def test_nccl_gather_leaves_its_result_on_the_arrays_gpu_not_the_current_one(monkeypatch):
+    import cupy
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    from cnn_gpu.distributed import _nccl
+    monkeypatch.setattr(_nccl, "_communicator", None)
+    with cupy.cuda.Device(1):
+        a = cupy.arange(5.0)
+    assert cupy.cuda.runtime.getDevice() == 0
+    gathered = _nccl.gather(a, dist.World())
+    assert gathered.device.id == 1 and gathered.get().tolist() == [list(range(5))]

@@ -74,19 +74,17 @@ def sum_in_place(flat, w) -> None:
 def gather(flat, w):
     """Every rank's flat (a contiguous 1-D CuPy array of the same size on every rank), in rank
     order: a (ranks, size) array, returned once the all-gather has completed."""
-    import cupy
-    gathered = cupy.empty((w.size, flat.size), dtype=flat.dtype)
-
     def queue(cupy, nccl, comm, code, stream):
+        gathered = cupy.empty((w.size, flat.size), dtype=flat.dtype)
         comm.allGather(flat.data.ptr, gathered.data.ptr, flat.size, code, stream)
+        return gathered
 
-    _collective(flat, w, queue, "the all-gather")
-    return gathered
+    return _collective(flat, w, queue, "the all-gather")
 
 
-def _collective(flat, w, queue, what: str) -> None:
-    """queue(cupy, nccl, communicator, NCCL dtype code, stream) queues NCCL calls on flat's device;
-    returns once they have completed."""
+def _collective(flat, w, queue, what: str):
+    """queue(cupy, nccl, communicator, NCCL dtype code, stream) queues NCCL calls with flat's device
+    current (where it allocates too); returns what it returned once they have completed."""
     import cupy
     reason = why_unavailable()
     if reason:
@@ -95,10 +93,11 @@ def _collective(flat, w, queue, what: str) -> None:
     code = _nccl_dtype(nccl, flat.dtype)
     with flat.device:
         comm = communicator(w, flat.device.id)
-        queue(cupy, nccl, comm, code, cupy.cuda.get_current_stream().ptr)
+        result = queue(cupy, nccl, comm, code, cupy.cuda.get_current_stream().ptr)
         finished = cupy.cuda.Event(disable_timing=True)
         finished.record()
         wait_for_collective(finished, comm, w, f"{what} (NCCL)", nccl.get_version() >= ASYNC_ERRORS_SINCE)
+    return result
 
 
 def wait_for_collective(event, comm, w, what: str, async_errors: bool) -> None:
