@@ -116,6 +116,20 @@ def test_a_whole_batch_of_one_value_per_channel_is_refused_on_every_rank(ranks_r
                for message in results["refusals"])
 
 
+@needs_mpi
+def test_data_parallel_steps_with_a_converted_model_are_one_processs_with_the_whole_batch(ranks_results):
+    """convert_sync_batchnorm, SyncBatchNorm and allreduce_gradients in a training loop: the
+    ranks' SGD steps on their shares are one process's BatchNorm2d steps on the whole batches."""
+    ranks, _, results = ranks_results
+    expected = _script().train(0, 1, per_rank=4 * ranks)
+    for name, value in expected.items():
+        got = results[f"train/{name}"]
+        if name.endswith("num_batches_tracked"):
+            assert int(got) == int(value) == 3
+        else:
+            _assert_close(got, value, 1e-10, name)
+
+
 # --- one process --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["numpy", "emu"])

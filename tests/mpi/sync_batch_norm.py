@@ -9,13 +9,14 @@ per case the global x and dy, and each rank's share sizes. Saved per case: y and
 concatenated in rank order), dweight and dbias (summed over the ranks, as allreduce_gradients would), the running
 statistics and batches counted (checked bit-identical on every rank), and the eval-mode output
 of the whole batch after the step. With a whole batch of one value per channel, every rank must
-raise ValueError before touching its buffers."""
+raise ValueError before touching its buffers. Last, a few data-parallel training steps of a model
+converted by convert_sync_batchnorm (train/<name>: its state after them)."""
 import sys
 
 import numpy as np
 
 from cnn_gpu import distributed as dist
-from cnn_gpu import nn
+from cnn_gpu import nn, optim
 from cnn_gpu.nn.module import to_backend_array, to_host
 
 # ranks: [(channel-and-trailing shape, each rank's share of the batch, momentum)]
@@ -84,6 +85,31 @@ def refuse_a_lone_value(w):
     return w.allgather_object(message)
 
 
+def train(rank, ranks, steps=3, per_rank=4):
+    """A small CNN's state after `steps` SGD steps of global batches of per_rank * ranks images,
+    this rank's share of each: its batch norm converted to SyncBatchNorm where ranks > 1, the
+    gradients then averaged (allreduce_gradients). One process with ranks=1 and per_rank * P
+    images takes the same steps with its BatchNorm2d."""
+    nn.init.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(48, 3, dtype=np.float64))
+    if ranks > 1:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    opt = optim.SGD(model.parameters(), lr=0.5)
+    loss_fn = nn.CrossEntropyLoss()
+    data = np.random.default_rng(8)
+    for _ in range(steps):
+        x = data.standard_normal((per_rank * ranks, 2, 4, 4)) * 3 + 1
+        labels = data.integers(0, 3, per_rank * ranks)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        opt.zero_grad()
+        loss_fn.forward(model(x[mine]), labels[mine])
+        model.backward(loss_fn.backward())
+        dist.allreduce_gradients(model, count=per_rank)
+        opt.step()
+    return model.state_dict()
+
+
 def main():
     out, backends = sys.argv[1], sys.argv[2].split(",")
     w = dist.init(timeout_s=60)
@@ -95,8 +121,9 @@ def main():
         for backend, dtype in ((backend, dtype) for backend in backends for dtype in DTYPES):
             results.update(run_case(w, index, trailing, shares, momentum, backend, dtype))
     messages = refuse_a_lone_value(w)
+    trained = {f"train/{name}": value for name, value in train(w.rank, w.size).items()}
     if w.rank == 0:
-        np.savez(out, refusals=np.array(messages), **results)
+        np.savez(out, refusals=np.array(messages), **results, **trained)
 
 
 if __name__ == "__main__":
