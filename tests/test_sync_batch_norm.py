@@ -117,6 +117,15 @@ def test_a_whole_batch_of_one_value_per_channel_is_refused_on_every_rank(ranks_r
 
 
 @needs_mpi
+def test_an_allgather_of_unlike_arrays_is_refused_before_any_data_moves(ranks_results):
+    ranks, _, results = ranks_results
+    named = "rank 1 reduce" if ranks == 2 else "ranks 1, 2 reduce"
+    assert len(results["mismatch"]) == ranks
+    assert all(f"{named} other arrays than rank 0 (1 arrays against 1; array 0: (dtype, shape, on GPU) ('<f8', (3,), "
+               f"False) against ('<f8', (2,), False))" in message for message in results["mismatch"])
+
+
+@needs_mpi
 def test_data_parallel_steps_with_a_converted_model_are_one_processs_with_the_whole_batch(ranks_results):
     """convert_sync_batchnorm, SyncBatchNorm and allreduce_gradients in a training loop: the
     ranks' SGD steps on their shares are one process's BatchNorm2d steps on the whole batches."""

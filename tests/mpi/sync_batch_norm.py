@@ -9,7 +9,7 @@ per case the global x and dy, and each rank's share sizes. Saved per case: y and
 concatenated in rank order), dweight and dbias (summed over the ranks, as allreduce_gradients would), the running
 statistics and batches counted (checked bit-identical on every rank), and the eval-mode output
 of the whole batch after the step. With a whole batch of one value per channel, every rank must
-raise ValueError before touching its buffers. Last, a few data-parallel training steps of a model
+raise ValueError before touching its buffers, and arrays of other sizes are no all-gather. Last, a few data-parallel training steps of a model
 converted by convert_sync_batchnorm (train/<name>: its state after them)."""
 import sys
 
@@ -85,6 +85,17 @@ def refuse_a_lone_value(w):
     return w.allgather_object(message)
 
 
+def gather_unlike_arrays(w):
+    """Every rank's message when rank r gathers 2 + r values: refused before any data moves."""
+    try:
+        dist.allgather(np.zeros(2 + w.rank))
+    except dist.ReplicaMismatch as refusal:
+        message = str(refusal)
+    else:
+        message = "not refused"
+    return w.allgather_object(message)
+
+
 def train(rank, ranks, steps=3, per_rank=4):
     """A small CNN's state after `steps` SGD steps of global batches of per_rank * ranks images,
     this rank's share of each: its batch norm converted to SyncBatchNorm where ranks > 1, the
@@ -121,9 +132,10 @@ def main():
         for backend, dtype in ((backend, dtype) for backend in backends for dtype in DTYPES):
             results.update(run_case(w, index, trailing, shares, momentum, backend, dtype))
     messages = refuse_a_lone_value(w)
+    mismatches = gather_unlike_arrays(w)
     trained = {f"train/{name}": value for name, value in train(w.rank, w.size).items()}
     if w.rank == 0:
-        np.savez(out, refusals=np.array(messages), **results, **trained)
+        np.savez(out, refusals=np.array(messages), mismatch=np.array(mismatches), **results, **trained)
 
 
 if __name__ == "__main__":
