@@ -6,11 +6,12 @@ one process's BatchNorm over the concatenated batch.
 argv: OUT BACKENDS (comma-separated: numpy,emu; cuda on tests/cupy_sim's simulated GPUs, one a
 rank, whose NCCL runs over MPI). The cases (CASES[P]) are rebuilt by the test from the same seeds:
 per case the global x and dy, and each rank's share sizes. Saved per case: y and dx (the shares
-concatenated in rank order), dweight and dbias (summed over the ranks, as allreduce_gradients would), the running
-statistics and batches counted (checked bit-identical on every rank), and the eval-mode output
-of the whole batch after the step. With a whole batch of one value per channel, every rank must
-raise ValueError before touching its buffers, and arrays of other sizes are no all-gather. Last, a few data-parallel training steps of a model
-converted by convert_sync_batchnorm (train/<name>: its state after them)."""
+concatenated in rank order), dweight and dbias (summed over the ranks: each rank's are its share's,
+as PyTorch's), the running statistics and batches counted and the forward's statistics (checked
+bit-identical on every rank), and the eval-mode output of the whole batch after the step. With a
+whole batch of one value per channel, every rank must raise ValueError before touching its
+buffers; an all-gather of arrays of other sizes, ReplicaMismatch. Last, a few data-parallel
+training steps of a model converted by convert_sync_batchnorm (train/<name>: its state after them)."""
 import sys
 
 import numpy as np
