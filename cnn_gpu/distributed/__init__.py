@@ -11,6 +11,8 @@ order (0, 1, ..., P-1), and the summed chunks are gathered back, whatever algori
 would have chosen for its own all-reduce. Over NCCL, each dtype's gradients are one reduce-scatter
 (each chunk summed in the order of NCCL's algorithm) and one all-gather. Either way every rank holds
 bit-identical results, and a rerun with the same world size (and NCCL setup) reproduces them.
+allgather hands every rank all ranks' arrays in rank order (MPI's or NCCL's all-gather), for
+statistics merged otherwise than by a sum (nn.SyncBatchNorm's per-channel count, mean and M2).
 
     from cnn_gpu import distributed as dist
     dist.init()
