@@ -318,14 +318,25 @@ def test_bad_arguments_are_refused_as_torch_and_before_any_launch(monkeypatch, t
 
 
 @needs_emu
-def test_a_negative_variance_and_a_class_out_of_range_are_named_by_the_loss_read_back():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_negative_variance_and_a_class_out_of_range_are_named_before_any_launch(monkeypatch, reduction):
+    """As PyTorch refuses them before computing; with as_array (nothing read back) the kernels'
+    "mean"/"sum" loss is NaN instead, as cross_entropy's."""
     x = np.full((2, 3), 0.5)
     var = np.ones((2, 3))
     var[1, 2] = -0.25
-    with pytest.raises(ValueError, match=r"var\[1, 2\] = -0.25"):
-        F.gaussian_nll_loss(x, x, var, backend="emu")
-    with pytest.raises(ValueError, match=r"target\[1\] = 7"):
-        F.multi_margin_loss(x, np.array([0, 7]), backend="emu")
+    labels = np.array([0, 7])
+    for as_array in (False, True):
+        if as_array and reduction != "none":
+            assert np.isnan(F.gaussian_nll_loss(x, x, var, reduction=reduction, backend="emu", as_array=True)[0])
+            assert np.isnan(F.multi_margin_loss(x, labels, reduction=reduction, backend="emu", as_array=True)[0])
+            continue
+        with monkeypatch.context() as patch:
+            refuse_launches(patch)
+            with pytest.raises(ValueError, match=r"var\[1, 2\] = -0.25"):
+                F.gaussian_nll_loss(x, x, var, reduction=reduction, backend="emu", as_array=as_array)
+            with pytest.raises(ValueError, match=r"target\[1\] = 7"):
+                F.multi_margin_loss(x, labels, reduction=reduction, backend="emu", as_array=as_array)
 
 
 @pytest.mark.torch

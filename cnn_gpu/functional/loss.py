@@ -186,10 +186,11 @@ def _class_loss_options(logits, name: str, ignore_index, reduction) -> tuple[int
 
 
 def _class_loss_backend(logits, name: str, target, labels, weight, ignore_index: int, reduction: str, backend,
-                        as_array: bool) -> str:
-    """cross_entropy's and nll_loss's checks after their target's: the class weights, the backend
-    (returned), the replay rule; class indices (labels) now on numpy, for reduction "none", and for
-    empty logits ((N, 0): no class is in range). The kernels' other paths check them by the loss
+                        as_array: bool, before_launch: bool = False) -> str:
+    """cross_entropy's, nll_loss's and multi_margin_loss's checks after their target's: the class
+    weights, the backend (returned), the replay rule; class indices (labels) now on numpy, for
+    reduction "none", for empty logits ((N, 0): no class is in range), and with `before_launch`
+    wherever the loss is read back (not as_array). The kernels' other paths check them by the loss
     read back, when it is NaN (_class_loss_result; or not at all: as_array)."""
     if weight is not None:
         _checks.array(weight, "weight", ndim=1)
@@ -197,7 +198,8 @@ def _class_loss_backend(logits, name: str, target, labels, weight, ignore_index:
         _checks.same_dtype(name, logits, weight=weight)
     be = _backend.resolve(backend, logits, target, weight)
     _refuse_float_in_recording(reduction, as_array)
-    if labels is not None and (be == "numpy" or reduction == "none" or logits.size == 0):
+    if labels is not None and (be == "numpy" or reduction == "none" or logits.size == 0
+                               or (before_launch and not as_array)):
         _check_class_indices(labels, _classes(logits), ignore_index)
     return be
 
@@ -795,9 +797,10 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
     was clamped (PyTorch clamps under no_grad). var of input's shape, or of it without its last
     dimension, or with one dimension of size 1 (one variance for a row, or for the channels of a
     pixel), broadcast with input and target; dvar has var's shape; a Python number var is taken for
-    every element (dvar then None). A negative variance is a ValueError (on emu and cuda found by
-    the loss read back, as binary_cross_entropy's inputs: NaN there; not at all with as_array, or
-    for "none" before the launch). The conventions of mse_loss otherwise (no size warning)."""
+    every element (dvar then None). A negative variance is a ValueError before any launch, as
+    PyTorch's (on cuda one read back of `any(var < 0)`, the sync PyTorch makes too); on emu and cuda
+    with as_array and a "mean"/"sum" loss it is not read back and makes the loss NaN. The
+    conventions of mse_loss otherwise (no size warning)."""
     if not isinstance(full, (bool, np.bool_)):
         raise TypeError(f"full must be a bool, got {full!r}")
     eps = _checks.real_number(eps, "eps")
@@ -820,13 +823,10 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
         raise ValueError(f"var of shape {tuple(var.shape)} does not broadcast with input and target "
                          f"(broadcast shape {tuple(shape)})") from None
     be = _backend.resolve(backend, input, target, var)
-    checked_after = be != "numpy" and reduction != "none"
-    if not checked_after:
+    if be == "numpy" or reduction == "none" or not as_array:   # as_array: nothing read back (NaN instead)
         _check_variances(var)
     loss, dinput, dvar = _pointwise_loss("gaussian_nll", input, target, None, reduction, shape, be, as_array,
                                          beta=eps, other=var.reshape(var_shape), full=bool(full))
-    if checked_after and not as_array and math.isnan(loss):   # a negative variance?
-        _check_variances(var)
     return loss, dinput, dvar.reshape(var.shape)
 
 
@@ -912,8 +912,10 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
     (N, C) or (C,) scores, target class indices (N,) (() for (C,)); a sample's loss is
     sum_{c != y} w_y max(0, margin - x_y + x_c)^p / C, p 1 or 2, w the optional per-class weights
     (C,); "mean" averages the samples. The gradient is torch's (nothing where margin - x_y + x_c is
-    exactly 0). Class indices are checked as cross_entropy's (on emu and cuda by the loss read back,
-    not at all with as_array). Unlike PyTorch: any integer dtype but uint64 is taken for class
+    exactly 0). Class indices out of range are refused before any launch, as PyTorch's CPU kernel
+    refuses them (on cuda one read back of their range check, before the loss's own); on emu and cuda
+    with as_array and a "mean"/"sum" loss they are not read back and make the loss NaN, as
+    cross_entropy's. Unlike PyTorch: any integer dtype but uint64 is taken for class
     indices, and a "mean" over no samples is NaN (PyTorch's value is then unspecified)."""
     if isinstance(p, (bool, np.bool_)) or p not in (1, 2):
         raise ValueError(f"only p == 1 and p == 2 supported, got p={p!r}")
@@ -924,7 +926,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
         raise ValueError(f"Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
                          f"{tuple(input.shape)}")
     labels = _class_indices(input, target)
-    be = _class_loss_backend(input, "input", target, labels, weight, None, reduction, backend, as_array)
+    be = _class_loss_backend(input, "input", target, labels, weight, None, reduction, backend, as_array,
+                             before_launch=True)
     classes, loss_shape = input.shape[-1], _positions_shape(input)
     if input.size == 0:
         return _nothing(be, reduction, input, loss_shape, as_array)
@@ -936,7 +939,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
                                                                           (weight, "weight")))
     loss, dinput = gpu_loss.multi_margin(be, input, labels.reshape(-1), weight, classes=classes, squared=p == 2,
                                          margin=margin, reduction=reduction, as_array=as_array)
-    return _class_loss_result(loss, dinput, loss_shape, labels, classes, None, reduction, as_array)
+    return (loss.reshape(loss_shape) if reduction == "none" else loss), dinput
 
 
 # --- cosine embedding (cosine_embedding_rows) --------------------------------------------------------
