@@ -905,6 +905,13 @@ def _multi_margin(input, labels, p: int, margin: float, weight, reduction):
     return mean_of(row_loss.sum(), divisor), grad
 
 
+def check_multi_margin_p(p) -> int:
+    """multi_margin_loss's p: 1 or 2, as PyTorch's (its module refuses others at construction)."""
+    if isinstance(p, (bool, np.bool_)) or p not in (1, 2):
+        raise ValueError(f"only p == 1 and p == 2 supported, got p={p!r}")
+    return int(p)
+
+
 @takes_float16(kernels=True)
 def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean", *, backend=None,
                       as_array=False):
@@ -917,8 +924,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
     with as_array and a "mean"/"sum" loss they are not read back and make the loss NaN, as
     cross_entropy's. Unlike PyTorch: any integer dtype but uint64 is taken for class
     indices, and a "mean" over no samples is NaN (PyTorch's value is then unspecified)."""
-    if isinstance(p, (bool, np.bool_)) or p not in (1, 2):
-        raise ValueError(f"only p == 1 and p == 2 supported, got p={p!r}")
+    p = check_multi_margin_p(p)
     margin = _margin(margin)
     reduction = check_reduction(reduction)
     _checks.array(input, "input")
@@ -932,7 +938,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="me
     if input.size == 0:
         return _nothing(be, reduction, input, loss_shape, as_array)
     if be == "numpy":
-        loss, dinput = _multi_margin(input, labels, int(p), margin, weight, reduction)
+        loss, dinput = _multi_margin(input, labels, p, margin, weight, reduction)
         return (loss if reduction == "none" else _as_array(loss, as_array)), dinput
     from ..gpu import loss as gpu_loss
     input, labels, weight = (_checks.for_kernels(be, a, n) for a, n in ((input, "input"), (labels, "target"),
@@ -1055,6 +1061,14 @@ def _triplet_margin(anchor, positive, negative, margin: float, p: float, eps: fl
     return (mean_of(loss.sum(), divisor), *grads)
 
 
+def check_triplet_margin(margin) -> float:
+    """triplet_margin_loss's margin: a real number > 0, as PyTorch's (its function and module refuse others)."""
+    margin = _margin(margin)
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    return margin
+
+
 @takes_float16(kernels=True)
 def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False, reduction="mean", *,
                         backend=None, as_array=False):
@@ -1066,8 +1080,8 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
     passed at its bound, a tie of swap's minimum split in halves. The loss of each row (...,) for
     "none". Unlike PyTorch: the three arrays must have one shape (PyTorch would broadcast them), at
     least one dimension and rows of at least one element, and p must be a positive finite number
-    (PyTorch also takes 0 and inf)."""
-    margin = _margin(margin)
+    (PyTorch also takes 0 and inf). margin must be > 0 (ValueError, as PyTorch's)."""
+    margin = check_triplet_margin(margin)
     p = _checks.real_number(p, "p")
     if not (p > 0 and math.isfinite(p)):
         raise ValueError(f"p must be a positive finite number, got {p}")

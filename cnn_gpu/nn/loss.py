@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import functional as F
-from ..functional.loss import check_ignore_index, check_kl_div_reduction, check_label_smoothing, check_reduction
+from ..functional.loss import (check_ignore_index, check_kl_div_reduction, check_label_smoothing, check_multi_margin_p,
+                               check_reduction, check_triplet_margin)
 from .module import Module
 
 
@@ -355,6 +356,7 @@ class MultiMarginLoss(_Loss):
 
     def __init__(self, p=1, margin=1.0, weight=None, *, reduction="mean"):
         super().__init__(reduction)
+        check_multi_margin_p(p)   # refused at construction, as PyTorch's
         self.p, self.margin = p, margin
         self.register_buffer("weight", None if weight is None else _weights(weight, class_weights=True))
 
@@ -393,6 +395,7 @@ class TripletMarginLoss(_ThreeArrayLoss):
 
     def __init__(self, margin=1.0, p=2.0, eps=1e-6, swap=False, *, reduction="mean"):
         super().__init__(reduction)
+        check_triplet_margin(margin)   # refused at construction, as PyTorch's
         self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
 
     def _options(self, pred):
