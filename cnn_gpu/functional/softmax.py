@@ -35,12 +35,15 @@ def _as_rows(shape: tuple, axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
-def _forward(x, dim, log: bool, backend):
+def _forward(x, dim, log: bool, backend, negate: bool = False):
+    """softmax (log_softmax) of x, or of -x (negate: softmin's), along dim; -x made after the checks."""
     _checks.array(x, "x")
     axis = _axis(dim, x.ndim)
     be = _backend.resolve(backend, x)
     if x.size == 0:
         return _backend.array_module(be).empty(x.shape, dtype=x.dtype)
+    if negate:
+        x = _negated(x)
     if be == "numpy":
         with np.errstate(invalid="ignore"):   # inf - inf: the NaN PyTorch gives too
             z = x - x.max(axis=axis, keepdims=True)
@@ -50,7 +53,8 @@ def _forward(x, dim, log: bool, backend):
     return softmax.forward(be, _checks.for_kernels(be, x, "x"), _as_rows(x.shape, axis), log)
 
 
-def _backward(dy, y, dim, log: bool, backend):
+def _backward(dy, y, dim, log: bool, backend, negate: bool = False):
+    """The gradient of softmax (log_softmax) from dy, or from -dy (negate: softmin's), made after the checks."""
     _checks.array(y, "y")
     _checks.array(dy, "dy")
     _checks.same_dtype("y", y, dy=dy)
@@ -59,6 +63,8 @@ def _backward(dy, y, dim, log: bool, backend):
     be = _backend.resolve(backend, dy, y)
     if y.size == 0:
         return _backend.array_module(be).empty(y.shape, dtype=y.dtype)
+    if negate:
+        dy = _negated(dy)
     if be == "numpy":
         with np.errstate(invalid="ignore", over="ignore"):   # NaN and inf pass through as PyTorch's
             if log:
@@ -104,13 +110,11 @@ def _negated(a):
 @takes_float16(kernels=True)
 def softmin(x, dim, *, backend=None):
     """softmax(-x, dim), as PyTorch's: the softmax kernels on the negated input (one more pass over x)."""
-    _checks.array(x, "x")
-    return _forward(_negated(x), dim, False, backend)
+    return _forward(x, dim, False, backend, negate=True)
 
 
 @takes_float16(kernels=True)
 def softmin_backward(dy, y, dim, *, backend=None):
     """Gradient of softmin from dy and the forward OUTPUT y = softmin(x, dim): softmax_backward(-dy, y, dim),
     the bits of PyTorch's -softmax_backward(dy, y) (a negation is exact)."""
-    _checks.array(dy, "dy")
-    return _backward(_negated(dy), y, dim, False, backend)
+    return _backward(dy, y, dim, False, backend, negate=True)
