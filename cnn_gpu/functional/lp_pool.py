@@ -78,6 +78,7 @@ def lp_pool2d(x, norm_type, kernel_size, stride=None, ceil_mode=False, *, backen
     """Power-average pooling as torch.nn.functional.lp_pool2d: x (N, C, H, W) or (C, H, W) -> y of the
     same rank, (sum over the window of x ** p) ** (1 / p), no padding (see the module docstring)."""
     p, kernel, stride, ceil_mode = _settings(x, norm_type, kernel_size, stride, ceil_mode)
+    pool_geometry(as_batch(x)[0].shape, kernel, stride, 0, 1, ceil_mode)   # refused before x ** p is computed
     be = _backend.resolve(backend, x)
     if math.isinf(p):
         return _max_of_magnitudes(x, p, kernel, stride, ceil_mode, be)[0]
