@@ -809,6 +809,7 @@ def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"
     if isinstance(var, (int, float)) and not isinstance(var, bool):   # one variance for every element
         if var < 0:
             raise ValueError(f"var has negative entry/entries: var = {var}")
+        _broadcast_checks(input, target, reduction, None, backend, as_array, warn=False)   # before the fill
         xp = _backend.array_module(_backend.resolve(backend, input))
         var = _backend.device_call(xp.full, input.shape, var, dtype=input.dtype)
         return (*gaussian_nll_loss(input, target, var, full, eps, reduction, backend=backend, as_array=as_array)[:2],
