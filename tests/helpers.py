@@ -92,6 +92,16 @@ def refuse_launches(monkeypatch) -> None:
     monkeypatch.setattr(backend, "launch", launch)
 
 
+def refuse_device_work(monkeypatch) -> None:
+    """Every kernel launch and every other device work (backend.device_call: CuPy's arithmetic, copies,
+    fills) raises AssertionError: for tests of what is refused before an op computes anything."""
+    refuse_launches(monkeypatch)
+
+    def device_call(*args, **kwargs):
+        raise AssertionError("device work")
+    monkeypatch.setattr(backend, "device_call", device_call)
+
+
 def refuse_kernel_runs(monkeypatch) -> None:
     """Every kernel that would run raises AssertionError("a kernel ran"); backend.launch's own checks
     still happen, and a grid of no blocks (an empty problem) returns before running one."""

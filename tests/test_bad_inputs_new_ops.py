@@ -2,7 +2,8 @@
 message where we share it), before any kernel launches: wrong shapes, dtypes and ranks, option
 values and sizes that give an empty output, label and index ranges, negative variances; an in-place
 activation that refuses leaves its input as it was. Each case runs on the emulator with every
-launch refused (helpers.refuse_launches) and on PyTorch, which must refuse it too."""
+launch and every other device work refused (helpers.refuse_device_work: softmin's negation, lp_pool's
+power, a fill) and on PyTorch, which must refuse it too."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
-from helpers import needs_emu, refuse_launches
+from helpers import needs_emu, refuse_device_work
 
 rng = np.random.default_rng(11)
 X2 = rng.standard_normal((4, 3))
@@ -43,6 +44,8 @@ CASES = [
      "out of range"),
     ("softmin dim out of range", lambda: F.softmin(X2, dim=2), lambda tf, t: tf.softmin(t(X2), dim=2), IndexError,
      "out of range"),
+    ("softmin_backward shapes", lambda: F.softmin_backward(X2, X2[:2], 1),
+     lambda tf, t: tf.softmin(t(X2[:2]).requires_grad_(), 1).backward(t(X2)), ValueError, "dy must have shape"),
     ("selu_ integer", lambda: F.selu_(np.ones(3, np.int64)), lambda tf, t: tf.selu_(t(np.ones(3, np.int64))),
      TypeError, "x must be float16, float32 or float64"),
     ("max_unpool2d output_size", lambda: F.max_unpool2d(POOLED, INDICES, 2, output_size=(9, 9)),
@@ -146,6 +149,8 @@ CASES = [
     ("gaussian_nll_loss negative var sum", lambda: F.gaussian_nll_loss(X2, X2, NEGATIVE_VAR[:, 1:2], reduction="sum"),
      lambda tf, t: tf.gaussian_nll_loss(t(X2), t(X2), t(NEGATIVE_VAR[:, 1:2]), reduction="sum"), ValueError,
      "var has negative entry"),
+    ("gaussian_nll_loss one var, target shape", lambda: F.gaussian_nll_loss(X2, X2[:, :2], 0.5),
+     lambda tf, t: tf.gaussian_nll_loss(t(X2), t(X2[:, :2]), 0.5), ValueError, "does not broadcast"),
     ("gaussian_nll_loss var shape", lambda: F.gaussian_nll_loss(X2, X2, VAR[:, :2]),
      lambda tf, t: tf.gaussian_nll_loss(t(X2), t(X2), t(VAR[:, :2])), ValueError, "var is of incorrect size"),
 ]
@@ -155,7 +160,7 @@ IDS = [case[0] for case in CASES]
 @needs_emu
 @pytest.mark.parametrize("ours, error, message", [(c[1], c[3], c[4]) for c in CASES], ids=IDS)
 def test_refused_before_any_launch(monkeypatch, ours, error, message):
-    refuse_launches(monkeypatch)
+    refuse_device_work(monkeypatch)
     with backend.use_backend("emu"):
         with pytest.raises(error, match=message):
             ours()
@@ -189,7 +194,7 @@ def test_modules_refuse_at_construction_what_pytorchs_do(make, message):
 def test_a_refused_in_place_activation_leaves_x_as_it_was(monkeypatch, op, options, error):
     x = rng.standard_normal((3, 4))
     before = x.copy()
-    refuse_launches(monkeypatch)
+    refuse_device_work(monkeypatch)
     with pytest.raises(error):
         getattr(F, op)(x, **options, backend="emu")
     np.testing.assert_array_equal(x, before)
