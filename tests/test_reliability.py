@@ -195,19 +195,24 @@ def _integer(p, good):
 @pytest.mark.parametrize("spoil, error", [(_read_only, ValueError), (_fortran, ValueError),
                                           (_shares_memory, ValueError), (_integer, TypeError)],
                          ids=["read_only", "fortran", "shared_memory", "integer"])
-@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+@pytest.mark.parametrize("kind", ["SGD", "Adam", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta"])
 def test_an_optimizer_step_changes_nothing_when_any_parameter_is_bad(kind, spoil, error, be):
-    """numpy used to update the good parameter and then fail on the read-only one."""
+    """numpy used to update the good parameter and then fail on the read-only one. The state is as
+    constructed (empty, or Adagrad's sums made at construction)."""
     rng = np.random.default_rng(4)
     good, bad = _two_params(rng)
     spoil(bad, good)
     good_before, bad_before = good.data.copy(), bad.data.copy()
     optimizer = getattr(optim, kind)([good, bad], lr=0.1, backend=be)
+    state_before = [{key: np.copy(value) for key, value in entry.items()} for entry in optimizer.state]
     with pytest.raises(error):
         optimizer.step()
     np.testing.assert_array_equal(good.data, good_before)
     np.testing.assert_array_equal(bad.data, bad_before)
-    assert optimizer.state == [{}, {}]
+    assert [sorted(entry) for entry in optimizer.state] == [sorted(entry) for entry in state_before]
+    for entry, before in zip(optimizer.state, state_before):
+        for key, value in entry.items():
+            np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 def test_shared_memory_is_found_among_many_parameters():
