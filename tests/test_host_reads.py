@@ -1,7 +1,8 @@
 """Device-to-host reads per call, counted on the emulator with a CuPy-like array (each conversion
 of a device value to a Python number is one synchronising transfer on a GPU): cross_entropy reads
 its loss once (its class indices are checked only when that loss is NaN) and with as_array=True
-not at all, max_pool2d_backward checks its indices with one read, and a training epoch reads its
+not at all, multi_margin_loss and gaussian_nll_loss check their values before the launch (one read
+more), max_pool2d_backward checks its indices with one read, and a training epoch reads its
 running metrics when they are shown, not every step."""
 from __future__ import annotations
 
@@ -117,6 +118,27 @@ def test_the_other_losses_read_their_loss_back_once_or_not_at_all(count_reads, n
     assert count_reads.count == 1
     count_reads.count = 0
     kept, _ = op(x, target, reduction=reduction, backend="emu", as_array=True)
+    assert count_reads.count == 0
+    assert kept.shape == () and kept.dtype == np.float64 and float(kept) == loss
+
+
+@needs_emu
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["multi_margin_loss", "gaussian_nll_loss"])
+def test_losses_checking_values_before_the_launch_read_twice_or_not_at_all(count_reads, name, reduction):
+    """multi_margin_loss's class indices and gaussian_nll_loss's var are checked before the launch, as
+    PyTorch's: one read of the check, then the loss's; none with as_array (nothing checked then)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 5))
+    if name == "multi_margin_loss":
+        arrays = (x, rng.integers(0, 5, 6).view(HostReads))
+    else:
+        arrays = (x, rng.standard_normal((6, 5)), rng.uniform(0.5, 2, (6, 5)).view(HostReads))
+    op = getattr(F, name)
+    loss = op(*arrays, reduction=reduction, backend="emu")[0]
+    assert count_reads.count == 2
+    count_reads.count = 0
+    kept = op(*arrays, reduction=reduction, backend="emu", as_array=True)[0]
     assert count_reads.count == 0
     assert kept.shape == () and kept.dtype == np.float64 and float(kept) == loss
 
