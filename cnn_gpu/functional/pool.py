@@ -343,11 +343,20 @@ def _max_pool_backward(dy, indices, x_shape, rank: _Rank, kernel_size, stride, p
     return _unbatched(gpu_pool.max_backward(be, dy, indices, g), unbatched)
 
 
+def _check_volume_holds_kernel(rank: _Rank, g) -> None:
+    """PyTorch's avg_pool3d (CPU and CUDA) refuses an input smaller than the window along any axis,
+    padding or not (avg_pool2d and the max pools take it)."""
+    if rank is _VOLUMES and any(size < k for size, k in zip(g.in_size, g.kernel)):
+        (d, h, w), (kd, kh, kw) = g.in_size, g.kernel
+        raise ValueError(f"input image (T: {d} H: {h} W: {w}) smaller than kernel size (kT: {kd} kH: {kh} kW: {kw})")
+
+
 def _avg_pool(x, rank: _Rank, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
               backend):
     g, x, unbatched = _forward_geometry(x, rank, kernel_size, stride, padding, 1,
                                         _checks.flag(ceil_mode, "ceil_mode"),
                                         _checks.flag(count_include_pad, "count_include_pad"), divisor_override)
+    _check_volume_holds_kernel(rank, g)
     be = _backend.resolve(backend, x)
     if be == "numpy":
         return _unbatched(_avg_forward(x, g), unbatched)
@@ -362,6 +371,7 @@ def _avg_pool_backward(dy, x_shape, rank: _Rank, kernel_size, stride, padding, c
                                           ceil_mode=_checks.flag(ceil_mode, "ceil_mode"),
                                           count_include_pad=_checks.flag(count_include_pad, "count_include_pad"),
                                           divisor_override=divisor_override)
+    _check_volume_holds_kernel(rank, g)
     be = _backend.resolve(backend, dy)
     if be == "numpy":
         return _unbatched(_avg_backward(dy, g), unbatched)
