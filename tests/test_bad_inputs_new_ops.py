@@ -102,6 +102,8 @@ CASES = [
      lambda tf, t: tf.one_hot(t(np.array([0, 5])), 3), ValueError, "smaller than num_classes"),
     ("one_hot float", lambda: F.one_hot(np.array([0.0, 1.0])), lambda tf, t: tf.one_hot(t(np.array([0.0, 1.0]))),
      TypeError, "int64"),
+    ("one_hot no labels, 0 classes", lambda: F.one_hot(np.zeros(0, np.int64), 0),
+     lambda tf, t: tf.one_hot(t(np.zeros(0, np.int64)), 0), ValueError, "Can not infer total number of classes"),
     ("max_pool3d rank", lambda: F.max_pool3d(X4[0], 2), lambda tf, t: tf.max_pool3d(t(X4[0]), 2), ValueError,
      "x must be 4-D or 5-D"),
     ("max_pool3d window past the input", lambda: F.max_pool3d(X5, 5), lambda tf, t: tf.max_pool3d(t(X5), 5),

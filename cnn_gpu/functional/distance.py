@@ -231,7 +231,7 @@ def one_hot(labels, num_classes=-1):
     num_classes = _checks.whole_number(num_classes, "num_classes", minimum=-1)
     xp = _backend.module_of(labels)
     if labels.size == 0:
-        if num_classes == -1:
+        if num_classes <= 0:   # PyTorch's rule: 0 classes for no labels is refused too
             raise ValueError("Can not infer total number of classes from empty tensor.")
         return xp.zeros(labels.shape + (num_classes,), dtype=np.int64)
     if int(labels.min()) < 0:
