@@ -11,7 +11,7 @@ import pytest
 
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
-from helpers import needs_emu, refuse_device_work
+from helpers import needs_cuda, needs_emu, refuse_device_work
 
 rng = np.random.default_rng(11)
 X2 = rng.standard_normal((4, 3))
@@ -205,3 +205,23 @@ def test_a_refused_in_place_activation_leaves_x_as_it_was(monkeypatch, op, optio
     with pytest.raises(error):
         getattr(F, op)(x, **options, backend="emu")
     np.testing.assert_array_equal(x, before)
+
+
+@needs_cuda
+def test_on_cuda_a_negative_variance_and_a_class_out_of_range_are_refused_before_any_launch(monkeypatch):
+    """The cuda path reads any(var < 0) and the labels' range check back before its launches (as_array: not
+    read, the loss NaN)."""
+    import cupy
+    var, labels = cupy.asarray(NEGATIVE_VAR), cupy.asarray(LABELS + 1)
+    x = cupy.asarray(X2)
+    for as_array in (True, False):
+        if as_array:
+            assert bool(cupy.isnan(F.gaussian_nll_loss(x, x, var, backend="cuda", as_array=True)[0]))
+            assert bool(cupy.isnan(F.multi_margin_loss(x, labels, backend="cuda", as_array=True)[0]))
+            continue
+        with monkeypatch.context() as patch:
+            refuse_device_work(patch)
+            with pytest.raises(ValueError, match=r"var\[2, 1\] = -0.5"):
+                F.gaussian_nll_loss(x, x, var, backend="cuda")
+            with pytest.raises(ValueError, match=r"target\[1\] = 3 is out of range"):
+                F.multi_margin_loss(x, labels, backend="cuda")
