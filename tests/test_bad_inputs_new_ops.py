@@ -191,6 +191,20 @@ def test_modules_refuse_at_construction_what_pytorchs_do(make, message):
         make()
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("name, error", [(1, TypeError), (None, TypeError), ("", KeyError), ("a.b", KeyError)])
+def test_parameter_and_module_names_are_refused_as_pytorch_refuses_them(torch, name, error):
+    for ours, theirs in ((lambda: nn.ParameterDict({name: nn.Parameter(X2)}),
+                          lambda: torch.nn.ParameterDict({name: torch.nn.Parameter(torch.ones(2))})),
+                         (lambda: nn.Module().register_parameter(name, None),
+                          lambda: torch.nn.Module().register_parameter(name, None)),
+                         (lambda: nn.Module().add_module(name, None), lambda: torch.nn.Module().add_module(name, None))):
+        with pytest.raises(error):
+            theirs()
+        with pytest.raises(error, match="name"):
+            ours()
+
+
 @needs_emu
 @pytest.mark.parametrize("op, options, error", [
     ("celu_", dict(alpha=0.0), ValueError),

@@ -535,7 +535,9 @@ class Module:
     def _register(self, name: str, member, kind: type, what: str) -> None:
         """setattr(self, name, member) for a `kind` or None under a name that need not be an
         identifier (add_module, register_parameter: PyTorch's)."""
-        if not isinstance(name, str) or not name or "." in name:
+        if not isinstance(name, str):   # TypeError, KeyError for a bad string: PyTorch's
+            raise TypeError(f"a {what}'s name must be a str, got {type(name).__name__} {name!r}")
+        if not name or "." in name:
             raise KeyError(f"a {what}'s name is a non-empty string without '.', got {name!r}")
         if member is not None and not isinstance(member, kind):
             raise TypeError(f"a {what} must be a {kind.__name__} or None, got {type(member).__name__}")
