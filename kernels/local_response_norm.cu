@@ -13,14 +13,17 @@
 // (the windows holding j). local_response_norm_terms writes dy / P and t in acc_t (FP32 for float16:
 // unrounded), local_response_norm_backward adds them up, in increasing c, and rounds dx once.
 //
-// Not a GEMM: one thread per element, the grid's x threads over a plane's `inner` positions
-// (consecutive threads consecutive positions: each window read coalesced), blockIdx.y striding over
-// the N*C planes, each plane's (n, c) decoded once before its walk. A window is summed from scratch
+// Not a GEMM: one thread per element over the N*C planes of `inner` positions, walked by
+// for_each_channel_plane_pixel (plane_walk.cuh): consecutive threads consecutive positions (each
+// window read coalesced), planes of at most 128 positions several to a block (one plane a block row
+// left 255 of 256 threads idle on (N, C, 1)), each thread's (n, c) stepped from plane to plane, not
+// divided (a 64-bit modulo an element on small planes). A window is summed from scratch
 // for every element (size reads, L1 hits; no running sum, whose subtractions PyTorch does not make):
 // deterministic, no atomics. In-sample offsets are int (the host refuses samples of 2^31 elements
 // or more); sample offsets are 64-bit.
 
 #include "map_math.cuh"
+#include "plane_walk.cuh"
 
 // Sum of the squares of column[j * inner] for j in [first, last] clipped to [0, C), in increasing j.
 __device__ __forceinline__ acc_t sum_of_squares(const REAL* column, int first, int last, int C, int inner)
@@ -40,20 +43,16 @@ __device__ __forceinline__ acc_t lrn_base(const REAL* column, int c, int C, int 
     return sum_of_squares(column, c - size / 2, c + (size - 1) / 2, C, inner) / (acc_t)size * alpha + k;
 }
 
-// grid: (blocks over a plane's inner positions, min(N*C, 65535))
+// grid: cnn_gpu.gpu._grid.plane_pixel_grid(N * C, inner) (for_each_channel_plane_pixel)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 local_response_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long planes, int C, int inner,
                             int size, acc_t alpha, acc_t beta, acc_t k)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int c = (int)(plane % C);
-        const REAL* sample = x + (plane - c) * inner;
-        REAL* y_plane = y + plane * inner;
-        GRID_STRIDE_LOOP(p, inner) {
-            const acc_t d = lrn_base(sample + p, c, C, inner, size, alpha, k);
-            y_plane[p] = to_real(to_acc(sample[c * inner + p]) / REAL_POW(d, beta));
-        }
-    }
+    for_each_channel_plane_pixel(planes, C, inner, [&](long long plane, long long n, int c, int p) {
+        const REAL* column = x + n * C * inner + p;
+        const acc_t d = lrn_base(column, c, C, inner, size, alpha, k);
+        y[plane * inner + p] = to_real(to_acc(column[c * inner]) / REAL_POW(d, beta));
+    });
 }
 
 // direct = dy / P and terms = t (see the top), in acc_t
@@ -62,17 +61,14 @@ local_response_norm_terms(const REAL* __restrict__ dy, const REAL* __restrict__ 
                           acc_t* __restrict__ terms, long long planes, int C, int inner, int size, acc_t alpha,
                           acc_t beta, acc_t k)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int c = (int)(plane % C);
-        const REAL* sample = x + (plane - c) * inner;
-        const long long first = plane * inner;
-        GRID_STRIDE_LOOP(p, inner) {
-            const acc_t d = lrn_base(sample + p, c, C, inner, size, alpha, k);
-            const acc_t power = REAL_POW(d, beta), g = to_acc(dy[first + p]), v = to_acc(sample[c * inner + p]);
-            direct[first + p] = g / power;
-            terms[first + p] = -g * v / (power * power) * (beta * REAL_POW(d, beta - (acc_t)1)) * alpha / (acc_t)size;
-        }
-    }
+    for_each_channel_plane_pixel(planes, C, inner, [&](long long plane, long long n, int c, int p) {
+        const REAL* column = x + n * C * inner + p;
+        const long long at = plane * inner + p;
+        const acc_t d = lrn_base(column, c, C, inner, size, alpha, k);
+        const acc_t power = REAL_POW(d, beta), g = to_acc(dy[at]), v = to_acc(column[c * inner]);
+        direct[at] = g / power;
+        terms[at] = -g * v / (power * power) * (beta * REAL_POW(d, beta - (acc_t)1)) * alpha / (acc_t)size;
+    });
 }
 
 // dx = direct + 2 x * (sum of terms over the windows holding the element), rounded once
@@ -81,15 +77,12 @@ local_response_norm_backward(const REAL* __restrict__ x, const acc_t* __restrict
                              const acc_t* __restrict__ terms, REAL* __restrict__ dx, long long planes, int C,
                              int inner, int size)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int j = (int)(plane % C);
-        const acc_t* sample_terms = terms + (plane - j) * inner;
-        const long long first = plane * inner;
-        GRID_STRIDE_LOOP(p, inner) {
-            acc_t sum = 0;
-            for (int c = j - (size - 1) / 2 > 0 ? j - (size - 1) / 2 : 0; c <= j + size / 2 && c < C; ++c)
-                sum += sample_terms[c * inner + p];
-            dx[first + p] = to_real(direct[first + p] + (acc_t)2 * to_acc(x[first + p]) * sum);
-        }
-    }
+    for_each_channel_plane_pixel(planes, C, inner, [&](long long plane, long long n, int j, int p) {
+        const acc_t* column_terms = terms + n * C * inner + p;
+        const long long at = plane * inner + p;
+        acc_t sum = 0;
+        for (int c = j - (size - 1) / 2 > 0 ? j - (size - 1) / 2 : 0; c <= j + size / 2 && c < C; ++c)
+            sum += column_terms[c * inner];
+        dx[at] = to_real(direct[at] + (acc_t)2 * to_acc(x[at]) * sum);
+    });
 }

@@ -1,5 +1,6 @@
 // The walks of an (N, C, ...) array's (n, c) planes: for_each_plane_pixel, a pixel a thread (the
 // pooling, padding, interpolation and unpooling gathers; grid: cnn_gpu.gpu._grid.plane_pixel_grid),
+// for_each_channel_plane_pixel, the same walk with each plane's (n, c) stepped (local_response_norm.cu),
 // and for_each_plane_element, element-wise with constants per plane (batch_norm.cu's element passes,
 // prelu.cu, channel dropout; grid: plane_walk_grid). Not in common.cuh, which every kernel includes:
 // there, they moved the float32 SIMT convolution tiles' SASS (README's table), unused as they are.
@@ -29,6 +30,40 @@ static __device__ __forceinline__ void for_each_plane_pixel(long long planes, in
     for (long long plane = (long long)blockIdx.y * per_block + sub; plane < planes;
          plane += (long long)gridDim.y * per_block)
         fn(plane, pixel);
+}
+
+// fn(plane, outer, channel, pixel) for every pixel of `planes` planes, plane = outer * channels + channel
+// (NCHW's (n, c); local_response_norm.cu's windows need c and n's sample): for_each_plane_pixel's walk
+// and grid (plane_pixel_grid), small planes grouped. A thread's planes are first, first + step, ...:
+// their (outer, channel) are divided once and then stepped with a carry, where a 64-bit modulo per
+// plane cost more than a small plane's element itself (LRN of (N, C, 1): a plane a thread).
+template <class ChannelPixelFn>
+static __device__ __forceinline__ void for_each_channel_plane_pixel(long long planes, int channels, int pixels,
+                                                                    ChannelPixelFn fn)
+{
+    const bool grouped = 2 * pixels <= BLOCK_THREADS;
+    const int per_block = grouped ? BLOCK_THREADS / pixels : 1, sub = grouped ? (int)threadIdx.x / pixels : 0;
+    if (sub >= per_block)
+        return;   // the threads past the block's whole planes
+    const long long first = (long long)blockIdx.y * per_block + sub, step = (long long)gridDim.y * per_block;
+    const long long outer_step = step / channels;
+    const int channel_step = (int)(step - outer_step * channels);
+    long long outer = first / channels;
+    int channel = (int)(first - outer * channels);
+    // grouped: the thread's one pixel of each plane (gridDim.x is 1); else the grid's x threads
+    const long long first_pixel = grouped ? (int)threadIdx.x - sub * pixels
+                                          : (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
+    const long long pixel_step = grouped ? pixels : (long long)gridDim.x * BLOCK_THREADS;
+    for (long long plane = first; plane < planes; plane += step) {
+        for (long long pixel = first_pixel; pixel < pixels; pixel += pixel_step)
+            fn(plane, outer, channel, (int)pixel);
+        outer += outer_step;
+        channel += channel_step;
+        if (channel >= channels) {
+            channel -= channels;
+            ++outer;
+        }
+    }
 }
 
 // for_each_plane_element: store(offset, constants(plane), load(offset)) for every element,

@@ -9,7 +9,7 @@ import pytest
 
 from cnn_gpu import backend
 from cnn_gpu import functional as F
-from cnn_gpu.gpu import _grid, adaptive_pool, pad
+from cnn_gpu.gpu import _grid, adaptive_pool, local_response_norm, pad
 
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
@@ -72,3 +72,44 @@ def test_padding_walks_every_plane_on_any_grid(rows, monkeypatch):
     np.testing.assert_array_equal(y, F.pad(x, (2, 2, 1, 1), "reflect", backend="numpy"))
     np.testing.assert_allclose(dx, F.pad_backward(dy, x.shape, (2, 2, 1, 1), "reflect", backend="numpy"),
                                rtol=1e-13, atol=1e-13)
+
+
+def record_grids(monkeypatch) -> list:
+    """The grid of every backend.launch from now on (the launches still run)."""
+    grids, launch = [], backend.launch
+    monkeypatch.setattr(backend, "launch", lambda be, family, dtype, kernel, grid, *args, **kwargs:
+                        grids.append(grid) or launch(be, family, dtype, kernel, grid, *args, **kwargs))
+    return grids
+
+
+@needs_emu
+@pytest.mark.parametrize("shape, size", [((9, 60, 1), 5), ((3, 7, 4, 5), 3), ((2, 5, 129), 2)])
+def test_local_response_norm_walks_every_plane_on_any_grid(shape, size, monkeypatch):
+    """for_each_channel_plane_pixel: planes of 1, 20 and 129 positions go 256 (the 540 planes' groups
+    cross samples: each thread's channel carries into its sample), 12 and one to a block; grids of 1 and 3
+    rows step each thread's (n, c) by 256, 768, 12, 36, 1 and 3 planes (multiples of C and not)."""
+    from cnn_gpu import emu
+    x, dy = draw(shape, 5), draw(shape, 6)
+    settings = (size, 0.5, 0.75, 1.5)
+    want_y = F.local_response_norm(x, *settings, backend="numpy")
+    want_dx = F.local_response_norm_backward(dy, x, *settings, backend="numpy")
+    for rows in (None, 1, 3):
+        if rows is not None:
+            monkeypatch.setattr(local_response_norm, "plane_pixel_grid", lambda planes, pixels: (1, rows))
+        with emu.checking(guard=True, race=True):
+            y = F.local_response_norm(x, *settings, backend="emu")
+            dx = F.local_response_norm_backward(dy, x, *settings, backend="emu")
+        monkeypatch.undo()
+        np.testing.assert_allclose(y, want_y, rtol=1e-13, atol=1e-13, err_msg=str(rows))
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12, err_msg=str(rows))
+
+
+@needs_emu
+def test_local_response_norm_launches_groups_of_small_planes(monkeypatch):
+    """(8, 64, 1), a Linear's output: 512 planes of one position, 256 a block (one plane a block row
+    was 512 blocks of one busy thread)."""
+    grids = record_grids(monkeypatch)
+    x = draw((8, 64, 1), 7)
+    F.local_response_norm_backward(x, x, 3, backend="emu")
+    F.local_response_norm(x, 3, backend="emu")
+    assert grids == [(1, 2)] * 3

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
+from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
 
 
 def _launch_shape(view):
     """(grid, the kernels' shape arguments) of x viewed as (N, C, inner)."""
     N, C, inner = view
     check_planes("LocalResponseNorm", sample=C * inner)
-    return (blocks_for(inner), min(N * C, MAX_GRID_Y)), (np.int64(N * C), *i32(C, inner))
+    return plane_pixel_grid(N * C, inner), (np.int64(N * C), *i32(C, inner))
 
 
 def forward(be, x, view, size, alpha, beta, k):
