@@ -162,6 +162,43 @@ def test_a_grid_smaller_than_the_work_covers_every_row_plane_and_pixel():
 
 
 @needs_emu
+@pytest.mark.parametrize("rows", [None, 1, 2, 3])
+def test_small_rows_and_planes_go_several_to_a_block_on_any_grid(rows, monkeypatch):
+    """Rows of 70 blocks go 3 to a block, image planes of 99 pixels 2 (plane_pixel_grid's groups, where
+    one a block row left 186 and 157 of 256 threads idle); on grids of 1, 2 and 3 block rows each
+    thread's rows step by 3, 6 and 9 (a tap (0, 1) + (1, 1) carries into the next kernel row, (2, 1)
+    + (1, 1) into the next image plane), under guard zones and the race check."""
+    from cnn_gpu import emu
+    from cnn_gpu.gpu import fold
+    shape, sizes = (2, 3, 9, 11), ((3, 2), 1, 0, 1)   # 7 x 10 blocks, 6 taps
+    x = draw(shape, np.float64, 6)
+    want_cols = F.unfold(x, *sizes)
+    dcols = draw(want_cols.shape, np.float64, 7)
+    if rows is not None:
+        monkeypatch.setattr(fold, "plane_pixel_grid", lambda planes, pixels: (1, rows))
+    launched = []
+    launch = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda be, family, dtype, kernel, grid, *args:
+                        launched.append(grid) or launch(be, family, dtype, kernel, grid, *args))
+    with emu.checking(guard=True, race=True):
+        cols = F.unfold(x, *sizes, backend="emu")
+        y = F.fold(dcols, shape[-2:], *sizes, backend="emu")
+    monkeypatch.undo()
+    assert launched == ([(1, 12), (1, 3)] if rows is None else [(1, rows)] * 2)
+    np.testing.assert_array_equal(cols, want_cols)
+    np.testing.assert_array_equal(y, F.fold(dcols, shape[-2:], *sizes))
+
+
+@needs_emu
+def test_a_plane_of_2_31_column_elements_is_refused_before_any_launch(monkeypatch):
+    """A 46341 x 46341 kernel over a padded 1x1 image: one block, but 46341^2 >= 2^31 taps, which
+    the kernels index with 32-bit ints (the fold direction's input could not be allocated here)."""
+    refuse_kernel_runs(monkeypatch)
+    with pytest.raises(ValueError, match="32-bit ints: the columns plane has 2147488281 pixels"):
+        F.unfold(np.ones((1, 1, 1, 1), np.float16), 46341, padding=23170, backend="emu")
+
+
+@needs_emu
 def test_the_layers_in_a_network_and_their_launches(torch, monkeypatch):
     """nn.Unfold -> nn.Fold (a patch-wise model's round trip) against torch's: values, dx, the
     conv's gradients; the reprs; one launch a pass."""

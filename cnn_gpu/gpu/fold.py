@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, blocks_for, check_planes, i32
+from ._grid import THREADS, check_planes, i32, plane_pixel_grid
 
 
 def _shape_args(g):
@@ -18,9 +18,9 @@ def _shape_args(g):
 def unfold(be, x, g):
     """cols (N, C*KH*KW, LH*LW) of the image x (N, C, H, W)."""
     rows, blocks = g.N * g.C * g.taps, g.L
-    check_planes("Unfold", column=blocks, image=g.H * g.W)
+    check_planes("Unfold", image=g.H * g.W, columns=g.taps * blocks)
     cols = backend.array_module(be).empty((g.N, g.C * g.taps, blocks), dtype=x.dtype)
-    grid = (blocks_for(blocks), min(rows, MAX_GRID_Y))   # no rows: nothing launched
+    grid = plane_pixel_grid(rows, blocks)   # no rows: nothing launched
     backend.launch(be, "fold", x.dtype, "unfold_forward", grid, (THREADS,), (x, cols, np.int64(rows), *_shape_args(g)))
     return cols
 
@@ -30,7 +30,7 @@ def fold(be, cols, g):
     planes, pixels = g.N * g.C, g.H * g.W
     check_planes("Fold", image=pixels, columns=g.taps * g.L)
     y = backend.array_module(be).empty((g.N, g.C, g.H, g.W), dtype=cols.dtype)
-    grid = (blocks_for(pixels), min(planes, MAX_GRID_Y))
+    grid = plane_pixel_grid(planes, pixels)
     periods = i32(*(stride // math.gcd(stride, dil) for stride, dil in zip(g.stride, g.dilation)))
     backend.launch(be, "fold", cols.dtype, "fold_forward", grid, (THREADS,),
                    (cols, y, np.int64(planes), *_shape_args(g), *periods))
