@@ -40,6 +40,7 @@
 // rounds each output once.
 
 #include "activations.cuh"   // the values and gradients batch_norm.cu's fused activations share
+#include "plane_walk.cuh"    // GLU's short runs
 
 // GELU's constants (cnn_gpu.functional.activation's): 1/sqrt(2), 1/sqrt(2 pi), and for the tanh form
 // 2u = 2 sqrt(2 / pi) (x + 0.044715 x^3)
@@ -508,30 +509,37 @@ threshold_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL
 }
 
 // GLU: x viewed as `outer` runs of 2 * chunk elements, each a (the first chunk) then b (the gate); y holds
-// outer runs of chunk elements. A gather of two halves, not a map: a 2-D grid, blockIdx.y striding over the
-// runs (any count fits gridDim.y) and for_each_element walking one run's chunk along x, so both halves
-// stream as contiguous coalesced runs with a round's loads in flight, and no element pays a 64-bit division
-// to find its run (a flat walk would). Runs shorter than a block's 1024 elements leave lanes idle.
-#define FOR_EACH_GLU_RUN(outer, chunk, body)                      \
-    for (long long run = blockIdx.y; run < (outer); run += gridDim.y) { \
-        const long long a_start = 2 * run * (chunk);                \
-        const long long y_start = run * (chunk);                    \
-        body                                                      \
+// outer runs of chunk elements. A gather of two halves, not a map: a 2-D grid (_glu_grid), and no element
+// pays a 64-bit division to find its run (a flat walk would). Runs of more than half a block:
+// blockIdx.y strides over the runs and for_each_element walks one run's chunk along x, so both halves
+// stream as contiguous coalesced runs with a round's loads in flight. Runs of at most 128 go several
+// to a block, an element a thread (for_each_small_plane_pixel, plane_walk.cuh: a run is a plane), where one
+// run a block row left 256 - chunk threads idle (GLU over the features of an (N, 2C) input: chunk C).
+// (for_each_plane_element's 4 elements a thread would need each element's run before its loads: the
+// division this walk avoids.) store(run, i, load(run, i)) for element i of every run.
+template <class Load, class Store>
+static __device__ __forceinline__ void for_each_glu_element(long long outer, long long chunk, Load load, Store store)
+{
+    if (2 * chunk <= BLOCK_THREADS) {
+        for_each_small_plane_pixel(outer, (int)chunk,
+                                   [&](long long run, int i) { store(run, (long long)i, load(run, i)); });
+        return;
     }
+    for (long long run = blockIdx.y; run < outer; run += gridDim.y)
+        for_each_element(chunk, [&](long long i) { return load(run, i); },
+                         [&](long long i, const decltype(load(run, 0LL))& in) { store(run, i, in); });
+}
 
 // a sigmoid(b), sigmoid as PyTorch's 1 / (1 + exp(-b))
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 glu_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long outer, long long chunk)
 {
-    FOR_EACH_GLU_RUN(outer, chunk, {
-        const REAL* a = x + a_start;
-        const REAL* b = a + chunk;
-        REAL* out = y + y_start;
-        for_each_element(chunk, [&](long long i) { return Loaded<2>{{a[i], b[i]}}; },
-                         [&](long long i, const Loaded<2>& in) {
-            out[i] = to_real(to_acc(in.v[0]) * sigmoid_of(to_acc(in.v[1])));
-        });
-    })
+    for_each_glu_element(outer, chunk, [&](long long run, long long i) {
+        const REAL* a = x + 2 * run * chunk + i;
+        return Loaded<2>{{a[0], a[chunk]}};
+    }, [&](long long run, long long i, const Loaded<2>& in) {
+        y[run * chunk + i] = to_real(to_acc(in.v[0]) * sigmoid_of(to_acc(in.v[1])));
+    });
 }
 
 // da = dy sigmoid(b), db = dy a sigmoid'(b), from e = exp(-|b|), r = 1 / (1 + e): sigmoid(b) = r or e r,
@@ -540,22 +548,18 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 glu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __restrict__ dx, long long outer,
              long long chunk)
 {
-    FOR_EACH_GLU_RUN(outer, chunk, {
-        const REAL* a = x + a_start;
-        const REAL* b = a + chunk;
-        const REAL* g = dy + y_start;
-        REAL* da = dx + a_start;
-        REAL* db = da + chunk;
-        for_each_element(chunk, [&](long long i) { return Loaded<3>{{g[i], a[i], b[i]}}; },
-                         [&](long long i, const Loaded<3>& in) {
-            const acc_t gate = to_acc(in.v[2]);
-            const acc_t e = map_exp(-fabs(gate));
-            const acc_t r = map_divide((acc_t)1, (acc_t)1 + e);
-            const acc_t grad = to_acc(in.v[0]);
-            da[i] = to_real(grad * (gate >= (acc_t)0 ? r : e * r));
-            db[i] = to_real(grad * (to_acc(in.v[1]) * (e * r * r)));
-        });
-    })
+    for_each_glu_element(outer, chunk, [&](long long run, long long i) {
+        const REAL* a = x + 2 * run * chunk + i;
+        return Loaded<3>{{dy[run * chunk + i], a[0], a[chunk]}};
+    }, [&](long long run, long long i, const Loaded<3>& in) {
+        const acc_t gate = to_acc(in.v[2]);
+        const acc_t e = map_exp(-fabs(gate));
+        const acc_t r = map_divide((acc_t)1, (acc_t)1 + e);
+        const acc_t grad = to_acc(in.v[0]);
+        REAL* da = dx + 2 * run * chunk + i;
+        da[0] = to_real(grad * (gate >= (acc_t)0 ? r : e * r));
+        da[chunk] = to_real(grad * (to_acc(in.v[1]) * (e * r * r)));
+    });
 }
 
 // grid (blocks over one plane, planes): blockIdx.y strides over the N*C planes, so any count fits

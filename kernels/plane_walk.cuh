@@ -14,6 +14,19 @@
 // pixel t % pixels, divided once), so a block's threads stay busy: one plane a block left 255 of
 // 256 threads idle in a global average pool's forward (1x1 outputs) and 240 in its backward (4x4
 // inputs). Any grid covers every pixel; cnn_gpu.gpu._grid.plane_pixel_grid sizes it.
+// for_each_small_plane_pixel is its walk of planes of at most half a block (2 * pixels <= BLOCK_THREADS).
+template <class PixelFn>
+static __device__ __forceinline__ void for_each_small_plane_pixel(long long planes, int pixels, PixelFn fn)
+{
+    const int per_block = BLOCK_THREADS / pixels, sub = (int)threadIdx.x / pixels;
+    if (sub >= per_block)
+        return;   // the threads past the block's whole planes
+    const int pixel = (int)threadIdx.x - sub * pixels;
+    for (long long plane = (long long)blockIdx.y * per_block + sub; plane < planes;
+         plane += (long long)gridDim.y * per_block)
+        fn(plane, pixel);
+}
+
 template <class PixelFn>
 static __device__ __forceinline__ void for_each_plane_pixel(long long planes, int pixels, PixelFn fn)
 {
@@ -23,13 +36,7 @@ static __device__ __forceinline__ void for_each_plane_pixel(long long planes, in
                 fn(plane, (int)flat);
         return;
     }
-    const int per_block = BLOCK_THREADS / pixels, sub = (int)threadIdx.x / pixels;
-    if (sub >= per_block)
-        return;   // the threads past the block's whole planes
-    const int pixel = (int)threadIdx.x - sub * pixels;
-    for (long long plane = (long long)blockIdx.y * per_block + sub; plane < planes;
-         plane += (long long)gridDim.y * per_block)
-        fn(plane, pixel);
+    for_each_small_plane_pixel(planes, pixels, fn);
 }
 
 // fn(plane, outer, channel, pixel) for every pixel of `planes` planes, plane = outer * channels + channel

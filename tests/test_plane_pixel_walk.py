@@ -9,7 +9,7 @@ import pytest
 
 from cnn_gpu import backend
 from cnn_gpu import functional as F
-from cnn_gpu.gpu import _grid, adaptive_pool, local_response_norm, pad
+from cnn_gpu.gpu import _grid, adaptive_pool, elementwise, local_response_norm, pad
 
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
@@ -113,3 +113,29 @@ def test_local_response_norm_launches_groups_of_small_planes(monkeypatch):
     F.local_response_norm_backward(x, x, 3, backend="emu")
     F.local_response_norm(x, 3, backend="emu")
     assert grids == [(1, 2)] * 3
+
+
+@needs_emu
+@pytest.mark.parametrize("shape, dim, launched", [((33, 80), -1, (1, 6)), ((4, 6, 5), 1, (1, 1)),
+                                                   ((3, 300), 1, (1, 3))])
+def test_glu_walks_short_runs_several_to_a_block_on_any_grid(shape, dim, launched, monkeypatch):
+    """GLU's runs of 40 and 15 elements go 6 and 17 to a block (one a block row left 216 and 241 of 256
+    threads idle), runs of 150 one a block row (for_each_element); on grids of 1 and 3 rows too, under
+    guard zones and the race check, bit for bit the launcher's grid's results and the NumPy oracle's."""
+    from cnn_gpu import emu
+    x = draw(shape, 8) * 4
+    dy = draw(F.glu(x, dim).shape, 9)
+    results = []
+    for rows in (None, 1, 3):
+        if rows is not None:
+            monkeypatch.setattr(elementwise, "plane_pixel_grid", lambda planes, pixels: (1, rows))
+            monkeypatch.setattr(elementwise, "MAX_GRID_Y", rows)
+        grids = record_grids(monkeypatch)
+        with emu.checking(guard=True, race=True):
+            results.append((F.glu(x, dim, backend="emu"), F.glu_backward(dy, x, dim, backend="emu")))
+        monkeypatch.undo()
+        assert grids == [launched if rows is None else (launched[0], rows)] * 2
+    for y, dx in results:
+        assert y.tobytes() == results[0][0].tobytes() and dx.tobytes() == results[0][1].tobytes()
+        np.testing.assert_allclose(y, F.glu(x, dim, backend="numpy"), rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(dx, F.glu_backward(dy, x, dim, backend="numpy"), rtol=1e-14, atol=1e-14)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32, plane_pixel_grid
 
 # gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh")); hardtanh also runs F.relu6, elu
 # F.selu and F.celu
@@ -56,7 +56,10 @@ def backward(be, name, dy, x, param):
 
 
 def _glu_grid(outer: int, chunk: int) -> tuple:
-    """glu_forward's and glu_backward's grid: x blocks over one run of `chunk` elements, y over the runs."""
+    """glu_forward's and glu_backward's grid (kernels/elementwise.cu, for_each_glu_element): runs of at most
+    half a block grouped (plane_pixel_grid); else x blocks over one run of `chunk` elements, y over the runs."""
+    if 2 * chunk <= THREADS:
+        return plane_pixel_grid(outer, chunk)
     return elementwise_blocks(chunk), min(outer, MAX_GRID_Y)
 
 
