@@ -1,7 +1,9 @@
-"""for_each_plane_pixel (kernels/common.cuh): planes of at most half a block go several to a block,
-larger ones one plane a block row. Both walks, through adaptive pooling's and padding's kernels, on
-the launcher's grid and on smaller ones (the grid-stride loops), under guard zones and the race
-check, give the NumPy backend's results; the grid helper sizes the grid to the groups."""
+"""The plane walks of kernels/plane_walk.cuh: for_each_plane_pixel (planes of at most half a block
+several to a block, larger ones one plane a block row), through adaptive pooling's and padding's
+kernels, for_each_channel_plane_pixel through LRN's, its grouped walk through GLU's short runs, and
+unfold's and fold's groups (tests/test_fold.py too): on the launcher's grid and on smaller ones (the
+grid-stride loops), under guard zones and the race check, they give the NumPy backend's results;
+the grid helper sizes the grid to the groups, and the launchers use it."""
 from __future__ import annotations
 
 import numpy as np
@@ -139,3 +141,25 @@ def test_glu_walks_short_runs_several_to_a_block_on_any_grid(shape, dim, launche
         assert y.tobytes() == results[0][0].tobytes() and dx.tobytes() == results[0][1].tobytes()
         np.testing.assert_allclose(y, F.glu(x, dim, backend="numpy"), rtol=1e-14, atol=1e-14)
         np.testing.assert_allclose(dx, F.glu_backward(dy, x, dim, backend="numpy"), rtol=1e-14, atol=1e-14)
+
+
+@needs_emu
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_the_grouped_walks_are_bit_identical_under_schedules(schedule):
+    """LRN's, unfold's, fold's and GLU's grouped small planes (1 and 20 positions, rows of 70 blocks,
+    planes of 99 pixels, runs of 40) give the forward schedule's bytes under another, with guard zones and
+    the race check."""
+    from cnn_gpu import emu
+    x, image, features = draw((9, 60, 1), 10), draw((2, 3, 9, 11), 11), draw((33, 80), 12)
+    planes = draw((3, 7, 4, 5), 13)
+    results = []
+    for settings in (dict(schedule="forward"), dict(schedule=schedule, seed=3)):
+        with emu.checking(guard=True, race=True, **settings):
+            cols = F.unfold(image, (3, 2), backend="emu")
+            results.append([F.local_response_norm(x, 5, backend="emu"),
+                            F.local_response_norm_backward(x, x, 5, backend="emu"),
+                            F.local_response_norm_backward(planes, planes, 3, backend="emu"), cols,
+                            F.fold(cols, (9, 11), (3, 2), backend="emu"),
+                            F.glu_backward(features[:, :40], features, backend="emu")])
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes(), schedule
