@@ -55,7 +55,8 @@ local_response_norm_forward(const REAL* __restrict__ x, REAL* __restrict__ y, lo
     });
 }
 
-// direct = dy / P and terms = t (see the top), in acc_t
+// direct = dy / P and terms = t (see the top), in acc_t. d^(beta - 1) is its own pow, as PyTorch's pow
+// backward takes it: P / d, one pow fewer, differs in the last bit for about 45% of float32 d.
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 local_response_norm_terms(const REAL* __restrict__ dy, const REAL* __restrict__ x, acc_t* __restrict__ direct,
                           acc_t* __restrict__ terms, long long planes, int C, int inner, int size, acc_t alpha,
