@@ -480,7 +480,7 @@ def test_check_fails_an_op_that_writes_into_its_input():
 def test_finite_differences_catch_a_consistent_wrong_backward():
     """A backward that NumPy and the device would share (so no cross-check sees it) still fails."""
     spec = check.OPS["avg_pool2d"]
-    cfg = check.ops.POOL_EDGES[1]
+    cfg = check.pool.POOL_EDGES[1]
     inputs = spec.inputs(cfg, np.random.default_rng(0))
 
     def wrong(a, cfg, be):

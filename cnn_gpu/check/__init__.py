@@ -19,13 +19,15 @@ same float16 inputs, which computes in float32 and rounds once, within FLOAT16_T
 
 Tests plant a wrong op with `register_override(op, run)` to prove that a mismatch fails.
 
-The package: tolerances (the modes and the agreement rules), ops (what is checked: OPS) and compare
+The package: tolerances (the modes and the agreement rules), ops (what is checked: OPS, from a module
+per family of ops: conv, pool, activations, losses, norms, resample) and compare
 (running the checks).
 """
 from __future__ import annotations
 
 from .compare import (OpResult, check_op, check_ops, clear_overrides, configs_for, default_device,  # noqa: F401
                       format_results, register_override, relative_error, summation_error)
-from .ops import OPS, OpCheck  # noqa: F401
+from .ops import OPS  # noqa: F401
+from .spec import OpCheck  # noqa: F401
 from .tolerances import (FD_OPTIONS, FD_TOLERANCE, FLOAT16_TOLERANCE, FLOAT16_ULP, FP32_UNIT_ROUNDOFF,  # noqa: F401
                          MODES, RANDOM_CONFIGS, REDUCTION_SCALE, TF32_SUM_K, TOLERANCE)

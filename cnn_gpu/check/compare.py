@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import backend as _backend, precision
 from ..gradcheck import gradcheck
-from .ops import OPS, OpCheck
+from .ops import OPS
+from .spec import OpCheck
 from .tolerances import (FD_OPTIONS, FD_TOLERANCE, FP32_UNIT_ROUNDOFF, MODES, RANDOM_CONFIGS, REDUCTION_SCALE,
                          TF32_SUM_K, TOLERANCE)
 
