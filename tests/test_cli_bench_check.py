@@ -403,7 +403,8 @@ def test_check_numpy_passes(tmp_path, capsys, dtype):
     assert [r[0] for r in rows] == list(check.OPS)
     for op, configs, error, tol, fd_error, fd_tol, verdict in rows:
         assert int(configs) >= 6 and verdict == "PASS"
-        assert 0 <= float(error) <= float(tol) and 0 < float(fd_error) <= float(fd_tol)
+        assert 0 <= float(error) <= float(tol) and float(fd_error) <= float(fd_tol)
+        assert 0 < float(fd_error) or not check.OPS[op].grads   # an optimizer's step has no finite differences
     assert float(rows[0][3]) == check.TOLERANCE[dtype] * (check.REDUCTION_SCALE if dtype == "float32" else 1)
     results = json.loads(path.read_text())["results"]
     assert all(r["passed"] for r in results) and len(results) == len(check.OPS)

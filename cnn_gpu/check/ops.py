@@ -1,12 +1,12 @@
 """The ops `cnn-gpu check` covers (OPS), in the order it checks and lists them. Each family's
 configurations, inputs and runs (OpCheck) live in a module of their own: conv (and linear), pool,
 activations (with dropout and softmax), losses, norms, resample (padding, upsampling, folding,
-shuffles), distances."""
+shuffles), distances, optimizers (their steps: no finite differences)."""
 from __future__ import annotations
 
-from . import activations, conv, distances, losses, norms, pool, resample
+from . import activations, conv, distances, losses, norms, optimizers, pool, resample
 
-FAMILIES = (conv, pool, activations, losses, norms, resample, distances)
+FAMILIES = (conv, pool, activations, losses, norms, resample, distances, optimizers)
 _BY_NAME = {op.name: op for family in FAMILIES for op in family.CHECKS}
 
 # The order the checks had when they were one list (their table rows keep their places); every op
