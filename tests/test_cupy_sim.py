@@ -227,9 +227,9 @@ def test_gpu_check_rehearses_its_steps_on_the_simulator(tmp_path):
     for title in ("check float16", "bench", "train fp16 --replay"):
         assert f"| {title} | PASS | 0 |" in report
     assert (tmp_path / "check-float16.json").stat().st_size
-    from cnn_gpu.bench import OPS
+    from cnn_gpu.bench import DEFAULT_OPS
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert {r["op"] for r in rows if r["device"] == "cuda"} == set(OPS) - {"conv2d_fwd_bwd"}
+    assert {r["op"] for r in rows if r["device"] == "cuda"} == {*DEFAULT_OPS, "train_step_replayed"}
 
 
 CHECKPOINT_ON_GPU_1 = """

@@ -323,10 +323,129 @@ def _train_step(case, spec, dtype, mode) -> list:
     return estimates
 
 
+def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
+    """(launch, DRAM bytes) of a bench.families op but the row normalisations, forward and backward, as
+    its launchers run it: each launch's compulsory traffic (inputs read once, outputs written once;
+    int32 indices, int64 targets, loss terms and per-element partial sums in the compute type), the
+    element-wise work CuPy does around the kernels (softmin's negations, lp_pool's powers and roots)
+    as CUPY_ELEMENTWISE."""
+    from ..functional.activation import KERNELS_OF
+    from ..gpu.elementwise import kernel_name as activation_kernel
+    from ..gpu.reduce import plan_channel_sum
+    from . import families
+    item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
+    index, label = np.dtype(np.int32).itemsize, np.dtype(np.int64).itemsize
+    if families.FAMILY_OPS[op].kind == "conv":
+        n, c = families.image(shape)[:2]
+        x = math.prod(families.image(shape))
+        cols = math.prod(families.columns(shape))
+        if op in families.ACTIVATIONS:
+            name = KERNELS_OF.get(op, op)
+            return [(activation_kernel(name, "forward"), 2 * x * item),
+                    (activation_kernel(name, "backward"), 3 * x * item)]
+        even = x + x // c * (c % 2)   # glu's input: an even channel count
+        return {"glu": [("glu_forward", 1.5 * even * item), ("glu_backward", 2.5 * even * item)],
+                "prelu": [("prelu_forward", 2 * x * item), ("prelu_backward", 3 * x * item + x * compute),
+                          (plan_channel_sum(n, c, x // (n * c)).kernel, x * compute)],   # the slopes' terms
+                "batch_norm3d": _batch_norm_passes(2 * x, item),              # volumes of depth 2
+                "local_response_norm": [("local_response_norm_forward", 2 * x * item),
+                                        ("local_response_norm_terms", 2 * x * item + x * compute),
+                                        ("local_response_norm_backward", 3 * x * item + x * compute)],
+                "dropout1d": [("dropout2d_apply", 2 * x * item)] * 2,
+                "dropout3d": [("dropout2d_apply", 4 * x * item)] * 2,
+                "unfold": [("unfold_forward", (x + cols) * item), ("fold_forward", (cols + x) * item)],
+                "fold": [("fold_forward", (cols + x) * item), ("unfold_forward", (x + cols) * item)]}[op]
+    if families.FAMILY_OPS[op].kind == "pool":
+        g = shape.geometry()
+        x, pooled = math.prod(g.x_shape), math.prod(g.y_shape)
+        if op == "lp_pool2d":   # x^2 and the root by CuPy around the average pool, the backward's chain likewise
+            y = math.prod(families.lp_pooled(shape))
+            return [(CUPY_ELEMENTWISE, 2 * x * item), ("avg_pool_forward", (x + y) * item),
+                    (CUPY_ELEMENTWISE, 2 * y * item), (CUPY_ELEMENTWISE, 2 * x * item),
+                    ("avg_pool_forward", (x + y) * item), (CUPY_ELEMENTWISE, 3 * y * item),
+                    ("avg_pool_backward", (y + x) * item), (CUPY_ELEMENTWISE, 3 * x * item)]
+        if op == "max_unpool2d":   # the owner table cleared and claimed, the gather of y, then that of dx
+            return [("max_unpool_clear", x * index), ("max_unpool_claim", 2 * pooled * index),
+                    ("max_unpool_gather", x * index + (pooled + x) * item),
+                    ("max_unpool_gather", pooled * index + 2 * pooled * item)]
+        volume = 2 * x
+        y = math.prod(families.pooled_volume(shape)) if op in ("max_pool3d", "avg_pool3d") else g.N * g.C
+        indices = y * index if "max" in op else 0
+        return [(f"{op}_forward", (volume + y) * item + indices), (f"{op}_backward", (y + volume) * item + indices)]
+    n, x = shape.N, shape.N * shape.classes
+
+    def total(count):   # the sum of `count` loss terms (compute type)
+        return (plan_channel_sum(1, 1, count).kernel, (count + 1) * compute)
+    # the losses: one kernel reads the inputs and writes the gradients and the loss terms, then their sum
+    read_written = {"soft_margin_loss": (2, 1), "hinge_embedding_loss": (2, 1), "margin_ranking_loss": (3, 2),
+                    "poisson_nll_loss": (2, 1), "gaussian_nll_loss": (3, 2), "multilabel_soft_margin_loss": (2, 1)}
+    if op in read_written:
+        kernel = "binary_cross_entropy_rows" if op == "multilabel_soft_margin_loss" else "regression_loss_rows"
+        return [(kernel, sum(read_written[op]) * x * item + x * compute), total(x)]
+    row_losses = {"multi_margin_loss": (2, label), "cosine_embedding_loss": (4, item), "triplet_margin_loss": (6, 0)}
+    if op in row_losses:
+        arrays, target = row_losses[op]
+        return [(f"{op.removesuffix('_loss')}_rows", arrays * x * item + n * (target + compute)), total(n)]
+    return {"softmin": [(CUPY_ELEMENTWISE, 2 * x * item), ("softmax_forward_rows", 2 * x * item),
+                        (CUPY_ELEMENTWISE, 2 * x * item), ("softmax_backward_rows", 3 * x * item)],
+            "normalize": [("normalize_forward", 2 * x * item), ("normalize_backward", 3 * x * item)],
+            **{f"{name}": [(f"{name}_forward", (2 * x + n) * item), (f"{name}_backward", (4 * x + n) * item)]
+               for name in ("cosine_similarity", "pairwise_distance")}}[op]
+
+
+def _row_norm_layer(op: str, x_shape):
+    """The layer whose launches (_row_norm_launches) a row-normalisation bench op makes: instance norm is
+    group norm with a group a channel; rms_norm runs layer norm's launches, its bias gradient dropped."""
+    from .. import nn
+    from .families import num_groups
+    channels = x_shape[1]
+    return {"group_norm": lambda: nn.GroupNorm(num_groups(channels), channels),
+            "instance_norm": lambda: nn.GroupNorm(channels, channels),
+            "instance_norm3d": lambda: nn.GroupNorm(channels, channels),
+            "layer_norm": lambda: nn.LayerNorm(list(x_shape[1:])),
+            "rms_norm": lambda: nn.LayerNorm(list(x_shape[1:]))}[op]()
+
+
+ROW_NORM_OPS = ("group_norm", "instance_norm", "instance_norm3d", "layer_norm", "rms_norm")
+
+
+def _optimizer_step(op: str, shape, dtype) -> list[tuple[str, float]]:
+    """(launch, DRAM bytes) of one step of bench.families' optimizer `op`, UPDATE_SLOTS parameters a
+    launch: each element's parameter read and written, its gradient read, and each state array (the
+    compute type) read and written; a float16 parameter instead is written from its FP32 master copy,
+    read and written (the *_master kernels), as _train_step prices SGD's."""
+    from ..gpu.optim import UPDATE_SLOTS
+    from . import families
+    _, _, states = families.OPTIMIZERS[op]
+    item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
+    sizes = [math.prod(s) for s in families.optimizer_parameters(shape)]
+    kernel = "adam_step" if op == "adamw" else f"{op}_step"   # AdamW: Adam's kernel, its decay decoupled
+    per_element = 3 * item + 2 * states * compute
+    if np.dtype(dtype) == np.float16:
+        kernel, per_element = f"{kernel}_master", 2 * item + 2 * (1 + states) * compute
+    return [(kernel, per_element * sum(sizes[first:first + UPDATE_SLOTS]))
+            for first in range(0, len(sizes), UPDATE_SLOTS)]
+
+
+def _family(case, spec, dtype) -> list:
+    from . import families
+    if case.op in families.OPTIMIZERS:
+        return [roofline.memory_bound(name, traffic, spec) for name, traffic in _optimizer_step(case.op, case.shape,
+                                                                                                dtype)]
+    if case.op in ROW_NORM_OPS:
+        x_shape = (families.volume if case.op == "instance_norm3d" else families.image)(case.shape)
+        return _row_norm_estimates(_row_norm_layer(case.op, x_shape), x_shape, dtype, spec)
+    launches = _family_launches(case.op, case.shape, dtype)
+    return [roofline.memory_bound(name, traffic, spec) for name, traffic in launches]
+
+
 def case_estimates(case, spec, dtype, math: str = "fp32") -> list:
     """The LaunchEstimates of one bench case on `spec` in math mode `math`."""
     if case.op in ("train_step", "train_step_replayed"):   # the same kernels (the model prices no host time)
         return _train_step(case, spec, dtype, math)
+    from .families import FAMILY_OPS, OPTIMIZERS
+    if case.op in FAMILY_OPS or case.op in OPTIMIZERS:
+        return _family(case, spec, dtype)
     if case.op in CONV_PASSES:
         return _conv(case, spec, dtype, math)
     if "pool" in case.op:

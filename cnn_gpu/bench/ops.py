@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .cases import (Case, batch_norm_case, bce_with_logits_case, conv_case, cross_entropy_case, nll_loss_case,
                     pool_case, softmax_case)
+from .families import FAMILY_OPS, OPTIMIZERS, family_case
 from .shapes import SHAPE_SETS
 from .training import train_step_case
 
@@ -34,9 +35,17 @@ OPS = {
     "batch_norm": ("conv", batch_norm_case,
                    "batch norm in training on a conv's input: statistics, normalisation, dx/dweight/dbias"),
 }
+# the other op families (bench.families), after them: a run cut short has the rows above first
+OPS.update({op: (family.kind, lambda s, op=op: family_case(op, s), family.description)
+            for op, family in FAMILY_OPS.items()})
+OPS.update({op: ("conv", lambda s, op=op: family_case(op, s),
+                  f"a {kind} step (lr 1e-3{' momentum 0.9' if options else ''}) of the convolution's weight and bias")
+            for op, (kind, options, _) in OPTIMIZERS.items()})
 # conv2d_fwd_bwd repeats fprop + dgrad + wgrad, so it runs only when asked for (numpy_vs_torch.py);
 # train_step_replayed has rows on emu and cuda only, so likewise (gpu-check asks for it).
-ON_REQUEST = ("conv2d_fwd_bwd", "train_step_replayed")
+# The families' ops likewise (`--ops glu,rms_norm`, ...): the default run, and gpu-check's budget, keep to the
+# ops above.
+ON_REQUEST = ("conv2d_fwd_bwd", "train_step_replayed", *FAMILY_OPS, *OPTIMIZERS)
 DEFAULT_OPS = tuple(op for op in OPS if op not in ON_REQUEST)
 
 
