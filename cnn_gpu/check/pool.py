@@ -124,16 +124,21 @@ def _adaptive_max_pool_run(a, cfg, be):
     return dict(y=y, indices=indices, dx=dx)
 
 
-def _signal_pool_config(with_dilation):
+def _until_valid(draw_once):
+    """A configuration drawer: draw_once(rng) again until _pool_geometry takes its configuration."""
     def draw(rng):
         while True:
-            cfg = _height_one(_pool_config(rng, with_dilation), rng)
+            cfg = draw_once(rng)
             try:
                 _pool_geometry(cfg)
                 return cfg
             except ValueError:
                 continue
     return draw
+
+
+def _signal_pool_config(with_dilation):
+    return _until_valid(lambda rng: _height_one(_pool_config(rng, with_dilation), rng))
 
 
 def _max_pool1d_run(a, cfg, be):
@@ -238,21 +243,15 @@ def _unpool_run(a, cfg, be):
 
 def _volume_pool_config(with_dilation):
     """A 3-D pool's configuration: _pool_config's draws on volumes (N, C, D, H, W)."""
-    def draw(rng):
-        while True:
-            kernel = _ints(rng, 1, 3, 3)
-            cfg = dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 3)), HW=_ints(rng, 1, 6, 3), kernel=kernel,
-                       stride=None if rng.random() < 0.3 else _ints(rng, 1, 2, 3),
-                       padding=tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel),
-                       dilation=_ints(rng, 1, 2, 3) if with_dilation else (1, 1, 1),
-                       ceil_mode=bool(rng.random() < 0.5), count_include_pad=bool(rng.random() < 0.5),
-                       divisor_override=None if with_dilation or rng.random() < 0.6 else int(rng.choice([-3, 2, 7])))
-            try:
-                _pool_geometry(cfg)
-                return cfg
-            except ValueError:
-                continue
-    return draw
+    def draw_once(rng):
+        kernel = _ints(rng, 1, 3, 3)
+        return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 3)), HW=_ints(rng, 1, 6, 3), kernel=kernel,
+                    stride=None if rng.random() < 0.3 else _ints(rng, 1, 2, 3),
+                    padding=tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel),
+                    dilation=_ints(rng, 1, 2, 3) if with_dilation else (1, 1, 1),
+                    ceil_mode=bool(rng.random() < 0.5), count_include_pad=bool(rng.random() < 0.5),
+                    divisor_override=None if with_dilation or rng.random() < 0.6 else int(rng.choice([-3, 2, 7])))
+    return _until_valid(draw_once)
 
 
 POOL3D_LARGE = (dict(_pool(N=4, C=32, HW=(16, 28, 28), kernel=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1),
