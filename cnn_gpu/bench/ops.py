@@ -39,7 +39,7 @@ OPS = {
 OPS.update({op: (family.kind, lambda s, op=op: family_case(op, s), family.description)
             for op, family in FAMILY_OPS.items()})
 OPS.update({op: ("conv", lambda s, op=op: family_case(op, s),
-                  f"a {kind} step (lr 1e-3{' momentum 0.9' if options else ''}) of the convolution's weight and bias")
+                  f"one {kind} step (lr 1e-3{', momentum 0.9' if options else ''}) of the conv's weight and bias")
             for op, (kind, options, _) in OPTIMIZERS.items()})
 # conv2d_fwd_bwd repeats fprop + dgrad + wgrad, so it runs only when asked for (numpy_vs_torch.py);
 # train_step_replayed has rows on emu and cuda only, so likewise (gpu-check asks for it).
