@@ -57,16 +57,17 @@ def _batch_norm3d_config(rng):
 BATCH_NORM3D_LARGE = (dict(N=4, C=32, HW=(8, 16, 16), training=True, affine=True, activation=None),)
 
 
-def _plane_norm_config(rng, volumes: bool = False):
+def _plane_norm_config(rng, volumes: bool = False, instance: bool = False):
     """Group or instance norm's x (N, C, *planes), planes of 1 to 3 dims (3: volumes), C a multiple of
-    num_groups, at least 4 values in a group (two normalise to +-1 whatever they are: no gradient)."""
+    num_groups, at least 4 values in a group, a plane for instance norm (two normalise to +-1
+    whatever they are: dx is rounding noise)."""
     while True:
         groups = int(rng.integers(1, 4))
         planes = _ints(rng, 1, 4, 3 if volumes else int(rng.integers(1, 3)))
         cfg = dict(N=int(rng.integers(1, 4)), C=groups * int(rng.integers(1, 3)), HW=planes, groups=groups,
                    affine=bool(rng.random() < 0.8), use_input_stats=bool(rng.random() < 0.8),
                    running=bool(rng.random() < 0.5))
-        if cfg["C"] // groups * math.prod(planes) >= 4:
+        if (1 if instance else cfg["C"] // groups) * math.prod(planes) >= 4:
             return cfg
 
 
@@ -170,9 +171,9 @@ CHECKS = (
             reduces=True, large_configs=BATCH_NORM3D_LARGE),
     OpCheck("group_norm", _plane_norm_config, (), _plane_norm_inputs, _group_norm_run, "y", "dy", AFFINE_GRADS,
             reduces=True, large_configs=GROUP_NORM_LARGE),
-    OpCheck("instance_norm", _plane_norm_config, (), _plane_norm_inputs, instance_norm_run(), "y", "dy", AFFINE_GRADS,
-            reduces=True),
-    OpCheck("instance_norm3d", lambda rng: _plane_norm_config(rng, volumes=True), (), _plane_norm_inputs,
+    OpCheck("instance_norm", lambda rng: _plane_norm_config(rng, instance=True), (), _plane_norm_inputs,
+            instance_norm_run(), "y", "dy", AFFINE_GRADS, reduces=True),
+    OpCheck("instance_norm3d", lambda rng: _plane_norm_config(rng, volumes=True, instance=True), (), _plane_norm_inputs,
             instance_norm_run(), "y", "dy", AFFINE_GRADS, reduces=True),
     OpCheck("layer_norm", _row_norm_config, ROW_NORM_EDGES, _row_norm_inputs, _layer_norm_run, "y", "dy",
             AFFINE_GRADS, reduces=True, large_configs=ROW_NORM_LARGE),
