@@ -49,13 +49,14 @@ def test_every_functional_op_of_readme_has_a_check():
     assert set(check_ops.COVERED_BY.values()) <= set(check.OPS)
 
 
-def test_every_optimizer_has_a_check():
+def test_every_optimizer_has_a_check_and_a_bench_case():
     from cnn_gpu import optim
-    from cnn_gpu.check.optimizers import OPTIMIZERS
+    from cnn_gpu.check.optimizers import OPTIMIZERS as CHECKED
     rules = {name for name, value in vars(optim).items() if isinstance(value, type)
              and issubclass(value, optim.Optimizer) and value is not optim.Optimizer and not name.startswith("_")}
-    assert rules == {kind for kind, _ in OPTIMIZERS.values()}
-    assert set(OPTIMIZERS) <= set(check.OPS) and not any(check.OPS[name].grads for name in OPTIMIZERS)
+    assert rules == {kind for kind, _ in CHECKED.values()}
+    assert set(CHECKED) <= set(check.OPS) and not any(check.OPS[name].grads for name in CHECKED)
+    assert set(OPTIMIZERS) == set(CHECKED) and set(OPTIMIZERS) <= set(bench.OPS)
 
 
 def test_the_coverage_test_sees_a_missing_family(monkeypatch):
