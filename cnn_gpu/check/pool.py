@@ -242,10 +242,13 @@ def _unpool_run(a, cfg, be):
 
 
 def _volume_pool_config(with_dilation):
-    """A 3-D pool's configuration: _pool_config's draws on volumes (N, C, D, H, W)."""
+    """A 3-D pool's configuration: _pool_config's draws on volumes (N, C, D, H, W); the average pool's
+    (with_dilation False) at least as large as its kernel on every axis, as avg_pool3d asks."""
     def draw_once(rng):
-        kernel = _ints(rng, 1, 3, 3)
-        return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 3)), HW=_ints(rng, 1, 6, 3), kernel=kernel,
+        kernel, volume = _ints(rng, 1, 3, 3), _ints(rng, 1, 6, 3)
+        if not with_dilation:
+            volume = tuple(max(v, k) for v, k in zip(volume, kernel))
+        return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 3)), HW=volume, kernel=kernel,
                     stride=None if rng.random() < 0.3 else _ints(rng, 1, 2, 3),
                     padding=tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel),
                     dilation=_ints(rng, 1, 2, 3) if with_dilation else (1, 1, 1),
