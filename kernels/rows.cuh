@@ -50,3 +50,42 @@ static __device__ __forceinline__ acc_t strided_row_max(const REAL* x, long long
         row_max = larger(to_acc(x[e]), row_max);
     return row_max;
 }
+
+// How a row's elements are shared among the threads that reduce it (distance.cu, loss.cu's margin
+// and embedding losses): a thread takes elements first, first + step, ... in order, and sum()
+// (max_or_nan()) combines the threads' partial sums (maxima); every thread of the row calls them alike.
+//  * by_block: a contiguous row a block; thread t takes elements t, t + blockDim.x, ... (a warp
+//    reads 32 neighbouring elements: coalesced), combined by block_reduce's fixed-order tree.
+//  * else a row a thread, its elements in order (rows `inner` > 1 apart: neighbouring threads
+//    already read neighbouring elements).
+// One type with a flag, not one a layout: NVRTC takes no generic lambdas for the kernels' row bodies.
+struct RowWalk {
+    int first, step;
+    bool by_block;
+    acc_t* scratch;   // BLOCK_THREADS acc_t of shared memory
+    __device__ bool leader() const { return first == 0; }
+    __device__ acc_t sum(acc_t partial) const { return by_block ? block_reduce(partial, scratch, false) : partial; }
+    // the row's maximum, NaN where any thread's partial is NaN (block_reduce's maximum skips NaN)
+    __device__ acc_t max_or_nan(acc_t partial) const
+    {
+        if (!by_block)
+            return partial;
+        const acc_t largest = block_reduce(partial, scratch, true);
+        return block_reduce(partial != partial ? (acc_t)1 : (acc_t)0, scratch, false) != (acc_t)0 ? REAL_NAN : largest;
+    }
+};
+
+// body(row, walk) for each row of (outer, size, inner), rows = outer * inner: a block a row where
+// they are contiguous (inner == 1; grid-stride over the rows, the host launching a power of two of
+// threads: row_threads), else a thread a row (grid-stride; blocks of BLOCK_THREADS).
+// `scratch`: BLOCK_THREADS acc_t of shared memory.
+template <class Body>
+__device__ __forceinline__ void for_each_row(long long rows, long long inner, acc_t* scratch, Body body)
+{
+    const bool by_block = inner == 1;
+    const RowWalk walk{by_block ? (int)threadIdx.x : 0, by_block ? (int)blockDim.x : 1, by_block, scratch};
+    const long long first = by_block ? (long long)blockIdx.x : (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
+    const long long step = by_block ? (long long)gridDim.x : (long long)gridDim.x * BLOCK_THREADS;
+    for (long long row = first; row < rows; row += step)
+        body(row, walk);
+}

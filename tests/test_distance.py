@@ -153,6 +153,65 @@ def test_emulated_kernels_are_bit_identical_under_schedules_and_guard_zones(sche
         assert a.tobytes() == b.tobytes(), schedule
 
 
+def long_rows():
+    """Rows along the last dim, longer than a warp (a block of 64 and of 256 threads, some threads
+    taking two elements): the infinity norm's rows hold a NaN past the first warp and a tie."""
+    x1, x2, dy = draw((3, 300), np.float64, 20), draw((3, 300), np.float64, 21), draw((3, 300), np.float64, 22)
+    x1[1, 200] = np.nan
+    x1[2, 7] = x1[2, 250] = -np.abs(x1[2]).max() - 1
+    return [(x1[:, :40], x2[:, :40], dy[:, :40]), (x1, x2, dy)]
+
+
+def long_row_results(x1, x2, dy, be):
+    dout = dy[:, 0].copy()
+    results = []
+    for p in (2.0, 3.0, math.inf):
+        results += [F.normalize(x1, p, -1, backend=be), F.normalize_backward(dy, x1, p, -1, backend=be),
+                    F.pairwise_distance(x1, x2, p, backend=be),
+                    *F.pairwise_distance_backward(dout, x1, x2, p, backend=be)]
+    return results + [F.cosine_similarity(x1, x2, -1, backend=be),
+                      *F.cosine_similarity_backward(dout, x1, x2, -1, backend=be)]
+
+
+@needs_emu
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_contiguous_rows_a_block_a_row_are_the_numpy_paths_under_the_race_check(schedule):
+    """Rows along the last dim are reduced by a block a row (rows.cuh's for_each_row): float64 within
+    1e-12 of the NumPy path (the infinity norm's NaN and ties included), guard zones and the race check
+    on block_reduce's scratch, and bit for bit the same under the forward and this schedule."""
+    from cnn_gpu import emu
+    for x1, x2, dy in long_rows():
+        runs = []
+        for options in (dict(schedule="forward"), dict(schedule=schedule, seed=7)):
+            with emu.checking(guard=True, race=True, **options):
+                runs.append(long_row_results(x1, x2, dy, "emu"))
+        for got, again, want in zip(*runs, long_row_results(x1, x2, dy, "numpy"), strict=True):
+            assert got.tobytes() == again.tobytes(), (x1.shape, schedule)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=str(x1.shape))
+
+
+@needs_emu
+def test_contiguous_float32_rows_are_read_and_written_coalesced():
+    """(64, 256) float32 rows along the last dim: a warp's loads and stores of a row's elements take 4
+    sectors a request, 1 an 8-lane group (a thread a row took 32, one a lane); the per-row loads and stores
+    (dout, the distances) 1."""
+    from cnn_gpu import emu
+    x1, x2 = draw((64, 256), np.float32, 30), draw((64, 256), np.float32, 31)
+    dout = draw((64,), np.float32, 32)
+    with emu.profiling() as prof:
+        F.normalize(x1, 2.0, 1, backend="emu")
+        F.normalize_backward(x2, x1, 3.0, 1, backend="emu")
+        F.cosine_similarity(x1, x2, 1, backend="emu")
+        F.cosine_similarity_backward(dout, x1, x2, 1, backend="emu")
+        F.pairwise_distance(x1, x2, math.inf, backend="emu")
+        F.pairwise_distance_backward(dout, x1, x2, 1.5, backend="emu")
+    sites = [site for site in prof.sites if site["space"] == "global"]
+    assert {site["kernel"] for site in sites} == {f"{op}_{direction}" for op in (
+        "normalize", "cosine_similarity", "pairwise_distance") for direction in ("forward", "backward")}
+    for site in sites:
+        assert site["sectors"] <= 4 * site["requests"], site
+
+
 @needs_emu
 def test_a_grid_smaller_than_the_rows_covers_every_row():
     x, dy = draw((7, 3, 100), np.float64, 4), draw((7, 3, 100), np.float64, 5)

@@ -1,6 +1,7 @@
 """Launch code of kernels/distance.cu: normalize, cosine_similarity and pairwise_distance, forward and
-backward, one thread per row of the inputs viewed as (outer, size, inner). `p` is a finite p > 0 or
-inf, passed to the kernels as 0 (their infinity norm)."""
+backward, over the rows of the inputs viewed as (outer, size, inner): a block a row where the rows are
+contiguous (inner == 1; pairwise_distance always), else a thread a row (rows.cuh's for_each_row). `p` is
+a finite p > 0 or inf, passed to the kernels as 0 (their infinity norm)."""
 from __future__ import annotations
 
 import math
@@ -8,11 +9,19 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, blocks_for, i32
+from ._grid import THREADS, acc, blocks_for, i32, row_threads
+from .reduce import MAX_GRID_X
 
 
-def _launch(be, kernel, dtype, rows, args):
-    backend.launch(be, "distance", dtype, kernel, (blocks_for(rows),), (THREADS,), args)
+def _launch(be, kernel, dtype, view, args):
+    """for_each_row's grid over the (outer * inner) rows of `view`: a block of row_threads(size) a
+    contiguous row, else blocks of THREADS a thread a row."""
+    outer, size, inner = view
+    if inner == 1:
+        grid, block = min(outer, MAX_GRID_X), row_threads(size)
+    else:
+        grid, block = blocks_for(outer * inner), THREADS
+    backend.launch(be, "distance", dtype, kernel, (grid,), (block,), args)
 
 
 def _p(p):
@@ -26,13 +35,13 @@ def _rows(view):
 
 def normalize(be, x, view, p, eps):
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
-    _launch(be, "normalize_forward", x.dtype, view[0] * view[2], (x, y, *_rows(view), *acc(x.dtype, _p(p), eps)))
+    _launch(be, "normalize_forward", x.dtype, view, (x, y, *_rows(view), *acc(x.dtype, _p(p), eps)))
     return y
 
 
 def normalize_backward(be, dy, x, view, p, eps):
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
-    _launch(be, "normalize_backward", x.dtype, view[0] * view[2],
+    _launch(be, "normalize_backward", x.dtype, view,
             (dy, x, dx, *_rows(view), *acc(x.dtype, _p(p), eps)))
     return dx
 
@@ -40,14 +49,14 @@ def normalize_backward(be, dy, x, view, p, eps):
 def cosine_similarity(be, x1, x2, view, eps):
     """(outer, inner) similarities; the caller reshapes them."""
     out = backend.array_module(be).empty((view[0], view[2]), dtype=x1.dtype)
-    _launch(be, "cosine_similarity_forward", x1.dtype, out.size, (x1, x2, out, *_rows(view), *acc(x1.dtype, eps)))
+    _launch(be, "cosine_similarity_forward", x1.dtype, view, (x1, x2, out, *_rows(view), *acc(x1.dtype, eps)))
     return out
 
 
 def cosine_similarity_backward(be, dout, x1, x2, view, eps):
     xp = backend.array_module(be)
     dx1, dx2 = xp.empty(x1.shape, dtype=x1.dtype), xp.empty(x1.shape, dtype=x1.dtype)
-    _launch(be, "cosine_similarity_backward", x1.dtype, view[0] * view[2],
+    _launch(be, "cosine_similarity_backward", x1.dtype, view,
             (dout, x1, x2, dx1, dx2, *_rows(view), *acc(x1.dtype, eps)))
     return dx1, dx2
 
@@ -55,7 +64,7 @@ def cosine_similarity_backward(be, dout, x1, x2, view, eps):
 def pairwise_distance(be, x1, x2, rows, size, p, eps):
     """(rows,) distances of x1 and x2 viewed as (rows, size)."""
     out = backend.array_module(be).empty((rows,), dtype=x1.dtype)
-    _launch(be, "pairwise_distance_forward", x1.dtype, rows,
+    _launch(be, "pairwise_distance_forward", x1.dtype, (rows, size, 1),
             (x1, x2, out, np.int64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
     return out
 
@@ -63,6 +72,6 @@ def pairwise_distance(be, x1, x2, rows, size, p, eps):
 def pairwise_distance_backward(be, dout, x1, x2, rows, size, p, eps):
     xp = backend.array_module(be)
     dx1, dx2 = xp.empty(x1.shape, dtype=x1.dtype), xp.empty(x1.shape, dtype=x1.dtype)
-    _launch(be, "pairwise_distance_backward", x1.dtype, rows,
+    _launch(be, "pairwise_distance_backward", x1.dtype, (rows, size, 1),
             (dout, x1, x2, dx1, dx2, np.int64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
     return dx1, dx2
