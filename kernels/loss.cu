@@ -36,9 +36,12 @@
 //    out of range) and its one gradient element -w[label] / grad_divisor (PyTorch's w * (-1 /
 //    divisor)) written into a zeroed dinput; the mean's divisor comes from
 //    cross_entropy_target_weights as the cross entropy's.
-//  * multi_margin_rows: the multi-class hinge loss, one thread a row (see there).
-//  * cosine_embedding_rows: the cosine embedding loss, one thread a row pair (see there).
-//  * triplet_margin_rows: the triplet margin loss, one thread a row triplet (see there).
+//  * multi_margin_rows: the multi-class hinge loss, a block a row (see there).
+//  * cosine_embedding_rows: the cosine embedding loss, a block a row pair (see there).
+//  * triplet_margin_rows: the triplet margin loss, a block a row triplet (see there).
+//    These three walk a row as rows.cuh's for_each_row with inner 1: thread t takes elements t,
+//    t + blockDim, ... (a warp reads 32 neighbouring elements: coalesced) and block_reduce adds the
+//    threads' partial sums in a fixed tree.
 //  * regression_loss_rows: 4 elements a thread (for_each_element): each element's loss into a
 //    workspace that reduce.cu sums in fixed order (or that is the loss itself for reduction="none")
 //    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
@@ -67,7 +70,7 @@
 // (common.cuh): a float16 build reads FP16 inputs, computes in FP32, rounds each gradient element
 // once, and hands reduce.cu FP32 rows to sum.
 
-#include "map_math.cuh"
+#include "norms.cuh"
 #include "rows.cuh"
 
 // Kernel parameters of the cross entropy: logits and either class indices (`labels`, int64) or
@@ -235,31 +238,34 @@ nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ label
     }
 }
 
-// Multi-class hinge loss (PyTorch's multi_margin_loss) of input rows of `classes` scores, one thread a
-// row walking its classes in order (fixed order; the rows are independent): with y the row's label
-// and z_c = margin - x_y + x_c, the loss sum_{c != y} w_y max(0, z_c)^p / classes (p 1 or 2) and the
-// gradient w_y * grad_scale * (1 or 2 z_c) at each c != y with z_c > 0, minus their sum at y (torch's
-// CPU kernel, whose strict z_c > 0 this keeps). grad_scale is 1 / classes (and / rows for the mean). A
-// label outside [0, classes) gives a NaN loss and a zero gradient row (the host names it).
+// Multi-class hinge loss (PyTorch's multi_margin_loss) of input rows of `classes` scores, a block a row
+// (for_each_row: thread t takes classes t, t + blockDim, ...; the rows are independent): with y
+// the row's label and z_c = margin - x_y + x_c, the loss sum_{c != y} w_y max(0, z_c)^p / classes (p 1
+// or 2) and the gradient w_y * grad_scale * (1 or 2 z_c) at each c != y with z_c > 0, minus their sum
+// at y (torch's CPU kernel, whose strict z_c > 0 this keeps), both sums block_reduce's fixed tree.
+// grad_scale is 1 / classes (and / rows for the mean). A label outside [0, classes) gives a NaN loss and
+// a zero gradient row (the host names it).
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 multi_margin_rows(const REAL* __restrict__ input, const long long* __restrict__ labels,
                   const REAL* __restrict__ class_weight, REAL* __restrict__ dinput, acc_t* __restrict__ row_loss,
                   long long rows, int classes, int squared, int has_weight, acc_t margin, acc_t grad_scale)
 {
-    GRID_STRIDE_LOOP(row, rows) {
+    __shared__ acc_t scratch[BLOCK_THREADS];
+    for_each_row(rows, 1, scratch, [&](long long row, const RowWalk& walk) {
         const long long label = labels[row];
         const REAL* x = input + row * classes;
         REAL* dx = dinput + row * classes;
         if (label < 0 || label >= classes) {
-            for (int c = 0; c < classes; ++c)
+            for (int c = walk.first; c < classes; c += walk.step)
                 dx[c] = to_real((acc_t)0);
-            row_loss[row] = REAL_NAN;
-            continue;
+            if (walk.leader())
+                row_loss[row] = REAL_NAN;
+            return;
         }
         const acc_t weight = has_weight ? to_acc(class_weight[label]) : (acc_t)1;
         const acc_t shifted_margin = margin - to_acc(x[label]);
         acc_t sum = (acc_t)0, target_grad = (acc_t)0;
-        for (int c = 0; c < classes; ++c) {
+        for (int c = walk.first; c < classes; c += walk.step) {
             if (c == label)
                 continue;
             const acc_t z = shifted_margin + to_acc(x[c]);
@@ -271,13 +277,17 @@ multi_margin_rows(const REAL* __restrict__ input, const long long* __restrict__ 
             target_grad -= grad;
             dx[c] = to_real(grad);
         }
-        dx[label] = to_real(target_grad);
-        row_loss[row] = sum / (acc_t)classes;
-    }
+        sum = walk.sum(sum);
+        target_grad = walk.sum(target_grad);
+        if (walk.leader()) {
+            dx[label] = to_real(target_grad);
+            row_loss[row] = sum / (acc_t)classes;
+        }
+    });
 }
 
 // Cosine embedding loss (PyTorch's cosine_embedding_loss) of row pairs x1, x2 (rows, dim) and one
-// target y a row, one thread a row walking its elements in order twice: the sums P = x1.x2,
+// target y a row, a block a row pair (for_each_row) walking it twice: the sums P = x1.x2,
 // A = |x1|^2 + 1e-12, B = |x2|^2 + 1e-12 (torch's EPSILON), cos = P / sqrt(A B); the loss 1 - cos
 // where y = 1, max(0, cos - margin) where y = -1, else 0; then the gradients s (x2 / sqrt(A B) -
 // cos x1 / A) and s (x1 / sqrt(A B) - cos x2 / B), s the loss's slope in cos (-1; 1 where
@@ -287,19 +297,20 @@ cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ 
                       const REAL* __restrict__ target, REAL* __restrict__ dinput1, REAL* __restrict__ dinput2,
                       acc_t* __restrict__ row_loss, long long rows, long long dim, acc_t margin, acc_t grad_scale)
 {
+    __shared__ acc_t scratch[BLOCK_THREADS];
     const acc_t epsilon = (acc_t)1e-12;
-    GRID_STRIDE_LOOP(row, rows) {
-        const REAL* a = input1 + row * dim;
-        const REAL* b = input2 + row * dim;
+    for_each_row(rows, 1, scratch, [&](long long row, const RowWalk& walk) {
+        const long long first = row * dim;
         acc_t dot = (acc_t)0, square1 = (acc_t)0, square2 = (acc_t)0;
-        for (long long i = 0; i < dim; ++i) {
-            const acc_t u = to_acc(a[i]), v = to_acc(b[i]);
+        for (long long i = walk.first; i < dim; i += walk.step) {
+            const acc_t u = to_acc(input1[first + i]), v = to_acc(input2[first + i]);
             dot += u * v;
             square1 += u * u;
             square2 += v * v;
         }
-        square1 += epsilon;   // after the sums, as torch's
-        square2 += epsilon;
+        dot = walk.sum(dot);
+        square1 = walk.sum(square1) + epsilon;   // after the sums, as torch's
+        square2 = walk.sum(square2) + epsilon;
         const acc_t inv_denominator = (acc_t)1 / REAL_SQRT(square1 * square2);
         const acc_t cosine = dot * inv_denominator;
         const acc_t y = to_acc(target[row]);
@@ -314,46 +325,22 @@ cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ 
         }
         slope *= grad_scale;
         const acc_t cosine_over1 = cosine / square1, cosine_over2 = cosine / square2;
-        for (long long i = 0; i < dim; ++i) {
-            const acc_t u = to_acc(a[i]), v = to_acc(b[i]);
-            dinput1[row * dim + i] = to_real(slope * (v * inv_denominator - cosine_over1 * u));
-            dinput2[row * dim + i] = to_real(slope * (u * inv_denominator - cosine_over2 * v));
+        for (long long i = walk.first; i < dim; i += walk.step) {
+            const acc_t u = to_acc(input1[first + i]), v = to_acc(input2[first + i]);
+            dinput1[first + i] = to_real(slope * (v * inv_denominator - cosine_over1 * u));
+            dinput2[first + i] = to_real(slope * (u * inv_denominator - cosine_over2 * v));
         }
-        row_loss[row] = loss;
-    }
-}
-
-// |v|^p of one element of a p-norm's sum (p = 1 and 2 without pow)
-static __device__ __forceinline__ acc_t norm_term(acc_t v, acc_t p)
-{
-    if (p == (acc_t)2) return v * v;
-    if (p == (acc_t)1) return fabs(v);
-    return REAL_POW(fabs(v), p);
-}
-
-// The p-norm of its sum of terms
-static __device__ __forceinline__ acc_t norm_of(acc_t sum, acc_t p)
-{
-    if (p == (acc_t)2) return REAL_SQRT(sum);
-    if (p == (acc_t)1) return sum;
-    return REAL_POW(sum, (acc_t)1 / p);
-}
-
-// d||v||_p / dv_i = sign(v_i) (|v_i| / ||v||)^(p - 1), 0 where v_i or the norm is 0 (torch's norm backward)
-static __device__ __forceinline__ acc_t norm_slope(acc_t v, acc_t norm, acc_t p)
-{
-    if (v == (acc_t)0 || norm == (acc_t)0) return (acc_t)0;
-    if (p == (acc_t)2) return v / norm;
-    const acc_t sign = v > (acc_t)0 ? (acc_t)1 : (acc_t)-1;
-    if (p == (acc_t)1) return sign;
-    return sign * REAL_POW(fabs(v) / norm, p - (acc_t)1);
+        if (walk.leader())
+            row_loss[row] = loss;
+    });
 }
 
 // Triplet margin loss (PyTorch's triplet_margin_loss) of rows (rows, dim) of anchors a, positives q
-// and negatives n, one thread a row walking its elements in order twice: the distances
-// d(a, q) = ||a - q + eps||_p, d(a, n), and with swap d(q, n) (the negative distance their minimum,
-// torch's: a tie splits the gradient in halves); the loss max(0, margin + d(a, q) - d_neg) and,
-// where its argument is >= 0 (torch's clamp_min), the gradients of the distances times grad_scale.
+// and negatives n, a block a row triplet (for_each_row) walking it twice: the distances
+// d(a, q) = ||a - q + eps||_p, d(a, n), and with swap d(q, n) (norms.cuh, as pairwise_distance's; the
+// negative distance their minimum, torch's: a tie splits the gradient in halves); the loss
+// max(0, margin + d(a, q) - d_neg) and, where its argument is >= 0 (torch's clamp_min), the gradients
+// of the distances times grad_scale.
 // Three resident blocks (up to 80 registers) rather than MIN_BLOCKS' four: at 64 registers the fp64
 // builds of NVRTC 13 for sm_80 and sm_90 spill around pow's slow path (p other than 1 and 2)
 #define TRIPLET_MIN_BLOCKS 3
@@ -363,18 +350,20 @@ triplet_margin_rows(const REAL* __restrict__ anchor, const REAL* __restrict__ po
                     REAL* __restrict__ dnegative, acc_t* __restrict__ row_loss, long long rows, long long dim,
                     int swap, acc_t p, acc_t margin, acc_t eps, acc_t grad_scale)
 {
-    GRID_STRIDE_LOOP(row, rows) {
+    __shared__ acc_t scratch[BLOCK_THREADS];
+    for_each_row(rows, 1, scratch, [&](long long row, const RowWalk& walk) {
         const long long first = row * dim;
         acc_t sum_positive = (acc_t)0, sum_negative = (acc_t)0, sum_swap = (acc_t)0;
-        for (long long i = first; i < first + dim; ++i) {
+        for (long long j = walk.first; j < dim; j += walk.step) {
+            const long long i = first + j;
             const acc_t a = to_acc(anchor[i]), q = to_acc(positive[i]), n = to_acc(negative[i]);
-            sum_positive += norm_term(a - q + eps, p);
-            sum_negative += norm_term(a - n + eps, p);
+            sum_positive += lp_term(a - q + eps, p);
+            sum_negative += lp_term(a - n + eps, p);
             if (swap)
-                sum_swap += norm_term(q - n + eps, p);
+                sum_swap += lp_term(q - n + eps, p);
         }
-        const acc_t d_positive = norm_of(sum_positive, p), d_negative = norm_of(sum_negative, p);
-        const acc_t d_swap = swap ? norm_of(sum_swap, p) : d_negative;
+        const acc_t d_positive = lp_root(walk.sum(sum_positive), p), d_negative = lp_root(walk.sum(sum_negative), p);
+        const acc_t d_swap = swap ? lp_root(walk.sum(sum_swap), p) : d_negative;
         // the shares of the negative distance's gradient: d(a, n)'s and d(q, n)'s
         acc_t negative_share = (acc_t)1, swap_share = (acc_t)0;
         if (swap) {
@@ -383,18 +372,22 @@ triplet_margin_rows(const REAL* __restrict__ anchor, const REAL* __restrict__ po
         }
         const acc_t d_closest = d_swap < d_negative ? d_swap : d_negative;
         const acc_t gap = margin + d_positive - d_closest;
-        row_loss[row] = gap < (acc_t)0 ? (acc_t)0 : gap;
+        if (walk.leader())
+            row_loss[row] = gap < (acc_t)0 ? (acc_t)0 : gap;
         const acc_t scale = gap >= (acc_t)0 ? grad_scale : (acc_t)0;
-        for (long long i = first; i < first + dim; ++i) {
+        const LpNormGradient to_positive(d_positive, p, (acc_t)1), to_negative(d_negative, p, (acc_t)1);
+        const LpNormGradient to_swap(d_swap, p, (acc_t)1);
+        for (long long j = walk.first; j < dim; j += walk.step) {
+            const long long i = first + j;
             const acc_t a = to_acc(anchor[i]), q = to_acc(positive[i]), n = to_acc(negative[i]);
-            const acc_t to_positive = norm_slope(a - q + eps, d_positive, p);
-            const acc_t to_negative = negative_share * norm_slope(a - n + eps, d_negative, p);
-            const acc_t to_swap = swap ? swap_share * norm_slope(q - n + eps, d_swap, p) : (acc_t)0;
-            danchor[i] = to_real(scale * (to_positive - to_negative));
-            dpositive[i] = to_real(scale * (-to_positive - to_swap));
-            dnegative[i] = to_real(scale * (to_negative + to_swap));
+            const acc_t positive_slope = to_positive(a - q + eps);
+            const acc_t negative_slope = negative_share * to_negative(a - n + eps);
+            const acc_t swap_slope = swap ? swap_share * to_swap(q - n + eps) : (acc_t)0;
+            danchor[i] = to_real(scale * (positive_slope - negative_slope));
+            dpositive[i] = to_real(scale * (-positive_slope - swap_slope));
+            dnegative[i] = to_real(scale * (negative_slope + swap_slope));
         }
-    }
+    });
 }
 
 #define REGRESSION_L1 0

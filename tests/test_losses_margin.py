@@ -232,6 +232,57 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
                                            atol=tolerance * max(1.0, float(np.abs(want).max())), err_msg=message)
 
 
+def long_row_losses(be):
+    """The row kernels' losses and gradients on rows longer than a warp (blocks of 64 and 256 threads,
+    some threads taking two elements), float64, reduction "none"."""
+    rng = np.random.default_rng(139)
+    results = []
+    for dim in (40, 300):
+        x1, x2, x3 = (rng.standard_normal((3, dim)) for _ in range(3))
+        labels = np.array([0, dim // 2, dim - 1])
+        results += [*F.multi_margin_loss(x1, labels, reduction="none", backend=be),
+                    *F.multi_margin_loss(x1, labels, p=2, margin=0.7, weight=rng.uniform(0.5, 2, dim),
+                                         reduction="none", backend=be),
+                    *F.cosine_embedding_loss(x1, x2, np.array([1.0, -1.0, -1.0]), margin=-0.2, reduction="none",
+                                             backend=be),
+                    *F.triplet_margin_loss(x1, x2, x3, reduction="none", backend=be),
+                    *F.triplet_margin_loss(x1, x2, x3, p=1.5, swap=True, margin=30.0, reduction="none", backend=be)]
+    return results
+
+
+@needs_emu
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_long_rows_a_block_a_row_are_the_numpy_paths_under_the_race_check(schedule):
+    """multi_margin_rows, cosine_embedding_rows and triplet_margin_rows reduce a row a block (rows.cuh's
+    for_each_row): within 1e-12 of the NumPy path, guard zones and the race check on block_reduce's
+    scratch, and bit for bit the same under the forward and this schedule."""
+    runs = []
+    for options in (dict(schedule="forward"), dict(schedule=schedule, seed=11)):
+        with emu.checking(guard=True, race=True, **options):
+            runs.append(long_row_losses("emu"))
+    for got, again, want in zip(*runs, long_row_losses("numpy"), strict=True):
+        assert got.tobytes() == again.tobytes(), schedule
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@needs_emu
+def test_float32_rows_are_read_and_written_coalesced():
+    """(64, 256) float32 rows: a warp's loads and stores of a row's elements take 4 sectors a request,
+    1 an 8-lane group (a thread a row took 32, one a lane); the per-row label, target and loss 1."""
+    rng = np.random.default_rng(256)
+    x1, x2, x3 = (rng.standard_normal((64, 256)).astype(np.float32) for _ in range(3))
+    with emu.profiling() as prof:
+        F.multi_margin_loss(x1, rng.integers(0, 256, 64), reduction="none", backend="emu")
+        F.cosine_embedding_loss(x1, x2, rng.choice(np.array([-1, 1], np.float32), 64), reduction="none",
+                                backend="emu")
+        F.triplet_margin_loss(x1, x2, x3, reduction="none", backend="emu")
+    sites = [site for site in prof.sites if site["space"] == "global"]
+    assert {site["kernel"] for site in sites} == {"multi_margin_rows", "cosine_embedding_rows",
+                                                  "triplet_margin_rows"}
+    for site in sites:
+        assert site["sectors"] <= 4 * site["requests"], site
+
+
 def test_float16_is_the_float32_math_rounded_once():
     for what, (name, arrays, options, _) in cases(F16).items():
         op = getattr(F, name)
