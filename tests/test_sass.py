@@ -755,8 +755,8 @@ def test_fold_kernels_move_elements_without_atomics_and_unfold_streams_within_th
 def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(family, kernels, dtype):
     """kernels/local_response_norm.cu and kernels/distance.cu: global loads and stores of one element
     of the dtype or of the compute type (LRN's backward terms, FP32 for float16), no local memory or
-    stack (pow's and powf's slow paths included), no atomics: each window or row is reduced by its own
-    thread in a fixed order."""
+    stack (pow's and powf's slow paths included), no atomics: each window is reduced by its own thread,
+    each row by a block (or a thread) in a fixed order."""
     widths = {8 * np.dtype(dtype).itemsize, 8 * backend.compute_dtype(dtype).itemsize}
     rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}
     assert set(rows) == kernels
@@ -767,6 +767,27 @@ def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(fa
         assert not [ins.opcode for kind, ins in kinds if kind == "atomic"], kernel
         global_ops = [ins for kind, ins in kinds if kind in ("ldg", "stg")]
         assert global_ops and {mix.access_bits(ins) for ins in global_ops} <= widths, (kernel, global_ops)
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_row_walks_reduce_a_row_a_block_through_shared_memory_without_atomics(dtype):
+    """rows.cuh's for_each_row (kernels/distance.cu, and loss.cu's margin and embedding losses): a
+    contiguous row a block, whose threads' partial sums meet in block_reduce's shared-memory tree
+    (barriers, shared loads and stores; a thread a row had none), no float atomics, no local memory."""
+    kernels = {"distance": {f"{op}_{direction}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
+                            for direction in ("forward", "backward")},
+               "loss": {"multi_margin_rows", "cosine_embedding_rows", "triplet_margin_rows"}}
+    for family, names in kernels.items():
+        rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}
+        cubin, _ = nvrtc.compile_as_backend(backend.kernel_source(family), f"{family}.cu", dtype, "sm_90")
+        for kernel, function in sass.disassemble(cubin, "sm_90").items():
+            if kernel not in names:
+                continue
+            assert rows[kernel]["local_memory"] == 0 and rows[kernel]["stack_bytes"] == 0, kernel
+            bases = [ins.base for ins in function.instructions]
+            assert "BAR" in bases and "LDS" in bases and "STS" in bases, (kernel, sorted(set(bases)))
+            assert not [ins.opcode for ins in function.instructions if mix.classify(ins) == "atomic"], kernel
 
 
 @_needs_tools("sm_90")
