@@ -12,14 +12,14 @@
 //    unclamped.
 //  * pairwise_distance: the p-norm of x1 - x2 + eps along the row (the last dimension).
 //
-// Not a GEMM. Every sum and maximum is taken in a fixed order (deterministic, no atomics), by one of
-// two walks (rows.cuh's for_each_row):
+// Not a GEMM. Every sum and maximum is taken in a fixed order (deterministic, no atomics), by
+// rows.cuh's for_each_row (blocks of BLOCK_THREADS):
 //  * inner == 1 (the reduced dimension is the last: (N, D) embeddings), and always for
-//    pairwise_distance: a block a row (row_threads(size) threads, a power of two from 32 to 256),
-//    thread t taking elements t, t + blockDim, ...: a warp reads 32 neighbouring elements (4 sectors
-//    a float32 request, where a thread a row read 32 sectors, one a lane), and the threads' partial
-//    sums meet in block_reduce's fixed tree.
-//  * inner > 1: a thread a row walking its elements in order; threads of neighbouring rows read
+//    pairwise_distance: a group of row_lanes(size) lanes a row (a power of two from 1 to 256; 256 /
+//    lanes rows a block), lane l taking elements l, l + lanes, ...: a warp reads 32 neighbouring
+//    elements of one row or of several short ones (4 sectors a float32 request, where a thread a row
+//    read 32, one a lane), and the lanes' partial sums meet in group_reduce's fixed tree.
+//  * inner > 1: a lane a row walking its elements in order; threads of neighbouring rows read
 //    neighbouring elements (coalesced already).
 // acc_t math: float16 rounds each output once. Offsets are 64-bit.
 
@@ -80,7 +80,7 @@ normalize_forward(const REAL* __restrict__ x, REAL* __restrict__ y, long long ro
                   acc_t p, acc_t eps)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, inner, scratch, [&](long long r, const RowWalk& walk) {
+    for_each_row(rows, size, inner, scratch, [&](long long r, const RowWalk& walk) {
         const Row row = row_of(r, size, inner);
         const acc_t denominator =
             clamp_min(lp_norm(walk, row, p, [&](long long at) { return to_acc(x[at]); }), eps);
@@ -96,7 +96,7 @@ normalize_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL
                    int size, long long inner, acc_t p, acc_t eps)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, inner, scratch, [&](long long r, const RowWalk& walk) {
+    for_each_row(rows, size, inner, scratch, [&](long long r, const RowWalk& walk) {
         const Row row = row_of(r, size, inner);
         const auto value = [&](long long at) { return to_acc(x[at]); };
         const acc_t norm = lp_norm(walk, row, p, value), denominator = clamp_min(norm, eps);
@@ -124,7 +124,7 @@ cosine_similarity_forward(const REAL* __restrict__ x1, const REAL* __restrict__ 
                           long long rows, int size, long long inner, acc_t eps)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, inner, scratch, [&](long long r, const RowWalk& walk) {
+    for_each_row(rows, size, inner, scratch, [&](long long r, const RowWalk& walk) {
         const Row row = row_of(r, size, inner);
         const acc_t d1 = clamp_min(lp_norm(walk, row, (acc_t)2, [&](long long at) { return to_acc(x1[at]); }), eps);
         const acc_t d2 = clamp_min(lp_norm(walk, row, (acc_t)2, [&](long long at) { return to_acc(x2[at]); }), eps);
@@ -145,7 +145,7 @@ cosine_similarity_backward(const REAL* __restrict__ dout, const REAL* __restrict
                            acc_t eps)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, inner, scratch, [&](long long r, const RowWalk& walk) {
+    for_each_row(rows, size, inner, scratch, [&](long long r, const RowWalk& walk) {
         const Row row = row_of(r, size, inner);
         const acc_t n1 = lp_norm(walk, row, (acc_t)2, [&](long long at) { return to_acc(x1[at]); });
         const acc_t n2 = lp_norm(walk, row, (acc_t)2, [&](long long at) { return to_acc(x2[at]); });
@@ -175,7 +175,7 @@ pairwise_distance_forward(const REAL* __restrict__ x1, const REAL* __restrict__ 
                           long long rows, int size, acc_t p, acc_t eps)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, 1, scratch, [&](long long r, const RowWalk& walk) {
+    for_each_row(rows, size, 1, scratch, [&](long long r, const RowWalk& walk) {
         const Row row = row_of(r, size, 1);
         const acc_t norm = lp_norm(walk, row, p, [&](long long at) { return to_acc(x1[at]) - to_acc(x2[at]) + eps; });
         if (walk.leader())
@@ -189,7 +189,7 @@ pairwise_distance_backward(const REAL* __restrict__ dout, const REAL* __restrict
                            acc_t eps)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, 1, scratch, [&](long long r, const RowWalk& walk) {
+    for_each_row(rows, size, 1, scratch, [&](long long r, const RowWalk& walk) {
         const Row row = row_of(r, size, 1);
         const auto difference = [&](long long at) { return to_acc(x1[at]) - to_acc(x2[at]) + eps; };
         const acc_t norm = lp_norm(walk, row, p, difference), ties = ties_of(walk, row, norm, p, difference);

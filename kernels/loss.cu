@@ -36,12 +36,12 @@
 //    out of range) and its one gradient element -w[label] / grad_divisor (PyTorch's w * (-1 /
 //    divisor)) written into a zeroed dinput; the mean's divisor comes from
 //    cross_entropy_target_weights as the cross entropy's.
-//  * multi_margin_rows: the multi-class hinge loss, a block a row (see there).
-//  * cosine_embedding_rows: the cosine embedding loss, a block a row pair (see there).
-//  * triplet_margin_rows: the triplet margin loss, a block a row triplet (see there).
-//    These three walk a row as rows.cuh's for_each_row with inner 1: thread t takes elements t,
-//    t + blockDim, ... (a warp reads 32 neighbouring elements: coalesced) and block_reduce adds the
-//    threads' partial sums in a fixed tree.
+//  * multi_margin_rows: the multi-class hinge loss, a group of lanes a row (see there).
+//  * cosine_embedding_rows: the cosine embedding loss, a group of lanes a row pair (see there).
+//  * triplet_margin_rows: the triplet margin loss, a group of lanes a row triplet (see there).
+//    These three walk their rows as rows.cuh's for_each_row with inner 1: row_lanes(D) lanes a row
+//    (a power of two from 1 to 256), lane l taking elements l, l + lanes, ... (a warp reads 32
+//    neighbouring elements: coalesced) and group_reduce adds the lanes' partial sums in a fixed tree.
 //  * regression_loss_rows: 4 elements a thread (for_each_element): each element's loss into a
 //    workspace that reduce.cu sums in fixed order (or that is the loss itself for reduction="none")
 //    and its gradient slope * weight * grad_scale / grad_divisor[0] (the divisor on the device: the
@@ -238,11 +238,11 @@ nll_rows(const REAL* __restrict__ log_probs, const long long* __restrict__ label
     }
 }
 
-// Multi-class hinge loss (PyTorch's multi_margin_loss) of input rows of `classes` scores, a block a row
-// (for_each_row: thread t takes classes t, t + blockDim, ...; the rows are independent): with y
+// Multi-class hinge loss (PyTorch's multi_margin_loss) of input rows of `classes` scores, a group of
+// lanes a row (for_each_row: lane l takes classes l, l + lanes, ...; the rows are independent): with y
 // the row's label and z_c = margin - x_y + x_c, the loss sum_{c != y} w_y max(0, z_c)^p / classes (p 1
 // or 2) and the gradient w_y * grad_scale * (1 or 2 z_c) at each c != y with z_c > 0, minus their sum
-// at y (torch's CPU kernel, whose strict z_c > 0 this keeps), both sums block_reduce's fixed tree.
+// at y (torch's CPU kernel, whose strict z_c > 0 this keeps), both sums group_reduce's fixed tree.
 // grad_scale is 1 / classes (and / rows for the mean). A label outside [0, classes) gives a NaN loss and
 // a zero gradient row (the host names it).
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
@@ -251,26 +251,21 @@ multi_margin_rows(const REAL* __restrict__ input, const long long* __restrict__ 
                   long long rows, int classes, int squared, int has_weight, acc_t margin, acc_t grad_scale)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, 1, scratch, [&](long long row, const RowWalk& walk) {
+    for_each_row(rows, classes, 1, scratch, [&](long long row, const RowWalk& walk) {
+        // no early exit for a bad label: the row's group still takes its part in the block's reductions
         const long long label = labels[row];
+        const bool valid = label >= 0 && label < classes;
         const REAL* x = input + row * classes;
         REAL* dx = dinput + row * classes;
-        if (label < 0 || label >= classes) {
-            for (int c = walk.first; c < classes; c += walk.step)
-                dx[c] = to_real((acc_t)0);
-            if (walk.leader())
-                row_loss[row] = REAL_NAN;
-            return;
-        }
-        const acc_t weight = has_weight ? to_acc(class_weight[label]) : (acc_t)1;
-        const acc_t shifted_margin = margin - to_acc(x[label]);
+        const acc_t weight = valid && has_weight ? to_acc(class_weight[label]) : (acc_t)1;
+        const acc_t shifted_margin = valid ? margin - to_acc(x[label]) : (acc_t)0;
         acc_t sum = (acc_t)0, target_grad = (acc_t)0;
         for (int c = walk.first; c < classes; c += walk.step) {
             if (c == label)
                 continue;
             const acc_t z = shifted_margin + to_acc(x[c]);
             acc_t grad = (acc_t)0;
-            if (z > (acc_t)0) {
+            if (valid && z > (acc_t)0) {
                 sum += (squared ? z * z : z) * weight;
                 grad = (squared ? (acc_t)2 * grad_scale * z : grad_scale) * weight;
             }
@@ -280,14 +275,15 @@ multi_margin_rows(const REAL* __restrict__ input, const long long* __restrict__ 
         sum = walk.sum(sum);
         target_grad = walk.sum(target_grad);
         if (walk.leader()) {
-            dx[label] = to_real(target_grad);
-            row_loss[row] = sum / (acc_t)classes;
+            if (valid)
+                dx[label] = to_real(target_grad);
+            row_loss[row] = valid ? sum / (acc_t)classes : REAL_NAN;
         }
     });
 }
 
 // Cosine embedding loss (PyTorch's cosine_embedding_loss) of row pairs x1, x2 (rows, dim) and one
-// target y a row, a block a row pair (for_each_row) walking it twice: the sums P = x1.x2,
+// target y a row, a group of lanes a row pair (for_each_row) walking it twice: the sums P = x1.x2,
 // A = |x1|^2 + 1e-12, B = |x2|^2 + 1e-12 (torch's EPSILON), cos = P / sqrt(A B); the loss 1 - cos
 // where y = 1, max(0, cos - margin) where y = -1, else 0; then the gradients s (x2 / sqrt(A B) -
 // cos x1 / A) and s (x1 / sqrt(A B) - cos x2 / B), s the loss's slope in cos (-1; 1 where
@@ -299,7 +295,7 @@ cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ 
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
     const acc_t epsilon = (acc_t)1e-12;
-    for_each_row(rows, 1, scratch, [&](long long row, const RowWalk& walk) {
+    for_each_row(rows, dim, 1, scratch, [&](long long row, const RowWalk& walk) {
         const long long first = row * dim;
         acc_t dot = (acc_t)0, square1 = (acc_t)0, square2 = (acc_t)0;
         for (long long i = walk.first; i < dim; i += walk.step) {
@@ -336,7 +332,7 @@ cosine_embedding_rows(const REAL* __restrict__ input1, const REAL* __restrict__ 
 }
 
 // Triplet margin loss (PyTorch's triplet_margin_loss) of rows (rows, dim) of anchors a, positives q
-// and negatives n, a block a row triplet (for_each_row) walking it twice: the distances
+// and negatives n, a group of lanes a row triplet (for_each_row) walking it twice: the distances
 // d(a, q) = ||a - q + eps||_p, d(a, n), and with swap d(q, n) (norms.cuh, as pairwise_distance's; the
 // negative distance their minimum, torch's: a tie splits the gradient in halves); the loss
 // max(0, margin + d(a, q) - d_neg) and, where its argument is >= 0 (torch's clamp_min), the gradients
@@ -351,7 +347,7 @@ triplet_margin_rows(const REAL* __restrict__ anchor, const REAL* __restrict__ po
                     int swap, acc_t p, acc_t margin, acc_t eps, acc_t grad_scale)
 {
     __shared__ acc_t scratch[BLOCK_THREADS];
-    for_each_row(rows, 1, scratch, [&](long long row, const RowWalk& walk) {
+    for_each_row(rows, dim, 1, scratch, [&](long long row, const RowWalk& walk) {
         const long long first = row * dim;
         acc_t sum_positive = (acc_t)0, sum_negative = (acc_t)0, sum_swap = (acc_t)0;
         for (long long j = walk.first; j < dim; j += walk.step) {

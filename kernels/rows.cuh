@@ -9,23 +9,33 @@
 // a or b, whichever is larger; b where a is NaN
 static __device__ __forceinline__ acc_t larger(acc_t a, acc_t b) { return a > b ? a : b; }
 
-// Sum (or max) of one value per thread over the block; every thread gets the result. blockDim.x
-// is a power of two; the trailing barrier lets the caller reuse `scratch` at once.
-__device__ acc_t block_reduce(acc_t value, acc_t* scratch, bool take_max)
+// Sum (or max) of one value per thread over each group of `lanes` consecutive threads (a power of
+// two dividing blockDim.x), by a halving tree in shared memory; every thread gets its group's result.
+// Every thread of the block calls it (its barriers); the trailing one lets the caller reuse `scratch`
+// at once. whole_block (lanes == blockDim.x: block_reduce) spares the lane arithmetic, and `lanes` is
+// unsigned: either cost the softmax and row norm kernels registers (up to 6, and 10 for a signed halving).
+template <bool whole_block>
+__device__ acc_t group_reduce(acc_t value, acc_t* scratch, bool take_max, unsigned lanes)
 {
-    const int t = threadIdx.x;
+    const int t = threadIdx.x, lane = whole_block ? t : t & (lanes - 1);
     scratch[t] = value;
     __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
-        if (t < half) {
+    for (int half = lanes / 2; half > 0; half >>= 1) {
+        if (lane < half) {
             const acc_t other = scratch[t + half];
             scratch[t] = take_max ? larger(other, scratch[t]) : scratch[t] + other;
         }
         __syncthreads();
     }
-    const acc_t result = scratch[0];
+    const acc_t result = scratch[whole_block ? 0 : t - lane];
     __syncthreads();
     return result;
+}
+
+// group_reduce over the whole block (blockDim.x a power of two)
+__device__ acc_t block_reduce(acc_t value, acc_t* scratch, bool take_max)
+{
+    return group_reduce<true>(value, scratch, take_max, blockDim.x);
 }
 
 // The maximum of the contiguous row x[0, size) (-inf for a row of NaN) by the whole block, thread
@@ -52,40 +62,58 @@ static __device__ __forceinline__ acc_t strided_row_max(const REAL* x, long long
 }
 
 // How a row's elements are shared among the threads that reduce it (distance.cu, loss.cu's margin
-// and embedding losses): a thread takes elements first, first + step, ... in order, and sum()
-// (max_or_nan()) combines the threads' partial sums (maxima); every thread of the row calls them alike.
-//  * by_block: a contiguous row a block; thread t takes elements t, t + blockDim.x, ... (a warp
-//    reads 32 neighbouring elements: coalesced), combined by block_reduce's fixed-order tree.
-//  * else a row a thread, its elements in order (rows `inner` > 1 apart: neighbouring threads
-//    already read neighbouring elements).
-// One type with a flag, not one a layout: NVRTC takes no generic lambdas for the kernels' row bodies.
+// and embedding losses): a group of `lanes` consecutive threads a row (row_lanes), lane l taking elements
+// l, l + lanes, ... in order, and sum() (max_or_nan()) combining the lanes' partial sums (maxima) by
+// group_reduce's fixed-order tree. Where the rows are contiguous a warp reads neighbouring elements of
+// its row or rows (coalesced); rows `inner` > 1 apart take a lane each (neighbouring threads already
+// read neighbouring elements), reduced by no one. Every thread of the block calls sum() alike.
+// One type, not one a layout: NVRTC takes no generic lambdas for the kernels' row bodies.
 struct RowWalk {
+    // a group past the last row starts at 2^31 - 1, past its row (such groups exist only for rows
+    // under BLOCK_THREADS elements): it walks no element
     int first, step;
-    bool by_block;
-    acc_t* scratch;   // BLOCK_THREADS acc_t of shared memory
-    __device__ bool leader() const { return first == 0; }
-    __device__ acc_t sum(acc_t partial) const { return by_block ? block_reduce(partial, scratch, false) : partial; }
-    // the row's maximum, NaN where any thread's partial is NaN (block_reduce's maximum skips NaN)
+    acc_t* scratch;    // BLOCK_THREADS acc_t of shared memory
+    __device__ bool leader() const { return first == 0; }   // lane 0 of a group with a row
+    __device__ acc_t sum(acc_t partial) const
+    {
+        return step > 1 ? group_reduce<false>(partial, scratch, false, step) : partial;
+    }
+    // the row's maximum, NaN where any lane's partial is NaN (group_reduce's maximum skips NaN)
     __device__ acc_t max_or_nan(acc_t partial) const
     {
-        if (!by_block)
+        if (step == 1)
             return partial;
-        const acc_t largest = block_reduce(partial, scratch, true);
-        return block_reduce(partial != partial ? (acc_t)1 : (acc_t)0, scratch, false) != (acc_t)0 ? REAL_NAN : largest;
+        const acc_t largest = group_reduce<false>(partial, scratch, true, step);
+        const acc_t nans = group_reduce<false>(partial != partial ? (acc_t)1 : (acc_t)0, scratch, false, step);
+        return nans != (acc_t)0 ? REAL_NAN : largest;
     }
 };
 
-// body(row, walk) for each row of (outer, size, inner), rows = outer * inner: a block a row where
-// they are contiguous (inner == 1; grid-stride over the rows, the host launching a power of two of
-// threads: row_threads), else a thread a row (grid-stride; blocks of BLOCK_THREADS).
+// The lanes of a contiguous row of `size` elements: the smallest power of two covering it, at most
+// BLOCK_THREADS (gpu._grid.row_lanes: the host's grid).
+__device__ __forceinline__ int row_lanes(long long size)
+{
+    int lanes = 1;
+    while (lanes < size && lanes < BLOCK_THREADS)
+        lanes *= 2;
+    return lanes;
+}
+
+// body(row, walk) for each row of (outer, size, inner), rows = outer * inner, in blocks of
+// BLOCK_THREADS (grid: blocks_for(rows * lanes)): BLOCK_THREADS / lanes rows a block, `lanes` =
+// row_lanes(size) where the rows are contiguous (inner == 1), else 1; grid-stride over the rows.
+// The loop is the same for every thread of a block (its groups' barriers): a group past the last row
+// runs the body on the last row, walking no element and writing nothing (walk.first, leader()).
 // `scratch`: BLOCK_THREADS acc_t of shared memory.
 template <class Body>
-__device__ __forceinline__ void for_each_row(long long rows, long long inner, acc_t* scratch, Body body)
+__device__ __forceinline__ void for_each_row(long long rows, long long size, long long inner, acc_t* scratch,
+                                             Body body)
 {
-    const bool by_block = inner == 1;
-    const RowWalk walk{by_block ? (int)threadIdx.x : 0, by_block ? (int)blockDim.x : 1, by_block, scratch};
-    const long long first = by_block ? (long long)blockIdx.x : (long long)blockIdx.x * BLOCK_THREADS + threadIdx.x;
-    const long long step = by_block ? (long long)gridDim.x : (long long)gridDim.x * BLOCK_THREADS;
-    for (long long row = first; row < rows; row += step)
-        body(row, walk);
+    const int lanes = inner == 1 ? row_lanes(size) : 1, groups = BLOCK_THREADS / lanes;
+    const int lane = threadIdx.x & (lanes - 1), group = threadIdx.x / lanes;
+    for (long long first = (long long)blockIdx.x * groups; first < rows; first += (long long)gridDim.x * groups) {
+        const long long row = first + group;
+        const RowWalk walk{row < rows ? lane : 0x7fffffff, lanes, scratch};
+        body(row < rows ? row : rows - 1, walk);
+    }
 }

@@ -154,12 +154,16 @@ def test_emulated_kernels_are_bit_identical_under_schedules_and_guard_zones(sche
 
 
 def long_rows():
-    """Rows along the last dim, longer than a warp (a block of 64 and of 256 threads, some threads
-    taking two elements): the infinity norm's rows hold a NaN past the first warp and a tie."""
+    """Rows along the last dim: of 6 (8 lanes a row, 32 rows a block: the groups past row 37 walk
+    nothing) and longer than a warp (64 and 256 lanes, some taking two elements); the infinity norm's
+    rows hold a NaN (past the first warp in the long rows) and a tie."""
     x1, x2, dy = draw((3, 300), np.float64, 20), draw((3, 300), np.float64, 21), draw((3, 300), np.float64, 22)
     x1[1, 200] = np.nan
     x1[2, 7] = x1[2, 250] = -np.abs(x1[2]).max() - 1
-    return [(x1[:, :40], x2[:, :40], dy[:, :40]), (x1, x2, dy)]
+    short = [draw((37, 6), np.float64, seed) for seed in (23, 24, 25)]
+    short[0][30, 4] = np.nan
+    short[0][31, 1] = short[0][31, 5] = np.abs(short[0][31]).max() + 1
+    return [short, (x1[:, :40], x2[:, :40], dy[:, :40]), (x1, x2, dy)]
 
 
 def long_row_results(x1, x2, dy, be):
@@ -175,10 +179,10 @@ def long_row_results(x1, x2, dy, be):
 
 @needs_emu
 @pytest.mark.parametrize("schedule", ["reverse", "random"])
-def test_contiguous_rows_a_block_a_row_are_the_numpy_paths_under_the_race_check(schedule):
-    """Rows along the last dim are reduced by a block a row (rows.cuh's for_each_row): float64 within
-    1e-12 of the NumPy path (the infinity norm's NaN and ties included), guard zones and the race check
-    on block_reduce's scratch, and bit for bit the same under the forward and this schedule."""
+def test_contiguous_rows_by_lane_groups_are_the_numpy_paths_under_the_race_check(schedule):
+    """Rows along the last dim are reduced by a group of lanes a row (rows.cuh's for_each_row): float64
+    within 1e-12 of the NumPy path (the infinity norm's NaN and ties included), guard zones and the race
+    check on group_reduce's scratch, and bit for bit the same under the forward and this schedule."""
     from cnn_gpu import emu
     for x1, x2, dy in long_rows():
         runs = []
@@ -191,12 +195,14 @@ def test_contiguous_rows_a_block_a_row_are_the_numpy_paths_under_the_race_check(
 
 
 @needs_emu
-def test_contiguous_float32_rows_are_read_and_written_coalesced():
-    """(64, 256) float32 rows along the last dim: a warp's loads and stores of a row's elements take 4
-    sectors a request, 1 an 8-lane group (a thread a row took 32, one a lane); the per-row loads and stores
-    (dout, the distances) 1."""
+@pytest.mark.parametrize("size", [256, 8])
+def test_contiguous_float32_rows_are_read_and_written_coalesced(size):
+    """(64, size) float32 rows along the last dim: a request of a group's loads or stores takes a sector
+    an 8-lane group, at most 4 a warp (a thread a row took 32, one a lane), and a warp takes 32 / size
+    rows of 8 elements, its lanes all loading (at least half the bytes of full warps' requests; a block
+    a row left 24 of them idle)."""
     from cnn_gpu import emu
-    x1, x2 = draw((64, 256), np.float32, 30), draw((64, 256), np.float32, 31)
+    x1, x2 = draw((64, size), np.float32, 30), draw((64, size), np.float32, 31)
     dout = draw((64,), np.float32, 32)
     with emu.profiling() as prof:
         F.normalize(x1, 2.0, 1, backend="emu")
@@ -205,11 +211,20 @@ def test_contiguous_float32_rows_are_read_and_written_coalesced():
         F.cosine_similarity_backward(dout, x1, x2, 1, backend="emu")
         F.pairwise_distance(x1, x2, math.inf, backend="emu")
         F.pairwise_distance_backward(dout, x1, x2, 1.5, backend="emu")
+    assert_rows_coalesced(prof, {f"{op}_{direction}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
+                                 for direction in ("forward", "backward")})
+
+
+def assert_rows_coalesced(prof, kernels):
+    """Every global access of `kernels` at most 4 sectors a request, and each kernel's loads at least
+    64 bytes a request (16 float32 lanes). (Shared with test_losses_margin.)"""
     sites = [site for site in prof.sites if site["space"] == "global"]
-    assert {site["kernel"] for site in sites} == {f"{op}_{direction}" for op in (
-        "normalize", "cosine_similarity", "pairwise_distance") for direction in ("forward", "backward")}
+    assert {site["kernel"] for site in sites} == kernels
     for site in sites:
         assert site["sectors"] <= 4 * site["requests"], site
+    for kernel in kernels:
+        loads = [site for site in sites if site["kernel"] == kernel and site["op"] == "load"]
+        assert sum(site["bytes"] for site in loads) >= 64 * sum(site["requests"] for site in loads), (kernel, loads)
 
 
 @needs_emu
@@ -221,6 +236,22 @@ def test_a_grid_smaller_than_the_rows_covers_every_row():
     backend.launch("emu", "distance", x.dtype, "normalize_backward", (1,), (256,), (dy, x, dx, *rows))
     assert_close(y, F.normalize(x), np.float64, "y")
     assert_close(dx, F.normalize_backward(dy, x), np.float64, "dx")
+
+
+@needs_emu
+@pytest.mark.parametrize("size", [6, 300])
+def test_a_grid_smaller_than_the_contiguous_rows_covers_every_row(size):
+    """One block over 100 rows along the last dim: 32 rows of 6 a round (the last round's 4 rows leave
+    28 groups without one) or one row of 300 a round."""
+    from cnn_gpu import emu
+    x, dy = draw((100, size), np.float64, 6), draw((100, size), np.float64, 7)
+    y, dx = np.empty_like(x), np.empty_like(x)
+    rows = (np.int64(100), np.int32(size), np.int64(1), np.float64(3.0), np.float64(1e-12))
+    with emu.checking(guard=True, race=True, schedule="reverse"):
+        backend.launch("emu", "distance", x.dtype, "normalize_forward", (1,), (256,), (x, y, *rows))
+        backend.launch("emu", "distance", x.dtype, "normalize_backward", (1,), (256,), (dy, x, dx, *rows))
+    np.testing.assert_allclose(y, F.normalize(x, 3.0, -1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, F.normalize_backward(dy, x, 3.0, -1), rtol=1e-12, atol=1e-12)
 
 
 @needs_emu

@@ -233,17 +233,18 @@ def test_kernels_match_the_numpy_path_under_guard_zones_and_the_race_check(dtype
 
 
 def long_row_losses(be):
-    """The row kernels' losses and gradients on rows longer than a warp (blocks of 64 and 256 threads,
-    some threads taking two elements), float64, reduction "none"."""
+    """The row kernels' losses and gradients, float64, reduction "none", on rows of 5 (8 lanes a row, 32
+    rows a block: the last block's groups past row 37 walk nothing) and rows longer than a warp (64 and
+    256 lanes, some taking two elements)."""
     rng = np.random.default_rng(139)
     results = []
-    for dim in (40, 300):
-        x1, x2, x3 = (rng.standard_normal((3, dim)) for _ in range(3))
-        labels = np.array([0, dim // 2, dim - 1])
+    for rows, dim in ((37, 5), (3, 40), (3, 300)):
+        x1, x2, x3 = (rng.standard_normal((rows, dim)) for _ in range(3))
+        labels = np.arange(rows) * 7 % dim
         results += [*F.multi_margin_loss(x1, labels, reduction="none", backend=be),
                     *F.multi_margin_loss(x1, labels, p=2, margin=0.7, weight=rng.uniform(0.5, 2, dim),
                                          reduction="none", backend=be),
-                    *F.cosine_embedding_loss(x1, x2, np.array([1.0, -1.0, -1.0]), margin=-0.2, reduction="none",
+                    *F.cosine_embedding_loss(x1, x2, np.resize([1.0, -1.0, -1.0], rows), margin=-0.2, reduction="none",
                                              backend=be),
                     *F.triplet_margin_loss(x1, x2, x3, reduction="none", backend=be),
                     *F.triplet_margin_loss(x1, x2, x3, p=1.5, swap=True, margin=30.0, reduction="none", backend=be)]
@@ -252,10 +253,10 @@ def long_row_losses(be):
 
 @needs_emu
 @pytest.mark.parametrize("schedule", ["reverse", "random"])
-def test_long_rows_a_block_a_row_are_the_numpy_paths_under_the_race_check(schedule):
-    """multi_margin_rows, cosine_embedding_rows and triplet_margin_rows reduce a row a block (rows.cuh's
-    for_each_row): within 1e-12 of the NumPy path, guard zones and the race check on block_reduce's
-    scratch, and bit for bit the same under the forward and this schedule."""
+def test_rows_by_lane_groups_are_the_numpy_paths_under_the_race_check(schedule):
+    """multi_margin_rows, cosine_embedding_rows and triplet_margin_rows reduce a row by a group of lanes
+    (rows.cuh's for_each_row): within 1e-12 of the NumPy path, guard zones and the race check on
+    group_reduce's scratch, and bit for bit the same under the forward and this schedule."""
     runs = []
     for options in (dict(schedule="forward"), dict(schedule=schedule, seed=11)):
         with emu.checking(guard=True, race=True, **options):
@@ -266,21 +267,20 @@ def test_long_rows_a_block_a_row_are_the_numpy_paths_under_the_race_check(schedu
 
 
 @needs_emu
-def test_float32_rows_are_read_and_written_coalesced():
-    """(64, 256) float32 rows: a warp's loads and stores of a row's elements take 4 sectors a request,
-    1 an 8-lane group (a thread a row took 32, one a lane); the per-row label, target and loss 1."""
+@pytest.mark.parametrize("size", [256, 8])
+def test_float32_rows_are_read_and_written_coalesced(size):
+    """(64, size) float32 rows: a sector an 8-lane group a request, at most 4 a warp (a thread a row took
+    32, one a lane), and for rows of 8 a warp takes 4 rows, its lanes all loading (a block a row left 24
+    of them idle): test_distance's assert_rows_coalesced."""
+    from test_distance import assert_rows_coalesced
     rng = np.random.default_rng(256)
-    x1, x2, x3 = (rng.standard_normal((64, 256)).astype(np.float32) for _ in range(3))
+    x1, x2, x3 = (rng.standard_normal((64, size)).astype(np.float32) for _ in range(3))
     with emu.profiling() as prof:
-        F.multi_margin_loss(x1, rng.integers(0, 256, 64), reduction="none", backend="emu")
+        F.multi_margin_loss(x1, rng.integers(0, size, 64), reduction="none", backend="emu")
         F.cosine_embedding_loss(x1, x2, rng.choice(np.array([-1, 1], np.float32), 64), reduction="none",
                                 backend="emu")
         F.triplet_margin_loss(x1, x2, x3, reduction="none", backend="emu")
-    sites = [site for site in prof.sites if site["space"] == "global"]
-    assert {site["kernel"] for site in sites} == {"multi_margin_rows", "cosine_embedding_rows",
-                                                  "triplet_margin_rows"}
-    for site in sites:
-        assert site["sectors"] <= 4 * site["requests"], site
+    assert_rows_coalesced(prof, {"multi_margin_rows", "cosine_embedding_rows", "triplet_margin_rows"})
 
 
 def test_float16_is_the_float32_math_rounded_once():

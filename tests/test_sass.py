@@ -756,7 +756,7 @@ def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(fa
     """kernels/local_response_norm.cu and kernels/distance.cu: global loads and stores of one element
     of the dtype or of the compute type (LRN's backward terms, FP32 for float16), no local memory or
     stack (pow's and powf's slow paths included), no atomics: each window is reduced by its own thread,
-    each row by a block (or a thread) in a fixed order."""
+    each row by a group of lanes (or a lane) in a fixed order."""
     widths = {8 * np.dtype(dtype).itemsize, 8 * backend.compute_dtype(dtype).itemsize}
     rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}
     assert set(rows) == kernels
@@ -771,9 +771,9 @@ def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(fa
 
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
-def test_row_walks_reduce_a_row_a_block_through_shared_memory_without_atomics(dtype):
+def test_row_walks_reduce_a_row_through_shared_memory_without_atomics(dtype):
     """rows.cuh's for_each_row (kernels/distance.cu, and loss.cu's margin and embedding losses): a
-    contiguous row a block, whose threads' partial sums meet in block_reduce's shared-memory tree
+    contiguous row a group of lanes, whose partial sums meet in group_reduce's shared-memory tree
     (barriers, shared loads and stores; a thread a row had none), no float atomics, no local memory."""
     kernels = {"distance": {f"{op}_{direction}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
                             for direction in ("forward", "backward")},

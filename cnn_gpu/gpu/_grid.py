@@ -27,13 +27,25 @@ def blocks_for(count: int) -> int:
     return max(1, min(-(-int(count) // THREADS), MAX_BLOCKS_X))
 
 
+def row_lanes(size: int) -> int:
+    """The threads a contiguous row of `size` elements takes in kernels/rows.cuh's for_each_row (its
+    row_lanes): the smallest power of two covering it, at most THREADS."""
+    lanes = 1
+    while lanes < size and lanes < THREADS:
+        lanes *= 2
+    return lanes
+
+
 def row_threads(size: int) -> int:
     """Block size of the kernels that reduce one contiguous row a block (loss.cu, softmax.cu): a
     power of two from 32 (a warp) to THREADS covering `size`."""
-    threads = 32
-    while threads < size and threads < THREADS:
-        threads *= 2
-    return threads
+    return max(32, row_lanes(size))
+
+
+def row_walk_blocks(rows: int, size: int, contiguous: bool = True) -> int:
+    """Blocks of THREADS for kernels/rows.cuh's for_each_row over `rows` rows of `size` elements:
+    row_lanes(size) threads a contiguous row, else one."""
+    return blocks_for(rows * (row_lanes(size) if contiguous else 1))
 
 
 ELEMENTS_PER_THREAD = 4   # kernels/common.cuh: for_each_element's elements a thread per round

@@ -1,7 +1,7 @@
 """Launch code of kernels/distance.cu: normalize, cosine_similarity and pairwise_distance, forward and
-backward, over the rows of the inputs viewed as (outer, size, inner): a block a row where the rows are
-contiguous (inner == 1; pairwise_distance always), else a thread a row (rows.cuh's for_each_row). `p` is
-a finite p > 0 or inf, passed to the kernels as 0 (their infinity norm)."""
+backward, over the rows of the inputs viewed as (outer, size, inner): a group of threads a row where the
+rows are contiguous (inner == 1; pairwise_distance always), else a thread a row (rows.cuh's
+for_each_row). `p` is a finite p > 0 or inf, passed to the kernels as 0 (their infinity norm)."""
 from __future__ import annotations
 
 import math
@@ -9,19 +9,14 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, blocks_for, i32, row_threads
-from .reduce import MAX_GRID_X
+from ._grid import THREADS, acc, i32, row_walk_blocks
 
 
 def _launch(be, kernel, dtype, view, args):
-    """for_each_row's grid over the (outer * inner) rows of `view`: a block of row_threads(size) a
-    contiguous row, else blocks of THREADS a thread a row."""
+    """for_each_row's grid over the (outer * inner) rows of `view`."""
     outer, size, inner = view
-    if inner == 1:
-        grid, block = min(outer, MAX_GRID_X), row_threads(size)
-    else:
-        grid, block = blocks_for(outer * inner), THREADS
-    backend.launch(be, "distance", dtype, kernel, (grid,), (block,), args)
+    backend.launch(be, "distance", dtype, kernel, (row_walk_blocks(outer * inner, size, inner == 1),), (THREADS,),
+                   args)
 
 
 def _p(p):

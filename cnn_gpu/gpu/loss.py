@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32, row_threads
+from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32, row_threads, row_walk_blocks
 from .reduce import MAX_GRID_X
 
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
@@ -82,7 +82,8 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
             *i32(is_probability, weight is not None),
             *acc(dtype, 1 - label_smoothing, label_smoothing / classes))
     if inner == 1:
-        backend.launch(be, "loss", dtype, "cross_entropy_rows", *_block_rows(rows, classes), args)
+        backend.launch(be, "loss", dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),), (row_threads(classes),),
+                       args)
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dlogits
@@ -256,12 +257,6 @@ def multilabel_soft_margin(be, input, target, weight, classes, divisor, reductio
     return backend.astype(per_sample, input.dtype), dinput
 
 
-def _block_rows(rows: int, size: int):
-    """The grid and block of a kernel that reduces `rows` contiguous rows of `size` elements a block a
-    row (cross_entropy_rows, and rows.cuh's for_each_row with inner 1: the margin and embedding losses)."""
-    return (min(rows, MAX_GRID_X),), (row_threads(size),)
-
-
 def multi_margin(be, input, labels, weight, *, classes, squared, margin, reduction, as_array=False):
     """PyTorch's multi-class hinge loss of input rows (rows, classes) (C-contiguous, at least one
     element) against class indices `labels` (int64, one a row); `weight` (classes,) or None; squared
@@ -272,7 +267,7 @@ def multi_margin(be, input, labels, weight, *, classes, squared, margin, reducti
     dinput = xp.empty(input.shape, dtype=input.dtype)
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(input.dtype))
     divisor = rows if reduction == "mean" else 1
-    backend.launch(be, "loss", input.dtype, "multi_margin_rows", *_block_rows(rows, classes),
+    backend.launch(be, "loss", input.dtype, "multi_margin_rows", (row_walk_blocks(rows, classes),), (THREADS,),
                    (input, labels, input if weight is None else weight, dinput, row_loss, np.int64(rows),
                     *i32(classes, squared, weight is not None), *acc(input.dtype, margin, 1 / (classes * divisor))))
     return _reduced(be, row_loss, input.dtype, reduction, None, divisor, as_array), dinput
@@ -287,7 +282,7 @@ def cosine_embedding(be, input1, input2, target, *, margin, reduction, as_array=
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(input1.dtype))
     divisor = rows if reduction == "mean" else 1
     dim = input1.size // rows
-    backend.launch(be, "loss", input1.dtype, "cosine_embedding_rows", *_block_rows(rows, dim),
+    backend.launch(be, "loss", input1.dtype, "cosine_embedding_rows", (row_walk_blocks(rows, dim),), (THREADS,),
                    (input1, input2, target, dinput1, dinput2, row_loss, np.int64(rows), np.int64(dim),
                     *acc(input1.dtype, margin, 1 / divisor)))
     return _reduced(be, row_loss, input1.dtype, reduction, None, divisor, as_array), dinput1, dinput2
@@ -302,7 +297,7 @@ def triplet_margin(be, anchor, positive, negative, *, rows, margin, p, eps, swap
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(anchor.dtype))
     divisor = rows if reduction == "mean" else 1
     dim = anchor.size // rows
-    backend.launch(be, "loss", anchor.dtype, "triplet_margin_rows", *_block_rows(rows, dim),
+    backend.launch(be, "loss", anchor.dtype, "triplet_margin_rows", (row_walk_blocks(rows, dim),), (THREADS,),
                    (anchor, positive, negative, *grads, row_loss, np.int64(rows), np.int64(dim),
                     *i32(swap), *acc(anchor.dtype, p, margin, eps, 1 / divisor)))
     return (_reduced(be, row_loss, anchor.dtype, reduction, None, divisor, as_array), *grads)
