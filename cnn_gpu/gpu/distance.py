@@ -1,6 +1,6 @@
 """Launch code of kernels/distance.cu: normalize, cosine_similarity and pairwise_distance, forward and
-backward, over the rows of the inputs viewed as (outer, size, inner): a group of threads a row where the
-rows are contiguous (inner == 1; pairwise_distance always), else a thread a row (rows.cuh's
+backward, over the rows of the inputs viewed as (outer, size, inner): a group of row_lanes(size) threads
+a row where the rows are contiguous (inner == 1; pairwise_distance always), else a thread a row (rows.cuh's
 for_each_row). `p` is a finite p > 0 or inf, passed to the kernels as 0 (their infinity norm)."""
 from __future__ import annotations
 
