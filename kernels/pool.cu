@@ -1,7 +1,7 @@
 // Max and average pooling over NCHW and NCDHW, forward and backward, PyTorch's rules.
 //
 // Not a GEMM: every output (or input) pixel is independent, so each kernel is one thread per
-// element (256-thread blocks, grid-stride loops, see below), with the window
+// element (256-thread blocks, the plane walk below), with the window
 // loop inside the thread. Consecutive threads own consecutive w (q), so loads and stores of a
 // row are coalesced; the window loop reads a plane that stays in L1/L2.
 //
@@ -25,22 +25,20 @@
 //    formula; the product of the window extents is taken in 64 bits: 46341^2 overflows an
 //    int). Backward gathers dy/divisor over the windows containing the pixel, in increasing
 //    (t, p, q) order.
-// Grid: blockIdx.x walks the pixels of one (n, c) plane, blockIdx.y strides over the planes, so
-// any plane count fits gridDim.y and pixel decodes are 32-bit divisions (a 64-bit division is a
-// called subroutine whose register saves spill). In-plane indices are int (the host refuses
-// planes of 2^31 pixels or more); plane offsets are 64-bit. Window positions are int too: the
-// host refuses geometries where size + 2*pad + (kernel-1)*dilation + stride reaches 2^31, which
-// bounds every window start, tap and end computed here.
+// Grid: for_each_plane_pixel (plane_walk.cuh; host: cnn_gpu.gpu._grid.plane_pixel_grid): planes of
+// over half a block are walked by the grid's x threads, one plane a block row, blockIdx.y striding
+// over the planes; smaller ones (ResNet's late 7x7, 4x4 and 2x2 maps) go BLOCK_THREADS / pixels to a
+// block, thread t the pixel t % pixels of plane t / pixels of the block's group, where one plane a
+// block left 207 to 252 of 256 threads idle. Any plane count fits gridDim.y and pixel decodes are
+// 32-bit divisions (a 64-bit division is a called subroutine whose register saves spill). In-plane
+// indices are int (the host refuses planes of 2^31 pixels or more); plane offsets are 64-bit. Window
+// positions are int too: the host refuses geometries where size + 2*pad + (kernel-1)*dilation + stride
+// reaches 2^31, which bounds every window start, tap and end computed here.
 // Values are compared and summed in acc_t (to_acc / to_real, common.cuh): a float16 sum runs in
 // FP32 and each output is rounded once.
 
-#include "common.cuh"
+#include "plane_walk.cuh"
 #include "position3.cuh"
-
-// Loop heads of every kernel: `plane` strides over the (n, c) planes along grid y, and
-// GRID_STRIDE_LOOP walks one plane's pixels along grid x.
-#define FOR_EACH_PLANE(plane, planes) \
-    for (long long plane = blockIdx.y; plane < (planes); plane += gridDim.y)
 
 // Kernel parameters of the 2-D pooling geometry: the planes, input H x W, output P x Q, window
 // kh x kw, strides sh, sw and paddings ph, pw.
@@ -55,6 +53,23 @@
 // The 2-D geometry as the 3-D bodies take it: a depth of 1, no depth padding.
 #define POOL_WINDOW_AS_3D planes, 1, H, W, 1, P, Q, 1, kh, kw, 1, sh, sw, 0, ph, pw
 #define POOL3D_WINDOW planes, D, H, W, T, P, Q, kd, kh, kw, sd, sh, sw, pd, ph, pw
+
+// Resident blocks an SM each kernel asks of ptxas (__launch_bounds__; MIN_BLOCKS is 4), by dtype: the
+// small-plane walk's per-thread planes (64-bit plane offsets in per-thread registers, where one plane a
+// block row kept them in uniform ones) took up to 24 more registers. These keep every kernel at its
+// earlier blocks an SM or above, 0 spills on sm_70..sm_90 with NVRTC 12.9 and 13.5, but where that
+// spilled: the 2-D max backward float32 runs 5 (from 6; 8 on sm_90), the 3-D max backward float16 and
+// float32 5 (from 6), the 3-D average backward float16/float32 4 (from 5) and the 2-D one float64 4 (from 5 on
+// sm_80..sm_89); on sm_90 the max forward float16/float32 3-D and the 2-D max backward float16 run 6
+// (from 8). The backward gathers also re-derive their pixel each plane (keep_in_register): held
+// across a thread's planes, their window ranges took the registers of another block.
+#define POOL_BLOCKS(half, single, double_) (REAL_IS_HALF ? half : REAL_IS_DOUBLE ? double_ : single)
+#define MAX_FORWARD_BLOCKS 6
+#define MAX_BACKWARD_BLOCKS POOL_BLOCKS(6, 5, 6)
+#define MAX3D_BACKWARD_BLOCKS POOL_BLOCKS(5, 5, 6)
+#define AVG_FORWARD_BLOCKS POOL_BLOCKS(6, 6, 5)
+#define AVG3D_FORWARD_BLOCKS 5
+#define AVG_BACKWARD_BLOCKS POOL_BLOCKS(6, 6, 4)
 
 // Largest output o < outputs whose window starts at or before pos.
 __device__ __forceinline__ int last_window(int pos, int pad, int stride, int outputs)
@@ -89,8 +104,7 @@ __device__ __forceinline__ void max_pool_forward_of(const REAL* __restrict__ x, 
 {
     const int plane_inputs = D * H * W;
     const int plane_outputs = T * P * Q;
-    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_outputs) {
-        const int out = (int)flat;
+    for_each_plane_pixel(planes, plane_outputs, [&](long long plane, int out) {
         const Position3<VOLUME> o(out, P, Q);
         const REAL* xp = x + plane * plane_inputs;
         const int d0 = o.t * sd - pd;
@@ -121,7 +135,7 @@ __device__ __forceinline__ void max_pool_forward_of(const REAL* __restrict__ x, 
         }
         y[plane * plane_outputs + out] = to_real(best);
         indices[plane * plane_outputs + out] = best_index;
-    }
+    });
 }
 
 template <bool VOLUME>
@@ -131,8 +145,8 @@ __device__ __forceinline__ void max_pool_backward_of(const REAL* __restrict__ dy
 {
     const int plane_inputs = D * H * W;
     const int plane_outputs = T * P * Q;
-    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_inputs) {
-        const int in = (int)flat;
+    for_each_plane_pixel(planes, plane_inputs, [&](long long plane, int walked) {
+        const int in = keep_in_register(walked);
         const Position3<VOLUME> i(in, H, W);
         const WindowsOver ts = windows_over(i.t, T, kd, sd, pd, dd);
         const WindowsOver ps = windows_over(i.p, P, kh, sh, ph, dh);
@@ -151,31 +165,31 @@ __device__ __forceinline__ void max_pool_backward_of(const REAL* __restrict__ dy
             }
         }
         dx[plane * plane_inputs + in] = to_real(sum);
-    }
+    });
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MAX_FORWARD_BLOCKS)
 max_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restrict__ indices,
                  POOL_WINDOW_PARAMS, int dh, int dw)
 {
     max_pool_forward_of<false>(x, y, indices, POOL_WINDOW_AS_3D, 1, dh, dw);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MAX_BACKWARD_BLOCKS)
 max_pool_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, REAL* __restrict__ dx,
                   POOL_WINDOW_PARAMS, int dh, int dw)
 {
     max_pool_backward_of<false>(dy, indices, dx, POOL_WINDOW_AS_3D, 1, dh, dw);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MAX_FORWARD_BLOCKS)
 max_pool3d_forward(const REAL* __restrict__ x, REAL* __restrict__ y, int* __restrict__ indices,
                    POOL3D_WINDOW_PARAMS, int dd, int dh, int dw)
 {
     max_pool_forward_of<true>(x, y, indices, POOL3D_WINDOW, dd, dh, dw);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MAX3D_BACKWARD_BLOCKS)
 max_pool3d_backward(const REAL* __restrict__ dy, const int* __restrict__ indices, REAL* __restrict__ dx,
                     POOL3D_WINDOW_PARAMS, int dd, int dh, int dw)
 {
@@ -215,15 +229,14 @@ __device__ __forceinline__ void avg_pool_forward_of(const REAL* __restrict__ x, 
 {
     const int plane_inputs = D * H * W;
     const int plane_outputs = T * P * Q;
-    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_outputs) {
-        const int out = (int)flat;
+    for_each_plane_pixel(planes, plane_outputs, [&](long long plane, int out) {
         const Position3<VOLUME> o(out, P, Q);
         const AvgSpan ds = avg_span(o.t, D, kd, sd, pd);
         const AvgSpan hs = avg_span(o.p, H, kh, sh, ph);
         const AvgSpan ws = avg_span(o.q, W, kw, sw, pw);
         if (ds.start >= ds.end || hs.start >= hs.end || ws.start >= ws.end) {
             y[plane * plane_outputs + out] = to_real((acc_t)0);   // window wholly in the padding: PyTorch writes 0
-            continue;
+            return;
         }
         const REAL* xp = x + plane * plane_inputs;
         acc_t sum = (acc_t)0;
@@ -232,7 +245,7 @@ __device__ __forceinline__ void avg_pool_forward_of(const REAL* __restrict__ x, 
                 for (int w = ws.start; w < ws.end; ++w)
                     sum += to_acc(xp[(d * H + h) * W + w]);
         y[plane * plane_outputs + out] = to_real(sum / avg_divisor(ds, hs, ws, count_include_pad, divisor_override));
-    }
+    });
 }
 
 template <bool VOLUME>
@@ -242,8 +255,8 @@ __device__ __forceinline__ void avg_pool_backward_of(const REAL* __restrict__ dy
 {
     const int plane_inputs = D * H * W;
     const int plane_outputs = T * P * Q;
-    FOR_EACH_PLANE(plane, planes) GRID_STRIDE_LOOP(flat, plane_inputs) {
-        const int in = (int)flat;
+    for_each_plane_pixel(planes, plane_inputs, [&](long long plane, int walked) {
+        const int in = keep_in_register(walked);
         const Position3<VOLUME> i(in, H, W);
         const WindowsOver ts = windows_over(i.t, T, kd, sd, pd, 1);
         const WindowsOver ps = windows_over(i.p, P, kh, sh, ph, 1);
@@ -268,24 +281,24 @@ __device__ __forceinline__ void avg_pool_backward_of(const REAL* __restrict__ dy
             }
         }
         dx[plane * plane_inputs + in] = to_real(sum);
-    }
+    });
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, AVG_FORWARD_BLOCKS)
 avg_pool_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
                  POOL_WINDOW_PARAMS, int count_include_pad, acc_t divisor_override)
 {
     avg_pool_forward_of<false>(x, y, POOL_WINDOW_AS_3D, count_include_pad, divisor_override);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, AVG_BACKWARD_BLOCKS)
 avg_pool_backward(const REAL* __restrict__ dy, REAL* __restrict__ dx,
                   POOL_WINDOW_PARAMS, int count_include_pad, acc_t divisor_override)
 {
     avg_pool_backward_of<false>(dy, dx, POOL_WINDOW_AS_3D, count_include_pad, divisor_override);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, AVG3D_FORWARD_BLOCKS)
 avg_pool3d_forward(const REAL* __restrict__ x, REAL* __restrict__ y,
                    POOL3D_WINDOW_PARAMS, int count_include_pad, acc_t divisor_override)
 {

@@ -1,5 +1,5 @@
 """The plane walks of kernels/plane_walk.cuh: for_each_plane_pixel (planes of at most half a block
-several to a block, larger ones one plane a block row), through adaptive pooling's and padding's
+several to a block, larger ones one plane a block row), through pooling's, adaptive pooling's and padding's
 kernels, for_each_channel_plane_pixel through LRN's, its grouped walk through GLU's short runs, and
 unfold's and fold's groups (tests/test_fold.py too): on the launcher's grid and on smaller ones (the
 grid-stride loops), under guard zones and the race check, they give the NumPy backend's results;
@@ -11,7 +11,7 @@ import pytest
 
 from cnn_gpu import backend
 from cnn_gpu import functional as F
-from cnn_gpu.gpu import _grid, adaptive_pool, elementwise, local_response_norm, pad
+from cnn_gpu.gpu import _grid, adaptive_pool, elementwise, local_response_norm, pad, pool
 
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
@@ -163,3 +163,58 @@ def test_the_grouped_walks_are_bit_identical_under_schedules(schedule):
                             F.glu_backward(features[:, :40], features, backend="emu")])
     for a, b in zip(*results):
         assert a.tobytes() == b.tobytes(), schedule
+@needs_emu
+def test_pooling_launches_fill_their_blocks_on_small_planes(monkeypatch):
+    """ResNet's late maps: a 2x2 pool of 512 planes of 8x8 launches 32 blocks of 16 planes of 4x4 outputs,
+    its backward 128 blocks of 4 input planes, every thread of a block owning a pixel (one plane a block
+    row launched 512 blocks of 16 and of 64 busy threads); a volume's 6 planes of 2x2x2 outputs one block."""
+    grids = []
+    monkeypatch.setattr(pool.backend, "launch", lambda be, family, dtype, kernel, grid, *args: grids.append(
+        (kernel, tuple(grid))))
+    x = np.ones((8, 64, 8, 8))
+    F.max_pool2d(x, 2, backend="emu")
+    F.avg_pool2d_backward(x[:, :, ::2, ::2], x.shape, 2, backend="emu")
+    F.avg_pool3d(np.ones((2, 3, 4, 4, 4)), 2, backend="emu")
+    assert grids == [("max_pool_forward", (1, 32)), ("avg_pool_backward", (1, 128)), ("avg_pool3d_forward", (1, 1))]
+    for (_, (_, blocks)), pixels in zip(grids[:2], (16, 64)):
+        assert blocks * _grid.THREADS == 512 * pixels   # every thread of every block owns a pixel
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("shape, kernel_size, stride, padding, ceil_mode", [
+    ((4, 75, 4, 4), 2, 2, 0, False),     # 2x2 outputs: 64 planes a block; 4x4 inputs: 16
+    ((2, 9, 7, 7), 3, 2, 1, True),       # 4x4 outputs (ceil_mode): 16 planes a block; 7x7 inputs: 5, 11 threads idle
+    ((3, 5, 12, 13), 2, 1, 0, False),    # 11x12 outputs and 12x13 inputs: a plane a block row
+    ((2, 7, 3, 4, 5), 2, 2, 1, True),    # a volume: 2x3x3 outputs, 14 planes a block; 3x4x5 inputs: 4
+])
+def test_pooling_walks_every_plane_on_any_grid(shape, kernel_size, stride, padding, ceil_mode, dtype, monkeypatch):
+    """pool.cu's max and average kernels, forward and backward, images and volumes, under guard zones and
+    the race check on the launcher's grid and on smaller ones, give the NumPy backend's results."""
+    from cnn_gpu import emu
+    volume = len(shape) == 5
+    max_pool, max_pool_backward = (F.max_pool3d, F.max_pool3d_backward) if volume else (F.max_pool2d,
+                                                                                         F.max_pool2d_backward)
+    avg_pool, avg_pool_backward = (F.avg_pool3d, F.avg_pool3d_backward) if volume else (F.avg_pool2d,
+                                                                                         F.avg_pool2d_backward)
+    window = (kernel_size, stride, padding)
+    x = draw(shape, 5).astype(dtype)
+    want_max, want_indices = max_pool(x, *window, 1, ceil_mode, backend="numpy")
+    dy = draw(want_max.shape, 6).astype(dtype)
+    want_max_dx = max_pool_backward(dy, want_indices, shape, *window, 1, ceil_mode, backend="numpy")
+    want_avg = avg_pool(x, *window, ceil_mode, False, backend="numpy")
+    want_avg_dx = avg_pool_backward(dy, shape, *window, ceil_mode, False, backend="numpy")
+    for rows in (None, 1, 3):
+        if rows is not None:
+            monkeypatch.setattr(pool, "plane_pixel_grid", lambda planes, pixels: (1, rows))
+        with emu.checking(guard=True, race=True):
+            y, indices = max_pool(x, *window, 1, ceil_mode, backend="emu")
+            max_dx = max_pool_backward(dy, indices, shape, *window, 1, ceil_mode, backend="emu")
+            avg = avg_pool(x, *window, ceil_mode, False, backend="emu")
+            avg_dx = avg_pool_backward(dy, shape, *window, ceil_mode, False, backend="emu")
+        monkeypatch.undo()
+        np.testing.assert_array_equal(y, want_max, err_msg=str(rows))
+        np.testing.assert_array_equal(indices, want_indices, err_msg=str(rows))
+        tolerance = dict(rtol=1e-3, atol=1e-3) if dtype == np.float16 else dict(rtol=1e-13, atol=1e-13)
+        for got, want in ((max_dx, want_max_dx), (avg, want_avg), (avg_dx, want_avg_dx)):
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), **tolerance, err_msg=str(rows))

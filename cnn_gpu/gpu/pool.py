@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, check_planes, i32
+from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
 
 # indices are int32 flat positions within one plane (check_planes); the kernels decode pixels and
 # window positions with 32-bit ints
@@ -31,7 +31,8 @@ def check_geometry(g) -> None:
 
 
 def _grid(plane_pixels: int, g):
-    return (blocks_for(plane_pixels), min(g.N * g.C, MAX_GRID_Y), 1)
+    """for_each_plane_pixel's grid over g's (n, c) planes of `plane_pixels` each (small planes several a block)."""
+    return plane_pixel_grid(g.N * g.C, plane_pixels)
 
 
 def _kernel(name: str, g) -> str:
