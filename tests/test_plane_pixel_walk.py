@@ -164,20 +164,23 @@ def test_the_grouped_walks_are_bit_identical_under_schedules(schedule):
     for a, b in zip(*results):
         assert a.tobytes() == b.tobytes(), schedule
 @needs_emu
-def test_pooling_launches_fill_their_blocks_on_small_planes(monkeypatch):
-    """ResNet's late maps: a 2x2 pool of 512 planes of 8x8 launches 32 blocks of 16 planes of 4x4 outputs,
-    its backward 128 blocks of 4 input planes, every thread of a block owning a pixel (one plane a block
-    row launched 512 blocks of 16 and of 64 busy threads); a volume's 6 planes of 2x2x2 outputs one block."""
-    grids = []
-    monkeypatch.setattr(pool.backend, "launch", lambda be, family, dtype, kernel, grid, *args: grids.append(
-        (kernel, tuple(grid))))
-    x = np.ones((8, 64, 8, 8))
-    F.max_pool2d(x, 2, backend="emu")
-    F.avg_pool2d_backward(x[:, :, ::2, ::2], x.shape, 2, backend="emu")
-    F.avg_pool3d(np.ones((2, 3, 4, 4, 4)), 2, backend="emu")
-    assert grids == [("max_pool_forward", (1, 32)), ("avg_pool_backward", (1, 128)), ("avg_pool3d_forward", (1, 1))]
-    for (_, (_, blocks)), pixels in zip(grids[:2], (16, 64)):
-        assert blocks * _grid.THREADS == 512 * pixels   # every thread of every block owns a pixel
+def test_pooling_fills_its_blocks_on_small_planes():
+    """ResNet's late maps: a 2x2 max pool of 512 planes of 8x8 runs 32 blocks of 16 planes of 4x4 outputs and
+    the average's backward 128 blocks of 4 input planes, every warp storing 32 pixels at once (the emulator's
+    profile), where one plane a block row ran 512 blocks of 16 and of 64 busy threads (half-warp stores of
+    the 4x4 planes). A volume's 6 planes of 2x2x2 outputs take one block."""
+    from cnn_gpu import emu
+    x = draw((8, 64, 8, 8), 7)
+    with emu.profiling() as profile:
+        y, _ = F.max_pool2d(x, 2, backend="emu")
+        F.avg_pool2d_backward(y, x.shape, 2, backend="emu")
+        F.avg_pool3d(draw((2, 3, 4, 4, 4), 8), 2, backend="emu")
+    assert {kernel: launch["grid"] for kernel, launch in profile.kernels.items()} == {
+        "max_pool_forward": (1, 32, 1), "avg_pool_backward": (1, 128, 1), "avg_pool3d_forward": (1, 1, 1)}
+    full_warps = {"max_pool_forward": 512 * 16 // 32, "avg_pool_backward": 512 * 64 // 32}
+    stores = [(site["kernel"], site["requests"]) for site in profile.sites
+              if site["op"] == "store" and site["kernel"] in full_warps]
+    assert sorted(stores) == [("avg_pool_backward", 1024), ("max_pool_forward", 256), ("max_pool_forward", 256)]
 
 
 @needs_emu
