@@ -192,8 +192,9 @@ def test_pooling_fills_its_blocks_on_small_planes():
     ((2, 7, 3, 4, 5), 2, 2, 1, True),    # a volume: 2x3x3 outputs, 14 planes a block; 3x4x5 inputs: 4
 ])
 def test_pooling_walks_every_plane_on_any_grid(shape, kernel_size, stride, padding, ceil_mode, dtype, monkeypatch):
-    """pool.cu's max and average kernels, forward and backward, images and volumes, under guard zones and
-    the race check on the launcher's grid and on smaller ones, give the NumPy backend's results."""
+    """pool.cu's max and average kernels, forward and backward, images and volumes, under guard zones, the
+    race check and the reverse and random schedules, on the launcher's grid and on smaller ones, give the
+    NumPy backend's results."""
     from cnn_gpu import emu
     volume = len(shape) == 5
     max_pool, max_pool_backward = (F.max_pool3d, F.max_pool3d_backward) if volume else (F.max_pool2d,
@@ -207,10 +208,10 @@ def test_pooling_walks_every_plane_on_any_grid(shape, kernel_size, stride, paddi
     want_max_dx = max_pool_backward(dy, want_indices, shape, *window, 1, ceil_mode, backend="numpy")
     want_avg = avg_pool(x, *window, ceil_mode, False, backend="numpy")
     want_avg_dx = avg_pool_backward(dy, shape, *window, ceil_mode, False, backend="numpy")
-    for rows in (None, 1, 3):
+    for rows, schedule in ((None, "reverse"), (None, "random"), (1, "random"), (3, "reverse")):
         if rows is not None:
             monkeypatch.setattr(pool, "plane_pixel_grid", lambda planes, pixels: (1, rows))
-        with emu.checking(guard=True, race=True):
+        with emu.checking(guard=True, race=True, schedule=schedule, seed=4):
             y, indices = max_pool(x, *window, 1, ceil_mode, backend="emu")
             max_dx = max_pool_backward(dy, indices, shape, *window, 1, ceil_mode, backend="emu")
             avg = avg_pool(x, *window, ceil_mode, False, backend="emu")
