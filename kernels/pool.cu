@@ -58,18 +58,37 @@
 // small-plane walk's per-thread planes (64-bit plane offsets in per-thread registers, where one plane a
 // block row kept them in uniform ones) took up to 24 more registers. These keep every kernel at its
 // earlier blocks an SM or above, 0 spills on sm_70..sm_90 with NVRTC 12.9 and 13.5, but where that
-// spilled: the 2-D max backward float32 runs 5 (from 6; 8 on sm_90), the 3-D max backward float16 and
-// float32 5 (from 6), the 3-D average backward float16/float32 4 (from 5) and the 2-D one float64 4 (from 5 on
-// sm_80..sm_89); on sm_90 the max forward float16/float32 3-D and the 2-D max backward float16 run 6
-// (from 8). The backward gathers also re-derive their pixel each plane (keep_in_register): held
-// across a thread's planes, their window ranges took the registers of another block.
+// spilled: the 3-D max backward float16/float32 runs 5 (from 6), the 3-D average backward
+// float16/float32 4 (from 5), the 2-D one float64 4 (from 5 on sm_80..sm_89), the 2-D max backward
+// float32 5 on sm_70 (from 6), and on sm_90 the 3-D max forward and the 2-D max backward
+// float16/float32 6 (from 8). The backward gathers re-derive their pixel each plane (keep_in_register):
+// held across a thread's planes, their window ranges took the registers of another block; the 2-D and
+// 3-D max backward read through register_pointer plane pointers (one IMAD.WIDE a load; 2-D float32 6
+// blocks where it ran 5 without them).
 #define POOL_BLOCKS(half, single, double_) (REAL_IS_HALF ? half : REAL_IS_DOUBLE ? double_ : single)
 #define MAX_FORWARD_BLOCKS 6
-#define MAX_BACKWARD_BLOCKS POOL_BLOCKS(6, 5, 6)
+#if !REAL_IS_HALF && !REAL_IS_DOUBLE && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#define MAX_BACKWARD_BLOCKS 5   // float32 on sm_70: 6 spilled 96 bytes (NVRTC 12.9)
+#else
+#define MAX_BACKWARD_BLOCKS 6
+#endif
 #define MAX3D_BACKWARD_BLOCKS POOL_BLOCKS(5, 5, 6)
 #define AVG_FORWARD_BLOCKS POOL_BLOCKS(6, 6, 5)
 #define AVG3D_FORWARD_BLOCKS 5
 #define AVG_BACKWARD_BLOCKS POOL_BLOCKS(6, 6, 4)
+
+// *p in acc_t by the read-only path (LDG.CONSTANT), which a register_pointer's loads otherwise leave for
+// generic ones (LD)
+__device__ __forceinline__ acc_t load_acc(const REAL* p)
+{
+#if REAL_IS_HALF
+    REAL v;
+    v.bits = __ldg(&p->bits);
+    return to_acc(v);
+#else
+    return to_acc(__ldg(p));
+#endif
+}
 
 // Largest output o < outputs whose window starts at or before pos.
 __device__ __forceinline__ int last_window(int pos, int pad, int stride, int outputs)
@@ -152,15 +171,15 @@ __device__ __forceinline__ void max_pool_backward_of(const REAL* __restrict__ dy
         const WindowsOver ps = windows_over(i.p, P, kh, sh, ph, dh);
         const WindowsOver qs = windows_over(i.q, Q, kw, sw, pw, dw);
         const long long plane_offset = plane * plane_outputs;
-        const int* index_plane = indices + plane_offset;
-        const REAL* dy_plane = dy + plane_offset;
+        const int* index_plane = register_pointer(indices + plane_offset);
+        const REAL* dy_plane = register_pointer(dy + plane_offset);
         acc_t sum = (acc_t)0;
         for (int t = ts.first; t <= ts.last; ++t) {
             for (int p = ps.first; p <= ps.last; ++p) {
                 for (int q = qs.first; q <= qs.last; ++q) {
                     const int out = (t * P + p) * Q + q;
-                    if (index_plane[out] == in)
-                        sum += to_acc(dy_plane[out]);
+                    if (__ldg(index_plane + out) == in)
+                        sum += load_acc(dy_plane + out);
                 }
             }
         }
