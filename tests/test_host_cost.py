@@ -23,12 +23,38 @@ def test_i32_gives_the_same_scalars_from_its_memo_and_refuses_every_time():
             _grid.i32([1])   # unhashable: converted as it is, which int() refuses
 
 
-def test_i32_memo_stays_within_its_size(monkeypatch):
-    monkeypatch.setattr(_grid, "I32_MEMO_SIZE", 3)
-    monkeypatch.setattr(_grid, "_i32_memo", {})
+def test_i64_gives_the_same_scalars_from_its_memo_and_refuses_every_time():
+    for _ in range(2):   # the second round from the memo
+        ints = _grid.i64(5, True, np.int32(7), 2**40)
+        assert ints == (5, 1, 7, 2**40) and all(type(i) is np.int64 for i in ints)
+        with pytest.raises(ValueError, match="9223372036854775808 does not fit the kernels' 64-bit"):
+            _grid.i64(1, 2**63)
+        with pytest.raises(TypeError):
+            _grid.i64([1])
+
+
+def test_real_and_acc_give_the_same_scalars_from_their_memo_a_zero_with_its_sign():
+    for _ in range(2):   # the second round from the memo
+        for dtype in (np.float16, np.dtype(np.float32), "float64"):
+            values = _grid.real(dtype, 0.1, 3, True, 1e-5)
+            assert all(type(v) is np.dtype(dtype).type for v in values)
+            assert [v.item() for v in values] == [np.dtype(dtype).type(v).item() for v in (0.1, 3, 1, 1e-5)]
+        assert type(_grid.acc(np.float16, 0.1)[0]) is np.float32 and type(_grid.acc("float64", 0.1)[0]) is np.float64
+        for zero in (0.0, -0.0, 0, 0.0, -0.0):   # equal keys: a zero's sign comes from its own value every time
+            (scalar,) = _grid.real(np.float32, zero)
+            assert scalar == 0 and np.signbit(scalar) == (str(zero) == "-0.0")
+    assert _grid.real(np.float64, np.array(2.5))[0] == 2.5   # unhashable: converted as it is
+
+
+@pytest.mark.parametrize("convert, memo, make", [
+    (_grid.i32, "_i32_memo", lambda v: (v, v + 1)), (_grid.i64, "_i64_memo", lambda v: (v, v + 1)),
+    (_grid.real, "_real_memo", lambda v: (np.float32, v + 0.5))])
+def test_scalar_memos_stay_within_their_size(monkeypatch, convert, memo, make):
+    monkeypatch.setattr(_grid, "SCALAR_MEMO_SIZE", 3)
+    monkeypatch.setattr(_grid, memo, {})
     for value in range(10):
-        assert _grid.i32(value, value + 1) == (value, value + 1)
-        assert len(_grid._i32_memo) <= 3
+        assert convert(*make(value))[-1] == make(value)[-1]
+        assert 1 <= len(getattr(_grid, memo)) <= 3
 
 
 needs_emu = pytest.mark.skipif(bool(backend.why_unavailable("emu")), reason="the emu backend is not available here")

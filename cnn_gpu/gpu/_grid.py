@@ -91,38 +91,72 @@ def plane_walk_grid(planes, inner, dtype):
 
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
-# i32's results by their arguments: launchers pass the same sizes step after step, and making the
-# NumPy scalars costs more than a launch's checks of them. Values that compare equal have the
-# same int(); a refused value is never kept. Emptied when it reaches I32_MEMO_SIZE entries.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+# The kernel scalars' conversions by their arguments (i32's, i64's, real's and acc's): launchers
+# pass the same sizes and hyper-parameters step after step, and making the NumPy scalars costs
+# more than a launch's checks of them. Values that compare equal have the same int() (a float
+# zero's sign aside: real() keeps no zero); a refused value is never kept. Each memo is emptied
+# when it reaches SCALAR_MEMO_SIZE entries.
 _i32_memo: dict = {}
-I32_MEMO_SIZE = 4096
+_i64_memo: dict = {}
+_real_memo: dict = {}
+SCALAR_MEMO_SIZE = 4096
+
+
+def _remembered(memo: dict, key, convert, keeps=None) -> tuple:
+    """convert(key), kept in `memo` (unless keeps(key) is false); an unhashable key is converted as it is."""
+    try:
+        known = memo.get(key)
+    except TypeError:   # an unhashable argument: converted (or refused) as it is
+        return convert(key)
+    if known is None:
+        known = convert(key)
+        if keeps is None or keeps(key):
+            if len(memo) >= SCALAR_MEMO_SIZE:
+                memo.clear()
+            memo[key] = known
+    return known
 
 
 def i32(*values):
     """Python ints as kernel `int` arguments; a value past 32 bits is refused, never wrapped."""
-    try:
-        known = _i32_memo.get(values)
-    except TypeError:   # an unhashable argument: converted (or refused) as it is
-        return _int32_scalars(values)
-    if known is None:
-        known = _int32_scalars(values)
-        if len(_i32_memo) >= I32_MEMO_SIZE:
-            _i32_memo.clear()
-        _i32_memo[values] = known
-    return known
+    return _remembered(_i32_memo, values, _int32_scalars)
+
+
+def i64(*values):
+    """Python ints as kernel `long long` arguments; a value past 64 bits is refused, never wrapped."""
+    return _remembered(_i64_memo, values, _int64_scalars)
 
 
 def _int32_scalars(values) -> tuple:
+    return _int_scalars(values, np.int32, INT32_MIN, INT32_MAX, "32-bit int")
+
+
+def _int64_scalars(values) -> tuple:
+    return _int_scalars(values, np.int64, INT64_MIN, INT64_MAX, "64-bit long long")
+
+
+def _int_scalars(values, kind, low: int, high: int, what: str) -> tuple:
     ints = tuple(map(int, values))
-    if ints and (min(ints) < INT32_MIN or max(ints) > INT32_MAX):
-        v = next(v for v, i in zip(values, ints) if not INT32_MIN <= i <= INT32_MAX)
-        raise ValueError(f"{v} does not fit the kernels' 32-bit int arguments; the size is too large for them")
-    return tuple(map(np.int32, ints))
+    if ints and (min(ints) < low or max(ints) > high):
+        v = next(v for v, i in zip(values, ints) if not low <= i <= high)
+        raise ValueError(f"{v} does not fit the kernels' {what} arguments; the size is too large for them")
+    return tuple(map(kind, ints))
 
 
 def real(dtype, *values):
     """Python numbers as kernel REAL scalars (CuPy's rule: the NumPy scalar of the declared type)."""
+    return _remembered(_real_memo, (dtype, values), _real_scalars, _without_zero)
+
+
+def _real_scalars(key) -> tuple:
+    dtype, values = key
     return tuple(map(np.dtype(dtype).type, values))
+
+
+def _without_zero(key) -> bool:
+    """Whether real() may keep a conversion: not of a zero (-0.0 == 0.0, but the kernels get its sign)."""
+    return 0 not in key[1]
 
 
 def acc(dtype, *values):

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend
 from . import _arrivals
-from ._grid import THREADS, acc, i32, plane_walk_grid
+from ._grid import THREADS, acc, i32, i64, plane_walk_grid
 from .reduce import chunked_blocks
 
 
@@ -63,7 +61,7 @@ def stats(be, x, running_mean, running_var, factor, eps):
     grid, partial, arrivals = _reduction(be, n, channels, inner, mean.dtype)
     _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_stats", grid, (THREADS,),
                      (x, mean, invstd, running_mean, running_var, partial, arrivals,
-                      np.int64(n), np.int64(channels), np.int64(inner), *acc(x.dtype, eps, factor), np.int32(update)))
+                      *i64(n, channels, inner), *acc(x.dtype, eps, factor), *i32(update)))
     return mean, invstd
 
 
@@ -77,7 +75,7 @@ def forward(be, x, mean, scale_source, weight, bias, eps, from_variance, activat
         return y
     grid = plane_walk_grid(n * channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_forward", grid, (THREADS,),
-                   (x, y, mean, scale_source, weight, bias, np.int64(n * channels), *i32(channels), np.int64(inner),
+                   (x, y, mean, scale_source, weight, bias, *i64(n * channels), *i32(channels), *i64(inner),
                     *acc(x.dtype, eps), *i32(from_variance, ACTIVATION_CODES[activation])))
     return y
 
@@ -93,8 +91,8 @@ def _backward_sums(be, dy, x, mean, scale_source, weight, bias, eps, from_varian
     grid, partial, arrivals = _reduction(be, n, channels, inner, mean.dtype)
     _arrivals.launch(be, "batch_norm", x.dtype, "batch_norm_backward_sums", grid, (THREADS,),
                      (dy, x, mean, scale_source, weight, bias, dweight, dbias, sums,
-                      partial, arrivals, np.int64(n), np.int64(channels),
-                      np.int64(inner), *acc(x.dtype, eps), *i32(from_variance, ACTIVATION_CODES[activation])))
+                      partial, arrivals, *i64(n, channels, inner), *acc(x.dtype, eps),
+                      *i32(from_variance, ACTIVATION_CODES[activation])))
     return dweight, dbias, sums
 
 
@@ -104,8 +102,8 @@ def _backward_dx(be, dy, x, mean, scale_source, weight, bias, sums, count, eps, 
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     grid = plane_walk_grid(n * channels, inner, x.dtype)
     backend.launch(be, "batch_norm", x.dtype, "batch_norm_backward_dx", grid, (THREADS,),
-                   (dy, x, mean, scale_source, weight, bias, sums, dx, np.int64(n * channels), *i32(channels),
-                    np.int64(inner), np.int64(count), *acc(x.dtype, eps),
+                   (dy, x, mean, scale_source, weight, bias, sums, dx, *i64(n * channels), *i32(channels),
+                    *i64(inner, count), *acc(x.dtype, eps),
                     *i32(from_variance, training, ACTIVATION_CODES[activation])))
     return dx
 
