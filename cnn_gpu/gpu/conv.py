@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backend
 from . import _plan_cache, reduce
-from ._grid import Launch, blocks_for, i32
+from ._grid import Launch, blocks_for, i32, i64
 
 THREADS = 256   # block of the depthwise kernels
 BK = 8   # reduction depth of a block tile (kernels' BK)
@@ -407,7 +407,7 @@ def _pad(be, launch: Launch, a, pad: Padding):
     """`a` (N, C, H, W) in the zero-bordered array of `pad` (pad.height x pad.width planes)."""
     n, c, h, w = a.shape
     out = backend.array_module(be).empty((n, c, pad.height, pad.width), dtype=a.dtype)
-    _run(be, launch, a.dtype, (a, out, np.int64(n * c)) + i32(h, w, pad.height, pad.width, pad.top, pad.left))
+    _run(be, launch, a.dtype, (a, out, *i64(n * c)) + i32(h, w, pad.height, pad.width, pad.top, pad.left))
     return out
 
 

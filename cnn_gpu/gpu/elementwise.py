@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32, plane_pixel_grid
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32, i64, plane_pixel_grid
 
 # gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh")); hardtanh also runs F.relu6, elu
 # F.selu and F.celu
@@ -41,7 +39,7 @@ def forward(be, name, x, param):
     kernel = kernel_name(name, "forward")
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, kernel, (elementwise_blocks(x.size),), (THREADS,),
-                   (x, y, np.int64(x.size), *_param_args(name, x.dtype, param)))
+                   (x, y, *i64(x.size), *_param_args(name, x.dtype, param)))
     return y
 
 
@@ -51,7 +49,7 @@ def backward(be, name, dy, x, param):
         param = param[:1]
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, kernel, (elementwise_blocks(x.size),), (THREADS,),
-                   (dy, x, dx, np.int64(x.size), *_param_args(name, x.dtype, param)))
+                   (dy, x, dx, *i64(x.size), *_param_args(name, x.dtype, param)))
     return dx
 
 
@@ -67,7 +65,7 @@ def glu(be, x, outer, chunk, out_shape):
     """a * sigmoid(b) of x viewed as `outer` runs of a (chunk elements) then b (chunk elements)."""
     y = backend.array_module(be).empty(out_shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, "glu_forward", _glu_grid(outer, chunk), (THREADS,),
-                   (x, y, np.int64(outer), np.int64(chunk)))
+                   (x, y, *i64(outer, chunk)))
     return y
 
 
@@ -75,7 +73,7 @@ def glu_backward(be, dy, x, outer, chunk):
     """dx of glu from dy (outer runs of chunk elements) and x."""
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, "glu_backward", _glu_grid(outer, chunk), (THREADS,),
-                   (dy, x, dx, np.int64(outer), np.int64(chunk)))
+                   (dy, x, dx, *i64(outer, chunk)))
     return dx
 
 
@@ -83,7 +81,7 @@ def add_relu(be, a, b):
     """relu(a + b) in one pass (arrays of one shape and dtype)."""
     y = backend.array_module(be).empty(a.shape, dtype=a.dtype)
     backend.launch(be, "elementwise", a.dtype, "add_relu_forward", (elementwise_blocks(a.size),), (THREADS,),
-                   (a, b, y, np.int64(a.size)))
+                   (a, b, y, *i64(a.size)))
     return y
 
 
@@ -91,7 +89,7 @@ def relu_backward_of_sum(be, dy_a, dy_b, x):
     """relu_backward(dy_a + dy_b, x) in one pass (arrays of one shape and dtype)."""
     dx = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "elementwise", x.dtype, "relu_backward_of_sum", (elementwise_blocks(x.size),), (THREADS,),
-                   (dy_a, dy_b, x, dx, np.int64(x.size)))
+                   (dy_a, dy_b, x, dx, *i64(x.size)))
     return dx
 
 
@@ -105,9 +103,9 @@ def bias_add(be, y, bias):
         return y
     if inner == 1:
         backend.launch(be, "elementwise", y.dtype, "bias_add_rows", (blocks_for(y.size),), (THREADS,),
-                       (y, bias, np.int64(y.size), *i32(channels)))
+                       (y, bias, *i64(y.size), *i32(channels)))
     else:
         planes = y.shape[0] * channels
         backend.launch(be, "elementwise", y.dtype, "bias_add_nchw", (blocks_for(inner), min(planes, MAX_GRID_Y)),
-                       (THREADS,), (y, bias, np.int64(planes), *i32(channels), np.int64(inner)))
+                       (THREADS,), (y, bias, *i64(planes), *i32(channels), *i64(inner)))
     return y

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import backend
 from ..launch_checks import current_device
-from ._grid import THREADS, acc, elementwise_blocks, i32
+from ._grid import THREADS, acc, elementwise_blocks, i32, i64
 
 
 def _check_state(param, grad, master, **state):
@@ -93,7 +93,7 @@ def sgd_steps(be, updates, lr, weight_decay, maximize=False, memo=None):
     for param, grad, master in updates:
         _check_state(param, grad, master)
     dtype = updates[0][0].dtype
-    _launch_slots(be, "sgd_step", [((param, grad, np.int64(param.size)), master) for param, grad, master in updates],
+    _launch_slots(be, "sgd_step", [((param, grad, *i64(param.size)), master) for param, grad, master in updates],
                   (*acc(dtype, lr, weight_decay), *i32(bool(maximize))), memo)
 
 
@@ -107,7 +107,7 @@ def sgd_momentum_steps(be, updates, lr, momentum, weight_decay, nesterov, dampen
         _check_state(param, grad, master, momentum_buf=buf)
     dtype = updates[0][0].dtype
     _launch_slots(be, "sgd_momentum_step",
-                  [((param, grad, buf, np.int64(param.size), *i32(bool(first_step))), master)
+                  [((param, grad, buf, *i64(param.size), *i32(bool(first_step))), master)
                    for param, grad, buf, first_step, master in updates],
                   (*acc(dtype, lr, momentum, weight_decay), *i32(bool(nesterov)),
                    *acc(dtype, 1 - dampening), *i32(bool(maximize))), memo)
@@ -137,7 +137,7 @@ def adam_steps(be, updates, lr, beta1, beta2, eps, weight_decay, decoupled_decay
     corrections = {}   # per step count (the parameters of a model mostly share one): the bias corrections' scalars
     for step in {update[5] for update in updates}:
         corrections[step] = acc(dtype, lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step))
-    slots = [((param, grad, m, v, np.int64(param.size), *corrections[step], *(() if v_max is None else (v_max,))),
+    slots = [((param, grad, m, v, *i64(param.size), *corrections[step], *(() if v_max is None else (v_max,))),
               master) for param, grad, m, v, v_max, step, master in updates]
     _launch_slots(be, "adam_step" if updates[0][4] is None else "adam_amsgrad_step", slots,
                   (*acc(dtype, 1 - beta1, beta2, 1 - beta2, eps, weight_decay, 1 - lr * decoupled_decay),
@@ -170,7 +170,7 @@ def rmsprop_steps(be, updates, lr, alpha, eps, weight_decay, momentum, maximize=
     dtype = updates[0][0].dtype
     absent = _no_element(be, current_device() if be == "cuda" else None, backend.compute_dtype(dtype))
     slots = [((param, grad, square_avg, absent if grad_avg is None else grad_avg, absent if buf is None else buf,
-               np.int64(param.size)), master) for param, grad, square_avg, grad_avg, buf, master in updates]
+               *i64(param.size)), master) for param, grad, square_avg, grad_avg, buf, master in updates]
     _launch_slots(be, "rmsprop_step", slots,
                   (*acc(dtype, lr, alpha, 1 - alpha, eps, weight_decay, momentum),
                    *i32(centered, with_momentum, bool(maximize))), memo)
@@ -187,7 +187,7 @@ def _rule_steps(be, kernel, updates, state_names, weight_decay, maximize, rule_s
         _check_state(param, grad, master, **dict(zip(state_names, states)))
     dtype = updates[0][0].dtype
     absent = _no_element(be, current_device() if be == "cuda" else None, backend.compute_dtype(dtype))
-    slots = [((param, grad, *states, *(absent,) * (2 - len(states)), np.int64(param.size),
+    slots = [((param, grad, *states, *(absent,) * (2 - len(states)), *i64(param.size),
                *acc(dtype, *scalars, *(0,) * (3 - len(scalars)))), master)
              for param, grad, states, scalars, master in updates]
     _launch_slots(be, kernel, slots, (*acc(dtype, weight_decay), *i32(bool(maximize)), *acc(dtype, *rule_scalars)),
@@ -290,5 +290,5 @@ def unscale_grads(be, grads, inverse, found):
     compute type, rounded once, UPDATE_SLOTS a launch; `found`, an int32 (1,) array, is set to 1
     where a gradient holds inf/NaN before the multiplication or, with inverse > 1, after it."""
     if grads:
-        _launch_slots(be, "unscale_grads", [((g, np.int64(g.size)), None) for g in grads],
+        _launch_slots(be, "unscale_grads", [((g, *i64(g.size)), None) for g in grads],
                       (found, *acc(grads[0].dtype, inverse), *i32(inverse > 1)))

@@ -2,11 +2,9 @@
 float16 arrays are summed in FP32 and rounded once."""
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend
 from . import _arrivals
-from ._grid import Launch, blocks_for, i32
+from ._grid import Launch, blocks_for, i32, i64
 
 THREADS = 256
 # Above this many rows a one-thread-per-channel loop is too serial; blocks of channel_sum_block are used.
@@ -73,7 +71,7 @@ def split_sum_epilogue(be, partials, out, channels, inner, bias=None, relu=False
     splits, elements = partials.shape[0], out.size
     launch = plan_split_sum_epilogue(elements)
     bias_arg = unread_bias(backend.array_module(be), out.dtype) if bias is None else bias
-    args = (partials, bias_arg, out, np.int64(splits), np.int64(elements), np.int64(channels), np.int64(inner),
+    args = (partials, bias_arg, out, *i64(splits, elements, channels, inner),
             *i32(bias is not None, relu))
     backend.launch(be, "reduce", out.dtype, launch.kernel, launch.grid, launch.block, args)
     return out
@@ -93,13 +91,13 @@ def channel_sum(be, a, outer, channels, inner):
     xp = backend.array_module(be)
     out = xp.empty((channels,), dtype=a.dtype)
     if launch.kernel == "channel_sum_column":
-        args = (a, out, np.int64(outer), np.int64(channels))
+        args = (a, out, *i64(outer, channels))
     else:
         # the chunk partials (in the compute type; none where a channel is one block's) and the per-channel
         # arrival counts of the channels' last blocks
         outer, inner = _block_view(outer, channels, inner)
         blocks = launch.grid[0]
         partial = xp.empty(blocks if blocks > channels else 0, dtype=backend.compute_dtype(a.dtype))
-        args = (a, out, partial, _arrivals.zeroed(be, channels), np.int64(outer), np.int64(channels), np.int64(inner))
+        args = (a, out, partial, _arrivals.zeroed(be, channels), *i64(outer, channels, inner))
     _arrivals.launch(be, "reduce", a.dtype, launch.kernel, launch.grid, launch.block, args)
     return out
