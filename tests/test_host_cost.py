@@ -190,3 +190,22 @@ def test_all_float16_passes_plain_arguments_over_and_finds_any_other_float_array
     assert not _all_float16((x16,), {"weight": np.ones(3)}, ())
     assert _all_float16((x16,), {"save_mean": x32}, ("save_mean",))
     assert not _all_float16((x16,), {"save_mean": np.ones(3)}, ("save_mean",))   # float64: not the compute type
+
+
+def test_a_tuple_assigned_to_a_private_name_still_reaches_the_registries():
+    """Module.__setattr__ passes a layer's saved tuple straight on, but not past a registered name."""
+    from cnn_gpu import nn
+    module = nn.Module()
+    module.register_buffer("_counts", np.zeros(2))
+    module._counts = (1, 2)
+    assert module._buffers["_counts"] == (1, 2) and module._counts == (1, 2)
+    module._weight = nn.Parameter(np.zeros(2))
+    with pytest.raises(TypeError, match="cannot assign tuple as parameter '_weight'"):
+        module._weight = (1, 2)
+    module._inner = nn.ReLU()
+    with pytest.raises(TypeError, match="cannot assign tuple as child module '_inner'"):
+        module._inner = (1, 2)
+    version = module.__dict__.get("_version", 0)
+    module._saved = (3,)
+    assert module._saved == (3,) and module.__dict__.get("_version", 0) == version
+    assert "_saved" not in module._parameters and "_saved" not in module._modules and "_saved" not in module._buffers

@@ -304,11 +304,15 @@ class Module:
         object.__setattr__(self, "_saved", None)
 
     def __setattr__(self, name, value):
-        registries = self.__dict__.get("_parameters"), self.__dict__.get("_modules")
-        if registries[0] is None:
+        attributes = self.__dict__
+        parameters, modules = attributes.get("_parameters"), attributes.get("_modules")
+        if parameters is None:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before "
                                  f"assigning attributes")
-        parameters, modules = registries
+        if (type(value) is tuple and name.startswith("_") and name not in parameters and name not in modules
+                and name not in self._buffers):
+            object.__setattr__(self, name, value)   # a layer's saved arrays (every forward): nothing to register
+            return
         if name in self._buffers:
             self._buffers[name] = value
             object.__setattr__(self, name, value)
