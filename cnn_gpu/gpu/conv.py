@@ -55,6 +55,9 @@ TILES = {np.dtype(np.float32): {"large": TileSpec(128, 128, 256, 128, 0.84), "ta
                                 "wide": TileSpec(64, 128, 128, 168, 0.82), "small": TileSpec(64, 64, 64, 168, 0.81)},
          np.dtype(np.float64): {"large": TileSpec(128, 128, 256, 255, 0.80), "tall": TileSpec(128, 64, 256, 255, 0.71),
                                 "wide": TileSpec(64, 128, 256, 255, 0.70), "small": TileSpec(64, 64, 256, 80, 0.59)}}
+# dgrad's transposed filter is padded by the tallest tile edge of its dtype (the kernel reads up to
+# a tile edge of channels past the last filter row)
+FILTER_TAIL = {dtype: max(spec.bm for spec in tiles.values()) for dtype, tiles in TILES.items()}
 # SM count the picker plans for when the device cannot be asked (emu, the model): H100 SXM5.
 DEFAULT_SMS = 132
 # Split-K: each split sums at least MIN_SPLIT_CHUNK reduction rows; at most MAX_SPLITS splits.
@@ -447,8 +450,7 @@ def dgrad(be, dy, w, g, *, tile=None, splits=None):
         _run(be, plan.main, dy.dtype, (dy, w, dx) + _geometry_args(g) + periods)
         return dx
     cg, rs = g.C // g.groups, g.R * g.S
-    # the kernel reads up to a tile edge of channels past the last filter row: zeroed padding
-    wt = xp.zeros(g.w_shape[0] * cg * rs + max(spec.bm for spec in TILES[np.dtype(w.dtype)].values()), dtype=w.dtype)
+    wt = xp.zeros(g.w_shape[0] * cg * rs + FILTER_TAIL[w.dtype], dtype=w.dtype)   # its padding zeroed
     _run(be, plan.launches[plan.main_index - 1], dy.dtype, (w, wt) + i32(g.K, cg, g.R, g.S, *g.stride, *g.dilation))
     if plan.padded:
         dy = _pad(be, plan.launches[0], dy, plan.padded)
