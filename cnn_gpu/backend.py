@@ -532,7 +532,8 @@ def launch(backend: str, family: str, dtype, kernel: str, grid, block, args, sha
     grid, block = _dims(grid), _dims(block)
     if min(grid) <= 0:
         return  # empty problem: nothing to launch
-    shared_mem = int(shared_mem)
+    if type(shared_mem) is not int:   # (most launches pass 0)
+        shared_mem = int(shared_mem)
     recorder = recording()
     if recorder is not None and any(map(operator.is_not, checked, args)):
         raise ValueError(f"kernel {kernel!r}: an input was copied to C order for the launch, and a replay would read "
