@@ -95,9 +95,19 @@ def forced(*, tile=None, splits=None):
         _forced.reset(token)
 
 
+_forced_seen = ({}, ())   # the last settings _forced_choices was asked about, and its answer
+
+
 def _forced_choices() -> tuple:
-    """What `forced` sets now, as the plan memo's context."""
-    return tuple(sorted(_forced.get().items()))
+    """What `forced` sets now, as the plan memo's context (a plan launch asks: each `forced` block
+    sets a dict of its own, never changed, so the last one's answer serves while it is current)."""
+    global _forced_seen
+    settings = _forced.get()
+    seen, choices = _forced_seen
+    if settings is not seen:
+        choices = tuple(sorted(settings.items()))
+        _forced_seen = (settings, choices)
+    return choices
 
 
 def device_sms(be) -> int:
