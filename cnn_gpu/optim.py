@@ -258,10 +258,13 @@ def state_dtype(dtype) -> np.dtype:
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
+_LAYOUT = operator.attrgetter("shape", "dtype", "strides")
+
+
 def _layouts(*arrays) -> tuple:
     """What a step's checks (and its launches', launch_checks) read of each array besides its
     identity and writeable flag: a step whose arrays match these skips both (backend.LaunchMemo)."""
-    return tuple((a.shape, a.dtype, a.strides) for a in arrays)
+    return tuple(map(_LAYOUT, arrays))
 
 
 _GRADIENT = object()   # a step's array name (_step_array_name) of a parameter's gradient
@@ -420,9 +423,9 @@ class Optimizer:
         return _backend.resolve(self.backend or p.backend, p.data, p.grad)
 
     def _prepare(self, index: int, p, state: dict):
-        """(backend, C-contiguous gradient) of one parameter's update, after checking everything
-        the update touches; moves state left behind by Module.to. (Messages are made where they
-        are raised: a step prepares every parameter.)"""
+        """(backend, C-contiguous gradient, the state's arrays as _state_arrays lists them) of one
+        parameter's update, after checking everything the update touches; moves state left behind
+        by Module.to. (Messages are made where they are raised: a step prepares every parameter.)"""
         if p.grad.shape != p.data.shape:
             raise ValueError(f"parameter {index}: gradient shape {tuple(p.grad.shape)} does not match parameter shape "
                              f"{tuple(p.data.shape)}")
@@ -449,14 +452,15 @@ class Optimizer:
             if _backend.is_cupy_array(value) != (kind == "cuda"):
                 state[key] = array_like(value, p.data)   # same values, the parameter's device
         self._sync_master(index, p, state)
-        for key, a in [(None, p.data)] + _state_arrays(state):
+        state_arrays = _state_arrays(state)
+        for key, a in [(None, p.data)] + state_arrays:
             if not a.flags.c_contiguous:
                 raise ValueError(f"parameter {index}: {_written_name(key)} must be C-contiguous to be updated in "
                                  f"place (shape {tuple(a.shape)}, strides {a.strides}); Module.to and "
                                  f"load_state_dict make C-contiguous copies")
             if not writeable(a):   # (its name made only for the refusal)
                 updatable(a, f"parameter {index}: {_written_name(key)}")
-        return be, _backend.array_module(kind).asarray(p.grad, order="C")
+        return be, _backend.array_module(kind).asarray(p.grad, order="C"), state_arrays
 
     def _sync_master(self, index: int, p, state: dict) -> None:
         """A float16 parameter's FP32 master copy in state["master"]: made from the parameter at its
@@ -501,31 +505,31 @@ class Optimizer:
             return
         plans = [self._prepare(i, p, state) for i, p, state in pending]
         arrays = []   # named by (parameter index, state key; None: the parameter, _GRADIENT: its gradient)
-        for (i, p, state), (_, grad) in zip(pending, plans):
+        for (i, p, state), (_, grad, state_arrays) in zip(pending, plans):
             arrays += [((i, None), p.data, True), ((i, _GRADIENT), grad, False)]
-            arrays += [((i, key), v, True) for key, v in _state_arrays(state)]
+            arrays += [((i, key), v, True) for key, v in state_arrays]
         check_disjoint(arrays, "optimizer step: ", _step_array_name)
-        updates = [(be, p, grad, state, group_of[i]) for (i, p, state), (be, grad) in zip(pending, plans)]
+        updates = [(be, p, grad, state, group_of[i]) for (i, p, state), (be, grad, _) in zip(pending, plans)]
         # Each step binds the same arrays (a replayed one, a loop that keeps its gradients): the next
         # step skips these checks while every one is still bound; not where a gradient was copied
         # to C order (the copy holds this step's values).
         reusable = all(grad is p.grad for _, p, grad, _, _ in updates)
-        self._checked = (self._bound_arrays(pending, group_of), [(be, p, state, g) for be, p, _, state, g in updates],
-                         {}) if reusable else None
+        self._checked = (self._bound_arrays(pending, group_of, plans),
+                         [(be, p, state, g) for be, p, _, state, g in updates], {}) if reusable else None
         # its launches' memos are made at the first step that finds these arrays again (checked
         # there, unchecked from the next): a loop that unbinds its gradients makes none
         self._update_all(updates, hypers)
 
-    def _bound_arrays(self, pending, group_of) -> list:
+    def _bound_arrays(self, pending, group_of, plans) -> list:
         """What a step's checks depend on: the backends a parameter's may come from (the
         optimizer's, the default) and the parameters' groups, and per parameter updated its backend,
         arrays, gradient and state
         arrays under their keys, with each array's shape and dtype. The gradient is held weakly: a
         loop that unbinds it (zero_grad of the model or the optimizer) frees it before the next
-        backward, and a freed one matches no array."""
+        backward, and a freed one matches no array. `plans`: _prepare's per parameter."""
         per_parameter = []
-        for _, p, state in pending:
-            arrays = [v for _, v in _state_arrays(state)]
+        for (_, p, state), (_, _, state_arrays) in zip(pending, plans):
+            arrays = [v for _, v in state_arrays]
             per_parameter.append((p, p.backend, p.data, weakref.ref(p.grad), state, sorted(state), arrays,
                                   _layouts(p.data, p.grad, *arrays)))
         return [(self.backend, _backend.get_backend(), group_of), per_parameter]
