@@ -40,10 +40,18 @@ def test_real_and_acc_give_the_same_scalars_from_their_memo_a_zero_with_its_sign
             assert all(type(v) is np.dtype(dtype).type for v in values)
             assert [v.item() for v in values] == [np.dtype(dtype).type(v).item() for v in (0.1, 3, 1, 1e-5)]
         assert type(_grid.acc(np.float16, 0.1)[0]) is np.float32 and type(_grid.acc("float64", 0.1)[0]) is np.float64
-        for zero in (0.0, -0.0, 0, 0.0, -0.0):   # equal keys: a zero's sign comes from its own value every time
-            (scalar,) = _grid.real(np.float32, zero)
-            assert scalar == 0 and np.signbit(scalar) == (str(zero) == "-0.0")
+        for zero in (0.0, -0.0, 0, 0.0, -0.0):   # equal values: a zero's sign comes from its own value every time
+            scalar, half = _grid.real(np.float32, zero, 0.5)
+            assert scalar == 0 and np.signbit(scalar) == (str(zero) == "-0.0") and half == 0.5
     assert _grid.real(np.float64, np.array(2.5))[0] == 2.5   # unhashable: converted as it is
+
+
+def test_real_keeps_conversions_of_zeros_too(monkeypatch):
+    """SGD's usual weight decay 0 and dampening 1 - 0 reach acc() every step."""
+    monkeypatch.setattr(_grid, "_real_memo", {})
+    first = _grid.acc(np.float32, 0.01, 0.9, 0.0)
+    assert _grid.acc(np.float32, 0.01, 0.9, 0.0) is first and len(_grid._real_memo) == 1
+    assert np.signbit(_grid.acc(np.float32, 0.01, 0.9, -0.0)[2]) and len(_grid._real_memo) == 2
 
 
 @pytest.mark.parametrize("convert, memo, make", [

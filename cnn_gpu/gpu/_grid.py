@@ -1,6 +1,7 @@
 """Launch-shape helpers shared by the grid-stride kernels (pool, elementwise, loss, optim, softmax)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,27 +95,26 @@ INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 # The kernel scalars' conversions by their arguments (i32's, i64's, real's and acc's): launchers
 # pass the same sizes and hyper-parameters step after step, and making the NumPy scalars costs
-# more than a launch's checks of them. Values that compare equal have the same int() (a float
-# zero's sign aside: real() keeps no zero); a refused value is never kept. Each memo is emptied
-# when it reaches SCALAR_MEMO_SIZE entries.
+# more than a launch's checks of them. Values that compare equal have the same int() and, but for
+# a float zero's sign (real() keys zeros by it too), the same float; a refused value is never kept.
+# Each memo is emptied when it reaches SCALAR_MEMO_SIZE entries.
 _i32_memo: dict = {}
 _i64_memo: dict = {}
 _real_memo: dict = {}
 SCALAR_MEMO_SIZE = 4096
 
 
-def _remembered(memo: dict, key, convert, keeps=None) -> tuple:
-    """convert(key), kept in `memo` (unless keeps(key) is false); an unhashable key is converted as it is."""
+def _remembered(memo: dict, key, convert) -> tuple:
+    """convert(key), kept in `memo`; an unhashable key is converted as it is."""
     try:
         known = memo.get(key)
     except TypeError:   # an unhashable argument: converted (or refused) as it is
         return convert(key)
     if known is None:
         known = convert(key)
-        if keeps is None or keeps(key):
-            if len(memo) >= SCALAR_MEMO_SIZE:
-                memo.clear()
-            memo[key] = known
+        if len(memo) >= SCALAR_MEMO_SIZE:
+            memo.clear()
+        memo[key] = known
     return known
 
 
@@ -146,17 +146,14 @@ def _int_scalars(values, kind, low: int, high: int, what: str) -> tuple:
 
 def real(dtype, *values):
     """Python numbers as kernel REAL scalars (CuPy's rule: the NumPy scalar of the declared type)."""
-    return _remembered(_real_memo, (dtype, values), _real_scalars, _without_zero)
+    key = (dtype, values)
+    if 0 in values:   # -0.0 == 0.0, but the kernels get a zero's sign: the signs are part of the key
+        key += (tuple(math.copysign(1.0, v) for v in values),)
+    return _remembered(_real_memo, key, _real_scalars)
 
 
 def _real_scalars(key) -> tuple:
-    dtype, values = key
-    return tuple(map(np.dtype(dtype).type, values))
-
-
-def _without_zero(key) -> bool:
-    """Whether real() may keep a conversion: not of a zero (-0.0 == 0.0, but the kernels get its sign)."""
-    return 0 not in key[1]
+    return tuple(map(np.dtype(key[0]).type, key[1]))
 
 
 def acc(dtype, *values):
