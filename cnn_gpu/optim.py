@@ -33,6 +33,7 @@ from .functional._checks import FLOAT_DTYPES, flag, real_number, updatable, whol
 from .launch_checks import check_disjoint
 from .nn.module import Parameter, UninitializedParameter, array_like, to_host
 
+FLOAT16 = np.dtype(np.float16)
 SCHEDULER_KEY = "initial_lr"   # the key every learning-rate scheduler adds to a parameter group
 # ...and all that schedulers add (cnn_gpu.lr_scheduler, PyTorch's names): OneCycleLR's bounds too
 SCHEDULER_KEYS = (SCHEDULER_KEY, "max_lr", "min_lr", "max_momentum", "base_momentum")
@@ -426,41 +427,43 @@ class Optimizer:
         """(backend, C-contiguous gradient, the state's arrays as _state_arrays lists them) of one
         parameter's update, after checking everything the update touches; moves state left behind
         by Module.to. (Messages are made where they are raised: a step prepares every parameter.)"""
-        if p.grad.shape != p.data.shape:
-            raise ValueError(f"parameter {index}: gradient shape {tuple(p.grad.shape)} does not match parameter shape "
-                             f"{tuple(p.data.shape)}")
-        if p.data.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"parameter {index} has dtype {p.data.dtype}; optimizers update float16, float32 or "
+        data, grad = p.data, p.grad
+        dtype = data.dtype
+        if grad.shape != data.shape:
+            raise ValueError(f"parameter {index}: gradient shape {tuple(grad.shape)} does not match parameter shape "
+                             f"{tuple(data.shape)}")
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"parameter {index} has dtype {dtype}; optimizers update float16, float32 or "
                             f"float64 parameters")
-        if p.grad.dtype != p.data.dtype:
-            raise TypeError(f"parameter {index}: gradient dtype {p.grad.dtype} does not match parameter dtype "
-                            f"{p.data.dtype}")
+        if grad.dtype != dtype:
+            raise TypeError(f"parameter {index}: gradient dtype {grad.dtype} does not match parameter dtype {dtype}")
         be = self.backend_of(p)
-        kind = "cuda" if _backend.is_cupy_array(p.data) else "numpy"
-        if kind == "cuda" and p.grad.device.id != p.data.device.id:   # (a host gradient: refused by backend_of)
-            raise ValueError(f"parameter {index}: its gradient is on GPU {p.grad.device.id} but the parameter on GPU "
-                             f"{p.data.device.id}; a gradient is never copied between GPUs for you")
-        wanted = state_dtype(p.data.dtype)
+        on_gpu = _backend.is_cupy_array(data)
+        if on_gpu and grad.device.id != data.device.id:   # (a host gradient: refused by backend_of)
+            raise ValueError(f"parameter {index}: its gradient is on GPU {grad.device.id} but the parameter on GPU "
+                             f"{data.device.id}; a gradient is never copied between GPUs for you")
+        wanted = state_dtype(dtype)
         for key, value in _state_arrays(state):
             # Module.to(dtype) since (double(), float()): the state in the parameter's state dtype;
             # master weights of a parameter no longer float16 go (it holds their values, rounded)
-            if key == "master" and p.data.dtype != np.float16:
+            if key == "master" and dtype != FLOAT16:
                 del state[key]
                 continue
             if key != "master" and value.dtype != wanted:
                 value = state[key] = value.astype(wanted)
-            if _backend.is_cupy_array(value) != (kind == "cuda"):
-                state[key] = array_like(value, p.data)   # same values, the parameter's device
+            if _backend.is_cupy_array(value) != on_gpu:
+                state[key] = array_like(value, data)   # same values, the parameter's device
         self._sync_master(index, p, state)
         state_arrays = _state_arrays(state)
-        for key, a in [(None, p.data)] + state_arrays:
-            if not a.flags.c_contiguous:
+        for key, a in [(None, data)] + state_arrays:   # every one now on the parameter's device
+            flags = a.flags
+            if not flags.c_contiguous:
                 raise ValueError(f"parameter {index}: {_written_name(key)} must be C-contiguous to be updated in "
                                  f"place (shape {tuple(a.shape)}, strides {a.strides}); Module.to and "
                                  f"load_state_dict make C-contiguous copies")
-            if not writeable(a):   # (its name made only for the refusal)
+            if not (on_gpu or flags.writeable):   # (its name made only for the refusal)
                 updatable(a, f"parameter {index}: {_written_name(key)}")
-        return be, _backend.array_module(kind).asarray(p.grad, order="C"), state_arrays
+        return be, _backend.array_module("cuda" if on_gpu else "numpy").asarray(grad, order="C"), state_arrays
 
     def _sync_master(self, index: int, p, state: dict) -> None:
         """A float16 parameter's FP32 master copy in state["master"]: made from the parameter at its
