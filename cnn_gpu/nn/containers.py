@@ -41,15 +41,15 @@ def fused_activation(layer, following) -> str | None:
     forward, and on the batch norm its backward's too. Their own classes, not subclasses, whose
     forward may differ (a ReLU6 only with its bounds 0 and 6). Not where either has hooks: they would
     see the pair as one call."""
-    if has_hooks(layer) or has_hooks(following):
-        return None
     if type(layer) is Residual:
-        return "relu" if type(following) is ReLU else None
-    if type(layer) not in (BatchNorm1d, BatchNorm2d, BatchNorm3d):
-        return None
-    if type(following) is ReLU6 and (following.min_val, following.max_val) != (0.0, 6.0):
-        return None
-    return _BATCH_NORM_ACTIVATIONS.get(type(following))
+        activation = "relu" if type(following) is ReLU else None
+    elif type(layer) in (BatchNorm1d, BatchNorm2d, BatchNorm3d):
+        activation = _BATCH_NORM_ACTIVATIONS.get(type(following))
+        if type(following) is ReLU6 and (following.min_val, following.max_val) != (0.0, 6.0):
+            activation = None
+    else:
+        return None   # (most pairs: told by type before any hooks are asked for)
+    return None if activation is None or has_hooks(layer) or has_hooks(following) else activation
 
 
 def fused_activation_positions(layers) -> frozenset:
