@@ -84,17 +84,8 @@ def assert_replay_is_eager(run, inputs: dict, new_inputs: dict, what: str) -> No
 
 # The optimizers' checks (several steps of state a recording keeps: moments, step counts) are not ops
 # here; test_replay replays their steps within a training step.
-# Ops a replay is known to get wrong, each with why (found here; not strict: a setting whose configurations
-# miss the case passes)
-KNOWN_REPLAY_FAILURES = {
-    "multilabel_soft_margin_loss": "F.multilabel_soft_margin_loss broadcasts weight to the input's shape in a "
-                                   "device_call that returns a new array: a replay keeps the recorded weight"}
-
-
 @pytest.mark.parametrize("dtype, math", SETTINGS)
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_REPLAY_FAILURES[name]))
-                                  if name in KNOWN_REPLAY_FAILURES else name for name in sorted(check.OPS)
-                                  if name not in check_optimizers.OPTIMIZERS])
+@pytest.mark.parametrize("name", [name for name in sorted(check.OPS) if name not in check_optimizers.OPTIMIZERS])
 def test_a_replayed_op_computes_its_new_inputs(name, dtype, math):
     op = check.OPS[name]
     run = RUNS.get(name, op.run)

@@ -863,7 +863,7 @@ def multilabel_soft_margin_loss(input, target, weight=None, reduction="mean", *,
         from ..gpu import loss as gpu_loss
         xp = _backend.array_module(be)
         if weight is not None:
-            weight = _backend.device_call(lambda: xp.ascontiguousarray(xp.broadcast_to(weight, input.shape)))
+            weight = _backend.device_call(lambda w: xp.ascontiguousarray(xp.broadcast_to(w, input.shape)), weight)
         named = ((input, "input"), (target, "target"), (weight, "weight"))
         loss, dinput = gpu_loss.multilabel_soft_margin(be, *(_checks.for_kernels(be, a, n) for a, n in named),
                                                        classes, divisor, reduction, as_array)
