@@ -280,3 +280,53 @@ def test_nproc_refuses_what_every_rank_would_refuse_once_before_relaunching(tmp_
         assert main(["train", "--nproc", "2", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("cnn-gpu train: error:") == 1, err
+
+
+@needs_mpi
+def test_sync_bn_makes_two_ranks_take_the_steps_of_one_process_with_the_doubled_batch(tmp_path):
+    """--sync-bn: the small ResNet's batch norms normalise by the global batch, so two ranks of 8 train
+    as one process of 16 does; without it each rank's statistics are its own 8 images' (they differ)."""
+    quick = ("--model", "resnet", "--epochs", 1, "--max-batches", 3, "--seed", 5)
+    synced = train(*quick, "--batch-size", 8, "--sync-bn", "--save", tmp_path / "synced.npz", ranks=2)
+    apart = train(*quick, "--batch-size", 8, "--save", tmp_path / "apart.npz", ranks=2)
+    one = train(*quick, "--batch-size", 16, "--save", tmp_path / "one.npz")
+    assert synced.returncode == 0 and apart.returncode == 0 and one.returncode == 0, (
+        synced.stderr + apart.stderr + one.stderr)
+    a, b, c = _weights(tmp_path / "synced.npz"), _weights(tmp_path / "apart.npz"), _weights(tmp_path / "one.npz")
+    worst_apart = 0.0
+    for name in c:
+        scale = np.abs(c[name]).max()
+        assert scale > 0 and np.abs(a[name] - c[name]).max() <= 1e-4 * scale, name
+        worst_apart = max(worst_apart, np.abs(b[name] - c[name]).max() / scale)
+    assert worst_apart > 1e-3
+
+
+@needs_mpi
+def test_sync_bn_skips_the_global_batch_that_leaves_a_rank_no_image(tmp_path):
+    """9 images, 2 ranks of 4 with --sync-bn: the last global batch is one image on rank 0 and none
+    on rank 1, which both ranks skip (rank 1 alone would miss the norms' collectives), as one
+    process of 8 skips its lone last image (with --sync-bn too): the same weights."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "nine.npz"
+    np.savez(path, x_train=rng.random((9, 8, 8)), y_train=np.arange(9) % 3, x_test=rng.random((4, 8, 8)),
+             y_test=np.arange(4) % 3)
+    quick = ("--model", "resnet18", "--dataset", "npz", "--data", path, "--epochs", 2, "--optimizer", "sgd")
+    two = train(*quick, "--batch-size", 4, "--sync-bn", "--save", tmp_path / "two.npz", ranks=2)
+    one = train(*quick, "--batch-size", 8, "--save", tmp_path / "one.npz")
+    one_synced = train(*quick, "--batch-size", 8, "--sync-bn", "--save", tmp_path / "one_synced.npz")
+    assert two.returncode == 0 and one.returncode == 0 and one_synced.returncode == 0, (
+        two.stderr + one.stderr + one_synced.stderr)
+    a, b, c = (_weights(tmp_path / f"{run}.npz") for run in ("two", "one", "one_synced"))
+    for name in b:
+        scale = np.abs(b[name]).max()
+        assert scale > 0 and np.abs(a[name] - b[name]).max() <= 1e-4 * scale, name
+        assert np.abs(c[name] - b[name]).max() <= 1e-6 * scale, name
+
+
+def test_shard_sizes_follow_shard_batches():
+    from cnn_gpu.distributed import shard_batches
+    from cnn_gpu.distributed._shard import shard_sizes
+    for n, batch, world in [(9, 4, 2), (30, 4, 3), (7, 8, 2), (24, 4, 3)]:
+        shards = [list(shard_batches(n, batch, None, rank, world)) for rank in range(world)]
+        for index in range(len(shards[0])):
+            assert shard_sizes(n, batch, index, world) == [len(s[index]) for s in shards], (n, batch, world, index)

@@ -121,6 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record each epoch's first full batch as a step and replay it for the others "
                              "(cnn_gpu.replay), and the evaluation's first full batch likewise: the host issues "
                              "the launches without their Python, with the same results; emu or cuda, one process")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="with several processes, normalise by the whole global batch's statistics "
+                             "(nn.SyncBatchNorm.convert_sync_batchnorm; each process's own batch otherwise); a "
+                             "global batch that leaves a process no image, only an epoch's uneven last one can, "
+                             "is skipped by every process")
     parser.add_argument("--nproc", type=positive_int, metavar="N",
                         help="train data-parallel in N processes on this machine: relaunches itself under "
                              "mpiexec (pip install 'cnn_gpu[mpi]'); --batch-size is per process")
@@ -491,9 +496,12 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
                                  dtype=PRECISION_DTYPES[settings["precision"]]).to(device)
         except ValueError as err:   # images too small for the model
             raise UsageError(str(err)) from None
-        if settings["batch_size"] == 1 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        if settings["batch_size"] == 1 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) and not (
+                args.sync_bn and world.size > 1):
             raise UsageError(f"--batch-size 1: --model {settings['model']} has batch norm, which cannot train on one "
-                             f"image at a time (per process); use 2 or more")
+                             f"image at a time (per process, without --sync-bn); use 2 or more")
+        if args.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if settings["optimizer"] in ("adam", "adamw"):
             adam = optim.Adam if settings["optimizer"] == "adam" else optim.AdamW
             optimizer = adam(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
@@ -531,7 +539,7 @@ def _train_in_precision(args, world, resumed, settings: dict) -> int:
     distributed.check_replicas(model, {**{k: v for k, v in settings.items() if k != "data"},
                                        "data set": fingerprint, "max_batches": args.max_batches,
                                        "start_epoch": start_epoch, "shuffle_rng": shuffle_rng.bit_generator.state,
-                                       "device": device})
+                                       "device": device, "sync_bn": args.sync_bn})
     distributed.broadcast_parameters(model)
 
     epochs = settings["epochs"]
@@ -623,14 +631,20 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
     unscaled and stepped (or the step skipped on overflow) by it. In a model with batch norm, a
     rank's shard of one image trains as an empty one (batch norm takes no lone image in training,
     as in PyTorch; the last batch may leave one), and a step that has no image left is skipped.
+    With SyncBatchNorm in several processes a lone image trains (the statistics are the global
+    batch's), and a global batch that leaves any rank no image is skipped by every rank (each
+    computes the shards' sizes: a rank without images would miss the norms' collectives).
     replayed (one process, emu or cuda): the epoch's first full batch is a recorded step
     (cnn_gpu.replay), replayed with each later full batch copied into its arrays; others run as
     they are."""
     from .. import distributed
-    from ..nn import BatchNorm2d
+    from ..distributed._shard import shard_sizes
+    from ..nn import BatchNorm2d, SyncBatchNorm
     from ..nn.module import to_backend_array
     model.train()
-    drops_lone_images = any(isinstance(module, BatchNorm2d) for module in model.modules())
+    synced = distributed.world_size() > 1 and any(isinstance(module, SyncBatchNorm) for module in model.modules())
+    drops_lone_images = not synced and any(isinstance(module, (BatchNorm2d, SyncBatchNorm))
+                                           for module in model.modules())
     metrics = RunningMetrics() if not getattr(bar, "disable", False) else None
     dtype = _model_dtype(model)
     shards = distributed.shard_batches(len(dataset.x_train), batch_size, shuffle_rng, distributed.rank(),
@@ -641,6 +655,9 @@ def train_epoch(model, loss_fn, optimizer, dataset, batch_size, shuffle_rng, dev
             break
         if before_step is not None:
             before_step(index)
+        if synced and 0 in shard_sizes(len(dataset.x_train), batch_size, index, distributed.world_size()):
+            bar.update()   # every rank skips it alike, meeting in no collective
+            continue
         if drops_lone_images and len(chosen) == 1:
             chosen = chosen[:0]
         if not len(chosen):   # the uneven last global batch may leave a rank without images

@@ -27,3 +27,10 @@ def _shard(n, batch_size, rng, rank, world_size):
     for start in range(0, n, global_batch):
         chunk = order[start:start + global_batch]
         yield chunk[rank * batch_size:(rank + 1) * batch_size]
+
+
+def shard_sizes(n: int, batch_size: int, index: int, world_size: int) -> list:
+    """The ranks' image counts in global batch `index` of shard_batches(n, batch_size, ..., world_size),
+    rank 0's first: batch_size each but at the uneven end, where the last ranks may get fewer or none."""
+    left = n - index * batch_size * world_size
+    return [min(batch_size, max(0, left - rank * batch_size)) for rank in range(world_size)]
