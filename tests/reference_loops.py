@@ -121,6 +121,94 @@ def bias_grad(dy):
     return db
 
 
+
+# --- 3-D convolution: the same formulas with a depth index (output (o, p, q) tap (t, r, s) reads input
+# voxel (o*stride - pad + t*dil, ...)) --------------------------------------------------------------
+
+def _triple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+def _paddings3d(padding, kernel, dilation):
+    """(front/top/left, back/bottom/right) paddings of conv3d's padding, "same" split as conv2d's."""
+    if padding == "valid":
+        return (0, 0, 0), (0, 0, 0)
+    if padding == "same":
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return tuple(t // 2 for t in totals), tuple(t - t // 2 for t in totals)
+    return _triple(padding), _triple(padding)
+
+
+def _taps3d(w_shape, out_shape, stride, padding, dilation):
+    """Every (output voxel, tap, input voxel it reads) of a conv3d, the input voxel None outside."""
+    (sd, sh, sw), dil = _triple(stride), _triple(dilation)
+    _, _, T, R, S = w_shape
+    before, _ = _paddings3d(padding, (T, R, S), dil)
+    O, P, Q = out_shape
+    for o in range(O):
+        for p in range(P):
+            for q in range(Q):
+                for t in range(T):
+                    for r in range(R):
+                        for s in range(S):
+                            yield (o, p, q), (t, r, s), (o * sd - before[0] + t * dil[0],
+                                                         p * sh - before[1] + r * dil[1],
+                                                         q * sw - before[2] + s * dil[2])
+
+
+def conv3d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """a_opq = sum_trs W_trs x_(o*sd - pd + t*dd)(...)(...) + b, per channel and group."""
+    dil = _triple(dilation)
+    N, C, D, H, W = x.shape
+    K, Cg, T, R, S = w.shape
+    before, after = _paddings3d(padding, (T, R, S), dil)
+    out = tuple((size + b0 + a0 - d * (k - 1) - 1) // st + 1 for size, b0, a0, d, k, st
+                in zip((D, H, W), before, after, dil, (T, R, S), _triple(stride)))
+    Kg = K // groups
+    y = np.zeros((N, K) + out)
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            if b is not None:
+                y[n, k] += b[k]
+            for voxel, tap, (d, h, v) in _taps3d(w.shape, out, stride, padding, dilation):
+                if 0 <= d < D and 0 <= h < H and 0 <= v < W:
+                    for c in range(Cg):
+                        y[(n, k) + voxel] += w[(k, c) + tap] * x[n, g * Cg + c, d, h, v]
+    return y
+
+
+def conv3d_input_grad(dy, w, x_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dE/dx: every output's dE/da times each tap's weight, added into the input voxel that tap read."""
+    N, C, D, H, W = x_shape
+    K, Cg, _, _, _ = w.shape
+    Kg = K // groups
+    dx = np.zeros(x_shape)
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for voxel, tap, (d, h, v) in _taps3d(w.shape, dy.shape[2:], stride, padding, dilation):
+                if 0 <= d < D and 0 <= h < H and 0 <= v < W:
+                    for c in range(Cg):
+                        dx[n, g * Cg + c, d, h, v] += dy[(n, k) + voxel] * w[(k, c) + tap]
+    return dx
+
+
+def conv3d_weight_grad(dy, x, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dE/dW_trs = sum over outputs of dE/da times the input voxel tap (t, r, s) read."""
+    N, C, D, H, W = x.shape
+    K, Cg, _, _, _ = w_shape
+    Kg = K // groups
+    dw_ = np.zeros(w_shape)
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for voxel, tap, (d, h, v) in _taps3d(w_shape, dy.shape[2:], stride, padding, dilation):
+                if 0 <= d < D and 0 <= h < H and 0 <= v < W:
+                    for c in range(Cg):
+                        dw_[(k, c) + tap] += dy[(n, k) + voxel] * x[n, g * Cg + c, d, h, v]
+    return dw_
+
 # --- transposed ("expanding") convolution: z(i, j) = sum_m sum_kl w(m, i - k b, j - l b) y(m, k, l)
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import backend, nvrtc
-from cnn_gpu.gpu import conv
+from cnn_gpu.gpu import conv, conv3d
 from cnn_gpu.cli import main as cli_main
 
 NVRTC_MISSING = nvrtc.why_unavailable()
@@ -29,9 +29,10 @@ needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable
 
 DTYPES = ("float32", "float64", "float16")
 FILES = backend.kernel_files()
-# Implicit-GEMM tile kernels, conv2d_<pass>_<tile>; the depthwise direct kernels are not GEMMs.
-GEMM_FILE = re.compile(r"conv2d_(fprop|dgrad|wgrad)\.cu$")
-GEMM_TILE_KERNEL = re.compile(r"conv2d_(?:fprop|dgrad|wgrad)_(\w+)$")
+# Implicit-GEMM tile kernels, conv2d_<pass>_<tile> and conv3d_fprop_<tile>; the depthwise direct kernels
+# are not GEMMs.
+GEMM_FILE = re.compile(r"conv[23]d_(fprop|dgrad|wgrad)\.cu$")
+GEMM_TILE_KERNEL = re.compile(r"conv[23]d_(?:fprop|dgrad|wgrad)_(\w+)$")
 KERNEL_DECLARATION = re.compile(r'extern\s+"C"\s+__global__')
 # kernels only the float16 build has (kernels/optim.cu's *_master), or all but it has
 # (conv2d_tc.cu's gather wgrad): a block with no nested #if
@@ -67,8 +68,9 @@ def test_kernel_file_compiles_without_spills(path, dtype, arch):
         assert r.max_threads is not None, f"{where} declares no __launch_bounds__"
         assert r.occupancy is not None and r.occupancy > 0, f"{where} cannot be resident: {r}"
         tile = GEMM_TILE_KERNEL.match(r.name) if GEMM_FILE.search(path.name) else None
-        if tile and tile.group(1) in conv.TILES[np.dtype(dtype)]:
-            spec = conv.TILES[np.dtype(dtype)][tile.group(1)]
+        tiles = (conv3d.TILES if path.stem.startswith("conv3d") else conv.TILES)[np.dtype(dtype)]
+        if tile and tile.group(1) in tiles:
+            spec = tiles[tile.group(1)]
             assert r.max_threads == spec.threads, f"{where} is launched with {r.max_threads} threads, not {spec.threads}"
             assert r.registers <= spec.registers, f"{where} uses {r.registers} registers (> {spec.registers})"
             tiles_seen += 1

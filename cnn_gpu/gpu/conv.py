@@ -160,15 +160,16 @@ def _split(kgemm: int, splits: int) -> tuple[int, int]:
 
 
 def _choose(dtype, M: int, Ngemm: int, batches: int, kgemm: int, output_elements: int, sms, tile, splits,
-            max_splits: int):
-    """(tile variant, TileSpec, splits, chunk) of an M x Ngemm x kgemm GEMM repeated `batches` times.
+            max_splits: int, tiles=None):
+    """(tile variant, TileSpec, splits, chunk) of an M x Ngemm x kgemm GEMM repeated `batches` times,
+    on `tiles` (default TILES: a family whose tiles run other register caps passes its own).
 
     Unforced choices minimise a wave model: a block of tile t takes bm*bn*chunk / efficiency FMA
     issue slots of its SM's share; the busiest SM runs ceil(blocks / (SMs * blocks_per_sm)) waves
     of blocks_per_sm blocks (resident blocks from the tile's threads and register cap; the partial
     last wave counts whole); split-K adds the traffic of its partials (written and read once, plus
     the output) and a launch."""
-    tiles = TILES[np.dtype(dtype)]
+    tiles = (TILES if tiles is None else tiles)[np.dtype(dtype)]
     forced_now = _forced.get()
     tile = tile if tile is not None else forced_now.get("tile")
     splits = splits if splits is not None else forced_now.get("splits")

@@ -19,15 +19,21 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from .. import backend
 from . import _plan_cache, reduce
 from ._grid import Launch, i32
-from .conv import (BK, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIAL_LIMIT, ConvPlan, _check_grid, _choose,
-                   _forced_choices, _walk_args, _workspace_splits, device_sms)
+from .conv import (BK, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIAL_LIMIT, TILES as CONV2D_TILES, ConvPlan,
+                   _check_grid, _choose, _forced_choices, _walk_args, _workspace_splits, device_sms)
 
 FAMILY = "conv3d_fprop"
 # Taps per dimension (depth, rows, columns) the kernel's tap-mask fields hold (kernels/conv3d_fprop.cu)
 MASK_TAPS = (10, 11, 11)
+# conv2d's tiles (igemm.cuh), but for the float64 small tile's 2 blocks an SM (kernels/conv3d_fprop.cu:
+# CONV3D_SMALL_BLOCKS, at 128 registers)
+TILES = {dtype: dict(tiles) for dtype, tiles in CONV2D_TILES.items()}
+TILES[np.dtype(np.float64)]["small"] = dataclasses.replace(CONV2D_TILES[np.dtype(np.float64)]["small"], registers=128)
 
 
 def _check_index_range(g) -> None:
@@ -94,7 +100,7 @@ def plan_fprop(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     kgemm = (g.C // g.groups) * g.T * g.R * g.S
     out = math.prod(g.y_shape)
     variant, spec, splits, chunk = _choose(dtype, kg, voxels, g.groups, kgemm, out, sms, tile, splits,
-                                           min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups))
+                                           min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups), TILES)
     grid = (-(-voxels // spec.bn), -(-kg // spec.bm), g.groups * splits)
     _check_grid(FAMILY, grid)
     padded = _fprop_padding(g)

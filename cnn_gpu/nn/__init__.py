@@ -22,7 +22,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      ZeroPad3d, ELU, CELU, GLU, SELU, Hardshrink, LogSigmoid, Softmax2d, Softmin, Softplus, Softshrink,
                      Softsign, Tanhshrink, Threshold)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from .layers_3d import BatchNorm3d, Dropout3d, MaxPool3d, AdaptiveAvgPool3d, AdaptiveMaxPool3d, AvgPool3d
+from .layers_3d import BatchNorm3d, Conv3d, Dropout3d, MaxPool3d, AdaptiveAvgPool3d, AdaptiveMaxPool3d, AvgPool3d
 from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool1d, CircularPad1d, ConstantPad1d,
                         Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
 from .lp_pool import LPPool1d, LPPool2d
@@ -56,4 +56,4 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "CELU", "GLU", "SELU", "Hardshrink", "LogSigmoid", "Softmax2d", "Softmin", "Softplus", "Softshrink",
            "Softsign", "Tanhshrink", "Threshold", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss", "TripletMarginLoss",
-           "CosineEmbeddingLoss", "UninitializedParameter", "SyncBatchNorm"]
+           "CosineEmbeddingLoss", "UninitializedParameter", "Conv3d", "SyncBatchNorm"]

@@ -1,15 +1,43 @@
 """The 3-D layers of volumes (video, medical images: (N, C, D, H, W) or unbatched (C, D, H, W)):
-BatchNorm3d (batch norm's (N, C, *) kernels), Dropout3d (dropout2d's plane masks) and the 3-D pools,
+Conv3d (F.conv3d), BatchNorm3d (batch norm's (N, C, *) kernels), Dropout3d (dropout2d's plane masks) and the 3-D pools,
 with PyTorch's arguments, sizes kept as PyTorch keeps them (triples) and state dicts."""
 from __future__ import annotations
+
+import numpy as np
 
 from .. import functional as F
 from ..functional.adaptive_pool import adaptive_max_pool3d_backward_of_own_indices
 from ..functional.dropout import check_volumes_input
+from ..functional.conv3d import conv3d_padding
 from ..functional.geometry import check_divisor_override, pool_stride, triple
 from ..functional.pool import max_pool3d_backward_of_own_indices
-from .layers import AdaptiveMaxPool2d, AvgPool2d, Dropout, MaxPool2d, _AdaptivePool2d, _BatchNorm
+from .layers import AdaptiveMaxPool2d, AvgPool2d, Dropout, MaxPool2d, _AdaptivePool2d, _BatchNorm, _Conv
 from .module import Module
+
+
+class Conv3d(_Conv):
+    """3-D convolution (F.conv3d); weight (out_channels, in_channels/groups, kT, kH, kW), sizes kept as
+    (d, h, w) triples. A padding_mode other than "zeros" pads the input with F.pad by the layer's
+    padding ("same" puts the odd voxel at the back, bottom and right) and convolves with padding 0, as
+    PyTorch does."""
+
+    _op, _op_backward = staticmethod(F.conv3d), staticmethod(F.conv3d_backward)
+    _sizes = staticmethod(triple)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", dtype=np.float32, rng=None):
+        super().__init__()
+        self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
+        # "same" and "valid" kept as such, as PyTorch keeps them; checked here
+        before, extra = conv3d_padding(padding, self.stride, self.dilation, self.kernel_size)
+        self.padding = padding if isinstance(padding, str) else before
+        (front, top, left), (back, bottom, right) = before, extra
+        self._mode_pad = (left, left + right, top, top + bottom, front, front + back)   # F.pad's order
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self._init_parameters(shape, self.out_channels, bias, dtype, rng)
+
+    def _conv_args(self):
+        return self.stride, self.padding if self.padding_mode == "zeros" else 0, self.dilation, self.groups
 
 
 class BatchNorm3d(_BatchNorm):
