@@ -1,0 +1,249 @@
+"""conv3d, conv3d_backward and nn.Conv3d: the NumPy path and the implicit-GEMM kernel
+(kernels/conv3d_fprop.cu, which also runs dgrad and wgrad as convolutions).
+
+Proof: PyTorch CPU values and gradients (stride, padding int/triple/"same"/"valid", dilation, groups,
+bias, odd sizes, unbatched) on numpy and emu in float64 (1e-10) and float32 (1e-5); the direct loops of
+reference_loops.py; finite differences; float16 against the NumPy oracle (FP32 math, rounded once); the
+emulator's guard zones, race check and reverse/random schedules on every tile, split-K, the padded copy
+of a long filter and stride > 1 dgrad; refusals before any launch; the layer and its padding modes
+against torch.nn.Conv3d."""
+import numpy as np
+import pytest
+
+import reference_loops as ref
+from cnn_gpu import nn
+from cnn_gpu import functional as F
+from cnn_gpu.functional.conv3d import conv3d_geometry
+from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
+from cnn_gpu.gradcheck import check_op
+from helpers import assert_close, assert_refused_before_any_launch, needs_emu
+
+
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(previous)
+
+
+# (x shape, weight shape, stride, padding, dilation, groups, bias)
+CASES = {
+    "plain": ((2, 3, 4, 5, 6), (4, 3, 3, 2, 3), 1, 1, 1, 1, True),
+    "strided": ((2, 4, 7, 5, 9), (6, 2, 2, 3, 2), (2, 1, 3), (1, 0, 2), (1, 2, 1), 2, True),
+    "same": ((1, 3, 4, 5, 4), (3, 1, 3, 2, 3), 1, "same", (2, 1, 1), 3, False),
+    "valid": ((3, 2, 5, 3, 4), (5, 2, 1, 3, 2), 2, "valid", 1, 1, True),
+    "unbatched": ((2, 5, 4, 3), (4, 2, 2, 2, 1), (1, 2, 1), 2, 1, 1, True),
+    "pointwise": ((2, 4, 3, 3, 3), (2, 4, 1, 1, 1), 1, 0, 1, 1, False),
+}
+BACKEND_DTYPES = [pytest.param(be, dtype, marks=needs_emu if be == "emu" else (), id=f"{be}-{np.dtype(dtype)}")
+                  for be in ("numpy", "emu") for dtype in (np.float64, np.float32)]
+
+
+def operands(case, dtype, seed=0):
+    x_shape, w_shape, *_, bias = CASES[case]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    return x, w, rng.standard_normal(w_shape[0]).astype(dtype) if bias else None, rng
+
+
+def options(case):
+    return dict(zip(("stride", "padding", "dilation", "groups"), CASES[case][2:6]))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")   # PyTorch's note on its own padded copy
+@pytest.mark.parametrize("be, dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_values_and_gradients_match_torch(torch, case, be, dtype):
+    x, w, b, rng = operands(case, dtype)
+    y = F.conv3d(x, w, b, **options(case), backend=be)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    yt = torch.nn.functional.conv3d(xt, wt, bt, **options(case))
+    assert_close(y, yt.detach().numpy(), dtype, f"{case} y")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    dx, dw, db = F.conv3d_backward(dy, x, w, **options(case), bias=b is not None, backend=be)
+    assert_close(dx, xt.grad.numpy(), dtype, f"{case} dx")
+    assert_close(dw, wt.grad.numpy(), dtype, f"{case} dw")
+    if b is None:
+        assert db is None
+    else:
+        assert_close(db, bt.grad.numpy(), dtype, f"{case} db")
+
+
+@pytest.mark.parametrize("case", ["strided", "same", "unbatched"])
+def test_numpy_path_matches_the_direct_loops(case):
+    x, w, b, rng = operands(case, np.float64, seed=1)
+    unbatched = x.ndim == 4
+    xb = x[None] if unbatched else x
+    y = F.conv3d(x, w, b, **options(case), backend="numpy")
+    want = ref.conv3d(xb, w, b, **options(case))
+    assert_close(y, want[0] if unbatched else want, np.float64, "y")
+    dy = rng.standard_normal(y.shape)
+    dyb = dy[None] if unbatched else dy
+    dx, dw, _ = F.conv3d_backward(dy, x, w, **options(case), backend="numpy")
+    want_dx = ref.conv3d_input_grad(dyb, w, xb.shape, **options(case))
+    assert_close(dx, want_dx[0] if unbatched else want_dx, np.float64, "dx")
+    assert_close(dw, ref.conv3d_weight_grad(dyb, xb, w.shape, **options(case)), np.float64, "dw")
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_finite_differences(be):
+    case = "strided"
+    x, w, b, _ = operands(case, np.float64, seed=2)
+
+    def forward(x, w, b):
+        return F.conv3d(x, w, b, **options(case), backend=be)
+
+    def backward(dy, x, w, b):
+        return F.conv3d_backward(dy, x, w, **options(case), backend=be)
+
+    report = check_op(forward, backward, [x, w, b])
+    assert report.max_rel_error < 1e-6, str(report)
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_float16_is_the_float32_math_rounded_once(be):
+    x, w, b, rng = operands("strided", np.float16, seed=3)
+    dy = rng.standard_normal(F.conv3d(x, w, b, **options("strided"), backend="numpy").shape).astype(np.float16)
+    wide = [a.astype(np.float32) for a in (x, w, b, dy)]
+    y = F.conv3d(x, w, b, **options("strided"), backend=be)
+    grads = F.conv3d_backward(dy, x, w, **options("strided"), backend=be)
+    want_y = F.conv3d(*wide[:3], **options("strided"), backend="numpy")
+    want = F.conv3d_backward(wide[3], wide[0], wide[1], **options("strided"), backend="numpy")
+    for got, expected, name in zip((y,) + grads, (want_y,) + want, ("y", "dx", "dw", "db")):
+        assert got.dtype == np.float16, name
+        # the kernels sum in another order than BLAS: a rounding of the FP32 sum apart at most
+        np.testing.assert_allclose(got.astype(np.float32), expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max(),
+                                   err_msg=name)
+
+
+# --- the emulator's checks: every tile, split-K, the padded copy, stride > 1 dgrad ---------------
+
+# (x shape, weight shape, stride, padding, dilation, groups, plan forced)
+EMU_CASES = [
+    ((2, 3, 4, 5, 6), (5, 3, 3, 2, 3), (1, 2, 1), 1, 1, 1, dict(tile="large", splits=1)),
+    ((1, 4, 5, 4, 5), (4, 2, 2, 3, 2), (2, 1, 2), (1, 1, 0), (1, 1, 2), 2, dict(tile="tall", splits=3)),
+    ((2, 2, 3, 4, 3), (3, 2, 2, 2, 2), 1, "same", 1, 1, dict(tile="wide", splits=2)),
+    # 12 taps across: past the column field (11), so x gets a zero-bordered copy
+    ((1, 2, 3, 3, 14), (2, 2, 1, 2, 12), (1, 1, 2), (0, 1, 3), 1, 1, dict(tile="small", splits=None)),
+]
+
+
+def _every_pass(case, dtype, be):
+    x_shape, w_shape, stride, padding, dilation, groups, _ = case
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    y = F.conv3d(x, w, b, stride, padding, dilation, groups, backend=be)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    return (y,) + F.conv3d_backward(dy, x, w, stride, padding, dilation, groups, backend=be)
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_emu_under_guard_zones_the_race_check_and_every_schedule(dtype):
+    """Every case against the NumPy path with guard zones and the race check, then bit for bit the same
+    under the reverse and random schedules."""
+    from cnn_gpu import emu
+    for case in EMU_CASES:
+        want = _every_pass(case, dtype, "numpy")
+        with conv.forced(**case[-1]):
+            with emu.checking(guard=True, race=True):
+                checked = _every_pass(case, dtype, "emu")
+            for got, expected, name in zip(checked, want, ("y", "dx", "dw", "db")):
+                assert_close(got, expected, dtype, f"{case} {name}")
+            for schedule in ("reverse", "random"):
+                with emu.checking(schedule=schedule, seed=5, guard=True):
+                    for got, first, name in zip(_every_pass(case, dtype, "emu"), checked, ("y", "dx", "dw", "db")):
+                        np.testing.assert_array_equal(got, first, err_msg=f"{case} {name} under {schedule}")
+
+
+def test_plans_reach_the_tiles_split_k_and_the_padded_copy():
+    g = conv3d_geometry((2, 8, 6, 6, 6), (16, 8, 3, 3, 3), padding=1)
+    for tile in ("large", "tall", "wide", "small"):
+        plan = gpu_conv3d.plan_fprop(g, np.float32, tile=tile, splits=2)
+        assert plan.main.kernel == f"conv3d_fprop_{tile}" and plan.splits == 2 and plan.chunk % conv.BK == 0
+        assert [launch.kernel for launch in plan.launches] == [f"conv3d_fprop_{tile}", "split_sum_epilogue"]
+    assert gpu_conv3d.plan_fprop(g, np.float32).padded is None
+    long_filter = conv3d_geometry((1, 1, 3, 3, 20), (1, 1, 1, 1, 12))
+    assert gpu_conv3d.plan_fprop(long_filter, np.float64).padded.shape == (1, 1, 3, 3, 20)
+    # wgrad's filter taps are dy's voxels: 14 across pass the column field, so x is copied with its borders
+    wide = conv3d_geometry((2, 8, 6, 6, 14), (16, 8, 3, 3, 3), padding=1)
+    assert gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), np.float64).padded is None
+    assert gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(wide), np.float64).padded is not None
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x, w: F.conv3d(x[0, 0], w), ValueError, "x must be 4-D or 5-D"),
+    (lambda x, w: F.conv3d(x, w[0]), ValueError, "weight must be 5-D"),
+    (lambda x, w: F.conv3d(x, w.astype(np.float64)), TypeError, "dtype"),
+    (lambda x, w: F.conv3d(x, w, groups=2), ValueError, "divisible by groups"),
+    (lambda x, w: F.conv3d(x[:, :2], w), ValueError, "expects 3 input channels"),
+    (lambda x, w: F.conv3d(x, w, dilation=3), ValueError, "output would be empty"),
+    (lambda x, w: F.conv3d(x[:, :, :0], w), ValueError, "empty dimension"),
+    (lambda x, w: F.conv3d(x, w, stride=2, padding="same"), ValueError, "not supported for strided"),
+    (lambda x, w: F.conv3d(x, w, padding="full"), ValueError, "padding must be"),
+    (lambda x, w: F.conv3d(x, w, stride=(1, 2)), ValueError, "stride must be an int or a triple"),
+    (lambda x, w: F.conv3d(x, w, np.zeros(5, np.float32)), ValueError, "bias must have shape"),
+    (lambda x, w: F.conv3d_backward(np.zeros((2, 4, 2, 3, 4), np.float32), x, w), ValueError, "dy must have shape"),
+])
+def test_refused_before_any_launch(monkeypatch, call, error, message):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 4, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3, 3)).astype(np.float32)
+    assert_refused_before_any_launch(monkeypatch, lambda: call(x, w), error, message)
+
+
+def test_index_range_refused_before_any_launch(monkeypatch):
+    """A tensor of 2^31 elements or more would overflow the kernel's 32-bit offsets: refused by the
+    plans before a launch, dgrad's and wgrad's too (their operands are copies of other shapes)."""
+    monkeypatch.setattr(gpu_conv3d, "INDEX_LIMIT", 4000)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 8, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3, 3)).astype(np.float32)
+    for call in (lambda: F.conv3d(x, w), lambda: F.conv3d_backward(np.zeros((2, 4, 6, 6, 6), np.float32), x, w)):
+        assert_refused_before_any_launch(monkeypatch, call, ValueError, "32-bit")
+
+
+# --- the layer ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+@pytest.mark.parametrize("settings", [dict(padding=1, stride=(1, 2, 1), bias=False),
+                                      dict(padding="same", padding_mode="reflect", groups=2),
+                                      dict(padding=(1, 0, 2), padding_mode="circular", dilation=(1, 2, 1)),
+                                      dict(padding="valid", padding_mode="replicate")])
+def test_layer_matches_torch(torch, settings, be):
+    rng = np.random.default_rng(8)
+    ours = nn.Conv3d(4, 6, (3, 2, 3), dtype=np.float64, rng=rng, **settings)
+    ours.backend = be
+    theirs = torch.nn.Conv3d(4, 6, (3, 2, 3), dtype=torch.float64, **settings)
+    theirs.load_state_dict({name: torch.tensor(value) for name, value in ours.state_dict().items()})
+    x = rng.standard_normal((2, 4, 4, 5, 6))
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    assert_close(y, yt.detach().numpy(), np.float64, f"{settings} y")
+    dy = rng.standard_normal(y.shape)
+    yt.backward(torch.tensor(dy))
+    assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, f"{settings} dx")
+    assert_close(ours.weight.grad, theirs.weight.grad.numpy(), np.float64, f"{settings} dweight")
+    assert ours.kernel_size == theirs.kernel_size and ours.stride == theirs.stride
+    assert ours.padding == theirs.padding and ours.dilation == theirs.dilation
+
+
+def test_layer_refuses_what_torch_refuses(torch):
+    for kwargs in (dict(groups=4), dict(padding="same", stride=2), dict(padding_mode="mirror")):
+        arguments = dict(in_channels=3, out_channels=6, kernel_size=3) | kwargs
+        with pytest.raises(ValueError):
+            torch.nn.Conv3d(**arguments)
+        with pytest.raises(ValueError):
+            nn.Conv3d(**arguments)
+    # PyTorch takes a pair at construction and fails at the first forward; refused here at once
+    with pytest.raises(ValueError, match="kernel_size must be an int or a triple"):
+        nn.Conv3d(3, 6, (3, 3))
+
