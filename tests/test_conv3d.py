@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import reference_loops as ref
-from cnn_gpu import nn
+from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.functional.conv3d import conv3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
-from helpers import assert_close, assert_refused_before_any_launch, needs_emu
+from helpers import assert_close, assert_refused_before_any_launch, needs_emu, to_host
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +247,27 @@ def test_layer_refuses_what_torch_refuses(torch):
     with pytest.raises(ValueError, match="kernel_size must be an int or a triple"):
         nn.Conv3d(3, 6, (3, 3))
 
+
+
+@pytest.mark.skipif(backend.cupy_or_none() is None, reason="no GPU: CuPy is missing or sees no device")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["f64", "f32", "f16"])
+def test_cuda_matches_numpy(dtype):
+    """Every pass on CuPy arrays (a GPU, or tests/cupy_sim: the cuda backend's Python on the emulator)."""
+    cupy = backend.cupy_or_none()
+    for case in EMU_CASES:
+        x_shape, w_shape, stride, padding, dilation, groups, plan = case
+        rng = np.random.default_rng(9)
+        x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+        b = rng.standard_normal(w_shape[0]).astype(dtype)
+        y = F.conv3d(x, w, b, stride, padding, dilation, groups, backend="numpy")
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        want = (y,) + F.conv3d_backward(dy, x, w, stride, padding, dilation, groups, backend="numpy")
+        with conv.forced(**plan):
+            got = (F.conv3d(*map(cupy.asarray, (x, w, b)), stride, padding, dilation, groups),)
+            got += F.conv3d_backward(*map(cupy.asarray, (dy, x, w)), stride, padding, dilation, groups)
+        for ours, expected, name in zip(got, want, ("y", "dx", "dw", "db")):
+            if dtype == np.float16:   # another summation order: within a rounding of the FP32 sum
+                np.testing.assert_allclose(to_host(ours).astype(np.float32), expected.astype(np.float32), rtol=2e-3,
+                                           atol=2e-3 * float(np.abs(expected).max()), err_msg=f"{case} {name}")
+            else:
+                assert_close(ours, expected, dtype, f"{case} {name}")
