@@ -174,7 +174,8 @@ extern "C" __global__ void __launch_bounds__(IGEMM_WIDE_THREADS, IGEMM_WIDE_BLOC
     fprop3d_tile<IGEMM_WIDE>(FPROP3D_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(IGEMM_SMALL_THREADS, CONV3D_SMALL_BLOCKS) conv3d_fprop_small(FPROP3D_PARAMS)
+extern "C" __global__ void __launch_bounds__(IGEMM_SMALL_THREADS, CONV3D_SMALL_BLOCKS)
+conv3d_fprop_small(FPROP3D_PARAMS)
 {
     fprop3d_tile<IGEMM_SMALL>(FPROP3D_ARGS);
 }

@@ -249,7 +249,8 @@ def test_conv3d_fprop_tiles_keep_the_2d_hot_loop(dtype):
     """conv3d_fprop.cu is conv2d_fprop.cu's tile with a depth coordinate: per tile its sm_90 hot loop
     issues the same FFMAs and shared and global loads, and the depth walk (one more carry, a three-field
     tap select) costs at most 3 points of FMA share (float32 large: 83.3% against 84.9%)."""
-    planar = {row["kernel"].replace("conv2d", "conv3d"): row for row in sass.kernel_rows("conv2d_fprop", dtype, "sm_90")}
+    planar = {row["kernel"].replace("conv2d", "conv3d"): row
+              for row in sass.kernel_rows("conv2d_fprop", dtype, "sm_90")}
     rows = {row["kernel"]: row for row in sass.kernel_rows("conv3d_fprop", dtype, "sm_90")}
     assert set(rows) == set(planar) and len(rows) == 4
     for name, row in rows.items():

@@ -139,10 +139,17 @@ def _check_index_range(g) -> None:
     if padded >= SPATIAL_LIMIT:
         raise ValueError(f"conv2d kernels take spatial sizes below 2^28: input {g.H}x{g.W}, padding {g.padding}, "
                          f"kernel {g.R}x{g.S}, dilation {g.dilation}")
+    check_element_counts("conv2d", g)
+
+
+def check_element_counts(kernels: str, g, limit: int | None = None) -> None:
+    """ValueError where x, y or the weight of g has too many elements for the kernels' 32-bit offsets
+    (a row index may run one image past the end); limit: INDEX_LIMIT unless given."""
+    limit = INDEX_LIMIT if limit is None else limit
     for name, shape in (("x", g.x_shape), ("y", g.y_shape), ("weight", g.w_shape)):
         size = math.prod(shape)
-        if size + size // shape[0] >= INDEX_LIMIT:
-            raise ValueError(f"conv2d kernels use 32-bit indices: {name} of shape {shape} has {size} elements, "
+        if size + size // shape[0] >= limit:
+            raise ValueError(f"{kernels} kernels use 32-bit indices: {name} of shape {shape} has {size} elements, "
                              f"too many (limit about 2^31); split the batch")
 
 

@@ -25,7 +25,8 @@ from .. import backend
 from . import _plan_cache, reduce
 from ._grid import Launch, i32
 from .conv import (BK, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIAL_LIMIT, TILES as CONV2D_TILES, ConvPlan,
-                   _check_grid, _choose, _forced_choices, _walk_args, _workspace_splits, device_sms)
+                   _check_grid, _choose, _forced_choices, _walk_args, _workspace_splits, check_element_counts,
+                   device_sms)
 
 FAMILY = "conv3d_fprop"
 # Taps per dimension (depth, rows, columns) the kernel's tap-mask fields hold (kernels/conv3d_fprop.cu)
@@ -43,11 +44,7 @@ def _check_index_range(g) -> None:
     if max(spans) >= SPATIAL_LIMIT:
         raise ValueError(f"conv3d kernels take spatial sizes below 2^28: input {g.D}x{g.H}x{g.W}, padding "
                          f"{g.padding}, kernel {g.T}x{g.R}x{g.S}, dilation {g.dilation}")
-    for name, shape in (("x", g.x_shape), ("y", g.y_shape), ("weight", g.w_shape)):
-        size = math.prod(shape)
-        if size + size // shape[0] >= INDEX_LIMIT:
-            raise ValueError(f"conv3d kernels use 32-bit indices: {name} of shape {shape} has {size} elements, "
-                             f"too many (limit about 2^31); split the batch")
+    check_element_counts("conv3d", g, INDEX_LIMIT)
 
 
 @dataclasses.dataclass(frozen=True)
