@@ -121,6 +121,27 @@ def test_float16_is_the_float32_math_rounded_once(be):
                                    err_msg=name)
 
 
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_tf32_mode_multiplies_tf32_rounded_operands(be):
+    """In the "tf32" math mode every pass multiplies operands rounded to TF32: the float32 result is the
+    float64 convolution of the rounded operands up to FP32 accumulation, not the unrounded one."""
+    from cnn_gpu import precision
+    x, w, b, rng = operands("strided", np.float32, seed=10)
+    dy = rng.standard_normal(F.conv3d(x, w, b, **options("strided"), backend="numpy").shape).astype(np.float32)
+    with precision.math_mode("tf32"):
+        got = (F.conv3d(x, w, b, **options("strided"), backend=be),)
+        got += F.conv3d_backward(dy, x, w, **options("strided"), backend=be)
+    rounded = [precision.round_to_tf32(a).astype(np.float64) for a in (x, w, dy)]
+    want = (F.conv3d(rounded[0], rounded[1], b.astype(np.float64), **options("strided"), backend="numpy"),)
+    want += F.conv3d_backward(rounded[2], rounded[0], rounded[1], **options("strided"), backend="numpy")
+    exact = F.conv3d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                              **options("strided"), backend="numpy")
+    # the bias gradient sums dy itself: no product, no rounding
+    for ours, expected, name in zip(got, want[:3] + exact[2:], ("y", "dx", "dw", "db")):
+        assert_close(ours.astype(np.float64), expected, np.float32, f"tf32 {name}")
+    assert np.abs(got[2] - exact[1]).max() > 1e-4   # TF32's rounding shows (the exact weight gradient differs)
+
 # --- the emulator's checks: every tile, split-K, the padded copy, stride > 1 dgrad ---------------
 
 # (x shape, weight shape, stride, padding, dilation, groups, plan forced)
