@@ -74,6 +74,47 @@ def test_values_and_gradients_match_torch(torch, case, be, dtype):
         assert_close(db, bt.grad.numpy(), dtype, f"{case} db")
 
 
+
+def draw(rng):
+    """A random conv3d configuration: (x shape, weight shape, options), every option drawn as an int, a
+    triple or (stride 1) a padding string, groups 1 to 3, sizes that are no tile multiples, unbatched
+    a fifth of the time."""
+    groups = int(rng.choice([1, 1, 2, 3]))
+    kernel = tuple(int(k) for k in rng.integers(1, 4, 3))
+    dilation = tuple(int(d) for d in rng.integers(1, 3, 3))
+    stride = tuple(int(v) for v in rng.integers(1, 4, 3)) if rng.random() < 0.6 else 1
+    if stride == 1 and rng.random() < 0.3:
+        padding = str(rng.choice(["same", "valid"]))
+    else:
+        padding = tuple(int(v) for v in rng.integers(0, 3, 3)) if rng.random() < 0.5 else int(rng.integers(0, 3))
+    pads = (0, 0, 0) if isinstance(padding, str) else (padding,) * 3 if isinstance(padding, int) else padding
+    # every input at least as large as its dilated kernel less the padding
+    sizes = [max(1, d * (k - 1) + 1 - 2 * p) + int(rng.integers(0, 4)) for d, k, p in zip(dilation, kernel, pads)]
+    x_shape = (int(rng.integers(1, 3)), groups * int(rng.integers(1, 3)), *sizes)
+    w_shape = (groups * int(rng.integers(1, 3)), x_shape[1] // groups, *kernel)
+    if rng.random() < 0.2:
+        x_shape = x_shape[1:]
+    return x_shape, w_shape, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_seeded_sweep_matches_torch(torch, be):
+    """200 random configurations (draw) against PyTorch in float64: y, dx, dw and db."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        x_shape, w_shape, settings = draw(rng)
+        x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        yt = torch.nn.functional.conv3d(xt, wt, bt, **settings)
+        dy = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        what = f"{x_shape} {w_shape} {settings}"
+        assert_close(F.conv3d(x, w, b, **settings, backend=be), yt.detach().numpy(), np.float64, f"{what} y")
+        for ours, theirs, name in zip(F.conv3d_backward(dy, x, w, **settings, backend=be), (xt, wt, bt),
+                                      ("dx", "dw", "db")):
+            assert_close(ours, theirs.grad.numpy(), np.float64, f"{what} {name}")
+
 @pytest.mark.parametrize("case", ["strided", "same", "unbatched"])
 def test_numpy_path_matches_the_direct_loops(case):
     x, w, b, rng = operands(case, np.float64, seed=1)
