@@ -36,6 +36,9 @@ CASES = {
     "valid": ((3, 2, 5, 3, 4), (5, 2, 1, 3, 2), 2, "valid", 1, 1, True),
     "unbatched": ((2, 5, 4, 3), (4, 2, 2, 2, 1), (1, 2, 1), 2, 1, 1, True),
     "pointwise": ((2, 4, 3, 3, 3), (2, 4, 1, 1, 1), 1, 0, 1, 1, False),
+    # kernel smaller than the stride: dgrad's phases that no tap reaches are zeros
+    "sparse": ((1, 2, 5, 4, 6), (2, 2, 1, 2, 1), (2, 3, 2), 0, 1, 1, True),
+    "one_deep": ((2, 2, 1, 4, 5), (3, 2, 1, 2, 2), (3, 1, 2), 0, 1, 1, False),
 }
 BACKEND_DTYPES = [pytest.param(be, dtype, marks=needs_emu if be == "emu" else (), id=f"{be}-{np.dtype(dtype)}")
                   for be in ("numpy", "emu") for dtype in (np.float64, np.float32)]

@@ -245,8 +245,9 @@ def conv3d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bi
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
     # both passes' plans (their index-range checks) made before the first launch
     kernel_dtype = _backend.compute_dtype(x.dtype)
-    if input_grad:
-        gpu_conv3d.plan_fprop(gpu_conv3d.dgrad_geometry(g), kernel_dtype)
+    for phase in gpu_conv3d.dgrad_phases(g) if input_grad else ():
+        if phase.geometry is not None:
+            gpu_conv3d.plan_fprop(phase.geometry, kernel_dtype)
     if weight_grad:
         gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), kernel_dtype)
     dx = _simt(lambda dy, w, _: gpu_conv3d.dgrad(be, dy, w, g), (dy, weight)) if input_grad else None

@@ -5,10 +5,11 @@ backends: its forward pass, and its input and weight gradients as convolutions o
 conv2d's planner (cnn_gpu.gpu.conv._choose: the same tiles, wave model and split limits); `tile` and
 `splits`, or a conv.forced(...) block, override it. The gradients reuse the forward kernel on
 rearranged operands (device copies, cnn_gpu.backend.device_call):
-- dgrad: dx is the stride-1 convolution of dy, zero-inserted between its voxels for stride > 1, with
-  the flipped filters transposed to (C, K/G, T, R, S), padded dilation*(taps - 1) - padding per
-  dimension (negative: a crop). Zero insertion multiplies the work by the stride product; conv2d's
-  dgrad walks stride phases instead.
+- dgrad: dx is, per stride phase of its voxels (one for stride 1), the stride-1 convolution of dy with
+  the filter taps that reach that phase, flipped and transposed to (C, K/G, T', R', S'), padded by minus
+  the first dy offset per dimension (as conv2d's NumPy gather does its phases): no zero-inserted voxel is
+  visited. A stride of (2, 2, 2) takes 8 launches, each phase's result copied into dx's strided voxels;
+  conv2d_dgrad.cu runs all phases in one launch.
 - wgrad: dw is the convolution of x, viewed as C/G "images" of G*N channels ((Cg, G, N) order), with
   dy as K filters of N channels each (groups G), stride and dilation swapped: the output's T x R x S
   "pixels" are the taps and its reduction is N*O*P*Q, split-K as the planner decides. The filter's
@@ -17,11 +18,14 @@ rearranged operands (device copies, cnn_gpu.backend.device_call):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 
 import numpy as np
 
 from .. import backend
+from ..functional.conv import _phase_taps
 from . import _plan_cache, reduce
 from ._grid import Launch, i32
 from .conv import (BK, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIAL_LIMIT, TILES as CONV2D_TILES, ConvPlan,
@@ -50,11 +54,9 @@ def _check_index_range(g) -> None:
 @dataclasses.dataclass(frozen=True)
 class Embedding:
     """Where an operand's voxels go in a zeroed array of `shape` (N, C, *spatial): voxel i of each
-    spatial dimension at offset + i*step, those outside dropped (a zero-bordered copy, a crop, a
-    zero-inserted copy)."""
+    spatial dimension at offset + i, those outside dropped (a zero-bordered copy or a crop)."""
     shape: tuple
     offsets: tuple
-    steps: tuple = (1, 1, 1)
 
 
 def _embedded(be, a, embedding: Embedding):
@@ -62,13 +64,12 @@ def _embedded(be, a, embedding: Embedding):
     xp = backend.array_module(be)
     out = backend.device_call(xp.zeros, embedding.shape, dtype=a.dtype)
     source, target = [slice(None)] * 2, [slice(None)] * 2
-    for size, length, offset, step in zip(a.shape[2:], embedding.shape[2:], embedding.offsets, embedding.steps):
-        first = max(0, -(offset // step))
-        end = min(size, -(-(length - offset) // step))
+    for size, length, offset in zip(a.shape[2:], embedding.shape[2:], embedding.offsets):
+        first, end = max(0, -offset), min(size, length - offset)
         if end <= first:
             return out
         source.append(slice(first, end))
-        target.append(slice(offset + first * step, offset + (end - 1) * step + 1, step))
+        target.append(slice(offset + first, offset + end))
     backend.device_call(xp.copyto, out[tuple(target)], a[tuple(source)])
     return out
 
@@ -143,25 +144,59 @@ def fprop(be, x, w, bias, g, *, tile=None, splits=None):
     return reduce.split_sum_epilogue(be, out, y, g.K, g.O * g.P * g.Q, bias)
 
 
-def dgrad_geometry(g):
-    """The convolution of dgrad (module docstring): over dy, zero-inserted for stride > 1, to dx."""
-    inserted = tuple((outputs - 1) * stride + 1 for outputs, stride in zip((g.O, g.P, g.Q), g.stride))
-    return dataclasses.replace(
-        g, C=g.K, D=inserted[0], H=inserted[1], W=inserted[2], K=g.C, O=g.D, P=g.H, Q=g.W, stride=(1, 1, 1),
-        padding=tuple(dil * (taps - 1) - pad for dil, taps, pad in zip(g.dilation, (g.T, g.R, g.S), g.padding)),
-        padding_extra=(0, 0, 0))
+@dataclasses.dataclass(frozen=True)
+class DgradPhase:
+    """One stride phase of dx (module docstring): its voxels dx[:, :, first[0]::stride_d, ...], the taps of
+    each dimension that reach them (flipped order) and the stride-1 convolution of dy that makes them
+    (None where no tap reaches them: they are zero)."""
+    first: tuple
+    taps: tuple
+    geometry: object
+
+
+@functools.lru_cache(maxsize=256)
+def dgrad_phases(g) -> tuple:
+    """dx's stride phases (one for stride 1), each a dense convolution of dy over the taps reaching it:
+    conv2d's NumPy phase rule (functional.conv._phase_taps) per dimension."""
+    phases = []
+    sizes, taps = (g.D, g.H, g.W), (g.T, g.R, g.S)
+    for first in itertools.product(*(range(min(stride, size)) for stride, size in zip(g.stride, sizes))):
+        reach = [_phase_taps(*args) for args in zip(first, g.padding, g.dilation, g.stride, taps)]
+        if not all(flipped for flipped, _, _ in reach):
+            phases.append(DgradPhase(first, (), None))
+            continue
+        outputs = [len(range(start, size, stride)) for start, size, stride in zip(first, sizes, g.stride)]
+        geometry = dataclasses.replace(
+            g, C=g.K, D=g.O, H=g.P, W=g.Q, K=g.C, T=len(reach[0][0]), R=len(reach[1][0]), S=len(reach[2][0]),
+            O=outputs[0], P=outputs[1], Q=outputs[2], stride=(1, 1, 1),
+            padding=tuple(-offset for _, offset, _ in reach), dilation=tuple(step for _, _, step in reach),
+            padding_extra=(0, 0, 0))
+        phases.append(DgradPhase(first, tuple(tuple(flipped) for flipped, _, _ in reach), geometry))
+    return tuple(phases)
 
 
 def dgrad(be, dy, w, g, *, tile=None, splits=None):
-    """dx of conv3d: the flipped-filter convolution of the (zero-inserted) dy."""
+    """dx of conv3d: per stride phase, the convolution of dy with the flipped filter taps reaching it."""
     xp = backend.array_module(be)
     G, cg, kg = g.groups, g.C // g.groups, g.K // g.groups
-    flipped = w.reshape(G, kg, cg, g.T, g.R, g.S).transpose(0, 2, 1, 3, 4, 5)[:, :, :, ::-1, ::-1, ::-1]
-    wt = backend.device_call(xp.ascontiguousarray, flipped).reshape(g.C, kg, g.T, g.R, g.S)
-    h = dgrad_geometry(g)
-    if g.stride != (1, 1, 1):
-        dy = _embedded(be, dy, Embedding(h.x_shape, (0, 0, 0), g.stride))
-    return fprop(be, dy, wt, None, h, tile=tile, splits=splits)
+    # the filters as (C, K/G, T, R, S): dx's convolutions map dy's K channels to x's C
+    by_input_channel = w.reshape(G, kg, cg, g.T, g.R, g.S).transpose(0, 2, 1, 3, 4, 5)
+    transposed = backend.device_call(xp.ascontiguousarray, by_input_channel).reshape(g.C, kg, g.T, g.R, g.S)
+
+    def phase_filter(taps):
+        t, r, s = (list(dimension) for dimension in taps)
+        return backend.device_call(lambda: xp.ascontiguousarray(transposed[:, :, t][:, :, :, r][:, :, :, :, s]))
+
+    phases = dgrad_phases(g)
+    if len(phases) == 1 and phases[0].geometry is not None:   # one phase: all of dx
+        return fprop(be, dy, phase_filter(phases[0].taps), None, phases[0].geometry, tile=tile, splits=splits)
+    dx = backend.device_call(xp.zeros, g.x_shape, dtype=dy.dtype)
+    for phase in phases:
+        if phase.geometry is not None:
+            voxels = dx[(slice(None), slice(None)) + tuple(map(slice, phase.first, (None,) * 3, g.stride))]
+            part = fprop(be, dy, phase_filter(phase.taps), None, phase.geometry, tile=tile, splits=splits)
+            backend.device_call(xp.copyto, voxels, part)
+    return dx
 
 
 def wgrad_geometry(g):
