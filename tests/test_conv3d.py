@@ -244,24 +244,44 @@ def test_plans_reach_the_tiles_split_k_and_the_padded_copy():
 
 # --- refusals ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda x, w: F.conv3d(x[0, 0], w), ValueError, "x must be 4-D or 5-D"),
-    (lambda x, w: F.conv3d(x, w[0]), ValueError, "weight must be 5-D"),
-    (lambda x, w: F.conv3d(x, w.astype(np.float64)), TypeError, "dtype"),
-    (lambda x, w: F.conv3d(x, w, groups=2), ValueError, "divisible by groups"),
-    (lambda x, w: F.conv3d(x[:, :2], w), ValueError, "expects 3 input channels"),
-    (lambda x, w: F.conv3d(x, w, dilation=3), ValueError, "output would be empty"),
-    (lambda x, w: F.conv3d(x[:, :, :0], w), ValueError, "empty dimension"),
-    (lambda x, w: F.conv3d(x, w, stride=2, padding="same"), ValueError, "not supported for strided"),
-    (lambda x, w: F.conv3d(x, w, padding="full"), ValueError, "padding must be"),
-    (lambda x, w: F.conv3d(x, w, stride=(1, 2)), ValueError, "stride must be an int or a triple"),
-    (lambda x, w: F.conv3d(x, w, np.zeros(5, np.float32)), ValueError, "bias must have shape"),
-    (lambda x, w: F.conv3d_backward(np.zeros((2, 4, 2, 3, 4), np.float32), x, w), ValueError, "dy must have shape"),
+def _torch_backward(torch, x, w, dy):
+    torch.nn.functional.conv3d(torch.tensor(x, requires_grad=True), torch.tensor(w)).backward(torch.tensor(dy))
+
+
+@pytest.mark.parametrize("call, theirs, error, message", [
+    (lambda x, w: F.conv3d(x[0, 0], w), lambda T, x, w: T.nn.functional.conv3d(T.tensor(x[0, 0]), T.tensor(w)),
+     ValueError, "x must be 4-D or 5-D"),
+    (lambda x, w: F.conv3d(x, w[0]), lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w[0])),
+     ValueError, "weight must be 5-D"),
+    (lambda x, w: F.conv3d(x, w.astype(np.float64)),
+     lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w.astype(np.float64))), TypeError, "dtype"),
+    (lambda x, w: F.conv3d(x, w, groups=2), lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w), groups=2),
+     ValueError, "divisible by groups"),
+    (lambda x, w: F.conv3d(x[:, :2], w), lambda T, x, w: T.nn.functional.conv3d(T.tensor(x[:, :2]), T.tensor(w)),
+     ValueError, "expects 3 input channels"),
+    (lambda x, w: F.conv3d(x, w, dilation=3),
+     lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w), dilation=3), ValueError, "output would be empty"),
+    (lambda x, w: F.conv3d(x[:, :, :0], w), lambda T, x, w: T.nn.functional.conv3d(T.tensor(x[:, :, :0]), T.tensor(w)),
+     ValueError, "empty dimension"),
+    (lambda x, w: F.conv3d(x, w, stride=2, padding="same"),
+     lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w), stride=2, padding="same"), ValueError,
+     "not supported for strided"),
+    (lambda x, w: F.conv3d(x, w, padding="full"),
+     lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w), padding="full"), ValueError, "padding must be"),
+    (lambda x, w: F.conv3d(x, w, stride=(1, 2)),
+     lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w), stride=(1, 2)), ValueError,
+     "stride must be an int or a triple"),
+    (lambda x, w: F.conv3d(x, w, np.zeros(5, np.float32)),
+     lambda T, x, w: T.nn.functional.conv3d(T.tensor(x), T.tensor(w), T.zeros(5)), ValueError, "bias must have shape"),
+    (lambda x, w: F.conv3d_backward(np.zeros((2, 4, 2, 3, 4), np.float32), x, w),
+     lambda T, x, w: _torch_backward(T, x, w, np.zeros((2, 4, 2, 3, 4), np.float32)), ValueError, "dy must have shape"),
 ])
-def test_refused_before_any_launch(monkeypatch, call, error, message):
+def test_refused_before_any_launch_as_pytorch_refuses(monkeypatch, torch, call, theirs, error, message):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 3, 4, 5, 5)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3, 3)).astype(np.float32)
+    with pytest.raises((RuntimeError, ValueError, TypeError)):
+        theirs(torch, x, w)
     assert_refused_before_any_launch(monkeypatch, lambda: call(x, w), error, message)
 
 
