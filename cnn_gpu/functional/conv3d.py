@@ -23,7 +23,7 @@ from .. import backend as _backend
 from ..gpu import conv3d as gpu_conv3d
 from . import _checks
 from ._float16 import takes_float16
-from .conv import _simt, _tf32_operands
+from .conv import _simt, _tf32_operands, _unbatched
 from .geometry import PADDING_STRINGS, _groups, _plain, as_batch, conv_output_size, triple
 
 
@@ -192,15 +192,6 @@ def _bias_grad(dy):
 def _check_x_weight(x, weight):
     _checks.array(x, "x", ndim=(4, 5))
     _checks.array(weight, "weight", ndim=5)
-
-
-def _unbatched(result, unbatched: bool):
-    """An array, or a gradient tuple led by dx (maybe None), without the batch axis of an unbatched input."""
-    if not unbatched:
-        return result
-    if isinstance(result, tuple):
-        return (None if result[0] is None else result[0][0],) + result[1:]
-    return result[0]
 
 
 @takes_float16(kernels=True)
