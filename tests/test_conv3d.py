@@ -356,3 +356,26 @@ def test_cuda_matches_numpy(dtype):
                                            atol=2e-3 * float(np.abs(expected).max()), err_msg=f"{case} {name}")
             else:
                 assert_close(ours, expected, dtype, f"{case} {name}")
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype, math", [("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32")])
+def test_a_replayed_conv3d_computes_its_new_inputs(dtype, math):
+    """Recorded (cnn_gpu.replay), its inputs overwritten and replayed, every pass gives what it computes
+    eagerly on the new inputs: the launcher's copies (dgrad's phase filters and voxels, wgrad's
+    rearranged operands, the long filter's bordered copy) all go through backend.device_call."""
+    from cnn_gpu import precision
+    from test_replay_ops import assert_replay_is_eager
+    for x_shape, w_shape, stride, padding, dilation, groups, _ in EMU_CASES[1:4:2]:
+        def run(a):
+            y = F.conv3d(a["x"], a["w"], a["b"], stride, padding, dilation, groups, backend="emu")
+            dx, dw, db = F.conv3d_backward(a["dy"], a["x"], a["w"], stride, padding, dilation, groups, backend="emu")
+            return dict(y=y, dx=dx, dw=dw, db=db)
+
+        def inputs(seed):
+            rng = np.random.default_rng(seed)
+            a = dict(x=rng.standard_normal(x_shape), w=rng.standard_normal(w_shape), b=rng.standard_normal(w_shape[0]))
+            a["dy"] = rng.standard_normal(F.conv3d(a["x"], a["w"], None, stride, padding, dilation, groups).shape)
+            return {name: value.astype(dtype) for name, value in a.items()}
+        with precision.math_mode(math):
+            assert_replay_is_eager(run, inputs(12), inputs(13), f"{x_shape} {w_shape} {dtype} {math}")
