@@ -14,7 +14,9 @@ The 1-D ops (conv1d, conv_transpose1d, max_pool1d, avg_pool1d, adaptive_avg_pool
 functions) take (N, C, L) or unbatched (C, L) signals and run the 2-D ops on the (N, C, 1, L) view.
 max_unpool1d/2d (the max pools' partial inverses, one kernel file of their own) and lp_pool1d/2d (built
 from avg and max pooling as PyTorch defines them) have backward functions too; the *_with_indices
-functions are PyTorch's names of the max pools, which return (y, indices) anyway.
+functions are PyTorch's names of the max pools, which return (y, indices) anyway. conv3d and
+conv3d_backward take volumes (N, C, D, H, W) or unbatched (C, D, H, W) and run kernels/conv3d_fprop.cu,
+the implicit GEMM of conv2d with a depth coordinate, for all three passes.
 
 PyTorch's fuller signatures are taken too: conv and pool ops (and their backward functions) accept
 one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on
