@@ -42,6 +42,8 @@ TILES[np.dtype(np.float64)]["small"] = dataclasses.replace(CONV2D_TILES[np.dtype
 
 
 def _check_index_range(g) -> None:
+    """ValueError where g's extents or element counts pass the kernel's 32-bit offsets (a padding may be
+    negative here: dgrad's phases crop)."""
     spans = [max(size + 2 * abs(pad) + dil * taps, outputs * stride)
              for size, pad, dil, taps, outputs, stride in zip((g.D, g.H, g.W), g.padding, g.dilation, (g.T, g.R, g.S),
                                                              (g.O, g.P, g.Q), g.stride)]
