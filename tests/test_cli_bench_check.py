@@ -494,9 +494,9 @@ def test_finite_differences_catch_a_consistent_wrong_backward():
 
 
 def test_check_bad_arguments(capsys):
-    assert _check(capsys, "--device", "numpy", "--ops", "conv3d")[0] == 2
+    assert _check(capsys, "--device", "numpy", "--ops", "conv4d")[0] == 2
     with pytest.raises(ValueError, match="unknown op"):
-        check.register_override("conv3d", lambda *a: None)
+        check.register_override("conv4d", lambda *a: None)
 
 
 # --- help and the GPU acceptance command -------------------------------------------------------------

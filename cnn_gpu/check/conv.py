@@ -1,7 +1,8 @@
 """The GEMM ops' checks: conv2d and conv_transpose2d (every stride, padding, dilation and group
-form, padding="same", unbatched), their 1-D forms, and linear."""
+form, padding="same", unbatched), their 1-D forms, conv3d, and linear."""
 from __future__ import annotations
 
+from ..functional.conv3d import conv3d_geometry
 from ..functional.geometry import conv_geometry, conv_transpose_geometry
 from .spec import OpCheck, _height_one, _ints, _signal_inputs, _unbatched, _width
 
@@ -229,6 +230,49 @@ TCONV1D_EDGES = (
 )
 
 
+def _conv3d_config(rng):
+    """conv2d's draws with a depth: a volume of 1 to 5 slices, 1 to 3 deep taps, every stride,
+    padding, dilation and group form, padding "same"/"valid" at stride 1, unbatched."""
+    while True:
+        plane = _conv_config(rng)
+        cfg = dict(plane, HW=(int(rng.integers(1, 6)), *plane["HW"]), RS=(int(rng.integers(1, 4)), *plane["RS"]),
+                   stride=(int(rng.integers(1, 3)), *plane["stride"]), padding=_ints(rng, 0, 1, 3),
+                   dilation=(int(rng.integers(1, 3)), *plane["dilation"]), unbatched=bool(rng.random() < 0.3))
+        if cfg["stride"] == (1, 1, 1) and rng.random() < 0.3:
+            cfg["padding"] = str(rng.choice(["same", "valid"]))
+        try:
+            conv3d_geometry(*_conv_shapes(cfg), cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+            return cfg
+        except ValueError:
+            continue
+
+
+def _conv3d_inputs(cfg, rng):
+    x_shape, w_shape = _conv_shapes(cfg)
+    g = conv3d_geometry(x_shape, w_shape, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"])
+    return _unbatched(dict(x=rng.standard_normal(x_shape), weight=rng.standard_normal(w_shape),
+                           bias=rng.standard_normal(g.K) if cfg["bias"] else None, dy=rng.standard_normal(g.y_shape)),
+                      cfg)
+
+
+def _conv3d_run(a, cfg, be):
+    from .. import functional as F
+    y = F.conv3d(a["x"], a["weight"], a["bias"], backend=be, **_conv_args(cfg))
+    dx, dw, db = F.conv3d_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be, **_conv_args(cfg))
+    return dict(y=y, dx=dx, dweight=dw, dbias=db)
+
+
+CONV3D_EDGES = (
+    _conv(HW=(3, 5, 5), RS=(3, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1), dilation=(1, 1, 1), unbatched=False),
+    _conv(C=6, K=4, groups=2, HW=(5, 6, 4), RS=(2, 3, 1), stride=(2, 1, 2), padding=(0, 1, 0), dilation=(2, 1, 1),
+          bias=False, unbatched=True),                                    # grouped, strided, dilated, unbatched
+    _conv(C=4, K=4, groups=4, HW=(2, 4, 4), RS=(2, 2, 2), stride=(1, 1, 1), padding="same", dilation=(1, 1, 1),
+          unbatched=False),                                               # depthwise, an even "same" kernel
+)
+CONV3D_LARGE = (_conv(N=2, C=16, K=32, HW=(8, 14, 14), RS=(3, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1),
+                      dilation=(1, 1, 1), unbatched=False),)
+
+
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
 
@@ -248,4 +292,6 @@ CHECKS = (
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=CONV1D_LARGE, **CONV_MATH),
     OpCheck("conv_transpose1d", _tconv1d_config, TCONV1D_EDGES, _signal_inputs(_tconv_inputs), _tconv1d_run, "y",
             "dy", {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, **CONV_MATH),
+    OpCheck("conv3d", _conv3d_config, CONV3D_EDGES, _conv3d_inputs, _conv3d_run, "y", "dy",
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=CONV3D_LARGE, **CONV_MATH),
 )
