@@ -36,8 +36,9 @@ def _script():
     return module
 
 
-@pytest.fixture(scope="module", params=[(2, "numpy,emu"), (3, "numpy,emu"), pytest.param((2, "cuda"), marks=needs_emu),
-                                        pytest.param((3, "cuda"), marks=needs_emu)], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module", params=[pytest.param((ranks, backends), marks=needs_emu)   # emu: cuda's kernels too
+                                        for backends in ("numpy,emu", "cuda") for ranks in (2, 3)],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def ranks_results(request, tmp_path_factory):
     """(ranks, backends, the results rank 0 saved) of one mpiexec run of the script; cuda's on the
     simulator (its kernels run by the emulator)."""
@@ -141,7 +142,7 @@ def test_data_parallel_steps_with_a_converted_model_are_one_processs_with_the_wh
 
 # --- one process --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["numpy", "emu"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emu", marks=needs_emu)])
 @pytest.mark.parametrize("shape, track", [((6, 3), True), ((4, 3, 5, 2, 3), True), ((5, 3, 4), False)])
 def test_one_process_is_torchs_sync_batch_norm(backend, shape, track):
     """Without a process group torch's SyncBatchNorm is BatchNorm, with any input rank from 2;
@@ -161,8 +162,10 @@ def test_one_process_is_torchs_sync_batch_norm(backend, shape, track):
         _assert_close(ours(x), y.detach().numpy(), 1e-10, "y")
         _assert_close(ours.backward(dy), xt.grad.numpy(), 1e-10, "dx")
         _assert_close(ours.weight.grad, theirs.weight.grad.numpy(), 1e-10, "dweight")
+        _assert_close(ours.bias.grad, theirs.bias.grad.numpy(), 1e-10, "dbias")
         theirs.zero_grad()
     if track:
+        _assert_close(ours.running_mean, theirs.running_mean.numpy(), 1e-10, "running_mean")
         _assert_close(ours.running_var, theirs.running_var.numpy(), 1e-10, "running_var")
         assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
 
@@ -248,3 +251,28 @@ def test_nccl_gather_leaves_its_result_on_the_arrays_gpu_not_the_current_one(mon
     assert cupy.cuda.runtime.getDevice() == 0
     gathered = _nccl.gather(a, dist.World())
     assert gathered.device.id == 1 and gathered.get().tolist() == [list(range(5))]
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_a_backward_without_input_grad_reduces_nothing(backend, monkeypatch):
+    """Two ranks holding the same share (a stand-in world: allgather stacks the share twice,
+    allreduce_sum doubles and counts): input_grad=False gives the same dweight and dbias as a full
+    backward and no dx, with no all-reduce (the sums serve only dx), as PyTorch skips it."""
+    from cnn_gpu import distributed
+    from cnn_gpu.backend import module_of
+    sums = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "allgather", lambda a: module_of(a).stack([a, a]))
+    monkeypatch.setattr(distributed, "allreduce_sum", lambda arrays: sums.append(1) or [2 * a for a in arrays])
+    rng = np.random.default_rng(8)
+    x, dy = rng.standard_normal((4, 3, 5)) * 2 + 1, rng.standard_normal((4, 3, 5))
+    layer = nn.SyncBatchNorm(3, dtype=np.float64).to(backend)
+    grads = []
+    for input_grad in (True, False):
+        layer.zero_grad()
+        layer(x)
+        dx = layer.backward(dy, input_grad=input_grad)
+        assert (dx is None) == (not input_grad) and len(sums) == 1
+        grads.append((np.asarray(layer.weight.grad), np.asarray(layer.bias.grad)))
+    for full, without in zip(*grads):
+        np.testing.assert_array_equal(without, full)

@@ -7,7 +7,8 @@ the ranks all-gather them (MPI for host arrays, NCCL for CuPy ones: cnn_gpu.dist
 and every rank merges them by Chan et al.'s formula in rank order, in float64, so all ranks
 normalise with the same bits and no E[x^2] - E[x]^2 cancels. The running statistics take the
 global mean and unbiased variance. The backward all-reduces the channel sums of dy and dy * xhat
-(cnn_gpu.distributed.allreduce_sum, in rank order) and takes dx from them; the weight's and bias's
+(cnn_gpu.distributed.allreduce_sum: in rank order over MPI, NCCL's ring order on cuda, the same bits
+on every rank either way) and takes dx from them; the weight's and bias's
 gradients stay this rank's own (PyTorch's: DistributedDataParallel, here allreduce_gradients,
 reduces them with the other parameters). In eval mode, or in a single-process world, it is
 BatchNorm (any input rank from 2).
@@ -98,15 +99,16 @@ class SyncBatchNorm(_BatchNorm):
         check_backward_arguments(dy, x, None, None)
         weight, bias = (self.weight.data, self.bias.data) if self.affine else (None, None)
         be = _backend.resolve(self.backend, dy, x)
+        # without input_grad (every rank alike) only the local dweight and dbias: no all-reduce, no dx
         if be == "numpy":
-            dx, dweight, dbias = _numpy_backward(dy, x, mean, invstd, weight, count)
+            dx, dweight, dbias = _numpy_backward(dy, x, mean, invstd, weight, count, input_grad)
         else:
             dx, dweight, dbias = _kernel_backward(be, _checks.for_kernels(be, dy, "dy"), x, mean, invstd, weight,
-                                                  bias, count)
+                                                  bias, count, input_grad)
         if self.affine:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
-        return dx if input_grad else None
+        return dx
 
     @classmethod
     def convert_sync_batchnorm(cls, module, process_group=None):
@@ -183,25 +185,32 @@ def _all_ranks_sums(sums):
     return distributed.allreduce_sum([sums])[0]
 
 
-def _numpy_backward(dy, x, mean, invstd, weight, count):
+def _numpy_backward(dy, x, mean, invstd, weight, count, input_grad):
     compute = mean.dtype
     shape, axes = _channel_shape(x), _reduce_axes(x)
     dy = dy.astype(compute)
     xhat = (x.astype(compute) - mean.reshape(shape)) * invstd.reshape(shape)
     local = np.concatenate((dy.sum(axis=axes), (dy * xhat).sum(axis=axes)))
+    channels = x.shape[1]
+    dweight, dbias = local[channels:].astype(x.dtype), local[:channels].astype(x.dtype)
+    if not input_grad:
+        return None, dweight, dbias
     sum_dy, sum_dy_xhat = _all_ranks_sums(local).reshape(2, -1)
     scale = invstd if weight is None else invstd * weight.astype(compute)
     dx = (dy - (sum_dy / count).reshape(shape) - xhat * (sum_dy_xhat / count).reshape(shape)) * scale.reshape(shape)
-    channels = x.shape[1]
-    return dx.astype(x.dtype), local[channels:].astype(x.dtype), local[:channels].astype(x.dtype)
+    return dx.astype(x.dtype), dweight, dbias
 
 
-def _kernel_backward(be, dy, x, mean, invstd, weight, bias, count):
+def _kernel_backward(be, dy, x, mean, invstd, weight, bias, count, input_grad):
     xp = _backend.array_module(be)
     if x.size == 0:   # an empty share adds nothing, but meets the other ranks in the all-reduce
         zeros = xp.zeros(x.shape[1], x.dtype)
+        if not input_grad:
+            return None, zeros, zeros.copy()
         _all_ranks_sums(xp.zeros(2 * x.shape[1], mean.dtype))
         return xp.empty(x.shape, x.dtype), zeros, zeros.copy()
     dweight, dbias, sums = gpu_bn.backward_sums(be, dy, x, mean, invstd, weight, bias)
+    if not input_grad:
+        return None, dweight, dbias
     dx = gpu_bn.backward_dx(be, dy, x, mean, invstd, weight, bias, _all_ranks_sums(sums), count)
     return dx, dweight, dbias
