@@ -4,12 +4,19 @@ import os
 import signal
 import subprocess
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cnn_gpu import backend
+
+
+def rng_for(*key):
+    """A generator seeded by the test case itself (stable across runs, unlike hash(), which Python
+    salts per process for strings)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 def run_job(command, timeout, **popen_options) -> subprocess.CompletedProcess:

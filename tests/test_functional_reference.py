@@ -2,21 +2,15 @@
 seeds' formulas), float64, relative error <= 1e-10."""
 import decimal
 import math
-import zlib
 
 import numpy as np
 import pytest
 
 import reference_loops as ref
-from helpers import needs_emu
+from helpers import needs_emu, rng_for
 from cnn_gpu import functional as F
 
 TOL = 1e-10
-
-
-def rng_for(*key):
-    """A generator seeded by the test case itself (stable across runs, unlike hash())."""
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
