@@ -1,5 +1,5 @@
-"""The ops of the last stop refuse bad inputs as PyTorch 2.13 refuses them (the exception type; the
-message where we share it), before any kernel launches: wrong shapes, dtypes and ranks, option
+"""The ops of the last stop refuse bad inputs that PyTorch 2.13 refuses too (each case names our
+exception type and message; PyTorch's may be another error type), before any kernel launches: wrong shapes, dtypes and ranks, option
 values and sizes that give an empty output, label and index ranges, negative variances; an in-place
 activation that refuses leaves its input as it was. Each case runs on the emulator with every
 launch and every other device work refused (helpers.refuse_device_work: softmin's negation, lp_pool's
@@ -114,7 +114,9 @@ CASES = [
      lambda tf, t: tf.avg_pool3d(t(X5), (2, 5, 2), padding=1), ValueError, r"input image \(T: 4 H: 4 W: 4\) smaller"),
     ("avg_pool3d_backward input smaller than the window",
      lambda: F.avg_pool3d_backward(np.ones((2, 3, 3, 1, 3)), X5.shape, (2, 5, 2), padding=1),
-     lambda tf, t: tf.avg_pool3d(t(X5), (2, 5, 2), padding=1), ValueError, "smaller than kernel size"),
+     lambda tf, t: __import__("torch").ops.aten.avg_pool3d_backward(t(np.ones((2, 3, 3, 1, 3))), t(X5), [2, 5, 2],
+                                                                    [2, 5, 2], [1, 1, 1], False, True, None),
+     ValueError, "smaller than kernel size"),
     ("avg_pool3d divisor 0", lambda: F.avg_pool3d(X5, 2, divisor_override=0),
      lambda tf, t: tf.avg_pool3d(t(X5), 2, divisor_override=0), ValueError, "divisor_override"),
     ("adaptive_max_pool3d negative", lambda: F.adaptive_max_pool3d(X5, -1),

