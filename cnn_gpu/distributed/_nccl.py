@@ -48,7 +48,7 @@ def communicator(w, device_id: int):
         uid = w.allgather_object(uid, "the NCCL id broadcast")[0]
         _communicator = (device_id, nccl.NcclCommunicator(w.size, uid, w.rank))
     if _communicator[0] != device_id:
-        raise RuntimeError(f"rank {w.rank}: NCCL reduction of arrays on GPU {device_id}, but this process's "
+        raise RuntimeError(f"rank {w.rank}: NCCL collective on arrays on GPU {device_id}, but this process's "
                            f"communicator is on GPU {_communicator[0]} (one GPU per process)")
     return _communicator[1]
 

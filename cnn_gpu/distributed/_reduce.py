@@ -38,7 +38,7 @@ def _sum_host(flat: np.ndarray, w) -> None:
         flat[start:stop] = gathered[:stop - start]
 
 
-def _check_layouts(arrays, w) -> None:
+def _check_layouts(arrays, w, collective="all-reduce") -> None:
     """ReplicaMismatch on every rank, before any data moves, where the ranks' arrays differ in
     number, shape, dtype or kind (host or GPU): the reductions' message sizes follow each rank's own
     arrays, and MPI would sum misaligned bytes (another rank's model, or a float32 against a
@@ -47,21 +47,23 @@ def _check_layouts(arrays, w) -> None:
     layout = [(np.dtype(a.dtype).str, tuple(a.shape), backend.is_cupy_array(a)) for a in arrays]
     digest = np.frombuffer(hashlib.blake2b(repr(layout).encode(), digest_size=16).digest(), dtype=np.uint8)
     digests = np.empty((w.size, digest.size), dtype=np.uint8)
-    w.wait(w.comm.Iallgather(digest, digests), "the all-reduce's layout check")
+    w.wait(w.comm.Iallgather(digest, digests), f"the {collective}'s layout check")
     if (digests == digests[0]).all():
         return
-    layouts = w.allgather_object(layout, "the all-reduce's layout check")
+    layouts = w.allgather_object(layout, f"the {collective}'s layout check")
     differ = [r for r in range(1, w.size) if layouts[r] != layouts[0]]
     first = next(i for i, (mine, theirs) in enumerate(zip(layouts[0] + [None], layouts[differ[0]] + [None]))
                  if mine != theirs)
-    raise ReplicaMismatch(f"the all-reduce: rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} reduce "
+    verb, cause = (("reduce", ": the ranks' models or gradients differ") if collective == "all-reduce"
+                   else ("gather", ""))
+    raise ReplicaMismatch(f"the {collective}: rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} {verb} "
                           f"other arrays than rank 0 ({len(layouts[differ[0]])} arrays against {len(layouts[0])}; "
                           f"array {first}: (dtype, shape, on GPU) {(layouts[differ[0]] + [None])[first]} against "
-                          f"{(layouts[0] + [None])[first]}): the ranks' models or gradients differ")
+                          f"{(layouts[0] + [None])[first]}){cause}")
 
 
-def _refuse_in_recording() -> None:
-    replay.refuse("an all-reduce over ranks (MPI/NCCL communication, which a replay would not repeat)")
+def _refuse_in_recording(collective="all-reduce") -> None:
+    replay.refuse(f"an {collective} over ranks (MPI/NCCL communication, which a replay would not repeat)")
 
 
 def allreduce_sum(arrays) -> list:
@@ -102,8 +104,8 @@ def allgather(array):
     w = world()
     if w.size == 1:
         return array[None]
-    _refuse_in_recording()
-    _check_layouts([array], w)
+    _refuse_in_recording("all-gather")
+    _check_layouts([array], w, "all-gather")
     flat = array.reshape(-1)
     if backend.is_cupy_array(array):
         from . import _nccl
