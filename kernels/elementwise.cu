@@ -33,14 +33,15 @@
 // Both add in acc_t, so the float32 builds (-ftz=true) flush a subnormal summand or sum to zero,
 // where NumPy's and CuPy's own additions keep it; float16 values are never subnormal in FP32.
 // Bias addition (where not fused into a GEMM epilogue), in place:
-//  * bias_add_nchw: y (N, C, HW) += bias[c]; a 2-D grid whose y index walks the (n, c) planes,
-//    so the channel is known per plane, not divided out per element.
+//  * bias_add_nchw: y (N, C, HW) += bias[c], on for_each_plane_element (plane_walk.cuh): the channel's
+//    bias is read once a plane and round, small planes grouped so a block's threads stay busy (one
+//    plane a block row left 207 of 256 threads idle on a 7x7 plane).
 //  * bias_add_rows: y (rows, F) += bias[f]; f steps with the grid-stride loop (no division).
 // Values are loaded with to_acc and stored with to_real (common.cuh): float16 computes in FP32 and
 // rounds each output once.
 
 #include "activations.cuh"   // the values and gradients batch_norm.cu's fused activations share
-#include "plane_walk.cuh"    // GLU's short runs
+#include "plane_walk.cuh"    // GLU's short runs, bias_add_nchw's planes
 
 // GELU's constants (cnn_gpu.functional.activation's): 1/sqrt(2), 1/sqrt(2 pi), and for the tanh form
 // 2u = 2 sqrt(2 / pi) (x + 0.044715 x^3)
@@ -562,19 +563,14 @@ glu_backward(const REAL* __restrict__ dy, const REAL* __restrict__ x, REAL* __re
     });
 }
 
-// grid (blocks over one plane, planes): blockIdx.y strides over the N*C planes, so any count fits
-// gridDim.y's 65535 limit.
+// grid: cnn_gpu.gpu._grid.plane_walk_grid
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 bias_add_nchw(REAL* __restrict__ y, const REAL* __restrict__ bias, long long planes, int channels,
               long long plane_size)
 {
-    for (long long plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const acc_t b = to_acc(bias[plane % channels]);
-        REAL* yp = y + plane * plane_size;
-        GRID_STRIDE_LOOP(i, plane_size) {
-            yp[i] = to_real(to_acc(yp[i]) + b);
-        }
-    }
+    for_each_plane_element(planes, plane_size, [&](long long plane) { return to_acc(bias[plane % channels]); },
+        [&](long long at) { return Loaded<1>{{y[at]}}; },
+        [&](long long at, acc_t b, const Loaded<1>& in) { y[at] = to_real(to_acc(in.v[0]) + b); });
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)

@@ -491,12 +491,15 @@ def test_grid_stride_loops_cover_everything():
     np.testing.assert_array_equal(ip, i0)
     np.testing.assert_array_equal(yp, y0)
 
-    planes = rng.standard_normal((3, 4, 700))
-    bias = rng.standard_normal(4)
-    expected = planes + bias[:, None]
-    backend.launch("emu", "elementwise", planes.dtype, "bias_add_nchw", (1, 5), (256,),
-                   (planes, bias, np.int64(12), np.int32(4), np.int64(700)))
-    np.testing.assert_array_equal(planes, expected)
+    # bias_add_nchw's plane walk: large planes a block row, small ones grouped (1200 planes of 5: six
+    # groups of 204 over five block rows), on a grid smaller than the planes' or groups' count
+    for shape in [(3, 4, 700), (3, 4, 1500), (40, 30, 5)]:
+        planes = rng.standard_normal(shape)
+        bias = rng.standard_normal(shape[1])
+        expected = planes + bias[:, None]
+        backend.launch("emu", "elementwise", planes.dtype, "bias_add_nchw", (1, 5), (256,),
+                       (planes, bias, np.int64(shape[0] * shape[1]), np.int32(shape[1]), np.int64(shape[2])))
+        np.testing.assert_array_equal(planes, expected)
 
     logits = rng.standard_normal((7, 5))
     labels = rng.integers(0, 5, 7)
@@ -1144,3 +1147,20 @@ def test_cuda_float16_channel_sums_are_the_emulators():
         (ab,) = to_backend("cuda", a)
         assert_same_bits(reduce.channel_sum("cuda", ab, outer, channels, inner),
                          reduce.channel_sum("emu", a, outer, channels, inner), f"float16 channel_sum {a.shape}")
+
+
+def test_bias_add_fills_its_blocks_on_small_planes():
+    """conv_transpose2d's bias on 512 planes of 7x7 (the SIMT dgrad's output): for_each_plane_element
+    groups 20 planes a block, 26 blocks whose warps store 32 consecutive elements (794 store requests
+    for the 25088 elements, the groups' ends partial), where one plane a block row ran 512 blocks of
+    49 busy threads of 256 (1024 requests: a full warp and one of 17 lanes a plane)."""
+    from cnn_gpu import emu
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((8, 32, 7, 7)).astype(np.float32), rng.standard_normal((32, 64, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    with emu.profiling() as profile:
+        y = F.conv_transpose2d(x, w, b, backend="emu")
+    assert profile.kernels["bias_add_nchw"]["grid"] == (1, 26, 1)
+    stores = [site["requests"] for site in profile.sites if site["kernel"] == "bias_add_nchw" and site["op"] == "store"]
+    assert sorted(stores) == [26, 794]   # the group's bias table in shared memory, then y
+    np.testing.assert_allclose(y, F.conv_transpose2d(x, w, b, backend="numpy"), rtol=1e-5, atol=1e-5)

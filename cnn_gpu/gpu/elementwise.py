@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
-from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32, i64, plane_pixel_grid
+from ._grid import MAX_GRID_Y, THREADS, acc, blocks_for, elementwise_blocks, i32, i64, plane_pixel_grid, plane_walk_grid
 
 # gelu_tanh: gelu's tanh approximation (F.gelu(x, approximate="tanh")); hardtanh also runs F.relu6, elu
 # F.selu and F.celu
@@ -106,6 +106,6 @@ def bias_add(be, y, bias):
                        (y, bias, *i64(y.size), *i32(channels)))
     else:
         planes = y.shape[0] * channels
-        backend.launch(be, "elementwise", y.dtype, "bias_add_nchw", (blocks_for(inner), min(planes, MAX_GRID_Y)),
+        backend.launch(be, "elementwise", y.dtype, "bias_add_nchw", plane_walk_grid(planes, inner, y.dtype),
                        (THREADS,), (y, bias, *i64(planes), *i32(channels), *i64(inner)))
     return y
