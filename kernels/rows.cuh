@@ -1,20 +1,26 @@
-// Reductions along rows shared by the softmax-shaped kernels (loss.cu's cross entropy, softmax.cu):
-// a row of `size` elements is either contiguous and reduced by one block, or `inner` elements
-// apart and walked by one thread. Every order is fixed (no atomics), so results are bit-identical
-// run to run. The maxima skip NaN (a comparison with NaN is false): a NaN element still makes its
-// row's exp sum, and so every output of the row, NaN.
+// Reductions along rows. The softmax-shaped kernels (loss.cu's cross entropy, softmax.cu) reduce a
+// contiguous row of `size` elements by one block (block_row_max, block_reduce) and walk a row whose
+// elements are `inner` apart by one thread (strided_row_max); distance.cu and loss.cu's margin and
+// embedding losses take a group of lanes a contiguous row (for_each_row, RowWalk). Every order is
+// fixed (no atomics), so results are bit-identical run to run. The softmax maxima skip NaN (a
+// comparison with NaN is false): a NaN element still makes its row's exp sum, and so every output
+// of the row, NaN.
 
 #include "common.cuh"
 
 // a or b, whichever is larger; b where a is NaN
 static __device__ __forceinline__ acc_t larger(acc_t a, acc_t b) { return a > b ? a : b; }
 
+// a or b, whichever is larger; a NaN where either is NaN
+static __device__ __forceinline__ acc_t larger_or_nan(acc_t a, acc_t b) { return a > b || a != a ? a : b; }
+
 // Sum (or max) of one value per thread over each group of `lanes` consecutive threads (a power of
 // two dividing blockDim.x), by a halving tree in shared memory; every thread gets its group's result.
+// The max skips NaN (larger) or, with keep_nan, is NaN where any value is (larger_or_nan).
 // Every thread of the block calls it (its barriers); the trailing one lets the caller reuse `scratch`
 // at once. whole_block (lanes == blockDim.x: block_reduce) spares the lane arithmetic, and `lanes` is
 // unsigned: either cost the softmax and row norm kernels registers (up to 6, and 10 for a signed halving).
-template <bool whole_block>
+template <bool whole_block, bool keep_nan = false>
 __device__ acc_t group_reduce(acc_t value, acc_t* scratch, bool take_max, unsigned lanes)
 {
     const int t = threadIdx.x, lane = whole_block ? t : t & (lanes - 1);
@@ -23,7 +29,8 @@ __device__ acc_t group_reduce(acc_t value, acc_t* scratch, bool take_max, unsign
     for (int half = lanes / 2; half > 0; half >>= 1) {
         if (lane < half) {
             const acc_t other = scratch[t + half];
-            scratch[t] = take_max ? larger(other, scratch[t]) : scratch[t] + other;
+            scratch[t] = !take_max ? scratch[t] + other
+                         : keep_nan ? larger_or_nan(other, scratch[t]) : larger(other, scratch[t]);
         }
         __syncthreads();
     }
@@ -78,14 +85,13 @@ struct RowWalk {
     {
         return step > 1 ? group_reduce<false>(partial, scratch, false, step) : partial;
     }
-    // the row's maximum, NaN where any lane's partial is NaN (group_reduce's maximum skips NaN)
+    // the row's maximum, NaN (REAL_NAN, whatever NaN a lane held) where any lane's partial is NaN
     __device__ acc_t max_or_nan(acc_t partial) const
     {
         if (step == 1)
             return partial;
-        const acc_t largest = group_reduce<false>(partial, scratch, true, step);
-        const acc_t nans = group_reduce<false>(partial != partial ? (acc_t)1 : (acc_t)0, scratch, false, step);
-        return nans != (acc_t)0 ? REAL_NAN : largest;
+        const acc_t largest = group_reduce<false, true>(partial, scratch, true, step);
+        return largest != largest ? REAL_NAN : largest;
     }
 };
 
