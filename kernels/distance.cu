@@ -31,9 +31,12 @@ struct Row {
     int size;
 };
 
-// Row r of (outer, size, inner): its first element and stride.
+// Row r of (outer, size, inner): its first element and stride. Contiguous rows (inner == 1, the
+// lane groups' case, uniform across the block) skip the 64-bit division and remainder.
 __device__ __forceinline__ Row row_of(long long r, int size, long long inner)
 {
+    if (inner == 1)
+        return Row{r * size, 1, size};
     return Row{(r / inner) * size * inner + r % inner, inner, size};
 }
 
