@@ -3,6 +3,8 @@
 // PyTorch's linalg.vector_norm for finite p > 0 (sum |v|^p)^(1/p), p == 1 and 2 without pow, and its
 // norm_backward.
 
+#pragma once
+
 #include "map_math.cuh"
 
 // |v|^p, one element's term of a p-norm's sum
@@ -28,11 +30,12 @@ __device__ __forceinline__ acc_t sign_of(acc_t v)
 // d norm / d v for the values v of a row whose p-norm is `norm`: v / n (p == 2), sgn(v) (p == 1),
 // sgn(v) |v|^(p-1) / n^(p-1), and for the infinity norm (p == 0) sgn(v) over `ties`, the count of
 // the row's elements at the maximum or NaN; 0 where n == 0. The row's norm^(p-1) is taken once,
-// where it was taken again for every element.
+// where it was taken again for every element, and only for the p that use it (not 0, 1 or 2).
 struct LpNormGradient {
     acc_t norm, p, ties, norm_power;
     __device__ LpNormGradient(acc_t norm, acc_t p, acc_t ties)
-        : norm(norm), p(p), ties(ties), norm_power(REAL_POW(norm, p - (acc_t)1)) {}
+        : norm(norm), p(p), ties(ties),
+          norm_power(p == (acc_t)0 || p == (acc_t)1 || p == (acc_t)2 ? (acc_t)1 : REAL_POW(norm, p - (acc_t)1)) {}
     __device__ acc_t operator()(acc_t v) const
     {
         if (p == (acc_t)0) {
