@@ -321,6 +321,21 @@ def test_pytorchs_refusals_before_any_launch(call, error, message, monkeypatch):
     assert_refused_before_any_launch(monkeypatch, call, error, message)
 
 
+def test_a_row_past_the_kernels_int_walk_is_refused_before_any_launch(monkeypatch):
+    """The kernels walk a contiguous row with an int stepping by its 256 lanes: a row of more than
+    2^31 - 256 elements, which would overflow it, is refused (a broadcast view: no memory behind
+    it); 2^31 - 256 is walked, and a thread a row (inner > 1) steps by 1."""
+    from cnn_gpu.gpu import _grid
+    from cnn_gpu.gpu import distance as gpu_distance
+    monkeypatch.setattr(backend, "launch", lambda *a, **k: pytest.fail("launched"))
+    assert _grid.row_walk_blocks(1, 2**31 - 256) == 1 and _grid.row_walk_blocks(1, 2**31 - 1, False) == 1
+    with pytest.raises(ValueError, match="32-bit ints 256 apart: a row of 2147483393 elements"):
+        _grid.row_walk_blocks(1, 2**31 - 255)
+    x = np.broadcast_to(np.float32(1), (1, 2**31 - 255))
+    with pytest.raises(ValueError, match="a row of 2147483393 elements"):
+        gpu_distance.pairwise_distance("emu", x, x, 1, 2**31 - 255, 2.0, 1e-6)
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])

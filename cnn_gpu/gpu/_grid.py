@@ -43,10 +43,16 @@ def row_threads(size: int) -> int:
     return max(32, row_lanes(size))
 
 
-def row_walk_blocks(rows: int, size: int, contiguous: bool = True) -> int:
+def row_walk_blocks(rows: int, size: int, contiguous: bool = True, int_walk: bool = True) -> int:
     """Blocks of THREADS for kernels/rows.cuh's for_each_row over `rows` rows of `size` elements:
-    row_lanes(size) threads a contiguous row, else one."""
-    return blocks_for(rows * (row_lanes(size) if contiguous else 1))
+    row_lanes(size) threads a contiguous row, else one. int_walk: the kernel walks a row with an int
+    index stepping by its lanes (distance.cu, multi_margin_rows), which a row of more than 2^31 - lanes
+    elements would overflow past its end: ValueError (before any launch)."""
+    lanes = row_lanes(size) if contiguous else 1
+    if int_walk and size + lanes - 1 > INT32_MAX:
+        raise ValueError(f"the row kernels walk a row with 32-bit ints {lanes} apart: a row of {size} elements "
+                         f"(more than 2^31 - {lanes}) would overflow them")
+    return blocks_for(rows * lanes)
 
 
 ELEMENTS_PER_THREAD = 4   # kernels/common.cuh: for_each_element's elements a thread per round

@@ -282,7 +282,8 @@ def cosine_embedding(be, input1, input2, target, *, margin, reduction, as_array=
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(input1.dtype))
     divisor = rows if reduction == "mean" else 1
     dim = input1.size // rows
-    backend.launch(be, "loss", input1.dtype, "cosine_embedding_rows", (row_walk_blocks(rows, dim),), (THREADS,),
+    backend.launch(be, "loss", input1.dtype, "cosine_embedding_rows", (row_walk_blocks(rows, dim, int_walk=False),),
+                   (THREADS,),
                    (input1, input2, target, dinput1, dinput2, row_loss, np.int64(rows), np.int64(dim),
                     *acc(input1.dtype, margin, 1 / divisor)))
     return _reduced(be, row_loss, input1.dtype, reduction, None, divisor, as_array), dinput1, dinput2
@@ -297,7 +298,8 @@ def triplet_margin(be, anchor, positive, negative, *, rows, margin, p, eps, swap
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(anchor.dtype))
     divisor = rows if reduction == "mean" else 1
     dim = anchor.size // rows
-    backend.launch(be, "loss", anchor.dtype, "triplet_margin_rows", (row_walk_blocks(rows, dim),), (THREADS,),
+    backend.launch(be, "loss", anchor.dtype, "triplet_margin_rows", (row_walk_blocks(rows, dim, int_walk=False),),
+                   (THREADS,),
                    (anchor, positive, negative, *grads, row_loss, np.int64(rows), np.int64(dim),
                     *i32(swap), *acc(anchor.dtype, p, margin, eps, 1 / divisor)))
     return (_reduced(be, row_loss, anchor.dtype, reduction, None, divisor, as_array), *grads)
