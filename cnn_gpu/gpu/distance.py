@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend
-from ._grid import THREADS, acc, i32, row_walk_blocks
+from ._grid import THREADS, acc, i32, i64, row_walk_blocks
 
 
 def _launch(be, kernel, dtype, view, args):
@@ -25,7 +23,7 @@ def _p(p):
 
 def _rows(view):
     outer, size, inner = view
-    return np.int64(outer * inner), *i32(size), np.int64(inner)
+    return *i64(outer * inner), *i32(size), *i64(inner)
 
 
 def normalize(be, x, view, p, eps):
@@ -60,7 +58,7 @@ def pairwise_distance(be, x1, x2, rows, size, p, eps):
     """(rows,) distances of x1 and x2 viewed as (rows, size)."""
     out = backend.array_module(be).empty((rows,), dtype=x1.dtype)
     _launch(be, "pairwise_distance_forward", x1.dtype, (rows, size, 1),
-            (x1, x2, out, np.int64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
+            (x1, x2, out, *i64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
     return out
 
 
@@ -68,5 +66,5 @@ def pairwise_distance_backward(be, dout, x1, x2, rows, size, p, eps):
     xp = backend.array_module(be)
     dx1, dx2 = xp.empty(x1.shape, dtype=x1.dtype), xp.empty(x1.shape, dtype=x1.dtype)
     _launch(be, "pairwise_distance_backward", x1.dtype, (rows, size, 1),
-            (dout, x1, x2, dx1, dx2, np.int64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
+            (dout, x1, x2, dx1, dx2, *i64(rows), *i32(size), *acc(x1.dtype, _p(p), eps)))
     return dx1, dx2

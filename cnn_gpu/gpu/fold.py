@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend
-from ._grid import THREADS, check_planes, i32, plane_pixel_grid
+from ._grid import THREADS, check_planes, i32, i64, plane_pixel_grid
 
 
 def _shape_args(g):
@@ -21,7 +19,7 @@ def unfold(be, x, g):
     check_planes("Unfold", image=g.H * g.W, columns=g.taps * blocks)
     cols = backend.array_module(be).empty((g.N, g.C * g.taps, blocks), dtype=x.dtype)
     grid = plane_pixel_grid(rows, blocks)   # no rows: nothing launched
-    backend.launch(be, "fold", x.dtype, "unfold_forward", grid, (THREADS,), (x, cols, np.int64(rows), *_shape_args(g)))
+    backend.launch(be, "fold", x.dtype, "unfold_forward", grid, (THREADS,), (x, cols, *i64(rows), *_shape_args(g)))
     return cols
 
 
@@ -33,5 +31,5 @@ def fold(be, cols, g):
     grid = plane_pixel_grid(planes, pixels)
     periods = i32(*(stride // math.gcd(stride, dil) for stride, dil in zip(g.stride, g.dilation)))
     backend.launch(be, "fold", cols.dtype, "fold_forward", grid, (THREADS,),
-                   (cols, y, np.int64(planes), *_shape_args(g), *periods))
+                   (cols, y, *i64(planes), *_shape_args(g), *periods))
     return y

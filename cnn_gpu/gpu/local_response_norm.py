@@ -3,17 +3,15 @@
 terms of the windows holding it in a fixed order, rounded once). x is viewed as (N, C, inner)."""
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend
-from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
+from ._grid import THREADS, acc, check_planes, i32, i64, plane_pixel_grid
 
 
 def _launch_shape(view):
     """(grid, the kernels' shape arguments) of x viewed as (N, C, inner)."""
     N, C, inner = view
     check_planes("LocalResponseNorm", sample=C * inner)
-    return plane_pixel_grid(N * C, inner), (np.int64(N * C), *i32(C, inner))
+    return plane_pixel_grid(N * C, inner), (*i64(N * C), *i32(C, inner))
 
 
 def forward(be, x, view, size, alpha, beta, k):

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32, row_threads, row_walk_blocks
+from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32, i64, row_threads, row_walk_blocks
 from .reduce import MAX_GRID_X
 
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
@@ -268,7 +268,7 @@ def multi_margin(be, input, labels, weight, *, classes, squared, margin, reducti
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(input.dtype))
     divisor = rows if reduction == "mean" else 1
     backend.launch(be, "loss", input.dtype, "multi_margin_rows", (row_walk_blocks(rows, classes),), (THREADS,),
-                   (input, labels, input if weight is None else weight, dinput, row_loss, np.int64(rows),
+                   (input, labels, input if weight is None else weight, dinput, row_loss, *i64(rows),
                     *i32(classes, squared, weight is not None), *acc(input.dtype, margin, 1 / (classes * divisor))))
     return _reduced(be, row_loss, input.dtype, reduction, None, divisor, as_array), dinput
 
@@ -284,7 +284,7 @@ def cosine_embedding(be, input1, input2, target, *, margin, reduction, as_array=
     dim = input1.size // rows
     backend.launch(be, "loss", input1.dtype, "cosine_embedding_rows", (row_walk_blocks(rows, dim, int_walk=False),),
                    (THREADS,),
-                   (input1, input2, target, dinput1, dinput2, row_loss, np.int64(rows), np.int64(dim),
+                   (input1, input2, target, dinput1, dinput2, row_loss, *i64(rows, dim),
                     *acc(input1.dtype, margin, 1 / divisor)))
     return _reduced(be, row_loss, input1.dtype, reduction, None, divisor, as_array), dinput1, dinput2
 
@@ -300,6 +300,6 @@ def triplet_margin(be, anchor, positive, negative, *, rows, margin, p, eps, swap
     dim = anchor.size // rows
     backend.launch(be, "loss", anchor.dtype, "triplet_margin_rows", (row_walk_blocks(rows, dim, int_walk=False),),
                    (THREADS,),
-                   (anchor, positive, negative, *grads, row_loss, np.int64(rows), np.int64(dim),
+                   (anchor, positive, negative, *grads, row_loss, *i64(rows, dim),
                     *i32(swap), *acc(anchor.dtype, p, margin, eps, 1 / divisor)))
     return (_reduced(be, row_loss, anchor.dtype, reduction, None, divisor, as_array), *grads)
