@@ -85,11 +85,13 @@ def record_grids(monkeypatch) -> list:
 
 
 @needs_emu
-@pytest.mark.parametrize("shape, size", [((9, 60, 1), 5), ((3, 7, 4, 5), 3), ((2, 5, 129), 2)])
+@pytest.mark.parametrize("shape, size", [((9, 60, 1), 5), ((3, 7, 4, 5), 3), ((2, 5, 129), 2), ((80, 4, 1), 3)])
 def test_local_response_norm_walks_every_plane_on_any_grid(shape, size, monkeypatch):
     """for_each_channel_plane_pixel: planes of 1, 20 and 129 positions go 256 (the 540 planes' groups
     cross samples: each thread's channel carries into its sample), 12 and one to a block; grids of 1 and 3
-    rows step each thread's (n, c) by 256, 768, 12, 36, 1 and 3 planes (multiples of C and not)."""
+    rows step each thread's (n, c) by 256, 768, 12, 36, 1 and 3 planes (none a multiple of C = 60, 7, 5).
+    C = 4 with 320 one-position planes: a grid of 1 row steps by 256 = 64 C planes (channel_step 0, the
+    thread's channel kept and its sample moved on)."""
     from cnn_gpu import emu
     x, dy = draw(shape, 5), draw(shape, 6)
     settings = (size, 0.5, 0.75, 1.5)
