@@ -155,15 +155,18 @@ def test_emulated_kernels_are_bit_identical_under_schedules_and_guard_zones(sche
 
 def long_rows():
     """Rows along the last dim: of 6 (8 lanes a row, 32 rows a block: the groups past row 37 walk
-    nothing) and longer than a warp (64 and 256 lanes, some taking two elements); the infinity norm's
-    rows hold a NaN (past the first warp in the long rows) and a tie."""
+    nothing) and longer than a warp (40 and 300: 64 and 256 lanes, some taking two elements); each
+    size's rows for the infinity norm hold a NaN (past the first warp in the long rows) and a tie."""
     x1, x2, dy = draw((3, 300), np.float64, 20), draw((3, 300), np.float64, 21), draw((3, 300), np.float64, 22)
     x1[1, 200] = np.nan
     x1[2, 7] = x1[2, 250] = -np.abs(x1[2]).max() - 1
+    middle = [a[:, :40].copy() for a in (x1, x2, dy)]
+    middle[0][1, 35] = np.nan
+    middle[0][2, 33] = -middle[0][2, 7]   # the row's maximum magnitude twice, in two warps
     short = [draw((37, 6), np.float64, seed) for seed in (23, 24, 25)]
     short[0][30, 4] = np.nan
     short[0][31, 1] = short[0][31, 5] = np.abs(short[0][31]).max() + 1
-    return [short, (x1[:, :40], x2[:, :40], dy[:, :40]), (x1, x2, dy)]
+    return [short, middle, (x1, x2, dy)]
 
 
 def long_row_results(x1, x2, dy, be):
