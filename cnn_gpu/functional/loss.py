@@ -38,6 +38,7 @@ from .. import replay
 from ..gpu.loss import broadcast_axes, index_mean_divisor, mean_of
 from . import _checks
 from ._float16 import takes_float16
+from .distance import _lp_norm_gradient
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -1022,19 +1023,6 @@ def _distance(x, y, p: float, eps: float):
     return v, (np.abs(v) ** p).sum(axis=-1) ** (1 / p)
 
 
-def _norm_slope(v, norm, p: float):
-    """d||v||_p / dv of rows, 0 where an element or its row's norm is 0 (torch's norm backward)."""
-    norm = norm[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if p == 2:
-            slope = v / norm
-        elif p == 1:
-            slope = np.sign(v)
-        else:
-            slope = np.sign(v) * (np.abs(v) / norm) ** (p - 1)
-    return np.where((v == 0) | (norm == 0), v.dtype.type(0), slope)
-
-
 def _triplet_margin(anchor, positive, negative, margin: float, p: float, eps: float, swap: bool, reduction):
     """The NumPy path (and the kernels' oracle): see triplet_margin_loss."""
     dtype = anchor.dtype.type
@@ -1052,9 +1040,10 @@ def _triplet_margin(anchor, positive, negative, margin: float, p: float, eps: fl
     loss = np.maximum(gap, dtype(0))
     divisor = loss.size if reduction == "mean" else 1
     scale = np.where(gap >= 0, dtype(1 / divisor), dtype(0))[..., None]
-    slope_positive = _norm_slope(to_positive, d_positive, p)
-    slope_negative = negative_share * _norm_slope(to_negative, d_negative, p)
-    slope_swap = swap_share * _norm_slope(between, d_swap, p) if swap else dtype(0)
+    # d||v||_p / dv: distance's norm_backward, the kernels' (0 where an element or its row's norm is 0)
+    slope_positive = _lp_norm_gradient(to_positive, d_positive[..., None], p, -1)
+    slope_negative = negative_share * _lp_norm_gradient(to_negative, d_negative[..., None], p, -1)
+    slope_swap = swap_share * _lp_norm_gradient(between, d_swap[..., None], p, -1) if swap else dtype(0)
     grads = (scale * (slope_positive - slope_negative), scale * (-slope_positive - slope_swap),
              scale * (slope_negative + slope_swap))
     if reduction == "none":
