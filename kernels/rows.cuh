@@ -77,7 +77,8 @@ static __device__ __forceinline__ acc_t strided_row_max(const REAL* x, long long
 // One type, not one a layout: NVRTC takes no generic lambdas for the kernels' row bodies.
 struct RowWalk {
     // a group past the last row starts at 2^31 - 1, past its row (such groups exist only for rows
-    // under BLOCK_THREADS elements): it walks no element
+    // under BLOCK_THREADS elements): it walks no element. An int walk of a row of more than
+    // 2^31 - step elements would overflow: the host refuses those (gpu._grid.row_walk_blocks).
     int first, step;
     acc_t* scratch;    // BLOCK_THREADS acc_t of shared memory
     __device__ bool leader() const { return first == 0; }   // lane 0 of a group with a row
