@@ -313,3 +313,18 @@ def test_layer_backward_uses_its_saved_output(layer):
     with pytest.raises(IndexError, match="out of range"):
         module.dim = 2
         module(x)
+
+
+def test_a_row_past_the_blocks_int_walk_is_refused_before_any_launch(monkeypatch):
+    """softmax_rows and cross_entropy_rows walk a row with an int stepping by their 256 threads: a row
+    of more than 2^31 - 256 elements, which would overflow it past the row's end, is refused before
+    any launch or allocation (broadcast views: no memory behind them)."""
+    from cnn_gpu.gpu import loss as gpu_loss
+    monkeypatch.setattr(backend, "launch", lambda *a, **k: pytest.fail("launched"))
+    size = 2**31 - 255
+    x = np.broadcast_to(np.float32(1), (1, size))
+    with pytest.raises(ValueError, match=f"a row of {size} elements"):
+        gpu_softmax._launch("emu", "softmax_forward", (x,), x, (1, size, 1), False)
+    with pytest.raises(ValueError, match=f"a row of {size} elements"):
+        gpu_loss.cross_entropy("emu", x, np.zeros(1, np.int64), None, None, classes=size, inner=1, ignore_index=-100,
+                               label_smoothing=0.0, reduction="mean")

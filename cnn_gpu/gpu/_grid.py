@@ -49,10 +49,18 @@ def row_walk_blocks(rows: int, size: int, contiguous: bool = True, int_walk: boo
     index stepping by its lanes (distance.cu, multi_margin_rows), which a row of more than 2^31 - lanes
     elements would overflow past its end: ValueError (before any launch)."""
     lanes = row_lanes(size) if contiguous else 1
-    if int_walk and size + lanes - 1 > INT32_MAX:
+    if int_walk:
+        check_int_walk(size, lanes)
+    return blocks_for(rows * lanes)
+
+
+def check_int_walk(size: int, lanes: int) -> None:
+    """ValueError (before any launch) where a kernel walking a row of `size` elements with an int index
+    `lanes` apart (the row kernels, softmax's and cross entropy's blocks) would overflow it past the
+    row's end: a row of more than 2^31 - lanes elements."""
+    if size + lanes - 1 > INT32_MAX:
         raise ValueError(f"the row kernels walk a row with 32-bit ints {lanes} apart: a row of {size} elements "
                          f"(more than 2^31 - {lanes}) would overflow them")
-    return blocks_for(rows * lanes)
 
 
 ELEMENTS_PER_THREAD = 4   # kernels/common.cuh: for_each_element's elements a thread per round
@@ -62,7 +70,6 @@ def elementwise_blocks(count: int) -> int:
     """Blocks of THREADS along x for for_each_element over `count` elements; none for none (a map
     writes only its own elements: backend.launch then launches nothing, where one block ran idle)."""
     return blocks_for(-(-int(count) // ELEMENTS_PER_THREAD)) if count else 0
-
 
 
 def plane_pixel_grid(planes, pixels):

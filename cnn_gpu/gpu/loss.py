@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, acc, blocks_for, elementwise_blocks, i32, i64, row_threads, row_walk_blocks
+from ._grid import THREADS, acc, blocks_for, check_int_walk, elementwise_blocks, i32, i64, row_threads, row_walk_blocks
 from .reduce import MAX_GRID_X
 
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
@@ -59,6 +59,8 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     loss (of the sum of the per-row losses for "none")."""
     if classes >= CLASS_LIMIT:
         raise ValueError(f"cross_entropy kernels take fewer than 2^31 classes, got {classes}")
+    if inner == 1:   # cross_entropy_rows: a block walks a row's classes
+        check_int_walk(classes, row_threads(classes))
     rows = logits.size // classes
     xp = backend.array_module(be)
     dtype = logits.dtype

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, blocks_for, i32, row_threads
+from ._grid import THREADS, blocks_for, check_int_walk, i32, row_threads
 from .reduce import MAX_GRID_X
 
 
@@ -18,6 +18,7 @@ def _launch(be, kernel: str, arrays, out, shape, log: bool) -> None:
     size_arg, log_arg = i32(size, log)   # a size of 2^31 or more is refused here, before any launch
     if inner == 1:
         name, grid, block = f"{kernel}_rows", min(rows, MAX_GRID_X), row_threads(size)
+        check_int_walk(size, block)
     else:
         name, grid, block = f"{kernel}_columns", blocks_for(rows), THREADS
     backend.launch(be, "softmax", arrays[0].dtype, name, (grid,), (block,),
