@@ -2,10 +2,11 @@
 data-parallel job (cnn_gpu.distributed) share, as torch.nn.SyncBatchNorm.
 
 In training, with more than one process, each rank reduces its own share of the batch to every
-channel's (count, mean, M2) (batch_norm's statistics: Welford in the kernels, two passes in NumPy),
-the ranks all-gather them (MPI for host arrays, NCCL for CuPy ones: cnn_gpu.distributed.allgather)
-and every rank merges them by Chan et al.'s formula in rank order, in float64, so all ranks
-normalise with the same bits and no E[x^2] - E[x]^2 cancels. The running statistics take the
+channel's mean and M2 (batch_norm's statistics: Welford in the kernels, two passes in NumPy), the
+ranks all-gather their counts on the host (MPI) and the (mean, M2) rows (MPI for host arrays, NCCL
+for CuPy ones: cnn_gpu.distributed.allgather), and every rank merges them in closed form in float64
+(Chan et al.'s combination of all the ranks at once), so all ranks normalise with the same bits and
+no E[x^2] - E[x]^2 cancels. The running statistics take the
 global mean and unbiased variance. The backward all-reduces the channel sums of dy and dy * xhat
 (cnn_gpu.distributed.allreduce_sum: in rank order over MPI, NCCL's ring order on cuda, the same bits
 on every rank either way) and takes dx from them; the weight's and bias's
@@ -30,7 +31,6 @@ from ..functional._normalization import check_backward_arguments
 from ..functional.batch_norm import _channel_shape, _check_common, _numpy_forward, _numpy_stats, _reduce_axes
 from ..gpu import batch_norm as gpu_bn
 from .layers import _BatchNorm
-from .module import to_host
 
 # What a synchronised forward keeps for its backward: the statistics and count of the whole batch.
 _Synced = namedtuple("_Synced", "x mean invstd count")
@@ -148,11 +148,19 @@ def _dtype_of(batch_norm) -> np.dtype:
 
 def _whole_batch_moments(be, x):
     """(count, mean, biased variance) of each channel over every rank's x, the count an int, mean
-    and variance float64 arrays on x's backend, the same bits on every rank: this rank's (count,
-    mean, M2) all-gathered and merged in rank order (Chan et al.). ValueError on every rank where
-    the whole batch holds at most one value per channel."""
+    and variance float64 arrays on x's backend, the same bits on every rank: the ranks' counts
+    all-gathered on the host (MPI: no read of the device), then this rank's (mean, M2) all-gathered
+    and merged in closed form (Chan et al.'s combination of all ranks at once: the count-weighted
+    mean, then M2 as the sum of the ranks' M2 and their count-weighted squared distances from it;
+    no E[x^2] - E[x]^2 cancels). ValueError on every rank, before any device work, where the whole
+    batch holds at most one value per channel."""
     xp = _backend.array_module(be)
     count = x.size // x.shape[1]
+    counts = distributed.world().allgather_object(count, "SyncBatchNorm's counts")
+    total = sum(counts)
+    if total <= 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got {total} over the "
+                         f"{len(counts)} ranks (input of shape {tuple(x.shape)} on this one)")
     if count == 0:   # an empty share: nothing to reduce (its mean would be 0 / 0)
         mean = variance = xp.zeros(x.shape[1])
     elif be == "numpy":
@@ -160,23 +168,12 @@ def _whole_batch_moments(be, x):
     else:   # eps 0: invstd = 1 / sqrt(variance) (inf for a constant channel, whose variance is 0 again)
         mean, invstd = gpu_bn.stats(be, x, None, None, 0.0, 0.0)
         variance = 1 / xp.square(invstd.astype(np.float64))
-    gathered = distributed.allgather(xp.concatenate((xp.full(1, count, np.float64), mean.astype(np.float64),
-                                                     variance * count)))
-    counts = [int(n) for n in to_host(gathered[:, 0])]
-    total, mean, m2 = 0, None, None
-    for n, (rank_mean, rank_m2) in zip(counts, (row[1:].reshape(2, -1) for row in gathered)):
-        if n == 0:
-            continue
-        if total == 0:
-            mean, m2 = rank_mean, rank_m2
-        else:
-            delta = rank_mean - mean
-            mean = mean + delta * (n / (total + n))
-            m2 = m2 + rank_m2 + delta * delta * (total * n / (total + n))
-        total += n
-    if total <= 1:
-        raise ValueError(f"expected more than 1 value per channel when training, got {total} over the "
-                         f"{len(counts)} ranks (input of shape {tuple(x.shape)} on this one)")
+    gathered = distributed.allgather(xp.concatenate((mean.astype(np.float64), variance * count)))
+    means, m2s = gathered[:, :x.shape[1]], gathered[:, x.shape[1]:]
+    weights = xp.asarray(np.array(counts, dtype=np.float64)[:, None])
+    mean = (weights * means).sum(axis=0) / total
+    delta = means - mean
+    m2 = m2s.sum(axis=0) + (weights * delta * delta).sum(axis=0)
     return total, mean, m2 / total
 
 
