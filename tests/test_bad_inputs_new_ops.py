@@ -1,9 +1,10 @@
 """The ops of the last stop refuse bad inputs that PyTorch 2.13 refuses too (each case names our
-exception type and message; PyTorch's may be another error type), before any kernel launches: wrong shapes, dtypes and ranks, option
-values and sizes that give an empty output, label and index ranges, negative variances; an in-place
-activation that refuses leaves its input as it was. Each case runs on the emulator with every
-launch and every other device work refused (helpers.refuse_device_work: softmin's negation, lp_pool's
-power, a fill) and on PyTorch, which must refuse it too."""
+exception type and message; PyTorch's may be another error type), before any kernel launches:
+wrong shapes, dtypes and ranks, option values and sizes that give an empty output, label and index
+ranges, negative variances; an in-place activation that refuses leaves its input as it was. Each
+case runs on the emulator with every launch and every other device work refused
+(helpers.refuse_device_work: softmin's negation, lp_pool's power, a fill) and on PyTorch, which
+must refuse it too."""
 from __future__ import annotations
 
 import numpy as np
@@ -200,7 +201,8 @@ def test_parameter_and_module_names_are_refused_as_pytorch_refuses_them(torch, n
                           lambda: torch.nn.ParameterDict({name: torch.nn.Parameter(torch.ones(2))})),
                          (lambda: nn.Module().register_parameter(name, None),
                           lambda: torch.nn.Module().register_parameter(name, None)),
-                         (lambda: nn.Module().add_module(name, None), lambda: torch.nn.Module().add_module(name, None))):
+                         (lambda: nn.Module().add_module(name, None),
+                          lambda: torch.nn.Module().add_module(name, None))):
         with pytest.raises(error):
             theirs()
         with pytest.raises(error, match="name"):

@@ -122,8 +122,8 @@ def test_an_allgather_of_unlike_arrays_is_refused_before_any_data_moves(ranks_re
     ranks, _, results = ranks_results
     named = "rank 1 gather" if ranks == 2 else "ranks 1, 2 gather"
     assert len(results["mismatch"]) == ranks
-    assert all(f"the all-gather: {named} other arrays than rank 0 (1 arrays against 1; array 0: (dtype, shape, on GPU) ('<f8', (3,), "
-               f"False) against ('<f8', (2,), False))" in message for message in results["mismatch"])
+    assert all(f"the all-gather: {named} other arrays than rank 0 (1 arrays against 1; array 0: (dtype, shape, on GPU) "
+               f"('<f8', (3,), False) against ('<f8', (2,), False))" in message for message in results["mismatch"])
 
 
 @needs_mpi
