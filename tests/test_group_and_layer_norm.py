@@ -626,6 +626,16 @@ def test_the_plan_splits_few_long_rows_and_keeps_many_short_ones_whole():
     assert plan(RowLayout(rows=0, length=768, groups=1, inner=1), np.float32, 132, wide=True).slices == 1   # no rows
 
 
+def test_a_row_past_the_packs_int_walk_is_refused_before_any_launch():
+    """for_each_pack walks a row with an int stepping by a block's packs (256 threads of 4 float32s):
+    a row of 2^31 - 1024 elements is walked, one more would overflow the index past its end (plan
+    refuses it, before any launch; the int length check alone passed it)."""
+    from cnn_gpu.gpu.row_norm import RowLayout, plan
+    assert plan(RowLayout(rows=1, length=2**31 - 1024, groups=1, inner=1), np.float32, 132, wide=True).threads == 256
+    with pytest.raises(ValueError, match="a row of 2147482625 elements"):
+        plan(RowLayout(rows=1, length=2**31 - 1023, groups=1, inner=1), np.float32, 132, wide=True)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_row_past_the_kernels_int_is_refused_before_any_launch(kind, monkeypatch):
     """The kernels take a row's length as an int: 2^31 or more is refused, not wrapped (a broadcast

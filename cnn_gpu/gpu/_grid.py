@@ -56,8 +56,8 @@ def row_walk_blocks(rows: int, size: int, contiguous: bool = True, int_walk: boo
 
 def check_int_walk(size: int, lanes: int) -> None:
     """ValueError (before any launch) where a kernel walking a row of `size` elements with an int index
-    `lanes` apart (the row kernels, softmax's and cross entropy's blocks) would overflow it past the
-    row's end: a row of more than 2^31 - lanes elements."""
+    `lanes` apart (the row kernels, softmax's and cross entropy's blocks, row_norm's packs) would
+    overflow it past the row's end: a row of more than 2^31 - lanes elements."""
     if size + lanes - 1 > INT32_MAX:
         raise ValueError(f"the row kernels walk a row with 32-bit ints {lanes} apart: a row of {size} elements "
                          f"(more than 2^31 - {lanes}) would overflow them")

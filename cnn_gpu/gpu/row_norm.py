@@ -20,7 +20,7 @@ import numpy as np
 from .. import backend
 from ..launch_checks import memory_span
 from . import _arrivals
-from ._grid import THREADS, acc, i32, row_threads
+from ._grid import THREADS, acc, check_int_walk, i32, row_threads
 from .conv import device_sms
 from .reduce import MAX_GRID_X
 
@@ -98,7 +98,9 @@ def plan(layout: RowLayout, dtype, sms: int, wide: bool) -> RowPlan:
     slices = -(-length // span)
     pack = WIDE_BYTES // np.dtype(dtype).itemsize if wide else 1
     i32(span)   # a kernel argument
-    return RowPlan(slices, span, wide, row_threads(-(-span // (pack * WALK_UNROLL))))
+    threads = row_threads(-(-span // (pack * WALK_UNROLL)))
+    check_int_walk(length, threads * pack)   # for_each_pack's int index steps by a block's packs
+    return RowPlan(slices, span, wide, threads)
 
 
 def _wide(layout, *arrays) -> bool:
