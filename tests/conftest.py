@@ -53,6 +53,17 @@ def conv_path(request, monkeypatch):
 
 
 @pytest.fixture(scope="module")
+def torch():
+    """PyTorch 2.13 CPU, the oracle of the files that ask for it, on one thread (its pool only costs
+    on small ops and a shared 2-core machine); those tests skip without it."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
 def single_torch_thread():
     """PyTorch on one thread for a module of small oracle ops: its thread pool only costs there, and
     spinning threads hurt on a shared 2-core machine. A no-op without PyTorch."""

@@ -27,11 +27,6 @@ NEGATIVE_VAR = VAR.copy()
 NEGATIVE_VAR[2, 1] = -0.5
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-
-
 # (id, our call, PyTorch's call of torch.nn.functional `tf` and a converter `t` of arrays, error, our message)
 CASES = [
     ("celu alpha 0", lambda: F.celu(X4, alpha=0.0), lambda tf, t: tf.celu(t(X4), alpha=0.0), ValueError,

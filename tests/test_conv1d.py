@@ -21,15 +21,6 @@ from test_torch_signatures import assert_covers, sweep, tensor
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(previous)
-
-
 def sized(rng, low, high):
     """A size argument: an int or, a third of the time, a 1-tuple, as PyTorch takes them."""
     value = int(rng.integers(low, high + 1))

@@ -19,15 +19,6 @@ from cnn_gpu.gradcheck import check_op
 from helpers import assert_close, assert_refused_before_any_launch, needs_emu, to_host
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(previous)
-
-
 # (x shape, weight shape, stride, padding, dilation, groups, bias)
 CASES = {
     "plain": ((2, 3, 4, 5, 6), (4, 3, 3, 2, 3), 1, 1, 1, 1, True),

@@ -23,11 +23,6 @@ COSINE = [((3, 4, 5), 1), ((6, 3), -1), ((2, 3, 4), 0)]
 PAIRWISE = [((5, 7), 2.0, False), ((2, 3, 4), 1.0, True), ((6,), math.inf, False), ((4, 5), 3.0, False)]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

@@ -26,11 +26,6 @@ CASES = [((2, 3, 7, 8), (2, 3), (1, 2), (1, 0), (2, 1)), ((3, 6, 5), 3, 1, 1, 2)
          ((1, 2, 2, 3), (4, 3), 1, (2, 1), 1), ((2, 3, 4, 4), 1, 1, 0, 1)]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

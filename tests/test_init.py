@@ -25,15 +25,6 @@ NONLINEARITIES = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "c
                   "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(previous)
-
-
 def random_shape(rng, dims=None):
     dims = int(rng.integers(2, 6)) if dims is None else dims
     head = [int(rng.integers(1, 200)), int(rng.integers(1, 200))]

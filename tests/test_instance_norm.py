@@ -20,11 +20,6 @@ RTOL = {np.float64: 1e-10, np.float32: 2e-5, np.float16: 2e-3}
 SHAPES = [(2, 3, 5), (3, 4, 2, 3), (1, 2, 2, 3, 2)]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed, scale=1.0, shift=0.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale + shift).astype(dtype)
 

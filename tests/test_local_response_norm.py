@@ -23,11 +23,6 @@ CASES = [((2, 5, 7), 3, 1e-4, 0.75, 1.0), ((2, 6, 3, 4), 5, 0.5, 0.75, 2.0), ((1
          ((2, 3, 4), 10, 2.0, 1.5, 0.5), ((3, 7, 2, 5), 4, 20.0, 0.75, 1.0)]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed):
     return (2 * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
 

@@ -23,11 +23,6 @@ F16 = np.float16
 KL_REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-
-
 def cases(dtype):
     """name -> (op, positional arrays, keyword options); fresh inputs, fixed seeds. Targets of
     another shape than the input broadcast against it (PyTorch warns there; kl_div does not)."""

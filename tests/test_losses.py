@@ -23,11 +23,6 @@ REDUCTIONS = ("mean", "sum", "none")
 F16 = np.float16
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-
-
 def cases(dtype):
     """name -> (our op, torch's op, positional arrays, keyword options); fresh inputs, fixed seeds."""
     rng = np.random.default_rng(42)

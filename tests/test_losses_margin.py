@@ -24,11 +24,6 @@ REDUCTIONS = ("mean", "sum", "none")
 F16 = np.float16
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-
-
 def cases(dtype):
     """name -> (op, positional arrays, keyword options, the positions of the arrays with gradients)."""
     rng = np.random.default_rng(134)

@@ -14,11 +14,6 @@ from helpers import needs_emu
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def _trained_bn(bn, seed):
     """A batch norm in eval mode with drawn running statistics and affine parameters."""
     rng = np.random.default_rng(seed)

@@ -32,11 +32,6 @@ AVG_CASES = [((2, 3, 4, 6, 5), dict(kernel_size=2)),
              ((3, 4, 5, 6), dict(kernel_size=3, stride=2, padding=1))]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed, ties=False):
     """Values of the dtype; with ties, few distinct ones (many tied maxima, -0.0 and 0.0 among them)."""
     rng = np.random.default_rng(seed)

@@ -21,11 +21,6 @@ CASES = [((2, 3, 5, 7), 3), ((2, 3, 5, 7), 1), ((4, 6), 6), ((3, 2, 9), 2), ((2,
          ((2, 4, 1, 1), 4), ((2, 3, 40, 61), 3)]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

@@ -13,10 +13,6 @@ from helpers import needs_cuda, needs_emu
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 DTYPES = [np.float16, np.float32, np.float64]
 # (input shape, factor): batched, unbatched (C, H, W), two leading dims, factor 1, a rectangle

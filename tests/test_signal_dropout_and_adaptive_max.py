@@ -17,11 +17,6 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 

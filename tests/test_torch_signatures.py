@@ -28,15 +28,6 @@ BACKENDS = [be for be in ("numpy", "emu", "cuda") if be in backend.available_bac
 COUNTS = {"numpy": (120, 40), "emu": (40, 20), "cuda": (60, 30)}
 
 
-@pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed (make torch)")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny ops on a shared machine
-    yield torch
-    torch.set_num_threads(previous)
-
-
 def on(be, *arrays):
     """The arrays as the backend takes them (CuPy for cuda)."""
     if be != "cuda":

@@ -18,11 +18,6 @@ BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 RTOL = {np.float64: 1e-10, np.float32: 2e-5, np.float16: 2e-3}
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch")
-
-
 def draw(shape, dtype, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
