@@ -200,6 +200,41 @@ cross_entropy_positions(CROSS_ENTROPY_PARAMS)
     }
 }
 
+// cross_entropy_positions' rows split over a block's segments (few positions: gpu._grid.split_row_lanes):
+// `lanes` positions a block, segment s of a position taking classes s, s + segments, ... in order
+// (rows.cuh for_each_split_row), the segments' maxima and sums combined by segment_reduce's fixed tree.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, CROSS_ENTROPY_MIN_BLOCKS)
+cross_entropy_split(CROSS_ENTROPY_PARAMS, int lanes)
+{
+    __shared__ acc_t scratch[BLOCK_THREADS];
+    for_each_split_row(rows, classes, inner, lanes, scratch, [&](long long row, const SplitWalk& walk) {
+        const RowTarget target = row_target(row, labels, grad_divisor, classes, ignore_index, target_is_probability);
+        acc_t partial_max = REAL_NEG_INF;
+        for (long long e = walk.e; e < walk.end; e += walk.step)
+            partial_max = larger(to_acc(logits[e]), partial_max);
+        const acc_t row_max = walk.max(partial_max);
+
+        RowSums partial = {(acc_t)0, (acc_t)0, (acc_t)0};
+        int c = walk.k;
+        for (long long e = walk.e; e < walk.end; e += walk.step, c += walk.segments)
+            add_class(partial, to_acc(logits[e]) - row_max,
+                      target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread));
+        const acc_t sum_exp = walk.sum(partial.exp);
+        const acc_t mass = walk.sum(partial.mass);
+        const acc_t weighted = walk.sum(partial.weighted);
+
+        const acc_t inv_sum = (acc_t)1 / sum_exp;
+        c = walk.k;
+        for (long long e = walk.e; e < walk.end; e += walk.step, c += walk.segments) {
+            const acc_t softmax = REAL_EXP(to_acc(logits[e]) - row_max) * inv_sum;
+            const acc_t m = target_mass(target, c, probabilities + e, class_weight, has_weight, keep, spread);
+            dlogits[e] = to_real((softmax * mass - m) * target.scale);
+        }
+        if (walk.leader())
+            row_loss[row] = row_loss_value(target, sum_exp, mass, weighted);
+    });
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 cross_entropy_target_weights(const long long* __restrict__ labels, const REAL* __restrict__ class_weight,
                              acc_t* __restrict__ target_weight, long long rows, int classes, long long ignore_index,

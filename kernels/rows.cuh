@@ -1,6 +1,8 @@
 // Reductions along rows. The softmax-shaped kernels (loss.cu's cross entropy, softmax.cu) reduce a
 // contiguous row of `size` elements by one block (block_row_max, block_reduce) and walk a row whose
-// elements are `inner` apart by one thread (strided_row_max); distance.cu and loss.cu's margin and
+// elements are `inner` apart by one thread (strided_row_max) or, where such rows are too few to fill
+// the GPU a thread each, by the segments of a block (for_each_split_row, SplitWalk, segment_reduce);
+// distance.cu and loss.cu's margin and
 // embedding losses take a group of lanes a contiguous row (for_each_row, RowWalk). Every order is
 // fixed (no atomics), so results are bit-identical run to run. The softmax maxima skip NaN (a
 // comparison with NaN is false): a NaN element still makes its row's exp sum, and so every output
@@ -122,5 +124,62 @@ __device__ __forceinline__ void for_each_row(long long rows, long long size, lon
         const long long row = first + group;
         const RowWalk walk{row < rows ? lane : 0x7fffffff, lanes, scratch};
         body(row < rows ? row : rows - 1, walk);
+    }
+}
+
+// Sum (or max, skipping NaN) of one value per thread over each set of threads `lanes` apart (lanes a
+// power of two dividing BLOCK_THREADS: a SplitWalk's segments of one row), by a halving tree in
+// shared memory whose every step pairs threads t and t + half, half a multiple of lanes; every thread
+// gets its set's result. Every thread of the block calls it; the trailing barrier lets the caller
+// reuse `scratch` at once.
+__device__ acc_t segment_reduce(acc_t value, acc_t* scratch, bool take_max, unsigned lanes)
+{
+    const unsigned t = threadIdx.x;
+    scratch[t] = value;
+    __syncthreads();
+    for (unsigned half = BLOCK_THREADS / 2; half >= lanes; half >>= 1) {
+        if (t < half)
+            scratch[t] = take_max ? larger(scratch[t + half], scratch[t]) : scratch[t] + scratch[t + half];
+        __syncthreads();
+    }
+    const acc_t result = scratch[t & (lanes - 1)];
+    __syncthreads();
+    return result;
+}
+
+// One thread's share of a strided row (elements `inner` apart) split over the `segments` =
+// BLOCK_THREADS / lanes threads of a block that reduce it: segment s takes the row's elements s,
+// s + segments, ... in order, at offsets e, e + step, ... below `end`. A warp holds `lanes` neighbouring
+// rows (neighbouring inner positions) times 32 / lanes consecutive segments, so each of its reads
+// takes whole sectors where lanes spans a sector, or covers inner (the segments' elements adjoin).
+// A thread past the last row walks nothing (e == end) and writes nothing (leader()).
+struct SplitWalk {
+    long long e, end, step;   // the thread's first element, its row's end, segments * inner
+    int k, segments;          // the index of its first element in the row (its segment), the row's segments
+    unsigned lanes;
+    acc_t* scratch;           // BLOCK_THREADS acc_t of shared memory
+    __device__ bool leader() const { return k == 0 && e < end; }   // segment 0 of a row
+    __device__ acc_t sum(acc_t partial) const { return segment_reduce(partial, scratch, false, lanes); }
+    __device__ acc_t max(acc_t partial) const { return segment_reduce(partial, scratch, true, lanes); }
+};
+
+// body(row, walk) for each row of (outer, size, inner), rows = outer * inner, `lanes` consecutive rows a
+// block of BLOCK_THREADS (a power of two dividing it; grid: ceil(rows / lanes) blocks, grid-stride
+// beyond): thread t takes row t % lanes of its block's and segment t / lanes of that row
+// (gpu._grid.split_row_lanes picks lanes). The loop is the same for every thread of a block
+// (segment_reduce's barriers): a lane past the last row runs the body on the last row, walking no element.
+template <class Body>
+__device__ __forceinline__ void for_each_split_row(long long rows, int size, long long inner, int lanes, acc_t* scratch,
+                                                   Body body)
+{
+    const int lane = threadIdx.x & (lanes - 1), segment = threadIdx.x / lanes, segments = BLOCK_THREADS / lanes;
+    for (long long first = (long long)blockIdx.x * lanes; first < rows; first += (long long)gridDim.x * lanes) {
+        const bool has_row = first + lane < rows;
+        const long long row = has_row ? first + lane : rows - 1;
+        const long long n = row / inner;
+        const long long start = n * size * inner + (row - n * inner);   // the row's element 0
+        const long long end = has_row ? start + size * inner : start;
+        body(row, SplitWalk{start + segment * inner, end, segments * inner, segment, segments, (unsigned)lanes,
+                            scratch});
     }
 }

@@ -119,3 +119,44 @@ softmax_backward_columns(SOFTMAX_BACKWARD_PARAMS)
             dx[e] = backward_value(dy[e], y[e], sum, is_log);
     }
 }
+
+// The split kernels (few strided rows: gpu._grid.split_row_lanes): `lanes` rows a block, each over
+// BLOCK_THREADS / lanes segments (rows.cuh for_each_split_row), each segment's share summed in order
+// and the segments' partials combined by segment_reduce's fixed tree.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softmax_forward_split(SOFTMAX_FORWARD_PARAMS, int lanes)
+{
+    __shared__ acc_t scratch[BLOCK_THREADS];
+    for_each_split_row(rows, size, inner, lanes, scratch, [&](long long, const SplitWalk& walk) {
+        acc_t partial = REAL_NEG_INF;
+#pragma unroll 2
+        for (long long e = walk.e; e < walk.end; e += walk.step)
+            partial = larger(to_acc(x[e]), partial);
+        const acc_t row_max = walk.max(partial);
+        partial = (acc_t)0;
+#pragma unroll 2
+        for (long long e = walk.e; e < walk.end; e += walk.step)
+            partial += REAL_EXP(to_acc(x[e]) - row_max);
+        const acc_t sum_exp = walk.sum(partial);
+        const acc_t inv_sum = (acc_t)1 / sum_exp, log_sum = REAL_LOG(sum_exp);
+#pragma unroll 2
+        for (long long e = walk.e; e < walk.end; e += walk.step)
+            y[e] = softmax_value(to_acc(x[e]) - row_max, inv_sum, log_sum, is_log);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
+softmax_backward_split(SOFTMAX_BACKWARD_PARAMS, int lanes)
+{
+    __shared__ acc_t scratch[BLOCK_THREADS];
+    for_each_split_row(rows, size, inner, lanes, scratch, [&](long long, const SplitWalk& walk) {
+        acc_t partial = (acc_t)0;
+#pragma unroll 2
+        for (long long e = walk.e; e < walk.end; e += walk.step)
+            partial += backward_term(dy[e], y[e], is_log);
+        const acc_t sum = walk.sum(partial);
+#pragma unroll 2
+        for (long long e = walk.e; e < walk.end; e += walk.step)
+            dx[e] = backward_value(dy[e], y[e], sum, is_log);
+    });
+}

@@ -54,6 +54,36 @@ def row_walk_blocks(rows: int, size: int, contiguous: bool = True, int_walk: boo
     return blocks_for(rows * lanes)
 
 
+# split_row_lanes: strided rows split over a block where a thread a row leaves the GPU short of
+# SPLIT_BLOCKS_PER_SM blocks an SM; a warp's lanes at most a warp of rows, at least a 32-byte sector's
+# elements of the dtype, and no segment shorter than MIN_SEGMENT elements (its combine would cost more
+# than its walk saves).
+SPLIT_BLOCKS_PER_SM = 2
+WARP = 32
+SECTOR_BYTES = 32
+MIN_SEGMENT = 4
+
+
+def split_row_lanes(rows: int, size: int, inner: int, itemsize: int, sms: int) -> int:
+    """The rows a block of THREADS takes in kernels/rows.cuh's for_each_split_row (the softmax and
+    cross entropy _split kernels) for `rows` strided rows (inner > 1) of `size` elements, each row split
+    over THREADS // lanes segments; 0 for the kernels that walk a row with one thread, where those
+    rows' blocks fill `sms` SMs (segmentation maps: (N, C, H, W) of many positions). The lanes start at
+    the warp's neighbouring rows (the power of two covering inner, at most WARP: coalesced), halve while
+    the blocks fall short of the SMs down to a sector's elements (a warp's reads still whole sectors), and
+    double while a segment would take fewer than MIN_SEGMENT elements (0 if that leaves one segment)."""
+    blocks_wanted = SPLIT_BLOCKS_PER_SM * sms
+    if blocks_for(rows) >= blocks_wanted:
+        return 0
+    lanes = min(WARP, row_lanes(inner))
+    sector = max(1, SECTOR_BYTES // itemsize)
+    while lanes > sector and -(-rows // lanes) < blocks_wanted:
+        lanes //= 2
+    while lanes < THREADS and THREADS // lanes * MIN_SEGMENT > size:
+        lanes *= 2
+    return lanes if lanes < THREADS else 0
+
+
 def check_int_walk(size: int, lanes: int) -> None:
     """ValueError (before any launch) where a kernel walking a row of `size` elements with an int index
     `lanes` apart (the row kernels, softmax's and cross entropy's blocks, row_norm's packs) would

@@ -14,7 +14,9 @@ import numpy as np
 
 from .. import backend
 from . import reduce
-from ._grid import THREADS, acc, blocks_for, check_int_walk, elementwise_blocks, i32, i64, row_threads, row_walk_blocks
+from ._grid import (THREADS, acc, blocks_for, check_int_walk, elementwise_blocks, i32, i64, row_threads,
+                    row_walk_blocks, split_row_lanes)
+from .conv import device_sms
 from .reduce import MAX_GRID_X
 
 CLASS_LIMIT = 2**31   # classes are an int in the kernels
@@ -59,9 +61,12 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     loss (of the sum of the per-row losses for "none")."""
     if classes >= CLASS_LIMIT:
         raise ValueError(f"cross_entropy kernels take fewer than 2^31 classes, got {classes}")
+    rows = logits.size // classes
+    lanes = 0 if inner == 1 else split_row_lanes(rows, classes, inner, logits.dtype.itemsize, device_sms(be))
     if inner == 1:   # cross_entropy_rows: a block walks a row's classes
         check_int_walk(classes, row_threads(classes))
-    rows = logits.size // classes
+    elif lanes:      # cross_entropy_split: a block's segments walk a position's classes with int indices
+        check_int_walk(classes, THREADS // lanes)
     xp = backend.array_module(be)
     dtype = logits.dtype
     compute = backend.compute_dtype(dtype)
@@ -86,6 +91,9 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     if inner == 1:
         backend.launch(be, "loss", dtype, "cross_entropy_rows", (min(rows, MAX_GRID_X),), (row_threads(classes),),
                        args)
+    elif lanes:
+        backend.launch(be, "loss", dtype, "cross_entropy_split", (min(-(-rows // lanes), MAX_GRID_X),), (THREADS,),
+                       (*args, *i32(lanes)))
     else:
         backend.launch(be, "loss", dtype, "cross_entropy_positions", (blocks_for(rows),), (THREADS,), args)
     return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dlogits
