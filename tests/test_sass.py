@@ -351,16 +351,19 @@ TRANSCENDENTAL_MAPS = ("binary_cross_entropy_rows",)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_softmax_kernels_load_elements_and_keep_column_walks_in_flight(dtype):
     """kernels/softmax.cu: every load is one element of the dtype (float16 read as FP16, never
-    widened in memory), and the strided column walks, unrolled by 4, issue at least 4 loads of each
-    array they read in their hot path (a walk of one load at a time waits a DRAM latency an element)."""
+    widened in memory), and the strided column walks, unrolled by 4 (the split walks by 2), issue at
+    least 4 (2) loads of each array they read in their hot path (a walk of one load at a time waits a
+    DRAM latency an element)."""
     size_bits = 8 * np.dtype(dtype).itemsize
     rows = {row["kernel"]: row for row in sass.kernel_rows("softmax", dtype, "sm_90")}
-    assert set(rows) == {f"softmax_{p}_{layout}" for p in ("forward", "backward") for layout in ("rows", "columns")}
+    assert set(rows) == {f"softmax_{p}_{layout}" for p in ("forward", "backward")
+                         for layout in ("rows", "columns", "split")}
     for kernel, row in rows.items():
         assert row["ldg_bits"] and set(row["ldg_bits"]) == {size_bits}, (kernel, row["ldg_bits"])
         assert row["local_memory"] == 0, kernel
-    for kernel, arrays in (("softmax_forward_columns", 1), ("softmax_backward_columns", 2)):
-        assert len(rows[kernel]["ldg_bits"]) >= 4 * arrays, (kernel, rows[kernel]["ldg_bits"])
+    for kernel, loads in (("softmax_forward_columns", 4), ("softmax_backward_columns", 8),
+                          ("softmax_forward_split", 2), ("softmax_backward_split", 4)):
+        assert len(rows[kernel]["ldg_bits"]) >= loads, (kernel, rows[kernel]["ldg_bits"])
 
 
 @_needs_tools("sm_90")
