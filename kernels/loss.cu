@@ -26,6 +26,11 @@
 //      thread per position (grid-stride); consecutive threads own consecutive positions, so each
 //      read of a class plane is coalesced, and each thread walks its C classes in order (fixed
 //      order again).
+//    - cross_entropy_split (inner > 1, positions too few to fill the GPU a thread each:
+//      gpu._grid.split_row_lanes, e.g. (2, 1000, 3, 3) logits): `lanes` positions a block, each
+//      position's classes over BLOCK_THREADS / lanes segments, segment s walking classes s,
+//      s + segments, ... in order (rows.cuh for_each_split_row), the row maximum and the three sums
+//      combined by segment_reduce's fixed tree; the loss written by segment 0.
 //    - cross_entropy_target_weights: the weight w[label] of every counted row (1 without class
 //      weights, 0 when ignored): the host sums them in fixed order (reduce.cu) into the mean's
 //      divisor, which stays on the device for grad_divisor.
@@ -200,9 +205,7 @@ cross_entropy_positions(CROSS_ENTROPY_PARAMS)
     }
 }
 
-// cross_entropy_positions' rows split over a block's segments (few positions: gpu._grid.split_row_lanes):
-// `lanes` positions a block, segment s of a position taking classes s, s + segments, ... in order
-// (rows.cuh for_each_split_row), the segments' maxima and sums combined by segment_reduce's fixed tree.
+// cross_entropy_positions' rows split over a block's segments (see the top)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, CROSS_ENTROPY_MIN_BLOCKS)
 cross_entropy_split(CROSS_ENTROPY_PARAMS, int lanes)
 {

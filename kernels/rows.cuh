@@ -2,11 +2,10 @@
 // contiguous row of `size` elements by one block (block_row_max, block_reduce) and walk a row whose
 // elements are `inner` apart by one thread (strided_row_max) or, where such rows are too few to fill
 // the GPU a thread each, by the segments of a block (for_each_split_row, SplitWalk, segment_reduce);
-// distance.cu and loss.cu's margin and
-// embedding losses take a group of lanes a contiguous row (for_each_row, RowWalk). Every order is
-// fixed (no atomics), so results are bit-identical run to run. The softmax maxima skip NaN (a
-// comparison with NaN is false): a NaN element still makes its row's exp sum, and so every output
-// of the row, NaN.
+// distance.cu and loss.cu's margin and embedding losses take a group of lanes a contiguous row
+// (for_each_row, RowWalk). Every order is fixed (no atomics), so results are bit-identical run to
+// run. The softmax maxima skip NaN (a comparison with NaN is false): a NaN element still makes its
+// row's exp sum, and so every output of the row, NaN.
 
 #include "common.cuh"
 

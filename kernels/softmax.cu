@@ -13,9 +13,15 @@
 //    power of two from 32 to 256 picked by the host to fit `size`. The block's threads take the
 //    row's elements blockDim.x apart; the row maximum and sum go through shared-memory halving
 //    trees (rows.cuh: fixed order, no atomics).
-//  - *_columns (inner > 1): one thread per row (grid-stride); consecutive threads own
+//  - *_columns (inner > 1, many rows): one thread per row (grid-stride); consecutive threads own
 //    consecutive inner positions, so each read of a plane of the softmax dimension is coalesced,
 //    and each thread walks its row's `size` elements in order.
+//  - *_split (inner > 1, rows too few to fill the GPU a thread each: gpu._grid.split_row_lanes,
+//    e.g. dim 0 of a (100000, 4) array, 4 rows): `lanes` consecutive rows a block of BLOCK_THREADS,
+//    each row over BLOCK_THREADS / lanes segments (rows.cuh for_each_split_row): segment s walks
+//    elements s, s + segments, ... in order, and the segments' maxima and sums are combined by
+//    segment_reduce's fixed shared-memory tree (no atomics). A warp holds lanes neighbouring inner
+//    positions of 32 / lanes consecutive segments: its reads take whole 32-byte sectors.
 // Sizes: rows, inner and every element offset are 64-bit; `size` is an int (the host refuses 2^31
 // or more). Math and sums are acc_t (common.cuh): a float16 build computes in FP32 and rounds each
 // output element once.
@@ -120,9 +126,8 @@ softmax_backward_columns(SOFTMAX_BACKWARD_PARAMS)
     }
 }
 
-// The split kernels (few strided rows: gpu._grid.split_row_lanes): `lanes` rows a block, each over
-// BLOCK_THREADS / lanes segments (rows.cuh for_each_split_row), each segment's share summed in order
-// and the segments' partials combined by segment_reduce's fixed tree.
+// The split kernels (see the top): their walks unroll by 2, as by 4 the float64 builds for sm_90
+// spilled (36 and 84 bytes, NVRTC 12.9).
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, MIN_BLOCKS)
 softmax_forward_split(SOFTMAX_FORWARD_PARAMS, int lanes)
 {

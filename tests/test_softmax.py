@@ -1,7 +1,8 @@
 """F.softmax / F.log_softmax, their backward passes (from the forward output y) and nn.Softmax /
 nn.LogSoftmax: float64 references written out here, PyTorch CPU for non-finite rows and the layers,
-finite differences, the kernels on the emulator (guard zones and the race check) in both layouts
-(contiguous rows: a block a row; inner > 1: a thread a row), float16, and bad inputs."""
+finite differences, the kernels on the emulator (guard zones and the race check) in every layout
+(contiguous rows: a block a row; inner > 1: a thread a row, or a block's segments a row where the rows
+are few, as (513, 3) over dim 0: test_split_rows.py), float16, and bad inputs."""
 from __future__ import annotations
 
 import warnings

@@ -14,6 +14,7 @@ import pytest
 from cnn_gpu import backend, emu
 from cnn_gpu import functional as F
 from cnn_gpu.gpu import _grid
+from cnn_gpu.gradcheck import gradcheck
 from helpers import assert_same_bits, record_launches, to_host
 from test_softmax import ROWS, reference, reference_backward
 
@@ -180,6 +181,27 @@ def test_non_finite_split_rows_as_torch(be, dtype, torch):
         finite = np.isfinite(want)
         np.testing.assert_allclose(got[finite].astype(np.float64), want[finite], rtol=2e-3 if dtype == np.float16
                                    else 1e-5, atol=1e-3 if dtype == np.float16 else 1e-6, err_msg=f"{be} cross entropy")
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_cross_entropy_gradient_of_split_rows_by_finite_differences(be):
+    """float64 central differences of the loss against dlogits, (2, 40, 3) logits (6 positions of 40
+    classes: the split kernel), every option at once and each reduction."""
+    rng = np.random.default_rng(30)
+    logits = 2 * rng.standard_normal((2, 40, 3))
+    assert _grid.split_row_lanes(6, 40, 3, 8, 132)
+    labels = rng.integers(0, 40, (2, 3))
+    labels[0, 1] = 7   # ignore_index=7 drops it
+    weight = rng.uniform(0.3, 2.0, 40)
+    probabilities = rng.random(logits.shape)
+    for target, ignore_index in ((labels, 7), (probabilities / probabilities.sum(axis=1, keepdims=True), -100)):
+        for reduction in ("mean", "sum", "none"):
+            def loss():
+                value, _ = F.cross_entropy(logits, target, weight, ignore_index, reduction, 0.2, backend=be)
+                return float(np.sum(value))
+            _, grad = F.cross_entropy(logits, target, weight, ignore_index, reduction, 0.2, backend=be)
+            report = gradcheck(loss, [logits], [grad])
+            assert report.max_rel_error < 1e-6, f"{be} {reduction} {target.dtype}: {report}"
 
 
 def _split_runs(dtype):
