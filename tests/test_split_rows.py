@@ -16,11 +16,12 @@ from cnn_gpu import functional as F
 from cnn_gpu.gpu import _grid
 from cnn_gpu.gradcheck import gradcheck
 from helpers import assert_same_bits, record_launches, to_host
-from test_softmax import ROWS, reference, reference_backward
+from test_softmax import KERNEL_BACKENDS, ROWS, on, reference, reference_backward
 
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
                                reason=f"emu backend unavailable: {backend.why_unavailable('emu')}")
-BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
+BACKENDS = ["numpy"] + KERNEL_BACKENDS   # cuda: on a GPU, and on tests/cupy_sim (pytest -m gpu)
+FD_BACKENDS = ["numpy", pytest.param("emu", marks=needs_emu)]
 DTYPES = [np.float64, np.float32, np.float16]
 NAMES = ("softmax", "log_softmax")
 # (shape, dim): 4 rows of 100000, 128 rows of 1000 (channels of a small map), 10 rows of 300 (inner 5)
@@ -86,8 +87,9 @@ def test_few_long_rows_match_torch_and_the_float64_reference(be, dtype, torch):
     for shape, dim in SOFTMAX_CASES:
         x, dy = _inputs(shape, dtype, seed=len(shape))
         for name in NAMES:
-            y = to_host(getattr(F, name)(x, dim, backend=be))
-            dx = to_host(getattr(F, f"{name}_backward")(dy, y, dim, backend=be))
+            y = getattr(F, name)(on(be, x), dim, backend=be)
+            dx = to_host(getattr(F, f"{name}_backward")(on(be, dy), y, dim, backend=be))
+            y = to_host(y)
             assert y.dtype == dx.dtype == dtype
             xt = torch.tensor(x.astype(np.float64), requires_grad=True)
             yt = getattr(torch, name)(xt, dim)
@@ -129,7 +131,9 @@ def test_cross_entropy_of_few_positions_and_many_classes_matches_torch(be, dtype
         logits = (3 * rng.standard_normal(shape)).astype(dtype)
         for target, options in _cross_entropy_options(shape, dtype, rng):
             for reduction in ("mean", "none"):
-                loss, dlogits = F.cross_entropy(logits, target, reduction=reduction, backend=be, **options)
+                loss, dlogits = F.cross_entropy(on(be, logits), on(be, target), reduction=reduction, backend=be,
+                                                **{k: on(be, v) if isinstance(v, np.ndarray) else v
+                                                   for k, v in options.items()})
                 logits_t = torch.tensor(logits.astype(np.float64), requires_grad=True)
                 torch_options = {k: torch.tensor(v.astype(np.float64)) if isinstance(v, np.ndarray) else v
                                  for k, v in options.items()}
@@ -159,8 +163,9 @@ def test_non_finite_split_rows_as_torch(be, dtype, torch):
     for name in NAMES:
         xt = torch.tensor(x.astype(np.float64), requires_grad=True)
         getattr(torch, name)(xt, 0).backward(torch.tensor(dy.astype(np.float64)))
-        y = to_host(getattr(F, name)(x, 0, backend=be))
-        dx = to_host(getattr(F, f"{name}_backward")(dy, y, 0, backend=be))
+        y = getattr(F, name)(on(be, x), 0, backend=be)
+        dx = to_host(getattr(F, f"{name}_backward")(on(be, dy), y, 0, backend=be))
+        y = to_host(y)
         want_y = getattr(torch, name)(xt, 0).detach().numpy()
         for got, want, what in ((y, want_y, "y"), (dx, xt.grad.numpy(), "dx")):
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{be} {name} {what}: NaNs")
@@ -172,7 +177,8 @@ def test_non_finite_split_rows_as_torch(be, dtype, torch):
     logits = x[None]   # (1, 300 classes, 9 positions)
     labels = np.array([[0, 1, 2, 3, -100, 5, 6, 7, 8]])
     with np.errstate(invalid="ignore"):   # the NumPy path's inf - inf of the NaN rows
-        loss, dlogits = F.cross_entropy(logits, labels, reduction="none", label_smoothing=0.1, backend=be)
+        loss, dlogits = F.cross_entropy(on(be, logits), on(be, labels), reduction="none", label_smoothing=0.1,
+                                        backend=be)
     logits_t = torch.tensor(logits.astype(np.float64), requires_grad=True)
     loss_t = torch.nn.functional.cross_entropy(logits_t, torch.tensor(labels), reduction="none", label_smoothing=0.1)
     loss_t.sum().backward()
@@ -183,7 +189,7 @@ def test_non_finite_split_rows_as_torch(be, dtype, torch):
                                    else 1e-5, atol=1e-3 if dtype == np.float16 else 1e-6, err_msg=f"{be} cross entropy")
 
 
-@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("be", FD_BACKENDS)
 def test_cross_entropy_gradient_of_split_rows_by_finite_differences(be):
     """float64 central differences of the loss against dlogits, (2, 40, 3) logits (6 positions of 40
     classes: the split kernel), every option at once and each reduction."""
