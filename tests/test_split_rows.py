@@ -286,3 +286,17 @@ def test_split_walks_read_whole_sectors(monkeypatch):
     kernels, requests, sectors, moved = profile((256, 4), 0)
     assert kernels == {"softmax_forward_columns", "softmax_backward_columns", "cross_entropy_positions"}, kernels
     assert sectors <= 1.1 * requests and moved <= 17 * sectors, (requests, sectors, moved)
+
+
+def test_a_split_row_past_the_segments_int_walk_is_refused_before_any_launch(monkeypatch):
+    """cross_entropy_split counts a segment's classes with an int stepping by its segments: few positions
+    of more than 2^31 - segments classes, which would overflow it, are refused before any launch or
+    allocation (a broadcast view: no memory behind it)."""
+    from cnn_gpu.gpu import loss as gpu_loss
+    monkeypatch.setattr(backend, "launch", lambda *a, **k: pytest.fail("launched"))
+    classes = 2**31 - 100
+    logits = np.broadcast_to(np.float32(1), (1, classes, 2))
+    assert _grid.split_row_lanes(2, classes, 2, 4, 132) == 2   # 128 segments
+    with pytest.raises(ValueError, match=f"a row of {classes} elements"):
+        gpu_loss.cross_entropy("emu", logits, np.zeros(2, np.int64), None, None, classes=classes, inner=2,
+                               ignore_index=-100, label_smoothing=0.0, reduction="sum")
