@@ -1,8 +1,8 @@
 """The bench cases of the op families beside the convolutions, pools and first losses: activations,
 normalisations, the 3-D layers, sliding blocks, the margin and likelihood losses and the distances,
 each forward and backward in one call (a loss with its gradient), on the input of a shape set's
-convolutions (an image batch; volumes (N, C, 2, H, W) for the 3-D layers), pools or losses ((N, classes)
-rows). FAMILY_OPS holds them by name; bench.ops lists them with the others, run when named (--ops)."""
+convolutions (an image batch), pools, volumes (the 3-D layers: a shape set's VolumeShape, video clips
+or scans) or losses ((N, classes) rows). FAMILY_OPS holds them by name; bench.ops lists them with the others, run when named (--ops)."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ from .cases import Case, _F, _input_sets, _random
 
 @dataclass(frozen=True)
 class FamilyOp:
-    """One op's bench case. kind: the shape it takes ("conv": its input x, "pool", "loss");
+    """One op's bench case. kind: the shape it takes ("conv": its input x, "pool", "volume", "loss");
     arrays(shape, dtype, rng) -> its NumPy inputs; cnn(F, backend, shape, *inputs) and
     torch(torch, shape, *inputs) run forward and backward."""
     kind: str
@@ -49,9 +49,8 @@ def image(shape) -> tuple:
 
 
 def volume(shape) -> tuple:
-    """A shape's input (N, C, H, W) as volumes of depth 2, the 3-D layers' input."""
-    n, c, h, w = image(shape)
-    return (n, c, 2, h, w)
+    """A VolumeShape's volumes (N, C, D, H, W), the 3-D layers' input."""
+    return shape.N, shape.C, shape.D, shape.H, shape.W
 
 
 def signal(shape) -> tuple:
@@ -135,7 +134,8 @@ def _affine_norm(cnn_forward, cnn_backward, torch_forward, input_shape=image, de
     def torch_run(torch, shape, x, dy, weight, bias):
         return _torch_backward(torch, lambda a, w, b: torch_forward(torch.nn.functional, a, w, b), [x, weight, bias],
                                dy)
-    return FamilyOp("conv", description, _with_channel_parameters(input_shape), cnn, torch_run)
+    return FamilyOp("volume" if input_shape is volume else "conv", description, _with_channel_parameters(input_shape),
+                    cnn, torch_run)
 
 
 def _batch_norm_cnn(F, be, shape, x, dy, weight, bias):
@@ -195,21 +195,22 @@ def _channel_dropout(name, input_shape):
 
     def torch_run(torch, shape, x, dy):
         return _torch_backward(torch, lambda a: getattr(torch.nn.functional, name)(a, 0.5), [x], dy)
-    return FamilyOp("conv", f"{name}: whole channels dropped (p 0.5), forward and backward",
-                    _x_and_dy(input_shape), cnn, torch_run)
+    return FamilyOp("volume" if input_shape is volume else "conv",
+                    f"{name}: whole channels dropped (p 0.5), forward and backward", _x_and_dy(input_shape), cnn,
+                    torch_run)
 
 
 # --- the 3-D pools, power-average pooling, unpooling, sliding blocks -----------------------------------------
 
 def pool3d_window(shape) -> tuple:
-    """A pool shape's window on its volumes of depth 2: (kernel, stride, padding), depth 2 by its own."""
+    """A VolumeShape's pool window: (kernel, stride, padding)."""
     g = shape.geometry()
-    return (2, *g.kernel), (2, *g.stride), (0, *g.padding)
+    return g.kernel, g.stride, g.padding
 
 
 def pooled_volume(shape):
     g = shape.geometry()
-    return (g.N, g.C, 1, g.P, g.Q)
+    return (g.N, g.C, g.T, g.P, g.Q)
 
 
 def _max_pool3d_cnn(F, be, shape, x, dy):
@@ -231,8 +232,7 @@ def _pool3d_torch(name):
 
 
 def _global_volume(shape):
-    n, c = image(shape)[:2]
-    return (n, c, 1, 1, 1)
+    return (shape.N, shape.C, 1, 1, 1)
 
 
 def _adaptive_pool3d_cnn(name):
@@ -419,7 +419,7 @@ FAMILY_OPS = {
         *INSTANCE_NORM_CALLS, volume,
         description="instance norm of volumes, forward and backward"),
     "batch_norm3d": FamilyOp(
-        "conv", "batch norm of volumes in training: statistics, normalisation, dx/dweight/dbias",
+        "volume", "batch norm of volumes in training: statistics, normalisation, dx/dweight/dbias",
         _with_channel_parameters(volume), _batch_norm_cnn,
         lambda torch, shape, x, dy, w, b: _torch_backward(
             torch, lambda a, w, b: torch.nn.functional.batch_norm(a, None, None, w, b, training=True), [x, w, b], dy)),
@@ -431,11 +431,11 @@ FAMILY_OPS = {
                                     _x_and_dy(image), _local_response_norm_cnn, _local_response_norm_torch),
     "dropout1d": _channel_dropout("dropout1d", signal),
     "dropout3d": _channel_dropout("dropout3d", volume),
-    "max_pool3d": FamilyOp("pool", "max pooling of volumes (depth 2), forward and backward",
+    "max_pool3d": FamilyOp("volume", "max pooling of volumes, forward and backward",
                            _x_and_dy(volume, pooled_volume), _max_pool3d_cnn, _pool3d_torch("max_pool3d")),
-    "avg_pool3d": FamilyOp("pool", "average pooling of volumes (depth 2), forward and backward",
+    "avg_pool3d": FamilyOp("volume", "average pooling of volumes, forward and backward",
                            _x_and_dy(volume, pooled_volume), _avg_pool3d_cnn, _pool3d_torch("avg_pool3d")),
-    **{name: FamilyOp("pool", f"{name} of volumes to one value a channel, forward and backward",
+    **{name: FamilyOp("volume", f"{name} of volumes to one value a channel, forward and backward",
                       _x_and_dy(volume, _global_volume), _adaptive_pool3d_cnn(name), _adaptive_pool3d_torch(name))
        for name in ("adaptive_avg_pool3d", "adaptive_max_pool3d")},
     "lp_pool2d": FamilyOp("pool", "power-average pooling (norm 2), forward and backward", _x_and_dy(image, lp_pooled),

@@ -2,7 +2,11 @@
 of measured. The convolution passes are modeled launch by launch from their plans, in each math
 mode on what that mode runs (tf32: the tensor-core plans, their % of peak of the dense TF32
 peak); pooling, cross entropy and bias additions by their compulsory traffic alone (memory-bound);
-a training step as the sum of the launches it makes (_train_step states what it counts). float16
+a training step as the sum of the launches it makes (_train_step states what it counts). Compulsory
+traffic is each launch's distinct bytes read plus written, every array argument counted (indices,
+targets, weights, statistics, a split reduction's partials and arrival counts), as the emulator's
+profile counts them (tests/test_modeled_traffic.py holds every launch of every case but the
+convolution passes and the training step to that count, byte for byte). float16
 rows count 2 bytes per element; the % of peak of one whose FLOPs run on tensor cores is of the
 dense FP16 tensor-core peak, of any other of the FP32 FMA peak."""
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import numpy as np
 
 from .. import backend, roofline
+from ..gpu._arrivals import scratch_bytes
 from .devices import Device
 from .rows import Row
 
@@ -99,23 +104,22 @@ def _pool(case, spec, dtype) -> list:
 
 
 def _cross_entropy(case, spec, dtype) -> list:
-    """The per-row kernel (logits and int64 labels in, gradient and row losses out), then the mean."""
-    n, classes = case.shape.N, case.shape.classes
-    item = np.dtype(dtype).itemsize
-    return [roofline.memory_bound("cross_entropy_rows", (2 * n * classes + n) * item + n * 8, spec),
-            roofline.memory_bound("channel_sum", (n + 1) * item, spec)]
+    """As a training step's loss (_cross_entropy_step)."""
+    return [roofline.memory_bound(name, traffic, spec)
+            for name, traffic in _cross_entropy_step(case.shape.N, case.shape.classes, np.dtype(dtype).itemsize)]
 
 
 def _nll_loss(case, spec, dtype) -> list:
     """The mean's divisor (the targets' weights, summed), the zeroed gradient, the per-row kernel
-    (one log-probability read and one gradient element written a row), then the loss's sum."""
+    (one log-probability read and one gradient element written a row, the divisor read), then the
+    loss's sum."""
     n, classes = case.shape.N, case.shape.classes
     item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
     return [roofline.memory_bound("cross_entropy_target_weights", n * (8 + compute), spec),
-            roofline.memory_bound("channel_sum", (n + 1) * compute, spec),
+            roofline.memory_bound(*_channel_sum(1, 1, n, compute), spec),
             roofline.memory_bound(CUPY_ELEMENTWISE, n * classes * item, spec),
-            roofline.memory_bound("nll_rows", n * (8 + 2 * item + compute), spec),
-            roofline.memory_bound("channel_sum", (n + 1) * compute, spec)]
+            roofline.memory_bound("nll_rows", n * (8 + 2 * item + compute) + compute, spec),
+            roofline.memory_bound(*_channel_sum(1, 1, n, compute), spec)]
 
 
 def _binary_cross_entropy_with_logits(case, spec, dtype) -> list:
@@ -123,7 +127,7 @@ def _binary_cross_entropy_with_logits(case, spec, dtype) -> list:
     elements = case.shape.N * case.shape.classes
     item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
     return [roofline.memory_bound("binary_cross_entropy_rows", elements * (3 * item + compute), spec),
-            roofline.memory_bound("channel_sum", (elements + 1) * compute, spec)]
+            roofline.memory_bound(*_channel_sum(1, 1, elements, compute), spec)]
 
 
 def _softmax(case, spec, dtype) -> list:
@@ -134,8 +138,22 @@ def _softmax(case, spec, dtype) -> list:
 
 
 def _batch_norm(case, spec, dtype) -> list:
-    x = math.prod(case.shape.geometry().x_shape)
-    return [roofline.memory_bound(name, traffic, spec) for name, traffic in _batch_norm_passes(x, np.dtype(dtype).itemsize)]
+    """As nn.BatchNorm2d's step: its running statistics updated."""
+    x_shape = case.shape.geometry().x_shape
+    return [roofline.memory_bound(name, traffic, spec) for name, traffic in _batch_norm_passes(
+        math.prod(x_shape), x_shape[1], np.dtype(dtype).itemsize, running=True)]
+
+
+def _compute_bytes(item: int) -> int:
+    """The bytes of an element of the compute type of a float dtype of `item` bytes (FP32 for float16)."""
+    return backend.compute_dtype(np.dtype(f"float{8 * item}")).itemsize
+
+
+def _channel_sum(outer: int, channels: int, inner: int, item: int) -> tuple[str, int]:
+    """(launch, DRAM bytes) of reduce.channel_sum of (outer, channels, inner) elements of `item` bytes."""
+    from ..gpu.reduce import channel_sum_bytes, plan_channel_sum
+    return (plan_channel_sum(outer, channels, inner).kernel,
+            channel_sum_bytes(outer, channels, inner, np.dtype(f"float{8 * item}")))
 
 
 # the launch names of work that runs outside backend.launch on a GPU: linear layers' GEMMs and the
@@ -144,21 +162,36 @@ CUBLAS_GEMM = "cuBLAS GEMM"
 CUPY_ELEMENTWISE = "CuPy elementwise"
 
 
-def _batch_norm_passes(x: int, item: int) -> list[tuple[str, float]]:
-    """Batch norm in training over x elements: the statistics read x once, the normalisation reads
-    it again and writes y; the backward's channel sums read dy and x, then dx reads them again."""
-    return [("batch_norm_stats", x * item), ("batch_norm_forward", 2 * x * item),
-            ("batch_norm_backward_sums", 2 * x * item), ("batch_norm_backward_dx", 3 * x * item)]
+def _batch_norm_passes(x: int, channels: int, item: int, running: bool) -> list[tuple[str, float]]:
+    """Batch norm in training over x elements of `channels` channels (`item` bytes each): the
+    statistics read x once and write a mean and invstd a channel (compute type; with `running`,
+    the running mean and variance read and written too); the normalisation reads x again, the
+    statistics, weight and bias and writes y; the backward's channel sums read dy, x, the statistics,
+    weight and bias and write dweight, dbias and two sums a channel (compute type); then dx reads dy,
+    x, the statistics, weight, bias and sums. A channel of more than reduce.CHUNK elements splits
+    both reductions over blocks (two partials a block, an arrival count a channel)."""
+    from ..gpu.reduce import chunked_blocks
+    compute = _compute_bytes(item)
+    stats, parameters = 2 * channels * compute, 2 * channels * item   # (mean, invstd) or sums; (weight, bias)
+    blocks = chunked_blocks("batch_norm", 1, channels, x // channels)
+    scratch = scratch_bytes(2 * blocks, channels, compute) if blocks > channels else 0
+    return [("batch_norm_stats", x * item + stats + 2 * parameters * running + scratch),
+            ("batch_norm_forward", 2 * x * item + stats + parameters),
+            ("batch_norm_backward_sums", 2 * x * item + 2 * stats + 2 * parameters + scratch),
+            ("batch_norm_backward_dx", 3 * x * item + 2 * stats + parameters)]
 
 
 def _row_norm_launches(layer, x_shape, dtype, sms: int) -> list[tuple]:
     """(launch, DRAM bytes, blocks, threads, bytes a block's round keeps in flight) of a GroupNorm or
     LayerNorm layer in training on x of `x_shape`, as row_norm.plan launches it on `sms` SMs (rows of
-    whole packs taken as aligned; the backward takes the forward's statistics). The forward reads x
-    and writes y (a row's second and third reads counted as cache hits; a split row's statistics
-    read x once more, in their own launch); dx reads dy and x and writes dx (a split row's sums read
-    both once more); with affine parameters their gradients read dy and x again (blocks None:
-    modeled by traffic alone): a block a channel for GroupNorm (planes, as in a CNN: one value a
+    whole packs taken as aligned; the backward takes the forward's statistics). The forward reads x,
+    the weight and bias and writes y and a mean and invstd a row (compute type; a row's second and
+    third reads of x counted as cache hits; a split row's statistics read x once more, in their own
+    launch, with its partials and arrival counts (_split_scratch), the forward then reading them);
+    dx reads dy, x, the statistics and the weight and writes dx (a split row's sums read all but dx
+    once more and write two sums a row, which dx reads); with affine parameters their gradients
+    read dy, x and the statistics again and write dweight and dbias (both, a layer without a bias
+    too; blocks None: modeled by traffic alone): a block a channel for GroupNorm (planes, as in a CNN: one value a
     channel would run the column kernel, of the same traffic), 8 lanes an element of
     normalized_shape for LayerNorm."""
     from .. import nn
@@ -173,16 +206,23 @@ def _row_norm_launches(layer, x_shape, dtype, sms: int) -> list[tuple]:
     how = row_norm.plan(layout, dtype, sms, wide=layout.length % pack == 0)
     (blocks,), (threads,) = how.grid(layout.rows)
     x = layout.rows * layout.length * item
+    stats = 2 * layout.rows * backend.compute_dtype(np.dtype(dtype)).itemsize   # (mean, invstd) or the sums
+    weight, bias = ((layout.parameters * item if p is not None else 0) for p in (layer.weight, layer.bias))
     walk = min(threads * row_norm.WALK_UNROLL * (pack if how.wide else 1), how.span) * item
 
     def launch(kernel, traffic, arrays):
         return how.kernel(kernel), traffic, blocks, threads, walk * arrays
-    launches = [launch("row_norm_forward", 2 * x, 1), launch("row_norm_backward_dx", 3 * x, 2)]
-    if how.slices > 1:
-        launches[1:1] = [launch("row_norm_slice_sums", 2 * x, 2)]
-        launches[:0] = [launch("row_norm_slice_stats", x, 1)]
+    split = how.slices > 1
+    launches = [launch("row_norm_forward", 2 * x + stats + weight + bias, 1),
+                launch("row_norm_backward_dx", 3 * x + stats * (1 + split) + weight, 2)]
+    if split:
+        scratch = scratch_bytes(2 * layout.rows * how.slices, layout.rows,
+                                 backend.compute_dtype(np.dtype(dtype)).itemsize)
+        launches[1:1] = [launch("row_norm_slice_sums", 2 * x + 2 * stats + weight + scratch, 2)]
+        launches[:0] = [launch("row_norm_slice_stats", x + stats + scratch, 1)]
     if layer.weight is not None or layer.bias is not None:
-        launches.append((f"row_norm_param_grads_{'planes' if group else 'columns'}", 2 * x, None, None, None))
+        launches.append((f"row_norm_param_grads_{'planes' if group else 'columns'}",
+                         2 * x + stats + 2 * layout.parameters * item, None, None, None))
     return launches
 
 
@@ -207,7 +247,6 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
     from .. import nn
     from ..functional.activation import KERNELS_OF, gelu_form
     from ..gpu.elementwise import kernel_name as activation_kernel
-    from ..gpu.reduce import plan_channel_sum
     from ..gpu.upsample import kernel_name as upsample_kernel
     from .training import ResidualLeaf, WithActivation, activation_layers
     if isinstance(layer, ResidualLeaf):   # y = block(x) + shortcut(x) (relu of it in one pass)
@@ -229,7 +268,7 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         return [(activation_kernel(name, "forward"), (x + y) * item),
                 (activation_kernel(name, "backward"), (2 * x + y) * item)]
     if isinstance(layer, nn.layers._BatchNorm):
-        return _batch_norm_passes(x, item)
+        return _batch_norm_passes(x, layer.num_features, item, layer.running_mean is not None)
     pools = {nn.MaxPool2d: "max_pool", nn.AvgPool2d: "avg_pool", nn.AdaptiveAvgPool2d: "adaptive_avg_pool",
              nn.AdaptiveMaxPool2d: "adaptive_max_pool", nn.MaxPool1d: "max_pool", nn.AvgPool1d: "avg_pool",
              nn.AdaptiveAvgPool1d: "adaptive_avg_pool"}
@@ -253,8 +292,8 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
                   (CUBLAS_GEMM, (y + weights + x) * item),           # dx = dy w
                   (CUBLAS_GEMM, (y + x + weights) * item)]           # dw = dy^T x
         if layer.bias is not None:
-            passes += [("bias_add_rows", 2 * y * item),
-                       (plan_channel_sum(rows, layer.out_features, 1).kernel, y * item)]
+            passes += [("bias_add_rows", 2 * y * item + layer.out_features * item),
+                       _channel_sum(rows, layer.out_features, 1, item)]
         return passes
     if isinstance(layer, nn.Flatten):
         return []   # a view
@@ -263,14 +302,14 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
 
 def _cross_entropy_step(rows: int, classes: int, item: int) -> list[tuple[str, float]]:
     """The mean cross entropy over class indices (nn.CrossEntropyLoss's default) as gpu.loss runs
-    it: the targets' weights and their sum, the per-row kernel, the sum of the row losses, and the
-    mean of the two sums (left on the device: as_array=True, as the benchmarks and cnn-gpu train
+    it: the targets' weights and their sum, the per-row kernel (logits and labels in, the weights'
+    sum read as the gradient's divisor, gradient and row losses out), the sum of the row losses, and
+    the mean of the two sums (left on the device: as_array=True, as the benchmarks and cnn-gpu train
     take it)."""
-    from ..gpu.reduce import plan_channel_sum
-    compute, label = 4, np.dtype(np.int64).itemsize
-    total = plan_channel_sum(1, 1, rows).kernel
-    return [("cross_entropy_target_weights", rows * (label + compute)), (total, rows * compute),
-            ("cross_entropy_rows", 2 * rows * classes * item + rows * (label + compute)), (total, rows * compute),
+    compute, label = _compute_bytes(item), np.dtype(np.int64).itemsize
+    total = _channel_sum(1, 1, rows, compute)
+    return [("cross_entropy_target_weights", rows * (label + compute)), total,
+            ("cross_entropy_rows", 2 * rows * classes * item + rows * (label + compute) + compute), total,
             (CUPY_ELEMENTWISE, 4 * compute)]
 
 
@@ -326,12 +365,13 @@ def _train_step(case, spec, dtype, mode) -> list:
 def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
     """(launch, DRAM bytes) of a bench.families op but the row normalisations, forward and backward, as
     its launchers run it: each launch's compulsory traffic (inputs read once, outputs written once;
-    int32 indices, int64 targets, loss terms and per-element partial sums in the compute type), the
+    int32 indices, int64 targets, loss terms and per-element partial sums in the compute type, the
+    per-channel slopes, the losses' divisor; an atomic claim read and written; fold's columns that
+    fall in the padding never read), the
     element-wise work CuPy does around the kernels (softmin's negations, lp_pool's powers and roots)
     as CUPY_ELEMENTWISE."""
     from ..functional.activation import KERNELS_OF
     from ..gpu.elementwise import kernel_name as activation_kernel
-    from ..gpu.reduce import plan_channel_sum
     from . import families
     item, compute = np.dtype(dtype).itemsize, backend.compute_dtype(np.dtype(dtype)).itemsize
     index, label = np.dtype(np.int32).itemsize, np.dtype(np.int64).itemsize
@@ -339,49 +379,68 @@ def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
         n, c = families.image(shape)[:2]
         x = math.prod(families.image(shape))
         cols = math.prod(families.columns(shape))
+        read_cols = _columns_in_image(shape.geometry())
         if op in families.ACTIVATIONS:
             name = KERNELS_OF.get(op, op)
             return [(activation_kernel(name, "forward"), 2 * x * item),
                     (activation_kernel(name, "backward"), 3 * x * item)]
         even = x + x // c * (c % 2)   # glu's input: an even channel count
         return {"glu": [("glu_forward", 1.5 * even * item), ("glu_backward", 2.5 * even * item)],
-                "prelu": [("prelu_forward", 2 * x * item), ("prelu_backward", 3 * x * item + x * compute),
-                          (plan_channel_sum(n, c, x // (n * c)).kernel, x * compute)],   # the slopes' terms
-                "batch_norm3d": _batch_norm_passes(2 * x, item),              # volumes of depth 2
+                "prelu": [("prelu_forward", 2 * x * item + c * item),
+                          ("prelu_backward", 3 * x * item + c * item + x * compute),
+                          _channel_sum(n, c, x // (n * c), compute)],   # the slopes' terms
                 "local_response_norm": [("local_response_norm_forward", 2 * x * item),
-                                        ("local_response_norm_terms", 2 * x * item + x * compute),
-                                        ("local_response_norm_backward", 3 * x * item + x * compute)],
+                                        # dy and x in, each element's direct term and window sum out
+                                        ("local_response_norm_terms", 2 * x * item + 2 * x * compute),
+                                        ("local_response_norm_backward", 2 * x * item + 2 * x * compute)],
                 "dropout1d": [("dropout2d_apply", 2 * x * item)] * 2,
-                "dropout3d": [("dropout2d_apply", 4 * x * item)] * 2,
-                "unfold": [("unfold_forward", (x + cols) * item), ("fold_forward", (cols + x) * item)],
-                "fold": [("fold_forward", (cols + x) * item), ("unfold_forward", (x + cols) * item)]}[op]
+                "unfold": [("unfold_forward", (x + cols) * item), ("fold_forward", (read_cols + x) * item)],
+                "fold": [("fold_forward", (read_cols + x) * item), ("unfold_forward", (x + cols) * item)]}[op]
+    if families.FAMILY_OPS[op].kind == "volume":
+        n, c = families.volume(shape)[:2]
+        x = math.prod(families.volume(shape))
+        if op == "batch_norm3d":
+            return _batch_norm_passes(x, c, item, running=False)
+        if op == "dropout3d":
+            return [("dropout2d_apply", 2 * x * item)] * 2
+        y = math.prod(families.pooled_volume(shape)) if op in ("max_pool3d", "avg_pool3d") else n * c
+        indices = y * index if "max" in op else 0
+        return [(f"{op}_forward", (x + y) * item + indices), (f"{op}_backward", (y + x) * item + indices)]
     if families.FAMILY_OPS[op].kind == "pool":
         g = shape.geometry()
         x, pooled = math.prod(g.x_shape), math.prod(g.y_shape)
-        if op == "lp_pool2d":   # x^2 and the root by CuPy around the average pool, the backward's chain likewise
+        if op == "lp_pool2d":
+            # x^2 and the root by CuPy around the average pool, the backward's chain likewise; a float16
+            # op runs all of it in float32 (x widened, dy and x in the backward, y and dx rounded by CuPy)
             y = math.prod(families.lp_pooled(shape))
-            return [(CUPY_ELEMENTWISE, 2 * x * item), ("avg_pool_forward", (x + y) * item),
-                    (CUPY_ELEMENTWISE, 2 * y * item), (CUPY_ELEMENTWISE, 2 * x * item),
-                    ("avg_pool_forward", (x + y) * item), (CUPY_ELEMENTWISE, 3 * y * item),
-                    ("avg_pool_backward", (y + x) * item), (CUPY_ELEMENTWISE, 3 * x * item)]
-        if op == "max_unpool2d":   # the owner table cleared and claimed, the gather of y, then that of dx
-            return [("max_unpool_clear", x * index), ("max_unpool_claim", 2 * pooled * index),
+            forward = [(CUPY_ELEMENTWISE, 2 * x * compute), ("avg_pool_forward", (x + y) * compute),
+                       (CUPY_ELEMENTWISE, 2 * y * compute)]
+            backward = [(CUPY_ELEMENTWISE, 2 * x * compute), ("avg_pool_forward", (x + y) * compute),
+                        (CUPY_ELEMENTWISE, 3 * y * compute), ("avg_pool_backward", (y + x) * compute),
+                        (CUPY_ELEMENTWISE, 3 * x * compute)]
+            if item != compute:
+                forward = [(CUPY_ELEMENTWISE, x * (item + compute)), *forward, (CUPY_ELEMENTWISE, y * (compute + item))]
+                backward = [(CUPY_ELEMENTWISE, (y + x) * (item + compute)), *backward,
+                            (CUPY_ELEMENTWISE, x * (compute + item))]
+            return forward + backward
+        # the owner table cleared and claimed (read and written), the gather of y, then dx's; every pooled
+        # index taken as distinct (windows that overlap may share a maximum, claimed and gathered once)
+        if op == "max_unpool2d":
+            return [("max_unpool_clear", x * index), ("max_unpool_claim", 3 * pooled * index),
                     ("max_unpool_gather", x * index + (pooled + x) * item),
                     ("max_unpool_gather", pooled * index + 2 * pooled * item)]
-        volume = 2 * x
-        y = math.prod(families.pooled_volume(shape)) if op in ("max_pool3d", "avg_pool3d") else g.N * g.C
-        indices = y * index if "max" in op else 0
-        return [(f"{op}_forward", (volume + y) * item + indices), (f"{op}_backward", (y + volume) * item + indices)]
+        raise ValueError(f"no model for pool op {op!r}")
     n, x = shape.N, shape.N * shape.classes
 
     def total(count):   # the sum of `count` loss terms (compute type)
-        return (plan_channel_sum(1, 1, count).kernel, (count + 1) * compute)
+        return _channel_sum(1, 1, count, compute)
     # the losses: one kernel reads the inputs and writes the gradients and the loss terms, then their sum
     read_written = {"soft_margin_loss": (2, 1), "hinge_embedding_loss": (2, 1), "margin_ranking_loss": (3, 2),
                     "poisson_nll_loss": (2, 1), "gaussian_nll_loss": (3, 2), "multilabel_soft_margin_loss": (2, 1)}
     if op in read_written:
         kernel = "binary_cross_entropy_rows" if op == "multilabel_soft_margin_loss" else "regression_loss_rows"
-        return [(kernel, sum(read_written[op]) * x * item + x * compute), total(x)]
+        divisor = compute if kernel == "regression_loss_rows" else 0   # the mean's, read by the kernel
+        return [(kernel, sum(read_written[op]) * x * item + x * compute + divisor), total(x)]
     row_losses = {"multi_margin_loss": (2, label), "cosine_embedding_loss": (4, item), "triplet_margin_loss": (6, 0)}
     if op in row_losses:
         arrays, target = row_losses[op]
@@ -393,9 +452,19 @@ def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
                for name in ("cosine_similarity", "pairwise_distance")}}[op]
 
 
+def _columns_in_image(g) -> int:
+    """The entries of the im2col columns of convolution geometry `g` whose tap falls inside the image
+    (not in its padding): those fold reads."""
+    taps_inside = [sum(0 <= out * stride - pad + tap * dilation < size for out in range(outputs) for tap in range(taps))
+                   for size, outputs, taps, stride, pad, dilation in
+                   zip((g.H, g.W), (g.P, g.Q), (g.R, g.S), g.stride, g.padding, g.dilation)]
+    return g.N * g.C * math.prod(taps_inside)
+
+
 def _row_norm_layer(op: str, x_shape):
     """The layer whose launches (_row_norm_launches) a row-normalisation bench op makes: instance norm is
-    group norm with a group a channel; rms_norm runs layer norm's launches, its bias gradient dropped."""
+    group norm with a group a channel; rms_norm runs layer norm's launches without a bias (its kernel
+    still writes a bias gradient, which F.rms_norm_backward drops)."""
     from .. import nn
     from .families import num_groups
     channels = x_shape[1]
@@ -403,7 +472,7 @@ def _row_norm_layer(op: str, x_shape):
             "instance_norm": lambda: nn.GroupNorm(channels, channels),
             "instance_norm3d": lambda: nn.GroupNorm(channels, channels),
             "layer_norm": lambda: nn.LayerNorm(list(x_shape[1:])),
-            "rms_norm": lambda: nn.LayerNorm(list(x_shape[1:]))}[op]()
+            "rms_norm": lambda: nn.LayerNorm(list(x_shape[1:]), bias=False)}[op]()
 
 
 ROW_NORM_OPS = ("group_norm", "instance_norm", "instance_norm3d", "layer_norm", "rms_norm")

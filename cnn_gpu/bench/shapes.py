@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..functional.geometry import conv_geometry, pool_geometry
+from ..functional.geometry import conv_geometry, pool3d_geometry, pool_geometry
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,27 @@ class PoolShape:
 
 
 @dataclass(frozen=True)
+class VolumeShape:
+    """A batch of volumes (N, C, D, H, W) -- video clips, medical scans -- the 3-D layers' input, and its
+    pools' cubic window."""
+    N: int
+    C: int
+    D: int
+    H: int
+    W: int
+    kernel: int = 2
+    stride: int = 2
+    pad: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.N},{self.C},{self.D},{self.H},{self.W} k{self.kernel} s{self.stride} p{self.pad}"
+
+    def geometry(self):
+        return pool3d_geometry((self.N, self.C, self.D, self.H, self.W), self.kernel, self.stride, self.pad)
+
+
+@dataclass(frozen=True)
 class LossShape:
     N: int
     classes: int
@@ -76,6 +97,7 @@ class ShapeSet:
     pool: tuple = ()
     loss: tuple = ()
     model: tuple = ()
+    volume: tuple = ()
 
     def with_batch(self, batch: int) -> "ShapeSet":
         """The same shapes at batch size `batch` (`cnn-gpu bench --batch`)."""
@@ -85,6 +107,7 @@ class ShapeSet:
                        conv=tuple(replace(s, N=batch) for s in self.conv),
                        pool=tuple(replace(s, N=batch) for s in self.pool),
                        loss=tuple(replace(s, N=batch) for s in self.loss),
+                       volume=tuple(replace(s, N=batch) for s in self.volume),
                        model=tuple(replace(s, batch=batch) for s in self.model))
 
 
@@ -105,25 +128,29 @@ SHAPE_SETS = {
         conv=(ConvShape(2, 3, 8, 8, 4, 3, 1, 1), ConvShape(2, 4, 7, 7, 6, 3, 2, 1)),
         pool=(PoolShape(2, 3, 8, 8, 2, 2), PoolShape(2, 3, 7, 7, 3, 2, 1)),
         loss=(LossShape(8, 10),),
-        model=(ModelShape("cnn", 4),)),
+        model=(ModelShape("cnn", 4),),
+        volume=(VolumeShape(2, 3, 4, 8, 8), VolumeShape(1, 4, 5, 7, 7, 3, 2, 1))),
     "default": ShapeSet(
         "small layers that run in well under a minute on a CPU",
         conv=(ConvShape(8, 16, 32, 32, 32, 3, 1, 1), ConvShape(8, 32, 16, 16, 64, 3, 2, 1),
               ConvShape(8, 64, 8, 8, 64, 1, 1, 0)),
         pool=(PoolShape(8, 32, 32, 32, 2, 2), PoolShape(8, 64, 16, 16, 3, 2, 1)),
         loss=(LossShape(128, 10), LossShape(64, 1000)),
-        model=(ModelShape("cnn", 32), ModelShape("resnet", 32))),
+        model=(ModelShape("cnn", 32), ModelShape("resnet", 32)),
+        volume=(VolumeShape(4, 32, 8, 28, 28),)),   # a C3D-like layer on 8-frame clips
     "resnet": ShapeSet(
         "the ResNet/DeepBench layers of issue 5, ResNet's stem max pool and final average pool; models on 3x32x32",
         conv=RESNET_LAYERS,
         pool=(PoolShape(16, 64, 112, 112, 3, 2, 1), PoolShape(16, 2048, 7, 7, 7, 7)),
         loss=(LossShape(256, 1000),),
-        model=(ModelShape("cnn", 32, (3, 32, 32)), ModelShape("resnet", 32, (3, 32, 32)))),
+        model=(ModelShape("cnn", 32, (3, 32, 32)), ModelShape("resnet", 32, (3, 32, 32))),
+        volume=(VolumeShape(4, 64, 8, 56, 56, 3, 2, 1),)),   # R3D-18's stem output (8-frame 112x112 clips), a 3x3x3 pool
     "resnet18": ShapeSet(
         "a CIFAR ResNet-18 training step (forward, loss, backward, SGD) at batch 128 on 3x32x32 images",
         model=(ModelShape("resnet18", 128, (3, 32, 32)),)),
     "cpu": ShapeSet(
         "issue 2's NumPy-vs-PyTorch table (stride 1, padding R//2) and the default model",
         conv=CPU_LAYERS,
-        model=(ModelShape("cnn", 32),)),
+        model=(ModelShape("cnn", 32),),
+        volume=(VolumeShape(2, 16, 32, 64, 64),)),   # patches of a CT scan, as a 3-D U-Net's first level
 }

@@ -33,6 +33,13 @@ def zeroed(be, count: int):
     return counts
 
 
+def scratch_bytes(partials: int, counts: int, partial_bytes: int) -> int:
+    """The DRAM bytes the scratch of a reduction split over blocks moves (the roofline model's): every
+    block writes its `partials` (`partial_bytes` each) and the last to arrive at each of the `counts`
+    reads them all; each count is read and written by its atomic increment."""
+    return 2 * (partials * partial_bytes + counts * np.dtype(np.uint32).itemsize)
+
+
 def launch(be, family, dtype, kernel, grid, block, args):
     """backend.launch of a kernel given zeroed(be, ...) counts; dropping them where it fails."""
     try:

@@ -2,6 +2,8 @@
 float16 arrays are summed in FP32 and rounded once."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
 from . import _arrivals
 from ._grid import Launch, blocks_for, i32, i64
@@ -43,6 +45,18 @@ def plan_channel_sum(outer, channels, inner):
         return Launch("reduce", "channel_sum_column", (-(-channels // THREADS), 1, 1))
     outer, inner = _block_view(outer, channels, inner)
     return Launch("reduce", "channel_sum_block", (chunked_blocks("channel_sum", outer, channels, inner), 1, 1))
+
+
+def channel_sum_bytes(outer: int, channels: int, inner: int, dtype) -> int:
+    """The DRAM bytes plan_channel_sum's launch moves (the roofline model's): the elements read and a
+    sum a channel written (both in `dtype`), and where a channel takes more than one block the chunk
+    partials (compute type) and the channels' arrival counts."""
+    launch = plan_channel_sum(outer, channels, inner)
+    traffic = (outer * channels * inner + channels) * np.dtype(dtype).itemsize
+    blocks = launch.grid[0]
+    if launch.kernel == "channel_sum_block" and blocks > channels:
+        traffic += _arrivals.scratch_bytes(blocks, channels, backend.compute_dtype(np.dtype(dtype)).itemsize)
+    return traffic
 
 
 def _block_view(outer: int, channels: int, inner: int) -> tuple:

@@ -191,7 +191,7 @@ def float16_simt_bytes(pass_name: str, g) -> list:
 def bias_grad_launch(g, dtype):
     """(Launch, LaunchWork) of dbias: dy summed over N, P, Q (what gpu.conv.bgrad launches)."""
     launch = reduce.plan_channel_sum(g.N, g.K, g.P * g.Q)
-    return launch, LaunchWork(0, (math.prod(g.y_shape) + g.K) * np.dtype(dtype).itemsize)
+    return launch, LaunchWork(0, reduce.channel_sum_bytes(g.N, g.K, g.P * g.Q, dtype))
 
 
 # A 128 x 128 x 144 (fprop, dgrad) or 128 x 128 x 128 (wgrad) GEMM: whole tiles for every tile edge

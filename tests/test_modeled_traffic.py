@@ -1,0 +1,93 @@
+"""The roofline model's DRAM traffic of every bench case but the convolution passes (held to their plans
+in test_roofline.py) and the training step (its launch list held there), launch by launch against the
+emulator's count: each launch's distinct bytes read plus written (cnn_gpu.emu.profiling), which is the
+compulsory traffic the model claims, byte for byte. The tiny shape set's cases in every dtype, and
+shapes whose reductions split over blocks (their partials and arrival counts) in float32."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnn_gpu
+from cnn_gpu import backend, bench, roofline
+from cnn_gpu.bench.devices import make_devices
+from cnn_gpu.bench.families import family_case
+from cnn_gpu.bench.modeled import CONV_PASSES, CUBLAS_GEMM, CUPY_ELEMENTWISE, case_estimates
+from cnn_gpu.bench.shapes import ConvShape, LossShape
+from cnn_gpu.gpu.conv import device_sms
+
+EMU_REASON = backend.why_unavailable("emu")
+pytestmark = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
+
+# the bench ops whose traffic other tests hold: the convolution passes to their plans, the training
+# step's launches to an emulated step's
+NOT_HERE = {*CONV_PASSES, "train_step", "train_step_replayed"}
+# work the emulator does not launch (cuBLAS's GEMMs, CuPy's element-wise steps: NumPy on the emulator)
+OUTSIDE = {CUBLAS_GEMM, CUPY_ELEMENTWISE}
+H100 = roofline.spec("h100")
+
+
+def modeled_and_counted(case, dtype):
+    """[(kernel, DRAM bytes)] of the model's launches of `case` and of those an emulated run counts."""
+    fn, sets = case.setup(make_devices(["emu"])[0], dtype, np.random.default_rng(7))
+    with cnn_gpu.emu.profiling() as profile:
+        fn(*sets[0])
+    counted = [(launch["kernel"], launch["dram_read_bytes"] + launch["dram_write_bytes"])
+               for launch in profile.launches]
+    modeled = [(e.kernel, e.dram_bytes) for e in case_estimates(case, H100, dtype) if e.kernel not in OUTSIDE]
+    if case.op == "max_unpool2d":
+        modeled = _repeated_maxima_subtracted(modeled, sets[0][2], np.dtype(dtype).itemsize)
+    return modeled, counted
+
+
+def _repeated_maxima_subtracted(modeled, indices, item):
+    """max_unpool2d's model takes every pooled index as distinct; where overlapping windows share a
+    maximum, the claim reads and writes its owner entry, and each gather reads its value, once."""
+    repeats = sum(plane.size - np.unique(plane).size for plane in indices.reshape(-1, indices[0, 0].size))
+    saved = {"max_unpool_clear": 0, "max_unpool_claim": 2 * 4 * repeats, "max_unpool_gather": item * repeats}
+    return [(kernel, traffic - saved[kernel]) for kernel, traffic in modeled]
+
+
+def test_the_checked_ops_are_all_but_the_convolutions_and_the_step():
+    """A new bench op is checked here unless it is added to NOT_HERE (whose other checks are named)."""
+    assert NOT_HERE == {"conv2d", "conv2d_dgrad", "conv2d_wgrad", "conv2d_fwd_bwd", "conv_transpose2d", "train_step",
+                        "train_step_replayed"}
+    assert len(set(bench.OPS) - NOT_HERE) >= 60
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_each_modeled_launch_moves_the_bytes_the_emulator_counts(dtype):
+    cases = bench.make_cases("tiny", [op for op in bench.OPS if op not in NOT_HERE])
+    assert {case.op for case in cases} == set(bench.OPS) - NOT_HERE   # every op has a tiny case
+    for case in cases:
+        modeled, counted = modeled_and_counted(case, dtype)
+        assert modeled == counted, (case.op, case.label)
+
+
+# shapes whose reductions take more than one block: batch norm's channels and the conv's bias gradient
+# (4608 elements each), the rows of layer norm (8192 elements: 2 slices), the sum of 8000 loss terms
+SPLIT_CASES = [("batch_norm", ConvShape(2, 2, 48, 48, 2, 1)), ("layer_norm", ConvShape(2, 2, 64, 64, 2, 1)),
+               ("soft_margin_loss", LossShape(8, 1000)), ("prelu", ConvShape(2, 2, 48, 48, 2, 1))]
+
+
+@pytest.mark.parametrize("op, shape", SPLIT_CASES, ids=[op for op, _ in SPLIT_CASES])
+def test_split_reductions_count_their_partials_and_arrivals(op, shape):
+    assert device_sms("emu") == H100.sms   # the row norms' plans: the same slices on both
+    case = family_case(op, shape) if op in bench.families.FAMILY_OPS else bench.OPS[op][1](shape)
+    modeled, counted = modeled_and_counted(case, np.float32)
+    assert modeled == counted
+    assert any("slice" in kernel for kernel, _ in counted) or op != "layer_norm"
+
+
+def test_the_bias_gradient_moves_the_bytes_the_emulator_counts():
+    """dbias of a convolution's dy (roofline.model_bias_grad), one block a channel and split."""
+    from cnn_gpu.gpu import conv as gpu_conv
+    for shape in (ConvShape(2, 3, 8, 8, 4, 3, 1, 1), ConvShape(2, 3, 48, 48, 2, 1)):
+        g = shape.geometry()
+        dy = np.random.default_rng(3).standard_normal(g.y_shape).astype(np.float32)
+        with cnn_gpu.emu.profiling() as profile:
+            gpu_conv.bgrad("emu", dy)
+        (launch,) = profile.launches
+        modeled = roofline.model_bias_grad(g, np.float32, H100)
+        assert (modeled.kernel, modeled.dram_bytes) == (launch["kernel"],
+                                                        launch["dram_read_bytes"] + launch["dram_write_bytes"])
