@@ -2,7 +2,8 @@
 normalisations, the 3-D layers, sliding blocks, the margin and likelihood losses and the distances,
 each forward and backward in one call (a loss with its gradient), on the input of a shape set's
 convolutions (an image batch), pools, volumes (the 3-D layers: a shape set's VolumeShape, video clips
-or scans) or losses ((N, classes) rows). FAMILY_OPS holds them by name; bench.ops lists them with the others, run when named (--ops)."""
+or scans) or losses ((N, classes) rows). FAMILY_OPS holds them by name; bench.ops lists them with the
+others, run when named (--ops)."""
 from __future__ import annotations
 
 import math

@@ -144,7 +144,8 @@ SHAPE_SETS = {
         pool=(PoolShape(16, 64, 112, 112, 3, 2, 1), PoolShape(16, 2048, 7, 7, 7, 7)),
         loss=(LossShape(256, 1000),),
         model=(ModelShape("cnn", 32, (3, 32, 32)), ModelShape("resnet", 32, (3, 32, 32))),
-        volume=(VolumeShape(4, 64, 8, 56, 56, 3, 2, 1),)),   # R3D-18's stem output (8-frame 112x112 clips), a 3x3x3 pool
+        # R3D-18's stem output on 8-frame 112x112 clips, a padded 3x3x3 pool of stride 2
+        volume=(VolumeShape(4, 64, 8, 56, 56, 3, 2, 1),)),
     "resnet18": ShapeSet(
         "a CIFAR ResNet-18 training step (forward, loss, backward, SGD) at batch 128 on 3x32x32 images",
         model=(ModelShape("resnet18", 128, (3, 32, 32)),)),
