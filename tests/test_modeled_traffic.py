@@ -2,8 +2,11 @@
 in test_roofline.py) and the training step (its launch list held there), launch by launch against the
 emulator's count: each launch's distinct bytes read plus written (cnn_gpu.emu.profiling), which is the
 compulsory traffic the model claims, byte for byte. The tiny shape set's cases in every dtype, and
-shapes whose reductions split over blocks (their partials and arrival counts) in float32."""
+shapes whose reductions split over blocks (their partials and arrival counts) in float32; and a
+training step's launches but its convolutions', as a multiset (the model lists them layer by layer)."""
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ from cnn_gpu import backend, bench, roofline
 from cnn_gpu.bench.devices import make_devices
 from cnn_gpu.bench.families import family_case
 from cnn_gpu.bench.modeled import CONV_PASSES, CUBLAS_GEMM, CUPY_ELEMENTWISE, case_estimates
-from cnn_gpu.bench.shapes import ConvShape, LossShape
+from cnn_gpu.bench.shapes import ConvShape, LossShape, ModelShape
+from cnn_gpu.bench.training import train_step_case
 from cnn_gpu.gpu.conv import device_sms
 
 EMU_REASON = backend.why_unavailable("emu")
@@ -91,3 +95,18 @@ def test_the_bias_gradient_moves_the_bytes_the_emulator_counts():
         modeled = roofline.model_bias_grad(g, np.float32, H100)
         assert (modeled.kernel, modeled.dram_bytes) == (launch["kernel"],
                                                         launch["dram_read_bytes"] + launch["dram_write_bytes"])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_training_steps_other_launches_move_the_bytes_the_emulator_counts(dtype):
+    """The small ResNet's step (batch norm with running statistics, residual additions, the linear
+    layer, the loss, SGD): every launch but the convolution passes' (whose bias gradients are here)."""
+    case = train_step_case(ModelShape("resnet", 2))
+    fn, sets = case.setup(make_devices(["emu"])[0], dtype, np.random.default_rng(7))
+    with cnn_gpu.emu.profiling() as profile:
+        fn(*sets[0])
+    counted = Counter((launch["kernel"], launch["dram_read_bytes"] + launch["dram_write_bytes"])
+                      for launch in profile.launches if not launch["kernel"].startswith("conv2d"))
+    modeled = Counter((e.kernel, e.dram_bytes) for e in case_estimates(case, H100, dtype)
+                      if e.kernel not in OUTSIDE and not e.kernel.startswith("conv2d"))
+    assert modeled == counted and sum(counted.values()) >= 20

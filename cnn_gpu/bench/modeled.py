@@ -285,15 +285,16 @@ def _layer_passes(layer, x: int, y: int, item: int) -> list[tuple[str, float]]:
         return [(kernel, (x + y) * item)] * 2 if layer.p else []
     if isinstance(layer, nn.layers._Pad):   # any padding layer: one launch each way (at most three padded dims)
         return [("pad_forward", (x + y) * item), ("pad_backward", (y + x) * item)]
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, nn.Linear):   # float16: all of it on the float32 copies its conversions make
         weights = layer.in_features * layer.out_features
         rows = y // layer.out_features
-        passes = [(CUBLAS_GEMM, (x + weights + y) * item),           # y = x w^T
-                  (CUBLAS_GEMM, (y + weights + x) * item),           # dx = dy w
-                  (CUBLAS_GEMM, (y + x + weights) * item)]           # dw = dy^T x
+        wide = _compute_bytes(item)
+        passes = [(CUBLAS_GEMM, (x + weights + y) * wide),           # y = x w^T
+                  (CUBLAS_GEMM, (y + weights + x) * wide),           # dx = dy w
+                  (CUBLAS_GEMM, (y + x + weights) * wide)]           # dw = dy^T x
         if layer.bias is not None:
-            passes += [("bias_add_rows", 2 * y * item + layer.out_features * item),
-                       _channel_sum(rows, layer.out_features, 1, item)]
+            passes += [("bias_add_rows", (2 * y + layer.out_features) * wide),
+                       _channel_sum(rows, layer.out_features, 1, wide)]
         return passes
     if isinstance(layer, nn.Flatten):
         return []   # a view
