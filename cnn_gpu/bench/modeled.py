@@ -187,13 +187,13 @@ def _row_norm_launches(layer, x_shape, dtype, sms: int) -> list[tuple]:
     whole packs taken as aligned; the backward takes the forward's statistics). The forward reads x,
     the weight and bias and writes y and a mean and invstd a row (compute type; a row's second and
     third reads of x counted as cache hits; a split row's statistics read x once more, in their own
-    launch, with its partials and arrival counts (_split_scratch), the forward then reading them);
-    dx reads dy, x, the statistics and the weight and writes dx (a split row's sums read all but dx
-    once more and write two sums a row, which dx reads); with affine parameters their gradients
-    read dy, x and the statistics again and write dweight and dbias (both, a layer without a bias
-    too; blocks None: modeled by traffic alone): a block a channel for GroupNorm (planes, as in a CNN: one value a
-    channel would run the column kernel, of the same traffic), 8 lanes an element of
-    normalized_shape for LayerNorm."""
+    launch, with its partials and arrival counts (_arrivals.scratch_bytes), the forward then reading
+    them); dx reads dy, x, the statistics and the weight and writes dx (a split row's sums read all
+    but dx once more and write two sums a row, which dx reads); with affine parameters their
+    gradients read dy, x and the statistics again and write dweight and dbias (both, a layer without
+    a bias too; blocks None: modeled by traffic alone): a block a channel for GroupNorm (planes, as
+    in a CNN: one value a channel would run the column kernel, of the same traffic), 8 lanes an
+    element of normalized_shape for LayerNorm."""
     from .. import nn
     from ..functional.group_norm import _row_layout as group_rows
     from ..functional.layer_norm import _row_layout as layer_rows
@@ -206,7 +206,8 @@ def _row_norm_launches(layer, x_shape, dtype, sms: int) -> list[tuple]:
     how = row_norm.plan(layout, dtype, sms, wide=layout.length % pack == 0)
     (blocks,), (threads,) = how.grid(layout.rows)
     x = layout.rows * layout.length * item
-    stats = 2 * layout.rows * backend.compute_dtype(np.dtype(dtype)).itemsize   # (mean, invstd) or the sums
+    compute = backend.compute_dtype(np.dtype(dtype)).itemsize
+    stats = 2 * layout.rows * compute   # (mean, invstd) or the sums
     weight, bias = ((layout.parameters * item if p is not None else 0) for p in (layer.weight, layer.bias))
     walk = min(threads * row_norm.WALK_UNROLL * (pack if how.wide else 1), how.span) * item
 
@@ -216,8 +217,7 @@ def _row_norm_launches(layer, x_shape, dtype, sms: int) -> list[tuple]:
     launches = [launch("row_norm_forward", 2 * x + stats + weight + bias, 1),
                 launch("row_norm_backward_dx", 3 * x + stats * (1 + split) + weight, 2)]
     if split:
-        scratch = scratch_bytes(2 * layout.rows * how.slices, layout.rows,
-                                 backend.compute_dtype(np.dtype(dtype)).itemsize)
+        scratch = scratch_bytes(2 * layout.rows * how.slices, layout.rows, compute)
         launches[1:1] = [launch("row_norm_slice_sums", 2 * x + 2 * stats + weight + scratch, 2)]
         launches[:0] = [launch("row_norm_slice_stats", x + stats + scratch, 1)]
     if layer.weight is not None or layer.bias is not None:
@@ -368,9 +368,8 @@ def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
     its launchers run it: each launch's compulsory traffic (inputs read once, outputs written once;
     int32 indices, int64 targets, loss terms and per-element partial sums in the compute type, the
     per-channel slopes, the losses' divisor; an atomic claim read and written; fold's columns that
-    fall in the padding never read), the
-    element-wise work CuPy does around the kernels (softmin's negations, lp_pool's powers and roots)
-    as CUPY_ELEMENTWISE."""
+    fall in the padding never read), the element-wise work CuPy does around the kernels (softmin's
+    negations, lp_pool's powers and roots) as CUPY_ELEMENTWISE."""
     from ..functional.activation import KERNELS_OF
     from ..gpu.elementwise import kernel_name as activation_kernel
     from . import families
