@@ -83,18 +83,28 @@ def test_split_reductions_count_their_partials_and_arrivals(op, shape):
     assert any("slice" in kernel for kernel, _ in counted) or op != "layer_norm"
 
 
-def test_the_bias_gradient_moves_the_bytes_the_emulator_counts():
-    """dbias of a convolution's dy (roofline.model_bias_grad), one block a channel and split."""
+def counted_bytes(profile) -> int:
+    (launch,) = profile.launches
+    return launch["dram_read_bytes"] + launch["dram_write_bytes"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_the_bias_gradient_and_addition_move_the_bytes_the_emulator_counts(dtype):
+    """dbias of a convolution's dy (roofline.model_bias_grad), one block a channel and split, and the
+    bias a SIMT dgrad adds to conv_transpose2d's output (roofline.conv.bias_add_bytes)."""
     from cnn_gpu.gpu import conv as gpu_conv
+    from cnn_gpu.gpu import elementwise
+    rng = np.random.default_rng(3)
     for shape in (ConvShape(2, 3, 8, 8, 4, 3, 1, 1), ConvShape(2, 3, 48, 48, 2, 1)):
         g = shape.geometry()
-        dy = np.random.default_rng(3).standard_normal(g.y_shape).astype(np.float32)
         with cnn_gpu.emu.profiling() as profile:
-            gpu_conv.bgrad("emu", dy)
-        (launch,) = profile.launches
-        modeled = roofline.model_bias_grad(g, np.float32, H100)
-        assert (modeled.kernel, modeled.dram_bytes) == (launch["kernel"],
-                                                        launch["dram_read_bytes"] + launch["dram_write_bytes"])
+            gpu_conv.bgrad("emu", rng.standard_normal(g.y_shape).astype(dtype))
+        modeled = roofline.model_bias_grad(g, dtype, H100)
+        assert (modeled.kernel, modeled.dram_bytes) == (profile.launches[0]["kernel"], counted_bytes(profile))
+        with cnn_gpu.emu.profiling() as profile:
+            elementwise.bias_add("emu", rng.standard_normal(g.x_shape).astype(dtype),
+                                 rng.standard_normal(g.C).astype(dtype))
+        assert roofline.conv.bias_add_bytes(g, dtype) == counted_bytes(profile)
 
 
 def test_a_training_steps_other_launches_move_the_bytes_the_emulator_counts():
