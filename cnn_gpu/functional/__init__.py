@@ -86,6 +86,8 @@ from .lp_pool import lp_pool1d, lp_pool1d_backward, lp_pool2d, lp_pool2d_backwar
 from .with_indices import (adaptive_max_pool1d_with_indices, adaptive_max_pool2d_with_indices, max_pool1d_with_indices,
                            max_pool2d_with_indices)
 from .rms_norm import rms_norm, rms_norm_backward
+from .fractional_pool import (fractional_max_pool2d, fractional_max_pool2d_backward, fractional_max_pool2d_with_indices,
+                              fractional_max_pool3d, fractional_max_pool3d_backward, fractional_max_pool3d_with_indices)
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward", "leaky_relu",
@@ -118,4 +120,6 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "tanhshrink_backward", "threshold", "threshold_", "threshold_backward", "gaussian_nll_loss",
            "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss", "multilabel_soft_margin_loss",
            "poisson_nll_loss", "soft_margin_loss", "triplet_margin_loss", "cosine_embedding_loss", "softmin",
-           "softmin_backward", "rms_norm", "rms_norm_backward", "conv3d", "conv3d_backward"]
+           "softmin_backward", "rms_norm", "rms_norm_backward", "conv3d", "conv3d_backward",
+           "fractional_max_pool2d", "fractional_max_pool2d_backward", "fractional_max_pool2d_with_indices",
+           "fractional_max_pool3d", "fractional_max_pool3d_backward", "fractional_max_pool3d_with_indices"]

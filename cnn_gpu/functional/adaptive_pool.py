@@ -272,6 +272,15 @@ def adaptive_max_pool3d_backward_of_own_indices(dy, indices, x_shape, output_siz
     return _adaptive_max_backward(dy, indices, x_shape, output_size, 5, backend, check_indices=False)
 
 
+def scatter_at_indices(dy, indices, x_shape):
+    """dx of shape x_shape (N, C, *in_size): each dy added at the flat in-plane position its index names in
+    its (n, c) plane, in float64 then rounded to dy's dtype once (NumPy; max pools' backward passes)."""
+    planes, plane = x_shape[0] * x_shape[1], math.prod(x_shape[2:])
+    target = np.arange(planes).reshape(tuple(x_shape[:2]) + (1,) * (indices.ndim - 2)) * plane + indices
+    dx = np.bincount(target.ravel(), weights=dy.ravel(), minlength=planes * plane)
+    return dx.astype(dy.dtype, copy=False).reshape(x_shape)
+
+
 def _adaptive_max_backward(dy, indices, x_shape, output_size, batched_rank, backend, check_indices: bool):
     op = f"adaptive_max_pool{batched_rank - 2}d"
     batch_x_shape, unbatched = batch_shape(x_shape, batched_rank)
@@ -294,10 +303,7 @@ def _adaptive_max_backward(dy, indices, x_shape, output_size, batched_rank, back
     if check_indices:
         check_max_indices(indices_batch, batch_x_shape, out_size, op)
     if be == "numpy":
-        planes, plane = batch_x_shape[0] * batch_x_shape[1], math.prod(batch_x_shape[2:])
-        target = np.arange(planes).reshape(batch_x_shape[:2] + (1,) * len(out_size)) * plane + indices_batch
-        dx = np.bincount(target.ravel(), weights=dy_batch.ravel(), minlength=planes * plane)
-        dx = dx.astype(dy.dtype, copy=False).reshape(batch_x_shape)
+        dx = scatter_at_indices(dy_batch, indices_batch, batch_x_shape)
     else:
         from ..gpu import adaptive_pool as gpu_pool
         dx = gpu_pool.max_backward(be, dy_batch, indices_batch, batch_x_shape)
