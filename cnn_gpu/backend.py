@@ -337,8 +337,8 @@ def kernel_source(family: str, directory=None) -> str:
 # The kernel files with a float16 build (FP16 storage, FP32 math); the others take float32 and
 # float64 only, and cnn_gpu.functional refuses float16 for their ops before any launch.
 FLOAT16_FAMILIES = ("adaptive_pool", "augment", "batch_norm", "conv2d_depthwise", "conv2d_tc", "distance", "dropout",
-                    "elementwise", "fold", "fractional_pool", "local_response_norm", "loss", "mma_rate", "optim", "pad", "pool", "prelu",
-                    "reduce", "row_norm", "softmax", "unpool", "upsample")
+                    "elementwise", "fold", "fractional_pool", "local_response_norm", "loss", "mma_rate", "optim", "pad",
+                    "pool", "prelu", "reduce", "row_norm", "softmax", "unpool", "upsample")
 
 
 # The kernel files of tensor-core kernels (mma.sync on TF32 or FP16 operands): built for float32

@@ -86,6 +86,10 @@ Contract with cnn_gpu.functional (g is a geometry object from cnn_gpu.functional
   adaptive_pool.backward(be, dy, x_shape) -> dx                   (deterministic gather)
   adaptive_pool.max_forward(be, x, out_size) -> (y, indices)      (indices int32, h * W + w in the plane)
   adaptive_pool.max_backward(be, dy, indices, x_shape) -> dx      (deterministic gather)
+  fractional_pool.forward(be, x, samples, kernel_size, out_size) -> (y, indices)   (windows from the (N, C, 2 | 3)
+        samples in [0, 1); indices int32, flat in the plane)
+  fractional_pool.backward(be, dy, indices, x_shape, kernel_size) -> dx   (deterministic gather over the outputs
+        that can reach each pixel: no samples)
   upsample.forward(be, mode, x, out_size, axis_params, align_corners=False) -> y
         (mode "nearest", "nearest-exact", "bilinear" or "bicubic"; axis_params per axis: the nearest
          modes' FP32 scale or bilinear's and bicubic's ratio)

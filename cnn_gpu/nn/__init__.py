@@ -37,6 +37,7 @@ from .distance import CosineSimilarity, PairwiseDistance
 from .sync_batch_norm import SyncBatchNorm
 from .rearrange import ChannelShuffle, PixelShuffle, PixelUnshuffle, Unflatten
 from .unpool import MaxUnpool1d, MaxUnpool2d
+from .fractional_pool import FractionalMaxPool2d, FractionalMaxPool3d
 
 __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Residual", "ModuleList", "ModuleDict",
            "ELU", "GELU", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
@@ -56,4 +57,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "CELU", "GLU", "SELU", "Hardshrink", "LogSigmoid", "Softmax2d", "Softmin", "Softplus", "Softshrink",
            "Softsign", "Tanhshrink", "Threshold", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss", "TripletMarginLoss",
-           "CosineEmbeddingLoss", "UninitializedParameter", "Conv3d", "SyncBatchNorm"]
+           "CosineEmbeddingLoss", "UninitializedParameter", "Conv3d", "SyncBatchNorm", "FractionalMaxPool2d",
+           "FractionalMaxPool3d"]
