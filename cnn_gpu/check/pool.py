@@ -1,5 +1,5 @@
 """The pools' checks: max/avg pooling (their options, 1-D forms), adaptive pooling, power-average
-pooling and max unpooling."""
+pooling, max unpooling and fractional max pooling."""
 from __future__ import annotations
 
 import numpy as np
@@ -298,6 +298,40 @@ def _unpool1d_run(a, cfg, be):
     return dict(y=y, dx=F.max_unpool1d_backward(a["dy"], indices, backend=be))
 
 
+def _fractional_config(rank: int):
+    """A fractional max pool's sizes: outputs 1 or 1 + a power of two per axis, so alpha = (size - k) /
+    (outputs - 1) and every window bound are exact in float16's FP32 and float32 as in float64 (the same
+    windows as the float64 reference), unbatched 30% of the time."""
+    def draw(rng):
+        kernel = _ints(rng, 1, 3, rank)
+        sizes = tuple(int(rng.integers(k, k + 9)) for k in kernel)
+        out = tuple(int(rng.choice([o for o in (1, 2, 3, 5, 9) if o + k - 1 <= size]))
+                    for k, size in zip(kernel, sizes))
+        return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=sizes, kernel=kernel, out=out,
+                    unbatched=bool(rng.random() < 0.3))
+    return draw
+
+
+FRACTIONAL_EDGES = (dict(N=2, C=3, HW=(9, 8), kernel=(2, 3), out=(5, 3), unbatched=False),   # overlapping windows
+                    dict(N=1, C=2, HW=(5, 7), kernel=(1, 1), out=(5, 5), unbatched=True),    # every row once
+                    dict(N=2, C=1, HW=(4, 6), kernel=(3, 2), out=(1, 2), unbatched=False))   # one window a column
+
+
+def _fractional_inputs(cfg, rng):
+    """x, dy and the samples, on the 2^-11 grid in (0, 1): exact in float16 (and never zero)."""
+    n, c = cfg["N"], cfg["C"]
+    arrays = dict(x=rng.standard_normal((n, c, *cfg["HW"])), dy=rng.standard_normal((n, c, *cfg["out"])),
+                  samples=rng.integers(1, 2**11, (n, c, len(cfg["HW"]))) * 2.0**-11)
+    return _unbatched(arrays, cfg)
+
+
+def _fractional_run(a, cfg, be):
+    forward, backward = _pool_op("fractional_max_pool2d", cfg)   # (an unbatched x takes the samples' first row)
+    y, indices = forward(a["x"], cfg["kernel"], cfg["out"], return_indices=True, _random_samples=a["samples"],
+                         backend=be)
+    return dict(y=y, indices=indices, dx=backward(a["dy"], indices, a["x"].shape, cfg["kernel"], backend=be))
+
+
 CHECKS = (
     OpCheck("max_pool2d", lambda rng: _pool_config(rng, True), MAX_POOL_EDGES, _pool_inputs, _max_pool_run, "y",
             "dy", {"x": "dx"}, large_configs=POOL_LARGE),
@@ -330,5 +364,9 @@ CHECKS = (
     OpCheck("lp_pool1d", lambda rng: _height_one(_lp_pool_config(rng), rng), (), _signal_inputs(_pool_inputs),
             _lp_pool1d_run, "y", "dy", {"x": "dx"}),
     OpCheck("max_unpool1d", _unpool1d_config, (), _signal_inputs(_unpool_inputs), _unpool1d_run, "y", "dy",
+            {"x": "dx"}),
+    OpCheck("fractional_max_pool2d", _fractional_config(2), FRACTIONAL_EDGES, _fractional_inputs, _fractional_run,
+            "y", "dy", {"x": "dx"}),
+    OpCheck("fractional_max_pool3d", _fractional_config(3), (), _fractional_inputs, _fractional_run, "y", "dy",
             {"x": "dx"}),
 )
