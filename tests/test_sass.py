@@ -812,6 +812,24 @@ def test_row_walks_reduce_a_row_through_shared_memory_without_atomics(dtype):
 
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_fractional_pool_kernels_load_elements_and_gather_without_atomics(dtype):
+    """kernels/fractional_pool.cu: the hot loops load elements of the dtype (the forward's window taps,
+    float16 as FP16; the backward's dy, beside int32 indices) and store nothing wider than an element
+    or an int32 index; no local memory (the windows and reaches stay in registers) and no atomic: the
+    backward gathers over the outputs that can reach each pixel (deterministic)."""
+    size_bits = 8 * np.dtype(dtype).itemsize
+    rows = {row["kernel"]: row for row in sass.kernel_rows("fractional_pool", dtype, "sm_90")}
+    assert set(rows) == {f"fractional_max_pool{rank}_{direction}" for rank in ("", "3d")
+                         for direction in ("forward", "backward")}
+    for kernel, row in rows.items():
+        loaded = {size_bits} if kernel.endswith("forward") else {size_bits, 32}
+        assert row["local_memory"] == 0 and row["atomic"] == 0, kernel
+        assert set(row["ldg_bits"]) <= loaded and size_bits in row["ldg_bits"], (kernel, row["ldg_bits"])
+        assert set(row["stg_bits"]) <= {size_bits, 32}, (kernel, row["stg_bits"])
+
+
+@_needs_tools("sm_90")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 def test_volume_pools_gather_without_atomics_or_local_memory(dtype):
     """The 3-D kernels of kernels/pool.cu and adaptive_pool.cu (the 2-D bodies with a depth): element-
     sized loads (and int32 indices), no local memory (the 3-D adaptive ones take their window bounds
