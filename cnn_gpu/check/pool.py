@@ -302,10 +302,12 @@ def _fractional_config(rank: int):
     """A fractional max pool's sizes: outputs 1 or 1 + a power of two per axis, so alpha = (size - k) /
     (outputs - 1) and every window bound are exact in float16's FP32 and float32 as in float64 (the same
     windows as the float64 reference), unbatched 30% of the time."""
+    from ..functional.fractional_pool import largest_output
+
     def draw(rng):
         kernel = _ints(rng, 1, 3, rank)
-        sizes = tuple(int(rng.integers(k, k + 9)) for k in kernel)
-        out = tuple(int(rng.choice([o for o in (1, 2, 3, 5, 9) if o + k - 1 <= size]))
+        sizes = tuple(int(rng.integers(k + 1, k + 9)) for k in kernel)
+        out = tuple(int(rng.choice([o for o in (1, 2, 3, 5, 9) if o <= largest_output(size, k, rank)]))
                     for k, size in zip(kernel, sizes))
         return dict(N=int(rng.integers(1, 3)), C=int(rng.integers(1, 4)), HW=sizes, kernel=kernel, out=out,
                     unbatched=bool(rng.random() < 0.3))

@@ -59,10 +59,16 @@ def _output_size(op, batch_shape_, kernel_size, output_size, output_ratio):
             raise ValueError(f"output_ratio {output_ratio!r} of an input of size {tuple(in_size)} gives the empty "
                              f"output {out_size}")
     for name, size, outputs, k in zip(_AXIS_NAMES[rank], in_size, out_size, kernel_size):
-        if outputs + k - 1 > size:
-            raise ValueError(f"{op}(): pool {name} {k} too large relative to input {name} {size} "
-                             f"(output {name} {outputs}: output + kernel_size - 1 must be <= input)")
+        if outputs > largest_output(size, k, rank):
+            raise ValueError(f"{op}(): pool {name} {k} too large relative to input {name} {size} (output {name} "
+                             f"{outputs}: output + kernel_size - 1 must be {'<=' if rank == 2 else '<'} input)")
     return out_size
+
+
+def largest_output(size: int, k: int, rank: int) -> int:
+    """The most outputs an axis of `size` inputs takes with windows of k: PyTorch's output + k - 1 <= size
+    for images, < size for volumes (its 3-D check is strict)."""
+    return size - k + 1 if rank == 2 else size - k
 
 
 def draw_samples(batch: int, channels: int, rank: int, dtype):
@@ -76,9 +82,9 @@ def draw_samples(batch: int, channels: int, rank: int, dtype):
     return rng.random(shape, dtype=dtype)
 
 
-def _checked_samples(samples, batch, rank, op):
+def _checked_samples(samples, batch, rank, op, be):
     """The first N rows of PyTorch's _random_samples (N or more, C, rank) of the input's dtype, every
-    value in [0, 1) (on CuPy, one flag read back)."""
+    value in [0, 1) (on CuPy, one flag read back, after the check of their GPU and layout)."""
     if not _checks.is_array(samples):
         raise TypeError(f"_random_samples must be a NumPy or CuPy array, got {type(samples).__name__}")
     if samples.dtype != batch.dtype:
@@ -87,7 +93,7 @@ def _checked_samples(samples, batch, rank, op):
     if samples.ndim != 3 or samples.shape[0] < n or samples.shape[1:] != (c, rank):
         raise ValueError(f"{op}: _random_samples must have shape (N, C, {rank}) with N at least the input's batch "
                          f"size {n} and C its {c} channels, got {tuple(samples.shape)}")
-    samples = samples[:n]
+    samples = _checks.for_kernels(be, samples[:n], "_random_samples")
     if not bool(((samples >= 0) & (samples < 1)).all()):
         raise ValueError(f"{op}: _random_samples must lie in [0, 1) (windows from other values could leave the "
                          f"input)")
@@ -116,7 +122,7 @@ def _max_windows(batch, samples, kernel_size, out_size):
         starts = _window_starts(samples[..., column], size, outputs, k)
         first = first + (starts * strides[axis]).reshape((n, c) + tuple(outputs if a == axis else 1
                                                                          for a in range(len(in_size))))
-    first, flat = first.reshape(n, c, -1), batch.reshape(n, c, -1)
+    first, flat = first.reshape(n, c, math.prod(out_size)), batch.reshape(n, c, math.prod(in_size))
     best = best_index = None
     for tap in itertools.product(*map(range, kernel_size)):   # scan order
         index = first + sum(t * s for t, s in zip(tap, strides))
@@ -138,8 +144,7 @@ def _pool_with_samples(x, samples, kernel_size, out_size, *, backend=None):
     if be == "numpy":
         return _max_windows(x, samples, kernel_size, out_size)
     from ..gpu import fractional_pool as gpu_pool
-    return gpu_pool.forward(be, _checks.for_kernels(be, x, "x"), _checks.for_kernels(be, samples, "_random_samples"),
-                            kernel_size, out_size)
+    return gpu_pool.forward(be, _checks.for_kernels(be, x, "x"), samples, kernel_size, out_size)
 
 
 def _fractional_max(x, kernel_size, output_size, output_ratio, return_indices, samples, rank, backend):
@@ -154,8 +159,9 @@ def _fractional_max(x, kernel_size, output_size, output_ratio, return_indices, s
         samples = draw_samples(*batch.shape[:2], rank, x.dtype)
         if _backend.is_cupy_array(x):
             samples = _backend.module_of(x).asarray(samples)
-    samples = _checked_samples(samples, batch, rank, op)
-    y, indices = _pool_with_samples(batch, samples, kernel_size, out_size, backend=backend)
+    be = _backend.resolve(backend, batch, samples)
+    samples = _checked_samples(samples, batch, rank, op, be)
+    y, indices = _pool_with_samples(batch, samples, kernel_size, out_size, backend=be)
     if unbatched:
         y, indices = y[0], indices[0]
     return (y, indices) if return_indices else y
@@ -227,9 +233,10 @@ def _backward(dy, indices, x_shape, kernel_size, rank, backend, check: bool):
     if tuple(dy.shape[:2 - unbatched]) != batch_x_shape[unbatched:2]:
         raise ValueError(f"dy must have the batch and channels of x_shape {tuple(x_shape)}, got {tuple(dy.shape)}")
     for name, size, outputs, k in zip(_AXIS_NAMES[rank], batch_x_shape[2:], dy.shape[-rank:], kernel_size):
-        if outputs < 1 or outputs + k - 1 > size:
+        if not 1 <= outputs <= largest_output(size, k, rank):
             raise ValueError(f"dy of shape {tuple(dy.shape)} cannot come from {op} of x_shape {tuple(x_shape)} with "
-                             f"kernel_size {kernel_size}: output {name} {outputs} must be in [1, {size - k + 1}]")
+                             f"kernel_size {kernel_size}: output {name} {outputs} must be in "
+                             f"[1, {largest_output(size, k, rank)}]")
     if not _checks.is_array(indices):
         raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
     if indices.dtype != np.int32:
