@@ -427,3 +427,29 @@ def test_max_unpool_names_indices_on_another_gpu():
     the indices."""
     out = _passed(run_on_sim(["-c", UNPOOL_INDICES_ON_ANOTHER_GPU], gpus=2))
     assert out.count("refused: indices is on GPU 1 but the current device is GPU 0") == 2, out
+
+
+FRACTIONAL_ARRAYS_ON_ANOTHER_GPU = """
+import numpy as np, cupy
+from cnn_gpu import functional as F
+x = cupy.asarray(np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32))
+samples = np.full((1, 2, 2), 0.5, np.float32)
+y, indices = F.fractional_max_pool2d(x, 2, 3, None, True, cupy.asarray(samples))
+with cupy.cuda.Device(1):
+    other_samples, other_indices = cupy.asarray(samples), cupy.asarray(indices)
+for call in (lambda: F.fractional_max_pool2d(x, 2, 3, _random_samples=other_samples),
+             lambda: F.fractional_max_pool2d_backward(cupy.ones_like(y), other_indices, x.shape, 2)):
+    try:
+        call()
+    except ValueError as err:
+        print("refused:", err)
+"""
+
+
+@needs_emu
+def test_fractional_max_pool_names_samples_and_indices_on_another_gpu():
+    """fractional_max_pool2d checks its samples' GPU before their range check, and its backward the
+    indices' before the reach check, each of which computes on them."""
+    out = _passed(run_on_sim(["-c", FRACTIONAL_ARRAYS_ON_ANOTHER_GPU], gpus=2))
+    assert "refused: _random_samples is on GPU 1 but the current device is GPU 0" in out, out
+    assert "refused: indices is on GPU 1 but the current device is GPU 0" in out, out
