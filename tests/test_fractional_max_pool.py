@@ -256,8 +256,9 @@ def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
          "either an output_size or an output_ratio"),
         (lambda be: F.fractional_max_pool2d(x, 3, (8, 3), _random_samples=s, backend=be), ValueError,
          "pool height 3 too large relative to input height 9"),
-        (lambda be: F.fractional_max_pool3d(np.ones((1, 1, 6, 7, 8)), 3, (5, 4, 5), _random_samples=s[:1, :1].repeat(
-            2, 0)[..., :1].repeat(3, 2), backend=be), ValueError, "pool time 3 too large relative to input time 6"),
+        # volumes: output + kernel_size - 1 < size, PyTorch's strict 3-D rule (4 + 3 - 1 = 6 passes for images)
+        (lambda be: F.fractional_max_pool3d(np.ones((1, 1, 6, 7, 8)), 3, (4, 4, 5), _random_samples=np.full(
+            (1, 1, 3), 0.5), backend=be), ValueError, "pool time 3 too large relative to input time 6"),
         (lambda be: F.fractional_max_pool2d(x, 0, (4, 3), _random_samples=s, backend=be), ValueError, "kernel_size"),
         (lambda be: F.fractional_max_pool2d(x, 2, (0, 3), _random_samples=s, backend=be), ValueError, "output_size"),
         (lambda be: F.fractional_max_pool2d(x, 2, (4, 3, 3), _random_samples=s, backend=be), ValueError,
