@@ -161,8 +161,11 @@ def test_float16_windows_are_pytorchs_fp32_ones(rank):
     torch = pytest.importorskip("torch")
     torch_pool = {2: torch.nn.functional.fractional_max_pool2d, 3: torch.nn.functional.fractional_max_pool3d}[rank]
     rng = np.random.default_rng(4 + rank)
-    for i in range(12):
-        shape, kernel, output_size, output_ratio = draw(rng, rank)
+    # and axes of tens of inputs, where an FP16 alpha or product would move windows (PyTorch's CPU half does)
+    longer = {2: [((1, 4, 57, 61), 2, (40, 23), None), ((1, 3, 50, 47), 3, None, (0.7, 0.45))],
+              3: [((1, 3, 30, 41, 33), 2, (19, 29, 13), None)]}[rank]
+    for i in range(12 + len(longer)):
+        shape, kernel, output_size, output_ratio = draw(rng, rank) if i < 12 else longer[i - 12]
         x = values(rng, shape, np.float16)
         samples = samples_for(rng, shape[0], shape[1], rank, np.float16)
         ratio = output_ratio if output_ratio is None or isinstance(output_ratio, tuple) else (output_ratio,) * rank
