@@ -147,20 +147,9 @@ __device__ __forceinline__ void adaptive_max_pool_forward_of(const REAL* __restr
     for_each_plane_pixel(planes, T * P * Q, [&](long long plane, int out) {
         const REAL* xp = x + plane * (D * H * W);
         const Window win = window_of<VOLUME>(out, D, H, W, T, P, Q);
-        int best_index = (win.d0 * H + win.h0) * W + win.w0;   // every window holds a tap: the first seeds the maximum
-        acc_t best = to_acc(xp[best_index]);
-        for (int d = win.d0; d < win.d1; ++d)
-            for (int h = win.h0; h < win.h1; ++h)
-                for (int w = win.w0; w < win.w1; ++w) {
-                    const int index = (d * H + h) * W + w;
-                    const acc_t v = to_acc(xp[index]);
-                    if (v > best || v != v) {
-                        best = v;
-                        best_index = index;
-                    }
-                }
-        y[plane * (T * P * Q) + out] = to_real(best);
-        indices[plane * (T * P * Q) + out] = best_index;
+        const BoxMax best = box_max(xp, win.d0, win.d1, win.h0, win.h1, win.w0, win.w1, H, W);
+        y[plane * (T * P * Q) + out] = to_real(best.value);
+        indices[plane * (T * P * Q) + out] = best.index;
     });
 }
 

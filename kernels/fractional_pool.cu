@@ -14,9 +14,8 @@
 // ranks: the 2-D kernels run the 3-D bodies with D = T = kd = 1 and VOLUME false (Position3), so the
 // depth folds away at compile time. In-plane indices are flat: (d*H + h)*W + w.
 //  * fractional_max_pool_forward: the thread of output (t, p, q) computes its window from the plane's
-//    samples and scans it in (d, h, w) order; a later tap replaces the maximum only if strictly
-//    greater (the first maximum wins ties) or NaN (NaN propagates, the last NaN's index kept), PyTorch's
-//    rule. Index = flat position in the plane.
+//    samples and scans it in (d, h, w) order with PyTorch's tie and NaN rule (box_max, position3.cuh).
+//    Index = flat position in the plane.
 //  * fractional_max_pool_backward: a GATHER, no atomics, and no samples: input pixel (d, h, w) adds,
 //    in increasing (t, p, q) order, dy of the outputs whose index is its flat position (deterministic).
 //    It visits, per axis, every output whose window can hold the pixel for any samples in [0, 1): in
@@ -80,21 +79,9 @@ __device__ __forceinline__ void fractional_max_pool_forward_of(const REAL* __res
         const int d0 = VOLUME ? fractional_start(to_acc(u[0]), o.t, D, T, kd) : 0;
         const int h0 = fractional_start(to_acc(u[1]), o.p, H, P, kh);
         const int w0 = fractional_start(to_acc(u[VOLUME ? 2 : 0]), o.q, W, Q, kw);
-        const REAL* xp = x + plane * (D * H * W);
-        int best_index = (d0 * H + h0) * W + w0;   // the first tap seeds the maximum
-        acc_t best = to_acc(xp[best_index]);
-        for (int d = d0; d < d0 + kd; ++d)
-            for (int h = h0; h < h0 + kh; ++h)
-                for (int w = w0; w < w0 + kw; ++w) {
-                    const int index = (d * H + h) * W + w;
-                    const acc_t v = to_acc(xp[index]);
-                    if (v > best || v != v) {
-                        best = v;
-                        best_index = index;
-                    }
-                }
-        y[plane * (T * P * Q) + out] = to_real(best);
-        indices[plane * (T * P * Q) + out] = best_index;
+        const BoxMax best = box_max(x + plane * (D * H * W), d0, d0 + kd, h0, h0 + kh, w0, w0 + kw, H, W);
+        y[plane * (T * P * Q) + out] = to_real(best.value);
+        indices[plane * (T * P * Q) + out] = best.index;
     });
 }
 

@@ -272,6 +272,23 @@ def adaptive_max_pool3d_backward_of_own_indices(dy, indices, x_shape, output_siz
     return _adaptive_max_backward(dy, indices, x_shape, output_size, 5, backend, check_indices=False)
 
 
+def max_backward_arrays(dy, indices, batched_rank: int, op: str, backend):
+    """(the backend, dy and indices as batches) of a max pool's backward, indices checked to be an int32
+    array of dy's shape (`op` returned them) and, for the kernels, both arrays' GPU and layout: before an
+    index check computes on them."""
+    if not _checks.is_array(indices):
+        raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
+    if indices.dtype != np.int32:
+        raise TypeError(f"indices must be int32 (as {op} returns them), got {indices.dtype}")
+    _checks.shape_is(indices, "indices", dy.shape, " (the shape of dy)")
+    dy_batch, indices_batch = as_batch(dy, batched_rank)[0], as_batch(indices, batched_rank)[0]
+    be = _backend.resolve(backend, dy, indices)
+    if be != "numpy":
+        dy_batch = _checks.for_kernels(be, dy_batch, "dy")
+        indices_batch = _checks.for_kernels(be, indices_batch, "indices")
+    return be, dy_batch, indices_batch
+
+
 def scatter_at_indices(dy, indices, x_shape):
     """dx of shape x_shape (N, C, *in_size): each dy added at the flat in-plane position its index names in
     its (n, c) plane, in float64 then rounded to dy's dtype once (NumPy; max pools' backward passes)."""
@@ -290,16 +307,7 @@ def _adaptive_max_backward(dy, indices, x_shape, output_size, batched_rank, back
     _checks.array(dy, "dy", ndim=batched_rank - unbatched)
     _checks.shape_is(dy, "dy", (batch_x_shape[:2] + out_size)[unbatched:],
                      f" (the pooled shape of x_shape {tuple(x_shape)} to output_size {output_size!r})")
-    if not _checks.is_array(indices):
-        raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
-    if indices.dtype != np.int32:
-        raise TypeError(f"indices must be int32 (as {op} returns them), got {indices.dtype}")
-    _checks.shape_is(indices, "indices", dy.shape, " (the shape of dy)")
-    dy_batch, indices_batch = as_batch(dy, batched_rank)[0], as_batch(indices, batched_rank)[0]
-    be = _backend.resolve(backend, dy, indices)
-    if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
-        dy_batch = _checks.for_kernels(be, dy_batch, "dy")
-        indices_batch = _checks.for_kernels(be, indices_batch, "indices")
+    be, dy_batch, indices_batch = max_backward_arrays(dy, indices, batched_rank, op, backend)
     if check_indices:
         check_max_indices(indices_batch, batch_x_shape, out_size, op)
     if be == "numpy":

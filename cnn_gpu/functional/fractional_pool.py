@@ -27,7 +27,7 @@ import numpy as np
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
-from .adaptive_pool import scatter_at_indices
+from .adaptive_pool import max_backward_arrays, scatter_at_indices
 from .geometry import as_batch, batch_shape, pair, triple
 from .pool import _plane_strides
 
@@ -237,16 +237,7 @@ def _backward(dy, indices, x_shape, kernel_size, rank, backend, check: bool):
             raise ValueError(f"dy of shape {tuple(dy.shape)} cannot come from {op} of x_shape {tuple(x_shape)} with "
                              f"kernel_size {kernel_size}: output {name} {outputs} must be in "
                              f"[1, {largest_output(size, k, rank)}]")
-    if not _checks.is_array(indices):
-        raise TypeError(f"indices must be a NumPy or CuPy int32 array, got {type(indices).__name__}")
-    if indices.dtype != np.int32:
-        raise TypeError(f"indices must be int32 (as {op} returns them), got {indices.dtype}")
-    _checks.shape_is(indices, "indices", dy.shape, " (the shape of dy)")
-    dy_batch, indices_batch = as_batch(dy, rank + 2)[0], as_batch(indices, rank + 2)[0]
-    be = _backend.resolve(backend, dy, indices)
-    if be != "numpy":   # the arrays' GPU and layout checked before the index check computes on them
-        dy_batch = _checks.for_kernels(be, dy_batch, "dy")
-        indices_batch = _checks.for_kernels(be, indices_batch, "indices")
+    be, dy_batch, indices_batch = max_backward_arrays(dy, indices, rank + 2, op, backend)
     if check:
         check_indices(indices_batch, batch_x_shape, kernel_size, op, x_shape)
     if be == "numpy":
