@@ -272,7 +272,8 @@ def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
          ValueError, "output_ratio"),
         (lambda be: F.fractional_max_pool2d(x, 2, output_ratio=float("nan"), _random_samples=s, backend=be),
          ValueError, "output_ratio"),
-        (lambda be: F.fractional_max_pool2d(x[0, 0], 2, (4, 3), _random_samples=s, backend=be), ValueError, "3-D or 4-D"),
+        (lambda be: F.fractional_max_pool2d(x[0, 0], 2, (4, 3), _random_samples=s, backend=be), ValueError,
+         "3-D or 4-D"),
         (lambda be: F.fractional_max_pool2d(x[:, :0], 2, (4, 3), _random_samples=s, backend=be), ValueError,
          "non-empty"),
         (lambda be: F.fractional_max_pool2d(x.astype(np.int32), 2, (4, 3), _random_samples=s, backend=be), TypeError,
@@ -432,7 +433,8 @@ def test_emu_sweep_with_guard_zones_and_the_race_check(dtype):
 def test_emu_bit_identical_under_schedules(schedule):
     from cnn_gpu import emu
     rng = np.random.default_rng(15)
-    for shape, kernel, out in [((2, 3, 9, 11), 2, (4, 5)), ((1, 2, 20, 19), 3, (9, 8)), ((2, 1, 7, 6, 9), 2, (3, 4, 4))]:
+    for shape, kernel, out in [((2, 3, 9, 11), 2, (4, 5)), ((1, 2, 20, 19), 3, (9, 8)),
+                               ((2, 1, 7, 6, 9), 2, (3, 4, 4))]:
         rank = len(shape) - 2
         x = rng.standard_normal(shape).astype(np.float32)
         samples = rng.random(shape[:2] + (rank,)).astype(np.float32)

@@ -16,7 +16,9 @@ max_unpool1d/2d (the max pools' partial inverses, one kernel file of their own) 
 from avg and max pooling as PyTorch defines them) have backward functions too; the *_with_indices
 functions are PyTorch's names of the max pools, which return (y, indices) anyway. conv3d and
 conv3d_backward take volumes (N, C, D, H, W) or unbatched (C, D, H, W) and run kernels/conv3d_fprop.cu,
-the implicit GEMM of conv2d with a depth coordinate, for all three passes.
+the implicit GEMM of conv2d with a depth coordinate, for all three passes. fractional_max_pool2d/3d take
+PyTorch's _random_samples (or draw them from nn.init's generator) and return y, or (y, indices) with
+return_indices; their backward functions need only the indices and the kernel size.
 
 PyTorch's fuller signatures are taken too: conv and pool ops (and their backward functions) accept
 one unbatched image (C, H, W) and return the same rank; conv2d(padding="same" | "valid"); linear on
