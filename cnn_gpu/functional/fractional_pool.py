@@ -25,14 +25,14 @@ import math
 import numpy as np
 
 from .. import backend as _backend
+from ..gpu import fractional_pool as gpu_pool   # (at import: no import statement a call)
+from ..gpu.fractional_pool import REACH
 from . import _checks
 from ._float16 import takes_float16
 from .adaptive_pool import max_backward_arrays, scatter_at_indices
 from .geometry import as_batch, batch_shape, pair, triple
 from .pool import _plane_strides
 
-# kernels/fractional_pool.cu REACH: how far from floor(i * (size - k) / (outputs - 1)) window i may start
-REACH = 3
 _AXIS_NAMES = {2: ("height", "width"), 3: ("time", "height", "width")}   # PyTorch's, in its errors
 
 
@@ -143,7 +143,6 @@ def _pool_with_samples(x, samples, kernel_size, out_size, *, backend=None):
     be = _backend.resolve(backend, x, samples)
     if be == "numpy":
         return _max_windows(x, samples, kernel_size, out_size)
-    from ..gpu import fractional_pool as gpu_pool
     return gpu_pool.forward(be, _checks.for_kernels(be, x, "x"), samples, kernel_size, out_size)
 
 
@@ -243,7 +242,6 @@ def _backward(dy, indices, x_shape, kernel_size, rank, backend, check: bool):
     if be == "numpy":
         dx = scatter_at_indices(dy_batch, indices_batch, batch_x_shape)
     else:
-        from ..gpu import fractional_pool as gpu_pool
         dx = gpu_pool.backward(be, dy_batch, indices_batch, batch_x_shape, kernel_size)
     return dx[0] if unbatched else dx
 
