@@ -3,8 +3,8 @@
 // the plane's sample u in [0, 1) for that axis: alpha = (size - k) / (outputs - 1) and output i's window
 // starts at int((i + u) * alpha) - int(u * alpha), the last output's at size - k (ATen's
 // generate_intervals, in acc_t: FP32 for float16, as PyTorch's CUDA kernels). The host has checked
-// outputs + k - 1 <= size, so alpha >= 1 and every start lies in [0, size - k]: both floors are of
-// non-negative values and the rounded products never decrease with i.
+// outputs + k - 1 <= size and every sample to lie in [0, 1), so alpha >= 1 and every start lies in
+// [0, size - k]: both floors are of non-negative values and the rounded products never decrease with i.
 // Samples (planes, 2) hold (u_w, u_h) for images, (planes, 3) (u_t, u_h, u_w) for volumes: PyTorch's
 // orders.
 //
@@ -23,7 +23,8 @@
 //    one more, and each of the two rounded products moves its floor by at most 1 while its rounding
 //    error stays below one (the host refuses axes of 2^22 inputs or more to the float32 and float16
 //    builds), so the start lies within REACH of floor(i * (size - k) / (outputs - 1)), taken exactly in
-//    ints. The host checks caller-given indices against the same reach (cnn_gpu.functional.fractional_pool).
+//    ints. The host checks caller-given indices against the same reach
+//    (cnn_gpu.functional.fractional_pool.check_indices).
 // In-plane indices and the reach's products are int (the host refuses planes of 2^31 pixels or more
 // and axes with (size + REACH + 1) * outputs >= 2^31); plane offsets are 64-bit. Comparisons and sums
 // are acc_t: float16 adds in FP32 and rounds each output once.
@@ -32,7 +33,7 @@
 #include "position3.cuh"
 
 // How far from floor(i * (size - k) / (outputs - 1)) output i's window start may lie
-// (cnn_gpu.functional.fractional_pool.REACH).
+// (cnn_gpu.gpu.fractional_pool.REACH).
 #define REACH 3
 
 // Output i's window start along an axis: ATen's interval from the plane's sample u.
