@@ -20,7 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import backend as _backend
-from ..gpu import conv3d as gpu_conv3d
+from ..gpu import conv3d as gpu_conv3d, elementwise
 from . import _checks
 from ._float16 import takes_float16
 from .conv import _simt, _tf32_operands, _unbatched
@@ -85,11 +85,6 @@ def conv3d_padding(padding, stride, dilation, kernel):
     return tuple(t // 2 for t in totals), tuple(t % 2 for t in totals)
 
 
-@functools.lru_cache(maxsize=256)
-def _geometry_kept(x_shape, w_shape, stride, padding, dilation, groups) -> Conv3dGeometry:
-    return conv3d_geometry(x_shape, w_shape, stride, padding, dilation, groups)
-
-
 def conv3d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1) -> Conv3dGeometry:
     """Geometry of F.conv3d(x, weight, ...) on a batch x (N, C, D, H, W); ValueError on any inconsistent
     size, before anything runs."""
@@ -117,13 +112,17 @@ def conv3d_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1)
     return Conv3dGeometry(N, C, D, H, W, K, T, R, S, O, P, Q, stride, padding, dilation, groups, extra)
 
 
-def _geometry(x_shape, w_shape, stride, padding, dilation, groups) -> Conv3dGeometry:
-    """conv3d_geometry, remembered where the arguments are plain ints, strings and tuples of ints (a
-    layer's every call; a refusal is never kept)."""
-    options = (stride, padding, dilation, groups)
+@functools.lru_cache(maxsize=256)
+def _geometry_kept(make, x_shape, w_shape, options) -> Conv3dGeometry:
+    return make(x_shape, w_shape, *options)
+
+
+def _geometry(x_shape, w_shape, *options, make=conv3d_geometry) -> Conv3dGeometry:
+    """make(x_shape, w_shape, *options) (conv3d_geometry, or conv_transpose3d's), remembered where the
+    options are plain ints, strings and tuples of ints (a layer's every call; a refusal is never kept)."""
     if all(map(_plain, options)):
-        return _geometry_kept(tuple(x_shape), tuple(w_shape), *options)
-    return conv3d_geometry(x_shape, w_shape, *options)
+        return _geometry_kept(make, tuple(x_shape), tuple(w_shape), options)
+    return make(x_shape, w_shape, *options)
 
 
 # --- NumPy ----------------------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, b
     if be == "numpy":
         return _unbatched(_forward(*_tf32_operands(x, weight), bias, g), unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
-    return _unbatched(_simt(lambda x, w, b: gpu_conv3d.fprop(be, x, w, b, g), (x, weight), bias), unbatched)
+    return _unbatched(kernel_fprop(be, x, weight, bias, g), unbatched)
 
 
 @takes_float16(kernels=True)
@@ -234,14 +233,46 @@ def conv3d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bi
         dw = _weight_grad(dy_t, x_t, g) if weight_grad else None
         return _unbatched((dx, dw, (_bias_grad(dy) if bias else None)), unbatched)
     dy, x, weight = (_checks.for_kernels(be, a, n) for a, n in ((dy, "dy"), (x, "x"), (weight, "weight")))
-    # both passes' plans (their index-range checks) made before the first launch
-    kernel_dtype = _backend.compute_dtype(x.dtype)
-    for phase in gpu_conv3d.dgrad_phases(g) if input_grad else ():
+    plan_passes(g, x.dtype, dgrad=input_grad, wgrad=weight_grad)
+    dx = kernel_dgrad(be, dy, weight, g) if input_grad else None
+    dw = kernel_wgrad(be, dy, x, g) if weight_grad else None
+    return _unbatched((dx, dw, (kernel_bgrad(be, dy) if bias else None)), unbatched)
+
+
+# --- the kernels' passes by geometry (emu, cuda): conv3d's and conv_transpose3d's -------------------
+
+def plan_passes(g: Conv3dGeometry, dtype, *, fprop=False, dgrad=False, wgrad=False) -> None:
+    """The plans of the passes about to run (their index-range checks), all made before the first launch."""
+    kernel_dtype = _backend.compute_dtype(dtype)
+    if fprop:
+        gpu_conv3d.plan_fprop(g, kernel_dtype)
+    for phase in gpu_conv3d.dgrad_phases(g) if dgrad else ():
         if phase.geometry is not None:
             gpu_conv3d.plan_fprop(phase.geometry, kernel_dtype)
-    if weight_grad:
+    if wgrad:
         gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), kernel_dtype)
-    dx = _simt(lambda dy, w, _: gpu_conv3d.dgrad(be, dy, w, g), (dy, weight)) if input_grad else None
-    dw = _simt(lambda dy, x, _: gpu_conv3d.wgrad(be, dy, x, g), (dy, x)) if weight_grad else None
-    return _unbatched((dx, dw, (gpu_conv3d.bgrad(be, dy) if bias else None)), unbatched)
 
+
+def kernel_fprop(be, x, weight, bias, g: Conv3dGeometry):
+    """y = conv3d(x, weight) + bias on the kernels."""
+    return _simt(lambda x, w, b: gpu_conv3d.fprop(be, x, w, b, g), (x, weight), bias)
+
+
+def kernel_dgrad(be, dy, weight, g: Conv3dGeometry, bias=None):
+    """dx on the kernels, plus `bias` per channel (conv_transpose3d's) before a float16 result's one rounding."""
+    def dgrad(dy, w, b):
+        dx = gpu_conv3d.dgrad(be, dy, w, g)
+        if b is not None:
+            elementwise.bias_add(be, dx, b)
+        return dx
+    return _simt(dgrad, (dy, weight), bias)
+
+
+def kernel_wgrad(be, dy, x, g: Conv3dGeometry):
+    """dweight on the kernels."""
+    return _simt(lambda dy, x, _: gpu_conv3d.wgrad(be, dy, x, g), (dy, x))
+
+
+def kernel_bgrad(be, dy):
+    """dbias on the kernels: dy summed per channel in a fixed order."""
+    return gpu_conv3d.bgrad(be, dy)
