@@ -63,6 +63,7 @@ from .instance_norm import instance_norm, instance_norm_backward
 from .layer_norm import layer_norm, layer_norm_backward
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .conv3d import conv3d, conv3d_backward
+from .conv_transpose3d import conv_transpose3d, conv_transpose3d_backward
 from .linear import linear, linear_backward
 from .loss import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, l1_loss,
                    mse_loss, nll_loss, smooth_l1_loss, gaussian_nll_loss, hinge_embedding_loss, margin_ranking_loss,
@@ -122,6 +123,7 @@ __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_ba
            "tanhshrink_backward", "threshold", "threshold_", "threshold_backward", "gaussian_nll_loss",
            "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss", "multilabel_soft_margin_loss",
            "poisson_nll_loss", "soft_margin_loss", "triplet_margin_loss", "cosine_embedding_loss", "softmin",
-           "softmin_backward", "rms_norm", "rms_norm_backward", "conv3d", "conv3d_backward",
-           "fractional_max_pool2d", "fractional_max_pool2d_backward", "fractional_max_pool2d_with_indices",
-           "fractional_max_pool3d", "fractional_max_pool3d_backward", "fractional_max_pool3d_with_indices"]
+           "softmin_backward", "rms_norm", "rms_norm_backward", "conv3d", "conv3d_backward", "conv_transpose3d",
+           "conv_transpose3d_backward", "fractional_max_pool2d", "fractional_max_pool2d_backward",
+           "fractional_max_pool2d_with_indices", "fractional_max_pool3d", "fractional_max_pool3d_backward",
+           "fractional_max_pool3d_with_indices"]
