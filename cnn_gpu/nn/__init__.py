@@ -12,8 +12,8 @@
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential, ParameterDict, ParameterList
 from .rms_norm import RMSNorm
-from .lazy import (LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyConvTranspose2d, LazyInstanceNorm1d,
-                   LazyInstanceNorm2d, LazyLinear)
+from .lazy import (LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose2d,
+                   LazyConvTranspose3d, LazyInstanceNorm1d, LazyInstanceNorm2d, LazyLinear)
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, CircularPad2d,
                      CircularPad3d, ConstantPad2d, ConstantPad3d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten,
                      GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
@@ -22,7 +22,8 @@ from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Batc
                      ZeroPad3d, ELU, CELU, GLU, SELU, Hardshrink, LogSigmoid, Softmax2d, Softmin, Softplus, Softshrink,
                      Softsign, Tanhshrink, Threshold)
 from .instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from .layers_3d import BatchNorm3d, Conv3d, Dropout3d, MaxPool3d, AdaptiveAvgPool3d, AdaptiveMaxPool3d, AvgPool3d
+from .layers_3d import (BatchNorm3d, Conv3d, ConvTranspose3d, Dropout3d, MaxPool3d, AdaptiveAvgPool3d,
+                        AdaptiveMaxPool3d, AvgPool3d)
 from .layers_1d import (AdaptiveAvgPool1d, AdaptiveMaxPool1d, Dropout1d, AvgPool1d, CircularPad1d, ConstantPad1d,
                         Conv1d, ConvTranspose1d, MaxPool1d, ReflectionPad1d, ReplicationPad1d, ZeroPad1d)
 from .lp_pool import LPPool1d, LPPool2d
@@ -57,5 +58,5 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "CELU", "GLU", "SELU", "Hardshrink", "LogSigmoid", "Softmax2d", "Softmin", "Softplus", "Softshrink",
            "Softsign", "Tanhshrink", "Threshold", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss", "TripletMarginLoss",
-           "CosineEmbeddingLoss", "UninitializedParameter", "Conv3d", "SyncBatchNorm", "FractionalMaxPool2d",
-           "FractionalMaxPool3d"]
+           "CosineEmbeddingLoss", "UninitializedParameter", "Conv3d", "SyncBatchNorm", "ConvTranspose3d", "LazyConv3d",
+           "LazyConvTranspose3d", "FractionalMaxPool2d", "FractionalMaxPool3d"]

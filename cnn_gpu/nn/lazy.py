@@ -1,5 +1,5 @@
-"""Lazy modules (PyTorch's LazyLinear, LazyConv1d, LazyConv2d, LazyConvTranspose2d,
-LazyBatchNorm1d/2d, LazyInstanceNorm1d/2d): in_features, in_channels or num_features is inferred
+"""Lazy modules (PyTorch's LazyLinear, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose2d,
+LazyConvTranspose3d, LazyBatchNorm1d/2d, LazyInstanceNorm1d/2d): in_features, in_channels or num_features is inferred
 from the first forward's input, then the module becomes the regular one (its class too, as torch
 2.13's `cls_to_become`), initialised as that one's constructor initialises it.
 
@@ -21,6 +21,7 @@ from . import init
 from .instance_norm import InstanceNorm1d, InstanceNorm2d
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Linear
 from .layers_1d import Conv1d
+from .layers_3d import Conv3d, ConvTranspose3d
 from .module import UninitializedParameter, array_like
 
 # What a lazy module's bookkeeping adds to the regular module's attributes (not copied at materialisation)
@@ -166,6 +167,17 @@ class LazyConvTranspose2d(_LazyConv, ConvTranspose2d):
     """ConvTranspose2d with in_channels inferred from the first input: LazyConvTranspose2d(out_channels,
     kernel_size, ...)."""
     cls_to_become, _spatial_dims = ConvTranspose2d, 2
+
+
+class LazyConv3d(_LazyConv, Conv3d):
+    """Conv3d with in_channels inferred from the first input: LazyConv3d(out_channels, kernel_size, ...)."""
+    cls_to_become, _spatial_dims = Conv3d, 3
+
+
+class LazyConvTranspose3d(_LazyConv, ConvTranspose3d):
+    """ConvTranspose3d with in_channels inferred from the first input: LazyConvTranspose3d(out_channels,
+    kernel_size, ...)."""
+    cls_to_become, _spatial_dims = ConvTranspose3d, 3
 
 
 class LazyBatchNorm1d(_LazyNorm, BatchNorm1d):
