@@ -18,6 +18,10 @@ LAZY = [("LazyLinear", (3,), {}, (2, 5), "in_features"),
         ("LazyConv2d", (4, 3), {"padding": 1}, (2, 3, 5, 5), "in_channels"),
         ("LazyConv2d", (4, 3), {"groups": 2}, (6, 5, 5), "in_channels"),   # unbatched
         ("LazyConvTranspose2d", (4, 3), {"stride": 2}, (2, 3, 4, 4), "in_channels"),
+        ("LazyConv3d", (4, (2, 3, 2)), {"padding": 1}, (2, 3, 3, 4, 4), "in_channels"),
+        ("LazyConv3d", (4, 3), {"groups": 2, "padding": "same"}, (6, 3, 4, 4), "in_channels"),   # unbatched
+        ("LazyConvTranspose3d", (4, 3), {"stride": 2, "output_padding": 1}, (2, 3, 2, 3, 2), "in_channels"),
+        ("LazyConvTranspose3d", (6, 2), {"groups": 3, "dilation": 2}, (6, 2, 3, 2), "in_channels"),   # unbatched
         ("LazyBatchNorm1d", (), {}, (4, 3), "num_features"),
         ("LazyBatchNorm2d", (), {"momentum": 0.2}, (2, 3, 4, 4), "num_features"),
         ("LazyInstanceNorm1d", (), {}, (2, 3, 7), "num_features"),
