@@ -313,6 +313,14 @@ def test_index_range_refused_before_any_launch(monkeypatch):
                  lambda: F.conv_transpose3d_backward(np.zeros((2, 3, 8, 8, 8), np.float32), x, w),
                  lambda: F.conv_transpose3d_backward(np.zeros((2, 3, 8, 8, 8), np.float32), x, w, input_grad=False)):
         assert_refused_before_any_launch(monkeypatch, call, ValueError, "32-bit")
+    # dx's plan passes (dy 1536 elements counted) where dw's refuses (dy as 1 image of 2 channels: 2048): the
+    # weight gradient's refusal comes before the input gradient's launch
+    monkeypatch.setattr(gpu_conv3d, "INDEX_LIMIT", 2000)
+    x = rng.standard_normal((2, 1, 4, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 5, 5, 5)).astype(np.float32)
+    assert_refused_before_any_launch(
+        monkeypatch, lambda: F.conv_transpose3d_backward(np.ones((2, 1, 8, 8, 8), np.float32), x, w), ValueError,
+        "32-bit")
 
 
 # --- the layer ---------------------------------------------------------------------------------
