@@ -1,8 +1,9 @@
 """The GEMM ops' checks: conv2d and conv_transpose2d (every stride, padding, dilation and group
-form, padding="same", unbatched), their 1-D forms, conv3d, and linear."""
+form, padding="same", unbatched), their 1-D forms, conv3d and conv_transpose3d, and linear."""
 from __future__ import annotations
 
 from ..functional.conv3d import conv3d_geometry
+from ..functional.conv_transpose3d import conv_transpose3d_geometry
 from ..functional.geometry import conv_geometry, conv_transpose_geometry
 from .spec import OpCheck, _height_one, _ints, _signal_inputs, _unbatched, _width
 
@@ -109,9 +110,11 @@ TCONV_LARGE = (
 )
 
 
-def _tconv_inputs(cfg, rng):
+def _tconv_inputs(cfg, rng, geometry=None):
+    """x, weight, bias and dy of a transposed convolution; `geometry`: conv_transpose3d's (_tconv3d_geometry)
+    where not conv_transpose2d's."""
     x_shape, w_shape = _tconv_shapes(cfg)
-    g = _tconv_geometry(cfg)
+    g = (geometry or _tconv_geometry)(cfg)
     return dict(x=rng.standard_normal(x_shape), weight=rng.standard_normal(w_shape),
                 bias=rng.standard_normal(g.C) if cfg["bias"] else None, dy=rng.standard_normal(g.x_shape))
 
@@ -273,6 +276,47 @@ CONV3D_LARGE = (_conv(N=2, C=16, K=32, HW=(8, 14, 14), RS=(3, 3, 3), stride=(1, 
                       dilation=(1, 1, 1), unbatched=False),)
 
 
+def _tconv3d_config(rng):
+    """_conv3d_config's draws as a transposed convolution's: C and K swapped, numeric padding, an
+    output_padding below the stride or the dilation of each axis."""
+    while True:
+        cfg = _conv3d_config(rng)
+        cfg["C"], cfg["K"] = cfg["K"], cfg["C"]
+        if isinstance(cfg["padding"], str):
+            cfg["padding"] = _ints(rng, 0, 1, 3)
+        cfg["output_padding"] = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(cfg["stride"], cfg["dilation"]))
+        try:
+            _tconv3d_geometry(cfg)
+            return cfg
+        except ValueError:
+            continue
+
+
+def _tconv3d_geometry(cfg):
+    return conv_transpose3d_geometry(*_tconv_shapes(cfg), cfg["stride"], cfg["padding"], cfg["output_padding"],
+                                     cfg["groups"], cfg["dilation"])
+
+
+def _tconv3d_run(a, cfg, be):
+    from .. import functional as F
+    args = dict(_conv_args(cfg), output_padding=cfg["output_padding"])
+    y = F.conv_transpose3d(a["x"], a["weight"], a["bias"], backend=be, **args)
+    dx, dw, db = F.conv_transpose3d_backward(a["dy"], a["x"], a["weight"], bias=cfg["bias"], backend=be, **args)
+    return dict(y=y, dx=dx, dweight=dw, dbias=db)
+
+
+TCONV3D_EDGES = (
+    _conv(HW=(2, 3, 3), RS=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1), output_padding=(1, 1, 1),
+          dilation=(1, 1, 1), unbatched=False),                           # a decoder's 2x upsampling
+    _conv(C=4, K=6, groups=2, HW=(3, 4, 2), RS=(2, 3, 1), stride=(1, 2, 3), padding=(0, 1, 0), output_padding=(1, 1, 2),
+          dilation=(2, 1, 1), bias=False, unbatched=True),                # output_padding past a stride of 1
+    _conv(C=4, K=4, groups=4, HW=(2, 3, 3), RS=(2, 2, 2), stride=(2, 1, 1), padding=(0, 0, 0),
+          output_padding=(0, 0, 0), dilation=(1, 1, 1), unbatched=False),  # depthwise
+)
+TCONV3D_LARGE = (_conv(N=2, C=32, K=16, HW=(4, 8, 8), RS=(2, 2, 2), stride=(2, 2, 2), padding=(0, 0, 0),
+                       output_padding=(0, 0, 0), dilation=(1, 1, 1), unbatched=False),)   # a 3-D U-Net's up step
+
+
 CONV_MATH = dict(math_operands=("x", "weight", "dy"), math_outputs=("y", "dx", "dweight"))
 
 
@@ -294,4 +338,8 @@ CHECKS = (
             "dy", {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, **CONV_MATH),
     OpCheck("conv3d", _conv3d_config, CONV3D_EDGES, _conv3d_inputs, _conv3d_run, "y", "dy",
             {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=CONV3D_LARGE, **CONV_MATH),
+    OpCheck("conv_transpose3d", _tconv3d_config, TCONV3D_EDGES,
+            lambda cfg, rng: _unbatched(_tconv_inputs(cfg, rng, _tconv3d_geometry), cfg), _tconv3d_run, "y", "dy",
+            {"x": "dx", "weight": "dweight", "bias": "dbias"}, reduces=True, large_configs=TCONV3D_LARGE,
+            **CONV_MATH),
 )
