@@ -1,7 +1,8 @@
 """The bench cases of the op families beside the convolutions, pools and first losses: activations,
 normalisations, the 3-D layers, sliding blocks, the margin and likelihood losses and the distances,
 each forward and backward in one call (a loss with its gradient), on the input of a shape set's
-convolutions (an image batch), pools, volumes (the 3-D layers: a shape set's VolumeShape, video clips
+convolutions (an image batch; conv3d and conv_transpose3d: each conv layer's filter with a depth, on
+volumes of depth 2), pools, volumes (the 3-D pools and norms: a shape set's VolumeShape, video clips
 or scans) or losses ((N, classes) rows). FAMILY_OPS holds them by name; bench.ops lists them with the
 others, run when named (--ops)."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..functional.conv3d import conv3d_geometry
 from ..functional.geometry import pool_geometry
 from .cases import Case, _F, _input_sets, _random
 
@@ -84,6 +86,61 @@ def _torch_backward(torch, forward, grad_inputs, dy=None):
     """The gradients of forward(*grad_inputs) for each of them, dy upstream (None: a scalar loss)."""
     leaves = [a.detach().requires_grad_(True) for a in grad_inputs]
     return torch.autograd.grad(forward(*leaves), leaves, dy)
+
+
+# --- 3-D convolutions --------------------------------------------------------------------------------
+
+def volume_conv(shape):
+    """The conv3d of a convolution shape on volumes of depth 2 (volume): its filter, stride, padding and
+    dilation with a depth axis (the filter's depth the filter's height where the padded depth holds it,
+    stride and dilation 1 across the depth), so the output keeps a depth of 2 for "same"-padded filters."""
+    g = shape.geometry()
+    depth = min(g.R, 2 + 2 * g.padding[0])
+    return conv3d_geometry(volume(shape), (g.K, g.C // g.groups, depth, g.R, g.S), (1, *g.stride),
+                           (g.padding[0], *g.padding), (1, *g.dilation), g.groups)
+
+
+def _conv3d_options(g) -> dict:
+    return dict(stride=g.stride, padding=g.padding, dilation=g.dilation, groups=g.groups)
+
+
+def volume_conv_transpose_padding(g) -> tuple:
+    """conv_transpose3d's output_padding that maps volume_conv's output back to its input's size."""
+    return tuple(size - ((out - 1) * s - 2 * p + d * (k - 1) + 1) for size, out, s, p, d, k in
+                 zip((g.D, g.H, g.W), (g.O, g.P, g.Q), g.stride, g.padding, g.dilation, (g.T, g.R, g.S)))
+
+
+def _conv3d_arrays(transposed):
+    """x, the filter, a bias and dy of volume_conv (transposed: x of its output's shape, dy of its input's)."""
+    def arrays(shape, dtype, rng):
+        g = volume_conv(shape)
+        x, y = (g.y_shape, g.x_shape) if transposed else (g.x_shape, g.y_shape)
+        return (_random(rng, x, dtype), _random(rng, g.w_shape, dtype), _random(rng, y[1:2], dtype),
+                _random(rng, y, dtype))
+    return arrays
+
+
+def _conv3d_cnn(F, be, shape, x, w, b, dy):
+    options = _conv3d_options(volume_conv(shape))
+    return F.conv3d(x, w, b, backend=be, **options), F.conv3d_backward(dy, x, w, backend=be, **options)
+
+
+def _conv_transpose3d_cnn(F, be, shape, x, w, b, dy):
+    g = volume_conv(shape)
+    options = dict(_conv3d_options(g), output_padding=volume_conv_transpose_padding(g))
+    return (F.conv_transpose3d(x, w, b, backend=be, **options),
+            F.conv_transpose3d_backward(dy, x, w, backend=be, **options))
+
+
+def _conv3d_torch(transposed):
+    def run(torch, shape, x, w, b, dy):
+        g = volume_conv(shape)
+        options = _conv3d_options(g)
+        if transposed:
+            options["output_padding"] = volume_conv_transpose_padding(g)
+        forward = getattr(torch.nn.functional, "conv_transpose3d" if transposed else "conv3d")
+        return _torch_backward(torch, lambda *a: forward(*a, **options), [x, w, b], dy)
+    return run
 
 
 # --- activations ------------------------------------------------------------------------------------
@@ -430,6 +487,11 @@ FAMILY_OPS = {
                          _rms_norm_cnn, _rms_norm_torch),
     "local_response_norm": FamilyOp("conv", f"local response norm over {LRN_SIZE} channels, forward and backward",
                                     _x_and_dy(image), _local_response_norm_cnn, _local_response_norm_torch),
+    "conv3d": FamilyOp("conv", "3-D convolution of volumes (depth 2, the layer's filter with a depth), forward "
+                       "and backward (dx, dweight, dbias)", _conv3d_arrays(False), _conv3d_cnn, _conv3d_torch(False)),
+    "conv_transpose3d": FamilyOp("conv", "conv3d's transpose, its output volumes back to its input's, forward and "
+                                 "backward (dx, dweight, dbias)", _conv3d_arrays(True), _conv_transpose3d_cnn,
+                                 _conv3d_torch(True)),
     "dropout1d": _channel_dropout("dropout1d", signal),
     "dropout3d": _channel_dropout("dropout3d", volume),
     "max_pool3d": FamilyOp("volume", "max pooling of volumes, forward and backward",

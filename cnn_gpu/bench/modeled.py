@@ -496,8 +496,55 @@ def _optimizer_step(op: str, shape, dtype) -> list[tuple[str, float]]:
             for first in range(0, len(sizes), UPDATE_SLOTS)]
 
 
+def _conv3d_fprop_estimates(h, bias: bool, dtype, spec) -> list:
+    """One run of the conv3d_fprop kernel on geometry `h` as its plan launches it: the GEMM launch from its
+    FLOPs and traffic (operands and output, or split-K partials; as roofline.conv prices conv2d's), then
+    any split-K sum (which adds the bias then)."""
+    from ..gpu import conv3d as gpu_conv3d
+    plan = gpu_conv3d.plan_fprop(h, dtype, sms=spec.sms)
+    item = np.dtype(dtype).itemsize
+    x, w, y = (math.prod(s) for s in (h.x_shape, h.w_shape, h.y_shape))
+    flops, bias_elements = 2 * y * w // h.K, h.K if bias else 0
+    if plan.splits > 1:
+        works = [roofline.LaunchWork(flops, (x + w + plan.splits * y) * item),
+                 roofline.LaunchWork(0, (plan.splits * y + bias_elements + y) * item)]
+    else:
+        works = [roofline.LaunchWork(flops, (x + w + bias_elements + y) * item)]
+    return [roofline.estimate_launch(launch, work, dtype, spec) for launch, work in zip(plan.launches, works)]
+
+
+def _conv3d_family(op: str, shape, dtype, spec) -> list:
+    """The estimates of bench.families' conv3d / conv_transpose3d, forward and backward, launch by launch as
+    their launchers run them on volume_conv's geometry: conv3d's fprop with its bias, dgrad's stride phases
+    and wgrad; conv_transpose3d's dgrad phases and its bias_add_nchw, fprop (dx) and wgrad (x and dy
+    swapped); then the bias gradient. The bias addition and gradient are memory-bound. float16 runs the
+    float32 kernels; its widening and rounding, and the launchers' rearranging copies, are CuPy's
+    element-wise work (not itemised)."""
+    from ..gpu import conv3d as gpu_conv3d
+    from ..gpu.reduce import plan_channel_sum
+    from .families import volume_conv
+    g = volume_conv(shape)
+    kernel_dtype = backend.compute_dtype(np.dtype(dtype))
+    item = kernel_dtype.itemsize
+
+    def runs(*geometries, bias=False):
+        return [e for h in geometries for e in _conv3d_fprop_estimates(h, bias, kernel_dtype, spec)]
+    dgrad = runs(*(phase.geometry for phase in gpu_conv3d.dgrad_phases(g) if phase.geometry is not None))
+    wgrad = runs(gpu_conv3d.wgrad_geometry(g))
+    if op == "conv3d":
+        estimates, out_shape = runs(g, bias=True) + dgrad + wgrad, g.y_shape
+    else:
+        bias_add = roofline.memory_bound("bias_add_nchw", (2 * math.prod(g.x_shape) + g.C) * item, spec)
+        estimates, out_shape = dgrad + [bias_add] + runs(g) + wgrad, g.x_shape
+    n, channels = out_shape[:2]   # the bias gradient sums dy, of the op's output shape
+    reduce = plan_channel_sum(n, channels, math.prod(out_shape[2:]))
+    return estimates + [roofline.memory_bound(reduce.kernel, (math.prod(out_shape) + channels) * item, spec)]
+
+
 def _family(case, spec, dtype) -> list:
     from . import families
+    if case.op in ("conv3d", "conv_transpose3d"):
+        return _conv3d_family(case.op, case.shape, dtype, spec)
     if case.op in families.OPTIMIZERS:
         return [roofline.memory_bound(name, traffic, spec) for name, traffic in _optimizer_step(case.op, case.shape,
                                                                                                 dtype)]
