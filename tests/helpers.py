@@ -206,6 +206,14 @@ def assert_refused_before_any_launch(monkeypatch, call, error, message):
             call()
 
 
+def assert_refused_as_torch_refuses(monkeypatch, torch, call, theirs, operands, error, message):
+    """PyTorch refuses theirs(torch, *operands) (any exception type), and call(*operands) raises `error`
+    matching `message` with no kernel launched."""
+    with pytest.raises((RuntimeError, ValueError, TypeError)):
+        theirs(torch, *operands)
+    assert_refused_before_any_launch(monkeypatch, lambda: call(*operands), error, message)
+
+
 def activation_and_gradient(op: str, options: dict, x, dy, be: str):
     """F.<op>(x, **options) and F.<op>_backward(dy, x, **options) on backend `be` as NumPy arrays (cuda:
     computed on CuPy copies): the element-wise activation tests' own results."""

@@ -483,9 +483,11 @@ def _check_x_weight(x, weight):
 
 
 def _check_dy(dy, x, weight, expected_shape):
+    """dy of x's rank and dtype, of `expected_shape` (a batch's: 4-D, or 5-D for volumes) less its batch
+    axis where x is unbatched."""
     _checks.array(dy, "dy", ndim=x.ndim)
     _checks.same_dtype("x", x, weight=weight, dy=dy)
-    _checks.shape_is(dy, "dy", expected_shape[4 - x.ndim:], " (the shape of the op's output)")
+    _checks.shape_is(dy, "dy", expected_shape[len(expected_shape) - x.ndim:], " (the shape of the op's output)")
 
 
 def _unbatched(result, unbatched: bool):

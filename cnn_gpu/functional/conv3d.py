@@ -23,7 +23,7 @@ from .. import backend as _backend
 from ..gpu import conv3d as gpu_conv3d, elementwise
 from . import _checks
 from ._float16 import takes_float16
-from .conv import _simt, _tf32_operands, _unbatched
+from .conv import _check_dy, _simt, _tf32_operands, _unbatched
 from .geometry import PADDING_STRINGS, _groups, _plain, as_batch, conv_output_size, triple
 
 
@@ -221,9 +221,7 @@ def conv3d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, bi
     rank of x (unbatched (C, D, H, W) or a batch)."""
     _check_x_weight(x, weight)
     g = _geometry(as_batch(x, 5)[0].shape, weight.shape, stride, padding, dilation, groups)
-    _checks.array(dy, "dy", ndim=x.ndim)
-    _checks.same_dtype("x", x, weight=weight, dy=dy)
-    _checks.shape_is(dy, "dy", g.y_shape[5 - x.ndim:], " (the shape of the op's output)")
+    _check_dy(dy, x, weight, g.y_shape)
     (x, unbatched), (dy, _) = as_batch(x, 5), as_batch(dy, 5)
     bias, input_grad, weight_grad = _checks.gradient_flags(bias, input_grad, weight_grad)
     be = _backend.resolve(backend, dy, x, weight)

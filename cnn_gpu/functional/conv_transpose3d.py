@@ -15,10 +15,10 @@ from __future__ import annotations
 from .. import backend as _backend
 from . import _checks
 from ._float16 import takes_float16
-from .conv import _tf32_operands, _unbatched
-from .conv3d import (Conv3dGeometry, _bias_grad, _forward, _geometry, _input_grad, _weight_grad, kernel_bgrad,
-                     kernel_dgrad, kernel_fprop, kernel_wgrad, plan_passes)
-from .geometry import _groups, as_batch, triple
+from .conv import _check_dy, _tf32_operands, _unbatched
+from .conv3d import (Conv3dGeometry, _bias_grad, _check_x_weight, _forward, _geometry, _input_grad, _weight_grad,
+                     kernel_bgrad, kernel_dgrad, kernel_fprop, kernel_wgrad, plan_passes)
+from .geometry import _groups, as_batch, check_transposed_sizes, triple
 
 
 def conv_transpose3d_geometry(x_shape, w_shape, stride=1, padding=0, output_padding=0, groups=1,
@@ -27,20 +27,12 @@ def conv_transpose3d_geometry(x_shape, w_shape, stride=1, padding=0, output_padd
     Cout/groups, T, R, S), as the convolution it is the input gradient of; ValueError on any inconsistent
     size (PyTorch's rules: output_padding smaller than the stride or the dilation of its axis)."""
     N, Cin, *in_size = (int(d) for d in x_shape)
-    Kw, Coutg, *kernel = (int(d) for d in w_shape)
+    _, Coutg, *kernel = (int(d) for d in w_shape)
     stride, dilation = triple(stride, "stride"), triple(dilation, "dilation")
     padding = triple(padding, "padding", minimum=0)
     output_padding = triple(output_padding, "output_padding", minimum=0)
     groups = _groups(groups)
-    if min(N, Cin, *in_size) <= 0:
-        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
-    if min(Kw, Coutg, *kernel) <= 0:
-        raise ValueError(f"weight has an empty dimension: shape {tuple(w_shape)}")
-    if Kw != Cin:
-        raise ValueError(f"weight shape {tuple(w_shape)} expects {Kw} input channels but x has {Cin} "
-                         f"(x shape {tuple(x_shape)})")
-    if Cin % groups:
-        raise ValueError(f"in_channels ({Cin}) must be divisible by groups ({groups})")
+    check_transposed_sizes(x_shape, w_shape, groups)
     if any(extra >= max(st, dil) for extra, st, dil in zip(output_padding, stride, dilation)):
         raise ValueError(f"output_padding {output_padding} must be smaller than stride {stride} or dilation "
                          f"{dilation}")
@@ -50,11 +42,6 @@ def conv_transpose3d_geometry(x_shape, w_shape, stride=1, padding=0, output_padd
         raise ValueError(f"output would be empty ({'x'.join(map(str, out_size))}): padding {padding} is too large "
                          f"for input {'x'.join(map(str, in_size))} and kernel {'x'.join(map(str, kernel))}")
     return Conv3dGeometry(N, Coutg * groups, *out_size, Cin, *kernel, *in_size, stride, padding, dilation, groups)
-
-
-def _check_x_weight(x, weight):
-    _checks.array(x, "x", ndim=(4, 5))
-    _checks.array(weight, "weight", ndim=5)
 
 
 @takes_float16(kernels=True)
@@ -90,9 +77,7 @@ def conv_transpose3d_backward(dy, x, weight, stride=1, padding=0, output_padding
     _check_x_weight(x, weight)
     g = _geometry(as_batch(x, 5)[0].shape, weight.shape, stride, padding, output_padding, groups, dilation,
                   make=conv_transpose3d_geometry)
-    _checks.array(dy, "dy", ndim=x.ndim)
-    _checks.same_dtype("x", x, weight=weight, dy=dy)
-    _checks.shape_is(dy, "dy", g.x_shape[5 - x.ndim:], " (the shape of the op's output)")
+    _check_dy(dy, x, weight, g.x_shape)
     (x, unbatched), (dy, _) = as_batch(x, 5), as_batch(dy, 5)
     bias, input_grad, weight_grad = _checks.gradient_flags(bias, input_grad, weight_grad)
     be = _backend.resolve(backend, dy, x, weight)

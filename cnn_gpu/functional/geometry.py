@@ -189,21 +189,13 @@ def conv_transpose_geometry(x_shape, w_shape, stride=1, padding=0, output_paddin
     if len(w_shape) != 4:
         raise ValueError(f"weight must be 4-D (in_channels, out_channels/groups, kH, kW), got shape {tuple(w_shape)}")
     N, Cin, Hin, Win = (int(d) for d in x_shape)
-    Kw, Coutg, R, S = (int(d) for d in w_shape)
+    _, Coutg, R, S = (int(d) for d in w_shape)
     sh, sw = pair(stride, "stride")
     ph, pw = pair(padding, "padding", minimum=0)
     oph, opw = pair(output_padding, "output_padding", minimum=0)
     dh, dw = pair(dilation, "dilation")
     groups = _groups(groups)
-    if min(N, Cin, Hin, Win) <= 0:
-        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
-    if min(Kw, Coutg, R, S) <= 0:
-        raise ValueError(f"weight has an empty dimension: shape {tuple(w_shape)}")
-    if Kw != Cin:
-        raise ValueError(f"weight shape {tuple(w_shape)} expects {Kw} input channels but x has {Cin} "
-                         f"(x shape {tuple(x_shape)})")
-    if Cin % groups:
-        raise ValueError(f"in_channels ({Cin}) must be divisible by groups ({groups})")
+    check_transposed_sizes(x_shape, w_shape, groups)
     if oph >= max(sh, dh) or opw >= max(sw, dw):
         raise ValueError(f"output_padding {(oph, opw)} must be smaller than stride {(sh, sw)} or dilation {(dh, dw)}")
     Hout = (Hin - 1) * sh - 2 * ph + dh * (R - 1) + oph + 1
@@ -213,6 +205,20 @@ def conv_transpose_geometry(x_shape, w_shape, stride=1, padding=0, output_paddin
                          f"{Hin}x{Win} and kernel {R}x{S}")
     Cout = Coutg * groups
     return ConvGeometry(N, Cout, Hout, Wout, Cin, R, S, Hin, Win, (sh, sw), (ph, pw), (dh, dw), groups)
+
+
+def check_transposed_sizes(x_shape, w_shape, groups: int) -> None:
+    """ValueError where a transposed convolution's x (N, Cin, ...) and weight (Cin, Cout/groups, ...) do
+    not fit: an empty dimension, another input channel count, Cin not divisible by groups."""
+    if min(x_shape) <= 0:
+        raise ValueError(f"x has an empty dimension: shape {tuple(x_shape)}")
+    if min(w_shape) <= 0:
+        raise ValueError(f"weight has an empty dimension: shape {tuple(w_shape)}")
+    if w_shape[0] != x_shape[1]:
+        raise ValueError(f"weight shape {tuple(w_shape)} expects {w_shape[0]} input channels but x has {x_shape[1]} "
+                         f"(x shape {tuple(x_shape)})")
+    if x_shape[1] % groups:
+        raise ValueError(f"in_channels ({x_shape[1]}) must be divisible by groups ({groups})")
 
 
 def _groups(groups) -> int:
