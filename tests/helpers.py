@@ -206,6 +206,15 @@ def assert_refused_before_any_launch(monkeypatch, call, error, message):
             call()
 
 
+def assert_within_a_float16_rounding(actual, expected, what=""):
+    """A float16 result within a rounding of the FP32 one it was computed from, summed in another order
+    (the kernels' against BLAS's): relative 2e-3, and 2e-3 of the largest expected magnitude."""
+    actual, expected = to_host(actual), np.asarray(expected, np.float32)
+    assert actual.dtype == np.float16, what
+    np.testing.assert_allclose(actual.astype(np.float32), expected, rtol=2e-3,
+                               atol=2e-3 * float(np.abs(expected).max()), err_msg=what)
+
+
 def assert_refused_as_torch_refuses(monkeypatch, torch, call, theirs, operands, error, message):
     """PyTorch refuses theirs(torch, *operands) (any exception type), and call(*operands) raises `error`
     matching `message` with no kernel launched."""

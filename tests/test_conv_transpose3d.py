@@ -18,8 +18,8 @@ from cnn_gpu import functional as F
 from cnn_gpu.functional.conv_transpose3d import conv_transpose3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
-from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch, needs_emu,
-                     to_host)
+from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch,
+                     assert_within_a_float16_rounding, needs_emu)
 
 
 # (x shape, weight shape, stride, padding, output_padding, groups, dilation, bias)
@@ -167,10 +167,7 @@ def test_float16_is_the_float32_math_rounded_once(be):
     want_y = F.conv_transpose3d(*wide[:3], **options(case), backend="numpy")
     want = F.conv_transpose3d_backward(wide[3], wide[0], wide[1], **options(case), backend="numpy")
     for got, expected, name in zip((y,) + grads, (want_y,) + want, ("y", "dx", "dw", "db")):
-        assert got.dtype == np.float16, name
-        # the kernels sum in another order than BLAS: a rounding of the FP32 sum apart at most
-        np.testing.assert_allclose(got.astype(np.float32), expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max(),
-                                   err_msg=name)
+        assert_within_a_float16_rounding(got, expected, name)
 
 
 @pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
@@ -244,9 +241,8 @@ def test_cuda_matches_numpy(dtype):
         for ours, expected, name in zip(got, want, ("y", "dx", "dw", "db")):
             if expected is None:
                 assert ours is None, name
-            elif dtype == np.float16:   # another summation order: within a rounding of the FP32 sum
-                np.testing.assert_allclose(to_host(ours).astype(np.float32), expected.astype(np.float32), rtol=2e-3,
-                                           atol=2e-3 * float(np.abs(expected).max()), err_msg=f"{case} {name}")
+            elif dtype == np.float16:
+                assert_within_a_float16_rounding(ours, expected, f"{case} {name}")
             else:
                 assert_close(ours, expected, dtype, f"{case} {name}")
 
