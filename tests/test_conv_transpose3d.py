@@ -157,6 +157,27 @@ def test_finite_differences(be, case):
 
 
 @pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
+def test_gradients_not_wanted_are_not_computed(monkeypatch, be):
+    """input_grad=False, weight_grad=False and bias=False give None for those gradients, the others as the
+    full call's, and on the kernels skip their passes (fewer launches)."""
+    x, w, b, rng = operands("upsampling", np.float64, seed=5)
+    dy = rng.standard_normal(F.conv_transpose3d(x, w, b, **options("upsampling")).shape)
+    launched = []
+    real = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *args, **kwargs: launched.append(args[3]) or real(*args, **kwargs))
+    full = F.conv_transpose3d_backward(dy, x, w, **options("upsampling"), backend=be)
+    everything = len(launched)
+    for flags, kept in ((dict(input_grad=False), (1, 2)), (dict(weight_grad=False), (0, 2)),
+                        (dict(bias=False), (0, 1))):
+        launched.clear()
+        grads = F.conv_transpose3d_backward(dy, x, w, **options("upsampling"), **flags, backend=be)
+        assert [i for i, grad in enumerate(grads) if grad is not None] == list(kept), flags
+        for i in kept:
+            np.testing.assert_array_equal(grads[i], full[i], err_msg=f"{flags} {i}")
+        assert be == "numpy" or len(launched) < everything, (flags, launched)
+
+
+@pytest.mark.parametrize("be", ["numpy", pytest.param("emu", marks=needs_emu)])
 def test_float16_is_the_float32_math_rounded_once(be):
     case = "upsampling"
     x, w, b, rng = operands(case, np.float16, seed=3)
