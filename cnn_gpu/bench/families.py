@@ -91,12 +91,12 @@ def _torch_backward(torch, forward, grad_inputs, dy=None):
 # --- 3-D convolutions --------------------------------------------------------------------------------
 
 def volume_conv(shape):
-    """The conv3d of a convolution shape on volumes of depth 2 (volume): its filter, stride, padding and
+    """The conv3d of a convolution shape on its input as volumes of depth 2: its filter, stride, padding and
     dilation with a depth axis (the filter's depth the filter's height where the padded depth holds it,
     stride and dilation 1 across the depth), so the output keeps a depth of 2 for "same"-padded filters."""
     g = shape.geometry()
     depth = min(g.R, 2 + 2 * g.padding[0])
-    return conv3d_geometry(volume(shape), (g.K, g.C // g.groups, depth, g.R, g.S), (1, *g.stride),
+    return conv3d_geometry((g.N, g.C, 2, g.H, g.W), (g.K, g.C // g.groups, depth, g.R, g.S), (1, *g.stride),
                            (g.padding[0], *g.padding), (1, *g.dilation), g.groups)
 
 
