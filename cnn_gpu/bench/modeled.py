@@ -521,7 +521,7 @@ def _conv3d_family(op: str, shape, dtype, spec) -> list:
     float32 kernels; its widening and rounding, and the launchers' rearranging copies, are CuPy's
     element-wise work (not itemised)."""
     from ..gpu import conv3d as gpu_conv3d
-    from ..gpu.reduce import plan_channel_sum
+    from ..gpu.reduce import channel_sum_bytes, plan_channel_sum
     from .families import volume_conv
     g = volume_conv(shape)
     kernel_dtype = backend.compute_dtype(np.dtype(dtype))
@@ -536,9 +536,10 @@ def _conv3d_family(op: str, shape, dtype, spec) -> list:
     else:
         bias_add = roofline.memory_bound("bias_add_nchw", (2 * math.prod(g.x_shape) + g.C) * item, spec)
         estimates, out_shape = dgrad + [bias_add] + runs(g) + wgrad, g.x_shape
-    n, channels = out_shape[:2]   # the bias gradient sums dy, of the op's output shape
-    reduce = plan_channel_sum(n, channels, math.prod(out_shape[2:]))
-    return estimates + [roofline.memory_bound(reduce.kernel, (math.prod(out_shape) + channels) * item, spec)]
+    n, channels = out_shape[:2]   # the bias gradient sums dy (the op's dtype, not widened), of the op's output shape
+    inner = math.prod(out_shape[2:])
+    return estimates + [roofline.memory_bound(plan_channel_sum(n, channels, inner).kernel,
+                                              channel_sum_bytes(n, channels, inner, dtype), spec)]
 
 
 def _family(case, spec, dtype) -> list:
