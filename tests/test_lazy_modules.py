@@ -17,6 +17,7 @@ LAZY = [("LazyLinear", (3,), {}, (2, 5), "in_features"),
         ("LazyConv1d", (4, 3), {}, (2, 3, 7), "in_channels"),
         ("LazyConv2d", (4, 3), {"padding": 1}, (2, 3, 5, 5), "in_channels"),
         ("LazyConv2d", (4, 3), {"groups": 2}, (6, 5, 5), "in_channels"),   # unbatched
+        ("LazyConvTranspose1d", (4, 3), {"stride": 2, "output_padding": 1}, (2, 3, 5), "in_channels"),
         ("LazyConvTranspose2d", (4, 3), {"stride": 2}, (2, 3, 4, 4), "in_channels"),
         ("LazyConv3d", (4, (2, 3, 2)), {"padding": 1}, (2, 3, 3, 4, 4), "in_channels"),
         ("LazyConv3d", (4, 3), {"groups": 2, "padding": "same"}, (6, 3, 4, 4), "in_channels"),   # unbatched

@@ -12,8 +12,8 @@
 from . import hooks, init, utils
 from .containers import ModuleDict, ModuleList, Residual, Sequential, ParameterDict, ParameterList
 from .rms_norm import RMSNorm
-from .lazy import (LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose2d,
-                   LazyConvTranspose3d, LazyInstanceNorm1d, LazyInstanceNorm2d, LazyLinear)
+from .lazy import (LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose1d,
+                   LazyConvTranspose2d, LazyConvTranspose3d, LazyInstanceNorm1d, LazyInstanceNorm2d, LazyLinear)
 from .layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, CircularPad2d,
                      CircularPad3d, ConstantPad2d, ConstantPad3d, Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten,
                      GroupNorm, Hardsigmoid, Hardswish, Hardtanh, Identity, LayerNorm, LeakyReLU, Linear, LogSoftmax,
@@ -59,4 +59,4 @@ __all__ = ["hooks", "init", "utils", "Module", "Parameter", "Sequential", "Resid
            "Softsign", "Tanhshrink", "Threshold", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss", "TripletMarginLoss",
            "CosineEmbeddingLoss", "UninitializedParameter", "Conv3d", "SyncBatchNorm", "ConvTranspose3d", "LazyConv3d",
-           "LazyConvTranspose3d", "FractionalMaxPool2d", "FractionalMaxPool3d"]
+           "LazyConvTranspose3d", "FractionalMaxPool2d", "FractionalMaxPool3d", "LazyConvTranspose1d"]

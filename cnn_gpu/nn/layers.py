@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import philox, replay
-from ..functional._checks import FLOAT_DTYPES, real_number, whole_number
+from ..functional._checks import FLOAT_DTYPES, array, real_number, whole_number
 from ..functional.adaptive_pool import adaptive_max_pool2d_backward_of_own_indices
 from ..functional.activation import gelu_form
 from ..functional.dropout import check_planes_input, check_probability
@@ -134,30 +134,75 @@ class Conv2d(_Conv):
         return self.stride, self._conv_padding(), self.dilation, self.groups
 
 
-class ConvTranspose2d(_Conv):
-    """2-D transposed convolution; weight (in_channels, out_channels/groups, kH, kW)."""
-
-    _op, _op_backward = staticmethod(F.conv_transpose2d), staticmethod(F.conv_transpose2d_backward)
+class _ConvTranspose(_Conv):
+    """A transposed convolution layer (ConvTranspose1d/2d/3d), PyTorch's constructor and
+    forward(x, output_size=None): output_size, the output's spatial sizes (or its whole shape), picks
+    that call's output padding (each axis from the smallest output up to stride - 1 more, PyTorch's
+    rule), kept with the input for its backward."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
         super().__init__()
         self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
         if padding_mode != "zeros":
-            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose2d')
-        self.padding = pair(padding, "padding", minimum=0)
-        self.output_padding = pair(output_padding, "output_padding", minimum=0)
+            raise ValueError(f'Only "zeros" padding mode is supported for {type(self).__name__}')
+        self.padding = self._sizes(padding, "padding", minimum=0)
+        self.output_padding = self._sizes(output_padding, "output_padding", minimum=0)
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
-            raise ValueError(f"output_padding {self.output_padding} must be smaller than stride {self.stride} "
-                             f"or dilation {self.dilation}")
+            def shown(sizes):   # a 1-D layer's sizes as numbers
+                return sizes[0] if len(sizes) == 1 else sizes
+            raise ValueError(f"output_padding {shown(self.output_padding)} must be smaller than stride "
+                             f"{shown(self.stride)} or dilation {shown(self.dilation)}")
         shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
         self._init_parameters(shape, self.out_channels, bias, dtype, rng)
 
-    def _conv_args(self):
-        return self.stride, self.padding, self.output_padding, self.dilation, self.groups
+    def _output_padding(self, x, output_size) -> tuple:
+        """The layer's output_padding, or (PyTorch's rule) the one that makes the output `output_size`."""
+        if output_size is None:
+            return self.output_padding
+        spatial = len(self.kernel_size)
+        array(x, "x", ndim=(spatial + 1, spatial + 2))
+        leading = x.ndim - spatial
+        output_size = tuple(output_size)
+        if len(output_size) == leading + spatial:
+            output_size = output_size[leading:]
+        if len(output_size) != spatial:
+            raise ValueError(f"ConvTranspose{spatial}D: for {x.ndim}D input, output_size must have {spatial} or "
+                             f"{leading + spatial} elements (got {len(output_size)})")
+        smallest = [(size - 1) * s - 2 * p + d * (k - 1) + 1 for size, s, p, d, k
+                    in zip(x.shape[leading:], self.stride, self.padding, self.dilation, self.kernel_size)]
+        largest = [low + s - 1 for low, s in zip(smallest, self.stride)]
+        if any(not low <= size <= high for size, low, high in zip(output_size, smallest, largest)):
+            raise ValueError(f"requested an output size of {list(output_size)}, but valid sizes range from {smallest} "
+                             f"to {largest} (for an input of {tuple(x.shape[leading:])})")
+        return tuple(int(size) - low for size, low in zip(output_size, smallest))
+
+    def _options(self, output_padding) -> dict:
+        return dict(stride=self.stride, padding=self.padding, output_padding=output_padding, groups=self.groups,
+                    dilation=self.dilation)
+
+    def forward(self, x, output_size=None):
+        output_padding = self._output_padding(x, output_size)
+        self._saved = (x, output_padding)
+        return self._op(x, self.weight.data, self._bias_data(), **self._options(output_padding), backend=self.backend)
+
+    def backward(self, dy, input_grad=True):
+        if self._nothing_to_compute(input_grad):
+            return None
+        x, output_padding = self._saved_for_backward()
+        dx, dweight, dbias = self._op_backward(dy, x, self.weight.data, **self._options(output_padding),
+                                               **self._gradients_wanted(input_grad), backend=self.backend)
+        self._accumulate(dweight, dbias)
+        return dx
 
     def extra_repr(self):
         return super().extra_repr() + f", output_padding={self.output_padding}"
+
+
+class ConvTranspose2d(_ConvTranspose):
+    """2-D transposed convolution; weight (in_channels, out_channels/groups, kH, kW). See _ConvTranspose."""
+
+    _op, _op_backward = staticmethod(F.conv_transpose2d), staticmethod(F.conv_transpose2d_backward)
 
 
 class Linear(_Weighted):

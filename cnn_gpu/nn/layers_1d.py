@@ -11,7 +11,7 @@ from .. import functional as F
 from ..functional.dropout import check_signal_input
 from ..functional.one_d import (adaptive_max_pool1d_backward_of_own_indices, conv1d_padding,
                                 max_pool1d_backward_of_own_indices, pool_sizes, single)
-from .layers import Dropout, _Conv, _MaxPool, padding_layers
+from .layers import Dropout, _Conv, _ConvTranspose, _MaxPool, padding_layers
 from .module import Module
 
 
@@ -48,31 +48,10 @@ class Conv1d(_Conv1d):
         return self.stride, padding, self.dilation, self.groups
 
 
-class ConvTranspose1d(_Conv1d):
-    """1-D transposed convolution; weight (in_channels, out_channels/groups, k)."""
+class ConvTranspose1d(_ConvTranspose, _Conv1d):
+    """1-D transposed convolution; weight (in_channels, out_channels/groups, k). See _ConvTranspose."""
 
     _op, _op_backward = staticmethod(F.conv_transpose1d), staticmethod(F.conv_transpose1d_backward)
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
-                 bias=True, dilation=1, padding_mode="zeros", dtype=np.float32, rng=None):
-        super().__init__()
-        self._init_conv(in_channels, out_channels, kernel_size, stride, dilation, groups, padding_mode)
-        if padding_mode != "zeros":
-            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose1d')
-        self.padding = _one(padding, "padding", minimum=0)
-        self.output_padding = _one(output_padding, "output_padding", minimum=0)
-        if self.output_padding[0] >= max(self.stride[0], self.dilation[0]):
-            raise ValueError(f"output_padding {self.output_padding[0]} must be smaller than stride {self.stride[0]} "
-                             f"or dilation {self.dilation[0]}")
-        shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
-        self._init_parameters(shape, self.out_channels, bias, dtype, rng)
-
-    def _conv_args(self):
-        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
-
-    def extra_repr(self):
-        return super().extra_repr() + f", output_padding={self.output_padding}"
-
 
 class MaxPool1d(_MaxPool):
     """1-D max pooling; with return_indices=True forward returns (y, indices) as PyTorch does."""

@@ -1,5 +1,5 @@
-"""Lazy modules (PyTorch's LazyLinear, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose2d,
-LazyConvTranspose3d, LazyBatchNorm1d/2d, LazyInstanceNorm1d/2d): in_features, in_channels or num_features is inferred
+"""Lazy modules (PyTorch's LazyLinear, LazyConv1d/2d/3d, LazyConvTranspose1d/2d/3d, LazyBatchNorm1d/2d,
+LazyInstanceNorm1d/2d): in_features, in_channels or num_features is inferred
 from the first forward's input, then the module becomes the regular one (its class too, as torch
 2.13's `cls_to_become`), initialised as that one's constructor initialises it.
 
@@ -20,7 +20,7 @@ from ..functional import _checks
 from . import init
 from .instance_norm import InstanceNorm1d, InstanceNorm2d
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Linear
-from .layers_1d import Conv1d
+from .layers_1d import Conv1d, ConvTranspose1d
 from .layers_3d import Conv3d, ConvTranspose3d
 from .module import UninitializedParameter, array_like
 
@@ -156,6 +156,12 @@ class LazyLinear(_LazyModule, Linear):
 class LazyConv1d(_LazyConv, Conv1d):
     """Conv1d with in_channels inferred from the first input: LazyConv1d(out_channels, kernel_size, ...)."""
     cls_to_become, _spatial_dims = Conv1d, 1
+
+
+class LazyConvTranspose1d(_LazyConv, ConvTranspose1d):
+    """ConvTranspose1d with in_channels inferred from the first input: LazyConvTranspose1d(out_channels,
+    kernel_size, ...)."""
+    cls_to_become, _spatial_dims = ConvTranspose1d, 1
 
 
 class LazyConv2d(_LazyConv, Conv2d):
