@@ -32,43 +32,7 @@
 // more elements.
 
 #include "igemm.cuh"
-
-__device__ __forceinline__ int gcd(int a, int b)
-{
-    while (b) { const int rem = a % b; a = b; b = rem; }
-    return a;
-}
-
-// The taps of one dimension that reach the input pixels of `phase`: r = r0 + j*period for
-// j < count, hitting output row p = i + base - j*step for the phase's i-th input row.
-struct PhaseTaps {
-    int first_pixel, pixels, r0, period, count, base, step;
-};
-
-__device__ __forceinline__ PhaseTaps phase_taps(int phase, int size, int taps, int stride, int pad,
-                                                int dil)
-{
-    PhaseTaps t;
-    t.period = stride / gcd(stride, dil);
-    t.first_pixel = ((phase - pad) % stride + stride) % stride;
-    t.pixels = t.first_pixel < size ? (size - t.first_pixel + stride - 1) / stride : 0;
-    t.r0 = -1;
-    for (int r = 0; r < t.period && r < taps; ++r)
-        if ((r * dil) % stride == phase) { t.r0 = r; break; }
-    t.count = t.r0 < 0 ? 0 : (taps - t.r0 + t.period - 1) / t.period;
-    t.base = t.r0 < 0 ? 0 : (t.first_pixel + pad - t.r0 * dil) / stride;   // exact division
-    t.step = t.period * dil / stride;
-    return t;
-}
-
-// Taps t < taps of one dimension that reach phases below `phase`: those with (t*dil) mod stride
-// below it (tap t reaches phase (t*dil) mod stride, see phase_taps).
-__device__ __forceinline__ int taps_before(int phase, int taps, int stride, int dil)
-{
-    int before = 0;
-    for (int t = 0; t < taps; ++t) before += (t * dil) % stride < phase;
-    return before;
-}
+#include "dgrad_phases.cuh"
 
 // The filter in the order dgrad reduces it, stride phase by phase (phase_h*stride_w + phase_w):
 // the taps (jr, js) of a phase (count_h x count_w of them) make its reduction rows
