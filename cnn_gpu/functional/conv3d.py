@@ -244,9 +244,8 @@ def plan_passes(g: Conv3dGeometry, dtype, *, fprop=False, dgrad=False, wgrad=Fal
     kernel_dtype = _backend.compute_dtype(dtype)
     if fprop:
         gpu_conv3d.plan_fprop(g, kernel_dtype)
-    for phase in gpu_conv3d.dgrad_phases(g) if dgrad else ():
-        if phase.geometry is not None:
-            gpu_conv3d.plan_fprop(phase.geometry, kernel_dtype)
+    if dgrad:
+        gpu_conv3d.plan_dgrad(g, kernel_dtype)
     if wgrad:
         gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), kernel_dtype)
 

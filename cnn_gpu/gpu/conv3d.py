@@ -1,15 +1,18 @@
-"""Launch code of kernels/conv3d_fprop.cu, the implicit-GEMM 3-D convolution, for the "cuda" and "emu"
-backends: its forward pass, and its input and weight gradients as convolutions of the same kernel.
+"""Launch code of kernels/conv3d_fprop.cu, the implicit-GEMM 3-D convolution, and kernels/conv3d_dgrad.cu,
+its input gradient, for the "cuda" and "emu" backends; the weight gradient runs as a convolution of the
+forward kernel.
 
-`g` is a Conv3dGeometry (cnn_gpu.functional.conv3d). plan_fprop picks the tile and split-K with
-conv2d's planner (cnn_gpu.gpu.conv._choose: the same tiles, wave model and split limits); `tile` and
-`splits`, or a conv.forced(...) block, override it. The gradients reuse the forward kernel on
-rearranged operands (device copies, cnn_gpu.backend.device_call):
-- dgrad: dx is, per stride phase of its voxels (one for stride 1), the stride-1 convolution of dy with
-  the filter taps that reach that phase, flipped and transposed to (C, K/G, T', R', S'), padded by minus
-  the first dy offset per dimension (as conv2d's NumPy gather does its phases): no zero-inserted voxel is
-  visited. A stride of (2, 2, 2) takes 8 launches, each phase's result copied into dx's strided voxels;
-  conv2d_dgrad.cu runs all phases in one launch.
+`g` is a Conv3dGeometry (cnn_gpu.functional.conv3d). plan_fprop and plan_dgrad pick the tile and split-K
+with conv2d's planner (cnn_gpu.gpu.conv._choose: the same tiles, wave model and split limits); `tile` and
+`splits`, or a conv.forced(...) block, override it.
+- dgrad: conv2d_dgrad.cu's phase decomposition with a depth coordinate. dx's voxels split into stride
+  phases (min(stride, size) per dimension); each phase is the dense convolution of dy with the flipped
+  filter taps that reach it, so no zero-inserted voxel is visited, and one launch runs every phase
+  (grid.z: splits x groups x phases) and writes dx in place; phases no tap reaches get zeros. Its
+  launches: the filter transpose (wt, in the order the kernel reduces it), the kernel, and split-K's
+  fixed-order fold when it splits; phases with more taps in a dimension than the mask fields hold
+  (MASK_TAPS) read a zero-bordered copy of dy first. A stride of (2, 2, 2) was 8 launches of the
+  forward kernel, each result copied into dx's strided voxels, before this kernel.
 - wgrad: dw is the convolution of x, viewed as C/G "images" of G*N channels ((Cg, G, N) order), with
   dy as K filters of N channels each (groups G), stride and dilation swapped: the output's T x R x S
   "pixels" are the taps and its reduction is N*O*P*Q, split-K as the planner decides. The filter's
@@ -18,19 +21,16 @@ rearranged operands (device copies, cnn_gpu.backend.device_call):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import math
 
 import numpy as np
 
 from .. import backend
-from ..functional.conv import _phase_taps
 from . import _plan_cache, reduce
-from ._grid import Launch, i32
-from .conv import (BK, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIAL_LIMIT, TILES as CONV2D_TILES, ConvPlan,
-                   _check_grid, _choose, _forced_choices, _walk_args, _workspace_splits, check_element_counts,
-                   device_sms)
+from ._grid import Launch, blocks_for, i32
+from .conv import (BK, FILTER_TAIL, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIAL_LIMIT, TILES as CONV2D_TILES,
+                   ConvPlan, _check_grid, _choose, _forced_choices, _phase_extent, _phase_taps as _most_phase_taps,
+                   _walk_args, _workspace_splits, check_element_counts, device_sms)
 
 FAMILY = "conv3d_fprop"
 # Taps per dimension (depth, rows, columns) the kernel's tap-mask fields hold (kernels/conv3d_fprop.cu)
@@ -42,8 +42,7 @@ TILES[np.dtype(np.float64)]["small"] = dataclasses.replace(CONV2D_TILES[np.dtype
 
 
 def _check_index_range(g) -> None:
-    """ValueError where g's extents or element counts pass the kernel's 32-bit offsets (a padding may be
-    negative here: dgrad's phases crop)."""
+    """ValueError where g's extents or element counts pass the kernels' 32-bit offsets."""
     spans = [max(size + 2 * abs(pad) + dil * taps, outputs * stride)
              for size, pad, dil, taps, outputs, stride in zip((g.D, g.H, g.W), g.padding, g.dilation, (g.T, g.R, g.S),
                                                              (g.O, g.P, g.Q), g.stride)]
@@ -146,59 +145,84 @@ def fprop(be, x, w, bias, g, *, tile=None, splits=None):
     return reduce.split_sum_epilogue(be, out, y, g.K, g.O * g.P * g.Q, bias)
 
 
-@dataclasses.dataclass(frozen=True)
-class DgradPhase:
-    """One stride phase of dx (module docstring): its voxels dx[:, :, first[0]::stride_d, ...], the taps of
-    each dimension that reach them (flipped order) and the stride-1 convolution of dy that makes them
-    (None where no tap reaches them: they are zero)."""
-    first: tuple
-    taps: tuple
-    geometry: object
+DGRAD_FAMILY = "conv3d_dgrad"
 
 
-@functools.lru_cache(maxsize=256)
-def dgrad_phases(g) -> tuple:
-    """dx's stride phases (one for stride 1), each a dense convolution of dy over the taps reaching it:
-    conv2d's NumPy phase rule (functional.conv._phase_taps) per dimension."""
-    phases = []
-    sizes, taps = (g.D, g.H, g.W), (g.T, g.R, g.S)
-    for first in itertools.product(*(range(min(stride, size)) for stride, size in zip(g.stride, sizes))):
-        reach = [_phase_taps(*args) for args in zip(first, g.padding, g.dilation, g.stride, taps)]
-        if not all(flipped for flipped, _, _ in reach):
-            phases.append(DgradPhase(first, (), None))
-            continue
-        outputs = [len(range(start, size, stride)) for start, size, stride in zip(first, sizes, g.stride)]
-        geometry = dataclasses.replace(
-            g, C=g.K, D=g.O, H=g.P, W=g.Q, K=g.C, T=len(reach[0][0]), R=len(reach[1][0]), S=len(reach[2][0]),
-            O=outputs[0], P=outputs[1], Q=outputs[2], stride=(1, 1, 1),
-            padding=tuple(-offset for _, offset, _ in reach), dilation=tuple(step for _, _, step in reach),
-            padding_extra=(0, 0, 0))
-        phases.append(DgradPhase(first, tuple(tuple(flipped) for flipped, _, _ in reach), geometry))
-    return tuple(phases)
+def dgrad_phase_counts(g) -> tuple:
+    """dx's stride phases per dimension (kernels/conv3d_dgrad.cu): its first min(stride, size) voxels."""
+    return tuple(min(stride, size) for stride, size in zip(g.stride, (g.D, g.H, g.W)))
+
+
+def _dgrad_padding(g) -> Embedding | None:
+    """dgrad's zero-bordered copy of dy for a stride phase with more taps in a dimension than its mask
+    field holds: dy with borders that every tap of every phase lands inside (conv2d's _phase_extent per
+    dimension)."""
+    if all(_most_phase_taps(taps, stride, dil) <= field for taps, stride, dil, field
+           in zip((g.T, g.R, g.S), g.stride, g.dilation, MASK_TAPS)):
+        return None
+    extents = [_phase_extent(*args) for args in zip((g.D, g.H, g.W), (g.T, g.R, g.S), g.stride, g.padding,
+                                                    g.dilation, (g.O, g.P, g.Q))]
+    return Embedding((g.N, g.K) + tuple(before + outputs + after for (before, after), outputs
+                                        in zip(extents, (g.O, g.P, g.Q))),
+                     tuple(before for before, _ in extents))
+
+
+def _padded_output(g, embedding: Embedding):
+    """The geometry dgrad runs on over its bordered copy of dy: dy voxel o sits at o + before, which the
+    kernel's phase origins see as stride * before more padding."""
+    O, P, Q = embedding.shape[2:]
+    return dataclasses.replace(g, O=O, P=P, Q=Q, padding=tuple(pad + before * stride for pad, before, stride
+                                                               in zip(g.padding, embedding.offsets, g.stride)))
+
+
+@_plan_cache.memoized(_forced_choices)
+def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
+    """The launches of dx = conv3d's input gradient: the filter transpose, then every stride phase in one
+    launch of conv3d_dgrad_<tile> (the grid covers the largest phase; blocks past a smaller one exit),
+    split-K's fold when it splits, and a zero-bordered copy of dy (`padded`) for phases past the mask
+    fields."""
+    _check_index_range(g)
+    phase_voxels = g.N * math.prod(-(-size // stride) for size, stride in zip((g.D, g.H, g.W), g.stride))
+    cg = g.C // g.groups
+    kgemm = (g.K // g.groups) * math.prod(_most_phase_taps(*args) for args in zip((g.T, g.R, g.S), g.stride,
+                                                                                  g.dilation))
+    out = math.prod(g.x_shape)
+    batches = g.groups * math.prod(dgrad_phase_counts(g))
+    variant, spec, splits, chunk = _choose(dtype, cg, phase_voxels, batches, kgemm, out, sms, tile, splits,
+                                           max(1, min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // batches)),
+                                           TILES)
+    grid = (-(-phase_voxels // spec.bn), -(-cg // spec.bm), batches * splits)
+    _check_grid(DGRAD_FAMILY, grid)
+    padded = _dgrad_padding(g)
+    if padded:
+        _check_index_range(_padded_output(g, padded))
+    launches = (Launch(DGRAD_FAMILY, f"{DGRAD_FAMILY}_filter_transpose", (blocks_for(math.prod(g.w_shape)), 1, 1)),
+                Launch(DGRAD_FAMILY, f"{DGRAD_FAMILY}_{variant}", grid, (spec.threads, 1, 1)))
+    if splits > 1:
+        launches += (reduce.plan_channel_sum(splits, out, 1),)
+    return ConvPlan("dgrad", launches, tile=variant, splits=splits, chunk=chunk, main_index=1, padded=padded)
 
 
 def dgrad(be, dy, w, g, *, tile=None, splits=None):
-    """dx of conv3d: per stride phase, the convolution of dy with the flipped filter taps reaching it."""
+    """dx of conv3d: every stride phase of dx in one launch of kernels/conv3d_dgrad.cu, written in place
+    (with split-K, into partials that reduce.channel_sum folds in a fixed order)."""
+    plan = plan_dgrad(g, dy.dtype, tile=tile, splits=splits, sms=device_sms(be))
     xp = backend.array_module(be)
-    G, cg, kg = g.groups, g.C // g.groups, g.K // g.groups
-    # the filters as (C, K/G, T, R, S): dx's convolutions map dy's K channels to x's C
-    by_input_channel = w.reshape(G, kg, cg, g.T, g.R, g.S).transpose(0, 2, 1, 3, 4, 5)
-    transposed = backend.device_call(xp.ascontiguousarray, by_input_channel).reshape(g.C, kg, g.T, g.R, g.S)
-
-    def phase_filter(taps):
-        t, r, s = (list(dimension) for dimension in taps)
-        return backend.device_call(lambda: xp.ascontiguousarray(transposed[:, :, t][:, :, :, r][:, :, :, :, s]))
-
-    phases = dgrad_phases(g)
-    if len(phases) == 1 and phases[0].geometry is not None:   # one phase: all of dx
-        return fprop(be, dy, phase_filter(phases[0].taps), None, phases[0].geometry, tile=tile, splits=splits)
-    dx = backend.device_call(xp.zeros, g.x_shape, dtype=dy.dtype)
-    for phase in phases:
-        if phase.geometry is not None:
-            voxels = dx[(slice(None), slice(None)) + tuple(map(slice, phase.first, (None,) * 3, g.stride))]
-            part = fprop(be, dy, phase_filter(phase.taps), None, phase.geometry, tile=tile, splits=splits)
-            backend.device_call(xp.copyto, voxels, part)
-    return dx
+    cg = g.C // g.groups
+    wt = xp.zeros(g.K * cg * g.T * g.R * g.S + FILTER_TAIL[w.dtype], dtype=w.dtype)   # its padding zeroed
+    transpose = plan.launches[0]
+    backend.launch(be, DGRAD_FAMILY, dy.dtype, transpose.kernel, transpose.grid, transpose.block,
+                   (w, wt) + i32(g.K, cg, g.T, g.R, g.S, *g.stride, *g.dilation))
+    if plan.padded:
+        dy = _embedded(be, dy, plan.padded)
+        g = _padded_output(g, plan.padded)
+    dx = xp.empty(g.x_shape, dtype=dy.dtype)
+    out = dx if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.x_shape), dtype=dy.dtype)
+    backend.launch(be, DGRAD_FAMILY, dy.dtype, plan.main.kernel, plan.main.grid, plan.main.block,
+                   (dy, wt, out) + _geometry_args(g) + i32(g.groups, plan.splits))
+    if plan.splits == 1:
+        return dx
+    return reduce.channel_sum(be, out, plan.splits, dx.size, 1).reshape(g.x_shape)
 
 
 def wgrad_geometry(g):
