@@ -1,11 +1,11 @@
-"""conv3d, conv3d_backward and nn.Conv3d: the NumPy path and the implicit-GEMM kernel
-(kernels/conv3d_fprop.cu, which also runs dgrad and wgrad as convolutions).
+"""conv3d, conv3d_backward and nn.Conv3d: the NumPy path and the implicit-GEMM kernels
+(kernels/conv3d_fprop.cu, which also runs wgrad as a convolution, and kernels/conv3d_dgrad.cu).
 
 Proof: PyTorch CPU values and gradients (stride, padding int/triple/"same"/"valid", dilation, groups,
 bias, odd sizes, unbatched) on numpy and emu in float64 (1e-10) and float32 (1e-5); the direct loops of
 reference_loops.py; finite differences; float16 against the NumPy oracle (FP32 math, rounded once); the
 emulator's guard zones, race check and reverse/random schedules on every tile, split-K, the padded copy
-of a long filter and stride > 1 dgrad; refusals before any launch; the layer and its padding modes
+of a long filter, stride > 1 dgrad's phases in one launch and its bordered dy; refusals before any launch; the layer and its padding modes
 against torch.nn.Conv3d."""
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from cnn_gpu.functional.conv3d import conv3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
 from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch,
-                     assert_within_a_float16_rounding, needs_emu)
+                     assert_within_a_float16_rounding, needs_emu, record_launches, to_host)
 
 
 # (x shape, weight shape, stride, padding, dilation, groups, bias)
@@ -31,6 +31,10 @@ CASES = {
     # kernel smaller than the stride: dgrad's phases that no tap reaches are zeros
     "sparse": ((1, 2, 5, 4, 6), (2, 2, 1, 2, 1), (2, 3, 2), 0, 1, 1, True),
     "one_deep": ((2, 2, 1, 4, 5), (3, 2, 1, 2, 2), (3, 1, 2), 0, 1, 1, False),
+    # dgrad's 8 stride phases, each with its own taps (dilation 2 in the rows: a period of 1), groups
+    "phases": ((2, 4, 6, 7, 5), (6, 2, 3, 3, 2), 2, (1, 0, 1), (1, 2, 1), 2, True),
+    # stride 3 past a 2-tap kernel in depth and width: phases no tap reaches beside ones that two reach
+    "empty_phases": ((1, 3, 8, 5, 9), (2, 3, 2, 3, 2), (3, 2, 3), (0, 1, 1), 1, 1, False),
 }
 BACKEND_DTYPES = [pytest.param(be, dtype, marks=needs_emu if be == "emu" else (), id=f"{be}-{np.dtype(dtype)}")
                   for be in ("numpy", "emu") for dtype in (np.float64, np.float32)]
@@ -184,6 +188,10 @@ EMU_CASES = [
     ((2, 2, 3, 4, 3), (3, 2, 2, 2, 2), 1, "same", 1, 1, dict(tile="wide", splits=2)),
     # 12 taps across: past the column field (11), so x gets a zero-bordered copy
     ((1, 2, 3, 3, 14), (2, 2, 1, 2, 12), (1, 1, 2), (0, 1, 3), 1, 1, dict(tile="small", splits=None)),
+    # dgrad: 2 x 2 x 3 stride phases in one launch (dilation, groups, phases no tap reaches), split-K
+    ((1, 4, 5, 4, 7), (4, 2, 2, 3, 2), (2, 2, 3), (1, 1, 0), (1, 2, 1), 2, dict(tile="large", splits=2)),
+    # dgrad: 11 depth taps in a stride-1 phase, past the depth field (10), so dy gets a zero-bordered copy
+    ((1, 2, 12, 2, 3), (2, 2, 11, 1, 2), 1, (3, 0, 1), 1, 1, dict(tile="wide", splits=1)),
 ]
 
 
@@ -229,6 +237,33 @@ def test_plans_reach_the_tiles_split_k_and_the_padded_copy():
     wide = conv3d_geometry((2, 8, 6, 6, 14), (16, 8, 3, 3, 3), padding=1)
     assert gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), np.float64).padded is None
     assert gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(wide), np.float64).padded is not None
+
+
+def test_dgrad_runs_every_stride_phase_in_one_launch(monkeypatch):
+    """stride (2, 2, 2): the filter transpose and one conv3d_dgrad launch over all 8 phases (was 8 launches
+    of the forward kernel, each result copied into dx's strided voxels); split-K adds the fold, a long
+    filter the bordered copy of dy (a device copy, no launch)."""
+    g = conv3d_geometry((2, 4, 6, 7, 5), (6, 2, 3, 3, 2), stride=2, padding=1, groups=2)
+    plan = gpu_conv3d.plan_dgrad(g, np.float64, tile="small", splits=1)
+    assert [launch.kernel for launch in plan.launches] == ["conv3d_dgrad_filter_transpose", "conv3d_dgrad_small"]
+    assert plan.main.grid[2] == 2 * 8 and plan.padded is None
+    # 3 filters a group x 4 taps a phase at most: 12 reduction rows, at most 2 splits of BK
+    split = gpu_conv3d.plan_dgrad(g, np.float32, tile="tall", splits=3)
+    assert [launch.kernel for launch in split.launches][1:] == ["conv3d_dgrad_tall", "channel_sum_column"]
+    assert split.splits == 2 and split.main.grid[2] == 2 * 2 * 8
+    # phases per dimension: min(stride, size), a depth of 2 under stride 3 has 2
+    assert gpu_conv3d.dgrad_phase_counts(conv3d_geometry((1, 1, 2, 5, 5), (1, 1, 1, 1, 1), stride=3)) == (2, 3, 3)
+    long_filter = conv3d_geometry((1, 2, 12, 2, 3), (2, 2, 11, 1, 2), padding=(3, 0, 1))
+    assert gpu_conv3d.plan_dgrad(long_filter, np.float64).padded is not None
+    assert gpu_conv3d.plan_dgrad(conv3d_geometry((1, 2, 12, 2, 3), (2, 2, 10, 1, 2)), np.float64).padded is None
+    if "emu" not in backend.available_backends():
+        return
+    launched = record_launches(monkeypatch)
+    rng = np.random.default_rng(14)
+    dy, x, w = (rng.standard_normal(shape) for shape in (g.y_shape, g.x_shape, g.w_shape))
+    F.conv3d_backward(dy, x, w, stride=2, padding=1, groups=2, bias=False, weight_grad=False, backend="emu")
+    assert [kernel for _, kernel in launched] == ["conv3d_dgrad_filter_transpose", launched[1][1]]
+    assert launched[1][1].startswith("conv3d_dgrad_")
 
 
 # --- refusals ----------------------------------------------------------------------------------
@@ -348,8 +383,8 @@ def test_cuda_matches_numpy(dtype):
 @pytest.mark.parametrize("dtype, math", [("float32", "fp32"), ("float32", "tf32"), ("float16", "fp32")])
 def test_a_replayed_conv3d_computes_its_new_inputs(dtype, math):
     """Recorded (cnn_gpu.replay), its inputs overwritten and replayed, every pass gives what it computes
-    eagerly on the new inputs: the launcher's copies (dgrad's phase filters and voxels, wgrad's
-    rearranged operands, the long filter's bordered copy) all go through backend.device_call."""
+    eagerly on the new inputs: the launcher's copies (wgrad's rearranged operands, the long filter's
+    bordered copy) all go through backend.device_call, and dgrad's filter transpose is a launch."""
     from cnn_gpu import precision
     from test_replay_ops import assert_replay_is_eager
     for x_shape, w_shape, stride, padding, dilation, groups, _ in EMU_CASES[1:4:2]:
