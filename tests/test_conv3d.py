@@ -5,8 +5,8 @@ Proof: PyTorch CPU values and gradients (stride, padding int/triple/"same"/"vali
 bias, odd sizes, unbatched) on numpy and emu in float64 (1e-10) and float32 (1e-5); the direct loops of
 reference_loops.py; finite differences; float16 against the NumPy oracle (FP32 math, rounded once); the
 emulator's guard zones, race check and reverse/random schedules on every tile, split-K, the padded copy
-of a long filter, stride > 1 dgrad's phases in one launch and its bordered dy; refusals before any launch; the layer and its padding modes
-against torch.nn.Conv3d."""
+of a long filter, stride > 1 dgrad's phases in one launch and its bordered dy; refusals before any launch;
+the layer and its padding modes against torch.nn.Conv3d."""
 import numpy as np
 import pytest
 
