@@ -513,10 +513,30 @@ def _conv3d_fprop_estimates(h, bias: bool, dtype, spec) -> list:
     return [roofline.estimate_launch(launch, work, dtype, spec) for launch, work in zip(plan.launches, works)]
 
 
+def _conv3d_dgrad_estimates(g, dtype, spec) -> list:
+    """conv3d's input gradient as its plan launches it: the filter transpose (the filter read and written),
+    every stride phase in one conv3d_dgrad launch (dy, or its zero-bordered copy, and the transposed filter
+    with its FILTER_TAIL read, dx or split-K partials written; fprop's FLOPs), then any split-K fold."""
+    from ..gpu import conv3d as gpu_conv3d
+    plan = gpu_conv3d.plan_dgrad(g, dtype, sms=spec.sms)
+    item = np.dtype(dtype).itemsize
+    read = gpu_conv3d._padded_output(g, plan.padded) if plan.padded else g
+    dy, w, dx = math.prod(read.y_shape), math.prod(g.w_shape), math.prod(g.x_shape)
+    flops = 2 * math.prod(g.y_shape) * w // g.K
+    wt = w + gpu_conv3d.FILTER_TAIL[np.dtype(dtype)]   # the tiles' last loads reach into its zeroed tail
+    works = [roofline.LaunchWork(0, 2 * w * item)]
+    if plan.splits > 1:
+        works += [roofline.LaunchWork(flops, (dy + wt + plan.splits * dx) * item),
+                  roofline.LaunchWork(0, (plan.splits * dx + dx) * item)]
+    else:
+        works += [roofline.LaunchWork(flops, (dy + wt + dx) * item)]
+    return [roofline.estimate_launch(launch, work, dtype, spec) for launch, work in zip(plan.launches, works)]
+
+
 def _conv3d_family(op: str, shape, dtype, spec) -> list:
     """The estimates of bench.families' conv3d / conv_transpose3d, forward and backward, launch by launch as
-    their launchers run them on volume_conv's geometry: conv3d's fprop with its bias, dgrad's stride phases
-    and wgrad; conv_transpose3d's dgrad phases and its bias_add_nchw, fprop (dx) and wgrad (x and dy
+    their launchers run them on volume_conv's geometry: conv3d's fprop with its bias, dgrad (every stride
+    phase in one launch) and wgrad; conv_transpose3d's dgrad and its bias_add_nchw, fprop (dx) and wgrad (x and dy
     swapped); then the bias gradient. The bias addition and gradient are memory-bound. float16 runs the
     float32 kernels; its widening and rounding, and the launchers' rearranging copies, are CuPy's
     element-wise work (not itemised)."""
@@ -529,7 +549,7 @@ def _conv3d_family(op: str, shape, dtype, spec) -> list:
 
     def runs(*geometries, bias=False):
         return [e for h in geometries for e in _conv3d_fprop_estimates(h, bias, kernel_dtype, spec)]
-    dgrad = runs(*(phase.geometry for phase in gpu_conv3d.dgrad_phases(g) if phase.geometry is not None))
+    dgrad = _conv3d_dgrad_estimates(g, kernel_dtype, spec)
     wgrad = runs(gpu_conv3d.wgrad_geometry(g))
     if op == "conv3d":
         estimates, out_shape = runs(g, bias=True) + dgrad + wgrad, g.y_shape
