@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, check_planes, i32, plane_pixel_grid
+from ._grid import THREADS, check_planes, i32, i64, plane_pixel_grid
 
 # the 3-D kernels take the window bounds' products in 32-bit ints (kernels/adaptive_pool.cu Product)
 PRODUCT_LIMIT = 2**31
@@ -22,7 +22,7 @@ def _args(x_shape, out_size):
             if (size + 1) * (outputs + 1) >= PRODUCT_LIMIT:
                 raise ValueError(f"3-D adaptive pooling kernels compute window bounds with 32-bit ints: along the "
                                  f"{axis}, (input {size} + 1) x (output {outputs} + 1) reaches 2^31")
-    return np.int64(n * c), *i32(*in_size, *out_size)
+    return *i64(n * c), *i32(*in_size, *out_size)
 
 
 def _kernel(name: str, shape) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, check_planes, i32
+from ._grid import MAX_GRID_Y, PLANE_LIMIT, THREADS, blocks_for, check_planes, i32, i64
 
 
 def random_crop_flip(be, x, seed, step, pad, flip, first=0):
@@ -17,6 +17,6 @@ def random_crop_flip(be, x, seed, step, pad, flip, first=0):
                          f"plus padding {pad} reaches 2^31")
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     backend.launch(be, "augment", x.dtype, "random_crop_flip", (blocks_for(h * w), min(n * c, MAX_GRID_Y)),
-                   (THREADS,), (x, y, np.int64(n * c), *i32(c, h, w, pad, flip), np.uint64(seed), np.uint64(step),
+                   (THREADS,), (x, y, *i64(n * c), *i32(c, h, w, pad, flip), np.uint64(seed), np.uint64(step),
                     np.uint64(first)))
     return y

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, blocks_for, plane_walk_grid
+from ._grid import THREADS, acc, blocks_for, i64, plane_walk_grid
 
 
 def apply(be, x, seed, step, threshold, scale):
@@ -15,7 +15,7 @@ def apply(be, x, seed, step, threshold, scale):
     y = backend.array_module(be).empty(x.shape, dtype=x.dtype)
     groups = -(-x.size // 4)
     backend.launch(be, "dropout", x.dtype, "dropout_apply", (blocks_for(groups),), (THREADS,),
-                   (x, y, np.int64(x.size), np.uint64(seed), np.uint64(step), np.int64(threshold),
+                   (x, y, *i64(x.size), np.uint64(seed), np.uint64(step), *i64(threshold),
                     *acc(x.dtype, scale)))
     return y
 
@@ -27,6 +27,6 @@ def apply_planes(be, x, seed, step, threshold, scale):
     planes = x.shape[0] * x.shape[1]
     pixels = x.size // planes if planes else 0
     backend.launch(be, "dropout", x.dtype, "dropout2d_apply", plane_walk_grid(planes, pixels, x.dtype), (THREADS,),
-                   (x, y, np.int64(planes), np.int64(pixels), np.uint64(seed), np.uint64(step), np.int64(threshold),
+                   (x, y, *i64(planes, pixels), np.uint64(seed), np.uint64(step), *i64(threshold),
                     *acc(x.dtype, scale)))
     return y

@@ -85,7 +85,7 @@ def cross_entropy(be, logits, labels, probabilities, weight, *, classes, inner, 
     dlogits = xp.empty(logits.shape, dtype=logits.dtype)   # C order whatever the input's layout
     row_loss = xp.empty((rows,), dtype=compute)
     args = (logits, labels, probabilities if is_probability else logits, logits if weight is None else weight,
-            divisor, dlogits, row_loss, np.int64(rows), *i32(classes), np.int64(inner), np.int64(ignore_index),
+            divisor, dlogits, row_loss, *i64(rows), *i32(classes), *i64(inner, ignore_index),
             *i32(is_probability, weight is not None),
             *acc(dtype, 1 - label_smoothing, label_smoothing / classes))
     if inner == 1:
@@ -105,8 +105,8 @@ def _summed_target_weights(be, labels, weight, like, classes: int, ignore_index:
     rows = labels.size
     target_weight = backend.array_module(be).empty((rows,), dtype=backend.compute_dtype(like.dtype))
     backend.launch(be, "loss", like.dtype, "cross_entropy_target_weights", (blocks_for(rows),), (THREADS,),
-                   (labels, like if weight is None else weight, target_weight, np.int64(rows), *i32(classes),
-                    np.int64(ignore_index), *i32(weight is not None)))
+                   (labels, like if weight is None else weight, target_weight, *i64(rows), *i32(classes),
+                    *i64(ignore_index), *i32(weight is not None)))
     return _total(be, target_weight)
 
 
@@ -152,7 +152,7 @@ def nll(be, log_probs, labels, weight, *, classes, inner, ignore_index, reductio
     row_loss = xp.empty((rows,), dtype=backend.compute_dtype(dtype))
     backend.launch(be, "loss", dtype, "nll_rows", (blocks_for(rows),), (THREADS,),
                    (log_probs, labels, log_probs if weight is None else weight, divisor, dinput, row_loss,
-                    np.int64(rows), *i32(classes), np.int64(inner), np.int64(ignore_index), *i32(weight is not None)))
+                    *i64(rows), *i32(classes), *i64(inner, ignore_index), *i32(weight is not None)))
     return _reduced(be, row_loss, dtype, reduction, divisor, host_divisor, as_array), dinput
 
 
@@ -198,7 +198,7 @@ def regression(be, kind, pred, target, weight, reduction, *, beta=0.0, mean_divi
     loss = xp.empty((n,), dtype=compute)
     third = other if other is not None else (pred if weight is None else weight)
     backend.launch(be, "loss", pred.dtype, "regression_loss_rows", (elementwise_blocks(n),), (THREADS,),
-                   (pred, target, third, dpred, dother, loss, np.int64(n),
+                   (pred, target, third, dpred, dother, loss, *i64(n),
                     *i32(REGRESSION_KINDS[kind], weight is not None, full), *acc(pred.dtype, beta, grad_scale),
                     divisor))
     if summed:
@@ -235,7 +235,7 @@ def _binary_cross_entropy_rows(be, input, target, weight, pos_weight, from_logit
     loss = xp.empty((n,), dtype=backend.compute_dtype(input.dtype))
     backend.launch(be, "loss", input.dtype, "binary_cross_entropy_rows", (elementwise_blocks(n),), (THREADS,),
                    (input, target, input if weight is None else weight, input if pos_weight is None else pos_weight,
-                    dinput, loss, np.int64(n), *i32(from_logits, weight is not None, pos_weight is not None),
+                    dinput, loss, *i64(n), *i32(from_logits, weight is not None, pos_weight is not None),
                     *acc(input.dtype, grad_scale)))
     return loss, dinput
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .. import backend
-from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
+from ._grid import THREADS, acc, check_planes, i32, i64, plane_pixel_grid
 
 MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}   # kernels/pad.cu: PAD_*
 AXES = 3                                                                # kernels/pad.cu: depth, rows, columns
@@ -42,7 +40,7 @@ def _args(planes, axes, mode):
     i32(*(2 * size + abs(out) + abs(before) for size, out, (_, _, before) in axes))
     sizes, outs, windows = zip(*axes)
     origins, extents, befores = zip(*windows)
-    return np.int64(planes), *i32(*sizes, *outs, *origins, *extents, *befores, MODES[mode])
+    return *i64(planes), *i32(*sizes, *outs, *origins, *extents, *befores, MODES[mode])
 
 
 def forward(be, x, planes, axes, mode, value, out_shape):

@@ -3,11 +3,9 @@ kernel's per-element terms summed per channel by reduce.channel_sum, in the comp
 x is viewed as (N, C, inner), C the slopes' count (1: one slope for every element)."""
 from __future__ import annotations
 
-import numpy as np
-
 from .. import backend
 from . import reduce
-from ._grid import THREADS, check_planes, i32, plane_walk_grid
+from ._grid import THREADS, check_planes, i32, i64, plane_walk_grid
 
 
 def _launch_shape(view, dtype):
@@ -15,7 +13,7 @@ def _launch_shape(view, dtype):
     outer, channels, inner = view
     check_planes("PReLU", plane=inner)
     planes = outer * channels
-    return plane_walk_grid(planes, inner, dtype), (np.int64(planes), *i32(channels, inner))
+    return plane_walk_grid(planes, inner, dtype), (*i64(planes), *i32(channels, inner))
 
 
 def forward(be, x, weight, view):

@@ -20,7 +20,7 @@ import numpy as np
 from .. import backend
 from ..launch_checks import memory_span
 from . import _arrivals
-from ._grid import THREADS, acc, check_int_walk, i32, row_threads
+from ._grid import THREADS, acc, check_int_walk, i32, i64, row_threads
 from .conv import device_sms
 from .reduce import MAX_GRID_X
 
@@ -132,14 +132,14 @@ def forward(be, x, layout: RowLayout, weight, bias, eps, write_y=True, centered=
     if split:
         partial = xp.empty(2 * layout.rows * how.slices, compute)
         _arrivals.launch(be, "row_norm", x.dtype, how.kernel("row_norm_slice_stats"), grid, block,
-                         (x, mean, invstd, partial, _arrivals.zeroed(be, layout.rows), np.int64(layout.rows),
+                         (x, mean, invstd, partial, _arrivals.zeroed(be, layout.rows), *i64(layout.rows),
                           *i32(layout.length, how.span), *acc(x.dtype, eps), *i32(centered)))
         if not write_y:
             return None, mean, invstd
     # an absent parameter's pointer is x, which the kernel then never reads
     backend.launch(be, "row_norm", x.dtype, how.kernel("row_norm_forward"), grid, block,
                    (x, y, mean, invstd, x if weight is None else weight,
-                    x if bias is None else bias, np.int64(layout.rows), *ints, *i32(how.span), *acc(x.dtype, eps),
+                    x if bias is None else bias, *i64(layout.rows), *ints, *i32(how.span), *acc(x.dtype, eps),
                     *i32(weight is not None, bias is not None, write_y, split, centered)))
     return (y if write_y else None), mean, invstd
 
@@ -163,9 +163,9 @@ def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_
         partial = xp.empty(2 * layout.rows * how.slices, compute)
         _arrivals.launch(be, "row_norm", x.dtype, how.kernel("row_norm_slice_sums"), grid, block,
                          (dy, x, mean, invstd, weight_arg, row_sums, partial, _arrivals.zeroed(be, layout.rows),
-                          np.int64(layout.rows), *ints, *i32(how.span, weight is not None)))
+                          *i64(layout.rows), *ints, *i32(how.span, weight is not None)))
     backend.launch(be, "row_norm", x.dtype, how.kernel("row_norm_backward_dx"), grid, block,
-                   (dy, x, mean, invstd, weight_arg, row_sums, dx, np.int64(layout.rows), *ints,
+                   (dy, x, mean, invstd, weight_arg, row_sums, dx, *i64(layout.rows), *ints,
                     *i32(how.span, weight is not None, split, centered)))
     if not need_parameter_grads:
         return dx, None, None
@@ -179,6 +179,6 @@ def backward(be, dy, x, layout: RowLayout, mean, invstd, weight, need_parameter_
         kernel, extra = "row_norm_param_grads_planes", i32(layout.inner)
         grid, block = (min(layout.parameters, MAX_GRID_X),), (row_threads(layout.samples * layout.inner),)
     backend.launch(be, "row_norm", x.dtype, kernel, grid, block,
-                   (dy, x, mean, invstd, dweight, dbias, np.int64(layout.samples), parameters, groups, per_group,
+                   (dy, x, mean, invstd, dweight, dbias, *i64(layout.samples), parameters, groups, per_group,
                     *extra))
     return dx, dweight, dbias

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, check_planes, i32, plane_pixel_grid
+from ._grid import THREADS, check_planes, i32, i64, plane_pixel_grid
 
 
 def _shape_args(planes: int, in_plane: int, out_plane: int):
     check_planes("max unpooling", input=in_plane, output=out_plane)
-    return (np.int64(planes), *i32(in_plane, out_plane))
+    return (*i64(planes), *i32(in_plane, out_plane))
 
 
 def forward(be, x, indices, out_shape):

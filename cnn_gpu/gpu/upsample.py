@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ._grid import THREADS, acc, check_planes, i32, plane_pixel_grid
+from ._grid import THREADS, acc, check_planes, i32, i64, plane_pixel_grid
 
 
 def _args(mode, dtype, x_shape, out_size, axis_params, align_corners):
@@ -18,7 +18,7 @@ def _args(mode, dtype, x_shape, out_size, axis_params, align_corners):
         scalars = tuple(map(np.float32, axis_params))
     else:
         scalars = (*acc(dtype, *axis_params), *i32(align_corners))
-    return np.int64(n * c), *i32(h, w, p, q), *scalars
+    return *i64(n * c), *i32(h, w, p, q), *scalars
 
 
 def kernel_name(mode, direction):
