@@ -216,3 +216,23 @@ def test_a_tuple_assigned_to_a_private_name_still_reaches_the_registries():
     module._saved = (3,)
     assert module._saved == (3,)
     assert "_saved" not in module._parameters and "_saved" not in module._modules and "_saved" not in module._buffers
+
+
+def test_a_plan_memo_answers_from_one_lookup_stays_within_its_size_and_plans_unhashable_arguments_anew(monkeypatch):
+    from cnn_gpu.gpu import _plan_cache
+    monkeypatch.setattr(_plan_cache, "PLAN_MEMO_SIZE", 3)
+    monkeypatch.setattr(_plan_cache, "_CACHES", [])
+    calls = []
+
+    @_plan_cache.memoized()
+    def planner(size, *, tile=None):
+        calls.append(size)
+        return (size, tile)
+    known = _plan_cache._CACHES[0]
+    assert planner(1, tile="a") is planner(1, tile="a") and calls == [1]
+    for size in range(10):
+        assert planner(size) == (size, None)
+        assert 1 <= len(known) <= 3
+    assert planner([2]) == ([2], None) and planner([2]) == ([2], None) and calls[-2:] == [[2], [2]]
+    _plan_cache.clear()
+    assert not known

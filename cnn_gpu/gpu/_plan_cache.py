@@ -12,33 +12,37 @@ from __future__ import annotations
 import functools
 
 _CACHES = []
+PLAN_MEMO_SIZE = 1024   # plans a planner keeps; its memo is emptied when it reaches this many
 
 
 def memoized(context=None):
     """Decorator: the planner's plans remembered per (positional arguments, keyword arguments,
     context()), where `context` returns what else the planner reads per call (conv.forced's
     context variable). Arguments that cannot be hashed skip the memo (the planner's checks refuse
-    them)."""
+    them). A known plan costs one hash of its key and one lookup (a launch pass asks every step)."""
     def wrap(planner):
-        @functools.lru_cache(maxsize=1024)
-        def remembered(args, options, _context):
-            return planner(*args, **dict(options))
+        known = {}
 
         @functools.wraps(planner)
         def plan(*args, **options):
             key = (args, tuple(sorted(options.items())), context() if context else None)
             try:
-                hash(key)
-            except TypeError:
+                found = known.get(key)
+            except TypeError:   # an unhashable argument
                 return planner(*args, **options)
-            return remembered(*key)
+            if found is None:
+                found = planner(*args, **options)
+                if len(known) >= PLAN_MEMO_SIZE:
+                    known.clear()
+                known[key] = found
+            return found
 
-        _CACHES.append(remembered)
+        _CACHES.append(known)
         return plan
     return wrap
 
 
 def clear() -> None:
     """Forgets every memoized plan."""
-    for remembered in _CACHES:
-        remembered.cache_clear()
+    for known in _CACHES:
+        known.clear()
