@@ -44,3 +44,10 @@ def test_the_timed_step_runs_the_optimizer_asked_for(optimizer, kernel):
     with dry_run.launches_counted_not_run() as counted:
         step()
     assert [name for name in counted if name.endswith("_step")] == [kernel]
+
+
+def test_the_thread_clock_times_the_steps_by_this_threads_cpu_time(host_overhead, monkeypatch):
+    ticks = iter(range(0, 10**6, 2))   # each reading 2 ms after the last: a step and a replay take 2 ms
+    monkeypatch.setitem(host_overhead.CLOCKS, "thread", lambda: next(ticks) / 1e3)
+    (row,) = [r for r in host_overhead.rows(["cnn"], batch=2, steps=2, clock="thread") if r[1:3] == ("float32", "fp32")]
+    assert (row[4], row[6]) == ("2.0", "2.00"), row
