@@ -4,8 +4,8 @@
     .venv/bin/python scripts/mutate_kernels.py kernels/pad.cu -- tests/test_pad.py -k "guard or schedules"
 
 makes one source mutant of the kernel file at a time and runs the pytest selection (the arguments
-after `--`) against it on the emu backend, which compiles the changed .cu with g++ (its cache keys
-on the source text). Each mutant is one of:
+after `--`) against it. The selection should be one that runs the kernels on the emu backend, which
+compiles the changed .cu with g++ (its cache keys on the source text), and checks their results. Each mutant is one of:
 
   relational   `<` <-> `<=`, `>` <-> `>=`, `==` <-> `!=` (operators written with spaces around them,
                so template brackets and shifts are left alone)
@@ -235,7 +235,8 @@ def scratch_copy(destination: Path) -> None:
 
 def run_selection(tree: Path, pytest_args: list[str], timeout: float) -> tuple[str, float, str]:
     """('passed' | 'failed' | 'timed-out' | 'did-not-compile', seconds, output) of pytest -x in `tree`."""
-    env = dict(os.environ, CNN_GPU_CACHE=str(tree / ".mutant-cache"), CNN_GPU_BACKEND="emu",
+    # $CNN_GPU_BACKEND stays as it is: a test's default-backend call is its NumPy oracle
+    env = dict(os.environ, CNN_GPU_CACHE=str(tree / ".mutant-cache"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *pytest_args]
     start = time.monotonic()
