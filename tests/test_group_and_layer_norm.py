@@ -524,6 +524,24 @@ def recorded_launches(monkeypatch):
     return launched
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grids_smaller_than_the_work_match_the_numpy_path_under_the_race_check(dtype, monkeypatch):
+    """row_norm.MAX_GRID_X at 2: each block walks several rows, and the parameter kernels several
+    parameters (layer norm's 100 columns: 4 blocks of lanes for 2 blocks, whose lane sums of one
+    round are read before the next round writes them, behind a barrier the race check sees), with
+    guard zones: the NumPy path's results to a few roundings."""
+    from cnn_gpu import emu
+    from cnn_gpu.gpu import row_norm
+    skip_unless("emu")
+    monkeypatch.setattr(row_norm, "MAX_GRID_X", 2)
+    for kind, shape, layout in (("layer", (45, 100), 100), ("group", (3, 8, 5), 4)):
+        case = kernel_case(kind, shape, layout, dtype, affine=True)
+        expected = kernel_results(case, "numpy", kind)
+        with emu.checking(guard=True, race=True):
+            got = kernel_results(case, "emu", kind)
+        assert_kernel_runs_match([got], expected, ("y", "dx", "dweight", "dbias") * 2, dtype, f"{kind} {shape}")
+
+
 # (kind, shape, layout, kernel suffix) of split rows with row_norm.MIN_SLICE at 64: group norm's 4 rows
 # of 528 in 8 slices of 72 (the last 24), layer norm's 3 rows of 520 in 8 of 72 (the last 16), and
 # 2 rows of 301, an odd length: the _unaligned kernels, 5 slices of 64 (the last 45)
