@@ -117,6 +117,22 @@ def test_emu_mask_is_the_numpy_mask_bit_for_bit(schedule):
 
 
 @needs_emu
+def test_a_number_equal_to_the_threshold_is_kept_on_every_backend():
+    """keep is number >= threshold: p = number / 2^32 puts the threshold exactly on one element's
+    number (dropout) and on one plane's (dropout2d), which must stay; a random p meets a number
+    with odds 2^-32."""
+    seed, step = 2**40 + 9, 6
+    numbers = philox.element_numbers(seed, step, 12)
+    x = np.random.default_rng(8).standard_normal((3, 4, 2, 3))
+    for i in (1, 10):
+        p = int(numbers[i]) / 2**32
+        for be in ("numpy", "emu"):
+            y = F.dropout(x.reshape(-1)[:12], p, seed=seed, step=step, backend=be)
+            assert y[i] == x.reshape(-1)[i] * (1 / (1 - p)), (i, be)
+            planes = F.dropout2d(x, p, seed=seed, step=step, backend=be)
+            np.testing.assert_array_equal(planes[i // 4, i % 4], x[i // 4, i % 4] * (1 / (1 - p)), err_msg=f"{i} {be}")
+
+@needs_emu
 def test_grid_stride_loop_covers_every_group():
     x = np.random.default_rng(3).standard_normal(5001)
     y = np.empty_like(x)
