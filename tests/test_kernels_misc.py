@@ -638,6 +638,27 @@ def test_float16_channel_sums_are_the_float32_sums_of_the_widened_array_rounded_
         reduce.split_sum_epilogue("emu", partials.astype(np.float16), got, 5, 7)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_split_sum_epilogue_is_the_sum_of_the_splits_in_order_then_bias_and_relu(dtype):
+    """out = partials[0] + partials[1] + ... (that order: bit for bit), + bias[channel], ReLU with a
+    NaN passed through, against NumPy on an (outer, channels, inner) output of odd sizes: the
+    float16 test above only compares the kernel's builds with each other."""
+    rng = np.random.default_rng(14)
+    splits, shape = 3, (3, 5, 7)
+    partials = rng.standard_normal((splits,) + shape).astype(dtype)
+    partials[1, 2, 4, 6] = np.nan
+    bias = rng.standard_normal(shape[1]).astype(dtype)
+    total = partials[0].copy()
+    for s in range(1, splits):
+        total += partials[s]
+    for has_bias, relu in ((True, True), (False, False)):
+        want = total + bias[:, None] if has_bias else total.copy()
+        if relu:
+            want[want < 0] = 0
+        got = np.empty(shape, dtype)
+        reduce.split_sum_epilogue("emu", partials, got, shape[1], shape[2], bias if has_bias else None, relu=relu)
+        assert_same_bits(got, want, f"split_sum_epilogue, bias {has_bias}, relu {relu}")
+
 def test_channel_sum_rejects_a_wrong_view():
     with pytest.raises(ValueError, match="channel_sum"):
         reduce.channel_sum("emu", np.zeros((3, 4)), 2, 3, 3)
