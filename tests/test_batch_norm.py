@@ -572,6 +572,25 @@ def test_float16_statistics_are_the_float32_statistics_of_the_widened_input():
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_statistics_over_several_chunks_are_numpys(dtype):
+    """Channels of 3 reduction blocks (4096 elements a chunk, the last partial), whose moments the
+    last block to arrive merges with each chunk's count: the NumPy path's y, mean, invstd and running
+    statistics (the sweep's channels fit one chunk; the other chunked tests compare the kernels with
+    themselves)."""
+    rng = np.random.default_rng(33)
+    for shape in [(3, 2, 50, 61), (5, 1, 41, 43)]:
+        x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+        weight, bias = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+        results = {}
+        for be in ("numpy", "emu"):
+            running = [np.zeros(shape[1], dtype), np.ones(shape[1], dtype)]
+            results[be] = (*F.batch_norm(x, *running, weight, bias, True, return_stats=True, backend=be), *running)
+        for got, want, what in zip(results["emu"], results["numpy"], ("y", "mean", "invstd", "running_mean",
+                                                                     "running_var")):
+            assert_close(got, want, dtype, f"{shape} {what}")
+
+@needs_emu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_element_passes_cover_every_plane_size_and_any_grid(dtype, monkeypatch):
     """batch_norm_forward and batch_norm_backward_dx walk 4 elements a thread, float16 8
