@@ -157,6 +157,20 @@ def test_a_grid_smaller_than_the_work_covers_every_row_plane_and_pixel():
 
 
 @needs_emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_unfold_of_more_than_half_a_block_reads_zeros_one_past_every_edge(dtype):
+    """Maps of more than 128 blocks (unfold's walk of a row a block row) whose padded taps reach the
+    row and the column just past the image (h == H, w == W): zeros, NumPy's bits, never the next
+    row's or plane's pixel (the sweep's geometries reach this walk only inside the image)."""
+    from cnn_gpu import emu
+    for i, (shape, sizes) in enumerate([((2, 3, 12, 13), (3, 1, 1, 1)), ((1, 2, 15, 11), ((3, 2), (2, 1), (2, 1), 1))]):
+        x = draw(shape, dtype, 70 + i)
+        assert folding._unfold_geometry(shape, *sizes).L > 128
+        with emu.checking(guard=True):
+            got = F.unfold(x, *sizes, backend="emu")
+        assert got.tobytes() == F.unfold(x, *sizes).tobytes(), shape
+
+@needs_emu
 @pytest.mark.parametrize("rows", [None, 1, 2, 3])
 def test_small_rows_and_planes_go_several_to_a_block_on_any_grid(rows, monkeypatch):
     """Rows of 70 blocks go 3 to a block, image planes of 99 pixels 2 (plane_pixel_grid's groups, where
