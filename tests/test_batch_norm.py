@@ -573,22 +573,28 @@ def test_float16_statistics_are_the_float32_statistics_of_the_widened_input():
 
 @needs_emu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_statistics_over_several_chunks_are_numpys(dtype):
-    """Channels of 3 reduction blocks (4096 elements a chunk, the last partial), whose moments the
-    last block to arrive merges with each chunk's count: the NumPy path's y, mean, invstd and running
-    statistics (the sweep's channels fit one chunk; the other chunked tests compare the kernels with
-    themselves)."""
+def test_long_channels_are_numpys_under_the_race_check(dtype):
+    """Channels of 1500 elements (a thread's second pass partial: the accumulators it misses count one
+    element less) and of 3 reduction blocks (4096 elements a chunk, the last partial), whose moments
+    and backward sums the last block to arrive merges: the NumPy path's y, mean, invstd, running
+    statistics and gradients, with guard zones and the race check (the sweep's channels fit one pass;
+    the other chunked tests compare the kernels with themselves)."""
+    from cnn_gpu import emu
     rng = np.random.default_rng(33)
-    for shape in [(3, 2, 50, 61), (5, 1, 41, 43)]:
+    for shape in [(2, 3, 25, 30), (3, 2, 50, 61), (5, 1, 41, 43)]:
         x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
         weight, bias = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
         results = {}
         for be in ("numpy", "emu"):
             running = [np.zeros(shape[1], dtype), np.ones(shape[1], dtype)]
-            results[be] = (*F.batch_norm(x, *running, weight, bias, True, return_stats=True, backend=be), *running)
+            with emu.checking(guard=True, race=True):
+                results[be] = (*F.batch_norm(x, *running, weight, bias, True, return_stats=True, backend=be),
+                               *running, *F.batch_norm_backward(dy, x, None, None, weight, bias, True, backend=be))
         for got, want, what in zip(results["emu"], results["numpy"], ("y", "mean", "invstd", "running_mean",
-                                                                     "running_var")):
+                                                                     "running_var", "dx", "dweight", "dbias")):
             assert_close(got, want, dtype, f"{shape} {what}")
+
 
 @needs_emu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
