@@ -244,9 +244,11 @@ def run_selection(tree: Path, pytest_args: list[str], timeout: float) -> tuple[s
                                start_new_session=True)
     try:
         output = process.communicate(timeout=timeout)[0].decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)   # the whole session: pytest and anything it started
+    except BaseException as stop:   # a timeout, or this script interrupted: pytest's session goes too
+        os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
+        if not isinstance(stop, subprocess.TimeoutExpired):
+            raise
         return "timed-out", time.monotonic() - start, ""
     seconds = time.monotonic() - start
     if process.returncode == 0:
@@ -295,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if not pytest_args:
         parser.error("give the pytest selection after --")
 
+    # SIGTERM unwinds as an exception does: the running pytest is killed and the scratch copy removed
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     with tempfile.TemporaryDirectory(prefix="mutate_kernels-") as scratch:
         tree = Path(scratch)
         scratch_copy(tree)
