@@ -86,19 +86,7 @@ __device__ __forceinline__ void wgrad_tile(
     };
     REAL acc[Tile::TM][Tile::TN];
     igemm_main_loop<Tile>(acc, smem, ab.k, ab.m, ab.k, ab.m, range.k_count, a_source, b_source, advance);
-
-    const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
-    REAL* out = workspace + (split * K + g * Kg) * Ngemm;
-#pragma unroll
-    for (int i = 0; i < Tile::TM; ++i) {
-        const int m = m0 + igemm_offset<Tile::RUN_M>(i, tm);
-        if (m >= Kg) continue;
-#pragma unroll
-        for (int j = 0; j < Tile::TN; ++j) {
-            const int col = n0 + igemm_offset<Tile::RUN_N>(j, tn);
-            if (col < Ngemm) out[m * Ngemm + col] = acc[i][j];
-        }
-    }
+    igemm_store_row_major<Tile>(acc, workspace + (split * K + g * Kg) * Ngemm, m0, n0, Kg, Ngemm);
 }
 
 #define WGRAD_PARAMS                                                                          \
