@@ -169,6 +169,13 @@ class EpochBar:
         pass
 
 
+def emulate_arch(monkeypatch, arch: int) -> None:
+    """Kernels built from here on see __CUDA_ARCH__ == arch (fresh modules; the disk cache keeps both)."""
+    monkeypatch.setenv("CNN_GPU_EMU_ARCH", str(arch))
+    monkeypatch.setattr(backend, "_modules", {})
+    monkeypatch.setattr(backend, "_functions", {})
+
+
 def record_launches(monkeypatch) -> list:
     """The (family, kernel) of every backend.launch from now on, in order (the launches still run)."""
     launched = []

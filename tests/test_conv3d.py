@@ -1,12 +1,14 @@
 """conv3d, conv3d_backward and nn.Conv3d: the NumPy path and the implicit-GEMM kernels
-(kernels/conv3d_fprop.cu, which also runs wgrad as a convolution, and kernels/conv3d_dgrad.cu).
+(kernels/conv3d_fprop.cu, kernels/conv3d_dgrad.cu and kernels/conv3d_wgrad.cu).
 
 Proof: PyTorch CPU values and gradients (stride, padding int/triple/"same"/"valid", dilation, groups,
 bias, odd sizes, unbatched) on numpy and emu in float64 (1e-10) and float32 (1e-5); the direct loops of
 reference_loops.py; finite differences; float16 against the NumPy oracle (FP32 math, rounded once); the
 emulator's guard zones, race check and reverse/random schedules on every tile, split-K, the padded copy
-of a long filter, stride > 1 dgrad's phases in one launch and its bordered dy; refusals before any launch;
-the layer and its padding modes against torch.nn.Conv3d."""
+of a long filter, stride > 1 dgrad's phases in one launch and its bordered dy; the weight-gradient kernel
+on its own cases (groups, dilation, stride, uneven split-K, edge tiles) against the direct loops and
+PyTorch, with no device copy; refusals before any launch; the layer and its padding modes against
+torch.nn.Conv3d."""
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ from cnn_gpu.functional.conv3d import conv3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
 from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch,
-                     assert_within_a_float16_rounding, needs_emu, record_launches, to_host)
+                     assert_within_a_float16_rounding, emulate_arch, needs_emu, record_launches, to_host)
 
 
 # (x shape, weight shape, stride, padding, dilation, groups, bias)
@@ -233,10 +235,94 @@ def test_plans_reach_the_tiles_split_k_and_the_padded_copy():
     assert gpu_conv3d.plan_fprop(g, np.float32).padded is None
     long_filter = conv3d_geometry((1, 1, 3, 3, 20), (1, 1, 1, 1, 12))
     assert gpu_conv3d.plan_fprop(long_filter, np.float64).padded.shape == (1, 1, 3, 3, 20)
-    # wgrad's filter taps are dy's voxels: 14 across pass the column field, so x is copied with its borders
-    wide = conv3d_geometry((2, 8, 6, 6, 14), (16, 8, 3, 3, 3), padding=1)
-    assert gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), np.float64).padded is None
-    assert gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(wide), np.float64).padded is not None
+    # wgrad: its own kernel on every tile, split-K summed by reduce's column sum, no copy of any operand
+    for tile in ("large", "tall", "wide", "small"):
+        plan = gpu_conv3d.plan_wgrad(g, np.float64, tile=tile, splits=3)
+        assert [launch.kernel for launch in plan.launches] == [f"conv3d_wgrad_{tile}", "channel_sum_column"]
+        assert plan.splits == 3 and plan.chunk % conv.BK == 0 and plan.padded is None
+        assert plan.main.grid[2] == g.groups * 3
+    unsplit = gpu_conv3d.plan_wgrad(long_filter, np.float32, splits=1)
+    assert [launch.kernel for launch in unsplit.launches] == [f"conv3d_wgrad_{unsplit.tile}"]
+
+
+# --- the weight-gradient kernel (kernels/conv3d_wgrad.cu) --------------------------------------
+
+# (x shape, weight shape, stride, padding, dilation, groups, plan forced): groups with dilation and stride
+# and 3 splits of 40, 40 and 28 of N*O*P*Q = 108 voxels; a filter 14 taps across (past fprop's mask field)
+# with 2 uneven splits; 70 output channels and 81 taps, past the small tile's 64 rows and 64 columns, 5
+# splits of 16 rows but the last of 8; a one-voxel reduction, shorter than a BK step
+WGRAD_CASES = [
+    ((2, 6, 5, 6, 7), (6, 2, 2, 3, 2), (2, 1, 2), (1, 1, 0), (2, 1, 2), 3, dict(tile="wide", splits=3)),
+    ((1, 2, 3, 4, 17), (4, 2, 1, 2, 14), (1, 2, 1), (0, 1, 5), 1, 1, dict(tile="tall", splits=2)),
+    ((2, 3, 3, 4, 3), (70, 3, 3, 3, 3), 1, 1, 1, 1, dict(tile="small", splits=5)),
+    ((1, 4, 2, 3, 2), (4, 2, 2, 2, 2), (2, 3, 1), 0, 1, 2, dict(tile="large", splits=None)),
+]
+
+
+def _wgrad_operands(case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups, _ = case
+    rng = np.random.default_rng(14)
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    dy = rng.standard_normal(F.conv3d(x, w, None, stride, padding, dilation, groups).shape).astype(dtype)
+    return dy, x, w
+
+
+def _emu_wgrad(case, dy, x, w):
+    with conv.forced(**case[-1]):
+        return F.conv3d_backward(dy, x, w, *case[2:6], bias=False, input_grad=False, backend="emu")[1]
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_wgrad_kernel_matches_the_direct_loops_and_torch(torch, dtype):
+    """Each case's forced plan under guard zones and the race check, against the direct loops (float64)
+    and PyTorch's weight gradient in the dtype, then bit for bit the same under the reverse and random
+    schedules."""
+    from cnn_gpu import emu
+    for case in WGRAD_CASES:
+        dy, x, w = _wgrad_operands(case, dtype)
+        stride, padding, dilation, groups = case[2:6]
+        with emu.checking(guard=True, race=True):
+            dw = _emu_wgrad(case, dy, x, w)
+        loops = ref.conv3d_weight_grad(dy.astype(np.float64), x.astype(np.float64), w.shape, stride, padding,
+                                       dilation, groups)
+        assert_close(dw.astype(np.float64), loops, dtype, f"{case} dw against the loops")
+        wt = torch.tensor(w, requires_grad=True)
+        torch.nn.functional.conv3d(torch.tensor(x), wt, None, stride, padding, dilation, groups).backward(
+            torch.tensor(dy))
+        assert_close(dw, wt.grad.numpy(), dtype, f"{case} dw against torch")
+        for schedule in ("reverse", "random"):
+            with emu.checking(schedule=schedule, seed=15, guard=True):
+                np.testing.assert_array_equal(_emu_wgrad(case, dy, x, w), dw, err_msg=f"{case} under {schedule}")
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_wgrad_register_staged_loop_matches_the_cp_async_ring_bit_for_bit(dtype, monkeypatch):
+    """conv3d_wgrad.cu's two main loops (igemm.cuh): the sm_80 ring, which tests every step here, and the
+    sm_70/75 register staging (emulated as sm_70, under every schedule) give the same bits."""
+    from cnn_gpu import emu
+    operands = [_wgrad_operands(case, dtype) for case in WGRAD_CASES]
+    emulate_arch(monkeypatch, 800)
+    ring = [_emu_wgrad(case, *arrays) for case, arrays in zip(WGRAD_CASES, operands)]
+    emulate_arch(monkeypatch, 700)
+    for schedule in ("forward", "reverse", "random"):
+        with emu.checking(schedule=schedule, seed=16, guard=True):
+            for case, arrays, want in zip(WGRAD_CASES, operands, ring):
+                np.testing.assert_array_equal(_emu_wgrad(case, *arrays), want, err_msg=f"{case} under {schedule}")
+
+
+@needs_emu
+def test_wgrad_reads_x_and_dy_in_place(monkeypatch):
+    """No device copy of x or dy (the rearranged operands the forward kernel took): one kernel launch,
+    then split-K's fixed-order sum of the workspace."""
+    launched = record_launches(monkeypatch)
+    monkeypatch.setattr(backend, "device_call", lambda *args, **kwargs: pytest.fail("a device copy"))
+    case = WGRAD_CASES[0]
+    dy, x, w = _wgrad_operands(case, np.float64)
+    dw = _emu_wgrad(case, dy, x, w)
+    assert launched == [("conv3d_wgrad", "conv3d_wgrad_wide"), ("reduce", "channel_sum_column")]
+    assert_close(dw, F.conv3d_backward(dy, x, w, *case[2:6], backend="numpy")[1], np.float64, "dw")
 
 
 def test_dgrad_runs_every_stride_phase_in_one_launch(monkeypatch):
@@ -361,7 +447,7 @@ def test_layer_refuses_what_torch_refuses(torch):
 def test_cuda_matches_numpy(dtype):
     """Every pass on CuPy arrays (a GPU, or tests/cupy_sim: the cuda backend's Python on the emulator)."""
     cupy = backend.cupy_or_none()
-    for case in EMU_CASES:
+    for case in EMU_CASES + WGRAD_CASES:
         x_shape, w_shape, stride, padding, dilation, groups, plan = case
         rng = np.random.default_rng(9)
         x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)

@@ -18,7 +18,7 @@ from cnn_gpu import backend
 from cnn_gpu import functional as F
 from cnn_gpu.functional.geometry import conv_geometry, conv_transpose_geometry
 from cnn_gpu.gpu import _plan_cache, conv
-from helpers import assert_close
+from helpers import assert_close, emulate_arch
 
 EMU_REASON = backend.why_unavailable("emu")
 needs_emu = pytest.mark.skipif(bool(EMU_REASON), reason=f"emulator unavailable: {EMU_REASON}")
@@ -304,13 +304,6 @@ def test_emu_kernel_variants_under_every_schedule(name, cfg, overrides, dtype):
                                           err_msg=f"{name} {key} under {schedule}")
 
 
-def _emulate_arch(monkeypatch, arch: int) -> None:
-    """Kernels built from here on see __CUDA_ARCH__ == arch (fresh modules; the disk cache keeps both)."""
-    monkeypatch.setenv("CNN_GPU_EMU_ARCH", str(arch))
-    monkeypatch.setattr(backend, "_modules", {})
-    monkeypatch.setattr(backend, "_functions", {})
-
-
 @needs_emu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_emu_register_staged_loop_matches_the_cp_async_ring_bit_for_bit(dtype, monkeypatch):
@@ -319,10 +312,10 @@ def test_emu_register_staged_loop_matches_the_cp_async_ring_bit_for_bit(dtype, m
     register path (emulated as sm_70) under every schedule reproduces the ring's (sm_80) bits."""
     from cnn_gpu import emu
     gemm = [v for v in VARIANTS if v[2].get("tile")]
-    _emulate_arch(monkeypatch, 800)
+    emulate_arch(monkeypatch, 800)
     with emu.checking(guard=True):
         ring = {name: run_variant(cfg, dtype, overrides) for name, cfg, overrides in gemm}
-    _emulate_arch(monkeypatch, 700)
+    emulate_arch(monkeypatch, 700)
     for schedule in ("forward", "reverse", "random"):
         with emu.checking(schedule=schedule, seed=11, guard=True):
             for name, cfg, overrides in gemm:

@@ -28,9 +28,11 @@ NVRTC_MISSING = nvrtc.why_unavailable()
 needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable: {NVRTC_MISSING}")
 
 DTYPES = ("float32", "float64", "float16")
+# The tiles each GEMM family's launcher plans with (register caps: resident blocks per SM), conv2d's unless named
+FAMILY_TILES = {"conv3d_fprop": conv3d.TILES, "conv3d_wgrad": conv3d.WGRAD_TILES}
 FILES = backend.kernel_files()
-# Implicit-GEMM tile kernels, conv2d_<pass>_<tile> and conv3d_fprop_<tile>; the depthwise direct kernels
-# are not GEMMs.
+# Implicit-GEMM tile kernels, conv2d_<pass>_<tile> and conv3d_<fprop|wgrad>_<tile>; the depthwise direct
+# kernels are not GEMMs.
 GEMM_FILE = re.compile(r"conv[23]d_(fprop|dgrad|wgrad)\.cu$")
 GEMM_TILE_KERNEL = re.compile(r"conv[23]d_(?:fprop|dgrad|wgrad)_(\w+)$")
 KERNEL_DECLARATION = re.compile(r'extern\s+"C"\s+__global__')
@@ -68,7 +70,7 @@ def test_kernel_file_compiles_without_spills(path, dtype, arch):
         assert r.max_threads is not None, f"{where} declares no __launch_bounds__"
         assert r.occupancy is not None and r.occupancy > 0, f"{where} cannot be resident: {r}"
         tile = GEMM_TILE_KERNEL.match(r.name) if GEMM_FILE.search(path.name) else None
-        tiles = (conv3d.TILES if path.stem.startswith("conv3d") else conv.TILES).get(np.dtype(dtype), {})
+        tiles = FAMILY_TILES.get(path.stem, conv.TILES).get(np.dtype(dtype), {})
         if tile and tile.group(1) in tiles:
             spec = tiles[tile.group(1)]
             assert r.max_threads == spec.threads, f"{where} is launched with {r.max_threads} threads, not {spec.threads}"

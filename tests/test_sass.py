@@ -245,21 +245,23 @@ def test_conv_fprop_tiles_on_sm_90():
 
 @_needs_tools("sm_90")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("pass_name", ["fprop", "dgrad"])
-def test_conv3d_tiles_keep_the_2d_hot_loop(pass_name, dtype):
-    """conv3d_fprop.cu and conv3d_dgrad.cu are conv2d_fprop.cu's and conv2d_dgrad.cu's tiles with a depth
-    coordinate: per tile their sm_90 hot loop issues the same FFMAs and shared and global loads, and the
-    depth walk (one more carry, a three-field tap select) costs at most 3 points of FMA share (float32
-    large: fprop 83.3% against 84.9%, dgrad 84.6% against 86.1%). dgrad's filter transpose is 2-D's too."""
+@pytest.mark.parametrize("pass_name, share_cost", [("fprop", 0.03), ("dgrad", 0.03), ("wgrad", 0.05)])
+def test_conv3d_tiles_keep_the_2d_hot_loop(pass_name, share_cost, dtype):
+    """conv3d_<pass>.cu is conv2d_<pass>.cu's tile with a depth coordinate: per tile its sm_90 hot loop
+    issues the same FMAs and shared and global loads, with no local memory, and the depth costs at most
+    share_cost of FMA share. fprop and dgrad: one more carry and a three-field tap select, 3 points
+    (float32 large: fprop 83.3% against 84.9%, dgrad 84.6% against 86.1%; dgrad's filter transpose is
+    2-D's too). wgrad: a third bounds test of each gathered value, the depth walk and the ring's test of
+    every step (its untested rounds spilled), 5 points (3.8 at most: float32 wide 76.7% against 80.5%)."""
     planar = {row["kernel"].replace("conv2d", "conv3d"): row
               for row in sass.kernel_rows(f"conv2d_{pass_name}", dtype, "sm_90")}
     rows = {row["kernel"]: row for row in sass.kernel_rows(f"conv3d_{pass_name}", dtype, "sm_90")}
-    assert set(rows) == set(planar) and len(rows) == {"fprop": 4, "dgrad": 5}[pass_name]
+    assert set(rows) == set(planar) and len(rows) == {"dgrad": 5}.get(pass_name, 4)
     for name, row in rows.items():
-        for column in ("ffma", "lds", "ldgsts", "bar"):
+        for column in ("fma", "lds", "ldgsts", "bar"):
             assert row[column] == planar[name][column], (name, column, row[column], planar[name][column])
         if row["ffma"]:   # a tile, not the filter transpose
-            assert planar[name]["fma_share"] - 0.03 < row["fma_share"] <= planar[name]["fma_share"], name
+            assert planar[name]["fma_share"] - share_cost < row["fma_share"] <= planar[name]["fma_share"], name
         assert row["local_memory"] == 0 and row["local_memory_loop"] == 0, row
 
 

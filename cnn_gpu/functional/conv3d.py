@@ -6,10 +6,10 @@ through a strided view into a vol2col matrix (C/groups * T*R*S, O*P*Q) per image
 contracted with the filters by one batched matmul; the input gradient is the same products taken the
 other way (w^T dy, one matmul for all taps) added tap by tap at each tap's offset (col2vol); the weight
 gradient is dy times the vol2col matrix transposed, summed over the batch.
-emu and cuda: the implicit-GEMM kernel of kernels/conv3d_fprop.cu (cnn_gpu.gpu.conv3d), which runs the
-input and weight gradients as convolutions too. float16 runs the float32 kernels on widened operands,
-each result rounded once (as conv2d's SIMT path); the "tf32" math mode rounds float32 operands to TF32
-first, as it does for conv2d (no tensor-core path for 3-D).
+emu and cuda: the implicit-GEMM kernels (cnn_gpu.gpu.conv3d) of kernels/conv3d_fprop.cu, conv3d_dgrad.cu
+(every stride phase of the input gradient in one launch) and conv3d_wgrad.cu (x and dy read in place).
+float16 runs the float32 kernels on widened operands, each result rounded once (as conv2d's SIMT path);
+the "tf32" math mode rounds float32 operands to TF32 first, as it does for conv2d (no tensor-core path for 3-D).
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def plan_passes(g: Conv3dGeometry, dtype, *, fprop=False, dgrad=False, wgrad=Fal
     if dgrad:
         gpu_conv3d.plan_dgrad(g, kernel_dtype)
     if wgrad:
-        gpu_conv3d.plan_fprop(gpu_conv3d.wgrad_geometry(g), kernel_dtype)
+        gpu_conv3d.plan_wgrad(g, kernel_dtype)
 
 
 def kernel_fprop(be, x, weight, bias, g: Conv3dGeometry):

@@ -1,10 +1,9 @@
-"""Launch code of kernels/conv3d_fprop.cu, the implicit-GEMM 3-D convolution, and kernels/conv3d_dgrad.cu,
-its input gradient, for the "cuda" and "emu" backends; the weight gradient runs as a convolution of the
-forward kernel.
+"""Launch code of kernels/conv3d_fprop.cu, the implicit-GEMM 3-D convolution, kernels/conv3d_dgrad.cu,
+its input gradient, and kernels/conv3d_wgrad.cu, its weight gradient, for the "cuda" and "emu" backends.
 
-`g` is a Conv3dGeometry (cnn_gpu.functional.conv3d). plan_fprop and plan_dgrad pick the tile and split-K
-with conv2d's planner (cnn_gpu.gpu.conv._choose: the same tiles, wave model and split limits); `tile` and
-`splits`, or a conv.forced(...) block, override it.
+`g` is a Conv3dGeometry (cnn_gpu.functional.conv3d). plan_fprop, plan_dgrad and plan_wgrad pick the tile
+and split-K with conv2d's planner (cnn_gpu.gpu.conv._choose: the same tiles, wave model and split limits);
+`tile` and `splits`, or a conv.forced(...) block, override it.
 - dgrad: conv2d_dgrad.cu's phase decomposition with a depth coordinate. dx's voxels split into stride
   phases (min(stride, size) per dimension); each phase is the dense convolution of dy with the flipped
   filter taps that reach it, so no zero-inserted voxel is visited, and one launch runs every phase
@@ -13,14 +12,14 @@ with conv2d's planner (cnn_gpu.gpu.conv._choose: the same tiles, wave model and 
   fixed-order fold when it splits; phases with more taps in a dimension than the mask fields hold
   (MASK_TAPS) read a zero-bordered copy of dy first. A stride of (2, 2, 2) was 8 launches of the
   forward kernel, each result copied into dx's strided voxels, before this kernel.
-- wgrad: dw is the convolution of x, viewed as C/G "images" of G*N channels ((Cg, G, N) order), with
-  dy as K filters of N channels each (groups G), stride and dilation swapped: the output's T x R x S
-  "pixels" are the taps and its reduction is N*O*P*Q, split-K as the planner decides. The filter's
-  O x P x Q taps usually pass the tap masks' fields, so x gets a zero-bordered copy first.
+- wgrad: conv2d_wgrad.cu's GEMM with a depth: dw_g = dy_g x vol2col(x_g)^T, M = K/G, N = C/G*T*R*S,
+  reduction N*O*P*Q, x and dy read in place (it ran the forward kernel on transposed copies before this
+  kernel); split-K writes a workspace (splits, K, C/G*T*R*S) summed in a fixed order (reduce.channel_sum).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -33,12 +32,15 @@ from .conv import (BK, FILTER_TAIL, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIA
                    _walk_args, _workspace_splits, check_element_counts, device_sms)
 
 FAMILY = "conv3d_fprop"
+WGRAD_FAMILY = "conv3d_wgrad"
 # Taps per dimension (depth, rows, columns) the kernel's tap-mask fields hold (kernels/conv3d_fprop.cu)
 MASK_TAPS = (10, 11, 11)
 # conv2d's tiles (igemm.cuh), but for the float64 small tile's 2 blocks an SM (kernels/conv3d_fprop.cu:
 # CONV3D_SMALL_BLOCKS, at 128 registers)
 TILES = {dtype: dict(tiles) for dtype, tiles in CONV2D_TILES.items()}
 TILES[np.dtype(np.float64)]["small"] = dataclasses.replace(CONV2D_TILES[np.dtype(np.float64)]["small"], registers=128)
+# conv3d_wgrad.cu runs igemm.cuh's launch bounds unchanged: conv2d's tiles
+WGRAD_TILES = CONV2D_TILES
 
 
 def _check_index_range(g) -> None:
@@ -225,22 +227,51 @@ def dgrad(be, dy, w, g, *, tile=None, splits=None):
     return reduce.channel_sum(be, out, plan.splits, dx.size, 1).reshape(g.x_shape)
 
 
-def wgrad_geometry(g):
-    """The convolution of wgrad (module docstring): x as C/G images of G*N channels, dy the filters."""
-    return dataclasses.replace(
-        g, N=g.C // g.groups, C=g.groups * g.N, T=g.O, R=g.P, S=g.Q, O=g.T, P=g.R, Q=g.S, stride=g.dilation,
-        dilation=g.stride, padding_extra=(0, 0, 0))
+@_plan_cache.memoized(_forced_choices)
+def plan_wgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
+    """The launches of dw = conv3d's weight gradient: the GEMM tile and split-K (conv2d's planner over
+    M = K/G, N = C/G*T*R*S, reduction N*O*P*Q), then, split, the fixed-order sum of the workspace."""
+    _check_index_range(g)
+    kg, taps = g.K // g.groups, (g.C // g.groups) * g.T * g.R * g.S
+    out = math.prod(g.w_shape)
+    variant, spec, splits, chunk = _choose(dtype, kg, taps, g.groups, g.N * g.O * g.P * g.Q, out, sms, tile, splits,
+                                           min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // g.groups),
+                                           WGRAD_TILES)
+    grid = (-(-taps // spec.bn), -(-kg // spec.bm), g.groups * splits)
+    _check_grid(WGRAD_FAMILY, grid)
+    launches = (Launch(WGRAD_FAMILY, f"{WGRAD_FAMILY}_{variant}", grid, (spec.threads, 1, 1)),)
+    if splits > 1:
+        launches += (reduce.plan_channel_sum(splits, out, 1),)
+    return ConvPlan("wgrad", launches, tile=variant, splits=splits, chunk=chunk)
+
+
+@functools.lru_cache(maxsize=256)
+def _wgrad_walk(g):
+    """(walk_q, walk_p, walk_o, walk_dy, walk_x, walk_q_end, walk_p_end, walk_o_end, walk_carry_q_x,
+    walk_carry_p_x, walk_carry_o_x, walk_carry_o_dy) of conv3d_wgrad.cu: BK reduction rows (n, o, p, q)
+    as steps of q*stride_w, p*stride_h, o*stride_d and the dy and x offsets, the ends of the first three,
+    and the offset carries when they wrap."""
+    pq, hw = g.P * g.Q, g.H * g.W
+    opq, dhw = g.O * pq, g.D * hw
+    (sd, sh, sw) = g.stride
+    step_n, step_o, step_p, step_q = BK // opq, (BK % opq) // pq, (BK % pq) // g.Q, BK % g.Q
+    return _walk_args(step_q * sw, step_p * sh, step_o * sd, step_n * g.K * opq + step_o * pq + step_p * g.Q + step_q,
+                      step_n * g.C * dhw + step_o * sd * hw + step_p * sh * g.W + step_q * sw, g.Q * sw, g.P * sh,
+                      g.O * sd, sh * g.W - g.Q * sw, sd * hw - g.P * sh * g.W, g.C * dhw - g.O * sd * hw,
+                      g.K * opq - opq)
 
 
 def wgrad(be, dy, x, g, *, tile=None, splits=None):
-    """dweight of conv3d: the convolution of x with dy (module docstring), transposed to (K, C/G, T, R, S)."""
-    xp = backend.array_module(be)
-    G, cg = g.groups, g.C // g.groups
-    images = backend.device_call(xp.ascontiguousarray, x.reshape(g.N, G, cg, -1).transpose(2, 1, 0, 3))
-    filters = backend.device_call(xp.ascontiguousarray, dy.reshape(g.N, g.K, -1).transpose(1, 0, 2))
-    h = wgrad_geometry(g)
-    y = fprop(be, images.reshape(h.x_shape), filters.reshape(h.w_shape), None, h, tile=tile, splits=splits)
-    return backend.device_call(xp.ascontiguousarray, y.transpose(1, 0, 2, 3, 4))
+    """dweight of conv3d (K, C/G, T, R, S) from x and dy in place: split-K partial tiles, then a
+    fixed-order sum over the splits."""
+    plan = plan_wgrad(g, x.dtype, tile=tile, splits=splits, sms=device_sms(be))
+    taps = (g.C // g.groups) * g.T * g.R * g.S
+    workspace = backend.array_module(be).empty((plan.splits, g.K, taps), dtype=x.dtype)
+    backend.launch(be, WGRAD_FAMILY, x.dtype, plan.main.kernel, plan.main.grid, plan.main.block,
+                   (dy, x, workspace) + _geometry_args(g) + i32(g.groups, plan.splits, plan.chunk) + _wgrad_walk(g))
+    if plan.splits == 1:
+        return workspace.reshape(g.w_shape)
+    return reduce.channel_sum(be, workspace, plan.splits, g.K * taps, 1).reshape(g.w_shape)
 
 
 def bgrad(be, dy):
