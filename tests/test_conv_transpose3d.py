@@ -322,7 +322,7 @@ def test_refused_before_any_launch_as_pytorch_refuses(monkeypatch, torch, call, 
 
 def test_index_range_refused_before_any_launch(monkeypatch):
     """An operand of 2^31 elements or more would overflow the kernel's 32-bit offsets: refused by the plans
-    of every pass before the first launch (the forward's dgrad phases, the backward's forward and wgrad)."""
+    of every pass before the first launch (the forward's dgrad, the backward's forward and wgrad)."""
     monkeypatch.setattr(gpu_conv3d, "INDEX_LIMIT", 3000)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 4, 6, 6, 6)).astype(np.float32)
@@ -331,13 +331,15 @@ def test_index_range_refused_before_any_launch(monkeypatch):
                  lambda: F.conv_transpose3d_backward(np.zeros((2, 3, 8, 8, 8), np.float32), x, w),
                  lambda: F.conv_transpose3d_backward(np.zeros((2, 3, 8, 8, 8), np.float32), x, w, input_grad=False)):
         assert_refused_before_any_launch(monkeypatch, call, ValueError, "32-bit")
-    # dx's plan passes (dy 1536 elements counted) where dw's refuses (dy as 1 image of 2 channels: 2048): the
-    # weight gradient's refusal comes before the input gradient's launch
-    monkeypatch.setattr(gpu_conv3d, "INDEX_LIMIT", 2000)
-    x = rng.standard_normal((2, 1, 4, 4, 4)).astype(np.float32)
-    w = rng.standard_normal((1, 1, 5, 5, 5)).astype(np.float32)
+    # the weight gradient's plan (its checks read the same geometry as dx's) is made before the input
+    # gradient's launch: its refusal launches nothing
+    monkeypatch.setattr(gpu_conv3d, "INDEX_LIMIT", 2 ** 31)
+
+    def refused_wgrad_plan(*args, **kwargs):
+        raise ValueError("conv3d_wgrad: past 32-bit offsets")
+    monkeypatch.setattr(gpu_conv3d, "plan_wgrad", refused_wgrad_plan)
     assert_refused_before_any_launch(
-        monkeypatch, lambda: F.conv_transpose3d_backward(np.ones((2, 1, 8, 8, 8), np.float32), x, w), ValueError,
+        monkeypatch, lambda: F.conv_transpose3d_backward(np.ones((2, 3, 8, 8, 8), np.float32), x, w), ValueError,
         "32-bit")
 
 

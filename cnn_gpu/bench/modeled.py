@@ -533,11 +533,25 @@ def _conv3d_dgrad_estimates(g, dtype, spec) -> list:
     return [roofline.estimate_launch(launch, work, dtype, spec) for launch, work in zip(plan.launches, works)]
 
 
+def _conv3d_wgrad_estimates(g, dtype, spec) -> list:
+    """conv3d's weight gradient as its plan launches it: one conv3d_wgrad launch reading x and dy in place
+    and writing dw or split-K partials (fprop's FLOPs), then any split-K fold."""
+    from ..gpu import conv3d as gpu_conv3d
+    plan = gpu_conv3d.plan_wgrad(g, dtype, sms=spec.sms)
+    item = np.dtype(dtype).itemsize
+    x, dy, dw = (math.prod(s) for s in (g.x_shape, g.y_shape, g.w_shape))
+    flops = 2 * dy * dw // g.K
+    works = [roofline.LaunchWork(flops, (x + dy + plan.splits * dw) * item)]
+    if plan.splits > 1:
+        works += [roofline.LaunchWork(0, (plan.splits * dw + dw) * item)]
+    return [roofline.estimate_launch(launch, work, dtype, spec) for launch, work in zip(plan.launches, works)]
+
+
 def _conv3d_family(op: str, shape, dtype, spec) -> list:
     """The estimates of bench.families' conv3d / conv_transpose3d, forward and backward, launch by launch as
     their launchers run them on volume_conv's geometry: conv3d's fprop with its bias, dgrad (every stride
-    phase in one launch) and wgrad; conv_transpose3d's dgrad and its bias_add_nchw, fprop (dx) and wgrad (x and dy
-    swapped); then the bias gradient. The bias addition and gradient are memory-bound. float16 runs the
+    phase in one launch) and wgrad; conv_transpose3d's dgrad and its bias_add_nchw, fprop (dx) and wgrad
+    (x and dy swapped); then the bias gradient. The bias addition and gradient are memory-bound. float16 runs the
     float32 kernels; its widening and rounding, and the launchers' rearranging copies, are CuPy's
     element-wise work (not itemised)."""
     from ..gpu import conv3d as gpu_conv3d
@@ -550,7 +564,7 @@ def _conv3d_family(op: str, shape, dtype, spec) -> list:
     def runs(*geometries, bias=False):
         return [e for h in geometries for e in _conv3d_fprop_estimates(h, bias, kernel_dtype, spec)]
     dgrad = _conv3d_dgrad_estimates(g, kernel_dtype, spec)
-    wgrad = runs(gpu_conv3d.wgrad_geometry(g))
+    wgrad = _conv3d_wgrad_estimates(g, kernel_dtype, spec)
     if op == "conv3d":
         estimates, out_shape = runs(g, bias=True) + dgrad + wgrad, g.y_shape
     else:
