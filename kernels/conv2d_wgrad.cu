@@ -23,6 +23,7 @@
 // elements.
 
 #include "igemm.cuh"
+#include "wgrad_store.cuh"
 
 template <int THREADS_M, int THREADS_N, int TM, int TN>
 __device__ __forceinline__ void wgrad_tile(

@@ -23,6 +23,7 @@
 // Index range: 32-bit offsets; the launcher refuses tensors (and workspaces) of 2^31 or more elements.
 
 #include "igemm.cuh"
+#include "wgrad_store.cuh"
 
 // igemm.cuh's tile, its cp.async ring (sm_80 and newer) testing every step instead of running rounds of
 // untested steps: with rounds, the third bounds test's offsets and the depth walk (a register a gathered

@@ -446,22 +446,3 @@ __device__ __forceinline__ SplitRange split_range(int split, int chunk, int k_to
     s.k_count = min(chunk, k_total - s.k_begin);
     return s;
 }
-
-// Store this thread's accumulators of the tile at (m0, n0) to the row-major out[m * columns + column],
-// rows m < rows and columns < columns only (the wgrad kernels' dw, its filter taps contiguous)
-template <class Tile>
-__device__ __forceinline__ void igemm_store_row_major(const REAL (&acc)[Tile::TM][Tile::TN], REAL* out, int m0, int n0,
-                                                      int rows, int columns)
-{
-    const int tm = igemm_tm<Tile>(), tn = igemm_tn<Tile>();
-#pragma unroll
-    for (int i = 0; i < Tile::TM; ++i) {
-        const int m = m0 + igemm_offset<Tile::RUN_M>(i, tm);
-        if (m >= rows) continue;
-#pragma unroll
-        for (int j = 0; j < Tile::TN; ++j) {
-            const int column = n0 + igemm_offset<Tile::RUN_N>(j, tn);
-            if (column < columns) out[m * columns + column] = acc[i][j];
-        }
-    }
-}

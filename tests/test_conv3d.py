@@ -19,7 +19,7 @@ from cnn_gpu.functional.conv3d import conv3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
 from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch,
-                     assert_within_a_float16_rounding, emulate_arch, needs_emu, record_launches, to_host)
+                     assert_within_a_float16_rounding, emulate_arch, needs_emu, record_launches)
 
 
 # (x shape, weight shape, stride, padding, dilation, groups, bias)

@@ -29,7 +29,7 @@ needs_nvrtc = pytest.mark.skipif(bool(NVRTC_MISSING), reason=f"NVRTC unavailable
 
 DTYPES = ("float32", "float64", "float16")
 # The tiles each GEMM family's launcher plans with (register caps: resident blocks per SM), conv2d's unless named
-FAMILY_TILES = {"conv3d_fprop": conv3d.TILES, "conv3d_wgrad": conv3d.WGRAD_TILES}
+FAMILY_TILES = {"conv3d_fprop": conv3d.TILES, "conv3d_dgrad": conv3d.TILES, "conv3d_wgrad": conv3d.WGRAD_TILES}
 FILES = backend.kernel_files()
 # Implicit-GEMM tile kernels, conv2d_<pass>_<tile> and conv3d_<fprop|wgrad>_<tile>; the depthwise direct
 # kernels are not GEMMs.

@@ -554,7 +554,6 @@ def _conv3d_family(op: str, shape, dtype, spec) -> list:
     (x and dy swapped); then the bias gradient. The bias addition and gradient are memory-bound. float16 runs the
     float32 kernels; its widening and rounding, and the launchers' rearranging copies, are CuPy's
     element-wise work (not itemised)."""
-    from ..gpu import conv3d as gpu_conv3d
     from ..gpu.reduce import channel_sum_bytes, plan_channel_sum
     from .families import volume_conv
     g = volume_conv(shape)
