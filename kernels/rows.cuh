@@ -3,9 +3,10 @@
 // elements are `inner` apart by one thread (strided_row_max) or, where such rows are too few to fill
 // the GPU a thread each, by the segments of a block (for_each_split_row, SplitWalk, segment_reduce);
 // distance.cu and loss.cu's margin and embedding losses take a group of lanes a contiguous row
-// (for_each_row, RowWalk). Every order is fixed (no atomics), so results are bit-identical run to
-// run. The softmax maxima skip NaN (a comparison with NaN is false): a NaN element still makes its
-// row's exp sum, and so every output of the row, NaN.
+// (for_each_row, RowWalk); distance.cu's _split kernels split too few strided rows as softmax's do.
+// Every order is fixed (no atomics), so results are bit-identical run to run. The softmax maxima skip
+// NaN (a comparison with NaN is false): a NaN element still makes its row's exp sum, and so every
+// output of the row, NaN.
 
 #include "common.cuh"
 
@@ -126,19 +127,23 @@ __device__ __forceinline__ void for_each_row(long long rows, long long size, lon
     }
 }
 
-// Sum (or max, skipping NaN) of one value per thread over each set of threads `lanes` apart (lanes a
-// power of two dividing BLOCK_THREADS: a SplitWalk's segments of one row), by a halving tree in
-// shared memory whose every step pairs threads t and t + half, half a multiple of lanes; every thread
-// gets its set's result. Every thread of the block calls it; the trailing barrier lets the caller
-// reuse `scratch` at once.
+// Sum (or max, skipping NaN or, with keep_nan, NaN where any value is) of one value per thread over each
+// set of threads `lanes` apart (lanes a power of two dividing BLOCK_THREADS: a SplitWalk's segments of one
+// row), by a halving tree in shared memory whose every step pairs threads t and t + half, half a multiple
+// of lanes; every thread gets its set's result. Every thread of the block calls it; the trailing barrier
+// lets the caller reuse `scratch` at once.
+template <bool keep_nan = false>
 __device__ acc_t segment_reduce(acc_t value, acc_t* scratch, bool take_max, unsigned lanes)
 {
     const unsigned t = threadIdx.x;
     scratch[t] = value;
     __syncthreads();
     for (unsigned half = BLOCK_THREADS / 2; half >= lanes; half >>= 1) {
-        if (t < half)
-            scratch[t] = take_max ? larger(scratch[t + half], scratch[t]) : scratch[t] + scratch[t + half];
+        if (t < half) {
+            const acc_t other = scratch[t + half];
+            scratch[t] = !take_max ? scratch[t] + other
+                         : keep_nan ? larger_or_nan(other, scratch[t]) : larger(other, scratch[t]);
+        }
         __syncthreads();
     }
     const acc_t result = scratch[t & (lanes - 1)];
@@ -160,6 +165,19 @@ struct SplitWalk {
     __device__ bool leader() const { return k == 0 && e < end; }   // segment 0 of a row
     __device__ acc_t sum(acc_t partial) const { return segment_reduce(partial, scratch, false, lanes); }
     __device__ acc_t max(acc_t partial) const { return segment_reduce(partial, scratch, true, lanes); }
+    // the row's maximum, NaN (REAL_NAN) where any segment's partial is NaN (RowWalk's max_or_nan)
+    __device__ acc_t max_or_nan(acc_t partial) const
+    {
+        const acc_t largest = segment_reduce<true>(partial, scratch, true, lanes);
+        return largest != largest ? REAL_NAN : largest;
+    }
+    // visit(offset) for each of the thread's elements, in order
+    template <class Visit>
+    __device__ __forceinline__ void each(Visit visit) const
+    {
+        for (long long at = e; at < end; at += step)
+            visit(at);
+    }
 };
 
 // body(row, walk) for each row of (outer, size, inner), rows = outer * inner, `lanes` consecutive rows a

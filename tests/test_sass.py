@@ -779,13 +779,14 @@ def test_fold_kernels_move_elements_without_atomics_and_unfold_streams_within_th
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
 @pytest.mark.parametrize("family, kernels", [
     ("local_response_norm", {f"local_response_norm_{kernel}" for kernel in ("forward", "terms", "backward")}),
-    ("distance", {f"{op}_{direction}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
-                  for direction in ("forward", "backward")})])
+    ("distance", {f"{op}_{direction}{split}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
+                  for direction in ("forward", "backward") for split in ("", "_split")
+                  if not (op == "pairwise_distance" and split)})])
 def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(family, kernels, dtype):
     """kernels/local_response_norm.cu and kernels/distance.cu: global loads and stores of one element
     of the dtype or of the compute type (LRN's backward terms, FP32 for float16), no local memory or
     stack (pow's and powf's slow paths included), no atomics: each window is reduced by its own thread,
-    each row by a group of lanes (or a lane) in a fixed order."""
+    each row by a group of lanes (or a lane, or a block's segments) in a fixed order."""
     widths = {8 * np.dtype(dtype).itemsize, 8 * backend.compute_dtype(dtype).itemsize}
     rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}
     assert set(rows) == kernels
@@ -803,9 +804,13 @@ def test_window_and_row_kernels_move_elements_without_local_memory_or_atomics(fa
 def test_row_walks_reduce_a_row_through_shared_memory_without_atomics(dtype):
     """rows.cuh's for_each_row (kernels/distance.cu, and loss.cu's margin and embedding losses): a
     contiguous row a group of lanes, whose partial sums meet in group_reduce's shared-memory tree
-    (barriers, shared loads and stores; a thread a row had none), no float atomics, no local memory."""
-    kernels = {"distance": {f"{op}_{direction}" for op in ("normalize", "cosine_similarity", "pairwise_distance")
-                            for direction in ("forward", "backward")},
+    (barriers, shared loads and stores; a thread a row had none), and distance.cu's _split kernels
+    (for_each_split_row: a strided row a block's segments, segment_reduce's tree), no float atomics, no
+    local memory."""
+    kernels = {"distance": {f"{op}_{direction}{split}"
+                            for op in ("normalize", "cosine_similarity", "pairwise_distance")
+                            for direction in ("forward", "backward") for split in ("", "_split")
+                            if not (op == "pairwise_distance" and split)},
                "loss": {"multi_margin_rows", "cosine_embedding_rows", "triplet_margin_rows"}}
     for family, names in kernels.items():
         rows = {row["kernel"]: row for row in sass.kernel_rows(family, dtype, "sm_90")}

@@ -6,6 +6,7 @@ emu, their NaN/inf rows as torch's, the emulator's guard zones, race check and s
 choice and the split walk's coalesced reads."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,109 @@ def test_a_split_row_past_the_segments_int_walk_is_refused_before_any_launch(mon
     with pytest.raises(ValueError, match=f"a row of {classes} elements"):
         gpu_loss.cross_entropy("emu", logits, np.zeros(2, np.int64), None, None, classes=classes, inner=2,
                                ignore_index=-100, label_smoothing=0.0, reduction="sum")
+
+
+# kernels/distance.cu's split kernels: (shape, dim) of normalize and cosine_similarity whose strided rows
+# split (4 rows of 100000, 128 of 1000, 10 of 300), and the norms of normalize (inf: a NaN-propagating maximum)
+DISTANCE_CASES = [((100000, 4), 0), ((2, 1000, 8, 8), 1), ((2, 300, 5), 1)]
+NORMS = (2.0, 3.0, math.inf)
+DISTANCE_KERNELS = [f"{op}_{direction}" for op in ("normalize", "cosine_similarity")
+                    for direction in ("forward", "backward")]
+
+
+def _distance_inputs(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype) for _ in range(3)]
+
+
+def _distance_results(be, x1, x2, dy, dim):
+    """normalize (each of NORMS) and cosine_similarity of x1 and x2 along `dim`, forward and backward, on be
+    (cosine's dout: dy's first plane along dim)."""
+    dout = np.take(dy, 0, axis=dim)
+    x1, x2, dy, dout = (on(be, a) for a in (x1, x2, dy, dout))
+    results = []
+    for p in NORMS:
+        results += [F.normalize(x1, p, dim, backend=be), F.normalize_backward(dy, x1, p, dim, backend=be)]
+    results += [F.cosine_similarity(x1, x2, dim, backend=be), *F.cosine_similarity_backward(dout, x1, x2, dim,
+                                                                                              backend=be)]
+    return [to_host(r) for r in results]
+
+
+def _assert_near_the_float64_path(got, x1, x2, dy, dim, rtol, what):
+    """`got` (_distance_results of x1, x2, dy) within rtol of the NumPy path on their float64 values: the
+    normalized values and gradients relative to their row's largest magnitude, cosine (a sum of terms whose
+    magnitudes add up to at most 1) absolutely, and within the dtype's smallest subnormal (float16's cosine
+    gradients of rows of 100000 fall to its subnormals); NaN where it has NaN."""
+    want = _distance_results("numpy", *(a.astype(np.float64) for a in (x1, x2, dy)), dim)
+    atol = float(np.finfo(x1.dtype).smallest_subnormal)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g.dtype == x1.dtype and g.shape == w.shape, (what, i)
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{what} result {i}: NaNs")
+        scale = 1.0 if w.ndim < x1.ndim else np.abs(np.nan_to_num(w)).max(axis=dim, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            assert not (np.abs(g.astype(np.float64) - w) > rtol * scale + atol).any(), f"{what} result {i}"
+
+
+@needs_emu
+def test_distance_launches_its_split_kernels_exactly_where_the_planner_splits(monkeypatch):
+    """normalize and cosine_similarity launch their _split kernels where split_row_lanes splits the strided
+    rows, else a thread a row: on a 1-SM device 256 rows of 32 (one block of 32 rows short of 2 blocks an
+    SM) split, 257 rows do not, nor do contiguous rows (dim -1)."""
+    from cnn_gpu.gpu import distance as gpu_distance
+    monkeypatch.setattr(gpu_distance, "device_sms", lambda be: 1)
+    for shape, dim, split in (((32, 256), 0, True), ((32, 257), 0, False), ((256, 32), -1, False)):
+        x1, x2, dy = _distance_inputs(shape, np.float64, 2)
+        inner = shape[1] if dim == 0 else 1
+        assert inner == 1 or bool(_grid.split_row_lanes(shape[1], 32, inner, 8, 1)) == split
+        launched = _kernels_launched(monkeypatch, lambda: _distance_results("emu", x1, x2, dy, dim))
+        want = [kernel + ("_split" if split else "") for kernel in DISTANCE_KERNELS[:2]] * len(NORMS) + \
+            [kernel + ("_split" if split else "") for kernel in DISTANCE_KERNELS[2:]]
+        assert launched == want, (shape, dim)
+        monkeypatch.undo()
+        monkeypatch.setattr(gpu_distance, "device_sms", lambda be: 1)
+
+
+@pytest.mark.parametrize("be", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_distance_of_few_long_strided_rows_matches_the_float64_numpy_path(be, dtype):
+    """The split kernels (the device's SMs: DEFAULT_SMS on emu) against the NumPy path in float64 on the same
+    inputs: float64 within 1e-10, float32 1e-5 (its sums of 100000 terms in segments, then a tree), float16 (FP32
+    math, each output rounded once) 2^-10. (NumPy's own float32 and float16 paths sum a strided axis in one
+    running sum, which strays by up to size * 2^-24: not the oracle here.)"""
+    from cnn_gpu.gpu.conv import DEFAULT_SMS
+    for shape, dim in DISTANCE_CASES:
+        x1, x2, dy = _distance_inputs(shape, dtype, len(shape))
+        outer, size = int(np.prod(shape[:dim])), shape[dim]
+        inner = x1.size // (outer * size)
+        assert _grid.split_row_lanes(outer * inner, size, inner, np.dtype(dtype).itemsize, DEFAULT_SMS)
+        _assert_near_the_float64_path(_distance_results(be, x1, x2, dy, dim), x1, x2, dy, dim, RTOL[dtype],
+                                      f"{be} {np.dtype(dtype).name} {shape} dim {dim}")
+
+
+def _distance_split_runs(dtype):
+    """_distance_results on small split shapes: (256, 4) dim 0 (64 segments a row), whose row 1 holds a NaN
+    (segment 37) and row 2 its largest magnitude twice (elements 5 and 200: segments 5 and 8, the infinity
+    norm's tie), and (2, 300, 5) dim 1."""
+    x1, x2, dy = _distance_inputs((256, 4), dtype, 8)
+    x1[37, 1] = np.nan
+    x1[5, 2] = x1[200, 2] = -np.abs(x1[:, 2]).max() - 1
+    return [(_distance_results("emu", x1, x2, dy, 0), (x1, x2, dy, 0)),
+            (_distance_results("emu", *_distance_inputs((2, 300, 5), dtype, 9), 1),
+             (*_distance_inputs((2, 300, 5), dtype, 9), 1))]
+
+
+@needs_emu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_distance_split_kernels_under_guard_zones_race_check_and_schedules(dtype):
+    """The split distance kernels under guard zones and the race check, forward, reverse and random
+    schedules: the same bits every schedule, and the float64 NumPy path's values (the NaN row NaN
+    throughout, the tie's gradient split in halves)."""
+    runs = []
+    for options in (dict(schedule="forward"), dict(schedule="reverse"), dict(schedule="random", seed=7)):
+        with emu.checking(guard=True, race=True, **options):
+            runs.append(_distance_split_runs(dtype))
+    for (first, inputs), *others in zip(*runs, strict=True):
+        for other, _ in others:
+            for a, b in zip(first, other, strict=True):
+                assert_same_bits(a, b)
+        _assert_near_the_float64_path(first, *inputs, RTOL[dtype], f"{np.dtype(dtype).name} {inputs[0].shape}")

@@ -1,20 +1,31 @@
 """Launch code of kernels/distance.cu: normalize, cosine_similarity and pairwise_distance, forward and
 backward, over the rows of the inputs viewed as (outer, size, inner): a group of row_lanes(size) threads
 a row where the rows are contiguous (inner == 1; pairwise_distance always), else a thread a row (rows.cuh's
-for_each_row). `p` is a finite p > 0 or inf, passed to the kernels as 0 (their infinity norm)."""
+for_each_row) or, where strided rows are too few to fill the GPU so (_grid.split_row_lanes), a block's
+segments a row (the <kernel>_split kernels, rows.cuh's for_each_split_row). `p` is a finite p > 0 or inf,
+passed to the kernels as 0 (their infinity norm)."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import backend
-from ._grid import THREADS, acc, i32, i64, row_walk_blocks
+from ._grid import THREADS, acc, i32, i64, row_walk_blocks, split_row_lanes
+from .conv import device_sms
+from .reduce import MAX_GRID_X
 
 
 def _launch(be, kernel, dtype, view, args):
-    """for_each_row's grid over the (outer * inner) rows of `view`."""
+    """<kernel> on for_each_row's grid over the (outer * inner) rows of `view`, or <kernel>_split on
+    for_each_split_row's where split_row_lanes splits its strided rows."""
     outer, size, inner = view
-    backend.launch(be, "distance", dtype, kernel, (row_walk_blocks(outer * inner, size, inner == 1),), (THREADS,),
-                   args)
+    rows = outer * inner
+    if inner > 1 and (lanes := split_row_lanes(rows, size, inner, np.dtype(dtype).itemsize, device_sms(be))):
+        backend.launch(be, "distance", dtype, f"{kernel}_split", (min(-(-rows // lanes), MAX_GRID_X),), (THREADS,),
+                       (*args, *i32(lanes)))
+    else:
+        backend.launch(be, "distance", dtype, kernel, (row_walk_blocks(rows, size, inner == 1),), (THREADS,), args)
 
 
 def _p(p):
