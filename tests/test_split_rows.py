@@ -1,9 +1,10 @@
-"""Few long strided rows (inner > 1) split over a block's threads: kernels/softmax.cu's _split kernels and
-kernels/loss.cu's cross_entropy_split (rows.cuh for_each_split_row), chosen by _grid.split_row_lanes. The
-shapes that reach them (F.softmax of (100000, 4) over dim 0, log_softmax over the channels of
-(2, 1000, 8, 8), cross entropy of few positions and many classes) against torch and float64 NumPy on numpy and
+"""Few long strided rows (inner > 1) split over a block's threads: kernels/softmax.cu's _split kernels,
+kernels/loss.cu's cross_entropy_split and kernels/distance.cu's normalize and cosine_similarity _split kernels
+(rows.cuh for_each_split_row), chosen by _grid.split_row_lanes. The shapes that reach them (F.softmax of
+(100000, 4) over dim 0, log_softmax over the channels of (2, 1000, 8, 8), cross entropy of few positions and many
+classes, normalize and cosine_similarity over dim 0 of (100000, 4)) against torch and float64 NumPy on numpy and
 emu, their NaN/inf rows as torch's, the emulator's guard zones, race check and schedules, the planner's
-choice and the split walk's coalesced reads."""
+choice (and the launchers' on both sides of it) and the split walk's coalesced reads."""
 from __future__ import annotations
 
 import math
@@ -348,17 +349,19 @@ def _assert_near_the_float64_path(got, x1, x2, dy, dim, rtol, what):
 def test_distance_launches_its_split_kernels_exactly_where_the_planner_splits(monkeypatch):
     """normalize and cosine_similarity launch their _split kernels where split_row_lanes splits the strided
     rows, else a thread a row: on a 1-SM device 256 rows of 32 (one block of 32 rows short of 2 blocks an
-    SM) split, 257 rows do not, nor do contiguous rows (dim -1)."""
+    SM) split, 257 rows do not, nor do contiguous rows (dim -1); each within 1e-10 of the float64 NumPy path."""
     from cnn_gpu.gpu import distance as gpu_distance
     monkeypatch.setattr(gpu_distance, "device_sms", lambda be: 1)
     for shape, dim, split in (((32, 256), 0, True), ((32, 257), 0, False), ((256, 32), -1, False)):
         x1, x2, dy = _distance_inputs(shape, np.float64, 2)
         inner = shape[1] if dim == 0 else 1
         assert inner == 1 or bool(_grid.split_row_lanes(shape[1], 32, inner, 8, 1)) == split
-        launched = _kernels_launched(monkeypatch, lambda: _distance_results("emu", x1, x2, dy, dim))
+        results = []
+        launched = _kernels_launched(monkeypatch, lambda: results.extend(_distance_results("emu", x1, x2, dy, dim)))
         want = [kernel + ("_split" if split else "") for kernel in DISTANCE_KERNELS[:2]] * len(NORMS) + \
             [kernel + ("_split" if split else "") for kernel in DISTANCE_KERNELS[2:]]
         assert launched == want, (shape, dim)
+        _assert_near_the_float64_path(results, x1, x2, dy, dim % 2, RTOL[np.float64], f"{shape} dim {dim}")
         monkeypatch.undo()
         monkeypatch.setattr(gpu_distance, "device_sms", lambda be: 1)
 
