@@ -12,8 +12,8 @@ the same shape (PyTorch broadcasts them; not here). Gradients are PyTorch's (its
 where a norm is 0; the infinity norm's split evenly over the elements at the maximum).
 
 NumPy path (the oracle): the same formulas; float16 computes in FP32 and rounds each output once.
-emu and cuda: kernels/distance.cu (a group of lanes a contiguous row, else a thread a row; each sum in a
-fixed order).
+emu and cuda: kernels/distance.cu (a group of lanes a contiguous row, else a thread a row, or a block's
+segments a row where strided rows are too few to fill the GPU a thread each; each sum in a fixed order).
 """
 from __future__ import annotations
 
