@@ -348,6 +348,8 @@ def test_batch_option_rescales_a_shape_set(capsys):
     for small, large in zip(layers, at_128):
         assert large.label == "128" + small.label[small.label.index(","):]
         assert large.flops == 8 * small.flops
+    pools = bench.make_cases("resnet", ["fractional_max_pool2d", "fractional_max_pool3d"], batch=128)
+    assert [c.shape.N for c in pools] == [128, 128] and [c.shape.y_shape[0] for c in pools] == [128, 128]
     assert main(["bench", "--batch", "0"]) == 2
     assert "--batch" in capsys.readouterr().err
 

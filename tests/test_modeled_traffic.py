@@ -17,7 +17,7 @@ from cnn_gpu import backend, bench, roofline
 from cnn_gpu.bench.devices import make_devices
 from cnn_gpu.bench.families import family_case
 from cnn_gpu.bench.modeled import CONV_PASSES, CUBLAS_GEMM, CUPY_ELEMENTWISE, case_estimates
-from cnn_gpu.bench.shapes import ConvShape, LossShape, ModelShape
+from cnn_gpu.bench.shapes import ConvShape, FractionalShape, LossShape, ModelShape
 from cnn_gpu.bench.training import train_step_case
 from cnn_gpu.gpu.conv import FILTER_TAIL, device_sms
 
@@ -96,6 +96,20 @@ def test_split_reductions_count_their_partials_and_arrivals(op, shape):
     modeled, counted = modeled_and_counted(case, np.float32)
     assert modeled == counted
     assert any("slice" in kernel for kernel, _ in counted) or op != "layer_norm"
+
+
+def test_fractional_pooling_whose_windows_can_skip_pixels_is_not_modeled():
+    """The model reads x whole, which holds where no window can skip a pixel: windows of 2 taps at steps of 5
+    (3 outputs of 12) leave pixels unread, which ones by the samples, so that shape is refused (its row
+    skipped); an emulated run of it reads less than x."""
+    case = family_case("fractional_max_pool2d", FractionalShape(2, 3, (12, 12), kernel=2, ratio=0.25))
+    with pytest.raises(ValueError, match="may leave input pixels unread"):
+        case_estimates(case, H100, np.float32)
+    fn, sets = case.setup(make_devices(["emu"])[0], np.float32, np.random.default_rng(7))
+    with cnn_gpu.emu.profiling() as profile:
+        fn(*sets[0])
+    forward = profile.launches[0]
+    assert forward["kernel"] == "fractional_max_pool_forward" and forward["dram_read_bytes"] < sets[0][0].nbytes
 
 
 def counted_bytes(profile) -> int:

@@ -3,7 +3,8 @@ normalisations, the 3-D layers, sliding blocks, the margin and likelihood losses
 each forward and backward in one call (a loss with its gradient), on the input of a shape set's
 convolutions (an image batch; conv3d and conv_transpose3d: each conv layer's filter with a depth, on
 volumes of depth 2), pools, volumes (the 3-D pools and norms: a shape set's VolumeShape, video clips
-or scans) or losses ((N, classes) rows). FAMILY_OPS holds them by name; bench.ops lists them with the
+or scans), losses ((N, classes) rows) or fractional max pooling's images and volumes (a shape set's
+FractionalShape). FAMILY_OPS holds them by name; bench.ops lists them with the
 others, run when named (--ops)."""
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .cases import Case, _F, _input_sets, _random
 
 @dataclass(frozen=True)
 class FamilyOp:
-    """One op's bench case. kind: the shape it takes ("conv": its input x, "pool", "volume", "loss");
+    """One op's bench case. kind: the shape it takes ("conv": its input x, "pool", "volume", "loss",
+    "fractional2d" and "fractional3d");
     arrays(shape, dtype, rng) -> its NumPy inputs; cnn(F, backend, shape, *inputs) and
     torch(torch, shape, *inputs) run forward and backward."""
     kind: str
@@ -258,7 +260,7 @@ def _channel_dropout(name, input_shape):
                     torch_run)
 
 
-# --- the 3-D pools, power-average pooling, unpooling, sliding blocks -----------------------------------------
+# --- the 3-D pools, fractional max pooling, power-average pooling, unpooling, sliding blocks ----------------
 
 def pool3d_window(shape) -> tuple:
     """A VolumeShape's pool window: (kernel, stride, padding)."""
@@ -306,6 +308,26 @@ def _adaptive_pool3d_torch(name):
     def run(torch, shape, x, dy):
         return _torch_backward(torch, lambda a: getattr(torch.nn.functional, name)(a, 1), [x], dy)
     return run
+
+
+def _fractional_max_pool(rank):
+    """fractional_max_pool2d or 3d with its samples drawn by the op (nn.init's generator), then the backward
+    of those indices as nn.FractionalMaxPool2d / 3d's step runs it (not checked again)."""
+    from ..functional import fractional_pool
+    name = f"fractional_max_pool{rank}d"
+    backward = getattr(fractional_pool, f"{name}_backward_of_own_indices")
+
+    def cnn(F, be, shape, x, dy):
+        y, indices = getattr(F, name)(x, shape.kernel, output_ratio=(shape.ratio,) * rank, return_indices=True,
+                                      backend=be)
+        return y, backward(dy, indices, x.shape, shape.kernel, backend=be)
+
+    def torch_run(torch, shape, x, dy):   # PyTorch's functional takes the ratio as a tuple only
+        pool = getattr(torch.nn.functional, name)
+        return _torch_backward(torch, lambda a: pool(a, shape.kernel, output_ratio=(shape.ratio,) * rank), [x], dy)
+    return FamilyOp(f"fractional{rank}d", f"fractional max pooling of {'volumes' if rank == 3 else 'images'} "
+                    "(samples drawn each call), forward and backward",
+                    _x_and_dy(lambda shape: shape.x_shape, lambda shape: shape.y_shape), cnn, torch_run)
 
 
 def _lp_pool_args(shape):
@@ -501,6 +523,8 @@ FAMILY_OPS = {
     **{name: FamilyOp("volume", f"{name} of volumes to one value a channel, forward and backward",
                       _x_and_dy(volume, _global_volume), _adaptive_pool3d_cnn(name), _adaptive_pool3d_torch(name))
        for name in ("adaptive_avg_pool3d", "adaptive_max_pool3d")},
+    "fractional_max_pool2d": _fractional_max_pool(2),
+    "fractional_max_pool3d": _fractional_max_pool(3),
     "lp_pool2d": FamilyOp("pool", "power-average pooling (norm 2), forward and backward", _x_and_dy(image, lp_pooled),
                           _lp_pool_cnn, _lp_pool_torch),
     "max_unpool2d": FamilyOp("pool", "max unpooling of a max pool's output and indices, forward and backward",

@@ -430,6 +430,8 @@ def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
                     ("max_unpool_gather", x * index + (pooled + x) * item),
                     ("max_unpool_gather", pooled * index + 2 * pooled * item)]
         raise ValueError(f"no model for pool op {op!r}")
+    if families.FAMILY_OPS[op].kind in ("fractional2d", "fractional3d"):
+        return _fractional_max_pool_launches(shape, item)
     n, x = shape.N, shape.N * shape.classes
 
     def total(count):   # the sum of `count` loss terms (compute type)
@@ -450,6 +452,26 @@ def _family_launches(op: str, shape, dtype) -> list[tuple[str, float]]:
             "normalize": [("normalize_forward", 2 * x * item), ("normalize_backward", 3 * x * item)],
             **{f"{name}": [(f"{name}_forward", (2 * x + n) * item), (f"{name}_backward", (4 * x + n) * item)]
                for name in ("cosine_similarity", "pairwise_distance")}}[op]
+
+
+def _fractional_max_pool_launches(shape, item: int) -> list[tuple[str, float]]:
+    """Fractional max pooling of a FractionalShape, forward and backward (launch, DRAM bytes): the forward
+    reads x whole and the samples (one an axis a plane) and writes y and the int32 indices; the gather
+    backward reads dy and the indices and writes dx (every output's dy and index is read by the input
+    pixel its index names). x is read whole where a window's start lies at most k past the one before it
+    (ATen's steps are floor(alpha) or ceil(alpha), one more where the rounding of its two products meets
+    an integer), the first window at 0 and the last ending at the axis's end: shapes whose windows could
+    skip a pixel, for some samples, are refused."""
+    x, y = math.prod(shape.x_shape), math.prod(shape.y_shape)
+    planes, rank = shape.N * shape.C, len(shape.size)
+    for size, outputs in zip(shape.size, shape.y_shape[2:]):
+        step = math.ceil((size - shape.kernel) / (outputs - 1)) + 1 if outputs > 1 else size
+        if step > shape.kernel:
+            raise ValueError(f"fractional max pooling of {shape.label} may leave input pixels unread (window steps "
+                             f"of up to {step} for windows of {shape.kernel}): its traffic depends on the samples")
+    kernel, index = f"fractional_max_pool{'3d' if rank == 3 else ''}", np.dtype(np.int32).itemsize
+    return [(f"{kernel}_forward", (x + planes * rank + y) * item + y * index),
+            (f"{kernel}_backward", (y + x) * item + y * index)]
 
 
 def _columns_in_image(g) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..functional.fractional_pool import _output_size as fractional_output_size
 from ..functional.geometry import conv_geometry, pool3d_geometry, pool_geometry
 
 
@@ -67,6 +68,33 @@ class VolumeShape:
 
 
 @dataclass(frozen=True)
+class FractionalShape:
+    """Fractional max pooling of a batch of images (N, C, H, W) or volumes (N, C, D, H, W), `size` their
+    (H, W) or (D, H, W): windows of `kernel` taps an axis to output_ratio `ratio` (PyTorch's documented
+    nn.FractionalMaxPool2d(3, output_ratio=0.5) and its 3-D form by default)."""
+    N: int
+    C: int
+    size: tuple
+    kernel: int = 3
+    ratio: float = 0.5
+
+    @property
+    def label(self) -> str:
+        return f"{self.N},{self.C},{','.join(map(str, self.size))} k{self.kernel} r{self.ratio}"
+
+    @property
+    def x_shape(self) -> tuple:
+        return (self.N, self.C, *self.size)
+
+    @property
+    def y_shape(self) -> tuple:
+        rank = len(self.size)
+        out_size = fractional_output_size(f"fractional_max_pool{rank}d", self.x_shape, (self.kernel,) * rank, None,
+                                          self.ratio)
+        return (self.N, self.C, *out_size)
+
+
+@dataclass(frozen=True)
 class LossShape:
     N: int
     classes: int
@@ -98,6 +126,8 @@ class ShapeSet:
     loss: tuple = ()
     model: tuple = ()
     volume: tuple = ()
+    fractional2d: tuple = ()
+    fractional3d: tuple = ()
 
     def with_batch(self, batch: int) -> "ShapeSet":
         """The same shapes at batch size `batch` (`cnn-gpu bench --batch`)."""
@@ -108,6 +138,8 @@ class ShapeSet:
                        pool=tuple(replace(s, N=batch) for s in self.pool),
                        loss=tuple(replace(s, N=batch) for s in self.loss),
                        volume=tuple(replace(s, N=batch) for s in self.volume),
+                       fractional2d=tuple(replace(s, N=batch) for s in self.fractional2d),
+                       fractional3d=tuple(replace(s, N=batch) for s in self.fractional3d),
                        model=tuple(replace(s, batch=batch) for s in self.model))
 
 
@@ -129,7 +161,9 @@ SHAPE_SETS = {
         pool=(PoolShape(2, 3, 8, 8, 2, 2), PoolShape(2, 3, 7, 7, 3, 2, 1)),
         loss=(LossShape(8, 10),),
         model=(ModelShape("cnn", 4),),
-        volume=(VolumeShape(2, 3, 4, 8, 8), VolumeShape(1, 4, 5, 7, 7, 3, 2, 1))),
+        volume=(VolumeShape(2, 3, 4, 8, 8), VolumeShape(1, 4, 5, 7, 7, 3, 2, 1)),
+        fractional2d=(FractionalShape(2, 3, (8, 8)), FractionalShape(2, 4, (9, 7))),
+        fractional3d=(FractionalShape(2, 3, (6, 8, 8)), FractionalShape(1, 4, (5, 7, 7)))),
     "default": ShapeSet(
         "small layers that run in well under a minute on a CPU",
         conv=(ConvShape(8, 16, 32, 32, 32, 3, 1, 1), ConvShape(8, 32, 16, 16, 64, 3, 2, 1),
@@ -137,7 +171,8 @@ SHAPE_SETS = {
         pool=(PoolShape(8, 32, 32, 32, 2, 2), PoolShape(8, 64, 16, 16, 3, 2, 1)),
         loss=(LossShape(128, 10), LossShape(64, 1000)),
         model=(ModelShape("cnn", 32), ModelShape("resnet", 32)),
-        volume=(VolumeShape(4, 32, 8, 28, 28),)),   # a C3D-like layer on 8-frame clips
+        volume=(VolumeShape(4, 32, 8, 28, 28),),   # a C3D-like layer on 8-frame clips
+        fractional2d=(FractionalShape(8, 32, (32, 32)),), fractional3d=(FractionalShape(4, 32, (8, 28, 28)),)),
     "resnet": ShapeSet(
         "the ResNet/DeepBench layers of issue 5, ResNet's stem max pool and final average pool; models on 3x32x32",
         conv=RESNET_LAYERS,
@@ -145,7 +180,9 @@ SHAPE_SETS = {
         loss=(LossShape(256, 1000),),
         model=(ModelShape("cnn", 32, (3, 32, 32)), ModelShape("resnet", 32, (3, 32, 32))),
         # R3D-18's stem output on 8-frame 112x112 clips, a padded 3x3x3 pool of stride 2
-        volume=(VolumeShape(4, 64, 8, 56, 56, 3, 2, 1),)),
+        volume=(VolumeShape(4, 64, 8, 56, 56, 3, 2, 1),),
+        # fractional pooling in place of the stem max pools: of ResNet's stem output and R3D-18's
+        fractional2d=(FractionalShape(16, 64, (112, 112)),), fractional3d=(FractionalShape(4, 64, (8, 56, 56)),)),
     "resnet18": ShapeSet(
         "a CIFAR ResNet-18 training step (forward, loss, backward, SGD) at batch 128 on 3x32x32 images",
         model=(ModelShape("resnet18", 128, (3, 32, 32)),)),
@@ -153,5 +190,7 @@ SHAPE_SETS = {
         "issue 2's NumPy-vs-PyTorch table (stride 1, padding R//2) and the default model",
         conv=CPU_LAYERS,
         model=(ModelShape("cnn", 32),),
-        volume=(VolumeShape(2, 16, 32, 64, 64),)),   # patches of a CT scan, as a 3-D U-Net's first level
+        volume=(VolumeShape(2, 16, 32, 64, 64),),   # patches of a CT scan, as a 3-D U-Net's first level
+        # after the table's first layer (a CIFAR network's first pool), and on the scan patches
+        fractional2d=(FractionalShape(32, 32, (32, 32)),), fractional3d=(FractionalShape(2, 16, (32, 64, 64)),)),
 }
