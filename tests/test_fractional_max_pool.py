@@ -2,10 +2,12 @@
 rule and the scan rules written out as loops, PyTorch CPU given the same samples (values, indices and
 autograd's gradients; ties, NaNs, output_size and output_ratio, unbatched inputs), finite differences,
 the reach the samples-free backward relies on, refusals before any launch, the drawn samples, and the
-kernels on the emulator (guard zones, the race check, every schedule, grids smaller than the work)."""
+kernels on the emulator (guard zones, the race check, every schedule, grids smaller than the work, the
+gather's loads: the indices of the outputs within reach only)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from cnn_gpu import backend, nn
 from cnn_gpu import functional as F
 from cnn_gpu.functional import fractional_pool
-from cnn_gpu.functional.fractional_pool import largest_output
+from cnn_gpu.functional.fractional_pool import REACH, largest_output
 from cnn_gpu.gradcheck import check_op
 from helpers import assert_close, needs_cuda, refuse_launches
 
@@ -465,6 +467,41 @@ def test_grids_smaller_than_the_work_cover_every_plane_and_pixel():
     backend.launch("emu", "fractional_pool", x.dtype, "fractional_max_pool_backward", (1, 2), (256,),
                    (dy, indices, dx, *sizes_args))
     assert_close(dx, F.fractional_max_pool2d_backward(dy, indices, x.shape, (3, 2)), np.float64, "dx")
+
+
+def outputs_within_reach(size, outputs, k):
+    """For each position along an axis, how many outputs' windows can hold it for some samples: those whose
+    floor(i * (size - k) / (outputs - 1)) lies in [h - k + 1 - REACH, h + REACH] (all of one output)."""
+    if outputs == 1:
+        return np.ones(size, np.int64)
+    floor_starts = np.arange(outputs) * (size - k) // (outputs - 1)
+    h = np.arange(size)[:, None]
+    return ((floor_starts >= h - k + 1 - REACH) & (floor_starts <= h + REACH)).sum(axis=1)
+
+
+@needs_emu
+@pytest.mark.parametrize("shape, kernel, out", [((2, 3, 13, 11), (3, 2), (5, 4)), ((2, 2, 40, 6), (2, 3), (25, 2)),
+                                                ((1, 2, 7, 9, 8), (2, 3, 2), (3, 4, 1))])
+def test_backward_reads_the_indices_of_the_outputs_within_reach_only(shape, kernel, out):
+    """The gather loads, per input pixel, the index of each output within its reach (the product of the
+    axes' counts) and no other, and each output's dy once (its index names one pixel): a looser reach
+    would still sum the right gradients, visiting more outputs."""
+    from cnn_gpu import emu
+    rng = np.random.default_rng(18)
+    rank = len(kernel)
+    x = rng.standard_normal(shape)
+    _, indices = POOL[rank](x, kernel, out, None, True, rng.random(shape[:2] + (rank,)), backend="numpy")
+    dy = rng.standard_normal(indices.shape)
+    with emu.profiling() as profile:
+        dx = BACKWARD[rank](dy, indices, shape, kernel, backend="emu")
+    assert_close(dx, BACKWARD[rank](dy, indices, shape, kernel, backend="numpy"), np.float64, "dx")
+    lines = (Path(__file__).resolve().parent.parent / "kernels" / "fractional_pool.cu").read_text().splitlines()
+    index_line, dy_line = (lines.index(next(line for line in lines if text in line)) + 1
+                           for text in ("index_plane[out] == in", "sum += to_acc(dyp[out])"))
+    loaded = {site["line"]: site["bytes"] for site in profile.sites if site["op"] == "load"}
+    visits = shape[0] * shape[1] * np.prod([outputs_within_reach(size, o, k).sum()
+                                            for size, o, k in zip(shape[2:], out, kernel)])
+    assert loaded[index_line] == 4 * visits and loaded[dy_line] == 8 * dy.size
 
 
 @needs_emu
