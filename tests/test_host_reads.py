@@ -253,6 +253,26 @@ def test_max_pool_backward_checks_its_indices_with_one_read(count_reads):
 
 
 @needs_emu
+@pytest.mark.parametrize("rank", [2, 3])
+def test_fractional_max_pool_checks_given_samples_with_one_read_and_its_own_draw_not_at_all(count_reads, monkeypatch,
+                                                                                           rank):
+    """Samples the op draws lie in [0, 1) by construction: checking them read a flag back every call
+    (nn.FractionalMaxPool's every step); samples passed in are still checked, with one read."""
+    from cnn_gpu.functional import fractional_pool
+    draw = fractional_pool.draw_samples
+    monkeypatch.setattr(fractional_pool, "draw_samples", lambda *args: draw(*args).view(HostReads))   # as on CuPy
+    rng = np.random.default_rng(5)
+    pool = {2: F.fractional_max_pool2d, 3: F.fractional_max_pool3d}[rank]
+    x = np.asarray(rng.standard_normal((2, 3) + (7,) * rank)).view(HostReads)
+    pool(x, 2, output_ratio=0.5, backend="emu")
+    assert count_reads.count == 0
+    pool(x, 2, output_ratio=0.5, _random_samples=np.asarray(rng.random((2, 3, rank))).view(HostReads), backend="emu")
+    assert count_reads.count == 1
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
+        pool(x, 2, output_ratio=0.5, _random_samples=np.full((2, 3, rank), 1.0).view(HostReads), backend="emu")
+
+
+@needs_emu
 def test_evaluation_reads_its_count_once(count_reads):
     rng = np.random.default_rng(10)
     model = models.build("cnn", (1, 8, 8), 4, dtype=np.dtype(np.float32), rng=rng).to("emu")

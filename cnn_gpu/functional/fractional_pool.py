@@ -154,12 +154,16 @@ def _fractional_max(x, kernel_size, output_size, output_ratio, return_indices, s
         raise ValueError(f"x must have non-empty channel and spatial dimensions, got shape {tuple(x.shape)}")
     kernel_size = _sizes(rank)(kernel_size, "kernel_size")
     out_size = _output_size(op, batch.shape, kernel_size, output_size, output_ratio)
-    if samples is None:
+    drawn = samples is None
+    if drawn:
         samples = draw_samples(*batch.shape[:2], rank, x.dtype)
         if _backend.is_cupy_array(x):
             samples = _backend.module_of(x).asarray(samples)
     be = _backend.resolve(backend, batch, samples)
-    samples = _checked_samples(samples, batch, rank, op, be)
+    if drawn:   # in [0, 1) by construction: not checked (on CuPy the check reads a flag back, every call)
+        samples = _checks.for_kernels(be, samples, "_random_samples")
+    else:
+        samples = _checked_samples(samples, batch, rank, op, be)
     y, indices = _pool_with_samples(batch, samples, kernel_size, out_size, backend=be)
     if unbatched:
         y, indices = y[0], indices[0]
