@@ -205,6 +205,38 @@ def assert_network_matches_torch(torch, model, theirs, x, dy_seed=9):
         assert_close(ours.grad, theirs_p.grad.numpy().astype(np.float32), np.float32, name)
 
 
+def assert_transposed_layer_matches_torch(torch, ours, theirs, x, output_size, what):
+    """A ConvTranspose layer's output (of output_size's shape), dx, dweight and dbias against the torch.nn
+    layer's in float64, theirs given our weights first."""
+    theirs.load_state_dict({name: torch.tensor(value) for name, value in ours.state_dict().items()})
+    xt = torch.tensor(x, requires_grad=True)
+    y, yt = ours(x, output_size=output_size), theirs(xt, output_size=output_size)
+    assert y.shape == tuple(yt.shape), what
+    assert_close(y, yt.detach().numpy(), np.float64, f"{what} y")
+    dy = np.random.default_rng(zlib.crc32(what.encode())).standard_normal(y.shape)
+    yt.backward(torch.tensor(dy))
+    assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, f"{what} dx")
+    assert_close(ours.weight.grad, theirs.weight.grad.numpy(), np.float64, f"{what} dweight")
+    if ours.bias is not None:
+        assert_close(ours.bias.grad, theirs.bias.grad.numpy(), np.float64, f"{what} dbias")
+
+
+def assert_cross_entropy_gradients_by_finite_differences(logits, labels, ignore_index, weight, probabilities, be):
+    """F.cross_entropy's dlogits (label smoothing 0.2, `weight`) against float64 central differences of its
+    loss, for class labels with `ignore_index` and for class probabilities (`probabilities` normalised over
+    dim 1), each reduction (the gradient of the sum for "none")."""
+    from cnn_gpu import functional as F
+    from cnn_gpu.gradcheck import gradcheck
+    for target, ignore in ((labels, ignore_index), (probabilities / probabilities.sum(axis=1, keepdims=True), -100)):
+        for reduction in ("mean", "sum", "none"):
+            def loss():
+                value, _ = F.cross_entropy(logits, target, weight, ignore, reduction, 0.2, backend=be)
+                return float(np.sum(value))
+            _, grad = F.cross_entropy(logits, target, weight, ignore, reduction, 0.2, backend=be)
+            report = gradcheck(loss, [logits], [grad])
+            assert report.max_rel_error < 1e-6, f"{be} {reduction} {target.dtype}: {report}"
+
+
 def assert_refused_before_any_launch(monkeypatch, call, error, message):
     """call() raises `error` matching `message` with no kernel launched, on emu where it is available."""
     refuse_launches(monkeypatch)

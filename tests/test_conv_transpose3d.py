@@ -19,7 +19,7 @@ from cnn_gpu.functional.conv_transpose3d import conv_transpose3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
 from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch,
-                     assert_within_a_float16_rounding, needs_emu)
+                     assert_transposed_layer_matches_torch, assert_within_a_float16_rounding, needs_emu)
 
 
 # (x shape, weight shape, stride, padding, output_padding, groups, dilation, bias)
@@ -360,25 +360,16 @@ def test_layer_matches_torch(torch, settings, x_shape, output_size, be):
     ours.backend = be
     theirs = torch.nn.ConvTranspose3d(4, 6, (3, 2, 3), dtype=torch.float64, **settings)
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    theirs.load_state_dict({name: torch.tensor(value) for name, value in ours.state_dict().items()})
     x = rng.standard_normal(x_shape)
-    xt = torch.tensor(x, requires_grad=True)
-    y, yt = ours(x, output_size=output_size), theirs(xt, output_size=output_size)
-    assert_close(y, yt.detach().numpy(), np.float64, f"{settings} y")
-    dy = rng.standard_normal(y.shape)
-    yt.backward(torch.tensor(dy))
-    assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, f"{settings} dx")
-    assert_close(ours.weight.grad, theirs.weight.grad.numpy(), np.float64, f"{settings} dweight")
-    if ours.bias is not None:
-        assert_close(ours.bias.grad, theirs.bias.grad.numpy(), np.float64, f"{settings} dbias")
+    assert_transposed_layer_matches_torch(torch, ours, theirs, x, output_size, str(settings))
     for name in ("kernel_size", "stride", "padding", "output_padding", "dilation", "groups"):
         assert getattr(ours, name) == getattr(theirs, name), name
     with torch.no_grad():
         for p in theirs.parameters():
             p.mul_(-0.5)
     ours.load_state_dict({name: value.numpy() for name, value in theirs.state_dict().items()})
-    assert_close(ours(x, output_size=output_size), theirs(xt, output_size=output_size).detach().numpy(), np.float64,
-                 f"{settings} y of PyTorch's weights")
+    assert_close(ours(x, output_size=output_size), theirs(torch.tensor(x), output_size=output_size).detach().numpy(),
+                 np.float64, f"{settings} y of PyTorch's weights")
 
 
 def test_layer_refuses_what_torch_refuses(torch):

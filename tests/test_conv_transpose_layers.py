@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnn_gpu import nn
-from helpers import assert_close, needs_emu
+from helpers import assert_transposed_layer_matches_torch, needs_emu
 
 CASES = [   # (rank, constructor settings, x shape, output_size)
     (1, dict(stride=3, padding=1), (2, 4, 5), (14,)),
@@ -25,18 +25,7 @@ def test_output_size_matches_torch(torch, rank, settings, x_shape, output_size, 
     ours = getattr(nn, f"ConvTranspose{rank}d")(4, 6, 3, dtype=np.float64, rng=rng, **settings)
     ours.backend = be
     theirs = getattr(torch.nn, f"ConvTranspose{rank}d")(4, 6, 3, dtype=torch.float64, **settings)
-    theirs.load_state_dict({name: torch.tensor(value) for name, value in ours.state_dict().items()})
-    x = rng.standard_normal(x_shape)
-    xt = torch.tensor(x, requires_grad=True)
-    y, yt = ours(x, output_size=output_size), theirs(xt, output_size=output_size)
-    assert y.shape == tuple(yt.shape)
-    assert_close(y, yt.detach().numpy(), np.float64, f"{settings} y")
-    dy = rng.standard_normal(y.shape)
-    yt.backward(torch.tensor(dy))
-    assert_close(ours.backward(dy), xt.grad.numpy(), np.float64, f"{settings} dx")
-    assert_close(ours.weight.grad, theirs.weight.grad.numpy(), np.float64, f"{settings} dweight")
-    if ours.bias is not None:
-        assert_close(ours.bias.grad, theirs.bias.grad.numpy(), np.float64, f"{settings} dbias")
+    assert_transposed_layer_matches_torch(torch, ours, theirs, rng.standard_normal(x_shape), output_size, str(settings))
 
 
 @pytest.mark.parametrize("rank", [1, 2])

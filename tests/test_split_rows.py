@@ -16,8 +16,7 @@ import pytest
 from cnn_gpu import backend, emu
 from cnn_gpu import functional as F
 from cnn_gpu.gpu import _grid
-from cnn_gpu.gradcheck import gradcheck
-from helpers import assert_same_bits, record_launches, to_host
+from helpers import assert_cross_entropy_gradients_by_finite_differences, assert_same_bits, record_launches, to_host
 from test_softmax import KERNEL_BACKENDS, ROWS, on, reference, reference_backward
 
 needs_emu = pytest.mark.skipif("emu" not in backend.available_backends(),
@@ -201,15 +200,7 @@ def test_cross_entropy_gradient_of_split_rows_by_finite_differences(be):
     labels = rng.integers(0, 40, (2, 3))
     labels[0, 1] = 7   # ignore_index=7 drops it
     weight = rng.uniform(0.3, 2.0, 40)
-    probabilities = rng.random(logits.shape)
-    for target, ignore_index in ((labels, 7), (probabilities / probabilities.sum(axis=1, keepdims=True), -100)):
-        for reduction in ("mean", "sum", "none"):
-            def loss():
-                value, _ = F.cross_entropy(logits, target, weight, ignore_index, reduction, 0.2, backend=be)
-                return float(np.sum(value))
-            _, grad = F.cross_entropy(logits, target, weight, ignore_index, reduction, 0.2, backend=be)
-            report = gradcheck(loss, [logits], [grad])
-            assert report.max_rel_error < 1e-6, f"{be} {reduction} {target.dtype}: {report}"
+    assert_cross_entropy_gradients_by_finite_differences(logits, labels, 7, weight, rng.random(logits.shape), be)
 
 
 def _split_runs(dtype):

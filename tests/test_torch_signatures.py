@@ -20,7 +20,7 @@ from cnn_gpu import backend, emu, nn
 from cnn_gpu import functional as F
 from cnn_gpu.functional import geometry
 from cnn_gpu.gradcheck import check_op, gradcheck
-from helpers import assert_close, to_host, tolerance
+from helpers import assert_close, assert_cross_entropy_gradients_by_finite_differences, to_host, tolerance
 
 BACKENDS = [be for be in ("numpy", "emu", "cuda") if be in backend.available_backends()]
 # accepted configurations per sweep: float64, float32; fewer on the emulator (every launch compiles
@@ -506,15 +506,7 @@ def test_cross_entropy_finite_differences(be):
     weight = rng.uniform(0.3, 2.0, 4)
     labels = rng.integers(0, 4, (3, 2, 3))
     labels[0, 1] = 1   # ignore_index=1 drops these and every other 1
-    probabilities = rng.random(logits.shape)
-    for target, ignore_index in ((labels, 1), (probabilities / probabilities.sum(axis=1, keepdims=True), -100)):
-        for reduction in ("mean", "sum", "none"):
-            def loss():
-                value, _ = F.cross_entropy(logits, target, weight, ignore_index, reduction, 0.2, backend=be)
-                return float(np.sum(value))
-            _, grad = F.cross_entropy(logits, target, weight, ignore_index, reduction, 0.2, backend=be)
-            report = gradcheck(loss, [logits], [grad])
-            assert report.max_rel_error < 1e-6, f"{be} {reduction} {target.dtype}: {report}"
+    assert_cross_entropy_gradients_by_finite_differences(logits, labels, 1, weight, rng.random(logits.shape), be)
     for reduction in ("mean", "sum", "none"):
         pred, goal = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
         _, grad = F.mse_loss(pred, goal, reduction, backend=be)
