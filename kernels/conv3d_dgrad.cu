@@ -24,7 +24,7 @@
 // its mask field holds read a zero-bordered copy of dy (the launcher's) that every tap lands inside.
 // Split-K (grid.z = splits * G * phases): split z sums its share of the phase's reduction (chunk =
 // ceil(Kgemm / splits) rounded up to BK, computed here per phase) and writes its partial dx to
-// out + z * N*C*D*H*W; the launcher folds the partials in a fixed order. An empty share writes zeros.
+// out + split * N*C*D*H*W; the launcher folds the partials in a fixed order. An empty share writes zeros.
 //
 // Index range: 32-bit offsets; the launcher refuses tensors (and split-K workspaces) of 2^31 or more
 // elements.
@@ -71,7 +71,8 @@ template <int THREADS_M, int THREADS_N, int TM, int TN>
 __device__ __forceinline__ void dgrad3d_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ wt, REAL* __restrict__ out,
     int N, int C, int D, int H, int W, int K, int T, int R, int S, int O, int P, int Q, int stride_d, int stride_h,
-    int stride_w, int pad_d, int pad_h, int pad_w, int dil_d, int dil_h, int dil_w, int groups, int splits)
+    int stride_w, int pad_d, int pad_h, int pad_w, int dil_d, int dil_h, int dil_w, int groups, int splits,
+    int z_first)
 {
     typedef IgemmTile<THREADS_M, THREADS_N, TM, TN, K_SLOWEST, K_SLOWEST> Tile;
     __shared__ __align__(16) REAL smem[IGEMM_STAGES * Tile::STAGE];
@@ -80,7 +81,8 @@ __device__ __forceinline__ void dgrad3d_tile(
     // the phases of each dimension: its first min(stride, size) voxels
     const int phases_h = min(stride_h, H), phases_w = min(stride_w, W);
     const int phases = min(stride_d, D) * phases_h * phases_w;
-    const int split = blockIdx.z / (groups * phases), rest = blockIdx.z - split * (groups * phases);
+    const int z = z_first + blockIdx.z;
+    const int split = z / (groups * phases), rest = z - split * (groups * phases);
     const int g = rest / phases, phase = rest - g * phases;
     const int phase_dh = phase / phases_w, first_w = phase - phase_dh * phases_w;
     const int first_d = phase_dh / phases_h, first_h = phase_dh - first_d * phases_h;
@@ -178,14 +180,14 @@ __device__ __forceinline__ void dgrad3d_tile(
     const REAL* __restrict__ dy, const REAL* __restrict__ wt, REAL* __restrict__ out,                        \
     int N, int C, int D, int H, int W, int K, int T, int R, int S, int O, int P, int Q, int stride_d,         \
     int stride_h, int stride_w, int pad_d, int pad_h, int pad_w, int dil_d, int dil_h, int dil_w, int groups, \
-    int splits
+    int splits, int z_first
 #define DGRAD3D_ARGS                                                                                          \
     dy, wt, out, N, C, D, H, W, K, T, R, S, O, P, Q, stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, \
-    dil_h, dil_w, groups, splits
+    dil_h, dil_w, groups, splits, z_first
 
 // grid (ceil(N * ceil(D/stride_d) * ceil(H/stride_h) * ceil(W/stride_w) / BN), ceil((C/G) / BM),
 // splits * G * min(stride_d, D) * min(stride_h, H) * min(stride_w, W)), block the tile's threads; wt from
-// conv3d_dgrad_filter_transpose
+// conv3d_dgrad_filter_transpose. A z past CUDA's 65535 runs as several launches, each from z_first.
 extern "C" __global__ void __launch_bounds__(IGEMM_LARGE_THREADS, IGEMM_LARGE_BLOCKS) conv3d_dgrad_large(DGRAD3D_PARAMS)
 {
     dgrad3d_tile<IGEMM_LARGE>(DGRAD3D_ARGS);

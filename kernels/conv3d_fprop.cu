@@ -1,7 +1,6 @@
 // conv3d forward (fprop) as an implicit GEMM; NCDHW input x (N, C, D, H, W), filter w (K, C/G, T, R, S),
-// output y (N, K, O, P, Q), G groups. The launcher (cnn_gpu.gpu.conv3d) also runs the weight gradient
-// through it, as the convolution of x (channels as the batch) with dy (as the filter); the input gradient
-// has its own kernel (conv3d_dgrad.cu).
+// output y (N, K, O, P, Q), G groups. The input and weight gradients have kernels of their own
+// (conv3d_dgrad.cu, conv3d_wgrad.cu).
 //
 // GEMM view, per group g:  y_g[M x Ngemm] = w_g[M x Kgemm] * vol2col(x_g)[Kgemm x Ngemm]
 //   M = K/G (output channels), Ngemm = N*O*P*Q (output voxels; consecutive threads own consecutive

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 import reference_loops as ref
-from cnn_gpu import backend, nn
+import cnn_gpu
+from cnn_gpu import backend, emu, nn
 from cnn_gpu import functional as F
 from cnn_gpu.functional.conv3d import conv3d_geometry
 from cnn_gpu.gpu import conv, conv3d as gpu_conv3d
 from cnn_gpu.gradcheck import check_op
 from helpers import (assert_close, assert_refused_as_torch_refuses, assert_refused_before_any_launch,
-                     assert_within_a_float16_rounding, emulate_arch, needs_emu, record_launches)
+                     assert_within_a_float16_rounding, emulate_arch, needs_emu, record_launches, refuse_device_work)
 
 
 # (x shape, weight shape, stride, padding, dilation, groups, bias)
@@ -325,6 +326,32 @@ def test_wgrad_reads_x_and_dy_in_place(monkeypatch):
     assert_close(dw, F.conv3d_backward(dy, x, w, *case[2:6], backend="numpy")[1], np.float64, "dw")
 
 
+@needs_emu
+@pytest.mark.parametrize("splits", [1, 2])
+def test_dgrad_past_the_grids_z_limit_runs_in_z_slices(monkeypatch, splits):
+    """splits x groups x stride phases past CUDA's 65535 z blocks (a 1x1x1 filter at stride 41 over 41^3
+    voxels: 68921 phases; depthwise 8192 channels at stride 2) runs as launches of z slices, each from its
+    z_first (refused as a grid past the limit before): the limit lowered to 5 for 2 groups x 8 phases (x 2
+    splits), dx against the NumPy path and each launch's z slice."""
+    monkeypatch.setattr(gpu_conv3d, "MAX_GRID_YZ", 5)
+    grids = []
+    launch = backend.launch
+
+    def recording(be, family, dtype, kernel, grid, block, args, **kwargs):
+        if kernel.startswith("conv3d_dgrad_") and not kernel.endswith("transpose"):
+            grids.append((grid[2], int(args[-1])))
+        return launch(be, family, dtype, kernel, grid, block, args, **kwargs)
+    monkeypatch.setattr(backend, "launch", recording)
+    rng = np.random.default_rng(41)
+    x, w = rng.standard_normal((2, 4, 5, 6, 5)), rng.standard_normal((6, 2, 3, 2, 3))
+    dy = rng.standard_normal(F.conv3d(x, w, stride=2, padding=1, groups=2).shape)
+    with conv.forced(tile="small", splits=splits), emu.checking(guard=True, race=True):
+        dx = F.conv3d_backward(dy, x, w, stride=2, padding=1, groups=2, weight_grad=False, bias=False, backend="emu")[0]
+    assert_close(dx, F.conv3d_backward(dy, x, w, stride=2, padding=1, groups=2, backend="numpy")[0], np.float64, "dx")
+    z_blocks = splits * 2 * 8
+    assert grids == [(min(5, z_blocks - first), first) for first in range(0, z_blocks, 5)]
+
+
 def test_dgrad_runs_every_stride_phase_in_one_launch(monkeypatch):
     """stride (2, 2, 2): the filter transpose and one conv3d_dgrad launch over all 8 phases (was 8 launches
     of the forward kernel, each result copied into dx's strided voxels); split-K adds the fold, a long
@@ -402,6 +429,12 @@ def test_index_range_refused_before_any_launch(monkeypatch):
     w = rng.standard_normal((4, 3, 3, 3, 3)).astype(np.float32)
     for call in (lambda: F.conv3d(x, w), lambda: F.conv3d_backward(np.zeros((2, 4, 6, 6, 6), np.float32), x, w)):
         assert_refused_before_any_launch(monkeypatch, call, ValueError, "32-bit")
+    # float16's widening and tf32's rounding are device work on the kernels' backends: refused before them
+    refuse_device_work(monkeypatch)
+    with pytest.raises(ValueError, match="32-bit"):
+        F.conv3d(x.astype(np.float16), w.astype(np.float16), backend="emu")
+    with cnn_gpu.math_mode("tf32"), pytest.raises(ValueError, match="32-bit"):
+        F.conv3d(x, w, backend="emu")
 
 
 # --- the layer ---------------------------------------------------------------------------------

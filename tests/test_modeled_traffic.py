@@ -151,3 +151,20 @@ def test_a_training_steps_other_launches_move_the_bytes_the_emulator_counts():
     modeled = Counter((e.kernel, e.dram_bytes) for e in case_estimates(case, H100, dtype)
                       if e.kernel not in OUTSIDE and not e.kernel.startswith("conv2d"))
     assert modeled == counted and sum(counted.values()) >= 20
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", [((1, 2, 14, 3, 4), (3, 2, 12, 2, 2), (2, 0, 1)),
+                                                       ((1, 2, 4, 14, 3), (3, 2, 2, 13, 1), (0, 3, 0))])
+def test_a_long_conv3d_filter_reads_its_bordered_copy_of_x(x_shape, w_shape, padding):
+    """A filter past conv3d_fprop's tap-mask fields reads the zero-bordered copy of x its plan makes: the
+    model prices that copy's voxels, as the emulator counts them (it priced x's own)."""
+    from cnn_gpu.bench.modeled import _conv3d_fprop_estimates
+    from cnn_gpu.functional.conv3d import conv3d_geometry
+    from cnn_gpu.gpu import conv3d as gpu_conv3d
+    g = conv3d_geometry(x_shape, w_shape, padding=padding)
+    assert gpu_conv3d.plan_fprop(g, np.float64).padded is not None
+    rng = np.random.default_rng(3)
+    with cnn_gpu.emu.profiling() as profile:
+        gpu_conv3d.fprop("emu", rng.standard_normal(x_shape), rng.standard_normal(w_shape), None, g)
+    assert [(e.kernel, e.dram_bytes) for e in _conv3d_fprop_estimates(g, False, np.float64, H100)] == [
+        (launch["kernel"], launch["dram_read_bytes"] + launch["dram_write_bytes"]) for launch in profile.launches]

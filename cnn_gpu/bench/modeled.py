@@ -525,7 +525,8 @@ def _conv3d_fprop_estimates(h, bias: bool, dtype, spec) -> list:
     from ..gpu import conv3d as gpu_conv3d
     plan = gpu_conv3d.plan_fprop(h, dtype, sms=spec.sms)
     item = np.dtype(dtype).itemsize
-    x, w, y = (math.prod(s) for s in (h.x_shape, h.w_shape, h.y_shape))
+    read = gpu_conv3d._padded_input(h, plan.padded) if plan.padded else h   # a long filter's bordered copy
+    x, w, y = (math.prod(s) for s in (read.x_shape, h.w_shape, h.y_shape))
     flops, bias_elements = 2 * y * w // h.K, h.K if bias else 0
     if plan.splits > 1:
         works = [roofline.LaunchWork(flops, (x + w + plan.splits * y) * item),

@@ -210,6 +210,7 @@ def conv3d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, b
     if be == "numpy":
         return _unbatched(_forward(*_tf32_operands(x, weight), bias, g), unbatched)
     x, weight, bias = (_checks.for_kernels(be, a, n) for a, n in ((x, "x"), (weight, "weight"), (bias, "bias")))
+    plan_passes(g, x.dtype, fprop=True)   # before float16's widening or tf32's rounding on the device
     return _unbatched(kernel_fprop(be, x, weight, bias, g), unbatched)
 
 

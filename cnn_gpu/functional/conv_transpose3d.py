@@ -7,8 +7,9 @@ rule, cnn_gpu.functional.geometry): that convolution maps (N, Cout, Dout, Hout, 
 filter (K=Cin, C/groups=Cout/groups, T, R, S), so the forward pass is conv3d's input gradient of x, and the
 backward pass is conv3d's forward pass of dy (dx) and conv3d's weight gradient with the roles of x and dy
 swapped (dweight). All of them run through conv3d's own passes (cnn_gpu.functional.conv3d): its NumPy
-vol2col path on "numpy", its kernels (kernels/conv3d_fprop.cu) on "emu" and "cuda", float16 and the "tf32"
-math mode as conv3d runs them; the bias is added on the kernels' dx before a float16 result's one rounding.
+vol2col path on "numpy", its kernels (kernels/conv3d_dgrad.cu forward, conv3d_fprop.cu and conv3d_wgrad.cu
+backward) on "emu" and "cuda", float16 and the "tf32" math mode as conv3d runs them; the bias is added on
+the kernels' dx before a float16 result's one rounding.
 """
 from __future__ import annotations
 

@@ -33,9 +33,10 @@ from .conv import (BK, FILTER_TAIL, INDEX_LIMIT, MAX_GRID_YZ, MAX_SPLITS, SPATIA
 
 FAMILY = "conv3d_fprop"
 WGRAD_FAMILY = "conv3d_wgrad"
-# Taps per dimension (depth, rows, columns) the kernel's tap-mask fields hold (kernels/conv3d_fprop.cu)
+# Taps per dimension (depth, rows, columns) the fprop and dgrad kernels' tap-mask fields hold
+# (kernels/conv3d_tile.cuh)
 MASK_TAPS = (10, 11, 11)
-# conv2d's tiles (igemm.cuh), but for the float64 small tile's 2 blocks an SM (kernels/conv3d_fprop.cu:
+# conv2d's tiles (igemm.cuh), but for the float64 small tile's 2 blocks an SM (kernels/conv3d_tile.cuh:
 # CONV3D_SMALL_BLOCKS, at 128 registers)
 TILES = {dtype: dict(tiles) for dtype, tiles in CONV2D_TILES.items()}
 TILES[np.dtype(np.float64)]["small"] = dataclasses.replace(CONV2D_TILES[np.dtype(np.float64)]["small"], registers=128)
@@ -180,7 +181,8 @@ def _padded_output(g, embedding: Embedding):
 @_plan_cache.memoized(_forced_choices)
 def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     """The launches of dx = conv3d's input gradient: the filter transpose, then every stride phase in one
-    launch of conv3d_dgrad_<tile> (the grid covers the largest phase; blocks past a smaller one exit),
+    launch of conv3d_dgrad_<tile> (the grid covers the largest phase; blocks past a smaller one exit; a z
+    of splits x groups x phases past MAX_GRID_YZ runs as several launches of that grid's z slices),
     split-K's fold when it splits, and a zero-bordered copy of dy (`padded`) for phases past the mask
     fields."""
     _check_index_range(g)
@@ -191,10 +193,9 @@ def plan_dgrad(g, dtype, *, tile=None, splits=None, sms=None) -> ConvPlan:
     out = math.prod(g.x_shape)
     batches = g.groups * math.prod(dgrad_phase_counts(g))
     variant, spec, splits, chunk = _choose(dtype, cg, phase_voxels, batches, kgemm, out, sms, tile, splits,
-                                           max(1, min(_workspace_splits(MAX_SPLITS, out), MAX_GRID_YZ // batches)),
-                                           TILES)
+                                           _workspace_splits(MAX_SPLITS, out), TILES)   # z slices: no z limit
     grid = (-(-phase_voxels // spec.bn), -(-cg // spec.bm), batches * splits)
-    _check_grid(DGRAD_FAMILY, grid)
+    _check_grid(DGRAD_FAMILY, grid[:2] + (1,))   # z runs in launches of at most MAX_GRID_YZ blocks (z_first)
     padded = _dgrad_padding(g)
     if padded:
         _check_index_range(_padded_output(g, padded))
@@ -220,8 +221,12 @@ def dgrad(be, dy, w, g, *, tile=None, splits=None):
         g = _padded_output(g, plan.padded)
     dx = xp.empty(g.x_shape, dtype=dy.dtype)
     out = dx if plan.splits == 1 else xp.empty((plan.splits,) + tuple(g.x_shape), dtype=dy.dtype)
-    backend.launch(be, DGRAD_FAMILY, dy.dtype, plan.main.kernel, plan.main.grid, plan.main.block,
-                   (dy, wt, out) + _geometry_args(g) + i32(g.groups, plan.splits))
+    arguments = (dy, wt, out) + _geometry_args(g) + i32(g.groups, plan.splits)
+    x_blocks, y_blocks, z_blocks = plan.main.grid
+    for z_first in range(0, z_blocks, MAX_GRID_YZ):   # splits x groups x phases may pass CUDA's z limit
+        backend.launch(be, DGRAD_FAMILY, dy.dtype, plan.main.kernel,
+                       (x_blocks, y_blocks, min(MAX_GRID_YZ, z_blocks - z_first)), plan.main.block,
+                       arguments + i32(z_first))
     if plan.splits == 1:
         return dx
     return reduce.channel_sum(be, out, plan.splits, dx.size, 1).reshape(g.x_shape)
