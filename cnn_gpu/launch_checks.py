@@ -246,6 +246,7 @@ class _Declared:
     scalars: tuple        # positions of the others
     scalar_types: tuple
     scalar_values: object   # args -> the scalars' values (a tuple)
+    host_types: tuple     # per parameter the usual host argument's type: np.ndarray, a scalar's NumPy type
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,7 +267,8 @@ def _declared(family: str, kernel: str, dtype) -> _Declared:
     return _Declared(parameters=tuple(parameters),
                      pointers=tuple((i, p.const, want) for i, (p, want, *_) in enumerate(parameters) if p.pointer),
                      scalars=scalars, scalar_types=tuple(parameters[i][1].type for i in scalars),
-                     scalar_values=_items(scalars))
+                     scalar_values=_items(scalars),
+                     host_types=tuple(np.ndarray if p.pointer else want.type for p, want, *_ in parameters))
 
 
 def _items(positions: tuple):
@@ -302,6 +304,26 @@ def checked_args(be: str, family: str, kernel: str, dtype, args) -> tuple:
     copied to C order on the host); TypeError/ValueError naming the argument otherwise."""
     declared = _declared(family, kernel, dtype)
     args = tuple(args)
+    # The usual host launch, passed by the checks below in a shorter form: every argument's exact type
+    # in one pass in C, then per array its dtype, layout and owner; anything else, and any possible
+    # overlap, goes through them in full, which also words every refusal.
+    host_types = declared.host_types
+    if be != "cuda" and len(args) == len(host_types) and all(map(operator.is_, map(type, args), host_types)):
+        owners = []
+        for i, const, want in declared.pointers:
+            a = args[i]
+            flags = a.flags
+            if a.dtype is not want or not flags.c_contiguous or not (const or flags.writeable):
+                break
+            owners.append(id((a if flags.owndata else None) if a.base is None else _owner(a)))
+        else:
+            if _UNKNOWN_OWNER not in owners and len(set(owners)) == len(owners):
+                return args
+    return _checked_in_full(be, declared, kernel, args)
+
+
+def _checked_in_full(be: str, declared: _Declared, kernel: str, args: tuple) -> tuple:
+    """checked_args's every check, for any backend and argument."""
     if len(args) != len(declared.parameters):
         names = ", ".join(p.name for p, *_ in declared.parameters)
         raise TypeError(f"kernel {kernel!r} takes {len(declared.parameters)} arguments ({names}), got {len(args)}")

@@ -110,6 +110,11 @@ def test_launches_refuse_read_only_outputs_aliasing_and_wrong_types():
     with pytest.raises(ValueError, match="'param0' is written in place but shares memory with argument 'grad0'"):
         _sgd(param, param)
     x, y = rng.standard_normal(10), np.zeros(10)
+    y.flags.writeable = False   # refused by the launch itself, whose launcher checks nothing (sgd_step does)
+    with pytest.raises(ValueError, match="kernel 'relu_forward' argument 'y' is written in place but the array is "
+                                         "read-only"):
+        backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,), (x, y, np.int64(10)))
+    y.flags.writeable = True
     with pytest.raises(ValueError, match="shares memory"):
         backend.launch("emu", "elementwise", np.float64, "relu_forward", (1,), (256,), (x[:8], x[2:], np.int64(8)))
     with pytest.raises(TypeError, match="'y' must be a float64 array"):
