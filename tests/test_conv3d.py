@@ -191,6 +191,8 @@ EMU_CASES = [
     ((2, 2, 3, 4, 3), (3, 2, 2, 2, 2), 1, "same", 1, 1, dict(tile="wide", splits=2)),
     # 12 taps across: past the column field (11), so x gets a zero-bordered copy
     ((1, 2, 3, 3, 14), (2, 2, 1, 2, 12), (1, 1, 2), (0, 1, 3), 1, 1, dict(tile="small", splits=None)),
+    # 12 depth taps without padding: no copy, the all-ones mask reads x in place
+    ((1, 2, 14, 3, 4), (3, 2, 12, 2, 2), (1, 1, 2), 0, 1, 1, dict(tile="tall", splits=2)),
     # dgrad: 2 x 2 x 3 stride phases in one launch (dilation, groups, phases no tap reaches), split-K
     ((1, 4, 5, 4, 7), (4, 2, 2, 3, 2), (2, 2, 3), (1, 1, 0), (1, 2, 1), 2, dict(tile="large", splits=2)),
     # dgrad: 11 depth taps in a stride-1 phase, past the depth field (10), so dy gets a zero-bordered copy
@@ -235,7 +237,9 @@ def test_plans_reach_the_tiles_split_k_and_the_padded_copy():
         assert [launch.kernel for launch in plan.launches] == [f"conv3d_fprop_{tile}", "split_sum_epilogue"]
     assert gpu_conv3d.plan_fprop(g, np.float32).padded is None
     long_filter = conv3d_geometry((1, 1, 3, 3, 20), (1, 1, 1, 1, 12))
-    assert gpu_conv3d.plan_fprop(long_filter, np.float64).padded.shape == (1, 1, 3, 3, 20)
+    assert gpu_conv3d.plan_fprop(long_filter, np.float64).padded is None   # unpadded: every tap lies in x
+    padded_long = conv3d_geometry((1, 1, 3, 3, 20), (1, 1, 1, 1, 12), padding=(0, 0, 1))
+    assert gpu_conv3d.plan_fprop(padded_long, np.float64).padded.shape == (1, 1, 3, 3, 22)
     # wgrad: its own kernel on every tile, split-K summed by reduce's column sum, no copy of any operand
     for tile in ("large", "tall", "wide", "small"):
         plan = gpu_conv3d.plan_wgrad(g, np.float64, tile=tile, splits=3)

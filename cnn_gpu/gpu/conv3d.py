@@ -79,8 +79,9 @@ def _embedded(be, a, embedding: Embedding):
 
 
 def _fprop_padding(g) -> Embedding | None:
-    """The copy of x a filter past the mask fields reads: the voxels its outputs reach, x at the padding."""
-    if all(taps <= field for taps, field in zip((g.T, g.R, g.S), MASK_TAPS)):
+    """The copy of x a filter past the mask fields reads (its all-ones mask passes every tap): the voxels its
+    outputs reach, x at the padding; none without padding, where every tap lies in x (as conv2d's)."""
+    if all(taps <= field for taps, field in zip((g.T, g.R, g.S), MASK_TAPS)) or not any(map(any, g.pads)):
         return None
     reach = tuple((outputs - 1) * stride + (taps - 1) * dil + 1 for outputs, stride, taps, dil
                   in zip((g.O, g.P, g.Q), g.stride, (g.T, g.R, g.S), g.dilation))
