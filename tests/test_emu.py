@@ -455,6 +455,14 @@ def test_float_to_int_intrinsics_saturate_as_on_a_gpu():
     np.testing.assert_array_equal(unsigned_rounded, saturated(np.rint(wide), 0, 2**32 - 1))
 
 
+def test_signed_int_overflow_wraps_as_on_a_gpu():
+    """INT_MAX + 1 is INT_MIN on a GPU, and not greater than INT_MAX: the emulator's build makes signed
+    overflow wrap (-fwrapv), where g++ -O2 folded the comparison to true (the conv walks wrap on purpose)."""
+    out = np.zeros(2, np.int32)
+    module("conversions").get_function("wrapping_int")((1,), (1,), (np.int32(2**31 - 1), np.int32(1), out))
+    np.testing.assert_array_equal(out, [0, -2**31])
+
+
 def test_fast_intrinsics_err_by_their_documented_bound(rng):
     """__expf, __logf and __fdividef: the correctly rounded result moved by the CUDA C++ Programming
     Guide's bound (__expf: 2 ulps after x log2(e) rounds to FP32; __logf: 3 ulps, 2^-21.41 absolute in

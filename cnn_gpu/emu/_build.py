@@ -43,7 +43,9 @@ PAGE = 4096
 # The inaccessible zones before dynamic shared memory and after its capacity (emu_abi.h's)
 FAR_GUARD_BYTES = int(re.search(r"#define CNN_GPU_EMU_FAR_GUARD_BYTES (\d+)ULL", ABI_HEADER.read_text())[1])
 
-FLAGS = ("-O2", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-gdwarf-4",
+# -fwrapv: signed int overflow wraps as on a GPU (the conv walks step past INT_MAX on purpose); C++ leaves
+# it undefined, and -O2 folded such comparisons
+FLAGS = ("-O2", "-fwrapv", "-ffp-contract=fast", "-fno-strict-aliasing", "-fPIC", "-gdwarf-4",
          "-fvisibility=hidden", "-fno-optimize-sibling-calls", "-fno-threadsafe-statics",
          "-fstack-clash-protection", "-w")
 

@@ -24,3 +24,11 @@ extern "C" __global__ void fast_intrinsics(const float* __restrict__ x, const fl
     out[3 * i + 1] = __logf(x[i]);
     out[3 * i + 2] = __fdividef(x[i], y[i]);
 }
+
+// Signed int arithmetic that overflows: it wraps on a GPU (two's complement), so the project's walks may
+// step past INT_MAX and back; C++ calls it undefined and g++ -O2 would fold v + step > v to step > 0
+extern "C" __global__ void wrapping_int(int v, int step, int* __restrict__ out)
+{
+    out[0] = v + step > v;
+    out[1] = v + step;
+}
