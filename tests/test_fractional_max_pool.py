@@ -320,6 +320,9 @@ def test_bad_arguments_are_refused_before_any_launch(monkeypatch):
          ValueError, "not a pixel its window can hold"),
         (lambda be: F.fractional_max_pool2d_backward(np.ones((2, 3, 1, 1)), np.full((2, 3, 1, 1), 63, np.int32),
                                                      x.shape, 2, backend=be), ValueError, "not a pixel"),
+        # one output an axis: its window is the axis's last k pixels (rows 7, 8 and columns 5, 6), not pixel 0
+        (lambda be: F.fractional_max_pool2d_backward(np.ones((2, 3, 1, 1)), np.zeros((2, 3, 1, 1), np.int32),
+                                                     x.shape, 2, backend=be), ValueError, "not a pixel its window"),
     ]:
         for be in ("numpy", "emu"):
             with pytest.raises(error, match=match):

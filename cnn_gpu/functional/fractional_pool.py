@@ -205,17 +205,18 @@ def fractional_max_pool3d_with_indices(x, kernel_size, output_size=None, output_
 
 def check_indices(indices, batch_x_shape, kernel_size, op: str, given_x_shape) -> None:
     """Every index is the flat position of a pixel within REACH of its output's window span along each
-    axis ([floor(i * (size - k) / (outputs - 1)) - REACH, ... + k - 1 + REACH]): where a window of any
-    samples in [0, 1) lies, and what the kernels' gather visits (NumPy or CuPy arrays; on CuPy this reads
-    one flag back)."""
+    axis ([floor(i * (size - k) / (outputs - 1)) - REACH, ... + k - 1 + REACH]), or, on an axis of one
+    output, among its last k pixels (its one window): where a window of any samples in [0, 1) lies, and
+    within what the kernels' gather visits (NumPy or CuPy arrays; on CuPy this reads one flag back)."""
     xp = _backend.module_of(indices)
     in_size, out_size = tuple(batch_x_shape[2:]), tuple(indices.shape[2:])
     axes = len(in_size)
     inside = (indices >= 0) & (indices < math.prod(in_size))
     for axis, (outputs, size, k, step) in enumerate(zip(out_size, in_size, kernel_size, _plane_strides(in_size))):
-        if outputs == 1:
-            continue   # its one window may lie anywhere along the axis
         position = indices // step % size
+        if outputs == 1:   # its one window is the axis's last k pixels, whatever the sample (ATen's rule)
+            inside &= position >= size - k
+            continue
         floor_starts = (np.arange(outputs) * (size - k)) // (outputs - 1)
         floor_starts = xp.asarray(floor_starts.reshape((-1,) + (1,) * (axes - 1 - axis)))
         inside &= (floor_starts >= position - k + 1 - REACH) & (floor_starts <= position + REACH)
