@@ -879,6 +879,11 @@ def _table_cells(row: str) -> dict:
     return dict(zip(SASS_TABLE_COLUMNS, (cell.strip() for cell in row.strip().strip("|").split("|"))))
 
 
+def _row_key(cells: dict) -> tuple:
+    """(family, kernel, dtype, arch): a row's place in the table."""
+    return tuple(cells[column] for column in SASS_TABLE_COLUMNS[:4])
+
+
 def _count(cell: str) -> int:
     """A count cell's number: "1536", or a load column's total ("9x32+96x128": 105 loads)."""
     return 0 if cell == "-" else sum(int(part.split("x")[0]) for part in cell.split("+"))
@@ -909,9 +914,8 @@ def test_readmes_sass_table_is_the_live_sass(capsys):
     out, _ = capsys.readouterr()
     rows = [_table_cells(line) for line in out.splitlines() if line.startswith("| conv2d")]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    written = {tuple(cells[c] for c in SASS_TABLE_COLUMNS[:4]): cells
-               for cells in map(_table_cells, readme.splitlines()) if cells.get("family", "").startswith("conv2d_")
-               and cells.get("arch") == "sm_90"}
+    written = {_row_key(cells): cells for cells in map(_table_cells, readme.splitlines())
+               if cells.get("family", "").startswith("conv2d_") and cells.get("arch") == "sm_90"}
     assert status == 0 and len(rows) == 58
-    key = lambda cells: tuple(cells[c] for c in SASS_TABLE_COLUMNS[:4])   # noqa: E731
-    assert [row for row in rows if key(row) not in written or not _same_but_drift(row, written[key(row)])] == []
+    assert [row for row in rows
+            if _row_key(row) not in written or not _same_but_drift(row, written[_row_key(row)])] == []
